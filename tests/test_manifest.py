@@ -1,0 +1,528 @@
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from worktree_swarm.errors import BadInputError
+from worktree_swarm.manifest import (
+    Overrides,
+    build_run_spec,
+    dependency_cycle,
+    load_config,
+    parse_duration,
+)
+
+AGENT = [sys.executable, "-c", "pass"]
+AGENT_TOML = json.dumps(AGENT)
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in tmp_path so a manifest given as 'tasks.toml' is named exactly that."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def manifest(cwd: Path, text: str, *, with_agent: bool = True) -> Path:
+    head = "[defaults]\n" + (f"agent = {AGENT_TOML}\n" if with_agent else "")
+    (cwd / "tasks.toml").write_text(head + text)
+    return Path("tasks.toml")
+
+
+def build(repo: Path, path: Path | None = None, **kwargs: object) -> object:
+    return build_run_spec(repo_root=repo, manifest=path, **kwargs)  # type: ignore[arg-type]
+
+
+def error(repo: Path, path: Path | None = None, **kwargs: object) -> str:
+    with pytest.raises(BadInputError) as info:
+        build(repo, path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+TWO_TASKS = """
+[[task]]
+id = "fix-login"
+prompt = "Fix the login loop"
+files = ["src/auth/**"]
+
+[[task]]
+id = "login-tests"
+prompt = "Add tests"
+depends_on = ["fix-login"]
+"""
+
+
+# --- happy paths -----------------------------------------------------------------------------
+
+
+def test_manifest_tasks_become_a_run_spec(repo: Path, cwd: Path) -> None:
+    spec = build_run_spec(repo_root=repo, manifest=manifest(cwd, TWO_TASKS))
+    assert [t.id for t in spec.tasks] == ["fix-login", "login-tests"]
+    first, second = spec.tasks
+    assert first.prompt == "Fix the login loop"
+    assert first.files == ("src/auth/**",)
+    assert first.agent == "command"
+    assert first.agent_argv == tuple(AGENT)
+    assert second.depends_on == ("fix-login",)
+    assert spec.jobs == 4
+    assert spec.worktree_root == repo.absolute().parent / "repo.swarm"
+    assert spec.worktree_root.is_absolute()
+    assert spec.commit_author == "worktree-swarm <swarm@localhost>"
+    assert (spec.port_base, spec.port_block, spec.kill_grace) == (20000, 10, 5.0)
+    assert not spec.worktree_root.exists()
+
+
+def test_inline_and_prompt_file_tasks_follow_manifest_order(repo: Path, cwd: Path) -> None:
+    (cwd / "p.md").write_text("from a file\n")
+    spec = build_run_spec(
+        repo_root=repo,
+        manifest=manifest(cwd, TWO_TASKS),
+        inline=["inline-one=do a=b thing"],
+        prompt_files=["from-file=p.md"],
+    )
+    assert [t.id for t in spec.tasks] == ["fix-login", "login-tests", "inline-one", "from-file"]
+    assert spec.tasks[2].prompt == "do a=b thing"
+    assert spec.tasks[3].prompt == "from a file\n"
+    # inline tasks get the manifest defaults
+    assert spec.tasks[2].agent_argv == tuple(AGENT)
+
+
+def test_hostile_prompt_text_is_kept_byte_for_byte(repo: Path, cwd: Path) -> None:
+    hostile = "$(touch pwned) `touch pwned2` 'single' \"double\" ; rm -rf / && echo {prompt}\r\n\\x"
+    (cwd / "hostile.md").write_bytes(hostile.encode())
+    (cwd / "tasks.toml").write_text(
+        f"[[task]]\nid = 'm'\nagent = {AGENT_TOML}\nprompt = {json.dumps(hostile)}\n"
+    )
+    spec = build_run_spec(
+        repo_root=repo,
+        manifest=Path("tasks.toml"),
+        inline=[f"i={hostile}"],
+        prompt_files=["f=hostile.md"],
+        overrides=Overrides(agent=shlex.join(AGENT)),
+    )
+    assert [t.prompt for t in spec.tasks] == [hostile, hostile, hostile]
+    assert not (cwd / "pwned").exists()
+    assert not (cwd / "pwned2").exists()
+    assert not (repo / "pwned").exists()
+
+
+def test_default_agent_is_claude_profile(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    claude = bin_dir / "claude"
+    claude.write_text("#!/bin/sh\nexit 0\n")
+    claude.chmod(claude.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = build_run_spec(repo_root=repo, manifest=None, inline=["a=do it"])
+    assert spec.tasks[0].agent == "claude"
+    assert spec.tasks[0].agent_argv[0] == "claude"
+
+
+def test_missing_default_agent_says_what_to_do(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    message = error(repo, inline=["a=do it"])
+    assert "'claude' not found on PATH" in message
+    assert "--agent" in message
+
+
+def test_agent_override_profile_name_and_command_line(repo: Path, cwd: Path) -> None:
+    spec = build_run_spec(
+        repo_root=repo, manifest=None, inline=["a=x"], overrides=Overrides(agent="scripted")
+    )
+    assert spec.tasks[0].agent == "scripted"
+    line = f"{sys.executable} -c 'print(1)' {{prompt_file}}"
+    spec = build_run_spec(
+        repo_root=repo, manifest=None, inline=["a=x"], overrides=Overrides(agent=line)
+    )
+    assert spec.tasks[0].agent == "command"
+    assert spec.tasks[0].agent_argv == (sys.executable, "-c", "print(1)", "{prompt_file}")
+
+
+def test_checks_setup_copy_env_parse(repo: Path, cwd: Path) -> None:
+    path = manifest(
+        cwd,
+        """
+checks = ["pytest -q 'tests/a b.py'", ["ruff", "check", "."]]
+copy = [".env", "config/*.local"]
+setup = [["npm", "ci"], "make build"]
+env = { A = "1", B = "two" }
+
+[[task]]
+id = "t"
+prompt = "p"
+env = { B = "task", C = "3" }
+retries = 2
+priority = -5
+""",
+    )
+    # the [defaults] header is already open, so the keys above land in it
+    (task,) = build_run_spec(repo_root=repo, manifest=path).tasks
+    assert task.checks == (("pytest", "-q", "tests/a b.py"), ("ruff", "check", "."))
+    assert task.copy == (".env", "config/*.local")
+    assert task.setup == (("npm", "ci"), ("make", "build"))
+    assert dict(task.env) == {"A": "1", "B": "task", "C": "3"}
+    assert (task.retries, task.priority) == (2, -5)
+
+
+# --- precedence ------------------------------------------------------------------------------
+
+
+def test_precedence_task_over_cli_over_defaults_over_config(repo: Path, cwd: Path) -> None:
+    (repo / "swarm.toml").write_text(
+        f'agent = {AGENT_TOML}\ntimeout = "1m"\nidle_timeout = "2m"\nretries = 1\njobs = 2\n'
+        'checks = ["from-config"]\npriority = 7\n'
+    )
+    path = manifest(
+        cwd,
+        """timeout = "10m"
+jobs = 3
+checks = ["from-defaults"]
+
+[[task]]
+id = "own"
+prompt = "p"
+timeout = 30
+checks = []
+
+[[task]]
+id = "inherits"
+prompt = "p"
+""",
+        with_agent=False,
+    )
+    spec = build_run_spec(repo_root=repo, manifest=path)
+    own, inherits = spec.tasks
+    assert spec.jobs == 3
+    assert (own.timeout, inherits.timeout) == (30.0, 600.0)
+    assert inherits.idle_timeout == 120.0  # only the config sets it
+    assert (inherits.retries, inherits.priority) == (1, 7)
+    assert own.checks == ()
+    assert inherits.checks == (("from-defaults",),)
+
+    spec = build_run_spec(
+        repo_root=repo,
+        manifest=path,
+        overrides=Overrides(jobs=8, timeout="1h", checks=("make test",), idle_timeout="5s"),
+    )
+    own, inherits = spec.tasks
+    assert spec.jobs == 8
+    assert (own.timeout, inherits.timeout) == (30.0, 3600.0)
+    assert inherits.idle_timeout == 5.0
+    assert own.checks == ()
+    assert inherits.checks == (("make", "test"),)
+
+
+def test_run_wide_settings_from_config_and_defaults(repo: Path, cwd: Path) -> None:
+    (repo / "swarm.toml").write_text(
+        f'agent = {AGENT_TOML}\nworktree_root = "../trees"\nkill_grace = "2s"\n'
+        'commit_author = "Bot <bot@example.com>"\nport_base = 30000\n'
+    )
+    path = manifest(cwd, 'port_block = 20\n[[task]]\nid = "a"\nprompt = "p"\n', with_agent=False)
+    spec = build_run_spec(repo_root=repo, manifest=path)
+    assert spec.worktree_root == repo.absolute().parent / "trees"
+    assert spec.kill_grace == 2.0
+    assert spec.commit_author == "Bot <bot@example.com>"
+    assert (spec.port_base, spec.port_block) == (30000, 20)
+
+
+# --- config files ----------------------------------------------------------------------------
+
+
+def test_load_config_prefers_swarm_toml_then_pyproject(repo: Path) -> None:
+    assert load_config(repo) == {}
+    (repo / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert load_config(repo) == {}
+    (repo / "pyproject.toml").write_text('[tool.swarm]\njobs = 6\ntimeout = "5m"\n')
+    assert load_config(repo) == {"jobs": 6, "timeout": "5m"}
+    (repo / "swarm.toml").write_text("jobs = 2\n")
+    assert load_config(repo) == {"jobs": 2}
+
+
+def test_pyproject_tool_swarm_is_used(repo: Path, cwd: Path) -> None:
+    (repo / "pyproject.toml").write_text(f"[tool.swarm]\njobs = 6\nagent = {AGENT_TOML}\n")
+    spec = build_run_spec(repo_root=repo, manifest=None, inline=["a=p"])
+    assert spec.jobs == 6
+    assert spec.tasks[0].agent_argv == tuple(AGENT)
+
+
+def test_pyproject_tool_swarm_unknown_key(repo: Path, cwd: Path) -> None:
+    (repo / "pyproject.toml").write_text("[tool.swarm]\njbos = 6\n")
+    message = error(repo, inline=["a=p"])
+    assert "pyproject.toml [tool.swarm]: unknown key 'jbos' (did you mean 'jobs'?)" in message
+
+
+def test_broken_pyproject_without_swarm_section_is_ignored(repo: Path, cwd: Path) -> None:
+    (repo / "pyproject.toml").write_text("[project\nname=")
+    spec = build_run_spec(
+        repo_root=repo, manifest=None, inline=["a=p"], overrides=Overrides(agent="scripted")
+    )
+    assert spec.jobs == 4
+    (repo / "pyproject.toml").write_text("[tool.swarm\njobs=")
+    assert "pyproject.toml: invalid TOML" in error(repo, inline=["a=p"])
+
+
+def test_swarm_toml_bad_value_names_file_and_field(repo: Path, cwd: Path) -> None:
+    (repo / "swarm.toml").write_text('timeout = "soon"\n')
+    message = error(repo, inline=["a=p"])
+    assert "swarm.toml: timeout: bad duration 'soon'" in message
+
+
+# --- validation errors -----------------------------------------------------------------------
+
+
+def test_unknown_task_key(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, '[[task]]\nid = "fix-login"\npromt = "x"\n')
+    assert error(repo, path).startswith(
+        "tasks.toml: task \"fix-login\": unknown key 'promt' (did you mean 'prompt'?)"
+    )
+
+
+def test_unknown_keys_elsewhere(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, "tasks = 1\n")
+    assert "tasks.toml: [defaults]: unknown key 'tasks'" in error(repo, path)
+    (cwd / "tasks.toml").write_text('jobs = 2\n[[task]]\nid = "a"\nprompt = "p"\n')
+    assert error(repo, Path("tasks.toml")) == "tasks.toml: key 'jobs' belongs in [defaults]"
+    path = manifest(cwd, 'files = ["a"]\n[[task]]\nid = "a"\nprompt = "p"\n')
+    assert error(repo, path) == "tasks.toml: [defaults]: key 'files' belongs in a [[task]]"
+    path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\njobs = 3\n')
+    assert "tasks.toml: task \"a\": key 'jobs' is run-wide" in error(repo, path)
+
+
+def test_bad_task_id_names_index_and_regex(repo: Path, cwd: Path) -> None:
+    path = manifest(
+        cwd,
+        '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+        '[[task]]\nid = "Bad_ID"\nprompt = "p"\n',
+    )
+    message = error(repo, path)
+    assert message.startswith(
+        "tasks.toml: task[3]: id 'Bad_ID' must match [a-z0-9][a-z0-9._-]{0,62}"
+    )
+
+
+@pytest.mark.parametrize("bad", ["../up", "a..b", "x.lock", "-dash", "a/b", "", "x" * 64])
+def test_unsafe_inline_ids(repo: Path, cwd: Path, bad: str) -> None:
+    assert "must match" in error(repo, inline=[f"{bad}=p"])
+
+
+def test_missing_id_and_prompt(repo: Path, cwd: Path) -> None:
+    assert error(repo, manifest(cwd, '[[task]]\nprompt = "p"\n')) == (
+        "tasks.toml: task[1]: missing key 'id'"
+    )
+    assert error(repo, manifest(cwd, '[[task]]\nid = "a"\n')) == (
+        "tasks.toml: task \"a\": missing key 'prompt'"
+    )
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t"])
+def test_empty_prompt(repo: Path, cwd: Path, prompt: str) -> None:
+    path = manifest(cwd, f'[[task]]\nid = "a"\nprompt = {json.dumps(prompt)}\n')
+    assert error(repo, path) == 'tasks.toml: task "a": prompt is empty'
+    assert error(repo, inline=[f"b={prompt}"]) == '-t "b": prompt is empty'
+
+
+def test_duplicate_ids_across_sources(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, TWO_TASKS)
+    message = error(repo, path, inline=["fix-login=again"])
+    assert (
+        message == '-t "fix-login": duplicate id \'fix-login\' (also tasks.toml: task "fix-login")'
+    )
+    path = manifest(cwd, TWO_TASKS + '[[task]]\nid = "fix-login"\nprompt = "p"\n')
+    assert "duplicate id 'fix-login'" in error(repo, path)
+
+
+def test_unknown_and_self_dependencies(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\ndepends_on = ["ghost"]\n')
+    assert (
+        error(repo, path) == "tasks.toml: task \"a\": depends_on 'ghost' is not a task of this run"
+    )
+    path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\ndepends_on = ["a"]\n')
+    assert error(repo, path) == 'tasks.toml: task "a": depends on itself'
+
+
+def test_cycle_is_named(repo: Path, cwd: Path) -> None:
+    path = manifest(
+        cwd,
+        '[[task]]\nid = "a"\nprompt = "p"\ndepends_on = ["b"]\n'
+        '[[task]]\nid = "b"\nprompt = "p"\ndepends_on = ["c"]\n'
+        '[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["a"]\n',
+    )
+    assert error(repo, path) == "dependency cycle: a -> b -> c -> a"
+
+
+def test_no_tasks(repo: Path, cwd: Path) -> None:
+    expected = "no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE"
+    assert error(repo) == expected
+    assert error(repo, manifest(cwd, "")) == expected
+
+
+def test_malformed_inline_and_prompt_file(repo: Path, cwd: Path) -> None:
+    assert error(repo, inline=["fix the bug"]) == '-t "fix the bug": expected ID=PROMPT'
+    assert error(repo, prompt_files=["a"]) == '--prompt-file "a": expected ID=FILE'
+    message = error(repo, prompt_files=["a=missing.md"])
+    assert message == '--prompt-file "a": missing.md: cannot read: No such file or directory'
+
+
+def test_unreadable_manifest(repo: Path, cwd: Path) -> None:
+    assert error(repo, Path("nope.toml")) == "nope.toml: cannot read: No such file or directory"
+    (cwd / "dir.toml").mkdir()
+    assert error(repo, Path("dir.toml")).startswith("dir.toml: cannot read:")
+    (cwd / "bin.toml").write_bytes(b"\xff\xfe")
+    assert error(repo, Path("bin.toml")) == "bin.toml: not UTF-8 text"
+
+
+def test_toml_syntax_error_is_one_line(repo: Path, cwd: Path) -> None:
+    (cwd / "tasks.toml").write_text('[[task]]\nid = "a"\nprompt = \n')
+    message = error(repo, Path("tasks.toml"))
+    assert message.startswith("tasks.toml: invalid TOML: ")
+    assert "line 3" in message
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('retries = "3"', 'task "a": retries: expected an integer, got a string'),
+        ("retries = -1", 'task "a": retries: must be >= 0, got -1'),
+        ("priority = true", 'task "a": priority: expected an integer, got a boolean'),
+        ('timeout = "forever"', "task \"a\": timeout: bad duration 'forever'"),
+        ("idle_timeout = 0", 'task "a": idle_timeout: bad duration 0'),
+        ('checks = "pytest"', 'task "a": checks: expected an array of command strings'),
+        ("checks = [1]", 'task "a": checks[0]: expected a command string or an argv array'),
+        ('checks = ["echo \'open"]', 'task "a": checks[0]: cannot split'),
+        ("checks = [[]]", 'task "a": checks[0]: empty command'),
+        ('setup = [""]', 'task "a": setup[0]: empty command'),
+        ('files = ["../outside"]', "task \"a\": files[0]: '../outside' must be a relative path"),
+        ('copy = ["/etc/passwd"]', "task \"a\": copy[0]: '/etc/passwd' must be a relative path"),
+        ("env = { A = 1 }", 'task "a": env.A: expected a string, got an integer'),
+        ('env = { "A-B" = "x" }', "task \"a\": env: 'A-B' is not a valid environment variable"),
+        ('depends_on = "b"', 'task "a": depends_on: expected an array of strings, got a string'),
+        ("title = 3", 'task "a": title: expected a string, got an integer'),
+        ("agent = 3", 'task "a": agent: expected a profile name or an argv array'),
+        ('agent = "nosuch"', "task \"a\": agent: unknown agent 'nosuch'"),
+        (
+            'agent = ["/no/such/agent"]',
+            "task \"a\": agent: agent program '/no/such/agent' not found",
+        ),
+    ],
+)
+def test_bad_task_fields_name_task_and_field(
+    repo: Path, cwd: Path, snippet: str, expected: str
+) -> None:
+    path = manifest(cwd, f'[[task]]\nid = "a"\nprompt = "p"\n{snippet}\n')
+    message = error(repo, path)
+    assert message.startswith(f"tasks.toml: {expected}"), message
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("jobs = 0", "tasks.toml: [defaults]: jobs: must be >= 1, got 0"),
+        (
+            'commit_author = "nobody"',
+            "tasks.toml: [defaults]: commit_author: expected 'Name <email>'",
+        ),
+        ("port_base = 80", "tasks.toml: [defaults]: port_base: must be between 1024 and 65535"),
+        ("port_base = 65530", "port_base 65530 + port_block 10 x jobs 4 goes past port 65535"),
+        ('kill_grace = "-1s"', "tasks.toml: [defaults]: kill_grace: bad duration '-1s'"),
+        ('worktree_root = ""', "tasks.toml: [defaults]: worktree_root: must not be empty"),
+        ('agent = "nosuch"', "tasks.toml: [defaults]: agent: unknown agent 'nosuch'"),
+    ],
+)
+def test_bad_defaults(repo: Path, cwd: Path, snippet: str, expected: str) -> None:
+    text = f'{snippet}\n[[task]]\nid = "a"\nprompt = "p"\n'
+    path = manifest(cwd, text, with_agent=not snippet.startswith("agent"))
+    assert error(repo, path).startswith(expected)
+
+
+def test_bad_defaults_and_task_shapes(repo: Path, cwd: Path) -> None:
+    (cwd / "tasks.toml").write_text("defaults = 1\n")
+    assert (
+        error(repo, Path("tasks.toml")) == "tasks.toml: defaults: expected a table, got an integer"
+    )
+    (cwd / "tasks.toml").write_text('[task]\nid = "a"\nprompt = "p"\n')
+    assert (
+        error(repo, Path("tasks.toml")) == "tasks.toml: task: write each task as a [[task]] table"
+    )
+    (cwd / "tasks.toml").write_text("task = [1]\n")
+    assert (
+        error(repo, Path("tasks.toml")) == "tasks.toml: task[1]: expected a table, got an integer"
+    )
+
+
+def test_bad_overrides_name_the_flag(repo: Path, cwd: Path) -> None:
+    assert error(repo, inline=["a=p"], overrides=Overrides(jobs=0)) == "--jobs: must be >= 1, got 0"
+    assert error(repo, inline=["a=p"], overrides=Overrides(timeout="x")).startswith(
+        "--timeout: bad duration 'x'"
+    )
+    assert error(repo, inline=["a=p"], overrides=Overrides(agent="claud")).startswith(
+        "--agent: unknown agent 'claud'"
+    )
+    assert error(repo, inline=["a=p"], overrides=Overrides(agent="'open")).startswith(
+        "--agent: cannot split"
+    )
+    message = error(repo, inline=["a=p"], overrides=Overrides(agent="scripted", checks=("",)))
+    assert message == "--check[0]: empty command"
+
+
+# --- durations and cycles --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("45m", 2700.0),
+        ("90s", 90.0),
+        ("1h30m", 5400.0),
+        ("2h", 7200.0),
+        ("1.5m", 90.0),
+        ("1h 2m 3s", 3723.0),
+        ("30", 30.0),
+        ("2.5", 2.5),
+        ("10M", 600.0),
+        (45, 45.0),
+        (0.5, 0.5),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value, where="x") == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["", "m", "45x", "1m1h", "-5", "0s", "nan", "inf", 0, -3, True, None, [1], "h30"]
+)
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(BadInputError, match=r"^where: bad duration"):
+        parse_duration(value, where="where")
+
+
+def test_dependency_cycle() -> None:
+    assert dependency_cycle({}) is None
+    assert dependency_cycle({"a": ["b"], "b": ["c"], "c": []}) is None
+    assert dependency_cycle({"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}) is None
+    assert dependency_cycle({"a": ["a"]}) == ["a", "a"]
+    assert dependency_cycle({"x": [], "a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert dependency_cycle({"a": ["b"], "b": ["c"], "c": ["b"]}) == ["b", "c", "b"]
+    assert dependency_cycle({"a": ["ghost"]}) is None
+
+
+def test_dependency_cycle_long_chain_does_not_recurse() -> None:
+    n = 5000
+    chain = {f"t{i}": [f"t{i + 1}"] for i in range(n)}
+    chain[f"t{n}"] = []
+    assert dependency_cycle(chain) is None
+    chain[f"t{n}"] = ["t0"]
+    cycle = dependency_cycle(chain)
+    assert cycle is not None
+    assert (cycle[0], cycle[-1], len(cycle)) == ("t0", "t0", n + 2)
