@@ -1,0 +1,462 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from worktree_swarm.errors import SwarmError
+from worktree_swarm.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.store import (
+    SCHEMA_VERSION,
+    AttemptRow,
+    EventRow,
+    RunRow,
+    Store,
+    task_from_json,
+    task_to_json,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+MANAGER = ProcessIdentity(pid=4242, create_time=1700000000.25, pgid=4242)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "common" / "swarm" / "state.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as s:
+        yield s
+
+
+def new_run(store: Store, run_id: str = "r1", *, created_at: float = 100.0) -> None:
+    store.create_run(
+        run_id=run_id,
+        base_commit="abc123",
+        repo_root="/repo",
+        jobs=4,
+        manager=MANAGER,
+        spec_json='{"jobs": 4}',
+        created_at=created_at,
+    )
+
+
+def with_tasks(store: Store, *ids: str, run_id: str = "r1") -> None:
+    store.add_tasks(
+        run_id,
+        [(Task(id=i, prompt=f"do {i}"), f"swarm/{i}", f"/wt/{i}") for i in ids],
+    )
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) -> None:
+    assert db_path.is_file()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    finally:
+        conn.close()
+
+
+def test_reopening_keeps_data(db_path: Path, store: Store) -> None:
+    new_run(store)
+    store.close()
+    with Store(db_path) as again:
+        assert again.latest_run_id() == "r1"
+
+
+def test_newer_schema_is_refused(db_path: Path, store: Store) -> None:
+    store.close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SwarmError, match=r"schema version 2, newer .*upgrade worktree-swarm"):
+        Store(db_path)
+
+
+def test_garbage_file_is_refused_clearly(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(SwarmError, match=r"not a usable worktree-swarm state database"):
+        Store(db_path)
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+def test_run_round_trip(store: Store) -> None:
+    new_run(store)
+    assert store.get_run("r1") == RunRow(
+        run_id="r1",
+        base_commit="abc123",
+        repo_root="/repo",
+        jobs=4,
+        created_at=100.0,
+        ended_at=None,
+        status="running",
+        manager_pid=4242,
+        manager_create_time=1700000000.25,
+        spec_json='{"jobs": 4}',
+    )
+    assert store.get_run("nope") is None
+
+
+def test_set_manager_and_finish(store: Store) -> None:
+    new_run(store)
+    store.set_manager("r1", None)
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.manager_pid, run.manager_create_time) == (None, None)
+    store.set_manager("r1", ProcessIdentity(pid=7, create_time=3.5, pgid=7))
+    store.finish_run("r1", status="failed")
+    run = store.get_run("r1")
+    assert run is not None
+    assert (run.manager_pid, run.manager_create_time, run.status) == (7, 3.5, "failed")
+    assert run.ended_at is not None
+
+
+def test_missing_run_updates_raise(store: Store) -> None:
+    with pytest.raises(KeyError):
+        store.finish_run("ghost", status="done")
+    with pytest.raises(KeyError):
+        store.set_manager("ghost", None)
+
+
+def test_latest_run_and_runs_order(store: Store) -> None:
+    assert store.latest_run_id() is None
+    assert store.runs() == []
+    new_run(store, "old", created_at=1.0)
+    new_run(store, "new", created_at=2.0)
+    new_run(store, "same-time", created_at=2.0)
+    assert store.latest_run_id() == "same-time"
+    assert [r.run_id for r in store.runs()] == ["old", "new", "same-time"]
+
+
+def test_duplicate_run_is_rejected(store: Store) -> None:
+    new_run(store)
+    with pytest.raises(sqlite3.IntegrityError):
+        new_run(store)
+    assert len(store.runs()) == 1
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+def test_add_tasks_and_read_back(store: Store) -> None:
+    new_run(store)
+    t = Task(id="fix-login", prompt="Fix it", files=("src/auth/**",), priority=2)
+    store.add_tasks(
+        "r1",
+        [(t, "swarm/fix-login", "/wt/fix-login"), (Task(id="b", prompt="x"), "swarm/b", "/wt/b")],
+    )
+    rows = store.tasks("r1")
+    assert [r.task_id for r in rows] == ["fix-login", "b"]
+    row = rows[0]
+    assert row.position == 0
+    assert row.state is TaskState.PENDING
+    assert (row.branch, row.worktree, row.reason, row.attempts) == (
+        "swarm/fix-login",
+        "/wt/fix-login",
+        "",
+        0,
+    )
+    assert row.stop_requested is False
+    assert task_from_json(row.spec_json) == t
+    assert store.task("r1", "b") == rows[1]
+    assert store.task("r1", "zzz") is None
+    assert store.tasks("other") == []
+
+
+def test_add_tasks_is_one_transaction(store: Store) -> None:
+    new_run(store)
+    dup = Task(id="a", prompt="p")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_tasks("r1", [(dup, "swarm/a", "/a"), (dup, "swarm/a", "/a")])
+    assert store.tasks("r1") == []
+    with_tasks(store, "a")  # the store is usable after the rollback
+    assert len(store.tasks("r1")) == 1
+
+
+def test_update_task_every_allowed_field(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    store.update_task(
+        "r1",
+        "a",
+        state=TaskState.DONE,
+        reason="ok",
+        base_commit="def456",
+        attempts=2,
+        started_at=10.0,
+        ended_at=20.5,
+        stop_requested=True,
+        diff_files=3,
+        diff_insertions=40,
+        diff_deletions=5,
+        cost_usd=0.125,
+        tokens_in=1000,
+        tokens_out=200,
+    )
+    row = store.task("r1", "a")
+    assert row is not None
+    assert row.state is TaskState.DONE
+    assert (row.reason, row.base_commit, row.attempts) == ("ok", "def456", 2)
+    assert (row.started_at, row.ended_at, row.stop_requested) == (10.0, 20.5, True)
+    assert (row.diff_files, row.diff_insertions, row.diff_deletions) == (3, 40, 5)
+    assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.125, 1000, 200)
+
+
+def test_update_task_accepts_state_value_and_noop(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    store.update_task("r1", "a", state="failed")
+    store.update_task("r1", "a")
+    row = store.task("r1", "a")
+    assert row is not None
+    assert row.state is TaskState.FAILED
+
+
+@pytest.mark.parametrize("field", ["worktree", "spec_json", "branch", "position", "nonsense"])
+def test_update_task_whitelist(store: Store, field: str) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    before = store.task("r1", "a")
+    with pytest.raises(ValueError, match=field):
+        store.update_task("r1", "a", reason="changed", **{field: "x"})
+    assert store.task("r1", "a") == before
+
+
+def test_update_task_rejects_unknown_state(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a")
+    with pytest.raises(ValueError, match="exploded"):
+        store.update_task("r1", "a", state="exploded")
+
+
+def test_update_missing_task_raises(store: Store) -> None:
+    new_run(store)
+    with pytest.raises(KeyError):
+        store.update_task("r1", "ghost", reason="x")
+
+
+# --- attempts and events -----------------------------------------------------------------
+
+
+def test_attempt_round_trip(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a", "b")
+    ident = ProcessIdentity(pid=100, create_time=5.5, pgid=99)
+    first = store.start_attempt(
+        "r1", "a", number=1, identity=ident, log_path="/l/a1", started_at=1.0
+    )
+    second = store.start_attempt(
+        "r1", "b", number=1, identity=ident, log_path="/l/b1", started_at=2.0
+    )
+    store.end_attempt(first, exit_code=0, outcome="done", ended_at=3.0)
+    assert store.attempts("r1", "a") == [
+        AttemptRow(
+            id=first,
+            run_id="r1",
+            task_id="a",
+            number=1,
+            pid=100,
+            create_time=5.5,
+            pgid=99,
+            started_at=1.0,
+            ended_at=3.0,
+            exit_code=0,
+            outcome="done",
+            log_path="/l/a1",
+        )
+    ]
+    assert [a.id for a in store.attempts("r1")] == [first, second]
+    open_attempt = store.attempts("r1", "b")[0]
+    assert (open_attempt.ended_at, open_attempt.exit_code, open_attempt.outcome) == (
+        None,
+        None,
+        None,
+    )
+    store.end_attempt(second, exit_code=None, outcome="stopped")
+    assert store.attempts("r1", "b")[0].exit_code is None
+    with pytest.raises(KeyError):
+        store.end_attempt(999, exit_code=0, outcome="done")
+
+
+def test_events_round_trip_and_after(store: Store) -> None:
+    new_run(store)
+    e1 = store.add_event("r1", "run_started", ts=1.0)
+    e2 = store.add_event("r1", "state", task_id="a", data={"state": "running", "n": [1, 2]}, ts=2.0)
+    assert store.events("r1") == [
+        EventRow(id=e1, run_id="r1", task_id=None, ts=1.0, kind="run_started", data={}),
+        EventRow(
+            id=e2,
+            run_id="r1",
+            task_id="a",
+            ts=2.0,
+            kind="state",
+            data={"state": "running", "n": [1, 2]},
+        ),
+    ]
+    assert [e.id for e in store.events("r1", after=e1)] == [e2]
+    assert store.events("r1", after=e2) == []
+
+
+# --- task json ---------------------------------------------------------------------------
+
+
+def test_task_json_round_trip_exact() -> None:
+    t = Task(
+        id="full",
+        prompt='multi\nline "quoted" ✓',
+        title="Title",
+        depends_on=("a", "b"),
+        agent="claude",
+        agent_argv=("claude", "-p", "{prompt}"),
+        checks=(("pytest", "-q"), ("ruff", "check", ".")),
+        files=("src/**",),
+        timeout=2700.0,
+        idle_timeout=None,
+        retries=2,
+        priority=-1,
+        copy=(".env",),
+        setup=(("uv", "sync"),),
+        env=(("A", "1"), ("B", "two")),
+    )
+    back = task_from_json(task_to_json(t))
+    assert back == t
+    assert type(back.checks) is tuple
+    assert all(type(c) is tuple for c in back.checks)
+    assert type(back.env[0]) is tuple
+    assert task_from_json(task_to_json(Task(id="min", prompt="p"))) == Task(id="min", prompt="p")
+
+
+def test_task_json_rejects_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        task_from_json(json.dumps({"id": "a", "prompt": "p", "bogus": 1}))
+    with pytest.raises(ValueError, match="object"):
+        task_from_json("[]")
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+READER = """
+import sys
+from pathlib import Path
+from worktree_swarm.store import Store
+with Store(Path(sys.argv[1])) as s:
+    run = s.latest_run_id()
+    print(run, [t.task_id for t in s.tasks(run)], len(s.events(run)))
+"""
+
+
+def test_other_process_reads_while_a_write_is_open(db_path: Path, store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a", "b")
+    store.add_event("r1", "committed")
+    writer = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(
+            "INSERT INTO events (run_id, ts, kind, data) VALUES ('r1', 1.0, 'uncommitted', '{}')"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", READER, str(db_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "r1 ['a', 'b'] 1"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_fresh_store_opens_while_another_process_writes(db_path: Path, store: Store) -> None:
+    # Opening an up-to-date db must not need the write lock (status during a run).
+    new_run(store)
+    writer = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        with Store(db_path) as reader:
+            assert reader.latest_run_id() == "r1"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_writes_wait_for_a_concurrent_writer(db_path: Path, store: Store) -> None:
+    new_run(store)
+    other = Store(db_path)
+    started = threading.Event()
+    writer = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+
+    def blocked_write() -> None:
+        started.set()
+        other.add_event("r1", "after-release")
+
+    thread = threading.Thread(target=blocked_write)
+    thread.start()
+    started.wait()
+    writer.execute("COMMIT")
+    writer.close()
+    thread.join()
+    other.close()
+    assert [e.kind for e in store.events("r1")] == ["after-release"]
+
+
+def test_concurrent_writers_lose_nothing(db_path: Path, store: Store) -> None:
+    new_run(store)
+    with_tasks(store, *(f"t{i}" for i in range(8)))
+    second = Store(db_path)  # a second connection, as another process would have
+    per_thread = 50
+    errors: list[BaseException] = []
+
+    def work(n: int, target: Store) -> None:
+        try:
+            for k in range(per_thread):
+                target.add_event("r1", "tick", task_id=f"t{n}", data={"k": k})
+                target.update_task("r1", f"t{n}", attempts=k + 1)
+                aid = target.start_attempt(
+                    "r1", f"t{n}", number=k, identity=MANAGER, log_path=f"/l/{n}/{k}"
+                )
+                target.end_attempt(aid, exit_code=0, outcome="done")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(n, store if n % 2 else second)) for n in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    second.close()
+    assert errors == []
+    events = store.events("r1")
+    assert len(events) == 8 * per_thread
+    assert len({e.id for e in events}) == len(events)
+    for n in range(8):
+        ks = [e.data["k"] for e in events if e.task_id == f"t{n}"]
+        assert ks == list(range(per_thread))
+        row = store.task("r1", f"t{n}")
+        assert row is not None
+        assert row.attempts == per_thread
+        attempts = store.attempts("r1", f"t{n}")
+        assert [a.number for a in attempts] == list(range(per_thread))
+        assert all(a.outcome == "done" for a in attempts)
