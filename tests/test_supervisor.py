@@ -1,0 +1,399 @@
+"""Supervisor: spawning, identity, tree kills — all on real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+import worktree_swarm
+from worktree_swarm.errors import SwarmError
+from worktree_swarm.proc import clean_env
+from worktree_swarm.supervisor import (
+    AgentProcess,
+    descendants,
+    identity_of,
+    is_alive,
+    kill_tree,
+    processes_in,
+    spawn,
+)
+
+WriteAgent = Callable[[str], list[str]]
+PACKAGE_ROOT = Path(worktree_swarm.__file__).resolve().parent.parent
+
+# Snippet for agent scripts: publish a value atomically so a reader never sees half a file.
+PUBLISH = """
+import os, sys
+def publish(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(text))
+    os.replace(tmp, path)
+"""
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {condition}")
+        time.sleep(0.02)
+
+
+def read_pid(path: Path) -> int:
+    wait_for(path.exists)
+    return int(path.read_text())
+
+
+def gone(pid: int, create_time: float | None = None) -> bool:
+    """No such process, a different process on that PID, or a zombie."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and proc.create_time() != create_time:
+            return True
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Reaper:
+    """Remembers every process a test starts and kills the survivors at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[psutil.Process] = []
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def pid(self, pid: int) -> int:
+        self.procs.append(psutil.Process(pid))
+        return pid
+
+    def agent(self, agent: AgentProcess) -> AgentProcess:
+        self.popens.append(agent.popen)
+        self.pid(agent.identity.pid)
+        return agent
+
+    def popen(self, popen: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.popens.append(popen)
+        self.pid(popen.pid)
+        return popen
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        # Zombies count as gone: in a container PID 1 may never reap reparented ones.
+        wait_for(lambda: all(gone(p.pid, p.create_time()) for p in self.procs if p.is_running()))
+        for popen in self.popens:
+            popen.wait(timeout=10)
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    r = Reaper()
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def start(tmp_path: Path, write_agent: WriteAgent, reaper: Reaper) -> Callable[..., AgentProcess]:
+    """Spawn an agent from *source*, with tmp_path as cwd and the log in tmp_path/logs."""
+    counter = iter(range(1000))
+
+    def _start(source: str, *, env: dict[str, str] | None = None) -> AgentProcess:
+        log = tmp_path / "logs" / f"agent{next(counter)}.log"
+        argv = write_agent(PUBLISH + source)
+        agent = spawn(argv, cwd=tmp_path, env=clean_env(env), log_path=log)
+        return reaper.agent(agent)
+
+    return _start
+
+
+def log_text(agent: AgentProcess) -> str:
+    return agent.log_path.read_text(errors="replace")
+
+
+def test_spawn_log_stdin_session_env(start, tmp_path: Path) -> None:
+    agent = start(
+        "print('out line', flush=True)\n"
+        "print('err line', file=sys.stderr, flush=True)\n"
+        "print('stdin=' + repr(sys.stdin.read()))\n"
+        "print('sid', os.getsid(0), 'pgid', os.getpgid(0), 'pid', os.getpid())\n"
+        "print('env', os.environ.get('SWARM_TEST_VAR'))\n"
+        "print('cwd', os.getcwd())\n",
+        env={"SWARM_TEST_VAR": "hello world"},
+    )
+    assert agent.wait(timeout=30) == 0
+    text = log_text(agent)
+    assert "out line" in text
+    assert "err line" in text
+    assert "stdin=''" in text
+    pid = agent.identity.pid
+    assert f"sid {pid} pgid {pid} pid {pid}" in text
+    assert "env hello world" in text
+    assert f"cwd {os.path.realpath(tmp_path)}" in text
+    assert agent.identity.pgid == pid != os.getpgrp()
+    assert agent.last_line() == f"cwd {os.path.realpath(tmp_path)}"
+
+
+def test_spawn_appends_and_creates_parents(tmp_path: Path, write_agent, reaper) -> None:
+    log = tmp_path / "deep" / "er" / "a.log"
+    argv = write_agent("print('second')")
+    log.parent.mkdir(parents=True)
+    log.write_text("first\n")
+    agent = reaper.agent(spawn(argv, cwd=tmp_path, env=clean_env(), log_path=log))
+    assert agent.wait(timeout=30) == 0
+    assert log.read_text() == "first\nsecond\n"
+
+
+def test_spawn_missing_program_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SwarmError, match="no-such-agent-binary"):
+        spawn(["no-such-agent-binary"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "l.log")
+
+
+def test_identity_and_is_alive(start, tmp_path: Path) -> None:
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    assert identity_of(agent.identity.pid) == agent.identity
+    assert agent.identity.create_time == psutil.Process(agent.identity.pid).create_time()
+    assert is_alive(agent.identity)
+    assert agent.poll() is None
+    kill_tree(agent.identity, grace=5)
+    assert not is_alive(agent.identity)  # a zombie until reaped, and zombies are not alive
+    assert agent.wait(timeout=30) == -signal.SIGTERM
+    assert not is_alive(agent.identity)
+    assert identity_of(agent.identity.pid) is None or not is_alive(agent.identity)
+
+
+def test_is_alive_false_after_exit(start) -> None:
+    agent = start("pass\n")
+    assert agent.wait(timeout=30) == 0
+    assert not is_alive(agent.identity)
+    assert descendants(agent.identity) == []
+    kill_tree(agent.identity, grace=1)  # nothing left to stop: a no-op
+
+
+def test_forged_identity_never_signals_the_pid_owner(reaper: Reaper, tmp_path: Path) -> None:
+    helper = reaper.popen(
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    )
+    real = identity_of(helper.pid)
+    assert real is not None
+    for forged in (
+        replace(real, create_time=real.create_time - 60),
+        replace(real, create_time=real.create_time + 60),
+    ):
+        assert not is_alive(forged)
+        assert descendants(forged) == []
+        kill_tree(forged, grace=0.2)
+        assert helper.poll() is None
+        assert is_alive(real)
+
+
+def test_identity_of_unknown_pid() -> None:
+    # Above any pid_max (2**22 on Linux, 99999 on macOS).
+    assert identity_of(2**22 + 1) is None
+
+
+def test_kill_tree_plain_sleeper(start, tmp_path: Path) -> None:
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    kill_tree(agent.identity, grace=10)
+    assert agent.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_kill_tree_escalates_to_sigkill(start, tmp_path: Path) -> None:
+    agent = start(
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"publish({str(tmp_path / 'ready')!r}, 1)\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    read_pid(tmp_path / "ready")
+    kill_tree(agent.identity, grace=0.3)
+    assert agent.wait(timeout=30) == -signal.SIGKILL
+
+
+GRANDCHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.setsid()
+tmp = sys.argv[1] + ".tmp"
+with open(tmp, "w") as f:
+    f.write(str(os.getpid()))
+os.replace(tmp, sys.argv[1])
+while True:
+    time.sleep(1)
+"""
+
+
+def tree_agent(tmp_path: Path) -> str:
+    """An agent with a group child and a grandchild that left the group and ignores SIGTERM."""
+    return (
+        "import subprocess, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}, {str(tmp_path / 'gc')!r}])\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+        f"publish({str(tmp_path / 'child')!r}, child.pid)\n"
+        f"publish({str(tmp_path / 'agent')!r}, os.getpid())\n"
+        "time.sleep(3600)\n"
+    )
+
+
+def tree_pids(tmp_path: Path, reaper: Reaper) -> list[tuple[int, float]]:
+    pids = [reaper.pid(read_pid(tmp_path / name)) for name in ("agent", "child", "gc")]
+    return [(pid, psutil.Process(pid).create_time()) for pid in pids]
+
+
+def test_kill_tree_reaches_grandchild_that_left_the_group(start, tmp_path: Path, reaper) -> None:
+    agent = start(tree_agent(tmp_path))
+    pids = tree_pids(tmp_path, reaper)
+    gc_pid = pids[2][0]
+    assert os.getpgid(gc_pid) != agent.identity.pgid
+    assert {p.pid for p in descendants(agent.identity)} >= {pid for pid, _ in pids[1:]}
+    kill_tree(agent.identity, grace=0.3)
+    assert all(gone(pid, ctime) for pid, ctime in pids)
+    assert agent.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_kill_tree_from_another_process(start, tmp_path: Path, reaper) -> None:
+    agent = start(tree_agent(tmp_path))
+    pids = tree_pids(tmp_path, reaper)
+    ident = agent.identity
+    code = (
+        "from worktree_swarm.models import ProcessIdentity\n"
+        "from worktree_swarm.supervisor import kill_tree\n"
+        f"kill_tree(ProcessIdentity(pid={ident.pid}, create_time={ident.create_time!r},"
+        f" pgid={ident.pgid}), grace=0.3)\n"
+    )
+    env = clean_env({"PYTHONPATH": str(PACKAGE_ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(gone(pid, ctime) for pid, ctime in pids)
+    assert agent.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_stop_reaps_and_returns_exit_code(start, tmp_path: Path) -> None:
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    assert agent.stop(grace=5) == -signal.SIGTERM
+    assert agent.poll() == -signal.SIGTERM
+
+
+def test_idle_seconds_grows_and_resets(start, tmp_path: Path) -> None:
+    go, ack = tmp_path / "go", tmp_path / "ack"
+    agent = start(
+        "import time\n"
+        "print('ready', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "print('tick', flush=True)\n"
+        f"publish({str(ack)!r}, 1)\n"
+        "time.sleep(3600)\n"
+    )
+    wait_for(lambda: "ready" in log_text(agent))
+    first = agent.idle_seconds()
+    wait_for(lambda: agent.idle_seconds() > first)
+    # Enough idleness that the reset is visible despite scheduling noise.
+    wait_for(lambda: agent.idle_seconds() > 1.0)
+    before_activity = agent.last_activity()
+    before = agent.idle_seconds()
+    go.touch()
+    wait_for(ack.exists)
+    assert agent.last_activity() > before_activity
+    assert agent.idle_seconds() < before
+    assert agent.last_line() == "tick"
+
+
+def test_last_line(start, tmp_path: Path) -> None:
+    agent = start(
+        "sys.stdout.write('x' * 200000 + '\\n')\n"
+        "sys.stdout.buffer.write(b'first\\nlast \\xff line  \\n\\n   \\n')\n"
+    )
+    assert agent.wait(timeout=30) == 0
+    assert agent.last_line() == "last \ufffd line"
+
+
+def test_last_line_without_log(tmp_path: Path, start) -> None:
+    agent = start("pass\n")
+    agent.wait(timeout=30)
+    agent.log_path.unlink()
+    assert agent.last_line() == ""
+    assert agent.idle_seconds() >= 0
+
+
+def test_processes_in(start, tmp_path: Path, reaper) -> None:
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    inside = {p.pid for p in processes_in(tmp_path)}
+    assert agent.identity.pid in inside
+    assert os.getpid() not in inside
+    assert agent.identity.pid not in {p.pid for p in processes_in(tmp_path / "logs")}
+    agent.stop(grace=5)
+
+
+def orphaning_agent(tmp_path: Path) -> str:
+    """An agent that leaves a child behind in its process group and exits."""
+    return (
+        "import subprocess\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+        f"publish({str(tmp_path / 'child')!r}, child.pid)\n"
+    )
+
+
+def test_kill_tree_after_leader_was_reaped_kills_its_group(start, tmp_path, reaper) -> None:
+    agent = start(orphaning_agent(tmp_path))
+    child = reaper.pid(read_pid(tmp_path / "child"))
+    ctime = psutil.Process(child).create_time()
+    assert agent.wait(timeout=30) == 0
+    assert not is_alive(agent.identity)
+    kill_tree(agent.identity, grace=5)
+    assert gone(child, ctime)
+
+
+def test_kill_tree_with_unreaped_zombie_leader_returns(start, tmp_path, reaper) -> None:
+    agent = start(orphaning_agent(tmp_path))
+    child = reaper.pid(read_pid(tmp_path / "child"))
+    ctime = psutil.Process(child).create_time()
+    leader = psutil.Process(agent.identity.pid)
+    wait_for(lambda: leader.status() == psutil.STATUS_ZOMBIE)
+    kill_tree(agent.identity, grace=5)
+    assert gone(child, ctime)
+    assert agent.poll() == 0
+
+
+def test_kill_tree_never_signals_a_shared_group(reaper: Reaper) -> None:
+    # Not started in its own session: its group is ours, and must not be signalled.
+    helper = reaper.popen(
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"], stdin=subprocess.DEVNULL
+        )
+    )
+    ident = identity_of(helper.pid)
+    assert ident is not None
+    assert ident.pgid == os.getpgrp()
+    kill_tree(ident, grace=5)
+    assert helper.wait(timeout=30) == -signal.SIGTERM
