@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from worktree_swarm import git as g
+from worktree_swarm.errors import BadInputError, CommandError
+
+AUTHOR = "Swarm Bot <bot@example.com>"
+
+
+def commit_file(repo: Path, name: str, text: str, message: str = "change") -> str:
+    (repo / name).parent.mkdir(parents=True, exist_ok=True)
+    (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_require_git_ok() -> None:
+    g.require_git()
+
+
+def test_require_git_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BadInputError, match="git is not installed"):
+        g.require_git()
+
+
+def test_require_git_too_old(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "git"
+    fake.write_text("#!/bin/sh\necho 'git version 2.37.1'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BadInputError, match=r"git version 2\.37\.1 found; .*>= 2\.38"):
+        g.require_git()
+
+
+def test_open_repo_from_root_and_subdir(repo: Path) -> None:
+    (repo / "sub" / "deeper").mkdir(parents=True)
+    for start in (repo, repo / "sub" / "deeper"):
+        r = g.open_repo(start)
+        assert r.root == repo.resolve()
+        assert r.common_dir == (repo / ".git").resolve()
+        assert r.state_dir == r.common_dir / "swarm"
+        assert not r.state_dir.exists()
+
+
+def test_open_repo_from_linked_worktree(repo: Path, tmp_path: Path) -> None:
+    git(repo, "worktree", "add", "-q", "-b", "other", str(tmp_path / "linked"))
+    (tmp_path / "linked" / "d").mkdir()
+    r = g.open_repo(tmp_path / "linked" / "d")
+    assert r.root == repo.resolve()
+    assert r.common_dir == (repo / ".git").resolve()
+
+
+def test_open_repo_separate_git_dir(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q", "-b", "main", "--separate-git-dir", "meta.git", "checkout")
+    git(tmp_path / "checkout", "commit", "-q", "--allow-empty", "-m", "x")
+    (tmp_path / "checkout" / "sub").mkdir()
+    r = g.open_repo(tmp_path / "checkout" / "sub")
+    assert r.root == (tmp_path / "checkout").resolve()
+    assert r.common_dir == (tmp_path / "meta.git").resolve()
+
+
+def test_open_repo_not_a_repo(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(BadInputError, match="is not inside a git repository"):
+        g.open_repo(tmp_path / "plain")
+    with pytest.raises(BadInputError, match="is not a directory"):
+        g.open_repo(tmp_path / "missing")
+
+
+def test_open_repo_bare(repo: Path, tmp_path: Path) -> None:
+    git(tmp_path, "clone", "-q", "--bare", str(repo), "bare.git")
+    with pytest.raises(BadInputError, match="is a bare repository"):
+        g.open_repo(tmp_path / "bare.git")
+
+
+def test_open_repo_no_commits(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    git(tmp_path / "empty", "init", "-q", "-b", "main")
+    with pytest.raises(BadInputError, match="has no commits yet"):
+        g.open_repo(tmp_path / "empty")
+
+
+def test_git_helper_errors(repo: Path) -> None:
+    assert g.git(repo, "rev-parse", "--is-inside-work-tree").strip() == "true"
+    with pytest.raises(CommandError):
+        g.git(repo, "rev-parse", "--verify", "nope")
+    assert g.git(repo, "rev-parse", "--verify", "-q", "nope", check=False) == ""
+
+
+def test_git_helper_ignores_leaked_git_dir(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = make_repo(tmp_path / "other", {"x": "y\n"})
+    head = git(repo, "rev-parse", "HEAD")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    r = g.open_repo(repo)
+    assert r.root == repo.resolve()
+    assert g.head_commit(r) == head
+
+
+def test_rev_parse_head_branch(repo: Path) -> None:
+    r = g.open_repo(repo)
+    head = git(repo, "rev-parse", "HEAD")
+    assert g.head_commit(r) == head
+    assert g.rev_parse(r, "main") == head
+    assert g.rev_parse(r, "no-such-rev") is None
+    assert g.rev_parse(r, "--all") is None
+    assert g.current_branch(r) == "main"
+    assert g.branch_exists(r, "main")
+    assert not g.branch_exists(r, "feature")
+    git(repo, "checkout", "-q", "--detach")
+    assert g.current_branch(r) is None
+
+
+def test_repo_lock_creates_state_dir(repo: Path) -> None:
+    r = g.open_repo(repo)
+    lock = g.repo_lock(r)
+    with lock:
+        assert (r.state_dir / "repo.lock").exists()
+    assert (r.state_dir / "repo.lock").exists()
+
+
+def test_merge_commits_clean(repo: Path) -> None:
+    r = g.open_repo(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    tips = []
+    for name in ("a", "b", "c"):
+        git(repo, "checkout", "-q", "-b", name, base)
+        tips.append(commit_file(repo, f"{name}.txt", f"{name}\n"))
+    git(repo, "checkout", "-q", "main")
+    status_before = g.status_porcelain(repo)
+
+    merged = g.merge_commits(r, ["a", "b", "c"], message="merge abc", author=AUTHOR)
+
+    assert git(repo, "rev-parse", f"{merged}^@").split() == tips
+    assert git(repo, "ls-tree", "--name-only", merged).split() == [
+        "README.md",
+        "a.txt",
+        "b.txt",
+        "c.txt",
+    ]
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", merged) == (
+        f"{AUTHOR}|{AUTHOR}|merge abc"
+    )
+    # Nothing checked out changed.
+    assert git(repo, "rev-parse", "HEAD") == base
+    assert g.status_porcelain(repo) == status_before == ""
+    assert g.merge_commits(r, ["a"], message="m", author=AUTHOR) == tips[0]
+
+
+def test_merge_commits_conflict_names_files(repo: Path) -> None:
+    r = g.open_repo(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "x", base)
+    commit_file(repo, "README.md", "from x\n")
+    commit_file(repo, "src/shared.py", "x = 1\n")
+    git(repo, "checkout", "-q", "-b", "y", base)
+    commit_file(repo, "README.md", "from y\n")
+    commit_file(repo, "src/shared.py", "y = 2\n")
+    commit_file(repo, "y_only.txt", "fine\n")
+    git(repo, "checkout", "-q", "main")
+
+    with pytest.raises(g.MergeConflictError) as info:
+        g.merge_commits(r, ["x", "y"], message="m", author=AUTHOR)
+    assert sorted(info.value.files) == ["README.md", "src/shared.py"]
+    assert "README.md" in str(info.value)
+    assert g.status_porcelain(repo) == ""
+
+
+def test_merge_commits_bad_input(repo: Path) -> None:
+    r = g.open_repo(repo)
+    with pytest.raises(BadInputError, match="Name <email>"):
+        g.merge_commits(r, ["main", "main"], message="m", author="nobody")
+    with pytest.raises(g.GitError, match="is not a commit"):
+        g.merge_commits(r, ["main", "nope"], message="m", author=AUTHOR)
+
+
+def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
+    (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    before = git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("edited\n")
+    (repo / "new dir").mkdir()
+    (repo / "new dir" / "new file.txt").write_text("new\n")
+    (repo / "debug.log").write_text("ignored\n")
+    (repo / "build").mkdir()
+    (repo / "build" / "out.bin").write_text("ignored\n")
+
+    sha = g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+
+    assert sha == git(repo, "rev-parse", "HEAD")
+    assert git(repo, "rev-parse", "HEAD^") == before
+    changed = git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", "HEAD").splitlines()
+    assert changed == ["README.md", "new dir/new file.txt"]
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s") == (
+        f"{AUTHOR}|{AUTHOR}|swarm: checkpoint"
+    )
+    assert (repo / "debug.log").exists()
+    assert g.status_porcelain(repo) == ""
+    assert g.checkpoint(repo, message="again", author=AUTHOR) is None
+    assert git(repo, "rev-parse", "HEAD") == sha
+
+
+def test_checkpoint_skips_hooks(repo: Path) -> None:
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    (repo / "f.txt").write_text("x\n")
+    assert g.checkpoint(repo, message="m", author=AUTHOR) is not None
+
+
+def test_checkpoint_deletion(repo: Path) -> None:
+    (repo / "README.md").unlink()
+    assert g.checkpoint(repo, message="rm", author=AUTHOR) is not None
+    assert git(repo, "ls-files") == ""
+
+
+def test_diff_stat(repo: Path) -> None:
+    r = g.open_repo(repo)
+    base = commit_file(repo, "keep.txt", "".join(f"line {i}\n" for i in range(20)))
+    (repo / "keep.txt").write_text(
+        "".join(f"line {i}\n" for i in range(20) if i not in (3, 4, 5)) + "tail\n"
+    )
+    (repo / "new.txt").write_text("a\nb\n")
+    (repo / "image.bin").write_bytes(bytes(range(256)) * 4)
+    (repo / "README.md").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "edit")
+    stat = g.diff_stat(r, base, "HEAD")
+    # keep.txt +1 -3, new.txt +2, image.bin binary, README.md -1
+    assert stat == g.DiffStat(files=4, insertions=3, deletions=4)
+    assert g.diff_stat(r, "HEAD", "HEAD") == g.DiffStat(files=0, insertions=0, deletions=0)
+
+
+def test_diff_stat_counts_a_rename_once(repo: Path) -> None:
+    r = g.open_repo(repo)
+    base = commit_file(repo, "old name.txt", "".join(f"line {i}\n" for i in range(30)))
+    git(repo, "mv", "old name.txt", "new name.txt")
+    with (repo / "new name.txt").open("a") as f:
+        f.write("one more\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "rename")
+    assert g.diff_stat(r, base, "HEAD") == g.DiffStat(files=1, insertions=1, deletions=0)
+
+
+def test_status_porcelain_raw(repo: Path) -> None:
+    (repo / "a b").mkdir()
+    (repo / "a b" / "c.txt").write_text("x")
+    (repo / "README.md").write_text("changed\n")
+    assert g.status_porcelain(repo) == " M README.md\0?? a b/c.txt\0"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_version_regex_accepts_vendor_suffixes() -> None:
+    for text in (
+        "git version 2.39.5",
+        "git version 2.39.3 (Apple Git-146)",
+        "git version 2.45.1.windows.1",
+    ):
+        assert g._VERSION_RE.match(text)
+    out = subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout
+    assert g._VERSION_RE.match(out)

@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import worktree_swarm
+from tests.conftest import git, make_repo
+from worktree_swarm import git as g
+from worktree_swarm import worktrees as wt
+from worktree_swarm.errors import BadInputError, CommandError, GitError
+
+N = 16
+ROUNDS = 5
+PACKAGE_ROOT = Path(worktree_swarm.__file__).resolve().parents[1]
+
+CHILD = """
+import sys
+from pathlib import Path
+from worktree_swarm.git import open_repo
+from worktree_swarm.worktrees import create_worktree
+repo_dir, path, branch, start = sys.argv[1:]
+repo = open_repo(Path(repo_dir))
+sys.stdin.read()  # start gate: all children are released together
+create_worktree(repo, path=Path(path), branch=branch, start=start)
+"""
+
+
+@pytest.fixture
+def big_repo(tmp_path: Path) -> Path:
+    files = {f"pkg{i % 7}/mod{i}.py": f"value = {i}\n" * 20 for i in range(150)}
+    files[".gitignore"] = "*.log\n"
+    files["run.sh"] = "#!/bin/sh\necho hi\n"
+    path = make_repo(tmp_path / "big", files)
+    (path / "run.sh").chmod(0o755)
+    git(path, "commit", "-q", "-a", "-m", "exec bit")
+    (path / "local.log").write_text("ignored file in the user's checkout\n")
+    return path
+
+
+def snapshot(repo: Path) -> tuple[str, str, str]:
+    return (
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "symbolic-ref", "HEAD"),
+        g.status_porcelain(repo),
+    )
+
+
+def assert_worktree_ok(repo: g.Repo, path: Path, branch: str, start: str) -> None:
+    assert g.status_porcelain(path) == ""
+    assert git(path, "symbolic-ref", "--short", "HEAD") == branch
+    assert git(path, "rev-parse", "HEAD") == start
+    assert (path / "run.sh").stat().st_mode & 0o111
+    assert (path / "pkg3" / "mod3.py").read_text() == "value = 3\n" * 20
+    # --no-track: no upstream configured for the branch.
+    pattern = rf"^branch\.{re.escape(branch)}\."
+    assert g.git(repo.root, "config", "--get-regexp", pattern, check=False) == ""
+
+
+def test_default_worktree_root(repo: Path) -> None:
+    r = g.open_repo(repo)
+    assert wt.default_worktree_root(r) == repo.resolve().parent / "repo.swarm"
+
+
+def test_create_list_remove(big_repo: Path) -> None:
+    r = g.open_repo(big_repo)
+    before = snapshot(big_repo)
+    start = g.head_commit(r)
+    path = wt.default_worktree_root(r) / "t1"
+    wt.create_worktree(r, path=path, branch="swarm/t1", start="main")
+    assert_worktree_ok(r, path, "swarm/t1", start)
+    assert not (path / "local.log").exists()
+
+    infos = wt.list_worktrees(r)
+    assert [i.is_main for i in infos] == [True, False]
+    assert infos[0].path == r.root
+    assert infos[0].branch == "main"
+    assert infos[1] == wt.WorktreeInfo(
+        path=path, head=start, branch="swarm/t1", locked=None, prunable=None, is_main=False
+    )
+    git(big_repo, "worktree", "lock", "--reason", "agent busy", str(path))
+    assert wt.list_worktrees(r)[1].locked == "agent busy"
+    git(big_repo, "worktree", "unlock", str(path))
+
+    (path / "scratch.txt").write_text("untracked\n")
+    with pytest.raises(CommandError):
+        wt.remove_worktree(r, path)
+    assert path.exists()
+    wt.remove_worktree(r, path, force=True)
+    assert not path.exists()
+    assert len(wt.list_worktrees(r)) == 1
+    assert g.branch_exists(r, "swarm/t1")
+    wt.delete_branch(r, "swarm/t1")
+    assert not g.branch_exists(r, "swarm/t1")
+    assert snapshot(big_repo) == before
+
+
+def test_delete_unmerged_branch_needs_force(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    path = tmp_path / "w"
+    wt.create_worktree(r, path=path, branch="swarm/x", start="HEAD")
+    (path / "new.txt").write_text("work\n")
+    assert g.checkpoint(path, message="work", author="A <a@b.c>") is not None
+    wt.remove_worktree(r, path)
+    with pytest.raises(CommandError, match="not fully merged"):
+        wt.delete_branch(r, "swarm/x")
+    wt.delete_branch(r, "swarm/x", force=True)
+    assert not g.branch_exists(r, "swarm/x")
+
+
+def test_prune_and_remove_missing_directory(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    for name in ("a", "b"):
+        wt.create_worktree(r, path=tmp_path / name, branch=f"swarm/{name}", start="HEAD")
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(tmp_path / "b")
+    assert wt.list_worktrees(r)[1].prunable is not None
+    wt.remove_worktree(r, tmp_path / "a")
+    assert [i.path for i in wt.list_worktrees(r)] == [r.root, tmp_path / "b"]
+    wt.prune(r)
+    assert [i.path for i in wt.list_worktrees(r)] == [r.root]
+
+
+def test_create_from_threads_many_rounds(big_repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(big_repo)
+    before = snapshot(big_repo)
+    start = g.head_commit(r)
+    for rnd in range(ROUNDS):
+        items = [(f"swarm/r{rnd}-t{i}", tmp_path / "wt" / f"r{rnd}-t{i}") for i in range(N)]
+        wt.preflight(r, items)
+        with ThreadPoolExecutor(max_workers=N) as pool:
+            futures = [
+                pool.submit(wt.create_worktree, r, path=p, branch=b, start=start) for b, p in items
+            ]
+            for f in futures:
+                f.result()
+        for b, p in items:
+            assert_worktree_ok(r, p, b, start)
+        assert len(wt.list_worktrees(r)) == N + 1
+        for b, p in items:
+            wt.remove_worktree(r, p)
+            wt.delete_branch(r, b)
+        assert snapshot(big_repo) == before
+
+
+def test_create_from_processes_many_rounds(big_repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(big_repo)
+    before = snapshot(big_repo)
+    start = g.head_commit(r)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    for rnd in range(ROUNDS):
+        items = [(f"swarm/p{rnd}-t{i}", tmp_path / "wt" / f"p{rnd}-t{i}") for i in range(N)]
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(big_repo), str(p), b, start],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+            for b, p in items
+        ]
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+        outputs = []
+        for child in children:
+            assert child.stdout is not None
+            with child.stdout:
+                outputs.append(child.stdout.read())
+            child.wait()
+        failures = [out for child, out in zip(children, outputs, strict=True) if child.returncode]
+        assert failures == []
+        for b, p in items:
+            assert_worktree_ok(r, p, b, start)
+        for b, p in items:
+            wt.remove_worktree(r, p)
+            wt.delete_branch(r, b)
+        assert snapshot(big_repo) == before
+
+
+def assert_nothing_left(r: g.Repo, path: Path, branch: str) -> None:
+    assert not g.branch_exists(r, branch)
+    assert not os.path.lexists(path)
+    admin = r.common_dir / "worktrees"
+    assert not admin.exists() or list(admin.iterdir()) == []
+    assert len(wt.list_worktrees(r)) == 1
+
+
+def test_failed_creation_bad_start(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    before = snapshot(repo)
+    path = tmp_path / "wt" / "x"
+    with pytest.raises(GitError, match="'no-such-commit' is not a commit"):
+        wt.create_worktree(r, path=path, branch="swarm/x", start="no-such-commit")
+    assert_nothing_left(r, path, "swarm/x")
+    assert snapshot(repo) == before
+
+
+def test_failed_creation_unwritable_path(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    before = snapshot(repo)
+    (tmp_path / "blocker").write_text("a file where a directory should be\n")
+    path = tmp_path / "blocker" / "x"
+    with pytest.raises(GitError, match=f"cannot create worktree {path}: "):
+        wt.create_worktree(r, path=path, branch="swarm/x", start="HEAD")
+    assert_nothing_left(r, path, "swarm/x")
+    assert snapshot(repo) == before
+
+
+def test_failed_creation_invalid_branch(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    before = snapshot(repo)
+    path = tmp_path / "wt" / "x"
+    with pytest.raises(CommandError, match="not a valid branch name"):
+        wt.create_worktree(r, path=path, branch="bad..name", start="HEAD")
+    assert_nothing_left(r, path, "bad..name")
+    assert snapshot(repo) == before
+
+
+def test_failed_checkout_is_rolled_back(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    # A checkout filter that fails makes the populate step (outside the lock) fail after git
+    # already made the branch and the admin dir.
+    (repo / ".gitattributes").write_text("*.txt filter=broken\n")
+    (repo / "a.txt").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "filtered")
+    git(repo, "config", "filter.broken.clean", "cat")
+    git(repo, "config", "filter.broken.smudge", "false")
+    git(repo, "config", "filter.broken.required", "true")
+    before = snapshot(repo)
+    path = tmp_path / "wt" / "x"
+    with pytest.raises(CommandError, match="read-tree"):
+        wt.create_worktree(r, path=path, branch="swarm/x", start="HEAD")
+    assert_nothing_left(r, path, "swarm/x")
+    assert snapshot(repo) == before
+
+
+def test_create_refuses_existing_branch_and_path(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    git(repo, "branch", "taken")
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(BadInputError, match="branch taken already exists"):
+        wt.create_worktree(r, path=tmp_path / "new", branch="taken", start="HEAD")
+    assert git(repo, "rev-parse", "taken") == head
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("mine\n")
+    with pytest.raises(BadInputError, match="already exists"):
+        wt.create_worktree(r, path=tmp_path / "exists", branch="fresh", start="HEAD")
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "mine\n"
+    assert not g.branch_exists(r, "fresh")
+
+
+def test_preflight(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    wt.preflight(r, [("swarm/a", tmp_path / "a"), ("swarm/b", tmp_path / "b")])
+    git(repo, "branch", "swarm/a")
+    with pytest.raises(BadInputError) as info:
+        wt.preflight(r, [("swarm/b", tmp_path / "b"), ("swarm/a", tmp_path / "a")])
+    assert str(info.value) == (
+        "branch swarm/a already exists; run `swarm resume` to continue that run"
+        " or `swarm clean` to remove it"
+    )
+    (tmp_path / "b").mkdir()
+    with pytest.raises(BadInputError, match=r"b already exists; run `swarm resume`.*`swarm clean`"):
+        wt.preflight(r, [("swarm/b", tmp_path / "b")])
+    with pytest.raises(BadInputError, match="requested twice"):
+        wt.preflight(r, [("swarm/c", tmp_path / "c"), ("swarm/c", tmp_path / "d")])
+    with pytest.raises(BadInputError, match="requested twice"):
+        wt.preflight(r, [("swarm/c", tmp_path / "c"), ("swarm/d", tmp_path / "c")])
+
+
+def test_preflight_registered_but_missing(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    wt.create_worktree(r, path=tmp_path / "gone", branch="swarm/gone", start="HEAD")
+    git(repo, "branch", "-m", "swarm/gone", "renamed")
+    shutil.rmtree(tmp_path / "gone")
+    with pytest.raises(BadInputError, match="still registered as a worktree"):
+        wt.preflight(r, [("swarm/gone", tmp_path / "gone")])
+
+
+def test_copy_into(repo: Path, tmp_path: Path) -> None:
+    r = g.open_repo(repo)
+    (repo / ".gitignore").write_text(".env\nconfig/*.local\n")
+    (repo / "config").mkdir()
+    (repo / "config" / "app.local").write_text("local\n")
+    (repo / "config" / "app.toml").write_text("tracked\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "config")
+    (repo / ".env").write_text("SECRET=1\n")
+    (repo / ".env").chmod(0o600)
+    (repo / "config" / "app.toml").write_text("locally modified tracked file\n")
+    (repo / "config" / "db.local").write_text("db\n")
+    before = snapshot(repo)
+    dst = tmp_path / "w"
+    wt.create_worktree(r, path=dst, branch="swarm/w", start="HEAD")
+
+    copied = wt.copy_into(repo, dst, [".env", "config/*.local", "config/*.toml", "nothing*"])
+
+    assert copied == [".env", "config/app.local", "config/db.local"]
+    assert (dst / ".env").read_text() == "SECRET=1\n"
+    assert (dst / ".env").stat().st_mode & 0o777 == 0o600
+    assert (dst / "config" / "app.toml").read_text() == "tracked\n"
+    assert g.status_porcelain(dst) == ""  # all copies are ignored files
+    assert snapshot(repo) == before
+    assert wt.copy_into(repo, dst, [".env"]) == []
+
+
+def test_copy_into_directory_and_symlink(repo: Path, tmp_path: Path) -> None:
+    (repo / "fixtures" / "deep").mkdir(parents=True)
+    (repo / "fixtures" / "deep" / "a.json").write_text("{}")
+    (repo / "fixtures" / "link").symlink_to("deep/a.json")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    assert wt.copy_into(repo, dst, ["fixtures"]) == ["fixtures/deep/a.json", "fixtures/link"]
+    assert (dst / "fixtures" / "link").readlink() == Path("deep/a.json")
+
+
+def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("outside\n")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    for pattern in ("../x", "a/../../x", "/etc/passwd", ""):
+        with pytest.raises(BadInputError, match="must stay inside the repository"):
+            wt.copy_into(repo, dst, [pattern])
+    # A symlinked directory in the destination must not redirect the copy outside it.
+    (repo / "conf").mkdir()
+    (repo / "conf" / "a.local").write_text("a\n")
+    (tmp_path / "elsewhere").mkdir()
+    (dst / "conf").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BadInputError, match="outside"):
+        wt.copy_into(repo, dst, ["conf/*.local"])
+    assert list((tmp_path / "elsewhere").iterdir()) == []
