@@ -1,0 +1,562 @@
+"""End to end: `swarm run` through the real CLI, real git, real agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import git
+
+AgentFactory = Callable[[str], list[str]]
+
+
+def swarm(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in *repo* and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def swarm_bg(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start the real CLI in *repo* in the background; its output goes to repo.parent/bg.log."""
+    with (repo.parent / "bg.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float = 60, what: str = "condition"
+) -> None:
+    """Poll *predicate* until true or fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def manifest(repo: Path, text: str) -> str:
+    path = repo.parent / "tasks.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def argv_toml(argv: list[str]) -> str:
+    return json.dumps(argv)
+
+
+def state_db(repo: Path) -> sqlite3.Connection:
+    return sqlite3.connect(repo / ".git" / "swarm" / "state.db")
+
+
+def status_json(repo: Path) -> dict[str, dict[str, object]]:
+    out = swarm(repo, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+
+
+def branch_file(repo: Path, branch: str, path: str) -> str:
+    return git(repo, "show", f"{branch}:{path}")
+
+
+def checkout_snapshot(repo: Path) -> tuple[str, str, str]:
+    return (
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "symbolic-ref", "HEAD"),
+        git(repo, "status", "--porcelain", "--untracked-files=all"),
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# A fake agent that records which task files it saw, writes its own, and exits 0.
+RECORDING_AGENT = """
+import os, pathlib, sys
+seen = sorted(p.name for p in pathlib.Path('.').glob('*.out'))
+tid = os.environ['SWARM_TASK_ID']
+pathlib.Path(tid + '.out').write_text(','.join(seen) + '\\n')
+print('agent', tid, 'saw', seen)
+"""
+
+
+def test_inline_tasks_land_on_their_branches_and_checkout_is_untouched(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    before = checkout_snapshot(repo)
+    agent = " ".join(write_agent(RECORDING_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "one=first", "-t", "two=second")
+    assert out.returncode == 0, out.stderr
+    assert "one.out" in git(repo, "ls-tree", "--name-only", "swarm/one")
+    assert "two.out" in git(repo, "ls-tree", "--name-only", "swarm/two")
+    assert checkout_snapshot(repo) == before
+    wt_root = repo.parent / "repo.swarm"
+    assert (wt_root / "one" / "one.out").is_file()
+    rows = status_json(repo)
+    assert rows["one"]["state"] == "done"
+    assert rows["one"]["files_changed"] == 1
+    assert rows["one"]["branch"] == "swarm/one"
+    assert rows["one"]["alive"] is False
+    # Branches are created without upstream tracking.
+    config = subprocess.run(
+        ["git", "config", "--get-regexp", "^branch[.]swarm/"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert config.stdout == ""
+
+
+def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> None:
+    agent = write_agent(
+        "import os, time, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+        "time.sleep(0.3)\n"
+    )
+    tasks = "\n".join(f'[[task]]\nid = "t{i:02d}"\nprompt = "p"\n' for i in range(20))
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 4\n{tasks}")
+    proc = swarm_bg(repo, "run", path)
+    peak_psutil = 0
+    script = agent[1]
+    while proc.poll() is None:
+        live = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or [])]
+        peak_psutil = max(peak_psutil, len(live))
+        time.sleep(0.02)
+    assert proc.returncode == 0, (repo.parent / "bg.log").read_text()
+    with state_db(repo) as db:
+        spans = db.execute("SELECT started_at, ended_at FROM attempts").fetchall()
+    assert len(spans) == 20
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak_store = running = 0
+    for _, delta in events:
+        running += delta
+        peak_store = max(peak_store, running)
+    assert 2 <= peak_store <= 4
+    assert peak_psutil <= 4
+
+
+def test_dag_runs_in_order_and_dependents_see_dependency_files(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = argv_toml(write_agent(RECORDING_AGENT))
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {agent}
+[[task]]
+id = "a"
+prompt = "first"
+[[task]]
+id = "b"
+prompt = "second"
+[[task]]
+id = "c"
+prompt = "needs both"
+depends_on = ["a", "b"]
+[[task]]
+id = "d"
+prompt = "needs c"
+depends_on = ["c"]
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stderr
+    assert branch_file(repo, "swarm/c", "c.out") == "a.out,b.out"
+    assert branch_file(repo, "swarm/d", "d.out") == "a.out,b.out,c.out"
+    # c starts from a merge of a and b made without touching any checkout.
+    parents = git(repo, "rev-list", "--parents", "-n", "1", "swarm/c~1").split()
+    assert len(parents) == 3
+
+
+def test_failed_task_blocks_only_its_dependents(repo: Path, write_agent: AgentFactory) -> None:
+    ok = argv_toml(write_agent(RECORDING_AGENT))
+    bad = argv_toml(write_agent("import sys; print('cannot do it'); sys.exit(3)"))
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "broken"
+prompt = "x"
+agent = {bad}
+[[task]]
+id = "after-broken"
+prompt = "x"
+agent = {ok}
+depends_on = ["broken"]
+[[task]]
+id = "after-after"
+prompt = "x"
+agent = {ok}
+depends_on = ["after-broken"]
+[[task]]
+id = "independent"
+prompt = "x"
+agent = {ok}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    rows = status_json(repo)
+    assert rows["broken"]["state"] == "failed"
+    assert "exited 3" in str(rows["broken"]["reason"])
+    assert "cannot do it" in str(rows["broken"]["reason"])
+    assert rows["after-broken"]["state"] == "blocked"
+    assert "broken" in str(rows["after-broken"]["reason"])
+    assert rows["after-after"]["state"] == "blocked"
+    assert rows["independent"]["state"] == "done"
+    assert not git(repo, "branch", "--list", "swarm/after-broken")
+
+
+HANGING_TREE_AGENT = """
+import os, pathlib, signal, subprocess, sys, time
+pathlib.Path('partial.txt').write_text('half done\\n')
+child = subprocess.Popen([sys.executable, '-c', '''
+import os, signal, time, pathlib, sys
+os.setsid()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+while True:
+    time.sleep(1)
+''', os.environ['PIDS'] + '/grandchild'])
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path(os.environ['PIDS'] + '/agent').write_text(str(os.getpid()))
+while True:
+    time.sleep(1)
+"""
+
+
+def _hanging_manifest(repo: Path, agent: list[str], pids: Path, extra: str = "") -> str:
+    return manifest(
+        repo,
+        f"""
+[defaults]
+agent = {argv_toml(agent)}
+kill_grace = "1s"
+{extra}
+[[task]]
+id = "hang"
+prompt = "never ends"
+env = {{ PIDS = {json.dumps(str(pids))} }}
+""",
+    )
+
+
+def test_timeout_kills_the_whole_tree_and_keeps_partial_work(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    path = _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids, 'timeout = "3s"')
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    assert status_json(repo)["hang"]["state"] == "timed_out"
+    for name in ("agent", "grandchild"):
+        assert not pid_alive(int((pids / name).read_text()))
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+    assert "checkpoint hang" in git(repo, "log", "-1", "--format=%s", "swarm/hang")
+
+
+def _start_hanging_run(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> tuple[subprocess.Popen[bytes], Path]:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = swarm_bg(repo, "run", _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids))
+    wait_for(
+        lambda: (pids / "agent").exists() and (pids / "grandchild").exists(),
+        what="the agent tree to start",
+    )
+    return proc, pids
+
+
+def test_stop_kills_the_tree_and_keeps_work(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    proc, pids = _start_hanging_run(repo, tmp_path, write_agent)
+    try:
+        out = swarm(repo, "stop", "hang")
+        assert out.returncode == 0, out.stderr
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+    for name in ("agent", "grandchild"):
+        assert not pid_alive(int((pids / name).read_text()))
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+
+
+def test_interrupt_stops_agents_and_exits_130(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    proc, pids = _start_hanging_run(repo, tmp_path, write_agent)
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    for name in ("agent", "grandchild"):
+        assert not pid_alive(int((pids / name).read_text()))
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+
+
+def test_second_manager_is_refused_with_exit_3(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    proc, _ = _start_hanging_run(repo, tmp_path, write_agent)
+    try:
+        out = swarm(repo, "run", "--agent", "scripted", "-t", "other=hi")
+        assert out.returncode == 3
+        assert f"pid {proc.pid}" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert not git(repo, "branch", "--list", "swarm/other")
+    finally:
+        swarm(repo, "stop")
+        proc.wait(timeout=60)
+
+
+def _no_trace(repo: Path) -> None:
+    assert not git(repo, "branch", "--list", "swarm/*")
+    assert not (repo / ".git" / "swarm").exists()
+    assert not (repo.parent / "repo.swarm").exists()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[[task]]\nid = "a"\nprompt = "x"\npromt = "y"\n', "promt"),
+        ('[[task]]\nid = "a"\nprompt = "x"\n[[task]]\nid = "a"\nprompt = "y"\n', "duplicate"),
+        ('[[task]]\nid = "Bad_ID"\nprompt = "x"\n', "Bad_ID"),
+        ('[[task]]\nid = "a"\nprompt = "x"\ndepends_on = ["ghost"]\n', "ghost"),
+        (
+            (
+                '[[task]]\nid = "a"\nprompt = "x"\ndepends_on = ["b"]\n'
+                '[[task]]\nid = "b"\nprompt = "y"\ndepends_on = ["a"]\n'
+            ),
+            "cycle",
+        ),
+        ('[[task]]\nid = "a"\nprompt = "   "\n', "prompt"),
+        ('[[task]]\nid = "a"\nprompt = "x"\nagent = ["no-such-agent-xyz"]\n', "no-such-agent-xyz"),
+        ('[[task]]\nid = "a"\nprompt = "x"\nagent = "martian"\n', "martian"),
+        ("[[task]\n", "tasks.toml"),
+    ],
+)
+def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle: str) -> None:
+    text = text if "agent" in text else '[defaults]\nagent = "scripted"\n' + text
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in out.stderr
+    _no_trace(repo)
+
+
+def test_not_a_repository_exits_2(tmp_path: Path) -> None:
+    out = swarm(tmp_path, "run", "--agent", "scripted", "-t", "a=x")
+    assert out.returncode == 2
+    assert "not inside a git repository" in out.stderr
+
+
+def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
+    git(repo, "branch", "swarm/a")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")
+    assert out.returncode == 2
+    assert "swarm/a" in out.stderr
+    assert "swarm clean" in out.stderr or "swarm resume" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+
+
+def test_untrusted_prompt_reaches_the_agent_byte_for_byte(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    prompt = (
+        "fix it $(touch pwned) `touch pwned2` 'single' \"double\" ; rm -rf / {task_id} \\n $HOME"
+    )
+    agent = write_agent(
+        "import os, sys, pathlib\n"
+        "pathlib.Path('argv.txt').write_text(sys.argv[1])\n"
+        "pathlib.Path('file.txt').write_text(pathlib.Path(sys.argv[2]).read_text())\n"
+    )
+    out = swarm(
+        repo,
+        "run",
+        "--agent",
+        " ".join([*agent, "{prompt}", "{prompt_file}"]),
+        "-t",
+        f"quote={prompt}",
+    )
+    assert out.returncode == 0, out.stderr
+    assert branch_file(repo, "swarm/quote", "argv.txt") == prompt
+    assert branch_file(repo, "swarm/quote", "file.txt") == prompt
+    for root in (repo, repo.parent / "repo.swarm", tmp_path, Path.cwd()):
+        assert not list(root.rglob("pwned*"))
+
+
+def test_checks_decide_done_or_failed_and_no_changes(repo: Path, write_agent: AgentFactory) -> None:
+    writer = argv_toml(write_agent(RECORDING_AGENT))
+    idle = argv_toml(write_agent("print('nothing to do')"))
+    py = json.dumps(sys.executable)
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {writer}
+[[task]]
+id = "passes"
+prompt = "x"
+checks = [[{py}, "-c", "import pathlib; assert pathlib.Path('passes.out').exists()"]]
+[[task]]
+id = "fails-check"
+prompt = "x"
+checks = [[{py}, "-c", "print('assertion: wrong answer'); raise SystemExit(1)"]]
+[[task]]
+id = "idle"
+prompt = "x"
+agent = {idle}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    rows = status_json(repo)
+    assert rows["passes"]["state"] == "done"
+    assert rows["fails-check"]["state"] == "failed"
+    assert "wrong answer" in str(rows["fails-check"]["reason"])
+    assert rows["idle"]["state"] == "no_changes"
+
+
+def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:
+    (repo / ".env").write_text("SECRET_URL=local\n")
+    (repo / ".gitignore").write_text(".env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore env")
+    agent = argv_toml(
+        write_agent(
+            "import os, pathlib\n"
+            "env = pathlib.Path('.env').read_text()\n"
+            "made = pathlib.Path('made-by-setup').read_text()\n"
+            "pathlib.Path('seen.txt').write_text(env + made + os.environ['SWARM_PORT'])\n"
+        )
+    )
+    py = json.dumps(sys.executable)
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {agent}
+copy = [".env"]
+setup = [[{py}, "-c", "open('made-by-setup', 'w').write('setup ran\\\\n')"]]
+[[task]]
+id = "uses-env"
+prompt = "x"
+[[task]]
+id = "bad-setup"
+prompt = "x"
+setup = [[{py}, "-c", "print('npm ERR! missing'); raise SystemExit(2)"]]
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    seen = branch_file(repo, "swarm/uses-env", "seen.txt")
+    assert seen.startswith("SECRET_URL=local\nsetup ran\n")
+    assert int(seen.splitlines()[-1]) >= 20000
+    rows = status_json(repo)
+    assert rows["bad-setup"]["state"] == "failed"
+    assert "npm ERR! missing" in str(rows["bad-setup"]["reason"])
+
+
+def test_conflicting_dependencies_block_the_dependent(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = argv_toml(
+        write_agent(
+            "import os, pathlib\n"
+            "pathlib.Path('README.md').write_text(os.environ['SWARM_TASK_ID'] + '\\n')\n"
+        )
+    )
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {agent}
+[[task]]
+id = "left"
+prompt = "x"
+[[task]]
+id = "right"
+prompt = "x"
+[[task]]
+id = "both"
+prompt = "x"
+depends_on = ["left", "right"]
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    rows = status_json(repo)
+    assert rows["left"]["state"] == rows["right"]["state"] == "done"
+    assert rows["both"]["state"] == "blocked"
+    assert "README.md" in str(rows["both"]["reason"])
+
+
+def test_logs_show_agent_output(repo: Path, write_agent: AgentFactory) -> None:
+    agent = " ".join(
+        write_agent(
+            "import sys; print('to stdout'); print('to stderr', file=sys.stderr); open('f','w')"
+        )
+    )
+    assert swarm(repo, "run", "--agent", agent, "-t", "talk=x").returncode == 0
+    out = swarm(repo, "logs", "talk")
+    assert out.returncode == 0
+    assert "to stdout" in out.stdout
+    assert "to stderr" in out.stdout
+
+
+def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "greeting-tests" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_before_any_run_is_a_clear_error(repo: Path) -> None:
+    out = swarm(repo, "status")
+    assert out.returncode == 2
+    assert "no swarm runs" in out.stderr
