@@ -223,6 +223,17 @@ def demo_cmd(keep: bool, jobs: int) -> int:
     return ExitCode.OK if result.ok else ExitCode.TASK_FAILED
 
 
+# -- diff / merge commands (issue #4) --
+
+# -- pr command (issue #4) --
+
+# -- clean / doctor commands (issue #5) --
+
+# -- report command (issue #6) --
+
+# -- plan / note / notes commands (issue #7) --
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (SPEC.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,8 +1,11 @@
-"""The run loop: scheduler + worktrees + supervisor + store, one thread per live task.
+"""The run loop: scheduler + worktrees + supervisor + store, one thread per task in flight.
 
-The main thread owns scheduling and every state decision; each started task gets a worker
-thread that provisions its worktree, supervises its agent, checkpoints and checks, and hands
-back an outcome. Stop requests (Ctrl-C, SIGTERM, ``swarm stop``) reach workers as events.
+The main thread owns scheduling and every final state; each started task gets a worker thread
+that provisions its worktree, supervises its agent, checkpoints and checks, and hands back an
+outcome. The work is a pipeline: up to ``jobs`` tasks are provisioned ahead while agents run,
+an agent holds one of the ``jobs`` agent slots only while its process lives, and checks run
+under their own ``jobs`` bound, so git and check overhead overlaps agent time instead of adding
+to it. Stop requests (Ctrl-C, SIGTERM, ``swarm stop``) reach workers as events.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class Runner:
         self._live: dict[str, _Live] = {}
         self._done: queue.Queue[tuple[str, Outcome]] = queue.Queue()
         self._stopping = threading.Event()
+        self._agent_slots = threading.Semaphore(spec.jobs)
+        self._check_slots = threading.Semaphore(spec.jobs)
 
     @classmethod
     def create(
@@ -147,7 +152,8 @@ class Runner:
             live.stop.set()
 
     def _launch_ready(self) -> None:
-        slots = self.spec.jobs - len(self._live)
+        # Twice `jobs` in flight: one `jobs` running agents, one provisioning or checking.
+        slots = 2 * self.spec.jobs - len(self._live)
         picked = self._scheduler.pick(states=self._states, running=self._live.keys(), slots=slots)
         for task_id in picked:
             self._start(self._tasks[task_id])
@@ -157,7 +163,8 @@ class Runner:
         slot = next(i for i in range(len(used) + 1) if i not in used)
         live = _Live(task=task, port_slot=slot)
         self._live[task.id] = live
-        self._set_state(task.id, TaskState.RUNNING, started_at=time.time())
+        # In flight for the scheduler; the store says `running` once the agent starts.
+        self._states[task.id] = TaskState.RUNNING
         live.thread = threading.Thread(
             target=self._worker, args=(live,), name=f"swarm-{task.id}", daemon=True
         )
@@ -261,15 +268,23 @@ class Runner:
             return Outcome(state=TaskState.NO_CHANGES, reason="agent changed nothing")
         if task.checks:
             self._set_state_from_worker(task.id, TaskState.CHECKING)
-            failed = _run_steps(task.checks, cwd=path, env=env, log=logs / "checks.log")
+            with self._check_slots:
+                failed = _run_steps(task.checks, cwd=path, env=env, log=logs / "checks.log")
             if failed:
                 return Outcome(state=TaskState.FAILED, reason=f"check {failed}")
         return Outcome(state=TaskState.DONE)
 
-    def _set_state_from_worker(self, task_id: str, state: TaskState) -> None:
+    def _set_state_from_worker(self, task_id: str, state: TaskState, **fields: object) -> None:
         # Intermediate states are informational; the main thread owns final ones.
-        self.store.update_task(self.run_id, task_id, state=state)
+        self.store.update_task(self.run_id, task_id, state=state, **fields)
         self._emit("state", task_id, {"state": state.value})
+
+    def _acquire_agent_slot(self, live: _Live) -> bool:
+        """Wait for an agent slot; False when the task was stopped meanwhile."""
+        while not self._agent_slots.acquire(timeout=0.1):
+            if live.stop.is_set():
+                return False
+        return True
 
     def _start_commit(self, task: Task) -> str | Outcome:
         if not task.depends_on:
@@ -328,7 +343,18 @@ class Runner:
             },
         )
         log_path = logs / "attempt-1.log"
-        agent = supervisor.spawn(argv, cwd=path, env=env, log_path=log_path)
+        if not self._acquire_agent_slot(live):
+            return TaskState.STOPPED, "stopped before its agent started"
+        try:
+            self._set_state_from_worker(task.id, TaskState.RUNNING, started_at=time.time())
+            agent = supervisor.spawn(argv, cwd=path, env=env, log_path=log_path)
+            return self._track(task, live, agent, log_path)
+        finally:
+            self._agent_slots.release()
+
+    def _track(
+        self, task: Task, live: _Live, agent: supervisor.AgentProcess, log_path: Path
+    ) -> tuple[TaskState, str]:
         attempt_id = self.store.start_attempt(
             self.run_id,
             task.id,
