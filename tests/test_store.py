@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from worktree_swarm.errors import SwarmError
 from worktree_swarm.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AttemptRow,
     EventRow,
@@ -66,7 +68,7 @@ def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) ->
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         conn.close()
 
@@ -83,7 +85,7 @@ def test_newer_schema_is_refused(db_path: Path, store: Store) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(SwarmError, match=r"schema version 2, newer .*upgrade worktree-swarm"):
+    with pytest.raises(SwarmError, match=r"schema version 3, newer .*upgrade worktree-swarm"):
         Store(db_path)
 
 
@@ -460,3 +462,24 @@ def test_concurrent_writers_lose_nothing(db_path: Path, store: Store) -> None:
         attempts = store.attempts("r1", f"t{n}")
         assert [a.number for a in attempts] == list(range(per_thread))
         assert all(a.outcome == "done" for a in attempts)
+
+
+def test_version_1_database_is_migrated_keeping_its_rows(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO runs VALUES"
+            " ('old', 'abc', '/r', 2, 1.0, NULL, 'running', NULL, NULL, '{}')"
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    with Store(db_path) as store:
+        run = store.get_run("old")
+        assert run is not None
+        assert run.base_commit == "abc"
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
+    assert {"session_id", "cost_usd", "tokens_in", "tokens_out"} <= columns

@@ -9,13 +9,13 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
 import click
 
-from worktree_swarm import control, demo, git, status, worktrees
+from worktree_swarm import background, control, demo, git, status, worktrees
 from worktree_swarm.display import LiveTable, PlainObserver
 from worktree_swarm.errors import ExitCode, SwarmError
 from worktree_swarm.lock import ManagerLock
@@ -38,7 +38,8 @@ from worktree_swarm.store import Store
 @click.pass_context
 def cli(ctx: click.Context, directory: Path, debug: bool) -> None:
     """Run coding agents in parallel, each in its own git worktree and branch."""
-    ctx.obj = {"dir": directory, "debug": debug}
+    ctx.ensure_object(dict)
+    ctx.obj.update({"dir": directory, "debug": debug})
 
 
 def _repo(ctx: click.Context) -> git.Repo:
@@ -61,6 +62,8 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.option(
     "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
 )
+@click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
+@click.option("--detach", is_flag=True, help="Run the manager in the background.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.pass_context
 def run(
@@ -73,6 +76,8 @@ def run(
     timeout: str | None,
     idle_timeout: str | None,
     checks: tuple[str, ...],
+    max_cost_usd: float | None,
+    detach: bool,
     as_json: bool,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
@@ -83,6 +88,7 @@ def run(
         timeout=timeout,
         idle_timeout=idle_timeout,
         checks=checks or None,
+        max_cost_usd=max_cost_usd,
     )
     spec = build_run_spec(
         repo_root=repo.root,
@@ -92,21 +98,55 @@ def run(
         overrides=overrides,
     )
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
+    if detach:
+        argv = [a for a in ctx.obj["argv"] if a != "--detach"]
+        pid, log = background.detach(repo, argv)
+        click.echo(
+            f"swarm: manager running in the background (pid {pid}, log {log}); "
+            "watch it with `swarm status` or `swarm logs TASK -f`"
+        )
+        return ExitCode.OK
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
         if git.status_porcelain(repo.root):
             click.echo(
                 "note: uncommitted changes in your checkout are not part of the base", err=True
             )
-        with _observer(store, as_json=as_json) as observer:
-            runner = Runner.create(repo=repo, spec=spec, store=store, observer=observer)
-            with _sigterm_as_interrupt():
-                states = runner.execute()
-        if not as_json:
-            _print_summary(store, runner.run_id)
-    return (
-        ExitCode.OK if all(s is TaskState.DONE for s in states.values()) else ExitCode.TASK_FAILED
-    )
+        return _execute(
+            store,
+            lambda observer: Runner.create(repo=repo, spec=spec, store=store, observer=observer),
+            as_json=as_json,
+        )
+
+
+@cli.command("resume")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_context
+def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
+    """After the manager died: adopt live agents, recover dead ones, carry on."""
+    repo = _repo(ctx)
+    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = status.resolve_run(store, run_id)
+        lock.acquire(run_id=run_id)
+        return _execute(
+            store,
+            lambda observer: Runner.resume(
+                repo=repo, store=store, run_id=str(run_id), observer=observer
+            ),
+            as_json=as_json,
+        )
+
+
+def _execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool) -> int:
+    with _observer(store, as_json=as_json) as observer:
+        runner = make(observer)
+        with _sigterm_as_interrupt():
+            states = runner.execute()
+    if not as_json:
+        _print_summary(store, runner.run_id)
+    ok = all(s is TaskState.DONE for s in states.values())
+    return ExitCode.OK if ok else ExitCode.TASK_FAILED
 
 
 @contextlib.contextmanager
@@ -227,11 +267,230 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 
 # -- pr command (issue #4) --
 
+
+@cli.command("pr")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--remote", default="origin", show_default=True, help="The remote to push to.")
+@click.option("--base", help="Branch to merge into (default: the branch your checkout is on).")
+@click.option("--draft", is_flag=True, help="Open new pull requests as drafts.")
+@click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
+@click.option("--api-url", help="GitHub API base URL (default: $SWARM_GITHUB_API_URL or github).")
+@click.pass_context
+def pr_cmd(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    run_id: str | None,
+    remote: str,
+    base: str | None,
+    draft: bool,
+    github_repo: str | None,
+    api_url: str | None,
+) -> int:
+    """Push done task branches and open (or update) their pull requests."""
+    from worktree_swarm import pr  # noqa: PLC0415 - only `swarm pr` needs the GitHub client
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        report = pr.push_and_open(
+            repo,
+            store,
+            status.resolve_run(store, run_id),
+            task_ids=task_ids,
+            remote=remote,
+            base=base,
+            draft=draft,
+            github_repo=github_repo,
+            api_url=api_url,
+            echo=click.echo,
+            on_wait=lambda s, why: click.echo(f"waiting {s:.0f}s: {why}", err=True),
+        )
+    return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
+
+
 # -- clean / doctor commands (issue #5) --
+
+
+def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
+    f = click.option("--idle", default="7d", show_default=True, help="Age for --foreign.")(f)
+    return click.option("--foreign", is_flag=True, help="Remove other tools' idle worktrees.")(f)
+
+
+@cli.command("clean")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--all", "all_runs", is_flag=True, help="Every recorded run.")
+@click.option("--orphans", is_flag=True, help="Find and fix orphans instead (= swarm doctor).")
+@click.option("--keep-branches", is_flag=True, help="Never delete branches.")
+@_orphan_options
+@click.option("--yes", is_flag=True, help="Do it (the default is a dry run).")
+@click.option("--force", is_flag=True, help="Also delete unmerged branches and kept worktrees.")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/clean.md).")
+@click.pass_context
+def clean_cmd(
+    ctx: click.Context,
+    run_id: str | None,
+    all_runs: bool,
+    orphans: bool,
+    keep_branches: bool,
+    foreign: bool,
+    idle: str,
+    yes: bool,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Remove finished tasks' worktrees and merged branches (a dry run unless --yes)."""
+    from worktree_swarm import clean  # noqa: PLC0415 - only `swarm clean` needs these
+    from worktree_swarm import orphans as scan  # noqa: PLC0415
+
+    repo = _repo(ctx)
+    if orphans:
+        age = scan.parse_age(idle)
+        report = scan.doctor(repo, yes=yes, force=force, foreign=foreign, idle=age)
+    else:
+        report = clean.clean(
+            repo,
+            run_id=run_id,
+            all_runs=all_runs,
+            keep_branches=keep_branches,
+            force=force,
+            yes=yes,
+        )
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else clean.format_report(report))
+    return report.exit_code
+
+
+@cli.command("doctor")
+@_orphan_options
+@click.option("--yes", is_flag=True, help="Fix what was found (the default is a dry run).")
+@click.option("--force", is_flag=True, help="Also delete unmerged orphan branches.")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/clean.md).")
+@click.pass_context
+def doctor_cmd(
+    ctx: click.Context, foreign: bool, idle: str, yes: bool, force: bool, as_json: bool
+) -> int:
+    """Find orphaned worktrees, branches, processes and locks (= swarm clean --orphans)."""
+    return int(
+        ctx.invoke(
+            clean_cmd,
+            orphans=True,
+            foreign=foreign,
+            idle=idle,
+            yes=yes,
+            force=force,
+            as_json=as_json,
+        )
+    )
+
 
 # -- report command (issue #6) --
 
+
+@cli.command("report")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML report (timeline, table, details) to FILE.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/report.md).")
+@click.pass_context
+def report_cmd(
+    ctx: click.Context, run_id: str | None, html_path: Path | None, as_json: bool
+) -> int:
+    """What happened: per-task outcome, time, cost, diff; speedup and totals."""
+    from worktree_swarm import report, report_html  # noqa: PLC0415 - only `swarm report` needs them
+    from worktree_swarm.runner import run_dir  # noqa: PLC0415
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        run_id = status.resolve_run(store, run_id)
+        result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id))
+    if html_path is not None:
+        report_html.write_html(result, html_path)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(report.format_text(result))
+    if html_path is not None:
+        click.echo(f"wrote {html_path}", err=as_json)
+    return ExitCode.OK
+
+
 # -- plan / note / notes commands (issue #7) --
+
+
+@cli.command("plan")
+@click.argument("goal")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("tasks.toml"),
+    show_default=True,
+    help="Where to write the manifest.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--max-tasks", type=click.IntRange(1, 50), default=8, show_default=True)
+@click.option("--model", help="Anthropic model (default: claude-sonnet-4-5).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Jobs the speedup estimate assumes.")
+@click.option("--api-url", help="Anthropic API base URL (default: $ANTHROPIC_BASE_URL).")
+@click.pass_context
+def plan_cmd(
+    ctx: click.Context,
+    goal: str,
+    out: Path,
+    force: bool,
+    max_tasks: int,
+    model: str | None,
+    jobs: int | None,
+    api_url: str | None,
+) -> int:
+    """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
+    from worktree_swarm import plan  # noqa: PLC0415 - the anthropic SDK takes seconds to import
+
+    repo = _repo(ctx)
+    settings = plan.api_settings(api_url=api_url)
+    plan.check_output(out, force=force)
+    result = plan.make_plan(
+        repo_root=repo.root,
+        goal=goal,
+        settings=settings,
+        model=model,
+        max_tasks=max_tasks,
+        jobs=jobs,
+    )
+    plan.write_manifest(out, result.manifest_text)
+    for line in plan.describe(result, out=str(out)):
+        click.echo(line)
+    return ExitCode.OK
+
+
+@cli.command("note")
+@click.argument("text")
+@click.pass_context
+def note_cmd(ctx: click.Context, text: str) -> int:
+    """Append TEXT to the run's shared findings file ($SWARM_CONTEXT inside an agent)."""
+    from worktree_swarm import notes  # noqa: PLC0415 - kept at this command's anchor
+
+    path, tag = notes.resolve_target(repo_dir=Path(ctx.obj["dir"]))
+    notes.append_note(path, text, tag=tag)
+    return ExitCode.OK
+
+
+@cli.command("notes")
+@click.option("--run", "run_id", help="A run id (default: $SWARM_CONTEXT, else the latest run).")
+@click.pass_context
+def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
+    """Print the run's shared findings file."""
+    from worktree_swarm import notes  # noqa: PLC0415 - kept at this command's anchor
+
+    path = notes.notes_path(run_id=run_id, repo_dir=Path(ctx.obj["dir"]))
+    text = notes.read_notes(path)
+    if text:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        click.echo(f"no findings yet ({path})", err=True)
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        code = cli.main(args=args, prog_name="swarm", standalone_mode=False)
+        code = cli.main(args=args, prog_name="swarm", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

@@ -57,14 +57,27 @@ class ManagerLock:
             self.release()
 
 
-def describe_holder(state_dir: Path) -> str:
-    """``(pid N, run R)`` from manager.json, or ``(pid unknown)``."""
+def _holder(state_dir: Path) -> dict[str, object]:
     try:
         info = json.loads((state_dir / "manager.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def describe_holder(state_dir: Path) -> str:
+    """``(pid N, run R)`` from manager.json, or ``(pid unknown)``."""
+    info = _holder(state_dir)
+    if "pid" not in info:
         return "(pid unknown)"
     run = f", run {info['run_id']}" if info.get("run_id") else ""
-    return f"(pid {info.get('pid')}{run})"
+    return f"(pid {info['pid']}{run})"
+
+
+def holder_pid(state_dir: Path) -> int | None:
+    """The PID that last took the manager lock (check `manager_alive` for whether it holds it)."""
+    pid = _holder(state_dir).get("pid")
+    return pid if isinstance(pid, int) else None
 
 
 def manager_alive(state_dir: Path) -> bool:

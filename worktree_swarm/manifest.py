@@ -34,12 +34,18 @@ DEFAULT_JOBS = 4
 CONFIG_FILE = "swarm.toml"
 
 SETTING_KEYS = frozenset(
-    {"agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup", "env"}
-)
+    {
+        "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
+        "env", "repair", "no_placeholders",
+    }
+)  # fmt: skip
 RUN_KEYS = frozenset(
-    {"jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block"}
-)
-TASK_KEYS = SETTING_KEYS | {"id", "prompt", "title", "depends_on", "files"}
+    {
+        "jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block",
+        "max_cost_usd", "rate_limit_backoff",
+    }
+)  # fmt: skip
+TASK_KEYS = SETTING_KEYS | {"id", "prompt", "title", "depends_on", "files", "expect_files"}
 DEFAULTS_KEYS = SETTING_KEYS | RUN_KEYS
 MANIFEST_KEYS = frozenset({"defaults", "task"})
 
@@ -67,6 +73,7 @@ class Overrides:
     timeout: str | None = None
     idle_timeout: str | None = None
     checks: tuple[str, ...] | None = None
+    max_cost_usd: float | None = None
 
 
 _NO_OVERRIDES = Overrides()
@@ -91,6 +98,10 @@ class _Settings:
     copy: tuple[str, ...] | None = None
     setup: tuple[tuple[str, ...], ...] | None = None
     env: tuple[tuple[str, str], ...] | None = None
+    repair: int | None = None
+    no_placeholders: bool | None = None
+    max_cost_usd: float | None = None
+    rate_limit_backoff: float | None = None
     jobs: int | None = None
     worktree_root: str | None = None
     commit_author: str | None = None
@@ -303,6 +314,7 @@ def _parse_overrides(overrides: Overrides) -> _Settings:
         checks=_opt(
             None if overrides.checks is None else list(overrides.checks), "--check", _commands
         ),
+        max_cost_usd=_opt(overrides.max_cost_usd, "--max-cost-usd", _positive_number),
     )
 
 
@@ -341,6 +353,7 @@ def _build_task(
     title = _string(table["title"], f"{where}: title") if "title" in table else ""
     depends_on = _opt(table.get("depends_on"), f"{where}: depends_on", _strings) or ()
     files = _opt(table.get("files"), f"{where}: files", _globs) or ()
+    expect_files = _opt(table.get("expect_files"), f"{where}: expect_files", _globs) or ()
 
     merged = _parse_settings(table, where=where).over(layer)
     agent = merged.agent
@@ -371,6 +384,9 @@ def _build_task(
         copy=merged.copy or (),
         setup=merged.setup or (),
         env=merged.env or (),
+        expect_files=expect_files,
+        repair=merged.repair or 0,
+        no_placeholders=bool(merged.no_placeholders),
     )
 
 
@@ -409,6 +425,8 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         port_base=port_base,
         port_block=port_block,
         kill_grace=layer.kill_grace or spec.kill_grace,
+        max_cost_usd=layer.max_cost_usd,
+        rate_limit_backoff=layer.rate_limit_backoff or spec.rate_limit_backoff,
     )
 
 
@@ -431,6 +449,10 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         copy=get("copy", _globs),
         setup=get("setup", _commands),
         env=get("env", _env),
+        repair=get("repair", _at_least(0)),
+        no_placeholders=get("no_placeholders", _boolean),
+        max_cost_usd=get("max_cost_usd", _positive_number),
+        rate_limit_backoff=get("rate_limit_backoff", _duration),
         jobs=get("jobs", _at_least(1)),
         worktree_root=get("worktree_root", _non_empty),
         commit_author=get("commit_author", _author),
@@ -487,6 +509,18 @@ def _at_least(minimum: int) -> Callable[[object, str], int]:
         return number
 
     return parse
+
+
+def _boolean(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInputError(f"{where}: expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _positive_number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise BadInputError(f"{where}: expected a positive number, got {value!r}")
+    return float(value)
 
 
 def _port_base(value: object, where: str) -> int:

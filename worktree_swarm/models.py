@@ -77,6 +77,9 @@ class Task:
     copy: tuple[str, ...] = ()
     setup: tuple[tuple[str, ...], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    expect_files: tuple[str, ...] = ()
+    repair: int = 0
+    no_placeholders: bool = False
 
     @property
     def branch(self) -> str:
@@ -95,6 +98,8 @@ class RunSpec:
     port_base: int = 20000
     port_block: int = 10
     kill_grace: float = 5.0
+    max_cost_usd: float | None = None
+    rate_limit_backoff: float = 30.0
     extra: dict[str, object] = field(default_factory=dict)
 
 

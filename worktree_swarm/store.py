@@ -92,6 +92,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX events_by_run ON events(run_id, id)",
     ),
+    (
+        # Issue #3: what an agent reported per attempt (resume needs the session id).
+        "ALTER TABLE attempts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN session_id TEXT",
+        "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
+        "ALTER TABLE attempts ADD COLUMN tokens_in INTEGER",
+        "ALTER TABLE attempts ADD COLUMN tokens_out INTEGER",
+        "ALTER TABLE attempts ADD COLUMN cache_read_tokens INTEGER",
+        "ALTER TABLE tasks ADD COLUMN cache_read_tokens INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -113,6 +123,7 @@ _UPDATABLE = frozenset(
         "cost_usd",
         "tokens_in",
         "tokens_out",
+        "cache_read_tokens",
     }
 )
 
@@ -156,6 +167,7 @@ class TaskRow:
     cost_usd: float | None
     tokens_in: int | None
     tokens_out: int | None
+    cache_read_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +186,24 @@ class AttemptRow:
     exit_code: int | None
     outcome: str | None
     log_path: str
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptUsage:
+    """What an agent reported about one attempt (all optional)."""
+
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -453,12 +483,27 @@ class Store:
         exit_code: int | None,
         outcome: str,
         ended_at: float | None = None,
+        usage: AttemptUsage | None = None,
     ) -> None:
-        """Record how an attempt ended."""
+        """Record how an attempt ended and what the agent reported about it."""
+        u = usage or AttemptUsage()
         with self._lock, self._write() as conn:
             cursor = conn.execute(
-                "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ? WHERE id = ?",
-                (exit_code, outcome, time.time() if ended_at is None else ended_at, attempt_id),
+                "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ?, reason = ?,"
+                " session_id = ?, cost_usd = ?, tokens_in = ?, tokens_out = ?,"
+                " cache_read_tokens = ? WHERE id = ?",
+                (
+                    exit_code,
+                    outcome,
+                    time.time() if ended_at is None else ended_at,
+                    u.reason,
+                    u.session_id,
+                    u.cost_usd,
+                    u.tokens_in,
+                    u.tokens_out,
+                    u.cache_read_tokens,
+                    attempt_id,
+                ),
             )
             _require_one(cursor, f"attempt {attempt_id}")
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
@@ -81,6 +81,66 @@ class AgentProcess:
     def last_line(self) -> str:
         """Return the last non-empty line of the log ('' if none), read from its tail."""
         return last_line(self.log_path)
+
+    def alive(self) -> bool:
+        """Whether the agent has not exited yet."""
+        return self.popen.poll() is None
+
+
+class Supervised(Protocol):
+    """What the run loop needs of an agent, whether it spawned it or adopted it."""
+
+    log_path: Path
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to *timeout* seconds; the exit code when known."""
+
+    def alive(self) -> bool:
+        """Whether the agent still runs."""
+
+    def idle_seconds(self) -> float:
+        """Seconds since its log last grew."""
+
+    def stop(self, *, grace: float) -> int | None:
+        """Kill its whole process tree."""
+
+
+@dataclass(slots=True)
+class AdoptedProcess:
+    """An agent started by a previous manager: not our child, so no exit code."""
+
+    identity: ProcessIdentity
+    log_path: Path
+    started_at: float
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to *timeout* for the process to end; its exit code is never known."""
+        deadline = time.monotonic() + (timeout or 0.0)
+        while is_alive(self.identity) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return None
+
+    def alive(self) -> bool:
+        """Whether the recorded process (pid and create time) still runs."""
+        return is_alive(self.identity)
+
+    def idle_seconds(self) -> float:
+        """Seconds since the log last changed."""
+        try:
+            last = self.log_path.stat().st_mtime
+        except FileNotFoundError:
+            last = self.started_at
+        return max(0.0, time.time() - max(last, self.started_at))
+
+    def stop(self, *, grace: float) -> int | None:
+        """Kill the whole tree."""
+        kill_tree(self.identity, grace=grace)
+        return None
+
+
+def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
+    """Supervise an agent recorded by a previous manager (alive or not)."""
+    return AdoptedProcess(identity=identity, log_path=log_path, started_at=started_at)
 
 
 def last_line(path: Path, *, max_bytes: int = _TAIL_BYTES) -> str:

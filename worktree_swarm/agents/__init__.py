@@ -1,20 +1,45 @@
-"""Agent profiles: how a named agent becomes an argv template.
+"""Agent profiles: how a named agent becomes an argv template, and the adapter that runs it.
 
-An adapter builds argv/env for an attempt and interprets the outcome. Issue #3 adds full
-adapters for claude/codex/aider/gemini (resume, rate limits, cost); this module is the seam.
+An adapter (one module each: claude, codex, aider, gemini, command) builds argv/env for a
+first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from worktree_swarm.agents.aider import AiderAdapter
+from worktree_swarm.agents.base import (
+    PLACEHOLDERS,
+    Adapter,
+    AgentResult,
+    Outcome,
+    backoff_delay,
+    classify_rate_limit,
+    render_argv,
+)
+from worktree_swarm.agents.claude import ClaudeAdapter
+from worktree_swarm.agents.codex import CodexAdapter
+from worktree_swarm.agents.command import CommandAdapter
+from worktree_swarm.agents.gemini import GeminiAdapter
 from worktree_swarm.errors import BadInputError
 
-PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "worktree", "branch")
+__all__ = [
+    "PLACEHOLDERS",
+    "PROFILES",
+    "Adapter",
+    "AgentResult",
+    "Outcome",
+    "adapter_for",
+    "backoff_delay",
+    "classify_rate_limit",
+    "profile_of",
+    "render_argv",
+    "resolve_agent",
+]
 
 PROFILES: dict[str, tuple[str, ...]] = {
     # The bundled scripted agent: used by `swarm demo` and the tests; needs no API key.
@@ -24,13 +49,15 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "-p",
         "{prompt}",
         "--output-format",
-        "json",
+        "stream-json",
+        "--verbose",  # print mode needs it for stream-json
         "--permission-mode",
         "acceptEdits",
     ),
-    "codex": ("codex", "exec", "--json", "--full-auto", "{prompt}"),
+    # `--full-auto` is deprecated in codex exec (a warning); this is what it stood for.
+    "codex": ("codex", "exec", "--json", "--sandbox", "workspace-write", "{prompt}"),
     "aider": ("aider", "--yes-always", "--message-file", "{prompt_file}"),
-    "gemini": ("gemini", "--yolo", "--prompt", "{prompt}"),
+    "gemini": ("gemini", "--yolo", "--output-format", "json", "--prompt", "{prompt}"),
 }
 
 
@@ -67,12 +94,20 @@ def _program_exists(program: str, repo_root: Path) -> bool:
     return shutil.which(program) is not None
 
 
-def render_argv(template: Sequence[str], values: dict[str, str]) -> list[str]:
-    """Substitute ``{name}`` placeholders inside each argument; nothing else is interpreted.
+_ADAPTERS: dict[str, Adapter] = {
+    "claude": ClaudeAdapter(),
+    "codex": CodexAdapter(),
+    "aider": AiderAdapter(),
+    "gemini": GeminiAdapter(),
+}
 
-    One pass per argument, so a placeholder spelled inside task text is never expanded.
-    """
-    return [_PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), arg) for arg in template]
+
+def adapter_for(profile: str) -> Adapter:
+    """The adapter of a profile name; "command", "scripted" or unknown: the generic one."""
+    return _ADAPTERS.get(profile) or CommandAdapter()
 
 
-_PLACEHOLDER_RE = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
+def profile_of(argv: Sequence[str]) -> str:
+    """The built-in profile whose program *argv* runs (by file name), else ``command``."""
+    program = Path(argv[0]).name if argv else ""
+    return program if program in _ADAPTERS else "command"

@@ -1,0 +1,788 @@
+"""Agent adapters: argv for first attempts and resumes, env, and outcomes read from real logs.
+
+Each fake CLI is a real executable named like the real one (claude, codex, gemini, aider) on a
+PATH of its own; it prints output in the CLI's exact format (taken from the CLIs' docs and
+source, see docs/agents.md), records the argv and env it got, and exits. It runs through
+``supervisor.spawn`` like a real attempt, so stdout and stderr land in one log file that
+``interpret`` then reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worktree_swarm import supervisor
+from worktree_swarm.agents import (
+    PROFILES,
+    AgentResult,
+    Outcome,
+    adapter_for,
+    backoff_delay,
+    classify_rate_limit,
+    profile_of,
+)
+from worktree_swarm.agents.aider import AiderAdapter
+from worktree_swarm.agents.claude import ClaudeAdapter
+from worktree_swarm.agents.codex import CodexAdapter
+from worktree_swarm.agents.command import CommandAdapter
+from worktree_swarm.agents.gemini import GeminiAdapter
+from worktree_swarm.proc import clean_env
+
+NOW = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC: every classification is relative to it
+SESSION = "0e639165-79b1-4bd4-bb0f-4cb4c15115d4"
+THREAD = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+GEMINI_SESSION = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"
+
+FAKE_CLI = """\
+import json, os, signal, sys
+plan = json.load(open(os.environ["FAKE_PLAN"]))
+with open(os.environ["FAKE_RECORD"], "w") as f:
+    json.dump({"argv": sys.argv[1:], "config": os.environ.get("CLAUDE_CONFIG_DIR")}, f)
+sys.stderr.write(plan["stderr"]); sys.stderr.flush()
+sys.stdout.write(plan["stdout"]); sys.stdout.flush()
+if plan.get("kill"):
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(plan["exit"])
+"""
+
+
+def jsonl(*events: dict[str, Any]) -> str:
+    return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    result: AgentResult
+    argv: list[str]
+    config_dir: str | None
+
+
+Attempt = Callable[..., Run]
+
+
+@pytest.fixture
+def attempt(tmp_path: Path) -> Attempt:
+    """Run one attempt of a profile against its fake CLI and interpret the log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    counter = iter(range(1000))
+
+    def _run(
+        profile: str,
+        *,
+        stdout: str = "",
+        stderr: str = "",
+        exit_code: int = 0,
+        kill: bool = False,
+        session_id: str | None = None,
+        resume_prompt: str | None = None,
+    ) -> Run:
+        n = next(counter)
+        program = PROFILES[profile][0]
+        script = bin_dir / program
+        script.write_text(f"#!{sys.executable}\n{FAKE_CLI}")
+        script.chmod(0o755)
+        plan = tmp_path / f"plan-{n}.json"
+        plan.write_text(
+            json.dumps({"stdout": stdout, "stderr": stderr, "exit": exit_code, "kill": kill})
+        )
+        record = tmp_path / f"record-{n}.json"
+        adapter = adapter_for(profile)
+        argv = adapter.argv(
+            PROFILES[profile],
+            values={"prompt": "Add hello.txt", "prompt_file": str(tmp_path / "prompt.md")},
+            session_id=session_id,
+            resume_prompt=resume_prompt,
+        )
+        base = clean_env(
+            {
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                "FAKE_PLAN": str(plan),
+                "FAKE_RECORD": str(record),
+            }
+        )
+        env = adapter.env(base=base, task_id="t1", config_dir=tmp_path / "agent-config")
+        log_path = tmp_path / f"attempt-{n}.log"
+        agent = supervisor.spawn(argv, cwd=worktree, env=env, log_path=log_path)
+        code = agent.wait(timeout=60)
+        assert code is not None, "fake CLI did not exit"
+        log_text = log_path.read_text(encoding="utf-8")
+        recorded = json.loads(record.read_text())
+        assert recorded["argv"] == argv[1:], "the process got a different argv"
+        result = adapter.interpret(exit_code=code, log_text=log_text, now=NOW)
+        return Run(result=result, argv=argv, config_dir=recorded["config"])
+
+    return _run
+
+
+@pytest.fixture
+def tokyo_time() -> Iterator[None]:
+    """Local time is Asia/Tokyo (UTC+9, no DST) for wall-clock reset times."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def utc(year: int, month: int, day: int, hour: int, minute: int) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
+
+
+# -- Claude Code -------------------------------------------------------------------------------
+
+CLAUDE_USAGE = {
+    "input_tokens": 3,
+    "cache_creation_input_tokens": 1200,
+    "cache_read_input_tokens": 15635,
+    "output_tokens": 6,
+    "server_tool_use": {"web_search_requests": 0},
+    "service_tier": "standard",
+}
+
+
+def claude_result(**fields: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "duration_ms": 1998,
+        "duration_api_ms": 1976,
+        "num_turns": 4,
+        "result": "Created hello.txt.",
+        "stop_reason": "end_turn",
+        "session_id": SESSION,
+        "total_cost_usd": 0.0079825,
+        "usage": CLAUDE_USAGE,
+        "modelUsage": {},
+        "permission_denials": [],
+        "uuid": "b7a3c5c2-1111-4d1e-9f00-3f2f1b0e0a01",
+    }
+    result.update(fields)
+    return result
+
+
+CLAUDE_INIT = {
+    "type": "system",
+    "subtype": "init",
+    "cwd": "/work/wt",
+    "session_id": SESSION,
+    "tools": ["Bash", "Edit", "Read", "Write"],
+    "mcp_servers": [],
+    "model": "claude-sonnet-4-5-20250929",
+    "permissionMode": "acceptEdits",
+    "apiKeySource": "ANTHROPIC_API_KEY",
+    "uuid": "5d2c1f00-0000-4000-8000-000000000001",
+}
+CLAUDE_ASSISTANT = {
+    "type": "assistant",
+    "message": {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [{"type": "text", "text": "Creating hello.txt"}],
+        "stop_reason": None,
+        "usage": {"input_tokens": 3, "output_tokens": 6},
+    },
+    "parent_tool_use_id": None,
+    "session_id": SESSION,
+    "uuid": "5d2c1f00-0000-4000-8000-000000000002",
+}
+
+
+def rate_limit_event(status: str, resets_at: int) -> dict[str, Any]:
+    return {
+        "type": "rate_limit_event",
+        "rate_limit_info": {"status": status, "resetsAt": resets_at, "rateLimitType": "five_hour"},
+        "uuid": "5d2c1f00-0000-4000-8000-000000000003",
+        "session_id": SESSION,
+    }
+
+
+API_429 = (
+    'API Error: 429 {"type":"error","error":{"type":"rate_limit_error","message":"This request '
+    "would exceed your account's rate limit. Please try again later.\"},"
+    '"request_id":"req_011CTrmdPsD7d9uz7LstkY5g"}'
+)
+
+
+def test_claude_json_success_reads_session_cost_and_tokens(attempt: Attempt) -> None:
+    run = attempt("claude", stdout=json.dumps(claude_result()) + "\n")
+    assert run.result == AgentResult(
+        outcome=Outcome.SUCCESS,
+        session_id=SESSION,
+        cost_usd=0.0079825,
+        tokens_in=3,
+        tokens_out=6,
+        cache_read_tokens=15635,
+        cache_write_tokens=1200,
+        num_turns=4,
+    )
+
+
+def test_claude_is_error_with_subtype_success_and_429_is_rate_limited(attempt: Attempt) -> None:
+    stdout = json.dumps(
+        claude_result(is_error=True, api_error_status=429, result=API_429, total_cost_usd=0.0012)
+    )
+    run = attempt("claude", stdout=stdout + "\n", exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.reason.startswith("claude rate limited (HTTP 429): API Error: 429")
+    assert run.result.session_id == SESSION
+    assert run.result.cost_usd == pytest.approx(0.0012)
+    assert run.result.retry_at is None  # no reset given: the runner backs off
+
+
+def test_claude_is_error_with_subtype_success_is_a_failure(attempt: Attempt) -> None:
+    stdout = json.dumps(claude_result(is_error=True, result="Invalid API key · Please run /login"))
+    run = attempt("claude", stdout=stdout + "\n", exit_code=1)
+    assert run.result.outcome is Outcome.FAILED
+    assert run.result.reason == "claude success: Invalid API key · Please run /login"
+
+
+def test_claude_overloaded_529_is_rate_limited(attempt: Attempt) -> None:
+    body = (
+        'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    )
+    stdout = json.dumps(claude_result(is_error=True, api_error_status=529, result=body))
+    assert attempt("claude", stdout=stdout, exit_code=1).result.outcome is Outcome.RATE_LIMITED
+
+
+def test_claude_usage_limit_message_gives_the_reset_epoch(attempt: Attempt) -> None:
+    stdout = json.dumps(
+        claude_result(is_error=True, result="Claude AI usage limit reached|1760004000")
+    )
+    run = attempt("claude", stdout=stdout, exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.retry_at == 1760004000.0
+
+
+def test_claude_stream_json_uses_last_result_and_rejected_rate_limit_event(
+    attempt: Attempt,
+) -> None:
+    stdout = jsonl(
+        CLAUDE_INIT,
+        rate_limit_event("allowed", 1760001000),
+        CLAUDE_ASSISTANT,
+        rate_limit_event("rejected", 1760018000),
+        claude_result(
+            is_error=True,
+            api_error_status=429,
+            result="You've hit your limit · resets 4pm (Europe/Berlin)",
+            num_turns=2,
+        ),
+    )
+    run = attempt("claude", stdout=stdout, stderr="Warning: something on stderr\n", exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.retry_at == 1760018000.0  # the structured reset wins over the message
+    assert run.result.session_id == SESSION
+    assert run.result.num_turns == 2
+
+
+def test_claude_stream_json_allowed_events_do_not_spoil_success(attempt: Attempt) -> None:
+    stdout = jsonl(
+        CLAUDE_INIT,
+        rate_limit_event("allowed", 1760001000),
+        CLAUDE_ASSISTANT,
+        claude_result(),
+    )
+    run = attempt("claude", stdout=stdout)
+    assert run.result.outcome is Outcome.SUCCESS
+    assert run.result.tokens_out == 6
+
+
+def test_claude_killed_mid_stream_keeps_its_session_for_resume(attempt: Attempt) -> None:
+    run = attempt("claude", stdout=jsonl(CLAUDE_INIT, CLAUDE_ASSISTANT), kill=True)
+    assert run.result == AgentResult(
+        outcome=Outcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
+    )
+
+
+def test_claude_max_turns_is_a_failure_with_its_subtype(attempt: Attempt) -> None:
+    stdout = json.dumps(claude_result(subtype="error_max_turns", is_error=True, result=None))
+    run = attempt("claude", stdout=stdout, exit_code=1)
+    assert run.result.outcome is Outcome.FAILED
+    assert run.result.reason == "claude error_max_turns: no detail"
+
+
+def test_claude_resume_runs_resume_flag_and_own_config_dir(
+    attempt: Attempt, tmp_path: Path
+) -> None:
+    run = attempt(
+        "claude",
+        stdout=json.dumps(claude_result()),
+        session_id=SESSION,
+        resume_prompt="Checks failed: pytest exited 1",
+    )
+    assert run.argv == [
+        "claude",
+        "-p",
+        "Checks failed: pytest exited 1",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "acceptEdits",
+        "--resume",
+        SESSION,
+    ]
+    assert run.config_dir == str(tmp_path / "agent-config")
+    assert (tmp_path / "agent-config").is_dir()
+
+
+# -- Codex -------------------------------------------------------------------------------------
+
+CODEX_START = ({"type": "thread.started", "thread_id": THREAD}, {"type": "turn.started"})
+CODEX_ITEMS = (
+    {"type": "item.completed", "item": {"id": "item_0", "type": "reasoning", "text": "**Plan**"}},
+    {
+        "type": "item.completed",
+        "item": {
+            "id": "item_1",
+            "type": "command_execution",
+            "command": "bash -lc ls",
+            "aggregated_output": "README.md\n",
+            "exit_code": 0,
+            "status": "completed",
+        },
+    },
+    {
+        "type": "item.completed",
+        "item": {
+            "id": "item_2",
+            "type": "file_change",
+            "changes": [{"path": "hello.txt", "kind": "add"}],
+            "status": "completed",
+        },
+    },
+    {"type": "item.completed", "item": {"id": "item_3", "type": "agent_message", "text": "Done."}},
+)
+CODEX_LIMIT = (
+    "You've hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+    "https://chatgpt.com/codex/settings/usage to purchase more credits or try again at 3:04 PM."
+)
+
+
+def test_codex_success_reads_thread_and_usage(attempt: Attempt) -> None:
+    stdout = jsonl(
+        *CODEX_START,
+        *CODEX_ITEMS,
+        {
+            "type": "turn.completed",
+            "usage": {"input_tokens": 24763, "cached_input_tokens": 24448, "output_tokens": 122},
+        },
+    )
+    run = attempt("codex", stdout=stdout)
+    assert run.result == AgentResult(
+        outcome=Outcome.SUCCESS,
+        session_id=THREAD,
+        tokens_in=315,
+        tokens_out=122,
+        cache_read_tokens=24448,
+        num_turns=1,
+    )
+    assert run.argv == ["codex", "exec", "--json", "--sandbox", "workspace-write", "Add hello.txt"]
+
+
+@pytest.mark.usefixtures("tokyo_time")
+def test_codex_usage_limit_is_rate_limited_until_the_time_it_names(attempt: Attempt) -> None:
+    stdout = jsonl(
+        *CODEX_START,
+        {"type": "error", "message": CODEX_LIMIT},
+        {"type": "turn.failed", "error": {"message": CODEX_LIMIT}},
+    )
+    run = attempt("codex", stdout=stdout, exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.session_id == THREAD
+    # NOW is 17:53 in Tokyo: the next 3:04 PM is the following day.
+    assert run.result.retry_at == utc(2025, 10, 10, 6, 4)
+
+
+def test_codex_usage_limit_reached_error_body_gives_resets_at(attempt: Attempt) -> None:
+    message = (
+        'unexpected status 429 Too Many Requests: {"error":{"type":"usage_limit_reached",'
+        '"message":"The usage limit has been reached","plan_type":"plus","resets_at":1760010000}}'
+    )
+    stdout = jsonl(*CODEX_START, {"type": "turn.failed", "error": {"message": message}})
+    run = attempt("codex", stdout=stdout, exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.retry_at == 1760010000.0
+
+
+def test_codex_turn_failed_for_another_reason_is_a_failure(attempt: Attempt) -> None:
+    message = "unexpected status 401 Unauthorized: Missing bearer authentication in header"
+    stdout = jsonl(*CODEX_START, {"type": "turn.failed", "error": {"message": message}})
+    run = attempt("codex", stdout=stdout, exit_code=1)
+    assert run.result == AgentResult(
+        outcome=Outcome.FAILED, reason=f"codex: {message}", session_id=THREAD
+    )
+
+
+def test_codex_resume_keeps_options_before_the_resume_subcommand(attempt: Attempt) -> None:
+    stdout = jsonl(
+        {"type": "thread.started", "thread_id": THREAD},
+        {"type": "turn.started"},
+        {
+            "type": "turn.completed",
+            "usage": {"input_tokens": 10, "cached_input_tokens": 0, "output_tokens": 5},
+        },
+    )
+    run = attempt("codex", stdout=stdout, session_id=THREAD, resume_prompt="- keep going")
+    assert run.argv == [
+        "codex",
+        "exec",
+        "--json",
+        "--sandbox",
+        "workspace-write",
+        "resume",
+        THREAD,
+        " - keep going",  # a leading dash would be read as an option
+    ]
+    assert run.result.outcome is Outcome.SUCCESS
+
+
+# -- Gemini ------------------------------------------------------------------------------------
+
+GEMINI_STATS = {
+    "models": {
+        "gemini-2.5-pro": {
+            "api": {"totalRequests": 2, "totalErrors": 0, "totalLatencyMs": 5112},
+            "tokens": {
+                "input": 200,
+                "prompt": 1200,
+                "candidates": 50,
+                "total": 1280,
+                "cached": 1000,
+                "thoughts": 30,
+                "tool": 0,
+            },
+            "roles": {},
+        }
+    },
+    "tools": {
+        "totalCalls": 1,
+        "totalSuccess": 1,
+        "totalFail": 0,
+        "totalDurationMs": 12,
+        "totalDecisions": {"accept": 0, "reject": 0, "modify": 0, "auto_accept": 1},
+        "byName": {},
+    },
+    "files": {"totalLinesAdded": 1, "totalLinesRemoved": 0},
+}
+
+
+def test_gemini_json_success_reads_session_and_tokens(attempt: Attempt) -> None:
+    # JsonFormatter prints with JSON.stringify(output, null, 2): a multi-line object.
+    stdout = json.dumps(
+        {"session_id": GEMINI_SESSION, "response": "Created hello.txt.", "stats": GEMINI_STATS},
+        indent=2,
+    )
+    run = attempt("gemini", stdout=stdout + "\n", stderr="Loaded cached credentials.\n")
+    assert run.result == AgentResult(
+        outcome=Outcome.SUCCESS,
+        session_id=GEMINI_SESSION,
+        tokens_in=200,
+        tokens_out=50,
+        cache_read_tokens=1000,
+    )
+    assert run.argv == [
+        "gemini",
+        "--yolo",
+        "--output-format",
+        "json",
+        "--prompt",
+        "Add hello.txt",
+    ]
+
+
+def test_gemini_quota_error_is_rate_limited(attempt: Attempt) -> None:
+    error = {
+        "type": "Error",
+        "message": "[API Error: Quota exceeded for quota metric 'Gemini 2.5 Pro Requests' "
+        "(RESOURCE_EXHAUSTED)]",
+        "code": 1,
+    }
+    stdout = json.dumps({"session_id": GEMINI_SESSION, "error": error}, indent=2)
+    run = attempt("gemini", stdout=stdout + "\n", exit_code=1)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.session_id == GEMINI_SESSION
+
+
+def test_gemini_other_error_is_a_failure(attempt: Attempt) -> None:
+    error = {"type": "FatalInputError", "message": "No input provided via stdin.", "code": 42}
+    run = attempt("gemini", stdout=json.dumps({"error": error}, indent=2), exit_code=42)
+    assert run.result == AgentResult(
+        outcome=Outcome.FAILED, reason="gemini FatalInputError: No input provided via stdin."
+    )
+
+
+def test_gemini_resume_passes_the_session(attempt: Attempt) -> None:
+    stdout = json.dumps({"session_id": GEMINI_SESSION, "response": "ok", "stats": GEMINI_STATS})
+    run = attempt("gemini", stdout=stdout, session_id=GEMINI_SESSION, resume_prompt="Continue")
+    assert run.argv == [
+        "gemini",
+        "--yolo",
+        "--output-format",
+        "json",
+        "--prompt",
+        "Continue",
+        "--resume",
+        GEMINI_SESSION,
+    ]
+
+
+# -- aider -------------------------------------------------------------------------------------
+
+AIDER_BANNER = (
+    "Aider v0.86.1\n"
+    "Main model: anthropic/claude-sonnet-4-20250514 with diff edit format, infinite output\n"
+    "Weak model: anthropic/claude-3-5-haiku-20241022\n"
+    "Git repo: .git with 1 files\n"
+    "Repo-map: using 4096 tokens, auto refresh\n"
+)
+AIDER_RATE_LIMIT = (
+    'litellm.RateLimitError: AnthropicException - {"type":"error","error":{"type":'
+    '"rate_limit_error","message":"This request would exceed the rate limit for your '
+    'organization of 50,000 input tokens per minute."}}\n'
+    "The API provider has rate limited you. Try again later or check your quotas.\n"
+)
+AIDER_DONE = (
+    "hello.txt\n"
+    "Applied edit to hello.txt\n"
+    "Commit 1a2b3c4 feat: add hello.txt\n"
+    "Tokens: 2.4k sent, 1.2k cache write, 12k cache hit, 95 received. "
+    "Cost: $0.0123 message, $0.0123 session.\n"
+)
+
+
+def test_aider_success_reads_usage_lines(attempt: Attempt) -> None:
+    run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE)
+    assert run.result == AgentResult(
+        outcome=Outcome.SUCCESS,
+        cost_usd=0.0123,
+        tokens_in=2400,
+        tokens_out=95,
+        cache_read_tokens=12000,
+        cache_write_tokens=1200,
+    )
+    assert run.argv == ["aider", "--yes-always", "--message-file", run.argv[-1]]
+
+
+def test_aider_retried_rate_limit_then_success_is_success(attempt: Attempt) -> None:
+    stdout = AIDER_BANNER + AIDER_RATE_LIMIT + "Retrying in 0.2 seconds...\n" + AIDER_DONE
+    assert attempt("aider", stdout=stdout).result.outcome is Outcome.SUCCESS
+
+
+def test_aider_giving_up_on_a_rate_limit_exits_0_but_is_rate_limited(attempt: Attempt) -> None:
+    stdout = AIDER_BANNER + AIDER_RATE_LIMIT + "Retrying in 32.0 seconds...\n" + AIDER_RATE_LIMIT
+    run = attempt("aider", stdout=stdout)
+    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.reason.startswith("aider rate limited: litellm.RateLimitError")
+
+
+def test_aider_cannot_resume_a_session() -> None:
+    adapter = AiderAdapter()
+    assert adapter.supports_resume is False
+    argv = adapter.argv(
+        PROFILES["aider"],
+        values={"prompt": "x", "prompt_file": "/logs/prompt-2.md"},
+        session_id="ignored",
+        resume_prompt="fix the tests",
+    )
+    assert argv == ["aider", "--yes-always", "--message-file", "/logs/prompt-2.md"]
+
+
+# -- generic command ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stdout", "code", "expected"),
+    [
+        ("wrote hello.txt\n", 0, AgentResult(outcome=Outcome.SUCCESS)),
+        (
+            "working\nboom: disk full\n",
+            3,
+            AgentResult(outcome=Outcome.FAILED, reason="agent exited 3: boom: disk full"),
+        ),
+        (
+            "Error: 429 Too Many Requests\n",
+            1,
+            AgentResult(
+                outcome=Outcome.RATE_LIMITED,
+                reason="agent rate limited: Error: 429 Too Many Requests",
+            ),
+        ),
+    ],
+)
+def test_command_adapter_reads_exit_code_then_messages(
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    stdout: str,
+    code: int,
+    expected: AgentResult,
+) -> None:
+    argv = write_agent(f"import sys\nsys.stdout.write({stdout!r})\nsys.exit({code})\n")
+    adapter = adapter_for("command")
+    log_path = tmp_path / "attempt-1.log"
+    rendered = adapter.argv(argv, values={}, session_id=None, resume_prompt=None)
+    env = adapter.env(base=clean_env(), task_id="t1", config_dir=tmp_path / "cfg")
+    agent = supervisor.spawn(rendered, cwd=tmp_path, env=env, log_path=log_path)
+    exit_code = agent.wait(timeout=60)
+    result = adapter.interpret(exit_code=exit_code, log_text=log_path.read_text(), now=NOW)
+    assert result == expected
+
+
+def test_command_adapter_does_not_treat_an_early_prompt_echo_as_a_rate_limit() -> None:
+    log = "prompt: handle rate_limit_error in the client\n" + "step\n" * 60 + "failed\n"
+    result = CommandAdapter().interpret(exit_code=1, log_text=log, now=NOW)
+    assert result == AgentResult(outcome=Outcome.FAILED, reason="agent exited 1: failed")
+
+
+# -- registry, argv safety -----------------------------------------------------------------------
+
+
+def test_adapter_for_maps_profiles_and_falls_back_to_command() -> None:
+    assert isinstance(adapter_for("claude"), ClaudeAdapter)
+    assert isinstance(adapter_for("codex"), CodexAdapter)
+    assert isinstance(adapter_for("aider"), AiderAdapter)
+    assert isinstance(adapter_for("gemini"), GeminiAdapter)
+    for other in ("command", "scripted", "no-such-agent"):
+        assert isinstance(adapter_for(other), CommandAdapter)
+    assert profile_of(["/usr/local/bin/claude", "-p", "{prompt}"]) == "claude"
+    assert profile_of(["python3", "agent.py"]) == "command"
+
+
+@pytest.mark.parametrize("profile", ["claude", "codex", "gemini"])
+def test_a_session_id_that_looks_like_an_option_is_refused(profile: str) -> None:
+    with pytest.raises(ValueError, match="refusing session id"):
+        adapter_for(profile).argv(
+            PROFILES[profile],
+            values={},
+            session_id="--dangerously-skip-permissions",
+            resume_prompt=None,
+        )
+
+
+def test_an_untrusted_session_id_in_output_is_not_recorded() -> None:
+    log = json.dumps(claude_result(session_id="--evil"))
+    assert ClaudeAdapter().interpret(exit_code=0, log_text=log, now=NOW).session_id is None
+
+
+def test_first_attempt_argv_renders_the_template_for_every_adapter() -> None:
+    values = {"prompt": "Add {task_id} hello", "prompt_file": "/l/p.md", "task_id": "t1"}
+    assert ClaudeAdapter().argv(
+        PROFILES["claude"], values=values, session_id=None, resume_prompt=None
+    ) == [
+        "claude",
+        "-p",
+        "Add {task_id} hello",  # task text is never expanded
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "acceptEdits",
+    ]
+    assert (
+        CodexAdapter().argv(PROFILES["codex"], values=values, session_id=None, resume_prompt=None)[
+            -1
+        ]
+        == "Add {task_id} hello"
+    )
+
+
+# -- classify_rate_limit -------------------------------------------------------------------------
+
+
+# NOW is 2025-10-09 10:53:20 in Berlin (CEST, UTC+2).
+@pytest.mark.parametrize(
+    ("text", "retry_at"),
+    [
+        ("Claude AI usage limit reached|1760004000", 1760004000.0),
+        ("You've hit your limit · resets 4pm (Europe/Berlin)", utc(2025, 10, 9, 14, 0)),
+        ("You\u2019ve hit your limit · resets 10am (Europe/Berlin)", utc(2025, 10, 10, 8, 0)),
+        ("You've hit your limit · resets Oct 12 at 4pm (America/Recife)", utc(2025, 10, 12, 19, 0)),
+        ("You've hit your limit · resets Oct 16, 11:30am (UTC)", utc(2025, 10, 16, 11, 30)),
+        ("You've hit your limit · resets Jan 2, 9am (UTC)", utc(2026, 1, 2, 9, 0)),
+        ('{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}', None),
+        ('{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', None),
+        ("HTTP/1.1 429 Too Many Requests", None),
+        ('{"error":{"type":"usage_limit_reached","resets_at":1760010000}}', 1760010000.0),
+    ],
+)
+def test_classify_rate_limit_message_forms(text: str, retry_at: float | None) -> None:
+    assert classify_rate_limit(text, now=NOW) == (True, retry_at)
+
+
+@pytest.mark.usefixtures("tokyo_time")
+def test_classify_rate_limit_wall_clock_without_zone_is_local_time() -> None:
+    # NOW is 17:53:20 in Tokyo.
+    assert classify_rate_limit("You've hit your limit · resets 6pm", now=NOW) == (
+        True,
+        utc(2025, 10, 9, 9, 0),
+    )
+    assert classify_rate_limit("You've hit your limit · resets 4pm", now=NOW) == (
+        True,
+        utc(2025, 10, 10, 7, 0),
+    )
+    assert classify_rate_limit(
+        "You've hit your usage limit. Try again at Oct 12th, 2025 3:04 PM.", now=NOW
+    ) == (True, utc(2025, 10, 12, 6, 4))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "All 12 tests passed",
+        "Added rate limiting middleware to the API",
+        "resets 4pm",  # a time alone is not a limit
+        "error: status 500 Internal Server Error",
+    ],
+)
+def test_classify_rate_limit_ignores_other_text(text: str) -> None:
+    assert classify_rate_limit(text, now=NOW) == (False, None)
+
+
+# -- backoff_delay -------------------------------------------------------------------------------
+
+
+class _Top(random.Random):
+    """Always draws the top of the range, to expose the ceiling."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+def test_backoff_delay_ceiling_doubles_up_to_the_cap() -> None:
+    ceilings = [backoff_delay(n, rng=_Top()) for n in (1, 2, 3, 5, 6, 40, 10_000)]
+    assert ceilings == [30, 60, 120, 480, 900, 900, 900]
+    assert backoff_delay(3, base=1, cap=5, rng=_Top()) == 4
+
+
+def test_backoff_delay_is_jittered_within_bounds() -> None:
+    rng = random.Random(7)
+    for n in range(1, 12):
+        delays = [backoff_delay(n, rng=rng) for _ in range(50)]
+        assert all(0 <= d <= min(900, 30 * 2 ** (n - 1)) for d in delays)
+        assert len(set(delays)) > 1
+
+
+def test_backoff_delay_needs_an_attempt_number() -> None:
+    with pytest.raises(ValueError, match="attempt must be 1 or more"):
+        backoff_delay(0)

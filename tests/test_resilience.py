@@ -1,0 +1,240 @@
+"""Issue #3 end to end: rate limits resumed in the same session, budget, repair, crash resume.
+
+A fake `claude` on PATH speaks Claude Code's `-p --output-format json` interface: it prints one
+JSON result object, honours `--resume <session>`, and is scripted per task through files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.test_run import branch_file, manifest, pid_alive, status_json, swarm, swarm_bg, wait_for
+
+FAKE_CLAUDE = r'''#!PYTHON
+"""Fake Claude Code: scripted by $FAKE_DIR/<task>.plan (one behaviour per call)."""
+import json, os, pathlib, sys, time
+args = sys.argv[1:]
+prompt = args[args.index("-p") + 1]
+resume = args[args.index("--resume") + 1] if "--resume" in args else None
+task = os.environ["SWARM_TASK_ID"]
+fake = pathlib.Path(os.environ["FAKE_DIR"])
+calls = fake / f"{task}.calls"
+with calls.open("a") as fh:
+    fh.write(json.dumps({"argv": args, "cwd": os.getcwd(), "pid": os.getpid()}) + "\n")
+n = len(calls.read_text().splitlines())
+plan = (fake / f"{task}.plan").read_text().split() if (fake / f"{task}.plan").exists() else []
+step = plan[n - 1] if n <= len(plan) else "finish"
+session = resume or f"sess-{task}-{n}"
+def result(is_error=False, status=None, text="ok", cost=0.5):
+    out = {"type": "result", "subtype": "success", "is_error": is_error, "duration_ms": 12,
+           "num_turns": 2, "result": text, "session_id": session, "total_cost_usd": cost,
+           "usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 50,
+                     "cache_creation_input_tokens": 0}}
+    if status:
+        out["api_error_status"] = status
+    print(json.dumps(out), flush=True)
+if step == "wait":  # for the crash test: signal readiness, then wait for the go file
+    (fake / f"{task}.pid").write_text(str(os.getpid()))
+    pathlib.Path(f"{task}.txt").write_text("started\n")
+    while not (fake / "go").exists():
+        time.sleep(0.05)
+    pathlib.Path(f"{task}.txt").write_text("finished\n")
+    result(); sys.exit(0)
+if step == "limit":
+    pathlib.Path(f"{task}.txt").write_text("half done\n")
+    result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
+    sys.exit(1)
+if step == "todo":
+    pathlib.Path(f"{task}.py").write_text("def answer():\n    raise NotImplementedError  # TODO\n")
+    result(); sys.exit(0)
+if step == "fix":
+    assert "placeholder" in prompt, prompt
+    pathlib.Path(f"{task}.py").write_text("def answer():\n    return 42\n")
+    result(); sys.exit(0)
+with open(f"{task}.txt", "a") as fh:
+    fh.write(f"finished in session {session}\n")
+result(); sys.exit(0)
+'''
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the fake `claude` first on PATH; returns the directory that scripts it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "claude"
+    exe.write_text(FAKE_CLAUDE.replace("PYTHON", sys.executable))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DIR", str(fake))
+    return fake
+
+
+def plan(fake: Path, task: str, *steps: str) -> None:
+    (fake / f"{task}.plan").write_text(" ".join(steps))
+
+
+def calls(fake: Path, task: str) -> list[dict[str, object]]:
+    path = fake / f"{task}.calls"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def attempts(repo: Path, task: str) -> list[tuple[int, str, float, float]]:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        return db.execute(
+            "SELECT number, outcome, started_at, ended_at FROM attempts WHERE task_id = ?"
+            " ORDER BY number",
+            (task,),
+        ).fetchall()
+
+
+HEADER = '[defaults]\nagent = "claude"\nrate_limit_backoff = "0.3s"\nretries = 3\n'
+
+
+def tasks_toml(ids: list[str], extra: str = "") -> str:
+    return HEADER + extra + "".join(f'[[task]]\nid = "{i}"\nprompt = "do {i}"\n' for i in ids)
+
+
+def test_rate_limited_task_resumes_in_same_session_and_worktree(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = calls(fake_claude, "a")
+    assert "--resume" not in first["argv"]
+    assert second["argv"][second["argv"].index("--resume") + 1] == "sess-a-1"
+    assert first["cwd"] == second["cwd"]
+    assert [a[1] for a in attempts(repo, "a")] == ["rate_limited", "succeeded"]
+    assert "finished in session sess-a-1" in branch_file(repo, "swarm/a", "a.txt")
+    row = status_json(repo)["a"]
+    assert row["state"] == "done"
+    assert row["attempt"] == 2
+    assert row["cost_usd"] == pytest.approx(0.6)
+    assert row["tokens_in"] == 200
+
+
+def test_every_task_rate_limited_once_all_done_nothing_lost(repo: Path, fake_claude: Path) -> None:
+    ids = [f"t{i}" for i in range(6)]
+    for i in ids:
+        plan(fake_claude, i, "limit", "finish")
+    out = swarm(repo, "run", "--jobs", "3", manifest(repo, tasks_toml(ids)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for i in ids:
+        text = branch_file(repo, f"swarm/{i}", f"{i}.txt")
+        assert text.startswith("half done\nfinished in session")
+        # The half-done state of the rate-limited attempt was checkpointed too.
+        log = git(repo, "log", "--format=%s", f"swarm/{i}")
+        assert f"checkpoint {i} attempt 1 (rate_limited)" in log
+
+
+def test_retries_exhausted_fails_with_work_kept(repo: Path, fake_claude: Path) -> None:
+    plan(fake_claude, "a", "limit", "limit", "limit")
+    text = tasks_toml(["a"]).replace("retries = 3", "retries = 1")
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert "rate limited" in str(row["reason"])
+    assert len(calls(fake_claude, "a")) == 2
+    assert branch_file(repo, "swarm/a", "a.txt") == "half done"
+
+
+def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
+    ids = [f"t{i}" for i in range(5)]
+    out = swarm(
+        repo, "run", "--jobs", "1", "--max-cost-usd", "1.2", manifest(repo, tasks_toml(ids))
+    )
+    assert out.returncode == 1
+    rows = status_json(repo)
+    states = [rows[i]["state"] for i in ids]
+    assert states == ["done", "done", "done", "stopped", "stopped"]
+    assert "budget" in str(rows["t3"]["reason"])
+
+
+def test_placeholder_caught_then_repaired(repo: Path, fake_claude: Path) -> None:
+    plan(fake_claude, "a", "todo", "fix")
+    plan(fake_claude, "b", "todo")
+    text = (
+        HEADER
+        + "no_placeholders = true\n"
+        + '[[task]]\nid = "a"\nprompt = "x"\nrepair = 1\n'
+        + '[[task]]\nid = "b"\nprompt = "x"\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "done"
+    assert "return 42" in branch_file(repo, "swarm/a", "a.py")
+    assert rows["b"]["state"] == "failed"
+    assert "placeholder" in str(rows["b"]["reason"])
+    assert "NotImplementedError" in str(rows["b"]["reason"])
+
+
+def test_manager_killed_then_resume_finishes_everything(repo: Path, fake_claude: Path) -> None:
+    ids = [f"t{i}" for i in range(6)]
+    for i in ids:
+        plan(fake_claude, i, "wait")
+    proc = swarm_bg(repo, "run", "--jobs", "6", manifest(repo, tasks_toml(ids)))
+    wait_for(lambda: all((fake_claude / f"{i}.pid").exists() for i in ids), what="6 agents")
+    agents = {i: int((fake_claude / f"{i}.pid").read_text()) for i in ids}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert all(pid_alive(pid) for pid in agents.values())
+    # Half the agents finish while no manager watches them; the rest are still alive.
+    (fake_claude / "go").touch()
+    wait_for(lambda: not any(pid_alive(p) for p in agents.values()), what="agents to finish")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status_json(repo)
+    for i in ids:
+        assert rows[i]["state"] == "done"
+        assert branch_file(repo, f"swarm/{i}", f"{i}.txt") == "finished"
+        assert len(calls(fake_claude, i)) == 1  # never launched twice
+        assert len(attempts(repo, i)) == 1
+    assert not any(pid_alive(p) for p in agents.values())
+
+
+def test_resume_adopts_live_agents_without_launching_them_again(
+    repo: Path, fake_claude: Path
+) -> None:
+    ids = ["a", "b", "c"]
+    for i in ids:
+        plan(fake_claude, i, "wait")
+    proc = swarm_bg(repo, "run", "--jobs", "3", manifest(repo, tasks_toml(ids)))
+    wait_for(lambda: all((fake_claude / f"{i}.pid").exists() for i in ids), what="3 agents")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = swarm_bg(repo, "resume")
+    try:
+        wait_for(lambda: all(s["alive"] for s in status_json(repo).values()), what="adoption")
+        (fake_claude / "go").touch()
+        assert resumed.wait(timeout=60) == 0
+    finally:
+        resumed.kill()
+    for i in ids:
+        assert len(calls(fake_claude, i)) == 1
+        assert branch_file(repo, f"swarm/{i}", f"{i}.txt") == "finished"
+
+
+def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
+    out = swarm(repo, "run", "--detach", manifest(repo, tasks_toml(["a", "b"])))
+    assert out.returncode == 0, out.stderr
+    assert "background" in out.stdout
+    pid = int(out.stdout.split("pid ")[1].split(",")[0])
+    log = Path(out.stdout.split("log ")[1].split(")")[0])
+    wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")
+    rows = status_json(repo)
+    assert rows["a"]["state"] == rows["b"]["state"] == "done"
+    assert "a: done" in log.read_text()  # the manager's own output went to its log

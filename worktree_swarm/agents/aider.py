@@ -1,0 +1,129 @@
+"""aider (``--message-file``): exit code, its usage lines, and its rate-limit messages.
+
+aider retries rate limits itself ("Retrying in N seconds...") and, when it gives up, prints
+the error and still exits 0 in ``--message`` mode; so an exit 0 whose log ends on a rate-limit
+error with no later retry or usage line is rate limited. After each reply it prints
+``Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 567 received. Cost: $0.01 message,
+$0.03 session.`` (aider/coders/base_coder.py); counts are rounded by aider.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from worktree_swarm.agents.base import (
+    AgentResult,
+    Outcome,
+    interpret_by_exit,
+    rate_limited_result,
+    render_argv,
+    resume_text,
+    tail,
+)
+
+_TOKENS_RE = re.compile(r"Tokens:\s*(?P<body>[^\n]+?)\s+received\.", re.IGNORECASE)
+_PART_RE = re.compile(r"(?P<n>[\d.]+)(?P<unit>[kKmM]?)\s+(?P<kind>sent|cache write|cache hit)$")
+_RECEIVED_RE = re.compile(r"(?P<n>[\d.]+)(?P<unit>[kKmM]?)$")
+_COST_RE = re.compile(r"\$(?P<cost>[\d.]+)\s+session", re.IGNORECASE)
+_RETRYING_RE = re.compile(r"^Retrying in [\d.]+ seconds", re.IGNORECASE)
+
+
+class AiderAdapter:
+    """aider in one-shot mode; its git auto-commits are fine (the checkpoint adds the rest)."""
+
+    name = "aider"
+    supports_resume = False
+
+    def argv(
+        self,
+        template: Sequence[str],
+        *,
+        values: Mapping[str, str],
+        session_id: str | None,  # noqa: ARG002 - aider keeps no resumable session
+        resume_prompt: str | None,
+    ) -> list[str]:
+        """Render *template*; a resume prompt replaces ``{prompt}``.
+
+        The runner points ``{prompt_file}`` at a file holding the same text.
+        """
+        if resume_prompt is not None:
+            values = {**values, "prompt": resume_text(resume_prompt)}
+        return render_argv(template, values)
+
+    def env(
+        self,
+        *,
+        base: Mapping[str, str],
+        task_id: str,  # noqa: ARG002 - nothing per task
+        config_dir: Path,  # noqa: ARG002 - no shared config file to protect
+    ) -> dict[str, str]:
+        """The base environment, unchanged."""
+        return dict(base)
+
+    def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
+        """Exit code and messages; an exit 0 after aider gave up on a rate limit is limited."""
+        usage = _usage(log_text)
+        lines = tail(log_text)
+        if exit_code == 0:
+            limited = _gave_up(lines, now=now)
+            if limited is None:
+                return AgentResult(outcome=Outcome.SUCCESS, **usage)
+            return AgentResult(
+                outcome=limited.outcome, reason=limited.reason, retry_at=limited.retry_at, **usage
+            )
+        result = interpret_by_exit(exit_code=exit_code, log_text=log_text, now=now, label="aider")
+        return AgentResult(
+            outcome=result.outcome, reason=result.reason, retry_at=result.retry_at, **usage
+        )
+
+
+def _gave_up(lines: list[str], *, now: float) -> AgentResult | None:
+    """A rate-limit error after the last retry notice and the last usage line, if any."""
+    last_progress = max(
+        (i for i, line in enumerate(lines) if _RETRYING_RE.match(line) or "Tokens:" in line),
+        default=-1,
+    )
+    return rate_limited_result(lines[last_progress + 1 :], now=now, label="aider")
+
+
+def _usage(log_text: str) -> dict[str, Any]:
+    sent = received = cache_write = cache_hit = 0
+    seen = False
+    for match in _TOKENS_RE.finditer(log_text):
+        seen = True
+        *parts, last = [p.strip() for p in match["body"].split(",")]
+        for part in parts:
+            m = _PART_RE.match(part)
+            if m is None:
+                continue
+            count = _count(m["n"], m["unit"])
+            if m["kind"] == "sent":
+                sent += count
+            elif m["kind"] == "cache write":
+                cache_write += count
+            else:
+                cache_hit += count
+        m_received = _RECEIVED_RE.match(last)
+        if m_received:
+            received += _count(m_received["n"], m_received["unit"])
+    costs = _COST_RE.findall(log_text)
+    usage: dict[str, Any] = {"cost_usd": float(costs[-1]) if costs else None}
+    if seen:
+        usage |= {
+            "tokens_in": sent,
+            "tokens_out": received,
+            "cache_read_tokens": cache_hit,
+            "cache_write_tokens": cache_write,
+        }
+    return usage
+
+
+def _count(number: str, unit: str) -> int:
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[unit.lower()]
+    try:
+        return round(float(number) * scale)
+    except ValueError:
+        return 0

@@ -1,0 +1,339 @@
+"""What every adapter shares: outcomes, argv rendering, log parsing, rate-limit classification.
+
+An adapter turns an argv template into the command of a first attempt or of a resume, adds
+what the CLI needs to its environment, and reads the attempt's log (stdout and stderr together)
+into an :class:`AgentResult`. Nothing here starts processes or sleeps.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "worktree", "branch")
+DEFAULT_RESUME_PROMPT = "Continue the task where you left off, then finish it."
+# How much of the end of a log message heuristics look at: a prompt echoed at the start of a
+# log must not make a failure look like a rate limit.
+TAIL_LINES = 40
+REASON_MAX = 240
+
+_PLACEHOLDER_RE = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
+class Outcome(enum.StrEnum):
+    """How one attempt of an agent ended, as far as its own output tells."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentResult:
+    """The interpreted end of one attempt: outcome, resume handle and accounting."""
+
+    outcome: Outcome
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    num_turns: int | None = None
+    retry_at: float | None = None
+
+
+class Adapter(Protocol):
+    """A built-in agent profile: argv and env for an attempt, and the meaning of its log."""
+
+    @property
+    def name(self) -> str:
+        """The profile name (``claude``, ``codex``, ...)."""
+        ...
+
+    @property
+    def supports_resume(self) -> bool:
+        """Whether :meth:`argv` can continue a recorded session."""
+        ...
+
+    def argv(
+        self,
+        template: Sequence[str],
+        *,
+        values: Mapping[str, str],
+        session_id: str | None,
+        resume_prompt: str | None,
+    ) -> list[str]:
+        """The command of a first attempt (no *session_id*) or of a resume."""
+        ...
+
+    def env(self, *, base: Mapping[str, str], task_id: str, config_dir: Path) -> dict[str, str]:
+        """The environment of an attempt; *config_dir* is private to the task and stable."""
+        ...
+
+    def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
+        """Classify the attempt from its exit code (None: unknown) and its whole log."""
+        ...
+
+
+def render_argv(template: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """Substitute ``{name}`` placeholders inside each argument; nothing else is interpreted.
+
+    One pass per argument, so a placeholder spelled inside task text is never expanded.
+    """
+    return [_PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), arg) for arg in template]
+
+
+def is_session_id(text: object) -> bool:
+    """Whether *text* is safe to pass back to a CLI as a session id (never an option)."""
+    return isinstance(text, str) and _SESSION_ID_RE.fullmatch(text) is not None
+
+
+def require_session_id(session_id: str) -> str:
+    """Return *session_id*, or raise ValueError if it could be mistaken for an option."""
+    if not is_session_id(session_id):
+        msg = f"refusing session id {session_id[:40]!r}: not an id a CLI can take as argument"
+        raise ValueError(msg)
+    return session_id
+
+
+def positional(text: str) -> str:
+    """*text* as a positional argument: a leading ``-`` would be parsed as an option."""
+    return " " + text if text.startswith("-") else text
+
+
+def resume_text(resume_prompt: str | None) -> str:
+    """The prompt of a resume: the runner's, or a plain "continue"."""
+    return positional(resume_prompt or DEFAULT_RESUME_PROMPT)
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """Every JSON object in *text* that starts a line: JSONL events or one pretty-printed object.
+
+    Lines that are not JSON (stderr, progress) are skipped, as is a truncated last object.
+    """
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    resume_at = 0
+    for match in re.finditer(r"^[ \t]*\{", text, flags=re.MULTILINE):
+        start = match.end() - 1
+        if start < resume_at:
+            continue
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            found.append(obj)
+            resume_at = end
+    return found
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last *lines* non-empty lines of *text*."""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return kept[-lines:]
+
+
+def one_line(text: str, limit: int = REASON_MAX) -> str:
+    """*text* squeezed onto one line of at most *limit* characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def as_int(value: object) -> int | None:
+    """An integer count from JSON, or None (booleans are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def as_float(value: object) -> float | None:
+    """A number from JSON, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def epoch_seconds(value: object) -> float | None:
+    """A reset time given as epoch seconds (or milliseconds), or None."""
+    number = as_float(value)
+    if number is None or number <= 0:
+        return None
+    return number / 1000 if number > 1e12 else number  # noqa: PLR2004 - ms vs s
+
+
+def interpret_by_exit(
+    *,
+    exit_code: int | None,
+    log_text: str,
+    now: float,
+    label: str = "agent",
+    skip_json: bool = False,
+) -> AgentResult:
+    """Exit code first, then known rate-limit messages in the log's last lines.
+
+    With *skip_json*, the reason quotes the last line that is not a JSON event.
+    """
+    if exit_code == 0:
+        return AgentResult(outcome=Outcome.SUCCESS)
+    lines = tail(log_text)
+    limited = rate_limited_result(lines, now=now, label=label)
+    if limited is not None:
+        return limited
+    quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
+    last = one_line(quotable[-1]) if quotable else ""
+    return AgentResult(
+        outcome=Outcome.FAILED, reason=exit_phrase(exit_code, label) + (f": {last}" if last else "")
+    )
+
+
+def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> AgentResult | None:
+    """A RATE_LIMITED result naming the last rate-limit line among *lines*, or None."""
+    for line in reversed(lines):
+        limited, retry_at = classify_rate_limit(line, now=now)
+        if limited:
+            return AgentResult(
+                outcome=Outcome.RATE_LIMITED,
+                reason=f"{label} rate limited: {one_line(line, 160)}",
+                retry_at=retry_at,
+            )
+    return None
+
+
+def exit_phrase(exit_code: int | None, label: str) -> str:
+    """How the process ended, for a reason line."""
+    if exit_code is None:
+        return f"{label} ended without an exit status"
+    if exit_code < 0:
+        return f"{label} killed by signal {-exit_code}"
+    return f"{label} exited {exit_code}"
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+_LIMIT_PATTERNS = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"usage limit reached",  # Claude Code: "Claude AI usage limit reached|<epoch>"
+        r"usage_limit_reached",  # Codex / OpenAI error type
+        r"\b(?:you['\u2019]ve|you have) hit your (?:usage )?limit",  # Claude Code, Codex
+        r"\brate_limit_error\b",  # Anthropic API error type (HTTP 429)
+        r"\boverloaded_error\b",  # Anthropic API error type (HTTP 529)
+        r"\btoo many requests\b",  # HTTP 429 reason phrase
+        r"\bresource_exhausted\b",  # Gemini API (HTTP 429)
+        r"\bquota exceeded\b",
+        r"\brate limit (?:exceeded|reached)\b",
+        r"exceeded retry limit, last status: 429",  # Codex after its own retries
+    )
+)
+# An epoch reset inside the message: Claude Code's `usage limit reached|<epoch>`, or the
+# `resets_at` / `resetsAt` field of an API error body quoted in it.
+_EPOCH_RE = re.compile(
+    r"usage limit reached\|(\d{9,13})|\"resets_?at\"\s*:\s*(\d{9,13})", re.IGNORECASE
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+# Reset times as the CLIs print them. Claude Code: `resets 4pm`, `resets Apr 23 at 4pm
+# (America/Recife)`, `resets Feb 16, 11am (Europe/Berlin)`, `Limits will reset at 9:30 AM`.
+# Codex: `try again at 3:04 PM`, `try again at Sep 12th, 2025 3:04 PM`.
+_RESET_RE = re.compile(
+    r"(?:\bresets?(?:\s+at)?|\btry again at)\s+"
+    r"(?:(?P<mon>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+"
+    r"(?P<day>\d{1,2})(?:st|nd|rd|th)?(?:,\s*(?P<year>\d{4}))?,?\s+(?:at\s+)?)?"
+    r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>[ap])\.?m\.?"
+    r"(?:\s*\((?P<tz>[A-Za-z][A-Za-z0-9_+\-/]*)\))?",
+    re.IGNORECASE,
+)
+
+
+def classify_rate_limit(text: str, *, now: float) -> tuple[bool, float | None]:
+    """Whether *text* reports a rate/usage limit, and when it resets (epoch seconds) if it says.
+
+    A reset given as a wall-clock time means its next occurrence after *now*, in the time zone
+    the message names, else in local time.
+    """
+    if not any(p.search(text) for p in _LIMIT_PATTERNS):
+        return False, None
+    epochs = [a or b for a, b in _EPOCH_RE.findall(text)]
+    if epochs:
+        return True, epoch_seconds(int(epochs[-1]))
+    for match in reversed(list(_RESET_RE.finditer(text))):
+        when = _resolve_reset(match, now=now)
+        if when is not None:
+            return True, when
+    return True, None
+
+
+def _resolve_reset(match: re.Match[str], *, now: float) -> float | None:
+    hour = int(match["hour"])
+    minute = int(match["minute"] or 0)
+    if not 1 <= hour <= 12 or minute > 59:  # noqa: PLR2004 - a 12-hour clock
+        return None
+    hour = hour % 12 + (12 if match["ampm"].lower() == "p" else 0)
+    zone = _zone(match["tz"])
+    # Naive datetimes are local time: .timestamp() then applies the right DST offset.
+    current = datetime.fromtimestamp(now, zone) if zone else datetime.fromtimestamp(now)  # noqa: DTZ006
+    try:
+        if match["mon"]:
+            year = int(match["year"]) if match["year"] else current.year
+            month = _MONTHS.index(match["mon"][:3].lower()) + 1
+            reset = current.replace(
+                year=year,
+                month=month,
+                day=int(match["day"]),
+                hour=hour,
+                minute=minute,
+                second=0,
+                microsecond=0,
+            )
+            if not match["year"] and reset < current - timedelta(days=1):
+                reset = reset.replace(year=year + 1)
+        else:
+            reset = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            if reset <= current:
+                reset += timedelta(days=1)
+    except ValueError:  # Feb 30 and the like
+        return None
+    return reset.timestamp()
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def backoff_delay(
+    attempt: int, *, base: float = 30, cap: float = 900, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retry number *attempt* (1, 2, ...): exponential, full jitter.
+
+    Uniform in ``[0, min(cap, base * 2 ** (attempt - 1))]`` so that agents limited together
+    do not come back together.
+    """
+    if attempt < 1:
+        msg = f"attempt must be 1 or more, got {attempt}"
+        raise ValueError(msg)
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 60))
+    return (rng or random.Random()).uniform(0, ceiling)  # noqa: S311 - jitter, not secrets
+
+
+def iter_dicts(value: object) -> Iterator[dict[str, Any]]:
+    """The dict values of a JSON object (e.g. per-model stats), skipping anything else."""
+    if isinstance(value, dict):
+        for item in value.values():
+            if isinstance(item, dict):
+                yield item

@@ -1,0 +1,192 @@
+"""Claude Code (``claude -p``): JSON / stream-json results, ``--resume``, per-task config dir.
+
+The result object (``--output-format json``, or the last line of ``stream-json``) carries
+``type: "result"``, ``subtype``, ``is_error``, ``result``, ``session_id``, ``total_cost_usd``,
+``usage`` (``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``,
+``cache_creation_input_tokens``), ``num_turns``, ``api_error_status`` and ``terminal_reason``;
+stream-json adds ``rate_limit_event`` lines whose ``rate_limit_info.status`` is ``allowed``,
+``allowed_warning`` or ``rejected`` (with ``resetsAt`` in epoch seconds). See docs/agents.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from worktree_swarm.agents.base import (
+    AgentResult,
+    Outcome,
+    as_float,
+    as_int,
+    classify_rate_limit,
+    epoch_seconds,
+    interpret_by_exit,
+    is_session_id,
+    json_objects,
+    one_line,
+    render_argv,
+    require_session_id,
+    resume_text,
+)
+
+RATE_LIMIT_STATUSES = frozenset({429, 529})  # 529: Anthropic "overloaded_error"
+
+
+class ClaudeAdapter:
+    """Claude Code in print mode."""
+
+    name = "claude"
+    supports_resume = True
+
+    def argv(
+        self,
+        template: Sequence[str],
+        *,
+        values: Mapping[str, str],
+        session_id: str | None,
+        resume_prompt: str | None,
+    ) -> list[str]:
+        """The template for a first attempt; for a resume, ``--resume <session_id>`` added.
+
+        On resume the resume prompt is the ``-p`` prompt; run it in the same worktree and with
+        the same ``CLAUDE_CONFIG_DIR``, where the session is stored.
+        """
+        if session_id is None:
+            return render_argv(template, values)
+        require_session_id(session_id)
+        argv = render_argv(template, {**values, "prompt": resume_text(resume_prompt)})
+        return [*argv, "--resume", session_id]
+
+    def env(
+        self,
+        *,
+        base: Mapping[str, str],
+        task_id: str,  # noqa: ARG002 - config_dir is already per task
+        config_dir: Path,
+    ) -> dict[str, str]:
+        """*base* plus ``CLAUDE_CONFIG_DIR=config_dir``.
+
+        Parallel instances corrupt a shared ``~/.claude.json`` (non-atomic writes, see
+        docs/agents.md), so each task gets its own. Sessions live there too, so a resume must
+        use the same directory. Credentials are not copied: use ``ANTHROPIC_API_KEY``,
+        ``CLAUDE_CODE_OAUTH_TOKEN`` or an ``apiKeyHelper`` passed with ``--settings``.
+        """
+        config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {**base, "CLAUDE_CONFIG_DIR": str(config_dir)}
+
+    def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
+        """The last result object decides; without one, stream events and messages do."""
+        objects = json_objects(log_text)
+        session_id = _session_id(objects)
+        rejected_at, rejected = _rejected_reset(objects)
+        results = [o for o in objects if o.get("type") == "result"]
+        if not results:
+            if rejected:
+                return AgentResult(
+                    outcome=Outcome.RATE_LIMITED,
+                    reason="claude rate limited: usage limit rejected the request",
+                    session_id=session_id,
+                    retry_at=rejected_at,
+                )
+            fallback = interpret_by_exit(
+                exit_code=exit_code, log_text=log_text, now=now, label="claude", skip_json=True
+            )
+            return _with(fallback, session_id=session_id)
+        return _from_result(
+            results[-1], exit_code=exit_code, now=now, session_id=session_id, reset=rejected_at
+        )
+
+
+def _from_result(
+    result: dict[str, Any],
+    *,
+    exit_code: int | None,
+    now: float,
+    session_id: str | None,
+    reset: float | None,
+) -> AgentResult:
+    usage = result.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    if is_session_id(result.get("session_id")):
+        session_id = result["session_id"]
+    accounting: dict[str, Any] = {
+        "session_id": session_id,
+        "cost_usd": as_float(result.get("total_cost_usd")),
+        "tokens_in": as_int(usage.get("input_tokens")),
+        "tokens_out": as_int(usage.get("output_tokens")),
+        "cache_read_tokens": as_int(usage.get("cache_read_input_tokens")),
+        "cache_write_tokens": as_int(usage.get("cache_creation_input_tokens")),
+        "num_turns": as_int(result.get("num_turns")),
+    }
+    subtype = str(result.get("subtype") or "")
+    # `is_error: true` with subtype "success" is how an API error ends a turn: a failure.
+    failed = result.get("is_error") is True or subtype != "success"
+    if not failed:
+        if exit_code in (0, None):
+            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+        return AgentResult(
+            outcome=Outcome.FAILED,
+            reason=f"claude exited {exit_code} after reporting success",
+            **accounting,
+        )
+    detail = _detail(result)
+    status = as_int(result.get("api_error_status"))
+    limited, retry_at = classify_rate_limit(detail, now=now)
+    if status in RATE_LIMIT_STATUSES or limited:
+        what = f"HTTP {status}" if status in RATE_LIMIT_STATUSES else "usage limit"
+        return AgentResult(
+            outcome=Outcome.RATE_LIMITED,
+            reason=one_line(f"claude rate limited ({what}): {detail}"),
+            retry_at=reset or retry_at,
+            **accounting,
+        )
+    return AgentResult(
+        outcome=Outcome.FAILED,
+        reason=one_line(f"claude {subtype or 'error'}: {detail}"),
+        **accounting,
+    )
+
+
+def _detail(result: dict[str, Any]) -> str:
+    text = result.get("result")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e) for e in errors)
+    terminal = result.get("terminal_reason")
+    return f"terminal_reason {terminal}" if terminal else "no detail"
+
+
+def _session_id(objects: list[dict[str, Any]]) -> str | None:
+    """The session of the run: every stream-json line (from the init event on) names it."""
+    for obj in reversed(objects):
+        candidate = obj.get("session_id")
+        if is_session_id(candidate):
+            return str(candidate)
+    return None
+
+
+def _rejected_reset(objects: list[dict[str, Any]]) -> tuple[float | None, bool]:
+    """(reset time, whether any) of ``rate_limit_event`` lines with status ``rejected``.
+
+    ``allowed`` events accompany ordinary successful runs and mean nothing here.
+    """
+    found = False
+    reset: float | None = None
+    for obj in objects:
+        info = obj.get("rate_limit_info") if obj.get("type") == "rate_limit_event" else None
+        if isinstance(info, dict) and info.get("status") == "rejected":
+            found = True
+            reset = epoch_seconds(info.get("resetsAt")) or reset
+    return reset, found
+
+
+def _with(result: AgentResult, *, session_id: str | None) -> AgentResult:
+    return AgentResult(
+        outcome=result.outcome,
+        reason=result.reason,
+        session_id=session_id,
+        retry_at=result.retry_at,
+    )
