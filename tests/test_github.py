@@ -1,0 +1,269 @@
+"""The GitHub client against a real HTTP server on 127.0.0.1: headers, limits, tokens, errors."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
+from worktree_swarm import github
+from worktree_swarm.errors import BadInputError, ExitCode
+from worktree_swarm.git import open_repo
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with serve() as fake:
+        yield fake
+
+
+class Waits(list[tuple[float, str]]):
+    """The rate-limit waits a client announced."""
+
+
+def client(fake: FakeGitHub, waits: Waits | None = None, **kwargs: object) -> github.Client:
+    sink = Waits() if waits is None else waits
+    return github.Client(
+        api_url=fake.url,
+        token=github.Token(TOKEN),
+        repo=github.RepoSlug(owner=OWNER, name=NAME),
+        on_wait=lambda s, why: sink.append((s, why)),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_requests_carry_token_version_and_json(fake_github: FakeGitHub) -> None:
+    c = client(fake_github)
+    created = c.create_pull(title="T", head="swarm/a", base="main", body="B", draft=True)
+    assert created["number"] == 1
+    assert c.find_pull("swarm/a") == created
+    assert c.find_pull("swarm/other") is None
+    post = fake_github.calls("POST")[0]
+    assert post.headers["authorization"] == f"Bearer {TOKEN}"
+    assert post.headers["accept"] == "application/vnd.github+json"
+    assert post.headers["x-github-api-version"] == "2022-11-28"
+    assert post.body == {
+        "title": "T",
+        "head": "swarm/a",
+        "base": "main",
+        "body": "B",
+        "draft": True,
+    }
+    get = fake_github.calls("GET")[0]
+    assert get.query == {"head": [f"{OWNER}:swarm/a"], "state": ["open"], "per_page": ["10"]}
+
+
+def test_token_never_prints() -> None:
+    token = github.Token(TOKEN)
+    c = github.Client(
+        api_url="http://127.0.0.1:9", token=token, repo=github.RepoSlug(owner="o", name="n")
+    )
+    for text in (str(token), repr(token), f"{token}", repr(c)):
+        assert TOKEN not in text
+    assert token.redact(f"x {TOKEN} y") == "x [REDACTED] y"
+
+
+def test_secondary_limit_with_retry_after_is_waited_out(fake_github: FakeGitHub) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "1"})
+    waits = Waits()
+    c = client(fake_github, waits)
+    created = c.create_pull(title="T", head="swarm/a", base="main", body="")
+    assert created["number"] == 1
+    first, second = fake_github.calls("POST")
+    assert second.at - first.at >= 1.0
+    assert waits == [(1.0, "GitHub rate limit")]
+    assert len(fake_github.pulls) == 1
+
+
+def test_429_is_a_rate_limit_too(fake_github: FakeGitHub) -> None:
+    fake_github.fail_next("GET", "/issues/", 429, {"retry-after": "0"}, message="slow down")
+    number = fake_github.add_issue("hello")
+    assert client(fake_github).get_issue(number) == fake_github.issues[number]
+    assert len(fake_github.calls("GET")) == 2
+
+
+def test_secondary_limit_without_retry_after_backs_off_exponentially(
+    fake_github: FakeGitHub,
+) -> None:
+    for _ in range(2):
+        fake_github.fail_next("PATCH", "/pulls/", 403)
+    waits = Waits()
+    c = client(fake_github, waits, secondary_wait=0.1)
+    c.create_pull(title="T", head="swarm/a", base="main", body="")
+    assert c.update_pull(1, title="T2", body="B2")["title"] == "T2"
+    assert [w for w, _ in waits] == [0.1, 0.2]
+
+
+def test_exhausted_primary_limit_waits_for_reset(fake_github: FakeGitHub) -> None:
+    reset = int(time.time()) + 1
+    fake_github.fail_next(
+        "GET",
+        "/issues/",
+        403,
+        {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)},
+        message="API rate limit exceeded for user.",
+    )
+    number = fake_github.add_issue("hello")
+    assert client(fake_github).get_issue(number) is not None
+    assert fake_github.calls("GET")[-1].wall >= reset
+
+
+def test_wait_longer_than_allowed_fails_with_when_to_retry(fake_github: FakeGitHub) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "3600"})
+    waits = Waits()
+    c = client(fake_github, waits, max_wait=5)
+    with pytest.raises(github.RateLimitError) as info:
+        c.create_pull(title="T", head="swarm/a", base="main", body="")
+    assert "asks to wait 3600s, longer than the 5s swarm waits" in str(info.value)
+    assert "try again after" in str(info.value)
+    assert info.value.exit_code == ExitCode.TASK_FAILED
+    assert waits == []
+
+
+def test_writes_are_at_least_a_second_apart(fake_github: FakeGitHub) -> None:
+    c = client(fake_github)
+    c.create_pull(title="T", head="swarm/a", base="main", body="")
+    c.update_pull(1, title="T2", body="")
+    c.update_pull(1, title="T3", body="")
+    times = [r.at for r in fake_github.requests]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
+
+
+def test_plain_403_is_an_error_not_a_retry(fake_github: FakeGitHub) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, message="Resource not accessible by token")
+    with pytest.raises(github.GitHubError) as info:
+        client(fake_github).create_pull(title="T", head="h", base="main", body="")
+    assert str(info.value) == (
+        "GitHub POST /repos/acme/widgets/pulls failed with 403: Resource not accessible by"
+        " token; the token lacks permission for this repository"
+    )
+    assert len(fake_github.calls("POST")) == 1
+
+
+def test_error_messages_never_carry_the_token(fake_github: FakeGitHub) -> None:
+    fake_github.fail_next("POST", "/pulls$", 422, message=f"token {TOKEN} is odd")
+    with pytest.raises(github.GitHubError) as info:
+        client(fake_github).create_pull(title="T", head="h", base="main", body="")
+    assert TOKEN not in str(info.value)
+    assert "[REDACTED]" in str(info.value)
+
+
+def test_wrong_token_says_what_to_do(fake_github: FakeGitHub) -> None:
+    c = github.Client(
+        api_url=fake_github.url,
+        token=github.Token("wrong"),
+        repo=github.RepoSlug(owner=OWNER, name=NAME),
+    )
+    with pytest.raises(github.GitHubError, match="check GITHUB_TOKEN / GH_TOKEN") as info:
+        c.find_pull("swarm/a")
+    assert info.value.status == 401
+
+
+def test_unreachable_api_names_the_url() -> None:
+    c = github.Client(
+        api_url="http://127.0.0.1:9",
+        token=github.Token(TOKEN),
+        repo=github.RepoSlug(owner="o", name="n"),
+    )
+    with pytest.raises(
+        github.GitHubError, match=r"cannot reach the GitHub API at http://127\.0\.0\.1:9"
+    ):
+        c.find_pull("x")
+
+
+def test_issue_listing_follows_pages_on_the_same_host(fake_github: FakeGitHub) -> None:
+    for i in range(5):
+        fake_github.add_issue(f"bug {i}", labels=("bug",))
+    fake_github.add_issue("other", labels=("docs",))
+    fake_github.page_size = 2
+    titles = [i["title"] for i in client(fake_github).list_issues(labels="bug")]
+    assert titles == [f"bug {i}" for i in range(5)]
+    assert len(fake_github.calls("GET", "/issues$")) == 3
+
+
+def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert github.resolve_token({"GITHUB_TOKEN": "a1", "GH_TOKEN": "b2"}).reveal() == "a1"
+    assert github.resolve_token({"GH_TOKEN": " b2\n"}).reveal() == "b2"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    gh = bindir / "gh"
+    gh.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        "assert sys.argv[1:] == ['auth', 'token'], sys.argv\nprint('gho_fromgh')\n"
+    )
+    gh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    assert github.resolve_token({}).reveal() == "gho_fromgh"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(BadInputError, match="no GitHub token: set GITHUB_TOKEN"):
+        github.resolve_token({})
+
+
+def test_malformed_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(BadInputError) as info:
+        github.resolve_token({"GITHUB_TOKEN": "abc\ndef"})
+    assert "abc" not in str(info.value)
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+
+
+@pytest.mark.parametrize(
+    ("url", "slug"),
+    [
+        ("https://github.com/acme/widgets.git", "acme/widgets"),
+        ("https://github.com/acme/widgets", "acme/widgets"),
+        ("https://x-access-token:s3cret@ghe.example/acme/my.repo.git", "acme/my.repo"),
+        ("git@github.com:acme/widgets.git", "acme/widgets"),
+        ("ssh://git@github.com:22/acme/widgets.git", "acme/widgets"),
+    ],
+)
+def test_owner_and_name_come_from_the_remote(repo: Path, url: str, slug: str) -> None:
+    git(repo, "remote", "add", "origin", url)
+    assert str(github.slug_from_remote(open_repo(repo), "origin")) == slug
+
+
+def test_local_remote_needs_github_repo(repo: Path, tmp_path: Path) -> None:
+    git(repo, "remote", "add", "origin", str(tmp_path / "bare.git"))
+    with pytest.raises(BadInputError, match="with --github-repo OWNER/NAME"):
+        github.slug_from_remote(open_repo(repo), "origin")
+    with pytest.raises(BadInputError, match="no remote named 'upstream'"):
+        github.slug_from_remote(open_repo(repo), "upstream")
+    assert github.parse_slug("acme/widgets") == github.RepoSlug(owner="acme", name="widgets")
+    for bad in ("acme", "a/b/c", "../x", "a/..", "a b/c"):
+        with pytest.raises(BadInputError, match="is not of the form OWNER/NAME"):
+            github.parse_slug(bad)
+
+
+def test_api_url_precedence() -> None:
+    assert github.api_url_from(None, {}) == "https://api.github.com"
+    env = {"SWARM_GITHUB_API_URL": "https://ghe.example/api/v3/"}
+    assert github.api_url_from(None, env) == "https://ghe.example/api/v3"
+    assert github.api_url_from("http://127.0.0.1:8000", env) == "http://127.0.0.1:8000"
+    with pytest.raises(BadInputError, match="is not an http"):
+        github.api_url_from("ftp://x", {})
+    with pytest.raises(BadInputError, match="credentials in the URL"):
+        github.api_url_from("https://user:pw@ghe.example", {})
+
+
+def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> None:
+    for _ in range(2):
+        fake_github.fail_next("GET", "/pulls$", 403)
+    with pytest.raises(github.RateLimitError, match="still limited after 2 tries; try again"):
+        client(fake_github, secondary_wait=0.01, max_retries=1).find_pull("swarm/a")
+    assert len(fake_github.requests) == 2
+
+
+def test_a_redirect_never_carries_the_token_to_another_host(fake_github: FakeGitHub) -> None:
+    with serve() as elsewhere:
+        target = f"{elsewhere.url}/repos/{OWNER}/{NAME}/pulls"
+        fake_github.fail_next("GET", "/pulls$", 307, {"location": target})
+        with pytest.raises(github.GitHubError, match="failed with 401: Bad credentials"):
+            client(fake_github).find_pull("swarm/a")
+        [hop] = elsewhere.requests
+    assert "authorization" not in hop.headers

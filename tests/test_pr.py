@@ -1,0 +1,290 @@
+"""`swarm pr` end to end: the real CLI, a real bare `origin`, a real HTTP server as GitHub."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.test_run import checkout_snapshot, swarm
+from worktree_swarm.store import Store
+
+AGENT = (
+    "import os, pathlib\n"
+    "tid = os.environ['SWARM_TASK_ID']\n"
+    "pathlib.Path(tid + '.txt').write_text('work of ' + tid + '\\n')\n"
+)
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with serve() as fake:
+        yield fake
+
+
+@pytest.fixture
+def origin(repo: Path, tmp_path: Path) -> Path:
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main")
+    return bare
+
+
+@pytest.fixture
+def done_run(repo: Path, tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two done tasks (one made from issue #7) with a check, and GITHUB_TOKEN set."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    out = swarm(
+        repo,
+        "run",
+        "--agent",
+        f"{sys.executable} {agent}",
+        "--check",
+        f"{sys.executable} -c pass",
+        "-t",
+        "one=Add the one file\n\nwith details @someone Closes #1",
+        "-t",
+        "issue-7=Resolve GitHub issue #7: Login loops",
+    )
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    monkeypatch.delenv("SWARM_GITHUB_API_URL", raising=False)
+    return origin
+
+
+def swarm_pr(repo: Path, fake: FakeGitHub, *args: str) -> subprocess.CompletedProcess[str]:
+    return swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake.url, *args)
+
+
+def remote_branches(bare: Path) -> list[str]:
+    return git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
+
+
+def test_pr_pushes_and_opens_one_pull_request_per_done_task(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    fake_github.bare = done_run
+    before = checkout_snapshot(repo)
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "one  created  #1  https://github.test/acme/widgets/pull/1",
+        "issue-7  created  #2  https://github.test/acme/widgets/pull/2",
+    ]
+    assert sorted(remote_branches(done_run)) == ["main", "swarm/issue-7", "swarm/one"]
+    assert git(done_run, "rev-parse", "swarm/one") == git(repo, "rev-parse", "swarm/one")
+    assert checkout_snapshot(repo) == before
+    one, issue = fake_github.pulls[1], fake_github.pulls[2]
+    assert (one["title"], one["head"]["ref"], one["base"]["ref"]) == (
+        "Add the one file",
+        "swarm/one",
+        "main",
+    )
+    assert one["draft"] is False
+    assert issue["title"] == "Resolve GitHub issue #7: Login loops"
+    body = one["body"]
+    # The prompt is fenced, so "Closes #1" and @mentions in it are inert on GitHub.
+    assert "```text\nAdd the one file\n\nwith details @someone Closes #1\n```" in body
+    assert "**Diff:** 1 file changed, +1 -0 (against `" in body
+    assert "**Checks:** passed" in body
+    assert f"- `{sys.executable} -c pass`: passed" in body
+    assert "\nCloses #" not in body
+    assert "**Cost:**" not in body
+    assert issue["body"].endswith("\n\nCloses #7\n")
+    # Pull requests are recorded as events of the run.
+    with Store(repo / ".git" / "swarm" / "state.db") as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        kinds = [(e.kind, e.task_id, e.data) for e in store.events(run_id)]
+    assert (
+        "pull_request",
+        "one",
+        {"action": "created", "number": 1, "url": "https://github.test/acme/widgets/pull/1"},
+    ) in kinds
+
+
+def test_second_run_updates_instead_of_duplicating(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    assert swarm_pr(repo, fake_github).returncode == 0
+    # More work lands on the branch (e.g. a resumed task) and a cost was recorded.
+    worktree = repo.parent / "repo.swarm" / "one"
+    (worktree / "more.txt").write_text("a\nb\n")
+    git(worktree, "add", "more.txt")
+    git(worktree, "commit", "-q", "-m", "more")
+    with Store(repo / ".git" / "swarm" / "state.db") as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        store.update_task(run_id, "one", cost_usd=0.4213)
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "one  updated  #1  https://github.test/acme/widgets/pull/1",
+        "issue-7  updated  #2  https://github.test/acme/widgets/pull/2",
+    ]
+    assert len(fake_github.pulls) == 2
+    assert len(fake_github.calls("POST")) == 2
+    assert len(fake_github.calls("PATCH")) == 2
+    body = fake_github.pulls[1]["body"]
+    assert "**Diff:** 2 files changed, +3 -0" in body
+    assert "**Cost:** $0.42" in body
+    assert git(done_run, "rev-parse", "swarm/one") == git(repo, "rev-parse", "swarm/one")
+
+
+def test_named_task_draft_and_base_flags(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    git(repo, "branch", "release")
+    out = swarm_pr(repo, fake_github, "issue-7", "--draft", "--base", "release")
+    assert out.returncode == 0, out.stderr
+    [pull] = fake_github.pulls.values()
+    assert (pull["head"]["ref"], pull["base"]["ref"], pull["draft"]) == (
+        "swarm/issue-7",
+        "release",
+        True,
+    )
+    assert sorted(remote_branches(done_run)) == ["main", "swarm/issue-7"]
+
+
+def test_base_defaults_to_the_checked_out_branch(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    git(repo, "switch", "-q", "-c", "dev")
+    assert swarm_pr(repo, fake_github, "one").returncode == 0
+    assert fake_github.pulls[1]["base"]["ref"] == "dev"
+
+
+def test_secondary_rate_limit_is_waited_out(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "1"})
+    out = swarm_pr(repo, fake_github, "one")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "waiting 1s: GitHub rate limit\n"
+    first, second = fake_github.calls("POST")
+    assert second.at - first.at >= 1.0
+    assert len(fake_github.pulls) == 1
+
+
+def test_a_failed_push_is_reported_and_the_rest_carry_on(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    # The remote already has a different swarm/one: a plain push is refused, never forced.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(done_run), str(other))
+    (other / "x.txt").write_text("x\n")
+    git(other, "add", "x.txt")
+    git(other, "commit", "-q", "-m", "elsewhere")
+    git(other, "push", "-q", "origin", "HEAD:refs/heads/swarm/one")
+    foreign = git(done_run, "rev-parse", "swarm/one")
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("one  failed  pushing swarm/one to origin failed: ")
+    assert "run `swarm pr` again" in lines[0]
+    assert lines[1] == "issue-7  created  #1  https://github.test/acme/widgets/pull/1"
+    assert git(done_run, "rev-parse", "swarm/one") == foreign
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("nope",), "no task 'nope' in run "),
+        (("--remote", "upstream"), "--remote: no remote named 'upstream' in "),
+        (("--github-repo", "not-a-slug"), "--github-repo: 'not-a-slug' is not of the form"),
+        (("--api-url", "ftp://x"), "--api-url: 'ftp://x' is not an http(s) URL"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_happens(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, args: tuple[str, ...], error: str
+) -> None:
+    out = swarm(repo, "pr", "--api-url", fake_github.url, "--github-repo", "acme/widgets", *args)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"swarm: {error}")
+    assert len(out.stderr.splitlines()) == 1
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+
+
+def test_local_remote_without_github_repo_and_missing_token(
+    repo: Path,
+    done_run: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    out = swarm(repo, "pr", "--api-url", fake_github.url)
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"swarm: remote 'origin' is a local path ({done_run}); name the GitHub repository with"
+        " --github-repo OWNER/NAME\n"
+    )
+    # A PATH with git but without gh.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    git_exe = shutil.which("git")
+    assert git_exe is not None
+    (bindir / "git").symlink_to(git_exe)
+    monkeypatch.delenv("GITHUB_TOKEN")
+    monkeypatch.setenv("PATH", str(bindir))
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 2
+    assert out.stderr == (
+        "swarm: no GitHub token: set GITHUB_TOKEN (or GH_TOKEN), or log in with `gh auth login`\n"
+    )
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+
+
+def test_task_that_is_not_done_is_refused(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    with Store(repo / ".git" / "swarm" / "state.db") as store:
+        run_id = store.latest_run_id()
+        assert run_id is not None
+        store.update_task(run_id, "one", state="failed")
+    out = swarm_pr(repo, fake_github, "one")
+    assert out.returncode == 2
+    assert out.stderr == (
+        "swarm: task 'one' is failed, not done; only done tasks get a pull request\n"
+    )
+    # Without names, only done tasks are taken.
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/issue-7"]
+
+
+def test_the_token_never_appears_in_output_state_logs_or_pull_requests(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "1"})
+    fake_github.fail_next("PATCH", "/pulls/", 422, message=f"token {TOKEN} rejected")
+    outputs = [swarm_pr(repo, fake_github), swarm_pr(repo, fake_github)]
+    assert [o.returncode for o in outputs] == [0, 1]
+    assert "[REDACTED]" in outputs[1].stdout
+    # The token was used (the server checks it) ...
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in fake_github.requests)
+    # ... and shows up nowhere: output, state dir, logs, worktrees, remote, pull requests.
+    for out in outputs:
+        assert TOKEN not in out.stdout
+        assert TOKEN not in out.stderr
+    for pull in fake_github.pulls.values():
+        assert TOKEN not in pull["title"]
+        assert TOKEN not in pull["body"]
+    needle = TOKEN.encode()
+    scanned = 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            scanned += 1
+            assert needle not in path.read_bytes(), path
+    assert scanned > 20
+    assert (repo / ".git" / "swarm" / "state.db").is_file()
