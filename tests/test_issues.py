@@ -155,3 +155,26 @@ def test_hostile_issue_body_reaches_the_agent_verbatim_and_does_nothing(
     assert not list(tmp_path.rglob("escaped*.txt"))
     assert (victim / "keep.txt").read_text() == "still here\n"
     assert git(repo, "branch", "--list", "--format=%(refname:short)") == f"main\nswarm/{task_id}"
+
+
+def test_swarm_run_issues_makes_one_task_per_issue(
+    fake_github: FakeGitHub, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    first = fake_github.add_issue("Fix the login loop", "It loops $(rm -rf ~) forever")
+    pull = fake_github.add_pull_as_issue("A pull request, not an issue")
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib, sys\npathlib.Path('prompt.txt').write_text(sys.argv[1])\n")
+    out = swarm(
+        repo, "run", "--agent", f"{sys.executable} {agent} {{prompt}}",
+        "--issues", f"{first},{pull}", "--github-repo", f"{OWNER}/{NAME}",
+        "--api-url", fake_github.url,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    prompt = git(repo, "show", f"swarm/issue-{first}:prompt.txt")
+    assert "Fix the login loop" in prompt
+    assert "It loops $(rm -rf ~) forever" in prompt
+    assert git(repo, "branch", "--list", "swarm/*", "--format=%(refname:short)") == (
+        f"swarm/issue-{first}"
+    )
+    assert TOKEN not in out.stdout + out.stderr

@@ -63,6 +63,11 @@ def _repo(ctx: click.Context) -> git.Repo:
     "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
 )
 @click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
+@click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
+@click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
+@click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
+@click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.pass_context
@@ -77,11 +82,23 @@ def run(
     idle_timeout: str | None,
     checks: tuple[str, ...],
     max_cost_usd: float | None,
+    issue_numbers: str | None,
+    issues_label: str | None,
+    limit: int | None,
+    github_repo: str | None,
+    api_url: str | None,
     detach: bool,
     as_json: bool,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     repo = _repo(ctx)
+    extra: list[tuple[str, str, str]] = []
+    if issue_numbers or issues_label:
+        from worktree_swarm import github, issues  # noqa: PLC0415 - only --issues needs them
+
+        client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
+        numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
+        extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
     overrides = Overrides(
         agent=agent,
         jobs=jobs,
@@ -96,6 +113,7 @@ def run(
         inline=inline,
         prompt_files=prompt_file,
         overrides=overrides,
+        extra_tasks=extra,
     )
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
     if detach:

@@ -126,11 +126,13 @@ def build_run_spec(
     inline: Sequence[str] = (),
     prompt_files: Sequence[str] = (),
     overrides: Overrides = _NO_OVERRIDES,
+    extra_tasks: Sequence[tuple[str, str, str]] = (),
 ) -> RunSpec:
     """Combine the config file, a manifest, inline tasks and CLI flags into a RunSpec.
 
     *inline* holds ``ID=PROMPT`` strings, *prompt_files* ``ID=PATH`` strings (PATH relative
-    to the current directory). Tasks keep their order: manifest, then inline, then prompt files.
+    to the current directory), *extra_tasks* ``(id, prompt, title)`` triples made elsewhere
+    (GitHub issues). Tasks keep their order: manifest, inline, prompt files, extra tasks.
     """
     config_where, config = _load_config(repo_root)
     _check_keys(config, DEFAULTS_KEYS, where=config_where)
@@ -143,6 +145,10 @@ def build_run_spec(
         drafts.extend(manifest_tasks)
     drafts.extend(_inline_tasks(inline))
     drafts.extend(_prompt_file_tasks(prompt_files))
+    drafts.extend(
+        (f'issue task "{task_id}"', {"id": task_id, "prompt": prompt, "title": title})
+        for task_id, prompt, title in extra_tasks
+    )
     if not drafts:
         raise BadInputError("no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE")
 
