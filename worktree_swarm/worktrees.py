@@ -49,10 +49,11 @@ def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
     """Return every worktree of *repo*, the main one first."""
     # Unlocked, `worktree list` can catch a concurrent `worktree add` half-way and fail.
     with repo_lock(repo):
-        return _list_worktrees_locked(repo)
+        return list_worktrees_locked(repo)
 
 
-def _list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
+def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
+    """Like :func:`list_worktrees`, for a caller that already holds the repository lock."""
     out = git(repo.root, "worktree", "list", "--porcelain", "-z")
     infos = []
     for index, record in enumerate(_parse_records(out)):
@@ -91,7 +92,7 @@ def preflight(repo: Repo, items: Sequence[tuple[str, Path]]) -> None:
     """Raise BadInputError unless every ``(branch, path)`` can be created without clobbering."""
     # Without a state dir no swarm process has touched this repository, so the list needs no
     # lock; taking it would create files before validation has finished (SPEC invariant 4).
-    infos = list_worktrees(repo) if repo.state_dir.exists() else _list_worktrees_locked(repo)
+    infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
     registered = {_norm(info.path) for info in infos}
     seen_branches: set[str] = set()
     seen_paths: set[Path] = set()
@@ -130,7 +131,7 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     with repo_lock(repo):
-        registered = {_norm(info.path) for info in _list_worktrees_locked(repo)}
+        registered = {_norm(info.path) for info in list_worktrees_locked(repo)}
         _check_free(repo, branch, path, registered)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

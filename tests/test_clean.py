@@ -1,0 +1,349 @@
+"""`swarm clean` and `swarm doctor`: each broken state built for real, then found and fixed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_run import (
+    HANGING_TREE_AGENT,
+    argv_toml,
+    manifest,
+    pid_alive,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
+
+AgentFactory = Callable[[str], list[str]]
+
+# Behaves by task id: "edits" and "fails" write a file, "fails" then exits 1, others do nothing.
+BY_ID_AGENT = """
+import os, pathlib, sys
+tid = os.environ['SWARM_TASK_ID']
+if tid in ('edits', 'fails', 'gone'):
+    pathlib.Path(tid + '.txt').write_text(tid + '\\n')
+sys.exit(1 if tid == 'fails' else 0)
+"""
+
+
+def checkout_state(repo: Path) -> tuple[str, str, str]:
+    """HEAD, `git status --porcelain`, and a hash of every tracked and untracked file."""
+    names = git(repo, "ls-files", "-z", "--cached", "--others").split("\0")
+    digest = hashlib.sha256()
+    for name in sorted(n for n in names if n):
+        digest.update(name.encode() + b"\0" + (repo / name).read_bytes() + b"\0")
+    return (
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "status", "--porcelain", "--untracked-files=all"),
+        digest.hexdigest(),
+    )
+
+
+def report(repo: Path, *args: str, code: int) -> dict[str, dict[str, object]]:
+    """Run `swarm <args> --json`, check the exit code, return findings by target."""
+    out = swarm(repo, *args, "--json")
+    assert out.returncode == code, out.stdout + out.stderr
+    return {f["target"]: f for f in json.loads(out.stdout)["findings"]}
+
+
+def worktree_paths(repo: Path) -> list[str]:
+    out = git(repo, "worktree", "list", "--porcelain")
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]
+
+
+Reaper = list[int | subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    """Processes the test started (Popen or PID); whatever is left is killed and reaped."""
+    started: Reaper = []
+    yield started
+    for item in started:
+        pid = item if isinstance(item, int) else item.pid
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if not isinstance(item, int):
+            item.wait(timeout=30)
+
+
+def sleeper(cwd: Path, reaper: Reaper) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    reaper.append(proc)
+    return proc
+
+
+def test_clean_removes_finished_worktrees_and_merged_branches_only(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "edits=a", "-t", "nothing=b", "-t", "fails=c")
+    assert out.returncode == 1, out.stderr
+    root = repo.parent / "repo.swarm"
+    (root / "edits" / "later.txt").write_text("typed by the user after the run\n")
+    before = checkout_state(repo)
+
+    found = report(repo, "clean", code=1)
+    assert found[str(root / "edits")]["action"] == "remove_worktree"
+    assert "uncommitted changes on swarm/edits" in str(found[str(root / "edits")]["fix"])
+    assert found["swarm/nothing"]["action"] == "delete_branch"
+    assert "merged into main" in str(found["swarm/nothing"]["reason"])
+    assert found["swarm/edits"]["action"] == "keep"
+    assert found["swarm/fails"]["action"] == "keep"
+    assert "task fails is failed" in str(found["swarm/fails"]["reason"])
+    # A dry run changes nothing.
+    assert len(worktree_paths(repo)) == 4
+    assert (root / "edits" / "later.txt").exists()
+
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "done: checkpointed" in out.stdout
+    assert worktree_paths(repo) == [str(repo)]
+    assert not root.exists()
+    assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/edits", "swarm/fails"]
+    # Uncommitted work survives on the branch.
+    assert git(repo, "show", "swarm/edits:later.txt") == "typed by the user after the run"
+    assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
+    # History stays for `swarm report`.
+    assert status_json(repo)["edits"]["state"] == "done"
+
+    out = swarm(repo, "clean")
+    assert out.returncode == 0
+    assert out.stdout.strip() == "nothing to clean"
+    assert checkout_state(repo) == before
+
+    found = report(repo, "clean", "--all", "--force", "--yes", code=0)
+    assert {t for t, f in found.items() if f["fixed"]} == {"swarm/edits", "swarm/fails"}
+    assert not git(repo, "branch", "--list", "swarm/*")
+    assert checkout_state(repo) == before
+
+
+def test_clean_keeps_a_worktree_in_use_unless_forced(
+    repo: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "edits"
+    user = sleeper(path, reaper)
+
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+    assert out.returncode == 1
+    assert f"(pid {user.pid}) is using it; stop it first, or use --force" in out.stdout
+    assert path.is_dir()
+
+    found = report(repo, "clean", "--yes", "--force", "--keep-branches", code=0)
+    assert found[f"pid {user.pid}"]["fixed"] is True
+    assert user.wait(timeout=30) == -signal.SIGTERM
+    assert not path.exists()
+    assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
+
+
+def test_doctor_finds_and_fixes_what_a_crash_left(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    git(repo, "branch", "swarm/old-merged", "HEAD~1")
+    lone = git(repo, "commit-tree", "-p", "HEAD", "-m", "lone work", "HEAD^{tree}")
+    git(repo, "branch", "swarm/old-unmerged", lone)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    quick = argv_toml(write_agent(BY_ID_AGENT))
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {argv_toml(write_agent(HANGING_TREE_AGENT))}
+kill_grace = "1s"
+jobs = 2
+[[task]]
+id = "gone"
+prompt = "quick"
+agent = {quick}
+[[task]]
+id = "hang"
+prompt = "never ends"
+env = {{ PIDS = {json.dumps(str(pids))} }}
+""",
+    )
+    manager = swarm_bg(repo, "run", path)
+    reaper.append(manager)
+    wait_for((pids / "grandchild").exists, what="the agent tree to start")
+    wait_for(lambda: status_json(repo)["gone"]["state"] == "done", what="task gone to finish")
+    manager.kill()  # the manager dies; its agent tree lives on
+    manager.wait(timeout=30)
+    agent_pid, grandchild_pid = (int((pids / n).read_text()) for n in ("agent", "grandchild"))
+    reaper += [agent_pid, grandchild_pid]
+    root = repo.parent / "repo.swarm"
+    hang = root / "hang"
+    stray_user = sleeper(hang, reaper)
+    subprocess.run(["rm", "-rf", str(root / "gone")], check=True)  # deleted by hand
+    (root / "stray").mkdir()
+    (root / "stray" / "notes.txt").write_text("notes nobody committed\n")
+    git(repo, "worktree", "add", "-q", "-b", "manual-fix", str(root / "manual"))
+    (root / "manual" / "wip.txt").write_text("work in progress\n")
+    before = checkout_state(repo)
+
+    found = report(repo, "doctor", code=1)
+    expected = {
+        f"pid {agent_pid}": ("process", "stop_task", "agent of task hang"),
+        f"pid {stray_user.pid}": ("process", "kill", "under the worktree root"),
+        str(root / "gone"): ("worktree", "prune", "prunable"),
+        str(root / "manual"): ("worktree", "remove_worktree", "no swarm task owns it"),
+        str(root / "stray"): ("directory", "rescue_directory", "not a registered worktree"),
+        "swarm/old-merged": ("branch", "delete_branch", "merged into main"),
+        "swarm/old-unmerged": ("branch", "keep", "not merged"),
+    }
+    assert set(found) == set(expected)
+    for target, (kind, action, reason) in expected.items():
+        assert (found[target]["kind"], found[target]["action"]) == (kind, action), target
+        assert reason in str(found[target]["reason"]), target
+    assert pid_alive(agent_pid)
+    assert (root / "stray").is_dir()
+
+    found = report(repo, "clean", "--orphans", "--yes", code=1)
+    assert [t for t, f in found.items() if not f["fixed"]] == ["swarm/old-unmerged"]
+    assert stray_user.wait(timeout=30) == -signal.SIGTERM
+    for pid in (agent_pid, grandchild_pid):
+        assert not pid_alive(pid)
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert git(repo, "show", "swarm/hang:partial.txt") == "half done"
+    assert git(repo, "show", "manual-fix:wip.txt") == "work in progress"
+    rescued = "refs/swarm/rescued/stray"
+    assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
+    assert worktree_paths(repo) == [str(repo), str(hang)]  # a stopped task: `swarm clean`'s job
+    assert not (root / "stray").exists()
+    assert not git(repo, "branch", "--list", "swarm/old-merged")
+
+    assert set(report(repo, "doctor", code=1)) == {"swarm/old-unmerged"}
+    report(repo, "doctor", "--yes", "--force", code=0)
+    out = swarm(repo, "doctor")
+    assert (out.returncode, out.stdout.strip()) == (0, "nothing to clean")
+    assert checkout_state(repo) == before
+
+
+def _big_repo(path: Path, files: int) -> Path:
+    make_repo(path)
+    for i in range(files):
+        folder = path / f"d{i % 50:02d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{i}.txt").write_text(f"file {i}\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "many files")
+    return path
+
+
+def test_doctor_repairs_a_worktree_add_killed_mid_checkout(tmp_path: Path) -> None:
+    repo = _big_repo(tmp_path / "repo", 3000)
+    before = checkout_state(repo)
+    path = tmp_path / "repo.swarm" / "big"
+    admin = repo / ".git" / "worktrees" / "big"
+    adder = subprocess.Popen(
+        ["git", "worktree", "add", "-q", "-b", "swarm/big", str(path), "HEAD"],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    # Busy-poll: the checkout holds index.lock for about a second; catch it in the middle.
+    while not ((admin / "locked").exists() and (admin / "index.lock").exists()):
+        assert adder.poll() is None, "git worktree add finished before it could be killed"
+        assert time.monotonic() < deadline
+    os.killpg(adder.pid, signal.SIGKILL)
+    adder.wait(timeout=30)
+    assert (admin / "locked").read_text().strip() == "initializing"
+
+    found = report(repo, "doctor", code=1)
+    assert found[str(path)]["action"] == "remove_initializing"
+    assert "locked `initializing`" in str(found[str(path)]["reason"])
+    assert found[str(admin / "index.lock")]["kind"] == "lock"
+    assert found["swarm/big"]["action"] == "delete_branch"
+
+    found = report(repo, "doctor", "--yes", code=0)
+    assert all(f["fixed"] for f in found.values())
+    assert worktree_paths(repo) == [str(repo)]
+    assert not path.exists()
+    assert not admin.exists()
+    assert not git(repo, "branch", "--list", "swarm/*")
+    assert report(repo, "doctor", code=0) == {}
+    assert checkout_state(repo) == before
+
+
+def test_foreign_worktrees_are_reported_and_removed_only_when_asked(repo: Path) -> None:
+    other = repo.parent / ".worktrees"
+    git(repo, "worktree", "add", "-q", "-b", "feature", str(other / "feature"))
+    git(repo, "worktree", "add", "-q", "-b", "fresh", str(other / "fresh"))
+    admin = repo / ".git" / "worktrees" / "feature"
+    old = time.time() - 10 * 86400
+    for item in (other / "feature", admin / "HEAD", admin / "index", admin / "logs" / "HEAD"):
+        os.utime(item, (old, old))
+    before = checkout_state(repo)
+
+    found = report(repo, "doctor", code=1)
+    assert set(found) == {str(other / "feature")}
+    assert found[str(other / "feature")]["kind"] == "foreign_worktree"
+    assert "merged into main" in str(found[str(other / "feature")]["reason"])
+    assert "--foreign" in str(found[str(other / "feature")]["fix"])
+    assert report(repo, "doctor", "--idle", "30d", code=0) == {}
+
+    report(repo, "doctor", "--yes", code=1)
+    assert (other / "feature").is_dir()
+    report(repo, "doctor", "--yes", "--foreign", code=0)
+    assert not (other / "feature").exists()
+    assert (other / "fresh").is_dir()
+    assert git(repo, "branch", "--list", "feature")  # its branch stays
+    assert checkout_state(repo) == before
+
+
+def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
+    stale = repo / ".git" / "index.lock"
+    stale.write_text("")
+    found = report(repo, "doctor", code=1)
+    assert found[str(stale)]["kind"] == "lock"
+    # A git process working in the repository may own it: then it is not reported.
+    holder = subprocess.Popen(
+        ["git", "hash-object", "--stdin"], cwd=repo, stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        wait_for(lambda: psutil.Process(holder.pid).cwd() == str(repo), what="git to start")
+        assert report(repo, "doctor", code=0) == {}
+    finally:
+        holder.communicate(b"x")
+    report(repo, "doctor", "--yes", code=0)
+    assert not stale.exists()
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("clean", "--run", "nope"), "nope"),
+        (("clean", "--run", "x", "--all"), "--run and --all"),
+        (("doctor", "--idle", "soon"), "--idle"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], needle: str) -> None:
+    before = checkout_state(repo)
+    out = swarm(repo, *args)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert needle in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+    assert checkout_state(repo) == before
