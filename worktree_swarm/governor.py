@@ -7,20 +7,13 @@ agents are never killed. Once the run's cost reaches the budget, no new attempt 
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
 
+from worktree_swarm.agents import backoff_delay
+
 BACKOFF_BASE = 30.0
-BACKOFF_CAP = 900.0
-
-
-def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
-                  rng: random.Random | None = None) -> float:  # fmt: skip
-    """Exponential backoff with full jitter for the *attempt*-th consecutive rate limit."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return (rng or random).uniform(ceiling / 2, ceiling)
 
 
 class AgentGate:
