@@ -560,3 +560,50 @@ def test_status_before_any_run_is_a_clear_error(repo: Path) -> None:
     out = swarm(repo, "status")
     assert out.returncode == 2
     assert "no swarm runs" in out.stderr
+
+
+def test_idle_agent_is_timed_out_and_its_work_kept(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(
+        "import pathlib, time\n"
+        "pathlib.Path('early.txt').write_text('early\\n')\n"
+        "print('working', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nidle_timeout = "1s"\nkill_grace = "1s"\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "quiet"\nprompt = "x"\n'))
+    assert out.returncode == 1
+    row = status_json(repo)["quiet"]
+    assert row["state"] == "timed_out"
+    assert "no output for 1s" in str(row["reason"])
+    assert branch_file(repo, "swarm/quiet", "early.txt") == "early"
+
+
+def test_logs_follow_streams_until_the_agent_ends(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        "print('first line', flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "print('last line', flush=True)\n"
+        "pathlib.Path('f.txt').write_text('x')\n"
+    )
+    run = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "talk=x")
+    try:
+        wait_for(lambda: swarm(repo, "logs", "talk").stdout.startswith("first line"),
+                 what="the agent's first line")  # fmt: skip
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "logs", "-f", "talk"],
+            cwd=repo, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        go.touch()
+        output, _ = follow.communicate(timeout=60)
+        assert follow.returncode == 0
+        assert output.splitlines() == ["first line", "last line"]
+        assert run.wait(timeout=60) == 0
+    finally:
+        run.kill()

@@ -211,19 +211,26 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id)
+    totals = status.run_totals(rows)
     if as_json:
-        click.echo(json.dumps({"run_id": run_id, "tasks": [r.to_json() for r in rows]}, indent=2))
+        payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
+        click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(f"run {run_id}")
-    header = f"{'task':<20} {'state':<12} {'att':>3} {'pid':>7} {'alive':<5} {'elapsed':>8}  diff"
-    click.echo(header)
+    header = f"{'task':<20} {'state':<12} {'att':>3} {'pid':>7} {'alive':<5} {'elapsed':>8}"
+    click.echo(f"{header} {'cost':>8}  diff")
     for r in rows:
         elapsed = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-"
+        cost = f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-"
         diff = f"{r.files_changed} files +{r.insertions} -{r.deletions}" if r.files_changed else "-"
         click.echo(
             f"{r.task_id:<20} {r.state:<12} {r.attempt:>3} {r.pid or '-':>7} "
-            f"{'yes' if r.alive else 'no':<5} {elapsed:>8}  {diff}  {r.branch}"
+            f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8}  {diff}  {r.branch}"
         )
+    click.echo(
+        f"total: {totals['attempts']} attempts, ${totals['cost_usd']:.2f}, "
+        f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
+    )
     return ExitCode.OK
 
 
@@ -282,6 +289,77 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 
 
 # -- diff / merge commands (issue #4) --
+
+
+@cli.command("diff")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--stat", "mode", flag_value="stat", help="A diffstat per task instead of patches.")
+@click.option("--name-only", "mode", flag_value="name-only", help="Changed files per task.")
+@click.option("--json", "mode", flag_value="json", help="Stable JSON (see docs/merge.md).")
+@click.pass_context
+def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, mode: str) -> int:
+    """Each task's branch against its own base (three-dot), with the task's outcome."""
+    from worktree_swarm import diff  # noqa: PLC0415 - kept at this command's anchor
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        run_id = status.resolve_run(store, run_id)
+        diffs = diff.task_diffs(repo, store, run_id, task_ids)
+    if mode == "json":
+        click.echo(json.dumps({"run_id": run_id, "tasks": [d.to_json() for d in diffs]}, indent=2))
+        return ExitCode.OK
+    for d in diffs:
+        click.echo(diff.format_header(d))
+        if mode == "name-only":
+            click.echo("".join(f"  {f.path}\n" for f in d.files), nl=False)
+        else:
+            click.echo(diff.patch(repo, d, stat=mode == "stat"), nl=False)
+    return ExitCode.OK
+
+
+@cli.command("merge")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--into", metavar="BRANCH", help="Merge into this branch (not checked out anywhere).")
+@click.option("--strategy", type=click.Choice(["merge", "squash"]), default="merge")
+@click.option("--check", "checks", multiple=True, metavar="CMD", help="Run after each merge.")
+@click.option("--dry-run", is_flag=True, help="Only predict conflicts and the order.")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/merge.md).")
+@click.pass_context
+def merge_cmd(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    run_id: str | None,
+    into: str | None,
+    strategy: str,
+    checks: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> int:
+    """Predict conflicts, merge done task branches in a safe order, check after each merge."""
+    from worktree_swarm import merge, merge_report  # noqa: PLC0415 - kept at this anchor
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        report = merge.merge(
+            repo,
+            store,
+            status.resolve_run(store, run_id),
+            task_ids=task_ids,
+            into=into,
+            strategy=merge.Strategy(strategy),
+            checks=checks,
+            dry_run=dry_run,
+            echo=None if as_json else click.echo,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in merge_report.format_summary(report):
+            click.echo(line)
+    return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
+
 
 # -- pr command (issue #4) --
 

@@ -109,3 +109,13 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
 def is_active(state: TaskState) -> bool:
     """Whether a task in *state* may still have a live agent."""
     return state in {TaskState.RUNNING, TaskState.CHECKING, TaskState.RATE_LIMITED}
+
+
+def run_totals(rows: list[TaskStatus]) -> dict[str, float | int]:
+    """Attempts, cost and tokens of the whole run (missing values count as zero)."""
+    return {
+        "attempts": sum(r.attempt for r in rows),
+        "cost_usd": round(sum(r.cost_usd or 0.0 for r in rows), 6),
+        "tokens_in": sum(r.tokens_in or 0 for r in rows),
+        "tokens_out": sum(r.tokens_out or 0 for r in rows),
+    }
