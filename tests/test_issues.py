@@ -149,8 +149,8 @@ def test_hostile_issue_body_reaches_the_agent_verbatim_and_does_nothing(
     )
     assert out.returncode == 0, out.stderr
     got = json.loads(git(repo, "show", f"swarm/{task_id}:got.json"))
-    assert got[0] == prompt
-    assert Path(got[1]).read_text() == prompt
+    assert got[0].startswith(prompt + "\n\n## Shared findings\n")
+    assert Path(got[1]).read_text() == got[0]
     assert not list(tmp_path.rglob("pwned-*"))
     assert not list(tmp_path.rglob("escaped*.txt"))
     assert (victim / "keep.txt").read_text() == "still here\n"

@@ -416,8 +416,11 @@ def test_untrusted_prompt_reaches_the_agent_byte_for_byte(
         f"quote={prompt}",
     )
     assert out.returncode == 0, out.stderr
-    assert branch_file(repo, "swarm/quote", "argv.txt") == prompt
-    assert branch_file(repo, "swarm/quote", "file.txt") == prompt
+    # The prompt arrives whole and first, followed only by the shared-findings paragraph.
+    for name in ("argv.txt", "file.txt"):
+        received = branch_file(repo, "swarm/quote", name)
+        assert received.startswith(prompt + "\n\n## Shared findings\n")
+        assert "$(touch pwned)" not in received.removeprefix(prompt)
     for root in (repo, repo.parent / "repo.swarm", tmp_path, Path.cwd()):
         assert not list(root.rglob("pwned*"))
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import git, supervisor, worktrees
+from worktree_swarm import git, notes, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
@@ -86,6 +86,7 @@ class TaskWorker:
         self._logs_root = logs_root
         self._tasks = {t.id: t for t in spec.tasks}
         self._check_slots = threading.Semaphore(spec.jobs)
+        self._findings = logs_root / notes.FILE_NAME
 
     def run(self, live: Live) -> Outcome:
         """Take *live*'s task from wherever it is to a final outcome."""
@@ -201,7 +202,7 @@ class TaskWorker:
         adapter = adapter_for(task.agent)
         logs = self._logs(task)
         logs.mkdir(parents=True, exist_ok=True)
-        text = prompt or task.prompt
+        text = prompt or task.prompt + notes.findings_instructions(str(self._findings))
         prompt_file = logs / f"prompt-{number}.md"
         prompt_file.write_text(text, encoding="utf-8")
         values = {
@@ -375,7 +376,7 @@ class TaskWorker:
                 "SWARM_BRANCH": task.branch,
                 "SWARM_BASE": base,
                 "SWARM_PORT": str(port),
-                "SWARM_CONTEXT": str(self._logs_root / "findings.md"),
+                "SWARM_CONTEXT": str(self._findings),
                 **dict(task.env),
             }
         )

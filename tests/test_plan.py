@@ -1,0 +1,454 @@
+"""`swarm plan` against a real local stub of the Anthropic Messages API."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_run import swarm
+from worktree_swarm import tomlwrite
+from worktree_swarm.manifest import Overrides, build_run_spec
+
+KEY = "sk-ant-test-SECRET-0123456789"
+TOOL = "submit_task_plan"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, object]
+
+
+class StubAnthropic:
+    """A Messages API on 127.0.0.1: answers POST /v1/messages from a queue of replies."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.default: Reply | None = None
+        self.seen: list[Seen] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(length))
+                with stub.lock:
+                    stub.seen.append(
+                        Seen(
+                            path=self.path,
+                            headers={k.lower(): v for k, v in self.headers.items()},
+                            body=body,
+                        )
+                    )
+                    reply = stub.replies.pop(0) if stub.replies else stub.default
+                if self.path != "/v1/messages" or reply is None:
+                    reply = error_reply(404, "not_found_error", f"no route {self.path}")
+                data = json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("request-id", f"req_stub_{len(stub.seen)}")
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def plan_reply(tasks: list[dict[str, object]], *, tool_id: str = "toolu_01") -> Reply:
+    """A tool-use answer shaped like the real Messages API's."""
+    return Reply(
+        200,
+        {
+            "id": "msg_01StubPlan",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [
+                {"type": "text", "text": "Here is the plan."},
+                {"type": "tool_use", "id": tool_id, "name": TOOL, "input": {"tasks": tasks}},
+            ],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 40,
+                "output_tokens": 300,
+                "cache_creation_input_tokens": 2500,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    )
+
+
+def error_reply(status: int, kind: str, message: str, **headers: str) -> Reply:
+    return Reply(status, {"type": "error", "error": {"type": kind, "message": message}}, headers)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubAnthropic]:
+    stub = StubAnthropic()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", stub.url)
+    monkeypatch.delenv("SWARM_API_MAX_RETRIES", raising=False)
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "README.md": "# Shop\nA tiny shop with a login page.\n",
+            "src/shop/login.py": "def login():\n    pass\n",
+            "tests/test_login.py": "def test_login():\n    pass\n",
+        },
+    )
+    (repo / "src/shop/cart.py").write_text("CART = []\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Add the cart")
+    return repo
+
+
+TRICKY = 'Edit "src/shop/login.py":\n\ttabs, back\\slashes, """triple""" quotes, ünïcode 🚀\nend\\'
+GOOD = [
+    {
+        "id": "login",
+        "title": "Fix login",
+        "prompt": "write login.txt: fixed\n" + TRICKY,
+        "depends_on": [],
+        "files": ["src/shop/login.py"],
+        "checks": [],
+    },
+    {
+        "id": "cart",
+        "title": "",
+        "prompt": "write cart.txt: done",
+        "depends_on": [],
+        "files": ["src/shop/cart.py"],
+    },
+    {
+        "id": "checkout",
+        "title": "Checkout page",
+        "prompt": "write checkout.txt: done",
+        "depends_on": ["login", "cart"],
+        "checks": ["python -c pass"],
+    },
+]
+
+
+def test_good_answer_writes_a_manifest_that_runs(project: Path, api: StubAnthropic) -> None:
+    api.replies.append(plan_reply(GOOD))
+    out = project.parent / "tasks.toml"
+
+    result = swarm(project, "plan", "Let users check out", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [
+        f"wrote {out}: 3 tasks in 2 level(s)",
+        "  level 1: login, cart",
+        "  level 2: checkout",
+        (
+            "estimated speedup with 4 jobs: 1.5x (critical path 2 of 3 tasks,"
+            " equal task durations assumed)"
+        ),
+    ]
+    assert lines[-1] == f"review the prompts, then: swarm run {out}"
+    text = out.read_text()
+    assert KEY not in text + result.stdout
+    assert text.startswith("# Planned by `swarm plan` (model claude-sonnet-4-5) for the goal:\n")
+
+    spec = build_run_spec(repo_root=project, manifest=out, overrides=Overrides(agent="scripted"))
+    by_id = {t.id: t for t in spec.tasks}
+    assert list(by_id) == ["login", "cart", "checkout"]
+    assert by_id["login"].prompt == GOOD[0]["prompt"]
+    assert by_id["login"].title == "Fix login"
+    assert by_id["checkout"].depends_on == ("login", "cart")
+    assert by_id["checkout"].checks == (("python", "-c", "pass"),)
+    assert by_id["cart"].files == ("src/shop/cart.py",)
+
+    # The manifest is one `swarm run` accepts and completes.
+    ran = swarm(project, "run", str(out), "--agent", "scripted")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert git(project, "show", "swarm/checkout:checkout.txt") == "done"
+    assert git(project, "show", "swarm/checkout:login.txt") == "fixed"
+
+
+def test_request_sends_the_repository_picture_as_a_cached_prefix(
+    project: Path, api: StubAnthropic
+) -> None:
+    api.replies.append(plan_reply(GOOD))
+
+    result = swarm(project, "plan", "Let users check out", "--model", "claude-test-model")
+
+    assert result.returncode == 0, result.stderr
+    assert (project / "tasks.toml").is_file()
+    [seen] = api.seen
+    assert seen.path == "/v1/messages"
+    # SDK versions differ in how they send the key: x-api-key or a bearer token.
+    assert KEY in {seen.headers.get("x-api-key"), seen.headers.get("authorization", "")[7:]}
+    assert "anthropic-version" in seen.headers
+    body = seen.body
+    assert body["model"] == "claude-test-model"
+    assert body["tool_choice"] == {"type": "tool", "name": TOOL}
+    assert [t["name"] for t in body["tools"]] == [TOOL]  # type: ignore[index]
+    instructions, picture = body["system"]  # type: ignore[misc]
+    assert "cache_control" not in instructions
+    assert picture["cache_control"] == {"type": "ephemeral"}
+    assert "src/shop/login.py  " in picture["text"]
+    assert "A tiny shop with a login page." in picture["text"]
+    assert "- Add the cart" in picture["text"]
+    [message] = body["messages"]  # type: ignore[misc]
+    assert message["role"] == "user"
+    assert "Let users check out" in message["content"]
+    assert "at most 8 tasks" in message["content"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (
+            [
+                {"id": "a", "title": "A", "prompt": "x", "depends_on": ["b"]},
+                {"id": "b", "title": "B", "prompt": "y", "depends_on": ["a"]},
+            ],
+            "dependency cycle: a -> b -> a",
+        ),
+        (
+            [{"id": "a", "title": "A", "prompt": "x", "depends_on": ["zzz"]}],
+            "plan: task \"a\": depends_on 'zzz' is not a task of this run",
+        ),
+    ],
+    ids=["cycle", "unknown-dependency"],
+)
+def test_invalid_answer_is_sent_back_once(
+    project: Path, api: StubAnthropic, bad: list[dict[str, object]], error: str
+) -> None:
+    api.replies += [plan_reply(bad, tool_id="toolu_bad"), plan_reply(GOOD)]
+
+    result = swarm(project, "plan", "Let users check out")
+
+    assert result.returncode == 0, result.stderr
+    assert "API: 2 request(s)" in result.stdout
+    first, second = api.seen
+    assert first.body["system"] == second.body["system"]  # same cacheable prefix
+    goal, said, reply = second.body["messages"]  # type: ignore[misc]
+    assert goal == first.body["messages"][0]  # type: ignore[index]
+    assert said["role"] == "assistant"
+    assert said["content"][1]["id"] == "toolu_bad"
+    assert reply["role"] == "user"
+    [result_block] = reply["content"]
+    assert result_block["type"] == "tool_result"
+    assert result_block["tool_use_id"] == "toolu_bad"
+    assert result_block["is_error"] is True
+    assert error in result_block["content"]
+    tasks = tomllib.loads((project / "tasks.toml").read_text())["task"]
+    assert [t["id"] for t in tasks] == ["login", "cart", "checkout"]
+
+
+def test_invalid_answer_twice_fails_and_writes_nothing(project: Path, api: StubAnthropic) -> None:
+    bad = [{"id": "Bad Id", "title": "", "prompt": "x", "depends_on": []}]
+    api.replies += [plan_reply(bad), plan_reply(bad)]
+
+    result = swarm(project, "plan", "goal")
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("swarm: the model's plan was invalid twice (plan: task[1]: id 'Bad Id'")
+    assert line.endswith("or write the manifest by hand (docs/manifest.md)")
+    assert len(api.seen) == 2
+    assert not (project / "tasks.toml").exists()
+
+
+def test_too_many_tasks_is_invalid(project: Path, api: StubAnthropic) -> None:
+    api.replies += [plan_reply(GOOD), plan_reply(GOOD[:2])]
+
+    result = swarm(project, "plan", "goal", "--max-tasks", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert "at most 2 tasks" in api.seen[0].body["messages"][0]["content"]  # type: ignore[index]
+    reply = api.seen[1].body["messages"][2]["content"][0]  # type: ignore[index]
+    assert "3 tasks, but at most 2 are allowed" in reply["content"]
+
+
+def test_401_is_one_line_and_exit_2(project: Path, api: StubAnthropic) -> None:
+    api.default = error_reply(401, "authentication_error", "invalid x-api-key")
+
+    result = swarm(project, "plan", "goal")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "swarm: Anthropic API rejected the key (401: authentication_error: invalid x-api-key);"
+        " check ANTHROPIC_API_KEY\n"
+    )
+    assert result.stdout == ""
+    assert len(api.seen) == 1  # a bad key is not retried
+    assert not (project / "tasks.toml").exists()
+
+
+def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWARM_API_MAX_RETRIES", "2")
+    api.default = error_reply(
+        429,
+        "rate_limit_error",
+        "Number of requests has exceeded your rate limit",
+        **{"retry-after-ms": "5"},
+    )
+
+    result = swarm(project, "plan", "goal")
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "swarm: Anthropic API rate limit (429: rate_limit_error: Number of requests has exceeded"
+        " your rate limit) persisted after 2 retries; wait a minute and run `swarm plan` again\n"
+    )
+    assert len(api.seen) == 3
+    assert not (project / "tasks.toml").exists()
+
+
+def test_key_echoed_by_the_server_is_never_printed(project: Path, api: StubAnthropic) -> None:
+    api.default = error_reply(403, "permission_error", f"key {KEY} may not use this model")
+
+    result = swarm(project, "plan", "goal")
+
+    assert result.returncode == 2
+    assert KEY not in result.stderr
+    assert "key *** may not use this model" in result.stderr
+
+
+def test_missing_key_is_bad_input(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+
+    result = swarm(project, "plan", "goal")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "swarm: ANTHROPIC_API_KEY is not set; export your Anthropic API key"
+        " and run `swarm plan` again\n"
+    )
+    assert api.seen == []
+
+
+def test_empty_goal_is_bad_input(project: Path, api: StubAnthropic) -> None:
+    result = swarm(project, "plan", "  \n ")
+
+    assert result.returncode == 2
+    assert result.stderr == "swarm: GOAL is empty; describe what the tasks should achieve\n"
+    assert api.seen == []
+    assert not (project / "tasks.toml").exists()
+
+
+def test_existing_output_is_not_overwritten(project: Path, api: StubAnthropic) -> None:
+    out = project.parent / "mine.toml"
+    out.write_text("# my reviewed manifest\n")
+
+    result = swarm(project, "plan", "goal", "--out", str(out))
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"swarm: --out {out}: already exists; pass --force or choose another --out\n"
+    )
+    assert out.read_text() == "# my reviewed manifest\n"
+    assert api.seen == []
+
+    api.replies.append(plan_reply(GOOD))
+    assert swarm(project, "plan", "goal", "--out", str(out), "--force").returncode == 0
+    assert "[[task]]" in out.read_text()
+
+
+def test_unreachable_api_is_one_line(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWARM_API_MAX_RETRIES", "0")
+    api.close()
+
+    result = swarm(project, "plan", "goal", "--api-url", api.url)
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"swarm: cannot reach the Anthropic API at {api.url} (")
+
+
+def test_repository_picture_is_bounded(tmp_path: Path) -> None:
+    from worktree_swarm.plan import PICTURE_CHARS, repository_picture  # noqa: PLC0415
+
+    files = {f"pkg{i % 7}/mod{i // 7}/file_{i:04d}_with_a_long_name.py": "x\n" for i in range(2000)}
+    repo = make_repo(tmp_path / "big", {"README.md": "R" * 50_000, **files})
+
+    picture = repository_picture(repo)
+
+    assert len(picture) <= PICTURE_CHARS + len("\n[... truncated]\n")
+    assert "(summarised by directory)" in picture
+    assert "pkg3/  286 files, " in picture  # too many directories at depth 2 and 3
+    assert "more characters]" in picture  # the README is cut
+
+
+# --- the TOML writer ---------------------------------------------------------------------------
+
+ALPHABET = ['"', "'", "\\", "\n", "\r", "\t", "\b", "\f", "\x00", "\x1b", "\x7f", "\x85"]
+ALPHABET += ["\u2028", "#", "[", "]", "=", "a", " ", "é", "🚀", '"""', "'''", "\\u0041"]
+
+
+def test_strings_round_trip_through_tomllib() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 30)))
+        doc = f"a = {tomlwrite.value(text)}\nb = {tomlwrite.string(text)}\n"
+        doc += f"c = {tomlwrite.value([text, {'k': text, 'my key': 1}])}\n"
+        assert tomllib.loads(doc) == {"a": text, "b": text, "c": [text, {"k": text, "my key": 1}]}
+
+
+def test_comment_cannot_break_out_of_its_lines() -> None:
+    rng = random.Random(11)
+    for _ in range(500):
+        text = "".join(rng.choice([*ALPHABET, "\nx = 1\n[[task]]\n"]) for _ in range(20))
+        assert tomllib.loads(tomlwrite.comment(text) + "\n") == {}
+
+
+def test_table_array_round_trips() -> None:
+    tables = [
+        {"id": "a", "prompt": 'line 1\nline 2 """', "depends_on": [], "n": 3, "x": None},
+        {"id": "b", "ok": True, "ratio": 0.25, "env": {"A-B": "c"}},
+    ]
+    parsed = tomllib.loads(tomlwrite.table_array("task", tables))
+    assert parsed == {
+        "task": [
+            {"id": "a", "prompt": 'line 1\nline 2 """', "depends_on": [], "n": 3},
+            {"id": "b", "ok": True, "ratio": 0.25, "env": {"A-B": "c"}},
+        ]
+    }
