@@ -786,3 +786,15 @@ def test_backoff_delay_is_jittered_within_bounds() -> None:
 def test_backoff_delay_needs_an_attempt_number() -> None:
     with pytest.raises(ValueError, match="attempt must be 1 or more"):
         backoff_delay(0)
+
+
+def test_claude_session_total_cost_is_flagged_from_real_cli_output() -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "claude"
+    claude = adapter_for("claude")
+    first = claude.interpret(exit_code=0, log_text=(fixtures / "success.json").read_text(), now=0.0)
+    resumed = claude.interpret(
+        exit_code=0, log_text=(fixtures / "resumed.json").read_text(), now=0.0
+    )
+    assert first.cost_is_session_total is False
+    assert resumed.cost_is_session_total is True
+    assert resumed.cost_usd == pytest.approx(0.0032)

@@ -8,6 +8,7 @@ failing checks can be handed back to the agent (`repair`).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -280,6 +281,13 @@ class TaskWorker:
         self, attempt_id: int, task_id: str, ended: _Ended, code: int | None
     ) -> float | None:
         r = ended.result
+        if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
+            earlier = sum(
+                a.cost_usd or 0.0
+                for a in self.store.attempts(self.run_id, task_id)
+                if a.session_id == r.session_id and a.id != attempt_id
+            )
+            r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
         outcome = ended.cut_short.value if ended.cut_short else _attempt_outcome(r)
         usage = AttemptUsage(
             reason=ended.reason or r.reason,

@@ -51,6 +51,9 @@ class AgentResult:
     cache_write_tokens: int | None = None
     num_turns: int | None = None
     retry_at: float | None = None
+    # True when cost_usd is the session's running total (Claude Code >= 2.1.3xx after
+    # --resume) rather than this attempt's own cost: the caller subtracts earlier attempts.
+    cost_is_session_total: bool = False
 
 
 class Adapter(Protocol):

@@ -118,6 +118,7 @@ def _from_result(
         "cache_read_tokens": as_int(usage.get("cache_read_input_tokens")),
         "cache_write_tokens": as_int(usage.get("cache_creation_input_tokens")),
         "num_turns": as_int(result.get("num_turns")),
+        "cost_is_session_total": _cost_is_session_total(result, usage),
     }
     subtype = str(result.get("subtype") or "")
     # `is_error: true` with subtype "success" is how an API error ends a turn: a failure.
@@ -146,6 +147,24 @@ def _from_result(
         reason=one_line(f"claude {subtype or 'error'}: {detail}"),
         **accounting,
     )
+
+
+def _cost_is_session_total(result: dict[str, Any], usage: dict[str, Any]) -> bool:
+    """Whether total_cost_usd covers the whole resumed session, not just this run.
+
+    Newer CLIs report `modelUsage` (and the cost) for the session so far while `usage` stays
+    per run; when the session's tokens exceed this run's, the cost is a running total.
+    """
+    model_usage = result.get("modelUsage")
+    if not isinstance(model_usage, dict):
+        return False
+    session = sum(
+        (as_int(m.get("inputTokens")) or 0) + (as_int(m.get("outputTokens")) or 0)
+        for m in model_usage.values()
+        if isinstance(m, dict)
+    )
+    run = (as_int(usage.get("input_tokens")) or 0) + (as_int(usage.get("output_tokens")) or 0)
+    return session > run
 
 
 def _detail(result: dict[str, Any]) -> str:

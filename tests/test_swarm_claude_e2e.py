@@ -1,0 +1,114 @@
+"""`swarm run` with the real Claude Code CLI against the local Anthropic stub (no network).
+
+The first request of the task is answered 429: Claude Code reports it (`is_error: true`,
+`api_error_status: 429`), swarm classifies the attempt as rate limited, waits, and resumes the
+same session in the same worktree, where the model's Write call really changes a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import anthropic_stub as stub_module
+from tests.anthropic_stub import AnthropicStub, Text, ToolUse, claude_env, rate_limited
+from tests.anthropic_stub import without_claude_vars
+from tests.conftest import git
+from tests.test_claude_e2e import CLAUDE
+
+anthropic_stub = stub_module.anthropic_stub
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CLAUDE is None, reason="Claude Code CLI not installed (see .ci/run)"),
+]
+
+
+def test_rate_limited_first_request_is_resumed_in_the_same_session(
+    repo: Path, anthropic_stub: AnthropicStub
+) -> None:
+    assert CLAUDE is not None
+    target = repo.parent / "repo.swarm" / "greet" / "hello.txt"
+    anthropic_stub.queue(
+        rate_limited(),
+        ToolUse(name="Write", input={"file_path": str(target), "content": "hello, world\n"}),
+        Text(text="Wrote hello.txt."),
+    )
+    manifest = repo.parent / "tasks.toml"
+    manifest.write_text(
+        '[defaults]\nagent = "claude"\nretries = 2\nrate_limit_backoff = "0.2s"\n'
+        '[[task]]\nid = "greet"\nprompt = "Create hello.txt saying hello, world"\n'
+    )
+    env = without_claude_vars(dict(os.environ)) | claude_env(anthropic_stub, max_retries=0)
+    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/greet:hello.txt") == "hello, world"
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute(
+            "SELECT number, outcome, session_id FROM attempts ORDER BY number"
+        ).fetchall()
+    assert [(n, o) for n, o, _ in rows] == [(1, "rate_limited"), (2, "succeeded")]
+    assert rows[0][2] is not None
+    assert rows[0][2] == rows[1][2]  # the same session, resumed
+    # The resumed request carried the first prompt: the conversation was not lost.
+    last = anthropic_stub.agent_requests()[-1]
+    assert any("hello, world" in text for text in last.user_texts())
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "status", "--json"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout  # fmt: skip
+    )
+    assert status["tasks"][0]["state"] == "done"
+    assert anthropic_stub.api_key not in out.stdout + out.stderr
+
+
+def test_placeholder_repaired_in_the_same_session_and_cost_not_double_counted(
+    repo: Path, anthropic_stub: AnthropicStub
+) -> None:
+    assert CLAUDE is not None
+    target = repo.parent / "repo.swarm" / "calc" / "calc.py"
+    anthropic_stub.queue(
+        ToolUse(name="Write", input={"file_path": str(target), "content": "# TODO: add\n"}),
+        Text(text="Done."),
+        ToolUse(name="Write", input={"file_path": str(target), "content": "ADD = 1 + 1\n"}),
+        Text(text="Fixed."),
+    )
+    manifest = repo.parent / "tasks.toml"
+    manifest.write_text(
+        '[defaults]\nagent = "claude"\nno_placeholders = true\nrepair = 1\n'
+        '[[task]]\nid = "calc"\nprompt = "Write calc.py"\n'
+    )
+    env = without_claude_vars(dict(os.environ)) | claude_env(anthropic_stub, max_retries=0)
+    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/calc:calc.py") == "ADD = 1 + 1"
+    # The repair prompt carried the placeholder the check found.
+    assert any("TODO: add" in t for t in anthropic_stub.agent_requests()[-1].user_texts())
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        attempt_costs = [c for (c,) in db.execute("SELECT cost_usd FROM attempts ORDER BY number")]
+        (task_cost,) = db.execute("SELECT cost_usd FROM tasks").fetchone()
+        log = db.execute("SELECT log_path FROM attempts WHERE number = 2").fetchone()[0]
+    last = [json.loads(x) for x in Path(log).read_text().splitlines() if x.startswith("{")][-1]
+    # Claude reports the session's running total after --resume; swarm stores deltas.
+    assert task_cost == pytest.approx(sum(attempt_costs))
+    assert task_cost <= last["total_cost_usd"] + 1e-9
+    assert all(c > 0 for c in attempt_costs)
