@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests import anthropic_stub as stub_module
-from tests.anthropic_stub import AnthropicStub, Text, ToolUse, claude_env, rate_limited
-from tests.anthropic_stub import without_claude_vars
+from tests.anthropic_stub import (
+    AnthropicStub,
+    Text,
+    ToolUse,
+    claude_env,
+    rate_limited,
+    without_claude_vars,
+)
 from tests.conftest import git
 from tests.test_claude_e2e import CLAUDE
 
@@ -71,7 +77,7 @@ def test_rate_limited_first_request_is_resumed_in_the_same_session(
             capture_output=True,
             text=True,
             check=True,
-        ).stdout  # fmt: skip
+        ).stdout
     )
     assert status["tasks"][0]["state"] == "done"
     assert anthropic_stub.api_key not in out.stdout + out.stderr

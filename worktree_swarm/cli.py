@@ -325,6 +325,7 @@ def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, 
 @click.option("--strategy", type=click.Choice(["merge", "squash"]), default="merge")
 @click.option("--check", "checks", multiple=True, metavar="CMD", help="Run after each merge.")
 @click.option("--dry-run", is_flag=True, help="Only predict conflicts and the order.")
+@click.option("--resolve", is_flag=True, help="Hand conflicts to the task's agent, then check.")
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/merge.md).")
 @click.pass_context
 def merge_cmd(
@@ -335,6 +336,7 @@ def merge_cmd(
     strategy: str,
     checks: tuple[str, ...],
     dry_run: bool,
+    resolve: bool,
     as_json: bool,
 ) -> int:
     """Predict conflicts, merge done task branches in a safe order, check after each merge."""
@@ -351,6 +353,7 @@ def merge_cmd(
             strategy=merge.Strategy(strategy),
             checks=checks,
             dry_run=dry_run,
+            resolve=resolve,
             echo=None if as_json else click.echo,
         )
     if as_json:

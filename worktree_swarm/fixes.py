@@ -109,11 +109,18 @@ def norm(path: Path | str) -> Path:
 
 
 def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
-    """What a branch may be merged into: the main checkout's branch (or HEAD), the run base."""
+    """What a branch may be merged into (a task merged into any of these counts as merged).
+
+    The main checkout's branch (or HEAD), the run base, and `swarm merge`'s integration branches.
+    """
     branch = git.current_branch(repo)
     targets = [f"refs/heads/{branch}" if branch else git.head_commit(repo)]
     if base_commit:
         targets.append(base_commit)
+    integration = git.git(
+        repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*"
+    )
+    targets.extend(integration.split())
     return targets
 
 

@@ -163,7 +163,8 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return res.returncode == 0
 
 
-def _identity_env(author: str) -> dict[str, str]:
+def identity_env(author: str) -> dict[str, str]:
+    """Environment making *author* (``Name <email>``) both author and committer."""
     match = _AUTHOR_RE.fullmatch(author.strip())
     if match is None:
         raise BadInputError(f"author {author!r} is not of the form `Name <email>`")
@@ -186,7 +187,7 @@ def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: s
     """
     if not commits:
         raise BadInputError("merge_commits needs at least one commit")
-    env = _identity_env(author)
+    env = identity_env(author)
     shas: list[str] = []
     for rev in commits:
         sha = rev_parse(repo, f"{rev}^{{commit}}")
@@ -234,7 +235,7 @@ def checkpoint(worktree: Path, *, message: str, author: str) -> str | None:
     Returns the new HEAD, or None when there was nothing to commit. Hooks are skipped
     (``--no-verify``) and *author* (``Name <email>``) is also the committer.
     """
-    env = _identity_env(author)
+    env = identity_env(author)
     _run(worktree, ["add", "--all"])
     if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
         return None

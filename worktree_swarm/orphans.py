@@ -260,8 +260,8 @@ def _worktrees(
             continue
         finding = _broken_worktree(ctx, info, force=force)
         if finding is None and any(path.is_relative_to(root) for root in ctx.roots):
-            if task is not None:
-                continue  # a finished task's worktree: `swarm clean` removes it
+            if task is not None or _integration_run(info.branch) in ctx.bases:
+                continue  # a finished task's or a run's merge worktree: `swarm clean` decides
             reason = "registered under the worktree root, but no swarm task owns it"
             finding, dirty = worktree_finding(
                 ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force
@@ -374,6 +374,9 @@ def _last_used(repo: git.Repo, path: Path) -> float:
     return max(times, default=0.0)
 
 
+INTEGRATION_PREFIX = "swarm/integration-"
+
+
 def _directories(ctx: _Context) -> list[Finding]:
     found: list[Finding] = []
     main = norm(ctx.repo.root)
@@ -426,6 +429,8 @@ def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str
         task = ctx.task_of_branch.get(branch)
         if (where is not None and where not in removing) or branch in ctx.needed:
             continue
+        if _integration_run(branch) in ctx.bases:
+            continue  # `swarm merge`'s result for a known run: the user's to land
         if task is not None and not task.state.is_final:
             continue
         targets = ctx.targets + ((ctx.bases[task.run_id],) if task is not None else ())
@@ -456,3 +461,10 @@ def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str
             )
         )
     return found
+
+
+def _integration_run(branch: str | None) -> str | None:
+    """The run id of a `swarm merge` integration branch (``swarm/integration-<run>``)."""
+    if branch is None or not branch.startswith(INTEGRATION_PREFIX):
+        return None
+    return branch.removeprefix(INTEGRATION_PREFIX)

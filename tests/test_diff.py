@@ -1,0 +1,127 @@
+"""`swarm diff`: each task's branch against its own base, with the task's outcome."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import git, make_repo
+from tests.mergekit import Brancher, record_run
+from tests.test_run import checkout_snapshot, swarm
+
+
+def setup_run(tmp_path: Path) -> tuple[Path, str]:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "old.txt": "x\n" * 5})
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    brancher.branch("swarm/one", base, {"a.txt": "a\nb\n", "new.txt": "n\n"})
+    one = git(repo, "rev-parse", "swarm/one")
+    brancher.branch("swarm/two", one, {}, renames=[("old.txt", "renamed.txt")])
+    brancher.close()
+    record_run(repo, [("one", base), ("two", one), ("gone", base)], base=base)
+    # The user's branch moves on after the run: three-dot keeps it out of every diff.
+    (repo / "a.txt").write_text("user edit\n")
+    git(repo, "commit", "-qam", "user work")
+    return repo, base
+
+
+def test_diff_json_is_each_branch_against_its_own_base(tmp_path: Path) -> None:
+    repo, base = setup_run(tmp_path)
+    before = checkout_snapshot(repo)
+
+    out = swarm(repo, "diff", "--json")
+
+    assert out.returncode == 0, out.stderr
+    tasks = {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+    assert set(tasks) == {"one", "two"}  # "gone" has no branch
+    one = tasks["one"]
+    assert (one["state"], one["base"], one["branch"]) == ("done", base, "swarm/one")
+    assert (one["files_changed"], one["insertions"], one["deletions"]) == (2, 2, 0)
+    assert {f["path"]: f["status"] for f in one["files"]} == {"a.txt": "M", "new.txt": "A"}
+    two = tasks["two"]
+    assert two["base"] == git(repo, "rev-parse", "swarm/one")
+    assert two["files"] == [
+        {
+            "path": "renamed.txt",
+            "status": "R",
+            "insertions": 0,
+            "deletions": 0,
+            "old_path": "old.txt",
+        }
+    ]
+    assert checkout_snapshot(repo) == before
+
+
+def test_diff_text_modes(tmp_path: Path) -> None:
+    repo, _ = setup_run(tmp_path)
+
+    names = swarm(repo, "diff", "--name-only", "one")
+    stat = swarm(repo, "diff", "--stat", "one")
+    patch = swarm(repo, "diff", "two", "gone")
+
+    assert names.stdout == "one  done  2 files +2 -0  swarm/one\n  a.txt\n  new.txt\n"
+    assert stat.stdout.splitlines()[1:] == [
+        " a.txt   | 1 +",
+        " new.txt | 1 +",
+        " 2 files changed, 2 insertions(+)",
+    ]
+    lines = patch.stdout.splitlines()
+    assert lines[0] == "two  done  1 files +0 -0  swarm/two"
+    assert "rename from old.txt" in lines
+    assert "user edit" not in patch.stdout
+    assert lines[-1] == "gone  done  (no branch swarm/gone)"
+
+
+def test_diff_unknown_task_is_bad_input(tmp_path: Path) -> None:
+    repo, _ = setup_run(tmp_path)
+    out = swarm(repo, "diff", "nope")
+    assert (out.returncode, out.stderr) == (
+        2,
+        "swarm: no task 'nope' in run 20240101-000000-abcd; `swarm status` lists them\n",
+    )
+
+
+def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
+        "pathlib.Path('shared.txt').write_text('written by ' + tid + '\\n')\n"
+    )
+    ran = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a", "-t", "bb=b")
+    assert ran.returncode == 0, ran.stderr
+    before = checkout_snapshot(repo)
+
+    diff = swarm(repo, "diff", "--name-only")
+    merged = swarm(repo, "merge", "--check", f"{sys.executable} -c pass")
+
+    assert diff.stdout.splitlines()[1:3] == ["  aa.txt", "  shared.txt"]
+    assert merged.returncode == 1
+    assert "  conflict  aa <-> bb: shared.txt" in merged.stdout.splitlines()
+    assert "conflicted  bb  conflicts with swarm/integration-" in merged.stdout
+    status = {t["task_id"]: t for t in json.loads(swarm(repo, "status", "--json").stdout)["tasks"]}
+    assert (status["aa"]["state"], status["bb"]["state"]) == ("merged", "conflicted")
+    assert checkout_snapshot(repo) == before
+
+
+def test_run_merge_clean_doctor_lifecycle(repo: Path, tmp_path: Path) -> None:
+    """After `swarm merge`, clean removes the merged task's branch and worktree, and doctor
+    does not mistake the run's integration worktree and branch for orphans."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    doctor = swarm(repo, "doctor", "--json")
+    assert doctor.returncode == 0, doctor.stdout
+    cleaned = swarm(repo, "clean", "--yes")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    branches = git(repo, "branch", "--list", "swarm/*", "--format=%(refname:short)").split()
+    assert "swarm/aa" not in branches
+    assert [b for b in branches if b.startswith("swarm/integration-")]
+    assert not (repo.parent / "repo.swarm" / "aa").exists()

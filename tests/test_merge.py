@@ -1,0 +1,381 @@
+"""`swarm merge`: prediction equals real merges, safe order, checks, targets, your checkout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.mergekit import RUN_ID, Brancher, real_merge, record_run, states
+from tests.test_run import checkout_snapshot, swarm
+from worktree_swarm import conflicts
+from worktree_swarm.git import open_repo
+
+LINES = "".join(f"line {i}\n" for i in range(1, 11))
+
+
+def edit(line: int, text: str) -> str:
+    rows = LINES.splitlines(keepends=True)
+    rows[line - 1] = text + "\n"
+    return "".join(rows)
+
+
+@pytest.fixture
+def base_repo(tmp_path: Path) -> Path:
+    return make_repo(
+        tmp_path / "repo",
+        {"f.txt": LINES, "g.txt": "g\n" * 20, "d.txt": "d\n", "keep.txt": "k\n"},
+    )
+
+
+@pytest.fixture
+def brancher(base_repo: Path) -> Iterator[Brancher]:
+    b = Brancher(base_repo)
+    yield b
+    b.close()
+
+
+# The issue's cases: (task, changes, renames).
+CASES: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = [
+    ("hunk-top", {"f.txt": edit(1, "top")}, []),
+    ("hunk-bottom", {"f.txt": edit(10, "bottom")}, []),
+    ("same-a", {"f.txt": edit(5, "five a")}, []),
+    ("same-b", {"f.txt": edit(5, "five b")}, []),
+    ("rename", {}, [("g.txt", "moved/g2.txt")]),
+    ("edit-g", {"g.txt": "g\n" * 19 + "changed\n"}, []),
+    ("add-a", {"new.txt": "from a\n"}, []),
+    ("add-b", {"new.txt": "from b\n"}, []),
+    ("delete", {"d.txt": None}, []),
+    ("modify", {"d.txt": "d changed\n"}, []),
+    ("file-x", {"x": "a file\n"}, []),
+    ("dir-x", {"x/y": "a file in a directory\n"}, []),
+    ("other", {"other.txt": "unrelated\n"}, []),
+]
+
+
+def make_cases(
+    repo: Path,
+    brancher: Brancher,
+    cases: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = CASES,
+) -> str:
+    base = git(repo, "rev-parse", "HEAD")
+    for name, changes, renames in cases:
+        brancher.branch(f"swarm/{name}", base, changes, renames=renames)
+    record_run(repo, [(name, base) for name, _, _ in cases], base=base)
+    return base
+
+
+@pytest.mark.parametrize("target_moves", [False, True])
+def test_predicted_matrix_equals_real_merges(
+    base_repo: Path, brancher: Brancher, *, target_moves: bool
+) -> None:
+    base = make_cases(base_repo, brancher)
+    target = base
+    if target_moves:
+        target = brancher.branch("moved-target", base, {"f.txt": edit(1, "target top")})
+    repo = open_repo(base_repo)
+    tips = {name: git(base_repo, "rev-parse", f"swarm/{name}") for name, _, _ in CASES}
+    branches = [conflicts.Branch(name=n, tip=t, base=base) for n, t in tips.items()]
+
+    prediction = conflicts.predict(repo, branches, target=target)
+
+    names = list(tips)
+    real_pairs = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            files = real_merge(base_repo, tips[a], tips[b])
+            if files is not None:
+                real_pairs[a, b] = files
+    real_target = {}
+    for name in names:
+        files = real_merge(base_repo, target, tips[name])
+        if files is not None:
+            real_target[name] = files
+    predicted_pairs = {k: tuple(sorted(v)) for k, v in prediction.pairs.items()}
+    predicted_target = {k: tuple(sorted(v)) for k, v in prediction.target.items()}
+    assert predicted_pairs == real_pairs
+    assert predicted_target == real_target
+    # The cases conflict the way the issue expects.
+    assert set(real_pairs) == {
+        ("same-a", "same-b"),
+        ("add-a", "add-b"),
+        ("delete", "modify"),
+        ("file-x", "dir-x"),
+    }
+    assert real_target == ({"hunk-top": ("f.txt",)} if target_moves else {})
+    # Most pairs were decided without a git process.
+    assert prediction.merge_trees < len(names) * (len(names) - 1) // 2
+
+
+def test_merge_lands_every_non_conflicting_branch(base_repo: Path, brancher: Brancher) -> None:
+    make_cases(base_repo, brancher)
+    before = checkout_snapshot(base_repo)
+    main_file = (base_repo / "f.txt").read_text()
+
+    out = swarm(base_repo, "merge", "--json")
+
+    assert out.returncode == 1, out.stderr  # some tasks conflict
+    report = json.loads(out.stdout)
+    conflicted = set(report["conflicted"])
+    merged = set(report["merged"])
+    # One side of each conflicting pair lands, the other is reported with its files.
+    assert conflicted == {"same-b", "add-b", "modify", "dir-x"}
+    assert merged == {name for name, _, _ in CASES} - conflicted
+    files = {r["task_id"]: r["files"] for r in report["results"]}
+    assert files["same-b"] == ["f.txt"]
+    assert files["add-b"] == ["new.txt"]
+    # Non-conflicting branches are merged before any conflicting one.
+    order = report["order"]
+    pairs = {p["a"] for p in report["prediction"]["pairs"]} | {
+        p["b"] for p in report["prediction"]["pairs"]
+    }
+    first_conflicting = min(order.index(n) for n in pairs)
+    assert all(order.index(n) < first_conflicting for n in set(order) - pairs)
+
+    branch = "swarm/integration-20240101-000000-abcd"
+    assert report["target"]["branch"] == branch
+    assert report["target"]["commit"] == git(base_repo, "rev-parse", branch)
+    tree = git(base_repo, "ls-tree", "-r", "--name-only", branch).split()
+    assert {"moved/g2.txt", "new.txt", "x", "other.txt"} <= set(tree)
+    assert "d.txt" not in tree
+    assert git(base_repo, "show", f"{branch}:f.txt").splitlines()[0] == "top"
+    st = states(base_repo)
+    assert {n for n, s in st.items() if s == "merged"} == merged
+    assert {n for n, s in st.items() if s == "conflicted"} == conflicted
+    # The user's checkout is untouched.
+    assert checkout_snapshot(base_repo) == before
+    assert (base_repo / "f.txt").read_text() == main_file
+    worktree = Path(report["target"]["worktree"])
+    assert worktree.parent == base_repo.parent / "repo.swarm"
+    assert git(worktree, "status", "--porcelain") == ""
+
+    # A second merge has nothing left that is done.
+    again = swarm(base_repo, "merge")
+    assert again.returncode == 0, again.stderr
+    assert "prediction: 0 branch(es)" in again.stdout
+
+
+def test_failing_check_undoes_the_merge_and_the_rest_carry_on(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/good", base, {"good.txt": "ok\n"})
+    brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
+    brancher.branch("swarm/later", base, {"later.txt": "ok\n", "more.txt": "x\n" * 50})
+    record_run(base_repo, [("good", base), ("breaks", base), ("later", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, sys\nsys.exit(1 if pathlib.Path('broken.txt').exists() else 0)\n"
+    )
+    before = checkout_snapshot(base_repo)
+
+    out = swarm(base_repo, "merge", "--check", f"{sys.executable} {check}")
+
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any(
+        ln.startswith("failed      breaks  check `") and "merge undone" in ln for ln in lines
+    )
+    assert sum(ln.startswith("merged") and "checks passed" in ln for ln in lines) == 2
+    assert lines[-1].startswith("2 merged, 0 conflicted, 1 failed, 0 skipped; swarm/integration-")
+    tree = git(base_repo, "ls-tree", "-r", "--name-only", "swarm/integration-" + RUN_ID)
+    assert "broken.txt" not in tree
+    assert {"good.txt", "later.txt"} <= set(tree.split())
+    assert states(base_repo) == {"good": "merged", "breaks": "failed", "later": "merged"}
+    assert checkout_snapshot(base_repo) == before
+
+
+def test_dry_run_predicts_and_creates_nothing(base_repo: Path, brancher: Brancher) -> None:
+    make_cases(base_repo, brancher, CASES[:4])
+    refs = git(base_repo, "for-each-ref")
+    worktrees = git(base_repo, "worktree", "list")
+
+    out = swarm(base_repo, "merge", "--dry-run")
+
+    assert out.returncode == 1
+    assert "  conflict  same-a <-> same-b: f.txt" in out.stdout.splitlines()
+    assert out.stdout.splitlines()[-1] == "dry run: nothing was merged"
+    assert git(base_repo, "for-each-ref") == refs
+    assert git(base_repo, "worktree", "list") == worktrees
+    assert set(states(base_repo).values()) == {"done"}
+
+
+def test_into_a_branch_not_checked_out_moves_it(base_repo: Path, brancher: Brancher) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    git(base_repo, "branch", "release", base)
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    before = checkout_snapshot(base_repo)
+    worktrees = git(base_repo, "worktree", "list", "--porcelain")
+
+    out = swarm(base_repo, "merge", "--into", "release", "--strategy", "squash", "--json")
+
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["target"]["commit"] == git(base_repo, "rev-parse", "release")
+    assert report["target"]["worktree"] is None
+    log = git(base_repo, "log", "--format=%P %s", f"{base}..release").splitlines()
+    assert len(log) == 2
+    assert all(len(line.split(" swarm: ")[0].split()) == 1 for line in log)  # squashed: 1 parent
+    assert set(git(base_repo, "ls-tree", "--name-only", "release").split()) >= {
+        "one.txt",
+        "two.txt",
+    }
+    # The temporary worktree is gone, the checkout untouched, no integration branch.
+    assert git(base_repo, "worktree", "list", "--porcelain") == worktrees
+    assert checkout_snapshot(base_repo) == before
+    assert git(base_repo, "branch", "--list", "swarm/integration-*") == ""
+
+
+def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    record_run(base_repo, [("one", base)], base=base)
+    refs = git(base_repo, "for-each-ref")
+
+    clean = swarm(base_repo, "merge", "--into", "main")
+    (base_repo / "keep.txt").write_text("edited\n")
+    dirty = swarm(base_repo, "merge", "--into", "main")
+
+    assert clean.returncode == 2
+    assert clean.stderr.startswith(f"swarm: main is checked out in {base_repo}; swarm never moves")
+    assert len(clean.stderr.splitlines()) == 1
+    assert dirty.returncode == 2
+    assert dirty.stderr == (
+        f"swarm: main is checked out in {base_repo} with uncommitted changes;"
+        " commit or stash them there first\n"
+    )
+    assert git(base_repo, "for-each-ref") == refs
+    assert states(base_repo) == {"one": "done"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["nope"],
+            "swarm: no task 'nope' in run 20240101-000000-abcd; `swarm status` lists them\n",
+        ),
+        (
+            ["--check", "pytest 'unclosed"],
+            'swarm: --check "pytest \'unclosed" cannot be parsed: No closing quotation\n',
+        ),
+        (
+            ["--into", "no-such-branch"],
+            (
+                "swarm: --into branch no-such-branch does not exist;"
+                " create it first (`git branch no-such-branch`)\n"
+            ),
+        ),
+        (["--into", "bad..name"], "swarm: --into 'bad..name' is not a valid branch name\n"),
+    ],
+)
+def test_bad_input_is_one_line_and_creates_nothing(
+    base_repo: Path, brancher: Brancher, args: list[str], message: str
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    record_run(base_repo, [("one", base)], base=base)
+    refs = git(base_repo, "for-each-ref")
+
+    out = swarm(base_repo, "merge", *args)
+
+    assert (out.returncode, out.stderr) == (2, message)
+    assert git(base_repo, "for-each-ref") == refs
+
+
+def test_dependencies_first_least_conflicting_next_and_failed_ones_skip_dependents(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    # "big" is larger than "child", but "child" is built on it and must come after.
+    big = brancher.branch("swarm/big", base, {"big.txt": "b\n" * 100})
+    brancher.branch("swarm/child", big, {"child.txt": "c\n"})
+    # "clash" conflicts with "rival" and with "on-rival" (built on rival): rival goes first,
+    # since landing it (and on-rival) lands more than landing clash.
+    brancher.branch("swarm/clash", base, {"f.txt": edit(3, "clash")})
+    brancher.branch("swarm/rival", base, {"f.txt": edit(3, "rival"), "r.txt": "r\n" * 10})
+    rival = git(base_repo, "rev-parse", "swarm/rival")
+    brancher.branch("swarm/on-rival", rival, {"after.txt": "a\n"})
+    record_run(
+        base_repo,
+        [("child", big), ("big", base), ("clash", base), ("rival", base), ("on-rival", rival)],
+        base=base,
+        depends={"child": ["big"], "on-rival": ["rival"]},
+    )
+    check = tmp_path / "check.py"
+    check.write_text("import pathlib, sys\nsys.exit(1 if pathlib.Path('r.txt').exists() else 0)\n")
+
+    out = swarm(base_repo, "merge", "--json", "--check", f"{sys.executable} {check}")
+
+    report = json.loads(out.stdout)
+    assert report["order"] == ["big", "child", "rival", "on-rival", "clash"]
+    # rival fails its check and is undone, so on-rival is skipped and clash lands after all.
+    assert report["merged"] == ["big", "child", "clash"]
+    assert report["failed"] == ["rival"]
+    assert report["skipped"] == ["on-rival"]
+    skipped = next(r for r in report["results"] if r["task_id"] == "on-rival")
+    assert skipped["reason"] == "depends on rival, which did not merge"
+    assert states(base_repo)["on-rival"] == "done"
+    assert out.returncode == 1
+
+
+# Keeps both sides of every conflict: what a (very agreeable) agent would do.
+RESOLVER = """
+import pathlib, re, sys
+for path in pathlib.Path('.').rglob('*.txt'):
+    text = path.read_text()
+    if '<<<<<<<' in text:
+        path.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', text, flags=re.M))
+"""
+
+
+@pytest.mark.parametrize("agent_exit", [0, 3])
+def test_resolve_hands_conflicts_to_the_tasks_agent(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, agent_exit: int
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "s.txt": "s\n" * 9})
+    agent = tmp_path / "resolver.py"
+    agent.write_text(RESOLVER + f"sys.exit({agent_exit})\n")
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[sys.executable, str(agent), "{prompt_file}"],
+    )
+    before = checkout_snapshot(base_repo)
+
+    out = swarm(base_repo, "merge", "--resolve", "--check", f"{sys.executable} -c pass", "--json")
+
+    report = json.loads(out.stdout)
+    branch = "swarm/integration-" + RUN_ID
+    if agent_exit == 0:
+        assert out.returncode == 0, out.stderr
+        assert report["merged"] == ["first", "second"]
+        second = report["results"][1]
+        assert second["reason"] == "conflicts in f.txt resolved by its agent"
+        assert second["checks"]["ok"] is True
+        merged = git(base_repo, "show", f"{branch}:f.txt").splitlines()
+        assert merged[4:6] == ["five first", "five second"]
+        parents = git(base_repo, "log", "-1", "--format=%P", branch).split()
+        assert len(parents) == 2
+        assert states(base_repo) == {"first": "merged", "second": "merged"}
+    else:
+        assert out.returncode == 1
+        assert report["conflicted"] == ["second"]
+        assert report["results"][1]["reason"].startswith(
+            f"conflicts with {branch} in f.txt; the agent exited 3 while resolving (log "
+        )
+        assert "<<<<<<<" not in git(base_repo, "show", f"{branch}:f.txt")
+        worktree = Path(report["target"]["worktree"])
+        assert git(worktree, "status", "--porcelain") == ""
+    prompt = (base_repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
+    assert "- f.txt" in prompt
+    assert checkout_snapshot(base_repo) == before
