@@ -317,8 +317,8 @@ class TaskWorker:
         deadline = started_at + task.timeout if task.timeout else None
         adapter = adapter_for(task.agent)
         while True:
-            code = agent.wait(timeout=POLL_SECONDS)
-            if code is not None or not agent.alive():
+            ended, code = exit_status(agent, timeout=POLL_SECONDS)
+            if ended:
                 text = _read_log(agent.log_path)
                 return _Ended(
                     result=adapter.interpret(exit_code=code, log_text=text, now=time.time())
@@ -388,6 +388,18 @@ class TaskWorker:
                 **dict(task.env),
             }
         )
+
+
+def exit_status(agent: supervisor.Supervised, *, timeout: float) -> tuple[bool, int | None]:
+    """Wait up to *timeout*: (whether the agent has ended, its exit code when known)."""
+    code = agent.wait(timeout=timeout)
+    if code is not None:
+        return True, code
+    if agent.alive():
+        return False, None
+    # It exited between the wait and the liveness check (which reaped it): collect the
+    # status now, or a successful agent would be reported as ending without one.
+    return True, agent.wait(timeout=0)
 
 
 def worktree_path(spec: RunSpec, task: Task) -> Path:
