@@ -287,6 +287,20 @@ def test_preflight_registered_but_missing(repo: Path, tmp_path: Path) -> None:
         wt.preflight(r, [("swarm/gone", tmp_path / "gone")])
 
 
+def test_create_on_a_registered_but_missing_path_leaves_that_registration(
+    repo: Path, tmp_path: Path
+) -> None:
+    r = g.open_repo(repo)
+    wt.create_worktree(r, path=tmp_path / "gone", branch="swarm/gone", start="HEAD")
+    git(repo, "branch", "-m", "swarm/gone", "renamed")
+    shutil.rmtree(tmp_path / "gone")
+    with pytest.raises(BadInputError, match="still registered as a worktree"):
+        wt.create_worktree(r, path=tmp_path / "gone", branch="swarm/new", start="HEAD")
+    assert not g.branch_exists(r, "swarm/new")  # the branch git made first is gone again
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert str(tmp_path / "gone") in listed  # the user's registration is untouched
+
+
 def test_copy_into(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(repo)
     (repo / ".gitignore").write_text(".env\nconfig/*.local\n")

@@ -24,7 +24,9 @@ from worktree_swarm.models import ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.proc import clean_env
 from worktree_swarm.store import AttemptRow, AttemptUsage, Store
 
-POLL_SECONDS = 0.05
+# Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
+# whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
+POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from worktree_swarm.errors import BadInputError, GitError
+from worktree_swarm.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import (
     Repo,
     branch_exists,
@@ -131,14 +131,23 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     with repo_lock(repo):
-        registered = {_norm(info.path) for info in list_worktrees_locked(repo)}
-        _check_free(repo, branch, path, registered)
+        # Only the O(1) checks here: listing every worktree on each creation made a run
+        # quadratic in its task count. A path git still has registered is refused by
+        # `worktree add` itself, handled below.
+        _check_free(repo, branch, path, set())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # --no-checkout keeps the lock short; --no-track so no upstream is configured
             # (with a remote-tracking start, `git push` would otherwise target that branch).
             git(repo.root, "worktree", "add", "--quiet", "--no-track", "--no-checkout",
                 "-b", branch, "--", str(path), commit)  # fmt: skip
+        except CommandError as exc:
+            if "already registered" not in exc.output:
+                _discard_locked(repo, path=path, branch=branch, commit=commit)
+                raise
+            # git made the branch before refusing the path; the registration is not ours.
+            git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
+            raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}") from None
         except BaseException as exc:
             _discard_locked(repo, path=path, branch=branch, commit=commit)
             if isinstance(exc, OSError):
