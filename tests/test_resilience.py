@@ -241,3 +241,17 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     rows = status_json(repo)
     assert rows["a"]["state"] == rows["b"]["state"] == "done"
     assert "a: done" in log.read_text()  # the manager's own output went to its log
+
+
+def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_claude: Path) -> None:
+    plan(fake_claude, "a", "limit", "finish")
+    text = (
+        '[defaults]\nagent = ["claude", "-p", "{prompt}", "--output-format", "json",'
+        ' "--permission-mode", "plan"]\nrate_limit_backoff = "0.2s"\nretries = 1\n'
+        '[[task]]\nid = "a"\nprompt = "x"\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = calls(fake_claude, "a")
+    assert first["argv"][first["argv"].index("--permission-mode") + 1] == "plan"
+    assert "--resume" in second["argv"]  # classified as a rate limit and resumed

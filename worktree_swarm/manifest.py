@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
-from worktree_swarm.agents import PROFILES, resolve_agent
+from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import TASK_ID_RE, RunSpec, Task, is_valid_task_id
 
@@ -379,7 +379,8 @@ def _build_task(
         prompt=prompt,
         title=title,
         depends_on=tuple(dict.fromkeys(depends_on)),
-        agent=agent.spec if isinstance(agent.spec, str) else "command",
+        # An argv list running a known CLI (e.g. claude with other flags) keeps its adapter.
+        agent=agent.spec if isinstance(agent.spec, str) else profile_of(argv),
         agent_argv=argv,
         checks=merged.checks or (),
         files=files,
