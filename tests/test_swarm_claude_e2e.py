@@ -36,6 +36,23 @@ pytestmark = [
 ]
 
 
+def swarm_with_claude(
+    repo: Path, stub: AnthropicStub, manifest: str | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `swarm run MANIFEST` (or `swarm ARGS`) with the real claude talking to *stub*."""
+    assert CLAUDE is not None
+    env = without_claude_vars(dict(os.environ)) | claude_env(stub, max_retries=0)
+    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
+    if manifest is not None:
+        path = repo.parent / "tasks.toml"
+        path.write_text(manifest)
+        args = ("run", str(path))
+    return subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 def test_rate_limited_first_request_is_resumed_in_the_same_session(
     repo: Path, anthropic_stub: AnthropicStub
 ) -> None:
@@ -46,17 +63,12 @@ def test_rate_limited_first_request_is_resumed_in_the_same_session(
         ToolUse(name="Write", input={"file_path": str(target), "content": "hello, world\n"}),
         Text(text="Wrote hello.txt."),
     )
-    manifest = repo.parent / "tasks.toml"
-    manifest.write_text(
+    out = swarm_with_claude(
+        repo,
+        anthropic_stub,
         '[defaults]\nagent = "claude"\nretries = 2\nrate_limit_backoff = "0.2s"\n'
-        '[[task]]\nid = "greet"\nprompt = "Create hello.txt saying hello, world"\n'
+        '[[task]]\nid = "greet"\nprompt = "Create hello.txt saying hello, world"\n',
     )
-    env = without_claude_vars(dict(os.environ)) | claude_env(anthropic_stub, max_retries=0)
-    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
-    out = subprocess.run(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert git(repo, "show", "swarm/greet:hello.txt") == "hello, world"
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
@@ -69,16 +81,7 @@ def test_rate_limited_first_request_is_resumed_in_the_same_session(
     # The resumed request carried the first prompt: the conversation was not lost.
     last = anthropic_stub.agent_requests()[-1]
     assert any("hello, world" in text for text in last.user_texts())
-    status = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "worktree_swarm.cli", "status", "--json"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    status = json.loads(swarm_with_claude(repo, anthropic_stub, None, "status", "--json").stdout)
     assert status["tasks"][0]["state"] == "done"
     assert anthropic_stub.api_key not in out.stdout + out.stderr
 
@@ -94,17 +97,12 @@ def test_placeholder_repaired_in_the_same_session_and_cost_not_double_counted(
         ToolUse(name="Write", input={"file_path": str(target), "content": "ADD = 1 + 1\n"}),
         Text(text="Fixed."),
     )
-    manifest = repo.parent / "tasks.toml"
-    manifest.write_text(
+    out = swarm_with_claude(
+        repo,
+        anthropic_stub,
         '[defaults]\nagent = "claude"\nno_placeholders = true\nrepair = 1\n'
-        '[[task]]\nid = "calc"\nprompt = "Write calc.py"\n'
+        '[[task]]\nid = "calc"\nprompt = "Write calc.py"\n',
     )
-    env = without_claude_vars(dict(os.environ)) | claude_env(anthropic_stub, max_retries=0)
-    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
-    out = subprocess.run(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert git(repo, "show", "swarm/calc:calc.py") == "ADD = 1 + 1"
     # The repair prompt carried the placeholder the check found.
