@@ -610,3 +610,34 @@ def test_logs_follow_streams_until_the_agent_ends(
         assert run.wait(timeout=60) == 0
     finally:
         run.kill()
+
+
+def test_tasks_with_overlapping_files_never_run_together(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = argv_toml(
+        write_agent(
+            "import os, pathlib, time\n"
+            "time.sleep(0.3)\n"
+            "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+        )
+    )
+    path = manifest(
+        repo,
+        f"[defaults]\nagent = {agent}\njobs = 3\n"
+        '[[task]]\nid = "auth-a"\nprompt = "x"\nfiles = ["src/auth/**"]\n'
+        '[[task]]\nid = "auth-b"\nprompt = "x"\nfiles = ["src/auth/login.py"]\n'
+        '[[task]]\nid = "docs"\nprompt = "x"\nfiles = ["docs/**"]\n',
+    )
+    assert swarm(repo, "run", path).returncode == 0
+    with state_db(repo) as db:
+        spans = {
+            task: (start, end)
+            for task, start, end in db.execute("SELECT task_id, started_at, ended_at FROM attempts")
+        }
+    (a_start, a_end), (b_start, b_end) = spans["auth-a"], spans["auth-b"]
+    assert a_end <= b_start or b_end <= a_start  # serialised
+    d_start, d_end = spans["docs"]
+    # docs overlaps neither, so it ran alongside them.
+    assert d_start < max(a_end, b_end)
+    assert d_end > min(a_start, b_start)
