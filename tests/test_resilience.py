@@ -255,3 +255,23 @@ def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_cl
     first, second = calls(fake_claude, "a")
     assert first["argv"][first["argv"].index("--permission-mode") + 1] == "plan"
     assert "--resume" in second["argv"]  # classified as a rate limit and resumed
+
+
+def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_author(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "wait")
+    text = tasks_toml(["a"], 'commit_author = "Night Shift <night@example.com>"\n')
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    wait_for((fake_claude / "a.pid").exists, what="the agent")
+    agent = int((fake_claude / "a.pid").read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert not pid_alive(agent)
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/a", "a.txt") == "started"
+    assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/a") == (
+        "Night Shift <night@example.com>"
+    )

@@ -9,10 +9,8 @@ from pathlib import Path
 from worktree_swarm import git, lock, supervisor
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import ProcessIdentity, TaskState
-from worktree_swarm.status import is_active
+from worktree_swarm.status import commit_author, is_active
 from worktree_swarm.store import Store
-
-DEFAULT_AUTHOR = "worktree-swarm <swarm@localhost>"
 
 
 def stop(
@@ -44,7 +42,9 @@ def stop(
         worktree = Path(rows[task_id].worktree)
         if is_active(rows[task_id].state) and worktree.is_dir():
             git.checkpoint(
-                worktree, message=f"swarm: checkpoint {task_id} (stopped)", author=DEFAULT_AUTHOR
+                worktree,
+                message=f"swarm: checkpoint {task_id} (stopped)",
+                author=commit_author(store, run_id),
             )
         store.update_task(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()

@@ -24,11 +24,11 @@ import psutil
 
 from worktree_swarm import control, git, lock, proc, supervisor, worktrees
 from worktree_swarm.errors import SwarmError
-from worktree_swarm.models import ProcessIdentity, is_valid_task_id
+from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
 from worktree_swarm.store import Store
 from worktree_swarm.worktrees import WorktreeInfo
 
-AUTHOR = control.DEFAULT_AUTHOR
+AUTHOR = DEFAULT_COMMIT_AUTHOR
 RESCUE_PREFIX = "refs/swarm/rescued/"
 
 

@@ -35,6 +35,7 @@ from worktree_swarm.merge_report import (
 from worktree_swarm.models import Task, TaskState, is_valid_task_id
 from worktree_swarm.resolve import run_resolver
 from worktree_swarm.runner import run_dir
+from worktree_swarm.status import commit_author
 from worktree_swarm.store import Store, TaskRow, task_from_json
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ def merge(
             target=target,
             strategy=strategy,
             checks=argvs,
-            identity=git.identity_env(_author(store, run_id)),
+            identity=git.identity_env(commit_author(store, run_id)),
             log=run_dir(repo, run_id) / "merge" / "checks.log",
             echo=say,
             resolve=resolve,
@@ -367,13 +368,6 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-def _author(store: Store, run_id: str) -> str:
-    run = store.get_run(run_id)
-    settings = json.loads(run.spec_json) if run is not None else {}
-    author = settings.get("commit_author") if isinstance(settings, dict) else None
-    return author if isinstance(author, str) else "worktree-swarm <swarm@localhost>"
 
 
 # -- merging -----------------------------------------------------------------------------

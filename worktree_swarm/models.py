@@ -9,6 +9,7 @@ from pathlib import Path
 
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
+DEFAULT_COMMIT_AUTHOR = "worktree-swarm <swarm@localhost>"
 
 
 def is_valid_task_id(task_id: str) -> bool:
@@ -94,7 +95,7 @@ class RunSpec:
     tasks: tuple[Task, ...]
     jobs: int = 4
     worktree_root: Path | None = None
-    commit_author: str = "worktree-swarm <swarm@localhost>"
+    commit_author: str = DEFAULT_COMMIT_AUTHOR
     port_base: int = 20000
     port_block: int = 10
     kill_grace: float = 5.0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm import git, supervisor
 from worktree_swarm.errors import BadInputError
-from worktree_swarm.models import ProcessIdentity, TaskState
+from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
 from worktree_swarm.runner import store_path
 from worktree_swarm.store import AttemptRow, Store
 
@@ -119,3 +120,11 @@ def run_totals(rows: list[TaskStatus]) -> dict[str, float | int]:
         "tokens_in": sum(r.tokens_in or 0 for r in rows),
         "tokens_out": sum(r.tokens_out or 0 for r in rows),
     }
+
+
+def commit_author(store: Store, run_id: str) -> str:
+    """The checkpoint/merge author configured for *run_id* (``Name <email>``)."""
+    run = store.get_run(run_id)
+    settings = json.loads(run.spec_json) if run is not None else {}
+    author = settings.get("commit_author") if isinstance(settings, dict) else None
+    return author if isinstance(author, str) else DEFAULT_COMMIT_AUTHOR
