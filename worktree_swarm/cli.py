@@ -63,6 +63,18 @@ def _repo(ctx: click.Context) -> git.Repo:
     "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
 )
 @click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
+@click.option("--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G.")
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Run agents under bubblewrap, writable only in their worktree (Linux).",
+)
+@click.option(
+    "--allow-outside-writes",
+    is_flag=True,
+    default=None,
+    help="Report writes outside a task's worktree but do not fail it or restore.",
+)
 @click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
 @click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
@@ -82,6 +94,9 @@ def run(
     idle_timeout: str | None,
     checks: tuple[str, ...],
     max_cost_usd: float | None,
+    max_disk: str | None,
+    sandbox: bool | None,
+    allow_outside_writes: bool | None,
     issue_numbers: str | None,
     issues_label: str | None,
     limit: int | None,
@@ -106,6 +121,9 @@ def run(
         idle_timeout=idle_timeout,
         checks=checks or None,
         max_cost_usd=max_cost_usd,
+        max_disk=max_disk,
+        sandbox=sandbox,
+        allow_outside_writes=allow_outside_writes or None,
     )
     spec = build_run_spec(
         repo_root=repo.root,

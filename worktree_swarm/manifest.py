@@ -36,13 +36,14 @@ CONFIG_FILE = "swarm.toml"
 SETTING_KEYS = frozenset(
     {
         "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
-        "env", "repair", "no_placeholders",
+        "env", "repair", "no_placeholders", "link",
     }
 )  # fmt: skip
 RUN_KEYS = frozenset(
     {
         "jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block",
-        "max_cost_usd", "rate_limit_backoff",
+        "max_cost_usd", "rate_limit_backoff", "max_disk", "copy_mode", "sandbox",
+        "sandbox_writable", "allow_outside_writes",
     }
 )  # fmt: skip
 TASK_KEYS = SETTING_KEYS | {"id", "prompt", "title", "depends_on", "files", "expect_files"}
@@ -53,6 +54,8 @@ _ID_RULE = f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lo
 _DURATION_RE = re.compile(
     r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
 )
+_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
+COPY_MODES = ("auto", "hardlink", "copy")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AUTHOR_RE = re.compile(r"[^<>\n]*[^<>\s][^<>\n]* <[^<>\s]+>")
 _MAX_PORT = 65535
@@ -74,6 +77,9 @@ class Overrides:
     idle_timeout: str | None = None
     checks: tuple[str, ...] | None = None
     max_cost_usd: float | None = None
+    max_disk: str | None = None
+    sandbox: bool | None = None
+    allow_outside_writes: bool | None = None
 
 
 _NO_OVERRIDES = Overrides()
@@ -100,7 +106,13 @@ class _Settings:
     env: tuple[tuple[str, str], ...] | None = None
     repair: int | None = None
     no_placeholders: bool | None = None
+    link: tuple[str, ...] | None = None
     max_cost_usd: float | None = None
+    max_disk: int | None = None
+    copy_mode: str | None = None
+    sandbox: bool | None = None
+    sandbox_writable: tuple[str, ...] | None = None
+    allow_outside_writes: bool | None = None
     rate_limit_backoff: float | None = None
     jobs: int | None = None
     worktree_root: str | None = None
@@ -189,6 +201,24 @@ def parse_duration(value: object, *, where: str) -> float:
             f"{where}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
         )
     return seconds
+
+
+def parse_size(value: object, where: str) -> int:
+    """Return bytes for ``"20G"``, ``"500MB"``, ``"1.5GiB"``, ``"800k"`` or a number of bytes.
+
+    Units are binary (K = 1024). The result is always positive.
+    """
+    size: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        size = float(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
+        if match is not None:
+            unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
+            size = float(match.group("n")) * 1024 ** "BKMGTP".index(unit or "B")
+    if size is None or not math.isfinite(size) or size < 1:
+        raise BadInputError(f"{where}: bad size {value!r} (use bytes or e.g. '500M', '20G')")
+    return int(size)
 
 
 def load_config(repo_root: Path) -> dict[str, object]:
@@ -321,6 +351,9 @@ def _parse_overrides(overrides: Overrides) -> _Settings:
             None if overrides.checks is None else list(overrides.checks), "--check", _commands
         ),
         max_cost_usd=_opt(overrides.max_cost_usd, "--max-cost-usd", _positive_number),
+        max_disk=_opt(overrides.max_disk, "--max-disk", parse_size),
+        sandbox=overrides.sandbox,
+        allow_outside_writes=overrides.allow_outside_writes,
     )
 
 
@@ -394,6 +427,7 @@ def _build_task(
         expect_files=expect_files,
         repair=merged.repair or 0,
         no_placeholders=bool(merged.no_placeholders),
+        link=merged.link or (),
     )
 
 
@@ -434,6 +468,11 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         kill_grace=layer.kill_grace or spec.kill_grace,
         max_cost_usd=layer.max_cost_usd,
         rate_limit_backoff=layer.rate_limit_backoff or spec.rate_limit_backoff,
+        max_disk=layer.max_disk,
+        copy_mode=layer.copy_mode or spec.copy_mode,
+        sandbox=bool(layer.sandbox),
+        sandbox_writable=layer.sandbox_writable or (),
+        allow_outside_writes=bool(layer.allow_outside_writes),
     )
 
 
@@ -458,7 +497,13 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         env=get("env", _env),
         repair=get("repair", _at_least(0)),
         no_placeholders=get("no_placeholders", _boolean),
+        link=get("link", _link_dirs),
         max_cost_usd=get("max_cost_usd", _positive_number),
+        max_disk=get("max_disk", parse_size),
+        copy_mode=get("copy_mode", _copy_mode),
+        sandbox=get("sandbox", _boolean),
+        sandbox_writable=get("sandbox_writable", _abs_paths),
+        allow_outside_writes=get("allow_outside_writes", _boolean),
         rate_limit_backoff=get("rate_limit_backoff", _duration),
         jobs=get("jobs", _at_least(1)),
         worktree_root=get("worktree_root", _non_empty),
@@ -565,6 +610,29 @@ def _globs(value: object, where: str) -> tuple[str, ...]:
                 f"{where}[{i}]: {pattern!r} must be a relative path pattern inside the repository"
             )
     return patterns
+
+
+def _link_dirs(value: object, where: str) -> tuple[str, ...]:
+    dirs = _globs(value, where)
+    for i, name in enumerate(dirs):
+        if any(ch in name for ch in "*?[") or PurePosixPath(name).parts[:1] == (".git",):
+            raise BadInputError(f"{where}[{i}]: {name!r} must name a directory, not a pattern")
+    return tuple(PurePosixPath(name).as_posix() for name in dirs)
+
+
+def _copy_mode(value: object, where: str) -> str:
+    mode = _string(value, where)
+    if mode not in COPY_MODES:
+        raise BadInputError(f"{where}: {mode!r} is not one of {', '.join(COPY_MODES)}")
+    return mode
+
+
+def _abs_paths(value: object, where: str) -> tuple[str, ...]:
+    paths = tuple(str(Path(p).expanduser()) for p in _strings(value, where))
+    for i, path in enumerate(paths):
+        if not Path(path).is_absolute():
+            raise BadInputError(f"{where}[{i}]: {path!r} must be an absolute path (or ~/...)")
+    return paths
 
 
 def _argv(value: list[object], where: str) -> tuple[str, ...]:

@@ -81,6 +81,7 @@ class Task:
     expect_files: tuple[str, ...] = ()
     repair: int = 0
     no_placeholders: bool = False
+    link: tuple[str, ...] = ()
 
     @property
     def branch(self) -> str:
@@ -101,6 +102,11 @@ class RunSpec:
     kill_grace: float = 5.0
     max_cost_usd: float | None = None
     rate_limit_backoff: float = 30.0
+    max_disk: int | None = None
+    copy_mode: str = "auto"
+    sandbox: bool = False
+    sandbox_writable: tuple[str, ...] = ()
+    allow_outside_writes: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 

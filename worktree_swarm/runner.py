@@ -284,4 +284,5 @@ def _spec_from_settings(settings: dict[str, object], tasks: tuple[Task, ...]) ->
     known = {f.name for f in dataclasses.fields(RunSpec)} - {"tasks", "extra"}
     values: dict[str, object] = {k: v for k, v in settings.items() if k in known}
     values["worktree_root"] = Path(str(values["worktree_root"]))
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return RunSpec(tasks=tasks, **values)  # type: ignore[arg-type]
