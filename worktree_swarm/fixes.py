@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm import control, git, lock, proc, supervisor, worktrees
+from worktree_swarm import control, git, guard, lock, proc, supervisor, worktrees
 from worktree_swarm.errors import SwarmError
 from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
 from worktree_swarm.store import Store
@@ -249,6 +249,8 @@ def apply(
                 results.append(Result(finding=finding, fixed=False, detail=str(exc)))
             else:
                 results.append(Result(finding=finding, fixed=True, detail=detail, checkpoint=sha))
+    if any(r.fixed for r in results):
+        guard.touch_stamp(repo)  # a running guard must not take this for an agent's doing
     return results
 
 

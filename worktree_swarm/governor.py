@@ -56,6 +56,18 @@ class AgentGate:
                     return ""
                 self._cond.wait(timeout=min(max(wait, 0.05), 0.2))
 
+    def try_acquire(self, stop: threading.Event) -> str | None:
+        """Like :meth:`acquire` without waiting: None when it would have to wait."""
+        with self._cond:
+            if stop.is_set():
+                return "stopped"
+            if self.over_budget:
+                return "budget"
+            if self.paused_until <= self._clock() and self.running < self.limit:
+                self.running += 1
+                return ""
+            return None
+
     def adopt(self) -> None:
         """Count an agent a previous manager started (it already runs: no waiting)."""
         with self._cond:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import filelock
 
-from worktree_swarm import conflicts, git, proc, worktrees
+from worktree_swarm import conflicts, git, guard, proc, worktrees
 from worktree_swarm.checks import run_steps
 from worktree_swarm.diff import branch_tip, named_rows, task_base, task_branch
 from worktree_swarm.errors import BadInputError, ManagerLockedError, SwarmError
@@ -367,6 +367,7 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
     try:
         yield
     finally:
+        guard.touch_stamp(repo)  # a running guard must not take the merge for an agent's doing
         lock.release()
 
 

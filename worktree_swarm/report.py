@@ -124,6 +124,7 @@ class RunReport:
     end: float
     tasks: tuple[TaskReport, ...]
     totals: Totals
+    outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json`` (field names documented in docs/report.md)."""
@@ -162,6 +163,11 @@ def build_report(
     end = _run_end(run, rows, attempts, events, live=live, now=now)
     state_changes: dict[str, list[tuple[float, str]]] = {}
     pulls: dict[str, tuple[int, str]] = {}
+    outside = tuple(
+        {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
+        for e in events
+        if e.kind == "outside_write"
+    )
     for event in events:
         if event.task_id is None:
             continue
@@ -194,7 +200,18 @@ def build_report(
         end=end,
         tasks=tasks,
         totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
+        outside_writes=outside,
     )
+
+
+def _redacted(value: object, redact: Redactor) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v, redact) for k, v in value.items()}
+    return value
 
 
 def _task_spec(row: TaskRow) -> Task:
@@ -438,7 +455,22 @@ def format_text(report: RunReport) -> str:
         f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
         f"overhead   {overhead_text(s)}",
     ]
+    lines += outside_writes_text(report)
     return "\n".join(lines)
+
+
+def outside_writes_text(report: RunReport) -> list[str]:
+    """One line per write an agent made outside its worktree (none: no lines)."""
+    if not report.outside_writes:
+        return []
+    lines = ["", f"outside writes ({len(report.outside_writes)}):"]
+    for event in report.outside_writes:
+        suspects = event.get("suspects") or []
+        who = ", ".join(str(s) for s in suspects) if isinstance(suspects, list) else "?"
+        fate = "restored" if event.get("restored") else "left as found"
+        patch = f", patch {event['patch']}" if event.get("patch") else ""
+        lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
+    return lines
 
 
 def overhead_text(totals: Totals) -> str:

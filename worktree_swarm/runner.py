@@ -23,6 +23,7 @@ from pathlib import Path
 from worktree_swarm import git, supervisor
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
+from worktree_swarm.guard import MAIN, Guard, Violation
 from worktree_swarm.models import RunSpec, Task, TaskState
 from worktree_swarm.scheduler import Scheduler
 from worktree_swarm.store import Store, task_from_json
@@ -78,6 +79,13 @@ class Runner:
         self.gate = AgentGate(
             spec.jobs, max_cost_usd=spec.max_cost_usd, backoff_base=spec.rate_limit_backoff
         )
+        self.guard = Guard(
+            repo,
+            work_dir=run_dir(repo, run_id) / "guard",
+            restore=not spec.allow_outside_writes,
+            exclude=[spec.worktree_root] if spec.worktree_root else [],
+        )
+        self._guard_reasons: dict[str, str] = {}
         self._worker = TaskWorker(
             repo=repo,
             spec=spec,
@@ -85,6 +93,7 @@ class Runner:
             run_id=run_id,
             base_commit=base_commit,
             gate=self.gate,
+            guard=self.guard,
             emit=self._emit,
             logs_root=run_dir(repo, run_id),
         )
@@ -155,6 +164,7 @@ class Runner:
         re-raises once the state is consistent.
         """
         self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
+        self.guard.start()
         try:
             self._start_adopted()
             while True:
@@ -168,9 +178,11 @@ class Runner:
                 if not self._live:
                     break
                 self._wait_for_one()
+            self._final_scan()
         except KeyboardInterrupt:
             self.request_stop()
             self._drain()
+            self._final_scan()
             self.store.finish_run(self.run_id, status="interrupted")
             self._emit("run_finished", None, {"status": "interrupted"})
             raise
@@ -226,7 +238,10 @@ class Runner:
                 task_id, outcome = self._done.get(timeout=0.25)
             except queue.Empty:
                 self._poll_stop_requests()
+                self.guard.maybe_scan()
+                self._apply_guard()
                 continue
+            self._apply_guard()
             self._finish(task_id, outcome)
             return
 
@@ -234,6 +249,8 @@ class Runner:
         live = self._live.pop(task_id)
         if live.thread is not None:
             live.thread.join()
+        if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
+            outcome = Outcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
         self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
 
     def _drain(self) -> None:
@@ -241,6 +258,35 @@ class Runner:
             task_id, outcome = self._done.get()
             self._finish(task_id, outcome)
         self._stop_pending("run stopped before it started")
+
+    def _final_scan(self) -> None:
+        self.guard.scan()
+        self._apply_guard()
+
+    def _apply_guard(self) -> None:
+        """Record each new outside write and fail its suspects (unless outside writes are allowed).
+
+        A sole suspect still running is stopped at once; with several, each is failed when it
+        ends, since any of them may be the one.
+        """
+        for violation in self.guard.drain():
+            where = None if violation.where == MAIN else violation.where
+            self._emit("outside_write", where, violation.as_dict())
+            if self.spec.allow_outside_writes:
+                continue
+            for task_id in violation.suspects:
+                self._blame(task_id, violation)
+
+    def _blame(self, task_id: str, violation: Violation) -> None:
+        reason = violation.reason(task_id)
+        if task_id in self._live:
+            self._guard_reasons.setdefault(task_id, reason)
+            if len(violation.suspects) == 1:
+                self._live[task_id].stop.set()
+        elif self._states.get(task_id, TaskState.PENDING).is_final:
+            row = self.store.task(self.run_id, task_id)
+            if row is None or not row.reason.startswith("wrote outside"):
+                self._set_state(task_id, TaskState.FAILED, reason=reason)
 
     def _poll_stop_requests(self) -> None:
         for row in self.store.tasks(self.run_id):

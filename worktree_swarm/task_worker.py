@@ -20,6 +20,7 @@ from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.governor import AgentGate
+from worktree_swarm.guard import Guard
 from worktree_swarm.models import ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.proc import clean_env
 from worktree_swarm.store import AttemptRow, AttemptUsage, Store
@@ -76,6 +77,7 @@ class TaskWorker:
         run_id: str,
         base_commit: str,
         gate: AgentGate,
+        guard: Guard,
         emit: Emit,
         logs_root: Path,
     ) -> None:
@@ -85,16 +87,24 @@ class TaskWorker:
         self.run_id = run_id
         self.base_commit = base_commit
         self.gate = gate
+        self.guard = guard
         self._emit = emit
         self._logs_root = logs_root
         self._tasks = {t.id: t for t in spec.tasks}
         self._check_slots = threading.Semaphore(spec.jobs)
         self._findings = logs_root / notes.FILE_NAME
+        self._git_identity = _git_identity(repo.root)
 
     def run(self, live: Live) -> Outcome:
         """Take *live*'s task from wherever it is to a final outcome."""
+        path = worktree_path(self.spec, live.task)
+        # Everything in the worktree and on the branch is the task's own until it ends;
+        # from then on the guard watches both for writes by anyone else.
+        with self.guard.busy(live.task.id, path):
+            return self._run(live, path)
+
+    def _run(self, live: Live, path: Path) -> Outcome:
         task = live.task
-        path = worktree_path(self.spec, task)
         row = self.store.task(self.run_id, task.id)
         if row is not None and row.base_commit and path.is_dir():
             base = row.base_commit  # resumed after the manager died: the worktree is ours
@@ -138,22 +148,9 @@ class TaskWorker:
                 number += 1
                 ended = self._attempt(live, path, env, number, session, prompt)
             session = ended.result.session_id or session
-            tip = git.checkpoint(
-                path,
-                message=f"swarm: checkpoint {task.id} attempt {number} "
-                f"({ended.cut_short or ended.result.outcome})",
-                author=self.spec.commit_author,
-            )
-            stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
-            self.store.update_task(
-                self.run_id,
-                task.id,
-                diff_files=stat.files,
-                diff_insertions=stat.insertions,
-                diff_deletions=stat.deletions,
-            )
-            if ended.cut_short is not None:
-                return Outcome(state=ended.cut_short, reason=ended.reason)
+            stat, cut = self._after_attempt(task, path, base, number, ended)
+            if cut is not None:
+                return cut
             result = ended.result
             if result.outcome is AgentOutcome.RATE_LIMITED:
                 streak += 1
@@ -182,6 +179,39 @@ class TaskWorker:
                 return Outcome(state=TaskState.FAILED, reason=str(failure))
             repairs_left -= 1
             prompt = repair_prompt(failure)
+
+    def _after_attempt(
+        self, task: Task, path: Path, base: str, number: int, ended: _Ended
+    ) -> tuple[git.DiffStat, Outcome | None]:
+        """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
+        switched = self.guard.own_head(task.id, path, task.branch)
+        self.guard.scan(full=False)  # while the window since this agent's writes is short
+        stat = self._checkpoint(task, path, base, number, ended)
+        if switched is not None:
+            return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))
+        if ended.cut_short is not None:
+            return stat, Outcome(state=ended.cut_short, reason=ended.reason)
+        return stat, None
+
+    def _checkpoint(
+        self, task: Task, path: Path, base: str, number: int, ended: _Ended
+    ) -> git.DiffStat:
+        """Commit the attempt's edits to the task's branch and record the diff stat."""
+        tip = git.checkpoint(
+            path,
+            message=f"swarm: checkpoint {task.id} attempt {number} "
+            f"({ended.cut_short or ended.result.outcome})",
+            author=self.spec.commit_author,
+        )
+        stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
+        self.store.update_task(
+            self.run_id,
+            task.id,
+            diff_files=stat.files,
+            diff_insertions=stat.insertions,
+            diff_deletions=stat.deletions,
+        )
+        return stat
 
     def _check(self, task: Task, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
         if not (task.checks or task.expect_files or task.no_placeholders):
@@ -219,7 +249,10 @@ class TaskWorker:
             task.agent_argv, values=values, session_id=session, resume_prompt=prompt
         )
         agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
-        refused = self.gate.acquire(live.stop)
+        refused = self.gate.try_acquire(live.stop)
+        if refused is None:  # a wait: its worktree is watched meanwhile
+            with self.guard.idle(task.id, path):
+                refused = self.gate.acquire(live.stop)
         if refused:
             spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
             why = f"budget reached ({spent})" if refused == "budget" else "stopped"
@@ -233,6 +266,7 @@ class TaskWorker:
             self._state(task.id, TaskState.RUNNING, started_at=time.time())
             log_path = logs / f"attempt-{number}.log"
             agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
+            self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
                 self.run_id,
                 task.id,
@@ -243,7 +277,10 @@ class TaskWorker:
             )
             self.store.update_task(self.run_id, task.id, attempts=number)
             self._emit("agent_started", task.id, {"pid": agent.identity.pid, "attempt": number})
-            ended = self._watch(task, live, agent, agent.started_at)
+            try:
+                ended = self._watch(task, live, agent, agent.started_at)
+            finally:
+                self.guard.agent_ended(task.id)
             cost = self._record(attempt_id, task.id, ended, agent.poll())
         finally:
             self.gate.release(cost_usd=cost)
@@ -271,9 +308,13 @@ class TaskWorker:
         agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
         self._state(live.task.id, TaskState.RUNNING)
         self.gate.adopt()
+        self.guard.agent_started(live.task.id, identity)
         cost: float | None = None
         try:
-            ended = self._watch(live.task, live, agent, attempt.started_at)
+            try:
+                ended = self._watch(live.task, live, agent, attempt.started_at)
+            finally:
+                self.guard.agent_ended(live.task.id)
             cost = self._record(attempt.id, live.task.id, ended, None)
         finally:
             self.gate.release(cost_usd=cost)
@@ -351,6 +392,15 @@ class TaskWorker:
     def _logs(self, task: Task) -> Path:
         return self._logs_root / task.id
 
+    def _gitconfig(self, task: Task) -> Path:
+        """A task's own global git config: the user's identity and ignore file, nothing else."""
+        path = self._logs(task) / "gitconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        for key, value in self._git_identity.items():
+            git.git(path.parent, "config", "--file", str(path), key, value)
+        return path
+
     def _start_commit(self, task: Task) -> str | Outcome:
         if not task.depends_on:
             return self.base_commit
@@ -380,6 +430,9 @@ class TaskWorker:
         port = self.spec.port_base + slot * self.spec.port_block
         return clean_env(
             {
+                # git inside the worktree reaches that worktree only, whatever HOME holds.
+                "GIT_CEILING_DIRECTORIES": str(path.parent),
+                "GIT_CONFIG_GLOBAL": str(self._gitconfig(task)),
                 "SWARM_RUN_ID": self.run_id,
                 "SWARM_TASK_ID": task.id,
                 "SWARM_WORKTREE": str(path),
@@ -390,6 +443,16 @@ class TaskWorker:
                 **dict(task.env),
             }
         )
+
+
+def _git_identity(root: Path) -> dict[str, str]:
+    """The user's effective identity and global ignore file, as git resolves them in *root*."""
+    found = {}
+    for key in ("user.name", "user.email", "core.excludesFile"):
+        value = git.git(root, "config", "--path", "--get", key, check=False).strip()
+        if value:
+            found[key] = value
+    return found
 
 
 def exit_status(agent: supervisor.Supervised, *, timeout: float) -> tuple[bool, int | None]:

@@ -1,0 +1,388 @@
+"""Guard rails: agents that write outside their worktree are caught and their writes undone.
+
+Real runs of the real CLI with fake agents that misbehave: writing into the main checkout,
+into a sibling's worktree, switching their worktree to main and committing there, and
+committing onto another task's branch. Each is caught, its task marked failed, the foreign
+changes saved as a patch, and the user's checkout (with the user's own uncommitted edits)
+restored byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_run import argv_toml, manifest, status_json, swarm
+from worktree_swarm.git import open_repo
+from worktree_swarm.guard import MAIN, Guard
+from worktree_swarm.supervisor import identity_of
+
+AgentFactory = Callable[[str], list[str]]
+
+
+def tree_bytes(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under *root* except .git: its bytes and permission bits."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            found[path.relative_to(root).as_posix()] = (
+                path.read_bytes(),
+                stat.S_IMODE(path.lstat().st_mode),
+            )
+    return found
+
+
+def checkout_state(repo: Path) -> dict[str, object]:
+    """What a user would call 'my checkout': files, staged entries, HEAD and branch tips."""
+    return {
+        "files": tree_bytes(repo),
+        "staged": git(repo, "diff", "--cached", "--binary"),
+        "index": git(repo, "ls-files", "--stage"),
+        "head": git(repo, "symbolic-ref", "HEAD"),
+        "commit": git(repo, "rev-parse", "HEAD"),
+        "branches": [
+            line
+            for line in git(
+                repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads"
+            ).splitlines()
+            if not line.startswith("refs/heads/swarm/")
+        ],
+    }
+
+
+@pytest.fixture
+def dirty_repo(tmp_path: Path) -> Path:
+    """A repository whose user has uncommitted work: an edit, a staged file, an untracked one."""
+    repo = make_repo(
+        tmp_path / "repo",
+        {"app.py": "print('v1')\n", "notes.txt": "clean\n", "staged.txt": "old\n"},
+    )
+    (repo / "app.py").write_text("print('my edit, not committed')\n")
+    (repo / "staged.txt").write_text("staged by me\n")
+    git(repo, "add", "staged.txt")
+    (repo / "scratch.txt").write_text("my untracked notes\n")
+    (repo / "tool.sh").write_text("#!/bin/sh\n")
+    (repo / "tool.sh").chmod(0o755)
+    return repo
+
+
+def events(repo: Path, kind: str) -> list[dict[str, object]]:
+    """The guard's events as `swarm report --json` lists them."""
+    assert kind == "outside_write"
+    out = swarm(repo, "report", "--json")
+    assert out.returncode == 0, out.stderr
+    writes: list[dict[str, object]] = json.loads(out.stdout)["outside_writes"]
+    return writes
+
+
+# The agent that writes into the user's checkout: from inside it (cwd), so that it is
+# identified even while another agent runs. It waits until swarm has undone its writes.
+MAIN_WRITER = """
+import os, pathlib, sys, time
+main = pathlib.Path(sys.argv[1])
+flags = pathlib.Path(sys.argv[2])
+pathlib.Path('mine.txt').write_text('own work\\n')
+os.chdir(main)
+pathlib.Path('app.py').write_text('print("agent was here")\\n')
+pathlib.Path('notes.txt').write_text('agent notes\\n')
+pathlib.Path('scratch.txt').unlink()
+pathlib.Path('new').mkdir()
+pathlib.Path('new/evil.txt').write_text('evil\\n')
+(flags / 'wrote').write_text('1')
+deadline = time.time() + 60
+while time.time() < deadline:
+    if (main / 'notes.txt').read_text() == 'clean\\n':
+        break
+    time.sleep(0.05)
+time.sleep(30)  # swarm stops this agent; a sleep here only keeps it alive until then
+"""
+
+# An innocent agent running at the same time: waits until the other agent's writes were
+# undone, then does its own work.
+BYSTANDER = """
+import pathlib, sys, time
+main = pathlib.Path(sys.argv[1])
+flags = pathlib.Path(sys.argv[2])
+deadline = time.time() + 60
+while time.time() < deadline and not (flags / 'wrote').exists():
+    time.sleep(0.05)
+while time.time() < deadline and (main / 'notes.txt').read_text() != 'clean\\n':
+    time.sleep(0.05)
+pathlib.Path('bystander.txt').write_text('fine\\n')
+"""
+
+
+def test_write_into_main_checkout_is_caught_undone_and_saved(
+    dirty_repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = dirty_repo
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    before = checkout_state(repo)
+    bad = [*write_agent(MAIN_WRITER), str(repo), str(flags)]
+    good = [*write_agent(BYSTANDER), str(repo), str(flags)]
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "bad"
+prompt = "p"
+agent = {argv_toml(bad)}
+
+[[task]]
+id = "good"
+prompt = "p"
+agent = {argv_toml(good)}
+""",
+    )
+    out = swarm(repo, "run", path, "--jobs", "2")
+    assert out.returncode == 1, out.stderr
+    rows = status_json(repo)
+    assert rows["good"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed"
+    reason = str(rows["bad"]["reason"])
+    assert "wrote outside its worktree" in reason
+    assert "notes.txt" in reason
+    # The user's checkout is back, byte for byte, with their own uncommitted work.
+    assert checkout_state(repo) == before
+    # What the agent did there is not lost: it is in the patch.
+    writes = events(repo, "outside_write")
+    assert [w["suspects"] for w in writes] == [["bad"]]
+    assert writes[0]["where"] == MAIN
+    assert writes[0]["restored"] is True
+    patch = Path(str(writes[0]["patch"])).read_text()
+    assert "evil" in patch
+    assert "agent was here" in patch
+    assert "my untracked notes" in patch  # the deletion, reversible from the patch
+    # Its own work is still on its branch.
+    assert "mine.txt" in git(repo, "ls-tree", "--name-only", "swarm/bad")
+
+
+SIBLING_WRITER = """
+import os, pathlib
+victim = pathlib.Path(os.environ['SWARM_WORKTREE']).parent / 'victim'
+(victim / 'victim.txt').write_text('overwritten by another agent\\n')
+(victim / 'planted.txt').write_text('planted\\n')
+pathlib.Path('own.txt').write_text('own\\n')
+"""
+
+
+def test_write_into_a_sibling_worktree_is_caught_and_undone(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    victim = write_agent(
+        "import pathlib\npathlib.Path('victim.txt').write_text('victim work\\n')\n"
+    )
+    bad = write_agent(SIBLING_WRITER)
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "victim"
+prompt = "p"
+agent = {argv_toml(victim)}
+
+[[task]]
+id = "bad"
+prompt = "p"
+depends_on = ["victim"]
+agent = {argv_toml(bad)}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1, out.stderr
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed"
+    assert "victim.txt" in str(rows["bad"]["reason"])
+    wt = repo.parent / "repo.swarm" / "victim"
+    assert (wt / "victim.txt").read_text() == "victim work\n"
+    assert not (wt / "planted.txt").exists()
+    assert git(wt, "status", "--porcelain") == ""
+    writes = events(repo, "outside_write")
+    assert [(w["where"], w["suspects"]) for w in writes] == [("victim", ["bad"])]
+    assert "planted" in Path(str(writes[0]["patch"])).read_text()
+
+
+CHECKOUT_MAIN = """
+import pathlib, subprocess
+subprocess.run(['git', 'checkout', '-q', 'main'], check=True)
+pathlib.Path('README.md').write_text('changed on main by an agent\\n')
+subprocess.run(['git', 'commit', '-qam', 'agent commit on main'], check=True)
+"""
+
+
+def test_git_checkout_main_and_commit_there_is_caught_and_main_restored(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # The user works on a feature branch, so `main` is free to be checked out elsewhere.
+    git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "feature.txt").write_text("feature\n")
+    git(repo, "add", "feature.txt")
+    git(repo, "commit", "-qm", "feature work")
+    before = checkout_state(repo)
+    main_tip = git(repo, "rev-parse", "main")
+    out = swarm(repo, "run", "--agent", " ".join(write_agent(CHECKOUT_MAIN)), "-t", "bad=p")
+    assert out.returncode == 1, out.stderr
+    rows = status_json(repo)
+    assert rows["bad"]["state"] == "failed"
+    assert "switched its worktree from swarm/bad to main" in str(rows["bad"]["reason"])
+    assert git(repo, "rev-parse", "main") == main_tip
+    assert checkout_state(repo) == before
+    wt = repo.parent / "repo.swarm" / "bad"
+    assert git(wt, "symbolic-ref", "HEAD") == "refs/heads/swarm/bad"
+    writes = events(repo, "outside_write")
+    moved = [r["ref"] for w in writes for r in w["refs"]]  # type: ignore[attr-defined]
+    assert moved == ["refs/heads/main"]
+    main_patch = next(w["patch"] for w in writes if w["refs"])
+    assert "agent commit on main" in Path(str(main_patch)).read_text()
+
+
+COMMIT_ONTO_SIBLING = """
+import os, subprocess
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout.strip()
+tip = git('rev-parse', 'swarm/victim')
+tree = git('rev-parse', 'HEAD^{tree}')
+commit = git('commit-tree', tree, '-p', tip, '-m', 'sneaked onto victim')
+git('update-ref', 'refs/heads/swarm/victim', commit, tip)
+open('own.txt', 'w').write('own\\n')
+"""
+
+
+def test_commit_onto_another_tasks_branch_is_caught_and_undone(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    bad = write_agent(COMMIT_ONTO_SIBLING)
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "victim"
+prompt = "p"
+agent = {argv_toml(victim)}
+
+[[task]]
+id = "bad"
+prompt = "p"
+depends_on = ["victim"]
+agent = {argv_toml(bad)}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1, out.stderr
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed"
+    assert "swarm/victim moved" in str(rows["bad"]["reason"])
+    log = git(repo, "log", "--format=%s", "swarm/victim")
+    assert "sneaked onto victim" not in log
+    writes = events(repo, "outside_write")
+    assert writes[0]["suspects"] == ["bad"]
+    assert "sneaked onto victim" in Path(str(writes[0]["patch"])).read_text()
+
+
+def test_allow_outside_writes_reports_but_neither_fails_nor_restores(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+        "pathlib.Path(sys.argv[1], 'README.md').write_text('agent edit\\n')\n"
+    )
+    out = swarm(
+        repo, "run", "--allow-outside-writes", "--agent", " ".join([*agent, str(repo)]), "-t", "t=p"
+    )
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert (repo / "README.md").read_text() == "agent edit\n"
+    writes = events(repo, "outside_write")
+    assert [(w["where"], w["restored"], w["paths"]) for w in writes] == [
+        (MAIN, False, ["README.md"])
+    ]
+
+
+def test_agents_get_a_git_environment_of_their_own(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (Path(os.environ["HOME"]) / ".gitconfig").write_text(
+        "[user]\n\temail = me@example.com\n[alias]\n\tco = checkout\n"
+    )
+    # A GIT_DIR in the manager's environment must not reach the agent.
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    agent = write_agent(
+        "import json, os, pathlib, subprocess\n"
+        "def cfg(*a):\n"
+        "    r = subprocess.run(['git', 'config', *a], capture_output=True, text=True)\n"
+        "    return r.stdout.strip()\n"
+        "pathlib.Path('env.json').write_text(json.dumps({\n"
+        "    'git_dir': os.environ.get('GIT_DIR'),\n"
+        "    'email': cfg('--global', 'user.email'),\n"
+        "    'alias': cfg('--global', 'alias.co'),\n"
+        "    'top': subprocess.run(['git', 'rev-parse', '--show-toplevel'],\n"
+        "        capture_output=True, text=True).stdout.strip(),\n"
+        "}))\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=p")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(git(repo, "show", "swarm/t:env.json"))
+    assert seen["git_dir"] is None
+    assert seen["email"] == "me@example.com"  # the user's identity carries over
+    assert seen["alias"] == ""  # the rest of ~/.gitconfig does not
+    assert seen["top"] == str(repo.parent / "repo.swarm" / "t")
+
+
+def test_guard_takes_a_users_own_edit_as_the_new_baseline(dirty_repo: Path) -> None:
+    guard = Guard(open_repo(dirty_repo), work_dir=dirty_repo.parent / "g", restore=True)
+    guard.start()
+    (dirty_repo / "app.py").write_text("the user keeps working\n")
+    assert guard.scan() == []  # no agent ran: not ours to undo
+    assert (dirty_repo / "app.py").read_text() == "the user keeps working\n"
+
+
+def test_guard_restores_modes_symlinks_and_binary_files(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"bin.dat": "x"})
+    (repo / "bin.dat").write_bytes(bytes(range(256)))
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "run.sh").chmod(0o750)
+    (repo / "link").symlink_to("bin.dat")
+    (repo / "gone.txt").write_text("untracked, mine\n")
+    (repo / "gone.txt").chmod(0o644)
+    before = checkout_state(repo)
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    guard.agent_started("rogue", identity_of(os.getpid()))
+    (repo / "bin.dat").write_bytes(b"\0garbage")
+    (repo / "run.sh").write_text("rm -rf /\n")  # rewritten: keeps its unusual mode
+    (repo / "gone.txt").unlink()  # deleted: back with the umask's mode, as git would
+    (repo / "link").unlink()
+    (repo / "link").symlink_to("elsewhere")
+    (repo / "deep" / "er").mkdir(parents=True)
+    (repo / "deep" / "er" / "f").write_text("new")
+    found = guard.scan()
+    assert [(v.where, v.suspects, v.restored) for v in found] == [(MAIN, ("rogue",), True)]
+    assert checkout_state(repo) == before
+    assert not (repo / "deep").exists()
+
+
+def test_guard_detects_a_staged_change_and_a_moved_head(dirty_repo: Path, tmp_path: Path) -> None:
+    before = checkout_state(dirty_repo)
+    guard = Guard(open_repo(dirty_repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    guard.agent_started("rogue", identity_of(os.getpid()))
+    git(dirty_repo, "add", "app.py")
+    git(dirty_repo, "checkout", "-q", "--detach")
+    found = guard.scan()
+    assert len(found) == 1
+    assert found[0].index_changed
+    assert "HEAD moved from main to detached" in found[0].head
+    assert checkout_state(dirty_repo) == before
