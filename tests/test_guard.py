@@ -98,9 +98,7 @@ pathlib.Path('new').mkdir()
 pathlib.Path('new/evil.txt').write_text('evil\\n')
 (flags / 'wrote').write_text('1')
 deadline = time.time() + 60
-while time.time() < deadline:
-    if (main / 'notes.txt').read_text() == 'clean\\n':
-        break
+while time.time() < deadline and (main / 'notes.txt').read_text() != 'clean\\n':
     time.sleep(0.05)
 time.sleep(30)  # swarm stops this agent; a sleep here only keeps it alive until then
 """
@@ -114,7 +112,8 @@ flags = pathlib.Path(sys.argv[2])
 deadline = time.time() + 60
 while time.time() < deadline and not (flags / 'wrote').exists():
     time.sleep(0.05)
-while time.time() < deadline and (main / 'notes.txt').read_text() != 'clean\\n':
+watched, original = main / sys.argv[3], sys.argv[4]
+while time.time() < deadline and watched.read_text() != original:
     time.sleep(0.05)
 pathlib.Path('bystander.txt').write_text('fine\\n')
 """
@@ -128,7 +127,7 @@ def test_write_into_main_checkout_is_caught_undone_and_saved(
     flags.mkdir()
     before = checkout_state(repo)
     bad = [*write_agent(MAIN_WRITER), str(repo), str(flags)]
-    good = [*write_agent(BYSTANDER), str(repo), str(flags)]
+    good = [*write_agent(BYSTANDER), str(repo), str(flags), "notes.txt", "clean\n"]
     path = manifest(
         repo,
         f"""
@@ -386,3 +385,49 @@ def test_guard_detects_a_staged_change_and_a_moved_head(dirty_repo: Path, tmp_pa
     assert found[0].index_changed
     assert "HEAD moved from main to detached" in found[0].head
     assert checkout_state(dirty_repo) == before
+
+
+# Writes into the user's checkout by absolute path, from its own worktree: nothing but time
+# links the write to it.
+BY_PATH_WRITER = """
+import pathlib, sys, time
+main = pathlib.Path(sys.argv[1])
+flags = pathlib.Path(sys.argv[2])
+(main / 'README.md').write_text('written by path\\n')
+(flags / 'wrote').write_text('1')
+deadline = time.time() + 60
+while time.time() < deadline and (main / 'README.md').read_text() != 'hello\\n':
+    time.sleep(0.05)
+pathlib.Path('own.txt').write_text('own\\n')
+"""
+
+
+def test_write_no_agent_can_be_singled_out_for_fails_every_agent_running_then(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    bad = [*write_agent(BY_PATH_WRITER), str(repo), str(flags)]
+    good = [*write_agent(BYSTANDER), str(repo), str(flags), "README.md", "hello\n"]
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "bad"
+prompt = "p"
+agent = {argv_toml(bad)}
+
+[[task]]
+id = "good"
+prompt = "p"
+agent = {argv_toml(good)}
+""",
+    )
+    out = swarm(repo, "run", path, "--jobs", "2")
+    assert out.returncode == 1, out.stderr
+    rows = status_json(repo)
+    assert (rows["bad"]["state"], rows["good"]["state"]) == ("failed", "failed")
+    assert "or one of good, running at the same time" in str(rows["bad"]["reason"])
+    assert "or one of bad, running at the same time" in str(rows["good"]["reason"])
+    assert (repo / "README.md").read_text() == "hello\n"
+    assert [w["suspects"] for w in events(repo, "outside_write")] == [["bad", "good"]]

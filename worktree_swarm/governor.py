@@ -56,6 +56,11 @@ class AgentGate:
                     return ""
                 self._cond.wait(timeout=min(max(wait, 0.05), 0.2))
 
+    @property
+    def paused(self) -> bool:
+        """Whether new agents are held back (after a rate limit)."""
+        return self.paused_until > self._clock()
+
     def try_acquire(self, stop: threading.Event) -> str | None:
         """Like :meth:`acquire` without waiting: None when it would have to wait."""
         with self._cond:

@@ -123,9 +123,9 @@ class _Place:
     path: Path
     scratch: Path  # the private index that captures its files
     saved_index: Path  # the real index as it was at the baseline
-    base: Snapshot
+    base: Snapshot | None  # None: clean at the baseline, computed when first needed
     checked: float  # when it was last seen as its baseline
-    status: str  # quick fingerprint (task worktrees): `git status` as of the baseline
+    status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
 
 
 @dataclass(slots=True, kw_only=True)
@@ -138,7 +138,7 @@ class Guard:
     """Watches the user's checkout, the refs and idle task worktrees of one run.
 
     Thread-safe: workers call :meth:`busy`, :meth:`agent_started`, :meth:`agent_ended` and
-    :meth:`scan`; the run loop calls :meth:`maybe_scan` and :meth:`drain`.
+    :meth:`scan`; a thread of its own scans periodically; the run loop calls :meth:`drain`.
     """
 
     def __init__(
@@ -162,11 +162,14 @@ class Guard:
         self._agents_lock = threading.Lock()  # not the scan's lock: starting never waits on it
         self._evidence: dict[str, str] = {}  # ref -> task whose worktree HEAD was on it
         self._new: list[Violation] = []
+        self._new_lock = threading.Lock()  # drain() must not wait for a scan
         self._count = 0
         self._last_scan = time.time()
         self._refs_checked = self._last_scan
         self._interval = _MIN_INTERVAL
         self._stamp = self._stamp_time()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class Guard:
             with self._lock:
                 place = self._places.pop(task_id, None)
                 if place is not None and place.path.is_dir():
-                    self._scan_place(place, time.time())
+                    self._scan_place(place, time.time(), quick=True)
                 self._busy[task_id] = self._busy.get(task_id, 0) + 1
 
     def agent_started(self, task_id: str, identity: ProcessIdentity) -> None:
@@ -240,6 +243,9 @@ class Guard:
         task's branch. The ref HEAD was on is remembered as evidence for :meth:`scan`.
         """
         want = f"refs/heads/{branch}"
+        with contextlib.suppress(OSError):  # the fast way: read the HEAD file itself
+            if (_index_path(path).parent / "HEAD").read_text() == f"ref: {want}\n":
+                return None
         head_ref = _symbolic_head(path)
         if head_ref == want:
             return None
@@ -268,10 +274,21 @@ class Guard:
 
     # -- scanning ----------------------------------------------------------------------------
 
-    def maybe_scan(self) -> None:
-        """Scan when the adaptive interval has passed (cheap to call often)."""
-        if time.time() - self._last_scan >= self._interval:
-            self.scan()
+    def watch_in_background(self) -> None:
+        """Scan everything from a thread of its own until :meth:`close`."""
+        self._thread = threading.Thread(target=self._loop, name="swarm-guard", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background scans (a last :meth:`scan` is the caller's to make)."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._closing.wait(self._interval):
+            with contextlib.suppress(SwarmError, OSError):
+                self.scan()  # a failure (a git command mid-way) is retried next time
 
     def scan(self, *, full: bool = True) -> list[Violation]:
         """Compare what is watched with its baseline; handle and return new violations.
@@ -279,11 +296,11 @@ class Guard:
         Without *full*, only the user's checkout and the refs (cheap; done after each
         attempt), not every idle task worktree.
         """
+        began = time.time()
+        found: list[Violation] = []
         with self._lock:
-            began = time.time()
             window = (self._refs_checked, began)
             self._refs_checked = began
-            found: list[Violation] = []
             stamp = self._stamp_time()
             if stamp != self._stamp:
                 # A swarm command (merge, clean) moved refs or the checkout on purpose.
@@ -292,23 +309,26 @@ class Guard:
                 self._watch(MAIN, self.repo.root)
             else:
                 found += self._scan_refs(window)
-            for where, place in list(self._places.items()):
-                if not full and where != MAIN:
+            main = self._places.get(MAIN)
+            if main is not None:
+                found += self._scan_place(main, began, quick=not full)
+            places = list(self._places.values()) if full else []
+        for place in places:  # one at a time, so workers are not held up by a long scan
+            with self._lock:
+                if place.where == MAIN or self._places.get(place.where) is not place:
                     continue
                 if not place.path.is_dir():
-                    del self._places[where]  # removed; its work is on its branch
+                    del self._places[place.where]  # removed; its work is on its branch
                     continue
-                violation = self._scan_place(place, began)
-                if violation is not None:
-                    found.append(violation)
-            if full:
-                self._last_scan = began
-                self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
-            return found
+                found += self._scan_place(place, time.time(), quick=True)
+        if full:
+            self._last_scan = began
+            self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
+        return found
 
     def drain(self) -> list[Violation]:
         """Violations found since the last call (for the run loop to record and apply)."""
-        with self._lock:
+        with self._new_lock:
             new, self._new = self._new, []
             return new
 
@@ -316,11 +336,16 @@ class Guard:
 
     def _settle(self, task_id: str, path: Path) -> None:
         branch = f"refs/heads/swarm/{task_id}"
-        tip = git.rev_parse(self.repo, branch)
-        if tip is not None:
-            self._refs[branch] = tip
+        tip = None
         if path.is_dir():
             self._watch(task_id, path)
+            status = self._places[task_id].status
+            if _status_field(status, "head") == branch.removeprefix("refs/heads/"):
+                tip = _status_field(status, "oid")
+        if tip is None:
+            tip = git.rev_parse(self.repo, branch)
+        if tip is not None:
+            self._refs[branch] = tip
 
     def _watch(self, where: str, path: Path) -> None:
         name = "main" if where == MAIN else f"task-{where}"
@@ -334,7 +359,10 @@ class Guard:
         else:
             saved.unlink(missing_ok=True)
         began = time.time()
-        base = _capture(path, scratch, self._exclude if where == MAIN else ())
+        status = _status(path)
+        base = None
+        if where == MAIN or not _is_clean(status):
+            base = _capture(path, scratch, self._exclude if where == MAIN else ())
         self._places[where] = _Place(
             where=where,
             path=path,
@@ -342,7 +370,7 @@ class Guard:
             saved_index=saved,
             base=base,
             checked=began,
-            status="" if where == MAIN else _status(path),
+            status=status,
         )
 
     def _scan_refs(self, window: tuple[float, float]) -> list[Violation]:
@@ -397,19 +425,20 @@ class Guard:
             patch_text=patch,
         )
 
-    def _scan_place(self, place: _Place, began: float) -> Violation | None:
+    def _scan_place(self, place: _Place, began: float, *, quick: bool) -> list[Violation]:
+        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files)."""
         window = (place.checked, began)
         try:
-            if place.where != MAIN and _status(place.path) == place.status:
+            if quick and _status(place.path) == place.status:
                 place.checked = began
-                return None
+                return []
             now = _capture(place.path, place.scratch, self._excludes(place))
+            base = self._base(place)
         except SwarmError:
-            return None  # mid-way through someone's git command; look again next time
-        base = place.base
+            return []  # mid-way through someone's git command; look again next time
         if now == base:
             place.checked = began
-            return None
+            return []
         paths = _changed_paths(place.path, base.tree, now.tree)
         head = ""
         if (now.head_ref, now.head) != (base.head_ref, base.head):
@@ -420,16 +449,16 @@ class Guard:
         if not suspects:
             # Nobody of ours was running: the user worked here. Take it as the new baseline.
             self._watch(place.where, place.path)
-            return None
+            return []
         patch = _files_patch(place.path, base.tree, now.tree, paths)
         restored = False
         if self.restore:
-            restored = _restore_place(place, now, self._excludes(place))
+            restored = _restore_place(place, base, now, self._excludes(place))
         if restored:
             place.checked = time.time()
         else:
             self._watch(place.where, place.path)
-        return self._record(
+        violation = self._record(
             Violation(
                 number=0,
                 where=place.where,
@@ -442,6 +471,23 @@ class Guard:
             ),
             patch_text=patch,
         )
+        return [violation]
+
+    def _base(self, place: _Place) -> Snapshot:
+        """*place*'s baseline; one that was clean is rebuilt from its commit and saved index."""
+        if place.base is None:
+            head = git.rev_parse_in(place.path, f"{_status_field(place.status, 'oid')}^{{commit}}")
+            branch = _status_field(place.status, "head")
+            staged = _git_env(
+                place.path, {"GIT_INDEX_FILE": str(place.saved_index)}, "ls-files", "--stage", "-z"
+            )
+            place.base = Snapshot(
+                head_ref=None if branch in {"", "(detached)"} else f"refs/heads/{branch}",
+                head=head,
+                index=hashlib.sha256(staged.encode()).hexdigest(),
+                tree=git.git(place.path, "rev-parse", f"{head}^{{tree}}").strip(),
+            )
+        return place.base
 
     def _excludes(self, place: _Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()
@@ -455,7 +501,8 @@ class Guard:
             path.write_text(patch_text, encoding="utf-8")
             patch = str(path)
         done = dataclasses.replace(violation, number=self._count, patch=patch)
-        self._new.append(done)
+        with self._new_lock:
+            self._new.append(done)
         return done
 
     def _suspects(self, window: tuple[float, float], *, exclude: Sequence[str]) -> tuple[str, ...]:
@@ -560,11 +607,31 @@ def _status(path: Path) -> str:
     )
 
 
+def _is_clean(status: str) -> bool:
+    """Whether a ``status --porcelain=v2 --branch -z`` output lists no change at all."""
+    return all(record.startswith("# ") for record in status.split("\0") if record)
+
+
+def _status_field(status: str, name: str) -> str:
+    """A ``# branch.<name>`` header of a ``status --porcelain=v2 --branch -z`` output."""
+    prefix = f"# branch.{name} "
+    return next((r[len(prefix) :] for r in status.split("\0") if r.startswith(prefix)), "")
+
+
 def _git_env(cwd: Path, env: dict[str, str], *args: str) -> str:
     return proc.run(["git", *args], cwd=cwd, env=proc.clean_env(env)).stdout
 
 
 def _index_path(path: Path) -> Path:
+    dot_git = path / ".git"
+    if dot_git.is_dir():
+        return dot_git / "index"
+    try:  # a linked worktree: ".git" is a file naming its admin directory
+        text = dot_git.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    if text.startswith("gitdir: "):
+        return (path / text.removeprefix("gitdir: ").strip()).resolve() / "index"
     rel = git.git(path, "rev-parse", "--git-path", "index").strip()
     return (path / rel).resolve()
 
@@ -639,8 +706,7 @@ def _restore_ref(root: Path, ref: str, before: str | None, after: str | None) ->
     return True
 
 
-def _restore_place(place: _Place, now: Snapshot, exclude: Sequence[str]) -> bool:
-    base = place.base
+def _restore_place(place: _Place, base: Snapshot, now: Snapshot, exclude: Sequence[str]) -> bool:
     root = place.path
     try:
         if (now.head_ref, now.head) != (base.head_ref, base.head):
@@ -680,37 +746,49 @@ def _put_index(root: Path, saved: Path) -> bool:
 
 
 def _put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
-    """Make each of *paths* under *root* what it is in *tree* (absent paths are deleted)."""
+    """Make each of *paths* under *root* what it is in *tree* (absent paths are deleted).
+
+    A file is replaced atomically (written aside, then renamed over), so a reader never
+    finds it missing or half-written.
+    """
     entries = _tree_entries(root, tree, paths)
     dirs: set[Path] = set()
     for rel in paths:
         target = root / rel
         entry = entries.get(rel)
-        kept: int | None = None  # a file rewritten in place keeps its permission bits
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            if not target.is_symlink():
-                kept = stat.S_IMODE(target.lstat().st_mode)
-            target.unlink()
+        if entry is None or (target.is_dir() and not target.is_symlink()):
+            _remove(target)
         if entry is None:
             dirs.add(target.parent)
-            continue
-        mode, sha = entry
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = _blob(root, sha)
-        if mode == "120000":
-            target.symlink_to(os.fsdecode(data))
-        elif mode != "160000":
-            target.write_bytes(data)  # a new file gets the user's umask, as git does it
-            bits = stat.S_IMODE(target.stat().st_mode) if kept is None else kept
-            if mode == "100755":
-                bits |= (bits & 0o444) >> 2
-            else:
-                bits &= ~0o111
-            target.chmod(bits)
+        elif entry[0] != "160000":  # a submodule's commit is not ours to check out
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _put_file(target, mode=entry[0], data=_blob(root, entry[1]))
     for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
         _prune_empty(directory, root)
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif os.path.lexists(target):
+        target.unlink()
+
+
+def _put_file(target: Path, *, mode: str, data: bytes) -> None:
+    aside = target.with_name(f".{target.name}.swarm-restore")
+    _remove(aside)
+    if mode == "120000":
+        aside.symlink_to(os.fsdecode(data))
+    else:
+        # A file rewritten in place keeps its permission bits; a new one gets the umask's.
+        kept = None
+        if target.is_file() and not target.is_symlink():
+            kept = stat.S_IMODE(target.stat().st_mode)
+        aside.write_bytes(data)
+        bits = stat.S_IMODE(aside.stat().st_mode) if kept is None else kept
+        bits = bits | (bits & 0o444) >> 2 if mode == "100755" else bits & ~0o111
+        aside.chmod(bits)
+    aside.replace(target)
 
 
 def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -165,6 +165,7 @@ class Runner:
         """
         self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
         self.guard.start()
+        self.guard.watch_in_background()
         try:
             self._start_adopted()
             while True:
@@ -238,7 +239,6 @@ class Runner:
                 task_id, outcome = self._done.get(timeout=0.25)
             except queue.Empty:
                 self._poll_stop_requests()
-                self.guard.maybe_scan()
                 self._apply_guard()
                 continue
             self._apply_guard()
@@ -260,6 +260,7 @@ class Runner:
         self._stop_pending("run stopped before it started")
 
     def _final_scan(self) -> None:
+        self.guard.close()
         self.guard.scan()
         self._apply_guard()
 

@@ -185,7 +185,6 @@ class TaskWorker:
     ) -> tuple[git.DiffStat, Outcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
-        self.guard.scan(full=False)  # while the window since this agent's writes is short
         stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
             return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))
@@ -250,9 +249,11 @@ class TaskWorker:
         )
         agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
         refused = self.gate.try_acquire(live.stop)
-        if refused is None:  # a wait: its worktree is watched meanwhile
+        if refused is None and self.gate.paused:  # a long wait: its worktree is watched
             with self.guard.idle(task.id, path):
                 refused = self.gate.acquire(live.stop)
+        elif refused is None:
+            refused = self.gate.acquire(live.stop)
         if refused:
             spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
             why = f"budget reached ({spent})" if refused == "budget" else "stopped"
