@@ -163,6 +163,12 @@ agent = {argv_toml(good)}
     assert "my untracked notes" in patch  # the deletion, reversible from the patch
     # Its own work is still on its branch.
     assert "mine.txt" in git(repo, "ls-tree", "--name-only", "swarm/bad")
+    # The report names the event, in the terminal and in the HTML page.
+    text = swarm(repo, "report").stdout
+    assert "outside writes (1):" in text
+    assert "by bad: files app.py, new/evil.txt, notes.txt, scratch.txt in the main checkout" in text
+    assert swarm(repo, "report", "--html", str(tmp_path / "r.html")).returncode == 0
+    assert "by bad: files app.py" in (tmp_path / "r.html").read_text()
 
 
 SIBLING_WRITER = """

@@ -12,7 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from worktree_swarm.report import RunReport, duration, money, overhead_text, ratio
+from worktree_swarm.report import (
+    RunReport,
+    duration,
+    money,
+    outside_writes_text,
+    overhead_text,
+    ratio,
+)
 
 # Nothing may be fetched: no network, no other files. Inline style/script only.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -28,9 +35,20 @@ def render_html(report: RunReport) -> str:
         _TEMPLATE.replace("{{title}}", _escape(title))
         .replace("{{csp}}", CSP)
         .replace("{{css}}", _CSS)
+        .replace("{{outside}}", _outside_html(report))
         .replace("{{data}}", data)
         .replace("{{js}}", _JS)
     )
+
+
+def _outside_html(report: RunReport) -> str:
+    """Static list of writes agents made outside their worktrees (empty when none)."""
+    if not report.outside_writes:
+        return ""
+    lines = outside_writes_text(report)[2:]
+    # Braces escaped too: the template's {{placeholders}} are filled after this.
+    items = "".join(f"<li>{_escape(line.strip()).replace('{', '&#123;')}</li>" for line in lines)
+    return f'<h2>Outside writes</h2>\n<ul id="outside">{items}</ul>'
 
 
 def write_html(report: RunReport, path: Path) -> None:
@@ -163,6 +181,7 @@ _TEMPLATE = """<!doctype html>
 <div class="table-wrap"><table id="summary"><thead></thead><tbody></tbody></table></div>
 <h2>Details</h2>
 <div id="details"></div>
+{{outside}}
 <noscript>This report needs JavaScript to draw; the data is in the swarm-data element.</noscript>
 <script type="application/json" id="swarm-data">{{data}}</script>
 <script>{{js}}</script>
