@@ -16,8 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests import anthropic_stub as stub_module
 from tests import test_resilience
+from tests.anthropic_stub import AnthropicStub, Text, ToolUse
 from tests.conftest import git
+from tests.test_claude_e2e import CLAUDE
 from tests.test_resilience import calls, plan
 from tests.test_run import (
     argv_toml,
@@ -30,11 +33,13 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from tests.test_swarm_claude_e2e import swarm_with_claude
 from worktree_swarm import sandbox
 from worktree_swarm.errors import BadInputError
 
 AgentFactory = Callable[[str], list[str]]
 fake_claude = test_resilience.fake_claude
+anthropic_stub = stub_module.anthropic_stub
 
 
 def _unavailable() -> str | None:
@@ -302,3 +307,35 @@ def test_resume_adopts_a_live_sandboxed_agent(
     assert status_json(repo)["wait"]["state"] == "done"
     assert branch_file(repo, "swarm/wait", "wait.txt") == "finished"
     assert len(calls(fake_claude, "wait")) == 1  # adopted, never launched again
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/wait/tmp"))
+
+
+@needs_bwrap
+@pytest.mark.slow
+@pytest.mark.skipif(CLAUDE is None, reason="Claude Code CLI not installed (see .ci/run)")
+def test_real_claude_works_in_the_sandbox_and_cannot_write_outside(
+    repo: Path, anthropic_stub: AnthropicStub
+) -> None:
+    # IS_SANDBOX=1: Claude Code refuses bypassPermissions as root unless told it is sandboxed.
+    worktree = repo.parent / "repo.swarm" / "greet"
+    outside = repo / "escaped.txt"
+    anthropic_stub.queue(
+        ToolUse(name="Write", input={"file_path": str(outside), "content": "escaped\n"}),
+        ToolUse(name="Write", input={"file_path": str(worktree / "hello.txt"), "content": "hi\n"}),
+        Text(text="Wrote hello.txt."),
+    )
+    out = swarm_with_claude(
+        repo,
+        anthropic_stub,
+        '[defaults]\nsandbox = true\nagent = ["claude", "-p", "{prompt}", "--output-format",'
+        ' "stream-json", "--verbose", "--permission-mode", "bypassPermissions"]\n'
+        'env = { IS_SANDBOX = "1" }\n'
+        '[[task]]\nid = "greet"\nprompt = "Create hello.txt saying hi"\n',
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/greet:hello.txt") == "hi"
+    assert not outside.exists()
+    # bypassPermissions: claude itself allows the write, the sandbox refuses it.
+    first = anthropic_stub.agent_requests()[1].tool_results()[0]
+    assert first["is_error"] is True
+    assert str(first["content"]).startswith("EROFS: read-only file system")

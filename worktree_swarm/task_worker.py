@@ -283,6 +283,9 @@ class TaskWorker:
             cost = self._record(attempt.id, live.task.id, ended, None)
         finally:
             self.gate.release(cost_usd=cost)
+            if self.spec.sandbox:
+                path = worktree_path(self.spec, live.task)
+                sandbox.release(self._confinement(path, self._logs(live.task)))
         return ended
 
     def _record(
