@@ -22,6 +22,7 @@ from worktree_swarm.lock import ManagerLock
 from worktree_swarm.manifest import Overrides, build_run_spec
 from worktree_swarm.models import TaskState
 from worktree_swarm.runner import Observer, Runner, store_path, worktree_path
+from worktree_swarm.sandbox import check_available as require_sandbox
 from worktree_swarm.store import Store
 
 
@@ -133,6 +134,8 @@ def run(
         overrides=overrides,
         extra_tasks=extra,
     )
+    if spec.sandbox:
+        require_sandbox()
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
     if detach:
         argv = [a for a in ctx.obj["argv"] if a != "--detach"]

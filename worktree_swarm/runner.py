@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from worktree_swarm import git, supervisor
+from worktree_swarm import git, sandbox, supervisor
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
 from worktree_swarm.guard import MAIN, Guard, Violation
@@ -134,6 +134,8 @@ class Runner:
         rows = store.tasks(run_id)
         tasks = tuple(task_from_json(row.spec_json) for row in rows)
         spec = _spec_from_settings(json.loads(run.spec_json), tasks)
+        if spec.sandbox:
+            sandbox.check_available()
         states = {}
         for row in rows:
             states[row.task_id] = row.state if row.state.is_final else TaskState.PENDING

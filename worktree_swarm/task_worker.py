@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import git, notes, supervisor, worktrees
+from worktree_swarm import git, notes, sandbox, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
@@ -263,9 +263,13 @@ class TaskWorker:
                 reason=f"{why} before attempt {number} started",
             )
         cost: float | None = None
+        box: sandbox.Confinement | None = None
         try:
             self._state(task.id, TaskState.RUNNING, started_at=time.time())
             log_path = logs / f"attempt-{number}.log"
+            if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
+                box = self._confinement(path, logs)
+                argv, agent_env = sandbox.confine(argv, agent_env, box)
             agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
@@ -285,6 +289,8 @@ class TaskWorker:
             cost = self._record(attempt_id, task.id, ended, agent.poll())
         finally:
             self.gate.release(cost_usd=cost)
+            if box is not None:
+                sandbox.release(box)
         return ended
 
     def _resume_attempt(self, live: Live, attempt: AttemptRow) -> _Ended:
@@ -319,6 +325,9 @@ class TaskWorker:
             cost = self._record(attempt.id, live.task.id, ended, None)
         finally:
             self.gate.release(cost_usd=cost)
+            if self.spec.sandbox:
+                path = worktree_path(self.spec, live.task)
+                sandbox.release(self._confinement(path, self._logs(live.task)))
         return ended
 
     def _record(
@@ -401,6 +410,17 @@ class TaskWorker:
         for key, value in self._git_identity.items():
             git.git(path.parent, "config", "--file", str(path), key, value)
         return path
+
+    def _confinement(self, worktree: Path, logs: Path) -> sandbox.Confinement:
+        return sandbox.Confinement(
+            worktree=worktree,
+            common_dir=self.repo.common_dir,
+            state_dir=self.repo.state_dir,
+            config_dir=logs / "agent-config",  # as passed to adapter.env above
+            temp_dir=logs / "tmp",
+            findings=self._findings,
+            extra=self.spec.sandbox_writable,
+        )
 
     def _start_commit(self, task: Task) -> str | Outcome:
         if not task.depends_on:

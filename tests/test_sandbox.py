@@ -1,0 +1,341 @@
+"""`swarm run --sandbox` end to end: real bubblewrap, the real CLI, fake agents that probe it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests import anthropic_stub as stub_module
+from tests import test_resilience
+from tests.anthropic_stub import AnthropicStub, Text, ToolUse
+from tests.conftest import git
+from tests.test_claude_e2e import CLAUDE
+from tests.test_resilience import calls, plan
+from tests.test_run import (
+    argv_toml,
+    branch_file,
+    checkout_snapshot,
+    manifest,
+    pid_alive,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
+from tests.test_swarm_claude_e2e import swarm_with_claude
+from worktree_swarm import sandbox
+from worktree_swarm.errors import BadInputError
+
+AgentFactory = Callable[[str], list[str]]
+fake_claude = test_resilience.fake_claude
+anthropic_stub = stub_module.anthropic_stub
+
+
+def _unavailable() -> str | None:
+    try:
+        sandbox.check_available()
+    except BadInputError as exc:
+        return str(exc)
+    return None
+
+
+UNAVAILABLE = _unavailable()
+needs_bwrap = pytest.mark.skipif(
+    UNAVAILABLE is not None, reason=f"bubblewrap cannot sandbox here: {UNAVAILABLE}"
+)
+
+# Tries every write in $PROBE_TARGETS (name -> path) and records what happened to each in
+# results.json in its worktree, the one place it may write; then the ordinary work of an agent.
+PROBE_AGENT = r"""
+import ctypes, errno, json, os, pathlib, subprocess, sys
+results = {}
+# Escapes first: had one worked, the writes below would get through.
+try:
+    os.kill(int(os.environ["PROBE_TEST_PID"]), 0)
+    results["signal_host_process"] = "sent"
+except OSError as exc:
+    results["signal_host_process"] = errno.errorcode.get(exc.errno, str(exc.errno))
+libc = ctypes.CDLL(None, use_errno=True)
+MS_REMOUNT, MS_BIND = 32, 4096  # mount -o remount,bind,rw /
+if libc.mount(b"none", b"/", None, MS_REMOUNT | MS_BIND, None) == 0:
+    results["remount_rw"] = "remounted"
+else:
+    results["remount_rw"] = errno.errorcode.get(ctypes.get_errno(), "?")
+targets = json.loads(os.environ["PROBE_TARGETS"])
+config_dir = pathlib.Path(os.environ["SWARM_CONTEXT"]).parent / os.environ["SWARM_TASK_ID"]
+targets["config_dir"] = str(config_dir / "agent-config" / "settings.json")
+targets["tmpdir"] = os.path.join(os.environ["TMPDIR"], "scratch.txt")
+targets["worktree"] = "work.txt"
+for name, path in targets.items():
+    try:
+        with open(path, "a") as fh:
+            fh.write("written by the agent\n")
+        results[name] = "written"
+    except OSError as exc:
+        results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+note = subprocess.run([sys.executable, "-m", "worktree_swarm.cli", "note", "sandbox fact"],
+                      capture_output=True, text=True)
+results["note"] = note.returncode if note.returncode else "written"
+subprocess.run(["git", "add", "work.txt"], check=True)
+commit = subprocess.run(["git", "commit", "-q", "-m", "agent commit inside the sandbox"],
+                        capture_output=True, text=True)
+results["commit"] = commit.returncode if commit.returncode else "written"
+results["TMPDIR"] = os.environ["TMPDIR"]
+pathlib.Path("results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+"""
+
+SIBLING_AGENT = "import pathlib\npathlib.Path('sibling.txt').write_text('mine\\n')\n"
+
+
+def user_files(repo: Path) -> dict[str, bytes]:
+    """The bytes of every file of the user's checkout plus the git files that are theirs."""
+    git_dir = repo / ".git"
+    found = {}
+    for path in sorted(repo.rglob("*")):
+        rel = path.relative_to(repo)
+        theirs = rel.parts[0] != ".git" or rel.parts[1:2] in {("config",), ("HEAD",), ("hooks",)}
+        if theirs and path.is_file():
+            found[str(rel)] = path.read_bytes()
+    assert (git_dir / "config").is_file()  # the walk really covered .git
+    return found
+
+
+@needs_bwrap
+def test_sandboxed_agent_writes_only_in_its_own_places(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    (repo / "notes.txt").write_text("the user's uncommitted edit\n")
+    before, before_files = checkout_snapshot(repo), user_files(repo)
+    common = repo / ".git"
+    sibling = repo.parent / "repo.swarm" / "sib"
+    in_tmp = Path("/tmp") / f"swarm-sandbox-test-{uuid.uuid4().hex}"
+    outside = {
+        "main_checkout": str(repo / "README.md"),
+        "main_new_file": str(repo / "new.txt"),
+        "sibling_worktree": str(sibling / "sibling.txt"),
+        "git_hook": str(common / "hooks" / "pre-commit"),
+        "git_config": str(common / "config"),
+        "swarm_state": str(common / "swarm" / "state.db"),
+        "home": str(Path(os.environ["HOME"]) / ".agent-was-here"),
+        "tmp": str(in_tmp),
+    }
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+sandbox = true
+[[task]]
+id = "sib"
+prompt = "write your own file"
+agent = {argv_toml(write_agent(SIBLING_AGENT))}
+[[task]]
+id = "probe"
+prompt = "try to write everywhere"
+depends_on = ["sib"]
+agent = {argv_toml(write_agent(PROBE_AGENT))}
+env = {{ PROBE_TARGETS = {json.dumps(json.dumps(outside))}, PROBE_TEST_PID = "{os.getpid()}" }}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads(branch_file(repo, "swarm/probe", "results.json"))
+    run_dir = Path(results.pop("TMPDIR")).parents[1]
+    assert results == {
+        **dict.fromkeys(outside, "EROFS"),
+        "worktree": "written",
+        "tmpdir": "written",
+        "config_dir": "written",
+        "note": "written",
+        "commit": "written",
+        "signal_host_process": "ESRCH",
+        "remount_rw": "EPERM",
+    }
+    assert {t: row["state"] for t, row in status_json(repo).items()} == {
+        "sib": "done",
+        "probe": "done",
+    }
+    assert checkout_snapshot(repo) == before
+    assert user_files(repo) == before_files
+    assert not in_tmp.exists()
+    assert (sibling / "sibling.txt").read_text() == "mine\n"
+    assert "agent commit inside the sandbox" in git(repo, "log", "--format=%s", "swarm/probe")
+    assert "[probe] sandbox fact" in (run_dir / "findings.md").read_text()
+    settings = run_dir / "probe" / "agent-config" / "settings.json"
+    assert settings.read_text() == "written by the agent\n"
+    assert not (run_dir / "probe" / "tmp").exists()  # the private temp dir is removed
+
+
+@pytest.mark.parametrize("how", ["flag", "manifest", "swarm.toml"])
+def test_sandbox_without_bubblewrap_is_refused_before_anything_is_created(
+    repo: Path, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"  # git but no bwrap
+    bin_dir.mkdir()
+    real_git = shutil.which("git")
+    assert real_git is not None
+    (bin_dir / "git").symlink_to(real_git)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    if how == "flag":
+        out = swarm(repo, "run", "--sandbox", "--agent", "scripted", "-t", "a=hi")
+    elif how == "manifest":
+        path = manifest(repo, '[defaults]\nsandbox = true\n[[task]]\nid = "a"\nprompt = "hi"\n')
+        out = swarm(repo, "run", "--agent", "scripted", path)
+    else:
+        (repo / "swarm.toml").write_text("sandbox = true\n")
+        out = swarm(repo, "run", "--agent", "scripted", "-t", "a=hi")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "bubblewrap" in out.stderr
+    assert "--sandbox" in out.stderr
+    assert not git(repo, "branch", "--list", "swarm/*")
+    assert not (repo / ".git" / "swarm").exists()
+    assert not (repo.parent / "repo.swarm").exists()
+
+
+def test_bubblewrap_that_cannot_create_namespaces_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the sandbox is Linux only")
+    fake = tmp_path / "bwrap"  # what bwrap says where user namespaces are disabled
+    fake.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace, likely because "
+        "the kernel does not allow non-privileged user namespaces.' >&2\nexit 1\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(BadInputError, match="No permissions to create new namespace") as info:
+        sandbox.check_available()
+    assert "\n" not in str(info.value)
+    assert "run without --sandbox" in str(info.value)
+
+
+# Forks a grandchild that leaves the process group; both only ever write in the worktree.
+HANGING_TREE = r"""
+import os, pathlib, time
+pathlib.Path("partial.txt").write_text("half done")
+if os.fork() == 0:
+    os.setsid()
+    pathlib.Path("grandchild.txt").write_text("up")
+    while True:
+        time.sleep(1)
+while True:
+    time.sleep(1)
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("manager", ["alive", "killed"])
+def test_stop_kills_the_whole_sandboxed_tree(
+    repo: Path, write_agent: AgentFactory, manager: str
+) -> None:
+    path = manifest(
+        repo,
+        f"[defaults]\nsandbox = true\nagent = {argv_toml(write_agent(HANGING_TREE))}\n"
+        'kill_grace = "1s"\n[[task]]\nid = "hang"\nprompt = "never ends"\n',
+    )
+    proc = swarm_bg(repo, "run", path)
+    try:
+        worktree = repo.parent / "repo.swarm" / "hang"
+        wait_for((worktree / "grandchild.txt").exists, what="the sandboxed tree")
+        leader = psutil.Process(int(str(status_json(repo)["hang"]["pid"])))
+        tree = [leader, *leader.children(recursive=True)]
+        # bwrap, its reaper in the new PID namespace, the agent and its grandchild.
+        assert len(tree) >= 4, [p.cmdline() for p in tree]
+        if manager == "killed":
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            assert all(pid_alive(p.pid) for p in tree)  # no --die-with-parent
+        out = swarm(repo, "stop", "hang")
+        assert out.returncode == 0, out.stdout + out.stderr
+        if manager == "alive":
+            assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+    survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == []
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+
+
+@needs_bwrap
+def test_resume_adopts_a_live_sandboxed_agent(
+    repo: Path, tmp_path: Path, fake_claude: Path
+) -> None:
+    # The fake claude records its calls in fake_claude/: writable through sandbox_writable.
+    plan(fake_claude, "wait", "wait")
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = "claude"\nsandbox = true\nsandbox_writable = ["{fake_claude}"]\n'
+        '[[task]]\nid = "wait"\nprompt = "wait for the go file"\n',
+    )
+    proc = swarm_bg(repo, "run", path)
+    wait_for((fake_claude / "wait.pid").exists, what="the sandboxed agent")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    bin_dir = tmp_path / "nobwrap"  # git but no bwrap
+    bin_dir.mkdir()
+    real_git = shutil.which("git")
+    assert real_git is not None
+    (bin_dir / "git").symlink_to(real_git)
+    refused = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "resume"],
+        cwd=repo, env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "bubblewrap" in refused.stderr
+    assert status_json(repo)["wait"]["state"] == "running"  # untouched, resumable later
+    resumed = swarm_bg(repo, "resume")
+    try:
+        wait_for(lambda: bool(status_json(repo)["wait"]["alive"]), what="adoption")
+        (fake_claude / "go").touch()
+        assert resumed.wait(timeout=60) == 0
+    finally:
+        resumed.kill()
+    assert status_json(repo)["wait"]["state"] == "done"
+    assert branch_file(repo, "swarm/wait", "wait.txt") == "finished"
+    assert len(calls(fake_claude, "wait")) == 1  # adopted, never launched again
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/wait/tmp"))
+
+
+@needs_bwrap
+@pytest.mark.slow
+@pytest.mark.skipif(CLAUDE is None, reason="Claude Code CLI not installed (see .ci/run)")
+def test_real_claude_works_in_the_sandbox_and_cannot_write_outside(
+    repo: Path, anthropic_stub: AnthropicStub
+) -> None:
+    # IS_SANDBOX=1: Claude Code refuses bypassPermissions as root unless told it is sandboxed.
+    worktree = repo.parent / "repo.swarm" / "greet"
+    outside = repo / "escaped.txt"
+    anthropic_stub.queue(
+        ToolUse(name="Write", input={"file_path": str(outside), "content": "escaped\n"}),
+        ToolUse(name="Write", input={"file_path": str(worktree / "hello.txt"), "content": "hi\n"}),
+        Text(text="Wrote hello.txt."),
+    )
+    out = swarm_with_claude(
+        repo,
+        anthropic_stub,
+        '[defaults]\nsandbox = true\nagent = ["claude", "-p", "{prompt}", "--output-format",'
+        ' "stream-json", "--verbose", "--permission-mode", "bypassPermissions"]\n'
+        'env = { IS_SANDBOX = "1" }\n'
+        '[[task]]\nid = "greet"\nprompt = "Create hello.txt saying hi"\n',
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/greet:hello.txt") == "hi"
+    assert not outside.exists()
+    # bypassPermissions: claude itself allows the write, the sandbox refuses it.
+    first = anthropic_stub.agent_requests()[1].tool_results()[0]
+    assert first["is_error"] is True
+    assert str(first["content"]).startswith("EROFS: read-only file system")

@@ -1,0 +1,161 @@
+"""Run an agent under bubblewrap: the whole filesystem read-only except what its task needs.
+
+Writable: the task's worktree and its git admin dir, the git common dir (objects and refs, so
+that the agent can commit), a private temp dir, the agent's config dir, the run's findings
+file and its lock, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
+hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
+checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. See
+docs/sandbox.md for what this protects and what it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm import proc
+from worktree_swarm.errors import BadInputError, SwarmError
+
+TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
+_TRIAL_TIMEOUT = 30.0
+# Namespace and privilege options shared by the trial run and every agent. A new PID
+# namespace keeps the agent from reaching other processes: from signalling the manager or a
+# sibling agent, and from writing through /proc/PID/root into another sandbox's mounts. The
+# host still sees every process (psutil, kill_tree), and when the agent exits the kernel
+# kills whatever it left behind. Dropping all capabilities matters when swarm runs as root:
+# with CAP_SYS_ADMIN the agent could simply remount / read-write.
+_ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc")
+# Inside the git common dir: read-only again on top of the writable common dir.
+_PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confinement:
+    """What one sandboxed agent may write; everything else it can only read."""
+
+    worktree: Path
+    common_dir: Path
+    state_dir: Path
+    config_dir: Path
+    temp_dir: Path
+    findings: Path
+    extra: tuple[str, ...] = ()
+
+
+def check_available() -> None:
+    """Raise BadInputError (one line) unless bubblewrap can sandbox agents here."""
+    if not sys.platform.startswith("linux"):
+        raise BadInputError(
+            f"--sandbox needs Linux with bubblewrap; this is {sys.platform}: "
+            "run without --sandbox (and without `sandbox = true`)"
+        )
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise BadInputError(
+            "--sandbox needs bubblewrap (`bwrap`) on PATH: install it "
+            "(e.g. `apt install bubblewrap`) or run without --sandbox"
+        )
+    try:
+        trial = proc.run(
+            [bwrap, "--ro-bind", "/", "/", *_ISOLATION, "--", sys.executable, "-c", "pass"],
+            check=False,
+            timeout=_TRIAL_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BadInputError(f"{bwrap} does not run ({exc}); run without --sandbox") from exc
+    if trial.returncode != 0:
+        why = (trial.stderr.strip().splitlines() or [f"exit {trial.returncode}"])[-1]
+        raise BadInputError(
+            f"bubblewrap cannot create a sandbox here ({why}); allow unprivileged user "
+            "namespaces (Debian: sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: "
+            "kernel.apparmor_restrict_unprivileged_userns=0) or run without --sandbox"
+        )
+
+
+def confine(
+    argv: Sequence[str], env: Mapping[str, str], box: Confinement
+) -> tuple[list[str], dict[str, str]]:
+    """Return the argv and environment that run *argv* under bubblewrap as *box* says.
+
+    Creates (empty) the private temp dir, the config dir and the findings file and lock, so
+    that each can be bound; the agent's temp variables point at the temp dir.
+    """
+    release(box)  # what an earlier attempt left there
+    box.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    box.config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    box.findings.parent.mkdir(parents=True, exist_ok=True)
+    for path in (box.findings, lock_of(box.findings)):
+        path.touch(exist_ok=True)
+    wrapped = wrap(argv, box)
+    return wrapped, {**env, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
+
+
+def release(box: Confinement) -> None:
+    """Remove the agent's private temp dir once its attempt is over."""
+    shutil.rmtree(box.temp_dir, ignore_errors=True)
+
+
+def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
+    """The bwrap command line that runs *argv* confined to *box* (paths must exist).
+
+    Later mounts win over earlier ones, so the order is: everything read-only, the user's
+    extra writable paths, the common dir writable, its protected parts read-only again, then
+    the task's own paths writable and the files that locate its repository read-only.
+    """
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SwarmError("bubblewrap (`bwrap`) is no longer on PATH; install it or drop --sandbox")
+    common = _real(box.common_dir)
+    worktree = _real(box.worktree)
+    admin = admin_dir(worktree)
+    args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
+    for extra in box.extra:
+        args += _bind("--bind-try", _real(Path(extra)))
+    args += _bind("--bind", common)
+    for name in _PROTECTED:
+        args += _bind("--ro-bind-try", common / name)
+    args += _bind("--ro-bind", common / "worktrees")
+    args += _bind("--ro-bind-try", _real(box.state_dir))
+    for own in (worktree, admin, box.temp_dir, box.config_dir):
+        args += _bind("--bind", _real(own))
+    for own_file in (box.findings, lock_of(box.findings)):
+        args += _bind("--bind", _real(own_file))
+    # Rewritten, these would point swarm's own git commands in the worktree (checkpoints,
+    # which run outside the sandbox) at a repository the agent made up.
+    args += _bind("--ro-bind", worktree / ".git")
+    for name in ("commondir", "gitdir", "config.worktree"):
+        args += _bind("--ro-bind-try", admin / name)
+    return [*args, "--chdir", str(worktree), "--", *argv]
+
+
+def admin_dir(worktree: Path) -> Path:
+    """The git admin dir (``<common>/worktrees/<name>``) of the linked worktree *worktree*."""
+    dotgit = worktree / ".git"
+    try:
+        text = dotgit.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SwarmError(f"{dotgit}: cannot read ({exc}); is {worktree} a git worktree?") from exc
+    if not text.startswith("gitdir:"):
+        raise SwarmError(f"{dotgit}: not a linked worktree's .git file")
+    # Relative since git 2.48 with worktree.useRelativePaths.
+    return _real(worktree / text.removeprefix("gitdir:").strip())
+
+
+def lock_of(findings: Path) -> Path:
+    """The lock file `swarm note` takes around appends to *findings* (see notes.py)."""
+    return findings.with_name(findings.name + ".lock")
+
+
+def _bind(option: str, path: Path) -> list[str]:
+    return [option, str(path), str(path)]
+
+
+def _real(path: Path) -> Path:
+    # bwrap resolves a destination inside the new root, where a symlink in the path could
+    # lead somewhere else than on the host: bind canonical paths on both sides.
+    return Path(os.path.realpath(path))
