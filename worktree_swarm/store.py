@@ -102,6 +102,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE attempts ADD COLUMN cache_read_tokens INTEGER",
         "ALTER TABLE tasks ADD COLUMN cache_read_tokens INTEGER",
     ),
+    (
+        # Issue #8: a task's disk use when it ended, and when max_disk removed its worktree.
+        "ALTER TABLE tasks ADD COLUMN disk_apparent INTEGER",
+        "ALTER TABLE tasks ADD COLUMN disk_actual INTEGER",
+        "ALTER TABLE tasks ADD COLUMN worktree_removed_at REAL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -124,6 +130,9 @@ _UPDATABLE = frozenset(
         "tokens_in",
         "tokens_out",
         "cache_read_tokens",
+        "disk_apparent",
+        "disk_actual",
+        "worktree_removed_at",
     }
 )
 
@@ -168,6 +177,9 @@ class TaskRow:
     tokens_in: int | None
     tokens_out: int | None
     cache_read_tokens: int | None = None
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktree_removed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
