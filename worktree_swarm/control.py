@@ -6,11 +6,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm import git, lock, supervisor
+from worktree_swarm import git, lock, supervisor, worktrees
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import ProcessIdentity, TaskState
 from worktree_swarm.status import commit_author, is_active
-from worktree_swarm.store import Store
+from worktree_swarm.store import Store, task_from_json
 
 
 def stop(
@@ -41,11 +41,14 @@ def stop(
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
         if is_active(rows[task_id].state) and worktree.is_dir():
+            links = task_from_json(rows[task_id].spec_json).link
             git.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {task_id} (stopped)",
                 author=commit_author(store, run_id),
+                exclude=links,
             )
+            worktrees.unlink_links(repo.root, worktree, links)
         store.update_task(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
         )

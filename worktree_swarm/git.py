@@ -229,14 +229,20 @@ def _commit_tree(
     return _run(repo.root, [*args, tree], env=env).stdout.strip()
 
 
-def checkpoint(worktree: Path, *, message: str, author: str) -> str | None:
+def checkpoint(
+    worktree: Path, *, message: str, author: str, exclude: Sequence[str] = ()
+) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
-    Returns the new HEAD, or None when there was nothing to commit. Hooks are skipped
-    (``--no-verify``) and *author* (``Name <email>``) is also the committer.
+    Paths in *exclude* (relative to the worktree root, taken literally) are never added: the
+    ``link`` symlinks, which an ignore rule like ``node_modules/`` does not match because a
+    symlink is not a directory to git. Returns the new HEAD, or None when there was nothing
+    to commit. Hooks are skipped (``--no-verify``) and *author* (``Name <email>``) is also
+    the committer.
     """
     env = identity_env(author)
-    _run(worktree, ["add", "--all"])
+    pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
+    _run(worktree, ["add", "--all", *(["--", *pathspec] if exclude else [])])
     if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
         return None
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.

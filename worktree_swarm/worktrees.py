@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from worktree_swarm.errors import BadInputError, CommandError, GitError
+from worktree_swarm.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.git import (
     Repo,
     branch_exists,
@@ -201,13 +201,18 @@ def prune(repo: Repo) -> None:
         git(repo.root, "worktree", "prune")
 
 
-def copy_into(src_root: Path, dst_root: Path, globs: Sequence[str]) -> list[str]:
+def copy_into(
+    src_root: Path, dst_root: Path, globs: Sequence[str], *, mode: str = "auto"
+) -> list[str]:
     """Copy files matching *globs* from *src_root* into *dst_root*, keeping relative paths.
 
     Meant for untracked or ignored local files (``.env``, ``config/*.local``): a file that
     already exists in *dst_root* (e.g. a tracked one) is left alone. A matched directory is
-    copied recursively. Modes are kept; copies are reflinks where the file system allows.
-    Raises BadInputError for a pattern or a destination that escapes its root.
+    copied recursively; symlinks are copied as symlinks. Modes are kept. *mode* (``copy_mode``):
+    ``auto`` clones (reflink) where the file system allows and copies bytes otherwise,
+    ``hardlink`` hard-links (the worktree and *src_root* then share one file: an in-place edit
+    in either changes both) and falls back to ``auto`` across file systems, ``copy`` always
+    copies bytes. Raises BadInputError for a pattern or a destination that escapes its root.
     Returns the copied relative paths (POSIX style, sorted).
     """
     src_root = src_root.absolute()
@@ -228,7 +233,7 @@ def copy_into(src_root: Path, dst_root: Path, globs: Sequence[str]) -> list[str]
                 if os.path.lexists(dst):
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                _copy_file(src, dst)
+                _copy_file(src, dst, mode=mode)
                 copied.add(rel.as_posix())
     return sorted(copied)
 
@@ -248,9 +253,19 @@ def _files_under(path: Path) -> list[Path]:
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, ...).
 
 
-def _copy_file(src: Path, dst: Path) -> None:
+def _copy_file(src: Path, dst: Path, *, mode: str = "auto") -> None:
     if src.is_symlink():
         dst.symlink_to(src.readlink())
+        return
+    if mode == "hardlink":
+        try:
+            os.link(src, dst)
+        except OSError:
+            pass  # another file system, or links not allowed: fall back to a clone or copy
+        else:
+            return
+    if mode == "copy":
+        shutil.copy2(src, dst)  # Python's copy; on macOS copy2 would clone on APFS anyway.
         return
     if sys.platform != "linux":
         shutil.copy2(src, dst)  # macOS: copyfile(3) clones on APFS by itself.
@@ -263,3 +278,37 @@ def _copy_file(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copyfileobj(fsrc, fdst)
     shutil.copystat(src, dst)
+
+
+def link_into(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
+    """Make ``dst_root/NAME`` a symlink to the directory ``src_root/NAME`` for each name.
+
+    Shares, for example, the main checkout's ``node_modules`` instead of installing it again.
+    A symlink already pointing there (a resumed task) is kept. Raises SwarmError (the task
+    fails) when the source is missing or not a directory, or when the worktree already has
+    something at that path (tracked or copied).
+    """
+    for name in names:
+        src = src_root.absolute() / name
+        dst = dst_root / name
+        if dst.is_symlink() and dst.readlink() == src:
+            continue
+        if not src.is_dir():
+            raise SwarmError(f"link {name!r}: {src} is missing or not a directory")
+        if not _norm(dst.parent).is_relative_to(_norm(dst_root)):
+            raise SwarmError(f"link {name!r}: {dst.parent} leads outside the worktree")
+        if os.path.lexists(dst):
+            raise SwarmError(
+                f"link {name!r}: the worktree already has {name} (tracked or copied); "
+                "remove it from `link` or from the repository"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src, target_is_directory=True)
+
+
+def unlink_links(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
+    """Remove the symlinks :func:`link_into` made (anything else at those paths stays)."""
+    for name in names:
+        dst = dst_root / name
+        if dst.is_symlink() and dst.readlink() == src_root.absolute() / name:
+            dst.unlink()
