@@ -15,7 +15,8 @@ from types import FrameType
 
 import click
 
-from worktree_swarm import background, control, demo, git, status, worktrees
+from worktree_swarm import background, control, demo, disk_budget, git, status, worktrees
+from worktree_swarm.disk import format_size
 from worktree_swarm.display import LiveTable, PlainObserver
 from worktree_swarm.errors import ExitCode, SwarmError
 from worktree_swarm.lock import ManagerLock
@@ -137,6 +138,7 @@ def run(
     if spec.sandbox:
         require_sandbox()
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
+    disk_budget.preflight(repo, spec, git.head_commit(repo))
     if detach:
         argv = [a for a in ctx.obj["argv"] if a != "--detach"]
         pid, log = background.detach(repo, argv)

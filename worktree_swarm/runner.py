@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from worktree_swarm import git, sandbox, supervisor
+from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
 from worktree_swarm.guard import MAIN, Guard, Violation
@@ -86,6 +87,7 @@ class Runner:
             exclude=[spec.worktree_root] if spec.worktree_root else [],
         )
         self._guard_reasons: dict[str, str] = {}
+        self.disk = DiskBudget(repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit)
         self._worker = TaskWorker(
             repo=repo,
             spec=spec,
@@ -96,6 +98,7 @@ class Runner:
             guard=self.guard,
             emit=self._emit,
             logs_root=run_dir(repo, run_id),
+            disk=self.disk,
         )
 
     @classmethod
@@ -254,6 +257,7 @@ class Runner:
         if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
             outcome = Outcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
         self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
+        self.disk.finished(task_id)
 
     def _drain(self) -> None:
         while self._live:

@@ -19,6 +19,7 @@ from worktree_swarm import git, notes, sandbox, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
+from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.governor import AgentGate
 from worktree_swarm.guard import Guard
 from worktree_swarm.models import ProcessIdentity, RunSpec, Task, TaskState
@@ -80,8 +81,10 @@ class TaskWorker:
         guard: Guard,
         emit: Emit,
         logs_root: Path,
+        disk: DiskBudget,
     ) -> None:
         self.repo = repo
+        self.disk = disk
         self.spec = spec
         self.store = store
         self.run_id = run_id
@@ -112,13 +115,16 @@ class TaskWorker:
             start = self._start_commit(task)
             if isinstance(start, Outcome):
                 return start
+            if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
+                return Outcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
             worktrees.create_worktree(self.repo, path=path, branch=task.branch, start=start)
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot)
         if live.resume_from is None:
             if task.copy:
-                worktrees.copy_into(self.repo.root, path, task.copy)
+                worktrees.copy_into(self.repo.root, path, task.copy, mode=self.spec.copy_mode)
+            worktrees.link_into(self.repo.root, path, task.link)
             failure = run_steps(
                 task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
             )
@@ -201,6 +207,7 @@ class TaskWorker:
             message=f"swarm: checkpoint {task.id} attempt {number} "
             f"({ended.cut_short or ended.result.outcome})",
             author=self.spec.commit_author,
+            exclude=task.link,
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
@@ -398,6 +405,9 @@ class TaskWorker:
         if fields.get("reason"):
             data["reason"] = fields["reason"]
         self._emit("state", task_id, data)
+
+    def _waiting(self, task: Task) -> Callable[[str], None]:
+        return lambda reason: self._state(task.id, TaskState.PENDING, reason=reason)
 
     def _logs(self, task: Task) -> Path:
         return self._logs_root / task.id
