@@ -233,28 +233,42 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     repo = _repo(ctx)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
-        rows = status.task_status(store, run_id)
-    totals = status.run_totals(rows)
+        rows = status.task_status(store, run_id, disk=True)
+    totals = status.run_totals(rows, disk=True)
     if as_json:
         payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(f"run {run_id}")
     header = f"{'task':<20} {'state':<12} {'att':>3} {'pid':>7} {'alive':<5} {'elapsed':>8}"
-    click.echo(f"{header} {'cost':>8}  diff")
+    click.echo(f"{header} {'cost':>8} {'disk':>7}  diff")
     for r in rows:
         elapsed = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-"
         cost = f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-"
         diff = f"{r.files_changed} files +{r.insertions} -{r.deletions}" if r.files_changed else "-"
         click.echo(
             f"{r.task_id:<20} {r.state:<12} {r.attempt:>3} {r.pid or '-':>7} "
-            f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8}  {diff}  {r.branch}"
+            f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8} {_disk_cell(r):>7}  "
+            f"{diff}  {r.branch}" + (f"  {r.reason.splitlines()[0][:80]}" if r.reason else "")
         )
     click.echo(
         f"total: {totals['attempts']} attempts, ${totals['cost_usd']:.2f}, "
         f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
     )
+    present = sum(r.worktree_present for r in rows)
+    removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
+    click.echo(
+        f"disk: {format_size(int(totals['disk_actual']))} used "
+        f"({format_size(int(totals['disk_apparent']))} apparent) by {present} worktrees"
+        + (f", {removed} removed" if removed else "")
+    )
     return ExitCode.OK
+
+
+def _disk_cell(row: status.TaskStatus) -> str:
+    if not row.worktree_present:
+        return "removed" if row.disk_actual is not None else "-"
+    return format_size(row.disk_actual)
 
 
 @cli.command()

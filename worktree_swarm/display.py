@@ -48,6 +48,8 @@ class PlainObserver:
         elif kind == "state":
             reason = f" - {data['reason']}" if data.get("reason") else ""
             line = f"{task_id}: {data['state']}{reason}"
+        elif kind == "worktree_removed":
+            line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
         elif kind in {"run_started", "run_finished"}:
             line = f"run {data.get('run_id') or data.get('status')}: {kind.removeprefix('run_')}"
         else:

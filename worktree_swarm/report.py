@@ -6,6 +6,7 @@ prompts, reasons and logs is passed through :class:`Redactor` before it leaves t
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worktree_swarm import supervisor
+from worktree_swarm.disk import DiskUsage, format_size, usage
 from worktree_swarm.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.redact import Redactor
 from worktree_swarm.scheduler import Scheduler
@@ -83,6 +85,9 @@ class TaskReport:
     prompt: str
     checks_tail: str
     setup_tail: str
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktree_present: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +112,9 @@ class Totals:
     cache_read_tokens: int | None
     token_overhead_tokens: int | None
     token_overhead_pct: float | None
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktrees_removed: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +133,7 @@ class RunReport:
     tasks: tuple[TaskReport, ...]
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
+    max_disk: int | None = None
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json`` (field names documented in docs/report.md)."""
@@ -201,6 +210,7 @@ def build_report(
         tasks=tasks,
         totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
         outside_writes=outside,
+        max_disk=_max_disk(run),
     )
 
 
@@ -220,6 +230,24 @@ def _task_spec(row: TaskRow) -> Task:
     except (ValueError, TypeError):
         # A spec written by a newer version: the report still shows what the store knows.
         return Task(id=row.task_id, prompt="")
+
+
+def _max_disk(run: RunRow) -> int | None:
+    try:
+        value = json.loads(run.spec_json).get("max_disk")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _disk(row: TaskRow) -> tuple[DiskUsage | None, bool]:
+    """A task's disk use (measured now while it goes on, else as recorded) and presence."""
+    present = Path(row.worktree).is_dir()
+    if present and not row.state.is_final:
+        return usage(Path(row.worktree)), present
+    if row.disk_actual is None:
+        return None, present
+    return DiskUsage(row.disk_apparent or 0, row.disk_actual), present
 
 
 def _manager_alive(run: RunRow) -> bool:
@@ -268,6 +296,7 @@ def _task_report(
     # started_at moves to each new attempt's start; the task's wall time begins at the first.
     starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]
     wall = (row.ended_at or end) - min(starts) if starts else None
+    used, present = _disk(row)
     return TaskReport(
         task_id=row.task_id,
         title=redact(spec.title),
@@ -296,6 +325,9 @@ def _task_report(
         prompt=redact(spec.prompt[:PROMPT_CHARS]),
         checks_tail="" if logs is None else redact(tail(logs / "checks.log")),
         setup_tail="" if logs is None else redact(tail(logs / "setup.log")),
+        disk_apparent=None if used is None else used.apparent,
+        disk_actual=None if used is None else used.actual,
+        worktree_present=present,
     )
 
 
@@ -363,6 +395,9 @@ def _totals(
         cache_read_tokens=cache,
         token_overhead_tokens=overhead,
         token_overhead_pct=100 * overhead / context if overhead is not None and context else None,
+        disk_apparent=_sum(t.disk_apparent for t in tasks),
+        disk_actual=_sum(t.disk_actual for t in tasks),
+        worktrees_removed=sum(t.disk_actual is not None and not t.worktree_present for t in tasks),
     )
 
 
@@ -427,7 +462,7 @@ def format_text(report: RunReport) -> str:
     head = f"{'task':<{width}}  {'outcome':<12} {'att':>3} {'wall':>8} {'cost':>8} "
     lines = [
         f"run {report.run_id} ({report.status}) base {report.base_commit[:10]}, jobs {report.jobs}",
-        head + f"{'tokens in/out':>15}  {'diff':<18} merge/PR",
+        head + f"{'tokens in/out':>15} {'disk':>7}  {'diff':<18} merge/PR",
     ]
     for t in report.tasks:
         diff = f"{t.files_changed}f +{t.insertions} -{t.deletions}" if t.files_changed else "-"
@@ -435,7 +470,8 @@ def format_text(report: RunReport) -> str:
         merge = f"#{t.pr_number}" if t.pr_number else ("merged" if t.state == "merged" else "-")
         lines.append(
             f"{t.task_id:<{width}}  {t.state:<12} {len(t.attempts):>3} {duration(t.wall_s):>8} "
-            f"{money(t.cost_usd):>8} {tokens:>15}  {diff:<18} {merge}"
+            f"{money(t.cost_usd):>8} {tokens:>15} {format_size(t.disk_actual):>7}  "
+            f"{diff:<18} {merge}"
         )
     s = report.totals
     states = ", ".join(f"{n} {name}" for name, n in s.states.items())
@@ -454,6 +490,7 @@ def format_text(report: RunReport) -> str:
         ),
         f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
         f"overhead   {overhead_text(s)}",
+        f"disk       {disk_text(report)}",
     ]
     lines += outside_writes_text(report)
     return "\n".join(lines)
@@ -471,6 +508,21 @@ def outside_writes_text(report: RunReport) -> list[str]:
         patch = f", patch {event['patch']}" if event.get("patch") else ""
         lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
     return lines
+
+
+def disk_text(report: RunReport) -> str:
+    """The disk line: what the worktrees used when their tasks ended, how many are gone."""
+    s = report.totals
+    measured = sum(t.disk_actual is not None for t in report.tasks)
+    text = (
+        f"{format_size(s.disk_actual)} ({format_size(s.disk_apparent)} apparent) "
+        f"in {measured} worktrees"
+    )
+    if s.worktrees_removed:
+        text += f", {s.worktrees_removed} removed since"
+    if report.max_disk is not None:
+        text += f"; max_disk {format_size(report.max_disk)}"
+    return text
 
 
 def overhead_text(totals: Totals) -> str:

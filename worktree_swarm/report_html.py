@@ -12,8 +12,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from worktree_swarm.disk import format_size
 from worktree_swarm.report import (
     RunReport,
+    disk_text,
     duration,
     money,
     outside_writes_text,
@@ -103,6 +105,7 @@ def _page_data(report: RunReport) -> dict[str, object]:
             overhead_text(s),
         ),
         ("Tasks", f"{s.done}/{s.tasks} done", ", ".join(f"{n} {k}" for k, n in s.states.items())),
+        ("Disk", format_size(s.disk_actual), disk_text(report)),
     ]
     tasks = [
         {
@@ -136,6 +139,9 @@ def _page_data(report: RunReport) -> dict[str, object]:
             "files": t.files_changed,
             "ins": t.insertions,
             "del": t.deletions,
+            "disk": t.disk_actual,
+            "diskApp": t.disk_apparent,
+            "wt": t.worktree_present,
             "pr": t.pr_number,
             "prUrl": t.pr_url,
             "prompt": t.prompt,
@@ -273,6 +279,13 @@ const dur = (s) => {
 const money = (x) => (x == null ? "-" : "$" + x.toFixed(2));
 const NUMBER = new Intl.NumberFormat("en-US");  // toLocaleString builds one per call
 const num = (x) => (x == null ? "-" : NUMBER.format(x));
+const size = (n) => {
+  if (n == null) return "-";
+  if (n < 1024) return n + "B";
+  let v = n, u = 0;
+  while (v >= 1024 && u < 5) { v /= 1024; u += 1; }
+  return (v < 10 ? v.toFixed(1) : Math.round(v)) + " KMGTP"[u];
+};
 const first = (s) => String(s || "").split("\n")[0];
 const timings = {};
 const timed = (name, fn) => {
@@ -390,6 +403,7 @@ const COLUMNS = [
   ["cost", "cost", (t) => money(t.cost), "n"],
   ["tokens in", "tin", (t) => num(t.tin), "n"],
   ["tokens out", "tout", (t) => num(t.tout), "n"],
+  ["disk", "disk", (t) => size(t.disk), "n"],
   ["diff", "files", (t) => (t.files ? `${t.files} files +${t.ins} -${t.del}` : "-")],
   ["merge/PR", "pr", (t) => (t.pr ? `#${t.pr}` : t.state === "merged" ? "merged" : "-")],
 ];
@@ -448,6 +462,8 @@ function fillDetails(el) {
   const facts = [`branch ${t.branch}`, t.deps.length ? `depends on ${t.deps.join(", ")}` : "",
     t.files ? `diff: ${t.files} files changed, +${t.ins} -${t.del}` : "diff: -",
     `attempts: ${t.att.length} (${t.retries} retries)`, `cost ${money(t.cost)}`,
+    t.disk == null ? "" : `disk: ${size(t.disk)} (${size(t.diskApp)} apparent)` +
+      (t.wt ? "" : ", worktree removed since"),
     t.prUrl ? `pull request #${t.pr} ${t.prUrl}` : ""].filter(Boolean);
   block(body, "Facts", facts.join("\n"));
   if (t.reason) block(body, "Reason", t.reason);

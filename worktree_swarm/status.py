@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm import git, supervisor
+from worktree_swarm.disk import DiskUsage, usage
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
 from worktree_swarm.runner import store_path
@@ -33,6 +34,9 @@ class TaskStatus:
     deletions: int | None
     branch: str
     worktree: str
+    worktree_present: bool = False
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -59,8 +63,14 @@ def resolve_run(store: Store, run_id: str | None) -> str:
     return run_id
 
 
-def task_status(store: Store, run_id: str, *, now: float | None = None) -> list[TaskStatus]:
-    """Status rows of every task of *run_id*, checking recorded PIDs against reality."""
+def task_status(
+    store: Store, run_id: str, *, now: float | None = None, disk: bool = False
+) -> list[TaskStatus]:
+    """Status rows of every task of *run_id*, checking recorded PIDs against reality.
+
+    With *disk*, the disk use of each worktree: measured now while its task goes on, as
+    recorded when it ended otherwise (also for a worktree removed since).
+    """
     now = time.time() if now is None else now
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
     rows = []
@@ -70,6 +80,12 @@ def task_status(store: Store, run_id: str, *, now: float | None = None) -> list[
         elapsed = None
         if task.started_at is not None:
             elapsed = round((task.ended_at or now) - task.started_at, 3)
+        present = Path(task.worktree).is_dir()
+        used = None
+        if disk and task.disk_actual is not None and (task.state.is_final or not present):
+            used = DiskUsage(task.disk_apparent or 0, task.disk_actual)
+        elif disk and present:
+            used = usage(Path(task.worktree))
         rows.append(
             TaskStatus(
                 task_id=task.task_id,
@@ -87,6 +103,9 @@ def task_status(store: Store, run_id: str, *, now: float | None = None) -> list[
                 deletions=task.diff_deletions,
                 branch=task.branch,
                 worktree=task.worktree,
+                worktree_present=present,
+                disk_apparent=None if used is None else used.apparent,
+                disk_actual=None if used is None else used.actual,
             )
         )
     return rows
@@ -112,14 +131,23 @@ def is_active(state: TaskState) -> bool:
     return state in {TaskState.RUNNING, TaskState.CHECKING, TaskState.RATE_LIMITED}
 
 
-def run_totals(rows: list[TaskStatus]) -> dict[str, float | int]:
-    """Attempts, cost and tokens of the whole run (missing values count as zero)."""
-    return {
+def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int]:
+    """Attempts, cost and tokens of the whole run (missing values count as zero).
+
+    With *disk* (rows read with disk use), also ``disk_apparent`` and ``disk_actual``: what
+    the run's worktrees that are still there use (removed ones count zero).
+    """
+    totals: dict[str, float | int] = {
         "attempts": sum(r.attempt for r in rows),
         "cost_usd": round(sum(r.cost_usd or 0.0 for r in rows), 6),
         "tokens_in": sum(r.tokens_in or 0 for r in rows),
         "tokens_out": sum(r.tokens_out or 0 for r in rows),
     }
+    if disk:
+        present = [r for r in rows if r.worktree_present]
+        totals["disk_apparent"] = sum(r.disk_apparent or 0 for r in present)
+        totals["disk_actual"] = sum(r.disk_actual or 0 for r in present)
+    return totals
 
 
 def commit_author(store: Store, run_id: str) -> str:
