@@ -1,0 +1,395 @@
+"""Disk: measuring worktrees, max_disk (wait, remove finished worktrees), copy_mode and link."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_run import (
+    AgentFactory,
+    argv_toml,
+    manifest,
+    state_db,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
+from worktree_swarm import worktrees
+from worktree_swarm.disk import DiskUsage, combine, format_size, scan, usage
+
+MIB = 2**20
+
+# Records how many worktrees exist (directories under the worktree root) when it starts and
+# when it ends, appending under a lock to a shared log; between the two it waits for the test
+# to create the go file, so the test decides when the first agents may finish.
+COUNTING_AGENT = """
+import fcntl, os, pathlib, sys, time
+log, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+root = pathlib.Path(os.environ['SWARM_WORKTREE']).parent
+tid = os.environ['SWARM_TASK_ID']
+def record(what):
+    count = sum(1 for p in root.iterdir() if p.is_dir())
+    with log.open('a') as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(f'{tid} {what} {count}\\n')
+record('start')
+while not go.exists():
+    time.sleep(0.02)
+pathlib.Path(tid + '.txt').write_text(tid + '\\n')
+record('end')
+"""
+
+
+def _big_repo(tmp_path: Path) -> Path:
+    """A repository whose checkout is dominated by one tracked 1 MiB file."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "big\n"})
+    (repo / "blob.bin").write_bytes(os.urandom(MIB))
+    git(repo, "add", "blob.bin")
+    git(repo, "commit", "-q", "-m", "a 1 MiB file")
+    return repo
+
+
+def _records(log: Path) -> list[tuple[str, str, int]]:
+    if not log.exists():
+        return []
+    rows = [line.split() for line in log.read_text().splitlines()]
+    return [(tid, what, int(count)) for tid, what, count in rows]
+
+
+def _events(repo: Path, kind: str) -> list[tuple[str, dict[str, object]]]:
+    with state_db(repo) as db:
+        rows = db.execute(
+            "SELECT task_id, data FROM events WHERE kind = ? ORDER BY id", (kind,)
+        ).fetchall()
+    return [(task_id, json.loads(data)) for task_id, data in rows]
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+def test_usage_counts_hard_links_once_never_follows_symlinks_and_sees_holes(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "huge.bin").write_bytes(b"x" * 4 * MIB)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(MIB))
+    os.link(tree / "data.bin", tree / "same.bin")
+    (tree / "shared").symlink_to(outside, target_is_directory=True)
+    with (tree / "sparse.bin").open("wb") as fh:
+        fh.truncate(64 * MIB)
+        fh.write(b"x")
+
+    used = usage(tree)
+
+    # The sparse file's size counts, its holes do not; the hard link and the symlink's
+    # 4 MiB target count zero times.
+    assert 65 * MIB <= used.apparent < 66 * MIB
+    assert MIB <= used.actual < 2 * MIB
+    assert usage(tmp_path / "missing") == DiskUsage(0, 0)
+
+
+def test_scans_combined_count_a_file_linked_into_both_once(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (one / "data.bin").write_bytes(os.urandom(MIB))
+    os.link(one / "data.bin", two / "data.bin")
+    a, b = scan(one), scan(two)
+    assert a.usage.actual >= MIB
+    assert b.usage.actual >= MIB
+    assert combine([a, b]).actual < a.usage.actual + b.usage.actual - MIB // 2
+
+
+def test_format_size() -> None:
+    assert format_size(None) == "-"
+    assert format_size(512) == "512B"
+    assert format_size(1536) == "1.5K"
+    assert format_size(int(3.5 * MIB)) == "3.5M"
+    assert format_size(20 * 2**30) == "20G"
+
+
+# -- max_disk -----------------------------------------------------------------------------
+
+
+def test_max_disk_of_three_worktrees_runs_six_tasks_three_at_a_time(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    log, go = tmp_path / "counts.log", tmp_path / "go"
+    agent = argv_toml([*write_agent(COUNTING_AGENT), str(log), str(go)])
+    tasks = "".join(f'[[task]]\nid = "t{i}"\nprompt = "task {i}"\n' for i in range(1, 7))
+    # Each worktree takes a little over 1 MiB: three fit under 3.5 MiB, four do not.
+    path = manifest(repo, f'[defaults]\nagent = {agent}\njobs = 6\nmax_disk = "3.5M"\n{tasks}')
+    proc = swarm_bg(repo, "run", path)
+    try:
+        wait_for(
+            lambda: len(_records(log)) == 3, timeout=120, what="the first three agents to start"
+        )
+
+        def three_waiting() -> bool:
+            rows = status_json(repo).values()
+            return sum(str(r["reason"]).startswith("waiting for disk") for r in rows) == 3
+
+        wait_for(three_waiting, what="three tasks waiting for disk")
+        rows = status_json(repo)
+        waiting = [r for r in rows.values() if r["reason"]]
+        assert all(r["state"] == "pending" for r in waiting)
+        assert "of 3.5M used" in str(waiting[0]["reason"])
+        table = swarm(repo, "status").stdout
+        assert "waiting for disk" in table
+    finally:
+        go.touch()
+        code = proc.wait(timeout=120)
+    assert code == 0, (repo.parent / "bg.log").read_text()
+
+    records = _records(log)
+    assert len(records) == 12
+    assert max(count for _, _, count in records) == 3
+    rows = status_json(repo)
+    assert {r["state"] for r in rows.values()} == {"done"}
+    for tid in rows:
+        assert git(repo, "show", f"swarm/{tid}:{tid}.txt") == tid
+    # Three finished worktrees made room for the last three; their branches keep the work.
+    removed = _events(repo, "worktree_removed")
+    assert len(removed) == 3
+    assert all("max_disk 3.5M" in str(data["reason"]) for _, data in removed)
+    gone = {tid for tid, row in rows.items() if not row["worktree_present"]}
+    assert gone == {tid for tid, _ in removed}
+    assert not any(Path(str(rows[tid]["worktree"])).exists() for tid in gone)
+    assert all(git(repo, "rev-parse", "--verify", f"swarm/{tid}") for tid in gone)
+
+
+def test_status_reports_disk_use_per_worktree_and_in_total(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    agent = " ".join(write_agent("open('out.txt', 'w').write('x')\n"))
+    out = swarm(repo, "run", "--agent", agent, "-t", "a=one", "-t", "b=two")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(swarm(repo, "status", "--json").stdout)
+    tasks = {t["task_id"]: t for t in payload["tasks"]}
+    for row in tasks.values():
+        assert row["worktree_present"] is True
+        assert MIB <= row["disk_apparent"] < 2 * MIB
+        assert MIB <= row["disk_actual"] < 2 * MIB
+    totals = payload["totals"]
+    assert totals["disk_actual"] == sum(t["disk_actual"] for t in tasks.values())
+    assert totals["disk_apparent"] == sum(t["disk_apparent"] for t in tasks.values())
+
+    git(repo, "worktree", "remove", "--force", str(tasks["a"]["worktree"]))
+    payload = json.loads(swarm(repo, "status", "--json").stdout)
+    after = {t["task_id"]: t for t in payload["tasks"]}
+    assert after["a"]["worktree_present"] is False
+    assert after["a"]["disk_actual"] == tasks["a"]["disk_actual"]  # as recorded at its end
+    assert payload["totals"]["disk_actual"] == tasks["b"]["disk_actual"]
+    table = swarm(repo, "status").stdout
+    a_line = next(line for line in table.splitlines() if line.startswith("a "))
+    assert "removed" in a_line
+    assert "disk: " in table
+    assert "1 removed" in table
+
+    report = json.loads(swarm(repo, "report", "--json").stdout)
+    by_id = {t["task_id"]: t for t in report["tasks"]}
+    assert by_id["a"]["disk_actual"] == tasks["a"]["disk_actual"]
+    assert by_id["a"]["worktree_present"] is False
+    assert report["totals"]["disk_actual"] == sum(t["disk_actual"] for t in tasks.values())
+    assert report["totals"]["worktrees_removed"] == 1
+    text = swarm(repo, "report").stdout
+    assert "disk " in text
+    assert "1 removed since" in text
+
+
+def test_max_disk_below_one_worktree_is_bad_input_and_creates_nothing(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    agent = " ".join(write_agent("pass\n"))
+    out = swarm(repo, "run", "--agent", agent, "--max-disk", "512K", "-t", "a=one")
+    assert out.returncode == 2
+    assert "max_disk 512K (524,288 bytes) is smaller than one worktree of task a" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    assert not (repo.parent / "repo.swarm").exists()
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+
+
+def test_max_disk_taken_by_earlier_worktrees_is_bad_input(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    stale = repo.parent / "repo.swarm" / "old-task"
+    stale.mkdir(parents=True)
+    (stale / "junk.bin").write_bytes(os.urandom(2 * MIB))
+    agent = " ".join(write_agent("pass\n"))
+    out = swarm(repo, "run", "--agent", agent, "--max-disk", "2.5M", "-t", "a=one")
+    assert out.returncode == 2
+    assert "already holds" in out.stderr
+    assert "swarm clean --all" in out.stderr
+
+
+def test_a_task_waiting_for_disk_can_be_stopped(tmp_path: Path, write_agent: AgentFactory) -> None:
+    repo = _big_repo(tmp_path)
+    log, go = tmp_path / "counts.log", tmp_path / "go"
+    agent = argv_toml([*write_agent(COUNTING_AGENT), str(log), str(go)])
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\njobs = 2\nmax_disk = "1.5M"\n'
+        '[[task]]\nid = "first"\nprompt = "1"\n[[task]]\nid = "second"\nprompt = "2"\n',
+    )
+    proc = swarm_bg(repo, "run", path)
+    try:
+        wait_for(lambda: len(_records(log)) == 1, timeout=120, what="the first agent")
+        waiting = next(tid for tid in ("first", "second") if tid != _records(log)[0][0])
+        wait_for(
+            lambda: str(status_json(repo)[waiting]["reason"]).startswith("waiting for disk"),
+            what="the other task to wait for disk",
+        )
+        assert swarm(repo, "stop", waiting).returncode == 0
+        row = status_json(repo)[waiting]
+        assert row["state"] == "stopped"
+        assert row["reason"] == "stopped while waiting for disk"
+    finally:
+        go.touch()
+        code = proc.wait(timeout=120)
+    assert code == 1  # one task stopped
+    assert not (repo.parent / "repo.swarm" / waiting).exists()
+
+
+def test_no_room_left_by_others_fails_the_task_with_next_steps(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    log, go = tmp_path / "counts.log", tmp_path / "go"
+    agent = argv_toml([*write_agent(COUNTING_AGENT), str(log), str(go)])
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\njobs = 1\nmax_disk = "3M"\n'
+        '[[task]]\nid = "first"\nprompt = "1"\n'
+        '[[task]]\nid = "second"\nprompt = "2"\ndepends_on = ["first"]\n',
+    )
+    proc = swarm_bg(repo, "run", path)
+    try:
+        wait_for(lambda: len(_records(log)) == 1, timeout=120, what="the first agent")
+        # Something other than this run fills the worktree root while the first task runs.
+        junk = repo.parent / "repo.swarm" / "junk"
+        junk.mkdir()
+        (junk / "junk.bin").write_bytes(os.urandom(2 * MIB + MIB // 2))
+    finally:
+        go.touch()
+        code = proc.wait(timeout=120)
+    assert code == 1
+    rows = status_json(repo)
+    assert rows["first"]["state"] == "done"
+    assert rows["second"]["state"] == "failed"
+    reason = str(rows["second"]["reason"])
+    assert reason.startswith("max_disk 3.0M: a new worktree needs")
+    assert "swarm clean --all" in reason
+    # The finished worktree was removed first to make room (its branch keeps the work).
+    assert [tid for tid, _ in _events(repo, "worktree_removed")] == ["first"]
+    assert git(repo, "show", "swarm/first:first.txt") == "first"
+
+
+# -- copy_mode and link -------------------------------------------------------------------
+
+
+def test_copy_mode_hardlink_shares_the_inode_and_copy_does_not(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = make_repo(tmp_path / "repo", {".gitignore": ".env\n"})
+    (repo / ".env").write_text("SECRET_PLACE=1\n")
+    agent = argv_toml(write_agent("open('out.txt', 'w').write('x')\n"))
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\ncopy = [".env"]\ncopy_mode = "hardlink"\n'
+        '[[task]]\nid = "a"\nprompt = "one"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stderr
+    copied = repo.parent / "repo.swarm" / "a" / ".env"
+    assert copied.stat().st_ino == (repo / ".env").stat().st_ino
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert worktrees.copy_into(repo, plain, [".env"], mode="copy") == [".env"]
+    assert (plain / ".env").stat().st_ino != (repo / ".env").stat().st_ino
+    assert (plain / ".env").read_text() == "SECRET_PLACE=1\n"
+
+
+LINK_AGENT = """
+import os, pathlib, sys
+link = pathlib.Path('node_modules')
+assert link.is_symlink(), 'node_modules is not a symlink'
+print('sees', (link / 'pkg' / 'index.js').read_text())
+pathlib.Path('out.txt').write_text('used ' + (link / 'pkg' / 'index.js').read_text())
+"""
+
+
+def test_link_shares_the_main_checkouts_directory_and_never_commits_it(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # `node_modules/` (with the slash) does not match a symlink: only the checkpoint's
+    # exclusion keeps the link out of the branch.
+    repo = make_repo(tmp_path / "repo", {".gitignore": "node_modules/\n"})
+    (repo / "node_modules" / "pkg").mkdir(parents=True)
+    (repo / "node_modules" / "pkg" / "index.js").write_text("module.exports = 1\n")
+    agent = argv_toml(write_agent(LINK_AGENT))
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\nlink = ["node_modules"]\n'
+        '[[task]]\nid = "a"\nprompt = "one"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "show", "swarm/a:out.txt") == "used module.exports = 1"
+    assert "node_modules" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
+    worktree = repo.parent / "repo.swarm" / "a"
+    # Unshared when the task ended, so `swarm clean` and git see a clean worktree.
+    assert not os.path.lexists(worktree / "node_modules")
+    assert git(worktree, "status", "--porcelain") == ""
+    assert (repo / "node_modules" / "pkg" / "index.js").read_text() == "module.exports = 1\n"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "is missing or not a directory"),
+        ("tracked", "the worktree already has node_modules"),
+    ],
+)
+def test_link_refuses_a_missing_source_or_a_tracked_path(
+    tmp_path: Path, write_agent: AgentFactory, setup: str, message: str
+) -> None:
+    files = {"README.md": "x\n"}
+    if setup == "tracked":
+        files["node_modules/kept.js"] = "tracked\n"
+    repo = make_repo(tmp_path / "repo", files)
+    agent = argv_toml(write_agent("open('out.txt', 'w').write('x')\n"))
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\nlink = ["node_modules"]\n'
+        '[[task]]\nid = "a"\nprompt = "one"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert message in str(row["reason"])
+
+
+def test_store_migrates_to_disk_columns(tmp_path: Path) -> None:
+    from worktree_swarm.store import Store  # noqa: PLC0415
+
+    with Store(tmp_path / "state.db"):
+        pass
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    assert {"disk_apparent", "disk_actual", "worktree_removed_at"} <= columns
