@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from worktree_swarm import disk, git, worktrees
 from worktree_swarm.disk import format_size
 from worktree_swarm.errors import BadInputError, SwarmError
+from worktree_swarm.guard import Guard
 from worktree_swarm.models import RunSpec, Task
 from worktree_swarm.store import Store
 
@@ -46,7 +47,14 @@ class DiskBudget:
     """
 
     def __init__(
-        self, *, repo: git.Repo, spec: RunSpec, store: Store, run_id: str, emit: Emit
+        self,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        run_id: str,
+        emit: Emit,
+        guard: Guard,
     ) -> None:
         if spec.worktree_root is None:
             msg = "RunSpec.worktree_root must be set"
@@ -57,6 +65,7 @@ class DiskBudget:
         self.run_id = run_id
         self.root = spec.worktree_root
         self._emit = emit
+        self.guard = guard
         self._tasks = {t.id: t for t in spec.tasks}
         self._cond = threading.Condition()
         self._scans: dict[str, tuple[disk.Scan, float]] = {}
@@ -132,14 +141,11 @@ class DiskBudget:
     # -- main thread ----------------------------------------------------------------------
 
     def finished(self, task_id: str) -> None:
-        """A task reached its final state: unshare its links, record its disk use.
+        """A task reached its final state: record its disk use.
 
         Its worktree then counts as removable when a waiting task needs the room.
         """
         path = self.root / task_id
-        task = self._tasks.get(task_id)
-        if task is not None and task.link:
-            worktrees.unlink_links(self.repo.root, path, task.link)
         present = path.is_dir()
         if present:
             used = disk.usage(path)
@@ -184,16 +190,20 @@ class DiskBudget:
         cap = format_size(self.spec.max_disk)
         reason = f"max_disk {cap}: {format_size(used)} used, another worktree needs ~"
         reason += format_size(need)
-        if path.is_dir():
-            # Every attempt ended with a checkpoint; this only keeps what a check or a setup
-            # step left behind, as `swarm clean` does, so that nothing is lost.
-            git.checkpoint(
-                path,
-                message=f"swarm: checkpoint {task_id} (before removing its worktree for max_disk)",
-                author=self.spec.commit_author,
-                exclude=task.link if task is not None else (),
-            )
-            worktrees.remove_worktree(self.repo, path, force=True)
+        # Busy: the guard neither takes the removal (or the checkpoint's commit) for a
+        # foreign write nor watches the worktree any longer.
+        with self.guard.busy(task_id, path):
+            if path.is_dir():
+                # Every attempt ended with a checkpoint; this only keeps what a check or a
+                # setup step left behind, as `swarm clean` does, so that nothing is lost.
+                git.checkpoint(
+                    path,
+                    message=f"swarm: checkpoint {task_id} (before removing its worktree "
+                    "for max_disk)",
+                    author=self.spec.commit_author,
+                    exclude=task.link if task is not None else (),
+                )
+                worktrees.remove_worktree(self.repo, path, force=True)
         self._scans.pop(task_id, None)
         self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
         branch = task.branch if task is not None else f"swarm/{task_id}"

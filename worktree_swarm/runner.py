@@ -87,7 +87,9 @@ class Runner:
             exclude=[spec.worktree_root] if spec.worktree_root else [],
         )
         self._guard_reasons: dict[str, str] = {}
-        self.disk = DiskBudget(repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit)
+        self.disk = DiskBudget(
+            repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
+        )
         self._worker = TaskWorker(
             repo=repo,
             spec=spec,

@@ -104,7 +104,10 @@ class TaskWorker:
         # Everything in the worktree and on the branch is the task's own until it ends;
         # from then on the guard watches both for writes by anyone else.
         with self.guard.busy(live.task.id, path):
-            return self._run(live, path)
+            try:
+                return self._run(live, path)
+            finally:  # before the guard's baseline: the links are not part of the worktree
+                worktrees.unlink_links(self.repo.root, path, live.task.link)
 
     def _run(self, live: Live, path: Path) -> Outcome:
         task = live.task
