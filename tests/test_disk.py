@@ -324,12 +324,15 @@ def test_copy_mode_hardlink_shares_the_inode_and_copy_does_not(
     assert (plain / ".env").read_text() == "SECRET_PLACE=1\n"
 
 
+# Uses the linked directory, then commits everything itself, the symlink included.
 LINK_AGENT = """
-import os, pathlib, sys
+import pathlib, subprocess
 link = pathlib.Path('node_modules')
 assert link.is_symlink(), 'node_modules is not a symlink'
-print('sees', (link / 'pkg' / 'index.js').read_text())
 pathlib.Path('out.txt').write_text('used ' + (link / 'pkg' / 'index.js').read_text())
+subprocess.run(['git', 'add', '-A'], check=True)
+identity = ['-c', 'user.name=Agent', '-c', 'user.email=agent@example.com']
+subprocess.run(['git', *identity, 'commit', '-q', '-m', 'agent commit'], check=True)
 """
 
 
@@ -350,6 +353,8 @@ def test_link_shares_the_main_checkouts_directory_and_never_commits_it(
     out = swarm(repo, "run", path)
     assert out.returncode == 0, out.stderr
     assert git(repo, "show", "swarm/a:out.txt") == "used module.exports = 1"
+    # The agent's own commit took the symlink; the checkpoint took it out of the branch again.
+    assert "node_modules" in git(repo, "show", "--name-only", "--format=", "swarm/a~1")
     assert "node_modules" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
     worktree = repo.parent / "repo.swarm" / "a"
     # Unshared when the task ended, so `swarm clean` and git see a clean worktree.

@@ -234,15 +234,21 @@ def checkpoint(
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
-    Paths in *exclude* (relative to the worktree root, taken literally) are never added: the
-    ``link`` symlinks, which an ignore rule like ``node_modules/`` does not match because a
-    symlink is not a directory to git. Returns the new HEAD, or None when there was nothing
-    to commit. Hooks are skipped (``--no-verify``) and *author* (``Name <email>``) is also
-    the committer.
+    Paths in *exclude* (relative to the worktree root, taken literally) stay out of the
+    branch: never added, and taken out of the index (not the disk) when an agent added or
+    committed them itself. They are the ``link`` symlinks, which an ignore rule like
+    ``node_modules/`` does not match because a symlink is not a directory to git. Returns the
+    new HEAD, or None when there was nothing to commit. Hooks are skipped (``--no-verify``)
+    and *author* (``Name <email>``) is also the committer.
     """
     env = identity_env(author)
-    pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
-    _run(worktree, ["add", "--all", *(["--", *pathspec] if exclude else [])])
+    if exclude:
+        literal = [f":(literal,top){path}" for path in exclude]
+        _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
+        pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
+        _run(worktree, ["add", "--all", "--", *pathspec])
+    else:
+        _run(worktree, ["add", "--all"])
     if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
         return None
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
