@@ -85,7 +85,8 @@ def test_newer_schema_is_refused(db_path: Path, store: Store) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(SwarmError, match=r"schema version 3, newer .*upgrade worktree-swarm"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer .*upgrade worktree-swarm"
+    with pytest.raises(SwarmError, match=newer):
         Store(db_path)
 
 
