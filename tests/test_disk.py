@@ -168,6 +168,54 @@ def test_max_disk_of_three_worktrees_runs_six_tasks_three_at_a_time(
     assert all(git(repo, "rev-parse", "--verify", f"swarm/{tid}") for tid in gone)
 
 
+# Waits for its own go file, so the test releases the agents one by one.
+ONE_BY_ONE_AGENT = """
+import os, pathlib, sys, time
+gate = pathlib.Path(sys.argv[1])
+tid = os.environ['SWARM_TASK_ID']
+(gate / ('started-' + tid)).touch()
+while not (gate / ('go-' + tid)).exists():
+    time.sleep(0.02)
+pathlib.Path(tid + '.txt').write_text(tid + '\\n')
+"""
+
+
+def test_removing_a_worktree_for_room_keeps_leftovers_and_blames_no_agent(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    agent = argv_toml([*write_agent(ONE_BY_ONE_AGENT), str(gate)])
+    # The check leaves an untracked file behind, after the task's last checkpoint.
+    check = argv_toml(["python3", "-c", "open('check.txt', 'w').write('left by the check')"])
+    tasks = "".join(f'[[task]]\nid = "{t}"\nprompt = "{t}"\n' for t in ("a", "b", "c"))
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\njobs = 3\nmax_disk = "2.5M"\nchecks = [{check}]\n' + tasks,
+    )
+    proc = swarm_bg(repo, "run", path)
+
+    def started() -> list[str]:
+        return sorted(p.name.removeprefix("started-") for p in gate.glob("started-*"))
+
+    try:
+        wait_for(lambda: len(started()) == 2, timeout=120, what="two agents")
+        first = started()[0]
+        (gate / f"go-{first}").touch()
+        # The third task gets the first one's room while the second task's agent still runs.
+        wait_for(lambda: len(started()) == 3, timeout=120, what="the third agent")
+    finally:
+        for tid in ("a", "b", "c"):
+            (gate / f"go-{tid}").touch()
+        code = proc.wait(timeout=120)
+    assert code == 0, (repo.parent / "bg.log").read_text()
+    assert {r["state"] for r in status_json(repo).values()} == {"done"}
+    assert _events(repo, "outside_write") == []
+    assert [tid for tid, _ in _events(repo, "worktree_removed")] == [first]
+    assert git(repo, "show", f"swarm/{first}:check.txt") == "left by the check"
+
+
 def test_status_reports_disk_use_per_worktree_and_in_total(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
