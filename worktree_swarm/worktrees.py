@@ -264,20 +264,42 @@ def _copy_file(src: Path, dst: Path, *, mode: str = "auto") -> None:
             pass  # another file system, or links not allowed: fall back to a clone or copy
         else:
             return
-    if mode == "copy":
-        shutil.copy2(src, dst)  # Python's copy; on macOS copy2 would clone on APFS anyway.
+    if mode != "copy" and _clone(src, dst):
+        shutil.copystat(src, dst)
         return
+    # A byte copy through Python (shutil.copy2 may use copy_file_range, which can clone).
+    with src.open("rb") as fsrc, dst.open("xb") as fdst:
+        shutil.copyfileobj(fsrc, fdst)
+    shutil.copystat(src, dst)
+
+
+def _clone(src: Path, dst: Path) -> bool:
+    """Make *dst* a copy-on-write clone of *src* where the file system can; False otherwise."""
+    if sys.platform == "darwin":
+        # APFS: clonefile(2). shutil.copy2 does not clone on macOS (fcopyfile ignores
+        # COPYFILE_CLONE), so ask libSystem directly.
+        import ctypes  # noqa: PLC0415 - macOS only
+
+        try:
+            clonefile = ctypes.CDLL(None, use_errno=True).clonefile
+        except (OSError, AttributeError):
+            return False
+        clonefile.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32]
+        clonefile.restype = ctypes.c_int
+        return bool(clonefile(os.fsencode(src), os.fsencode(dst), 0) == 0)
     if sys.platform != "linux":
-        shutil.copy2(src, dst)  # macOS: copyfile(3) clones on APFS by itself.
-        return
+        return False
     import fcntl  # noqa: PLC0415 - POSIX only
 
     with src.open("rb") as fsrc, dst.open("xb") as fdst:
         try:
             fcntl.ioctl(fdst.fileno(), _FICLONE, fsrc.fileno())
         except OSError:
-            shutil.copyfileobj(fsrc, fdst)
-    shutil.copystat(src, dst)
+            pass
+        else:
+            return True
+    dst.unlink()
+    return False
 
 
 def link_into(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
