@@ -20,6 +20,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from tests.test_sandbox import needs_bwrap
 from worktree_swarm import worktrees
 from worktree_swarm.disk import DiskUsage, combine, format_size, scan, usage
 
@@ -410,6 +411,40 @@ def test_link_shares_the_main_checkouts_directory_and_never_commits_it(
     assert not os.path.lexists(worktree / "node_modules")
     assert git(worktree, "status", "--porcelain") == ""
     assert (repo / "node_modules" / "pkg" / "index.js").read_text() == "module.exports = 1\n"
+
+
+# Reads the linked directory and tries to write into it.
+LINK_WRITER_AGENT = """
+import pathlib
+link = pathlib.Path('node_modules')
+seen = (link / 'pkg' / 'index.js').read_text()
+try:
+    (link / 'pkg' / 'added.js').write_text('written through the link')
+    outcome = 'written'
+except OSError as exc:
+    outcome = 'refused ' + type(exc).__name__
+pathlib.Path('out.txt').write_text(outcome + ' after reading ' + seen)
+"""
+
+
+@needs_bwrap
+def test_with_sandbox_a_linked_directory_is_read_only(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = make_repo(tmp_path / "repo", {".gitignore": "node_modules/\n"})
+    (repo / "node_modules" / "pkg").mkdir(parents=True)
+    (repo / "node_modules" / "pkg" / "index.js").write_text("module.exports = 1\n")
+    agent = argv_toml(write_agent(LINK_WRITER_AGENT))
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {agent}\nlink = ["node_modules"]\n'
+        '[[task]]\nid = "a"\nprompt = "one"\n',
+    )
+    out = swarm(repo, "run", path, "--sandbox")
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "show", "swarm/a:out.txt").startswith("refused ")
+    assert git(repo, "show", "swarm/a:out.txt").endswith("after reading module.exports = 1")
+    assert sorted(p.name for p in (repo / "node_modules" / "pkg").iterdir()) == ["index.js"]
 
 
 @pytest.mark.parametrize(
