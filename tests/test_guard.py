@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,6 +172,28 @@ agent = {argv_toml(good)}
     assert "by bad: files app.py" in (tmp_path / "r.html").read_text()
 
 
+def run_victim_then_bad(
+    repo: Path, victim: list[str], bad: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run task "victim", then (once it has ended) task "bad"."""
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "victim"
+prompt = "p"
+agent = {argv_toml(victim)}
+
+[[task]]
+id = "bad"
+prompt = "p"
+depends_on = ["victim"]
+agent = {argv_toml(bad)}
+""",
+    )
+    return swarm(repo, "run", path)
+
+
 SIBLING_WRITER = """
 import os, pathlib
 victim = pathlib.Path(os.environ['SWARM_WORKTREE']).parent / 'victim'
@@ -187,22 +210,7 @@ def test_write_into_a_sibling_worktree_is_caught_and_undone(
         "import pathlib\npathlib.Path('victim.txt').write_text('victim work\\n')\n"
     )
     bad = write_agent(SIBLING_WRITER)
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "victim"
-prompt = "p"
-agent = {argv_toml(victim)}
-
-[[task]]
-id = "bad"
-prompt = "p"
-depends_on = ["victim"]
-agent = {argv_toml(bad)}
-""",
-    )
-    out = swarm(repo, "run", path)
+    out = run_victim_then_bad(repo, victim, bad)
     assert out.returncode == 1, out.stderr
     rows = status_json(repo)
     assert rows["victim"]["state"] == "done"
@@ -268,22 +276,7 @@ def test_commit_onto_another_tasks_branch_is_caught_and_undone(
 ) -> None:
     victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
     bad = write_agent(COMMIT_ONTO_SIBLING)
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "victim"
-prompt = "p"
-agent = {argv_toml(victim)}
-
-[[task]]
-id = "bad"
-prompt = "p"
-depends_on = ["victim"]
-agent = {argv_toml(bad)}
-""",
-    )
-    out = swarm(repo, "run", path)
+    out = run_victim_then_bad(repo, victim, bad)
     assert out.returncode == 1, out.stderr
     rows = status_json(repo)
     assert rows["victim"]["state"] == "done"
