@@ -120,15 +120,10 @@ pathlib.Path('bystander.txt').write_text('fine\\n')
 """
 
 
-def test_write_into_main_checkout_is_caught_undone_and_saved(
-    dirty_repo: Path, tmp_path: Path, write_agent: AgentFactory
-) -> None:
-    repo = dirty_repo
-    flags = tmp_path / "flags"
-    flags.mkdir()
-    before = checkout_state(repo)
-    bad = [*write_agent(MAIN_WRITER), str(repo), str(flags)]
-    good = [*write_agent(BYSTANDER), str(repo), str(flags), "notes.txt", "clean\n"]
+def run_bad_and_good_together(
+    repo: Path, bad: list[str], good: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run tasks "bad" and "good" at the same time."""
     path = manifest(
         repo,
         f"""
@@ -143,7 +138,19 @@ prompt = "p"
 agent = {argv_toml(good)}
 """,
     )
-    out = swarm(repo, "run", path, "--jobs", "2")
+    return swarm(repo, "run", path, "--jobs", "2")
+
+
+def test_write_into_main_checkout_is_caught_undone_and_saved(
+    dirty_repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = dirty_repo
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    before = checkout_state(repo)
+    bad = [*write_agent(MAIN_WRITER), str(repo), str(flags)]
+    good = [*write_agent(BYSTANDER), str(repo), str(flags), "notes.txt", "clean\n"]
+    out = run_bad_and_good_together(repo, bad, good)
     assert out.returncode == 1, out.stderr
     rows = status_json(repo)
     assert rows["good"]["state"] == "done"
@@ -408,21 +415,7 @@ def test_write_no_agent_can_be_singled_out_for_fails_every_agent_running_then(
     flags.mkdir()
     bad = [*write_agent(BY_PATH_WRITER), str(repo), str(flags)]
     good = [*write_agent(BYSTANDER), str(repo), str(flags), "README.md", "hello\n"]
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "bad"
-prompt = "p"
-agent = {argv_toml(bad)}
-
-[[task]]
-id = "good"
-prompt = "p"
-agent = {argv_toml(good)}
-""",
-    )
-    out = swarm(repo, "run", path, "--jobs", "2")
+    out = run_bad_and_good_together(repo, bad, good)
     assert out.returncode == 1, out.stderr
     rows = status_json(repo)
     assert (rows["bad"]["state"], rows["good"]["state"]) == ("failed", "failed")

@@ -42,7 +42,8 @@ class DiskFullError(SwarmError):
 class DiskBudget:
     """Admits worktree creations under ``spec.max_disk``; records each task's disk use.
 
-    Shared by the worker threads (:meth:`admit`) and the main thread (:meth:`finished`).
+    Shared by the worker threads (:meth:`admit`, :meth:`record`) and the main thread
+    (:meth:`finished`).
     Without ``max_disk`` nothing waits, but disk use is still recorded.
     """
 
@@ -131,27 +132,26 @@ class DiskBudget:
         """Actual bytes a fresh worktree of *task* at *start* takes: checkout plus copies."""
         if start not in self._checkouts:
             self._checkouts[start] = checkout_size(self.repo, start)
-        copies = sum(
-            disk.usage(match).actual
-            for pattern in task.copy
-            for match in self.repo.root.glob(pattern)
-        )
-        return self._checkouts[start] + copies
+        return self._checkouts[start] + copy_size(self.repo, task)
 
-    # -- main thread ----------------------------------------------------------------------
+    def record(self, task_id: str) -> None:
+        """Record the disk use of *task_id*'s worktree as its pipeline ends.
 
-    def finished(self, task_id: str) -> None:
-        """A task reached its final state: record its disk use.
-
-        Its worktree then counts as removable when a waiting task needs the room.
+        Called from the task's worker thread: a walk of a big worktree (``node_modules``)
+        must not hold up the run loop.
         """
         path = self.root / task_id
-        present = path.is_dir()
-        if present:
+        if path.is_dir():
             used = disk.usage(path)
             self.store.update_task(
                 self.run_id, task_id, disk_apparent=used.apparent, disk_actual=used.actual
             )
+
+    # -- main thread ----------------------------------------------------------------------
+
+    def finished(self, task_id: str) -> None:
+        """A task reached its final state: its worktree may now be removed for room."""
+        present = (self.root / task_id).is_dir()
         with self._cond:
             self._active.pop(task_id, None)
             self._scans.pop(task_id, None)
@@ -242,6 +242,13 @@ def checkout_size(repo: git.Repo, commit: str) -> int:
     return total
 
 
+def copy_size(repo: git.Repo, task: Task) -> int:
+    """Actual bytes of what *task*'s ``copy`` globs match in the main checkout."""
+    return sum(
+        disk.usage(match).actual for pattern in task.copy for match in repo.root.glob(pattern)
+    )
+
+
 def preflight(repo: git.Repo, spec: RunSpec, commit: str) -> None:
     """Raise BadInputError when one worktree cannot fit under ``max_disk`` at all.
 
@@ -254,10 +261,7 @@ def preflight(repo: git.Repo, spec: RunSpec, commit: str) -> None:
     checkout = checkout_size(repo, commit)
     held = disk.usage(spec.worktree_root).actual if spec.worktree_root.is_dir() else 0
     for task in spec.tasks:
-        copies = sum(
-            disk.usage(match).actual for pattern in task.copy for match in repo.root.glob(pattern)
-        )
-        need = checkout + copies
+        need = checkout + copy_size(repo, task)
         if need > cap:
             raise BadInputError(
                 f"max_disk {format_size(cap)} ({cap:,} bytes) is smaller than one worktree of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,25 @@ def repo_lock(repo: Repo) -> filelock.FileLock:
     # The lock file is never deleted: deleting it would let a waiter and a newcomer hold
     # different inodes at the same time.
     return filelock.FileLock(repo.state_dir / "repo.lock")
+
+
+def git_dir(checkout: Path) -> Path:
+    """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
+
+    For a linked worktree that is its admin dir, ``<common dir>/worktrees/<name>``.
+    Raises GitError when *checkout* has neither.
+    """
+    dotgit = checkout / ".git"
+    if dotgit.is_dir():
+        return dotgit
+    try:
+        text = dotgit.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GitError(f"{dotgit}: cannot read ({exc}); is {checkout} a git checkout?") from exc
+    if not text.startswith("gitdir:"):
+        raise GitError(f"{dotgit}: not a git checkout's .git file")
+    # Relative since git 2.48 with worktree.useRelativePaths.
+    return Path(os.path.realpath(checkout / text.removeprefix("gitdir:").strip()))
 
 
 def rev_parse_in(cwd: Path, rev: str) -> str | None:

@@ -73,7 +73,6 @@ class Violation:
     suspects: tuple[str, ...] = ()
     patch: str = ""
     restored: bool = False
-    detected_at: float = 0.0
 
     def summary(self) -> str:
         """One line naming the place and what changed in it."""
@@ -164,8 +163,7 @@ class Guard:
         self._new: list[Violation] = []
         self._new_lock = threading.Lock()  # drain() must not wait for a scan
         self._count = 0
-        self._last_scan = time.time()
-        self._refs_checked = self._last_scan
+        self._refs_checked = time.time()
         self._interval = _MIN_INTERVAL
         self._stamp = self._stamp_time()
         self._closing = threading.Event()
@@ -179,7 +177,7 @@ class Guard:
             self._dir.mkdir(parents=True, exist_ok=True)
             self._watch(MAIN, self.repo.root)
             self._refs = self._read_refs()
-            self._last_scan = self._refs_checked = time.time()
+            self._refs_checked = time.time()
 
     @contextlib.contextmanager
     def busy(self, task_id: str, path: Path) -> Iterator[None]:
@@ -194,11 +192,7 @@ class Guard:
         try:
             yield
         finally:
-            with self._lock:
-                self._busy[task_id] -= 1
-                if self._busy[task_id] == 0:
-                    del self._busy[task_id]
-                    self._settle(task_id, path)
+            self._release(task_id, path)
 
     @contextlib.contextmanager
     def idle(self, task_id: str, path: Path) -> Iterator[None]:
@@ -207,11 +201,7 @@ class Guard:
         Meant for waits for a slot or a rate limit: the worktree is watched meanwhile, and
         leaving checks it at once.
         """
-        with self._lock:
-            self._busy[task_id] -= 1
-            if self._busy[task_id] == 0:
-                del self._busy[task_id]
-                self._settle(task_id, path)
+        self._release(task_id, path)
         try:
             yield
         finally:
@@ -243,7 +233,7 @@ class Guard:
         task's branch. The ref HEAD was on is remembered as evidence for :meth:`scan`.
         """
         want = f"refs/heads/{branch}"
-        with contextlib.suppress(OSError):  # the fast way: read the HEAD file itself
+        with contextlib.suppress(OSError, SwarmError):  # the fast way: read the HEAD file
             if (_index_path(path).parent / "HEAD").read_text() == f"ref: {want}\n":
                 return None
         head_ref = _symbolic_head(path)
@@ -262,15 +252,9 @@ class Guard:
                     head=f"its agent switched its worktree from {branch} to {where}",
                     suspects=(task_id,),
                     restored=True,
-                    detected_at=time.time(),
                 ),
                 patch_text=None,
             )
-
-    def forget(self, task_id: str) -> None:
-        """Stop watching *task_id*'s worktree (swarm is about to remove it)."""
-        with self._lock:
-            self._places.pop(task_id, None)
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -290,12 +274,8 @@ class Guard:
             with contextlib.suppress(SwarmError, OSError):
                 self.scan()  # a failure (a git command mid-way) is retried next time
 
-    def scan(self, *, full: bool = True) -> list[Violation]:
-        """Compare what is watched with its baseline; handle and return new violations.
-
-        Without *full*, only the user's checkout and the refs (cheap; done after each
-        attempt), not every idle task worktree.
-        """
+    def scan(self) -> list[Violation]:
+        """Compare what is watched with its baseline; handle and return new violations."""
         began = time.time()
         found: list[Violation] = []
         with self._lock:
@@ -311,8 +291,8 @@ class Guard:
                 found += self._scan_refs(window)
             main = self._places.get(MAIN)
             if main is not None:
-                found += self._scan_place(main, began, quick=not full)
-            places = list(self._places.values()) if full else []
+                found += self._scan_place(main, began, quick=False)
+            places = list(self._places.values())
         for place in places:  # one at a time, so workers are not held up by a long scan
             with self._lock:
                 if place.where == MAIN or self._places.get(place.where) is not place:
@@ -321,9 +301,7 @@ class Guard:
                     del self._places[place.where]  # removed; its work is on its branch
                     continue
                 found += self._scan_place(place, time.time(), quick=True)
-        if full:
-            self._last_scan = began
-            self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
+        self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
         return found
 
     def drain(self) -> list[Violation]:
@@ -333,6 +311,14 @@ class Guard:
             return new
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _release(self, task_id: str, path: Path) -> None:
+        """One holder less; the last one hands the worktree over to the guard's watch."""
+        with self._lock:
+            self._busy[task_id] -= 1
+            if self._busy[task_id] == 0:
+                del self._busy[task_id]
+                self._settle(task_id, path)
 
     def _settle(self, task_id: str, path: Path) -> None:
         branch = f"refs/heads/swarm/{task_id}"
@@ -359,7 +345,8 @@ class Guard:
         else:
             saved.unlink(missing_ok=True)
         began = time.time()
-        status = _status(path)
+        # The user's checkout is always compared in full; a task worktree first by status.
+        status = "" if where == MAIN else _status(path)
         base = None
         if where == MAIN or not _is_clean(status):
             base = _capture(path, scratch, self._exclude if where == MAIN else ())
@@ -420,7 +407,6 @@ class Guard:
                 refs=tuple(refs),
                 suspects=suspects,
                 restored=restored,
-                detected_at=time.time(),
             ),
             patch_text=patch,
         )
@@ -467,7 +453,6 @@ class Guard:
                 index_changed=now.index != base.index,
                 suspects=suspects,
                 restored=restored,
-                detected_at=time.time(),
             ),
             patch_text=patch,
         )
@@ -476,7 +461,8 @@ class Guard:
     def _base(self, place: _Place) -> Snapshot:
         """*place*'s baseline; one that was clean is rebuilt from its commit and saved index."""
         if place.base is None:
-            head = git.rev_parse_in(place.path, f"{_status_field(place.status, 'oid')}^{{commit}}")
+            oid = _status_field(place.status, "oid")
+            head = None if oid in {"", "(initial)"} else oid
             branch = _status_field(place.status, "head")
             staged = _git_env(
                 place.path, {"GIT_INDEX_FILE": str(place.saved_index)}, "ls-files", "--stage", "-z"
@@ -485,7 +471,7 @@ class Guard:
                 head_ref=None if branch in {"", "(detached)"} else f"refs/heads/{branch}",
                 head=head,
                 index=hashlib.sha256(staged.encode()).hexdigest(),
-                tree=git.git(place.path, "rev-parse", f"{head}^{{tree}}").strip(),
+                tree=git.git(place.path, "rev-parse", f"{oid}^{{tree}}").strip(),
             )
         return place.base
 
@@ -575,7 +561,6 @@ def touch_stamp(repo: git.Repo) -> None:
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     stamp = repo.state_dir / STAMP
     stamp.touch()
-    os.utime(stamp)
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -623,17 +608,7 @@ def _git_env(cwd: Path, env: dict[str, str], *args: str) -> str:
 
 
 def _index_path(path: Path) -> Path:
-    dot_git = path / ".git"
-    if dot_git.is_dir():
-        return dot_git / "index"
-    try:  # a linked worktree: ".git" is a file naming its admin directory
-        text = dot_git.read_text(encoding="utf-8")
-    except OSError:
-        text = ""
-    if text.startswith("gitdir: "):
-        return (path / text.removeprefix("gitdir: ").strip()).resolve() / "index"
-    rel = git.git(path, "rev-parse", "--git-path", "index").strip()
-    return (path / rel).resolve()
+    return git.git_dir(path) / "index"
 
 
 def _symbolic_head(path: Path) -> str | None:

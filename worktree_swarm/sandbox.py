@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import proc
+from worktree_swarm import git, proc
 from worktree_swarm.errors import BadInputError, SwarmError
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
@@ -112,7 +112,7 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
         raise SwarmError("bubblewrap (`bwrap`) is no longer on PATH; install it or drop --sandbox")
     common = _real(box.common_dir)
     worktree = _real(box.worktree)
-    admin = admin_dir(worktree)
+    admin = git.git_dir(worktree)
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for extra in box.extra:
         args += _bind("--bind-try", _real(Path(extra)))
@@ -131,19 +131,6 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     for name in ("commondir", "gitdir", "config.worktree"):
         args += _bind("--ro-bind-try", admin / name)
     return [*args, "--chdir", str(worktree), "--", *argv]
-
-
-def admin_dir(worktree: Path) -> Path:
-    """The git admin dir (``<common>/worktrees/<name>``) of the linked worktree *worktree*."""
-    dotgit = worktree / ".git"
-    try:
-        text = dotgit.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SwarmError(f"{dotgit}: cannot read ({exc}); is {worktree} a git worktree?") from exc
-    if not text.startswith("gitdir:"):
-        raise SwarmError(f"{dotgit}: not a linked worktree's .git file")
-    # Relative since git 2.48 with worktree.useRelativePaths.
-    return _real(worktree / text.removeprefix("gitdir:").strip())
 
 
 def lock_of(findings: Path) -> Path:

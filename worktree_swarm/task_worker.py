@@ -108,6 +108,7 @@ class TaskWorker:
                 return self._run(live, path)
             finally:  # before the guard's baseline: the links are not part of the worktree
                 worktrees.unlink_links(self.repo.root, path, live.task.link)
+                self.disk.record(live.task.id)
 
     def _run(self, live: Live, path: Path) -> Outcome:
         task = live.task
