@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from worktree_swarm import conflicts, merge, merge_report
-from worktree_swarm.git import open_repo
-from worktree_swarm.models import Task, TaskState
-from worktree_swarm.runner import store_path
-from worktree_swarm.store import Store
+from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.store import Store
+from worktree_swarm.merge import conflicts, merge, merge_report
 
 RUN_ID = "20240101-000000-beef"
 IDENT = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]

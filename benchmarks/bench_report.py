@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm.models import ProcessIdentity, Task
-from worktree_swarm.store import AttemptUsage, Store
+from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.infra.store import AttemptUsage, Store
 
 # The baseline: the same timeline, one createElementNS + appendChild per element, straight
 # into the live document, with per-element setAttribute calls.

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import git
-from worktree_swarm.conflicts import conflict_path
-from worktree_swarm.git import open_repo
-from worktree_swarm.models import Task, TaskState
-from worktree_swarm.runner import store_path
-from worktree_swarm.store import Store
+from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.store import Store
+from worktree_swarm.merge.conflicts import conflict_path
 
 RUN_ID = "20240101-000000-abcd"
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from worktree_swarm import supervisor
 from worktree_swarm.agents import (
     PROFILES,
     AgentResult,
@@ -37,7 +36,8 @@ from worktree_swarm.agents.claude import ClaudeAdapter
 from worktree_swarm.agents.codex import CodexAdapter
 from worktree_swarm.agents.command import CommandAdapter
 from worktree_swarm.agents.gemini import GeminiAdapter
-from worktree_swarm.proc import clean_env
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.proc import clean_env
 
 NOW = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC: every classification is relative to it
 SESSION = "0e639165-79b1-4bd4-bb0f-4cb4c15115d4"

@@ -28,7 +28,7 @@ from tests.anthropic_stub import (
     without_claude_vars,
 )
 from tests.conftest import make_repo
-from worktree_swarm.proc import run
+from worktree_swarm.infra.proc import run
 
 anthropic_stub = stub_module.anthropic_stub  # the fixture, visible to this module's tests
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_sandbox import needs_bwrap
-from worktree_swarm import worktrees
-from worktree_swarm.disk import DiskUsage, combine, format_size, scan, usage
+from worktree_swarm.git import worktrees
+from worktree_swarm.infra.disk import DiskUsage, combine, format_size, scan, usage
 
 MIB = 2**20
 
@@ -475,7 +475,7 @@ def test_link_refuses_a_missing_source_or_a_tracked_path(
 
 
 def test_store_migrates_to_disk_columns(tmp_path: Path) -> None:
-    from worktree_swarm.store import Store  # noqa: PLC0415
+    from worktree_swarm.infra.store import Store  # noqa: PLC0415
 
     with Store(tmp_path / "state.db"):
         pass

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm import git as g
-from worktree_swarm.errors import BadInputError, CommandError
+from worktree_swarm.core.errors import BadInputError, CommandError
+from worktree_swarm.git import repo as g
 
 AUTHOR = "Swarm Bot <bot@example.com>"
 

@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import git
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
-from worktree_swarm import github
-from worktree_swarm.errors import BadInputError, ExitCode
-from worktree_swarm.git import open_repo
+from worktree_swarm.core.errors import BadInputError, ExitCode
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.github import client as github
 
 
 @pytest.fixture

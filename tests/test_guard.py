@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import argv_toml, manifest, status_json, swarm
-from worktree_swarm.git import open_repo
+from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import MAIN, Guard
-from worktree_swarm.supervisor import identity_of
+from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]
 

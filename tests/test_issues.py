@@ -12,8 +12,9 @@ import pytest
 from tests.conftest import git
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
 from tests.test_run import swarm
-from worktree_swarm import github, issues
-from worktree_swarm.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.github import client as github
+from worktree_swarm.github import issues
 
 
 @pytest.fixture

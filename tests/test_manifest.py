@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from worktree_swarm.errors import BadInputError
-from worktree_swarm.manifest import (
+from worktree_swarm.config.manifest import (
     Overrides,
     build_run_spec,
     dependency_cycle,
     load_config,
     parse_duration,
 )
+from worktree_swarm.core.errors import BadInputError
 
 AGENT = [sys.executable, "-c", "pass"]
 AGENT_TOML = json.dumps(AGENT)

@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.mergekit import RUN_ID, Brancher, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, swarm
-from worktree_swarm import conflicts
-from worktree_swarm.git import open_repo
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.merge import conflicts
 
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
 

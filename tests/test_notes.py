@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.test_run import swarm
-from worktree_swarm.notes import findings_instructions
+from worktree_swarm.report.notes import findings_instructions
 
 ENTRY_RE = re.compile(r"- \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \[(?P<tag>[^\]]+)\] (?P<first>.*)")
 LINES_PER_NOTE = 40

@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import swarm
-from worktree_swarm import tomlwrite
-from worktree_swarm.manifest import Overrides, build_run_spec
+from worktree_swarm.config import tomlwrite
+from worktree_swarm.config.manifest import Overrides, build_run_spec
 
 KEY = "sk-ant-test-SECRET-0123456789"
 TOOL = "submit_task_plan"
@@ -405,7 +405,7 @@ def test_unreachable_api_is_one_line(
 
 
 def test_repository_picture_is_bounded(tmp_path: Path) -> None:
-    from worktree_swarm.plan import PICTURE_CHARS, repository_picture  # noqa: PLC0415
+    from worktree_swarm.plan.planner import PICTURE_CHARS, repository_picture  # noqa: PLC0415
 
     files = {f"pkg{i % 7}/mod{i // 7}/file_{i:04d}_with_a_long_name.py": "x\n" for i in range(2000)}
     repo = make_repo(tmp_path / "big", {"README.md": "R" * 50_000, **files})

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import checkout_snapshot, swarm
-from worktree_swarm.store import Store
+from worktree_swarm.infra.store import Store
 
 AGENT = (
     "import os, pathlib\n"

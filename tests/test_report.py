@@ -14,10 +14,10 @@ import pytest
 
 from tests.test_resilience import HEADER, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import argv_toml, manifest, swarm, swarm_bg, wait_for
-from worktree_swarm.models import Task
-from worktree_swarm.redact import REDACTED, Redactor
-from worktree_swarm.report import tail
-from worktree_swarm.scheduler import Scheduler
+from worktree_swarm.core.models import Task
+from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.infra.redact import REDACTED, Redactor
+from worktree_swarm.report.report import tail
 
 AgentFactory = Callable[[str], list[str]]
 

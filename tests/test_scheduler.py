@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from worktree_swarm.models import Task, TaskState
-from worktree_swarm.scheduler import Scheduler, patterns_overlap
+from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.scheduler import Scheduler, patterns_overlap
 
 P = TaskState.PENDING
 D = TaskState.DONE

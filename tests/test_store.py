@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from worktree_swarm.errors import SwarmError
-from worktree_swarm.models import ProcessIdentity, Task, TaskState
-from worktree_swarm.store import (
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.infra.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AttemptRow,
@@ -358,7 +358,7 @@ def test_task_json_rejects_unknown_fields() -> None:
 READER = """
 import sys
 from pathlib import Path
-from worktree_swarm.store import Store
+from worktree_swarm.infra.store import Store
 with Store(Path(sys.argv[1])) as s:
     run = s.latest_run_id()
     print(run, [t.task_id for t in s.tasks(run)], len(s.events(run)))

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 import worktree_swarm
-from worktree_swarm.errors import SwarmError
-from worktree_swarm.proc import clean_env
-from worktree_swarm.supervisor import (
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.supervisor import (
     AgentProcess,
     descendants,
     identity_of,
@@ -276,8 +276,8 @@ def test_kill_tree_from_another_process(start, tmp_path: Path, reaper) -> None:
     pids = tree_pids(tmp_path, reaper)
     ident = agent.identity
     code = (
-        "from worktree_swarm.models import ProcessIdentity\n"
-        "from worktree_swarm.supervisor import kill_tree\n"
+        "from worktree_swarm.core.models import ProcessIdentity\n"
+        "from worktree_swarm.infra.supervisor import kill_tree\n"
         f"kill_tree(ProcessIdentity(pid={ident.pid}, create_time={ident.create_time!r},"
         f" pgid={ident.pgid}), grace=0.3)\n"
     )

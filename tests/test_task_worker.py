@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from worktree_swarm import supervisor
-from worktree_swarm.proc import clean_env
-from worktree_swarm.task_worker import exit_status
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run.task_worker import exit_status
 
 
 class _LateExit(supervisor.AgentProcess):

@@ -12,9 +12,10 @@ import pytest
 
 import worktree_swarm
 from tests.conftest import git, make_repo
-from worktree_swarm import git as g
-from worktree_swarm import worktrees as wt
-from worktree_swarm.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.git import repo as g
+from worktree_swarm.git import worktrees as wt
 
 N = 16
 ROUNDS = 5
@@ -23,8 +24,8 @@ PACKAGE_ROOT = Path(worktree_swarm.__file__).resolve().parents[1]
 CHILD = """
 import sys
 from pathlib import Path
-from worktree_swarm.git import open_repo
-from worktree_swarm.worktrees import create_worktree
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.git.worktrees import create_worktree
 repo_dir, path, branch, start = sys.argv[1:]
 repo = open_repo(Path(repo_dir))
 sys.stdin.read()  # start gate: all children are released together
@@ -65,14 +66,14 @@ def assert_worktree_ok(repo: g.Repo, path: Path, branch: str, start: str) -> Non
 
 def test_default_worktree_root(repo: Path) -> None:
     r = g.open_repo(repo)
-    assert wt.default_worktree_root(r) == repo.resolve().parent / "repo.swarm"
+    assert paths.default_worktree_root(r.root) == repo.resolve().parent / "repo.swarm"
 
 
 def test_create_list_remove(big_repo: Path) -> None:
     r = g.open_repo(big_repo)
     before = snapshot(big_repo)
     start = g.head_commit(r)
-    path = wt.default_worktree_root(r) / "t1"
+    path = paths.default_worktree_root(r.root) / "t1"
     wt.create_worktree(r, path=path, branch="swarm/t1", start="main")
     assert_worktree_ok(r, path, "swarm/t1", start)
     assert not (path / "local.log").exists()

@@ -15,16 +15,22 @@ from types import FrameType
 
 import click
 
-from worktree_swarm import background, control, demo, disk_budget, git, status, worktrees
-from worktree_swarm.disk import format_size
-from worktree_swarm.display import LiveTable, PlainObserver
-from worktree_swarm.errors import ExitCode, SwarmError
-from worktree_swarm.lock import ManagerLock
-from worktree_swarm.manifest import Overrides, build_run_spec
-from worktree_swarm.models import TaskState
-from worktree_swarm.runner import Observer, Runner, store_path, worktree_path
+from worktree_swarm import demo
+from worktree_swarm.config.manifest import Overrides, build_run_spec
+from worktree_swarm.core.errors import ExitCode, SwarmError
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.infra.disk import format_size
+from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.store import Store
+from worktree_swarm.report import status
+from worktree_swarm.run import background, control, disk_budget
+from worktree_swarm.run.runner import Observer, Runner
+from worktree_swarm.run.task_worker import worktree_path
 from worktree_swarm.sandbox import check_available as require_sandbox
-from worktree_swarm.store import Store
+from worktree_swarm.ui.live import LiveTable, PlainObserver
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +117,8 @@ def run(
     repo = _repo(ctx)
     extra: list[tuple[str, str, str]] = []
     if issue_numbers or issues_label:
-        from worktree_swarm import github, issues  # noqa: PLC0415 - only --issues needs them
+        from worktree_swarm.github import client as github  # noqa: PLC0415
+        from worktree_swarm.github import issues  # noqa: PLC0415 - only --issues needs them
 
         client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
@@ -325,7 +332,7 @@ def demo_cmd(keep: bool, jobs: int) -> int:
     return ExitCode.OK if result.ok else ExitCode.TASK_FAILED
 
 
-# -- diff / merge commands (issue #4) --
+# -- diff / merge commands --
 
 
 @cli.command("diff")
@@ -337,7 +344,7 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 @click.pass_context
 def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, mode: str) -> int:
     """Each task's branch against its own base (three-dot), with the task's outcome."""
-    from worktree_swarm import diff  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.merge import diff  # noqa: PLC0415 - kept at this command's anchor
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -377,7 +384,7 @@ def merge_cmd(
     as_json: bool,
 ) -> int:
     """Predict conflicts, merge done task branches in a safe order, check after each merge."""
-    from worktree_swarm import merge, merge_report  # noqa: PLC0415 - kept at this anchor
+    from worktree_swarm.merge import merge, merge_report  # noqa: PLC0415 - kept at this anchor
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -401,7 +408,7 @@ def merge_cmd(
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 
 
-# -- pr command (issue #4) --
+# -- pr command --
 
 
 @cli.command("pr")
@@ -424,7 +431,7 @@ def pr_cmd(
     api_url: str | None,
 ) -> int:
     """Push done task branches and open (or update) their pull requests."""
-    from worktree_swarm import pr  # noqa: PLC0415 - only `swarm pr` needs the GitHub client
+    from worktree_swarm.github import pr  # noqa: PLC0415 - only `swarm pr` needs the GitHub client
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -444,7 +451,7 @@ def pr_cmd(
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 
 
-# -- clean / doctor commands (issue #5) --
+# -- clean / doctor commands --
 
 
 def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
@@ -475,8 +482,8 @@ def clean_cmd(
     as_json: bool,
 ) -> int:
     """Remove finished tasks' worktrees and merged branches (a dry run unless --yes)."""
-    from worktree_swarm import clean  # noqa: PLC0415 - only `swarm clean` needs these
-    from worktree_swarm import orphans as scan  # noqa: PLC0415
+    from worktree_swarm.cleanup import clean  # noqa: PLC0415 - only `swarm clean` needs these
+    from worktree_swarm.cleanup import orphans as scan  # noqa: PLC0415
 
     repo = _repo(ctx)
     if orphans:
@@ -518,7 +525,7 @@ def doctor_cmd(
     )
 
 
-# -- report command (issue #6) --
+# -- report command --
 
 
 @cli.command("report")
@@ -535,8 +542,8 @@ def report_cmd(
     ctx: click.Context, run_id: str | None, html_path: Path | None, as_json: bool
 ) -> int:
     """What happened: per-task outcome, time, cost, diff; speedup and totals."""
-    from worktree_swarm import report, report_html  # noqa: PLC0415 - only `swarm report` needs them
-    from worktree_swarm.runner import run_dir  # noqa: PLC0415
+    from worktree_swarm.report import report  # noqa: PLC0415
+    from worktree_swarm.ui import html_report as report_html  # noqa: PLC0415 - only `swarm report` needs them
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -553,7 +560,7 @@ def report_cmd(
     return ExitCode.OK
 
 
-# -- plan / note / notes commands (issue #7) --
+# -- plan / note / notes commands --
 
 
 @cli.command("plan")
@@ -582,7 +589,7 @@ def plan_cmd(
     api_url: str | None,
 ) -> int:
     """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
-    from worktree_swarm import plan  # noqa: PLC0415 - the anthropic SDK takes seconds to import
+    from worktree_swarm.plan import planner as plan  # noqa: PLC0415 - the anthropic SDK takes seconds to import
 
     repo = _repo(ctx)
     settings = plan.api_settings(api_url=api_url)
@@ -606,7 +613,7 @@ def plan_cmd(
 @click.pass_context
 def note_cmd(ctx: click.Context, text: str) -> int:
     """Append TEXT to the run's shared findings file ($SWARM_CONTEXT inside an agent)."""
-    from worktree_swarm import notes  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.report import notes  # noqa: PLC0415 - kept at this command's anchor
 
     path, tag = notes.resolve_target(repo_dir=Path(ctx.obj["dir"]))
     notes.append_note(path, text, tag=tag)
@@ -618,7 +625,7 @@ def note_cmd(ctx: click.Context, text: str) -> int:
 @click.pass_context
 def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     """Print the run's shared findings file."""
-    from worktree_swarm import notes  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.report import notes  # noqa: PLC0415 - kept at this command's anchor
 
     path = notes.notes_path(run_id=run_id, repo_dir=Path(ctx.obj["dir"]))
     text = notes.read_notes(path)
@@ -630,7 +637,7 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (SPEC.md) instead of exiting."""
+    """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

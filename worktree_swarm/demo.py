@@ -10,15 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import git
-from worktree_swarm.display import PlainObserver
-from worktree_swarm.lock import ManagerLock
-from worktree_swarm.manifest import build_run_spec
-from worktree_swarm.models import TaskState
-from worktree_swarm.proc import run as run_cmd
-from worktree_swarm.runner import Runner, store_path
-from worktree_swarm.status import task_status
-from worktree_swarm.store import Store
+from worktree_swarm.config.manifest import build_run_spec
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.proc import run as run_cmd
+from worktree_swarm.infra.store import Store
+from worktree_swarm.report.status import task_status
+from worktree_swarm.run.runner import Runner
+from worktree_swarm.ui.live import PlainObserver
 
 MANIFEST = """\
 # A small batch for the bundled scripted agent (see worktree_swarm/agents/scripted.py).

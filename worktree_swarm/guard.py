@@ -36,9 +36,10 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm import git, proc
-from worktree_swarm.errors import CommandError, SwarmError
-from worktree_swarm.models import ProcessIdentity
+from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import proc
 
 MAIN = "main checkout"
 STAMP = "refs-changed.stamp"  # touched by swarm commands that move refs (merge, clean)

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm import git, proc
-from worktree_swarm.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import proc
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 _TRIAL_TIMEOUT = 30.0

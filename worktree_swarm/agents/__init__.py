@@ -25,7 +25,7 @@ from worktree_swarm.agents.claude import ClaudeAdapter
 from worktree_swarm.agents.codex import CodexAdapter
 from worktree_swarm.agents.command import CommandAdapter
 from worktree_swarm.agents.gemini import GeminiAdapter
-from worktree_swarm.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError
 
 __all__ = [
     "PLACEHOLDERS",

@@ -1,0 +1,309 @@
+"""`swarm clean`: remove finished tasks' worktrees and merged branches, keep their history.
+
+For every finished task (done, merged, failed, no_changes, timed_out, stopped, blocked,
+conflicted) of one run or all runs: checkpoint and remove its worktree, prune git's worktree
+list, delete its branch when merged (or with ``force``). What was removed is recorded as a
+``cleaned`` event; rows, attempts and logs stay for ``swarm report``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worktree_swarm.cleanup.fixes import (
+    Action,
+    Finding,
+    Kind,
+    Result,
+    apply,
+    describe,
+    kill_finding,
+    merge_targets,
+    merged_into,
+    norm,
+    processes_using,
+    worktree_finding,
+)
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError, ExitCode
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.report import status
+
+CLEANED_EVENT = "cleaned"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """A plan, and after ``--yes`` what became of it."""
+
+    mode: str
+    findings: tuple[Finding, ...]
+    applied: bool = False
+    results: tuple[Result, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def left(self) -> list[Finding]:
+        """Problems still there: all of them on a dry run, the unfixed ones after ``--yes``."""
+        if not self.applied:
+            return [f for f in self.findings if f.problem]
+        return [r.finding for r in self.results if r.finding.problem and not r.fixed]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 when nothing is left to clean, 1 when something was found and left."""
+        return ExitCode.TASK_FAILED if self.left else ExitCode.OK
+
+    def to_json(self) -> dict[str, object]:
+        """The ``--json`` document (documented in docs/clean.md)."""
+        by_finding = {id(r.finding): r for r in self.results}
+        items = []
+        for finding in self.findings:
+            item = finding.to_json()
+            result = by_finding.get(id(finding))
+            item["fixed"] = None if result is None else result.fixed
+            item["result"] = None if result is None else result.detail
+            item["checkpoint"] = None if result is None else result.checkpoint
+            items.append(item)
+        return {
+            "mode": self.mode,
+            "applied": self.applied,
+            "findings": items,
+            "left": len(self.left),
+            "notes": list(self.notes),
+        }
+
+
+def needed_by_pending(store: Store, run_id: str) -> dict[str, str]:
+    """Tasks of *run_id* whose branch a not-yet-final task still starts from: {dep: task}."""
+    needed: dict[str, str] = {}
+    for row in store.tasks(run_id):
+        if not row.state.is_final:
+            for dep in task_from_json(row.spec_json).depends_on:
+                needed.setdefault(dep, row.task_id)
+    return needed
+
+
+# -- swarm clean ----------------------------------------------------------------------------
+
+
+def clean(
+    repo: git.Repo,
+    *,
+    run_id: str | None = None,
+    all_runs: bool = False,
+    keep_branches: bool = False,
+    force: bool = False,
+    yes: bool = False,
+    grace: float = 5.0,
+) -> Report:
+    """Plan (and with *yes* carry out) the cleanup of finished tasks of one run or all runs."""
+    if run_id is not None and all_runs:
+        raise BadInputError("--run and --all exclude each other; give one of them")
+    if not store_path(repo).exists():
+        if run_id is not None:
+            raise BadInputError(f"unknown run {run_id!r}: no swarm runs in {repo.root} yet")
+        return Report(mode="clean", findings=(), notes=("no swarm runs here yet",))
+    with Store(store_path(repo)) as store:
+        if all_runs:
+            run_ids = [run.run_id for run in store.runs()]
+        else:
+            run_ids = [status.resolve_run(store, run_id)]
+        findings = plan_clean(repo, store, run_ids, keep_branches=keep_branches, force=force)
+        if not yes:
+            return Report(mode="clean", findings=tuple(findings))
+        results = apply(repo, findings, store=store, force=force, grace=grace)
+        _record_cleaned(store, results)
+    _remove_empty_root(repo)
+    return Report(mode="clean", findings=tuple(findings), applied=True, results=tuple(results))
+
+
+def plan_clean(
+    repo: git.Repo,
+    store: Store,
+    run_ids: list[str],
+    *,
+    keep_branches: bool,
+    force: bool,
+) -> list[Finding]:
+    """Findings for every finished task of *run_ids* that still has a worktree or branch."""
+    registered = {norm(w.path): w for w in worktrees.list_worktrees(repo)}
+    findings: list[Finding] = []
+    for run_id in run_ids:
+        run = store.get_run(run_id)
+        base = run.base_commit if run is not None else None
+        targets = tuple(merge_targets(repo, base))
+        cleaned = {e.task_id for e in store.events(run_id) if e.kind == CLEANED_EVENT}
+        needed = needed_by_pending(store, run_id)
+        for task in store.tasks(run_id):
+            if task.state.is_final:
+                findings += _plan_task(
+                    repo,
+                    task,
+                    registered,
+                    targets=targets,
+                    cleaned=task.task_id in cleaned,
+                    needed_by=needed.get(task.task_id),
+                    keep_branches=keep_branches,
+                    force=force,
+                )
+    return findings
+
+
+def _plan_task(
+    repo: git.Repo,
+    task: TaskRow,
+    registered: dict[Path, WorktreeInfo],
+    *,
+    targets: tuple[str, ...],
+    cleaned: bool,
+    needed_by: str | None,
+    keep_branches: bool,
+    force: bool,
+) -> list[Finding]:
+    found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force)
+    if keep_branches or kept or not git.branch_exists(repo, task.branch):
+        return found
+    path = norm(task.worktree)
+    elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
+    if elsewhere:
+        keep = f"checked out in {elsewhere[0].path}"
+    elif needed_by is not None:
+        keep = f"task {needed_by} still starts from it"
+    else:
+        keep = ""
+    tip = git.rev_parse(repo, f"refs/heads/{task.branch}") or ""
+    # A checkpoint of uncommitted changes will add a commit, so the branch will not be merged.
+    merged = None if dirty or keep else merged_into(repo, tip, targets)
+    why = f"task {task.task_id} is {task.state.value}"
+    if merged or (force and not keep):
+        reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
+        action, fix = Action.DELETE_BRANCH, "delete it"
+    elif not cleaned:
+        keep = keep or f"not merged into {targets[0].removeprefix('refs/heads/')}"
+        reason = f"{why}; {keep}"
+        action, fix = Action.KEEP, "kept: merge it (or delete it with --force)"
+    else:
+        return found
+    found.append(
+        Finding(
+            kind=Kind.BRANCH,
+            target=task.branch,
+            reason=reason,
+            action=action,
+            fix=fix,
+            problem=action is not Action.KEEP,
+            branch=task.branch,
+            merged_into=targets if merged else (),
+            run_id=task.run_id,
+            task_id=task.task_id,
+        )
+    )
+    return found
+
+
+def _plan_task_worktree(
+    repo: git.Repo, task: TaskRow, registered: dict[Path, WorktreeInfo], *, force: bool
+) -> tuple[list[Finding], bool, bool]:
+    """Findings for a finished task's worktree; returns (findings, dirty, kept)."""
+    why = f"task {task.task_id} is {task.state.value}"
+    path = Path(task.worktree)
+    info = registered.get(norm(path))
+    if info is None or info.is_main:  # never the user's checkout, whatever the store says
+        return [], False, False
+    if not path.is_dir():
+        prune = Finding(
+            kind=Kind.WORKTREE,
+            target=str(path),
+            reason=f"{why}; its directory is gone",
+            action=Action.PRUNE,
+            fix="prune it from git's worktree list",
+            run_id=task.run_id,
+            task_id=task.task_id,
+        )
+        return [prune], False, False
+    found: list[Finding] = []
+    if force:
+        for user in processes_using(path):
+            kill = kill_finding(user, reason=f"{describe(user)} is using {path}", fix="kill it")
+            found += [kill] if kill else []
+    finding, dirty = worktree_finding(
+        repo,
+        info,
+        kind=Kind.WORKTREE,
+        reason=why,
+        force=force,
+        run_id=task.run_id,
+        task_id=task.task_id,
+    )
+    found.append(finding)
+    return found, dirty, finding.action is Action.KEEP
+
+
+def _record_cleaned(store: Store, results: list[Result]) -> None:
+    """Keep the history, note what was removed: one ``cleaned`` event per task touched."""
+    per_task: dict[tuple[str, str], dict[str, object]] = {}
+    for result in results:
+        finding = result.finding
+        if finding.run_id is None or finding.task_id is None:
+            continue
+        data = per_task.setdefault(
+            (finding.run_id, finding.task_id),
+            {"worktree_removed": False, "branch_deleted": False, "checkpoint": None, "kept": []},
+        )
+        if result.fixed and finding.action in {Action.REMOVE_WORKTREE, Action.PRUNE}:
+            data["worktree_removed"] = True
+        if result.fixed and finding.action is Action.DELETE_BRANCH:
+            data["branch_deleted"] = True
+        if result.checkpoint:
+            data["checkpoint"] = result.checkpoint
+        if not result.fixed:
+            kept = data["kept"]
+            if isinstance(kept, list):
+                kept.append(finding.target)
+    for (run_id, task_id), data in per_task.items():
+        store.add_event(run_id, CLEANED_EVENT, task_id=task_id, data=data)
+
+
+def _remove_empty_root(repo: git.Repo) -> None:
+    with contextlib.suppress(OSError):
+        paths.default_worktree_root(repo.root).rmdir()
+
+
+# -- text output ----------------------------------------------------------------------------
+
+
+def format_report(report: Report) -> str:
+    """The human-readable report: findings grouped per kind, each with reason and fix."""
+    results = {id(r.finding): r for r in report.results}
+    lines: list[str] = list(report.notes)
+    for kind in Kind:
+        group = [f for f in report.findings if f.kind is kind]
+        if not group:
+            continue
+        lines.append(f"{kind.value.replace('_', ' ')} ({len(group)})")
+        for finding in group:
+            lines.append(f"  {finding.target}: {finding.reason}")
+            result = results.get(id(finding))
+            if finding.action is Action.KEEP:
+                lines.append(f"    {finding.fix}")
+            elif result is None:
+                lines.append(f"    would: {finding.fix}")
+            else:
+                lines.append(f"    {'done' if result.fixed else 'left'}: {result.detail}")
+    kept = sum(1 for f in report.findings if f.action is Action.KEEP)
+    if not report.findings:
+        lines.append("nothing to clean")
+    elif report.applied:
+        fixed = sum(1 for r in report.results if r.fixed)
+        lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
+    else:
+        todo = len(report.findings) - kept
+        lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
+    return "\n".join(lines)

@@ -1,0 +1,484 @@
+"""Cleanup findings and how they are applied, shared by `swarm clean` and `swarm doctor`.
+
+A plan is a list of :class:`Finding` objects, each naming its target, the reason and what
+``--yes`` does about it. :func:`apply` carries a plan out under the repository lock in a safe
+order (stop processes, remove stale git locks, checkpoint and remove worktrees, prune, delete
+branches), re-checking each finding first, so a stale plan never destroys anything.
+
+"Merged" means: the branch tip is an ancestor (``git merge-base --is-ancestor``) of the branch
+the main checkout is on (its HEAD commit when detached) or of the run's base commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from worktree_swarm import guard
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.infra import lock, proc, supervisor
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run import control
+
+AUTHOR = DEFAULT_COMMIT_AUTHOR
+RESCUE_PREFIX = "refs/swarm/rescued/"
+
+
+class Kind(enum.StrEnum):
+    """What a finding is about."""
+
+    PROCESS = "process"
+    LOCK = "lock"
+    WORKTREE = "worktree"
+    DIRECTORY = "directory"
+    FOREIGN_WORKTREE = "foreign_worktree"
+    BRANCH = "branch"
+
+
+class Action(enum.StrEnum):
+    """What ``--yes`` does about a finding; declaration order is the order they are applied."""
+
+    STOP_TASK = "stop_task"
+    KILL = "kill"
+    UNLINK_LOCK = "unlink_lock"
+    REMOVE_WORKTREE = "remove_worktree"
+    REMOVE_INITIALIZING = "remove_initializing"
+    RESCUE_DIRECTORY = "rescue_directory"
+    PRUNE = "prune"
+    DELETE_BRANCH = "delete_branch"
+    KEEP = "keep"
+
+
+_ORDER = {action: index for index, action in enumerate(Action)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One thing to clean: what, why, and what ``--yes`` does (``fix``).
+
+    ``problem`` is False for informational entries (an unmerged task branch kept on purpose);
+    those never make the exit code 1.
+    """
+
+    kind: Kind
+    target: str
+    reason: str
+    action: Action
+    fix: str
+    problem: bool = True
+    run_id: str | None = None
+    task_id: str | None = None
+    pid: int | None = None
+    create_time: float | None = None
+    pgid: int | None = None
+    branch: str | None = None
+    admin_dir: str | None = None
+    merged_into: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for ``--json``."""
+        data = asdict(self)
+        data["merged_into"] = list(self.merged_into)
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """What applying one finding did."""
+
+    finding: Finding
+    fixed: bool
+    detail: str
+    checkpoint: str | None = None
+
+
+# -- shared git and process helpers -------------------------------------------------------
+
+
+def norm(path: Path | str) -> Path:
+    """*path* with symlinks resolved, for comparing worktree paths."""
+    return Path(os.path.realpath(path))
+
+
+def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
+    """What a branch may be merged into (a task merged into any of these counts as merged).
+
+    The main checkout's branch (or HEAD), the run base, and `swarm merge`'s integration branches.
+    """
+    branch = git.current_branch(repo)
+    targets = [f"refs/heads/{branch}" if branch else git.head_commit(repo)]
+    if base_commit:
+        targets.append(base_commit)
+    integration = git.git(
+        repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*"
+    )
+    targets.extend(integration.split())
+    return targets
+
+
+def merged_into(repo: git.Repo, rev: str, targets: tuple[str, ...] | list[str]) -> str | None:
+    """Return the first of *targets* that *rev* is an ancestor of, shortened, or None."""
+    for target in targets:
+        res = proc.run(
+            ["git", "merge-base", "--is-ancestor", rev, target], cwd=repo.root, check=False
+        )
+        if res.returncode == 0:
+            return target.removeprefix("refs/heads/") if target.startswith("refs/") else target[:12]
+    return None
+
+
+def on_no_ref(repo: git.Repo, commit: str) -> bool:
+    """Whether *commit* is reachable from no branch, tag, remote branch or rescue ref."""
+    out = git.git(
+        repo.root, "rev-list", "-n1", commit, "--not",
+        "--branches", "--tags", "--remotes", "--glob=refs/swarm/*",
+    )  # fmt: skip
+    return bool(out.strip())
+
+
+def protected_pids() -> set[int]:
+    """PIDs never signalled: this process and its ancestors (the user's shell)."""
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.parents())}
+
+
+def processes_using(path: Path) -> list[psutil.Process]:
+    """Processes whose cwd is inside *path*, other than this one and its ancestors."""
+    keep = protected_pids()
+    return [p for p in supervisor.processes_in(path) if p.pid not in keep]
+
+
+def describe(process: psutil.Process) -> str:
+    """``name (pid N)``."""
+    try:
+        name = process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        name = "?"
+    return f"{name} (pid {process.pid})"
+
+
+def kill_finding(process: psutil.Process, *, reason: str, fix: str) -> Finding | None:
+    """A KILL finding for *process* with its identity (None when it is already gone)."""
+    identity = supervisor.identity_of(process.pid)
+    if identity is None:
+        return None
+    return Finding(
+        kind=Kind.PROCESS,
+        target=f"pid {identity.pid}",
+        reason=reason,
+        action=Action.KILL,
+        fix=fix,
+        pid=identity.pid,
+        create_time=identity.create_time,
+        pgid=identity.pgid,
+    )
+
+
+def worktree_finding(
+    repo: git.Repo,
+    info: WorktreeInfo,
+    *,
+    kind: Kind,
+    reason: str,
+    force: bool,
+    run_id: str | None = None,
+    task_id: str | None = None,
+) -> tuple[Finding, bool]:
+    """Plan removing the registered worktree *info*; returns (finding, dirty).
+
+    Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
+    processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
+    """
+    path = info.path
+    dirty = bool(git.status_porcelain(path))
+    users = processes_using(path)
+    keep = ""
+    if info.locked is not None and not force:
+        keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
+    elif users and not force:
+        keep = f"{describe(users[0])} is using it; stop it first"
+    elif not force and info.branch is None and info.head and on_no_ref(repo, info.head):
+        keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
+    if keep:
+        action, fix = Action.KEEP, f"kept: {keep}, or use --force"
+    elif dirty:
+        on = f" on {info.branch}" if info.branch else ""
+        action, fix = Action.REMOVE_WORKTREE, f"commit its uncommitted changes{on}, then remove it"
+    else:
+        action, fix = Action.REMOVE_WORKTREE, "remove it"
+    finding = Finding(
+        kind=kind, target=str(path), reason=reason, action=action, fix=fix,
+        branch=info.branch, run_id=run_id, task_id=task_id,
+    )  # fmt: skip
+    return finding, dirty
+
+
+# -- applying a plan ------------------------------------------------------------------------
+
+
+def apply(
+    repo: git.Repo,
+    findings: list[Finding],
+    *,
+    store: Store | None,
+    force: bool,
+    grace: float = 5.0,
+) -> list[Result]:
+    """Carry out *findings* in the safe order, under the repository lock; never raises for one.
+
+    Each finding is re-checked before it is acted on; one that no longer holds, or fails, is
+    reported as not fixed with the reason, and the others go on.
+    """
+    results: list[Result] = []
+    with git.repo_lock(repo):
+        for finding in sorted(findings, key=lambda f: _ORDER[f.action]):
+            if finding.action is Action.KEEP:
+                results.append(Result(finding=finding, fixed=False, detail=finding.fix))
+                continue
+            try:
+                detail, sha = _apply_one(repo, finding, store=store, force=force, grace=grace)
+            except (SwarmError, OSError) as exc:
+                results.append(Result(finding=finding, fixed=False, detail=str(exc)))
+            else:
+                results.append(Result(finding=finding, fixed=True, detail=detail, checkpoint=sha))
+    if any(r.fixed for r in results):
+        guard.touch_stamp(repo)  # a running guard must not take this for an agent's doing
+    return results
+
+
+def _apply_one(
+    repo: git.Repo, f: Finding, *, store: Store | None, force: bool, grace: float
+) -> tuple[str, str | None]:
+    if f.action is Action.STOP_TASK:
+        return _stop_task(repo, f, store=store, grace=grace), None
+    if f.action is Action.KILL:
+        return _kill(f, grace=grace), None
+    if f.action is Action.UNLINK_LOCK:
+        return _unlink_lock(repo, f), None
+    if f.action is Action.REMOVE_WORKTREE:
+        return _remove_worktree(repo, f, force=force)
+    if f.action is Action.REMOVE_INITIALIZING:
+        return _remove_initializing(repo, f), None
+    if f.action is Action.RESCUE_DIRECTORY:
+        return _rescue_directory(repo, f)
+    if f.action is Action.PRUNE:
+        return _prune(repo, f), None
+    return _delete_branch(repo, f), None
+
+
+def _stop_task(repo: git.Repo, f: Finding, *, store: Store | None, grace: float) -> str:
+    if store is None or f.run_id is None or f.task_id is None:
+        raise SwarmError(f"{f.target}: no run recorded for it")
+    if lock.manager_alive(repo.state_dir):
+        raise SwarmError(f"a manager now holds the repository and owns task {f.task_id}")
+    run = store.get_run(f.run_id)
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        # The run's own kill_grace: its agents may need longer (or less) to checkpoint.
+        grace = float(json.loads(run.spec_json if run else "{}").get("kill_grace", grace))
+    control.stop(repo, store, f.run_id, [f.task_id], grace=grace)
+    return f"stopped task {f.task_id} (process tree killed, work checkpointed)"
+
+
+def _kill(f: Finding, *, grace: float) -> str:
+    if f.pid is None or f.create_time is None or f.pgid is None:
+        raise SwarmError(f"{f.target}: no process identity recorded")
+    identity = ProcessIdentity(pid=f.pid, create_time=f.create_time, pgid=f.pgid)
+    if f.pid in protected_pids():
+        raise SwarmError(f"pid {f.pid} is this process or its parent; not killed")
+    if not supervisor.is_alive(identity):
+        return "already gone"
+    # kill_tree re-checks the create time, so a reused PID is never signalled.
+    supervisor.kill_tree(identity, grace=grace)
+    return "killed (whole process tree)"
+
+
+def git_users(paths: list[Path]) -> list[psutil.Process]:
+    """Live git processes whose cwd is inside one of *paths* (they may hold git's locks)."""
+    roots = [norm(p) for p in paths]
+    found = []
+    for process in psutil.process_iter(["name"]):
+        name = process.info.get("name") or ""
+        if not name.startswith("git"):
+            continue
+        try:
+            cwd = Path(process.cwd())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(cwd.is_relative_to(root) for root in roots):
+            found.append(process)
+    return found
+
+
+def repo_paths(repo: git.Repo) -> list[Path]:
+    """The main checkout, the git common dir and every registered worktree of *repo*."""
+    paths = [repo.root, repo.common_dir]
+    admin = repo.common_dir / "worktrees"
+    if admin.is_dir():
+        for entry in admin.iterdir():
+            with contextlib.suppress(OSError):
+                paths.append(Path((entry / "gitdir").read_text().strip()).parent)
+    return paths
+
+
+def _unlink_lock(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    if not path.exists():
+        return "already gone"
+    users = git_users(repo_paths(repo))
+    if users:
+        raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
+    path.unlink()
+    return "removed"
+
+
+def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
+    # We already hold the repository lock, and list_worktrees would wait for it forever.
+    infos = worktrees.list_worktrees_locked(repo)
+    return {norm(w.path): w for w in infos}
+
+
+def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, str | None]:
+    path = Path(f.target)
+    info = _registered_locked(repo).get(norm(path))
+    if info is None:
+        return "already gone", None
+    if info.is_main:
+        raise SwarmError(f"{path} is the main checkout; never removed")
+    sha = None
+    if path.is_dir():
+        users = processes_using(path)
+        if users:
+            raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+        sha = git.checkpoint(path, message=f"swarm: checkpoint {path.name} (clean)", author=AUTHOR)
+        head = git.rev_parse_in(path, "HEAD")
+        if not force and head and on_no_ref(repo, head):
+            raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
+    args = ["--force", "--force"] if force else []
+    git.git(repo.root, "worktree", "remove", *args, "--", str(path))
+    if sha:
+        return f"checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
+    return "removed", None
+
+
+def adding_process(path: Path) -> psutil.Process | None:
+    """A live process that is creating the worktree *path* (``git worktree add``), if any."""
+    users = processes_using(path)
+    if users:
+        return users[0]
+    target = norm(path)
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        if not (process.info.get("name") or "").startswith("git"):
+            continue
+        cwd = process.info.get("cwd") or "/"
+        for arg in process.info.get("cmdline") or []:
+            if arg and not arg.startswith("-") and norm(Path(cwd) / arg) == target:
+                return process
+    return None
+
+
+def _remove_initializing(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    info = _registered_locked(repo).get(norm(path))
+    if info is None:
+        return "already gone"
+    if info.is_main or info.locked != "initializing" or f.admin_dir is None:
+        raise SwarmError(f"{path} is no longer locked `initializing`; left alone")
+    adder = adding_process(path)
+    if adder is not None:
+        raise SwarmError(f"{describe(adder)} is still creating it")
+    if norm(repo.root).is_relative_to(norm(path)):
+        raise SwarmError(f"{path} contains the main checkout; never removed")
+    # The directory only holds git's partial checkout: `worktree add` never finished.
+    (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    git.git(repo.root, "worktree", "prune")
+    return "unlocked, half-made checkout deleted, pruned"
+
+
+def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
+    path = Path(f.target)
+    if not path.is_dir() or path.is_symlink():
+        return "already gone", None
+    if norm(path) in _registered_locked(repo):
+        raise SwarmError(f"{path} is now a registered worktree; left alone")
+    if norm(repo.root).is_relative_to(norm(path)) or norm(path).is_relative_to(norm(repo.root)):
+        raise SwarmError(f"{path} is inside the main checkout; never removed")
+    sha = snapshot_directory(repo, path)
+    if sha is None:
+        shutil.rmtree(path)
+        return "removed (it held no files)", None
+    ref = _rescue_ref(repo, path.name, sha)
+    git.git(repo.root, "update-ref", ref, sha)
+    shutil.rmtree(path)
+    return f"files saved as {ref} ({sha[:12]}), removed", sha
+
+
+def snapshot_directory(repo: git.Repo, path: Path) -> str | None:
+    """Commit every non-ignored file under *path* into *repo* (no ref); None when empty."""
+    with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
+        env = proc.clean_env({
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
+            "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
+        })  # fmt: skip
+        base = ["git", f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
+        proc.run([*base, "add", "--all", "--", "."], cwd=path, env=env)
+        if not proc.run([*base, "ls-files", "-z"], cwd=path, env=env).stdout:
+            return None
+        tree = proc.run([*base, "write-tree"], cwd=path, env=env).stdout.strip()
+        message = f"swarm: files of stray directory {path}"
+        return proc.run(
+            [*base, "commit-tree", "--no-gpg-sign", "-m", message, tree], cwd=path, env=env
+        ).stdout.strip()
+
+
+def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
+    # The directory name is not trusted to be a valid ref component.
+    stem = name.lower() if is_valid_task_id(name.lower()) else "dir"
+    ref = RESCUE_PREFIX + stem
+    if git.rev_parse(repo, ref) is not None:
+        ref = f"{ref}-{sha[:12]}"
+    return ref
+
+
+def _prune(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    if norm(path) not in _registered_locked(repo):
+        return "already gone"
+    if path.exists():
+        raise SwarmError(f"{path} exists again; not pruned")
+    if f.admin_dir is not None:
+        # Planned only with --force: the user's lock on a vanished worktree is overridden.
+        (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
+    git.git(repo.root, "worktree", "prune")
+    if norm(path) in _registered_locked(repo):
+        raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
+    return "pruned"
+
+
+def _delete_branch(repo: git.Repo, f: Finding) -> str:
+    branch = f.branch or f.target
+    tip = git.rev_parse(repo, f"refs/heads/{branch}")
+    if tip is None:
+        return "already gone"
+    for info in _registered_locked(repo).values():
+        if info.branch == branch:
+            raise SwarmError(f"{branch} is checked out in {info.path}; kept")
+    if f.merged_into and merged_into(repo, tip, f.merged_into) is None:
+        raise SwarmError(f"{branch} is no longer merged (it has new commits); kept")
+    # update-ref with the old value: a branch that moved since the check is never deleted.
+    git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", tip)
+    return f"deleted (was {tip[:12]})"

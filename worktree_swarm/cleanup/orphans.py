@@ -1,0 +1,474 @@
+"""`swarm doctor` (`swarm clean --orphans`): find and fix what crashes and other tools left.
+
+Scanned, per kind (docs/clean.md has the reasons and fixes):
+
+- processes: recorded agents alive while no manager holds the repository, and any process
+  whose cwd is under the worktree root (identified by pid + create time);
+- stale git lock files (``*.lock``) while no git process works in the repository;
+- worktrees: locked ``initializing`` by a killed ``git worktree add``, prunable, directory
+  missing, or registered under the worktree root without a swarm task;
+- directories under the worktree root that are not registered worktrees;
+- worktrees of other tools, idle for a while, clean, with a merged branch (removed only when
+  asked);
+- ``swarm/*`` branches with no task, or whose finished task's branch is merged.
+
+Worktrees and branches of tasks that are not final are left alone: they belong to a manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.cleanup.clean import Report, needed_by_pending
+from worktree_swarm.cleanup.fixes import (
+    RESCUE_PREFIX,
+    Action,
+    Finding,
+    Kind,
+    adding_process,
+    apply,
+    describe,
+    git_users,
+    kill_finding,
+    merge_targets,
+    merged_into,
+    norm,
+    processes_using,
+    repo_paths,
+    worktree_finding,
+)
+from worktree_swarm.config import manifest
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.infra import lock, supervisor
+from worktree_swarm.infra.store import Store, TaskRow
+
+DAY = 86400.0
+DEFAULT_IDLE = 7 * DAY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Context:
+    repo: git.Repo
+    store: Store | None
+    manager_alive: bool
+    roots: tuple[Path, ...]
+    registered: dict[Path, WorktreeInfo]
+    targets: tuple[str, ...]
+    task_at: dict[Path, TaskRow]
+    task_of_branch: dict[str, TaskRow]
+    bases: dict[str, str]
+    needed: frozenset[str]
+
+
+def parse_age(text: str) -> float:
+    """Seconds in ``7d``, ``36h``, ``90m`` or ``45s``; BadInputError otherwise."""
+    if text.endswith("d"):
+        try:
+            days = float(text[:-1])
+        except ValueError:
+            days = -1.0
+        if not days > 0:
+            raise BadInputError(f"--idle: bad age {text!r} (use e.g. '7d', '36h' or '90m')")
+        return days * DAY
+    return manifest.parse_duration(text, where="--idle")
+
+
+def doctor(
+    repo: git.Repo,
+    *,
+    yes: bool = False,
+    force: bool = False,
+    foreign: bool = False,
+    idle: float = DEFAULT_IDLE,
+    grace: float = 5.0,
+) -> Report:
+    """Scan for orphans; with *yes* fix them (see :func:`worktree_swarm.fixes.apply`)."""
+    store = Store(store_path(repo)) if store_path(repo).exists() else None
+    try:
+        findings = scan(repo, store, force=force, foreign=foreign, idle=idle)
+        if not yes:
+            return Report(mode="orphans", findings=tuple(findings))
+        results = apply(repo, findings, store=store, force=force, grace=grace)
+    finally:
+        if store is not None:
+            store.close()
+    for root in worktree_roots(repo, None):
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+    return Report(mode="orphans", findings=tuple(findings), applied=True, results=tuple(results))
+
+
+def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
+    """Where swarm puts worktrees: the configured root and every root a recorded run used."""
+    roots = [paths.default_worktree_root(repo.root)]
+    configured = manifest.load_config(repo.root).get("worktree_root")
+    if isinstance(configured, str) and configured:
+        roots.append(Path(os.path.normpath(repo.root / Path(configured).expanduser())))
+    for run in store.runs() if store is not None else []:
+        with contextlib.suppress(ValueError, AttributeError):
+            recorded = json.loads(run.spec_json).get("worktree_root")
+            if isinstance(recorded, str) and recorded not in {"", "None"}:
+                roots.append(Path(recorded))
+    return list(dict.fromkeys(norm(root) for root in roots))
+
+
+def scan(
+    repo: git.Repo,
+    store: Store | None,
+    *,
+    force: bool = False,
+    foreign: bool = False,
+    idle: float = DEFAULT_IDLE,
+    now: float | None = None,
+) -> list[Finding]:
+    """Every orphan of *repo*, each with the reason and what fixing it does (read-only)."""
+    ctx = _context(repo, store)
+    found = _processes(ctx)
+    found += _locks(ctx)
+    wt_found, removing, dirty = _worktrees(
+        ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
+    )
+    found += wt_found
+    found += _directories(ctx)
+    found += _branches(ctx, force=force, removing=removing, dirty=dirty)
+    return found
+
+
+def _context(repo: git.Repo, store: Store | None) -> _Context:
+    task_at: dict[Path, TaskRow] = {}
+    task_of_branch: dict[str, TaskRow] = {}
+    bases: dict[str, str] = {}
+    needed: set[str] = set()
+    for run in store.runs() if store is not None else []:
+        bases[run.run_id] = run.base_commit
+        rows = store.tasks(run.run_id) if store is not None else []
+        # Runs come oldest first, so a later run's task wins a reused path or branch.
+        task_at.update({norm(row.worktree): row for row in rows})
+        task_of_branch.update({row.branch: row for row in rows})
+        branch_of = {row.task_id: row.branch for row in rows}
+        if store is not None:
+            needed |= {branch_of[dep] for dep in needed_by_pending(store, run.run_id)}
+    return _Context(
+        repo=repo,
+        store=store,
+        manager_alive=lock.manager_alive(repo.state_dir),
+        roots=tuple(worktree_roots(repo, store)),
+        registered={norm(w.path): w for w in worktrees.list_worktrees(repo)},
+        targets=tuple(merge_targets(repo)),
+        task_at=task_at,
+        task_of_branch=task_of_branch,
+        bases=bases,
+        needed=frozenset(needed),
+    )
+
+
+def _processes(ctx: _Context) -> list[Finding]:
+    found: list[Finding] = []
+    covered: set[int] = set()
+    if ctx.store is not None and not ctx.manager_alive:
+        for run in ctx.store.runs():
+            rows = {row.task_id: row for row in ctx.store.tasks(run.run_id)}
+            for attempt in ctx.store.attempts(run.run_id):
+                identity = ProcessIdentity(
+                    pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
+                )
+                if not supervisor.is_alive(identity):
+                    continue
+                covered |= {identity.pid, *(p.pid for p in supervisor.descendants(identity))}
+                task = rows.get(attempt.task_id)
+                active = task is not None and not task.state.is_final
+                if active and any(f.task_id == attempt.task_id for f in found):
+                    continue
+                found.append(
+                    Finding(
+                        kind=Kind.PROCESS,
+                        target=f"pid {identity.pid}",
+                        reason=f"agent of task {attempt.task_id} (run {run.run_id}) is alive "
+                        "but no manager holds the repository",
+                        action=Action.STOP_TASK if active else Action.KILL,
+                        fix=f"stop task {attempt.task_id}: kill its process tree, checkpoint "
+                        "its worktree, mark it stopped"
+                        if active
+                        else "kill its process tree",
+                        run_id=run.run_id,
+                        task_id=attempt.task_id,
+                        pid=identity.pid,
+                        create_time=identity.create_time,
+                        pgid=identity.pgid,
+                    )
+                )
+    active_paths = [p for p, t in ctx.task_at.items() if not t.state.is_final]
+    for root in ctx.roots:
+        for process in processes_using(root) if root.is_dir() else []:
+            try:
+                cwd = norm(process.cwd())
+            except OSError:
+                continue
+            mine = ctx.manager_alive and any(cwd.is_relative_to(p) for p in active_paths)
+            if process.pid in covered or mine:
+                continue
+            covered.add(process.pid)
+            kill = kill_finding(
+                process,
+                reason=f"{describe(process)} has its working directory in {cwd}, under the "
+                "worktree root",
+                fix="kill its process tree",
+            )
+            found += [kill] if kill else []
+    return found
+
+
+def _locks(ctx: _Context) -> list[Finding]:
+    common = ctx.repo.common_dir
+    candidates = [
+        *common.glob("*.lock"),
+        *common.glob("worktrees/*/*.lock"),
+        *(common / "refs").rglob("*.lock"),
+    ]
+    # swarm's own locks (<common>/swarm/*.lock) are flock()s: free when their holder dies.
+    if not candidates or git_users(repo_paths(ctx.repo)):
+        return []
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="git lock file whose writer is gone (no git process works in this repository)",
+            action=Action.UNLINK_LOCK,
+            fix="delete it",
+        )
+        for path in sorted(candidates)
+    ]
+
+
+def _worktrees(
+    ctx: _Context, *, force: bool, foreign: bool, idle: float, now: float
+) -> tuple[list[Finding], set[Path], set[str]]:
+    """Findings, the worktree paths planned for removal, and branches a checkpoint will move."""
+    found: list[Finding] = []
+    removing: set[Path] = set()
+    dirty_branches: set[str] = set()
+    for path, info in ctx.registered.items():
+        task = ctx.task_at.get(path)
+        if info.is_main or (task is not None and not task.state.is_final):
+            continue
+        finding = _broken_worktree(ctx, info, force=force)
+        if finding is None and any(path.is_relative_to(root) for root in ctx.roots):
+            if task is not None or _integration_run(info.branch) in ctx.bases:
+                continue  # a finished task's or a run's merge worktree: `swarm clean` decides
+            reason = "registered under the worktree root, but no swarm task owns it"
+            finding, dirty = worktree_finding(
+                ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force
+            )
+            if dirty and info.branch:
+                dirty_branches.add(info.branch)
+        elif finding is None:
+            finding = _foreign(ctx, info, foreign=foreign, idle=idle, now=now)
+        if finding is None:
+            continue
+        found.append(finding)
+        if finding.action is not Action.KEEP:
+            removing.add(path)
+    return found, removing, dirty_branches
+
+
+def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Finding | None:
+    path = info.path
+    if info.locked == "initializing":
+        if adding_process(path) is not None:
+            return None  # being created right now
+        return Finding(
+            kind=Kind.WORKTREE,
+            target=str(path),
+            reason="locked `initializing`: the `git worktree add` that made it was killed "
+            "before its checkout finished",
+            action=Action.REMOVE_INITIALIZING,
+            fix="unlock it, delete its half-made checkout, prune it",
+            branch=info.branch,
+            admin_dir=_admin_dir(ctx.repo, path),
+        )
+    if info.prunable is not None:
+        return Finding(
+            kind=Kind.WORKTREE,
+            target=str(path),
+            reason=f"prunable: {info.prunable}",
+            action=Action.PRUNE,
+            fix="prune it from git's worktree list",
+            branch=info.branch,
+        )
+    if path.exists():
+        return None
+    locked = info.locked or "no reason given"
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"its directory is missing, and it is locked ({locked})",
+        action=Action.PRUNE if force else Action.KEEP,
+        fix="unlock it, prune it"
+        if force
+        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
+        branch=info.branch,
+        admin_dir=_admin_dir(ctx.repo, path),
+    )
+
+
+def _admin_dir(repo: git.Repo, path: Path) -> str | None:
+    """``<common>/worktrees/<name>`` of the worktree at *path*."""
+    admin = repo.common_dir / "worktrees"
+    for entry in admin.iterdir() if admin.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if norm(Path((entry / "gitdir").read_text().strip()).parent) == norm(path):
+                return str(entry)
+    return None
+
+
+def _foreign(
+    ctx: _Context, info: WorktreeInfo, *, foreign: bool, idle: float, now: float
+) -> Finding | None:
+    """An idle, clean worktree of another tool whose branch is merged, or None."""
+    if info.locked is not None or info.branch is None or info.head is None:
+        return None
+    age = now - _last_used(ctx.repo, info.path)
+    if age < idle:
+        return None
+    merged = merged_into(ctx.repo, info.head, ctx.targets)
+    # --no-optional-locks: a plain `git status` may rewrite the index and so reset its age.
+    changes = git.git(info.path, "--no-optional-locks", "status", "--porcelain", "-z")
+    if merged is None or changes:
+        return None
+    reason = (
+        f"worktree of another tool, unused for {age / DAY:.1f} days; "
+        f"its branch {info.branch} is merged into {merged}"
+    )
+    if foreign:
+        finding, _ = worktree_finding(
+            ctx.repo, info, kind=Kind.FOREIGN_WORKTREE, reason=reason, force=False
+        )
+        return finding
+    return Finding(
+        kind=Kind.FOREIGN_WORKTREE,
+        target=str(info.path),
+        reason=reason,
+        action=Action.KEEP,
+        fix="kept: pass --foreign to remove it (its branch stays)",
+        branch=info.branch,
+    )
+
+
+def _last_used(repo: git.Repo, path: Path) -> float:
+    """Newest mtime among the worktree directory and its HEAD, index and HEAD reflog."""
+    admin = _admin_dir(repo, path)
+    candidates = [path]
+    if admin is not None:
+        candidates += [Path(admin) / name for name in ("HEAD", "index", "logs/HEAD")]
+    times = []
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            times.append(candidate.stat().st_mtime)
+    return max(times, default=0.0)
+
+
+INTEGRATION_PREFIX = "swarm/integration-"
+
+
+def _directories(ctx: _Context) -> list[Finding]:
+    found: list[Finding] = []
+    main = norm(ctx.repo.root)
+    for root in ctx.roots:
+        for child in sorted(root.iterdir()) if root.is_dir() else []:
+            if child.is_symlink() or not child.is_dir() or norm(child) in ctx.registered:
+                continue
+            task = ctx.task_at.get(norm(child))
+            if task is not None and not task.state.is_final and ctx.manager_alive:
+                continue  # its worktree is being created
+            keep = _keep_directory(ctx, child, main)
+            found.append(
+                Finding(
+                    kind=Kind.DIRECTORY,
+                    target=str(child),
+                    reason="under the worktree root, but not a registered worktree",
+                    action=Action.KEEP if keep else Action.RESCUE_DIRECTORY,
+                    fix=f"kept: {keep}"
+                    if keep
+                    else f"save its files as a commit under {RESCUE_PREFIX}, then delete it",
+                )
+            )
+    return found
+
+
+def _keep_directory(ctx: _Context, child: Path, main: Path) -> str:
+    """Why the stray directory *child* must not be removed ('' when it may be)."""
+    if norm(child).is_relative_to(main) or main.is_relative_to(norm(child)):
+        return "it is inside your checkout; remove it yourself"
+    dotgit = child / ".git"
+    if dotgit.is_dir():
+        return "it is a repository of its own; move it elsewhere"
+    if dotgit.is_file():
+        text = dotgit.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
+        if not norm(child / text).is_relative_to(norm(ctx.repo.common_dir)):
+            return "it is a worktree of another repository; move it elsewhere"
+    return ""
+
+
+def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str]) -> list[Finding]:
+    out = git.git(
+        ctx.repo.root, "for-each-ref", "--format=%(refname)%00%(objectname)", "refs/heads/swarm/"
+    )
+    checked_out = {w.branch: p for p, w in ctx.registered.items() if w.branch}
+    found: list[Finding] = []
+    for line in out.splitlines():
+        ref, _, sha = line.partition("\0")
+        branch = ref.removeprefix("refs/heads/")
+        where = checked_out.get(branch)
+        task = ctx.task_of_branch.get(branch)
+        if (where is not None and where not in removing) or branch in ctx.needed:
+            continue
+        if _integration_run(branch) in ctx.bases:
+            continue  # `swarm merge`'s result for a known run: the user's to land
+        if task is not None and not task.state.is_final:
+            continue
+        targets = ctx.targets + ((ctx.bases[task.run_id],) if task is not None else ())
+        merged = None if branch in dirty else merged_into(ctx.repo, sha, targets)
+        owner = "no swarm task owns it" if task is None else f"task {task.task_id} is "
+        owner += "" if task is None else task.state.value
+        if merged:
+            reason, action = f"{owner}; merged into {merged}", Action.DELETE_BRANCH
+        elif task is not None:
+            continue  # an unmerged result: `swarm merge`, `swarm pr` or `swarm clean --force`
+        elif force:
+            reason, action = f"{owner}; not merged (--force)", Action.DELETE_BRANCH
+        else:
+            reason, action = f"{owner} and it is not merged", Action.KEEP
+        found.append(
+            Finding(
+                kind=Kind.BRANCH,
+                target=branch,
+                reason=reason,
+                action=action,
+                fix="delete it"
+                if action is Action.DELETE_BRANCH
+                else "kept: merge it, or delete it with --force",
+                branch=branch,
+                merged_into=targets if merged else (),
+                run_id=task.run_id if task is not None else None,
+                task_id=task.task_id if task is not None else None,
+            )
+        )
+    return found
+
+
+def _integration_run(branch: str | None) -> str | None:
+    """The run id of a `swarm merge` integration branch (``swarm/integration-<run>``)."""
+    if branch is None or not branch.startswith(INTEGRATION_PREFIX):
+        return None
+    return branch.removeprefix(INTEGRATION_PREFIX)

@@ -1,0 +1,747 @@
+"""User input to a validated RunSpec: manifest TOML, inline tasks, config file, CLI flags.
+
+All bad-input validation lives here and raises BadInputError with one line naming the
+file, field or task at fault. Nothing is created on disk.
+
+Precedence for a per-task setting: the task's own key, then CLI flags, then the manifest's
+``[defaults]``, then the config file, then the built-in default. Run-wide settings follow the
+same order without the task level. ``env`` tables merge variable by variable in that order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, TypeVar
+
+from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import TASK_ID_RE, RunSpec, Task, is_valid_task_id
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+DEFAULT_AGENT = "claude"
+DEFAULT_JOBS = 4
+CONFIG_FILE = "swarm.toml"
+
+SETTING_KEYS = frozenset(
+    {
+        "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
+        "env", "repair", "no_placeholders", "link",
+    }
+)  # fmt: skip
+RUN_KEYS = frozenset(
+    {
+        "jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block",
+        "max_cost_usd", "rate_limit_backoff", "max_disk", "copy_mode", "sandbox",
+        "sandbox_writable", "allow_outside_writes",
+    }
+)  # fmt: skip
+TASK_KEYS = SETTING_KEYS | {"id", "prompt", "title", "depends_on", "files", "expect_files"}
+DEFAULTS_KEYS = SETTING_KEYS | RUN_KEYS
+MANIFEST_KEYS = frozenset({"defaults", "task"})
+
+_ID_RULE = f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lock')"
+_DURATION_RE = re.compile(
+    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
+)
+_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
+COPY_MODES = ("auto", "hardlink", "copy")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_AUTHOR_RE = re.compile(r"[^<>\n]*[^<>\s][^<>\n]* <[^<>\s]+>")
+_MAX_PORT = 65535
+_MIN_PORT = 1024
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Overrides:
+    """CLI flags that override the manifest defaults and the config file; None = not given.
+
+    ``agent`` is a profile name or a command line (split with shlex, never run by a shell).
+    """
+
+    agent: str | None = None
+    jobs: int | None = None
+    timeout: str | None = None
+    idle_timeout: str | None = None
+    checks: tuple[str, ...] | None = None
+    max_cost_usd: float | None = None
+    max_disk: str | None = None
+    sandbox: bool | None = None
+    allow_outside_writes: bool | None = None
+
+
+_NO_OVERRIDES = Overrides()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Agent:
+    spec: str | tuple[str, ...]
+    where: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Settings:
+    """One layer of settings; None means "not set here"."""
+
+    agent: _Agent | None = None
+    checks: tuple[tuple[str, ...], ...] | None = None
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    retries: int | None = None
+    priority: int | None = None
+    copy: tuple[str, ...] | None = None
+    setup: tuple[tuple[str, ...], ...] | None = None
+    env: tuple[tuple[str, str], ...] | None = None
+    repair: int | None = None
+    no_placeholders: bool | None = None
+    link: tuple[str, ...] | None = None
+    max_cost_usd: float | None = None
+    max_disk: int | None = None
+    copy_mode: str | None = None
+    sandbox: bool | None = None
+    sandbox_writable: tuple[str, ...] | None = None
+    allow_outside_writes: bool | None = None
+    rate_limit_backoff: float | None = None
+    jobs: int | None = None
+    worktree_root: str | None = None
+    commit_author: str | None = None
+    kill_grace: float | None = None
+    port_base: int | None = None
+    port_block: int | None = None
+
+    def over(self, base: _Settings) -> _Settings:
+        """Return *base* with every setting of this layer winning; env merges per variable."""
+        changes = {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+        if self.env is not None and base.env is not None:
+            changes["env"] = tuple({**dict(base.env), **dict(self.env)}.items())
+        return replace(base, **changes)
+
+
+def build_run_spec(
+    *,
+    repo_root: Path,
+    manifest: Path | None,
+    inline: Sequence[str] = (),
+    prompt_files: Sequence[str] = (),
+    overrides: Overrides = _NO_OVERRIDES,
+    extra_tasks: Sequence[tuple[str, str, str]] = (),
+) -> RunSpec:
+    """Combine the config file, a manifest, inline tasks and CLI flags into a RunSpec.
+
+    *inline* holds ``ID=PROMPT`` strings, *prompt_files* ``ID=PATH`` strings (PATH relative
+    to the current directory), *extra_tasks* ``(id, prompt, title)`` triples made elsewhere
+    (GitHub issues). Tasks keep their order: manifest, inline, prompt files, extra tasks.
+    """
+    config_where, config = _load_config(repo_root)
+    _check_keys(config, DEFAULTS_KEYS, where=config_where)
+    layer = _parse_settings(config, where=config_where)
+
+    drafts: list[tuple[str, Mapping[str, object]]] = []
+    if manifest is not None:
+        defaults, manifest_tasks = _read_manifest(manifest)
+        layer = defaults.over(layer)
+        drafts.extend(manifest_tasks)
+    drafts.extend(_inline_tasks(inline))
+    drafts.extend(_prompt_file_tasks(prompt_files))
+    drafts.extend(
+        (f'issue task "{task_id}"', {"id": task_id, "prompt": prompt, "title": title})
+        for task_id, prompt, title in extra_tasks
+    )
+    if not drafts:
+        raise BadInputError("no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE")
+
+    layer = _parse_overrides(overrides).over(layer)
+    if layer.agent is not None:
+        resolve_agent(layer.agent.spec, where=layer.agent.where, repo_root=repo_root)
+
+    tasks: list[Task] = []
+    where_of: dict[str, str] = {}
+    for where, table in drafts:
+        task = _build_task(table, where=where, layer=layer, repo_root=repo_root)
+        if task.id in where_of:
+            raise BadInputError(f"{where}: duplicate id {task.id!r} (also {where_of[task.id]})")
+        where_of[task.id] = where
+        tasks.append(task)
+    _check_dependencies(tasks, where_of)
+    return _run_spec(tuple(tasks), layer, repo_root=repo_root)
+
+
+def parse_duration(value: object, *, where: str) -> float:
+    """Return seconds for ``"45m"``, ``"90s"``, ``"1h30m"``, ``"1.5m"`` or a number of seconds.
+
+    The result is always positive and finite.
+    """
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        match = _DURATION_RE.fullmatch(text) if text else None
+        if match is not None and any(match.groupdict().values()):
+            hours, minutes, secs = (float(match.group(g) or 0) for g in ("h", "m", "s"))
+            seconds = hours * 3600 + minutes * 60 + secs
+        elif _is_number(text):
+            seconds = float(text)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise BadInputError(
+            f"{where}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
+        )
+    return seconds
+
+
+def parse_size(value: object, where: str) -> int:
+    """Return bytes for ``"20G"``, ``"500MB"``, ``"1.5GiB"``, ``"800k"`` or a number of bytes.
+
+    Units are binary (K = 1024). The result is always positive.
+    """
+    size: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        size = float(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
+        if match is not None:
+            unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
+            size = float(match.group("n")) * 1024 ** "BKMGTP".index(unit or "B")
+    if size is None or not math.isfinite(size) or size < 1:
+        raise BadInputError(f"{where}: bad size {value!r} (use bytes or e.g. '500M', '20G')")
+    return int(size)
+
+
+def load_config(repo_root: Path) -> dict[str, object]:
+    """Return ``swarm.toml`` at *repo_root*, else ``[tool.swarm]`` of pyproject.toml, else {}."""
+    return _load_config(repo_root)[1]
+
+
+def dependency_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """Return one dependency cycle as ``[a, b, c, a]`` (a depends on b ...), or None.
+
+    Dependencies that are not keys of *deps* are ignored. Iterative, so long chains are fine.
+    """
+    done: set[str] = set()
+    for root in deps:
+        if root in done:
+            continue
+        path = [root]
+        position = {root: 0}
+        stack = [iter(deps[root])]
+        while stack:
+            for dep in stack[-1]:
+                if dep not in deps or dep in done:
+                    continue
+                if dep in position:
+                    return [*path[position[dep] :], dep]
+                position[dep] = len(path)
+                path.append(dep)
+                stack.append(iter(deps[dep]))
+                break
+            else:
+                stack.pop()
+                node = path.pop()
+                del position[node]
+                done.add(node)
+    return None
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def _load_config(repo_root: Path) -> tuple[str, dict[str, object]]:
+    swarm_toml = repo_root / CONFIG_FILE
+    if swarm_toml.is_file():
+        return _display(swarm_toml), _read_toml(swarm_toml, where=_display(swarm_toml))
+    pyproject = repo_root / "pyproject.toml"
+    if not pyproject.is_file():
+        return CONFIG_FILE, {}
+    where = f"{_display(pyproject)} [tool.swarm]"
+    try:
+        data = _read_toml(pyproject, where=_display(pyproject))
+    except BadInputError:
+        # A broken pyproject.toml that has no swarm section is not ours to reject: fixing it
+        # may well be the task the user wants to run.
+        if b"tool.swarm" in _read_bytes(pyproject, where=where):
+            raise
+        return where, {}
+    tool = data.get("tool")
+    section = tool.get("swarm") if isinstance(tool, dict) else None
+    if section is None:
+        return where, {}
+    if not isinstance(section, dict):
+        raise BadInputError(f"{where}: expected a table, got {_type_name(section)}")
+    return where, section
+
+
+def _read_manifest(
+    path: Path,
+) -> tuple[_Settings, list[tuple[str, Mapping[str, object]]]]:
+    source = str(path)
+    data = _read_toml(path, where=source)
+    _check_keys(data, MANIFEST_KEYS, where=source)
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise BadInputError(f"{source}: defaults: expected a table, got {_type_name(defaults)}")
+    _check_keys(defaults, DEFAULTS_KEYS, where=f"{source}: [defaults]")
+    settings = _parse_settings(defaults, where=f"{source}: [defaults]")
+
+    raw_tasks = data.get("task", [])
+    if not isinstance(raw_tasks, list):
+        raise BadInputError(f"{source}: task: write each task as a [[task]] table")
+    drafts: list[tuple[str, Mapping[str, object]]] = []
+    for index, table in enumerate(raw_tasks, start=1):
+        index_where = f"{source}: task[{index}]"
+        if not isinstance(table, dict):
+            raise BadInputError(f"{index_where}: expected a table, got {_type_name(table)}")
+        task_id = _task_id(table.get("id"), where=index_where)
+        drafts.append((f'{source}: task "{task_id}"', table))
+    return settings, drafts
+
+
+def _inline_tasks(items: Sequence[str]) -> list[tuple[str, Mapping[str, object]]]:
+    drafts: list[tuple[str, Mapping[str, object]]] = []
+    for item in items:
+        task_id, sep, prompt = item.partition("=")
+        if not sep:
+            raise BadInputError(f"-t {_short(item)}: expected ID=PROMPT")
+        where = f"-t {_quote(task_id)}"
+        _task_id(task_id, where=where)
+        drafts.append((where, {"id": task_id, "prompt": prompt}))
+    return drafts
+
+
+def _prompt_file_tasks(items: Sequence[str]) -> list[tuple[str, Mapping[str, object]]]:
+    drafts: list[tuple[str, Mapping[str, object]]] = []
+    for item in items:
+        task_id, sep, file_name = item.partition("=")
+        if not sep or not file_name:
+            raise BadInputError(f"--prompt-file {_short(item)}: expected ID=FILE")
+        where = f"--prompt-file {_quote(task_id)}"
+        _task_id(task_id, where=where)
+        data = _read_bytes(Path(file_name), where=f"{where}: {file_name}")
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInputError(f"{where}: {file_name}: not UTF-8 text") from exc
+        drafts.append((where, {"id": task_id, "prompt": prompt}))
+    return drafts
+
+
+def _parse_overrides(overrides: Overrides) -> _Settings:
+    agent: _Agent | None = None
+    if overrides.agent is not None:
+        agent = _Agent(spec=_cli_agent(overrides.agent), where="--agent")
+    return _Settings(
+        agent=agent,
+        jobs=_opt(overrides.jobs, "--jobs", _at_least(1)),
+        timeout=_opt(overrides.timeout, "--timeout", _duration),
+        idle_timeout=_opt(overrides.idle_timeout, "--idle-timeout", _duration),
+        checks=_opt(
+            None if overrides.checks is None else list(overrides.checks), "--check", _commands
+        ),
+        max_cost_usd=_opt(overrides.max_cost_usd, "--max-cost-usd", _positive_number),
+        max_disk=_opt(overrides.max_disk, "--max-disk", parse_size),
+        sandbox=overrides.sandbox,
+        allow_outside_writes=overrides.allow_outside_writes,
+    )
+
+
+def _cli_agent(text: str) -> str | tuple[str, ...]:
+    if text in PROFILES:
+        return text
+    argv = _split(text, where="--agent")
+    if len(argv) == 1 and "/" not in argv[0] and shutil.which(argv[0]) is None:
+        known = ", ".join(sorted(PROFILES))
+        raise BadInputError(f"--agent: unknown agent {text!r} (known: {known}, or a command line)")
+    return argv
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+def _task_id(value: object, *, where: str) -> str:
+    if value is None:
+        raise BadInputError(f"{where}: missing key 'id'")
+    if not isinstance(value, str):
+        raise BadInputError(f"{where}: id: expected a string, got {_type_name(value)}")
+    if not is_valid_task_id(value):
+        raise BadInputError(f"{where}: id {value!r} {_ID_RULE}")
+    return value
+
+
+def _build_task(
+    table: Mapping[str, object], *, where: str, layer: _Settings, repo_root: Path
+) -> Task:
+    _check_keys(table, TASK_KEYS, where=where)
+    if "prompt" not in table:
+        raise BadInputError(f"{where}: missing key 'prompt'")
+    prompt = _string(table["prompt"], f"{where}: prompt")
+    if not prompt.strip():
+        raise BadInputError(f"{where}: prompt is empty")
+    title = _string(table["title"], f"{where}: title") if "title" in table else ""
+    depends_on = _opt(table.get("depends_on"), f"{where}: depends_on", _strings) or ()
+    files = _opt(table.get("files"), f"{where}: files", _globs) or ()
+    expect_files = _opt(table.get("expect_files"), f"{where}: expect_files", _globs) or ()
+
+    merged = _parse_settings(table, where=where).over(layer)
+    agent = merged.agent
+    if agent is None:
+        try:
+            argv = resolve_agent(DEFAULT_AGENT, where="default agent", repo_root=repo_root)
+        except BadInputError as exc:
+            raise BadInputError(
+                f"{exc}; set agent in {CONFIG_FILE} or the manifest, or pass --agent"
+            ) from exc
+        agent = _Agent(spec=DEFAULT_AGENT, where="default agent")
+    else:
+        argv = resolve_agent(agent.spec, where=agent.where, repo_root=repo_root)
+
+    return Task(
+        id=str(table["id"]),
+        prompt=prompt,
+        title=title,
+        depends_on=tuple(dict.fromkeys(depends_on)),
+        # An argv list running a known CLI (e.g. claude with other flags) keeps its adapter.
+        agent=agent.spec if isinstance(agent.spec, str) else profile_of(argv),
+        agent_argv=argv,
+        checks=merged.checks or (),
+        files=files,
+        timeout=merged.timeout,
+        idle_timeout=merged.idle_timeout,
+        retries=merged.retries or 0,
+        priority=merged.priority or 0,
+        copy=merged.copy or (),
+        setup=merged.setup or (),
+        env=merged.env or (),
+        expect_files=expect_files,
+        repair=merged.repair or 0,
+        no_placeholders=bool(merged.no_placeholders),
+        link=merged.link or (),
+    )
+
+
+def _check_dependencies(tasks: Sequence[Task], where_of: Mapping[str, str]) -> None:
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep == task.id:
+                raise BadInputError(f"{where_of[task.id]}: depends on itself")
+            if dep not in where_of:
+                raise BadInputError(
+                    f"{where_of[task.id]}: depends_on {dep!r} is not a task of this run"
+                )
+    cycle = dependency_cycle({task.id: task.depends_on for task in tasks})
+    if cycle is not None:
+        raise BadInputError(f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> RunSpec:
+    root = repo_root.absolute()
+    if layer.worktree_root is None:
+        worktree_root = paths.default_worktree_root(root)
+    else:
+        worktree_root = Path(os.path.normpath(root / Path(layer.worktree_root).expanduser()))
+    jobs = layer.jobs or DEFAULT_JOBS
+    spec = RunSpec(tasks=tasks, jobs=jobs, worktree_root=worktree_root)
+    port_base = layer.port_base or spec.port_base
+    port_block = layer.port_block or spec.port_block
+    if port_base + port_block * jobs - 1 > _MAX_PORT:
+        raise BadInputError(
+            f"port_base {port_base} + port_block {port_block} x jobs {jobs} goes past port "
+            f"{_MAX_PORT}; lower port_base, port_block or jobs"
+        )
+    return replace(
+        spec,
+        commit_author=layer.commit_author or spec.commit_author,
+        port_base=port_base,
+        port_block=port_block,
+        kill_grace=layer.kill_grace or spec.kill_grace,
+        max_cost_usd=layer.max_cost_usd,
+        rate_limit_backoff=layer.rate_limit_backoff or spec.rate_limit_backoff,
+        max_disk=layer.max_disk,
+        copy_mode=layer.copy_mode or spec.copy_mode,
+        sandbox=bool(layer.sandbox),
+        sandbox_writable=layer.sandbox_writable or (),
+        allow_outside_writes=bool(layer.allow_outside_writes),
+    )
+
+
+# --- settings and field parsers --------------------------------------------------------------
+
+
+def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
+    """Parse the setting and run-wide keys present in *table*; other keys are not looked at."""
+
+    def get(key: str, parse: Callable[[object, str], _T]) -> _T | None:
+        return _opt(table.get(key), f"{where}: {key}", parse)
+
+    return _Settings(
+        agent=get("agent", _agent),
+        checks=get("checks", _commands),
+        timeout=get("timeout", _duration),
+        idle_timeout=get("idle_timeout", _duration),
+        retries=get("retries", _at_least(0)),
+        priority=get("priority", _integer),
+        copy=get("copy", _globs),
+        setup=get("setup", _commands),
+        env=get("env", _env),
+        repair=get("repair", _at_least(0)),
+        no_placeholders=get("no_placeholders", _boolean),
+        link=get("link", _link_dirs),
+        max_cost_usd=get("max_cost_usd", _positive_number),
+        max_disk=get("max_disk", parse_size),
+        copy_mode=get("copy_mode", _copy_mode),
+        sandbox=get("sandbox", _boolean),
+        sandbox_writable=get("sandbox_writable", _abs_paths),
+        allow_outside_writes=get("allow_outside_writes", _boolean),
+        rate_limit_backoff=get("rate_limit_backoff", _duration),
+        jobs=get("jobs", _at_least(1)),
+        worktree_root=get("worktree_root", _non_empty),
+        commit_author=get("commit_author", _author),
+        kill_grace=get("kill_grace", _duration),
+        port_base=get("port_base", _port_base),
+        port_block=get("port_block", _at_least(1)),
+    )
+
+
+def _opt(value: object, where: str, parse: Callable[[object, str], _T]) -> _T | None:
+    return None if value is None else parse(value, where)
+
+
+def _agent(value: object, where: str) -> _Agent:
+    if isinstance(value, str):
+        return _Agent(spec=value, where=where)
+    if isinstance(value, list):
+        return _Agent(spec=_argv(value, where), where=where)
+    raise BadInputError(
+        f"{where}: expected a profile name or an argv array, got {_type_name(value)}"
+    )
+
+
+def _duration(value: object, where: str) -> float:
+    return parse_duration(value, where=where)
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadInputError(f"{where}: expected a string, got {_type_name(value)}")
+    if "\0" in value:
+        raise BadInputError(f"{where}: contains a NUL character")
+    return value
+
+
+def _non_empty(value: object, where: str) -> str:
+    text = _string(value, where)
+    if not text.strip():
+        raise BadInputError(f"{where}: must not be empty")
+    return text
+
+
+def _integer(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadInputError(f"{where}: expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _at_least(minimum: int) -> Callable[[object, str], int]:
+    def parse(value: object, where: str) -> int:
+        number = _integer(value, where)
+        if number < minimum:
+            raise BadInputError(f"{where}: must be >= {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _boolean(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInputError(f"{where}: expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _positive_number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise BadInputError(f"{where}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _port_base(value: object, where: str) -> int:
+    port = _integer(value, where)
+    if not _MIN_PORT <= port <= _MAX_PORT:
+        raise BadInputError(f"{where}: must be between {_MIN_PORT} and {_MAX_PORT}, got {port}")
+    return port
+
+
+def _author(value: object, where: str) -> str:
+    text = _string(value, where)
+    if _AUTHOR_RE.fullmatch(text) is None:
+        raise BadInputError(f"{where}: expected 'Name <email>', got {text!r}")
+    return text
+
+
+def _list(value: object, where: str, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise BadInputError(f"{where}: expected an array of {what}, got {_type_name(value)}")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    items = _list(value, where, "strings")
+    return tuple(_non_empty(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _globs(value: object, where: str) -> tuple[str, ...]:
+    patterns = _strings(value, where)
+    for i, pattern in enumerate(patterns):
+        path = PurePosixPath(pattern)
+        # Patterns name files inside the repository; they must never reach outside it.
+        if path.is_absolute() or ".." in path.parts or "\\" in pattern:
+            raise BadInputError(
+                f"{where}[{i}]: {pattern!r} must be a relative path pattern inside the repository"
+            )
+    return patterns
+
+
+def _link_dirs(value: object, where: str) -> tuple[str, ...]:
+    dirs = _globs(value, where)
+    for i, name in enumerate(dirs):
+        if any(ch in name for ch in "*?[") or PurePosixPath(name).parts[:1] == (".git",):
+            raise BadInputError(f"{where}[{i}]: {name!r} must name a directory, not a pattern")
+    return tuple(PurePosixPath(name).as_posix() for name in dirs)
+
+
+def _copy_mode(value: object, where: str) -> str:
+    mode = _string(value, where)
+    if mode not in COPY_MODES:
+        raise BadInputError(f"{where}: {mode!r} is not one of {', '.join(COPY_MODES)}")
+    return mode
+
+
+def _abs_paths(value: object, where: str) -> tuple[str, ...]:
+    paths = tuple(str(Path(p).expanduser()) for p in _strings(value, where))
+    for i, path in enumerate(paths):
+        if not Path(path).is_absolute():
+            raise BadInputError(f"{where}[{i}]: {path!r} must be an absolute path (or ~/...)")
+    return paths
+
+
+def _argv(value: list[object], where: str) -> tuple[str, ...]:
+    if not value:
+        raise BadInputError(f"{where}: empty command")
+    return tuple(_non_empty(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _commands(value: object, where: str) -> tuple[tuple[str, ...], ...]:
+    """Parse command strings (split with shlex, never run by a shell) or argv arrays."""
+    items = _list(value, where, "command strings or argv arrays")
+    commands: list[tuple[str, ...]] = []
+    for i, item in enumerate(items):
+        item_where = f"{where}[{i}]"
+        if isinstance(item, str):
+            commands.append(_split(item, where=item_where))
+        elif isinstance(item, list):
+            commands.append(_argv(item, item_where))
+        else:
+            raise BadInputError(
+                f"{item_where}: expected a command string or an argv array, got {_type_name(item)}"
+            )
+    return tuple(commands)
+
+
+def _split(text: str, *, where: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(_string(text, where)))
+    except ValueError as exc:
+        raise BadInputError(f"{where}: cannot split {text!r}: {exc}") from exc
+    if not argv:
+        raise BadInputError(f"{where}: empty command")
+    return argv
+
+
+def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise BadInputError(f"{where}: expected a table of strings, got {_type_name(value)}")
+    pairs: list[tuple[str, str]] = []
+    for name, text in value.items():
+        if _ENV_NAME_RE.fullmatch(name) is None:
+            raise BadInputError(f"{where}: {name!r} is not a valid environment variable name")
+        pairs.append((name, _string(text, f"{where}.{name}")))
+    return tuple(pairs)
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def _check_keys(table: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:
+    for key in table:
+        if key in allowed:
+            continue
+        if allowed is MANIFEST_KEYS and key in DEFAULTS_KEYS:
+            raise BadInputError(f"{where}: key {key!r} belongs in [defaults]")
+        if key in TASK_KEYS and allowed is not TASK_KEYS:
+            raise BadInputError(f"{where}: key {key!r} belongs in a [[task]]")
+        if key in RUN_KEYS and allowed is TASK_KEYS:
+            raise BadInputError(
+                f"{where}: key {key!r} is run-wide: put it in [defaults] or {CONFIG_FILE}"
+            )
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(sorted(allowed))
+        raise BadInputError(f"{where}: unknown key {key!r} ({hint})")
+
+
+def _read_bytes(path: Path, *, where: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _read_toml(path: Path, *, where: str) -> dict[str, object]:
+    data = _read_bytes(path, where=where)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{where}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInputError(f"{where}: invalid TOML: {' '.join(str(exc).split())}") from exc
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _quote(text: str) -> str:
+    # JSON quoting keeps untrusted text on one line in error messages.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return _quote(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)

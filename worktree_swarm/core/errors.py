@@ -1,0 +1,49 @@
+"""The SwarmError hierarchy and the process exit codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes: 0 ok, 1 a task failed, 2 bad input, 3 repository busy, 130 interrupted."""
+
+    OK = 0
+    TASK_FAILED = 1
+    BAD_INPUT = 2
+    LOCKED = 3
+    INTERRUPTED = 130
+
+
+class SwarmError(Exception):
+    """An expected failure; the message names what is at fault and what to do next."""
+
+    exit_code: ExitCode = ExitCode.TASK_FAILED
+
+
+class BadInputError(SwarmError):
+    """Invalid manifest, flag, id, repository state: nothing was created."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class ManagerLockedError(SwarmError):
+    """Another manager holds this repository."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class GitError(SwarmError):
+    """A git operation failed in a way the user must act on."""
+
+
+class CommandError(SwarmError):
+    """A subprocess exited non-zero; carries argv, exit code and captured output."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.output = output
+        tail = output.strip().splitlines()[-5:]
+        detail = (": " + " | ".join(tail)) if tail else ""
+        super().__init__(f"`{' '.join(argv[:4])}` exited {returncode}{detail}")

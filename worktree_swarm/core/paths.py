@@ -1,0 +1,45 @@
+"""Where swarm keeps things: the repository's layout, state, run directories and worktrees.
+
+Every path swarm derives from a repository is computed here, so that read-only commands
+(`swarm status`, `swarm notes`) need nothing from the run loop to find a run's files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR_NAME = "swarm"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Repo:
+    """A non-bare repository with at least one commit: its checkout and git common dir."""
+
+    root: Path
+    common_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        """Where swarm keeps its state; shared by every worktree, never committed."""
+        return self.common_dir / STATE_DIR_NAME
+
+
+def store_path(repo: Repo) -> Path:
+    """The state database of *repo*."""
+    return repo.state_dir / "state.db"
+
+
+def run_dir(repo: Repo, run_id: str) -> Path:
+    """Where a run's prompts and logs live (inside the git common dir, never committed)."""
+    return repo.state_dir / "runs" / run_id
+
+
+def default_worktree_root(checkout: Path) -> Path:
+    """``<parent>/<name>.swarm`` next to *checkout* (outside it, so its tools never descend)."""
+    return checkout.parent / f"{checkout.name}.swarm"
+
+
+def worktree_path(worktree_root: Path, task_id: str) -> Path:
+    """Where *task_id*'s worktree lives under *worktree_root*."""
+    return worktree_root / task_id

@@ -1,0 +1,294 @@
+"""Typed git operations on plain `git` (porcelain / -z output) and the repository lock."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
+from worktree_swarm.infra import proc
+
+if TYPE_CHECKING:
+    import subprocess
+
+MIN_GIT_VERSION = (2, 38)
+_VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
+_AUTHOR_RE = re.compile(r"(?P<name>[^<>]*[^<>\s])\s*<(?P<email>[^<>\s]+)>")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffStat:
+    """Files changed and lines added/removed between two commits."""
+
+    files: int
+    insertions: int
+    deletions: int
+
+
+class MergeConflictError(GitError):
+    """Merging commits would conflict; ``files`` names the conflicted paths."""
+
+    def __init__(self, message: str, *, files: Sequence[str]) -> None:
+        super().__init__(message)
+        self.files = tuple(files)
+
+
+def _run(
+    cwd: Path, args: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return proc.run(["git", *args], cwd=cwd, env=proc.clean_env(env), check=check)
+    except FileNotFoundError as exc:
+        if not cwd.is_dir():
+            raise GitError(f"directory {cwd} does not exist") from exc
+        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
+    except NotADirectoryError as exc:
+        raise GitError(f"{cwd} is not a directory") from exc
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    """Run ``git *args`` in *cwd* with a clean environment and return its stdout.
+
+    Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable.
+    """
+    return _run(cwd, args, check=check).stdout
+
+
+def require_git() -> None:
+    """Raise BadInputError unless a git >= 2.38 is on PATH."""
+    out = git(Path.cwd() if Path.cwd().is_dir() else Path("/"), "--version").strip()
+    match = _VERSION_RE.match(out)
+    if match is None:
+        raise BadInputError(f"cannot parse the output of `git --version`: {out!r}")
+    found = (int(match[1]), int(match[2]))
+    if found < MIN_GIT_VERSION:
+        raise BadInputError(
+            f"{out} found; worktree-swarm needs git >= 2.38 (for `git merge-tree --write-tree`);"
+            " upgrade git"
+        )
+
+
+def open_repo(path: Path) -> Repo:
+    """Open the repository containing *path* (a subdirectory or a linked worktree works too).
+
+    ``root`` is always the main worktree. Raises BadInputError for a path outside any
+    repository, a bare repository, or a repository without commits.
+    """
+    path = path.absolute()
+    if not path.is_dir():
+        raise BadInputError(f"{path} is not a directory; run swarm inside a git repository")
+    probe = _run(
+        path, ["rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir"], check=False
+    )
+    if probe.returncode != 0:
+        raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
+    common_dir, git_dir = (Path(line) for line in probe.stdout.splitlines())
+    # Asked from a linked worktree, --is-bare-repository describes that worktree; asked from
+    # the common dir it describes the repository.
+    if git(common_dir, "rev-parse", "--is-bare-repository").strip() == "true":
+        raise BadInputError(
+            f"{common_dir} is a bare repository; run swarm inside a checkout with a working tree"
+        )
+    # Not `git worktree list`: it races with a concurrent `worktree add` (it may see an admin
+    # dir before its commondir file is written), and it misnames --separate-git-dir checkouts.
+    if common_dir.name == ".git":
+        root = common_dir.parent
+    elif git_dir == common_dir:
+        root = Path(git(path, "rev-parse", "--show-toplevel").strip())
+    else:
+        raise BadInputError(
+            f"cannot locate the main checkout of {common_dir} from {path}; run swarm there"
+        )
+    if rev_parse_in(root, "HEAD^{commit}") is None:
+        raise BadInputError(f"repository {root} has no commits yet; make a first commit")
+    return Repo(root=root, common_dir=common_dir)
+
+
+def repo_lock(repo: Repo) -> filelock.FileLock:
+    """Return the lock that serialises git metadata changes (worktrees, branches) in *repo*."""
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    # The lock file is never deleted: deleting it would let a waiter and a newcomer hold
+    # different inodes at the same time.
+    return filelock.FileLock(repo.state_dir / "repo.lock")
+
+
+def git_dir(checkout: Path) -> Path:
+    """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
+
+    For a linked worktree that is its admin dir, ``<common dir>/worktrees/<name>``.
+    Raises GitError when *checkout* has neither.
+    """
+    dotgit = checkout / ".git"
+    if dotgit.is_dir():
+        return dotgit
+    try:
+        text = dotgit.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GitError(f"{dotgit}: cannot read ({exc}); is {checkout} a git checkout?") from exc
+    if not text.startswith("gitdir:"):
+        raise GitError(f"{dotgit}: not a git checkout's .git file")
+    # Relative since git 2.48 with worktree.useRelativePaths.
+    return Path(os.path.realpath(checkout / text.removeprefix("gitdir:").strip()))
+
+
+def rev_parse_in(cwd: Path, rev: str) -> str | None:
+    """Return the object name *rev* resolves to when run in *cwd*, or None."""
+    res = _run(cwd, ["rev-parse", "--verify", "--quiet", "--end-of-options", rev], check=False)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def rev_parse(repo: Repo, rev: str) -> str | None:
+    """Return the full object name *rev* resolves to, or None when it names nothing."""
+    return rev_parse_in(repo.root, rev)
+
+
+def head_commit(repo: Repo) -> str:
+    """Return the commit checked out in the main worktree."""
+    sha = rev_parse(repo, "HEAD^{commit}")
+    if sha is None:
+        raise GitError(f"HEAD of {repo.root} does not point to a commit")
+    return sha
+
+
+def current_branch(repo: Repo) -> str | None:
+    """Return the short name of the main worktree's branch, or None when HEAD is detached."""
+    res = _run(repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip() or None
+
+
+def branch_exists(repo: Repo, branch: str) -> bool:
+    """Return whether ``refs/heads/<branch>`` exists."""
+    res = _run(repo.root, ["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], check=False)
+    return res.returncode == 0
+
+
+def identity_env(author: str) -> dict[str, str]:
+    """Environment making *author* (``Name <email>``) both author and committer."""
+    match = _AUTHOR_RE.fullmatch(author.strip())
+    if match is None:
+        raise BadInputError(f"author {author!r} is not of the form `Name <email>`")
+    name, email = match["name"].strip(), match["email"]
+    # Environment variables beat -c user.name: a user's GIT_AUTHOR_* must not leak in.
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
+
+
+def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: str) -> str:
+    """Return a new merge commit whose parents are *commits*, touching no checkout.
+
+    The trees are merged pairwise in order with ``git merge-tree --write-tree``; the result is
+    one commit with every input as a parent (a single input is returned as is).
+    Raises MergeConflictError naming the conflicted files.
+    """
+    if not commits:
+        raise BadInputError("merge_commits needs at least one commit")
+    env = identity_env(author)
+    shas: list[str] = []
+    for rev in commits:
+        sha = rev_parse(repo, f"{rev}^{{commit}}")
+        if sha is None:
+            raise GitError(f"{rev!r} is not a commit in {repo.root}")
+        shas.append(sha)
+    if len(shas) == 1:
+        return shas[0]
+    acc = shas[0]
+    tree = ""
+    for i, other in enumerate(shas[1:], start=1):
+        res = _run(
+            repo.root,
+            ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages", acc, other],
+            check=False,
+        )
+        if res.returncode not in (0, 1):
+            raise CommandError(["git", "merge-tree", acc, other], res.returncode, res.stderr)
+        tree, *conflicted = [f for f in res.stdout.split("\0") if f]
+        if res.returncode == 1:
+            names = ", ".join(conflicted) or "(unknown files)"
+            raise MergeConflictError(
+                f"merging {commits[i]} into {', '.join(commits[:i])} conflicts in {names}",
+                files=conflicted,
+            )
+        if i < len(shas) - 1:
+            # merge-tree (git < 2.40) merges commits, not trees: the running result needs a
+            # commit of its own to be merged with the next input. It stays unreferenced.
+            acc = _commit_tree(repo, tree, shas[: i + 1], message=message, env=env)
+    return _commit_tree(repo, tree, shas, message=message, env=env)
+
+
+def _commit_tree(
+    repo: Repo, tree: str, parents: Sequence[str], *, message: str, env: Mapping[str, str]
+) -> str:
+    args = ["commit-tree", "--no-gpg-sign", "-m", message]
+    for parent in parents:
+        args += ["-p", parent]
+    return _run(repo.root, [*args, tree], env=env).stdout.strip()
+
+
+def checkpoint(
+    worktree: Path, *, message: str, author: str, exclude: Sequence[str] = ()
+) -> str | None:
+    """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
+
+    Paths in *exclude* (relative to the worktree root, taken literally) stay out of the
+    branch: never added, and taken out of the index (not the disk) when an agent added or
+    committed them itself. They are the ``link`` symlinks, which an ignore rule like
+    ``node_modules/`` does not match because a symlink is not a directory to git. Returns the
+    new HEAD, or None when there was nothing to commit. Hooks are skipped (``--no-verify``)
+    and *author* (``Name <email>``) is also the committer.
+    """
+    env = identity_env(author)
+    if exclude:
+        literal = [f":(literal,top){path}" for path in exclude]
+        _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
+        pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
+        _run(worktree, ["add", "--all", "--", *pathspec])
+    else:
+        _run(worktree, ["add", "--all"])
+    if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+        return None
+    # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
+    _run(worktree, ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message], env=env)
+    head = rev_parse_in(worktree, "HEAD")
+    if head is None:
+        raise GitError(f"checkpoint in {worktree} left no HEAD")
+    return head
+
+
+def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
+    """Count files, inserted and deleted lines from *base* to *tip* (binary files count)."""
+    out = git(repo.root, "diff", "--numstat", "-z", "--end-of-options", base, tip, "--")
+    fields = out.split("\0")
+    files = insertions = deletions = 0
+    i = 0
+    while i < len(fields):
+        field = fields[i]
+        i += 1
+        if not field:
+            continue
+        added, deleted, path = field.split("\t", 2)
+        if not path:
+            # A rename/copy: the stat line is followed by two NUL-terminated paths.
+            i += 2
+        files += 1
+        # Binary files show "-" instead of line counts.
+        insertions += int(added) if added != "-" else 0
+        deletions += int(deleted) if deleted != "-" else 0
+    return DiffStat(files=files, insertions=insertions, deletions=deletions)
+
+
+def status_porcelain(path: Path) -> str:
+    """Return ``git status --porcelain=v1 -z --untracked-files=all`` of *path*, raw."""
+    return git(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")

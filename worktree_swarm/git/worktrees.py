@@ -1,0 +1,331 @@
+"""Create, list and remove worktrees; copy local files into them.
+
+Creation is two-phase: git's metadata step (branch, ``worktrees/<name>`` admin dir) runs under
+the repository lock, because concurrent ``git worktree add`` on one repository races
+(``failed to read .../commondir``, ``could not lock config file``); the expensive checkout then
+runs in parallel outside the lock, since it only writes the new worktree and its own index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
+from worktree_swarm.git.repo import (
+    Repo,
+    branch_exists,
+    git,
+    repo_lock,
+    rev_parse,
+)
+
+_NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorktreeInfo:
+    """One entry of ``git worktree list``."""
+
+    path: Path
+    head: str | None
+    branch: str | None
+    locked: str | None
+    prunable: str | None
+    is_main: bool
+
+
+def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
+    """Return every worktree of *repo*, the main one first."""
+    # Unlocked, `worktree list` can catch a concurrent `worktree add` half-way and fail.
+    with repo_lock(repo):
+        return list_worktrees_locked(repo)
+
+
+def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
+    """Like :func:`list_worktrees`, for a caller that already holds the repository lock."""
+    out = git(repo.root, "worktree", "list", "--porcelain", "-z")
+    infos = []
+    for index, record in enumerate(_parse_records(out)):
+        branch = record.get("branch")
+        infos.append(
+            WorktreeInfo(
+                path=Path(record["worktree"]),
+                head=record.get("HEAD"),
+                branch=branch.removeprefix("refs/heads/") if branch else None,
+                locked=record.get("locked"),
+                prunable=record.get("prunable"),
+                is_main=index == 0,
+            )
+        )
+    return infos
+
+
+def _parse_records(out: str) -> list[dict[str, str]]:
+    """Parse NUL-separated ``key value`` records split by an empty field (``-z`` porcelain)."""
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for field in out.split("\0"):
+        if not field:
+            if current:
+                records.append(current)
+            current = {}
+            continue
+        key, _, value = field.partition(" ")
+        current[key] = value
+    if current:
+        records.append(current)
+    return records
+
+
+def preflight(repo: Repo, items: Sequence[tuple[str, Path]]) -> None:
+    """Raise BadInputError unless every ``(branch, path)`` can be created without clobbering."""
+    # Without a state dir no swarm process has touched this repository, so the list needs no
+    # lock; taking it would create files before validation has finished (bad input creates nothing).
+    infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
+    registered = {_norm(info.path) for info in infos}
+    seen_branches: set[str] = set()
+    seen_paths: set[Path] = set()
+    for branch, path in items:
+        if branch in seen_branches:
+            raise BadInputError(f"branch {branch} is requested twice")
+        if _norm(path) in seen_paths:
+            raise BadInputError(f"worktree {path} is requested twice")
+        seen_branches.add(branch)
+        seen_paths.add(_norm(path))
+        _check_free(repo, branch, path, registered)
+
+
+def _norm(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _check_free(repo: Repo, branch: str, path: Path, registered: set[Path]) -> None:
+    if branch_exists(repo, branch):
+        raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}")
+    if os.path.lexists(path):
+        raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
+    if _norm(path) in registered:
+        raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
+
+
+def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
+    """Create *path* checked out on a new *branch* at *start* (no upstream).
+
+    Safe to call from many threads and processes at once. On any failure, whatever was
+    half-made (branch, admin dir, directory) is removed before the error propagates.
+    Raises BadInputError when *branch* or *path* already exists.
+    """
+    path = path.absolute()
+    commit = rev_parse(repo, f"{start}^{{commit}}")
+    if commit is None:
+        raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
+    with repo_lock(repo):
+        # Only the O(1) checks here: listing every worktree on each creation made a run
+        # quadratic in its task count. A path git still has registered is refused by
+        # `worktree add` itself, handled below.
+        _check_free(repo, branch, path, set())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # --no-checkout keeps the lock short; --no-track so no upstream is configured
+            # (with a remote-tracking start, `git push` would otherwise target that branch).
+            git(repo.root, "worktree", "add", "--quiet", "--no-track", "--no-checkout",
+                "-b", branch, "--", str(path), commit)  # fmt: skip
+        except CommandError as exc:
+            if "already registered" not in exc.output:
+                _discard_locked(repo, path=path, branch=branch, commit=commit)
+                raise
+            # git made the branch before refusing the path; the registration is not ours.
+            git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
+            raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}") from None
+        except BaseException as exc:
+            _discard_locked(repo, path=path, branch=branch, commit=commit)
+            if isinstance(exc, OSError):
+                raise GitError(f"cannot create worktree {path}: {exc.strerror or exc}") from exc
+            raise
+    try:
+        # Touches only the new worktree and its private index, so it runs outside the lock.
+        # Unlike `reset --hard` it writes no ref, reflog or ORIG_HEAD.
+        git(path, "read-tree", "--reset", "-u", "HEAD")
+    except BaseException:
+        with repo_lock(repo):
+            _discard_locked(repo, path=path, branch=branch, commit=commit)
+        raise
+
+
+def _discard_locked(repo: Repo, *, path: Path, branch: str, commit: str) -> None:
+    """Remove what a failed creation of *path* made; the caller holds the repository lock."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        for admin in (repo.common_dir / "worktrees").iterdir():
+            try:
+                gitdir = (admin / "gitdir").read_text().strip()
+            except OSError:
+                continue
+            if _norm(Path(gitdir).parent) == _norm(path):
+                shutil.rmtree(admin, ignore_errors=True)
+    # Only delete the branch while it is still where we created it.
+    git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
+
+
+def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
+    """Remove the worktree at *path* (its branch stays).
+
+    Without *force*, git refuses when the worktree has uncommitted or untracked files.
+    A worktree whose directory is already gone is just unregistered.
+    """
+    args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path.absolute())]
+    with repo_lock(repo):
+        git(repo.root, *args)
+
+
+def delete_branch(repo: Repo, branch: str, *, force: bool = False) -> None:
+    """Delete *branch*; without *force*, git refuses when it is not merged into HEAD."""
+    with repo_lock(repo):
+        git(repo.root, "branch", "-D" if force else "-d", "--", branch)
+
+
+def prune(repo: Repo) -> None:
+    """Forget worktrees whose directories are gone."""
+    with repo_lock(repo):
+        git(repo.root, "worktree", "prune")
+
+
+def copy_into(
+    src_root: Path, dst_root: Path, globs: Sequence[str], *, mode: str = "auto"
+) -> list[str]:
+    """Copy files matching *globs* from *src_root* into *dst_root*, keeping relative paths.
+
+    Meant for untracked or ignored local files (``.env``, ``config/*.local``): a file that
+    already exists in *dst_root* (e.g. a tracked one) is left alone. A matched directory is
+    copied recursively; symlinks are copied as symlinks. Modes are kept. *mode* (``copy_mode``):
+    ``auto`` clones (reflink) where the file system allows and copies bytes otherwise,
+    ``hardlink`` hard-links (the worktree and *src_root* then share one file: an in-place edit
+    in either changes both) and falls back to ``auto`` across file systems, ``copy`` always
+    copies bytes. Raises BadInputError for a pattern or a destination that escapes its root.
+    Returns the copied relative paths (POSIX style, sorted).
+    """
+    src_root = src_root.absolute()
+    dst_real = _norm(dst_root)
+    copied: set[str] = set()
+    for pattern in globs:
+        pure = PurePosixPath(pattern)
+        if not pattern or pure.is_absolute() or ".." in pure.parts or "\\" in pattern:
+            raise BadInputError(f"copy pattern {pattern!r} must stay inside the repository")
+        for match in sorted(src_root.glob(pattern)):
+            for src in _files_under(match):
+                rel = src.relative_to(src_root)
+                if rel.parts[0] == ".git":
+                    continue
+                dst = dst_root / rel
+                if not _norm(dst.parent).is_relative_to(dst_real):
+                    raise BadInputError(f"{rel} would be copied outside {dst_root}")
+                if os.path.lexists(dst):
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(src, dst, mode=mode)
+                copied.add(rel.as_posix())
+    return sorted(copied)
+
+
+def _files_under(path: Path) -> list[Path]:
+    """Return *path* itself, or the files and symlinks below it when it is a real directory."""
+    if path.is_symlink() or not path.is_dir():
+        return [path]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        # os.walk lists symlinks to directories as dirnames and does not follow them.
+        links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+        found += [Path(dirpath) / name for name in sorted(filenames + links)]
+    return found
+
+
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, ...).
+
+
+def _copy_file(src: Path, dst: Path, *, mode: str = "auto") -> None:
+    if src.is_symlink():
+        dst.symlink_to(src.readlink())
+        return
+    if mode == "hardlink":
+        try:
+            os.link(src, dst)
+        except OSError:
+            pass  # another file system, or links not allowed: fall back to a clone or copy
+        else:
+            return
+    if mode != "copy" and _clone(src, dst):
+        shutil.copystat(src, dst)
+        return
+    # A byte copy through Python (shutil.copy2 may use copy_file_range, which can clone).
+    with src.open("rb") as fsrc, dst.open("xb") as fdst:
+        shutil.copyfileobj(fsrc, fdst)
+    shutil.copystat(src, dst)
+
+
+def _clone(src: Path, dst: Path) -> bool:
+    """Make *dst* a copy-on-write clone of *src* where the file system can; False otherwise."""
+    if sys.platform == "darwin":
+        # APFS: clonefile(2). shutil.copy2 does not clone on macOS (fcopyfile ignores
+        # COPYFILE_CLONE), so ask libSystem directly.
+        import ctypes  # noqa: PLC0415 - macOS only
+
+        try:
+            clonefile = ctypes.CDLL(None, use_errno=True).clonefile
+        except (OSError, AttributeError):
+            return False
+        clonefile.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32]
+        clonefile.restype = ctypes.c_int
+        return bool(clonefile(os.fsencode(src), os.fsencode(dst), 0) == 0)
+    if sys.platform != "linux":
+        return False
+    import fcntl  # noqa: PLC0415 - POSIX only
+
+    with src.open("rb") as fsrc, dst.open("xb") as fdst:
+        try:
+            fcntl.ioctl(fdst.fileno(), _FICLONE, fsrc.fileno())
+        except OSError:
+            pass
+        else:
+            return True
+    dst.unlink()
+    return False
+
+
+def link_into(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
+    """Make ``dst_root/NAME`` a symlink to the directory ``src_root/NAME`` for each name.
+
+    Shares, for example, the main checkout's ``node_modules`` instead of installing it again.
+    A symlink already pointing there (a resumed task) is kept. Raises SwarmError (the task
+    fails) when the source is missing or not a directory, or when the worktree already has
+    something at that path (tracked or copied).
+    """
+    for name in names:
+        src = src_root.absolute() / name
+        dst = dst_root / name
+        if dst.is_symlink() and dst.readlink() == src:
+            continue
+        if not src.is_dir():
+            raise SwarmError(f"link {name!r}: {src} is missing or not a directory")
+        if not _norm(dst.parent).is_relative_to(_norm(dst_root)):
+            raise SwarmError(f"link {name!r}: {dst.parent} leads outside the worktree")
+        if os.path.lexists(dst):
+            raise SwarmError(
+                f"link {name!r}: the worktree already has {name} (tracked or copied); "
+                "remove it from `link` or from the repository"
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src, target_is_directory=True)
+
+
+def unlink_links(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
+    """Remove the symlinks :func:`link_into` made (anything else at those paths stays)."""
+    for name in names:
+        dst = dst_root / name
+        if dst.is_symlink() and dst.readlink() == src_root.absolute() / name:
+            dst.unlink()

@@ -1,0 +1,466 @@
+"""A small GitHub REST client that keeps to GitHub's rate-limit rules and never leaks its token.
+
+One request at a time (a lock), at least one second between writes, ``retry-after`` and
+``x-ratelimit-remaining``/``x-ratelimit-reset`` honoured, and a back-off on secondary rate limits
+(403/429), as GitHub's "Best practices for using the REST API" asks. The base URL is
+configurable for GitHub Enterprise (``--api-url``, ``SWARM_GITHUB_API_URL``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import proc
+
+DEFAULT_API_URL = "https://api.github.com"
+API_URL_ENV = "SWARM_GITHUB_API_URL"
+TOKEN_ENVS = ("GITHUB_TOKEN", "GH_TOKEN")
+API_VERSION = "2022-11-28"
+WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+REDACTED = "[REDACTED]"
+
+_SLUG_PART = r"[A-Za-z0-9_.-]+"
+_SLUG_RE = re.compile(rf"(?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART})")
+# owner/name at the end of an https, ssh:// or scp-like (git@host:owner/name) remote URL.
+_REMOTE_RE = re.compile(rf"[:/](?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART}?)(?:\.git)?/?$")
+_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]+@")
+_LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
+# A token is one printable word; anything else could end up in a header error message.
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+Sleep = Callable[[float], None]
+OnWait = Callable[[float, str], None]
+
+
+class GitHubError(SwarmError):
+    """The GitHub API refused or failed a request; ``status`` is the HTTP status (0: no reply)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimitError(GitHubError):
+    """GitHub asks for a wait longer than the client is allowed to sleep."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepoSlug:
+    """A GitHub repository as ``owner/name``."""
+
+    owner: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+class Token:
+    """A secret that prints as ``[REDACTED]``: str(), repr() and f-strings never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        value = value.strip()
+        if _TOKEN_RE.fullmatch(value) is None:
+            raise BadInputError(
+                "the GitHub token is empty or contains spaces or control characters;"
+                " check GITHUB_TOKEN / GH_TOKEN or `gh auth token`"
+            )
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; only for the Authorization header."""
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """*text* with every occurrence of the token replaced."""
+        return text.replace(self._value, REDACTED)
+
+    def __repr__(self) -> str:
+        return f"Token({REDACTED})"
+
+    __str__ = __repr__
+
+
+def parse_slug(text: str, *, where: str = "--github-repo") -> RepoSlug:
+    """Parse ``OWNER/NAME``; BadInputError otherwise."""
+    match = _SLUG_RE.fullmatch(text.strip())
+    if match is None or match["name"] in {".", ".."} or match["owner"] in {".", ".."}:
+        raise BadInputError(f"{where}: {text!r} is not of the form OWNER/NAME")
+    return RepoSlug(owner=match["owner"], name=match["name"])
+
+
+def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
+    """Derive ``owner/name`` from the URL of *remote* (https, ssh or scp-like forms).
+
+    A local-path remote has no owner: pass ``--github-repo OWNER/NAME`` then.
+    """
+    url = remote_url(repo, remote)
+    if not _is_network_url(url):
+        raise BadInputError(
+            f"remote {remote!r} is a local path ({url}); "
+            "name the GitHub repository with --github-repo OWNER/NAME"
+        )
+    match = _REMOTE_RE.search(url)
+    if match is None or not match["name"]:
+        raise BadInputError(
+            f"cannot tell the GitHub repository from remote {remote!r} ({strip_userinfo(url)}); "
+            "pass --github-repo OWNER/NAME"
+        )
+    return RepoSlug(owner=match["owner"], name=match["name"])
+
+
+def _is_network_url(url: str) -> bool:
+    if url.startswith("file:"):
+        return False
+    if "://" in url:
+        return True
+    # git's rule for scp-like syntax (host:path): a colon before the first slash.
+    colon, slash = url.find(":"), url.find("/")
+    return colon > 0 and (slash == -1 or colon < slash)
+
+
+def remote_url(repo: git.Repo, remote: str) -> str:
+    """The fetch URL of *remote*; BadInputError when no such remote is configured."""
+    if not remote or remote.startswith("-"):
+        raise BadInputError(f"--remote: {remote!r} is not a remote name")
+    try:
+        return git.git(repo.root, "remote", "get-url", "--", remote).strip()
+    except CommandError as exc:
+        raise BadInputError(
+            f"--remote: no remote named {remote!r} in {repo.root}; add it with `git remote add`"
+        ) from exc
+
+
+def strip_userinfo(url: str) -> str:
+    """*url* without ``user:password@`` (remote URLs may embed credentials)."""
+    return _USERINFO_RE.sub("", url)
+
+
+def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The API base URL: the flag, else ``SWARM_GITHUB_API_URL``, else api.github.com."""
+    env = os.environ if env is None else env
+    url = (flag or env.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise BadInputError(f"--api-url: {url!r} is not an http(s) URL")
+    if "@" in parts.netloc:
+        raise BadInputError("--api-url: credentials in the URL are not accepted; use GITHUB_TOKEN")
+    return url
+
+
+def resolve_token(env: Mapping[str, str] | None = None, *, host: str | None = None) -> Token:
+    """The token from ``GITHUB_TOKEN`` or ``GH_TOKEN``, else from ``gh auth token``.
+
+    *host* names a GitHub Enterprise host for gh (``gh auth token --hostname HOST``).
+    """
+    env = os.environ if env is None else env
+    for name in TOKEN_ENVS:
+        if env.get(name, "").strip():
+            return Token(env[name])
+    hint = "set GITHUB_TOKEN (or GH_TOKEN), or log in with `gh auth login`"
+    try:
+        argv = ["gh", "auth", "token", *(["--hostname", host] if host else [])]
+        out = proc.run(argv, env=proc.clean_env(), check=False, timeout=30)
+    except FileNotFoundError as exc:
+        raise BadInputError(f"no GitHub token: {hint}") from exc
+    if out.returncode != 0 or not out.stdout.strip():
+        raise BadInputError(f"no GitHub token (`gh auth token` found none): {hint}")
+    return Token(out.stdout)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A decoded JSON reply."""
+
+    status: int
+    data: Any
+    headers: Message
+
+
+@dataclass(slots=True, kw_only=True)
+class Client:
+    """GitHub REST for one repository; safe to share between threads (requests are serial).
+
+    *max_wait* bounds a single rate-limit wait (longer waits raise RateLimitError instead of
+    sleeping for an hour); *secondary_wait* is the first back-off on a secondary rate limit
+    that names no wait, doubled on each retry (GitHub asks for at least a minute).
+    """
+
+    api_url: str
+    token: Token
+    repo: RepoSlug
+    write_interval: float = 1.0
+    max_wait: float = 900.0
+    secondary_wait: float = 60.0
+    max_retries: int = 4
+    timeout: float = 30.0
+    sleep: Sleep = time.sleep
+    on_wait: OnWait | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _last_write: float | None = field(default=None, repr=False)
+    _blocked_until: float = field(default=0.0, repr=False)
+
+    # -- endpoints used by swarm --------------------------------------------------------------
+
+    def find_pull(self, head_branch: str) -> dict[str, Any] | None:
+        """The open pull request whose head is *head_branch* of this repository, if any."""
+        pulls = self.request(
+            "GET",
+            self._repo_path("pulls"),
+            params={"head": f"{self.repo.owner}:{head_branch}", "state": "open", "per_page": "10"},
+        ).data
+        return pulls[0] if isinstance(pulls, list) and pulls else None
+
+    def create_pull(
+        self, *, title: str, head: str, base: str, body: str, draft: bool = False
+    ) -> dict[str, Any]:
+        """Open a pull request of *head* into *base*."""
+        payload = {"title": title, "head": head, "base": base, "body": body, "draft": draft}
+        return _object(self.request("POST", self._repo_path("pulls"), body=payload).data)
+
+    def update_pull(self, number: int, *, title: str, body: str) -> dict[str, Any]:
+        """Replace the title and body of pull request *number*."""
+        path = self._repo_path(f"pulls/{number:d}")
+        return _object(self.request("PATCH", path, body={"title": title, "body": body}).data)
+
+    def get_issue(self, number: int) -> dict[str, Any] | None:
+        """Issue (or pull request) *number*, or None when it does not exist."""
+        try:
+            return _object(self.request("GET", self._repo_path(f"issues/{number:d}")).data)
+        except GitHubError as exc:
+            if exc.status in {404, 410}:
+                return None
+            raise
+
+    def list_issues(self, *, labels: str, state: str = "open") -> Iterator[dict[str, Any]]:
+        """Issues (pull requests included, as GitHub returns them) with all of *labels*."""
+        params = {"labels": labels, "state": state, "per_page": "100"}
+        url: str | None = self._url(self._repo_path("issues"), params)
+        while url is not None:
+            reply = self._send("GET", url, None)
+            for item in reply.data if isinstance(reply.data, list) else []:
+                if isinstance(item, dict):
+                    yield item
+            url = self._next_page(reply.headers)
+
+    # -- transport ----------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> Response:
+        """Send one request to ``api_url + path`` and decode the JSON reply."""
+        return self._send(method, self._url(path, params), body)
+
+    def _repo_path(self, rest: str) -> str:
+        owner = urllib.parse.quote(self.repo.owner, safe="")
+        name = urllib.parse.quote(self.repo.name, safe="")
+        return f"/repos/{owner}/{name}/{rest}"
+
+    def _url(self, path: str, params: Mapping[str, str] | None) -> str:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return f"{self.api_url}{path}{query}"
+
+    def _next_page(self, headers: Message) -> str | None:
+        match = _LINK_NEXT_RE.search(headers.get("link", ""))
+        if match is None:
+            return None
+        url = match["url"]
+        # The token goes only to the configured API host: a Link elsewhere is not followed.
+        here, there = urllib.parse.urlsplit(self.api_url), urllib.parse.urlsplit(url)
+        if (here.scheme, here.netloc) != (there.scheme, there.netloc):
+            return None
+        return url
+
+    def _send(self, method: str, url: str, body: Mapping[str, object] | None) -> Response:
+        with self._lock:
+            for attempt in range(self.max_retries + 1):
+                self._pause_before(method)
+                status, headers, raw = self._exchange(method, url, body)
+                if method in WRITE_METHODS:
+                    self._last_write = time.monotonic()
+                self._note_primary_limit(headers)
+                wait = _rate_limit_wait(status, headers, raw, attempt, self.secondary_wait)
+                if wait is None:
+                    return self._decode(method, url, status, headers, raw)
+                if wait > self.max_wait or attempt == self.max_retries:
+                    raise self._give_up(method, url, status, wait, tries=attempt + 1)
+                self._wait(wait, "GitHub rate limit")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _give_up(
+        self, method: str, url: str, status: int, wait: float, *, tries: int
+    ) -> RateLimitError:
+        if wait > self.max_wait:
+            why = f"asks to wait {wait:.0f}s, longer than the {self.max_wait:.0f}s swarm waits"
+        else:
+            why = f"still limited after {tries} tries"
+        retry_at = time.strftime("%H:%M:%S", time.localtime(time.time() + wait))
+        return RateLimitError(
+            f"GitHub rate limit: {method} {self._display(url)} {why}; try again after {retry_at}",
+            status=status,
+        )
+
+    def _pause_before(self, method: str) -> None:
+        now = time.monotonic()
+        if self._blocked_until > now:
+            self._wait(self._blocked_until - now, "GitHub rate limit")
+        if method in WRITE_METHODS and self._last_write is not None:
+            self._sleep_until(self._last_write + self.write_interval)
+
+    def _wait(self, seconds: float, why: str) -> None:
+        if self.on_wait is not None:
+            self.on_wait(seconds, why)
+        self._sleep_until(time.monotonic() + seconds)
+
+    def _sleep_until(self, deadline: float) -> None:
+        # Sleep in a loop: a sleep may return early (signals), the deadline is what counts.
+        while (left := deadline - time.monotonic()) > 0:
+            self.sleep(left)
+
+    def _note_primary_limit(self, headers: Message) -> None:
+        if headers.get("x-ratelimit-remaining") == "0":
+            reset = _epoch_wait(headers.get("x-ratelimit-reset"))
+            if reset is not None:
+                self._blocked_until = time.monotonic() + min(reset, self.max_wait)
+
+    def _exchange(
+        self, method: str, url: str, body: Mapping[str, object] | None
+    ) -> tuple[int, Message, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) only
+        req.add_header("Accept", "application/vnd.github+json")
+        req.add_header("X-GitHub-Api-Version", API_VERSION)
+        req.add_header("User-Agent", "worktree-swarm")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        # Unredirected: urllib would otherwise carry the token to whatever host a redirect names.
+        req.add_unredirected_header("Authorization", f"Bearer {self.token.reveal()}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as reply:  # noqa: S310
+                return reply.status, reply.headers, reply.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.headers, exc.read()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise GitHubError(
+                self.token.redact(
+                    f"cannot reach the GitHub API at {self.api_url} ({reason}); "
+                    f"check the network or --api-url / {API_URL_ENV}"
+                )
+            ) from None
+
+    def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
+        try:
+            data = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            data = None
+        if 200 <= status < 300:  # noqa: PLR2004
+            return Response(status=status, data=data, headers=headers)
+        detail = _error_detail(data) or raw[:200].decode("utf-8", "replace").strip()
+        hint = {
+            401: "; the token was rejected: check GITHUB_TOKEN / GH_TOKEN or `gh auth login`",
+            403: "; the token lacks permission for this repository",
+            404: f"; check that {self.repo} exists and the token can see it",
+        }.get(status, "")
+        raise GitHubError(
+            self.token.redact(
+                f"GitHub {method} {self._display(url)} failed with {status}: {detail}{hint}"
+            ),
+            status=status,
+        )
+
+    def _display(self, url: str) -> str:
+        return url.removeprefix(self.api_url).split("?", 1)[0]
+
+
+def _rate_limit_wait(
+    status: int, headers: Message, raw: bytes, attempt: int, secondary_wait: float
+) -> float | None:
+    """Seconds to wait before retrying, or None when the reply is not a rate limit."""
+    if status not in {403, 429}:
+        return None
+    retry_after = headers.get("retry-after")
+    if retry_after is not None:
+        try:
+            return max(float(retry_after), 0.0)
+        except ValueError:
+            pass
+    if headers.get("x-ratelimit-remaining") == "0":
+        reset = _epoch_wait(headers.get("x-ratelimit-reset"))
+        if reset is not None:
+            return reset
+    text = raw.decode("utf-8", "replace").lower()
+    if status == 429 or "rate limit" in text:  # noqa: PLR2004
+        return secondary_wait * float(2**attempt)
+    return None
+
+
+def _epoch_wait(reset: str | None) -> float | None:
+    if reset is None:
+        return None
+    try:
+        # One extra second: the reset time is whole seconds, and clocks differ a little.
+        return max(float(reset) - time.time(), 0.0) + 1.0
+    except ValueError:
+        return None
+
+
+def _error_detail(data: object) -> str:
+    if not isinstance(data, dict):
+        return ""
+    parts = [str(data.get("message", ""))]
+    for err in data.get("errors") or []:
+        if isinstance(err, dict):
+            parts.append(str(err.get("message") or err.get("code") or ""))
+        else:
+            parts.append(str(err))
+    return "; ".join(p for p in parts if p)
+
+
+def _object(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise GitHubError(f"GitHub returned {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def connect(
+    repo: git.Repo,
+    *,
+    remote: str = "origin",
+    github_repo: str | None = None,
+    api_url: str | None = None,
+    on_wait: OnWait | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Client:
+    """A client for the GitHub repository behind *remote* (or *github_repo*, ``OWNER/NAME``).
+
+    Validates everything (URL, repository, token) before any request is made.
+    """
+    url = api_url_from(api_url, env)
+    slug = parse_slug(github_repo) if github_repo else slug_from_remote(repo, remote)
+    host = urllib.parse.urlsplit(url).hostname
+    # gh knows github.com by that name, an Enterprise server by its own host name.
+    gh_host = None if host in {None, "api.github.com"} else host
+    return Client(api_url=url, token=resolve_token(env, host=gh_host), repo=slug, on_wait=on_wait)

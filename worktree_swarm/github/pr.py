@@ -1,0 +1,282 @@
+"""Push done task branches and open (or update) one pull request per branch."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
+from worktree_swarm.git import repo as git
+from worktree_swarm.github.client import (
+    Client,
+    GitHubError,
+    OnWait,
+    RateLimitError,
+    connect,
+    remote_url,
+    strip_userinfo,
+)
+from worktree_swarm.github.issues import one_line
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+
+PROMPT_LIMIT = 4000
+TITLE_LIMIT = 200
+_ISSUE_TASK_RE = re.compile(r"issue-([1-9][0-9]{0,9})")
+_BACKTICKS_RE = re.compile(r"`+")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PullRequest:
+    """A pull request swarm created or updated for a task."""
+
+    task_id: str
+    branch: str
+    number: int
+    url: str
+    action: str  # "created" or "updated"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrFailure:
+    """A task whose push or pull request failed, and why."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrReport:
+    """What `swarm pr` did."""
+
+    pulls: tuple[PullRequest, ...]
+    failures: tuple[PrFailure, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every task got its pull request."""
+        return not self.failures
+
+
+def select_tasks(store: Store, run_id: str, task_ids: Sequence[str] = ()) -> list[TaskRow]:
+    """The tasks to open pull requests for: *task_ids* (each must be done) or every done task."""
+    rows = store.tasks(run_id)
+    if not task_ids:
+        done = [row for row in rows if row.state is TaskState.DONE]
+        if not done:
+            raise SwarmError(f"no task of run {run_id} is done; nothing to push")
+        return done
+    by_id = {row.task_id: row for row in rows}
+    selected = []
+    for task_id in dict.fromkeys(task_ids):
+        row = by_id.get(task_id)
+        if row is None:
+            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        if row.state is not TaskState.DONE:
+            raise BadInputError(
+                f"task {task_id!r} is {row.state.value}, not done; only done tasks get a pull"
+                " request"
+            )
+        selected.append(row)
+    return selected
+
+
+def default_base(repo: git.Repo) -> str:
+    """The branch the user's checkout is on (the default PR base)."""
+    branch = git.current_branch(repo)
+    if branch is None:
+        raise BadInputError(f"HEAD of {repo.root} is detached; pass --base BRANCH")
+    return branch
+
+
+def push_and_open(
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    *,
+    task_ids: Sequence[str] = (),
+    remote: str = "origin",
+    base: str | None = None,
+    draft: bool = False,
+    github_repo: str | None = None,
+    api_url: str | None = None,
+    echo: Echo | None = None,
+    on_wait: OnWait | None = None,
+) -> PrReport:
+    """`swarm pr`: validate everything (tasks, remote, base, API URL, token), then push and open.
+
+    Bad input raises BadInputError before anything is pushed or sent.
+    """
+    rows = select_tasks(store, run_id, task_ids)
+    remote_url(repo, remote)
+    base = base or default_base(repo)
+    client = connect(repo, remote=remote, github_repo=github_repo, api_url=api_url, on_wait=on_wait)
+    return open_pull_requests(
+        repo, store, run_id, client, rows, base=base, remote=remote, draft=draft, echo=echo
+    )
+
+
+def open_pull_requests(
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    client: Client,
+    rows: Sequence[TaskRow],
+    *,
+    base: str,
+    remote: str = "origin",
+    draft: bool = False,
+    echo: Echo | None = None,
+) -> PrReport:
+    """Push each task's branch to *remote*, then create or update its pull request into *base*.
+
+    A task whose push or API call fails is reported and the rest carry on; a rate-limit wait
+    longer than the client allows stops everything (RateLimitError).
+    """
+    run = store.get_run(run_id)
+    run_base = run.base_commit if run is not None else None
+    pulls: list[PullRequest] = []
+    failures: list[PrFailure] = []
+    for row in rows:
+        try:
+            pull = _one(repo, client, row, base=base, remote=remote, draft=draft, fallback=run_base)
+        except RateLimitError:
+            raise
+        except (GitHubError, SwarmError) as exc:
+            reason = client.token.redact(str(exc))
+            failures.append(PrFailure(task_id=row.task_id, reason=reason))
+            if echo is not None:
+                echo(f"{row.task_id}  failed  {reason}")
+            continue
+        pulls.append(pull)
+        store.add_event(
+            run_id,
+            "pull_request",
+            task_id=row.task_id,
+            data={"action": pull.action, "number": pull.number, "url": pull.url},
+        )
+        if echo is not None:
+            echo(f"{pull.task_id}  {pull.action}  #{pull.number}  {pull.url}")
+    return PrReport(pulls=tuple(pulls), failures=tuple(failures))
+
+
+def _one(
+    repo: git.Repo,
+    client: Client,
+    row: TaskRow,
+    *,
+    base: str,
+    remote: str,
+    draft: bool,
+    fallback: str | None,
+) -> PullRequest:
+    branch = _checked_branch(row)
+    task = task_from_json(row.spec_json)
+    tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
+    if tip is None:
+        raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
+    push_branch(repo, remote, branch, redact=client.token.redact)
+    title = pr_title(task)
+    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback)
+    existing = client.find_pull(branch)
+    if existing is not None:
+        reply = client.update_pull(int(existing["number"]), title=title, body=body)
+        action = "updated"
+    else:
+        reply = client.create_pull(title=title, head=branch, base=base, body=body, draft=draft)
+        action = "created"
+    return PullRequest(
+        task_id=row.task_id,
+        branch=branch,
+        number=int(reply["number"]),
+        url=str(reply.get("html_url") or ""),
+        action=action,
+    )
+
+
+def _checked_branch(row: TaskRow) -> str:
+    # The store is ours, but a ref name handed to git push is validated anyway.
+    task_id = row.branch.removeprefix(BRANCH_PREFIX)
+    if not row.branch.startswith(BRANCH_PREFIX) or not is_valid_task_id(task_id):
+        raise SwarmError(f"task {row.task_id} has an unexpected branch name {row.branch!r}")
+    return row.branch
+
+
+def push_branch(
+    repo: git.Repo, remote: str, branch: str, *, redact: Callable[[str], str] = str
+) -> None:
+    """Push ``refs/heads/<branch>`` to the same name on *remote* (no force, no upstream)."""
+    ref = f"refs/heads/{branch}"
+    try:
+        git.git(repo.root, "push", "--quiet", "--", remote, f"{ref}:{ref}")
+    except CommandError as exc:
+        tail = " | ".join(exc.output.strip().splitlines()[-3:])
+        raise SwarmError(
+            f"pushing {branch} to {remote} failed: {redact(strip_userinfo(tail))}; "
+            "fix the remote (access, diverged branch) and run `swarm pr` again"
+        ) from None
+
+
+def pr_title(task: Task) -> str:
+    """The task's title, else the first line of its prompt."""
+    text = task.title or next((ln for ln in task.prompt.splitlines() if ln.strip()), task.id)
+    title = one_line(text)
+    if len(title) > TITLE_LIMIT:
+        title = title[: TITLE_LIMIT - 1].rstrip() + "…"
+    return title or task.id
+
+
+def pr_body(
+    repo: git.Repo, row: TaskRow, task: Task, *, tip: str, fallback_base: str | None = None
+) -> str:
+    """Prompt (trimmed, fenced), diff stat, checks and their result, cost, ``Closes #N``."""
+    lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
+    lines += ["**Prompt**", "", *_fenced(_trimmed(task.prompt)), ""]
+    base = row.base_commit or fallback_base
+    if base is not None:
+        stat = git.diff_stat(repo, base, tip)
+        lines.append(
+            f"**Diff:** {_plural(stat.files, 'file')} changed, +{stat.insertions}"
+            f" -{stat.deletions} (against `{base[:12]}`)"
+        )
+    lines.append("")
+    if task.checks:
+        # Only done tasks get a pull request, and done means every check passed.
+        result = "passed" if row.state in {TaskState.DONE, TaskState.MERGED} else "failed"
+        lines.append(f"**Checks:** {result}")
+        lines += [f"- `{_code(shlex.join(argv))}`: {result}" for argv in task.checks]
+    else:
+        lines.append("**Checks:** none configured")
+    if row.cost_usd is not None:
+        lines += ["", f"**Cost:** ${row.cost_usd:.2f}"]
+    match = _ISSUE_TASK_RE.fullmatch(row.task_id)
+    if match is not None:
+        lines += ["", f"Closes #{match[1]}"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _trimmed(prompt: str) -> str:
+    text = prompt.strip()
+    if len(text) <= PROMPT_LIMIT:
+        return text
+    return text[:PROMPT_LIMIT].rstrip() + f"\n… ({len(text) - PROMPT_LIMIT} more characters)"
+
+
+def _fenced(text: str) -> list[str]:
+    # A fence longer than any backtick run inside: the prompt (maybe issue text) renders
+    # verbatim, and GitHub does not act on "Closes #N" or @mentions inside code blocks.
+    longest = max((len(m) for m in _BACKTICKS_RE.findall(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", text, fence]
+
+
+def _code(text: str) -> str:
+    return text.replace("`", "'")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -1,0 +1,93 @@
+"""The manager lock: one `swarm run`/`resume` per repository at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Self
+
+import filelock
+
+from worktree_swarm.core.errors import ManagerLockedError
+from worktree_swarm.infra import supervisor
+
+
+class ManagerLock:
+    """Hold ``<state dir>/manager.lock``; the holder is described in ``manager.json``.
+
+    The lock file itself is never deleted (deleting a held flock file lets a second
+    process lock a new inode); ``manager.json`` only names the holder for error messages.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir
+        self._lock = filelock.FileLock(state_dir / "manager.lock", thread_local=False)
+
+    def acquire(self, *, run_id: str | None = None) -> None:
+        """Take the lock or raise ManagerLockedError naming the holder's PID."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise ManagerLockedError(
+                f"another swarm manager {describe_holder(self._dir)} holds this repository; "
+                "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
+            ) from None
+        ident = supervisor.identity_of(os.getpid())
+        info: dict[str, object] = {
+            "pid": os.getpid(),
+            "create_time": ident.create_time if ident else None,
+        }
+        if run_id is not None:
+            info["run_id"] = run_id
+        tmp = self._dir / "manager.json.tmp"
+        tmp.write_text(json.dumps(info), encoding="utf-8")
+        tmp.replace(self._dir / "manager.json")
+
+    def release(self) -> None:
+        """Release the lock (the holder file stays, now stale, which readers detect)."""
+        self._lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock.is_locked:
+            self.release()
+
+
+def _holder(state_dir: Path) -> dict[str, object]:
+    try:
+        info = json.loads((state_dir / "manager.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def describe_holder(state_dir: Path) -> str:
+    """``(pid N, run R)`` from manager.json, or ``(pid unknown)``."""
+    info = _holder(state_dir)
+    if "pid" not in info:
+        return "(pid unknown)"
+    run = f", run {info['run_id']}" if info.get("run_id") else ""
+    return f"(pid {info['pid']}{run})"
+
+
+def holder_pid(state_dir: Path) -> int | None:
+    """The PID that last took the manager lock (check `manager_alive` for whether it holds it)."""
+    pid = _holder(state_dir).get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def manager_alive(state_dir: Path) -> bool:
+    """Whether some process holds the manager lock right now."""
+    if not (state_dir / "manager.lock").exists():
+        return False
+    probe = filelock.FileLock(state_dir / "manager.lock", thread_local=False)
+    try:
+        probe.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    probe.release()
+    return False

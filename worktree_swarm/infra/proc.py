@@ -1,0 +1,61 @@
+"""The one subprocess helper: argv lists only, never a shell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from worktree_swarm.core.errors import CommandError
+
+# Variables that would redirect git away from the repository we name with -C.
+_GIT_LEAKS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return os.environ without git's location variables, plus *extra*."""
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LEAKS}
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    input_text: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* to completion and capture stdout/stderr as text.
+
+    Raises CommandError when *check* and the exit code is non-zero.
+    """
+    args = [str(a) for a in argv]
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else clean_env(),
+        input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
+    return proc

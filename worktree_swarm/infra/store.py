@@ -1,0 +1,614 @@
+"""SQLite state of every run: versioned schema, WAL, one serialized connection per Store."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import Task, TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from pathlib import Path
+    from types import TracebackType
+
+    from worktree_swarm.core.models import ProcessIdentity
+
+# Migration N (1-based) takes the database from user_version N-1 to N. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            base_commit TEXT NOT NULL,
+            repo_root TEXT NOT NULL,
+            jobs INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL,
+            manager_pid INTEGER,
+            manager_create_time REAL,
+            spec_json TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE tasks (
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            task_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            branch TEXT NOT NULL,
+            worktree TEXT NOT NULL,
+            base_commit TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started_at REAL,
+            ended_at REAL,
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            spec_json TEXT NOT NULL,
+            diff_files INTEGER,
+            diff_insertions INTEGER,
+            diff_deletions INTEGER,
+            cost_usd REAL,
+            tokens_in INTEGER,
+            tokens_out INTEGER,
+            PRIMARY KEY (run_id, task_id)
+        )
+        """,
+        """
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            pid INTEGER NOT NULL,
+            create_time REAL NOT NULL,
+            pgid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            exit_code INTEGER,
+            outcome TEXT,
+            log_path TEXT NOT NULL,
+            FOREIGN KEY (run_id, task_id) REFERENCES tasks(run_id, task_id)
+        )
+        """,
+        "CREATE INDEX attempts_by_task ON attempts(run_id, task_id, number)",
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            task_id TEXT,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX events_by_run ON events(run_id, id)",
+    ),
+    (
+        # Issue #3: what an agent reported per attempt (resume needs the session id).
+        "ALTER TABLE attempts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN session_id TEXT",
+        "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
+        "ALTER TABLE attempts ADD COLUMN tokens_in INTEGER",
+        "ALTER TABLE attempts ADD COLUMN tokens_out INTEGER",
+        "ALTER TABLE attempts ADD COLUMN cache_read_tokens INTEGER",
+        "ALTER TABLE tasks ADD COLUMN cache_read_tokens INTEGER",
+    ),
+    (
+        # Issue #8: a task's disk use when it ended, and when max_disk removed its worktree.
+        "ALTER TABLE tasks ADD COLUMN disk_apparent INTEGER",
+        "ALTER TABLE tasks ADD COLUMN disk_actual INTEGER",
+        "ALTER TABLE tasks ADD COLUMN worktree_removed_at REAL",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+RUN_STATUS_RUNNING = "running"
+
+# Columns update_task may write; the names are interpolated into SQL, so this list is the guard.
+_UPDATABLE = frozenset(
+    {
+        "state",
+        "reason",
+        "base_commit",
+        "attempts",
+        "started_at",
+        "ended_at",
+        "stop_requested",
+        "diff_files",
+        "diff_insertions",
+        "diff_deletions",
+        "cost_usd",
+        "tokens_in",
+        "tokens_out",
+        "cache_read_tokens",
+        "disk_apparent",
+        "disk_actual",
+        "worktree_removed_at",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRow:
+    """One run as recorded."""
+
+    run_id: str
+    base_commit: str
+    repo_root: str
+    jobs: int
+    created_at: float
+    ended_at: float | None
+    status: str
+    manager_pid: int | None
+    manager_create_time: float | None
+    spec_json: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRow:
+    """One task of a run as recorded."""
+
+    run_id: str
+    task_id: str
+    position: int
+    state: TaskState
+    reason: str
+    branch: str
+    worktree: str
+    base_commit: str | None
+    attempts: int
+    started_at: float | None
+    ended_at: float | None
+    stop_requested: bool
+    spec_json: str
+    diff_files: int | None
+    diff_insertions: int | None
+    diff_deletions: int | None
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None = None
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktree_removed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRow:
+    """One launch of a task's agent process."""
+
+    id: int
+    run_id: str
+    task_id: str
+    number: int
+    pid: int
+    create_time: float
+    pgid: int
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    outcome: str | None
+    log_path: str
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptUsage:
+    """What an agent reported about one attempt (all optional)."""
+
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRow:
+    """One entry of a run's event log."""
+
+    id: int
+    run_id: str
+    task_id: str | None
+    ts: float
+    kind: str
+    data: dict[str, object]
+
+
+def task_to_json(task: Task) -> str:
+    """Serialize *task*; :func:`task_from_json` restores it exactly."""
+    return json.dumps({f.name: getattr(task, f.name) for f in dataclasses.fields(task)})
+
+
+def task_from_json(text: str) -> Task:
+    """Restore a task written by :func:`task_to_json`."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        # ValueError, not TypeError: the stored text is malformed, the caller did nothing wrong.
+        raise ValueError(f"task json must be an object, got {type(raw).__name__}")  # noqa: TRY004
+    known = {f.name for f in dataclasses.fields(Task)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"task json has unknown fields: {', '.join(unknown)}")
+    # Every sequence field of Task is a (possibly nested) tuple; JSON only has lists.
+    kwargs: dict[str, Any] = {key: _tuples(value) for key, value in raw.items()}
+    return Task(**kwargs)
+
+
+def _tuples(value: object) -> object:
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+class Store:
+    """The state database; every method is atomic and safe to call from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating if needed) the database at *path* and bring its schema up to date."""
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.OperationalError as exc:
+            self._conn.close()
+            raise SwarmError(
+                f"cannot open the state database {path} ({exc}); "
+                "check that no stuck swarm process holds it and that it is writable"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise SwarmError(
+                f"{path} is not a usable worktree-swarm state database ({exc}); "
+                "move it aside and run again"
+            ) from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        # In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last
+        # transactions, which `swarm resume` reconciles from git and the processes anyway.
+        # FULL costs an fsync per state change, which showed up in the scheduling benchmark.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        # Readers (`swarm status`) must not queue behind a writing manager, so only take the
+        # write lock when the schema actually needs work.
+        if self._user_version() == SCHEMA_VERSION:
+            return
+        self._refuse_newer(self._user_version())
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SwarmError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
+        with self._write() as conn:
+            # Re-read under the lock: another process may have migrated meanwhile.
+            version = self._user_version()
+            self._refuse_newer(version)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            # PRAGMA takes no parameters; SCHEMA_VERSION is our own integer.
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SwarmError(
+                f"{self.path} has schema version {version}, newer than this worktree-swarm "
+                f"understands ({SCHEMA_VERSION}); upgrade worktree-swarm"
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return _transaction(self._conn)
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        base_commit: str,
+        repo_root: str,
+        jobs: int,
+        manager: ProcessIdentity | None,
+        spec_json: str,
+        created_at: float | None = None,
+    ) -> None:
+        """Record a new run with status ``running``."""
+        with self._lock, self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, base_commit, repo_root, jobs, created_at, status,"
+                " manager_pid, manager_create_time, spec_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    base_commit,
+                    repo_root,
+                    jobs,
+                    time.time() if created_at is None else created_at,
+                    RUN_STATUS_RUNNING,
+                    None if manager is None else manager.pid,
+                    None if manager is None else manager.create_time,
+                    spec_json,
+                ),
+            )
+
+    def set_manager(self, run_id: str, manager: ProcessIdentity | None) -> None:
+        """Record which process manages *run_id* now (None: no manager)."""
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET manager_pid = ?, manager_create_time = ? WHERE run_id = ?",
+                (
+                    None if manager is None else manager.pid,
+                    None if manager is None else manager.create_time,
+                    run_id,
+                ),
+            )
+            _require_one(cursor, f"run {run_id}")
+
+    def finish_run(self, run_id: str, *, status: str, ended_at: float | None = None) -> None:
+        """Mark *run_id* ended with *status*."""
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
+                (status, time.time() if ended_at is None else ended_at, run_id),
+            )
+            _require_one(cursor, f"run {run_id}")
+
+    def latest_run_id(self) -> str | None:
+        """Return the most recently created run, if any."""
+        rows = self._read("SELECT run_id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return str(rows[0]["run_id"]) if rows else None
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        """Return one run, or None."""
+        rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return _run_row(rows[0]) if rows else None
+
+    def runs(self) -> list[RunRow]:
+        """Return every run, oldest first."""
+        return [_run_row(r) for r in self._read("SELECT * FROM runs ORDER BY created_at, rowid")]
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def add_tasks(self, run_id: str, tasks: Sequence[tuple[Task, str, str]]) -> None:
+        """Record (task, branch, worktree path) triples as pending, in manifest order."""
+        with self._lock, self._write() as conn:
+            conn.executemany(
+                "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        task.id,
+                        position,
+                        TaskState.PENDING.value,
+                        branch,
+                        worktree,
+                        task_to_json(task),
+                    )
+                    for position, (task, branch, worktree) in enumerate(tasks)
+                ],
+            )
+
+    def update_task(self, run_id: str, task_id: str, **fields: object) -> None:
+        """Set the given columns of one task; unknown field names raise ValueError."""
+        unknown = sorted(set(fields) - _UPDATABLE)
+        if unknown:
+            raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
+        if not fields:
+            return
+        values = [_column_value(name, value) for name, value in fields.items()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE tasks SET {assignments} WHERE run_id = ? AND task_id = ?",  # noqa: S608
+                (*values, run_id, task_id),
+            )
+            _require_one(cursor, f"task {task_id} of run {run_id}")
+
+    def tasks(self, run_id: str) -> list[TaskRow]:
+        """Return the run's tasks in manifest order."""
+        rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
+        return [_task_row(r) for r in rows]
+
+    def task(self, run_id: str, task_id: str) -> TaskRow | None:
+        """Return one task, or None."""
+        rows = self._read("SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (run_id, task_id))
+        return _task_row(rows[0]) if rows else None
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def start_attempt(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        number: int,
+        identity: ProcessIdentity,
+        log_path: str,
+        started_at: float | None = None,
+    ) -> int:
+        """Record a launched agent process and return the attempt id."""
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO attempts (run_id, task_id, number, pid, create_time, pgid,"
+                " started_at, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    task_id,
+                    number,
+                    identity.pid,
+                    identity.create_time,
+                    identity.pgid,
+                    time.time() if started_at is None else started_at,
+                    log_path,
+                ),
+            )
+            return _lastrowid(cursor)
+
+    def end_attempt(
+        self,
+        attempt_id: int,
+        *,
+        exit_code: int | None,
+        outcome: str,
+        ended_at: float | None = None,
+        usage: AttemptUsage | None = None,
+    ) -> None:
+        """Record how an attempt ended and what the agent reported about it."""
+        u = usage or AttemptUsage()
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE attempts SET exit_code = ?, outcome = ?, ended_at = ?, reason = ?,"
+                " session_id = ?, cost_usd = ?, tokens_in = ?, tokens_out = ?,"
+                " cache_read_tokens = ? WHERE id = ?",
+                (
+                    exit_code,
+                    outcome,
+                    time.time() if ended_at is None else ended_at,
+                    u.reason,
+                    u.session_id,
+                    u.cost_usd,
+                    u.tokens_in,
+                    u.tokens_out,
+                    u.cache_read_tokens,
+                    attempt_id,
+                ),
+            )
+            _require_one(cursor, f"attempt {attempt_id}")
+
+    def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
+        """Return the run's attempts (or one task's), in launch order."""
+        if task_id is None:
+            rows = self._read("SELECT * FROM attempts WHERE run_id = ? ORDER BY id", (run_id,))
+        else:
+            rows = self._read(
+                "SELECT * FROM attempts WHERE run_id = ? AND task_id = ? ORDER BY id",
+                (run_id, task_id),
+            )
+        return [_attempt_row(r) for r in rows]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        run_id: str,
+        kind: str,
+        *,
+        task_id: str | None = None,
+        data: Mapping[str, object] | None = None,
+        ts: float | None = None,
+    ) -> int:
+        """Append an event (*data* must be JSON-serializable) and return its id."""
+        payload = json.dumps(dict(data or {}), sort_keys=True)
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+                (run_id, task_id, time.time() if ts is None else ts, kind, payload),
+            )
+            return _lastrowid(cursor)
+
+    def events(self, run_id: str, *, after: int = 0) -> list[EventRow]:
+        """Return the run's events with id greater than *after*, oldest first."""
+        rows = self._read(
+            "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id", (run_id, after)
+        )
+        return [_event_row(r) for r in rows]
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+    # IMMEDIATE takes the write lock up front, so the busy timeout applies here instead of
+    # a read-to-write upgrade failing with SQLITE_BUSY in the middle of the transaction.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _require_one(cursor: sqlite3.Cursor, what: str) -> None:
+    if cursor.rowcount != 1:
+        raise KeyError(f"no {what} in the state store")
+
+
+def _lastrowid(cursor: sqlite3.Cursor) -> int:
+    if cursor.lastrowid is None:  # pragma: no cover - INSERT always sets it
+        raise RuntimeError("sqlite did not report the inserted row id")
+    return cursor.lastrowid
+
+
+def _column_value(name: str, value: object) -> object:
+    if name == "state":
+        return TaskState(str(value)).value
+    if name == "stop_requested":
+        return int(bool(value))
+    return value
+
+
+# Column names equal field names, so rows convert by keyword; only non-SQL types need care.
+def _run_row(r: sqlite3.Row) -> RunRow:
+    return RunRow(**dict(r))
+
+
+def _task_row(r: sqlite3.Row) -> TaskRow:
+    values = dict(r)
+    values["state"] = TaskState(values["state"])
+    values["stop_requested"] = bool(values["stop_requested"])
+    return TaskRow(**values)
+
+
+def _attempt_row(r: sqlite3.Row) -> AttemptRow:
+    return AttemptRow(**dict(r))
+
+
+def _event_row(r: sqlite3.Row) -> EventRow:
+    values = dict(r)
+    values["data"] = json.loads(values["data"])
+    return EventRow(**values)

@@ -1,0 +1,365 @@
+"""Spawn, track and stop agent processes.
+
+A PID alone is not an identity: the kernel reuses PIDs. Every process we track is
+recorded as ``ProcessIdentity(pid, create_time, pgid)`` and checked against the live
+process before it is signalled, so a stale record never hits an unrelated process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import psutil
+
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import ProcessIdentity
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+# psutil's create_time is start-in-clock-ticks (0.01s on Linux) plus a boot time that
+# /proc/stat gives in whole seconds and that moves when the wall clock is stepped, so
+# two readings of one process can differ by up to a second. A reused PID within that
+# window would need the whole PID space to wrap while our agent lived under a second.
+CREATE_TIME_TOLERANCE = 1.0
+_POLL_INTERVAL = 0.05
+# After SIGKILL only an uninterruptible sleep (e.g. a hung NFS read) keeps a process.
+_KILL_TIMEOUT = 10.0
+_TAIL_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class AgentProcess:
+    """A live agent started by :func:`spawn`; ``popen`` reaps it."""
+
+    identity: ProcessIdentity
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float
+    _log_size: int = field(default=0, init=False, repr=False)
+    _last_growth: float = field(default=0.0, init=False, repr=False)
+
+    def poll(self) -> int | None:
+        """Return the exit code once the agent has exited (reaping it), else None."""
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to *timeout* seconds; return the exit code, or None if still running."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, *, grace: float) -> int | None:
+        """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
+        kill_tree(self.identity, grace=grace)
+        return self.wait(_KILL_TIMEOUT)
+
+    def last_activity(self) -> float:
+        """Return when the log last grew (``time.time()`` scale), or the start time."""
+        try:
+            st = self.log_path.stat()
+        except FileNotFoundError:
+            return max(self.started_at, self._last_growth)
+        # mtime may be coarse (1s on some filesystems): also note when we saw the size change.
+        if st.st_size != self._log_size:
+            self._log_size = st.st_size
+            self._last_growth = time.time()
+        return max(self.started_at, st.st_mtime, self._last_growth)
+
+    def idle_seconds(self) -> float:
+        """Return seconds since the log last grew, or since the start."""
+        return max(0.0, time.time() - self.last_activity())
+
+    def last_line(self) -> str:
+        """Return the last non-empty line of the log ('' if none), read from its tail."""
+        return last_line(self.log_path)
+
+    def alive(self) -> bool:
+        """Whether the agent has not exited yet."""
+        return self.popen.poll() is None
+
+
+class Supervised(Protocol):
+    """What the run loop needs of an agent, whether it spawned it or adopted it."""
+
+    log_path: Path
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to *timeout* seconds; the exit code when known."""
+
+    def alive(self) -> bool:
+        """Whether the agent still runs."""
+
+    def idle_seconds(self) -> float:
+        """Seconds since its log last grew."""
+
+    def stop(self, *, grace: float) -> int | None:
+        """Kill its whole process tree."""
+
+
+@dataclass(slots=True)
+class AdoptedProcess:
+    """An agent started by a previous manager: not our child, so no exit code."""
+
+    identity: ProcessIdentity
+    log_path: Path
+    started_at: float
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to *timeout* for the process to end; its exit code is never known."""
+        deadline = time.monotonic() + (timeout or 0.0)
+        while is_alive(self.identity) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return None
+
+    def alive(self) -> bool:
+        """Whether the recorded process (pid and create time) still runs."""
+        return is_alive(self.identity)
+
+    def idle_seconds(self) -> float:
+        """Seconds since the log last changed."""
+        try:
+            last = self.log_path.stat().st_mtime
+        except FileNotFoundError:
+            last = self.started_at
+        return max(0.0, time.time() - max(last, self.started_at))
+
+    def stop(self, *, grace: float) -> int | None:
+        """Kill the whole tree."""
+        kill_tree(self.identity, grace=grace)
+        return None
+
+
+def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
+    """Supervise an agent recorded by a previous manager (alive or not)."""
+    return AdoptedProcess(identity=identity, log_path=log_path, started_at=started_at)
+
+
+def last_line(path: Path, *, max_bytes: int = _TAIL_BYTES) -> str:
+    """Return the last non-empty line among the final *max_bytes* of *path*."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            tail = f.read(max_bytes)
+    except FileNotFoundError:
+        return ""
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        if line.strip():
+            return line.rstrip()
+    return ""
+
+
+def spawn(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path
+) -> AgentProcess:
+    """Start *argv* in its own session with output appended to *log_path*.
+
+    stdin is /dev/null, stdout and stderr go to the log, and no shell is involved.
+    *env* is used as-is: build it with :func:`worktree_swarm.proc.clean_env`.
+    """
+    if not argv:
+        raise SwarmError("agent command is empty: set `agent` to a command array")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    before_start = time.time()
+    with log_path.open("ab") as log:
+        try:
+            popen = subprocess.Popen(
+                [str(a) for a in argv],
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SwarmError(
+                f"cannot start agent {argv[0]!r} in {cwd}: {exc.strerror or exc}; "
+                "check that it is installed and on PATH"
+            ) from exc
+    # Not yet reaped, so the PID is still ours even if the agent already exited;
+    # start_new_session makes it the leader of a group with its own PID.
+    identity = identity_of(popen.pid) or ProcessIdentity(
+        pid=popen.pid, create_time=before_start, pgid=popen.pid
+    )
+    return AgentProcess(identity=identity, popen=popen, log_path=log_path, started_at=before_start)
+
+
+def identity_of(pid: int) -> ProcessIdentity | None:
+    """Return the identity of the process *pid*, or None if there is no such process."""
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    return ProcessIdentity(pid=pid, create_time=create_time, pgid=pgid)
+
+
+def is_alive(identity: ProcessIdentity) -> bool:
+    """Return whether *identity*'s process still runs (same PID and start, not a zombie)."""
+    proc = _matching(identity)
+    return proc is not None and _running(proc)
+
+
+def descendants(identity: ProcessIdentity) -> list[psutil.Process]:
+    """Return the live descendants of *identity*'s process ([] if it is gone)."""
+    proc = _matching(identity)
+    return [] if proc is None else _children(proc)
+
+
+def processes_in(directory: Path) -> list[psutil.Process]:
+    """Return processes (other than this one) whose cwd is *directory* or inside it."""
+    root = Path(os.path.realpath(directory))
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            cwd = Path(proc.cwd())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if cwd.is_relative_to(root):
+            found.append(proc)
+    return found
+
+
+def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
+    """Stop *identity*'s process and everything it started.
+
+    SIGTERM goes to the process group and to every descendant (some may have left the
+    group with setsid); whatever is still running at the single *grace* deadline gets
+    SIGKILL. Returns once all are gone; zombies count as gone, so an unreaped child of
+    the caller does not block (reap it with its Popen). Works on processes that are not
+    the caller's children. Raises SwarmError if some process survives SIGKILL.
+    """
+    deadline = time.monotonic() + grace
+    leader = _matching(identity)
+    # Snapshot before signalling: once the leader dies its children are reparented
+    # and can no longer be found through it.
+    tree = [] if leader is None else [leader, *_children(leader)]
+    pgid = identity.pgid if _owns_group(identity, leader) else None
+    _signal(tree, pgid, signal.SIGTERM)
+    survivors = _wait_gone(tree, pgid, deadline)
+    if not survivors:
+        return
+    # Survivors may have forked since the snapshot.
+    tree = _unique([*survivors, *(c for p in survivors for c in _children(p))])
+    # An emptied group's number could be handed out again: only signal a populated one.
+    if pgid is not None and not _group_members(pgid):
+        pgid = None
+    _signal(tree, pgid, signal.SIGKILL)
+    survivors = _wait_gone(tree, pgid, time.monotonic() + _KILL_TIMEOUT)
+    if survivors:
+        pids = ", ".join(str(p.pid) for p in survivors)
+        raise SwarmError(
+            f"processes {pids} of agent pid {identity.pid} did not exit after SIGKILL; "
+            "they are probably stuck in the kernel (check `ps -o pid,stat,wchan`)"
+        )
+
+
+def _matching(identity: ProcessIdentity) -> psutil.Process | None:
+    """Return the process *identity* names (possibly a zombie), or None if the PID was reused."""
+    try:
+        proc = psutil.Process(identity.pid)
+        create_time = proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if abs(create_time - identity.create_time) > CREATE_TIME_TOLERANCE:
+        return None
+    return proc
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Return whether *proc* (still the same process) runs and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [c for c in proc.children(recursive=True) if _running(c)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _owns_group(identity: ProcessIdentity, leader: psutil.Process | None) -> bool:
+    """Return whether signalling *identity*'s process group can only hit its tree."""
+    # Only a group the process leads is its own: otherwise the group belongs to
+    # whoever started it (possibly our own shell or manager).
+    if identity.pgid != identity.pid or identity.pgid == os.getpgrp():
+        return False
+    if leader is not None:
+        try:
+            return os.getpgid(leader.pid) == identity.pgid
+        except ProcessLookupError:
+            return True  # a zombie leader on macOS; its group is still its own
+    if psutil.pid_exists(identity.pid):
+        return False  # the PID was reused, so our group emptied before that
+    # The kernel never reuses a PID that is still a process-group id, so members of a
+    # group numbered like our dead leader started after it are its descendants.
+    members = _group_members(identity.pgid)
+    return bool(members) and all(
+        _create_time(m) >= identity.create_time - CREATE_TIME_TOLERANCE for m in members
+    )
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            proc = psutil.Process(pid)
+        except (OSError, psutil.NoSuchProcess):
+            continue
+        if _running(proc):
+            members.append(proc)
+    return members
+
+
+def _create_time(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return float("inf")
+
+
+def _signal(tree: Iterable[psutil.Process], pgid: int | None, sig: signal.Signals) -> None:
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for proc in tree:
+        # psutil refuses (NoSuchProcess) when the PID was reused since the snapshot.
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(sig)
+
+
+def _wait_gone(
+    tree: Sequence[psutil.Process], pgid: int | None, deadline: float
+) -> list[psutil.Process]:
+    """Poll until *tree* and group *pgid* are gone or *deadline* passes; return survivors."""
+    while True:
+        alive = [p for p in tree if _running(p)]
+        if pgid is not None:
+            alive += _group_members(pgid)
+        if not alive or time.monotonic() >= deadline:
+            return _unique(alive)
+        time.sleep(_POLL_INTERVAL)
+
+
+def _unique(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    return list({p.pid: p for p in procs}.values())

@@ -1,0 +1,163 @@
+"""`swarm diff`: each task's branch against its own base (three-dot), with its outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import Store, TaskRow
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileChange:
+    """One changed file: git's status letter (A, M, D, R, C, T), path, lines added/removed."""
+
+    path: str
+    status: str
+    insertions: int
+    deletions: int
+    old_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDiff:
+    """One task's branch against its base (the ``--json`` fields, see docs/merge.md)."""
+
+    task_id: str
+    state: str
+    reason: str
+    branch: str
+    base: str | None
+    tip: str | None
+    files_changed: int
+    insertions: int
+    deletions: int
+    files: tuple[FileChange, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+def task_branch(row: TaskRow) -> str:
+    """The task's branch, validated before it reaches git as a ref name."""
+    task_id = row.branch.removeprefix(BRANCH_PREFIX)
+    if not row.branch.startswith(BRANCH_PREFIX) or not is_valid_task_id(task_id):
+        raise SwarmError(f"task {row.task_id} has an unexpected branch name {row.branch!r}")
+    return row.branch
+
+
+def task_base(store: Store, row: TaskRow) -> str | None:
+    """The commit the task's worktree started from (the run's base when not recorded)."""
+    if row.base_commit:
+        return row.base_commit
+    run = store.get_run(row.run_id)
+    return run.base_commit if run is not None else None
+
+
+def branch_tip(repo: git.Repo, branch: str) -> str | None:
+    """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
+    return git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
+
+
+def named_rows(store: Store, run_id: str, task_ids: Sequence[str]) -> list[TaskRow]:
+    """The rows of *task_ids* (in the order given, each once); unknown ids are bad input."""
+    by_id = {row.task_id: row for row in store.tasks(run_id)}
+    rows = []
+    for task_id in dict.fromkeys(task_ids):
+        row = by_id.get(task_id)
+        if row is None:
+            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        rows.append(row)
+    return rows
+
+
+def task_diffs(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str] = ()
+) -> list[TaskDiff]:
+    """Diffs of *task_ids*, or of every task of the run that has a branch."""
+    rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
+    diffs = []
+    for row in rows:
+        tip = branch_tip(repo, task_branch(row))
+        if tip is None and not task_ids:
+            continue
+        base = task_base(store, row)
+        files = file_changes(repo, base, tip) if base and tip else ()
+        diffs.append(
+            TaskDiff(
+                task_id=row.task_id,
+                state=row.state.value,
+                reason=row.reason,
+                branch=row.branch,
+                base=base,
+                tip=tip,
+                files_changed=len(files),
+                insertions=sum(f.insertions for f in files),
+                deletions=sum(f.deletions for f in files),
+                files=files,
+            )
+        )
+    return diffs
+
+
+def file_changes(repo: git.Repo, base: str, tip: str) -> tuple[FileChange, ...]:
+    """Files *tip* changed since its merge base with *base* (renames detected)."""
+    out = git.git(
+        repo.root, "diff", "--raw", "--numstat", "-z", "-M", "--no-ext-diff",
+        "--end-of-options", f"{base}...{tip}", "--",
+    )  # fmt: skip
+    fields = iter(out.split("\0"))
+    statuses: list[tuple[str, str, str | None]] = []  # (letter, path, old path)
+    counts: dict[str, tuple[int, int]] = {}
+    for field in fields:
+        if field.startswith(":"):
+            letter = field.rsplit(" ", 1)[-1][:1]
+            first = next(fields)
+            if letter in {"R", "C"}:
+                statuses.append((letter, next(fields), first))
+            else:
+                statuses.append((letter, first, None))
+        elif field:
+            added, deleted, path = field.split("\t", 2)
+            if not path:  # a rename: old and new path follow in fields of their own
+                next(fields)
+                path = next(fields)
+            counts[path] = (_lines(added), _lines(deleted))
+    return tuple(
+        FileChange(
+            path=path,
+            status=letter,
+            insertions=counts.get(path, (0, 0))[0],
+            deletions=counts.get(path, (0, 0))[1],
+            old_path=old,
+        )
+        for letter, path, old in statuses
+    )
+
+
+def _lines(text: str) -> int:
+    return int(text) if text.isdigit() else 0  # "-" for binary files
+
+
+def patch(repo: git.Repo, diff: TaskDiff, *, stat: bool = False) -> str:
+    """The task's patch (or ``--stat`` summary) as git prints it, without colour."""
+    if diff.base is None or diff.tip is None:
+        return ""
+    mode = ["--stat"] if stat else ["--patch", "-M"]
+    return git.git(
+        repo.root, "diff", "--no-color", "--no-ext-diff", *mode,
+        "--end-of-options", f"{diff.base}...{diff.tip}", "--",
+    )  # fmt: skip
+
+
+def format_header(diff: TaskDiff) -> str:
+    """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
+    if diff.tip is None:
+        return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
+    counts = f"{diff.files_changed} files +{diff.insertions} -{diff.deletions}"
+    reason = f"  {diff.reason.splitlines()[0]}" if diff.reason and diff.state != "done" else ""
+    return f"{diff.task_id}  {diff.state}  {counts}  {diff.branch}{reason}"

@@ -1,0 +1,554 @@
+"""`swarm merge`: predict conflicts, merge done task branches in a safe order, check each merge.
+
+All merging happens in a worktree of its own: the integration worktree on
+``swarm/integration-<run>`` (kept for the user to inspect), or, with ``--into BRANCH``, a
+temporary detached worktree whose result moves BRANCH with a compare-and-swap ``update-ref``.
+The user's checkout is never switched, reset or written to, so a branch checked out in any
+worktree is refused as ``--into`` target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import secrets
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+
+from worktree_swarm import guard
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
+from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
+from worktree_swarm.core.paths import run_dir
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.infra import proc
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.merge import conflicts
+from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
+from worktree_swarm.merge.merge_report import (
+    CheckResult,
+    MergeReport,
+    Outcome,
+    TaskResult,
+    format_prediction,
+)
+from worktree_swarm.merge.resolve import run_resolver
+from worktree_swarm.report.status import commit_author
+from worktree_swarm.run.checks import run_steps
+
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
+
+Echo = Callable[[str], None]
+INTEGRATION_PREFIX = "swarm/integration-"
+_ACTIVE = frozenset(
+    {TaskState.PENDING, TaskState.RUNNING, TaskState.RATE_LIMITED, TaskState.CHECKING}
+)
+
+
+class Strategy(enum.StrEnum):
+    """How a task branch lands: a merge commit, or one squashed commit."""
+
+    MERGE = "merge"
+    SQUASH = "squash"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """A task branch to merge."""
+
+    row: TaskRow
+    task: Task
+    tip: str
+    base: str
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self.row.task_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Target:
+    branch: str
+    worktree: Path
+    temporary: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class _Session:
+    """What one `swarm merge` works with; results accumulate in ``results``."""
+
+    repo: git.Repo
+    store: Store
+    run_id: str
+    target: _Target
+    strategy: Strategy
+    checks: tuple[tuple[str, ...], ...]
+    identity: dict[str, str]
+    log: Path
+    echo: Echo
+    resolve: bool = False
+    results: list[TaskResult] = field(default_factory=list)
+
+
+def parse_checks(commands: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """Split each ``--check`` command line into argv (shell-like quoting, never a shell)."""
+    parsed = []
+    for command in commands:
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as exc:
+            raise BadInputError(f"--check {command!r} cannot be parsed: {exc}") from None
+        if not argv:
+            raise BadInputError("--check needs a command, got an empty string")
+        parsed.append(argv)
+    return tuple(parsed)
+
+
+def merge(
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    *,
+    task_ids: Sequence[str] = (),
+    into: str | None = None,
+    strategy: Strategy = Strategy.MERGE,
+    checks: Sequence[str] = (),
+    dry_run: bool = False,
+    resolve: bool = False,
+    echo: Echo | None = None,
+) -> MergeReport:
+    """Predict, order and merge the run's done tasks (or *task_ids*); see the module docstring.
+
+    Bad input (unknown task, running task, unusable ``--into`` branch, dirty integration
+    worktree, unparsable check) raises BadInputError before anything is created.
+    """
+    say = echo or (lambda _line: None)
+    argvs = parse_checks(checks)
+    candidates, skipped = select_candidates(repo, store, run_id, task_ids)
+    branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
+    start = _validate_target(repo, branch, into=into is not None)
+    prediction = conflicts.predict(
+        repo,
+        [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
+        target=start,
+    )
+    order = merge_order(candidates, prediction)
+    report = MergeReport(
+        run_id=run_id,
+        target_branch=branch,
+        target_before=start,
+        target_commit=start,
+        worktree=None,
+        dry_run=dry_run,
+        strategy=strategy.value,
+        prediction=prediction,
+        order=tuple(c.task_id for c in order),
+        results=tuple(skipped),
+    )
+    for line in format_prediction(report):
+        say(line)
+    for result in skipped:
+        say(result.line())
+    if dry_run or not candidates:
+        return report
+    with _merge_lock(repo, run_id):
+        target = _open_target(repo, store, run_id, branch, start=start, into=into is not None)
+        session = _Session(
+            repo=repo,
+            store=store,
+            run_id=run_id,
+            target=target,
+            strategy=strategy,
+            checks=argvs,
+            identity=git.identity_env(commit_author(store, run_id)),
+            log=run_dir(repo, run_id) / "merge" / "checks.log",
+            echo=say,
+            resolve=resolve,
+            results=list(skipped),
+        )
+        try:
+            baseline = _baseline(session) if argvs else None
+            if baseline is None or baseline.ok:
+                _merge_all(session, order)
+            final = _head(target.worktree)
+            if target.temporary and final != start:
+                _move_branch(repo, branch, new=final, old=start)
+        finally:
+            if target.temporary:
+                worktrees.remove_worktree(repo, target.worktree, force=True)
+    return MergeReport(
+        run_id=run_id,
+        target_branch=branch,
+        target_before=start,
+        target_commit=final,
+        worktree=None if target.temporary else str(target.worktree),
+        dry_run=False,
+        strategy=strategy.value,
+        prediction=prediction,
+        order=report.order,
+        results=tuple(session.results),
+        baseline=baseline,
+    )
+
+
+# -- choosing and ordering ---------------------------------------------------------------
+
+
+def select_candidates(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]
+) -> tuple[list[Candidate], list[TaskResult]]:
+    """The branches to merge, and the named tasks skipped (no branch, nothing to merge).
+
+    Without *task_ids*: every ``done`` task. Named tasks may be in any final state.
+    """
+    rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
+    candidates: list[Candidate] = []
+    skipped: list[TaskResult] = []
+    for row in rows:
+        if task_ids and row.state in _ACTIVE:
+            raise BadInputError(
+                f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
+                " (`swarm status`) before merging it"
+            )
+        if not task_ids and row.state is not TaskState.DONE:
+            continue
+        tip = branch_tip(repo, task_branch(row))
+        base = task_base(store, row)
+        why = ""
+        if tip is None:
+            why = f"branch {row.branch} is gone"
+        elif base is None or base == tip:
+            why = "no commits on its branch"
+        if why or tip is None or base is None:
+            skipped.append(TaskResult(task_id=row.task_id, outcome=Outcome.SKIPPED, reason=why))
+            continue
+        candidates.append(
+            Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
+        )
+    return candidates, skipped
+
+
+def merge_order(
+    candidates: Sequence[Candidate], prediction: conflicts.Prediction
+) -> list[Candidate]:
+    """Dependencies first, then what conflicts with nothing, then the least conflicting.
+
+    Ties go to the smaller branch. Least-conflicting-first is the greedy heuristic for a maximum
+    independent set of the conflict graph: it lands the most branches.
+    """
+    ids = {c.task_id for c in candidates}
+    deps = {c.task_id: {d for d in c.task.depends_on if d in ids} for c in candidates}
+
+    def key(c: Candidate) -> tuple[bool, int, int, int]:
+        changes = prediction.changes.get(c.task_id)
+        return (
+            c.task_id in prediction.target,
+            len(prediction.conflicts_of(c.task_id)),
+            changes.lines if changes else 0,
+            c.row.position,
+        )
+
+    placed: list[Candidate] = []
+    done: set[str] = set()
+    remaining = list(candidates)
+    while remaining:
+        ready = [c for c in remaining if deps[c.task_id] <= done] or remaining
+        pick = min(ready, key=key)
+        placed.append(pick)
+        done.add(pick.task_id)
+        remaining.remove(pick)
+    return placed
+
+
+# -- the target --------------------------------------------------------------------------
+
+
+def _ref_safe_run(run_id: str) -> str:
+    # Run ids are ours, but one read from the store still becomes a ref name and a path.
+    if not is_valid_task_id(run_id):
+        raise SwarmError(f"run id {run_id!r} cannot be part of a branch name")
+    return run_id
+
+
+def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
+    """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing."""
+    if into:
+        checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
+        if checked != branch or branch.startswith("-"):
+            raise BadInputError(f"--into {branch!r} is not a valid branch name")
+        if not git.branch_exists(repo, branch):
+            raise BadInputError(
+                f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
+            )
+    for info in worktrees.list_worktrees(repo):
+        if info.branch != branch or info.prunable:
+            continue
+        dirty = bool(git.status_porcelain(info.path)) if info.path.is_dir() else False
+        if dirty:
+            raise BadInputError(
+                f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
+                " stash them there first"
+            )
+        if into:
+            raise BadInputError(
+                f"{branch} is checked out in {info.path}; swarm never moves a branch under a"
+                f" checkout. Merge without --into (into {INTEGRATION_PREFIX}<run>) and then run"
+                " `git merge --ff-only` on that branch there, or check out another branch"
+            )
+    tip = branch_tip(repo, branch)
+    return tip if tip is not None else git.head_commit(repo)
+
+
+def _open_target(
+    repo: git.Repo, store: Store, run_id: str, branch: str, *, start: str, into: bool
+) -> _Target:
+    root = _worktree_root(repo, store, run_id)
+    if into:
+        path = root / f"_merge-{_ref_safe_run(run_id)}-{secrets.token_hex(3)}"
+        _add_worktree(repo, path, start, detach=True)
+        return _Target(branch=branch, worktree=path, temporary=True)
+    for info in worktrees.list_worktrees(repo):
+        if info.branch == branch and info.path.is_dir():
+            return _Target(branch=branch, worktree=info.path, temporary=False)
+    path = root / f"_integration-{_ref_safe_run(run_id)}"
+    if git.branch_exists(repo, branch):
+        _add_worktree(repo, path, branch)
+    else:
+        worktrees.create_worktree(repo, path=path, branch=branch, start=start)
+    return _Target(branch=branch, worktree=path, temporary=False)
+
+
+def _worktree_root(repo: git.Repo, store: Store, run_id: str) -> Path:
+    run = store.get_run(run_id)
+    settings = json.loads(run.spec_json) if run is not None else {}
+    root = settings.get("worktree_root") if isinstance(settings, dict) else None
+    return Path(root) if root and root != "None" else paths.default_worktree_root(repo.root)
+
+
+def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False) -> None:
+    with git.repo_lock(repo):
+        if path.exists():
+            raise SwarmError(f"{path} already exists; remove it or run `swarm clean --orphans`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = ["--detach"] if detach else []
+        git.git(repo.root, "worktree", "add", "--quiet", *flags, "--", str(path), rev)
+
+
+def _move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
+    # Compare-and-swap: if someone moved the branch meanwhile, their commits are not dropped.
+    res = proc.run(
+        ["git", "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old],
+        cwd=repo.root,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise SwarmError(
+            f"{branch} moved while swarm was merging; the merged result is commit {new}:"
+            f" keep it with `git branch swarm-merge-result {new}` and merge again"
+        )
+
+
+@contextlib.contextmanager
+def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(repo.state_dir / "merge.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise ManagerLockedError(
+            f"another `swarm merge` is running in {repo.root}; wait for it (run {run_id})"
+        ) from None
+    try:
+        yield
+    finally:
+        guard.touch_stamp(repo)  # a running guard must not take the merge for an agent's doing
+        lock.release()
+
+
+# -- merging -----------------------------------------------------------------------------
+
+
+def _git(s: _Session, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # rerere would resolve conflicts the prediction reported; hooks and signing need a human.
+    argv = ["git", "-c", "rerere.enabled=false", *args]
+    return proc.run(argv, cwd=s.target.worktree, env=proc.clean_env(s.identity), check=check)
+
+
+def _head(worktree: Path) -> str:
+    head = git.rev_parse_in(worktree, "HEAD^{commit}")
+    if head is None:
+        raise SwarmError(f"the merge worktree {worktree} has no HEAD")
+    return head
+
+
+def _baseline(s: _Session) -> CheckResult:
+    failure = run_steps(s.checks, cwd=s.target.worktree, env=_check_env(s), log=s.log, what="check")
+    result = CheckResult(
+        commands=tuple(shlex.join(a) for a in s.checks),
+        ok=failure is None,
+        summary="" if failure is None else failure.summary,
+    )
+    if failure is not None:
+        s.echo(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
+    return result
+
+
+def _check_env(s: _Session) -> dict[str, str]:
+    return proc.clean_env(
+        {
+            "SWARM_RUN_ID": s.run_id,
+            "SWARM_WORKTREE": str(s.target.worktree),
+            "SWARM_BRANCH": s.target.branch,
+        }
+    )
+
+
+def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
+    landed: set[str] = set()
+    failed: set[str] = set()
+    for c in order:
+        missing = sorted(d for d in c.task.depends_on if d in failed)
+        if missing:
+            result = TaskResult(
+                task_id=c.task_id,
+                outcome=Outcome.SKIPPED,
+                reason=f"depends on {', '.join(missing)}, which did not merge",
+            )
+            failed.add(c.task_id)
+        else:
+            result = _merge_one(s, c)
+            (landed if result.outcome is Outcome.MERGED else failed).add(c.task_id)
+            _record(s, c, result)
+        s.results.append(result)
+        s.echo(result.line())
+
+
+def _merge_one(s: _Session, c: Candidate) -> TaskResult:
+    pre = _head(s.target.worktree)
+    message = f"swarm: merge task {c.task_id} ({c.row.branch})"
+    flags = ["--no-verify", "--no-gpg-sign", "--no-edit"]
+    if s.strategy is Strategy.SQUASH:
+        res = _git(s, "merge", "--squash", *flags[:2], c.tip, check=False)
+    else:
+        res = _git(s, "merge", "--no-ff", *flags, "-m", message, c.tip, check=False)
+    if res.returncode != 0:
+        files = _unmerged(s, c.tip)
+        why = _resolve(s, c, files) if files and s.resolve else "no agent asked to resolve"
+        if why is None:
+            return _check(s, c, pre, resolved=files)
+        _undo(s, pre)
+        if files:
+            reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
+            return TaskResult(
+                task_id=c.task_id,
+                outcome=Outcome.CONFLICTED,
+                files=files,
+                reason=reason if not s.resolve else f"{reason}; {why}",
+            )
+        tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
+        return TaskResult(task_id=c.task_id, outcome=Outcome.FAILED, reason=f"git merge: {tail}")
+    if s.strategy is Strategy.SQUASH:
+        if _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0:
+            return _already(c, pre)
+        title = c.task.title or c.task_id
+        _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
+             f"swarm: {title} (task {c.task_id}, squashed)")  # fmt: skip
+    elif _head(s.target.worktree) == pre:
+        return _already(c, pre)
+    return _check(s, c, pre)
+
+
+def _already(c: Candidate, commit: str) -> TaskResult:
+    return TaskResult(
+        task_id=c.task_id, outcome=Outcome.MERGED, reason="already in target", commit=commit
+    )
+
+
+def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
+    """Let the task's agent finish the merge and commit it; None when it did, else why not."""
+    s.echo(f"resolving   {c.task_id}  conflicts in {', '.join(files)}: starting its agent")
+    why = run_resolver(
+        c.task,
+        worktree=s.target.worktree,
+        target=s.target.branch,
+        files=files,
+        logs=s.log.parent,
+        env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
+    )
+    if why is not None:
+        return why
+    if s.strategy is Strategy.SQUASH:
+        message = f"swarm: {c.task.title or c.task_id} (task {c.task_id}, squashed, resolved)"
+    else:
+        message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
+    _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
+    return None
+
+
+def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ()) -> TaskResult:
+    steps = s.checks or c.task.checks
+    commit = _head(s.target.worktree)
+    note = f"conflicts in {', '.join(resolved)} resolved by its agent" if resolved else ""
+    if not steps:
+        return TaskResult(task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, reason=note)
+    env = {**_check_env(s), "SWARM_TASK_ID": c.task_id}
+    failure = run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
+    check = CheckResult(
+        commands=tuple(shlex.join(a) for a in steps),
+        ok=failure is None,
+        summary="" if failure is None else failure.summary,
+    )
+    if failure is None:
+        return TaskResult(
+            task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, check=check, reason=note
+        )
+    _undo(s, pre)
+    return TaskResult(
+        task_id=c.task_id,
+        outcome=Outcome.FAILED,
+        reason=f"{failure.summary} after merging into {s.target.branch}; merge undone",
+        check=check,
+    )
+
+
+def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:
+    out = _git(s, "diff", "--name-only", "--diff-filter=U", "-z", check=False).stdout
+    names = (conflicts.conflict_path(f, labels=("HEAD", tip)) for f in out.split("\0") if f)
+    return tuple(dict.fromkeys(names))
+
+
+def _undo(s: _Session, pre: str) -> None:
+    # Only ever inside the merge worktree: never the user's checkout.
+    _git(s, "reset", "--quiet", "--hard", pre)
+
+
+def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
+    states = {
+        Outcome.MERGED: TaskState.MERGED,
+        Outcome.CONFLICTED: TaskState.CONFLICTED,
+        Outcome.FAILED: TaskState.FAILED,
+    }
+    state = states.get(result.outcome)
+    if state is None:
+        return
+    reason = result.reason or f"merged into {s.target.branch}"
+    if result.outcome is Outcome.MERGED and result.commit:
+        reason = f"merged into {s.target.branch} at {result.commit[:12]}"
+    s.store.update_task(s.run_id, c.task_id, state=state, reason=reason)
+    s.store.add_event(
+        s.run_id,
+        "merge",
+        task_id=c.task_id,
+        data={"outcome": result.outcome.value, "target": s.target.branch, "reason": reason},
+    )

@@ -1,0 +1,81 @@
+"""`swarm merge --resolve`: hand a conflicted merge to the task's agent in the merge worktree."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.agents import adapter_for
+from worktree_swarm.core.models import Task
+from worktree_swarm.infra import proc, supervisor
+
+DEFAULT_TIMEOUT = 30 * 60.0
+_MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
+KILL_GRACE = 5.0
+
+
+def resolve_prompt(task: Task, *, target: str, files: Sequence[str]) -> str:
+    """The prompt that asks an agent to finish a conflicted merge (file names are data)."""
+    listed = "\n".join(f"- {name}" for name in files)
+    return (
+        f"You are in a git worktree where the work of task `{task.id}` is being merged into"
+        f" `{target}`, and the merge stopped on conflicts in these files:\n\n{listed}\n\n"
+        "Edit them so that both sides' intent is kept, remove every conflict marker"
+        " (<<<<<<<, =======, >>>>>>>), make sure the code still works, and stop."
+        " Do not commit, do not run `git merge --abort`, `git reset` or `git checkout`.\n\n"
+        f"The task's original prompt, for context:\n\n{task.prompt}\n"
+    )
+
+
+def run_resolver(
+    task: Task,
+    *,
+    worktree: Path,
+    target: str,
+    files: Sequence[str],
+    logs: Path,
+    env: dict[str, str],
+) -> str | None:
+    """Run the task's agent on the conflicts and stage its result; None when resolved.
+
+    Otherwise returns why not (the caller undoes the merge). Waits at most the task's timeout.
+    """
+    if not task.agent_argv:
+        return f"task {task.id} has no agent command recorded; resolve it by hand"
+    logs.mkdir(parents=True, exist_ok=True)
+    text = resolve_prompt(task, target=target, files=files)
+    prompt_file = logs / f"resolve-{task.id}.md"
+    prompt_file.write_text(text, encoding="utf-8")
+    values = {
+        "prompt": text,
+        "prompt_file": str(prompt_file),
+        "task_id": task.id,
+        "worktree": str(worktree),
+        "branch": target,
+    }
+    adapter = adapter_for(task.agent)
+    argv = adapter.argv(task.agent_argv, values=values, session_id=None, resume_prompt=None)
+    agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
+    agent = supervisor.spawn(
+        argv, cwd=worktree, env=agent_env, log_path=logs / f"resolve-{task.id}.log"
+    )
+    code = agent.wait(task.timeout or DEFAULT_TIMEOUT)
+    if code is None:
+        agent.stop(grace=KILL_GRACE)
+        return f"the agent did not finish resolving within {task.timeout or DEFAULT_TIMEOUT:.0f}s"
+    if code != 0:
+        return f"the agent exited {code} while resolving (log {agent.log_path})"
+    left = [name for name in files if _has_markers(worktree / name)]
+    if left:
+        return f"conflict markers left in {', '.join(left)}"
+    proc.run(["git", "add", "--all"], cwd=worktree)
+    return None
+
+
+def _has_markers(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return _MARKER_RE.search(text) is not None

@@ -1,0 +1,164 @@
+"""The shared findings file of a run: agents append what they learn so others need not re-learn it.
+
+The file is ``<state dir>/runs/<run>/findings.md``; the runner gives its path to every agent as
+``SWARM_CONTEXT``. Entries are appended whole under a file lock, so concurrent writers never
+interleave. Each entry is one Markdown list item; continuation lines are indented, so an entry
+can never pose as another one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import filelock
+
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import is_valid_task_id
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import Store
+
+FILE_NAME = "findings.md"
+CONTEXT_ENV = "SWARM_CONTEXT"
+TASK_ENV = "SWARM_TASK_ID"
+USER_TAG = "(user)"
+MAX_NOTE_CHARS = 8000
+LOCK_TIMEOUT = 30.0
+
+
+def findings_path(repo: git.Repo, run_id: str) -> Path:
+    """The findings file of *run_id* (it may not exist yet)."""
+    return paths.run_dir(repo, run_id) / FILE_NAME
+
+
+def findings_instructions(path: str) -> str:
+    """Return the paragraph appended to every agent prompt about the shared findings file."""
+    return (
+        "\n\n## Shared findings\n"
+        "Other agents are working on related tasks at the same time, each in its own worktree."
+        f" What they found out is in {path} (also in $SWARM_CONTEXT): read it before you"
+        " start and again when you are stuck. When you learn something another agent would"
+        " need (a build or test quirk, where something lives, a decision about a shared"
+        ' interface), add it with `swarm note "one short fact"`; it is appended with your'
+        " task id. Do not edit the file directly.\n"
+    )
+
+
+def resolve_target(
+    *, environ: Mapping[str, str] | None = None, repo_dir: Path | None = None
+) -> tuple[Path, str]:
+    """Return (findings file, tag) for `swarm note`.
+
+    Inside an agent: ``SWARM_CONTEXT`` and ``SWARM_TASK_ID``. Outside one: the latest run of
+    the repository containing *repo_dir*, tagged as written by the user.
+    """
+    env = os.environ if environ is None else environ
+    context = env.get(CONTEXT_ENV, "")
+    task_id = env.get(TASK_ENV, "")
+    if task_id and not is_valid_task_id(task_id):
+        raise BadInputError(f"{TASK_ENV}: {task_id[:64]!r} is not a valid task id")
+    if context:
+        path = Path(context)
+        if not path.is_absolute() or path.name != FILE_NAME:
+            raise BadInputError(f"{CONTEXT_ENV}: expected an absolute path to a {FILE_NAME} file")
+        return path, task_id or USER_TAG
+    return latest_findings(repo_dir or Path.cwd()), task_id or USER_TAG
+
+
+def notes_path(
+    *, run_id: str | None, repo_dir: Path, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The file `swarm notes` shows: *run_id*'s, else ``SWARM_CONTEXT``, else the latest run's."""
+    env = os.environ if environ is None else environ
+    if run_id is None and env.get(CONTEXT_ENV):
+        return resolve_target(environ=env, repo_dir=repo_dir)[0]
+    return latest_findings(repo_dir, run_id)
+
+
+def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
+    """The findings file of *run_id* (default: the latest run) of the repository at *repo_dir*."""
+    git.require_git()
+    repo = git.open_repo(repo_dir)
+    db = repo.state_dir / "state.db"
+    if not db.exists():
+        raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
+    with Store(db) as store:
+        if run_id is None:
+            run_id = store.latest_run_id()
+            if run_id is None:
+                raise BadInputError("no swarm runs recorded yet; start one with `swarm run`")
+        elif store.get_run(run_id) is None:
+            raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+    return findings_path(repo, run_id)
+
+
+def append_note(path: Path, text: str, *, tag: str, now: float | None = None) -> str:
+    """Append a timestamped entry tagged *tag* to *path* and return the entry as written.
+
+    The whole entry goes out in one write under a lock on ``<path>.lock``, so concurrent
+    writers never tear or lose an entry.
+    """
+    lines = [_clean(line) for line in text.strip().splitlines()]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise BadInputError("the note is empty; write what you found, e.g. swarm note 'TEXT'")
+    if sum(len(line) for line in lines) > MAX_NOTE_CHARS:
+        raise BadInputError(
+            f"the note is longer than {MAX_NOTE_CHARS} characters; keep notes to short facts"
+        )
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
+    entry = "\n".join([f"- {stamp} [{tag}] {lines[0]}", *(f"  {line}" for line in lines[1:])])
+    entry += "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                data = entry.encode("utf-8")
+                if os.fstat(fd).st_size == 0:
+                    data = _header(path).encode("utf-8") + data
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+    except filelock.Timeout as exc:
+        raise SwarmError(
+            f"{path}.lock: held by another writer for {LOCK_TIMEOUT:.0f}s; try again"
+        ) from exc
+    except OSError as exc:
+        raise SwarmError(f"{path}: cannot append the note: {exc.strerror or exc}") from exc
+    return entry
+
+
+def read_notes(path: Path) -> str:
+    """Return the findings file's text with terminal control characters neutralised ("" if none)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise SwarmError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    # Agents can write the file directly; escape sequences must not reach the user's terminal.
+    return "\n".join(_clean(line) for line in text.split("\n"))
+
+
+def _header(path: Path) -> str:
+    run_id = path.parent.name
+    return (
+        f"# Findings of run {run_id}\n\n"
+        "Facts the agents of this run found out, shared so that nobody has to find them twice."
+        '\nAdd one with `swarm note "TEXT"`.\n\n'
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _clean(line: str) -> str:
+    return "".join(" " if (c < " " and c != "\t") or c == "\x7f" else c for c in line).rstrip()

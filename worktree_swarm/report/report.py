@@ -1,0 +1,557 @@
+"""What happened in a run, from the state store alone: per-task rows, time spans and totals.
+
+Works for a finished run and during a live one (open spans end "now"). Every text taken from
+prompts, reasons and logs is passed through :class:`Redactor` before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.disk import DiskUsage, format_size, usage
+from worktree_swarm.infra.redact import Redactor
+from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
+
+N = TypeVar("N", int, float)
+
+TAIL_LINES = 40
+TAIL_BYTES = 64 * 1024
+PROMPT_CHARS = 20_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptReport:
+    """One launch of a task's agent."""
+
+    number: int
+    started_at: float
+    ended_at: float | None
+    duration_s: float
+    outcome: str
+    exit_code: int | None
+    reason: str
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Span:
+    """A stretch of a task's time that is not agent work: ``checks`` or ``rate_limit``."""
+
+    kind: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReport:
+    """One task: outcome, time, money, diff and the texts the HTML report shows."""
+
+    task_id: str
+    title: str
+    state: str
+    reason: str
+    depends_on: tuple[str, ...]
+    branch: str
+    attempts: tuple[AttemptReport, ...]
+    spans: tuple[Span, ...]
+    started_at: float | None
+    ended_at: float | None
+    wall_s: float | None
+    agent_s: float
+    checks_s: float
+    rate_limit_wait_s: float
+    retries: int
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None
+    files_changed: int | None
+    insertions: int | None
+    deletions: int | None
+    pr_number: int | None
+    pr_url: str
+    prompt: str
+    checks_tail: str
+    setup_tail: str
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktree_present: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Totals:
+    """Run-wide numbers; None means "not reported" (shown as ``-`` or ``n/a``)."""
+
+    tasks: int
+    done: int
+    states: dict[str, int]
+    makespan_s: float
+    agent_time_s: float
+    achieved_speedup: float | None
+    ideal_makespan_s: float
+    ideal_speedup: float | None
+    rate_limit_wait_s: float
+    retries: int
+    resumes: int
+    total_cost_usd: float | None
+    cost_per_done_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None
+    token_overhead_tokens: int | None
+    token_overhead_pct: float | None
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktrees_removed: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReport:
+    """Everything `swarm report` shows about one run."""
+
+    run_id: str
+    status: str
+    live: bool
+    base_commit: str
+    jobs: int
+    created_at: float
+    ended_at: float | None
+    generated_at: float
+    end: float
+    tasks: tuple[TaskReport, ...]
+    totals: Totals
+    outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
+    max_disk: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for ``--json`` (field names documented in docs/report.md)."""
+        return _rounded(asdict(self))  # type: ignore[return-value]
+
+
+def build_report(
+    store: Store,
+    run_id: str,
+    *,
+    logs_dir: Path | None = None,
+    now: float | None = None,
+    redactor: Redactor | None = None,
+) -> RunReport:
+    """Read *run_id* from *store* and compute its report.
+
+    *logs_dir* is the run's directory (``<state dir>/runs/<run>``) holding each task's
+    ``checks.log`` and ``setup.log``; without it those tails are empty.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id} in the state store")
+    now = time.time() if now is None else now
+    rows = store.tasks(run_id)
+    specs = {row.task_id: _task_spec(row) for row in rows}
+    if redactor is None:
+        env = list(os.environ.items())
+        for spec in specs.values():
+            env.extend(spec.env)
+        redactor = Redactor(env)
+    attempts: dict[str, list[AttemptRow]] = {row.task_id: [] for row in rows}
+    for attempt in store.attempts(run_id):
+        attempts.setdefault(attempt.task_id, []).append(attempt)
+    events = store.events(run_id)
+    live = run.ended_at is None and _manager_alive(run)
+    end = _run_end(run, rows, attempts, events, live=live, now=now)
+    state_changes: dict[str, list[tuple[float, str]]] = {}
+    pulls: dict[str, tuple[int, str]] = {}
+    outside = tuple(
+        {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
+        for e in events
+        if e.kind == "outside_write"
+    )
+    for event in events:
+        if event.task_id is None:
+            continue
+        if event.kind == "state":
+            state_changes.setdefault(event.task_id, []).append((event.ts, str(event.data["state"])))
+        elif event.kind == "pull_request":
+            pulls[event.task_id] = (_int(event.data.get("number")), str(event.data.get("url", "")))
+    tasks = tuple(
+        _task_report(
+            row,
+            specs[row.task_id],
+            sorted(attempts.get(row.task_id, []), key=lambda a: (a.number, a.id)),
+            state_changes.get(row.task_id, []),
+            pulls.get(row.task_id),
+            end=end,
+            logs=None if logs_dir is None else logs_dir / row.task_id,
+            redact=redactor,
+        )
+        for row in rows
+    )
+    return RunReport(
+        run_id=run.run_id,
+        status="running" if live else run.status,
+        live=live,
+        base_commit=run.base_commit,
+        jobs=run.jobs,
+        created_at=run.created_at,
+        ended_at=run.ended_at,
+        generated_at=now,
+        end=end,
+        tasks=tasks,
+        totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
+        outside_writes=outside,
+        max_disk=_max_disk(run),
+    )
+
+
+def _redacted(value: object, redact: Redactor) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v, redact) for k, v in value.items()}
+    return value
+
+
+def _task_spec(row: TaskRow) -> Task:
+    try:
+        return task_from_json(row.spec_json)
+    except (ValueError, TypeError):
+        # A spec written by a newer version: the report still shows what the store knows.
+        return Task(id=row.task_id, prompt="")
+
+
+def _max_disk(run: RunRow) -> int | None:
+    try:
+        value = json.loads(run.spec_json).get("max_disk")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _disk(row: TaskRow) -> tuple[DiskUsage | None, bool]:
+    """A task's disk use (measured now while it goes on, else as recorded) and presence."""
+    present = Path(row.worktree).is_dir()
+    if present and not row.state.is_final:
+        return usage(Path(row.worktree)), present
+    if row.disk_actual is None:
+        return None, present
+    return DiskUsage(row.disk_apparent or 0, row.disk_actual), present
+
+
+def _manager_alive(run: RunRow) -> bool:
+    if run.manager_pid is None or run.manager_create_time is None:
+        return False
+    identity = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    return supervisor.is_alive(identity)
+
+
+def _run_end(
+    run: RunRow,
+    rows: Sequence[TaskRow],
+    attempts: Mapping[str, Sequence[AttemptRow]],
+    events: Sequence[EventRow],
+    *,
+    live: bool,
+    now: float,
+) -> float:
+    """When the run ended; for a manager that died without saying so, the last thing seen."""
+    if run.ended_at is not None:
+        return run.ended_at
+    if live:
+        return now
+    seen = [run.created_at, *(e.ts for e in events)]
+    seen += [t for r in rows for t in (r.started_at, r.ended_at) if t is not None]
+    seen += [t for a in attempts.values() for x in a for t in (x.started_at, x.ended_at) if t]
+    return max(seen)
+
+
+def _task_report(
+    row: TaskRow,
+    spec: Task,
+    attempts: Sequence[AttemptRow],
+    changes: Sequence[tuple[float, str]],
+    pull: tuple[int, str] | None,
+    *,
+    end: float,
+    logs: Path | None,
+    redact: Redactor,
+) -> TaskReport:
+    reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
+    spans = tuple(_spans(changes, end=end))
+    retries = sum(
+        1 for prev in reports[:-1] if prev.outcome != TaskState.RATE_LIMITED.value
+    )  # a resume after a rate limit is a new attempt, not a retry
+    # started_at moves to each new attempt's start; the task's wall time begins at the first.
+    starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]
+    wall = (row.ended_at or end) - min(starts) if starts else None
+    used, present = _disk(row)
+    return TaskReport(
+        task_id=row.task_id,
+        title=redact(spec.title),
+        state=row.state.value,
+        reason=redact(row.reason),
+        depends_on=spec.depends_on,
+        branch=row.branch,
+        attempts=reports,
+        spans=spans,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        wall_s=wall,
+        agent_s=sum(a.duration_s for a in reports),
+        checks_s=sum(s.end - s.start for s in spans if s.kind == "checks"),
+        rate_limit_wait_s=sum(s.end - s.start for s in spans if s.kind == "rate_limit"),
+        retries=retries,
+        cost_usd=_first(row.cost_usd, _sum(a.cost_usd for a in reports)),
+        tokens_in=_first(row.tokens_in, _sum(a.tokens_in for a in reports)),
+        tokens_out=_first(row.tokens_out, _sum(a.tokens_out for a in reports)),
+        cache_read_tokens=_first(row.cache_read_tokens, _sum(a.cache_read_tokens for a in reports)),
+        files_changed=row.diff_files,
+        insertions=row.diff_insertions,
+        deletions=row.diff_deletions,
+        pr_number=None if pull is None else pull[0],
+        pr_url="" if pull is None else redact(pull[1]),
+        prompt=redact(spec.prompt[:PROMPT_CHARS]),
+        checks_tail="" if logs is None else redact(tail(logs / "checks.log")),
+        setup_tail="" if logs is None else redact(tail(logs / "setup.log")),
+        disk_apparent=None if used is None else used.apparent,
+        disk_actual=None if used is None else used.actual,
+        worktree_present=present,
+    )
+
+
+def _attempt_report(attempt: AttemptRow, *, end: float, redact: Redactor) -> AttemptReport:
+    ended = attempt.ended_at
+    return AttemptReport(
+        number=attempt.number,
+        started_at=attempt.started_at,
+        ended_at=ended,
+        duration_s=max(0.0, (ended if ended is not None else end) - attempt.started_at),
+        outcome=attempt.outcome or ("running" if ended is None else "unknown"),
+        exit_code=attempt.exit_code,
+        reason=redact(attempt.reason),
+        cost_usd=attempt.cost_usd,
+        tokens_in=attempt.tokens_in,
+        tokens_out=attempt.tokens_out,
+        cache_read_tokens=attempt.cache_read_tokens,
+    )
+
+
+_SPAN_KINDS = {TaskState.CHECKING.value: "checks", TaskState.RATE_LIMITED.value: "rate_limit"}
+
+
+def _spans(changes: Sequence[tuple[float, str]], *, end: float) -> Iterable[Span]:
+    """Checks and rate-limit waits: from entering that state until the next state change."""
+    for index, (start, state) in enumerate(changes):
+        kind = _SPAN_KINDS.get(state)
+        if kind is None:
+            continue
+        stop = changes[index + 1][0] if index + 1 < len(changes) else end
+        yield Span(kind=kind, start=start, end=max(start, stop))
+
+
+def _totals(
+    tasks: Sequence[TaskReport], specs: Sequence[Task], *, jobs: int, makespan: float
+) -> Totals:
+    agent_time = sum(t.agent_s for t in tasks)
+    durations = {t.task_id: t.agent_s for t in tasks}
+    ideal = Scheduler(specs).ideal_makespan(durations, jobs) if specs else 0.0
+    done = sum(1 for t in tasks if TaskState(t.state).is_success)
+    states: dict[str, int] = {}
+    for t in tasks:
+        states[t.state] = states.get(t.state, 0) + 1
+    total_cost = _sum(t.cost_usd for t in tasks)
+    overhead = _token_overhead(tasks)
+    tokens_in = _sum(t.tokens_in for t in tasks)
+    cache = _sum(t.cache_read_tokens for t in tasks)
+    context = (tokens_in or 0) + (cache or 0)
+    return Totals(
+        tasks=len(tasks),
+        done=done,
+        states=dict(sorted(states.items())),
+        makespan_s=makespan,
+        agent_time_s=agent_time,
+        achieved_speedup=agent_time / makespan if makespan > 0 else None,
+        ideal_makespan_s=ideal,
+        ideal_speedup=agent_time / ideal if ideal > 0 else None,
+        rate_limit_wait_s=sum(t.rate_limit_wait_s for t in tasks),
+        retries=sum(t.retries for t in tasks),
+        resumes=sum(len(t.attempts) - 1 - t.retries for t in tasks if t.attempts),
+        total_cost_usd=total_cost,
+        cost_per_done_usd=total_cost / done if total_cost is not None and done else None,
+        tokens_in=tokens_in,
+        tokens_out=_sum(t.tokens_out for t in tasks),
+        cache_read_tokens=cache,
+        token_overhead_tokens=overhead,
+        token_overhead_pct=100 * overhead / context if overhead is not None and context else None,
+        disk_apparent=_sum(t.disk_apparent for t in tasks),
+        disk_actual=_sum(t.disk_actual for t in tasks),
+        worktrees_removed=sum(t.disk_actual is not None and not t.worktree_present for t in tasks),
+    )
+
+
+def _token_overhead(tasks: Sequence[TaskReport]) -> int | None:
+    """Context re-read because agents ran separately instead of in one session.
+
+    Every agent starts by reading the same shared context (system prompt, tool definitions,
+    project instructions), which shows up as cache reads. The smallest cache read of any
+    attempt bounds that shared part from below; a serial session would read it once, N
+    separate attempts read it N times. None when fewer than two attempts reported cache reads.
+    """
+    reads = [a.cache_read_tokens for t in tasks for a in t.attempts if a.cache_read_tokens]
+    if len(reads) < 2:  # noqa: PLR2004 - overhead needs at least two agents
+        reads = [t.cache_read_tokens for t in tasks if t.cache_read_tokens]
+    if len(reads) < 2:  # noqa: PLR2004
+        return None
+    return min(reads) * (len(reads) - 1)
+
+
+def tail(path: Path, *, lines: int = TAIL_LINES) -> str:
+    """The last *lines* lines of *path* ('' when it does not exist)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def _first(*values: N | None) -> N | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _sum(values: Iterable[N | None]) -> N | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else int(str(value)) if str(value).isdigit() else 0
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+# -- terminal ----------------------------------------------------------------------------------
+
+
+def format_text(report: RunReport) -> str:
+    """The terminal report: one row per task, then the run totals."""
+    width = max([4, *(len(t.task_id) for t in report.tasks)])
+    head = f"{'task':<{width}}  {'outcome':<12} {'att':>3} {'wall':>8} {'cost':>8} "
+    lines = [
+        f"run {report.run_id} ({report.status}) base {report.base_commit[:10]}, jobs {report.jobs}",
+        head + f"{'tokens in/out':>15} {'disk':>7}  {'diff':<18} merge/PR",
+    ]
+    for t in report.tasks:
+        diff = f"{t.files_changed}f +{t.insertions} -{t.deletions}" if t.files_changed else "-"
+        tokens = "-" if t.tokens_in is None else f"{t.tokens_in}/{t.tokens_out or 0}"
+        merge = f"#{t.pr_number}" if t.pr_number else ("merged" if t.state == "merged" else "-")
+        lines.append(
+            f"{t.task_id:<{width}}  {t.state:<12} {len(t.attempts):>3} {duration(t.wall_s):>8} "
+            f"{money(t.cost_usd):>8} {tokens:>15} {format_size(t.disk_actual):>7}  "
+            f"{diff:<18} {merge}"
+        )
+    s = report.totals
+    states = ", ".join(f"{n} {name}" for name, n in s.states.items())
+    lines += [
+        "",
+        f"tasks      {s.tasks}: {states}",
+        f"makespan   {duration(s.makespan_s)}{'  (live)' if report.live else ''}",
+        f"agent time {duration(s.agent_time_s)} (sum over attempts)",
+        (
+            f"speedup    {ratio(s.achieved_speedup)} achieved, {ratio(s.ideal_speedup)} ideal "
+            f"for this DAG at --jobs {report.jobs} (ideal makespan {duration(s.ideal_makespan_s)})"
+        ),
+        (
+            f"waits      {duration(s.rate_limit_wait_s)} on rate limits; {s.retries} retries, "
+            f"{s.resumes} resumes"
+        ),
+        f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
+        f"overhead   {overhead_text(s)}",
+        f"disk       {disk_text(report)}",
+    ]
+    lines += outside_writes_text(report)
+    return "\n".join(lines)
+
+
+def outside_writes_text(report: RunReport) -> list[str]:
+    """One line per write an agent made outside its worktree (none: no lines)."""
+    if not report.outside_writes:
+        return []
+    lines = ["", f"outside writes ({len(report.outside_writes)}):"]
+    for event in report.outside_writes:
+        suspects = event.get("suspects") or []
+        who = ", ".join(str(s) for s in suspects) if isinstance(suspects, list) else "?"
+        fate = "restored" if event.get("restored") else "left as found"
+        patch = f", patch {event['patch']}" if event.get("patch") else ""
+        lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
+    return lines
+
+
+def disk_text(report: RunReport) -> str:
+    """The disk line: what the worktrees used when their tasks ended, how many are gone."""
+    s = report.totals
+    measured = sum(t.disk_actual is not None for t in report.tasks)
+    text = (
+        f"{format_size(s.disk_actual)} ({format_size(s.disk_apparent)} apparent) "
+        f"in {measured} worktrees"
+    )
+    if s.worktrees_removed:
+        text += f", {s.worktrees_removed} removed since"
+    if report.max_disk is not None:
+        text += f"; max_disk {format_size(report.max_disk)}"
+    return text
+
+
+def overhead_text(totals: Totals) -> str:
+    """The token-overhead line, or why it is not available."""
+    if totals.token_overhead_tokens is None or totals.token_overhead_pct is None:
+        return "n/a (agents reported no cache reads)"
+    return (
+        f"{totals.token_overhead_tokens} tokens ({totals.token_overhead_pct:.1f}% of input) "
+        "of shared context re-read by separate agents"
+    )
+
+
+def duration(seconds: float | None) -> str:
+    """``-``, ``12.3s``, ``4m05s`` or ``1h02m``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:  # noqa: PLR2004
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:  # noqa: PLR2004
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def money(value: float | None) -> str:
+    """``-`` when not reported, else dollars."""
+    return "-" if value is None else f"${value:.2f}"
+
+
+def ratio(value: float | None) -> str:
+    """``-`` or ``2.31x``."""
+    return "-" if value is None else f"{value:.2f}x"

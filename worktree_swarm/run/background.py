@@ -1,0 +1,51 @@
+"""`swarm run --detach`: the manager in its own session, so a run outlives the terminal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.core.errors import ManagerLockedError, SwarmError
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import lock
+from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.supervisor import last_line
+
+START_TIMEOUT = 60.0
+
+
+def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
+    """Start ``swarm <argv>`` detached and wait until it holds the manager lock.
+
+    Returns (pid, log path). Input was validated by the caller, so a child that dies before
+    taking the lock is reported with its last log line.
+    """
+    if lock.manager_alive(repo.state_dir):
+        raise ManagerLockedError(
+            f"another swarm manager {lock.describe_holder(repo.state_dir)} holds this "
+            "repository; wait for it or stop it with `swarm stop`"
+        )
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    log = repo.state_dir / f"manager-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *argv],
+            cwd=Path.cwd(),
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
+        if lock.manager_alive(repo.state_dir) and lock.holder_pid(repo.state_dir) == child.pid:
+            return child.pid, log
+        time.sleep(0.05)
+    raise SwarmError(f"the background manager did not start within {START_TIMEOUT:g}s ({log})")

@@ -1,0 +1,278 @@
+"""``max_disk``: no new worktree while the worktrees would use more disk than the cap.
+
+The total is what every directory under the worktree root uses now (this run's worktrees and
+anything earlier runs left there), plus, for each task in flight, what its worktree is still
+expected to grow to: the estimate of one worktree minus what it uses so far. The estimate is
+the larger of the start commit's checkout (blob sizes rounded up to 4 KiB blocks, plus the
+task's ``copy`` files) and the largest worktree of this run measured so far (which includes
+what ``setup`` installed). The cap applies to actual (allocated) bytes.
+
+A task whose worktree does not fit waits (``pending``, with the numbers as its reason) until
+room appears: a task in flight ends and its worktree becomes removable, in which case the
+oldest finished worktree of this run is removed (its branch keeps the work). Worktrees grow
+while agents work, so the total is re-measured every few seconds while a task waits. When
+nothing is in flight and nothing is removable the task still starts if its checkout alone
+fits, so a run always makes progress; otherwise it fails, naming what takes the space.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.guard import Guard
+from worktree_swarm.infra import disk
+from worktree_swarm.infra.disk import format_size
+from worktree_swarm.infra.store import Store
+
+REMEASURE_SECONDS = 5.0
+WAIT_SLICE = 0.25  # how soon a waiting task notices its stop event
+_BLOCK = 4096
+
+Emit = Callable[[str, str | None, Mapping[str, object]], None]
+
+
+class DiskFullError(SwarmError):
+    """A worktree cannot fit under max_disk and nothing will make room."""
+
+
+class DiskBudget:
+    """Admits worktree creations under ``spec.max_disk``; records each task's disk use.
+
+    Shared by the worker threads (:meth:`admit`, :meth:`record`) and the main thread
+    (:meth:`finished`).
+    Without ``max_disk`` nothing waits, but disk use is still recorded.
+    """
+
+    def __init__(
+        self,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        run_id: str,
+        emit: Emit,
+        guard: Guard,
+    ) -> None:
+        if spec.worktree_root is None:
+            msg = "RunSpec.worktree_root must be set"
+            raise ValueError(msg)
+        self.repo = repo
+        self.spec = spec
+        self.store = store
+        self.run_id = run_id
+        self.root = spec.worktree_root
+        self._emit = emit
+        self.guard = guard
+        self._tasks = {t.id: t for t in spec.tasks}
+        self._cond = threading.Condition()
+        self._scans: dict[str, tuple[disk.Scan, float]] = {}
+        self._checkouts: dict[str, int] = {}
+        self._largest = 0
+        # A resumed run: tasks still going on in their worktrees are in flight; finished ones
+        # whose worktree is still there can make room, oldest first.
+        self._active: dict[str, int] = {}  # task id -> its checkout estimate
+        self._removable: list[str] = []
+        rows = sorted(store.tasks(run_id), key=lambda r: r.ended_at or 0.0)
+        for row in rows:
+            if not (self.root / row.task_id).is_dir():
+                continue
+            if not row.state.is_final:
+                self._active[row.task_id] = 0
+            elif row.worktree_removed_at is None:
+                self._removable.append(row.task_id)
+
+    # -- worker threads -------------------------------------------------------------------
+
+    def admit(
+        self, task: Task, *, start: str, stop: threading.Event, waiting: Callable[[str], None]
+    ) -> bool:
+        """Wait until *task*'s worktree fits; False when *stop* was set meanwhile.
+
+        *waiting* is called with the reason to show while the task waits, and with ``""``
+        once it may go on. Raises DiskFullError when it cannot fit and nothing will make room.
+        """
+        cap = self.spec.max_disk
+        if cap is None:
+            return True
+        checkout = self.checkout_estimate(task, start)
+        shown = ""
+        with self._cond:
+            while not stop.is_set():
+                used = self._used()
+                need = max(checkout, self._largest)
+                if used + need <= cap:
+                    break
+                if self._removable:
+                    self._remove(self._removable.pop(0), used=used, need=need)
+                    continue
+                if not self._active:
+                    if used + checkout <= cap:
+                        break  # alone it fits: a worktree that grew past the cap is no reason
+                    raise DiskFullError(self._full_message(used, checkout))
+                reason = (
+                    f"waiting for disk: {format_size(used)} of {format_size(cap)} used, "
+                    f"needs ~{format_size(need)}"
+                )
+                if reason != shown:
+                    waiting(reason)
+                    shown = reason
+                self._cond.wait(WAIT_SLICE)
+            else:
+                return False
+            self._active[task.id] = checkout
+        if shown:
+            waiting("")
+        return True
+
+    def checkout_estimate(self, task: Task, start: str) -> int:
+        """Actual bytes a fresh worktree of *task* at *start* takes: checkout plus copies."""
+        if start not in self._checkouts:
+            self._checkouts[start] = checkout_size(self.repo, start)
+        return self._checkouts[start] + copy_size(self.repo, task)
+
+    def record(self, task_id: str) -> None:
+        """Record the disk use of *task_id*'s worktree as its pipeline ends.
+
+        Called from the task's worker thread: a walk of a big worktree (``node_modules``)
+        must not hold up the run loop.
+        """
+        path = self.root / task_id
+        if path.is_dir():
+            used = disk.usage(path)
+            self.store.update_task(
+                self.run_id, task_id, disk_apparent=used.apparent, disk_actual=used.actual
+            )
+
+    # -- main thread ----------------------------------------------------------------------
+
+    def finished(self, task_id: str) -> None:
+        """A task reached its final state: its worktree may now be removed for room."""
+        present = (self.root / task_id).is_dir()
+        with self._cond:
+            self._active.pop(task_id, None)
+            self._scans.pop(task_id, None)
+            if present and task_id not in self._removable:
+                self._removable.append(task_id)
+            self._cond.notify_all()
+
+    # -- internals (the condition's lock is held) ----------------------------------------
+
+    def _used(self) -> int:
+        """Actual bytes under the root now, plus what tasks in flight are still expected to use."""
+        now = time.monotonic()
+        try:
+            names = sorted(p.name for p in self.root.iterdir())
+        except FileNotFoundError:
+            names = []
+        for gone in set(self._scans) - set(names):
+            del self._scans[gone]
+        for name in names:
+            cached = self._scans.get(name)
+            if cached is None or now - cached[1] > REMEASURE_SECONDS:
+                self._scans[name] = (disk.scan(self.root / name), now)
+        actual = {name: self._scans[name][0].usage.actual for name in names}
+        ours = [actual[name] for name in names if name in self._tasks]
+        self._largest = max([self._largest, *ours])
+        expected = sum(
+            max(0, max(estimate, self._largest) - actual.get(task_id, 0))
+            for task_id, estimate in self._active.items()
+        )
+        return disk.combine(scan for scan, _ in self._scans.values()).actual + expected
+
+    def _remove(self, task_id: str, *, used: int, need: int) -> None:
+        """Remove a finished task's worktree to make room; its branch keeps the work."""
+        path = self.root / task_id
+        task = self._tasks.get(task_id)
+        cap = format_size(self.spec.max_disk)
+        reason = f"max_disk {cap}: {format_size(used)} used, another worktree needs ~"
+        reason += format_size(need)
+        # Busy: the guard neither takes the removal (or the checkpoint's commit) for a
+        # foreign write nor watches the worktree any longer.
+        with self.guard.busy(task_id, path):
+            if path.is_dir():
+                # Every attempt ended with a checkpoint; this only keeps what a check or a
+                # setup step left behind, as `swarm clean` does, so that nothing is lost.
+                git.checkpoint(
+                    path,
+                    message=f"swarm: checkpoint {task_id} (before removing its worktree "
+                    "for max_disk)",
+                    author=self.spec.commit_author,
+                    exclude=task.link if task is not None else (),
+                )
+                worktrees.remove_worktree(self.repo, path, force=True)
+        self._scans.pop(task_id, None)
+        self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
+        branch = task.branch if task is not None else f"swarm/{task_id}"
+        self._emit(
+            "worktree_removed",
+            task_id,
+            {"reason": reason, "path": str(path), "branch": branch},
+        )
+
+    def _full_message(self, used: int, checkout: int) -> str:
+        cap = format_size(self.spec.max_disk)
+        return (
+            f"max_disk {cap}: a new worktree needs ~{format_size(checkout)} but "
+            f"{format_size(used)} under {self.root} belongs to no task of this run in flight "
+            "(worktrees of earlier runs?); run `swarm clean --all` or raise max_disk"
+        )
+
+
+def checkout_size(repo: git.Repo, commit: str) -> int:
+    """Actual bytes a checkout of *commit* takes: blobs and directories in 4 KiB blocks.
+
+    Plus the worktree's ``.git`` file. The worktree's index lives in the git common dir and
+    is not counted.
+    """
+    out = git.git(repo.root, "ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit)
+    total = 2 * _BLOCK  # the worktree directory itself and its `.git` file
+    for record in out.split("\0"):
+        if not record:
+            continue
+        meta = record.split("\t", 1)[0].split()
+        kind, size = meta[1], meta[3]
+        if kind == "tree":
+            total += _BLOCK
+        elif kind == "blob" and size.isdigit():
+            total += -(-int(size) // _BLOCK) * _BLOCK
+    return total
+
+
+def copy_size(repo: git.Repo, task: Task) -> int:
+    """Actual bytes of what *task*'s ``copy`` globs match in the main checkout."""
+    return sum(
+        disk.usage(match).actual for pattern in task.copy for match in repo.root.glob(pattern)
+    )
+
+
+def preflight(repo: git.Repo, spec: RunSpec, commit: str) -> None:
+    """Raise BadInputError when one worktree cannot fit under ``max_disk`` at all.
+
+    That is, when the checkout of *commit* plus a task's ``copy`` files, added to what the
+    worktree root already holds (earlier runs), exceeds the cap.
+    """
+    cap = spec.max_disk
+    if cap is None or spec.worktree_root is None:
+        return
+    checkout = checkout_size(repo, commit)
+    held = disk.usage(spec.worktree_root).actual if spec.worktree_root.is_dir() else 0
+    for task in spec.tasks:
+        need = checkout + copy_size(repo, task)
+        if need > cap:
+            raise BadInputError(
+                f"max_disk {format_size(cap)} ({cap:,} bytes) is smaller than one worktree of "
+                f"task {task.id} (~{need:,} bytes: the checkout plus its `copy` files); "
+                "raise max_disk"
+            )
+        if held + need > cap:
+            raise BadInputError(
+                f"max_disk {format_size(cap)}: {spec.worktree_root} already holds "
+                f"{format_size(held)}, no room for a worktree of ~{format_size(need)}; "
+                "run `swarm clean --all` or raise max_disk"
+            )

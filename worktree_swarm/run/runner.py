@@ -1,0 +1,336 @@
+"""The run loop: scheduler + task workers + store, one thread per task in flight.
+
+The main thread owns scheduling and every final state; each started task gets a worker
+thread (task_worker.py) and hands back an outcome. The work is a pipeline: up to ``jobs``
+tasks are provisioned ahead while agents run, an agent holds one of the gate's slots only while
+its process lives, and checks run under their own bound, so git and check overhead overlaps
+agent time instead of adding to it. Stop requests (Ctrl-C, SIGTERM, ``swarm stop``) reach
+workers as events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from worktree_swarm import sandbox
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import RunSpec, Task, TaskState
+from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import MAIN, Guard, Violation
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.store import Store, task_from_json
+from worktree_swarm.run.disk_budget import DiskBudget
+from worktree_swarm.run.governor import AgentGate
+from worktree_swarm.run.task_worker import Live, Outcome, TaskWorker, worktree_path
+
+Observer = Callable[[str, str | None, Mapping[str, object]], None]
+
+__all__ = ["Observer", "Runner", "new_run_id", "worktree_path"]
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp plus a random suffix."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+class Runner:
+    """Execute one run: :meth:`create` a new one or :meth:`resume` a recorded one."""
+
+    def __init__(
+        self,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        run_id: str,
+        base_commit: str,
+        observer: Observer | None = None,
+        states: Mapping[str, TaskState] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.spec = spec
+        self.store = store
+        self.run_id = run_id
+        self.base_commit = base_commit
+        self._observer = observer
+        self._tasks = {t.id: t for t in spec.tasks}
+        self._scheduler = Scheduler(spec.tasks)
+        self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
+        self._live: dict[str, Live] = {}
+        self._adopt: dict[str, Live] = {}
+        self._done: queue.Queue[tuple[str, Outcome]] = queue.Queue()
+        self._stopping = threading.Event()
+        self.gate = AgentGate(
+            spec.jobs, max_cost_usd=spec.max_cost_usd, backoff_base=spec.rate_limit_backoff
+        )
+        self.guard = Guard(
+            repo,
+            work_dir=run_dir(repo, run_id) / "guard",
+            restore=not spec.allow_outside_writes,
+            exclude=[spec.worktree_root] if spec.worktree_root else [],
+        )
+        self._guard_reasons: dict[str, str] = {}
+        self.disk = DiskBudget(
+            repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
+        )
+        self._worker = TaskWorker(
+            repo=repo,
+            spec=spec,
+            store=store,
+            run_id=run_id,
+            base_commit=base_commit,
+            gate=self.gate,
+            guard=self.guard,
+            emit=self._emit,
+            logs_root=run_dir(repo, run_id),
+            disk=self.disk,
+        )
+
+    @classmethod
+    def create(
+        cls, *, repo: git.Repo, spec: RunSpec, store: Store, observer: Observer | None = None
+    ) -> Runner:
+        """Record a new run (base commit, tasks) in the store and return its runner."""
+        run_id = new_run_id()
+        base = git.head_commit(repo)
+        store.create_run(
+            run_id=run_id,
+            base_commit=base,
+            repo_root=str(repo.root),
+            jobs=spec.jobs,
+            manager=supervisor.identity_of(os.getpid()),
+            spec_json=json.dumps(_spec_settings(spec)),
+        )
+        store.add_tasks(run_id, [(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks])
+        return cls(
+            repo=repo, spec=spec, store=store, run_id=run_id, base_commit=base, observer=observer
+        )
+
+    @classmethod
+    def resume(
+        cls, *, repo: git.Repo, store: Store, run_id: str, observer: Observer | None = None
+    ) -> Runner:
+        """Reconcile a run whose manager died and return a runner that carries it on.
+
+        Final tasks stay as they are. A task whose last attempt is still open has that
+        attempt adopted (a live agent is supervised again; a dead one is read from its log),
+        any other started task continues in its worktree, and pending tasks start as usual.
+        """
+        run = store.get_run(run_id)
+        if run is None:
+            raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+        rows = store.tasks(run_id)
+        tasks = tuple(task_from_json(row.spec_json) for row in rows)
+        spec = _spec_from_settings(json.loads(run.spec_json), tasks)
+        if spec.sandbox:
+            sandbox.check_available()
+        states = {}
+        for row in rows:
+            states[row.task_id] = row.state if row.state.is_final else TaskState.PENDING
+        store.set_manager(run_id, supervisor.identity_of(os.getpid()))
+        runner = cls(
+            repo=repo,
+            spec=spec,
+            store=store,
+            run_id=run_id,
+            base_commit=run.base_commit,
+            observer=observer,
+            states=states,
+        )
+        for row in rows:
+            attempts = store.attempts(run_id, row.task_id)
+            if not row.state.is_final and attempts:
+                live = Live(task=runner._tasks[row.task_id], port_slot=0)
+                live.resume_from = attempts[-1]
+                runner._adopt[row.task_id] = live
+        return runner
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def execute(self) -> dict[str, TaskState]:
+        """Run every task to a final state; returns the final states.
+
+        KeyboardInterrupt stops every agent (whole trees), records them as stopped and
+        re-raises once the state is consistent.
+        """
+        self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
+        self.guard.start()
+        self.guard.watch_in_background()
+        try:
+            self._start_adopted()
+            while True:
+                self._apply_blocking()
+                if self._stopping.is_set():
+                    self._stop_pending("run stopped before it started")
+                elif self.gate.over_budget:
+                    self._stop_pending("budget reached before it started")
+                else:
+                    self._launch_ready()
+                if not self._live:
+                    break
+                self._wait_for_one()
+            self._final_scan()
+        except KeyboardInterrupt:
+            self.request_stop()
+            self._drain()
+            self._final_scan()
+            self.store.finish_run(self.run_id, status="interrupted")
+            self._emit("run_finished", None, {"status": "interrupted"})
+            raise
+        status = "stopped" if self._stopping.is_set() else "finished"
+        self.store.finish_run(self.run_id, status=status)
+        self._emit("run_finished", None, {"status": status})
+        return dict(self._states)
+
+    def request_stop(self) -> None:
+        """Stop every live agent and start nothing new."""
+        self._stopping.set()
+        for live in list(self._live.values()):
+            live.stop.set()
+
+    def _start_adopted(self) -> None:
+        # Adopted tasks start first and regardless of `jobs`: their agents may already run.
+        for task_id, live in self._adopt.items():
+            self._launch(live)
+            self._states[task_id] = TaskState.RUNNING
+        self._adopt.clear()
+
+    def _launch_ready(self) -> None:
+        # Twice `jobs` in flight: `jobs` running agents, up to `jobs` provisioning or checking.
+        slots = 2 * self.spec.jobs - len(self._live)
+        picked = self._scheduler.pick(states=self._states, running=self._live.keys(), slots=slots)
+        for task_id in picked:
+            self._launch(Live(task=self._tasks[task_id], port_slot=0))
+            # In flight for the scheduler; the store says `running` once the agent starts.
+            self._states[task_id] = TaskState.RUNNING
+
+    def _launch(self, live: Live) -> None:
+        used = {other.port_slot for other in self._live.values()}
+        live.port_slot = next(i for i in range(len(used) + 1) if i not in used)
+        self._live[live.task.id] = live
+        live.thread = threading.Thread(
+            target=self._work, args=(live,), name=f"swarm-{live.task.id}", daemon=True
+        )
+        live.thread.start()
+
+    def _work(self, live: Live) -> None:
+        try:
+            outcome = self._worker.run(live)
+        except SwarmError as exc:
+            outcome = Outcome(state=TaskState.FAILED, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a worker must always report back
+            outcome = Outcome(state=TaskState.FAILED, reason=f"internal error: {exc!r}")
+        self._done.put((live.task.id, outcome))
+
+    def _wait_for_one(self) -> None:
+        """Block until a worker finishes, polling the store for `swarm stop` requests."""
+        while True:
+            try:
+                task_id, outcome = self._done.get(timeout=0.25)
+            except queue.Empty:
+                self._poll_stop_requests()
+                self._apply_guard()
+                continue
+            self._apply_guard()
+            self._finish(task_id, outcome)
+            return
+
+    def _finish(self, task_id: str, outcome: Outcome) -> None:
+        live = self._live.pop(task_id)
+        if live.thread is not None:
+            live.thread.join()
+        if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
+            outcome = Outcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
+        self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
+        self.disk.finished(task_id)
+
+    def _drain(self) -> None:
+        while self._live:
+            task_id, outcome = self._done.get()
+            self._finish(task_id, outcome)
+        self._stop_pending("run stopped before it started")
+
+    def _final_scan(self) -> None:
+        self.guard.close()
+        self.guard.scan()
+        self._apply_guard()
+
+    def _apply_guard(self) -> None:
+        """Record each new outside write and fail its suspects (unless outside writes are allowed).
+
+        A sole suspect still running is stopped at once; with several, each is failed when it
+        ends, since any of them may be the one.
+        """
+        for violation in self.guard.drain():
+            where = None if violation.where == MAIN else violation.where
+            self._emit("outside_write", where, violation.as_dict())
+            if self.spec.allow_outside_writes:
+                continue
+            for task_id in violation.suspects:
+                self._blame(task_id, violation)
+
+    def _blame(self, task_id: str, violation: Violation) -> None:
+        reason = violation.reason(task_id)
+        if task_id in self._live:
+            self._guard_reasons.setdefault(task_id, reason)
+            if len(violation.suspects) == 1:
+                self._live[task_id].stop.set()
+        elif self._states.get(task_id, TaskState.PENDING).is_final:
+            row = self.store.task(self.run_id, task_id)
+            if row is None or not row.reason.startswith("wrote outside"):
+                self._set_state(task_id, TaskState.FAILED, reason=reason)
+
+    def _poll_stop_requests(self) -> None:
+        for row in self.store.tasks(self.run_id):
+            if row.stop_requested and row.task_id in self._live:
+                self._live[row.task_id].stop.set()
+            elif row.stop_requested and self._states[row.task_id] is TaskState.PENDING:
+                self._set_state(row.task_id, TaskState.STOPPED, reason="stopped before it started")
+
+    def _apply_blocking(self) -> None:
+        for task_id, reason in self._scheduler.newly_blocked(self._states).items():
+            self._set_state(task_id, TaskState.BLOCKED, reason=reason, ended_at=time.time())
+
+    def _stop_pending(self, reason: str) -> None:
+        for task_id, state in self._states.items():
+            if state is TaskState.PENDING:
+                self._set_state(task_id, TaskState.STOPPED, reason=reason)
+
+    def _set_state(self, task_id: str, state: TaskState, **fields: object) -> None:
+        self._states[task_id] = state
+        self.store.update_task(self.run_id, task_id, state=state, **fields)
+        data: dict[str, object] = {"state": state.value}
+        if fields.get("reason"):
+            data["reason"] = fields["reason"]
+        self._emit("state", task_id, data)
+
+    def _emit(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
+        self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
+        if self._observer is not None:
+            self._observer(kind, task_id, data)
+
+
+def _spec_settings(spec: RunSpec) -> dict[str, object]:
+    """The run-wide settings, stored so `swarm resume` can rebuild the RunSpec."""
+    settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    del settings["tasks"], settings["extra"]
+    settings["worktree_root"] = str(spec.worktree_root)
+    return settings
+
+
+def _spec_from_settings(settings: dict[str, object], tasks: tuple[Task, ...]) -> RunSpec:
+    known = {f.name for f in dataclasses.fields(RunSpec)} - {"tasks", "extra"}
+    values: dict[str, object] = {k: v for k, v in settings.items() if k in known}
+    values["worktree_root"] = Path(str(values["worktree_root"]))
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return RunSpec(tasks=tasks, **values)  # type: ignore[arg-type]
