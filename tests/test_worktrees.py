@@ -229,14 +229,15 @@ def test_failed_creation_invalid_branch(repo: Path, tmp_path: Path) -> None:
 def test_failed_checkout_is_rolled_back(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(repo)
     # A checkout filter that fails makes the populate step (outside the lock) fail after git
-    # already made the branch and the admin dir.
+    # already made the branch and the admin dir. It is the user's own (global) filter: swarm
+    # honours those, while it switches off filters that the repository's config defines.
     (repo / ".gitattributes").write_text("*.txt filter=broken\n")
     (repo / "a.txt").write_text("x\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "filtered")
-    git(repo, "config", "filter.broken.clean", "cat")
-    git(repo, "config", "filter.broken.smudge", "false")
-    git(repo, "config", "filter.broken.required", "true")
+    git(repo, "config", "--global", "filter.broken.clean", "cat")
+    git(repo, "config", "--global", "filter.broken.smudge", "false")
+    git(repo, "config", "--global", "filter.broken.required", "true")
     before = snapshot(repo)
     path = tmp_path / "wt" / "x"
     with pytest.raises(CommandError, match="read-tree"):

@@ -14,8 +14,8 @@ from worktree_swarm.config.manifest import build_run_spec
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
 from worktree_swarm.infra.lock import ManagerLock
-from worktree_swarm.infra.proc import run as run_cmd
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
 from worktree_swarm.run.runner import Runner
@@ -110,9 +110,9 @@ def _make_repo(root: Path) -> None:
     (root / "README.md").write_text("# demo project\n")
     (root / ".gitignore").write_text("__pycache__/\n")
     ident = ["-c", "user.name=swarm demo", "-c", "user.email=demo@localhost"]
-    run_cmd(["git", "init", "-q", "-b", "main"], cwd=root)
-    run_cmd(["git", "add", "-A"], cwd=root)
-    run_cmd(["git", *ident, "commit", "-q", "-m", "initial"], cwd=root)
+    runner.run(root, "init", "-q", "-b", "main")
+    runner.run(root, "add", "-A")
+    runner.run(root, *ident, "commit", "-q", "-m", "initial")
 
 
 def _toml_path(path: str) -> str:

@@ -39,7 +39,7 @@ import psutil
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import proc
+from worktree_swarm.git import runner
 
 MAIN = "main checkout"
 STAMP = "refs-changed.stamp"  # touched by swarm commands that move refs (merge, clean)
@@ -605,7 +605,7 @@ def _status_field(status: str, name: str) -> str:
 
 
 def _git_env(cwd: Path, env: dict[str, str], *args: str) -> str:
-    return proc.run(["git", *args], cwd=cwd, env=proc.clean_env(env)).stdout
+    return runner.run(cwd, *args, env=env).stdout
 
 
 def _index_path(path: Path) -> Path:
@@ -782,15 +782,7 @@ def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tupl
 
 
 def _blob(root: Path, sha: str) -> bytes:
-    import subprocess  # noqa: PLC0415 - binary output, which proc.run (text) does not give
-
-    return subprocess.run(
-        ["git", "cat-file", "blob", sha],
-        cwd=root,
-        env=proc.clean_env(),
-        capture_output=True,
-        check=True,
-    ).stdout
+    return runner.run_bytes(root, "cat-file", "blob", sha).stdout
 
 
 def _prune_empty(directory: Path, root: Path) -> None:

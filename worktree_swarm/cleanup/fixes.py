@@ -26,9 +26,9 @@ from worktree_swarm import guard
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import lock, proc, supervisor
+from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run import control
 
@@ -131,9 +131,7 @@ def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
 def merged_into(repo: git.Repo, rev: str, targets: tuple[str, ...] | list[str]) -> str | None:
     """Return the first of *targets* that *rev* is an ancestor of, shortened, or None."""
     for target in targets:
-        res = proc.run(
-            ["git", "merge-base", "--is-ancestor", rev, target], cwd=repo.root, check=False
-        )
+        res = runner.run(repo.root, "merge-base", "--is-ancestor", rev, target, check=False)
         if res.returncode == 0:
             return target.removeprefix("refs/heads/") if target.startswith("refs/") else target[:12]
     return None
@@ -429,19 +427,19 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
 def snapshot_directory(repo: git.Repo, path: Path) -> str | None:
     """Commit every non-ignored file under *path* into *repo* (no ref); None when empty."""
     with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
-        env = proc.clean_env({
+        env = {
             "GIT_INDEX_FILE": str(Path(tmp) / "index"),
             "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
             "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
-        })  # fmt: skip
-        base = ["git", f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
-        proc.run([*base, "add", "--all", "--", "."], cwd=path, env=env)
-        if not proc.run([*base, "ls-files", "-z"], cwd=path, env=env).stdout:
+        }  # fmt: skip
+        base = [f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
+        runner.run(path, *base, "add", "--all", "--", ".", env=env)
+        if not runner.run(path, *base, "ls-files", "-z", env=env).stdout:
             return None
-        tree = proc.run([*base, "write-tree"], cwd=path, env=env).stdout.strip()
+        tree = runner.run(path, *base, "write-tree", env=env).stdout.strip()
         message = f"swarm: files of stray directory {path}"
-        return proc.run(
-            [*base, "commit-tree", "--no-gpg-sign", "-m", message, tree], cwd=path, env=env
+        return runner.run(
+            path, *base, "commit-tree", "--no-gpg-sign", "-m", message, tree, env=env
         ).stdout.strip()
 
 

@@ -6,7 +6,7 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes: 0 ok, 1 a task failed, 2 bad input, 3 repository busy, 130 interrupted."""
+    """Process exit codes: 0 ok, 1 a task failed, 2 bad input, 3 repo busy, 130 interrupted."""
 
     OK = 0
     TASK_FAILED = 1

@@ -13,7 +13,7 @@ import filelock
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
-from worktree_swarm.infra import proc
+from worktree_swarm.git import runner
 
 if TYPE_CHECKING:
     import subprocess
@@ -43,14 +43,7 @@ class MergeConflictError(GitError):
 def _run(
     cwd: Path, args: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        return proc.run(["git", *args], cwd=cwd, env=proc.clean_env(env), check=check)
-    except FileNotFoundError as exc:
-        if not cwd.is_dir():
-            raise GitError(f"directory {cwd} does not exist") from exc
-        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
-    except NotADirectoryError as exc:
-        raise GitError(f"{cwd} is not a directory") from exc
+    return runner.run(cwd, *args, check=check, env=env)
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import proc
+from worktree_swarm.git import runner
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -109,7 +109,7 @@ def _count(text: str) -> int:
 def merge_tree(repo: git.Repo, ours: str, theirs: str) -> tuple[str, ...] | None:
     """The files merging *theirs* into *ours* would conflict on, or None when it is clean."""
     args = ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages", ours, theirs]
-    res = proc.run(["git", *args], cwd=repo.root, env=proc.clean_env(), check=False)
+    res = runner.run(repo.root, *args, check=False)
     if res.returncode not in (0, 1):
         raise CommandError(["git", *args], res.returncode, res.stderr)
     if res.returncode == 0:
@@ -209,7 +209,7 @@ def _is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
     if ancestor == rev:
         return True
     args = ["merge-base", "--is-ancestor", ancestor, rev]
-    res = proc.run(["git", *args], cwd=repo.root, env=proc.clean_env(), check=False)
+    res = runner.run(repo.root, *args, check=False)
     if res.returncode not in (0, 1):
         raise CommandError(["git", *args], res.returncode, res.stderr)
     return res.returncode == 0

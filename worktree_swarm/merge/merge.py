@@ -27,7 +27,7 @@ from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmE
 from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
@@ -347,10 +347,8 @@ def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False)
 
 def _move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
     # Compare-and-swap: if someone moved the branch meanwhile, their commits are not dropped.
-    res = proc.run(
-        ["git", "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old],
-        cwd=repo.root,
-        check=False,
+    res = runner.run(
+        repo.root, "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old, check=False
     )
     if res.returncode != 0:
         raise SwarmError(
@@ -381,8 +379,9 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
 
 def _git(s: _Session, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # rerere would resolve conflicts the prediction reported; hooks and signing need a human.
-    argv = ["git", "-c", "rerere.enabled=false", *args]
-    return proc.run(argv, cwd=s.target.worktree, env=proc.clean_env(s.identity), check=check)
+    return runner.run(
+        s.target.worktree, "-c", "rerere.enabled=false", *args, env=s.identity, check=check
+    )
 
 
 def _head(worktree: Path) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.models import Task
-from worktree_swarm.infra import proc, supervisor
+from worktree_swarm.git import runner
+from worktree_swarm.infra import supervisor
 
 DEFAULT_TIMEOUT = 30 * 60.0
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
@@ -69,7 +70,7 @@ def run_resolver(
     left = [name for name in files if _has_markers(worktree / name)]
     if left:
         return f"conflict markers left in {', '.join(left)}"
-    proc.run(["git", "add", "--all"], cwd=worktree)
+    runner.run(worktree, "add", "--all")
     return None
 
 

@@ -1,0 +1,91 @@
+"""swarm's own git commands never run what a repository's files plant."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from worktree_swarm.core.errors import CommandError, GitError
+from worktree_swarm.git import repo as g
+from worktree_swarm.git import runner
+
+
+def _plant(repo: Path, marker: Path) -> None:
+    """Every way a repository's own files make plain git commands execute a program."""
+    touch = f"touch {marker} #"
+    git(repo, "config", "core.fsmonitor", touch)
+    git(repo, "config", "filter.evil.clean", touch)
+    git(repo, "config", "filter.evil.smudge", touch)
+    git(repo, "config", "filter.evil.required", "true")
+    git(repo, "config", "diff.evil.textconv", touch)
+    git(repo, "config", "diff.external", touch)
+    git(repo, "config", "merge.evil.driver", touch)
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "gpg.program", f"{marker}-gpg")
+    info = repo / ".git" / "info"
+    info.mkdir(exist_ok=True)
+    (info / "attributes").write_text("* filter=evil diff=evil merge=evil\n")
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for name in ("reference-transaction", "post-checkout", "pre-commit", "post-commit"):
+        hook = hooks / name
+        hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+
+
+def test_planted_config_and_hooks_never_run(repo: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _plant(repo, marker)
+    (repo / "README.md").write_text("changed\n")
+    (repo / "new.txt").write_text("new\n")
+    runner.run(repo, "status", "--porcelain")
+    runner.run(repo, "add", "--all")
+    runner.run(repo, "diff", "--cached")
+    runner.run(repo, "diff", "HEAD")
+    tree = runner.run(repo, "write-tree").stdout.strip()
+    head = runner.run(repo, "rev-parse", "HEAD").stdout.strip()
+    env = g.identity_env("Swarm Test <swarm@example.com>")
+    commit = runner.run(repo, "commit-tree", tree, "-p", head, "-m", "x", env=env).stdout.strip()
+    runner.run(repo, "update-ref", "refs/heads/main", commit, head)
+    runner.run(repo, "commit", "-q", "--allow-empty", "-m", "y", env=env)
+    runner.run(repo, "merge-tree", "--write-tree", "HEAD", head, check=False)
+    runner.run(repo, "checkout", "-q", "-b", "other")
+    assert not marker.exists()
+    assert not Path(f"{marker}-gpg").exists()
+    # The same commands without the runner do run the planted program: the test is real.
+    (repo / "README.md").write_text("again\n")
+    git(repo, "status", "--porcelain")
+    assert marker.exists()
+
+
+def test_users_global_filters_still_apply(repo: Path) -> None:
+    git(repo, "config", "--global", "filter.upper.clean", "tr a-z A-Z")
+    (repo / ".gitattributes").write_text("*.txt filter=upper\n")
+    (repo / "a.txt").write_text("hello\n")
+    runner.run(repo, "add", "--all")
+    blob = runner.run(repo, "rev-parse", ":a.txt").stdout.strip()
+    with runner.ObjectReader(repo) as objects:
+        assert objects.read(blob) == b"HELLO\n"
+
+
+def test_errors_are_typed(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="rev-parse"):
+        runner.run(repo, "rev-parse", "--verify", "no-such-ref")
+    with pytest.raises(GitError, match="does not exist"):
+        runner.run(tmp_path / "missing", "status")
+    with runner.ObjectReader(repo) as objects, pytest.raises(GitError, match="missing"):
+        objects.read("0" * 40)
+
+
+def test_location_variables_never_redirect_git(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    top = runner.run(repo, "rev-parse", "--show-toplevel").stdout.strip()
+    assert Path(top) == repo.resolve()

@@ -1,0 +1,304 @@
+"""The one git runner: every git command swarm runs for itself goes through :func:`run`.
+
+Built on GitPython's :class:`git.cmd.Git`. Each command gets ``-c`` overrides that switch off
+what a repository's own files could make git execute (hooks, fsmonitor, filter/diff/merge
+drivers, signing, transport commands), so an agent that plants config in the repository
+cannot run code through swarm's checkpoints, scans or merges. docs/guard.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import git as gitpython
+from git.exc import GitCommandError, GitCommandNotFound
+
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+
+# Overrides on every command. Each names a setting that makes plain git commands execute a
+# program (with the git version that introduced it), or that does work swarm never wants.
+ALWAYS: tuple[tuple[str, str], ...] = (
+    ("core.hooksPath", os.devnull),  # hooks, incl. reference-transaction (2.28) and post-checkout
+    ("core.fsmonitor", "false"),  # a command or hook path (2.16; builtin daemon 2.36)
+    ("core.editor", "true"),
+    ("sequence.editor", "true"),
+    ("core.pager", "cat"),
+    ("commit.gpgSign", "false"),
+    ("tag.gpgSign", "false"),
+    ("protocol.ext.allow", "never"),
+    ("gc.auto", "0"),  # no automatic gc after swarm's own commits
+    ("maintenance.auto", "false"),  # 2.29: `git maintenance run --auto` after commits
+)
+
+# Per-driver keys that run a program; neutralised when repository-level config defines them.
+_DRIVER_KEYS = {
+    "filter": {"clean": "", "smudge": "", "process": "", "required": "false"},
+    "diff": {"textconv": "", "command": ""},
+    "merge": {"driver": "false"},  # `false` fails the merge driver: a conflict, never code
+}
+# Plain keys that run a program when set in repository-level config.
+_EXEC_KEYS = {
+    "core.sshcommand": "ssh",
+    "core.gitproxy": "",
+    "core.askpass": "",
+    "credential.helper": "",
+    "core.alternaterefscommand": "",
+    "gpg.program": "gpg",
+    "gpg.ssh.program": "ssh-keygen",
+    "gpg.x509.program": "gpgsm",
+    "uploadpack.packobjectshook": "",
+}
+_UNTRUSTED_SCOPES = ("local", "worktree")
+
+# Variables that would redirect git away from the repository named by the working directory.
+GIT_LOCATION_VARS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
+
+
+def overrides(cwd: Path) -> list[str]:
+    """The ``-c`` arguments that make a git command in *cwd* immune to planted config."""
+    args: list[str] = []
+    for key, value in (*ALWAYS, *_repository_exec_settings(cwd)):
+        args += ["-c", f"{key}={value}"]
+    return args
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[object, ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _config_files(cwd: Path) -> list[Path]:
+    """The repository-level config files that apply in *cwd* (best effort, no git call)."""
+    files: list[Path] = []
+    dot_git = cwd / ".git"
+    git_dir: Path | None = None
+    if dot_git.is_dir():
+        git_dir = dot_git
+    elif dot_git.is_file():
+        try:
+            line = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            line = ""
+        if line.startswith("gitdir:"):
+            git_dir = (cwd / line.removeprefix("gitdir:").strip()).resolve()
+    if git_dir is None:
+        return files
+    files.append(git_dir / "config.worktree")
+    common = git_dir
+    commondir = git_dir / "commondir"
+    if commondir.is_file():
+        try:
+            common = (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+        except OSError:
+            return []
+    files += [common / "config", common / "config.worktree"]
+    return files
+
+
+def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
+    key: list[object] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            key.append((str(path), None))
+        else:
+            key.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(key)
+
+
+def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
+    """Overrides for program-running settings that the repository's own config defines."""
+    files = _config_files(cwd)
+    key = (str(cwd), _stat_key(files)) if files else None
+    if key is not None:
+        with _cache_lock:
+            cached = _cache.get(key)
+        if cached is not None:
+            return cached
+    result = _scan_repository_config(cwd)
+    if key is not None:
+        with _cache_lock:
+            if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
+                _cache.clear()
+            _cache[key] = result
+    return result
+
+
+def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
+    # `git config` only reads files: it runs no hook, fsmonitor or driver.
+    out = _execute(cwd, ["config", "--list", "--show-scope", "--name-only", "-z"], check=False)
+    found: dict[str, str] = {}
+    fields = out.stdout.split("\0")
+    # With -z each entry is "scope NUL name NUL".
+    for scope, name in zip(fields[0::2], fields[1::2], strict=False):
+        if scope not in _UNTRUSTED_SCOPES:
+            continue
+        lowered = name.lower()
+        if lowered in _EXEC_KEYS:
+            found[name] = _EXEC_KEYS[lowered]
+            continue
+        section, _, rest = name.partition(".")
+        driver, _, leaf = rest.rpartition(".")
+        keys = _DRIVER_KEYS.get(section.lower())
+        if keys is not None and driver and leaf.lower() in keys:
+            for neutral_leaf, value in keys.items():
+                found[f"{section}.{driver}.{neutral_leaf}"] = value
+    return tuple(sorted(found.items()))
+
+
+def drop_location_vars() -> None:
+    """Remove git's location variables from this process (GitPython copies os.environ)."""
+    for var in GIT_LOCATION_VARS:
+        os.environ.pop(var, None)
+
+
+def _execute(
+    cwd: Path,
+    args: Sequence[str],
+    *,
+    check: bool,
+    env: Mapping[str, str] | None = None,
+    input_bytes: bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    raw = _execute_bytes(cwd, args, check=check, env=env, input_bytes=input_bytes, timeout=timeout)
+    return subprocess.CompletedProcess(
+        raw.args,
+        raw.returncode,
+        raw.stdout.decode("utf-8", errors="replace"),
+        raw.stderr.decode("utf-8", errors="replace"),
+    )
+
+
+def _execute_bytes(
+    cwd: Path,
+    args: Sequence[str],
+    *,
+    check: bool,
+    env: Mapping[str, str] | None = None,
+    input_bytes: bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    # GitPython silently runs in the current directory when the given one is missing.
+    if not cwd.is_dir():
+        raise GitError(f"directory {cwd} does not exist")
+    drop_location_vars()
+    argv = ["git", *[str(a) for a in args]]
+    extra = {"GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    stdin_file = None
+    try:
+        if input_bytes is not None:
+            stdin_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
+            stdin_file.write(input_bytes)
+            stdin_file.seek(0)
+        status, stdout, stderr = gitpython.cmd.Git(cwd).execute(
+            argv,
+            istream=stdin_file,
+            with_extended_output=True,
+            with_exceptions=False,
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+            env=extra,
+            kill_after_timeout=timeout,
+        )
+    except GitCommandNotFound as exc:
+        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
+    except GitCommandError as exc:  # a timeout
+        raise CommandError(
+            argv, exc.status if isinstance(exc.status, int) else -1, str(exc)
+        ) from exc
+    finally:
+        if stdin_file is not None:
+            stdin_file.close()
+    out = stdout if isinstance(stdout, bytes) else (stdout or "").encode()
+    err = stderr.encode()  # GitPython decodes stderr whatever stdout_as_string says
+    if check and status != 0:
+        text = (out + err).decode("utf-8", errors="replace")
+        raise CommandError(argv, status, text)
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
+def _hardened(cwd: Path, args: Sequence[str]) -> list[str]:
+    # An empty diff.external breaks `git diff`, so the external diff is refused per command.
+    if args and args[0] in _PATCH_COMMANDS:
+        args = [args[0], "--no-ext-diff", *args[1:]]
+    return [*overrides(cwd), *args]
+
+
+_PATCH_COMMANDS = frozenset({"diff", "log", "show"})
+
+
+def run(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git *args`` in *cwd*, hardened, with stdout/stderr as text.
+
+    Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable,
+    BadInputError when git is missing.
+    """
+    data = input_text.encode() if input_text is not None else None
+    return _execute(
+        cwd, _hardened(cwd, args), check=check, env=env, input_bytes=data, timeout=timeout
+    )
+
+
+def run_bytes(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    input_bytes: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Like :func:`run`, with stdout and stderr as bytes (blobs, -z listings of odd names)."""
+    return _execute_bytes(cwd, _hardened(cwd, args), check=check, env=env, input_bytes=input_bytes)
+
+
+class ObjectReader:
+    """Reads objects through one persistent ``git cat-file --batch`` (GitPython), thread-safe."""
+
+    def __init__(self, cwd: Path) -> None:
+        if not cwd.is_dir():
+            raise GitError(f"directory {cwd} does not exist")
+        drop_location_vars()
+        self._git = gitpython.cmd.Git(cwd)
+        self._lock = threading.Lock()
+
+    def read(self, rev: str) -> bytes:
+        """The raw content of object *rev*; raises GitError when it does not exist."""
+        with self._lock:
+            try:
+                _sha, _kind, _size, data = self._git.get_object_data(rev)
+            except ValueError as exc:
+                raise GitError(f"object {rev} is missing") from exc
+        return bytes(data)
+
+    def close(self) -> None:
+        """Stop the persistent process."""
+        with self._lock:
+            self._git.clear_cache()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
