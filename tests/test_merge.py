@@ -379,3 +379,66 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
     prompt = (base_repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
     assert "- f.txt" in prompt
     assert checkout_snapshot(base_repo) == before
+
+
+LONG = "".join(f"row {i}\n" for i in range(1, 21))
+
+
+def long_edit(line: int, text: str, *, insert: bool = False) -> str:
+    rows = LONG.splitlines(keepends=True)
+    if insert:
+        rows.insert(line, text + "\n")  # after `line`
+    else:
+        rows[line - 1] = text + "\n"
+    return "".join(rows)
+
+
+HUNK_CASES: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = [
+    ("l3", {"long.txt": long_edit(3, "three")}, []),
+    ("l4", {"long.txt": long_edit(4, "four")}, []),  # touches l3: git conflicts
+    ("l6", {"long.txt": long_edit(6, "six")}, []),  # one unchanged line from l4
+    ("l6-again", {"long.txt": long_edit(6, "six again")}, []),
+    ("ins-after-8", {"long.txt": long_edit(8, "inserted", insert=True)}, []),
+    ("l9", {"long.txt": long_edit(9, "nine")}, []),
+    ("l11", {"long.txt": long_edit(11, "eleven")}, []),
+    ("l20", {"long.txt": long_edit(20, "twenty")}, []),
+    ("many", {"long.txt": long_edit(15, "fifteen").replace("row 17\n", "seventeen\n")}, []),
+]
+
+
+def test_hunk_level_prediction_equals_real_merges(base_repo: Path, brancher: Brancher) -> None:
+    (base_repo / "long.txt").write_text(LONG)
+    git(base_repo, "add", "long.txt")
+    git(base_repo, "commit", "-q", "-m", "a long file")
+    base = make_cases(base_repo, brancher, HUNK_CASES)
+    repo = open_repo(base_repo)
+    names = [name for name, _, _ in HUNK_CASES]
+    tips = {name: git(base_repo, "rev-parse", f"swarm/{name}") for name in names}
+    branches = [conflicts.Branch(name=n, tip=t, base=base) for n, t in tips.items()]
+
+    prediction = conflicts.predict(repo, branches, target=base)
+
+    real_pairs = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            files = real_merge(base_repo, tips[a], tips[b])
+            if files is not None:
+                real_pairs[a, b] = files
+    assert {k: tuple(sorted(v)) for k, v in prediction.pairs.items()} == real_pairs
+    assert ("l3", "l4") in real_pairs
+    assert ("l6", "l6-again") in real_pairs
+    assert ("l4", "l6") not in real_pairs
+    # Every branch touches long.txt, yet only pairs whose hunks touch needed git.
+    assert prediction.merge_trees < len(real_pairs) + 6
+
+
+def test_hunks_apart_needs_a_whole_unchanged_line() -> None:
+    line = lambda i: (2 * i, 2 * i)  # noqa: E731
+    after = lambda i: (2 * i + 1, 2 * i + 1)  # noqa: E731
+    assert conflicts.hunks_apart([line(3)], [line(5)])
+    assert not conflicts.hunks_apart([line(3)], [line(4)])
+    assert not conflicts.hunks_apart([line(3)], [line(3)])
+    assert not conflicts.hunks_apart([after(3)], [line(4)])
+    assert conflicts.hunks_apart([after(3)], [line(5)])
+    assert conflicts.hunks_apart([(2, 6)], [line(5)])
+    assert not conflicts.hunks_apart([(2, 6), line(9)], [line(8)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ class Changes:
     dirs: frozenset[str]
     deletes: bool
     lines: int
+    # Paths whose content changed as text with the mode kept: their hunks can decide a pair.
+    edited: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, entries: Iterable[tuple[str, str, int]]) -> Changes:
+    def of(cls, entries: Iterable[tuple[str, str, int]], *, edited: Iterable[str] = ()) -> Changes:
         """Build from ``(status letter, path, lines)`` entries."""
         paths: set[str] = set()
         dirs: set[str] = set()
@@ -45,7 +48,13 @@ class Changes:
             dirs.update(str(p) for p in PurePosixPath(path).parents if str(p) != ".")
             deletes = deletes or status == "D"
             lines += count
-        return cls(paths=frozenset(paths), dirs=frozenset(dirs), deletes=deletes, lines=lines)
+        return cls(
+            paths=frozenset(paths),
+            dirs=frozenset(dirs),
+            deletes=deletes,
+            lines=lines,
+            edited=frozenset(edited) & frozenset(paths),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,15 +100,79 @@ def changes(repo: git.Repo, base: str, tip: str) -> Changes:
     )  # fmt: skip
     status: dict[str, str] = {}
     lines: dict[str, int] = {}
+    same_mode: set[str] = set()
+    binary: set[str] = set()
     fields = iter(out.split("\0"))
     for field in fields:
         if field.startswith(":"):
             # --raw: ":<modes> <shas> <letter>" then the path in its own field.
-            status[next(fields)] = field.rsplit(" ", 1)[-1][:1]
+            path = next(fields)
+            status[path] = field.rsplit(" ", 1)[-1][:1]
+            old_mode, new_mode = field[1:].split(" ", 2)[:2]
+            if old_mode == new_mode:
+                same_mode.add(path)
         elif field:
             added, deleted, path = field.split("\t", 2)
             lines[path] = _count(added) + _count(deleted)
-    return Changes.of((letter, path, lines.get(path, 0)) for path, letter in status.items())
+            if added == "-":
+                binary.add(path)
+    edited = {p for p, letter in status.items() if letter == "M" and p in same_mode} - binary
+    return Changes.of(
+        ((letter, path, lines.get(path, 0)) for path, letter in status.items()), edited=edited
+    )
+
+
+# A hunk as a closed interval of the base file in doubled line numbers: line i is 2i, and an
+# insertion after line i is the point 2i+1 between two lines.
+Hunk = tuple[int, int]
+_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
+
+
+def hunks(repo: git.Repo, base: str, tip: str, paths: Iterable[str]) -> dict[str, list[Hunk]]:
+    """The base-side hunks (no context) of *paths* between *base* and *tip*, per path.
+
+    A path whose name git had to quote is left out: the caller then asks merge-tree.
+    """
+    wanted = sorted(paths)
+    if not wanted:
+        return {}
+    out = git.git(
+        repo.root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff",
+        "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/",
+        "--end-of-options", base, tip, "--", *(f":(literal){p}" for p in wanted),
+    )  # fmt: skip
+    found: dict[str, list[Hunk]] = {}
+    current: list[Hunk] | None = None
+    for line in out.splitlines():
+        if line.startswith("diff --git "):
+            current = None
+        elif line.startswith("--- "):
+            name = line[4:]
+            current = found.setdefault(name[2:], []) if name.startswith("a/") else None
+        elif current is not None and (match := _HUNK_RE.match(line)):
+            start, count = int(match[1]), int(match[2] or "1")
+            if count == 0:
+                current.append((2 * start + 1, 2 * start + 1))
+            else:
+                current.append((2 * start, 2 * (start + count - 1)))
+    return found
+
+
+def hunks_apart(ours: Sequence[Hunk], theirs: Sequence[Hunk]) -> bool:
+    """Whether an unchanged line separates every hunk of *ours* from every hunk of *theirs*.
+
+    Then git's three-way merge of the file is clean: it conflicts only on changes that overlap
+    or touch. False is not a proof of a conflict.
+    """
+    for a_lo, a_hi in ours:
+        for b_lo, b_hi in theirs:
+            lo, hi = (a_hi, b_lo) if a_hi < b_lo else (b_hi, a_lo)
+            if lo >= hi:
+                return False  # overlapping
+            # The first whole line (even number) after `lo` must come before `hi`.
+            if (lo + 1 if lo % 2 else lo + 2) >= hi:
+                return False
+    return True
 
 
 def _count(text: str) -> int:
@@ -182,6 +255,8 @@ def predict(
         if by_name[a].base != by_name[b].base or may_conflict(found[a], found[b]):
             to_check.append((a, b))
 
+    to_check = _decided_by_hunks(repo, to_check, by_name, found, target, target_changes, jobs)
+
     def run_one(item: tuple[str, str]) -> tuple[str, ...] | None:
         a, other = item
         ours = by_name[a].tip if other else target
@@ -203,6 +278,83 @@ def predict(
         changes=found,
         merge_trees=len(to_check),
     )
+
+
+# One side of a pair for the hunk check: (base, tip, name); the target's name is "".
+_Side = tuple[str, str, str]
+_Candidate = tuple[tuple[str, str], _Side, _Side, frozenset[str]]
+
+
+def _decided_by_hunks(
+    repo: git.Repo,
+    to_check: list[tuple[str, str]],
+    by_name: dict[str, Branch],
+    found: dict[str, Changes],
+    target: str,
+    target_changes: dict[str, Changes],
+    jobs: int,
+) -> list[tuple[str, str]]:
+    """Drop the pairs whose shared files were edited in hunks an unchanged line apart.
+
+    Many branches editing one common file (a changelog, an ``__init__.py``) would otherwise
+    cost a merge-tree per pair; one hunk listing per branch decides most of them.
+    """
+    candidates: list[_Candidate] = []
+    for item in to_check:
+        a, other = item
+        base = by_name[a].base
+        left: _Side = (base, by_name[a].tip, a)
+        if other and by_name[other].base == base:
+            right: _Side = (base, by_name[other].tip, other)
+            theirs = found[other]
+        elif not other and base in target_changes:
+            right, theirs = (base, target, ""), target_changes[base]
+        else:
+            continue
+        shared = _editable_overlap(found[a], theirs)
+        if shared:
+            candidates.append((item, left, right, shared))
+    if not candidates:
+        return to_check
+    plain = _without_merge_attributes(repo, set().union(*(c[3] for c in candidates)))
+    wanted: dict[_Side, set[str]] = {}
+    for _item, left, right, shared in candidates:
+        wanted.setdefault(left, set()).update(shared & plain)
+        wanted.setdefault(right, set()).update(shared & plain)
+    keys = list(wanted)
+    listed = _parallel(jobs, lambda k: hunks(repo, k[0], k[1], wanted[k]), keys)
+    by_side = dict(zip(keys, listed, strict=True))
+    decided = {
+        item
+        for item, left, right, shared in candidates
+        if shared <= plain
+        and all(
+            p in by_side[left]
+            and p in by_side[right]
+            and hunks_apart(by_side[left][p], by_side[right][p])
+            for p in shared
+        )
+    }
+    return [item for item in to_check if item not in decided]
+
+
+def _editable_overlap(ours: Changes, theirs: Changes) -> frozenset[str]:
+    """The paths both edited in place, when that is all they share (else empty)."""
+    clash = not (ours.paths.isdisjoint(theirs.dirs) and theirs.paths.isdisjoint(ours.dirs))
+    shared = ours.paths & theirs.paths
+    if ours.deletes or theirs.deletes or clash or not shared <= (ours.edited & theirs.edited):
+        return frozenset()
+    return shared
+
+
+def _without_merge_attributes(repo: git.Repo, paths: set[str]) -> set[str]:
+    """The *paths* with no ``merge`` attribute: git's own text merge applies to them."""
+    if not paths:
+        return set()
+    out = git.git(repo.root, "check-attr", "-z", "merge", "--", *sorted(paths))
+    fields = out.split("\0")
+    special = {fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] != "unspecified"}
+    return paths - special
 
 
 def _is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
