@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,33 @@ def test_version_regex_accepts_vendor_suffixes() -> None:
         assert g._VERSION_RE.match(text)
     out = subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout
     assert g._VERSION_RE.match(out)
+
+
+def test_repo_lock_excludes_threads_and_other_processes(repo: Path) -> None:
+    r = g.open_repo(repo)
+    order: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        entered.set()
+        with g.repo_lock(r):
+            order.append("thread")
+
+    probe = (
+        "import filelock, sys\n"
+        "try:\n"
+        "    filelock.FileLock(sys.argv[1], timeout=0).acquire()\n"
+        "except filelock.Timeout:\n"
+        "    sys.exit(3)\n"
+    )
+    with g.repo_lock(r):
+        worker = threading.Thread(target=second)
+        worker.start()
+        entered.wait(5)
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(r.state_dir / "repo.lock")], check=False
+        )
+        assert out.returncode == 3  # another process cannot take it while a thread holds it
+        order.append("main")
+    worker.join(10)
+    assert order == ["main", "thread"]
