@@ -301,3 +301,18 @@ def test_repo_lock_excludes_threads_and_other_processes(repo: Path) -> None:
         order.append("main")
     worker.join(10)
     assert order == ["main", "thread"]
+
+
+def test_write_config_file_reads_back_through_git(tmp_path: Path) -> None:
+    path = tmp_path / "gitconfig"
+    values = {
+        "user.name": 'Ann "the tester" \\ O\'Neil ; # not a comment',
+        "user.email": "ann@example.com",
+        "core.excludesFile": "/home/ann/.gitignore global",
+        "url.https://example.com/.insteadOf": "ex:",
+    }
+    g.write_config_file(path, values)
+    for key, value in values.items():
+        assert git(tmp_path, "config", "--file", str(path), "--get", key) == value
+    with pytest.raises(ValueError, match="not a git config key"):
+        g.write_config_file(path, {"nodot": "x"})

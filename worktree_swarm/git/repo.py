@@ -301,3 +301,32 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
 def status_porcelain(path: Path) -> str:
     """Return ``git status --porcelain=v1 -z --untracked-files=all`` of *path*, raw."""
     return git(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+
+
+def write_config_file(path: Path, items: Mapping[str, str]) -> None:
+    """Write a git config file of ``section[.subsection].name = value`` items, without git.
+
+    One file per task would otherwise cost a `git config` process per key. Values are always
+    quoted and escaped, so no value can start a section or a comment.
+    """
+    sections: dict[tuple[str, str | None], list[str]] = {}
+    for key, value in items.items():
+        section, _, rest = key.partition(".")
+        sub, _, name = rest.rpartition(".")
+        if not section or not name or "\n" in key:
+            raise ValueError(f"not a git config key: {key!r}")
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        sections.setdefault((section, sub or None), []).append(f'\t{name} = "{escaped}"')
+    text = ""
+    for (section, subsection), rows in sections.items():
+        head = f"[{section}]"
+        if subsection is not None:
+            head = f'[{section} "{_escape_sub(subsection)}"]'
+        text += head + "\n" + "\n".join(rows) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _escape_sub(sub: str) -> str:
+    return sub.replace("\\", "\\\\").replace('"', '\\"')

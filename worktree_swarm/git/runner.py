@@ -39,7 +39,7 @@ ALWAYS: tuple[tuple[str, str], ...] = (
 # Per-driver keys that run a program; neutralised when repository-level config defines them.
 _DRIVER_KEYS = {
     "filter": {"clean": "", "smudge": "", "process": "", "required": "false"},
-    "diff": {"textconv": "", "command": ""},
+    "diff": {"textconv": "cat", "command": "false"},  # and --no-ext-diff/--no-textconv
     "merge": {"driver": "false"},  # `false` fails the merge driver: a conflict, never code
 }
 # Plain keys that run a program when set in repository-level config.
@@ -175,8 +175,17 @@ def _execute(
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
     timeout: float | None = None,
+    shown_from: int = 0,
 ) -> subprocess.CompletedProcess[str]:
-    raw = _execute_bytes(cwd, args, check=check, env=env, input_bytes=input_bytes, timeout=timeout)
+    raw = _execute_bytes(
+        cwd,
+        args,
+        check=check,
+        env=env,
+        input_bytes=input_bytes,
+        timeout=timeout,
+        shown_from=shown_from,
+    )
     return subprocess.CompletedProcess(
         raw.args,
         raw.returncode,
@@ -193,12 +202,14 @@ def _execute_bytes(
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
     timeout: float | None = None,
+    shown_from: int = 0,
 ) -> subprocess.CompletedProcess[bytes]:
     # GitPython silently runs in the current directory when the given one is missing.
     if not cwd.is_dir():
         raise GitError(f"directory {cwd} does not exist")
     drop_location_vars()
     argv = ["git", *[str(a) for a in args]]
+    shown = ["git", *args[shown_from:]]
     extra = {"GIT_TERMINAL_PROMPT": "0", **(env or {})}
     stdin_file = None
     try:
@@ -220,7 +231,7 @@ def _execute_bytes(
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
     except GitCommandError as exc:  # a timeout
         raise CommandError(
-            argv, exc.status if isinstance(exc.status, int) else -1, str(exc)
+            shown, exc.status if isinstance(exc.status, int) else -1, str(exc)
         ) from exc
     finally:
         if stdin_file is not None:
@@ -229,15 +240,17 @@ def _execute_bytes(
     err = stderr.encode()  # GitPython decodes stderr whatever stdout_as_string says
     if check and status != 0:
         text = (out + err).decode("utf-8", errors="replace")
-        raise CommandError(argv, status, text)
+        raise CommandError(shown, status, text)
     return subprocess.CompletedProcess(argv, status, out, err)
 
 
-def _hardened(cwd: Path, args: Sequence[str]) -> list[str]:
+def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
+    """The argv to run, and where the command as asked starts in it (for error messages)."""
     # An empty diff.external breaks `git diff`, so the external diff is refused per command.
     if args and args[0] in _PATCH_COMMANDS:
-        args = [args[0], "--no-ext-diff", *args[1:]]
-    return [*overrides(cwd), *args]
+        args = [args[0], "--no-ext-diff", "--no-textconv", *args[1:]]
+    prefix = overrides(cwd)
+    return [*prefix, *args], len(prefix)
 
 
 _PATCH_COMMANDS = frozenset({"diff", "log", "show"})
@@ -257,8 +270,15 @@ def run(
     BadInputError when git is missing.
     """
     data = input_text.encode() if input_text is not None else None
+    argv, shown_from = _hardened(cwd, args)
     return _execute(
-        cwd, _hardened(cwd, args), check=check, env=env, input_bytes=data, timeout=timeout
+        cwd,
+        argv,
+        check=check,
+        env=env,
+        input_bytes=data,
+        timeout=timeout,
+        shown_from=shown_from,
     )
 
 

@@ -425,9 +425,7 @@ class TaskWorker:
         """A task's own global git config: the user's identity and ignore file, nothing else."""
         path = self._logs(task) / "gitconfig"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        for key, value in self._git_identity.items():
-            git.git(path.parent, "config", "--file", str(path), key, value)
+        git.write_config_file(path, self._git_identity)
         return path
 
     def _confinement(self, worktree: Path, logs: Path) -> sandbox.Confinement:
