@@ -290,7 +290,10 @@ def run_bytes(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Like :func:`run`, with stdout and stderr as bytes (blobs, -z listings of odd names)."""
-    return _execute_bytes(cwd, _hardened(cwd, args), check=check, env=env, input_bytes=input_bytes)
+    argv, shown_from = _hardened(cwd, args)
+    return _execute_bytes(
+        cwd, argv, check=check, env=env, input_bytes=input_bytes, shown_from=shown_from
+    )
 
 
 class ObjectReader:
