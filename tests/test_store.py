@@ -6,12 +6,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.core.models import CopyMode, ProcessIdentity, RunSettings, Task, TaskState
 from worktree_swarm.infra.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -25,7 +26,6 @@ from worktree_swarm.infra.store import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 MANAGER = ProcessIdentity(pid=4242, create_time=1700000000.25, pgid=4242)
 
@@ -484,3 +484,19 @@ def test_version_1_database_is_migrated_keeping_its_rows(db_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
     assert {"session_id", "cost_usd", "tokens_in", "tokens_out"} <= columns
+
+
+def test_run_settings_round_trip_and_old_rows() -> None:
+    settings = RunSettings(
+        jobs=3,
+        worktree_root=Path("/tmp/wt"),
+        copy_mode=CopyMode.HARDLINK,
+        sandbox_writable=("/tmp/cache",),
+        max_disk=10,
+    )
+    assert RunSettings.from_json(settings.to_json()) == settings
+    # Rows written by earlier versions: a missing root as "None", unknown keys, odd JSON.
+    old = RunSettings.from_json('{"worktree_root": "None", "jobs": 2, "gone": 1}')
+    assert old == RunSettings(jobs=2)
+    assert RunSettings.from_json("not json") == RunSettings()
+    assert RunSettings.from_json("[]") == RunSettings()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import shutil
 import tempfile
@@ -282,9 +281,9 @@ def _stop_task(repo: git.Repo, f: Finding, *, store: Store | None, grace: float)
     if lock.manager_alive(repo.state_dir):
         raise SwarmError(f"a manager now holds the repository and owns task {f.task_id}")
     run = store.get_run(f.run_id)
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
+    if run is not None:
         # The run's own kill_grace: its agents may need longer (or less) to checkpoint.
-        grace = float(json.loads(run.spec_json if run else "{}").get("kill_grace", grace))
+        grace = run.settings.kill_grace
     control.stop(repo, store, f.run_id, [f.task_id], grace=grace)
     return f"stopped task {f.task_id} (process tree killed, work checkpointed)"
 

@@ -18,7 +18,6 @@ Worktrees and branches of tasks that are not final are left alone: they belong t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -116,10 +115,9 @@ def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
     if isinstance(configured, str) and configured:
         roots.append(Path(os.path.normpath(repo.root / Path(configured).expanduser())))
     for run in store.runs() if store is not None else []:
-        with contextlib.suppress(ValueError, AttributeError):
-            recorded = json.loads(run.spec_json).get("worktree_root")
-            if isinstance(recorded, str) and recorded not in {"", "None"}:
-                roots.append(Path(recorded))
+        recorded = run.settings.worktree_root
+        if recorded is not None:
+            roots.append(recorded)
     return list(dict.fromkeys(norm(root) for root in roots))
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import TASK_ID_RE, RunSpec, Task, is_valid_task_id
+from worktree_swarm.core.models import TASK_ID_RE, CopyMode, RunSpec, Task, is_valid_task_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +56,7 @@ _DURATION_RE = re.compile(
     r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
 )
 _SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
-COPY_MODES = ("auto", "hardlink", "copy")
+COPY_MODES = tuple(mode.value for mode in CopyMode)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AUTHOR_RE = re.compile(r"[^<>\n]*[^<>\s][^<>\n]* <[^<>\s]+>")
 _MAX_PORT = 65535
@@ -110,7 +110,7 @@ class _Settings:
     link: tuple[str, ...] | None = None
     max_cost_usd: float | None = None
     max_disk: int | None = None
-    copy_mode: str | None = None
+    copy_mode: CopyMode | None = None
     sandbox: bool | None = None
     sandbox_writable: tuple[str, ...] | None = None
     allow_outside_writes: bool | None = None
@@ -621,11 +621,11 @@ def _link_dirs(value: object, where: str) -> tuple[str, ...]:
     return tuple(PurePosixPath(name).as_posix() for name in dirs)
 
 
-def _copy_mode(value: object, where: str) -> str:
+def _copy_mode(value: object, where: str) -> CopyMode:
     mode = _string(value, where)
     if mode not in COPY_MODES:
         raise BadInputError(f"{where}: {mode!r} is not one of {', '.join(COPY_MODES)}")
-    return mode
+    return CopyMode(mode)
 
 
 def _abs_paths(value: object, where: str) -> tuple[str, ...]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -89,11 +90,18 @@ class Task:
         return BRANCH_PREFIX + self.id
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSpec:
-    """A validated batch of tasks plus the run-wide settings."""
+class CopyMode(enum.StrEnum):
+    """How `copy` files reach a worktree."""
 
-    tasks: tuple[Task, ...]
+    AUTO = "auto"  # a copy-on-write clone where the filesystem can, else a byte copy
+    HARDLINK = "hardlink"
+    COPY = "copy"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSettings:
+    """The run-wide settings: stored with the run, read back by every later command."""
+
     jobs: int = 4
     worktree_root: Path | None = None
     commit_author: str = DEFAULT_COMMIT_AUTHOR
@@ -103,11 +111,66 @@ class RunSpec:
     max_cost_usd: float | None = None
     rate_limit_backoff: float = 30.0
     max_disk: int | None = None
-    copy_mode: str = "auto"
+    copy_mode: CopyMode = CopyMode.AUTO
     sandbox: bool = False
     sandbox_writable: tuple[str, ...] = ()
     allow_outside_writes: bool = False
+
+    def to_json(self) -> str:
+        """The settings as stored in the run's row."""
+        data: dict[str, object] = {}
+        for f in fields(RunSettings):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            data[f.name] = value
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> RunSettings:
+        """Read stored settings; unknown keys are ignored, missing ones take their default."""
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        values: dict[str, object] = {}
+        for f in fields(RunSettings):
+            if f.name not in data or data[f.name] is None:
+                continue
+            value = data[f.name]
+            if f.name == "worktree_root":
+                # Runs stored before this class wrote a missing root as the string "None".
+                if value == "None":
+                    continue
+                value = Path(str(value))
+            elif f.name == "copy_mode":
+                value = CopyMode(str(value))
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[f.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def settings(self) -> RunSettings:
+        """Only the run-wide settings (a RunSpec without its tasks)."""
+        return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec(RunSettings):
+    """A validated batch of tasks plus the run-wide settings."""
+
+    tasks: tuple[Task, ...]
     extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: RunSettings, tasks: tuple[Task, ...]) -> RunSpec:
+        """A spec of *tasks* under *settings* (e.g. read back from the store)."""
+        return cls(tasks=tasks, **{f.name: getattr(settings, f.name) for f in fields(RunSettings)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
+from worktree_swarm.core.models import CopyMode
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
@@ -197,7 +198,7 @@ def prune(repo: Repo) -> None:
 
 
 def copy_into(
-    src_root: Path, dst_root: Path, globs: Sequence[str], *, mode: str = "auto"
+    src_root: Path, dst_root: Path, globs: Sequence[str], *, mode: CopyMode = CopyMode.AUTO
 ) -> list[str]:
     """Copy files matching *globs* from *src_root* into *dst_root*, keeping relative paths.
 
@@ -248,18 +249,18 @@ def _files_under(path: Path) -> list[Path]:
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, ...).
 
 
-def _copy_file(src: Path, dst: Path, *, mode: str = "auto") -> None:
+def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
     if src.is_symlink():
         dst.symlink_to(src.readlink())
         return
-    if mode == "hardlink":
+    if mode == CopyMode.HARDLINK:
         try:
             os.link(src, dst)
         except OSError:
             pass  # another file system, or links not allowed: fall back to a clone or copy
         else:
             return
-    if mode != "copy" and _clone(src, dst):
+    if mode != CopyMode.COPY and _clone(src, dst):
         shutil.copystat(src, dst)
         return
     # A byte copy through Python (shutil.copy2 may use copy_file_range, which can clone).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import RunSettings, Task, TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -151,6 +151,11 @@ class RunRow:
     manager_pid: int | None
     manager_create_time: float | None
     spec_json: str
+
+    @property
+    def settings(self) -> RunSettings:
+        """The run-wide settings the run was started with."""
+        return RunSettings.from_json(self.spec_json)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import secrets
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -331,9 +330,8 @@ def _open_target(
 
 def _worktree_root(repo: git.Repo, store: Store, run_id: str) -> Path:
     run = store.get_run(run_id)
-    settings = json.loads(run.spec_json) if run is not None else {}
-    root = settings.get("worktree_root") if isinstance(settings, dict) else None
-    return Path(root) if root and root != "None" else paths.default_worktree_root(repo.root)
+    root = run.settings.worktree_root if run is not None else None
+    return root or paths.default_worktree_root(repo.root)
 
 
 def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False) -> None:

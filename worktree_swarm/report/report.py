@@ -6,7 +6,6 @@ prompts, reasons and logs is passed through :class:`Redactor` before it leaves t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -233,11 +232,7 @@ def _task_spec(row: TaskRow) -> Task:
 
 
 def _max_disk(run: RunRow) -> int | None:
-    try:
-        value = json.loads(run.spec_json).get("max_disk")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
+    return run.settings.max_disk
 
 
 def _disk(row: TaskRow) -> tuple[DiskUsage | None, bool]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,6 +153,4 @@ def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float
 def commit_author(store: Store, run_id: str) -> str:
     """The checkpoint/merge author configured for *run_id* (``Name <email>``)."""
     run = store.get_run(run_id)
-    settings = json.loads(run.spec_json) if run is not None else {}
-    author = settings.get("commit_author") if isinstance(settings, dict) else None
-    return author if isinstance(author, str) else DEFAULT_COMMIT_AUTHOR
+    return run.settings.commit_author if run is not None else DEFAULT_COMMIT_AUTHOR

@@ -10,19 +10,16 @@ workers as events.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from worktree_swarm import sandbox
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import RunSpec, Task, TaskState
+from worktree_swarm.core.models import RunSettings, RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
@@ -109,7 +106,7 @@ class Runner:
             repo_root=str(repo.root),
             jobs=spec.jobs,
             manager=supervisor.identity_of(os.getpid()),
-            spec_json=json.dumps(_spec_settings(spec)),
+            spec_json=spec.settings.to_json(),
         )
         store.add_tasks(run_id, [(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks])
         return cls(
@@ -131,7 +128,7 @@ class Runner:
             raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
         rows = store.tasks(run_id)
         tasks = tuple(task_from_json(row.spec_json) for row in rows)
-        spec = _spec_from_settings(json.loads(run.spec_json), tasks)
+        spec = RunSpec.of(RunSettings.from_json(run.spec_json), tasks)
         if spec.sandbox:
             sandbox.check_available()
         states = {}
@@ -318,19 +315,3 @@ class Runner:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
         if self._observer is not None:
             self._observer(kind, task_id, data)
-
-
-def _spec_settings(spec: RunSpec) -> dict[str, object]:
-    """The run-wide settings, stored so `swarm resume` can rebuild the RunSpec."""
-    settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    del settings["tasks"], settings["extra"]
-    settings["worktree_root"] = str(spec.worktree_root)
-    return settings
-
-
-def _spec_from_settings(settings: dict[str, object], tasks: tuple[Task, ...]) -> RunSpec:
-    known = {f.name for f in dataclasses.fields(RunSpec)} - {"tasks", "extra"}
-    values: dict[str, object] = {k: v for k, v in settings.items() if k in known}
-    values["worktree_root"] = Path(str(values["worktree_root"]))
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return RunSpec(tasks=tasks, **values)  # type: ignore[arg-type]
