@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunSettings, Task, TaskState
@@ -113,28 +113,36 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 RUN_STATUS_RUNNING = "running"
 
+
 # Columns update_task may write; the names are interpolated into SQL, so this list is the guard.
-_UPDATABLE = frozenset(
-    {
-        "state",
-        "reason",
-        "base_commit",
-        "attempts",
-        "started_at",
-        "ended_at",
-        "stop_requested",
-        "diff_files",
-        "diff_insertions",
-        "diff_deletions",
-        "cost_usd",
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "disk_apparent",
-        "disk_actual",
-        "worktree_removed_at",
-    }
-)
+class TaskFields(TypedDict, total=False):
+    """The task columns :meth:`Store.update_task` may set beside the state, with their types."""
+
+    reason: str
+    base_commit: str | None
+    attempts: int
+    started_at: float | None
+    ended_at: float | None
+    stop_requested: bool
+    diff_files: int | None
+    diff_insertions: int | None
+    diff_deletions: int | None
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None
+    disk_apparent: int | None
+    disk_actual: int | None
+    worktree_removed_at: float | None
+
+
+class TaskUpdate(TaskFields, total=False):
+    """Every task column :meth:`Store.update_task` may set."""
+
+    state: TaskState
+
+
+_UPDATABLE = TaskUpdate.__optional_keys__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -437,14 +445,14 @@ class Store:
                 ],
             )
 
-    def update_task(self, run_id: str, task_id: str, **fields: object) -> None:
+    def update_task(self, run_id: str, task_id: str, **fields: Unpack[TaskUpdate]) -> None:
         """Set the given columns of one task; unknown field names raise ValueError."""
         unknown = sorted(set(fields) - _UPDATABLE)
         if unknown:
             raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
         if not fields:
             return
-        values = [_column_value(name, value) for name, value in fields.items()]
+        values = [_column_value(name, value) for name, value in dict(fields).items()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._lock, self._write() as conn:
             cursor = conn.execute(

@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Unpack
 
 from worktree_swarm import sandbox
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -25,7 +26,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import MAIN, Guard, Violation
 from worktree_swarm.infra import supervisor
-from worktree_swarm.infra.store import Store, task_from_json
+from worktree_swarm.infra.store import Store, TaskFields, task_from_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import AgentGate
 from worktree_swarm.run.task_worker import Live, Outcome, TaskWorker, worktree_path
@@ -303,7 +304,7 @@ class Runner:
             if state is TaskState.PENDING:
                 self._set_state(task_id, TaskState.STOPPED, reason=reason)
 
-    def _set_state(self, task_id: str, state: TaskState, **fields: object) -> None:
+    def _set_state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
         self._states[task_id] = state
         self.store.update_task(self.run_id, task_id, state=state, **fields)
         data: dict[str, object] = {"state": state.value}

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 from worktree_swarm import sandbox
 from worktree_swarm.agents import AgentResult, adapter_for
@@ -25,7 +26,7 @@ from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.report import notes
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.disk_budget import DiskBudget
@@ -407,7 +408,7 @@ class TaskWorker:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _state(self, task_id: str, state: TaskState, **fields: object) -> None:
+    def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
         # Intermediate states are informational; the main thread records final ones.
         self.store.update_task(self.run_id, task_id, state=state, **fields)
         data: dict[str, object] = {"state": state.value}
