@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.models import ProcessIdentity, RunStatus, Task
 from worktree_swarm.infra.store import AttemptUsage, Store
 
 # The baseline: the same timeline, one createElementNS + appendChild per element, straight
@@ -173,7 +173,7 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
         ev("state", now, {"state": final})
         ended[task.id] = now
         slots[slot] = now
-    store.finish_run(run_id, status="finished", ended_at=max(slots))
+    store.finish_run(run_id, status=RunStatus.FINISHED, ended_at=max(slots))
     store.close()
     return run_id
 

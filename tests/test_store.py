@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import CopyMode, ProcessIdentity, RunSettings, Task, TaskState
+from worktree_swarm.core.models import (
+    CopyMode,
+    ProcessIdentity,
+    RunSettings,
+    RunStatus,
+    Task,
+    TaskState,
+)
 from worktree_swarm.infra.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -124,16 +131,16 @@ def test_set_manager_and_finish(store: Store) -> None:
     assert run is not None
     assert (run.manager_pid, run.manager_create_time) == (None, None)
     store.set_manager("r1", ProcessIdentity(pid=7, create_time=3.5, pgid=7))
-    store.finish_run("r1", status="failed")
+    store.finish_run("r1", status=RunStatus.STOPPED)
     run = store.get_run("r1")
     assert run is not None
-    assert (run.manager_pid, run.manager_create_time, run.status) == (7, 3.5, "failed")
+    assert (run.manager_pid, run.manager_create_time, run.status) == (7, 3.5, RunStatus.STOPPED)
     assert run.ended_at is not None
 
 
 def test_missing_run_updates_raise(store: Store) -> None:
     with pytest.raises(KeyError):
-        store.finish_run("ghost", status="done")
+        store.finish_run("ghost", status=RunStatus.FINISHED)
     with pytest.raises(KeyError):
         store.set_manager("ghost", None)
 

@@ -90,6 +90,15 @@ class Task:
         return BRANCH_PREFIX + self.id
 
 
+class RunStatus(enum.StrEnum):
+    """Where a run stands as a whole."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"  # `swarm stop` ended it
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM of the manager
+
+
 class CopyMode(enum.StrEnum):
     """How `copy` files reach a worktree."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import RunSettings, Task, TaskState
+from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -155,7 +155,7 @@ class RunRow:
     jobs: int
     created_at: float
     ended_at: float | None
-    status: str
+    status: RunStatus
     manager_pid: int | None
     manager_create_time: float | None
     spec_json: str
@@ -400,12 +400,12 @@ class Store:
             )
             _require_one(cursor, f"run {run_id}")
 
-    def finish_run(self, run_id: str, *, status: str, ended_at: float | None = None) -> None:
+    def finish_run(self, run_id: str, *, status: RunStatus, ended_at: float | None = None) -> None:
         """Mark *run_id* ended with *status*."""
         with self._lock, self._write() as conn:
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
-                (status, time.time() if ended_at is None else ended_at, run_id),
+                (RunStatus(status).value, time.time() if ended_at is None else ended_at, run_id),
             )
             _require_one(cursor, f"run {run_id}")
 
@@ -607,7 +607,9 @@ def _column_value(name: str, value: object) -> object:
 
 # Column names equal field names, so rows convert by keyword; only non-SQL types need care.
 def _run_row(r: sqlite3.Row) -> RunRow:
-    return RunRow(**dict(r))
+    values = dict(r)
+    values["status"] = RunStatus(values["status"])
+    return RunRow(**values)
 
 
 def _task_row(r: sqlite3.Row) -> TaskRow:

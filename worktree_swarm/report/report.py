@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.core.models import ProcessIdentity, RunStatus, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, format_size, usage
@@ -121,7 +121,7 @@ class RunReport:
     """Everything `swarm report` shows about one run."""
 
     run_id: str
-    status: str
+    status: RunStatus
     live: bool
     base_commit: str
     jobs: int
@@ -198,7 +198,7 @@ def build_report(
     )
     return RunReport(
         run_id=run.run_id,
-        status="running" if live else run.status,
+        status=RunStatus.RUNNING if live else run.status,
         live=live,
         base_commit=run.base_commit,
         jobs=run.jobs,

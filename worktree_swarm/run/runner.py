@@ -20,7 +20,7 @@ from typing import Unpack
 
 from worktree_swarm import sandbox
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import RunSettings, RunSpec, TaskState
+from worktree_swarm.core.models import RunSettings, RunSpec, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
@@ -182,12 +182,12 @@ class Runner:
             self.request_stop()
             self._drain()
             self._final_scan()
-            self.store.finish_run(self.run_id, status="interrupted")
-            self._emit("run_finished", None, {"status": "interrupted"})
+            self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
+            self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value})
             raise
-        status = "stopped" if self._stopping.is_set() else "finished"
+        status = RunStatus.STOPPED if self._stopping.is_set() else RunStatus.FINISHED
         self.store.finish_run(self.run_id, status=status)
-        self._emit("run_finished", None, {"status": status})
+        self._emit("run_finished", None, {"status": status.value})
         return dict(self._states)
 
     def request_stop(self) -> None:
