@@ -90,6 +90,14 @@ class Task:
         return BRANCH_PREFIX + self.id
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one launch of an agent ended, as recorded with the attempt."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
+
+
 class RunStatus(enum.StrEnum):
     """Where a run stands as a whole."""
 

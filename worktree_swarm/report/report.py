@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from worktree_swarm.core.models import ProcessIdentity, RunStatus, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, format_size, usage
@@ -286,7 +286,7 @@ def _task_report(
     reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
     spans = tuple(_spans(changes, end=end))
     retries = sum(
-        1 for prev in reports[:-1] if prev.outcome != TaskState.RATE_LIMITED.value
+        1 for prev in reports[:-1] if prev.outcome != AttemptOutcome.RATE_LIMITED
     )  # a resume after a rate limit is a new attempt, not a retry
     # started_at moves to each new attempt's start; the task's wall time begins at the first.
     starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]

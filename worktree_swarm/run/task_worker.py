@@ -20,7 +20,7 @@ from worktree_swarm import sandbox
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.core import paths
-from worktree_swarm.core.models import ProcessIdentity, RunSpec, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard
@@ -150,7 +150,7 @@ class TaskWorker:
         number = len(previous)
         session = next((a.session_id for a in reversed(previous) if a.session_id), None)
         retries_left = task.retries - sum(
-            a.outcome == TaskState.RATE_LIMITED.value for a in previous
+            a.outcome == AttemptOutcome.RATE_LIMITED for a in previous
         )
         repairs_left = task.repair
         streak = 0
@@ -318,9 +318,9 @@ class TaskWorker:
         """
         if attempt.ended_at is not None:
             outcome = {
-                TaskState.RATE_LIMITED.value: AgentOutcome.RATE_LIMITED,
-                "succeeded": AgentOutcome.SUCCESS,
-            }.get(attempt.outcome or "", AgentOutcome.FAILED)
+                AttemptOutcome.RATE_LIMITED: AgentOutcome.RATE_LIMITED,
+                AttemptOutcome.SUCCEEDED: AgentOutcome.SUCCESS,
+            }.get(AttemptOutcome(attempt.outcome or "failed"), AgentOutcome.FAILED)
             result = AgentResult(
                 outcome=outcome, reason=attempt.reason, session_id=attempt.session_id
             )
@@ -522,10 +522,12 @@ def repair_prompt(failure: CheckFailure) -> str:
     )
 
 
-def _attempt_outcome(result: AgentResult) -> str:
+def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
     if result.outcome is AgentOutcome.RATE_LIMITED:
-        return TaskState.RATE_LIMITED.value
-    return "succeeded" if result.outcome is AgentOutcome.SUCCESS else TaskState.FAILED.value
+        return AttemptOutcome.RATE_LIMITED
+    if result.outcome is AgentOutcome.SUCCESS:
+        return AttemptOutcome.SUCCEEDED
+    return AttemptOutcome.FAILED
 
 
 def _read_log(path: Path) -> str:
