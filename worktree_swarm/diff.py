@@ -9,6 +9,7 @@ from worktree_swarm import git
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.models import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.store import Store, TaskRow
+from worktree_swarm.words import plural
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +159,6 @@ def format_header(diff: TaskDiff) -> str:
     """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
     if diff.tip is None:
         return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
-    counts = f"{diff.files_changed} files +{diff.insertions} -{diff.deletions}"
+    counts = f"{plural(diff.files_changed, 'file')} +{diff.insertions} -{diff.deletions}"
     reason = f"  {diff.reason.splitlines()[0]}" if diff.reason and diff.state != "done" else ""
     return f"{diff.task_id}  {diff.state}  {counts}  {diff.branch}{reason}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
+from worktree_swarm import git
 from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import TASK_ID_RE, RunSpec, Task, is_valid_task_id
@@ -462,7 +463,7 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         )
     return replace(
         spec,
-        commit_author=layer.commit_author or spec.commit_author,
+        commit_author=layer.commit_author or git.user_identity(repo_root) or spec.commit_author,
         port_base=port_base,
         port_block=port_block,
         kill_grace=layer.kill_grace or spec.kill_grace,

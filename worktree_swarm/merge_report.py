@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from worktree_swarm.conflicts import Prediction
+from worktree_swarm.words import plural
 
 
 class Outcome(enum.StrEnum):
@@ -126,7 +127,7 @@ class MergeReport:
 def format_prediction(report: MergeReport) -> list[str]:
     """The conflict matrix in words."""
     p = report.prediction
-    head = f"prediction: {len(p.names)} branch(es) into {report.target_branch}"
+    head = f"prediction: {plural(len(p.names), 'branch', 'branches')} into {report.target_branch}"
     lines = [f"{head} ({report.target_before[:12]})"]
     if p.clean:
         lines.append("  no conflicts predicted")
