@@ -17,6 +17,7 @@ from types import FrameType
 import click
 
 from worktree_swarm import background, control, demo, disk_budget, git, status, worktrees
+from worktree_swarm.agents import claude_auth
 from worktree_swarm.disk import format_size
 from worktree_swarm.display import LiveTable, PlainObserver
 from worktree_swarm.errors import ExitCode, SwarmError
@@ -163,6 +164,7 @@ def run(
     )
     if spec.sandbox:
         require_sandbox()
+    claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
     disk_budget.preflight(repo, spec, git.head_commit(repo))
     if detach:
