@@ -320,8 +320,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
 
 def _why(row: status.TaskStatus) -> str:
     """What a task waits for, why it ended, and what happened to its branch since."""
-    why = row.waiting_for or (row.reason.splitlines()[0] if row.reason else "")
-    return "; ".join(part for part in (why, row.after) if part)
+    return "; ".join(part for part in (row.why, row.after) if part)
 
 
 def _disk_cell(row: status.TaskStatus) -> str:

@@ -83,10 +83,8 @@ class LiveTable:
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
         for row in task_status(self._store, self._run_id):
             elapsed = f"{row.elapsed_s:.0f}s" if row.elapsed_s is not None else ""
-            if row.waiting_for:
-                detail = row.waiting_for
-            elif row.reason:
-                detail = row.reason.splitlines()[0]
+            if row.why:
+                detail = row.why
             elif row.alive and row.task_id in logs:
                 detail = last_line(Path(logs[row.task_id]))
             else:

@@ -47,6 +47,12 @@ class TaskStatus:
     pr_state: str | None = None
 
     @property
+    def why(self) -> str:
+        """What it waits for, else why it ended (not repeating the state: `stopped`)."""
+        reason = self.reason.splitlines()[0] if self.reason else ""
+        return self.waiting_for or ("" if reason == self.state else reason)
+
+    @property
     def after(self) -> str:
         """What happened to the branch since it was done: merge result and pull request."""
         parts = []

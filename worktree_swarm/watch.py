@@ -47,7 +47,7 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
     diffstat = (
         f"{row.files_changed}f +{row.insertions} -{row.deletions}" if row.files_changed else "-"
     )
-    why = row.waiting_for or (row.reason.splitlines()[0] if row.reason else "") or row.after
+    why = "; ".join(part for part in (row.why, row.after) if part)
     return (
         Text("*" if marked else ""),
         Text(row.task_id),
