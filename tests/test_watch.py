@@ -195,3 +195,58 @@ def test_watch_in_tmux_shows_the_task_table(
         subprocess.run([*tmux, "kill-server"], check=False)
         gate.write_text("go")
         wait_for(lambda: manager_gone(repo), what="the manager to end")
+
+
+def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tests.github_server import NAME, OWNER, TOKEN, serve  # noqa: PLC0415
+
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    # GitHub names the repository from the fetch URL; pushes go to the local bare repository.
+    git(repo, "remote", "add", "origin", f"https://github.test/{OWNER}/{NAME}.git")
+    git(repo, "config", "remote.origin.pushurl", str(bare))
+    agent = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('[x] done\\n')\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    with serve() as fake:
+        fake.bare = bare
+        monkeypatch.setenv("SWARM_GITHUB_API_URL", fake.url)
+        app, store = open_app(repo)
+
+        async def drive() -> None:
+            async with app.run_test(size=(140, 40)) as pilot:
+                await until(pilot, lambda: app.selected == "aa", "aa selected")
+                await pilot.press("d")
+                diff_view = app.query_one("#diff-view")
+                await until(
+                    pilot, lambda: "+[x] done" in "\n".join(diff_view.lines), "the diff pane"
+                )
+                await pilot.press("w")
+                await until(pilot, lambda: any("worktree " in m for m in app.messages), "path")
+                assert str(repo.parent / "repo.swarm" / "aa") in app.messages[-1]
+                await pilot.press("space")
+                await pilot.press("down")
+                await pilot.press("space")
+                await pilot.press("m")
+                await until(
+                    pilot, lambda: any(m.startswith("merged into") for m in app.messages), "merge"
+                )
+                await until(pilot, lambda: app.rows["bb"].merge_result == "merged", "recorded")
+                assert app.rows["aa"].state == "done"
+                await pilot.press("p")
+                await until(pilot, lambda: any("PR #" in m or "pr failed" in m
+                                               for m in app.messages), "the PR")  # fmt: skip
+
+        try:
+            run_async(drive)
+        finally:
+            store.close()
+    assert any("PR #1 created" in m for m in app.messages), app.messages
+    assert fake.pulls[1]["head"]["ref"] == "swarm/bb"
