@@ -54,12 +54,19 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
             f"retry {task_id} once it has ended",
         )
     store.update_task(
-        run_id, task_id, state=TaskState.PENDING, reason="retry", stop_requested=False
+        run_id,
+        task_id,
+        state=TaskState.PENDING,
+        reason="retry requested",
+        stop_requested=False,
+        ended_at=None,
     )
     try:
         pid, log = background.detach(repo, ["-C", str(repo.root), "resume", "--run", run_id])
     except SwarmError:
-        store.update_task(run_id, task_id, state=row.state, reason=row.reason)
+        store.update_task(
+            run_id, task_id, state=row.state, reason=row.reason, ended_at=row.ended_at
+        )
         raise
     return ActionResult(ok=True, message=f"retrying {task_id} (manager pid {pid}, log {log})")
 
