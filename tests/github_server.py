@@ -204,9 +204,13 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
 
         def _list_issues(self, params: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:
             labels = {x for x in params.get("labels", [""])[0].split(",") if x}
+            # GitHub's default order is newest first (sort=created, direction=desc).
+            oldest_first = params.get("direction", ["desc"])[0] == "asc"
             items = [
                 i
-                for i in sorted(state.issues.values(), key=lambda i: i["number"])
+                for i in sorted(
+                    state.issues.values(), key=lambda i: i["number"], reverse=not oldest_first
+                )
                 if labels <= {lab["name"] for lab in i["labels"]} and i["state"] == "open"
             ]
             size = state.page_size or int(params.get("per_page", ["30"])[0])

@@ -107,6 +107,12 @@ def states(repo: Path) -> dict[str, str]:
         return {row.task_id: row.state.value for row in store.tasks(RUN_ID)}
 
 
+def merge_results(repo: Path) -> dict[str, str | None]:
+    """task id -> merge result (merged, conflicted, failed or None) of the recorded run."""
+    with Store(store_path(open_repo(repo))) as store:
+        return {row.task_id: row.merge_result for row in store.tasks(RUN_ID)}
+
+
 def real_merge(repo: Path, ours: str, theirs: str) -> tuple[str, ...] | None:
     """Merge for real in a scratch worktree: None when clean, else the conflicted files."""
     wt = repo.parent / "real-merge"

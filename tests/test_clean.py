@@ -347,3 +347,54 @@ def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], nee
     assert needle in out.stderr
     assert not (repo / ".git" / "swarm").exists()
     assert checkout_state(repo) == before
+
+
+def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
+    repo: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    integration = next(p for p in worktree_paths(repo) if "_integration-" in p)
+    branch = git(integration, "branch", "--show-current")
+    assert branch.startswith("swarm/integration-")
+
+    # doctor names it (for `swarm clean`), as information, not a problem.
+    found = report(repo, "doctor", code=0)
+    assert found[integration]["action"] == "keep"
+    assert "swarm clean --run" in found[integration]["fix"]
+
+    # Not landed yet: the worktree goes, the branch stays (it holds the merged work).
+    planned = report(repo, "clean", code=1)
+    assert planned[integration]["action"] == "remove_worktree"
+    assert planned[branch]["action"] == "keep"
+    assert "not merged into main" in planned[branch]["reason"]
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert integration not in worktree_paths(repo)
+    assert not Path(integration).exists()
+    assert git(repo, "branch", "--list", branch) != ""
+    assert report(repo, "doctor", code=0) == {}
+
+    # Once the user lands it, clean deletes the branch too.
+    git(repo, "merge", "-q", "--ff-only", branch)
+    done = report(repo, "clean", "--yes", code=0)
+    assert done[branch]["fixed"] is True
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path: Path) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    before = git(repo, "rev-parse", "HEAD")
+    out = swarm(repo, "clean", "--all", "--yes", "--force")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    assert not [p for p in worktree_paths(repo) if "_integration-" in p]
+    assert git(repo, "rev-parse", "HEAD") == before

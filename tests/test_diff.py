@@ -67,7 +67,7 @@ def test_diff_text_modes(tmp_path: Path) -> None:
         " 2 files changed, 2 insertions(+)",
     ]
     lines = patch.stdout.splitlines()
-    assert lines[0] == "two  done  1 files +0 -0  swarm/two"
+    assert lines[0] == "two  done  1 file +0 -0  swarm/two"
     assert "rename from old.txt" in lines
     assert "user edit" not in patch.stdout
     assert lines[-1] == "gone  done  (no branch swarm/gone)"
@@ -102,7 +102,9 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
     assert "  conflict  aa <-> bb: shared.txt" in merged.stdout.splitlines()
     assert "conflicted  bb  conflicts with swarm/integration-" in merged.stdout
     status = {t["task_id"]: t for t in json.loads(swarm(repo, "status", "--json").stdout)["tasks"]}
-    assert (status["aa"]["state"], status["bb"]["state"]) == ("merged", "conflicted")
+    assert (status["aa"]["state"], status["bb"]["state"]) == ("done", "done")
+    assert (status["aa"]["merge_result"], status["bb"]["merge_result"]) == ("merged", "conflicted")
+    assert status["bb"]["merge_target"].startswith("swarm/integration-")
     assert checkout_snapshot(repo) == before
 
 

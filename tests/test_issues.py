@@ -11,10 +11,11 @@ import pytest
 
 from tests.conftest import git
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
-from tests.test_run import swarm
+from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.github import client as github
 from worktree_swarm.github import issues
+from worktree_swarm.infra import lock
 
 
 @pytest.fixture
@@ -179,3 +180,38 @@ def test_swarm_run_issues_makes_one_task_per_issue(
         f"swarm/issue-{first}"
     )
     assert TOKEN not in out.stdout + out.stderr
+
+
+def test_detached_run_fetches_once_and_runs_exactly_the_validated_oldest_issues(
+    fake_github: FakeGitHub, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    oldest = fake_github.add_issue("first", labels=("bug",))
+    second = fake_github.add_issue("second", labels=("bug",))
+    fake_github.add_issue("newest", labels=("bug",))
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib\npathlib.Path('done.txt').write_text('x')\n")
+    out = swarm(
+        repo, "run", "--detach", "--agent", f"{sys.executable} {agent}",
+        "--issues-label", "bug", "--limit", "2", "--github-repo", f"{OWNER}/{NAME}",
+        "--api-url", fake_github.url,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    # An issue filed after validation does not reach the detached manager.
+    fake_github.add_issue("filed later", labels=("bug",))
+    wait_for(lambda: status_done(repo), what="the detached run to finish")
+    state_dir = repo / ".git" / "swarm"
+    wait_for(lambda: not lock.manager_alive(state_dir), what="the detached manager to end")
+    branches = git(repo, "branch", "--list", "swarm/*", "--format=%(refname:short)").split()
+    assert branches == [f"swarm/issue-{oldest}", f"swarm/issue-{second}"]
+    listed = fake_github.calls("GET", "/issues$")
+    assert len(listed) == 1
+    assert not list((repo / ".git" / "swarm").glob("detached-*.json"))
+
+
+def status_done(repo: Path) -> bool:
+    out = swarm(repo, "status", "--json")
+    if out.returncode != 0:
+        return False
+    tasks = json.loads(out.stdout)["tasks"]
+    return bool(tasks) and all(t["state"] == "done" for t in tasks)

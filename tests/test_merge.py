@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from tests.mergekit import RUN_ID, Brancher, real_merge, record_run, states
+from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, swarm
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.merge import conflicts
@@ -143,9 +143,11 @@ def test_merge_lands_every_non_conflicting_branch(base_repo: Path, brancher: Bra
     assert {"moved/g2.txt", "new.txt", "x", "other.txt"} <= set(tree)
     assert "d.txt" not in tree
     assert git(base_repo, "show", f"{branch}:f.txt").splitlines()[0] == "top"
-    st = states(base_repo)
-    assert {n for n, s in st.items() if s == "merged"} == merged
-    assert {n for n, s in st.items() if s == "conflicted"} == conflicted
+    # Merge results are facts beside the state: every task stays done (and can get a PR).
+    assert set(states(base_repo).values()) == {"done"}
+    results = merge_results(base_repo)
+    assert {n for n, r in results.items() if r == "merged"} == merged
+    assert {n for n, r in results.items() if r == "conflicted"} == conflicted
     # The user's checkout is untouched.
     assert checkout_snapshot(base_repo) == before
     assert (base_repo / "f.txt").read_text() == main_file
@@ -153,10 +155,10 @@ def test_merge_lands_every_non_conflicting_branch(base_repo: Path, brancher: Bra
     assert worktree.parent == base_repo.parent / "repo.swarm"
     assert git(worktree, "status", "--porcelain") == ""
 
-    # A second merge has nothing left that is done.
+    # A second merge has nothing left that was not tried against this branch.
     again = swarm(base_repo, "merge")
     assert again.returncode == 0, again.stderr
-    assert "prediction: 0 branch(es)" in again.stdout
+    assert "prediction: 0 branches" in again.stdout
 
 
 def test_failing_check_undoes_the_merge_and_the_rest_carry_on(
@@ -185,7 +187,8 @@ def test_failing_check_undoes_the_merge_and_the_rest_carry_on(
     tree = git(base_repo, "ls-tree", "-r", "--name-only", "swarm/integration-" + RUN_ID)
     assert "broken.txt" not in tree
     assert {"good.txt", "later.txt"} <= set(tree.split())
-    assert states(base_repo) == {"good": "merged", "breaks": "failed", "later": "merged"}
+    assert merge_results(base_repo) == {"good": "merged", "breaks": "failed", "later": "merged"}
+    assert set(states(base_repo).values()) == {"done"}
     assert checkout_snapshot(base_repo) == before
 
 
@@ -366,7 +369,7 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
         assert merged[4:6] == ["five first", "five second"]
         parents = git(base_repo, "log", "-1", "--format=%P", branch).split()
         assert len(parents) == 2
-        assert states(base_repo) == {"first": "merged", "second": "merged"}
+        assert merge_results(base_repo) == {"first": "merged", "second": "merged"}
     else:
         assert out.returncode == 1
         assert report["conflicted"] == ["second"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -288,3 +289,74 @@ def test_the_token_never_appears_in_output_state_logs_or_pull_requests(
             assert needle not in path.read_bytes(), path
     assert scanned > 20
     assert (repo / ".git" / "swarm" / "state.db").is_file()
+
+
+SHARED_AGENT = (
+    "import os, pathlib\n"
+    "tid = os.environ['SWARM_TASK_ID']\n"
+    "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
+    "pathlib.Path('shared.txt').write_text('written by ' + tid + '\\n')\n"
+)
+
+
+@pytest.fixture
+def clashing_run(repo: Path, tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two done tasks that both create shared.txt, and GITHUB_TOKEN set."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(SHARED_AGENT)
+    out = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    return origin
+
+
+def status_rows(repo: Path) -> dict[str, dict[str, object]]:
+    out = swarm(repo, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+
+
+def test_pr_after_a_local_merge_opens_pull_requests_for_every_done_task(
+    repo: Path, clashing_run: Path, fake_github: FakeGitHub
+) -> None:
+    fake_github.bare = clashing_run
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1  # bb conflicts with the integration branch
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    assert [ln.split()[:2] for ln in out.stdout.splitlines()] == [
+        ["aa", "created"],
+        ["bb", "created"],
+    ]
+    rows = status_rows(repo)
+    assert (rows["aa"]["state"], rows["bb"]["state"]) == ("done", "done")
+    assert (rows["aa"]["merge_result"], rows["bb"]["merge_result"]) == ("merged", "conflicted")
+    assert (rows["bb"]["pr_number"], rows["bb"]["pr_state"]) == (2, "open")
+    assert rows["bb"]["pr_url"] == "https://github.test/acme/widgets/pull/2"
+    text = swarm(repo, "status").stdout
+    assert "merged into swarm/integration-" in text
+    assert "PR #2 open" in text
+
+
+def test_pr_bodies_name_the_open_pull_requests_they_conflict_with(
+    repo: Path, clashing_run: Path, fake_github: FakeGitHub
+) -> None:
+    fake_github.bare = clashing_run
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    first, second = fake_github.pulls[1]["body"], fake_github.pulls[2]["body"]
+    heading = "**Predicted conflicts with other open swarm pull requests**"
+    # #1 was opened before #2 existed: it was updated once #2's number was known.
+    assert f"{heading}\n\n- #2 (task `bb`): `shared.txt`\n" in first
+    assert f"{heading}\n\n- #1 (task `aa`): `shared.txt`\n" in second
+
+    # bb stops touching shared.txt; updating the pull requests updates that section.
+    worktree = repo.parent / "repo.swarm" / "bb"
+    git(worktree, "rm", "-q", "shared.txt")
+    git(worktree, "commit", "-q", "-m", "leave shared.txt alone")
+    again = swarm_pr(repo, fake_github)
+    assert again.returncode == 0, again.stderr
+    assert heading not in fake_github.pulls[1]["body"]
+    assert heading not in fake_github.pulls[2]["body"]
+    assert len(fake_github.pulls) == 2

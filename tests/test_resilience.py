@@ -78,6 +78,7 @@ def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DIR", str(fake))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "fake-key")  # signed in, as far as swarm checks
     return fake
 
 

@@ -82,8 +82,6 @@ def test_pick_waits_for_dependencies_to_succeed() -> None:
     assert s.pick(states=states, running=["b"], slots=4) == []
     states["b"] = D
     assert s.pick(states=states, running=[], slots=4) == ["c"]
-    states["b"] = TaskState.MERGED
-    assert s.pick(states=states, running=[], slots=4) == ["c"]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +145,6 @@ FINAL_FAILURES = [
     TaskState.STOPPED,
     TaskState.NO_CHANGES,
     TaskState.BLOCKED,
-    TaskState.CONFLICTED,
 ]
 
 
@@ -166,7 +163,6 @@ def test_failed_dependency_blocks(state: TaskState) -> None:
         TaskState.RATE_LIMITED,
         TaskState.CHECKING,
         TaskState.DONE,
-        TaskState.MERGED,
     ],
 )
 def test_live_or_successful_dependency_does_not_block(state: TaskState) -> None:

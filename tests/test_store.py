@@ -75,7 +75,7 @@ def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) ->
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         conn.close()
 
@@ -507,3 +507,64 @@ def test_run_settings_round_trip_and_old_rows() -> None:
     assert old == RunSettings(jobs=2)
     assert RunSettings.from_json("not json") == RunSettings()
     assert RunSettings.from_json("[]") == RunSettings()
+
+
+def test_merged_and_conflicted_states_become_merge_facts_of_done_tasks(db_path: Path) -> None:
+    # Stores written before merge results had their own fields recorded them as task states.
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for statements in MIGRATIONS[:3]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO runs VALUES"
+            " ('old', 'abc', '/r', 2, 1.0, 2.0, 'finished', NULL, NULL, '{}')"
+        )
+        for position, (task_id, state, reason) in enumerate(
+            [
+                ("a", "merged", "merged into swarm/integration-old at 0123456789ab"),
+                ("b", "conflicted", "conflicts with swarm/integration-old in x.txt"),
+                ("c", "failed", "exit 1"),
+            ]
+        ):
+            conn.execute(
+                "INSERT INTO tasks (run_id, task_id, position, state, reason, branch, worktree,"
+                " spec_json) VALUES ('old', ?, ?, ?, ?, ?, '/w', '{}')",
+                (task_id, position, state, reason, f"swarm/{task_id}"),
+            )
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    with Store(db_path) as store:
+        rows = {row.task_id: row for row in store.tasks("old")}
+    assert {t: r.state.value for t, r in rows.items()} == {"a": "done", "b": "done", "c": "failed"}
+    assert (rows["a"].merge_result, rows["a"].reason) == ("merged", "")
+    assert rows["a"].merge_detail == "merged into swarm/integration-old at 0123456789ab"
+    assert rows["b"].merge_result == "conflicted"
+    assert (rows["c"].merge_result, rows["c"].reason) == (None, "exit 1")
+
+
+def test_merge_and_pull_request_fields_are_updatable(store: Store) -> None:
+    store.create_run(
+        run_id="r", base_commit="abc", repo_root="/r", jobs=1, manager=None, spec_json="{}"
+    )
+    store.add_tasks("r", [(Task(id="t", prompt="p"), "swarm/t", "/w/t")])
+    store.update_task(
+        "r",
+        "t",
+        state="done",
+        merge_result="conflicted",
+        merge_target="swarm/integration-r",
+        merge_detail="conflicts with swarm/integration-r in a.txt",
+        pr_number=7,
+        pr_url="https://github.example/o/n/pull/7",
+        pr_state="open",
+    )
+    row = store.task("r", "t")
+    assert row is not None
+    assert row.state.value == "done"
+    assert (row.merge_result, row.merge_target) == ("conflicted", "swarm/integration-r")
+    assert (row.pr_number, row.pr_url, row.pr_state) == (
+        7,
+        "https://github.example/o/n/pull/7",
+        "open",
+    )

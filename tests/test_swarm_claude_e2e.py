@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,72 @@ def test_placeholder_repaired_in_the_same_session_and_cost_not_double_counted(
     assert task_cost == pytest.approx(sum(attempt_costs))
     assert task_cost <= last["total_cost_usd"] + 1e-9
     assert all(c > 0 for c in attempt_costs)
+
+
+def sign_in(home: Path, token: str, *, expires_in: float = 3600.0) -> Path:
+    """What `claude` + `/login` leaves on Linux: a credentials file and the account."""
+    folder = home / ".claude"
+    folder.mkdir(exist_ok=True)
+    path = folder / ".credentials.json"
+    oauth = {
+        "accessToken": token,
+        "refreshToken": "refresh-token-of-the-user",
+        "expiresAt": int((time.time() + expires_in) * 1000),
+        "scopes": ["user:inference", "user:profile", "user:sessions:claude_code"],
+        "subscriptionType": "max",
+    }
+    path.write_text(json.dumps({"claudeAiOauth": oauth}))
+    path.chmod(0o600)
+    account = {"accountUuid": "u-1", "emailAddress": "me@example.com", "organizationUuid": "o-1"}
+    (home / ".claude.json").write_text(json.dumps({"oauthAccount": account, "numStartups": 7}))
+    return path
+
+
+def test_a_signed_in_user_runs_claude_tasks_without_extra_steps(
+    repo: Path, anthropic_stub: AnthropicStub
+) -> None:
+    home = Path(os.environ["HOME"])
+    credentials = sign_in(home, anthropic_stub.api_key)
+    user_config = (home / ".claude.json").read_text()
+    target = repo.parent / "repo.swarm" / "greet" / "hello.txt"
+    anthropic_stub.queue(
+        ToolUse(name="Write", input={"file_path": str(target), "content": "hi\n"}),
+        Text(text="Wrote it."),
+    )
+    env = without_claude_vars(dict(os.environ)) | claude_env(anthropic_stub, max_retries=0)
+    del env["ANTHROPIC_API_KEY"]  # only the sign-in authenticates
+    env["PATH"] = f"{Path(str(CLAUDE)).parent}{os.pathsep}{env['PATH']}"
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", "claude", "-t", "greet=hi"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/greet:hello.txt") == "hi"
+    # The task's own config dir got the sign-in and the account, nothing else of the user's.
+    config = next((repo / ".git" / "swarm" / "runs").glob("*/greet/agent-config"))
+    copied = json.loads((config / ".credentials.json").read_text())
+    assert copied == json.loads(credentials.read_text())
+    assert (config / ".credentials.json").stat().st_mode & 0o777 == 0o600
+    task_config = json.loads((config / ".claude.json").read_text())
+    assert task_config["oauthAccount"]["emailAddress"] == "me@example.com"
+    assert "numStartups" not in task_config or task_config["numStartups"] != 7
+    assert (home / ".claude.json").read_text() == user_config  # the user's config untouched
+    assert anthropic_stub.api_key not in out.stdout + out.stderr
+
+
+def test_run_refuses_before_anything_when_claude_is_not_signed_in(repo: Path) -> None:
+    env = without_claude_vars(dict(os.environ))
+    env["PATH"] = f"{Path(str(CLAUDE)).parent}{os.pathsep}{env['PATH']}"
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", "claude", "-t", "a=x"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        (
+            "swarm: claude is not signed in: run `claude` and `/login` once (or export"
+            " ANTHROPIC_API_KEY, or CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`)"
+        )
+    ]
+    assert not (repo / ".git" / "swarm").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -16,10 +17,12 @@ from types import FrameType
 import click
 
 from worktree_swarm import demo
+from worktree_swarm.agents import claude_auth
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import ExitCode, SwarmError
-from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.models import RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra.disk import format_size
@@ -27,10 +30,15 @@ from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.run import background, control, disk_budget
-from worktree_swarm.run.runner import Observer, Runner
+from worktree_swarm.run.runner import Observer, Runner, spec_from_json, spec_to_json
 from worktree_swarm.run.task_worker import worktree_path
 from worktree_swarm.sandbox import check_available as require_sandbox
 from worktree_swarm.ui.live import LiveTable, PlainObserver
+
+
+def _example(*lines: str) -> str:
+    """A command's help epilog: example command lines, kept as typed (no rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +63,13 @@ def _repo(ctx: click.Context) -> git.Repo:
     return git.open_repo(Path(ctx.obj["dir"]))
 
 
-@cli.command()
+@cli.command(
+    epilog=_example(
+        "swarm run tasks.toml --jobs 4",
+        "swarm run -t fix-login='Fix the login redirect loop' --check 'pytest -q'",
+        "swarm run --issues 12,15 --agent claude --detach",
+    )
+)
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @click.option("-t", "--task", "inline", multiple=True, metavar="ID=PROMPT", help="An inline task.")
 @click.option(
@@ -90,6 +104,7 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--from-spec", type=click.Path(path_type=Path), hidden=True)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -112,9 +127,14 @@ def run(
     api_url: str | None,
     detach: bool,
     as_json: bool,
+    from_spec: Path | None,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     repo = _repo(ctx)
+    if from_spec is not None:  # a detached manager: the task list its parent validated
+        spec = spec_from_json(from_spec.read_text(encoding="utf-8"))
+        from_spec.unlink()
+        return _run_spec(repo, spec, as_json=as_json)
     extra: list[tuple[str, str, str]] = []
     if issue_numbers or issues_label:
         from worktree_swarm.github import client as github  # noqa: PLC0415
@@ -144,16 +164,33 @@ def run(
     )
     if spec.sandbox:
         require_sandbox()
+    claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
     disk_budget.preflight(repo, spec, git.head_commit(repo))
     if detach:
-        argv = [a for a in ctx.obj["argv"] if a != "--detach"]
-        pid, log = background.detach(repo, argv)
+        # The issues were fetched and everything validated once, here: the manager gets
+        # exactly this task list instead of reading manifests and GitHub again.
+        repo.state_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(spec_to_json(spec))
+        argv = ["--debug"] if ctx.obj["debug"] else []
+        argv += ["-C", str(repo.root), "run", "--from-spec", name]
+        argv += ["--json"] if as_json else []
+        try:
+            pid, log = background.detach(repo, argv)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
         click.echo(
             f"swarm: manager running in the background (pid {pid}, log {log}); "
             "watch it with `swarm status` or `swarm logs TASK -f`"
         )
         return ExitCode.OK
+    return _run_spec(repo, spec, as_json=as_json)
+
+
+def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool) -> int:
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
         if git.status_porcelain(repo.root):
@@ -167,7 +204,7 @@ def run(
         )
 
 
-@cli.command("resume")
+@cli.command("resume", epilog=_example("swarm resume", "swarm resume --run 20260101-020304-ab12"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.pass_context
@@ -177,6 +214,11 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)
+        rows = store.tasks(run_id)
+        if rows and all(row.state.is_final for row in rows):
+            click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
+            ok = all(row.state is TaskState.DONE for row in rows)
+            return ExitCode.OK if ok else ExitCode.TASK_FAILED
         return _execute(
             store,
             lambda observer: Runner.resume(
@@ -223,7 +265,7 @@ def _print_summary(store: Store, run_id: str) -> None:
     width = max((len(r.task_id) for r in rows), default=4)
     for row in rows:
         stat = f"+{row.insertions} -{row.deletions}" if row.files_changed else ""
-        reason = f"  {row.reason.splitlines()[0]}" if row.reason else ""
+        reason = f"  {_why(row)}" if _why(row) else ""
         click.echo(f"{row.task_id:<{width}}  {row.state:<10} {stat:<12} {row.branch}{reason}")
     counts: dict[str, int] = {}
     for row in rows:
@@ -231,7 +273,7 @@ def _print_summary(store: Store, run_id: str) -> None:
     click.echo(f"run {run_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
-@cli.command("status")
+@cli.command("status", epilog=_example("swarm status", 'swarm status --json | jq ".tasks[].state"'))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
 @click.pass_context
@@ -252,24 +294,33 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     for r in rows:
         elapsed = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-"
         cost = f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-"
-        diff = f"{r.files_changed} files +{r.insertions} -{r.deletions}" if r.files_changed else "-"
+        diff = (
+            f"{plural(r.files_changed, 'file')} +{r.insertions} -{r.deletions}"
+            if r.files_changed
+            else "-"
+        )
         click.echo(
             f"{r.task_id:<20} {r.state:<12} {r.attempt:>3} {r.pid or '-':>7} "
             f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8} {_disk_cell(r):>7}  "
-            f"{diff}  {r.branch}" + (f"  {r.reason.splitlines()[0][:80]}" if r.reason else "")
+            f"{diff}  {r.branch}" + (f"  {_why(r)[:80]}" if _why(r) else "")
         )
     click.echo(
-        f"total: {totals['attempts']} attempts, ${totals['cost_usd']:.2f}, "
+        f"total: {plural(int(totals['attempts']), 'attempt')}, ${totals['cost_usd']:.2f}, "
         f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
     )
     present = sum(r.worktree_present for r in rows)
     removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
     click.echo(
         f"disk: {format_size(int(totals['disk_actual']))} used "
-        f"({format_size(int(totals['disk_apparent']))} apparent) by {present} worktrees"
+        f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
         + (f", {removed} removed" if removed else "")
     )
     return ExitCode.OK
+
+
+def _why(row: status.TaskStatus) -> str:
+    """What a task waits for, why it ended, and what happened to its branch since."""
+    return "; ".join(part for part in (row.why, row.after) if part)
 
 
 def _disk_cell(row: status.TaskStatus) -> str:
@@ -278,7 +329,7 @@ def _disk_cell(row: status.TaskStatus) -> str:
     return format_size(row.disk_actual)
 
 
-@cli.command()
+@cli.command(epilog=_example("swarm logs fix-login -f"))
 @click.argument("task_id", metavar="TASK")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the agent runs.")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
@@ -308,7 +359,7 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     return any(a.id == attempt_id and a.ended_at is not None for a in store.attempts(run_id))
 
 
-@cli.command()
+@cli.command(epilog=_example("swarm stop fix-login", "swarm stop   # every task of the latest run"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.pass_context
@@ -322,7 +373,22 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     return ExitCode.OK
 
 
-@cli.command("demo")
+@cli.command("watch", epilog=_example("swarm watch", "swarm watch --run 20260101-020304-ab12"))
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.pass_context
+def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
+    """Full-screen view of a run: tasks, live log, diff, conflicts; stop, retry, PR, merge.
+
+    Keys: s stop, r retry, p open/update PR, space mark, m merge marked, w worktree path
+    (copied), l/d/c log/diff/conflicts, q quit. Works in any terminal, also over SSH.
+    """
+    from worktree_swarm.ui import watch  # noqa: PLC0415 - Textual loads only for this command
+
+    watch.watch(_repo(ctx), run_id)
+    return ExitCode.OK
+
+
+@cli.command("demo", epilog=_example("swarm demo --keep"))
 @click.option("--keep", is_flag=True, help="Keep the throwaway repository and print its path.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True)
 def demo_cmd(keep: bool, jobs: int) -> int:
@@ -335,7 +401,7 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 # -- diff / merge commands --
 
 
-@cli.command("diff")
+@cli.command("diff", epilog=_example("swarm diff --stat", "swarm diff fix-login"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--stat", "mode", flag_value="stat", help="A diffstat per task instead of patches.")
@@ -362,11 +428,24 @@ def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, 
     return ExitCode.OK
 
 
-@cli.command("merge")
+@cli.command(
+    "merge",
+    epilog=_example(
+        "swarm merge --dry-run",
+        "swarm merge --check 'pytest -q'",
+        "swarm merge --into release fix-login login-tests",
+    ),
+)
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--into", metavar="BRANCH", help="Merge into this branch (not checked out anywhere).")
-@click.option("--strategy", type=click.Choice(["merge", "squash"]), default="merge")
+@click.option(
+    "--strategy",
+    type=click.Choice(["merge", "squash"]),
+    default="merge",
+    show_default=True,
+    help="merge: a merge commit per task; squash: one squashed commit per task.",
+)
 @click.option("--check", "checks", multiple=True, metavar="CMD", help="Run after each merge.")
 @click.option("--dry-run", is_flag=True, help="Only predict conflicts and the order.")
 @click.option("--resolve", is_flag=True, help="Hand conflicts to the task's agent, then check.")
@@ -411,7 +490,7 @@ def merge_cmd(
 # -- pr command --
 
 
-@cli.command("pr")
+@cli.command("pr", epilog=_example("swarm pr", "swarm pr fix-login --draft"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--remote", default="origin", show_default=True, help="The remote to push to.")
@@ -459,7 +538,7 @@ def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
     return click.option("--foreign", is_flag=True, help="Remove other tools' idle worktrees.")(f)
 
 
-@cli.command("clean")
+@cli.command("clean", epilog=_example("swarm clean   # a dry run", "swarm clean --all --yes"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--all", "all_runs", is_flag=True, help="Every recorded run.")
 @click.option("--orphans", is_flag=True, help="Find and fix orphans instead (= swarm doctor).")
@@ -502,7 +581,7 @@ def clean_cmd(
     return report.exit_code
 
 
-@cli.command("doctor")
+@cli.command("doctor", epilog=_example("swarm doctor", "swarm doctor --yes"))
 @_orphan_options
 @click.option("--yes", is_flag=True, help="Fix what was found (the default is a dry run).")
 @click.option("--force", is_flag=True, help="Also delete unmerged orphan branches.")
@@ -528,7 +607,7 @@ def doctor_cmd(
 # -- report command --
 
 
-@cli.command("report")
+@cli.command("report", epilog=_example("swarm report", "swarm report --html night.html"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option(
     "--html",
@@ -563,7 +642,7 @@ def report_cmd(
 # -- plan / note / notes commands --
 
 
-@cli.command("plan")
+@cli.command("plan", epilog=_example("swarm plan 'Add OAuth login' --out tasks.toml"))
 @click.argument("goal")
 @click.option(
     "--out",
@@ -608,7 +687,7 @@ def plan_cmd(
     return ExitCode.OK
 
 
-@cli.command("note")
+@cli.command("note", epilog=_example("swarm note 'tests need REDIS_URL=redis://localhost'"))
 @click.argument("text")
 @click.pass_context
 def note_cmd(ctx: click.Context, text: str) -> int:
@@ -620,7 +699,7 @@ def note_cmd(ctx: click.Context, text: str) -> int:
     return ExitCode.OK
 
 
-@cli.command("notes")
+@cli.command("notes", epilog=_example("swarm notes"))
 @click.option("--run", "run_id", help="A run id (default: $SWARM_CONTEXT, else the latest run).")
 @click.pass_context
 def notes_cmd(ctx: click.Context, run_id: str | None) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from worktree_swarm.agents import claude_auth
 from worktree_swarm.agents.base import (
     AgentResult,
     Outcome,
@@ -69,10 +70,12 @@ class ClaudeAdapter:
 
         Parallel instances corrupt a shared ``~/.claude.json`` (non-atomic writes, see
         docs/agents.md), so each task gets its own. Sessions live there too, so a resume must
-        use the same directory. Credentials are not copied: use ``ANTHROPIC_API_KEY``,
-        ``CLAUDE_CODE_OAUTH_TOKEN`` or an ``apiKeyHelper`` passed with ``--settings``.
+        use the same directory. A user signed in with ``claude`` gets that sign-in copied in
+        and kept in step across tasks (claude_auth.py); an API key or
+        ``CLAUDE_CODE_OAUTH_TOKEN`` in the environment is used as it is.
         """
         config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        claude_auth.prepare(config_dir, base)
         return {**base, "CLAUDE_CONFIG_DIR": str(config_dir)}
 
     def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:

@@ -29,6 +29,7 @@ from worktree_swarm.cleanup.fixes import (
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -36,6 +37,7 @@ from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"
+INTEGRATION_PREFIX = "swarm/integration-"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +143,17 @@ def plan_clean(
         targets = tuple(merge_targets(repo, base))
         cleaned = {e.task_id for e in store.events(run_id) if e.kind == CLEANED_EVENT}
         needed = needed_by_pending(store, run_id)
-        for task in store.tasks(run_id):
+        tasks = store.tasks(run_id)
+        if all(task.state.is_final for task in tasks):
+            found = _plan_integration(
+                repo, run_id, registered, targets=targets, keep_branches=keep_branches, force=force
+            )
+            findings += found
+            if any(f.action is Action.DELETE_BRANCH for f in found):
+                # Merged into an integration branch that goes too is merged nowhere.
+                gone = f"refs/heads/{integration_branch(run_id)}"
+                targets = tuple(t for t in targets if t != gone)
+        for task in tasks:
             if task.state.is_final:
                 findings += _plan_task(
                     repo,
@@ -203,6 +215,67 @@ def _plan_task(
             merged_into=targets if merged else (),
             run_id=task.run_id,
             task_id=task.task_id,
+        )
+    )
+    return found
+
+
+def integration_branch(run_id: str) -> str:
+    """The branch `swarm merge` integrates a run into (``swarm/integration-<run>``)."""
+    return INTEGRATION_PREFIX + run_id
+
+
+def _plan_integration(
+    repo: git.Repo,
+    run_id: str,
+    registered: dict[Path, WorktreeInfo],
+    *,
+    targets: tuple[str, ...],
+    keep_branches: bool,
+    force: bool,
+) -> list[Finding]:
+    """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced)."""
+    branch = integration_branch(run_id)
+    found: list[Finding] = []
+    dirty = kept = False
+    for info in registered.values():
+        if info.branch != branch or info.is_main:
+            continue
+        finding, dirty = worktree_finding(
+            repo,
+            info,
+            kind=Kind.WORKTREE,
+            reason=f"integration worktree of run {run_id} (`swarm merge`)",
+            force=force,
+            run_id=run_id,
+        )
+        kept = kept or finding.action is Action.KEEP
+        found.append(finding)
+    if keep_branches or kept or not git.branch_exists(repo, branch):
+        return found
+    tip = git.rev_parse(repo, f"refs/heads/{branch}") or ""
+    # Task branches count as merged once in an integration branch; this one must reach more.
+    landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
+    merged = None if dirty else merged_into(repo, tip, landing)
+    why = f"integration branch of run {run_id}"
+    if merged or force:
+        reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
+        action, fix = Action.DELETE_BRANCH, "delete it"
+    else:
+        onto = landing[0].removeprefix("refs/heads/") if landing else "your branch"
+        reason = f"{why}; not merged into {onto}"
+        action, fix = Action.KEEP, f"kept: land it (`git merge {branch}`) or use --force"
+    found.append(
+        Finding(
+            kind=Kind.BRANCH,
+            target=branch,
+            reason=reason,
+            action=action,
+            fix=fix,
+            problem=action is not Action.KEEP,
+            branch=branch,
+            merged_into=landing if merged else (),
+            run_id=run_id,
         )
     )
     return found
@@ -302,7 +375,7 @@ def format_report(report: Report) -> str:
         lines.append("nothing to clean")
     elif report.applied:
         fixed = sum(1 for r in report.results if r.fixed)
-        lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
+        lines.append(f"{fixed} fixed, {kept} kept, {plural(len(report.left), 'problem')} left")
     else:
         todo = len(report.findings) - kept
         lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")

@@ -262,8 +262,12 @@ def _worktrees(
             continue
         finding = _broken_worktree(ctx, info, force=force)
         if finding is None and any(path.is_relative_to(root) for root in ctx.roots):
-            if task is not None or _integration_run(info.branch) in ctx.bases:
-                continue  # a finished task's or a run's merge worktree: `swarm clean` decides
+            if task is not None:
+                continue  # a finished task's worktree: `swarm clean` decides
+            run_id = _integration_run(info.branch)
+            if run_id in ctx.bases:
+                found.append(_integration_worktree(info, str(run_id)))
+                continue
             reason = "registered under the worktree root, but no swarm task owns it"
             finding, dirty = worktree_finding(
                 ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force
@@ -278,6 +282,20 @@ def _worktrees(
         if finding.action is not Action.KEEP:
             removing.add(path)
     return found, removing, dirty_branches
+
+
+def _integration_worktree(info: WorktreeInfo, run_id: str) -> Finding:
+    """A run's `swarm merge` worktree, left after the merge: `swarm clean` removes it."""
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(info.path),
+        reason=f"integration worktree of run {run_id} (`swarm merge`), still there",
+        action=Action.KEEP,
+        fix=f"kept: `swarm clean --run {run_id} --yes` removes it (and its branch once merged)",
+        problem=False,
+        branch=info.branch,
+        run_id=run_id,
+    )
 
 
 def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Finding | None:

@@ -26,6 +26,7 @@ from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TASK_ID_RE, CopyMode, RunSpec, Task, is_valid_task_id
+from worktree_swarm.git import repo as git
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -463,7 +464,7 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         )
     return replace(
         spec,
-        commit_author=layer.commit_author or spec.commit_author,
+        commit_author=layer.commit_author or git.user_identity(repo_root) or spec.commit_author,
         port_base=port_base,
         port_block=port_block,
         kill_grace=layer.kill_grace or spec.kill_grace,

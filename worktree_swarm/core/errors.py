@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import shlex
 
 
 class ExitCode(enum.IntEnum):
@@ -46,4 +47,4 @@ class CommandError(SwarmError):
         self.output = output
         tail = output.strip().splitlines()[-5:]
         detail = (": " + " | ".join(tail)) if tail else ""
-        super().__init__(f"`{' '.join(argv[:4])}` exited {returncode}{detail}")
+        super().__init__(f"`{shlex.join(argv[:4])}` exited {returncode}{detail}")

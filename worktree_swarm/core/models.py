@@ -36,8 +36,6 @@ class TaskState(enum.StrEnum):
     NO_CHANGES = "no_changes"
     TIMED_OUT = "timed_out"
     STOPPED = "stopped"
-    MERGED = "merged"
-    CONFLICTED = "conflicted"
 
     @property
     def is_final(self) -> bool:
@@ -47,7 +45,7 @@ class TaskState(enum.StrEnum):
     @property
     def is_success(self) -> bool:
         """Whether the task delivered work."""
-        return self in {TaskState.DONE, TaskState.MERGED}
+        return self is TaskState.DONE
 
 
 _ACTIVE = frozenset(

@@ -180,6 +180,28 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return res.returncode == 0
 
 
+def user_identity(root: Path) -> str | None:
+    """The user's ``Name <email>`` as git config resolves it in *root*, or None when unset.
+
+    An agent CLI that commits itself uses this identity, so swarm's checkpoints do too.
+    """
+    name = git(root, "config", "--get", "user.name", check=False).strip()
+    email = git(root, "config", "--get", "user.email", check=False).strip()
+    author = f"{name} <{email}>"
+    if not name or not email or _AUTHOR_RE.fullmatch(author) is None:
+        return None
+    return author
+
+
+def trailers(task_id: str, attempt: int | None, agent: str) -> str:
+    """Commit-message trailers naming the task, attempt and agent of a checkpoint."""
+    lines = [f"Swarm-Task: {task_id}"]
+    if attempt is not None:
+        lines.append(f"Swarm-Attempt: {attempt}")
+    lines.append(f"Swarm-Agent: {agent}")
+    return "\n\n" + "\n".join(lines)
+
+
 def identity_env(author: str) -> dict[str, str]:
     """Environment making *author* (``Name <email>``) both author and committer."""
     match = _AUTHOR_RE.fullmatch(author.strip())

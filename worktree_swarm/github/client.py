@@ -249,8 +249,17 @@ class Client:
             raise
 
     def list_issues(self, *, labels: str, state: str = "open") -> Iterator[dict[str, Any]]:
-        """Issues (pull requests included, as GitHub returns them) with all of *labels*."""
-        params = {"labels": labels, "state": state, "per_page": "100"}
+        """Issues (pull requests included, as GitHub returns them) with all of *labels*.
+
+        Oldest first, asked for explicitly: GitHub's default is newest first.
+        """
+        params = {
+            "labels": labels,
+            "state": state,
+            "sort": "created",
+            "direction": "asc",
+            "per_page": "100",
+        }
         url: str | None = self._url(self._repo_path("issues"), params)
         while url is not None:
             reply = self._send("GET", url, None)

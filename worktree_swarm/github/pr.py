@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.git import repo as git
+from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import (
     Client,
     GitHubError,
@@ -39,6 +40,7 @@ class PullRequest:
     number: int
     url: str
     action: str  # "created" or "updated"
+    state: str = "open"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,11 +141,24 @@ def open_pull_requests(
     """
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
+    pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)
+    known = pr_conflicts.open_pulls(store.tasks(run_id))
+    sent: dict[str, tuple[pr_conflicts.Clash, ...]] = {}
     pulls: list[PullRequest] = []
     failures: list[PrFailure] = []
     for row in rows:
+        sent[row.task_id] = pr_conflicts.clashes(row.task_id, pairs, known)
         try:
-            pull = _one(repo, client, row, base=base, remote=remote, draft=draft, fallback=run_base)
+            pull = _one(
+                repo,
+                client,
+                row,
+                base=base,
+                remote=remote,
+                draft=draft,
+                fallback=run_base,
+                clashes=sent[row.task_id],
+            )
         except RateLimitError:
             raise
         except (GitHubError, SwarmError) as exc:
@@ -153,6 +168,10 @@ def open_pull_requests(
                 echo(f"{row.task_id}  failed  {reason}")
             continue
         pulls.append(pull)
+        known[row.task_id] = pull.number
+        store.update_task(
+            run_id, row.task_id, pr_number=pull.number, pr_url=pull.url, pr_state=pull.state
+        )
         store.add_event(
             run_id,
             "pull_request",
@@ -161,7 +180,29 @@ def open_pull_requests(
         )
         if echo is not None:
             echo(f"{pull.task_id}  {pull.action}  #{pull.number}  {pull.url}")
+    # A pull request opened before a conflicting one of the same batch did not know its number.
+    by_id = {row.task_id: row for row in rows}
+    for pull in pulls:
+        now = pr_conflicts.clashes(pull.task_id, pairs, known)
+        if now != sent[pull.task_id]:
+            row = by_id[pull.task_id]
+            task = task_from_json(row.spec_json)
+            tip = git.rev_parse(repo, f"refs/heads/{pull.branch}^{{commit}}") or ""
+            body = pr_body(repo, row, task, tip=tip, fallback_base=run_base, clashes=now)
+            client.update_pull(pull.number, title=pr_title(task), body=body)
     return PrReport(pulls=tuple(pulls), failures=tuple(failures))
+
+
+def _predicted_pairs(
+    repo: git.Repo, store: Store, run_id: str, *, base: str, fallback: str | None
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    target = git.rev_parse(repo, f"refs/heads/{base}^{{commit}}") or fallback
+    if target is None:
+        return {}
+    try:
+        return pr_conflicts.predict_pairs(repo, store, run_id, target=target)
+    except SwarmError:  # a prediction is a courtesy to reviewers; never a reason not to open
+        return {}
 
 
 def _one(
@@ -173,6 +214,7 @@ def _one(
     remote: str,
     draft: bool,
     fallback: str | None,
+    clashes: Sequence[pr_conflicts.Clash] = (),
 ) -> PullRequest:
     branch = _checked_branch(row)
     task = task_from_json(row.spec_json)
@@ -181,20 +223,23 @@ def _one(
         raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
     push_branch(repo, remote, branch, redact=client.token.redact)
     title = pr_title(task)
-    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback)
+    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes)
     existing = client.find_pull(branch)
     if existing is not None:
         reply = client.update_pull(int(existing["number"]), title=title, body=body)
         action = "updated"
+        state = str(reply.get("state") or existing.get("state") or "open")
     else:
         reply = client.create_pull(title=title, head=branch, base=base, body=body, draft=draft)
         action = "created"
+        state = str(reply.get("state") or "open")
     return PullRequest(
         task_id=row.task_id,
         branch=branch,
         number=int(reply["number"]),
         url=str(reply.get("html_url") or ""),
         action=action,
+        state=state,
     )
 
 
@@ -231,9 +276,15 @@ def pr_title(task: Task) -> str:
 
 
 def pr_body(
-    repo: git.Repo, row: TaskRow, task: Task, *, tip: str, fallback_base: str | None = None
+    repo: git.Repo,
+    row: TaskRow,
+    task: Task,
+    *,
+    tip: str,
+    fallback_base: str | None = None,
+    clashes: Sequence[pr_conflicts.Clash] = (),
 ) -> str:
-    """Prompt (trimmed, fenced), diff stat, checks and their result, cost, ``Closes #N``."""
+    """Prompt, diff stat, checks, conflicts with other open swarm PRs, cost, ``Closes #N``."""
     lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
     lines += ["**Prompt**", "", *_fenced(_trimmed(task.prompt)), ""]
     base = row.base_commit or fallback_base
@@ -246,11 +297,13 @@ def pr_body(
     lines.append("")
     if task.checks:
         # Only done tasks get a pull request, and done means every check passed.
-        result = "passed" if row.state in {TaskState.DONE, TaskState.MERGED} else "failed"
+        result = "passed" if row.state is TaskState.DONE else "failed"
         lines.append(f"**Checks:** {result}")
         lines += [f"- `{_code(shlex.join(argv))}`: {result}" for argv in task.checks]
     else:
         lines.append("**Checks:** none configured")
+    if clashes:
+        lines += ["", *pr_conflicts.section(clashes)]
     if row.cost_usd is not None:
         lines += ["", f"**Cost:** ${row.cost_usd:.2f}"]
     match = _ISSUE_TASK_RE.fullmatch(row.task_id)

@@ -108,6 +108,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN disk_actual INTEGER",
         "ALTER TABLE tasks ADD COLUMN worktree_removed_at REAL",
     ),
+    (
+        # What happened to a done task's branch afterwards: facts beside its state, never a
+        # state. Older stores recorded merges as the states `merged`/`conflicted`.
+        "ALTER TABLE tasks ADD COLUMN merge_result TEXT",
+        "ALTER TABLE tasks ADD COLUMN merge_target TEXT",
+        "ALTER TABLE tasks ADD COLUMN merge_commit TEXT",
+        "ALTER TABLE tasks ADD COLUMN merge_detail TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tasks ADD COLUMN pr_number INTEGER",
+        "ALTER TABLE tasks ADD COLUMN pr_url TEXT",
+        "ALTER TABLE tasks ADD COLUMN pr_state TEXT",
+        """
+        UPDATE tasks SET merge_result = state, merge_detail = reason, state = 'done', reason = ''
+        WHERE state IN ('merged', 'conflicted')
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -134,6 +149,13 @@ class TaskFields(TypedDict, total=False):
     disk_apparent: int | None
     disk_actual: int | None
     worktree_removed_at: float | None
+    merge_result: str | None
+    merge_target: str | None
+    merge_commit: str | None
+    merge_detail: str
+    pr_number: int | None
+    pr_url: str | None
+    pr_state: str | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -193,6 +215,13 @@ class TaskRow:
     disk_apparent: int | None = None
     disk_actual: int | None = None
     worktree_removed_at: float | None = None
+    merge_result: str | None = None
+    merge_target: str | None = None
+    merge_commit: str | None = None
+    merge_detail: str = ""
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -164,7 +164,7 @@ def spawn(
     """Start *argv* in its own session with output appended to *log_path*.
 
     stdin is /dev/null, stdout and stderr go to the log, and no shell is involved.
-    *env* is used as-is: build it with :func:`worktree_swarm.proc.clean_env`.
+    *env* is used as-is: build it with :func:`worktree_swarm.infra.proc.clean_env`.
     """
     if not argv:
         raise SwarmError("agent command is empty: set `agent` to a command array")

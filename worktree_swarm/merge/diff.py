@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
+from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store, TaskRow
 
@@ -158,6 +159,6 @@ def format_header(diff: TaskDiff) -> str:
     """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
     if diff.tip is None:
         return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
-    counts = f"{diff.files_changed} files +{diff.insertions} -{diff.deletions}"
+    counts = f"{plural(diff.files_changed, 'file')} +{diff.insertions} -{diff.deletions}"
     reason = f"  {diff.reason.splitlines()[0]}" if diff.reason and diff.state != "done" else ""
     return f"{diff.task_id}  {diff.state}  {counts}  {diff.branch}{reason}"

@@ -134,8 +134,8 @@ def merge(
     """
     say = echo or (lambda _line: None)
     argvs = parse_checks(checks)
-    candidates, skipped = select_candidates(repo, store, run_id, task_ids)
     branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
+    candidates, skipped = select_candidates(repo, store, run_id, task_ids, target=branch)
     start = _validate_target(repo, branch, into=into is not None)
     prediction = conflicts.predict(
         repo,
@@ -205,11 +205,17 @@ def merge(
 
 
 def select_candidates(
-    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    target: str | None = None,
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """The branches to merge, and the named tasks skipped (no branch, nothing to merge).
 
-    Without *task_ids*: every ``done`` task. Named tasks may be in any final state.
+    Without *task_ids*: every ``done`` task not yet tried against *target* (a merge into it
+    recorded a result). Named tasks may be in any final state and are always tried.
     """
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
@@ -220,7 +226,7 @@ def select_candidates(
                 f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
                 " (`swarm status`) before merging it"
             )
-        if not task_ids and row.state is not TaskState.DONE:
+        if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
             continue
         tip = branch_tip(repo, task_branch(row))
         base = task_base(store, row)
@@ -531,21 +537,29 @@ def _undo(s: _Session, pre: str) -> None:
 
 
 def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
-    states = {
-        Outcome.MERGED: TaskState.MERGED,
-        Outcome.CONFLICTED: TaskState.CONFLICTED,
-        Outcome.FAILED: TaskState.FAILED,
-    }
-    state = states.get(result.outcome)
-    if state is None:
+    # A merge result is a fact beside the task's state (still done), so `swarm pr` and a
+    # later merge into another branch keep working whatever happened here.
+    if result.outcome not in {Outcome.MERGED, Outcome.CONFLICTED, Outcome.FAILED}:
         return
     reason = result.reason or f"merged into {s.target.branch}"
     if result.outcome is Outcome.MERGED and result.commit:
         reason = f"merged into {s.target.branch} at {result.commit[:12]}"
-    s.store.update_task(s.run_id, c.task_id, state=state, reason=reason)
+    s.store.update_task(
+        s.run_id,
+        c.task_id,
+        merge_result=result.outcome.value,
+        merge_target=s.target.branch,
+        merge_commit=result.commit if result.outcome is Outcome.MERGED else None,
+        merge_detail=reason,
+    )
     s.store.add_event(
         s.run_id,
         "merge",
         task_id=c.task_id,
-        data={"outcome": result.outcome.value, "target": s.target.branch, "reason": reason},
+        data={
+            "outcome": result.outcome.value,
+            "target": s.target.branch,
+            "reason": reason,
+            "files": list(result.files),
+        },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from worktree_swarm.core.words import plural
 from worktree_swarm.merge.conflicts import Prediction
 
 
@@ -126,7 +127,7 @@ class MergeReport:
 def format_prediction(report: MergeReport) -> list[str]:
     """The conflict matrix in words."""
     p = report.prediction
-    head = f"prediction: {len(p.names)} branch(es) into {report.target_branch}"
+    head = f"prediction: {plural(len(p.names), 'branch', 'branches')} into {report.target_branch}"
     lines = [f"{head} ({report.target_before[:12]})"]
     if p.clean:
         lines.append("  no conflicts predicted")

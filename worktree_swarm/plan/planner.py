@@ -2,7 +2,7 @@
 
 The request is a cacheable prefix (tool schema, instructions, a bounded picture of the
 repository) followed by the goal. The answer comes back through a tool-use schema, is written as
-manifest TOML and validated by :func:`worktree_swarm.manifest.build_run_spec`, exactly like a
+manifest TOML and validated by :func:`worktree_swarm.config.manifest.build_run_spec`, exactly like a
 manifest written by hand. An invalid answer is sent back once with the validation error.
 Retries and backoff on 429/5xx are the SDK's own (``max_retries``).
 """

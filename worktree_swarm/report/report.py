@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.words import plural
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, format_size, usage
 from worktree_swarm.infra.redact import Redactor
@@ -87,6 +88,9 @@ class TaskReport:
     disk_apparent: int | None = None
     disk_actual: int | None = None
     worktree_present: bool = False
+    merge_result: str | None = None
+    merge_target: str | None = None
+    pr_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,8 +319,11 @@ def _task_report(
         files_changed=row.diff_files,
         insertions=row.diff_insertions,
         deletions=row.diff_deletions,
-        pr_number=None if pull is None else pull[0],
-        pr_url="" if pull is None else redact(pull[1]),
+        pr_number=row.pr_number if pull is None else pull[0],
+        pr_url=redact(row.pr_url or "") if pull is None else redact(pull[1]),
+        pr_state=row.pr_state,
+        merge_result=row.merge_result,
+        merge_target=row.merge_target,
         prompt=redact(spec.prompt[:PROMPT_CHARS]),
         checks_tail="" if logs is None else redact(tail(logs / "checks.log")),
         setup_tail="" if logs is None else redact(tail(logs / "setup.log")),
@@ -462,11 +469,15 @@ def format_text(report: RunReport) -> str:
     for t in report.tasks:
         diff = f"{t.files_changed}f +{t.insertions} -{t.deletions}" if t.files_changed else "-"
         tokens = "-" if t.tokens_in is None else f"{t.tokens_in}/{t.tokens_out or 0}"
-        merge = f"#{t.pr_number}" if t.pr_number else ("merged" if t.state == "merged" else "-")
+        merge = ", ".join(
+            part
+            for part in (t.merge_result or "", f"#{t.pr_number}" if t.pr_number else "")
+            if part
+        )
         lines.append(
             f"{t.task_id:<{width}}  {t.state:<12} {len(t.attempts):>3} {duration(t.wall_s):>8} "
             f"{money(t.cost_usd):>8} {tokens:>15} {format_size(t.disk_actual):>7}  "
-            f"{diff:<18} {merge}"
+            f"{diff:<18} {merge or '-'}"
         )
     s = report.totals
     states = ", ".join(f"{n} {name}" for name, n in s.states.items())
@@ -511,7 +522,7 @@ def disk_text(report: RunReport) -> str:
     measured = sum(t.disk_actual is not None for t in report.tasks)
     text = (
         f"{format_size(s.disk_actual)} ({format_size(s.disk_apparent)} apparent) "
-        f"in {measured} worktrees"
+        f"in {plural(measured, 'worktree')}"
     )
     if s.worktrees_removed:
         text += f", {s.worktrees_removed} removed since"

@@ -12,7 +12,7 @@ from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
-from worktree_swarm.infra.store import AttemptRow, Store
+from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +37,32 @@ class TaskStatus:
     worktree_present: bool = False
     disk_apparent: int | None = None
     disk_actual: int | None = None
+    agent: str = ""
+    waiting_for: str = ""
+    merge_result: str | None = None
+    merge_target: str | None = None
+    merge_detail: str = ""
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+
+    @property
+    def why(self) -> str:
+        """What it waits for, else why it ended (not repeating the state: `stopped`)."""
+        reason = self.reason.splitlines()[0] if self.reason else ""
+        return self.waiting_for or ("" if reason == self.state else reason)
+
+    @property
+    def after(self) -> str:
+        """What happened to the branch since it was done: merge result and pull request."""
+        parts = []
+        if self.merge_result == "merged":
+            parts.append(f"merged into {self.merge_target}")
+        elif self.merge_result:
+            parts.append(f"{self.merge_result} in {self.merge_target}")
+        if self.pr_number is not None:
+            parts.append(f"PR #{self.pr_number} {self.pr_state or 'open'}")
+        return ", ".join(parts)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -73,8 +99,10 @@ def task_status(
     """
     now = time.time() if now is None else now
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
+    tasks = store.tasks(run_id)
+    waits = waiting_reasons(store, run_id, tasks)
     rows = []
-    for task in store.tasks(run_id):
+    for task in tasks:
         attempt = last.get(task.task_id)
         alive = attempt is not None and attempt.ended_at is None and _alive(attempt)
         elapsed = None
@@ -106,9 +134,42 @@ def task_status(
                 worktree_present=present,
                 disk_apparent=None if used is None else used.apparent,
                 disk_actual=None if used is None else used.actual,
+                agent=task_from_json(task.spec_json).agent,
+                waiting_for=waits.get(task.task_id, ""),
+                merge_result=task.merge_result,
+                merge_target=task.merge_target,
+                merge_detail=task.merge_detail,
+                pr_number=task.pr_number,
+                pr_url=task.pr_url,
+                pr_state=task.pr_state,
             )
         )
     return rows
+
+
+def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str, str]:
+    """Why each pending task has not started: its reason if it has one, else derived."""
+    states = {t.task_id: t.state for t in tasks}
+    run = store.get_run(run_id)
+    running = sum(is_active(t.state) for t in tasks)
+    reasons = {}
+    for task in tasks:
+        if task.state is not TaskState.PENDING:
+            continue
+        if task.reason:
+            reasons[task.task_id] = task.reason
+            continue
+        deps = task_from_json(task.spec_json).depends_on
+        unfinished = [d for d in deps if states.get(d) is not TaskState.DONE]
+        if unfinished:
+            reasons[task.task_id] = f"waits for {', '.join(unfinished)}"
+        elif run is not None and run.ended_at is not None:
+            reasons[task.task_id] = "not started (the run ended)"
+        elif run is not None and running >= run.jobs:
+            reasons[task.task_id] = f"waits for a free slot ({running} running, jobs {run.jobs})"
+        else:
+            reasons[task.task_id] = "starting"
+    return reasons
 
 
 def _alive(attempt: AttemptRow) -> bool:

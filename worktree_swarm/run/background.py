@@ -15,6 +15,9 @@ from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import last_line
 
 START_TIMEOUT = 60.0
+# A detached manager outlives its Popen object on purpose; keeping the objects stops Python
+# from warning that a child is "still running" when a long-lived caller (swarm watch) drops one.
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
@@ -46,6 +49,7 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
         if code is not None:
             raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
         if lock.manager_alive(repo.state_dir) and lock.holder_pid(repo.state_dir) == child.pid:
+            _STARTED.append(child)
             return child.pid, log
         time.sleep(0.05)
     raise SwarmError(f"the background manager did not start within {START_TIMEOUT:g}s ({log})")

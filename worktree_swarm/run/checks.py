@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def run_steps(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as out:
         for argv in steps:
-            shown = " ".join(argv)
+            shown = shlex.join(argv)  # as the user would type it again, quoting kept
             out.write(f"$ {shown}\n")
             out.flush()
             try:

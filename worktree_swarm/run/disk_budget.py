@@ -201,7 +201,8 @@ class DiskBudget:
                 git.checkpoint(
                     path,
                     message=f"swarm: checkpoint {task_id} (before removing its worktree "
-                    "for max_disk)",
+                    "for max_disk)"
+                    + git.trailers(task_id, None, task.agent if task is not None else "unknown"),
                     author=self.spec.commit_author,
                     exclude=task.link if task is not None else (),
                 )

@@ -10,6 +10,7 @@ workers as events.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import secrets
@@ -26,14 +27,14 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import MAIN, Guard, Violation
 from worktree_swarm.infra import supervisor
-from worktree_swarm.infra.store import Store, TaskFields, task_from_json
+from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import AgentGate
 from worktree_swarm.run.task_worker import Live, Outcome, TaskWorker, worktree_path
 
 Observer = Callable[[str, str | None, Mapping[str, object]], None]
 
-__all__ = ["Observer", "Runner", "new_run_id", "worktree_path"]
+__all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
 
 
 def new_run_id() -> str:
@@ -122,7 +123,8 @@ class Runner:
 
         Final tasks stay as they are. A task whose last attempt is still open has that
         attempt adopted (a live agent is supervised again; a dead one is read from its log),
-        any other started task continues in its worktree, and pending tasks start as usual.
+        any other started task continues in its worktree, and pending tasks start as usual
+        (one put back to pending for a retry: a new attempt in its kept worktree).
         """
         run = store.get_run(run_id)
         if run is None:
@@ -147,7 +149,9 @@ class Runner:
         )
         for row in rows:
             attempts = store.attempts(run_id, row.task_id)
-            if not row.state.is_final and attempts:
+            # A task put back to pending (a retry) starts a new attempt in its kept worktree;
+            # any other unfinished one picks up where its last attempt was.
+            if not row.state.is_final and row.state is not TaskState.PENDING and attempts:
                 live = Live(task=runner._tasks[row.task_id], port_slot=0)
                 live.resume_from = attempts[-1]
                 runner._adopt[row.task_id] = live
@@ -316,3 +320,16 @@ class Runner:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
         if self._observer is not None:
             self._observer(kind, task_id, data)
+
+
+def spec_to_json(spec: RunSpec) -> str:
+    """The whole validated spec (settings and tasks) as JSON; :func:`spec_from_json` reads it."""
+    tasks = [json.loads(task_to_json(task)) for task in spec.tasks]
+    return json.dumps({"settings": json.loads(spec.settings.to_json()), "tasks": tasks})
+
+
+def spec_from_json(text: str) -> RunSpec:
+    """Restore a spec written by :func:`spec_to_json` (a detached manager's task list)."""
+    raw = json.loads(text)
+    tasks = tuple(task_from_json(json.dumps(task)) for task in raw["tasks"])
+    return RunSpec.of(RunSettings.from_json(json.dumps(raw["settings"])), tasks)

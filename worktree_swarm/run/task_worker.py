@@ -215,7 +215,8 @@ class TaskWorker:
         tip = git.checkpoint(
             path,
             message=f"swarm: checkpoint {task.id} attempt {number} "
-            f"({ended.cut_short or ended.result.outcome})",
+            f"({ended.cut_short or ended.result.outcome})"
+            + git.trailers(task.id, number, task.agent),
             author=self.spec.commit_author,
             exclude=task.link,
         )
@@ -230,9 +231,8 @@ class TaskWorker:
         return stat
 
     def _check(self, task: Task, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
-        if not (task.checks or task.expect_files or task.no_placeholders):
+        if not self._checking(task):
             return None
-        self._state(task.id, TaskState.CHECKING)
         with self._check_slots:
             return run_checks(
                 task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
@@ -304,6 +304,10 @@ class TaskWorker:
             finally:
                 self.guard.agent_ended(task.id)
             cost = self._record(attempt_id, task.id, ended, agent.poll())
+            if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
+                # Shown before the agent's slot goes to the next task, so no more tasks
+                # than `jobs` ever show `running` at once.
+                self._checking(task)
         finally:
             self.gate.release(cost_usd=cost)
             if box is not None:
@@ -415,6 +419,15 @@ class TaskWorker:
         if fields.get("reason"):
             data["reason"] = fields["reason"]
         self._emit("state", task_id, data)
+
+    def _checking(self, task: Task) -> bool:
+        """Show *task* as checking (once) if it has checks to run; whether it has."""
+        if not (task.checks or task.expect_files or task.no_placeholders):
+            return False
+        row = self.store.task(self.run_id, task.id)
+        if row is None or row.state is not TaskState.CHECKING:
+            self._state(task.id, TaskState.CHECKING)
+        return True
 
     def _waiting(self, task: Task) -> Callable[[str], None]:
         return lambda reason: self._state(task.id, TaskState.PENDING, reason=reason)

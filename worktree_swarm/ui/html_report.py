@@ -143,6 +143,7 @@ def _page_data(report: RunReport) -> dict[str, object]:
             "diskApp": t.disk_apparent,
             "wt": t.worktree_present,
             "pr": t.pr_number,
+            "merge": t.merge_result,
             "prUrl": t.pr_url,
             "prompt": t.prompt,
             "checks": t.checks_tail,
@@ -405,7 +406,7 @@ const COLUMNS = [
   ["tokens out", "tout", (t) => num(t.tout), "n"],
   ["disk", "disk", (t) => size(t.disk), "n"],
   ["diff", "files", (t) => (t.files ? `${t.files} files +${t.ins} -${t.del}` : "-")],
-  ["merge/PR", "pr", (t) => (t.pr ? `#${t.pr}` : t.state === "merged" ? "merged" : "-")],
+  ["merge/PR", "pr", (t) => [t.merge, t.pr ? `#${t.pr}` : ""].filter(Boolean).join(", ") || "-"],
 ];
 let order = tasks.map((_, i) => i);
 

@@ -14,6 +14,7 @@ from typing import Self, TextIO
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.supervisor import last_line
@@ -46,7 +47,8 @@ class PlainObserver:
                 {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
             )
         elif kind == "state":
-            reason = f" - {data['reason']}" if data.get("reason") else ""
+            said = str(data.get("reason") or "")
+            reason = f" - {said}" if said and said != data["state"] else ""
             line = f"{task_id}: {data['state']}{reason}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
@@ -81,15 +83,19 @@ class LiveTable:
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
         for row in task_status(self._store, self._run_id):
             elapsed = f"{row.elapsed_s:.0f}s" if row.elapsed_s is not None else ""
-            if row.reason:
-                detail = row.reason.splitlines()[0]
+            if row.why:
+                detail = row.why
             elif row.alive and row.task_id in logs:
                 detail = last_line(Path(logs[row.task_id]))
             else:
-                detail = ""
-            style = _STYLE.get(row.state, "")
-            state = f"[{style}]{row.state}[/]" if style else row.state
-            table.add_row(row.task_id, state, elapsed, detail[:70])
+                detail = row.after
+            # Agent output and reasons are data: Text never reads `[agent]` as markup.
+            table.add_row(
+                Text(row.task_id),
+                Text(row.state, style=_STYLE.get(row.state, "")),
+                Text(elapsed),
+                Text(detail[:70]),
+            )
         return table
 
     def __enter__(self) -> Self:

@@ -1,0 +1,145 @@
+"""What a user reads: plain progress lines, the live table, help, and who authored checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.conftest import git
+from tests.test_run import argv_toml, manifest, swarm
+from worktree_swarm import cli
+from worktree_swarm.core.models import Task
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run.runner import store_path
+from worktree_swarm.ui.live import LiveTable, PlainObserver
+
+WRITER = "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+
+
+def test_plain_output_never_shows_more_running_tasks_than_jobs(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = write_agent(WRITER)
+    tasks = "".join(f'[[task]]\nid = "t{i}"\nprompt = "p"\n' for i in range(5))
+    check = argv_toml([sys.executable, "-c", "pass"])
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n"
+                    f"checks = [{check}]\n{tasks}")  # fmt: skip
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stderr
+    latest: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        task_id, _, rest = line.partition(": ")
+        if task_id.startswith("t") and rest:
+            latest[task_id] = rest.split(" - ")[0]
+            running = sum(state == "running" for state in latest.values())
+            assert running <= 2, out.stdout
+    assert set(latest.values()) == {"done"}
+
+
+def test_a_reason_equal_to_the_state_is_not_repeated() -> None:
+    out = io.StringIO()
+    observe = PlainObserver(out)
+    observe("state", "a", {"state": "stopped", "reason": "stopped"})
+    observe("state", "b", {"state": "failed", "reason": "[agent] giving up"})
+    assert out.getvalue().splitlines() == ["a: stopped", "b: failed - [agent] giving up"]
+
+
+def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
+    repo: Path,
+) -> None:
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=None,
+            spec_json="{}",
+        )  # fmt: skip
+        store.add_tasks(
+            "r",
+            [
+                (Task(id="a", prompt="p"), "swarm/a", "/w/a"),
+                (Task(id="b", prompt="p", depends_on=("a",)), "swarm/b", "/w/b"),
+                (Task(id="c", prompt="p"), "swarm/c", "/w/c"),
+            ],
+        )
+        store.update_task("r", "a", state="running", reason="[agent] giving up on list[str]")
+        console = Console(file=io.StringIO(), width=160, color_system=None)
+        table = LiveTable(store, console)
+        table("run_started", None, {"run_id": "r"})
+        console.print(table._table())
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "[agent] giving up on list[str]" in text
+    assert "waits for a" in text
+    assert "waits for a free slot (1 running, jobs 1)" in text
+
+
+def test_every_command_help_has_an_example_and_merge_strategy_a_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, command in cli.cli.commands.items():
+        assert cli.main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "Examples:\n    swarm " in text, name
+        assert command.help, name
+    cli.main(["merge", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "squash: one squashed commit per task. [default: merge]" in text
+
+
+def test_resume_of_a_finished_run_says_so_and_starts_nothing(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    assert swarm(repo, "run", "--agent", " ".join(write_agent(WRITER)), "-t", "a=p").returncode == 0
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stderr
+    assert "started" not in out.stdout
+    assert out.stdout.startswith("run ")
+    assert "has finished; nothing to resume" in out.stdout
+
+
+def test_checkpoints_are_authored_by_the_user_with_trailers(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    git(repo, "config", "user.name", "Ada Lovelace")
+    git(repo, "config", "user.email", "ada@example.com")
+    agent = " ".join(write_agent(WRITER))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=p").returncode == 0
+    log = git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%B", "swarm/a")
+    author, committer, body = log.split("|", 2)
+    assert author == committer == "Ada Lovelace <ada@example.com>"
+    trailers = git(repo, "log", "-1", "--format=%(trailers:only,unfold)", "swarm/a")
+    assert trailers.splitlines() == ["Swarm-Task: a", "Swarm-Attempt: 1", "Swarm-Agent: command"]
+    assert body.startswith("swarm: checkpoint a attempt 1")
+
+    (repo / "swarm.toml").write_text('commit_author = "Night Shift <night@x.org>"\n')
+    git(repo, "add", "swarm.toml")
+    git(repo, "commit", "-q", "-m", "config")
+    assert swarm(repo, "run", "--agent", agent, "-t", "b=p").returncode == 0
+    assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/b") == "Night Shift <night@x.org>"
+
+
+def test_a_failing_check_is_named_with_its_quoting(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = " ".join(write_agent(WRITER))
+    check = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    out = swarm(repo, "run", "--agent", agent, "--check", check, "-t", "a=p")
+    assert out.returncode == 1
+    reason = json.loads(swarm(repo, "status", "--json").stdout)["tasks"][0]["reason"]
+    assert reason.startswith(f"check `{sys.executable} -c 'import sys; sys.exit(3)'` exited 3")
+
+
+def test_status_plurals(repo: Path, write_agent: Callable[[str], list[str]]) -> None:
+    assert swarm(repo, "run", "--agent", " ".join(write_agent(WRITER)), "-t", "a=p").returncode == 0
+    text = swarm(repo, "status").stdout
+    assert " 1 file +1 -0 " in text
+    assert "1 attempt," in text
+    assert "1 files" not in text
+    assert "1 worktrees" not in text
+    assert subprocess.run(["git", "--version"], check=True, capture_output=True).returncode == 0

@@ -1,0 +1,252 @@
+"""`swarm watch` on real runs: Textual's headless pilot drives the keys; tmux shows the screen."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import git
+from tests.test_run import argv_toml, manifest, swarm, wait_for
+from worktree_swarm.git import repo as swarm_git
+from worktree_swarm.infra.store import Store
+from worktree_swarm.report import status
+from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.ui.watch import WatchApp, cells
+
+# Writes a file, says so, then waits for a marker file (or runs forever without one).
+SLOW_AGENT = """
+import os, pathlib, sys, time
+pathlib.Path(os.environ["SWARM_TASK_ID"] + ".txt").write_text("work\\n")
+print("[agent] started", flush=True)
+gate = pathlib.Path(sys.argv[1])
+while not gate.exists():
+    time.sleep(0.05)
+print("[agent] finished", flush=True)
+"""
+
+
+def run_async(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(fn())
+
+
+async def until(pilot: Any, predicate: Callable[[], bool], what: str, wait: float = 60) -> None:
+    """Let the app run until *predicate* holds (polling, with a deadline)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def start_detached(repo: Path, write_agent: Callable[[str], list[str]], ids: list[str]) -> Path:
+    gate = repo.parent / "gate"
+    agent = [*write_agent(SLOW_AGENT), str(gate)]
+    tasks = "".join(f'[[task]]\nid = "{i}"\nprompt = "work on {i}"\n' for i in ids)
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
+    out = swarm(repo, "run", "--detach", path)
+    assert out.returncode == 0, out.stderr
+    return gate
+
+
+def open_app(repo: Path) -> tuple[WatchApp, Store]:
+    r = swarm_git.open_repo(repo)
+    store = status.open_store(r)
+    return WatchApp(r, store, status.resolve_run(store, None)), store
+
+
+def agent_pid(store: Store, run_id: str, task_id: str) -> int | None:
+    attempts = store.attempts(run_id, task_id)
+    if not attempts or attempts[-1].ended_at is not None:
+        return None
+    return attempts[-1].pid
+
+
+def manager_gone(repo: Path) -> bool:
+    r = swarm_git.open_repo(repo)
+    from worktree_swarm.infra import lock  # noqa: PLC0415
+
+    return not lock.manager_alive(r.state_dir)
+
+
+def test_stop_key_stops_a_real_agent_and_retry_starts_one(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    gate = start_detached(repo, write_agent, ["alpha", "beta"])
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: agent_pid(store, app.run_id, "alpha") is not None, "alpha")
+            await until(pilot, lambda: app.selected == "alpha", "alpha selected")
+            pid = agent_pid(store, app.run_id, "alpha")
+            assert pid is not None
+            assert psutil.pid_exists(pid)
+            # The log pane follows the agent's output; brackets are text, not markup.
+            await until(
+                pilot,
+                lambda: "[agent] started" in "\n".join(app.query_one("#log-view").lines),
+                "the log line",
+            )
+            await pilot.press("s")
+            await until(pilot, lambda: not _alive(pid), "the stopped agent to be gone")
+            await until(pilot, lambda: app.rows["alpha"].state == "stopped", "alpha stopped")
+            assert app.rows["beta"].state == "running"
+            # beta finishes, the manager ends; then a retry starts a new agent for alpha.
+            gate.write_text("go")
+            await until(pilot, lambda: app.rows["beta"].state == "done", "beta done", 90)
+            await until(pilot, lambda: manager_gone(repo), "the manager to end")
+            await pilot.press("r")
+            await until(
+                pilot, lambda: len(store.attempts(app.run_id, "alpha")) == 2, "a new attempt", 90
+            )
+            await until(pilot, lambda: app.rows["alpha"].state == "done", "alpha done", 90)
+            assert any(m.startswith("retrying alpha") for m in app.messages), app.messages
+
+    try:
+        run_async(drive)
+    finally:
+        gate.write_text("go")
+        wait_for(lambda: manager_gone(repo), what="the manager to end")
+        store.close()
+    second = store_attempts(repo, "alpha")
+    assert second[-1].number == 2
+    assert git(repo, "show", "swarm/alpha:alpha.txt") == "work"
+
+
+def store_attempts(repo: Path, task_id: str) -> list[Any]:
+    r = swarm_git.open_repo(repo)
+    with status.open_store(r) as store:
+        return store.attempts(status.resolve_run(store, None), task_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_reason_in_brackets_is_shown_as_typed() -> None:
+    row = TaskStatus(
+        task_id="t",
+        state="failed",
+        reason="[agent] giving up on list[str]",
+        attempt=1,
+        pid=None,
+        alive=False,
+        elapsed_s=3.0,
+        cost_usd=None,
+        tokens_in=None,
+        tokens_out=None,
+        files_changed=1,
+        insertions=2,
+        deletions=0,
+        branch="swarm/t",
+        worktree="/w/t",
+    )
+    assert cells(row, marked=False)[-1].plain == "[agent] giving up on list[str]"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_watch_in_tmux_shows_the_task_table(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    gate = start_detached(repo, write_agent, ["alpha", "beta"])
+    session = f"swarm-watch-{tmp_path.name}"
+    sock = str(tmp_path / "tmux.sock")
+    cmd = f"cd {repo} && {sys.executable} -m worktree_swarm.cli watch"
+    tmux = ["tmux", "-S", sock]
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd], check=True
+    )
+    try:
+
+        def screen() -> str:
+            return subprocess.run(
+                [*tmux, "capture-pane", "-p", "-t", session],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+
+        wait_for(lambda: "alpha" in screen() and "beta" in screen(), what="the task table")
+        text = screen()
+        assert "task" in text
+        assert "state" in text
+        wait_for(lambda: "running" in screen(), what="a running task")
+        subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
+        wait_for(
+            lambda: (
+                subprocess.run([*tmux, "has-session", "-t", session], check=False).returncode != 0
+            ),
+            what="watch to quit",
+        )
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False)
+        gate.write_text("go")
+        wait_for(lambda: manager_gone(repo), what="the manager to end")
+
+
+def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tests.github_server import NAME, OWNER, TOKEN, serve  # noqa: PLC0415
+
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    # GitHub names the repository from the fetch URL; pushes go to the local bare repository.
+    git(repo, "remote", "add", "origin", f"https://github.test/{OWNER}/{NAME}.git")
+    git(repo, "config", "remote.origin.pushurl", str(bare))
+    agent = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('[x] done\\n')\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    with serve() as fake:
+        fake.bare = bare
+        monkeypatch.setenv("SWARM_GITHUB_API_URL", fake.url)
+        app, store = open_app(repo)
+
+        async def drive() -> None:
+            async with app.run_test(size=(140, 40)) as pilot:
+                await until(pilot, lambda: app.selected == "aa", "aa selected")
+                await pilot.press("d")
+                diff_view = app.query_one("#diff-view")
+                await until(
+                    pilot, lambda: "+[x] done" in "\n".join(diff_view.lines), "the diff pane"
+                )
+                await pilot.press("w")
+                await until(pilot, lambda: any("worktree " in m for m in app.messages), "path")
+                assert str(repo.parent / "repo.swarm" / "aa") in app.messages[-1]
+                await pilot.press("space")
+                await pilot.press("down")
+                await pilot.press("space")
+                await pilot.press("m")
+                await until(
+                    pilot, lambda: any(m.startswith("merged into") for m in app.messages), "merge"
+                )
+                await until(pilot, lambda: app.rows["bb"].merge_result == "merged", "recorded")
+                assert app.rows["aa"].state == "done"
+                await pilot.press("p")
+                await until(pilot, lambda: any("PR #" in m or "pr failed" in m
+                                               for m in app.messages), "the PR")  # fmt: skip
+
+        try:
+            run_async(drive)
+        finally:
+            store.close()
+    assert any("PR #1 created" in m for m in app.messages), app.messages
+    assert fake.pulls[1]["head"]["ref"] == "swarm/bb"

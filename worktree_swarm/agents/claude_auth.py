@@ -1,0 +1,220 @@
+"""A Claude Code sign-in carried into every task's own ``CLAUDE_CONFIG_DIR``.
+
+Each task gets its own config dir (parallel instances corrupt a shared ``.claude.json``), which
+would leave a user signed in with ``claude`` / ``/login`` unauthenticated. On Linux the CLI keeps
+that sign-in in ``<config dir>/.credentials.json`` (``claudeAiOauth``: access token, refresh
+token, ``expiresAt`` in epoch ms) and the account in ``.claude.json`` (``oauthAccount``).
+
+The CLI replaces ``.credentials.json`` by writing a temporary file and renaming it over the
+old one, so a symlink to the user's file would be replaced by a private copy at the first token
+refresh, and the user's file would keep a refresh token the server may already have retired.
+So every task gets a copy, and a :class:`CredentialSync` keeps all copies and the user's file
+at the newest sign-in (the one that expires last), under a lock shared by every swarm of the
+user: a token one task refreshed reaches the others (the CLI re-reads the file when its mtime
+changes) and the user's own ``claude``. Nothing else of the user's config is shared.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from worktree_swarm.core.errors import BadInputError
+
+CREDENTIALS = ".credentials.json"
+CONFIG = ".claude.json"
+OAUTH_KEY = "claudeAiOauth"
+LOCK_NAME = ".swarm-credentials.lock"
+SYNC_INTERVAL_S = 2.0
+# Any of these makes the CLI authenticate without a sign-in (API key, long-lived token, a
+# cloud provider): then nothing is copied.
+AUTH_ENV = (
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+)
+FIX = (
+    "claude is not signed in: run `claude` and `/login` once (or export ANTHROPIC_API_KEY, "
+    "or CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`)"
+)
+
+
+def user_config_dir(environ: Mapping[str, str]) -> Path:
+    """Where the user's own ``claude`` keeps its config: ``$CLAUDE_CONFIG_DIR`` or ``~/.claude``."""
+    configured = environ.get("CLAUDE_CONFIG_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / ".claude"
+
+
+def user_config_file(environ: Mapping[str, str]) -> Path:
+    """The user's ``.claude.json``: inside ``$CLAUDE_CONFIG_DIR``, else ``~/.claude.json``."""
+    if environ.get("CLAUDE_CONFIG_DIR"):
+        return user_config_dir(environ) / CONFIG
+    home = environ.get("HOME")
+    return (Path(home) if home else Path.home()) / CONFIG
+
+
+def uses_env_auth(environ: Mapping[str, str]) -> bool:
+    """Whether the environment authenticates the CLI by itself (no sign-in needed)."""
+    return any(environ.get(name, "").strip() for name in AUTH_ENV)
+
+
+def _api_key_helper(environ: Mapping[str, str]) -> bool:
+    settings = _read_json(user_config_dir(environ) / "settings.json")
+    return bool(settings and settings.get("apiKeyHelper"))
+
+
+def signed_in(environ: Mapping[str, str]) -> bool:
+    """Whether ``claude`` started with *environ* can authenticate (env, helper or sign-in)."""
+    if uses_env_auth(environ) or _api_key_helper(environ):
+        return True
+    oauth = _oauth(_read_json(user_config_dir(environ) / CREDENTIALS))
+    return bool(oauth and (oauth.get("accessToken") or oauth.get("refreshToken")))
+
+
+def prepare(config_dir: Path, environ: Mapping[str, str]) -> None:
+    """Give a task's *config_dir* the user's sign-in (newest copy) and account; keep it synced."""
+    if uses_env_auth(environ):
+        return
+    source = user_config_dir(environ) / CREDENTIALS
+    if not source.is_file():
+        return
+    with _lock(environ):
+        _sync([source, config_dir / CREDENTIALS], primary=source)
+        _seed_account(config_dir / CONFIG, user_config_file(environ))
+    _SYNC.track(config_dir / CREDENTIALS, source, environ)
+
+
+def sync_now() -> None:
+    """Propagate the newest sign-in among every tracked copy and the user's file, once."""
+    _SYNC.run_once()
+
+
+# -- the copies --------------------------------------------------------------------------------
+
+
+def _expires(data: dict[str, Any] | None) -> int:
+    oauth = _oauth(data)
+    value = oauth.get("expiresAt") if oauth else None
+    return value if isinstance(value, int) else -1
+
+
+def _oauth(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    value = data.get(OAUTH_KEY) if data else None
+    return value if isinstance(value, dict) else None
+
+
+def _sync(paths: list[Path], *, primary: Path) -> None:
+    """Write the newest ``claudeAiOauth`` among *paths* into every older one (caller locks)."""
+    found = {path: _read_json(path) for path in paths}
+    newest = max(paths, key=lambda p: (_expires(found[p]), p == primary))
+    best = found[newest]
+    if _oauth(best) is None:
+        return
+    for path in paths:
+        current = found[path]
+        if path == newest or _oauth(current) == _oauth(best):
+            continue
+        if path == primary and current is None:
+            continue  # the user signed out (or moved the file): never sign them back in
+        if path == primary or current is not None:
+            # Only the sign-in moves: the user's file may hold other entries (MCP servers).
+            merged = {**(current or {}), OAUTH_KEY: _oauth(best)}
+        else:
+            merged = dict(best or {})
+        _write_json(path, merged)
+
+
+def _seed_account(task_config: Path, user_config: Path) -> None:
+    """Copy ``oauthAccount`` into the task's ``.claude.json`` (nothing else of the user's)."""
+    account = (_read_json(user_config) or {}).get("oauthAccount")
+    if not isinstance(account, dict):
+        return
+    current = _read_json(task_config) or {}
+    if current.get("oauthAccount") != account:
+        _write_json(task_config, {**current, "oauthAccount": account})
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic replace with mode 0600: a reader (the CLI) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.chmod(tmp, 0o600)  # noqa: PTH101 - the temp file is only a name here
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _lock(environ: Mapping[str, str]) -> filelock.FileLock:
+    # Beside the user's credentials, so swarms of every repository of this user share it.
+    folder = user_config_dir(environ)
+    return filelock.FileLock(folder / LOCK_NAME, timeout=30, thread_local=False)
+
+
+class CredentialSync:
+    """A background thread that keeps tracked copies and the user's file at the newest sign-in."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._copies: dict[Path, tuple[Path, dict[str, str]]] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def track(self, copy: Path, source: Path, environ: Mapping[str, str]) -> None:
+        """Keep *copy* in step with *source* from now on (for this process's lifetime)."""
+        with self._lock:
+            self._copies[copy] = (source, dict(environ))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="swarm-claude-credentials", daemon=True
+                )
+                self._thread.start()
+                atexit.register(self.run_once)  # a refresh in the last seconds is kept too
+
+    def run_once(self) -> None:
+        """One pass over every source and its copies."""
+        with self._lock:
+            groups: dict[Path, tuple[list[Path], dict[str, str]]] = {}
+            for copy, (source, environ) in self._copies.items():
+                groups.setdefault(source, ([], environ))[0].append(copy)
+        for source, (copies, environ) in groups.items():
+            with contextlib.suppress(OSError, filelock.Timeout), _lock(environ):
+                _sync([source, *(c for c in copies if c.parent.is_dir())], primary=source)
+
+    def _loop(self) -> None:
+        while not self._wake.wait(SYNC_INTERVAL_S):
+            self.run_once()
+
+
+_SYNC = CredentialSync()
+
+
+def require_signed_in(agents: set[str], environ: Mapping[str, str]) -> None:
+    """Refuse a run with a Claude task when ``claude`` could not authenticate (one line)."""
+    if "claude" in agents and not signed_in(environ):
+        raise BadInputError(FIX)

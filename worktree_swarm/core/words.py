@@ -1,0 +1,8 @@
+"""Small wording helpers shared by every text output."""
+
+from __future__ import annotations
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files`` (*many* when the plural is not *word* + ``s``)."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"

@@ -1,0 +1,301 @@
+"""`swarm watch`: a full-screen terminal view of a run, read from the state store.
+
+The screen is a reader: it polls the store (as `swarm status` does), follows the selected
+task's newest log file, and acts through watch_actions (the same library calls as `swarm
+stop`, `swarm pr`, `swarm merge`), so it never competes with the run's manager. Everything
+it draws from agents (log lines, reasons, file names) is plain text, never markup.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
+
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import Store
+from worktree_swarm.merge import diff
+from worktree_swarm.merge.merge_report import format_prediction
+from worktree_swarm.report import status
+from worktree_swarm.report.report import duration
+from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.ui import watch_actions
+
+REFRESH_S = 1.0
+LOG_TAIL_BYTES = 256 * 1024
+COLUMNS = ("", "task", "state", "agent", "att", "elapsed", "cost", "diff", "why / after")
+_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "blocked": "yellow",
+    "stopped": "yellow",
+    "no_changes": "yellow",
+    "running": "cyan",
+    "checking": "cyan",
+    "rate_limited": "magenta",
+}
+
+
+def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
+    """One table row: every cell a Text, so `[agent]` in a reason shows as typed."""
+    diffstat = (
+        f"{row.files_changed}f +{row.insertions} -{row.deletions}" if row.files_changed else "-"
+    )
+    why = "; ".join(part for part in (row.why, row.after) if part)
+    return (
+        Text("*" if marked else ""),
+        Text(row.task_id),
+        Text(row.state, style=_STYLE.get(row.state, "")),
+        Text(row.agent),
+        Text(str(row.attempt)),
+        Text(duration(row.elapsed_s) if row.elapsed_s is not None else "-"),
+        Text(f"${row.cost_usd:.2f}" if row.cost_usd is not None else "-"),
+        Text(diffstat),
+        Text(why[:80]),
+    )
+
+
+def details(row: TaskStatus) -> Text:
+    """The line under the table: branch, worktree, merge and PR facts of the selected task."""
+    parts = [row.branch, row.worktree if row.worktree_present else f"{row.worktree} (removed)"]
+    if row.merge_result:
+        parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
+    if row.pr_number is not None:
+        parts.append(f"PR #{row.pr_number} {row.pr_state or 'open'} {row.pr_url or ''}".strip())
+    return Text("  ·  ".join(parts))
+
+
+@dataclass(slots=True)
+class _Follow:
+    """Which log file the log pane shows, and how far it has read."""
+
+    task_id: str | None = None
+    path: Path | None = None
+    offset: int = 0
+
+
+class WatchApp(App[None]):
+    """The run's task table, the selected task's live log, its diff and predicted conflicts."""
+
+    CSS_PATH = "watch.tcss"
+    TITLE = "swarm watch"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "stop", "Stop"),
+        Binding("r", "retry", "Retry"),
+        Binding("p", "pull_request", "PR"),
+        Binding("space", "mark", "Mark"),
+        Binding("m", "merge", "Merge marked"),
+        Binding("w", "worktree", "Worktree path"),
+        Binding("l", "pane('log')", "Log"),
+        Binding("d", "pane('diff')", "Diff"),
+        Binding("c", "pane('conflicts')", "Conflicts"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, repo: git.Repo, store: Store, run_id: str) -> None:
+        super().__init__()
+        self.repo = repo
+        self.store = store
+        self.run_id = run_id
+        self.rows: dict[str, TaskStatus] = {}
+        self.marked: set[str] = set()
+        self.messages: list[str] = []  # every action's result, newest last (tests read it)
+        self._follow = _Follow()
+
+    def compose(self) -> ComposeResult:
+        """Header, task table, details line, the panes, key bar."""
+        yield Header()
+        yield DataTable(id="tasks", cursor_type="row", zebra_stripes=True)
+        yield Static(id="details")
+        with TabbedContent(id="panes", initial="log"):
+            with TabPane("Log", id="log"):
+                yield Log(id="log-view", max_lines=5000)
+            with TabPane("Diff", id="diff"):
+                yield Log(id="diff-view")
+            with TabPane("Conflicts", id="conflicts"):
+                yield Log(id="conflicts-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Fill the table and start polling the store."""
+        self.sub_title = f"run {self.run_id}"
+        table = self.query_one("#tasks", DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column or "mark")
+        self.refresh_rows()
+        self.set_interval(REFRESH_S, self.refresh_rows)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def selected(self) -> str | None:
+        """The task under the cursor."""
+        table = self.query_one("#tasks", DataTable)
+        if not self.rows or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return None if key.value is None else str(key.value)
+
+    def refresh_rows(self) -> None:
+        """Re-read the store: table rows, details line, new log output."""
+        rows = {r.task_id: r for r in status.task_status(self.store, self.run_id)}
+        table = self.query_one("#tasks", DataTable)
+        if list(rows) != list(self.rows):
+            keep = self.selected
+            table.clear()
+            for task_id, row in rows.items():
+                table.add_row(*cells(row, marked=task_id in self.marked), key=task_id)
+            if keep in rows:
+                table.move_cursor(row=list(rows).index(keep))
+        else:
+            for task_id, row in rows.items():
+                if row != self.rows[task_id]:
+                    self._redraw(task_id, row)
+        self.rows = rows
+        self._show_selected()
+
+    def _redraw(self, task_id: str, row: TaskStatus) -> None:
+        table = self.query_one("#tasks", DataTable)
+        for column, value in zip(COLUMNS, cells(row, marked=task_id in self.marked), strict=True):
+            table.update_cell(task_id, column or "mark", value)
+
+    def _show_selected(self) -> None:
+        task_id = self.selected
+        row = self.rows.get(task_id or "")
+        self.query_one("#details", Static).update(details(row) if row else Text(""))
+        self._follow_log(task_id)
+
+    def _follow_log(self, task_id: str | None) -> None:
+        view = self.query_one("#log-view", Log)
+        attempts = self.store.attempts(self.run_id, task_id) if task_id else []
+        path = Path(attempts[-1].log_path) if attempts else None
+        if (task_id, path) != (self._follow.task_id, self._follow.path):
+            view.clear()
+            self._follow = _Follow(task_id=task_id, path=path)
+            if path is None:
+                view.write_line("(no agent started yet)" if task_id else "")
+                return
+            size = path.stat().st_size if path.exists() else 0
+            self._follow.offset = max(0, size - LOG_TAIL_BYTES)
+        if path is None or not path.exists():
+            return
+        with path.open("rb") as fh:
+            fh.seek(self._follow.offset)
+            chunk = fh.read()
+        if chunk:
+            self._follow.offset += len(chunk)
+            view.write(chunk.decode(errors="replace"))
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        """A new selection: its details, log, and the open pane."""
+        self._show_selected()
+        active = self.query_one("#panes", TabbedContent).active
+        if active in {"diff", "conflicts"}:
+            self.action_pane(active)
+
+    # -- panes -----------------------------------------------------------------------------
+
+    def action_pane(self, pane: str) -> None:
+        """Show a pane (diff and conflicts are computed when shown)."""
+        self.query_one("#panes", TabbedContent).active = pane
+        if pane == "diff" and self.selected:
+            self._load_diff(self.selected)
+        elif pane == "conflicts":
+            self._load_conflicts()
+
+    @work(thread=True, exclusive=True, group="diff")
+    def _load_diff(self, task_id: str) -> None:
+        found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
+        text = diff.patch(self.repo, found[0]) if found else ""
+        self.call_from_thread(self._fill, "#diff-view", text or f"{task_id}: no changes yet")
+
+    @work(thread=True, exclusive=True, group="conflicts")
+    def _load_conflicts(self) -> None:
+        from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
+
+        report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
+        self.call_from_thread(self._fill, "#conflicts-view", "\n".join(format_prediction(report)))
+
+    def _fill(self, selector: str, text: str) -> None:
+        view = self.query_one(selector, Log)
+        view.clear()
+        view.write(text)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def action_mark(self) -> None:
+        """Mark or unmark the selected task for a merge."""
+        task_id = self.selected
+        if task_id is None:
+            return
+        self.marked ^= {task_id}
+        self._redraw(task_id, self.rows[task_id])
+
+    def action_worktree(self) -> None:
+        """Show the selected task's worktree path and copy it (OSC 52 reaches SSH clients)."""
+        row = self.rows.get(self.selected or "")
+        if row is None:
+            return
+        self.copy_to_clipboard(row.worktree)
+        gone = "" if row.worktree_present else " (removed; the branch keeps the work)"
+        self._say(f"worktree {row.worktree}{gone} (copied)", ok=True)
+
+    def action_stop(self) -> None:
+        """Stop the selected task's agent."""
+        self._act("stop", watch_actions.stop)
+
+    def action_retry(self) -> None:
+        """Run the selected (finished, not done) task again."""
+        self._act("retry", watch_actions.retry)
+
+    def action_pull_request(self) -> None:
+        """Open or update the selected done task's pull request."""
+        self._act("pr", watch_actions.pull_request)
+
+    def action_merge(self) -> None:
+        """Merge the marked tasks (or the selected one) into the integration branch."""
+        chosen = sorted(self.marked) or ([self.selected] if self.selected else [])
+        if chosen:
+            self._run_action(
+                "merge", lambda: watch_actions.merge(self.repo, self.store, self.run_id, chosen)
+            )
+
+    def _act(
+        self, name: str, fn: Callable[[git.Repo, Store, str, str], watch_actions.ActionResult]
+    ) -> None:
+        task_id = self.selected
+        if task_id is not None:
+            self._run_action(name, lambda: fn(self.repo, self.store, self.run_id, task_id))
+
+    @work(thread=True, group="actions")
+    def _run_action(self, name: str, call: Callable[[], watch_actions.ActionResult]) -> None:
+        self.call_from_thread(self._say, f"{name}: working…", ok=True)
+        try:
+            result = call()
+        except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
+            result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
+        self.call_from_thread(self._say, result.message, ok=result.ok)
+        self.call_from_thread(self.refresh_rows)
+
+    def _say(self, message: str, *, ok: bool) -> None:
+        self.messages.append(message)
+        # markup=False: task ids, paths and git output are shown as they are.
+        self.notify(message, severity="information" if ok else "error", markup=False)
+
+
+def watch(repo: git.Repo, run_id: str | None) -> None:
+    """Open the store, pick the run and show the screen until the user quits."""
+    with status.open_store(repo) as store:
+        chosen = status.resolve_run(store, run_id)
+        # Over SSH without a terminfo entry Textual still works; only a missing TERM is fatal.
+        os.environ.setdefault("TERM", "xterm-256color")
+        WatchApp(repo, store, chosen).run()

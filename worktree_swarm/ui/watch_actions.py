@@ -1,0 +1,97 @@
+"""What `swarm watch` does to a run: stop, retry, pull request, merge (one function each).
+
+Each action goes through the same library calls as its command, against the state store,
+so the screen never becomes a second manager: a stop is a request the run's manager carries
+out (or, with no manager alive, done directly), and a retry hands the task to a manager
+started in the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import lock
+from worktree_swarm.infra.store import Store
+from worktree_swarm.merge.merge_report import Outcome
+from worktree_swarm.run import background, control
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionResult:
+    """What an action did, in one line for the screen."""
+
+    ok: bool
+    message: str
+
+
+def stop(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
+    """Stop one task's agent (its whole process tree), keeping its work (`swarm stop TASK`)."""
+    asked = control.stop(repo, store, run_id, [task_id])
+    if not asked:
+        return ActionResult(ok=False, message=f"{task_id} is not running; nothing to stop")
+    return ActionResult(ok=True, message=f"stopped {task_id}; its work is on its branch")
+
+
+def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
+    """Run a finished task again in its kept worktree: a new attempt under a background manager.
+
+    The task goes back to pending and `swarm resume --run RUN` starts in the background to
+    run it (the only entry point: a `swarm retry` command can take its place here).
+    """
+    row = store.task(run_id, task_id)
+    if row is None:
+        raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+    if not row.state.is_final:
+        return ActionResult(ok=False, message=f"{task_id} is {row.state.value}; stop it first")
+    if row.state is TaskState.DONE:
+        return ActionResult(ok=False, message=f"{task_id} is done; nothing to retry")
+    if lock.manager_alive(repo.state_dir):
+        return ActionResult(
+            ok=False,
+            message=f"a manager {lock.describe_holder(repo.state_dir)} runs this repository; "
+            f"retry {task_id} once it has ended",
+        )
+    store.update_task(
+        run_id,
+        task_id,
+        state=TaskState.PENDING,
+        reason="retry requested",
+        stop_requested=False,
+        ended_at=None,
+    )
+    try:
+        pid, log = background.detach(repo, ["-C", str(repo.root), "resume", "--run", run_id])
+    except SwarmError:
+        store.update_task(
+            run_id, task_id, state=row.state, reason=row.reason, ended_at=row.ended_at
+        )
+        raise
+    return ActionResult(ok=True, message=f"retrying {task_id} (manager pid {pid}, log {log})")
+
+
+def pull_request(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
+    """Push the task's branch and open or update its pull request (`swarm pr TASK`)."""
+    from worktree_swarm.github import pr  # noqa: PLC0415 - only this action needs the GitHub client
+
+    report = pr.push_and_open(repo, store, run_id, task_ids=[task_id])
+    if report.failures:
+        return ActionResult(ok=False, message=f"{task_id}: {report.failures[0].reason}")
+    pull = report.pulls[0]
+    return ActionResult(ok=True, message=f"{task_id}: PR #{pull.number} {pull.action} {pull.url}")
+
+
+def merge(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) -> ActionResult:
+    """Merge *task_ids* into the run's integration branch (`swarm merge TASK...`)."""
+    from worktree_swarm.merge import merge as merging  # noqa: PLC0415 - kept at this anchor
+
+    report = merging.merge(repo, store, run_id, task_ids=task_ids)
+    merged = [r.task_id for r in report.by_outcome(Outcome.MERGED)]
+    other = [f"{r.task_id} {r.outcome.value}" for r in report.results if r.task_id not in merged]
+    text = f"merged into {report.target_branch}: {', '.join(merged) or 'nothing'}"
+    if other:
+        text += f"; {', '.join(other)}"
+    return ActionResult(ok=report.ok, message=text)
