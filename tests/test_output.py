@@ -16,9 +16,9 @@ from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm
 from worktree_swarm import cli
 from worktree_swarm.core.models import Task
+from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
-from worktree_swarm.run.runner import store_path
 from worktree_swarm.ui.live import LiveTable, PlainObserver
 
 WRITER = "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
