@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    AgentOutcome,
     AgentResult,
-    Outcome,
     interpret_by_exit,
     rate_limited_result,
     render_argv,
@@ -70,7 +70,7 @@ class AiderAdapter:
         if exit_code == 0:
             limited = _gave_up(lines, now=now)
             if limited is None:
-                return AgentResult(outcome=Outcome.SUCCESS, **usage)
+                return AgentResult(outcome=AgentOutcome.SUCCESS, **usage)
             return AgentResult(
                 outcome=limited.outcome, reason=limited.reason, retry_at=limited.retry_at, **usage
             )

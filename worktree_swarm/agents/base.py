@@ -29,7 +29,7 @@ _PLACEHOLDER_RE = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
-class Outcome(enum.StrEnum):
+class AgentOutcome(enum.StrEnum):
     """How one attempt of an agent ended, as far as its own output tells."""
 
     SUCCESS = "success"
@@ -41,7 +41,7 @@ class Outcome(enum.StrEnum):
 class AgentResult:
     """The interpreted end of one attempt: outcome, resume handle and accounting."""
 
-    outcome: Outcome
+    outcome: AgentOutcome
     reason: str = ""
     session_id: str | None = None
     cost_usd: float | None = None
@@ -189,7 +189,7 @@ def interpret_by_exit(
     With *skip_json*, the reason quotes the last line that is not a JSON event.
     """
     if exit_code == 0:
-        return AgentResult(outcome=Outcome.SUCCESS)
+        return AgentResult(outcome=AgentOutcome.SUCCESS)
     lines = tail(log_text)
     limited = rate_limited_result(lines, now=now, label=label)
     if limited is not None:
@@ -197,7 +197,8 @@ def interpret_by_exit(
     quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
     last = one_line(quotable[-1]) if quotable else ""
     return AgentResult(
-        outcome=Outcome.FAILED, reason=exit_phrase(exit_code, label) + (f": {last}" if last else "")
+        outcome=AgentOutcome.FAILED,
+        reason=exit_phrase(exit_code, label) + (f": {last}" if last else ""),
     )
 
 
@@ -207,7 +208,7 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
         limited, retry_at = classify_rate_limit(line, now=now)
         if limited:
             return AgentResult(
-                outcome=Outcome.RATE_LIMITED,
+                outcome=AgentOutcome.RATE_LIMITED,
                 reason=f"{label} rate limited: {one_line(line, 160)}",
                 retry_at=retry_at,
             )

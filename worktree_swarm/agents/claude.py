@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    AgentOutcome,
     AgentResult,
-    Outcome,
     as_float,
     as_int,
     classify_rate_limit,
@@ -84,7 +84,7 @@ class ClaudeAdapter:
         if not results:
             if rejected:
                 return AgentResult(
-                    outcome=Outcome.RATE_LIMITED,
+                    outcome=AgentOutcome.RATE_LIMITED,
                     reason="claude rate limited: usage limit rejected the request",
                     session_id=session_id,
                     retry_at=rejected_at,
@@ -125,9 +125,9 @@ def _from_result(
     failed = result.get("is_error") is True or subtype != "success"
     if not failed:
         if exit_code in (0, None):
-            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+            return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
         return AgentResult(
-            outcome=Outcome.FAILED,
+            outcome=AgentOutcome.FAILED,
             reason=f"claude exited {exit_code} after reporting success",
             **accounting,
         )
@@ -137,13 +137,13 @@ def _from_result(
     if status in RATE_LIMIT_STATUSES or limited:
         what = f"HTTP {status}" if status in RATE_LIMIT_STATUSES else "usage limit"
         return AgentResult(
-            outcome=Outcome.RATE_LIMITED,
+            outcome=AgentOutcome.RATE_LIMITED,
             reason=one_line(f"claude rate limited ({what}): {detail}"),
             retry_at=reset or retry_at,
             **accounting,
         )
     return AgentResult(
-        outcome=Outcome.FAILED,
+        outcome=AgentOutcome.FAILED,
         reason=one_line(f"claude {subtype or 'error'}: {detail}"),
         **accounting,
     )

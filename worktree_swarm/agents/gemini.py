@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    AgentOutcome,
     AgentResult,
-    Outcome,
     as_int,
     classify_rate_limit,
     interpret_by_exit,
@@ -89,16 +89,16 @@ class GeminiAdapter:
             limited, retry_at = classify_rate_limit(message, now=now)
             if limited or as_int(error.get("code")) == HTTP_TOO_MANY_REQUESTS:
                 return AgentResult(
-                    outcome=Outcome.RATE_LIMITED,
+                    outcome=AgentOutcome.RATE_LIMITED,
                     reason=one_line(f"gemini rate limited: {label}"),
                     retry_at=retry_at,
                     **accounting,
                 )
             return AgentResult(
-                outcome=Outcome.FAILED, reason=one_line(f"gemini {label}"), **accounting
+                outcome=AgentOutcome.FAILED, reason=one_line(f"gemini {label}"), **accounting
             )
         if exit_code in (0, None):
-            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+            return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
         fallback = interpret_by_exit(
             exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
         )

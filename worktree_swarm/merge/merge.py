@@ -34,8 +34,8 @@ from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
 from worktree_swarm.merge.merge_report import (
     CheckResult,
+    MergeOutcome,
     MergeReport,
-    Outcome,
     TaskResult,
     format_prediction,
 )
@@ -50,9 +50,6 @@ __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "pars
 
 Echo = Callable[[str], None]
 INTEGRATION_PREFIX = "swarm/integration-"
-_ACTIVE = frozenset(
-    {TaskState.PENDING, TaskState.RUNNING, TaskState.RATE_LIMITED, TaskState.CHECKING}
-)
 
 
 class Strategy(enum.StrEnum):
@@ -216,7 +213,7 @@ def select_candidates(
     candidates: list[Candidate] = []
     skipped: list[TaskResult] = []
     for row in rows:
-        if task_ids and row.state in _ACTIVE:
+        if task_ids and row.state.is_active:
             raise BadInputError(
                 f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
                 " (`swarm status`) before merging it"
@@ -231,7 +228,9 @@ def select_candidates(
         elif base is None or base == tip:
             why = "no commits on its branch"
         if why or tip is None or base is None:
-            skipped.append(TaskResult(task_id=row.task_id, outcome=Outcome.SKIPPED, reason=why))
+            skipped.append(
+                TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
+            )
             continue
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
@@ -422,13 +421,13 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
         if missing:
             result = TaskResult(
                 task_id=c.task_id,
-                outcome=Outcome.SKIPPED,
+                outcome=MergeOutcome.SKIPPED,
                 reason=f"depends on {', '.join(missing)}, which did not merge",
             )
             failed.add(c.task_id)
         else:
             result = _merge_one(s, c)
-            (landed if result.outcome is Outcome.MERGED else failed).add(c.task_id)
+            (landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
             _record(s, c, result)
         s.results.append(result)
         s.echo(result.line())
@@ -452,12 +451,14 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
             reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
             return TaskResult(
                 task_id=c.task_id,
-                outcome=Outcome.CONFLICTED,
+                outcome=MergeOutcome.CONFLICTED,
                 files=files,
                 reason=reason if not s.resolve else f"{reason}; {why}",
             )
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
-        return TaskResult(task_id=c.task_id, outcome=Outcome.FAILED, reason=f"git merge: {tail}")
+        return TaskResult(
+            task_id=c.task_id, outcome=MergeOutcome.FAILED, reason=f"git merge: {tail}"
+        )
     if s.strategy is Strategy.SQUASH:
         if _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0:
             return _already(c, pre)
@@ -471,7 +472,7 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
 
 def _already(c: Candidate, commit: str) -> TaskResult:
     return TaskResult(
-        task_id=c.task_id, outcome=Outcome.MERGED, reason="already in target", commit=commit
+        task_id=c.task_id, outcome=MergeOutcome.MERGED, reason="already in target", commit=commit
     )
 
 
@@ -501,7 +502,9 @@ def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ())
     commit = _head(s.target.worktree)
     note = f"conflicts in {', '.join(resolved)} resolved by its agent" if resolved else ""
     if not steps:
-        return TaskResult(task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, reason=note)
+        return TaskResult(
+            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note
+        )
     env = {**_check_env(s), "SWARM_TASK_ID": c.task_id}
     failure = run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
     check = CheckResult(
@@ -511,12 +514,12 @@ def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ())
     )
     if failure is None:
         return TaskResult(
-            task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, check=check, reason=note
+            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, check=check, reason=note
         )
     _undo(s, pre)
     return TaskResult(
         task_id=c.task_id,
-        outcome=Outcome.FAILED,
+        outcome=MergeOutcome.FAILED,
         reason=f"{failure.summary} after merging into {s.target.branch}; merge undone",
         check=check,
     )
@@ -535,15 +538,15 @@ def _undo(s: _Session, pre: str) -> None:
 
 def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
     states = {
-        Outcome.MERGED: TaskState.MERGED,
-        Outcome.CONFLICTED: TaskState.CONFLICTED,
-        Outcome.FAILED: TaskState.FAILED,
+        MergeOutcome.MERGED: TaskState.MERGED,
+        MergeOutcome.CONFLICTED: TaskState.CONFLICTED,
+        MergeOutcome.FAILED: TaskState.FAILED,
     }
     state = states.get(result.outcome)
     if state is None:
         return
     reason = result.reason or f"merged into {s.target.branch}"
-    if result.outcome is Outcome.MERGED and result.commit:
+    if result.outcome is MergeOutcome.MERGED and result.commit:
         reason = f"merged into {s.target.branch} at {result.commit[:12]}"
     s.store.update_task(s.run_id, c.task_id, state=state, reason=reason)
     s.store.add_event(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from worktree_swarm.merge.conflicts import Prediction
 
 
-class Outcome(enum.StrEnum):
+class MergeOutcome(enum.StrEnum):
     """What happened to one task in a merge."""
 
     MERGED = "merged"
@@ -35,7 +35,7 @@ class TaskResult:
     """One task's outcome; ``files`` are the conflicted files, ``commit`` the target after it."""
 
     task_id: str
-    outcome: Outcome
+    outcome: MergeOutcome
     reason: str = ""
     files: tuple[str, ...] = ()
     commit: str | None = None
@@ -44,7 +44,7 @@ class TaskResult:
     def line(self) -> str:
         """One line for the terminal."""
         text = f"{self.outcome.value:<10}  {self.task_id}"
-        if self.outcome is Outcome.MERGED:
+        if self.outcome is MergeOutcome.MERGED:
             text += f"  {self.commit[:12]}" if self.commit else ""
             if self.check is not None:
                 text += "  checks passed"
@@ -81,7 +81,7 @@ class MergeReport:
     results: tuple[TaskResult, ...]
     baseline: CheckResult | None = None
 
-    def by_outcome(self, outcome: Outcome) -> list[TaskResult]:
+    def by_outcome(self, outcome: MergeOutcome) -> list[TaskResult]:
         """The results with *outcome*."""
         return [r for r in self.results if r.outcome is outcome]
 
@@ -91,7 +91,7 @@ class MergeReport:
         if self.dry_run:
             return self.prediction.clean
         baseline_ok = self.baseline is None or self.baseline.ok
-        return baseline_ok and all(r.outcome is Outcome.MERGED for r in self.results)
+        return baseline_ok and all(r.outcome is MergeOutcome.MERGED for r in self.results)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -119,7 +119,7 @@ class MergeReport:
             "order": list(self.order),
             "baseline_checks": None if self.baseline is None else self.baseline.to_json(),
             "results": [r.to_json() for r in self.results],
-            **{o.value: [r.task_id for r in self.by_outcome(o)] for o in Outcome},
+            **{o.value: [r.task_id for r in self.by_outcome(o)] for o in MergeOutcome},
         }
 
 
@@ -144,7 +144,7 @@ def format_summary(report: MergeReport) -> list[str]:
     """Totals and where the target now points."""
     if report.dry_run:
         return ["dry run: nothing was merged"]
-    counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in Outcome)
+    counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in MergeOutcome)
     moved = (
         f"{report.target_branch} now at {report.target_commit[:12]}"
         if report.target_commit != report.target_before

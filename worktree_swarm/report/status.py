@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
+from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
@@ -125,11 +125,6 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
-
-
-def is_active(state: TaskState) -> bool:
-    """Whether a task in *state* may still have a live agent."""
-    return state in {TaskState.RUNNING, TaskState.CHECKING, TaskState.RATE_LIMITED}
 
 
 def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int]:
