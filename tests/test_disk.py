@@ -21,8 +21,9 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.disk import DiskUsage, combine, format_size, scan, usage
+from worktree_swarm.infra.disk import DiskUsage, combine, scan, usage
 
 MIB = 2**20
 

@@ -20,9 +20,9 @@ from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.disk import format_size
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status

@@ -6,13 +6,13 @@ import dataclasses
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.config.manifest import build_run_spec
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.text import Echo
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.proc import run as run_cmd
@@ -72,9 +72,7 @@ class DemoResult:
     states: dict[str, TaskState]
 
 
-def run_demo(
-    *, jobs: int = 2, keep: bool = False, echo: Callable[[str], None] = print
-) -> DemoResult:
+def run_demo(*, jobs: int = 2, keep: bool = False, echo: Echo = print) -> DemoResult:
     """Make a throwaway repository, run four dependent tasks, show the outcome, clean up."""
     base = Path(tempfile.mkdtemp(prefix="swarm-demo-"))
     root = base / "project"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    REASON_MAX,
     AgentOutcome,
     AgentResult,
     as_int,
@@ -20,11 +21,11 @@ from worktree_swarm.agents.base import (
     interpret_by_exit,
     is_session_id,
     json_objects,
-    one_line,
     render_argv,
     require_session_id,
     resume_text,
 )
+from worktree_swarm.core.text import one_line
 
 _TERMINAL = frozenset({"turn.completed", "turn.failed", "error"})
 
@@ -81,13 +82,15 @@ class CodexAdapter:
             if limited:
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
-                    reason=one_line(f"codex rate limited: {message}"),
+                    reason=one_line(f"codex rate limited: {message}", limit=REASON_MAX),
                     retry_at=retry_at,
                     **accounting,
                 )
         if messages:
             return AgentResult(
-                outcome=AgentOutcome.FAILED, reason=one_line(f"codex: {messages[-1]}"), **accounting
+                outcome=AgentOutcome.FAILED,
+                reason=one_line(f"codex: {messages[-1]}", limit=REASON_MAX),
+                **accounting,
             )
         fallback = interpret_by_exit(
             exit_code=exit_code, log_text=log_text, now=now, label="codex", skip_json=True

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    REASON_MAX,
     AgentOutcome,
     AgentResult,
     as_int,
@@ -21,11 +22,11 @@ from worktree_swarm.agents.base import (
     is_session_id,
     iter_dicts,
     json_objects,
-    one_line,
     render_argv,
     require_session_id,
     resume_text,
 )
+from worktree_swarm.core.text import one_line
 
 HTTP_TOO_MANY_REQUESTS = 429
 
@@ -90,12 +91,14 @@ class GeminiAdapter:
             if limited or as_int(error.get("code")) == HTTP_TOO_MANY_REQUESTS:
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
-                    reason=one_line(f"gemini rate limited: {label}"),
+                    reason=one_line(f"gemini rate limited: {label}", limit=REASON_MAX),
                     retry_at=retry_at,
                     **accounting,
                 )
             return AgentResult(
-                outcome=AgentOutcome.FAILED, reason=one_line(f"gemini {label}"), **accounting
+                outcome=AgentOutcome.FAILED,
+                reason=one_line(f"gemini {label}", limit=REASON_MAX),
+                **accounting,
             )
         if exit_code in (0, None):
             return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)

@@ -22,13 +22,12 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     merged_into,
-    norm,
     processes_using,
     worktree_finding,
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -133,7 +132,7 @@ def plan_clean(
     force: bool,
 ) -> list[Finding]:
     """Findings for every finished task of *run_ids* that still has a worktree or branch."""
-    registered = {norm(w.path): w for w in worktrees.list_worktrees(repo)}
+    registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
     findings: list[Finding] = []
     for run_id in run_ids:
         run = store.get_run(run_id)
@@ -170,7 +169,7 @@ def _plan_task(
     found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force)
     if keep_branches or kept or not git.branch_exists(repo, task.branch):
         return found
-    path = norm(task.worktree)
+    path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
     if elsewhere:
         keep = f"checked out in {elsewhere[0].path}"
@@ -214,7 +213,7 @@ def _plan_task_worktree(
     """Findings for a finished task's worktree; returns (findings, dirty, kept)."""
     why = f"task {task.task_id} is {task.state.value}"
     path = Path(task.worktree)
-    info = registered.get(norm(path))
+    info = registered.get(real_path(path))
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
     if not path.is_dir():

@@ -14,7 +14,7 @@ import enum
 import json
 import secrets
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
 from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.text import Echo
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import proc
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
 
-Echo = Callable[[str], None]
 INTEGRATION_PREFIX = "swarm/integration-"
 
 

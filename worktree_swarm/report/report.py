@@ -16,15 +16,15 @@ from typing import TypeVar
 
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.units import format_size
 from worktree_swarm.infra import supervisor
-from worktree_swarm.infra.disk import DiskUsage, format_size, usage
+from worktree_swarm.infra.disk import DiskUsage, usage
+from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 
 N = TypeVar("N", int, float)
 
-TAIL_LINES = 40
-TAIL_BYTES = 64 * 1024
 PROMPT_CHARS = 20_000
 
 
@@ -415,19 +415,6 @@ def _token_overhead(tasks: Sequence[TaskReport]) -> int | None:
     if len(reads) < 2:  # noqa: PLR2004
         return None
     return min(reads) * (len(reads) - 1)
-
-
-def tail(path: Path, *, lines: int = TAIL_LINES) -> str:
-    """The last *lines* lines of *path* ('' when it does not exist)."""
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - TAIL_BYTES))
-            data = fh.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
 def _first(*values: N | None) -> N | None:

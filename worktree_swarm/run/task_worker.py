@@ -23,6 +23,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.report import notes
@@ -529,10 +530,4 @@ def _attempt_outcome(result: AgentResult) -> str:
 
 
 def _read_log(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(max(0, size - LOG_READ_LIMIT))
-            return fh.read().decode(errors="replace")
-    except OSError:
-        return ""
+    return read_end(path, LOG_READ_LIMIT)

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from worktree_swarm.infra.disk import format_size
+from worktree_swarm.core.units import format_size
 from worktree_swarm.report.report import (
     RunReport,
     disk_text,

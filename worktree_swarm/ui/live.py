@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.supervisor import last_line
 from worktree_swarm.report.status import task_status
 
 _STYLE = {
