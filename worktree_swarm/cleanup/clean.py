@@ -273,36 +273,3 @@ def _record_cleaned(store: Store, results: list[Result]) -> None:
 def _remove_empty_root(repo: git.Repo) -> None:
     with contextlib.suppress(OSError):
         paths.default_worktree_root(repo.root).rmdir()
-
-
-# -- text output ----------------------------------------------------------------------------
-
-
-def format_report(report: Report) -> str:
-    """The human-readable report: findings grouped per kind, each with reason and fix."""
-    results = {id(r.finding): r for r in report.results}
-    lines: list[str] = list(report.notes)
-    for kind in Kind:
-        group = [f for f in report.findings if f.kind is kind]
-        if not group:
-            continue
-        lines.append(f"{kind.value.replace('_', ' ')} ({len(group)})")
-        for finding in group:
-            lines.append(f"  {finding.target}: {finding.reason}")
-            result = results.get(id(finding))
-            if finding.action is Action.KEEP:
-                lines.append(f"    {finding.fix}")
-            elif result is None:
-                lines.append(f"    would: {finding.fix}")
-            else:
-                lines.append(f"    {'done' if result.fixed else 'left'}: {result.detail}")
-    kept = sum(1 for f in report.findings if f.action is Action.KEEP)
-    if not report.findings:
-        lines.append("nothing to clean")
-    elif report.applied:
-        fixed = sum(1 for r in report.results if r.fixed)
-        lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
-    else:
-        todo = len(report.findings) - kept
-        lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
-    return "\n".join(lines)

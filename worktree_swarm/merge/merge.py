@@ -26,7 +26,6 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
 from worktree_swarm.core.paths import run_dir
-from worktree_swarm.core.text import Echo
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import proc
@@ -36,9 +35,10 @@ from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_br
 from worktree_swarm.merge.merge_report import (
     CheckResult,
     MergeOutcome,
+    MergeProgress,
     MergeReport,
+    Silent,
     TaskResult,
-    format_prediction,
 )
 from worktree_swarm.merge.resolve import run_resolver
 from worktree_swarm.report.status import commit_author
@@ -93,7 +93,7 @@ class _Session:
     checks: tuple[tuple[str, ...], ...]
     identity: dict[str, str]
     log: Path
-    echo: Echo
+    progress: MergeProgress
     resolve: bool = False
     results: list[TaskResult] = field(default_factory=list)
 
@@ -123,14 +123,14 @@ def merge(
     checks: Sequence[str] = (),
     dry_run: bool = False,
     resolve: bool = False,
-    echo: Echo | None = None,
+    progress: MergeProgress | None = None,
 ) -> MergeReport:
     """Predict, order and merge the run's done tasks (or *task_ids*); see the module docstring.
 
     Bad input (unknown task, running task, unusable ``--into`` branch, dirty integration
     worktree, unparsable check) raises BadInputError before anything is created.
     """
-    say = echo or (lambda _line: None)
+    tell = progress or Silent()
     argvs = parse_checks(checks)
     candidates, skipped = select_candidates(repo, store, run_id, task_ids)
     branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
@@ -153,10 +153,9 @@ def merge(
         order=tuple(c.task_id for c in order),
         results=tuple(skipped),
     )
-    for line in format_prediction(report):
-        say(line)
+    tell.predicted(report)
     for result in skipped:
-        say(result.line())
+        tell.finished(result)
     if dry_run or not candidates:
         return report
     with _merge_lock(repo, run_id):
@@ -170,7 +169,7 @@ def merge(
             checks=argvs,
             identity=git.identity_env(commit_author(store, run_id)),
             log=run_dir(repo, run_id) / "merge" / "checks.log",
-            echo=say,
+            progress=tell,
             resolve=resolve,
             results=list(skipped),
         )
@@ -399,7 +398,7 @@ def _baseline(s: _Session) -> CheckResult:
         summary="" if failure is None else failure.summary,
     )
     if failure is not None:
-        s.echo(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
+        s.progress.note(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
     return result
 
 
@@ -430,7 +429,7 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
             (landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
             _record(s, c, result)
         s.results.append(result)
-        s.echo(result.line())
+        s.progress.finished(result)
 
 
 def _merge_one(s: _Session, c: Candidate) -> TaskResult:
@@ -478,7 +477,7 @@ def _already(c: Candidate, commit: str) -> TaskResult:
 
 def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
     """Let the task's agent finish the merge and commit it; None when it did, else why not."""
-    s.echo(f"resolving   {c.task_id}  conflicts in {', '.join(files)}: starting its agent")
+    s.progress.resolving(c.task_id, files)
     why = run_resolver(
         c.task,
         worktree=s.target.worktree,

@@ -1,9 +1,10 @@
-"""What `swarm merge` did: per-task results, the prediction, the target's commit; text and JSON."""
+"""What `swarm merge` did: per-task results, the prediction, the target's commit; JSON."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from worktree_swarm.merge.conflicts import Prediction
 
@@ -40,18 +41,6 @@ class TaskResult:
     files: tuple[str, ...] = ()
     commit: str | None = None
     check: CheckResult | None = None
-
-    def line(self) -> str:
-        """One line for the terminal."""
-        text = f"{self.outcome.value:<10}  {self.task_id}"
-        if self.outcome is MergeOutcome.MERGED:
-            text += f"  {self.commit[:12]}" if self.commit else ""
-            if self.check is not None:
-                text += "  checks passed"
-            if self.reason:
-                text += f"  ({self.reason})"
-            return text
-        return text + (f"  {self.reason.splitlines()[0]}" if self.reason else "")
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -123,32 +112,33 @@ class MergeReport:
         }
 
 
-def format_prediction(report: MergeReport) -> list[str]:
-    """The conflict matrix in words."""
-    p = report.prediction
-    head = f"prediction: {len(p.names)} branch(es) into {report.target_branch}"
-    lines = [f"{head} ({report.target_before[:12]})"]
-    if p.clean:
-        lines.append("  no conflicts predicted")
-    lines += [f"  conflict  {a} <-> {b}: {', '.join(f)}" for (a, b), f in p.pairs.items()]
-    lines += [
-        f"  conflict  {name} <-> {report.target_branch}: {', '.join(f)}"
-        for name, f in p.target.items()
-    ]
-    if report.order:
-        lines.append(f"order: {', '.join(report.order)}")
-    return lines
+class MergeProgress(Protocol):
+    """Who is told as a merge goes (the CLI shows it; ``--json`` and library callers need not)."""
+
+    def predicted(self, report: MergeReport) -> None:
+        """The prediction and order are known; nothing has been merged yet."""
+
+    def finished(self, result: TaskResult) -> None:
+        """One task's merge ended (or was skipped)."""
+
+    def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
+        """The task's agent was started to resolve conflicts in *files*."""
+
+    def note(self, text: str) -> None:
+        """Anything else worth a line (checks failing on the target before any merge)."""
 
 
-def format_summary(report: MergeReport) -> list[str]:
-    """Totals and where the target now points."""
-    if report.dry_run:
-        return ["dry run: nothing was merged"]
-    counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in MergeOutcome)
-    moved = (
-        f"{report.target_branch} now at {report.target_commit[:12]}"
-        if report.target_commit != report.target_before
-        else f"{report.target_branch} unchanged at {report.target_commit[:12]}"
-    )
-    where = f" (worktree {report.worktree})" if report.worktree else ""
-    return [f"{counts}; {moved}{where}"]
+class Silent:
+    """A :class:`MergeProgress` that tells no one."""
+
+    def predicted(self, report: MergeReport) -> None:
+        """Ignore it."""
+
+    def finished(self, result: TaskResult) -> None:
+        """Ignore it."""
+
+    def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
+        """Ignore it."""
+
+    def note(self, text: str) -> None:
+        """Ignore it."""

@@ -16,11 +16,11 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.core.units import format_size
-from worktree_swarm.report.report import (
-    RunReport,
+from worktree_swarm.report.report import RunReport
+from worktree_swarm.ui.report_text import (
     disk_text,
-    duration,
     money,
     outside_writes_text,
     overhead_text,
