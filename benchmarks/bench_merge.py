@@ -166,7 +166,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 report = merge.merge(repo, store, RUN_ID)
                 swarm_s.append(time.perf_counter() - t0)
-            swarm_landed = len(report.by_outcome(merge_report.Outcome.MERGED))
+            swarm_landed = len(report.by_outcome(merge_report.MergeOutcome.MERGED))
             if attempt == 0:
                 print(f"{n} branches, {len(pairs)} conflicting pairs; prediction ran"
                       f" {prediction.merge_trees} merge-tree processes for"

@@ -24,8 +24,8 @@ import pytest
 
 from worktree_swarm.agents import (
     PROFILES,
+    AgentOutcome,
     AgentResult,
-    Outcome,
     adapter_for,
     backoff_delay,
     classify_rate_limit,
@@ -227,7 +227,7 @@ API_429 = (
 def test_claude_json_success_reads_session_cost_and_tokens(attempt: Attempt) -> None:
     run = attempt("claude", stdout=json.dumps(claude_result()) + "\n")
     assert run.result == AgentResult(
-        outcome=Outcome.SUCCESS,
+        outcome=AgentOutcome.SUCCESS,
         session_id=SESSION,
         cost_usd=0.0079825,
         tokens_in=3,
@@ -243,7 +243,7 @@ def test_claude_is_error_with_subtype_success_and_429_is_rate_limited(attempt: A
         claude_result(is_error=True, api_error_status=429, result=API_429, total_cost_usd=0.0012)
     )
     run = attempt("claude", stdout=stdout + "\n", exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.reason.startswith("claude rate limited (HTTP 429): API Error: 429")
     assert run.result.session_id == SESSION
     assert run.result.cost_usd == pytest.approx(0.0012)
@@ -253,7 +253,7 @@ def test_claude_is_error_with_subtype_success_and_429_is_rate_limited(attempt: A
 def test_claude_is_error_with_subtype_success_is_a_failure(attempt: Attempt) -> None:
     stdout = json.dumps(claude_result(is_error=True, result="Invalid API key · Please run /login"))
     run = attempt("claude", stdout=stdout + "\n", exit_code=1)
-    assert run.result.outcome is Outcome.FAILED
+    assert run.result.outcome is AgentOutcome.FAILED
     assert run.result.reason == "claude success: Invalid API key · Please run /login"
 
 
@@ -262,7 +262,7 @@ def test_claude_overloaded_529_is_rate_limited(attempt: Attempt) -> None:
         'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
     )
     stdout = json.dumps(claude_result(is_error=True, api_error_status=529, result=body))
-    assert attempt("claude", stdout=stdout, exit_code=1).result.outcome is Outcome.RATE_LIMITED
+    assert attempt("claude", stdout=stdout, exit_code=1).result.outcome is AgentOutcome.RATE_LIMITED
 
 
 def test_claude_usage_limit_message_gives_the_reset_epoch(attempt: Attempt) -> None:
@@ -270,7 +270,7 @@ def test_claude_usage_limit_message_gives_the_reset_epoch(attempt: Attempt) -> N
         claude_result(is_error=True, result="Claude AI usage limit reached|1760004000")
     )
     run = attempt("claude", stdout=stdout, exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.retry_at == 1760004000.0
 
 
@@ -290,7 +290,7 @@ def test_claude_stream_json_uses_last_result_and_rejected_rate_limit_event(
         ),
     )
     run = attempt("claude", stdout=stdout, stderr="Warning: something on stderr\n", exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.retry_at == 1760018000.0  # the structured reset wins over the message
     assert run.result.session_id == SESSION
     assert run.result.num_turns == 2
@@ -304,21 +304,21 @@ def test_claude_stream_json_allowed_events_do_not_spoil_success(attempt: Attempt
         claude_result(),
     )
     run = attempt("claude", stdout=stdout)
-    assert run.result.outcome is Outcome.SUCCESS
+    assert run.result.outcome is AgentOutcome.SUCCESS
     assert run.result.tokens_out == 6
 
 
 def test_claude_killed_mid_stream_keeps_its_session_for_resume(attempt: Attempt) -> None:
     run = attempt("claude", stdout=jsonl(CLAUDE_INIT, CLAUDE_ASSISTANT), kill=True)
     assert run.result == AgentResult(
-        outcome=Outcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
+        outcome=AgentOutcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
     )
 
 
 def test_claude_max_turns_is_a_failure_with_its_subtype(attempt: Attempt) -> None:
     stdout = json.dumps(claude_result(subtype="error_max_turns", is_error=True, result=None))
     run = attempt("claude", stdout=stdout, exit_code=1)
-    assert run.result.outcome is Outcome.FAILED
+    assert run.result.outcome is AgentOutcome.FAILED
     assert run.result.reason == "claude error_max_turns: no detail"
 
 
@@ -391,7 +391,7 @@ def test_codex_success_reads_thread_and_usage(attempt: Attempt) -> None:
     )
     run = attempt("codex", stdout=stdout)
     assert run.result == AgentResult(
-        outcome=Outcome.SUCCESS,
+        outcome=AgentOutcome.SUCCESS,
         session_id=THREAD,
         tokens_in=315,
         tokens_out=122,
@@ -409,7 +409,7 @@ def test_codex_usage_limit_is_rate_limited_until_the_time_it_names(attempt: Atte
         {"type": "turn.failed", "error": {"message": CODEX_LIMIT}},
     )
     run = attempt("codex", stdout=stdout, exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.session_id == THREAD
     # NOW is 17:53 in Tokyo: the next 3:04 PM is the following day.
     assert run.result.retry_at == utc(2025, 10, 10, 6, 4)
@@ -422,7 +422,7 @@ def test_codex_usage_limit_reached_error_body_gives_resets_at(attempt: Attempt) 
     )
     stdout = jsonl(*CODEX_START, {"type": "turn.failed", "error": {"message": message}})
     run = attempt("codex", stdout=stdout, exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.retry_at == 1760010000.0
 
 
@@ -431,7 +431,7 @@ def test_codex_turn_failed_for_another_reason_is_a_failure(attempt: Attempt) -> 
     stdout = jsonl(*CODEX_START, {"type": "turn.failed", "error": {"message": message}})
     run = attempt("codex", stdout=stdout, exit_code=1)
     assert run.result == AgentResult(
-        outcome=Outcome.FAILED, reason=f"codex: {message}", session_id=THREAD
+        outcome=AgentOutcome.FAILED, reason=f"codex: {message}", session_id=THREAD
     )
 
 
@@ -455,7 +455,7 @@ def test_codex_resume_keeps_options_before_the_resume_subcommand(attempt: Attemp
         THREAD,
         " - keep going",  # a leading dash would be read as an option
     ]
-    assert run.result.outcome is Outcome.SUCCESS
+    assert run.result.outcome is AgentOutcome.SUCCESS
 
 
 # -- Gemini ------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def test_gemini_json_success_reads_session_and_tokens(attempt: Attempt) -> None:
     )
     run = attempt("gemini", stdout=stdout + "\n", stderr="Loaded cached credentials.\n")
     assert run.result == AgentResult(
-        outcome=Outcome.SUCCESS,
+        outcome=AgentOutcome.SUCCESS,
         session_id=GEMINI_SESSION,
         tokens_in=200,
         tokens_out=50,
@@ -521,7 +521,7 @@ def test_gemini_quota_error_is_rate_limited(attempt: Attempt) -> None:
     }
     stdout = json.dumps({"session_id": GEMINI_SESSION, "error": error}, indent=2)
     run = attempt("gemini", stdout=stdout + "\n", exit_code=1)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.session_id == GEMINI_SESSION
 
 
@@ -529,7 +529,7 @@ def test_gemini_other_error_is_a_failure(attempt: Attempt) -> None:
     error = {"type": "FatalInputError", "message": "No input provided via stdin.", "code": 42}
     run = attempt("gemini", stdout=json.dumps({"error": error}, indent=2), exit_code=42)
     assert run.result == AgentResult(
-        outcome=Outcome.FAILED, reason="gemini FatalInputError: No input provided via stdin."
+        outcome=AgentOutcome.FAILED, reason="gemini FatalInputError: No input provided via stdin."
     )
 
 
@@ -575,7 +575,7 @@ AIDER_DONE = (
 def test_aider_success_reads_usage_lines(attempt: Attempt) -> None:
     run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE)
     assert run.result == AgentResult(
-        outcome=Outcome.SUCCESS,
+        outcome=AgentOutcome.SUCCESS,
         cost_usd=0.0123,
         tokens_in=2400,
         tokens_out=95,
@@ -587,13 +587,13 @@ def test_aider_success_reads_usage_lines(attempt: Attempt) -> None:
 
 def test_aider_retried_rate_limit_then_success_is_success(attempt: Attempt) -> None:
     stdout = AIDER_BANNER + AIDER_RATE_LIMIT + "Retrying in 0.2 seconds...\n" + AIDER_DONE
-    assert attempt("aider", stdout=stdout).result.outcome is Outcome.SUCCESS
+    assert attempt("aider", stdout=stdout).result.outcome is AgentOutcome.SUCCESS
 
 
 def test_aider_giving_up_on_a_rate_limit_exits_0_but_is_rate_limited(attempt: Attempt) -> None:
     stdout = AIDER_BANNER + AIDER_RATE_LIMIT + "Retrying in 32.0 seconds...\n" + AIDER_RATE_LIMIT
     run = attempt("aider", stdout=stdout)
-    assert run.result.outcome is Outcome.RATE_LIMITED
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.reason.startswith("aider rate limited: litellm.RateLimitError")
 
 
@@ -615,17 +615,17 @@ def test_aider_cannot_resume_a_session() -> None:
 @pytest.mark.parametrize(
     ("stdout", "code", "expected"),
     [
-        ("wrote hello.txt\n", 0, AgentResult(outcome=Outcome.SUCCESS)),
+        ("wrote hello.txt\n", 0, AgentResult(outcome=AgentOutcome.SUCCESS)),
         (
             "working\nboom: disk full\n",
             3,
-            AgentResult(outcome=Outcome.FAILED, reason="agent exited 3: boom: disk full"),
+            AgentResult(outcome=AgentOutcome.FAILED, reason="agent exited 3: boom: disk full"),
         ),
         (
             "Error: 429 Too Many Requests\n",
             1,
             AgentResult(
-                outcome=Outcome.RATE_LIMITED,
+                outcome=AgentOutcome.RATE_LIMITED,
                 reason="agent rate limited: Error: 429 Too Many Requests",
             ),
         ),
@@ -652,7 +652,7 @@ def test_command_adapter_reads_exit_code_then_messages(
 def test_command_adapter_does_not_treat_an_early_prompt_echo_as_a_rate_limit() -> None:
     log = "prompt: handle rate_limit_error in the client\n" + "step\n" * 60 + "failed\n"
     result = CommandAdapter().interpret(exit_code=1, log_text=log, now=NOW)
-    assert result == AgentResult(outcome=Outcome.FAILED, reason="agent exited 1: failed")
+    assert result == AgentResult(outcome=AgentOutcome.FAILED, reason="agent exited 1: failed")
 
 
 # -- registry, argv safety -----------------------------------------------------------------------

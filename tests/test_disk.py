@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,9 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.disk import DiskUsage, combine, format_size, scan, usage
+from worktree_swarm.infra.disk import DiskUsage, combine, scan, usage
 
 MIB = 2**20
 
@@ -411,6 +414,50 @@ def test_link_shares_the_main_checkouts_directory_and_never_commits_it(
     assert not os.path.lexists(worktree / "node_modules")
     assert git(worktree, "status", "--porcelain") == ""
     assert (repo / "node_modules" / "pkg" / "index.js").read_text() == "module.exports = 1\n"
+
+
+# A setup step that builds something, says so, then waits for the test's go file.
+SLOW_SETUP = """
+import pathlib, sys, time
+pathlib.Path('built.txt').write_text('built')
+pathlib.Path(sys.argv[1]).write_text('ready')
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.05)
+"""
+
+
+def test_stop_after_manager_died_in_setup_unshares_links_and_keeps_the_work(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Until its agent starts a task is `pending` in the store, worktree and links already there.
+    repo = make_repo(tmp_path / "repo", {".gitignore": "node_modules/\n"})
+    (repo / "node_modules").mkdir()
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    setup = tmp_path / "setup.py"
+    setup.write_text(SLOW_SETUP)
+    step = argv_toml([sys.executable, str(setup), str(ready), str(go)])
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(write_agent("pass"))}\nlink = ["node_modules"]\n'
+        f'setup = [{step}]\n[[task]]\nid = "a"\nprompt = "one"\n',
+    )
+    manager = swarm_bg(repo, "run", path)
+    try:
+        wait_for(ready.exists, what="the setup step")
+        assert status_json(repo)["a"]["state"] == "pending"
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+
+        out = swarm(repo, "stop")
+
+        assert out.returncode == 0, out.stderr
+        assert status_json(repo)["a"]["state"] == "stopped"
+        worktree = repo.parent / "repo.swarm" / "a"
+        assert not os.path.lexists(worktree / "node_modules")
+        assert git(repo, "show", "swarm/a:built.txt") == "built"
+        assert "node_modules" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
+    finally:
+        go.write_text("go")  # lets the orphaned setup step end
 
 
 # Reads the linked directory and tries to write into it.

@@ -14,9 +14,9 @@ from worktree_swarm.config.manifest import (
     build_run_spec,
     dependency_cycle,
     load_config,
-    parse_duration,
 )
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.units import parse_duration
 
 AGENT = [sys.executable, "-c", "pass"]
 AGENT_TOML = json.dumps(AGENT)

@@ -16,8 +16,8 @@ from tests.test_resilience import HEADER, fake_claude, plan  # noqa: F401 - fixt
 from tests.test_run import argv_toml, manifest, swarm, swarm_bg, wait_for
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import REDACTED, Redactor
-from worktree_swarm.report.report import tail
 
 AgentFactory = Callable[[str], list[str]]
 

@@ -22,10 +22,8 @@ from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.core.models import RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
-from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.disk import format_size
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
@@ -33,6 +31,7 @@ from worktree_swarm.run import background, control, disk_budget
 from worktree_swarm.run.runner import Observer, Runner, spec_from_json, spec_to_json
 from worktree_swarm.run.task_worker import worktree_path
 from worktree_swarm.sandbox import check_available as require_sandbox
+from worktree_swarm.ui import status_text
 from worktree_swarm.ui.live import LiveTable, PlainObserver
 
 
@@ -261,16 +260,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _print_summary(store: Store, run_id: str) -> None:
-    rows = status.task_status(store, run_id)
-    width = max((len(r.task_id) for r in rows), default=4)
-    for row in rows:
-        stat = f"+{row.insertions} -{row.deletions}" if row.files_changed else ""
-        reason = f"  {_why(row)}" if _why(row) else ""
-        click.echo(f"{row.task_id:<{width}}  {row.state:<10} {stat:<12} {row.branch}{reason}")
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
-    click.echo(f"run {run_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    click.echo(status_text.run_summary(run_id, status.task_status(store, run_id)))
 
 
 @cli.command("status", epilog=_example("swarm status", 'swarm status --json | jq ".tasks[].state"'))
@@ -288,45 +278,8 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    click.echo(f"run {run_id}")
-    header = f"{'task':<20} {'state':<12} {'att':>3} {'pid':>7} {'alive':<5} {'elapsed':>8}"
-    click.echo(f"{header} {'cost':>8} {'disk':>7}  diff")
-    for r in rows:
-        elapsed = f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-"
-        cost = f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-"
-        diff = (
-            f"{plural(r.files_changed, 'file')} +{r.insertions} -{r.deletions}"
-            if r.files_changed
-            else "-"
-        )
-        click.echo(
-            f"{r.task_id:<20} {r.state:<12} {r.attempt:>3} {r.pid or '-':>7} "
-            f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8} {_disk_cell(r):>7}  "
-            f"{diff}  {r.branch}" + (f"  {_why(r)[:80]}" if _why(r) else "")
-        )
-    click.echo(
-        f"total: {plural(int(totals['attempts']), 'attempt')}, ${totals['cost_usd']:.2f}, "
-        f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
-    )
-    present = sum(r.worktree_present for r in rows)
-    removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
-    click.echo(
-        f"disk: {format_size(int(totals['disk_actual']))} used "
-        f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
-        + (f", {removed} removed" if removed else "")
-    )
+    click.echo(status_text.status_text(run_id, rows, totals))
     return ExitCode.OK
-
-
-def _why(row: status.TaskStatus) -> str:
-    """What a task waits for, why it ended, and what happened to its branch since."""
-    return "; ".join(part for part in (row.why, row.after) if part)
-
-
-def _disk_cell(row: status.TaskStatus) -> str:
-    if not row.worktree_present:
-        return "removed" if row.disk_actual is not None else "-"
-    return format_size(row.disk_actual)
 
 
 @cli.command(epilog=_example("swarm logs fix-login -f"))
@@ -463,7 +416,8 @@ def merge_cmd(
     as_json: bool,
 ) -> int:
     """Predict conflicts, merge done task branches in a safe order, check after each merge."""
-    from worktree_swarm.merge import merge, merge_report  # noqa: PLC0415 - kept at this anchor
+    from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
+    from worktree_swarm.ui import merge_text  # noqa: PLC0415
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -477,12 +431,12 @@ def merge_cmd(
             checks=checks,
             dry_run=dry_run,
             resolve=resolve,
-            echo=None if as_json else click.echo,
+            progress=None if as_json else merge_text.MergeEcho(click.echo),
         )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        for line in merge_report.format_summary(report):
+        for line in merge_text.merge_summary(report):
             click.echo(line)
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 
@@ -563,6 +517,7 @@ def clean_cmd(
     """Remove finished tasks' worktrees and merged branches (a dry run unless --yes)."""
     from worktree_swarm.cleanup import clean  # noqa: PLC0415 - only `swarm clean` needs these
     from worktree_swarm.cleanup import orphans as scan  # noqa: PLC0415
+    from worktree_swarm.ui.clean_text import clean_text  # noqa: PLC0415
 
     repo = _repo(ctx)
     if orphans:
@@ -577,7 +532,7 @@ def clean_cmd(
             force=force,
             yes=yes,
         )
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else clean.format_report(report))
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else clean_text(report))
     return report.exit_code
 
 
@@ -623,6 +578,7 @@ def report_cmd(
     """What happened: per-task outcome, time, cost, diff; speedup and totals."""
     from worktree_swarm.report import report  # noqa: PLC0415
     from worktree_swarm.ui import html_report as report_html  # noqa: PLC0415 - only `swarm report` needs them
+    from worktree_swarm.ui import report_text  # noqa: PLC0415
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -633,7 +589,7 @@ def report_cmd(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(report.format_text(result))
+        click.echo(report_text.report_text(result))
     if html_path is not None:
         click.echo(f"wrote {html_path}", err=as_json)
     return ExitCode.OK

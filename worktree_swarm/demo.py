@@ -6,13 +6,13 @@ import dataclasses
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.config.manifest import build_run_spec
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.text import Echo
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra.lock import ManagerLock
@@ -20,6 +20,7 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
 from worktree_swarm.run.runner import Runner
 from worktree_swarm.ui.live import PlainObserver
+from worktree_swarm.ui.tables import Column, render, table
 
 MANIFEST = """\
 # A small batch for the bundled scripted agent (see worktree_swarm/agents/scripted.py).
@@ -63,6 +64,14 @@ append README.md: Use greet.hello() and farewell.bye().
 """
 
 
+_COLUMNS = (
+    Column(header="task"),
+    Column(header="state", states=True),
+    Column(header="diff"),
+    Column(header="branch"),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoResult:
     """What the demo did."""
@@ -72,9 +81,7 @@ class DemoResult:
     states: dict[str, TaskState]
 
 
-def run_demo(
-    *, jobs: int = 2, keep: bool = False, echo: Callable[[str], None] = print
-) -> DemoResult:
+def run_demo(*, jobs: int = 2, keep: bool = False, echo: Echo = print) -> DemoResult:
     """Make a throwaway repository, run four dependent tasks, show the outcome, clean up."""
     base = Path(tempfile.mkdtemp(prefix="swarm-demo-"))
     root = base / "project"
@@ -90,9 +97,16 @@ def run_demo(
             lock.acquire()
             runner = Runner.create(repo=repo, spec=spec, store=store, observer=PlainObserver())
             states = runner.execute()
-            for row in task_status(store, runner.run_id):
-                diff = f"+{row.insertions} -{row.deletions}" if row.files_changed else ""
-                echo(f"  {row.task_id:<15} {row.state:<8} {diff:<8} {row.branch}")
+            rows = [
+                [
+                    r.task_id,
+                    r.state,
+                    f"+{r.insertions} -{r.deletions}" if r.files_changed else "",
+                    r.branch,
+                ]
+                for r in task_status(store, runner.run_id)
+            ]
+            echo(render(table(_COLUMNS, rows)))
         log = git.git(root, "log", "--oneline", "--graph", "--all", "--decorate")
         echo("branches made by the agents (your checkout stayed on main, untouched):")
         echo(log)

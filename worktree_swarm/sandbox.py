@@ -10,7 +10,6 @@ docs/sandbox.md for what this protects and what it does not.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proc
 
@@ -111,21 +111,23 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SwarmError("bubblewrap (`bwrap`) is no longer on PATH; install it or drop --sandbox")
-    common = _real(box.common_dir)
-    worktree = _real(box.worktree)
+    # bwrap resolves a destination inside the new root, where a symlink in the path could
+    # lead somewhere else than on the host: bind canonical paths on both sides.
+    common = real_path(box.common_dir)
+    worktree = real_path(box.worktree)
     admin = git.git_dir(worktree)
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for extra in box.extra:
-        args += _bind("--bind-try", _real(Path(extra)))
+        args += _bind("--bind-try", real_path(Path(extra)))
     args += _bind("--bind", common)
     for name in _PROTECTED:
         args += _bind("--ro-bind-try", common / name)
     args += _bind("--ro-bind", common / "worktrees")
-    args += _bind("--ro-bind-try", _real(box.state_dir))
+    args += _bind("--ro-bind-try", real_path(box.state_dir))
     for own in (worktree, admin, box.temp_dir, box.config_dir):
-        args += _bind("--bind", _real(own))
+        args += _bind("--bind", real_path(own))
     for own_file in (box.findings, lock_of(box.findings)):
-        args += _bind("--bind", _real(own_file))
+        args += _bind("--bind", real_path(own_file))
     # Rewritten, these would point swarm's own git commands in the worktree (checkpoints,
     # which run outside the sandbox) at a repository the agent made up.
     args += _bind("--ro-bind", worktree / ".git")
@@ -141,9 +143,3 @@ def lock_of(findings: Path) -> Path:
 
 def _bind(option: str, path: Path) -> list[str]:
     return [option, str(path), str(path)]
-
-
-def _real(path: Path) -> Path:
-    # bwrap resolves a destination inside the new root, where a symlink in the path could
-    # lead somewhere else than on the host: bind canonical paths on both sides.
-    return Path(os.path.realpath(path))

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    TAIL_LINES,
+    AgentOutcome,
     AgentResult,
-    Outcome,
     interpret_by_exit,
     rate_limited_result,
     render_argv,
     resume_text,
-    tail,
 )
+from worktree_swarm.infra.logtail import last_lines
 
 _TOKENS_RE = re.compile(r"Tokens:\s*(?P<body>[^\n]+?)\s+received\.", re.IGNORECASE)
 _PART_RE = re.compile(r"(?P<n>[\d.]+)(?P<unit>[kKmM]?)\s+(?P<kind>sent|cache write|cache hit)$")
@@ -66,11 +67,11 @@ class AiderAdapter:
     def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
         """Exit code and messages; an exit 0 after aider gave up on a rate limit is limited."""
         usage = _usage(log_text)
-        lines = tail(log_text)
+        lines = last_lines(log_text, TAIL_LINES)
         if exit_code == 0:
             limited = _gave_up(lines, now=now)
             if limited is None:
-                return AgentResult(outcome=Outcome.SUCCESS, **usage)
+                return AgentResult(outcome=AgentOutcome.SUCCESS, **usage)
             return AgentResult(
                 outcome=limited.outcome, reason=limited.reason, retry_at=limited.retry_at, **usage
             )

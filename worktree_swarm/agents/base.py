@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from worktree_swarm.core.text import one_line
+from worktree_swarm.infra.logtail import last_lines
+
 PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "worktree", "branch")
 DEFAULT_RESUME_PROMPT = "Continue the task where you left off, then finish it."
 # How much of the end of a log message heuristics look at: a prompt echoed at the start of a
@@ -29,7 +32,7 @@ _PLACEHOLDER_RE = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
-class Outcome(enum.StrEnum):
+class AgentOutcome(enum.StrEnum):
     """How one attempt of an agent ended, as far as its own output tells."""
 
     SUCCESS = "success"
@@ -41,7 +44,7 @@ class Outcome(enum.StrEnum):
 class AgentResult:
     """The interpreted end of one attempt: outcome, resume handle and accounting."""
 
-    outcome: Outcome
+    outcome: AgentOutcome
     reason: str = ""
     session_id: str | None = None
     cost_usd: float | None = None
@@ -142,18 +145,6 @@ def json_objects(text: str) -> list[dict[str, Any]]:
     return found
 
 
-def tail(text: str, lines: int = TAIL_LINES) -> list[str]:
-    """The last *lines* non-empty lines of *text*."""
-    kept = [line.strip() for line in text.splitlines() if line.strip()]
-    return kept[-lines:]
-
-
-def one_line(text: str, limit: int = REASON_MAX) -> str:
-    """*text* squeezed onto one line of at most *limit* characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def as_int(value: object) -> int | None:
     """An integer count from JSON, or None (booleans are not counts)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -189,15 +180,16 @@ def interpret_by_exit(
     With *skip_json*, the reason quotes the last line that is not a JSON event.
     """
     if exit_code == 0:
-        return AgentResult(outcome=Outcome.SUCCESS)
-    lines = tail(log_text)
+        return AgentResult(outcome=AgentOutcome.SUCCESS)
+    lines = last_lines(log_text, TAIL_LINES)
     limited = rate_limited_result(lines, now=now, label=label)
     if limited is not None:
         return limited
     quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
-    last = one_line(quotable[-1]) if quotable else ""
+    last = one_line(quotable[-1], limit=REASON_MAX) if quotable else ""
     return AgentResult(
-        outcome=Outcome.FAILED, reason=exit_phrase(exit_code, label) + (f": {last}" if last else "")
+        outcome=AgentOutcome.FAILED,
+        reason=exit_phrase(exit_code, label) + (f": {last}" if last else ""),
     )
 
 
@@ -207,8 +199,8 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
         limited, retry_at = classify_rate_limit(line, now=now)
         if limited:
             return AgentResult(
-                outcome=Outcome.RATE_LIMITED,
-                reason=f"{label} rate limited: {one_line(line, 160)}",
+                outcome=AgentOutcome.RATE_LIMITED,
+                reason=f"{label} rate limited: {one_line(line, limit=160)}",
                 retry_at=retry_at,
             )
     return None

@@ -16,8 +16,9 @@ from typing import Any
 
 from worktree_swarm.agents import claude_auth
 from worktree_swarm.agents.base import (
+    REASON_MAX,
+    AgentOutcome,
     AgentResult,
-    Outcome,
     as_float,
     as_int,
     classify_rate_limit,
@@ -25,11 +26,11 @@ from worktree_swarm.agents.base import (
     interpret_by_exit,
     is_session_id,
     json_objects,
-    one_line,
     render_argv,
     require_session_id,
     resume_text,
 )
+from worktree_swarm.core.text import one_line
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})  # 529: Anthropic "overloaded_error"
 
@@ -87,7 +88,7 @@ class ClaudeAdapter:
         if not results:
             if rejected:
                 return AgentResult(
-                    outcome=Outcome.RATE_LIMITED,
+                    outcome=AgentOutcome.RATE_LIMITED,
                     reason="claude rate limited: usage limit rejected the request",
                     session_id=session_id,
                     retry_at=rejected_at,
@@ -128,9 +129,9 @@ def _from_result(
     failed = result.get("is_error") is True or subtype != "success"
     if not failed:
         if exit_code in (0, None):
-            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+            return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
         return AgentResult(
-            outcome=Outcome.FAILED,
+            outcome=AgentOutcome.FAILED,
             reason=f"claude exited {exit_code} after reporting success",
             **accounting,
         )
@@ -140,14 +141,14 @@ def _from_result(
     if status in RATE_LIMIT_STATUSES or limited:
         what = f"HTTP {status}" if status in RATE_LIMIT_STATUSES else "usage limit"
         return AgentResult(
-            outcome=Outcome.RATE_LIMITED,
-            reason=one_line(f"claude rate limited ({what}): {detail}"),
+            outcome=AgentOutcome.RATE_LIMITED,
+            reason=one_line(f"claude rate limited ({what}): {detail}", limit=REASON_MAX),
             retry_at=reset or retry_at,
             **accounting,
         )
     return AgentResult(
-        outcome=Outcome.FAILED,
-        reason=one_line(f"claude {subtype or 'error'}: {detail}"),
+        outcome=AgentOutcome.FAILED,
+        reason=one_line(f"claude {subtype or 'error'}: {detail}", limit=REASON_MAX),
         **accounting,
     )
 

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    REASON_MAX,
+    AgentOutcome,
     AgentResult,
-    Outcome,
     as_int,
     classify_rate_limit,
     interpret_by_exit,
     is_session_id,
     json_objects,
-    one_line,
     render_argv,
     require_session_id,
     resume_text,
 )
+from worktree_swarm.core.text import one_line
 
 _TERMINAL = frozenset({"turn.completed", "turn.failed", "error"})
 
@@ -74,27 +75,29 @@ class CodexAdapter:
         accounting = _accounting(events)
         terminal = [e for e in events if e["type"] in _TERMINAL]
         if terminal and terminal[-1]["type"] == "turn.completed" and exit_code in (0, None):
-            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+            return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
         messages = [m for e in terminal if (m := _message(e))]
         for message in reversed(messages):
             limited, retry_at = classify_rate_limit(message, now=now)
             if limited:
                 return AgentResult(
-                    outcome=Outcome.RATE_LIMITED,
-                    reason=one_line(f"codex rate limited: {message}"),
+                    outcome=AgentOutcome.RATE_LIMITED,
+                    reason=one_line(f"codex rate limited: {message}", limit=REASON_MAX),
                     retry_at=retry_at,
                     **accounting,
                 )
         if messages:
             return AgentResult(
-                outcome=Outcome.FAILED, reason=one_line(f"codex: {messages[-1]}"), **accounting
+                outcome=AgentOutcome.FAILED,
+                reason=one_line(f"codex: {messages[-1]}", limit=REASON_MAX),
+                **accounting,
             )
         fallback = interpret_by_exit(
             exit_code=exit_code, log_text=log_text, now=now, label="codex", skip_json=True
         )
-        if fallback.outcome is Outcome.SUCCESS:
+        if fallback.outcome is AgentOutcome.SUCCESS:
             fallback = AgentResult(
-                outcome=Outcome.FAILED, reason="codex exited 0 without completing a turn"
+                outcome=AgentOutcome.FAILED, reason="codex exited 0 without completing a turn"
             )
         return AgentResult(
             outcome=fallback.outcome,

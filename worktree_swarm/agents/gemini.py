@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    REASON_MAX,
+    AgentOutcome,
     AgentResult,
-    Outcome,
     as_int,
     classify_rate_limit,
     interpret_by_exit,
     is_session_id,
     iter_dicts,
     json_objects,
-    one_line,
     render_argv,
     require_session_id,
     resume_text,
 )
+from worktree_swarm.core.text import one_line
 
 HTTP_TOO_MANY_REQUESTS = 429
 
@@ -89,16 +90,18 @@ class GeminiAdapter:
             limited, retry_at = classify_rate_limit(message, now=now)
             if limited or as_int(error.get("code")) == HTTP_TOO_MANY_REQUESTS:
                 return AgentResult(
-                    outcome=Outcome.RATE_LIMITED,
-                    reason=one_line(f"gemini rate limited: {label}"),
+                    outcome=AgentOutcome.RATE_LIMITED,
+                    reason=one_line(f"gemini rate limited: {label}", limit=REASON_MAX),
                     retry_at=retry_at,
                     **accounting,
                 )
             return AgentResult(
-                outcome=Outcome.FAILED, reason=one_line(f"gemini {label}"), **accounting
+                outcome=AgentOutcome.FAILED,
+                reason=one_line(f"gemini {label}", limit=REASON_MAX),
+                **accounting,
             )
         if exit_code in (0, None):
-            return AgentResult(outcome=Outcome.SUCCESS, **accounting)
+            return AgentResult(outcome=AgentOutcome.SUCCESS, **accounting)
         fallback = interpret_by_exit(
             exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
         )

@@ -22,14 +22,12 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     merged_into,
-    norm,
     processes_using,
     worktree_finding,
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.core.paths import store_path
-from worktree_swarm.core.words import plural
+from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -135,7 +133,7 @@ def plan_clean(
     force: bool,
 ) -> list[Finding]:
     """Findings for every finished task of *run_ids* that still has a worktree or branch."""
-    registered = {norm(w.path): w for w in worktrees.list_worktrees(repo)}
+    registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
     findings: list[Finding] = []
     for run_id in run_ids:
         run = store.get_run(run_id)
@@ -182,7 +180,7 @@ def _plan_task(
     found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force)
     if keep_branches or kept or not git.branch_exists(repo, task.branch):
         return found
-    path = norm(task.worktree)
+    path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
     if elsewhere:
         keep = f"checked out in {elsewhere[0].path}"
@@ -287,7 +285,7 @@ def _plan_task_worktree(
     """Findings for a finished task's worktree; returns (findings, dirty, kept)."""
     why = f"task {task.task_id} is {task.state.value}"
     path = Path(task.worktree)
-    info = registered.get(norm(path))
+    info = registered.get(real_path(path))
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
     if not path.is_dir():
@@ -347,36 +345,3 @@ def _record_cleaned(store: Store, results: list[Result]) -> None:
 def _remove_empty_root(repo: git.Repo) -> None:
     with contextlib.suppress(OSError):
         paths.default_worktree_root(repo.root).rmdir()
-
-
-# -- text output ----------------------------------------------------------------------------
-
-
-def format_report(report: Report) -> str:
-    """The human-readable report: findings grouped per kind, each with reason and fix."""
-    results = {id(r.finding): r for r in report.results}
-    lines: list[str] = list(report.notes)
-    for kind in Kind:
-        group = [f for f in report.findings if f.kind is kind]
-        if not group:
-            continue
-        lines.append(f"{kind.value.replace('_', ' ')} ({len(group)})")
-        for finding in group:
-            lines.append(f"  {finding.target}: {finding.reason}")
-            result = results.get(id(finding))
-            if finding.action is Action.KEEP:
-                lines.append(f"    {finding.fix}")
-            elif result is None:
-                lines.append(f"    would: {finding.fix}")
-            else:
-                lines.append(f"    {'done' if result.fixed else 'left'}: {result.detail}")
-    kept = sum(1 for f in report.findings if f.action is Action.KEEP)
-    if not report.findings:
-        lines.append("nothing to clean")
-    elif report.applied:
-        fixed = sum(1 for r in report.results if r.fixed)
-        lines.append(f"{fixed} fixed, {kept} kept, {plural(len(report.left), 'problem')} left")
-    else:
-        todo = len(report.findings) - kept
-        lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
-    return "\n".join(lines)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ import psutil
 from worktree_swarm import guard
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -104,11 +104,6 @@ class Result:
 
 
 # -- shared git and process helpers -------------------------------------------------------
-
-
-def norm(path: Path | str) -> Path:
-    """*path* with symlinks resolved, for comparing worktree paths."""
-    return Path(os.path.realpath(path))
 
 
 def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
@@ -303,7 +298,7 @@ def _kill(f: Finding, *, grace: float) -> str:
 
 def git_users(paths: list[Path]) -> list[psutil.Process]:
     """Live git processes whose cwd is inside one of *paths* (they may hold git's locks)."""
-    roots = [norm(p) for p in paths]
+    roots = [real_path(p) for p in paths]
     found = []
     for process in psutil.process_iter(["name"]):
         name = process.info.get("name") or ""
@@ -343,12 +338,12 @@ def _unlink_lock(repo: git.Repo, f: Finding) -> str:
 def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     # We already hold the repository lock, and list_worktrees would wait for it forever.
     infos = worktrees.list_worktrees_locked(repo)
-    return {norm(w.path): w for w in infos}
+    return {real_path(w.path): w for w in infos}
 
 
 def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, str | None]:
     path = Path(f.target)
-    info = _registered_locked(repo).get(norm(path))
+    info = _registered_locked(repo).get(real_path(path))
     if info is None:
         return "already gone", None
     if info.is_main:
@@ -374,20 +369,20 @@ def adding_process(path: Path) -> psutil.Process | None:
     users = processes_using(path)
     if users:
         return users[0]
-    target = norm(path)
+    target = real_path(path)
     for process in psutil.process_iter(["name", "cmdline", "cwd"]):
         if not (process.info.get("name") or "").startswith("git"):
             continue
         cwd = process.info.get("cwd") or "/"
         for arg in process.info.get("cmdline") or []:
-            if arg and not arg.startswith("-") and norm(Path(cwd) / arg) == target:
+            if arg and not arg.startswith("-") and real_path(Path(cwd) / arg) == target:
                 return process
     return None
 
 
 def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
-    info = _registered_locked(repo).get(norm(path))
+    info = _registered_locked(repo).get(real_path(path))
     if info is None:
         return "already gone"
     if info.is_main or info.locked != "initializing" or f.admin_dir is None:
@@ -395,7 +390,7 @@ def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     adder = adding_process(path)
     if adder is not None:
         raise SwarmError(f"{describe(adder)} is still creating it")
-    if norm(repo.root).is_relative_to(norm(path)):
+    if real_path(repo.root).is_relative_to(real_path(path)):
         raise SwarmError(f"{path} contains the main checkout; never removed")
     # The directory only holds git's partial checkout: `worktree add` never finished.
     (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
@@ -409,9 +404,10 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     path = Path(f.target)
     if not path.is_dir() or path.is_symlink():
         return "already gone", None
-    if norm(path) in _registered_locked(repo):
+    if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"{path} is now a registered worktree; left alone")
-    if norm(repo.root).is_relative_to(norm(path)) or norm(path).is_relative_to(norm(repo.root)):
+    real, root = real_path(path), real_path(repo.root)
+    if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
     sha = snapshot_directory(repo, path)
     if sha is None:
@@ -453,7 +449,7 @@ def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
 
 def _prune(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
-    if norm(path) not in _registered_locked(repo):
+    if real_path(path) not in _registered_locked(repo):
         return "already gone"
     if path.exists():
         raise SwarmError(f"{path} exists again; not pruned")
@@ -461,7 +457,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
         # Planned only with --force: the user's lock on a vanished worktree is overridden.
         (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     git.git(repo.root, "worktree", "prune")
-    if norm(path) in _registered_locked(repo):
+    if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
     return "pruned"
 

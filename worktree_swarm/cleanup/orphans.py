@@ -36,7 +36,6 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     merged_into,
-    norm,
     processes_using,
     repo_paths,
     worktree_finding,
@@ -45,7 +44,8 @@ from worktree_swarm.config import manifest
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import real_path, store_path
+from worktree_swarm.core.units import parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -80,7 +80,7 @@ def parse_age(text: str) -> float:
         if not days > 0:
             raise BadInputError(f"--idle: bad age {text!r} (use e.g. '7d', '36h' or '90m')")
         return days * DAY
-    return manifest.parse_duration(text, where="--idle")
+    return parse_duration(text, where="--idle")
 
 
 def doctor(
@@ -118,7 +118,7 @@ def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
         recorded = run.settings.worktree_root
         if recorded is not None:
             roots.append(recorded)
-    return list(dict.fromkeys(norm(root) for root in roots))
+    return list(dict.fromkeys(real_path(root) for root in roots))
 
 
 def scan(
@@ -152,7 +152,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         bases[run.run_id] = run.base_commit
         rows = store.tasks(run.run_id) if store is not None else []
         # Runs come oldest first, so a later run's task wins a reused path or branch.
-        task_at.update({norm(row.worktree): row for row in rows})
+        task_at.update({real_path(row.worktree): row for row in rows})
         task_of_branch.update({row.branch: row for row in rows})
         branch_of = {row.task_id: row.branch for row in rows}
         if store is not None:
@@ -162,7 +162,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         store=store,
         manager_alive=lock.manager_alive(repo.state_dir),
         roots=tuple(worktree_roots(repo, store)),
-        registered={norm(w.path): w for w in worktrees.list_worktrees(repo)},
+        registered={real_path(w.path): w for w in worktrees.list_worktrees(repo)},
         targets=tuple(merge_targets(repo)),
         task_at=task_at,
         task_of_branch=task_of_branch,
@@ -210,7 +210,7 @@ def _processes(ctx: _Context) -> list[Finding]:
     for root in ctx.roots:
         for process in processes_using(root) if root.is_dir() else []:
             try:
-                cwd = norm(process.cwd())
+                cwd = real_path(process.cwd())
             except OSError:
                 continue
             mine = ctx.manager_alive and any(cwd.is_relative_to(p) for p in active_paths)
@@ -343,7 +343,7 @@ def _admin_dir(repo: git.Repo, path: Path) -> str | None:
     admin = repo.common_dir / "worktrees"
     for entry in admin.iterdir() if admin.is_dir() else []:
         with contextlib.suppress(OSError):
-            if norm(Path((entry / "gitdir").read_text().strip()).parent) == norm(path):
+            if real_path(Path((entry / "gitdir").read_text().strip()).parent) == real_path(path):
                 return str(entry)
     return None
 
@@ -399,12 +399,12 @@ INTEGRATION_PREFIX = "swarm/integration-"
 
 def _directories(ctx: _Context) -> list[Finding]:
     found: list[Finding] = []
-    main = norm(ctx.repo.root)
+    main = real_path(ctx.repo.root)
     for root in ctx.roots:
         for child in sorted(root.iterdir()) if root.is_dir() else []:
-            if child.is_symlink() or not child.is_dir() or norm(child) in ctx.registered:
+            if child.is_symlink() or not child.is_dir() or real_path(child) in ctx.registered:
                 continue
-            task = ctx.task_at.get(norm(child))
+            task = ctx.task_at.get(real_path(child))
             if task is not None and not task.state.is_final and ctx.manager_alive:
                 continue  # its worktree is being created
             keep = _keep_directory(ctx, child, main)
@@ -424,14 +424,14 @@ def _directories(ctx: _Context) -> list[Finding]:
 
 def _keep_directory(ctx: _Context, child: Path, main: Path) -> str:
     """Why the stray directory *child* must not be removed ('' when it may be)."""
-    if norm(child).is_relative_to(main) or main.is_relative_to(norm(child)):
+    if real_path(child).is_relative_to(main) or main.is_relative_to(real_path(child)):
         return "it is inside your checkout; remove it yourself"
     dotgit = child / ".git"
     if dotgit.is_dir():
         return "it is a repository of its own; move it elsewhere"
     if dotgit.is_file():
         text = dotgit.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
-        if not norm(child / text).is_relative_to(norm(ctx.repo.common_dir)):
+        if not real_path(child / text).is_relative_to(real_path(ctx.repo.common_dir)):
             return "it is a worktree of another repository; move it elsewhere"
     return ""
 

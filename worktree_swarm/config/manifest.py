@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import re
 import shlex
@@ -25,7 +24,9 @@ from typing import TYPE_CHECKING, TypeVar
 from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import TASK_ID_RE, CopyMode, RunSpec, Task, is_valid_task_id
+from worktree_swarm.core.units import parse_duration, parse_size
 from worktree_swarm.git import repo as git
 
 if TYPE_CHECKING:
@@ -53,13 +54,8 @@ DEFAULTS_KEYS = SETTING_KEYS | RUN_KEYS
 MANIFEST_KEYS = frozenset({"defaults", "task"})
 
 _ID_RULE = f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lock')"
-_DURATION_RE = re.compile(
-    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
-)
-_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
 COPY_MODES = tuple(mode.value for mode in CopyMode)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_AUTHOR_RE = re.compile(r"[^<>\n]*[^<>\s][^<>\n]* <[^<>\s]+>")
 _MAX_PORT = 65535
 _MIN_PORT = 1024
 
@@ -180,47 +176,6 @@ def build_run_spec(
         tasks.append(task)
     _check_dependencies(tasks, where_of)
     return _run_spec(tuple(tasks), layer, repo_root=repo_root)
-
-
-def parse_duration(value: object, *, where: str) -> float:
-    """Return seconds for ``"45m"``, ``"90s"``, ``"1h30m"``, ``"1.5m"`` or a number of seconds.
-
-    The result is always positive and finite.
-    """
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        match = _DURATION_RE.fullmatch(text) if text else None
-        if match is not None and any(match.groupdict().values()):
-            hours, minutes, secs = (float(match.group(g) or 0) for g in ("h", "m", "s"))
-            seconds = hours * 3600 + minutes * 60 + secs
-        elif _is_number(text):
-            seconds = float(text)
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise BadInputError(
-            f"{where}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
-        )
-    return seconds
-
-
-def parse_size(value: object, where: str) -> int:
-    """Return bytes for ``"20G"``, ``"500MB"``, ``"1.5GiB"``, ``"800k"`` or a number of bytes.
-
-    Units are binary (K = 1024). The result is always positive.
-    """
-    size: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        size = float(value)
-    elif isinstance(value, str):
-        match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
-        if match is not None:
-            unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
-            size = float(match.group("n")) * 1024 ** "BKMGTP".index(unit or "B")
-    if size is None or not math.isfinite(size) or size < 1:
-        raise BadInputError(f"{where}: bad size {value!r} (use bytes or e.g. '500M', '20G')")
-    return int(size)
 
 
 def load_config(repo_root: Path) -> dict[str, object]:
@@ -347,8 +302,8 @@ def _parse_overrides(overrides: Overrides) -> _Settings:
     return _Settings(
         agent=agent,
         jobs=_opt(overrides.jobs, "--jobs", _at_least(1)),
-        timeout=_opt(overrides.timeout, "--timeout", _duration),
-        idle_timeout=_opt(overrides.idle_timeout, "--idle-timeout", _duration),
+        timeout=_opt(overrides.timeout, "--timeout", parse_duration),
+        idle_timeout=_opt(overrides.idle_timeout, "--idle-timeout", parse_duration),
         checks=_opt(
             None if overrides.checks is None else list(overrides.checks), "--check", _commands
         ),
@@ -490,8 +445,8 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
     return _Settings(
         agent=get("agent", _agent),
         checks=get("checks", _commands),
-        timeout=get("timeout", _duration),
-        idle_timeout=get("idle_timeout", _duration),
+        timeout=get("timeout", parse_duration),
+        idle_timeout=get("idle_timeout", parse_duration),
         retries=get("retries", _at_least(0)),
         priority=get("priority", _integer),
         copy=get("copy", _globs),
@@ -506,11 +461,11 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         sandbox=get("sandbox", _boolean),
         sandbox_writable=get("sandbox_writable", _abs_paths),
         allow_outside_writes=get("allow_outside_writes", _boolean),
-        rate_limit_backoff=get("rate_limit_backoff", _duration),
+        rate_limit_backoff=get("rate_limit_backoff", parse_duration),
         jobs=get("jobs", _at_least(1)),
         worktree_root=get("worktree_root", _non_empty),
         commit_author=get("commit_author", _author),
-        kill_grace=get("kill_grace", _duration),
+        kill_grace=get("kill_grace", parse_duration),
         port_base=get("port_base", _port_base),
         port_block=get("port_block", _at_least(1)),
     )
@@ -528,10 +483,6 @@ def _agent(value: object, where: str) -> _Agent:
     raise BadInputError(
         f"{where}: expected a profile name or an argv array, got {_type_name(value)}"
     )
-
-
-def _duration(value: object, where: str) -> float:
-    return parse_duration(value, where=where)
 
 
 def _string(value: object, where: str) -> str:
@@ -586,7 +537,7 @@ def _port_base(value: object, where: str) -> int:
 
 def _author(value: object, where: str) -> str:
     text = _string(value, where)
-    if _AUTHOR_RE.fullmatch(text) is None:
+    if parse_author(text) is None:
         raise BadInputError(f"{where}: expected 'Name <email>', got {text!r}")
     return text
 
@@ -723,14 +674,6 @@ def _display(path: Path) -> str:
         return str(path.absolute().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _quote(text: str) -> str:

@@ -38,9 +38,14 @@ class TaskState(enum.StrEnum):
     STOPPED = "stopped"
 
     @property
+    def is_active(self) -> bool:
+        """Whether the task is still in play: pending, running, checking or rate limited."""
+        return self in _ACTIVE
+
+    @property
     def is_final(self) -> bool:
         """Whether nothing more will happen to the task in this run."""
-        return self not in _ACTIVE
+        return not self.is_active
 
     @property
     def is_success(self) -> bool:

@@ -6,6 +6,7 @@ Every path swarm derives from a repository is computed here, so that read-only c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ class Repo:
     def state_dir(self) -> Path:
         """Where swarm keeps its state; shared by every worktree, never committed."""
         return self.common_dir / STATE_DIR_NAME
+
+
+def real_path(path: Path | str) -> Path:
+    """*path* absolute with every symlink resolved: the one form in which paths are compared."""
+    return Path(os.path.realpath(path))
 
 
 def store_path(repo: Repo) -> Path:

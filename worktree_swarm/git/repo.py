@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,7 +13,9 @@ from typing import TYPE_CHECKING
 import filelock
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import runner
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 MIN_GIT_VERSION = (2, 38)
 _VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
-_AUTHOR_RE = re.compile(r"(?P<name>[^<>]*[^<>\s])\s*<(?P<email>[^<>\s]+)>")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,7 +144,7 @@ def git_dir(checkout: Path) -> Path:
     if not text.startswith("gitdir:"):
         raise GitError(f"{dotgit}: not a git checkout's .git file")
     # Relative since git 2.48 with worktree.useRelativePaths.
-    return Path(os.path.realpath(checkout / text.removeprefix("gitdir:").strip()))
+    return real_path(checkout / text.removeprefix("gitdir:").strip())
 
 
 def rev_parse_in(cwd: Path, rev: str) -> str | None:
@@ -188,7 +188,7 @@ def user_identity(root: Path) -> str | None:
     name = git(root, "config", "--get", "user.name", check=False).strip()
     email = git(root, "config", "--get", "user.email", check=False).strip()
     author = f"{name} <{email}>"
-    if not name or not email or _AUTHOR_RE.fullmatch(author) is None:
+    if not name or not email or parse_author(author) is None:
         return None
     return author
 
@@ -204,10 +204,10 @@ def trailers(task_id: str, attempt: int | None, agent: str) -> str:
 
 def identity_env(author: str) -> dict[str, str]:
     """Environment making *author* (``Name <email>``) both author and committer."""
-    match = _AUTHOR_RE.fullmatch(author.strip())
-    if match is None:
+    identity = parse_author(author.strip())
+    if identity is None:
         raise BadInputError(f"author {author!r} is not of the form `Name <email>`")
-    name, email = match["name"].strip(), match["email"]
+    name, email = identity.name, identity.email
     # Environment variables beat -c user.name: a user's GIT_AUTHOR_* must not leak in.
     return {
         "GIT_AUTHOR_NAME": name,

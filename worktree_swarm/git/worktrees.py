@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import CopyMode
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
@@ -89,21 +90,17 @@ def preflight(repo: Repo, items: Sequence[tuple[str, Path]]) -> None:
     # Without a state dir no swarm process has touched this repository, so the list needs no
     # lock; taking it would create files before validation has finished (bad input creates nothing).
     infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
-    registered = {_norm(info.path) for info in infos}
+    registered = {real_path(info.path) for info in infos}
     seen_branches: set[str] = set()
     seen_paths: set[Path] = set()
     for branch, path in items:
         if branch in seen_branches:
             raise BadInputError(f"branch {branch} is requested twice")
-        if _norm(path) in seen_paths:
+        if real_path(path) in seen_paths:
             raise BadInputError(f"worktree {path} is requested twice")
         seen_branches.add(branch)
-        seen_paths.add(_norm(path))
+        seen_paths.add(real_path(path))
         _check_free(repo, branch, path, registered)
-
-
-def _norm(path: Path) -> Path:
-    return Path(os.path.realpath(path))
 
 
 def _check_free(repo: Repo, branch: str, path: Path, registered: set[Path]) -> None:
@@ -111,7 +108,7 @@ def _check_free(repo: Repo, branch: str, path: Path, registered: set[Path]) -> N
         raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}")
     if os.path.lexists(path):
         raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
-    if _norm(path) in registered:
+    if real_path(path) in registered:
         raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
 
 
@@ -168,7 +165,7 @@ def _discard_locked(repo: Repo, *, path: Path, branch: str, commit: str) -> None
                 gitdir = (admin / "gitdir").read_text().strip()
             except OSError:
                 continue
-            if _norm(Path(gitdir).parent) == _norm(path):
+            if real_path(Path(gitdir).parent) == real_path(path):
                 shutil.rmtree(admin, ignore_errors=True)
     # Only delete the branch while it is still where we created it.
     git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
@@ -212,7 +209,7 @@ def copy_into(
     Returns the copied relative paths (POSIX style, sorted).
     """
     src_root = src_root.absolute()
-    dst_real = _norm(dst_root)
+    dst_real = real_path(dst_root)
     copied: set[str] = set()
     for pattern in globs:
         pure = PurePosixPath(pattern)
@@ -224,7 +221,7 @@ def copy_into(
                 if rel.parts[0] == ".git":
                     continue
                 dst = dst_root / rel
-                if not _norm(dst.parent).is_relative_to(dst_real):
+                if not real_path(dst.parent).is_relative_to(dst_real):
                     raise BadInputError(f"{rel} would be copied outside {dst_root}")
                 if os.path.lexists(dst):
                     continue
@@ -313,7 +310,7 @@ def link_into(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
             continue
         if not src.is_dir():
             raise SwarmError(f"link {name!r}: {src} is missing or not a directory")
-        if not _norm(dst.parent).is_relative_to(_norm(dst_root)):
+        if not real_path(dst.parent).is_relative_to(real_path(dst_root)):
             raise SwarmError(f"link {name!r}: {dst.parent} leads outside the worktree")
         if os.path.lexists(dst):
             raise SwarmError(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.text import one_line
 from worktree_swarm.github.client import Client
 
 PLACEHOLDERS = frozenset({"number", "title", "body", "labels", "url", "boundary"})
@@ -120,7 +120,9 @@ def _check_request(
 def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tuple[str, str, str]:
     """``(task_id, prompt, title)`` for one issue object of the GitHub REST API."""
     number = int(issue["number"])
-    title = one_line(str(issue.get("title") or ""))[:TITLE_LIMIT] or f"Issue #{number}"
+    title = (
+        one_line(str(issue.get("title") or ""), controls=True)[:TITLE_LIMIT] or f"Issue #{number}"
+    )
     body = str(issue.get("body") or "").replace("\r\n", "\n").strip()
     labels = ", ".join(_label_names(issue.get("labels"))) or "(none)"
     digest = hashlib.sha256(f"{title}\0{body}\0{labels}".encode()).hexdigest()[:16]
@@ -142,16 +144,8 @@ def _label_names(labels: object) -> list[str]:
     for label in labels:
         name = label.get("name") if isinstance(label, dict) else label
         if isinstance(name, str) and name.strip():
-            names.append(one_line(name))
+            names.append(one_line(name, controls=True))
     return names
-
-
-def one_line(text: str) -> str:
-    """*text* as one line: control characters and runs of whitespace become one space."""
-    # Control characters (newlines, escapes) in a title would break the prompt's and the PR's
-    # one-line fields and could smuggle terminal escapes into `swarm status`.
-    cleaned = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
-    return " ".join(cleaned.split())
 
 
 def parse_issue_numbers(text: str, *, where: str = "--issues") -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
+from worktree_swarm.core.text import Echo, one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import (
@@ -20,15 +21,12 @@ from worktree_swarm.github.client import (
     remote_url,
     strip_userinfo,
 )
-from worktree_swarm.github.issues import one_line
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
 TITLE_LIMIT = 200
 _ISSUE_TASK_RE = re.compile(r"issue-([1-9][0-9]{0,9})")
 _BACKTICKS_RE = re.compile(r"`+")
-
-Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,7 +267,7 @@ def push_branch(
 def pr_title(task: Task) -> str:
     """The task's title, else the first line of its prompt."""
     text = task.title or next((ln for ln in task.prompt.splitlines() if ln.strip()), task.id)
-    title = one_line(text)
+    title = one_line(text, controls=True)
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
     return title or task.id

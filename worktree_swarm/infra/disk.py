@@ -18,7 +18,6 @@ from pathlib import Path
 
 # st_blocks is in 512-byte units on Linux and macOS whatever the file system's block size.
 _BLOCK = 512
-_UNITS = "KMGTP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +103,3 @@ def combine(scans: Iterable[Scan]) -> DiskUsage:
 def usage(path: Path) -> DiskUsage:
     """Apparent and actual bytes under *path*; symlinks are not followed, zero when missing."""
     return scan(path).usage
-
-
-def format_size(n: int | None) -> str:
-    """``-`` for None, else binary units with one decimal below 10: ``512B``, ``1.5G``, ``20G``."""
-    if n is None:
-        return "-"
-    if n < 1024:  # noqa: PLR2004
-        return f"{n}B"
-    value = float(n)
-    for unit in _UNITS:
-        value /= 1024
-        if value < 1024 or unit == _UNITS[-1]:  # noqa: PLR2004
-            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"  # noqa: PLR2004
-    raise AssertionError  # pragma: no cover - the loop always returns

@@ -20,6 +20,7 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.infra.logtail import last_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +33,6 @@ CREATE_TIME_TOLERANCE = 1.0
 _POLL_INTERVAL = 0.05
 # After SIGKILL only an uninterruptible sleep (e.g. a hung NFS read) keeps a process.
 _KILL_TIMEOUT = 10.0
-_TAIL_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -141,21 +141,6 @@ class AdoptedProcess:
 def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
     """Supervise an agent recorded by a previous manager (alive or not)."""
     return AdoptedProcess(identity=identity, log_path=log_path, started_at=started_at)
-
-
-def last_line(path: Path, *, max_bytes: int = _TAIL_BYTES) -> str:
-    """Return the last non-empty line among the final *max_bytes* of *path*."""
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - max_bytes))
-            tail = f.read(max_bytes)
-    except FileNotFoundError:
-        return ""
-    for line in reversed(tail.decode(errors="replace").splitlines()):
-        if line.strip():
-            return line.rstrip()
-    return ""
 
 
 def spawn(

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import secrets
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,10 +33,11 @@ from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
 from worktree_swarm.merge.merge_report import (
     CheckResult,
+    MergeOutcome,
+    MergeProgress,
     MergeReport,
-    Outcome,
+    Silent,
     TaskResult,
-    format_prediction,
 )
 from worktree_swarm.merge.resolve import run_resolver
 from worktree_swarm.report.status import commit_author
@@ -47,11 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
 
-Echo = Callable[[str], None]
 INTEGRATION_PREFIX = "swarm/integration-"
-_ACTIVE = frozenset(
-    {TaskState.PENDING, TaskState.RUNNING, TaskState.RATE_LIMITED, TaskState.CHECKING}
-)
 
 
 class Strategy(enum.StrEnum):
@@ -95,7 +92,7 @@ class _Session:
     checks: tuple[tuple[str, ...], ...]
     identity: dict[str, str]
     log: Path
-    echo: Echo
+    progress: MergeProgress
     resolve: bool = False
     results: list[TaskResult] = field(default_factory=list)
 
@@ -125,14 +122,14 @@ def merge(
     checks: Sequence[str] = (),
     dry_run: bool = False,
     resolve: bool = False,
-    echo: Echo | None = None,
+    progress: MergeProgress | None = None,
 ) -> MergeReport:
     """Predict, order and merge the run's done tasks (or *task_ids*); see the module docstring.
 
     Bad input (unknown task, running task, unusable ``--into`` branch, dirty integration
     worktree, unparsable check) raises BadInputError before anything is created.
     """
-    say = echo or (lambda _line: None)
+    tell = progress or Silent()
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
     candidates, skipped = select_candidates(repo, store, run_id, task_ids, target=branch)
@@ -155,10 +152,9 @@ def merge(
         order=tuple(c.task_id for c in order),
         results=tuple(skipped),
     )
-    for line in format_prediction(report):
-        say(line)
+    tell.predicted(report)
     for result in skipped:
-        say(result.line())
+        tell.finished(result)
     if dry_run or not candidates:
         return report
     with _merge_lock(repo, run_id):
@@ -172,7 +168,7 @@ def merge(
             checks=argvs,
             identity=git.identity_env(commit_author(store, run_id)),
             log=run_dir(repo, run_id) / "merge" / "checks.log",
-            echo=say,
+            progress=tell,
             resolve=resolve,
             results=list(skipped),
         )
@@ -221,7 +217,7 @@ def select_candidates(
     candidates: list[Candidate] = []
     skipped: list[TaskResult] = []
     for row in rows:
-        if task_ids and row.state in _ACTIVE:
+        if task_ids and row.state.is_active:
             raise BadInputError(
                 f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
                 " (`swarm status`) before merging it"
@@ -236,7 +232,9 @@ def select_candidates(
         elif base is None or base == tip:
             why = "no commits on its branch"
         if why or tip is None or base is None:
-            skipped.append(TaskResult(task_id=row.task_id, outcome=Outcome.SKIPPED, reason=why))
+            skipped.append(
+                TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
+            )
             continue
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
@@ -403,7 +401,7 @@ def _baseline(s: _Session) -> CheckResult:
         summary="" if failure is None else failure.summary,
     )
     if failure is not None:
-        s.echo(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
+        s.progress.note(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
     return result
 
 
@@ -425,16 +423,16 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
         if missing:
             result = TaskResult(
                 task_id=c.task_id,
-                outcome=Outcome.SKIPPED,
+                outcome=MergeOutcome.SKIPPED,
                 reason=f"depends on {', '.join(missing)}, which did not merge",
             )
             failed.add(c.task_id)
         else:
             result = _merge_one(s, c)
-            (landed if result.outcome is Outcome.MERGED else failed).add(c.task_id)
+            (landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
             _record(s, c, result)
         s.results.append(result)
-        s.echo(result.line())
+        s.progress.finished(result)
 
 
 def _merge_one(s: _Session, c: Candidate) -> TaskResult:
@@ -455,12 +453,14 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
             reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
             return TaskResult(
                 task_id=c.task_id,
-                outcome=Outcome.CONFLICTED,
+                outcome=MergeOutcome.CONFLICTED,
                 files=files,
                 reason=reason if not s.resolve else f"{reason}; {why}",
             )
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
-        return TaskResult(task_id=c.task_id, outcome=Outcome.FAILED, reason=f"git merge: {tail}")
+        return TaskResult(
+            task_id=c.task_id, outcome=MergeOutcome.FAILED, reason=f"git merge: {tail}"
+        )
     if s.strategy is Strategy.SQUASH:
         if _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0:
             return _already(c, pre)
@@ -474,13 +474,13 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
 
 def _already(c: Candidate, commit: str) -> TaskResult:
     return TaskResult(
-        task_id=c.task_id, outcome=Outcome.MERGED, reason="already in target", commit=commit
+        task_id=c.task_id, outcome=MergeOutcome.MERGED, reason="already in target", commit=commit
     )
 
 
 def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
     """Let the task's agent finish the merge and commit it; None when it did, else why not."""
-    s.echo(f"resolving   {c.task_id}  conflicts in {', '.join(files)}: starting its agent")
+    s.progress.resolving(c.task_id, files)
     why = run_resolver(
         c.task,
         worktree=s.target.worktree,
@@ -504,7 +504,9 @@ def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ())
     commit = _head(s.target.worktree)
     note = f"conflicts in {', '.join(resolved)} resolved by its agent" if resolved else ""
     if not steps:
-        return TaskResult(task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, reason=note)
+        return TaskResult(
+            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note
+        )
     env = {**_check_env(s), "SWARM_TASK_ID": c.task_id}
     failure = run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
     check = CheckResult(
@@ -514,12 +516,12 @@ def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ())
     )
     if failure is None:
         return TaskResult(
-            task_id=c.task_id, outcome=Outcome.MERGED, commit=commit, check=check, reason=note
+            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, check=check, reason=note
         )
     _undo(s, pre)
     return TaskResult(
         task_id=c.task_id,
-        outcome=Outcome.FAILED,
+        outcome=MergeOutcome.FAILED,
         reason=f"{failure.summary} after merging into {s.target.branch}; merge undone",
         check=check,
     )
@@ -539,17 +541,17 @@ def _undo(s: _Session, pre: str) -> None:
 def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
     # A merge result is a fact beside the task's state (still done), so `swarm pr` and a
     # later merge into another branch keep working whatever happened here.
-    if result.outcome not in {Outcome.MERGED, Outcome.CONFLICTED, Outcome.FAILED}:
+    if result.outcome not in {MergeOutcome.MERGED, MergeOutcome.CONFLICTED, MergeOutcome.FAILED}:
         return
     reason = result.reason or f"merged into {s.target.branch}"
-    if result.outcome is Outcome.MERGED and result.commit:
+    if result.outcome is MergeOutcome.MERGED and result.commit:
         reason = f"merged into {s.target.branch} at {result.commit[:12]}"
     s.store.update_task(
         s.run_id,
         c.task_id,
         merge_result=result.outcome.value,
         merge_target=s.target.branch,
-        merge_commit=result.commit if result.outcome is Outcome.MERGED else None,
+        merge_commit=result.commit if result.outcome is MergeOutcome.MERGED else None,
         merge_detail=reason,
     )
     s.store.add_event(

@@ -1,15 +1,15 @@
-"""What `swarm merge` did: per-task results, the prediction, the target's commit; text and JSON."""
+"""What `swarm merge` did: per-task results, the prediction, the target's commit; JSON."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
-from worktree_swarm.core.words import plural
 from worktree_swarm.merge.conflicts import Prediction
 
 
-class Outcome(enum.StrEnum):
+class MergeOutcome(enum.StrEnum):
     """What happened to one task in a merge."""
 
     MERGED = "merged"
@@ -36,23 +36,11 @@ class TaskResult:
     """One task's outcome; ``files`` are the conflicted files, ``commit`` the target after it."""
 
     task_id: str
-    outcome: Outcome
+    outcome: MergeOutcome
     reason: str = ""
     files: tuple[str, ...] = ()
     commit: str | None = None
     check: CheckResult | None = None
-
-    def line(self) -> str:
-        """One line for the terminal."""
-        text = f"{self.outcome.value:<10}  {self.task_id}"
-        if self.outcome is Outcome.MERGED:
-            text += f"  {self.commit[:12]}" if self.commit else ""
-            if self.check is not None:
-                text += "  checks passed"
-            if self.reason:
-                text += f"  ({self.reason})"
-            return text
-        return text + (f"  {self.reason.splitlines()[0]}" if self.reason else "")
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -82,7 +70,7 @@ class MergeReport:
     results: tuple[TaskResult, ...]
     baseline: CheckResult | None = None
 
-    def by_outcome(self, outcome: Outcome) -> list[TaskResult]:
+    def by_outcome(self, outcome: MergeOutcome) -> list[TaskResult]:
         """The results with *outcome*."""
         return [r for r in self.results if r.outcome is outcome]
 
@@ -92,7 +80,7 @@ class MergeReport:
         if self.dry_run:
             return self.prediction.clean
         baseline_ok = self.baseline is None or self.baseline.ok
-        return baseline_ok and all(r.outcome is Outcome.MERGED for r in self.results)
+        return baseline_ok and all(r.outcome is MergeOutcome.MERGED for r in self.results)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -120,36 +108,37 @@ class MergeReport:
             "order": list(self.order),
             "baseline_checks": None if self.baseline is None else self.baseline.to_json(),
             "results": [r.to_json() for r in self.results],
-            **{o.value: [r.task_id for r in self.by_outcome(o)] for o in Outcome},
+            **{o.value: [r.task_id for r in self.by_outcome(o)] for o in MergeOutcome},
         }
 
 
-def format_prediction(report: MergeReport) -> list[str]:
-    """The conflict matrix in words."""
-    p = report.prediction
-    head = f"prediction: {plural(len(p.names), 'branch', 'branches')} into {report.target_branch}"
-    lines = [f"{head} ({report.target_before[:12]})"]
-    if p.clean:
-        lines.append("  no conflicts predicted")
-    lines += [f"  conflict  {a} <-> {b}: {', '.join(f)}" for (a, b), f in p.pairs.items()]
-    lines += [
-        f"  conflict  {name} <-> {report.target_branch}: {', '.join(f)}"
-        for name, f in p.target.items()
-    ]
-    if report.order:
-        lines.append(f"order: {', '.join(report.order)}")
-    return lines
+class MergeProgress(Protocol):
+    """Who is told as a merge goes (the CLI shows it; ``--json`` and library callers need not)."""
+
+    def predicted(self, report: MergeReport) -> None:
+        """The prediction and order are known; nothing has been merged yet."""
+
+    def finished(self, result: TaskResult) -> None:
+        """One task's merge ended (or was skipped)."""
+
+    def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
+        """The task's agent was started to resolve conflicts in *files*."""
+
+    def note(self, text: str) -> None:
+        """Anything else worth a line (checks failing on the target before any merge)."""
 
 
-def format_summary(report: MergeReport) -> list[str]:
-    """Totals and where the target now points."""
-    if report.dry_run:
-        return ["dry run: nothing was merged"]
-    counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in Outcome)
-    moved = (
-        f"{report.target_branch} now at {report.target_commit[:12]}"
-        if report.target_commit != report.target_before
-        else f"{report.target_branch} unchanged at {report.target_commit[:12]}"
-    )
-    where = f" (worktree {report.worktree})" if report.worktree else ""
-    return [f"{counts}; {moved}{where}"]
+class Silent:
+    """A :class:`MergeProgress` that tells no one."""
+
+    def predicted(self, report: MergeReport) -> None:
+        """Ignore it."""
+
+    def finished(self, result: TaskResult) -> None:
+        """Ignore it."""
+
+    def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
+        """Ignore it."""
+
+    def note(self, text: str) -> None:
+        """Ignore it."""

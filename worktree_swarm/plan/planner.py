@@ -29,6 +29,7 @@ from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_sp
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -301,8 +302,8 @@ def _tracked_files(repo_root: Path) -> dict[str, int]:
 
 
 def _file_section(files: Mapping[str, int]) -> str:
-    head = f"## Tracked files ({len(files)} files, {_size(sum(files.values()))})"
-    listing = [f"{path}  {_size(size)}" for path, size in sorted(files.items())]
+    head = f"## Tracked files ({len(files)} files, {format_size(sum(files.values()))})"
+    listing = [f"{path}  {format_size(size)}" for path, size in sorted(files.items())]
     if sum(len(line) + 1 for line in listing) <= _FILES_CHARS:
         return "\n".join([head, *listing])
     # Too many files to list: summarise by directory, as deep as the budget allows.
@@ -328,9 +329,9 @@ def _by_directory(files: Mapping[str, int], depth: int) -> list[str]:
         count, total = groups.get(name, (0, 0))
         groups[name] = (count + 1, total + size)
     return [
-        f"{name}  {_size(total)}"
+        f"{name}  {format_size(total)}"
         if not name.endswith("/")
-        else f"{name}  {n} files, {_size(total)}"
+        else f"{name}  {n} files, {format_size(total)}"
         for name, (n, total) in sorted(groups.items())
     ]
 
@@ -340,14 +341,6 @@ def _blob(repo_root: Path, path: str) -> str | None:
         return git.git(repo_root, "cat-file", "blob", f"HEAD:{path}")
     except (CommandError, UnicodeDecodeError):
         return None
-
-
-def _size(n: int) -> str:
-    if n < 1024:  # noqa: PLR2004
-        return f"{n} B"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KB"
-    return f"{n / 1024 / 1024:.1f} MB"
 
 
 # --- the API call and its errors -------------------------------------------------------------

@@ -15,16 +15,14 @@ from typing import TypeVar
 
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.core.words import plural
 from worktree_swarm.infra import supervisor
-from worktree_swarm.infra.disk import DiskUsage, format_size, usage
+from worktree_swarm.infra.disk import DiskUsage, usage
+from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 
 N = TypeVar("N", int, float)
 
-TAIL_LINES = 40
-TAIL_BYTES = 64 * 1024
 PROMPT_CHARS = 20_000
 
 
@@ -419,19 +417,6 @@ def _token_overhead(tasks: Sequence[TaskReport]) -> int | None:
     return min(reads) * (len(reads) - 1)
 
 
-def tail(path: Path, *, lines: int = TAIL_LINES) -> str:
-    """The last *lines* lines of *path* ('' when it does not exist)."""
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - TAIL_BYTES))
-            data = fh.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
-
-
 def _first(*values: N | None) -> N | None:
     return next((v for v in values if v is not None), None)
 
@@ -453,111 +438,3 @@ def _rounded(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_rounded(v) for v in value]
     return value
-
-
-# -- terminal ----------------------------------------------------------------------------------
-
-
-def format_text(report: RunReport) -> str:
-    """The terminal report: one row per task, then the run totals."""
-    width = max([4, *(len(t.task_id) for t in report.tasks)])
-    head = f"{'task':<{width}}  {'outcome':<12} {'att':>3} {'wall':>8} {'cost':>8} "
-    lines = [
-        f"run {report.run_id} ({report.status}) base {report.base_commit[:10]}, jobs {report.jobs}",
-        head + f"{'tokens in/out':>15} {'disk':>7}  {'diff':<18} merge/PR",
-    ]
-    for t in report.tasks:
-        diff = f"{t.files_changed}f +{t.insertions} -{t.deletions}" if t.files_changed else "-"
-        tokens = "-" if t.tokens_in is None else f"{t.tokens_in}/{t.tokens_out or 0}"
-        merge = ", ".join(
-            part
-            for part in (t.merge_result or "", f"#{t.pr_number}" if t.pr_number else "")
-            if part
-        )
-        lines.append(
-            f"{t.task_id:<{width}}  {t.state:<12} {len(t.attempts):>3} {duration(t.wall_s):>8} "
-            f"{money(t.cost_usd):>8} {tokens:>15} {format_size(t.disk_actual):>7}  "
-            f"{diff:<18} {merge or '-'}"
-        )
-    s = report.totals
-    states = ", ".join(f"{n} {name}" for name, n in s.states.items())
-    lines += [
-        "",
-        f"tasks      {s.tasks}: {states}",
-        f"makespan   {duration(s.makespan_s)}{'  (live)' if report.live else ''}",
-        f"agent time {duration(s.agent_time_s)} (sum over attempts)",
-        (
-            f"speedup    {ratio(s.achieved_speedup)} achieved, {ratio(s.ideal_speedup)} ideal "
-            f"for this DAG at --jobs {report.jobs} (ideal makespan {duration(s.ideal_makespan_s)})"
-        ),
-        (
-            f"waits      {duration(s.rate_limit_wait_s)} on rate limits; {s.retries} retries, "
-            f"{s.resumes} resumes"
-        ),
-        f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
-        f"overhead   {overhead_text(s)}",
-        f"disk       {disk_text(report)}",
-    ]
-    lines += outside_writes_text(report)
-    return "\n".join(lines)
-
-
-def outside_writes_text(report: RunReport) -> list[str]:
-    """One line per write an agent made outside its worktree (none: no lines)."""
-    if not report.outside_writes:
-        return []
-    lines = ["", f"outside writes ({len(report.outside_writes)}):"]
-    for event in report.outside_writes:
-        suspects = event.get("suspects") or []
-        who = ", ".join(str(s) for s in suspects) if isinstance(suspects, list) else "?"
-        fate = "restored" if event.get("restored") else "left as found"
-        patch = f", patch {event['patch']}" if event.get("patch") else ""
-        lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
-    return lines
-
-
-def disk_text(report: RunReport) -> str:
-    """The disk line: what the worktrees used when their tasks ended, how many are gone."""
-    s = report.totals
-    measured = sum(t.disk_actual is not None for t in report.tasks)
-    text = (
-        f"{format_size(s.disk_actual)} ({format_size(s.disk_apparent)} apparent) "
-        f"in {plural(measured, 'worktree')}"
-    )
-    if s.worktrees_removed:
-        text += f", {s.worktrees_removed} removed since"
-    if report.max_disk is not None:
-        text += f"; max_disk {format_size(report.max_disk)}"
-    return text
-
-
-def overhead_text(totals: Totals) -> str:
-    """The token-overhead line, or why it is not available."""
-    if totals.token_overhead_tokens is None or totals.token_overhead_pct is None:
-        return "n/a (agents reported no cache reads)"
-    return (
-        f"{totals.token_overhead_tokens} tokens ({totals.token_overhead_pct:.1f}% of input) "
-        "of shared context re-read by separate agents"
-    )
-
-
-def duration(seconds: float | None) -> str:
-    """``-``, ``12.3s``, ``4m05s`` or ``1h02m``."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:  # noqa: PLR2004
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:  # noqa: PLR2004
-        return f"{minutes}m{secs:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def money(value: float | None) -> str:
-    """``-`` when not reported, else dollars."""
-    return "-" if value is None else f"${value:.2f}"
-
-
-def ratio(value: float | None) -> str:
-    """``-`` or ``2.31x``."""
-    return "-" if value is None else f"{value:.2f}x"

@@ -151,7 +151,7 @@ def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str
     """Why each pending task has not started: its reason if it has one, else derived."""
     states = {t.task_id: t.state for t in tasks}
     run = store.get_run(run_id)
-    running = sum(is_active(t.state) for t in tasks)
+    running = sum(t.state.is_active for t in tasks)
     reasons = {}
     for task in tasks:
         if task.state is not TaskState.PENDING:
@@ -185,11 +185,6 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
-
-
-def is_active(state: TaskState) -> bool:
-    """Whether a task in *state* may still have a live agent."""
-    return state in {TaskState.RUNNING, TaskState.CHECKING, TaskState.RATE_LIMITED}
 
 
 def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int]:

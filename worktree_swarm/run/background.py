@@ -11,8 +11,8 @@ from pathlib import Path
 from worktree_swarm.core.errors import ManagerLockedError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
+from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.proc import clean_env
-from worktree_swarm.infra.supervisor import last_line
 
 START_TIMEOUT = 60.0
 # A detached manager outlives its Popen object on purpose; keeping the objects stops Python

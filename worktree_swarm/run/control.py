@@ -12,7 +12,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, task_from_json
-from worktree_swarm.report.status import commit_author, is_active
+from worktree_swarm.report.status import commit_author
 
 
 def stop(
@@ -42,7 +42,7 @@ def stop(
                 supervisor.kill_tree(ident, grace=grace)
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
-        if is_active(rows[task_id].state) and worktree.is_dir():
+        if worktree.is_dir():  # every target is active (not final)
             task = task_from_json(rows[task_id].spec_json)
             links = task.link
             git.checkpoint(

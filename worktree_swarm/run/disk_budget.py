@@ -23,11 +23,11 @@ from collections.abc import Callable, Mapping
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra import disk
-from worktree_swarm.infra.disk import format_size
 from worktree_swarm.infra.store import Store
 
 REMEASURE_SECONDS = 5.0

@@ -30,7 +30,7 @@ from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import AgentGate
-from worktree_swarm.run.task_worker import Live, Outcome, TaskWorker, worktree_path
+from worktree_swarm.run.task_worker import Live, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Callable[[str, str | None, Mapping[str, object]], None]
 
@@ -67,7 +67,7 @@ class Runner:
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
         self._live: dict[str, Live] = {}
         self._adopt: dict[str, Live] = {}
-        self._done: queue.Queue[tuple[str, Outcome]] = queue.Queue()
+        self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
         self.gate = AgentGate(
             spec.jobs, max_cost_usd=spec.max_cost_usd, backoff_base=spec.rate_limit_backoff
@@ -229,9 +229,9 @@ class Runner:
         try:
             outcome = self._worker.run(live)
         except SwarmError as exc:
-            outcome = Outcome(state=TaskState.FAILED, reason=str(exc))
+            outcome = TaskOutcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
-            outcome = Outcome(state=TaskState.FAILED, reason=f"internal error: {exc!r}")
+            outcome = TaskOutcome(state=TaskState.FAILED, reason=f"internal error: {exc!r}")
         self._done.put((live.task.id, outcome))
 
     def _wait_for_one(self) -> None:
@@ -247,12 +247,12 @@ class Runner:
             self._finish(task_id, outcome)
             return
 
-    def _finish(self, task_id: str, outcome: Outcome) -> None:
+    def _finish(self, task_id: str, outcome: TaskOutcome) -> None:
         live = self._live.pop(task_id)
         if live.thread is not None:
             live.thread.join()
         if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
-            outcome = Outcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
+            outcome = TaskOutcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
         self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
         self.disk.finished(task_id)
 

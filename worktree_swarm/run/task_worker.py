@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Unpack
 
 from worktree_swarm import sandbox
-from worktree_swarm.agents import AgentResult, adapter_for
-from worktree_swarm.agents import Outcome as AgentOutcome
+from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.report import notes
@@ -45,7 +45,7 @@ Emit = Callable[[str, str | None, Mapping[str, object]], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
+class TaskOutcome:
     """What a worker reports back for one task."""
 
     state: TaskState
@@ -104,7 +104,7 @@ class TaskWorker:
         self._findings = logs_root / notes.FILE_NAME
         self._git_identity = _git_identity(repo.root)
 
-    def run(self, live: Live) -> Outcome:
+    def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task from wherever it is to a final outcome."""
         path = worktree_path(self.spec, live.task)
         # Everything in the worktree and on the branch is the task's own until it ends;
@@ -116,17 +116,17 @@ class TaskWorker:
                 worktrees.unlink_links(self.repo.root, path, live.task.link)
                 self.disk.record(live.task.id)
 
-    def _run(self, live: Live, path: Path) -> Outcome:
+    def _run(self, live: Live, path: Path) -> TaskOutcome:
         task = live.task
         row = self.store.task(self.run_id, task.id)
         if row is not None and row.base_commit and path.is_dir():
             base = row.base_commit  # resumed after the manager died: the worktree is ours
         else:
             start = self._start_commit(task)
-            if isinstance(start, Outcome):
+            if isinstance(start, TaskOutcome):
                 return start
             if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
-                return Outcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
+                return TaskOutcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
             worktrees.create_worktree(self.repo, path=path, branch=task.branch, start=start)
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
@@ -139,12 +139,12 @@ class TaskWorker:
                 task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
             )
             if failure is not None:
-                return Outcome(state=TaskState.FAILED, reason=str(failure))
+                return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
 
     # -- attempts -------------------------------------------------------------------------
 
-    def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> Outcome:
+    def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> TaskOutcome:
         task = live.task
         previous = self.store.attempts(self.run_id, task.id)
         number = len(previous)
@@ -171,7 +171,7 @@ class TaskWorker:
             if result.outcome is AgentOutcome.RATE_LIMITED:
                 streak += 1
                 if retries_left <= 0:
-                    return Outcome(
+                    return TaskOutcome(
                         state=TaskState.FAILED,
                         reason=f"rate limited and out of retries ({result.reason}); "
                         f"work kept on {task.branch}",
@@ -183,29 +183,29 @@ class TaskWorker:
                 prompt = RESUME_PROMPT
                 continue
             if result.outcome is AgentOutcome.FAILED:
-                return Outcome(state=TaskState.FAILED, reason=result.reason)
+                return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
             streak = 0
             self.gate.succeeded()
             if stat.files == 0:
-                return Outcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
+                return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(task, path, base, env)
             if failure is None:
-                return Outcome(state=TaskState.DONE)
+                return TaskOutcome(state=TaskState.DONE)
             if repairs_left <= 0:
-                return Outcome(state=TaskState.FAILED, reason=str(failure))
+                return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
             repairs_left -= 1
             prompt = repair_prompt(failure)
 
     def _after_attempt(
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
-    ) -> tuple[git.DiffStat, Outcome | None]:
+    ) -> tuple[git.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
         stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
-            return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if ended.cut_short is not None:
-            return stat, Outcome(state=ended.cut_short, reason=ended.reason)
+            return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
         return stat, None
 
     def _checkpoint(
@@ -453,14 +453,14 @@ class TaskWorker:
             extra=self.spec.sandbox_writable,
         )
 
-    def _start_commit(self, task: Task) -> str | Outcome:
+    def _start_commit(self, task: Task) -> str | TaskOutcome:
         if not task.depends_on:
             return self.base_commit
         tips = []
         for dep in task.depends_on:
             tip = git.rev_parse(self.repo, self._tasks[dep].branch)
             if tip is None:
-                return Outcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
+                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
             tips.append(tip)
         if len(tips) == 1:
             return tips[0]
@@ -474,7 +474,7 @@ class TaskWorker:
         except git.MergeConflictError as exc:
             files = ", ".join(exc.files) or "unknown files"
             deps = ", ".join(task.depends_on)
-            return Outcome(
+            return TaskOutcome(
                 state=TaskState.BLOCKED, reason=f"dependencies {deps} conflict in {files}"
             )
 
@@ -544,10 +544,4 @@ def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
 
 
 def _read_log(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(max(0, size - LOG_READ_LIMIT))
-            return fh.read().decode(errors="replace")
-    except OSError:
-        return ""
+    return read_end(path, LOG_READ_LIMIT)

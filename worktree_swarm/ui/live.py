@@ -1,4 +1,4 @@
-"""How a run shows itself: a live rich table on a terminal, plain lines or JSON otherwise."""
+"""How a run shows itself: a live table on a terminal, plain lines or JSON otherwise."""
 
 from __future__ import annotations
 
@@ -14,22 +14,19 @@ from typing import Self, TextIO
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
+from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.supervisor import last_line
 from worktree_swarm.report.status import task_status
+from worktree_swarm.ui.tables import Column, table
 
-_STYLE = {
-    "done": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "blocked": "yellow",
-    "stopped": "yellow",
-    "no_changes": "yellow",
-    "running": "cyan",
-    "checking": "cyan",
-}
+_COLUMNS = (
+    Column(header="task"),
+    Column(header="state", states=True),
+    Column(header="elapsed", align="right"),
+    Column(header="last output / reason"),
+)
+_DETAIL_CHARS = 70
 
 
 class PlainObserver:
@@ -75,12 +72,11 @@ class LiveTable:
             self._run_id = str(data["run_id"])
 
     def _table(self) -> Table:
-        table = Table(title=f"swarm run {self._run_id or ''}", expand=False)
-        for column in ("task", "state", "elapsed", "last output / reason"):
-            table.add_column(column)
+        title = f"swarm run {self._run_id or ''}"
         if self._run_id is None:
-            return table
+            return table(_COLUMNS, [], title=title)
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
+        rows = []
         for row in task_status(self._store, self._run_id):
             elapsed = f"{row.elapsed_s:.0f}s" if row.elapsed_s is not None else ""
             if row.why:
@@ -89,14 +85,8 @@ class LiveTable:
                 detail = last_line(Path(logs[row.task_id]))
             else:
                 detail = row.after
-            # Agent output and reasons are data: Text never reads `[agent]` as markup.
-            table.add_row(
-                Text(row.task_id),
-                Text(row.state, style=_STYLE.get(row.state, "")),
-                Text(elapsed),
-                Text(detail[:70]),
-            )
-        return table
+            rows.append([row.task_id, row.state, elapsed, detail[:_DETAIL_CHARS]])
+        return table(_COLUMNS, rows, title=title)
 
     def __enter__(self) -> Self:
         self._live.__enter__()

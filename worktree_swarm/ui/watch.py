@@ -20,14 +20,14 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
+from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
-from worktree_swarm.merge.merge_report import format_prediction
 from worktree_swarm.report import status
-from worktree_swarm.report.report import duration
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.ui import watch_actions
+from worktree_swarm.ui.merge_text import merge_prediction_lines
 
 REFRESH_S = 1.0
 LOG_TAIL_BYTES = 256 * 1024
@@ -223,7 +223,9 @@ class WatchApp(App[None]):
         from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
 
         report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
-        self.call_from_thread(self._fill, "#conflicts-view", "\n".join(format_prediction(report)))
+        self.call_from_thread(
+            self._fill, "#conflicts-view", "\n".join(merge_prediction_lines(report))
+        )
 
     def _fill(self, selector: str, text: str) -> None:
         view = self.query_one(selector, Log)

@@ -16,7 +16,7 @@ from worktree_swarm.core.models import TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
-from worktree_swarm.merge.merge_report import Outcome
+from worktree_swarm.merge.merge_report import MergeOutcome
 from worktree_swarm.run import background, control
 
 
@@ -89,7 +89,7 @@ def merge(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) ->
     from worktree_swarm.merge import merge as merging  # noqa: PLC0415 - kept at this anchor
 
     report = merging.merge(repo, store, run_id, task_ids=task_ids)
-    merged = [r.task_id for r in report.by_outcome(Outcome.MERGED)]
+    merged = [r.task_id for r in report.by_outcome(MergeOutcome.MERGED)]
     other = [f"{r.task_id} {r.outcome.value}" for r in report.results if r.task_id not in merged]
     text = f"merged into {report.target_branch}: {', '.join(merged) or 'nothing'}"
     if other:

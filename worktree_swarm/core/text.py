@@ -1,0 +1,25 @@
+"""Text for people: squeezing untrusted text onto one line, and the callback that prints lines."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+
+# Where a command reports progress, one line at a time (``click.echo``, ``print``, a list's
+# ``append`` in tests).
+Echo = Callable[[str], None]
+
+
+def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> str:
+    """*text* on one line: runs of whitespace become one space.
+
+    With *controls*, control characters (escapes included) become spaces too, so text from
+    outside cannot break a one-line field or smuggle terminal escapes. With *limit*, text
+    longer than that is cut to *limit* characters ending in ``…``.
+    """
+    if controls:
+        text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    flat = " ".join(text.split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[: limit - 1] + "…"

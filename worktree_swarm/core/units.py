@@ -1,0 +1,92 @@
+"""Durations and sizes: parsing what users write (``45m``, ``20G``) and showing them back."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from worktree_swarm.core.errors import BadInputError
+
+_DURATION_RE = re.compile(
+    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
+)
+_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
+_UNITS = "KMGTP"
+_MINUTE = 60
+_KIB = 1024
+
+
+def parse_duration(value: object, where: str) -> float:
+    """Return seconds for ``"45m"``, ``"90s"``, ``"1h30m"``, ``"1.5m"`` or a number of seconds.
+
+    The result is always positive and finite; anything else raises BadInputError naming *where*.
+    """
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        match = _DURATION_RE.fullmatch(text) if text else None
+        if match is not None and any(match.groupdict().values()):
+            hours, minutes, secs = (float(match.group(g) or 0) for g in ("h", "m", "s"))
+            seconds = hours * 3600 + minutes * 60 + secs
+        elif _is_number(text):
+            seconds = float(text)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise BadInputError(
+            f"{where}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
+        )
+    return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    """``-``, ``12.3s``, ``4m05s`` or ``1h02m``."""
+    if seconds is None:
+        return "-"
+    if seconds < _MINUTE:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), _MINUTE)
+    if minutes < _MINUTE:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // _MINUTE}h{minutes % _MINUTE:02d}m"
+
+
+def parse_size(value: object, where: str) -> int:
+    """Return bytes for ``"20G"``, ``"500MB"``, ``"1.5GiB"``, ``"800k"`` or a number of bytes.
+
+    Units are binary (K = 1024). The result is always positive; anything else raises
+    BadInputError naming *where*.
+    """
+    size: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        size = float(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
+        if match is not None:
+            unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
+            size = float(match.group("n")) * _KIB ** "BKMGTP".index(unit or "B")
+    if size is None or not math.isfinite(size) or size < 1:
+        raise BadInputError(f"{where}: bad size {value!r} (use bytes or e.g. '500M', '20G')")
+    return int(size)
+
+
+def format_size(n: int | None) -> str:
+    """``-`` for None, else binary units with one decimal below 10: ``512B``, ``1.5G``, ``20G``."""
+    if n is None:
+        return "-"
+    if n < _KIB:
+        return f"{n}B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= _KIB
+        if value < _KIB or unit == _UNITS[-1]:
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"  # noqa: PLR2004
+    raise AssertionError  # pragma: no cover - the loop always returns
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,36 @@
+"""`swarm clean` and `swarm doctor` as text: findings grouped per kind, each with its fix."""
+
+from __future__ import annotations
+
+from worktree_swarm.cleanup.clean import Report
+from worktree_swarm.cleanup.fixes import Action, Kind
+
+
+def clean_text(report: Report) -> str:
+    """The cleanup report: findings grouped per kind, each with reason and fix."""
+    results = {id(r.finding): r for r in report.results}
+    lines: list[str] = list(report.notes)
+    for kind in Kind:
+        group = [f for f in report.findings if f.kind is kind]
+        if not group:
+            continue
+        lines.append(f"{kind.value.replace('_', ' ')} ({len(group)})")
+        for finding in group:
+            lines.append(f"  {finding.target}: {finding.reason}")
+            result = results.get(id(finding))
+            if finding.action is Action.KEEP:
+                lines.append(f"    {finding.fix}")
+            elif result is None:
+                lines.append(f"    would: {finding.fix}")
+            else:
+                lines.append(f"    {'done' if result.fixed else 'left'}: {result.detail}")
+    kept = sum(1 for f in report.findings if f.action is Action.KEEP)
+    if not report.findings:
+        lines.append("nothing to clean")
+    elif report.applied:
+        fixed = sum(1 for r in report.results if r.fixed)
+        lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
+    else:
+        todo = len(report.findings) - kept
+        lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""`swarm status` and the summary after `swarm run`, as tables."""
+
+from __future__ import annotations
+
+from worktree_swarm.core.units import format_size
+from worktree_swarm.core.words import plural
+from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.ui.tables import Column, render, table
+
+_REASON_CHARS = 80
+
+
+_SUMMARY_COLUMNS = (
+    Column(header="task"),
+    Column(header="state", states=True),
+    Column(header="diff"),
+    Column(header="branch"),
+    Column(header="reason"),
+)
+
+
+def run_summary(run_id: str, rows: list[TaskStatus], *, styled: bool | None = None) -> str:
+    """After a run: one row per task, then how many ended in each state."""
+    cells = [
+        [
+            r.task_id,
+            r.state,
+            f"+{r.insertions} -{r.deletions}" if r.files_changed else "",
+            r.branch,
+            _why(r),
+        ]
+        for r in rows
+    ]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    total = f"run {run_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return render(table(_SUMMARY_COLUMNS, cells), total, styled=styled)
+
+
+_STATUS_COLUMNS = (
+    Column(header="task"),
+    Column(header="state", states=True),
+    Column(header="att", align="right"),
+    Column(header="pid", align="right"),
+    Column(header="alive"),
+    Column(header="elapsed", align="right"),
+    Column(header="cost", align="right"),
+    Column(header="disk", align="right"),
+    Column(header="diff"),
+    Column(header="branch"),
+    Column(header="reason"),
+)
+
+
+def status_text(
+    run_id: str,
+    rows: list[TaskStatus],
+    totals: dict[str, float | int],
+    *,
+    styled: bool | None = None,
+) -> str:
+    """`swarm status`: the run, one row per task, then attempts, money, tokens and disk."""
+    cells = [
+        [
+            r.task_id,
+            r.state,
+            str(r.attempt),
+            str(r.pid or "-"),
+            "yes" if r.alive else "no",
+            f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
+            f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-",
+            _disk_cell(r),
+            f"{plural(r.files_changed, 'file')} +{r.insertions} -{r.deletions}"
+            if r.files_changed
+            else "-",
+            r.branch,
+            _why(r)[:_REASON_CHARS],
+        ]
+        for r in rows
+    ]
+    present = sum(r.worktree_present for r in rows)
+    removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
+    money_line = (
+        f"total: {plural(int(totals['attempts']), 'attempt')}, ${totals['cost_usd']:.2f}, "
+        f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
+    )
+    disk_line = (
+        f"disk: {format_size(int(totals['disk_actual']))} used "
+        f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
+        + (f", {removed} removed" if removed else "")
+    )
+    return render(
+        f"run {run_id}", table(_STATUS_COLUMNS, cells), money_line, disk_line, styled=styled
+    )
+
+
+def _disk_cell(row: TaskStatus) -> str:
+    if not row.worktree_present:
+        return "removed" if row.disk_actual is not None else "-"
+    return format_size(row.disk_actual)
+
+
+def _why(row: TaskStatus) -> str:
+    """What a task waits for, why it ended, and what happened to its branch since."""
+    return "; ".join(_first_line(part) for part in (row.why, row.after) if part)
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
