@@ -24,7 +24,7 @@ from worktree_swarm import git, sandbox, supervisor
 from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
-from worktree_swarm.guard import MAIN, Guard, Violation
+from worktree_swarm.guard import Guard, Violation
 from worktree_swarm.models import RunSpec, Task, TaskState
 from worktree_swarm.scheduler import Scheduler
 from worktree_swarm.store import Store, task_from_json
@@ -269,7 +269,7 @@ class Runner:
 
     def _final_scan(self) -> None:
         self.guard.close()
-        self.guard.scan()
+        self.guard.scan(deep=True)
         self._apply_guard()
 
     def _apply_guard(self) -> None:
@@ -278,9 +278,12 @@ class Runner:
         A sole suspect still running is stopped at once; with several, each is failed when it
         ends, since any of them may be the one.
         """
+        for failure in self.guard.drain_failures():
+            # A scan that failed is told, never swallowed: it is retried, but until it
+            # succeeds that part is not watched.
+            self._emit("guard_error", None, failure.as_dict())
         for violation in self.guard.drain():
-            where = None if violation.where == MAIN else violation.where
-            self._emit("outside_write", where, violation.as_dict())
+            self._emit("outside_write", violation.task, violation.as_dict())
             if self.spec.allow_outside_writes:
                 continue
             for task_id in violation.suspects:

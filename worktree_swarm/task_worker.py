@@ -196,6 +196,7 @@ class TaskWorker:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
         stat = self._checkpoint(task, path, base, number, ended)
+        self.guard.check_objects()  # every branch still a complete commit after the attempt
         if switched is not None:
             return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if ended.cut_short is not None:
