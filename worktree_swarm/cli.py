@@ -234,9 +234,15 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
+        failed_scans = status.guard_errors(store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
-        payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
+        payload = {
+            "run_id": run_id,
+            "totals": totals,
+            "tasks": [r.to_json() for r in rows],
+            "guard_errors": failed_scans,
+        }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(f"run {run_id}")
@@ -262,6 +268,8 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         f"({format_size(int(totals['disk_apparent']))} apparent) by {present} worktrees"
         + (f", {removed} removed" if removed else "")
     )
+    for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
+        click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
     return ExitCode.OK
 
 

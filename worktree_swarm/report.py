@@ -133,6 +133,7 @@ class RunReport:
     tasks: tuple[TaskReport, ...]
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
+    guard_errors: tuple[dict[str, object], ...] = ()  # guard scans that failed, oldest first
     max_disk: int | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -177,6 +178,11 @@ def build_report(
         for e in events
         if e.kind == "outside_write"
     )
+    guard_errors = tuple(
+        {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
+        for e in events
+        if e.kind == "guard_error"
+    )
     for event in events:
         if event.task_id is None:
             continue
@@ -210,6 +216,7 @@ def build_report(
         tasks=tasks,
         totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
         outside_writes=outside,
+        guard_errors=guard_errors,
         max_disk=_max_disk(run),
     )
 
@@ -493,6 +500,7 @@ def format_text(report: RunReport) -> str:
         f"disk       {disk_text(report)}",
     ]
     lines += outside_writes_text(report)
+    lines += guard_errors_text(report)
     return "\n".join(lines)
 
 
@@ -507,6 +515,15 @@ def outside_writes_text(report: RunReport) -> list[str]:
         fate = "restored" if event.get("restored") else "left as found"
         patch = f", patch {event['patch']}" if event.get("patch") else ""
         lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
+    return lines
+
+
+def guard_errors_text(report: RunReport) -> list[str]:
+    """One line per guard scan that failed: while it failed, that part went unwatched."""
+    if not report.guard_errors:
+        return []
+    lines = ["", f"guard scans that failed ({len(report.guard_errors)}):"]
+    lines += [f"  {e.get('job')}: {e.get('reason')}" for e in report.guard_errors]
     return lines
 
 

@@ -195,8 +195,9 @@ class TaskWorker:
     ) -> tuple[git.DiffStat, Outcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
-        stat = self._checkpoint(task, path, base, number, ended)
+        self.guard.check_git_files()  # before the checkpoint runs git there
         self.guard.check_objects()  # every branch still a complete commit after the attempt
+        stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
             return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if ended.cut_short is not None:

@@ -192,8 +192,10 @@ class Channel:
             real = os.path.realpath(path)
             if not any(os.path.realpath(f.path) == real for f in process.open_files()):
                 return f"its writer (pid {pid}) does not hold it open"
+        except psutil.AccessDenied:
+            return f"its writer (pid {pid}) cannot be inspected"
         except psutil.Error:
-            return f"its writer (pid {pid}) is gone or cannot be inspected"
+            return f"its writer (pid {pid}) is gone"
         owner = self._agents.owner_of(pid)
         if owner is not None:
             return f"written from task {owner}'s agent"

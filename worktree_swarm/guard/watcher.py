@@ -223,6 +223,15 @@ class Guard:
                 patch_text=None,
             )
 
+    def check_git_files(self) -> None:
+        """Compare git's config, hooks and info with their baseline now.
+
+        Called after each attempt, before swarm runs git in the worktree (the checkpoint), so
+        that nothing an agent planted there runs with swarm's own commands.
+        """
+        with self._lock, self._job(REPOSITORY):
+            self._scan_surface(time.time())
+
     def check_objects(self) -> None:
         """Every watched ref must still resolve to a complete commit (after each attempt).
 
@@ -354,14 +363,19 @@ class Guard:
         branch = f"refs/heads/swarm/{task_id}"
         tip = None
         if path.is_dir():
-            self._watch(task_id, path)
-            place_status = self._places[task_id].status
-            if status_field(place_status, "head") == branch.removeprefix("refs/heads/"):
-                tip = status_field(place_status, "oid")
+            with self._job(task_id):  # failing, it is unwatched (and told), the branch is not
+                self._watch(task_id, path)
+                place_status = self._places[task_id].status
+                if status_field(place_status, "head") == branch.removeprefix("refs/heads/"):
+                    tip = status_field(place_status, "oid")
         if tip is None:
-            tip = git.rev_parse(self.repo, branch)
+            with self._job("refs"):  # not rev-parse: the tip's object may be missing
+                out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", branch)
+                tip = out.strip() or None
         if tip is not None:
             self._refs[branch] = tip
+            with self._job("objects"):  # the task's work, safe from deleted objects from now
+                self._keep_task_work({**self._refs, branch: tip}, self._dir / "keep")
 
     def _watch(self, where: str, path: Path) -> None:
         if where == MAIN:
@@ -505,13 +519,10 @@ class Guard:
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
         else:
             again = set()
-        found = []
-        by_place: dict[str, list[str]] = {}
-        for ref in broken:
-            if (ref, refs[ref]) not in self._reported:
-                self._reported.add((ref, refs[ref]))
-                by_place.setdefault(ref_owner(ref) or MAIN, []).append(ref)
-        for where, names in by_place.items():
+        found: list[Violation] = []
+        names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
+        self._reported |= {(ref, refs[ref]) for ref in names}
+        if names:
             kept = []
             for ref in names:
                 good = self._good.get(ref)
@@ -521,15 +532,17 @@ class Guard:
                         git.git(root, "update-ref", keep, good)
                         self._refs[keep] = good
                         kept.append(short_ref(keep))
-            exclude = () if where == MAIN else (where,)
+            owners = {ref_owner(ref) for ref in names}
+            # Not even a branch's own agent is above suspicion: a task that starts from
+            # another's tip shares its objects.
             found.append(
                 self._record(
                     Violation(
                         number=0,
-                        where=where,
+                        where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
                         broken=tuple(names),
                         kept=tuple(kept),
-                        suspects=self._agents.suspects(window, exclude=exclude),
+                        suspects=self._agents.suspects(window, exclude=()),
                         restored=not (set(names) & again),
                     ),
                     patch_text=None,
