@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import git
 from tests.test_guard import checkout_state
-from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
 
 AgentFactory = Callable[[str], list[str]]
@@ -108,25 +108,37 @@ def hook(name):
 pathlib.Path('work.txt').write_text('own work\\n')
 """
 
-FSMONITOR = COMMON + """
+FSMONITOR = (
+    COMMON
+    + """
 subprocess.run(['git', 'config', '--file', str(common / 'config'),
                 'core.fsmonitor', f'touch {marker} #'], check=False)
 """
+)
 
-FILTER = COMMON + """
+FILTER = (
+    COMMON
+    + """
 attempt(lambda: append(common / 'config',
         f'[filter "x"]\\n\\tclean = touch {marker}; cat\\n\\tsmudge = cat\\n'))
 attempt(lambda: (common / 'info').mkdir(exist_ok=True))
 attempt(lambda: append(common / 'info' / 'attributes', '* filter=x\\n'))
 """
+)
 
-REFERENCE_TRANSACTION = COMMON + """
+REFERENCE_TRANSACTION = (
+    COMMON
+    + """
 attempt(lambda: hook('reference-transaction'))
 """
+)
 
-POST_CHECKOUT = COMMON + """
+POST_CHECKOUT = (
+    COMMON
+    + """
 attempt(lambda: hook('post-checkout'))
 """
+)
 
 
 @pytest.mark.parametrize("sandbox", MODES)
@@ -341,3 +353,93 @@ def test_hidden_files_and_a_left_stash_are_caught_and_undone(
     assert repo_state(repo) == before
     assert not (repo / "hidden.py").exists()
     assert git(repo, "stash", "list") == ""
+
+
+# -- swarm's own ref moves during a run --------------------------------------------------------
+
+WAIT_FOR_FLAG = """
+import pathlib, sys, time
+flag = pathlib.Path(sys.argv[1])
+pathlib.Path('slow.txt').write_text('slow\\n')
+deadline = time.time() + 60
+while time.time() < deadline and not flag.exists():
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("into", [True, False], ids=["into-stable", "integration-branch"])
+def test_swarm_merge_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, into: bool
+) -> None:
+    git(repo, "branch", "stable")
+    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a\\n')\n")
+    assert swarm(repo, "run", first, "--agent", " ".join(agent)).returncode == 0
+    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    flag = tmp_path / "flag"
+    second = manifest(
+        repo,
+        '[[task]]\nid = "slow"\nprompt = "p"\n'
+        f"agent = {argv_toml([*write_agent(WAIT_FOR_FLAG), str(flag)])}\n",
+    )
+    running = swarm_bg(repo, "run", second)
+    try:
+        wait_for(
+            (repo.parent / "repo.swarm" / "slow" / "slow.txt").exists,
+            what="the slow agent to run",
+        )
+        args = ["merge", "--run", earlier, *(["--into", "stable"] if into else [])]
+        merged = swarm(repo, *args)
+        assert merged.returncode == 0, merged.stderr
+        flag.write_text("go\n")
+        assert running.wait(timeout=60) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+    target = "stable" if into else f"swarm/integration-{earlier}"
+    assert git(repo, "show", f"{target}:a.txt") == "a"  # the merge stayed
+    assert status_json(repo)["slow"]["state"] == "done"
+    assert outside_writes(repo) == []
+    assert not list((repo / ".git" / "swarm" / "ref-moves").glob("*.json"))
+
+
+# -- a scan that fails -------------------------------------------------------------------------
+
+# Makes every ref listing fail (git refuses a garbled packed-refs), waits until the guard has
+# logged that, then repairs it so that the run can end.
+GARBLE_PACKED_REFS = """
+import pathlib, subprocess, time
+pathlib.Path('work.txt').write_text('own work\\n')
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+packed = common / 'packed-refs'
+before = packed.read_bytes() if packed.exists() else None
+packed.write_bytes((before or b'') + b'garbage line\\n')
+deadline = time.time() + 30
+def logged():
+    return any('refs: failed' in log.read_text()
+               for log in (common / 'swarm' / 'runs').glob('*/guard/guard.log'))
+while time.time() < deadline and not logged():
+    time.sleep(0.05)
+if before is None:
+    packed.unlink()
+else:
+    packed.write_bytes(before)
+"""
+
+
+def test_a_scan_that_fails_is_logged_and_shown_in_status_and_report(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    run_one(repo, write_agent(GARBLE_PACKED_REFS), sandbox=False)
+    payload = json.loads(swarm(repo, "status", "--json").stdout)
+    refs = [e for e in payload["guard_errors"] if e["job"] == "refs"]
+    assert refs, payload["guard_errors"]
+    assert "unexpected line in" in str(refs[0]["reason"])
+    assert "guard: refs scan failed: " in swarm(repo, "status").stdout
+    report = swarm(repo, "report").stdout
+    assert "guard scans that failed" in report
+    assert "refs: " in report
+    log = next((repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")).read_text()
+    assert "refs: scanned again" in log  # and it recovered
