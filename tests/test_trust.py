@@ -233,11 +233,11 @@ def test_nothing_an_agent_writes_switches_the_guard_off(
 
 # -- deleted objects ---------------------------------------------------------------------------
 
-DELETE_VICTIM_TIP = """
-import pathlib, subprocess
+DELETE_VICTIM_OBJECT = """
+import pathlib, subprocess, sys
 def git(*args):
     return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout.strip()
-tip = git('rev-parse', 'swarm/victim')
+tip = git('rev-parse', sys.argv[1])
 common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir'))
 (common / 'objects' / tip[:2] / tip[2:]).unlink()
 pathlib.Path('deleted.txt').write_text(tip + '\\n')
@@ -245,11 +245,14 @@ pathlib.Path('deleted.txt').write_text(tip + '\\n')
 
 
 @pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize(
+    "target", ["swarm/victim", "swarm/victim:victim.txt"], ids=["tip-commit", "blob"]
+)
 def test_a_deleted_object_of_another_branch_is_caught_and_the_work_kept(
-    repo: Path, write_agent: AgentFactory, sandbox: bool
+    repo: Path, write_agent: AgentFactory, sandbox: bool, target: str
 ) -> None:
     victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
-    bad = write_agent(DELETE_VICTIM_TIP)
+    bad = [*write_agent(DELETE_VICTIM_OBJECT), target]
     path = manifest(
         repo,
         f"""
@@ -266,7 +269,7 @@ agent = {argv_toml(bad)}
 """,
     )
     swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
-    tip = git(repo, "rev-parse", "swarm/victim")
+    deleted = git(repo, "rev-parse", target)
     rows = status_json(repo)
     assert rows["victim"]["state"] == "done"
     assert rows["bad"]["state"] == "failed", rows["bad"]
@@ -274,7 +277,7 @@ agent = {argv_toml(bad)}
     assert "swarm/victim" in reason
     assert "no longer resolves to a complete commit" in reason
     # The object was really deleted, and is back: the victim's work is not lost.
-    assert git(repo, "show", "swarm/bad:deleted.txt") == tip
+    assert git(repo, "show", "swarm/bad:deleted.txt") == deleted
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
     # (swarm/bad started from the victim's tip, so it is broken too.)
@@ -432,7 +435,8 @@ else:
 def test_a_scan_that_fails_is_logged_and_shown_in_status_and_report(
     repo: Path, write_agent: AgentFactory
 ) -> None:
-    run_one(repo, write_agent(GARBLE_PACKED_REFS), sandbox=False)
+    out = run_one(repo, write_agent(GARBLE_PACKED_REFS), sandbox=False)
+    assert "guard: refs scan failed: " in out.stdout
     payload = json.loads(swarm(repo, "status", "--json").stdout)
     refs = [e for e in payload["guard_errors"] if e["job"] == "refs"]
     assert refs, payload["guard_errors"]

@@ -37,14 +37,10 @@ def broken_refs(root: Path, refs: Mapping[str, str], *, deep: bool) -> list[str]
     bad |= {c for c in commits if trees.get(f"{c}^{{tree}}") is None}
     user = [sha for ref, sha in refs.items() if ref_owner(ref) is None and sha not in bad]
     user = [sha for sha in user if kinds.get(sha) == "commit"]
-    for ref, sha in refs.items():
-        if (
-            deep
-            and ref_owner(ref) is not None
-            and sha not in bad
-            and not _complete(root, sha, user)
-        ):
-            bad.add(sha)
+    tasks = sorted({sha for ref, sha in refs.items() if ref_owner(ref) is not None} - bad)
+    # One walk for all task branches; only when it finds a hole, one per branch to say whose.
+    if deep and tasks and not _complete(root, tasks, user):
+        bad |= {sha for sha in tasks if not _complete(root, [sha], user)}
     return sorted(ref for ref, sha in refs.items() if sha in bad)
 
 
@@ -102,9 +98,9 @@ def _batch_check(root: Path, names: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def _complete(root: Path, tip: str, exclude: Sequence[str]) -> bool:
-    """Whether every object reachable from *tip* but not from *exclude* is present."""
-    argv = ["git", "rev-list", "--objects", "--missing=print", tip, "--not", *exclude, "--"]
+def _complete(root: Path, tips: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether every object reachable from *tips* but not from *exclude* is present."""
+    argv = ["git", "rev-list", "--objects", "--missing=print", *tips, "--not", *exclude, "--"]
     try:
         out = proc.run(argv, cwd=root, env=proc.clean_env()).stdout
     except (CommandError, subprocess.SubprocessError):

@@ -65,7 +65,7 @@ class Violation:
         what = "; ".join(parts)
         others = []
         if self.git_files:
-            others.append(f"git's own files {_shown(self.git_files)} (config, hooks, info)")
+            others.append(f"git's own files {_shown(self.git_files)}")
         others += [f"{short_ref(r)} moved" for r, _, _ in self.refs]
         if self.broken:
             kept = f", last good tip kept as {_shown(self.kept)}" if self.kept else ""
