@@ -370,9 +370,9 @@ while time.time() < deadline and not flag.exists():
 """
 
 
-@pytest.mark.parametrize("into", [True, False], ids=["into-stable", "integration-branch"])
-def test_swarm_merge_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory, into: bool
+@pytest.mark.parametrize("command", ["merge-into", "merge", "clean"])
+def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, command: str
 ) -> None:
     git(repo, "branch", "stable")
     first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
@@ -391,16 +391,23 @@ def test_swarm_merge_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
             (repo.parent / "repo.swarm" / "slow" / "slow.txt").exists,
             what="the slow agent to run",
         )
-        args = ["merge", "--run", earlier, *(["--into", "stable"] if into else [])]
-        merged = swarm(repo, *args)
-        assert merged.returncode == 0, merged.stderr
+        args = {
+            "merge-into": ["merge", "--run", earlier, "--into", "stable"],
+            "merge": ["merge", "--run", earlier],
+            "clean": ["clean", "--run", earlier, "--yes", "--force"],
+        }[command]
+        done = swarm(repo, *args)
+        assert done.returncode == 0, done.stderr
         flag.write_text("go\n")
         assert running.wait(timeout=60) == 0
     finally:
         if running.poll() is None:
             running.kill()
-    target = "stable" if into else f"swarm/integration-{earlier}"
-    assert git(repo, "show", f"{target}:a.txt") == "a"  # the merge stayed
+    if command == "clean":  # the branch stayed deleted
+        assert git(repo, "branch", "--list", "swarm/a") == ""
+    else:  # the merge stayed
+        target = "stable" if command == "merge-into" else f"swarm/integration-{earlier}"
+        assert git(repo, "show", f"{target}:a.txt") == "a"
     assert status_json(repo)["slow"]["state"] == "done"
     assert outside_writes(repo) == []
     assert not list((repo / ".git" / "swarm" / "ref-moves").glob("*.json"))
