@@ -454,3 +454,28 @@ def test_a_scan_that_fails_is_logged_and_shown_in_status_and_report(
     assert "refs: " in report
     log = next((repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")).read_text()
     assert "refs: scanned again" in log  # and it recovered
+
+
+# An agent that stashes its own work to look at the clean tree, then pops it: refs/stash is
+# shared with the user, but only a stash left behind after the attempt is a write.
+STASH_AND_POP = """
+import pathlib, subprocess, time
+pathlib.Path('work.txt').write_text('own work\\n')
+subprocess.run(['git', 'add', 'work.txt'], check=True)
+subprocess.run(['git', 'stash', '-q'], check=True)
+time.sleep(2.5)  # several guard scans see the stash
+subprocess.run(['git', 'stash', 'pop', '-q'], check=True)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_an_agent_may_stash_and_pop_in_its_own_worktree(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    before = repo_state(repo)
+    out = run_one(repo, write_agent(STASH_AND_POP), sandbox=sandbox, task="tidy")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["tidy"]["state"] == "done"
+    assert git(repo, "show", "swarm/tidy:work.txt") == "own work"
+    assert outside_writes(repo) == []
+    assert repo_state(repo) == before

@@ -195,8 +195,7 @@ class TaskWorker:
     ) -> tuple[git.DiffStat, Outcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
-        self.guard.check_git_files()  # before the checkpoint runs git there
-        self.guard.check_objects()  # every branch still a complete commit after the attempt
+        self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
             return stat, Outcome(state=TaskState.FAILED, reason=switched.reason(task.id))

@@ -69,6 +69,7 @@ from worktree_swarm.guard.snapshot import (
 from worktree_swarm.models import ProcessIdentity
 
 _MIN_INTERVAL = 1.0
+STASH = "refs/stash"
 _REASON_CHARS = 300
 
 
@@ -94,7 +95,7 @@ class Guard:
     """Watches the user's checkouts, the git dir, the refs and idle task worktrees of one run.
 
     Thread-safe: workers call :meth:`busy`, :meth:`agent_started`, :meth:`agent_ended`,
-    :meth:`own_head` and :meth:`check_objects`; a thread of its own scans periodically; the
+    :meth:`own_head` and :meth:`after_attempt`; a thread of its own scans periodically; the
     run loop calls :meth:`drain` and :meth:`drain_failures`.
     """
 
@@ -128,6 +129,7 @@ class Guard:
         self._refs_checked = now
         self._surface_checked = now
         self._objects_checked = now
+        self._stash_checked = now
         self._surface: surface.Surface = {}
         self._hooks: Path | None = None
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete
@@ -150,7 +152,9 @@ class Guard:
             self._surface = surface.read(self.repo.common_dir, self._hooks)
             self._refs = read_refs(self.repo.root)
             self._good = dict(self._refs)
-            self._refs_checked = self._surface_checked = self._objects_checked = time.time()
+            now = time.time()
+            self._refs_checked = self._surface_checked = now
+            self._objects_checked = self._stash_checked = now
 
     @contextlib.contextmanager
     def busy(self, task_id: str, path: Path) -> Iterator[None]:
@@ -223,22 +227,24 @@ class Guard:
                 patch_text=None,
             )
 
-    def check_git_files(self) -> None:
-        """Compare git's config, hooks and info with their baseline now.
+    def after_attempt(self) -> None:
+        """Check git's own files, ``refs/stash`` and every ref's objects now.
 
         Called after each attempt, before swarm runs git in the worktree (the checkpoint), so
-        that nothing an agent planted there runs with swarm's own commands.
+        that nothing an agent planted runs with swarm's own commands and deleted objects are
+        back first. What it finds is handed over by :meth:`drain`, like every violation.
         """
-        with self._lock, self._job(REPOSITORY):
-            self._scan_surface(time.time())
+        began = time.time()
+        with self._lock:
+            self._settled_checks(began)
 
-    def check_objects(self) -> None:
-        """Every watched ref must still resolve to a complete commit (after each attempt).
-
-        What it finds is handed over by :meth:`drain`, like every violation.
-        """
-        with self._lock, self._job("objects"):
-            self._scan_objects(time.time(), deep=True)
+    def _settled_checks(self, began: float) -> None:
+        with self._job(REPOSITORY):
+            self._scan_surface(began)
+        with self._job("refs"):
+            self._scan_stash(began)
+        with self._job("objects"):
+            self._scan_objects(began, deep=True)
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -277,7 +283,9 @@ class Guard:
             with self._job("refs"):
                 found += self._scan_refs(began, pending)
             with self._job("objects"):
-                found += self._scan_objects(began, deep=deep)
+                found += self._scan_objects(began, deep=False)
+            if deep:
+                self._settled_checks(began)
             for place in [p for p in self._places.values() if p.users]:
                 with self._job(place.where):
                     found += self._scan_place(place, began, quick=False)
@@ -467,11 +475,27 @@ class Guard:
             before, after = self._refs.get(ref), now.get(ref)
             if before == after or ref_owner(ref) in self._busy or ref in pending:
                 continue  # a task's own branch while it works; a swarm command at work
+            if ref == STASH:
+                continue  # judged once attempts end: an agent may stash and pop meanwhile
             if self._channel.explains(ref, before, after):
                 self._set_ref(ref, after)  # moved by swarm merge or clean, as they said
                 continue
             moved.append((ref, before, after))
         return moved
+
+    def _scan_stash(self, began: float) -> list[Violation]:
+        """``refs/stash`` is shared by all worktrees: left moved after an attempt, it is a write."""
+        window = (self._stash_checked, began)
+        self._stash_checked = began
+        out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", STASH)
+        before, after = self._refs.get(STASH), out.strip() or None
+        if before == after:
+            return []
+        if self._channel.explains(STASH, before, after):
+            self._set_ref(STASH, after)
+            return []
+        violation = self._refs_moved(MAIN, [(STASH, before, after)], window)
+        return [] if violation is None else [violation]
 
     def _set_ref(self, ref: str, value: str | None) -> None:
         if value is None:
