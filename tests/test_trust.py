@@ -12,15 +12,20 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import filelock
 import pytest
 
-from tests.conftest import git
+from tests.conftest import git, make_repo
 from tests.test_guard import checkout_state
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.git import open_repo
+from worktree_swarm.guard import Guard, moving_refs
+from worktree_swarm.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -479,3 +484,39 @@ def test_an_agent_may_stash_and_pop_in_its_own_worktree(
     assert git(repo, "show", "swarm/tidy:work.txt") == "own work"
     assert outside_writes(repo) == []
     assert repo_state(repo) == before
+
+
+def test_the_guard_accepts_exactly_the_moves_swarm_names(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    named, other, third = (
+        git(repo, "commit-tree", tree, "-p", tip, "-m", m) for m in ("named", "other", "third")
+    )
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    manager = filelock.FileLock(opened.state_dir / "manager.lock", thread_local=False)
+    manager.acquire()  # a run is alive: the writer waits for the guard's verdict
+    try:
+        guard.agent_started("rogue", identity_of(agent.pid))
+        guard.watch_in_background()
+        with moving_refs(opened, ["refs/heads/stable"]) as moves:
+            git(repo, "update-ref", "refs/heads/stable", named)
+            moves.moved("refs/heads/stable", named)
+        with moving_refs(opened, ["refs/heads/stable"]) as moves:
+            git(repo, "update-ref", "refs/heads/stable", third)  # not what it says
+            moves.moved("refs/heads/stable", other)
+        guard.close()
+        found = guard.scan()
+    finally:
+        manager.release()
+        agent.kill()
+        agent.wait()
+    # The named move stayed; the one that went elsewhere is the agent's, and undone.
+    assert [(v.refs, v.suspects) for v in [*guard.drain(), *found][:1]] == [
+        ((("refs/heads/stable", named, third),), ("rogue",))
+    ]
+    assert git(repo, "rev-parse", "stable") == named
+    assert not list((opened.state_dir / "ref-moves").iterdir())
