@@ -147,7 +147,8 @@ class Guard:
             self._dir.mkdir(parents=True, exist_ok=True)
             self._watch(MAIN, self.repo.root)
             for path in self._users_worktrees():
-                self._watch(WORKTREE_PREFIX + str(path), path)
+                with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
+                    self._watch(WORKTREE_PREFIX + str(path), path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = surface.read(self.repo.common_dir, self._hooks)
             self._refs = read_refs(self.repo.root)
@@ -437,7 +438,8 @@ class Guard:
         patch = surface.patch(common, self._surface, now, labels)
         restored = False
         if self.restore:
-            surface.put_back(common, self._surface, labels)
+            with contextlib.suppress(OSError):  # not restored is recorded as such
+                surface.put_back(common, self._surface, labels)
             restored = not surface.changed(self._surface, surface.read(common, self._hooks))
         if restored:
             self._surface_checked = time.time()
@@ -539,7 +541,8 @@ class Guard:
         broken = integrity.broken_refs(root, refs, deep=deep)
         pack_dir = self._dir / "keep"
         if broken:
-            integrity.recover(common, pack_dir)
+            with contextlib.suppress(OSError):  # what is still broken is reported as such
+                integrity.recover(common, pack_dir)
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
         else:
             again = set()
