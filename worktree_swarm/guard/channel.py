@@ -155,6 +155,9 @@ class Channel:
                 self._done.add(path.name)
                 refused.append(f"ignored {path}: {why}")
                 _write_verdict(path, f"refused: {why}")
+                if why.endswith(" is gone"):  # left by a command that was killed
+                    path.unlink(missing_ok=True)
+                    _verdict(path).unlink(missing_ok=True)
                 continue
             if not done:
                 pending |= {ref for ref, _, _ in moves}

@@ -548,7 +548,8 @@ class Guard:
             again = set()
         found: list[Violation] = []
         names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
-        self._reported |= {(ref, refs[ref]) for ref in names}
+        # Told once while it stays broken; made whole, breaking it again is told again.
+        self._reported |= {(ref, refs[ref]) for ref in again}
         if names:
             kept = []
             for ref in names:
