@@ -56,7 +56,7 @@ def measure(repo_root: Path, scans: int) -> dict[str, float]:
     try:
         from worktree_swarm.git.repo import open_repo  # noqa: PLC0415
     except ImportError:  # the flat layout of older versions
-        from worktree_swarm.git import open_repo  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415
+        from worktree_swarm.git.repo import open_repo  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415
 
     repo = open_repo(repo_root)
     with tempfile.TemporaryDirectory() as work:

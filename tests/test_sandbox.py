@@ -34,8 +34,8 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_swarm_claude_e2e import swarm_with_claude
-from worktree_swarm import sandbox
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.guard import sandbox
 
 AgentFactory = Callable[[str], list[str]]
 fake_claude = test_resilience.fake_claude

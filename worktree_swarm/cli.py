@@ -24,13 +24,13 @@ from worktree_swarm.core.models import RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.guard.sandbox import check_available as require_sandbox
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.run import background, control, disk_budget
 from worktree_swarm.run.runner import Observer, Runner, spec_from_json, spec_to_json
 from worktree_swarm.run.task_worker import worktree_path
-from worktree_swarm.sandbox import check_available as require_sandbox
 from worktree_swarm.ui import status_text
 from worktree_swarm.ui.live import LiveTable, PlainObserver
 
@@ -273,12 +273,20 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
+        failed_scans = status.guard_errors(store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
-        payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
+        payload = {
+            "run_id": run_id,
+            "totals": totals,
+            "tasks": [r.to_json() for r in rows],
+            "guard_errors": failed_scans,
+        }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(status_text.status_text(run_id, rows, totals))
+    for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
+        click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
     return ExitCode.OK
 
 

@@ -234,24 +234,31 @@ def apply(
     reported as not fixed with the reason, and the others go on.
     """
     results: list[Result] = []
-    with git.repo_lock(repo):
+    # A running guard is told exactly which branches this moves, so it blames no agent.
+    with git.repo_lock(repo), guard.moving_refs(repo, []) as moves:
         for finding in sorted(findings, key=lambda f: _ORDER[f.action]):
             if finding.action is Action.KEEP:
                 results.append(Result(finding=finding, fixed=False, detail=finding.fix))
                 continue
             try:
-                detail, sha = _apply_one(repo, finding, store=store, force=force, grace=grace)
+                detail, sha = _apply_one(
+                    repo, finding, store=store, force=force, grace=grace, moves=moves
+                )
             except (SwarmError, OSError) as exc:
                 results.append(Result(finding=finding, fixed=False, detail=str(exc)))
             else:
                 results.append(Result(finding=finding, fixed=True, detail=detail, checkpoint=sha))
-    if any(r.fixed for r in results):
-        guard.touch_stamp(repo)  # a running guard must not take this for an agent's doing
     return results
 
 
 def _apply_one(
-    repo: git.Repo, f: Finding, *, store: Store | None, force: bool, grace: float
+    repo: git.Repo,
+    f: Finding,
+    *,
+    store: Store | None,
+    force: bool,
+    grace: float,
+    moves: guard.RefMoves,
 ) -> tuple[str, str | None]:
     if f.action is Action.STOP_TASK:
         return _stop_task(repo, f, store=store, grace=grace), None
@@ -260,14 +267,14 @@ def _apply_one(
     if f.action is Action.UNLINK_LOCK:
         return _unlink_lock(repo, f), None
     if f.action is Action.REMOVE_WORKTREE:
-        return _remove_worktree(repo, f, force=force)
+        return _remove_worktree(repo, f, force=force, moves=moves)
     if f.action is Action.REMOVE_INITIALIZING:
         return _remove_initializing(repo, f), None
     if f.action is Action.RESCUE_DIRECTORY:
         return _rescue_directory(repo, f)
     if f.action is Action.PRUNE:
         return _prune(repo, f), None
-    return _delete_branch(repo, f), None
+    return _delete_branch(repo, f, moves=moves), None
 
 
 def _stop_task(repo: git.Repo, f: Finding, *, store: Store | None, grace: float) -> str:
@@ -341,7 +348,9 @@ def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     return {real_path(w.path): w for w in infos}
 
 
-def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, str | None]:
+def _remove_worktree(
+    repo: git.Repo, f: Finding, *, force: bool, moves: guard.RefMoves
+) -> tuple[str, str | None]:
     path = Path(f.target)
     info = _registered_locked(repo).get(real_path(path))
     if info is None:
@@ -353,7 +362,12 @@ def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, s
         users = processes_using(path)
         if users:
             raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+        ref = f"refs/heads/{info.branch}" if info.branch else None
+        if ref is not None:
+            moves.announce(ref)
         sha = git.checkpoint(path, message=f"swarm: checkpoint {path.name} (clean)", author=AUTHOR)
+        if ref is not None:
+            moves.moved(ref, git.rev_parse(repo, ref))
         head = git.rev_parse_in(path, "HEAD")
         if not force and head and on_no_ref(repo, head):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
@@ -462,7 +476,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     return "pruned"
 
 
-def _delete_branch(repo: git.Repo, f: Finding) -> str:
+def _delete_branch(repo: git.Repo, f: Finding, *, moves: guard.RefMoves) -> str:
     branch = f.branch or f.target
     tip = git.rev_parse(repo, f"refs/heads/{branch}")
     if tip is None:
@@ -473,5 +487,7 @@ def _delete_branch(repo: git.Repo, f: Finding) -> str:
     if f.merged_into and merged_into(repo, tip, f.merged_into) is None:
         raise SwarmError(f"{branch} is no longer merged (it has new commits); kept")
     # update-ref with the old value: a branch that moved since the check is never deleted.
+    moves.announce(f"refs/heads/{branch}")
     git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", tip)
+    moves.moved(f"refs/heads/{branch}", None)
     return f"deleted (was {tip[:12]})"

@@ -157,7 +157,9 @@ def merge(
         tell.finished(result)
     if dry_run or not candidates:
         return report
-    with _merge_lock(repo, run_id):
+    ref = f"refs/heads/{branch}"
+    # A running guard is told which ref this merge moves, so it is not taken for an agent's.
+    with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
         target = _open_target(repo, store, run_id, branch, start=start, into=into is not None)
         session = _Session(
             repo=repo,
@@ -179,7 +181,10 @@ def merge(
             final = _head(target.worktree)
             if target.temporary and final != start:
                 _move_branch(repo, branch, new=final, old=start)
+                moves.moved(ref, final)
         finally:
+            if not target.temporary:  # the branch checked out in swarm's merge worktree
+                moves.moved(ref, git.rev_parse(repo, ref))
             if target.temporary:
                 worktrees.remove_worktree(repo, target.worktree, force=True)
     return MergeReport(
@@ -372,7 +377,6 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
     try:
         yield
     finally:
-        guard.touch_stamp(repo)  # a running guard must not take the merge for an agent's doing
         lock.release()
 
 

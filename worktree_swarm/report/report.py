@@ -134,6 +134,7 @@ class RunReport:
     tasks: tuple[TaskReport, ...]
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
+    guard_errors: tuple[dict[str, object], ...] = ()  # guard scans that failed, oldest first
     max_disk: int | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -178,6 +179,11 @@ def build_report(
         for e in events
         if e.kind == "outside_write"
     )
+    guard_errors = tuple(
+        {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
+        for e in events
+        if e.kind == "guard_error"
+    )
     for event in events:
         if event.task_id is None:
             continue
@@ -211,6 +217,7 @@ def build_report(
         tasks=tasks,
         totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
         outside_writes=outside,
+        guard_errors=guard_errors,
         max_disk=_max_disk(run),
     )
 

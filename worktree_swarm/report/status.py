@@ -206,6 +206,11 @@ def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float
     return totals
 
 
+def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
+    """The guard's failed scans of *run_id*, oldest first (``job``, ``reason``, ``count``)."""
+    return [{"ts": e.ts, **e.data} for e in store.events(run_id) if e.kind == "guard_error"]
+
+
 def commit_author(store: Store, run_id: str) -> str:
     """The checkpoint/merge author configured for *run_id* (``Name <email>``)."""
     run = store.get_run(run_id)

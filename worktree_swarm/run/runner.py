@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Unpack
 
-from worktree_swarm import sandbox
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSettings, RunSpec, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import MAIN, Guard, Violation
+from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
@@ -264,7 +263,7 @@ class Runner:
 
     def _final_scan(self) -> None:
         self.guard.close()
-        self.guard.scan()
+        self.guard.scan(deep=True)
         self._apply_guard()
 
     def _apply_guard(self) -> None:
@@ -273,9 +272,12 @@ class Runner:
         A sole suspect still running is stopped at once; with several, each is failed when it
         ends, since any of them may be the one.
         """
+        for failure in self.guard.drain_failures():
+            # A scan that failed is told, never swallowed: it is retried, but until it
+            # succeeds that part is not watched.
+            self._emit("guard_error", None, failure.as_dict())
         for violation in self.guard.drain():
-            where = None if violation.where == MAIN else violation.where
-            self._emit("outside_write", where, violation.as_dict())
+            self._emit("outside_write", violation.task, violation.as_dict())
             if self.spec.allow_outside_writes:
                 continue
             for task_id in violation.suspects:

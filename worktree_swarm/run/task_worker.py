@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Unpack
 
-from worktree_swarm import sandbox
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import Guard
+from worktree_swarm.guard import Guard, sandbox
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
@@ -201,6 +200,7 @@ class TaskWorker:
     ) -> tuple[git.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
         switched = self.guard.own_head(task.id, path, task.branch)
+        self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))

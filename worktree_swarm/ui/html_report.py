@@ -21,6 +21,7 @@ from worktree_swarm.core.units import format_size
 from worktree_swarm.report.report import RunReport
 from worktree_swarm.ui.report_text import (
     disk_text,
+    guard_errors_text,
     money,
     outside_writes_text,
     overhead_text,
@@ -55,13 +56,20 @@ def _resource(name: str) -> str:
 
 
 def _outside_html(report: RunReport) -> str:
-    """Static list of writes agents made outside their worktrees (empty when none)."""
-    if not report.outside_writes:
-        return ""
-    lines = outside_writes_text(report)[2:]
-    # Braces escaped too: the template's {{placeholders}} are filled after this.
-    items = "".join(f"<li>{_escape(line.strip()).replace('{', '&#123;')}</li>" for line in lines)
-    return f'<h2>Outside writes</h2>\n<ul id="outside">{items}</ul>'
+    """Static lists of outside writes and failed guard scans (empty when there are none)."""
+    html = ""
+    for title, ident, lines in (
+        ("Outside writes", "outside", outside_writes_text(report)[2:]),
+        ("Guard scans that failed", "guard-errors", guard_errors_text(report)[2:]),
+    ):
+        if not lines:
+            continue
+        # Braces escaped too: the template's {{placeholders}} are filled after this.
+        items = "".join(
+            f"<li>{_escape(line.strip()).replace('{', '&#123;')}</li>" for line in lines
+        )
+        html += f'<h2>{title}</h2>\n<ul id="{ident}">{items}</ul>\n'
+    return html.rstrip("\n")
 
 
 def write_html(report: RunReport, path: Path) -> None:

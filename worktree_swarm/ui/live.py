@@ -49,6 +49,8 @@ class PlainObserver:
             line = f"{task_id}: {data['state']}{reason}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
+        elif kind == "guard_error":  # while a scan fails, that part is not watched
+            line = f"guard: {data.get('job')} scan failed: {data.get('reason')}"
         elif kind in {"run_started", "run_finished"}:
             line = f"run {data.get('run_id') or data.get('status')}: {kind.removeprefix('run_')}"
         else:

@@ -68,8 +68,18 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
         f"overhead   {overhead_text(s)}",
         f"disk       {disk_text(report)}",
         *outside_writes_text(report),
+        *guard_errors_text(report),
     ]
     return render(f"{head}, jobs {report.jobs}", table(_COLUMNS, rows), *lines, styled=styled)
+
+
+def guard_errors_text(report: RunReport) -> list[str]:
+    """One line per guard scan that failed: while it failed, that part went unwatched."""
+    if not report.guard_errors:
+        return []
+    lines = ["", f"guard scans that failed ({len(report.guard_errors)}):"]
+    lines += [f"  {e.get('job')}: {e.get('reason')}" for e in report.guard_errors]
+    return lines
 
 
 def outside_writes_text(report: RunReport) -> list[str]:

@@ -1,0 +1,522 @@
+"""The trust boundary, attacked: an agent cannot reach the user through git.
+
+Each test is one attack, made by a real agent program in a real run of the real CLI, without
+and with ``--sandbox``. Every one is caught (or impossible under the sandbox), the user's
+repository comes back byte for byte (git's config, hooks and info, every ref, the checkout),
+and code the agent planted never runs: the marker file it would create does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import filelock
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_guard import checkout_state
+from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
+from tests.test_sandbox import needs_bwrap
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import Guard, moving_refs
+from worktree_swarm.infra.supervisor import identity_of
+
+AgentFactory = Callable[[str], list[str]]
+
+MODES = [
+    pytest.param(False, id="plain"),
+    pytest.param(True, id="sandbox", marks=needs_bwrap),
+]
+
+
+def git_files(common: Path) -> dict[str, tuple[str, bytes, int]]:
+    """config, config.worktree, hooks/ and info/ of a git dir: kind, bytes, permission bits."""
+    found: dict[str, tuple[str, bytes, int]] = {}
+    for top in ("config", "config.worktree", "hooks", "info"):
+        start = common / top
+        paths = [start]
+        if start.is_dir():
+            paths += sorted(start.rglob("*"))
+        for path in paths:
+            if not os.path.lexists(path):
+                continue
+            mode = path.lstat().st_mode
+            kind = "dir" if stat.S_ISDIR(mode) else "file"
+            data = path.read_bytes() if kind == "file" else b""
+            found[path.relative_to(common).as_posix()] = (kind, data, stat.S_IMODE(mode))
+    return found
+
+
+def repo_state(repo: Path) -> dict[str, object]:
+    """Everything of the user's that an agent must not change."""
+    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+    return {
+        "git": git_files(repo / ".git"),
+        "refs": [r for r in refs if not r.startswith(("refs/heads/swarm/", "refs/swarm/"))],
+        "checkout": checkout_state(repo),
+    }
+
+
+def run_one(
+    repo: Path, agent: list[str], *, sandbox: bool, task: str = "bad"
+) -> subprocess.CompletedProcess[str]:
+    path = manifest(repo, f'[[task]]\nid = "{task}"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    return swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
+
+
+def outside_writes(repo: Path) -> list[dict[str, object]]:
+    out = swarm(repo, "report", "--json")
+    assert out.returncode == 0, out.stderr
+    writes: list[dict[str, object]] = json.loads(out.stdout)["outside_writes"]
+    return writes
+
+
+def caught_or_impossible(repo: Path, *, sandbox: bool, what: str) -> None:
+    """Without the sandbox the attack is caught and its task failed; with it, it is refused
+    by the sandbox (nothing to catch) or caught the same way."""
+    writes = outside_writes(repo)
+    row = status_json(repo)["bad"]
+    if not sandbox or writes:
+        assert row["state"] == "failed", row
+        assert "wrote outside its worktree" in str(row["reason"]), row
+        assert what in str(row["reason"]), row
+        assert all(w["suspects"] == ["bad"] for w in writes), writes
+        assert all(w["restored"] for w in writes), writes
+
+
+# -- planted config and hooks ------------------------------------------------------------------
+
+COMMON = """
+import os, pathlib, subprocess, sys
+repo, marker = pathlib.Path(sys.argv[1]), sys.argv[2]
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+def attempt(action):
+    try:
+        action()
+    except OSError:
+        pass  # the sandbox said no
+def append(path, text):
+    with open(path, 'a') as out:
+        out.write(text)
+def hook(name):
+    path = common / 'hooks' / name
+    path.write_text(f'#!/bin/sh\\ntouch {marker}\\n')
+    path.chmod(0o755)
+pathlib.Path('work.txt').write_text('own work\\n')
+"""
+
+FSMONITOR = (
+    COMMON
+    + """
+subprocess.run(['git', 'config', '--file', str(common / 'config'),
+                'core.fsmonitor', f'touch {marker} #'], check=False)
+"""
+)
+
+FILTER = (
+    COMMON
+    + """
+attempt(lambda: append(common / 'config',
+        f'[filter "x"]\\n\\tclean = touch {marker}; cat\\n\\tsmudge = cat\\n'))
+attempt(lambda: (common / 'info').mkdir(exist_ok=True))
+attempt(lambda: append(common / 'info' / 'attributes', '* filter=x\\n'))
+"""
+)
+
+REFERENCE_TRANSACTION = (
+    COMMON
+    + """
+attempt(lambda: hook('reference-transaction'))
+"""
+)
+
+POST_CHECKOUT = (
+    COMMON
+    + """
+attempt(lambda: hook('post-checkout'))
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize(
+    ("source", "what"),
+    [
+        pytest.param(FSMONITOR, "config", id="fsmonitor"),
+        pytest.param(FILTER, "info/attributes", id="filter-attributes"),
+        pytest.param(REFERENCE_TRANSACTION, "hooks/reference-transaction", id="hook-reftx"),
+        pytest.param(POST_CHECKOUT, "hooks/post-checkout", id="hook-post-checkout"),
+    ],
+)
+def test_planted_git_config_or_hook_is_undone_and_never_runs(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, source: str, what: str, sandbox: bool
+) -> None:
+    marker = tmp_path / "planted-code-ran"
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(source), str(repo), str(marker)], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+    assert repo_state(repo) == before
+    # The user's next git commands run nothing of the agent's either.
+    git(repo, "checkout", "-q", "-b", "after-the-run")
+    (repo / "new.txt").write_text("x\n")
+    git(repo, "add", "new.txt")
+    git(repo, "commit", "-qm", "after")
+    assert not marker.exists()
+
+
+# -- switching the guard off -------------------------------------------------------------------
+
+# Edits the checkout, moves `stable`, touches the old stamp and forges announcements of the
+# move: one naming a process that does not hold the file, one its own (it is an agent).
+SWITCH_OFF = """
+import json, os, pathlib, subprocess, sys, time
+import psutil
+repo = pathlib.Path(sys.argv[1])
+pathlib.Path('work.txt').write_text('own work\\n')
+def git(*args):
+    return subprocess.run(['git', '-C', str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+def attempt(action):
+    try:
+        return action()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+attempt(lambda: (repo / 'README.md').write_text('changed by an agent\\n'))
+attempt(lambda: (repo / 'planted.py').write_text('print("planted")\\n'))
+old = git('rev-parse', 'stable')
+new = git('commit-tree', git('rev-parse', 'stable^{tree}'), '-p', old, '-m', 'evil')
+attempt(lambda: git('update-ref', 'refs/heads/stable', new, old))
+state = repo / '.git' / 'swarm'
+attempt(lambda: (state / 'refs-changed.stamp').touch())
+moves = state / 'ref-moves'
+attempt(lambda: moves.mkdir(exist_ok=True))
+claim = {'moves': [{'ref': 'refs/heads/stable', 'old': old, 'new': new}], 'done': True}
+init = psutil.Process(1)
+attempt(lambda: (moves / '1-forged.json').write_text(
+    json.dumps({**claim, 'pid': 1, 'started': init.create_time()})))
+me = psutil.Process()
+own = moves / f'{me.pid}-forged.json'
+held = attempt(lambda: open(own, 'w'))
+if held is not None:
+    held.write(json.dumps({**claim, 'pid': me.pid, 'started': me.create_time()}))
+    held.flush()
+    deadline = time.time() + 30
+    while time.time() < deadline and not own.with_name(own.name + '.verdict').exists():
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_nothing_an_agent_writes_switches_the_guard_off(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    git(repo, "branch", "stable")
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(SWITCH_OFF), str(repo)], sandbox=sandbox)
+    assert repo_state(repo) == before
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "stable moved" in str(row["reason"])
+    if not sandbox:
+        summaries = " ".join(str(w["summary"]) for w in outside_writes(repo))
+        assert "files README.md, planted.py in the main checkout" in summaries
+        # The forged announcements were refused, and that is on record.
+        errors = json.loads(swarm(repo, "status", "--json").stdout)["guard_errors"]
+        reasons = " ".join(str(e["reason"]) for e in errors)
+        assert "1-forged.json: its writer (pid 1)" in reasons  # another user's, or not holding it
+        assert "written from task bad's agent" in reasons
+        assert "ignored" in swarm(repo, "status").stdout
+
+
+# -- deleted objects ---------------------------------------------------------------------------
+
+DELETE_VICTIM_OBJECT = """
+import pathlib, subprocess, sys
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout.strip()
+tip = git('rev-parse', sys.argv[1])
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir'))
+(common / 'objects' / tip[:2] / tip[2:]).unlink()
+pathlib.Path('deleted.txt').write_text(tip + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize(
+    "target", ["swarm/victim", "swarm/victim:victim.txt"], ids=["tip-commit", "blob"]
+)
+def test_a_deleted_object_of_another_branch_is_caught_and_the_work_kept(
+    repo: Path, write_agent: AgentFactory, sandbox: bool, target: str
+) -> None:
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    bad = [*write_agent(DELETE_VICTIM_OBJECT), target]
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "victim"
+prompt = "p"
+agent = {argv_toml(victim)}
+
+[[task]]
+id = "bad"
+prompt = "p"
+depends_on = ["victim"]
+agent = {argv_toml(bad)}
+""",
+    )
+    swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
+    deleted = git(repo, "rev-parse", target)
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed", rows["bad"]
+    reason = str(rows["bad"]["reason"])
+    assert "swarm/victim" in reason
+    assert "no longer resolves to a complete commit" in reason
+    # The object was really deleted, and is back: the victim's work is not lost.
+    assert git(repo, "show", "swarm/bad:deleted.txt") == deleted
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    # (swarm/bad started from the victim's tip, so it is broken too.)
+    writes = outside_writes(repo)
+    assert "refs/heads/swarm/victim" in [r for w in writes for r in w["broken"]]  # type: ignore[attr-defined]
+    assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+
+
+# -- places that were not watched --------------------------------------------------------------
+
+LINKED_WORKTREE = """
+import pathlib, sys
+pathlib.Path('work.txt').write_text('own work\\n')
+mine = pathlib.Path(sys.argv[1])
+try:
+    (mine / 'README.md').write_text('changed by an agent\\n')
+    (mine / 'planted.txt').write_text('planted\\n')
+except OSError:
+    pass
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_an_edit_in_the_users_other_worktree_is_caught_and_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    (mine / "draft.txt").write_text("my uncommitted draft\n")
+    before, theirs = repo_state(repo), checkout_state(mine)
+    run_one(repo, [*write_agent(LINKED_WORKTREE), str(mine)], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what=f"your worktree {mine}")
+    assert checkout_state(mine) == theirs
+    assert repo_state(repo) == before
+
+
+EXCLUDE_THEN_FILE = """
+import pathlib, subprocess, sys
+pathlib.Path('work.txt').write_text('own work\\n')
+repo = pathlib.Path(sys.argv[1])
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+try:
+    with open(common / 'info' / 'exclude', 'a') as out:
+        out.write('hidden.py\\n')
+    (repo / 'hidden.py').write_text('print("planted")\\n')
+except OSError:
+    pass
+"""
+
+STASH = """
+import pathlib, subprocess, sys
+pathlib.Path('work.txt').write_text('own work\\n')
+subprocess.run(['git', '-C', sys.argv[1], 'stash', '-u'], capture_output=True)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize(
+    ("source", "what"),
+    [
+        pytest.param(EXCLUDE_THEN_FILE, "info/exclude", id="info-exclude"),
+        pytest.param(STASH, "", id="stash"),
+    ],
+)
+def test_hidden_files_and_a_left_stash_are_caught_and_undone(
+    repo: Path, write_agent: AgentFactory, source: str, what: str, sandbox: bool
+) -> None:
+    # The user has work in progress, which `stash -u` would take away.
+    (repo / "README.md").write_text("my edit\n")
+    (repo / "todo.txt").write_text("my untracked notes\n")
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(source), str(repo)], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+    assert repo_state(repo) == before
+    assert not (repo / "hidden.py").exists()
+    assert git(repo, "stash", "list") == ""
+
+
+# -- swarm's own ref moves during a run --------------------------------------------------------
+
+WAIT_FOR_FLAG = """
+import pathlib, sys, time
+flag = pathlib.Path(sys.argv[1])
+pathlib.Path('slow.txt').write_text('slow\\n')
+deadline = time.time() + 60
+while time.time() < deadline and not flag.exists():
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("command", ["merge-into", "merge", "clean"])
+def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, command: str
+) -> None:
+    git(repo, "branch", "stable")
+    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a\\n')\n")
+    assert swarm(repo, "run", first, "--agent", " ".join(agent)).returncode == 0
+    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    flag = tmp_path / "flag"
+    second = manifest(
+        repo,
+        '[[task]]\nid = "slow"\nprompt = "p"\n'
+        f"agent = {argv_toml([*write_agent(WAIT_FOR_FLAG), str(flag)])}\n",
+    )
+    running = swarm_bg(repo, "run", second)
+    try:
+        wait_for(
+            (repo.parent / "repo.swarm" / "slow" / "slow.txt").exists,
+            what="the slow agent to run",
+        )
+        args = {
+            "merge-into": ["merge", "--run", earlier, "--into", "stable"],
+            "merge": ["merge", "--run", earlier],
+            "clean": ["clean", "--run", earlier, "--yes", "--force"],
+        }[command]
+        done = swarm(repo, *args)
+        assert done.returncode == 0, done.stderr
+        flag.write_text("go\n")
+        assert running.wait(timeout=60) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+    if command == "clean":  # the branch stayed deleted
+        assert git(repo, "branch", "--list", "swarm/a") == ""
+    else:  # the merge stayed
+        target = "stable" if command == "merge-into" else f"swarm/integration-{earlier}"
+        assert git(repo, "show", f"{target}:a.txt") == "a"
+    assert status_json(repo)["slow"]["state"] == "done"
+    assert outside_writes(repo) == []
+    assert not list((repo / ".git" / "swarm" / "ref-moves").glob("*.json"))
+
+
+# -- a scan that fails -------------------------------------------------------------------------
+
+# Makes every ref listing fail (git refuses a garbled packed-refs), waits until the guard has
+# logged that, then repairs it so that the run can end.
+GARBLE_PACKED_REFS = """
+import pathlib, subprocess, time
+pathlib.Path('work.txt').write_text('own work\\n')
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+packed = common / 'packed-refs'
+before = packed.read_bytes() if packed.exists() else None
+packed.write_bytes((before or b'') + b'garbage line\\n')
+deadline = time.time() + 30
+def logged():
+    return any('refs: failed' in log.read_text()
+               for log in (common / 'swarm' / 'runs').glob('*/guard/guard.log'))
+while time.time() < deadline and not logged():
+    time.sleep(0.05)
+if before is None:
+    packed.unlink()
+else:
+    packed.write_bytes(before)
+"""
+
+
+def test_a_scan_that_fails_is_logged_and_shown_in_status_and_report(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    out = run_one(repo, write_agent(GARBLE_PACKED_REFS), sandbox=False)
+    assert "guard: refs scan failed: " in out.stdout
+    payload = json.loads(swarm(repo, "status", "--json").stdout)
+    refs = [e for e in payload["guard_errors"] if e["job"] == "refs"]
+    assert refs, payload["guard_errors"]
+    assert "unexpected line in" in str(refs[0]["reason"])
+    assert "guard: refs scan failed: " in swarm(repo, "status").stdout
+    report = swarm(repo, "report").stdout
+    assert "guard scans that failed" in report
+    assert "refs: " in report
+    log = next((repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")).read_text()
+    assert "refs: scanned again" in log  # and it recovered
+
+
+# An agent that stashes its own work to look at the clean tree, then pops it: refs/stash is
+# shared with the user, but only a stash left behind after the attempt is a write.
+STASH_AND_POP = """
+import pathlib, subprocess, time
+pathlib.Path('work.txt').write_text('own work\\n')
+subprocess.run(['git', 'add', 'work.txt'], check=True)
+subprocess.run(['git', 'stash', '-q'], check=True)
+time.sleep(2.5)  # several guard scans see the stash
+subprocess.run(['git', 'stash', 'pop', '-q'], check=True)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_an_agent_may_stash_and_pop_in_its_own_worktree(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    before = repo_state(repo)
+    out = run_one(repo, write_agent(STASH_AND_POP), sandbox=sandbox, task="tidy")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["tidy"]["state"] == "done"
+    assert git(repo, "show", "swarm/tidy:work.txt") == "own work"
+    assert outside_writes(repo) == []
+    assert repo_state(repo) == before
+
+
+def test_the_guard_accepts_exactly_the_moves_swarm_names(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    named, other, third = (
+        git(repo, "commit-tree", tree, "-p", tip, "-m", m) for m in ("named", "other", "third")
+    )
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    manager = filelock.FileLock(opened.state_dir / "manager.lock", thread_local=False)
+    manager.acquire()  # a run is alive: the writer waits for the guard's verdict
+    try:
+        guard.agent_started("rogue", identity_of(agent.pid))
+        guard.watch_in_background()
+        with moving_refs(opened, ["refs/heads/stable"]) as moves:
+            git(repo, "update-ref", "refs/heads/stable", named)
+            moves.moved("refs/heads/stable", named)
+        with moving_refs(opened, ["refs/heads/stable"]) as moves:
+            git(repo, "update-ref", "refs/heads/stable", third)  # not what it says
+            moves.moved("refs/heads/stable", other)
+        guard.close()
+        found = guard.scan()
+    finally:
+        manager.release()
+        agent.kill()
+        agent.wait()
+    # The named move stayed; the one that went elsewhere is the agent's, and undone.
+    assert [(v.refs, v.suspects) for v in [*guard.drain(), *found][:1]] == [
+        ((("refs/heads/stable", named, third),), ("rogue",))
+    ]
+    assert git(repo, "rev-parse", "stable") == named
+    assert not list((opened.state_dir / "ref-moves").iterdir())

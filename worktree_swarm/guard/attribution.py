@@ -1,0 +1,122 @@
+"""Who may have done it: which agents ran when, and where their processes are."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from worktree_swarm.core.models import ProcessIdentity
+
+_MTIME_SLACK = 1.0
+
+
+@dataclass(slots=True, kw_only=True)
+class _Agent:
+    intervals: list[list[float | None]] = field(default_factory=list)
+    identity: ProcessIdentity | None = None
+
+
+class Agents:
+    """When each task's agent ran, and its process while it runs. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # not the scan's lock: starting never waits on it
+        self._agents: dict[str, _Agent] = {}
+
+    def started(self, task_id: str, identity: ProcessIdentity) -> None:
+        """Note that *task_id*'s agent runs from now on."""
+        with self._lock:
+            agent = self._agents.setdefault(task_id, _Agent())
+            agent.intervals.append([time.time(), None])
+            agent.identity = identity
+
+    def ended(self, task_id: str) -> None:
+        """Note that *task_id*'s agent has ended."""
+        with self._lock:
+            agent = self._agents.get(task_id)
+            if agent and agent.intervals and agent.intervals[-1][1] is None:
+                agent.intervals[-1][1] = time.time()
+                agent.identity = None
+
+    def suspects(self, window: tuple[float, float], *, exclude: Sequence[str]) -> tuple[str, ...]:
+        """The agents (but *exclude*) alive at some time within *window*."""
+        start, end = window
+        found = []
+        for task_id, agent in self._now().items():
+            if task_id in exclude:
+                continue
+            for began, ended in agent.intervals:
+                if began is not None and began <= end and (ended is None or ended >= start):
+                    found.append(task_id)
+                    break
+        return tuple(sorted(found))
+
+    def narrow(
+        self, suspects: tuple[str, ...], root: Path, paths: Sequence[str]
+    ) -> tuple[str, ...]:
+        """Suspects with a process in *root* now, else those alive when the files changed."""
+        agents = self._now()
+        inside = []
+        for task_id in suspects:
+            identity = agents[task_id].identity
+            if identity is not None and has_process_in(identity, root):
+                inside.append(task_id)
+        if inside:
+            return tuple(inside)
+        mtimes = []
+        for rel in paths:
+            with contextlib.suppress(OSError):
+                mtimes.append((root / rel).lstat().st_mtime)
+        if not mtimes:
+            return ()
+        alive = []
+        for task_id in suspects:
+            spans = agents[task_id].intervals
+            if any(
+                (b or 0) - _MTIME_SLACK <= m <= (e or float("inf")) + _MTIME_SLACK
+                for m in mtimes
+                for b, e in spans
+            ):
+                alive.append(task_id)
+        return tuple(alive)
+
+    def owner_of(self, pid: int) -> str | None:
+        """The task whose running agent *pid* is, or descends from (None: no agent's)."""
+        running = {a.identity.pid: t for t, a in self._now().items() if a.identity is not None}
+        try:
+            chain = [psutil.Process(pid), *psutil.Process(pid).parents()]
+        except psutil.Error:
+            return None
+        for process in chain:
+            if process.pid in running:
+                return running[process.pid]
+        return None
+
+    def _now(self) -> dict[str, _Agent]:
+        with self._lock:
+            return {
+                t: _Agent(intervals=[list(i) for i in a.intervals], identity=a.identity)
+                for t, a in self._agents.items()
+            }
+
+
+def has_process_in(identity: ProcessIdentity, root: Path) -> bool:
+    """Whether the process tree of *identity* has a process whose cwd is inside *root*."""
+    real = Path(os.path.realpath(root))
+    try:
+        top = psutil.Process(identity.pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            if Path(p.cwd()).is_relative_to(real):
+                return True
+    return False

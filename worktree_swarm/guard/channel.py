@@ -1,0 +1,211 @@
+"""How swarm's own commands (merge, clean) tell a running guard which refs they move.
+
+The writer, before moving anything, creates ``.git/swarm/ref-moves/<pid>-<token>.json``
+naming the refs it is about to move and their current values, and keeps that file open. When
+done, it writes each ref's new value into the same file and, while a run's manager is alive,
+waits for the guard's verdict (``<name>.verdict``). The guard believes a file only if its
+writer is alive (same process start time), holds the file open itself, and is not an agent of
+the run or a descendant of one; then it leaves the named refs alone while the writer works
+and accepts exactly the named moves, ``old`` -> ``new``. Any other move of those refs, and
+any move named by a file it does not believe, is judged like every other ref move.
+
+Under ``--sandbox`` ``.git/swarm`` is read-only to agents, so they cannot write here at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.infra import lock
+
+DIR = "ref-moves"
+_VERDICT = ".verdict"
+_WAIT = 30.0  # how long a writer waits for a running guard's verdict
+_POLL = 0.05
+_SAME_START = 0.01  # seconds: psutil's create_time is rounded
+
+
+class RefMoves:
+    """The refs one command is moving: call :meth:`moved` for each move it makes."""
+
+    def __init__(self, repo: git.Repo, path: Path, old: dict[str, str | None]) -> None:
+        self.repo = repo
+        self.path = path
+        self._fd: int | None = None
+        self._old = old
+        self._new: dict[str, str | None] = {}
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """The refs announced so far."""
+        return tuple(self._old)
+
+    def announce(self, ref: str) -> None:
+        """Add *ref*, at its current value, to the refs about to move (before moving it)."""
+        if ref not in self._old:
+            self._old[ref] = git.rev_parse(self.repo, ref)
+            self._write(done=False)
+
+    def moved(self, ref: str, new: str | None) -> None:
+        """*ref* now names *new* (None: deleted) because of this command."""
+        if ref not in self._old:
+            raise ValueError(f"{ref} was not announced")
+        self._new[ref] = new
+
+    def _write(self, *, done: bool) -> None:
+        moves = [
+            {"ref": r, "old": o, **({"new": self._new[r]} if done and r in self._new else {})}
+            for r, o in self._old.items()
+            if not done or r in self._new
+        ]
+        me = psutil.Process()
+        data = json.dumps(
+            {"pid": me.pid, "started": me.create_time(), "moves": moves, "done": done}
+        ).encode()
+        # Written aside and renamed over, so that a reader never sees half of it; the writer
+        # then holds the new file open, which is what the guard checks.
+        aside = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            aside.replace(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
+    """Announce that this process moves *refs*; on leaving, tell the guard where they went."""
+    where = repo.state_dir / DIR
+    where.mkdir(parents=True, exist_ok=True)
+    old = {ref: git.rev_parse(repo, ref) for ref in dict.fromkeys(refs)}
+    moves = RefMoves(repo, where / f"{os.getpid()}-{secrets.token_hex(4)}.json", old)
+    path = moves.path
+    try:
+        moves._write(done=False)  # noqa: SLF001 - the file's one writer
+        yield moves
+    finally:
+        try:
+            moves._write(done=True)  # noqa: SLF001
+            if moves.refs and lock.manager_alive(repo.state_dir):
+                _await_verdict(path)
+        finally:
+            moves._close()  # noqa: SLF001
+            path.unlink(missing_ok=True)
+            _verdict(path).unlink(missing_ok=True)
+
+
+def _await_verdict(path: Path) -> None:
+    deadline = time.monotonic() + _WAIT
+    while time.monotonic() < deadline and not _verdict(path).exists():
+        time.sleep(_POLL)
+
+
+def _verdict(path: Path) -> Path:
+    return path.with_name(path.name + _VERDICT)
+
+
+class Channel:
+    """The guard's side: which announced moves it believes, and which refs are in motion."""
+
+    def __init__(self, state_dir: Path, agents: Agents) -> None:
+        self._dir = state_dir / DIR
+        self._agents = agents
+        self._accepted: dict[str, list[tuple[str | None, str | None]]] = {}
+        self._done: set[str] = set()
+
+    def read(self) -> tuple[set[str], list[str]]:
+        """Take in the announcements: the refs being moved now, and why any was refused."""
+        pending: set[str] = set()
+        refused: list[str] = []
+        try:
+            names = sorted(p for p in self._dir.iterdir() if p.suffix == ".json")
+        except FileNotFoundError:
+            return pending, refused
+        for path in names:
+            if path.name in self._done:
+                continue
+            try:
+                data = json.loads(path.read_bytes())
+                pid, started = int(data["pid"]), float(data["started"])
+                moves = [(str(m["ref"]), m.get("old"), m.get("new")) for m in data["moves"]]
+                done = bool(data["done"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being written; read it again next time
+            why = self._disbelief(path, pid, started)
+            if why is not None:
+                self._done.add(path.name)
+                refused.append(f"ignored {path}: {why}")
+                _write_verdict(path, f"refused: {why}")
+                if why.endswith(" is gone"):  # left by a command that was killed
+                    path.unlink(missing_ok=True)
+                    _verdict(path).unlink(missing_ok=True)
+                continue
+            if not done:
+                pending |= {ref for ref, _, _ in moves}
+                continue
+            for ref, old, new in moves:
+                self._accepted.setdefault(ref, []).append((old, new))
+            self._done.add(path.name)
+            _write_verdict(path, "accepted")
+        return pending, refused
+
+    def explains(self, ref: str, before: str | None, after: str | None) -> bool:
+        """Whether announced moves take *ref* from *before* to *after*; uses them up if so."""
+        moves = self._accepted.get(ref, [])
+        used = []
+        at = before
+        for _ in range(len(moves)):
+            step = next(
+                (i for i, (old, _) in enumerate(moves) if old == at and i not in used), None
+            )
+            if step is None:
+                return False
+            used.append(step)
+            at = moves[step][1]
+            if at == after:
+                self._accepted[ref] = [m for i, m in enumerate(moves) if i not in used]
+                return True
+        return False
+
+    def _disbelief(self, path: Path, pid: int, started: float) -> str | None:
+        """Why the file's writer is not to be believed (None: it is swarm's own command)."""
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) > _SAME_START:
+                return f"its writer (pid {pid}) is gone"
+            real = os.path.realpath(path)
+            if not any(os.path.realpath(f.path) == real for f in process.open_files()):
+                return f"its writer (pid {pid}) does not hold it open"
+        except psutil.AccessDenied:
+            return f"its writer (pid {pid}) cannot be inspected"
+        except psutil.Error:
+            return f"its writer (pid {pid}) is gone"
+        owner = self._agents.owner_of(pid)
+        if owner is not None:
+            return f"written from task {owner}'s agent"
+        return None
+
+
+def _write_verdict(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):
+        _verdict(path).write_text(text + "\n")

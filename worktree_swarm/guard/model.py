@@ -1,0 +1,126 @@
+"""What the guard reports: violations, the snapshots it compares and the names of places."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAIN = "main checkout"
+REPOSITORY = "repository"  # the git dir's executable surface: config, hooks, info
+WORKTREE_PREFIX = "worktree "  # + path: one of the user's other linked worktrees
+_SHOWN = 5  # paths named in a one-line summary
+
+RefMove = tuple[str, str | None, str | None]  # (ref, before, after); None: absent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """The observable state of one checkout."""
+
+    head_ref: str | None  # refs/heads/x, or None when HEAD is detached
+    head: str | None
+    index: str  # digest of the staged entries (mode, object, stage, path)
+    tree: str  # the files git would see, as a tree object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation:
+    """One write outside an agent's own worktree, and what was done about it."""
+
+    number: int
+    where: str  # MAIN, REPOSITORY, WORKTREE_PREFIX + path, or a task id
+    paths: tuple[str, ...] = ()
+    refs: tuple[RefMove, ...] = ()  # (ref, before, after)
+    head: str = ""  # how HEAD moved, when it did
+    index_changed: bool = False
+    git_files: tuple[str, ...] = ()  # files of the git dir (config, hooks/..., info/...)
+    broken: tuple[str, ...] = ()  # refs that no longer resolve to a complete commit
+    kept: tuple[str, ...] = ()  # where the last good tips of *broken* are kept
+    suspects: tuple[str, ...] = ()
+    patch: str = ""
+    restored: bool = False
+
+    @property
+    def task(self) -> str | None:
+        """The task whose worktree or branch was touched, if it was a task's."""
+        if self.where in {MAIN, REPOSITORY} or self.where.startswith(WORKTREE_PREFIX):
+            return None
+        return self.where
+
+    def summary(self) -> str:
+        """One line naming the place and what changed in it."""
+        if self.where == MAIN:
+            place = "the main checkout"
+        elif self.where.startswith(WORKTREE_PREFIX):
+            place = f"your worktree {self.where.removeprefix(WORKTREE_PREFIX)}"
+        else:
+            place = f"task {self.where}'s worktree"
+        parts = []
+        if self.paths:
+            parts.append(f"files {_shown(self.paths)}")
+        if self.head:
+            parts.append(self.head)
+        if self.index_changed:
+            parts.append("its staged changes")
+        where = f" in {place}" if self.paths or self.index_changed else ""
+        what = "; ".join(parts)
+        others = []
+        if self.git_files:
+            others.append(f"git's own files {_shown(self.git_files)}")
+        others += [f"{short_ref(r)} moved" for r, _, _ in self.refs]
+        if self.broken:
+            kept = f", last good tip kept as {_shown(self.kept)}" if self.kept else ""
+            others.append(
+                f"{_shown(tuple(short_ref(r) for r in self.broken))} no longer resolves to a"
+                f" complete commit (objects deleted){kept}"
+            )
+        return "; ".join(p for p in (what + where, *others) if p) or "its state"
+
+    def reason(self, task_id: str) -> str:
+        """The failure reason recorded on a suspect task."""
+        who = "" if len(self.suspects) == 1 else (
+            f" (or one of {', '.join(s for s in self.suspects if s != task_id)}, "
+            "running at the same time)"
+        )  # fmt: skip
+        fate = "restored" if self.restored else "left as found"
+        patch = f", patch {self.patch}" if self.patch else ""
+        return f"wrote outside its worktree{who}: {self.summary()}; {fate}{patch}"
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form recorded as an ``outside_write`` event."""
+        return {
+            "number": self.number,
+            "where": self.where,
+            "paths": list(self.paths),
+            "refs": [{"ref": r, "before": b, "after": a} for r, b, a in self.refs],
+            "head": self.head,
+            "index_changed": self.index_changed,
+            "git_files": list(self.git_files),
+            "broken": list(self.broken),
+            "kept": list(self.kept),
+            "suspects": list(self.suspects),
+            "patch": self.patch,
+            "restored": self.restored,
+            "summary": self.summary(),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanFailure:
+    """A scan (or part of one) that could not be completed, and why."""
+
+    job: str  # what failed: "refs", "objects", "repository files", a place
+    reason: str
+    count: int = 1  # consecutive failures with this reason
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form recorded as a ``guard_error`` event."""
+        return {"job": self.job, "reason": self.reason, "count": self.count}
+
+
+def short_ref(ref: str) -> str:
+    """*ref* as a user names it: ``main`` for refs/heads/main, ``stash`` for refs/stash."""
+    return ref.removeprefix("refs/heads/").removeprefix("refs/")
+
+
+def _shown(paths: tuple[str, ...]) -> str:
+    return ", ".join(paths[:_SHOWN]) + (" ..." if len(paths) > _SHOWN else "")

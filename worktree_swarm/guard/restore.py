@@ -1,0 +1,151 @@
+"""Putting a watched place back to its baseline: refs, HEAD, the index and files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
+from worktree_swarm.guard.model import Snapshot
+from worktree_swarm.guard.snapshot import capture, changed_paths, index_path
+
+
+def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:
+    """Compare-and-swap *ref* from *after* back to *before*; False when it moved again."""
+    try:
+        if before is None:
+            git.git(root, "update-ref", "-d", ref, after or "")
+        else:
+            git.git(root, "update-ref", ref, before, *([after] if after else []))
+    except CommandError:
+        return False
+    return True
+
+
+def restore_checkout(
+    root: Path,
+    *,
+    base: Snapshot,
+    now: Snapshot,
+    saved_index: Path,
+    scratch: Path,
+    exclude: Sequence[str],
+) -> bool:
+    """Make the checkout *root* its baseline *base* again; whether it now is."""
+    try:
+        if (now.head_ref, now.head) != (base.head_ref, base.head):
+            if base.head_ref is not None:
+                git.git(root, "symbolic-ref", "HEAD", base.head_ref)
+            elif base.head is not None:
+                git.git(root, "update-ref", "--no-deref", "HEAD", base.head)
+        if now.index != base.index and not put_index(root, saved_index):
+            return False
+        put_files(root, base.tree, changed_paths(root, base.tree, now.tree))
+        restored = capture(root, scratch, exclude)
+    except (SwarmError, OSError):
+        return False
+    return restored == base
+
+
+def put_index(root: Path, saved: Path) -> bool:
+    """Write *saved* as *root*'s index, taking git's own ``index.lock`` while doing it."""
+    real = index_path(root)
+    lock = real.with_name(real.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False  # a git command is running there; the next scan tries again
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(saved.read_bytes() if saved.is_file() else b"")
+        if saved.is_file():
+            lock.replace(real)
+        else:
+            lock.unlink()
+            real.unlink(missing_ok=True)
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
+    """Make each of *paths* under *root* what it is in *tree* (absent paths are deleted).
+
+    A file is replaced atomically (written aside, then renamed over), so a reader never
+    finds it missing or half-written.
+    """
+    entries = _tree_entries(root, tree, paths)
+    dirs: set[Path] = set()
+    for rel in paths:
+        target = root / rel
+        entry = entries.get(rel)
+        if entry is None or (target.is_dir() and not target.is_symlink()):
+            remove(target)
+        if entry is None:
+            dirs.add(target.parent)
+        elif entry[0] != "160000":  # a submodule's commit is not ours to check out
+            target.parent.mkdir(parents=True, exist_ok=True)
+            put_file(target, mode=entry[0], data=_blob(root, entry[1]))
+    for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        prune_empty(directory, root)
+
+
+def remove(target: Path) -> None:
+    """Delete *target*, a file, a symlink or a whole directory."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif os.path.lexists(target):
+        target.unlink()
+
+
+def put_file(target: Path, *, mode: str, data: bytes, bits: int | None = None) -> None:
+    """Write *data* to *target* atomically as a git *mode* (or with exact permission *bits*)."""
+    aside = target.with_name(f".{target.name}.swarm-restore")
+    remove(aside)
+    if mode == "120000":
+        aside.symlink_to(os.fsdecode(data))
+    else:
+        # A file rewritten in place keeps its permission bits; a new one gets the umask's.
+        kept = bits
+        if kept is None and target.is_file() and not target.is_symlink():
+            kept = stat.S_IMODE(target.stat().st_mode)
+        aside.write_bytes(data)
+        if bits is None:
+            bits = stat.S_IMODE(aside.stat().st_mode) if kept is None else kept
+            bits = bits | (bits & 0o444) >> 2 if mode == "100755" else bits & ~0o111
+        aside.chmod(bits)
+    aside.replace(target)
+
+
+def prune_empty(directory: Path, root: Path) -> None:
+    """Remove *directory* and its parents up to *root* while they are empty."""
+    while directory != root and directory.is_relative_to(root):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
+    if not paths:
+        return {}
+    out = git.git(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *paths)
+    entries = {}
+    for record in out.split("\0"):
+        if not record:
+            continue
+        meta, _, rel = record.partition("\t")
+        mode, _kind, sha = meta.split(" ")
+        entries[rel] = (mode, sha)
+    return entries
+
+
+def _blob(root: Path, sha: str) -> bytes:
+    return runner.run_bytes(root, "cat-file", "blob", sha).stdout

@@ -1,0 +1,115 @@
+"""Snapshots of a checkout and of the refs: what the guard compares with its baseline."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
+from worktree_swarm.guard.model import Snapshot, short_ref
+
+# Refs the guard watches: branches, tags, the stash, and its own kept tips.
+REF_PATTERNS = ("refs/heads/", "refs/tags/", "refs/stash", "refs/swarm/keep/")
+
+
+def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
+    """HEAD, staged entries and every file git would see in *path* (via the *scratch* index)."""
+    env = {"GIT_INDEX_FILE": str(scratch)}
+    git_env(path, env, "add", "--all", "--ignore-errors", "--", ".", *exclude)
+    tree = git_env(path, env, "write-tree").strip()
+    staged = git.git(path, "ls-files", "--stage", "-z")
+    return Snapshot(
+        head_ref=symbolic_head(path),
+        head=git.rev_parse_in(path, "HEAD"),
+        index=hashlib.sha256(staged.encode()).hexdigest(),
+        tree=tree,
+    )
+
+
+def status(path: Path) -> str:
+    """`git status` of *path* with its branch and commit: a cheap test for any change."""
+    return git.git(
+        path,
+        "--no-optional-locks",
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "-z",
+        "--untracked-files=all",
+    )
+
+
+def is_clean(status_out: str) -> bool:
+    """Whether a ``status --porcelain=v2 --branch -z`` output lists no change at all."""
+    return all(record.startswith("# ") for record in status_out.split("\0") if record)
+
+
+def status_field(status_out: str, name: str) -> str:
+    """A ``# branch.<name>`` header of a ``status --porcelain=v2 --branch -z`` output."""
+    prefix = f"# branch.{name} "
+    return next((r[len(prefix) :] for r in status_out.split("\0") if r.startswith(prefix)), "")
+
+
+def git_env(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """``git *args`` in *cwd* with *env* added to a clean environment."""
+    return runner.run(cwd, *args, env=env).stdout
+
+
+def index_path(path: Path) -> Path:
+    """The index file of the checkout *path*."""
+    return git.git_dir(path) / "index"
+
+
+def symbolic_head(path: Path) -> str | None:
+    """The ref HEAD of *path* is on, None when detached."""
+    out = git.git(path, "symbolic-ref", "-q", "HEAD", check=False).strip()
+    return out or None
+
+
+def read_refs(root: Path) -> dict[str, str]:
+    """Every watched ref and the object it names."""
+    out = git.git(root, "for-each-ref", "--format=%(refname) %(objectname)", *REF_PATTERNS)
+    refs = {}
+    for line in out.splitlines():
+        name, _, sha = line.partition(" ")
+        refs[name] = sha
+    return refs
+
+
+def changed_paths(path: Path, before: str, after: str) -> list[str]:
+    """The paths that differ between two trees."""
+    out = git.git(path, "diff", "--name-only", "-z", "--no-renames", before, after, "--")
+    return [p for p in out.split("\0") if p]
+
+
+def files_patch(path: Path, before: str, after: str, paths: Sequence[str]) -> str:
+    """A `git apply`-able patch from tree *before* to tree *after* ('' when nothing changed)."""
+    if not paths:
+        return ""
+    header = f"# files changed in {path}: git apply this to get them back\n"
+    return header + git.git(path, "diff", "--binary", "--no-renames", before, after, "--")
+
+
+def ref_patch(root: Path, ref: str, before: str | None, after: str | None) -> str:
+    """The move of *ref*: its old and new values, the commits and their diff."""
+    header = f"# {ref}: {before or '(none)'} -> {after or '(deleted)'}\n"
+    if before is None or after is None:
+        return header
+    log = git.git(root, "log", "--format=# commit %H %s", f"{before}..{after}", check=False)
+    diff = git.git(root, "diff", "--binary", before, after, "--", check=False)
+    return header + log + diff
+
+
+def describe_head(snap: Snapshot) -> str:
+    """HEAD as a user reads it: a branch name or ``detached <commit>``."""
+    if snap.head_ref:
+        return short_ref(snap.head_ref)
+    return f"detached {(snap.head or '?')[:12]}"
+
+
+def ref_owner(ref: str) -> str | None:
+    """The task whose branch *ref* is, if it is one."""
+    prefix = "refs/heads/swarm/"
+    return ref.removeprefix(prefix) if ref.startswith(prefix) else None

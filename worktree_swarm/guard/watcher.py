@@ -1,0 +1,685 @@
+"""The guard itself: baselines, the scan loop, and what it does about each change.
+
+What is watched, against a baseline recorded when watching starts:
+
+- the user's checkout and the user's other linked worktrees: HEAD (branch or commit), the
+  staged entries of the index, and the content of every file git would see (tracked and
+  untracked, not ignored), captured as a tree object through a private scratch index, so
+  the user's own uncommitted edits are part of the baseline and can be put back byte for byte;
+- the repository's executable surface: ``config``, ``config.worktree`` files, ``hooks/``, the
+  ``core.hooksPath`` directory and ``info/`` (see surface.py);
+- every branch and tag, ``refs/stash`` and the guard's kept tips: only a task's own branch may
+  move, and only while swarm works on that task; swarm's own commands name their moves
+  through the channel (channel.py);
+- that every watched ref still resolves to a complete commit (integrity.py);
+- every task worktree of the run while nothing of its own runs in it (after its task ended,
+  or while it waits for a rate limit): any change there was made by someone else.
+
+A change is a *violation*. Its suspects are the agents that were alive since the previous
+clean scan, narrowed by the changed files' modification times and by which agents' processes
+sit in the changed directory (attribution.py). The foreign changes are saved as a patch under
+the run's directory and, unless the run allows outside writes, undone (restore.py). A scan
+that fails is recorded with its reason (:meth:`Guard.drain_failures`) and retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.guard import integrity, surface
+from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.model import (
+    MAIN,
+    REPOSITORY,
+    WORKTREE_PREFIX,
+    RefMove,
+    ScanFailure,
+    Snapshot,
+    Violation,
+    short_ref,
+)
+from worktree_swarm.guard.restore import restore_checkout, restore_ref
+from worktree_swarm.guard.snapshot import (
+    capture,
+    changed_paths,
+    describe_head,
+    files_patch,
+    git_env,
+    index_path,
+    is_clean,
+    read_refs,
+    ref_owner,
+    ref_patch,
+    status,
+    status_field,
+    symbolic_head,
+)
+
+_MIN_INTERVAL = 1.0
+STASH = "refs/stash"
+_REASON_CHARS = 300
+
+
+@dataclass(slots=True, kw_only=True)
+class _Place:
+    """A watched checkout and its baseline."""
+
+    where: str
+    path: Path
+    scratch: Path  # the private index that captures its files
+    saved_index: Path  # the real index as it was at the baseline
+    base: Snapshot | None  # None: clean at the baseline, computed when first needed
+    checked: float  # when it was last seen as its baseline
+    status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
+
+    @property
+    def users(self) -> bool:
+        """Whether this is a checkout of the user's (compared in full on every scan)."""
+        return self.where == MAIN or self.where.startswith(WORKTREE_PREFIX)
+
+
+class Guard:
+    """Watches the user's checkouts, the git dir, the refs and idle task worktrees of one run.
+
+    Thread-safe: workers call :meth:`busy`, :meth:`agent_started`, :meth:`agent_ended`,
+    :meth:`own_head` and :meth:`after_attempt`; a thread of its own scans periodically; the
+    run loop calls :meth:`drain` and :meth:`drain_failures`.
+    """
+
+    def __init__(
+        self, repo: git.Repo, *, work_dir: Path, restore: bool, exclude: Sequence[Path] = ()
+    ) -> None:
+        self.repo = repo
+        self.restore = restore
+        # Directories inside the checkout that are not the user's (a worktree root there).
+        root = Path(os.path.realpath(repo.root))
+        self._roots = tuple(Path(os.path.realpath(p)) for p in exclude)
+        self._exclude = tuple(
+            f":(exclude,top){p.relative_to(root).as_posix()}"
+            for p in self._roots
+            if p.is_relative_to(root) and p != root
+        )
+        self._dir = work_dir
+        self._lock = threading.RLock()
+        self._places: dict[str, _Place] = {}
+        self._busy: dict[str, int] = {}
+        self._refs: dict[str, str] = {}
+        self._agents = Agents()
+        self._channel = Channel(repo.state_dir, self._agents)
+        self._evidence: dict[str, str] = {}  # ref -> task whose worktree HEAD was on it
+        self._new: list[Violation] = []
+        self._failures: list[ScanFailure] = []
+        self._failing: dict[str, str] = {}  # job -> reason of its current streak of failures
+        self._new_lock = threading.Lock()  # drain() must not wait for a scan
+        self._count = 0
+        now = time.time()
+        self._refs_checked = now
+        self._surface_checked = now
+        self._objects_checked = now
+        self._stash_checked = now
+        self._surface: surface.Surface = {}
+        self._hooks: Path | None = None
+        self._good: dict[str, str] = {}  # ref -> its last tip seen complete
+        self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
+        self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
+        self._interval = _MIN_INTERVAL
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Record the baselines of the user's checkouts, the git dir and every watched ref."""
+        with self._lock:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._watch(MAIN, self.repo.root)
+            for path in self._users_worktrees():
+                with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
+                    self._watch(WORKTREE_PREFIX + str(path), path)
+            self._hooks = surface.hooks_path(self.repo.root)
+            self._surface = surface.read(self.repo.common_dir, self._hooks)
+            self._refs = read_refs(self.repo.root)
+            self._good = dict(self._refs)
+            now = time.time()
+            self._refs_checked = self._surface_checked = now
+            self._objects_checked = self._stash_checked = now
+
+    @contextlib.contextmanager
+    def busy(self, task_id: str, path: Path) -> Iterator[None]:
+        """While inside, *task_id*'s worktree and branch are its own to change.
+
+        On leaving (when nothing else holds it busy) the worktree gets a fresh baseline and
+        is watched from then on.
+        """
+        with self._lock:
+            self._busy[task_id] = self._busy.get(task_id, 0) + 1
+            self._places.pop(task_id, None)
+        try:
+            yield
+        finally:
+            self._release(task_id, path)
+
+    @contextlib.contextmanager
+    def idle(self, task_id: str, path: Path) -> Iterator[None]:
+        """Inside :meth:`busy`: a wait during which nothing of the task's own runs.
+
+        Meant for waits for a slot or a rate limit: the worktree is watched meanwhile, and
+        leaving checks it at once.
+        """
+        self._release(task_id, path)
+        try:
+            yield
+        finally:
+            with self._lock:
+                place = self._places.pop(task_id, None)
+                if place is not None and place.path.is_dir():
+                    with self._job(task_id):
+                        self._scan_place(place, time.time(), quick=True)
+                self._busy[task_id] = self._busy.get(task_id, 0) + 1
+
+    def agent_started(self, task_id: str, identity: ProcessIdentity) -> None:
+        """Note that *task_id*'s agent runs from now on."""
+        self._agents.started(task_id, identity)
+
+    def agent_ended(self, task_id: str) -> None:
+        """Note that *task_id*'s agent has ended."""
+        self._agents.ended(task_id)
+
+    def own_head(self, task_id: str, path: Path, branch: str) -> Violation | None:
+        """Put *path*'s HEAD back on *branch* if its agent switched it elsewhere.
+
+        Called after each attempt, before the checkpoint, so the checkpoint lands on the
+        task's branch. The ref HEAD was on is remembered as evidence for :meth:`scan`.
+        """
+        want = f"refs/heads/{branch}"
+        with contextlib.suppress(OSError, SwarmError):  # the fast way: read the HEAD file
+            if (index_path(path).parent / "HEAD").read_text() == f"ref: {want}\n":
+                return None
+        head_ref = symbolic_head(path)
+        if head_ref == want:
+            return None
+        head = git.rev_parse_in(path, "HEAD")
+        with self._lock:
+            if head_ref is not None:
+                self._evidence[head_ref] = task_id
+            where = short_ref(head_ref) if head_ref else f"a detached HEAD at {(head or '?')[:12]}"
+            git.git(path, "symbolic-ref", "HEAD", want)
+            return self._record(
+                Violation(
+                    number=0,
+                    where=task_id,
+                    head=f"its agent switched its worktree from {branch} to {where}",
+                    suspects=(task_id,),
+                    restored=True,
+                ),
+                patch_text=None,
+            )
+
+    def after_attempt(self) -> None:
+        """Check git's own files, ``refs/stash`` and every ref's objects now.
+
+        Called after each attempt, before swarm runs git in the worktree (the checkpoint), so
+        that nothing an agent planted runs with swarm's own commands and deleted objects are
+        back first. What it finds is handed over by :meth:`drain`, like every violation.
+        """
+        began = time.time()
+        with self._lock:
+            self._settled_checks(began)
+
+    def _settled_checks(self, began: float) -> None:
+        with self._job(REPOSITORY):
+            self._scan_surface(began)
+        with self._job("refs"):
+            self._scan_stash(began)
+        with self._job("objects"):
+            self._scan_objects(began, deep=True)
+
+    # -- scanning ----------------------------------------------------------------------------
+
+    def watch_in_background(self) -> None:
+        """Scan everything from a thread of its own until :meth:`close`."""
+        self._thread = threading.Thread(target=self._loop, name="swarm-guard", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background scans (a last :meth:`scan` is the caller's to make)."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._closing.wait(self._interval):
+            with self._job("scan"):
+                self.scan()
+
+    def scan(self, *, deep: bool = False) -> list[Violation]:
+        """Compare what is watched with its baseline; handle and return new violations.
+
+        *deep* also walks every object task branches added (as after each attempt).
+        """
+        began = time.time()
+        found: list[Violation] = []
+        with self._lock:
+            pending: set[str] = set()
+            with self._job("ref announcements"):
+                pending, refused = self._channel.read()
+                for why in refused:
+                    self._failed("ref announcements", why)
+            # The git dir first: undoing an `info/exclude` entry shows the files it hid.
+            with self._job(REPOSITORY):
+                found += self._scan_surface(began)
+            with self._job("refs"):
+                found += self._scan_refs(began, pending)
+            with self._job("objects"):
+                found += self._scan_objects(began, deep=False)
+            if deep:
+                self._settled_checks(began)
+            for place in [p for p in self._places.values() if p.users]:
+                with self._job(place.where):
+                    found += self._scan_place(place, began, quick=False)
+            places = [p for p in self._places.values() if not p.users]
+        for place in places:  # one at a time, so workers are not held up by a long scan
+            with self._lock:
+                if self._places.get(place.where) is not place:
+                    continue
+                if not place.path.is_dir():
+                    del self._places[place.where]  # removed; its work is on its branch
+                    continue
+                with self._job(place.where):
+                    found += self._scan_place(place, time.time(), quick=True)
+        self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
+        return found
+
+    def drain(self) -> list[Violation]:
+        """Violations found since the last call (for the run loop to record and apply)."""
+        with self._new_lock:
+            new, self._new = self._new, []
+            return new
+
+    def drain_failures(self) -> list[ScanFailure]:
+        """Scans that failed since the last call (each streak of one reason once)."""
+        with self._new_lock:
+            new, self._failures = self._failures, []
+            return new
+
+    # -- failures ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _job(self, job: str) -> Iterator[None]:
+        """Run one part of a scan; a failure is recorded with its reason, the rest goes on."""
+        try:
+            yield
+        except (SwarmError, OSError) as exc:
+            self._failed(job, str(exc))
+        else:
+            if self._failing.pop(job, None) is not None:
+                self._log(f"{job}: scanned again")
+
+    def _failed(self, job: str, reason: str) -> None:
+        reason = " ".join(reason.split())[:_REASON_CHARS]
+        if self._failing.get(job) == reason:
+            return  # the same failure again: told once per streak
+        self._failing[job] = reason
+        self._log(f"{job}: failed: {reason}")
+        with self._new_lock:
+            self._failures.append(ScanFailure(job=job, reason=reason))
+
+    def _log(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            self._dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with (self._dir / "guard.log").open("a", encoding="utf-8") as out:
+                out.write(f"{stamp} {line}\n")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _users_worktrees(self) -> list[Path]:
+        """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
+        found = []
+        for info in worktrees.list_worktrees(self.repo):
+            real = Path(os.path.realpath(info.path))
+            if info.is_main or info.prunable or not info.path.is_dir():
+                continue
+            if any(real.is_relative_to(r) for r in self._roots):
+                continue
+            if (info.branch or "").startswith("swarm/"):
+                continue
+            found.append(info.path)
+        return found
+
+    def _release(self, task_id: str, path: Path) -> None:
+        """One holder less; the last one hands the worktree over to the guard's watch."""
+        with self._lock:
+            self._busy[task_id] -= 1
+            if self._busy[task_id] == 0:
+                del self._busy[task_id]
+                self._settle(task_id, path)
+
+    def _settle(self, task_id: str, path: Path) -> None:
+        branch = f"refs/heads/swarm/{task_id}"
+        tip = None
+        if path.is_dir():
+            with self._job(task_id):  # failing, it is unwatched (and told), the branch is not
+                self._watch(task_id, path)
+                place_status = self._places[task_id].status
+                if status_field(place_status, "head") == branch.removeprefix("refs/heads/"):
+                    tip = status_field(place_status, "oid")
+        if tip is None:
+            with self._job("refs"):  # not rev-parse: the tip's object may be missing
+                out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", branch)
+                tip = out.strip() or None
+        if tip is not None:
+            self._refs[branch] = tip
+            with self._job("objects"):  # the task's work, safe from deleted objects from now
+                self._keep_task_work({**self._refs, branch: tip}, self._dir / "keep")
+
+    def _watch(self, where: str, path: Path) -> None:
+        if where == MAIN:
+            name = "main"
+        elif where.startswith(WORKTREE_PREFIX):
+            name = "worktree-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+        else:
+            name = f"task-{where}"
+        scratch = self._dir / f"{name}.scratch-index"
+        saved = self._dir / f"{name}.index"
+        real = index_path(path)
+        scratch.unlink(missing_ok=True)
+        if real.is_file():
+            shutil.copyfile(real, scratch)  # seeds git's stat cache: only changed files hash
+            shutil.copyfile(real, saved)
+        else:
+            saved.unlink(missing_ok=True)
+        began = time.time()
+        users = where == MAIN or where.startswith(WORKTREE_PREFIX)
+        # The user's checkouts are always compared in full; a task worktree first by status.
+        place_status = "" if users else status(path)
+        base = None
+        if users or not is_clean(place_status):
+            base = capture(path, scratch, self._exclude if where == MAIN else ())
+        self._places[where] = _Place(
+            where=where,
+            path=path,
+            scratch=scratch,
+            saved_index=saved,
+            base=base,
+            checked=began,
+            status=place_status,
+        )
+
+    def _scan_surface(self, began: float) -> list[Violation]:
+        common = self.repo.common_dir
+        now = surface.read(common, self._hooks)
+        labels = surface.changed(self._surface, now)
+        window = (self._surface_checked, began)
+        if not labels:
+            self._surface_checked = began
+            return []
+        suspects = self._agents.suspects(window, exclude=())
+        suspects = self._agents.narrow(suspects, common, labels) or suspects
+        if not suspects:
+            # Nobody of ours was running: the user changed it. Take it as the new baseline.
+            self._surface = now
+            self._hooks = surface.hooks_path(self.repo.root)
+            self._surface_checked = began
+            return []
+        patch = surface.patch(common, self._surface, now, labels)
+        restored = False
+        if self.restore:
+            with contextlib.suppress(OSError):  # not restored is recorded as such
+                surface.put_back(common, self._surface, labels)
+            restored = not surface.changed(self._surface, surface.read(common, self._hooks))
+        if restored:
+            self._surface_checked = time.time()
+        else:
+            self._surface = surface.read(common, self._hooks)
+        violation = self._record(
+            Violation(
+                number=0,
+                where=REPOSITORY,
+                git_files=tuple(labels),
+                suspects=suspects,
+                restored=restored,
+            ),
+            patch_text=patch,
+        )
+        return [violation]
+
+    def _scan_refs(self, began: float, pending: set[str]) -> list[Violation]:
+        window = (self._refs_checked, began)
+        self._refs_checked = began
+        by_place: dict[str, list[RefMove]] = {}
+        for move in self._moved_refs(pending):
+            by_place.setdefault(ref_owner(move[0]) or MAIN, []).append(move)
+        found = []
+        for where, refs in by_place.items():
+            violation = self._refs_moved(where, refs, window)
+            if violation is not None:
+                found.append(violation)
+        return found
+
+    def _moved_refs(self, pending: set[str]) -> list[RefMove]:
+        now = read_refs(self.repo.root)
+        moved: list[RefMove] = []
+        for ref in sorted(set(now) | set(self._refs)):
+            before, after = self._refs.get(ref), now.get(ref)
+            if before == after or ref_owner(ref) in self._busy or ref in pending:
+                continue  # a task's own branch while it works; a swarm command at work
+            if ref == STASH:
+                continue  # judged once attempts end: an agent may stash and pop meanwhile
+            if self._channel.explains(ref, before, after):
+                self._set_ref(ref, after)  # moved by swarm merge or clean, as they said
+                continue
+            moved.append((ref, before, after))
+        return moved
+
+    def _scan_stash(self, began: float) -> list[Violation]:
+        """``refs/stash`` is shared by all worktrees: left moved after an attempt, it is a write."""
+        window = (self._stash_checked, began)
+        self._stash_checked = began
+        out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", STASH)
+        before, after = self._refs.get(STASH), out.strip() or None
+        if before == after:
+            return []
+        if self._channel.explains(STASH, before, after):
+            self._set_ref(STASH, after)
+            return []
+        violation = self._refs_moved(MAIN, [(STASH, before, after)], window)
+        return [] if violation is None else [violation]
+
+    def _set_ref(self, ref: str, value: str | None) -> None:
+        if value is None:
+            self._refs.pop(ref, None)
+        else:
+            self._refs[ref] = value
+
+    def _refs_moved(
+        self,
+        where: str,
+        refs: list[RefMove],
+        window: tuple[float, float],
+    ) -> Violation | None:
+        exclude = () if where == MAIN else (where,)
+        evidence = {self._evidence.pop(r, "") for r, _, _ in refs} - {""}
+        suspects = tuple(sorted(evidence)) or self._agents.suspects(window, exclude=exclude)
+        patch = "".join(ref_patch(self.repo.root, r, b, a) for r, b, a in refs)
+        restored = bool(suspects) and self.restore
+        restored = restored and all(restore_ref(self.repo.root, r, b, a) for r, b, a in refs)
+        if not restored:
+            for r, _, a in refs:
+                self._set_ref(r, a)
+        if not suspects:
+            return None  # moved while no agent ran: the user's own doing, not ours to undo
+        return self._record(
+            Violation(
+                number=0,
+                where=where,
+                refs=tuple(refs),
+                suspects=suspects,
+                restored=restored,
+            ),
+            patch_text=patch,
+        )
+
+    def _scan_objects(self, began: float, *, deep: bool) -> list[Violation]:
+        """Refs whose objects were deleted: restored from the kept pack, or kept by name."""
+        window = (self._objects_checked, began)
+        root, common = self.repo.root, self.repo.common_dir
+        refs = read_refs(root)
+        broken = integrity.broken_refs(root, refs, deep=deep)
+        pack_dir = self._dir / "keep"
+        if broken:
+            with contextlib.suppress(OSError):  # what is still broken is reported as such
+                integrity.recover(common, pack_dir)
+            again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
+        else:
+            again = set()
+        found: list[Violation] = []
+        names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
+        # Told once while it stays broken; made whole, breaking it again is told again.
+        self._reported |= {(ref, refs[ref]) for ref in again}
+        if names:
+            kept = []
+            for ref in names:
+                good = self._good.get(ref)
+                if ref in again and good is not None and good != refs[ref]:
+                    keep = integrity.keep_ref(ref)
+                    with contextlib.suppress(CommandError):
+                        git.git(root, "update-ref", keep, good)
+                        self._refs[keep] = good
+                        kept.append(short_ref(keep))
+            owners = {ref_owner(ref) for ref in names}
+            # Not even a branch's own agent is above suspicion: a task that starts from
+            # another's tip shares its objects.
+            found.append(
+                self._record(
+                    Violation(
+                        number=0,
+                        where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
+                        broken=tuple(names),
+                        kept=tuple(kept),
+                        suspects=self._agents.suspects(window, exclude=()),
+                        restored=not (set(names) & again),
+                    ),
+                    patch_text=None,
+                )
+            )
+        good_now = {r: s for r, s in refs.items() if r not in again}
+        self._good.update(good_now)
+        if not again:
+            self._objects_checked = began
+        self._keep_task_work(good_now, pack_dir)
+        return found
+
+    def _keep_task_work(self, refs: dict[str, str], pack_dir: Path) -> None:
+        """Copy the objects of task branches that moved since last time into the kept pack."""
+        user = sorted({s for r, s in refs.items() if ref_owner(r) is None})
+        for ref, tip in sorted(refs.items()):
+            if ref_owner(ref) is None or self._packed.get(ref) == tip:
+                continue
+            previous = [self._packed[ref]] if ref in self._packed else []
+            integrity.keep(self.repo.root, pack_dir, [tip], [*user, *previous])
+            self._packed[ref] = tip
+
+    def _scan_place(self, place: _Place, began: float, *, quick: bool) -> list[Violation]:
+        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files)."""
+        window = (place.checked, began)
+        if quick and status(place.path) == place.status:
+            place.checked = began
+            return []
+        now = capture(place.path, place.scratch, self._excludes(place))
+        base = self._base(place)
+        if now == base:
+            place.checked = began
+            return []
+        paths = changed_paths(place.path, base.tree, now.tree)
+        head = ""
+        if (now.head_ref, now.head) != (base.head_ref, base.head):
+            head = f"HEAD moved from {describe_head(base)} to {describe_head(now)}"
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        suspects = self._agents.narrow(suspects, place.path, paths) or suspects
+        if not suspects:
+            # Nobody of ours was running: the user worked here. Take it as the new baseline.
+            self._watch(place.where, place.path)
+            return []
+        patch = files_patch(place.path, base.tree, now.tree, paths)
+        restored = False
+        if self.restore:
+            restored = restore_checkout(
+                place.path,
+                base=base,
+                now=now,
+                saved_index=place.saved_index,
+                scratch=place.scratch,
+                exclude=self._excludes(place),
+            )
+        if restored:
+            place.checked = time.time()
+        else:
+            self._watch(place.where, place.path)
+        violation = self._record(
+            Violation(
+                number=0,
+                where=place.where,
+                paths=tuple(paths),
+                head=head,
+                index_changed=now.index != base.index,
+                suspects=suspects,
+                restored=restored,
+            ),
+            patch_text=patch,
+        )
+        return [violation]
+
+    def _base(self, place: _Place) -> Snapshot:
+        """*place*'s baseline; one that was clean is rebuilt from its commit and saved index."""
+        if place.base is None:
+            oid = status_field(place.status, "oid")
+            head = None if oid in {"", "(initial)"} else oid
+            branch = status_field(place.status, "head")
+            staged = git_env(
+                place.path, {"GIT_INDEX_FILE": str(place.saved_index)}, "ls-files", "--stage", "-z"
+            )
+            place.base = Snapshot(
+                head_ref=None if branch in {"", "(detached)"} else f"refs/heads/{branch}",
+                head=head,
+                index=hashlib.sha256(staged.encode()).hexdigest(),
+                tree=git.git(place.path, "rev-parse", f"{oid}^{{tree}}").strip(),
+            )
+        return place.base
+
+    def _excludes(self, place: _Place) -> tuple[str, ...]:
+        return self._exclude if place.where == MAIN else ()
+
+    def _record(self, violation: Violation, *, patch_text: str | None) -> Violation:
+        self._count += 1
+        patch = ""
+        if patch_text:
+            if violation.where == MAIN:
+                name = "main"
+            elif violation.where.startswith(WORKTREE_PREFIX):
+                name = "worktree"
+            else:
+                name = violation.where
+            path = self._dir / f"outside-{self._count}-{name}.patch"
+            path.write_text(patch_text, encoding="utf-8")
+            patch = str(path)
+        done = dataclasses.replace(violation, number=self._count, patch=patch)
+        self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
+        with self._new_lock:
+            self._new.append(done)
+        return done
