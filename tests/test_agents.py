@@ -504,9 +504,10 @@ def test_gemini_json_success_reads_session_and_tokens(attempt: Attempt) -> None:
     )
     assert run.argv == [
         "gemini",
-        "--yolo",
+        "--approval-mode",
+        "yolo",
         "--output-format",
-        "json",
+        "stream-json",
         "--prompt",
         "Add hello.txt",
     ]
@@ -538,9 +539,10 @@ def test_gemini_resume_passes_the_session(attempt: Attempt) -> None:
     run = attempt("gemini", stdout=stdout, session_id=GEMINI_SESSION, resume_prompt="Continue")
     assert run.argv == [
         "gemini",
-        "--yolo",
+        "--approval-mode",
+        "yolo",
         "--output-format",
-        "json",
+        "stream-json",
         "--prompt",
         "Continue",
         "--resume",

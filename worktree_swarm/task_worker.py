@@ -245,7 +245,12 @@ class TaskWorker:
         adapter = adapter_for(task.agent)
         logs = self._logs(task)
         logs.mkdir(parents=True, exist_ok=True)
-        text = prompt or task.prompt + notes.findings_instructions(str(self._findings))
+        text = task.prompt + notes.findings_instructions(str(self._findings))
+        if prompt is not None:
+            # A resumed session already holds the task; a fresh agent (no session, or a CLI
+            # without sessions) needs it again, then what to do now.
+            resumes = session is not None and adapter.supports_resume
+            text = prompt = prompt if resumes else f"{text}\n\n{prompt}"
         prompt_file = logs / f"prompt-{number}.md"
         prompt_file.write_text(text, encoding="utf-8")
         values = {

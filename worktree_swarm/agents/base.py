@@ -236,6 +236,8 @@ _LIMIT_PATTERNS = tuple(
         r"\btoo many requests\b",  # HTTP 429 reason phrase
         r"\bresource_exhausted\b",  # Gemini API (HTTP 429)
         r"\bquota exceeded\b",
+        r"\bexceeded your current quota\b",  # OpenAI and Gemini API (HTTP 429)
+        r"\bexhausted your (?:daily quota|capacity)\b",  # Gemini CLI's terminal quota errors
         r"\brate limit (?:exceeded|reached)\b",
         r"exceeded retry limit, last status: 429",  # Codex after its own retries
     )
