@@ -208,13 +208,83 @@ def _render_chat(stub: Stub, request: Recorded, reply: Text | ToolCall | ApiErro
     return Response(status=200, body=data + b"data: [DONE]\n\n", content_type="text/event-stream")
 
 
+def _is_commit_message(request: Recorded) -> bool:
+    """aider's request for a commit message of its own edit (not a turn of the task)."""
+    body = request.body if isinstance(request.body, dict) else {}
+    system = [m.get("content") for m in body.get("messages") or [] if m.get("role") == "system"]
+    return any(isinstance(text, str) and "commit message" in text for text in system)
+
+
 def chat_stub() -> Stub:
-    """A chat completions stub (not yet serving)."""
-    return Stub(
-        is_agent=lambda r: r.method == "POST" and r.path == "/v1/chat/completions",
-        render=_render_chat,
-        api_key=API_KEY,
+    """A chat completions stub (not yet serving); commit-message requests get a fixed answer."""
+
+    def is_agent(request: Recorded) -> bool:
+        chat = request.method == "POST" and request.path == "/v1/chat/completions"
+        return chat and not _is_commit_message(request)
+
+    def other(request: Recorded) -> Response | None:
+        if request.method == "POST" and _is_commit_message(request):
+            return _render_chat(stub, request, Text(text="Apply the task's edit"))
+        return None
+
+    stub = Stub(is_agent=is_agent, render=_render_chat, other=other, api_key=API_KEY)
+    return stub
+
+
+def whole_file(path: str, content: str) -> Text:
+    """An aider reply in its ``whole`` edit format: the file's path, then all of it fenced."""
+    return Text(text=f"{path}\n```\n{content}```\n")
+
+
+def insufficient_quota() -> ApiError:
+    """A 429 ``insufficient_quota``: the account's credit is used up (no reset time given)."""
+    return ApiError(
+        status=429,
+        body={
+            "error": {
+                "message": "You exceeded your current quota, please check your plan and "
+                "billing details.",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            }
+        },
     )
+
+
+def aider_env(stub: Stub, home: Path, *, cost_per_token: float = 1e-6) -> dict[str, str]:
+    """Variables that make the real aider use *stub* (as ``openai/stub-model``) and *home*.
+
+    A model metadata file gives the stub model a price, so aider reports a cost.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    metadata = home / "model-metadata.json"
+    metadata.write_text(
+        json.dumps(
+            {
+                "openai/stub-model": {
+                    "max_input_tokens": 128000,
+                    "max_output_tokens": 4096,
+                    "input_cost_per_token": cost_per_token,
+                    "output_cost_per_token": 4 * cost_per_token,
+                    "litellm_provider": "openai",
+                    "mode": "chat",
+                }
+            }
+        )
+    )
+    return {
+        "HOME": str(home),  # aider keeps its analytics id and caches under ~/.aider
+        "OPENAI_API_BASE": f"{stub.url}/v1",
+        "OPENAI_API_KEY": stub.api_key,
+        "AIDER_MODEL": "openai/stub-model",
+        "AIDER_EDIT_FORMAT": "whole",
+        "AIDER_MODEL_METADATA_FILE": str(metadata),
+        "AIDER_CHECK_UPDATE": "false",
+        "AIDER_ANALYTICS_DISABLE": "true",
+        "AIDER_SHOW_MODEL_WARNINGS": "false",
+        # litellm would fetch its price list from the network at start.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm import git, lock, supervisor, worktrees
+from worktree_swarm.agents import adapter_for
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import ProcessIdentity, TaskState
 from worktree_swarm.status import commit_author, is_active
@@ -41,12 +42,14 @@ def stop(
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
         if is_active(rows[task_id].state) and worktree.is_dir():
-            links = task_from_json(rows[task_id].spec_json).link
+            spec = task_from_json(rows[task_id].spec_json)
+            links = spec.link
             git.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {task_id} (stopped)",
                 author=commit_author(store, run_id),
                 exclude=links,
+                droppings=adapter_for(spec.agent).droppings,
             )
             worktrees.unlink_links(repo.root, worktree, links)
         store.update_task(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from worktree_swarm import disk, git, worktrees
+from worktree_swarm.agents import adapter_for
 from worktree_swarm.disk import format_size
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.guard import Guard
@@ -202,6 +203,7 @@ class DiskBudget:
                     "for max_disk)",
                     author=self.spec.commit_author,
                     exclude=task.link if task is not None else (),
+                    droppings=adapter_for(task.agent).droppings if task is not None else (),
                 )
                 worktrees.remove_worktree(self.repo, path, force=True)
         self._scans.pop(task_id, None)

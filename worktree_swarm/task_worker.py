@@ -30,6 +30,7 @@ from worktree_swarm.store import AttemptRow, AttemptUsage, Store
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
+RETRY_TAIL_BYTES = 16 * 2**10
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
@@ -212,6 +213,7 @@ class TaskWorker:
             f"({ended.cut_short or ended.result.outcome})",
             author=self.spec.commit_author,
             exclude=task.link,
+            droppings=adapter_for(task.agent).droppings,
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
@@ -385,12 +387,26 @@ class TaskWorker:
         """Wait for the agent to end, enforcing timeouts and stop requests."""
         deadline = started_at + task.timeout if task.timeout else None
         adapter = adapter_for(task.agent)
+        # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
+        # its log: it is stopped there, so that the gate decides when to go on.
+        retrying = getattr(adapter, "retrying_rate_limit", None)
+        seen = -1
         while True:
             ended, code = exit_status(agent, timeout=POLL_SECONDS)
             if ended:
                 text = _read_log(agent.log_path)
                 return _Ended(
                     result=adapter.interpret(exit_code=code, log_text=text, now=time.time())
+                )
+            if (
+                retrying is not None
+                and seen != (seen := _log_size(agent.log_path))
+                and retrying(_read_log(agent.log_path, limit=RETRY_TAIL_BYTES))
+            ):
+                agent.stop(grace=self.spec.kill_grace)
+                text = _read_log(agent.log_path)
+                return _Ended(
+                    result=adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 )
             cut: tuple[TaskState, str] | None = None
             if live.stop.is_set():
@@ -529,11 +545,18 @@ def _attempt_outcome(result: AgentResult) -> str:
     return "succeeded" if result.outcome is AgentOutcome.SUCCESS else TaskState.FAILED.value
 
 
-def _read_log(path: Path) -> str:
+def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:
     try:
         with path.open("rb") as fh:
             size = fh.seek(0, 2)
-            fh.seek(max(0, size - LOG_READ_LIMIT))
+            fh.seek(max(0, size - limit))
             return fh.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

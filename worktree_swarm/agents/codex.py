@@ -35,6 +35,7 @@ class CodexAdapter:
 
     name = "codex"
     supports_resume = True
+    droppings: tuple[str, ...] = ()  # its state lives in CODEX_HOME
 
     def argv(
         self,

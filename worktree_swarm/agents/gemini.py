@@ -48,6 +48,7 @@ class GeminiAdapter:
 
     name = "gemini"
     supports_resume = True
+    droppings: tuple[str, ...] = ()  # its state lives in ~/.gemini (GEMINI_CLI_HOME)
 
     def argv(
         self,
