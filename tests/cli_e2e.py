@@ -7,6 +7,7 @@ missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -124,15 +125,17 @@ def wait_for_state_event(repo: Path, state: str, *, deadline: float = 90) -> str
     db_path = repo / ".git" / "swarm" / "state.db"
     end = time.monotonic() + deadline
     while time.monotonic() < end:
+        rows = []
         if db_path.exists():
-            with sqlite3.connect(db_path) as db:
+            # The file exists before its tables do, and the manager may hold a write lock.
+            with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db_path) as db:
                 rows = db.execute(
                     "SELECT json_extract(data, '$.reason') FROM events WHERE kind = 'state'"
                     " AND json_extract(data, '$.state') = ?",
                     (state,),
                 ).fetchall()
-            if rows:
-                return str(rows[-1][0] or "")
+        if rows:
+            return str(rows[-1][0] or "")
         time.sleep(0.1)
     msg = f"no task reached {state!r} within {deadline}s"
     raise AssertionError(msg)

@@ -70,7 +70,9 @@ def gemini_repo(private_dir: Path) -> Path:
 def gemini_env(private_dir: Path, gemini_api: Stub) -> dict[str, str]:
     """The environment of `swarm run` with the real gemini talking to the stub only."""
     assert GEMINI is not None
-    env = clean_env() | gemini_stub.gemini_env(gemini_api, private_dir / "gemini-home")
+    temp = private_dir / "tmp"  # its error reports land there, not in /tmp
+    temp.mkdir()
+    env = clean_env(TMPDIR=str(temp)) | gemini_stub.gemini_env(gemini_api, private_dir / "home")
     return with_program(env, GEMINI)
 
 
