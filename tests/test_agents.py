@@ -504,9 +504,10 @@ def test_gemini_json_success_reads_session_and_tokens(attempt: Attempt) -> None:
     )
     assert run.argv == [
         "gemini",
-        "--yolo",
+        "--approval-mode",
+        "yolo",
         "--output-format",
-        "json",
+        "stream-json",
         "--prompt",
         "Add hello.txt",
     ]
@@ -538,9 +539,10 @@ def test_gemini_resume_passes_the_session(attempt: Attempt) -> None:
     run = attempt("gemini", stdout=stdout, session_id=GEMINI_SESSION, resume_prompt="Continue")
     assert run.argv == [
         "gemini",
-        "--yolo",
+        "--approval-mode",
+        "yolo",
         "--output-format",
-        "json",
+        "stream-json",
         "--prompt",
         "Continue",
         "--resume",
@@ -798,3 +800,134 @@ def test_claude_session_total_cost_is_flagged_from_real_cli_output() -> None:
     assert first.cost_is_session_total is False
     assert resumed.cost_is_session_total is True
     assert resumed.cost_usd == pytest.approx(0.0032)
+
+
+# -- what the real CLIs print (captured from the end-to-end runs, see docs/agents.md) ---------
+
+GEMINI_STREAM_OK = jsonl(
+    {"type": "init", "session_id": GEMINI_SESSION, "model": "gemini-2.5-pro"},
+    {"type": "message", "role": "user", "content": "write hello.txt"},
+    {"type": "tool_use", "tool_name": "write_file", "tool_id": "w1", "parameters": {}},
+    {"type": "tool_result", "tool_id": "w1", "status": "success"},
+    {"type": "message", "role": "assistant", "content": "Wrote it.", "delta": True},
+    {
+        "type": "result",
+        "status": "success",
+        "stats": {
+            "total_tokens": 2460,
+            "input_tokens": 2400,
+            "output_tokens": 60,
+            "cached": 400,
+            "input": 2000,
+            "models": {},
+        },
+    },
+)
+GEMINI_QUOTA_MESSAGE = (
+    "[API Error: You exceeded your current quota, please check your plan and billing details."
+    "\nSuggested retry after {delay}.]\nPlease wait and try again later."
+)
+
+
+def gemini_stream_error(message: str, *, replied: bool) -> str:
+    events: list[dict[str, Any]] = [
+        {"type": "init", "session_id": GEMINI_SESSION, "model": "gemini-2.5-pro"},
+        {"type": "message", "role": "user", "content": "write hello.txt"},
+    ]
+    if replied:
+        events.append({"type": "tool_use", "tool_name": "write_file", "tool_id": "w1"})
+    events.append(
+        {"type": "result", "status": "error", "error": {"type": "unknown", "message": message}}
+    )
+    return jsonl(*events)
+
+
+def test_gemini_stream_json_success_reads_session_and_tokens() -> None:
+    result = GeminiAdapter().interpret(exit_code=0, log_text=GEMINI_STREAM_OK, now=0.0)
+    assert result == AgentResult(
+        outcome=AgentOutcome.SUCCESS,
+        session_id=GEMINI_SESSION,
+        tokens_in=2000,
+        tokens_out=60,
+        cache_read_tokens=400,
+    )
+
+
+def test_gemini_first_request_limited_is_not_resumable_and_reset_is_relative() -> None:
+    log = gemini_stream_error(GEMINI_QUOTA_MESSAGE.format(delay="7200s"), replied=False)
+    result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=1000.0)
+    assert result.outcome is AgentOutcome.RATE_LIMITED
+    assert result.retry_at == 1000.0 + 7200
+    # Gemini CLI would say "No previous sessions found for this project".
+    assert result.session_id is None
+
+
+def test_gemini_limited_after_a_reply_keeps_its_session() -> None:
+    log = gemini_stream_error(GEMINI_QUOTA_MESSAGE.format(delay="1s"), replied=True)
+    result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=50.0)
+    assert (result.outcome, result.session_id, result.retry_at) == (
+        AgentOutcome.RATE_LIMITED,
+        GEMINI_SESSION,
+        51.0,
+    )
+
+
+def test_gemini_env_trusts_the_worktree_and_caps_its_own_retries(tmp_path: Path) -> None:
+    env = GeminiAdapter().env(base={"PATH": "/bin"}, task_id="t", config_dir=tmp_path / "cfg")
+    assert env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+    defaults = json.loads(Path(env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"]).read_text())
+    assert defaults == {"general": {"maxAttempts": 1}}
+    mine = {"GEMINI_CLI_TRUST_WORKSPACE": "false", "GEMINI_CLI_SYSTEM_DEFAULTS_PATH": "/etc/x"}
+    env = GeminiAdapter().env(base=mine, task_id="t", config_dir=tmp_path / "other")
+    assert env == mine
+    assert not (tmp_path / "other").exists()
+
+
+AIDER_RETRYING = (
+    "litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached for\n"
+    "requests\n"
+    "The API provider has rate limited you. Try again later or check your quotas.\n"
+    "Retrying in 0.2 seconds...\n"
+)
+
+
+def test_aider_is_seen_retrying_a_rate_limit_only_right_after_one() -> None:
+    adapter = AiderAdapter()
+    assert adapter.retrying_rate_limit(AIDER_BANNER + AIDER_RETRYING)
+    # Still waiting after its own output moved on (a reply came): not a rate limit any more.
+    moved_on = AIDER_BANNER + AIDER_RETRYING + "Tokens: 914 sent, 11 received.\n"
+    assert not adapter.retrying_rate_limit(moved_on)
+    timeout = "litellm.Timeout: Connection timed out\nRetrying in 0.2 seconds...\n"
+    assert not adapter.retrying_rate_limit(AIDER_BANNER + timeout)
+    assert not adapter.retrying_rate_limit("")
+
+
+def test_aider_is_told_not_to_edit_gitignore_and_its_files_are_droppings(tmp_path: Path) -> None:
+    adapter = AiderAdapter()
+    assert adapter.env(base={}, task_id="t", config_dir=tmp_path)["AIDER_GITIGNORE"] == "false"
+    mine = {"AIDER_GITIGNORE": "true"}
+    assert adapter.env(base=mine, task_id="t", config_dir=tmp_path) == mine
+    assert ".aider.chat.history.md" in adapter.droppings
+    assert CodexAdapter().droppings == ()
+
+
+def test_codex_reads_cache_writes_when_reported() -> None:
+    log = jsonl(
+        {"type": "thread.started", "thread_id": THREAD},
+        {
+            "type": "turn.completed",
+            "usage": {
+                "input_tokens": 2400,
+                "cached_input_tokens": 400,
+                "cache_write_input_tokens": 100,
+                "output_tokens": 60,
+                "reasoning_output_tokens": 0,
+            },
+        },
+    )
+    result = CodexAdapter().interpret(exit_code=0, log_text=log, now=0.0)
+    assert (result.tokens_in, result.cache_read_tokens, result.cache_write_tokens) == (
+        2000,
+        400,
+        100,
+    )

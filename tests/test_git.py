@@ -212,6 +212,32 @@ def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
     assert git(repo, "rev-parse", "HEAD") == sha
 
 
+def test_checkpoint_leaves_agent_droppings_out_without_touching_gitignore(repo: Path) -> None:
+    (repo / ".gitignore").write_text("*.log\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore logs")
+    (repo / ".aider.chat.history.md").write_text("# the prompt\n")
+    cache = repo / ".aider.tags.cache.v4"
+    cache.mkdir()
+    (cache / "cache.db").write_bytes(b"\0" * 64)
+    (repo / "sub").mkdir()
+    (repo / "sub" / ".aider.chat.history.md").write_text("a file of the project\n")
+    (repo / "hello.txt").write_text("hello\n")
+
+    g.checkpoint(
+        repo,
+        message="m",
+        author=AUTHOR,
+        droppings=(".aider.chat.history.md", ".aider.tags.cache.v*/**"),
+    )
+
+    tree = git(repo, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    assert tree == [".gitignore", "README.md", "hello.txt", "sub/.aider.chat.history.md"]
+    assert (repo / ".gitignore").read_text() == "*.log\n"
+    assert (repo / ".aider.chat.history.md").exists()  # still there for the agent
+    assert (cache / "cache.db").exists()
+
+
 def test_checkpoint_skips_hooks(repo: Path) -> None:
     hook = repo / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\nexit 1\n")

@@ -57,7 +57,17 @@ PROFILES: dict[str, tuple[str, ...]] = {
     # `--full-auto` is deprecated in codex exec (a warning); this is what it stood for.
     "codex": ("codex", "exec", "--json", "--sandbox", "workspace-write", "{prompt}"),
     "aider": ("aider", "--yes-always", "--message-file", "{prompt_file}"),
-    "gemini": ("gemini", "--yolo", "--output-format", "json", "--prompt", "{prompt}"),
+    # `--yolo` is deprecated in favour of this spelling; stream-json shows the session id
+    # first, so a killed attempt can be resumed.
+    "gemini": (
+        "gemini",
+        "--approval-mode",
+        "yolo",
+        "--output-format",
+        "stream-json",
+        "--prompt",
+        "{prompt}",
+    ),
 }
 
 

@@ -30,6 +30,14 @@ _PART_RE = re.compile(r"(?P<n>[\d.]+)(?P<unit>[kKmM]?)\s+(?P<kind>sent|cache wri
 _RECEIVED_RE = re.compile(r"(?P<n>[\d.]+)(?P<unit>[kKmM]?)$")
 _COST_RE = re.compile(r"\$(?P<cost>[\d.]+)\s+session", re.IGNORECASE)
 _RETRYING_RE = re.compile(r"^Retrying in [\d.]+ seconds", re.IGNORECASE)
+# What aider writes in the repository besides the edits (its default file names): the chat and
+# input histories, the optional LLM log and the repo-map cache.
+DROPPINGS = (
+    ".aider.chat.history.md",
+    ".aider.input.history",
+    ".aider.llm.history",
+    ".aider.tags.cache.v*/**",
+)
 
 
 class AiderAdapter:
@@ -37,6 +45,7 @@ class AiderAdapter:
 
     name = "aider"
     supports_resume = False
+    droppings: tuple[str, ...] = DROPPINGS
 
     def argv(
         self,
@@ -61,8 +70,30 @@ class AiderAdapter:
         task_id: str,  # noqa: ARG002 - nothing per task
         config_dir: Path,  # noqa: ARG002 - no shared config file to protect
     ) -> dict[str, str]:
-        """The base environment, unchanged."""
-        return dict(base)
+        """*base*, with aider told not to add ``.aider*`` to the repository's ``.gitignore``.
+
+        (Its own files stay out of checkpoints anyway: see :data:`DROPPINGS`.) A value the
+        user set wins.
+        """
+        env = dict(base)
+        env.setdefault("AIDER_GITIGNORE", "false")
+        return env
+
+    def retrying_rate_limit(self, log_tail: str) -> bool:
+        """Whether aider has just started waiting to retry a rate limit on its own.
+
+        aider retries a rate limit for about a minute (more with its API client's retries)
+        and has no setting to stop it, so the runner stops it here and its gate decides.
+        """
+        lines = last_lines(log_tail)
+        if not lines or not _RETRYING_RE.match(lines[-1]):
+            return False
+        earlier = lines[:-1]
+        progress = (
+            i for i, line in enumerate(earlier) if _RETRYING_RE.match(line) or "Tokens:" in line
+        )
+        since = max(progress, default=-1)
+        return rate_limited_result(earlier[since + 1 :], now=0.0, label="aider") is not None
 
     def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
         """Exit code and messages; an exit 0 after aider gave up on a rate limit is limited."""

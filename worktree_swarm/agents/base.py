@@ -72,6 +72,11 @@ class Adapter(Protocol):
         """Whether :meth:`argv` can continue a recorded session."""
         ...
 
+    @property
+    def droppings(self) -> tuple[str, ...]:
+        """Glob patterns (from the worktree root) of the CLI's own files, never checkpointed."""
+        ...
+
     def argv(
         self,
         template: Sequence[str],
@@ -228,7 +233,10 @@ _LIMIT_PATTERNS = tuple(
         r"\btoo many requests\b",  # HTTP 429 reason phrase
         r"\bresource_exhausted\b",  # Gemini API (HTTP 429)
         r"\bquota exceeded\b",
+        r"\bexceeded your current quota\b",  # OpenAI and Gemini API (HTTP 429)
+        r"\bexhausted your (?:daily quota|capacity)\b",  # Gemini CLI's terminal quota errors
         r"\brate limit (?:exceeded|reached)\b",
+        r"\bRateLimitError\b",  # litellm's exception (aider), whatever the provider says
         r"exceeded retry limit, last status: 429",  # Codex after its own retries
     )
 )

@@ -40,6 +40,8 @@ class ClaudeAdapter:
 
     name = "claude"
     supports_resume = True
+    # Per-project permission grants Claude Code records as you approve tools.
+    droppings: tuple[str, ...] = (".claude/settings.local.json",)
 
     def argv(
         self,

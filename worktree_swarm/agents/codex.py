@@ -1,7 +1,8 @@
 """Codex (``codex exec --json``): JSONL thread events and ``codex exec resume``.
 
 Events (codex-rs/exec/src/exec_events.rs): ``thread.started{thread_id}``,
-``turn.completed{usage{input_tokens, cached_input_tokens, output_tokens}}``,
+``turn.completed{usage{input_tokens, cached_input_tokens, cache_write_input_tokens,
+output_tokens}}``,
 ``turn.failed{error{message}}`` and ``error{message}`` (fatal). ``input_tokens`` includes the
 cached ones, so the non-cached part is stored as ``tokens_in``.
 """
@@ -35,6 +36,7 @@ class CodexAdapter:
 
     name = "codex"
     supports_resume = True
+    droppings: tuple[str, ...] = ()  # its state lives in CODEX_HOME
 
     def argv(
         self,
@@ -117,8 +119,8 @@ def _accounting(events: list[dict[str, Any]]) -> dict[str, Any]:
         None,
     )
     turns = [e for e in events if e["type"] == "turn.completed"]
-    total_in = cached = total_out = 0
-    counted = False
+    total_in = cached = written = total_out = 0
+    counted = writes_reported = False
     for turn in turns:
         usage = turn.get("usage")
         if not isinstance(usage, dict):
@@ -126,12 +128,16 @@ def _accounting(events: list[dict[str, Any]]) -> dict[str, Any]:
         counted = True
         total_in += as_int(usage.get("input_tokens")) or 0
         cached += as_int(usage.get("cached_input_tokens")) or 0
+        # Codex 0.171 reports it; older versions leave it out (unknown, not zero).
+        writes_reported |= "cache_write_input_tokens" in usage
+        written += as_int(usage.get("cache_write_input_tokens")) or 0
         total_out += as_int(usage.get("output_tokens")) or 0
     return {
         "session_id": thread,
         "tokens_in": max(total_in - cached, 0) if counted else None,
         "tokens_out": total_out if counted else None,
         "cache_read_tokens": cached if counted else None,
+        "cache_write_tokens": written if writes_reported else None,
         "num_turns": len(turns) if turns else None,
     }
 

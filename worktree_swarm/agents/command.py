@@ -22,6 +22,7 @@ class CommandAdapter:
 
     name = "command"
     supports_resume = False
+    droppings: tuple[str, ...] = ()
 
     def argv(
         self,

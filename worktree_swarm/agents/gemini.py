@@ -1,13 +1,16 @@
-"""Gemini CLI (``gemini --output-format json``): one JSON object, ``--resume <session id>``.
+"""Gemini CLI (``gemini --output-format stream-json``): JSONL events, ``--resume <session id>``.
 
-``--output-format json`` prints ``{session_id, response, stats, error{type, message, code}}``
-(packages/core/src/output/types.ts); ``stats.models.<model>.tokens`` holds ``input`` (not
-cached), ``prompt``, ``candidates`` and ``cached``. ``stream-json`` ends with a ``result`` event
-``{status, error, stats{input_tokens, output_tokens, cached}}`` after an ``init{session_id}``.
+``stream-json`` prints ``init{session_id}``, ``message{role}``, ``tool_use``, ``tool_result``
+and a last ``result{status, error{type, message}, stats{input_tokens, input, output_tokens,
+cached}}``. ``--output-format json`` prints one ``{session_id, response, stats, error{type,
+message, code}}`` (packages/core/src/output/types.ts); its ``stats.models.<model>.tokens`` holds
+``input`` (not cached), ``prompt``, ``candidates`` and ``cached``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,16 @@ from worktree_swarm.agents.base import (
 from worktree_swarm.core.text import one_line
 
 HTTP_TOO_MANY_REQUESTS = 429
+HTTP_UNAVAILABLE = 503  # "The model is overloaded"
+# Gemini CLI's own retries of a 429 (up to 10 attempts, with backoff) would hide it from swarm's
+# gate for minutes: one attempt, unless the user's settings say otherwise (system defaults are
+# the lowest settings layer).
+SYSTEM_DEFAULTS = {"general": {"maxAttempts": 1}}
+# "…\nSuggested retry after 7200s." (the API's RetryInfo, quoted by the CLI) or the API's own
+# "Please retry in 37.5s.": a reset relative to the end of the attempt.
+_RETRY_AFTER_RE = re.compile(
+    r"(?:Suggested retry after|Please retry in)\s+(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s)\b"
+)
 
 
 class GeminiAdapter:
@@ -36,6 +49,7 @@ class GeminiAdapter:
 
     name = "gemini"
     supports_resume = True
+    droppings: tuple[str, ...] = ()  # its state lives in ~/.gemini (GEMINI_CLI_HOME)
 
     def argv(
         self,
@@ -61,16 +75,29 @@ class GeminiAdapter:
         *,
         base: Mapping[str, str],
         task_id: str,  # noqa: ARG002 - nothing per task
-        config_dir: Path,  # noqa: ARG002 - ~/.gemini holds the login: keep it shared
+        config_dir: Path,
     ) -> dict[str, str]:
-        """The base environment, unchanged."""
-        return dict(base)
+        """*base* plus a trusted workspace and one API attempt per turn; the login stays shared.
+
+        A worktree is a folder Gemini CLI has never seen: untrusted, it would turn
+        ``--approval-mode yolo`` back into asking. ``GEMINI_CLI_SYSTEM_DEFAULTS_PATH`` points at
+        :data:`SYSTEM_DEFAULTS` written to *config_dir* (Gemini CLI skips the file, with a
+        warning, when a directory above it is writable by others). Variables the user set win.
+        """
+        env = dict(base)
+        env.setdefault("GEMINI_CLI_TRUST_WORKSPACE", "true")
+        if "GEMINI_CLI_SYSTEM_DEFAULTS_PATH" not in env:
+            config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            defaults = config_dir / "gemini-system-defaults.json"
+            defaults.write_text(json.dumps(SYSTEM_DEFAULTS), encoding="utf-8")
+            env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"] = str(defaults)
+        return env
 
     def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
         """The JSON output (or the stream's ``result`` event) decides; else the exit code."""
         objects = json_objects(log_text)
         final = _final(objects)
-        session_id = _session_id(objects)
+        session_id = _session_id(objects) if _resumable(objects, None) else None
         if final is None:
             fallback = interpret_by_exit(
                 exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
@@ -81,6 +108,8 @@ class GeminiAdapter:
                 retry_at=fallback.retry_at,
                 session_id=session_id,
             )
+        if not _resumable(objects, final.get("stats")):
+            session_id = None
         accounting = {"session_id": session_id, **_tokens(final.get("stats"))}
         error = final.get("error")
         if isinstance(error, dict) or final.get("status") == "error":
@@ -88,7 +117,9 @@ class GeminiAdapter:
             message = str(error.get("message") or "no detail").strip()
             label = f"{error.get('type') or 'error'}: {message}"
             limited, retry_at = classify_rate_limit(message, now=now)
-            if limited or as_int(error.get("code")) == HTTP_TOO_MANY_REQUESTS:
+            retry_at = retry_at or _retry_after(message, now=now)
+            code = as_int(error.get("code"))
+            if limited or code in (HTTP_TOO_MANY_REQUESTS, HTTP_UNAVAILABLE):
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
                     reason=one_line(f"gemini rate limited: {label}", limit=REASON_MAX),
@@ -111,6 +142,43 @@ class GeminiAdapter:
             retry_at=fallback.retry_at,
             **accounting,
         )
+
+
+def _retry_after(message: str, *, now: float) -> float | None:
+    match = _RETRY_AFTER_RE.search(message)
+    if match is None:
+        return None
+    seconds = float(match["n"]) / (1000 if match["unit"] == "ms" else 1)
+    return now + seconds
+
+
+def _resumable(objects: list[dict[str, Any]], stats: object) -> bool:
+    """Whether the session has a model reply: Gemini CLI resumes no other.
+
+    (``--resume`` of a session whose only request failed says "No previous sessions found for
+    this project"; the next attempt then starts afresh.) A ``stream-json`` log shows the
+    replies; ``json`` output only its per-model API counts.
+    """
+    if any(o.get("type") == "init" for o in objects):
+        return any(
+            o.get("type") == "tool_use" or (o.get("type") == "message" and o.get("role") != "user")
+            for o in objects
+        )
+    return _answered(stats)
+
+
+def _answered(stats: object) -> bool:
+    """False when per-model API stats show that every request of the attempt failed."""
+    if not isinstance(stats, dict) or not isinstance(stats.get("models"), dict):
+        return True
+    apis = [m["api"] for m in iter_dicts(stats["models"]) if isinstance(m.get("api"), dict)]
+    if not apis:
+        # Older versions: no per-model API stats (unknown). No model at all: none was asked.
+        return bool(stats["models"])
+    return any(
+        (as_int(api.get("totalRequests")) or 0) > (as_int(api.get("totalErrors")) or 0)
+        for api in apis
+    )
 
 
 def _final(objects: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -269,22 +269,34 @@ def _commit_tree(
 
 
 def checkpoint(
-    worktree: Path, *, message: str, author: str, exclude: Sequence[str] = ()
+    worktree: Path,
+    *,
+    message: str,
+    author: str,
+    exclude: Sequence[str] = (),
+    droppings: Sequence[str] = (),
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
     Paths in *exclude* (relative to the worktree root, taken literally) stay out of the
     branch: never added, and taken out of the index (not the disk) when an agent added or
     committed them itself. They are the ``link`` symlinks, which an ignore rule like
-    ``node_modules/`` does not match because a symlink is not a directory to git. Returns the
-    new HEAD, or None when there was nothing to commit. Hooks are skipped (``--no-verify``)
-    and *author* (``Name <email>``) is also the committer.
+    ``node_modules/`` does not match because a symlink is not a directory to git.
+    *droppings* are glob patterns (from the worktree root) of an agent tool's own files, such
+    as aider's chat history: never added, without touching the user's ignore files. Returns
+    the new HEAD, or None when there was nothing to commit. Hooks are skipped
+    (``--no-verify``) and *author* (``Name <email>``) is also the committer.
     """
     env = identity_env(author)
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
         _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
-        pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
+    if exclude or droppings:
+        pathspec = [
+            ":(top)",
+            *(f":(exclude,literal,top){path}" for path in exclude),
+            *(f":(exclude,glob,top){pattern}" for pattern in droppings),
+        ]
         _run(worktree, ["add", "--all", "--", *pathspec])
     else:
         _run(worktree, ["add", "--all"])

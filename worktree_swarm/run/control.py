@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.git import repo as git
@@ -51,6 +52,7 @@ def stop(
                 + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
                 author=commit_author(store, run_id),
                 exclude=links,
+                droppings=adapter_for(task.agent).droppings,
             )
             worktrees.unlink_links(repo.root, worktree, links)
         store.update_task(

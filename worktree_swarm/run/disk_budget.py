@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSpec, Task
 from worktree_swarm.core.units import format_size
@@ -205,6 +206,7 @@ class DiskBudget:
                     + git.trailers(task_id, None, task.agent if task is not None else "unknown"),
                     author=self.spec.commit_author,
                     exclude=task.link if task is not None else (),
+                    droppings=adapter_for(task.agent).droppings if task is not None else (),
                 )
                 worktrees.remove_worktree(self.repo, path, force=True)
         self._scans.pop(task_id, None)

@@ -35,6 +35,7 @@ from worktree_swarm.run.governor import AgentGate
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
+RETRY_TAIL_BYTES = 16 * 2**10
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
@@ -219,6 +220,7 @@ class TaskWorker:
             + git.trailers(task.id, number, task.agent),
             author=self.spec.commit_author,
             exclude=task.link,
+            droppings=adapter_for(task.agent).droppings,
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
@@ -251,7 +253,12 @@ class TaskWorker:
         adapter = adapter_for(task.agent)
         logs = self._logs(task)
         logs.mkdir(parents=True, exist_ok=True)
-        text = prompt or task.prompt + notes.findings_instructions(str(self._findings))
+        text = task.prompt + notes.findings_instructions(str(self._findings))
+        if prompt is not None:
+            # A resumed session already holds the task; a fresh agent (no session, or a CLI
+            # without sessions) needs it again, then what to do now.
+            resumes = session is not None and adapter.supports_resume
+            text = prompt = prompt if resumes else f"{text}\n\n{prompt}"
         prompt_file = logs / f"prompt-{number}.md"
         prompt_file.write_text(text, encoding="utf-8")
         values = {
@@ -390,12 +397,26 @@ class TaskWorker:
         """Wait for the agent to end, enforcing timeouts and stop requests."""
         deadline = started_at + task.timeout if task.timeout else None
         adapter = adapter_for(task.agent)
+        # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
+        # its log: it is stopped there, so that the gate decides when to go on.
+        retrying = getattr(adapter, "retrying_rate_limit", None)
+        seen = -1
         while True:
             ended, code = exit_status(agent, timeout=POLL_SECONDS)
             if ended:
                 text = _read_log(agent.log_path)
                 return _Ended(
                     result=adapter.interpret(exit_code=code, log_text=text, now=time.time())
+                )
+            if (
+                retrying is not None
+                and seen != (seen := _log_size(agent.log_path))
+                and retrying(_read_log(agent.log_path, limit=RETRY_TAIL_BYTES))
+            ):
+                agent.stop(grace=self.spec.kill_grace)
+                text = _read_log(agent.log_path)
+                return _Ended(
+                    result=adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 )
             cut: tuple[TaskState, str] | None = None
             if live.stop.is_set():
@@ -543,5 +564,12 @@ def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
     return AttemptOutcome.FAILED
 
 
-def _read_log(path: Path) -> str:
-    return read_end(path, LOG_READ_LIMIT)
+def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:
+    return read_end(path, limit)
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
