@@ -65,6 +65,11 @@ def _repo(ctx: click.Context) -> git.Repo:
     "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
 )
 @click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    help="Rate-limited attempts resumed per agent before it gives up (default 5).",
+)
 @click.option("--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G.")
 @click.option(
     "--sandbox/--no-sandbox",
@@ -96,6 +101,7 @@ def run(
     idle_timeout: str | None,
     checks: tuple[str, ...],
     max_cost_usd: float | None,
+    retries: int | None,
     max_disk: str | None,
     sandbox: bool | None,
     allow_outside_writes: bool | None,
@@ -123,6 +129,7 @@ def run(
         idle_timeout=idle_timeout,
         checks=checks or None,
         max_cost_usd=max_cost_usd,
+        retries=retries,
         max_disk=max_disk,
         sandbox=sandbox,
         allow_outside_writes=allow_outside_writes or None,

@@ -23,7 +23,7 @@ from pathlib import Path
 from worktree_swarm import git, sandbox, supervisor
 from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.errors import BadInputError, SwarmError
-from worktree_swarm.governor import AgentGate
+from worktree_swarm.governor import Gates, GateView
 from worktree_swarm.guard import MAIN, Guard, Violation
 from worktree_swarm.models import RunSpec, Task, TaskState
 from worktree_swarm.scheduler import Scheduler
@@ -77,8 +77,12 @@ class Runner:
         self._adopt: dict[str, Live] = {}
         self._done: queue.Queue[tuple[str, Outcome]] = queue.Queue()
         self._stopping = threading.Event()
-        self.gate = AgentGate(
-            spec.jobs, max_cost_usd=spec.max_cost_usd, backoff_base=spec.rate_limit_backoff
+        self.gate = Gates(
+            spec.jobs,
+            max_cost_usd=spec.max_cost_usd,
+            budget_share=spec.budget_share,
+            backoff_base=spec.rate_limit_backoff,
+            on_change=self._gate_changed,
         )
         self.guard = Guard(
             repo,
@@ -320,6 +324,10 @@ class Runner:
         if fields.get("reason"):
             data["reason"] = fields["reason"]
         self._emit("state", task_id, data)
+
+    def _gate_changed(self, view: GateView) -> None:
+        # A provider's concurrency, wait or reason changed: `status` and the report read these.
+        self._emit("gate", None, view.to_json())
 
     def _emit(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)

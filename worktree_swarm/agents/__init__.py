@@ -37,6 +37,7 @@ __all__ = [
     "backoff_delay",
     "classify_rate_limit",
     "profile_of",
+    "provider_of",
     "render_argv",
     "resolve_agent",
 ]
@@ -59,6 +60,21 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "aider": ("aider", "--yes-always", "--message-file", "{prompt_file}"),
     "gemini": ("gemini", "--yolo", "--output-format", "json", "--prompt", "{prompt}"),
 }
+
+# Who serves each profile's requests: rate limits are per provider (docs/agents.md). Aider and
+# command agents can talk to anyone; they share the "other" gate.
+PROVIDERS: dict[str, str] = {
+    "claude": "anthropic",
+    "codex": "openai",
+    "gemini": "google",
+    "aider": "other",
+    "scripted": "other",
+}
+
+
+def provider_of(profile: str) -> str:
+    """The provider a profile's agent talks to (``other`` when unknown)."""
+    return PROVIDERS.get(profile, "other")
 
 
 def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> tuple[str, ...]:
