@@ -241,9 +241,15 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
+        gates = status.provider_gates(store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
-        payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
+        payload = {
+            "run_id": run_id,
+            "totals": totals,
+            "tasks": [r.to_json() for r in rows],
+            "providers": [g.to_json() for g in gates],
+        }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(f"run {run_id}")
@@ -256,12 +262,17 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         click.echo(
             f"{r.task_id:<20} {r.state:<12} {r.attempt:>3} {r.pid or '-':>7} "
             f"{'yes' if r.alive else 'no':<5} {elapsed:>8} {cost:>8} {_disk_cell(r):>7}  "
-            f"{diff}  {r.branch}" + (f"  {r.reason.splitlines()[0][:80]}" if r.reason else "")
+            f"{diff}  {r.branch}"
+            + (f"  [{r.agent}]" if r.agent else "")
+            + (f"  {r.reason.splitlines()[0][:80]}" if r.reason else "")
         )
     click.echo(
         f"total: {totals['attempts']} attempts, ${totals['cost_usd']:.2f}, "
         f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
     )
+    now = time.time()
+    for gate in gates:
+        click.echo(gate.describe(now=now))
     present = sum(r.worktree_present for r in rows)
     removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
     click.echo(

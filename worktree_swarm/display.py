@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worktree_swarm.governor import GateView, views_from_events
 from worktree_swarm.status import task_status
 from worktree_swarm.store import Store
 from worktree_swarm.supervisor import last_line
@@ -48,6 +49,8 @@ class PlainObserver:
         elif kind == "state":
             reason = f" - {data['reason']}" if data.get("reason") else ""
             line = f"{task_id}: {data['state']}{reason}"
+        elif kind == "gate" and data.get("waiting_until"):
+            line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
         elif kind in {"run_started", "run_finished"}:
@@ -65,6 +68,8 @@ class LiveTable:
         self._store = store
         self._console = console or Console()
         self._run_id: str | None = None
+        self._gates: dict[str, GateView] = {}
+        self._seen = 0  # the last event read for the gates' lines
         self._live = Live(console=self._console, refresh_per_second=4, get_renderable=self._table)
 
     def __call__(self, kind: str, _task_id: str | None, data: Mapping[str, object]) -> None:
@@ -78,6 +83,13 @@ class LiveTable:
             table.add_column(column)
         if self._run_id is None:
             return table
+        events = self._store.events(self._run_id, after=self._seen)
+        if events:
+            self._seen = events[-1].id
+            for view in views_from_events((e.kind, e.data) for e in events):
+                self._gates[view.provider] = view
+        now = time.time()
+        table.caption = "\n".join(v.describe(now=now) for v in self._gates.values()) or None
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
         for row in task_status(self._store, self._run_id):
             elapsed = f"{row.elapsed_s:.0f}s" if row.elapsed_s is not None else ""

@@ -23,7 +23,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from worktree_swarm.agents import backoff_delay
@@ -89,6 +89,28 @@ class GateView:
             when = time.strftime("%H:%M:%S", time.localtime(self.waiting_until))
             text += f", launches wait until {when}"
         return text + (f" ({self.why})" if self.why else "")
+
+
+def views_from_events(events: Iterable[tuple[str, Mapping[str, object]]]) -> list[GateView]:
+    """The last view of each provider among a run's ``(kind, data)`` events, by provider."""
+    last: dict[str, GateView] = {}
+    for kind, data in events:
+        if kind != "gate" or not isinstance(data.get("provider"), str):
+            continue
+        until = data.get("waiting_until")
+        last[str(data["provider"])] = GateView(
+            provider=str(data["provider"]),
+            limit=_int(data.get("limit")),
+            jobs=_int(data.get("jobs")),
+            running=_int(data.get("running")),
+            waiting_until=float(until) if isinstance(until, int | float) else None,
+            why=str(data.get("why") or ""),
+        )
+    return [last[p] for p in sorted(last)]
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) else 0
 
 
 @dataclass(slots=True)

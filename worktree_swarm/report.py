@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from worktree_swarm import supervisor
 from worktree_swarm.disk import DiskUsage, format_size, usage
+from worktree_swarm.governor import GateView, views_from_events
 from worktree_swarm.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.redact import Redactor
 from worktree_swarm.scheduler import Scheduler
@@ -43,6 +44,7 @@ class AttemptReport:
     tokens_in: int | None
     tokens_out: int | None
     cache_read_tokens: int | None
+    agent: str = ""  # the profile that ran it (fallback and budget agents differ)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +136,7 @@ class RunReport:
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
     max_disk: int | None = None
+    providers: tuple[GateView, ...] = ()  # each provider's gate as last reported
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json`` (field names documented in docs/report.md)."""
@@ -211,6 +214,7 @@ def build_report(
         totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
         outside_writes=outside,
         max_disk=_max_disk(run),
+        providers=tuple(views_from_events((e.kind, e.data) for e in events)),
     )
 
 
@@ -345,6 +349,7 @@ def _attempt_report(attempt: AttemptRow, *, end: float, redact: Redactor) -> Att
         tokens_in=attempt.tokens_in,
         tokens_out=attempt.tokens_out,
         cache_read_tokens=attempt.cache_read_tokens,
+        agent=attempt.agent,
     )
 
 
@@ -468,10 +473,11 @@ def format_text(report: RunReport) -> str:
         diff = f"{t.files_changed}f +{t.insertions} -{t.deletions}" if t.files_changed else "-"
         tokens = "-" if t.tokens_in is None else f"{t.tokens_in}/{t.tokens_out or 0}"
         merge = f"#{t.pr_number}" if t.pr_number else ("merged" if t.state == "merged" else "-")
+        agents = ">".join(dict.fromkeys(a.agent for a in t.attempts if a.agent))
         lines.append(
             f"{t.task_id:<{width}}  {t.state:<12} {len(t.attempts):>3} {duration(t.wall_s):>8} "
             f"{money(t.cost_usd):>8} {tokens:>15} {format_size(t.disk_actual):>7}  "
-            f"{diff:<18} {merge}"
+            f"{diff:<18} {merge}" + (f"  {agents}" if agents else "")
         )
     s = report.totals
     states = ", ".join(f"{n} {name}" for name, n in s.states.items())
@@ -492,6 +498,7 @@ def format_text(report: RunReport) -> str:
         f"overhead   {overhead_text(s)}",
         f"disk       {disk_text(report)}",
     ]
+    lines += [f"provider   {v.describe(now=report.end)}" for v in report.providers]
     lines += outside_writes_text(report)
     return "\n".join(lines)
 

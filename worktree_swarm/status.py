@@ -10,6 +10,7 @@ from pathlib import Path
 from worktree_swarm import git, supervisor
 from worktree_swarm.disk import DiskUsage, usage
 from worktree_swarm.errors import BadInputError
+from worktree_swarm.governor import GateView, views_from_events
 from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
 from worktree_swarm.runner import store_path
 from worktree_swarm.store import AttemptRow, Store
@@ -37,6 +38,7 @@ class TaskStatus:
     worktree_present: bool = False
     disk_apparent: int | None = None
     disk_actual: int | None = None
+    agent: str = ""  # the profile of the newest attempt (a fallback or budget agent may differ)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -106,9 +108,15 @@ def task_status(
                 worktree_present=present,
                 disk_apparent=None if used is None else used.apparent,
                 disk_actual=None if used is None else used.actual,
+                agent=attempt.agent if attempt else "",
             )
         )
     return rows
+
+
+def provider_gates(store: Store, run_id: str) -> list[GateView]:
+    """Each provider's gate as the run's manager last reported it (concurrency, wait, why)."""
+    return views_from_events((e.kind, e.data) for e in store.events(run_id) if e.kind == "gate")
 
 
 def _alive(attempt: AttemptRow) -> bool:

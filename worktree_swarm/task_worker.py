@@ -443,6 +443,8 @@ class TaskWorker:
                 session_id=attempt.session_id,
                 retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
+            if outcome is AgentOutcome.RATE_LIMITED:  # a fresh gate learns the limit again
+                self._report_end(provider_of(profile), result, live=None)
             return _Ended(result=result)
         identity = ProcessIdentity(
             pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
@@ -517,7 +519,7 @@ class TaskWorker:
             if ended:
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
-                self._report_end(provider, tail, result)
+                self._report_end(provider, result, live=tail)
                 return _Ended(result=result)
             cut: tuple[TaskState, str] | None = None
             if live.stop.is_set():
@@ -532,13 +534,13 @@ class TaskWorker:
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
 
-    def _report_end(self, provider: str, tail: LogTail, result: AgentResult) -> None:
+    def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
         """Tell the gate how a whole attempt went, unless its stream already did."""
-        if result.outcome is AgentOutcome.RATE_LIMITED and not tail.limited:
+        if result.outcome is AgentOutcome.RATE_LIMITED and not (live and live.limited):
             kind = limit_kind(retry_at=result.retry_at, now=time.time())
             detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
             self.gate.report(provider, Limit(signal=kind, retry_at=result.retry_at, detail=detail))
-        elif result.outcome is AgentOutcome.SUCCESS and not tail.succeeded:
+        elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
             self.gate.report(provider, Limit(signal=Signal.OK), whole_attempt=True)
 
     # -- helpers --------------------------------------------------------------------------
