@@ -328,6 +328,8 @@ class Gates:
     def _view(self, provider: str) -> GateView:
         gate = self._gates[provider]
         until = max(gate.window_until, gate.next_launch)
+        if until <= self._clock() + self.pace:  # ordinary pacing is not a wait worth showing
+            until = 0.0
         return GateView(
             provider=provider,
             limit=int(gate.limit),
