@@ -231,3 +231,29 @@ def test_acquire_wakes_on_release_and_on_stop(clock: Clock) -> None:
     stop.set()
     other.join(timeout=30)
     assert results == ["", "stopped"]
+
+
+def test_a_minority_of_throttles_among_successes_cuts_nothing(clock: Clock) -> None:
+    # 30% of requests answered 429, retried by the agents: not overload.
+    g = gates(clock)
+    for i in range(100):
+        clock.now += 0.05
+        g.report("anthropic", THROTTLE if i % 10 < 3 else OK)
+    assert view(g, "anthropic").limit == 8
+    # Then most outcomes throttled: overload, cut.
+    for _ in range(60):
+        clock.now += 0.05
+        g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit < 8
+    assert view(g, "anthropic").why == "throttled: HTTP 429"
+
+
+def test_old_successes_fade_with_the_cooldown(clock: Clock) -> None:
+    g = gates(clock)
+    for _ in range(50):
+        g.report("anthropic", OK)
+    g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 8  # 1 throttle against 50 fresh successes
+    clock.now += 10 * g.cooldown  # the successes are long past
+    g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 4

@@ -5,10 +5,13 @@ slows another. Two kinds of limit are told apart:
 
 - A *throttle* (HTTP 429, 529 overloaded, a short stated retry-after): the provider's
   concurrency adapts by AIMD. Every reported success adds ``1/limit`` (one agent per window of
-  successes), a throttle halves the limit, at most once per cooldown (the throttles of
-  requests already in flight belong to the same congestion event). While below ``jobs``,
-  launches are paced (one per ``pace`` seconds), never frozen; only at the floor of one agent
-  do further throttles space launches with exponential backoff.
+  successes); a throttle halves the limit when throttles are at least :data:`CUT_SHARE` of the
+  recent outcomes (decayed with the cooldown as half-life), at most once per cooldown (the
+  throttles of requests already in flight belong to the same congestion event). A scattering
+  of 429s that the agents retry through is not overload: cutting would only slow the run.
+  After a throttle and while below ``jobs``, launches are paced (one per ``pace`` seconds),
+  never frozen; only at the floor of one agent do further cuts space launches with
+  exponential backoff.
 - A *usage window* (a reset stated further than :data:`WINDOW_MIN_SECONDS` away: "usage limit
   reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset.
 
@@ -30,6 +33,7 @@ from worktree_swarm.agents import backoff_delay
 
 BACKOFF_BASE = 30.0
 DECREASE = 0.5  # multiplicative decrease on a throttle
+CUT_SHARE = 0.5  # the share of recent outcomes that must be throttles for a cut
 # A stated reset further away than this is a usage window (hours), not a short throttle.
 WINDOW_MIN_SECONDS = 300.0
 
@@ -122,6 +126,9 @@ class _Gate:
     last_cut: float = -math.inf
     floor_streak: int = 0
     why: str = ""
+    ok_recent: float = 0.0  # successes and throttles, decayed: half-life one cooldown
+    throttled_recent: float = 0.0
+    seen_at: float = 0.0
 
 
 class Gates:
@@ -255,6 +262,7 @@ class Gates:
             now = self._clock()
             gate = self._gate(provider)
             if limit.signal is Signal.OK:
+                self._tally(gate, now, throttled=False)
                 gate.floor_streak = 0
                 step = 1.0 if whole_attempt else 1.0 / gate.limit
                 gate.limit = min(float(self.jobs), gate.limit + step)
@@ -277,12 +285,25 @@ class Gates:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _tally(self, gate: _Gate, now: float, *, throttled: bool) -> None:
+        decay = 0.5 ** (max(0.0, now - gate.seen_at) / self.cooldown)
+        gate.ok_recent *= decay
+        gate.throttled_recent *= decay
+        gate.seen_at = now
+        if throttled:
+            gate.throttled_recent += 1.0
+        else:
+            gate.ok_recent += 1.0
+
     def _throttle(self, gate: _Gate, limit: Limit, now: float) -> None:
-        if now - gate.last_cut >= self.cooldown:
+        self._tally(gate, now, throttled=True)
+        share = gate.throttled_recent / (gate.throttled_recent + gate.ok_recent)
+        if share >= CUT_SHARE and now - gate.last_cut >= self.cooldown:
             gate.last_cut = now
             if gate.limit <= 1.0:
                 gate.floor_streak += 1
             gate.limit = max(1.0, gate.limit * DECREASE)
+            gate.why = f"throttled: {limit.detail}" if limit.detail else "throttled"
         if gate.floor_streak:
             pause = backoff_delay(gate.floor_streak, base=self.backoff_base, rng=self._rng)
         else:
@@ -290,7 +311,6 @@ class Gates:
         gate.next_launch = max(gate.next_launch, now + pause)
         if limit.retry_at is not None and limit.retry_at > now:  # what the server asked for
             gate.next_launch = max(gate.next_launch, limit.retry_at)
-        gate.why = f"throttled: {limit.detail}" if limit.detail else "throttled"
 
     def _refused(self, provider: str, stop: threading.Event, *, leave_on_window: bool) -> str:
         if stop.is_set():
