@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import itertools
 import json
 import os
 import platform
@@ -77,9 +78,11 @@ def finish(error=False, window=None):
     sys.exit(1 if error else 0)
 emit({"type": "thread.started", "thread_id": session} if codex else
      {"type": "system", "subtype": "init", "session_id": session})
-# Like Claude Code (CLAUDE_CODE_MAX_RETRIES, default 10): a 429 is retried after 500 ms * 2^n,
+# Like Claude Code (CLAUDE_CODE_MAX_RETRIES, default 10): a 429 is retried after base * 2^n,
 # up to 25% less (jitter), each retry announced as a stream event; out of retries, it exits.
+# Claude Code's base is 500 ms against requests of seconds; here it is scaled with the latency.
 max_retries, retried = int(os.environ.get("CLAUDE_CODE_MAX_RETRIES", "10")), 0
+retry_base = float(os.environ["BENCH_RETRY_BASE"])
 while turn < turns:
     # The conversation so far, resent every request; each resume leaves its "continue" message
     # (and the model's reply to it) in the conversation: that is what a rate limit costs.
@@ -95,7 +98,7 @@ while turn < turns:
             reset = json.loads(exc.read()).get("resets_at")
             if reset is None and retried < max_retries:
                 retried += 1
-                delay = min(32.0, 0.5 * 2 ** (retried - 1)) * random.uniform(0.75, 1.0)
+                delay = min(32.0, retry_base * 2 ** (retried - 1)) * random.uniform(0.75, 1.0)
                 if not codex:
                     emit({"type": "system", "subtype": "api_retry", "attempt": retried,
                           "max_retries": max_retries, "retry_delay_ms": int(delay * 1000),
@@ -198,6 +201,7 @@ def run_batch(
             env = {
                 **os.environ,
                 "CLAUDE_CODE_MAX_RETRIES": str(agent_retries),
+                "BENCH_RETRY_BASE": str(args.agent_retry_base),
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                 "BENCH_STATE": str(state),
                 "BENCH_TURNS": str(args.turns),
@@ -215,6 +219,11 @@ def run_batch(
                 tokens = db.execute(
                     "SELECT sum(tokens_in) + sum(tokens_out) FROM attempts"
                 ).fetchone()[0]
+                gates = [
+                    json.loads(row[0])
+                    for row in db.execute("SELECT data FROM events WHERE kind = 'gate'")
+                ]
+                anthropic = [g for g in gates if g["provider"] == "anthropic"]
                 by_codex = db.execute(
                     "SELECT count(*) FROM tasks WHERE state = 'done' AND task_id IN"
                     " (SELECT task_id FROM attempts WHERE agent = 'codex')"
@@ -240,6 +249,8 @@ def run_batch(
         "limited": stub.limited,
         "turn_files": turns_kept,
         "by_codex": by_codex,
+        "min_limit": min((g["limit"] for g in anthropic), default=0),
+        "cuts": sum(b < a for a, b in itertools.pairwise(g["limit"] for g in anthropic)),
     }
 
 
@@ -255,11 +266,18 @@ def main() -> int:
     parser.add_argument(
         "--agent-retries", type=int, default=10, help="the agent's own 429 retries (Claude: 10)"
     )
+    parser.add_argument(
+        "--agent-retry-base",
+        type=float,
+        default=0.05,
+        help="the agent's first retry delay (Claude: 0.5s against requests of ~10s)",
+    )
     args = parser.parse_args()
     print(f"machine: {platform.system()} {platform.release()}, {os.cpu_count()} cpus, "
           f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
     print(f"tasks {args.tasks}, jobs {args.jobs}, turns/task {args.turns}, "
-          f"429 fraction {args.fraction}, backoff base {args.backoff}s")  # fmt: skip
+          f"429 fraction {args.fraction}, backoff base {args.backoff}s, latency {args.latency}s, "
+          f"agent retries {args.agent_retries} from {args.agent_retry_base}s")  # fmt: skip
     calm = run_batch(args, 0.0)
     storm = run_batch(args, args.fraction, agent_retries=args.agent_retries)
     harsh = run_batch(args, args.fraction, agent_retries=0)
@@ -270,7 +288,8 @@ def main() -> int:
         print(f"{name:>25}: done {r['done']}/{args.tasks}, attempts {r['attempts']}, "
               f"requests {r['requests']} ({r['limited']} got 429), wall {r['wall']:.1f}s, "
               f"tokens {r['tokens']}, turn files kept {r['turn_files']}, "
-              f"done by codex {r['by_codex']}")  # fmt: skip
+              f"done by codex {r['by_codex']}, anthropic gate: {r['cuts']} cuts, "
+              f"lowest concurrency {r['min_limit']}")  # fmt: skip
     print(f"storm/no-limit: wall {storm['wall'] / calm['wall']:.2f}x (target <= 2x), "
           f"tokens {storm['tokens'] / calm['tokens']:.3f}x (target <= 1.1x), "
           f"completion {storm['done']}/{args.tasks} (target all)")  # fmt: skip

@@ -43,6 +43,11 @@ def view(g: Gates, provider: str) -> GateView:
     return next(v for v in g.views() if v.provider == provider)
 
 
+def overload(g: Gates, provider: str) -> float:
+    """A throttle strong enough to cut: a whole attempt ended by it (weighs ``jobs`` requests)."""
+    return g.report(provider, THROTTLE, whole_attempt=True)
+
+
 def take(g: Gates, provider: str, count: int) -> int:
     """Acquire without waiting until refused; how many slots were granted."""
     stop = threading.Event()
@@ -54,25 +59,25 @@ def take(g: Gates, provider: str, count: int) -> int:
 
 def test_a_throttle_halves_the_limit_once_per_cooldown(clock: Clock) -> None:
     g = gates(clock)
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     assert view(g, "anthropic").limit == 4
     # Throttles of requests that were already in flight: the same congestion event.
     for _ in range(5):
-        g.report("anthropic", THROTTLE)
+        overload(g, "anthropic")
     assert view(g, "anthropic").limit == 4
     clock.now += g.cooldown
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     assert view(g, "anthropic").limit == 2
     clock.now += g.cooldown
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     clock.now += g.cooldown
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     assert view(g, "anthropic").limit == 1  # never below one agent
 
 
 def test_each_success_adds_one_over_the_limit(clock: Clock) -> None:
     g = gates(clock)
-    g.report("anthropic", THROTTLE)  # 8 -> 4
+    overload(g, "anthropic")  # 8 -> 4
     for _ in range(4):
         g.report("anthropic", OK)  # 4 + 1/4 + 1/4.25 + ... = 4.92: not yet 5
     assert view(g, "anthropic").limit == 4
@@ -86,7 +91,7 @@ def test_each_success_adds_one_over_the_limit(clock: Clock) -> None:
 
 def test_a_whole_attempt_success_is_one_full_step(clock: Clock) -> None:
     g = gates(clock)
-    g.report("other", THROTTLE)
+    overload(g, "other")
     g.report("other", OK, whole_attempt=True)
     assert view(g, "other").limit == 5
 
@@ -94,7 +99,7 @@ def test_a_whole_attempt_success_is_one_full_step(clock: Clock) -> None:
 def test_launches_are_paced_while_recovering_not_frozen(clock: Clock) -> None:
     g = gates(clock)
     assert take(g, "anthropic", 8) == 8
-    g.report("anthropic", THROTTLE)  # limit 4, 8 running
+    overload(g, "anthropic")  # limit 4, 8 running
     for _ in range(8):
         g.release("anthropic")
     assert take(g, "anthropic", 4) == 0  # a pause of one pace step after the throttle
@@ -109,19 +114,19 @@ def test_launches_are_paced_while_recovering_not_frozen(clock: Clock) -> None:
 
 def test_at_the_floor_further_throttles_back_off_exponentially(clock: Clock) -> None:
     g = gates(clock, jobs=2)
-    g.report("google", THROTTLE)  # 2 -> 1
+    overload(g, "google")  # 2 -> 1
     clock.now += g.cooldown
-    until = g.report("google", THROTTLE) - clock.now  # at the floor: backoff level 1
+    until = overload(g, "google") - clock.now  # at the floor: backoff level 1
     assert 0 <= until <= 4.0
     waits = []
     for _ in range(6):
         clock.now += max(g.cooldown, until)
-        waits.append(g.report("google", THROTTLE) - clock.now)
+        waits.append(overload(g, "google") - clock.now)
     assert max(waits) <= 4.0 * 2**6
     assert max(waits) > 4.0  # jittered, but its ceiling doubles each time
     g.report("google", OK)
     clock.now += g.cooldown + 300
-    assert g.report("google", THROTTLE) - clock.now <= g.pace  # a success resets the backoff
+    assert overload(g, "google") - clock.now <= g.pace  # a success resets the backoff
 
 
 def test_a_stated_retry_after_is_honoured(clock: Clock) -> None:
@@ -153,7 +158,7 @@ def test_providers_are_independent(clock: Clock) -> None:
     g.report(
         "anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 7200, detail="usage limit")
     )
-    g.report("openai", THROTTLE)
+    overload(g, "openai")
     assert take(g, "google", 4) == 4  # neither limit slows google
     for _ in range(4):
         g.release("google")
@@ -199,7 +204,7 @@ def test_observer_hears_changes_not_every_launch(clock: Clock) -> None:
     take(g, "anthropic", 3)
     g.release("anthropic")
     assert [v.limit for v in seen] == [8]  # the first sight of a provider only
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     assert (seen[-1].limit, seen[-1].why) == (4, "throttled: HTTP 429")
     g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 3600, detail="x"))
     assert seen[-1].why == "x"
@@ -252,8 +257,19 @@ def test_old_successes_fade_with_the_cooldown(clock: Clock) -> None:
     g = gates(clock)
     for _ in range(50):
         g.report("anthropic", OK)
-    g.report("anthropic", THROTTLE)
-    assert view(g, "anthropic").limit == 8  # 1 throttle against 50 fresh successes
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 8  # one failed attempt against 50 fresh successes
     clock.now += 10 * g.cooldown  # the successes are long past
-    g.report("anthropic", THROTTLE)
+    overload(g, "anthropic")
     assert view(g, "anthropic").limit == 4
+
+
+def test_per_request_throttles_cut_once_they_outweigh_jobs_assumed_successes(
+    clock: Clock,
+) -> None:
+    g = gates(clock)  # jobs 8: a cut needs throttles >= 0.4 x (throttles + successes + 8)
+    for _ in range(5):
+        g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 8  # five retried 429s: noise
+    g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 4  # the sixth: 6 / 14 of recent outcomes

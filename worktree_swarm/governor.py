@@ -6,7 +6,9 @@ slows another. Two kinds of limit are told apart:
 - A *throttle* (HTTP 429, 529 overloaded, a short stated retry-after): the provider's
   concurrency adapts by AIMD. Every reported success adds ``1/limit`` (one agent per window of
   successes); a throttle halves the limit when throttles are at least :data:`CUT_SHARE` of the
-  recent outcomes (decayed with the cooldown as half-life), at most once per cooldown (the
+  recent outcomes (decayed with the cooldown as half-life, plus ``jobs`` assumed successes so
+  that a few throttles among few outcomes are not taken for overload; a whole attempt of an
+  agent that does not report requests weighs ``jobs``), at most once per cooldown (the
   throttles of requests already in flight belong to the same congestion event). A scattering
   of 429s that the agents retry through is not overload: cutting would only slow the run.
   After a throttle and while below ``jobs``, launches are paced (one per ``pace`` seconds),
@@ -33,7 +35,7 @@ from worktree_swarm.agents import backoff_delay
 
 BACKOFF_BASE = 30.0
 DECREASE = 0.5  # multiplicative decrease on a throttle
-CUT_SHARE = 0.5  # the share of recent outcomes that must be throttles for a cut
+CUT_SHARE = 0.4  # the share of recent outcomes that must be throttles for a cut
 # A stated reset further away than this is a usage window (hours), not a short throttle.
 WINDOW_MIN_SECONDS = 300.0
 
@@ -255,14 +257,14 @@ class Gates:
     def report(self, provider: str, limit: Limit, *, whole_attempt: bool = False) -> float:
         """Apply one report of *provider*; returns when its launches may start again.
 
-        A success of a *whole_attempt* (an agent that does not report its requests) counts as
-        one full step.
+        A *whole_attempt* (an agent that does not report its requests) weighs as much as a
+        window of ``jobs`` requests: its success is one full step, its throttle counts ``jobs``.
         """
         with self._cond:
             now = self._clock()
             gate = self._gate(provider)
             if limit.signal is Signal.OK:
-                self._tally(gate, now, throttled=False)
+                self._tally(gate, now, throttled=False, weight=self._weight(whole_attempt))
                 gate.floor_streak = 0
                 step = 1.0 if whole_attempt else 1.0 / gate.limit
                 gate.limit = min(float(self.jobs), gate.limit + step)
@@ -272,7 +274,7 @@ class Gates:
                 gate.window_until = max(gate.window_until, limit.retry_at)
                 gate.why = limit.detail or "usage limit"
             else:
-                self._throttle(gate, limit, now)
+                self._throttle(gate, limit, now, weight=self._weight(whole_attempt))
             self._cond.notify_all()
             until = max(gate.window_until, gate.next_launch, now)
         self._changed(provider)
@@ -285,19 +287,25 @@ class Gates:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _tally(self, gate: _Gate, now: float, *, throttled: bool) -> None:
+    def _weight(self, whole_attempt: bool) -> float:
+        return float(self.jobs) if whole_attempt else 1.0
+
+    def _tally(self, gate: _Gate, now: float, *, throttled: bool, weight: float) -> None:
         decay = 0.5 ** (max(0.0, now - gate.seen_at) / self.cooldown)
         gate.ok_recent *= decay
         gate.throttled_recent *= decay
         gate.seen_at = now
         if throttled:
-            gate.throttled_recent += 1.0
+            gate.throttled_recent += weight
         else:
-            gate.ok_recent += 1.0
+            gate.ok_recent += weight
 
-    def _throttle(self, gate: _Gate, limit: Limit, now: float) -> None:
-        self._tally(gate, now, throttled=True)
-        share = gate.throttled_recent / (gate.throttled_recent + gate.ok_recent)
+    def _throttle(self, gate: _Gate, limit: Limit, now: float, *, weight: float) -> None:
+        self._tally(gate, now, throttled=True, weight=weight)
+        # ``jobs`` successes are assumed on top of those seen: a few throttles among few
+        # outcomes are noise, not evidence of overload.
+        thrown = gate.throttled_recent
+        share = thrown / (thrown + gate.ok_recent + self.jobs)
         if share >= CUT_SHARE and now - gate.last_cut >= self.cooldown:
             gate.last_cut = now
             if gate.limit <= 1.0:

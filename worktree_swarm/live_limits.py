@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents import classify_rate_limit
-from worktree_swarm.agents.base import as_float, as_int, epoch_seconds, one_line
+from worktree_swarm.agents.base import as_int, epoch_seconds, one_line
 from worktree_swarm.governor import Limit, Signal, limit_kind
 
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
@@ -91,12 +91,9 @@ class LogTail:
             status = as_int(obj.get("error_status"))
             if status not in _THROTTLE_STATUSES:
                 return None
-            delay = as_float(obj.get("retry_delay_ms"))
-            return Limit(
-                signal=Signal.THROTTLE,
-                retry_at=None if delay is None else now + delay / 1000,
-                detail=f"HTTP {status}",
-            )
+            # retry_delay_ms is the CLI's own backoff for that one request, which it is already
+            # waiting out: not a hold for the provider's other launches.
+            return Limit(signal=Signal.THROTTLE, detail=f"HTTP {status}")
         if kind == "rate_limit_event":
             info = obj.get("rate_limit_info")
             if not isinstance(info, dict) or info.get("status") != "rejected":
