@@ -314,8 +314,10 @@ class Gates:
             gate.why = f"throttled: {limit.detail}" if limit.detail else "throttled"
         if gate.floor_streak:
             pause = backoff_delay(gate.floor_streak, base=self.backoff_base, rng=self._rng)
-        else:
+        elif gate.limit < self.jobs:  # recovering from a cut: pace; noise alone holds nothing
             pause = self.pace
+        else:
+            pause = 0.0
         gate.next_launch = max(gate.next_launch, now + pause)
         if limit.retry_at is not None and limit.retry_at > now:  # what the server asked for
             gate.next_launch = max(gate.next_launch, limit.retry_at)

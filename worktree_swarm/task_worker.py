@@ -539,7 +539,8 @@ class TaskWorker:
         if result.outcome is AgentOutcome.RATE_LIMITED and not (live and live.limited):
             kind = limit_kind(retry_at=result.retry_at, now=time.time())
             detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
-            self.gate.report(provider, Limit(signal=kind, retry_at=result.retry_at, detail=detail))
+            limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
+            self.gate.report(provider, limit, whole_attempt=True)
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
             self.gate.report(provider, Limit(signal=Signal.OK), whole_attempt=True)
 
