@@ -144,6 +144,11 @@ def test_usage_window_hands_every_task_to_the_fallback(repo: Path, fake_agents: 
     assert "anthropic: " in plain.stdout
     assert "launches wait until" in plain.stdout
     assert "usage limit" in plain.stdout
+    report = swarm(repo, "report")
+    assert report.returncode == 0, report.stderr
+    assert "claude>codex" in report.stdout  # the task's chain of agents
+    assert "provider   anthropic: 6/6 agents" not in report.stdout  # jobs = 1
+    assert "provider   anthropic: 1/1 agents" in report.stdout
 
 
 def test_out_of_retries_hands_over_to_the_next_agent(repo: Path, fake_agents: Path) -> None:
