@@ -13,6 +13,8 @@ The same batch runs without limits as the baseline. Needs `claude` on PATH (or `
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import platform
 import re
@@ -88,6 +90,10 @@ def run_batch(args: argparse.Namespace, fraction: float) -> dict[str, float]:
             done = db.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0]
             attempts = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
             tokens = db.execute("SELECT sum(tokens_in) + sum(tokens_out) FROM attempts").fetchone()
+            limits = [
+                json.loads(row[0])["limit"]
+                for row in db.execute("SELECT data FROM events WHERE kind = 'gate'")
+            ]
         agent = stub.agent_requests()
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-2000:])
@@ -98,6 +104,8 @@ def run_batch(args: argparse.Namespace, fraction: float) -> dict[str, float]:
         "tokens": tokens[0] or 0,
         "requests": len(agent),
         "limited": sum(r.reply == "error:429" for r in agent),
+        "cuts": sum(b < a for a, b in itertools.pairwise(limits)),
+        "lowest": min(limits, default=args.jobs),
     }
 
 
@@ -127,7 +135,8 @@ def main() -> int:
     for name, r in (("no limits", calm), ("storm", storm)):
         print(f"{name:>9}: done {r['done']}/{args.tasks}, attempts {r['attempts']}, "
               f"agent requests {r['requests']} ({r['limited']} got 429), wall {r['wall']:.1f}s, "
-              f"tokens {r['tokens']}")  # fmt: skip
+              f"tokens {r['tokens']}, gate: {r['cuts']} cuts, lowest concurrency "
+              f"{r['lowest']}")  # fmt: skip
     print(f"storm/no-limit: wall {storm['wall'] / calm['wall']:.2f}x (target <= 2x), "
           f"tokens {storm['tokens'] / max(1, calm['tokens']):.3f}x (target <= 1.1x), "
           f"completion {storm['done']}/{args.tasks} (target all)")  # fmt: skip
