@@ -124,6 +124,8 @@ def test_usage_window_hands_every_task_to_the_fallback(repo: Path, fake_agents: 
     text = tasks(ids, 'agent = "claude"\nfallback = ["codex"]\njobs = 1')
     out = swarm(repo, "run", manifest(repo, text))
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "anthropic: launches held - usage limit" in out.stdout.splitlines()
+    assert "usage limit; codex takes over" in out.stdout
     rows = status_json(repo)
     assert {i: rows[i]["state"] for i in ids} == dict.fromkeys(ids, "done")
     chains = sorted(agents_of(repo, i) for i in ids)
