@@ -31,22 +31,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from worktree_swarm.agents import backoff_delay
+from worktree_swarm.agents import Provider, backoff_delay
+
+__all__ = ["GateView", "Gates", "Limit", "Provider", "Signal", "limit_kind", "views_from_events"]
 
 BACKOFF_BASE = 30.0
 DECREASE = 0.5  # multiplicative decrease on a throttle
 CUT_SHARE = 0.4  # the share of recent outcomes that must be throttles for a cut
 # A stated reset further away than this is a usage window (hours), not a short throttle.
 WINDOW_MIN_SECONDS = 300.0
-
-
-class Provider(enum.StrEnum):
-    """Who serves an agent's requests: the unit that rate limits apply to."""
-
-    ANTHROPIC = "anthropic"
-    OPENAI = "openai"
-    GOOGLE = "google"
-    OTHER = "other"
 
 
 class Signal(enum.StrEnum):
