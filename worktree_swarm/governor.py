@@ -68,12 +68,15 @@ def limit_kind(*, retry_at: float | None, now: float) -> Signal:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateView:
-    """A provider's gate as `swarm status`, the report and the live view show it."""
+    """A provider's gate as `swarm status`, the report and the live view show it.
+
+    No running count: it changes with every launch, too often for an event; `swarm status`
+    shows each task's agent and whether it is alive instead.
+    """
 
     provider: str
-    limit: int
+    limit: int  # agents this provider may run at once now
     jobs: int
-    running: int
     waiting_until: float | None
     why: str
 
@@ -83,7 +86,7 @@ class GateView:
 
     def describe(self, *, now: float) -> str:
         """One line: concurrency, the wait and why."""
-        text = f"{self.provider}: {self.limit}/{self.jobs} agents, {self.running} running"
+        text = f"{self.provider}: {self.limit}/{self.jobs} agents"
         if self.waiting_until is not None and self.waiting_until > now:
             when = time.strftime("%H:%M:%S", time.localtime(self.waiting_until))
             text += f", launches wait until {when}"
@@ -101,7 +104,6 @@ def views_from_events(events: Iterable[tuple[str, Mapping[str, object]]]) -> lis
             provider=str(data["provider"]),
             limit=_int(data.get("limit")),
             jobs=_int(data.get("jobs")),
-            running=_int(data.get("running")),
             waiting_until=float(until) if isinstance(until, int | float) else None,
             why=str(data.get("why") or ""),
         )
@@ -357,7 +359,6 @@ class Gates:
             provider=provider,
             limit=int(gate.limit),
             jobs=self.jobs,
-            running=gate.running,
             waiting_until=until if until > self._clock() else None,
             why=gate.why,
         )
