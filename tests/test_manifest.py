@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -526,3 +527,78 @@ def test_dependency_cycle_long_chain_does_not_recurse() -> None:
     cycle = dependency_cycle(chain)
     assert cycle is not None
     assert (cycle[0], cycle[-1], len(cycle)) == ("t0", "t0", n + 2)
+
+
+def test_rate_limit_defaults_retries_flag_and_fallback_keys(
+    repo: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = cwd / "bin"
+    bin_dir.mkdir()
+    for name in ("codex", "gemini"):
+        exe = bin_dir / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = manifest(
+        cwd,
+        'fallback = ["codex", "gemini"]\nbudget_agent = "gemini"\nbudget_share = 0.5\n'
+        'max_wait = "2h"\n[[task]]\nid = "a"\nprompt = "p"\n'
+        '[[task]]\nid = "b"\nprompt = "p"\nfallback = []\nmax_wait = "10m"\n',
+    )
+    spec = build(repo, path)
+    a, b = spec.tasks  # type: ignore[attr-defined]
+    assert (a.retries, a.fallback, a.budget_agent, a.max_wait) == (
+        5,
+        ("codex", "gemini"),
+        "gemini",
+        7200.0,
+    )
+    assert (b.fallback, b.max_wait) == ((), 600.0)
+    assert spec.budget_share == 0.5  # type: ignore[attr-defined]
+    spec = build(repo, path, overrides=Overrides(retries=0))
+    assert [t.retries for t in spec.tasks] == [0, 0]  # type: ignore[attr-defined]
+    assert build(repo, manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\n')).tasks[0].max_wait == (  # type: ignore[attr-defined]
+        4 * 3600.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        (
+            'fallback = ["nope"]',
+            "tasks.toml: [defaults]: fallback[0]: unknown agent 'nope' (known:",
+        ),
+        (
+            'fallback = "codex"',
+            "[defaults]: fallback: expected a list of agent names, got a string",
+        ),
+        ('fallback = ["aider"]', "fallback[0]: agent program 'aider' not found on PATH"),
+        ('budget_agent = ["codex"]', "[defaults]: budget_agent: expected a string, got an array"),
+        (
+            "budget_share = 1.5",
+            "[defaults]: budget_share: must be a share between 0 and 1, got 1.5",
+        ),
+        ("budget_share = 0", "[defaults]: budget_share: expected a positive number, got 0"),
+        ('max_wait = "soon"', "[defaults]: max_wait:"),
+    ],
+)
+def test_bad_fallback_settings(
+    repo: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch, snippet: str, expected: str
+) -> None:
+    monkeypatch.setenv("PATH", str(cwd / "empty"))
+    message = error(repo, manifest(cwd, f'{snippet}\n[[task]]\nid = "a"\nprompt = "p"\n'))
+    assert expected in message
+
+
+def test_bad_retries_flag_exits_2_before_anything(repo: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--retries", "-1", "-t", "a=p"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "--retries" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()

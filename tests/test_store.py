@@ -568,3 +568,31 @@ def test_merge_and_pull_request_fields_are_updatable(store: Store) -> None:
         "https://github.example/o/n/pull/7",
         "open",
     )
+
+
+def test_version_3_attempts_gain_agent_and_retry_at(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for statements in MIGRATIONS[:3]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO runs VALUES"
+            " ('old', 'abc', '/r', 2, 1.0, NULL, 'running', NULL, NULL, '{}')"
+        )
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    with Store(db_path) as store:
+        with_tasks(store, "a", run_id="old")
+        ident = ProcessIdentity(pid=100, create_time=5.5, pgid=99)
+        first = store.start_attempt("old", "a", number=1, identity=ident, log_path="/l/1")
+        second = store.start_attempt(
+            "old", "a", number=2, identity=ident, log_path="/l/2", agent="codex"
+        )
+        store.end_attempt(first, exit_code=1, outcome="rate_limited")
+        store.set_retry_at("old", "a", 1, 1234.5)
+        rows = store.attempts("old", "a")
+    assert [(r.id, r.agent, r.retry_at) for r in rows] == [
+        (first, "", 1234.5),  # recorded before agents were: the task's own agent
+        (second, "codex", None),
+    ]

@@ -84,6 +84,11 @@ def _repo(ctx: click.Context) -> git.Repo:
     "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
 )
 @click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    help="Rate-limited attempts resumed per agent before it gives up (default 5).",
+)
 @click.option("--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G.")
 @click.option(
     "--sandbox/--no-sandbox",
@@ -116,6 +121,7 @@ def run(
     idle_timeout: str | None,
     checks: tuple[str, ...],
     max_cost_usd: float | None,
+    retries: int | None,
     max_disk: str | None,
     sandbox: bool | None,
     allow_outside_writes: bool | None,
@@ -149,6 +155,7 @@ def run(
         idle_timeout=idle_timeout,
         checks=checks or None,
         max_cost_usd=max_cost_usd,
+        retries=retries,
         max_disk=max_disk,
         sandbox=sandbox,
         allow_outside_writes=allow_outside_writes or None,
@@ -274,6 +281,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
         failed_scans = status.guard_errors(store, run_id)
+        gates = status.provider_gates(store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
         payload = {
@@ -281,10 +289,11 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
             "totals": totals,
             "tasks": [r.to_json() for r in rows],
             "guard_errors": failed_scans,
+            "providers": [g.to_json() for g in gates],
         }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    click.echo(status_text.status_text(run_id, rows, totals))
+    click.echo(status_text.status_text(run_id, rows, totals, gates=gates))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
         click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
     return ExitCode.OK

@@ -6,6 +6,7 @@ first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 
 from __future__ import annotations
 
+import enum
 import shutil
 import sys
 from collections.abc import Sequence
@@ -30,13 +31,16 @@ from worktree_swarm.core.errors import BadInputError
 __all__ = [
     "PLACEHOLDERS",
     "PROFILES",
+    "PROVIDERS",
     "Adapter",
     "AgentOutcome",
     "AgentResult",
+    "Provider",
     "adapter_for",
     "backoff_delay",
     "classify_rate_limit",
     "profile_of",
+    "provider_of",
     "render_argv",
     "resolve_agent",
 ]
@@ -69,6 +73,31 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "{prompt}",
     ),
 }
+
+
+class Provider(enum.StrEnum):
+    """Who serves an agent's requests: the unit that rate limits apply to."""
+
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"
+    GOOGLE = "google"
+    OTHER = "other"
+
+
+# Who serves each profile's requests: rate limits are per provider (docs/agents.md). Aider and
+# command agents can talk to anyone; they share the "other" gate.
+PROVIDERS: dict[str, Provider] = {
+    "claude": Provider.ANTHROPIC,
+    "codex": Provider.OPENAI,
+    "gemini": Provider.GOOGLE,
+    "aider": Provider.OTHER,
+    "scripted": Provider.OTHER,
+}
+
+
+def provider_of(profile: str) -> Provider:
+    """The provider a profile's agent talks to (``other`` when unknown)."""
+    return PROVIDERS.get(profile, Provider.OTHER)
 
 
 def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> tuple[str, ...]:

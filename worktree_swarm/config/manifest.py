@@ -25,7 +25,15 @@ from worktree_swarm.agents import PROFILES, profile_of, resolve_agent
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.identity import parse_author
-from worktree_swarm.core.models import TASK_ID_RE, CopyMode, RunSpec, Task, is_valid_task_id
+from worktree_swarm.core.models import (
+    DEFAULT_MAX_WAIT,
+    DEFAULT_RETRIES,
+    TASK_ID_RE,
+    CopyMode,
+    RunSpec,
+    Task,
+    is_valid_task_id,
+)
 from worktree_swarm.core.units import parse_duration, parse_size
 from worktree_swarm.git import repo as git
 
@@ -39,13 +47,13 @@ CONFIG_FILE = "swarm.toml"
 SETTING_KEYS = frozenset(
     {
         "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
-        "env", "repair", "no_placeholders", "link",
+        "env", "repair", "no_placeholders", "link", "fallback", "budget_agent", "max_wait",
     }
 )  # fmt: skip
 RUN_KEYS = frozenset(
     {
         "jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block",
-        "max_cost_usd", "rate_limit_backoff", "max_disk", "copy_mode", "sandbox",
+        "max_cost_usd", "budget_share", "rate_limit_backoff", "max_disk", "copy_mode", "sandbox",
         "sandbox_writable", "allow_outside_writes",
     }
 )  # fmt: skip
@@ -75,6 +83,7 @@ class Overrides:
     idle_timeout: str | None = None
     checks: tuple[str, ...] | None = None
     max_cost_usd: float | None = None
+    retries: int | None = None
     max_disk: str | None = None
     sandbox: bool | None = None
     allow_outside_writes: bool | None = None
@@ -105,7 +114,11 @@ class _Settings:
     repair: int | None = None
     no_placeholders: bool | None = None
     link: tuple[str, ...] | None = None
+    fallback: tuple[_Agent, ...] | None = None
+    budget_agent: _Agent | None = None
+    max_wait: float | None = None
     max_cost_usd: float | None = None
+    budget_share: float | None = None
     max_disk: int | None = None
     copy_mode: CopyMode | None = None
     sandbox: bool | None = None
@@ -308,6 +321,7 @@ def _parse_overrides(overrides: Overrides) -> _Settings:
             None if overrides.checks is None else list(overrides.checks), "--check", _commands
         ),
         max_cost_usd=_opt(overrides.max_cost_usd, "--max-cost-usd", _positive_number),
+        retries=_opt(overrides.retries, "--retries", _at_least(0)),
         max_disk=_opt(overrides.max_disk, "--max-disk", parse_size),
         sandbox=overrides.sandbox,
         allow_outside_writes=overrides.allow_outside_writes,
@@ -376,7 +390,7 @@ def _build_task(
         files=files,
         timeout=merged.timeout,
         idle_timeout=merged.idle_timeout,
-        retries=merged.retries or 0,
+        retries=DEFAULT_RETRIES if merged.retries is None else merged.retries,
         priority=merged.priority or 0,
         copy=merged.copy or (),
         setup=merged.setup or (),
@@ -385,6 +399,11 @@ def _build_task(
         repair=merged.repair or 0,
         no_placeholders=bool(merged.no_placeholders),
         link=merged.link or (),
+        fallback=_profiles(merged.fallback or (), repo_root=repo_root),
+        budget_agent=_profiles((merged.budget_agent,), repo_root=repo_root)[0]
+        if merged.budget_agent
+        else "",
+        max_wait=DEFAULT_MAX_WAIT if merged.max_wait is None else merged.max_wait,
     )
 
 
@@ -424,6 +443,7 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         port_block=port_block,
         kill_grace=layer.kill_grace or spec.kill_grace,
         max_cost_usd=layer.max_cost_usd,
+        budget_share=layer.budget_share or spec.budget_share,
         rate_limit_backoff=layer.rate_limit_backoff or spec.rate_limit_backoff,
         max_disk=layer.max_disk,
         copy_mode=layer.copy_mode or spec.copy_mode,
@@ -455,7 +475,11 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         repair=get("repair", _at_least(0)),
         no_placeholders=get("no_placeholders", _boolean),
         link=get("link", _link_dirs),
+        fallback=get("fallback", _agent_names),
+        budget_agent=get("budget_agent", _agent_name),
+        max_wait=get("max_wait", parse_duration),
         max_cost_usd=get("max_cost_usd", _positive_number),
+        budget_share=get("budget_share", _share),
         max_disk=get("max_disk", parse_size),
         copy_mode=get("copy_mode", _copy_mode),
         sandbox=get("sandbox", _boolean),
@@ -483,6 +507,37 @@ def _agent(value: object, where: str) -> _Agent:
     raise BadInputError(
         f"{where}: expected a profile name or an argv array, got {_type_name(value)}"
     )
+
+
+def _agent_name(value: object, where: str) -> _Agent:
+    name = _string(value, where)
+    if name not in PROFILES:
+        known = ", ".join(sorted(PROFILES))
+        raise BadInputError(f"{where}: unknown agent {name!r} (known: {known})")
+    return _Agent(spec=name, where=where)
+
+
+def _agent_names(value: object, where: str) -> tuple[_Agent, ...]:
+    if not isinstance(value, list):
+        raise BadInputError(f"{where}: expected a list of agent names, got {_type_name(value)}")
+    return tuple(_agent_name(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _profiles(agents: Sequence[_Agent | None], *, repo_root: Path) -> tuple[str, ...]:
+    """Profile names whose programs exist (checked now, not when a fallback is needed)."""
+    names = []
+    for agent in agents:
+        if agent is not None:
+            resolve_agent(agent.spec, where=agent.where, repo_root=repo_root)
+            names.append(str(agent.spec))
+    return tuple(names)
+
+
+def _share(value: object, where: str) -> float:
+    number = _positive_number(value, where)
+    if number > 1:
+        raise BadInputError(f"{where}: must be a share between 0 and 1, got {number:g}")
+    return number
 
 
 def _string(value: object, where: str) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
 DEFAULT_COMMIT_AUTHOR = "worktree-swarm <swarm@localhost>"
+DEFAULT_RETRIES = 5  # rate-limited attempts resumed per agent before giving up
+DEFAULT_MAX_WAIT = 4 * 3600.0  # seconds
 
 
 def is_valid_task_id(task_id: str) -> bool:
@@ -86,6 +88,9 @@ class Task:
     repair: int = 0
     no_placeholders: bool = False
     link: tuple[str, ...] = ()
+    fallback: tuple[str, ...] = ()  # profile names that carry the task on (run/fallback.py)
+    budget_agent: str = ""  # the profile new attempts use past the budget share
+    max_wait: float = DEFAULT_MAX_WAIT  # longest usage-limit reset a task waits for
 
     @property
     def branch(self) -> str:
@@ -129,6 +134,7 @@ class RunSettings:
     port_block: int = 10
     kill_grace: float = 5.0
     max_cost_usd: float | None = None
+    budget_share: float = 0.8
     rate_limit_backoff: float = 30.0
     max_disk: int | None = None
     copy_mode: CopyMode = CopyMode.AUTO

@@ -332,6 +332,12 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     return DiffStat(files=files, insertions=insertions, deletions=deletions)
 
 
+def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
+    """The paths that differ from *base* to *tip* (new names of renames)."""
+    out = git(repo.root, "diff", "--name-only", "-z", "--end-of-options", base, tip, "--")
+    return [p for p in out.split("\0") if p]
+
+
 def status_porcelain(path: Path) -> str:
     """Return ``git status --porcelain=v1 -z --untracked-files=all`` of *path*, raw."""
     return git(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")

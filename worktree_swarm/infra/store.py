@@ -123,6 +123,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE state IN ('merged', 'conflicted')
         """,
     ),
+    (
+        # Which agent profile ran each attempt (fallback and budget agents), and until when a
+        # rate-limited attempt's task waits (so `swarm resume` keeps the same reset).
+        "ALTER TABLE attempts ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE attempts ADD COLUMN retry_at REAL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -246,6 +252,8 @@ class AttemptRow:
     tokens_in: int | None = None
     tokens_out: int | None = None
     cache_read_tokens: int | None = None
+    agent: str = ""
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -511,12 +519,13 @@ class Store:
         identity: ProcessIdentity,
         log_path: str,
         started_at: float | None = None,
+        agent: str = "",
     ) -> int:
-        """Record a launched agent process and return the attempt id."""
+        """Record a launched agent process (and its profile) and return the attempt id."""
         with self._lock, self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO attempts (run_id, task_id, number, pid, create_time, pgid,"
-                " started_at, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " started_at, log_path, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     task_id,
@@ -526,9 +535,18 @@ class Store:
                     identity.pgid,
                     time.time() if started_at is None else started_at,
                     log_path,
+                    agent,
                 ),
             )
             return _lastrowid(cursor)
+
+    def set_retry_at(self, run_id: str, task_id: str, number: int, retry_at: float) -> None:
+        """Record until when the task of a rate-limited attempt waits before the next one."""
+        with self._lock, self._write() as conn:
+            conn.execute(
+                "UPDATE attempts SET retry_at = ? WHERE run_id = ? AND task_id = ? AND number = ?",
+                (retry_at, run_id, task_id, number),
+            )
 
     def end_attempt(
         self,

@@ -20,6 +20,7 @@ from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
+from worktree_swarm.run.governor import GateView, views_from_events
 
 N = TypeVar("N", int, float)
 
@@ -41,6 +42,7 @@ class AttemptReport:
     tokens_in: int | None
     tokens_out: int | None
     cache_read_tokens: int | None
+    agent: str = ""  # the profile that ran it (fallback and budget agents differ)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +138,7 @@ class RunReport:
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
     guard_errors: tuple[dict[str, object], ...] = ()  # guard scans that failed, oldest first
     max_disk: int | None = None
+    providers: tuple[GateView, ...] = ()  # each provider's gate as last reported
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json`` (field names documented in docs/report.md)."""
@@ -219,6 +222,7 @@ def build_report(
         outside_writes=outside,
         guard_errors=guard_errors,
         max_disk=_max_disk(run),
+        providers=tuple(views_from_events((e.kind, e.data) for e in events)),
     )
 
 
@@ -352,6 +356,7 @@ def _attempt_report(attempt: AttemptRow, *, end: float, redact: Redactor) -> Att
         tokens_in=attempt.tokens_in,
         tokens_out=attempt.tokens_out,
         cache_read_tokens=attempt.cache_read_tokens,
+        agent=attempt.agent,
     )
 
 

@@ -13,6 +13,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
+from worktree_swarm.run.governor import GateView, views_from_events
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +38,7 @@ class TaskStatus:
     worktree_present: bool = False
     disk_apparent: int | None = None
     disk_actual: int | None = None
-    agent: str = ""
+    agent: str = ""  # the profile of the newest attempt (a fallback or budget agent may differ)
     waiting_for: str = ""
     merge_result: str | None = None
     merge_target: str | None = None
@@ -134,7 +135,9 @@ def task_status(
                 worktree_present=present,
                 disk_apparent=None if used is None else used.apparent,
                 disk_actual=None if used is None else used.actual,
-                agent=task_from_json(task.spec_json).agent,
+                agent=attempt.agent
+                if attempt and attempt.agent
+                else task_from_json(task.spec_json).agent,
                 waiting_for=waits.get(task.task_id, ""),
                 merge_result=task.merge_result,
                 merge_target=task.merge_target,
@@ -170,6 +173,11 @@ def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str
         else:
             reasons[task.task_id] = "starting"
     return reasons
+
+
+def provider_gates(store: Store, run_id: str) -> list[GateView]:
+    """Each provider's gate as the run's manager last reported it (concurrency, wait, why)."""
+    return views_from_events((e.kind, e.data) for e in store.events(run_id) if e.kind == "gate")
 
 
 def _alive(attempt: AttemptRow) -> bool:

@@ -1,106 +1,378 @@
-"""The agent gate: how many agents may run now, given jobs, rate limits and the budget.
+"""The agent gates: how many agents of each provider may start now, given limits and the budget.
 
-When an agent is rate limited no new agent starts until the reset (or a backoff) has passed,
-and the live limit halves; every success raises it one step, back up to ``jobs``. Running
-agents are never killed. Once the run's cost reaches the budget, no new attempt starts.
+One gate per provider (anthropic, openai, google, other): a limit one provider reports never
+slows another. Two kinds of limit are told apart:
+
+- A *throttle* (HTTP 429, 529 overloaded, a short stated retry-after): the provider's
+  concurrency adapts by AIMD. Every reported success adds ``1/limit`` (one agent per window of
+  successes); a throttle halves the limit when throttles are at least :data:`CUT_SHARE` of the
+  recent outcomes (decayed with the cooldown as half-life, plus ``jobs`` assumed successes so
+  that a few throttles among few outcomes are not taken for overload; a whole attempt of an
+  agent that does not report requests weighs ``jobs``), at most once per cooldown (the
+  throttles of requests already in flight belong to the same congestion event). A scattering
+  of 429s that the agents retry through is not overload: cutting would only slow the run.
+  After a throttle and while below ``jobs``, launches are paced (one per ``pace`` seconds),
+  never frozen; only at the floor of one agent do further cuts space launches with
+  exponential backoff.
+- A *usage window* (a reset stated further than :data:`WINDOW_MIN_SECONDS` away: "usage limit
+  reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset.
+
+Running agents are never killed. Once the run's cost reaches the budget no new attempt starts;
+past ``budget_share`` of it, :attr:`Gates.economy` tells callers to use the cheaper agent.
 """
 
 from __future__ import annotations
 
+import enum
+import math
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 
-from worktree_swarm.agents import backoff_delay
+from worktree_swarm.agents import Provider, backoff_delay
+
+__all__ = ["GateView", "Gates", "Limit", "Provider", "Signal", "limit_kind", "views_from_events"]
 
 BACKOFF_BASE = 30.0
+DECREASE = 0.5  # multiplicative decrease on a throttle
+CUT_SHARE = 0.4  # the share of recent outcomes that must be throttles for a cut
+# A stated reset further away than this is a usage window (hours), not a short throttle.
+WINDOW_MIN_SECONDS = 300.0
 
 
-class AgentGate:
-    """A semaphore of ``jobs`` slots whose size shrinks on rate limits and grows on success."""
+class Signal(enum.StrEnum):
+    """What an agent reported about its provider."""
+
+    OK = "ok"  # a request (or a whole attempt) went through
+    THROTTLE = "throttle"  # 429 / 529: slow down
+    WINDOW = "window"  # usage limit: nothing until the stated reset
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """One report: a success, a throttle (maybe with retry-after) or a usage window."""
+
+    signal: Signal
+    retry_at: float | None = None
+    detail: str = ""
+
+
+def limit_kind(*, retry_at: float | None, now: float) -> Signal:
+    """A rate limit's kind from its stated reset: far away is a usage window."""
+    if retry_at is not None and retry_at - now >= WINDOW_MIN_SECONDS:
+        return Signal.WINDOW
+    return Signal.THROTTLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateView:
+    """A provider's gate as `swarm status`, the report and the live view show it.
+
+    No running count: it changes with every launch, too often for an event; `swarm status`
+    shows each task's agent and whether it is alive instead.
+    """
+
+    provider: str
+    limit: int  # agents this provider may run at once now
+    jobs: int
+    waiting_until: float | None
+    why: str
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for events and JSON output."""
+        return asdict(self)
+
+    def describe(self, *, now: float) -> str:
+        """One line: concurrency, the wait and why."""
+        text = f"{self.provider}: {self.limit}/{self.jobs} agents"
+        if self.waiting_until is not None and self.waiting_until > now:
+            when = time.strftime("%H:%M:%S", time.localtime(self.waiting_until))
+            text += f", launches wait until {when}"
+        return text + (f" ({self.why})" if self.why else "")
+
+
+def views_from_events(events: Iterable[tuple[str, Mapping[str, object]]]) -> list[GateView]:
+    """The last view of each provider among a run's ``(kind, data)`` events, by provider."""
+    last: dict[str, GateView] = {}
+    for kind, data in events:
+        if kind != "gate" or not isinstance(data.get("provider"), str):
+            continue
+        until = data.get("waiting_until")
+        last[str(data["provider"])] = GateView(
+            provider=str(data["provider"]),
+            limit=_int(data.get("limit")),
+            jobs=_int(data.get("jobs")),
+            waiting_until=float(until) if isinstance(until, int | float) else None,
+            why=str(data.get("why") or ""),
+        )
+    return [last[p] for p in sorted(last)]
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+@dataclass(slots=True)
+class _Gate:
+    limit: float
+    running: int = 0
+    window_until: float = 0.0
+    next_launch: float = 0.0
+    last_cut: float = -math.inf
+    floor_streak: int = 0
+    why: str = ""
+    ok_recent: float = 0.0  # successes and throttles, decayed: half-life one cooldown
+    throttled_recent: float = 0.0
+    seen_at: float = 0.0
+
+
+class Gates:
+    """Per-provider semaphores of at most ``jobs`` agents, all of them bounded by ``jobs`` too."""
 
     def __init__(
         self,
         jobs: int,
         *,
         max_cost_usd: float | None = None,
+        budget_share: float = 0.8,
         clock: Callable[[], float] = time.time,
         backoff_base: float = BACKOFF_BASE,
+        rng: random.Random | None = None,
+        on_change: Callable[[GateView], None] | None = None,
     ) -> None:
         self.jobs = jobs
-        self.limit = jobs
         self.running = 0
-        self.paused_until = 0.0
         self.spent_usd = 0.0
         self.max_cost_usd = max_cost_usd
+        self.budget_share = budget_share
         self.backoff_base = backoff_base
+        # Launch spacing while recovering; the cooldown between two cuts lets the requests in
+        # flight at the first throttle report back before the limit is cut again.
+        self.pace = backoff_base / jobs
+        self.cooldown = backoff_base
         self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._on_change = on_change
+        self._gates: dict[str, _Gate] = {}
+        self._shown: dict[str, tuple[int, str, bool]] = {}
         self._cond = threading.Condition()
+
+    # -- budget ------------------------------------------------------------------------------
 
     @property
     def over_budget(self) -> bool:
         """Whether the run has spent its budget."""
         return self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd
 
-    def acquire(self, stop: threading.Event) -> str:
-        """Wait for a slot; '' when granted, else why not ('stopped' or 'budget')."""
+    @property
+    def economy(self) -> bool:
+        """Whether spending passed ``budget_share`` of the budget (new attempts go cheap)."""
+        return (
+            self.max_cost_usd is not None
+            and self.spent_usd >= self.budget_share * self.max_cost_usd
+        )
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        provider: str,
+        stop: threading.Event,
+        *,
+        not_before: float = 0.0,
+        leave_on_window: bool = False,
+    ) -> str:
+        """Wait for a slot of *provider* and not before *not_before*.
+
+        Returns '' when granted, else why not: 'stopped', 'budget', or 'window' when
+        *leave_on_window* and the provider is in a usage window (another agent can go on).
+        """
         with self._cond:
             while True:
-                if stop.is_set():
-                    return "stopped"
-                if self.over_budget:
-                    return "budget"
-                wait = self.paused_until - self._clock()
-                if wait <= 0 and self.running < self.limit:
-                    self.running += 1
+                refused = self._refused(provider, stop, leave_on_window=leave_on_window)
+                if refused:
+                    return refused
+                wait = self._wait(provider, not_before)
+                if wait <= 0:
+                    self._grant(provider)
                     return ""
-                self._cond.wait(timeout=min(max(wait, 0.05), 0.2))
+                self._cond.wait(timeout=min(max(wait, 0.01), 0.2))
 
-    @property
-    def paused(self) -> bool:
-        """Whether new agents are held back (after a rate limit)."""
-        return self.paused_until > self._clock()
-
-    def try_acquire(self, stop: threading.Event) -> str | None:
+    def try_acquire(
+        self,
+        provider: str,
+        stop: threading.Event,
+        *,
+        not_before: float = 0.0,
+        leave_on_window: bool = False,
+    ) -> str | None:
         """Like :meth:`acquire` without waiting: None when it would have to wait."""
         with self._cond:
-            if stop.is_set():
-                return "stopped"
-            if self.over_budget:
-                return "budget"
-            if self.paused_until <= self._clock() and self.running < self.limit:
-                self.running += 1
+            refused = self._refused(provider, stop, leave_on_window=leave_on_window)
+            if refused:
+                return refused
+            if self._wait(provider, not_before) <= 0:
+                self._grant(provider)
                 return ""
             return None
 
-    def adopt(self) -> None:
+    def waiting_until(self, provider: str, *, not_before: float = 0.0) -> float | None:
+        """When *provider* may start again, if a limit holds it (None: only slots are short)."""
+        with self._cond:
+            gate = self._gate(provider)
+            until = max(not_before, gate.window_until, gate.next_launch)
+            return until if until > self._clock() else None
+
+    def window_until(self, provider: str) -> float | None:
+        """The reset of *provider*'s usage window, if it is in one."""
+        with self._cond:
+            until = self._gate(provider).window_until
+            return until if until > self._clock() else None
+
+    def adopt(self, provider: str) -> None:
         """Count an agent a previous manager started (it already runs: no waiting)."""
         with self._cond:
+            self._gate(provider).running += 1
             self.running += 1
+        self._changed(provider)
 
-    def release(self, *, cost_usd: float | None = None) -> None:
+    def release(self, provider: str, *, cost_usd: float | None = None) -> None:
         """Give a slot back, adding what the attempt cost."""
         with self._cond:
+            self._gate(provider).running -= 1
             self.running -= 1
             self.spent_usd += cost_usd or 0.0
             self._cond.notify_all()
+        self._changed(provider)
 
-    def rate_limited(self, *, retry_at: float | None, streak: int) -> float:
-        """Pause new agents and halve the limit; returns when agents may start again."""
+    # -- reports -----------------------------------------------------------------------------
+
+    def report(self, provider: str, limit: Limit, *, whole_attempt: bool = False) -> float:
+        """Apply one report of *provider*; returns when its launches may start again.
+
+        A *whole_attempt* (an agent that does not report its requests) weighs as much as a
+        window of ``jobs`` requests: its success is one full step, its throttle counts ``jobs``.
+        """
         with self._cond:
             now = self._clock()
-            until = (
-                retry_at
-                if retry_at and retry_at > now
-                else now + backoff_delay(streak, base=self.backoff_base)
-            )
-            self.paused_until = max(self.paused_until, until)
-            self.limit = max(1, self.limit // 2)
+            gate = self._gate(provider)
+            if limit.signal is Signal.OK:
+                self._tally(gate, now, throttled=False, weight=self._weight(whole_attempt))
+                gate.floor_streak = 0
+                step = 1.0 if whole_attempt else 1.0 / gate.limit
+                gate.limit = min(float(self.jobs), gate.limit + step)
+                if gate.limit >= self.jobs and gate.window_until <= now:
+                    gate.why = ""
+            elif limit.signal is Signal.WINDOW and limit.retry_at is not None:
+                gate.window_until = max(gate.window_until, limit.retry_at)
+                gate.why = limit.detail or "usage limit"
+            else:
+                self._throttle(gate, limit, now, weight=self._weight(whole_attempt))
             self._cond.notify_all()
-            return self.paused_until
+            until = max(gate.window_until, gate.next_launch, now)
+        self._changed(provider)
+        return until
 
-    def succeeded(self) -> None:
-        """Raise the live limit one step (after a rate limit lowered it)."""
+    def views(self) -> list[GateView]:
+        """Every provider seen so far."""
         with self._cond:
-            self.limit = min(self.jobs, self.limit + 1)
-            self._cond.notify_all()
+            return [self._view(p) for p in sorted(self._gates)]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _weight(self, whole_attempt: bool) -> float:
+        return float(self.jobs) if whole_attempt else 1.0
+
+    def _tally(self, gate: _Gate, now: float, *, throttled: bool, weight: float) -> None:
+        decay = 0.5 ** (max(0.0, now - gate.seen_at) / self.cooldown)
+        gate.ok_recent *= decay
+        gate.throttled_recent *= decay
+        gate.seen_at = now
+        if throttled:
+            gate.throttled_recent += weight
+        else:
+            gate.ok_recent += weight
+
+    def _throttle(self, gate: _Gate, limit: Limit, now: float, *, weight: float) -> None:
+        self._tally(gate, now, throttled=True, weight=weight)
+        # ``jobs`` successes are assumed on top of those seen: a few throttles among few
+        # outcomes are noise, not evidence of overload.
+        thrown = gate.throttled_recent
+        share = thrown / (thrown + gate.ok_recent + self.jobs)
+        if share >= CUT_SHARE and now - gate.last_cut >= self.cooldown:
+            gate.last_cut = now
+            if gate.limit <= 1.0:
+                gate.floor_streak += 1
+            gate.limit = max(1.0, gate.limit * DECREASE)
+            gate.why = f"throttled: {limit.detail}" if limit.detail else "throttled"
+        if gate.floor_streak:
+            pause = backoff_delay(gate.floor_streak, base=self.backoff_base, rng=self._rng)
+        elif gate.limit < self.jobs:  # recovering from a cut: pace; noise alone holds nothing
+            pause = self.pace
+        else:
+            pause = 0.0
+        gate.next_launch = max(gate.next_launch, now + pause)
+        if limit.retry_at is not None and limit.retry_at > now:  # what the server asked for
+            gate.next_launch = max(gate.next_launch, limit.retry_at)
+
+    def _refused(self, provider: str, stop: threading.Event, *, leave_on_window: bool) -> str:
+        if stop.is_set():
+            return "stopped"
+        if self.over_budget:
+            return "budget"
+        if leave_on_window and self._gate(provider).window_until > self._clock():
+            return "window"
+        return ""
+
+    def _wait(self, provider: str, not_before: float) -> float:
+        gate = self._gate(provider)
+        held = max(not_before, gate.window_until, gate.next_launch) - self._clock()
+        if held > 0:
+            return held
+        if gate.running >= int(gate.limit) or self.running >= self.jobs:
+            return math.inf  # until a release
+        return 0.0
+
+    def _grant(self, provider: str) -> None:
+        gate = self._gate(provider)
+        gate.running += 1
+        self.running += 1
+        if gate.limit < self.jobs:  # recovering from a throttle: pace the launches
+            gate.next_launch = max(gate.next_launch, self._clock() + self.pace)
+        # Reported outside the lock by the caller's next release or report; a grant alone
+        # changes only the running count.
+
+    def _gate(self, provider: str) -> _Gate:
+        gate = self._gates.get(provider)
+        if gate is None:
+            gate = self._gates[provider] = _Gate(limit=float(self.jobs))
+        return gate
+
+    def _view(self, provider: str) -> GateView:
+        gate = self._gates[provider]
+        until = max(gate.window_until, gate.next_launch)
+        if until <= self._clock() + self.pace:  # ordinary pacing is not a wait worth showing
+            until = 0.0
+        return GateView(
+            provider=provider,
+            limit=int(gate.limit),
+            jobs=self.jobs,
+            waiting_until=until if until > self._clock() else None,
+            why=gate.why,
+        )
+
+    def _changed(self, provider: str) -> None:
+        """Tell the observer when what a user would see changed (not the running count)."""
+        if self._on_change is None:
+            return
+        with self._cond:
+            view = self._view(provider)
+            # Pacing moves the next launch with every grant; only a usage window is news.
+            window = self._gates[provider].window_until > self._clock()
+            key = (view.limit, view.why, window)
+            if self._shown.get(provider) == key:
+                return
+            self._shown[provider] = key
+        self._on_change(view)

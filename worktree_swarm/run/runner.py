@@ -28,7 +28,7 @@ from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import AgentGate
+from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.task_worker import Live, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Callable[[str, str | None, Mapping[str, object]], None]
@@ -68,8 +68,12 @@ class Runner:
         self._adopt: dict[str, Live] = {}
         self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
-        self.gate = AgentGate(
-            spec.jobs, max_cost_usd=spec.max_cost_usd, backoff_base=spec.rate_limit_backoff
+        self.gate = Gates(
+            spec.jobs,
+            max_cost_usd=spec.max_cost_usd,
+            budget_share=spec.budget_share,
+            backoff_base=spec.rate_limit_backoff,
+            on_change=self._gate_changed,
         )
         self.guard = Guard(
             repo,
@@ -317,6 +321,10 @@ class Runner:
         if fields.get("reason"):
             data["reason"] = fields["reason"]
         self._emit("state", task_id, data)
+
+    def _gate_changed(self, view: GateView) -> None:
+        # A provider's concurrency, wait or reason changed: `status` and the report read these.
+        self._emit("gate", None, view.to_json())
 
     def _emit(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)

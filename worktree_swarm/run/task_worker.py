@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Unpack
 
-from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for
+from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import paths
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.git import repo as git
@@ -27,9 +27,11 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.report import notes
+from worktree_swarm.run import fallback
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import AgentGate
+from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
+from worktree_swarm.run.live_limits import LogTail
 
 # Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
@@ -63,6 +65,35 @@ class Live:
     resume_from: AttemptRow | None = None
 
 
+@dataclass(slots=True, kw_only=True)
+class _Course:
+    """Where a task's attempts stand: the agent on it, its session, retries and next prompt."""
+
+    agent: str
+    session: str | None
+    retries_left: int
+    prompt: str | None
+    not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
+
+    @classmethod
+    def resumed(cls, task: Task, previous: list[AttemptRow]) -> _Course:
+        """The course of a task with *previous* attempts (none: a fresh start)."""
+        agent = fallback.current_agent(task, previous)
+        mine = [a for a in previous if a.agent in {"", agent}]
+        return cls(
+            agent=agent,
+            session=next((a.session_id for a in reversed(mine) if a.session_id), None),
+            retries_left=task.retries
+            - sum(a.outcome == TaskState.RATE_LIMITED.value for a in mine),
+            prompt=RESUME_PROMPT if previous else None,
+        )
+
+    def take_over(self, agent: str, task: Task) -> None:
+        """Another agent goes on: no session of its own yet, a full set of retries."""
+        self.agent, self.session = agent, None
+        self.retries_left, self.not_before = task.retries, 0.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Ended:
     """How one attempt ended: the adapter's reading, or the state that cut it short."""
@@ -83,7 +114,7 @@ class TaskWorker:
         store: Store,
         run_id: str,
         base_commit: str,
-        gate: AgentGate,
+        gate: Gates,
         guard: Guard,
         emit: Emit,
         logs_root: Path,
@@ -148,44 +179,27 @@ class TaskWorker:
         task = live.task
         previous = self.store.attempts(self.run_id, task.id)
         number = len(previous)
-        session = next((a.session_id for a in reversed(previous) if a.session_id), None)
-        retries_left = task.retries - sum(
-            a.outcome == AttemptOutcome.RATE_LIMITED for a in previous
-        )
+        course = _Course.resumed(task, previous)
         repairs_left = task.repair
-        streak = 0
-        prompt: str | None = RESUME_PROMPT if previous else None
         while True:
-            if live.resume_from is not None:
-                number = live.resume_from.number
-                ended = self._resume_attempt(live, live.resume_from)
-                live.resume_from = None
-            else:
-                number += 1
-                ended = self._attempt(live, path, env, number, session, prompt)
-            session = ended.result.session_id or session
+            replayed = live.resume_from is not None and live.resume_from.ended_at is not None
+            step = self._next(live, course, path, base, env, number)
+            if step is None:  # its provider went into a usage window while it waited
+                continue
+            number, ended = step
+            course.session = ended.result.session_id or course.session
             stat, cut = self._after_attempt(task, path, base, number, ended)
             if cut is not None:
                 return cut
             result = ended.result
             if result.outcome is AgentOutcome.RATE_LIMITED:
-                streak += 1
-                if retries_left <= 0:
-                    return TaskOutcome(
-                        state=TaskState.FAILED,
-                        reason=f"rate limited and out of retries ({result.reason}); "
-                        f"work kept on {task.branch}",
-                    )
-                retries_left -= 1
-                until = self.gate.rate_limited(retry_at=result.retry_at, streak=streak)
-                when = time.strftime("%H:%M:%S", time.localtime(until))
-                self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
-                prompt = RESUME_PROMPT
+                out = self._rate_limited(task, path, base, number, course, result, replayed)
+                if out is not None:
+                    return out
                 continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            streak = 0
-            self.gate.succeeded()
+            course.not_before = 0.0
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(task, path, base, env)
@@ -194,7 +208,101 @@ class TaskWorker:
             if repairs_left <= 0:
                 return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
             repairs_left -= 1
-            prompt = repair_prompt(failure)
+            course.prompt = repair_prompt(failure)
+
+    def _next(
+        self, live: Live, course: _Course, path: Path, base: str, env: dict[str, str], number: int
+    ) -> tuple[int, _Ended] | None:
+        """The next attempt (a previous manager's, adopted, or a new one) and its number."""
+        if live.resume_from is not None:
+            resumed, live.resume_from = live.resume_from, None
+            return resumed.number, self._resume_attempt(live, resumed, course.agent)
+        self._maybe_switch(live.task, path, base, course, started=number > 0)
+        ended = self._attempt(live, course, path, env, number + 1)
+        return None if ended is None else (number + 1, ended)
+
+    def _rate_limited(
+        self,
+        task: Task,
+        path: Path,
+        base: str,
+        number: int,
+        course: _Course,
+        result: AgentResult,
+        replayed: bool,
+    ) -> TaskOutcome | None:
+        """Decide what follows a rate-limited attempt: another agent, a wait, or the end."""
+        now = time.time()
+        window = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
+        spent = course.retries_left <= 0 and not replayed
+        nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
+        if nxt is not None:
+            why = "usage limit" if window else "out of rate-limit retries"
+            course.prompt = self._handover(task, path, base, course.agent, why)
+            self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
+            course.take_over(nxt, task)
+            return None
+        if window and result.retry_at is not None:
+            if result.retry_at - now > task.max_wait:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.retry_at))
+                return TaskOutcome(
+                    state=TaskState.FAILED,
+                    reason=f"usage limit of {provider_of(course.agent)} resets at {when}, "
+                    f"past max_wait ({task.max_wait:g}s); work kept on {task.branch}",
+                )
+            course.not_before = result.retry_at
+        elif spent:
+            return TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"rate limited and out of retries ({result.reason}); "
+                f"work kept on {task.branch}",
+            )
+        else:
+            course.retries_left -= 0 if replayed else 1
+            course.not_before = result.retry_at or 0.0
+        until = max(course.not_before, self.gate.waiting_until(provider_of(course.agent)) or now)
+        course.not_before = until
+        self.store.set_retry_at(self.run_id, task.id, number, until)
+        when = time.strftime("%H:%M:%S", time.localtime(until))
+        self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+        course.prompt = RESUME_PROMPT
+        return None
+
+    def _maybe_switch(
+        self, task: Task, path: Path, base: str, course: _Course, *, started: bool
+    ) -> None:
+        """Before an attempt: hand over to the budget agent, or past a usage window."""
+        switch = self._switch(task, course.agent)
+        if switch is None:
+            return
+        nxt, why = switch
+        course.prompt = self._handover(task, path, base, course.agent, why) if started else None
+        self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
+        course.take_over(nxt, task)
+
+    def _switch(self, task: Task, agent: str) -> tuple[str, str] | None:
+        """Before an attempt: the agent to switch to and why (budget share, usage window)."""
+        cheap = fallback.economy_agent(task, agent, self.gate)
+        if cheap is not None:
+            return cheap, f"the run passed {self.spec.budget_share:.0%} of its budget"
+        if self.gate.window_until(provider_of(agent)) is not None:
+            nxt = fallback.next_agent(task, agent, self.gate)
+            if nxt is not None:
+                return nxt, f"{provider_of(agent)} is in a usage window"
+        return None
+
+    def _handover(self, task: Task, path: Path, base: str, previous: str, why: str) -> str:
+        """The prompt of the agent that takes over from *previous*."""
+        prompt = fallback.handover_prompt(
+            task=task,
+            repo=self.repo,
+            base=base,
+            tip=git.rev_parse_in(path, "HEAD") or base,
+            previous_agent=previous,
+            why=why,
+            findings=self._findings,
+        )
+        return prompt + notes.findings_instructions(str(self._findings))
 
     def _after_attempt(
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
@@ -241,15 +349,15 @@ class TaskWorker:
             )
 
     def _attempt(
-        self,
-        live: Live,
-        path: Path,
-        env: dict[str, str],
-        number: int,
-        session: str | None,
-        prompt: str | None,
-    ) -> _Ended:
-        task = live.task
+        self, live: Live, course: _Course, path: Path, env: dict[str, str], number: int
+    ) -> _Ended | None:
+        """Run one attempt with the course's agent.
+
+        None when it never started: its provider went into a usage window while it waited
+        and another agent can take over.
+        """
+        task = fallback.task_for(live.task, course.agent)
+        session, prompt, not_before = course.session, course.prompt, course.not_before
         adapter = adapter_for(task.agent)
         logs = self._logs(task)
         logs.mkdir(parents=True, exist_ok=True)
@@ -272,12 +380,10 @@ class TaskWorker:
             task.agent_argv, values=values, session_id=session, resume_prompt=prompt
         )
         agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
-        refused = self.gate.try_acquire(live.stop)
-        if refused is None and self.gate.paused:  # a long wait: its worktree is watched
-            with self.guard.idle(task.id, path):
-                refused = self.gate.acquire(live.stop)
-        elif refused is None:
-            refused = self.gate.acquire(live.stop)
+        provider = provider_of(task.agent)
+        refused = self._acquire(live, task, path, provider, not_before)
+        if refused == "window":
+            return None
         if refused:
             spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
             why = f"budget reached ({spent})" if refused == "budget" else "stopped"
@@ -303,9 +409,14 @@ class TaskWorker:
                 identity=agent.identity,
                 log_path=str(log_path),
                 started_at=agent.started_at,
+                agent=task.agent,
             )
             self.store.update_task(self.run_id, task.id, attempts=number)
-            self._emit("agent_started", task.id, {"pid": agent.identity.pid, "attempt": number})
+            self._emit(
+                "agent_started",
+                task.id,
+                {"pid": agent.identity.pid, "attempt": number, "agent": task.agent},
+            )
             try:
                 ended = self._watch(task, live, agent, agent.started_at)
             finally:
@@ -316,12 +427,31 @@ class TaskWorker:
                 # than `jobs` ever show `running` at once.
                 self._checking(task)
         finally:
-            self.gate.release(cost_usd=cost)
+            self.gate.release(provider, cost_usd=cost)
             if box is not None:
                 sandbox.release(box)
         return ended
 
-    def _resume_attempt(self, live: Live, attempt: AttemptRow) -> _Ended:
+    def _acquire(
+        self, live: Live, task: Task, path: Path, provider: str, not_before: float
+    ) -> str | None:
+        """A slot of *provider*'s gate for *task*; why not ("window", "budget", ...) or None."""
+        leave = fallback.next_agent(live.task, task.agent, self.gate) is not None
+        refused = self.gate.try_acquire(
+            provider, live.stop, not_before=not_before, leave_on_window=leave
+        )
+        if refused is None and self.gate.waiting_until(provider, not_before=not_before):
+            with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
+                return self.gate.acquire(
+                    provider, live.stop, not_before=not_before, leave_on_window=leave
+                )
+        if refused is None:
+            return self.gate.acquire(
+                provider, live.stop, not_before=not_before, leave_on_window=leave
+            )
+        return refused
+
+    def _resume_attempt(self, live: Live, attempt: AttemptRow, profile: str) -> _Ended:
         """Pick up the last attempt of a previous manager.
 
         An attempt still open is adopted: watched until its process (if still alive) ends,
@@ -333,8 +463,13 @@ class TaskWorker:
                 AttemptOutcome.SUCCEEDED: AgentOutcome.SUCCESS,
             }.get(AttemptOutcome(attempt.outcome or "failed"), AgentOutcome.FAILED)
             result = AgentResult(
-                outcome=outcome, reason=attempt.reason, session_id=attempt.session_id
+                outcome=outcome,
+                reason=attempt.reason,
+                session_id=attempt.session_id,
+                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
+            if outcome is AgentOutcome.RATE_LIMITED:  # a fresh gate learns the limit again
+                self._report_end(provider_of(profile), result, live=None)
             return _Ended(result=result)
         identity = ProcessIdentity(
             pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
@@ -342,17 +477,18 @@ class TaskWorker:
         log_path = Path(attempt.log_path)
         agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
         self._state(live.task.id, TaskState.RUNNING)
-        self.gate.adopt()
+        task = fallback.task_for(live.task, profile)
+        self.gate.adopt(provider_of(profile))
         self.guard.agent_started(live.task.id, identity)
         cost: float | None = None
         try:
             try:
-                ended = self._watch(live.task, live, agent, attempt.started_at)
+                ended = self._watch(task, live, agent, attempt.started_at)
             finally:
                 self.guard.agent_ended(live.task.id)
             cost = self._record(attempt.id, live.task.id, ended, None)
         finally:
-            self.gate.release(cost_usd=cost)
+            self.gate.release(provider_of(profile), cost_usd=cost)
             if self.spec.sandbox:
                 path = worktree_path(self.spec, live.task)
                 sandbox.release(self._confinement(path, self._logs(live.task)))
@@ -401,13 +537,19 @@ class TaskWorker:
         # its log: it is stopped there, so that the gate decides when to go on.
         retrying = getattr(adapter, "retrying_rate_limit", None)
         seen = -1
+        provider = provider_of(task.agent)
+        tail = LogTail(path=agent.log_path, profile=task.agent)
         while True:
             ended, code = exit_status(agent, timeout=POLL_SECONDS)
+            # What the agent reported meanwhile reaches the gate now, and at the end before
+            # its slot is released: a freed slot is never refilled ahead of its rate limit.
+            for limit in tail.poll(now=time.time()):
+                self.gate.report(provider, limit)
             if ended:
                 text = _read_log(agent.log_path)
-                return _Ended(
-                    result=adapter.interpret(exit_code=code, log_text=text, now=time.time())
-                )
+                result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
+                self._report_end(provider, result, live=tail)
+                return _Ended(result=result)
             if (
                 retrying is not None
                 and seen != (seen := _log_size(agent.log_path))
@@ -415,9 +557,9 @@ class TaskWorker:
             ):
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
-                return _Ended(
-                    result=adapter.interpret(exit_code=None, log_text=text, now=time.time())
-                )
+                result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
+                self._report_end(provider, result, live=tail)
+                return _Ended(result=result)
             cut: tuple[TaskState, str] | None = None
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
@@ -430,6 +572,16 @@ class TaskWorker:
                 text = _read_log(agent.log_path)
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
+
+    def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
+        """Tell the gate how a whole attempt went, unless its stream already did."""
+        if result.outcome is AgentOutcome.RATE_LIMITED and not (live and live.limited):
+            kind = limit_kind(retry_at=result.retry_at, now=time.time())
+            detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+            limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
+            self.gate.report(provider, limit, whole_attempt=True)
+        elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
+            self.gate.report(provider, Limit(signal=Signal.OK), whole_attempt=True)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -126,6 +126,10 @@ def _page_data(report: RunReport) -> dict[str, object]:
         ("Tasks", f"{s.done}/{s.tasks} done", ", ".join(f"{n} {k}" for k, n in s.states.items())),
         ("Disk", format_size(s.disk_actual), disk_text(report)),
     ]
+    cards += [  # each provider's gate as last reported: concurrency, wait and why
+        (f"Gate {v.provider}", f"{v.limit}/{v.jobs}", v.describe(now=report.end))
+        for v in report.providers
+    ]
     tasks = [
         {
             "id": t.task_id,
@@ -146,6 +150,7 @@ def _page_data(report: RunReport) -> dict[str, object]:
                     a.number,
                     a.exit_code,
                     a.reason,
+                    a.agent,
                 ]
                 for a in t.attempts
             ],

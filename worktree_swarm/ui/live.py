@@ -18,6 +18,7 @@ from rich.table import Table
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
+from worktree_swarm.run.governor import GateView, views_from_events
 from worktree_swarm.ui.tables import Column, table
 
 _COLUMNS = (
@@ -47,6 +48,8 @@ class PlainObserver:
             said = str(data.get("reason") or "")
             reason = f" - {said}" if said and said != data["state"] else ""
             line = f"{task_id}: {data['state']}{reason}"
+        elif kind == "gate" and data.get("waiting_until"):
+            line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
         elif kind == "guard_error":  # while a scan fails, that part is not watched
@@ -66,6 +69,8 @@ class LiveTable:
         self._store = store
         self._console = console or Console()
         self._run_id: str | None = None
+        self._gates: dict[str, GateView] = {}
+        self._seen = 0  # the last event read for the gates' lines
         self._live = Live(console=self._console, refresh_per_second=4, get_renderable=self._table)
 
     def __call__(self, kind: str, _task_id: str | None, data: Mapping[str, object]) -> None:
@@ -77,6 +82,11 @@ class LiveTable:
         title = f"swarm run {self._run_id or ''}"
         if self._run_id is None:
             return table(_COLUMNS, [], title=title)
+        events = self._store.events(self._run_id, after=self._seen)
+        if events:
+            self._seen = events[-1].id
+            for view in views_from_events((e.kind, e.data) for e in events):
+                self._gates[view.provider] = view
         logs = {a.task_id: a.log_path for a in self._store.attempts(self._run_id)}
         rows = []
         for row in task_status(self._store, self._run_id):
@@ -88,7 +98,11 @@ class LiveTable:
             else:
                 detail = row.after
             rows.append([row.task_id, row.state, elapsed, detail[:_DETAIL_CHARS]])
-        return table(_COLUMNS, rows, title=title)
+        drawn = table(_COLUMNS, rows, title=title)
+        now = time.time()
+        # Each provider's gate under the table: its concurrency, any wait and why.
+        drawn.caption = "\n".join(v.describe(now=now) for v in self._gates.values()) or None
+        return drawn
 
     def __enter__(self) -> Self:
         self._live.__enter__()

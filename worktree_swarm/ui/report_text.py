@@ -17,6 +17,7 @@ _COLUMNS = (
     Column(header="disk", align="right"),
     Column(header="diff"),
     Column(header="merge/PR"),
+    Column(header="agents"),
 )
 
 
@@ -45,6 +46,7 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
                 format_size(t.disk_actual),
                 diff,
                 merge,
+                ">".join(dict.fromkeys(a.agent for a in t.attempts if a.agent)),
             ]
         )
     s = report.totals
@@ -67,6 +69,7 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
         f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
         f"overhead   {overhead_text(s)}",
         f"disk       {disk_text(report)}",
+        *(f"provider   {v.describe(now=report.end)}" for v in report.providers),
         *outside_writes_text(report),
         *guard_errors_text(report),
     ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from worktree_swarm.core.units import format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.run.governor import GateView
 from worktree_swarm.ui.tables import Column, render, table
 
 _REASON_CHARS = 80
@@ -41,6 +45,7 @@ def run_summary(run_id: str, rows: list[TaskStatus], *, styled: bool | None = No
 _STATUS_COLUMNS = (
     Column(header="task"),
     Column(header="state", states=True),
+    Column(header="agent"),
     Column(header="att", align="right"),
     Column(header="pid", align="right"),
     Column(header="alive"),
@@ -58,6 +63,7 @@ def status_text(
     rows: list[TaskStatus],
     totals: dict[str, float | int],
     *,
+    gates: Sequence[GateView] = (),
     styled: bool | None = None,
 ) -> str:
     """`swarm status`: the run, one row per task, then attempts, money, tokens and disk."""
@@ -65,6 +71,7 @@ def status_text(
         [
             r.task_id,
             r.state,
+            r.agent,
             str(r.attempt),
             str(r.pid or "-"),
             "yes" if r.alive else "no",
@@ -90,8 +97,15 @@ def status_text(
         f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
         + (f", {removed} removed" if removed else "")
     )
+    now = time.time()
+    gate_lines = [gate.describe(now=now) for gate in gates]
     return render(
-        f"run {run_id}", table(_STATUS_COLUMNS, cells), money_line, disk_line, styled=styled
+        f"run {run_id}",
+        table(_STATUS_COLUMNS, cells),
+        money_line,
+        *gate_lines,
+        disk_line,
+        styled=styled,
     )
 
 

@@ -88,9 +88,9 @@ function renderTimeline() {
       `transform="translate(0 ${y})"><rect class="lane-bg" width="${width}" height="${LANE}"/>` +
       `<text class="lbl" x="6" y="${LANE - 5}">${short}` +
       `<title>${id}: ${esc(t.state)}</title></text>`);
-    for (const [s, e, outcome, n, code, why] of t.att) {
+    for (const [s, e, outcome, n, code, why, agent] of t.att) {
       const x0 = x(s), w = Math.max(1.5, x(e) - x0);
-      const tip = `${t.id} attempt ${n}: ${outcome}, ${dur(e - s)}` +
+      const tip = `${t.id} attempt ${n}${agent ? ` (${agent})` : ""}: ${outcome}, ${dur(e - s)}` +
         (code == null ? "" : ` (exit ${code})`) + (why ? `\n${first(why)}` : "");
       out.push(`<rect class="bar o-${cls(outcome)}" x="${x0.toFixed(1)}" y="${(LANE - BAR) / 2}" ` +
         `width="${w.toFixed(1)}" height="${BAR}" rx="2"><title>${esc(tip)}</title></rect>`);

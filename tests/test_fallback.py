@@ -1,0 +1,284 @@
+"""Fallback and budget agents end to end: fake `claude`, `codex` and `gemini` programs on PATH
+print each CLI's real limit messages; the task carries on with the next agent in its worktree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_run import branch_file, manifest, status_json, swarm, swarm_bg, wait_for
+
+# One program installed under three names; what it does comes from $FAKE_DIR/<name>-<task>.plan
+# (one step per call, then "finish"). The limit messages are the CLIs' own.
+FAKE_AGENT = r"""#!PYTHON
+import json, os, pathlib, sys, time
+name = pathlib.Path(sys.argv[0]).name
+args = sys.argv[1:]
+task = os.environ["SWARM_TASK_ID"]
+fake = pathlib.Path(os.environ["FAKE_DIR"])
+calls = fake / f"{name}-{task}.calls"
+with calls.open("a") as fh:
+    fh.write(json.dumps({"argv": args, "cwd": os.getcwd()}) + "\n")
+n = len(calls.read_text().splitlines())
+planned = fake / f"{name}-{task}.plan"
+steps = planned.read_text().split() if planned.exists() else []
+step = steps[n - 1] if n <= len(steps) else "finish"
+reset = int(time.time() + float(os.environ.get("FAKE_RESET", "18000")))
+session = f"{name}-{task}-session"
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+with open(f"{name}.txt", "a") as fh:
+    fh.write(f"{name} call {n}: {step}\n")
+if name == "claude":
+    emit({"type": "system", "subtype": "init", "session_id": session})
+    emit({"type": "assistant", "message": {"id": f"msg-{n}"}, "session_id": session})
+    if step == "window":
+        emit({"type": "rate_limit_event", "session_id": session,
+              "rate_limit_info": {"status": "rejected", "resetsAt": reset}})
+        emit({"type": "result", "subtype": "success", "is_error": True, "session_id": session,
+              "result": f"Claude AI usage limit reached|{reset}", "total_cost_usd": 0.01})
+        if os.environ.get("FAKE_HOLD"):  # stay alive until told: a window seen live
+            while not (fake / "go").exists():
+                time.sleep(0.05)
+        sys.exit(1)
+    emit({"type": "result", "subtype": "success", "is_error": False, "session_id": session,
+          "result": "done", "total_cost_usd": float(os.environ.get("FAKE_COST", "0.01")),
+          "usage": {"input_tokens": 100, "output_tokens": 20}})
+    sys.exit(0)
+if name == "codex":
+    emit({"type": "thread.started", "thread_id": session})
+    emit({"type": "turn.started"})
+    if step == "window":
+        message = ('unexpected status 429 Too Many Requests: {"error":{"type":'
+                   '"usage_limit_reached","message":"The usage limit has been reached",'
+                   f'"plan_type":"plus","resets_at":{reset}}}}}')
+        emit({"type": "error", "message": message})
+        emit({"type": "turn.failed", "error": {"message": message}})
+        sys.exit(1)
+    emit({"type": "turn.completed",
+          "usage": {"input_tokens": 100, "cached_input_tokens": 0, "output_tokens": 20}})
+    sys.exit(0)
+# gemini --output-format json: one pretty-printed object at the end
+if step == "quota":
+    error = {"type": "Error", "code": 1, "message": "[API Error: Quota exceeded for quota "
+             "metric 'Gemini 2.5 Pro Requests' (RESOURCE_EXHAUSTED)]"}
+    print(json.dumps({"session_id": session, "error": error}, indent=2), flush=True)
+    sys.exit(1)
+print(json.dumps({"session_id": session, "response": "done", "stats": {}}, indent=2))
+"""
+
+
+@pytest.fixture
+def fake_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`claude`, `codex` and `gemini` first on PATH; returns the directory that scripts them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("claude", "codex", "gemini"):
+        exe = bin_dir / name
+        exe.write_text(FAKE_AGENT.replace("PYTHON", sys.executable))
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DIR", str(fake))
+    return fake
+
+
+def plan(fake: Path, agent: str, task: str, *steps: str) -> None:
+    (fake / f"{agent}-{task}.plan").write_text(" ".join(steps))
+
+
+def calls(fake: Path, agent: str, task: str) -> list[list[str]]:
+    path = fake / f"{agent}-{task}.calls"
+    if not path.exists():
+        return []
+    return [json.loads(line)["argv"] for line in path.read_text().splitlines()]
+
+
+def agents_of(repo: Path, task: str) -> list[str]:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute(
+            "SELECT agent FROM attempts WHERE task_id = ? ORDER BY number", (task,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def tasks(ids: list[str], defaults: str) -> str:
+    body = "".join(f'[[task]]\nid = "{i}"\nprompt = "write the {i} module"\n' for i in ids)
+    return f"[defaults]\n{defaults}\n{body}"
+
+
+def test_usage_window_hands_every_task_to_the_fallback(repo: Path, fake_agents: Path) -> None:
+    ids = ["a", "b", "c"]
+    for i in ids:
+        plan(fake_agents, "claude", i, "window")
+    text = tasks(ids, 'agent = "claude"\nfallback = ["codex"]\njobs = 1')
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "anthropic: launches held - usage limit" in out.stdout.splitlines()
+    assert "usage limit; codex takes over" in out.stdout
+    rows = status_json(repo)
+    assert {i: rows[i]["state"] for i in ids} == dict.fromkeys(ids, "done")
+    chains = sorted(agents_of(repo, i) for i in ids)
+    # The first task meets the window; nobody launches claude after that.
+    assert chains == [["claude", "codex"], ["codex"], ["codex"]]
+    first = next(i for i in ids if agents_of(repo, i)[0] == "claude")
+    # Same worktree and branch: claude's half-done work and codex's finish, both kept.
+    assert branch_file(repo, f"swarm/{first}", "claude.txt") == "claude call 1: window"
+    assert branch_file(repo, f"swarm/{first}", "codex.txt") == "codex call 1: finish"
+    handover = calls(fake_agents, "codex", first)[0][-1]
+    assert "Another coding agent (claude)" in handover
+    assert "usage limit" in handover
+    assert "1 files changed, +1 -0: claude.txt" in handover
+    assert "write the" in handover  # the task itself, restated
+    assert rows[first]["agent"] == "codex"
+    # status names the provider's window and why.
+    plain = swarm(repo, "status")
+    assert "anthropic: " in plain.stdout
+    assert "launches wait until" in plain.stdout
+    assert "usage limit" in plain.stdout
+    report = swarm(repo, "report")
+    assert report.returncode == 0, report.stderr
+    assert "claude>codex" in report.stdout  # the task's chain of agents
+    assert "provider   anthropic: 6/6 agents" not in report.stdout  # jobs = 1
+    assert "provider   anthropic: 1/1 agents" in report.stdout
+
+
+def test_out_of_retries_hands_over_to_the_next_agent(repo: Path, fake_agents: Path) -> None:
+    plan(fake_agents, "gemini", "a", "quota", "quota")
+    text = tasks(
+        ["a"], 'agent = "gemini"\nfallback = ["codex"]\nretries = 1\nrate_limit_backoff = "0.2s"'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["gemini", "gemini", "codex"]
+    second = calls(fake_agents, "gemini", "a")[1]
+    assert second[-2:] == ["--resume", "gemini-a-session"]  # the retry resumed its session
+    codex = calls(fake_agents, "codex", "a")[0]
+    assert "resume" not in codex  # a fresh codex session, told what was done
+    assert "out of rate-limit retries" in codex[-1]
+    assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_a_window_past_max_wait_without_fallback_fails_keeping_work(
+    repo: Path, fake_agents: Path
+) -> None:
+    plan(fake_agents, "claude", "a", "window")
+    out = swarm(repo, "run", manifest(repo, tasks(["a"], 'agent = "claude"\nmax_wait = "1h"')))
+    assert out.returncode == 1
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith("usage limit of anthropic resets at ")
+    assert "past max_wait (3600s); work kept on swarm/a" in str(row["reason"])
+    assert branch_file(repo, "swarm/a", "claude.txt") == "claude call 1: window"
+
+
+def test_the_reset_survives_resume(repo: Path, fake_agents: Path) -> None:
+    plan(fake_agents, "claude", "a", "window")
+    text = tasks(["a"], 'agent = "claude"\nmax_wait = "6h"')
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(
+            lambda: (
+                _retry_at(repo) is not None and status_json(repo)["a"]["state"] == "rate_limited"
+            ),
+            what="the wait to be recorded",
+        )
+        before = status_json(repo)["a"]
+        recorded = _retry_at(repo)
+        assert recorded is not None
+        assert recorded > time.time() + 4 * 3600  # the stated reset, five hours on
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        resumed = swarm_bg(repo, "resume")
+        wait_for(lambda: _events(repo, "agent_started") == 1 and _resumed(repo), what="resume")
+        # The resumed manager waits for the same reset, and launches nothing meanwhile.
+        assert _retry_at(repo) == recorded
+        assert status_json(repo)["a"]["reason"] == before["reason"]
+        assert len(calls(fake_agents, "claude", "a")) == 1
+        out = swarm(repo, "stop", "a")
+        assert out.returncode == 0, out.stderr
+        assert resumed.wait(timeout=60) in {0, 1}
+    finally:
+        proc.kill()
+    assert status_json(repo)["a"]["state"] == "stopped"
+
+
+def test_a_window_is_seen_while_the_agent_still_runs(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # claude prints its usage limit and stays alive: the gate knows before claude exits.
+    monkeypatch.setenv("FAKE_HOLD", "1")
+    plan(fake_agents, "claude", "a", "window")
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: "launches wait until" in swarm(repo, "status").stdout, what="the window")
+        row = status_json(repo)["a"]
+        assert (row["state"], row["alive"], row["agent"]) == ("running", True, "claude")
+        (fake_agents / "go").touch()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    assert agents_of(repo, "a") == ["claude", "codex"]
+
+
+def test_budget_agent_takes_over_past_the_budget_share(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = tasks(
+        ["a", "b"],
+        'agent = "claude"\nbudget_agent = "codex"\nbudget_share = 0.5\nmax_cost_usd = 1.0\n'
+        "jobs = 1",
+    )
+    text = text.replace('id = "b"', 'id = "b"\ndepends_on = ["a"]')
+    monkeypatch.setenv("FAKE_COST", "0.6")
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["claude"]
+    assert agents_of(repo, "b") == ["codex"]  # $0.60 spent of $1.00: past 50%
+    rows = status_json(repo)
+    assert rows["b"]["state"] == "done"
+    report = swarm(repo, "report", "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    agents = {t["task_id"]: [a["agent"] for a in t["attempts"]] for t in data["tasks"]}
+    assert agents == {"a": ["claude"], "b": ["codex"]}
+
+
+def _retry_at(repo: Path) -> float | None:
+    if not (repo / ".git" / "swarm" / "state.db").exists():
+        return None
+    try:
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            row = db.execute("SELECT retry_at FROM attempts ORDER BY id DESC LIMIT 1").fetchone()
+    except sqlite3.OperationalError:  # the manager is still creating the store
+        return None
+    return None if row is None else row[0]
+
+
+def _state(repo: Path) -> object:
+    return status_json(repo)["a"]["state"]
+
+
+def _events(repo: Path, kind: str) -> int:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        return int(db.execute("SELECT count(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0])
+
+
+def _resumed(repo: Path) -> bool:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        starts = db.execute("SELECT count(*) FROM events WHERE kind = 'run_started'").fetchone()
+        states = db.execute(
+            "SELECT count(*) FROM events WHERE kind = 'state' AND data LIKE '%resuming after%'"
+        ).fetchone()
+    return bool(starts[0] >= 2 and states[0] >= 2)

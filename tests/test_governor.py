@@ -1,0 +1,275 @@
+"""The gates' arithmetic with an injected clock: AIMD steps, window waits, providers apart."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from worktree_swarm.run.governor import (
+    WINDOW_MIN_SECONDS,
+    Gates,
+    GateView,
+    Limit,
+    Signal,
+    limit_kind,
+)
+
+OK = Limit(signal=Signal.OK)
+THROTTLE = Limit(signal=Signal.THROTTLE, detail="HTTP 429")
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def gates(clock: Clock, jobs: int = 8, **kw: object) -> Gates:
+    return Gates(jobs, clock=clock, backoff_base=4.0, rng=random.Random(1), **kw)  # type: ignore[arg-type]
+
+
+def view(g: Gates, provider: str) -> GateView:
+    return next(v for v in g.views() if v.provider == provider)
+
+
+def overload(g: Gates, provider: str) -> float:
+    """A throttle strong enough to cut: a whole attempt ended by it (weighs ``jobs`` requests)."""
+    return g.report(provider, THROTTLE, whole_attempt=True)
+
+
+def take(g: Gates, provider: str, count: int) -> int:
+    """Acquire without waiting until refused; how many slots were granted."""
+    stop = threading.Event()
+    granted = 0
+    while granted < count and g.try_acquire(provider, stop) == "":
+        granted += 1
+    return granted
+
+
+def test_a_throttle_halves_the_limit_once_per_cooldown(clock: Clock) -> None:
+    g = gates(clock)
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 4
+    # Throttles of requests that were already in flight: the same congestion event.
+    for _ in range(5):
+        overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 4
+    clock.now += g.cooldown
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 2
+    clock.now += g.cooldown
+    overload(g, "anthropic")
+    clock.now += g.cooldown
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 1  # never below one agent
+
+
+def test_each_success_adds_one_over_the_limit(clock: Clock) -> None:
+    g = gates(clock)
+    overload(g, "anthropic")  # 8 -> 4
+    for _ in range(4):
+        g.report("anthropic", OK)  # 4 + 1/4 + 1/4.25 + ... = 4.92: not yet 5
+    assert view(g, "anthropic").limit == 4
+    g.report("anthropic", OK)
+    assert view(g, "anthropic").limit == 5  # one step per window of successes
+    for _ in range(100):
+        g.report("anthropic", OK)
+    assert view(g, "anthropic").limit == 8  # capped at jobs
+    assert view(g, "anthropic").why == ""  # back to normal: nothing to explain
+
+
+def test_a_whole_attempt_success_is_one_full_step(clock: Clock) -> None:
+    g = gates(clock)
+    overload(g, "other")
+    g.report("other", OK, whole_attempt=True)
+    assert view(g, "other").limit == 5
+
+
+def test_launches_are_paced_while_recovering_not_frozen(clock: Clock) -> None:
+    g = gates(clock)
+    assert take(g, "anthropic", 8) == 8
+    overload(g, "anthropic")  # limit 4, 8 running
+    for _ in range(8):
+        g.release("anthropic")
+    assert take(g, "anthropic", 4) == 0  # a pause of one pace step after the throttle
+    clock.now += g.pace
+    assert take(g, "anthropic", 4) == 1  # then one launch per pace step
+    clock.now += g.pace / 2
+    assert take(g, "anthropic", 4) == 0
+    clock.now += g.pace / 2
+    assert take(g, "anthropic", 4) == 1
+    assert g.pace == pytest.approx(4.0 / 8)  # the backoff base spread over jobs
+
+
+def test_at_the_floor_further_throttles_back_off_exponentially(clock: Clock) -> None:
+    g = gates(clock, jobs=2)
+    overload(g, "google")  # 2 -> 1
+    clock.now += g.cooldown
+    until = overload(g, "google") - clock.now  # at the floor: backoff level 1
+    assert 0 <= until <= 4.0
+    waits = []
+    for _ in range(6):
+        clock.now += max(g.cooldown, until)
+        waits.append(overload(g, "google") - clock.now)
+    assert max(waits) <= 4.0 * 2**6
+    assert max(waits) > 4.0  # jittered, but its ceiling doubles each time
+    g.report("google", OK)
+    clock.now += g.cooldown + 300
+    assert overload(g, "google") - clock.now <= g.pace  # a success resets the backoff
+
+
+def test_a_stated_retry_after_is_honoured(clock: Clock) -> None:
+    g = gates(clock)
+    until = g.report("anthropic", Limit(signal=Signal.THROTTLE, retry_at=clock.now + 20))
+    assert until == clock.now + 20
+    assert take(g, "anthropic", 1) == 0
+    clock.now += 20
+    assert take(g, "anthropic", 1) == 1
+
+
+def test_a_usage_window_holds_its_provider_until_the_reset(clock: Clock) -> None:
+    g = gates(clock)
+    reset = clock.now + 3 * 3600
+    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit"))
+    assert g.window_until("anthropic") == reset
+    assert take(g, "anthropic", 1) == 0
+    assert view(g, "anthropic").waiting_until == reset
+    assert view(g, "anthropic").limit == 8  # a window is not congestion: no cut
+    stop = threading.Event()
+    assert g.acquire("anthropic", stop, leave_on_window=True) == "window"
+    clock.now = reset
+    assert g.window_until("anthropic") is None
+    assert take(g, "anthropic", 1) == 1
+
+
+def test_providers_are_independent(clock: Clock) -> None:
+    g = gates(clock, jobs=4)
+    g.report(
+        "anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 7200, detail="usage limit")
+    )
+    overload(g, "openai")
+    assert take(g, "google", 4) == 4  # neither limit slows google
+    for _ in range(4):
+        g.release("google")
+    assert view(g, "google").limit == 4
+    assert take(g, "anthropic", 1) == 0
+    assert view(g, "openai").limit == 2
+
+
+def test_jobs_bounds_all_providers_together(clock: Clock) -> None:
+    g = gates(clock, jobs=3)
+    assert take(g, "anthropic", 2) == 2
+    assert take(g, "openai", 3) == 1
+    g.release("anthropic")
+    assert take(g, "google", 3) == 1
+
+
+def test_not_before_delays_one_task_only(clock: Clock) -> None:
+    g = gates(clock)
+    stop = threading.Event()
+    assert g.try_acquire("anthropic", stop, not_before=clock.now + 5) is None
+    assert g.try_acquire("anthropic", stop) == ""
+    assert g.waiting_until("anthropic", not_before=clock.now + 5) == clock.now + 5
+
+
+def test_budget_share_and_budget(clock: Clock) -> None:
+    g = gates(clock, max_cost_usd=10.0, budget_share=0.5)
+    stop = threading.Event()
+    assert g.try_acquire("anthropic", stop) == ""
+    g.release("anthropic", cost_usd=4.0)
+    assert not g.economy
+    assert g.try_acquire("anthropic", stop) == ""
+    g.release("anthropic", cost_usd=1.0)
+    assert g.economy
+    assert not g.over_budget
+    assert g.try_acquire("anthropic", stop) == ""
+    g.release("anthropic", cost_usd=5.0)
+    assert g.try_acquire("anthropic", stop) == "budget"
+
+
+def test_observer_hears_changes_not_every_launch(clock: Clock) -> None:
+    seen: list[GateView] = []
+    g = gates(clock, on_change=seen.append)
+    take(g, "anthropic", 3)
+    g.release("anthropic")
+    assert [v.limit for v in seen] == [8]  # the first sight of a provider only
+    overload(g, "anthropic")
+    assert (seen[-1].limit, seen[-1].why) == (4, "throttled: HTTP 429")
+    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 3600, detail="x"))
+    assert seen[-1].why == "x"
+    assert "launches wait until" in seen[-1].describe(now=clock.now)
+
+
+@pytest.mark.parametrize(
+    ("delay", "kind"),
+    [(None, Signal.THROTTLE), (30.0, Signal.THROTTLE), (WINDOW_MIN_SECONDS, Signal.WINDOW)],
+)
+def test_limit_kind_from_the_stated_reset(delay: float | None, kind: Signal) -> None:
+    now = 1000.0
+    retry_at = None if delay is None else now + delay
+    assert limit_kind(retry_at=retry_at, now=now) is kind
+
+
+def test_acquire_wakes_on_release_and_on_stop(clock: Clock) -> None:
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    assert g.acquire("anthropic", stop) == ""
+    results: list[str] = []
+    waiter = threading.Thread(target=lambda: results.append(g.acquire("anthropic", stop)))
+    waiter.start()
+    g.release("anthropic")
+    waiter.join(timeout=30)
+    assert results == [""]
+    other = threading.Thread(target=lambda: results.append(g.acquire("anthropic", stop)))
+    other.start()
+    stop.set()
+    other.join(timeout=30)
+    assert results == ["", "stopped"]
+
+
+def test_a_minority_of_throttles_among_successes_cuts_nothing(clock: Clock) -> None:
+    # 30% of requests answered 429, retried by the agents: not overload.
+    g = gates(clock)
+    for i in range(100):
+        clock.now += 0.05
+        g.report("anthropic", THROTTLE if i % 10 < 3 else OK)
+    assert view(g, "anthropic").limit == 8
+    # Then most outcomes throttled: overload, cut.
+    for _ in range(60):
+        clock.now += 0.05
+        g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit < 8
+    assert view(g, "anthropic").why == "throttled: HTTP 429"
+
+
+def test_old_successes_fade_with_the_cooldown(clock: Clock) -> None:
+    g = gates(clock)
+    for _ in range(50):
+        g.report("anthropic", OK)
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 8  # one failed attempt against 50 fresh successes
+    clock.now += 10 * g.cooldown  # the successes are long past
+    overload(g, "anthropic")
+    assert view(g, "anthropic").limit == 4
+
+
+def test_per_request_throttles_cut_once_they_outweigh_jobs_assumed_successes(
+    clock: Clock,
+) -> None:
+    g = gates(clock)  # jobs 8: a cut needs throttles >= 0.4 x (throttles + successes + 8)
+    for _ in range(5):
+        g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 8  # five retried 429s: noise
+    g.report("anthropic", THROTTLE)
+    assert view(g, "anthropic").limit == 4  # the sixth: 6 / 14 of recent outcomes

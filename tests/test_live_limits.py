@@ -1,0 +1,89 @@
+"""Limits read from an agent's log while it is written: what each CLI's events mean to a gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from worktree_swarm.run.governor import Signal
+from worktree_swarm.run.live_limits import LogTail
+
+FIXTURES = Path(__file__).parent / "fixtures" / "claude"
+NOW = 1_760_000_000.0
+
+
+def test_claude_stream_retry_is_a_throttle_and_responses_are_successes(tmp_path: Path) -> None:
+    # A real Claude Code 2.1 stream-json log: one 429 retried, two API responses, a result.
+    log = tmp_path / "attempt.log"
+    log.write_bytes((FIXTURES / "stream_retry.jsonl").read_bytes())
+    tail = LogTail(path=log, profile="claude")
+    found = tail.poll(now=NOW)
+    assert [f.signal for f in found] == [Signal.THROTTLE, Signal.OK, Signal.OK]
+    assert found[0].retry_at is None  # its retry_delay_ms is the CLI's own wait, not ours
+    assert found[0].detail == "HTTP 429"
+    assert tail.limited
+    assert tail.succeeded
+    assert tail.poll(now=NOW) == []  # nothing new
+
+
+def test_lines_are_read_once_and_only_when_complete(tmp_path: Path) -> None:
+    log = tmp_path / "attempt.log"
+    retry = {"type": "system", "subtype": "api_retry", "error_status": 529, "retry_delay_ms": 0}
+    line = json.dumps(retry)
+    log.write_text(line[:20])
+    tail = LogTail(path=log, profile="claude")
+    assert tail.poll(now=NOW) == []
+    with log.open("a") as fh:
+        fh.write(line[20:] + "\n")
+    found = tail.poll(now=NOW)
+    assert [(f.signal, f.detail) for f in found] == [(Signal.THROTTLE, "HTTP 529")]
+
+
+def test_claude_usage_windows(tmp_path: Path) -> None:
+    log = tmp_path / "attempt.log"
+    reset = NOW + 4 * 3600
+    events = [
+        {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed", "resetsAt": 1}},
+        {"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": reset}},
+        {
+            "type": "result",
+            "is_error": True,
+            "result": f"Claude AI usage limit reached|{int(reset)}",
+        },
+        # One response split over two events (a content block each) is one success.
+        {"type": "assistant", "message": {"id": "msg_1"}},
+        {"type": "assistant", "message": {"id": "msg_1"}},
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    found = LogTail(path=log, profile="claude").poll(now=NOW)
+    assert [(f.signal, f.retry_at) for f in found] == [
+        (Signal.WINDOW, reset),
+        (Signal.WINDOW, reset),
+        (Signal.OK, None),
+    ]
+
+
+def test_codex_turns_and_usage_limit(tmp_path: Path) -> None:
+    log = tmp_path / "attempt.log"
+    message = (
+        'unexpected status 429 Too Many Requests: {"error":{"type":"usage_limit_reached",'
+        f'"resets_at":{int(NOW) + 7200}}}}}'
+    )
+    events = [
+        {"type": "turn.completed", "usage": {}},
+        {"type": "turn.failed", "error": {"message": message}},
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    found = LogTail(path=log, profile="codex").poll(now=NOW)
+    assert [(f.signal, f.retry_at) for f in found] == [
+        (Signal.OK, None),
+        (Signal.WINDOW, NOW + 7200),
+    ]
+
+
+def test_free_text_agents_are_judged_at_exit_only(tmp_path: Path) -> None:
+    # An echoed prompt that talks about rate limits must not slow anyone down.
+    log = tmp_path / "attempt.log"
+    log.write_text("Task: handle 429 Too Many Requests and rate limit exceeded errors\n")
+    for profile in ("command", "aider", "scripted"):
+        assert LogTail(path=log, profile=profile).poll(now=NOW) == []

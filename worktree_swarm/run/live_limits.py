@@ -1,0 +1,131 @@
+"""Rate limits read from an agent's output while it runs, not only when it exits.
+
+Claude Code's ``stream-json`` reports every API response (``assistant`` events), every retried
+request (``system``/``api_retry`` with ``error_status`` 429 or 529), a rejected usage window
+(``rate_limit_event`` with status ``rejected`` and ``resetsAt``) and its final ``result``.
+Codex's ``--json`` reports each turn (``turn.completed``) and its errors. Those become
+:class:`~worktree_swarm.governor.Limit` reports for the provider's gate the moment they are
+written, so a throttle slows the provider before the attempt that met it has ended and its
+slot is refilled. Agents without structured output are classified at exit only: their free
+text (an echoed prompt, say) is not trusted line by line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worktree_swarm.agents import classify_rate_limit
+from worktree_swarm.agents.base import as_int, epoch_seconds
+from worktree_swarm.core.text import one_line
+from worktree_swarm.run.governor import Limit, Signal, limit_kind
+
+READ_LIMIT = 2**20  # per poll; the rest is read on the next one
+_THROTTLE_STATUSES = frozenset({429, 529})
+STREAMING_PROFILES = frozenset({"claude", "codex"})
+
+
+@dataclass(slots=True)
+class LogTail:
+    """Follows one attempt's log and turns new complete lines into gate reports."""
+
+    path: Path
+    profile: str
+    offset: int = 0
+    limited: bool = False  # a throttle or window was reported live
+    succeeded: bool = False  # at least one success was reported live
+    _partial: bytes = b""
+    _messages: set[str] = field(default_factory=set)
+
+    def poll(self, *, now: float) -> list[Limit]:
+        """The reports in what was written since the last poll."""
+        if self.profile not in STREAMING_PROFILES:
+            return []
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(READ_LIMIT)
+        except OSError:
+            return []
+        self.offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        found = []
+        for raw in lines:
+            limit = self._classify(raw.decode(errors="replace"), now=now)
+            if limit is None:
+                continue
+            if limit.signal is Signal.OK:
+                self.succeeded = True
+            else:
+                self.limited = True
+            found.append(limit)
+        return found
+
+    def _classify(self, line: str, *, now: float) -> Limit | None:
+        stripped = line.strip()
+        if not stripped.startswith("{"):
+            return None
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if self.profile == "claude":
+            return self._claude(obj, now=now)
+        return _codex(obj, now=now)
+
+    def _claude(self, obj: dict[str, Any], *, now: float) -> Limit | None:
+        kind = obj.get("type")
+        if kind == "assistant":
+            # One API response may arrive as several events (one per content block).
+            message = obj.get("message")
+            ident = str(message.get("id", "")) if isinstance(message, dict) else ""
+            if ident in self._messages:
+                return None
+            self._messages.add(ident)
+            return Limit(signal=Signal.OK)
+        if kind == "system" and obj.get("subtype") == "api_retry":
+            status = as_int(obj.get("error_status"))
+            if status not in _THROTTLE_STATUSES:
+                return None
+            # retry_delay_ms is the CLI's own backoff for that one request, which it is already
+            # waiting out: not a hold for the provider's other launches.
+            return Limit(signal=Signal.THROTTLE, detail=f"HTTP {status}")
+        if kind == "rate_limit_event":
+            info = obj.get("rate_limit_info")
+            if not isinstance(info, dict) or info.get("status") != "rejected":
+                return None
+            reset = epoch_seconds(info.get("resetsAt"))
+            return Limit(
+                signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail="usage limit"
+            )
+        if kind == "result" and obj.get("is_error") is True:
+            text = str(obj.get("result") or "")
+            status = as_int(obj.get("api_error_status"))
+            limited, reset = classify_rate_limit(text, now=now)
+            if not limited and status not in _THROTTLE_STATUSES:
+                return None
+            detail = f"HTTP {status}" if status in _THROTTLE_STATUSES else one_line(text, limit=80)
+            return Limit(signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=detail)
+        return None
+
+
+def _codex(obj: dict[str, Any], *, now: float) -> Limit | None:
+    kind = obj.get("type")
+    if kind == "turn.completed":
+        return Limit(signal=Signal.OK)
+    if kind not in {"error", "turn.failed"}:
+        return None
+    error = obj.get("error")
+    message = error.get("message") if isinstance(error, dict) else obj.get("message")
+    text = str(message or "")
+    limited, reset = classify_rate_limit(text, now=now)
+    if not limited:
+        return None
+    return Limit(
+        signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=one_line(text, limit=80)
+    )
