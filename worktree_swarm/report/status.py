@@ -154,7 +154,8 @@ def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str
     """Why each pending task has not started: its reason if it has one, else derived."""
     states = {t.task_id: t.state for t in tasks}
     run = store.get_run(run_id)
-    running = sum(t.state.is_active for t in tasks)
+    # Tasks holding a slot: started and not final (pending ones wait for one).
+    running = sum(t.state.is_active and t.state is not TaskState.PENDING for t in tasks)
     reasons = {}
     for task in tasks:
         if task.state is not TaskState.PENDING:
