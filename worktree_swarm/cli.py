@@ -15,7 +15,17 @@ from types import FrameType
 
 import click
 
-from worktree_swarm import background, control, demo, disk_budget, git, status, worktrees
+from worktree_swarm import (
+    background,
+    control,
+    demo,
+    disk_budget,
+    faults,
+    git,
+    runs,
+    status,
+    worktrees,
+)
 from worktree_swarm.disk import format_size
 from worktree_swarm.display import LiveTable, PlainObserver
 from worktree_swarm.errors import ExitCode, SwarmError
@@ -83,6 +93,9 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
 @click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
+@click.option(
+    "--force", is_flag=True, help="Abandon an unfinished run whose manager died (checkpointed)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.pass_context
 def run(
@@ -105,6 +118,7 @@ def run(
     github_repo: str | None,
     api_url: str | None,
     detach: bool,
+    force: bool,
     as_json: bool,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
@@ -137,7 +151,9 @@ def run(
     )
     if spec.sandbox:
         require_sandbox()
-    worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
+    next_step = _settle_orphaned_runs(repo, force=force)
+    items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+    worktrees.preflight(repo, items, next_step=next_step)
     disk_budget.preflight(repo, spec, git.head_commit(repo))
     if detach:
         argv = [a for a in ctx.obj["argv"] if a != "--detach"]
@@ -156,6 +172,69 @@ def run(
         return _execute(
             store,
             lambda observer: Runner.create(repo=repo, spec=spec, store=store, observer=observer),
+            as_json=as_json,
+        )
+
+
+def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None] | None:
+    """Refuse a new run while an old one has no manager (or abandon it with --force)."""
+    if not store_path(repo).exists():
+        return None
+    with Store(store_path(repo)) as store:
+        if force and runs.orphaned_runs(store):
+            with ManagerLock(repo.state_dir) as lock:
+                lock.acquire()
+                for run_id in runs.refuse_or_abandon(repo, store, force=True):
+                    click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
+        runs.refuse_or_abandon(repo, store, force=False)
+
+    def next_step(branch: str) -> str | None:
+        with Store(store_path(repo)) as store:
+            return runs.branch_next_step(store, branch)
+
+    return next_step
+
+
+@cli.command("runs")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
+@click.pass_context
+def runs_cmd(ctx: click.Context, as_json: bool) -> int:
+    """List the recorded runs: id, start, state, task counts."""
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        summaries = runs.list_runs(store)
+    if as_json:
+        click.echo(json.dumps({"runs": [s.to_json() for s in summaries]}, indent=2))
+    else:
+        for line in runs.format_runs(summaries):
+            click.echo(line)
+    return ExitCode.OK
+
+
+@cli.command("retry")
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--fresh", is_flag=True, help="Start over from the base instead of the branch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_context
+def retry_cmd(
+    ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
+) -> int:
+    """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
+    from worktree_swarm import retry  # noqa: PLC0415 - kept at this command's anchor
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = status.resolve_run(store, run_id)
+        lock.acquire(run_id=run_id)
+        picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
+        if picked:
+            click.echo(f"retrying {', '.join(picked)} in run {run_id}", err=True)
+        return _execute(
+            store,
+            lambda observer: Runner.resume(
+                repo=repo, store=store, run_id=str(run_id), observer=observer
+            ),
             as_json=as_json,
         )
 
@@ -234,12 +313,18 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
+        manager = status.manager_status(repo, store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
-        payload = {"run_id": run_id, "totals": totals, "tasks": [r.to_json() for r in rows]}
+        payload = {
+            "run_id": run_id,
+            **manager.to_json(),
+            "totals": totals,
+            "tasks": [r.to_json() for r in rows],
+        }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    click.echo(f"run {run_id}")
+    click.echo(f"run {run_id}" + "".join(f"  {line}" for line in manager.lines()))
     header = f"{'task':<20} {'state':<12} {'att':>3} {'pid':>7} {'alive':<5} {'elapsed':>8}"
     click.echo(f"{header} {'cost':>8} {'disk':>7}  diff")
     for r in rows:
@@ -650,9 +735,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         click.echo(f"swarm: {exc}", err=True)
         return int(exc.exit_code)
-    except Exception:
+    except Exception as exc:
         if debug:
             raise
+        if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
+            where = getattr(exc, "filename", None) or "swarm's state"
+            click.echo(f"swarm: {faults.full_message(where, exc)}", err=True)
+            return ExitCode.TASK_FAILED
         with tempfile.NamedTemporaryFile(
             "w", prefix="swarm-crash-", suffix=".log", delete=False
         ) as fh:

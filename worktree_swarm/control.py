@@ -31,6 +31,14 @@ def stop(
     if lock.manager_alive(repo.state_dir):
         _wait_final(store, run_id, targets, deadline=time.monotonic() + 2 * grace + 30)
         return targets
+    return stop_unmanaged(repo, store, run_id, targets, grace=grace)
+
+
+def stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, grace: float = 5.0
+) -> list[str]:
+    """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped."""
+    rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in targets:
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
@@ -52,7 +60,7 @@ def stop(
         store.update_task(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
         )
-    return targets
+    return list(targets)
 
 
 def _wait_final(store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float) -> None:

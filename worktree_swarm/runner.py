@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from worktree_swarm import git, sandbox, supervisor
+from worktree_swarm import faults, git, sandbox, supervisor
 from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
@@ -87,6 +87,7 @@ class Runner:
             exclude=[spec.worktree_root] if spec.worktree_root else [],
         )
         self._guard_reasons: dict[str, str] = {}
+        self.manager_log = run_dir(repo, run_id) / faults.MANAGER_LOG
         self.disk = DiskBudget(
             repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
         )
@@ -156,7 +157,8 @@ class Runner:
         )
         for row in rows:
             attempts = store.attempts(run_id, row.task_id)
-            if not row.state.is_final and attempts:
+            # A retried task's attempts before the retry are history, not something to adopt.
+            if not row.state.is_final and attempts and attempts[-1].number > row.retry_base:
                 live = Live(task=runner._tasks[row.task_id], port_slot=0)
                 live.resume_from = attempts[-1]
                 runner._adopt[row.task_id] = live
@@ -170,6 +172,16 @@ class Runner:
         KeyboardInterrupt stops every agent (whole trees), records them as stopped and
         re-raises once the state is consistent.
         """
+        self.store.on_full = faults.Pause(run_dir(self.repo, self.run_id)).wait
+        previous_hook = threading.excepthook
+        threading.excepthook = faults.thread_hook(self.manager_log)
+        try:
+            return self._execute()
+        finally:
+            threading.excepthook = previous_hook
+            self.store.on_full = None
+
+    def _execute(self) -> dict[str, TaskState]:
         self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
         self.guard.start()
         self.guard.watch_in_background()
@@ -236,7 +248,10 @@ class Runner:
         except SwarmError as exc:
             outcome = Outcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
-            outcome = Outcome(state=TaskState.FAILED, reason=f"internal error: {exc!r}")
+            log = faults.record_exception(self.manager_log, threading.current_thread().name)
+            outcome = Outcome(
+                state=TaskState.FAILED, reason=f"internal error: {exc!r} (traceback in {log})"
+            )
         self._done.put((live.task.id, outcome))
 
     def _wait_for_one(self) -> None:

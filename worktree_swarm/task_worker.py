@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import git, notes, sandbox, supervisor, worktrees
+from worktree_swarm import git, notes, provision, sandbox, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
@@ -113,14 +113,25 @@ class TaskWorker:
     def _run(self, live: Live, path: Path) -> Outcome:
         task = live.task
         row = self.store.task(self.run_id, task.id)
-        if row is not None and row.base_commit and path.is_dir():
-            base = row.base_commit  # resumed after the manager died: the worktree is ours
+        if row is not None and row.base_commit:
+            # Populated before (a resumed or retried task): the worktree is ours; put back
+            # what a crash or a removal took, never start it over.
+            base = row.base_commit
+            unlock = not _agent_may_run(live.resume_from)
+            provision.restore(self.repo, path=path, branch=task.branch, start=base, unlock=unlock)
         else:
-            start = self._start_commit(task)
+            # A start commit recorded by an earlier manager is kept: a dependency merge made
+            # again would be a different commit, and the half-made branch points at the old one.
+            recorded = row.start_commit if row is not None else None
+            start = recorded or self._start_commit(task)
             if isinstance(start, Outcome):
                 return start
             if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
                 return Outcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
+            if recorded:
+                provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
+            else:  # the intent first: a crash from here on is rolled back by `swarm resume`
+                self.store.update_task(self.run_id, task.id, start_commit=start)
             worktrees.create_worktree(self.repo, path=path, branch=task.branch, start=start)
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
@@ -140,15 +151,9 @@ class TaskWorker:
 
     def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> Outcome:
         task = live.task
-        previous = self.store.attempts(self.run_id, task.id)
-        number = len(previous)
-        session = next((a.session_id for a in reversed(previous) if a.session_id), None)
-        retries_left = task.retries - sum(
-            a.outcome == TaskState.RATE_LIMITED.value for a in previous
-        )
+        number, session, retries_left, prompt = self._history(task)
         repairs_left = task.repair
         streak = 0
-        prompt: str | None = RESUME_PROMPT if previous else None
         while True:
             if live.resume_from is not None:
                 number = live.resume_from.number
@@ -189,6 +194,20 @@ class TaskWorker:
                 return Outcome(state=TaskState.FAILED, reason=str(failure))
             repairs_left -= 1
             prompt = repair_prompt(failure)
+
+    def _history(self, task: Task) -> tuple[int, str | None, int, str | None]:
+        """The last attempt number, session to resume, retries left and the next prompt."""
+        previous = self.store.attempts(self.run_id, task.id)
+        number = len(previous)
+        row = self.store.task(self.run_id, task.id)
+        since = [a for a in previous if row is None or a.number > row.retry_base]
+        if row is not None and row.retry_fresh:  # `swarm retry --fresh`: a new session too
+            previous = since
+        session = next((a.session_id for a in reversed(previous) if a.session_id), None)
+        retries_left = task.retries - sum(a.outcome == TaskState.RATE_LIMITED.value for a in since)
+        # After a retry, an agent without a session to resume gets its task's prompt again.
+        prompt = RESUME_PROMPT if since or (previous and session) else None
+        return number, session, retries_left, prompt
 
     def _after_attempt(
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
@@ -478,6 +497,14 @@ class TaskWorker:
                 **dict(task.env),
             }
         )
+
+
+def _agent_may_run(attempt: AttemptRow | None) -> bool:
+    """Whether an adopted attempt's agent may still run (and hold git's locks itself)."""
+    if attempt is None or attempt.ended_at is not None:
+        return False
+    identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
+    return supervisor.is_alive(identity)
 
 
 def _git_identity(root: Path) -> dict[str, str]:
