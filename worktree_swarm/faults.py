@@ -20,8 +20,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from worktree_swarm.errors import SwarmError
+from worktree_swarm.errors import CommandError, SwarmError
+
+_T = TypeVar("_T")
+_NO_SPACE = "No space left on device"
 
 MANAGER_LOG = "manager.log"
 PAUSE_FILE = "paused.json"
@@ -39,13 +43,41 @@ def is_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
         return "disk is full" in text or "disk i/o error" in text
+    if isinstance(exc, CommandError):  # git: "fatal: ...: No space left on device"
+        return _NO_SPACE in exc.output
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, CommandError):
+        return f"`{' '.join(exc.argv[:2])}`: {_NO_SPACE}"
+    return str(exc)
 
 
 def full_message(what: object, exc: BaseException) -> str:
     """One line for a full disk, naming what could not be written and what to do."""
-    why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
-    return f"cannot write {what}: {why}; free some space, then run `swarm resume`"
+    return f"cannot write {what}: {_why(exc)}; free some space, then run `swarm resume`"
+
+
+def retry_while_full(
+    action: Callable[[], _T], on_full: Callable[[Exception | None], None] | None
+) -> _T:
+    """Run *action*; while it fails for a full disk, let *on_full* wait, then run it again."""
+    failed = False
+    while True:
+        try:
+            result = action()
+        except (CommandError, OSError) as exc:
+            if on_full is None or not is_full(exc):
+                raise
+            failed = True
+            on_full(exc)
+            continue
+        if failed and on_full is not None:
+            on_full(None)
+        return result
 
 
 class Pause:
@@ -72,10 +104,8 @@ class Pause:
                 self._since = time.time()
             delay = self._delay
             self._delay = min(_RETRY_MAX, self._delay * 2)
-            why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
-            self._write(
-                {"reason": f"paused: cannot write the state database ({why})", "since": self._since}
-            )
+            reason = f"paused: the disk is full ({_why(exc)}); retrying"
+            self._write({"reason": reason, "since": self._since})
         self._stopping.wait(delay)
 
     def _write(self, data: dict[str, object]) -> None:

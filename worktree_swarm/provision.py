@@ -16,8 +16,11 @@ import re
 import shutil
 from pathlib import Path
 
-from worktree_swarm import git
+import psutil
+
+from worktree_swarm import git, supervisor
 from worktree_swarm.errors import GitError, SwarmError
+from worktree_swarm.models import ProcessIdentity
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
 _WORKTREE_LOCKS = ("index.lock", "HEAD.lock")
@@ -108,8 +111,32 @@ def _unlink_stale_locks(repo: git.Repo, path: Path, branch: str) -> bool:
     return removed
 
 
+def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdentity | None:
+    """An agent of the task that runs in *worktree* but that no attempt records.
+
+    A manager killed between launching an agent and recording the attempt leaves one; it is
+    adopted instead of launched a second time. Found by its working directory and the
+    ``SWARM_RUN_ID``/``SWARM_TASK_ID`` it was started with; the leader of its process group
+    (agents start in a session of their own) is the one recorded.
+    """
+    ours = []
+    for proc in supervisor.processes_in(worktree):
+        try:
+            env = proc.environ()
+            leader = os.getpgid(proc.pid) == proc.pid
+        except (psutil.Error, OSError):
+            continue
+        if env.get("SWARM_RUN_ID") == run_id and env.get("SWARM_TASK_ID") == task_id and leader:
+            ours.append(proc)
+    for proc in sorted(ours, key=lambda p: p.create_time()):
+        identity = supervisor.identity_of(proc.pid)
+        if identity is not None:
+            return identity
+    return None
+
+
 def _norm(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-__all__ = ["restore", "roll_back"]
+__all__ = ["restore", "roll_back", "unrecorded_agent"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import git, notes, provision, sandbox, supervisor, worktrees
+from worktree_swarm import faults, git, notes, provision, sandbox, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
@@ -117,6 +117,8 @@ class TaskWorker:
             # Populated before (a resumed or retried task): the worktree is ours; put back
             # what a crash or a removal took, never start it over.
             base = row.base_commit
+            if live.resume_from is None or live.resume_from.ended_at is not None:
+                live.resume_from = self._unrecorded(task, path) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
             provision.restore(self.repo, path=path, branch=task.branch, start=base, unlock=unlock)
         else:
@@ -132,7 +134,12 @@ class TaskWorker:
                 provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
             else:  # the intent first: a crash from here on is rolled back by `swarm resume`
                 self.store.update_task(self.run_id, task.id, start_commit=start)
-            worktrees.create_worktree(self.repo, path=path, branch=task.branch, start=start)
+            faults.retry_while_full(  # a failed creation removes what it made: retry is clean
+                lambda: worktrees.create_worktree(
+                    self.repo, path=path, branch=task.branch, start=start
+                ),
+                self.store.on_full,
+            )
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot)
@@ -146,6 +153,27 @@ class TaskWorker:
             if failure is not None:
                 return Outcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
+
+    def _unrecorded(self, task: Task, path: Path) -> AttemptRow | None:
+        """Record (to adopt) an agent a killed manager launched but did not record."""
+        identity = provision.unrecorded_agent(self.run_id, task.id, path)
+        if identity is None:
+            return None
+        previous = self.store.attempts(self.run_id, task.id)
+        number = max((a.number for a in previous), default=0) + 1
+        # The log the killed manager opened for it: the name follows the attempt number.
+        log_path = self._logs(task) / f"attempt-{number}.log"
+        self.store.start_attempt(
+            self.run_id,
+            task.id,
+            number=number,
+            identity=identity,
+            log_path=str(log_path),
+            started_at=identity.create_time,
+        )
+        self.store.update_task(self.run_id, task.id, attempts=number)
+        self._emit("agent_adopted", task.id, {"pid": identity.pid, "attempt": number})
+        return self.store.attempts(self.run_id, task.id)[-1]
 
     # -- attempts -------------------------------------------------------------------------
 
@@ -225,12 +253,15 @@ class TaskWorker:
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
     ) -> git.DiffStat:
         """Commit the attempt's edits to the task's branch and record the diff stat."""
-        tip = git.checkpoint(
-            path,
-            message=f"swarm: checkpoint {task.id} attempt {number} "
-            f"({ended.cut_short or ended.result.outcome})",
-            author=self.spec.commit_author,
-            exclude=task.link,
+        message = (
+            f"swarm: checkpoint {task.id} attempt {number} "
+            f"({ended.cut_short or ended.result.outcome})"
+        )
+        tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
+            lambda: git.checkpoint(
+                path, message=message, author=self.spec.commit_author, exclude=task.link
+            ),
+            self.store.on_full,
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
