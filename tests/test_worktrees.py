@@ -272,7 +272,8 @@ def test_preflight(repo: Path, tmp_path: Path) -> None:
     owned = "task a of run R is failed; run it again with `swarm retry a --run R`"
     with pytest.raises(BadInputError) as info:
         wt.preflight(r, [("swarm/a", tmp_path / "a")], next_step=lambda _: owned)
-    assert str(info.value) == f"branch swarm/a already exists: {owned} (or give the task another id)"
+    expected = f"branch swarm/a already exists: {owned} (or give the task another id)"
+    assert str(info.value) == expected
     (tmp_path / "b").mkdir()
     with pytest.raises(BadInputError, match=r"b already exists: no swarm run records it; move it"):
         wt.preflight(r, [("swarm/b", tmp_path / "b")])

@@ -118,8 +118,8 @@ class Runner:
             jobs=spec.jobs,
             manager=supervisor.identity_of(os.getpid()),
             spec_json=json.dumps(_spec_settings(spec)),
+            tasks=[(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks],
         )
-        store.add_tasks(run_id, [(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks])
         return cls(
             repo=repo, spec=spec, store=store, run_id=run_id, base_commit=base, observer=observer
         )

@@ -407,8 +407,12 @@ class Store:
         manager: ProcessIdentity | None,
         spec_json: str,
         created_at: float | None = None,
+        tasks: Sequence[tuple[Task, str, str]] = (),
     ) -> None:
-        """Record a new run with status ``running``."""
+        """Record a new run with status ``running`` and its *tasks* (as :meth:`add_tasks`).
+
+        One transaction: a manager killed while recording leaves no run without its tasks.
+        """
         with self._lock, self._write() as conn:
             conn.execute(
                 "INSERT INTO runs (run_id, base_commit, repo_root, jobs, created_at, status,"
@@ -425,6 +429,7 @@ class Store:
                     spec_json,
                 ),
             )
+            _insert_tasks(conn, run_id, tasks)
 
     @_waits_for_space
     def set_manager(self, run_id: str, manager: ProcessIdentity | None) -> None:
@@ -480,22 +485,7 @@ class Store:
     def add_tasks(self, run_id: str, tasks: Sequence[tuple[Task, str, str]]) -> None:
         """Record (task, branch, worktree path) triples as pending, in manifest order."""
         with self._lock, self._write() as conn:
-            conn.executemany(
-                "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        task.id,
-                        position,
-                        TaskState.PENDING.value,
-                        branch,
-                        worktree,
-                        task_to_json(task),
-                    )
-                    for position, (task, branch, worktree) in enumerate(tasks)
-                ],
-            )
+            _insert_tasks(conn, run_id, tasks)
 
     @_waits_for_space
     def update_task(self, run_id: str, task_id: str, **fields: object) -> None:
@@ -643,6 +633,19 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
+
+
+def _insert_tasks(
+    conn: sqlite3.Connection, run_id: str, tasks: Sequence[tuple[Task, str, str]]
+) -> None:
+    conn.executemany(
+        "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, task.id, pos, TaskState.PENDING.value, branch, worktree, task_to_json(task))
+            for pos, (task, branch, worktree) in enumerate(tasks)
+        ],
+    )
 
 
 def _require_one(cursor: sqlite3.Cursor, what: str) -> None:
