@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from tests.crashkit import TASKS, run_trial
+from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
 from worktree_swarm import git as g
 
@@ -366,3 +367,36 @@ def test_manager_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert sum(t.double_runs for t in trials) == 0, report
     assert sum(t.survivors for t in trials) == 0, report
     assert sum(t.saw_manager_gone for t in trials) >= 10, report  # most kills land mid-run
+
+
+@pytest.mark.parametrize("agent_ends_first", [False, True])
+def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_ends_first: bool
+) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "settings.json").write_text(json.dumps([40, 0.05]))  # about a second of writes
+    for key, value in install_fake_claude(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CRASH_FAKE_DIR", str(fake))
+    text = '[defaults]\nagent = "claude"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    launches = fake / "a.launches"
+    wait_for(launches.exists, timeout=120, what="the agent")
+    _kill_group(proc)
+    agent = int(launches.read_text())
+    # What a kill between the launch and its record leaves: the intent, no attempt.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        db.execute("DELETE FROM attempts WHERE task_id = 'a'")
+        db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    if agent_ends_first:
+        wait_for(lambda: not pid_alive(agent), timeout=120, what="the agent to end")
+    else:
+        assert pid_alive(agent)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert launches.read_text().split() == [str(agent)]  # never launched twice
+    assert status_json(repo)["a"]["state"] == "done"
+    logged = (fake / "a.writes").read_text().splitlines()
+    assert git(repo, "show", "swarm/a:a.txt").splitlines() == logged
+    assert len(logged) == 40

@@ -116,6 +116,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN start_commit TEXT",
         "ALTER TABLE tasks ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE tasks ADD COLUMN retry_fresh INTEGER NOT NULL DEFAULT 0",
+        # The attempt number being launched, set before the agent starts and cleared once its
+        # attempt is recorded: a manager killed in between leaves an agent no attempt names.
+        "ALTER TABLE tasks ADD COLUMN launching INTEGER",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -147,6 +150,7 @@ _UPDATABLE = frozenset(
         "start_commit",
         "retry_base",
         "retry_fresh",
+        "launching",
     }
 )
 
@@ -197,6 +201,7 @@ class TaskRow:
     start_commit: str | None = None
     retry_base: int = 0
     retry_fresh: bool = False
+    launching: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,7 +24,7 @@ from worktree_swarm.governor import AgentGate
 from worktree_swarm.guard import Guard
 from worktree_swarm.models import ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.proc import clean_env
-from worktree_swarm.store import AttemptRow, AttemptUsage, Store
+from worktree_swarm.store import AttemptRow, AttemptUsage, Store, TaskRow
 
 # Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
@@ -118,7 +118,7 @@ class TaskWorker:
             # what a crash or a removal took, never start it over.
             base = row.base_commit
             if live.resume_from is None or live.resume_from.ended_at is not None:
-                live.resume_from = self._unrecorded(task, path) or live.resume_from
+                live.resume_from = self._unrecorded(task, path, row) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
             provision.restore(self.repo, path=path, branch=task.branch, start=base, unlock=unlock)
         else:
@@ -154,25 +154,38 @@ class TaskWorker:
                 return Outcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
 
-    def _unrecorded(self, task: Task, path: Path) -> AttemptRow | None:
-        """Record (to adopt) an agent a killed manager launched but did not record."""
-        identity = provision.unrecorded_agent(self.run_id, task.id, path)
-        if identity is None:
+    def _unrecorded(self, task: Task, path: Path, row: TaskRow) -> AttemptRow | None:
+        """Record the attempt a killed manager launched but did not record, if it did.
+
+        Its agent still running is adopted; one that ended while no manager watched is read
+        from its log. Without either, the launch never happened and the attempt runs anew.
+        """
+        number = row.launching
+        recorded = {a.number for a in self.store.attempts(self.run_id, task.id)}
+        if number is None or number in recorded:
             return None
-        previous = self.store.attempts(self.run_id, task.id)
-        number = max((a.number for a in previous), default=0) + 1
+        identity = provision.unrecorded_agent(self.run_id, task.id, path)
         # The log the killed manager opened for it: the name follows the attempt number.
         log_path = self._logs(task) / f"attempt-{number}.log"
-        self.store.start_attempt(
+        text = _read_log(log_path)
+        if identity is None and not text.strip():
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        attempt_id = self.store.start_attempt(
             self.run_id,
             task.id,
             number=number,
-            identity=identity,
+            # An agent that is gone has no identity left; pid 0 names no process to adopt.
+            identity=identity or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
             log_path=str(log_path),
-            started_at=identity.create_time,
+            started_at=identity.create_time if identity else log_path.stat().st_mtime,
         )
-        self.store.update_task(self.run_id, task.id, attempts=number)
-        self._emit("agent_adopted", task.id, {"pid": identity.pid, "attempt": number})
+        if identity is None:
+            adapter = adapter_for(task.agent)
+            result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
+            self._record(attempt_id, task.id, _Ended(result=result), None)
+        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
+        self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
         return self.store.attempts(self.run_id, task.id)[-1]
 
     # -- attempts -------------------------------------------------------------------------
@@ -331,6 +344,8 @@ class TaskWorker:
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
+            # The intent first: `swarm resume` finds an agent started but not recorded.
+            self.store.update_task(self.run_id, task.id, launching=number)
             agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
@@ -341,7 +356,7 @@ class TaskWorker:
                 log_path=str(log_path),
                 started_at=agent.started_at,
             )
-            self.store.update_task(self.run_id, task.id, attempts=number)
+            self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
             self._emit("agent_started", task.id, {"pid": agent.identity.pid, "attempt": number})
             try:
                 ended = self._watch(task, live, agent, agent.started_at)
