@@ -131,7 +131,9 @@ def _group_activity(pgid: int) -> list[str]:
     return sorted(found)
 
 
-def run_trial(root: Path, seed: int, *, steps: int = 3, pause: float = 0.2) -> TrialResult:
+def run_trial(
+    root: Path, seed: int, *, steps: int = 3, pause: float = 0.2, kill: bool = True
+) -> TrialResult:
     """One trial in *root*: run 8 tasks, SIGKILL the manager's group at a seeded moment,
     check `swarm status`, `swarm resume`, then count done tasks, lost writes, double runs and
     processes left."""
@@ -159,13 +161,16 @@ def run_trial(root: Path, seed: int, *, steps: int = 3, pause: float = 0.2) -> T
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own group: the kill takes its git and check children
         )
-    deadline = time.monotonic() + result.kill_at
+    deadline = time.monotonic() + (result.kill_at if kill else float("inf"))
     while time.monotonic() < deadline and manager.poll() is None:
         time.sleep(0.01)
     if manager.poll() is None:
         result.killed_in = _group_activity(manager.pid)
         os.killpg(manager.pid, signal.SIGKILL)
     manager.wait()
+    if not kill:  # the baseline: an undisturbed run
+        _tally(result, repo, env, fake, ids)
+        return result
     code, text = _swarm(repo, env, "status")
     if code != 0:  # killed before the run was recorded: nothing was made, start it again
         result.run_recorded = False
