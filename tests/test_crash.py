@@ -369,10 +369,10 @@ def test_manager_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert sum(t.saw_manager_gone for t in trials) >= 10, report  # most kills land mid-run
 
 
-@pytest.mark.parametrize("agent_ends_first", [False, True])
-def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_ends_first: bool
-) -> None:
+def _unrecorded_launch(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, int]:
+    """A dead manager whose agent runs but no attempt records it; (fake dir, agent pid)."""
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "settings.json").write_text(json.dumps([40, 0.05]))  # about a second of writes
@@ -389,6 +389,15 @@ def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
         db.execute("DELETE FROM attempts WHERE task_id = 'a'")
         db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    return fake, agent
+
+
+@pytest.mark.parametrize("agent_ends_first", [False, True])
+def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_ends_first: bool
+) -> None:
+    fake, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    launches = fake / "a.launches"
     if agent_ends_first:
         wait_for(lambda: not pid_alive(agent), timeout=120, what="the agent to end")
     else:
@@ -400,3 +409,15 @@ def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
     logged = (fake / "a.writes").read_text().splitlines()
     assert git(repo, "show", "swarm/a:a.txt").splitlines() == logged
     assert len(logged) == 40
+
+
+def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    assert pid_alive(agent)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert not pid_alive(agent)
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed

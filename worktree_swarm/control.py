@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm import git, lock, supervisor, worktrees
+from worktree_swarm import git, lock, provision, supervisor, worktrees
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import ProcessIdentity, TaskState
 from worktree_swarm.status import commit_author, is_active
@@ -48,6 +48,10 @@ def stop_unmanaged(
                 supervisor.kill_tree(ident, grace=grace)
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
+        # An agent its manager launched but was killed before recording.
+        stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
+        if stray is not None:
+            supervisor.kill_tree(stray, grace=grace)
         if is_active(rows[task_id].state) and worktree.is_dir():
             links = task_from_json(rows[task_id].spec_json).link
             git.checkpoint(
