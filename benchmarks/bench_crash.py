@@ -4,7 +4,8 @@ python benchmarks/bench_crash.py [--trials 20] [--first-seed 0] [--steps 3] [--w
 
 Each trial: a fresh repository, 8 tasks (fake Claude Code agents that log every write they
 make), `swarm run --jobs 4` in its own process group, which is SIGKILLed (with the git and
-check processes it runs) after a seeded 1-6 s; then `swarm status`, `swarm resume`, and the
+check processes it runs) after a seeded number of recorded events (0-33 of about 34)
+plus up to 0.3 s; then `swarm status`, `swarm resume`, and the
 count of tasks done, logged writes missing from their branch, agents launched twice and
 processes left in the repository or its worktrees. A baseline run without a kill is timed
 first, so the trial times read as a ratio of an undisturbed run.

@@ -8,10 +8,12 @@ read from its log even when it ended while no manager watched it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -113,6 +115,18 @@ def _swarm(repo: Path, env: dict[str, str], *args: str, timeout: float = 300) ->
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _events(repo: Path) -> int:
+    """How many events the run has recorded so far (0 before the store exists)."""
+    path = repo / ".git" / "swarm" / "state.db"
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def _group_activity(pgid: int) -> list[str]:
     """What the manager's process group runs right now (git steps, checks)."""
     found = []
@@ -150,7 +164,11 @@ def run_trial(
         '[defaults]\nagent = "claude"\nchecks = ["sleep 0.2"]\n'
         + "".join(f'[[task]]\nid = "{i}"\nprompt = "do {i}"\n' for i in ids)
     )
-    result = TrialResult(seed=seed, kill_at=round(rnd.uniform(1.0, 6.0), 2))
+    # The kill moment in the run's own terms, whatever the machine's speed: after a random
+    # number of recorded events (a run of 8 tasks records about 34), plus up to 0.3 s.
+    kill_after_events, extra = rnd.randint(0, 33), rnd.uniform(0, 0.3)
+    result = TrialResult(seed=seed, kill_at=0.0)
+    started = time.monotonic()
     with (root / "manager.log").open("ab") as log:
         manager = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", "run", "--jobs", "4", str(manifest)],
@@ -161,9 +179,12 @@ def run_trial(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own group: the kill takes its git and check children
         )
-    deadline = time.monotonic() + (result.kill_at if kill else float("inf"))
+    while kill and manager.poll() is None and _events(repo) < kill_after_events:
+        time.sleep(0.01)
+    deadline = time.monotonic() + extra if kill else float("inf")
     while time.monotonic() < deadline and manager.poll() is None:
         time.sleep(0.01)
+    result.kill_at = round(time.monotonic() - started, 2)
     if manager.poll() is None:
         result.killed_in = _group_activity(manager.pid)
         os.killpg(manager.pid, signal.SIGKILL)
