@@ -310,7 +310,9 @@ class TaskWorker:
         logs.mkdir(parents=True, exist_ok=True)
         text = prompt or task.prompt + notes.findings_instructions(str(self._findings))
         prompt_file = logs / f"prompt-{number}.md"
-        prompt_file.write_text(text, encoding="utf-8")
+        faults.retry_while_full(
+            lambda: prompt_file.write_text(text, encoding="utf-8"), self.store.on_full
+        )
         values = {
             "prompt": text,
             "prompt_file": str(prompt_file),
