@@ -49,9 +49,9 @@ def _hang_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> Pat
     return hung
 
 
-def _manager(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+def _manager(repo: Path, *args: str, log_dir: Path | None = None) -> subprocess.Popen[bytes]:
     """`swarm run` in a session of its own, so killing its group takes its git children."""
-    with (repo.parent / "bg.log").open("ab") as log:
+    with ((log_dir or repo.parent) / "bg.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", *args],
             cwd=repo,
@@ -276,9 +276,10 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     small_disk: Path, tmp_path: Path, write_agent: object
 ) -> None:
     repo = make_repo(small_disk / "repo")
-    go, full = tmp_path / "go", tmp_path / "full"
-    filler = write_agent(  # fills the disk, then frees it when told
+    go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
+    filler = write_agent(  # fills the disk once the other has written, frees it when told
         "import pathlib, time\n"
+        f"while not pathlib.Path({str(wrote)!r}).exists(): time.sleep(0.05)\n"
         "with open('filler.bin', 'wb') as fh:\n"
         "    try:\n"
         "        while True:\n"
@@ -293,6 +294,7 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     quick = write_agent(  # writes its work, ends once the disk is full
         "import pathlib, time\n"
         "pathlib.Path('quick.txt').write_text('work\\n')\n"
+        f"pathlib.Path({str(wrote)!r}).touch()\n"
         f"while not pathlib.Path({str(full)!r}).exists(): time.sleep(0.05)\n"
     )
     text = (
@@ -301,7 +303,7 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
         '[[task]]\nid = "quick"\nprompt = "x"\n'
         f"agent = {argv_toml(quick)}\n"
     )
-    proc = _manager(repo, "run", manifest(repo, text))
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
     try:
         wait_for(full.exists, timeout=120, what="the disk to fill")
 
@@ -312,7 +314,8 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
         wait_for(paused, timeout=120, what="the manager to pause")
         assert proc.poll() is None  # paused, not dead
         go.touch()
-        assert proc.wait(timeout=180) == 0
+        code = proc.wait(timeout=180)
+        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
     finally:
         if proc.poll() is None:
             _kill_group(proc)
