@@ -133,6 +133,23 @@ def test_kill_inside_checkout_then_resume_runs_the_task(
     assert NOTE not in swarm(repo, "status").stdout
 
 
+def test_resume_clears_the_locks_a_killed_git_leaves(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    run_id = _killed_in_read_tree(repo, tmp_path, monkeypatch, write_agent)
+    # What git killed mid-write leaves: the lock of the branch `worktree add -b` was making,
+    # the worktree's index lock (read-tree) and the guard's scratch index lock.
+    state = repo / ".git"
+    (state / "refs" / "heads" / "swarm" / "t1.lock").write_text("")
+    admin = next((state / "worktrees").iterdir())
+    (admin / "index.lock").write_text("")
+    (state / "swarm" / "runs" / run_id / "guard" / "main.scratch-index.lock").write_text("")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
 def test_abandoned_half_made_worktree_is_cleaned_without_deleting_files(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:

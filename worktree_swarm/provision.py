@@ -36,6 +36,9 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
     with git.repo_lock(repo):
         _discard_admin_dirs(repo, path)
         shutil.rmtree(path, ignore_errors=True)
+        # `worktree add -b` killed while it made the branch leaves the ref's lock, and git
+        # then refuses the branch ("Another git process seems to be running").
+        (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
         git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
         git.git(repo.root, "worktree", "prune")
 
