@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.crashkit import TASKS, install_fake_claude, run_trial
+from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
 from worktree_swarm import git as g
 
@@ -441,3 +442,20 @@ def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     assert not pid_alive(agent)
     assert status_json(repo)["a"]["state"] == "stopped"
     assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed
+
+
+def test_retry_resumes_the_agents_session_on_its_branch(
+    repo: Path,
+    fake_claude: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")  # a rate limit, and no retries left for it
+    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert status_json(repo)["a"]["state"] == "failed"
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = calls(fake_claude, "a")
+    assert "--resume" not in first["argv"]
+    assert second["argv"][second["argv"].index("--resume") + 1] == "sess-a-1"
+    assert first["cwd"] == second["cwd"]  # the kept worktree
+    assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
