@@ -176,22 +176,10 @@ def run(
         )
 
 
-def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None] | None:
-    """Refuse a new run while an old one has no manager (or abandon it with --force)."""
-    if not store_path(repo).exists():
-        return None
-    with Store(store_path(repo)) as store:
-        if force and runs.orphaned_runs(store):
-            with ManagerLock(repo.state_dir) as lock:
-                lock.acquire()
-                for run_id in runs.refuse_or_abandon(repo, store, force=True):
-                    click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
-        runs.refuse_or_abandon(repo, store, force=False)
-
-    def next_step(branch: str) -> str | None:
-        with Store(store_path(repo)) as store:
-            return runs.branch_next_step(store, branch)
-
+def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:
+    abandoned, next_step = runs.settle_before_run(repo, force=force)
+    for run_id in abandoned:
+        click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
     return next_step
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from worktree_swarm import control, git, supervisor
 from worktree_swarm.errors import BadInputError
+from worktree_swarm.lock import ManagerLock
 from worktree_swarm.models import ProcessIdentity
+from worktree_swarm.runner import store_path
 from worktree_swarm.store import RUN_STATUS_RUNNING, RunRow, Store
 
 RUN_STATUS_ABANDONED = "abandoned"
@@ -149,3 +152,30 @@ def branch_next_step(store: Store, branch: str) -> str | None:
                 f"`swarm retry {row.task_id} --run {run.run_id}`, or delete it with {clean}"
             )
     return None
+
+
+def settle_before_run(
+    repo: git.Repo, *, force: bool
+) -> tuple[list[str], Callable[[str], str | None]]:
+    """Before `swarm run`: refuse while a run has no manager, or (*force*) abandon it.
+
+    Returns the abandoned run ids and, for the preflight, what to do about a branch a
+    recorded run owns. Creates nothing where no run was ever recorded.
+    """
+    path = store_path(repo)
+    abandoned: list[str] = []
+    if path.exists():
+        with Store(path) as store:
+            if force and orphaned_runs(store):
+                with ManagerLock(repo.state_dir) as lock:
+                    lock.acquire()
+                    abandoned = refuse_or_abandon(repo, store, force=True)
+            refuse_or_abandon(repo, store, force=False)
+
+    def next_step(branch: str) -> str | None:
+        if not path.exists():
+            return None
+        with Store(path) as store:
+            return branch_next_step(store, branch)
+
+    return abandoned, next_step
