@@ -268,11 +268,16 @@ def test_preflight(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError) as info:
         wt.preflight(r, [("swarm/b", tmp_path / "b"), ("swarm/a", tmp_path / "a")])
     assert str(info.value) == (
-        "branch swarm/a already exists; run `swarm resume` to continue that run"
-        " or `swarm clean` to remove it"
+        "branch swarm/a already exists: no swarm run records it; delete it with "
+        "`git branch -D swarm/a` (or give the task another id)"
     )
+    owned = "task a of run R is failed; run it again with `swarm retry a --run R`"
+    with pytest.raises(BadInputError) as info:
+        wt.preflight(r, [("swarm/a", tmp_path / "a")], next_step=lambda _: owned)
+    expected = f"branch swarm/a already exists: {owned} (or give the task another id)"
+    assert str(info.value) == expected
     (tmp_path / "b").mkdir()
-    with pytest.raises(BadInputError, match=r"b already exists; run `swarm resume`.*`swarm clean`"):
+    with pytest.raises(BadInputError, match=r"b already exists: no swarm run records it; move it"):
         wt.preflight(r, [("swarm/b", tmp_path / "b")])
     with pytest.raises(BadInputError, match="requested twice"):
         wt.preflight(r, [("swarm/c", tmp_path / "c"), ("swarm/c", tmp_path / "d")])

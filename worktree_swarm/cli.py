@@ -25,10 +25,11 @@ from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard.sandbox import check_available as require_sandbox
+from worktree_swarm.infra import faults
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
-from worktree_swarm.run import background, control, disk_budget
+from worktree_swarm.run import background, control, disk_budget, runs
 from worktree_swarm.run.runner import Observer, Runner, spec_from_json, spec_to_json
 from worktree_swarm.run.task_worker import worktree_path
 from worktree_swarm.ui import status_text
@@ -107,6 +108,9 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
 @click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
 @click.option("--detach", is_flag=True, help="Run the manager in the background.")
+@click.option(
+    "--force", is_flag=True, help="Abandon an unfinished run whose manager died (checkpointed)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--from-spec", type=click.Path(path_type=Path), hidden=True)
 @click.pass_context
@@ -131,6 +135,7 @@ def run(
     github_repo: str | None,
     api_url: str | None,
     detach: bool,
+    force: bool,
     as_json: bool,
     from_spec: Path | None,
 ) -> int:
@@ -171,7 +176,9 @@ def run(
     if spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
-    worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
+    next_step = _settle_orphaned_runs(repo, force=force)
+    items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+    worktrees.preflight(repo, items, next_step=next_step)
     disk_budget.preflight(repo, spec, git.head_commit(repo))
     if detach:
         # The issues were fetched and everything validated once, here: the manager gets
@@ -206,6 +213,62 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool) -> int:
         return _execute(
             store,
             lambda observer: Runner.create(repo=repo, spec=spec, store=store, observer=observer),
+            as_json=as_json,
+        )
+
+
+def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:
+    abandoned, next_step = runs.settle_before_run(repo, force=force)
+    for run_id in abandoned:
+        click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
+    return next_step
+
+
+@cli.command("runs", epilog=_example("swarm runs", "swarm runs --json"))
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
+@click.pass_context
+def runs_cmd(ctx: click.Context, as_json: bool) -> int:
+    """List the recorded runs: id, start, state, task counts."""
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        summaries = runs.list_runs(store)
+    if as_json:
+        click.echo(json.dumps({"runs": [s.to_json() for s in summaries]}, indent=2))
+    else:
+        for line in runs.format_runs(summaries):
+            click.echo(line)
+    return ExitCode.OK
+
+
+@cli.command(
+    "retry",
+    epilog=_example(
+        "swarm retry", "swarm retry fix-login --fresh", "swarm retry --run 20260101-020304-ab12"
+    ),
+)
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--fresh", is_flag=True, help="Start over from the base instead of the branch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_context
+def retry_cmd(
+    ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
+) -> int:
+    """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
+    from worktree_swarm.run import retry  # noqa: PLC0415 - kept at this command's anchor
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = status.resolve_run(store, run_id)
+        lock.acquire(run_id=run_id)
+        picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
+        if picked:
+            click.echo(f"retrying {', '.join(picked)} in run {run_id}", err=True)
+        return _execute(
+            store,
+            lambda observer: Runner.resume(
+                repo=repo, store=store, run_id=str(run_id), observer=observer
+            ),
             as_json=as_json,
         )
 
@@ -282,10 +345,12 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         rows = status.task_status(store, run_id, disk=True)
         failed_scans = status.guard_errors(store, run_id)
         gates = status.provider_gates(store, run_id)
+        manager = status.manager_status(repo, store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
         payload = {
             "run_id": run_id,
+            **manager.to_json(),
             "totals": totals,
             "tasks": [r.to_json() for r in rows],
             "guard_errors": failed_scans,
@@ -294,6 +359,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
     click.echo(status_text.status_text(run_id, rows, totals, gates=gates))
+    click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
         click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
     return ExitCode.OK
@@ -709,9 +775,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         click.echo(f"swarm: {exc}", err=True)
         return int(exc.exit_code)
-    except Exception:
+    except Exception as exc:
         if debug:
             raise
+        if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
+            where = getattr(exc, "filename", None) or "swarm's state"
+            click.echo(f"swarm: {faults.full_message(where, exc)}", err=True)
+            return ExitCode.TASK_FAILED
         with tempfile.NamedTemporaryFile(
             "w", prefix="swarm-crash-", suffix=".log", delete=False
         ) as fh:

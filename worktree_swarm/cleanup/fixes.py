@@ -358,10 +358,13 @@ def _remove_worktree(
     if info.is_main:
         raise SwarmError(f"{path} is the main checkout; never removed")
     sha = None
+    repaired = False
     if path.is_dir():
         users = processes_using(path)
         if users:
             raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+        # A checkout killed half-way is populated from HEAD, never committed as deletions.
+        repaired = git.repair_checkout(path)
         ref = f"refs/heads/{info.branch}" if info.branch else None
         if ref is not None:
             moves.announce(ref)
@@ -373,9 +376,10 @@ def _remove_worktree(
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     args = ["--force", "--force"] if force else []
     git.git(repo.root, "worktree", "remove", *args, "--", str(path))
+    note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
-        return f"checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
-    return "removed", None
+        return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
+    return f"{note}removed", None
 
 
 def adding_process(path: Path) -> psutil.Process | None:

@@ -113,6 +113,7 @@ class RunStatus(enum.StrEnum):
     FINISHED = "finished"
     STOPPED = "stopped"  # `swarm stop` ended it
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM of the manager
+    ABANDONED = "abandoned"  # its manager died and `swarm run --force` gave it up
 
 
 class CopyMode(enum.StrEnum):

@@ -285,9 +285,12 @@ def checkpoint(
     *droppings* are glob patterns (from the worktree root) of an agent tool's own files, such
     as aider's chat history: never added, without touching the user's ignore files. Returns
     the new HEAD, or None when there was nothing to commit. Hooks are skipped
-    (``--no-verify``) and *author* (``Name <email>``) is also the committer.
+    (``--no-verify``) and *author* (``Name <email>``) is also the committer. A checkout that
+    was never populated (see :func:`checkout_incomplete`) is repaired first instead of
+    committing its missing files as deletions.
     """
     env = identity_env(author)
+    repair_checkout(worktree)
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
         _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
@@ -308,6 +311,35 @@ def checkpoint(
     if head is None:
         raise GitError(f"checkpoint in {worktree} left no HEAD")
     return head
+
+
+def checkout_incomplete(worktree: Path) -> bool:
+    """Whether *worktree* was never populated: it has no index while its HEAD has files.
+
+    ``git worktree add --no-checkout`` makes a worktree without an index, and ``read-tree
+    -u`` writes the index only once every file is written; a process killed in between leaves
+    files missing that ``git add --all`` would record as deleted.
+    """
+    try:
+        index = git_dir(worktree) / "index"
+    except GitError:
+        return False
+    if index.exists():
+        return False
+    res = _run(worktree, ["ls-tree", "--name-only", "HEAD"], check=False)
+    return res.returncode == 0 and bool(res.stdout.strip())
+
+
+def repair_checkout(worktree: Path) -> bool:
+    """Populate a checkout that was never populated (files and index from HEAD).
+
+    Returns whether a repair was needed. Only an unpopulated checkout is touched: swarm
+    populates a worktree before any agent runs in it, so such a checkout holds no work.
+    """
+    if not checkout_incomplete(worktree):
+        return False
+    _run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
+    return True
 
 
 def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:

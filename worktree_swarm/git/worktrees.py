@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -85,8 +85,16 @@ def _parse_records(out: str) -> list[dict[str, str]]:
     return records
 
 
-def preflight(repo: Repo, items: Sequence[tuple[str, Path]]) -> None:
-    """Raise BadInputError unless every ``(branch, path)`` can be created without clobbering."""
+def preflight(
+    repo: Repo,
+    items: Sequence[tuple[str, Path]],
+    *,
+    next_step: Callable[[str], str | None] | None = None,
+) -> None:
+    """Raise BadInputError unless every ``(branch, path)`` can be created without clobbering.
+
+    *next_step* says, for a branch a recorded run owns, what to do about it.
+    """
     # Without a state dir no swarm process has touched this repository, so the list needs no
     # lock; taking it would create files before validation has finished (bad input creates nothing).
     infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
@@ -100,7 +108,16 @@ def preflight(repo: Repo, items: Sequence[tuple[str, Path]]) -> None:
             raise BadInputError(f"worktree {path} is requested twice")
         seen_branches.add(branch)
         seen_paths.add(real_path(path))
-        _check_free(repo, branch, path, registered)
+        try:
+            _check_free(repo, branch, path, registered)
+        except BadInputError as exc:
+            what = str(exc).split(";", 1)[0]
+            step = next_step(branch) if next_step is not None else None
+            if step is None and what.startswith("branch"):
+                step = f"no swarm run records it; delete it with `git branch -D {branch}`"
+            step = step or "no swarm run records it; move it aside"
+            step += " (or give the task another id)"
+            raise BadInputError(f"{what}: {step}") from None
 
 
 def _check_free(repo: Repo, branch: str, path: Path, registered: set[Path]) -> None:

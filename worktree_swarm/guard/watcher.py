@@ -398,6 +398,8 @@ class Guard:
         saved = self._dir / f"{name}.index"
         real = index_path(path)
         scratch.unlink(missing_ok=True)
+        # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
+        scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
         if real.is_file():
             shutil.copyfile(real, scratch)  # seeds git's stat cache: only changed files hash
             shutil.copyfile(real, saved)

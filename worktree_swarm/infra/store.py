@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
+from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
     from types import TracebackType
 
@@ -129,10 +131,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE attempts ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE attempts ADD COLUMN retry_at REAL",
     ),
+    (
+        # Crash-idempotent provisioning and `swarm retry`: the start commit is recorded before
+        # git is touched; a retry ignores the attempts before it (and, fresh, their session).
+        "ALTER TABLE tasks ADD COLUMN start_commit TEXT",
+        "ALTER TABLE tasks ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN retry_fresh INTEGER NOT NULL DEFAULT 0",
+        # The attempt number being launched, set before the agent starts and cleared once its
+        # attempt is recorded: a manager killed in between leaves an agent no attempt names.
+        "ALTER TABLE tasks ADD COLUMN launching INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-RUN_STATUS_RUNNING = "running"
+RUN_STATUS_RUNNING = RunStatus.RUNNING
+
+_F = TypeVar("_F", bound="Callable[..., object]")
 
 
 # Columns update_task may write; the names are interpolated into SQL, so this list is the guard.
@@ -162,6 +176,10 @@ class TaskFields(TypedDict, total=False):
     pr_number: int | None
     pr_url: str | None
     pr_state: str | None
+    start_commit: str | None
+    retry_base: int
+    retry_fresh: bool
+    launching: int | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -228,6 +246,10 @@ class TaskRow:
     pr_number: int | None = None
     pr_url: str | None = None
     pr_state: str | None = None
+    start_commit: str | None = None
+    retry_base: int = 0
+    retry_fresh: bool = False
+    launching: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,8 +328,40 @@ def _tuples(value: object) -> object:
     return value
 
 
+def _waits_for_space(method: _F) -> _F:
+    """A write that fails for a full (or failing) disk: handed to ``on_full`` and retried.
+
+    Without ``on_full`` (no manager is pausing for it), it raises DiskFullError: one line.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: object, **kwargs: object) -> object:
+        failed = False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except (sqlite3.OperationalError, OSError) as exc:
+                if not is_full(exc):
+                    raise
+                if self.on_full is None:
+                    what = f"the state database {self.path}"
+                    raise DiskFullError(full_message(what, exc)) from exc
+                failed = True
+                self.on_full(exc)
+                continue
+            if failed and self.on_full is not None:
+                self.on_full(None)
+            return result
+
+    return cast("_F", wrapper)
+
+
 class Store:
     """The state database; every method is atomic and safe to call from several threads."""
+
+    #: Called with the error when a write finds the disk full (it waits, then the write is
+    #: retried), and with None once a write succeeds again; None: such writes raise.
+    on_full: Callable[[Exception | None], None] | None = None
 
     def __init__(self, path: Path) -> None:
         """Open (creating if needed) the database at *path* and bring its schema up to date."""
@@ -323,6 +377,8 @@ class Store:
             self._migrate()
         except sqlite3.OperationalError as exc:
             self._conn.close()
+            if is_full(exc):
+                raise DiskFullError(full_message(f"the state database {path}", exc)) from exc
             raise SwarmError(
                 f"cannot open the state database {path} ({exc}); "
                 "check that no stuck swarm process holds it and that it is writable"
@@ -395,6 +451,7 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
 
+    @_waits_for_space
     def create_run(
         self,
         *,
@@ -405,8 +462,12 @@ class Store:
         manager: ProcessIdentity | None,
         spec_json: str,
         created_at: float | None = None,
+        tasks: Sequence[tuple[Task, str, str]] = (),
     ) -> None:
-        """Record a new run with status ``running``."""
+        """Record a new run with status ``running`` and its *tasks* (as :meth:`add_tasks`).
+
+        One transaction: a manager killed while recording leaves no run without its tasks.
+        """
         with self._lock, self._write() as conn:
             conn.execute(
                 "INSERT INTO runs (run_id, base_commit, repo_root, jobs, created_at, status,"
@@ -423,7 +484,9 @@ class Store:
                     spec_json,
                 ),
             )
+            _insert_tasks(conn, run_id, tasks)
 
+    @_waits_for_space
     def set_manager(self, run_id: str, manager: ProcessIdentity | None) -> None:
         """Record which process manages *run_id* now (None: no manager)."""
         with self._lock, self._write() as conn:
@@ -437,12 +500,23 @@ class Store:
             )
             _require_one(cursor, f"run {run_id}")
 
+    @_waits_for_space
     def finish_run(self, run_id: str, *, status: RunStatus, ended_at: float | None = None) -> None:
         """Mark *run_id* ended with *status*."""
         with self._lock, self._write() as conn:
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
                 (RunStatus(status).value, time.time() if ended_at is None else ended_at, run_id),
+            )
+            _require_one(cursor, f"run {run_id}")
+
+    @_waits_for_space
+    def reopen_run(self, run_id: str) -> None:
+        """Mark *run_id* unfinished again (`swarm retry` carries it on)."""
+        with self._lock, self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, ended_at = NULL WHERE run_id = ?",
+                (RUN_STATUS_RUNNING, run_id),
             )
             _require_one(cursor, f"run {run_id}")
 
@@ -462,26 +536,13 @@ class Store:
 
     # -- tasks -----------------------------------------------------------------------------
 
+    @_waits_for_space
     def add_tasks(self, run_id: str, tasks: Sequence[tuple[Task, str, str]]) -> None:
         """Record (task, branch, worktree path) triples as pending, in manifest order."""
         with self._lock, self._write() as conn:
-            conn.executemany(
-                "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        task.id,
-                        position,
-                        TaskState.PENDING.value,
-                        branch,
-                        worktree,
-                        task_to_json(task),
-                    )
-                    for position, (task, branch, worktree) in enumerate(tasks)
-                ],
-            )
+            _insert_tasks(conn, run_id, tasks)
 
+    @_waits_for_space
     def update_task(self, run_id: str, task_id: str, **fields: Unpack[TaskUpdate]) -> None:
         """Set the given columns of one task; unknown field names raise ValueError."""
         unknown = sorted(set(fields) - _UPDATABLE)
@@ -510,6 +571,7 @@ class Store:
 
     # -- attempts --------------------------------------------------------------------------
 
+    @_waits_for_space
     def start_attempt(
         self,
         run_id: str,
@@ -548,6 +610,7 @@ class Store:
                 (retry_at, run_id, task_id, number),
             )
 
+    @_waits_for_space
     def end_attempt(
         self,
         attempt_id: int,
@@ -592,6 +655,7 @@ class Store:
 
     # -- events ----------------------------------------------------------------------------
 
+    @_waits_for_space
     def add_event(
         self,
         run_id: str,
@@ -629,8 +693,24 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            # On a full disk SQLite may have rolled back already, or fail to; either way the
+            # connection must leave the transaction for the retry to begin a new one.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
+
+
+def _insert_tasks(
+    conn: sqlite3.Connection, run_id: str, tasks: Sequence[tuple[Task, str, str]]
+) -> None:
+    conn.executemany(
+        "INSERT INTO tasks (run_id, task_id, position, state, branch, worktree, spec_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, task.id, pos, TaskState.PENDING.value, branch, worktree, task_to_json(task))
+            for pos, (task, branch, worktree) in enumerate(tasks)
+        ],
+    )
 
 
 def _require_one(cursor: sqlite3.Cursor, what: str) -> None:
@@ -647,7 +727,7 @@ def _lastrowid(cursor: sqlite3.Cursor) -> int:
 def _column_value(name: str, value: object) -> object:
     if name == "state":
         return TaskState(str(value)).value
-    if name == "stop_requested":
+    if name in {"stop_requested", "retry_fresh"}:
         return int(bool(value))
     return value
 
@@ -663,6 +743,7 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
     values = dict(r)
     values["state"] = TaskState(values["state"])
     values["stop_requested"] = bool(values["stop_requested"])
+    values["retry_fresh"] = bool(values["retry_fresh"])
     return TaskRow(**values)
 
 

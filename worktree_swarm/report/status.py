@@ -8,9 +8,9 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
@@ -68,6 +68,41 @@ class TaskStatus:
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerStatus:
+    """Whether a run's manager is there (``run_state``, ``manager_running`` in ``--json``)."""
+
+    run_state: str
+    manager_running: bool
+    manager_note: str | None
+    paused: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """What `swarm status` prints beside the run id."""
+        return [line for line in (self.manager_note, self.paused) if line]
+
+
+def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
+    """The run's state and manager, and why a live manager is paused (a full disk)."""
+    from worktree_swarm.run import runs  # noqa: PLC0415 - runs imports control, which imports us
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise BadInputError(f"unknown run {run_id!r}; `swarm runs` lists them")
+    state = runs.run_state(run)
+    running = state is runs.RunState.RUNNING
+    return ManagerStatus(
+        run_state=state.value,
+        manager_running=running,
+        manager_note=runs.manager_note(store, run),
+        paused=faults.paused_reason(run_dir(repo, run_id)) if running else None,
+    )
 
 
 def open_store(repo: git.Repo) -> Store:

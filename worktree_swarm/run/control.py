@@ -14,6 +14,7 @@ from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, task_from_json
 from worktree_swarm.report.status import commit_author
+from worktree_swarm.run import provision
 
 
 def stop(
@@ -34,6 +35,14 @@ def stop(
     if lock.manager_alive(repo.state_dir):
         _wait_final(store, run_id, targets, deadline=time.monotonic() + 2 * grace + 30)
         return targets
+    return stop_unmanaged(repo, store, run_id, targets, grace=grace)
+
+
+def stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, grace: float = 5.0
+) -> list[str]:
+    """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped."""
+    rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in targets:
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
@@ -43,6 +52,10 @@ def stop(
                 supervisor.kill_tree(ident, grace=grace)
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
+        # An agent its manager launched but was killed before recording.
+        stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
+        if stray is not None:
+            supervisor.kill_tree(stray, grace=grace)
         if worktree.is_dir():  # every target is active (not final)
             task = task_from_json(rows[task_id].spec_json)
             links = task.link
@@ -58,7 +71,7 @@ def stop(
         store.update_task(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
         )
-    return targets
+    return list(targets)
 
 
 def _wait_final(store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float) -> None:

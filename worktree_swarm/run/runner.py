@@ -25,7 +25,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import Guard, Violation, sandbox
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
@@ -82,6 +82,7 @@ class Runner:
             exclude=[spec.worktree_root] if spec.worktree_root else [],
         )
         self._guard_reasons: dict[str, str] = {}
+        self.manager_log = run_dir(repo, run_id) / faults.MANAGER_LOG
         self.disk = DiskBudget(
             repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
         )
@@ -112,8 +113,8 @@ class Runner:
             jobs=spec.jobs,
             manager=supervisor.identity_of(os.getpid()),
             spec_json=spec.settings.to_json(),
+            tasks=[(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks],
         )
-        store.add_tasks(run_id, [(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks])
         return cls(
             repo=repo, spec=spec, store=store, run_id=run_id, base_commit=base, observer=observer
         )
@@ -152,9 +153,14 @@ class Runner:
         )
         for row in rows:
             attempts = store.attempts(run_id, row.task_id)
-            # A task put back to pending (a retry) starts a new attempt in its kept worktree;
-            # any other unfinished one picks up where its last attempt was.
-            if not row.state.is_final and row.state is not TaskState.PENDING and attempts:
+            # A task put back to pending (watch's retry) starts a new attempt in its kept
+            # worktree; a retried task's attempts before the retry are history, not adopted.
+            if (
+                not row.state.is_final
+                and row.state is not TaskState.PENDING
+                and attempts
+                and attempts[-1].number > row.retry_base
+            ):
                 live = Live(task=runner._tasks[row.task_id], port_slot=0)
                 live.resume_from = attempts[-1]
                 runner._adopt[row.task_id] = live
@@ -168,6 +174,16 @@ class Runner:
         KeyboardInterrupt stops every agent (whole trees), records them as stopped and
         re-raises once the state is consistent.
         """
+        self.store.on_full = faults.Pause(run_dir(self.repo, self.run_id)).wait
+        previous_hook = threading.excepthook
+        threading.excepthook = faults.thread_hook(self.manager_log)
+        try:
+            return self._execute()
+        finally:
+            threading.excepthook = previous_hook
+            self.store.on_full = None
+
+    def _execute(self) -> dict[str, TaskState]:
         self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
         self.guard.start()
         self.guard.watch_in_background()
@@ -234,7 +250,10 @@ class Runner:
         except SwarmError as exc:
             outcome = TaskOutcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
-            outcome = TaskOutcome(state=TaskState.FAILED, reason=f"internal error: {exc!r}")
+            log = faults.record_exception(self.manager_log, threading.current_thread().name)
+            outcome = TaskOutcome(
+                state=TaskState.FAILED, reason=f"internal error: {exc!r} (traceback in {log})"
+            )
         self._done.put((live.task.id, outcome))
 
     def _wait_for_one(self) -> None:

@@ -22,12 +22,12 @@ from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec,
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, sandbox
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
 from worktree_swarm.report import notes
-from worktree_swarm.run import fallback
+from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
@@ -76,16 +76,32 @@ class _Course:
     not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
 
     @classmethod
-    def resumed(cls, task: Task, previous: list[AttemptRow]) -> _Course:
-        """The course of a task with *previous* attempts (none: a fresh start)."""
+    def resumed(
+        cls,
+        task: Task,
+        previous: list[AttemptRow],
+        *,
+        since: list[AttemptRow] | None = None,
+        fresh: bool = False,
+    ) -> _Course:
+        """The course of a task with *previous* attempts (none: a fresh start).
+
+        *since* are the attempts after the last `swarm retry` (all by default): only they use
+        up retries, and with *fresh* only they can give a session to resume.
+        """
+        since = previous if since is None else since
         agent = fallback.current_agent(task, previous)
         mine = [a for a in previous if a.agent in {"", agent}]
+        counted = [a for a in since if a.agent in {"", agent}]
+        session = next(
+            (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
+        )
         return cls(
             agent=agent,
-            session=next((a.session_id for a in reversed(mine) if a.session_id), None),
+            session=session,
             retries_left=task.retries
-            - sum(a.outcome == TaskState.RATE_LIMITED.value for a in mine),
-            prompt=RESUME_PROMPT if previous else None,
+            - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
+            prompt=RESUME_PROMPT if since or (previous and session) else None,
         )
 
     def take_over(self, agent: str, task: Task) -> None:
@@ -150,15 +166,33 @@ class TaskWorker:
     def _run(self, live: Live, path: Path) -> TaskOutcome:
         task = live.task
         row = self.store.task(self.run_id, task.id)
-        if row is not None and row.base_commit and path.is_dir():
-            base = row.base_commit  # resumed after the manager died: the worktree is ours
+        if row is not None and row.base_commit:
+            # Populated before (a resumed or retried task): the worktree is ours; put back
+            # what a crash or a removal took, never start it over.
+            base = row.base_commit
+            if live.resume_from is None or live.resume_from.ended_at is not None:
+                live.resume_from = self._unrecorded(task, path, row) or live.resume_from
+            unlock = not _agent_may_run(live.resume_from)
+            provision.restore(self.repo, path=path, branch=task.branch, start=base, unlock=unlock)
         else:
-            start = self._start_commit(task)
+            # A start commit recorded by an earlier manager is kept: a dependency merge made
+            # again would be a different commit, and the half-made branch points at the old one.
+            recorded = row.start_commit if row is not None else None
+            start = recorded or self._start_commit(task)
             if isinstance(start, TaskOutcome):
                 return start
             if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
                 return TaskOutcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
-            worktrees.create_worktree(self.repo, path=path, branch=task.branch, start=start)
+            if recorded:
+                provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
+            else:  # the intent first: a crash from here on is rolled back by `swarm resume`
+                self.store.update_task(self.run_id, task.id, start_commit=start)
+            faults.retry_while_full(  # a failed creation removes what it made: retry is clean
+                lambda: worktrees.create_worktree(
+                    self.repo, path=path, branch=task.branch, start=start
+                ),
+                self.store.on_full,
+            )
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot)
@@ -173,13 +207,52 @@ class TaskWorker:
                 return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
 
+    def _unrecorded(self, task: Task, path: Path, row: TaskRow) -> AttemptRow | None:
+        """Record the attempt a killed manager launched but did not record, if it did.
+
+        Its agent still running is adopted; one that ended while no manager watched is read
+        from its log. Without either, the launch never happened and the attempt runs anew.
+        """
+        number = row.launching
+        recorded = {a.number for a in self.store.attempts(self.run_id, task.id)}
+        if number is None or number in recorded:
+            return None
+        identity = provision.unrecorded_agent(self.run_id, task.id, path)
+        # The log the killed manager opened for it: the name follows the attempt number.
+        log_path = self._logs(task) / f"attempt-{number}.log"
+        text = _read_log(log_path)
+        if identity is None and not text.strip():
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        attempt_id = self.store.start_attempt(
+            self.run_id,
+            task.id,
+            number=number,
+            # An agent that is gone has no identity left; pid 0 names no process to adopt.
+            identity=identity or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
+            log_path=str(log_path),
+            started_at=identity.create_time if identity else log_path.stat().st_mtime,
+        )
+        if identity is None:
+            adapter = adapter_for(task.agent)
+            result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
+            self._record(attempt_id, task.id, _Ended(result=result), None)
+        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
+        self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
+        return self.store.attempts(self.run_id, task.id)[-1]
+
     # -- attempts -------------------------------------------------------------------------
 
     def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> TaskOutcome:
         task = live.task
         previous = self.store.attempts(self.run_id, task.id)
         number = len(previous)
-        course = _Course.resumed(task, previous)
+        row = self.store.task(self.run_id, task.id)
+        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
+        since = [a for a in previous if row is None or a.number > row.retry_base]
+        course = _Course.resumed(
+            task, previous, since=since, fresh=row is not None and row.retry_fresh
+        )
         repairs_left = task.repair
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
@@ -321,14 +394,20 @@ class TaskWorker:
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
     ) -> git.DiffStat:
         """Commit the attempt's edits to the task's branch and record the diff stat."""
-        tip = git.checkpoint(
-            path,
-            message=f"swarm: checkpoint {task.id} attempt {number} "
+        message = (
+            f"swarm: checkpoint {task.id} attempt {number} "
             f"({ended.cut_short or ended.result.outcome})"
-            + git.trailers(task.id, number, task.agent),
-            author=self.spec.commit_author,
-            exclude=task.link,
-            droppings=adapter_for(task.agent).droppings,
+            + git.trailers(task.id, number, task.agent)
+        )
+        tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
+            lambda: git.checkpoint(
+                path,
+                message=message,
+                author=self.spec.commit_author,
+                exclude=task.link,
+                droppings=adapter_for(task.agent).droppings,
+            ),
+            self.store.on_full,
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
@@ -368,7 +447,9 @@ class TaskWorker:
             resumes = session is not None and adapter.supports_resume
             text = prompt = prompt if resumes else f"{text}\n\n{prompt}"
         prompt_file = logs / f"prompt-{number}.md"
-        prompt_file.write_text(text, encoding="utf-8")
+        faults.retry_while_full(
+            lambda: prompt_file.write_text(text, encoding="utf-8"), self.store.on_full
+        )
         values = {
             "prompt": text,
             "prompt_file": str(prompt_file),
@@ -400,6 +481,8 @@ class TaskWorker:
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
+            # The intent first: `swarm resume` finds an agent started but not recorded.
+            self.store.update_task(self.run_id, task.id, launching=number)
             agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
@@ -411,7 +494,7 @@ class TaskWorker:
                 started_at=agent.started_at,
                 agent=task.agent,
             )
-            self.store.update_task(self.run_id, task.id, attempts=number)
+            self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
             self._emit(
                 "agent_started",
                 task.id,
@@ -668,6 +751,14 @@ class TaskWorker:
                 **dict(task.env),
             }
         )
+
+
+def _agent_may_run(attempt: AttemptRow | None) -> bool:
+    """Whether an adopted attempt's agent may still run (and hold git's locks itself)."""
+    if attempt is None or attempt.ended_at is not None:
+        return False
+    identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
+    return supervisor.is_alive(identity)
 
 
 def _git_identity(root: Path) -> dict[str, str]:

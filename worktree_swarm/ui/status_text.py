@@ -64,6 +64,7 @@ def status_text(
     totals: dict[str, float | int],
     *,
     gates: Sequence[GateView] = (),
+    notes: Sequence[str] = (),
     styled: bool | None = None,
 ) -> str:
     """`swarm status`: the run, one row per task, then attempts, money, tokens and disk."""
@@ -100,7 +101,7 @@ def status_text(
     now = time.time()
     gate_lines = [gate.describe(now=now) for gate in gates]
     return render(
-        f"run {run_id}",
+        f"run {run_id}" + "".join(f"  {note}" for note in notes),
         table(_STATUS_COLUMNS, cells),
         money_line,
         *gate_lines,

@@ -1,0 +1,461 @@
+"""The manager killed or starved: provisioning is finished or rolled back, checkpoints never
+commit an unpopulated checkout, a dead manager is visible, runs can be listed and retried,
+a full disk pauses the manager, and a bug in a worker thread leaves its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.crashkit import TASKS, install_fake_claude, run_trial
+from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
+from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
+from worktree_swarm.git import repo as g
+
+NOTE = "manager not running — run `swarm resume`"
+
+
+def _hang_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> Path:
+    """Put a `git` first on PATH whose first *step* (e.g. read-tree) hangs; returns the flag
+    file it touches once hanging. Everything else is the real git."""
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir = tmp_path / "gitbin"
+    bin_dir.mkdir()
+    hung = tmp_path / "hung"
+    script = bin_dir / "git"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
+        " 2>/dev/null; then\n"
+        f"  touch {shlex.quote(str(hung))}; exec sleep 600\nfi\n"
+        f'exec {shlex.quote(real)} "$@"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return hung
+
+
+def _manager(repo: Path, *args: str, log_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """`swarm run` in a session of its own, so killing its group takes its git children."""
+    with ((log_dir or repo.parent) / "bg.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _writer(write_agent: object) -> str:
+    agent = write_agent(  # type: ignore[operator]
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    )
+    return f"[defaults]\nagent = {argv_toml(agent)}\n"
+
+
+def _killed_in_read_tree(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> str:
+    """A run of t1 whose manager is killed inside `git read-tree`; returns its run id."""
+    hung = _hang_git(tmp_path, monkeypatch, "read-tree")
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(hung.exists, timeout=120, what="the checkout to start")
+    _kill_group(proc)
+    worktree = repo.parent / "repo.swarm" / "t1"
+    assert [p.name for p in worktree.iterdir()] == [".git"]  # the issue's half-made worktree
+    assert g.checkout_incomplete(worktree)
+    out = json.loads(swarm(repo, "status", "--json").stdout)
+    return str(out["run_id"])
+
+
+def test_checkpoint_repairs_a_checkout_that_was_never_populated(repo: Path) -> None:
+    for i in range(5):
+        (repo / f"f{i}.txt").write_text(f"{i}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "files")
+    head = git(repo, "rev-parse", "HEAD")
+    worktree = repo.parent / "wt"
+    git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "swarm/x", str(worktree), head)
+    (worktree / "f0.txt").write_text("0\n")  # a checkout killed after its first file
+    assert g.checkout_incomplete(worktree)
+    assert g.checkpoint(worktree, message="checkpoint", author="a <a@example.com>") is None
+    assert git(repo, "rev-parse", "swarm/x") == head
+    assert sorted(p.name for p in worktree.glob("f*.txt")) == [f"f{i}.txt" for i in range(5)]
+    assert not g.checkout_incomplete(worktree)
+
+
+def test_kill_inside_checkout_then_resume_runs_the_task(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    run_id = _killed_in_read_tree(repo, tmp_path, monkeypatch, write_agent)
+    # The dead manager is visible, and a new run is refused until this one is settled.
+    out = swarm(repo, "status")
+    assert NOTE in out.stdout
+    data = json.loads(swarm(repo, "status", "--json").stdout)
+    assert (data["run_state"], data["manager_running"]) == ("manager_gone", False)
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "other=x")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert f"run {run_id} is unfinished" in out.stderr
+    assert "`swarm resume`" in out.stderr
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert [(r["run_id"], r["state"]) for r in runs] == [(run_id, "manager_gone")]
+
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    changed = git(repo, "diff", "--name-status", base, "swarm/t1")
+    assert changed == "A\tt1.txt"  # the agent's file, and no file of the base deleted
+    assert NOTE not in swarm(repo, "status").stdout
+
+
+def test_resume_clears_the_locks_a_killed_git_leaves(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    run_id = _killed_in_read_tree(repo, tmp_path, monkeypatch, write_agent)
+    # What git killed mid-write leaves: the lock of the branch `worktree add -b` was making,
+    # the worktree's index lock (read-tree) and the guard's scratch index lock.
+    state = repo / ".git"
+    (state / "refs" / "heads" / "swarm" / "t1.lock").write_text("")
+    admin = next((state / "worktrees").iterdir())
+    (admin / "index.lock").write_text("")
+    (state / "swarm" / "runs" / run_id / "guard" / "main.scratch-index.lock").write_text("")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
+def test_abandoned_half_made_worktree_is_cleaned_without_deleting_files(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    run_id = _killed_in_read_tree(repo, tmp_path, monkeypatch, write_agent)
+    out = swarm(repo, "run", "--force", "--agent", "scripted", "-t", "other=x")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"abandoned run {run_id}" in out.stderr
+    runs = {r["run_id"]: r for r in json.loads(swarm(repo, "runs", "--json").stdout)["runs"]}
+    assert runs[run_id]["state"] == "abandoned"
+    assert runs[run_id]["counts"] == {"stopped": 1}
+    out = swarm(repo, "clean", "--run", run_id, "--yes")
+    assert "checkout was incomplete (repaired, nothing deleted)" in out.stdout
+    assert git(repo, "rev-parse", "swarm/t1") == base  # nothing was committed on it
+    assert not (repo.parent / "repo.swarm" / "t1").exists()
+
+
+def test_rerunning_a_task_id_suggests_commands_that_work(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    flag = tmp_path / "succeed"
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        "with open(tid + '.txt', 'a') as fh: fh.write('attempt\\n')\n"
+        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
+    )
+    assert swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x").returncode == 1
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert [(r["run_id"], r["state"], r["counts"]) for r in runs] == [
+        (run_id, "finished", {"failed": 1})
+    ]
+    # Running the same id again names the run and a retry that really works.
+    out = swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x")
+    assert out.returncode == 2
+    suggested = out.stderr.split("`")[1]
+    assert suggested == f"swarm retry a --run {run_id}"
+    flag.touch()
+    out = swarm(repo, *shlex.split(suggested)[1:])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert git(repo, "show", "swarm/a:a.txt") == "attempt\nattempt"  # kept worktree, continued
+    # Now done: the message offers a clean that really deletes it, and then the id is free.
+    out = swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x")
+    assert out.returncode == 2
+    suggested = out.stderr.split("`")[-2]
+    assert suggested == f"swarm clean --run {run_id} --force --yes"
+    assert swarm(repo, *shlex.split(suggested)[1:]).returncode == 0
+    assert swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x").returncode == 0
+
+
+def test_retry_fresh_starts_over_from_the_base(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    flag = tmp_path / "succeed"
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "with open('a.txt', 'a') as fh: fh.write('attempt\\n')\n"
+        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    out = swarm(repo, "retry", "b")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1)
+    assert "no task 'b'" in out.stderr
+    flag.touch()
+    out = swarm(repo, "retry", "--fresh")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/a:a.txt") == "attempt"
+    out = swarm(repo, "retry")
+    assert out.returncode == 2
+    assert "nothing to retry" in out.stderr
+
+
+def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "pathlib.Path('half.txt').write_text('half\\n')\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "slow"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(pid_file.exists, timeout=120, what="the agent")
+    agent_pid = int(pid_file.read_text())
+    _kill_group(proc)
+    assert pid_alive(agent_pid)
+    out = swarm(repo, "run", "--force", "--agent", "scripted", "-t", "next=x")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not pid_alive(agent_pid)
+    assert git(repo, "show", "swarm/slow:half.txt") == "half"
+    states = [r["state"] for r in json.loads(swarm(repo, "runs", "--json").stdout)["runs"]]
+    assert states == ["abandoned", "finished"]
+
+
+def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_path: Path) -> None:
+    # `copy` of a unix socket: opening it fails with an OSError swarm does not expect.
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(repo / "agent.sock"))
+        text = '[defaults]\nagent = "scripted"\n[[task]]\nid = "a"\nprompt = "x"\n'
+        text += 'copy = ["agent.sock"]\n'
+        out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    reason = str(row["reason"])
+    assert reason.startswith("internal error: OSError(")
+    log = Path(reason.split("traceback in ")[1].rstrip(")"))
+    text = log.read_text()
+    assert "internal error in swarm-a" in text
+    assert "Traceback (most recent call last)" in text
+    assert "copy_into" in text
+    assert "internal error" in swarm(repo, "status").stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB tmpfs mounted for the test (skips where mounting is not allowed)."""
+    mount = Path(tempfile.mkdtemp(prefix="swarm-full-", dir=tmp_path))
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_pauses_the_manager_then_it_finishes(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    repo = make_repo(small_disk / "repo")
+    go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
+    filler = write_agent(  # fills the disk once the other has written, frees it when told
+        "import pathlib, time\n"
+        f"while not pathlib.Path({str(wrote)!r}).exists(): time.sleep(0.05)\n"
+        "with open('filler.bin', 'wb') as fh:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            fh.write(b'x' * 65536); fh.flush()\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"pathlib.Path({str(full)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('filler.bin').unlink()\n"
+        "pathlib.Path('filled.txt').write_text('done\\n')\n"
+    )
+    quick = write_agent(  # writes its work, ends once the disk is full
+        "import pathlib, time\n"
+        "pathlib.Path('quick.txt').write_text('work\\n')\n"
+        f"pathlib.Path({str(wrote)!r}).touch()\n"
+        f"while not pathlib.Path({str(full)!r}).exists(): time.sleep(0.05)\n"
+    )
+    text = (
+        '[[task]]\nid = "filler"\nprompt = "x"\n'
+        f"agent = {argv_toml(filler)}\n"
+        '[[task]]\nid = "quick"\nprompt = "x"\n'
+        f"agent = {argv_toml(quick)}\n"
+    )
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+        wait_for(full.exists, timeout=120, what="the disk to fill")
+
+        def paused() -> bool:
+            out = swarm(repo, "status")
+            return out.returncode == 0 and "paused: the disk is full" in out.stdout
+
+        wait_for(paused, timeout=120, what="the manager to pause")
+        assert proc.poll() is None  # paused, not dead
+        go.touch()
+        code = proc.wait(timeout=180)
+        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    rows = status_json(repo)
+    assert rows["quick"]["state"] == rows["filler"]["state"] == "done"
+    assert git(repo, "show", "swarm/quick:quick.txt") == "work"
+    assert "paused" not in swarm(repo, "status").stdout
+
+
+def test_resume_on_a_full_disk_says_so_in_one_line(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    repo = make_repo(small_disk / "repo")
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(pid_file.exists, timeout=120, what="the agent")
+    _kill_group(proc)
+    with (small_disk / "filler.bin").open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"x" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    try:
+        out = swarm(repo, "resume")
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1
+        assert "No space left on device" in out.stderr
+        assert "free some space, then run `swarm resume`" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        (small_disk / "filler.bin").unlink()
+        swarm(repo, "stop")
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_manager_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    trials = [run_trial(tmp_path / f"trial{seed}", seed) for seed in range(20)]
+    report = "\n".join(str(t) for t in trials)
+    assert all(t.resume_code == 0 for t in trials), report
+    assert sum(t.done for t in trials) == TASKS * len(trials), report
+    assert sum(t.lost_writes for t in trials) == 0, report
+    assert sum(t.double_runs for t in trials) == 0, report
+    assert sum(t.survivors for t in trials) == 0, report
+    assert sum(t.saw_manager_gone for t in trials) >= 10, report  # most kills land mid-run
+
+
+def _unrecorded_launch(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, int]:
+    """A dead manager whose agent runs but no attempt records it; (fake dir, agent pid)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "settings.json").write_text(json.dumps([40, 0.05]))  # about a second of writes
+    for key, value in install_fake_claude(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CRASH_FAKE_DIR", str(fake))
+    text = '[defaults]\nagent = "claude"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    launches = fake / "a.launches"
+    wait_for(launches.exists, timeout=120, what="the agent")
+    _kill_group(proc)
+    agent = int(launches.read_text())
+    # What a kill between the launch and its record leaves: the intent, no attempt.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        db.execute("DELETE FROM attempts WHERE task_id = 'a'")
+        db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    return fake, agent
+
+
+@pytest.mark.parametrize("agent_ends_first", [False, True])
+def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_ends_first: bool
+) -> None:
+    fake, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    launches = fake / "a.launches"
+    if agent_ends_first:
+        wait_for(lambda: not pid_alive(agent), timeout=120, what="the agent to end")
+    else:
+        assert pid_alive(agent)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert launches.read_text().split() == [str(agent)]  # never launched twice
+    assert status_json(repo)["a"]["state"] == "done"
+    logged = (fake / "a.writes").read_text().splitlines()
+    assert git(repo, "show", "swarm/a:a.txt").splitlines() == logged
+    assert len(logged) == 40
+
+
+def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    assert pid_alive(agent)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert not pid_alive(agent)
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed
+
+
+def test_retry_resumes_the_agents_session_on_its_branch(
+    repo: Path,
+    fake_claude: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")  # a rate limit, and no retries left for it
+    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert status_json(repo)["a"]["state"] == "failed"
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = calls(fake_claude, "a")
+    assert "--resume" not in first["argv"]
+    assert second["argv"][second["argv"].index("--resume") + 1] == "sess-a-1"
+    assert first["cwd"] == second["cwd"]  # the kept worktree
+    assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"

@@ -1,0 +1,161 @@
+"""Faults in the manager itself: a full disk pauses it, a bug in a thread leaves a traceback.
+
+When the state database cannot be written (no space, an I/O error), every write waits and
+retries instead of killing the manager with agents left unrecorded: launching pauses because
+the run loop is waiting too. Since the database is what cannot take the reason, it goes to a
+file of the run's directory that was given its blocks when the run started (``paused.json``,
+rewritten in place), where `swarm status` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from worktree_swarm.core.errors import CommandError, SwarmError
+
+_T = TypeVar("_T")
+_NO_SPACE = "No space left on device"
+
+MANAGER_LOG = "manager.log"
+PAUSE_FILE = "paused.json"
+_PAUSE_SIZE = 4096
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_RETRY_MIN, _RETRY_MAX = 0.5, 5.0
+
+
+class DiskFullError(SwarmError):
+    """The state (or a log) cannot be written: the disk is full or failing."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether *exc* says the disk is full or failing (not a bug or a busy database)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "disk is full" in text or "disk i/o error" in text
+    if isinstance(exc, CommandError):  # git: "fatal: ...: No space left on device"
+        return _NO_SPACE in exc.output
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, CommandError):
+        return f"`{' '.join(exc.argv[:2])}`: {_NO_SPACE}"
+    return str(exc)
+
+
+def full_message(what: object, exc: BaseException) -> str:
+    """One line for a full disk, naming what could not be written and what to do."""
+    return f"cannot write {what}: {_why(exc)}; free some space, then run `swarm resume`"
+
+
+def retry_while_full(
+    action: Callable[[], _T], on_full: Callable[[Exception | None], None] | None
+) -> _T:
+    """Run *action*; while it fails for a full disk, let *on_full* wait, then run it again."""
+    failed = False
+    while True:
+        try:
+            result = action()
+        except (CommandError, OSError) as exc:
+            if on_full is None or not is_full(exc):
+                raise
+            failed = True
+            on_full(exc)
+            continue
+        if failed and on_full is not None:
+            on_full(None)
+        return result
+
+
+class Pause:
+    """Wait out a full disk: records why in the run's pause file, retries with backoff."""
+
+    def __init__(self, run_dir: Path, *, stopping: threading.Event | None = None) -> None:
+        self.path = run_dir / PAUSE_FILE
+        self._stopping = stopping or threading.Event()
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._delay = _RETRY_MIN
+        with contextlib.suppress(OSError):  # no room even now: status just cannot say why
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(b" " * _PAUSE_SIZE)
+
+    def wait(self, exc: Exception | None) -> None:
+        """Called by the store: *exc* after a failed write (then sleep), None once one works."""
+        with self._lock:
+            if exc is None:
+                self._since, self._delay = None, _RETRY_MIN
+                self._write({})
+                return
+            if self._since is None:
+                self._since = time.time()
+            delay = self._delay
+            self._delay = min(_RETRY_MAX, self._delay * 2)
+            reason = f"paused: the disk is full ({_why(exc)}); retrying"
+            self._write({"reason": reason, "since": self._since})
+        self._stopping.wait(delay)
+
+    def _write(self, data: dict[str, object]) -> None:
+        payload = json.dumps(data).encode() if data else b""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, payload.ljust(_PAUSE_SIZE)[:_PAUSE_SIZE], 0)
+            finally:
+                os.close(fd)
+
+
+def paused_reason(run_dir: Path) -> str | None:
+    """Why the run's manager is paused right now (a full disk), or None."""
+    try:
+        text = (run_dir / PAUSE_FILE).read_text(encoding="utf-8").strip()
+        data = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+def record_exception(log: Path, where: str) -> Path:
+    """Append the exception being handled, with its traceback, to *log*; returns *log*."""
+    _append(log, where, traceback.format_exc())
+    return log
+
+
+def thread_hook(log: Path) -> Callable[[threading.ExceptHookArgs], None]:
+    """A ``threading.excepthook`` writing any thread's uncaught exception to *log*."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        name = args.thread.name if args.thread is not None else "a thread"
+        _append(log, name, text)
+
+    return hook
+
+
+def _append(log: Path, where: str, text: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    entry = f"{stamp} internal error in {where}\n{text}\n"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(entry)
+    except OSError:
+        sys.stderr.write(entry)  # the disk refuses the log too: stderr is all that is left

@@ -1,0 +1,146 @@
+"""Crash-idempotent provisioning: finish or roll back what a killed manager half-made.
+
+A task's start commit is recorded in the store before git is touched, and its base commit
+once the worktree is populated. Whatever a crash left in between (a branch at the start
+commit, an admin dir locked ``initializing``, a directory holding only ``.git`` or part of
+the files) held no agent yet, so it is rolled back and made again. A worktree that was
+populated once is only ever repaired: reattached to its branch when its directory is gone,
+repopulated when its checkout is incomplete, freed of git lock files a killed git left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import psutil
+
+from worktree_swarm.core.errors import GitError, SwarmError
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import supervisor
+
+# Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
+_WORKTREE_LOCKS = ("index.lock", "HEAD.lock")
+
+
+def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
+    """Remove what a killed creation of *path* on a new *branch* at *start* made.
+
+    The branch is deleted only while it still points at *start* (nothing was committed on
+    it); a branch that moved is left for :func:`worktrees.create_worktree` to refuse.
+    """
+    path = path.absolute()
+    with git.repo_lock(repo):
+        _discard_admin_dirs(repo, path)
+        shutil.rmtree(path, ignore_errors=True)
+        # `worktree add -b` killed while it made the branch leaves the ref's lock, and git
+        # then refuses the branch ("Another git process seems to be running").
+        (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
+        git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
+        git.git(repo.root, "worktree", "prune")
+
+
+def restore(repo: git.Repo, *, path: Path, branch: str, start: str, unlock: bool) -> bool:
+    """Make *path* a complete checkout of *branch* again; returns whether anything was done.
+
+    For a worktree that was populated once: its directory gone (removed for disk room, or by
+    ``swarm clean``) means it is added again on its branch (made at *start* when the branch is
+    gone too); an incomplete checkout is repopulated from HEAD. With *unlock* (no process of
+    the task can be running), lock files a killed git left in it are removed.
+    """
+    path = path.absolute()
+    changed = False
+    if not (path / ".git").exists():
+        if path.exists() and any(path.iterdir()):
+            raise SwarmError(
+                f"{path} exists but is not a git worktree; move it aside and run `swarm resume`"
+            )
+        _reattach(repo, path=path, branch=branch, start=start)
+        changed = True
+    if unlock:
+        changed |= _unlink_stale_locks(repo, path, branch)
+    return git.repair_checkout(path) or changed
+
+
+def _reattach(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
+    with git.repo_lock(repo):
+        _discard_admin_dirs(repo, path)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        git.git(repo.root, "worktree", "prune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if git.branch_exists(repo, branch):
+            args = ["--", str(path), branch]
+        else:
+            args = ["--no-track", "-b", branch, "--", str(path), start]
+        git.git(repo.root, "worktree", "add", "--quiet", "--no-checkout", *args)
+    git.git(path, "read-tree", "--reset", "-u", "HEAD")
+
+
+def _discard_admin_dirs(repo: git.Repo, path: Path) -> None:
+    """Remove git's admin dirs for *path*, including one killed before it named its path."""
+    admin_root = repo.common_dir / "worktrees"
+    if not admin_root.is_dir():
+        return
+    own_name = re.compile(re.escape(path.name) + r"\d*")
+    for admin in admin_root.iterdir():
+        try:
+            gitdir = (admin / "gitdir").read_text(encoding="utf-8").strip()
+        except OSError:
+            # `worktree add` writes gitdir right after making the dir; under the repository
+            # lock nobody else is adding one, so a dir named after ours without it is debris.
+            if own_name.fullmatch(admin.name):
+                shutil.rmtree(admin, ignore_errors=True)
+            continue
+        if _norm(Path(gitdir).parent) == _norm(path):
+            shutil.rmtree(admin, ignore_errors=True)
+
+
+def _unlink_stale_locks(repo: git.Repo, path: Path, branch: str) -> bool:
+    try:
+        admin = git.git_dir(path)
+    except GitError:
+        return False
+    stale = [admin / name for name in _WORKTREE_LOCKS]
+    stale.append(repo.common_dir / "refs" / "heads" / f"{branch}.lock")
+    removed = False
+    for lock in stale:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+            removed = True
+    return removed
+
+
+def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdentity | None:
+    """An agent of the task that runs in *worktree* but that no attempt records.
+
+    A manager killed between launching an agent and recording the attempt leaves one; it is
+    adopted instead of launched a second time. Found by its working directory and the
+    ``SWARM_RUN_ID``/``SWARM_TASK_ID`` it was started with; the leader of its process group
+    (agents start in a session of their own) is the one recorded.
+    """
+    ours = []
+    for proc in supervisor.processes_in(worktree):
+        try:
+            env = proc.environ()
+            leader = os.getpgid(proc.pid) == proc.pid
+        except (psutil.Error, OSError):
+            continue
+        if env.get("SWARM_RUN_ID") == run_id and env.get("SWARM_TASK_ID") == task_id and leader:
+            ours.append(proc)
+    for proc in sorted(ours, key=lambda p: p.create_time()):
+        identity = supervisor.identity_of(proc.pid)
+        if identity is not None:
+            return identity
+    return None
+
+
+def _norm(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+__all__ = ["restore", "roll_back", "unrecorded_agent"]

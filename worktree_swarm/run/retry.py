@@ -1,0 +1,84 @@
+"""`swarm retry`: run a run's failed, stopped or timed-out tasks again, in their kept worktrees.
+
+A retried task goes back to ``pending`` in the same run and continues on its branch from its
+last checkpoint (the agent's session is resumed where it has one). ``fresh`` starts it over
+from its base instead: its worktree and branch are made again, the old tip is named in the
+``retry`` event. The run itself is then carried on like `swarm resume` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.infra.store import Store, TaskRow
+
+RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
+# Named explicitly, these may run again too; done/merged work is never redone by retry.
+_NAMED_ALSO = frozenset({TaskState.NO_CHANGES})
+RETRY_EVENT = "retry"
+
+
+def prepare(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, fresh: bool
+) -> list[str]:
+    """Put the tasks to retry back to pending and reopen the run; returns their ids.
+
+    With no *task_ids*: every failed, stopped, timed-out or blocked task. Raises
+    BadInputError (before changing anything) for an unknown id, a task that cannot be
+    retried, or when there is nothing to retry.
+    """
+    rows = {row.task_id: row for row in store.tasks(run_id)}
+    for task_id in task_ids:
+        row = rows.get(task_id)
+        if row is None:
+            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        if row.state not in RETRYABLE | _NAMED_ALSO:
+            what = f"{row.state.value}; its work is on {row.branch}"
+            if not row.state.is_final:
+                what = "still in progress; `swarm resume` carries it on"
+            raise BadInputError(f"task {task_id} of run {run_id} is {what}")
+    picked = list(task_ids) or [t for t, row in rows.items() if row.state in RETRYABLE]
+    if not picked and all(row.state.is_final for row in rows.values()):
+        raise BadInputError(
+            f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
+        )
+    for task_id in picked:
+        _reset(repo, store, rows[task_id], fresh=fresh)
+    store.reopen_run(run_id)
+    return picked
+
+
+def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
+    # From the attempts themselves: a manager killed right after a launch may not have
+    # counted the last one on the task row.
+    last = max((a.number for a in store.attempts(row.run_id, row.task_id)), default=0)
+    data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
+    if fresh:
+        tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
+        data["previous_tip"] = tip
+        path = Path(row.worktree)
+        if path.exists():
+            worktrees.remove_worktree(repo, path, force=True)
+        with contextlib.suppress(BadInputError):
+            worktrees.prune(repo)
+        if tip is not None:
+            worktrees.delete_branch(repo, row.branch, force=True)
+    store.update_task(
+        row.run_id,
+        row.task_id,
+        state=TaskState.PENDING,
+        reason=f"retrying{' from the base' if fresh else ''}",
+        ended_at=None,
+        stop_requested=False,
+        retry_base=last,
+        retry_fresh=fresh,
+    )
+    if fresh:
+        store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
+    store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)

@@ -1,0 +1,183 @@
+"""Runs as a whole: their state (is the manager still there?), `swarm runs`, abandoning one."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import ProcessIdentity, RunStatus
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store
+from worktree_swarm.run import control
+
+RUN_STATUS_ABANDONED = RunStatus.ABANDONED
+
+
+class RunState(enum.StrEnum):
+    """What a run is doing now (``swarm runs``, ``swarm status --json`` ``run_state``)."""
+
+    RUNNING = "running"
+    MANAGER_GONE = "manager_gone"  # unfinished, but no process manages it: `swarm resume`
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"
+
+
+def manager_running(run: RunRow) -> bool:
+    """Whether the process recorded as *run*'s manager is alive (same PID and start time)."""
+    if run.manager_pid is None or run.manager_create_time is None:
+        return False
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    return supervisor.is_alive(ident)
+
+
+def run_state(run: RunRow) -> RunState:
+    """The state of *run*, checking an unfinished run's manager against reality."""
+    if run.status == RUN_STATUS_RUNNING:
+        return RunState.RUNNING if manager_running(run) else RunState.MANAGER_GONE
+    try:
+        return RunState(run.status)
+    except ValueError:
+        return RunState.FINISHED
+
+
+def resume_command(store: Store, run_id: str) -> str:
+    """The `swarm resume` line that carries *run_id* on (``--run`` unless it is the latest)."""
+    return "swarm resume" if store.latest_run_id() == run_id else f"swarm resume --run {run_id}"
+
+
+def manager_note(store: Store, run: RunRow) -> str | None:
+    """``manager not running — run `swarm resume``` for an orphaned run, else None."""
+    if run_state(run) is not RunState.MANAGER_GONE:
+        return None
+    return f"manager not running — run `{resume_command(store, run.run_id)}`"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """One row of `swarm runs` (the ``--json`` fields)."""
+
+    run_id: str
+    started_at: float
+    ended_at: float | None
+    state: str
+    tasks: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+def list_runs(store: Store) -> list[RunSummary]:
+    """Every recorded run, oldest first, with its state and task counts per state."""
+    summaries = []
+    for run in store.runs():
+        counts: dict[str, int] = {}
+        rows = store.tasks(run.run_id)
+        for row in rows:
+            counts[row.state.value] = counts.get(row.state.value, 0) + 1
+        summaries.append(
+            RunSummary(
+                run_id=run.run_id,
+                started_at=run.created_at,
+                ended_at=run.ended_at,
+                state=run_state(run).value,
+                tasks=len(rows),
+                counts=dict(sorted(counts.items())),
+            )
+        )
+    return summaries
+
+
+def format_runs(summaries: list[RunSummary]) -> list[str]:
+    """The text table of `swarm runs`."""
+    if not summaries:
+        return ["no runs recorded yet; start one with `swarm run`"]
+    lines = [f"{'run':<24} {'started':<19} {'state':<13} tasks"]
+    for s in summaries:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at))
+        counts = ", ".join(f"{n} {state}" for state, n in s.counts.items())
+        lines.append(f"{s.run_id:<24} {started:<19} {s.state:<13} {s.tasks} ({counts})")
+    return lines
+
+
+def orphaned_runs(store: Store) -> list[RunRow]:
+    """Unfinished runs whose manager is gone."""
+    return [r for r in store.runs() if run_state(r) is RunState.MANAGER_GONE]
+
+
+def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]:
+    """Before a new run: refuse while a run has no manager, or (*force*) abandon those runs.
+
+    Abandoning stops what the dead manager left running, checkpoints the worktrees of its
+    unfinished tasks and marks them stopped. Returns the abandoned run ids.
+    """
+    orphans = orphaned_runs(store)
+    if orphans and not force:
+        run_id = orphans[-1].run_id
+        raise BadInputError(
+            f"run {run_id} is unfinished and its manager is not running; continue it with "
+            f"`{resume_command(store, run_id)}` (or pass --force to abandon it)"
+        )
+    for run in orphans:
+        targets = [t.task_id for t in store.tasks(run.run_id) if not t.state.is_final]
+        control.stop_unmanaged(repo, store, run.run_id, targets)
+        store.finish_run(run.run_id, status=RUN_STATUS_ABANDONED)
+    return [r.run_id for r in orphans]
+
+
+def branch_next_step(store: Store, branch: str) -> str | None:
+    """What to do about an existing *branch* that a recorded run's task owns (else None)."""
+    for run in reversed(store.runs()):
+        for row in store.tasks(run.run_id):
+            if row.branch != branch:
+                continue
+            who = f"task {row.task_id} of run {run.run_id}"
+            if not row.state.is_final:
+                if run_state(run) is RunState.RUNNING:
+                    return f"{who} is still running; wait for it or stop it with `swarm stop`"
+                resume = resume_command(store, run.run_id)
+                return f"{who} is unfinished; continue it with `{resume}`"
+            clean = f"`swarm clean --run {run.run_id} --force --yes`"
+            if row.state.is_success:
+                return f"{who} is {row.state.value}; merge it, or delete it with {clean}"
+            return (
+                f"{who} is {row.state.value}; run it again with "
+                f"`swarm retry {row.task_id} --run {run.run_id}`, or delete it with {clean}"
+            )
+    return None
+
+
+def settle_before_run(
+    repo: git.Repo, *, force: bool
+) -> tuple[list[str], Callable[[str], str | None]]:
+    """Before `swarm run`: refuse while a run has no manager, or (*force*) abandon it.
+
+    Returns the abandoned run ids and, for the preflight, what to do about a branch a
+    recorded run owns. Creates nothing where no run was ever recorded.
+    """
+    path = store_path(repo)
+    abandoned: list[str] = []
+    if path.exists():
+        with Store(path) as store:
+            if force and orphaned_runs(store):
+                with ManagerLock(repo.state_dir) as lock:
+                    lock.acquire()
+                    abandoned = refuse_or_abandon(repo, store, force=True)
+            refuse_or_abandon(repo, store, force=False)
+
+    def next_step(branch: str) -> str | None:
+        if not path.exists():
+            return None
+        with Store(path) as store:
+            return branch_next_step(store, branch)
+
+    return abandoned, next_step
