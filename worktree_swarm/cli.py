@@ -22,6 +22,7 @@ from worktree_swarm.errors import ExitCode, SwarmError
 from worktree_swarm.lock import ManagerLock
 from worktree_swarm.manifest import Overrides, build_run_spec
 from worktree_swarm.models import TaskState
+from worktree_swarm.redact import RedactingWriter, redact
 from worktree_swarm.runner import Observer, Runner, store_path, worktree_path
 from worktree_swarm.sandbox import check_available as require_sandbox
 from worktree_swarm.store import Store
@@ -282,18 +283,21 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
+        # Whole lines through the redactor, so a secret is never split across two writes.
+        out = RedactingWriter(sys.stdout.buffer)
         with path.open("rb") as fh:
             while True:
                 chunk = fh.read(65536)
                 if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
+                    out.write(chunk)
                     continue
                 if not follow or _attempt_ended(store, run_id, attempt.id):
                     if follow:  # the writer may have flushed after our last read
-                        sys.stdout.buffer.write(fh.read())
+                        out.write(fh.read())
                     break
+                out.flush_partial()
                 time.sleep(0.2)
+        out.close()
     return ExitCode.OK
 
 
@@ -648,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwarmError as exc:
         if debug:
             raise
-        click.echo(f"swarm: {exc}", err=True)
+        click.echo(f"swarm: {redact(str(exc))}", err=True)
         return int(exc.exit_code)
     except Exception:
         if debug:

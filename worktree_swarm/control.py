@@ -41,12 +41,15 @@ def stop(
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         worktree = Path(rows[task_id].worktree)
         if is_active(rows[task_id].state) and worktree.is_dir():
-            links = task_from_json(rows[task_id].spec_json).link
+            task = task_from_json(rows[task_id].spec_json)
+            links = task.link
             git.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {task_id} (stopped)",
                 author=commit_author(store, run_id),
-                exclude=links,
+                exclude=worktrees.local_paths(
+                    worktree, link=links, copy=task.copy, base=rows[task_id].base_commit
+                ),
             )
             worktrees.unlink_links(repo.root, worktree, links)
         store.update_task(

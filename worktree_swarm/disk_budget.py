@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from worktree_swarm import disk, git, worktrees
 from worktree_swarm.disk import format_size
@@ -183,6 +184,13 @@ class DiskBudget:
         )
         return disk.combine(scan for scan, _ in self._scans.values()).actual + expected
 
+    def _local_paths(self, task: Task | None, path: Path) -> tuple[str, ...]:
+        if task is None:
+            return ()
+        row = self.store.task(self.run_id, task.id)
+        base = row.base_commit if row is not None else None
+        return worktrees.local_paths(path, link=task.link, copy=task.copy, base=base)
+
     def _remove(self, task_id: str, *, used: int, need: int) -> None:
         """Remove a finished task's worktree to make room; its branch keeps the work."""
         path = self.root / task_id
@@ -201,7 +209,7 @@ class DiskBudget:
                     message=f"swarm: checkpoint {task_id} (before removing its worktree "
                     "for max_disk)",
                     author=self.spec.commit_author,
-                    exclude=task.link if task is not None else (),
+                    exclude=self._local_paths(task, path),
                 )
                 worktrees.remove_worktree(self.repo, path, force=True)
         self._scans.pop(task_id, None)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worktree_swarm.redact import redact, redact_data
 from worktree_swarm.status import task_status
 from worktree_swarm.store import Store
 from worktree_swarm.supervisor import last_line
@@ -43,7 +44,9 @@ class PlainObserver:
         """Print one event."""
         if self._json:
             line = json.dumps(
-                {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
+                redact_data(
+                    {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
+                )
             )
         elif kind == "state":
             reason = f" - {data['reason']}" if data.get("reason") else ""
@@ -55,7 +58,7 @@ class PlainObserver:
         else:
             return
         with self._lock:
-            print(line, file=self._out, flush=True)
+            print(line if self._json else redact(line), file=self._out, flush=True)
 
 
 class LiveTable:
@@ -89,7 +92,7 @@ class LiveTable:
                 detail = ""
             style = _STYLE.get(row.state, "")
             state = f"[{style}]{row.state}[/]" if style else row.state
-            table.add_row(row.task_id, state, elapsed, detail[:70])
+            table.add_row(row.task_id, state, elapsed, redact(detail)[:70])
         return table
 
     def __enter__(self) -> Self:

@@ -25,7 +25,7 @@ import psutil
 from worktree_swarm import control, git, guard, lock, proc, supervisor, worktrees
 from worktree_swarm.errors import SwarmError
 from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
-from worktree_swarm.store import Store
+from worktree_swarm.store import Store, task_from_json
 from worktree_swarm.worktrees import WorktreeInfo
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
@@ -264,7 +264,7 @@ def _apply_one(
     if f.action is Action.UNLINK_LOCK:
         return _unlink_lock(repo, f), None
     if f.action is Action.REMOVE_WORKTREE:
-        return _remove_worktree(repo, f, force=force)
+        return _remove_worktree(repo, f, force=force, store=store)
     if f.action is Action.REMOVE_INITIALIZING:
         return _remove_initializing(repo, f), None
     if f.action is Action.RESCUE_DIRECTORY:
@@ -339,13 +339,26 @@ def _unlink_lock(repo: git.Repo, f: Finding) -> str:
     return "removed"
 
 
+def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:
+    """The task's ``link`` and ``copy`` paths, when the store still knows the task."""
+    row = (
+        None if store is None or not f.run_id or not f.task_id else store.task(f.run_id, f.task_id)
+    )
+    if row is None:
+        return ()
+    task = task_from_json(row.spec_json)
+    return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+
+
 def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     # We already hold the repository lock, and list_worktrees would wait for it forever.
     infos = worktrees.list_worktrees_locked(repo)
     return {norm(w.path): w for w in infos}
 
 
-def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, str | None]:
+def _remove_worktree(
+    repo: git.Repo, f: Finding, *, force: bool, store: Store | None = None
+) -> tuple[str, str | None]:
     path = Path(f.target)
     info = _registered_locked(repo).get(norm(path))
     if info is None:
@@ -357,7 +370,12 @@ def _remove_worktree(repo: git.Repo, f: Finding, *, force: bool) -> tuple[str, s
         users = processes_using(path)
         if users:
             raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
-        sha = git.checkpoint(path, message=f"swarm: checkpoint {path.name} (clean)", author=AUTHOR)
+        sha = git.checkpoint(
+            path,
+            message=f"swarm: checkpoint {path.name} (clean)",
+            author=AUTHOR,
+            exclude=_local_paths(store, f, path),
+        )
         head = git.rev_parse_in(path, "HEAD")
         if not force and head and on_no_ref(repo, head):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")

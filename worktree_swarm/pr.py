@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from worktree_swarm import git
+from worktree_swarm import git, leaks
 from worktree_swarm.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.github import (
     Client,
@@ -20,6 +20,7 @@ from worktree_swarm.github import (
 )
 from worktree_swarm.issues import one_line
 from worktree_swarm.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
+from worktree_swarm.redact import redact
 from worktree_swarm.store import Store, TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
@@ -147,7 +148,7 @@ def open_pull_requests(
         except RateLimitError:
             raise
         except (GitHubError, SwarmError) as exc:
-            reason = client.token.redact(str(exc))
+            reason = redact(client.token.redact(str(exc)))
             failures.append(PrFailure(task_id=row.task_id, reason=reason))
             if echo is not None:
                 echo(f"{row.task_id}  failed  {reason}")
@@ -179,9 +180,14 @@ def _one(
     tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
     if tip is None:
         raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
+    # Every commit the push sends, from the run's base: a dependency's commits go too.
+    leak = leaks.find_leak(repo, base=fallback or row.base_commit, tip=tip, copy_globs=task.copy)
+    if leak is not None:
+        raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
     push_branch(repo, remote, branch, redact=client.token.redact)
-    title = pr_title(task)
-    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback)
+    # The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
+    title = redact(pr_title(task))
+    body = redact(pr_body(repo, row, task, tip=tip, fallback_base=fallback))
     existing = client.find_pull(branch)
     if existing is not None:
         reply = client.update_pull(int(existing["number"]), title=title, body=body)

@@ -17,7 +17,7 @@ from typing import TypeVar
 from worktree_swarm import supervisor
 from worktree_swarm.disk import DiskUsage, format_size, usage
 from worktree_swarm.models import ProcessIdentity, Task, TaskState
-from worktree_swarm.redact import Redactor
+from worktree_swarm.redact import Redactor, add_env, current
 from worktree_swarm.scheduler import Scheduler
 from worktree_swarm.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 
@@ -160,10 +160,9 @@ def build_report(
     rows = store.tasks(run_id)
     specs = {row.task_id: _task_spec(row) for row in rows}
     if redactor is None:
-        env = list(os.environ.items())
         for spec in specs.values():
-            env.extend(spec.env)
-        redactor = Redactor(env)
+            add_env(spec.env)
+        redactor = current()
     attempts: dict[str, list[AttemptRow]] = {row.task_id: [] for row in rows}
     for attempt in store.attempts(run_id):
         attempts.setdefault(attempt.task_id, []).append(attempt)

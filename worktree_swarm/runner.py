@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from worktree_swarm import git, sandbox, supervisor
+from worktree_swarm import git, redact, sandbox, supervisor
 from worktree_swarm.disk_budget import DiskBudget
 from worktree_swarm.errors import BadInputError, SwarmError
 from worktree_swarm.governor import AgentGate
@@ -70,6 +70,8 @@ class Runner:
         self.run_id = run_id
         self.base_commit = base_commit
         self._observer = observer
+        # Secret-named task `env` values are redacted from everything this process writes.
+        redact.add_env(pair for task in spec.tasks for pair in task.env)
         self._tasks = {t.id: t for t in spec.tasks}
         self._scheduler = Scheduler(spec.tasks)
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
@@ -191,13 +193,22 @@ class Runner:
             self.request_stop()
             self._drain()
             self._final_scan()
+            self._scrub_logs()
             self.store.finish_run(self.run_id, status="interrupted")
             self._emit("run_finished", None, {"status": "interrupted"})
             raise
+        self._scrub_logs()
         status = "stopped" if self._stopping.is_set() else "finished"
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status})
         return dict(self._states)
+
+    def _scrub_logs(self) -> None:
+        """Redact what agents, setup and checks wrote under the run's directory (notes too).
+
+        Not the agents' own config dirs (sessions a resume needs) nor the guard's snapshots.
+        """
+        redact.scrub_tree(run_dir(self.repo, self.run_id), skip=("agent-config", "guard", "tmp"))
 
     def request_stop(self) -> None:
         """Stop every live agent and start nothing new."""

@@ -11,6 +11,7 @@ from worktree_swarm import git, supervisor
 from worktree_swarm.disk import DiskUsage, usage
 from worktree_swarm.errors import BadInputError
 from worktree_swarm.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
+from worktree_swarm.redact import redact
 from worktree_swarm.runner import store_path
 from worktree_swarm.store import AttemptRow, Store
 
@@ -90,7 +91,7 @@ def task_status(
             TaskStatus(
                 task_id=task.task_id,
                 state=task.state.value,
-                reason=task.reason,
+                reason=redact(task.reason),  # also rows written before redaction existed
                 attempt=task.attempts,
                 pid=attempt.pid if attempt else None,
                 alive=alive,

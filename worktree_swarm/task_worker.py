@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worktree_swarm import git, notes, sandbox, supervisor, worktrees
+from worktree_swarm import git, notes, redact, sandbox, supervisor, worktrees
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.agents import Outcome as AgentOutcome
 from worktree_swarm.checks import CheckFailure, run_checks, run_steps
@@ -132,6 +132,7 @@ class TaskWorker:
             failure = run_steps(
                 task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
             )
+            redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
                 return Outcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
@@ -211,7 +212,8 @@ class TaskWorker:
             message=f"swarm: checkpoint {task.id} attempt {number} "
             f"({ended.cut_short or ended.result.outcome})",
             author=self.spec.commit_author,
-            exclude=task.link,
+            # `copy` files are local (.env, keys): like the links, never on the branch.
+            exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
         )
         stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
         self.store.update_task(
@@ -228,9 +230,12 @@ class TaskWorker:
             return None
         self._state(task.id, TaskState.CHECKING)
         with self._check_slots:
-            return run_checks(
-                task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
-            )
+            try:
+                return run_checks(
+                    task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
+                )
+            finally:
+                redact.scrub_file(self._logs(task) / "checks.log")
 
     def _attempt(
         self,
@@ -297,6 +302,7 @@ class TaskWorker:
                 ended = self._watch(task, live, agent, agent.started_at)
             finally:
                 self.guard.agent_ended(task.id)
+                redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
             cost = self._record(attempt_id, task.id, ended, agent.poll())
         finally:
             self.gate.release(cost_usd=cost)

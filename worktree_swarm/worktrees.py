@@ -25,6 +25,7 @@ from worktree_swarm.git import (
     rev_parse,
 )
 
+_ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
 
 
@@ -218,24 +219,74 @@ def copy_into(
     src_root = src_root.absolute()
     dst_real = _norm(dst_root)
     copied: set[str] = set()
+    for src, rel in copy_sources(src_root, globs):
+        dst = dst_root / rel
+        if not _norm(dst.parent).is_relative_to(dst_real):
+            raise BadInputError(f"{rel} would be copied outside {dst_root}")
+        if os.path.lexists(dst):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _copy_file(src, dst, mode=mode)
+        copied.add(rel.as_posix())
+    return sorted(copied)
+
+
+def copy_sources(
+    root: Path, globs: Sequence[str], *, error: type[SwarmError] | None = BadInputError
+) -> list[tuple[Path, PurePosixPath]]:
+    """The files (and symlinks, not followed) that *globs* name below *root*, with relative paths.
+
+    Nothing under ``.git``. Raises *error* for a pattern that leaves *root* and for a file
+    reached through a symlinked directory that leads out of it (``cfg/*`` with ``cfg`` a link
+    to ``~/.ssh`` would otherwise copy a private key into the worktree). With *error* None,
+    such files are skipped instead.
+    """
+    root_real = _norm(root)
+    found: dict[PurePosixPath, Path] = {}
     for pattern in globs:
         pure = PurePosixPath(pattern)
         if not pattern or pure.is_absolute() or ".." in pure.parts or "\\" in pattern:
-            raise BadInputError(f"copy pattern {pattern!r} must stay inside the repository")
-        for match in sorted(src_root.glob(pattern)):
+            raise (error or BadInputError)(
+                f"copy pattern {pattern!r} must stay inside the repository"
+            )
+        for match in sorted(root.glob(pattern)):
             for src in _files_under(match):
-                rel = src.relative_to(src_root)
-                if rel.parts[0] == ".git":
+                rel = PurePosixPath(src.relative_to(root).as_posix())
+                if ".git" in rel.parts:
                     continue
-                dst = dst_root / rel
-                if not _norm(dst.parent).is_relative_to(dst_real):
-                    raise BadInputError(f"{rel} would be copied outside {dst_root}")
-                if os.path.lexists(dst):
-                    continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _copy_file(src, dst, mode=mode)
-                copied.add(rel.as_posix())
-    return sorted(copied)
+                if not _norm(src.parent).is_relative_to(root_real):
+                    if error is None:
+                        continue
+                    raise error(
+                        f"copy {pattern!r}: {rel} is reached through a symlink that leads "
+                        f"outside {root}; copy never follows one out of the repository"
+                    )
+                found.setdefault(rel, src)
+    return [(src, rel) for rel, src in sorted(found.items())]
+
+
+def local_paths(
+    worktree: Path, *, link: Sequence[str], copy: Sequence[str], base: str | None
+) -> tuple[str, ...]:
+    """What a checkpoint of *worktree* keeps off the branch: ``link`` symlinks, ``copy`` files."""
+    return (*link, *(copied_paths(worktree, copy, base=base) if base else ()))
+
+
+def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str]:
+    """The paths in *worktree* that *globs* match and the commit *base* does not track.
+
+    What ``copy`` brought (or an agent made under those names): the checkpoint keeps them
+    out of the branch, like the ``link`` symlinks.
+    """
+    if not globs:
+        return []
+    candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, error=None)]
+    tracked: set[str] = set()
+    for i in range(0, len(candidates), _ARGS_PER_CALL):
+        chunk = candidates[i : i + _ARGS_PER_CALL]
+        out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
+        tracked.update(out.split("\0"))
+    return [c for c in candidates if c not in tracked]
 
 
 def _files_under(path: Path) -> list[Path]:
