@@ -136,10 +136,17 @@ def run(
         overrides=overrides,
         extra_tasks=extra,
     )
+    # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
+    checkout = git.checkout_root(Path(ctx.obj["dir"]))
+    base = git.rev_parse_in(checkout, "HEAD^{commit}") or git.head_commit(repo)
+    if spec.worktree_root is not None:
+        worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+    for task in spec.tasks:
+        worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
     if spec.sandbox:
         require_sandbox()
     worktrees.preflight(repo, [(t.branch, worktree_path(spec, t)) for t in spec.tasks])
-    disk_budget.preflight(repo, spec, git.head_commit(repo))
+    disk_budget.preflight(repo, spec, base)
     if detach:
         argv = [a for a in ctx.obj["argv"] if a != "--detach"]
         pid, log = background.detach(repo, argv)
@@ -150,13 +157,15 @@ def run(
         return ExitCode.OK
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
-        if git.status_porcelain(repo.root):
+        if git.status_porcelain(checkout):
             click.echo(
                 "note: uncommitted changes in your checkout are not part of the base", err=True
             )
         return _execute(
             store,
-            lambda observer: Runner.create(repo=repo, spec=spec, store=store, observer=observer),
+            lambda observer: Runner.create(
+                repo=repo, spec=spec, store=store, observer=observer, base=base
+            ),
             as_json=as_json,
         )
 
@@ -543,6 +552,8 @@ def report_cmd(
     from worktree_swarm.runner import run_dir  # noqa: PLC0415
 
     repo = _repo(ctx)
+    if html_path is not None:
+        report_html.check_output(html_path)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id))

@@ -131,6 +131,11 @@ def repo_lock(repo: Repo) -> filelock.FileLock:
     return filelock.FileLock(repo.state_dir / "repo.lock")
 
 
+def checkout_root(path: Path) -> Path:
+    """The top of the checkout (main or linked worktree) that *path* is in."""
+    return Path(git(path, "rev-parse", "--show-toplevel").strip())
+
+
 def git_dir(checkout: Path) -> Path:
     """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
 

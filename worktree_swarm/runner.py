@@ -107,11 +107,20 @@ class Runner:
 
     @classmethod
     def create(
-        cls, *, repo: git.Repo, spec: RunSpec, store: Store, observer: Observer | None = None
+        cls,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        observer: Observer | None = None,
+        base: str | None = None,
     ) -> Runner:
-        """Record a new run (base commit, tasks) in the store and return its runner."""
+        """Record a new run in the store and return its runner.
+
+        *base* (default: the main checkout's HEAD) is the commit every task starts from.
+        """
         run_id = new_run_id()
-        base = git.head_commit(repo)
+        base = base or git.head_commit(repo)
         store.create_run(
             run_id=run_id,
             base_commit=base,

@@ -30,6 +30,12 @@ from worktree_swarm.store import AttemptRow, AttemptUsage, Store
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
+# Longer prompts reach the agent as a file named in its argv (see prompt_argument).
+PROMPT_ARG_LIMIT = 64 * 2**10
+LONG_PROMPT = (
+    "Your task is too long for a command line; it is in the file {path}. Read that whole file "
+    "first and do what it says."
+)
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
@@ -254,7 +260,7 @@ class TaskWorker:
         prompt_file = logs / f"prompt-{number}.md"
         prompt_file.write_text(text, encoding="utf-8")
         values = {
-            "prompt": text,
+            "prompt": prompt_argument(text, prompt_file),
             "prompt_file": str(prompt_file),
             "task_id": task.id,
             "worktree": str(path),
@@ -514,6 +520,17 @@ def worktree_path(spec: RunSpec, task: Task) -> Path:
         msg = "RunSpec.worktree_root must be set"
         raise ValueError(msg)
     return spec.worktree_root / task.id
+
+
+def prompt_argument(text: str, prompt_file: Path) -> str:
+    """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
+
+    Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
+    prompt would make the agent fail to start. The file holds the same text.
+    """
+    if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
+        return text
+    return LONG_PROMPT.format(path=prompt_file)
 
 
 def repair_prompt(failure: CheckFailure) -> str:

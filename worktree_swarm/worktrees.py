@@ -46,6 +46,40 @@ def default_worktree_root(repo: Repo) -> Path:
     return repo.root.parent / f"{repo.root.name}.swarm"
 
 
+# Directories whose direct children are the system's or the user's own: never a worktree root.
+_SYSTEM_DIRS = (
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",  # noqa: S108
+    "/usr", "/usr/bin",
+    "/usr/lib", "/usr/local", "/var", "/Applications", "/Library", "/System", "/Users",
+    "/Volumes", "/private", "/private/tmp",
+    "/private/var",
+)  # fmt: skip
+
+
+def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None) -> None:
+    """Raise BadInputError unless *root* may hold the run's worktrees.
+
+    Not inside the main checkout, the *checkout* swarm runs from, or the git directory (git
+    would see the worktrees as untracked files, the guard as foreign writes, a checkpoint
+    could commit one into another), and not a system directory or the home directory itself.
+    """
+    real = _norm(root)
+    where = f"worktree_root {root}"
+    for inside in (repo.common_dir, repo.root, checkout):
+        if inside is not None and real.is_relative_to(_norm(inside)):
+            raise BadInputError(
+                f"{where} is inside {inside}; put it outside the checkout and its git directory "
+                f"(default: {default_worktree_root(repo)})"
+            )
+    system = {_norm(Path(d)) for d in _SYSTEM_DIRS} | {_norm(Path.home())}
+    if real in system:
+        raise BadInputError(
+            f"{where} is a system or home directory; name a directory of its own "
+            f"(default: {default_worktree_root(repo)})"
+        )
+
+
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
     """Return every worktree of *repo*, the main one first."""
     # Unlocked, `worktree list` can catch a concurrent `worktree add` half-way and fail.
