@@ -315,12 +315,18 @@ def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str
     if not globs:
         return []
     candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, error=None)]
-    tracked: set[str] = set()
+    # Left alone: files the base tracks, and ignored files nobody added (git refuses a
+    # pathspec naming those, and `add --all` skips them anyway).
+    skip: set[str] = set()
     for i in range(0, len(candidates), _ARGS_PER_CALL):
         chunk = candidates[i : i + _ARGS_PER_CALL]
         out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
-        tracked.update(out.split("\0"))
-    return [c for c in candidates if c not in tracked]
+        skip.update(out.split("\0"))
+        literal = [f":(literal,top){c}" for c in chunk]
+        out = git(worktree, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                  "--", *literal)  # fmt: skip
+        skip.update(out.split("\0"))
+    return [c for c in candidates if c not in skip]
 
 
 def _files_under(path: Path) -> list[Path]:
