@@ -8,6 +8,7 @@ GitHub. Each secret value is looked for in every output, every file under ``.git
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -15,12 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.display import LiveTable
 from worktree_swarm.redact import REDACTED, Redactor, is_secret_name
+from worktree_swarm.store import Store
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -471,3 +475,53 @@ def test_redactor_keeps_people_urls_and_prose() -> None:
         "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc"
     )
     assert redact(text) == text
+
+
+def test_live_table_shows_a_running_agents_output_redacted(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    key = "sk-ant-api03-" + "L1v3" * 8
+    gate = tmp_path / "gate"
+    agent = write_agent(
+        "import pathlib, time\n"
+        f"print('using {key}', flush=True)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+        "pathlib.Path('x.txt').write_text('x')\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", " ".join(agent), "-t",
+         "t=x"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: swarm(repo, "logs", "t").stdout.strip() != "", what="agent output")
+        with Store(repo / ".git" / "swarm" / "state.db") as store:
+            screen = io.StringIO()
+            table = LiveTable(store, Console(file=screen, width=200, force_terminal=False))
+            table("run_started", None, {"run_id": store.latest_run_id()})
+            table._live.console.print(table._table())
+        shown = screen.getvalue()
+        assert f"using {REDACTED}" in shown
+        assert key not in shown
+    finally:
+        gate.touch()
+        run.communicate(timeout=60)
+
+
+def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    pasted = "github_pat_" + "P4st3d" * 5
+    agent = write_agent("import pathlib\npathlib.Path('fix.txt').write_text('fixed\\n')\n")
+    prompt = f"Fix auth with {pasted}\n\nThe log said: Authorization: token {pasted}"
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}").returncode == 0
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    (pull,) = fake_github.pulls.values()
+    assert pull["title"] == f"Fix auth with {REDACTED}"
+    assert pasted not in pull["body"]
+    assert f"Authorization: token {REDACTED}" in pull["body"]
