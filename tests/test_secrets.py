@@ -525,3 +525,30 @@ def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
     assert pull["title"] == f"Fix auth with {REDACTED}"
     assert pasted not in pull["body"]
     assert f"Authorization: token {REDACTED}" in pull["body"]
+
+
+def test_an_ignored_copy_file_an_agent_force_adds_stays_off_the_tip(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    (repo / ".gitignore").write_text(".env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore .env")
+    (repo / ".env").write_text("API_KEY=ignored-but-forced-value\n")
+    agent = write_agent(
+        "import pathlib, subprocess\n"
+        "pathlib.Path('work.txt').write_text('w\\n')\n"
+        "subprocess.run(['git', 'add', '-f', '.env'], check=True)\n"
+    )
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+        '[[task]]\nid = "t"\nprompt = "x"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t").split() == [
+        ".gitignore",
+        "README.md",
+        "work.txt",
+    ]
+    assert "ignored-but-forced-value" not in git(repo, "log", "-p", "swarm/t")

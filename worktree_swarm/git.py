@@ -270,7 +270,13 @@ def checkpoint(
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
         _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
-        pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in exclude)]
+        # `add` fails on a pathspec naming an ignored file, even an exclude; it would skip
+        # those files anyway.
+        out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                              "--directory", "--", *literal]).stdout  # fmt: skip
+        ignored = {p.rstrip("/") for p in out.split("\0") if p}
+        keep = [path for path in exclude if path.rstrip("/") not in ignored]
+        pathspec = [":(top)", *(f":(exclude,literal,top){path}" for path in keep)]
         _run(worktree, ["add", "--all", "--", *pathspec])
     else:
         _run(worktree, ["add", "--all"])

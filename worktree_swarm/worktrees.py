@@ -49,11 +49,10 @@ def default_worktree_root(repo: Repo) -> Path:
 # Directories whose direct children are the system's or the user's own: never a worktree root.
 _SYSTEM_DIRS = (
     "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",  # noqa: S108
-    "/usr", "/usr/bin",
-    "/usr/lib", "/usr/local", "/var", "/Applications", "/Library", "/System", "/Users",
-    "/Volumes", "/private", "/private/tmp",
-    "/private/var",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/usr/bin", "/usr/lib",
+    "/usr/local", "/var", "/Applications", "/Library", "/System", "/Users", "/Volumes",
+    "/private", "/private/var",
+    "/tmp", "/private/tmp",  # noqa: S108 - refused as a root, never written
 )  # fmt: skip
 
 
@@ -266,32 +265,30 @@ def copy_into(
 
 
 def copy_sources(
-    root: Path, globs: Sequence[str], *, error: type[SwarmError] | None = BadInputError
+    root: Path, globs: Sequence[str], *, strict: bool = True
 ) -> list[tuple[Path, PurePosixPath]]:
     """The files (and symlinks, not followed) that *globs* name below *root*, with relative paths.
 
-    Nothing under ``.git``. Raises *error* for a pattern that leaves *root* and for a file
-    reached through a symlinked directory that leads out of it (``cfg/*`` with ``cfg`` a link
-    to ``~/.ssh`` would otherwise copy a private key into the worktree). With *error* None,
-    such files are skipped instead.
+    Nothing under ``.git``. Raises BadInputError for a pattern that leaves *root* and, when
+    *strict*, for a file reached through a symlinked directory that leads out of it (``cfg/*``
+    with ``cfg`` a link to ``~/.ssh`` would otherwise copy a private key into the worktree);
+    without *strict* such files are skipped.
     """
     root_real = _norm(root)
     found: dict[PurePosixPath, Path] = {}
     for pattern in globs:
         pure = PurePosixPath(pattern)
         if not pattern or pure.is_absolute() or ".." in pure.parts or "\\" in pattern:
-            raise (error or BadInputError)(
-                f"copy pattern {pattern!r} must stay inside the repository"
-            )
+            raise BadInputError(f"copy pattern {pattern!r} must stay inside the repository")
         for match in sorted(root.glob(pattern)):
             for src in _files_under(match):
                 rel = PurePosixPath(src.relative_to(root).as_posix())
                 if ".git" in rel.parts:
                     continue
                 if not _norm(src.parent).is_relative_to(root_real):
-                    if error is None:
+                    if not strict:
                         continue
-                    raise error(
+                    raise BadInputError(
                         f"copy {pattern!r}: {rel} is reached through a symlink that leads "
                         f"outside {root}; copy never follows one out of the repository"
                     )
@@ -314,19 +311,13 @@ def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str
     """
     if not globs:
         return []
-    candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, error=None)]
-    # Left alone: files the base tracks, and ignored files nobody added (git refuses a
-    # pathspec naming those, and `add --all` skips them anyway).
-    skip: set[str] = set()
+    candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, strict=False)]
+    tracked: set[str] = set()
     for i in range(0, len(candidates), _ARGS_PER_CALL):
         chunk = candidates[i : i + _ARGS_PER_CALL]
         out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
-        skip.update(out.split("\0"))
-        literal = [f":(literal,top){c}" for c in chunk]
-        out = git(worktree, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
-                  "--", *literal)  # fmt: skip
-        skip.update(out.split("\0"))
-    return [c for c in candidates if c not in skip]
+        tracked.update(out.split("\0"))
+    return [c for c in candidates if c not in tracked]
 
 
 def _files_under(path: Path) -> list[Path]:
