@@ -67,7 +67,7 @@ _TRIGGERS = (
     "asia",
     "aiza",
     "eyj",
-    "://",
+    "://",  # a URL password: the match starts at the scheme, before this
     "bearer",
     "authorization",
     "token",
@@ -100,12 +100,30 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         """Return *text* with every secret replaced."""
-        # Python's regex engine is slow on long texts with alternations; substring tests in
-        # C skip the (usual) texts that hold nothing that could be a secret.
+        # Python's regex engine tries every alternative at every position: 3 s per MB of an
+        # agent log. Every match starts at a trigger (or at the scheme before "://"), so
+        # str.find (in C) finds the few places worth trying and the pattern runs only there.
         low = text.lower()
-        if not any(trigger in low for trigger in self._triggers):
+        starts: set[int] = set()
+        for trigger in self._triggers:
+            at = low.find(trigger)
+            while at != -1:
+                starts.update(_scheme_starts(low, at) if trigger == "://" else (at,))
+                at = low.find(trigger, at + 1)
+        if not starts:
             return text
-        return self._pattern.sub(self._replace, text)
+        pieces: list[str] = []
+        done = 0
+        for at in sorted(starts):
+            if at < done:
+                continue
+            m = self._pattern.match(text, at)
+            if m is None:
+                continue
+            pieces += [text[done:at], self._replace(m)]
+            done = m.end()
+        pieces.append(text[done:])
+        return "".join(pieces)
 
     def _replace(self, m: re.Match[str]) -> str:
         if m.group("scheme"):
@@ -120,6 +138,14 @@ class Redactor:
             return head + REDACTED
         # Not a secret's name ("keyboard=", "max_tokens=100"), but the value may hold one.
         return head + self(m.group("value"))
+
+
+def _scheme_starts(low: str, colon: int) -> tuple[int, ...]:
+    """Where a URL whose ``://`` is at *colon* may start: the scheme's first letters."""
+    start = colon
+    while start > 0 and (low[start - 1].isalnum() or low[start - 1] in "+.-"):
+        start -= 1
+    return tuple(i for i in range(start, colon) if low[i].isalpha())[:3]
 
 
 def _names_secret(m: re.Match[str]) -> bool:
