@@ -154,9 +154,10 @@ def test_task_env_secrets_are_redacted_from_run_output_and_state(
     assert value not in log.read_text()
 
 
+@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, *, sandboxed: bool,
 ) -> None:  # fmt: skip
     key = "local-env-secret-value-3c9d"
     (repo / ".env").write_text(f"API_KEY={key}\n")  # untracked and not ignored
@@ -175,7 +176,7 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
         f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env", "conf/*.local"]\n'
         '[[task]]\nid = "clean"\nprompt = "x"\n[[task]]\nid = "sneaky"\nprompt = "y"\n',
     )
-    out = swarm(repo, "run", path)
+    out = swarm(repo, "run", *(["--sandbox"] if sandboxed else []), path)
     assert out.returncode == 0, out.stdout + out.stderr
     # The copies were there for the agent, but the checkpoint left them out of the branch.
     wt = repo.parent / "repo.swarm" / "clean"
