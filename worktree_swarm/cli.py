@@ -27,6 +27,7 @@ from worktree_swarm.git import worktrees
 from worktree_swarm.guard.sandbox import check_available as require_sandbox
 from worktree_swarm.infra import faults
 from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.redact import RedactingWriter, redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.run import background, control, disk_budget, runs
@@ -142,9 +143,11 @@ def run(
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     repo = _repo(ctx)
     if from_spec is not None:  # a detached manager: the task list its parent validated
-        spec = spec_from_json(from_spec.read_text(encoding="utf-8"))
+        saved = json.loads(from_spec.read_text(encoding="utf-8"))
         from_spec.unlink()
-        return _run_spec(repo, spec, as_json=as_json)
+        spec = spec_from_json(json.dumps(saved["spec"]))
+        checkout = Path(saved["checkout"])
+        return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=saved["base"])
     extra: list[tuple[str, str, str]] = []
     if issue_numbers or issues_label:
         from worktree_swarm.github import client as github  # noqa: PLC0415
@@ -173,20 +176,32 @@ def run(
         overrides=overrides,
         extra_tasks=extra,
     )
+    # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
+    checkout = git.checkout_root(Path(ctx.obj["dir"]))
+    base = git.rev_parse_in(checkout, "HEAD^{commit}") or git.head_commit(repo)
+    if spec.worktree_root is not None:
+        worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+    for task in spec.tasks:
+        worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
     if spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     next_step = _settle_orphaned_runs(repo, force=force)
     items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
     worktrees.preflight(repo, items, next_step=next_step)
-    disk_budget.preflight(repo, spec, git.head_commit(repo))
+    disk_budget.preflight(repo, spec, base)
     if detach:
         # The issues were fetched and everything validated once, here: the manager gets
         # exactly this task list instead of reading manifests and GitHub again.
         repo.state_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(spec_to_json(spec))
+            saved = {
+                "spec": json.loads(spec_to_json(spec)),
+                "checkout": str(checkout),
+                "base": base,
+            }
+            fh.write(json.dumps(saved))
         argv = ["--debug"] if ctx.obj["debug"] else []
         argv += ["-C", str(repo.root), "run", "--from-spec", name]
         argv += ["--json"] if as_json else []
@@ -200,19 +215,21 @@ def run(
             "watch it with `swarm status` or `swarm logs TASK -f`"
         )
         return ExitCode.OK
-    return _run_spec(repo, spec, as_json=as_json)
+    return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
 
 
-def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool) -> int:
+def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str) -> int:
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
-        if git.status_porcelain(repo.root):
+        if git.status_porcelain(checkout):
             click.echo(
                 "note: uncommitted changes in your checkout are not part of the base", err=True
             )
         return _execute(
             store,
-            lambda observer: Runner.create(repo=repo, spec=spec, store=store, observer=observer),
+            lambda observer: Runner.create(
+                repo=repo, spec=spec, store=store, observer=observer, base=base
+            ),
             as_json=as_json,
         )
 
@@ -376,18 +393,21 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
+        # Whole lines through the redactor, so a secret is never split across two writes.
+        out = RedactingWriter(sys.stdout.buffer)
         with path.open("rb") as fh:
             while True:
                 chunk = fh.read(65536)
                 if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
+                    out.write(chunk)
                     continue
                 if not follow or _attempt_ended(store, run_id, attempt.id):
                     if follow:  # the writer may have flushed after our last read
-                        sys.stdout.buffer.write(fh.read())
+                        out.write(fh.read())
                     break
+                out.flush_partial()
                 time.sleep(0.2)
+        out.close()
     return ExitCode.OK
 
 
@@ -664,6 +684,8 @@ def report_cmd(
     from worktree_swarm.ui import report_text  # noqa: PLC0415
 
     repo = _repo(ctx)
+    if html_path is not None:
+        report_html.check_output(html_path)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id))
@@ -773,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SwarmError as exc:
         if debug:
             raise
-        click.echo(f"swarm: {exc}", err=True)
+        click.echo(f"swarm: {redact(str(exc))}", err=True)
         return int(exc.exit_code)
     except Exception as exc:
         if debug:

@@ -28,7 +28,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import lock, supervisor
-from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store import Store, task_from_json
 from worktree_swarm.run import control
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
@@ -267,7 +267,7 @@ def _apply_one(
     if f.action is Action.UNLINK_LOCK:
         return _unlink_lock(repo, f), None
     if f.action is Action.REMOVE_WORKTREE:
-        return _remove_worktree(repo, f, force=force, moves=moves)
+        return _remove_worktree(repo, f, force=force, moves=moves, store=store)
     if f.action is Action.REMOVE_INITIALIZING:
         return _remove_initializing(repo, f), None
     if f.action is Action.RESCUE_DIRECTORY:
@@ -342,6 +342,17 @@ def _unlink_lock(repo: git.Repo, f: Finding) -> str:
     return "removed"
 
 
+def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:
+    """The task's ``link`` and ``copy`` paths, when the store still knows the task."""
+    row = (
+        None if store is None or not f.run_id or not f.task_id else store.task(f.run_id, f.task_id)
+    )
+    if row is None:
+        return ()
+    task = task_from_json(row.spec_json)
+    return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+
+
 def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     # We already hold the repository lock, and list_worktrees would wait for it forever.
     infos = worktrees.list_worktrees_locked(repo)
@@ -349,7 +360,7 @@ def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
 
 
 def _remove_worktree(
-    repo: git.Repo, f: Finding, *, force: bool, moves: guard.RefMoves
+    repo: git.Repo, f: Finding, *, force: bool, moves: guard.RefMoves, store: Store | None = None
 ) -> tuple[str, str | None]:
     path = Path(f.target)
     info = _registered_locked(repo).get(real_path(path))
@@ -368,7 +379,12 @@ def _remove_worktree(
         ref = f"refs/heads/{info.branch}" if info.branch else None
         if ref is not None:
             moves.announce(ref)
-        sha = git.checkpoint(path, message=f"swarm: checkpoint {path.name} (clean)", author=AUTHOR)
+        sha = git.checkpoint(
+            path,
+            message=f"swarm: checkpoint {path.name} (clean)",
+            author=AUTHOR,
+            exclude=_local_paths(store, f, path),
+        )
         if ref is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
         head = git.rev_parse_in(path, "HEAD")

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
@@ -64,6 +65,21 @@ MANIFEST_KEYS = frozenset({"defaults", "task"})
 _ID_RULE = f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lock')"
 COPY_MODES = tuple(mode.value for mode in CopyMode)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A prompt file is a prompt, not a data set; /dev/zero or a FIFO must not be read without end.
+PROMPT_FILE_LIMIT = 2**20
+# The manifest and the config file: far above any real one, still a bound.
+TOML_FILE_LIMIT = 16 * 2**20
+# Variables that point git at another repository, index, object store or config (or make it
+# run code): set by swarm for every agent, never by a task's `env`.
+GIT_REPOSITORY_VARIABLES = frozenset(
+    {
+        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_EXEC_PATH",
+        "GIT_TEMPLATE_DIR", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE",
+        "GIT_NO_REPLACE_OBJECTS", "GIT_QUARANTINE_PATH",
+    }
+)  # fmt: skip
 _MAX_PORT = 65535
 _MIN_PORT = 1024
 
@@ -299,7 +315,7 @@ def _prompt_file_tasks(items: Sequence[str]) -> list[tuple[str, Mapping[str, obj
             raise BadInputError(f"--prompt-file {_short(item)}: expected ID=FILE")
         where = f"--prompt-file {_quote(task_id)}"
         _task_id(task_id, where=where)
-        data = _read_bytes(Path(file_name), where=f"{where}: {file_name}")
+        data = _read_bytes(Path(file_name), where=f"{where}: {file_name}", limit=PROMPT_FILE_LIMIT)
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -469,7 +485,7 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         idle_timeout=get("idle_timeout", parse_duration),
         retries=get("retries", _at_least(0)),
         priority=get("priority", _integer),
-        copy=get("copy", _globs),
+        copy=get("copy", _local_globs),
         setup=get("setup", _commands),
         env=get("env", _env),
         repair=get("repair", _at_least(0)),
@@ -620,10 +636,22 @@ def _globs(value: object, where: str) -> tuple[str, ...]:
     return patterns
 
 
+def _local_globs(value: object, where: str) -> tuple[str, ...]:
+    """``copy``/``link`` entries: inside the checkout, not the checkout itself, never ``.git``."""
+    patterns = _globs(value, where)
+    for i, pattern in enumerate(patterns):
+        parts = PurePosixPath(pattern).parts
+        if not parts:
+            raise BadInputError(f"{where}[{i}]: {pattern!r} names the checkout itself")
+        if ".git" in parts:
+            raise BadInputError(f"{where}[{i}]: {pattern!r} reaches into .git")
+    return patterns
+
+
 def _link_dirs(value: object, where: str) -> tuple[str, ...]:
-    dirs = _globs(value, where)
+    dirs = _local_globs(value, where)
     for i, name in enumerate(dirs):
-        if any(ch in name for ch in "*?[") or PurePosixPath(name).parts[:1] == (".git",):
+        if any(ch in name for ch in "*?["):
             raise BadInputError(f"{where}[{i}]: {name!r} must name a directory, not a pattern")
     return tuple(PurePosixPath(name).as_posix() for name in dirs)
 
@@ -683,6 +711,11 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
     for name, text in value.items():
         if _ENV_NAME_RE.fullmatch(name) is None:
             raise BadInputError(f"{where}: {name!r} is not a valid environment variable name")
+        if name.upper() in GIT_REPOSITORY_VARIABLES or name.upper().startswith("GIT_CONFIG"):
+            raise BadInputError(
+                f"{where}: {name} points git elsewhere; swarm sets git's repository variables "
+                "for every agent, a task cannot"
+            )
         pairs.append((name, _string(text, f"{where}.{name}")))
     return tuple(pairs)
 
@@ -707,11 +740,24 @@ def _check_keys(table: Mapping[str, object], allowed: frozenset[str], *, where: 
         raise BadInputError(f"{where}: unknown key {key!r} ({hint})")
 
 
-def _read_bytes(path: Path, *, where: str) -> bytes:
+def _read_bytes(path: Path, *, where: str, limit: int = TOML_FILE_LIMIT) -> bytes:
+    """The bytes of the regular file *path*, at most *limit* of them (else BadInputError)."""
     try:
-        return path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before the check below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise BadInputError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"{where}: not a regular file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise BadInputError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise BadInputError(f"{where}: larger than {limit // 2**20} MiB")
+    return data
 
 
 def _read_toml(path: Path, *, where: str) -> dict[str, object]:

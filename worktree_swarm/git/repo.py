@@ -128,6 +128,11 @@ def repo_lock(repo: Repo) -> Iterator[None]:
         yield
 
 
+def checkout_root(path: Path) -> Path:
+    """The top of the checkout (main or linked worktree) that *path* is in."""
+    return Path(git(path, "rev-parse", "--show-toplevel").strip())
+
+
 def git_dir(checkout: Path) -> Path:
     """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
 
@@ -294,6 +299,12 @@ def checkpoint(
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
         _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
+        # `add` fails on a pathspec naming an ignored file, even an exclude; it would skip
+        # those files anyway.
+        out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                              "--directory", "--", *literal]).stdout  # fmt: skip
+        ignored = {p.rstrip("/") for p in out.split("\0") if p}
+        exclude = [path for path in exclude if path.rstrip("/") not in ignored]
     if exclude or droppings:
         pathspec = [
             ":(top)",

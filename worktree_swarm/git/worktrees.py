@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
@@ -27,6 +28,7 @@ from worktree_swarm.git.repo import (
     rev_parse,
 )
 
+_ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
 
 
@@ -40,6 +42,39 @@ class WorktreeInfo:
     locked: str | None
     prunable: str | None
     is_main: bool
+
+
+# Directories whose direct children are the system's or the user's own: never a worktree root.
+_SYSTEM_DIRS = (
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/usr/bin", "/usr/lib",
+    "/usr/local", "/var", "/Applications", "/Library", "/System", "/Users", "/Volumes",
+    "/private", "/private/var",
+    "/tmp", "/private/tmp",  # noqa: S108 - refused as a root, never written
+)  # fmt: skip
+
+
+def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None) -> None:
+    """Raise BadInputError unless *root* may hold the run's worktrees.
+
+    Not inside the main checkout, the *checkout* swarm runs from, or the git directory (git
+    would see the worktrees as untracked files, the guard as foreign writes, a checkpoint
+    could commit one into another), and not a system directory or the home directory itself.
+    """
+    real = real_path(root)
+    where = f"worktree_root {root}"
+    for inside in (repo.common_dir, repo.root, checkout):
+        if inside is not None and real.is_relative_to(real_path(inside)):
+            raise BadInputError(
+                f"{where} is inside {inside}; put it outside the checkout and its git directory "
+                f"(default: {paths.default_worktree_root(repo.root)})"
+            )
+    system = {real_path(Path(d)) for d in _SYSTEM_DIRS} | {real_path(Path.home())}
+    if real in system:
+        raise BadInputError(
+            f"{where} is a system or home directory; name a directory of its own "
+            f"(default: {paths.default_worktree_root(repo.root)})"
+        )
 
 
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
@@ -228,24 +263,72 @@ def copy_into(
     src_root = src_root.absolute()
     dst_real = real_path(dst_root)
     copied: set[str] = set()
+    for src, rel in copy_sources(src_root, globs):
+        dst = dst_root / rel
+        if not real_path(dst.parent).is_relative_to(dst_real):
+            raise BadInputError(f"{rel} would be copied outside {dst_root}")
+        if os.path.lexists(dst):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _copy_file(src, dst, mode=mode)
+        copied.add(rel.as_posix())
+    return sorted(copied)
+
+
+def copy_sources(
+    root: Path, globs: Sequence[str], *, strict: bool = True
+) -> list[tuple[Path, PurePosixPath]]:
+    """The files (and symlinks, not followed) that *globs* name below *root*, with relative paths.
+
+    Nothing under ``.git``. Raises BadInputError for a pattern that leaves *root* and, when
+    *strict*, for a file reached through a symlinked directory that leads out of it (``cfg/*``
+    with ``cfg`` a link to ``~/.ssh`` would otherwise copy a private key into the worktree);
+    without *strict* such files are skipped.
+    """
+    root_real = real_path(root)
+    found: dict[PurePosixPath, Path] = {}
     for pattern in globs:
         pure = PurePosixPath(pattern)
         if not pattern or pure.is_absolute() or ".." in pure.parts or "\\" in pattern:
             raise BadInputError(f"copy pattern {pattern!r} must stay inside the repository")
-        for match in sorted(src_root.glob(pattern)):
+        for match in sorted(root.glob(pattern)):
             for src in _files_under(match):
-                rel = src.relative_to(src_root)
-                if rel.parts[0] == ".git":
+                rel = PurePosixPath(src.relative_to(root).as_posix())
+                if ".git" in rel.parts:
                     continue
-                dst = dst_root / rel
-                if not real_path(dst.parent).is_relative_to(dst_real):
-                    raise BadInputError(f"{rel} would be copied outside {dst_root}")
-                if os.path.lexists(dst):
-                    continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _copy_file(src, dst, mode=mode)
-                copied.add(rel.as_posix())
-    return sorted(copied)
+                if not real_path(src.parent).is_relative_to(root_real):
+                    if not strict:
+                        continue
+                    raise BadInputError(
+                        f"copy {pattern!r}: {rel} is reached through a symlink that leads "
+                        f"outside {root}; copy never follows one out of the repository"
+                    )
+                found.setdefault(rel, src)
+    return [(src, rel) for rel, src in sorted(found.items())]
+
+
+def local_paths(
+    worktree: Path, *, link: Sequence[str], copy: Sequence[str], base: str | None
+) -> tuple[str, ...]:
+    """What a checkpoint of *worktree* keeps off the branch: ``link`` symlinks, ``copy`` files."""
+    return (*link, *(copied_paths(worktree, copy, base=base) if base else ()))
+
+
+def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str]:
+    """The paths in *worktree* that *globs* match and the commit *base* does not track.
+
+    What ``copy`` brought (or an agent made under those names): the checkpoint keeps them
+    out of the branch, like the ``link`` symlinks.
+    """
+    if not globs:
+        return []
+    candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, strict=False)]
+    tracked: set[str] = set()
+    for i in range(0, len(candidates), _ARGS_PER_CALL):
+        chunk = candidates[i : i + _ARGS_PER_CALL]
+        out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
+        tracked.update(out.split("\0"))
+    return [c for c in candidates if c not in tracked]
 
 
 def _files_under(path: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, one_line
 from worktree_swarm.git import repo as git
-from worktree_swarm.github import pr_conflicts
+from worktree_swarm.github import leaks, pr_conflicts
 from worktree_swarm.github.client import (
     Client,
     GitHubError,
@@ -21,6 +21,7 @@ from worktree_swarm.github.client import (
     remote_url,
     strip_userinfo,
 )
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
@@ -160,7 +161,7 @@ def open_pull_requests(
         except RateLimitError:
             raise
         except (GitHubError, SwarmError) as exc:
-            reason = client.token.redact(str(exc))
+            reason = redact(client.token.redact(str(exc)))
             failures.append(PrFailure(task_id=row.task_id, reason=reason))
             if echo is not None:
                 echo(f"{row.task_id}  failed  {reason}")
@@ -219,9 +220,14 @@ def _one(
     tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
     if tip is None:
         raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
+    # Every commit the push sends, from the run's base: a dependency's commits go too.
+    leak = leaks.find_leak(repo, base=fallback or row.base_commit, tip=tip, copy_globs=task.copy)
+    if leak is not None:
+        raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
     push_branch(repo, remote, branch, redact=client.token.redact)
-    title = pr_title(task)
-    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes)
+    # The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
+    title = redact(pr_title(task))
+    body = redact(pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes))
     existing = client.find_pull(branch)
     if existing is not None:
         reply = client.update_pull(int(existing["number"]), title=title, body=body)

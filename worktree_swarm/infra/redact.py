@@ -1,28 +1,59 @@
-"""Redaction of API keys, tokens and secret environment values from text meant for people."""
+"""The one redactor: keys, tokens, passwords and secret environment values become ``[REDACTED]``.
+
+Every writer of text that leaves the process (terminal output, the state store, logs shown by
+``swarm logs``, notes, reports, pull-request bodies) passes it through :func:`redact` first.
+What counts as a secret (docs/secrets.md):
+
+- the value of every environment variable whose name says it holds one (:func:`is_secret_name`),
+  taken from this process's environment and from each task's ``env`` (:func:`add_env`);
+- the password of a URL (``scheme://user:PASSWORD@host``);
+- known credential formats: Anthropic and OpenAI keys, GitHub tokens, AWS access key ids,
+  Slack tokens, Google API keys, JWTs, private-key blocks;
+- ``NAME=value`` / ``NAME: value`` / ``"name": "value"`` where NAME says secret, and the
+  credential of ``Bearer x`` / ``Authorization: token x``.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import BinaryIO
 
 REDACTED = "[REDACTED]"
 # Literal secret values shorter than this are not replaced everywhere: "1" or "true" would
 # mangle every text while protecting nothing.
 MIN_SECRET_LEN = 6
 
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
-# One pass over each text: well-known credential shapes, `Bearer <x>`, `Authorization: token <x>`,
-# and NAME=value / NAME: value / "name": "value" where NAME says it holds a secret.
+# A name holds a secret when one of these is in it; AUTH only as a word of its own (OAUTH,
+# AUTH_TOKEN, HTTP_AUTH), not in AUTHOR (GIT_AUTHOR_NAME is a person, not a credential).
+_SECRET_NAME = re.compile(
+    r"KEY|TOKEN|SECRET|PASSW|COOKIE|CREDENTIAL|PRIVATE|(?<![A-Z])O?AUTH(?!OR)", re.IGNORECASE
+)
+_KEYWORDS = r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|COOKIE|CREDENTIALS?|PRIVATE"
+# Credential formats strong enough to act on anywhere.
+_FORMATS = (
+    r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z ]*-----|\Z)"
+    r"|sk-ant-[A-Za-z0-9_\-]{8,}|\bsk-[A-Za-z0-9_\-]{20,}|\bgh[poursa]_[A-Za-z0-9]{16,}"
+    r"|\bgithub_pat_[A-Za-z0-9_]{16,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}"
+)
+_JWT = r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"
+# One pass over each text: credential shapes, URL passwords, `Bearer <x>`, `Authorization:
+# token <x>`, and NAME=value / NAME: value / "name": "value" where NAME says it holds a secret.
 _SHAPES = (
-    r"(?P<shape>sk-ant-[A-Za-z0-9_\-]{8,}|\bsk-[A-Za-z0-9_\-]{20,}|\bgh[poursa]_[A-Za-z0-9]{16,}"
-    r"|\bgithub_pat_[A-Za-z0-9_]{16,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}|\bAKIA[0-9A-Z]{16}\b)"
-    r"|(?P<scheme>\b(?i:bearer\s+|authorization:\s*token\s+))[A-Za-z0-9._~+/=\-]{8,}"
-    r"|(?P<kw>(?i:KEY|TOKEN|SECRET|PASSWORD|PASSWD))(?P<suffix>[A-Za-z0-9_]*)"
+    f"(?P<shape>{_FORMATS}|{_JWT})"
+    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]+:)[^\s/@\"'<>]+(?P<at>@)"
+    r"|(?P<scheme>\b(?i:bearer\s+|authorization:\s*(?:token|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}"
+    rf"|(?P<kw>(?i:{_KEYWORDS}))(?P<suffix>[A-Za-z0-9_]*)"
     r"""(?P<sep>["']?\s*[:=]\s*["']?)(?P<value>[^\s"',;}]+)"""
 )
 
 # Every match of _SHAPES contains one of these (lowercased).
 _TRIGGERS = (
+    "-----begin",
     "sk-",
     "ghp_",
     "gho_",
@@ -33,12 +64,25 @@ _TRIGGERS = (
     "github_pat_",
     "xox",
     "akia",
+    "asia",
+    "aiza",
+    "eyj",
+    "://",  # a URL password: the match starts at the scheme, before this
     "bearer",
+    "authorization",
     "token",
     "key",
     "secret",
     "passw",
+    "cookie",
+    "credential",
+    "private",
 )
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable called *name* holds a secret (API_KEY, GH_TOKEN, ...)."""
+    return _SECRET_NAME.search(name) is not None
 
 
 class Redactor:
@@ -47,34 +91,61 @@ class Redactor:
     def __init__(self, env: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         """Also redact the literal values of *env* variables whose names look secret."""
         pairs = env.items() if isinstance(env, Mapping) else env
-        values = {
-            value
-            for name, value in pairs
-            if _SECRET_NAME.search(name) and len(value) >= MIN_SECRET_LEN
-        }
-        literal = "|".join(map(re.escape, sorted(values, key=len, reverse=True)))
+        self.values = frozenset(
+            value for name, value in pairs if is_secret_name(name) and len(value) >= MIN_SECRET_LEN
+        )
+        literal = "|".join(map(re.escape, sorted(self.values, key=len, reverse=True)))
         self._pattern = re.compile(f"(?P<literal>{literal})|{_SHAPES}" if literal else _SHAPES)
-        self._triggers = (*_TRIGGERS, *{v.lower() for v in values})
+        self._triggers = (*_TRIGGERS, *{v.lower() for v in self.values})
 
     def __call__(self, text: str) -> str:
         """Return *text* with every secret replaced."""
-        # Python's regex engine is slow on long texts with alternations; substring tests in
-        # C skip the (usual) texts that hold nothing that could be a secret.
+        # Python's regex engine tries every alternative at every position: 3 s per MB of an
+        # agent log. Every match starts at a trigger (or at the scheme before "://"), so
+        # str.find (in C) finds the few places worth trying and the pattern runs only there.
         low = text.lower()
-        if not any(trigger in low for trigger in self._triggers):
+        starts: set[int] = set()
+        for trigger in self._triggers:
+            at = low.find(trigger)
+            while at != -1:
+                starts.update(_scheme_starts(low, at) if trigger == "://" else (at,))
+                at = low.find(trigger, at + 1)
+        if not starts:
             return text
-        return self._pattern.sub(self._replace, text)
+        pieces: list[str] = []
+        done = 0
+        for at in sorted(starts):
+            if at < done:
+                continue
+            m = self._pattern.match(text, at)
+            if m is None:
+                continue
+            pieces += [text[done:at], self._replace(m)]
+            done = m.end()
+        pieces.append(text[done:])
+        return "".join(pieces)
 
     def _replace(self, m: re.Match[str]) -> str:
         if m.group("scheme"):
             return m.group("scheme") + REDACTED
+        if m.group("url"):
+            return m.group("url") + REDACTED + m.group("at")
         if m.group("kw") is None:
             return REDACTED
         head = m.group(0)[: m.end("sep") - m.start()]
-        if _names_secret(m) and not _is_count(m):
+        # A short value is prose ("token: set GITHUB_TOKEN"), not a credential.
+        if _names_secret(m) and not _is_count(m) and len(m.group("value")) >= MIN_SECRET_LEN:
             return head + REDACTED
         # Not a secret's name ("keyboard=", "max_tokens=100"), but the value may hold one.
         return head + self(m.group("value"))
+
+
+def _scheme_starts(low: str, colon: int) -> tuple[int, ...]:
+    """Where a URL whose ``://`` is at *colon* may start: the scheme's first letters."""
+    start = colon
+    while start > 0 and (low[start - 1].isalnum() or low[start - 1] in "+.-"):
+        start -= 1
+    return tuple(i for i in range(start, colon) if low[i].isalpha())[:3]
 
 
 def _names_secret(m: re.Match[str]) -> bool:
@@ -88,3 +159,102 @@ def _names_secret(m: re.Match[str]) -> bool:
 def _is_count(m: re.Match[str]) -> bool:
     """``"input_tokens": 1234`` is a count, not a credential."""
     return m.group("suffix").lower().startswith("s") and m.group("value").isdigit()
+
+
+# -- the process-wide redactor ----------------------------------------------------------------
+
+_lock = threading.Lock()
+_extra: dict[str, str] = {}
+_current: Redactor | None = None
+
+
+def current() -> Redactor:
+    """The redactor of this process: its environment plus every :func:`add_env` pair."""
+    global _current  # noqa: PLW0603 - one cache per process, rebuilt when secrets are added
+    with _lock:
+        if _current is None:
+            _current = Redactor([*os.environ.items(), *_extra.items()])
+        return _current
+
+
+def add_env(pairs: Iterable[tuple[str, str]]) -> None:
+    """From now on also redact the values of *pairs* (a task's ``env``) whose names say secret."""
+    global _current  # noqa: PLW0603
+    with _lock:
+        fresh = {f"{name}\0{value}": value for name, value in pairs if is_secret_name(name)}
+        if fresh.keys() - _extra.keys():
+            _extra.update(fresh)
+            _current = None
+
+
+def redact(text: str) -> str:
+    """*text* with every secret replaced (see the module docstring)."""
+    return current()(text)
+
+
+def redact_data(value: object) -> object:
+    """A JSON-like value with every string in it redacted (keys stay)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_data(v) for k, v in value.items()}
+    return value
+
+
+def scrub_file(path: Path) -> None:
+    """Rewrite *path* in place with its secrets redacted (nothing happens when it has none)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    text = data.decode("utf-8", errors="surrogateescape")
+    clean = redact(text)
+    if clean == text:
+        return
+    # In place, so the file keeps its inode, mode and any appending writer's descriptor.
+    with path.open("r+b") as fh:
+        fh.write(clean.encode("utf-8", errors="surrogateescape"))
+        fh.truncate()
+
+
+def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
+    """:func:`scrub_file` every regular file below *root*, except below directories in *skip*."""
+    skipped = set(skip)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skipped]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                scrub_file(path)
+
+
+class RedactingWriter:
+    """Bytes to *out* a line at a time through :func:`redact` (a secret is never split)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        """Write to *out* (flushed after each write)."""
+        self._out = out
+        self._pending = b""
+
+    def write(self, data: bytes) -> None:
+        """Write the complete lines of what has come so far; keep the last partial line."""
+        head, newline, self._pending = (self._pending + data).rpartition(b"\n")
+        if newline:
+            self._emit(head + newline)
+
+    def flush_partial(self) -> None:
+        """Write a partial last line too (the writer has gone quiet)."""
+        pending, self._pending = self._pending, b""
+        if pending:
+            self._emit(pending)
+
+    def close(self) -> None:
+        """Write whatever is left."""
+        self.flush_partial()
+
+    def _emit(self, data: bytes) -> None:
+        text = data.decode("utf-8", errors="surrogateescape")
+        self._out.write(redact(text).encode("utf-8", errors="surrogateescape"))
+        self._out.flush()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
+from worktree_swarm.infra.redact import redact, redact_data
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -631,7 +632,7 @@ class Store:
                     exit_code,
                     outcome,
                     time.time() if ended_at is None else ended_at,
-                    u.reason,
+                    redact(u.reason),
                     u.session_id,
                     u.cost_usd,
                     u.tokens_in,
@@ -666,7 +667,7 @@ class Store:
         ts: float | None = None,
     ) -> int:
         """Append an event (*data* must be JSON-serializable) and return its id."""
-        payload = json.dumps(dict(data or {}), sort_keys=True)
+        payload = json.dumps(redact_data(dict(data or {})), sort_keys=True)
         with self._lock, self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO events (run_id, task_id, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
@@ -725,6 +726,8 @@ def _lastrowid(cursor: sqlite3.Cursor) -> int:
 
 
 def _column_value(name: str, value: object) -> object:
+    if name == "reason" and isinstance(value, str):
+        return redact(value)  # agent output and error text: secrets never reach the file
     if name == "state":
         return TaskState(str(value)).value
     if name in {"stop_requested", "retry_fresh"}:

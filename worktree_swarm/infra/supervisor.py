@@ -8,6 +8,7 @@ process before it is signalled, so a stale record never hits an unrelated proces
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -167,9 +168,13 @@ def spawn(
                 start_new_session=True,
             )
         except OSError as exc:
+            hint = (
+                "shorten its arguments or environment (long prompts: use {prompt_file})"
+                if exc.errno == errno.E2BIG
+                else "check that it is installed and on PATH"
+            )
             raise SwarmError(
-                f"cannot start agent {argv[0]!r} in {cwd}: {exc.strerror or exc}; "
-                "check that it is installed and on PATH"
+                f"cannot start agent {argv[0]!r} in {cwd}: {exc.strerror or exc}; {hint}"
             ) from exc
     # Not yet reaped, so the PID is still ours even if the agent already exited;
     # start_new_session makes it the leader of a group with its own PID.

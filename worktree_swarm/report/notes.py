@@ -19,6 +19,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import is_valid_task_id
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 
 FILE_NAME = "findings.md"
@@ -101,7 +102,8 @@ def append_note(path: Path, text: str, *, tag: str, now: float | None = None) ->
     The whole entry goes out in one write under a lock on ``<path>.lock``, so concurrent
     writers never tear or lose an entry.
     """
-    lines = [_clean(line) for line in text.strip().splitlines()]
+    # Run inside an agent, whose environment holds the secrets the redactor knows.
+    lines = [_clean(line) for line in redact(text).strip().splitlines()]
     lines = [line for line in lines if line.strip()]
     if not lines:
         raise BadInputError("the note is empty; write what you found, e.g. swarm note 'TEXT'")
@@ -141,7 +143,7 @@ def read_notes(path: Path) -> str:
     except OSError as exc:
         raise SwarmError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     # Agents can write the file directly; escape sequences must not reach the user's terminal.
-    return "\n".join(_clean(line) for line in text.split("\n"))
+    return redact("\n".join(_clean(line) for line in text.split("\n")))
 
 
 def _header(path: Path) -> str:

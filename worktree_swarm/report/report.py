@@ -6,7 +6,6 @@ prompts, reasons and logs is passed through :class:`Redactor` before it leaves t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
-from worktree_swarm.infra.redact import Redactor
+from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
 
@@ -165,10 +164,9 @@ def build_report(
     rows = store.tasks(run_id)
     specs = {row.task_id: _task_spec(row) for row in rows}
     if redactor is None:
-        env = list(os.environ.items())
         for spec in specs.values():
-            env.extend(spec.env)
-        redactor = Redactor(env)
+            add_env(spec.env)
+        redactor = current()
     attempts: dict[str, list[AttemptRow]] = {row.task_id: [] for row in rows}
     for attempt in store.attempts(run_id):
         attempts.setdefault(attempt.task_id, []).append(attempt)

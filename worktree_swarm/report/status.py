@@ -12,6 +12,7 @@ from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
 
@@ -154,7 +155,7 @@ def task_status(
             TaskStatus(
                 task_id=task.task_id,
                 state=task.state.value,
-                reason=task.reason,
+                reason=redact(task.reason),  # also rows written before redaction existed
                 attempt=task.attempts,
                 pid=attempt.pid if attempt else None,
                 alive=alive,

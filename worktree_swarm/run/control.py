@@ -64,7 +64,9 @@ def stop_unmanaged(
                 message=f"swarm: checkpoint {task_id} (stopped)"
                 + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
                 author=commit_author(store, run_id),
-                exclude=links,
+                exclude=worktrees.local_paths(
+                    worktree, link=links, copy=task.copy, base=rows[task_id].base_commit
+                ),
                 droppings=adapter_for(task.agent).droppings,
             )
             worktrees.unlink_links(repo.root, worktree, links)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -186,6 +187,13 @@ class DiskBudget:
         )
         return disk.combine(scan for scan, _ in self._scans.values()).actual + expected
 
+    def _local_paths(self, task: Task | None, path: Path) -> tuple[str, ...]:
+        if task is None:
+            return ()
+        row = self.store.task(self.run_id, task.id)
+        base = row.base_commit if row is not None else None
+        return worktrees.local_paths(path, link=task.link, copy=task.copy, base=base)
+
     def _remove(self, task_id: str, *, used: int, need: int) -> None:
         """Remove a finished task's worktree to make room; its branch keeps the work."""
         path = self.root / task_id
@@ -205,7 +213,7 @@ class DiskBudget:
                     "for max_disk)"
                     + git.trailers(task_id, None, task.agent if task is not None else "unknown"),
                     author=self.spec.commit_author,
-                    exclude=task.link if task is not None else (),
+                    exclude=self._local_paths(task, path),
                     droppings=adapter_for(task.agent).droppings if task is not None else (),
                 )
                 worktrees.remove_worktree(self.repo, path, force=True)

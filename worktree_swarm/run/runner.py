@@ -25,7 +25,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import Guard, Violation, sandbox
-from worktree_swarm.infra import faults, supervisor
+from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
@@ -61,6 +61,8 @@ class Runner:
         self.run_id = run_id
         self.base_commit = base_commit
         self._observer = observer
+        # Secret-named task `env` values are redacted from everything this process writes.
+        redact.add_env(pair for task in spec.tasks for pair in task.env)
         self._tasks = {t.id: t for t in spec.tasks}
         self._scheduler = Scheduler(spec.tasks)
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
@@ -101,11 +103,20 @@ class Runner:
 
     @classmethod
     def create(
-        cls, *, repo: git.Repo, spec: RunSpec, store: Store, observer: Observer | None = None
+        cls,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        observer: Observer | None = None,
+        base: str | None = None,
     ) -> Runner:
-        """Record a new run (base commit, tasks) in the store and return its runner."""
+        """Record a new run in the store and return its runner.
+
+        *base* (default: the main checkout's HEAD) is the commit every task starts from.
+        """
         run_id = new_run_id()
-        base = git.head_commit(repo)
+        base = base or git.head_commit(repo)
         store.create_run(
             run_id=run_id,
             base_commit=base,
@@ -205,13 +216,22 @@ class Runner:
             self.request_stop()
             self._drain()
             self._final_scan()
+            self._scrub_logs()
             self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
             self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value})
             raise
         status = RunStatus.STOPPED if self._stopping.is_set() else RunStatus.FINISHED
+        self._scrub_logs()
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status.value})
         return dict(self._states)
+
+    def _scrub_logs(self) -> None:
+        """Redact what agents, setup and checks wrote under the run's directory (notes too).
+
+        Not the agents' own config dirs (sessions a resume needs) nor the guard's snapshots.
+        """
+        redact.scrub_tree(run_dir(self.repo, self.run_id), skip=("agent-config", "guard", "tmp"))
 
     def request_stop(self) -> None:
         """Stop every live agent and start nothing new."""

@@ -22,7 +22,7 @@ from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec,
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, sandbox
-from worktree_swarm.infra import faults, supervisor
+from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
@@ -38,6 +38,12 @@ from worktree_swarm.run.live_limits import LogTail
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RETRY_TAIL_BYTES = 16 * 2**10
+# Longer prompts reach the agent as a file named in its argv (see prompt_argument).
+PROMPT_ARG_LIMIT = 64 * 2**10
+LONG_PROMPT = (
+    "Your task is too long for a command line; it is in the file {path}. Read that whole file "
+    "first and do what it says."
+)
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
@@ -203,6 +209,7 @@ class TaskWorker:
             failure = run_steps(
                 task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
             )
+            redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
                 return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
         return self._attempts(live, path, base, env)
@@ -404,7 +411,8 @@ class TaskWorker:
                 path,
                 message=message,
                 author=self.spec.commit_author,
-                exclude=task.link,
+                # `copy` files are local (.env, keys): like the links, never on the branch.
+                exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
                 droppings=adapter_for(task.agent).droppings,
             ),
             self.store.on_full,
@@ -423,9 +431,12 @@ class TaskWorker:
         if not self._checking(task):
             return None
         with self._check_slots:
-            return run_checks(
-                task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
-            )
+            try:
+                return run_checks(
+                    task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
+                )
+            finally:
+                redact.scrub_file(self._logs(task) / "checks.log")
 
     def _attempt(
         self, live: Live, course: _Course, path: Path, env: dict[str, str], number: int
@@ -451,7 +462,7 @@ class TaskWorker:
             lambda: prompt_file.write_text(text, encoding="utf-8"), self.store.on_full
         )
         values = {
-            "prompt": text,
+            "prompt": prompt_argument(text, prompt_file),
             "prompt_file": str(prompt_file),
             "task_id": task.id,
             "worktree": str(path),
@@ -504,6 +515,7 @@ class TaskWorker:
                 ended = self._watch(task, live, agent, agent.started_at)
             finally:
                 self.guard.agent_ended(task.id)
+                redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
             cost = self._record(attempt_id, task.id, ended, agent.poll())
             if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
                 # Shown before the agent's slot goes to the next task, so no more tasks
@@ -789,6 +801,17 @@ def worktree_path(spec: RunSpec, task: Task) -> Path:
         msg = "RunSpec.worktree_root must be set"
         raise ValueError(msg)
     return paths.worktree_path(spec.worktree_root, task.id)
+
+
+def prompt_argument(text: str, prompt_file: Path) -> str:
+    """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
+
+    Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
+    prompt would make the agent fail to start. The file holds the same text.
+    """
+    if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
+        return text
+    return LONG_PROMPT.format(path=prompt_file)
 
 
 def repair_prompt(failure: CheckFailure) -> str:

@@ -16,6 +16,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.core.units import format_size
 from worktree_swarm.report.report import RunReport
@@ -72,16 +73,34 @@ def _outside_html(report: RunReport) -> str:
     return html.rstrip("\n")
 
 
+def check_output(path: Path) -> None:
+    """Raise BadInputError unless the report can be written to *path* (before any work)."""
+    path = path.expanduser()
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise BadInputError(f"--html {path}: is a directory; name a file")
+    if not folder.is_dir():
+        raise BadInputError(f"--html {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"--html {path}: directory {folder} is not writable")
+
+
 def write_html(report: RunReport, path: Path) -> None:
-    """Write the report to *path* atomically (a reader never sees half a file)."""
+    """Write the report to *path* atomically (a reader never sees half a file).
+
+    Raises BadInputError when *path* cannot be written.
+    """
     path = path.expanduser()
     target_dir = path.parent if str(path.parent) else Path()
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=target_dir, prefix=f".{path.name}.", delete=False
-    ) as fh:
-        fh.write(render_html(report))
-    os.chmod(fh.name, 0o644)  # noqa: PTH101 - NamedTemporaryFile creates files 0600
-    Path(fh.name).replace(path)
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=target_dir, prefix=f".{path.name}.", delete=False
+        ) as fh:
+            fh.write(render_html(report))
+        os.chmod(fh.name, 0o644)  # noqa: PTH101 - NamedTemporaryFile creates files 0600
+        Path(fh.name).replace(path)
+    except OSError as exc:
+        raise BadInputError(f"--html {path}: cannot write: {exc.strerror or exc}") from exc
 
 
 def _escape(text: str) -> str:

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from worktree_swarm.infra.logtail import last_line
+from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
 from worktree_swarm.run.governor import GateView, views_from_events
@@ -42,7 +43,9 @@ class PlainObserver:
         """Print one event."""
         if self._json:
             line = json.dumps(
-                {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
+                redact_data(
+                    {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
+                )
             )
         elif kind == "state":
             said = str(data.get("reason") or "")
@@ -59,7 +62,7 @@ class PlainObserver:
         else:
             return
         with self._lock:
-            print(line, file=self._out, flush=True)
+            print(line if self._json else redact(line), file=self._out, flush=True)
 
 
 class LiveTable:
@@ -97,7 +100,7 @@ class LiveTable:
                 detail = last_line(Path(logs[row.task_id]))
             else:
                 detail = row.after
-            rows.append([row.task_id, row.state, elapsed, detail[:_DETAIL_CHARS]])
+            rows.append([row.task_id, row.state, elapsed, redact(detail)[:_DETAIL_CHARS]])
         drawn = table(_COLUMNS, rows, title=title)
         now = time.time()
         # Each provider's gate under the table: its concurrency, any wait and why.

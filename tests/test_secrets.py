@@ -1,0 +1,555 @@
+"""Secrets never leave the machine, and input that would reach outside the repository is refused.
+
+Real runs of the real CLI on real repositories, with small agent programs that print keys,
+commit local files, or get handed an over-long prompt; a local HTTP server stands in for
+GitHub. Each secret value is looked for in every output, every file under ``.git/swarm``
+(state.db bytes included), every commit of the task's branch and the pushed remote.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.conftest import git
+from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.test_run import _no_trace, argv_toml, manifest, swarm, wait_for
+from tests.test_sandbox import needs_bwrap
+from worktree_swarm.infra.redact import REDACTED, Redactor, is_secret_name
+from worktree_swarm.infra.store import Store
+from worktree_swarm.ui.live import LiveTable
+
+AgentFactory = Callable[[str], list[str]]
+
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-" + "A1b2C3d4" * 5,
+    "GITHUB_TOKEN": "ghp_" + "Zy9" * 12,
+    "SESSION_COOKIE": "session-cookie-value-7f3a9c",
+    "MY_SERVICE_AUTH": "plain-auth-value-5d2e",
+}
+DB_PASSWORD = "db-password-4e8b1c"  # noqa: S105 - a test value
+DATABASE_URL = f"postgres://app:{DB_PASSWORD}@db.internal:5432/prod"
+# Every value that must never show up: the secret env values and the URL's password.
+NEEDLES = [*SECRETS.values(), DB_PASSWORD]
+
+# Prints every secret it was given, writes them into the run's notes (directly and through
+# `swarm note`), commits nothing secret itself, and fails with a key in its last line.
+LEAKY_AGENT = r"""
+import os, pathlib, subprocess, sys
+names = ["ANTHROPIC_API_KEY", "GITHUB_TOKEN", "SESSION_COOKIE", "MY_SERVICE_AUTH", "DATABASE_URL"]
+for name in names:
+    print(f"debug: {name}={os.environ[name]}", flush=True)
+    print(f"value alone: {os.environ[name]}", flush=True)
+with open(os.environ["SWARM_CONTEXT"], "a") as fh:
+    fh.write("- found the key " + os.environ["ANTHROPIC_API_KEY"] + "\n")
+subprocess.run([sys.executable, "-m", "worktree_swarm.cli", "note",
+                "db is at " + os.environ["DATABASE_URL"]], check=True)
+pathlib.Path("work.txt").write_text("done\n")
+print("fatal: cannot authenticate with " + os.environ["GITHUB_TOKEN"], file=sys.stderr)
+sys.exit(int(os.environ.get("LEAKY_EXIT", "1")))
+"""
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DATABASE_URL", DATABASE_URL)
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    with serve() as fake:
+        yield fake
+
+
+def assert_nowhere(texts: list[str], repo: Path, branch: str | None = None) -> None:
+    """No secret value in *texts*, under ``.git/swarm`` or in *branch*'s commits."""
+    for text in texts:
+        for needle in NEEDLES:
+            assert needle not in text, (needle, text[:2000])
+    scanned = 0
+    for path in (repo / ".git" / "swarm").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            scanned += 1
+            data = path.read_bytes()
+            for needle in NEEDLES:
+                assert needle.encode() not in data, (needle, path)
+    assert scanned > 5
+    if branch is not None:
+        history = git(repo, "log", "-p", "--all", "--format=%H %s%n%b")
+        for needle in NEEDLES:
+            assert needle not in history, needle
+
+
+def _outputs(repo: Path, task: str) -> list[str]:
+    texts = []
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("notes",),
+        ("logs", task),
+        ("report",),
+        ("report", "--json"),
+        ("diff",),
+    ):
+        out = swarm(repo, *args)
+        assert out.returncode == 0, (args, out.stderr)
+        texts += [out.stdout, out.stderr]
+    return texts
+
+
+@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
+@pytest.mark.usefixtures("secret_env")
+def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(
+    repo: Path, write_agent: AgentFactory, *, sandboxed: bool
+) -> None:
+    agent = write_agent(LEAKY_AGENT)
+    flags = ["--sandbox"] if sandboxed else []
+    out = swarm(repo, "run", *flags, "--agent", " ".join(agent), "-t", "leak=print everything")
+    assert out.returncode == 1, out.stderr
+    texts = [out.stdout, out.stderr, *_outputs(repo, "leak")]
+    assert_nowhere(texts, repo, branch="swarm/leak")
+    # Redacted, not dropped: the user still sees where a secret was and what else was said.
+    logs = swarm(repo, "logs", "leak").stdout
+    assert f"debug: ANTHROPIC_API_KEY={REDACTED}" in logs
+    assert f"postgres://app:{REDACTED}@db.internal:5432/prod" in logs
+    assert f"value alone: {REDACTED}" in logs
+    notes = swarm(repo, "notes").stdout
+    assert f"found the key {REDACTED}" in notes
+    assert f"db is at postgres://app:{REDACTED}@db.internal" in notes
+    # The reason (the agent's last words) is kept with the token taken out.
+    status = swarm(repo, "status", "--json").stdout
+    assert "cannot authenticate with [REDACTED]" in status
+    assert git(repo, "show", "swarm/leak:work.txt") == "done"
+
+
+@pytest.mark.usefixtures("secret_env")
+def test_task_env_secrets_are_redacted_from_run_output_and_state(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(
+        "import os, sys\nprint('token is', os.environ['DEPLOY_TOKEN'])\n"
+        "print('bye ' + os.environ['DEPLOY_TOKEN'], file=sys.stderr)\nsys.exit(3)\n"
+    )
+    value = "deploy-token-from-manifest-91ac"
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\n',
+    )
+    out = swarm(repo, "run", "--json", path)
+    assert out.returncode == 1
+    assert "bye [REDACTED]" in out.stdout
+    for text in (out.stdout, out.stderr, swarm(repo, "logs", "t").stdout):
+        assert value not in text
+    log = next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.log"))
+    assert value not in log.read_text()
+
+
+@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
+def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch, *, sandboxed: bool,
+) -> None:  # fmt: skip
+    key = "local-env-secret-value-3c9d"
+    (repo / ".env").write_text(f"API_KEY={key}\n")  # untracked and not ignored
+    (repo / "conf").mkdir()
+    (repo / "conf" / "db.local").write_text(f"password={key}\n")
+    agent = write_agent(
+        "import os, pathlib, subprocess\n"
+        "pathlib.Path('feature.txt').write_text('feature\\n')\n"
+        "pathlib.Path('conf/new.local').write_text('made by the agent\\n')\n"
+        "if os.environ['SWARM_TASK_ID'] == 'sneaky':\n"
+        "    subprocess.run(['git', 'add', '-f', '.env'], check=True)\n"
+        "    subprocess.run(['git', 'commit', '-q', '-m', 'add env'], check=True)\n"
+    )
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env", "conf/*.local"]\n'
+        '[[task]]\nid = "clean"\nprompt = "x"\n[[task]]\nid = "sneaky"\nprompt = "y"\n',
+    )
+    out = swarm(repo, "run", *(["--sandbox"] if sandboxed else []), path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The copies were there for the agent, but the checkpoint left them out of the branch.
+    wt = repo.parent / "repo.swarm" / "clean"
+    assert (wt / ".env").read_text() == f"API_KEY={key}\n"
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/clean").split()
+    assert files == ["README.md", "feature.txt"]
+    assert key not in git(repo, "log", "-p", "swarm/clean")
+    # An agent that committed .env itself: the tip no longer has it, the history does,
+    # so `swarm pr` refuses to push that branch and names the file.
+    assert ".env" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/sneaky").split()
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1, pr.stdout + pr.stderr
+    refused = [line for line in pr.stdout.splitlines() if line.startswith("sneaky")]
+    assert len(refused) == 1
+    assert "not pushing swarm/sneaky: .env (commit " in refused[0]
+    assert "matches copy pattern '.env'" in refused[0]
+    pushed = git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
+    assert pushed == ["swarm/clean"]
+    assert key not in git(bare, "log", "-p", "--all")
+    assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/clean"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("deploy/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n", "a private key"),
+        ("ci.yml", "token: ghp_" + "a1B2" * 9 + "\n", "a GitHub token"),
+        ("aws.cfg", "key = AKIA" + "ABCDEFGHIJKLMNOP" + "\n", "an AWS access key id"),
+        ("app.py", "KEY = 'sk-ant-api03-" + "x" * 30 + "'\n", "an Anthropic API key"),
+    ],
+)
+def test_pr_refuses_a_branch_holding_a_credential(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch, name: str, content: str, why: str,
+) -> None:  # fmt: skip
+    agent = write_agent(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({name!r}); p.parent.mkdir(parents=True, exist_ok=True)\n"
+        f"p.write_text({content!r})\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1
+    line = pr.stdout.strip()
+    assert line.startswith(f"t  failed  not pushing swarm/t: {name} (commit ")
+    assert line.endswith(f"holds {why}; remove it from the branch's history")
+    assert "\n" not in line
+    assert git(bare, "for-each-ref") == ""
+    assert fake_github.pulls == {}
+
+
+def test_copy_never_follows_a_symlink_out_of_the_repository(repo: Path, tmp_path: Path) -> None:
+    ssh = tmp_path / "dot-ssh"
+    ssh.mkdir()
+    (ssh / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n")
+    (repo / "cfg").symlink_to(ssh, target_is_directory=True)  # untracked
+    path = manifest(repo, '[defaults]\nagent = "scripted"\ncopy = ["cfg/*"]\n'
+                    '[[task]]\nid = "a"\nprompt = "x"\n')  # fmt: skip
+    out = swarm(repo, "run", path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    expected = (
+        f"swarm: copy 'cfg/*': cfg/id_rsa is reached through a symlink that leads outside "
+        f"{repo}; copy never follows one out of the repository"
+    )
+    assert out.stderr.strip().splitlines() == [expected]
+    _no_trace(repo)
+
+
+def _fifo(tmp_path: Path) -> str:
+    fifo = tmp_path / "prompt.fifo"
+    os.mkfifo(fifo)
+    return str(fifo)
+
+
+def _big(tmp_path: Path) -> str:
+    big = tmp_path / "big.md"
+    big.write_bytes(b"x" * (2**20 + 1))
+    return str(big)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ('worktree_root = "/"', "is a system or home directory"),
+        ('worktree_root = "~"', "is a system or home directory"),
+        ('worktree_root = "/usr"', "is a system or home directory"),
+        ('worktree_root = "."', "is inside"),
+        ('worktree_root = "src"', "is inside"),
+        ('worktree_root = ".git"', "is inside"),
+        ('worktree_root = ".git/wt"', "is inside"),
+        ('link = ["."]', "names the checkout itself"),
+        ('link = [".git"]', "reaches into .git"),
+        ('link = ["sub/.git"]', "reaches into .git"),
+        ('copy = ["./"]', "names the checkout itself"),
+        ('copy = [".git/config"]', "reaches into .git"),
+        ('env = { GIT_DIR = "/tmp/elsewhere" }', "GIT_DIR points git elsewhere"),
+        ('env = { GIT_WORK_TREE = "/" }', "GIT_WORK_TREE points git elsewhere"),
+        ('env = { GIT_CONFIG_GLOBAL = "/tmp/x" }', "GIT_CONFIG_GLOBAL points git elsewhere"),
+        ('env = { GIT_CONFIG_KEY_0 = "core.fsmonitor" }', "GIT_CONFIG_KEY_0 points git"),
+        ('env = { git_index_file = "/tmp/i" }', "git_index_file points git elsewhere"),
+    ],
+)
+def test_settings_that_reach_outside_are_refused_before_anything_is_created(
+    repo: Path, setting: str, needle: str
+) -> None:
+    path = manifest(
+        repo, f'[defaults]\nagent = "scripted"\n{setting}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+    _no_trace(repo)
+    assert not Path("/a").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda _tmp: "/dev/zero", "/dev/zero: not a regular file"),
+        (_fifo, "prompt.fifo: not a regular file"),
+        (_big, "big.md: larger than 1 MiB"),
+        (str, "not a regular file"),  # a directory
+    ],
+)
+def test_prompt_files_must_be_small_regular_files(
+    repo: Path, tmp_path: Path, make: Callable[[Path], str], needle: str
+) -> None:
+    out = swarm(repo, "run", "--agent", "scripted", "--prompt-file", f"a={make(tmp_path)}")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+    _no_trace(repo)
+
+
+# Writes the prompt it got to prompt.out: argv[1] itself, or the file argv[1] points to.
+PROMPT_AGENT = r"""
+import pathlib, re, sys
+arg = sys.argv[1]
+pointer = re.search(r"it is in the file (\S+)\. Read", arg)
+text = pathlib.Path(pointer.group(1)).read_text() if pointer else arg
+pathlib.Path("prompt.out").write_text(text)
+pathlib.Path("how.txt").write_text("file" if pointer else "argv")
+"""
+
+
+@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
+def test_long_prompts_reach_the_agent_through_a_file(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, *, sandboxed: bool
+) -> None:
+    agent = write_agent(PROMPT_AGENT)
+    short = "a short prompt"
+    long_file = tmp_path / "long.md"
+    long_file.write_text("do this: " + "y" * (2**20 - 100))  # 1 MiB: 8x one argv string's cap
+    huge = "z" * (10 * 2**20)  # 10 MB from a manifest
+    path = manifest(
+        repo,
+        f"[defaults]\nagent = {argv_toml([*agent, '{prompt}'])}\n"
+        f'[[task]]\nid = "short"\nprompt = "{short}"\n'
+        f'[[task]]\nid = "huge"\nprompt = "{huge}"\n',
+    )
+    flags = ["--sandbox"] if sandboxed else []
+    out = swarm(repo, "run", *flags, path, "--prompt-file", f"long={long_file}", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Argument list too long" not in out.stdout + out.stderr
+    got = {t: git(repo, "show", f"swarm/{t}:how.txt") for t in ("short", "long", "huge")}
+    assert got == {"short": "argv", "long": "file", "huge": "file"}
+    # The whole prompt, byte for byte (plus the run's note about the findings file).
+    for task, text in (("short", short), ("long", long_file.read_text()), ("huge", huge)):
+        wt = repo.parent / "repo.swarm" / task
+        assert (wt / "prompt.out").read_text().startswith(text)
+
+
+def test_report_html_into_a_missing_directory_is_one_line(repo: Path) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=hello").returncode == 0
+    out = swarm(repo, "report", "--html", "no/such/dir/report.html")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"swarm: --html no/such/dir/report.html: directory {repo}/no/such/dir does not exist"
+    ]
+    (repo / "ro").mkdir()
+    (repo / "ro").chmod(0o555)
+    try:
+        if os.access(repo / "ro", os.W_OK):
+            return  # root ignores permissions
+        out = swarm(repo, "report", "--html", "ro/report.html")
+        assert out.returncode == 2
+        assert out.stderr.strip().endswith("is not writable")
+    finally:
+        (repo / "ro").chmod(0o755)
+
+
+def test_run_from_a_linked_worktree_starts_from_its_head(repo: Path, tmp_path: Path) -> None:
+    user_wt = tmp_path / "feature-wt"
+    git(repo, "worktree", "add", "-q", "-b", "feature", str(user_wt))
+    (user_wt / "feature.txt").write_text("feature work\n")
+    git(user_wt, "add", "feature.txt")
+    git(user_wt, "commit", "-q", "-m", "feature commit")
+    feature_head = git(user_wt, "rev-parse", "HEAD")
+    assert feature_head != git(repo, "rev-parse", "HEAD")
+    out = swarm(user_wt, "run", "--agent", "scripted", "-t", "a=hello")
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "rev-parse", "swarm/a~1") == feature_head
+    assert git(repo, "show", "swarm/a:feature.txt") == "feature work"
+    # The worktrees go next to the main checkout, as from there.
+    assert (repo.parent / "repo.swarm" / "a").is_dir()
+
+
+def test_swarm_logs_follow_redacts_while_the_agent_runs(
+    repo: Path, write_agent: AgentFactory, secret_env: None, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "print('key', os.environ['ANTHROPIC_API_KEY'], flush=True)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+        "pathlib.Path('x.txt').write_text('x')\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", " ".join(agent), "-t",
+         "t=x"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    logs_dir = repo / ".git" / "swarm" / "runs"
+    wait_for(lambda: any(logs_dir.rglob("attempt-1.log")), what="the attempt log")
+    log = next(logs_dir.rglob("attempt-1.log"))
+    wait_for(lambda: log.stat().st_size > 0, what="agent output")
+    wait_for(lambda: swarm(repo, "logs", "t").returncode == 0, what="the attempt's record")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "logs", "-f", "t"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    gate.touch()
+    out, _ = follow.communicate(timeout=60)
+    run.communicate(timeout=60)
+    assert f"key {REDACTED}" in out
+    assert SECRETS["ANTHROPIC_API_KEY"] not in out
+    assert SECRETS["ANTHROPIC_API_KEY"] not in log.read_text()  # scrubbed once it ended
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("ANTHROPIC_API_KEY", True),
+        ("GH_TOKEN", True),
+        ("SESSION_COOKIE", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("DB_PASSWD", True),
+        ("GOOGLE_APPLICATION_CREDENTIALS", True),
+        ("HTTP_AUTH", True),
+        ("OAUTH_CLIENT", True),
+        ("SSH_PRIVATE", True),
+        ("GIT_AUTHOR_NAME", False),
+        ("HOME", False),
+        ("PATH", False),
+    ],
+)
+def test_secret_names(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("db postgres://app:s3cr3t-pw@db:5432/x", "s3cr3t-pw"),
+        ("https://user:tok-123456@github.com/a/b.git", "tok-123456"),
+        ("google AIza" + "B" * 35, "BBBBBBBB"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "eyJzdWIi"),
+        ("slack xoxb-1234567890-abcdefghij", "abcdefghij"),
+        ("aws ASIAABCDEFGHIJKLMNOP", "ASIAABCD"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "MIIEow"),
+        ("Cookie: session_cookie=abcdef123456", "abcdef123456"),
+        ("the value session-cookie-value-7f3a9c leaked", "session-cookie-value-7f3a9c"),
+    ],
+)
+def test_redactor_knows_more_formats(text: str, leak: str) -> None:
+    redact = Redactor(
+        {"SESSION_COOKIE": "session-cookie-value-7f3a9c", "GIT_AUTHOR_NAME": "Test Author"}
+    )
+    assert leak not in redact(text)
+    assert REDACTED in redact(text)
+
+
+def test_redactor_keeps_people_urls_and_prose() -> None:
+    redact = Redactor({"GIT_AUTHOR_NAME": "Test Author", "SHORT_TOKEN": "abc"})
+    text = (
+        "Test Author pushed to https://github.com/acme/widgets; no GitHub token: set "
+        "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc"
+    )
+    assert redact(text) == text
+
+
+def test_live_table_shows_a_running_agents_output_redacted(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    key = "sk-ant-api03-" + "L1v3" * 8
+    gate = tmp_path / "gate"
+    agent = write_agent(
+        "import pathlib, time\n"
+        f"print('using {key}', flush=True)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+        "pathlib.Path('x.txt').write_text('x')\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", " ".join(agent), "-t",
+         "t=x"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: swarm(repo, "logs", "t").stdout.strip() != "", what="agent output")
+        with Store(repo / ".git" / "swarm" / "state.db") as store:
+            screen = io.StringIO()
+            table = LiveTable(store, Console(file=screen, width=200, force_terminal=False))
+            table("run_started", None, {"run_id": store.latest_run_id()})
+            table._live.console.print(table._table())
+        shown = screen.getvalue()
+        assert f"using {REDACTED}" in shown
+        assert key not in shown
+    finally:
+        gate.touch()
+        run.communicate(timeout=60)
+
+
+def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    pasted = "github_pat_" + "P4st3d" * 5
+    agent = write_agent("import pathlib\npathlib.Path('fix.txt').write_text('fixed\\n')\n")
+    prompt = f"Fix auth with {pasted}\n\nThe log said: Authorization: token {pasted}"
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}").returncode == 0
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    (pull,) = fake_github.pulls.values()
+    assert pull["title"] == f"Fix auth with {REDACTED}"
+    assert pasted not in pull["body"]
+    assert f"Authorization: token {REDACTED}" in pull["body"]
+
+
+def test_an_ignored_copy_file_an_agent_force_adds_stays_off_the_tip(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    (repo / ".gitignore").write_text(".env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore .env")
+    (repo / ".env").write_text("API_KEY=ignored-but-forced-value\n")
+    agent = write_agent(
+        "import pathlib, subprocess\n"
+        "pathlib.Path('work.txt').write_text('w\\n')\n"
+        "subprocess.run(['git', 'add', '-f', '.env'], check=True)\n"
+    )
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+        '[[task]]\nid = "t"\nprompt = "x"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t").split() == [
+        ".gitignore",
+        "README.md",
+        "work.txt",
+    ]
+    assert "ignored-but-forced-value" not in git(repo, "log", "-p", "swarm/t")

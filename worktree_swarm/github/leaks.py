@@ -1,0 +1,131 @@
+"""Find what must never be pushed: ``copy`` files and known credentials in a branch's history.
+
+``swarm pr`` asks before each push. Every commit the push would send (``base..tip``, merges
+aside: their content comes from commits that are scanned) is looked at, not only the tip: a
+key committed and deleted again is still in the history GitHub receives.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import PurePosixPath
+
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import redact
+from worktree_swarm.infra.proc import clean_env
+
+# Blobs larger than this are scanned by their first bytes only (a key file is small).
+SCAN_LIMIT = 8 * 2**20
+
+_KINDS = (
+    ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----")),
+    ("an Anthropic API key", re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")),
+    ("an OpenAI API key", re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}")),
+    ("a GitHub token", re.compile(r"\bgh[poursa]_[A-Za-z0-9]{16,}|\bgithub_pat_[A-Za-z0-9_]{16,}")),
+    ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}")),
+    ("a Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),
+)
+_SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leak:
+    """A file in a commit that must not leave the machine, and why."""
+
+    path: str
+    commit: str
+    why: str
+
+    def __str__(self) -> str:
+        """One line naming the file and the reason."""
+        return f"{self.path} (commit {self.commit[:12]}) {self.why}"
+
+
+def find_leak(
+    repo: git.Repo, *, base: str | None, tip: str, copy_globs: Sequence[str]
+) -> Leak | None:
+    """The first ``copy`` file or credential in the commits ``base..tip``, or None.
+
+    Without *base*, every commit reachable from *tip* is looked at.
+    """
+    out = git.git(
+        repo.root, "log", "--no-merges", "--reverse", "--raw", "-z", "--no-renames",
+        "--no-abbrev", "--format=%H", "--end-of-options", f"{base}..{tip}" if base else tip, "--",
+    )  # fmt: skip
+    changed = _parse_raw(out)
+    for commit, path, _blob in changed:
+        pattern = matching_glob(path, copy_globs)
+        if pattern is not None:
+            return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
+    secrets = redact.current().values
+    for commit, path, blob in changed:
+        why = _credential(_blob_head(repo, blob), secrets)
+        if why is not None:
+            return Leak(path=path, commit=commit, why=f"holds {why}")
+    return None
+
+
+def matching_glob(path: str, globs: Sequence[str]) -> str | None:
+    """The first of *globs* that matches *path* or a directory above it (``copy`` semantics)."""
+    parts = PurePosixPath(path).parts
+    for pattern in globs:
+        wanted = PurePosixPath(pattern).parts
+        if any(_match(parts[:n], wanted) for n in range(1, len(parts) + 1)):
+            return pattern
+    return None
+
+
+def _match(parts: Sequence[str], wanted: Sequence[str]) -> bool:
+    """Whether path *parts* match glob *wanted* segment by segment (``**``: any depth)."""
+    if not wanted:
+        return not parts
+    if wanted[0] == "**":
+        return any(_match(parts[i:], wanted[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], wanted[0]) and _match(parts[1:], wanted[1:])
+
+
+def _parse_raw(out: str) -> list[tuple[str, str, str]]:
+    """``(commit, path, new blob)`` of each added or modified file in ``log --raw -z``."""
+    found: list[tuple[str, str, str]] = []
+    fields = out.split("\0")
+    commit = ""
+    i = 0
+    while i < len(fields):
+        field = fields[i].strip("\n")
+        i += 1
+        if _SHA_RE.fullmatch(field):
+            commit = field
+        elif field.startswith(":"):
+            meta, path = field.split(), fields[i]
+            i += 1
+            new_mode, blob, status = meta[1], meta[3], meta[4]
+            # Submodules (160000) have no blob here; deletions add nothing.
+            if status[0] in "AMT" and new_mode != "160000":
+                found.append((commit, path, blob))
+    return found
+
+
+def _blob_head(repo: git.Repo, blob: str) -> str:
+    # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
+    out = subprocess.run(
+        ["git", "cat-file", "blob", blob],
+        cwd=repo.root,
+        env=clean_env(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    return out[:SCAN_LIMIT].decode("utf-8", errors="replace")
+
+
+def _credential(text: str, secrets: Collection[str]) -> str | None:
+    for what, pattern in _KINDS:
+        if pattern.search(text):
+            return what
+    if any(value in text for value in secrets):
+        return "the value of a secret environment variable"
+    return None
