@@ -36,7 +36,8 @@ CONFIG_FILE = "swarm.toml"
 SETTING_KEYS = frozenset(
     {
         "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
-        "env", "repair", "no_placeholders", "link",
+        "env", "repair", "no_placeholders", "link", "setup_timeout", "check_timeout",
+        "resolve_timeout",
     }
 )  # fmt: skip
 RUN_KEYS = frozenset(
@@ -107,6 +108,9 @@ class _Settings:
     repair: int | None = None
     no_placeholders: bool | None = None
     link: tuple[str, ...] | None = None
+    setup_timeout: float | None = None
+    check_timeout: float | None = None
+    resolve_timeout: float | None = None
     max_cost_usd: float | None = None
     max_disk: int | None = None
     copy_mode: str | None = None
@@ -428,6 +432,9 @@ def _build_task(
         repair=merged.repair or 0,
         no_placeholders=bool(merged.no_placeholders),
         link=merged.link or (),
+        setup_timeout=merged.setup_timeout,
+        check_timeout=merged.check_timeout,
+        resolve_timeout=merged.resolve_timeout,
     )
 
 
@@ -498,6 +505,9 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         repair=get("repair", _at_least(0)),
         no_placeholders=get("no_placeholders", _boolean),
         link=get("link", _link_dirs),
+        setup_timeout=get("setup_timeout", _duration),
+        check_timeout=get("check_timeout", _duration),
+        resolve_timeout=get("resolve_timeout", _duration),
         max_cost_usd=get("max_cost_usd", _positive_number),
         max_disk=get("max_disk", parse_size),
         copy_mode=get("copy_mode", _copy_mode),

@@ -82,6 +82,10 @@ class Task:
     repair: int = 0
     no_placeholders: bool = False
     link: tuple[str, ...] = ()
+    # Limits of the steps around the agent; None means the built-in default (30 minutes).
+    setup_timeout: float | None = None
+    check_timeout: float | None = None
+    resolve_timeout: float | None = None
 
     @property
     def branch(self) -> str:

@@ -130,10 +130,17 @@ class TaskWorker:
                 worktrees.copy_into(self.repo.root, path, task.copy, mode=self.spec.copy_mode)
             worktrees.link_into(self.repo.root, path, task.link)
             failure = run_steps(
-                task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
+                task.setup,
+                cwd=path,
+                env=env,
+                log=self._logs(task) / "setup.log",
+                what="setup",
+                timeout=task.setup_timeout,
+                stop=live.stop,
+                grace=self.spec.kill_grace,
             )
             if failure is not None:
-                return Outcome(state=TaskState.FAILED, reason=str(failure))
+                return _failed(failure)
         return self._attempts(live, path, base, env)
 
     # -- attempts -------------------------------------------------------------------------
@@ -182,11 +189,11 @@ class TaskWorker:
             self.gate.succeeded()
             if stat.files == 0:
                 return Outcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-            failure = self._check(task, path, base, env)
+            failure = self._check(live, path, base, env)
             if failure is None:
                 return Outcome(state=TaskState.DONE)
-            if repairs_left <= 0:
-                return Outcome(state=TaskState.FAILED, reason=str(failure))
+            if failure.stopped or repairs_left <= 0:
+                return _failed(failure)
             repairs_left -= 1
             prompt = repair_prompt(failure)
 
@@ -223,14 +230,26 @@ class TaskWorker:
         )
         return stat
 
-    def _check(self, task: Task, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
+    def _check(self, live: Live, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
+        task = live.task
         if not (task.checks or task.expect_files or task.no_placeholders):
             return None
         self._state(task.id, TaskState.CHECKING)
-        with self._check_slots:
+        while not self._check_slots.acquire(timeout=POLL_SECONDS):
+            if live.stop.is_set():
+                return CheckFailure(summary="stopped while waiting to run checks", stopped=True)
+        try:
             return run_checks(
-                task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
+                task,
+                worktree=path,
+                base=base,
+                env=env,
+                log=self._logs(task) / "checks.log",
+                stop=live.stop,
+                grace=self.spec.kill_grace,
             )
+        finally:
+            self._check_slots.release()
 
     def _attempt(
         self,
@@ -281,7 +300,9 @@ class TaskWorker:
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
-            agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
+            agent = supervisor.spawn(
+                argv, cwd=path, env=agent_env, log_path=log_path, grace=self.spec.kill_grace
+            )
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
                 self.run_id,
@@ -516,6 +537,13 @@ def repair_prompt(failure: CheckFailure) -> str:
         "The checks on your work failed. Fix the problem (do not weaken or skip the checks), "
         f"then stop.\n\n{failure}"
     )
+
+
+def _failed(failure: CheckFailure) -> Outcome:
+    """The outcome of a setup or check step that did not pass."""
+    if failure.stopped:
+        return Outcome(state=TaskState.STOPPED, reason=failure.summary)
+    return Outcome(state=TaskState.FAILED, reason=str(failure))
 
 
 def _attempt_outcome(result: AgentResult) -> str:
