@@ -220,6 +220,24 @@ def test_hanging_check_is_ended(
     assert branch_file(repo, "swarm/esc", "a.txt") == "work"  # checkpointed before the check
 
 
+def test_stop_after_manager_died_ends_a_running_check(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('work\\n')\n")
+    extra = f"checks = [{argv_toml(write_agent(HANGING_CHECK))}]\n"
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    wait_for((pids / "check").exists, what="the check")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert pid_alive(int((pids / "check").read_text()))
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert marked(mark) == []
+    assert status_json(repo)["esc"]["state"] == "stopped"
+
+
 def test_hanging_setup_is_timed_out(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:

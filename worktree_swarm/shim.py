@@ -22,14 +22,14 @@ the shim itself was killed.
 
 from __future__ import annotations
 
-import contextlib
+# Only what starting a process needs: json, contextlib and pathlib would double the
+# shim's start-up time (they pull in re, collections, urllib), which every agent, setup
+# step and check pays.
 import ctypes
-import json
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 MARKER = "--swarm-shim"
 ENV_VAR = "SWARM_SHIM"
@@ -144,29 +144,34 @@ def _kill_all(child: int, grace: float) -> int:
         late = time.monotonic() >= deadline
         for key in _descendants():
             if late or key not in signalled:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
+                try:  # noqa: SIM105 - contextlib costs start-up time
                     os.kill(key[0], signal.SIGKILL if late else signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass  # it ended meanwhile
                 signalled.add(key)
-        with contextlib.suppress(InterruptedError):
-            signal.sigtimedwait({signal.SIGCHLD}, _RESCAN)
+        signal.sigtimedwait({signal.SIGCHLD}, _RESCAN)
 
 
 def _descendants() -> list[tuple[int, int]]:
     """(pid, start time) of every live descendant of this process, from /proc."""
     children: dict[int, list[tuple[int, int]]] = {}
-    proc = Path("/proc")
-    for entry in proc.iterdir() if proc.is_dir() else []:
-        if not entry.name.isdigit():
+    try:
+        names = os.listdir("/proc")  # noqa: PTH208 - pathlib costs start-up time
+    except OSError:
+        names = []
+    for name in names:
+        if not name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_bytes()
+            with open(f"/proc/{name}/stat", "rb") as f:  # noqa: PTH123
+                stat = f.read()
         except OSError:
             continue
         # The command name may hold spaces and parentheses: fields start after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) < 20 or fields[0] == b"Z":  # noqa: PLR2004 - field 22 is the start time
             continue
-        children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+        children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
     found: list[tuple[int, int]] = []
     todo = [os.getpid()]
     while todo:
@@ -187,15 +192,26 @@ def _exit_code(status: int) -> int:
 
 
 def _write(path: str, data: dict[str, object]) -> None:
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f)
+        with open(tmp, "w", encoding="utf-8") as f:  # noqa: PTH123
+            f.write(_json(data))
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
+        os.replace(tmp, path)  # noqa: PTH105
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
         sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
+
+
+def _json(data: dict[str, object]) -> str:
+    """JSON for a flat record of numbers, booleans and nulls (keys are plain words)."""
+    words = {True: "true", False: "false", None: "null"}
+    items = []
+    for key, value in data.items():
+        # bool before numbers: True == 1, so look booleans and None up by identity.
+        text = next((w for v, w in words.items() if value is v), None)
+        items.append(f'"{key}": {text if text is not None else repr(value)}')
+    return "{" + ", ".join(items) + "}"
 
 
 if __name__ == "__main__":
