@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.mergekit import RUN_ID, Brancher, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, swarm
-from worktree_swarm import conflicts
+from tests.test_shim import PRELUDE, marked
+from worktree_swarm import conflicts, supervisor
 from worktree_swarm.git import open_repo
 
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
@@ -379,3 +380,36 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
     prompt = (base_repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
     assert "- f.txt" in prompt
     assert checkout_snapshot(base_repo) == before
+
+
+def test_resolver_over_its_timeout_is_killed_with_its_daemons(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not supervisor.SHIM_AVAILABLE:
+        pytest.skip("daemons escape without the shim's child subreaper (Linux only)")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    mark = f"resolver-{tmp_path.name}"
+    monkeypatch.setenv("PIDS", str(pids))
+    monkeypatch.setenv("ESCAPE_MARK", mark)  # inherited by the resolver and its daemon
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second")})
+    agent = tmp_path / "resolver.py"
+    agent.write_text(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(300)\n')
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[sys.executable, str(agent), "{prompt_file}"],
+        resolve_timeout=2.0,
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert report["conflicted"] == ["second"]
+    assert report["results"][1]["reason"].endswith("the agent did not finish resolving within 2s")
+    assert (pids / "daemon").exists()
+    assert marked(mark) == []

@@ -198,7 +198,8 @@ def test_hanging_check_is_ended(
         wait_for((pids / "check").exists, what="the check")
         if how != "timeout":  # (with a 2 s limit the check may already have timed out)
             assert status_json(repo)["esc"]["state"] == "checking"
-        if how == "stop":
+        if how == "stop":  # a check its manager supervises is nobody's leftover
+            assert "started by swarm" not in swarm(repo, "doctor").stdout
             out = swarm(repo, "stop", "esc")
             assert out.returncode == 0, out.stderr
         elif how == "sigterm":

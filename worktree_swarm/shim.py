@@ -53,7 +53,12 @@ def main(argv: list[str]) -> int:
     # Blocked and taken with sigtimedwait: no handler runs in the middle of a record write.
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     started = time.time()
-    base: dict[str, object] = {"version": 1, "pid": os.getpid(), "started_at": started}
+    base: dict[str, object] = {
+        "version": 1,
+        "pid": os.getpid(),
+        "start_ticks": start_ticks(os.getpid()),
+        "started_at": started,
+    }
     _write(record, {**base, "exit_code": None, "ended_at": None})
     try:
         child = os.posix_spawnp(
@@ -152,6 +157,24 @@ def _kill_all(child: int, grace: float) -> int:
         signal.sigtimedwait({signal.SIGCHLD}, _RESCAN)
 
 
+def start_ticks(pid: int) -> int | None:
+    """The kernel's start time of *pid* (clock ticks since boot): exact, unlike wall time."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/PID/stat from the state on (index 0), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: PTH123 - pathlib costs start-up
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields if len(fields) >= 20 else None  # noqa: PLR2004 - start time is field 22
+
+
 def _descendants() -> list[tuple[int, int]]:
     """(pid, start time) of every live descendant of this process, from /proc."""
     children: dict[int, list[tuple[int, int]]] = {}
@@ -160,16 +183,8 @@ def _descendants() -> list[tuple[int, int]]:
     except OSError:
         names = []
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:  # noqa: PTH123
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 20 or fields[0] == b"Z":  # noqa: PLR2004 - field 22 is the start time
+        fields = _stat_fields(name) if name.isdigit() else None
+        if fields is None or fields[0] == b"Z":
             continue
         children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
     found: list[tuple[int, int]] = []

@@ -181,6 +181,7 @@ class ShimRecord:
     """What a shim wrote about its command: the exit code once it ended."""
 
     shim_pid: int
+    start_ticks: int | None
     started_at: float
     exit_code: int | None
     ended_at: float | None
@@ -198,8 +199,10 @@ def read_record(path: Path) -> ShimRecord | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
         code = raw["exit_code"]
         ended = raw["ended_at"]
+        ticks = raw.get("start_ticks")
         return ShimRecord(
             shim_pid=int(raw["pid"]),
+            start_ticks=None if ticks is None else int(ticks),
             started_at=float(raw["started_at"]),
             exit_code=None if code is None else int(code),
             ended_at=None if ended is None else float(ended),
@@ -422,9 +425,11 @@ def shim_alive(record: Path) -> bool:
         create_time = proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    # The shim stamps started_at a few milliseconds after the kernel's start time.
-    close = abs(create_time - recorded.started_at) <= CREATE_TIME_TOLERANCE
-    return close and _running(proc) and _shim_grace(proc) is not None
+    if recorded.start_ticks is not None:
+        same = shim.start_ticks(recorded.shim_pid) == recorded.start_ticks
+    else:  # started_at is stamped after the interpreter started: close, not equal
+        same = abs(create_time - recorded.started_at) <= CREATE_TIME_TOLERANCE
+    return same and _running(proc) and _shim_grace(proc) is not None
 
 
 def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
