@@ -4,7 +4,8 @@
 
 Times ``supervisor.spawn`` + wait of ``true`` (the cheapest command there is, so the
 overhead is not hidden in the command's own start-up) with the shim and without it
-(``SHIM_AVAILABLE`` off, as on macOS), interleaved in the same run; median and p90.
+(``SHIM_AVAILABLE`` off, as on macOS), interleaved in the same run; median and p90. The
+same for ``python -I -S -c pass``, whose direct time is the floor for a shim in Python.
 Also times stopping a sleeping command (SIGTERM honoured at once) both ways.
 """
 
@@ -35,7 +36,7 @@ def _once(tmp: Path, argv: list[str], *, shim: bool, stop: bool) -> float:
         start = time.perf_counter()
         agent.stop(grace=5)
     else:
-        agent.wait(60)
+        agent.wait(None)  # a blocking waitpid: Popen.wait(timeout) polls with up to 50 ms steps
     return time.perf_counter() - start
 
 
@@ -45,11 +46,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=40)
     args = parser.parse_args()
     true = shutil.which("true") or "/bin/true"
+    python = [sys.executable, "-I", "-S", "-c"]
     sleeper = [sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)"]
     print(f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        for what, argv, stop in (("spawn+exit `true`", [true], False), ("stop", sleeper, True)):
+        cases = (
+            ("spawn+exit `true`", [true], False),
+            # The floor of any Python shim: the interpreter's own start-up, spawned directly.
+            ("spawn+exit `python -I -S -c pass`", [*python, "pass"], False),
+            ("stop", sleeper, True),
+        )
+        for what, argv, stop in cases:
             times: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(args.repeat):
                 for shim in (False, True):

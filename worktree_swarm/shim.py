@@ -211,9 +211,9 @@ def _write(path: str, data: dict[str, object]) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:  # noqa: PTH123
             f.write(_json(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # noqa: PTH105
+        # No fsync: the record has to outlive the manager, not the machine (after a power
+        # loss no agent is left running to account for), and fsync would add tens of ms.
+        os.replace(tmp, path)  # noqa: PTH105 - a reader sees the old record or the new one
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
         sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
 
