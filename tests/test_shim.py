@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.test_run import (
     branch_file,
     manifest,
     pid_alive,
+    state_db,
     status_json,
     swarm,
     swarm_bg,
@@ -285,6 +287,7 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     if when == "ended":  # it ends unwatched; its shim records the exit status
         (pids / "go").touch()
         wait_for(lambda: not pid_alive(agent_pid), what="the agent to finish")
+        before_resume = time.time()
         resumed = swarm(repo, "resume")
     else:  # resume adopts the live shim, then the agent ends
         bg = swarm_bg(repo, "resume")
@@ -300,6 +303,11 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     row = status_json(repo)["esc"]
     assert row["state"] == "done", row
     assert branch_file(repo, "swarm/esc", "a.txt") == "hello\nworld"
+    with state_db(repo) as db:
+        ((code, ended_at),) = db.execute("SELECT exit_code, ended_at FROM attempts").fetchall()
+    assert code == 0
+    if when == "ended":  # when the agent ended, as its shim recorded: not when resume ran
+        assert ended_at < before_resume
     assert marked(mark) == []
 
 

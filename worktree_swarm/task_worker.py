@@ -354,7 +354,10 @@ class TaskWorker:
                 ended = self._watch(live.task, live, agent, attempt.started_at)
             finally:
                 self.guard.agent_ended(live.task.id)
-            cost = self._record(attempt.id, live.task.id, ended, None)
+            # What the shim saw, when the agent ended while no manager watched it.
+            shim = supervisor.read_record(supervisor.record_path(log_path))
+            code, end = (None, None) if shim is None else (shim.exit_code, shim.ended_at)
+            cost = self._record(attempt.id, live.task.id, ended, code, ended_at=end)
         finally:
             self.gate.release(cost_usd=cost)
             if self.spec.sandbox:
@@ -363,7 +366,13 @@ class TaskWorker:
         return ended
 
     def _record(
-        self, attempt_id: int, task_id: str, ended: _Ended, code: int | None
+        self,
+        attempt_id: int,
+        task_id: str,
+        ended: _Ended,
+        code: int | None,
+        *,
+        ended_at: float | None = None,
     ) -> float | None:
         r = ended.result
         if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
@@ -382,7 +391,9 @@ class TaskWorker:
             tokens_out=r.tokens_out,
             cache_read_tokens=r.cache_read_tokens,
         )
-        self.store.end_attempt(attempt_id, exit_code=code, outcome=outcome, usage=usage)
+        self.store.end_attempt(
+            attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
+        )
         row = self.store.task(self.run_id, task_id)
         if row is not None and (r.cost_usd is not None or r.tokens_in is not None):
             self.store.update_task(
