@@ -287,6 +287,7 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     if when == "ended":  # it ends unwatched; its shim records the exit status
         (pids / "go").touch()
         wait_for(lambda: not pid_alive(agent_pid), what="the agent to finish")
+        wait_for(lambda: marked(mark) == [], what="its shim to record it and exit")
         before_resume = time.time()
         resumed = swarm(repo, "resume")
     else:  # resume adopts the live shim, then the agent ends
