@@ -66,6 +66,7 @@ def record_run(
     checks: Mapping[str, Sequence[Sequence[str]]] | None = None,
     state: TaskState = TaskState.DONE,
     agent: Sequence[str] = (),
+    resolve_timeout: float | None = None,
 ) -> str:
     """Record a finished run whose tasks ``(id, base commit)`` have branches ``swarm/<id>``."""
     depends = depends or {}
@@ -89,6 +90,7 @@ def record_run(
                     depends_on=tuple(depends.get(task_id, ())),
                     checks=tuple(tuple(a) for a in checks.get(task_id, ())),
                     agent_argv=tuple(agent),
+                    resolve_timeout=resolve_timeout,
                 ),
                 f"swarm/{task_id}",
                 str(root / task_id),

@@ -21,6 +21,7 @@ from tests.test_run import (
     argv_toml,
     manifest,
     pid_alive,
+    state_db,
     status_json,
     swarm,
     swarm_bg,
@@ -201,9 +202,11 @@ env = {{ PIDS = {json.dumps(str(pids))} }}
     (root / "manual" / "wip.txt").write_text("work in progress\n")
     before = checkout_state(repo)
 
+    with state_db(repo) as db:  # the recorded process: the agent's shim, where there is one
+        (recorded,) = db.execute("SELECT pid FROM attempts WHERE task_id = 'hang'").fetchone()
     found = report(repo, "doctor", code=1)
     expected = {
-        f"pid {agent_pid}": ("process", "stop_task", "agent of task hang"),
+        f"pid {recorded}": ("process", "stop_task", "agent of task hang"),
         f"pid {stray_user.pid}": ("process", "kill", "under the worktree root"),
         str(root / "gone"): ("worktree", "prune", "prunable"),
         str(root / "manual"): ("worktree", "remove_worktree", "no swarm task owns it"),

@@ -180,6 +180,19 @@ priority = -5
 # --- precedence ------------------------------------------------------------------------------
 
 
+def test_step_timeouts_from_defaults_and_task(repo: Path, cwd: Path) -> None:
+    path = manifest(
+        cwd,
+        'setup_timeout = "10m"\ncheck_timeout = "90s"\n'
+        '[[task]]\nid = "own"\nprompt = "p"\ncheck_timeout = 5\nresolve_timeout = "1h"\n'
+        '[[task]]\nid = "inherits"\nprompt = "p"\n',
+    )
+    own, inherits = build_run_spec(repo_root=repo, manifest=path).tasks
+    assert (own.setup_timeout, own.check_timeout, own.resolve_timeout) == (600.0, 5.0, 3600.0)
+    assert (inherits.setup_timeout, inherits.check_timeout) == (600.0, 90.0)
+    assert inherits.resolve_timeout is None  # the task's `timeout`, else 30 minutes
+
+
 def test_precedence_task_over_cli_over_defaults_over_config(repo: Path, cwd: Path) -> None:
     (repo / "swarm.toml").write_text(
         f'agent = {AGENT_TOML}\ntimeout = "1m"\nidle_timeout = "2m"\nretries = 1\njobs = 2\n'
@@ -399,6 +412,9 @@ def test_toml_syntax_error_is_one_line(repo: Path, cwd: Path) -> None:
         ("priority = true", 'task "a": priority: expected an integer, got a boolean'),
         ('timeout = "forever"', "task \"a\": timeout: bad duration 'forever'"),
         ("idle_timeout = 0", 'task "a": idle_timeout: bad duration 0'),
+        ('setup_timeout = "later"', "task \"a\": setup_timeout: bad duration 'later'"),
+        ("check_timeout = 0", 'task "a": check_timeout: bad duration 0'),
+        ("resolve_timeout = true", 'task "a": resolve_timeout: bad duration'),
         ('checks = "pytest"', 'task "a": checks: expected an array of command strings'),
         ("checks = [1]", 'task "a": checks[0]: expected a command string or an argv array'),
         ('checks = ["echo \'open"]', 'task "a": checks[0]: cannot split'),

@@ -12,7 +12,9 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, swarm
+from tests.test_shim import PRELUDE, marked
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra import supervisor
 from worktree_swarm.merge import conflicts
 
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
@@ -445,3 +447,36 @@ def test_hunks_apart_needs_a_whole_unchanged_line() -> None:
     assert conflicts.hunks_apart([after(3)], [line(5)])
     assert conflicts.hunks_apart([(2, 6)], [line(5)])
     assert not conflicts.hunks_apart([(2, 6), line(9)], [line(8)])
+
+
+def test_resolver_over_its_timeout_is_killed_with_its_daemons(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not supervisor.SHIM_AVAILABLE:
+        pytest.skip("daemons escape without the shim's child subreaper (Linux only)")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    mark = f"resolver-{tmp_path.name}"
+    monkeypatch.setenv("PIDS", str(pids))
+    monkeypatch.setenv("ESCAPE_MARK", mark)  # inherited by the resolver and its daemon
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second")})
+    agent = tmp_path / "resolver.py"
+    agent.write_text(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(300)\n')
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[sys.executable, str(agent), "{prompt_file}"],
+        resolve_timeout=2.0,
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert report["conflicted"] == ["second"]
+    assert report["results"][1]["reason"].endswith("the agent did not finish resolving within 2s")
+    assert (pids / "daemon").exists()
+    assert marked(mark) == []

@@ -146,7 +146,9 @@ def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> 
     peak_psutil = 0
     script = agent[1]
     while proc.poll() is None:
-        live = [p for p in psutil.process_iter(["cmdline"]) if script in (p.info["cmdline"] or [])]
+        # The agent itself, not its shim (whose command line ends with the agent's).
+        procs = psutil.process_iter(["cmdline"])
+        live = [p for p in procs if (p.info["cmdline"] or [])[1:2] == [script]]
         peak_psutil = max(peak_psutil, len(live))
         time.sleep(0.02)
     assert proc.returncode == 0, (repo.parent / "bg.log").read_text()

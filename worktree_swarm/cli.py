@@ -523,7 +523,8 @@ def merge_cmd(
     from worktree_swarm.ui import merge_text  # noqa: PLC0415
 
     repo = _repo(ctx)
-    with status.open_store(repo) as store:
+    # SIGTERM like Ctrl-C: a resolver or check being waited for is killed with its tree.
+    with status.open_store(repo) as store, _sigterm_as_interrupt():
         report = merge.merge(
             repo,
             store,

@@ -2,8 +2,10 @@
 
 Scanned, per kind (docs/clean.md has the reasons and fixes):
 
-- processes: recorded agents alive while no manager holds the repository, and any process
-  whose cwd is under the worktree root (identified by pid + create time);
+- processes: recorded agents alive while no manager holds the repository, processes started
+  under one of the repository's shims that nothing supervises (found by the ``SWARM_SHIM``
+  variable they inherit, wherever they moved), and any process whose cwd is under the
+  worktree root (identified by pid + create time);
 - stale git lock files (``*.lock``) while no git process works in the repository;
 - worktrees: locked ``initializing`` by a killed ``git worktree add``, prunable, directory
   missing, or registered under the worktree root without a swarm task;
@@ -23,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
+
 from worktree_swarm.cleanup.clean import Report, needed_by_pending
 from worktree_swarm.cleanup.fixes import (
     RESCUE_PREFIX,
@@ -37,6 +41,7 @@ from worktree_swarm.cleanup.fixes import (
     merge_targets,
     merged_into,
     processes_using,
+    protected_pids,
     repo_paths,
     worktree_finding,
 )
@@ -206,6 +211,7 @@ def _processes(ctx: _Context) -> list[Finding]:
                         pgid=identity.pgid,
                     )
                 )
+    found += _shim_leftovers(ctx, covered)
     active_paths = [p for p, t in ctx.task_at.items() if not t.state.is_final]
     for root in ctx.roots:
         for process in processes_using(root) if root.is_dir() else []:
@@ -225,6 +231,45 @@ def _processes(ctx: _Context) -> list[Finding]:
             )
             found += [kill] if kill else []
     return found
+
+
+def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
+    """Processes started under one of this repository's shims that nothing supervises.
+
+    That is: their shim is gone (killed before it could clean up), or it lives but neither
+    a manager nor `swarm merge` holds the repository. Adds what it finds to *covered*.
+    """
+    found: list[Finding] = []
+    supervised = ctx.manager_alive or _merge_running(ctx.repo)
+    keep = protected_pids()
+    for process, record in supervisor.marked_processes(ctx.repo.state_dir):
+        if process.pid in covered or process.pid in keep:
+            continue
+        alive = supervisor.shim_alive(record)
+        if alive and supervised:
+            continue
+        why = "no manager holds the repository" if alive else "its shim is gone"
+        kill = kill_finding(
+            process,
+            reason=f"{describe(process)} was started by swarm (shim record {record}) and {why}",
+            fix="kill its process tree",
+        )
+        if kill is not None:
+            found.append(kill)
+            covered.add(process.pid)
+            covered.update(p.pid for p in process.children(recursive=True))
+    return found
+
+
+def _merge_running(repo: git.Repo) -> bool:
+    """Whether a `swarm merge` holds the repository's merge lock right now."""
+    merge_lock = filelock.FileLock(repo.state_dir / "merge.lock", thread_local=False)
+    try:
+        merge_lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    merge_lock.release()
+    return False
 
 
 def _locks(ctx: _Context) -> list[Finding]:

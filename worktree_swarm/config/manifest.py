@@ -49,6 +49,7 @@ SETTING_KEYS = frozenset(
     {
         "agent", "checks", "timeout", "idle_timeout", "retries", "priority", "copy", "setup",
         "env", "repair", "no_placeholders", "link", "fallback", "budget_agent", "max_wait",
+        "setup_timeout", "check_timeout", "resolve_timeout",
     }
 )  # fmt: skip
 RUN_KEYS = frozenset(
@@ -133,6 +134,9 @@ class _Settings:
     fallback: tuple[_Agent, ...] | None = None
     budget_agent: _Agent | None = None
     max_wait: float | None = None
+    setup_timeout: float | None = None
+    check_timeout: float | None = None
+    resolve_timeout: float | None = None
     max_cost_usd: float | None = None
     budget_share: float | None = None
     max_disk: int | None = None
@@ -420,6 +424,9 @@ def _build_task(
         if merged.budget_agent
         else "",
         max_wait=DEFAULT_MAX_WAIT if merged.max_wait is None else merged.max_wait,
+        setup_timeout=merged.setup_timeout,
+        check_timeout=merged.check_timeout,
+        resolve_timeout=merged.resolve_timeout,
     )
 
 
@@ -494,6 +501,9 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         fallback=get("fallback", _agent_names),
         budget_agent=get("budget_agent", _agent_name),
         max_wait=get("max_wait", parse_duration),
+        setup_timeout=get("setup_timeout", parse_duration),
+        check_timeout=get("check_timeout", parse_duration),
+        resolve_timeout=get("resolve_timeout", parse_duration),
         max_cost_usd=get("max_cost_usd", _positive_number),
         budget_share=get("budget_share", _share),
         max_disk=get("max_disk", parse_size),

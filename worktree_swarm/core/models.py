@@ -91,6 +91,10 @@ class Task:
     fallback: tuple[str, ...] = ()  # profile names that carry the task on (run/fallback.py)
     budget_agent: str = ""  # the profile new attempts use past the budget share
     max_wait: float = DEFAULT_MAX_WAIT  # longest usage-limit reset a task waits for
+    # Limits of the steps around the agent; None means the built-in default (30 minutes).
+    setup_timeout: float | None = None
+    check_timeout: float | None = None
+    resolve_timeout: float | None = None
 
     @property
     def branch(self) -> str:
@@ -104,6 +108,16 @@ class AttemptOutcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     RATE_LIMITED = "rate_limited"
+    STOPPED = "stopped"  # cut short by `swarm stop`
+    TIMED_OUT = "timed_out"
+
+    @classmethod
+    def parse(cls, text: str | None) -> AttemptOutcome:
+        """A stored outcome; anything unknown (or none) counts as a failure."""
+        try:
+            return cls(text or cls.FAILED)
+        except ValueError:
+            return cls.FAILED
 
 
 class RunStatus(enum.StrEnum):

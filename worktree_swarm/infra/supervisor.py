@@ -8,10 +8,15 @@ process before it is signalled, so a stale record never hits an unrelated proces
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,7 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.infra import shim
 from worktree_swarm.infra.logtail import last_line
 
 if TYPE_CHECKING:
@@ -34,6 +40,12 @@ CREATE_TIME_TOLERANCE = 1.0
 _POLL_INTERVAL = 0.05
 # After SIGKILL only an uninterruptible sleep (e.g. a hung NFS read) keeps a process.
 _KILL_TIMEOUT = 10.0
+_TAIL_BYTES = 64 * 1024
+_STEP_POLL = 0.1
+SHIM_PATH = Path(shim.__file__).resolve()
+# Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
+# agents there are spawned directly, as before the shim existed.
+SHIM_AVAILABLE = sys.platform.startswith("linux")
 
 
 @dataclass(slots=True)
@@ -44,19 +56,29 @@ class AgentProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started_at: float
+    record: Path | None = None
     _log_size: int = field(default=0, init=False, repr=False)
     _last_growth: float = field(default=0.0, init=False, repr=False)
 
     def poll(self) -> int | None:
         """Return the exit code once the agent has exited (reaping it), else None."""
-        return self.popen.poll()
+        return self._code(self.popen.poll())
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* seconds; return the exit code, or None if still running."""
         try:
-            return self.popen.wait(timeout)
+            return self._code(self.popen.wait(timeout))
         except subprocess.TimeoutExpired:
             return None
+
+    def _code(self, returned: int | None) -> int | None:
+        # The shim's own exit code folds a signal into 128+N; its record has the exact status.
+        if returned is None or self.record is None:
+            return returned
+        recorded = read_record(self.record)
+        if recorded is None or recorded.exit_code is None:
+            return returned  # the shim itself was killed before its command ended
+        return recorded.exit_code
 
     def stop(self, *, grace: float) -> int | None:
         """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
@@ -108,18 +130,25 @@ class Supervised(Protocol):
 
 @dataclass(slots=True)
 class AdoptedProcess:
-    """An agent started by a previous manager: not our child, so no exit code."""
+    """An agent started by a previous manager: not our child.
+
+    Its exit code is known only from its shim's record (see :mod:`worktree_swarm.infra.shim`).
+    """
 
     identity: ProcessIdentity
     log_path: Path
     started_at: float
+    record: Path | None = None
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait up to *timeout* for the process to end; its exit code is never known."""
+        """Wait up to *timeout* for the process to end; its recorded exit code, if any."""
         deadline = time.monotonic() + (timeout or 0.0)
         while is_alive(self.identity) and time.monotonic() < deadline:
             time.sleep(0.02)
-        return None
+        if is_alive(self.identity) or self.record is None:
+            return None
+        recorded = read_record(self.record)
+        return None if recorded is None else recorded.exit_code
 
     def alive(self) -> bool:
         """Whether the recorded process (pid and create time) still runs."""
@@ -141,25 +170,86 @@ class AdoptedProcess:
 
 def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
     """Supervise an agent recorded by a previous manager (alive or not)."""
-    return AdoptedProcess(identity=identity, log_path=log_path, started_at=started_at)
+    return AdoptedProcess(
+        identity=identity,
+        log_path=log_path,
+        started_at=started_at,
+        record=record_path(log_path),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShimRecord:
+    """What a shim wrote about its command: the exit code once it ended."""
+
+    shim_pid: int
+    start_ticks: int | None
+    started_at: float
+    exit_code: int | None
+    ended_at: float | None
+    stopped: bool
+
+
+def record_path(log_path: Path) -> Path:
+    """Where the shim of the process logging to *log_path* records its exit status."""
+    return log_path.with_name(log_path.stem + ".exit.json")
+
+
+def read_record(path: Path) -> ShimRecord | None:
+    """The shim record at *path*, or None if there is none (or it cannot be read)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        code = raw["exit_code"]
+        ended = raw["ended_at"]
+        ticks = raw.get("start_ticks")
+        return ShimRecord(
+            shim_pid=int(raw["pid"]),
+            start_ticks=None if ticks is None else int(ticks),
+            started_at=float(raw["started_at"]),
+            exit_code=None if code is None else int(code),
+            ended_at=None if ended is None else float(ended),
+            stopped=bool(raw.get("stopped", False)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def spawn(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    grace: float = 5.0,
+    record: Path | None = None,
 ) -> AgentProcess:
-    """Start *argv* in its own session with output appended to *log_path*.
+    """Start *argv* under a shim, in its own session, with output appended to *log_path*.
 
     stdin is /dev/null, stdout and stderr go to the log, and no shell is involved.
-    *env* is used as-is: build it with :func:`worktree_swarm.infra.proc.clean_env`.
+    *env* is used as-is: build it with :func:`worktree_swarm.infra.proc.clean_env`. The shim
+    (see :mod:`worktree_swarm.infra.shim`) records the exit status in *record* (by default
+    :func:`record_path` of the log) and kills the whole tree on SIGTERM with *grace*.
+    The identity returned is the shim's; where there is no shim it is *argv*'s own.
     """
     if not argv:
         raise SwarmError("agent command is empty: set `agent` to a command array")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    args = [str(a) for a in argv]
+    if SHIM_AVAILABLE:
+        _check_runnable(args[0], cwd=cwd, env=env)
+        record = record or record_path(log_path)
+        args = [
+            sys.executable, "-I", "-S", str(SHIM_PATH), shim.MARKER,
+            "--record", str(record), "--grace", repr(float(grace)), "--", *args,
+        ]  # fmt: skip
+        env = {**env, shim.ENV_VAR: str(record)}
+    else:
+        record = None
     before_start = time.time()
     with log_path.open("ab") as log:
         try:
             popen = subprocess.Popen(
-                [str(a) for a in argv],
+                args,
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -181,7 +271,76 @@ def spawn(
     identity = identity_of(popen.pid) or ProcessIdentity(
         pid=popen.pid, create_time=before_start, pgid=popen.pid
     )
-    return AgentProcess(identity=identity, popen=popen, log_path=log_path, started_at=before_start)
+    return AgentProcess(
+        identity=identity, popen=popen, log_path=log_path, started_at=before_start, record=record
+    )
+
+
+class Cut(enum.StrEnum):
+    """Why :func:`run_to_end` ended a process early."""
+
+    TIMED_OUT = "timed out"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """How a process run by :func:`run_to_end` ended: its exit code, or why it was cut."""
+
+    code: int | None
+    cut: Cut | None = None
+
+
+def run_to_end(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout: float | None,
+    stop: threading.Event | None = None,
+    grace: float = 5.0,
+    record: Path | None = None,
+) -> Finished:
+    """Run *argv* like :func:`spawn` and wait for it, killing its tree on timeout or *stop*.
+
+    An exception while waiting (Ctrl-C) kills the tree too before it propagates.
+    """
+    proc = spawn(argv, cwd=cwd, env=env, log_path=log_path, grace=grace, record=record)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended = False
+    try:
+        while True:
+            code = proc.wait(_STEP_POLL)
+            if code is not None or not proc.alive():
+                ended = True
+                return Finished(code=proc.wait(0) if code is None else code)
+            cut = None
+            if stop is not None and stop.is_set():
+                cut = Cut.STOPPED
+            elif deadline is not None and time.monotonic() >= deadline:
+                cut = Cut.TIMED_OUT
+            if cut is not None:
+                proc.stop(grace=grace)
+                ended = True
+                return Finished(code=None, cut=cut)
+    finally:
+        if not ended:
+            proc.stop(grace=grace)
+
+
+def _check_runnable(program: str, *, cwd: Path, env: Mapping[str, str]) -> None:
+    """Raise the error Popen would have raised, since the shim starts *program* out of sight."""
+    if os.sep in program:
+        path = Path(program) if Path(program).is_absolute() else cwd / program
+        found = path.is_file() and os.access(path, os.X_OK)
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    if not found:
+        raise SwarmError(
+            f"cannot start agent {program!r} in {cwd}: not found or not executable; "
+            "check that it is installed and on PATH"
+        )
 
 
 def identity_of(pid: int) -> ProcessIdentity | None:
@@ -225,6 +384,45 @@ def processes_in(directory: Path) -> list[psutil.Process]:
     return found
 
 
+def marked_processes(root: Path) -> list[tuple[psutil.Process, Path]]:
+    """Processes started under a shim whose record lies in *root*, oldest first.
+
+    Found by the ``SWARM_SHIM`` variable every process of a shim's tree inherits, whatever
+    became of the shim and wherever the process moved (``chdir("/")``, a new session).
+    """
+    base = Path(os.path.realpath(root))
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            marker = proc.environ().get(shim.ENV_VAR)
+            create_time = proc.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if marker and Path(os.path.realpath(marker)).is_relative_to(base) and _running(proc):
+            found.append((create_time, proc, Path(marker)))
+    found.sort(key=lambda item: item[0])
+    return [(proc, record) for _, proc, record in found]
+
+
+def shim_alive(record: Path) -> bool:
+    """Whether the shim that wrote *record* still runs."""
+    recorded = read_record(record)
+    if recorded is None:
+        return False
+    try:
+        proc = psutil.Process(recorded.shim_pid)
+        create_time = proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    if recorded.start_ticks is not None:
+        same = shim.start_ticks(recorded.shim_pid) == recorded.start_ticks
+    else:  # started_at is stamped after the interpreter started: close, not equal
+        same = abs(create_time - recorded.started_at) <= CREATE_TIME_TOLERANCE
+    return same and _running(proc) and _shim_grace(proc) is not None
+
+
 def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
     """Stop *identity*'s process and everything it started.
 
@@ -234,8 +432,18 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
     the caller does not block (reap it with its Popen). Works on processes that are not
     the caller's children. Raises SwarmError if some process survives SIGKILL.
     """
-    deadline = time.monotonic() + grace
     leader = _matching(identity)
+    if leader is not None and _running(leader):
+        shim_grace = _shim_grace(leader)
+        if shim_grace is not None:
+            # The shim kills its tree itself and catches what forks meanwhile; killing it
+            # first would hand its not-yet-killed descendants to init. Only a hung or
+            # killed shim leaves work for the group and snapshot kill below.
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                leader.send_signal(signal.SIGTERM)
+            wait = max(grace, shim_grace) + _KILL_TIMEOUT
+            _wait_gone([leader], None, time.monotonic() + wait)
+    deadline = time.monotonic() + grace
     # Snapshot before signalling: once the leader dies its children are reparented
     # and can no longer be found through it.
     tree = [] if leader is None else [leader, *_children(leader)]
@@ -257,6 +465,20 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
             f"processes {pids} of agent pid {identity.pid} did not exit after SIGKILL; "
             "they are probably stuck in the kernel (check `ps -o pid,stat,wchan`)"
         )
+
+
+def _shim_grace(proc: psutil.Process) -> float | None:
+    """The grace period *proc* was given if it is one of our shims, else None."""
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if shim.MARKER not in cmdline[:6] or "--grace" not in cmdline:
+        return None
+    try:
+        return float(cmdline[cmdline.index("--grace") + 1])
+    except (IndexError, ValueError):
+        return None
 
 
 def _matching(identity: ProcessIdentity) -> psutil.Process | None:

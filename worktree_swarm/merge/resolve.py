@@ -40,7 +40,8 @@ def run_resolver(
 ) -> str | None:
     """Run the task's agent on the conflicts and stage its result; None when resolved.
 
-    Otherwise returns why not (the caller undoes the merge). Waits at most the task's timeout.
+    Otherwise returns why not (the caller undoes the merge). Waits at most the task's
+    ``resolve_timeout`` (else its ``timeout``, else 30 minutes).
     """
     if not task.agent_argv:
         return f"task {task.id} has no agent command recorded; resolve it by hand"
@@ -58,15 +59,16 @@ def run_resolver(
     adapter = adapter_for(task.agent)
     argv = adapter.argv(task.agent_argv, values=values, session_id=None, resume_prompt=None)
     agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
-    agent = supervisor.spawn(
-        argv, cwd=worktree, env=agent_env, log_path=logs / f"resolve-{task.id}.log"
+    log_path = logs / f"resolve-{task.id}.log"
+    limit = task.resolve_timeout or task.timeout or DEFAULT_TIMEOUT
+    # Under the shim: a timeout or Ctrl-C kills the resolver's whole tree.
+    ended = supervisor.run_to_end(
+        argv, cwd=worktree, env=agent_env, log_path=log_path, timeout=limit, grace=KILL_GRACE
     )
-    code = agent.wait(task.timeout or DEFAULT_TIMEOUT)
-    if code is None:
-        agent.stop(grace=KILL_GRACE)
-        return f"the agent did not finish resolving within {task.timeout or DEFAULT_TIMEOUT:.0f}s"
-    if code != 0:
-        return f"the agent exited {code} while resolving (log {agent.log_path})"
+    if ended.cut is not None:
+        return f"the agent did not finish resolving within {limit:.0f}s"
+    if ended.code != 0:
+        return f"the agent exited {ended.code} while resolving (log {log_path})"
     left = [name for name in files if _has_markers(worktree / name)]
     if left:
         return f"conflict markers left in {', '.join(left)}"

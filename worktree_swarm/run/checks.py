@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.proc import run as run_cmd
+from worktree_swarm.infra import supervisor
 
 TAIL_LINES = 15
+# A step's limit unless the task sets `setup_timeout` / `check_timeout`: overnight, a check
+# that hangs must not hold its task (and a check slot) until morning.
+DEFAULT_STEP_TIMEOUT = 30 * 60.0
+_TAIL_BYTES = 64 * 1024
 
 # Markers of unfinished work an agent may leave while looking successful. Only lines the
 # agent *added* are scanned, so placeholders that were already in the code never count.
@@ -27,6 +33,7 @@ class CheckFailure:
 
     summary: str
     detail: str = ""
+    stopped: bool = False
 
     def __str__(self) -> str:
         return self.summary + (f":\n{self.detail}" if self.detail else "")
@@ -45,7 +52,14 @@ def placeholder_lines(worktree: Path, base: str) -> list[str]:
 
 
 def run_checks(
-    task: Task, *, worktree: Path, base: str, env: dict[str, str], log: Path
+    task: Task,
+    *,
+    worktree: Path,
+    base: str,
+    env: dict[str, str],
+    log: Path,
+    stop: threading.Event | None = None,
+    grace: float = 5.0,
 ) -> CheckFailure | None:
     """Run the built-in checks the task asks for, then its commands; None when all pass."""
     missing = [name for name in task.expect_files if not (worktree / name).exists()]
@@ -58,29 +72,74 @@ def run_checks(
                 summary=f"{len(found)} placeholder line(s) added",
                 detail="\n".join(found[:TAIL_LINES]),
             )
-    return run_steps(task.checks, cwd=worktree, env=env, log=log, what="check")
+    return run_steps(
+        task.checks,
+        cwd=worktree,
+        env=env,
+        log=log,
+        what="check",
+        timeout=task.check_timeout,
+        stop=stop,
+        grace=grace,
+    )
 
 
 def run_steps(
-    steps: tuple[tuple[str, ...], ...], *, cwd: Path, env: dict[str, str], log: Path, what: str
+    steps: tuple[tuple[str, ...], ...],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    what: str,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+    grace: float = 5.0,
 ) -> CheckFailure | None:
-    """Run argv steps in order, appending their output to *log*; the first failure or None."""
+    """Run argv steps in order, appending their output to *log*; the first failure or None.
+
+    Each step runs under the shim (its whole tree dies with it) and is killed when it runs
+    longer than *timeout* (default :data:`DEFAULT_STEP_TIMEOUT`) or when *stop* is set.
+    """
+    limit = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a", encoding="utf-8") as out:
-        for argv in steps:
-            shown = shlex.join(argv)  # as the user would type it again, quoting kept
+    for number, argv in enumerate(steps, start=1):
+        shown = shlex.join(argv)  # as the user would type it again, quoting kept
+        with log.open("a", encoding="utf-8") as out:
             out.write(f"$ {shown}\n")
-            out.flush()
-            try:
-                proc = run_cmd(argv, cwd=cwd, env=env, check=False)
-            except OSError as exc:
+        start = log.stat().st_size
+        try:
+            ended = supervisor.run_to_end(
+                argv,
+                cwd=cwd,
+                env=env,
+                log_path=log,
+                timeout=limit,
+                stop=stop,
+                grace=grace,
+                record=log.with_name(f"{log.stem}-{number}.exit.json"),
+            )
+        except SwarmError as exc:
+            with log.open("a", encoding="utf-8") as out:
                 out.write(f"{exc}\n")
-                return CheckFailure(summary=f"{what} `{shown}` could not start: {exc.strerror}")
-            output = (proc.stdout or "") + (proc.stderr or "")
-            out.write(output)
-            if proc.returncode != 0:
-                tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
-                return CheckFailure(
-                    summary=f"{what} `{shown}` exited {proc.returncode}", detail=tail
-                )
+            why = "not found or not executable"
+            return CheckFailure(summary=f"{what} `{shown}` could not start: {why}")
+        tail = _tail(log, start)
+        if ended.cut is supervisor.Cut.STOPPED:
+            return CheckFailure(summary=f"stopped during {what} `{shown}`", stopped=True)
+        if ended.cut is supervisor.Cut.TIMED_OUT:
+            return CheckFailure(summary=f"{what} `{shown}` timed out after {limit:g}s", detail=tail)
+        if ended.code != 0:
+            return CheckFailure(summary=f"{what} `{shown}` exited {ended.code}", detail=tail)
     return None
+
+
+def _tail(log: Path, start: int) -> str:
+    """The last lines *log* gained after byte *start*."""
+    try:
+        with log.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(start, size - _TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-TAIL_LINES:])

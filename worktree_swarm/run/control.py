@@ -51,6 +51,7 @@ def stop_unmanaged(
                 )
                 supervisor.kill_tree(ident, grace=grace)
                 store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
+        _kill_steps(repo.state_dir / "runs" / run_id / task_id, grace=grace)
         worktree = Path(rows[task_id].worktree)
         # An agent its manager launched but was killed before recording.
         stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
@@ -74,6 +75,17 @@ def stop_unmanaged(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
         )
     return list(targets)
+
+
+def _kill_steps(task_logs: Path, *, grace: float) -> None:
+    """Kill what still runs under shims recorded in *task_logs* (setup steps, checks).
+
+    Oldest first, so each shim goes before its descendants and kills them itself.
+    """
+    for process, _record in supervisor.marked_processes(task_logs):
+        identity = supervisor.identity_of(process.pid)
+        if identity is not None:
+            supervisor.kill_tree(identity, grace=grace)
 
 
 def _wait_final(store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float) -> None:

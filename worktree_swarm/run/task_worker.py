@@ -207,11 +207,18 @@ class TaskWorker:
                 worktrees.copy_into(self.repo.root, path, task.copy, mode=self.spec.copy_mode)
             worktrees.link_into(self.repo.root, path, task.link)
             failure = run_steps(
-                task.setup, cwd=path, env=env, log=self._logs(task) / "setup.log", what="setup"
+                task.setup,
+                cwd=path,
+                env=env,
+                log=self._logs(task) / "setup.log",
+                what="setup",
+                timeout=task.setup_timeout,
+                stop=live.stop,
+                grace=self.spec.kill_grace,
             )
             redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
-                return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+                return _failed(failure)
         return self._attempts(live, path, base, env)
 
     def _unrecorded(self, task: Task, path: Path, row: TaskRow) -> AttemptRow | None:
@@ -282,11 +289,11 @@ class TaskWorker:
             course.not_before = 0.0
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-            failure = self._check(task, path, base, env)
+            failure = self._check(live, path, base, env)
             if failure is None:
                 return TaskOutcome(state=TaskState.DONE)
-            if repairs_left <= 0:
-                return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+            if failure.stopped or repairs_left <= 0:
+                return _failed(failure)
             repairs_left -= 1
             course.prompt = repair_prompt(failure)
 
@@ -427,16 +434,26 @@ class TaskWorker:
         )
         return stat
 
-    def _check(self, task: Task, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
+    def _check(self, live: Live, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
+        task = live.task
         if not self._checking(task):
             return None
-        with self._check_slots:
-            try:
-                return run_checks(
-                    task, worktree=path, base=base, env=env, log=self._logs(task) / "checks.log"
-                )
-            finally:
-                redact.scrub_file(self._logs(task) / "checks.log")
+        while not self._check_slots.acquire(timeout=POLL_SECONDS):
+            if live.stop.is_set():
+                return CheckFailure(summary="stopped while waiting to run checks", stopped=True)
+        try:
+            return run_checks(
+                task,
+                worktree=path,
+                base=base,
+                env=env,
+                log=self._logs(task) / "checks.log",
+                stop=live.stop,
+                grace=self.spec.kill_grace,
+            )
+        finally:
+            self._check_slots.release()
+            redact.scrub_file(self._logs(task) / "checks.log")
 
     def _attempt(
         self, live: Live, course: _Course, path: Path, env: dict[str, str], number: int
@@ -494,7 +511,9 @@ class TaskWorker:
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
             # The intent first: `swarm resume` finds an agent started but not recorded.
             self.store.update_task(self.run_id, task.id, launching=number)
-            agent = supervisor.spawn(argv, cwd=path, env=agent_env, log_path=log_path)
+            agent = supervisor.spawn(
+                argv, cwd=path, env=agent_env, log_path=log_path, grace=self.spec.kill_grace
+            )
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
                 self.run_id,
@@ -556,7 +575,7 @@ class TaskWorker:
             outcome = {
                 AttemptOutcome.RATE_LIMITED: AgentOutcome.RATE_LIMITED,
                 AttemptOutcome.SUCCEEDED: AgentOutcome.SUCCESS,
-            }.get(AttemptOutcome(attempt.outcome or "failed"), AgentOutcome.FAILED)
+            }.get(AttemptOutcome.parse(attempt.outcome), AgentOutcome.FAILED)
             result = AgentResult(
                 outcome=outcome,
                 reason=attempt.reason,
@@ -581,7 +600,10 @@ class TaskWorker:
                 ended = self._watch(task, live, agent, attempt.started_at)
             finally:
                 self.guard.agent_ended(live.task.id)
-            cost = self._record(attempt.id, live.task.id, ended, None)
+            # What the shim saw, when the agent ended while no manager watched it.
+            shim = supervisor.read_record(supervisor.record_path(log_path))
+            code, end = (None, None) if shim is None else (shim.exit_code, shim.ended_at)
+            cost = self._record(attempt.id, live.task.id, ended, code, ended_at=end)
         finally:
             self.gate.release(provider_of(profile), cost_usd=cost)
             if self.spec.sandbox:
@@ -590,7 +612,13 @@ class TaskWorker:
         return ended
 
     def _record(
-        self, attempt_id: int, task_id: str, ended: _Ended, code: int | None
+        self,
+        attempt_id: int,
+        task_id: str,
+        ended: _Ended,
+        code: int | None,
+        *,
+        ended_at: float | None = None,
     ) -> float | None:
         r = ended.result
         if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
@@ -609,7 +637,9 @@ class TaskWorker:
             tokens_out=r.tokens_out,
             cache_read_tokens=r.cache_read_tokens,
         )
-        self.store.end_attempt(attempt_id, exit_code=code, outcome=outcome, usage=usage)
+        self.store.end_attempt(
+            attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
+        )
         row = self.store.task(self.run_id, task_id)
         if row is not None and (r.cost_usd is not None or r.tokens_in is not None):
             self.store.update_task(
@@ -812,6 +842,13 @@ def prompt_argument(text: str, prompt_file: Path) -> str:
     if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
         return text
     return LONG_PROMPT.format(path=prompt_file)
+
+
+def _failed(failure: CheckFailure) -> TaskOutcome:
+    """The outcome of a setup or check step that did not pass."""
+    if failure.stopped:
+        return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
+    return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
 
 
 def repair_prompt(failure: CheckFailure) -> str:

@@ -1,0 +1,434 @@
+"""The agent shim: exit status records, and no process of an agent's tree escapes.
+
+Every test launches real processes. Agents here are written to escape: they double-fork
+daemons, leave for ``/``, fork from their SIGTERM handler, or keep forking while being
+killed. Each process of a test carries ESCAPE_MARK in its environment, so survivors are
+found by scanning every process on the machine, whether or not they wrote a pid file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import git
+from tests.test_run import (
+    argv_toml,
+    branch_file,
+    manifest,
+    pid_alive,
+    state_db,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.proc import clean_env
+
+AgentFactory = Callable[[str], list[str]]
+
+pytestmark = pytest.mark.skipif(
+    not supervisor.SHIM_AVAILABLE, reason="the shim needs a child subreaper (Linux)"
+)
+
+# Shared by every escaping agent: publish a pid file; become a daemon (fork, setsid, fork).
+PRELUDE = """
+import os, pathlib, signal, sys, time
+PIDS = pathlib.Path(os.environ["PIDS"])
+
+def publish(name):
+    tmp = PIDS / (name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(PIDS / name)
+
+def daemon(name, *, root=False):
+    if os.fork():
+        return
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    if root:
+        os.chdir("/")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    publish(name)
+    while True:
+        time.sleep(1)
+"""
+
+PATTERNS = {
+    # The classic daemon: fork, setsid, fork; it ignores SIGTERM.
+    "double_fork": """
+daemon("daemon")
+publish("ready")
+while True:
+    time.sleep(1)
+""",
+    # A daemon that leaves the worktree, so no cwd scan finds it.
+    "chdir_root": """
+daemon("daemon", root=True)
+publish("ready")
+while True:
+    time.sleep(1)
+""",
+    # The agent's SIGTERM handler starts a daemon, then the agent exits 0.
+    "term_handler": """
+def on_term(*_):
+    daemon("late_daemon", root=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, on_term)
+publish("ready")
+while True:
+    time.sleep(1)
+""",
+    # Killed, the agent keeps forking new children (each in a new session) until SIGKILL.
+    "grace_forker": """
+forks = [0]
+def on_term(*_):
+    while True:
+        forks[0] += 1
+        daemon(f"grace_{forks[0]}")
+        time.sleep(0.05)
+signal.signal(signal.SIGTERM, on_term)
+publish("ready")
+while True:
+    time.sleep(1)
+""",
+}
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose environment carries ESCAPE_MARK=*mark*."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("ESCAPE_MARK") == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture
+def mark(tmp_path: Path) -> Iterator[str]:
+    """A marker unique to this test; whatever still carries it at teardown is killed."""
+    value = f"escape-{os.getpid()}-{tmp_path.name}"
+    yield value
+    for proc in marked(value):
+        proc.kill()
+
+
+def escape_manifest(repo: Path, agent: list[str], pids: Path, mark: str, extra: str = "") -> str:
+    env = f"{{ PIDS = {json.dumps(str(pids))}, ESCAPE_MARK = {json.dumps(mark)} }}"
+    return manifest(
+        repo,
+        f"""
+[defaults]
+agent = {argv_toml(agent)}
+kill_grace = "1s"
+{extra}
+[[task]]
+id = "esc"
+prompt = "escape"
+env = {env}
+""",
+    )
+
+
+@pytest.mark.parametrize("how", ["stop", "timeout", "interrupt"])
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_no_process_escapes(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, pattern: str, how: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent(PRELUDE + PATTERNS[pattern])
+    extra = 'timeout = "4s"' if how == "timeout" else ""
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    try:
+        wait_for((pids / "ready").exists, what="the agent")
+        if pattern in {"double_fork", "chdir_root"}:
+            wait_for((pids / "daemon").exists, what="the daemon")
+        assert marked(mark), "the agent's processes carry the mark"
+        if how == "stop":
+            out = swarm(repo, "stop", "esc")
+            assert out.returncode == 0, out.stderr
+        elif how == "interrupt":
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        proc.kill()
+    assert code == (130 if how == "interrupt" else 1)
+    state = status_json(repo)["esc"]["state"]
+    assert state == ("timed_out" if how == "timeout" else "stopped")
+    assert marked(mark) == []
+    # Every process that got as far as writing its pid is gone too.
+    written = [p for p in pids.iterdir() if not p.name.endswith(".tmp")]
+    assert all(not pid_alive(int(p.read_text())) for p in written)
+    if pattern == "grace_forker":
+        assert any(p.name.startswith("grace_") for p in written), "it forked while killed"
+
+
+HANGING_CHECK = """
+import os, pathlib, time
+pathlib.Path(os.environ["PIDS"], "check").write_text(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("how", ["stop", "sigterm", "timeout"])
+def test_hanging_check_is_ended(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, how: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('work\\n')\n")
+    check = write_agent(HANGING_CHECK)
+    extra = f"checks = [{argv_toml(check)}]\n"
+    extra += 'check_timeout = "2s"\n' if how == "timeout" else ""
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    try:
+        wait_for((pids / "check").exists, what="the check")
+        if how != "timeout":  # (with a 2 s limit the check may already have timed out)
+            assert status_json(repo)["esc"]["state"] == "checking"
+        if how == "stop":  # a check its manager supervises is nobody's leftover
+            assert "started by swarm" not in swarm(repo, "doctor").stdout
+            out = swarm(repo, "stop", "esc")
+            assert out.returncode == 0, out.stderr
+        elif how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    finally:
+        proc.kill()
+    assert not pid_alive(int((pids / "check").read_text()))
+    assert marked(mark) == []
+    row = status_json(repo)["esc"]
+    if how == "timeout":
+        assert code == 1
+        assert row["state"] == "failed"
+        assert str(row["reason"]).startswith(f"check `{' '.join(check)}` timed out after 2s")
+    else:
+        assert code == (130 if how == "sigterm" else 1)
+        assert row["state"] == "stopped"
+        assert str(row["reason"]).startswith("stopped during check")
+    assert branch_file(repo, "swarm/esc", "a.txt") == "work"  # checkpointed before the check
+
+
+def test_stop_after_manager_died_ends_a_running_check(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('work\\n')\n")
+    extra = f"checks = [{argv_toml(write_agent(HANGING_CHECK))}]\n"
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    wait_for((pids / "check").exists, what="the check")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert pid_alive(int((pids / "check").read_text()))
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert marked(mark) == []
+    assert status_json(repo)["esc"]["state"] == "stopped"
+
+
+def test_hanging_setup_is_timed_out(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent("print('never started')\n")
+    setup = write_agent(HANGING_CHECK)
+    extra = f'setup = [{argv_toml(setup)}]\nsetup_timeout = "1s"\n'
+    out = swarm(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["esc"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith(f"setup `{' '.join(setup)}` timed out after 1s")
+    assert not pid_alive(int((pids / "check").read_text()))
+    assert marked(mark) == []
+
+
+FINISH_ON_GO = """
+import os, pathlib, time
+pathlib.Path("a.txt").write_text("hello\\n")
+pids = pathlib.Path(os.environ["PIDS"])
+tmp = pids / "agent.tmp"
+tmp.write_text(str(os.getpid()))
+tmp.replace(pids / "agent")
+while not (pids / "go").exists():
+    time.sleep(0.05)
+with open("a.txt", "a") as f:
+    f.write("world\\n")
+"""
+
+
+@pytest.mark.parametrize("when", ["ended", "alive"])
+def test_agent_exiting_0_while_manager_dead_ends_done(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, when: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent(FINISH_ON_GO)
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark))
+    wait_for((pids / "agent").exists, what="the agent")
+    agent_pid = int((pids / "agent").read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if when == "ended":  # it ends unwatched; its shim records the exit status
+        (pids / "go").touch()
+        wait_for(lambda: not pid_alive(agent_pid), what="the agent to finish")
+        wait_for(lambda: marked(mark) == [], what="its shim to record it and exit")
+        before_resume = time.time()
+        resumed = swarm(repo, "resume")
+    else:  # resume adopts the live shim, then the agent ends
+        bg = swarm_bg(repo, "resume")
+        try:
+            wait_for(lambda: status_json(repo)["esc"]["alive"] is True, what="adoption")
+            (pids / "go").touch()
+            code = bg.wait(timeout=60)
+        finally:
+            bg.kill()
+        assert code == 0
+        resumed = None
+    assert resumed is None or resumed.returncode == 0, resumed.stdout + resumed.stderr
+    row = status_json(repo)["esc"]
+    assert row["state"] == "done", row
+    assert branch_file(repo, "swarm/esc", "a.txt") == "hello\nworld"
+    with state_db(repo) as db:
+        ((code, ended_at),) = db.execute("SELECT exit_code, ended_at FROM attempts").fetchall()
+    assert code == 0
+    if when == "ended":  # when the agent ended, as its shim recorded: not when resume ran
+        assert ended_at < before_resume
+    assert marked(mark) == []
+
+
+def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent(PRELUDE + PATTERNS["chdir_root"])
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark))
+    wait_for((pids / "daemon").exists, what="the daemon")
+    daemon = int((pids / "daemon").read_text())
+    assert psutil.Process(daemon).cwd() == "/"
+    # A crash that takes the manager and the shim: the daemon goes to init (or our
+    # subreaper, if the test runner has one), outside every worktree.
+    shims = [p for p in marked(mark) if supervisor.SHIM_PATH.name in " ".join(p.cmdline())]
+    assert len(shims) == 1
+    proc.send_signal(signal.SIGKILL)
+    shims[0].kill()
+    proc.wait(timeout=30)
+    wait_for(lambda: not pid_alive(shims[0].pid), what="the shim to die")
+    assert pid_alive(daemon)
+    out = swarm(repo, "doctor")
+    assert out.returncode == 1, out.stdout + out.stderr  # findings, nothing fixed yet
+    line = next(x for x in out.stdout.splitlines() if f"(pid {daemon})" in x)
+    assert "was started by swarm (shim record " in line
+    assert line.endswith("/esc/attempt-1.exit.json) and its shim is gone")
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert marked(mark) == []
+
+
+def test_shim_records_exit_status_and_kills_leftovers(
+    tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    argv = write_agent(PRELUDE + 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n')
+    log = tmp_path / "logs" / "attempt-1.log"
+    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5)
+    assert agent.wait(timeout=60) == 3
+    record = json.loads(supervisor.record_path(log).read_text())
+    assert record["exit_code"] == 3
+    assert record["stopped"] is False
+    assert record["pid"] == agent.identity.pid
+    assert record["started_at"] <= record["ended_at"]
+    assert not pid_alive(int((pids / "daemon").read_text()))  # a leftover, killed at exit
+    assert marked(mark) == []
+    assert not list(log.parent.glob("*.tmp"))
+
+
+def test_stopped_command_records_its_signal(tmp_path: Path, write_agent: AgentFactory) -> None:
+    argv = write_agent("import time\nprint('up', flush=True)\ntime.sleep(300)\n")
+    log = tmp_path / "agent.log"
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=clean_env(), log_path=log, grace=5)
+    wait_for(lambda: "up" in log.read_text(), what="the agent")
+    assert agent.stop(grace=5) == -signal.SIGTERM
+    record = supervisor.read_record(supervisor.record_path(log))
+    assert record is not None
+    assert record.exit_code == -signal.SIGTERM
+    assert record.stopped
+
+
+def test_shim_starts_whatever_pythonpath_the_task_sets(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    argv = write_agent("print('ran')\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "json.py").write_text("raise SystemExit('shadowed stdlib')\n")
+    env = clean_env({"PYTHONPATH": str(broken), "PYTHONSTARTUP": str(broken / "json.py")})
+    log = tmp_path / "agent.log"
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log)
+    assert agent.wait(timeout=60) == 0
+    assert log.read_text() == "ran\n"
+
+
+def test_resolve_style_wait_is_interruptible(tmp_path: Path, write_agent: AgentFactory) -> None:
+    """Ctrl-C while waiting for a step kills its tree before the interrupt propagates."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    code = (
+        "import os, signal, sys, threading\n"
+        "from pathlib import Path\n"
+        "from worktree_swarm import supervisor\n"
+        "from worktree_swarm.infra.proc import clean_env\n"
+        f"argv = {write_agent(PRELUDE + PATTERNS['double_fork'])!r}\n"
+        f"pids = Path({str(pids)!r})\n"
+        "def interrupt():\n"
+        "    while not (pids / 'daemon').exists():\n"
+        "        threading.Event().wait(0.02)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "threading.Thread(target=interrupt, daemon=True).start()\n"
+        "try:\n"
+        "    supervisor.run_to_end(argv, cwd=pids, env=clean_env({'PIDS': str(pids)}),\n"
+        "        log_path=pids / 'step.log', timeout=300, grace=0.5)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(42)\n"
+    )
+    package_root = Path(supervisor.__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env({"PYTHONPATH": str(package_root)}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 42, done.stderr
+    for name in ("ready", "daemon"):
+        assert not pid_alive(int((pids / name).read_text()))
+
+
+def test_logs_have_no_shim_noise(repo: Path, write_agent: AgentFactory) -> None:
+    agent = write_agent("import pathlib\npathlib.Path('x.txt').write_text('x')\nprint('done')\n")
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "q"\nprompt = "p"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    logs = swarm(repo, "logs", "q")
+    assert "swarm shim" not in logs.stdout + logs.stderr
+    assert git(repo, "show", "swarm/q:x.txt") == "x"

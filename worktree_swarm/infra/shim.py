@@ -1,0 +1,233 @@
+"""The agent shim: the parent of every agent, setup step, check and merge resolver.
+
+Run by :func:`worktree_swarm.supervisor.spawn` as ``python -I -S shim.py --swarm-shim
+--record FILE --grace SECONDS -- ARGV...`` (by path, standard library only, so it starts in
+tens of milliseconds and whatever PYTHONPATH a task sets cannot break it). On Linux it makes
+itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every descendant of the command —
+a double-forked daemon, one that left for ``/`` — is re-parented to the shim instead of
+init, and stays findable as its descendant.
+
+- When the command exits, its status and end time are written to FILE (JSON, temp file +
+  ``os.replace``), then whatever it left running is killed and the shim exits.
+- SIGTERM, SIGINT or SIGHUP to the shim kill the whole tree: SIGTERM to every descendant
+  (re-scanned, so processes forked meanwhile get it too), SIGKILL to all that remain at the
+  one grace deadline, re-scanning until no descendant is left. The status is then recorded
+  with ``"stopped": true``.
+
+FILE is first written at start (``exit_code`` null) so a reader can tell a shim that never
+started from one whose command still runs. Every process of the tree carries
+``SWARM_SHIM=FILE`` in its environment, which is how `swarm doctor` finds leftovers even when
+the shim itself was killed.
+"""
+
+from __future__ import annotations
+
+# Only what starting a process needs: json, contextlib and pathlib would double the
+# shim's start-up time (they pull in re, collections, urllib), which every agent, setup
+# step and check pays.
+import ctypes
+import os
+import signal
+import sys
+import time
+
+MARKER = "--swarm-shim"
+ENV_VAR = "SWARM_SHIM"
+_PR_SET_CHILD_SUBREAPER = 36
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_RESCAN = 0.02
+_USAGE = 2
+_NOT_STARTED = 127
+
+
+def main(argv: list[str]) -> int:
+    """Run the command in *argv* (after ``--``) under this shim; return the shim's exit code."""
+    try:
+        record, grace, command = _parse(argv)
+    except ValueError as exc:
+        sys.stderr.write(f"swarm shim: {exc}\n")
+        return _USAGE
+    if not _become_subreaper():
+        sys.stderr.write("swarm shim: no child subreaper on this platform\n")
+    waited = {signal.SIGCHLD, *_STOP_SIGNALS}
+    # Blocked and taken with sigtimedwait: no handler runs in the middle of a record write.
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    started = time.time()
+    base: dict[str, object] = {
+        "version": 1,
+        "pid": os.getpid(),
+        "start_ticks": start_ticks(os.getpid()),
+        "started_at": started,
+    }
+    _write(record, {**base, "exit_code": None, "ended_at": None})
+    try:
+        child = os.posix_spawnp(
+            command[0],
+            command,
+            os.environ,
+            setsigmask=(),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *_STOP_SIGNALS),
+        )
+    except OSError as exc:
+        sys.stderr.write(f"swarm shim: cannot start {command[0]!r}: {exc.strerror or exc}\n")
+        _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
+        return _NOT_STARTED
+    status = _wait_for(child, waited)
+    if status is None:  # asked to stop
+        status = _kill_all(child, grace)
+        _write(record, _ended(base, status, stopped=True))
+    else:
+        # Written before the leftovers are killed: this is what the command itself did.
+        _write(record, _ended(base, status, stopped=False))
+        _kill_all(child, grace)
+    code = _exit_code(status)
+    return code if code >= 0 else 128 - code
+
+
+def _wait_for(child: int, waited: set[signal.Signals]) -> int | None:
+    """*child*'s wait status once it exits, or None when a stop signal comes first."""
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            return None
+        status = _reap(child)
+        if status is not None:
+            return status
+
+
+def _parse(argv: list[str]) -> tuple[str, float, list[str]]:
+    if "--" not in argv:
+        raise ValueError("usage: shim.py --swarm-shim --record FILE --grace SECONDS -- ARGV...")
+    split = argv.index("--")
+    opts, command = argv[:split], argv[split + 1 :]
+    values = dict(zip(opts[1::2], opts[2::2], strict=False)) if opts[:1] == [MARKER] else {}
+    if not command or "--record" not in values or "--grace" not in values:
+        raise ValueError("usage: shim.py --swarm-shim --record FILE --grace SECONDS -- ARGV...")
+    return values["--record"], float(values["--grace"]), command
+
+
+def _become_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap(child: int) -> int | None:
+    """Reap every exited child; the wait status of *child* if it was among them."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status
+
+
+def _kill_all(child: int, grace: float) -> int:
+    """Kill every descendant (grace, then SIGKILL) until none is left; *child*'s status."""
+    deadline = time.monotonic() + grace
+    signalled: set[tuple[int, int]] = set()
+    status = 0
+    child_status: int | None = None
+    while True:
+        while True:  # reap whatever ended, remembering the command's own status
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return status if child_status is None else child_status
+            if pid == 0:
+                break
+            if pid == child:
+                child_status = status
+        late = time.monotonic() >= deadline
+        for key in _descendants():
+            if late or key not in signalled:
+                try:  # noqa: SIM105 - contextlib costs start-up time
+                    os.kill(key[0], signal.SIGKILL if late else signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass  # it ended meanwhile
+                signalled.add(key)
+        signal.sigtimedwait({signal.SIGCHLD}, _RESCAN)
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel's start time of *pid* (clock ticks since boot): exact, unlike wall time."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/PID/stat from the state on (index 0), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: PTH123 - pathlib costs start-up
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields if len(fields) >= 20 else None  # noqa: PLR2004 - start time is field 22
+
+
+def _descendants() -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of this process, from /proc."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    try:
+        names = os.listdir("/proc")  # noqa: PTH208 - pathlib costs start-up time
+    except OSError:
+        names = []
+    for name in names:
+        fields = _stat_fields(name) if name.isdigit() else None
+        if fields is None or fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
+    found: list[tuple[int, int]] = []
+    todo = [os.getpid()]
+    while todo:
+        for key in children.get(todo.pop(), []):
+            found.append(key)
+            todo.append(key[0])
+    return found
+
+
+def _ended(base: dict[str, object], status: int, *, stopped: bool) -> dict[str, object]:
+    code = _exit_code(status)
+    return {**base, "exit_code": code, "ended_at": time.time(), "stopped": stopped}
+
+
+def _exit_code(status: int) -> int:
+    """Like Popen.returncode: the exit code, or minus the signal that killed it."""
+    return os.waitstatus_to_exitcode(status)
+
+
+def _write(path: str, data: dict[str, object]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:  # noqa: PTH123
+            f.write(_json(data))
+        # No fsync: the record has to outlive the manager, not the machine (after a power
+        # loss no agent is left running to account for), and fsync would add tens of ms.
+        os.replace(tmp, path)  # noqa: PTH105 - a reader sees the old record or the new one
+    except OSError as exc:  # a full disk must not stop the shim from cleaning up
+        sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
+
+
+def _json(data: dict[str, object]) -> str:
+    """JSON for a flat record of numbers, booleans and nulls (keys are plain words)."""
+    words = {True: "true", False: "false", None: "null"}
+    items = []
+    for key, value in data.items():
+        # bool before numbers: True == 1, so look booleans and None up by identity.
+        text = next((w for v, w in words.items() if value is v), None)
+        items.append(f'"{key}": {text if text is not None else repr(value)}')
+    return "{" + ", ".join(items) + "}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
