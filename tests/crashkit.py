@@ -73,7 +73,8 @@ def install_fake_claude(root: Path) -> dict[str, str]:
     exe = bin_dir / "claude"
     exe.write_text(FAKE_CLAUDE.replace("PYTHON", sys.executable))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # A key makes swarm's sign-in check pass; the fake never calls any API.
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "ANTHROPIC_API_KEY": "sk-fake"}
 
 
 def _git(cwd: Path, *args: str) -> str:

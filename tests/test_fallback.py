@@ -90,6 +90,7 @@ def fake_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DIR", str(fake))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-fake")  # swarm checks claude is signed in
     return fake
 
 

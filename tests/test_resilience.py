@@ -1,4 +1,4 @@
-"""Issue #3 end to end: rate limits resumed in the same session, budget, repair, crash resume.
+"""End to end: rate limits resumed in the same session, budget, repair, crash resume.
 
 A fake `claude` on PATH speaks Claude Code's `-p --output-format json` interface: it prints one
 JSON result object, honours `--resume <session>`, and is scripted per task through files.

@@ -394,7 +394,7 @@ def test_resolve_style_wait_is_interruptible(tmp_path: Path, write_agent: AgentF
     code = (
         "import os, signal, sys, threading\n"
         "from pathlib import Path\n"
-        "from worktree_swarm import supervisor\n"
+        "from worktree_swarm.infra import supervisor\n"
         "from worktree_swarm.infra.proc import clean_env\n"
         f"argv = {write_agent(PRELUDE + PATTERNS['double_fork'])!r}\n"
         f"pids = Path({str(pids)!r})\n"

@@ -82,16 +82,18 @@ def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
     """
     entries = _tree_entries(root, tree, paths)
     dirs: set[Path] = set()
-    for rel in paths:
-        target = root / rel
-        entry = entries.get(rel)
-        if entry is None or (target.is_dir() and not target.is_symlink()):
-            remove(target)
-        if entry is None:
-            dirs.add(target.parent)
-        elif entry[0] != "160000":  # a submodule's commit is not ours to check out
-            target.parent.mkdir(parents=True, exist_ok=True)
-            put_file(target, mode=entry[0], data=_blob(root, entry[1]))
+    # One `cat-file --batch` for every blob restored, not a process per file.
+    with runner.ObjectReader(root) as objects:
+        for rel in paths:
+            target = root / rel
+            entry = entries.get(rel)
+            if entry is None or (target.is_dir() and not target.is_symlink()):
+                remove(target)
+            if entry is None:
+                dirs.add(target.parent)
+            elif entry[0] != "160000":  # a submodule's commit is not ours to check out
+                target.parent.mkdir(parents=True, exist_ok=True)
+                put_file(target, mode=entry[0], data=objects.read(entry[1]))
     for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
         prune_empty(directory, root)
 
@@ -145,7 +147,3 @@ def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tupl
         mode, _kind, sha = meta.split(" ")
         entries[rel] = (mode, sha)
     return entries
-
-
-def _blob(root: Path, sha: str) -> bytes:
-    return runner.run_bytes(root, "cat-file", "blob", sha).stdout

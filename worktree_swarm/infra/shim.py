@@ -22,6 +22,8 @@ the shim itself was killed.
 
 from __future__ import annotations
 
+import contextlib
+
 # Only what starting a process needs: json, contextlib and pathlib would double the
 # shim's start-up time (they pull in re, collections, urllib), which every agent, setup
 # step and check pays.
@@ -215,7 +217,9 @@ def _write(path: str, data: dict[str, object]) -> None:
         # loss no agent is left running to account for), and fsync would add tens of ms.
         os.replace(tmp, path)  # noqa: PTH105 - a reader sees the old record or the new one
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
-        sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
+        with contextlib.suppress(OSError):  # stderr is the log, on that same full disk
+            sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
+            sys.stderr.flush()
 
 
 def _json(data: dict[str, object]) -> str:
@@ -229,5 +233,17 @@ def _json(data: dict[str, object]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
+def _exit(code: int) -> None:
+    """Exit with the agent's code even when the log can no longer be flushed (a full disk).
+
+    Python itself would exit 120 when flushing stderr fails, and the manager, reading the
+    shim's status when the record is missing, would take that for the agent's.
+    """
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit(main(sys.argv[1:]))

@@ -96,7 +96,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_by_run ON events(run_id, id)",
     ),
     (
-        # Issue #3: what an agent reported per attempt (resume needs the session id).
+        # What an agent reported per attempt (resume needs the session id).
         "ALTER TABLE attempts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE attempts ADD COLUMN session_id TEXT",
         "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
@@ -106,7 +106,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN cache_read_tokens INTEGER",
     ),
     (
-        # Issue #8: a task's disk use when it ended, and when max_disk removed its worktree.
+        # A task's disk use when it ended, and when max_disk removed its worktree.
         "ALTER TABLE tasks ADD COLUMN disk_apparent INTEGER",
         "ALTER TABLE tasks ADD COLUMN disk_actual INTEGER",
         "ALTER TABLE tasks ADD COLUMN worktree_removed_at REAL",

@@ -18,6 +18,7 @@ from typing import Unpack
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import paths
+from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -155,7 +156,7 @@ class TaskWorker:
         self._tasks = {t.id: t for t in spec.tasks}
         self._check_slots = threading.Semaphore(spec.jobs)
         self._findings = logs_root / notes.FILE_NAME
-        self._git_identity = _git_identity(repo.root)
+        self._git_identity = _git_identity(repo.root, author=spec.commit_author)
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task from wherever it is to a final outcome."""
@@ -803,13 +804,21 @@ def _agent_may_run(attempt: AttemptRow | None) -> bool:
     return supervisor.is_alive(identity)
 
 
-def _git_identity(root: Path) -> dict[str, str]:
-    """The user's effective identity and global ignore file, as git resolves them in *root*."""
+def _git_identity(root: Path, *, author: str) -> dict[str, str]:
+    """The user's effective identity and global ignore file, as git resolves them in *root*.
+
+    Without a configured identity, the run's commit *author* stands in: an agent CLI that
+    finds none would otherwise write one into the repository's shared config (aider does).
+    """
     found = {}
     for key in ("user.name", "user.email", "core.excludesFile"):
         value = git.git(root, "config", "--path", "--get", key, check=False).strip()
         if value:
             found[key] = value
+    ident = parse_author(author)
+    if ident is not None and not ("user.name" in found and "user.email" in found):
+        found.setdefault("user.name", ident.name)
+        found.setdefault("user.email", ident.email)
     return found
 
 
