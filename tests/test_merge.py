@@ -449,6 +449,7 @@ def test_hunks_apart_needs_a_whole_unchanged_line() -> None:
     assert not conflicts.hunks_apart([(2, 6), line(9)], [line(8)])
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_resolver_over_its_timeout_is_killed_with_its_daemons(
     base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.test_run import swarm
 from worktree_swarm.report.notes import findings_instructions
 
@@ -34,6 +36,7 @@ def entries(text: str) -> list[tuple[str, list[str]]]:
     return found
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) -> None:
     path = tmp_path / "state" / "runs" / "run-1" / "findings.md"
     procs = []

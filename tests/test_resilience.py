@@ -107,6 +107,7 @@ def tasks_toml(ids: list[str], extra: str = "") -> str:
     return HEADER + extra + "".join(f'[[task]]\nid = "{i}"\nprompt = "do {i}"\n' for i in ids)
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_rate_limited_task_resumes_in_same_session_and_worktree(
     repo: Path, fake_claude: Path
 ) -> None:

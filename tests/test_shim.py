@@ -144,6 +144,7 @@ env = {env}
     )
 
 
+@pytest.mark.slow  # twelve runs of several seconds: in `scripts/check --slow` (CI runs both)
 @pytest.mark.parametrize("how", ["stop", "timeout", "interrupt"])
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_no_process_escapes(
@@ -312,6 +313,7 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     assert marked(mark) == []
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:

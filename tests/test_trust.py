@@ -473,6 +473,7 @@ subprocess.run(['git', 'stash', 'pop', '-q'], check=True)
 """
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 @pytest.mark.parametrize("sandbox", MODES)
 def test_an_agent_may_stash_and_pop_in_its_own_worktree(
     repo: Path, write_agent: AgentFactory, sandbox: bool

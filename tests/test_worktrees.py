@@ -150,6 +150,7 @@ def test_create_from_threads_many_rounds(big_repo: Path, tmp_path: Path) -> None
         assert snapshot(big_repo) == before
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_create_from_processes_many_rounds(big_repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(big_repo)
     before = snapshot(big_repo)
