@@ -20,6 +20,7 @@ import git as gitpython
 from git.exc import GitCommandError, GitCommandNotFound
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.infra.proc import GIT_LOCATION_VARS
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
@@ -55,18 +56,6 @@ _EXEC_KEYS = {
     "uploadpack.packobjectshook": "",
 }
 _UNTRUSTED_SCOPES = ("local", "worktree")
-
-# Variables that would redirect git away from the repository named by the working directory.
-GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
 
 
 def overrides(cwd: Path) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import CommandError
 
 # Variables that would redirect git away from the repository we name with -C.
-_GIT_LEAKS = (
+GIT_LOCATION_VARS = (
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
@@ -24,7 +24,7 @@ _GIT_LEAKS = (
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return os.environ without git's location variables, plus *extra*."""
-    env = {k: v for k, v in os.environ.items() if k not in _GIT_LEAKS}
+    env = {k: v for k, v in os.environ.items() if k not in GIT_LOCATION_VARS}
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     if extra:
         env.update(extra)
