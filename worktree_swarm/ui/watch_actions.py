@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
@@ -37,10 +37,10 @@ def stop(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResul
 
 
 def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
-    """Run a finished task again in its kept worktree: a new attempt under a background manager.
+    """Run a finished task again in its kept worktree: `swarm retry TASK --run RUN`, detached.
 
-    The task goes back to pending and `swarm resume --run RUN` starts in the background to
-    run it (the only entry point: a `swarm retry` command can take its place here).
+    The detached command puts the task back to pending (resuming the agent's session where it
+    has one) and manages the new attempt; the watch goes on reading the store.
     """
     row = store.task(run_id, task_id)
     if row is None:
@@ -55,21 +55,8 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
             message=f"a manager {lock.describe_holder(repo.state_dir)} runs this repository; "
             f"retry {task_id} once it has ended",
         )
-    store.update_task(
-        run_id,
-        task_id,
-        state=TaskState.PENDING,
-        reason="retry requested",
-        stop_requested=False,
-        ended_at=None,
-    )
-    try:
-        pid, log = background.detach(repo, ["-C", str(repo.root), "resume", "--run", run_id])
-    except SwarmError:
-        store.update_task(
-            run_id, task_id, state=row.state, reason=row.reason, ended_at=row.ended_at
-        )
-        raise
+    argv = ["-C", str(repo.root), "retry", task_id, "--run", run_id]
+    pid, log = background.detach(repo, argv)
     return ActionResult(ok=True, message=f"retrying {task_id} (manager pid {pid}, log {log})")
 
 
