@@ -127,7 +127,7 @@ def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(
     assert f"db is at postgres://app:{REDACTED}@db.internal" in notes
     # The reason (the agent's last words) is kept with the token taken out.
     status = swarm(repo, "status", "--json").stdout
-    assert "cannot authenticate with [REDACTED]" in status
+    assert "cannot authenticate with [REDACTED]" in status, status
     assert git(repo, "show", "swarm/leak:work.txt") == "done"
 
 
