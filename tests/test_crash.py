@@ -176,6 +176,7 @@ def test_abandoned_half_made_worktree_is_cleaned_without_deleting_files(
     assert not (repo.parent / "repo.swarm" / "t1").exists()
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_rerunning_a_task_id_suggests_commands_that_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

@@ -106,6 +106,7 @@ def _outputs(repo: Path, task: str) -> list[str]:
     return texts
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 @pytest.mark.usefixtures("secret_env")
 def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(
@@ -333,6 +334,7 @@ pathlib.Path("how.txt").write_text("file" if pointer else "argv")
 """
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 def test_long_prompts_reach_the_agent_through_a_file(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, *, sandboxed: bool
