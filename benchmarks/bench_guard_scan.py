@@ -14,6 +14,7 @@ generated repository, and the ratios are printed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -53,10 +54,11 @@ def measure(repo_root: Path, scans: int) -> dict[str, float]:
     """Run in the process whose sys.path has the package under test."""
     from worktree_swarm.guard import Guard  # noqa: PLC0415 - the package under test
 
-    try:
-        from worktree_swarm.git.repo import open_repo  # noqa: PLC0415
-    except ImportError:  # the flat layout of older versions
-        from worktree_swarm.git.repo import open_repo  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415
+    # The package as it is, or as it was before the layers (worktree_swarm.git a module).
+    git_module = importlib.import_module("worktree_swarm.git")
+    if not hasattr(git_module, "open_repo"):
+        git_module = importlib.import_module("worktree_swarm.git.repo")
+    open_repo = git_module.open_repo
 
     repo = open_repo(repo_root)
     with tempfile.TemporaryDirectory() as work:
@@ -112,7 +114,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(Path(args.child), args.scans)))
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
+    # ignore_cleanup_errors: git may still be pruning the temporary worktree's admin files.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         repo = Path(tmp) / "big"
         started = time.perf_counter()
         make_repo(repo, args.files)
