@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,12 @@ def private_dir() -> Iterator[Path]:
     """A directory no other user can write to, nor any directory above it."""
     base = ROOT / ".cache" / "e2e"
     base.mkdir(parents=True, exist_ok=True)
+    shared = [d for d in (base, *base.parents) if d.stat().st_mode & stat.S_IWOTH]
+    if shared:
+        pytest.skip(
+            f"this checkout is under {shared[0]}, which others can write to: Gemini CLI then "
+            "ignores the system defaults the gemini profile relies on (clone it elsewhere)"
+        )
     path = Path(tempfile.mkdtemp(dir=base))
     try:
         yield path
