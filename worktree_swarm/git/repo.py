@@ -15,8 +15,8 @@ import filelock
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
-from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import runner
+from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 
 if TYPE_CHECKING:
     import subprocess
@@ -131,25 +131,6 @@ def repo_lock(repo: Repo) -> Iterator[None]:
 def checkout_root(path: Path) -> Path:
     """The top of the checkout (main or linked worktree) that *path* is in."""
     return Path(git(path, "rev-parse", "--show-toplevel").strip())
-
-
-def git_dir(checkout: Path) -> Path:
-    """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
-
-    For a linked worktree that is its admin dir, ``<common dir>/worktrees/<name>``.
-    Raises GitError when *checkout* has neither.
-    """
-    dotgit = checkout / ".git"
-    if dotgit.is_dir():
-        return dotgit
-    try:
-        text = dotgit.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GitError(f"{dotgit}: cannot read ({exc}); is {checkout} a git checkout?") from exc
-    if not text.startswith("gitdir:"):
-        raise GitError(f"{dotgit}: not a git checkout's .git file")
-    # Relative since git 2.48 with worktree.useRelativePaths.
-    return real_path(checkout / text.removeprefix("gitdir:").strip())
 
 
 def rev_parse_in(cwd: Path, rev: str) -> str | None:

@@ -20,6 +20,7 @@ import git as gitpython
 from git.exc import GitCommandError, GitCommandNotFound
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.infra.proc import GIT_LOCATION_VARS
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
@@ -70,32 +71,39 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple[object, ...], tuple[tuple[str, str], ...]] = {}
 
 
+def git_dir(checkout: Path) -> Path:
+    """The git dir of *checkout*: its ``.git`` directory, or the one its ``.git`` file names.
+
+    For a linked worktree that is its admin dir, ``<common dir>/worktrees/<name>``.
+    Raises GitError when *checkout* has neither.
+    """
+    dotgit = checkout / ".git"
+    if dotgit.is_dir():
+        return dotgit
+    try:
+        text = dotgit.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GitError(f"{dotgit}: cannot read ({exc}); is {checkout} a git checkout?") from exc
+    if not text.startswith("gitdir:"):
+        raise GitError(f"{dotgit}: not a git checkout's .git file")
+    # Relative since git 2.48 with worktree.useRelativePaths.
+    return real_path(checkout / text.removeprefix("gitdir:").strip())
+
+
 def _config_files(cwd: Path) -> list[Path]:
     """The repository-level config files that apply in *cwd* (best effort, no git call)."""
-    files: list[Path] = []
-    dot_git = cwd / ".git"
-    git_dir: Path | None = None
-    if dot_git.is_dir():
-        git_dir = dot_git
-    elif dot_git.is_file():
-        try:
-            line = dot_git.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            line = ""
-        if line.startswith("gitdir:"):
-            git_dir = (cwd / line.removeprefix("gitdir:").strip()).resolve()
-    if git_dir is None:
-        return files
-    files.append(git_dir / "config.worktree")
-    common = git_dir
-    commondir = git_dir / "commondir"
+    try:
+        admin = git_dir(cwd)
+    except GitError:
+        return []  # a subdirectory, or not a checkout: not cached, scanned every time
+    common = admin
+    commondir = admin / "commondir"
     if commondir.is_file():
         try:
-            common = (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+            common = (admin / commondir.read_text(encoding="utf-8").strip()).resolve()
         except OSError:
             return []
-    files += [common / "config", common / "config.worktree"]
-    return files
+    return [admin / "config.worktree", common / "config", common / "config.worktree"]
 
 
 def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
