@@ -8,8 +8,10 @@ missing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -61,6 +63,14 @@ def write_manifest(repo: Path, text: str) -> Path:
     path = repo.parent / "tasks.toml"
     path.write_text(text)
     return path
+
+
+def agent_manifest(agent: str, tasks: str, **defaults: object) -> str:
+    """A manifest of *tasks* whose ``[defaults]`` name *agent* and set *defaults*."""
+    head = f'[defaults]\nagent = "{agent}"\n' + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in defaults.items()
+    )
+    return head + tasks
 
 
 def swarm(
@@ -139,6 +149,23 @@ def wait_for_state_event(repo: Path, state: str, *, deadline: float = 90) -> str
         time.sleep(0.1)
     msg = f"no task reached {state!r} within {deadline}s"
     raise AssertionError(msg)
+
+
+def reason_when(repo: Path, env: dict[str, str], manifest: Path, state: str) -> tuple[str, float]:
+    """Start ``swarm run MANIFEST``, stop it (Ctrl-C) once a task emitted *state*.
+
+    Returns that event's reason and the time it was seen (epoch seconds).
+    """
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
+        cwd=repo, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        return wait_for_state_event(repo, state), time.time()
+    finally:
+        manager.send_signal(signal.SIGINT)
+        manager.wait(timeout=60)
 
 
 def committed_files(repo: Path, branch: str) -> list[str]:

@@ -7,13 +7,13 @@ aider's own editor, and aider commits them itself.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tests import openai_stub
 from tests.cli_e2e import (
+    agent_manifest,
     attempts,
     clean_env,
     committed_files,
@@ -51,10 +51,7 @@ def user_repo(tmp_path: Path) -> Path:
 
 
 def manifest(tasks: str, **defaults: object) -> str:
-    head = '[defaults]\nagent = "aider"\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in defaults.items()
-    )
-    return head + tasks
+    return agent_manifest("aider", tasks, **defaults)
 
 
 def test_task_done_with_its_file_cost_and_no_aider_files(

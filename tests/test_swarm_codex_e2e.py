@@ -7,10 +7,6 @@ so every 429 reaches swarm. Files are written by Codex's own ``apply_patch`` too
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,13 +15,14 @@ import pytest
 
 from tests import openai_stub
 from tests.cli_e2e import (
+    agent_manifest,
     attempts,
     clean_env,
     committed_files,
     find_cli,
+    reason_when,
     swarm,
     task_states,
-    wait_for_state_event,
     with_program,
     write_manifest,
 )
@@ -56,10 +53,7 @@ def codex_env(tmp_path: Path, responses_api: Stub) -> dict[str, str]:
 
 
 def manifest(tasks: str, **defaults: object) -> str:
-    head = '[defaults]\nagent = "codex"\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in defaults.items()
-    )
-    return head + tasks
+    return agent_manifest("codex", tasks, **defaults)
 
 
 def test_task_done_with_its_file_and_tokens(
@@ -126,16 +120,7 @@ def test_usage_limit_message_gives_the_reset_time(
     path = write_manifest(
         repo, manifest('[[task]]\nid = "greet"\nprompt = "Create hello.txt"\n', retries=1)
     )
-    manager = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", str(path)],
-        cwd=repo, env=codex_env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        reason = wait_for_state_event(repo, "rate_limited")
-    finally:
-        manager.send_signal(signal.SIGINT)
-        manager.wait(timeout=60)
+    reason, _ = reason_when(repo, codex_env, path, "rate_limited")
     # Codex prints the reset as a local wall-clock minute ("try again at 4:03 PM"); swarm waits
     # until then instead of its own backoff.
     expected = datetime.fromtimestamp(resets_at).replace(second=0)  # noqa: DTZ006 - local

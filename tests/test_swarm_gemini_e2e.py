@@ -10,12 +10,8 @@ project's .cache/ (not /tmp).
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
 import stat
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,13 +23,14 @@ import pytest
 from tests import gemini_stub
 from tests.cli_e2e import (
     ROOT,
+    agent_manifest,
     attempts,
     clean_env,
     committed_files,
     find_cli,
+    reason_when,
     swarm,
     task_states,
-    wait_for_state_event,
     with_program,
     write_manifest,
 )
@@ -84,10 +81,7 @@ def gemini_env(private_dir: Path, gemini_api: Stub) -> dict[str, str]:
 
 
 def manifest(tasks: str, **defaults: object) -> str:
-    head = '[defaults]\nagent = "gemini"\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in defaults.items()
-    )
-    return head + tasks
+    return agent_manifest("gemini", tasks, **defaults)
 
 
 def logs_of(repo: Path) -> str:
@@ -164,17 +158,7 @@ def test_quota_with_a_long_retry_delay_gives_the_reset_time(
         manifest('[[task]]\nid = "greet"\nprompt = "Create hello.txt"\n', retries=1),
     )
     before = time.time()
-    manager = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", str(path)],
-        cwd=gemini_repo, env=gemini_env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        reason = wait_for_state_event(gemini_repo, "rate_limited")
-    finally:
-        after = time.time()
-        manager.send_signal(signal.SIGINT)
-        manager.wait(timeout=60)
+    reason, after = reason_when(gemini_repo, gemini_env, path, "rate_limited")
     # "Suggested retry after 7200s.": swarm waits that long from the end of the attempt.
     clock = reason.removeprefix("resuming after ")
     window = {
