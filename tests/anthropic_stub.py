@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.localhost import listening
+
 API_KEY = "sk-ant-api03-SWARMTESTsecret0123456789abcdefXYZ"  # a fake, to grep for leaks
 MODEL = "claude-stub-model"  # any name: the stub does not check it
 _SECRET_HEADERS = frozenset({"x-api-key", "authorization"})
@@ -399,17 +401,9 @@ def without_claude_vars(environ: dict[str, str]) -> dict[str, str]:
 def serve(**options: Any) -> Iterator[AnthropicStub]:
     """An AnthropicStub listening on 127.0.0.1 (base URL in ``.url``) while in the block."""
     stub = AnthropicStub(**options)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    server.daemon_threads = True
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with listening(_handler(stub)) as url:
+        stub.url = url
         yield stub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.localhost import listening
+
 TOKEN = "ghp_SWARMTESTsecret0123456789abcdefXYZ"  # noqa: S105 - a fake, to grep for leaks
 OWNER, NAME = "acme", "widgets"
 
@@ -235,13 +237,6 @@ def _ref_exists(bare: Path, ref: str) -> bool:
 def serve() -> Iterator[FakeGitHub]:
     """A FakeGitHub listening on 127.0.0.1 (its base URL in ``.url``) while in the block."""
     state = FakeGitHub()
-    server = http.server.HTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with listening(_handler(state)) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.localhost import listening
+
 _SECRET_HEADERS = frozenset({"x-api-key", "authorization", "x-goog-api-key", "api-key"})
 
 
@@ -222,14 +224,6 @@ def _handler(stub: Stub) -> type[http.server.BaseHTTPRequestHandler]:
 @contextlib.contextmanager
 def serve(stub: Stub) -> Iterator[Stub]:
     """Run *stub* on 127.0.0.1 (its base URL in ``.url``) while in the block."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    server.daemon_threads = True
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with listening(_handler(stub)) as url:
+        stub.url = url
         yield stub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
