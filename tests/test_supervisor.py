@@ -71,6 +71,7 @@ class Reaper:
     def __init__(self) -> None:
         self.procs: list[psutil.Process] = []
         self.popens: list[subprocess.Popen[bytes]] = []
+        self.agents: list[AgentProcess] = []
 
     def pid(self, pid: int) -> int:
         self.procs.append(psutil.Process(pid))
@@ -78,6 +79,7 @@ class Reaper:
 
     def agent(self, agent: AgentProcess) -> AgentProcess:
         self.popens.append(agent.popen)
+        self.agents.append(agent)
         self.pid(agent.identity.pid)
         return agent
 
@@ -87,6 +89,10 @@ class Reaper:
         return popen
 
     def cleanup(self) -> None:
+        # An agent runs under its shim: stop the whole tree, not just the shim (whose death
+        # would leave the agent running).
+        for agent in self.agents:
+            kill_tree(agent.identity, grace=0)
         for proc in self.procs:
             try:
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
