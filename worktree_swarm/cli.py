@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -71,11 +71,16 @@ def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
     return command
 
 
+def _overrides(flags: Mapping[str, object]) -> Overrides:
+    """The settings given by the options of `_setting_options` (the others are not given)."""
+    return Overrides(**{entry.key: _given(entry, flags.get(entry.key)) for entry in FLAGGED})
+
+
 def _given(entry: Setting, value: object) -> object:
     """A setting option's value, None when not given."""
     # An option never repeated gives (), a flag without a --no- form False: neither sets it.
     plain_flag = entry.kind is Kind.BOOL and entry.flag is not None and not entry.flag.negatable
-    return value or None if entry.kind.is_list or plain_flag else value
+    return (value or None) if entry.kind.is_list or plain_flag else value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,13 +163,12 @@ def run(
         client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
-    overrides = Overrides(**{entry.key: _given(entry, flags[entry.key]) for entry in FLAGGED})
     spec = build_run_spec(
         repo_root=repo.root,
         manifest=manifest,
         inline=inline,
         prompt_files=prompt_file,
-        overrides=overrides,
+        overrides=_overrides(flags),
         extra_tasks=extra,
     )
     # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.

@@ -76,7 +76,6 @@ class Task:
         kind=Kind.TEXT,
         scope=Scope.TASK_ONLY,
         flag=None,
-        type_doc="string, required",
         doc="`[a-z0-9][a-z0-9._-]{0,62}`, no `..`, not ending in `.` or `.lock`; names the branch "
         "`swarm/<id>` and the worktree directory; unique in the run",
     )
@@ -84,7 +83,6 @@ class Task:
         kind=Kind.TEXT,
         scope=Scope.TASK_ONLY,
         flag=None,
-        type_doc="string, required",
         doc="the task text, passed to the agent unchanged; never seen by a shell",
     )
     title: str = setting(
@@ -110,8 +108,7 @@ class Task:
             name="--agent",
             help="Agent profile (claude, codex, aider, gemini, scripted) or a command line.",
         ),
-        doc="a profile (`claude`, `codex`, `aider`, `gemini`, `scripted`) or an argv array "
-        "(default `claude`)",
+        doc="a profile (`claude`, `codex`, `aider`, `gemini`, `scripted`) or an argv array",
     )
     agent_argv: tuple[str, ...] = ()  # the resolved `agent`
     checks: tuple[tuple[str, ...], ...] = setting(
@@ -152,15 +149,15 @@ class Task:
             name="--retries",
             help="Rate-limited attempts resumed per agent before it gives up (default 5).",
         ),
-        doc="rate-limited attempts resumed per agent before it gives up (default 5); a usage "
-        "limit whose reset is stated does not use one up",
+        doc="rate-limited attempts resumed per agent before it gives up; a usage limit whose "
+        "reset is stated does not use one up",
     )
     priority: int = setting(
         0,
         kind=Kind.INT,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="higher runs first among ready tasks (default 0)",
+        doc="higher runs first among ready tasks",
     )
     copy: tuple[str, ...] = setting(
         (),
@@ -203,7 +200,7 @@ class Task:
         minimum=0,
         flag=None,
         doc="times the output of failing checks goes back to the agent (same session) before "
-        "the task fails (default 0)",
+        "the task fails",
     )
     no_placeholders: bool = setting(
         False,  # noqa: FBT003 - a field default, not a flag argument
@@ -244,8 +241,8 @@ class Task:
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="the longest stated usage-limit reset a task waits for (default `4h`); a later "
-        "reset fails the task (work kept) unless a fallback agent takes over",
+        doc="the longest stated usage-limit reset a task waits for; a later reset fails the "
+        "task (work kept) unless a fallback agent takes over",
     )
     # Limits of the steps around the agent; None means the built-in default (30 minutes).
     setup_timeout: float | None = setting(
@@ -253,23 +250,24 @@ class Task:
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="limit for each setup command (default `30m`); over it, the task fails "
-        "([processes.md](processes.md))",
+        default_doc="`30m`",
+        doc="limit for each setup command; over it, the task fails ([processes.md](processes.md))",
     )
     check_timeout: float | None = setting(
         None,
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="limit for each check command (default `30m`); over it, the check fails",
+        default_doc="`30m`",
+        doc="limit for each check command; over it, the check fails",
     )
     resolve_timeout: float | None = setting(
         None,
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="limit for the agent resolving this task's conflicts in `swarm merge --resolve` "
-        "(default: `timeout`, else `30m`)",
+        default_doc="`timeout`, else `30m`",
+        doc="limit for the agent resolving this task's conflicts in `swarm merge --resolve`",
     )
 
     @property
@@ -324,7 +322,7 @@ class RunSettings:
         scope=Scope.RUN,
         minimum=1,
         flag=Flag(name="--jobs", short="-j", help="Agents running at once."),
-        doc="agents running at once (>= 1)",
+        doc="agents running at once",
     )
     worktree_root: Path | None = setting(
         None,
@@ -342,8 +340,8 @@ class RunSettings:
         flag=None,
         default_doc="your `user.name <user.email>` from git config (else "
         f"`{DEFAULT_COMMIT_AUTHOR}`)",
-        doc='`"Name <email>"` for checkpoint and merge commits; each checkpoint also carries '
-        "the trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent`",
+        doc="the author of checkpoint and merge commits; each checkpoint also carries the "
+        "trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent`",
     )
     port_base: int = setting(
         20000,
@@ -352,7 +350,7 @@ class RunSettings:
         minimum=1024,
         maximum=65535,
         flag=None,
-        doc="first port handed out in `SWARM_PORT` (1024-65535)",
+        doc="first port handed out in `SWARM_PORT`",
     )
     port_block: int = setting(
         10,
@@ -382,8 +380,7 @@ class RunSettings:
         kind=Kind.SHARE,
         scope=Scope.RUN,
         flag=None,
-        doc="share of `max_cost_usd` after which new attempts use the task's `budget_agent` "
-        "(0 < share <= 1)",
+        doc="share of `max_cost_usd` after which new attempts use the task's `budget_agent`",
     )
     rate_limit_backoff: float = setting(
         30.0,

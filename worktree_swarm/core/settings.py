@@ -63,7 +63,7 @@ _LABELS = {
     Kind.SHARE: "share (0 < share <= 1)", Kind.DURATION: "duration", Kind.SIZE: "size",
     Kind.BOOL: "boolean", Kind.AUTHOR: "`Name <email>`", Kind.CHOICE: "choice",
     Kind.GLOBS: "array of globs", Kind.LOCAL_GLOBS: "array of globs",
-    Kind.DIRS: "array of paths", Kind.COMMANDS: "array", Kind.ENV: "table of strings",
+    Kind.DIRS: "array of paths", Kind.COMMANDS: "array of commands", Kind.ENV: "table of strings",
     Kind.AGENT: "string or array", Kind.AGENT_NAME: "profile name",
     Kind.AGENT_NAMES: "array of profile names",
 }  # fmt: skip
@@ -118,15 +118,9 @@ class Setting:
     choices: type[enum.StrEnum] | None = None  # Kind.CHOICE: the Enum the value is one of
 
     @property
-    def type_label(self) -> str:
-        """The docs' type column."""
-        if self.type_doc:
-            return self.type_doc
-        if self.kind is Kind.INT and self.minimum is not None and self.maximum is None:
-            return f"integer >= {self.minimum}"
-        if self.kind is Kind.CHOICE and self.choices is not None:
-            return " or ".join(f"`{choice.value}`" for choice in self.choices)
-        return self.kind.label
+    def required(self) -> bool:
+        """Whether every task must have the key (it has no default)."""
+        return self.default is _MISSING
 
 
 @overload
