@@ -41,7 +41,18 @@ if TYPE_CHECKING:
 
     from worktree_swarm.config.settings import Layer
 
-__all__ = ["Overrides", "build_run_spec", "dependency_cycle", "load_config"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULTS_KEYS",
+    "DEFAULT_JOBS",
+    "RUN_KEYS",
+    "SETTING_KEYS",
+    "TASK_KEYS",
+    "Overrides",
+    "build_run_spec",
+    "dependency_cycle",
+    "load_config",
+]
 
 DEFAULT_JOBS = RunSettings().jobs
 CONFIG_FILE = "swarm.toml"
