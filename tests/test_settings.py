@@ -248,3 +248,15 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(repo: Path) -> None:
     assert out.stderr.startswith("swarm: --timeout: ")
     assert out.stderr.count("\n") == 1
     assert not (repo / ".git" / "swarm").exists()
+
+
+def test_doc_table_prints_the_blocks_and_refuses_bad_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert doc_table.main([]) == 0
+    printed = capsys.readouterr().out
+    assert "| `max_disk` | size | none | `--max-disk` |" in printed
+    assert doc_table.main(["--fix", "docs/manifest.md"]) == 2
+    assert capsys.readouterr().err.startswith("usage: python -m worktree_swarm.config.doc_table")
+    with pytest.raises(ValueError, match="unknown generated block 'nope'"):
+        doc_table.update("<!-- generated: nope -->\n<!-- end generated -->")
