@@ -10,18 +10,21 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
 from worktree_swarm import demo
 from worktree_swarm.agents import claude_auth
 from worktree_swarm.config.manifest import Overrides, build_run_spec
+from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.core.models import RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard.sandbox import check_available as require_sandbox
@@ -40,6 +43,44 @@ from worktree_swarm.ui.live import LiveTable, PlainObserver
 def _example(*lines: str) -> str:
     """A command's help epilog: example command lines, kept as typed (no rewrapping)."""
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
+    """One option per setting that has a flag (the settings table: ``core/settings.py``)."""
+    for entry in reversed(FLAGGED):  # click lists options in the reverse order of decoration
+        flag = entry.flag
+        if flag is None:
+            continue
+        names = [name for name in (flag.short, flag.name) if name]
+        options: dict[str, Any] = {"help": flag.help}
+        if flag.metavar:
+            options["metavar"] = flag.metavar
+        if entry.kind is Kind.BOOL:
+            if flag.negatable:
+                names[-1] = f"{flag.name}/--no-{flag.name.removeprefix('--')}"
+            else:
+                options["is_flag"] = True
+            options["default"] = None
+        elif entry.kind is Kind.INT:
+            options["type"] = click.IntRange(min=entry.minimum, max=entry.maximum)
+        elif entry.kind in {Kind.NUMBER, Kind.SHARE}:
+            options["type"] = float
+        elif entry.kind.is_list:
+            options["multiple"] = True
+        command = click.option(*names, entry.key, **options)(command)
+    return command
+
+
+def _overrides(flags: Mapping[str, object]) -> Overrides:
+    """The settings given by the options of `_setting_options` (the others are not given)."""
+    return Overrides(**{entry.key: _given(entry, flags.get(entry.key)) for entry in FLAGGED})
+
+
+def _given(entry: Setting, value: object) -> object:
+    """A setting option's value, None when not given."""
+    # An option never repeated gives (), a flag without a --no- form False: neither sets it.
+    plain_flag = entry.kind is Kind.BOOL and entry.flag is not None and not entry.flag.negatable
+    return (value or None) if entry.kind.is_list or plain_flag else value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,33 +117,7 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.option(
     "--prompt-file", multiple=True, metavar="ID=FILE", help="A task whose prompt is a file."
 )
-@click.option(
-    "--agent", help="Agent profile (claude, codex, aider, gemini, scripted) or a command line."
-)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Agents running at once.")
-@click.option("--timeout", help="Wall time limit per task, e.g. 45m.")
-@click.option("--idle-timeout", help="Stop an agent silent for this long, e.g. 10m.")
-@click.option(
-    "--check", "checks", multiple=True, metavar="CMD", help="A check run after the agent."
-)
-@click.option("--max-cost-usd", type=float, help="Start no new attempt once the run cost this.")
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    help="Rate-limited attempts resumed per agent before it gives up (default 5).",
-)
-@click.option("--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G.")
-@click.option(
-    "--sandbox/--no-sandbox",
-    default=None,
-    help="Run agents under bubblewrap, writable only in their worktree (Linux).",
-)
-@click.option(
-    "--allow-outside-writes",
-    is_flag=True,
-    default=None,
-    help="Report writes outside a task's worktree but do not fail it or restore.",
-)
+@_setting_options
 @click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
 @click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
@@ -117,19 +132,10 @@ def _repo(ctx: click.Context) -> git.Repo:
 @click.pass_context
 def run(
     ctx: click.Context,
+    /,
     manifest: Path | None,
     inline: tuple[str, ...],
     prompt_file: tuple[str, ...],
-    agent: str | None,
-    jobs: int | None,
-    timeout: str | None,
-    idle_timeout: str | None,
-    checks: tuple[str, ...],
-    max_cost_usd: float | None,
-    retries: int | None,
-    max_disk: str | None,
-    sandbox: bool | None,
-    allow_outside_writes: bool | None,
     issue_numbers: str | None,
     issues_label: str | None,
     limit: int | None,
@@ -139,6 +145,7 @@ def run(
     force: bool,
     as_json: bool,
     from_spec: Path | None,
+    **flags: object,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     repo = _repo(ctx)
@@ -156,24 +163,12 @@ def run(
         client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
-    overrides = Overrides(
-        agent=agent,
-        jobs=jobs,
-        timeout=timeout,
-        idle_timeout=idle_timeout,
-        checks=checks or None,
-        max_cost_usd=max_cost_usd,
-        retries=retries,
-        max_disk=max_disk,
-        sandbox=sandbox,
-        allow_outside_writes=allow_outside_writes or None,
-    )
     spec = build_run_spec(
         repo_root=repo.root,
         manifest=manifest,
         inline=inline,
         prompt_files=prompt_file,
-        overrides=overrides,
+        overrides=_overrides(flags),
         extra_tasks=extra,
     )
     # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.

@@ -8,11 +8,14 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from worktree_swarm.core.settings import Flag, Kind, Scope, setting, settings_of
+
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
 DEFAULT_COMMIT_AUTHOR = "worktree-swarm <swarm@localhost>"
 DEFAULT_RETRIES = 5  # rate-limited attempts resumed per agent before giving up
 DEFAULT_MAX_WAIT = 4 * 3600.0  # seconds
+DEFAULT_AGENT = "claude"
 
 
 def is_valid_task_id(task_id: str) -> bool:
@@ -69,32 +72,203 @@ class Task:
     Checks and setup steps are argv lists: no shell ever runs them.
     """
 
-    id: str
-    prompt: str
-    title: str = ""
-    depends_on: tuple[str, ...] = ()
-    agent: str = "command"
-    agent_argv: tuple[str, ...] = ()
-    checks: tuple[tuple[str, ...], ...] = ()
-    files: tuple[str, ...] = ()
-    timeout: float | None = None
-    idle_timeout: float | None = None
-    retries: int = 0
-    priority: int = 0
-    copy: tuple[str, ...] = ()
-    setup: tuple[tuple[str, ...], ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    expect_files: tuple[str, ...] = ()
-    repair: int = 0
-    no_placeholders: bool = False
-    link: tuple[str, ...] = ()
-    fallback: tuple[str, ...] = ()  # profile names that carry the task on (run/fallback.py)
-    budget_agent: str = ""  # the profile new attempts use past the budget share
-    max_wait: float = DEFAULT_MAX_WAIT  # longest usage-limit reset a task waits for
+    id: str = setting(
+        kind=Kind.TEXT,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        doc="`[a-z0-9][a-z0-9._-]{0,62}`, no `..`, not ending in `.` or `.lock`; names the branch "
+        "`swarm/<id>` and the worktree directory; unique in the run",
+    )
+    prompt: str = setting(
+        kind=Kind.TEXT,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        doc="the task text, passed to the agent unchanged; never seen by a shell",
+    )
+    title: str = setting(
+        "",
+        kind=Kind.TEXT,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        doc="a short label for status and reports",
+    )
+    depends_on: tuple[str, ...] = setting(
+        (),
+        kind=Kind.IDS,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        doc="tasks that must finish first; unknown ids, self-dependencies and cycles are errors",
+    )
+    agent: str = setting(
+        "command",
+        kind=Kind.AGENT,
+        scope=Scope.PER_TASK,
+        user_default=DEFAULT_AGENT,
+        flag=Flag(
+            name="--agent",
+            help="Agent profile (claude, codex, aider, gemini, scripted) or a command line.",
+        ),
+        doc="a profile (`claude`, `codex`, `aider`, `gemini`, `scripted`) or an argv array",
+    )
+    agent_argv: tuple[str, ...] = ()  # the resolved `agent`
+    checks: tuple[tuple[str, ...], ...] = setting(
+        (),
+        kind=Kind.COMMANDS,
+        scope=Scope.PER_TASK,
+        flag=Flag(name="--check", metavar="CMD", help="A check run after the agent."),
+        doc="commands run in the worktree after the agent exits; all must pass",
+    )
+    files: tuple[str, ...] = setting(
+        (),
+        kind=Kind.GLOBS,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        doc="what the task expects to touch; overlapping tasks are not run together",
+    )
+    timeout: float | None = setting(
+        None,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=Flag(name="--timeout", help="Wall time limit per task, e.g. 45m."),
+        doc="wall-clock limit for one attempt",
+    )
+    idle_timeout: float | None = setting(
+        None,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=Flag(name="--idle-timeout", help="Stop an agent silent for this long, e.g. 10m."),
+        doc="limit on time without agent output",
+    )
+    retries: int = setting(
+        0,
+        kind=Kind.INT,
+        scope=Scope.PER_TASK,
+        minimum=0,
+        user_default=DEFAULT_RETRIES,
+        flag=Flag(
+            name="--retries",
+            help="Rate-limited attempts resumed per agent before it gives up (default 5).",
+        ),
+        doc="rate-limited attempts resumed per agent before it gives up; a usage limit whose "
+        "reset is stated does not use one up",
+    )
+    priority: int = setting(
+        0,
+        kind=Kind.INT,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="higher runs first among ready tasks",
+    )
+    copy: tuple[str, ...] = setting(
+        (),
+        kind=Kind.LOCAL_GLOBS,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="untracked files copied from the main checkout into the worktree (e.g. `.env`); "
+        "never committed, never read through a symlink out of the repository "
+        "([secrets.md](secrets.md#copy-files-stay-local))",
+    )
+    setup: tuple[tuple[str, ...], ...] = setting(
+        (),
+        kind=Kind.COMMANDS,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="commands run in a fresh worktree before the agent starts",
+    )
+    env: tuple[tuple[str, str], ...] = setting(
+        (),
+        kind=Kind.ENV,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="extra environment variables for the agent; not git's repository variables "
+        "(`GIT_DIR`, `GIT_WORK_TREE`, `GIT_CONFIG*`, …: "
+        "[secrets.md](secrets.md#input-that-is-refused)); values of secret-named ones are "
+        "redacted from output; merged variable by variable across levels",
+    )
+    expect_files: tuple[str, ...] = setting(
+        (),
+        kind=Kind.GLOBS,
+        scope=Scope.TASK_ONLY,
+        flag=None,
+        type_doc="array of paths",
+        doc="files that must exist in the worktree when the agent is done, else the checks fail",
+    )
+    repair: int = setting(
+        0,
+        kind=Kind.INT,
+        scope=Scope.PER_TASK,
+        minimum=0,
+        flag=None,
+        doc="times the output of failing checks goes back to the agent (same session) before "
+        "the task fails",
+    )
+    no_placeholders: bool = setting(
+        False,  # noqa: FBT003 - a field default, not a flag argument
+        kind=Kind.BOOL,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="the checks fail on `TODO`/`FIXME`/`XXX`/placeholder/`NotImplementedError` lines "
+        "the agent added (existing ones never count)",
+    )
+    link: tuple[str, ...] = setting(
+        (),
+        kind=Kind.DIRS,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="directories of the main checkout (`node_modules`, `.venv`) shared into the "
+        "worktree as symlinks instead of copied or installed; never committed "
+        "([disk.md](disk.md#link-share-a-directory-of-your-checkout))",
+    )
+    fallback: tuple[str, ...] = setting(
+        (),
+        kind=Kind.AGENT_NAMES,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="agents that carry the task on, in order, when its agent's provider is in a usage "
+        'window or the agent ran out of retries, e.g. `["codex", "gemini"]` '
+        "([agents.md](agents.md#providers-fallback-and-budget-agents))",
+    )
+    budget_agent: str = setting(
+        "",
+        kind=Kind.AGENT_NAME,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="the cheaper agent new attempts use once spending passes `budget_share` of "
+        "`max_cost_usd`",
+    )
+    max_wait: float = setting(
+        DEFAULT_MAX_WAIT,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=None,
+        doc="the longest stated usage-limit reset a task waits for; a later reset fails the "
+        "task (work kept) unless a fallback agent takes over",
+    )
     # Limits of the steps around the agent; None means the built-in default (30 minutes).
-    setup_timeout: float | None = None
-    check_timeout: float | None = None
-    resolve_timeout: float | None = None
+    setup_timeout: float | None = setting(
+        None,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=None,
+        default_doc="`30m`",
+        doc="limit for each setup command; over it, the task fails ([processes.md](processes.md))",
+    )
+    check_timeout: float | None = setting(
+        None,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=None,
+        default_doc="`30m`",
+        doc="limit for each check command; over it, the check fails",
+    )
+    resolve_timeout: float | None = setting(
+        None,
+        kind=Kind.DURATION,
+        scope=Scope.PER_TASK,
+        flag=None,
+        default_doc="`timeout`, else `30m`",
+        doc="limit for the agent resolving this task's conflicts in `swarm merge --resolve`",
+    )
 
     @property
     def branch(self) -> str:
@@ -142,20 +316,132 @@ class CopyMode(enum.StrEnum):
 class RunSettings:
     """The run-wide settings: stored with the run, read back by every later command."""
 
-    jobs: int = 4
-    worktree_root: Path | None = None
-    commit_author: str = DEFAULT_COMMIT_AUTHOR
-    port_base: int = 20000
-    port_block: int = 10
-    kill_grace: float = 5.0
-    max_cost_usd: float | None = None
-    budget_share: float = 0.8
-    rate_limit_backoff: float = 30.0
-    max_disk: int | None = None
-    copy_mode: CopyMode = CopyMode.AUTO
-    sandbox: bool = False
-    sandbox_writable: tuple[str, ...] = ()
-    allow_outside_writes: bool = False
+    jobs: int = setting(
+        4,
+        kind=Kind.INT,
+        scope=Scope.RUN,
+        minimum=1,
+        flag=Flag(name="--jobs", short="-j", help="Agents running at once."),
+        doc="agents running at once",
+    )
+    worktree_root: Path | None = setting(
+        None,
+        kind=Kind.PATH,
+        scope=Scope.RUN,
+        flag=None,
+        default_doc="`<repo parent>/<repo name>.swarm`",
+        doc="where worktrees go; relative to the repository root; outside the checkout and its "
+        "git directory, not a system or home directory",
+    )
+    commit_author: str = setting(
+        DEFAULT_COMMIT_AUTHOR,
+        kind=Kind.AUTHOR,
+        scope=Scope.RUN,
+        flag=None,
+        default_doc="your `user.name <user.email>` from git config (else "
+        f"`{DEFAULT_COMMIT_AUTHOR}`)",
+        doc="the author of checkpoint and merge commits; each checkpoint also carries the "
+        "trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent`",
+    )
+    port_base: int = setting(
+        20000,
+        kind=Kind.INT,
+        scope=Scope.RUN,
+        minimum=1024,
+        maximum=65535,
+        flag=None,
+        doc="first port handed out in `SWARM_PORT`",
+    )
+    port_block: int = setting(
+        10,
+        kind=Kind.INT,
+        scope=Scope.RUN,
+        minimum=1,
+        flag=None,
+        doc="ports reserved per running task",
+    )
+    kill_grace: float = setting(
+        5.0,
+        kind=Kind.DURATION,
+        scope=Scope.RUN,
+        flag=None,
+        doc="time between SIGTERM and SIGKILL when stopping an agent, setup step or check (the "
+        "whole tree: [processes.md](processes.md))",
+    )
+    max_cost_usd: float | None = setting(
+        None,
+        kind=Kind.NUMBER,
+        scope=Scope.RUN,
+        flag=Flag(name="--max-cost-usd", help="Start no new attempt once the run cost this."),
+        doc="no new attempt once the run has cost this much",
+    )
+    budget_share: float = setting(
+        0.8,
+        kind=Kind.SHARE,
+        scope=Scope.RUN,
+        flag=None,
+        doc="share of `max_cost_usd` after which new attempts use the task's `budget_agent`",
+    )
+    rate_limit_backoff: float = setting(
+        30.0,
+        kind=Kind.DURATION,
+        scope=Scope.RUN,
+        flag=None,
+        doc="base of the rate-limit pacing: launches of a throttled provider are spaced by this "
+        "over `jobs`, and once it is down to one agent, by an exponential backoff with jitter "
+        "from this base",
+    )
+    max_disk: int | None = setting(
+        None,
+        kind=Kind.SIZE,
+        scope=Scope.RUN,
+        flag=Flag(
+            name="--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G."
+        ),
+        doc='cap on what the worktrees use (`"20G"`, `"500M"`, bytes; binary units): no new '
+        "worktree while it would be exceeded, tasks wait, finished worktrees are removed for "
+        "room ([disk.md](disk.md))",
+    )
+    copy_mode: CopyMode = setting(
+        CopyMode.AUTO,
+        kind=Kind.CHOICE,
+        scope=Scope.RUN,
+        flag=None,
+        doc="how `copy` files get into worktrees: `auto` (reflink clone, else copy), `hardlink` "
+        "(shares the file with your checkout), `copy` "
+        "([disk.md](disk.md#copy_mode-how-copy-files-get-into-a-worktree))",
+    )
+    sandbox: bool = setting(
+        False,  # noqa: FBT003 - a field default, not a flag argument
+        kind=Kind.BOOL,
+        scope=Scope.RUN,
+        flag=Flag(
+            name="--sandbox",
+            negatable=True,
+            help="Run agents under bubblewrap, writable only in their worktree (Linux).",
+        ),
+        doc="run each agent under bubblewrap, writable only in its worktree, the git common "
+        "dir, its temp and config dirs (Linux; [sandbox.md](sandbox.md))",
+    )
+    sandbox_writable: tuple[str, ...] = setting(
+        (),
+        kind=Kind.PATHS,
+        scope=Scope.RUN,
+        flag=None,
+        doc="extra paths a sandboxed agent may write (absolute or `~/...`; missing ones are "
+        'skipped), e.g. `["~/.cache"]`',
+    )
+    allow_outside_writes: bool = setting(
+        False,  # noqa: FBT003 - a field default, not a flag argument
+        kind=Kind.BOOL,
+        scope=Scope.RUN,
+        flag=Flag(
+            name="--allow-outside-writes",
+            help="Report writes outside a task's worktree but do not fail it or restore.",
+        ),
+        doc="report writes outside a task's worktree but neither undo them nor fail the task "
+        "([guard.md](guard.md))",
+    )
 
     def to_json(self) -> str:
         """The settings as stored in the run's row."""
@@ -178,20 +464,22 @@ class RunSettings:
             data = {}
         if not isinstance(data, dict):
             data = {}
+        kinds = {entry.key: entry for entry in settings_of(RunSettings)}
         values: dict[str, object] = {}
         for f in fields(RunSettings):
             if f.name not in data or data[f.name] is None:
                 continue
             value = data[f.name]
-            if f.name == "worktree_root":
+            entry = kinds.get(f.name)
+            if entry is not None and entry.kind is Kind.PATH:
                 # Runs stored before this class wrote a missing root as the string "None".
                 if value == "None":
                     continue
                 value = Path(str(value))
-            elif f.name == "copy_mode":
-                value = CopyMode(str(value))
+            elif entry is not None and entry.choices is not None:
+                value = entry.choices(str(value))
             elif isinstance(value, list):
-                value = tuple(value)
+                value = _tuples(value)
             values[f.name] = value
         return cls(**values)  # type: ignore[arg-type]
 
@@ -199,6 +487,11 @@ class RunSettings:
     def settings(self) -> RunSettings:
         """Only the run-wide settings (a RunSpec without its tasks)."""
         return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
+
+
+def _tuples(value: object) -> object:
+    """JSON arrays back to the (possibly nested) tuples settings hold."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

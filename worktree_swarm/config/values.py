@@ -1,0 +1,306 @@
+"""Readers of setting values: one per Kind, from TOML values and from command-line flags.
+
+Each reader takes the raw value and *where* (the file, task and key, or the flag) and returns
+the typed value or raises BadInputError with one line that starts with *where*.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from worktree_swarm.agents import PROFILES
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.identity import parse_author
+from worktree_swarm.core.settings import Kind, Setting
+from worktree_swarm.core.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Variables that point git at another repository, index, object store or config (or make it
+# run code): set by swarm for every agent, never by a task's `env`.
+GIT_REPOSITORY_VARIABLES = frozenset(
+    {
+        "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+        "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_EXEC_PATH",
+        "GIT_TEMPLATE_DIR", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE",
+        "GIT_NO_REPLACE_OBJECTS", "GIT_QUARANTINE_PATH",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRef:
+    """An agent as written (a profile name or an argv), and where, for later errors."""
+
+    spec: str | tuple[str, ...]
+    where: str
+
+
+def read(entry: Setting, value: object, where: str) -> object:
+    """The typed value of *entry* written as *value* in a TOML file."""
+    if entry.kind is Kind.INT:
+        return _bounded(value, where, entry.minimum, entry.maximum)
+    if entry.kind is Kind.CHOICE:
+        return _choice(value, where, entry)
+    return _READERS[entry.kind](value, where)
+
+
+def read_flag(entry: Setting, value: object, where: str) -> object:
+    """The typed value of *entry* given on the command line (a list for a repeated flag)."""
+    if entry.kind is Kind.AGENT:
+        return AgentRef(spec=_cli_agent(_string(value, where)), where=where)
+    return read(entry, value, where)
+
+
+# --- readers by kind ---------------------------------------------------------------------------
+
+
+def _agent(value: object, where: str) -> AgentRef:
+    if isinstance(value, str):
+        return AgentRef(spec=value, where=where)
+    if isinstance(value, list):
+        return AgentRef(spec=_argv(value, where), where=where)
+    raise BadInputError(
+        f"{where}: expected a profile name or an argv array, got {type_name(value)}"
+    )
+
+
+def _agent_name(value: object, where: str) -> AgentRef:
+    name = _string(value, where)
+    if name not in PROFILES:
+        known = ", ".join(sorted(PROFILES))
+        raise BadInputError(f"{where}: unknown agent {name!r} (known: {known})")
+    return AgentRef(spec=name, where=where)
+
+
+def _agent_names(value: object, where: str) -> tuple[AgentRef, ...]:
+    if not isinstance(value, list):
+        raise BadInputError(f"{where}: expected a list of agent names, got {type_name(value)}")
+    return tuple(_agent_name(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _cli_agent(text: str) -> str | tuple[str, ...]:
+    if text in PROFILES:
+        return text
+    argv = _split(text, where="--agent")
+    if len(argv) == 1 and "/" not in argv[0] and shutil.which(argv[0]) is None:
+        known = ", ".join(sorted(PROFILES))
+        raise BadInputError(f"--agent: unknown agent {text!r} (known: {known}, or a command line)")
+    return argv
+
+
+def _share(value: object, where: str) -> float:
+    number = _positive_number(value, where)
+    if number > 1:
+        raise BadInputError(f"{where}: must be a share between 0 and 1, got {number:g}")
+    return number
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadInputError(f"{where}: expected a string, got {type_name(value)}")
+    if "\0" in value:
+        raise BadInputError(f"{where}: contains a NUL character")
+    return value
+
+
+def _non_empty(value: object, where: str) -> str:
+    text = _string(value, where)
+    if not text.strip():
+        raise BadInputError(f"{where}: must not be empty")
+    return text
+
+
+def _integer(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadInputError(f"{where}: expected an integer, got {type_name(value)}")
+    return value
+
+
+def _bounded(value: object, where: str, minimum: int | None, maximum: int | None) -> int:
+    number = _integer(value, where)
+    if minimum is not None and maximum is not None:
+        if not minimum <= number <= maximum:
+            raise BadInputError(f"{where}: must be between {minimum} and {maximum}, got {number}")
+    elif minimum is not None and number < minimum:
+        raise BadInputError(f"{where}: must be >= {minimum}, got {number}")
+    elif maximum is not None and number > maximum:
+        raise BadInputError(f"{where}: must be <= {maximum}, got {number}")
+    return number
+
+
+def _boolean(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInputError(f"{where}: expected true or false, got {type_name(value)}")
+    return value
+
+
+def _positive_number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise BadInputError(f"{where}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _author(value: object, where: str) -> str:
+    text = _string(value, where)
+    if parse_author(text) is None:
+        raise BadInputError(f"{where}: expected 'Name <email>', got {text!r}")
+    return text
+
+
+def _list(value: object, where: str, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise BadInputError(f"{where}: expected an array of {what}, got {type_name(value)}")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    items = _list(value, where, "strings")
+    return tuple(_non_empty(item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def _ids(value: object, where: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_strings(value, where)))
+
+
+def _globs(value: object, where: str) -> tuple[str, ...]:
+    patterns = _strings(value, where)
+    for i, pattern in enumerate(patterns):
+        path = PurePosixPath(pattern)
+        # Patterns name files inside the repository; they must never reach outside it.
+        if path.is_absolute() or ".." in path.parts or "\\" in pattern:
+            raise BadInputError(
+                f"{where}[{i}]: {pattern!r} must be a relative path pattern inside the repository"
+            )
+    return patterns
+
+
+def _local_globs(value: object, where: str) -> tuple[str, ...]:
+    """``copy``/``link`` entries: inside the checkout, not the checkout itself, never ``.git``."""
+    patterns = _globs(value, where)
+    for i, pattern in enumerate(patterns):
+        parts = PurePosixPath(pattern).parts
+        if not parts:
+            raise BadInputError(f"{where}[{i}]: {pattern!r} names the checkout itself")
+        if ".git" in parts:
+            raise BadInputError(f"{where}[{i}]: {pattern!r} reaches into .git")
+    return patterns
+
+
+def _link_dirs(value: object, where: str) -> tuple[str, ...]:
+    dirs = _local_globs(value, where)
+    for i, name in enumerate(dirs):
+        if any(ch in name for ch in "*?["):
+            raise BadInputError(f"{where}[{i}]: {name!r} must name a directory, not a pattern")
+    return tuple(PurePosixPath(name).as_posix() for name in dirs)
+
+
+def _choice(value: object, where: str, entry: Setting) -> object:
+    text = _string(value, where)
+    choices = {choice.value: choice for choice in entry.choices or ()}
+    if text not in choices:
+        raise BadInputError(f"{where}: {text!r} is not one of {', '.join(choices)}")
+    return choices[text]
+
+
+def _abs_paths(value: object, where: str) -> tuple[str, ...]:
+    paths = tuple(str(Path(p).expanduser()) for p in _strings(value, where))
+    for i, path in enumerate(paths):
+        if not Path(path).is_absolute():
+            raise BadInputError(f"{where}[{i}]: {path!r} must be an absolute path (or ~/...)")
+    return paths
+
+
+def _argv(value: list[object], where: str) -> tuple[str, ...]:
+    if not value:
+        raise BadInputError(f"{where}: empty command")
+    return tuple(_non_empty(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _commands(value: object, where: str) -> tuple[tuple[str, ...], ...]:
+    """Parse command strings (split with shlex, never run by a shell) or argv arrays."""
+    items = _list(value, where, "command strings or argv arrays")
+    commands: list[tuple[str, ...]] = []
+    for i, item in enumerate(items):
+        item_where = f"{where}[{i}]"
+        if isinstance(item, str):
+            commands.append(_split(item, where=item_where))
+        elif isinstance(item, list):
+            commands.append(_argv(item, item_where))
+        else:
+            raise BadInputError(
+                f"{item_where}: expected a command string or an argv array, got {type_name(item)}"
+            )
+    return tuple(commands)
+
+
+def _split(text: str, *, where: str) -> tuple[str, ...]:
+    """A command line split into words like a POSIX shell would (never run by one)."""
+    try:
+        argv = tuple(shlex.split(_string(text, where)))
+    except ValueError as exc:
+        raise BadInputError(f"{where}: cannot split {text!r}: {exc}") from exc
+    if not argv:
+        raise BadInputError(f"{where}: empty command")
+    return argv
+
+
+def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise BadInputError(f"{where}: expected a table of strings, got {type_name(value)}")
+    pairs: list[tuple[str, str]] = []
+    for name, text in value.items():
+        if _ENV_NAME_RE.fullmatch(name) is None:
+            raise BadInputError(f"{where}: {name!r} is not a valid environment variable name")
+        if name.upper() in GIT_REPOSITORY_VARIABLES or name.upper().startswith("GIT_CONFIG"):
+            raise BadInputError(
+                f"{where}: {name} points git elsewhere; swarm sets git's repository variables "
+                "for every agent, a task cannot"
+            )
+        pairs.append((name, _string(text, f"{where}.{name}")))
+    return tuple(pairs)
+
+
+_READERS: Mapping[Kind, Callable[[object, str], object]] = {
+    Kind.TEXT: _string,
+    Kind.IDS: _ids,
+    Kind.PATH: _non_empty,
+    Kind.PATHS: _abs_paths,
+    Kind.NUMBER: _positive_number,
+    Kind.SHARE: _share,
+    Kind.DURATION: parse_duration,
+    Kind.SIZE: parse_size,
+    Kind.BOOL: _boolean,
+    Kind.AUTHOR: _author,
+    Kind.GLOBS: _globs,
+    Kind.LOCAL_GLOBS: _local_globs,
+    Kind.DIRS: _link_dirs,
+    Kind.COMMANDS: _commands,
+    Kind.ENV: _env,
+    Kind.AGENT: _agent,
+    Kind.AGENT_NAME: _agent_name,
+    Kind.AGENT_NAMES: _agent_names,
+}
+
+
+# --- shared with the manifest reader -----------------------------------------------------------
+
+
+def string(value: object, where: str) -> str:
+    """*value* as a string without NUL characters."""
+    return _string(value, where)
+
+
+def type_name(value: object) -> str:
+    """How an error message names the TOML type of *value*."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
