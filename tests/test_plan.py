@@ -373,6 +373,22 @@ def test_empty_goal_is_bad_input(project: Path, api: StubAnthropic) -> None:
     assert not (project / "tasks.toml").exists()
 
 
+def test_config_jobs_sets_the_estimate_and_a_bad_one_is_refused_before_the_api(
+    project: Path, api: StubAnthropic
+) -> None:
+    (project / "swarm.toml").write_text("jobs = 0\n")
+    bad = swarm(project, "plan", "Let users check out")
+    assert bad.returncode == 2
+    assert bad.stderr == "swarm: swarm.toml: jobs: must be >= 1, got 0\n"
+    assert api.seen == []
+
+    (project / "swarm.toml").write_text("jobs = 2\n")
+    api.replies.append(plan_reply(GOOD))
+    good = swarm(project, "plan", "Let users check out")
+    assert good.returncode == 0, good.stderr
+    assert "estimated speedup with 2 jobs: 1.5x" in good.stdout
+
+
 def test_existing_output_is_not_overwritten(project: Path, api: StubAnthropic) -> None:
     out = project.parent / "mine.toml"
     out.write_text("# my reviewed manifest\n")

@@ -20,7 +20,6 @@ Worktrees and branches of tasks that are not final are left alone: they belong t
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +115,11 @@ def doctor(
 def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
     """Where swarm puts worktrees: the configured root and every root a recorded run used."""
     roots = [paths.default_worktree_root(repo.root)]
-    configured = manifest.load_config(repo.root).get("worktree_root")
-    if isinstance(configured, str) and configured:
-        roots.append(Path(os.path.normpath(repo.root / Path(configured).expanduser())))
+    # A broken config file must not stop a clean-up: the recorded runs still name their roots.
+    with contextlib.suppress(BadInputError):
+        configured = manifest.configured(repo.root, "worktree_root")
+        if isinstance(configured, Path):
+            roots.append(configured)
     for run in store.runs() if store is not None else []:
         recorded = run.settings.worktree_root
         if recorded is not None:

@@ -50,6 +50,7 @@ __all__ = [
     "TASK_KEYS",
     "Overrides",
     "build_run_spec",
+    "configured",
     "dependency_cycle",
     "load_config",
 ]
@@ -125,6 +126,22 @@ def build_run_spec(
 def load_config(repo_root: Path) -> dict[str, object]:
     """Return ``swarm.toml`` at *repo_root*, else ``[tool.swarm]`` of pyproject.toml, else {}."""
     return _load_config(repo_root)[1]
+
+
+def configured(repo_root: Path, key: str) -> object | None:
+    """The config file's value of the run setting *key*, read and checked; None when unset.
+
+    Raises BadInputError, naming the file and key, when the file or that value is invalid.
+    Relative paths are resolved against *repo_root*, as ``swarm run`` does.
+    """
+    where, config = _load_config(repo_root)
+    raw = config.get(key)
+    if raw is None:
+        return None
+    value = settings.read_layer({key: raw}, where=where)[key]
+    if settings.BY_KEY[key].kind is Kind.PATH:
+        return Path(os.path.normpath(repo_root.absolute() / Path(str(value)).expanduser()))
+    return value
 
 
 def dependency_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:

@@ -25,7 +25,7 @@ from anthropic.types import (
 )
 
 from worktree_swarm.config import tomlwrite
-from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_spec, load_config
+from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_spec, configured
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
@@ -182,8 +182,8 @@ def make_plan(
     if not goal:
         raise BadInputError("GOAL is empty; describe what the tasks should achieve")
     if jobs is None:  # read before the API call: a broken swarm.toml must not waste one
-        configured = load_config(repo_root).get("jobs")
-        jobs = configured if isinstance(configured, int) and configured > 0 else DEFAULT_JOBS
+        value = configured(repo_root, "jobs")
+        jobs = value if isinstance(value, int) else DEFAULT_JOBS
     system: list[TextBlockParam] = [
         {"type": "text", "text": INSTRUCTIONS},
         # Everything up to this block (tool schema, instructions, repository) is the same for
