@@ -20,7 +20,7 @@ from worktree_swarm import demo
 from worktree_swarm.agents import claude_auth
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import ExitCode, SwarmError
-from worktree_swarm.core.models import RunSpec, TaskState
+from worktree_swarm.core.models import Executor, RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -103,6 +103,13 @@ def _repo(ctx: click.Context) -> git.Repo:
     default=None,
     help="Report writes outside a task's worktree but do not fail it or restore.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="Where agents run: this machine (default) or a Ray cluster (docs/cluster.md).",
+)
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster (default: RAY_ADDRESS).")
+@click.option("--remote", metavar="NAME", help="The remote the nodes share (default: origin).")
 @click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
 @click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
@@ -130,6 +137,9 @@ def run(
     max_disk: str | None,
     sandbox: bool | None,
     allow_outside_writes: bool | None,
+    executor: str | None,
+    ray_address: str | None,
+    remote: str | None,
     issue_numbers: str | None,
     issues_label: str | None,
     limit: int | None,
@@ -167,6 +177,9 @@ def run(
         max_disk=max_disk,
         sandbox=sandbox,
         allow_outside_writes=allow_outside_writes or None,
+        executor=executor,
+        ray_address=ray_address,
+        remote=remote,
     )
     spec = build_run_spec(
         repo_root=repo.root,
@@ -183,7 +196,11 @@ def run(
         worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
     for task in spec.tasks:
         worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
-    if spec.sandbox:
+    if spec.executor is Executor.RAY:
+        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - only this executor needs it
+
+        ray_exec.preflight(repo, spec)
+    elif spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     next_step = _settle_orphaned_runs(repo, force=force)

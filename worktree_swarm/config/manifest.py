@@ -31,6 +31,7 @@ from worktree_swarm.core.models import (
     DEFAULT_RETRIES,
     TASK_ID_RE,
     CopyMode,
+    Executor,
     RunSpec,
     Task,
     is_valid_task_id,
@@ -56,7 +57,8 @@ RUN_KEYS = frozenset(
     {
         "jobs", "worktree_root", "commit_author", "kill_grace", "port_base", "port_block",
         "max_cost_usd", "budget_share", "rate_limit_backoff", "max_disk", "copy_mode", "sandbox",
-        "sandbox_writable", "allow_outside_writes",
+        "sandbox_writable", "allow_outside_writes", "executor", "ray_address", "remote",
+        "ray_memory", "checkpoint_interval",
     }
 )  # fmt: skip
 TASK_KEYS = SETTING_KEYS | {"id", "prompt", "title", "depends_on", "files", "expect_files"}
@@ -104,6 +106,9 @@ class Overrides:
     max_disk: str | None = None
     sandbox: bool | None = None
     allow_outside_writes: bool | None = None
+    executor: str | None = None
+    ray_address: str | None = None
+    remote: str | None = None
 
 
 _NO_OVERRIDES = Overrides()
@@ -151,6 +156,11 @@ class _Settings:
     kill_grace: float | None = None
     port_base: int | None = None
     port_block: int | None = None
+    executor: Executor | None = None
+    ray_address: str | None = None
+    remote: str | None = None
+    ray_memory: int | None = None
+    checkpoint_interval: float | None = None
 
     def over(self, base: _Settings) -> _Settings:
         """Return *base* with every setting of this layer winning; env merges per variable."""
@@ -345,6 +355,9 @@ def _parse_overrides(overrides: Overrides) -> _Settings:
         max_disk=_opt(overrides.max_disk, "--max-disk", parse_size),
         sandbox=overrides.sandbox,
         allow_outside_writes=overrides.allow_outside_writes,
+        executor=_opt(overrides.executor, "--executor", _executor),
+        ray_address=_opt(overrides.ray_address, "--ray-address", _non_empty),
+        remote=_opt(overrides.remote, "--remote", _non_empty),
     )
 
 
@@ -473,6 +486,11 @@ def _run_spec(tasks: tuple[Task, ...], layer: _Settings, *, repo_root: Path) -> 
         sandbox=bool(layer.sandbox),
         sandbox_writable=layer.sandbox_writable or (),
         allow_outside_writes=bool(layer.allow_outside_writes),
+        executor=layer.executor or spec.executor,
+        ray_address=layer.ray_address or spec.ray_address,
+        remote=layer.remote or spec.remote,
+        ray_memory=layer.ray_memory or spec.ray_memory,
+        checkpoint_interval=layer.checkpoint_interval or spec.checkpoint_interval,
     )
 
 
@@ -518,6 +536,11 @@ def _parse_settings(table: Mapping[str, object], *, where: str) -> _Settings:
         kill_grace=get("kill_grace", parse_duration),
         port_base=get("port_base", _port_base),
         port_block=get("port_block", _at_least(1)),
+        executor=get("executor", _executor),
+        ray_address=get("ray_address", _non_empty),
+        remote=get("remote", _non_empty),
+        ray_memory=get("ray_memory", parse_size),
+        checkpoint_interval=get("checkpoint_interval", parse_duration),
     )
 
 
@@ -664,6 +687,14 @@ def _link_dirs(value: object, where: str) -> tuple[str, ...]:
         if any(ch in name for ch in "*?["):
             raise BadInputError(f"{where}[{i}]: {name!r} must name a directory, not a pattern")
     return tuple(PurePosixPath(name).as_posix() for name in dirs)
+
+
+def _executor(value: object, where: str) -> Executor:
+    try:
+        return Executor(str(value))
+    except ValueError:
+        names = ", ".join(e.value for e in Executor)
+        raise BadInputError(f"{where}: unknown executor {value!r} (one of {names})") from None
 
 
 def _copy_mode(value: object, where: str) -> CopyMode:

@@ -130,6 +130,13 @@ class RunStatus(enum.StrEnum):
     ABANDONED = "abandoned"  # its manager died and `swarm run --force` gave it up
 
 
+class Executor(enum.StrEnum):
+    """Where agents run."""
+
+    LOCAL = "local"  # worktrees of this repository, agents on this machine
+    RAY = "ray"  # per-node clones on a Ray cluster (run/ray_exec.py)
+
+
 class CopyMode(enum.StrEnum):
     """How `copy` files reach a worktree."""
 
@@ -156,6 +163,11 @@ class RunSettings:
     sandbox: bool = False
     sandbox_writable: tuple[str, ...] = ()
     allow_outside_writes: bool = False
+    executor: Executor = Executor.LOCAL
+    ray_address: str = ""  # empty: RAY_ADDRESS, else a cluster on this machine
+    remote: str = "origin"  # the remote (name or URL) every node clones from and pushes to
+    ray_memory: int = 2 * 2**30  # bytes a task's actor asks Ray for
+    checkpoint_interval: float = 60.0  # seconds between pushes while an agent runs (ray)
 
     def to_json(self) -> str:
         """The settings as stored in the run's row."""
@@ -190,6 +202,8 @@ class RunSettings:
                 value = Path(str(value))
             elif f.name == "copy_mode":
                 value = CopyMode(str(value))
+            elif f.name == "executor":
+                value = Executor(str(value))
             elif isinstance(value, list):
                 value = tuple(value)
             values[f.name] = value
