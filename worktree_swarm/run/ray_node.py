@@ -99,6 +99,7 @@ class NodeAgent:
             "clone", "--quiet", "--no-tags", "--reference", str(mirror),
             "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
         )  # fmt: skip
+        self.logs.mkdir(parents=True, exist_ok=True)
         git.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
         tip = git.rev_parse_in(self.work, "HEAD")
         if tip is None:
