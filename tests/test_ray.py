@@ -68,15 +68,23 @@ def swarm(repo: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
     )
 
 
-def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", *args],
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start the CLI in the background; its output goes to manager-<pid>.log beside *repo*."""
+    log = repo.parent / f"manager-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    popen.log = log  # type: ignore[attr-defined]
+    return popen
+
+
+def output(popen: subprocess.Popen[bytes]) -> str:
+    return popen.log.read_text()  # type: ignore[attr-defined]
 
 
 def wait_for(what: str, check: Callable[[], object], *, timeout: float = 180) -> object:
@@ -217,11 +225,11 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
     try:
         wait_for("resume to adopt both actors", lambda: len(events(repo, "agent_adopted")) == 2)
         (ctl / "release").write_text("")
-        out, err = resumed.communicate(timeout=240)
+        resumed.wait(timeout=240)
     finally:
         if resumed.poll() is None:
             resumed.kill()
-    assert resumed.returncode == 0, out + err
+    assert resumed.returncode == 0, output(resumed)
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
     # The same agents finished: one attempt each, no second agent on a branch.
@@ -255,11 +263,11 @@ def test_a_lost_node_s_tasks_finish_on_another_node(cluster: raykit.Cluster, tmp
         raylet.kill()  # by the PID of the raylet we started, then the rest of that machine
         cluster.kill_node(worker)
         (ctl / "release").write_text("")
-        out, err = manager.communicate(timeout=400)
+        manager.wait(timeout=400)
     finally:
         if manager.poll() is None:
             manager.kill()
-    assert manager.returncode == 0, out + err
+    assert manager.returncode == 0, output(manager)
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
     lost = sorted({task for task, _data in events(repo, "node_lost")})
