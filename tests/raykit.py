@@ -139,9 +139,9 @@ class Cluster:
             time.sleep(1)
         raise RuntimeError(f"cluster did not reach {count} nodes: {last}")
 
-    def kill_node(self, node: Node) -> None:
-        """Kill *node*'s whole process tree (its raylet first), as a machine loss would."""
-        procs = node.tree()
+    def kill_node(self, node: Node, procs: list[psutil.Process] | None = None) -> None:
+        """Kill *node*'s whole process tree (or *procs*), as a machine loss would."""
+        procs = node.tree() if procs is None else procs
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.popen.pid, signal.SIGKILL)
         for proc in procs:

@@ -260,8 +260,9 @@ def test_a_lost_node_s_tasks_finish_on_another_node(cluster: raykit.Cluster, tmp
         worker = next(n for n in cluster.nodes if n.name == "w0")
         raylet = worker.raylet()
         assert raylet is not None
+        machine = worker.tree()  # before its processes are orphaned
         raylet.kill()  # by the PID of the raylet we started, then the rest of that machine
-        cluster.kill_node(worker)
+        cluster.kill_node(worker, machine)
         (ctl / "release").write_text("")
         manager.wait(timeout=400)
     finally:

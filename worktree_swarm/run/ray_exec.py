@@ -264,6 +264,9 @@ class RayTaskWorker:
                 if live.stop.is_set():
                     return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
                 handle, prompt = None, RESUME_PROMPT
+            except SwarmError as exc:  # a node-side failure (git): the attempt fails
+                self._end(handle, str(exc))
+                raise
             finally:
                 self.gate.release(provider, cost_usd=cost[0])
 
@@ -332,22 +335,29 @@ class RayTaskWorker:
             )
             .remote(assignment)
         )
-        node = self._call(actor.node.remote(), live=live, placing=True)
-        if live.stop.is_set():
-            ray.kill(actor)
-            raise NodeLostError("stopped before it started")
-        self.store.update_task(self.run_id, task.id, node=str(node))
-        self._call(actor.prepare.remote(), live=live)
-        resumes = session is not None and adapter_for(task.agent).supports_resume
-        text = (
-            task.prompt if prompt is None else (prompt if resumes else f"{task.prompt}\n\n{prompt}")
-        )
-        self._call(
-            actor.start.remote(
-                prompt=text, session=session if resumes else None, resume_prompt=prompt
-            ),
-            live=live,
-        )
+        try:
+            node = self._call(actor.node.remote, live=live, placing=True)
+            if live.stop.is_set():
+                raise NodeLostError("stopped before it started")  # noqa: TRY301
+            self.store.update_task(self.run_id, task.id, node=str(node))
+            self._call(actor.prepare.remote, live=live)
+            resumes = session is not None and adapter_for(task.agent).supports_resume
+            text = (
+                task.prompt
+                if prompt is None
+                else (prompt if resumes else f"{task.prompt}\n\n{prompt}")
+            )
+            self._call(
+                lambda: actor.start.remote(
+                    prompt=text, session=session if resumes else None, resume_prompt=prompt
+                ),
+                live=live,
+                once=True,  # never twice: a second agent on the same branch
+            )
+        except SwarmError:  # lost, or a node-side failure (git): no actor is left behind
+            with contextlib.suppress(Exception):  # one that comes back must not run an agent
+                ray.kill(actor)
+            raise
         log_path = self._logs_root / task.id / f"attempt-{number}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
@@ -382,7 +392,7 @@ class RayTaskWorker:
         cut: tuple[TaskState, str] | None = None
         while True:
             self._mirror(handle, live)
-            progress: Progress = self._call(handle.actor.poll.remote(), live=live)
+            progress: Progress = self._call(handle.actor.poll.remote, live=live)
             if progress.ended:
                 break
             if live.stop.is_set():
@@ -392,8 +402,8 @@ class RayTaskWorker:
             elif task.idle_timeout and progress.idle_seconds >= task.idle_timeout:
                 cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
             if cut is not None:
-                self._call(handle.actor.stop.remote(), live=live)
-                progress = self._call(handle.actor.poll.remote(), live=live)
+                self._call(handle.actor.stop.remote, live=live)
+                progress = self._call(handle.actor.poll.remote, live=live)
                 break
             live.stop.wait(POLL_SECONDS)
         self._mirror(handle, live)
@@ -404,7 +414,7 @@ class RayTaskWorker:
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent
         )
-        tip = self._call(handle.actor.finish.remote(message=message), live=live)
+        tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
@@ -448,15 +458,19 @@ class RayTaskWorker:
                 tokens_out=(row.tokens_out or 0) + (result.tokens_out or 0),
             )
 
-    def _lost(self, task: Task, handle: _Handle, why: str) -> None:
-        """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
+    def _end(self, handle: _Handle, reason: str) -> None:
+        """Record the attempt as failed and take its actor down."""
         self.store.end_attempt(
             handle.attempt_id,
             exit_code=None,
             outcome=AttemptOutcome.FAILED.value,
-            usage=AttemptUsage(reason=f"node {handle.node} lost: {why}"),
+            usage=AttemptUsage(reason=reason),
         )
         self._retire(handle)
+
+    def _lost(self, task: Task, handle: _Handle, why: str) -> None:
+        """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
+        self._end(handle, f"node {handle.node} lost: {why}")
         self._emit("node_lost", task.id, {"attempt": handle.number, "node": handle.node})
         self._state(
             task.id,
@@ -475,22 +489,32 @@ class RayTaskWorker:
     def _mirror(self, handle: _Handle, live: Live) -> None:
         """Append what the agent logged since the last call to the local copy of its log."""
         while True:
-            chunk: bytes = self._call(handle.actor.tail.remote(handle.offset), live=live)
+            chunk: bytes = self._call(lambda: handle.actor.tail.remote(handle.offset), live=live)
             if not chunk:
                 return
             with handle.log_path.open("ab") as fh:
                 fh.write(chunk)
             handle.offset += len(chunk)
 
-    def _call(self, ref: Any, *, live: Live, placing: bool = False) -> Any:  # noqa: ANN401
-        """The result of an actor call; NodeLostError when its actor or node is gone.
+    def _call(
+        self,
+        make: Callable[[], Any],
+        *,
+        live: Live,
+        placing: bool = False,
+        once: bool = False,
+    ) -> Any:  # noqa: ANN401
+        """The result of the actor call *make* issues; NodeLostError when its actor is gone.
 
-        While *placing* (the actor waits for a free slot) it waits as long as it takes, unless
-        the task is stopped.
+        An actor that cannot be reached is asked again (the methods are idempotent, except
+        *once*: then it is lost at once) until it answers, Ray declares it dead, or
+        ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) it
+        waits as long as it takes, unless the task is stopped.
         """
         ray = _ray()
         exceptions = ray.exceptions
         since = time.monotonic()
+        ref = make()
         while True:
             try:
                 return ray.get(ref, timeout=POLL_SECONDS * 4)
@@ -500,9 +524,10 @@ class RayTaskWorker:
                 if not placing and time.monotonic() - since > UNREACHABLE_SECONDS:
                     raise NodeLostError(f"no answer for {UNREACHABLE_SECONDS:g}s") from None
             except exceptions.ActorUnavailableError:
-                if time.monotonic() - since > UNREACHABLE_SECONDS:
+                if once or time.monotonic() - since > UNREACHABLE_SECONDS:
                     raise NodeLostError("actor unreachable") from None
                 time.sleep(POLL_SECONDS)
+                ref = make()
             except (exceptions.RayActorError, exceptions.NodeDiedError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else "actor died"
                 raise NodeLostError(first) from None
