@@ -32,8 +32,7 @@ def free_port() -> int:
 
 
 def ray_bin() -> str:
-    found = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    return found
+    return shutil.which("ray") or str(Path(sys.executable).parent / "ray")
 
 
 @dataclass
@@ -128,7 +127,9 @@ class Cluster:
         while time.monotonic() < deadline:
             for node in self.nodes:
                 if node.popen.poll() is not None:
-                    raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"ray node {node.name} exited: {node.log.read_text()[-2000:]}"
+                    )
             out = subprocess.run(
                 [sys.executable, "-c", code, self.address],
                 capture_output=True, text=True, timeout=60, check=False,

@@ -97,7 +97,9 @@ def wait_for(what: str, check: Callable[[], object], *, timeout: float = 180) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def setup_repo(tmp_path: Path, tasks: list[str], *, daemon: bool = False) -> tuple[Path, Path, Path]:
+def setup_repo(
+    tmp_path: Path, tasks: list[str], *, daemon: bool = False
+) -> tuple[Path, Path, Path]:
     """A repository, its bare remote `origin`, the agents' control dir, and a manifest."""
     repo = make_repo(tmp_path / "repo")
     remote = tmp_path / "remote.git"
@@ -180,7 +182,9 @@ def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
 def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: Path) -> None:
     tasks = ["s1", "s2", "s3"]
     repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
-    manager = spawn_swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
     try:
         wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
         pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
@@ -196,7 +200,9 @@ def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: P
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
     # The agents, their daemons and the actors are gone from every node.
-    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    alive = [
+        pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+    ]
     assert alive == []
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
     # Their work is on their branches, on the remote and here.
@@ -209,8 +215,10 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
     tasks = ["c1", "c2"]
-    repo, remote, ctl = setup_repo(tmp_path, tasks)
-    manager = spawn_swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    repo, _remote, ctl = setup_repo(tmp_path, tasks)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
     try:
         wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
         wait_for("the attempts to be recorded", lambda: all(
@@ -239,11 +247,15 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
         assert git(repo, "show", f"swarm/{task}:{task}.done") in {"head", "w0"}
 
 
-def test_a_lost_node_s_tasks_finish_on_another_node(cluster: raykit.Cluster, tmp_path: Path) -> None:
+def test_a_lost_node_s_tasks_finish_on_another_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
     # Last in this module: it takes the worker node away.
     tasks = ["n1", "n2", "n3", "n4"]
     repo, remote, ctl = setup_repo(tmp_path, tasks)
-    manager = spawn_swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
     try:
         wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
         on_worker = sorted(t for t, r in status(repo).items() if r["node"] == "w0")
@@ -280,7 +292,9 @@ def test_a_lost_node_s_tasks_finish_on_another_node(cluster: raykit.Cluster, tmp
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
 
 
-def test_bad_input_says_so_before_anything_is_created(cluster: raykit.Cluster, tmp_path: Path) -> None:
+def test_bad_input_says_so_before_anything_is_created(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
     repo, _remote, _ctl = setup_repo(tmp_path, ["b1"])
     git(repo, "remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
     out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)

@@ -219,7 +219,7 @@ class RayTaskWorker:
         with self.guard.busy(live.task.id, worktree_path(self.spec, live.task)):
             return self._run(live)
 
-    def _run(self, live: Live) -> TaskOutcome:  # noqa: C901 - one loop over attempts and losses
+    def _run(self, live: Live) -> TaskOutcome:  # noqa: C901, PLR0912 - one loop: attempts, losses
         task = live.task
         base = self._base(task)
         if isinstance(base, TaskOutcome):
@@ -338,7 +338,7 @@ class RayTaskWorker:
         try:
             node = self._call(actor.node.remote, live=live, placing=True)
             if live.stop.is_set():
-                raise NodeLostError("stopped before it started")  # noqa: TRY301
+                raise NodeLostError("stopped before it started")
             self.store.update_task(self.run_id, task.id, node=str(node))
             self._call(actor.prepare.remote, live=live)
             resumes = session is not None and adapter_for(task.agent).supports_resume
