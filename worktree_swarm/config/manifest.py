@@ -690,11 +690,11 @@ def _link_dirs(value: object, where: str) -> tuple[str, ...]:
 
 
 def _executor(value: object, where: str) -> Executor:
-    try:
-        return Executor(str(value))
-    except ValueError:
-        names = ", ".join(e.value for e in Executor)
-        raise BadInputError(f"{where}: unknown executor {value!r} (one of {names})") from None
+    name = _string(value, where)
+    names = [e.value for e in Executor]
+    if name not in names:
+        raise BadInputError(f"{where}: {name!r} is not one of {', '.join(names)}")
+    return Executor(name)
 
 
 def _copy_mode(value: object, where: str) -> CopyMode:
