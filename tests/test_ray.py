@@ -247,6 +247,38 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
         assert git(repo, "show", f"swarm/{task}:{task}.done") in {"head", "w0"}
 
 
+def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["m1", "m2"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        wait_for("the attempts to be recorded", lambda: all(
+            r["attempt"] == 1 for r in status(repo).values()
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
+    assert len(pids) == 2 * len(tasks)
+    assert all(psutil.pid_exists(pid) for pid in pids)  # the actors outlive their manager
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stopped: m1, m2"
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == []
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
+    for task in tasks:
+        assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
 def test_a_lost_node_s_tasks_finish_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

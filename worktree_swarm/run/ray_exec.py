@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provid
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
+    BRANCH_PREFIX,
     AttemptOutcome,
     ProcessIdentity,
+    RunSettings,
     RunSpec,
     Task,
     TaskState,
@@ -715,3 +717,51 @@ def _git_identity(root: Path, *, author: str) -> dict[str, str]:
         found.setdefault("user.name", ident.name)
         found.setdefault("user.email", ident.email)
     return found
+
+
+def stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, spec: RunSettings
+) -> None:
+    """Stop *targets* of a Ray run no manager watches: on their nodes, pushed, then marked.
+
+    Each open attempt's actor (and one a killed manager launched without recording it) stops
+    its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    """
+    ray = _ray()
+    connect(spec.ray_address)
+    url = remote_url(repo, spec.remote)
+    for task_id in targets:
+        row = store.task(run_id, task_id)
+        numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
+        if row is not None and row.launching is not None:
+            numbers.setdefault(row.launching, 0)
+        for number, attempt_id in sorted(numbers.items()):
+            try:
+                actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+            except ValueError:  # no such actor: gone with its node, or never made
+                actor = None
+            if actor is not None:
+                message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
+                with contextlib.suppress(Exception):  # a dead actor has nothing to stop
+                    ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
+                    ray.get(actor.finish.remote(message=message), timeout=120)
+                with contextlib.suppress(Exception):
+                    ray.get(actor.discard.remote(), timeout=30)
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            if attempt_id:
+                store.end_attempt(attempt_id, exit_code=None, outcome=TaskState.STOPPED.value)
+        branch = f"{BRANCH_PREFIX}{task_id}"
+        git.git(
+            repo.root,
+            "fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/heads/{branch}",
+            check=False,
+        )  # fmt: skip
+        store.update_task(
+            run_id,
+            task_id,
+            state=TaskState.STOPPED,
+            reason="stopped",
+            ended_at=time.time(),
+            launching=None,
+        )
