@@ -35,6 +35,7 @@ ctl = pathlib.Path(sys.argv[1])
 task = os.environ["SWARM_TASK_ID"]
 node = os.environ.get("SWARM_NODE_NAME", "?")
 pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
+print(f"agent {task} on {node}", flush=True)
 if len(sys.argv) > 2:  # a daemon of its own, in a session of its own
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                              start_new_session=True)
@@ -165,6 +166,9 @@ def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
         assert git(repo, "rev-parse", f"swarm/{task}") == git(remote, "rev-parse", f"swarm/{task}")
     # Nothing of the run's actors is left on either node.
     assert not actor_processes(cluster)
+    out = swarm(repo, "logs", "t1")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] in {"agent t1 on head", "agent t1 on w0"}
 
 
 def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
@@ -182,6 +186,7 @@ def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
 def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: Path) -> None:
     tasks = ["s1", "s2", "s3"]
     repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
+    follow = None
     manager = spawn_swarm(
         repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
     )
@@ -190,13 +195,18 @@ def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: P
         pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
         assert len(pids) == 2 * len(tasks)  # an agent and its daemon per task
         assert all(psutil.pid_exists(pid) for pid in pids)
+        # `swarm logs -f` follows the log the manager mirrors from the node, and ends with it.
+        follow = spawn_swarm(repo, "logs", "s1", "-f")
+        wait_for("the agent's line", lambda: "agent s1 on " in output(follow))
         out = swarm(repo, "stop")
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "stopped: s1, s2, s3"
         manager.wait(timeout=120)
+        assert follow.wait(timeout=60) == 0
     finally:
-        if manager.poll() is None:
-            manager.kill()
+        for proc in (manager, follow):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
     # The agents, their daemons and the actors are gone from every node.
