@@ -44,7 +44,7 @@ from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
 from worktree_swarm.run.task_worker import RESUME_PROMPT, Live, TaskOutcome, worktree_path
 
 POLL_SECONDS = 0.5
-# An actor that does not answer for this long (its node unreachable, not yet declared dead)
+# An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
 # counts as lost.
 UNREACHABLE_SECONDS = 60.0
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
@@ -510,8 +510,8 @@ class RayTaskWorker:
 
         An actor that cannot be reached is asked again (the methods are idempotent, except
         *once*: then it is lost at once) until it answers, Ray declares it dead, or
-        ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) it
-        waits as long as it takes, unless the task is stopped.
+        ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) a stop
+        of the task ends the wait (None).
         """
         ray = _ray()
         exceptions = ray.exceptions
@@ -521,10 +521,10 @@ class RayTaskWorker:
             try:
                 return ray.get(ref, timeout=POLL_SECONDS * 4)
             except exceptions.GetTimeoutError:
+                # Still working (a long clone or push) or waiting for a slot: a node that is
+                # gone fails the call once Ray's health checks declare it dead.
                 if placing and live.stop.is_set():
                     return None
-                if not placing and time.monotonic() - since > UNREACHABLE_SECONDS:
-                    raise NodeLostError(f"no answer for {UNREACHABLE_SECONDS:g}s") from None
             except exceptions.ActorUnavailableError:
                 if once or time.monotonic() - since > UNREACHABLE_SECONDS:
                     raise NodeLostError("actor unreachable") from None
@@ -647,19 +647,17 @@ class RayTaskWorker:
             )
 
     def _publish(self, task: Task, start: str) -> None:
-        """Make the task's branch at *start*, here and on the remote (unless already there)."""
+        """Make the task's branch at *start*, here and on the remote."""
         with self._git_lock:
             if not git.branch_exists(self.repo, task.branch):
                 git.git(self.repo.root, "branch", "--no-track", task.branch, start)
-            remote_has = git.git(
-                self.repo.root, "ls-remote", "--heads", "--", self.url, f"refs/heads/{task.branch}"
-            ).strip()
-            if not remote_has:
-                git.git(
-                    self.repo.root,
-                    "push", "--quiet", "--no-verify", "--", self.url,
-                    f"{start}:refs/heads/{task.branch}",
-                )  # fmt: skip
+            # No agent has run on it yet (its base is recorded only after this): a branch the
+            # remote has from a crash here, or from before a fresh retry, is replaced.
+            git.git(
+                self.repo.root,
+                "push", "--quiet", "--no-verify", "--", self.url,
+                f"+{start}:refs/heads/{task.branch}",
+            )  # fmt: skip
 
     def _fetch(self, task: Task) -> None:
         """Bring the task's branch from the remote into this repository."""
