@@ -363,3 +363,17 @@ def test_without_ray_installed_executor_ray_is_refused(tmp_path: Path) -> None:
         "swarm: executor `ray` needs Ray on this machine: pip install 'worktree-swarm[ray]'"
     )
     assert not (repo / ".git" / "swarm" / "state.db").exists()
+
+
+def test_a_secret_in_a_task_env_is_refused_before_it_reaches_ray(tmp_path: Path) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["e1"])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(manifest.read_text() + 'env = { API_TOKEN = "s3cr3t-value" }\n')
+    out = swarm(repo, "run", str(manifest))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "swarm: task e1: env API_TOKEN looks like a secret; with executor `ray` provision it in "
+        "the nodes' environment instead (docs/cluster.md)"
+    )
+    assert "s3cr3t" not in out.stdout + out.stderr
+    assert not (repo / ".git" / "swarm" / "state.db").exists()

@@ -158,6 +158,13 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
                     f"task {task.id}: `{key}` is not supported with executor `ray` yet; "
                     "run it with --executor local"
                 )
+        for name, _value in task.env:
+            if redact.is_secret_name(name):
+                # Ray would carry it to the node in plain text.
+                raise BadInputError(
+                    f"task {task.id}: env {name} looks like a secret; with executor `ray` "
+                    "provision it in the nodes' environment instead (docs/cluster.md)"
+                )
     if spec.sandbox:
         raise BadInputError("--sandbox is not supported with executor `ray` yet")
     url = remote_url(repo, spec.remote)
