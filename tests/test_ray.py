@@ -257,6 +257,40 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
         assert git(repo, "show", f"swarm/{task}:{task}.done") in {"head", "w0"}
 
 
+REPAIRING_AGENT = r"""
+import pathlib, sys
+fixing = "checks on your work failed" in sys.argv[1]
+pathlib.Path("x.txt").write_text("fixed" if fixing else "first")
+print("repairing" if fixing else "first try", flush=True)
+"""
+
+
+def test_checks_run_on_the_node_and_a_failure_is_repaired(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "repairing.py"
+    script.write_text(REPAIRING_AGENT)
+    check = [sys.executable, "-c", "import sys; sys.exit(open('x.txt').read() != 'fixed')"]
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), '{prompt}'])}\n"
+        'executor = "ray"\nray_memory = "64M"\n\n'
+        f'[[task]]\nid = "r1"\nprompt = "make x"\nrepair = 1\nchecks = [{json.dumps(check)}]\n'
+        'expect_files = ["x.txt"]\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status(repo)["r1"]
+    assert (row["state"], row["attempt"]) == ("done", 2)  # failed its check, then repaired
+    assert git(remote, "show", "swarm/r1:x.txt") == "fixed"
+    assert git(repo, "show", "swarm/r1:x.txt") == "fixed"
+    # The check's output came back from the node into the run's directory.
+    logs = list((repo / ".git" / "swarm" / "runs").glob("*/r1/checks.log"))
+    assert len(logs) == 1
+    # Both runs of the check, the failing one and the one after the repair.
+    assert logs[0].read_text().count("sys.exit(open(") == 2
+
+
 def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

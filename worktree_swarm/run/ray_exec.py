@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
@@ -39,9 +39,16 @@ from worktree_swarm.guard import Guard
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.governor import Gates
 from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
-from worktree_swarm.run.task_worker import RESUME_PROMPT, Live, TaskOutcome, worktree_path
+from worktree_swarm.run.task_worker import (
+    RESUME_PROMPT,
+    Live,
+    TaskOutcome,
+    repair_prompt,
+    worktree_path,
+)
 
 POLL_SECONDS = 0.5
 # An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
@@ -133,13 +140,10 @@ def remote_url(repo: git.Repo, remote: str) -> str:
     return url
 
 
-_UNSUPPORTED = (
-    ("checks", lambda t: bool(t.checks)),
+_UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
     ("setup", lambda t: bool(t.setup)),
     ("copy", lambda t: bool(t.copy)),
     ("link", lambda t: bool(t.link)),
-    ("expect_files", lambda t: bool(t.expect_files)),
-    ("no_placeholders", lambda t: t.no_placeholders),
     ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
 )
 
@@ -242,7 +246,7 @@ class RayTaskWorker:
         )
         session = next((a.session_id for a in reversed(previous) if a.session_id), None)
         prompt = RESUME_PROMPT if previous else None
-        losses = 0
+        losses, repairs_left = 0, task.repair
         provider = provider_of(task.agent)
         while True:
             if handle is None:
@@ -259,11 +263,18 @@ class RayTaskWorker:
             else:
                 self.gate.adopt(provider)
             cost: list[float | None] = [None]
+            current, handle = handle, None
             try:
-                return self._attempt(live, handle, base, cost)
+                ended = self._attempt(live, current, base, cost)
+                if isinstance(ended, TaskOutcome):
+                    return ended
+                if ended.stopped or repairs_left <= 0:
+                    return _check_failed(ended)
+                repairs_left -= 1
+                prompt = repair_prompt(ended)
             except NodeLostError as exc:
                 losses += 1
-                self._lost(task, handle, str(exc))
+                self._lost(task, current, str(exc))
                 if losses > MAX_LOSSES:
                     return TaskOutcome(
                         state=TaskState.FAILED,
@@ -272,9 +283,9 @@ class RayTaskWorker:
                     )
                 if live.stop.is_set():
                     return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
-                handle, prompt = None, RESUME_PROMPT
+                prompt = RESUME_PROMPT
             except SwarmError as exc:  # a node-side failure (git): the attempt fails
-                self._end(handle, str(exc))
+                self._end(current, str(exc))
                 raise
             finally:
                 self.gate.release(provider, cost_usd=cost[0])
@@ -337,6 +348,7 @@ class RayTaskWorker:
                 lifetime="detached",
                 max_restarts=0,
                 max_task_retries=0,
+                max_concurrency=2,  # a stop reaches it while its checks run
                 num_cpus=0,
                 memory=self.spec.ray_memory,
                 resources={SLOT: 1},
@@ -393,8 +405,11 @@ class RayTaskWorker:
 
     def _attempt(
         self, live: Live, handle: _Handle, base: str, cost: list[float | None]
-    ) -> TaskOutcome:
-        """Watch one attempt to its end, checkpoint and fetch it; its cost goes to *cost*."""
+    ) -> TaskOutcome | CheckFailure:
+        """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
+
+        A check that fails comes back as such (a repair may follow); else the task's outcome.
+        """
         task = live.task
         adapter = adapter_for(task.agent)
         deadline = handle.started_at + task.timeout if task.timeout else None
@@ -428,7 +443,6 @@ class RayTaskWorker:
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
         redact.scrub_file(handle.log_path)
-        self._retire(handle)
         stat = git.diff_stat(self.repo, base, str(tip))
         self.store.update_task(
             self.run_id,
@@ -437,7 +451,25 @@ class RayTaskWorker:
             diff_insertions=stat.insertions,
             diff_deletions=stat.deletions,
         )
-        return _outcome(task, cut, result, files=stat.files)
+        outcome = _outcome(task, cut, result, files=stat.files)
+        if outcome.state is TaskState.DONE and (
+            task.checks or task.expect_files or task.no_placeholders
+        ):
+            self._state(task.id, TaskState.CHECKING)
+            failure, text = self._call(
+                lambda: handle.actor.check.remote(base=base),
+                live=live,
+                on_stop=handle.actor.stop.remote,
+            )
+            log = handle.log_path.parent / "checks.log"
+            with log.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+            redact.scrub_file(log)
+            if failure is not None:
+                self._retire(handle)
+                return cast("CheckFailure", failure)
+        self._retire(handle)
+        return outcome
 
     def _record(
         self,
@@ -512,13 +544,14 @@ class RayTaskWorker:
         live: Live,
         placing: bool = False,
         once: bool = False,
+        on_stop: Callable[[], object] | None = None,
     ) -> Any:  # noqa: ANN401
         """The result of the actor call *make* issues; NodeLostError when its actor is gone.
 
         An actor that cannot be reached is asked again (the methods are idempotent, except
         *once*: then it is lost at once) until it answers, Ray declares it dead, or
         ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) a stop
-        of the task ends the wait (None).
+        of the task ends the wait (None); otherwise a stop calls *on_stop* once.
         """
         ray = _ray()
         exceptions = ray.exceptions
@@ -532,6 +565,9 @@ class RayTaskWorker:
                 # gone fails the call once Ray's health checks declare it dead.
                 if placing and live.stop.is_set():
                     return None
+                if on_stop is not None and live.stop.is_set():
+                    on_stop()  # e.g. checks that run on: stopped on their node
+                    on_stop = None
             except exceptions.ActorUnavailableError:
                 if once or time.monotonic() - since > UNREACHABLE_SECONDS:
                     raise NodeLostError("actor unreachable") from None
@@ -700,6 +736,12 @@ def _outcome(
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
     return TaskOutcome(state=TaskState.DONE)
+
+
+def _check_failed(failure: CheckFailure) -> TaskOutcome:
+    if failure.stopped:
+        return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
+    return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
 
 
 def _attempt_outcome(result: AgentResult) -> AttemptOutcome:

@@ -32,6 +32,7 @@ from worktree_swarm.git import runner
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run.checks import CheckFailure, run_checks
 
 # Where a node keeps its mirrors and clones, and the name `swarm status` shows for it. Both come
 # from the environment of the node's `ray start` (the actor's worker inherits it).
@@ -83,7 +84,9 @@ class NodeAgent:
         self._agent: supervisor.AgentProcess | None = None
         self._git_lock = threading.Lock()
         self._ended = threading.Event()
+        self._stopping = threading.Event()
         self._pusher: threading.Thread | None = None
+        self._env: dict[str, str] = {}
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
@@ -154,6 +157,7 @@ class NodeAgent:
                 **dict(task.env),
             }
         )
+        self._env = env
         env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
         self._agent = supervisor.spawn(
             argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
@@ -186,9 +190,24 @@ class NodeAgent:
         return read_end(self.log_path, 8 * 2**20)
 
     def stop(self) -> int | None:
-        """Kill the agent's whole tree on this node (the shim's stop) and reap it."""
+        """Kill the agent's whole tree on this node (the shim's stop) and reap it; end checks."""
+        self._stopping.set()
         agent = self._require()
         return agent.stop(grace=self.a.kill_grace)
+
+    def check(self, *, base: str) -> tuple[CheckFailure | None, str]:
+        """Run the task's checks in the clone (after :meth:`finish`): the failure and the log."""
+        log = self.logs / "checks.log"
+        failure = run_checks(
+            self.a.task,
+            worktree=self.work,
+            base=base,
+            env=self._env,
+            log=log,
+            stop=self._stopping,
+            grace=self.a.kill_grace,
+        )
+        return failure, read_end(log, 8 * 2**20)
 
     def finish(self, *, message: str) -> str:
         """Checkpoint the clone and push it to the task's branch; the pushed tip."""
