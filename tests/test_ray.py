@@ -265,23 +265,36 @@ print("repairing" if fixing else "first try", flush=True)
 """
 
 
-def test_checks_run_on_the_node_and_a_failure_is_repaired(
+def test_setup_and_checks_run_on_the_node_and_a_failure_is_repaired(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
     repo, remote, _ctl = setup_repo(tmp_path, [])
     script = tmp_path / "repairing.py"
     script.write_text(REPAIRING_AGENT)
     check = [sys.executable, "-c", "import sys; sys.exit(open('x.txt').read() != 'fixed')"]
+    setup_ok = [sys.executable, "-c", "open('setup.txt', 'w').write('set up')"]
+    setup_bad = [sys.executable, "-c", "import sys; print('setup says no'); sys.exit(3)"]
     (tmp_path / "tasks.toml").write_text(
         f"[defaults]\nagent = {json.dumps([sys.executable, str(script), '{prompt}'])}\n"
         'executor = "ray"\nray_memory = "64M"\n\n'
         f'[[task]]\nid = "r1"\nprompt = "make x"\nrepair = 1\nchecks = [{json.dumps(check)}]\n'
-        'expect_files = ["x.txt"]\n'
+        f'expect_files = ["x.txt"]\nsetup = [{json.dumps(setup_ok)}]\n\n'
+        f'[[task]]\nid = "r2"\nprompt = "make x"\nsetup = [{json.dumps(setup_bad)}]\n'
     )
     out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
-    assert out.returncode == 0, out.stdout + out.stderr
-    row = status(repo)["r1"]
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status(repo)
+    row = rows["r1"]
     assert (row["state"], row["attempt"]) == ("done", 2)  # failed its check, then repaired
+    # Setup ran in each attempt's clone on its node, before the agent.
+    assert git(remote, "show", "swarm/r1:setup.txt") == "set up"
+    assert (rows["r2"]["state"], rows["r2"]["attempt"]) == ("failed", 0)
+    assert str(rows["r2"]["reason"]).startswith("setup `")
+    assert (
+        "setup says no"
+        in next((repo / ".git" / "swarm" / "runs").glob("*/r2/setup.log")).read_text()
+    )
+    assert not actor_processes(cluster)
     assert git(remote, "show", "swarm/r1:x.txt") == "fixed"
     assert git(repo, "show", "swarm/r1:x.txt") == "fixed"
     # The check's output came back from the node into the run's directory.

@@ -67,6 +67,14 @@ class NodeLostError(SwarmError):
     """The actor of an attempt, or its node, is gone."""
 
 
+class _SetupFailedError(SwarmError):
+    """A `setup` step failed on the node: the task ends with it."""
+
+    def __init__(self, failure: CheckFailure) -> None:
+        super().__init__(failure.summary)
+        self.failure = failure
+
+
 def _ray() -> Any:  # noqa: ANN401 - Ray is optional and untyped here on purpose
     try:
         import ray  # noqa: PLC0415 - only this executor needs it
@@ -141,7 +149,6 @@ def remote_url(repo: git.Repo, remote: str) -> str:
 
 
 _UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
-    ("setup", lambda t: bool(t.setup)),
     ("copy", lambda t: bool(t.copy)),
     ("link", lambda t: bool(t.link)),
     ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
@@ -316,6 +323,9 @@ class RayTaskWorker:
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
         try:
             return self._launch(live, number, session=session, prompt=prompt)
+        except _SetupFailedError as exc:
+            self.gate.release(provider)
+            return _check_failed(exc.failure)
         except NodeLostError:
             self.gate.release(provider)
             if live.stop.is_set():
@@ -362,6 +372,11 @@ class RayTaskWorker:
                 raise NodeLostError("stopped before it started")
             self.store.update_task(self.run_id, task.id, node=str(node))
             self._call(actor.prepare.remote, live=live)
+            if task.setup:
+                failure, text = self._call(actor.setup.remote, live=live, on_stop=actor.stop.remote)
+                self._append_log(task, "setup.log", text)
+                if failure is not None:
+                    raise _SetupFailedError(failure)
             resumes = session is not None and adapter_for(task.agent).supports_resume
             text = (
                 task.prompt
@@ -375,7 +390,9 @@ class RayTaskWorker:
                 live=live,
                 once=True,  # never twice: a second agent on the same branch
             )
-        except SwarmError:  # lost, or a node-side failure (git): no actor is left behind
+        except SwarmError:  # lost, or a node-side failure (git, setup): no actor is left behind
+            with contextlib.suppress(Exception):
+                ray.get(actor.discard.remote(), timeout=30)
             with contextlib.suppress(Exception):  # one that comes back must not run an agent
                 ray.kill(actor)
             raise
@@ -461,10 +478,7 @@ class RayTaskWorker:
                 live=live,
                 on_stop=handle.actor.stop.remote,
             )
-            log = handle.log_path.parent / "checks.log"
-            with log.open("a", encoding="utf-8") as fh:
-                fh.write(text)
-            redact.scrub_file(log)
+            self._append_log(task, "checks.log", text)
             if failure is not None:
                 self._retire(handle)
                 return cast("CheckFailure", failure)
@@ -508,6 +522,14 @@ class RayTaskWorker:
             usage=AttemptUsage(reason=reason),
         )
         self._retire(handle)
+
+    def _append_log(self, task: Task, name: str, text: str) -> None:
+        """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
+        log = self._logs_root / task.id / name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+        redact.scrub_file(log)
 
     def _lost(self, task: Task, handle: _Handle, why: str) -> None:
         """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""

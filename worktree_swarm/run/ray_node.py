@@ -32,7 +32,7 @@ from worktree_swarm.git import runner
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
-from worktree_swarm.run.checks import CheckFailure, run_checks
+from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 
 # Where a node keeps its mirrors and clones, and the name `swarm status` shows for it. Both come
 # from the environment of the node's `ray start` (the actor's worker inherits it).
@@ -145,7 +145,36 @@ class NodeAgent:
         argv = adapter.argv(
             task.agent_argv, values=values, session_id=session, resume_prompt=resume_prompt
         )
-        env = clean_env(
+        env = self._base_env()
+        self._env = env
+        env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
+        self._agent = supervisor.spawn(
+            argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
+        )
+        if self.a.checkpoint_interval > 0:
+            self._pusher = threading.Thread(target=self._push_periodically, daemon=True)
+            self._pusher.start()
+        return self._agent.identity.pid
+
+    def setup(self) -> tuple[CheckFailure | None, str]:
+        """Run the task's `setup` steps in the clone (every attempt: a clone is new)."""
+        log = self.logs / "setup.log"
+        failure = run_steps(
+            self.a.task.setup,
+            cwd=self.work,
+            env=self._base_env(),
+            log=log,
+            what="setup",
+            timeout=self.a.task.setup_timeout,
+            stop=self._stopping,
+            grace=self.a.kill_grace,
+        )
+        return failure, read_end(log, 8 * 2**20)
+
+    def _base_env(self) -> dict[str, str]:
+        """The environment of the agent, setup and checks (the agent's adapter adds to it)."""
+        task = self.a.task
+        return clean_env(
             {
                 "GIT_CEILING_DIRECTORIES": str(self.work.parent),
                 "GIT_CONFIG_GLOBAL": str(self.logs / "gitconfig"),
@@ -157,15 +186,6 @@ class NodeAgent:
                 **dict(task.env),
             }
         )
-        self._env = env
-        env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
-        self._agent = supervisor.spawn(
-            argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
-        )
-        if self.a.checkpoint_interval > 0:
-            self._pusher = threading.Thread(target=self._push_periodically, daemon=True)
-            self._pusher.start()
-        return self._agent.identity.pid
 
     def poll(self) -> Progress:
         """Whether the agent has ended, with its exit code."""
@@ -192,8 +212,9 @@ class NodeAgent:
     def stop(self) -> int | None:
         """Kill the agent's whole tree on this node (the shim's stop) and reap it; end checks."""
         self._stopping.set()
-        agent = self._require()
-        return agent.stop(grace=self.a.kill_grace)
+        if self._agent is None:  # in setup: the step sees the stop and ends
+            return None
+        return self._agent.stop(grace=self.a.kill_grace)
 
     def check(self, *, base: str) -> tuple[CheckFailure | None, str]:
         """Run the task's checks in the clone (after :meth:`finish`): the failure and the log."""
