@@ -304,6 +304,37 @@ def test_setup_and_checks_run_on_the_node_and_a_failure_is_repaired(
     assert logs[0].read_text().count("sys.exit(open(") == 2
 
 
+LIMITED_AGENT = r"""
+import os, pathlib, sys
+mark = pathlib.Path(sys.argv[1]) / "limited-once"
+if not mark.exists():
+    mark.write_text("")
+    print("HTTP 429 Too Many Requests", flush=True)
+    sys.exit(1)
+pathlib.Path("y.txt").write_text("after the limit")
+"""
+
+
+def test_a_rate_limited_attempt_is_resumed_after_the_wait(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "limited.py"
+    script.write_text(LIMITED_AGENT)
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), str(ctl)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nrate_limit_backoff = "1s"\nretries = 2\n\n'
+        '[[task]]\nid = "l1"\nprompt = "make y"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status(repo)["l1"]
+    assert (row["state"], row["attempt"]) == ("done", 2)
+    states = [data["state"] for task, data in events(repo, "state") if task == "l1"]
+    assert "rate_limited" in states
+    assert git(remote, "show", "swarm/l1:y.txt") == "after the limit"
+
+
 def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

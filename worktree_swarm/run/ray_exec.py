@@ -40,7 +40,7 @@ from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.governor import Gates
+from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
 from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
 from worktree_swarm.run.task_worker import (
     RESUME_PROMPT,
@@ -253,11 +253,13 @@ class RayTaskWorker:
         )
         session = next((a.session_id for a in reversed(previous) if a.session_id), None)
         prompt = RESUME_PROMPT if previous else None
-        losses, repairs_left = 0, task.repair
+        losses, repairs_left, retries_left, not_before = 0, task.repair, task.retries, 0.0
         provider = provider_of(task.agent)
         while True:
             if handle is None:
-                got = self._new_attempt(live, number + 1, session=session, prompt=prompt)
+                got = self._new_attempt(
+                    live, number + 1, session=session, prompt=prompt, not_before=not_before
+                )
                 if isinstance(got, TaskOutcome):
                     return got
                 if got is None:  # its node went before the agent started
@@ -275,6 +277,13 @@ class RayTaskWorker:
                 ended = self._attempt(live, current, base, cost)
                 if isinstance(ended, TaskOutcome):
                     return ended
+                if isinstance(ended, AgentResult):  # rate limited: wait, then resume
+                    session = ended.session_id or session
+                    waited = self._rate_limited(task, current.number, ended, retries_left)
+                    if isinstance(waited, TaskOutcome):
+                        return waited
+                    retries_left, not_before, prompt = retries_left - 1, waited, RESUME_PROMPT
+                    continue
                 if ended.stopped or repairs_left <= 0:
                     return _check_failed(ended)
                 repairs_left -= 1
@@ -313,11 +322,17 @@ class RayTaskWorker:
     # -- one attempt --------------------------------------------------------------------------
 
     def _new_attempt(
-        self, live: Live, number: int, *, session: str | None, prompt: str | None
+        self,
+        live: Live,
+        number: int,
+        *,
+        session: str | None,
+        prompt: str | None,
+        not_before: float,
     ) -> _Handle | TaskOutcome | None:
         """A gate slot and a launched attempt; an outcome ends the task, None: node lost."""
         provider = provider_of(live.task.agent)
-        refused = self.gate.acquire(provider, live.stop)
+        refused = self.gate.acquire(provider, live.stop, not_before=not_before)
         if refused:
             why = "budget reached" if refused == "budget" else "stopped"
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
@@ -422,10 +437,11 @@ class RayTaskWorker:
 
     def _attempt(
         self, live: Live, handle: _Handle, base: str, cost: list[float | None]
-    ) -> TaskOutcome | CheckFailure:
+    ) -> TaskOutcome | CheckFailure | AgentResult:
         """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
 
-        A check that fails comes back as such (a repair may follow); else the task's outcome.
+        A check that fails comes back as such (a repair may follow), a rate-limited attempt as
+        the agent's result (a resumed attempt follows); else the task's outcome.
         """
         task = live.task
         adapter = adapter_for(task.agent)
@@ -468,22 +484,29 @@ class RayTaskWorker:
             diff_insertions=stat.insertions,
             diff_deletions=stat.deletions,
         )
-        outcome = _outcome(task, cut, result, files=stat.files)
-        if outcome.state is TaskState.DONE and (
-            task.checks or task.expect_files or task.no_placeholders
-        ):
-            self._state(task.id, TaskState.CHECKING)
-            failure, text = self._call(
-                lambda: handle.actor.check.remote(base=base),
-                live=live,
-                on_stop=handle.actor.stop.remote,
-            )
-            self._append_log(task, "checks.log", text)
-            if failure is not None:
-                self._retire(handle)
-                return cast("CheckFailure", failure)
+        if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
+            self._retire(handle)
+            return result
+        if cut is None and result.outcome is AgentOutcome.SUCCESS:
+            self.gate.report(provider_of(task.agent), Limit(signal=Signal.OK), whole_attempt=True)
+        outcome = _outcome(cut, result, files=stat.files)
+        failure = self._check(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
-        return outcome
+        return outcome if failure is None else failure
+
+    def _check(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
+        """Run the task's checks on the attempt's node, if it has any."""
+        task = live.task
+        if not (task.checks or task.expect_files or task.no_placeholders):
+            return None
+        self._state(task.id, TaskState.CHECKING)
+        failure, text = self._call(
+            lambda: handle.actor.check.remote(base=base),
+            live=live,
+            on_stop=handle.actor.stop.remote,
+        )
+        self._append_log(task, "checks.log", text)
+        return cast("CheckFailure | None", failure)
 
     def _record(
         self,
@@ -522,6 +545,33 @@ class RayTaskWorker:
             usage=AttemptUsage(reason=reason),
         )
         self._retire(handle)
+
+    def _rate_limited(
+        self, task: Task, number: int, result: AgentResult, retries_left: int
+    ) -> float | TaskOutcome:
+        """Tell the gate; when the next attempt may start, or the outcome that ends the task."""
+        now = time.time()
+        kind = limit_kind(retry_at=result.retry_at, now=now)
+        if retries_left <= 0:
+            return TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"rate limited and out of retries ({result.reason}); work kept on "
+                f"{task.branch}",
+            )
+        if kind is Signal.WINDOW and result.retry_at and result.retry_at - now > task.max_wait:
+            return TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"usage limit resets past max_wait ({task.max_wait:g}s); work kept on "
+                f"{task.branch}",
+            )
+        detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+        limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
+        self.gate.report(provider_of(task.agent), limit, whole_attempt=True)
+        until = max(result.retry_at or 0.0, self.gate.waiting_until(provider_of(task.agent)) or now)
+        self.store.set_retry_at(self.run_id, task.id, number, until)
+        when = time.strftime("%H:%M:%S", time.localtime(until))
+        self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+        return until
 
     def _append_log(self, task: Task, name: str, text: str) -> None:
         """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
@@ -742,18 +792,10 @@ class RayTaskWorker:
         self._emit("state", task_id, data)
 
 
-def _outcome(
-    task: Task, cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int
-) -> TaskOutcome:
+def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:
     if cut is not None:
         return TaskOutcome(state=cut[0], reason=cut[1])
-    if result.outcome is AgentOutcome.RATE_LIMITED:
-        return TaskOutcome(
-            state=TaskState.FAILED,
-            reason=f"rate limited ({result.reason}); work kept on {task.branch}; "
-            "`swarm retry` goes on",
-        )
-    if result.outcome is AgentOutcome.FAILED:
+    if result.outcome is not AgentOutcome.SUCCESS:
         return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
