@@ -251,15 +251,12 @@ class RayTaskWorker:
         number = (
             handle.number if handle is not None else max((a.number for a in previous), default=0)
         )
-        session = next((a.session_id for a in reversed(previous) if a.session_id), None)
         prompt = RESUME_PROMPT if previous else None
         losses, repairs_left, retries_left, not_before = 0, task.repair, task.retries, 0.0
         provider = provider_of(task.agent)
         while True:
             if handle is None:
-                got = self._new_attempt(
-                    live, number + 1, session=session, prompt=prompt, not_before=not_before
-                )
+                got = self._new_attempt(live, number + 1, prompt=prompt, not_before=not_before)
                 if isinstance(got, TaskOutcome):
                     return got
                 if got is None:  # its node went before the agent started
@@ -278,7 +275,6 @@ class RayTaskWorker:
                 if isinstance(ended, TaskOutcome):
                     return ended
                 if isinstance(ended, AgentResult):  # rate limited: wait, then resume
-                    session = ended.session_id or session
                     waited = self._rate_limited(task, current.number, ended, retries_left)
                     if isinstance(waited, TaskOutcome):
                         return waited
@@ -326,7 +322,6 @@ class RayTaskWorker:
         live: Live,
         number: int,
         *,
-        session: str | None,
         prompt: str | None,
         not_before: float,
     ) -> _Handle | TaskOutcome | None:
@@ -337,7 +332,7 @@ class RayTaskWorker:
             why = "budget reached" if refused == "budget" else "stopped"
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
         try:
-            return self._launch(live, number, session=session, prompt=prompt)
+            return self._launch(live, number, prompt=prompt)
         except _SetupFailedError as exc:
             self.gate.release(provider)
             return _check_failed(exc.failure)
@@ -346,10 +341,11 @@ class RayTaskWorker:
             if live.stop.is_set():
                 return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
             return None
+        except SwarmError:
+            self.gate.release(provider)
+            raise
 
-    def _launch(
-        self, live: Live, number: int, *, session: str | None, prompt: str | None
-    ) -> _Handle:
+    def _launch(self, live: Live, number: int, *, prompt: str | None) -> _Handle:
         task = live.task
         ray = _ray()
         assignment = Assignment(
@@ -392,16 +388,12 @@ class RayTaskWorker:
                 self._append_log(task, "setup.log", text)
                 if failure is not None:
                     raise _SetupFailedError(failure)
-            resumes = session is not None and adapter_for(task.agent).supports_resume
-            text = (
-                task.prompt
-                if prompt is None
-                else (prompt if resumes else f"{task.prompt}\n\n{prompt}")
-            )
+            # An agent's session files stay on the node and in the clone of its attempt: a
+            # new attempt (a new clone, maybe another node) starts a fresh session, told the
+            # task again and then what to do now.
+            text = task.prompt if prompt is None else f"{task.prompt}\n\n{prompt}"
             self._call(
-                lambda: actor.start.remote(
-                    prompt=text, session=session if resumes else None, resume_prompt=prompt
-                ),
+                lambda: actor.start.remote(prompt=text, session=None, resume_prompt=None),
                 live=live,
                 once=True,  # never twice: a second agent on the same branch
             )
