@@ -187,9 +187,12 @@ def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: P
     tasks = ["s1", "s2", "s3"]
     repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
     follow = None
-    manager = spawn_swarm(
-        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    # A detached manager: the parent validates and joins the cluster, the child runs the tasks.
+    out = swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address, "--detach"
     )
+    assert out.returncode == 0, out.stdout + out.stderr
+    manager = psutil.Process(int(out.stdout.split("(pid ", 1)[1].split(",", 1)[0]))
     try:
         wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
         pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
@@ -204,9 +207,10 @@ def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: P
         manager.wait(timeout=120)
         assert follow.wait(timeout=60) == 0
     finally:
-        for proc in (manager, follow):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+        if manager.is_running():
+            manager.kill()
+        if follow is not None and follow.poll() is None:
+            follow.kill()
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
     # The agents, their daemons and the actors are gone from every node.
