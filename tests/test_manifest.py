@@ -17,6 +17,7 @@ from worktree_swarm.config.manifest import (
     load_config,
 )
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import Executor, RunSettings
 from worktree_swarm.core.units import parse_duration
 
 AGENT = [sys.executable, "-c", "pass"]
@@ -618,3 +619,32 @@ def test_bad_retries_flag_exits_2_before_anything(repo: Path) -> None:
     assert out.returncode == 2
     assert "--retries" in out.stderr
     assert not (repo / ".git" / "swarm").exists()
+
+
+def test_executor_settings_come_from_defaults_and_flags_and_survive_the_store(
+    repo: Path, cwd: Path
+) -> None:
+    path = manifest(
+        cwd,
+        'executor = "ray"\nray_address = "head:6379"\nremote = "shared"\nray_memory = "512M"\n'
+        'checkpoint_interval = "30s"\n[[task]]\nid = "a"\nprompt = "x"\n',
+    )
+    spec = build(repo, path)
+    assert spec.executor is Executor.RAY  # type: ignore[attr-defined]
+    assert (spec.ray_address, spec.remote) == ("head:6379", "shared")  # type: ignore[attr-defined]
+    assert spec.ray_memory == 512 * 2**20  # type: ignore[attr-defined]
+    assert spec.checkpoint_interval == 30.0  # type: ignore[attr-defined]
+    back = RunSettings.from_json(spec.settings.to_json())  # type: ignore[attr-defined]
+    assert back.executor is Executor.RAY
+    assert back.remote == "shared"
+    flags = Overrides(executor="local", remote="other")
+    spec = build(repo, path, overrides=flags)
+    assert (spec.executor, spec.remote) == (Executor.LOCAL, "other")  # type: ignore[attr-defined]
+    assert build(repo, manifest(cwd, '[[task]]\nid = "a"\nprompt = "x"\n')).executor is (  # type: ignore[attr-defined]
+        Executor.LOCAL
+    )
+
+
+def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, 'executor = "k8s"\n[[task]]\nid = "a"\nprompt = "x"\n')
+    assert error(repo, path) == "tasks.toml: [defaults]: executor: 'k8s' is not one of local, ray"

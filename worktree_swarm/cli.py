@@ -22,7 +22,7 @@ from worktree_swarm.agents import claude_auth
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import ExitCode, SwarmError
-from worktree_swarm.core.models import RunSpec, TaskState
+from worktree_swarm.core.models import Executor, RunSpec, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.git import repo as git
@@ -67,6 +67,8 @@ def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
             options["type"] = float
         elif entry.kind.is_list:
             options["multiple"] = True
+        elif entry.kind is Kind.CHOICE and entry.choices is not None and not flag.metavar:
+            options["metavar"] = f"[{'|'.join(choice.value for choice in entry.choices)}]"
         command = click.option(*names, entry.key, **options)(command)
     return command
 
@@ -178,7 +180,11 @@ def run(
         worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
     for task in spec.tasks:
         worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
-    if spec.sandbox:
+    if spec.executor is Executor.RAY:
+        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - only this executor needs it
+
+        ray_exec.preflight(repo, spec)
+    elif spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     next_step = _settle_orphaned_runs(repo, force=force)

@@ -271,6 +271,7 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
 
 _READERS: Mapping[Kind, Callable[[object, str], object]] = {
     Kind.TEXT: _string,
+    Kind.NAME: _non_empty,
     Kind.IDS: _ids,
     Kind.PATH: _non_empty,
     Kind.PATHS: _abs_paths,

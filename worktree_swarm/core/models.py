@@ -304,6 +304,13 @@ class RunStatus(enum.StrEnum):
     ABANDONED = "abandoned"  # its manager died and `swarm run --force` gave it up
 
 
+class Executor(enum.StrEnum):
+    """Where agents run."""
+
+    LOCAL = "local"  # worktrees of this repository, agents on this machine
+    RAY = "ray"  # per-node clones on a Ray cluster (run/ray_exec.py)
+
+
 class CopyMode(enum.StrEnum):
     """How `copy` files reach a worktree."""
 
@@ -441,6 +448,50 @@ class RunSettings:
         ),
         doc="report writes outside a task's worktree but neither undo them nor fail the task "
         "([guard.md](guard.md))",
+    )
+    executor: Executor = setting(
+        Executor.LOCAL,
+        kind=Kind.CHOICE,
+        scope=Scope.RUN,
+        flag=Flag(
+            name="--executor",
+            help="Where agents run: this machine (default) or a Ray cluster (docs/cluster.md).",
+        ),
+        doc="where agents run: `local` (worktrees on this machine) or `ray` (per-node clones on "
+        "a Ray cluster, [cluster.md](cluster.md))",
+    )
+    ray_address: str = setting(
+        "",
+        kind=Kind.TEXT,
+        scope=Scope.RUN,
+        flag=Flag(
+            name="--ray-address", metavar="ADDR", help="The Ray cluster (default: RAY_ADDRESS)."
+        ),
+        default_doc="`RAY_ADDRESS`, else a cluster on this machine",
+        doc='the Ray cluster to run on (`executor = "ray"`)',
+    )
+    remote: str = setting(
+        "origin",
+        kind=Kind.NAME,
+        scope=Scope.RUN,
+        flag=Flag(name="--remote", metavar="NAME", help="The remote the nodes share."),
+        doc="the remote (name or URL) every node clones from and pushes checkpoints to "
+        '(`executor = "ray"`)',
+    )
+    ray_memory: int = setting(
+        2 * 2**30,
+        kind=Kind.SIZE,
+        scope=Scope.RUN,
+        flag=None,
+        default_doc='`"2G"`',
+        doc='memory each task\'s actor asks Ray for (`executor = "ray"`)',
+    )
+    checkpoint_interval: float = setting(
+        60.0,
+        kind=Kind.DURATION,
+        scope=Scope.RUN,
+        flag=None,
+        doc='time between checkpoint pushes while an agent runs (`executor = "ray"`)',
     )
 
     def to_json(self) -> str:

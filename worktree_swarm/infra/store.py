@@ -142,6 +142,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # attempt is recorded: a manager killed in between leaves an agent no attempt names.
         "ALTER TABLE tasks ADD COLUMN launching INTEGER",
     ),
+    (
+        # The cluster node a task's newest attempt runs on (executor `ray`).
+        "ALTER TABLE tasks ADD COLUMN node TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -181,6 +185,7 @@ class TaskFields(TypedDict, total=False):
     retry_base: int
     retry_fresh: bool
     launching: int | None
+    node: str | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -251,6 +256,7 @@ class TaskRow:
     retry_base: int = 0
     retry_fresh: bool = False
     launching: int | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,7 @@ class TaskStatus:
     pr_number: int | None = None
     pr_url: str | None = None
     pr_state: str | None = None
+    node: str | None = None  # executor `ray`: the node of the newest attempt
 
     @property
     def why(self) -> str:
@@ -181,6 +182,7 @@ def task_status(
                 pr_number=task.pr_number,
                 pr_url=task.pr_url,
                 pr_state=task.pr_state,
+                node=task.node,
             )
         )
     return rows

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import ProcessIdentity, TaskState
+from worktree_swarm.core.models import Executor, ProcessIdentity, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
@@ -42,6 +42,12 @@ def stop_unmanaged(
     repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, grace: float = 5.0
 ) -> list[str]:
     """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped."""
+    run = store.get_run(run_id)
+    if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
+        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - Ray only for such runs
+
+        ray_exec.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
+        return list(targets)
     rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in targets:
         for attempt in store.attempts(run_id, task_id):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Unpack
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import RunSettings, RunSpec, RunStatus, TaskState
+from worktree_swarm.core.models import Executor, RunSettings, RunSpec, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
@@ -29,6 +29,7 @@ from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
+from worktree_swarm.run.ray_exec import RayTaskWorker
 from worktree_swarm.run.task_worker import Live, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Callable[[str, str | None, Mapping[str, object]], None]
@@ -88,6 +89,20 @@ class Runner:
         self.disk = DiskBudget(
             repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
         )
+        self._worker: TaskWorker | RayTaskWorker
+        if spec.executor is Executor.RAY:  # agents on a Ray cluster's nodes (docs/cluster.md)
+            self._worker = RayTaskWorker(
+                repo=repo,
+                spec=spec,
+                store=store,
+                run_id=run_id,
+                base_commit=base_commit,
+                gate=self.gate,
+                guard=self.guard,
+                emit=self._emit,
+                logs_root=run_dir(repo, run_id),
+            )
+            return
         self._worker = TaskWorker(
             repo=repo,
             spec=spec,

@@ -74,7 +74,7 @@ def status_text(
             r.state,
             r.agent,
             str(r.attempt),
-            str(r.pid or "-"),
+            f"@{r.node}" if r.node else str(r.pid or "-"),  # a cluster task: its node
             "yes" if r.alive else "no",
             f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
             f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-",

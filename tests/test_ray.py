@@ -1,0 +1,461 @@
+"""`swarm run --executor ray` on a real two-node Ray cluster on 127.0.0.1.
+
+The cluster (a head and one worker node, each a `ray start --block` this module owns, two
+agent slots each) is shared by the tests of this module; the shared remote is a bare
+repository. Agents are small Python programs that record where they ran and wait for a
+release file, so the tests synchronise on files, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import git, make_repo
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
+
+from tests import raykit  # noqa: E402 - only with ray installed
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+AGENT = r"""
+import os, pathlib, subprocess, sys, time
+ctl = pathlib.Path(sys.argv[1])
+task = os.environ["SWARM_TASK_ID"]
+node = os.environ.get("SWARM_NODE_NAME", "?")
+pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
+print(f"agent {task} on {node}", flush=True)
+if len(sys.argv) > 2:  # a daemon of its own, in a session of its own
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
+    (ctl / f"{task}.daemon.{child.pid}").write_text(node)
+(ctl / f"{task}.agent.{os.getpid()}").write_text(node)
+while not (ctl / "release").exists():
+    time.sleep(0.05)
+pathlib.Path(f"{task}.done").write_text(node + "\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[raykit.Cluster]:
+    base = tmp_path_factory.mktemp("ray")
+    made = raykit.Cluster.start(base, workers=1, slots=2)
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+def swarm(repo: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start the CLI in the background; its output goes to manager-<pid>.log beside *repo*."""
+    log = repo.parent / f"manager-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    popen.log = log  # type: ignore[attr-defined]
+    return popen
+
+
+def output(popen: subprocess.Popen[bytes]) -> str:
+    return popen.log.read_text()  # type: ignore[attr-defined]
+
+
+def wait_for(what: str, check: Callable[[], object], *, timeout: float = 180) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def setup_repo(
+    tmp_path: Path, tasks: list[str], *, daemon: bool = False
+) -> tuple[Path, Path, Path]:
+    """A repository, its bare remote `origin`, the agents' control dir, and a manifest."""
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(repo, "remote", "add", "origin", str(remote))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    argv = [sys.executable, str(script), str(ctl)] + (["daemon"] if daemon else [])
+    body = "".join(f'[[task]]\nid = "{t}"\nprompt = "do {t}"\n\n' for t in tasks)
+    (tmp_path / "tasks.toml").write_text(
+        "[defaults]\n"
+        f"agent = {json.dumps(argv)}\n"
+        "jobs = 4\n"
+        'executor = "ray"\n'
+        'kill_grace = "2s"\n'
+        'ray_memory = "64M"\n'
+        'checkpoint_interval = "1s"\n\n' + body
+    )
+    return repo, remote, ctl
+
+
+def status(repo: Path) -> dict[str, dict[str, object]]:
+    out = swarm(repo, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+
+
+def events(repo: Path, kind: str) -> list[tuple[str, dict[str, object]]]:
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        rows = conn.execute("SELECT task_id, data FROM events WHERE kind = ?", (kind,)).fetchall()
+    return [(task_id, json.loads(data)) for task_id, data in rows]
+
+
+def agents_started(ctl: Path, count: int) -> list[Path]:
+    found = sorted(ctl.glob("*.agent.*"))
+    return found if len(found) >= count else []
+
+
+def show(text: str, path: Path) -> str:
+    return f"{text}\n{path.read_text()[-3000:] if path.exists() else ''}"
+
+
+def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["t1", "t2", "t3", "t4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    # Two slots per node and four tasks at once: both nodes ran agents, as the store says.
+    assert {r["node"] for r in rows.values()} == {"head", "w0"}
+    for task in tasks:
+        node = rows[task]["node"]
+        # On the remote (pushed from the node) and fetched back into the repository.
+        for where in (remote, repo):
+            assert git(where, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+            assert git(where, "show", f"swarm/{task}:{task}.done") == node
+        assert git(repo, "rev-parse", f"swarm/{task}") == git(remote, "rev-parse", f"swarm/{task}")
+    # Nothing of the run's actors is left on either node.
+    assert not actor_processes(cluster)
+    out = swarm(repo, "logs", "t1")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] in {"agent t1 on head", "agent t1 on w0"}
+
+
+def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
+    found = []
+    for node in cluster.nodes:
+        for proc in node.tree():
+            try:
+                if "NodeAgent" in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+    return found
+
+
+def test_stop_leaves_no_process_on_any_node(cluster: raykit.Cluster, tmp_path: Path) -> None:
+    tasks = ["s1", "s2", "s3"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
+    follow = None
+    # A detached manager: the parent validates and joins the cluster, the child runs the tasks.
+    out = swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address, "--detach"
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    manager = psutil.Process(int(out.stdout.split("(pid ", 1)[1].split(",", 1)[0]))
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
+        assert len(pids) == 2 * len(tasks)  # an agent and its daemon per task
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        # `swarm logs -f` follows the log the manager mirrors from the node, and ends with it.
+        follow = spawn_swarm(repo, "logs", "s1", "-f")
+        wait_for("the agent's line", lambda: "agent s1 on " in output(follow))
+        out = swarm(repo, "stop")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "stopped: s1, s2, s3"
+        manager.wait(timeout=120)
+        assert follow.wait(timeout=60) == 0
+    finally:
+        if manager.is_running():
+            manager.kill()
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
+    # The agents, their daemons and the actors are gone from every node.
+    alive = [
+        pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+    ]
+    assert alive == []
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+    # Their work is on their branches, on the remote and here.
+    for task in tasks:
+        assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
+def test_coordinator_killed_then_resume_reattaches_to_live_actors(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["c1", "c2"]
+    repo, _remote, ctl = setup_repo(tmp_path, tasks)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        wait_for("the attempts to be recorded", lambda: all(
+            r["attempt"] == 1 for r in status(repo).values()
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    agents = sorted(ctl.glob("*.agent.*"))
+    assert all(psutil.pid_exists(int(p.name.rsplit(".", 1)[1])) for p in agents)
+    resumed = spawn_swarm(repo, "resume")
+    try:
+        wait_for("resume to adopt both actors", lambda: len(events(repo, "agent_adopted")) == 2)
+        (ctl / "release").write_text("")
+        resumed.wait(timeout=240)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, output(resumed)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    # The same agents finished: one attempt each, no second agent on a branch.
+    assert {t: r["attempt"] for t, r in rows.items()} == dict.fromkeys(tasks, 1)
+    assert sorted(ctl.glob("*.agent.*")) == agents
+    for task in tasks:
+        assert git(repo, "show", f"swarm/{task}:{task}.done") in {"head", "w0"}
+
+
+REPAIRING_AGENT = r"""
+import pathlib, sys
+fixing = "checks on your work failed" in sys.argv[1]
+pathlib.Path("x.txt").write_text("fixed" if fixing else "first")
+print("repairing" if fixing else "first try", flush=True)
+"""
+
+
+def test_setup_and_checks_run_on_the_node_and_a_failure_is_repaired(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "repairing.py"
+    script.write_text(REPAIRING_AGENT)
+    check = [sys.executable, "-c", "import sys; sys.exit(open('x.txt').read() != 'fixed')"]
+    setup_ok = [sys.executable, "-c", "open('setup.txt', 'w').write('set up')"]
+    setup_bad = [sys.executable, "-c", "import sys; print('setup says no'); sys.exit(3)"]
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), '{prompt}'])}\n"
+        'executor = "ray"\nray_memory = "64M"\n\n'
+        f'[[task]]\nid = "r1"\nprompt = "make x"\nrepair = 1\nchecks = [{json.dumps(check)}]\n'
+        f'expect_files = ["x.txt"]\nsetup = [{json.dumps(setup_ok)}]\n\n'
+        f'[[task]]\nid = "r2"\nprompt = "make x"\nsetup = [{json.dumps(setup_bad)}]\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status(repo)
+    row = rows["r1"]
+    assert (row["state"], row["attempt"]) == ("done", 2)  # failed its check, then repaired
+    # Setup ran in each attempt's clone on its node, before the agent.
+    assert git(remote, "show", "swarm/r1:setup.txt") == "set up"
+    assert (rows["r2"]["state"], rows["r2"]["attempt"]) == ("failed", 0)
+    assert str(rows["r2"]["reason"]).startswith("setup `")
+    assert (
+        "setup says no"
+        in next((repo / ".git" / "swarm" / "runs").glob("*/r2/setup.log")).read_text()
+    )
+    assert not actor_processes(cluster)
+    assert git(remote, "show", "swarm/r1:x.txt") == "fixed"
+    assert git(repo, "show", "swarm/r1:x.txt") == "fixed"
+    # The check's output came back from the node into the run's directory.
+    logs = list((repo / ".git" / "swarm" / "runs").glob("*/r1/checks.log"))
+    assert len(logs) == 1
+    # Both runs of the check, the failing one and the one after the repair.
+    assert logs[0].read_text().count("sys.exit(open(") == 2
+
+
+LIMITED_AGENT = r"""
+import os, pathlib, sys
+mark = pathlib.Path(sys.argv[1]) / "limited-once"
+if not mark.exists():
+    mark.write_text("")
+    print("HTTP 429 Too Many Requests", flush=True)
+    sys.exit(1)
+pathlib.Path("y.txt").write_text("after the limit")
+"""
+
+
+def test_a_rate_limited_attempt_is_resumed_after_the_wait(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "limited.py"
+    script.write_text(LIMITED_AGENT)
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), str(ctl)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nrate_limit_backoff = "1s"\nretries = 2\n\n'
+        '[[task]]\nid = "l1"\nprompt = "make y"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status(repo)["l1"]
+    assert (row["state"], row["attempt"]) == ("done", 2)
+    states = [data["state"] for task, data in events(repo, "state") if task == "l1"]
+    assert "rate_limited" in states
+    assert git(remote, "show", "swarm/l1:y.txt") == "after the limit"
+
+
+def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["m1", "m2"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks, daemon=True)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        wait_for("the attempts to be recorded", lambda: all(
+            r["attempt"] == 1 for r in status(repo).values()
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.*.*")]
+    assert len(pids) == 2 * len(tasks)
+    assert all(psutil.pid_exists(pid) for pid in pids)  # the actors outlive their manager
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stopped: m1, m2"
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == []
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "stopped")
+    for task in tasks:
+        assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
+def test_a_lost_node_s_tasks_finish_on_another_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Last in this module: it takes the worker node away.
+    tasks = ["n1", "n2", "n3", "n4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        on_worker = sorted(t for t, r in status(repo).items() if r["node"] == "w0")
+        assert on_worker  # four tasks, two slots per node
+        # A periodic checkpoint of the work so far reaches the remote while the agents run.
+        for task in on_worker:
+            wait_for(
+                f"a checkpoint of {task}",
+                lambda task=task: subprocess.run(
+                    ["git", "-C", str(remote), "cat-file", "-e", f"swarm/{task}:{task}.txt"],
+                    check=False,
+                ).returncode == 0,
+            )  # fmt: skip
+        worker = next(n for n in cluster.nodes if n.name == "w0")
+        raylet = worker.raylet()
+        assert raylet is not None
+        machine = worker.tree()  # before its processes are orphaned
+        raylet.kill()  # by the PID of the raylet we started, then the rest of that machine
+        cluster.kill_node(worker, machine)
+        (ctl / "release").write_text("")
+        manager.wait(timeout=400)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert manager.returncode == 0, output(manager)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    lost = sorted({task for task, _data in events(repo, "node_lost")})
+    assert lost == on_worker
+    for task in on_worker:
+        assert rows[task]["node"] == "head"
+        assert rows[task]["attempt"] == 2
+        assert git(repo, "show", f"swarm/{task}:{task}.done") == "head"
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
+def test_bad_input_says_so_before_anything_is_created(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["b1"])
+    git(repo, "remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 2
+    assert out.stderr.startswith("swarm: remote 'origin' (")
+    assert "cannot be reached" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_without_ray_installed_executor_ray_is_refused(tmp_path: Path) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["b1"])
+    shadow = tmp_path / "shadow"
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = os.environ | {"PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(tmp_path / "tasks.toml")],
+        cwd=repo, capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "swarm: executor `ray` needs Ray on this machine: pip install 'worktree-swarm[ray]'"
+    )
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+
+
+def test_a_secret_in_a_task_env_is_refused_before_it_reaches_ray(tmp_path: Path) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["e1"])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(manifest.read_text() + 'env = { API_TOKEN = "s3cr3t-value" }\n')
+    out = swarm(repo, "run", str(manifest))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        "swarm: task e1: env API_TOKEN looks like a secret; with executor `ray` provision it in "
+        "the nodes' environment instead (docs/cluster.md)"
+    )
+    assert "s3cr3t" not in out.stdout + out.stderr
+    assert not (repo / ".git" / "swarm" / "state.db").exists()

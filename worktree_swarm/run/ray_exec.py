@@ -1,0 +1,870 @@
+"""The Ray executor, coordinator side: tasks run as detached Ray actors on a cluster's nodes.
+
+The scheduler, the gates, the budget and the store stay in this process, as with the local
+executor; Ray only places and runs agents. Each attempt is one named, detached actor
+(:class:`worktree_swarm.run.ray_node.NodeAgent`) in the run's namespace, asking for one
+``agent_slot`` and ``ray_memory`` bytes, with every Ray retry and restart off: a second agent
+on the same branch is never started behind swarm's back. The task's branch lives on the
+remote the nodes share; this process creates it there, mirrors the attempt's log into the
+run directory (``swarm logs -f`` reads it as usual) and fetches the branch back after every
+attempt, so merge, diff, report and PR work on the local repository. An actor or node that is
+gone is a lost attempt: the task goes on in a fresh attempt elsewhere, from its last pushed
+checkpoint. Ray itself is imported only when this executor is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
+from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.identity import parse_author
+from worktree_swarm.core.models import (
+    BRANCH_PREFIX,
+    AttemptOutcome,
+    ProcessIdentity,
+    RunSettings,
+    RunSpec,
+    Task,
+    TaskState,
+)
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import Guard
+from worktree_swarm.infra import redact
+from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
+from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
+from worktree_swarm.run.task_worker import (
+    RESUME_PROMPT,
+    Live,
+    TaskOutcome,
+    repair_prompt,
+    worktree_path,
+)
+
+POLL_SECONDS = 0.5
+# An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
+# counts as lost.
+UNREACHABLE_SECONDS = 60.0
+# Lost attempts a task may have before it fails: a task that kills its nodes is not retried
+# for ever.
+MAX_LOSSES = 3
+_NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
+SLOT = "agent_slot"
+
+Emit = Callable[[str, str | None, Mapping[str, object]], None]
+
+
+class NodeLostError(SwarmError):
+    """The actor of an attempt, or its node, is gone."""
+
+
+class _SetupFailedError(SwarmError):
+    """A `setup` step failed on the node: the task ends with it."""
+
+    def __init__(self, failure: CheckFailure) -> None:
+        super().__init__(failure.summary)
+        self.failure = failure
+
+
+def _ray() -> Any:  # noqa: ANN401 - Ray is optional and untyped here on purpose
+    try:
+        import ray  # noqa: PLC0415 - only this executor needs it
+    except ImportError:
+        raise BadInputError(
+            "executor `ray` needs Ray on this machine: pip install 'worktree-swarm[ray]'"
+        ) from None
+    return ray
+
+
+_actor_lock = threading.Lock()
+_actor: list[Any] = []
+
+
+def _actor_class() -> Any:  # noqa: ANN401
+    """NodeAgent as a Ray actor class (made once per process)."""
+    with _actor_lock:
+        if not _actor:
+            _actor.append(_ray().remote(NodeAgent))
+        return _actor[0]
+
+
+def namespace(run_id: str) -> str:
+    """The Ray namespace of a run's actors."""
+    return f"swarm-{run_id}"
+
+
+def actor_name(task_id: str, attempt: int) -> str:
+    """The name of the actor of one attempt (unique in its run's namespace)."""
+    return f"{task_id}-{attempt}"
+
+
+_connect_lock = threading.Lock()
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at *address* (empty: ``RAY_ADDRESS``, else this machine's)."""
+    ray = _ray()
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(
+                address=address or "auto",
+                log_to_driver=False,
+                logging_level="ERROR",
+                configure_logging=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = address or "RAY_ADDRESS or this machine"
+            raise BadInputError(
+                f"cannot reach a Ray cluster at {where}: {first}; start one with `ray start "
+                "--head` or pass --ray-address"
+            ) from None
+
+
+def remote_url(repo: git.Repo, remote: str) -> str:
+    """The URL the nodes clone from and push to: remote *remote*'s, or *remote* as a URL."""
+    out = git.git(repo.root, "remote", "get-url", "--", remote, check=False).strip()
+    url = out or remote
+    if "://" not in url and ":" not in url.split("/", 1)[0]:
+        url = str((repo.root / url).resolve())  # a path: absolute, as the nodes see it
+    try:
+        git.git(repo.root, "ls-remote", "--heads", "--", url)
+    except CommandError as exc:
+        raise BadInputError(
+            f"remote {remote!r} ({url}) cannot be reached: {str(exc).splitlines()[0]}; the "
+            "nodes clone from it and push to it (set --remote)"
+        ) from None
+    return url
+
+
+_UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
+    ("copy", lambda t: bool(t.copy)),
+    ("link", lambda t: bool(t.link)),
+    ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
+)
+
+
+def preflight(repo: git.Repo, spec: RunSpec) -> str:
+    """Validate a run for the Ray executor and join the cluster; the remote's URL.
+
+    Raises BadInputError (nothing created yet) when Ray is missing, a task needs what this
+    executor does not do yet, the remote cannot be reached or the cluster has no agent slots.
+    """
+    _ray()
+    for task in spec.tasks:
+        for key, used in _UNSUPPORTED:
+            if used(task):
+                raise BadInputError(
+                    f"task {task.id}: `{key}` is not supported with executor `ray` yet; "
+                    "run it with --executor local"
+                )
+        for name, _value in task.env:
+            if redact.is_secret_name(name):
+                # Ray would carry it to the node in plain text.
+                raise BadInputError(
+                    f"task {task.id}: env {name} looks like a secret; with executor `ray` "
+                    "provision it in the nodes' environment instead (docs/cluster.md)"
+                )
+    if spec.sandbox:
+        raise BadInputError("--sandbox is not supported with executor `ray` yet")
+    url = remote_url(repo, spec.remote)
+    connect(spec.ray_address)
+    slots = _ray().cluster_resources().get(SLOT, 0)
+    if not slots:
+        raise BadInputError(
+            f"the Ray cluster offers no `{SLOT}` resource; start each node with "
+            f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
+        )
+    return url
+
+
+@dataclass(slots=True, kw_only=True)
+class _Handle:
+    """One attempt's actor as the coordinator holds it."""
+
+    actor: Any
+    number: int
+    attempt_id: int
+    started_at: float
+    log_path: Path
+    node: str
+    offset: int = 0
+
+
+class RayTaskWorker:
+    """Runs tasks of one run on a Ray cluster; shared by all worker threads, like TaskWorker."""
+
+    def __init__(
+        self,
+        *,
+        repo: git.Repo,
+        spec: RunSpec,
+        store: Store,
+        run_id: str,
+        base_commit: str,
+        gate: Gates,
+        guard: Guard,
+        emit: Emit,
+        logs_root: Path,
+    ) -> None:
+        self.repo = repo
+        self.spec = spec
+        self.store = store
+        self.run_id = run_id
+        self.base_commit = base_commit
+        self.gate = gate
+        self.guard = guard
+        self._emit = emit
+        self._logs_root = logs_root
+        self._tasks = {t.id: t for t in spec.tasks}
+        self.url = remote_url(repo, spec.remote)
+        connect(spec.ray_address)
+        self._identity = _git_identity(repo.root, author=spec.commit_author)
+        self._git_lock = threading.Lock()
+
+    def run(self, live: Live) -> TaskOutcome:
+        """Take *live*'s task to a final outcome on the cluster."""
+        # The task's branch is its own (the fetches move it) until it ends.
+        with self.guard.busy(live.task.id, worktree_path(self.spec, live.task)):
+            return self._run(live)
+
+    def _run(self, live: Live) -> TaskOutcome:  # noqa: C901, PLR0912 - one loop: attempts, losses
+        task = live.task
+        base = self._base(task)
+        if isinstance(base, TaskOutcome):
+            return base
+        previous = self.store.attempts(self.run_id, task.id)
+        if live.resume_from is not None and live.resume_from.ended_at is not None:
+            return self._replay(task, base, live.resume_from)
+        handle = self._adopt(task, live.resume_from) or self._adopt_unrecorded(task)
+        number = (
+            handle.number if handle is not None else max((a.number for a in previous), default=0)
+        )
+        prompt = RESUME_PROMPT if previous else None
+        losses, repairs_left, retries_left, not_before = 0, task.repair, task.retries, 0.0
+        provider = provider_of(task.agent)
+        while True:
+            if handle is None:
+                got = self._new_attempt(live, number + 1, prompt=prompt, not_before=not_before)
+                if isinstance(got, TaskOutcome):
+                    return got
+                if got is None:  # its node went before the agent started
+                    number, losses = number + 1, losses + 1
+                    if losses > MAX_LOSSES:
+                        return TaskOutcome(state=TaskState.FAILED, reason="no node kept it")
+                    continue
+                handle = got
+                number = handle.number
+            else:
+                self.gate.adopt(provider)
+            cost: list[float | None] = [None]
+            current, handle = handle, None
+            try:
+                ended = self._attempt(live, current, base, cost)
+                if isinstance(ended, TaskOutcome):
+                    return ended
+                if isinstance(ended, AgentResult):  # rate limited: wait, then resume
+                    waited = self._rate_limited(task, current.number, ended, retries_left)
+                    if isinstance(waited, TaskOutcome):
+                        return waited
+                    retries_left, not_before, prompt = retries_left - 1, waited, RESUME_PROMPT
+                    continue
+                if ended.stopped or repairs_left <= 0:
+                    return _check_failed(ended)
+                repairs_left -= 1
+                prompt = repair_prompt(ended)
+            except NodeLostError as exc:
+                losses += 1
+                self._lost(task, current, str(exc))
+                if losses > MAX_LOSSES:
+                    return TaskOutcome(
+                        state=TaskState.FAILED,
+                        reason=f"lost {losses} attempts to failed nodes ({exc}); work kept on "
+                        f"{task.branch}",
+                    )
+                if live.stop.is_set():
+                    return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
+                prompt = RESUME_PROMPT
+            except SwarmError as exc:  # a node-side failure (git): the attempt fails
+                self._end(current, str(exc))
+                raise
+            finally:
+                self.gate.release(provider, cost_usd=cost[0])
+
+    def _base(self, task: Task) -> str | TaskOutcome:
+        """The commit the task's branch started from, made here and on the remote first."""
+        row = self.store.task(self.run_id, task.id)
+        if row is not None and row.base_commit:
+            return row.base_commit
+        start = (row.start_commit if row is not None else None) or self._start_commit(task)
+        if isinstance(start, TaskOutcome):
+            return start
+        self.store.update_task(self.run_id, task.id, start_commit=start)
+        self._publish(task, start)
+        self.store.update_task(self.run_id, task.id, base_commit=start)
+        return start
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    def _new_attempt(
+        self,
+        live: Live,
+        number: int,
+        *,
+        prompt: str | None,
+        not_before: float,
+    ) -> _Handle | TaskOutcome | None:
+        """A gate slot and a launched attempt; an outcome ends the task, None: node lost."""
+        provider = provider_of(live.task.agent)
+        refused = self.gate.acquire(provider, live.stop, not_before=not_before)
+        if refused:
+            why = "budget reached" if refused == "budget" else "stopped"
+            return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
+        try:
+            return self._launch(live, number, prompt=prompt)
+        except _SetupFailedError as exc:
+            self.gate.release(provider)
+            return _check_failed(exc.failure)
+        except NodeLostError:
+            self.gate.release(provider)
+            if live.stop.is_set():
+                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
+            return None
+        except SwarmError:
+            self.gate.release(provider)
+            raise
+
+    def _launch(self, live: Live, number: int, *, prompt: str | None) -> _Handle:
+        task = live.task
+        ray = _ray()
+        assignment = Assignment(
+            run_id=self.run_id,
+            task=task,
+            attempt=number,
+            remote_url=self.url,
+            author=self.spec.commit_author,
+            identity=tuple(self._identity.items()),
+            kill_grace=self.spec.kill_grace,
+            checkpoint_interval=self.spec.checkpoint_interval,
+        )
+        # The intent first: a coordinator killed from here on finds the actor by its name.
+        self.store.update_task(self.run_id, task.id, launching=number, node=None)
+        self._state(task.id, TaskState.RUNNING, started_at=time.time())
+        actor = (
+            _actor_class()
+            .options(
+                name=actor_name(task.id, number),
+                namespace=namespace(self.run_id),
+                lifetime="detached",
+                max_restarts=0,
+                max_task_retries=0,
+                max_concurrency=2,  # a stop reaches it while its checks run
+                num_cpus=0,
+                memory=self.spec.ray_memory,
+                resources={SLOT: 1},
+                scheduling_strategy="SPREAD",
+            )
+            .remote(assignment)
+        )
+        try:
+            node = self._call(actor.node.remote, live=live, placing=True)
+            if live.stop.is_set():
+                raise NodeLostError("stopped before it started")
+            self.store.update_task(self.run_id, task.id, node=str(node))
+            self._call(actor.prepare.remote, live=live)
+            if task.setup:
+                failure, text = self._call(actor.setup.remote, live=live, on_stop=actor.stop.remote)
+                self._append_log(task, "setup.log", text)
+                if failure is not None:
+                    raise _SetupFailedError(failure)
+            # An agent's session files stay on the node and in the clone of its attempt: a
+            # new attempt (a new clone, maybe another node) starts a fresh session, told the
+            # task again and then what to do now.
+            text = task.prompt if prompt is None else f"{task.prompt}\n\n{prompt}"
+            self._call(
+                lambda: actor.start.remote(prompt=text, session=None, resume_prompt=None),
+                live=live,
+                once=True,  # never twice: a second agent on the same branch
+            )
+        except SwarmError:  # lost, or a node-side failure (git, setup): no actor is left behind
+            with contextlib.suppress(Exception):
+                ray.get(actor.discard.remote(), timeout=30)
+            with contextlib.suppress(Exception):  # one that comes back must not run an agent
+                ray.kill(actor)
+            raise
+        log_path = self._logs_root / task.id / f"attempt-{number}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()
+        started = time.time()
+        attempt_id = self.store.start_attempt(
+            self.run_id,
+            task.id,
+            number=number,
+            identity=_NO_IDENTITY,  # the agent's pid is on another machine
+            log_path=str(log_path),
+            started_at=started,
+            agent=task.agent,
+        )
+        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
+        self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
+        return _Handle(
+            actor=actor,
+            number=number,
+            attempt_id=attempt_id,
+            started_at=started,
+            log_path=log_path,
+            node=str(node),
+        )
+
+    def _attempt(
+        self, live: Live, handle: _Handle, base: str, cost: list[float | None]
+    ) -> TaskOutcome | CheckFailure | AgentResult:
+        """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
+
+        A check that fails comes back as such (a repair may follow), a rate-limited attempt as
+        the agent's result (a resumed attempt follows); else the task's outcome.
+        """
+        task = live.task
+        adapter = adapter_for(task.agent)
+        deadline = handle.started_at + task.timeout if task.timeout else None
+        cut: tuple[TaskState, str] | None = None
+        while True:
+            self._mirror(handle, live)
+            progress: Progress = self._call(handle.actor.poll.remote, live=live)
+            if progress.ended:
+                break
+            if live.stop.is_set():
+                cut = (TaskState.STOPPED, "stopped")
+            elif deadline is not None and time.time() >= deadline:
+                cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
+            elif task.idle_timeout and progress.idle_seconds >= task.idle_timeout:
+                cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
+            if cut is not None:
+                self._call(handle.actor.stop.remote, live=live)
+                progress = self._call(handle.actor.poll.remote, live=live)
+                break
+            live.stop.wait(POLL_SECONDS)
+        self._mirror(handle, live)
+        code = None if cut is not None else progress.exit_code
+        text = read_end(handle.log_path, 8 * 2**20)
+        result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
+        state = cut[0] if cut else result.outcome
+        message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
+            task.id, handle.number, task.agent
+        )
+        tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
+        self._fetch(task)
+        self._record(task.id, handle, code, result, cut)
+        cost[0] = result.cost_usd
+        redact.scrub_file(handle.log_path)
+        stat = git.diff_stat(self.repo, base, str(tip))
+        self.store.update_task(
+            self.run_id,
+            task.id,
+            diff_files=stat.files,
+            diff_insertions=stat.insertions,
+            diff_deletions=stat.deletions,
+        )
+        if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
+            self._retire(handle)
+            return result
+        if cut is None and result.outcome is AgentOutcome.SUCCESS:
+            self.gate.report(provider_of(task.agent), Limit(signal=Signal.OK), whole_attempt=True)
+        outcome = _outcome(cut, result, files=stat.files)
+        failure = self._check(live, handle, base) if outcome.state is TaskState.DONE else None
+        self._retire(handle)
+        return outcome if failure is None else failure
+
+    def _check(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
+        """Run the task's checks on the attempt's node, if it has any."""
+        task = live.task
+        if not (task.checks or task.expect_files or task.no_placeholders):
+            return None
+        self._state(task.id, TaskState.CHECKING)
+        failure, text = self._call(
+            lambda: handle.actor.check.remote(base=base),
+            live=live,
+            on_stop=handle.actor.stop.remote,
+        )
+        self._append_log(task, "checks.log", text)
+        return cast("CheckFailure | None", failure)
+
+    def _record(
+        self,
+        task_id: str,
+        handle: _Handle,
+        code: int | None,
+        result: AgentResult,
+        cut: tuple[TaskState, str] | None,
+    ) -> None:
+        outcome = cut[0].value if cut else _attempt_outcome(result).value
+        usage = AttemptUsage(
+            reason=cut[1] if cut else result.reason,
+            session_id=result.session_id,
+            cost_usd=result.cost_usd,
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
+            cache_read_tokens=result.cache_read_tokens,
+        )
+        self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
+        row = self.store.task(self.run_id, task_id)
+        if row is not None and (result.cost_usd is not None or result.tokens_in is not None):
+            self.store.update_task(
+                self.run_id,
+                row.task_id,
+                cost_usd=(row.cost_usd or 0.0) + (result.cost_usd or 0.0),
+                tokens_in=(row.tokens_in or 0) + (result.tokens_in or 0),
+                tokens_out=(row.tokens_out or 0) + (result.tokens_out or 0),
+            )
+
+    def _end(self, handle: _Handle, reason: str) -> None:
+        """Record the attempt as failed and take its actor down."""
+        self.store.end_attempt(
+            handle.attempt_id,
+            exit_code=None,
+            outcome=AttemptOutcome.FAILED.value,
+            usage=AttemptUsage(reason=reason),
+        )
+        self._retire(handle)
+
+    def _rate_limited(
+        self, task: Task, number: int, result: AgentResult, retries_left: int
+    ) -> float | TaskOutcome:
+        """Tell the gate; when the next attempt may start, or the outcome that ends the task."""
+        now = time.time()
+        kind = limit_kind(retry_at=result.retry_at, now=now)
+        if retries_left <= 0:
+            return TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"rate limited and out of retries ({result.reason}); work kept on "
+                f"{task.branch}",
+            )
+        if kind is Signal.WINDOW and result.retry_at and result.retry_at - now > task.max_wait:
+            return TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"usage limit resets past max_wait ({task.max_wait:g}s); work kept on "
+                f"{task.branch}",
+            )
+        detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+        limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
+        self.gate.report(provider_of(task.agent), limit, whole_attempt=True)
+        until = max(result.retry_at or 0.0, self.gate.waiting_until(provider_of(task.agent)) or now)
+        self.store.set_retry_at(self.run_id, task.id, number, until)
+        when = time.strftime("%H:%M:%S", time.localtime(until))
+        self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+        return until
+
+    def _append_log(self, task: Task, name: str, text: str) -> None:
+        """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
+        log = self._logs_root / task.id / name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+        redact.scrub_file(log)
+
+    def _lost(self, task: Task, handle: _Handle, why: str) -> None:
+        """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
+        self._end(handle, f"node {handle.node} lost: {why}")
+        self._emit("node_lost", task.id, {"attempt": handle.number, "node": handle.node})
+        self._state(
+            task.id,
+            TaskState.PENDING,
+            reason=f"node {handle.node} lost; resuming elsewhere from the last pushed checkpoint",
+        )
+
+    def _retire(self, handle: _Handle) -> None:
+        ray = _ray()
+        # A gone actor has nothing left to discard, nor to kill.
+        with contextlib.suppress(Exception):
+            ray.get(handle.actor.discard.remote(), timeout=30)
+        with contextlib.suppress(Exception):
+            ray.kill(handle.actor)
+
+    def _mirror(self, handle: _Handle, live: Live) -> None:
+        """Append what the agent logged since the last call to the local copy of its log."""
+        while True:
+            chunk: bytes = self._call(lambda: handle.actor.tail.remote(handle.offset), live=live)
+            if not chunk:
+                return
+            with handle.log_path.open("ab") as fh:
+                fh.write(chunk)
+            handle.offset += len(chunk)
+
+    def _call(
+        self,
+        make: Callable[[], Any],
+        *,
+        live: Live,
+        placing: bool = False,
+        once: bool = False,
+        on_stop: Callable[[], object] | None = None,
+    ) -> Any:  # noqa: ANN401
+        """The result of the actor call *make* issues; NodeLostError when its actor is gone.
+
+        An actor that cannot be reached is asked again (the methods are idempotent, except
+        *once*: then it is lost at once) until it answers, Ray declares it dead, or
+        ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) a stop
+        of the task ends the wait (None); otherwise a stop calls *on_stop* once.
+        """
+        ray = _ray()
+        exceptions = ray.exceptions
+        since = time.monotonic()
+        ref = make()
+        while True:
+            try:
+                return ray.get(ref, timeout=POLL_SECONDS * 4)
+            except exceptions.GetTimeoutError:
+                # Still working (a long clone or push) or waiting for a slot: a node that is
+                # gone fails the call once Ray's health checks declare it dead.
+                if placing and live.stop.is_set():
+                    return None
+                if on_stop is not None and live.stop.is_set():
+                    on_stop()  # e.g. checks that run on: stopped on their node
+                    on_stop = None
+            except exceptions.ActorUnavailableError:
+                if once or time.monotonic() - since > UNREACHABLE_SECONDS:
+                    raise NodeLostError("actor unreachable") from None
+                time.sleep(POLL_SECONDS)
+                ref = make()
+            except (exceptions.RayActorError, exceptions.NodeDiedError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "actor died"
+                raise NodeLostError(first) from None
+            except exceptions.RayTaskError as exc:
+                # The node-side method raised (a git error, say): the attempt fails.
+                raise SwarmError(str(exc.cause) if exc.cause else str(exc)) from None
+
+    # -- resuming after the coordinator died -------------------------------------------------
+
+    def _adopt(self, task: Task, attempt: AttemptRow | None) -> _Handle | None:
+        """The live actor of an open attempt a previous coordinator started, if still there."""
+        if attempt is None:
+            return None
+        handle = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
+        if handle is None:
+            # Its actor is gone with its node (or was never made): a lost attempt.
+            self.store.end_attempt(
+                attempt.id,
+                exit_code=None,
+                outcome=AttemptOutcome.FAILED.value,
+                usage=AttemptUsage(reason="its actor was gone when the run was resumed"),
+            )
+            return None
+        handle.started_at = attempt.started_at
+        self._emit("agent_adopted", task.id, {"attempt": attempt.number, "alive": True})
+        return handle
+
+    def _adopt_unrecorded(self, task: Task) -> _Handle | None:
+        """The actor a killed coordinator launched but did not record, if it is there."""
+        row = self.store.task(self.run_id, task.id)
+        number = row.launching if row is not None else None
+        if number is None:
+            return None
+        log_path = self._logs_root / task.id / f"attempt-{number}.log"
+        handle = self._find(task, number, 0, log_path)
+        if handle is None:
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        try:
+            _ray().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
+        except Exception:  # noqa: BLE001 - not started: retire it, start afresh
+            self._retire(handle)
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        handle.attempt_id = self.store.start_attempt(
+            self.run_id,
+            task.id,
+            number=number,
+            identity=_NO_IDENTITY,
+            log_path=str(log_path),
+            started_at=time.time(),
+            agent=task.agent,
+        )
+        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
+        return handle
+
+    def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> _Handle | None:
+        ray = _ray()
+        try:
+            actor = ray.get_actor(actor_name(task.id, number), namespace=namespace(self.run_id))
+            node = ray.get(actor.node.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - not found, dead or unreachable: gone
+            return None
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()
+        return _Handle(
+            actor=actor,
+            number=number,
+            attempt_id=attempt_id,
+            started_at=time.time(),
+            log_path=log_path,
+            node=str(node),
+            offset=log_path.stat().st_size,
+        )
+
+    def _replay(self, task: Task, base: str, attempt: AttemptRow) -> TaskOutcome:
+        """A task whose last attempt ended but whose outcome was not recorded: decide it."""
+        self._fetch(task)
+        tip = git.rev_parse(self.repo, task.branch) or base
+        files = git.diff_stat(self.repo, base, tip).files
+        outcome = AttemptOutcome.parse(attempt.outcome)
+        if outcome is AttemptOutcome.SUCCEEDED:
+            return TaskOutcome(state=TaskState.DONE if files else TaskState.NO_CHANGES)
+        state = {
+            AttemptOutcome.STOPPED: TaskState.STOPPED,
+            AttemptOutcome.TIMED_OUT: TaskState.TIMED_OUT,
+        }.get(outcome, TaskState.FAILED)
+        return TaskOutcome(state=state, reason=attempt.reason)
+
+    # -- git ----------------------------------------------------------------------------------
+
+    def _start_commit(self, task: Task) -> str | TaskOutcome:
+        if not task.depends_on:
+            return self.base_commit
+        tips = []
+        for dep in task.depends_on:
+            tip = git.rev_parse(self.repo, self._tasks[dep].branch)
+            if tip is None:
+                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
+            tips.append(tip)
+        if len(tips) == 1:
+            return tips[0]
+        try:
+            return git.merge_commits(
+                self.repo,
+                tips,
+                message=f"swarm: merge dependencies of {task.id}",
+                author=self.spec.commit_author,
+            )
+        except git.MergeConflictError as exc:
+            files = ", ".join(exc.files) or "unknown files"
+            return TaskOutcome(
+                state=TaskState.BLOCKED,
+                reason=f"dependencies {', '.join(task.depends_on)} conflict in {files}",
+            )
+
+    def _publish(self, task: Task, start: str) -> None:
+        """Make the task's branch at *start*, here and on the remote."""
+        with self._git_lock:
+            if not git.branch_exists(self.repo, task.branch):
+                git.git(self.repo.root, "branch", "--no-track", task.branch, start)
+            # No agent has run on it yet (its base is recorded only after this): a branch the
+            # remote has from a crash here, or from before a fresh retry, is replaced.
+            git.git(
+                self.repo.root,
+                "push", "--quiet", "--no-verify", "--", self.url,
+                f"+{start}:refs/heads/{task.branch}",
+            )  # fmt: skip
+
+    def _fetch(self, task: Task) -> None:
+        """Bring the task's branch from the remote into this repository."""
+        with self._git_lock:
+            git.git(
+                self.repo.root,
+                "fetch", "--quiet", "--no-tags", "--", self.url,
+                f"+refs/heads/{task.branch}:refs/heads/{task.branch}",
+            )  # fmt: skip
+
+    def _state(self, task_id: str, state: TaskState, **fields: Any) -> None:  # noqa: ANN401
+        typed: TaskFields = fields  # type: ignore[assignment]
+        self.store.update_task(self.run_id, task_id, state=state, **typed)
+        data: dict[str, object] = {"state": state.value}
+        if fields.get("reason"):
+            data["reason"] = fields["reason"]
+        self._emit("state", task_id, data)
+
+
+def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:
+    if cut is not None:
+        return TaskOutcome(state=cut[0], reason=cut[1])
+    if result.outcome is not AgentOutcome.SUCCESS:
+        return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
+    if files == 0:
+        return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
+    return TaskOutcome(state=TaskState.DONE)
+
+
+def _check_failed(failure: CheckFailure) -> TaskOutcome:
+    if failure.stopped:
+        return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
+    return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+
+
+def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
+    if result.outcome is AgentOutcome.RATE_LIMITED:
+        return AttemptOutcome.RATE_LIMITED
+    if result.outcome is AgentOutcome.SUCCESS:
+        return AttemptOutcome.SUCCEEDED
+    return AttemptOutcome.FAILED
+
+
+def _git_identity(root: Path, *, author: str) -> dict[str, str]:
+    """The user's git identity for commits agents make on the nodes (the author stands in)."""
+    found = {}
+    for key in ("user.name", "user.email"):
+        value = git.git(root, "config", "--get", key, check=False).strip()
+        if value:
+            found[key] = value
+    ident = parse_author(author)
+    if ident is not None and not ("user.name" in found and "user.email" in found):
+        found.setdefault("user.name", ident.name)
+        found.setdefault("user.email", ident.email)
+    return found
+
+
+def stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, spec: RunSettings
+) -> None:
+    """Stop *targets* of a Ray run no manager watches: on their nodes, pushed, then marked.
+
+    Each open attempt's actor (and one a killed manager launched without recording it) stops
+    its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    """
+    ray = _ray()
+    connect(spec.ray_address)
+    url = remote_url(repo, spec.remote)
+    for task_id in targets:
+        row = store.task(run_id, task_id)
+        numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
+        if row is not None and row.launching is not None:
+            numbers.setdefault(row.launching, 0)
+        for number, attempt_id in sorted(numbers.items()):
+            try:
+                actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+            except ValueError:  # no such actor: gone with its node, or never made
+                actor = None
+            if actor is not None:
+                message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
+                with contextlib.suppress(Exception):  # a dead actor has nothing to stop
+                    ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
+                    ray.get(actor.finish.remote(message=message), timeout=120)
+                with contextlib.suppress(Exception):
+                    ray.get(actor.discard.remote(), timeout=30)
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            if attempt_id:
+                store.end_attempt(attempt_id, exit_code=None, outcome=TaskState.STOPPED.value)
+        branch = f"{BRANCH_PREFIX}{task_id}"
+        git.git(
+            repo.root,
+            "fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/heads/{branch}",
+            check=False,
+        )  # fmt: skip
+        store.update_task(
+            run_id,
+            task_id,
+            state=TaskState.STOPPED,
+            reason="stopped",
+            ended_at=time.time(),
+            launching=None,
+        )

@@ -1,0 +1,294 @@
+"""The node side of the Ray executor: one attempt of one task, on whichever node Ray placed it.
+
+A :class:`NodeAgent` lives in a named, detached Ray actor (``run/ray_exec.py`` creates it) but
+knows nothing of Ray: it is plain Python, so it is tested and typed like the rest. On its node it
+keeps a mirror of the repository (``<node dir>/mirrors``, made and fetched under a file lock,
+``gc.auto=0``), clones the task's branch from the remote with ``--reference`` to that mirror,
+runs the agent under the same shim and adapter as the local executor, and pushes checkpoints
+of the clone to the task's branch on the remote: periodically while the agent runs, and when
+the attempt ends. The remote's branch is the only state that outlives a node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from worktree_swarm.agents import adapter_for
+from worktree_swarm.core.errors import GitError
+from worktree_swarm.core.models import Task
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
+
+# Where a node keeps its mirrors and clones, and the name `swarm status` shows for it. Both come
+# from the environment of the node's `ray start` (the actor's worker inherits it).
+NODE_DIR_ENV = "SWARM_NODE_DIR"
+NODE_NAME_ENV = "SWARM_NODE_NAME"
+TAIL_LIMIT = 1 << 20
+
+
+def node_dir() -> Path:
+    """The node's own directory for mirrors and clones."""
+    configured = os.environ.get(NODE_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "worktree-swarm" / "node"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """Everything a node needs for one attempt (no secrets: those live on the node)."""
+
+    run_id: str
+    task: Task
+    attempt: int
+    remote_url: str
+    author: str
+    identity: tuple[tuple[str, str], ...]  # the user's git user.name / user.email
+    kill_grace: float
+    checkpoint_interval: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What :meth:`NodeAgent.poll` reports."""
+
+    ended: bool
+    exit_code: int | None
+    idle_seconds: float
+
+
+class NodeAgent:
+    """One attempt of one task on this node: prepare, start, poll, tail, stop, finish."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.a = assignment
+        root = node_dir() / "runs" / assignment.run_id / assignment.task.id
+        self.work = root / "work"
+        self.logs = root / f"logs-{assignment.attempt}"
+        self.log_path = self.logs / f"attempt-{assignment.attempt}.log"
+        self._agent: supervisor.AgentProcess | None = None
+        self._git_lock = threading.Lock()
+        self._ended = threading.Event()
+        self._stopping = threading.Event()
+        self._pusher: threading.Thread | None = None
+        self._env: dict[str, str] = {}
+
+    def node(self) -> str:
+        """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
+        return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+
+    def prepare(self) -> str:
+        """Clone the task's branch from the remote (by way of the mirror); its tip."""
+        mirror = self._mirror()
+        shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
+        self.work.parent.mkdir(parents=True, exist_ok=True)
+        runner.run(
+            self.work.parent,
+            "clone", "--quiet", "--no-tags", "--reference", str(mirror),
+            "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
+        )  # fmt: skip
+        self.logs.mkdir(parents=True, exist_ok=True)
+        git.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
+        tip = git.rev_parse_in(self.work, "HEAD")
+        if tip is None:
+            raise GitError(f"the clone of {self.a.task.branch} has no HEAD")
+        return tip
+
+    def _mirror(self) -> Path:
+        """The node's mirror of the remote, made or brought up to date under its lock."""
+        key = hashlib.sha256(self.a.remote_url.encode()).hexdigest()[:16]
+        mirrors = node_dir() / "mirrors"
+        mirrors.mkdir(parents=True, exist_ok=True)
+        mirror = mirrors / f"{key}.git"
+        with FileLock(str(mirrors / f"{key}.lock")):
+            if not (mirror / "HEAD").exists():
+                shutil.rmtree(mirror, ignore_errors=True)
+                runner.run(
+                    mirrors, "clone", "--quiet", "--bare", "--", self.a.remote_url, str(mirror)
+                )
+                runner.run(mirror, "config", "gc.auto", "0")
+            else:
+                runner.run(
+                    mirror, "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*"
+                )
+        return mirror
+
+    def start(self, *, prompt: str, session: str | None, resume_prompt: str | None) -> int:
+        """Start the agent under the shim; the shim's pid on this node."""
+        task = self.a.task
+        adapter = adapter_for(task.agent)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
+        prompt_file.write_text(prompt, encoding="utf-8")
+        values = {
+            "prompt": prompt,
+            "prompt_file": str(prompt_file),
+            "task_id": task.id,
+            "worktree": str(self.work),
+            "branch": task.branch,
+        }
+        argv = adapter.argv(
+            task.agent_argv, values=values, session_id=session, resume_prompt=resume_prompt
+        )
+        env = self._base_env()
+        self._env = env
+        env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
+        self._agent = supervisor.spawn(
+            argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
+        )
+        if self.a.checkpoint_interval > 0:
+            self._pusher = threading.Thread(target=self._push_periodically, daemon=True)
+            self._pusher.start()
+        return self._agent.identity.pid
+
+    def setup(self) -> tuple[CheckFailure | None, str]:
+        """Run the task's `setup` steps in the clone (every attempt: a clone is new)."""
+        log = self.logs / "setup.log"
+        failure = run_steps(
+            self.a.task.setup,
+            cwd=self.work,
+            env=self._base_env(),
+            log=log,
+            what="setup",
+            timeout=self.a.task.setup_timeout,
+            stop=self._stopping,
+            grace=self.a.kill_grace,
+        )
+        return failure, read_end(log, 8 * 2**20)
+
+    def _base_env(self) -> dict[str, str]:
+        """The environment of the agent, setup and checks (the agent's adapter adds to it)."""
+        task = self.a.task
+        return clean_env(
+            {
+                "GIT_CEILING_DIRECTORIES": str(self.work.parent),
+                "GIT_CONFIG_GLOBAL": str(self.logs / "gitconfig"),
+                "SWARM_RUN_ID": self.a.run_id,
+                "SWARM_TASK_ID": task.id,
+                "SWARM_WORKTREE": str(self.work),
+                "SWARM_BRANCH": task.branch,
+                "SWARM_CONTEXT": str(self.logs / "findings.md"),
+                **dict(task.env),
+            }
+        )
+
+    def poll(self) -> Progress:
+        """Whether the agent has ended, with its exit code."""
+        agent = self._require()
+        code = agent.poll()
+        ended = code is not None or not agent.alive()
+        if ended and code is None:
+            code = agent.wait(timeout=0)
+        return Progress(ended=ended, exit_code=code, idle_seconds=agent.idle_seconds())
+
+    def tail(self, offset: int) -> bytes:
+        """The log's bytes from *offset* on (at most 1 MiB per call)."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(offset)
+                return fh.read(TAIL_LIMIT)
+        except FileNotFoundError:
+            return b""
+
+    def log_text(self) -> str:
+        """The end of the log, for the adapter's reading."""
+        return read_end(self.log_path, 8 * 2**20)
+
+    def stop(self) -> int | None:
+        """Kill the agent's whole tree on this node (the shim's stop) and reap it; end checks."""
+        self._stopping.set()
+        if self._agent is None:  # in setup: the step sees the stop and ends
+            return None
+        return self._agent.stop(grace=self.a.kill_grace)
+
+    def check(self, *, base: str) -> tuple[CheckFailure | None, str]:
+        """Run the task's checks in the clone (after :meth:`finish`): the failure and the log."""
+        log = self.logs / "checks.log"
+        failure = run_checks(
+            self.a.task,
+            worktree=self.work,
+            base=base,
+            env=self._env,
+            log=log,
+            stop=self._stopping,
+            grace=self.a.kill_grace,
+        )
+        return failure, read_end(log, 8 * 2**20)
+
+    def finish(self, *, message: str) -> str:
+        """Checkpoint the clone and push it to the task's branch; the pushed tip."""
+        self._ended.set()
+        if self._pusher is not None:
+            self._pusher.join()
+        with self._git_lock:
+            git.checkpoint(
+                self.work,
+                message=message,
+                author=self.a.author,
+                droppings=adapter_for(self.a.task.agent).droppings,
+            )
+            tip = git.rev_parse_in(self.work, "HEAD")
+            if tip is None:
+                raise GitError(f"{self.work} has no HEAD")
+            self._push(tip)
+        return tip
+
+    def discard(self) -> None:
+        """Remove this attempt's clone and logs from the node (its work is on the remote)."""
+        self._ended.set()
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require(self) -> supervisor.AgentProcess:
+        if self._agent is None:
+            raise RuntimeError("the agent was not started")
+        return self._agent
+
+    def _push(self, commit: str) -> None:
+        # The branch is this task's alone; a snapshot pushed meanwhile is superseded.
+        ref = f"+{commit}:refs/heads/{self.a.task.branch}"
+        runner.run(self.work, "push", "--quiet", "--no-verify", self.a.remote_url, ref)
+
+    def _push_periodically(self) -> None:
+        while not self._ended.wait(self.a.checkpoint_interval):
+            with self._git_lock, contextlib.suppress(Exception):
+                if not self._ended.is_set():
+                    self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone."""
+        with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            runner.run(self.work, "read-tree", "HEAD", env=env)
+            runner.run(self.work, "add", "--all", env=env)
+            tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
+            head = git.rev_parse_in(self.work, "HEAD")
+            if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
+                return
+            message = (
+                f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
+                f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)"
+            )
+            commit = runner.run(
+                self.work,
+                "commit-tree", tree, "-p", head, "-m", message,
+                env=git.identity_env(self.a.author),
+            ).stdout.strip()  # fmt: skip
+            self._push(commit)
