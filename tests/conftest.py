@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,6 +51,22 @@ def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo")
 
 
+# Set by coverage.py in the processes it measures (`scripts/check`), so that every Python
+# process started below measures itself.
+_COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def agent_python() -> list[str]:
+    """The interpreter command for a fake agent: without coverage's start-up hook.
+
+    Fake agents are the tests' programs, not swarm's code: measuring them would cost every
+    agent coverage's start-up and a data file to combine, and a sandboxed agent could not
+    even write that file. Every swarm process around them (CLI, manager, shim) is measured.
+    """
+    unset = [arg for name in _COVERAGE_HOOK if name in os.environ for arg in ("-u", name)]
+    return ["env", *unset, sys.executable] if unset else [sys.executable]
+
+
 @pytest.fixture
 def write_agent(tmp_path: Path) -> Callable[[str], list[str]]:
     """Return a function that writes a Python fake-agent script and returns its argv prefix."""
@@ -58,6 +75,6 @@ def write_agent(tmp_path: Path) -> Callable[[str], list[str]]:
     def _write(source: str) -> list[str]:
         script = tmp_path / f"agent_{next(counter)}.py"
         script.write_text(source)
-        return [sys.executable, str(script)]
+        return [*agent_python(), str(script)]
 
     return _write

@@ -144,7 +144,7 @@ def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> 
     path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 4\n{tasks}")
     proc = swarm_bg(repo, "run", path)
     peak_psutil = 0
-    script = agent[1]
+    script = agent[-1]
     while proc.poll() is None:
         # The agent itself, not its shim (whose command line ends with the agent's).
         procs = psutil.process_iter(["cmdline"])

@@ -47,7 +47,7 @@ import os, pathlib, signal, sys, time
 PIDS = pathlib.Path(os.environ["PIDS"])
 
 def publish(name):
-    tmp = PIDS / (name + ".tmp")
+    tmp = PIDS / f"{name}.{os.getpid()}.tmp"  # a forked copy may publish the same name
     tmp.write_text(str(os.getpid()))
     tmp.replace(PIDS / name)
 

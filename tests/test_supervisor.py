@@ -18,6 +18,8 @@ import worktree_swarm
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
+    SHIM_AVAILABLE,
+    SHIM_PATH,
     AgentProcess,
     descendants,
     identity_of,
@@ -151,6 +153,28 @@ def test_spawn_log_stdin_session_env(start, tmp_path: Path) -> None:
     assert f"cwd {os.path.realpath(tmp_path)}" in text
     assert agent.identity.pgid == pid != os.getpgrp()
     assert agent.last_line() == f"cwd {os.path.realpath(tmp_path)}"
+
+
+@pytest.mark.skipif(not SHIM_AVAILABLE, reason="the shim needs a child subreaper (Linux)")
+def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(tmp_path: Path, reaper) -> None:
+    # No coverage hook in this agent's environment (the suite may run under coverage): this
+    # is the shim as users get it.
+    env = {k: v for k, v in clean_env().items() if not k.startswith("COVERAGE_PROCESS")}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text("raise SystemExit('a task module ran')\n")
+    env["PYTHONPATH"] = str(broken)
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import os\n"
+        "shim = open(f'/proc/{os.getppid()}/cmdline', 'rb').read().split(b'\\0')\n"
+        "print('shim', [part.decode() for part in shim[1:4]])\n"
+    )
+    argv = [sys.executable, "-I", str(script)]  # the agent, too, ignores PYTHONPATH
+    log = tmp_path / "agent.log"
+    agent = reaper.agent(spawn(argv, cwd=tmp_path, env=env, log_path=log))
+    assert agent.wait(timeout=30) == 0
+    assert log.read_text().strip() == f"shim {['-I', '-S', str(SHIM_PATH)]}"
 
 
 def test_spawn_appends_and_creates_parents(tmp_path: Path, write_agent, reaper) -> None:

@@ -16,10 +16,12 @@ import pytest
 
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm, wait_for
+from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.git import repo as swarm_git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.watch import WatchApp, cells
 
 # Writes a file, says so, then waits for a marker file (or runs forever without one).
@@ -250,3 +252,73 @@ def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
             store.close()
     assert any("PR #1 created" in m for m in app.messages), app.messages
     assert fake.pulls[1]["head"]["ref"] == "swarm/bb"
+
+
+def test_actions_that_cannot_be_done_say_why_and_change_nothing(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tests.github_server import NAME, OWNER, TOKEN, serve  # noqa: PLC0415
+
+    # aa and bb write the same file differently (the second to merge conflicts); cc fails.
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "task = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path('shared.txt').write_text(task + '\\n')\n"
+        "sys.exit(1 if task == 'cc' else 0)\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a", "-t", "bb=b", "-t", "cc=c")
+    assert out.returncode == 1, out.stderr
+    # A remote GitHub knows, whose push URL leads nowhere: every push fails.
+    git(repo, "remote", "add", "origin", f"https://github.test/{OWNER}/{NAME}.git")
+    git(repo, "config", "remote.origin.pushurl", str(tmp_path / "missing.git"))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    app, store = open_app(repo)
+    with pytest.raises(BadInputError, match=r"^no task 'zz' in run .*; `swarm status` lists them$"):
+        watch_actions.retry(app.repo, store, app.run_id, "zz")
+    gate = repo.parent / "gate"
+
+    async def say(pilot: Any, key: str) -> str:
+        count = len(app.messages)
+        await pilot.press(key)
+        # Each action says "working…" first, then its result.
+        await until(pilot, lambda: len(app.messages) >= count + 2, f"the {key!r} result")
+        return app.messages[count + 1]
+
+    with serve() as fake:
+        monkeypatch.setenv("SWARM_GITHUB_API_URL", fake.url)
+
+        async def drive() -> None:
+            async with app.run_test(size=(140, 40)) as pilot:
+                await until(pilot, lambda: app.selected == "aa", "aa selected")
+                assert await say(pilot, "s") == "aa is not running; nothing to stop"
+                assert await say(pilot, "r") == "aa is done; nothing to retry"
+                pr = await say(pilot, "p")
+                assert pr.startswith("aa: "), pr
+                assert "PR #" not in pr
+                await pilot.press("space")
+                await pilot.press("down")
+                await pilot.press("space")
+                merged = await say(pilot, "m")
+                assert merged.startswith("merged into swarm/"), merged
+                assert merged.endswith(": aa; bb conflicted"), merged
+                await pilot.press("down")
+                await until(pilot, lambda: app.selected == "cc", "cc selected")
+                # Another run's manager holds the repository: no second manager is started.
+                slow = [*write_agent(SLOW_AGENT), str(gate)]
+                other = swarm(repo, "run", "--detach", "--agent", " ".join(slow), "-t", "zz=z")
+                assert other.returncode == 0, other.stderr
+                await until(pilot, lambda: not manager_gone(repo), "the other manager")
+                busy = await say(pilot, "r")
+                assert busy.startswith("a manager (pid "), busy
+                assert busy.endswith("runs this repository; retry cc once it has ended"), busy
+                assert len(store.attempts(app.run_id, "cc")) == 1
+
+        try:
+            run_async(drive)
+        finally:
+            gate.write_text("go")
+            wait_for(lambda: manager_gone(repo), what="the other manager to end")
+            store.close()
+    assert fake.pulls == {}
+    assert git(repo, "show", "swarm/cc:shared.txt") == "cc"

@@ -33,6 +33,10 @@ _TRIAL_TIMEOUT = 30.0
 _ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc")
 # Inside the git common dir: read-only again on top of the writable common dir.
 _PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules")
+# coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the
+# box it would start in every Python process and fail at exit to write its data file outside
+# the box, which changes the agent's last output line. Nothing of swarm runs in the box.
+_COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +97,8 @@ def confine(
     for path in (box.findings, lock_of(box.findings)):
         path.touch(exist_ok=True)
     wrapped = wrap(argv, box)
-    return wrapped, {**env, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
+    kept = {k: v for k, v in env.items() if k not in _COVERAGE_HOOK}
+    return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
 
 
 def release(box: Confinement) -> None:

@@ -34,11 +34,19 @@ Surface = dict[str, Entry]  # label (path under the common dir, or absolute) -> 
 
 
 def hooks_path(root: Path) -> Path | None:
-    """The directory ``core.hooksPath`` names, when it is set (relative: to the checkout)."""
-    out = git.git(root, "config", "--get", "core.hooksPath", check=False).strip()
-    if not out:
+    """The directory ``core.hooksPath`` names, when it is set (relative: to the checkout).
+
+    The git runner passes ``-c core.hooksPath=/dev/null`` to every command, so the value
+    asked for is the last one set in a config file, not on the command line.
+    """
+    out = git.git(root, "config", "--show-scope", "--get-all", "core.hooksPath", check=False)
+    values = [
+        value for scope, _, value in (line.partition("\t") for line in out.splitlines())
+        if scope != "command"
+    ]  # fmt: skip
+    if not values or not values[-1]:
         return None
-    return root / Path(out).expanduser()
+    return root / Path(values[-1]).expanduser()
 
 
 def read(common: Path, extra_hooks: Path | None) -> Surface:

@@ -43,6 +43,8 @@ _KILL_TIMEOUT = 10.0
 _TAIL_BYTES = 64 * 1024
 _STEP_POLL = 0.1
 SHIM_PATH = Path(shim.__file__).resolve()
+# Set by coverage.py in the processes it measures (see _shim_python).
+_COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 # Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
 # agents there are spawned directly, as before the shim existed.
 SHIM_AVAILABLE = sys.platform.startswith("linux")
@@ -239,7 +241,7 @@ def spawn(
         _check_runnable(args[0], cwd=cwd, env=env)
         record = record or record_path(log_path)
         args = [
-            sys.executable, "-I", "-S", str(SHIM_PATH), shim.MARKER,
+            *_shim_python(env), str(SHIM_PATH), shim.MARKER,
             "--record", str(record), "--grace", repr(float(grace)), "--", *args,
         ]  # fmt: skip
         env = {**env, shim.ENV_VAR: str(record)}
@@ -327,6 +329,18 @@ def run_to_end(
     finally:
         if not ended:
             proc.stop(grace=grace)
+
+
+def _shim_python(env: Mapping[str, str]) -> list[str]:
+    """The interpreter command for the shim: isolated (``-I``) and without site (``-S``).
+
+    Under coverage.py's subprocess measurement (swarm's own test suite) site stays on, so
+    that coverage's start-up hook measures the shim too; ``-I`` still keeps PYTHONPATH and
+    the user's site directory out.
+    """
+    if any(env.get(name) for name in _COVERAGE_HOOK):
+        return [sys.executable, "-I"]
+    return [sys.executable, "-I", "-S"]
 
 
 def _check_runnable(program: str, *, cwd: Path, env: Mapping[str, str]) -> None:

@@ -1,0 +1,65 @@
+"""`swarm runs`, and what `swarm run` says when a recorded run already owns a task's branch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.test_run import swarm
+
+# Done for "ok", failed for "bad": each writes its own file first.
+AGENT = """
+import os, pathlib, sys
+task = os.environ["SWARM_TASK_ID"]
+pathlib.Path(task + ".txt").write_text("work\\n")
+sys.exit(1 if task == "bad" else 0)
+"""
+
+
+def finished_run(repo: Path, write_agent: Callable[[str], list[str]]) -> tuple[str, str]:
+    """A run with one done and one failed task; its id and the agent command."""
+    agent = " ".join(write_agent(AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "ok=do it", "-t", "bad=fail")
+    assert out.returncode == 1, out.stderr
+    listed = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert len(listed) == 1
+    return listed[0]["run_id"], agent
+
+
+def test_runs_lists_each_run_with_its_state_and_task_counts(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    run_id, _ = finished_run(repo, write_agent)
+    out = swarm(repo, "runs")
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()
+    assert header.split() == ["run", "started", "state", "tasks"]
+    assert row.startswith(f"{run_id} ")
+    assert row.endswith(" finished      2 (1 done, 1 failed)"), row
+    data = json.loads(swarm(repo, "runs", "--json").stdout)["runs"][0]
+    assert data["state"] == "finished"
+    assert data["counts"] == {"done": 1, "failed": 1}
+    assert data["ended_at"] >= data["started_at"]
+
+
+def test_a_branch_a_recorded_run_owns_gets_its_next_step(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    run_id, agent = finished_run(repo, write_agent)
+    clean = f"`swarm clean --run {run_id} --force --yes`"
+    again = swarm(repo, "run", "--agent", agent, "-t", "ok=once more")
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"swarm: branch swarm/ok already exists: task ok of run {run_id} is done; merge it, "
+        f"or delete it with {clean} (or give the task another id)"
+    )
+    retry = swarm(repo, "run", "--agent", agent, "-t", "bad=once more")
+    assert retry.returncode == 2
+    assert retry.stderr.strip() == (
+        f"swarm: branch swarm/bad already exists: task bad of run {run_id} is failed; run it "
+        f"again with `swarm retry bad --run {run_id}`, or delete it with {clean} "
+        "(or give the task another id)"
+    )
+    # Refused before anything was made: still one run, and the branches as they were.
+    assert len(json.loads(swarm(repo, "runs", "--json").stdout)["runs"]) == 1
