@@ -89,3 +89,41 @@ def test_location_variables_never_redirect_git(
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     top = runner.run(repo, "rev-parse", "--show-toplevel").stdout.strip()
     assert Path(top) == repo.resolve()
+
+
+def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans: list[Path] = []
+    real_scan = runner._scan_repository_config
+
+    def counted(cwd: Path) -> tuple[tuple[str, str], ...]:
+        scans.append(cwd)
+        return real_scan(cwd)
+
+    monkeypatch.setattr(runner, "_scan_repository_config", counted)
+    monkeypatch.setattr(runner, "_cache", {})  # equal config files of earlier tests' repos
+    worktrees = [tmp_path / f"wt{i}" for i in range(3)]
+    for i, path in enumerate(worktrees):
+        git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(path))
+    for path in worktrees:
+        runner.run(path, "status", "--porcelain")
+    assert len(scans) == 1  # identical config files: one scan for all three
+    # A driver planted for one worktree only, through includeIf on its branch: each
+    # worktree is scanned for itself again, and the planted program never runs.
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.cfg"
+    evil.write_text(f'[filter "evil"]\n\tclean = touch {marker} #\n\trequired = true\n')
+    target = worktrees[2]
+    git(repo, "config", "includeIf.onbranch:b2.path", str(evil))
+    (target / ".gitattributes").write_text("*.txt filter=evil\n")
+    (target / "a.txt").write_text("x\n")
+    scans.clear()
+    for path in worktrees:
+        runner.run(path, "status", "--porcelain")
+    runner.run(target, "add", "--all")
+    assert len(scans) == 3
+    assert not marker.exists()
+    (target / "a.txt").write_text("y\n")
+    git(target, "add", "--all")  # without the runner the include applies: the test is real
+    assert marker.exists()

@@ -118,21 +118,52 @@ def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
     return tuple(key)
 
 
+def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
+    """The bytes of *paths* (by role, not by name); None when they include other files.
+
+    Worktrees of one repository read the same files (the admin dir's ``config.worktree`` is
+    usually absent), so one scan answers for all of them. Not with ``include``/``includeIf``:
+    a condition on the git dir answers differently per worktree, and an included file can
+    change without these changing.
+    """
+    contents: list[object] = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError:
+            return None
+        if data is not None and b"include" in data.lower():
+            return None
+        contents.append(data)
+    return ("content", *contents)
+
+
 def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
     """Overrides for program-running settings that the repository's own config defines."""
     files = _config_files(cwd)
     key = (str(cwd), _stat_key(files)) if files else None
-    if key is not None:
-        with _cache_lock:
-            cached = _cache.get(key)
-        if cached is not None:
-            return cached
-    result = _scan_repository_config(cwd)
-    if key is not None:
-        with _cache_lock:
-            if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
-                _cache.clear()
-            _cache[key] = result
+    if key is None:
+        return _scan_repository_config(cwd)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    shared = _content_key(files)
+    with _cache_lock:
+        result = _cache.get(shared) if shared is not None else None
+    if result is None:
+        result = _scan_repository_config(cwd)
+        # Cached only when the files did not change while git read them.
+        if _stat_key(files) != key[1] or _content_key(files) != shared:
+            return result
+    with _cache_lock:
+        if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
+            _cache.clear()
+        _cache[key] = result
+        if shared is not None:
+            _cache[shared] = result
     return result
 
 
