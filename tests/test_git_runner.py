@@ -127,3 +127,22 @@ def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
     (target / "a.txt").write_text("y\n")
     git(target, "add", "--all")  # without the runner the include applies: the test is real
     assert marker.exists()
+
+
+def test_a_worktree_whose_git_file_is_replaced_is_scanned_anew(repo: Path, tmp_path: Path) -> None:
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(wt))
+    (wt / "a.txt").write_text("x\n")
+    runner.run(wt, "status", "--porcelain")  # its config files located and scanned
+    # An agent makes the checkout a repository of its own, with a filter in its config.
+    marker = tmp_path / "pwned"
+    (wt / ".git").unlink()
+    git(wt, "init", "-q")
+    git(wt, "config", "filter.evil.clean", f"touch {marker} #")
+    git(wt, "config", "filter.evil.required", "true")
+    (wt / ".gitattributes").write_text("*.txt filter=evil\n")
+    runner.run(wt, "add", "--all")
+    assert not marker.exists()
+    (wt / "a.txt").write_text("y\n")
+    git(wt, "add", "--all")  # without the runner the filter runs: the test is real
+    assert marker.exists()

@@ -90,20 +90,47 @@ def git_dir(checkout: Path) -> Path:
     return real_path(checkout / text.removeprefix("gitdir:").strip())
 
 
+# Per checkout: the stats of its `.git` and of `commondir` when its config files were located.
+_located: dict[str, tuple[object, Path, object, list[Path]]] = {}
+
+
 def _config_files(cwd: Path) -> list[Path]:
     """The repository-level config files that apply in *cwd* (best effort, no git call)."""
+    # Locating them resolves every component of two paths; it is done again only when the
+    # files that name them (`.git`, `commondir`) change.
+    dotgit = _signature(cwd / ".git")
+    with _cache_lock:
+        known = _located.get(str(cwd))
+    if known is not None and known[0] == dotgit and _signature(known[1] / "commondir") == known[2]:
+        return known[3]
     try:
         admin = git_dir(cwd)
     except GitError:
         return []  # a subdirectory, or not a checkout: not cached, scanned every time
     common = admin
     commondir = admin / "commondir"
+    located = _signature(commondir)
     if commondir.is_file():
         try:
             common = (admin / commondir.read_text(encoding="utf-8").strip()).resolve()
         except OSError:
             return []
-    return [admin / "config.worktree", common / "config", common / "config.worktree"]
+    files = [admin / "config.worktree", common / "config", common / "config.worktree"]
+    if dotgit == _signature(cwd / ".git") and located == _signature(commondir):
+        with _cache_lock:
+            if len(_located) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
+                _located.clear()
+            _located[str(cwd)] = (dotgit, admin, located, files)
+    return files
+
+
+def _signature(path: Path) -> object:
+    """What changes when *path* is replaced or rewritten (None when it is missing)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
