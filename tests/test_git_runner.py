@@ -122,7 +122,7 @@ def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
     for path in worktrees:
         runner.run(path, "status", "--porcelain")
     runner.run(target, "add", "--all")
-    assert len(scans) == 3
+    assert len(scans) == 4  # with an include, before every command
     assert not marker.exists()
     (target / "a.txt").write_text("y\n")
     git(target, "add", "--all")  # without the runner the include applies: the test is real
@@ -145,4 +145,23 @@ def test_a_worktree_whose_git_file_is_replaced_is_scanned_anew(repo: Path, tmp_p
     assert not marker.exists()
     (wt / "a.txt").write_text("y\n")
     git(wt, "add", "--all")  # without the runner the filter runs: the test is real
+    assert marker.exists()
+
+
+def test_an_included_config_file_changed_later_is_still_neutralised(
+    repo: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    included = tmp_path / "included.cfg"
+    included.write_text("[core]\n\tquotePath = false\n")
+    git(repo, "config", "include.path", str(included))
+    (repo / ".gitattributes").write_text("*.txt filter=evil\n")
+    (repo / "a.txt").write_text("x\n")
+    runner.run(repo, "status", "--porcelain")  # read with a harmless included file
+    # Only the included file changes: the repository's own config stays byte for byte.
+    included.write_text(f'[filter "evil"]\n\tclean = touch {marker} #\n\trequired = true\n')
+    runner.run(repo, "add", "--all")
+    assert not marker.exists()
+    (repo / "a.txt").write_text("y\n")
+    git(repo, "add", "--all")  # without the runner the filter runs: the test is real
     assert marker.exists()

@@ -150,7 +150,7 @@ def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
 
     Worktrees of one repository read the same files (the admin dir's ``config.worktree`` is
     usually absent), so one scan answers for all of them. Not with ``include``/``includeIf``:
-    a condition on the git dir answers differently per worktree, and an included file can
+    a condition (``onbranch:``) answers differently per worktree, and an included file can
     change without these changing.
     """
     contents: list[object] = []
@@ -178,8 +178,12 @@ def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
     if cached is not None:
         return cached
     shared = _content_key(files)
+    if shared is None:
+        # Config that includes other files is read for every command: an included file can
+        # change (or a condition answer differently) while the including files stay as they are.
+        return _scan_repository_config(cwd)
     with _cache_lock:
-        result = _cache.get(shared) if shared is not None else None
+        result = _cache.get(shared)
     if result is None:
         result = _scan_repository_config(cwd)
         # Cached only when the files did not change while git read them.
@@ -189,8 +193,7 @@ def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
         if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
             _cache.clear()
         _cache[key] = result
-        if shared is not None:
-            _cache[shared] = result
+        _cache[shared] = result
     return result
 
 
