@@ -62,7 +62,8 @@ def generate(root: Path, files: int, size_mb: int) -> Path:
             "GIT_COMMITTER_EMAIL": "b@b",
         }
     )
-    proc.run(["git", "commit", "-q", "-m", "generated"], cwd=repo, env=env)
+    # No automatic gc: detached, it would repack (and write info/refs) during the first round.
+    proc.run(["git", "-c", "gc.auto=0", "commit", "-q", "-m", "generated"], cwd=repo, env=env)
     return repo
 
 
