@@ -1,44 +1,97 @@
 """swarm's own cost per task against the git floor, measured in the same run.
 
     python benchmarks/bench_overhead.py [--tasks 50 200] [--jobs 8 32] [--files 100]
-                                        [--repo PATH] [--profile]
+                                        [--repo PATH] [--repeat 3] [--compare SRC ...]
+                                        [--trace] [--profile]
 
-For each size, a throwaway repository (N generated files, or a copy of `--repo`) and N tasks of
-a no-op agent (writes one file and exits). Three measurements:
+For each size, a throwaway repository (N generated files, or a clone of `--repo`) and N tasks of
+a no-op agent (writes one file and exits). Measured, in this order, per repetition:
 
 - swarm: `swarm run` of the N tasks at `--jobs`, then `swarm clean --all --yes` (worktrees and
   branches removed, as the floor does); CPU of the manager and every process it waited for;
+  `--compare SRC` also runs the swarm whose package is in the source tree SRC (for example
+  `git archive` of an older commit) on a fresh copy of the same repository;
 - agents: the agent command run N times by itself (its CPU is subtracted from swarm's);
 - floor: the minimal git a task needs (`worktree add` with checkout, one commit, `worktree
   remove`, branch delete), back to back, and in parallel at the same concurrency (metadata steps
   under one lock, as git needs).
 
-Prints swarm's CPU and wall per task beside the floor's and their ratios. `--profile` runs the
-manager under cProfile and prints its top functions.
+Prints, per task, swarm's CPU (run + clean, manager's own share in brackets) and wall beside
+the floor's, the ratios, and medians over `--repeat`. `--trace` counts the git processes per
+task (GIT_TRACE2) of swarm and of the floor, by command. `--profile` runs the manager under
+cProfile in every thread (CPU time per thread) and prints its top functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 AGENT = ["sh", "-c", 'echo done > "$SWARM_TASK_ID.txt"']
 IDENT = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+SRC = Path(__file__).resolve().parents[1]
+
+# Runs swarm's CLI in this interpreter and writes its own CPU (and, profiled, the merged
+# per-thread cProfile of CPU time) when it exits.
+WRAPPER = """
+import atexit, cProfile, json, resource, runpy, sys, threading, time
+out, prof_path = sys.argv[1], sys.argv[2]
+done = []  # profiles of threads that ended (a thread still running keeps its own)
+main = cProfile.Profile(time.thread_time) if prof_path else None
+if main is not None:
+    run = threading.Thread.run
+    def profiled(self):
+        p = cProfile.Profile(time.thread_time)
+        p.enable()
+        try:
+            run(self)
+        finally:
+            p.disable()
+            done.append(p)
+    threading.Thread.run = profiled
+    main.enable()
+def dump():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    with open(out, "w") as f:
+        json.dump({"self": r.ru_utime + r.ru_stime}, f)
+    if main is not None:
+        import pstats
+        main.disable()
+        stats = pstats.Stats(main)
+        for p in list(done):
+            stats.add(p)
+        stats.dump_stats(prof_path)
+atexit.register(dump)
+sys.argv = ["swarm", *sys.argv[3:]]
+runpy.run_module("worktree_swarm.cli", run_name="__main__")
+"""
 
 
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *IDENT, *args], cwd=cwd, check=True, capture_output=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measure:
+    """One swarm run and clean: wall, CPU of everything, and the managers' own CPU."""
+
+    wall: float
+    cpu: float
+    own: float
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run(["git", *IDENT, *args], cwd=cwd, check=True, capture_output=True, env=env)
 
 
 def children_cpu() -> float:
@@ -48,7 +101,11 @@ def children_cpu() -> float:
 
 def make_repo(root: Path, files: int, source: Path | None) -> None:
     if source is not None:
-        subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(source), str(root)], check=True)
+        subprocess.run(
+            ["git", "clone", "-q", "--no-hardlinks", str(source), str(root)],
+            check=True,
+            capture_output=True,
+        )
         return
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
@@ -60,24 +117,32 @@ def make_repo(root: Path, files: int, source: Path | None) -> None:
     git(root, "commit", "-q", "-m", "files")
 
 
-def measured(argv: list[str], cwd: Path) -> tuple[float, float]:
-    """Run *argv*; (wall, CPU of it and everything it waited for)."""
-    c0, w0 = children_cpu(), time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - w0, children_cpu() - c0
-
-
-def swarm_run(repo: Path, tasks: int, jobs: int, *, profile: Path | None) -> tuple[float, float]:
+def swarm_run(
+    repo: Path, tasks: int, jobs: int, *, src: Path, trace: Path | None, profile: Path | None
+) -> Measure:
     lines = [f"[defaults]\nagent = {json.dumps(AGENT)}\njobs = {jobs}\n"]
     lines += [f'[[task]]\nid = "t{i}"\nprompt = "work"\n' for i in range(tasks)]
     manifest = repo.parent / "tasks.toml"
     manifest.write_text("\n".join(lines))
-    prefix = [sys.executable]
-    if profile is not None:
-        prefix += ["-m", "cProfile", "-o", str(profile)]
-    wall, cpu = measured([*prefix, "-m", "worktree_swarm.cli", "run", str(manifest)], repo)
-    w2, c2 = measured([sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", "--yes"], repo)
-    return wall + w2, cpu + c2
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    if trace is not None:
+        env["GIT_TRACE2_EVENT"] = str(trace)
+    wall = cpu = own = 0.0
+    for i, argv in enumerate((["run", str(manifest)], ["clean", "--all", "--yes"])):
+        out = repo.parent / "rusage.json"
+        prof = str(profile) if profile is not None and i == 0 else ""
+        c0, w0 = children_cpu(), time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", WRAPPER, str(out), prof, *argv],
+            cwd=repo,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wall += time.perf_counter() - w0
+        cpu += children_cpu() - c0
+        own += json.loads(out.read_text())["self"]
+    return Measure(wall=wall, cpu=cpu, own=own)
 
 
 def agents_alone(repo: Path, tasks: int) -> float:
@@ -90,21 +155,23 @@ def agents_alone(repo: Path, tasks: int) -> float:
     return children_cpu() - c0
 
 
-def floor(repo: Path, tasks: int, jobs: int) -> tuple[float, float]:
+def floor(repo: Path, tasks: int, jobs: int, *, trace: Path | None = None) -> tuple[float, float]:
     lock = threading.Lock()
     where = repo.parent / "floor"
     where.mkdir(exist_ok=True)
+    env = {**os.environ, "GIT_TRACE2_EVENT": str(trace)} if trace is not None else None
 
     def one(i: int) -> None:
         path = where / f"t{i}"
         with lock:
-            git(repo, "worktree", "add", "-q", "--no-track", "-b", f"floor/t{i}", str(path), "HEAD")
+            git(repo, "worktree", "add", "-q", "--no-track", "-b", f"floor/t{i}", str(path), "HEAD",
+                env=env)  # fmt: skip
         (path / f"t{i}.txt").write_text("done\n")
-        git(path, "add", "-A")
-        git(path, "commit", "-q", "-m", "work")
+        git(path, "add", "-A", env=env)
+        git(path, "commit", "-q", "-m", "work", env=env)
         with lock:
-            git(repo, "worktree", "remove", "--force", str(path))
-            git(repo, "branch", "-D", f"floor/t{i}")
+            git(repo, "worktree", "remove", "--force", str(path), env=env)
+            git(repo, "branch", "-D", f"floor/t{i}", env=env)
 
     c0, w0 = children_cpu(), time.perf_counter()
     if jobs <= 1:
@@ -113,7 +180,44 @@ def floor(repo: Path, tasks: int, jobs: int) -> tuple[float, float]:
     else:
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(one, range(tasks)))
+    shutil.rmtree(where, ignore_errors=True)
     return time.perf_counter() - w0, children_cpu() - c0
+
+
+def git_counts(trace: Path) -> collections.Counter[str]:
+    """Git processes by command (the first non-option words) in a GIT_TRACE2 event file."""
+    counts: collections.Counter[str] = collections.Counter()
+    if not trace.exists():
+        return counts
+    for line in trace.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") != "start":
+            continue
+        words = event["argv"][1:]
+        while words[:1] == ["-c"]:
+            words = words[2:]
+        name = words[0] if words else "?"
+        if name in {"worktree", "config", "--no-optional-locks"} and len(words) > 1:
+            name += " " + words[1]
+        counts[name] += 1
+    return counts
+
+
+def print_counts(label: str, counts: collections.Counter[str], tasks: int) -> None:
+    total = sum(counts.values())
+    rows = ", ".join(f"{name} {n / tasks:.2f}" for name, n in counts.most_common(14))
+    print(f"    git processes per task, {label}: {total / tasks:.1f} ({rows})")
+
+
+def print_profile(path: Path) -> None:
+    import pstats  # noqa: PLC0415 - only with --profile
+
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(20)
+    stats.sort_stats("cumulative").print_stats("worktree_swarm", 30)
 
 
 def main() -> int:
@@ -122,33 +226,60 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[8])
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--repo", type=Path, help="clone this repository instead of generating")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--compare", type=Path, nargs="*", default=[], help="other source trees")
+    parser.add_argument("--trace", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    srcs = [SRC, *(p.resolve() for p in args.compare)]
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {platform.python_version()}")
-    what = args.repo or f"{args.files} generated files"
-    print(f"repository: {what}")
-    print("tasks jobs | swarm cpu/task wall/task | floor cpu/task (seq) wall/task (par) | ratios")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"repository: {args.repo or f'{args.files} generated files'}")
+    print("tasks jobs swarm | swarm cpu/task (own) wall/task | floor cpu/task wall/task | ratios")
     for tasks in args.tasks:
         for jobs in args.jobs:
-            with tempfile.TemporaryDirectory(prefix="swarm-overhead-") as tmp:
-                repo = Path(tmp) / "repo"
-                make_repo(repo, args.files, args.repo)
-                agent_cpu = agents_alone(repo, tasks)
-                prof = Path(tmp) / "manager.prof" if args.profile else None
-                s_wall, s_cpu = swarm_run(repo, tasks, jobs, profile=prof)
-                _, f_seq_cpu = floor(repo, tasks, 1)
-                f_par_wall, _ = floor(repo, tasks, jobs)
-                own = max(s_cpu - agent_cpu, 0.0) / tasks
-                print(
-                    f"{tasks:>5} {jobs:>4} | {own * 1000:>8.0f} ms {s_wall / tasks * 1000:>8.0f} ms"
-                    f" | {f_seq_cpu / tasks * 1000:>8.0f} ms {f_par_wall / tasks * 1000:>8.0f} ms"
-                    f" | cpu {own / (f_seq_cpu / tasks):.2f}x, wall {s_wall / f_par_wall:.2f}x"
-                )
-                if prof is not None:
-                    import pstats  # noqa: PLC0415 - only with --profile
-
-                    pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(25)
-                shutil.rmtree(repo.parent / "floor", ignore_errors=True)
+            ratios: dict[Path, list[tuple[float, float]]] = {s: [] for s in srcs}
+            for rep in range(args.repeat):
+                with tempfile.TemporaryDirectory(prefix="swarm-overhead-") as tmp:
+                    pristine = Path(tmp) / "pristine"
+                    make_repo(pristine, args.files, args.repo)
+                    agent_cpu = agents_alone(pristine, tasks)
+                    floor_trace = Path(tmp) / "floor.trace" if args.trace else None
+                    _, f_seq = floor(pristine, tasks, 1, trace=floor_trace)
+                    f_par, _ = floor(pristine, tasks, jobs)
+                    f_cpu, f_wall = f_seq / tasks, f_par / tasks
+                    if floor_trace is not None and rep == 0:
+                        print_counts("floor", git_counts(floor_trace), tasks)
+                    for n, src in enumerate(srcs):
+                        base = Path(tmp) / f"s{n}"
+                        base.mkdir()
+                        repo = base / "repo"
+                        shutil.copytree(pristine, repo, symlinks=True)
+                        trace = base / "swarm.trace" if args.trace and rep == 0 else None
+                        prof = base / "manager.prof" if args.profile and rep == 0 else None
+                        m = swarm_run(repo, tasks, jobs, src=src, trace=trace, profile=prof)
+                        cpu = max(m.cpu - agent_cpu, 0.0) / tasks
+                        ratios[src].append((cpu / f_cpu, m.wall / f_par))
+                        name = "this" if src == SRC else src.name
+                        print(
+                            f"{tasks:>5} {jobs:>4} {name:>5} | {cpu * 1000:>6.0f} ms"
+                            f" ({m.own / tasks * 1000:>3.0f}) {m.wall / tasks * 1000:>6.0f} ms"
+                            f" | {f_cpu * 1000:>6.0f} ms {f_wall * 1000:>6.0f} ms"
+                            f" | cpu {cpu / f_cpu:.2f}x, wall {m.wall / f_par:.2f}x"
+                        )
+                        if trace is not None:
+                            print_counts("swarm run + clean", git_counts(trace), tasks)
+                        if prof is not None:
+                            print_profile(prof)
+            if args.repeat > 1:
+                for src, rs in ratios.items():
+                    name = "this" if src == SRC else src.name
+                    cpu_med = statistics.median(r[0] for r in rs)
+                    wall_med = statistics.median(r[1] for r in rs)
+                    print(
+                        f"{tasks:>5} {jobs:>4} {name:>5} | median of {len(rs)}:"
+                        f" cpu {cpu_med:.2f}x, wall {wall_med:.2f}x the floor"
+                    )
     return 0
 
 

@@ -1,12 +1,16 @@
 """Provisioning benchmark: N worktrees swarm's way vs a naive sequential `git worktree add` loop.
 
 python benchmarks/bench_provision.py [--n 16] [--rounds 5] [--files 20000] [--size-mb 80]
-                                     [--jobs JOBS] [--workdir DIR]
+                                     [--jobs JOBS] [--workdir DIR] [--whole-run]
+
+With `--whole-run` swarm's side is a whole `swarm run` of N one-file tasks (a no-op agent that
+writes one file) at `--jobs`: worktrees, guard, checkpoints and store included.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -58,14 +62,16 @@ def generate(root: Path, files: int, size_mb: int) -> Path:
             "GIT_COMMITTER_EMAIL": "b@b",
         }
     )
-    proc.run(["git", "commit", "-q", "-m", "generated"], cwd=repo, env=env)
+    # No automatic gc: detached, it would repack (and write info/refs) during the first round.
+    proc.run(["git", "-c", "gc.auto=0", "commit", "-q", "-m", "generated"], cwd=repo, env=env)
     return repo
 
 
 def clean(repo: Path, wt_root: Path) -> None:
     shutil.rmtree(wt_root, ignore_errors=True)
     sh(repo, "worktree", "prune")
-    branches = sh(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/bench/").split()
+    branches = sh(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/bench/",
+                  "refs/heads/swarm/").split()  # fmt: skip
     if branches:
         sh(repo, "branch", "-q", "-D", *branches)
     wt_root.mkdir(parents=True)
@@ -91,6 +97,29 @@ def run_swarm(repo: Path, wt_root: Path, n: int, jobs: int) -> tuple[float, int]
                 failures += 1
                 print(f"  swarm failure: {exc}")
     return time.perf_counter() - t0, failures
+
+
+def run_whole(repo: Path, wt_root: Path, n: int, jobs: int) -> tuple[float, int]:
+    """`swarm run` of *n* one-file tasks with worktrees under *wt_root*; (wall, failures)."""
+    agent = ["sh", "-c", 'echo done > "$SWARM_TASK_ID.txt"']
+    lines = [f"[defaults]\nagent = {json.dumps(agent)}\njobs = {jobs}\n"]
+    lines.append(f"worktree_root = {json.dumps(str(wt_root))}\n")
+    lines += [f'[[task]]\nid = "s{i}"\nprompt = "work"\n' for i in range(n)]
+    manifest = wt_root.parent / "tasks.toml"
+    manifest.write_text("\n".join(lines))
+    t0 = time.perf_counter()
+    res = proc.run([sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)], cwd=repo,
+                   check=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        print(f"  swarm run failed ({res.returncode}): {(res.stdout + res.stderr)[-500:]}")
+        return wall, n
+    return wall, 0
+
+
+def clean_whole(repo: Path) -> None:
+    """Forget the whole run's state (its worktrees and branches go with :func:`clean`)."""
+    shutil.rmtree(repo / ".git" / "swarm", ignore_errors=True)
 
 
 def run_naive(repo: Path, wt_root: Path, n: int) -> tuple[float, int]:
@@ -134,6 +163,7 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=80)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="swarm thread pool size")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temp repo")
+    ap.add_argument("--whole-run", action="store_true", help="a whole `swarm run` per round")
     args = ap.parse_args()
 
     git_version = sh(Path.cwd(), "--version").strip()
@@ -156,7 +186,10 @@ def main() -> int:
             times: dict[str, float] = {}
             for which in order:
                 clean(repo, wt_root)
-                if which == "swarm":
+                if which == "swarm" and args.whole_run:
+                    clean_whole(repo)
+                    times[which], f = run_whole(repo, wt_root, args.n, args.jobs)
+                elif which == "swarm":
                     times[which], f = run_swarm(repo, wt_root, args.n, args.jobs)
                     f += verify(wt_root, "s", args.n)
                 else:

@@ -252,6 +252,52 @@ def test_checkpoint_deletion(repo: Path) -> None:
     assert git(repo, "ls-files") == ""
 
 
+def test_checkpoint_commits_what_the_agent_staged_itself(repo: Path, tmp_path: Path) -> None:
+    # `add --all` then stages nothing new: the checkpoint still finds the index ahead of HEAD.
+    (repo / "staged.txt").write_text("staged by the agent\n")
+    git(repo, "add", "staged.txt")
+    sha = g.checkpoint(repo, message="m", author=AUTHOR)
+    assert sha is not None
+    assert git(repo, "ls-tree", "--name-only", "HEAD", "staged.txt") == "staged.txt"
+    # In a linked worktree (HEAD read from its admin dir and the loose branch ref), and with
+    # the branch packed, the checkpoint names the commit git has.
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(wt))
+    git(repo, "pack-refs", "--all")
+    assert g.head_in(wt) == git(wt, "rev-parse", "HEAD")
+    (wt / "side.txt").write_text("side\n")
+    tip = g.checkpoint(wt, message="side", author=AUTHOR)
+    assert tip == git(wt, "rev-parse", "HEAD") == git(repo, "rev-parse", "refs/heads/side")
+    git(wt, "checkout", "-q", "--detach")
+    assert g.head_in(wt) == tip
+
+
+def test_checkpoint_never_concludes_a_merge_that_changes_nothing(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    commit_file(repo, "same.txt", "same\n")
+    git(repo, "checkout", "-q", "-b", "twin", base)
+    commit_file(repo, "same.txt", "same\n", "twin")  # another commit, the very same tree
+    git(repo, "checkout", "-q", "main")
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "merge", "-q", "--no-ff", "--no-commit", "twin")
+    assert (repo / ".git" / "MERGE_HEAD").exists()
+    git(repo, "rm", "-q", "--cached", "README.md")  # `add --all` stages it back: index == HEAD
+    assert g.checkpoint(repo, message="m", author=AUTHOR) is None
+    assert git(repo, "rev-parse", "HEAD") == head
+    # With a change it is committed, as the merge the agent started.
+    (repo / "more.txt").write_text("more\n")
+    sha = g.checkpoint(repo, message="m", author=AUTHOR)
+    assert sha is not None
+    assert len(git(repo, "rev-list", "--parents", "-1", "HEAD").split()) == 3
+
+
+def test_checkpoint_that_cannot_commit_raises(repo: Path) -> None:
+    (repo / "f.txt").write_text("x\n")
+    (repo / ".git" / "index.lock").write_text("")  # a git killed half-way left its lock
+    with pytest.raises(CommandError):
+        g.checkpoint(repo, message="m", author=AUTHOR)
+
+
 def test_diff_stat(repo: Path) -> None:
     r = g.open_repo(repo)
     base = commit_file(repo, "keep.txt", "".join(f"line {i}\n" for i in range(20)))

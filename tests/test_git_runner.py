@@ -89,3 +89,79 @@ def test_location_variables_never_redirect_git(
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     top = runner.run(repo, "rev-parse", "--show-toplevel").stdout.strip()
     assert Path(top) == repo.resolve()
+
+
+def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans: list[Path] = []
+    real_scan = runner._scan_repository_config
+
+    def counted(cwd: Path) -> tuple[tuple[str, str], ...]:
+        scans.append(cwd)
+        return real_scan(cwd)
+
+    monkeypatch.setattr(runner, "_scan_repository_config", counted)
+    monkeypatch.setattr(runner, "_cache", {})  # equal config files of earlier tests' repos
+    worktrees = [tmp_path / f"wt{i}" for i in range(3)]
+    for i, path in enumerate(worktrees):
+        git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(path))
+    for path in worktrees:
+        runner.run(path, "status", "--porcelain")
+    assert len(scans) == 1  # identical config files: one scan for all three
+    # A driver planted for one worktree only, through includeIf on its branch: each
+    # worktree is scanned for itself again, and the planted program never runs.
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.cfg"
+    evil.write_text(f'[filter "evil"]\n\tclean = touch {marker} #\n\trequired = true\n')
+    target = worktrees[2]
+    git(repo, "config", "includeIf.onbranch:b2.path", str(evil))
+    (target / ".gitattributes").write_text("*.txt filter=evil\n")
+    (target / "a.txt").write_text("x\n")
+    scans.clear()
+    for path in worktrees:
+        runner.run(path, "status", "--porcelain")
+    runner.run(target, "add", "--all")
+    assert len(scans) == 4  # with an include, before every command
+    assert not marker.exists()
+    (target / "a.txt").write_text("y\n")
+    git(target, "add", "--all")  # without the runner the include applies: the test is real
+    assert marker.exists()
+
+
+def test_a_worktree_whose_git_file_is_replaced_is_scanned_anew(repo: Path, tmp_path: Path) -> None:
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(wt))
+    (wt / "a.txt").write_text("x\n")
+    runner.run(wt, "status", "--porcelain")  # its config files located and scanned
+    # An agent makes the checkout a repository of its own, with a filter in its config.
+    marker = tmp_path / "pwned"
+    (wt / ".git").unlink()
+    git(wt, "init", "-q")
+    git(wt, "config", "filter.evil.clean", f"touch {marker} #")
+    git(wt, "config", "filter.evil.required", "true")
+    (wt / ".gitattributes").write_text("*.txt filter=evil\n")
+    runner.run(wt, "add", "--all")
+    assert not marker.exists()
+    (wt / "a.txt").write_text("y\n")
+    git(wt, "add", "--all")  # without the runner the filter runs: the test is real
+    assert marker.exists()
+
+
+def test_an_included_config_file_changed_later_is_still_neutralised(
+    repo: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    included = tmp_path / "included.cfg"
+    included.write_text("[core]\n\tquotePath = false\n")
+    git(repo, "config", "include.path", str(included))
+    (repo / ".gitattributes").write_text("*.txt filter=evil\n")
+    (repo / "a.txt").write_text("x\n")
+    runner.run(repo, "status", "--porcelain")  # read with a harmless included file
+    # Only the included file changes: the repository's own config stays byte for byte.
+    included.write_text(f'[filter "evil"]\n\tclean = touch {marker} #\n\trequired = true\n')
+    runner.run(repo, "add", "--all")
+    assert not marker.exists()
+    (repo / "a.txt").write_text("y\n")
+    git(repo, "add", "--all")  # without the runner the filter runs: the test is real
+    assert marker.exists()

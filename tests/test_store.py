@@ -229,6 +229,17 @@ def test_update_task_every_allowed_field(store: Store) -> None:
     assert (row.cost_usd, row.tokens_in, row.tokens_out) == (0.125, 1000, 200)
 
 
+def test_stop_requests_name_only_the_requested_tasks_in_manifest_order(store: Store) -> None:
+    new_run(store)
+    with_tasks(store, "a", "b", "c")
+    assert store.stop_requests("r1") == []
+    store.update_task("r1", "c", stop_requested=True)
+    store.update_task("r1", "a", stop_requested=True)
+    assert store.stop_requests("r1") == ["a", "c"]
+    store.update_task("r1", "a", stop_requested=False)  # `swarm retry` clears it
+    assert store.stop_requests("r1") == ["c"]
+
+
 def test_update_task_accepts_state_value_and_noop(store: Store) -> None:
     new_run(store)
     with_tasks(store, "a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -166,6 +167,33 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return res.returncode == 0
 
 
+def branches(repo: Repo) -> set[str]:
+    """The short names of every branch (one git process, however many branches)."""
+    out = git(repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/")
+    return {line.removeprefix("refs/heads/") for line in out.splitlines() if line}
+
+
+_known_commits: set[tuple[Path, str]] = set()
+_known_commits_lock = threading.Lock()
+
+
+def commit_of(repo: Repo, rev: str) -> str | None:
+    """The commit *rev* names (``rev^{commit}``), or None; a full name seen once is not asked again.
+
+    A run creates every worktree at one of a few commits; an object's type never changes, so
+    only *rev* given as a full object name that already resolved here skips git.
+    """
+    key = (repo.common_dir, rev)
+    with _known_commits_lock:
+        if key in _known_commits:
+            return rev
+    sha = rev_parse(repo, f"{rev}^{{commit}}")
+    if sha is not None and sha == rev:
+        with _known_commits_lock:
+            _known_commits.add(key)
+    return sha
+
+
 def user_identity(root: Path) -> str | None:
     """The user's ``Name <email>`` as git config resolves it in *root*, or None when unset.
 
@@ -292,17 +320,68 @@ def checkpoint(
             *(f":(exclude,literal,top){path}" for path in exclude),
             *(f":(exclude,glob,top){pattern}" for pattern in droppings),
         ]
-        _run(worktree, ["add", "--all", "--", *pathspec])
+        added = _run(worktree, ["add", "--all", "--verbose", "--", *pathspec]).stdout
     else:
-        _run(worktree, ["add", "--all"])
-    if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
-        return None
+        added = _run(worktree, ["add", "--all", "--verbose"]).stdout
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
-    _run(worktree, ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message], env=env)
-    head = rev_parse_in(worktree, "HEAD")
+    commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
+    if not added.strip() or _operation_in_progress(worktree):
+        # Nothing new staged (an agent may have staged its work itself), or a merge or
+        # cherry-pick an agent left, which a commit would conclude even with no change: ask
+        # whether the index differs from HEAD first.
+        if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+            return None
+        _run(worktree, commit, env=env)
+    else:
+        # `add` staged something: commit first and ask whether the index differs from HEAD
+        # only when the commit fails (one git process less per checkpoint that has work).
+        res = _run(worktree, commit, check=False, env=env)
+        if res.returncode != 0:
+            if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+                return None
+            raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
+    head = head_in(worktree)
     if head is None:
         raise GitError(f"checkpoint in {worktree} left no HEAD")
     return head
+
+
+# Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.
+_IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply")
+_OBJECT_NAME = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def _operation_in_progress(worktree: Path) -> bool:
+    try:
+        admin = git_dir(worktree)
+    except GitError:
+        return True  # unknown: take the careful path
+    return any(os.path.lexists(admin / name) for name in _IN_PROGRESS)
+
+
+def head_in(worktree: Path) -> str | None:
+    """The commit HEAD of *worktree* points at, read from git's files where they are plain.
+
+    A checkpoint's commit has just written the branch as a loose ref, so reading ``HEAD`` and
+    that file answers without a git process; anything else (packed refs, a ref backend
+    without loose files, a symlinked HEAD) asks ``git rev-parse``.
+    """
+    try:
+        admin = git_dir(worktree)
+        head = (admin / "HEAD").read_text(encoding="utf-8").strip()
+        if head.startswith("ref: refs/heads/"):
+            common = admin
+            commondir = admin / "commondir"
+            if commondir.is_file():
+                common = admin / commondir.read_text(encoding="utf-8").strip()
+            ref = head.removeprefix("ref: ")
+            if ".." not in ref.split("/"):
+                head = (common / ref).read_text(encoding="utf-8").strip()
+    except (OSError, GitError):
+        head = ""
+    if _OBJECT_NAME.fullmatch(head):
+        return head
+    return rev_parse_in(worktree, "HEAD")
 
 
 def checkout_incomplete(worktree: Path) -> bool:
@@ -336,6 +415,8 @@ def repair_checkout(worktree: Path) -> bool:
 
 def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     """Count files, inserted and deleted lines from *base* to *tip* (binary files count)."""
+    if base == tip:  # an attempt that committed nothing on an untouched branch
+        return DiffStat(files=0, insertions=0, deletions=0)
     out = git(repo.root, "diff", "--numstat", "-z", "--end-of-options", base, tip, "--")
     fields = out.split("\0")
     files = insertions = deletions = 0

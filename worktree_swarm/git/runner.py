@@ -90,20 +90,47 @@ def git_dir(checkout: Path) -> Path:
     return real_path(checkout / text.removeprefix("gitdir:").strip())
 
 
+# Per checkout: the stats of its `.git` and of `commondir` when its config files were located.
+_located: dict[str, tuple[object, Path, object, list[Path]]] = {}
+
+
 def _config_files(cwd: Path) -> list[Path]:
     """The repository-level config files that apply in *cwd* (best effort, no git call)."""
+    # Locating them resolves every component of two paths; it is done again only when the
+    # files that name them (`.git`, `commondir`) change.
+    dotgit = _signature(cwd / ".git")
+    with _cache_lock:
+        known = _located.get(str(cwd))
+    if known is not None and known[0] == dotgit and _signature(known[1] / "commondir") == known[2]:
+        return known[3]
     try:
         admin = git_dir(cwd)
     except GitError:
         return []  # a subdirectory, or not a checkout: not cached, scanned every time
     common = admin
     commondir = admin / "commondir"
+    located = _signature(commondir)
     if commondir.is_file():
         try:
             common = (admin / commondir.read_text(encoding="utf-8").strip()).resolve()
         except OSError:
             return []
-    return [admin / "config.worktree", common / "config", common / "config.worktree"]
+    files = [admin / "config.worktree", common / "config", common / "config.worktree"]
+    if dotgit == _signature(cwd / ".git") and located == _signature(commondir):
+        with _cache_lock:
+            if len(_located) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
+                _located.clear()
+            _located[str(cwd)] = (dotgit, admin, located, files)
+    return files
+
+
+def _signature(path: Path) -> object:
+    """What changes when *path* is replaced or rewritten (None when it is missing)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
@@ -118,21 +145,55 @@ def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
     return tuple(key)
 
 
+def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
+    """The bytes of *paths* (by role, not by name); None when they include other files.
+
+    Worktrees of one repository read the same files (the admin dir's ``config.worktree`` is
+    usually absent), so one scan answers for all of them. Not with ``include``/``includeIf``:
+    a condition (``onbranch:``) answers differently per worktree, and an included file can
+    change without these changing.
+    """
+    contents: list[object] = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError:
+            return None
+        if data is not None and b"include" in data.lower():
+            return None
+        contents.append(data)
+    return ("content", *contents)
+
+
 def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
     """Overrides for program-running settings that the repository's own config defines."""
     files = _config_files(cwd)
     key = (str(cwd), _stat_key(files)) if files else None
-    if key is not None:
-        with _cache_lock:
-            cached = _cache.get(key)
-        if cached is not None:
-            return cached
-    result = _scan_repository_config(cwd)
-    if key is not None:
-        with _cache_lock:
-            if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
-                _cache.clear()
-            _cache[key] = result
+    if key is None:
+        return _scan_repository_config(cwd)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    shared = _content_key(files)
+    if shared is None:
+        # Config that includes other files is read for every command: an included file can
+        # change (or a condition answer differently) while the including files stay as they are.
+        return _scan_repository_config(cwd)
+    with _cache_lock:
+        result = _cache.get(shared)
+    if result is None:
+        result = _scan_repository_config(cwd)
+        # Cached only when the files did not change while git read them.
+        if _stat_key(files) != key[1] or _content_key(files) != shared:
+            return result
+    with _cache_lock:
+        if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
+            _cache.clear()
+        _cache[key] = result
+        _cache[shared] = result
     return result
 
 

@@ -23,9 +23,10 @@ from worktree_swarm.core.paths import real_path
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
+    branches,
+    commit_of,
     git,
     repo_lock,
-    rev_parse,
 )
 
 _ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
@@ -134,6 +135,7 @@ def preflight(
     # lock; taking it would create files before validation has finished (bad input creates nothing).
     infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
     registered = {real_path(info.path) for info in infos}
+    existing = branches(repo)  # one listing, not a git process per task
     seen_branches: set[str] = set()
     seen_paths: set[Path] = set()
     for branch, path in items:
@@ -144,7 +146,7 @@ def preflight(
         seen_branches.add(branch)
         seen_paths.add(real_path(path))
         try:
-            _check_free(repo, branch, path, registered)
+            _check_free(repo, branch, path, registered, existing=existing)
         except BadInputError as exc:
             what = str(exc).split(";", 1)[0]
             step = next_step(branch) if next_step is not None else None
@@ -155,8 +157,10 @@ def preflight(
             raise BadInputError(f"{what}: {step}") from None
 
 
-def _check_free(repo: Repo, branch: str, path: Path, registered: set[Path]) -> None:
-    if branch_exists(repo, branch):
+def _check_free(
+    repo: Repo, branch: str, path: Path, registered: set[Path], *, existing: set[str] | None = None
+) -> None:
+    if (branch in existing) if existing is not None else branch_exists(repo, branch):
         raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}")
     if os.path.lexists(path):
         raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
@@ -172,7 +176,7 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     Raises BadInputError when *branch* or *path* already exists.
     """
     path = path.absolute()
-    commit = rev_parse(repo, f"{start}^{{commit}}")
+    commit = commit_of(repo, start)
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     with repo_lock(repo):

@@ -571,6 +571,14 @@ class Store:
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
         return [_task_row(r) for r in rows]
 
+    def stop_requests(self, run_id: str) -> list[str]:
+        """The ids of the run's tasks whose stop was requested (the manager polls this)."""
+        rows = self._read(
+            "SELECT task_id FROM tasks WHERE run_id = ? AND stop_requested ORDER BY position",
+            (run_id,),
+        )
+        return [str(r["task_id"]) for r in rows]
+
     def task(self, run_id: str, task_id: str) -> TaskRow | None:
         """Return one task, or None."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (run_id, task_id))

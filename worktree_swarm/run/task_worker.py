@@ -425,7 +425,7 @@ class TaskWorker:
             ),
             self.store.on_full,
         )
-        stat = git.diff_stat(self.repo, base, tip or git.rev_parse_in(path, "HEAD") or base)
+        stat = git.diff_stat(self.repo, base, tip or git.head_in(path) or base)
         self.store.update_task(
             self.run_id,
             task.id,
