@@ -41,6 +41,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import integrity, surface
 from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
 from worktree_swarm.guard.model import (
     MAIN,
@@ -70,6 +71,15 @@ from worktree_swarm.guard.snapshot import (
 )
 
 _MIN_INTERVAL = 1.0
+# Per periodic scan, task worktrees flagged as changed are compared for at most this long;
+# the rest wait for the next scan (oldest first), so the user's checkout and the refs are
+# compared every scan however many tasks have finished.
+_TASK_BUDGET = 0.25
+# The sweep: one place a scan, least recently compared first, is compared with git even
+# unflagged (what inotify cannot see: writes through a shared memory map, network file
+# systems), at most this share of the time, and only once it was last compared this long ago.
+_SWEEP_SHARE = 0.005
+_SWEEP_AGE = 30.0
 STASH = "refs/stash"
 _REASON_CHARS = 300
 
@@ -85,6 +95,7 @@ class _Place:
     base: Snapshot | None  # None: clean at the baseline, computed when first needed
     checked: float  # when it was last seen as its baseline
     status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
+    compared: float = 0.0  # when git last compared it (monotonic clock), for the sweep
 
     @property
     def users(self) -> bool:
@@ -137,6 +148,8 @@ class Guard:
         self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._interval = _MIN_INTERVAL
+        self._changes = Changes()  # which places may have changed: inotify and stat signatures
+        self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,6 +181,7 @@ class Guard:
         with self._lock:
             self._busy[task_id] = self._busy.get(task_id, 0) + 1
             self._places.pop(task_id, None)
+            self._changes.forget(task_id)
         try:
             yield
         finally:
@@ -186,6 +200,7 @@ class Guard:
         finally:
             with self._lock:
                 place = self._places.pop(task_id, None)
+                self._changes.forget(task_id)
                 if place is not None and place.path.is_dir():
                     with self._job(task_id):
                         self._scan_place(place, time.time(), quick=True)
@@ -256,7 +271,11 @@ class Guard:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the background scans (a last :meth:`scan` is the caller's to make)."""
+        """Stop the background scans (a last :meth:`scan` is the caller's to make).
+
+        That last scan compares the user's checkouts in full and the task worktrees flagged
+        as changed, then releases the change detector.
+        """
         self._closing.set()
         if self._thread is not None:
             self._thread.join()
@@ -269,9 +288,14 @@ class Guard:
     def scan(self, *, deep: bool = False) -> list[Violation]:
         """Compare what is watched with its baseline; handle and return new violations.
 
-        *deep* also walks every object task branches added (as after each attempt).
+        *deep* also walks every object task branches added (as after each attempt). The
+        user's checkouts are compared with git when flagged as changed (changes.py); the
+        last scan, after :meth:`close` or with *deep*, compares them in full. Task
+        worktrees are compared only when flagged, within a time budget except in that last
+        scan.
         """
         began = time.time()
+        final = deep or self._closing.is_set()
         found: list[Violation] = []
         with self._lock:
             pending: set[str] = set()
@@ -288,20 +312,71 @@ class Guard:
                 found += self._scan_objects(began, deep=False)
             if deep:
                 self._settled_checks(began)
+            changed = self._changes.changed()
+            sweep = None if final else self._sweep_pick()
             for place in [p for p in self._places.values() if p.users]:
-                with self._job(place.where):
-                    found += self._scan_place(place, began, quick=False)
+                flagged = final or place.where in changed
+                if flagged or place is sweep:
+                    found += self._compare(place, began, quick=False, sweep=not flagged)
+            mandatory = time.time() - began
             places = [p for p in self._places.values() if not p.users]
+        found += self._scan_tasks(places, changed, sweep, final=final)
+        if final and self._closing.is_set():
+            self._changes.close()  # the last scan: its events are of no use any more
+        # The pace follows what every scan must do, not the flagged task worktrees.
+        self._interval = max(_MIN_INTERVAL, 10 * mandatory)
+        return found
+
+    def _scan_tasks(
+        self, places: list[_Place], changed: set[str], sweep: _Place | None, *, final: bool
+    ) -> list[Violation]:
+        """Compare the task worktrees flagged as changed (and the sweep's), oldest first."""
+        found: list[Violation] = []
+        places.sort(key=lambda p: p.compared)
+        budget = None if final else time.monotonic() + _TASK_BUDGET
         for place in places:  # one at a time, so workers are not held up by a long scan
+            flagged = place.where in changed
+            if not flagged and place is not sweep:
+                continue
+            if budget is not None and time.monotonic() > budget:
+                if flagged:
+                    self._changes.mark(place.where)  # compared in a later scan
+                continue
             with self._lock:
                 if self._places.get(place.where) is not place:
                     continue
                 if not place.path.is_dir():
                     del self._places[place.where]  # removed; its work is on its branch
+                    self._changes.forget(place.where)
                     continue
-                with self._job(place.where):
-                    found += self._scan_place(place, time.time(), quick=True)
-        self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
+                found += self._compare(place, time.time(), quick=True, sweep=not flagged)
+        return found
+
+    def _sweep_pick(self) -> _Place | None:
+        """The place to compare unflagged this scan, if the sweep's share of time allows."""
+        now = time.monotonic()
+        if now < self._sweep_at or not self._places:
+            return None
+        place = min(self._places.values(), key=lambda p: p.compared)
+        return place if now - place.compared >= _SWEEP_AGE else None
+
+    def _compare(self, place: _Place, began: float, *, quick: bool, sweep: bool) -> list[Violation]:
+        """Compare *place* with git (a failure is recorded and flags it for the next scan).
+
+        A *sweep* step compares a place nothing flagged; flagged, even an unchanged `git
+        status` of a task worktree is not trusted where its baseline had uncommitted files.
+        """
+        started = time.monotonic()
+        found: list[Violation] = []
+        ok = False
+        with self._job(place.where):
+            found = self._scan_place(place, began, quick=quick, thorough=not sweep)
+            ok = True
+        if not ok:
+            self._changes.mark(place.where)
+        place.compared = done = time.monotonic()
+        if sweep:  # the next sweep step waits for the sweep's share of time
+            self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
 
     def drain(self) -> list[Violation]:
@@ -397,6 +472,10 @@ class Guard:
         scratch = self._dir / f"{name}.scratch-index"
         saved = self._dir / f"{name}.index"
         real = index_path(path)
+        # Watched before git looks: a change made while it does is flagged for the next scan.
+        self._changes.watch(
+            where, path, [real, real.parent / "HEAD"], skip=self._roots if where == MAIN else ()
+        )
         scratch.unlink(missing_ok=True)
         # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
         scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
@@ -420,6 +499,7 @@ class Guard:
             base=base,
             checked=began,
             status=place_status,
+            compared=time.monotonic(),
         )
 
     def _scan_surface(self, began: float) -> list[Violation]:
@@ -430,6 +510,7 @@ class Guard:
         if not labels:
             self._surface_checked = began
             return []
+        self._changes.mark_all()  # `info/exclude` or the config may change what git sees
         suspects = self._agents.suspects(window, exclude=())
         suspects = self._agents.narrow(suspects, common, labels) or suspects
         if not suspects:
@@ -596,10 +677,20 @@ class Guard:
             integrity.keep(self.repo.root, pack_dir, [tip], [*user, *previous])
             self._packed[ref] = tip
 
-    def _scan_place(self, place: _Place, began: float, *, quick: bool) -> list[Violation]:
-        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files)."""
+    def _scan_place(
+        self, place: _Place, began: float, *, quick: bool, thorough: bool = False
+    ) -> list[Violation]:
+        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files).
+
+        *thorough* (a change was seen there): an unchanged status is trusted only if the
+        baseline was clean, where it is exact.
+        """
         window = (place.checked, began)
-        if quick and status(place.path) == place.status:
+        if (
+            quick
+            and status(place.path) == place.status
+            and not (thorough and place.base is not None)
+        ):
             place.checked = began
             return []
         now = capture(place.path, place.scratch, self._excludes(place))
