@@ -166,3 +166,16 @@ def test_the_index_and_head_are_compared_by_their_stat(tmp_path: Path) -> None:
     git(repo, "rm", "-q", "--cached", "README.md")
     assert changes.changed() == {"main"}
     assert changes.changed() == set()
+
+
+def test_an_agent_that_ended_before_the_place_was_last_seen_untouched_is_no_suspect(
+    guard: Guard,
+) -> None:
+    victim = finished_worktrees(guard, guard.repo.root, ["victim"])["victim"]
+    guard.agent_started("early", identity_of(os.getpid()))
+    guard.agent_ended("early")
+    assert guard.scan() == []  # the worktree is untouched: seen so, after "early" ended
+    guard.agent_started("rogue", identity_of(os.getpid()))
+    sneaky_write(victim / "app.py", b"print('v2')\n")  # its old mtime names no agent
+    found = guard.scan()
+    assert [(v.where, v.suspects) for v in found] == [("victim", ("rogue",))]

@@ -15,7 +15,9 @@ What is watched, against a baseline recorded when watching starts:
 - every task worktree of the run while nothing of its own runs in it (after its task ended,
   or while it waits for a rate limit): any change there was made by someone else.
 
-A change is a *violation*. Its suspects are the agents that were alive since the previous
+Git compares a checkout only when its cheap change test (changes.py: inotify, stat of its
+git files) flags it, or for a slow sweep; the user's checkouts are compared in full by the
+last scan. A change is a *violation*. Its suspects are the agents that were alive since the previous
 clean scan, narrowed by the changed files' modification times and by which agents' processes
 sit in the changed directory (attribution.py). The foreign changes are saved as a patch under
 the run's directory and, unless the run allows outside writes, undone (restore.py). A scan
@@ -96,6 +98,7 @@ class _Place:
     checked: float  # when it was last seen as its baseline
     status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
     compared: float = 0.0  # when git last compared it (monotonic clock), for the sweep
+    seen: float = 0.0  # when the change test last found it untouched (attribution's window)
 
     @property
     def users(self) -> bool:
@@ -148,6 +151,7 @@ class Guard:
         self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._interval = _MIN_INTERVAL
+        self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._closing = threading.Event()
@@ -306,13 +310,19 @@ class Guard:
             # The git dir first: undoing an `info/exclude` entry shows the files it hid.
             with self._job(REPOSITORY):
                 found += self._scan_surface(began)
+            refs: dict[str, str] | None = None
             with self._job("refs"):
-                found += self._scan_refs(began, pending)
+                moved = self._scan_refs(began, pending)
+                found += moved
+                refs = None if moved else self._read  # as read: nothing was put back
             with self._job("objects"):
-                found += self._scan_objects(began, deep=False)
+                found += self._scan_objects(began, deep=False, refs=refs)
             if deep:
                 self._settled_checks(began)
             changed = self._changes.changed()
+            for place in self._places.values():
+                if place.where not in changed and self._changes.watched(place.where):
+                    place.seen = began  # untouched until the events were read, after *began*
             sweep = None if final else self._sweep_pick()
             for place in [p for p in self._places.values() if p.users]:
                 flagged = final or place.where in changed
@@ -369,8 +379,11 @@ class Guard:
         started = time.monotonic()
         found: list[Violation] = []
         ok = False
+        # A change the test flagged was made after it last found the place untouched; one only
+        # git sees, since git last compared it.
+        since = place.checked if sweep else max(place.checked, place.seen)
         with self._job(place.where):
-            found = self._scan_place(place, began, quick=quick, thorough=not sweep)
+            found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
             ok = True
         if not ok:
             self._changes.mark(place.where)
@@ -474,7 +487,7 @@ class Guard:
         real = index_path(path)
         # Watched before git looks: a change made while it does is flagged for the next scan.
         self._changes.watch(
-            where, path, [real, real.parent / "HEAD"], skip=self._roots if where == MAIN else ()
+            where, path, self._git_files(real.parent), skip=self._roots if where == MAIN else ()
         )
         scratch.unlink(missing_ok=True)
         # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
@@ -501,6 +514,17 @@ class Guard:
             status=place_status,
             compared=time.monotonic(),
         )
+
+    def _git_files(self, admin: Path) -> list[Path]:
+        """The files whose stat tells that a checkout's index, HEAD or HEAD's branch moved."""
+        common = self.repo.common_dir
+        files = [admin / "index", admin / "HEAD", common / "packed-refs"]
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            head = (admin / "HEAD").read_text(encoding="utf-8")
+            ref = head.removeprefix("ref: ").strip()
+            if head.startswith("ref: refs/") and ".." not in ref:
+                files.append(common / ref)  # a loose ref; packed, it is packed-refs
+        return files
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
@@ -555,7 +579,7 @@ class Guard:
         return found
 
     def _moved_refs(self, pending: set[str]) -> list[RefMove]:
-        now = read_refs(self.repo.root)
+        now = self._read = read_refs(self.repo.root)
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
@@ -617,11 +641,16 @@ class Guard:
             patch_text=patch,
         )
 
-    def _scan_objects(self, began: float, *, deep: bool) -> list[Violation]:
-        """Refs whose objects were deleted: restored from the kept pack, or kept by name."""
+    def _scan_objects(
+        self, began: float, *, deep: bool, refs: dict[str, str] | None = None
+    ) -> list[Violation]:
+        """Refs whose objects were deleted: restored from the kept pack, or kept by name.
+
+        *refs*: every watched ref, as just read (by default, read now).
+        """
         window = (self._objects_checked, began)
         root, common = self.repo.root, self.repo.common_dir
-        refs = read_refs(root)
+        refs = read_refs(root) if refs is None else refs
         broken = integrity.broken_refs(root, refs, deep=deep)
         pack_dir = self._dir / "keep"
         if broken:
@@ -678,14 +707,21 @@ class Guard:
             self._packed[ref] = tip
 
     def _scan_place(
-        self, place: _Place, began: float, *, quick: bool, thorough: bool = False
+        self,
+        place: _Place,
+        began: float,
+        *,
+        quick: bool,
+        thorough: bool = False,
+        since: float | None = None,
     ) -> list[Violation]:
         """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files).
 
         *thorough* (a change was seen there): an unchanged status is trusted only if the
-        baseline was clean, where it is exact.
+        baseline was clean, where it is exact. Suspects are the agents alive from *since*
+        (by default, when it was last seen as its baseline).
         """
-        window = (place.checked, began)
+        window = (place.checked if since is None else since, began)
         if (
             quick
             and status(place.path) == place.status
