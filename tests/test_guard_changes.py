@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import MAIN, Guard
+from worktree_swarm.guard import MAIN, Guard, changes
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.infra.supervisor import identity_of
 
@@ -51,7 +51,8 @@ def git_commands(trace: Path, name: str) -> int:
 
 @pytest.fixture
 def guard(tmp_path: Path) -> Guard:
-    repo = make_repo(tmp_path / "repo", {"app.py": "print('v1')\n", "lib/util.py": "x = 1\n"})
+    files = {"app.py": "print('v1')\n", "lib/util.py": "x = 1\n", "pkg/sub/deep/m.py": "y = 1\n"}
+    repo = make_repo(tmp_path / "repo", files)
     (repo / "notes.txt").write_text("my untracked notes\n")
     watcher = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
     watcher.start()
@@ -72,7 +73,9 @@ def test_untouched_finished_worktrees_cost_no_git_command(
     assert git_commands(trace, "for-each-ref") >= 3  # the refs are compared every scan
 
 
-@pytest.mark.parametrize("how", ["plain", "sneaky", "new directory", "moved directory"])
+@pytest.mark.parametrize(
+    "how", ["plain", "sneaky", "deep", "new directory", "moved directory", "chmod"]
+)
 def test_outside_write_into_a_finished_worktree_is_caught(
     guard: Guard, how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -87,6 +90,10 @@ def test_outside_write_into_a_finished_worktree_is_caught(
         (victim / "work.txt").write_text("rogue\n")
     elif how == "sneaky":
         sneaky_write(victim / "app.py", b"print('v2')\n")
+    elif how == "deep":
+        sneaky_write(victim / "pkg" / "sub" / "deep" / "m.py", b"y = 2\n")
+    elif how == "chmod":
+        (victim / "app.py").chmod(0o755)
     elif how == "new directory":
         (victim / "new" / "deeper").mkdir(parents=True)
         assert guard.scan() == []  # empty directories: nothing git sees, but now watched
@@ -99,6 +106,8 @@ def test_outside_write_into_a_finished_worktree_is_caught(
     assert [(v.where, v.suspects, v.restored) for v in found] == [("victim", ("rogue",), True)]
     assert (victim / "work.txt").read_text() == "victim was here\n"
     assert (victim / "app.py").read_text() == "print('v1')\n"
+    assert not os.access(victim / "app.py", os.X_OK)
+    assert (victim / "pkg" / "sub" / "deep" / "m.py").read_text() == "y = 1\n"
     assert not (victim / "new").exists()
     if how == "moved directory":
         assert (victim / "moved" / "util.py").read_text() == "x = 1\n"
@@ -179,3 +188,26 @@ def test_an_agent_that_ended_before_the_place_was_last_seen_untouched_is_no_susp
     sneaky_write(victim / "app.py", b"print('v2')\n")  # its old mtime names no agent
     found = guard.scan()
     assert [(v.where, v.suspects) for v in found] == [("victim", ("rogue",))]
+
+
+def test_without_inotify_the_guard_compares_every_place_with_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_inotify() -> None:
+        raise OSError(38, "Function not implemented")  # as on a system without it
+
+    monkeypatch.setattr(changes.inotify, "Inotify", no_inotify)
+    repo = make_repo(tmp_path / "repo", {"app.py": "print('v1')\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    victim = finished_worktrees(guard, repo, ["victim"])["victim"]
+    assert guard.scan() == []
+    guard.agent_started("rogue", identity_of(os.getpid()))
+    sneaky_write(victim / "app.py", b"print('v2')\n")
+    sneaky_write(repo / "app.py", b"print('v3')\n")
+    found = guard.scan()
+    assert sorted((v.where, v.paths, v.restored) for v in found) == [
+        (MAIN, ("app.py",), True),
+        ("victim", ("app.py",), True),
+    ]
+    assert (victim / "app.py").read_text() == (repo / "app.py").read_text() == "print('v1')\n"

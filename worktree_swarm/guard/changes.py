@@ -30,6 +30,7 @@ from worktree_swarm.infra import inotify
 # build outputs): they are left unwatched. Smaller trees are watched whole, without asking.
 _BIG_TREE = 1000
 _GONE = (errno.ENOENT, errno.ENOTDIR)  # a directory removed while being watched: skipped
+_LEAF_LINKS = 2  # a directory's link count without subdirectories, where they are counted
 
 Signature = tuple[tuple[int, int, int, int] | None, ...]
 
@@ -179,19 +180,23 @@ class Changes:
     def _walk(self, key: str, place: _Place, top: Path, *, limit: int | None) -> set[int] | None:
         """Watch *top* and every directory under it; the watches, None when that failed.
 
-        Each directory is watched before it is listed: an entry made after the listing is
-        reported by its watch, one made before is found by the listing.
+        Each directory is watched before it is looked at: an entry made after is reported by
+        its watch, one made before is found by the listing. A directory whose link count says
+        it has no subdirectory is not listed (its files need no watch of their own), once a
+        listing showed that this file system counts them (btrfs, for one, does not).
         """
         assert self._ino is not None  # noqa: S101 - callers check
         seen: set[int] = set()
+        counts: bool | None = None  # whether link counts tell subdirectories here
         stack = [top]
         while stack:
             directory = stack.pop()
             try:
                 wd = self._ino.add(directory)
+                links = directory.lstat().st_nlink
             except OSError as exc:
                 if exc.errno in _GONE:
-                    continue
+                    continue  # gone meanwhile: its parent's watch reported that
                 return None  # the watch limit, most likely: this place is polled instead
             seen.add(wd)
             place.wds.add(wd)
@@ -200,15 +205,17 @@ class Changes:
             self._wds[wd] = (keys, directory)
             if limit is not None and len(seen) > limit:
                 return None
+            if counts and links == _LEAF_LINKS:
+                continue  # `.` and its entry in the parent: no subdirectory
             try:
-                entries = list(os.scandir(directory))
+                subdirs = [e for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
             except OSError:
-                continue  # gone meanwhile: its parent's watch reported that
-            for entry in entries:
-                if entry.name == ".git" or not entry.is_dir(follow_symlinks=False):
-                    continue
+                continue
+            if counts is None and subdirs:
+                counts = links == _LEAF_LINKS + len(subdirs)
+            for entry in subdirs:
                 path = Path(entry.path)
-                if path in place.skip or os.path.lexists(path / ".git"):
+                if entry.name == ".git" or path in place.skip or os.path.lexists(path / ".git"):
                     continue  # excluded, ignored as a whole, or a repository of its own
                 stack.append(path)
         return seen
