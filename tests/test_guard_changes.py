@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import MAIN, Guard, changes
+from worktree_swarm.guard import MAIN, Guard
 from worktree_swarm.guard.changes import Changes
+from worktree_swarm.infra import inotify
 from worktree_swarm.infra.supervisor import identity_of
+
+
+def me() -> ProcessIdentity:
+    """This process, as the agent that misbehaves."""
+    identity = identity_of(os.getpid())
+    assert identity is not None
+    return identity
 
 
 def sneaky_write(path: Path, data: bytes) -> None:
@@ -85,7 +94,7 @@ def test_outside_write_into_a_finished_worktree_is_caught(
     if how == "moved directory":  # the user's own, while no agent runs: the new baseline
         (victim / "lib").rename(victim / "moved")
         assert guard.scan() == []
-    guard.agent_started("rogue", identity_of(os.getpid()))
+    guard.agent_started("rogue", me())
     if how == "plain":
         (victim / "work.txt").write_text("rogue\n")
     elif how == "sneaky":
@@ -120,7 +129,7 @@ def test_outside_write_into_the_users_checkout_keeping_size_and_mtime_is_caught(
     repo = guard.repo.root
     finished_worktrees(guard, repo, ["t1"])
     assert guard.scan() == []
-    guard.agent_started("rogue", identity_of(os.getpid()))
+    guard.agent_started("rogue", me())
     sneaky_write(repo / "lib" / "util.py", b"x = 2\n")
     sneaky_write(repo / "notes.txt", b"my untracked NOTES\n")
     found = guard.scan()
@@ -134,7 +143,7 @@ def test_outside_write_into_the_users_checkout_keeping_size_and_mtime_is_caught(
 def test_the_last_scan_compares_the_users_checkout_in_full(guard: Guard) -> None:
     # A write through a shared memory map raises no inotify event; the last scan sees it.
     repo = guard.repo.root
-    guard.agent_started("rogue", identity_of(os.getpid()))
+    guard.agent_started("rogue", me())
     fd = os.open(repo / "app.py", os.O_RDWR)
     mapped = mmap.mmap(fd, 0)
     os.close(fd)  # the only event, before anything changed
@@ -181,10 +190,10 @@ def test_an_agent_that_ended_before_the_place_was_last_seen_untouched_is_no_susp
     guard: Guard,
 ) -> None:
     victim = finished_worktrees(guard, guard.repo.root, ["victim"])["victim"]
-    guard.agent_started("early", identity_of(os.getpid()))
+    guard.agent_started("early", me())
     guard.agent_ended("early")
     assert guard.scan() == []  # the worktree is untouched: seen so, after "early" ended
-    guard.agent_started("rogue", identity_of(os.getpid()))
+    guard.agent_started("rogue", me())
     sneaky_write(victim / "app.py", b"print('v2')\n")  # its old mtime names no agent
     found = guard.scan()
     assert [(v.where, v.suspects) for v in found] == [("victim", ("rogue",))]
@@ -196,13 +205,13 @@ def test_without_inotify_the_guard_compares_every_place_with_git(
     def no_inotify() -> None:
         raise OSError(38, "Function not implemented")  # as on a system without it
 
-    monkeypatch.setattr(changes.inotify, "Inotify", no_inotify)
+    monkeypatch.setattr(inotify, "Inotify", no_inotify)
     repo = make_repo(tmp_path / "repo", {"app.py": "print('v1')\n"})
     guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
     guard.start()
     victim = finished_worktrees(guard, repo, ["victim"])["victim"]
     assert guard.scan() == []
-    guard.agent_started("rogue", identity_of(os.getpid()))
+    guard.agent_started("rogue", me())
     sneaky_write(victim / "app.py", b"print('v2')\n")
     sneaky_write(repo / "app.py", b"print('v3')\n")
     found = guard.scan()
