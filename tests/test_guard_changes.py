@@ -220,3 +220,22 @@ def test_without_inotify_the_guard_compares_every_place_with_git(
         ("victim", ("app.py",), True),
     ]
     assert (victim / "app.py").read_text() == (repo / "app.py").read_text() == "print('v1')\n"
+
+
+def test_writes_into_a_directory_git_ignores_in_the_users_checkout_cost_no_git_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path / "repo", {".gitignore": "build/\n", "app.py": "print('v1')\n"})
+    (repo / "build" / "cache").mkdir(parents=True)
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("GIT_TRACE2", str(trace))
+    guard.agent_started("rogue", me())
+    (repo / "build" / "cache" / "out.o").write_text("object code\n")
+    assert guard.scan() == []
+    assert git_commands(trace, "add") == 0
+    (repo / "app.py").write_text("print('v2')\n")  # next to it: seen at once
+    found = guard.scan()
+    assert [(v.where, v.paths) for v in found] == [(MAIN, ("app.py",))]
+    assert (repo / "build" / "cache" / "out.o").exists()

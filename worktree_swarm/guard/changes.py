@@ -79,9 +79,19 @@ class Changes:
         return self._ino is not None
 
     def watch(
-        self, key: str, root: Path, git_files: Sequence[Path], skip: Sequence[Path] = ()
+        self,
+        key: str,
+        root: Path,
+        git_files: Sequence[Path],
+        skip: Sequence[Path] = (),
+        *,
+        unignored: bool = False,
     ) -> bool:
-        """Start (or renew) watching *key*'s tree *root*; False when it can only be polled."""
+        """Start (or renew) watching *key*'s tree *root*; False when it can only be polled.
+
+        *unignored*: leave what git ignores as a whole unwatched however small the tree (a
+        checkout someone works in: builds and caches there would flag it all the time).
+        """
         with self._lock:
             self._forget(key)
             real = Path(os.path.realpath(root))
@@ -94,8 +104,10 @@ class Changes:
             self._places[key] = place
             if self._ino is None:
                 return False
-            seen = self._walk(key, place, real, limit=_BIG_TREE)
-            if seen is None:
+            if unignored:
+                self._ignore_ignored(real, place)
+            seen = self._walk(key, place, real, limit=None if unignored else _BIG_TREE)
+            if seen is None and not unignored:
                 self._ignore_ignored(real, place)
                 seen = self._walk(key, place, real, limit=None)
             place.watched = seen is not None

@@ -486,8 +486,13 @@ class Guard:
         saved = self._dir / f"{name}.index"
         real = index_path(path)
         # Watched before git looks: a change made while it does is flagged for the next scan.
+        users = where == MAIN or where.startswith(WORKTREE_PREFIX)
         self._changes.watch(
-            where, path, self._git_files(real.parent), skip=self._roots if where == MAIN else ()
+            where,
+            path,
+            self._git_files(real.parent),
+            skip=self._roots if where == MAIN else (),
+            unignored=users,
         )
         scratch.unlink(missing_ok=True)
         # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
@@ -498,7 +503,6 @@ class Guard:
         else:
             saved.unlink(missing_ok=True)
         began = time.time()
-        users = where == MAIN or where.startswith(WORKTREE_PREFIX)
         # The user's checkouts are always compared in full; a task worktree first by status.
         place_status = "" if users else status(path)
         base = None
