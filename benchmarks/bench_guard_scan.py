@@ -1,7 +1,7 @@
 """The guard's cost: on a big checkout while agents idle, and with many finished worktrees.
 
     python benchmarks/bench_guard_scan.py [--files 100000] [--scans 10] [--idle 60]
-        [--worktrees 0 100 500] [--before REV]
+        [--worktrees 0 100 500] [--run 500] [--jobs 32] [--before REV]
 
 1. Generates a repository of N small files (one commit), starts the guard on it as `swarm run`
    does, then runs the periodic scan of an unchanged checkout and refs `--scans` times. Prints
@@ -12,6 +12,10 @@
    to a fresh guard (as tasks that have ended), then prints one periodic scan's wall time, the
    gap between two checks of the user's checkout (the guard's pause plus a scan) and the last
    scan (with its deep checks).
+3. With `--run N`: a real `swarm run` of N tasks of a no-op agent at `--jobs` on a 100-file
+   repository, with the guard's scans timed from inside the manager: the longest and the 99th
+   percentile pause between the starts of two periodic scans (each checks the refs and the
+   user's checkout), and the last scan.
 
 With `--before REV`, the same measurements run against the package as it was at REV (a
 temporary worktree of this repository) on the same generated repositories, and the ratios are
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import platform
@@ -81,8 +86,9 @@ def measure_count(repo_root: Path, counts: list[int], scans: int) -> dict[str, f
     """Scan latency with 0, 100, 500... finished task worktrees (the package under test)."""
     from worktree_swarm.guard import Guard  # noqa: PLC0415 - the package under test
 
+    wts = repo_root.parent / "wts"
     worktrees = sorted(
-        (repo_root.parent / "wts").iterdir(), key=lambda p: int(p.name.removeprefix("t"))
+        wts.iterdir() if wts.is_dir() else [], key=lambda p: int(p.name.removeprefix("t"))
     )
     out: dict[str, float] = {}
     for count in counts:
@@ -107,6 +113,46 @@ def measure_count(repo_root: Path, counts: list[int], scans: int) -> dict[str, f
             guard.scan(deep=True)
             out[f"final_ms_{count}"] = (time.perf_counter() - w0) * 1000
     return out
+
+
+def measure_run(manifest: Path) -> dict[str, float]:
+    """`swarm run` in this process, the guard's scans timed (the package under test)."""
+    from worktree_swarm import cli  # noqa: PLC0415 - the package under test
+    from worktree_swarm.guard import Guard  # noqa: PLC0415
+
+    starts: list[tuple[float, float, bool]] = []
+    scan = Guard.scan
+
+    def timed(self: object, *, deep: bool = False) -> object:
+        began = time.monotonic()
+        try:
+            return scan(self, deep=deep)  # type: ignore[arg-type]
+        finally:
+            starts.append((began, time.monotonic() - began, deep))
+
+    Guard.scan = timed  # type: ignore[assignment,method-assign]
+    w0 = time.monotonic()
+    code = cli.main(["run", str(manifest)])
+    wall = time.monotonic() - w0
+    periodic = [b for b, _, deep in starts if not deep]
+    gaps = sorted(b - a for a, b in itertools.pairwise(periodic)) or [0.0]
+    return {
+        "exit": float(code),
+        "run_wall_s": wall,
+        "scans": float(len(periodic)),
+        "max_gap_s": gaps[-1],
+        "p99_gap_s": gaps[int(0.99 * (len(gaps) - 1))],
+        "last_scan_ms": 1000 * next((d for _, d, deep in reversed(starts) if deep), 0.0),
+    }
+
+
+def run_manifest(repo: Path, tasks: int, jobs: int) -> Path:
+    agent = ["sh", "-c", 'echo done > "$SWARM_TASK_ID.txt"']
+    lines = [f"[defaults]\nagent = {json.dumps(agent)}\njobs = {jobs}\n"]
+    lines += [f'[[task]]\nid = "t{i}"\nprompt = "work"\n' for i in range(tasks)]
+    manifest = repo.parent / "tasks.toml"
+    manifest.write_text("\n".join(lines))
+    return manifest
 
 
 def measure(repo_root: Path, scans: int, idle: float) -> dict[str, float]:
@@ -176,10 +222,17 @@ def main() -> int:
     parser.add_argument("--scans", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle watching")
     parser.add_argument("--worktrees", type=int, nargs="*", default=[0, 100, 500])
+    parser.add_argument("--run", type=int, default=0, help="tasks of a real swarm run (0: none)")
+    parser.add_argument("--jobs", type=int, default=32)
     parser.add_argument("--before", help="a commit of this repository to compare with")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.manifest:
+        os.chdir(args.child)
+        print(json.dumps(measure_run(Path(args.manifest))))
+        return 0
     if args.child and args.count:
         print(json.dumps(measure_count(Path(args.child), args.worktrees, args.scans)))
         return 0
@@ -218,6 +271,19 @@ def main() -> int:
                 results[name] = {**big, **many}
                 show(name, big)
                 show_count(name, many, args.worktrees)
+                if args.run:
+                    run_repo = Path(tmp) / f"run-{name}" / "repo"
+                    make_repo(run_repo, 100)
+                    manifest = run_manifest(run_repo, args.run, args.jobs)
+                    ran = run_child(root, run_repo, ["--manifest", str(manifest)])
+                    results[name].update(ran)
+                    print(
+                        f"{name:>7}: swarm run of {args.run} tasks at --jobs {args.jobs}: "
+                        f"{ran['run_wall_s']:.1f} s (exit {ran['exit']:.0f}), "
+                        f"{ran['scans']:.0f} scans, pause between scans max "
+                        f"{ran['max_gap_s']:.2f} s, p99 {ran['p99_gap_s']:.2f} s; "
+                        f"last scan {ran['last_scan_ms']:.0f} ms"
+                    )
         finally:
             if args.before:
                 subprocess.run(
