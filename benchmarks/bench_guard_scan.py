@@ -14,8 +14,9 @@
    scan (with its deep checks).
 3. With `--run N`: a real `swarm run` of N tasks of a no-op agent at `--jobs` on a 100-file
    repository, with the guard's scans timed from inside the manager: the longest and the 99th
-   percentile pause between the starts of two periodic scans (each checks the refs and the
-   user's checkout), and the last scan.
+   percentile pause between the starts of two scans (each checks the refs and the user's
+   checkout; the first pause starts with the baselines, the last ends with the last scan),
+   and that last scan.
 
 With `--before REV`, the same measurements run against the package as it was at REV (a
 temporary worktree of this repository) on the same generated repositories, and the ratios are
@@ -121,7 +122,11 @@ def measure_run(manifest: Path) -> dict[str, float]:
     from worktree_swarm.guard import Guard  # noqa: PLC0415
 
     starts: list[tuple[float, float, bool]] = []
-    scan = Guard.scan
+    scan, start = Guard.scan, Guard.start
+
+    def started(self: object) -> None:
+        start(self)  # type: ignore[arg-type]
+        starts.append((time.monotonic(), 0.0, False))  # the baselines: checked from here
 
     def timed(self: object, *, deep: bool = False) -> object:
         began = time.monotonic()
@@ -131,18 +136,21 @@ def measure_run(manifest: Path) -> dict[str, float]:
             starts.append((began, time.monotonic() - began, deep))
 
     Guard.scan = timed  # type: ignore[assignment,method-assign]
+    Guard.start = started  # type: ignore[assignment,method-assign]
     w0 = time.monotonic()
     code = cli.main(["run", str(manifest)])
     wall = time.monotonic() - w0
-    periodic = [b for b, _, deep in starts if not deep]
+    # From the baselines to the last scan, which starts once every task has ended.
+    periodic = [b for b, _, _ in starts]
     gaps = sorted(b - a for a, b in itertools.pairwise(periodic)) or [0.0]
     return {
         "exit": float(code),
         "run_wall_s": wall,
-        "scans": float(len(periodic)),
+        "scans": float(len(periodic) - 2),
         "max_gap_s": gaps[-1],
         "p99_gap_s": gaps[int(0.99 * (len(gaps) - 1))],
         "last_scan_ms": 1000 * next((d for _, d, deep in reversed(starts) if deep), 0.0),
+        "max_scan_ms": 1000 * max((d for _, d, deep in starts if not deep), default=0.0),
     }
 
 
@@ -281,8 +289,8 @@ def main() -> int:
                         f"{name:>7}: swarm run of {args.run} tasks at --jobs {args.jobs}: "
                         f"{ran['run_wall_s']:.1f} s (exit {ran['exit']:.0f}), "
                         f"{ran['scans']:.0f} scans, pause between scans max "
-                        f"{ran['max_gap_s']:.2f} s, p99 {ran['p99_gap_s']:.2f} s; "
-                        f"last scan {ran['last_scan_ms']:.0f} ms"
+                        f"{ran['max_gap_s']:.2f} s, p99 {ran['p99_gap_s']:.2f} s; longest scan "
+                        f"{ran['max_scan_ms']:.0f} ms; last scan {ran['last_scan_ms']:.0f} ms"
                     )
         finally:
             if args.before:

@@ -17,11 +17,12 @@ What is watched, against a baseline recorded when watching starts:
 
 Git compares a checkout only when its cheap change test (changes.py: inotify, stat of its
 git files) flags it, or for a slow sweep; the user's checkouts are compared in full by the
-last scan. A change is a *violation*. Its suspects are the agents that were alive since the previous
-clean scan, narrowed by the changed files' modification times and by which agents' processes
-sit in the changed directory (attribution.py). The foreign changes are saved as a patch under
-the run's directory and, unless the run allows outside writes, undone (restore.py). A scan
-that fails is recorded with its reason (:meth:`Guard.drain_failures`) and retried.
+last scan. A change is a *violation*. Its suspects are the agents that were alive since the
+previous clean scan, narrowed by the changed files' modification times and by which agents'
+processes sit in the changed directory (attribution.py). The foreign changes are saved as a
+patch under the run's directory and, unless the run allows outside writes, undone
+(restore.py). A scan that fails is recorded with its reason (:meth:`Guard.drain_failures`)
+and retried.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from worktree_swarm.guard import integrity, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import (
     MAIN,
     REPOSITORY,
@@ -128,7 +130,7 @@ class Guard:
             if p.is_relative_to(root) and p != root
         )
         self._dir = work_dir
-        self._lock = threading.RLock()
+        self._lock = TurnLock()
         self._places: dict[str, _Place] = {}
         self._busy: dict[str, int] = {}
         self._refs: dict[str, str] = {}
@@ -298,10 +300,10 @@ class Guard:
         worktrees are compared only when flagged, within a time budget except in that last
         scan.
         """
-        began = time.time()
         final = deep or self._closing.is_set()
         found: list[Violation] = []
-        with self._lock:
+        with self._lock.first():  # ahead of the workers: the checks below never wait long
+            began = time.time()
             pending: set[str] = set()
             with self._job("ref announcements"):
                 pending, refused = self._channel.read()
@@ -324,17 +326,20 @@ class Guard:
                 if place.where not in changed and self._changes.watched(place.where):
                     place.seen = began  # untouched until the events were read, after *began*
             sweep = None if final else self._sweep_pick()
+            compared = time.monotonic()
             for place in [p for p in self._places.values() if p.users]:
                 flagged = final or place.where in changed
                 if flagged or place is sweep:
                     found += self._compare(place, began, quick=False, sweep=not flagged)
-            mandatory = time.time() - began
+            users = time.monotonic() - compared
             places = [p for p in self._places.values() if not p.users]
         found += self._scan_tasks(places, changed, sweep, final=final)
         if final and self._closing.is_set():
             self._changes.close()  # the last scan: its events are of no use any more
-        # The pace follows what every scan must do, not the flagged task worktrees.
-        self._interval = max(_MIN_INTERVAL, 10 * mandatory)
+        # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
+        # changing, or without inotify): the pause keeps that under a tenth of the time. The
+        # rest of a scan is cheap, and flagged task worktrees have their budget.
+        self._interval = max(_MIN_INTERVAL, 10 * users)
         return found
 
     def _scan_tasks(
@@ -352,7 +357,7 @@ class Guard:
                 if flagged:
                     self._changes.mark(place.where)  # compared in a later scan
                 continue
-            with self._lock:
+            with self._lock.first():
                 if self._places.get(place.where) is not place:
                     continue
                 if not place.path.is_dir():
@@ -728,8 +733,8 @@ class Guard:
         window = (place.checked if since is None else since, began)
         if (
             quick
-            and status(place.path) == place.status
             and not (thorough and place.base is not None)
+            and status(place.path) == place.status
         ):
             place.checked = began
             return []
