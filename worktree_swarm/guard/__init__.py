@@ -3,8 +3,9 @@
 One module per job: :mod:`.snapshot` (what a checkout and the refs look like),
 :mod:`.surface` (git's own files that run code), :mod:`.integrity` (refs resolve to complete
 commits), :mod:`.attribution` (which agents may have done it), :mod:`.restore` (putting it
-back), :mod:`.channel` (swarm's own commands naming the refs they move) and :mod:`.watcher`
-(the guard that ties them together).
+back), :mod:`.channel` (swarm's own commands naming the refs they move), :mod:`.changes`
+(which checkouts may have changed, without running git) and :mod:`.watcher` (the guard that
+ties them together).
 """
 
 from __future__ import annotations

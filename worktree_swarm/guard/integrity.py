@@ -30,11 +30,11 @@ def broken_refs(root: Path, refs: Mapping[str, str], *, deep: bool) -> list[str]
     if not refs:
         return []
     tips = sorted(set(refs.values()))
-    kinds = _batch_check(root, tips)
+    # One process for tips and root trees (a tip that is no commit has no tree to ask about).
+    kinds = _batch_check(root, [*tips, *(f"{t}^{{tree}}" for t in tips)])
     commits = [t for t in tips if kinds.get(t) == "commit"]
-    trees = _batch_check(root, [f"{c}^{{tree}}" for c in commits])
     bad = {t for t in tips if kinds.get(t) is None}
-    bad |= {c for c in commits if trees.get(f"{c}^{{tree}}") is None}
+    bad |= {c for c in commits if kinds.get(f"{c}^{{tree}}") is None}
     user = [sha for ref, sha in refs.items() if ref_owner(ref) is None and sha not in bad]
     user = [sha for sha in user if kinds.get(sha) == "commit"]
     tasks = sorted({sha for ref, sha in refs.items() if ref_owner(ref) is not None} - bad)

@@ -12,12 +12,15 @@ from worktree_swarm.guard.model import Snapshot, short_ref
 
 # Refs the guard watches: branches, tags, the stash, and its own kept tips.
 REF_PATTERNS = ("refs/heads/", "refs/tags/", "refs/stash", "refs/swarm/keep/")
+# git's full stat check, whatever the repository's config says: a file rewritten with its size
+# and mtime kept still differs in ctime (which no unprivileged process can set back).
+STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
 
 
 def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     """HEAD, staged entries and every file git would see in *path* (via the *scratch* index)."""
     env = {"GIT_INDEX_FILE": str(scratch)}
-    git_env(path, env, "add", "--all", "--ignore-errors", "--", ".", *exclude)
+    git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude)
     tree = git_env(path, env, "write-tree").strip()
     staged = git.git(path, "ls-files", "--stage", "-z")
     return Snapshot(
@@ -33,6 +36,7 @@ def status(path: Path) -> str:
     return git.git(
         path,
         "--no-optional-locks",
+        *STAT_CHECK,
         "status",
         "--porcelain=v2",
         "--branch",

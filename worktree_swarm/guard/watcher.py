@@ -15,11 +15,14 @@ What is watched, against a baseline recorded when watching starts:
 - every task worktree of the run while nothing of its own runs in it (after its task ended,
   or while it waits for a rate limit): any change there was made by someone else.
 
-A change is a *violation*. Its suspects are the agents that were alive since the previous
-clean scan, narrowed by the changed files' modification times and by which agents' processes
-sit in the changed directory (attribution.py). The foreign changes are saved as a patch under
-the run's directory and, unless the run allows outside writes, undone (restore.py). A scan
-that fails is recorded with its reason (:meth:`Guard.drain_failures`) and retried.
+Git compares a checkout only when its cheap change test (changes.py: inotify, stat of its
+git files) flags it, or for a slow sweep; the user's checkouts are compared in full by the
+last scan. A change is a *violation*. Its suspects are the agents that were alive since the
+previous clean scan, narrowed by the changed files' modification times and by which agents'
+processes sit in the changed directory (attribution.py). The foreign changes are saved as a
+patch under the run's directory and, unless the run allows outside writes, undone
+(restore.py). A scan that fails is recorded with its reason (:meth:`Guard.drain_failures`)
+and retried.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import integrity, surface
 from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import (
     MAIN,
     REPOSITORY,
@@ -70,6 +75,15 @@ from worktree_swarm.guard.snapshot import (
 )
 
 _MIN_INTERVAL = 1.0
+# Per periodic scan, task worktrees flagged as changed are compared for at most this long;
+# the rest wait for the next scan (oldest first), so the user's checkout and the refs are
+# compared every scan however many tasks have finished.
+_TASK_BUDGET = 0.25
+# The sweep: one place a scan, least recently compared first, is compared with git even
+# unflagged (what inotify cannot see: writes through a shared memory map, network file
+# systems), at most this share of the time, and only once it was last compared this long ago.
+_SWEEP_SHARE = 0.005
+_SWEEP_AGE = 30.0
 STASH = "refs/stash"
 _REASON_CHARS = 300
 
@@ -85,6 +99,8 @@ class _Place:
     base: Snapshot | None  # None: clean at the baseline, computed when first needed
     checked: float  # when it was last seen as its baseline
     status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
+    compared: float = 0.0  # when git last compared it (monotonic clock), for the sweep
+    seen: float = 0.0  # when the change test last found it untouched (attribution's window)
 
     @property
     def users(self) -> bool:
@@ -114,7 +130,7 @@ class Guard:
             if p.is_relative_to(root) and p != root
         )
         self._dir = work_dir
-        self._lock = threading.RLock()
+        self._lock = TurnLock()
         self._places: dict[str, _Place] = {}
         self._busy: dict[str, int] = {}
         self._refs: dict[str, str] = {}
@@ -137,6 +153,9 @@ class Guard:
         self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._interval = _MIN_INTERVAL
+        self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
+        self._changes = Changes()  # which places may have changed: inotify and stat signatures
+        self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,6 +187,7 @@ class Guard:
         with self._lock:
             self._busy[task_id] = self._busy.get(task_id, 0) + 1
             self._places.pop(task_id, None)
+            self._changes.forget(task_id)
         try:
             yield
         finally:
@@ -186,6 +206,7 @@ class Guard:
         finally:
             with self._lock:
                 place = self._places.pop(task_id, None)
+                self._changes.forget(task_id)
                 if place is not None and place.path.is_dir():
                     with self._job(task_id):
                         self._scan_place(place, time.time(), quick=True)
@@ -256,7 +277,11 @@ class Guard:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the background scans (a last :meth:`scan` is the caller's to make)."""
+        """Stop the background scans (a last :meth:`scan` is the caller's to make).
+
+        That last scan compares the user's checkouts in full and the task worktrees flagged
+        as changed, then releases the change detector.
+        """
         self._closing.set()
         if self._thread is not None:
             self._thread.join()
@@ -269,11 +294,16 @@ class Guard:
     def scan(self, *, deep: bool = False) -> list[Violation]:
         """Compare what is watched with its baseline; handle and return new violations.
 
-        *deep* also walks every object task branches added (as after each attempt).
+        *deep* also walks every object task branches added (as after each attempt). The
+        user's checkouts are compared with git when flagged as changed (changes.py); the
+        last scan, after :meth:`close` or with *deep*, compares them in full. Task
+        worktrees are compared only when flagged, within a time budget except in that last
+        scan.
         """
-        began = time.time()
+        final = deep or self._closing.is_set()
         found: list[Violation] = []
-        with self._lock:
+        with self._lock.first():  # ahead of the workers: the checks below never wait long
+            began = time.time()
             pending: set[str] = set()
             with self._job("ref announcements"):
                 pending, refused = self._channel.read()
@@ -282,26 +312,89 @@ class Guard:
             # The git dir first: undoing an `info/exclude` entry shows the files it hid.
             with self._job(REPOSITORY):
                 found += self._scan_surface(began)
+            refs: dict[str, str] | None = None
             with self._job("refs"):
-                found += self._scan_refs(began, pending)
+                moved = self._scan_refs(began, pending)
+                found += moved
+                refs = None if moved else self._read  # as read: nothing was put back
             with self._job("objects"):
-                found += self._scan_objects(began, deep=False)
+                found += self._scan_objects(began, deep=False, refs=refs)
             if deep:
                 self._settled_checks(began)
+            changed = self._changes.changed()
+            for place in self._places.values():
+                if place.where not in changed and self._changes.watched(place.where):
+                    place.seen = began  # untouched until the events were read, after *began*
+            sweep = None if final else self._sweep_pick()
+            compared = time.monotonic()
             for place in [p for p in self._places.values() if p.users]:
-                with self._job(place.where):
-                    found += self._scan_place(place, began, quick=False)
+                flagged = final or place.where in changed
+                if flagged or place is sweep:
+                    found += self._compare(place, began, quick=False, sweep=not flagged)
+            users = time.monotonic() - compared
             places = [p for p in self._places.values() if not p.users]
+        found += self._scan_tasks(places, changed, sweep, final=final)
+        if final and self._closing.is_set():
+            self._changes.close()  # the last scan: its events are of no use any more
+        # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
+        # changing, or without inotify): the pause keeps that under a tenth of the time. The
+        # rest of a scan is cheap, and flagged task worktrees have their budget.
+        self._interval = max(_MIN_INTERVAL, 10 * users)
+        return found
+
+    def _scan_tasks(
+        self, places: list[_Place], changed: set[str], sweep: _Place | None, *, final: bool
+    ) -> list[Violation]:
+        """Compare the task worktrees flagged as changed (and the sweep's), oldest first."""
+        found: list[Violation] = []
+        places.sort(key=lambda p: p.compared)
+        budget = None if final else time.monotonic() + _TASK_BUDGET
         for place in places:  # one at a time, so workers are not held up by a long scan
-            with self._lock:
+            flagged = place.where in changed
+            if not flagged and place is not sweep:
+                continue
+            if budget is not None and time.monotonic() > budget:
+                if flagged:
+                    self._changes.mark(place.where)  # compared in a later scan
+                continue
+            with self._lock.first():
                 if self._places.get(place.where) is not place:
                     continue
                 if not place.path.is_dir():
                     del self._places[place.where]  # removed; its work is on its branch
+                    self._changes.forget(place.where)
                     continue
-                with self._job(place.where):
-                    found += self._scan_place(place, time.time(), quick=True)
-        self._interval = max(_MIN_INTERVAL, 10 * (time.time() - began))
+                found += self._compare(place, time.time(), quick=True, sweep=not flagged)
+        return found
+
+    def _sweep_pick(self) -> _Place | None:
+        """The place to compare unflagged this scan, if the sweep's share of time allows."""
+        now = time.monotonic()
+        if now < self._sweep_at or not self._places:
+            return None
+        place = min(self._places.values(), key=lambda p: p.compared)
+        return place if now - place.compared >= _SWEEP_AGE else None
+
+    def _compare(self, place: _Place, began: float, *, quick: bool, sweep: bool) -> list[Violation]:
+        """Compare *place* with git (a failure is recorded and flags it for the next scan).
+
+        A *sweep* step compares a place nothing flagged; flagged, even an unchanged `git
+        status` of a task worktree is not trusted where its baseline had uncommitted files.
+        """
+        started = time.monotonic()
+        found: list[Violation] = []
+        ok = False
+        # A change the test flagged was made after it last found the place untouched; one only
+        # git sees, since git last compared it.
+        since = place.checked if sweep else max(place.checked, place.seen)
+        with self._job(place.where):
+            found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
+            ok = True
+        if not ok:
+            self._changes.mark(place.where)
+        place.compared = done = time.monotonic()
+        if sweep:  # the next sweep step waits for the sweep's share of time
+            self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
 
     def drain(self) -> list[Violation]:
@@ -397,6 +490,15 @@ class Guard:
         scratch = self._dir / f"{name}.scratch-index"
         saved = self._dir / f"{name}.index"
         real = index_path(path)
+        # Watched before git looks: a change made while it does is flagged for the next scan.
+        users = where == MAIN or where.startswith(WORKTREE_PREFIX)
+        self._changes.watch(
+            where,
+            path,
+            self._git_files(real.parent),
+            skip=self._roots if where == MAIN else (),
+            unignored=users,
+        )
         scratch.unlink(missing_ok=True)
         # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
         scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
@@ -406,7 +508,6 @@ class Guard:
         else:
             saved.unlink(missing_ok=True)
         began = time.time()
-        users = where == MAIN or where.startswith(WORKTREE_PREFIX)
         # The user's checkouts are always compared in full; a task worktree first by status.
         place_status = "" if users else status(path)
         base = None
@@ -420,7 +521,19 @@ class Guard:
             base=base,
             checked=began,
             status=place_status,
+            compared=time.monotonic(),
         )
+
+    def _git_files(self, admin: Path) -> list[Path]:
+        """The files whose stat tells that a checkout's index, HEAD or HEAD's branch moved."""
+        common = self.repo.common_dir
+        files = [admin / "index", admin / "HEAD", common / "packed-refs"]
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            head = (admin / "HEAD").read_text(encoding="utf-8")
+            ref = head.removeprefix("ref: ").strip()
+            if head.startswith("ref: refs/") and ".." not in ref:
+                files.append(common / ref)  # a loose ref; packed, it is packed-refs
+        return files
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
@@ -430,6 +543,7 @@ class Guard:
         if not labels:
             self._surface_checked = began
             return []
+        self._changes.mark_all()  # `info/exclude` or the config may change what git sees
         suspects = self._agents.suspects(window, exclude=())
         suspects = self._agents.narrow(suspects, common, labels) or suspects
         if not suspects:
@@ -474,7 +588,7 @@ class Guard:
         return found
 
     def _moved_refs(self, pending: set[str]) -> list[RefMove]:
-        now = read_refs(self.repo.root)
+        now = self._read = read_refs(self.repo.root)
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
@@ -536,11 +650,16 @@ class Guard:
             patch_text=patch,
         )
 
-    def _scan_objects(self, began: float, *, deep: bool) -> list[Violation]:
-        """Refs whose objects were deleted: restored from the kept pack, or kept by name."""
+    def _scan_objects(
+        self, began: float, *, deep: bool, refs: dict[str, str] | None = None
+    ) -> list[Violation]:
+        """Refs whose objects were deleted: restored from the kept pack, or kept by name.
+
+        *refs*: every watched ref, as just read (by default, read now).
+        """
         window = (self._objects_checked, began)
         root, common = self.repo.root, self.repo.common_dir
-        refs = read_refs(root)
+        refs = read_refs(root) if refs is None else refs
         broken = integrity.broken_refs(root, refs, deep=deep)
         pack_dir = self._dir / "keep"
         if broken:
@@ -596,10 +715,27 @@ class Guard:
             integrity.keep(self.repo.root, pack_dir, [tip], [*user, *previous])
             self._packed[ref] = tip
 
-    def _scan_place(self, place: _Place, began: float, *, quick: bool) -> list[Violation]:
-        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files)."""
-        window = (place.checked, began)
-        if quick and status(place.path) == place.status:
+    def _scan_place(
+        self,
+        place: _Place,
+        began: float,
+        *,
+        quick: bool,
+        thorough: bool = False,
+        since: float | None = None,
+    ) -> list[Violation]:
+        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files).
+
+        *thorough* (a change was seen there): an unchanged status is trusted only if the
+        baseline was clean, where it is exact. Suspects are the agents alive from *since*
+        (by default, when it was last seen as its baseline).
+        """
+        window = (place.checked if since is None else since, began)
+        if (
+            quick
+            and not (thorough and place.base is not None)
+            and status(place.path) == place.status
+        ):
             place.checked = began
             return []
         now = capture(place.path, place.scratch, self._excludes(place))

@@ -1,0 +1,66 @@
+"""The guard's lock: re-entrant, and the periodic scan takes it before any waiting worker.
+
+A plain lock hands itself to whichever waiting thread the scheduler wakes first: with dozens
+of workers settling tasks and checking after attempts, the scan thread could wait for tens of
+seconds, and the user's checkout and the refs went unchecked that long. Here a thread that
+asks with :meth:`TurnLock.first` is served as soon as the current holder lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class TurnLock:
+    """A re-entrant lock with a way in ahead of the queue (for the scan thread)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._first = 0  # threads waiting by :meth:`first`
+
+    def acquire(self, *, first: bool = False) -> None:
+        """Take the lock (again, if this thread holds it); *first*: ahead of other waiters."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if first:
+                self._first += 1
+            try:
+                while self._owner is not None or (self._first and not first):
+                    self._cond.wait()
+            finally:
+                if first:
+                    self._first -= 1
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        """Let go once; the last release hands the lock on."""
+        with self._cond:
+            if self._owner != threading.get_ident():
+                msg = "release of a lock this thread does not hold"
+                raise RuntimeError(msg)
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def first(self) -> Iterator[None]:
+        """Hold the lock, taken ahead of every thread waiting by ``with``."""
+        self.acquire(first=True)
+        try:
+            yield
+        finally:
+            self.release()
