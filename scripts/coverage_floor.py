@@ -15,6 +15,12 @@ import sys
 from pathlib import Path
 
 FLOOR = 85.0
+# Run only by the slow tests (a real Ray cluster: `scripts/check --slow`), and in part inside
+# Ray's worker processes, which coverage does not follow: not held to the floor, named instead.
+NOT_HELD = {
+    "worktree_swarm/run/ray_exec.py": "the Ray executor: slow tests only",
+    "worktree_swarm/run/ray_node.py": "the Ray executor's node side: inside Ray workers",
+}
 
 
 def main(argv: list[str]) -> int:
@@ -29,15 +35,16 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.stderr.write(f"coverage_floor: cannot read a coverage JSON report {argv[0]}: {exc}\n")
         return 2
-    low = sorted((pct, name) for name, pct in files.items() if pct < floor)
+    low = sorted((pct, name) for name, pct in files.items() if pct < floor and name not in NOT_HELD)
     for pct, name in low:
         print(f"{name}: {pct:.1f}% covered, under the {floor:g}% floor")
     if low:
         return 1
     total = report["totals"]["percent_covered"]
-    print(
-        f"coverage {total:.0f}% in total, every one of {len(files)} modules at {floor:g}% or more"
-    )
+    held = len(set(files) - set(NOT_HELD))
+    print(f"coverage {total:.0f}% in total, every one of {held} modules at {floor:g}% or more")
+    for name in sorted(set(files) & set(NOT_HELD)):
+        print(f"  not held: {name} ({files[name]:.0f}%): {NOT_HELD[name]}")
     return 0
 
 
