@@ -5,10 +5,16 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeAlias
 
 from worktree_swarm.core.settings import Flag, Kind, Scope, setting, settings_of
+
+# A run's event sink: (kind, task id or None, data). The store records what it is given and the
+# views (live table, JSON lines) show it.
+Emit: TypeAlias = Callable[[str, str | None, Mapping[str, object]], None]
 
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"

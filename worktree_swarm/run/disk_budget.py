@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.core.models import Emit, RunSpec, Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -35,8 +35,6 @@ from worktree_swarm.infra.store import Store
 REMEASURE_SECONDS = 5.0
 WAIT_SLICE = 0.25  # how soon a waiting task notices its stop event
 _BLOCK = 4096
-
-Emit = Callable[[str, str | None, Mapping[str, object]], None]
 
 
 class DiskFullError(SwarmError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -35,16 +35,17 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import Guard
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
+from worktree_swarm.run.governor import Limit, Signal, limit_kind
 from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
 from worktree_swarm.run.task_worker import (
     RESUME_PROMPT,
     Live,
+    RunContext,
+    RunWorker,
     TaskOutcome,
     repair_prompt,
     worktree_path,
@@ -59,8 +60,6 @@ UNREACHABLE_SECONDS = 60.0
 MAX_LOSSES = 3
 _NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
 SLOT = "agent_slot"
-
-Emit = Callable[[str, str | None, Mapping[str, object]], None]
 
 
 class NodeLostError(SwarmError):
@@ -202,35 +201,13 @@ class _Handle:
     offset: int = 0
 
 
-class RayTaskWorker:
+class RayTaskWorker(RunWorker):
     """Runs tasks of one run on a Ray cluster; shared by all worker threads, like TaskWorker."""
 
-    def __init__(
-        self,
-        *,
-        repo: git.Repo,
-        spec: RunSpec,
-        store: Store,
-        run_id: str,
-        base_commit: str,
-        gate: Gates,
-        guard: Guard,
-        emit: Emit,
-        logs_root: Path,
-    ) -> None:
-        self.repo = repo
-        self.spec = spec
-        self.store = store
-        self.run_id = run_id
-        self.base_commit = base_commit
-        self.gate = gate
-        self.guard = guard
-        self._emit = emit
-        self._logs_root = logs_root
-        self._tasks = {t.id: t for t in spec.tasks}
-        self.url = remote_url(repo, spec.remote)
-        connect(spec.ray_address)
-        self._identity = _git_identity(repo.root, author=spec.commit_author)
+    def __init__(self, run: RunContext) -> None:
+        super().__init__(run)
+        self.url = remote_url(run.repo, run.spec.remote)
+        connect(run.spec.ray_address)
         self._git_lock = threading.Lock()
 
     def run(self, live: Live) -> TaskOutcome:
@@ -354,7 +331,7 @@ class RayTaskWorker:
             attempt=number,
             remote_url=self.url,
             author=self.spec.commit_author,
-            identity=tuple(self._identity.items()),
+            identity=tuple(self._git_identity.items()),
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
         )

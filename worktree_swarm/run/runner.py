@@ -16,11 +16,11 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Unpack
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Executor, RunSettings, RunSpec, RunStatus, TaskState
+from worktree_swarm.core.models import Emit, Executor, RunSettings, RunSpec, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
@@ -30,9 +30,9 @@ from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_t
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker
-from worktree_swarm.run.task_worker import Live, TaskOutcome, TaskWorker, worktree_path
+from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
-Observer = Callable[[str, str | None, Mapping[str, object]], None]
+Observer = Emit  # what the CLI hands the run: the same event sink
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
 
@@ -89,21 +89,7 @@ class Runner:
         self.disk = DiskBudget(
             repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
         )
-        self._worker: TaskWorker | RayTaskWorker
-        if spec.executor is Executor.RAY:  # agents on a Ray cluster's nodes (docs/cluster.md)
-            self._worker = RayTaskWorker(
-                repo=repo,
-                spec=spec,
-                store=store,
-                run_id=run_id,
-                base_commit=base_commit,
-                gate=self.gate,
-                guard=self.guard,
-                emit=self._emit,
-                logs_root=run_dir(repo, run_id),
-            )
-            return
-        self._worker = TaskWorker(
+        run = RunContext(
             repo=repo,
             spec=spec,
             store=store,
@@ -113,8 +99,12 @@ class Runner:
             guard=self.guard,
             emit=self._emit,
             logs_root=run_dir(repo, run_id),
-            disk=self.disk,
         )
+        self._worker: TaskWorker | RayTaskWorker
+        if spec.executor is Executor.RAY:  # agents on a Ray cluster's nodes (docs/cluster.md)
+            self._worker = RayTaskWorker(run)
+        else:
+            self._worker = TaskWorker(run, disk=self.disk)
 
     @classmethod
     def create(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Unpack
@@ -19,7 +19,14 @@ from typing import Unpack
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import paths
 from worktree_swarm.core.identity import parse_author
-from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunSpec, Task, TaskState
+from worktree_swarm.core.models import (
+    AttemptOutcome,
+    Emit,
+    ProcessIdentity,
+    RunSpec,
+    Task,
+    TaskState,
+)
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, sandbox
@@ -49,8 +56,6 @@ RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
 )
-
-Emit = Callable[[str, str | None, Mapping[str, object]], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,37 +131,46 @@ class _Ended:
     reason: str = ""
 
 
-class TaskWorker:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """What every task of one run shares, whichever executor runs it."""
+
+    repo: git.Repo
+    spec: RunSpec
+    store: Store
+    run_id: str
+    base_commit: str
+    gate: Gates
+    guard: Guard
+    emit: Emit
+    logs_root: Path
+
+
+class RunWorker:
+    """The part of a task worker every executor shares: its run, by attribute."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.repo = run.repo
+        self.spec = run.spec
+        self.store = run.store
+        self.run_id = run.run_id
+        self.base_commit = run.base_commit
+        self.gate = run.gate
+        self.guard = run.guard
+        self._emit = run.emit
+        self._logs_root = run.logs_root
+        self._tasks = {t.id: t for t in run.spec.tasks}
+        self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
+
+
+class TaskWorker(RunWorker):
     """Runs tasks of one run; shared by all worker threads (state lives in arguments)."""
 
-    def __init__(
-        self,
-        *,
-        repo: git.Repo,
-        spec: RunSpec,
-        store: Store,
-        run_id: str,
-        base_commit: str,
-        gate: Gates,
-        guard: Guard,
-        emit: Emit,
-        logs_root: Path,
-        disk: DiskBudget,
-    ) -> None:
-        self.repo = repo
+    def __init__(self, run: RunContext, *, disk: DiskBudget) -> None:
+        super().__init__(run)
         self.disk = disk
-        self.spec = spec
-        self.store = store
-        self.run_id = run_id
-        self.base_commit = base_commit
-        self.gate = gate
-        self.guard = guard
-        self._emit = emit
-        self._logs_root = logs_root
-        self._tasks = {t.id: t for t in spec.tasks}
-        self._check_slots = threading.Semaphore(spec.jobs)
-        self._findings = logs_root / notes.FILE_NAME
-        self._git_identity = _git_identity(repo.root, author=spec.commit_author)
+        self._check_slots = threading.Semaphore(run.spec.jobs)
+        self._findings = run.logs_root / notes.FILE_NAME
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task from wherever it is to a final outcome."""
