@@ -705,31 +705,6 @@ class RayTaskWorker(RunWorker):
 
     # -- git ----------------------------------------------------------------------------------
 
-    def _start_commit(self, task: Task) -> str | TaskOutcome:
-        if not task.depends_on:
-            return self.base_commit
-        tips = []
-        for dep in task.depends_on:
-            tip = git.rev_parse(self.repo, self._tasks[dep].branch)
-            if tip is None:
-                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
-            tips.append(tip)
-        if len(tips) == 1:
-            return tips[0]
-        try:
-            return git.merge_commits(
-                self.repo,
-                tips,
-                message=f"swarm: merge dependencies of {task.id}",
-                author=self.spec.commit_author,
-            )
-        except git.MergeConflictError as exc:
-            files = ", ".join(exc.files) or "unknown files"
-            return TaskOutcome(
-                state=TaskState.BLOCKED,
-                reason=f"dependencies {', '.join(task.depends_on)} conflict in {files}",
-            )
-
     def _publish(self, task: Task, start: str) -> None:
         """Make the task's branch at *start*, here and on the remote."""
         with self._git_lock:

@@ -162,6 +162,32 @@ class RunWorker:
         self._tasks = {t.id: t for t in run.spec.tasks}
         self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
 
+    def _start_commit(self, task: Task) -> str | TaskOutcome:
+        """The commit *task* starts from: the run's base, or its dependencies' branches merged."""
+        if not task.depends_on:
+            return self.base_commit
+        tips = []
+        for dep in task.depends_on:
+            tip = git.rev_parse(self.repo, self._tasks[dep].branch)
+            if tip is None:
+                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
+            tips.append(tip)
+        if len(tips) == 1:
+            return tips[0]
+        try:
+            return git.merge_commits(
+                self.repo,
+                tips,
+                message=f"swarm: merge dependencies of {task.id}",
+                author=self.spec.commit_author,
+            )
+        except git.MergeConflictError as exc:
+            files = ", ".join(exc.files) or "unknown files"
+            deps = ", ".join(task.depends_on)
+            return TaskOutcome(
+                state=TaskState.BLOCKED, reason=f"dependencies {deps} conflict in {files}"
+            )
+
 
 class TaskWorker(RunWorker):
     """Runs tasks of one run; shared by all worker threads (state lives in arguments)."""
@@ -765,31 +791,6 @@ class TaskWorker(RunWorker):
             findings=self._findings,
             extra=self.spec.sandbox_writable,
         )
-
-    def _start_commit(self, task: Task) -> str | TaskOutcome:
-        if not task.depends_on:
-            return self.base_commit
-        tips = []
-        for dep in task.depends_on:
-            tip = git.rev_parse(self.repo, self._tasks[dep].branch)
-            if tip is None:
-                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
-            tips.append(tip)
-        if len(tips) == 1:
-            return tips[0]
-        try:
-            return git.merge_commits(
-                self.repo,
-                tips,
-                message=f"swarm: merge dependencies of {task.id}",
-                author=self.spec.commit_author,
-            )
-        except git.MergeConflictError as exc:
-            files = ", ".join(exc.files) or "unknown files"
-            deps = ", ".join(task.depends_on)
-            return TaskOutcome(
-                state=TaskState.BLOCKED, reason=f"dependencies {deps} conflict in {files}"
-            )
 
     def _env(self, task: Task, path: Path, base: str, slot: int) -> dict[str, str]:
         port = self.spec.port_base + slot * self.spec.port_block
