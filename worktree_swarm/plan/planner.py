@@ -14,15 +14,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-
-import anthropic
-from anthropic.types import (
-    ContentBlockParam,
-    Message,
-    MessageParam,
-    TextBlockParam,
-    ToolParam,
-)
+from typing import TYPE_CHECKING
 
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_spec, configured
@@ -31,6 +23,16 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
+
+if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
+    import anthropic
+    from anthropic.types import (
+        ContentBlockParam,
+        Message,
+        MessageParam,
+        TextBlockParam,
+        ToolParam,
+    )
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_MAX_TASKS = 8
@@ -197,6 +199,8 @@ def make_plan(
     messages: list[MessageParam] = [
         {"role": "user", "content": f"Goal:\n{goal}\n\nUse at most {max_tasks} tasks."}
     ]
+    import anthropic  # noqa: PLC0415 - slow to import; bad input is refused before it
+
     client = anthropic.Anthropic(
         api_key=settings.api_key,
         base_url=settings.base_url,
@@ -354,6 +358,8 @@ def _create(
     system: list[TextBlockParam],
     messages: list[MessageParam],
 ) -> Message:
+    import anthropic  # noqa: PLC0415 - imported by now (the client exists)
+
     try:
         return client.messages.create(
             model=model,
@@ -374,6 +380,8 @@ def _create(
 
 
 def _status_error(exc: anthropic.APIStatusError, settings: ApiSettings) -> SwarmError:
+    import anthropic  # noqa: PLC0415 - imported by now (the client exists)
+
     detail = _scrub(_api_message(exc), settings)
     code = exc.status_code
     if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
