@@ -24,7 +24,6 @@ from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
-from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
     AttemptOutcome,
@@ -331,7 +330,10 @@ class RayTaskWorker(RunWorker):
             attempt=number,
             remote_url=self.url,
             author=self.spec.commit_author,
-            identity=tuple(self._git_identity.items()),
+            # The user's excludes file is a path on this machine, not on the node.
+            identity=tuple(
+                (k, v) for k, v in self._git_identity.items() if k != "core.excludesFile"
+            ),
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
         )
@@ -758,20 +760,6 @@ def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
     if result.outcome is AgentOutcome.SUCCESS:
         return AttemptOutcome.SUCCEEDED
     return AttemptOutcome.FAILED
-
-
-def _git_identity(root: Path, *, author: str) -> dict[str, str]:
-    """The user's git identity for commits agents make on the nodes (the author stands in)."""
-    found = {}
-    for key in ("user.name", "user.email"):
-        value = git.git(root, "config", "--get", key, check=False).strip()
-        if value:
-            found[key] = value
-    ident = parse_author(author)
-    if ident is not None and not ("user.name" in found and "user.email" in found):
-        found.setdefault("user.name", ident.name)
-        found.setdefault("user.email", ident.email)
-    return found
 
 
 def stop_unmanaged(
