@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from tests.conftest import git, make_repo
+from tests.test_run import swarm as run_swarm
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
 
@@ -57,16 +58,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[raykit.Cluster
         made.shutdown()
 
 
-def swarm(repo: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worktree_swarm.cli", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+def swarm(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI, with time for a cluster on a loaded machine."""
+    return run_swarm(repo, *args, timeout=300)
 
 
 def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:

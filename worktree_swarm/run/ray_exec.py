@@ -447,14 +447,7 @@ class RayTaskWorker(RunWorker):
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
         redact.scrub_file(handle.log_path)
-        stat = git.diff_stat(self.repo, base, str(tip))
-        self.store.update_task(
-            self.run_id,
-            task.id,
-            diff_files=stat.files,
-            diff_insertions=stat.insertions,
-            diff_deletions=stat.deletions,
-        )
+        stat = self._record_diff(task.id, base, str(tip))
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
             self._retire(handle)
             return result

@@ -162,6 +162,18 @@ class RunWorker:
         self._tasks = {t.id: t for t in run.spec.tasks}
         self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
 
+    def _record_diff(self, task_id: str, base: str, tip: str) -> git.DiffStat:
+        """Store what the task's branch changed from *base* to *tip*; return it."""
+        stat = git.diff_stat(self.repo, base, tip)
+        self.store.update_task(
+            self.run_id,
+            task_id,
+            diff_files=stat.files,
+            diff_insertions=stat.insertions,
+            diff_deletions=stat.deletions,
+        )
+        return stat
+
     def _start_commit(self, task: Task) -> str | TaskOutcome:
         """The commit *task* starts from: the run's base, or its dependencies' branches merged."""
         if not task.depends_on:
@@ -465,15 +477,7 @@ class TaskWorker(RunWorker):
             ),
             self.store.on_full,
         )
-        stat = git.diff_stat(self.repo, base, tip or git.head_in(path) or base)
-        self.store.update_task(
-            self.run_id,
-            task.id,
-            diff_files=stat.files,
-            diff_insertions=stat.insertions,
-            diff_deletions=stat.deletions,
-        )
-        return stat
+        return self._record_diff(task.id, base, tip or git.head_in(path) or base)
 
     def _check(self, live: Live, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
         task = live.task
