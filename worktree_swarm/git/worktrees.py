@@ -179,22 +179,22 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     commit = commit_of(repo, start)
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
+    if os.path.lexists(path):
+        raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
+    _new_branch(repo, branch, commit, start)
     with repo_lock(repo):
-        # Only the O(1) checks here: listing every worktree on each creation made a run
-        # quadratic in its task count. A path git still has registered is refused by
-        # `worktree add` itself, handled below.
-        _check_free(repo, branch, path, set())
+        if os.path.lexists(path):  # made meanwhile, by someone else: not ours to remove
+            git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
+            raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # --no-checkout keeps the lock short; --no-track so no upstream is configured
-            # (with a remote-tracking start, `git push` would otherwise target that branch).
-            git(repo.root, "worktree", "add", "--quiet", "--no-track", "--no-checkout",
-                "-b", branch, "--", str(path), commit)  # fmt: skip
+            # --no-checkout keeps the lock short; the branch has no upstream (made above).
+            git(repo.root, "worktree", "add", "--quiet", "--no-checkout", "--", str(path), branch)
         except CommandError as exc:
             if "already registered" not in exc.output:
                 _discard_locked(repo, path=path, branch=branch, commit=commit)
                 raise
-            # git made the branch before refusing the path; the registration is not ours.
+            # The registration is not ours; the branch is.
             git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
             raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}") from None
         except BaseException as exc:
@@ -209,6 +209,23 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     except BaseException:
         with repo_lock(repo):
             _discard_locked(repo, path=path, branch=branch, commit=commit)
+        raise
+
+
+def _new_branch(repo: Repo, branch: str, commit: str, start: str) -> None:
+    """Create *branch* at *commit*; BadInputError when it exists.
+
+    Outside the repository lock: git's own ref lock makes the creation atomic, and the empty
+    old value refuses a branch that exists. Only `worktree add` (the admin dir) is then
+    serialised, so creations queue behind one git process instead of three.
+    """
+    message = f"branch: Created from {start}"
+    try:
+        git(repo.root, "update-ref", "--create-reflog", "-m", message, f"refs/heads/{branch}",
+            commit, "")  # fmt: skip
+    except CommandError:
+        if branch_exists(repo, branch):
+            raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}") from None
         raise
 
 
