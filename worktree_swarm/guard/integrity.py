@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
@@ -21,27 +21,31 @@ from worktree_swarm.guard.snapshot import ref_owner
 KEEP_PREFIX = "refs/swarm/keep/"
 
 
-def broken_refs(root: Path, refs: Mapping[str, str], *, deep: bool) -> list[str]:
+def broken_refs(
+    root: Path, refs: Mapping[str, str], *, deep: bool, only: Collection[str] | None = None
+) -> list[str]:
     """The refs of *refs* whose tip or root tree is missing.
 
     With *deep*, also those task branches any object of which (on top of the user's branches)
-    is missing.
+    is missing. *only*: the refs to check (by default all); the others are known complete,
+    and the user's branches among them still bound the walk.
     """
-    if not refs:
+    checked = refs if only is None else {r: s for r, s in refs.items() if r in only}
+    if not checked:
         return []
-    tips = sorted(set(refs.values()))
+    tips = sorted(set(checked.values()))
     # One process for tips and root trees (a tip that is no commit has no tree to ask about).
     kinds = _batch_check(root, [*tips, *(f"{t}^{{tree}}" for t in tips)])
     commits = [t for t in tips if kinds.get(t) == "commit"]
     bad = {t for t in tips if kinds.get(t) is None}
     bad |= {c for c in commits if kinds.get(f"{c}^{{tree}}") is None}
     user = [sha for ref, sha in refs.items() if ref_owner(ref) is None and sha not in bad]
-    user = [sha for sha in user if kinds.get(sha) == "commit"]
-    tasks = sorted({sha for ref, sha in refs.items() if ref_owner(ref) is not None} - bad)
+    user = [sha for sha in user if kinds.get(sha, "commit") == "commit"]  # unchecked: complete
+    tasks = sorted({sha for ref, sha in checked.items() if ref_owner(ref) is not None} - bad)
     # One walk for all task branches; only when it finds a hole, one per branch to say whose.
     if deep and tasks and not _complete(root, tasks, user):
         bad |= {sha for sha in tasks if not _complete(root, [sha], user)}
-    return sorted(ref for ref, sha in refs.items() if sha in bad)
+    return sorted(ref for ref, sha in checked.items() if sha in bad)
 
 
 def keep(root: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]) -> None:

@@ -57,6 +57,7 @@ from worktree_swarm.guard.model import (
     Violation,
     short_ref,
 )
+from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import (
     capture,
@@ -147,10 +148,15 @@ class Guard:
         self._surface_checked = now
         self._objects_checked = now
         self._stash_checked = now
+        self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
         self._hooks: Path | None = None
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete
+        self._walked: dict[str, str] = {}  # ref -> its last tip whose every object was seen
+        self._objects: ObjectWatch | None = None  # which checks must look at every ref
+        self._complete_at = {False: -1, True: -1}  # deep or not -> generation of the last
         self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
+        self._keep_lock = threading.Lock()  # the kept pack and ``_packed``
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
@@ -171,6 +177,7 @@ class Guard:
                     self._watch(WORKTREE_PREFIX + str(path), path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = surface.read(self.repo.common_dir, self._hooks)
+            self._objects = ObjectWatch(self.repo.common_dir / "objects")
             self._refs = read_refs(self.repo.root)
             self._good = dict(self._refs)
             now = time.time()
@@ -256,12 +263,19 @@ class Guard:
         Called after each attempt, before swarm runs git in the worktree (the checkpoint), so
         that nothing an agent planted runs with swarm's own commands and deleted objects are
         back first. What it finds is handed over by :meth:`drain`, like every violation.
+
+        A check that began after this call covers it (it saw everything the ended attempt
+        did): workers whose attempts end together share one check instead of queueing one
+        each behind the guard's lock.
         """
-        began = time.time()
+        asked = time.monotonic()
         with self._lock:
-            self._settled_checks(began)
+            if self._settled_from > asked:
+                return
+            self._settled_checks(time.time())
 
     def _settled_checks(self, began: float) -> None:
+        self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
             self._scan_surface(began)
         with self._job("refs"):
@@ -336,6 +350,8 @@ class Guard:
         found += self._scan_tasks(places, changed, sweep, final=final)
         if final and self._closing.is_set():
             self._changes.close()  # the last scan: its events are of no use any more
+            if self._objects is not None:
+                self._objects.close()
         # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
         # changing, or without inotify): the pause keeps that under a tenth of the time. The
         # rest of a scan is cheap, and flagged task worktrees have their budget.
@@ -455,32 +471,49 @@ class Guard:
         return found
 
     def _release(self, task_id: str, path: Path) -> None:
-        """One holder less; the last one hands the worktree over to the guard's watch."""
-        with self._lock:
-            self._busy[task_id] -= 1
-            if self._busy[task_id] == 0:
-                del self._busy[task_id]
-                self._settle(task_id, path)
+        """One holder less; the last one hands the worktree over to the guard's watch.
 
-    def _settle(self, task_id: str, path: Path) -> None:
+        The baseline (git's status of the worktree, a capture when it has uncommitted files)
+        and the pack of the branch's work are made outside the guard's lock, the task still
+        counted busy meanwhile; only the hand-over itself holds the lock, so finishing tasks
+        do not queue behind each other's git commands.
+        """
+        with self._lock:
+            if self._busy[task_id] > 1:
+                self._busy[task_id] -= 1
+                return
         branch = f"refs/heads/swarm/{task_id}"
-        tip = None
+        place = tip = None
         if path.is_dir():
             with self._job(task_id):  # failing, it is unwatched (and told), the branch is not
-                self._watch(task_id, path)
-                place_status = self._places[task_id].status
-                if status_field(place_status, "head") == branch.removeprefix("refs/heads/"):
-                    tip = status_field(place_status, "oid")
+                place = self._baseline(task_id, path)
+                if status_field(place.status, "head") == branch.removeprefix("refs/heads/"):
+                    tip = status_field(place.status, "oid")
         if tip is None:
             with self._job("refs"):  # not rev-parse: the tip's object may be missing
                 out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", branch)
                 tip = out.strip() or None
         if tip is not None:
-            self._refs[branch] = tip
+            with self._lock:
+                refs = {**self._refs, branch: tip}
             with self._job("objects"):  # the task's work, safe from deleted objects from now
-                self._keep_task_work({**self._refs, branch: tip}, self._dir / "keep")
+                self._keep_task_work(refs, self._dir / "keep")
+        with self._lock:
+            self._busy[task_id] -= 1
+            if self._busy[task_id]:  # taken again meanwhile: its new holder hands it over
+                self._changes.forget(task_id)
+                return
+            del self._busy[task_id]
+            if place is not None:
+                self._places[task_id] = place
+            if tip is not None:
+                self._refs[branch] = tip
 
     def _watch(self, where: str, path: Path) -> None:
+        self._places[where] = self._baseline(where, path)
+
+    def _baseline(self, where: str, path: Path) -> _Place:
+        """Watch *path* from now on and record its baseline (no lock needed: *where* is its own)."""
         if where == MAIN:
             name = "main"
         elif where.startswith(WORKTREE_PREFIX):
@@ -513,7 +546,7 @@ class Guard:
         base = None
         if users or not is_clean(place_status):
             base = capture(path, scratch, self._exclude if where == MAIN else ())
-        self._places[where] = _Place(
+        return _Place(
             where=where,
             path=path,
             scratch=scratch,
@@ -655,12 +688,19 @@ class Guard:
     ) -> list[Violation]:
         """Refs whose objects were deleted: restored from the kept pack, or kept by name.
 
-        *refs*: every watched ref, as just read (by default, read now).
+        *refs*: every watched ref, as just read (by default, read now). Only refs that moved
+        since they were last seen complete are checked while the object store's change test
+        (objects.py) saw nothing that could lose an object; every ref otherwise.
         """
         window = (self._objects_checked, began)
         root, common = self.repo.root, self.repo.common_dir
         refs = read_refs(root) if refs is None else refs
-        broken = integrity.broken_refs(root, refs, deep=deep)
+        generation = -2 if self._objects is None else self._objects.generation()
+        seen = self._walked if deep else self._good
+        only = None
+        if generation == self._complete_at[deep]:
+            only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
+        broken = integrity.broken_refs(root, refs, deep=deep, only=only)
         pack_dir = self._dir / "keep"
         if broken:
             with contextlib.suppress(OSError):  # what is still broken is reported as such
@@ -700,6 +740,12 @@ class Guard:
             )
         good_now = {r: s for r, s in refs.items() if r not in again}
         self._good.update(good_now)
+        if deep:
+            self._walked.update(good_now)
+        if not again:  # every ref complete as of this generation
+            self._complete_at[deep] = generation
+            if deep:
+                self._complete_at[False] = generation
         if not again:
             self._objects_checked = began
         self._keep_task_work(good_now, pack_dir)
@@ -707,13 +753,23 @@ class Guard:
 
     def _keep_task_work(self, refs: dict[str, str], pack_dir: Path) -> None:
         """Copy the objects of task branches that moved since last time into the kept pack."""
-        user = sorted({s for r, s in refs.items() if ref_owner(r) is None})
-        for ref, tip in sorted(refs.items()):
-            if ref_owner(ref) is None or self._packed.get(ref) == tip:
-                continue
-            previous = [self._packed[ref]] if ref in self._packed else []
-            integrity.keep(self.repo.root, pack_dir, [tip], [*user, *previous])
-            self._packed[ref] = tip
+        with self._keep_lock:  # not the guard's lock: a finishing task packs without it
+            self._keep_moved(refs, pack_dir)
+
+    def _keep_moved(self, refs: dict[str, str], pack_dir: Path) -> None:
+        user = {s for r, s in refs.items() if ref_owner(r) is None}
+        moved = {
+            ref: tip
+            for ref, tip in refs.items()
+            if ref_owner(ref) is not None and self._packed.get(ref) != tip
+        }
+        if not moved:
+            return
+        # One pack for every branch that moved: what they added since last kept.
+        previous = {self._packed[ref] for ref in moved if ref in self._packed}
+        tips = sorted(set(moved.values()))
+        integrity.keep(self.repo.root, pack_dir, tips, sorted(user | previous))
+        self._packed.update(moved)
 
     def _scan_place(
         self,

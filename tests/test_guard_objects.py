@@ -1,0 +1,169 @@
+"""The object store's change test: adding objects costs no walk, losing one is never missed.
+
+Real repositories, git's own commands for what it does while agents work (add, commit, fetch
+of a pack, automatic maintenance), and the hostile ways an object is lost or damaged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.test_guard_changes import git_commands
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import Guard
+from worktree_swarm.guard.objects import ObjectWatch
+from worktree_swarm.infra.supervisor import identity_of
+
+COMMIT = ("-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm")
+
+
+def me() -> ProcessIdentity:
+    """This process, as the agent that misbehaves."""
+    identity = identity_of(os.getpid())
+    assert identity is not None
+    return identity
+
+
+def objects_of(repo: Path) -> Path:
+    return repo / ".git" / "objects"
+
+
+def loose(repo: Path, rev: str) -> Path:
+    sha = git(repo, "rev-parse", rev)
+    return objects_of(repo) / sha[:2] / sha[2:]
+
+
+def commit_file(repo: Path, name: str, text: str) -> None:
+    (repo / name).write_text(text)
+    git(repo, "add", name)
+    git(repo, *COMMIT, name)
+
+
+def test_what_git_does_while_agents_work_keeps_the_generation(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    other = make_repo(tmp_path / "other", {"b.txt": "b\n"})
+    for i in range(30):  # enough objects in the fetch for git to keep them as a pack
+        commit_file(other, f"f{i}.txt", f"{i}\n")
+    watch = ObjectWatch(objects_of(repo))
+    assert watch.watched
+    start = watch.generation()
+    for i in range(20):  # new objects, some in new fan-out directories
+        commit_file(repo, f"n{i}.txt", f"new {i}\n")
+    git(repo, "-c", "fetch.unpackLimit=1", "fetch", "-q", str(other), "main:refs/heads/other")
+    old = loose(repo, "HEAD:a.txt")
+    os.utime(old, (0, 0))
+    git(repo, "hash-object", "-w", "a.txt")  # written again: git freshens the old one's time
+    assert old.stat().st_mtime > 0
+    assert list((objects_of(repo) / "pack").glob("pack-*.pack"))  # a pack came in
+    assert watch.generation() == start
+
+
+Damage = Callable[[Path], None]
+
+
+def _delete_loose(repo: Path) -> None:
+    loose(repo, "HEAD:a.txt").unlink()
+
+
+def _overwrite_loose(repo: Path) -> None:
+    path = loose(repo, "HEAD:a.txt")
+    path.chmod(0o644)
+    path.write_bytes(b"garbage")
+
+
+def _rename_over(repo: Path) -> None:
+    (objects_of(repo) / "decoy").write_bytes(b"garbage")
+    (objects_of(repo) / "decoy").rename(loose(repo, "HEAD"))
+
+
+def _unreadable(repo: Path) -> None:
+    loose(repo, "HEAD:a.txt").chmod(0)
+
+
+def _delete_pack(repo: Path) -> None:
+    next((objects_of(repo) / "pack").glob("pack-*.pack")).unlink()
+
+
+def _repack(repo: Path) -> None:
+    git(repo, "-c", "gc.auto=0", "repack", "-adq")  # removes the loose objects it packed
+
+
+def _alternates(repo: Path) -> None:
+    (objects_of(repo) / "info" / "alternates").write_text("/elsewhere/objects\n")
+
+
+def _remove_fanout(repo: Path) -> None:
+    directory = loose(repo, "HEAD:a.txt").parent
+    for entry in directory.iterdir():
+        entry.unlink()
+    directory.rmdir()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _delete_loose,
+        _overwrite_loose,
+        _rename_over,
+        _unreadable,
+        _delete_pack,
+        _repack,
+        _alternates,
+        _remove_fanout,
+    ],
+)
+def test_whatever_can_lose_or_damage_an_object_changes_the_generation(
+    tmp_path: Path, damage: Damage
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    git(repo, "-c", "gc.auto=0", "repack", "-q")  # a pack next to the loose objects
+    commit_file(repo, "a.txt", "a, again\n")
+    watch = ObjectWatch(objects_of(repo))
+    first = watch.generation()
+    damage(repo)
+    assert watch.generation() != first
+
+
+def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--reference", str(repo), str(repo), str(clone))
+    watch = ObjectWatch(objects_of(clone))
+    assert not watch.watched
+    assert watch.generation() != watch.generation()
+
+
+def test_after_an_attempt_only_a_damaged_store_costs_a_walk_of_every_branch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An untouched store costs one walk of what moved; a deleted object, every branch."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    for task in ("done1", "done2"):
+        git(repo, "branch", f"swarm/{task}")
+        path = tmp_path / "wt" / task
+        git(repo, "worktree", "add", "-q", str(path), f"swarm/{task}")
+        with guard.busy(task, path):
+            commit_file(path, f"{task}.txt", f"{task}\n")
+    guard.after_attempt()
+    assert guard.drain() == []
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("GIT_TRACE2", str(trace))
+    guard.after_attempt()  # nothing moved, nothing lost: no object is looked at
+    assert git_commands(trace, "for-each-ref") >= 1  # (the trace works)
+    assert git_commands(trace, "cat-file") == git_commands(trace, "rev-list") == 0
+    guard.agent_started("rogue", me())
+    loose(repo, "swarm/done1:done1.txt").unlink()  # a blob deep in a finished branch
+    guard.after_attempt()
+    found = guard.drain()
+    assert [(v.broken, v.suspects, v.restored) for v in found] == [
+        (("refs/heads/swarm/done1",), ("rogue",), True)
+    ]
+    assert git(repo, "show", "swarm/done1:done1.txt") == "done1"

@@ -1,0 +1,157 @@
+"""Whether anything in the object store may have lost or damaged an object: the cheap test.
+
+Checking that every ref resolves to complete objects costs git processes that walk every task
+branch; a run of hundreds of tasks made that walk after every attempt. Git only ever *adds*
+objects while agents work: a new loose object is a hard link made from a temporary file (an
+inotify ``CREATE`` of its name, then the temporary file's removal), a new pack likewise. What
+can lose or damage an object is anything else: a removed or renamed object or pack, a write or
+chmod to an existing one, a change in ``objects/info`` (``alternates``, the commit graph), a
+fan-out directory removed. inotify watches ``objects/``, ``objects/pack``, ``objects/info``
+and each fan-out directory for those.
+
+:meth:`ObjectWatch.generation` grows with every such event, and with every call when the
+store cannot be watched (no inotify, the watch limit, an ``alternates`` file naming other
+stores, lost events): a check that saw the same generation as the last complete one needs to
+look only at refs that moved since. Events are read before the caller checks, so damage done
+during a check shows in the next generation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from pathlib import Path
+
+from worktree_swarm.infra import inotify
+
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+_OBJECT = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")  # SHA-1 or SHA-256, less the fan-out
+_TEMPORARY = ("tmp_obj_", "tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_", "tmp_bitmap_")
+_MARKERS = (".keep", ".promisor")  # a pack's markers: no object is in them
+
+
+class ObjectWatch:
+    """The change test of one object directory. Thread-safe."""
+
+    def __init__(self, objects: Path) -> None:
+        self._objects = objects
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info" or "fanout"
+        self._paths: dict[int, Path] = {}  # wd -> its directory
+        self._ino: inotify.Inotify | None = None
+        try:
+            self._ino = inotify.Inotify()
+            self._watch_all()
+        except OSError:
+            self._close()
+
+    @property
+    def watched(self) -> bool:
+        """Whether events are seen (else every generation is new)."""
+        return self._ino is not None
+
+    def generation(self) -> int:
+        """A number that changes when an object may have been lost or damaged since."""
+        with self._lock:
+            if self._ino is None:
+                self._generation += 1
+                return self._generation
+            try:
+                events = self._ino.read()
+            except OSError:
+                events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
+            for event in events:
+                if self._damaging(event):
+                    self._generation += 1
+            return self._generation
+
+    def close(self) -> None:
+        """Release inotify; every generation is new from now on."""
+        with self._lock:
+            self._close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self._ino is not None:
+            self._ino.close()
+        self._ino = None
+        self._kinds.clear()
+        self._paths.clear()
+
+    def _watch_all(self) -> None:
+        if (self._objects / "info" / "alternates").exists():
+            # Objects that live in other stores: their removal is not seen here.
+            raise OSError("alternates")
+        self._add(self._objects, "top")
+        for name in ("pack", "info"):
+            if (self._objects / name).is_dir():
+                self._add(self._objects / name, name)
+        for entry in os.scandir(self._objects):
+            if _FANOUT.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                self._add(Path(entry.path), "fanout")
+
+    def _add(self, directory: Path, kind: str) -> None:
+        assert self._ino is not None  # noqa: S101 - callers check
+        wd = self._ino.add(directory)
+        self._kinds[wd] = kind
+        self._paths[wd] = directory
+
+    def _damaging(self, event: inotify.Event) -> bool:
+        """Whether *event* may have lost or damaged an object (and keep watching new dirs)."""
+        kind = self._kinds.get(event.wd)
+        if kind is None or event.mask & (
+            inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
+        ):
+            if event.mask & inotify.Q_OVERFLOW or kind is not None:
+                self._close()  # lost events or a watched directory gone: no longer trusted
+                return True
+            return False  # a watch already dropped
+        name, mask = event.name, event.mask
+        if kind == "top":
+            return self._top(name, mask)
+        if kind == "info":
+            return True  # alternates, the commit graph, packs: what git reads objects through
+        if name.startswith(_TEMPORARY) or (kind == "pack" and name.startswith(".tmp-")):
+            return False  # git's own temporary files, made and removed around every write
+        created = bool(mask & inotify.CREATE) and not mask & inotify.ISDIR
+        if kind == "fanout":
+            if mask == inotify.ATTRIB and _OBJECT.fullmatch(name):
+                # Git freshens the time of an object it would have written again; a chmod
+                # that makes it unreadable is what loses it.
+                return not _readable(self._paths[event.wd] / name)
+            return not (created and _OBJECT.fullmatch(name))
+        # pack: a new pack or index is linked in (renamed in by a repack, which also removes
+        # what it packed: counted); its markers come and go with fetches.
+        return not (created or name.endswith(_MARKERS))
+
+    def _top(self, name: str, mask: int) -> bool:
+        """An event in ``objects/`` itself (see :meth:`_damaging`)."""
+        kind = "fanout" if _FANOUT.fullmatch(name) else name
+        if mask & inotify.ISDIR and kind not in {"fanout", "pack", "info"}:
+            return False  # a directory git does not read objects from
+        if mask & inotify.MOVED_TO:  # a whole directory of objects moved in: unwatched
+            self._close()
+            return True
+        if mask & inotify.CREATE and mask & inotify.ISDIR:
+            try:
+                self._add(self._objects / name, kind)
+            except OSError:
+                self._close()
+                return True
+            # New: it held nothing a ref that did not move could name.
+            return False
+        # Locks (automatic maintenance) and quarantine directories hold no objects of ours.
+        return not (name.endswith(".lock") or name.startswith("tmp_objdir"))
+
+
+def _readable(path: Path) -> bool:
+    """Whether *path* is still a file its owner may read."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & stat.S_IRUSR)
