@@ -142,6 +142,10 @@ class Guard:
         self._failures: list[ScanFailure] = []
         self._failing: dict[str, str] = {}  # job -> reason of its current streak of failures
         self._new_lock = threading.Lock()  # drain() must not wait for a scan
+        # The repository-wide state (git's files, the refs, the objects) has a lock of its own:
+        # the checks after an attempt take only this one, so workers handing worktrees over
+        # (the places, under the guard's lock) do not wait for them. Order: guard's, then this.
+        self._repo_lock = threading.RLock()
         self._count = 0
         now = time.time()
         self._refs_checked = now
@@ -241,7 +245,7 @@ class Guard:
         if head_ref == want:
             return None
         head = git.rev_parse_in(path, "HEAD")
-        with self._lock:
+        with self._repo_lock:
             if head_ref is not None:
                 self._evidence[head_ref] = task_id
             where = short_ref(head_ref) if head_ref else f"a detached HEAD at {(head or '?')[:12]}"
@@ -269,7 +273,7 @@ class Guard:
         each behind the guard's lock.
         """
         asked = time.monotonic()
-        with self._lock:
+        with self._repo_lock:
             if self._settled_from > asked:
                 return
             self._settled_checks(time.time())
@@ -316,8 +320,9 @@ class Guard:
         """
         final = deep or self._closing.is_set()
         found: list[Violation] = []
-        with self._lock.first():  # ahead of the workers: the checks below never wait long
-            began = time.time()
+        began = time.time()
+        # The repository first (its own lock: the workers' hand-overs do not wait for it).
+        with self._repo_lock:
             pending: set[str] = set()
             with self._job("ref announcements"):
                 pending, refused = self._channel.read()
@@ -335,6 +340,7 @@ class Guard:
                 found += self._scan_objects(began, deep=False, refs=refs)
             if deep:
                 self._settled_checks(began)
+        with self._lock.first():  # ahead of the workers: the checks below never wait long
             changed = self._changes.changed()
             for place in self._places.values():
                 if place.where not in changed and self._changes.watched(place.where):
@@ -440,11 +446,11 @@ class Guard:
 
     def _failed(self, job: str, reason: str) -> None:
         reason = " ".join(reason.split())[:_REASON_CHARS]
-        if self._failing.get(job) == reason:
-            return  # the same failure again: told once per streak
-        self._failing[job] = reason
-        self._log(f"{job}: failed: {reason}")
         with self._new_lock:
+            if self._failing.get(job) == reason:
+                return  # the same failure again: told once per streak
+            self._failing[job] = reason
+            self._log(f"{job}: failed: {reason}")
             self._failures.append(ScanFailure(job=job, reason=reason))
 
     def _log(self, line: str) -> None:
@@ -494,10 +500,12 @@ class Guard:
                 out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", branch)
                 tip = out.strip() or None
         if tip is not None:
-            with self._lock:
+            with self._repo_lock:
                 refs = {**self._refs, branch: tip}
             with self._job("objects"):  # the task's work, safe from deleted objects from now
                 self._keep_task_work(refs, self._dir / "keep")
+            with self._repo_lock:  # before it stops counting as busy: the refs scan's baseline
+                self._refs[branch] = tip
         with self._lock:
             self._busy[task_id] -= 1
             if self._busy[task_id]:  # taken again meanwhile: its new holder hands it over
@@ -506,8 +514,6 @@ class Guard:
             del self._busy[task_id]
             if place is not None:
                 self._places[task_id] = place
-            if tip is not None:
-                self._refs[branch] = tip
 
     def _watch(self, where: str, path: Path) -> None:
         self._places[where] = self._baseline(where, path)
@@ -622,10 +628,13 @@ class Guard:
 
     def _moved_refs(self, pending: set[str]) -> list[RefMove]:
         now = self._read = read_refs(self.repo.root)
+        # Without the guard's lock: a task counts as busy from before its branch can move
+        # until after its tip is the baseline (see _release).
+        busy = set(self._busy)
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
-            if before == after or ref_owner(ref) in self._busy or ref in pending:
+            if before == after or ref_owner(ref) in busy or ref in pending:
                 continue  # a task's own branch while it works; a swarm command at work
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile
@@ -860,6 +869,10 @@ class Guard:
         return self._exclude if place.where == MAIN else ()
 
     def _record(self, violation: Violation, *, patch_text: str | None) -> Violation:
+        with self._new_lock:  # numbered in the order drain() hands them over
+            return self._number(violation, patch_text)
+
+    def _number(self, violation: Violation, patch_text: str | None) -> Violation:
         self._count += 1
         patch = ""
         if patch_text:
@@ -874,6 +887,5 @@ class Guard:
             patch = str(path)
         done = dataclasses.replace(violation, number=self._count, patch=patch)
         self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
-        with self._new_lock:
-            self._new.append(done)
+        self._new.append(done)
         return done
