@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -140,10 +141,11 @@ def on_no_ref(repo: git.Repo, commit: str) -> bool:
     return bool(out.strip())
 
 
-def protected_pids() -> set[int]:
+@functools.cache
+def protected_pids() -> frozenset[int]:
     """PIDs never signalled: this process and its ancestors (the user's shell)."""
     me = psutil.Process()
-    return {me.pid, *(p.pid for p in me.parents())}
+    return frozenset({me.pid, *(p.pid for p in me.parents())})
 
 
 def processes_using(path: Path) -> list[psutil.Process]:
@@ -363,7 +365,7 @@ def _remove_worktree(
     repo: git.Repo, f: Finding, *, force: bool, moves: guard.RefMoves, store: Store | None = None
 ) -> tuple[str, str | None]:
     path = Path(f.target)
-    info = _registered_locked(repo).get(real_path(path))
+    info = worktrees.registration_locked(repo, path)
     if info is None:
         return "already gone", None
     if info.is_main:
@@ -377,8 +379,7 @@ def _remove_worktree(
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
         ref = f"refs/heads/{info.branch}" if info.branch else None
-        if ref is not None:
-            moves.announce(ref)
+        tip = None if ref is None else moves.announce(ref, at=info.head)
         sha = git.checkpoint(
             path,
             message=f"swarm: checkpoint {path.name} (clean)",
@@ -386,8 +387,9 @@ def _remove_worktree(
             exclude=_local_paths(store, f, path),
         )
         if ref is not None:
-            moves.moved(ref, git.rev_parse(repo, ref))
-        head = git.rev_parse_in(path, "HEAD")
+            moves.moved(ref, sha or tip)
+        # On a branch, its commit is that branch's; detached, it may be on none.
+        head = None if ref is not None else git.rev_parse_in(path, "HEAD")
         if not force and head and on_no_ref(repo, head):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     args = ["--force", "--force"] if force else []
@@ -501,7 +503,7 @@ def _delete_branch(repo: git.Repo, f: Finding, *, moves: guard.RefMoves) -> str:
     tip = git.rev_parse(repo, f"refs/heads/{branch}")
     if tip is None:
         return "already gone"
-    for info in _registered_locked(repo).values():
+    for info in worktrees.list_worktrees_locked(repo):
         if info.branch == branch:
             raise SwarmError(f"{branch} is checked out in {info.path}; kept")
     if f.merged_into and merged_into(repo, tip, f.merged_into) is None:

@@ -26,6 +26,7 @@ from worktree_swarm.git.repo import (
     branches,
     commit_of,
     git,
+    git_dir,
     repo_lock,
 )
 
@@ -102,6 +103,37 @@ def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
             )
         )
     return infos
+
+
+def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
+    """*path*'s entry of :func:`list_worktrees_locked` (None: not registered).
+
+    A linked worktree on a branch is read from its own admin dir (its ``.git`` file names it,
+    its ``gitdir`` names the worktree back), without listing every worktree: removing each
+    of N worktrees would otherwise list all N each time. ``head`` is then left unknown
+    (None). Anything else (the main checkout, a detached HEAD, files git would not write) is
+    looked up in git's full listing.
+    """
+    with contextlib.suppress(OSError, GitError, UnicodeDecodeError):
+        admin = git_dir(path)
+        if admin.parent == real_path(repo.common_dir / "worktrees"):
+            back = (admin / "gitdir").read_text(encoding="utf-8").strip()
+            head = (admin / "HEAD").read_text(encoding="utf-8")
+            lock = admin / "locked"
+            locked = lock.read_text(encoding="utf-8").strip() if lock.exists() else None
+            if real_path(admin / back) == real_path(path / ".git") and head.startswith(_ON_BRANCH):
+                branch = head.removeprefix(_ON_BRANCH).strip()
+                return WorktreeInfo(
+                    path=path, head=None, branch=branch, locked=locked, prunable=None,
+                    is_main=False,
+                )  # fmt: skip
+    real = real_path(path)
+    infos = list_worktrees_locked(repo)
+    found = next((w for w in infos if w.path == path), None)
+    return found or next((w for w in infos if real_path(w.path) == real), None)
+
+
+_ON_BRANCH = "ref: refs/heads/"
 
 
 def _parse_records(out: str) -> list[dict[str, str]]:

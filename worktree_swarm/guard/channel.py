@@ -50,11 +50,16 @@ class RefMoves:
         """The refs announced so far."""
         return tuple(self._old)
 
-    def announce(self, ref: str) -> None:
-        """Add *ref*, at its current value, to the refs about to move (before moving it)."""
+    def announce(self, ref: str, *, at: str | None = None) -> str | None:
+        """Add *ref*, at its current value, to the refs about to move (before moving it).
+
+        *at*: that value, when the caller has just read it (else git is asked). Returns the
+        value recorded.
+        """
         if ref not in self._old:
-            self._old[ref] = git.rev_parse(self.repo, ref)
+            self._old[ref] = at if at is not None else git.rev_parse(self.repo, ref)
             self._write(done=False)
+        return self._old[ref]
 
     def moved(self, ref: str, new: str | None) -> None:
         """*ref* now names *new* (None: deleted) because of this command."""

@@ -385,6 +385,8 @@ def descendants(identity: ProcessIdentity) -> list[psutil.Process]:
 def processes_in(directory: Path) -> list[psutil.Process]:
     """Return processes (other than this one) whose cwd is *directory* or inside it."""
     root = Path(os.path.realpath(directory))
+    if Path("/proc/self/cwd").is_dir():
+        return _processes_in_proc(root)
     found = []
     for proc in psutil.process_iter():
         if proc.pid == os.getpid():
@@ -395,6 +397,24 @@ def processes_in(directory: Path) -> list[psutil.Process]:
             continue
         if cwd.is_relative_to(root):
             found.append(proc)
+    return found
+
+
+def _processes_in_proc(root: Path) -> list[psutil.Process]:
+    """:func:`processes_in` from ``/proc`` links (a scan per worktree in `swarm clean`)."""
+    top = str(root)
+    inside = top.rstrip("/") + "/"
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")  # noqa: PTH115 - no Path per process
+            if cwd == top or cwd.startswith(inside):
+                found.append(psutil.Process(int(entry.name)))
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile, or not ours to look at
     return found
 
 
