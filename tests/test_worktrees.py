@@ -221,7 +221,7 @@ def test_failed_creation_invalid_branch(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(repo)
     before = snapshot(repo)
     path = tmp_path / "wt" / "x"
-    with pytest.raises(CommandError, match="bad name|not a valid branch name"):
+    with pytest.raises(CommandError, match=r"bad name|not a valid branch name"):
         wt.create_worktree(r, path=path, branch="bad..name", start="HEAD")
     assert_nothing_left(r, path, "bad..name")
     assert snapshot(repo) == before
@@ -361,3 +361,31 @@ def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="outside"):
         wt.copy_into(repo, dst, ["conf/*.local"])
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_registration_read_from_its_admin_dir_agrees_with_gits_listing(
+    repo: Path, tmp_path: Path
+) -> None:
+    r = g.open_repo(repo)
+    on_branch, detached, locked = (tmp_path / "wt" / n for n in ("b", "d", "l"))
+    wt.create_worktree(r, path=on_branch, branch="swarm/b", start="HEAD")
+    wt.create_worktree(r, path=locked, branch="swarm/l", start="HEAD")
+    git(repo, "worktree", "add", "-q", "--detach", str(detached), "HEAD")
+    git(repo, "worktree", "lock", "--reason", "on a USB disk", str(locked))
+    admin = g.git_dir(on_branch)
+    listed = {info.path: info for info in wt.list_worktrees(r)}
+    with g.repo_lock(r):
+        for path in (on_branch, detached, locked, repo):
+            found = wt.registration_locked(r, path)
+            assert found is not None
+            want = listed[path]
+            assert (found.branch, found.locked, found.is_main) == (
+                want.branch,
+                want.locked,
+                want.is_main,
+            )
+            assert found.head in {None, want.head}
+        assert wt.registration_locked(r, tmp_path / "wt" / "never") is None
+        # A worktree whose admin dir names another checkout is not taken on its word.
+        (admin / "gitdir").write_text(str(detached / ".git") + "\n")
+        assert wt.registration_locked(r, on_branch) is None
