@@ -16,12 +16,12 @@ from worktree_swarm.cleanup.fixes import (
     Action,
     Finding,
     Kind,
+    Merged,
     Result,
     apply,
     describe,
     kill_finding,
     merge_targets,
-    merged_into,
     processes_using,
     worktree_finding,
 )
@@ -134,6 +134,7 @@ def plan_clean(
 ) -> list[Finding]:
     """Findings for every finished task of *run_ids* that still has a worktree or branch."""
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
+    branches = _Branches(tips=git.branch_tips(repo), merged=Merged(repo))
     findings: list[Finding] = []
     for run_id in run_ids:
         run = store.get_run(run_id)
@@ -144,7 +145,13 @@ def plan_clean(
         tasks = store.tasks(run_id)
         if all(task.state.is_final for task in tasks):
             found = _plan_integration(
-                repo, run_id, registered, targets=targets, keep_branches=keep_branches, force=force
+                repo,
+                run_id,
+                registered,
+                branches,
+                targets=targets,
+                keep_branches=keep_branches,
+                force=force,
             )
             findings += found
             if any(f.action is Action.DELETE_BRANCH for f in found):
@@ -157,6 +164,7 @@ def plan_clean(
                     repo,
                     task,
                     registered,
+                    branches,
                     targets=targets,
                     cleaned=task.task_id in cleaned,
                     needed_by=needed.get(task.task_id),
@@ -166,10 +174,19 @@ def plan_clean(
     return findings
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Branches:
+    """Every branch's tip, read once, and which are merged where (a plan reads no branch twice)."""
+
+    tips: dict[str, str]
+    merged: Merged
+
+
 def _plan_task(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
+    branches: _Branches,
     *,
     targets: tuple[str, ...],
     cleaned: bool,
@@ -178,7 +195,7 @@ def _plan_task(
     force: bool,
 ) -> list[Finding]:
     found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force)
-    if keep_branches or kept or not git.branch_exists(repo, task.branch):
+    if keep_branches or kept or task.branch not in branches.tips:
         return found
     path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
@@ -188,9 +205,9 @@ def _plan_task(
         keep = f"task {needed_by} still starts from it"
     else:
         keep = ""
-    tip = git.rev_parse(repo, f"refs/heads/{task.branch}") or ""
+    tip = branches.tips[task.branch]
     # A checkpoint of uncommitted changes will add a commit, so the branch will not be merged.
-    merged = None if dirty or keep else merged_into(repo, tip, targets)
+    merged = None if dirty or keep else branches.merged.into(tip, targets)
     why = f"task {task.task_id} is {task.state.value}"
     if merged or (force and not keep):
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
@@ -227,6 +244,7 @@ def _plan_integration(
     repo: git.Repo,
     run_id: str,
     registered: dict[Path, WorktreeInfo],
+    branches: _Branches,
     *,
     targets: tuple[str, ...],
     keep_branches: bool,
@@ -249,12 +267,12 @@ def _plan_integration(
         )
         kept = kept or finding.action is Action.KEEP
         found.append(finding)
-    if keep_branches or kept or not git.branch_exists(repo, branch):
+    if keep_branches or kept or branch not in branches.tips:
         return found
-    tip = git.rev_parse(repo, f"refs/heads/{branch}") or ""
+    tip = branches.tips[branch]
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
-    merged = None if dirty else merged_into(repo, tip, landing)
+    merged = None if dirty else branches.merged.into(tip, landing)
     why = f"integration branch of run {run_id}"
     if merged or force:
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"

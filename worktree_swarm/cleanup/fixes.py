@@ -128,8 +128,29 @@ def merged_into(repo: git.Repo, rev: str, targets: tuple[str, ...] | list[str]) 
     for target in targets:
         res = runner.run(repo.root, "merge-base", "--is-ancestor", rev, target, check=False)
         if res.returncode == 0:
-            return target.removeprefix("refs/heads/") if target.startswith("refs/") else target[:12]
+            return _short(target)
     return None
+
+
+def _short(target: str) -> str:
+    return target.removeprefix("refs/heads/") if target.startswith("refs/") else target[:12]
+
+
+class Merged:
+    """:func:`merged_into` for many branch tips: one git process per target, not per branch."""
+
+    def __init__(self, repo: git.Repo) -> None:
+        self.repo = repo
+        self._sets: dict[str, set[str]] = {}
+
+    def into(self, tip: str, targets: tuple[str, ...] | list[str]) -> str | None:
+        """The first of *targets* whose history has the branch tip *tip*, shortened, or None."""
+        for target in targets:
+            if target not in self._sets:
+                self._sets[target] = git.merged_tips(self.repo, target)
+            if tip in self._sets[target]:
+                return _short(target)
+        return None
 
 
 def on_no_ref(repo: git.Repo, commit: str) -> bool:

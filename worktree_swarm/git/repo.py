@@ -167,6 +167,26 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return res.returncode == 0
 
 
+def branch_tips(repo: Repo) -> dict[str, str]:
+    """Every branch's short name and tip (one git process, however many branches)."""
+    out = git(repo.root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+    tips = {}
+    for line in out.splitlines():
+        sha, _, ref = line.partition(" ")
+        tips[ref.removeprefix("refs/heads/")] = sha
+    return tips
+
+
+def merged_tips(repo: Repo, target: str) -> set[str]:
+    """The tips of the branches whose history *target* contains (none if it names nothing)."""
+    res = _run(
+        repo.root,
+        ["for-each-ref", f"--merged={target}", "--format=%(objectname)", "refs/heads/"],
+        check=False,
+    )
+    return set(res.stdout.split()) if res.returncode == 0 else set()
+
+
 def branches(repo: Repo) -> set[str]:
     """The short names of every branch (one git process, however many branches)."""
     out = git(repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/")
