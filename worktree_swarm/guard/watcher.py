@@ -282,10 +282,15 @@ class Guard:
         self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
             self._scan_surface(began)
+        refs: dict[str, str] | None = None
         with self._job("refs"):
-            self._scan_stash(began)
+            refs = read_refs(self.repo.root)
+            if self._scan_stash(began, refs.get(STASH)):
+                refs = None  # put back: read again
         with self._job("objects"):
-            self._scan_objects(began, deep=True)
+            # Not packed here: a finishing task packs its own branch, the periodic scan the
+            # commits of agents still at work.
+            self._scan_objects(began, deep=True, refs=refs, pack=False)
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -644,12 +649,14 @@ class Guard:
             moved.append((ref, before, after))
         return moved
 
-    def _scan_stash(self, began: float) -> list[Violation]:
-        """``refs/stash`` is shared by all worktrees: left moved after an attempt, it is a write."""
+    def _scan_stash(self, began: float, after: str | None) -> list[Violation]:
+        """``refs/stash`` is shared by all worktrees: left moved after an attempt, it is a write.
+
+        *after*: its value as just read.
+        """
         window = (self._stash_checked, began)
         self._stash_checked = began
-        out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", STASH)
-        before, after = self._refs.get(STASH), out.strip() or None
+        before = self._refs.get(STASH)
         if before == after:
             return []
         if self._channel.explains(STASH, before, after):
@@ -693,13 +700,14 @@ class Guard:
         )
 
     def _scan_objects(
-        self, began: float, *, deep: bool, refs: dict[str, str] | None = None
+        self, began: float, *, deep: bool, refs: dict[str, str] | None = None, pack: bool = True
     ) -> list[Violation]:
         """Refs whose objects were deleted: restored from the kept pack, or kept by name.
 
         *refs*: every watched ref, as just read (by default, read now). Only refs that moved
         since they were last seen complete are checked while the object store's change test
-        (objects.py) saw nothing that could lose an object; every ref otherwise.
+        (objects.py) saw nothing that could lose an object; every ref otherwise. *pack*: copy
+        the task branches that moved into the kept pack.
         """
         window = (self._objects_checked, began)
         root, common = self.repo.root, self.repo.common_dir
@@ -711,54 +719,55 @@ class Guard:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
         broken = integrity.broken_refs(root, refs, deep=deep, only=only)
         pack_dir = self._dir / "keep"
+        again: set[str] = set()
         if broken:
             with contextlib.suppress(OSError):  # what is still broken is reported as such
                 integrity.recover(common, pack_dir)
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
-        else:
-            again = set()
-        found: list[Violation] = []
-        names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
-        # Told once while it stays broken; made whole, breaking it again is told again.
-        self._reported |= {(ref, refs[ref]) for ref in again}
-        if names:
-            kept = []
-            for ref in names:
-                good = self._good.get(ref)
-                if ref in again and good is not None and good != refs[ref]:
-                    keep = integrity.keep_ref(ref)
-                    with contextlib.suppress(CommandError):
-                        git.git(root, "update-ref", keep, good)
-                        self._refs[keep] = good
-                        kept.append(short_ref(keep))
-            owners = {ref_owner(ref) for ref in names}
-            # Not even a branch's own agent is above suspicion: a task that starts from
-            # another's tip shares its objects.
-            found.append(
-                self._record(
-                    Violation(
-                        number=0,
-                        where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
-                        broken=tuple(names),
-                        kept=tuple(kept),
-                        suspects=self._agents.suspects(window, exclude=()),
-                        restored=not (set(names) & again),
-                    ),
-                    patch_text=None,
-                )
-            )
+        found = self._broken(broken, again, refs, window)
         good_now = {r: s for r, s in refs.items() if r not in again}
         self._good.update(good_now)
         if deep:
             self._walked.update(good_now)
         if not again:  # every ref complete as of this generation
+            self._objects_checked = began
             self._complete_at[deep] = generation
             if deep:
                 self._complete_at[False] = generation
-        if not again:
-            self._objects_checked = began
-        self._keep_task_work(good_now, pack_dir)
+        if pack:
+            self._keep_task_work(good_now, pack_dir)
         return found
+
+    def _broken(
+        self, broken: list[str], again: set[str], refs: dict[str, str], window: tuple[float, float]
+    ) -> list[Violation]:
+        """Record the refs found *broken* (*again*: still, after recovery from the pack)."""
+        names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
+        # Told once while it stays broken; made whole, breaking it again is told again.
+        self._reported |= {(ref, refs[ref]) for ref in again}
+        if not names:
+            return []
+        kept = []
+        for ref in names:
+            good = self._good.get(ref)
+            if ref in again and good is not None and good != refs[ref]:
+                keep = integrity.keep_ref(ref)
+                with contextlib.suppress(CommandError):
+                    git.git(self.repo.root, "update-ref", keep, good)
+                    self._refs[keep] = good
+                    kept.append(short_ref(keep))
+        owners = {ref_owner(ref) for ref in names}
+        # Not even a branch's own agent is above suspicion: a task that starts from another's
+        # tip shares its objects.
+        violation = Violation(
+            number=0,
+            where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
+            broken=tuple(names),
+            kept=tuple(kept),
+            suspects=self._agents.suspects(window, exclude=()),
+            restored=not (set(names) & again),
+        )
+        return [self._record(violation, patch_text=None)]
 
     def _keep_task_work(self, refs: dict[str, str], pack_dir: Path) -> None:
         """Copy the objects of task branches that moved since last time into the kept pack."""
