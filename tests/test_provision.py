@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.git import repo as gitrepo
+from worktree_swarm.git import worktrees
 from worktree_swarm.run import provision
 
 
@@ -67,6 +68,25 @@ def test_a_half_made_worktree_is_rolled_back_entirely(
     # The same creation now goes through.
     git(project.root, "worktree", "add", "-q", "-b", "swarm/t1", str(path), start)
     assert (path / "src" / "lib" / "util.py").is_file()
+
+
+def test_a_branch_made_before_its_worktree_is_rolled_back_and_made_again(
+    project: gitrepo.Repo, tmp_path: Path
+) -> None:
+    """Killed between the branch (made outside the repository lock) and `worktree add`."""
+    start = gitrepo.head_commit(project)
+    path = tmp_path / "wt" / "t1"
+    git(project.root, "update-ref", "refs/heads/swarm/t1", start, "")
+    with pytest.raises(BadInputError, match="branch swarm/t1 already exists"):
+        worktrees.create_worktree(project, path=path, branch="swarm/t1", start=start)
+    assert not path.exists()  # refused before anything was made
+
+    provision.roll_back(project, path=path, branch="swarm/t1", start=start)
+    assert "swarm/t1" not in branches(project)
+    worktrees.create_worktree(project, path=path, branch="swarm/t1", start=start)
+    assert (path / "src" / "lib" / "util.py").is_file()
+    assert git(path, "symbolic-ref", "HEAD") == "refs/heads/swarm/t1"
+    assert "swarm/t1" not in (project.common_dir / "config").read_text()  # no upstream
 
 
 def test_a_branch_that_moved_is_not_rolled_back(project: gitrepo.Repo, tmp_path: Path) -> None:
