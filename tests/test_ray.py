@@ -365,6 +365,97 @@ def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
 
 
+SANDBOXED_AGENT = r"""
+import json, os, pathlib, subprocess, sys, tempfile
+ctl, outside = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+task = os.environ["SWARM_TASK_ID"]
+node_dir = pathlib.Path(os.environ["SWARM_NODE_DIR"])
+mirror = next((node_dir / "mirrors").glob("*.git"))
+def tried(path, text="x"):
+    try:
+        pathlib.Path(path).write_text(text)
+    except OSError as exc:
+        return type(exc).__name__ + ": " + (exc.strerror or "")
+    return "written"
+pathlib.Path(f"{task}.txt").write_text(f"sandboxed work of {task}\n")
+subprocess.run(["git", "add", f"{task}.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", f"{task} by the agent"], check=True)
+report = {
+    "mirror": tried(mirror / "escaped"),
+    "node_dir": tried(node_dir / "escaped"),
+    "outside": tried(outside),
+    "git_config": tried(".git/config", "[core]\n\tfsmonitor = touch /tmp/pwned\n"),
+    "tmp": tried(pathlib.Path(tempfile.gettempdir()) / "scratch"),
+}
+(ctl / f"{task}.report").write_text(json.dumps(report))
+"""
+
+
+def test_a_sandboxed_agent_writes_only_its_clone_on_its_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "sandboxed.py"
+    script.write_text(SANDBOXED_AGENT)
+    outside = tmp_path / "outside.txt"
+    argv = [sys.executable, str(script), str(ctl), str(outside)]
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nagent = {json.dumps(argv)}\nexecutor = "ray"\nray_memory = "64M"\n'
+        f"sandbox = true\nsandbox_writable = [{json.dumps(str(ctl))}]\n\n"
+        '[[task]]\nid = "x1"\nprompt = "work"\n\n[[task]]\nid = "x2"\nprompt = "work"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == {"x1": "done", "x2": "done"}
+    for task in ("x1", "x2"):
+        report = json.loads((ctl / f"{task}.report").read_text())
+        # Its clone, its temp dir and `sandbox_writable` take writes; nothing else does.
+        assert report["tmp"] == "written"
+        for where in ("mirror", "node_dir", "outside", "git_config"):
+            assert report[where] == "OSError: Read-only file system", (where, report)
+        # The agent's own commit in its clone is pushed and fetched back.
+        for where in (remote, repo):
+            assert git(where, "show", f"swarm/{task}:{task}.txt") == f"sandboxed work of {task}"
+        assert f"{task} by the agent" in git(repo, "log", "--format=%s", f"swarm/{task}")
+    assert not outside.exists()
+    for node in cluster.nodes:
+        assert not (node.work_dir / "escaped").exists()
+        assert not list((node.work_dir / "mirrors").glob("*.git/escaped"))
+    assert not actor_processes(cluster)
+
+
+def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node side as a node's actor runs it (a node that joined after the run's check).
+    from worktree_swarm.core.errors import SwarmError  # noqa: PLC0415
+    from worktree_swarm.core.models import Task  # noqa: PLC0415
+    from worktree_swarm.run.ray_node import Assignment, NodeAgent  # noqa: PLC0415
+
+    monkeypatch.setenv("SWARM_NODE_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("SWARM_NODE_NAME", "nobwrap")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assignment = Assignment(
+        run_id="r",
+        task=Task(id="t", prompt="p"),
+        attempt=1,
+        remote_url=str(tmp_path / "remote.git"),
+        author="swarm <swarm@localhost>",
+        identity=(),
+        kill_grace=1.0,
+        checkpoint_interval=0.0,
+        sandbox=True,
+    )
+    with pytest.raises(SwarmError) as caught:
+        NodeAgent(assignment).prepare()
+    assert str(caught.value) == (
+        "node nobwrap: --sandbox needs bubblewrap (`bwrap`) on PATH: install it "
+        "(e.g. `apt install bubblewrap`) or run without --sandbox"
+    )
+    assert not (tmp_path / "node").exists()
+
+
 def test_a_lost_node_s_tasks_finish_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

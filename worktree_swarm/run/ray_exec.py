@@ -39,7 +39,13 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
-from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
+from worktree_swarm.run.ray_node import (
+    Assignment,
+    NodeAgent,
+    Progress,
+    node_name,
+    sandbox_problem,
+)
 from worktree_swarm.run.task_worker import (
     RESUME_PROMPT,
     Live,
@@ -174,8 +180,6 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
                     f"task {task.id}: env {name} looks like a secret; with executor `ray` "
                     "provision it in the nodes' environment instead (docs/cluster.md)"
                 )
-    if spec.sandbox:
-        raise BadInputError("--sandbox is not supported with executor `ray` yet")
     url = remote_url(repo, spec.remote)
     connect(spec.ray_address)
     slots = _ray().cluster_resources().get(SLOT, 0)
@@ -184,7 +188,39 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
             f"the Ray cluster offers no `{SLOT}` resource; start each node with "
             f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
         )
+    if spec.sandbox:
+        check_sandbox(spec.ray_address)
     return url
+
+
+def check_sandbox(address: str) -> None:
+    """Raise BadInputError unless bubblewrap can sandbox agents on every node with slots.
+
+    A node that joins later is checked by each attempt placed on it (the attempt fails,
+    saying so).
+    """
+    ray = _ray()
+    connect(address)
+    from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
+        NodeAffinitySchedulingStrategy,
+    )
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_node_sandbox_problem)
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ).remote()
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
+    ]
+    for node, problem in ray.get(refs, timeout=300):
+        if problem:
+            raise BadInputError(f"node {node}: {problem}")
+
+
+def _node_sandbox_problem() -> tuple[str, str]:
+    """On a node: its name, and why it cannot sandbox agents (or ``""``)."""
+    return node_name(), sandbox_problem()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -336,6 +372,8 @@ class RayTaskWorker(RunWorker):
             ),
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
+            sandbox=self.spec.sandbox,
+            sandbox_writable=self.spec.sandbox_writable,
         )
         # The intent first: a coordinator killed from here on finds the actor by its name.
         self.store.update_task(self.run_id, task.id, launching=number, node=None)

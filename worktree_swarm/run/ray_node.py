@@ -25,10 +25,11 @@ from pathlib import Path
 from filelock import FileLock
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.core.errors import GitError
+from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
+from worktree_swarm.guard import sandbox
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
@@ -49,6 +50,20 @@ def node_dir() -> Path:
     return Path.home() / ".cache" / "worktree-swarm" / "node"
 
 
+def node_name() -> str:
+    """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
+    return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+
+
+def sandbox_problem() -> str:
+    """Why bubblewrap cannot sandbox agents on this node (one line), or ``""``."""
+    try:
+        sandbox.check_available()
+    except SwarmError as exc:
+        return str(exc)
+    return ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Everything a node needs for one attempt (no secrets: those live on the node)."""
@@ -61,6 +76,8 @@ class Assignment:
     identity: tuple[tuple[str, str], ...]  # the user's git user.name / user.email
     kill_grace: float
     checkpoint_interval: float
+    sandbox: bool = False
+    sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,10 +107,14 @@ class NodeAgent:
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
-        return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+        return node_name()
 
     def prepare(self) -> str:
         """Clone the task's branch from the remote (by way of the mirror); its tip."""
+        if self.a.sandbox:
+            problem = sandbox_problem()
+            if problem:
+                raise SwarmError(f"node {self.node()}: {problem}")
         mirror = self._mirror()
         shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
         self.work.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +169,8 @@ class NodeAgent:
         env = self._base_env()
         self._env = env
         env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
+        if self.a.sandbox:  # bubblewrap around the agent only, writable in its clone
+            argv, env = sandbox.confine(argv, env, self._confinement())
         self._agent = supervisor.spawn(
             argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
         )
@@ -255,6 +278,17 @@ class NodeAgent:
         shutil.rmtree(self.logs, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _confinement(self) -> sandbox.Confinement:
+        return sandbox.Confinement(
+            worktree=self.work,
+            common_dir=self.work / ".git",
+            state_dir=self.logs,
+            config_dir=self.logs / "agent-config",  # as passed to adapter.env
+            temp_dir=self.logs / "tmp",
+            findings=self.logs / "findings.md",  # $SWARM_CONTEXT
+            extra=self.a.sandbox_writable,
+        )
 
     def _require(self) -> supervisor.AgentProcess:
         if self._agent is None:
