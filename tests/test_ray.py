@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +28,7 @@ from tests.test_run import swarm as run_swarm
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
 
 from tests import raykit  # noqa: E402 - only with ray installed
+from worktree_swarm.core.units import format_size  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -363,6 +365,102 @@ def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     for task in tasks:
         assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
+def test_max_disk_applies_per_node_and_tasks_on_one_node_sum_up(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["d1", "d2", "d3", "d4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    # A checkout of ~1 MiB: one clone fits in 1.5M on a node, two do not.
+    (repo / "big.bin").write_bytes(os.urandom(2**20))
+    git(repo, "add", "big.bin")
+    git(repo, "commit", "-qm", "big")
+    git(repo, "push", "-q", "origin", "main")
+    manager = spawn_swarm(
+        repo,
+        "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address,
+        "--max-disk", "1.5M",
+    )  # fmt: skip
+    try:
+        # Four slots: every actor is placed at once, two per node; one clone per node fits.
+        def waiting() -> list[str]:
+            if not (repo / ".git" / "swarm" / "state.db").exists():
+                return []
+            rows = status(repo).values()
+            prefix = "waiting for disk on node "
+            return [
+                str(r["reason"])[len(prefix) :].split(":")[0]
+                for r in rows
+                if r["state"] == "pending" and str(r["reason"]).startswith(prefix)
+            ]
+
+        wait_for("a task to wait for disk on each node", lambda: len(waiting()) == 2)
+        assert sorted(waiting()) == ["head", "w0"]
+        started = wait_for("one agent per node", lambda: agents_started(ctl, 2))
+        assert sorted(p.read_text() for p in started) == ["head", "w0"]  # type: ignore[attr-defined]
+
+        # The running clones are measured on their nodes while their agents work.
+        def measured() -> list[object]:
+            return [r["disk_actual"] for r in status(repo).values() if r["state"] == "running"]
+
+        wait_for("the running clones to be measured", lambda: len(measured()) == 2 and all(
+            measured()
+        ))  # fmt: skip
+        (ctl / "release").write_text("")
+        manager.wait(timeout=400)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert manager.returncode == 0, output(manager)
+    assert "waiting for disk on node " in output(manager)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    table = swarm(repo, "status").stdout
+    for task in tasks:
+        # `swarm status` shows what each clone used on its node as its attempt ended.
+        cells = next(line.split() for line in table.splitlines() if line.startswith(f"{task} "))
+        column = table.splitlines()[1].split().index("disk")
+        assert cells[column] == format_size(int(rows[task]["disk_actual"])), table  # type: ignore[call-overload]
+        # What each clone used on its node as its attempt ended: the checkout and more.
+        assert 2**20 < int(rows[task]["disk_actual"]) < 3 * 2**20  # type: ignore[call-overload]
+        assert git(remote, "show", f"swarm/{task}:{task}.done") == rows[task]["node"]
+    assert table.splitlines()[-1] == "disk: 0B used (0B apparent) by 0 worktrees"  # here
+    assert not actor_processes(cluster)
+
+
+def test_max_disk_counts_what_a_node_holds_besides_this_run_s_clones(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["f1"])
+    (ctl / "release").write_text("")
+    # What lost attempts of another run left on every node: 2 MiB each.
+    leftovers = [node.work_dir / "runs" / "lost-run" for node in cluster.nodes]
+    try:
+        for where in leftovers:
+            (where / "t" / "work").mkdir(parents=True)
+            (where / "t" / "work" / "blob").write_bytes(os.urandom(2 * 2**20))
+        out = swarm(
+            repo,
+            "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address,
+            "--max-disk", "1.5M",
+        )  # fmt: skip
+    finally:
+        for where in leftovers:
+            shutil.rmtree(where, ignore_errors=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["f1"]
+    assert (row["state"], row["attempt"]) == ("failed", 0)
+    reason = str(row["reason"])
+    assert reason.startswith("max_disk 1.5M: a new clone needs ~"), reason
+    assert "under $SWARM_NODE_DIR/runs on node " in reason
+    assert reason.endswith(
+        "(clones of lost attempts or earlier runs?); remove them or raise max_disk"
+    )
+    # Nothing was cloned for it, and no agent ran.
+    assert not list(ctl.glob("*.agent.*"))
+    assert git(remote, "rev-parse", "swarm/f1") == git(repo, "rev-parse", "main")
+    assert not actor_processes(cluster)
 
 
 SANDBOXED_AGENT = r"""

@@ -38,7 +38,9 @@ from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
+from worktree_swarm.run.ray_disk import NodeDisk
 from worktree_swarm.run.ray_node import (
     Assignment,
     NodeAgent,
@@ -228,12 +230,14 @@ class _Handle:
     """One attempt's actor as the coordinator holds it."""
 
     actor: Any
+    task_id: str
     number: int
     attempt_id: int
     started_at: float
     log_path: Path
     node: str
     offset: int = 0
+    measured_at: float = 0.0  # monotonic time of its clone's last measurement
 
 
 class RayTaskWorker(RunWorker):
@@ -244,6 +248,7 @@ class RayTaskWorker(RunWorker):
         self.url = remote_url(run.repo, run.spec.remote)
         connect(run.spec.ray_address)
         self._git_lock = threading.Lock()
+        self.disk = NodeDisk(repo=run.repo, spec=run.spec, store=run.store, run_id=run.run_id)
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task to a final outcome on the cluster."""
@@ -399,6 +404,7 @@ class RayTaskWorker(RunWorker):
             if live.stop.is_set():
                 raise NodeLostError("stopped before it started")
             self.store.update_task(self.run_id, task.id, node=str(node))
+            self._admit(live, actor, str(node))
             self._call(actor.prepare.remote, live=live)
             if task.setup:
                 failure, text = self._call(actor.setup.remote, live=live, on_stop=actor.stop.remote)
@@ -419,6 +425,7 @@ class RayTaskWorker(RunWorker):
                 ray.get(actor.discard.remote(), timeout=30)
             with contextlib.suppress(Exception):  # one that comes back must not run an agent
                 ray.kill(actor)
+            self.disk.released(str(node), task.id)
             raise
         log_path = self._logs_root / task.id / f"attempt-{number}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -437,11 +444,39 @@ class RayTaskWorker(RunWorker):
         self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
         return _Handle(
             actor=actor,
+            task_id=task.id,
             number=number,
             attempt_id=attempt_id,
             started_at=started,
             log_path=log_path,
             node=str(node),
+        )
+
+    def _admit(self, live: Live, actor: Any, node: str) -> None:  # noqa: ANN401
+        """Wait until the task's clone fits under ``max_disk`` on *node* (ray_disk.py)."""
+        task = live.task
+        row = self.store.task(self.run_id, task.id)
+        start = row.base_commit if row is not None and row.base_commit else self.base_commit
+
+        def waiting(reason: str) -> None:
+            self._state(task.id, TaskState.PENDING if reason else TaskState.RUNNING, reason=reason)
+
+        admitted = self.disk.admit(
+            node,
+            task,
+            start=start,
+            held=lambda skip: int(self._call(lambda: actor.held.remote(skip), live=live)),
+            stop=live.stop,
+            waiting=waiting,
+        )
+        if not admitted:
+            raise NodeLostError("stopped while waiting for disk")
+
+    def _measure(self, handle: _Handle, live: Live) -> None:
+        """Have the actor measure its clone; recorded, and counted on its node."""
+        handle.measured_at = time.monotonic()
+        self.disk.measured(
+            handle.node, handle.task_id, self._call(handle.actor.disk_use.remote, live=live)
         )
 
     def _attempt(
@@ -461,6 +496,8 @@ class RayTaskWorker(RunWorker):
             progress: Progress = self._call(handle.actor.poll.remote, live=live)
             if progress.ended:
                 break
+            if time.monotonic() - handle.measured_at > REMEASURE_SECONDS:
+                self._measure(handle, live)
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
             elif deadline is not None and time.time() >= deadline:
@@ -481,6 +518,7 @@ class RayTaskWorker(RunWorker):
             task.id, handle.number, task.agent
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
+        self._measure(handle, live)  # as it ended: what `swarm status` and `report` keep
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
@@ -600,6 +638,7 @@ class RayTaskWorker(RunWorker):
             ray.get(handle.actor.discard.remote(), timeout=30)
         with contextlib.suppress(Exception):
             ray.kill(handle.actor)
+        self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
     def _mirror(self, handle: _Handle, live: Live) -> None:
         """Append what the agent logged since the last call to the local copy of its log."""
@@ -712,8 +751,10 @@ class RayTaskWorker(RunWorker):
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
+        self.disk.adopted(str(node), task.id)
         return _Handle(
             actor=actor,
+            task_id=task.id,
             number=number,
             attempt_id=attempt_id,
             started_at=time.time(),

@@ -30,7 +30,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import disk, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
@@ -120,7 +120,8 @@ class NodeAgent:
         self.work.parent.mkdir(parents=True, exist_ok=True)
         runner.run(
             self.work.parent,
-            "clone", "--quiet", "--no-tags", "--reference", str(mirror),
+            # --no-local: from a path too, objects come from the mirror, not a copy per clone.
+            "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
             "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
         )  # fmt: skip
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -270,6 +271,33 @@ class NodeAgent:
                 raise GitError(f"{self.work} has no HEAD")
             self._push(tip)
         return tip
+
+    def disk_use(self) -> disk.DiskUsage:
+        """What this attempt's clone uses on the node's disk (measured as locally)."""
+        return disk.usage(self.work)
+
+    def held(self, skip: tuple[str, ...]) -> int:
+        """Actual bytes under the node's runs dir but the clones of *skip*, tasks of this run.
+
+        That is, what other runs and lost attempts left on this node, plus the clones of this
+        run's tasks that are not in *skip*.
+        """
+        runs = node_dir() / "runs"
+        ours = runs / self.a.run_id
+        scans = []
+        try:
+            run_dirs = list(runs.iterdir())
+        except FileNotFoundError:
+            return 0
+        for run_dir in run_dirs:
+            if run_dir != ours:
+                scans.append(disk.scan(run_dir))
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                scans += [
+                    disk.scan(task_dir) for task_dir in ours.iterdir() if task_dir.name not in skip
+                ]
+        return disk.combine(scans).actual
 
     def discard(self) -> None:
         """Remove this attempt's clone and logs from the node (its work is on the remote)."""
