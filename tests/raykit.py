@@ -151,6 +151,14 @@ class Cluster:
         psutil.wait_procs(procs, timeout=10)
         node.popen.wait(timeout=10)
 
+    def restart(self, node: Node, *, slots: int = 2) -> None:
+        """Start a fresh node in place of *node* (killed): same name, same node dir."""
+        if node.popen.poll() is None:
+            self.kill_node(node)
+        self.nodes.remove(node)
+        self._add(node.name, head=False, slots=slots)
+        self.wait_nodes(len(self.nodes))
+
     def shutdown(self) -> None:
         for node in reversed(self.nodes):
             procs = node.tree()

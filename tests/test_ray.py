@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,7 +67,9 @@ def swarm(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_swarm(repo, *args, timeout=300)
 
 
-def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn_swarm(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start the CLI in the background; its output goes to manager-<pid>.log beside *repo*."""
     log = repo.parent / f"manager-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
@@ -75,6 +79,7 @@ def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
     popen.log = log  # type: ignore[attr-defined]
     return popen
@@ -552,6 +557,125 @@ def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
         "(e.g. `apt install bubblewrap`) or run without --sandbox"
     )
     assert not (tmp_path / "node").exists()
+
+
+# A stand-in for Claude Code (the `claude` profile by its file name): it files its session
+# under $CLAUDE_CONFIG_DIR/projects/<cwd with non-alphanumerics as ->/<id>.jsonl, and
+# `--resume <id>` finds it there only, as the real CLI does.
+SESSION_AGENT = r"""
+import json, os, pathlib, re, sys, time, uuid
+args = sys.argv[1:]
+ctl = pathlib.Path(args[args.index("--ctl") + 1])
+task, node = os.environ["SWARM_TASK_ID"], os.environ["SWARM_NODE_NAME"]
+config = pathlib.Path(os.environ["CLAUDE_CONFIG_DIR"])
+project = config / "projects" / re.sub(r"[^a-zA-Z0-9]", "-", os.getcwd())
+if "--resume" in args:
+    sid = args[args.index("--resume") + 1]
+    transcript = project / f"{sid}.jsonl"
+    if not transcript.exists():
+        print(json.dumps({"type": "result", "subtype": "error_during_execution",
+                          "is_error": True, "session_id": sid,
+                          "result": f"No conversation found with session ID: {sid}"}))
+        sys.exit(1)
+    earlier = [json.loads(line) for line in transcript.read_text().splitlines()]
+else:
+    sid, earlier = str(uuid.uuid4()), []
+    project.mkdir(parents=True)
+    transcript = project / f"{sid}.jsonl"
+print(json.dumps({"type": "system", "subtype": "init", "session_id": sid}), flush=True)
+turn = {"node": node, "cwd": os.getcwd(), "prompt": args[args.index("-p") + 1],
+        "saw": "sk-ant-api03-" + "s3cr3t" * 8}
+with transcript.open("a") as fh:
+    fh.write(json.dumps(turn) + "\n")
+(config / ".credentials.json").write_text('{"claudeAiOauth": {"accessToken": "node-only"}}')
+if earlier:
+    pathlib.Path(f"{task}.resumed").write_text(
+        json.dumps({"session": sid, "earlier": earlier, "node": node, "cwd": os.getcwd()}))
+else:
+    pathlib.Path(f"{task}.txt").write_text(f"turn 1 of {task} on {node}\n")
+    (ctl / f"{task}.agent.{os.getpid()}").write_text(node)
+    while not (ctl / "release").exists():
+        time.sleep(0.05)
+print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
+                  "session_id": sid, "result": "done", "total_cost_usd": 0.0}), flush=True)
+"""
+
+
+def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["k1", "k2", "k3", "k4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    claude = tmp_path / "bin" / "claude"
+    claude.parent.mkdir()
+    claude.write_text(f"#!{sys.executable}\n{SESSION_AGENT}")
+    claude.chmod(0o755)
+    manifest = tmp_path / "tasks.toml"
+    agent = json.dumps([str(claude), "-p", "{prompt}", "--ctl", str(ctl)])
+    manifest.write_text(
+        re.sub(r"(?m)^agent = .*$", lambda _m: f"agent = {agent}", manifest.read_text())
+    )
+    env = os.environ | {"ANTHROPIC_API_KEY": "sk-ant-api03-coordinator-key-not-used"}
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address, env=env)
+    worker = next(n for n in cluster.nodes if n.name == "w0")
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        on_worker = sorted(t for t, r in status(repo).items() if r["node"] == "w0")
+        assert on_worker  # four tasks, two slots per node
+        runs = repo / ".git" / "swarm" / "runs"
+        # The coordinator keeps each running agent's session files in the run's directory.
+        for task in on_worker:
+            wait_for(f"the session of {task}", lambda task=task: list(
+                runs.glob(f"*/{task}/session/session.json")
+            ))  # fmt: skip
+        raylet = worker.raylet()
+        assert raylet is not None
+        machine = worker.tree()
+        raylet.kill()
+        cluster.kill_node(worker, machine)
+        (ctl / "release").write_text("")
+        manager.wait(timeout=400)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+        cluster.restart(worker)  # for the tests after this one
+    assert manager.returncode == 0, output(manager)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    assert sorted({task for task, _data in events(repo, "node_lost")}) == on_worker
+    for task in on_worker:
+        assert (rows[task]["node"], rows[task]["attempt"]) == ("head", 2)
+        resumed = json.loads(git(repo, "show", f"swarm/{task}:{task}.resumed"))
+        # The same session went on, on the other node, from the clone's new path: the turn
+        # the lost node's agent had taken is in it, its path rewritten to this clone's.
+        kept = json.loads(next(runs.glob(f"*/{task}/session/session.json")).read_text())
+        assert resumed["session"] == kept["session_id"]
+        assert resumed["node"] == "head"
+        [before] = resumed["earlier"]
+        assert before["node"] == "w0"
+        assert before["cwd"] == resumed["cwd"]
+        assert before["prompt"].startswith(f"do {task}")
+        # Secrets of the node did not travel: the key it saw is redacted, sign-in left out.
+        assert "s3cr3t" not in before["saw"]
+        archive = next(runs.glob(f"*/{task}/session/session.tar.gz"))
+        with tarfile.open(archive) as tar:
+            names = tar.getnames()
+            text = b"".join(tar.extractfile(m).read() for m in tar.getmembers())  # type: ignore[union-attr]
+        assert any(name.endswith(f"{resumed['session']}.jsonl") for name in names)
+        assert not [n for n in names if n.endswith(".credentials.json")]
+        assert b"s3cr3t" not in text
+        assert b"node-only" not in text
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+            sessions = conn.execute(
+                "SELECT number, session_id FROM attempts WHERE task_id = ? ORDER BY number",
+                (task,),
+            ).fetchall()
+        assert sessions[-1] == (2, resumed["session"])
+        # Nothing of it reached a branch or the remote.
+        assert "session" not in git(remote, "ls-tree", "-r", "--name-only", f"swarm/{task}")
+    for task in sorted(set(tasks) - set(on_worker)):
+        assert rows[task]["attempt"] == 1
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"turn 1 of {task} on head"
 
 
 def test_a_lost_node_s_tasks_finish_on_another_node(

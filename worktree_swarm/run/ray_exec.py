@@ -37,6 +37,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
@@ -238,6 +239,9 @@ class _Handle:
     node: str
     offset: int = 0
     measured_at: float = 0.0  # monotonic time of its clone's last measurement
+    session_at: float = 0.0  # monotonic time its session files were last asked for
+    session_fp: str | None = None  # the fingerprint of the session files kept last
+    session_id: str | None = None
 
 
 class RayTaskWorker(RunWorker):
@@ -411,12 +415,14 @@ class RayTaskWorker(RunWorker):
                 self._append_log(task, "setup.log", text)
                 if failure is not None:
                     raise _SetupFailedError(failure)
-            # An agent's session files stay on the node and in the clone of its attempt: a
-            # new attempt (a new clone, maybe another node) starts a fresh session, told the
-            # task again and then what to do now.
+            # The session an earlier attempt (maybe on another node) handed back goes on;
+            # without one a fresh agent is told the task again, then what to do now.
+            session = self._restore_session(live, actor) if prompt is not None else None
             text = task.prompt if prompt is None else f"{task.prompt}\n\n{prompt}"
+            if session is not None:
+                text = cast("str", prompt)
             self._call(
-                lambda: actor.start.remote(prompt=text, session=None, resume_prompt=None),
+                lambda: actor.start.remote(prompt=text, session=session, resume_prompt=prompt),
                 live=live,
                 once=True,  # never twice: a second agent on the same branch
             )
@@ -472,6 +478,45 @@ class RayTaskWorker(RunWorker):
         if not admitted:
             raise NodeLostError("stopped while waiting for disk")
 
+    def _periodic(self, handle: _Handle, live: Live) -> None:
+        """While the agent runs: measure its clone, keep its session files, when due."""
+        if time.monotonic() - handle.measured_at > REMEASURE_SECONDS:
+            self._measure(handle, live)
+        if time.monotonic() - handle.session_at > max(self.spec.checkpoint_interval, 1.0):
+            self._keep_session(handle, live)  # what a lost node would otherwise take along
+
+    def _restore_session(self, live: Live, actor: Any) -> str | None:  # noqa: ANN401
+        """Give the new attempt's node the session kept last; its id, or None (a fresh one)."""
+        if adapter_for(live.task.agent).name not in ray_session.CARRIED:
+            return None
+        kept = ray_session.load(self._logs_root / live.task.id / "session")
+        if kept is None or kept[1] is None:
+            return None
+        state, session_id = kept
+        restored = self._call(lambda: actor.restore_session.remote(state), live=live)
+        return session_id if restored else None
+
+    def _keep_session(self, handle: _Handle, live: Live) -> None:
+        """Keep the attempt's session files in the run's directory, if they changed."""
+        adapter = adapter_for(live.task.agent)
+        if adapter.name not in ray_session.CARRIED:
+            return
+        handle.session_at = time.monotonic()
+        since = handle.session_fp
+        state = self._call(lambda: handle.actor.session_state.remote(since), live=live)
+        if state is None:
+            return
+        if handle.session_id is None:  # the stream's first lines name it
+            text = read_end(handle.log_path, 8 * 2**20)
+            handle.session_id = adapter.interpret(
+                exit_code=None, log_text=text, now=time.time()
+            ).session_id
+        if handle.session_id is None:
+            return
+        directory = self._logs_root / live.task.id / "session"
+        ray_session.save(directory, state, session_id=handle.session_id)
+        handle.session_fp = state.fingerprint
+
     def _measure(self, handle: _Handle, live: Live) -> None:
         """Have the actor measure its clone; recorded, and counted on its node."""
         handle.measured_at = time.monotonic()
@@ -496,8 +541,7 @@ class RayTaskWorker(RunWorker):
             progress: Progress = self._call(handle.actor.poll.remote, live=live)
             if progress.ended:
                 break
-            if time.monotonic() - handle.measured_at > REMEASURE_SECONDS:
-                self._measure(handle, live)
+            self._periodic(handle, live)
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
             elif deadline is not None and time.time() >= deadline:
@@ -519,6 +563,7 @@ class RayTaskWorker(RunWorker):
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
         self._measure(handle, live)  # as it ended: what `swarm status` and `report` keep
+        self._keep_session(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd

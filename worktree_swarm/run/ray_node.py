@@ -33,6 +33,7 @@ from worktree_swarm.guard import sandbox
 from worktree_swarm.infra import disk, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 
 # Where a node keeps its mirrors and clones, and the name `swarm status` shows for it. Both come
@@ -271,6 +272,14 @@ class NodeAgent:
                 raise GitError(f"{self.work} has no HEAD")
             self._push(tip)
         return tip
+
+    def session_state(self, since: str | None) -> ray_session.SessionState | None:
+        """The agent's config dir packed (its session files), unless unchanged since *since*."""
+        return ray_session.pack(self.logs / "agent-config", self.work, since=since)
+
+    def restore_session(self, state: ray_session.SessionState) -> bool:
+        """Put an earlier attempt's session files in place (after :meth:`prepare`)."""
+        return ray_session.unpack(state, self.logs / "agent-config", self.work)
 
     def disk_use(self) -> disk.DiskUsage:
         """What this attempt's clone uses on the node's disk (measured as locally)."""
