@@ -559,6 +559,61 @@ def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
     assert not (tmp_path / "node").exists()
 
 
+def test_doctor_finds_and_removes_what_a_lost_attempt_left_on_a_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["o1", "o2"]
+    repo, _remote, ctl = setup_repo(tmp_path, tasks)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        rows = wait_for("the attempts to be recorded", lambda: (
+            (got := status(repo)) and all(r["attempt"] == 1 for r in got.values()) and got
+        ))  # fmt: skip
+        run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+        where = {t: r["node"] for t, r in rows.items()}  # type: ignore[union-attr]
+        # What an attempt of o1 lost with the other node left there (o1 runs on its own now).
+        other = next(n for n in cluster.nodes if n.name != where["o1"])
+        lost = other.work_dir / "runs" / run_id / "o1"
+        (lost / "work").mkdir(parents=True)
+        (lost / "work" / "half-done.txt").write_text("lost with its node\n")
+        (lost / "logs-1").mkdir()
+        live = {
+            t: next(n for n in cluster.nodes if n.name == where[t]).work_dir / "runs" / run_id / t
+            for t in tasks
+        }
+        assert all((path / "work").is_dir() for path in live.values())
+
+        out = swarm(repo, "doctor", "--json")
+        found = [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"]
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert [(f["node"], f["task_id"], f["run_id"], f["target"]) for f in found] == [
+            (other.name, "o1", run_id, f"{other.name}:{lost}")
+        ]
+        assert found[0]["action"] == "remove_node_clone"
+        assert lost.is_dir()  # a dry run
+
+        out = swarm(repo, "doctor", "--yes")
+        assert f"{other.name}:{lost}: task o1 of run {run_id} has no live attempt" in out.stdout
+        assert f"done: removed {lost} from node {other.name}" in out.stdout
+        assert not lost.exists()
+        # The live attempts' clones and agents are untouched.
+        assert all((path / "work").is_dir() for path in live.values())
+        pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.agent.*")]
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        (ctl / "release").write_text("")
+        manager.wait(timeout=300)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert manager.returncode == 0, output(manager)
+    assert {t: r["state"] for t, r in status(repo).items()} == dict.fromkeys(tasks, "done")
+    out = swarm(repo, "doctor", "--json")
+    assert [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"] == []
+
+
 # A stand-in for Claude Code (the `claude` profile by its file name): it files its session
 # under $CLAUDE_CONFIG_DIR/projects/<cwd with non-alphanumerics as ->/<id>.jsonl, and
 # `--resume <id>` finds it there only, as the real CLI does.

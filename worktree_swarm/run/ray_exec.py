@@ -202,23 +202,51 @@ def check_sandbox(address: str) -> None:
     A node that joins later is checked by each attempt placed on it (the attempt fails,
     saying so).
     """
-    ray = _ray()
     connect(address)
+    for node, problem in on_every_node(_node_sandbox_problem):
+        if problem:
+            raise BadInputError(f"node {node}: {problem}")
+
+
+def on_every_node(function: Callable[..., Any], *args: object) -> list[Any]:
+    """*function* (*args*) run on every live node that offers agent slots, pinned to it."""
+    ray = _ray()
     from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
         NodeAffinitySchedulingStrategy,
     )
 
-    probe = ray.remote(num_cpus=0, max_retries=0)(_node_sandbox_problem)
+    remote = ray.remote(num_cpus=0, max_retries=0)(function)
     refs = [
-        probe.options(
+        remote.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        ).remote()
+        ).remote(*args)
         for node in ray.nodes()
         if node.get("Alive") and node.get("Resources", {}).get(SLOT)
     ]
-    for node, problem in ray.get(refs, timeout=300):
-        if problem:
-            raise BadInputError(f"node {node}: {problem}")
+    return list(ray.get(refs, timeout=300))
+
+
+def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+    """(run, task, node) of every live attempt's actor of *run_ids*; node ``""``: unknown.
+
+    An actor that does not answer in time may be alive anywhere: its node is ``""``.
+    """
+    ray = _ray()
+    runs = {namespace(run_id): run_id for run_id in run_ids}
+    live = set()
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        run_id = runs.get(entry["namespace"])
+        task_id, _, attempt = str(entry["name"]).rpartition("-")
+        if run_id is None or not task_id or not attempt.isdigit():
+            continue
+        try:
+            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+            live.add((run_id, task_id, str(ray.get(actor.node.remote(), timeout=10))))
+        except (ValueError, ray.exceptions.ActorDiedError):  # gone meanwhile, or dead
+            continue
+        except Exception:  # noqa: BLE001 - unreachable or slow: maybe alive
+            live.add((run_id, task_id, ""))
+    return live
 
 
 def _node_sandbox_problem() -> tuple[str, str]:

@@ -65,6 +65,34 @@ def sandbox_problem() -> str:
     return ""
 
 
+def task_dirs(run_ids: tuple[str, ...]) -> tuple[str, list[tuple[str, str, str, int]]]:
+    """On a node: its name, and (run, task, path, bytes) of each task dir of *run_ids* in use.
+
+    In use means it holds anything (a clone, logs): an attempt that ended removed its own.
+    """
+    found = []
+    for run_id in run_ids:
+        run_dir = node_dir() / "runs" / run_id
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for task_dir in sorted(run_dir.iterdir()):
+                if task_dir.is_dir() and any(task_dir.iterdir()):
+                    used = disk.usage(task_dir).actual
+                    found.append((run_id, task_dir.name, str(task_dir), used))
+    return node_name(), found
+
+
+def remove_task_dir(run_id: str, task_id: str) -> str:
+    """On a node: remove what attempts of *task_id* of *run_id* left here; its path."""
+    run_dir = node_dir() / "runs" / run_id
+    task_dir = run_dir / task_id
+    if task_dir.parent != run_dir or task_id in {"", ".", ".."}:
+        raise SwarmError(f"not a task of run {run_id}: {task_id!r}")
+    shutil.rmtree(task_dir)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty
+    return str(task_dir)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Everything a node needs for one attempt (no secrets: those live on the node)."""
