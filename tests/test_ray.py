@@ -614,6 +614,35 @@ def test_doctor_finds_and_removes_what_a_lost_attempt_left_on_a_node(
     assert [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"] == []
 
 
+def test_doctor_says_so_when_the_cluster_of_a_ray_run_is_gone(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, ctl = setup_repo(tmp_path, ["g1"])
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The run's cluster went away: nothing listens at its address any more.
+    gone = f"127.0.0.1:{raykit.free_port()}"
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        (spec,) = conn.execute("SELECT spec_json FROM runs").fetchone()
+        settings = json.loads(spec)
+        settings["ray_address"] = gone
+        conn.execute("UPDATE runs SET spec_json = ?", (json.dumps(settings),))
+    out = swarm(repo, "doctor", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [found] = [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"]
+    assert (found["target"], found["action"], found["problem"]) == ("ray cluster", "keep", False)
+    assert found["reason"].startswith(f"not checked: cannot reach a Ray cluster at {gone}: ")
+    # And a run at that address is refused at once, before anything is made.
+    again = make_repo(tmp_path / "again")
+    git(again, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    out = swarm(again, "run", str(tmp_path / "tasks.toml"), "--ray-address", gone)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(f"swarm: cannot reach a Ray cluster at {gone}: ")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (again / ".git" / "swarm" / "state.db").exists()
+
+
 # A stand-in for Claude Code (the `claude` profile by its file name): it files its session
 # under $CLAUDE_CONFIG_DIR/projects/<cwd with non-alphanumerics as ->/<id>.jsonl, and
 # `--resume <id>` finds it there only, as the real CLI does.

@@ -15,6 +15,8 @@ checkpoint. Ray itself is imported only when this executor is used.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +62,7 @@ from worktree_swarm.run.task_worker import (
 )
 
 POLL_SECONDS = 0.5
+PROBE_SECONDS = 5.0
 # An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
 # counts as lost.
 UNREACHABLE_SECONDS = 60.0
@@ -123,6 +126,7 @@ def connect(address: str) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
+        _probe(address or os.environ.get("RAY_ADDRESS", ""))
         try:
             ray.init(
                 address=address or "auto",
@@ -137,6 +141,24 @@ def connect(address: str) -> None:
                 f"cannot reach a Ray cluster at {where}: {first}; start one with `ray start "
                 "--head` or pass --ray-address"
             ) from None
+
+
+def _probe(address: str) -> None:
+    """Raise BadInputError when nothing listens at a ``HOST:PORT`` *address*.
+
+    ``ray.init`` waits minutes for a head that is not there; a plain connection says so in
+    seconds. Other forms (empty: this machine's cluster, ``ray://``) are left to Ray.
+    """
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; start one with "
+            "`ray start --head` or pass --ray-address"
+        ) from None
 
 
 def remote_url(repo: git.Repo, remote: str) -> str:
