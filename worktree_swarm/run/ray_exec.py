@@ -612,8 +612,11 @@ class RayTaskWorker(RunWorker):
             task.id, handle.number, task.agent
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
-        self._measure(handle, live)  # as it ended: what `swarm status` and `report` keep
-        self._keep_session(handle, live)
+        # As it ended: what `swarm status` and `report` keep, and the session to go on with.
+        # The attempt is over and pushed: a node lost now only loses these.
+        with contextlib.suppress(NodeLostError):
+            self._measure(handle, live)
+            self._keep_session(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
