@@ -528,6 +528,34 @@ def test_a_sandboxed_agent_writes_only_its_clone_on_its_node(
     assert not actor_processes(cluster)
 
 
+def test_sandbox_is_refused_when_a_node_cannot_sandbox(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["q1"])
+    # A third node whose PATH has Python and git but no bubblewrap.
+    bare = tmp_path / "no-bwrap-bin"
+    bare.mkdir()
+    for tool in (sys.executable, shutil.which("git")):
+        assert tool is not None
+        (bare / Path(tool).name).symlink_to(tool)
+    node = cluster.add("nobw", env={"PATH": str(bare)})
+    try:
+        out = swarm(
+            repo,
+            "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address, "--sandbox",
+        )  # fmt: skip
+    finally:
+        cluster.remove(node)
+        cluster.wait_nodes(len(cluster.nodes))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        "swarm: node nobw: --sandbox needs bubblewrap (`bwrap`) on PATH: install it "
+        "(e.g. `apt install bubblewrap`) or run without --sandbox\n"
+    )
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
 def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
