@@ -556,6 +556,52 @@ def test_sandbox_is_refused_when_a_node_cannot_sandbox(
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_a_sandboxed_run_needs_bubblewrap_on_the_nodes_only_also_when_resumed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["v1", "v2"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "[defaults]\n",
+            f"[defaults]\nsandbox = true\nsandbox_writable = [{json.dumps(str(ctl))}]\n",
+        )
+    )
+    # The coordinator has no bubblewrap (Python and git only): the agents run on the nodes.
+    bare = tmp_path / "no-bwrap-bin"
+    bare.mkdir()
+    for tool in (sys.executable, shutil.which("git")):
+        assert tool is not None
+        (bare / Path(tool).name).symlink_to(tool)
+    env = os.environ | {"PATH": str(bare)}
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address, env=env)
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        wait_for("the attempts to be recorded", lambda: all(
+            r["attempt"] == 1 for r in status(repo).values()
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    assert "bubblewrap" not in output(manager)
+    resumed = spawn_swarm(repo, "resume", env=env)
+    try:
+        wait_for("resume to adopt both actors", lambda: len(events(repo, "agent_adopted")) == 2)
+        (ctl / "release").write_text("")
+        resumed.wait(timeout=240)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, output(resumed)
+    rows = status(repo)
+    assert {t: (r["state"], r["attempt"]) for t, r in rows.items()} == dict.fromkeys(
+        tasks, ("done", 1)
+    )
+    for task in tasks:
+        assert git(remote, "show", f"swarm/{task}:{task}.done") == rows[task]["node"]
+
+
 def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
