@@ -37,8 +37,9 @@ from worktree_swarm.infra import redact
 CARRIED = frozenset({"claude"})
 # Beyond this a session is not carried (a fresh session is started instead).
 LIMIT = 64 * 2**20
-# Sign-in and account files (provisioned on each node), and locks.
-_LEFT_OUT = frozenset({".credentials.json", ".claude.json", ".swarm-credentials.lock"})
+# Sign-in and account files (provisioned on each node) and their backups
+# (``backups/.claude.json.backup.<ms>``), and locks.
+_LEFT_OUT = (".credentials.json", ".claude.json")
 _PROJECT_NAME_LIMIT = 200
 ARCHIVE = "session.tar.gz"
 META = "session.json"
@@ -64,7 +65,7 @@ def _files(config_dir: Path) -> list[Path]:
     for dirpath, _dirnames, filenames in os.walk(config_dir):
         for name in filenames:
             path = Path(dirpath) / name
-            if name in _LEFT_OUT or name.endswith(".lock") or not path.is_file():
+            if name.startswith(_LEFT_OUT) or name.endswith(".lock") or not path.is_file():
                 continue
             if path.is_symlink():
                 continue
