@@ -63,6 +63,7 @@ from worktree_swarm.run.task_worker import (
 
 POLL_SECONDS = 0.5
 PROBE_SECONDS = 5.0
+STATUS_MEASURE_SECONDS = 30.0
 # An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
 # counts as lost.
 UNREACHABLE_SECONDS = 60.0
@@ -530,7 +531,10 @@ class RayTaskWorker(RunWorker):
 
     def _periodic(self, handle: _Handle, live: Live) -> None:
         """While the agent runs: measure its clone, keep its session files, when due."""
-        if time.monotonic() - handle.measured_at > REMEASURE_SECONDS:
+        # Often when max_disk waits on it, else only for `swarm status`: a walk of a big clone
+        # (node_modules) is not free.
+        every = REMEASURE_SECONDS if self.spec.max_disk is not None else STATUS_MEASURE_SECONDS
+        if time.monotonic() - handle.measured_at > every:
             self._measure(handle, live)
         if time.monotonic() - handle.session_at > max(self.spec.checkpoint_interval, 1.0):
             self._keep_session(handle, live)  # what a lost node would otherwise take along
