@@ -759,6 +759,18 @@ print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
 """
 
 
+def kept_turns(runs: Path, task: str) -> int:
+    """How many turns the session kept for *task* in the run directory holds (0: none yet)."""
+    for archive in runs.glob(f"*/{task}/session/session.tar.gz"):
+        with tarfile.open(archive) as tar:
+            return sum(
+                len(tar.extractfile(m).read().splitlines())  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.name.endswith(".jsonl")
+            )
+    return 0
+
+
 def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
@@ -783,9 +795,7 @@ def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
         runs = repo / ".git" / "swarm" / "runs"
         # The coordinator keeps each running agent's session files in the run's directory.
         for task in on_worker:
-            wait_for(f"the session of {task}", lambda task=task: list(
-                runs.glob(f"*/{task}/session/session.json")
-            ))  # fmt: skip
+            wait_for(f"the session of {task}", lambda task=task: kept_turns(runs, task))
         raylet = worker.raylet()
         assert raylet is not None
         machine = worker.tree()
