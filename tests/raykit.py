@@ -84,7 +84,7 @@ class Cluster:
             raise
         return cluster
 
-    def _add(self, name: str, *, head: bool, slots: int) -> None:
+    def _add(self, name: str, *, head: bool, slots: int, env: dict[str, str] | None = None) -> None:
         work = self.base / f"node-{name}"
         work.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -104,7 +104,7 @@ class Cluster:
             ]  # fmt: skip
         else:
             argv += ["--address", self.address]
-        env = dict(os.environ)
+        env = dict(os.environ) | (env or {})
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["SWARM_NODE_DIR"] = str(work)
         env["SWARM_NODE_NAME"] = name
@@ -150,6 +150,25 @@ class Cluster:
                 proc.kill()
         psutil.wait_procs(procs, timeout=10)
         node.popen.wait(timeout=10)
+
+    def add(self, name: str, *, slots: int = 2, env: dict[str, str] | None = None) -> Node:
+        """Start one more worker node (*env* added to its environment) and wait for it."""
+        self._add(name, head=False, slots=slots, env=env)
+        self.wait_nodes(len(self.nodes))
+        return self.nodes[-1]
+
+    def remove(self, node: Node) -> None:
+        """Stop *node* (added by :meth:`add`) and forget it."""
+        self.kill_node(node)
+        self.nodes.remove(node)
+
+    def restart(self, node: Node, *, slots: int = 2) -> None:
+        """Start a fresh node in place of *node* (killed): same name, same node dir."""
+        if node.popen.poll() is None:
+            self.kill_node(node)
+        self.nodes.remove(node)
+        self._add(node.name, head=False, slots=slots)
+        self.wait_nodes(len(self.nodes))
 
     def shutdown(self) -> None:
         for node in reversed(self.nodes):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.test_run import swarm as run_swarm
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'worktree-swarm[ray]')")
 
 from tests import raykit  # noqa: E402 - only with ray installed
+from worktree_swarm.core.units import format_size  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -63,7 +67,9 @@ def swarm(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_swarm(repo, *args, timeout=300)
 
 
-def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn_swarm(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start the CLI in the background; its output goes to manager-<pid>.log beside *repo*."""
     log = repo.parent / f"manager-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
@@ -73,6 +79,7 @@ def spawn_swarm(repo: Path, *args: str) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
     popen.log = log  # type: ignore[attr-defined]
     return popen
@@ -363,6 +370,480 @@ def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     for task in tasks:
         assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+
+
+def test_max_disk_applies_per_node_and_tasks_on_one_node_sum_up(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["d1", "d2", "d3", "d4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    # A checkout of ~1 MiB: one clone fits in 1.5M on a node, two do not.
+    (repo / "big.bin").write_bytes(os.urandom(2**20))
+    git(repo, "add", "big.bin")
+    git(repo, "commit", "-qm", "big")
+    git(repo, "push", "-q", "origin", "main")
+    manager = spawn_swarm(
+        repo,
+        "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address,
+        "--max-disk", "1.5M",
+    )  # fmt: skip
+    try:
+        # Four slots: every actor is placed at once, two per node; one clone per node fits.
+        def waiting() -> list[str]:
+            if not (repo / ".git" / "swarm" / "state.db").exists():
+                return []
+            rows = status(repo).values()
+            prefix = "waiting for disk on node "
+            return [
+                str(r["reason"])[len(prefix) :].split(":")[0]
+                for r in rows
+                if r["state"] == "pending" and str(r["reason"]).startswith(prefix)
+            ]
+
+        wait_for("a task to wait for disk on each node", lambda: len(waiting()) == 2)
+        assert sorted(waiting()) == ["head", "w0"]
+        started = wait_for("one agent per node", lambda: agents_started(ctl, 2))
+        assert sorted(p.read_text() for p in started) == ["head", "w0"]  # type: ignore[attr-defined]
+
+        # The running clones are measured on their nodes while their agents work.
+        def measured() -> list[object]:
+            return [r["disk_actual"] for r in status(repo).values() if r["state"] == "running"]
+
+        wait_for("the running clones to be measured", lambda: len(measured()) == 2 and all(
+            measured()
+        ))  # fmt: skip
+        (ctl / "release").write_text("")
+        manager.wait(timeout=400)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert manager.returncode == 0, output(manager)
+    assert "waiting for disk on node " in output(manager)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    table = swarm(repo, "status").stdout
+    for task in tasks:
+        # `swarm status` shows what each clone used on its node as its attempt ended.
+        cells = next(line.split() for line in table.splitlines() if line.startswith(f"{task} "))
+        column = table.splitlines()[1].split().index("disk")
+        assert cells[column] == format_size(int(rows[task]["disk_actual"])), table  # type: ignore[call-overload]
+        # What each clone used on its node as its attempt ended: the checkout and more.
+        assert 2**20 < int(rows[task]["disk_actual"]) < 3 * 2**20  # type: ignore[call-overload]
+        assert git(remote, "show", f"swarm/{task}:{task}.done") == rows[task]["node"]
+    assert table.splitlines()[-1] == "disk: 0B used (0B apparent) by 0 worktrees"  # here
+    assert not actor_processes(cluster)
+
+
+def test_max_disk_counts_what_a_node_holds_besides_this_run_s_clones(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["f1"])
+    (ctl / "release").write_text("")
+    # What lost attempts of another run left on every node: 2 MiB each.
+    leftovers = [node.work_dir / "runs" / "lost-run" for node in cluster.nodes]
+    try:
+        for where in leftovers:
+            (where / "t" / "work").mkdir(parents=True)
+            (where / "t" / "work" / "blob").write_bytes(os.urandom(2 * 2**20))
+        out = swarm(
+            repo,
+            "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address,
+            "--max-disk", "1.5M",
+        )  # fmt: skip
+    finally:
+        for where in leftovers:
+            shutil.rmtree(where, ignore_errors=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["f1"]
+    assert (row["state"], row["attempt"]) == ("failed", 0)
+    reason = str(row["reason"])
+    assert reason.startswith("max_disk 1.5M: a new clone needs ~"), reason
+    assert "under $SWARM_NODE_DIR/runs on node " in reason
+    assert reason.endswith(
+        "(clones of lost attempts or earlier runs?); remove them or raise max_disk"
+    )
+    # Nothing was cloned for it, and no agent ran.
+    assert not list(ctl.glob("*.agent.*"))
+    assert git(remote, "rev-parse", "swarm/f1") == git(repo, "rev-parse", "main")
+    assert not actor_processes(cluster)
+
+
+SANDBOXED_AGENT = r"""
+import json, os, pathlib, subprocess, sys, tempfile
+ctl, outside = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+task = os.environ["SWARM_TASK_ID"]
+node_dir = pathlib.Path(os.environ["SWARM_NODE_DIR"])
+mirror = next((node_dir / "mirrors").glob("*.git"))
+def tried(path, text="x"):
+    try:
+        pathlib.Path(path).write_text(text)
+    except OSError as exc:
+        return type(exc).__name__ + ": " + (exc.strerror or "")
+    return "written"
+pathlib.Path(f"{task}.txt").write_text(f"sandboxed work of {task}\n")
+subprocess.run(["git", "add", f"{task}.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", f"{task} by the agent"], check=True)
+report = {
+    "mirror": tried(mirror / "escaped"),
+    "node_dir": tried(node_dir / "escaped"),
+    "outside": tried(outside),
+    "git_config": tried(".git/config", "[core]\n\tfsmonitor = touch /tmp/pwned\n"),
+    "tmp": tried(pathlib.Path(tempfile.gettempdir()) / "scratch"),
+}
+(ctl / f"{task}.report").write_text(json.dumps(report))
+"""
+
+
+def test_a_sandboxed_agent_writes_only_its_clone_on_its_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "sandboxed.py"
+    script.write_text(SANDBOXED_AGENT)
+    outside = tmp_path / "outside.txt"
+    argv = [sys.executable, str(script), str(ctl), str(outside)]
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nagent = {json.dumps(argv)}\nexecutor = "ray"\nray_memory = "64M"\n'
+        f"sandbox = true\nsandbox_writable = [{json.dumps(str(ctl))}]\n\n"
+        '[[task]]\nid = "x1"\nprompt = "work"\n\n[[task]]\nid = "x2"\nprompt = "work"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == {"x1": "done", "x2": "done"}
+    for task in ("x1", "x2"):
+        report = json.loads((ctl / f"{task}.report").read_text())
+        # Its clone, its temp dir and `sandbox_writable` take writes; nothing else does.
+        assert report["tmp"] == "written"
+        for where in ("mirror", "node_dir", "outside", "git_config"):
+            assert report[where] == "OSError: Read-only file system", (where, report)
+        # The agent's own commit in its clone is pushed and fetched back.
+        for where in (remote, repo):
+            assert git(where, "show", f"swarm/{task}:{task}.txt") == f"sandboxed work of {task}"
+        assert f"{task} by the agent" in git(repo, "log", "--format=%s", f"swarm/{task}")
+    assert not outside.exists()
+    for node in cluster.nodes:
+        assert not (node.work_dir / "escaped").exists()
+        assert not list((node.work_dir / "mirrors").glob("*.git/escaped"))
+    assert not actor_processes(cluster)
+
+
+def test_sandbox_is_refused_when_a_node_cannot_sandbox(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["q1"])
+    # A third node whose PATH has Python and git but no bubblewrap.
+    bare = tmp_path / "no-bwrap-bin"
+    bare.mkdir()
+    for tool in (sys.executable, shutil.which("git")):
+        assert tool is not None
+        (bare / Path(tool).name).symlink_to(tool)
+    node = cluster.add("nobw", env={"PATH": str(bare)})
+    try:
+        out = swarm(
+            repo,
+            "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address, "--sandbox",
+        )  # fmt: skip
+    finally:
+        cluster.remove(node)
+        cluster.wait_nodes(len(cluster.nodes))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        "swarm: node nobw: --sandbox needs bubblewrap (`bwrap`) on PATH: install it "
+        "(e.g. `apt install bubblewrap`) or run without --sandbox\n"
+    )
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_a_sandboxed_run_needs_bubblewrap_on_the_nodes_only_also_when_resumed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["v1", "v2"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "[defaults]\n",
+            f"[defaults]\nsandbox = true\nsandbox_writable = [{json.dumps(str(ctl))}]\n",
+        )
+    )
+    # The coordinator has no bubblewrap (Python and git only): the agents run on the nodes.
+    bare = tmp_path / "no-bwrap-bin"
+    bare.mkdir()
+    for tool in (sys.executable, shutil.which("git")):
+        assert tool is not None
+        (bare / Path(tool).name).symlink_to(tool)
+    env = os.environ | {"PATH": str(bare)}
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address, env=env)
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        wait_for("the attempts to be recorded", lambda: all(
+            r["attempt"] == 1 for r in status(repo).values()
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    assert "bubblewrap" not in output(manager)
+    resumed = spawn_swarm(repo, "resume", env=env)
+    try:
+        wait_for("resume to adopt both actors", lambda: len(events(repo, "agent_adopted")) == 2)
+        (ctl / "release").write_text("")
+        resumed.wait(timeout=240)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, output(resumed)
+    rows = status(repo)
+    assert {t: (r["state"], r["attempt"]) for t, r in rows.items()} == dict.fromkeys(
+        tasks, ("done", 1)
+    )
+    for task in tasks:
+        assert git(remote, "show", f"swarm/{task}:{task}.done") == rows[task]["node"]
+
+
+def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node side as a node's actor runs it (a node that joined after the run's check).
+    from worktree_swarm.core.errors import SwarmError  # noqa: PLC0415
+    from worktree_swarm.core.models import Task  # noqa: PLC0415
+    from worktree_swarm.run.ray_node import Assignment, NodeAgent  # noqa: PLC0415
+
+    monkeypatch.setenv("SWARM_NODE_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("SWARM_NODE_NAME", "nobwrap")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assignment = Assignment(
+        run_id="r",
+        task=Task(id="t", prompt="p"),
+        attempt=1,
+        remote_url=str(tmp_path / "remote.git"),
+        author="swarm <swarm@localhost>",
+        identity=(),
+        kill_grace=1.0,
+        checkpoint_interval=0.0,
+        sandbox=True,
+    )
+    with pytest.raises(SwarmError) as caught:
+        NodeAgent(assignment).prepare()
+    assert str(caught.value) == (
+        "node nobwrap: --sandbox needs bubblewrap (`bwrap`) on PATH: install it "
+        "(e.g. `apt install bubblewrap`) or run without --sandbox"
+    )
+    assert not (tmp_path / "node").exists()
+
+
+def test_doctor_finds_and_removes_what_a_lost_attempt_left_on_a_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["o1", "o2"]
+    repo, _remote, ctl = setup_repo(tmp_path, tasks)
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        rows = wait_for("the attempts to be recorded", lambda: (
+            (got := status(repo)) and all(r["attempt"] == 1 for r in got.values()) and got
+        ))  # fmt: skip
+        run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+        where = {t: r["node"] for t, r in rows.items()}  # type: ignore[union-attr]
+        # What an attempt of o1 lost with the other node left there (o1 runs on its own now).
+        other = next(n for n in cluster.nodes if n.name != where["o1"])
+        lost = other.work_dir / "runs" / run_id / "o1"
+        (lost / "work").mkdir(parents=True)
+        (lost / "work" / "half-done.txt").write_text("lost with its node\n")
+        (lost / "logs-1").mkdir()
+        live = {
+            t: next(n for n in cluster.nodes if n.name == where[t]).work_dir / "runs" / run_id / t
+            for t in tasks
+        }
+        assert all((path / "work").is_dir() for path in live.values())
+
+        out = swarm(repo, "doctor", "--json")
+        found = [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"]
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert [(f["node"], f["task_id"], f["run_id"], f["target"]) for f in found] == [
+            (other.name, "o1", run_id, f"{other.name}:{lost}")
+        ]
+        assert found[0]["action"] == "remove_node_clone"
+        assert lost.is_dir()  # a dry run
+
+        out = swarm(repo, "doctor", "--yes")
+        assert f"{other.name}:{lost}: task o1 of run {run_id} has no live attempt" in out.stdout
+        assert f"done: removed {lost} from node {other.name}" in out.stdout
+        assert not lost.exists()
+        # The live attempts' clones and agents are untouched.
+        assert all((path / "work").is_dir() for path in live.values())
+        pids = [int(p.name.rsplit(".", 1)[1]) for p in ctl.glob("*.agent.*")]
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        (ctl / "release").write_text("")
+        manager.wait(timeout=300)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert manager.returncode == 0, output(manager)
+    assert {t: r["state"] for t, r in status(repo).items()} == dict.fromkeys(tasks, "done")
+    out = swarm(repo, "doctor", "--json")
+    assert [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"] == []
+
+
+def test_doctor_says_so_when_the_cluster_of_a_ray_run_is_gone(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, ctl = setup_repo(tmp_path, ["g1"])
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The run's cluster went away: nothing listens at its address any more.
+    gone = f"127.0.0.1:{raykit.free_port()}"
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        (spec,) = conn.execute("SELECT spec_json FROM runs").fetchone()
+        settings = json.loads(spec)
+        settings["ray_address"] = gone
+        conn.execute("UPDATE runs SET spec_json = ?", (json.dumps(settings),))
+    out = swarm(repo, "doctor", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [found] = [f for f in json.loads(out.stdout)["findings"] if f["kind"] == "node_clone"]
+    assert (found["target"], found["action"], found["problem"]) == ("ray cluster", "keep", False)
+    assert found["reason"].startswith(f"not checked: cannot reach a Ray cluster at {gone}: ")
+    # And a run at that address is refused at once, before anything is made.
+    again = make_repo(tmp_path / "again")
+    git(again, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    out = swarm(again, "run", str(tmp_path / "tasks.toml"), "--ray-address", gone)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(f"swarm: cannot reach a Ray cluster at {gone}: ")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (again / ".git" / "swarm" / "state.db").exists()
+
+
+# A stand-in for Claude Code (the `claude` profile by its file name): it files its session
+# under $CLAUDE_CONFIG_DIR/projects/<cwd with non-alphanumerics as ->/<id>.jsonl, and
+# `--resume <id>` finds it there only, as the real CLI does.
+SESSION_AGENT = r"""
+import json, os, pathlib, re, sys, time, uuid
+args = sys.argv[1:]
+ctl = pathlib.Path(args[args.index("--ctl") + 1])
+task, node = os.environ["SWARM_TASK_ID"], os.environ["SWARM_NODE_NAME"]
+config = pathlib.Path(os.environ["CLAUDE_CONFIG_DIR"])
+project = config / "projects" / re.sub(r"[^a-zA-Z0-9]", "-", os.getcwd())
+if "--resume" in args:
+    sid = args[args.index("--resume") + 1]
+    transcript = project / f"{sid}.jsonl"
+    if not transcript.exists():
+        print(json.dumps({"type": "result", "subtype": "error_during_execution",
+                          "is_error": True, "session_id": sid,
+                          "result": f"No conversation found with session ID: {sid}"}))
+        sys.exit(1)
+    earlier = [json.loads(line) for line in transcript.read_text().splitlines()]
+else:
+    sid, earlier = str(uuid.uuid4()), []
+    project.mkdir(parents=True)
+    transcript = project / f"{sid}.jsonl"
+print(json.dumps({"type": "system", "subtype": "init", "session_id": sid}), flush=True)
+turn = {"node": node, "cwd": os.getcwd(), "prompt": args[args.index("-p") + 1],
+        "saw": "sk-ant-api03-" + "s3cr3t" * 8}
+with transcript.open("a") as fh:
+    fh.write(json.dumps(turn) + "\n")
+(config / ".credentials.json").write_text('{"claudeAiOauth": {"accessToken": "node-only"}}')
+if earlier:
+    pathlib.Path(f"{task}.resumed").write_text(
+        json.dumps({"session": sid, "earlier": earlier, "node": node, "cwd": os.getcwd()}))
+else:
+    pathlib.Path(f"{task}.txt").write_text(f"turn 1 of {task} on {node}\n")
+    (ctl / f"{task}.agent.{os.getpid()}").write_text(node)
+    while not (ctl / "release").exists():
+        time.sleep(0.05)
+print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
+                  "session_id": sid, "result": "done", "total_cost_usd": 0.0}), flush=True)
+"""
+
+
+def kept_turns(runs: Path, task: str) -> int:
+    """How many turns the session kept for *task* in the run directory holds (0: none yet)."""
+    for archive in runs.glob(f"*/{task}/session/session.tar.gz"):
+        with tarfile.open(archive) as tar:
+            return sum(
+                len(tar.extractfile(m).read().splitlines())  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.name.endswith(".jsonl")
+            )
+    return 0
+
+
+def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["k1", "k2", "k3", "k4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    claude = tmp_path / "bin" / "claude"
+    claude.parent.mkdir()
+    claude.write_text(f"#!{sys.executable}\n{SESSION_AGENT}")
+    claude.chmod(0o755)
+    manifest = tmp_path / "tasks.toml"
+    agent = json.dumps([str(claude), "-p", "{prompt}", "--ctl", str(ctl)])
+    manifest.write_text(
+        re.sub(r"(?m)^agent = .*$", lambda _m: f"agent = {agent}", manifest.read_text())
+    )
+    env = os.environ | {"ANTHROPIC_API_KEY": "sk-ant-api03-coordinator-key-not-used"}
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address, env=env)
+    worker = next(n for n in cluster.nodes if n.name == "w0")
+    try:
+        wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
+        on_worker = sorted(t for t, r in status(repo).items() if r["node"] == "w0")
+        assert on_worker  # four tasks, two slots per node
+        runs = repo / ".git" / "swarm" / "runs"
+        # The coordinator keeps each running agent's session files in the run's directory.
+        for task in on_worker:
+            wait_for(f"the session of {task}", lambda task=task: kept_turns(runs, task))
+        raylet = worker.raylet()
+        assert raylet is not None
+        machine = worker.tree()
+        raylet.kill()
+        cluster.kill_node(worker, machine)
+        (ctl / "release").write_text("")
+        manager.wait(timeout=400)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+        cluster.restart(worker)  # for the tests after this one
+    assert manager.returncode == 0, output(manager)
+    rows = status(repo)
+    assert {t: r["state"] for t, r in rows.items()} == dict.fromkeys(tasks, "done")
+    assert sorted({task for task, _data in events(repo, "node_lost")}) == on_worker
+    for task in on_worker:
+        assert (rows[task]["node"], rows[task]["attempt"]) == ("head", 2)
+        resumed = json.loads(git(repo, "show", f"swarm/{task}:{task}.resumed"))
+        # The same session went on, on the other node, from the clone's new path: the turn
+        # the lost node's agent had taken is in it, its path rewritten to this clone's.
+        kept = json.loads(next(runs.glob(f"*/{task}/session/session.json")).read_text())
+        assert resumed["session"] == kept["session_id"]
+        assert resumed["node"] == "head"
+        [before] = resumed["earlier"]
+        assert before["node"] == "w0"
+        assert before["cwd"] == resumed["cwd"]
+        assert before["prompt"].startswith(f"do {task}")
+        # Secrets of the node did not travel: the key it saw is redacted, sign-in left out.
+        assert "s3cr3t" not in before["saw"]
+        archive = next(runs.glob(f"*/{task}/session/session.tar.gz"))
+        with tarfile.open(archive) as tar:
+            names = tar.getnames()
+            text = b"".join(tar.extractfile(m).read() for m in tar.getmembers())  # type: ignore[union-attr]
+        assert any(name.endswith(f"{resumed['session']}.jsonl") for name in names)
+        assert not [n for n in names if n.endswith(".credentials.json")]
+        assert b"s3cr3t" not in text
+        assert b"node-only" not in text
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+            sessions = conn.execute(
+                "SELECT number, session_id FROM attempts WHERE task_id = ? ORDER BY number",
+                (task,),
+            ).fetchall()
+        assert sessions[-1] == (2, resumed["session"])
+        # Nothing of it reached a branch or the remote.
+        assert "session" not in git(remote, "ls-tree", "-r", "--name-only", f"swarm/{task}")
+    for task in sorted(set(tasks) - set(on_worker)):
+        assert rows[task]["attempt"] == 1
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"turn 1 of {task} on head"
 
 
 def test_a_lost_node_s_tasks_finish_on_another_node(

@@ -45,6 +45,7 @@ class Kind(enum.StrEnum):
     DIRECTORY = "directory"
     FOREIGN_WORKTREE = "foreign_worktree"
     BRANCH = "branch"
+    NODE_CLONE = "node_clone"
 
 
 class Action(enum.StrEnum):
@@ -58,6 +59,7 @@ class Action(enum.StrEnum):
     RESCUE_DIRECTORY = "rescue_directory"
     PRUNE = "prune"
     DELETE_BRANCH = "delete_branch"
+    REMOVE_NODE_CLONE = "remove_node_clone"
     KEEP = "keep"
 
 
@@ -86,6 +88,7 @@ class Finding:
     branch: str | None = None
     admin_dir: str | None = None
     merged_into: tuple[str, ...] = ()
+    node: str | None = None  # a Ray node's name (executor `ray`)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json``."""
@@ -297,7 +300,22 @@ def _apply_one(
         return _rescue_directory(repo, f)
     if f.action is Action.PRUNE:
         return _prune(repo, f), None
+    if f.action is Action.REMOVE_NODE_CLONE:
+        return _remove_node_clone(f, store=store), None
     return _delete_branch(repo, f, moves=moves), None
+
+
+def _remove_node_clone(f: Finding, *, store: Store | None) -> str:
+    from worktree_swarm.run import ray_leftovers  # noqa: PLC0415 - only with Ray runs
+
+    run = store.get_run(f.run_id) if store is not None and f.run_id is not None else None
+    if run is None or f.task_id is None or f.node is None:
+        raise SwarmError(f"{f.target}: no run recorded for it")
+    path = f.target.split(":", 1)[1]
+    leftover = ray_leftovers.Leftover(
+        node=f.node, run_id=run.run_id, task_id=f.task_id, path=path, size=0
+    )
+    return ray_leftovers.remove(leftover, address=run.settings.ray_address)
 
 
 def _stop_task(repo: git.Repo, f: Finding, *, store: Store | None, grace: float) -> str:

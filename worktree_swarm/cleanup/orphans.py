@@ -46,10 +46,10 @@ from worktree_swarm.cleanup.fixes import (
 )
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths
-from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import BRANCH_PREFIX, Executor, ProcessIdentity
 from worktree_swarm.core.paths import real_path, store_path
-from worktree_swarm.core.units import parse_duration
+from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
@@ -146,7 +146,48 @@ def scan(
     found += wt_found
     found += _directories(ctx)
     found += _branches(ctx, force=force, removing=removing, dirty=dirty)
+    found += _node_clones(ctx)
     return found
+
+
+def _node_clones(ctx: _Context) -> list[Finding]:
+    """Task directories on Ray nodes that no live attempt uses (attempts lost with a node)."""
+    recorded = ctx.store.runs() if ctx.store is not None else []
+    runs = [r for r in recorded if r.settings.executor is Executor.RAY]
+    if not runs:
+        return []
+    from worktree_swarm.run import ray_leftovers  # noqa: PLC0415 - only with Ray runs
+
+    address = runs[-1].settings.ray_address  # one cluster: the newest Ray run's
+    try:
+        leftovers = ray_leftovers.find([r.run_id for r in runs], address=address)
+    except SwarmError as exc:
+        return [
+            Finding(
+                kind=Kind.NODE_CLONE,
+                target="ray cluster",
+                reason=f"not checked: {exc}",
+                action=Action.KEEP,
+                fix="run `swarm doctor` again where the cluster can be reached",
+                problem=False,
+            )
+        ]
+    return [
+        Finding(
+            kind=Kind.NODE_CLONE,
+            target=f"{left.node}:{left.path}",
+            reason=f"task {left.task_id} of run {left.run_id} has no live attempt on node "
+            f"{left.node} (one lost with its node?); {format_size(left.size)}",
+            action=Action.REMOVE_NODE_CLONE,
+            fix=f"remove it from node {left.node} (the task's work is on {BRANCH_PREFIX}"
+            f"{left.task_id} up to its last push)",
+            run_id=left.run_id,
+            task_id=left.task_id,
+            branch=f"{BRANCH_PREFIX}{left.task_id}",
+            node=left.node,
+        )
+        for left in leftovers
+    ]
 
 
 def _context(repo: git.Repo, store: Store | None) -> _Context:

@@ -4,8 +4,9 @@ Writable: the task's worktree and its git admin dir, the git common dir (objects
 that the agent can commit), a private temp dir, the agent's config dir, the run's findings
 file and its lock, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
 hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
-checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. See
-docs/sandbox.md for what this protects and what it does not.
+checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. An agent in a
+clone of its own (a node's, with the Ray executor) writes its clone, whose git config, hooks and
+``alternates`` stay read-only. See docs/sandbox.md for what this protects and what it does not.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _TRIAL_TIMEOUT = 30.0
 _ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc")
 # Inside the git common dir: read-only again on top of the writable common dir.
 _PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules")
+# The same in a clone of the agent's own, whose HEAD and index are its own.
+_PROTECTED_IN_CLONE = ("hooks", "config", "config.worktree", "info", "modules")
 # coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the
 # box it would start in every Python process and fail at exit to write its data file outside
 # the box, which changes the agent's last output line. Nothing of swarm runs in the box.
@@ -124,6 +127,8 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for extra in box.extra:
         args += _bind("--bind-try", real_path(Path(extra)))
+    if real_path(admin) == common:  # a clone of its own (a node's, with executor `ray`)
+        return [*args, *_clone_binds(worktree, box), "--chdir", str(worktree), "--", *argv]
     args += _bind("--bind", common)
     for name in _PROTECTED:
         args += _bind("--ro-bind-try", common / name)
@@ -139,6 +144,24 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     for name in ("commondir", "gitdir", "config.worktree"):
         args += _bind("--ro-bind-try", admin / name)
     return [*args, "--chdir", str(worktree), "--", *argv]
+
+
+def _clone_binds(clone: Path, box: Confinement) -> list[str]:
+    """The writable paths of an agent in a clone of its own: all of it but its git config.
+
+    Its ``.git`` is its own (HEAD, index, objects, refs), so the agent commits there; what
+    swarm's own git commands in the clone would run or read (hooks, config, info, the
+    ``alternates`` file that points at the node's mirror) stays read-only.
+    """
+    dotgit = clone / ".git"
+    args = _bind("--bind", clone)
+    for name in (*_PROTECTED_IN_CLONE, "objects/info/alternates"):
+        args += _bind("--ro-bind-try", dotgit / name)
+    for own in (box.temp_dir, box.config_dir):
+        args += _bind("--bind", real_path(own))
+    for own_file in (box.findings, lock_of(box.findings)):
+        args += _bind("--bind", real_path(own_file))
+    return args
 
 
 def lock_of(findings: Path) -> Path:

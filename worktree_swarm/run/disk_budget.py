@@ -24,7 +24,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Emit, RunSpec, Task
+from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -270,7 +270,9 @@ def preflight(repo: git.Repo, spec: RunSpec, commit: str) -> None:
     if cap is None or spec.worktree_root is None:
         return
     checkout = checkout_size(repo, commit)
-    held = disk.usage(spec.worktree_root).actual if spec.worktree_root.is_dir() else 0
+    # With executor `ray` the clones are on the nodes, each budgeted there (ray_disk.py).
+    local = spec.executor is Executor.LOCAL and spec.worktree_root.is_dir()
+    held = disk.usage(spec.worktree_root).actual if local else 0
     for task in spec.tasks:
         need = checkout + copy_size(repo, task)
         if need > cap:

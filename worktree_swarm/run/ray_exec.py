@@ -15,6 +15,8 @@ checkpoint. Ray itself is imported only when this executor is used.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +39,18 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
-from worktree_swarm.run.ray_node import Assignment, NodeAgent, Progress
+from worktree_swarm.run.ray_disk import NodeDisk
+from worktree_swarm.run.ray_node import (
+    Assignment,
+    NodeAgent,
+    Progress,
+    node_name,
+    sandbox_problem,
+)
 from worktree_swarm.run.task_worker import (
     RESUME_PROMPT,
     Live,
@@ -51,6 +62,8 @@ from worktree_swarm.run.task_worker import (
 )
 
 POLL_SECONDS = 0.5
+PROBE_SECONDS = 5.0
+STATUS_MEASURE_SECONDS = 30.0
 # An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
 # counts as lost.
 UNREACHABLE_SECONDS = 60.0
@@ -114,6 +127,7 @@ def connect(address: str) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
+        _probe(address or os.environ.get("RAY_ADDRESS", ""))
         try:
             ray.init(
                 address=address or "auto",
@@ -128,6 +142,24 @@ def connect(address: str) -> None:
                 f"cannot reach a Ray cluster at {where}: {first}; start one with `ray start "
                 "--head` or pass --ray-address"
             ) from None
+
+
+def _probe(address: str) -> None:
+    """Raise BadInputError when nothing listens at a ``HOST:PORT`` *address*.
+
+    ``ray.init`` waits minutes for a head that is not there; a plain connection says so in
+    seconds. Other forms (empty: this machine's cluster, ``ray://``) are left to Ray.
+    """
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; start one with "
+            "`ray start --head` or pass --ray-address"
+        ) from None
 
 
 def remote_url(repo: git.Repo, remote: str) -> str:
@@ -174,8 +206,6 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
                     f"task {task.id}: env {name} looks like a secret; with executor `ray` "
                     "provision it in the nodes' environment instead (docs/cluster.md)"
                 )
-    if spec.sandbox:
-        raise BadInputError("--sandbox is not supported with executor `ray` yet")
     url = remote_url(repo, spec.remote)
     connect(spec.ray_address)
     slots = _ray().cluster_resources().get(SLOT, 0)
@@ -184,7 +214,67 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
             f"the Ray cluster offers no `{SLOT}` resource; start each node with "
             f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
         )
+    if spec.sandbox:
+        check_sandbox(spec.ray_address)
     return url
+
+
+def check_sandbox(address: str) -> None:
+    """Raise BadInputError unless bubblewrap can sandbox agents on every node with slots.
+
+    A node that joins later is checked by each attempt placed on it (the attempt fails,
+    saying so).
+    """
+    connect(address)
+    for node, problem in on_every_node(_node_sandbox_problem):
+        if problem:
+            raise BadInputError(f"node {node}: {problem}")
+
+
+def on_every_node(function: Callable[..., Any], *args: object) -> list[Any]:
+    """*function* (*args*) run on every live node that offers agent slots, pinned to it."""
+    ray = _ray()
+    from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
+        NodeAffinitySchedulingStrategy,
+    )
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(function)
+    refs = [
+        remote.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ).remote(*args)
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
+    ]
+    return list(ray.get(refs, timeout=300))
+
+
+def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+    """(run, task, node) of every live attempt's actor of *run_ids*; node ``""``: unknown.
+
+    An actor that does not answer in time may be alive anywhere: its node is ``""``.
+    """
+    ray = _ray()
+    runs = {namespace(run_id): run_id for run_id in run_ids}
+    live = set()
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        run_id = runs.get(entry["namespace"])
+        task_id, _, attempt = str(entry["name"]).rpartition("-")
+        if run_id is None or not task_id or not attempt.isdigit():
+            continue
+        try:
+            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+            live.add((run_id, task_id, str(ray.get(actor.node.remote(), timeout=10))))
+        except (ValueError, ray.exceptions.ActorDiedError):  # gone meanwhile, or dead
+            continue
+        except Exception:  # noqa: BLE001 - unreachable or slow: maybe alive
+            live.add((run_id, task_id, ""))
+    return live
+
+
+def _node_sandbox_problem() -> tuple[str, str]:
+    """On a node: its name, and why it cannot sandbox agents (or ``""``)."""
+    return node_name(), sandbox_problem()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -192,12 +282,17 @@ class _Handle:
     """One attempt's actor as the coordinator holds it."""
 
     actor: Any
+    task_id: str
     number: int
     attempt_id: int
     started_at: float
     log_path: Path
     node: str
     offset: int = 0
+    measured_at: float = 0.0  # monotonic time of its clone's last measurement
+    session_at: float = 0.0  # monotonic time its session files were last asked for
+    session_fp: str | None = None  # the fingerprint of the session files kept last
+    session_id: str | None = None
 
 
 class RayTaskWorker(RunWorker):
@@ -208,6 +303,7 @@ class RayTaskWorker(RunWorker):
         self.url = remote_url(run.repo, run.spec.remote)
         connect(run.spec.ray_address)
         self._git_lock = threading.Lock()
+        self.disk = NodeDisk(repo=run.repo, spec=run.spec, store=run.store, run_id=run.run_id)
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task to a final outcome on the cluster."""
@@ -336,6 +432,8 @@ class RayTaskWorker(RunWorker):
             ),
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
+            sandbox=self.spec.sandbox,
+            sandbox_writable=self.spec.sandbox_writable,
         )
         # The intent first: a coordinator killed from here on finds the actor by its name.
         self.store.update_task(self.run_id, task.id, launching=number, node=None)
@@ -361,18 +459,21 @@ class RayTaskWorker(RunWorker):
             if live.stop.is_set():
                 raise NodeLostError("stopped before it started")
             self.store.update_task(self.run_id, task.id, node=str(node))
+            self._admit(live, actor, str(node))
             self._call(actor.prepare.remote, live=live)
             if task.setup:
                 failure, text = self._call(actor.setup.remote, live=live, on_stop=actor.stop.remote)
                 self._append_log(task, "setup.log", text)
                 if failure is not None:
                     raise _SetupFailedError(failure)
-            # An agent's session files stay on the node and in the clone of its attempt: a
-            # new attempt (a new clone, maybe another node) starts a fresh session, told the
-            # task again and then what to do now.
+            # The session an earlier attempt (maybe on another node) handed back goes on;
+            # without one a fresh agent is told the task again, then what to do now.
+            session = self._restore_session(live, actor) if prompt is not None else None
             text = task.prompt if prompt is None else f"{task.prompt}\n\n{prompt}"
+            if session is not None:
+                text = cast("str", prompt)
             self._call(
-                lambda: actor.start.remote(prompt=text, session=None, resume_prompt=None),
+                lambda: actor.start.remote(prompt=text, session=session, resume_prompt=prompt),
                 live=live,
                 once=True,  # never twice: a second agent on the same branch
             )
@@ -381,6 +482,7 @@ class RayTaskWorker(RunWorker):
                 ray.get(actor.discard.remote(), timeout=30)
             with contextlib.suppress(Exception):  # one that comes back must not run an agent
                 ray.kill(actor)
+            self.disk.released(str(node), task.id)
             raise
         log_path = self._logs_root / task.id / f"attempt-{number}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,11 +501,81 @@ class RayTaskWorker(RunWorker):
         self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
         return _Handle(
             actor=actor,
+            task_id=task.id,
             number=number,
             attempt_id=attempt_id,
             started_at=started,
             log_path=log_path,
             node=str(node),
+        )
+
+    def _admit(self, live: Live, actor: Any, node: str) -> None:  # noqa: ANN401
+        """Wait until the task's clone fits under ``max_disk`` on *node* (ray_disk.py)."""
+        task = live.task
+        row = self.store.task(self.run_id, task.id)
+        start = row.base_commit if row is not None and row.base_commit else self.base_commit
+
+        def waiting(reason: str) -> None:
+            self._state(task.id, TaskState.PENDING if reason else TaskState.RUNNING, reason=reason)
+
+        admitted = self.disk.admit(
+            node,
+            task,
+            start=start,
+            held=lambda skip: int(self._call(lambda: actor.held.remote(skip), live=live)),
+            stop=live.stop,
+            waiting=waiting,
+        )
+        if not admitted:
+            raise NodeLostError("stopped while waiting for disk")
+
+    def _periodic(self, handle: _Handle, live: Live) -> None:
+        """While the agent runs: measure its clone, keep its session files, when due."""
+        # Often when max_disk waits on it, else only for `swarm status`: a walk of a big clone
+        # (node_modules) is not free.
+        every = REMEASURE_SECONDS if self.spec.max_disk is not None else STATUS_MEASURE_SECONDS
+        if time.monotonic() - handle.measured_at > every:
+            self._measure(handle, live)
+        if time.monotonic() - handle.session_at > max(self.spec.checkpoint_interval, 1.0):
+            self._keep_session(handle, live)  # what a lost node would otherwise take along
+
+    def _restore_session(self, live: Live, actor: Any) -> str | None:  # noqa: ANN401
+        """Give the new attempt's node the session kept last; its id, or None (a fresh one)."""
+        if adapter_for(live.task.agent).name not in ray_session.CARRIED:
+            return None
+        kept = ray_session.load(self._logs_root / live.task.id / "session")
+        if kept is None or kept[1] is None:
+            return None
+        state, session_id = kept
+        restored = self._call(lambda: actor.restore_session.remote(state), live=live)
+        return session_id if restored else None
+
+    def _keep_session(self, handle: _Handle, live: Live) -> None:
+        """Keep the attempt's session files in the run's directory, if they changed."""
+        adapter = adapter_for(live.task.agent)
+        if adapter.name not in ray_session.CARRIED:
+            return
+        handle.session_at = time.monotonic()
+        since = handle.session_fp
+        state = self._call(lambda: handle.actor.session_state.remote(since), live=live)
+        if state is None:
+            return
+        if handle.session_id is None:  # the stream's first lines name it
+            text = read_end(handle.log_path, 8 * 2**20)
+            handle.session_id = adapter.interpret(
+                exit_code=None, log_text=text, now=time.time()
+            ).session_id
+        if handle.session_id is None:
+            return
+        directory = self._logs_root / live.task.id / "session"
+        ray_session.save(directory, state, session_id=handle.session_id)
+        handle.session_fp = state.fingerprint
+
+    def _measure(self, handle: _Handle, live: Live) -> None:
+        """Have the actor measure its clone; recorded, and counted on its node."""
+        handle.measured_at = time.monotonic()
+        self.disk.measured(
+            handle.node, handle.task_id, self._call(handle.actor.disk_use.remote, live=live)
         )
 
     def _attempt(
@@ -423,6 +595,7 @@ class RayTaskWorker(RunWorker):
             progress: Progress = self._call(handle.actor.poll.remote, live=live)
             if progress.ended:
                 break
+            self._periodic(handle, live)
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
             elif deadline is not None and time.time() >= deadline:
@@ -443,6 +616,11 @@ class RayTaskWorker(RunWorker):
             task.id, handle.number, task.agent
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
+        # As it ended: what `swarm status` and `report` keep, and the session to go on with.
+        # The attempt is over and pushed: a node lost now only loses these.
+        with contextlib.suppress(NodeLostError):
+            self._measure(handle, live)
+            self._keep_session(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd
@@ -562,6 +740,7 @@ class RayTaskWorker(RunWorker):
             ray.get(handle.actor.discard.remote(), timeout=30)
         with contextlib.suppress(Exception):
             ray.kill(handle.actor)
+        self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
     def _mirror(self, handle: _Handle, live: Live) -> None:
         """Append what the agent logged since the last call to the local copy of its log."""
@@ -674,8 +853,10 @@ class RayTaskWorker(RunWorker):
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
+        self.disk.adopted(str(node), task.id)
         return _Handle(
             actor=actor,
+            task_id=task.id,
             number=number,
             attempt_id=attempt_id,
             started_at=time.time(),

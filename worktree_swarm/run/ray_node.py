@@ -25,13 +25,15 @@ from pathlib import Path
 from filelock import FileLock
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.core.errors import GitError
+from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.infra import supervisor
+from worktree_swarm.guard import sandbox
+from worktree_swarm.infra import disk, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 
 # Where a node keeps its mirrors and clones, and the name `swarm status` shows for it. Both come
@@ -49,6 +51,48 @@ def node_dir() -> Path:
     return Path.home() / ".cache" / "worktree-swarm" / "node"
 
 
+def node_name() -> str:
+    """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
+    return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+
+
+def sandbox_problem() -> str:
+    """Why bubblewrap cannot sandbox agents on this node (one line), or ``""``."""
+    try:
+        sandbox.check_available()
+    except SwarmError as exc:
+        return str(exc)
+    return ""
+
+
+def task_dirs(run_ids: tuple[str, ...]) -> tuple[str, list[tuple[str, str, str, int]]]:
+    """On a node: its name, and (run, task, path, bytes) of each task dir of *run_ids* in use.
+
+    In use means it holds anything (a clone, logs): an attempt that ended removed its own.
+    """
+    found = []
+    for run_id in run_ids:
+        run_dir = node_dir() / "runs" / run_id
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for task_dir in sorted(run_dir.iterdir()):
+                if task_dir.is_dir() and any(task_dir.iterdir()):
+                    used = disk.usage(task_dir).actual
+                    found.append((run_id, task_dir.name, str(task_dir), used))
+    return node_name(), found
+
+
+def remove_task_dir(run_id: str, task_id: str) -> str:
+    """On a node: remove what attempts of *task_id* of *run_id* left here; its path."""
+    run_dir = node_dir() / "runs" / run_id
+    task_dir = run_dir / task_id
+    if task_dir.parent != run_dir or task_id in {"", ".", ".."}:
+        raise SwarmError(f"not a task of run {run_id}: {task_id!r}")
+    shutil.rmtree(task_dir)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty
+    return str(task_dir)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Everything a node needs for one attempt (no secrets: those live on the node)."""
@@ -61,6 +105,8 @@ class Assignment:
     identity: tuple[tuple[str, str], ...]  # the user's git user.name / user.email
     kill_grace: float
     checkpoint_interval: float
+    sandbox: bool = False
+    sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,16 +136,21 @@ class NodeAgent:
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
-        return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+        return node_name()
 
     def prepare(self) -> str:
         """Clone the task's branch from the remote (by way of the mirror); its tip."""
+        if self.a.sandbox:
+            problem = sandbox_problem()
+            if problem:
+                raise SwarmError(f"node {self.node()}: {problem}")
         mirror = self._mirror()
         shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
         self.work.parent.mkdir(parents=True, exist_ok=True)
         runner.run(
             self.work.parent,
-            "clone", "--quiet", "--no-tags", "--reference", str(mirror),
+            # --no-local: from a path too, objects come from the mirror, not a copy per clone.
+            "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
             "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
         )  # fmt: skip
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -148,6 +199,8 @@ class NodeAgent:
         env = self._base_env()
         self._env = env
         env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
+        if self.a.sandbox:  # bubblewrap around the agent only, writable in its clone
+            argv, env = sandbox.confine(argv, env, self._confinement())
         self._agent = supervisor.spawn(
             argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
         )
@@ -248,6 +301,41 @@ class NodeAgent:
             self._push(tip)
         return tip
 
+    def session_state(self, since: str | None) -> ray_session.SessionState | None:
+        """The agent's config dir packed (its session files), unless unchanged since *since*."""
+        return ray_session.pack(self.logs / "agent-config", self.work, since=since)
+
+    def restore_session(self, state: ray_session.SessionState) -> bool:
+        """Put an earlier attempt's session files in place (after :meth:`prepare`)."""
+        return ray_session.unpack(state, self.logs / "agent-config", self.work)
+
+    def disk_use(self) -> disk.DiskUsage:
+        """What this attempt's clone uses on the node's disk (measured as locally)."""
+        return disk.usage(self.work)
+
+    def held(self, skip: tuple[str, ...]) -> int:
+        """Actual bytes under the node's runs dir but the clones of *skip*, tasks of this run.
+
+        That is, what other runs and lost attempts left on this node, plus the clones of this
+        run's tasks that are not in *skip*.
+        """
+        runs = node_dir() / "runs"
+        ours = runs / self.a.run_id
+        scans = []
+        try:
+            run_dirs = list(runs.iterdir())
+        except FileNotFoundError:
+            return 0
+        for run_dir in run_dirs:
+            if run_dir != ours:
+                scans.append(disk.scan(run_dir))
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                scans += [
+                    disk.scan(task_dir) for task_dir in ours.iterdir() if task_dir.name not in skip
+                ]
+        return disk.combine(scans).actual
+
     def discard(self) -> None:
         """Remove this attempt's clone and logs from the node (its work is on the remote)."""
         self._ended.set()
@@ -255,6 +343,17 @@ class NodeAgent:
         shutil.rmtree(self.logs, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _confinement(self) -> sandbox.Confinement:
+        return sandbox.Confinement(
+            worktree=self.work,
+            common_dir=self.work / ".git",
+            state_dir=self.logs,
+            config_dir=self.logs / "agent-config",  # as passed to adapter.env
+            temp_dir=self.logs / "tmp",
+            findings=self.logs / "findings.md",  # $SWARM_CONTEXT
+            extra=self.a.sandbox_writable,
+        )
 
     def _require(self) -> supervisor.AgentProcess:
         if self._agent is None:

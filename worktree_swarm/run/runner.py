@@ -29,7 +29,7 @@ from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
-from worktree_swarm.run.ray_exec import RayTaskWorker
+from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Emit  # what the CLI hands the run: the same event sink
@@ -152,7 +152,9 @@ class Runner:
         rows = store.tasks(run_id)
         tasks = tuple(task_from_json(row.spec_json) for row in rows)
         spec = RunSpec.of(RunSettings.from_json(run.spec_json), tasks)
-        if spec.sandbox:
+        if spec.sandbox and spec.executor is Executor.RAY:
+            check_sandbox(spec.ray_address)  # on the nodes, where the agents run
+        elif spec.sandbox:
             sandbox.check_available()
         states = {}
         for row in rows:

@@ -88,7 +88,7 @@ def status_text(
         for r in rows
     ]
     present = sum(r.worktree_present for r in rows)
-    removed = sum(not r.worktree_present and r.disk_actual is not None for r in rows)
+    removed = sum(not r.worktree_present and r.disk_actual is not None and not r.node for r in rows)
     money_line = (
         f"total: {plural(int(totals['attempts']), 'attempt')}, ${totals['cost_usd']:.2f}, "
         f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
@@ -111,6 +111,8 @@ def status_text(
 
 
 def _disk_cell(row: TaskStatus) -> str:
+    if row.node:  # a clone on a cluster node: as last measured there (gone once it ended)
+        return format_size(row.disk_actual)
     if not row.worktree_present:
         return "removed" if row.disk_actual is not None else "-"
     return format_size(row.disk_actual)
