@@ -339,3 +339,95 @@ def test_real_claude_works_in_the_sandbox_and_cannot_write_outside(
     first = anthropic_stub.agent_requests()[1].tool_results()[0]
     assert first["is_error"] is True
     assert str(first["content"]).startswith("EROFS: read-only file system")
+
+
+# An agent in a clone of its own (a Ray node's): tries each write in argv[1] (name -> path),
+# commits in its clone, and records what happened in results.json there.
+CLONE_PROBE = r"""
+import errno, json, pathlib, subprocess, sys
+results = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        with open(path, "a") as fh:
+            fh.write("written by the agent\n")
+        results[name] = "written"
+    except OSError as exc:
+        results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+subprocess.run(["git", "add", "work.txt"], check=True)
+commit = subprocess.run(["git", "commit", "-q", "-m", "agent commit in its clone"],
+                        capture_output=True, text=True)
+results["commit"] = commit.returncode if commit.returncode else "written"
+pathlib.Path("results.json").write_text(json.dumps(results, sort_keys=True))
+"""
+
+
+@needs_bwrap
+def test_an_agent_in_a_clone_of_its_own_commits_there_and_writes_nothing_else(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # As a Ray node lays it out: a mirror, a clone whose objects come from it, the logs beside.
+    node = tmp_path / "node"
+    mirror, clone, logs = node / "mirror.git", node / "runs" / "r1" / "t1", node / "logs" / "t1"
+    git(tmp_path, "clone", "--quiet", "--bare", str(repo), str(mirror))
+    git(
+        tmp_path,
+        "clone",
+        "--quiet",
+        "--no-local",
+        "--reference",
+        str(mirror),
+        str(repo),
+        str(clone),
+    )
+    dotgit = clone / ".git"
+    assert (dotgit / "objects" / "info" / "alternates").is_file()
+    (dotgit / "hooks").mkdir(exist_ok=True)
+    guarded = {p: p.read_bytes() for p in (dotgit / "config", dotgit / "objects/info/alternates")}
+    box = sandbox.Confinement(
+        worktree=clone,
+        common_dir=dotgit,
+        state_dir=logs,
+        config_dir=logs / "agent-config",
+        temp_dir=logs / "tmp",
+        findings=logs / "findings.md",
+    )
+    targets = {
+        "clone": str(clone / "work.txt"),
+        "config_dir": str(box.config_dir / "settings.json"),
+        "findings": str(box.findings),
+        "git_config": str(dotgit / "config"),
+        "git_hook": str(dotgit / "hooks" / "x"),
+        "alternates": str(dotgit / "objects" / "info" / "alternates"),
+        "outside": str(node / "outside.txt"),
+        "mirror": str(mirror / "config"),
+        "user_repo": str(repo / "README.md"),
+    }
+    argv, env = sandbox.confine([*write_agent(CLONE_PROBE), json.dumps(targets)], os.environ, box)
+    assert argv[0] == shutil.which("bwrap")
+
+    done = subprocess.run(
+        argv, check=False, env=env, cwd=clone, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    results = json.loads((clone / "results.json").read_text())
+    assert results == {
+        "clone": "written",
+        "config_dir": "written",
+        "findings": "written",
+        "commit": "written",
+        "git_config": "EROFS",
+        "git_hook": "EROFS",
+        "alternates": "EROFS",
+        "outside": "EROFS",
+        "mirror": "EROFS",
+        "user_repo": "EROFS",
+    }
+    assert git(clone, "log", "-1", "--format=%s") == "agent commit in its clone"
+    assert git(clone, "show", "HEAD:work.txt") == "written by the agent"
+    assert {p: p.read_bytes() for p in guarded} == guarded
+    assert not (dotgit / "hooks" / "x").exists()
+    assert not (node / "outside.txt").exists()
+    assert (repo / "README.md").read_text() == "hello\n"
+    assert git(repo, "log", "--format=%s") == "initial"
+    assert (box.config_dir / "settings.json").read_text() == "written by the agent\n"
