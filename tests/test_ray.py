@@ -528,6 +528,56 @@ def test_a_sandboxed_agent_writes_only_its_clone_on_its_node(
     assert not actor_processes(cluster)
 
 
+PLANTING_AGENT = r"""
+import os, pathlib, subprocess, sys
+decoy = sys.argv[1]
+task = os.environ["SWARM_TASK_ID"]
+pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
+# Repository files are code: a push to anywhere else, and a hook that would run in swarm's git.
+subprocess.run(["git", "config", f"url.{decoy}.pushInsteadOf", os.environ["SWARM_REMOTE_HINT"]],
+               check=True)
+hook = pathlib.Path(".git/hooks/pre-push")
+hook.write_text("#!/bin/sh\ntouch hook-ran\n")
+hook.chmod(0o755)
+"""
+
+
+def test_git_files_an_agent_plants_in_its_clone_are_put_back_before_the_push_and_fail_it(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, _ctl = setup_repo(tmp_path, [])
+    decoy = tmp_path / "decoy.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(decoy)], check=True)
+    script = tmp_path / "planting.py"
+    script.write_text(PLANTING_AGENT)
+    argv = [sys.executable, str(script), str(decoy)]
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nagent = {json.dumps(argv)}\nexecutor = "ray"\nray_memory = "64M"\n'
+        f"env = {{SWARM_REMOTE_HINT = {json.dumps(str(remote))}}}\n\n"
+        '[[task]]\nid = "p1"\nprompt = "work"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["p1"]
+    assert row["state"] == "failed", row
+    reason = str(row["reason"])
+    assert "git's own files config" in reason
+    assert "hooks/pre-push" in reason
+    assert "its clone on node" in reason
+    assert "restored" in reason
+    # The checkpoint went to the run's remote, not where the planted config pointed, and the
+    # planted hook never ran with swarm's push.
+    assert git(remote, "show", "swarm/p1:p1.txt") == "work of p1"
+    assert git(repo, "show", "swarm/p1:p1.txt") == "work of p1"
+    assert git(decoy, "for-each-ref") == ""
+    assert "hook-ran" not in git(remote, "ls-tree", "-r", "--name-only", "swarm/p1")
+    found = events(repo, "outside_write")
+    assert [(task, data["suspects"], data["restored"]) for task, data in found] == [
+        ("p1", ["p1"], True)
+    ]
+    assert not actor_processes(cluster)
+
+
 def test_sandbox_is_refused_when_a_node_cannot_sandbox(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -424,6 +424,10 @@ class Guard:
             self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
 
+    def report(self, violation: Violation) -> Violation:
+        """Record an outside write found elsewhere (a Ray node's); handed over by :meth:`drain`."""
+        return self._record(violation, patch_text=None)
+
     def drain(self) -> list[Violation]:
         """Violations found since the last call (for the run loop to record and apply)."""
         with self._new_lock:

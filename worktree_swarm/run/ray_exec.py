@@ -36,6 +36,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
@@ -616,6 +617,7 @@ class RayTaskWorker(RunWorker):
             task.id, handle.number, task.agent
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
+        self._report_planted(task.id, handle, self._call(handle.actor.planted.remote, live=live))
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
         with contextlib.suppress(NodeLostError):
@@ -635,6 +637,24 @@ class RayTaskWorker(RunWorker):
         failure = self._check(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
         return outcome if failure is None else failure
+
+    def _report_planted(self, task_id: str, handle: _Handle, labels: list[str]) -> None:
+        """Git's own files of its clone the agent changed: an outside write, blamed on it.
+
+        The node put them back before its checkpoint; the run fails the task as it would for
+        a write to the repository's own files here.
+        """
+        if labels:
+            where = f"(its clone on node {handle.node})"
+            self.guard.report(
+                Violation(
+                    number=0,
+                    where=task_id,
+                    git_files=tuple(f"{label} {where}" for label in labels),
+                    suspects=(task_id,),
+                    restored=True,
+                )
+            )
 
     def _check(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
         """Run the task's checks on the attempt's node, if it has any."""

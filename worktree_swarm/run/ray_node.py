@@ -29,7 +29,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.guard import sandbox
+from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
@@ -129,6 +129,8 @@ class NodeAgent:
         self.log_path = self.logs / f"attempt-{assignment.attempt}.log"
         self._agent: supervisor.AgentProcess | None = None
         self._git_lock = threading.Lock()
+        self._surface: surface.Surface = {}
+        self._planted: list[str] = []
         self._ended = threading.Event()
         self._stopping = threading.Event()
         self._pusher: threading.Thread | None = None
@@ -182,6 +184,8 @@ class NodeAgent:
     def start(self, *, prompt: str, session: str | None, resume_prompt: str | None) -> int:
         """Start the agent under the shim; the shim's pid on this node."""
         task = self.a.task
+        # git's own files of the clone (config, hooks, info) as setup left them: the baseline.
+        self._surface = surface.read(self.work / ".git", None)
         adapter = adapter_for(task.agent)
         self.logs.mkdir(parents=True, exist_ok=True)
         prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
@@ -289,6 +293,7 @@ class NodeAgent:
         if self._pusher is not None:
             self._pusher.join()
         with self._git_lock:
+            self._settle_git_files()
             git.checkpoint(
                 self.work,
                 message=message,
@@ -371,8 +376,26 @@ class NodeAgent:
                 if not self._ended.is_set():
                     self._snapshot()
 
+    def planted(self) -> list[str]:
+        """Git's own files of the clone the agent changed (each put back before swarm's git)."""
+        return list(self._planted)
+
+    def _settle_git_files(self) -> None:
+        """Put git's own files of the clone back as cloned, noting what the agent changed.
+
+        Repository files are code (a planted ``url.*.insteadOf`` would redirect the push, a
+        hook or filter run it): an agent's write to them is an outside write, even in its own
+        clone, and is undone before swarm runs git there.
+        """
+        dotgit = self.work / ".git"
+        labels = surface.changed(self._surface, surface.read(dotgit, None))
+        if labels:
+            surface.put_back(dotgit, self._surface, labels)
+            self._planted += [label for label in labels if label not in self._planted]
+
     def _snapshot(self) -> None:
         """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone."""
+        self._settle_git_files()
         with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             runner.run(self.work, "read-tree", "HEAD", env=env)
