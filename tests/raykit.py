@@ -23,6 +23,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
+NODE_MEMORY = GiB  # what each test node offers to tasks' `ray_memory` requests
 
 
 def free_port() -> int:
@@ -92,6 +93,8 @@ class Cluster:
             "--node-ip-address", "127.0.0.1",
             "--num-cpus", "2",
             "--object-store-memory", str(80 * 2**20),
+            # Pinned: nodes on one box would each claim all of its memory.
+            "--memory", str(NODE_MEMORY),
             "--resources", json.dumps({"agent_slot": slots, f"swarm_node_{name}": 1}),
             "--dashboard-agent-listen-port", str(free_port()),
             "--metrics-export-port", str(free_port()),
