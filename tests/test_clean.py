@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import agent_python, git, make_repo
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -83,7 +83,8 @@ def reaper() -> Iterator[Reaper]:
 
 def sleeper(cwd: Path, reaper: Reaper) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
+        # A test program: without coverage's hook, whose SIGTERM handler would save data first.
+        [*agent_python(), "-c", "import time\nwhile True: time.sleep(1)"],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
