@@ -1,12 +1,18 @@
-"""The guard's lock: the scan thread is served before workers that were waiting already."""
+"""The guard's locks: the scan thread goes first; hand-overs racing scans misjudge nothing."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from tests.conftest import git, make_repo
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import Guard
 from worktree_swarm.guard.lock import TurnLock
+from worktree_swarm.infra.supervisor import identity_of
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -43,3 +49,61 @@ def test_first_goes_ahead_of_waiting_workers_and_the_lock_is_reentrant() -> None
     assert sorted(order[1:]) == sorted(f"w{i}" for i in range(8))
     lock.acquire()  # free again
     lock.release()
+
+
+def test_hand_overs_racing_scans_and_checks_blame_nobody_and_miss_nothing(
+    tmp_path: Path,
+) -> None:
+    """Workers hand worktrees over while the scan thread and the checks after attempts run.
+
+    An agent counts as running throughout, so a branch or worktree the guard misjudged while
+    a hand-over raced a scan would be reported with it as suspect. Afterwards every branch and
+    worktree is watched: a move or write there is caught.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    tasks = [f"t{i}" for i in range(12)]
+    paths = {}
+    for task in tasks:
+        paths[task] = tmp_path / "wt" / task
+        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task}", str(paths[task]))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    identity = identity_of(os.getpid())
+    assert identity is not None
+    guard.agent_started("rogue", identity)
+    done = threading.Event()
+
+    def scans() -> None:
+        while not done.is_set():
+            guard.scan()
+
+    def work(task: str) -> None:
+        path = paths[task]
+        for round_ in range(3):  # three attempts, each checked and handed over
+            with guard.busy(task, path):
+                (path / f"{task}.txt").write_text(f"{task} {round_}\n")
+                git(path, "add", "-A")
+                git(path, "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", "w")
+                guard.after_attempt()
+
+    scanner = threading.Thread(target=scans)
+    scanner.start()
+    workers = [threading.Thread(target=work, args=(task,)) for task in tasks]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    done.set()
+    scanner.join()
+    assert guard.scan() == []
+    assert guard.drain() == []
+    assert guard.drain_failures() == []
+    # Handed over for good: the rogue's commit on a branch and write in a worktree are caught.
+    victim = paths["t3"]
+    git(victim, "-c", "user.name=r", "-c", "user.email=r@r", "commit", "-q", "--allow-empty",
+        "-m", "rogue")  # fmt: skip
+    (paths["t7"] / "t7.txt").write_text("rogue\n")
+    found = guard.scan()
+    assert sorted(v.where for v in found) == ["t3", "t7"]
+    assert all(v.suspects == ("rogue",) and v.restored for v in found)
+    assert (paths["t7"] / "t7.txt").read_text() == "t7 2\n"

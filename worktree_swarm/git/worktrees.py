@@ -105,6 +105,9 @@ def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
     return infos
 
 
+_ON_BRANCH = "ref: refs/heads/"  # a HEAD file on a branch
+
+
 def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     """*path*'s entry of :func:`list_worktrees_locked` (None: not registered).
 
@@ -131,9 +134,6 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     infos = list_worktrees_locked(repo)
     found = next((w for w in infos if w.path == path), None)
     return found or next((w for w in infos if real_path(w.path) == real), None)
-
-
-_ON_BRANCH = "ref: refs/heads/"
 
 
 def _parse_records(out: str) -> list[dict[str, str]]:
