@@ -1,10 +1,12 @@
 """Provisioning benchmark: N worktrees swarm's way vs a naive sequential `git worktree add` loop.
 
 python benchmarks/bench_provision.py [--n 16] [--rounds 5] [--files 20000] [--size-mb 80]
-                                     [--jobs JOBS] [--workdir DIR] [--whole-run]
+                                     [--jobs JOBS] [--workdir DIR] [--whole-run [--sparse]]
 
 With `--whole-run` swarm's side is a whole `swarm run` of N one-file tasks (a no-op agent that
-writes one file) at `--jobs`: worktrees, guard, checkpoints and store included.
+writes one file in a module directory) at `--jobs`: worktrees, guard, checkpoints and store
+included. With `--sparse` each task declares its module directory in `files` and runs with
+`sparse = true`, so its worktree holds that directory and not the whole tree.
 """
 
 from __future__ import annotations
@@ -99,12 +101,21 @@ def run_swarm(repo: Path, wt_root: Path, n: int, jobs: int) -> tuple[float, int]
     return time.perf_counter() - t0, failures
 
 
-def run_whole(repo: Path, wt_root: Path, n: int, jobs: int) -> tuple[float, int]:
+def run_whole(
+    repo: Path, wt_root: Path, n: int, jobs: int, *, sparse: bool = False
+) -> tuple[float, int]:
     """`swarm run` of *n* one-file tasks with worktrees under *wt_root*; (wall, failures)."""
-    agent = ["sh", "-c", 'echo done > "$SWARM_TASK_ID.txt"']
-    lines = [f"[defaults]\nagent = {json.dumps(agent)}\njobs = {jobs}\n"]
+    agent = ["sh", "-c", 'mkdir -p "$MODULE" && echo done > "$MODULE/$SWARM_TASK_ID.txt"']
+    lines = [
+        f"[defaults]\nagent = {json.dumps(agent)}\njobs = {jobs}\nsparse = {str(sparse).lower()}\n"
+    ]
     lines.append(f"worktree_root = {json.dumps(str(wt_root))}\n")
-    lines += [f'[[task]]\nid = "s{i}"\nprompt = "work"\n' for i in range(n)]
+    for i in range(n):
+        module = f"pkg{i % 40:02d}/mod{i % 25:02d}"
+        lines.append(
+            f'[[task]]\nid = "s{i}"\nprompt = "work"\nfiles = ["{module}/**"]\n'
+            f'env = {{ MODULE = "{module}" }}\n'
+        )
     manifest = wt_root.parent / "tasks.toml"
     manifest.write_text("\n".join(lines))
     t0 = time.perf_counter()
@@ -114,7 +125,13 @@ def run_whole(repo: Path, wt_root: Path, n: int, jobs: int) -> tuple[float, int]
     if res.returncode:
         print(f"  swarm run failed ({res.returncode}): {(res.stdout + res.stderr)[-500:]}")
         return wall, n
-    return wall, 0
+    missing = 0
+    for i in range(n):  # each branch holds its agent's file, and only that change
+        changed = sh(repo, "diff", "--name-only", "HEAD", f"swarm/s{i}").split()
+        if changed != [f"pkg{i % 40:02d}/mod{i % 25:02d}/s{i}.txt"]:
+            print(f"  swarm/s{i} changed {changed[:3]}")
+            missing += 1
+    return wall, missing
 
 
 def clean_whole(repo: Path) -> None:
@@ -164,6 +181,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="swarm thread pool size")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temp repo")
     ap.add_argument("--whole-run", action="store_true", help="a whole `swarm run` per round")
+    ap.add_argument("--sparse", action="store_true", help="with --whole-run: sparse worktrees")
     args = ap.parse_args()
 
     git_version = sh(Path.cwd(), "--version").strip()
@@ -172,7 +190,8 @@ def main() -> int:
     )
     print(
         f"repo: {args.files} files, ~{args.size_mb} MB; N={args.n}; jobs={args.jobs};"
-        f" rounds={args.rounds}"
+        f" rounds={args.rounds}{'; whole run' if args.whole_run else ''}"
+        f"{', sparse' if args.sparse else ''}"
     )
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench_provision_") as tmp:
         t0 = time.perf_counter()
@@ -188,7 +207,9 @@ def main() -> int:
                 clean(repo, wt_root)
                 if which == "swarm" and args.whole_run:
                     clean_whole(repo)
-                    times[which], f = run_whole(repo, wt_root, args.n, args.jobs)
+                    times[which], f = run_whole(
+                        repo, wt_root, args.n, args.jobs, sparse=args.sparse
+                    )
                 elif which == "swarm":
                     times[which], f = run_swarm(repo, wt_root, args.n, args.jobs)
                     f += verify(wt_root, "s", args.n)

@@ -131,6 +131,20 @@ class Task:
         flag=None,
         doc="what the task expects to touch; overlapping tasks are not run together",
     )
+    sparse: bool = setting(
+        False,  # noqa: FBT003 - a field default, not a flag argument
+        kind=Kind.BOOL,
+        scope=Scope.PER_TASK,
+        flag=Flag(
+            name="--sparse",
+            negatable=True,
+            help="Check out only the directories a task's `files` name (git's sparse cone).",
+        ),
+        doc="check out only what `files` names: the directories its globs cover, the files "
+        "directly inside their parents and the top level (git's sparse cone); the agent and "
+        "the checks see nothing else; no effect without `files` "
+        "([disk.md](disk.md#sparse-check-out-only-what-a-task-touches))",
+    )
     timeout: float | None = setting(
         None,
         kind=Kind.DURATION,

@@ -142,10 +142,11 @@ def patterns_overlap(a: str, b: str) -> bool:
     a directory (a trailing ``/``, or a last segment with no wildcard and no ``.``) also
     covers everything beneath it: ``src/auth`` and ``src/auth/`` cover ``src/auth/login.py``.
     """
-    return _overlap(_segments(a), _segments(b))
+    return _overlap(pattern_segments(a), pattern_segments(b))
 
 
-def _segments(pattern: str) -> tuple[str, ...]:
+def pattern_segments(pattern: str) -> tuple[str, ...]:
+    """The segments of a ``files`` glob, with ``**`` added after a name read as a directory."""
     pattern = pattern.strip()
     parts = [p for p in pattern.split("/") if p not in {"", "."}]
     if not parts:

@@ -302,6 +302,10 @@ def _commit_tree(
     return _run(repo.root, [*args, tree], env=env).stdout.strip()
 
 
+# --sparse: in a sparse worktree, files an agent wrote outside the cone are its work too.
+_ADD = ["add", "--all", "--sparse", "--verbose"]
+
+
 def checkpoint(
     worktree: Path,
     *,
@@ -327,7 +331,9 @@ def checkpoint(
     repair_checkout(worktree)
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
-        _run(worktree, ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *literal])
+        _run(
+            worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--", *literal]
+        )
         # `add` fails on a pathspec naming an ignored file, even an exclude; it would skip
         # those files anyway.
         out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
@@ -340,9 +346,9 @@ def checkpoint(
             *(f":(exclude,literal,top){path}" for path in exclude),
             *(f":(exclude,glob,top){pattern}" for pattern in droppings),
         ]
-        added = _run(worktree, ["add", "--all", "--verbose", "--", *pathspec]).stdout
+        added = _run(worktree, [*_ADD, "--", *pathspec]).stdout
     else:
-        added = _run(worktree, ["add", "--all", "--verbose"]).stdout
+        added = _run(worktree, _ADD).stdout
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
     commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
     if not added.strip() or _operation_in_progress(worktree):

@@ -21,6 +21,7 @@ from git.exc import GitCommandError, GitCommandNotFound
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import sparse
 from worktree_swarm.infra.proc import GIT_LOCATION_VARS
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
@@ -60,11 +61,26 @@ _UNTRUSTED_SCOPES = ("local", "worktree")
 
 
 def overrides(cwd: Path) -> list[str]:
-    """The ``-c`` arguments that make a git command in *cwd* immune to planted config."""
+    """The ``-c`` arguments that make a git command in *cwd* immune to planted config.
+
+    In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
+    sparse checkout on, so that git applies the patterns and, reading the index, takes back
+    into view any skipped file an agent wrote (otherwise its work there would go unseen).
+    """
     args: list[str] = []
-    for key, value in (*ALWAYS, *_repository_exec_settings(cwd)):
+    for key, value in (*ALWAYS, *_repository_exec_settings(cwd), *_sparse_settings(cwd)):
         args += ["-c", f"{key}={value}"]
     return args
+
+
+def _sparse_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
+    files = _config_files(cwd)
+    if not files:
+        return ()
+    admin, common = files[0].parent, files[1].parent
+    if admin != common and sparse.pattern_file(admin).is_file():
+        return sparse.SETTINGS
+    return ()
 
 
 _cache_lock = threading.Lock()

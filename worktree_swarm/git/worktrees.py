@@ -20,6 +20,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import sparse
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
@@ -200,12 +201,15 @@ def _check_free(
         raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
 
 
-def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
+def create_worktree(
+    repo: Repo, *, path: Path, branch: str, start: str, cone: sparse.Cone | None = None
+) -> None:
     """Create *path* checked out on a new *branch* at *start* (no upstream).
 
     Safe to call from many threads and processes at once. On any failure, whatever was
     half-made (branch, admin dir, directory) is removed before the error propagates.
-    Raises BadInputError when *branch* or *path* already exists.
+    Raises BadInputError when *branch* or *path* already exists. With *cone* only its
+    directories are checked out (:mod:`worktree_swarm.git.sparse`).
     """
     path = path.absolute()
     commit = commit_of(repo, start)
@@ -237,11 +241,18 @@ def create_worktree(repo: Repo, *, path: Path, branch: str, start: str) -> None:
     try:
         # Touches only the new worktree and its private index, so it runs outside the lock.
         # Unlike `reset --hard` it writes no ref, reflog or ORIG_HEAD.
-        git(path, "read-tree", "--reset", "-u", "HEAD")
+        populate(path, cone)
     except BaseException:
         with repo_lock(repo):
             _discard_locked(repo, path=path, branch=branch, commit=commit)
         raise
+
+
+def populate(path: Path, cone: sparse.Cone | None) -> None:
+    """Check out HEAD into the new worktree *path* (only *cone*'s directories when given)."""
+    if cone is not None:
+        sparse.write(git_dir(path), cone)
+    git(path, "read-tree", "--reset", "-u", "HEAD")
 
 
 def _new_branch(repo: Repo, branch: str, commit: str, start: str) -> None:

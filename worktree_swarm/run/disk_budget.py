@@ -27,7 +27,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra import disk
 from worktree_swarm.infra.store import Store
@@ -72,7 +72,7 @@ class DiskBudget:
         self._tasks = {t.id: t for t in spec.tasks}
         self._cond = threading.Condition()
         self._scans: dict[str, tuple[disk.Scan, float]] = {}
-        self._checkouts: dict[str, int] = {}
+        self._checkouts: dict[tuple[str, sparse.Cone | None], int] = {}
         self._largest = 0
         # A resumed run: tasks still going on in their worktrees are in flight; finished ones
         # whose worktree is still there can make room, oldest first.
@@ -132,9 +132,10 @@ class DiskBudget:
 
     def checkout_estimate(self, task: Task, start: str) -> int:
         """Actual bytes a fresh worktree of *task* at *start* takes: checkout plus copies."""
-        if start not in self._checkouts:
-            self._checkouts[start] = checkout_size(self.repo, start)
-        return self._checkouts[start] + copy_size(self.repo, task)
+        cone = sparse.of_task(task)
+        if (start, cone) not in self._checkouts:
+            self._checkouts[start, cone] = checkout_size(self.repo, start, cone=cone)
+        return self._checkouts[start, cone] + copy_size(self.repo, task)
 
     def record(self, task_id: str) -> None:
         """Record the disk use of *task_id*'s worktree as its pipeline ends.
@@ -233,22 +234,23 @@ class DiskBudget:
         )
 
 
-def checkout_size(repo: git.Repo, commit: str) -> int:
+def checkout_size(repo: git.Repo, commit: str, *, cone: sparse.Cone | None = None) -> int:
     """Actual bytes a checkout of *commit* takes: blobs and directories in 4 KiB blocks.
 
     Plus the worktree's ``.git`` file. The worktree's index lives in the git common dir and
-    is not counted.
+    is not counted. With *cone*, only what a checkout sparse to it holds.
     """
     out = git.git(repo.root, "ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit)
     total = 2 * _BLOCK  # the worktree directory itself and its `.git` file
     for record in out.split("\0"):
         if not record:
             continue
-        meta = record.split("\t", 1)[0].split()
+        head, _, name = record.partition("\t")
+        meta = head.split()
         kind, size = meta[1], meta[3]
         if kind == "tree":
-            total += _BLOCK
-        elif kind == "blob" and size.isdigit():
+            total += _BLOCK if sparse.holds(cone, f"{name}/-") else 0
+        elif kind == "blob" and size.isdigit() and sparse.holds(cone, name):
             total += -(-int(size) // _BLOCK) * _BLOCK
     return total
 

@@ -21,6 +21,7 @@ import psutil
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.infra import supervisor
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
@@ -44,13 +45,22 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         git.git(repo.root, "worktree", "prune")
 
 
-def restore(repo: git.Repo, *, path: Path, branch: str, start: str, unlock: bool) -> bool:
+def restore(
+    repo: git.Repo,
+    *,
+    path: Path,
+    branch: str,
+    start: str,
+    unlock: bool,
+    cone: sparse.Cone | None = None,
+) -> bool:
     """Make *path* a complete checkout of *branch* again; returns whether anything was done.
 
     For a worktree that was populated once: its directory gone (removed for disk room, or by
     ``swarm clean``) means it is added again on its branch (made at *start* when the branch is
     gone too); an incomplete checkout is repopulated from HEAD. With *unlock* (no process of
-    the task can be running), lock files a killed git left in it are removed.
+    the task can be running), lock files a killed git left in it are removed. A worktree
+    added again is sparse to *cone* when given, as it was made.
     """
     path = path.absolute()
     changed = False
@@ -59,14 +69,16 @@ def restore(repo: git.Repo, *, path: Path, branch: str, start: str, unlock: bool
             raise SwarmError(
                 f"{path} exists but is not a git worktree; move it aside and run `swarm resume`"
             )
-        _reattach(repo, path=path, branch=branch, start=start)
+        _reattach(repo, path=path, branch=branch, start=start, cone=cone)
         changed = True
     if unlock:
         changed |= _unlink_stale_locks(repo, path, branch)
     return git.repair_checkout(path) or changed
 
 
-def _reattach(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
+def _reattach(
+    repo: git.Repo, *, path: Path, branch: str, start: str, cone: sparse.Cone | None
+) -> None:
     with git.repo_lock(repo):
         _discard_admin_dirs(repo, path)
         with contextlib.suppress(OSError):
@@ -78,7 +90,7 @@ def _reattach(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         else:
             args = ["--no-track", "-b", branch, "--", str(path), start]
         git.git(repo.root, "worktree", "add", "--quiet", "--no-checkout", *args)
-    git.git(path, "read-tree", "--reset", "-u", "HEAD")
+    worktrees.populate(path, cone)
 
 
 def _discard_admin_dirs(repo: git.Repo, path: Path) -> None:

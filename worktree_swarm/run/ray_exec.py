@@ -182,6 +182,7 @@ def remote_url(repo: git.Repo, remote: str) -> str:
 _UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
     ("copy", lambda t: bool(t.copy)),
     ("link", lambda t: bool(t.link)),
+    ("sparse", lambda t: t.sparse and bool(t.files)),
     ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
 )
 

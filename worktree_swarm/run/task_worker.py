@@ -28,7 +28,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import Guard, sandbox
 from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
@@ -232,7 +232,14 @@ class TaskWorker(RunWorker):
             if live.resume_from is None or live.resume_from.ended_at is not None:
                 live.resume_from = self._unrecorded(task, path, row) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
-            provision.restore(self.repo, path=path, branch=task.branch, start=base, unlock=unlock)
+            provision.restore(
+                self.repo,
+                path=path,
+                branch=task.branch,
+                start=base,
+                unlock=unlock,
+                cone=sparse.of_task(task),
+            )
         else:
             # A start commit recorded by an earlier manager is kept: a dependency merge made
             # again would be a different commit, and the half-made branch points at the old one.
@@ -248,7 +255,7 @@ class TaskWorker(RunWorker):
                 self.store.update_task(self.run_id, task.id, start_commit=start)
             faults.retry_while_full(  # a failed creation removes what it made: retry is clean
                 lambda: worktrees.create_worktree(
-                    self.repo, path=path, branch=task.branch, start=start
+                    self.repo, path=path, branch=task.branch, start=start, cone=sparse.of_task(task)
                 ),
                 self.store.on_full,
             )
@@ -779,10 +786,17 @@ class TaskWorker(RunWorker):
         return self._logs_root / task.id
 
     def _gitconfig(self, task: Task) -> Path:
-        """A task's own global git config: the user's identity and ignore file, nothing else."""
+        """A task's own global git config: the user's identity and ignore file, nothing else.
+
+        In a sparse worktree also sparse checkout, so that the agent's git sees the work it
+        does outside the cone as swarm's does.
+        """
         path = self._logs(task) / "gitconfig"
         path.parent.mkdir(parents=True, exist_ok=True)
-        git.write_config_file(path, self._git_identity)
+        items = self._git_identity
+        if sparse.of_task(task) is not None:
+            items = {**items, **dict(sparse.SETTINGS)}
+        git.write_config_file(path, items)
         return path
 
     def _confinement(self, worktree: Path, logs: Path) -> sandbox.Confinement:
