@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import worktree_swarm
+from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
@@ -217,7 +218,7 @@ def test_is_alive_false_after_exit(start) -> None:
 def test_forged_identity_never_signals_the_pid_owner(reaper: Reaper, tmp_path: Path) -> None:
     helper = reaper.popen(
         subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            [*agent_python(), "-c", "import time; time.sleep(3600)"],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -425,7 +426,7 @@ def test_kill_tree_never_signals_a_shared_group(reaper: Reaper) -> None:
     # Not started in its own session: its group is ours, and must not be signalled.
     helper = reaper.popen(
         subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(3600)"], stdin=subprocess.DEVNULL
+            [*agent_python(), "-c", "import time; time.sleep(3600)"], stdin=subprocess.DEVNULL
         )
     )
     ident = identity_of(helper.pid)
