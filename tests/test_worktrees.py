@@ -389,3 +389,67 @@ def test_a_registration_read_from_its_admin_dir_agrees_with_gits_listing(
         # A worktree whose admin dir names another checkout is not taken on its word.
         (admin / "gitdir").write_text(str(detached / ".git") + "\n")
         assert wt.registration_locked(r, on_branch) is None
+
+
+def _admin_files(repo: Path, name: str) -> dict[str, str]:
+    admin = repo / ".git" / "worktrees" / name
+    return {p.name: p.read_text(errors="replace") for p in sorted(admin.iterdir()) if p.is_file()}
+
+
+def test_a_worktree_is_registered_exactly_as_git_worktree_add_does_it(
+    repo: Path, tmp_path: Path
+) -> None:
+    r = g.open_repo(repo)
+    ours, theirs = tmp_path / "a" / "same", tmp_path / "b" / "same"
+    git(repo, "branch", "theirs")
+    git(repo, "worktree", "add", "-q", "--no-checkout", str(theirs), "theirs")
+    wt.create_worktree(r, path=ours, branch="swarm/ours", start="HEAD")
+    # git named its admin dir after the directory; ours took the next name, as git would.
+    assert sorted(p.name for p in (repo / ".git" / "worktrees").iterdir()) == ["same", "same1"]
+    mine, git_s = _admin_files(repo, "same1"), _admin_files(repo, "same")
+    # Same files, same contents but for the names (ours has the index of its checkout; git's
+    # has a `logs/` dir: the HEAD reflog's creation entry, which nothing reads).
+    assert set(mine) == set(git_s) | {"index"}
+    assert mine["commondir"] == git_s["commondir"]
+    assert mine["HEAD"] == "ref: refs/heads/swarm/ours\n"
+    assert git_s["HEAD"] == "ref: refs/heads/theirs\n"
+    assert mine["gitdir"] == git_s["gitdir"].replace(str(theirs), str(ours))
+    git_file = (theirs / ".git").read_text().replace("/same\n", "/same1\n")
+    assert (ours / ".git").read_text() == git_file
+    # git reads it as its own: listed, worked in, moved, removed.
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert (
+        f"worktree {ours}\nHEAD {git(repo, 'rev-parse', 'HEAD')}\nbranch refs/heads/swarm/ours"
+        in listed
+    )
+    git(repo, "worktree", "prune")
+    assert (repo / ".git" / "worktrees" / "same1").is_dir()
+    (ours / "new.txt").write_text("x\n")
+    assert git(ours, "status", "--porcelain") == "?? new.txt"
+    (ours / "new.txt").unlink()
+    git(repo, "worktree", "move", str(ours), str(tmp_path / "moved"))
+    git(repo, "worktree", "remove", str(tmp_path / "moved"))
+    assert not (repo / ".git" / "worktrees" / "same1").exists()
+
+
+@pytest.mark.parametrize("setting", ["extensions.worktreeConfig=true", "include.path=other.cfg"])
+def test_config_that_changes_the_layout_leaves_registration_to_git(
+    repo: Path, tmp_path: Path, setting: str
+) -> None:
+    key, value = setting.split("=")
+    if key.startswith("extensions"):
+        git(repo, "config", "core.repositoryformatversion", "1")
+    git(repo, "config", key, value)
+    r = g.open_repo(repo)
+    path = tmp_path / "w"
+    env = {**os.environ, "GIT_TRACE2_EVENT": str(tmp_path / "trace.json")}
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom worktree_swarm.git.repo import open_repo\n"
+        "from worktree_swarm.git.worktrees import create_worktree\n"
+        "create_worktree(open_repo(Path(sys.argv[1])), path=Path(sys.argv[2]), "
+        "branch='swarm/w', start='HEAD')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(repo), str(path)], env=env, check=True)
+    assert '"worktree","add"' in (tmp_path / "trace.json").read_text()
+    assert g.status_porcelain(path) == ""
+    assert wt.registration_locked(r, path) is not None
