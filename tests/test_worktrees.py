@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -453,3 +454,29 @@ def test_config_that_changes_the_layout_leaves_registration_to_git(
     assert '"worktree","add"' in (tmp_path / "trace.json").read_text()
     assert g.status_porcelain(path) == ""
     assert wt.registration_locked(r, path) is not None
+
+
+@pytest.mark.parametrize("failing", ["locked", "gitdir", ".git", "commondir", "HEAD"])
+def test_a_registration_that_fails_half_way_leaves_nothing(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    # The disk fills at one of the registration's writes.
+    real_write = Path.write_text
+
+    def full_at(self: Path, *args: object, **kwargs: object) -> int:
+        if self.name == failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full_at)
+    r = g.open_repo(repo)
+    path = tmp_path / "wt" / "a"
+    with pytest.raises(GitError, match="No space left"):
+        wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
+    monkeypatch.undo()
+    assert not path.exists()
+    assert list((repo / ".git" / "worktrees").iterdir()) == []
+    assert not g.branch_exists(r, "swarm/a")
+    # Nothing is in the way of making it again.
+    wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
+    assert g.status_porcelain(path) == ""

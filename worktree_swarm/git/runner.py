@@ -67,14 +67,14 @@ def overrides(cwd: Path) -> list[str]:
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
     """
+    files = _config_files(cwd)
     args: list[str] = []
-    for key, value in (*ALWAYS, *_repository_exec_settings(cwd), *_sparse_settings(cwd)):
+    for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
         args += ["-c", f"{key}={value}"]
     return args
 
 
-def _sparse_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
-    files = _config_files(cwd)
+def _sparse_settings(files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
     if not files:
         return ()
     admin, common = files[0].parent, files[1].parent
@@ -183,9 +183,11 @@ def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
     return ("content", *contents)
 
 
-def _repository_exec_settings(cwd: Path) -> tuple[tuple[str, str], ...]:
-    """Overrides for program-running settings that the repository's own config defines."""
-    files = _config_files(cwd)
+def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
+    """Overrides for program-running settings that the repository's own config defines.
+
+    *files* are the repository-level config files of *cwd* (:func:`_config_files`).
+    """
     key = (str(cwd), _stat_key(files)) if files else None
     if key is None:
         return _scan_repository_config(cwd)

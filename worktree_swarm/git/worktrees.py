@@ -307,12 +307,17 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
             number += 1
             name = f"{path.name}{number}"
     admin = real_path(root / name)
-    (admin / "locked").write_text("initializing\n", encoding="utf-8")
-    path.mkdir()
-    (admin / "gitdir").write_text(f"{real_path(path)}/.git\n", encoding="utf-8")
-    (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
-    (admin / "commondir").write_text("../..\n", encoding="utf-8")
-    (admin / "HEAD").write_text(f"ref: refs/heads/{branch}\n", encoding="utf-8")
+    try:
+        (admin / "locked").write_text("initializing\n", encoding="utf-8")
+        path.mkdir()
+        (admin / "gitdir").write_text(f"{real_path(path)}/.git\n", encoding="utf-8")
+        (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
+        (admin / "commondir").write_text("../..\n", encoding="utf-8")
+        (admin / "HEAD").write_text(f"ref: refs/heads/{branch}\n", encoding="utf-8")
+    except BaseException:
+        # Before `gitdir` names the path, the caller's clean-up cannot tell the dir is ours.
+        shutil.rmtree(admin, ignore_errors=True)
+        raise
     (admin / "locked").unlink()
     return True
 
