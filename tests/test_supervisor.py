@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from worktree_swarm.infra.supervisor import (
     is_alive,
     kill_tree,
     processes_in,
+    read_record,
+    shim_alive,
     spawn,
 )
 
@@ -434,3 +437,43 @@ def test_kill_tree_never_signals_a_shared_group(reaper: Reaper) -> None:
     assert ident.pgid == os.getpgrp()
     kill_tree(ident, grace=5)
     assert helper.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_kill_tree_escalates_on_a_process_without_a_shim(tmp_path: Path, reaper) -> None:
+    # An adopted process, or one whose shim died: the group and snapshot kill does it all.
+    ready = tmp_path / "ready"
+    code = (
+        PUBLISH
+        + "import signal, time\n"
+        + "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        + f"publish({str(ready)!r}, os.getpid())\n"
+        + "while True:\n    time.sleep(1)\n"
+    )
+    popen = reaper.popen(subprocess.Popen([*agent_python(), "-c", code], start_new_session=True))
+    read_pid(ready)
+    identity = identity_of(popen.pid)
+    assert identity is not None
+    assert identity.pgid == popen.pid  # it leads its own group, which is signalled too
+    kill_tree(identity, grace=0.3)
+    assert popen.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_shim_alive_follows_the_shim_not_the_pid(start, tmp_path: Path) -> None:
+    if not SHIM_AVAILABLE:
+        pytest.skip("no shim on this platform")
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    assert agent.record is not None
+    assert shim_alive(agent.record)
+    kill_tree(agent.identity, grace=10)
+    agent.wait(timeout=30)
+    assert not shim_alive(agent.record)
+    # A record naming a live process that is not our shim (this test) is not a live shim.
+    raw = json.loads(agent.record.read_text())
+    me = psutil.Process()
+    raw.update(pid=me.pid, start_ticks=None, started_at=me.create_time())
+    agent.record.write_text(json.dumps(raw))
+    recorded = read_record(agent.record)
+    assert recorded is not None
+    assert recorded.shim_pid == me.pid
+    assert not shim_alive(agent.record)
