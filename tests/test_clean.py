@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from worktree_swarm.git import repo as g
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -402,3 +404,95 @@ def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path
     assert git(repo, "branch", "--list", "swarm/*") == ""
     assert not [p for p in worktree_paths(repo) if "_integration-" in p]
     assert git(repo, "rev-parse", "HEAD") == before
+
+
+def test_clean_removes_many_worktrees_at_once_each_keeping_its_own_work(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    ))  # fmt: skip
+    ids = [f"t{i}" for i in range(8)]
+    out = swarm(repo, "run", "--agent", agent, "--jobs", "4",
+                *[arg for t in ids for arg in ("-t", f"{t}=nothing to do")])  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    root = repo.parent / "repo.swarm"
+    tips = {t: git(repo, "rev-parse", f"swarm/{t}") for t in ids}
+    typed = set(ids[::2])  # the user typed into every other worktree after the run
+    for t in typed:
+        (root / t / f"{t}-later.txt").write_text(f"{t}\n")
+
+    found = report(repo, "clean", "--yes", "--keep-branches", code=0)
+    assert all(f["fixed"] for f in found.values())
+    assert worktree_paths(repo) == [str(repo)]
+    assert not root.exists()
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
+    for t in ids:
+        if t in typed:  # its own file, on its own branch, in one checkpoint
+            assert git(repo, "rev-parse", f"swarm/{t}^") == tips[t]
+            assert git(repo, "diff", "--name-only", tips[t], f"swarm/{t}") == f"{t}-later.txt"
+            assert "checkpointed" in str(found[str(root / t)]["result"])
+        else:
+            assert git(repo, "rev-parse", f"swarm/{t}") == tips[t]
+            assert found[str(root / t)]["result"] == "removed"
+        assert git(repo, "show", f"swarm/{t}:{t}.txt") == "work"
+
+
+def _finished_big_task(tmp_path: Path, write_agent: AgentFactory) -> tuple[Path, Path, str]:
+    """A repository of 3,000 files and the worktree of one finished task; and its tip."""
+    repo = _big_repo(tmp_path / "repo", 3000)
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    return repo, tmp_path / "repo.swarm" / "edits", git(repo, "rev-parse", "swarm/edits")
+
+
+def _cleaned_and_kept(repo: Path, path: Path, tip: str) -> None:
+    found = report(repo, "clean", "--yes", "--keep-branches", code=0)
+    assert all(f["fixed"] for f in found.values()), found
+    assert worktree_paths(repo) == [str(repo)]
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
+    assert not path.exists()
+    # No file of the branch was committed as deleted: the tip is where the task left it.
+    assert git(repo, "rev-parse", "swarm/edits") == tip
+
+
+@pytest.mark.parametrize("left", ["the index", "half the folders", "every folder", "the .git file"])
+def test_a_worktree_removal_cut_short_is_finished_without_committing_deletions(
+    tmp_path: Path, write_agent: AgentFactory, left: str
+) -> None:
+    # What a kill after each step of a worktree's removal leaves behind.
+    repo, path, tip = _finished_big_task(tmp_path, write_agent)
+    admin = g.git_dir(path)
+    (admin / "index").unlink()
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    if left != "the index":
+        for folder in folders if left != "half the folders" else folders[::2]:
+            shutil.rmtree(folder)
+    if left == "the .git file":
+        for p in path.iterdir():
+            p.unlink()
+    _cleaned_and_kept(repo, path, tip)
+
+
+def test_clean_killed_while_deleting_a_worktree_loses_nothing(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo, path, tip = _finished_big_task(tmp_path, write_agent)
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    cleaner = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "clean", "--yes", "--keep-branches"],
+        cwd=repo,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    # Busy-poll: catch the removal of its 3,000 files in the middle.
+    while all(folder.exists() for folder in folders):
+        assert cleaner.poll() is None, "swarm clean finished before it could be killed"
+        assert time.monotonic() < deadline
+    os.killpg(cleaner.pid, signal.SIGKILL)
+    cleaner.wait(timeout=30)
+    assert (path / ".git").is_file()  # killed half-way, as meant
+    _cleaned_and_kept(repo, path, tip)

@@ -480,3 +480,48 @@ def test_a_registration_that_fails_half_way_leaves_nothing(
     # Nothing is in the way of making it again.
     wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
     assert g.status_porcelain(path) == ""
+
+
+def test_a_clean_worktree_is_deleted_as_git_worktree_remove_does_it(
+    repo: Path, tmp_path: Path
+) -> None:
+    r = g.open_repo(repo)
+    path = tmp_path / "wt" / "a"
+    wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
+    (path / "build.log").write_text("ignored or not, a worktree's files all go\n")
+    tip = git(repo, "rev-parse", "swarm/a")
+    with g.repo_lock(r):
+        assert wt.delete_locked(r, path) is True
+    assert not path.exists()
+    assert list((repo / ".git" / "worktrees").iterdir()) == []
+    # git agrees nothing is left: no listing, nothing to prune; the branch stays.
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
+    assert git(repo, "rev-parse", "swarm/a") == tip
+    git(repo, "worktree", "add", "-q", str(path), "swarm/a")
+    assert (path / "README.md").read_text() == "hello\n"
+
+
+@pytest.mark.parametrize("case", ["locked", "submodules", "symlink", "another worktree's .git"])
+def test_a_worktree_git_must_remove_is_left_to_git(repo: Path, tmp_path: Path, case: str) -> None:
+    r = g.open_repo(repo)
+    path = tmp_path / "wt" / "a"
+    wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
+    admin = g.git_dir(path)
+    target = path
+    if case == "locked":
+        git(repo, "worktree", "lock", "--reason", "on a USB disk", str(path))
+    elif case == "submodules":
+        (admin / "modules").mkdir()
+    elif case == "symlink":
+        target = tmp_path / "link"
+        target.symlink_to(path)
+    else:
+        other = tmp_path / "wt" / "b"
+        wt.create_worktree(r, path=other, branch="swarm/b", start="HEAD")
+        (path / ".git").write_text((other / ".git").read_text())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with g.repo_lock(r):
+        assert wt.delete_locked(r, target) is False
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (admin / "index").exists()

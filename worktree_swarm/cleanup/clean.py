@@ -306,11 +306,13 @@ def _plan_task_worktree(
     info = registered.get(real_path(path))
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
-    if not path.is_dir():
+    if not path.is_dir() or info.prunable is not None:
+        # No `.git` file left: a removal cut short (its files are on the branch).
+        gone = "its directory is gone" if not path.is_dir() else "its .git file is gone"
         prune = Finding(
             kind=Kind.WORKTREE,
             target=str(path),
-            reason=f"{why}; its directory is gone",
+            reason=f"{why}; {gone}",
             action=Action.PRUNE,
             fix="prune it from git's worktree list",
             run_id=task.run_id,

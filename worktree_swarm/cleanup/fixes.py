@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import itertools
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from worktree_swarm.run import control
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
 RESCUE_PREFIX = "refs/swarm/rescued/"
+_REMOVERS = max(2, min(8, os.cpu_count() or 1))  # worktrees removed at once
 
 
 class Kind(enum.StrEnum):
@@ -259,21 +263,31 @@ def apply(
     Each finding is re-checked before it is acted on; one that no longer holds, or fails, is
     reported as not fixed with the reason, and the others go on.
     """
-    results: list[Result] = []
     # A running guard is told exactly which branches this moves, so it blames no agent.
     with git.repo_lock(repo), guard.moving_refs(repo, []) as moves:
-        for finding in sorted(findings, key=lambda f: _ORDER[f.action]):
+
+        def one(finding: Finding) -> Result:
             if finding.action is Action.KEEP:
-                results.append(Result(finding=finding, fixed=False, detail=finding.fix))
-                continue
+                return Result(finding=finding, fixed=False, detail=finding.fix)
             try:
                 detail, sha = _apply_one(
                     repo, finding, store=store, force=force, grace=grace, moves=moves
                 )
             except (SwarmError, OSError) as exc:
-                results.append(Result(finding=finding, fixed=False, detail=str(exc)))
+                return Result(finding=finding, fixed=False, detail=str(exc))
+            return Result(finding=finding, fixed=True, detail=detail, checkpoint=sha)
+
+        results: list[Result] = []
+        ordered = sorted(findings, key=lambda f: _ORDER[f.action])
+        for action, group in itertools.groupby(ordered, key=lambda f: f.action):
+            batch = list(group)
+            if action is Action.REMOVE_WORKTREE and len(batch) > 1:
+                # Each worktree's files are its own: deleting them is the slow part on a big
+                # checkout, and the disk is kept busier by several at once.
+                with ThreadPoolExecutor(min(len(batch), _REMOVERS)) as pool:
+                    results.extend(pool.map(one, batch))
             else:
-                results.append(Result(finding=finding, fixed=True, detail=detail, checkpoint=sha))
+                results.extend(map(one, batch))
     return results
 
 
@@ -411,28 +425,34 @@ def _remove_worktree(
         raise SwarmError(f"{path} is the main checkout; never removed")
     sha = None
     repaired = False
+    clean = True
     if path.is_dir():
         users = processes_using(path)
         if users:
             raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
-        ref = f"refs/heads/{info.branch}" if info.branch else None
-        tip = None if ref is None else moves.announce(ref, at=info.head)
-        sha = git.checkpoint(
-            path,
-            message=f"swarm: checkpoint {path.name} (clean)",
-            author=AUTHOR,
-            exclude=_local_paths(store, f, path),
-        )
-        if ref is not None:
-            moves.moved(ref, sha or tip)
+        # One `status` settles the usual case (a finished task's checkout holds nothing new):
+        # no checkpoint, and the files go without `git worktree remove`, which runs its own.
+        clean = not git.status_porcelain(path)
+        if not clean:
+            ref = f"refs/heads/{info.branch}" if info.branch else None
+            tip = None if ref is None else moves.announce(ref, at=info.head)
+            sha = git.checkpoint(
+                path,
+                message=f"swarm: checkpoint {path.name} (clean)",
+                author=AUTHOR,
+                exclude=_local_paths(store, f, path),
+            )
+            if ref is not None:
+                moves.moved(ref, sha or tip)
         # On a branch, its commit is that branch's; detached, it may be on none.
-        head = None if ref is not None else git.rev_parse_in(path, "HEAD")
+        head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
         if not force and head and on_no_ref(repo, head):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
-    args = ["--force", "--force"] if force else []
-    git.git(repo.root, "worktree", "remove", *args, "--", str(path))
+    if not ((clean or force) and worktrees.delete_locked(repo, path)):
+        args = ["--force", "--force"] if force else []
+        git.git(repo.root, "worktree", "remove", *args, "--", str(path))
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
@@ -526,14 +546,19 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
     if real_path(path) not in _registered_locked(repo):
         return "already gone"
-    if path.exists():
-        raise SwarmError(f"{path} exists again; not pruned")
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.rmdir()  # empty: a worktree's removal cut short after its `.git` file
+    if os.path.lexists(path / ".git"):
+        raise SwarmError(f"{path} is a checkout again; not pruned")
     if f.admin_dir is not None:
         # Planned only with --force: the user's lock on a vanished worktree is overridden.
         (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     git.git(repo.root, "worktree", "prune")
     if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
+    if path.exists():
+        return "pruned; its directory still holds files: `swarm doctor --yes` saves and removes it"
     return "pruned"
 
 

@@ -372,6 +372,47 @@ def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
         git(repo.root, *args)
 
 
+def delete_locked(repo: Repo, path: Path) -> bool:
+    """Delete the linked worktree *path* and its registration, as `git worktree remove` does.
+
+    Without git, whose `worktree remove` runs a `git status` of its own: for a worktree the
+    caller found clean (or removes by force) under the repository lock. Nothing is touched,
+    and the answer is False, when git must do it: *path* is a symlink, the worktree is locked,
+    has submodules, or its files are not laid out as git writes them. The index goes first: a
+    removal killed half-way then reads as a checkout never populated, which a checkpoint
+    repopulates from HEAD instead of committing the missing files as deletions. The files go
+    next and the ``.git`` file after them (so that a half-deleted directory is still known as
+    this worktree), the registration last (a crash before it leaves it prunable, as git would).
+    """
+    if path.is_symlink():
+        return False
+    try:
+        admin = git_dir(path)
+        gitdir = (admin / "gitdir").read_text(encoding="utf-8").strip()
+    except (OSError, GitError, UnicodeDecodeError):
+        return False
+    if (
+        admin.parent != real_path(repo.common_dir / "worktrees")
+        or real_path(admin / gitdir) != real_path(path / ".git")
+        or (admin / "locked").exists()
+        or (admin / "modules").exists()
+    ):
+        return False
+    (admin / "index").unlink(missing_ok=True)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name == ".git":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                Path(entry.path).unlink()
+    (path / ".git").unlink()
+    path.rmdir()
+    shutil.rmtree(admin)
+    return True
+
+
 def delete_branch(repo: Repo, branch: str, *, force: bool = False) -> None:
     """Delete *branch*; without *force*, git refuses when it is not merged into HEAD."""
     with repo_lock(repo):

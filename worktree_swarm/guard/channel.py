@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ class RefMoves:
         self._fd: int | None = None
         self._old = old
         self._new: dict[str, str | None] = {}
+        self._lock = threading.Lock()  # `swarm clean` removes worktrees from several threads
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -56,16 +58,18 @@ class RefMoves:
         *at*: that value, when the caller has just read it (else git is asked). Returns the
         value recorded.
         """
-        if ref not in self._old:
-            self._old[ref] = at if at is not None else git.rev_parse(self.repo, ref)
-            self._write(done=False)
-        return self._old[ref]
+        with self._lock:
+            if ref not in self._old:
+                self._old[ref] = at if at is not None else git.rev_parse(self.repo, ref)
+                self._write(done=False)
+            return self._old[ref]
 
     def moved(self, ref: str, new: str | None) -> None:
         """*ref* now names *new* (None: deleted) because of this command."""
-        if ref not in self._old:
-            raise ValueError(f"{ref} was not announced")
-        self._new[ref] = new
+        with self._lock:
+            if ref not in self._old:
+                raise ValueError(f"{ref} was not announced")
+            self._new[ref] = new
 
     def _write(self, *, done: bool) -> None:
         moves = [
