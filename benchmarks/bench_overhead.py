@@ -16,10 +16,11 @@ a no-op agent (writes one file and exits). Measured, in this order, per repetiti
   remove`, branch delete), back to back, and in parallel at the same concurrency (metadata steps
   under one lock, as git needs).
 
-Prints, per task, swarm's CPU (run + clean, manager's own share in brackets) and wall beside
-the floor's, the ratios, and medians over `--repeat`. `--trace` counts the git processes per
-task (GIT_TRACE2) of swarm and of the floor, by command. `--profile` runs the manager under
-cProfile in every thread (CPU time per thread) and prints its top functions.
+Prints, per task, swarm's CPU (run + clean, manager's own share in brackets) and wall (the
+clean's share in brackets) beside the floor's, the ratios, and medians over `--repeat`.
+`--trace` counts the git processes per task (GIT_TRACE2) of swarm and of the floor, by
+command. `--profile` runs the manager under cProfile in every thread (CPU time per thread) and
+prints its top functions.
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ runpy.run_module("worktree_swarm.cli", run_name="__main__")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Measure:
-    """One swarm run and clean: wall, CPU of everything, and the managers' own CPU."""
+    """One swarm run and clean: wall, CPU of everything, the managers' own CPU; clean's wall."""
 
     wall: float
     cpu: float
     own: float
+    clean_wall: float
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
@@ -139,10 +141,11 @@ def swarm_run(
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        wall += time.perf_counter() - w0
+        took = time.perf_counter() - w0
+        wall += took
         cpu += children_cpu() - c0
         own += json.loads(out.read_text())["self"]
-    return Measure(wall=wall, cpu=cpu, own=own)
+    return Measure(wall=wall, cpu=cpu, own=own, clean_wall=took)
 
 
 def agents_alone(repo: Path, tasks: int) -> float:
@@ -235,7 +238,8 @@ def main() -> int:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {platform.python_version()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"repository: {args.repo or f'{args.files} generated files'}")
-    print("tasks jobs swarm | swarm cpu/task (own) wall/task | floor cpu/task wall/task | ratios")
+    print("tasks jobs swarm | swarm cpu/task (own) wall/task (clean's)"
+          " | floor cpu/task wall/task | ratios")  # fmt: skip
     for tasks in args.tasks:
         for jobs in args.jobs:
             ratios: dict[Path, list[tuple[float, float]]] = {s: [] for s in srcs}
@@ -264,6 +268,7 @@ def main() -> int:
                         print(
                             f"{tasks:>5} {jobs:>4} {name:>5} | {cpu * 1000:>6.0f} ms"
                             f" ({m.own / tasks * 1000:>3.0f}) {m.wall / tasks * 1000:>6.0f} ms"
+                            f" ({m.clean_wall / tasks * 1000:>4.0f})"
                             f" | {f_cpu * 1000:>6.0f} ms {f_wall * 1000:>6.0f} ms"
                             f" | cpu {cpu / f_cpu:.2f}x, wall {m.wall / f_par:.2f}x"
                         )
