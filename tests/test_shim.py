@@ -434,3 +434,22 @@ def test_logs_have_no_shim_noise(repo: Path, write_agent: AgentFactory) -> None:
     logs = swarm(repo, "logs", "q")
     assert "swarm shim" not in logs.stdout + logs.stderr
     assert git(repo, "show", "swarm/q:x.txt") == "x"
+
+
+def test_the_shim_starts_with_only_what_starting_a_process_needs(tmp_path: Path) -> None:
+    # Every agent, setup step and check pays the shim's start: modules that pull in enum,
+    # re or typing would cost more than the interpreter's own start-up.
+    record = tmp_path / "rec.json"
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(supervisor.SHIM_PATH),
+         supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "--", "true"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    imported = {
+        line.split("|")[-1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"ctypes", "os"} <= imported
+    assert not imported & {"enum", "re", "typing", "contextlib", "json", "pathlib", "signal"}
+    assert json.loads(record.read_text())["exit_code"] == 0

@@ -22,16 +22,16 @@ the shim itself was killed.
 
 from __future__ import annotations
 
-import contextlib
-
 # Only what starting a process needs: json, contextlib and pathlib would double the
 # shim's start-up time (they pull in re, collections, urllib), which every agent, setup
-# step and check pays.
+# step and check pays; `signal` too (its enums cost more than the interpreter's own start):
+# its C module has the same functions and numbers.
 import ctypes
 import os
-import signal
 import sys
 import time
+
+signal = __import__("_signal")
 
 MARKER = "--swarm-shim"
 ENV_VAR = "SWARM_SHIM"
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _wait_for(child: int, waited: set[signal.Signals]) -> int | None:
+def _wait_for(child: int, waited: set[int]) -> int | None:
     """*child*'s wait status once it exits, or None when a stop signal comes first."""
     while True:
         info = signal.sigwaitinfo(waited)
@@ -217,9 +217,11 @@ def _write(path: str, data: dict[str, object]) -> None:
         # loss no agent is left running to account for), and fsync would add tens of ms.
         os.replace(tmp, path)  # noqa: PTH105 - a reader sees the old record or the new one
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
-        with contextlib.suppress(OSError):  # stderr is the log, on that same full disk
+        try:
             sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
             sys.stderr.flush()
+        except OSError:
+            pass  # stderr is the log, on that same full disk
 
 
 def _json(data: dict[str, object]) -> str:
@@ -239,9 +241,11 @@ def _exit(code: int) -> None:
     Python itself would exit 120 when flushing stderr fails, and the manager, reading the
     shim's status when the record is missing, would take that for the agent's.
     """
-    with contextlib.suppress(OSError):
+    try:
         sys.stdout.flush()
         sys.stderr.flush()
+    except OSError:
+        pass
     os._exit(code)
 
 
