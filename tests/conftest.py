@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# A shell that starts the tests in the background (`pytest &` in a script) makes them ignore
+# SIGINT (POSIX), and every `swarm run` they start would ignore it too: the tests that press
+# Ctrl-C need Python's own handler, which a started process then gets back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
