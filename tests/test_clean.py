@@ -28,6 +28,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from worktree_swarm.cleanup import fixes
 from worktree_swarm.git import repo as g
 
 AgentFactory = Callable[[str], list[str]]
@@ -496,3 +497,41 @@ def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     cleaner.wait(timeout=30)
     assert (path / ".git").is_file()  # killed half-way, as meant
     _cleaned_and_kept(repo, path, tip)
+
+
+def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "edits"
+    (path / "later.txt").write_text("typed after the run\n")
+    (path / ".git").unlink()  # no longer a checkout: git calls its registration prunable
+
+    found = report(repo, "clean", "--yes", "--keep-branches", code=0)
+    assert "its .git file is gone" in str(found[str(path)]["reason"])
+    assert "still holds files: `swarm doctor --yes`" in str(found[str(path)]["result"])
+    assert worktree_paths(repo) == [str(repo)]
+    assert (path / "later.txt").exists()  # kept: nothing of it is on a branch
+
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(path)]["action"] == "rescue_directory"
+    assert not path.exists()
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
+def test_a_stale_prune_never_touches_a_checkout_that_came_back(repo: Path, tmp_path: Path) -> None:
+    # Planned while its drive was unmounted, applied once it is back: nothing is pruned.
+    r = g.open_repo(repo)
+    path = tmp_path / "wt" / "back"
+    git(repo, "worktree", "add", "-q", "-b", "back", str(path))
+    stale = fixes.Finding(
+        kind=fixes.Kind.WORKTREE, target=str(path), reason="its directory is gone",
+        action=fixes.Action.PRUNE, fix="prune it from git's worktree list",
+    )  # fmt: skip
+    (result,) = fixes.apply(r, [stale], store=None, force=False)
+    assert not result.fixed
+    assert "is a checkout again; not pruned" in result.detail
+    assert str(path) in worktree_paths(repo)
+    assert (path / "README.md").exists()
