@@ -440,9 +440,11 @@ def test_clean_removes_many_worktrees_at_once_each_keeping_its_own_work(
         assert git(repo, "show", f"swarm/{t}:{t}.txt") == "work"
 
 
-def _finished_big_task(tmp_path: Path, write_agent: AgentFactory) -> tuple[Path, Path, str]:
-    """A repository of 3,000 files and the worktree of one finished task; and its tip."""
-    repo = _big_repo(tmp_path / "repo", 3000)
+def _finished_big_task(
+    tmp_path: Path, write_agent: AgentFactory, files: int = 3000
+) -> tuple[Path, Path, str]:
+    """A repository of *files* files and the worktree of one finished task; and its tip."""
+    repo = _big_repo(tmp_path / "repo", files)
     agent = " ".join(write_agent(BY_ID_AGENT))
     assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
     return repo, tmp_path / "repo.swarm" / "edits", git(repo, "rev-parse", "swarm/edits")
@@ -463,7 +465,7 @@ def test_a_worktree_removal_cut_short_is_finished_without_committing_deletions(
     tmp_path: Path, write_agent: AgentFactory, left: str
 ) -> None:
     # What a kill after each step of a worktree's removal leaves behind.
-    repo, path, tip = _finished_big_task(tmp_path, write_agent)
+    repo, path, tip = _finished_big_task(tmp_path, write_agent, files=200)
     admin = g.git_dir(path)
     (admin / "index").unlink()
     folders = sorted(p for p in path.iterdir() if p.is_dir())
