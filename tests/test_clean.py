@@ -537,3 +537,52 @@ def test_a_stale_prune_never_touches_a_checkout_that_came_back(repo: Path, tmp_p
     assert "is a checkout again; not pruned" in result.detail
     assert str(path) in worktree_paths(repo)
     assert (path / "README.md").exists()
+
+
+def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> None:
+    # Each finding was true when planned; by the time it is applied it no longer holds.
+    r = g.open_repo(repo)
+    live = tmp_path / "wt" / "live"
+    git(repo, "worktree", "add", "-q", "-b", "live", str(live))
+    me = psutil.Process()
+    dead = subprocess.Popen([*agent_python(), "-c", "pass"])
+    dead.wait(timeout=30)
+
+    def finding(action: fixes.Action, target: Path | str, **more: object) -> fixes.Finding:
+        return fixes.Finding(
+            kind=fixes.Kind.WORKTREE, target=str(target), reason="planned earlier",
+            action=action, fix="", **more,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    stale = {
+        "the main checkout": finding(fixes.Action.REMOVE_WORKTREE, repo),
+        "no longer locked": finding(
+            fixes.Action.REMOVE_INITIALIZING, live, admin_dir=str(g.git_dir(live))
+        ),
+        "now a registered worktree": finding(fixes.Action.RESCUE_DIRECTORY, live),
+        "already gone": finding(fixes.Action.RESCUE_DIRECTORY, tmp_path / "nothing"),
+        "this process or its parent": finding(
+            fixes.Action.KILL,
+            f"pid {me.pid}",
+            pid=me.pid,
+            create_time=me.create_time(),
+            pgid=os.getpgid(me.pid),
+        ),
+        "no process identity": finding(fixes.Action.KILL, "pid ?"),
+        "no run recorded": finding(fixes.Action.STOP_TASK, "task x", run_id="r", task_id="x"),
+    }
+    before = checkout_state(repo), checkout_state(live)
+    results = fixes.apply(r, list(stale.values()), store=None, force=False)
+    by_target = {(res.finding.action, res.finding.target): res for res in results}
+    for words, f in stale.items():
+        res = by_target[f.action, f.target]
+        assert words in res.detail, (words, res.detail)
+        assert not res.fixed or words == "already gone"
+    assert (checkout_state(repo), checkout_state(live)) == before
+    assert str(live) in worktree_paths(repo)
+    # A process that ended is not looked for again under a PID someone else may have now.
+    gone = finding(
+        fixes.Action.KILL, f"pid {dead.pid}", pid=dead.pid, create_time=1.0, pgid=dead.pid
+    )
+    (res,) = fixes.apply(r, [gone], store=None, force=False)
+    assert res.detail == "already gone"
