@@ -18,6 +18,7 @@ import pytest
 import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
@@ -385,6 +386,22 @@ def test_processes_in(start, tmp_path: Path, reaper) -> None:
     inside = {p.pid for p in processes_in(tmp_path)}
     assert agent.identity.pid in inside
     assert os.getpid() not in inside
+    assert agent.identity.pid not in {p.pid for p in processes_in(tmp_path / "logs")}
+    agent.stop(grace=5)
+
+
+def test_processes_in_without_proc_finds_the_same(
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where there is no /proc (macOS), psutil asks each process for its cwd.
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    with_proc = {p.pid for p in processes_in(tmp_path)}
+    monkeypatch.setattr(supervisor, "_PROC_CWD", tmp_path / "no-proc")
+    without = {p.pid for p in processes_in(tmp_path)}
+    assert agent.identity.pid in without
+    assert os.getpid() not in without
+    assert without == with_proc
     assert agent.identity.pid not in {p.pid for p in processes_in(tmp_path / "logs")}
     agent.stop(grace=5)
 

@@ -322,3 +322,25 @@ def test_actions_that_cannot_be_done_say_why_and_change_nothing(
             store.close()
     assert fake.pulls == {}
     assert git(repo, "show", "swarm/cc:shared.txt") == "cc"
+
+
+def test_a_manager_starting_while_a_probe_holds_the_lock_waits_it_out(tmp_path: Path) -> None:
+    # `swarm status` / `swarm watch` probe the manager lock by taking it for an instant.
+    import threading  # noqa: PLC0415
+
+    import filelock  # noqa: PLC0415
+
+    from worktree_swarm.infra.lock import ManagerLock, manager_alive  # noqa: PLC0415
+
+    state = tmp_path / "state"
+    state.mkdir()
+    probe = filelock.FileLock(state / "manager.lock", thread_local=False)
+    probe.acquire(timeout=0)  # held at the moment the manager starts
+    threading.Timer(0.2, probe.release).start()
+    lock = ManagerLock(state)
+    lock.acquire(run_id="r1")
+    try:
+        assert manager_alive(state)
+    finally:
+        lock.release()
+    assert not manager_alive(state)

@@ -12,6 +12,8 @@ import filelock
 from worktree_swarm.core.errors import ManagerLockedError
 from worktree_swarm.infra import supervisor
 
+_PROBE_GRACE = 1.0  # seconds a starting manager waits for a probe to let go
+
 
 class ManagerLock:
     """Hold ``<state dir>/manager.lock``; the holder is described in ``manager.json``.
@@ -28,7 +30,9 @@ class ManagerLock:
         """Take the lock or raise ManagerLockedError naming the holder's PID."""
         self._dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock.acquire(timeout=0)
+            # `manager_alive` (swarm status, swarm watch) takes the lock for an instant to
+            # probe it: wait that out rather than refuse to start.
+            self._lock.acquire(timeout=_PROBE_GRACE)
         except filelock.Timeout:
             raise ManagerLockedError(
                 f"another swarm manager {describe_holder(self._dir)} holds this repository; "

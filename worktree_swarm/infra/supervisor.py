@@ -382,10 +382,13 @@ def descendants(identity: ProcessIdentity) -> list[psutil.Process]:
     return [] if proc is None else _children(proc)
 
 
+_PROC_CWD = Path("/proc/self/cwd")  # Linux: every process's cwd is a link to read
+
+
 def processes_in(directory: Path) -> list[psutil.Process]:
     """Return processes (other than this one) whose cwd is *directory* or inside it."""
     root = Path(os.path.realpath(directory))
-    if Path("/proc/self/cwd").is_dir():
+    if _PROC_CWD.is_dir():
         return _processes_in_proc(root)
     found = []
     for proc in psutil.process_iter():
