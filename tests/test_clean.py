@@ -586,3 +586,28 @@ def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> Non
     )
     (res,) = fixes.apply(r, [gone], store=None, force=False)
     assert res.detail == "already gone"
+
+
+def test_removing_a_worktree_never_follows_an_agents_symlinks_out_of_it(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    # A hostile agent links your files into its worktree; the run commits the links.
+    outside = tmp_path / "yours"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "keep.txt").write_text("yours\n")
+    agent = " ".join(write_agent(
+        "import os, pathlib\n"
+        f"os.symlink({str(outside)!r}, 'escape')\n"
+        "pathlib.Path('d').mkdir()\n"
+        f"os.symlink({str(outside / 'deep')!r}, 'd/escape')\n"
+        f"os.symlink({str(outside / 'deep' / 'keep.txt')!r}, 'd/file')\n"
+    ))  # fmt: skip
+    assert swarm(repo, "run", "--agent", agent, "-t", "links=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "links"
+    assert git(repo, "ls-tree", "--name-only", "swarm/links") == "README.md\nd\nescape"
+
+    found = report(repo, "clean", "--yes", "--keep-branches", code=0)
+    # Nothing uncommitted: swarm deletes it itself, not `git worktree remove`.
+    assert found[str(path)]["result"] == "removed"
+    assert not path.exists()
+    assert (outside / "deep" / "keep.txt").read_text() == "yours\n"

@@ -119,23 +119,36 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     (None). Anything else (the main checkout, a detached HEAD, files git would not write) is
     looked up in git's full listing.
     """
-    with contextlib.suppress(OSError, GitError, UnicodeDecodeError):
-        admin = git_dir(path)
-        if admin.parent == real_path(repo.common_dir / "worktrees"):
-            back = (admin / "gitdir").read_text(encoding="utf-8").strip()
-            head = (admin / "HEAD").read_text(encoding="utf-8")
+    admin = _linked_admin(repo, path)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        head = "" if admin is None else (admin / "HEAD").read_text(encoding="utf-8")
+        if admin is not None and head.startswith(_ON_BRANCH):
             lock = admin / "locked"
             locked = lock.read_text(encoding="utf-8").strip() if lock.exists() else None
-            if real_path(admin / back) == real_path(path / ".git") and head.startswith(_ON_BRANCH):
-                branch = head.removeprefix(_ON_BRANCH).strip()
-                return WorktreeInfo(
-                    path=path, head=None, branch=branch, locked=locked, prunable=None,
-                    is_main=False,
-                )  # fmt: skip
+            branch = head.removeprefix(_ON_BRANCH).strip()
+            return WorktreeInfo(
+                path=path, head=None, branch=branch, locked=locked, prunable=None, is_main=False
+            )
     real = real_path(path)
     infos = list_worktrees_locked(repo)
     found = next((w for w in infos if w.path == path), None)
     return found or next((w for w in infos if real_path(w.path) == real), None)
+
+
+def _linked_admin(repo: Repo, path: Path) -> Path | None:
+    """*path*'s admin dir when it is a linked worktree of *repo* laid out as git writes it.
+
+    Its ``.git`` file names ``<common dir>/worktrees/<name>``, whose ``gitdir`` names that
+    ``.git`` file back. None otherwise (the main checkout, a missing or foreign ``.git``).
+    """
+    try:
+        admin = git_dir(path)
+        back = (admin / "gitdir").read_text(encoding="utf-8").strip()
+    except (OSError, GitError, UnicodeDecodeError):
+        return None
+    if admin.parent != real_path(repo.common_dir / "worktrees"):
+        return None
+    return admin if real_path(admin / back) == real_path(path / ".git") else None
 
 
 def _parse_records(out: str) -> list[dict[str, str]]:
@@ -384,19 +397,8 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     next and the ``.git`` file after them (so that a half-deleted directory is still known as
     this worktree), the registration last (a crash before it leaves it prunable, as git would).
     """
-    if path.is_symlink():
-        return False
-    try:
-        admin = git_dir(path)
-        gitdir = (admin / "gitdir").read_text(encoding="utf-8").strip()
-    except (OSError, GitError, UnicodeDecodeError):
-        return False
-    if (
-        admin.parent != real_path(repo.common_dir / "worktrees")
-        or real_path(admin / gitdir) != real_path(path / ".git")
-        or (admin / "locked").exists()
-        or (admin / "modules").exists()
-    ):
+    admin = None if path.is_symlink() else _linked_admin(repo, path)
+    if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
         return False
     (admin / "index").unlink(missing_ok=True)
     with os.scandir(path) as entries:
