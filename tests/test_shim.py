@@ -326,7 +326,7 @@ def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     assert psutil.Process(daemon).cwd() == "/"
     # A crash that takes the manager and the shim: the daemon goes to init (or our
     # subreaper, if the test runner has one), outside every worktree.
-    shims = [p for p in marked(mark) if supervisor.SHIM_PATH.name in " ".join(p.cmdline())]
+    shims = [p for p in marked(mark) if supervisor.shim.MARKER in p.cmdline()]
     assert len(shims) == 1
     proc.send_signal(signal.SIGKILL)
     shims[0].kill()

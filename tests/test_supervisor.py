@@ -22,7 +22,6 @@ from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
-    SHIM_PATH,
     AgentProcess,
     descendants,
     identity_of,
@@ -169,6 +168,9 @@ def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(tmp_path: Path
     broken.mkdir()
     (broken / "sitecustomize.py").write_text("raise SystemExit('a task module ran')\n")
     env["PYTHONPATH"] = str(broken)
+    # Modules the shim imports, planted in the directory it starts in (an agent's worktree).
+    for planted in ("shim", "ctypes", "time"):
+        (tmp_path / f"{planted}.py").write_text("raise SystemExit('a planted module ran')\n")
     script = tmp_path / "agent.py"
     script.write_text(
         "import os\n"
@@ -179,7 +181,7 @@ def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(tmp_path: Path
     log = tmp_path / "agent.log"
     agent = reaper.agent(spawn(argv, cwd=tmp_path, env=env, log_path=log))
     assert agent.wait(timeout=30) == 0
-    assert log.read_text().strip() == f"shim {['-I', '-S', str(SHIM_PATH)]}"
+    assert log.read_text().strip() == f"shim {['-I', '-S', '-c']}"
 
 
 def test_spawn_appends_and_creates_parents(tmp_path: Path, write_agent, reaper) -> None:

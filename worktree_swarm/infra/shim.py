@@ -1,8 +1,10 @@
 """The agent shim: the parent of every agent, setup step, check and merge resolver.
 
-Run by :func:`worktree_swarm.supervisor.spawn` as ``python -I -S shim.py --swarm-shim
---record FILE --grace SECONDS -- ARGV...`` (by path, standard library only, so it starts in
-tens of milliseconds and whatever PYTHONPATH a task sets cannot break it). On Linux it makes
+Run by :func:`worktree_swarm.supervisor.spawn` as ``python -I -S -c LAUNCH --swarm-shim
+--record FILE --grace SECONDS -- ARGV...``, where LAUNCH imports this file by its directory
+and calls :func:`run` (standard library only, so it starts in tens of milliseconds and
+whatever PYTHONPATH a task sets cannot break it; imported, not run as a script, so Python
+loads its cached bytecode instead of compiling it on every start). On Linux it makes
 itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every descendant of the command —
 a double-forked daemon, one that left for ``/`` — is re-parented to the shim instead of
 init, and stays findable as its descendant.
@@ -249,5 +251,10 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run the shim on this process's arguments and exit with the command's code."""
     _exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

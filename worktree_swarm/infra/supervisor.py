@@ -43,6 +43,13 @@ _KILL_TIMEOUT = 10.0
 _TAIL_BYTES = 64 * 1024
 _STEP_POLL = 0.1
 SHIM_PATH = Path(shim.__file__).resolve()
+# The shim is imported by a one-line program rather than run by path: a script is compiled on
+# every start, an imported module loads its cached bytecode (~5 ms less CPU per attempt).
+# Its directory goes last on sys.path, so it can shadow no standard module.
+SHIM_LAUNCH = (
+    f"import sys; sys.path.append({str(SHIM_PATH.parent)!r}); "
+    f"import {SHIM_PATH.stem}; {SHIM_PATH.stem}.run()"
+)
 # Set by coverage.py in the processes it measures (see _shim_python).
 _COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 # Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
@@ -241,7 +248,7 @@ def spawn(
         _check_runnable(args[0], cwd=cwd, env=env)
         record = record or record_path(log_path)
         args = [
-            *_shim_python(env), str(SHIM_PATH), shim.MARKER,
+            *_shim_python(env), "-c", SHIM_LAUNCH, shim.MARKER,
             "--record", str(record), "--grace", repr(float(grace)), "--", *args,
         ]  # fmt: skip
         env = {**env, shim.ENV_VAR: str(record)}
