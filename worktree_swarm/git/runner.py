@@ -1,28 +1,25 @@
 """The one git runner: every git command swarm runs for itself goes through :func:`run`.
 
-Built on GitPython's :class:`git.cmd.Git`. Each command gets ``-c`` overrides that switch off
-what a repository's own files could make git execute (hooks, fsmonitor, filter/diff/merge
-drivers, signing, transport commands), so an agent that plants config in the repository
-cannot run code through swarm's checkpoints, scans or merges. docs/guard.md lists them.
+Each command is one :func:`subprocess.run` (no shell, stdin closed, messages in English)
+with ``-c`` overrides that switch off what a repository's own files could make git execute
+(hooks, fsmonitor, filter/diff/merge drivers, signing, transport commands), so an agent that
+plants config in the repository cannot run code through swarm's checkpoints, scans or
+merges. docs/guard.md lists them.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-import git as gitpython
-from git.exc import GitCommandError, GitCommandNotFound
-
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import sparse
-from worktree_swarm.infra.proc import GIT_LOCATION_VARS
+from worktree_swarm.infra.proc import GIT_LOCATION_VARS, clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
@@ -58,6 +55,8 @@ _EXEC_KEYS = {
     "uploadpack.packobjectshook": "",
 }
 _UNTRUSTED_SCOPES = ("local", "worktree")
+# On every command: never prompt, and messages in English (some are matched).
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LANGUAGE": "C", "LC_ALL": "C"}
 
 
 def overrides(cwd: Path) -> list[str]:
@@ -250,7 +249,6 @@ def _execute(
     check: bool,
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
-    timeout: float | None = None,
     shown_from: int = 0,
 ) -> subprocess.CompletedProcess[str]:
     raw = _execute_bytes(
@@ -259,7 +257,6 @@ def _execute(
         check=check,
         env=env,
         input_bytes=input_bytes,
-        timeout=timeout,
         shown_from=shown_from,
     )
     return subprocess.CompletedProcess(
@@ -277,47 +274,31 @@ def _execute_bytes(
     check: bool,
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
-    timeout: float | None = None,
     shown_from: int = 0,
 ) -> subprocess.CompletedProcess[bytes]:
-    # GitPython silently runs in the current directory when the given one is missing.
     if not cwd.is_dir():
         raise GitError(f"directory {cwd} does not exist")
-    drop_location_vars()
     argv = ["git", *[str(a) for a in args]]
     shown = ["git", *args[shown_from:]]
-    extra = {"GIT_TERMINAL_PROMPT": "0", **(env or {})}
-    stdin_file = None
+    full_env = clean_env({**_GIT_ENV, **(env or {})})
     try:
-        if input_bytes is not None:
-            stdin_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
-            stdin_file.write(input_bytes)
-            stdin_file.seek(0)
-        status, stdout, stderr = gitpython.cmd.Git(cwd).execute(
+        done = subprocess.run(
             argv,
-            istream=stdin_file,
-            with_extended_output=True,
-            with_exceptions=False,
-            stdout_as_string=False,
-            strip_newline_in_stdout=False,
-            env=extra,
-            kill_after_timeout=timeout,
+            cwd=cwd,
+            env=full_env,
+            input=input_bytes,
+            stdin=subprocess.DEVNULL if input_bytes is None else None,
+            capture_output=True,
+            check=False,
         )
-    except GitCommandNotFound as exc:
+    except FileNotFoundError as exc:
+        if not cwd.is_dir():  # removed since the check above
+            raise GitError(f"directory {cwd} does not exist") from exc
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
-    except GitCommandError as exc:  # a timeout
-        raise CommandError(
-            shown, exc.status if isinstance(exc.status, int) else -1, str(exc)
-        ) from exc
-    finally:
-        if stdin_file is not None:
-            stdin_file.close()
-    out = stdout if isinstance(stdout, bytes) else (stdout or "").encode()
-    err = stderr.encode()  # GitPython decodes stderr whatever stdout_as_string says
-    if check and status != 0:
-        text = (out + err).decode("utf-8", errors="replace")
-        raise CommandError(shown, status, text)
-    return subprocess.CompletedProcess(argv, status, out, err)
+    if check and done.returncode != 0:
+        text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
+        raise CommandError(shown, done.returncode, text)
+    return done
 
 
 def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
@@ -338,7 +319,6 @@ def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
-    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git *args`` in *cwd*, hardened, with stdout/stderr as text.
 
@@ -353,7 +333,6 @@ def run(
         check=check,
         env=env,
         input_bytes=data,
-        timeout=timeout,
         shown_from=shown_from,
     )
 
@@ -376,6 +355,8 @@ class ObjectReader:
     """Reads objects through one persistent ``git cat-file --batch`` (GitPython), thread-safe."""
 
     def __init__(self, cwd: Path) -> None:
+        import git as gitpython  # noqa: PLC0415 - only the guard's readers need GitPython
+
         if not cwd.is_dir():
             raise GitError(f"directory {cwd} does not exist")
         drop_location_vars()
