@@ -13,31 +13,30 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from worktree_swarm import demo
-from worktree_swarm.agents import claude_auth
-from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import ExitCode, SwarmError
-from worktree_swarm.core.models import Executor, RunSpec, TaskState
+from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
-from worktree_swarm.guard.sandbox import check_available as require_sandbox
 from worktree_swarm.infra import faults
-from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.redact import RedactingWriter, redact
-from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
-from worktree_swarm.run import background, control, disk_budget, runs
-from worktree_swarm.run.runner import Observer, Runner, spec_from_json, spec_to_json
-from worktree_swarm.run.task_worker import worktree_path
 from worktree_swarm.ui import status_text
-from worktree_swarm.ui.live import LiveTable, PlainObserver
+
+if TYPE_CHECKING:
+    from worktree_swarm.config.manifest import Overrides
+    from worktree_swarm.core.models import RunSpec
+    from worktree_swarm.infra.store import Store
+    from worktree_swarm.run.runner import Observer, Runner
+
+# Each command imports what only it needs when it runs (the runner, the manifest reader,
+# rich's live table, ...): `swarm status` and the other quick commands start in a fraction
+# of the time, and so do the hundreds of `swarm` processes of the test suite.
 
 
 def _example(*lines: str) -> str:
@@ -75,6 +74,8 @@ def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
 
 def _overrides(flags: Mapping[str, object]) -> Overrides:
     """The settings given by the options of `_setting_options` (the others are not given)."""
+    from worktree_swarm.config.manifest import Overrides
+
     return Overrides(**{entry.key: _given(entry, flags.get(entry.key)) for entry in FLAGGED})
 
 
@@ -150,6 +151,14 @@ def run(
     **flags: object,
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
+    from worktree_swarm.agents import claude_auth
+    from worktree_swarm.config.manifest import build_run_spec
+    from worktree_swarm.git import worktrees
+    from worktree_swarm.guard.sandbox import check_available as require_sandbox
+    from worktree_swarm.run import disk_budget
+    from worktree_swarm.run.runner import spec_from_json
+    from worktree_swarm.run.task_worker import worktree_path
+
     repo = _repo(ctx)
     if from_spec is not None:  # a detached manager: the task list its parent validated
         saved = json.loads(from_spec.read_text(encoding="utf-8"))
@@ -159,8 +168,8 @@ def run(
         return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=saved["base"])
     extra: list[tuple[str, str, str]] = []
     if issue_numbers or issues_label:
-        from worktree_swarm.github import client as github  # noqa: PLC0415
-        from worktree_swarm.github import issues  # noqa: PLC0415 - only --issues needs them
+        from worktree_swarm.github import client as github
+        from worktree_swarm.github import issues
 
         client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
@@ -181,7 +190,7 @@ def run(
     for task in spec.tasks:
         worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
     if spec.executor is Executor.RAY:
-        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - only this executor needs it
+        from worktree_swarm.run import ray_exec
 
         ray_exec.preflight(repo, spec)
     elif spec.sandbox:
@@ -192,34 +201,44 @@ def run(
     worktrees.preflight(repo, items, next_step=next_step)
     disk_budget.preflight(repo, spec, base)
     if detach:
-        # The issues were fetched and everything validated once, here: the manager gets
-        # exactly this task list instead of reading manifests and GitHub again.
-        repo.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            saved = {
-                "spec": json.loads(spec_to_json(spec)),
-                "checkout": str(checkout),
-                "base": base,
-            }
-            fh.write(json.dumps(saved))
-        argv = ["--debug"] if ctx.obj["debug"] else []
-        argv += ["-C", str(repo.root), "run", "--from-spec", name]
-        argv += ["--json"] if as_json else []
-        try:
-            pid, log = background.detach(repo, argv)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        click.echo(
-            f"swarm: manager running in the background (pid {pid}, log {log}); "
-            "watch it with `swarm status` or `swarm logs TASK -f`"
-        )
-        return ExitCode.OK
+        return _detach(ctx, repo, spec, as_json=as_json, checkout=checkout, base=base)
     return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
 
 
+def _detach(
+    ctx: click.Context, repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str
+) -> int:
+    """Start the manager of a validated run in the background (`swarm run --detach`)."""
+    from worktree_swarm.run import background
+    from worktree_swarm.run.runner import spec_to_json
+
+    # The issues were fetched and everything validated once, here: the manager gets
+    # exactly this task list instead of reading manifests and GitHub again.
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        saved = {"spec": json.loads(spec_to_json(spec)), "checkout": str(checkout), "base": base}
+        fh.write(json.dumps(saved))
+    argv = ["--debug"] if ctx.obj["debug"] else []
+    argv += ["-C", str(repo.root), "run", "--from-spec", name]
+    argv += ["--json"] if as_json else []
+    try:
+        pid, log = background.detach(repo, argv)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    click.echo(
+        f"swarm: manager running in the background (pid {pid}, log {log}); "
+        "watch it with `swarm status` or `swarm logs TASK -f`"
+    )
+    return ExitCode.OK
+
+
 def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str) -> int:
+    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.infra.store import Store
+    from worktree_swarm.run.runner import Runner
+
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
         if git.status_porcelain(checkout):
@@ -236,6 +255,8 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
 
 
 def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:
+    from worktree_swarm.run import runs
+
     abandoned, next_step = runs.settle_before_run(repo, force=force)
     for run_id in abandoned:
         click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
@@ -247,6 +268,8 @@ def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str
 @click.pass_context
 def runs_cmd(ctx: click.Context, as_json: bool) -> int:
     """List the recorded runs: id, start, state, task counts."""
+    from worktree_swarm.run import runs
+
     repo = _repo(ctx)
     with status.open_store(repo) as store:
         summaries = runs.list_runs(store)
@@ -273,7 +296,9 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.run import retry  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.run import retry
+    from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
@@ -297,6 +322,9 @@ def retry_cmd(
 @click.pass_context
 def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """After the manager died: adopt live agents, recover dead ones, carry on."""
+    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.run.runner import Runner
+
     repo = _repo(ctx)
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
@@ -328,6 +356,8 @@ def _execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool)
 
 @contextlib.contextmanager
 def _observer(store: Store, *, as_json: bool) -> Iterator[Observer]:
+    from worktree_swarm.ui.live import LiveTable, PlainObserver
+
     if as_json or not sys.stdout.isatty():
         yield PlainObserver(as_json=as_json)
         return
@@ -422,6 +452,8 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
 @click.pass_context
 def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> int:
     """Stop agents (whole process trees) and keep their work on their branches."""
+    from worktree_swarm.run import control
+
     repo = _repo(ctx)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
@@ -439,7 +471,7 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
     Keys: s stop, r retry, p open/update PR, space mark, m merge marked, w worktree path
     (copied), l/d/c log/diff/conflicts, q quit. Works in any terminal, also over SSH.
     """
-    from worktree_swarm.ui import watch  # noqa: PLC0415 - Textual loads only for this command
+    from worktree_swarm.ui import watch
 
     watch.watch(_repo(ctx), run_id)
     return ExitCode.OK
@@ -450,6 +482,8 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True)
 def demo_cmd(keep: bool, jobs: int) -> int:
     """Run a few scripted tasks in a throwaway repository (no API key needed)."""
+    from worktree_swarm import demo
+
     git.require_git()
     result = demo.run_demo(jobs=jobs, keep=keep, echo=click.echo)
     return ExitCode.OK if result.ok else ExitCode.TASK_FAILED
@@ -467,7 +501,7 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 @click.pass_context
 def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, mode: str) -> int:
     """Each task's branch against its own base (three-dot), with the task's outcome."""
-    from worktree_swarm.merge import diff  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.merge import diff
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -520,8 +554,8 @@ def merge_cmd(
     as_json: bool,
 ) -> int:
     """Predict conflicts, merge done task branches in a safe order, check after each merge."""
-    from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
-    from worktree_swarm.ui import merge_text  # noqa: PLC0415
+    from worktree_swarm.merge import merge
+    from worktree_swarm.ui import merge_text
 
     repo = _repo(ctx)
     # SIGTERM like Ctrl-C: a resolver or check being waited for is killed with its tree.
@@ -569,7 +603,7 @@ def pr_cmd(
     api_url: str | None,
 ) -> int:
     """Push done task branches and open (or update) their pull requests."""
-    from worktree_swarm.github import pr  # noqa: PLC0415 - only `swarm pr` needs the GitHub client
+    from worktree_swarm.github import pr
 
     repo = _repo(ctx)
     with status.open_store(repo) as store:
@@ -620,9 +654,9 @@ def clean_cmd(
     as_json: bool,
 ) -> int:
     """Remove finished tasks' worktrees and merged branches (a dry run unless --yes)."""
-    from worktree_swarm.cleanup import clean  # noqa: PLC0415 - only `swarm clean` needs these
-    from worktree_swarm.cleanup import orphans as scan  # noqa: PLC0415
-    from worktree_swarm.ui.clean_text import clean_text  # noqa: PLC0415
+    from worktree_swarm.cleanup import clean
+    from worktree_swarm.cleanup import orphans as scan
+    from worktree_swarm.ui.clean_text import clean_text
 
     repo = _repo(ctx)
     if orphans:
@@ -681,9 +715,9 @@ def report_cmd(
     ctx: click.Context, run_id: str | None, html_path: Path | None, as_json: bool
 ) -> int:
     """What happened: per-task outcome, time, cost, diff; speedup and totals."""
-    from worktree_swarm.report import report  # noqa: PLC0415
-    from worktree_swarm.ui import html_report as report_html  # noqa: PLC0415 - only `swarm report` needs them
-    from worktree_swarm.ui import report_text  # noqa: PLC0415
+    from worktree_swarm.report import report
+    from worktree_swarm.ui import html_report as report_html
+    from worktree_swarm.ui import report_text
 
     repo = _repo(ctx)
     if html_path is not None:
@@ -731,7 +765,7 @@ def plan_cmd(
     api_url: str | None,
 ) -> int:
     """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
-    from worktree_swarm.plan import planner as plan  # noqa: PLC0415 - the anthropic SDK takes seconds to import
+    from worktree_swarm.plan import planner as plan
 
     repo = _repo(ctx)
     settings = plan.api_settings(api_url=api_url)
@@ -755,7 +789,7 @@ def plan_cmd(
 @click.pass_context
 def note_cmd(ctx: click.Context, text: str) -> int:
     """Append TEXT to the run's shared findings file ($SWARM_CONTEXT inside an agent)."""
-    from worktree_swarm.report import notes  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.report import notes
 
     path, tag = notes.resolve_target(repo_dir=Path(ctx.obj["dir"]))
     notes.append_note(path, text, tag=tag)
@@ -767,7 +801,7 @@ def note_cmd(ctx: click.Context, text: str) -> int:
 @click.pass_context
 def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     """Print the run's shared findings file."""
-    from worktree_swarm.report import notes  # noqa: PLC0415 - kept at this command's anchor
+    from worktree_swarm.report import notes
 
     path = notes.notes_path(run_id=run_id, repo_dir=Path(ctx.obj["dir"]))
     text = notes.read_notes(path)
