@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from worktree_swarm.infra import supervisor
+
 # A shell that starts the tests in the background (`pytest &` in a script) makes them ignore
 # SIGINT (POSIX), and every `swarm run` they start would ignore it too: the tests that press
 # Ctrl-C need Python's own handler, which a started process then gets back.
@@ -72,6 +74,19 @@ def agent_python() -> list[str]:
     """
     unset = [arg for name in _COVERAGE_HOOK if name in os.environ for arg in ("-u", name)]
     return ["env", *unset, sys.executable] if unset else [sys.executable]
+
+
+@pytest.fixture(autouse=True)
+def _measured_shims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under coverage, shims this test process spawns keep site, so coverage's hook measures them.
+
+    Users' shims run ``python -I -S`` (no site, so no hook). Only the shims spawned from the
+    tests' own process are measured (the supervisor and shim tests exercise every path):
+    measuring the shim of every agent the `swarm` processes start would add ~0.15 s of
+    coverage start-up to each and about a minute to the suite.
+    """
+    if any(os.environ.get(name) for name in _COVERAGE_HOOK):
+        monkeypatch.setattr(supervisor, "SHIM_FLAGS", ("-I",))
 
 
 @pytest.fixture

@@ -363,6 +363,54 @@ def test_shim_records_exit_status_and_kills_leftovers(
     assert not list(log.parent.glob("*.tmp"))
 
 
+def run_shim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The shim started as spawn starts it, with *args* after the interpreter's."""
+    return subprocess.run(
+        [sys.executable, *supervisor.SHIM_FLAGS, "-c", supervisor.SHIM_LAUNCH, *args],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_shim_refuses_arguments_it_does_not_know_in_one_line(tmp_path: Path) -> None:
+    record = tmp_path / "rec.json"
+    for args in (
+        [supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "true"],  # no --
+        [supervisor.shim.MARKER, "--grace", "1", "--", "true"],  # no record
+        [supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "--"],  # no command
+        ["--record", str(record), "--grace", "1", "--", "true"],  # not marked
+    ):
+        out = run_shim(tmp_path, *args)
+        assert out.returncode == 2, args
+        assert out.stderr.startswith("swarm shim: usage: ")
+        assert out.stderr.count("\n") == 1
+    assert not record.exists()
+
+
+def test_a_command_that_cannot_start_is_recorded_as_not_started(tmp_path: Path) -> None:
+    record = tmp_path / "rec.json"
+    missing = str(tmp_path / "gone")  # checked by spawn, then deleted before the shim ran it
+    out = run_shim(
+        tmp_path, supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "--", missing
+    )
+    assert out.returncode == 127
+    assert out.stderr.startswith(f"swarm shim: cannot start {missing!r}: ")
+    written = json.loads(record.read_text())
+    assert written["exit_code"] == 127
+    assert written["ended_at"] >= written["started_at"]
+
+
+def test_a_record_the_shim_cannot_write_does_not_stop_the_command(tmp_path: Path) -> None:
+    record = tmp_path / "no-such-dir" / "rec.json"
+    out = run_shim(
+        tmp_path, supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "--",
+        "sh", "-c", "echo ran > out.txt; exit 4",
+    )  # fmt: skip
+    assert out.returncode == 4
+    assert (tmp_path / "out.txt").read_text() == "ran\n"
+    assert f"swarm shim: cannot write {record}" in out.stderr
+    assert not record.parent.exists()
+
+
 def test_stopped_command_records_its_signal(tmp_path: Path, write_agent: AgentFactory) -> None:
     argv = write_agent("import time\nprint('up', flush=True)\ntime.sleep(300)\n")
     log = tmp_path / "agent.log"

@@ -160,9 +160,11 @@ def test_spawn_log_stdin_session_env(start, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHIM_AVAILABLE, reason="the shim needs a child subreaper (Linux)")
-def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(tmp_path: Path, reaper) -> None:
-    # No coverage hook in this agent's environment (the suite may run under coverage): this
-    # is the shim as users get it.
+def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(
+    tmp_path: Path, reaper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shim as users get it, not as the suite measures it under coverage.
+    monkeypatch.setattr(supervisor, "SHIM_FLAGS", ("-I", "-S"))
     env = {k: v for k, v in clean_env().items() if not k.startswith("COVERAGE_PROCESS")}
     broken = tmp_path / "broken"
     broken.mkdir()

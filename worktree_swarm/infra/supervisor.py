@@ -50,8 +50,9 @@ SHIM_LAUNCH = (
     f"import sys; sys.path.append({str(SHIM_PATH.parent)!r}); "
     f"import {SHIM_PATH.stem}; {SHIM_PATH.stem}.run()"
 )
-# Set by coverage.py in the processes it measures (see _shim_python).
-_COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+# Isolated (no PYTHONPATH, no user site, not the start directory) and without site: the shim
+# starts in tens of milliseconds and nothing a task sets or plants can change what it runs.
+SHIM_FLAGS: tuple[str, ...] = ("-I", "-S")
 # Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
 # agents there are spawned directly, as before the shim existed.
 SHIM_AVAILABLE = sys.platform.startswith("linux")
@@ -248,7 +249,7 @@ def spawn(
         _check_runnable(args[0], cwd=cwd, env=env)
         record = record or record_path(log_path)
         args = [
-            *_shim_python(env), "-c", SHIM_LAUNCH, shim.MARKER,
+            sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH, shim.MARKER,
             "--record", str(record), "--grace", repr(float(grace)), "--", *args,
         ]  # fmt: skip
         env = {**env, shim.ENV_VAR: str(record)}
@@ -336,18 +337,6 @@ def run_to_end(
     finally:
         if not ended:
             proc.stop(grace=grace)
-
-
-def _shim_python(env: Mapping[str, str]) -> list[str]:
-    """The interpreter command for the shim: isolated (``-I``) and without site (``-S``).
-
-    Under coverage.py's subprocess measurement (swarm's own test suite) site stays on, so
-    that coverage's start-up hook measures the shim too; ``-I`` still keeps PYTHONPATH and
-    the user's site directory out.
-    """
-    if any(env.get(name) for name in _COVERAGE_HOOK):
-        return [sys.executable, "-I"]
-    return [sys.executable, "-I", "-S"]
 
 
 def _check_runnable(program: str, *, cwd: Path, env: Mapping[str, str]) -> None:
