@@ -221,6 +221,9 @@ def print_profile(path: Path) -> None:
     stats = pstats.Stats(str(path))
     stats.sort_stats("tottime").print_stats(20)
     stats.sort_stats("cumulative").print_stats("worktree_swarm", 30)
+    kept = Path(tempfile.gettempdir()) / "swarm-manager.prof"
+    shutil.copyfile(path, kept)  # the run's directory is removed
+    print(f"profile kept in {kept} (python -m pstats {kept})")
 
 
 def main() -> int:
