@@ -371,6 +371,17 @@ def run_shim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def test_the_shim_loads_its_cached_bytecode_instead_of_compiling(tmp_path: Path) -> None:
+    # A script run by path is compiled on every start; the shim is imported, so from the
+    # second start on Python loads the bytecode it cached (in the package's __pycache__).
+    args = [supervisor.shim.MARKER, "--record", str(tmp_path / "r.json"), "--grace", "1"]
+    argv = [sys.executable, "-I", "-S", "-v", "-c", supervisor.SHIM_LAUNCH, *args, "--", "true"]
+    for _ in range(2):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path)
+    cached = Path(supervisor.SHIM_PATH.parent, "__pycache__")
+    assert f"# code object from '{cached}/shim." in out.stderr
+
+
 def test_the_shim_refuses_arguments_it_does_not_know_in_one_line(tmp_path: Path) -> None:
     record = tmp_path / "rec.json"
     for args in (
