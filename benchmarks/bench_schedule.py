@@ -1,10 +1,12 @@
 """Scheduling overhead: N fake agents that each sleep, on a DAG, against the ideal makespan.
 
     python benchmarks/bench_schedule.py [--tasks 200] [--jobs 8] [--depth 5] [--sleep 0.5]
+                                        [--repo PATH]
 
 Runs the real `swarm run` (worktree creation, supervision, checkpoint commits, diff stats all
 included) in a throwaway repository, samples the manager's RSS with psutil, and prints
-makespan / ideal where ideal = max(critical path, total work / jobs).
+makespan / ideal where ideal = max(critical path, total work / jobs). `--repo` runs the tasks
+in a clone of that repository instead of a one-file one (e.g. pallets/click).
 """
 
 from __future__ import annotations
@@ -50,12 +52,17 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.5)
+    parser.add_argument("--repo", type=Path, help="clone this repository instead of a new one")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="swarm-bench-") as tmp:
         base = Path(tmp)
         repo = base / "repo"
-        make_repo(repo)
+        if args.repo is None:
+            make_repo(repo)
+        else:
+            clone = ["git", "clone", "-q", "--no-hardlinks", str(args.repo), str(repo)]
+            subprocess.run(clone, check=True)
         agent = ["sh", "-c", AGENT, "agent", str(args.sleep)]
         (base / "tasks.toml").write_text(manifest(args.tasks, args.depth, agent, args.jobs))
 
@@ -89,6 +96,7 @@ def main() -> int:
         f"machine: {platform.node()} {platform.system()} {platform.release()}, "
         f"{psutil.cpu_count()} cpus, python {platform.python_version()}"
     )
+    print(f"repository: {args.repo or 'one file'}")
     print(f"tasks {args.tasks}, jobs {args.jobs}, depth {args.depth}, agent sleep {args.sleep}s")
     print(f"exit code {proc.returncode}; states {states}")
     print(f"makespan {makespan:.2f}s (swarm process wall time, worktree creation included)")
