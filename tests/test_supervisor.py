@@ -123,10 +123,12 @@ def start(tmp_path: Path, write_agent: WriteAgent, reaper: Reaper) -> Callable[.
     """Spawn an agent from *source*, with tmp_path as cwd and the log in tmp_path/logs."""
     counter = iter(range(1000))
 
-    def _start(source: str, *, env: dict[str, str] | None = None) -> AgentProcess:
+    def _start(
+        source: str, *, env: dict[str, str] | None = None, grace: float = 5.0
+    ) -> AgentProcess:
         log = tmp_path / "logs" / f"agent{next(counter)}.log"
         argv = write_agent(PUBLISH + source)
-        agent = spawn(argv, cwd=tmp_path, env=clean_env(env), log_path=log)
+        agent = spawn(argv, cwd=tmp_path, env=clean_env(env), log_path=log, grace=grace)
         return reaper.agent(agent)
 
     return _start
@@ -262,7 +264,8 @@ def test_kill_tree_escalates_to_sigkill(start, tmp_path: Path) -> None:
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         f"publish({str(tmp_path / 'ready')!r}, 1)\n"
         "while True:\n"
-        "    time.sleep(1)\n"
+        "    time.sleep(1)\n",
+        grace=0.3,  # the shim's own grace: when it sends SIGKILL
     )
     read_pid(tmp_path / "ready")
     kill_tree(agent.identity, grace=0.3)
@@ -300,7 +303,7 @@ def tree_pids(tmp_path: Path, reaper: Reaper) -> list[tuple[int, float]]:
 
 
 def test_kill_tree_reaches_grandchild_that_left_the_group(start, tmp_path: Path, reaper) -> None:
-    agent = start(tree_agent(tmp_path))
+    agent = start(tree_agent(tmp_path), grace=0.3)
     pids = tree_pids(tmp_path, reaper)
     gc_pid = pids[2][0]
     assert os.getpgid(gc_pid) != agent.identity.pgid
@@ -311,7 +314,7 @@ def test_kill_tree_reaches_grandchild_that_left_the_group(start, tmp_path: Path,
 
 
 def test_kill_tree_from_another_process(start, tmp_path: Path, reaper) -> None:
-    agent = start(tree_agent(tmp_path))
+    agent = start(tree_agent(tmp_path), grace=0.3)
     pids = tree_pids(tmp_path, reaper)
     ident = agent.identity
     code = (
