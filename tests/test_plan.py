@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import threading
@@ -15,6 +17,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import swarm
+from worktree_swarm.cli import main
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 
@@ -92,7 +95,7 @@ def plan_reply(tasks: list[dict[str, object]], *, tool_id: str = "toolu_01") -> 
             "id": "msg_01StubPlan",
             "type": "message",
             "role": "assistant",
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-5-5",
             "content": [
                 {"type": "text", "text": "Here is the plan."},
                 {"type": "tool_use", "id": tool_id, "name": TOOL, "input": {"tasks": tasks}},
@@ -121,6 +124,31 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubAnthropic]:
     monkeypatch.delenv("SWARM_API_MAX_RETRIES", raising=False)
     yield stub
     stub.close()
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a `swarm` command run in this process returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def plan(project: Path, *args: str) -> Ran:
+    """`swarm plan ARGS` in *project*, through the CLI's entry point in this process.
+
+    The anthropic SDK takes 1.5-2 s of CPU to import: once per test process, not once per
+    test. The first two tests below run `swarm plan` as a real process, end to end.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.chdir(project),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = main(["plan", *args])
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -187,7 +215,7 @@ def test_good_answer_writes_a_manifest_that_runs(project: Path, api: StubAnthrop
     assert lines[-1] == f"review the prompts, then: swarm run {out}"
     text = out.read_text()
     assert KEY not in text + result.stdout
-    assert text.startswith("# Planned by `swarm plan` (model claude-sonnet-4-5) for the goal:\n")
+    assert text.startswith("# Planned by `swarm plan` (model claude-sonnet-5-5) for the goal:\n")
 
     spec = build_run_spec(repo_root=project, manifest=out, overrides=Overrides(agent="scripted"))
     by_id = {t.id: t for t in spec.tasks}
@@ -210,7 +238,7 @@ def test_request_sends_the_repository_picture_as_a_cached_prefix(
 ) -> None:
     api.replies.append(plan_reply(GOOD))
 
-    result = swarm(project, "plan", "Let users check out", "--model", "claude-test-model")
+    result = plan(project, "Let users check out", "--model", "claude-test-model")
 
     assert result.returncode == 0, result.stderr
     assert (project / "tasks.toml").is_file()
@@ -257,7 +285,7 @@ def test_invalid_answer_is_sent_back_once(
 ) -> None:
     api.replies += [plan_reply(bad, tool_id="toolu_bad"), plan_reply(GOOD)]
 
-    result = swarm(project, "plan", "Let users check out")
+    result = plan(project, "Let users check out")
 
     assert result.returncode == 0, result.stderr
     assert "API: 2 request(s)" in result.stdout
@@ -281,7 +309,7 @@ def test_invalid_answer_twice_fails_and_writes_nothing(project: Path, api: StubA
     bad = [{"id": "Bad Id", "title": "", "prompt": "x", "depends_on": []}]
     api.replies += [plan_reply(bad), plan_reply(bad)]
 
-    result = swarm(project, "plan", "goal")
+    result = plan(project, "goal")
 
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
@@ -294,7 +322,7 @@ def test_invalid_answer_twice_fails_and_writes_nothing(project: Path, api: StubA
 def test_too_many_tasks_is_invalid(project: Path, api: StubAnthropic) -> None:
     api.replies += [plan_reply(GOOD), plan_reply(GOOD[:2])]
 
-    result = swarm(project, "plan", "goal", "--max-tasks", "2")
+    result = plan(project, "goal", "--max-tasks", "2")
 
     assert result.returncode == 0, result.stderr
     assert "at most 2 tasks" in api.seen[0].body["messages"][0]["content"]  # type: ignore[index]
@@ -305,7 +333,7 @@ def test_too_many_tasks_is_invalid(project: Path, api: StubAnthropic) -> None:
 def test_401_is_one_line_and_exit_2(project: Path, api: StubAnthropic) -> None:
     api.default = error_reply(401, "authentication_error", "invalid x-api-key")
 
-    result = swarm(project, "plan", "goal")
+    result = plan(project, "goal")
 
     assert result.returncode == 2
     assert result.stderr == (
@@ -328,7 +356,7 @@ def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
         **{"retry-after-ms": "5"},
     )
 
-    result = swarm(project, "plan", "goal")
+    result = plan(project, "goal")
 
     assert result.returncode == 1
     assert result.stderr == (
@@ -354,7 +382,7 @@ def test_missing_key_is_bad_input(
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY")
 
-    result = swarm(project, "plan", "goal")
+    result = plan(project, "goal")
 
     assert result.returncode == 2
     assert result.stderr == (
@@ -365,7 +393,7 @@ def test_missing_key_is_bad_input(
 
 
 def test_empty_goal_is_bad_input(project: Path, api: StubAnthropic) -> None:
-    result = swarm(project, "plan", "  \n ")
+    result = plan(project, "  \n ")
 
     assert result.returncode == 2
     assert result.stderr == "swarm: GOAL is empty; describe what the tasks should achieve\n"
@@ -377,14 +405,14 @@ def test_config_jobs_sets_the_estimate_and_a_bad_one_is_refused_before_the_api(
     project: Path, api: StubAnthropic
 ) -> None:
     (project / "swarm.toml").write_text("jobs = 0\n")
-    bad = swarm(project, "plan", "Let users check out")
+    bad = plan(project, "Let users check out")
     assert bad.returncode == 2
     assert bad.stderr == "swarm: swarm.toml: jobs: must be >= 1, got 0\n"
     assert api.seen == []
 
     (project / "swarm.toml").write_text("jobs = 2\n")
     api.replies.append(plan_reply(GOOD))
-    good = swarm(project, "plan", "Let users check out")
+    good = plan(project, "Let users check out")
     assert good.returncode == 0, good.stderr
     assert "estimated speedup with 2 jobs: 1.5x" in good.stdout
 
@@ -393,7 +421,7 @@ def test_existing_output_is_not_overwritten(project: Path, api: StubAnthropic) -
     out = project.parent / "mine.toml"
     out.write_text("# my reviewed manifest\n")
 
-    result = swarm(project, "plan", "goal", "--out", str(out))
+    result = plan(project, "goal", "--out", str(out))
 
     assert result.returncode == 2
     assert result.stderr == (
@@ -403,7 +431,7 @@ def test_existing_output_is_not_overwritten(project: Path, api: StubAnthropic) -
     assert api.seen == []
 
     api.replies.append(plan_reply(GOOD))
-    assert swarm(project, "plan", "goal", "--out", str(out), "--force").returncode == 0
+    assert plan(project, "goal", "--out", str(out), "--force").returncode == 0
     assert "[[task]]" in out.read_text()
 
 
@@ -413,7 +441,7 @@ def test_unreachable_api_is_one_line(
     monkeypatch.setenv("SWARM_API_MAX_RETRIES", "0")
     api.close()
 
-    result = swarm(project, "plan", "goal", "--api-url", api.url)
+    result = plan(project, "goal", "--api-url", api.url)
 
     assert result.returncode == 1
     [line] = result.stderr.splitlines()

@@ -750,7 +750,7 @@ def report_cmd(
 )
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--max-tasks", type=click.IntRange(1, 50), default=8, show_default=True)
-@click.option("--model", help="Anthropic model (default: claude-sonnet-4-5).")
+@click.option("--model", help="Anthropic model (default: claude-sonnet-5-5).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Jobs the speedup estimate assumes.")
 @click.option("--api-url", help="Anthropic API base URL (default: $ANTHROPIC_BASE_URL).")
 @click.pass_context

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a reque
         ToolParam,
     )
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_MAX_TASKS = 8
 DEFAULT_MAX_RETRIES = 4
 MAX_RETRIES_ENV = "SWARM_API_MAX_RETRIES"
@@ -201,37 +201,38 @@ def make_plan(
     ]
     import anthropic  # noqa: PLC0415 - slow to import; bad input is refused before it
 
-    client = anthropic.Anthropic(
+    # Closed when done: its HTTP connections are not left for the garbage collector.
+    with anthropic.Anthropic(
         api_key=settings.api_key,
         base_url=settings.base_url,
         max_retries=settings.max_retries,
         timeout=settings.timeout,
-    )
-    usage = Usage()
-    for attempt in (1, 2):
-        response = _create(client, settings, model=model, system=system, messages=messages)
-        usage = _add_usage(usage, response)
-        try:
-            text, tasks = _validate(response, goal=goal, model=model, max_tasks=max_tasks)
-        except _InvalidPlanError as exc:
-            if attempt == 2:  # noqa: PLR2004
-                raise SwarmError(
-                    f"the model's plan was invalid twice ({exc}); run `swarm plan` again,"
-                    " or write the manifest by hand (docs/manifest.md)"
-                ) from exc
-            messages.extend(_ask_again(response, str(exc)))
-            continue
-        ids = tuple(t.id for t in tasks)
-        scheduler = Scheduler(tasks)
-        makespan = scheduler.ideal_makespan(dict.fromkeys(ids, 1.0), jobs)
-        return PlanResult(
-            manifest_text=text,
-            task_ids=ids,
-            levels=tuple(tuple(level) for level in scheduler.levels()),
-            jobs=jobs,
-            speedup=len(ids) / makespan if makespan else 1.0,
-            usage=usage,
-        )
+    ) as client:
+        usage = Usage()
+        for attempt in (1, 2):
+            response = _create(client, settings, model=model, system=system, messages=messages)
+            usage = _add_usage(usage, response)
+            try:
+                text, tasks = _validate(response, goal=goal, model=model, max_tasks=max_tasks)
+            except _InvalidPlanError as exc:
+                if attempt == 2:  # noqa: PLR2004
+                    raise SwarmError(
+                        f"the model's plan was invalid twice ({exc}); run `swarm plan` again,"
+                        " or write the manifest by hand (docs/manifest.md)"
+                    ) from exc
+                messages.extend(_ask_again(response, str(exc)))
+                continue
+            ids = tuple(t.id for t in tasks)
+            scheduler = Scheduler(tasks)
+            makespan = scheduler.ideal_makespan(dict.fromkeys(ids, 1.0), jobs)
+            return PlanResult(
+                manifest_text=text,
+                task_ids=ids,
+                levels=tuple(tuple(level) for level in scheduler.levels()),
+                jobs=jobs,
+                speedup=len(ids) / makespan if makespan else 1.0,
+                usage=usage,
+            )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
