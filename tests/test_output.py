@@ -92,6 +92,23 @@ def test_every_command_help_has_an_example_and_merge_strategy_a_default(
     assert "squash: one squashed commit per task. [default: merge]" in text
 
 
+def test_quick_commands_start_without_loading_the_runner(repo: Path) -> None:
+    # `swarm status` (run in a loop, in a prompt, by `watch`) loads only what it prints: not
+    # the runner, the manifest reader, the live table or GitPython.
+    probe = (
+        "import sys\n"
+        "from worktree_swarm import cli\n"
+        "code = cli.main(['status'])\n"
+        "heavy = ['worktree_swarm.run.runner', 'worktree_swarm.config.manifest',\n"
+        "         'worktree_swarm.ui.live', 'git', 'anthropic', 'textual']\n"
+        "print(code, [name for name in heavy if name in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1] == "2 []"  # no run yet: one line, exit 2
+
+
 def test_resume_of_a_finished_run_says_so_and_starts_nothing(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
