@@ -91,6 +91,22 @@ def test_location_variables_never_redirect_git(
     assert Path(top) == repo.resolve()
 
 
+def test_git_gets_english_messages_no_prompt_and_the_callers_variables(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some of git's messages are matched, so a user's locale must not translate them; a
+    # credential prompt would hang a run. The alias is the test's own, given on the command.
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "de")
+    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "1")
+    monkeypatch.setenv("GIT_WORK_TREE", str(repo.parent))
+    out = runner.run(repo, "-c", "alias.showenv=!env", "showenv", env={"SWARM_PROBE": "yes"})
+    seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert (seen["LC_ALL"], seen["LANGUAGE"], seen["GIT_TERMINAL_PROMPT"]) == ("C", "C", "0")
+    assert seen["SWARM_PROBE"] == "yes"
+    assert "GIT_WORK_TREE" not in seen
+
+
 def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
