@@ -40,7 +40,7 @@ class ObjectWatch:
         self._lock = threading.Lock()
         self._generation = 0
         self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info" or "fanout"
-        self._paths: dict[int, Path] = {}  # wd -> its directory
+        self._paths: dict[int, str] = {}  # wd -> its directory
         self._ino: inotify.Inotify | None = None
         try:
             self._ino = inotify.Inotify()
@@ -98,7 +98,7 @@ class ObjectWatch:
         assert self._ino is not None  # noqa: S101 - callers check
         wd = self._ino.add(directory)
         self._kinds[wd] = kind
-        self._paths[wd] = directory
+        self._paths[wd] = os.fspath(directory)
 
     def _damaging(self, event: inotify.Event) -> bool:
         """Whether *event* may have lost or damaged an object (and keep watching new dirs)."""
@@ -122,7 +122,8 @@ class ObjectWatch:
             if mask == inotify.ATTRIB and _OBJECT.fullmatch(name):
                 # Git freshens the time of an object it would have written again; a chmod
                 # that makes it unreadable is what loses it.
-                return not _readable(self._paths[event.wd] / name)
+                path = os.path.join(self._paths[event.wd], name)  # noqa: PTH118 - per event
+                return not _readable(path)
             return not (created and _OBJECT.fullmatch(name))
         # pack: a new pack or index is linked in (renamed in by a repack, which also removes
         # what it packed: counted); its markers come and go with fetches.
@@ -148,10 +149,10 @@ class ObjectWatch:
         return not (name.endswith(".lock") or name.startswith("tmp_objdir"))
 
 
-def _readable(path: Path) -> bool:
+def _readable(path: str) -> bool:
     """Whether *path* is still a file its owner may read."""
     try:
-        info = path.lstat()
+        info = os.lstat(path)
     except OSError:
         return False
     return stat.S_ISREG(info.st_mode) and bool(info.st_mode & stat.S_IRUSR)
