@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,16 @@ def repo(tmp_path: Path) -> Path:
 # Set by coverage.py in the processes it measures (`scripts/check`), so that every Python
 # process started below measures itself.
 _COVERAGE_HOOK = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def as_owner_only() -> list[str]:
+    """A command prefix that takes away root's power to ignore file permissions (else none)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv: file permissions cannot stop it")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "--"]
 
 
 def agent_python() -> list[str]:

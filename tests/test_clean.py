@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import agent_python, git, make_repo
+from tests.conftest import agent_python, as_owner_only, git, make_repo
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -611,3 +611,40 @@ def test_removing_a_worktree_never_follows_an_agents_symlinks_out_of_it(
     assert found[str(path)]["result"] == "removed"
     assert not path.exists()
     assert (outside / "deep" / "keep.txt").read_text() == "yours\n"
+
+
+def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Go's module cache: directories 0555, files 0444. Nobody but root may delete in them.
+    agent = " ".join(write_agent(
+        "import os, pathlib\n"
+        "pkg = pathlib.Path('gomod/pkg@v1.2.3/sub')\n"
+        "pkg.mkdir(parents=True)\n"
+        "(pkg / 'a.go').write_text('package a\\n')\n"
+        "pathlib.Path('.gitignore').write_text('gomod/\\n')\n"
+        "for p in (pkg / 'a.go', pkg, pkg.parent, pkg.parent.parent):\n"
+        "    p.chmod(0o444 if p.is_file() else 0o555)\n"
+    ))  # fmt: skip
+    assert swarm(repo, "run", "--agent", agent, "-t", "gocache=a", "-t", "typed=b").returncode == 0
+    path = repo.parent / "repo.swarm" / "gocache"
+    assert (path / "gomod" / "pkg@v1.2.3" / "sub" / "a.go").exists()
+    # Work typed after the run: checkpointed, then removed by `git worktree remove`.
+    typed = repo.parent / "repo.swarm" / "typed"
+    (typed / "later.txt").write_text("typed by the user\n")
+
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", "--yes"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not path.exists()
+    assert not typed.exists()
+    assert worktree_paths(repo) == [str(repo)]
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
+    assert git(repo, "show", "swarm/typed:later.txt") == "typed by the user"

@@ -16,7 +16,6 @@ import enum
 import functools
 import itertools
 import os
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import lock, supervisor
+from worktree_swarm.infra import fs, lock, supervisor
 from worktree_swarm.infra.store import Store, task_from_json
 from worktree_swarm.run import control
 
@@ -452,6 +451,7 @@ def _remove_worktree(
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
         args = ["--force", "--force"] if force else []
+        worktrees.make_removable(path)
         git.git(repo.root, "worktree", "remove", *args, "--", str(path))
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
@@ -490,7 +490,7 @@ def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     # The directory only holds git's partial checkout: `worktree add` never finished.
     (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        fs.remove_tree(path)
     git.git(repo.root, "worktree", "prune")
     return "unlocked, half-made checkout deleted, pruned"
 
@@ -506,11 +506,11 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
         raise SwarmError(f"{path} is inside the main checkout; never removed")
     sha = snapshot_directory(repo, path)
     if sha is None:
-        shutil.rmtree(path)
+        fs.remove_tree(path)
         return "removed (it held no files)", None
     ref = _rescue_ref(repo, path.name, sha)
     git.git(repo.root, "update-ref", ref, sha)
-    shutil.rmtree(path)
+    fs.remove_tree(path)
     return f"files saved as {ref} ({sha[:12]}), removed", sha
 
 

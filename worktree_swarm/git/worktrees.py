@@ -31,6 +31,7 @@ from worktree_swarm.git.repo import (
     git_dir,
     repo_lock,
 )
+from worktree_swarm.infra import fs
 
 _ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
@@ -381,8 +382,19 @@ def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
     A worktree whose directory is already gone is just unregistered.
     """
     args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path.absolute())]
+    make_removable(path)
     with repo_lock(repo):
         git(repo.root, *args)
+
+
+def make_removable(path: Path) -> None:
+    """Open every directory of the worktree *path* to its owner, so that git can delete it.
+
+    `git worktree remove` that fails half-way (a directory a tool made read-only) still
+    unregisters the worktree and leaves the rest of its files behind.
+    """
+    if not path.is_symlink():
+        fs.make_removable(path)
 
 
 def delete_locked(repo: Repo, path: Path) -> bool:
@@ -401,6 +413,19 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
         return False
     (admin / "index").unlink(missing_ok=True)
+    try:
+        _delete_files(path)
+    except PermissionError:  # a directory a tool made read-only (not for root)
+        fs.make_removable(path)
+        _delete_files(path)
+    (path / ".git").unlink()
+    path.rmdir()
+    fs.remove_tree(admin)
+    return True
+
+
+def _delete_files(path: Path) -> None:
+    """Delete everything in the directory *path* but its ``.git`` file."""
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.name == ".git":
@@ -409,10 +434,6 @@ def delete_locked(repo: Repo, path: Path) -> bool:
                 shutil.rmtree(entry.path)
             else:
                 Path(entry.path).unlink()
-    (path / ".git").unlink()
-    path.rmdir()
-    shutil.rmtree(admin)
-    return True
 
 
 def delete_branch(repo: Repo, branch: str, *, force: bool = False) -> None:

@@ -1,0 +1,60 @@
+"""Deleting trees that tools made read-only, as their owner (root's override taken away)."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import as_owner_only
+from worktree_swarm.infra import fs
+
+
+def read_only_tree(top: Path) -> Path:
+    """A tree as Go's module cache leaves it: files 0444, directories 0555, one 0000."""
+    deep = top / "mod" / "pkg@v1" / "sub"
+    deep.mkdir(parents=True)
+    (deep / "a.go").write_text("package a\n")
+    (top / "mod" / "sealed").mkdir()
+    (top / "mod" / "sealed" / "x").write_text("x")
+    (deep / "a.go").chmod(0o444)
+    (top / "mod" / "sealed").chmod(0)
+    for d in (deep, deep.parent, top / "mod", top):
+        d.chmod(0o555)
+    return deep
+
+
+def as_owner(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", code],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_read_only_tree_is_removed_by_its_owner(tmp_path: Path) -> None:
+    top = tmp_path / "work"
+    read_only_tree(top)
+    plain = as_owner(f"import shutil; shutil.rmtree({str(top)!r})")
+    assert plain.returncode != 0  # what the owner meets without swarm's help
+    assert "Permission denied" in plain.stderr
+    out = as_owner(f"from worktree_swarm.infra import fs; fs.remove_tree({str(top)!r})")
+    assert out.returncode == 0, out.stderr
+    assert not top.exists()
+
+
+def test_opening_up_never_follows_a_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "yours"
+    outside.mkdir()
+    outside.chmod(0o555)
+    top = tmp_path / "work"
+    (top / "d").mkdir(parents=True)
+    (top / "d" / "link").symlink_to(outside)
+    (top / "d").chmod(0o500)
+    fs.make_removable(top / "d" / "link")  # a symlink itself: left alone
+    fs.make_removable(top)
+    assert stat.S_IMODE((top / "d").stat().st_mode) == 0o700
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o555
+    fs.make_removable(tmp_path / "gone")  # nothing there: nothing to do
+    fs.remove_tree(top)
+    assert outside.is_dir()

@@ -1,0 +1,51 @@
+"""Deleting a directory tree, including the parts a tool made read-only.
+
+Go's module cache, a ``chmod -R a-w`` in a test suite, an unpacked archive: a directory
+without write (or read, or search) permission for its owner makes a plain ``rm -r`` fail
+for anyone but root, and a worktree that cannot be deleted is left behind by every
+``swarm clean``. Symlinks are removed, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+_OWNER_ALL = stat.S_IRWXU
+
+
+def remove_tree(path: Path | str) -> None:
+    """Delete the directory *path* and everything under it; raise OSError when that fails."""
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        make_removable(path)
+        shutil.rmtree(path)
+
+
+def make_removable(top: Path | str) -> None:
+    """Give the owner read, write and search permission on every directory under *top*.
+
+    *top* included; symlinks are left as they are. Only what lacks a permission is changed.
+    """
+    if not _open_up(Path(top)):
+        return
+    for dirpath, dirnames, _ in os.walk(top):
+        for name in list(dirnames):
+            if not _open_up(Path(dirpath, name)):
+                dirnames.remove(name)  # a symlink: what it points at is not ours
+
+
+def _open_up(path: Path) -> bool:
+    """Open the directory *path* to its owner; False when it is not one (or a symlink)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if info.st_mode & _OWNER_ALL != _OWNER_ALL:
+        path.chmod(stat.S_IMODE(info.st_mode) | _OWNER_ALL)
+    return True
