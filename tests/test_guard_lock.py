@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -107,3 +108,42 @@ def test_hand_overs_racing_scans_and_checks_blame_nobody_and_miss_nothing(
     assert sorted(v.where for v in found) == ["t3", "t7"]
     assert all(v.suspects == ("rogue",) and v.restored for v in found)
     assert (paths["t7"] / "t7.txt").read_text() == "t7 2\n"
+
+
+def test_tasks_that_finish_together_share_one_pack_of_their_work(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    paths = {f"t{i}": tmp_path / "wt" / f"t{i}" for i in range(3)}
+    for task, path in paths.items():
+        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task}", str(path))
+    work = tmp_path / "g"
+    guard = Guard(open_repo(repo), work_dir=work, restore=True)
+    guard.start()
+    packs_before = set(work.rglob("keep-*.idx"))
+
+    def finish(task: str) -> None:
+        path = paths[task]
+        with guard.busy(task, path):
+            (path / f"{task}.txt").write_text(f"{task}\n")
+            git(path, "add", "-A")
+            git(path, "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", task)
+        # Leaving `busy` hands the worktree over: its branch's work is packed first.
+
+    guard._keep_lock.acquire()  # a pack in progress
+    threads = [threading.Thread(target=finish, args=(task,)) for task in paths]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(guard._queued) == len(paths), "every task waiting for the pack")
+    guard._keep_lock.release()
+    for thread in threads:
+        thread.join(timeout=30)
+    new = set(work.rglob("keep-*.idx")) - packs_before
+    assert len(new) == 1  # one pack-objects for the three
+    (idx,) = new
+    with idx.open("rb") as f:
+        out = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    packed = {line.split()[1] for line in out.splitlines()}
+    for task in paths:
+        assert git(repo, "rev-parse", f"swarm/{task}") in packed
+    assert guard.scan() == []
+    assert guard.drain_failures() == []

@@ -161,6 +161,8 @@ class Guard:
         self._complete_at = {False: -1, True: -1}  # deep or not -> generation of the last
         self._packed: dict[str, str] = {}  # task branch -> its tip last copied into the pack
         self._keep_lock = threading.Lock()  # the kept pack and ``_packed``
+        self._queued: dict[str, str] = {}  # task branch -> tip waiting for the pack's lock
+        self._queue_lock = threading.Lock()  # ``_queued``
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
@@ -512,7 +514,7 @@ class Guard:
             with self._repo_lock:
                 refs = {**self._refs, branch: tip}
             with self._job("objects"):  # the task's work, safe from deleted objects from now
-                self._keep_task_work(refs, self._dir / "keep")
+                self._keep_task_work(refs, self._dir / "keep", only=branch)
             with self._repo_lock:  # before it stops counting as busy: the refs scan's baseline
                 self._refs[branch] = tip
         with self._lock:
@@ -773,24 +775,37 @@ class Guard:
         )
         return [self._record(violation, patch_text=None)]
 
-    def _keep_task_work(self, refs: dict[str, str], pack_dir: Path) -> None:
-        """Copy the objects of task branches that moved since last time into the kept pack."""
-        with self._keep_lock:  # not the guard's lock: a finishing task packs without it
-            self._keep_moved(refs, pack_dir)
+    def _keep_task_work(self, refs: dict[str, str], pack_dir: Path, *, only: str = "") -> None:
+        """Copy the objects of task branches that moved since last time into the kept pack.
 
-    def _keep_moved(self, refs: dict[str, str], pack_dir: Path) -> None:
-        user = {s for r, s in refs.items() if ref_owner(r) is None}
-        moved = {
+        *refs*: every watched ref (what the user's reach stays out of the pack); *only*: the
+        one task branch whose tip there is new (the others may be older than the guard knows).
+        Tasks that finish together share one pack: a caller queues its tips, and whichever
+        caller takes the pack's lock first packs every queued one. Each caller still packs its
+        own under the lock when they are not packed yet (the pack that took them failed, or
+        packed another tip of the same branch).
+        """
+        mine = {
             ref: tip
             for ref, tip in refs.items()
-            if ref_owner(ref) is not None and self._packed.get(ref) != tip
+            if (ref == only if only else ref_owner(ref)) and self._packed.get(ref) != tip
         }
+        with self._queue_lock:
+            self._queued.update(mine)
+        with self._keep_lock:  # not the guard's lock: a finishing task packs without it
+            with self._queue_lock:
+                queued, self._queued = self._queued, {}
+            self._keep_moved(refs, {**queued, **mine}, pack_dir)
+
+    def _keep_moved(self, refs: dict[str, str], tips: dict[str, str], pack_dir: Path) -> None:
+        user = {s for r, s in refs.items() if ref_owner(r) is None}
+        moved = {ref: tip for ref, tip in tips.items() if self._packed.get(ref) != tip}
         if not moved:
             return
         # One pack for every branch that moved: what they added since last kept.
         previous = {self._packed[ref] for ref in moved if ref in self._packed}
-        tips = sorted(set(moved.values()))
-        integrity.keep(self.repo.root, pack_dir, tips, sorted(user | previous))
+        new = sorted(set(moved.values()))
+        integrity.keep(self.repo.root, pack_dir, new, sorted(user | previous))
         self._packed.update(moved)
 
     def _scan_place(
