@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.guard import surface
@@ -302,73 +299,3 @@ def test_a_checkout_that_cannot_be_restored_now_says_so(tmp_path: Path) -> None:
     assert not restore_checkout(
         repo, base=gone, now=now, saved_index=saved, scratch=scratch, exclude=()
     )
-
-
-def _ticked_past(path: Path) -> None:
-    """Return once a file written now gets a later change time than *path* has."""
-    probe = path.with_name(path.name + ".probe")
-    for _ in range(10_000):
-        probe.write_bytes(b"")
-        if probe.stat().st_ctime_ns > path.stat().st_ctime_ns:
-            probe.unlink()
-            return
-    raise AssertionError("the file system clock never ticked")
-
-
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files the surface reader opens."""
-    real_open = open
-    paths: list[str] = []
-
-    def counting_open(file: str, *args: object, **kwargs: object) -> object:
-        paths.append(os.fspath(file))
-        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(surface, "open", counting_open, raising=False)
-    return paths
-
-
-def test_a_settled_file_is_read_from_memory_until_its_stat_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
-) -> None:
-    repo = make_repo(tmp_path / "repo")
-    common = repo / ".git"
-    hook = common / "hooks" / "pre-commit"
-    hook.write_text("#!/bin/sh\ntrue\n")
-    # Read two seconds after every write: the files count as settled.
-    now = time.time_ns() + 2_000_000_000
-    monkeypatch.setattr(surface, "_clock", lambda: now)
-    first = surface.read(common, None)
-    assert str(hook) in opened
-    opened.clear()
-    assert surface.read(common, None) == first
-    assert opened == []  # nothing changed: nothing read again
-
-    # Same size, same mtime, a later clock tick: the change time gives it away.
-    _ticked_past(hook)
-    mtime = hook.stat().st_mtime_ns
-    hook.write_text("#!/bin/sh\nevil\n")
-    os.utime(hook, ns=(mtime, mtime))
-    after = surface.read(common, None)
-    assert opened == [str(hook)]
-    assert surface.changed(first, after) == ["hooks/pre-commit"]
-    assert after["hooks/pre-commit"].data == b"#!/bin/sh\nevil\n"
-
-
-def test_a_file_changed_within_the_last_second_is_read_every_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
-) -> None:
-    # A second write in the same clock tick can leave every stat field as it was (file
-    # systems without fine-grained change times): a file this fresh is never taken from
-    # memory.
-    repo = make_repo(tmp_path / "repo")
-    common = repo / ".git"
-    hook = common / "hooks" / "pre-commit"
-    hook.write_text("#!/bin/sh\ntrue\n")
-    written = hook.stat().st_ctime_ns
-    monkeypatch.setattr(surface, "_clock", lambda: written + 500_000_000)
-    for _ in range(2):
-        opened.clear()
-        surface.read(common, None)
-        assert opened.count(str(hook)) == 1

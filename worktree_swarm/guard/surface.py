@@ -5,11 +5,6 @@
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
 checkout's scan). Each is kept byte for byte at the baseline, so a change can be shown as a
 patch and undone exactly.
-
-A file is read again only when its stat changed. Its change time is what tells: no write,
-rename, chmod or ``utime`` can keep it, and only a file whose change time was already a
-second old when it was read is taken from memory, so a second write within the same clock
-tick (which can leave every stat field as it was) is never missed.
 """
 
 from __future__ import annotations
@@ -17,8 +12,6 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +55,17 @@ def read(common: Path, extra_hooks: Path | None) -> Surface:
     for name in ("config", "config.worktree"):
         _add(found, common, common / name)
     worktrees = common / "worktrees"
-    if worktrees.is_dir():
-        for admin in sorted(worktrees.iterdir()):
-            _add(found, common, admin / "config.worktree")
+    try:
+        admins = os.listdir(worktrees)  # noqa: PTH208 - one per worktree, no Path for each
+    except (FileNotFoundError, NotADirectoryError):
+        admins = []
+    for name in admins:
+        config = f"{worktrees}/{name}/config.worktree"
+        try:
+            os.lstat(config)  # usually absent: no Path made for it
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        _add(found, common, Path(config))
     for name in ("hooks", "info"):
         _add_tree(found, common, common / name)
     if extra_hooks is not None and extra_hooks.is_dir():
@@ -139,19 +140,9 @@ def _label(common: Path, path: Path) -> str:
     return path.relative_to(common).as_posix() if path.is_relative_to(common) else str(path)
 
 
-# A file's stat when it was read -> its bytes (only files whose change time was old then).
-_StatKey = tuple[int, int, int, int, int, int]
-_read_before: dict[str, tuple[_StatKey, bytes]] = {}
-_read_lock = threading.Lock()
-_SETTLED_NS = 1_000_000_000  # a change time this much older than the read: no write since
-_clock = time.time_ns
-_MAX_REMEMBERED = 4096
-
-
 def _add(found: Surface, common: Path, path: Path) -> None:
-    began = _clock()
     try:
-        info = os.lstat(path)
+        info = path.lstat()
     except FileNotFoundError:
         return
     label = _label(common, path)
@@ -160,28 +151,9 @@ def _add(found: Surface, common: Path, path: Path) -> None:
     elif stat.S_ISDIR(info.st_mode):
         found[label] = Entry(kind="dir", bits=stat.S_IMODE(info.st_mode))
     elif stat.S_ISREG(info.st_mode):
-        found[label] = Entry(kind="file", data=_file_bytes(str(path), info, began),
-                             bits=stat.S_IMODE(info.st_mode))  # fmt: skip
+        found[label] = Entry(kind="file", data=path.read_bytes(), bits=stat.S_IMODE(info.st_mode))
     else:
         found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
-
-
-def _file_bytes(path: str, info: os.stat_result, began: int) -> bytes:
-    """The bytes of the regular file *path* (lstat'ed as *info* at *began*)."""
-    key = (info.st_dev, info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns,
-           info.st_ctime_ns)  # fmt: skip
-    with _read_lock:
-        known = _read_before.get(path)
-    if known is not None and known[0] == key:
-        return known[1]
-    with open(path, "rb") as f:  # noqa: PTH123 - no Path per file and scan
-        data = f.read()
-    if info.st_ctime_ns < began - _SETTLED_NS and os.lstat(path).st_ctime_ns == info.st_ctime_ns:
-        with _read_lock:
-            if len(_read_before) >= _MAX_REMEMBERED:
-                _read_before.clear()
-            _read_before[path] = (key, data)
-    return data
 
 
 def _add_tree(found: Surface, common: Path, top: Path) -> None:
