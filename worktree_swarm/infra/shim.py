@@ -27,8 +27,9 @@ from __future__ import annotations
 # Only what starting a process needs: json, contextlib and pathlib would double the
 # shim's start-up time (they pull in re, collections, urllib), which every agent, setup
 # step and check pays; `signal` too (its enums cost more than the interpreter's own start):
-# its C module has the same functions and numbers.
-import ctypes
+# its C module has the same functions and numbers. Likewise `_ctypes` for one call to
+# prctl: `ctypes`' Python layer (its types, `struct`) costs ~3 ms at every start.
+import _ctypes
 import os
 import sys
 import time
@@ -114,8 +115,10 @@ def _become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        # dlopen(NULL): the program and its libraries, libc's prctl among them.
+        prctl = _ctypes.dlsym(_ctypes.dlopen(None), "prctl")  # type: ignore[arg-type]
+        # Python ints go as C ints, as through ctypes.CDLL.
+        return bool(_ctypes.call_function(prctl, (_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0)
     except (OSError, AttributeError):
         return False
 
