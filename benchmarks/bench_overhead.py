@@ -7,15 +7,16 @@
 For each size, a throwaway repository (N generated files, or a clone of `--repo`) and N tasks of
 a no-op agent (writes one file and exits). Measured, in this order, per repetition:
 
-- swarm: `swarm run` of the N tasks at `--jobs`, then `swarm clean --all --yes` (worktrees and
-  branches removed, as the floor does); CPU of the manager and every process it waited for;
-  `--compare SRC` also runs the swarm whose package is in the source tree SRC (for example
-  `git archive` of an older commit) on a fresh copy of the same repository;
 - agents: the agent command run N times by itself (its CPU is subtracted from swarm's);
 - floor: the minimal git a task needs (`worktree add` with checkout, one commit, `worktree
   remove`, branch delete), back to back, and in parallel at the same concurrency (metadata steps
-  under one lock, as git needs); measured before and again after swarm, the two averaged (a
-  shared VM's speed drifts within minutes).
+  under one lock, as git needs);
+- swarm: `swarm run` of the N tasks at `--jobs`, then `swarm clean --all --yes` (worktrees and
+  branches removed, as the floor does); CPU of the manager and every process it waited for;
+  `--compare SRC` also runs the swarm whose package is in the source tree SRC (for example
+  `git archive` of an older commit) on a fresh copy of the same repository, the trees' order
+  alternating between repetitions;
+- the floor again, averaged with the first (a shared VM's speed drifts within minutes).
 
 Prints, per task, swarm's CPU (run + clean, manager's own share in brackets) and wall (the
 clean's share in brackets) beside the floor's, the ratios, and medians over `--repeat`.
@@ -258,7 +259,12 @@ def main() -> int:
                     if floor_trace is not None and rep == 0:
                         print_counts("floor", git_counts(floor_trace), tasks)
                     runs = []
-                    for n, src in enumerate(srcs):
+                    # Alternate which tree goes first: the first run follows the floor's disk
+                    # work (writeback of its checkouts), the others follow a swarm run.
+                    order = list(enumerate(srcs))
+                    if rep % 2:
+                        order.reverse()
+                    for n, src in order:
                         base = Path(tmp) / f"s{n}"
                         base.mkdir()
                         repo = base / "repo"
@@ -274,7 +280,7 @@ def main() -> int:
                     f_cpu = (f_seq + f_seq2) / 2 / tasks
                     f_par = (f_par + f_par2) / 2
                     f_wall = f_par / tasks
-                    for src, m, trace, prof in runs:
+                    for src, m, trace, prof in sorted(runs, key=lambda r: srcs.index(r[0])):
                         cpu = max(m.cpu - agent_cpu, 0.0) / tasks
                         ratios[src].append((cpu / f_cpu, m.wall / f_par))
                         name = "this" if src == SRC else src.name
