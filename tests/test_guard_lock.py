@@ -110,6 +110,18 @@ def test_hand_overs_racing_scans_and_checks_blame_nobody_and_miss_nothing(
     assert (paths["t7"] / "t7.txt").read_text() == "t7 2\n"
 
 
+def packed_objects(*places: Path) -> set[str]:
+    """The names of the objects in the packs (an index file, or a directory of them)."""
+    found = set()
+    for place in places:
+        for idx in [place] if place.is_file() else place.glob("*.idx"):
+            with idx.open("rb") as f:
+                out = subprocess.run(["git", "show-index"], stdin=f, capture_output=True,
+                                     text=True, check=True).stdout  # fmt: skip
+            found |= {line.split()[1] for line in out.splitlines()}
+    return found
+
+
 def test_tasks_that_finish_together_share_one_pack_of_their_work(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     paths = {f"t{i}": tmp_path / "wt" / f"t{i}" for i in range(3)}
@@ -138,12 +150,27 @@ def test_tasks_that_finish_together_share_one_pack_of_their_work(tmp_path: Path)
         thread.join(timeout=30)
     new = set(work.rglob("keep-*.idx")) - packs_before
     assert len(new) == 1  # one pack-objects for the three
-    (idx,) = new
-    with idx.open("rb") as f:
-        out = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, text=True,
-                             check=True).stdout  # fmt: skip
-    packed = {line.split()[1] for line in out.splitlines()}
+    packed = packed_objects(*new)
     for task in paths:
         assert git(repo, "rev-parse", f"swarm/{task}") in packed
     assert guard.scan() == []
     assert guard.drain_failures() == []
+
+
+def test_a_broken_tip_in_a_shared_pack_costs_the_others_nothing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    git(repo, "switch", "-q", "-c", "swarm/good")
+    (repo / "good.txt").write_text("good\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", "good")
+    good = git(repo, "rev-parse", "HEAD")
+    git(repo, "switch", "-q", "main")
+    # Another task's tip whose objects an agent deleted, queued before ours.
+    broken = "1" * 40
+    guard._queued["refs/heads/swarm/broken"] = broken
+    refs = {"refs/heads/main": git(repo, "rev-parse", "main"), "refs/heads/swarm/good": good}
+    guard._keep_task_work(refs, tmp_path / "g" / "keep", only="refs/heads/swarm/good")
+    assert guard._packed == {"refs/heads/swarm/good": good}
+    assert good in packed_objects(tmp_path / "g" / "keep")

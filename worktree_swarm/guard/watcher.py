@@ -783,7 +783,8 @@ class Guard:
         Tasks that finish together share one pack: a caller queues its tips, and whichever
         caller takes the pack's lock first packs every queued one. Each caller still packs its
         own under the lock when they are not packed yet (the pack that took them failed, or
-        packed another tip of the same branch).
+        packed another tip of the same branch), and a shared pack that fails is made again
+        with the caller's own tips only.
         """
         mine = {
             ref: tip
@@ -795,7 +796,14 @@ class Guard:
         with self._keep_lock:  # not the guard's lock: a finishing task packs without it
             with self._queue_lock:
                 queued, self._queued = self._queued, {}
-            self._keep_moved(refs, {**queued, **mine}, pack_dir)
+            try:
+                self._keep_moved(refs, {**queued, **mine}, pack_dir)
+            except CommandError:
+                if queued.keys() <= mine.keys():
+                    raise
+                # Another's tip failed the shared pack (its objects gone): pack ours alone;
+                # each of the others packs its own once it holds the lock.
+                self._keep_moved(refs, mine, pack_dir)
 
     def _keep_moved(self, refs: dict[str, str], tips: dict[str, str], pack_dir: Path) -> None:
         user = {s for r, s in refs.items() if ref_owner(r) is None}
