@@ -626,12 +626,18 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
         "for p in (pkg / 'a.go', pkg, pkg.parent, pkg.parent.parent):\n"
         "    p.chmod(0o444 if p.is_file() else 0o555)\n"
     ))  # fmt: skip
-    assert swarm(repo, "run", "--agent", agent, "-t", "gocache=a", "-t", "typed=b").returncode == 0
+    out = swarm(repo, "run", "--agent", agent, "-t", "gocache=a", "-t", "typed=b", "-t", "sealed=c")
+    assert out.returncode == 0, out.stdout + out.stderr
     path = repo.parent / "repo.swarm" / "gocache"
     assert (path / "gomod" / "pkg@v1.2.3" / "sub" / "a.go").exists()
     # Work typed after the run: checkpointed, then removed by `git worktree remove`.
     typed = repo.parent / "repo.swarm" / "typed"
     (typed / "later.txt").write_text("typed by the user\n")
+    # Work in a directory nobody may read: git only warns that it cannot look inside.
+    sealed = repo.parent / "repo.swarm" / "sealed"
+    (sealed / "box").mkdir()
+    (sealed / "box" / "work.txt").write_text("unseen work\n")
+    (sealed / "box").chmod(0)
 
     out = subprocess.run(
         [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", "--yes"],
@@ -645,6 +651,8 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     assert out.returncode == 0, out.stdout + out.stderr
     assert not path.exists()
     assert not typed.exists()
+    assert not sealed.exists()
     assert worktree_paths(repo) == [str(repo)]
     assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
     assert git(repo, "show", "swarm/typed:later.txt") == "typed by the user"
+    assert git(repo, "show", "swarm/sealed:box/work.txt") == "unseen work"

@@ -223,7 +223,7 @@ def worktree_finding(
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
     """
     path = info.path
-    dirty = bool(git.status_porcelain(path))
+    dirty = git.full_status(path) != ""  # a directory git cannot read may hide work
     users = processes_using(path)
     keep = ""
     if info.locked is not None and not force:
@@ -433,7 +433,7 @@ def _remove_worktree(
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
-        clean = not git.status_porcelain(path)
+        clean = _nothing_to_keep(path)
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
@@ -457,6 +457,19 @@ def _remove_worktree(
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _nothing_to_keep(path: Path) -> bool:
+    """Whether git's status of the worktree *path* is empty, every directory of it seen.
+
+    A directory git cannot read (an agent's ``chmod``) is opened to its owner first: swarm
+    removes the worktree anyway, and its files must be seen to be kept.
+    """
+    status = git.full_status(path)
+    if status is None:
+        worktrees.make_removable(path)
+        status = git.full_status(path)
+    return status == ""
 
 
 def adding_process(path: Path) -> psutil.Process | None:

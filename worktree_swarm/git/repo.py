@@ -469,9 +469,24 @@ def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
     return [p for p in out.split("\0") if p]
 
 
+_STATUS = ["status", "--porcelain=v1", "-z", "--untracked-files=all"]
+# What git says, and still exits 0, when it cannot look inside part of a checkout.
+_UNSEEN = ("could not open directory", "Permission denied")
+
+
 def status_porcelain(path: Path) -> str:
     """Return ``git status --porcelain=v1 -z --untracked-files=all`` of *path*, raw."""
-    return git(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    return git(path, *_STATUS)
+
+
+def full_status(path: Path) -> str | None:
+    """:func:`status_porcelain` of *path*, or None when git could not see all of it.
+
+    A directory without read or search permission hides its files from git, which only warns:
+    an empty status would then be a checkout that looks clean and is not.
+    """
+    res = _run(path, _STATUS)
+    return None if any(words in res.stderr for words in _UNSEEN) else res.stdout
 
 
 def write_config_file(path: Path, items: Mapping[str, str]) -> None:
