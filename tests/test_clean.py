@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -614,7 +615,7 @@ def test_removing_a_worktree_never_follows_an_agents_symlinks_out_of_it(
 
 
 def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
-    repo: Path, write_agent: AgentFactory
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
 ) -> None:
     # Go's module cache: directories 0555, files 0444. Nobody but root may delete in them.
     agent = " ".join(write_agent(
@@ -638,6 +639,12 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     (sealed / "box").mkdir()
     (sealed / "box" / "work.txt").write_text("unseen work\n")
     (sealed / "box").chmod(0)
+    # A link out of the worktree to a read-only directory of yours: never opened or entered.
+    yours = tmp_path / "yours"
+    yours.mkdir()
+    (yours / "keep.txt").write_text("yours\n")
+    yours.chmod(0o555)
+    (sealed / "box-link").symlink_to(yours)
 
     out = subprocess.run(
         [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", "--yes"],
@@ -656,3 +663,5 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
     assert git(repo, "show", "swarm/typed:later.txt") == "typed by the user"
     assert git(repo, "show", "swarm/sealed:box/work.txt") == "unseen work"
+    assert stat.S_IMODE(yours.stat().st_mode) == 0o555
+    assert (yours / "keep.txt").read_text() == "yours\n"
