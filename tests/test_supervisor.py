@@ -23,6 +23,7 @@ from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
     AgentProcess,
+    adopt,
     descendants,
     identity_of,
     is_alive,
@@ -215,6 +216,26 @@ def test_identity_and_is_alive(start, tmp_path: Path) -> None:
     assert agent.wait(timeout=30) == -signal.SIGTERM
     assert not is_alive(agent.identity)
     assert identity_of(agent.identity.pid) is None or not is_alive(agent.identity)
+
+
+def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> None:
+    # After a restart the agent is not our child: its end is seen without waitpid, its code
+    # read from its shim's record.
+    if not SHIM_AVAILABLE:
+        pytest.skip("the exit code of an adopted agent comes from its shim's record")
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    adopted = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
+    assert adopted.wait(timeout=0.05) is None  # still running: the timeout, then nothing
+    assert adopted.alive()
+    for child in descendants(agent.identity):
+        child.terminate()  # the agent ends: its shim records the status and exits
+    assert adopted.wait(timeout=60) == -signal.SIGTERM
+    assert not adopted.alive()
+    agent.wait(timeout=30)
+    # A process that is gone, or a PID now used by another: answered at once.
+    gone = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
+    assert gone.wait(timeout=30) == -signal.SIGTERM
 
 
 def test_is_alive_false_after_exit(start) -> None:

@@ -12,6 +12,7 @@ import enum
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -152,9 +153,7 @@ class AdoptedProcess:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* for the process to end; its recorded exit code, if any."""
-        deadline = time.monotonic() + (timeout or 0.0)
-        while is_alive(self.identity) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_for_end(self.identity, timeout or 0.0)
         if is_alive(self.identity) or self.record is None:
             return None
         recorded = read_record(self.record)
@@ -176,6 +175,29 @@ class AdoptedProcess:
         """Kill the whole tree."""
         kill_tree(self.identity, grace=grace)
         return None
+
+
+def _wait_for_end(identity: ProcessIdentity, timeout: float) -> None:
+    """Return once *identity*'s process has ended, or after *timeout* seconds.
+
+    Not our child, so no ``waitpid``: a pidfd (Linux 5.3) becomes readable when the process
+    ends, with no polling meanwhile; elsewhere its liveness is asked every 20 ms.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except (AttributeError, OSError):  # no pidfd here, or the process is gone
+        pidfd = None
+    try:
+        # Checked once the pidfd is open: it then names this very process, not a reused PID.
+        if pidfd is not None and is_alive(identity):
+            select.select([pidfd], [], [], timeout)
+            return
+        while is_alive(identity) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
