@@ -225,6 +225,7 @@ def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> 
         pytest.skip("the exit code of an adopted agent comes from its shim's record")
     agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
     read_pid(tmp_path / "ready")
+    assert agent.wait(timeout=0.05) is None  # our child, still running: the timeout, then nothing
     adopted = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
     assert adopted.wait(timeout=0.05) is None  # still running: the timeout, then nothing
     assert adopted.alive()
@@ -232,7 +233,7 @@ def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> 
         child.terminate()  # the agent ends: its shim records the status and exits
     assert adopted.wait(timeout=60) == -signal.SIGTERM
     assert not adopted.alive()
-    agent.wait(timeout=30)
+    assert agent.wait(timeout=30) == -signal.SIGTERM  # our child: reaped, its code recorded
     # A process that is gone, or a PID now used by another: answered at once.
     gone = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
     assert gone.wait(timeout=30) == -signal.SIGTERM

@@ -77,6 +77,8 @@ class AgentProcess:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* seconds; return the exit code, or None if still running."""
+        if timeout and self.popen.returncode is None and _until_ended(self.popen.pid, timeout):
+            timeout = 0  # ended, or the time is up: reap it if it ended
         try:
             return self._code(self.popen.wait(timeout))
         except subprocess.TimeoutExpired:
@@ -177,27 +179,37 @@ class AdoptedProcess:
         return None
 
 
-def _wait_for_end(identity: ProcessIdentity, timeout: float) -> None:
-    """Return once *identity*'s process has ended, or after *timeout* seconds.
+def _until_ended(pid: int, timeout: float, identity: ProcessIdentity | None = None) -> bool:
+    """Block until the process *pid* ends or *timeout* passes; False without a pidfd.
 
-    Not our child, so no ``waitpid``: a pidfd (Linux 5.3) becomes readable when the process
-    ends, with no polling meanwhile; elsewhere its liveness is asked every 20 ms.
+    A pidfd (Linux 5.3) becomes readable when its process ends: no polling meanwhile (Popen's
+    own timed wait wakes up every few milliseconds). With *identity* (not our child, so its
+    PID may have been reused) the process is checked to be that one once the pidfd is open.
     """
-    deadline = time.monotonic() + timeout
     try:
-        pidfd = os.pidfd_open(identity.pid)
-    except (AttributeError, OSError):  # no pidfd here, or the process is gone
-        pidfd = None
+        pidfd = os.pidfd_open(pid)
+    except AttributeError:  # no pidfd on this platform
+        return False
+    except OSError:
+        return True  # gone already
     try:
-        # Checked once the pidfd is open: it then names this very process, not a reused PID.
-        if pidfd is not None and is_alive(identity):
+        if identity is None or is_alive(identity):
             select.select([pidfd], [], [], timeout)
-            return
-        while is_alive(identity) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        return True
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        os.close(pidfd)
+
+
+def _wait_for_end(identity: ProcessIdentity, timeout: float) -> None:
+    """Return once *identity*'s process (not our child) has ended, or after *timeout* seconds.
+
+    On a pidfd where there is one; elsewhere its liveness is asked every 20 ms.
+    """
+    if _until_ended(identity.pid, timeout, identity):
+        return
+    deadline = time.monotonic() + timeout
+    while is_alive(identity) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def adopt(identity: ProcessIdentity, *, log_path: Path, started_at: float) -> AdoptedProcess:
