@@ -451,7 +451,7 @@ def _remove_worktree(
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
         args = ["--force", "--force"] if force else []
-        worktrees.make_removable(path)
+        fs.make_removable(path)
         git.git(repo.root, "worktree", "remove", *args, "--", str(path))
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
@@ -467,7 +467,7 @@ def _nothing_to_keep(path: Path) -> bool:
     """
     status = git.full_status(path)
     if status is None:
-        worktrees.make_removable(path)
+        fs.make_removable(path)
         status = git.full_status(path)
     return status == ""
 

@@ -382,19 +382,11 @@ def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
     A worktree whose directory is already gone is just unregistered.
     """
     args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path.absolute())]
-    make_removable(path)
+    # A `git worktree remove` that fails half-way (a directory a tool made read-only) still
+    # unregisters the worktree and leaves the rest of its files behind.
+    fs.make_removable(path)
     with repo_lock(repo):
         git(repo.root, *args)
-
-
-def make_removable(path: Path) -> None:
-    """Open every directory of the worktree *path* to its owner, so that git can delete it.
-
-    `git worktree remove` that fails half-way (a directory a tool made read-only) still
-    unregisters the worktree and leaves the rest of its files behind.
-    """
-    if not path.is_symlink():
-        fs.make_removable(path)
 
 
 def delete_locked(repo: Repo, path: Path) -> bool:
