@@ -638,23 +638,28 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     sealed = repo.parent / "repo.swarm" / "sealed"
     (sealed / "box").mkdir()
     (sealed / "box" / "work.txt").write_text("unseen work\n")
-    (sealed / "box").chmod(0)
     # A link out of the worktree to a read-only directory of yours: never opened or entered.
     yours = tmp_path / "yours"
     yours.mkdir()
     (yours / "keep.txt").write_text("yours\n")
     yours.chmod(0o555)
-    (sealed / "box-link").symlink_to(yours)
+    (sealed / "box" / "link").symlink_to(yours)
+    (sealed / "box").chmod(0)
 
-    out = subprocess.run(
-        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", "--yes"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    def clean_as_owner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--all", *args],
+            cwd=repo, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            check=False,
+        )  # fmt: skip
+
+    # The plan, as the owner sees it: what git cannot read counts as work to keep.
+    out = clean_as_owner("--json")
+    found = {f["target"]: f for f in json.loads(out.stdout)["findings"]}
+    assert "uncommitted changes on swarm/sealed" in str(found[str(sealed)]["fix"])
+    assert stat.S_IMODE((sealed / "box").stat().st_mode) == 0  # a dry run changes nothing
+
+    out = clean_as_owner("--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not path.exists()
     assert not typed.exists()

@@ -234,7 +234,7 @@ def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> 
     assert adopted.wait(timeout=60) == -signal.SIGTERM
     assert not adopted.alive()
     assert agent.wait(timeout=30) == -signal.SIGTERM  # our child: reaped, its code recorded
-    # A process that is gone, or a PID now used by another: answered at once.
+    # A process that is gone (or whose PID another now uses): its record answers.
     gone = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
     assert gone.wait(timeout=30) == -signal.SIGTERM
 
