@@ -10,7 +10,7 @@ a double-forked daemon, one that left for ``/`` — is re-parented to the shim i
 init, and stays findable as its descendant.
 
 - When the command exits, its status and end time are written to FILE (JSON, temp file +
-  ``os.replace``), then whatever it left running is killed and the shim exits.
+  a rename), then whatever it left running is killed and the shim exits.
 - SIGTERM, SIGINT or SIGHUP to the shim kill the whole tree: SIGTERM to every descendant
   (re-scanned, so processes forked meanwhile get it too), SIGKILL to all that remain at the
   one grace deadline, re-scanning until no descendant is left. The status is then recorded
@@ -22,15 +22,16 @@ started from one whose command still runs. Every process of the tree carries
 the shim itself was killed.
 """
 
-from __future__ import annotations
-
 # Only what starting a process needs: json, contextlib and pathlib would double the
 # shim's start-up time (they pull in re, collections, urllib), which every agent, setup
 # step and check pays; `signal` too (its enums cost more than the interpreter's own start):
 # its C module has the same functions and numbers. Likewise `_ctypes` for one call to
-# prctl: `ctypes`' Python layer (its types, `struct`) costs ~3 ms at every start.
+# prctl: `ctypes`' Python layer (its types, `struct`) costs ~3 ms at every start; and
+# `posix` for `os`, which `-S` leaves unimported and which pulls in `_collections_abc`
+# and `posixpath` (~1 ms). No `from __future__` import either: the annotations here are
+# valid at run time.
 import _ctypes
-import os
+import posix
 import sys
 import time
 
@@ -60,16 +61,16 @@ def main(argv: list[str]) -> int:
     started = time.time()
     base: dict[str, object] = {
         "version": 1,
-        "pid": os.getpid(),
-        "start_ticks": start_ticks(os.getpid()),
+        "pid": posix.getpid(),
+        "start_ticks": start_ticks(posix.getpid()),
         "started_at": started,
     }
     _write(record, {**base, "exit_code": None, "ended_at": None})
     try:
-        child = os.posix_spawnp(
+        child = posix.posix_spawnp(
             command[0],
             command,
-            os.environ,
+            posix.environ,
             setsigmask=(),
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *_STOP_SIGNALS),
         )
@@ -128,7 +129,7 @@ def _reap(child: int) -> int | None:
     found = None
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = posix.waitpid(-1, posix.WNOHANG)
         except ChildProcessError:
             return found
         if pid == 0:
@@ -146,7 +147,7 @@ def _kill_all(child: int, grace: float) -> int:
     while True:
         while True:  # reap whatever ended, remembering the command's own status
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = posix.waitpid(-1, posix.WNOHANG)
             except ChildProcessError:
                 return status if child_status is None else child_status
             if pid == 0:
@@ -157,7 +158,7 @@ def _kill_all(child: int, grace: float) -> int:
         for key in _descendants():
             if late or key not in signalled:
                 try:  # noqa: SIM105 - contextlib costs start-up time
-                    os.kill(key[0], signal.SIGKILL if late else signal.SIGTERM)
+                    posix.kill(key[0], signal.SIGKILL if late else signal.SIGTERM)
                 except (ProcessLookupError, PermissionError):
                     pass  # it ended meanwhile
                 signalled.add(key)
@@ -186,7 +187,7 @@ def _descendants() -> list[tuple[int, int]]:
     """(pid, start time) of every live descendant of this process, from /proc."""
     children: dict[int, list[tuple[int, int]]] = {}
     try:
-        names = os.listdir("/proc")  # noqa: PTH208 - pathlib costs start-up time
+        names = posix.listdir("/proc")
     except OSError:
         names = []
     for name in names:
@@ -195,7 +196,7 @@ def _descendants() -> list[tuple[int, int]]:
             continue
         children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
     found: list[tuple[int, int]] = []
-    todo = [os.getpid()]
+    todo = [posix.getpid()]
     while todo:
         for key in children.get(todo.pop(), []):
             found.append(key)
@@ -210,17 +211,17 @@ def _ended(base: dict[str, object], status: int, *, stopped: bool) -> dict[str, 
 
 def _exit_code(status: int) -> int:
     """Like Popen.returncode: the exit code, or minus the signal that killed it."""
-    return os.waitstatus_to_exitcode(status)
+    return posix.waitstatus_to_exitcode(status)
 
 
 def _write(path: str, data: dict[str, object]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{posix.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:  # noqa: PTH123
             f.write(_json(data))
         # No fsync: the record has to outlive the manager, not the machine (after a power
         # loss no agent is left running to account for), and fsync would add tens of ms.
-        os.replace(tmp, path)  # noqa: PTH105 - a reader sees the old record or the new one
+        posix.replace(tmp, path)  # a reader sees the old record or the new one
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
         try:
             sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
@@ -251,7 +252,9 @@ def _exit(code: int) -> None:
         sys.stderr.flush()
     except OSError:
         pass
-    os._exit(code)
+    # os._exit where os is loaded anyway (a tool such as coverage patches it to save its data
+    # first), else the same function from posix.
+    getattr(sys.modules.get("os"), "_exit", posix._exit)(code)  # noqa: SLF001
 
 
 def run() -> None:
