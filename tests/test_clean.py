@@ -142,6 +142,27 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Carried out at once, the plan takes a worktree's status only where it decides something:
+    # here whether a merged branch may go (a checkpoint of the new work will move it).
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "nothing=a", "-t", "idle=b")
+    assert out.returncode == 1, out.stderr  # both changed nothing: `no_changes`
+    root = repo.parent / "repo.swarm"
+    (root / "nothing" / "later.txt").write_text("typed by the user after the run\n")
+
+    found = report(repo, "clean", "--yes", code=0)
+    assert found[str(root / "nothing")]["fixed"] is True
+    assert found["swarm/nothing"]["action"] == "keep"
+    assert found["swarm/idle"]["action"] == "delete_branch"
+    assert found["swarm/idle"]["fixed"] is True
+    assert worktree_paths(repo) == [str(repo)]
+    assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/nothing"]
+    assert git(repo, "show", "swarm/nothing:later.txt") == "typed by the user after the run"
+
+
 def test_clean_keeps_a_worktree_in_use_unless_forced(
     repo: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

@@ -23,6 +23,7 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     processes_using,
+    worktree_dirty,
     worktree_finding,
 )
 from worktree_swarm.core import paths
@@ -115,7 +116,11 @@ def clean(
             run_ids = [run.run_id for run in store.runs()]
         else:
             run_ids = [status.resolve_run(store, run_id)]
-        findings = plan_clean(repo, store, run_ids, keep_branches=keep_branches, force=force)
+        # Carried out at once, the plan leaves each worktree's status to its removal, which
+        # asks git right before it deletes anything (a status fewer per worktree).
+        findings = plan_clean(
+            repo, store, run_ids, keep_branches=keep_branches, force=force, look=not yes
+        )
         if not yes:
             return Report(mode="clean", findings=tuple(findings))
         results = apply(repo, findings, store=store, force=force, grace=grace)
@@ -131,8 +136,14 @@ def plan_clean(
     *,
     keep_branches: bool,
     force: bool,
+    look: bool = True,
 ) -> list[Finding]:
-    """Findings for every finished task of *run_ids* that still has a worktree or branch."""
+    """Findings for every finished task of *run_ids* that still has a worktree or branch.
+
+    Without *look*, a worktree's status is taken only where it decides something (whether a
+    merged branch can go): the plan is to be carried out at once, and each removal asks
+    git again before it deletes anything.
+    """
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
     branches = _Branches(tips=git.branch_tips(repo), merged=Merged(repo))
     findings: list[Finding] = []
@@ -152,6 +163,7 @@ def plan_clean(
                 targets=targets,
                 keep_branches=keep_branches,
                 force=force,
+                look=look,
             )
             findings += found
             if any(f.action is Action.DELETE_BRANCH for f in found):
@@ -170,6 +182,7 @@ def plan_clean(
                     needed_by=needed.get(task.task_id),
                     keep_branches=keep_branches,
                     force=force,
+                    look=look,
                 )
     return findings
 
@@ -193,8 +206,9 @@ def _plan_task(
     needed_by: str | None,
     keep_branches: bool,
     force: bool,
+    look: bool,
 ) -> list[Finding]:
-    found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force)
+    found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force, look=look)
     if keep_branches or kept or task.branch not in branches.tips:
         return found
     path = real_path(task.worktree)
@@ -208,6 +222,8 @@ def _plan_task(
     tip = branches.tips[task.branch]
     # A checkpoint of uncommitted changes will add a commit, so the branch will not be merged.
     merged = None if dirty or keep else branches.merged.into(tip, targets)
+    if merged and dirty is None and worktree_dirty(Path(task.worktree)):
+        merged = None  # its status, not taken yet, decides
     why = f"task {task.task_id} is {task.state.value}"
     if merged or (force and not keep):
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
@@ -249,14 +265,18 @@ def _plan_integration(
     targets: tuple[str, ...],
     keep_branches: bool,
     force: bool,
+    look: bool,
 ) -> list[Finding]:
     """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced)."""
     branch = integration_branch(run_id)
     found: list[Finding] = []
-    dirty = kept = False
+    dirty: bool | None = False
+    kept = False
+    worktree = None
     for info in registered.values():
         if info.branch != branch or info.is_main:
             continue
+        worktree = info.path
         finding, dirty = worktree_finding(
             repo,
             info,
@@ -264,6 +284,7 @@ def _plan_integration(
             reason=f"integration worktree of run {run_id} (`swarm merge`)",
             force=force,
             run_id=run_id,
+            look=look,
         )
         kept = kept or finding.action is Action.KEEP
         found.append(finding)
@@ -273,6 +294,8 @@ def _plan_integration(
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
     merged = None if dirty else branches.merged.into(tip, landing)
+    if merged and dirty is None and worktree is not None and worktree_dirty(worktree):
+        merged = None  # its uncommitted changes would be checkpointed on it
     why = f"integration branch of run {run_id}"
     if merged or force:
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
@@ -298,9 +321,17 @@ def _plan_integration(
 
 
 def _plan_task_worktree(
-    repo: git.Repo, task: TaskRow, registered: dict[Path, WorktreeInfo], *, force: bool
-) -> tuple[list[Finding], bool, bool]:
-    """Findings for a finished task's worktree; returns (findings, dirty, kept)."""
+    repo: git.Repo,
+    task: TaskRow,
+    registered: dict[Path, WorktreeInfo],
+    *,
+    force: bool,
+    look: bool,
+) -> tuple[list[Finding], bool | None, bool]:
+    """Findings for a finished task's worktree; returns (findings, dirty, kept).
+
+    dirty is None when the worktree's status was not taken (without *look*).
+    """
     why = f"task {task.task_id} is {task.state.value}"
     path = Path(task.worktree)
     info = registered.get(real_path(path))
@@ -332,6 +363,7 @@ def _plan_task_worktree(
         force=force,
         run_id=task.run_id,
         task_id=task.task_id,
+        look=look,
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP

@@ -216,14 +216,17 @@ def worktree_finding(
     force: bool,
     run_id: str | None = None,
     task_id: str | None = None,
-) -> tuple[Finding, bool]:
+    look: bool = True,
+) -> tuple[Finding, bool | None]:
     """Plan removing the registered worktree *info*; returns (finding, dirty).
 
     Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
+    Without *look* its status is not taken (dirty is None): for a plan carried out at once,
+    whose removal asks git again right before it deletes anything.
     """
     path = info.path
-    dirty = git.full_status(path) != ""  # a directory git cannot read may hide work
+    dirty = worktree_dirty(path) if look else None
     users = processes_using(path)
     keep = ""
     if info.locked is not None and not force:
@@ -244,6 +247,11 @@ def worktree_finding(
         branch=info.branch, run_id=run_id, task_id=task_id,
     )  # fmt: skip
     return finding, dirty
+
+
+def worktree_dirty(path: Path) -> bool:
+    """Whether the worktree *path* holds work that removing it would need to commit first."""
+    return git.full_status(path) != ""  # a directory git cannot read may hide work
 
 
 # -- applying a plan ------------------------------------------------------------------------
