@@ -419,6 +419,35 @@ def test_processes_in(start, tmp_path: Path, reaper) -> None:
     agent.stop(grace=5)
 
 
+def test_processes_in_a_snapshot_are_checked_to_be_inside_still(
+    start, tmp_path: Path, reaper
+) -> None:
+    # `swarm clean` plans from one snapshot of every process's cwd: a process that moved since
+    # (or whose PID now names another process) is not taken for a user of the worktree.
+    worktree = tmp_path / "worktree"
+    worktree.mkdir()
+    agent = start(
+        f"import time\nos.chdir({str(worktree)!r})\npublish({str(tmp_path / 'in')!r}, 1)\n"
+        f"while not os.path.exists({str(tmp_path / 'go')!r}):\n    time.sleep(0.01)\n"
+        f"os.chdir('/')\npublish({str(tmp_path / 'out')!r}, 1)\ntime.sleep(3600)\n"
+    )
+    read_pid(tmp_path / "in")
+    cwds = supervisor.working_directories()
+    assert cwds is not None
+    # The agent's shim is in tmp_path; the agent itself is in the worktree.
+    assert (
+        {p.pid for p in processes_in(worktree, cwds=cwds)}
+        == {pid for pid, cwd in cwds.items() if cwd == str(worktree)}
+        != set()
+    )
+    (tmp_path / "go").write_text("")
+    read_pid(tmp_path / "out")
+    assert any(cwd == str(worktree) for cwd in cwds.values())  # the snapshot says inside
+    assert processes_in(worktree, cwds=cwds) == []
+    assert processes_in(worktree) == []
+    agent.stop(grace=5)
+
+
 def test_processes_in_without_proc_finds_the_same(
     start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

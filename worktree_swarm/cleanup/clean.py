@@ -32,6 +32,7 @@ from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
@@ -145,7 +146,11 @@ def plan_clean(
     git again before it deletes anything.
     """
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
-    branches = _Branches(tips=git.branch_tips(repo), merged=Merged(repo))
+    seen = _Seen(
+        tips=git.branch_tips(repo),
+        merged=Merged(repo),
+        cwds=supervisor.working_directories(),
+    )
     findings: list[Finding] = []
     for run_id in run_ids:
         run = store.get_run(run_id)
@@ -159,7 +164,7 @@ def plan_clean(
                 repo,
                 run_id,
                 registered,
-                branches,
+                seen,
                 targets=targets,
                 keep_branches=keep_branches,
                 force=force,
@@ -176,7 +181,7 @@ def plan_clean(
                     repo,
                     task,
                     registered,
-                    branches,
+                    seen,
                     targets=targets,
                     cleaned=task.task_id in cleaned,
                     needed_by=needed.get(task.task_id),
@@ -188,18 +193,23 @@ def plan_clean(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Branches:
-    """Every branch's tip, read once, and which are merged where (a plan reads no branch twice)."""
+class _Seen:
+    """What a plan reads once, so that it reads no branch or process twice.
+
+    Every branch's tip, which are merged where, and every process's working directory (None
+    without ``/proc``).
+    """
 
     tips: dict[str, str]
     merged: Merged
+    cwds: dict[int, str] | None
 
 
 def _plan_task(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
-    branches: _Branches,
+    seen: _Seen,
     *,
     targets: tuple[str, ...],
     cleaned: bool,
@@ -208,8 +218,10 @@ def _plan_task(
     force: bool,
     look: bool,
 ) -> list[Finding]:
-    found, dirty, kept = _plan_task_worktree(repo, task, registered, force=force, look=look)
-    if keep_branches or kept or task.branch not in branches.tips:
+    found, dirty, kept = _plan_task_worktree(
+        repo, task, registered, seen.cwds, force=force, look=look
+    )
+    if keep_branches or kept or task.branch not in seen.tips:
         return found
     path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
@@ -219,9 +231,9 @@ def _plan_task(
         keep = f"task {needed_by} still starts from it"
     else:
         keep = ""
-    tip = branches.tips[task.branch]
+    tip = seen.tips[task.branch]
     # A checkpoint of uncommitted changes will add a commit, so the branch will not be merged.
-    merged = None if dirty or keep else branches.merged.into(tip, targets)
+    merged = None if dirty or keep else seen.merged.into(tip, targets)
     if merged and dirty is None and worktree_dirty(Path(task.worktree)):
         merged = None  # its status, not taken yet, decides
     why = f"task {task.task_id} is {task.state.value}"
@@ -260,7 +272,7 @@ def _plan_integration(
     repo: git.Repo,
     run_id: str,
     registered: dict[Path, WorktreeInfo],
-    branches: _Branches,
+    seen: _Seen,
     *,
     targets: tuple[str, ...],
     keep_branches: bool,
@@ -285,15 +297,16 @@ def _plan_integration(
             force=force,
             run_id=run_id,
             look=look,
+            cwds=seen.cwds,
         )
         kept = kept or finding.action is Action.KEEP
         found.append(finding)
-    if keep_branches or kept or branch not in branches.tips:
+    if keep_branches or kept or branch not in seen.tips:
         return found
-    tip = branches.tips[branch]
+    tip = seen.tips[branch]
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
-    merged = None if dirty else branches.merged.into(tip, landing)
+    merged = None if dirty else seen.merged.into(tip, landing)
     if merged and dirty is None and worktree is not None and worktree_dirty(worktree):
         merged = None  # its uncommitted changes would be checkpointed on it
     why = f"integration branch of run {run_id}"
@@ -324,6 +337,7 @@ def _plan_task_worktree(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
+    cwds: dict[int, str] | None,
     *,
     force: bool,
     look: bool,
@@ -352,7 +366,7 @@ def _plan_task_worktree(
         return [prune], False, False
     found: list[Finding] = []
     if force:
-        for user in processes_using(path):
+        for user in processes_using(path, cwds):
             kill = kill_finding(user, reason=f"{describe(user)} is using {path}", fix="kill it")
             found += [kill] if kill else []
     finding, dirty = worktree_finding(
@@ -364,6 +378,7 @@ def _plan_task_worktree(
         run_id=task.run_id,
         task_id=task.task_id,
         look=look,
+        cwds=cwds,
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP

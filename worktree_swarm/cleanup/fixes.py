@@ -17,6 +17,7 @@ import functools
 import itertools
 import os
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,10 +176,13 @@ def protected_pids() -> frozenset[int]:
     return frozenset({me.pid, *(p.pid for p in me.parents())})
 
 
-def processes_using(path: Path) -> list[psutil.Process]:
-    """Processes whose cwd is inside *path*, other than this one and its ancestors."""
+def processes_using(path: Path, cwds: Mapping[int, str] | None = None) -> list[psutil.Process]:
+    """Processes whose cwd is inside *path*, other than this one and its ancestors.
+
+    *cwds*: a snapshot of every process's (:func:`supervisor.working_directories`) to look in.
+    """
     keep = protected_pids()
-    return [p for p in supervisor.processes_in(path) if p.pid not in keep]
+    return [p for p in supervisor.processes_in(path, cwds=cwds) if p.pid not in keep]
 
 
 def describe(process: psutil.Process) -> str:
@@ -217,17 +221,19 @@ def worktree_finding(
     run_id: str | None = None,
     task_id: str | None = None,
     look: bool = True,
+    cwds: Mapping[int, str] | None = None,
 ) -> tuple[Finding, bool | None]:
     """Plan removing the registered worktree *info*; returns (finding, dirty).
 
     Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
     Without *look* its status is not taken (dirty is None): for a plan carried out at once,
-    whose removal asks git again right before it deletes anything.
+    whose removal asks git again right before it deletes anything. *cwds*: as for
+    :func:`processes_using`.
     """
     path = info.path
     dirty = worktree_dirty(path) if look else None
-    users = processes_using(path)
+    users = processes_using(path, cwds)
     keep = ""
     if info.locked is not None and not force:
         keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"

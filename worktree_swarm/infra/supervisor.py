@@ -415,11 +415,17 @@ def descendants(identity: ProcessIdentity) -> list[psutil.Process]:
 _PROC_CWD = Path("/proc/self/cwd")  # Linux: every process's cwd is a link to read
 
 
-def processes_in(directory: Path) -> list[psutil.Process]:
-    """Return processes (other than this one) whose cwd is *directory* or inside it."""
+def processes_in(directory: Path, *, cwds: Mapping[int, str] | None = None) -> list[psutil.Process]:
+    """Return processes (other than this one) whose cwd is *directory* or inside it.
+
+    *cwds* is a snapshot from :func:`working_directories` to look in, for many directories
+    at once; a process found there is checked to be inside still.
+    """
     root = Path(os.path.realpath(directory))
-    if _PROC_CWD.is_dir():
-        return _processes_in_proc(root)
+    if cwds is None:
+        cwds = working_directories()
+    if cwds is not None:
+        return _inside(root, cwds)
     found = []
     for proc in psutil.process_iter():
         if proc.pid == os.getpid():
@@ -433,21 +439,37 @@ def processes_in(directory: Path) -> list[psutil.Process]:
     return found
 
 
-def _processes_in_proc(root: Path) -> list[psutil.Process]:
-    """:func:`processes_in` from ``/proc`` links (a scan per worktree in `swarm clean`)."""
-    top = str(root)
-    inside = top.rstrip("/") + "/"
+def working_directories() -> dict[int, str] | None:
+    """Every other process's working directory by PID, from ``/proc`` (None without it)."""
+    if not _PROC_CWD.is_dir():
+        return None
     me = os.getpid()
-    found = []
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to look at
+            found[int(entry.name)] = os.readlink(f"/proc/{entry.name}/cwd")  # noqa: PTH115
+    return found
+
+
+def _inside(root: Path, cwds: Mapping[int, str]) -> list[psutil.Process]:
+    top = str(root)
+    inside = top.rstrip("/") + "/"
+
+    def within(cwd: str) -> bool:
+        return cwd == top or cwd.startswith(inside)
+
+    found = []
+    for pid, cwd in cwds.items():
+        if not within(cwd):
+            continue
         try:
-            cwd = os.readlink(f"/proc/{entry.name}/cwd")  # noqa: PTH115 - no Path per process
-            if cwd == top or cwd.startswith(inside):
-                found.append(psutil.Process(int(entry.name)))
+            # Read again: since the snapshot the process may have moved, or its PID be reused.
+            if within(os.readlink(f"/proc/{pid}/cwd")):  # noqa: PTH115
+                found.append(psutil.Process(pid))
         except (OSError, psutil.Error):
-            continue  # gone meanwhile, or not ours to look at
+            continue
     return found
 
 
