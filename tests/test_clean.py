@@ -414,6 +414,27 @@ def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_clean_yes_keeps_a_landed_integration_branch_whose_worktree_holds_new_work(
+    repo: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    integration = next(p for p in worktree_paths(repo) if "_integration-" in p)
+    branch = git(integration, "branch", "--show-current")
+    git(repo, "merge", "-q", "--ff-only", branch)  # landed, its worktree still there
+    (Path(integration) / "fixup.txt").write_text("typed after landing\n")
+
+    done = report(repo, "clean", "--yes", code=0)
+    assert done[integration]["fixed"] is True
+    assert done[branch]["action"] == "keep"
+    assert integration not in worktree_paths(repo)
+    assert git(repo, "show", f"{branch}:fixup.txt") == "typed after landing"
+
+
 def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path: Path) -> None:
     agent = tmp_path / "agent.py"
     agent.write_text(

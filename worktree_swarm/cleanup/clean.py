@@ -204,6 +204,22 @@ class _Seen:
     merged: Merged
     cwds: dict[int, str] | None
 
+    def merged_into(
+        self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
+    ) -> str | None:
+        """The first of *targets* that has *tip*, shortened, or None.
+
+        A branch whose *worktree* holds uncommitted work is not merged: its checkpoint will add
+        a commit. *dirty* None means the plan has not looked yet: looked at here, only when
+        the answer matters.
+        """
+        if dirty:
+            return None
+        merged = self.merged.into(tip, targets)
+        if merged and dirty is None and worktree is not None and worktree_dirty(worktree):
+            return None
+        return merged
+
 
 def _plan_task(
     repo: git.Repo,
@@ -232,10 +248,7 @@ def _plan_task(
     else:
         keep = ""
     tip = seen.tips[task.branch]
-    # A checkpoint of uncommitted changes will add a commit, so the branch will not be merged.
-    merged = None if dirty or keep else seen.merged.into(tip, targets)
-    if merged and dirty is None and worktree_dirty(Path(task.worktree)):
-        merged = None  # its status, not taken yet, decides
+    merged = None if keep else seen.merged_into(tip, targets, dirty, Path(task.worktree))
     why = f"task {task.task_id} is {task.state.value}"
     if merged or (force and not keep):
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
@@ -306,9 +319,7 @@ def _plan_integration(
     tip = seen.tips[branch]
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
-    merged = None if dirty else seen.merged.into(tip, landing)
-    if merged and dirty is None and worktree is not None and worktree_dirty(worktree):
-        merged = None  # its uncommitted changes would be checkpointed on it
+    merged = seen.merged_into(tip, landing, dirty, worktree)
     why = f"integration branch of run {run_id}"
     if merged or force:
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
