@@ -18,6 +18,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.units import format_duration as duration
@@ -147,8 +148,11 @@ class WatchApp(App[None]):
 
     def refresh_rows(self) -> None:
         """Re-read the store: table rows, details line, new log output."""
+        try:
+            table = self.query_one("#tasks", DataTable)
+        except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
+            return
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id)}
-        table = self.query_one("#tasks", DataTable)
         if list(rows) != list(self.rows):
             keep = self.selected
             table.clear()
