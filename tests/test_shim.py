@@ -326,12 +326,18 @@ def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     assert psutil.Process(daemon).cwd() == "/"
     # A crash that takes the manager and the shim: the daemon goes to init (or our
     # subreaper, if the test runner has one), outside every worktree.
-    shims = [p for p in marked(mark) if supervisor.shim.MARKER in p.cmdline()]
-    assert len(shims) == 1
+    # The shim, by its record (forked by the manager's shim server, it has the server's
+    # environment, not the agent's).
+    (record,) = (repo / ".git" / "swarm" / "runs").glob("*/esc/attempt-1.exit.json")
+    written = supervisor.read_record(record)
+    assert written is not None
+    shim = psutil.Process(written.shim_pid)
+    assert supervisor.shim.MARKER in shim.cmdline()
+    assert daemon in [p.pid for p in shim.children(recursive=True)]
     proc.send_signal(signal.SIGKILL)
-    shims[0].kill()
+    shim.kill()
     proc.wait(timeout=30)
-    wait_for(lambda: not pid_alive(shims[0].pid), what="the shim to die")
+    wait_for(lambda: not pid_alive(shim.pid), what="the shim to die")
     assert pid_alive(daemon)
     out = swarm(repo, "doctor")
     assert out.returncode == 1, out.stdout + out.stderr  # findings, nothing fixed yet

@@ -61,22 +61,35 @@ SHIM_AVAILABLE = sys.platform.startswith("linux")
 
 @dataclass(slots=True)
 class AgentProcess:
-    """A live agent started by :func:`spawn`; ``popen`` reaps it."""
+    """A live agent started by :func:`spawn`.
+
+    ``popen`` reaps it when it is this process's child; a shim forked by a
+    :class:`ShimServer` is not (``popen`` is None), and its command's exit code is read
+    from the shim's record.
+    """
 
     identity: ProcessIdentity
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     log_path: Path
     started_at: float
     record: Path | None = None
+    forked: Forked | None = None
     _log_size: int = field(default=0, init=False, repr=False)
     _last_growth: float = field(default=0.0, init=False, repr=False)
 
     def poll(self) -> int | None:
         """Return the exit code once the agent has exited (reaping it), else None."""
+        if self.popen is None:
+            return None if is_alive(self.identity) else self._recorded()
         return self._code(self.popen.poll())
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* seconds; return the exit code, or None if still running."""
+        if self.popen is None:
+            while timeout is None and is_alive(self.identity):
+                _wait_for_end(self.identity, _KILL_TIMEOUT)
+            _wait_for_end(self.identity, timeout or 0.0)
+            return self.poll()
         if timeout and self.popen.returncode is None and _until_ended(self.popen.pid, timeout):
             timeout = 0  # ended, or the time is up: reap it if it ended
         try:
@@ -88,10 +101,15 @@ class AgentProcess:
         # The shim's own exit code folds a signal into 128+N; its record has the exact status.
         if returned is None or self.record is None:
             return returned
-        recorded = read_record(self.record)
-        if recorded is None or recorded.exit_code is None:
-            return returned  # the shim itself was killed before its command ended
-        return recorded.exit_code
+        recorded = self._recorded()
+        return returned if recorded is None else recorded  # None: the shim itself was killed
+
+    def _recorded(self) -> int | None:
+        recorded = None if self.record is None else read_record(self.record)
+        if recorded is not None and recorded.exit_code is not None:
+            return recorded.exit_code
+        # No record (a full disk), or the shim was killed first: what the server reaped.
+        return None if self.forked is None else self.forked.exit_code()
 
     def stop(self, *, grace: float) -> int | None:
         """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
@@ -120,7 +138,7 @@ class AgentProcess:
 
     def alive(self) -> bool:
         """Whether the agent has not exited yet."""
-        return self.popen.poll() is None
+        return is_alive(self.identity) if self.popen is None else self.popen.poll() is None
 
 
 class Supervised(Protocol):
@@ -258,6 +276,172 @@ def read_record(path: Path) -> ShimRecord | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Forked:
+    """A shim forked by a :class:`ShimServer`: its PID and kernel start time."""
+
+    server: ShimServer
+    grace: float
+    pid: int
+    ticks: int | None
+
+    def exit_code(self) -> int | None:
+        """The shim's own exit code as its server reaped it; None if unknown or running."""
+        return self.server.exit_code(self)
+
+
+class ShimServer:
+    """Shim servers (see :mod:`worktree_swarm.infra.shim`) for the commands one manager starts.
+
+    A server forks the shim of each command instead of starting an interpreter for it. One
+    per grace period, since a shim's grace is on its command line, where :func:`kill_tree`
+    reads it. Started on first use, thread-safe; :meth:`close` ends them (the shims they
+    forked carry on). Where a server cannot start or has ended, :meth:`start` returns None
+    and the caller starts the shim itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._servers: dict[float, subprocess.Popen[bytes]] = {}
+        self._restarts = 0
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        record: Path,
+        grace: float,
+    ) -> Forked | None:
+        """A forked shim running *argv*; None when no server can fork it.
+
+        Raises SwarmError, as Popen would, when the command cannot start in *cwd*.
+        """
+        fields = [
+            "start", str(cwd), str(log_path), str(record), str(len(argv)), *argv,
+            *(f"{name}={value}" for name, value in env.items()),
+        ]  # fmt: skip
+        asked = time.time()
+        reply = self._ask(float(grace), fields, start=True)
+        if reply is None:
+            return self._lost(float(grace), record, asked)
+        if reply.startswith("!"):
+            raise SwarmError(
+                f"cannot start agent {argv[0]!r} in {cwd}: {reply[1:].strip()}; "
+                "check that it is installed and on PATH"
+            )
+        pid, ticks = reply.split()
+        return Forked(self, float(grace), int(pid), None if ticks == "None" else int(ticks))
+
+    def exit_code(self, shim: Forked) -> int | None:
+        """*shim*'s own exit code, once its server reaped it; None if unknown or running."""
+        reply = self._ask(shim.grace, ["exit", str(shim.pid), str(shim.ticks)], start=False)
+        return None if reply is None or not reply.lstrip("-").isdigit() else int(reply)
+
+    def _ask(self, grace: float, fields: Sequence[str], *, start: bool) -> str | None:
+        """The server's one-line reply; None if it ended or (*start* off) is not up.
+
+        A request is its fields joined by NUL, after its length and a newline. Raises
+        ValueError, as Popen does, for a NUL byte in an argument or the environment.
+        """
+        encoded = [os.fsencode(field) for field in fields]
+        if any(b"\0" in field for field in encoded):
+            raise ValueError("embedded null byte")
+        payload = b"\0".join(encoded)
+        with self._lock:
+            server = self._server(grace) if start else self._servers.get(grace)
+            if server is None or server.stdin is None or server.stdout is None:
+                return None
+            try:
+                server.stdin.write(b"%d\n%s" % (len(payload), payload))
+                server.stdin.flush()
+                reply = server.stdout.readline()
+            except OSError:
+                reply = b""
+            if not reply.endswith(b"\n"):
+                self._end(grace)
+                return None
+        return reply.decode("utf-8", errors="replace").strip()
+
+    def _server(self, grace: float) -> subprocess.Popen[bytes] | None:
+        server = self._servers.get(grace)
+        if server is not None and server.poll() is None:
+            return server
+        if server is not None:  # it ended: another one, a few times at most
+            _close_server(server)
+            self._restarts += 1
+        if self._restarts > _SERVER_RESTARTS:
+            return None
+        argv = [
+            sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH,
+            shim.MARKER, "--grace", repr(grace), shim.SERVE,
+        ]  # fmt: skip
+        try:
+            # Its own session, so a Ctrl-C meant for the manager leaves it alone; in "/", so
+            # it is never a process inside a worktree.
+            server = subprocess.Popen(
+                argv,
+                cwd="/",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            self._restarts = _SERVER_RESTARTS + 1
+            return None
+        self._servers[grace] = server
+        return server
+
+    def _end(self, grace: float) -> None:
+        """Stop the server that did not answer, and wait until its pipe ends.
+
+        The pipe ends only once a shim it forked has let go of it, after writing its record:
+        then the record tells whether that shim was forked.
+        """
+        server = self._servers.pop(grace, None)
+        if server is None:
+            return
+        self._restarts += 1
+        with contextlib.suppress(OSError):
+            server.kill()
+        with contextlib.suppress(OSError, ValueError):
+            if server.stdout is not None:
+                server.stdout.read()
+        _close_server(server)
+
+    def _lost(self, grace: float, record: Path, asked: float) -> Forked | None:
+        """The shim a server forked before it ended, if it did, by its record; or None."""
+        recorded = read_record(record)
+        if recorded is None or recorded.started_at < asked - CREATE_TIME_TOLERANCE:
+            return None
+        return Forked(self, grace, recorded.shim_pid, recorded.start_ticks)
+
+    def close(self) -> None:
+        """End the servers (the end of their stdin); the shims they forked carry on."""
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            _close_server(server)
+
+
+_SERVER_RESTARTS = 3
+
+
+def _close_server(server: subprocess.Popen[bytes]) -> None:
+    for pipe in (server.stdin, server.stdout):
+        with contextlib.suppress(OSError):
+            if pipe is not None:
+                pipe.close()
+    try:
+        server.wait(_KILL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -266,6 +450,7 @@ def spawn(
     log_path: Path,
     grace: float = 5.0,
     record: Path | None = None,
+    shims: ShimServer | None = None,
 ) -> AgentProcess:
     """Start *argv* under a shim, in its own session, with output appended to *log_path*.
 
@@ -273,7 +458,9 @@ def spawn(
     *env* is used as-is: build it with :func:`worktree_swarm.infra.proc.clean_env`. The shim
     (see :mod:`worktree_swarm.infra.shim`) records the exit status in *record* (by default
     :func:`record_path` of the log) and kills the whole tree on SIGTERM with *grace*.
-    The identity returned is the shim's; where there is no shim it is *argv*'s own.
+    The identity returned is the shim's; where there is no shim it is *argv*'s own. With
+    *shims* the shim is forked by that server, or started as its own program where the
+    server is unavailable.
     """
     if not argv:
         raise SwarmError("agent command is empty: set `agent` to a command array")
@@ -282,11 +469,28 @@ def spawn(
     if SHIM_AVAILABLE:
         _check_runnable(args[0], cwd=cwd, env=env)
         record = record or record_path(log_path)
+        env = {**env, shim.ENV_VAR: str(record)}
+        if shims is not None:
+            before_start = time.time()
+            forked = shims.start(
+                args, cwd=cwd, env=env, log_path=log_path, record=record, grace=grace
+            )
+            if forked is not None:
+                identity = identity_of(forked.pid) or ProcessIdentity(
+                    pid=forked.pid, create_time=before_start, pgid=forked.pid
+                )
+                return AgentProcess(
+                    identity=identity,
+                    popen=None,
+                    log_path=log_path,
+                    started_at=before_start,
+                    record=record,
+                    forked=forked,
+                )
         args = [
             sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH, shim.MARKER,
             "--record", str(record), "--grace", repr(float(grace)), "--", *args,
         ]  # fmt: skip
-        env = {**env, shim.ENV_VAR: str(record)}
     else:
         record = None
     before_start = time.time()

@@ -133,22 +133,27 @@ def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdenti
     A manager killed between launching an agent and recording the attempt leaves one; it is
     adopted instead of launched a second time. Found by its working directory and the
     ``SWARM_RUN_ID``/``SWARM_TASK_ID`` it was started with; the leader of its process group
-    (agents start in a session of their own) is the one recorded.
+    (agents start in a session of their own, under their shim where there is one) is the one
+    recorded. A shim forked by a server has the server's environment, so the agent's is read.
     """
-    ours = []
-    for proc in supervisor.processes_in(worktree):
+    inside = supervisor.processes_in(worktree)
+    groups: set[int] = set()
+    for proc in inside:
         try:
             env = proc.environ()
-            leader = os.getpgid(proc.pid) == proc.pid
+            group = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
             continue
-        if env.get("SWARM_RUN_ID") == run_id and env.get("SWARM_TASK_ID") == task_id and leader:
-            ours.append(proc)
-    for proc in sorted(ours, key=lambda p: p.create_time()):
-        identity = supervisor.identity_of(proc.pid)
-        if identity is not None:
-            return identity
-    return None
+        if env.get("SWARM_RUN_ID") == run_id and env.get("SWARM_TASK_ID") == task_id:
+            groups.add(group)
+    # The leader of such a group, itself in the worktree: the agent, or the shim it runs under.
+    leaders = {proc.pid for proc in inside} & groups
+    found = [
+        identity
+        for identity in map(supervisor.identity_of, leaders)
+        if identity is not None and identity.pgid == identity.pid
+    ]
+    return min(found, key=lambda identity: identity.create_time, default=None)
 
 
 def _norm(path: Path) -> Path:

@@ -198,6 +198,7 @@ class Runner:
         try:
             return self._execute()
         finally:
+            self._worker.close()
             threading.excepthook = previous_hook
             self.store.on_full = None
 

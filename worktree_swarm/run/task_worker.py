@@ -162,6 +162,9 @@ class RunWorker:
         self._tasks = {t.id: t for t in run.spec.tasks}
         self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
 
+    def close(self) -> None:
+        """Let go of what the worker holds for the run (agents carry on)."""
+
     def _record_diff(self, task_id: str, base: str, tip: str) -> git.DiffStat:
         """Store what the task's branch changed from *base* to *tip*; return it."""
         stat = git.diff_stat(self.repo, base, tip)
@@ -209,6 +212,12 @@ class TaskWorker(RunWorker):
         self.disk = disk
         self._check_slots = threading.Semaphore(run.spec.jobs)
         self._findings = run.logs_root / notes.FILE_NAME
+        # Forks the shim of every agent: no interpreter start per attempt.
+        self._shims = supervisor.ShimServer()
+
+    def close(self) -> None:
+        """End the shim server (the shims it forked, and their agents, carry on)."""
+        self._shims.close()
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task from wherever it is to a final outcome."""
@@ -564,7 +573,12 @@ class TaskWorker(RunWorker):
             # The intent first: `swarm resume` finds an agent started but not recorded.
             self.store.update_task(self.run_id, task.id, launching=number)
             agent = supervisor.spawn(
-                argv, cwd=path, env=agent_env, log_path=log_path, grace=self.spec.kill_grace
+                argv,
+                cwd=path,
+                env=agent_env,
+                log_path=log_path,
+                grace=self.spec.kill_grace,
+                shims=self._shims,
             )
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(

@@ -1,0 +1,271 @@
+"""The shim server: a shim forked per command, and what a lost server leaves.
+
+Real processes throughout: the server is the one a run uses (``supervisor.ShimServer``), the
+commands are small programs, and escapes are looked for by the mark each one carries.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests import test_shim
+from tests.test_run import pid_alive, wait_for
+from tests.test_shim import PRELUDE, AgentFactory, marked
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.infra import shim, supervisor
+from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.run import provision
+
+mark = test_shim.mark  # the fixture: a marker unique to the test, its carriers killed after
+
+pytestmark = pytest.mark.skipif(
+    not supervisor.SHIM_AVAILABLE, reason="the shim needs a child subreaper (Linux)"
+)
+
+
+@pytest.fixture
+def shims() -> Iterator[supervisor.ShimServer]:
+    server = supervisor.ShimServer()
+    yield server
+    server.close()
+
+
+def _server_of(agent: supervisor.AgentProcess) -> psutil.Process:
+    """The server that forked *agent*'s shim (the shim's parent)."""
+    parent = psutil.Process(agent.identity.pid).parent()
+    assert parent is not None
+    return parent
+
+
+def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
+    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    argv = write_agent(PRELUDE + 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n')
+    log = tmp_path / "logs" / "attempt-1.log"
+    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5, shims=shims)
+    assert agent.popen is None  # not our child: its shim's parent is the server
+    server = _server_of(agent)
+    assert server.cmdline()[-4:] == [shim.MARKER, "--grace", "0.5", shim.SERVE]
+    assert server.cwd() == "/"  # never a process inside a worktree
+    assert agent.identity.pgid == agent.identity.pid  # a session of its own
+    assert agent.wait(timeout=60) == 3
+    written = supervisor.read_record(supervisor.record_path(log))
+    assert written is not None
+    assert (written.exit_code, written.stopped, written.shim_pid) == (3, False, agent.identity.pid)
+    assert not pid_alive(int((pids / "daemon").read_text()))  # a leftover, killed at the end
+    assert marked(mark) == []
+    assert "swarm shim" not in log.read_text()
+    assert not agent.alive()
+
+
+def test_stopping_a_forked_shim_kills_the_daemons_of_its_command(
+    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    argv = write_agent(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(600)\n')
+    log = tmp_path / "logs" / "attempt-1.log"
+    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5, shims=shims)
+    wait_for((pids / "ready").exists, what="the agent")
+    wait_for((pids / "daemon").exists, what="the daemon")
+    daemon = psutil.Process(int((pids / "daemon").read_text()))
+    assert daemon.cwd() == "/"  # left every worktree, and ignores SIGTERM
+    assert agent.poll() is None
+    assert agent.stop(grace=0.5) == -signal.SIGTERM
+    written = supervisor.read_record(supervisor.record_path(log))
+    assert written is not None
+    assert written.stopped
+    assert marked(mark) == []
+
+
+def test_the_exit_code_comes_from_the_server_when_no_record_can_be_written(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    # A full disk, or a record the shim cannot write: the server reaped the shim and knows.
+    record = tmp_path / "no-such-dir" / "rec.json"
+    log = tmp_path / "logs" / "a.log"
+    argv = ["sh", "-c", "echo ran > out.txt; exit 4"]
+    agent = supervisor.spawn(
+        argv, cwd=tmp_path, env=clean_env(), log_path=log, record=record, shims=shims
+    )
+    assert agent.wait(timeout=60) == 4
+    assert (tmp_path / "out.txt").read_text() == "ran\n"
+    assert not record.exists()
+    assert "swarm shim: cannot write" in log.read_text()
+
+
+def test_a_killed_forked_shim_ends_with_the_signal_that_killed_it(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    ready = tmp_path / "ready"
+    argv = ["sh", "-c", f"touch {ready}; exec sleep 600"]
+    agent = supervisor.spawn(
+        argv, cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log", shims=shims
+    )
+    wait_for(ready.exists, what="the command")
+    sleeper = psutil.Process(agent.identity.pid).children()[0]
+    os.kill(agent.identity.pid, signal.SIGKILL)
+    try:
+        # Its record still says running: the code is the shim's own, as its server reaped it.
+        assert agent.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+
+
+def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    gone = tmp_path / "gone"
+    log = tmp_path / "logs" / "a.log"
+    with pytest.raises(SwarmError, match=r"cannot start agent 'true' in .*gone: No such file"):
+        supervisor.spawn(["true"], cwd=gone, env=clean_env(), log_path=log, shims=shims)
+    written = supervisor.read_record(supervisor.record_path(log))
+    assert written is not None
+    assert written.exit_code == 127
+    # The server carries on.
+    agent = supervisor.spawn(["true"], cwd=tmp_path, env=clean_env(), log_path=log, shims=shims)
+    assert agent.wait(timeout=60) == 0
+
+
+def test_a_nul_byte_in_the_command_is_refused_as_popen_would(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    with pytest.raises(ValueError, match="embedded null byte"):
+        supervisor.spawn(
+            ["echo", "a\0b"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log",
+            shims=shims,
+        )  # fmt: skip
+
+
+def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    ready = tmp_path / "ready"
+    argv = ["sh", "-c", f"touch {ready}; sleep 600"]
+    first = supervisor.spawn(
+        argv, cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log", grace=0.5, shims=shims
+    )
+    wait_for(ready.exists, what="the command")
+    server = _server_of(first)
+    server.kill()
+    server.wait(timeout=30)
+    assert first.alive()  # the shim carries on without its server
+    second = supervisor.spawn(
+        ["sh", "-c", "exit 5"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "b.log",
+        grace=0.5, shims=shims,
+    )  # fmt: skip
+    assert second.wait(timeout=60) == 5
+    assert second.popen is None  # forked by a new server
+    assert _server_of(second).pid != server.pid
+    assert first.stop(grace=0.5) == -signal.SIGTERM  # from its record: its server is gone
+
+
+def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    # The log is a FIFO: the forked shim has written its record and blocks opening the log,
+    # still holding the server's pipes. The server dies before it can reply.
+    warm = supervisor.spawn(
+        ["true"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "w.log", shims=shims
+    )
+    assert warm.wait(timeout=60) == 0
+    (server,) = _running_servers()
+    log = tmp_path / "fifo.log"
+    os.mkfifo(log)
+    runs = tmp_path / "runs.txt"
+    started: list[supervisor.AgentProcess] = []
+    spawning = threading.Thread(
+        target=lambda: started.append(
+            supervisor.spawn(
+                ["sh", "-c", f"echo once >> {runs}"],
+                cwd=tmp_path,
+                env=clean_env(),
+                log_path=log,
+                shims=shims,
+            )
+        )
+    )
+    spawning.start()
+    record = supervisor.record_path(log)
+    wait_for(record.exists, what="the forked shim's record")
+    server.kill()
+    server.wait(timeout=30)
+    with log.open("rb") as reader:  # lets the shim go on: it lets go of the server's pipes
+        spawning.join(timeout=60)
+        assert not spawning.is_alive()
+        (agent,) = started
+        written = supervisor.read_record(record)
+        assert written is not None
+        assert agent.identity.pid == written.shim_pid
+        assert agent.wait(timeout=60) == 0
+        reader.read()
+    assert runs.read_text() == "once\n"  # adopted, not started a second time
+
+
+def _running_servers() -> list[psutil.Process]:
+    """The shim servers among this process's children."""
+    return [
+        child
+        for child in psutil.Process().children()
+        if shim.SERVE in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_the_server_answers_what_it_cannot_read_in_one_line(tmp_path: Path) -> None:
+    argv = [sys.executable, *supervisor.SHIM_FLAGS, "-c", supervisor.SHIM_LAUNCH,
+            shim.MARKER, "--grace", "1", shim.SERVE]  # fmt: skip
+    requests = b"".join(
+        b"%d\n%s" % (len(payload), payload)
+        for payload in (
+            b"hello",  # no such request
+            b"exit\x00123\x00None",  # a shim it never forked
+            b"start\x00/\x00/dev/null\x00" + str(tmp_path / "r").encode() + b"\x000",  # no command
+            b"start\x00/\x00/dev/null\x00r\x00two",  # not a number
+        )
+    )
+    out = subprocess.run(
+        argv, input=requests + b"x\n", capture_output=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert out.returncode == 0  # the end of its stdin ends it
+    assert out.stdout.decode().splitlines() == [
+        "! bad request: unknown request",
+        "?",
+        "! bad request: no command",
+        "! bad request: invalid literal for int() with base 10: b'two'",
+        "! bad request: invalid literal for int() with base 10: b'x\\n'",
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unrecorded_agent_under_a_forked_shim_is_found_by_the_agents_environment(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    # The shim has the server's environment; the agent under it carries the run and task.
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    ready = tmp_path / "ready"
+    env = clean_env({"SWARM_RUN_ID": "r1", "SWARM_TASK_ID": "t1"})
+    agent = supervisor.spawn(
+        ["sh", "-c", f"touch {ready}; sleep 600"], cwd=worktree, env=env,
+        log_path=tmp_path / "a.log", grace=0.5, shims=shims,
+    )  # fmt: skip
+    try:
+        wait_for(ready.exists, what="the agent")
+        assert "SWARM_TASK_ID" not in psutil.Process(agent.identity.pid).environ()
+        assert provision.unrecorded_agent("r1", "t1", worktree) == agent.identity
+        assert provision.unrecorded_agent("r1", "t2", worktree) is None
+    finally:
+        agent.stop(grace=0.5)
