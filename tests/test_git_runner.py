@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
-from worktree_swarm.core.errors import CommandError, GitError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import runner
 
@@ -181,3 +183,26 @@ def test_an_included_config_file_changed_later_is_still_neutralised(
     (repo / "a.txt").write_text("y\n")
     git(repo, "add", "--all")  # without the runner the filter runs: the test is real
     assert marker.exists()
+
+
+def test_git_is_looked_up_on_the_path_each_command_is_started_with(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lookup is kept per PATH value: a git earlier on another PATH is the one started,
+    # and with no git on PATH the error says so.
+    real = shutil.which("git")
+    assert real is not None
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    calls = tmp_path / "calls"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    head = git(repo, "rev-parse", "HEAD")
+    assert runner.run(repo, "rev-parse", "HEAD").stdout.strip() == head
+    assert not calls.exists()
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    assert runner.run(repo, "rev-parse", "HEAD").stdout.strip() == head
+    assert calls.read_text() == "-c\n"  # the first of swarm's overrides
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(BadInputError, match="git is not installed or not on PATH"):
+        runner.run(repo, "rev-parse", "HEAD")

@@ -269,3 +269,22 @@ def test_an_unrecorded_agent_under_a_forked_shim_is_found_by_the_agents_environm
         assert provision.unrecorded_agent("r1", "t2", worktree) is None
     finally:
         agent.stop(grace=0.5)
+
+
+def test_a_command_started_after_the_servers_ended_gets_a_shim_of_its_own(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    first = supervisor.spawn(
+        ["true"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log", shims=shims
+    )
+    assert first.wait(timeout=60) == 0
+    assert first.popen is None
+    shims.close()
+    assert _running_servers() == []  # ended, and reaped
+    late = supervisor.spawn(
+        ["sh", "-c", "exit 6"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "b.log",
+        shims=shims,
+    )  # fmt: skip
+    assert late.popen is not None  # our child: a shim started as its own interpreter
+    assert late.wait(timeout=60) == 6
+    assert _running_servers() == []

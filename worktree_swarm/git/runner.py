@@ -9,7 +9,9 @@ merges. docs/guard.md lists them.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -278,9 +280,9 @@ def _execute_bytes(
 ) -> subprocess.CompletedProcess[bytes]:
     if not cwd.is_dir():
         raise GitError(f"directory {cwd} does not exist")
-    argv = ["git", *[str(a) for a in args]]
-    shown = ["git", *args[shown_from:]]
     full_env = clean_env({**_GIT_ENV, **(env or {})})
+    argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
+    shown = ["git", *args[shown_from:]]
     try:
         done = subprocess.run(
             argv,
@@ -299,6 +301,16 @@ def _execute_bytes(
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
         raise CommandError(shown, done.returncode, text)
     return done
+
+
+@functools.lru_cache(maxsize=8)
+def _program(path: str | None) -> str:
+    """Where git is on *path* (a PATH value), looked up once per value.
+
+    Given ``git``, every start would try each directory of PATH before git's (an ``execve``
+    that fails in each). Not found: ``git``, and starting it says git is missing.
+    """
+    return shutil.which("git", path=os.defpath if path is None else path) or "git"
 
 
 def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:

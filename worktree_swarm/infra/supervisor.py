@@ -304,6 +304,7 @@ class ShimServer:
         self._lock = threading.Lock()
         self._servers: dict[float, subprocess.Popen[bytes]] = {}
         self._restarts = 0
+        self._closed = False
 
     def start(
         self,
@@ -372,7 +373,7 @@ class ShimServer:
         if server is not None:  # it ended: another one, a few times at most
             _close_server(server)
             self._restarts += 1
-        if self._restarts > _SERVER_RESTARTS:
+        if self._restarts > _SERVER_RESTARTS or self._closed:
             return None
         argv = [
             sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH,
@@ -420,9 +421,13 @@ class ShimServer:
         return Forked(self, grace, recorded.shim_pid, recorded.start_ticks)
 
     def close(self) -> None:
-        """End the servers (the end of their stdin); the shims they forked carry on."""
+        """End the servers (the end of their stdin); the shims they forked carry on.
+
+        Commands started after this get a shim of their own, as without a server.
+        """
         with self._lock:
             servers, self._servers = list(self._servers.values()), {}
+            self._closed = True
         for server in servers:
             _close_server(server)
 
