@@ -19,7 +19,9 @@ a no-op agent (writes one file and exits). Measured, in this order, per repetiti
 - the floor again, averaged with the first (a shared VM's speed drifts within minutes).
 
 Prints, per task, swarm's CPU (run + clean, manager's own share in brackets) and wall (the
-clean's share in brackets) beside the floor's, the ratios, and medians over `--repeat`.
+clean's share in brackets) beside the floor's, the ratios, and medians over `--repeat`; also
+the user CPU alone and its ratio, since the kernel's share moves by up to 2x from one run to
+the next on a shared VM while the user share holds within ~10%.
 `--trace` counts the git processes per task (GIT_TRACE2) of swarm and of the floor, by
 command. `--profile` runs the manager under cProfile in every thread (CPU time per thread) and
 prints its top functions.
@@ -90,6 +92,7 @@ class Measure:
 
     wall: float
     cpu: float
+    user: float
     own: float
     clean_wall: float
 
@@ -101,6 +104,11 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def children_user() -> float:
+    """User CPU only: the kernel's share moves by 2x between runs on a shared VM."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
 
 
 def make_repo(root: Path, files: int, source: Path | None) -> None:
@@ -131,11 +139,11 @@ def swarm_run(
     env = {**os.environ, "PYTHONPATH": str(src)}
     if trace is not None:
         env["GIT_TRACE2_EVENT"] = str(trace)
-    wall = cpu = own = 0.0
+    wall = cpu = user = own = 0.0
     for i, argv in enumerate((["run", str(manifest)], ["clean", "--all", "--yes"])):
         out = repo.parent / "rusage.json"
         prof = str(profile) if profile is not None and i == 0 else ""
-        c0, w0 = children_cpu(), time.perf_counter()
+        c0, u0, w0 = children_cpu(), children_user(), time.perf_counter()
         subprocess.run(
             [sys.executable, "-c", WRAPPER, str(out), prof, *argv],
             cwd=repo,
@@ -146,21 +154,26 @@ def swarm_run(
         took = time.perf_counter() - w0
         wall += took
         cpu += children_cpu() - c0
+        user += children_user() - u0
         own += json.loads(out.read_text())["self"]
-    return Measure(wall=wall, cpu=cpu, own=own, clean_wall=took)
+    return Measure(wall=wall, cpu=cpu, user=user, own=own, clean_wall=took)
 
 
-def agents_alone(repo: Path, tasks: int) -> float:
-    c0 = children_cpu()
+def agents_alone(repo: Path, tasks: int) -> tuple[float, float]:
+    """The agents' CPU, and its user share, run by themselves."""
+    c0, u0 = children_cpu(), children_user()
     for i in range(tasks):
         env = {**os.environ, "SWARM_TASK_ID": f"a{i}"}
         subprocess.run(AGENT, cwd=repo, env=env, check=True)
     for i in range(tasks):
         (repo / f"a{i}.txt").unlink()
-    return children_cpu() - c0
+    return children_cpu() - c0, children_user() - u0
 
 
-def floor(repo: Path, tasks: int, jobs: int, *, trace: Path | None = None) -> tuple[float, float]:
+def floor(
+    repo: Path, tasks: int, jobs: int, *, trace: Path | None = None
+) -> tuple[float, float, float]:
+    """Wall, CPU and user CPU of the floor."""
     lock = threading.Lock()
     where = repo.parent / "floor"
     where.mkdir(exist_ok=True)
@@ -178,7 +191,7 @@ def floor(repo: Path, tasks: int, jobs: int, *, trace: Path | None = None) -> tu
             git(repo, "worktree", "remove", "--force", str(path), env=env)
             git(repo, "branch", "-D", f"floor/t{i}", env=env)
 
-    c0, w0 = children_cpu(), time.perf_counter()
+    c0, u0, w0 = children_cpu(), children_user(), time.perf_counter()
     if jobs <= 1:
         for i in range(tasks):
             one(i)
@@ -186,7 +199,7 @@ def floor(repo: Path, tasks: int, jobs: int, *, trace: Path | None = None) -> tu
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(one, range(tasks)))
     shutil.rmtree(where, ignore_errors=True)
-    return time.perf_counter() - w0, children_cpu() - c0
+    return time.perf_counter() - w0, children_cpu() - c0, children_user() - u0
 
 
 def git_counts(trace: Path) -> collections.Counter[str]:
@@ -247,15 +260,15 @@ def main() -> int:
           " | floor cpu/task wall/task | ratios")  # fmt: skip
     for tasks in args.tasks:
         for jobs in args.jobs:
-            ratios: dict[Path, list[tuple[float, float]]] = {s: [] for s in srcs}
+            ratios: dict[Path, list[tuple[float, float, float]]] = {s: [] for s in srcs}
             for rep in range(args.repeat):
                 with tempfile.TemporaryDirectory(prefix="swarm-overhead-") as tmp:
                     pristine = Path(tmp) / "pristine"
                     make_repo(pristine, args.files, args.repo)
-                    agent_cpu = agents_alone(pristine, tasks)
+                    agent_cpu, agent_user = agents_alone(pristine, tasks)
                     floor_trace = Path(tmp) / "floor.trace" if args.trace else None
-                    _, f_seq = floor(pristine, tasks, 1, trace=floor_trace)
-                    f_par, _ = floor(pristine, tasks, jobs)
+                    _, f_seq, f_user = floor(pristine, tasks, 1, trace=floor_trace)
+                    f_par, _, _ = floor(pristine, tasks, jobs)
                     if floor_trace is not None and rep == 0:
                         print_counts("floor", git_counts(floor_trace), tasks)
                     runs = []
@@ -275,21 +288,24 @@ def main() -> int:
                         runs.append((src, m, trace, prof))
                     # The floor again after swarm: the machine's speed drifts (other tenants of
                     # a VM are charged to whatever runs), so both sides get the same mean.
-                    _, f_seq2 = floor(pristine, tasks, 1)
-                    f_par2, _ = floor(pristine, tasks, jobs)
+                    _, f_seq2, f_user2 = floor(pristine, tasks, 1)
+                    f_par2, _, _ = floor(pristine, tasks, jobs)
                     f_cpu = (f_seq + f_seq2) / 2 / tasks
+                    f_usr = (f_user + f_user2) / 2 / tasks
                     f_par = (f_par + f_par2) / 2
                     f_wall = f_par / tasks
                     for src, m, trace, prof in sorted(runs, key=lambda r: srcs.index(r[0])):
                         cpu = max(m.cpu - agent_cpu, 0.0) / tasks
-                        ratios[src].append((cpu / f_cpu, m.wall / f_par))
+                        usr = max(m.user - agent_user, 0.0) / tasks
+                        ratios[src].append((cpu / f_cpu, usr / f_usr, m.wall / f_par))
                         name = "this" if src == SRC else src.name
                         print(
                             f"{tasks:>5} {jobs:>4} {name:>5} | {cpu * 1000:>6.0f} ms"
                             f" ({m.own / tasks * 1000:>3.0f}) {m.wall / tasks * 1000:>6.0f} ms"
                             f" ({m.clean_wall / tasks * 1000:>4.0f})"
                             f" | {f_cpu * 1000:>6.0f} ms {f_wall * 1000:>6.0f} ms"
-                            f" | cpu {cpu / f_cpu:.2f}x, wall {m.wall / f_par:.2f}x"
+                            f" | cpu {cpu / f_cpu:.2f}x (user {usr * 1000:.0f} ms against"
+                            f" {f_usr * 1000:.0f}: {usr / f_usr:.2f}x), wall {m.wall / f_par:.2f}x"
                         )
                         if trace is not None:
                             print_counts("swarm run + clean", git_counts(trace), tasks)
@@ -298,11 +314,13 @@ def main() -> int:
             if args.repeat > 1:
                 for src, rs in ratios.items():
                     name = "this" if src == SRC else src.name
-                    cpu_med = statistics.median(r[0] for r in rs)
-                    wall_med = statistics.median(r[1] for r in rs)
+                    cpu_med, user_med, wall_med = (
+                        statistics.median(r[i] for r in rs) for i in range(3)
+                    )
                     print(
                         f"{tasks:>5} {jobs:>4} {name:>5} | median of {len(rs)}:"
-                        f" cpu {cpu_med:.2f}x, wall {wall_med:.2f}x the floor"
+                        f" cpu {cpu_med:.2f}x (user {user_med:.2f}x), wall {wall_med:.2f}x"
+                        " the floor"
                     )
     return 0
 
