@@ -288,3 +288,20 @@ def test_a_command_started_after_the_servers_ended_gets_a_shim_of_its_own(
     assert late.popen is not None  # our child: a shim started as its own interpreter
     assert late.wait(timeout=60) == 6
     assert _running_servers() == []
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["forked", "own interpreter"])
+def test_an_argument_too_long_to_start_says_to_shorten_it(
+    tmp_path: Path, shims: supervisor.ShimServer, served: bool
+) -> None:
+    # One argument over the kernel's limit for a single string (128 KiB): a prompt inlined.
+    argv = ["echo", "x" * 200_000]
+    log = tmp_path / "logs" / "a.log"
+    with pytest.raises(SwarmError, match=r"Argument list too long; shorten its arguments"):
+        supervisor.spawn(
+            argv, cwd=tmp_path, env=clean_env(), log_path=log, shims=shims if served else None
+        )
+    if served:  # the shim was forked and recorded that its command never started
+        written = supervisor.read_record(supervisor.record_path(log))
+        assert written is not None
+        assert written.exit_code == 127

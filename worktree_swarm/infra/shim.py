@@ -23,12 +23,13 @@ the shim itself was killed.
 
 ``python -I -S -c LAUNCH --swarm-shim --grace SECONDS --serve`` is the shim server: a manager
 that starts many commands keeps one, and the server forks the shim of each command instead of
-starting an interpreter for it (~1 ms against ~13 ms of CPU per command). A request is one
-line of JSON on its stdin (``argv``, ``cwd``, ``env``, ``log``, ``record``); the reply, one
-line on its stdout, is the forked shim's PID once the command started, or ``!`` and why it
-could not. The forked shim does what the shim of one command does, from its own session; its
-command line is the server's, its environment the server's too (the command's carries
-``SWARM_SHIM``). The server ends at the end of its stdin; the shims it forked carry on.
+starting an interpreter for it (~3 ms against ~12 ms of CPU per command). A request on its
+stdin is its length, a newline, then NUL-separated fields (see :func:`_answer`); the reply,
+one line on its stdout, is the forked shim's PID and start time once the command started, or
+``!``, the errno and why it could not. The forked shim does what the shim of one command
+does, in a session of its own; its command line and environment are the server's (the
+command's carries ``SWARM_SHIM``). The server ends at the end of its stdin; the shims it
+forked carry on.
 """
 
 # Only what starting a process needs: json, contextlib and pathlib would double the
@@ -109,10 +110,12 @@ def _supervise(
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *_STOP_SIGNALS),
         )
     except OSError as exc:
+        _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
+        if ready is not None:  # the server's manager raises the error, as Popen would
+            _tell(ready, _failure(exc))
+            return _NOT_STARTED
         name = command[0] if isinstance(command[0], str) else _text(command[0])
         sys.stderr.write(f"swarm shim: cannot start {name!r}: {exc.strerror or exc}\n")
-        _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
-        _tell(ready, b"started")  # the manager learns the rest from the record
         return _NOT_STARTED
     _tell(ready, b"started")
     status = _wait_for(child, waited)
@@ -125,6 +128,11 @@ def _supervise(
         _kill_all(child, grace)
     code = _exit_code(status)
     return code if code >= 0 else 128 - code
+
+
+def _failure(exc: OSError) -> bytes:
+    """Why a command did not start, for the server's reply: errno, then its text."""
+    return f"{exc.errno or 0} {exc.strerror or exc}".encode()
 
 
 def _tell(ready: int | None, what: bytes) -> None:
@@ -265,7 +273,7 @@ def _forked(
         posix.chdir(cwd)
     except OSError as exc:
         _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})
-        _tell(ready, (exc.strerror or str(exc)).encode())
+        _tell(ready, _failure(exc))
         return _NOT_STARTED
     # posix_spawnp looks *command* up on this process's PATH: the command's.
     path = env.get(b"PATH")

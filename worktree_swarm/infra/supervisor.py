@@ -328,11 +328,11 @@ class ShimServer:
         reply = self._ask(float(grace), fields, start=True)
         if reply is None:
             return self._lost(float(grace), record, asked)
-        if reply.startswith("!"):
-            raise SwarmError(
-                f"cannot start agent {argv[0]!r} in {cwd}: {reply[1:].strip()}; "
-                "check that it is installed and on PATH"
-            )
+        if reply.startswith("!"):  # "! ERRNO WHY" from the shim, "! bad request: ..." else
+            code, _, why = reply[1:].strip().partition(" ")
+            if not code.isdigit():
+                code, why = "0", reply[1:].strip()
+            raise _not_started(argv[0], cwd, int(code), why)
         pid, ticks = reply.split()
         return Forked(self, float(grace), int(pid), None if ticks == "None" else int(ticks))
 
@@ -435,6 +435,16 @@ class ShimServer:
 _SERVER_RESTARTS = 3
 
 
+def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmError:
+    """The error for a command that could not start in *cwd* (*code*: its errno)."""
+    hint = (
+        "shorten its arguments or environment (long prompts: use {prompt_file})"
+        if code == errno.E2BIG
+        else "check that it is installed and on PATH"
+    )
+    return SwarmError(f"cannot start agent {program!r} in {cwd}: {why}; {hint}")
+
+
 def _close_server(server: subprocess.Popen[bytes]) -> None:
     for pipe in (server.stdin, server.stdout):
         with contextlib.suppress(OSError):
@@ -511,14 +521,7 @@ def spawn(
                 start_new_session=True,
             )
         except OSError as exc:
-            hint = (
-                "shorten its arguments or environment (long prompts: use {prompt_file})"
-                if exc.errno == errno.E2BIG
-                else "check that it is installed and on PATH"
-            )
-            raise SwarmError(
-                f"cannot start agent {argv[0]!r} in {cwd}: {exc.strerror or exc}; {hint}"
-            ) from exc
+            raise _not_started(argv[0], cwd, exc.errno, exc.strerror or str(exc)) from exc
     # Not yet reaped, so the PID is still ours even if the agent already exited;
     # start_new_session makes it the leader of a group with its own PID.
     identity = identity_of(popen.pid) or ProcessIdentity(
