@@ -5,8 +5,10 @@
 
 Runs the real `swarm run` (worktree creation, supervision, checkpoint commits, diff stats all
 included) in a throwaway repository, samples the manager's RSS with psutil, and prints
-makespan / ideal where ideal = max(critical path, total work / jobs). `--repo` runs the tasks
-in a clone of that repository instead of a one-file one (e.g. pallets/click).
+makespan / ideal where ideal = max(critical path, total work / jobs), and the CPU the run used
+(user and system apart, agents included) with the makespan it allows on this machine's cores.
+`--repo` runs the tasks in a clone of that repository instead of a one-file one (e.g.
+pallets/click).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -66,6 +69,7 @@ def main() -> int:
         agent = ["sh", "-c", AGENT, "agent", str(args.sleep)]
         (base / "tasks.toml").write_text(manifest(args.tasks, args.depth, agent, args.jobs))
 
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", "run", str(base / "tasks.toml")],
@@ -83,6 +87,9 @@ def main() -> int:
                 break
             time.sleep(0.05)
         makespan = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        user = after.ru_utime - before.ru_utime
+        system = after.ru_stime - before.ru_stime
         err = proc.stderr.read() if proc.stderr else ""
         with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
             states = dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
@@ -108,6 +115,13 @@ def main() -> int:
         f"-> ratio {makespan / ideal_measured:.3f}"
     )
     print(f"manager peak RSS {peak_rss / 2**20:.1f} MB (target < 150 MB)")
+    # On 2 cores the makespan cannot be under the CPU the run used over the cores.
+    cores = psutil.cpu_count() or 1
+    print(
+        f"CPU {user + system:.1f}s (user {user:.1f}, system {system:.1f}), agents included: "
+        f"{(user + system) / args.tasks * 1000:.0f} ms per task; over {cores} cores at least "
+        f"{(user + system) / cores:.1f}s, {(user + system) / cores / ideal_measured:.2f}x the ideal"
+    )
     if proc.returncode != 0 or done != args.tasks:
         print(err[-2000:])
         return 1
