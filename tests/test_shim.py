@@ -283,8 +283,14 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark))
     wait_for((pids / "agent").exists, what="the agent")
     agent_pid = int((pids / "agent").read_text())
+    (server,) = [
+        p for p in psutil.Process(proc.pid).children() if supervisor.shim.SERVE in p.cmdline()
+    ]  # the manager's shim server, which forked the agent's shim
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # It ends with the manager (the end of its stdin); the shim it forked carries on.
+    wait_for(lambda: not pid_alive(server.pid), what="the shim server to end")
+    assert pid_alive(agent_pid)
     if when == "ended":  # it ends unwatched; its shim records the exit status
         (pids / "go").touch()
         wait_for(lambda: not pid_alive(agent_pid), what="the agent to finish")
@@ -349,15 +355,28 @@ def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     assert marked(mark) == []
 
 
+def spawn_escaping(
+    tmp_path: Path,
+    write_agent: AgentFactory,
+    mark: str,
+    body: str,
+    shims: supervisor.ShimServer | None = None,
+) -> tuple[supervisor.AgentProcess, Path, Path]:
+    """Spawn PRELUDE + *body* (grace 0.5 s) in *tmp_path*; the agent, its pid dir and its log."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    log = tmp_path / "logs" / "attempt-1.log"
+    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
+    argv = write_agent(PRELUDE + body)
+    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5, shims=shims)
+    return agent, pids, log
+
+
 def test_shim_records_exit_status_and_kills_leftovers(
     tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    argv = write_agent(PRELUDE + 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n')
-    log = tmp_path / "logs" / "attempt-1.log"
-    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
-    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5)
+    body = 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n'
+    agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body)
     assert agent.wait(timeout=60) == 3
     record = json.loads(supervisor.record_path(log).read_text())
     assert record["exit_code"] == 3

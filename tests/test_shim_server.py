@@ -19,7 +19,7 @@ import pytest
 
 from tests import test_shim
 from tests.test_run import pid_alive, wait_for
-from tests.test_shim import PRELUDE, AgentFactory, marked
+from tests.test_shim import AgentFactory, marked, spawn_escaping
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra import shim, supervisor
 from worktree_swarm.infra.proc import clean_env
@@ -49,12 +49,8 @@ def _server_of(agent: supervisor.AgentProcess) -> psutil.Process:
 def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
     tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
 ) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    argv = write_agent(PRELUDE + 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n')
-    log = tmp_path / "logs" / "attempt-1.log"
-    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
-    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5, shims=shims)
+    body = 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n'
+    agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body, shims)
     assert agent.popen is None  # not our child: its shim's parent is the server
     server = _server_of(agent)
     assert server.cmdline()[-4:] == [shim.MARKER, "--grace", "0.5", shim.SERVE]
@@ -73,12 +69,8 @@ def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
 def test_stopping_a_forked_shim_kills_the_daemons_of_its_command(
     tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
 ) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    argv = write_agent(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(600)\n')
-    log = tmp_path / "logs" / "attempt-1.log"
-    env = clean_env({"PIDS": str(pids), "ESCAPE_MARK": mark})
-    agent = supervisor.spawn(argv, cwd=tmp_path, env=env, log_path=log, grace=0.5, shims=shims)
+    body = 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(600)\n'
+    agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body, shims)
     wait_for((pids / "ready").exists, what="the agent")
     wait_for((pids / "daemon").exists, what="the daemon")
     daemon = psutil.Process(int((pids / "daemon").read_text()))

@@ -86,9 +86,10 @@ class AgentProcess:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to *timeout* seconds; return the exit code, or None if still running."""
         if self.popen is None:
+            if timeout is not None:
+                _wait_for_end(self.identity, timeout)
             while timeout is None and is_alive(self.identity):
                 _wait_for_end(self.identity, _KILL_TIMEOUT)
-            _wait_for_end(self.identity, timeout or 0.0)
             return self.poll()
         if timeout and self.popen.returncode is None and _until_ended(self.popen.pid, timeout):
             timeout = 0  # ended, or the time is up: reap it if it ended
