@@ -5,10 +5,11 @@
 Runs the swarm CLI in this interpreter (e.g. ``-- run tasks.toml`` in a repository) with a
 thread that, every half millisecond, reads every other thread's CPU clock and charges what it
 used since the last look to the frame that thread is in: the innermost frame of swarm's own
-code, and the library frame on top of it. Unlike cProfile, which adds its cost to every call
-and inflates code made of many small calls several times, this charges only CPU really used,
-and costs one thread that sleeps. Prints the top places and the top call chains when the
-command exits (to FILE with ``--out``). The command's exit code is kept.
+code and the library frame on top of it, and every swarm function on its stack. Unlike
+cProfile, which adds its cost to every call and inflates code made of many small calls several
+times, this charges only CPU really used, and costs one thread that sleeps. Prints the top
+places, call chains and functions (with what they call) when the command exits (to FILE with
+``--out``). The command's exit code is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Sampler:
     def __init__(self) -> None:
         self.places: collections.Counter[tuple[str, str]] = collections.Counter()
         self.chains: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self.inclusive: collections.Counter[str] = collections.Counter()
         self._last: dict[int, float] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -51,9 +53,11 @@ class Sampler:
                 used = now - self._last.get(thread.ident, now)
                 self._last[thread.ident] = now
                 if used > 0:
-                    inner, top, chain = _where(frames[thread.ident])
+                    inner, top, chain, ours = _where(frames[thread.ident])
                     self.places[(inner, top)] += used
                     self.chains[chain] += used
+                    for name in ours:
+                        self.inclusive[name] += used
 
     def report(self, top: int) -> str:
         total = sum(self.places.values()) or 1e-9
@@ -63,11 +67,15 @@ class Sampler:
         lines.append("")
         for chain, used in self.chains.most_common(top):
             lines.append(f"{used:7.3f}s {100 * used / total:5.1f}%  {' > '.join(chain)}")
+        lines.append("")
+        for name, used in self.inclusive.most_common(top):
+            lines.append(f"{used:7.3f}s {100 * used / total:5.1f}%  {name} (with what it calls)")
         return "\n".join(lines) + "\n"
 
 
-def _where(frame: FrameType) -> tuple[str, str, tuple[str, ...]]:
-    """Innermost swarm frame, the frame on top, and the last four swarm frames (outer first)."""
+def _where(frame: FrameType) -> tuple[str, str, tuple[str, ...], set[str]]:
+    """Innermost swarm frame, the frame on top, the last four swarm frames (outer first), and
+    every swarm function on the stack."""
     ours: list[str] = []
     current: FrameType | None = frame
     while current is not None:
@@ -76,7 +84,7 @@ def _where(frame: FrameType) -> tuple[str, str, tuple[str, ...]]:
             ours.append(f"{path.split('worktree_swarm/')[-1]}:{current.f_code.co_name}")
         current = current.f_back
     top = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
-    return (ours[0] if ours else "?"), top, tuple(reversed(ours[:4]))
+    return (ours[0] if ours else "?"), top, tuple(reversed(ours[:4])), set(ours)
 
 
 def main() -> None:

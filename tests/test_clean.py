@@ -142,6 +142,35 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_an_earlier_run_never_claims_the_worktree_and_branch_a_later_run_reused(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Nightly batches reuse task ids: run A's "edits" is cleaned, run B's "edits" then gets
+    # the same branch and worktree path. Cleaning run A (even by force) must leave B's alone.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    first, second = (r["run_id"] for r in runs)
+    path = str(repo.parent / "repo.swarm" / "edits")
+    tip = git(repo, "rev-parse", "swarm/edits")
+
+    out = swarm(repo, "clean", "--run", first, "--force", "--yes", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["findings"] == []
+    assert path in worktree_paths(repo)
+    assert git(repo, "rev-parse", "swarm/edits") == tip
+
+    # Cleaning every run plans the reused worktree and branch once, as run B's.
+    out = swarm(repo, "clean", "--all", "--json")
+    findings = json.loads(out.stdout)["findings"]
+    assert sorted((f["target"], f["run_id"]) for f in findings) == [
+        (path, second),
+        ("swarm/edits", second),
+    ]
+
+
 def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(
     repo: Path, write_agent: AgentFactory
 ) -> None:

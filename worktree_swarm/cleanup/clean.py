@@ -150,6 +150,7 @@ def plan_clean(
         tips=git.branch_tips(repo),
         merged=Merged(repo),
         cwds=supervisor.working_directories(),
+        owners=store.owners(),
     )
     findings: list[Finding] = []
     for run_id in run_ids:
@@ -196,13 +197,14 @@ def plan_clean(
 class _Seen:
     """What a plan reads once, so that it reads no branch or process twice.
 
-    Every branch's tip, which are merged where, and every process's working directory (None
-    without ``/proc``).
+    Every branch's tip, which are merged where, every process's working directory (None
+    without ``/proc``), and the run each task branch and worktree path belongs to.
     """
 
     tips: dict[str, str]
     merged: Merged
     cwds: dict[int, str] | None
+    owners: dict[str, str]
 
     def merged_into(
         self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
@@ -234,10 +236,17 @@ def _plan_task(
     force: bool,
     look: bool,
 ) -> list[Finding]:
-    found, dirty, kept = _plan_task_worktree(
-        repo, task, registered, seen.cwds, force=force, look=look
-    )
+    # A later run that reused the task id owns its branch and path now: never this task's.
+    found: list[Finding] = []
+    dirty: bool | None = False
+    kept = False
+    if seen.owners.get(task.worktree) == task.run_id:
+        found, dirty, kept = _plan_task_worktree(
+            repo, task, registered, seen.cwds, force=force, look=look
+        )
     if keep_branches or kept or task.branch not in seen.tips:
+        return found
+    if seen.owners.get(task.branch) != task.run_id:
         return found
     path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
