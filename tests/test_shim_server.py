@@ -207,6 +207,33 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
     assert runs.read_text() == "once\n"  # adopted, not started a second time
 
 
+def test_a_server_that_stops_answering_is_replaced_and_the_command_still_starts(
+    tmp_path: Path,
+) -> None:
+    shims = supervisor.ShimServer(reply_timeout=1.0)
+    try:
+        warm = supervisor.spawn(
+            ["true"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "w.log", shims=shims
+        )
+        assert warm.wait(timeout=60) == 0
+        (server,) = _running_servers()
+        server.suspend()  # SIGSTOP: it reads no request and answers none
+        agent = supervisor.spawn(
+            ["sh", "-c", "exit 4"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log",
+            shims=shims,
+        )  # fmt: skip
+        assert agent.wait(timeout=60) == 4
+        assert not pid_alive(server.pid)  # killed, not left stopped
+        later = supervisor.spawn(
+            ["sh", "-c", "exit 6"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "b.log",
+            shims=shims,
+        )  # fmt: skip
+        assert later.wait(timeout=60) == 6
+        assert later.popen is None  # forked by a new server
+    finally:
+        shims.close()
+
+
 def _running_servers() -> list[psutil.Process]:
     """The shim servers among this process's children."""
     return [

@@ -301,11 +301,13 @@ class ShimServer:
     and the caller starts the shim itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, reply_timeout: float = 30.0) -> None:
         self._lock = threading.Lock()
         self._servers: dict[float, subprocess.Popen[bytes]] = {}
         self._restarts = 0
         self._closed = False
+        # A server that has not answered by then (stopped, or wedged) is taken as lost.
+        self._reply_timeout = reply_timeout
 
     def start(
         self,
@@ -343,10 +345,11 @@ class ShimServer:
         return None if reply is None or not reply.lstrip("-").isdigit() else int(reply)
 
     def _ask(self, grace: float, fields: Sequence[str], *, start: bool) -> str | None:
-        """The server's one-line reply; None if it ended or (*start* off) is not up.
+        """The server's one-line reply; None if it ended, is stuck, or (*start* off) is not up.
 
-        A request is its fields joined by NUL, after its length and a newline. Raises
-        ValueError, as Popen does, for a NUL byte in an argument or the environment.
+        A server that did not answer in time is killed. A request is its fields joined by
+        NUL, after its length and a newline. Raises ValueError, as Popen does, for a NUL byte
+        in an argument or the environment.
         """
         encoded = [os.fsencode(field) for field in fields]
         if any(b"\0" in field for field in encoded):
@@ -356,12 +359,9 @@ class ShimServer:
             server = self._server(grace) if start else self._servers.get(grace)
             if server is None or server.stdin is None or server.stdout is None:
                 return None
-            try:
-                server.stdin.write(b"%d\n%s" % (len(payload), payload))
-                server.stdin.flush()
-                reply = server.stdout.readline()
-            except OSError:
-                reply = b""
+            request = b"%d\n%s" % (len(payload), payload)
+            deadline = time.monotonic() + self._reply_timeout
+            reply = _exchange(server.stdin.fileno(), server.stdout.fileno(), request, deadline)
             if not reply.endswith(b"\n"):
                 self._end(grace)
                 return None
@@ -444,6 +444,39 @@ def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmEr
         else "check that it is installed and on PATH"
     )
     return SwarmError(f"cannot start agent {program!r} in {cwd}: {why}; {hint}")
+
+
+def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> bytes:
+    """Write *request*, then read one line back, both by *deadline* (monotonic).
+
+    The reply so far, without its newline when the other end did not finish it in time,
+    ended, or failed. The pipes' file objects are not used (their buffers stay empty).
+    """
+    sent = 0
+    reply = b""
+    try:
+        while sent < len(request):
+            if not _ready(write_fd, deadline, write=True):
+                return b""
+            sent += os.write(write_fd, request[sent : sent + select.PIPE_BUF])
+        while not reply.endswith(b"\n"):
+            if not _ready(read_fd, deadline, write=False):
+                return reply
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                return reply
+            reply += chunk
+    except OSError:
+        return b""
+    return reply
+
+
+def _ready(fd: int, deadline: float, *, write: bool) -> bool:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    waiting = ([], [fd]) if write else ([fd], [])
+    return any(select.select(*waiting, [], left)[:2])
 
 
 def _close_server(server: subprocess.Popen[bytes]) -> None:
