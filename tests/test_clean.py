@@ -660,6 +660,77 @@ def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> Non
     assert res.detail == "already gone"
 
 
+def _branches(repo: Path) -> list[str]:
+    return git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
+
+
+def _branch_findings(repo: Path, names: list[str], **more: object) -> list[fixes.Finding]:
+    return [
+        fixes.Finding(
+            kind=fixes.Kind.BRANCH, target=name, reason="planned earlier",
+            action=fixes.Action.DELETE_BRANCH, fix="delete it", branch=name,
+            **more,  # type: ignore[arg-type]
+        )
+        for name in names
+    ]  # fmt: skip
+
+
+def test_many_branches_go_in_one_transaction_each_checked_as_if_alone(
+    repo: Path, tmp_path: Path
+) -> None:
+    r = g.open_repo(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    for name in ("a", "b", "c", "moved", "busy"):
+        git(repo, "branch", name, base)
+    git(repo, "worktree", "add", "-q", str(tmp_path / "busy"), "busy")
+    # Planned as merged into main; since then "moved" got a commit of its own.
+    git(repo, "checkout", "-q", "moved")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "new work")
+    new_tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    names = ["a", "b", "c", "moved", "busy", "gone"]
+    findings = _branch_findings(repo, names, merged_into=("refs/heads/main",))
+    results = {res.finding.target: res for res in fixes.apply(r, findings, store=None, force=False)}
+    assert {n: (results[n].fixed, results[n].detail.split(" (")[0]) for n in names} == {
+        "a": (True, "deleted"),
+        "b": (True, "deleted"),
+        "c": (True, "deleted"),
+        "moved": (False, "moved is no longer merged"),
+        "busy": (False, f"busy is checked out in {tmp_path / 'busy'}; kept"),
+        "gone": (True, "already gone"),
+    }
+    assert _branches(repo) == ["busy", "main", "moved"]
+    assert git(repo, "rev-parse", "moved") == new_tip
+
+
+def test_a_branch_deletion_the_transaction_cannot_make_leaves_the_others_to_go_alone(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = g.open_repo(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    for name in ("a", "b", "locked", "raced"):
+        git(repo, "branch", name, base)
+    # A git process that crashed left its lock on "locked": no transaction with it can commit.
+    lock_file = repo / ".git" / "refs" / "heads" / "locked.lock"
+    lock_file.write_text(base + "\n")
+    # "raced" moves between the read of every tip and the transaction (a writer in between).
+    git(repo, "checkout", "-q", "raced")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "raced")
+    raced = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    read = g.branch_tips(r)
+    monkeypatch.setattr(g, "branch_tips", lambda _: {**read, "raced": base})
+    findings = _branch_findings(repo, ["a", "b", "locked", "raced"])
+    results = {res.finding.target: res for res in fixes.apply(r, findings, store=None, force=True)}
+    assert results["a"].fixed
+    assert results["b"].fixed
+    assert not results["locked"].fixed
+    assert "Another git process seems to be running" in results["locked"].detail
+    assert results["raced"].detail == "raced moved while it was being deleted; kept"
+    assert _branches(repo) == ["locked", "main", "raced"]
+    assert git(repo, "rev-parse", "raced") == raced
+
+
 def test_removing_a_worktree_never_follows_an_agents_symlinks_out_of_it(
     repo: Path, write_agent: AgentFactory, tmp_path: Path
 ) -> None:

@@ -299,6 +299,8 @@ def apply(
                 # checkout, and the disk is kept busier by several at once.
                 with ThreadPoolExecutor(min(len(batch), _REMOVERS)) as pool:
                     results.extend(pool.map(one, batch))
+            elif action is Action.DELETE_BRANCH and len(batch) > 1:
+                results.extend(_delete_branches(repo, batch, moves=moves))
             else:
                 results.extend(map(one, batch))
     return results
@@ -587,6 +589,63 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     if path.exists():
         return "pruned; its directory still holds files: `swarm doctor --yes` saves and removes it"
     return "pruned"
+
+
+def _delete_branches(
+    repo: git.Repo, batch: list[Finding], *, moves: guard.RefMoves
+) -> list[Result]:
+    """Delete the branches of *batch* with a few git processes, whatever their number.
+
+    Each is checked as :func:`_delete_branch` checks one, against one read of every branch,
+    worktree and merge target; those that pass go in one `update-ref` transaction, deleting
+    each only at the tip just checked. If it fails (a branch moved meanwhile), nothing was
+    deleted: each branch still at the tip checked goes through :func:`_delete_branch` alone,
+    one that moved is kept.
+    """
+    tips = git.branch_tips(repo)
+    checked_out = {w.branch: w.path for w in worktrees.list_worktrees_locked(repo) if w.branch}
+    merged = Merged(repo)
+    done: dict[int, Result] = {}
+    going: dict[int, tuple[str, str]] = {}  # position in *batch*: (ref, tip)
+    for index, f in enumerate(batch):
+        branch = f.branch or f.target
+        tip = tips.get(branch)
+        why = None
+        if tip is None:
+            done[index] = Result(finding=f, fixed=True, detail="already gone")
+            continue
+        if branch in checked_out:
+            why = f"{branch} is checked out in {checked_out[branch]}; kept"
+        elif f.merged_into and merged.into(tip, f.merged_into) is None:
+            why = f"{branch} is no longer merged (it has new commits); kept"
+        if why is None:
+            going[index] = (f"refs/heads/{branch}", tip)
+        else:
+            done[index] = Result(finding=f, fixed=False, detail=why)
+    if going:
+        moves.announce_all(dict(going.values()))
+        lines = "".join(f"delete {ref} {tip}\n" for ref, tip in going.values())
+        res = runner.run(repo.root, "update-ref", "--stdin", input_text=lines, check=False)
+        for index, (ref, tip) in going.items():
+            if res.returncode == 0:
+                moves.moved(ref, None)
+                detail = f"deleted (was {tip[:12]})"
+                done[index] = Result(finding=batch[index], fixed=True, detail=detail)
+            else:
+                done[index] = _delete_alone(repo, batch[index], tip, moves=moves)
+    return [done[index] for index in range(len(batch))]
+
+
+def _delete_alone(repo: git.Repo, f: Finding, tip: str, *, moves: guard.RefMoves) -> Result:
+    branch = f.branch or f.target
+    if git.rev_parse(repo, f"refs/heads/{branch}") not in {tip, None}:
+        why = f"{branch} moved while it was being deleted; kept"
+        return Result(finding=f, fixed=False, detail=why)
+    try:
+        detail = _delete_branch(repo, f, moves=moves)
+    except (SwarmError, OSError) as exc:
+        return Result(finding=f, fixed=False, detail=str(exc))
+    return Result(finding=f, fixed=True, detail=detail)
 
 
 def _delete_branch(repo: git.Repo, f: Finding, *, moves: guard.RefMoves) -> str:

@@ -64,6 +64,14 @@ class RefMoves:
                 self._write(done=False)
             return self._old[ref]
 
+    def announce_all(self, values: dict[str, str]) -> None:
+        """:meth:`announce` each ref of *values* at the value given, with one write."""
+        with self._lock:
+            fresh = {ref: at for ref, at in values.items() if ref not in self._old}
+            if fresh:
+                self._old.update(fresh)
+                self._write(done=False)
+
     def moved(self, ref: str, new: str | None) -> None:
         """*ref* now names *new* (None: deleted) because of this command."""
         with self._lock:
