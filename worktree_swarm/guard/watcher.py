@@ -553,7 +553,6 @@ class Guard:
         # A manager killed while git wrote it leaves git's lock; the file is this manager's own.
         scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
         if real.is_file():
-            shutil.copyfile(real, scratch)  # seeds git's stat cache: only changed files hash
             shutil.copyfile(real, saved)
         else:
             saved.unlink(missing_ok=True)
@@ -562,6 +561,7 @@ class Guard:
         place_status = "" if users else status(path)
         base = None
         if users or not is_clean(place_status):
+            _seed(scratch, saved)
             base = capture(path, scratch, self._exclude if where == MAIN else ())
         return _Place(
             where=where,
@@ -839,6 +839,7 @@ class Guard:
         ):
             place.checked = began
             return []
+        _seed(place.scratch, place.saved_index)
         now = capture(place.path, place.scratch, self._excludes(place))
         base = self._base(place)
         if now == base:
@@ -925,3 +926,16 @@ class Guard:
         self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
         self._new.append(done)
         return done
+
+
+def _seed(scratch: Path, saved: Path) -> None:
+    """Start the scratch index as a copy of the saved one, if it has none yet.
+
+    It seeds git's stat cache, so that a capture hashes only the files changed since. A clean
+    task worktree's baseline needs no capture: its scratch index is made only once one does,
+    with the saved one's modification time. git trusts an entry's stat data only for a file
+    older than the index: a copy dated later would hide a file rewritten at the same size
+    within the second of its checkout.
+    """
+    if not scratch.exists() and saved.is_file():
+        shutil.copy2(saved, scratch)
