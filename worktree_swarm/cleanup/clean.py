@@ -204,7 +204,7 @@ class _Seen:
     tips: dict[str, str]
     merged: Merged
     cwds: dict[int, str] | None
-    owners: dict[str, str]
+    owners: tuple[dict[str, str], dict[str, str]]  # by branch, by worktree path
 
     def merged_into(
         self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
@@ -240,13 +240,14 @@ def _plan_task(
     found: list[Finding] = []
     dirty: bool | None = False
     kept = False
-    if seen.owners.get(task.worktree) == task.run_id:
+    branch_owners, path_owners = seen.owners
+    if path_owners.get(task.worktree) == task.run_id:
         found, dirty, kept = _plan_task_worktree(
             repo, task, registered, seen.cwds, force=force, look=look
         )
     if keep_branches or kept or task.branch not in seen.tips:
         return found
-    if seen.owners.get(task.branch) != task.run_id:
+    if branch_owners.get(task.branch) != task.run_id:
         return found
     path = real_path(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]

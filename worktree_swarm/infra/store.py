@@ -571,20 +571,19 @@ class Store:
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
         return [_task_row(r) for r in rows]
 
-    def owners(self) -> dict[str, str]:
-        """The run each task branch and worktree path belongs to: the latest run that used it.
+    def owners(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The run each task branch and each task worktree path belongs to, by branch and by path.
 
-        A task id reused by a later run (once the earlier one was cleaned) gets the same
-        branch and path; they are that later run's from then on.
+        It is the latest run that used it: a task id reused by a later run (once the earlier
+        one was cleaned) gets the same branch and path, which are that later run's from then on.
         """
         rows = self._read(
             "SELECT t.run_id, t.branch, t.worktree FROM tasks t JOIN runs r USING (run_id)"
             " ORDER BY r.created_at, r.rowid"
         )
-        owners: dict[str, str] = {}
-        for row in rows:
-            owners[str(row["branch"])] = owners[str(row["worktree"])] = str(row["run_id"])
-        return owners
+        by_branch = {str(row["branch"]): str(row["run_id"]) for row in rows}
+        by_path = {str(row["worktree"]): str(row["run_id"]) for row in rows}
+        return by_branch, by_path
 
     def stop_requests(self, run_id: str) -> list[str]:
         """The ids of the run's tasks whose stop was requested (the manager polls this)."""
