@@ -142,17 +142,23 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
-def test_an_earlier_run_never_claims_the_worktree_and_branch_a_later_run_reused(
-    repo: Path, write_agent: AgentFactory
-) -> None:
-    # Nightly batches reuse task ids: run A's "edits" is cleaned, run B's "edits" then gets
-    # the same branch and worktree path. Cleaning run A (even by force) must leave B's alone.
+def _reused_task_id(repo: Path, write_agent: AgentFactory) -> tuple[str, str]:
+    """Runs A and B of task "edits" (nightly batches reuse task ids): A's is cleaned, then B's
+    gets the same branch and worktree path. Their run ids."""
     agent = " ".join(write_agent(BY_ID_AGENT))
     assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0
     assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
     runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
     first, second = (r["run_id"] for r in runs)
+    return first, second
+
+
+def test_an_earlier_run_never_claims_the_worktree_and_branch_a_later_run_reused(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Cleaning run A (even by force) must leave run B's branch and worktree alone.
+    first, second = _reused_task_id(repo, write_agent)
     path = str(repo.parent / "repo.swarm" / "edits")
     tip = git(repo, "rev-parse", "swarm/edits")
 
@@ -169,6 +175,26 @@ def test_an_earlier_run_never_claims_the_worktree_and_branch_a_later_run_reused(
         (path, second),
         ("swarm/edits", second),
     ]
+
+
+def test_merging_or_diffing_an_earlier_run_never_takes_the_branch_a_later_run_reused(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    first, second = _reused_task_id(repo, write_agent)
+    tip = git(repo, "rev-parse", "swarm/edits")
+
+    out = swarm(repo, "merge", "--run", first, "--json")
+    assert out.returncode == 1, out.stdout + out.stderr  # something asked was not merged
+    merged = json.loads(out.stdout)
+    assert (merged["merged"], merged["skipped"]) == ([], ["edits"])
+    (result,) = merged["results"]
+    assert result["reason"] == f"branch swarm/edits is run {second}'s now (it reused the task id)"
+    (diff,) = json.loads(swarm(repo, "diff", "--run", first, "edits", "--json").stdout)["tasks"]
+    assert diff["tip"] is None
+    assert git(repo, "rev-parse", "swarm/edits") == tip
+    # The later run's own merge takes it.
+    out = swarm(repo, "merge", "--run", second, "--json")
+    assert json.loads(out.stdout)["merged"] == ["edits"]
 
 
 def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(

@@ -141,6 +141,30 @@ def test_second_run_updates_instead_of_duplicating(
     assert git(done_run, "rev-parse", "swarm/one") == git(repo, "rev-parse", "swarm/one")
 
 
+def test_an_earlier_run_never_pushes_or_updates_what_a_later_run_reused(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    fake_github.bare = done_run
+    assert swarm_pr(repo, fake_github, "one").returncode == 0
+    first = json.loads(swarm(repo, "runs", "--json").stdout)["runs"][0]["run_id"]
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    # The next night's batch reuses the id "one": its branch and pull request are that run's.
+    agent = tmp_path / "agent.py"
+    out = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "one=Again")
+    assert out.returncode == 0, out.stderr
+    second = json.loads(swarm(repo, "runs", "--json").stdout)["runs"][1]["run_id"]
+    pushed = git(done_run, "rev-parse", "swarm/one")
+
+    out = swarm_pr(repo, fake_github, "--run", first, "one")
+    assert out.returncode == 1
+    assert (
+        f"branch swarm/one is run {second}'s now (it reused the task id)" in out.stdout + out.stderr
+    )
+    assert git(done_run, "rev-parse", "swarm/one") == pushed
+    assert len(fake_github.calls("PATCH")) == 0
+    assert len(fake_github.calls("POST")) == 1  # the first run's own pull request only
+
+
 def test_named_task_draft_and_base_flags(
     repo: Path, done_run: Path, fake_github: FakeGitHub
 ) -> None:

@@ -23,6 +23,7 @@ from worktree_swarm.github.client import (
 )
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.merge.diff import reused_by
 
 PROMPT_LIMIT = 4000
 TITLE_LIMIT = 200
@@ -157,6 +158,7 @@ def open_pull_requests(
                 draft=draft,
                 fallback=run_base,
                 clashes=sent[row.task_id],
+                taken_by=reused_by(store, row),
             )
         except RateLimitError:
             raise
@@ -214,8 +216,11 @@ def _one(
     draft: bool,
     fallback: str | None,
     clashes: Sequence[pr_conflicts.Clash] = (),
+    taken_by: str | None = None,
 ) -> PullRequest:
     branch = _checked_branch(row)
+    if taken_by is not None:  # a later run's work, and maybe its pull request: never touched
+        raise SwarmError(f"branch {branch} is run {taken_by}'s now (it reused the task id)")
     task = task_from_json(row.spec_json)
     tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
     if tip is None:

@@ -59,6 +59,12 @@ def task_base(store: Store, row: TaskRow) -> str | None:
     return run.base_commit if run is not None else None
 
 
+def reused_by(store: Store, row: TaskRow) -> str | None:
+    """The later run that reused *row*'s task id and owns its branch now; None if none did."""
+    owner = store.branch_owner(row.branch)
+    return owner if owner not in {None, row.run_id} else None
+
+
 def branch_tip(repo: git.Repo, branch: str) -> str | None:
     """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
     return git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
@@ -83,7 +89,7 @@ def task_diffs(
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     diffs = []
     for row in rows:
-        tip = branch_tip(repo, task_branch(row))
+        tip = None if reused_by(store, row) else branch_tip(repo, task_branch(row))
         if tip is None and not task_ids:
             continue
         base = task_base(store, row)

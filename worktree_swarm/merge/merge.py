@@ -30,7 +30,7 @@ from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
-from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
+from worktree_swarm.merge.diff import branch_tip, named_rows, reused_by, task_base, task_branch
 from worktree_swarm.merge.merge_report import (
     CheckResult,
     MergeOutcome,
@@ -229,10 +229,13 @@ def select_candidates(
             )
         if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
             continue
-        tip = branch_tip(repo, task_branch(row))
+        later = reused_by(store, row)
+        tip = None if later else branch_tip(repo, task_branch(row))
         base = task_base(store, row)
         why = ""
-        if tip is None:
+        if later:
+            why = f"branch {row.branch} is run {later}'s now (it reused the task id)"
+        elif tip is None:
             why = f"branch {row.branch} is gone"
         elif base is None or base == tip:
             why = "no commits on its branch"
