@@ -299,7 +299,7 @@ def apply(
                 # checkout, and the disk is kept busier by several at once.
                 with ThreadPoolExecutor(min(len(batch), _REMOVERS)) as pool:
                     results.extend(pool.map(one, batch))
-            elif action is Action.DELETE_BRANCH and len(batch) > 1:
+            elif action is Action.DELETE_BRANCH:
                 results.extend(_delete_branches(repo, batch, moves=moves))
             else:
                 results.extend(map(one, batch))
@@ -331,7 +331,7 @@ def _apply_one(
         return _prune(repo, f), None
     if f.action is Action.REMOVE_NODE_CLONE:
         return _remove_node_clone(f, store=store), None
-    return _delete_branch(repo, f, moves=moves), None
+    raise ValueError(f"{f.action} is applied by its batch")  # DELETE_BRANCH: _delete_branches
 
 
 def _remove_node_clone(f: Finding, *, store: Store | None) -> str:
@@ -596,11 +596,10 @@ def _delete_branches(
 ) -> list[Result]:
     """Delete the branches of *batch* with a few git processes, whatever their number.
 
-    Each is checked as :func:`_delete_branch` checks one, against one read of every branch,
-    worktree and merge target; those that pass go in one `update-ref` transaction, deleting
-    each only at the tip just checked. If it fails (a branch moved meanwhile), nothing was
-    deleted: each branch still at the tip checked goes through :func:`_delete_branch` alone,
-    one that moved is kept.
+    Each is checked (still there, checked out in no worktree, still merged where the plan
+    said) against one read of every branch, worktree and merge target; those that pass go in
+    one `update-ref` transaction, deleting each only at the tip just checked. If it fails (a
+    branch moved, a stale lock), nothing was deleted: each is deleted alone at that tip.
     """
     tips = git.branch_tips(repo)
     checked_out = {w.branch: w.path for w in worktrees.list_worktrees_locked(repo) if w.branch}
@@ -610,56 +609,40 @@ def _delete_branches(
     for index, f in enumerate(batch):
         branch = f.branch or f.target
         tip = tips.get(branch)
-        why = None
         if tip is None:
             done[index] = Result(finding=f, fixed=True, detail="already gone")
-            continue
-        if branch in checked_out:
+        elif branch in checked_out:
             why = f"{branch} is checked out in {checked_out[branch]}; kept"
+            done[index] = Result(finding=f, fixed=False, detail=why)
         elif f.merged_into and merged.into(tip, f.merged_into) is None:
             why = f"{branch} is no longer merged (it has new commits); kept"
-        if why is None:
-            going[index] = (f"refs/heads/{branch}", tip)
-        else:
             done[index] = Result(finding=f, fixed=False, detail=why)
+        else:
+            going[index] = (f"refs/heads/{branch}", tip)
     if going:
         moves.announce_all(dict(going.values()))
         lines = "".join(f"delete {ref} {tip}\n" for ref, tip in going.values())
         res = runner.run(repo.root, "update-ref", "--stdin", input_text=lines, check=False)
         for index, (ref, tip) in going.items():
-            if res.returncode == 0:
-                moves.moved(ref, None)
-                detail = f"deleted (was {tip[:12]})"
-                done[index] = Result(finding=batch[index], fixed=True, detail=detail)
-            else:
-                done[index] = _delete_alone(repo, batch[index], tip, moves=moves)
+            together = res.returncode == 0
+            done[index] = _deleted(repo, batch[index], ref, tip, together=together, moves=moves)
     return [done[index] for index in range(len(batch))]
 
 
-def _delete_alone(repo: git.Repo, f: Finding, tip: str, *, moves: guard.RefMoves) -> Result:
-    branch = f.branch or f.target
-    if git.rev_parse(repo, f"refs/heads/{branch}") not in {tip, None}:
-        why = f"{branch} moved while it was being deleted; kept"
-        return Result(finding=f, fixed=False, detail=why)
-    try:
-        detail = _delete_branch(repo, f, moves=moves)
-    except (SwarmError, OSError) as exc:
-        return Result(finding=f, fixed=False, detail=str(exc))
-    return Result(finding=f, fixed=True, detail=detail)
-
-
-def _delete_branch(repo: git.Repo, f: Finding, *, moves: guard.RefMoves) -> str:
-    branch = f.branch or f.target
-    tip = git.rev_parse(repo, f"refs/heads/{branch}")
-    if tip is None:
-        return "already gone"
-    for info in worktrees.list_worktrees_locked(repo):
-        if info.branch == branch:
-            raise SwarmError(f"{branch} is checked out in {info.path}; kept")
-    if f.merged_into and merged_into(repo, tip, f.merged_into) is None:
-        raise SwarmError(f"{branch} is no longer merged (it has new commits); kept")
-    # update-ref with the old value: a branch that moved since the check is never deleted.
-    moves.announce(f"refs/heads/{branch}")
-    git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", tip)
-    moves.moved(f"refs/heads/{branch}", None)
-    return f"deleted (was {tip[:12]})"
+def _deleted(
+    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: guard.RefMoves
+) -> Result:
+    """The result for *ref*, deleted *together* with others, or else now alone at *tip*."""
+    if not together:
+        now = git.rev_parse(repo, ref)
+        if now is None:
+            return Result(finding=f, fixed=True, detail="already gone")
+        if now != tip:
+            why = f"{ref.removeprefix('refs/heads/')} moved while it was being deleted; kept"
+            return Result(finding=f, fixed=False, detail=why)
+        try:  # with the old value: a branch that moved since the check is never deleted
+            git.git(repo.root, "update-ref", "-d", ref, tip)
+        except SwarmError as exc:
+            return Result(finding=f, fixed=False, detail=str(exc))
+    moves.moved(ref, None)
+    return Result(finding=f, fixed=True, detail=f"deleted (was {tip[:12]})")

@@ -143,6 +143,7 @@ def open_pull_requests(
     run_base = run.base_commit if run is not None else None
     pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)
     known = pr_conflicts.open_pulls(store.tasks(run_id))
+    owners, _ = store.owners()
     sent: dict[str, tuple[pr_conflicts.Clash, ...]] = {}
     pulls: list[PullRequest] = []
     failures: list[PrFailure] = []
@@ -158,7 +159,7 @@ def open_pull_requests(
                 draft=draft,
                 fallback=run_base,
                 clashes=sent[row.task_id],
-                taken_by=reused_by(store, row),
+                taken_by=reused_by(row, owners),
             )
         except RateLimitError:
             raise

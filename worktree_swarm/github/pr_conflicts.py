@@ -34,10 +34,11 @@ def predict_pairs(
 ) -> dict[str, dict[str, tuple[str, ...]]]:
     """For every done task with a branch: the other such tasks it conflicts with, and files."""
     branches = []
+    owners, _ = store.owners()
     for row in store.tasks(run_id):
         if row.state is not TaskState.DONE:
             continue
-        tip = None if reused_by(store, row) else branch_tip(repo, task_branch(row))
+        tip = None if reused_by(row, owners) else branch_tip(repo, task_branch(row))
         base = task_base(store, row)
         if tip is not None and base is not None and tip != base:
             branches.append(conflicts.Branch(name=row.task_id, tip=tip, base=base))

@@ -585,15 +585,6 @@ class Store:
         by_path = {str(row["worktree"]): str(row["run_id"]) for row in rows}
         return by_branch, by_path
 
-    def branch_owner(self, branch: str) -> str | None:
-        """The latest run with a task on *branch* (see :meth:`owners`); None if none."""
-        rows = self._read(
-            "SELECT t.run_id FROM tasks t JOIN runs r USING (run_id) WHERE t.branch = ?"
-            " ORDER BY r.created_at DESC, r.rowid DESC LIMIT 1",
-            (branch,),
-        )
-        return str(rows[0]["run_id"]) if rows else None
-
     def stop_requests(self, run_id: str) -> list[str]:
         """The ids of the run's tasks whose stop was requested (the manager polls this)."""
         rows = self._read(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -59,10 +59,13 @@ def task_base(store: Store, row: TaskRow) -> str | None:
     return run.base_commit if run is not None else None
 
 
-def reused_by(store: Store, row: TaskRow) -> str | None:
-    """The later run that reused *row*'s task id and owns its branch now; None if none did."""
-    owner = store.branch_owner(row.branch)
-    return owner if owner not in {None, row.run_id} else None
+def reused_by(row: TaskRow, owners: Mapping[str, str]) -> str | None:
+    """The later run that reused *row*'s task id and owns its branch now; None if none did.
+
+    *owners*: each branch's run, from :meth:`Store.owners`.
+    """
+    owner = owners.get(row.branch, row.run_id)
+    return None if owner == row.run_id else owner
 
 
 def branch_tip(repo: git.Repo, branch: str) -> str | None:
@@ -87,9 +90,10 @@ def task_diffs(
 ) -> list[TaskDiff]:
     """Diffs of *task_ids*, or of every task of the run that has a branch."""
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
+    owners, _ = store.owners()
     diffs = []
     for row in rows:
-        tip = None if reused_by(store, row) else branch_tip(repo, task_branch(row))
+        tip = None if reused_by(row, owners) else branch_tip(repo, task_branch(row))
         if tip is None and not task_ids:
             continue
         base = task_base(store, row)

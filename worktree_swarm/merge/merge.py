@@ -221,6 +221,7 @@ def select_candidates(
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
     skipped: list[TaskResult] = []
+    owners, _ = store.owners()
     for row in rows:
         if task_ids and row.state.is_active:
             raise BadInputError(
@@ -229,7 +230,7 @@ def select_candidates(
             )
         if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
             continue
-        later = reused_by(store, row)
+        later = reused_by(row, owners)
         tip = None if later else branch_tip(repo, task_branch(row))
         base = task_base(store, row)
         why = ""
