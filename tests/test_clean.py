@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -31,6 +32,8 @@ from tests.test_run import (
 )
 from worktree_swarm.cleanup import fixes
 from worktree_swarm.git import repo as g
+from worktree_swarm.report.status import open_store
+from worktree_swarm.ui import watch_actions
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -142,13 +145,14 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
-def _reused_task_id(repo: Path, write_agent: AgentFactory) -> tuple[str, str]:
-    """Runs A and B of task "edits" (nightly batches reuse task ids): A's is cleaned, then B's
+def _reused_task_id(repo: Path, write_agent: AgentFactory, task: str = "edits") -> tuple[str, str]:
+    """Runs A and B of one task (nightly batches reuse task ids): A's is cleaned, then B's
     gets the same branch and worktree path. Their run ids."""
     agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    code = 1 if task == "fails" else 0
+    assert swarm(repo, "run", "--agent", agent, "-t", f"{task}=a").returncode == code
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    assert swarm(repo, "run", "--agent", agent, "-t", f"{task}=a").returncode == code
     runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
     first, second = (r["run_id"] for r in runs)
     return first, second
@@ -195,6 +199,44 @@ def test_merging_or_diffing_an_earlier_run_never_takes_the_branch_a_later_run_re
     # The later run's own merge takes it.
     out = swarm(repo, "merge", "--run", second, "--json")
     assert json.loads(out.stdout)["merged"] == ["edits"]
+
+
+def test_an_earlier_run_never_retries_or_shows_as_its_own_a_task_a_later_run_reused(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Retrying run A's task would put A's agent to work on run B's branch and worktree, and
+    # `--fresh` would delete them: refused before anything changes, named or not.
+    first, second = _reused_task_id(repo, write_agent, "fails")
+    path = repo.parent / "repo.swarm" / "fails"
+    tip = git(repo, "rev-parse", "swarm/fails")
+    work = (path / "fails.txt").read_text()
+    for args in (["fails"], ["fails", "--fresh"], []):
+        out = swarm(repo, "retry", "--run", first, *args)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert second in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    with open_store(g.open_repo(repo)) as store:  # the same from `swarm watch`'s key
+        result = watch_actions.retry(g.open_repo(repo), store, first, "fails")
+    assert not result.ok
+    assert f"run {second} reused its id" in result.message
+    assert git(repo, "rev-parse", "swarm/fails") == tip
+    assert (path / "fails.txt").read_text() == work
+    assert str(path) in worktree_paths(repo)
+
+    # Run A's status and report tell the worktree there is B's, not A's kept work.
+    def status_of(run: str) -> dict[str, Any]:
+        return dict(json.loads(swarm(repo, "status", "--run", run, "--json").stdout))
+
+    earlier = status_of(first)
+    assert earlier["run_state"] == "finished"
+    (row,) = earlier["tasks"]
+    assert (row["state"], row["worktree_present"], row["taken_by"]) == ("failed", False, second)
+    (row,) = status_of(second)["tasks"]
+    assert (row["worktree_present"], row["taken_by"]) == (True, None)
+    text = swarm(repo, "status", "--run", first).stdout
+    assert f"swarm/fails is run {second}'s now" in text
+    (task,) = json.loads(swarm(repo, "report", "--run", first, "--json").stdout)["tasks"]
+    assert task["worktree_present"] is False
 
 
 def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(

@@ -585,6 +585,31 @@ class Store:
         by_path = {str(row["worktree"]): str(row["run_id"]) for row in rows}
         return by_branch, by_path
 
+    def taken_over(self, run_id: str) -> dict[str, str]:
+        """The tasks of *run_id* whose branch and worktree a later run took over: id → that run.
+
+        The same rule as :meth:`owners`, read for one run: only the runs created after it are
+        read (none for the latest run).
+        """
+        later = self._read(
+            "SELECT t.run_id, t.branch, t.worktree FROM tasks t JOIN runs r USING (run_id)"
+            " JOIN runs this ON this.run_id = ?"
+            " WHERE (r.created_at, r.rowid) > (this.created_at, this.rowid)"
+            " ORDER BY r.created_at, r.rowid",
+            (run_id,),
+        )
+        if not later:
+            return {}
+        owner: dict[str, str] = {}
+        for row in later:
+            owner[str(row["branch"])] = owner[str(row["worktree"])] = str(row["run_id"])
+        rows = self._read("SELECT task_id, branch, worktree FROM tasks WHERE run_id = ?", (run_id,))
+        return {
+            str(row["task_id"]): taker
+            for row in rows
+            if (taker := owner.get(str(row["branch"])) or owner.get(str(row["worktree"])))
+        }
+
     def stop_requests(self, run_id: str) -> list[str]:
         """The ids of the run's tasks whose stop was requested (the manager polls this)."""
         rows = self._read(

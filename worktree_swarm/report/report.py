@@ -192,6 +192,7 @@ def build_report(
             state_changes.setdefault(event.task_id, []).append((event.ts, str(event.data["state"])))
         elif event.kind == "pull_request":
             pulls[event.task_id] = (_int(event.data.get("number")), str(event.data.get("url", "")))
+    taken = store.taken_over(run_id)
     tasks = tuple(
         _task_report(
             row,
@@ -202,6 +203,7 @@ def build_report(
             end=end,
             logs=None if logs_dir is None else logs_dir / row.task_id,
             redact=redactor,
+            taken=row.task_id in taken,
         )
         for row in rows
     )
@@ -246,9 +248,12 @@ def _max_disk(run: RunRow) -> int | None:
     return run.settings.max_disk
 
 
-def _disk(row: TaskRow) -> tuple[DiskUsage | None, bool]:
-    """A task's disk use (measured now while it goes on, else as recorded) and presence."""
-    present = Path(row.worktree).is_dir()
+def _disk(row: TaskRow, *, taken: bool) -> tuple[DiskUsage | None, bool]:
+    """A task's disk use (measured now while it goes on, else as recorded) and presence.
+
+    *taken*: a later run reused the task id; the worktree at its path is that run's.
+    """
+    present = not taken and Path(row.worktree).is_dir()
     if present and not row.state.is_final:
         return usage(Path(row.worktree)), present
     if row.disk_actual is None:
@@ -293,6 +298,7 @@ def _task_report(
     end: float,
     logs: Path | None,
     redact: Redactor,
+    taken: bool,
 ) -> TaskReport:
     reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
     spans = tuple(_spans(changes, end=end))
@@ -302,7 +308,7 @@ def _task_report(
     # started_at moves to each new attempt's start; the task's wall time begins at the first.
     starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]
     wall = (row.ended_at or end) - min(starts) if starts else None
-    used, present = _disk(row)
+    used, present = _disk(row, taken=taken)
     return TaskReport(
         task_id=row.task_id,
         title=redact(spec.title),

@@ -48,6 +48,7 @@ class TaskStatus:
     pr_url: str | None = None
     pr_state: str | None = None
     node: str | None = None  # executor `ray`: the node of the newest attempt
+    taken_by: str | None = None  # the later run that reused the task id: its branch and worktree
 
     @property
     def why(self) -> str:
@@ -59,6 +60,8 @@ class TaskStatus:
     def after(self) -> str:
         """What happened to the branch since it was done: merge result and pull request."""
         parts = []
+        if self.taken_by:
+            parts.append(f"{self.branch} is run {self.taken_by}'s now")
         if self.merge_result == "merged":
             parts.append(f"merged into {self.merge_target}")
         elif self.merge_result:
@@ -139,6 +142,7 @@ def task_status(
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
     tasks = store.tasks(run_id)
     waits = waiting_reasons(store, run_id, tasks)
+    taken = store.taken_over(run_id)
     rows = []
     for task in tasks:
         attempt = last.get(task.task_id)
@@ -146,7 +150,7 @@ def task_status(
         elapsed = None
         if task.started_at is not None:
             elapsed = round((task.ended_at or now) - task.started_at, 3)
-        present = Path(task.worktree).is_dir()
+        present = task.task_id not in taken and Path(task.worktree).is_dir()
         used = None
         if disk and task.disk_actual is not None and (task.state.is_final or not present):
             used = DiskUsage(task.disk_apparent or 0, task.disk_actual)
@@ -170,6 +174,7 @@ def task_status(
                 branch=task.branch,
                 worktree=task.worktree,
                 worktree_present=present,
+                taken_by=taken.get(task.task_id),
                 disk_apparent=None if used is None else used.apparent,
                 disk_actual=None if used is None else used.actual,
                 agent=attempt.agent

@@ -29,22 +29,34 @@ def prepare(
 ) -> list[str]:
     """Put the tasks to retry back to pending and reopen the run; returns their ids.
 
-    With no *task_ids*: every failed, stopped, timed-out or blocked task. Raises
-    BadInputError (before changing anything) for an unknown id, a task that cannot be
-    retried, or when there is nothing to retry.
+    With no *task_ids*: every failed, stopped, timed-out or blocked task, but those whose id a
+    later run reused (their branch and worktree are that run's now). Raises BadInputError
+    (before changing anything) for an unknown id, a task that cannot be retried, or when
+    there is nothing to retry.
     """
     rows = {row.task_id: row for row in store.tasks(run_id)}
+    taken = store.taken_over(run_id)
     for task_id in task_ids:
         row = rows.get(task_id)
         if row is None:
             raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+        if task_id in taken:
+            raise BadInputError(taken_message(row, taken[task_id]))
         if row.state not in RETRYABLE | _NAMED_ALSO:
             what = f"{row.state.value}; its work is on {row.branch}"
             if not row.state.is_final:
                 what = "still in progress; `swarm resume` carries it on"
             raise BadInputError(f"task {task_id} of run {run_id} is {what}")
-    picked = list(task_ids) or [t for t, row in rows.items() if row.state in RETRYABLE]
+    picked = list(task_ids) or [
+        t for t, row in rows.items() if row.state in RETRYABLE and t not in taken
+    ]
     if not picked and all(row.state.is_final for row in rows.values()):
+        if reused := [t for t, row in rows.items() if row.state in RETRYABLE and t in taken]:
+            raise BadInputError(
+                f"nothing to retry in run {run_id}: later runs reused the ids of "
+                + ", ".join(f"{t} (run {taken[t]})" for t in reused)
+                + " and own their branches and worktrees now"
+            )
         raise BadInputError(
             f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
         )
@@ -52,6 +64,14 @@ def prepare(
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
     return picked
+
+
+def taken_message(row: TaskRow, later: str) -> str:
+    """Why a task whose id a later run reused cannot run again in its own run."""
+    return (
+        f"task {row.task_id} of run {row.run_id} cannot run again: run {later} reused its id "
+        f"and owns {row.branch} and its worktree now (`swarm retry --run {later} {row.task_id}`)"
+    )
 
 
 def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:

@@ -65,9 +65,16 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
     )
 
 
+def _gone(row: TaskStatus, kept: str) -> str:
+    """Why the task's worktree is not its own any more ("" while it is)."""
+    if row.taken_by:
+        return f" (run {row.taken_by}'s now: it reused the task id)"
+    return "" if row.worktree_present else f" (removed{kept})"
+
+
 def details(row: TaskStatus) -> Text:
     """The line under the table: branch, worktree, merge and PR facts of the selected task."""
-    parts = [row.branch, row.worktree if row.worktree_present else f"{row.worktree} (removed)"]
+    parts = [row.branch, f"{row.worktree}{_gone(row, '')}"]
     if row.merge_result:
         parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
     if row.pr_number is not None:
@@ -252,7 +259,7 @@ class WatchApp(App[None]):
         if row is None:
             return
         self.copy_to_clipboard(row.worktree)
-        gone = "" if row.worktree_present else " (removed; the branch keeps the work)"
+        gone = _gone(row, "; the branch keeps the work")
         self._say(f"worktree {row.worktree}{gone} (copied)", ok=True)
 
     def action_stop(self) -> None:

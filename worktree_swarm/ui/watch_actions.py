@@ -18,6 +18,7 @@ from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.merge_report import MergeOutcome
 from worktree_swarm.run import background, control
+from worktree_swarm.run.retry import taken_message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,9 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
         return ActionResult(ok=False, message=f"{task_id} is {row.state.value}; stop it first")
     if row.state is TaskState.DONE:
         return ActionResult(ok=False, message=f"{task_id} is done; nothing to retry")
+    later = store.taken_over(run_id).get(task_id)
+    if later is not None:
+        return ActionResult(ok=False, message=taken_message(row, later))
     if lock.manager_alive(repo.state_dir):
         return ActionResult(
             ok=False,
