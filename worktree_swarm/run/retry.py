@@ -70,7 +70,7 @@ def taken_message(row: TaskRow, later: str) -> str:
     """Why a task whose id a later run reused cannot run again in its own run."""
     return (
         f"task {row.task_id} of run {row.run_id} cannot run again: run {later} reused its id "
-        f"and owns {row.branch} and its worktree now (`swarm retry --run {later} {row.task_id}`)"
+        f"and owns {row.branch} and its worktree now (`swarm status --run {later}`)"
     )
 
 
