@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worktree_swarm.ui.tables import Column, render, table
+from worktree_swarm.ui.tables import Column, _rich_render, render, table
 
 COLUMNS = (
     Column(header="task"),
@@ -49,3 +49,22 @@ def test_states_are_coloured_only_on_a_terminal() -> None:
     assert "\x1b[32mdone" in styled  # the state column, green
     assert styled.count("\x1b[32m") == 1  # not the reason that happens to read "done"
     assert "\x1b" not in plain
+
+
+def test_plain_text_is_laid_out_exactly_as_rich_lays_it_out() -> None:
+    # Plain output skips rich; it must read the same, whatever the cells hold: wide and
+    # combining characters, emoji, markup, padding, empty cells and columns, tabs, newlines,
+    # control characters and escape sequences (those go to rich itself).
+    cells = [
+        "", " ", "a", "  lead", "trail  ", "漢字", "🙂 ok", "e\u0301", "[red]x[/red]", "a\tb",
+        "two\nlines", "bell\x07", "\x1b[31mred", "zero\u200dwidth", "x" * 70,
+    ]  # fmt: skip
+    rows = [[cells[i % len(cells)], "done", str(i), cells[(i * 7) % len(cells)]] for i in range(30)]
+    cases = [
+        ("run r1", table(COLUMNS, rows), "total: 2", "", "trailing  "),
+        (table(COLUMNS, []),),
+        (table(COLUMNS, [["a", "done", "1", "x"]]), "tab\there", "ctl\x07"),
+    ]
+    cases += [(table(COLUMNS, [row]),) for row in rows]
+    for parts in cases:
+        assert render(*parts, styled=False) == _rich_render(parts, styled=False), parts

@@ -20,7 +20,7 @@ from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
 from worktree_swarm.run.governor import GateView, views_from_events
-from worktree_swarm.ui.tables import Column, table
+from worktree_swarm.ui.tables import Column, rich_table, table
 
 _COLUMNS = (
     Column(header="task"),
@@ -84,7 +84,7 @@ class LiveTable:
     def _table(self) -> Table:
         title = f"swarm run {self._run_id or ''}"
         if self._run_id is None:
-            return table(_COLUMNS, [], title=title)
+            return rich_table(table(_COLUMNS, [], title=title))
         events = self._store.events(self._run_id, after=self._seen)
         if events:
             self._seen = events[-1].id
@@ -101,7 +101,7 @@ class LiveTable:
             else:
                 detail = row.after
             rows.append([row.task_id, row.state, elapsed, redact(detail)[:_DETAIL_CHARS]])
-        drawn = table(_COLUMNS, rows, title=title)
+        drawn = rich_table(table(_COLUMNS, rows, title=title))
         now = time.time()
         # Each provider's gate under the table: its concurrency, any wait and why.
         drawn.caption = "\n".join(v.describe(now=now) for v in self._gates.values()) or None

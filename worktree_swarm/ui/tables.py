@@ -1,9 +1,12 @@
-"""Every terminal table swarm prints, drawn by rich: styled on a terminal, plain text otherwise.
+"""Every terminal table swarm prints: styled by rich on a terminal, plain text otherwise.
 
 Plain text (a pipe, a file, a test) has no colours, no borders and no wrapping: one header
 line, then one line per row with columns separated by two spaces, so ``cut``/``awk`` and
-``line.split()`` keep working. Cells are always :class:`~rich.text.Text`, never markup: a
-task id, a reason or a log line containing ``[red]`` is shown as written.
+``line.split()`` keep working. It is laid out here, as rich lays it out, without importing
+rich (most commands and every script print plain text; rich costs ~1 ms a row and ~40 ms to
+import); text rich would treat specially (control characters, tabs, newlines) goes to rich.
+Cells are never markup: a task id, a reason or a log line containing ``[red]`` is shown as
+written.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from rich.console import Console, RenderableType
-from rich.table import Table
-from rich.text import Text
+from rich.cells import cell_len
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # How task states look on a terminal; states not listed keep the default colour.
 STATE_STYLES = {
@@ -51,12 +55,33 @@ def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grid:
+    """A table to print: its columns and rows (one string per cell), and an optional title."""
+
+    columns: tuple[Column, ...]
+    rows: tuple[tuple[str, ...], ...]
+    title: str | None = None
+
+
 def table(
     columns: Sequence[Column], rows: Iterable[Sequence[str]], *, title: str | None = None
-) -> Table:
-    """A rich table of *rows* (one string per column), headed by *columns*."""
-    grid = Table(
-        title=None if title is None else Text(title),
+) -> Grid:
+    """A table of *rows* (one string per column), headed by *columns*."""
+    cells = tuple(tuple(row) for row in rows)
+    for row in cells:
+        if len(row) != len(columns):
+            raise ValueError(f"a row of {len(row)} cells for {len(columns)} columns")
+    return Grid(columns=tuple(columns), rows=cells, title=title)
+
+
+def rich_table(grid: Grid) -> Table:
+    """*grid* as a rich table (a live display draws it; styled output prints it)."""
+    from rich.table import Table  # noqa: PLC0415 - plain output never needs rich's tables
+    from rich.text import Text  # noqa: PLC0415
+
+    drawn = Table(
+        title=None if grid.title is None else Text(grid.title),
         box=None,
         show_edge=False,
         pad_edge=False,
@@ -64,25 +89,65 @@ def table(
         header_style="bold",
         title_style="bold",
     )
-    for column in columns:
-        grid.add_column(Text(column.header), justify=column.align, no_wrap=True)
-    for row in rows:
-        grid.add_row(
+    for column in grid.columns:
+        drawn.add_column(Text(column.header), justify=column.align, no_wrap=True)
+    for row in grid.rows:
+        drawn.add_row(
             *(
                 Text(cell, style=STATE_STYLES.get(cell, "") if column.states else "")
-                for column, cell in zip(columns, row, strict=True)
+                for column, cell in zip(grid.columns, row, strict=True)
             )
         )
-    return grid
+    return drawn
 
 
-def render(*parts: RenderableType, styled: bool | None = None) -> str:
+def render(*parts: Grid | str, styled: bool | None = None) -> str:
     """*parts* (tables, or plain strings taken literally) as text, one after the other.
 
     *styled* defaults to whether stdout is a terminal: with colours and the terminal's width
     there, plain unwrapped text without trailing spaces everywhere else.
     """
     styled = stdout_is_terminal() if styled is None else styled
+    if not styled and all(_plain(part) for part in parts):
+        lines = [line for part in parts for line in _plain_lines(part)]
+        return "\n".join(line.rstrip() for line in lines).rstrip("\n")
+    return _rich_render(parts, styled=styled)
+
+
+def _plain(part: Grid | str) -> bool:
+    """Whether *part* holds only text that rich prints as it is (laid out here then)."""
+    if isinstance(part, str):
+        return part.isprintable()
+    texts = [c.header for c in part.columns] + [cell for row in part.rows for cell in row]
+    return part.title is None and all(text.isprintable() for text in texts)
+
+
+def _plain_lines(part: Grid | str) -> list[str]:
+    if isinstance(part, str):
+        return [part]
+    widths = [
+        max([cell_len(column.header)] + [cell_len(row[i]) for row in part.rows])
+        for i, column in enumerate(part.columns)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            _pad(cell, width, column.align)
+            for cell, width, column in zip(cells, widths, part.columns, strict=True)
+        )
+
+    return [line([c.header for c in part.columns]), *(line(row) for row in part.rows)]
+
+
+def _pad(cell: str, width: int, align: Literal["left", "right"]) -> str:
+    room = " " * (width - cell_len(cell))
+    return room + cell if align == "right" else cell + room
+
+
+def _rich_render(parts: Sequence[Grid | str], *, styled: bool) -> str:
+    from rich.console import Console  # noqa: PLC0415 - plain output never needs rich's console
+    from rich.text import Text  # noqa: PLC0415
+
     console = Console(
         file=io.StringIO(),
         width=shutil.get_terminal_size().columns if styled else _PLAIN_WIDTH,
@@ -96,7 +161,7 @@ def render(*parts: RenderableType, styled: bool | None = None) -> str:
         if isinstance(part, str):  # a line of its own: the terminal wraps it, never rich
             console.print(Text(part), soft_wrap=True)
         else:
-            console.print(part)
+            console.print(rich_table(part))
     out = console.file.getvalue()  # type: ignore[attr-defined]
     text = str(out).rstrip("\n")
     if styled:
