@@ -23,7 +23,6 @@ from worktree_swarm.github.client import (
 )
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
-from worktree_swarm.merge.diff import reused_by
 
 PROMPT_LIMIT = 4000
 TITLE_LIMIT = 200
@@ -143,7 +142,7 @@ def open_pull_requests(
     run_base = run.base_commit if run is not None else None
     pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)
     known = pr_conflicts.open_pulls(store.tasks(run_id))
-    owners, _ = store.owners()
+    taken = store.taken_over(run_id)
     sent: dict[str, tuple[pr_conflicts.Clash, ...]] = {}
     pulls: list[PullRequest] = []
     failures: list[PrFailure] = []
@@ -159,7 +158,7 @@ def open_pull_requests(
                 draft=draft,
                 fallback=run_base,
                 clashes=sent[row.task_id],
-                taken_by=reused_by(row, owners),
+                taken_by=taken.get(row.task_id),
             )
         except RateLimitError:
             raise

@@ -576,6 +576,7 @@ class Store:
 
         It is the latest run that used it: a task id reused by a later run (once the earlier
         one was cleaned) gets the same branch and path, which are that later run's from then on.
+        For every run at once (`swarm clean --all`); commands on one run ask :meth:`taken_over`.
         """
         rows = self._read(
             "SELECT t.run_id, t.branch, t.worktree FROM tasks t JOIN runs r USING (run_id)"

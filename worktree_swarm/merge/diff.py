@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -59,15 +59,6 @@ def task_base(store: Store, row: TaskRow) -> str | None:
     return run.base_commit if run is not None else None
 
 
-def reused_by(row: TaskRow, owners: Mapping[str, str]) -> str | None:
-    """The later run that reused *row*'s task id and owns its branch now; None if none did.
-
-    *owners*: each branch's run, from :meth:`Store.owners`.
-    """
-    owner = owners.get(row.branch, row.run_id)
-    return None if owner == row.run_id else owner
-
-
 def branch_tip(repo: git.Repo, branch: str) -> str | None:
     """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
     return git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
@@ -90,10 +81,10 @@ def task_diffs(
 ) -> list[TaskDiff]:
     """Diffs of *task_ids*, or of every task of the run that has a branch."""
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
-    owners, _ = store.owners()
+    taken = store.taken_over(run_id)  # a later run's branch now: never shown as this run's
     diffs = []
     for row in rows:
-        tip = None if reused_by(row, owners) else branch_tip(repo, task_branch(row))
+        tip = None if row.task_id in taken else branch_tip(repo, task_branch(row))
         if tip is None and not task_ids:
             continue
         base = task_base(store, row)

@@ -30,7 +30,7 @@ from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
-from worktree_swarm.merge.diff import branch_tip, named_rows, reused_by, task_base, task_branch
+from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
 from worktree_swarm.merge.merge_report import (
     CheckResult,
     MergeOutcome,
@@ -221,7 +221,7 @@ def select_candidates(
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
     skipped: list[TaskResult] = []
-    owners, _ = store.owners()
+    taken = store.taken_over(run_id)
     for row in rows:
         if task_ids and row.state.is_active:
             raise BadInputError(
@@ -230,7 +230,7 @@ def select_candidates(
             )
         if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
             continue
-        later = reused_by(row, owners)
+        later = taken.get(row.task_id)
         tip = None if later else branch_tip(repo, task_branch(row))
         base = task_base(store, row)
         why = ""
