@@ -145,6 +145,35 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_clean_all_costs_no_git_process_per_run_that_left_nothing(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store keeps every run for `swarm report`: planning `clean --all` must not grow with
+    # that history, only with what is left to clean.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+
+    def run_and_clean(task: str) -> None:
+        assert swarm(repo, "run", "--agent", agent, "-t", f"{task}=a").returncode == 0
+        assert swarm(repo, "clean", "--all", "--force", "--yes").returncode == 0
+
+    def git_started_by_a_plan() -> int:
+        trace = tmp_path / "trace.json"
+        trace.unlink(missing_ok=True)
+        with monkeypatch.context() as m:
+            m.setenv("GIT_TRACE2_EVENT", str(trace))
+            out = swarm(repo, "clean", "--all")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip() == "nothing to clean"
+        return trace.read_text().count('"event":"start"')
+
+    run_and_clean("edits")
+    after_one = git_started_by_a_plan()
+    for task in ("gone", "edits", "gone"):
+        run_and_clean(task)
+    assert len(json.loads(swarm(repo, "runs", "--json").stdout)["runs"]) == 4
+    assert git_started_by_a_plan() == after_one
+
+
 def _reused_task_id(repo: Path, write_agent: AgentFactory, task: str = "edits") -> tuple[str, str]:
     """Runs A and B of one task (nightly batches reuse task ids): A's is cleaned, then B's
     gets the same branch and worktree path. Their run ids."""

@@ -9,6 +9,7 @@ list, delete its branch when merged (or with ``force``). What was removed is rec
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     processes_using,
+    with_base,
     worktree_dirty,
     worktree_finding,
 )
@@ -82,10 +84,10 @@ class Report:
         }
 
 
-def needed_by_pending(store: Store, run_id: str) -> dict[str, str]:
-    """Tasks of *run_id* whose branch a not-yet-final task still starts from: {dep: task}."""
+def needed_by_pending(rows: Iterable[TaskRow]) -> dict[str, str]:
+    """Tasks of a run (its *rows*) whose branch an unfinished task starts from: {dep: task}."""
     needed: dict[str, str] = {}
-    for row in store.tasks(run_id):
+    for row in rows:
         if not row.state.is_final:
             for dep in task_from_json(row.spec_json).depends_on:
                 needed.setdefault(dep, row.task_id)
@@ -152,14 +154,14 @@ def plan_clean(
         cwds=supervisor.working_directories(),
         owners=store.owners(),
     )
+    landing = merge_targets(repo)  # the same for every run but for the run's own base
     findings: list[Finding] = []
     for run_id in run_ids:
         run = store.get_run(run_id)
-        base = run.base_commit if run is not None else None
-        targets = tuple(merge_targets(repo, base))
+        targets = with_base(landing, run.base_commit if run is not None else None)
         cleaned = {e.task_id for e in store.events(run_id) if e.kind == CLEANED_EVENT}
-        needed = needed_by_pending(store, run_id)
         tasks = store.tasks(run_id)
+        needed = needed_by_pending(tasks)
         if all(task.state.is_final for task in tasks):
             found = _plan_integration(
                 repo,

@@ -17,7 +17,7 @@ import functools
 import itertools
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,13 +121,18 @@ def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
     """
     branch = git.current_branch(repo)
     targets = [f"refs/heads/{branch}" if branch else git.head_commit(repo)]
-    if base_commit:
-        targets.append(base_commit)
     integration = git.git(
         repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*"
     )
     targets.extend(integration.split())
-    return targets
+    return list(with_base(targets, base_commit))
+
+
+def with_base(targets: Sequence[str], base_commit: str | None) -> tuple[str, ...]:
+    """*targets* (of :func:`merge_targets` without a base) with a run's base second."""
+    if not base_commit:
+        return tuple(targets)
+    return (*targets[:1], base_commit, *targets[1:])
 
 
 def merged_into(repo: git.Repo, rev: str, targets: tuple[str, ...] | list[str]) -> str | None:

@@ -203,7 +203,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         task_of_branch.update({row.branch: row for row in rows})
         branch_of = {row.task_id: row.branch for row in rows}
         if store is not None:
-            needed |= {branch_of[dep] for dep in needed_by_pending(store, run.run_id)}
+            needed |= {branch_of[dep] for dep in needed_by_pending(rows)}
     return _Context(
         repo=repo,
         store=store,
