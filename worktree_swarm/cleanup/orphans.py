@@ -191,15 +191,18 @@ def _node_clones(ctx: _Context) -> list[Finding]:
 
 
 def _context(repo: git.Repo, store: Store | None) -> _Context:
-    task_at: dict[Path, TaskRow] = {}
+    at: dict[str, TaskRow] = {}  # by the path as recorded: a reused id's path resolved once
     task_of_branch: dict[str, TaskRow] = {}
     bases: dict[str, str] = {}
     needed: set[str] = set()
     for run in store.runs() if store is not None else []:
         bases[run.run_id] = run.base_commit
         rows = store.tasks(run.run_id) if store is not None else []
-        # Runs come oldest first, so a later run's task wins a reused path or branch.
-        task_at.update({real_path(row.worktree): row for row in rows})
+        # Runs come oldest first, so a later run's task wins a reused path or branch (moved
+        # to the end, it also wins a path that resolves to the same place).
+        for row in rows:
+            at.pop(row.worktree, None)
+            at[row.worktree] = row
         task_of_branch.update({row.branch: row for row in rows})
         branch_of = {row.task_id: row.branch for row in rows}
         if store is not None:
@@ -211,7 +214,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         roots=tuple(worktree_roots(repo, store)),
         registered={real_path(w.path): w for w in worktrees.list_worktrees(repo)},
         targets=tuple(merge_targets(repo)),
-        task_at=task_at,
+        task_at={real_path(path): row for path, row in at.items()},
         task_of_branch=task_of_branch,
         bases=bases,
         needed=frozenset(needed),
@@ -222,9 +225,13 @@ def _processes(ctx: _Context) -> list[Finding]:
     found: list[Finding] = []
     covered: set[int] = set()
     if ctx.store is not None and not ctx.manager_alive:
+        # Every agent that still runs now was running already: the store's history of dead
+        # ones is passed over without asking after each.
+        running = supervisor.running_pids()
         for run in ctx.store.runs():
-            rows = {row.task_id: row for row in ctx.store.tasks(run.run_id)}
-            for attempt in ctx.store.attempts(run.run_id):
+            attempts = [a for a in ctx.store.attempts(run.run_id) if a.pid in running]
+            rows = {row.task_id: row for row in ctx.store.tasks(run.run_id)} if attempts else {}
+            for attempt in attempts:
                 identity = ProcessIdentity(
                     pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
                 )

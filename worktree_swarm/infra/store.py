@@ -571,6 +571,13 @@ class Store:
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
         return [_task_row(r) for r in rows]
 
+    def state_counts(self) -> dict[str, dict[TaskState, int]]:
+        """How many tasks of each run are in each state, for every run (one query)."""
+        counts: dict[str, dict[TaskState, int]] = {}
+        for row in self._read("SELECT run_id, state, COUNT(*) AS n FROM tasks GROUP BY 1, 2"):
+            counts.setdefault(str(row["run_id"]), {})[TaskState(row["state"])] = int(row["n"])
+        return counts
+
     def owners(self) -> tuple[dict[str, str], dict[str, str]]:
         """The run each task branch and each task worktree path belongs to, by branch and by path.
 

@@ -652,6 +652,11 @@ def is_alive(identity: ProcessIdentity) -> bool:
     return proc is not None and _running(proc)
 
 
+def running_pids() -> set[int]:
+    """The PIDs in use now (a process alive later and started earlier is among them)."""
+    return set(psutil.pids())
+
+
 def descendants(identity: ProcessIdentity) -> list[psutil.Process]:
     """Return the live descendants of *identity*'s process ([] if it is gone)."""
     proc = _matching(identity)

@@ -79,18 +79,16 @@ class RunSummary:
 def list_runs(store: Store) -> list[RunSummary]:
     """Every recorded run, oldest first, with its state and task counts per state."""
     summaries = []
+    every = store.state_counts()
     for run in store.runs():
-        counts: dict[str, int] = {}
-        rows = store.tasks(run.run_id)
-        for row in rows:
-            counts[row.state.value] = counts.get(row.state.value, 0) + 1
+        counts = {state.value: n for state, n in every.get(run.run_id, {}).items()}
         summaries.append(
             RunSummary(
                 run_id=run.run_id,
                 started_at=run.created_at,
                 ended_at=run.ended_at,
                 state=run_state(run).value,
-                tasks=len(rows),
+                tasks=sum(counts.values()),
                 counts=dict(sorted(counts.items())),
             )
         )
