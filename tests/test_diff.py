@@ -9,6 +9,8 @@ from pathlib import Path
 from tests.conftest import git, make_repo
 from tests.mergekit import Brancher, record_run
 from tests.test_run import checkout_snapshot, swarm
+from worktree_swarm.git import repo as g
+from worktree_swarm.merge import diff
 
 
 def setup_run(tmp_path: Path) -> tuple[Path, str]:
@@ -127,3 +129,34 @@ def test_run_merge_clean_doctor_lifecycle(repo: Path, tmp_path: Path) -> None:
     assert "swarm/aa" not in branches
     assert [b for b in branches if b.startswith("swarm/integration-")]
     assert not (repo.parent / "repo.swarm" / "aa").exists()
+
+
+def test_branch_tips_read_together_answer_as_each_read_alone(repo: Path) -> None:
+    # One listing answers for every task branch; what it cannot vouch for (a branch file an
+    # agent pointed at a tree, an object deleted under a branch) is asked alone, as before.
+    r = g.open_repo(repo)
+    for name in ("kept", "lost"):
+        git(repo, "checkout", "-q", "-b", f"swarm/{name}", "main")
+        (repo / f"{name}.txt").write_text(name)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", name)
+    git(repo, "checkout", "-q", "main")
+    heads = repo / ".git" / "refs" / "heads" / "swarm"
+    (heads / "tree").write_text(git(repo, "rev-parse", "main^{tree}") + "\n")
+    names = ["kept", "lost", "tree", "gone"]
+    alone = {n: diff.branch_tip(r, f"swarm/{n}") for n in names}
+    assert alone["kept"]
+    assert alone["lost"]
+    assert alone["tree"] is None
+    assert alone["gone"] is None
+    tips = diff.BranchTips(r)
+    assert {n: tips(f"swarm/{n}") for n in names} == alone
+
+    lost = alone["lost"]
+    assert lost is not None
+    (repo / ".git" / "objects" / lost[:2] / lost[2:]).unlink()  # the listing now fails
+    alone = {n: diff.branch_tip(r, f"swarm/{n}") for n in names}
+    assert alone["lost"] is None
+    assert alone["kept"]
+    tips = diff.BranchTips(r)
+    assert {n: tips(f"swarm/{n}") for n in names} == alone

@@ -15,7 +15,7 @@ from worktree_swarm.core.models import TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store, TaskRow
 from worktree_swarm.merge import conflicts
-from worktree_swarm.merge.diff import branch_tip, task_base, task_branch
+from worktree_swarm.merge.diff import BranchTips, task_base, task_branch
 
 HEADING = "**Predicted conflicts with other open swarm pull requests**"
 
@@ -35,10 +35,11 @@ def predict_pairs(
     """For every done task with a branch: the other such tasks it conflicts with, and files."""
     branches = []
     taken = store.taken_over(run_id)
+    tips = BranchTips(repo)
     for row in store.tasks(run_id):
         if row.state is not TaskState.DONE:
             continue
-        tip = None if row.task_id in taken else branch_tip(repo, task_branch(row))
+        tip = None if row.task_id in taken else tips(task_branch(row))
         base = task_base(store, row)
         if tip is not None and base is not None and tip != base:
             branches.append(conflicts.Branch(name=row.task_id, tip=tip, base=base))

@@ -64,6 +64,43 @@ def branch_tip(repo: git.Repo, branch: str) -> str | None:
     return git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
 
 
+class BranchTips:
+    """:func:`branch_tip` for many task branches: one git process reads every tip when asked first.
+
+    A branch that is not listed is gone; one whose tip is no commit, or every one when the
+    listing fails (an object missing), is asked alone, as :func:`branch_tip` asks.
+    """
+
+    def __init__(self, repo: git.Repo) -> None:
+        self._repo = repo
+        self._listed: dict[str, str | None] | None = None
+        self._read = False
+
+    def __call__(self, branch: str) -> str | None:
+        """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
+        if not self._read:
+            self._read = True
+            self._listed = _listed_tips(self._repo)
+        if self._listed is None or (branch in self._listed and self._listed[branch] is None):
+            return branch_tip(self._repo, branch)
+        return self._listed.get(branch)
+
+
+def _listed_tips(repo: git.Repo) -> dict[str, str | None] | None:
+    try:
+        out = git.git(
+            repo.root, "for-each-ref", "--format=%(objecttype) %(objectname) %(refname)",
+            f"refs/heads/{BRANCH_PREFIX}",
+        )  # fmt: skip
+    except SwarmError:
+        return None
+    listed: dict[str, str | None] = {}
+    for line in out.splitlines():
+        kind, sha, ref = line.split(" ", 2)
+        listed[ref.removeprefix("refs/heads/")] = sha if kind == "commit" else None
+    return listed
+
+
 def named_rows(store: Store, run_id: str, task_ids: Sequence[str]) -> list[TaskRow]:
     """The rows of *task_ids* (in the order given, each once); unknown ids are bad input."""
     by_id = {row.task_id: row for row in store.tasks(run_id)}
@@ -82,9 +119,10 @@ def task_diffs(
     """Diffs of *task_ids*, or of every task of the run that has a branch."""
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     taken = store.taken_over(run_id)  # a later run's branch now: never shown as this run's
+    tips = BranchTips(repo)
     diffs = []
     for row in rows:
-        tip = None if row.task_id in taken else branch_tip(repo, task_branch(row))
+        tip = None if row.task_id in taken else tips(task_branch(row))
         if tip is None and not task_ids:
             continue
         base = task_base(store, row)

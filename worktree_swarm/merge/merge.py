@@ -30,7 +30,13 @@ from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
-from worktree_swarm.merge.diff import branch_tip, named_rows, task_base, task_branch
+from worktree_swarm.merge.diff import (
+    BranchTips,
+    branch_tip,
+    named_rows,
+    task_base,
+    task_branch,
+)
 from worktree_swarm.merge.merge_report import (
     CheckResult,
     MergeOutcome,
@@ -222,6 +228,7 @@ def select_candidates(
     candidates: list[Candidate] = []
     skipped: list[TaskResult] = []
     taken = store.taken_over(run_id)
+    tips = BranchTips(repo)
     for row in rows:
         if task_ids and row.state.is_active:
             raise BadInputError(
@@ -231,7 +238,7 @@ def select_candidates(
         if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
             continue
         later = taken.get(row.task_id)
-        tip = None if later else branch_tip(repo, task_branch(row))
+        tip = None if later else tips(task_branch(row))
         base = task_base(store, row)
         why = ""
         if later:
