@@ -437,6 +437,38 @@ def test_hunk_level_prediction_equals_real_merges(base_repo: Path, brancher: Bra
     assert prediction.merge_trees < len(real_pairs) + 6
 
 
+def test_changes_read_together_equal_each_read_alone(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every branch's changes come from one git process; each must be what its own diff says.
+    base = make_cases(base_repo, brancher)
+    tips = [git(base_repo, "rev-parse", f"swarm/{name}") for name, _, _ in CASES]
+    git(base_repo, "checkout", "-q", "-b", "modes", base)
+    (base_repo / "keep.txt").chmod(0o755)
+    (base_repo / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    git(base_repo, "add", "-A")
+    git(base_repo, "commit", "-q", "-m", "a mode and a binary file")
+    modes = git(base_repo, "rev-parse", "HEAD")
+    git(base_repo, "checkout", "-q", "main")
+    later = brancher.branch("later", base, {"f.txt": edit(3, "three")})
+    pairs = [(base, tip) for tip in [*tips, modes]]
+    pairs += [(base, base), (later, tips[0]), (tips[1], later)]  # empty; a tip asked twice
+    repo = open_repo(base_repo)
+
+    alone = [conflicts.changes(repo, b, t) for b, t in pairs]
+
+    trace = tmp_path / "trace.json"
+    with monkeypatch.context() as m:
+        m.setenv("GIT_TRACE2_EVENT", str(trace))
+        together = conflicts.many_changes(repo, pairs)
+    assert together == alone
+    # One process for every distinct tip, one more for the tip asked with a second base.
+    assert trace.read_text().count('"event":"start"') == 2
+    assert alone[len(tips)].edited == frozenset()  # the mode change and the binary file
+    assert alone[len(tips)].paths == {"keep.txt", "blob.bin"}
+    assert not alone[len(tips) + 1].paths
+
+
 def test_hunks_apart_needs_a_whole_unchanged_line() -> None:
     line = lambda i: (2 * i, 2 * i)  # noqa: E731
     after = lambda i: (2 * i + 1, 2 * i + 1)  # noqa: E731

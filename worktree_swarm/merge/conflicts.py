@@ -98,15 +98,62 @@ def changes(repo: git.Repo, base: str, tip: str) -> Changes:
         repo.root, "diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff",
         "--end-of-options", base, tip, "--",
     )  # fmt: skip
+    return _parse_changes(out.split("\0"))
+
+
+def many_changes(repo: git.Repo, pairs: Sequence[tuple[str, str]]) -> list[Changes]:
+    """:func:`changes` of each ``(base, tip)`` pair, in one git process for distinct tips.
+
+    ``git diff-tree --stdin`` diffs each tip against the base given as its parent and names
+    the tip before its diff (nothing for an empty one). A tip asked again with another base,
+    or a listing that fails or cannot be read back, is asked alone.
+    """
+    firsts: dict[str, str] = {}
+    for base, tip in pairs:
+        firsts.setdefault(tip, base)
+    together = _changes_together(repo, firsts) if len(firsts) > 1 else {}
+    return [
+        together[tip] if tip in together and firsts[tip] == base else changes(repo, base, tip)
+        for base, tip in pairs
+    ]
+
+
+def _changes_together(repo: git.Repo, bases: dict[str, str]) -> dict[str, Changes]:
+    """{tip: its changes since bases[tip]}, or {} when git's answer cannot be used."""
+    lines = "".join(f"{tip} {base}\n" for tip, base in bases.items())
+    try:
+        out = runner.run(
+            repo.root, "diff-tree", "--stdin", "-r", "--raw", "--numstat", "-z", "--no-renames",
+            input_text=lines,
+        ).stdout  # fmt: skip
+    except CommandError:
+        return {}
+    fields: dict[str, list[str]] = {tip: [] for tip in bases}
+    current: list[str] | None = None
+    parts = iter(out.split("\0"))
+    for field in parts:
+        if field.startswith(":") and current is not None:  # --raw: its path follows
+            current += [field, next(parts, "")]
+        elif "\t" in field and current is not None:  # --numstat
+            current.append(field)
+        elif field in fields and not fields[field]:  # the next tip's diff begins
+            current = fields[field]
+        elif field:
+            return {}  # not what was asked for: every pair alone
+    return {tip: _parse_changes(found) for tip, found in fields.items()}
+
+
+def _parse_changes(fields: Iterable[str]) -> Changes:
+    """Changes from ``--raw --numstat -z`` output split at NUL."""
     status: dict[str, str] = {}
     lines: dict[str, int] = {}
     same_mode: set[str] = set()
     binary: set[str] = set()
-    fields = iter(out.split("\0"))
-    for field in fields:
+    parts = iter(fields)
+    for field in parts:
         if field.startswith(":"):
             # --raw: ":<modes> <shas> <letter>" then the path in its own field.
-            path = next(fields)
+            path = next(parts)
             status[path] = field.rsplit(" ", 1)[-1][:1]
             old_mode, new_mode = field[1:].split(" ", 2)[:2]
             if old_mode == new_mode:
@@ -241,9 +288,7 @@ def predict(
     # What the target changed since each base it descends from (empty when it did not move).
     moved = _parallel(jobs, lambda base: changes(repo, base, target), below)
     target_changes = dict(zip(below, moved, strict=True))
-    found = dict(
-        zip(names, _parallel(jobs, lambda b: changes(repo, b.base, b.tip), branches), strict=True)
-    )
+    found = dict(zip(names, many_changes(repo, [(b.base, b.tip) for b in branches]), strict=True))
 
     # (branch, other branch), or (branch, "") for the target.
     to_check = [
