@@ -482,9 +482,9 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
         title = c.task.title or c.task_id
         _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
              f"swarm: {title} (task {c.task_id}, squashed)")  # fmt: skip
-    elif _head(s.target.worktree) == pre:
-        return _already(c, pre)
-    return _check(s, c, pre)
+        return _check(s, c, pre)
+    head = _head(s.target.worktree)
+    return _already(c, pre) if head == pre else _check(s, c, pre, commit=head)
 
 
 def _already(c: Candidate, commit: str) -> TaskResult:
@@ -514,9 +514,12 @@ def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
     return None
 
 
-def _check(s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = ()) -> TaskResult:
+def _check(
+    s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = (), commit: str = ""
+) -> TaskResult:
+    """Run the checks on the merge just made (*commit*: its HEAD when already read)."""
     steps = s.checks or c.task.checks
-    commit = _head(s.target.worktree)
+    commit = commit or _head(s.target.worktree)
     note = f"conflicts in {', '.join(resolved)} resolved by its agent" if resolved else ""
     if not steps:
         return TaskResult(
