@@ -163,6 +163,33 @@ def test_merge_lands_every_non_conflicting_branch(base_repo: Path, brancher: Bra
     assert "prediction: 0 branches" in again.stdout
 
 
+def test_a_branch_already_in_the_target_is_merged_as_it_is_and_each_result_names_its_commit(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/landed", base, {"landed.txt": "by hand\n"})
+    brancher.branch("swarm/fresh", base, {"fresh.txt": "new\n"})
+    git(base_repo, "merge", "-q", "--no-ff", "--no-edit", "swarm/landed")  # the user landed it
+    record_run(base_repo, [("landed", base), ("fresh", base)], base=base)
+    start = git(base_repo, "rev-parse", "HEAD")
+
+    out = swarm(base_repo, "merge", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    results = {r["task_id"]: r for r in report["results"]}
+    assert report["order"] == ["landed", "fresh"]
+    assert results["landed"]["outcome"] == "merged"
+    assert results["landed"]["reason"] == "already in target"
+    assert results["landed"]["commit"] == start  # nothing made: the target as it was
+    branch = report["target"]["branch"]
+    assert results["fresh"]["commit"] == git(base_repo, "rev-parse", branch)
+    assert git(base_repo, "rev-parse", f"{branch}^1") == start
+    assert git(base_repo, "log", "--format=%s", "-1", branch) == (
+        "swarm: merge task fresh (swarm/fresh)"
+    )
+
+
 def test_failing_check_undoes_the_merge_and_the_rest_carry_on(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -73,17 +74,17 @@ class BranchTips:
 
     def __init__(self, repo: git.Repo) -> None:
         self._repo = repo
-        self._listed: dict[str, str | None] | None = None
-        self._read = False
+
+    @functools.cached_property
+    def _listed(self) -> dict[str, str | None] | None:
+        return _listed_tips(self._repo)
 
     def __call__(self, branch: str) -> str | None:
         """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
-        if not self._read:
-            self._read = True
-            self._listed = _listed_tips(self._repo)
-        if self._listed is None or (branch in self._listed and self._listed[branch] is None):
+        listed = self._listed
+        if listed is None or (branch in listed and listed[branch] is None):
             return branch_tip(self._repo, branch)
-        return self._listed.get(branch)
+        return listed.get(branch)
 
 
 def _listed_tips(repo: git.Repo) -> dict[str, str | None] | None:
