@@ -471,9 +471,7 @@ def _remove_worktree(
         if not force and head and on_no_ref(repo, head):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
-        args = ["--force", "--force"] if force else []
-        fs.make_removable(path)
-        git.git(repo.root, "worktree", "remove", *args, "--", str(path))
+        worktrees.git_remove_locked(repo, path, force=force)
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -91,7 +92,8 @@ def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
 
 def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
     """Like :func:`list_worktrees`, for a caller that already holds the repository lock."""
-    out = git(repo.root, "worktree", "list", "--porcelain", "-z")
+    with _REGISTRATIONS:
+        out = git(repo.root, "worktree", "list", "--porcelain", "-z")
     infos = []
     for index, record in enumerate(_parse_records(out)):
         branch = record.get("branch")
@@ -109,6 +111,11 @@ def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
 
 
 _ON_BRANCH = "ref: refs/heads/"  # a HEAD file on a branch
+
+# Threads that remove worktrees side by side (each under the caller's repository lock) take
+# this around what reads every registration or deletes one: git lists every admin dir and
+# dies ("Invalid path") on one deleted while it reads them.
+_REGISTRATIONS = threading.Lock()
 
 
 def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
@@ -412,8 +419,21 @@ def delete_locked(repo: Repo, path: Path) -> bool:
         _delete_files(path)
     (path / ".git").unlink()
     path.rmdir()
-    fs.remove_tree(admin)
+    with _REGISTRATIONS:
+        fs.remove_tree(admin)
     return True
+
+
+def git_remove_locked(repo: Repo, path: Path, *, force: bool) -> None:
+    """`git worktree remove` of *path* (twice ``--force`` with *force*: even a locked one).
+
+    For a caller that holds the repository lock, in any of its threads: git reads every
+    registration, so it runs while no other thread deletes one.
+    """
+    fs.make_removable(path)
+    with _REGISTRATIONS:
+        git(repo.root, "worktree", "remove", *(["--force", "--force"] if force else []), "--",
+            str(path))  # fmt: skip
 
 
 def _delete_files(path: Path) -> None:
