@@ -3,9 +3,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 
 import worktree_swarm
 from tests.conftest import git, make_repo
+from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import repo as g
@@ -525,3 +529,81 @@ def test_a_worktree_git_must_remove_is_left_to_git(repo: Path, tmp_path: Path, c
         assert wt.delete_locked(r, target) is False
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (admin / "index").exists()
+
+
+# A `git` first on PATH whose first `worktree remove` stands for git reading every
+# registration: it notes them, says so, and waits to be let go; one of them deleted meanwhile
+# makes it die as git does. Every other command is the real git.
+_READING_GIT = """#!/bin/sh
+case " $* " in
+*" worktree remove "*)
+  if mkdir {d}/first 2>/dev/null; then
+    ls {admin} > {d}/listed
+    touch {d}/reading
+    i=0
+    while [ ! -e {d}/release ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i + 1)); done
+    for name in $(cat {d}/listed); do
+      [ -e {admin}/"$name" ] || {{
+        echo "fatal: Invalid path '{admin}/$name': No such file or directory" >&2; exit 128; }}
+    done
+  fi;;
+esac
+exec {real} "$@"
+"""
+
+
+@pytest.mark.parametrize("other", ["deleted by swarm", "removed by git"])
+def test_no_registration_goes_while_git_reads_them_all(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """`swarm clean` removes worktrees from several threads; git reads every registration
+    and dies on one deleted meanwhile, so none goes while such a git runs."""
+    r = g.open_repo(repo)
+    a, b = tmp_path / "wt" / "a", tmp_path / "wt" / "b"
+    for path in (a, b):
+        wt.create_worktree(r, path=path, branch=f"swarm/{path.name}", start="HEAD")
+    (a / "kept.txt").write_text("untracked: git must remove it (--force)\n")
+    real = shutil.which("git")
+    assert real is not None
+    flags, bin_dir = tmp_path / "flags", tmp_path / "bin"
+    flags.mkdir()
+    bin_dir.mkdir()
+    script = bin_dir / "git"
+    script.write_text(_READING_GIT.format(
+        d=shlex.quote(str(flags)), admin=shlex.quote(str(repo / ".git" / "worktrees")),
+        real=shlex.quote(real),
+    ))  # fmt: skip
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    errors: list[BaseException] = []
+
+    def thread(action: Callable[[], object]) -> threading.Thread:
+        def body() -> None:
+            try:
+                action()
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        started = threading.Thread(target=body)
+        started.start()
+        return started
+
+    with g.repo_lock(r):
+        first = thread(lambda: wt.git_remove_locked(r, a, force=True))
+        wait_for((flags / "reading").exists, what="git to read the registrations")
+        if other == "deleted by swarm":
+            second = thread(lambda: wt.delete_locked(r, b))
+            # Its files go first; its registration is next.
+            wait_for(lambda: not b.exists(), what="b's files to go")
+        else:
+            second = thread(lambda: wt.git_remove_locked(r, b, force=False))
+        # Nothing may happen to b's registration while git reads: this is the time it has.
+        second.join(0.5)
+        (flags / "release").touch()
+        first.join(60)
+        second.join(60)
+    assert errors == []
+    assert not a.exists()
+    assert not b.exists()
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert git(repo, "worktree", "prune", "--dry-run", "--verbose") == ""
