@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import git, make_repo
-from tests.mergekit import Brancher, record_run
+from tests.mergekit import RUN_ID, Brancher, record_run
 from tests.test_run import checkout_snapshot, swarm
+from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as g
+from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
 
 
@@ -160,3 +165,48 @@ def test_branch_tips_read_together_answer_as_each_read_alone(repo: Path) -> None
     assert alone["kept"]
     tips = diff.BranchTips(r)
     assert {n: tips(f"swarm/{n}") for n in names} == alone
+
+
+def test_many_tasks_are_shown_in_run_order_each_with_its_own_diff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several diffs are computed at once; the earliest tasks have the biggest ones (they
+    finish last), and the output is still each task's own, in the run's order."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    ids = [f"t{i:02}" for i in range(14)]
+    for i, task_id in enumerate(ids):
+        lines = "".join(f"{task_id} line {n}\n" for n in range((len(ids) - i) ** 3))
+        brancher.branch(f"swarm/{task_id}", base, {f"{task_id}.txt": lines})
+    brancher.close()
+    record_run(repo, [(task_id, base) for task_id in ids], base=base)
+
+    def expected(*mode: str) -> str:
+        return "".join(
+            f"{task_id}  done  1 file +{(len(ids) - i) ** 3} -0  swarm/{task_id}\n"
+            + subprocess.run(
+                ["git", "diff", *mode, f"{base}...swarm/{task_id}"],
+                cwd=repo,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            for i, task_id in enumerate(ids)
+        )
+
+    assert swarm(repo, "diff", "--stat").stdout == expected("--stat")
+    assert swarm(repo, "diff").stdout == expected("--patch", "-M")
+    tasks = json.loads(swarm(repo, "diff", "--json").stdout)["tasks"]
+    assert [(t["task_id"], t["insertions"]) for t in tasks] == [
+        (task_id, (len(ids) - i) ** 3) for i, task_id in enumerate(ids)
+    ]
+    # However few run at once, and however far ahead: the same answer.
+    monkeypatch.setattr(diff, "_WORKERS", 3)
+    r = g.open_repo(repo)
+    with Store(store_path(r)) as store:
+        found = diff.task_diffs(r, store, RUN_ID)
+    shown = "".join(
+        diff.format_header(d) + "\n" + text for d, text in diff.patches(r, found, stat=True)
+    )
+    assert shown == expected("--stat")

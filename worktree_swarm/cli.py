@@ -510,12 +510,14 @@ def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, 
     if mode == "json":
         click.echo(json.dumps({"run_id": run_id, "tasks": [d.to_json() for d in diffs]}, indent=2))
         return ExitCode.OK
-    for d in diffs:
-        click.echo(diff.format_header(d))
-        if mode == "name-only":
+    if mode == "name-only":
+        for d in diffs:
+            click.echo(diff.format_header(d))
             click.echo("".join(f"  {f.path}\n" for f in d.files), nl=False)
-        else:
-            click.echo(diff.patch(repo, d, stat=mode == "stat"), nl=False)
+        return ExitCode.OK
+    for d, text in diff.patches(repo, diffs, stat=mode == "stat"):
+        click.echo(diff.format_header(d))
+        click.echo(text, nl=False)
     return ExitCode.OK
 
 

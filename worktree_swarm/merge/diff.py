@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store, TaskRow
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# Each task's diff is a git process of its own: several run at once, the output keeps its order.
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,28 +130,29 @@ def task_diffs(
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     taken = store.taken_over(run_id)  # a later run's branch now: never shown as this run's
     tips = BranchTips(repo)
-    diffs = []
+    found = []
     for row in rows:
         tip = None if row.task_id in taken else tips(task_branch(row))
-        if tip is None and not task_ids:
-            continue
-        base = task_base(store, row)
+        if tip is not None or task_ids:
+            found.append((row, task_base(store, row), tip))
+
+    def one(item: tuple[TaskRow, str | None, str | None]) -> TaskDiff:
+        row, base, tip = item
         files = file_changes(repo, base, tip) if base and tip else ()
-        diffs.append(
-            TaskDiff(
-                task_id=row.task_id,
-                state=row.state.value,
-                reason=row.reason,
-                branch=row.branch,
-                base=base,
-                tip=tip,
-                files_changed=len(files),
-                insertions=sum(f.insertions for f in files),
-                deletions=sum(f.deletions for f in files),
-                files=files,
-            )
+        return TaskDiff(
+            task_id=row.task_id,
+            state=row.state.value,
+            reason=row.reason,
+            branch=row.branch,
+            base=base,
+            tip=tip,
+            files_changed=len(files),
+            insertions=sum(f.insertions for f in files),
+            deletions=sum(f.deletions for f in files),
+            files=files,
         )
-    return diffs
+
+    return list(_in_order(one, found))
 
 
 def file_changes(repo: git.Repo, base: str, tip: str) -> tuple[FileChange, ...]:
@@ -193,6 +203,35 @@ def patch(repo: git.Repo, diff: TaskDiff, *, stat: bool = False) -> str:
         repo.root, "diff", "--no-color", "--no-ext-diff", *mode,
         "--end-of-options", f"{diff.base}...{diff.tip}", "--",
     )  # fmt: skip
+
+
+def patches(
+    repo: git.Repo, diffs: Sequence[TaskDiff], *, stat: bool = False
+) -> Iterator[tuple[TaskDiff, str]]:
+    """Each of *diffs* with its :func:`patch`, in order, as soon as it and those before are."""
+    yield from zip(diffs, _in_order(lambda d: patch(repo, d, stat=stat), diffs), strict=True)
+
+
+def _in_order(fn: Callable[[_T], _R], items: Sequence[_T]) -> Iterator[_R]:
+    """*fn* of each item, in order; up to ``_WORKERS`` at once, a few items ahead of the reader.
+
+    A reader that stops early (output piped to ``head``) leaves only those few to finish.
+    """
+    if _WORKERS <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        ahead: collections.deque[Future[_R]] = collections.deque()
+        try:
+            for item in items:
+                ahead.append(pool.submit(fn, item))
+                if len(ahead) > 2 * _WORKERS:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def format_header(diff: TaskDiff) -> str:
