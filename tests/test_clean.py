@@ -909,3 +909,46 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     assert git(repo, "show", "swarm/sealed:box/work.txt") == "unseen work"
     assert stat.S_IMODE(yours.stat().st_mode) == 0o555
     assert (yours / "keep.txt").read_text() == "yours\n"
+
+
+# A `git` first on PATH whose `git status` of a worktree waits (up to 5 s) until another has
+# started too, and fails when none did.
+_MEETING_GIT = """#!/bin/sh
+case " $* " in
+*" status --porcelain=v1 "*)
+  mkdir {d}/$$
+  i=0
+  while [ "$(ls {d} | wc -l)" -lt 2 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+  [ $i -lt 500 ] || {{ echo "fatal: no other status started meanwhile" >&2; exit 128; }};;
+esac
+exec {real} "$@"
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one status at a time")
+def test_a_plan_looks_at_several_worktrees_at_once(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worktree's `git status` is most of a plan's time over hundreds of them."""
+    agent = " ".join(write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    ))  # fmt: skip
+    ids = ("a", "b", "c")
+    out = swarm(repo, "run", "--agent", agent, *[a for t in ids for a in ("-t", f"{t}=x")])
+    assert out.returncode == 0, out.stderr
+    real = shutil.which("git")
+    assert real is not None
+    met, bin_dir = tmp_path / "met", tmp_path / "bin"
+    met.mkdir()
+    bin_dir.mkdir()
+    script = bin_dir / "git"
+    script.write_text(_MEETING_GIT.format(d=met, real=real))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    found = report(repo, "clean", code=1)
+
+    root = repo.parent / "repo.swarm"
+    assert [found[str(root / t)]["fix"] for t in ids] == ["remove it"] * 3
+    assert len(list(met.iterdir())) == 3  # one status each, two of them at once at least

@@ -9,7 +9,9 @@ list, delete its branch when merged (or with ``force``). What was removed is rec
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,9 @@ from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"
 INTEGRATION_PREFIX = "swarm/integration-"
+# Worktrees whose `git status` a plan takes at once: one git process each, the slow part of a
+# plan over hundreds of worktrees.
+_LOOKERS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,12 +160,18 @@ def plan_clean(
         owners=store.owners(),
     )
     landing = merge_targets(repo)  # the same for every run but for the run's own base
-    findings: list[Finding] = []
+    runs = []
     for run_id in run_ids:
         run = store.get_run(run_id)
         targets = with_base(landing, run.base_commit if run is not None else None)
+        runs.append((run_id, targets, store.tasks(run_id)))
+    seen.statuses.update(
+        _statuses(_to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look))
+    )
+    findings: list[Finding] = []
+    for run_id, run_targets, tasks in runs:
+        targets = run_targets
         cleaned = {e.task_id for e in store.events(run_id) if e.kind == CLEANED_EVENT}
-        tasks = store.tasks(run_id)
         needed = needed_by_pending(tasks)
         if all(task.state.is_final for task in tasks):
             found = _plan_integration(
@@ -195,18 +206,67 @@ def plan_clean(
     return findings
 
 
+def _to_look_at(
+    runs: list[tuple[str, tuple[str, ...], list[TaskRow]]],
+    registered: dict[Path, WorktreeInfo],
+    seen: _Seen,
+    *,
+    keep_branches: bool,
+    look: bool,
+) -> list[str]:
+    """The task worktrees whose status the plan will ask for (a few more without *look*).
+
+    With *look*, every finished task's worktree the plan would remove; without, only those
+    whose branch is merged (a worktree with work to checkpoint keeps its branch).
+    """
+    branch_owners, path_owners = seen.owners
+    paths = []
+    for run_id, targets, tasks in runs:
+        for task in tasks:
+            info = registered.get(real_path(task.worktree))
+            if (
+                not task.state.is_final
+                or path_owners.get(task.worktree) != run_id
+                or info is None
+                or info.is_main
+                or info.prunable is not None
+                or not Path(task.worktree).is_dir()
+            ):
+                continue
+            tip = seen.tips.get(task.branch)
+            if look or (
+                not keep_branches
+                and tip is not None
+                and branch_owners.get(task.branch) == run_id
+                and seen.merged.into(tip, targets)
+            ):
+                paths.append(str(Path(task.worktree)))
+    return paths
+
+
+def _statuses(paths: list[str]) -> dict[str, bool]:
+    """{path: whether the worktree there holds work to keep}, several looked at at once."""
+    if len(paths) <= 1 or _LOOKERS <= 1:
+        return {path: worktree_dirty(Path(path)) for path in paths}
+    with ThreadPoolExecutor(_LOOKERS) as pool:
+        found = pool.map(lambda path: worktree_dirty(Path(path)), paths)
+        return dict(zip(paths, found, strict=True))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Seen:
     """What a plan reads once, so that it reads no branch or process twice.
 
     Every branch's tip, which are merged where, every process's working directory (None
-    without ``/proc``), and the run each task branch and worktree path belongs to.
+    without ``/proc``), the run each task branch and worktree path belongs to, and the status
+    of the task worktrees the plan looks at (taken together beforehand, several at once).
     """
 
     tips: dict[str, str]
     merged: Merged
     cwds: dict[int, str] | None
     owners: tuple[dict[str, str], dict[str, str]]  # by branch, by worktree path
+    statuses: dict[str, bool] = field(default_factory=dict)  # task worktree -> holds work
 
     def merged_into(
         self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
@@ -220,9 +280,14 @@ class _Seen:
         if dirty:
             return None
         merged = self.merged.into(tip, targets)
-        if merged and dirty is None and worktree is not None and worktree_dirty(worktree):
+        if merged and dirty is None and worktree is not None and self.dirty(worktree):
             return None
         return merged
+
+    def dirty(self, worktree: Path) -> bool:
+        """Whether the task worktree *worktree* holds work to keep (looked at once)."""
+        known = self.statuses.get(str(worktree))
+        return worktree_dirty(worktree) if known is None else known
 
 
 def _plan_task(
@@ -245,7 +310,7 @@ def _plan_task(
     branch_owners, path_owners = seen.owners
     if path_owners.get(task.worktree) == task.run_id:
         found, dirty, kept = _plan_task_worktree(
-            repo, task, registered, seen.cwds, force=force, look=look
+            repo, task, registered, seen, force=force, look=look
         )
     if keep_branches or kept or task.branch not in seen.tips:
         return found
@@ -360,7 +425,7 @@ def _plan_task_worktree(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
-    cwds: dict[int, str] | None,
+    seen: _Seen,
     *,
     force: bool,
     look: bool,
@@ -389,7 +454,7 @@ def _plan_task_worktree(
         return [prune], False, False
     found: list[Finding] = []
     if force:
-        for user in processes_using(path, cwds):
+        for user in processes_using(path, seen.cwds):
             kill = kill_finding(user, reason=f"{describe(user)} is using {path}", fix="kill it")
             found += [kill] if kill else []
     finding, dirty = worktree_finding(
@@ -401,7 +466,8 @@ def _plan_task_worktree(
         run_id=task.run_id,
         task_id=task.task_id,
         look=look,
-        cwds=cwds,
+        cwds=seen.cwds,
+        known=seen.statuses.get(str(path)),
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP

@@ -227,6 +227,7 @@ def worktree_finding(
     task_id: str | None = None,
     look: bool = True,
     cwds: Mapping[int, str] | None = None,
+    known: bool | None = None,
 ) -> tuple[Finding, bool | None]:
     """Plan removing the registered worktree *info*; returns (finding, dirty).
 
@@ -234,10 +235,10 @@ def worktree_finding(
     processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
     Without *look* its status is not taken (dirty is None): for a plan carried out at once,
     whose removal asks git again right before it deletes anything. *cwds*: as for
-    :func:`processes_using`.
+    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
     """
     path = info.path
-    dirty = worktree_dirty(path) if look else None
+    dirty = known if known is not None else worktree_dirty(path) if look else None
     users = processes_using(path, cwds)
     keep = ""
     if info.locked is not None and not force:
