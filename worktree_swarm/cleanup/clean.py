@@ -223,11 +223,11 @@ def _to_look_at(
     paths = []
     for run_id, targets, tasks in runs:
         for task in tasks:
-            info = registered.get(real_path(task.worktree))
+            if not task.state.is_final or path_owners.get(task.worktree) != run_id:
+                continue
+            info = registered.get(seen.real(task.worktree))
             if (
-                not task.state.is_final
-                or path_owners.get(task.worktree) != run_id
-                or info is None
+                info is None
                 or info.is_main
                 or info.prunable is not None
                 or not Path(task.worktree).is_dir()
@@ -267,6 +267,7 @@ class _Seen:
     cwds: dict[int, str] | None
     owners: tuple[dict[str, str], dict[str, str]]  # by branch, by worktree path
     statuses: dict[str, bool] = field(default_factory=dict)  # task worktree -> holds work
+    reals: dict[str, Path] = field(default_factory=dict)  # task worktree -> its real path
 
     def merged_into(
         self, tip: str, targets: tuple[str, ...], dirty: bool | None, worktree: Path | None
@@ -283,6 +284,13 @@ class _Seen:
         if merged and dirty is None and worktree is not None and self.dirty(worktree):
             return None
         return merged
+
+    def real(self, worktree: str) -> Path:
+        """:func:`real_path` of a task's recorded worktree, resolved once per plan."""
+        found = self.reals.get(worktree)
+        if found is None:
+            found = self.reals[worktree] = real_path(worktree)
+        return found
 
     def dirty(self, worktree: Path) -> bool:
         """Whether the task worktree *worktree* holds work to keep (looked at once)."""
@@ -316,7 +324,7 @@ def _plan_task(
         return found
     if branch_owners.get(task.branch) != task.run_id:
         return found
-    path = real_path(task.worktree)
+    path = seen.real(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
     if elsewhere:
         keep = f"checked out in {elsewhere[0].path}"
@@ -436,7 +444,7 @@ def _plan_task_worktree(
     """
     why = f"task {task.task_id} is {task.state.value}"
     path = Path(task.worktree)
-    info = registered.get(real_path(path))
+    info = registered.get(seen.real(task.worktree))
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
     if not path.is_dir() or info.prunable is not None:
