@@ -333,6 +333,11 @@ def test_events_round_trip_and_after(store: Store) -> None:
     ]
     assert [e.id for e in store.events("r1", after=e1)] == [e2]
     assert store.events("r1", after=e2) == []
+    e3 = store.add_event("r1", "run_started", ts=3.0)
+    assert [e.id for e in store.events("r1", kind="run_started")] == [e1, e3]
+    assert [e.id for e in store.events("r1", kind="run_started", after=e1)] == [e3]
+    assert store.events("r1", kind="state") == store.events("r1")[1:2]
+    assert store.events("r1", kind="cleaned") == []
 
 
 # --- task json ---------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def plan_clean(
     findings: list[Finding] = []
     for run_id, run_targets, tasks in runs:
         targets = run_targets
-        cleaned = {e.task_id for e in store.events(run_id) if e.kind == CLEANED_EVENT}
+        cleaned = {e.task_id for e in store.events(run_id, kind=CLEANED_EVENT)}
         needed = needed_by_pending(tasks)
         if all(task.state.is_final for task in tasks):
             found = _plan_integration(

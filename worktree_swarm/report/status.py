@@ -221,7 +221,7 @@ def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str
 
 def provider_gates(store: Store, run_id: str) -> list[GateView]:
     """Each provider's gate as the run's manager last reported it (concurrency, wait, why)."""
-    return views_from_events((e.kind, e.data) for e in store.events(run_id) if e.kind == "gate")
+    return views_from_events((e.kind, e.data) for e in store.events(run_id, kind="gate"))
 
 
 def _alive(attempt: AttemptRow) -> bool:
@@ -260,7 +260,7 @@ def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float
 
 def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
     """The guard's failed scans of *run_id*, oldest first (``job``, ``reason``, ``count``)."""
-    return [{"ts": e.ts, **e.data} for e in store.events(run_id) if e.kind == "guard_error"]
+    return [{"ts": e.ts, **e.data} for e in store.events(run_id, kind="guard_error")]
 
 
 def commit_author(store: Store, run_id: str) -> str:
