@@ -9,9 +9,7 @@ list, delete its branch when merged (or with ``force``). What was removed is rec
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import parallel, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
@@ -44,7 +42,7 @@ CLEANED_EVENT = "cleaned"
 INTEGRATION_PREFIX = "swarm/integration-"
 # Worktrees whose `git status` a plan takes at once: one git process each, the slow part of a
 # plan over hundreds of worktrees.
-_LOOKERS = max(1, min(8, os.cpu_count() or 1))
+_LOOKERS = parallel.CORES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,11 +244,8 @@ def _to_look_at(
 
 def _statuses(paths: list[str]) -> dict[str, bool]:
     """{path: whether the worktree there holds work to keep}, several looked at at once."""
-    if len(paths) <= 1 or _LOOKERS <= 1:
-        return {path: worktree_dirty(Path(path)) for path in paths}
-    with ThreadPoolExecutor(_LOOKERS) as pool:
-        found = pool.map(lambda path: worktree_dirty(Path(path)), paths)
-        return dict(zip(paths, found, strict=True))
+    found = parallel.in_order(lambda path: worktree_dirty(Path(path)), paths, workers=_LOOKERS)
+    return dict(zip(paths, found, strict=True))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

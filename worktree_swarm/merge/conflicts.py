@@ -12,7 +12,6 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TypeVar
@@ -20,6 +19,7 @@ from typing import TypeVar
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
+from worktree_swarm.infra import parallel
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -413,7 +413,4 @@ def _is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
 
 
 def _parallel(jobs: int, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(fn, items))
+    return list(parallel.in_order(fn, items, workers=jobs))

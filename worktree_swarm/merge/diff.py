@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import collections
 import functools
-import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TypeVar
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra import parallel
 from worktree_swarm.infra.store import Store, TaskRow
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 # Each task's diff is a git process of its own: several run at once, the output keeps its order.
-_WORKERS = max(1, min(8, os.cpu_count() or 1))
+_WORKERS = parallel.CORES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,7 +147,7 @@ def task_diffs(
             files=files,
         )
 
-    return list(_in_order(one, found))
+    return list(parallel.in_order(one, found, workers=_WORKERS))
 
 
 def file_changes(repo: git.Repo, base: str, tip: str) -> tuple[FileChange, ...]:
@@ -209,29 +204,8 @@ def patches(
     repo: git.Repo, diffs: Sequence[TaskDiff], *, stat: bool = False
 ) -> Iterator[tuple[TaskDiff, str]]:
     """Each of *diffs* with its :func:`patch`, in order, as soon as it and those before are."""
-    yield from zip(diffs, _in_order(lambda d: patch(repo, d, stat=stat), diffs), strict=True)
-
-
-def _in_order(fn: Callable[[_T], _R], items: Sequence[_T]) -> Iterator[_R]:
-    """*fn* of each item, in order; up to ``_WORKERS`` at once, a few items ahead of the reader.
-
-    A reader that stops early (output piped to ``head``) leaves only those few to finish.
-    """
-    if _WORKERS <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        ahead: collections.deque[Future[_R]] = collections.deque()
-        try:
-            for item in items:
-                ahead.append(pool.submit(fn, item))
-                if len(ahead) > 2 * _WORKERS:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
+    texts = parallel.in_order(lambda d: patch(repo, d, stat=stat), diffs, workers=_WORKERS)
+    yield from zip(diffs, texts, strict=True)
 
 
 def format_header(diff: TaskDiff) -> str:
