@@ -89,6 +89,21 @@ def agent_python() -> list[str]:
     return ["env", *unset, sys.executable] if unset else [sys.executable]
 
 
+def agent_command() -> str:
+    """:func:`agent_python` as the start of a command line (``--agent``, ``--check``)."""
+    return " ".join(agent_python())
+
+
+def script_interpreter() -> str:
+    """The ``#!`` line of a fake agent program run by its own name (a fake CLI).
+
+    Like :func:`agent_python`, without coverage's start-up hook: under coverage ``-S`` (no
+    site, so no hook; such a program uses the standard library only).
+    """
+    hooked = any(name in os.environ for name in _COVERAGE_HOOK)
+    return f"#!{sys.executable} -S" if hooked else f"#!{sys.executable}"
+
+
 @pytest.fixture(autouse=True)
 def _measured_shims(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under coverage, shims this test process spawns keep site, so coverage's hook measures them.

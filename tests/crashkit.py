@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.conftest import script_interpreter
+
 # Appends each write to its file in the worktree and then to a log outside it, so every logged
 # write must be on the task's branch in the end; each launch is logged to count double runs.
 FAKE_CLAUDE = r"""#!PYTHON
@@ -71,7 +73,7 @@ def install_fake_claude(root: Path) -> dict[str, str]:
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     exe = bin_dir / "claude"
-    exe.write_text(FAKE_CLAUDE.replace("PYTHON", sys.executable))
+    exe.write_text(FAKE_CLAUDE.replace("#!PYTHON", script_interpreter(), 1))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     # A key makes swarm's sign-in check pass; the fake never calls any API.
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "ANTHROPIC_API_KEY": "sk-fake"}

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 
 import psutil
 
 from tests.cli_e2e import attempts, swarm, task_states, write_manifest
-from tests.conftest import git
+from tests.conftest import git, script_interpreter
 
 FAKE_AIDER = """\
 import os, pathlib, time
@@ -43,7 +42,7 @@ def test_agent_retrying_a_rate_limit_is_stopped_and_retried_by_swarm(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     aider = bin_dir / "aider"
-    aider.write_text(f"#!{sys.executable}\n{FAKE_AIDER}")
+    aider.write_text(f"{script_interpreter()}\n{FAKE_AIDER}")
     aider.chmod(aider.stat().st_mode | stat.S_IXUSR)
     state = tmp_path / "aider.pid"
     env = dict(os.environ) | {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import script_interpreter
 from worktree_swarm.agents import (
     PROFILES,
     AgentOutcome,
@@ -93,7 +93,7 @@ def attempt(tmp_path: Path) -> Attempt:
         n = next(counter)
         program = PROFILES[profile][0]
         script = bin_dir / program
-        script.write_text(f"#!{sys.executable}\n{FAKE_CLI}")
+        script.write_text(f"{script_interpreter()}\n{FAKE_CLI}")
         script.chmod(0o755)
         plan = tmp_path / f"plan-{n}.json"
         plan.write_text(

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import agent_python, as_owner_only, git, make_repo
+from tests.conftest import agent_command, agent_python, as_owner_only, git, make_repo
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -511,7 +511,7 @@ def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
     agent.write_text(
         "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
     )
-    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
     assert swarm(repo, "merge").returncode == 0
     integration = next(p for p in worktree_paths(repo) if "_integration-" in p)
     branch = git(integration, "branch", "--show-current")
@@ -547,7 +547,7 @@ def test_clean_yes_keeps_a_landed_integration_branch_whose_worktree_holds_new_wo
     agent.write_text(
         "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
     )
-    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
     assert swarm(repo, "merge").returncode == 0
     integration = next(p for p in worktree_paths(repo) if "_integration-" in p)
     branch = git(integration, "branch", "--show-current")
@@ -566,7 +566,7 @@ def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path
     agent.write_text(
         "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
     )
-    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
     assert swarm(repo, "merge").returncode == 0
     before = git(repo, "rev-parse", "HEAD")
     out = swarm(repo, "clean", "--all", "--yes", "--force")

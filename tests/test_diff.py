@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import agent_command, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, record_run
 from tests.test_run import checkout_snapshot, swarm
 from worktree_swarm.core.paths import store_path
@@ -97,7 +97,7 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
         "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
         "pathlib.Path('shared.txt').write_text('written by ' + tid + '\\n')\n"
     )
-    ran = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a", "-t", "bb=b")
+    ran = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
     assert ran.returncode == 0, ran.stderr
     before = checkout_snapshot(repo)
 
@@ -124,7 +124,7 @@ def test_run_merge_clean_doctor_lifecycle(repo: Path, tmp_path: Path) -> None:
         "tid = os.environ['SWARM_TASK_ID']\n"
         "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
     )
-    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
     assert swarm(repo, "merge").returncode == 0
     doctor = swarm(repo, "doctor", "--json")
     assert doctor.returncode == 0, doctor.stdout

@@ -9,12 +9,12 @@ import os
 import signal
 import sqlite3
 import stat
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import script_interpreter
 from tests.test_run import branch_file, manifest, status_json, swarm, swarm_bg, wait_for
 
 # One program installed under three names; what it does comes from $FAKE_DIR/<name>-<task>.plan
@@ -84,7 +84,7 @@ def fake_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir.mkdir()
     for name in ("claude", "codex", "gemini"):
         exe = bin_dir / name
-        exe.write_text(FAKE_AGENT.replace("PYTHON", sys.executable))
+        exe.write_text(FAKE_AGENT.replace("#!PYTHON", script_interpreter(), 1))
         exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     fake = tmp_path / "fake"
     fake.mkdir()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import agent_command, git
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
 from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
@@ -145,7 +144,7 @@ def test_hostile_issue_body_reaches_the_agent_verbatim_and_does_nothing(
         repo,
         "run",
         "--agent",
-        f"{sys.executable} {agent} {{prompt}} {{prompt_file}}",
+        f"{agent_command()} {agent} {{prompt}} {{prompt_file}}",
         "--prompt-file",
         f"{task_id}={prompt_file}",
     )
@@ -168,7 +167,7 @@ def test_swarm_run_issues_makes_one_task_per_issue(
     agent = tmp_path / "agent.py"
     agent.write_text("import pathlib, sys\npathlib.Path('prompt.txt').write_text(sys.argv[1])\n")
     out = swarm(
-        repo, "run", "--agent", f"{sys.executable} {agent} {{prompt}}",
+        repo, "run", "--agent", f"{agent_command()} {agent} {{prompt}}",
         "--issues", f"{first},{pull}", "--github-repo", f"{OWNER}/{NAME}",
         "--api-url", fake_github.url,
     )  # fmt: skip
@@ -192,7 +191,7 @@ def test_detached_run_fetches_once_and_runs_exactly_the_validated_oldest_issues(
     agent = tmp_path / "agent.py"
     agent.write_text("import pathlib\npathlib.Path('done.txt').write_text('x')\n")
     out = swarm(
-        repo, "run", "--detach", "--agent", f"{sys.executable} {agent}",
+        repo, "run", "--detach", "--agent", f"{agent_command()} {agent}",
         "--issues-label", "bug", "--limit", "2", "--github-repo", f"{OWNER}/{NAME}",
         "--api-url", fake_github.url,
     )  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import agent_command, agent_python, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, swarm
 from tests.test_shim import PRELUDE, marked
@@ -204,7 +204,7 @@ def test_failing_check_undoes_the_merge_and_the_rest_carry_on(
     )
     before = checkout_snapshot(base_repo)
 
-    out = swarm(base_repo, "merge", "--check", f"{sys.executable} {check}")
+    out = swarm(base_repo, "merge", "--check", f"{agent_command()} {check}")
 
     assert out.returncode == 1
     lines = out.stdout.splitlines()
@@ -343,7 +343,7 @@ def test_dependencies_first_least_conflicting_next_and_failed_ones_skip_dependen
     check = tmp_path / "check.py"
     check.write_text("import pathlib, sys\nsys.exit(1 if pathlib.Path('r.txt').exists() else 0)\n")
 
-    out = swarm(base_repo, "merge", "--json", "--check", f"{sys.executable} {check}")
+    out = swarm(base_repo, "merge", "--json", "--check", f"{agent_command()} {check}")
 
     report = json.loads(out.stdout)
     assert report["order"] == ["big", "child", "rival", "on-rival", "clash"]
@@ -380,7 +380,7 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
         base_repo,
         [("first", base), ("second", base)],
         base=base,
-        agent=[sys.executable, str(agent), "{prompt_file}"],
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
     )
     before = checkout_snapshot(base_repo)
 
@@ -528,7 +528,7 @@ def test_resolver_over_its_timeout_is_killed_with_its_daemons(
         base_repo,
         [("first", base), ("second", base)],
         base=base,
-        agent=[sys.executable, str(agent), "{prompt_file}"],
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
         resolve_timeout=2.0,
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import agent_command, git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import checkout_snapshot, swarm
 from worktree_swarm.infra.store import Store
@@ -47,7 +47,7 @@ def done_run(repo: Path, tmp_path: Path, origin: Path, monkeypatch: pytest.Monke
         repo,
         "run",
         "--agent",
-        f"{sys.executable} {agent}",
+        f"{agent_command()} {agent}",
         "--check",
         f"{sys.executable} -c pass",
         "-t",
@@ -150,7 +150,7 @@ def test_an_earlier_run_never_pushes_or_updates_what_a_later_run_reused(
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0
     # The next night's batch reuses the id "one": its branch and pull request are that run's.
     agent = tmp_path / "agent.py"
-    out = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "one=Again")
+    out = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "one=Again")
     assert out.returncode == 0, out.stderr
     second = json.loads(swarm(repo, "runs", "--json").stdout)["runs"][1]["run_id"]
     pushed = git(done_run, "rev-parse", "swarm/one")
@@ -328,7 +328,7 @@ def clashing_run(repo: Path, tmp_path: Path, origin: Path, monkeypatch: pytest.M
     """Two done tasks that both create shared.txt, and GITHUB_TOKEN set."""
     agent = tmp_path / "agent.py"
     agent.write_text(SHARED_AGENT)
-    out = swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "aa=a", "-t", "bb=b")
+    out = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
     assert out.returncode == 0, out.stderr
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     monkeypatch.delenv("GH_TOKEN", raising=False)

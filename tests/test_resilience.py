@@ -11,12 +11,11 @@ import os
 import signal
 import sqlite3
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import git, script_interpreter
 from tests.test_run import branch_file, manifest, pid_alive, status_json, swarm, swarm_bg, wait_for
 
 FAKE_CLAUDE = r'''#!PYTHON
@@ -72,7 +71,7 @@ def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "claude"
-    exe.write_text(FAKE_CLAUDE.replace("PYTHON", sys.executable))
+    exe.write_text(FAKE_CLAUDE.replace("#!PYTHON", script_interpreter(), 1))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     fake = tmp_path / "fake"
     fake.mkdir()
