@@ -647,26 +647,45 @@ def test_a_worktree_removal_cut_short_is_finished_without_committing_deletions(
     _cleaned_and_kept(repo, path, tip)
 
 
+# Loaded by the `swarm clean` the test kills (``sitecustomize`` on its PYTHONPATH): once the
+# first folder of the worktree is deleted, it says so and waits to be killed there.
+_PAUSE_HALF_WAY = """
+import os, shutil, time
+_inside, _paused = os.environ["SWARM_TEST_INSIDE"], os.environ["SWARM_TEST_PAUSED"]
+_rmtree = shutil.rmtree
+def rmtree(path, *args, **kwargs):
+    _rmtree(path, *args, **kwargs)
+    if os.fspath(path).startswith(_inside + os.sep):
+        open(_paused, "w").close()
+        time.sleep(600)
+shutil.rmtree = rmtree
+"""
+
+
 def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
     repo, path, tip = _finished_big_task(tmp_path, write_agent)
     folders = sorted(p for p in path.iterdir() if p.is_dir())
+    hook, paused = tmp_path / "hook", tmp_path / "paused"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_HALF_WAY)
+    env = {**os.environ, "SWARM_TEST_INSIDE": str(path), "SWARM_TEST_PAUSED": str(paused)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     cleaner = subprocess.Popen(
         [sys.executable, "-m", "worktree_swarm.cli", "clean", "--yes", "--keep-branches"],
         cwd=repo,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    # Busy-poll: catch the removal of its 3,000 files in the middle.
-    while all(folder.exists() for folder in folders):
-        assert cleaner.poll() is None, "swarm clean finished before it could be killed"
-        assert time.monotonic() < deadline
+    wait_for(lambda: paused.exists() or cleaner.poll() is not None, what="a folder deleted")
+    assert cleaner.poll() is None, "swarm clean finished without deleting a folder first"
     os.killpg(cleaner.pid, signal.SIGKILL)
     cleaner.wait(timeout=30)
-    assert (path / ".git").is_file()  # killed half-way, as meant
+    assert sum(folder.exists() for folder in folders) == len(folders) - 1  # killed half-way
+    assert (path / ".git").is_file()
     _cleaned_and_kept(repo, path, tip)
 
 
