@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -407,6 +408,13 @@ def _big_repo(path: Path, files: int) -> Path:
 
 def test_doctor_repairs_a_worktree_add_killed_mid_checkout(tmp_path: Path) -> None:
     repo = _big_repo(tmp_path / "repo", 3000)
+    # The checkout of one file half-way through the list holds until the test kills it: a
+    # smudge filter (swarm's own git commands switch filters off).
+    held = tmp_path / "held"
+    (repo / ".gitattributes").write_text("d25/f1525.txt filter=hold\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "hold one file")
+    git(repo, "config", "filter.hold.smudge", f"touch {shlex.quote(str(held))}; exec sleep 600")
     before = checkout_state(repo)
     path = tmp_path / "repo.swarm" / "big"
     admin = repo / ".git" / "worktrees" / "big"
@@ -416,14 +424,14 @@ def test_doctor_repairs_a_worktree_add_killed_mid_checkout(tmp_path: Path) -> No
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    # Busy-poll: the checkout holds index.lock for about a second; catch it in the middle.
-    while not ((admin / "locked").exists() and (admin / "index.lock").exists()):
-        assert adder.poll() is None, "git worktree add finished before it could be killed"
-        assert time.monotonic() < deadline
+    wait_for(lambda: held.exists() or adder.poll() is not None, what="the checkout to hold")
+    assert adder.poll() is None, "git worktree add finished before it could be killed"
+    assert (admin / "index.lock").exists()
     os.killpg(adder.pid, signal.SIGKILL)
     adder.wait(timeout=30)
     assert (admin / "locked").read_text().strip() == "initializing"
+    assert (path / "d24" / "f1524.txt").exists()  # checked out before the one held
+    assert not (path / "d26" / "f1526.txt").exists()
 
     found = report(repo, "doctor", code=1)
     assert found[str(path)]["action"] == "remove_initializing"
