@@ -7,6 +7,7 @@ undoes it: the branch, the worktree's files, git's admin dirs and lock files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ import pytest
 
 from tests.conftest import git
 from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as gitrepo
 from worktree_swarm.git import worktrees
+from worktree_swarm.infra import supervisor
 from worktree_swarm.run import provision
 
 
@@ -229,3 +232,38 @@ def test_an_agent_no_attempt_records_is_found_by_its_run_and_task(
     agent.kill()
     agent.wait()
     assert found() == later.pid
+
+
+def test_agents_started_in_the_same_clock_tick_are_told_apart_by_pid(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start times count in clock ticks: two agents started in one tick have the same, and the
+    one found is still the first started (the lower PID), every time."""
+    worktree = tmp_path / "wt" / "t6"
+    worktree.mkdir(parents=True)
+    env = {**os.environ, "SWARM_RUN_ID": "r1", "SWARM_TASK_ID": "t6"}
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleepers.extend(
+        subprocess.Popen(sleep, cwd=worktree, env=env, start_new_session=True) for _ in range(3)
+    )
+    real = supervisor.identity_of
+
+    def same_tick(pid: int) -> supervisor.ProcessIdentity | None:
+        found = real(pid)
+        return None if found is None else dataclasses.replace(found, create_time=1000.0)
+
+    monkeypatch.setattr(supervisor, "identity_of", same_tick)
+    first = min(p.pid for p in sleepers)
+    for _ in range(5):
+        identity = provision.unrecorded_agent("r1", "t6", worktree)
+        assert identity is not None
+        assert identity.pid == first
+
+
+def test_the_oldest_of_processes_started_in_one_tick_is_the_lower_pid() -> None:
+    def ident(pid: int, started: float) -> ProcessIdentity:
+        return ProcessIdentity(pid=pid, create_time=started, pgid=pid)
+
+    assert provision.oldest([ident(20, 1.0), ident(10, 1.0), ident(30, 1.0)]) == ident(10, 1.0)
+    assert provision.oldest([ident(10, 2.0), ident(20, 1.0)]) == ident(20, 1.0)
+    assert provision.oldest([]) is None

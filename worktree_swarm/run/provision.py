@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -153,11 +154,19 @@ def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdenti
         for identity in map(supervisor.identity_of, leaders)
         if identity is not None and identity.pgid == identity.pid
     ]
-    return min(found, key=lambda identity: identity.create_time, default=None)
+    return oldest(found)
+
+
+def oldest(identities: Iterable[ProcessIdentity]) -> ProcessIdentity | None:
+    """The process started first (None for none).
+
+    Start times count in clock ticks: of two started in the same tick, the lower PID.
+    """
+    return min(identities, key=lambda i: (i.create_time, i.pid), default=None)
 
 
 def _norm(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-__all__ = ["restore", "roll_back", "unrecorded_agent"]
+__all__ = ["oldest", "restore", "roll_back", "unrecorded_agent"]
