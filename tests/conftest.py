@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,19 @@ def agent_python() -> list[str]:
     """
     unset = [arg for name in _COVERAGE_HOOK if name in os.environ for arg in ("-u", name)]
     return ["env", *unset, sys.executable] if unset else [sys.executable]
+
+
+def git_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: Callable[[str], str]
+) -> None:
+    """Put a `git` first on PATH: the shell script *script* makes of the real git's path."""
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir = tmp_path / "gitbin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(script(shlex.quote(real)))
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def agent_command() -> str:

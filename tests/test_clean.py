@@ -19,7 +19,14 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import agent_command, agent_python, as_owner_only, git, make_repo
+from tests.conftest import (
+    agent_command,
+    agent_python,
+    as_owner_only,
+    git,
+    git_first_on_path,
+    make_repo,
+)
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -964,15 +971,11 @@ def test_a_plan_looks_at_several_worktrees_at_once(
     ids = ("a", "b", "c")
     out = swarm(repo, "run", "--agent", agent, *[a for t in ids for a in ("-t", f"{t}=x")])
     assert out.returncode == 0, out.stderr
-    real = shutil.which("git")
-    assert real is not None
-    met, bin_dir = tmp_path / "met", tmp_path / "bin"
+    met = tmp_path / "met"
     met.mkdir()
-    bin_dir.mkdir()
-    script = bin_dir / "git"
-    script.write_text(_MEETING_GIT.format(d=met, real=real))
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    git_first_on_path(
+        tmp_path, monkeypatch, lambda real: _MEETING_GIT.format(d=shlex.quote(str(met)), real=real)
+    )
 
     found = report(repo, "clean", code=1)
 

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import stat
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import git, git_first_on_path, make_repo
 from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
@@ -32,14 +31,9 @@ NOTE = "manager not running — run `swarm resume`"
 def _hang_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> Path:
     """Put a `git` first on PATH whose first *step* (e.g. read-tree) hangs; returns the flag
     file it touches once hanging. Everything else is the real git."""
-    real = shutil.which("git")
-    assert real is not None
-    bin_dir = tmp_path / "gitbin"
-    bin_dir.mkdir()
     hung = tmp_path / "hung"
-    script = bin_dir / "git"
     # The subcommand is the first argument after swarm's `-c key=value` overrides.
-    script.write_text(
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
         "#!/bin/sh\n"
         'sub=""; skip=0\n'
         'for a in "$@"; do\n'
@@ -49,10 +43,8 @@ def _hang_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> Pat
         f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
         " 2>/dev/null; then\n"
         f"  touch {shlex.quote(str(hung))}; exec sleep 600\nfi\n"
-        f'exec {shlex.quote(real)} "$@"\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
     return hung
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import worktree_swarm
-from tests.conftest import git, make_repo
+from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
@@ -563,18 +563,12 @@ def test_no_registration_goes_while_git_reads_them_all(
     for path in (a, b):
         wt.create_worktree(r, path=path, branch=f"swarm/{path.name}", start="HEAD")
     (a / "kept.txt").write_text("untracked: git must remove it (--force)\n")
-    real = shutil.which("git")
-    assert real is not None
-    flags, bin_dir = tmp_path / "flags", tmp_path / "bin"
+    flags = tmp_path / "flags"
     flags.mkdir()
-    bin_dir.mkdir()
-    script = bin_dir / "git"
-    script.write_text(_READING_GIT.format(
-        d=shlex.quote(str(flags)), admin=shlex.quote(str(repo / ".git" / "worktrees")),
-        real=shlex.quote(real),
+    admin = shlex.quote(str(repo / ".git" / "worktrees"))
+    git_first_on_path(tmp_path, monkeypatch, lambda real: _READING_GIT.format(
+        d=shlex.quote(str(flags)), admin=admin, real=real
     ))  # fmt: skip
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     errors: list[BaseException] = []
 
     def thread(action: Callable[[], object]) -> threading.Thread:

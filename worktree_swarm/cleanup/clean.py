@@ -40,9 +40,6 @@ from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"
 INTEGRATION_PREFIX = "swarm/integration-"
-# Worktrees whose `git status` a plan takes at once: one git process each, the slow part of a
-# plan over hundreds of worktrees.
-_LOOKERS = parallel.CORES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,7 +212,8 @@ def _to_look_at(
     """The task worktrees whose status the plan will ask for (a few more without *look*).
 
     With *look*, every finished task's worktree the plan would remove; without, only those
-    whose branch is merged (a worktree with work to checkpoint keeps its branch).
+    whose branch is merged (a worktree with work to checkpoint keeps its branch). It only
+    decides what is looked at together: a worktree it leaves out is looked at when planned.
     """
     branch_owners, path_owners = seen.owners
     paths = []
@@ -244,7 +242,7 @@ def _to_look_at(
 
 def _statuses(paths: list[str]) -> dict[str, bool]:
     """{path: whether the worktree there holds work to keep}, several looked at at once."""
-    found = parallel.in_order(lambda path: worktree_dirty(Path(path)), paths, workers=_LOOKERS)
+    found = parallel.in_order(lambda path: worktree_dirty(Path(path)), paths)
     return dict(zip(paths, found, strict=True))
 
 

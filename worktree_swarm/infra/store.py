@@ -738,15 +738,11 @@ class Store:
 
     def events(self, run_id: str, *, after: int = 0, kind: str | None = None) -> list[EventRow]:
         """Return the run's events with id greater than *after* (of *kind* only), oldest first."""
-        if kind is None:
-            rows = self._read(
-                "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id", (run_id, after)
-            )
-        else:
-            rows = self._read(
-                "SELECT * FROM events WHERE run_id = ? AND id > ? AND kind = ? ORDER BY id",
-                (run_id, after, kind),
-            )
+        rows = self._read(
+            "SELECT * FROM events WHERE run_id = ? AND id > ? AND (? IS NULL OR kind = ?)"
+            " ORDER BY id",
+            (run_id, after, kind, kind),
+        )
         return [_event_row(r) for r in rows]
 
 

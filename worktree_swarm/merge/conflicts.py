@@ -11,18 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra import parallel
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -276,17 +272,10 @@ def predict(
     names = tuple(b.name for b in branches)
     by_name = {b.name: b for b in branches}
     bases = sorted({b.base for b in branches})
-    below = [
-        base
-        for base, ok in zip(
-            bases,
-            _parallel(jobs, lambda base: _is_ancestor(repo, base, target), bases),
-            strict=True,
-        )
-        if ok
-    ]
+    under = parallel.in_order(lambda base: _is_ancestor(repo, base, target), bases, workers=jobs)
+    below = [base for base, ok in zip(bases, under, strict=True) if ok]
     # What the target changed since each base it descends from (empty when it did not move).
-    moved = _parallel(jobs, lambda base: changes(repo, base, target), below)
+    moved = parallel.in_order(lambda base: changes(repo, base, target), below, workers=jobs)
     target_changes = dict(zip(below, moved, strict=True))
     found = dict(zip(names, many_changes(repo, [(b.base, b.tip) for b in branches]), strict=True))
 
@@ -307,7 +296,7 @@ def predict(
         ours = by_name[a].tip if other else target
         return merge_tree(repo, ours, by_name[other or a].tip)
 
-    results = _parallel(jobs, run_one, to_check)
+    results = parallel.in_order(run_one, to_check, workers=jobs)
     pairs: dict[tuple[str, str], tuple[str, ...]] = {}
     against: dict[str, tuple[str, ...]] = {}
     for (a, other), files in zip(to_check, results, strict=True):
@@ -367,7 +356,7 @@ def _decided_by_hunks(
         wanted.setdefault(left, set()).update(shared & plain)
         wanted.setdefault(right, set()).update(shared & plain)
     keys = list(wanted)
-    listed = _parallel(jobs, lambda k: hunks(repo, k[0], k[1], wanted[k]), keys)
+    listed = parallel.in_order(lambda k: hunks(repo, k[0], k[1], wanted[k]), keys, workers=jobs)
     by_side = dict(zip(keys, listed, strict=True))
     decided = {
         item
@@ -410,7 +399,3 @@ def _is_ancestor(repo: git.Repo, ancestor: str, rev: str) -> bool:
     if res.returncode not in (0, 1):
         raise CommandError(["git", *args], res.returncode, res.stderr)
     return res.returncode == 0
-
-
-def _parallel(jobs: int, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    return list(parallel.in_order(fn, items, workers=jobs))
