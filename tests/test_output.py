@@ -152,6 +152,18 @@ def test_a_failing_check_is_named_with_its_quoting(
     assert reason.startswith(f"check `{sys.executable} -c 'import sys; sys.exit(3)'` exited 3")
 
 
+def test_status_shows_the_run_and_each_task_once(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = " ".join(write_agent(WRITER))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=p", "-t", "b=p").returncode == 0
+    lines = swarm(repo, "status").stdout.splitlines()
+    assert sum(line.startswith("run ") for line in lines) == 1
+    for task in ("a", "b"):
+        assert sum(line.split()[:2] == [task, "done"] for line in lines) == 1
+    assert sum(line.startswith("total: ") for line in lines) == 1
+
+
 def test_status_plurals(repo: Path, write_agent: Callable[[str], list[str]]) -> None:
     assert swarm(repo, "run", "--agent", " ".join(write_agent(WRITER)), "-t", "a=p").returncode == 0
     text = swarm(repo, "status").stdout

@@ -406,7 +406,6 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    click.echo(status_text.status_text(run_id, rows, totals, gates=gates))
     click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
         click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
