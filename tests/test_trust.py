@@ -521,3 +521,79 @@ def test_the_guard_accepts_exactly_the_moves_swarm_names(tmp_path: Path) -> None
     ]
     assert git(repo, "rev-parse", "stable") == named
     assert not list((opened.state_dir / "ref-moves").iterdir())
+
+
+# -- a sparse checkout of the user's -----------------------------------------------------------
+
+
+def sparse_repo(tmp_path: Path) -> Path:
+    """A repository whose checkout is sparse: git keeps its settings in ``config.worktree``."""
+    repo = make_repo(tmp_path / "repo", {"a/x.txt": "a\n", "b/y.txt": "b\n"})
+    git(repo, "sparse-checkout", "set", "a")
+    assert (repo / ".git" / "config.worktree").is_file()
+    return repo
+
+
+def test_gits_copy_of_a_sparse_checkouts_settings_is_no_agents_write(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # `git worktree add` copies the checkout's `config.worktree` into each new admin dir.
+    repo = sparse_repo(tmp_path)
+    agent = argv_toml(write_agent("import pathlib; pathlib.Path('t.txt').write_text('w\\n')"))
+    tasks = "".join(f'[[task]]\nid = "t{i}"\nprompt = "p"\nagent = {agent}\n' for i in range(4))
+    out = swarm(repo, "run", manifest(repo, tasks), "--jobs", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {row["state"] for row in status_json(repo).values()} == {"done"}
+    assert outside_writes(repo) == []
+    # Each task's worktree is sparse like the checkout it came from.
+    assert (repo.parent / "repo.swarm" / "t0" / "a" / "x.txt").is_file()
+    assert not (repo.parent / "repo.swarm" / "t0" / "b").exists()
+
+
+def test_an_agent_that_plants_config_in_its_own_admin_dir_is_caught_there_too(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = sparse_repo(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    plant = (
+        COMMON
+        + """
+own = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+append(own / 'config.worktree', f'[core]\\n\\tfsmonitor = touch {marker} #\\n')
+"""
+    )
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(plant), str(repo), str(marker)], sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what="worktrees/bad/config.worktree")
+    assert repo_state(repo) == before
+    assert not marker.exists()
+
+
+def test_a_scan_while_swarm_makes_a_worktree_leaves_gits_copy_to_swarm(tmp_path: Path) -> None:
+    repo = sparse_repo(tmp_path)
+    git(repo, "branch", "w")
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("other", identity_of(agent.pid))  # at work while the scans run
+        path = tmp_path / "w"
+        with guard.provisioning(path):
+            git(repo, "worktree", "add", "-q", str(path), "w")
+            copied = repo / ".git" / "worktrees" / "w" / "config.worktree"
+            assert copied.is_file()  # git's copy, made while swarm provisions
+            assert guard.scan() == []
+        assert guard.scan() == []
+        assert copied.is_file()
+        # From then on the file is the worktree's like any other of git's files.
+        copied.write_text(copied.read_text() + "[core]\n\tfsmonitor = true\n")
+        found = guard.scan()
+    finally:
+        agent.kill()
+        agent.wait()
+    assert [(v.git_files, v.suspects) for v in found] == [
+        (("worktrees/w/config.worktree",), ("other",))
+    ]
+    assert "fsmonitor" not in copied.read_text()

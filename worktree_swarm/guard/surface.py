@@ -77,6 +77,13 @@ def read(common: Path, extra_hooks: Path | None) -> Surface:
     return found
 
 
+def read_one(common: Path, label: str) -> Entry | None:
+    """The entry of *label* as it is now (None when absent)."""
+    found: Surface = {}
+    _add(found, common, _path(common, label))
+    return found.get(label)
+
+
 def changed(before: Surface, after: Surface) -> list[str]:
     """The labels whose entry differs, appeared or disappeared."""
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))

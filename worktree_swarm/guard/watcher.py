@@ -164,6 +164,7 @@ class Guard:
         self._queued: dict[str, str] = {}  # task branch -> tip waiting for the pack's lock
         self._queue_lock = threading.Lock()  # ``_queued``
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
+        self._provisioning: set[str] = set()  # the `.git` of each worktree swarm is making
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
@@ -205,6 +206,44 @@ class Guard:
             yield
         finally:
             self._release(task_id, path)
+
+    @contextlib.contextmanager
+    def provisioning(self, path: Path) -> Iterator[None]:
+        """While inside, swarm makes (or remakes) the worktree *path*: its admin dir is swarm's.
+
+        In a repository with per-worktree config, `git worktree add` copies the checkout's
+        ``config.worktree`` (a sparse checkout's settings) into the new admin dir: git's
+        doing, not an agent's. Scans meanwhile leave that file alone; on leaving it is taken
+        into the baseline as it is.
+        """
+        key = f"{os.path.realpath(path)}/.git"  # as its admin dir's `gitdir` names it
+        with self._repo_lock:
+            self._provisioning.add(key)
+        try:
+            yield
+        finally:
+            with self._repo_lock:
+                self._provisioning.discard(key)
+                common = self.repo.common_dir
+                for label in self._admin_configs(common, {key}):
+                    entry = surface.read_one(common, label)
+                    if entry is None:
+                        self._surface.pop(label, None)
+                    else:
+                        self._surface[label] = entry
+
+    def _admin_configs(self, common: Path, gitdirs: set[str]) -> list[str]:
+        """The ``config.worktree`` labels of the admin dirs whose worktree is in *gitdirs*."""
+        found = []
+        with contextlib.suppress(OSError), os.scandir(common / "worktrees") as admins:
+            for admin in admins:
+                try:
+                    named = Path(admin.path, "gitdir").read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if named in gitdirs:
+                    found.append(f"worktrees/{admin.name}/config.worktree")
+        return found
 
     @contextlib.contextmanager
     def idle(self, task_id: str, path: Path) -> Iterator[None]:
@@ -589,6 +628,9 @@ class Guard:
         common = self.repo.common_dir
         now = surface.read(common, self._hooks)
         labels = surface.changed(self._surface, now)
+        if labels and self._provisioning:  # git's own writes into admin dirs being made
+            skip = set(self._admin_configs(common, self._provisioning))
+            labels = [label for label in labels if label not in skip]
         window = (self._surface_checked, began)
         if not labels:
             self._surface_checked = began

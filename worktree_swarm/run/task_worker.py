@@ -241,14 +241,15 @@ class TaskWorker(RunWorker):
             if live.resume_from is None or live.resume_from.ended_at is not None:
                 live.resume_from = self._unrecorded(task, path, row) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
-            provision.restore(
-                self.repo,
-                path=path,
-                branch=task.branch,
-                start=base,
-                unlock=unlock,
-                cone=sparse.of_task(task),
-            )
+            with self.guard.provisioning(path):
+                provision.restore(
+                    self.repo,
+                    path=path,
+                    branch=task.branch,
+                    start=base,
+                    unlock=unlock,
+                    cone=sparse.of_task(task),
+                )
         else:
             # A start commit recorded by an earlier manager is kept: a dependency merge made
             # again would be a different commit, and the half-made branch points at the old one.
@@ -262,12 +263,17 @@ class TaskWorker(RunWorker):
                 provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
             else:  # the intent first: a crash from here on is rolled back by `swarm resume`
                 self.store.update_task(self.run_id, task.id, start_commit=start)
-            faults.retry_while_full(  # a failed creation removes what it made: retry is clean
-                lambda: worktrees.create_worktree(
-                    self.repo, path=path, branch=task.branch, start=start, cone=sparse.of_task(task)
-                ),
-                self.store.on_full,
-            )
+            with self.guard.provisioning(path):
+                faults.retry_while_full(  # a failed creation removes what it made: retry is clean
+                    lambda: worktrees.create_worktree(
+                        self.repo,
+                        path=path,
+                        branch=task.branch,
+                        start=start,
+                        cone=sparse.of_task(task),
+                    ),
+                    self.store.on_full,
+                )
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
         env = self._env(task, path, base, live.port_slot)
