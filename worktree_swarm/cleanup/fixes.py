@@ -247,6 +247,8 @@ def worktree_finding(
         keep = f"{describe(users[0])} is using it; stop it first"
     elif not force and info.branch is None and info.head and on_no_ref(repo, info.head):
         keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
+    elif not force and (left := git.submodule_work(path)):
+        keep = f"submodule {', '.join(left)} holds work no commit records; save it first"
     if keep:
         action, fix = Action.KEEP, f"kept: {keep}, or use --force"
     elif dirty:
@@ -448,9 +450,7 @@ def _remove_worktree(
     repaired = False
     clean = True
     if path.is_dir():
-        users = processes_using(path)
-        if users:
-            raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+        _refuse_when_not_ours_to_remove(path, force=force)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
@@ -477,6 +477,19 @@ def _remove_worktree(
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _refuse_when_not_ours_to_remove(path: Path, *, force: bool) -> None:
+    """Raise when a process uses *path*, or (without *force*) a submodule there holds work.
+
+    No checkpoint can commit work inside a submodule: removing the worktree would lose it.
+    """
+    users = processes_using(path)
+    if users:
+        raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+    left = [] if force else git.submodule_work(path)
+    if left:
+        raise SwarmError(f"submodule {', '.join(left)} holds work no commit records; kept")
 
 
 def _nothing_to_keep(path: Path) -> bool:

@@ -489,6 +489,53 @@ def full_status(path: Path) -> str | None:
     return None if any(words in res.stderr for words in _UNSEEN) else res.stdout
 
 
+def submodule_work(worktree: Path) -> list[str]:
+    """The submodule paths of *worktree* that hold work no commit of its branch can record.
+
+    A commit records a submodule as one commit id. Files written into a submodule directory
+    that was never populated (swarm leaves them empty, as `git worktree add` does) are seen
+    by no `git status`, and edits inside a populated submodule are that repository's to
+    commit: removing the worktree would lose both. Only looked for when a ``.gitmodules``
+    names submodules (a gitlink without one is not a submodule git can populate either).
+    """
+    if not (worktree / ".gitmodules").is_file():
+        return []
+    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
+                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
+    paths = [entry.partition("\n")[2] for entry in named.split("\0") if entry]
+    if not paths:
+        return []
+    staged = _run(worktree, ["ls-files", "-z", "--stage", "--",
+                             *(f":(literal){p}" for p in paths)]).stdout  # fmt: skip
+    links = [
+        entry.partition("\t")[2] for entry in staged.split("\0") if entry.startswith("160000 ")
+    ]
+    found, populated = [], []
+    for link in links:
+        directory = worktree / link
+        if (directory / ".git").exists():
+            populated.append(link)
+        elif directory.is_dir() and _holds_anything(directory):
+            found.append(link)
+    if populated:
+        status = _run(worktree, ["status", "--porcelain=v2", "-z", "--ignore-submodules=none",
+                                 "--", *(f":(literal){p}" for p in populated)]).stdout  # fmt: skip
+        for entry in status.split("\0"):
+            fields = entry.split(" ", 8)
+            # "1 XY S<c><m><u> mH mI mW hH hI path": m, u: edits, untracked files inside it.
+            if fields[0] == "1" and len(fields) == 9 and fields[2][2:] != "..":  # noqa: PLR2004
+                found.append(fields[8])
+    return sorted(set(found))
+
+
+def _holds_anything(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True  # what cannot be read may hold work
+
+
 def write_config_file(path: Path, items: Mapping[str, str]) -> None:
     """Write a git config file of ``section[.subsection].name = value`` items, without git.
 

@@ -477,6 +477,13 @@ class TaskWorker(RunWorker):
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
+        left = git.submodule_work(path)
+        if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
+            return stat, TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"left work in submodule {', '.join(left)}, which no commit of "
+                f"{task.branch} can hold; it stays in {path}",
+            )
         return stat, None
 
     def _checkpoint(
