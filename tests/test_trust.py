@@ -597,3 +597,41 @@ def test_a_scan_while_swarm_makes_a_worktree_leaves_gits_copy_to_swarm(tmp_path:
         (("worktrees/w/config.worktree",), ("other",))
     ]
     assert "fsmonitor" not in copied.read_text()
+
+
+# -- a repository inside the worktree ----------------------------------------------------------
+
+# Makes `sub/`, a repository of its own whose config runs a program on every file git hashes,
+# with a committed file then edited: a `git status` there would run the program. The
+# checkpoint adds `sub` as a gitlink, so git looking inside it "recursively" would too.
+NESTED = """
+import pathlib, subprocess, sys
+marker = sys.argv[1]
+def git(*args):
+    subprocess.run(['git', '-C', 'sub', *args], check=True, capture_output=True)
+pathlib.Path('sub').mkdir()
+git('init', '-q')
+pathlib.Path('sub/f.txt').write_text('x\\n')
+git('add', 'f.txt')
+git('-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-qm', 'sub')
+git('config', 'filter.ev.clean', f'touch {marker}; cat')
+pathlib.Path('sub/.git/info').mkdir(exist_ok=True)
+pathlib.Path('sub/.git/info/attributes').write_text('* filter=ev\\n')
+pathlib.Path('sub/f.txt').write_text('y\\n')  # same size: git must hash it
+pathlib.Path('top.txt').write_text('own work\\n')
+"""
+
+
+def test_swarms_git_never_looks_inside_a_repository_an_agent_made(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marker = tmp_path / "nested-filter-ran"
+    run_one(repo, [*write_agent(NESTED), str(marker)], sandbox=False, task="t")
+    assert not marker.exists()
+    for command in (["status"], ["diff"], ["diff", "--stat"], ["clean"], ["doctor"]):
+        swarm(repo, *command)
+        assert not marker.exists(), command
+    # Its own git, asked there, runs it: the test's attack is real.
+    subprocess.run(["git", "status"], cwd=repo.parent / "repo.swarm" / "t" / "sub",
+                   check=True, capture_output=True)  # fmt: skip
+    assert marker.exists()

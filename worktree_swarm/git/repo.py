@@ -510,22 +510,18 @@ def submodule_work(worktree: Path) -> list[str]:
     links = [
         entry.partition("\t")[2] for entry in staged.split("\0") if entry.startswith("160000 ")
     ]
-    found, populated = [], []
+    found: list[str] = []
+    populated: list[str] = []
     for link in links:
         directory = worktree / link
         if (directory / ".git").exists():
             populated.append(link)
         elif directory.is_dir() and _holds_anything(directory):
             found.append(link)
-    if populated:
-        status = _run(worktree, ["status", "--porcelain=v2", "-z", "--ignore-submodules=none",
-                                 "--", *(f":(literal){p}" for p in populated)]).stdout  # fmt: skip
-        for entry in status.split("\0"):
-            fields = entry.split(" ", 8)
-            # "1 XY S<c><m><u> mH mI mW hH hI path": m, u: edits, untracked files inside it.
-            if fields[0] == "1" and len(fields) == 9 and fields[2][2:] != "..":  # noqa: PLR2004
-                found.append(fields[8])
-    return sorted(set(found))
+    # Asked in the submodule itself, hardened against its own config like any checkout (git
+    # recursing into it from here would run it under that config).
+    found += (link for link in populated if _run(worktree / link, _STATUS, check=False).stdout)
+    return sorted(found)
 
 
 def _holds_anything(directory: Path) -> bool:

@@ -36,6 +36,12 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("protocol.ext.allow", "never"),
     ("gc.auto", "0"),  # no automatic gc after swarm's own commits
     ("maintenance.auto", "false"),  # 2.29: `git maintenance run --auto` after commits
+    # Never git in a submodule, under its own config: not by recursion, nor for a summary.
+    ("submodule.recurse", "false"),
+    ("diff.submodule", "short"),
+    ("status.submoduleSummary", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("push.recurseSubmodules", "no"),
 )
 
 # Per-driver keys that run a program; neutralised when repository-level config defines them.
@@ -315,14 +321,36 @@ def _program(path: str | None) -> str:
 
 def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
     """The argv to run, and where the command as asked starts in it (for error messages)."""
-    # An empty diff.external breaks `git diff`, so the external diff is refused per command.
-    if args and args[0] in _PATCH_COMMANDS:
-        args = [args[0], "--no-ext-diff", "--no-textconv", *args[1:]]
+    at = _subcommand(args)
+    if at is not None:
+        added = []
+        # An empty diff.external breaks `git diff`, so the external diff is refused per command.
+        if args[at] in _PATCH_COMMANDS:
+            added += ["--no-ext-diff", "--no-textconv"]
+        # Looking inside a populated submodule (or a repository an agent made and added) starts
+        # git there, under that repository's own config, which these overrides do not cover.
+        if args[at] in _WORKTREE_COMMANDS:
+            added.append("--ignore-submodules=dirty")
+        args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix = overrides(cwd)
     return [*prefix, *args], len(prefix)
 
 
+def _subcommand(args: Sequence[str]) -> int | None:
+    """Where git's command is in *args* (after options such as ``-c KEY=VALUE``)."""
+    i = 0
+    while i < len(args):
+        if args[i] in {"-c", "-C"}:
+            i += 2
+        elif args[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 _PATCH_COMMANDS = frozenset({"diff", "log", "show"})
+_WORKTREE_COMMANDS = frozenset({"status", "diff"})
 
 
 def run(
