@@ -635,3 +635,46 @@ def test_swarms_git_never_looks_inside_a_repository_an_agent_made(
     subprocess.run(["git", "status"], cwd=repo.parent / "repo.swarm" / "t" / "sub",
                    check=True, capture_output=True)  # fmt: skip
     assert marker.exists()
+
+
+# -- an operation in progress planted in the user's checkout -----------------------------------
+
+IN_PROGRESS = (
+    COMMON
+    + """
+what = sys.argv[3]
+def plant():
+    if what == 'rebase-merge':
+        todo = common / 'rebase-merge'
+        todo.mkdir()
+        (todo / 'head-name').write_text('refs/heads/main\\n')
+        (todo / 'onto').write_text(subprocess.run(['git', 'rev-parse', 'HEAD'],
+            capture_output=True, text=True, check=True).stdout)
+        (todo / 'interactive').write_text('')
+        (todo / 'git-rebase-todo').write_text(f'exec touch {marker}\\n')
+    else:  # MERGE_HEAD: the next commit merges it; shallow: history ends there
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              check=True).stdout
+        (common / what).write_text(head)
+attempt(plant)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("what", ["rebase-merge", "MERGE_HEAD", "shallow"])
+def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, what: str, sandbox: bool
+) -> None:
+    marker = tmp_path / "planted-code-ran"
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(IN_PROGRESS), str(repo), str(marker), what], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+    assert not (repo / ".git" / what).exists()
+    assert repo_state(repo) == before
+    # Nothing for the user's next `git rebase --continue` to go on with.
+    again = subprocess.run(
+        ["git", "rebase", "--continue"], cwd=repo, capture_output=True, check=False
+    )
+    assert again.returncode != 0
+    assert not marker.exists()

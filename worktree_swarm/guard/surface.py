@@ -3,8 +3,9 @@
 ``config`` (``core.fsmonitor``, ``core.pager``, ``filter.*``, aliases...), per-worktree
 ``config.worktree`` files, ``hooks/`` (and the directory ``core.hooksPath`` names) and
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
-checkout's scan). Each is kept byte for byte at the baseline, so a change can be shown as a
-patch and undone exactly.
+checkout's scan), and the state of an operation in progress in your checkout (a rebase's todo
+list, ``MERGE_HEAD``...) and ``shallow``. Each is kept byte for byte at the baseline, so a
+change can be shown as a patch and undone exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
 
 _TEXT_LIMIT = 1 << 20  # larger files are named in the patch, not diffed
+
+# Your checkout's operations in progress: your next `git rebase --continue` runs the `exec`
+# lines of a planted to-do list, `--abort` resets your branch to a planted ORIG_HEAD, a planted
+# MERGE_HEAD puts a commit into your next commit's history. `shallow` hides history.
+_IN_PROGRESS_DIRS = ("rebase-merge", "rebase-apply", "sequencer")
+_IN_PROGRESS_FILES = (
+    "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_AUTOSTASH", "AUTO_MERGE", "CHERRY_PICK_HEAD",
+    "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
+    "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD", "shallow",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,7 +63,7 @@ def hooks_path(root: Path) -> Path | None:
 def read(common: Path, extra_hooks: Path | None) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level)."""
     found: Surface = {}
-    for name in ("config", "config.worktree"):
+    for name in ("config", "config.worktree", *_IN_PROGRESS_FILES):
         _add(found, common, common / name)
     worktrees = common / "worktrees"
     try:
@@ -66,7 +77,7 @@ def read(common: Path, extra_hooks: Path | None) -> Surface:
         except (FileNotFoundError, NotADirectoryError):
             continue
         _add(found, common, Path(config))
-    for name in ("hooks", "info"):
+    for name in ("hooks", "info", *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
     if extra_hooks is not None and extra_hooks.is_dir():
         real = Path(os.path.realpath(extra_hooks))
