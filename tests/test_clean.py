@@ -949,7 +949,7 @@ def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
 # started too, and fails when none did.
 _MEETING_GIT = """#!/bin/sh
 case " $* " in
-*" status --porcelain=v1 "*)
+*" status "*" --porcelain=v1 "*)
   mkdir {d}/$$
   i=0
   while [ "$(ls {d} | wc -l)" -lt 2 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done

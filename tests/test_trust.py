@@ -678,3 +678,40 @@ def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
     )
     assert again.returncode != 0
     assert not marker.exists()
+
+
+# -- a worktree pointed elsewhere --------------------------------------------------------------
+
+REDIRECT = """
+import os, pathlib, subprocess, sys
+how = sys.argv[1]
+here = pathlib.Path.cwd()
+main = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+    '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip())
+pathlib.Path('work.txt').write_text('own work\\n')
+if how == 'dotgit':  # git in the worktree now works on the user's checkout's git dir
+    (here / '.git').write_text(f'gitdir: {main}\\n')
+else:  # the worktree is now the user's checkout
+    os.chdir('/')
+    here.rename(here.with_name(here.name + '.moved'))
+    here.symlink_to(main.parent)
+"""
+
+
+@pytest.mark.parametrize("how", ["dotgit", "symlink"])
+def test_a_worktree_an_agent_points_elsewhere_gets_no_git_from_swarm(
+    repo: Path, write_agent: AgentFactory, how: str
+) -> None:
+    (repo / "wip.txt").write_text("the user's own notes\n")  # untracked, the user's
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(REDIRECT), how], sandbox=False, task="t")
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert "no longer names its registration" in str(row["reason"]) or "symlink" in str(
+        row["reason"]
+    )
+    assert "wip.txt" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/t")
+    for flags in (["--yes"], ["--yes", "--force"]):
+        out = swarm(repo, "clean", *flags)
+        assert "swarm runs no git there" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert repo_state(repo) == before

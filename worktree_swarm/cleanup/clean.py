@@ -453,6 +453,18 @@ def _plan_task_worktree(
             task_id=task.task_id,
         )
         return [prune], False, False
+    changed = worktrees.tampered(repo, path)
+    if changed is not None:  # git there would work on another checkout or branch: hands off
+        kept = Finding(
+            kind=Kind.WORKTREE,
+            target=str(path),
+            reason=f"{why}; {changed}",
+            action=Action.KEEP,
+            fix="kept: look at it and remove it by hand (swarm runs no git there)",
+            run_id=task.run_id,
+            task_id=task.task_id,
+        )
+        return [kept], None, True
     found: list[Finding] = []
     if force:
         for user in processes_using(path, seen.cwds):

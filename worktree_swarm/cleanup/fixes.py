@@ -450,7 +450,7 @@ def _remove_worktree(
     repaired = False
     clean = True
     if path.is_dir():
-        _refuse_when_not_ours_to_remove(path, force=force)
+        _refuse_when_not_ours_to_remove(repo, path, force=force)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
@@ -479,11 +479,14 @@ def _remove_worktree(
     return f"{note}removed", None
 
 
-def _refuse_when_not_ours_to_remove(path: Path, *, force: bool) -> None:
+def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:
     """Raise when a process uses *path*, or (without *force*) a submodule there holds work.
 
     No checkpoint can commit work inside a submodule: removing the worktree would lose it.
     """
+    changed = worktrees.tampered(repo, path)
+    if changed is not None:
+        raise SwarmError(f"{changed}; kept (swarm runs no git there)")
     users = processes_using(path)
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")

@@ -143,6 +143,20 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     return found or next((w for w in infos if real_path(w.path) == real), None)
 
 
+def tampered(repo: Repo, path: Path) -> str | None:
+    """Why the task worktree *path* is no longer the one swarm made, or None when it is.
+
+    An agent can replace its worktree with a symlink (to your checkout) or point its ``.git``
+    file elsewhere (your git dir, another task's admin dir): git run there would then commit
+    onto another branch, so swarm runs none there.
+    """
+    if path.is_symlink():
+        return f"{path} was replaced by a symlink"
+    if not os.path.lexists(path / ".git") or _linked_admin(repo, path) is not None:
+        return None  # gone (a removal cut short, pruned as such) or as swarm made it
+    return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
+
+
 def _linked_admin(repo: Repo, path: Path) -> Path | None:
     """*path*'s admin dir when it is a linked worktree of *repo* laid out as git writes it.
 

@@ -540,7 +540,8 @@ class Guard:
                 return
         branch = f"refs/heads/swarm/{task_id}"
         place = tip = None
-        if path.is_dir():
+        # A worktree an agent replaced (a symlink, a `.git` naming another) is no baseline.
+        if path.is_dir() and worktrees.tampered(self.repo, path) is None:
             with self._job(task_id):  # failing, it is unwatched (and told), the branch is not
                 place = self._baseline(task_id, path)
                 if status_field(place.status, "head") == branch.removeprefix("refs/heads/"):

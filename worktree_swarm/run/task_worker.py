@@ -470,6 +470,12 @@ class TaskWorker(RunWorker):
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
     ) -> tuple[git.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
+        changed = worktrees.tampered(self.repo, path)
+        if changed is not None:  # git there would commit onto another checkout or branch
+            reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=reason
+            )
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat = self._checkpoint(task, path, base, number, ended)
