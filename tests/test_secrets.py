@@ -20,7 +20,7 @@ from rich.console import Console
 
 from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
-from tests.test_run import _no_trace, argv_toml, manifest, swarm, wait_for
+from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.infra.redact import REDACTED, Redactor, is_secret_name
 from worktree_swarm.infra.store import Store
@@ -107,6 +107,30 @@ def _outputs(repo: Path, task: str) -> list[str]:
 
 
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
+def test_a_failure_reason_cut_short_keeps_no_part_of_a_secret_and_no_escape(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # The agent's last line becomes the reason, cut to 240 characters: the secret starts
+    # before the cut and ends after it. An OSC 52 escape would write the user's clipboard.
+    agent = write_agent(
+        "import os, sys\n"
+        "print('\\x1b]52;c;ZXZpbA==\\x07' + 'x' * 210 + ' ' + os.environ['DEPLOY_TOKEN'])\n"
+        "sys.exit(3)\n"
+    )
+    value = "deploy-token-from-manifest-91ac-5be0-77d2"
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\n',
+    )
+    out = swarm(repo, "run", path)
+    reason = str(status_json(repo)["t"]["reason"])
+    assert reason.startswith("agent exited 3: ")
+    for text in (out.stdout, swarm(repo, "status").stdout, reason):
+        assert value[:12] not in text
+        assert "\x1b" not in text
+
+
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 @pytest.mark.usefixtures("secret_env")
 def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(

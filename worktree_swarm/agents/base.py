@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worktree_swarm.core.text import one_line
 from worktree_swarm.infra.logtail import last_lines
+from worktree_swarm.infra.redact import redact
 
 PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "worktree", "branch")
 DEFAULT_RESUME_PROMPT = "Continue the task where you left off, then finish it."
@@ -27,6 +28,16 @@ DEFAULT_RESUME_PROMPT = "Continue the task where you left off, then finish it."
 # log must not make a failure look like a rate limit.
 TAIL_LINES = 40
 REASON_MAX = 240
+
+
+def quote(text: str, *, limit: int = REASON_MAX) -> str:
+    """An agent's own words, fit for a reason: redacted, one line, no control characters.
+
+    Redacted before it is cut, so that a cut cannot leave part of a secret; escapes and other
+    control characters become spaces, so none reaches a terminal.
+    """
+    return one_line(redact(text), limit=limit, controls=True)
+
 
 _PLACEHOLDER_RE = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
@@ -191,7 +202,7 @@ def interpret_by_exit(
     if limited is not None:
         return limited
     quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
-    last = one_line(quotable[-1], limit=REASON_MAX) if quotable else ""
+    last = quote(quotable[-1]) if quotable else ""
     return AgentResult(
         outcome=AgentOutcome.FAILED,
         reason=exit_phrase(exit_code, label) + (f": {last}" if last else ""),
@@ -205,7 +216,7 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
         if limited:
             return AgentResult(
                 outcome=AgentOutcome.RATE_LIMITED,
-                reason=f"{label} rate limited: {one_line(line, limit=160)}",
+                reason=f"{label} rate limited: {quote(line, limit=160)}",
                 retry_at=retry_at,
             )
     return None

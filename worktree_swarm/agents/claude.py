@@ -16,7 +16,6 @@ from typing import Any
 
 from worktree_swarm.agents import claude_auth
 from worktree_swarm.agents.base import (
-    REASON_MAX,
     AgentOutcome,
     AgentResult,
     as_float,
@@ -26,11 +25,11 @@ from worktree_swarm.agents.base import (
     interpret_by_exit,
     is_session_id,
     json_objects,
+    quote,
     render_argv,
     require_session_id,
     resume_text,
 )
-from worktree_swarm.core.text import one_line
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})  # 529: Anthropic "overloaded_error"
 
@@ -144,13 +143,13 @@ def _from_result(
         what = f"HTTP {status}" if status in RATE_LIMIT_STATUSES else "usage limit"
         return AgentResult(
             outcome=AgentOutcome.RATE_LIMITED,
-            reason=one_line(f"claude rate limited ({what}): {detail}", limit=REASON_MAX),
+            reason=quote(f"claude rate limited ({what}): {detail}"),
             retry_at=reset or retry_at,
             **accounting,
         )
     return AgentResult(
         outcome=AgentOutcome.FAILED,
-        reason=one_line(f"claude {subtype or 'error'}: {detail}", limit=REASON_MAX),
+        reason=quote(f"claude {subtype or 'error'}: {detail}"),
         **accounting,
     )
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
-    REASON_MAX,
     AgentOutcome,
     AgentResult,
     as_int,
@@ -22,11 +21,11 @@ from worktree_swarm.agents.base import (
     interpret_by_exit,
     is_session_id,
     json_objects,
+    quote,
     render_argv,
     require_session_id,
     resume_text,
 )
-from worktree_swarm.core.text import one_line
 
 _TERMINAL = frozenset({"turn.completed", "turn.failed", "error"})
 
@@ -84,14 +83,14 @@ class CodexAdapter:
             if limited:
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
-                    reason=one_line(f"codex rate limited: {message}", limit=REASON_MAX),
+                    reason=quote(f"codex rate limited: {message}"),
                     retry_at=retry_at,
                     **accounting,
                 )
         if messages:
             return AgentResult(
                 outcome=AgentOutcome.FAILED,
-                reason=one_line(f"codex: {messages[-1]}", limit=REASON_MAX),
+                reason=quote(f"codex: {messages[-1]}"),
                 **accounting,
             )
         fallback = interpret_by_exit(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
-    REASON_MAX,
     AgentOutcome,
     AgentResult,
     as_int,
@@ -25,11 +24,11 @@ from worktree_swarm.agents.base import (
     is_session_id,
     iter_dicts,
     json_objects,
+    quote,
     render_argv,
     require_session_id,
     resume_text,
 )
-from worktree_swarm.core.text import one_line
 
 HTTP_TOO_MANY_REQUESTS = 429
 HTTP_UNAVAILABLE = 503  # "The model is overloaded"
@@ -122,13 +121,13 @@ class GeminiAdapter:
             if limited or code in (HTTP_TOO_MANY_REQUESTS, HTTP_UNAVAILABLE):
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
-                    reason=one_line(f"gemini rate limited: {label}", limit=REASON_MAX),
+                    reason=quote(f"gemini rate limited: {label}"),
                     retry_at=retry_at,
                     **accounting,
                 )
             return AgentResult(
                 outcome=AgentOutcome.FAILED,
-                reason=one_line(f"gemini {label}", limit=REASON_MAX),
+                reason=quote(f"gemini {label}"),
                 **accounting,
             )
         if exit_code in (0, None):
