@@ -291,6 +291,34 @@ agent = {argv_toml(bad)}
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
 
 
+@pytest.mark.parametrize("sandbox", MODES)
+def test_a_branch_deleted_with_its_tip_object_is_put_back(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    bad = write_agent(
+        DELETE_VICTIM_OBJECT + "git('update-ref', '-d', 'refs/heads/swarm/victim', tip)\n"
+    )
+    path = manifest(
+        repo,
+        f"""[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(victim)}\n
+[[task]]\nid = "wrecker"\nprompt = "p"\nagent = {argv_toml([*bad, "swarm/victim"])}\n""",
+    )
+    # One at a time, the victim first: it is done, and the wrecker does not start from its
+    # tip (whose objects the checks after the bad attempt would then put back anyway).
+    swarm(repo, "run", path, "--jobs", "1", *(["--sandbox"] if sandbox else []))
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    writes = outside_writes(repo)
+    assert any("refs/heads/swarm/victim" in str(w["refs"]) for w in writes), writes
+    assert all((w["suspects"], w["restored"]) == (["wrecker"], True) for w in writes), writes
+    # The branch points at its old tip again, and that commit is back in the object store.
+    assert git(repo, "rev-parse", "swarm/victim") == git(repo, "show", "swarm/wrecker:deleted.txt")
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
 # -- places that were not watched --------------------------------------------------------------
 
 LINKED_WORKTREE = """

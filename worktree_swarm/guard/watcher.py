@@ -731,7 +731,7 @@ class Guard:
         suspects = tuple(sorted(evidence)) or self._agents.suspects(window, exclude=exclude)
         patch = "".join(ref_patch(self.repo.root, r, b, a) for r, b, a in refs)
         restored = bool(suspects) and self.restore
-        restored = restored and all(restore_ref(self.repo.root, r, b, a) for r, b, a in refs)
+        restored = restored and self._put_back_refs(refs)
         if not restored:
             for r, _, a in refs:
                 self._set_ref(r, a)
@@ -747,6 +747,19 @@ class Guard:
             ),
             patch_text=patch,
         )
+
+    def _put_back_refs(self, refs: list[RefMove]) -> bool:
+        """Move each of *refs* back; whether all are back.
+
+        A ref deleted together with its tip object cannot point at it again until the kept
+        pack is back in the object store: that is put back first, and those refs tried again.
+        """
+        left = [m for m in refs if not restore_ref(self.repo.root, *m)]
+        if not left:
+            return True
+        with contextlib.suppress(OSError):
+            integrity.recover(self.repo.common_dir, self._dir / "keep")
+        return all(restore_ref(self.repo.root, *m) for m in left)
 
     def _scan_objects(
         self, began: float, *, deep: bool, refs: dict[str, str] | None = None, pack: bool = True
