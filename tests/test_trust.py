@@ -743,3 +743,38 @@ def test_a_worktree_an_agent_points_elsewhere_gets_no_git_from_swarm(
         out = swarm(repo, "clean", *flags)
         assert "swarm runs no git there" in out.stdout + out.stderr, out.stdout + out.stderr
         assert repo_state(repo) == before
+
+
+# -- symlinks where git writes -----------------------------------------------------------------
+
+PLANT_LINKS = """
+import os, pathlib, subprocess, sys
+def git_path(flag):
+    return pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute', flag],
+                        capture_output=True, text=True, check=True).stdout.strip())
+overwrite, append = sys.argv[1], sys.argv[2]
+pathlib.Path('work.txt').write_text('own work\\n')
+(git_path('--git-dir') / 'COMMIT_EDITMSG').symlink_to(overwrite)
+log = git_path('--git-common-dir') / 'logs/refs/heads/swarm' / os.environ['SWARM_TASK_ID']
+log.parent.mkdir(parents=True, exist_ok=True)
+log.unlink(missing_ok=True)
+log.symlink_to(append)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_symlinks_an_agent_plants_where_git_writes_are_removed_before_swarms_commit(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    victims = [tmp_path / "overwritten.txt", tmp_path / "appended.txt"]
+    for victim in victims:
+        victim.write_text("the user's data\n")
+    run_one(repo, [*write_agent(PLANT_LINKS), *map(str, victims)], sandbox=sandbox, task="t")
+    assert [v.read_text() for v in victims] == ["the user's data\n"] * 2
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert (
+        "planted symlinks where git writes (logs/refs/heads/swarm/t, worktrees/t/COMMIT_EDITMSG)"
+        in str(row["reason"])
+    )
+    assert git(repo, "show", "swarm/t:work.txt") == "own work"  # committed, not through a link

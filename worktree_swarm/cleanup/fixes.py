@@ -451,6 +451,7 @@ def _remove_worktree(
     clean = True
     if path.is_dir():
         _refuse_when_not_ours_to_remove(repo, path, force=force)
+        worktrees.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):

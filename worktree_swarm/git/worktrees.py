@@ -157,6 +157,34 @@ def tampered(repo: Repo, path: Path) -> str | None:
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
 
+def unplant(repo: Repo, path: Path, branch: str | None) -> list[str]:
+    """Remove symlinks an agent planted where swarm's own git in *path* writes; their names.
+
+    git follows a symlink it finds in place of ``COMMIT_EDITMSG`` or a reflog and writes
+    through it, as swarm (outside any sandbox): a sandboxed agent could have any file of yours
+    overwritten or appended to. The worktree's admin dir holds no symlink of git's own; nor do
+    the paths of its branch's ref and reflog.
+    """
+    admin = _linked_admin(repo, path)
+    if admin is None:
+        return []
+    found = []
+    for top, dirs, files in os.walk(admin):
+        found += [Path(top, name) for name in [*dirs, *files] if Path(top, name).is_symlink()]
+    if branch:
+        common = repo.common_dir
+        for tail in (f"logs/refs/heads/{branch}", f"refs/heads/{branch}"):
+            parts = tail.split("/")
+            found += [
+                common.joinpath(*parts[:i])
+                for i in range(1, len(parts) + 1)
+                if common.joinpath(*parts[:i]).is_symlink()
+            ]
+    for link in found:
+        link.unlink(missing_ok=True)
+    return sorted(str(link.relative_to(repo.common_dir)) for link in found)
+
+
 def _linked_admin(repo: Repo, path: Path) -> Path | None:
     """*path*'s admin dir when it is a linked worktree of *repo* laid out as git writes it.
 

@@ -476,11 +476,15 @@ class TaskWorker(RunWorker):
             return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=reason
             )
+        planted = worktrees.unplant(self.repo, path, task.branch)  # before swarm's git there
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat = self._checkpoint(task, path, base, number, ended)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
+        if planted:
+            reason = f"planted symlinks where git writes ({', '.join(planted)}); removed first"
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
         left = git.submodule_work(path)
