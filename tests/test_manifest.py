@@ -597,6 +597,9 @@ def test_rate_limit_defaults_retries_flag_and_fallback_keys(
             "[defaults]: budget_share: must be a share between 0 and 1, got 1.5",
         ),
         ("budget_share = 0", "[defaults]: budget_share: expected a positive number, got 0"),
+        ("budget_share = nan", "[defaults]: budget_share: expected a positive number, got nan"),
+        ("max_cost_usd = nan", "[defaults]: max_cost_usd: expected a positive number, got nan"),
+        ("max_cost_usd = inf", "[defaults]: max_cost_usd: expected a positive number, got inf"),
         ('max_wait = "soon"', "[defaults]: max_wait:"),
     ],
 )
@@ -606,6 +609,20 @@ def test_bad_fallback_settings(
     monkeypatch.setenv("PATH", str(cwd / "empty"))
     message = error(repo, manifest(cwd, f'{snippet}\n[[task]]\nid = "a"\nprompt = "p"\n'))
     assert expected in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_cost_cap_that_caps_nothing_exits_2_before_anything(repo: Path, value: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--max-cost-usd", value, "-t", "a=p"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert "max_cost_usd" in out.stderr or "--max-cost-usd" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
 
 
 def test_bad_retries_flag_exits_2_before_anything(repo: Path) -> None:

@@ -6,6 +6,7 @@ the typed value or raises BadInputError with one line that starts with *where*.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import shutil
@@ -144,7 +145,13 @@ def _boolean(value: object, where: str) -> bool:
 
 
 def _positive_number(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # Not nan (no comparison holds: a cap of nan caps nothing), not inf.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise BadInputError(f"{where}: expected a positive number, got {value!r}")
     return float(value)
 
