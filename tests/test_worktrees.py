@@ -291,6 +291,24 @@ def test_preflight(repo: Path, tmp_path: Path) -> None:
         wt.preflight(r, [("swarm/c", tmp_path / "c"), ("swarm/d", tmp_path / "c")])
 
 
+@pytest.mark.parametrize(("existing", "blocked"), [("swarm", "swarm/a"), ("swarm/a/x", "swarm/a")])
+def test_a_branch_whose_name_has_no_room_is_bad_input_before_the_run(
+    repo: Path, existing: str, blocked: str
+) -> None:
+    # git keeps `swarm` as a file: `swarm/a` would need it to be a folder, and the other way.
+    git(repo, "branch", existing)
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", "true", "-t", "a=p"],
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"swarm: branch {blocked} cannot be made while branch {existing} exists (git keeps a "
+        f"branch name as a file path); rename it with `git branch -m {existing} NEW-NAME`\n"
+    )
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_preflight_registered_but_missing(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(repo)
     wt.create_worktree(r, path=tmp_path / "gone", branch="swarm/gone", start="HEAD")

@@ -233,11 +233,20 @@ def preflight(
     infos = list_worktrees(repo) if repo.state_dir.exists() else list_worktrees_locked(repo)
     registered = {real_path(info.path) for info in infos}
     existing = branches(repo)  # one listing, not a git process per task
+    # git keeps a branch as a file: `swarm/a` cannot be made beside a branch `swarm` (or
+    # `swarm/a/b`), whose name would need a folder (a file) of the same name.
+    folders = {name.rsplit("/", i)[0] for name in existing for i in range(1, name.count("/") + 1)}
     seen_branches: set[str] = set()
     seen_paths: set[Path] = set()
     for branch, path in items:
         if branch in seen_branches:
             raise BadInputError(f"branch {branch} is requested twice")
+        other = _clashing(branch, existing, folders)
+        if other is not None:
+            raise BadInputError(
+                f"branch {branch} cannot be made while branch {other} exists (git keeps a "
+                f"branch name as a file path); rename it with `git branch -m {other} NEW-NAME`"
+            )
         if real_path(path) in seen_paths:
             raise BadInputError(f"worktree {path} is requested twice")
         seen_branches.add(branch)
@@ -252,6 +261,16 @@ def preflight(
             step = step or "no swarm run records it; move it aside"
             step += " (or give the task another id)"
             raise BadInputError(f"{what}: {step}") from None
+
+
+def _clashing(branch: str, existing: set[str], folders: set[str]) -> str | None:
+    """The existing branch whose name leaves no room for *branch* (a folder of it, or in it)."""
+    parts = branch.split("/")
+    above = ("/".join(parts[:i]) for i in range(1, len(parts)))
+    found = next((name for name in above if name in existing), None)
+    if found is None and branch in folders:
+        found = min(name for name in existing if name.startswith(branch + "/"))
+    return found
 
 
 def _check_free(
