@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -403,6 +404,24 @@ def test_report_html_into_a_missing_directory_is_one_line(repo: Path) -> None:
         assert out.stderr.strip().endswith("is not writable")
     finally:
         (repo / "ro").chmod(0o755)
+
+
+def test_report_html_writes_through_a_symlink_and_refuses_a_fifo(
+    repo: Path, tmp_path: Path
+) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=hello").returncode == 0
+    real, link, fifo = tmp_path / "real.html", tmp_path / "link.html", tmp_path / "pipe.html"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    os.mkfifo(fifo)
+    assert swarm(repo, "report", "--html", str(link)).returncode == 0
+    assert link.is_symlink()
+    assert "<html" in real.read_text()
+    out = swarm(repo, "report", "--html", str(fifo))
+    assert (out.returncode, out.stderr) == (
+        2, f"swarm: --html {fifo}: is not a regular file; name a file\n"
+    )  # fmt: skip
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def test_run_from_a_linked_worktree_starts_from_its_head(repo: Path, tmp_path: Path) -> None:

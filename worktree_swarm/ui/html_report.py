@@ -76,9 +76,11 @@ def _outside_html(report: RunReport) -> str:
 def check_output(path: Path) -> None:
     """Raise BadInputError unless the report can be written to *path* (before any work)."""
     path = path.expanduser()
-    folder = path.absolute().parent
     if path.is_dir():
         raise BadInputError(f"--html {path}: is a directory; name a file")
+    if path.exists() and not path.is_file():  # a FIFO or a device: renaming over it replaces it
+        raise BadInputError(f"--html {path}: is not a regular file; name a file")
+    folder = _target(path).parent
     if not folder.is_dir():
         raise BadInputError(f"--html {path}: directory {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -90,8 +92,8 @@ def write_html(report: RunReport, path: Path) -> None:
 
     Raises BadInputError when *path* cannot be written.
     """
-    path = path.expanduser()
-    target_dir = path.parent if str(path.parent) else Path()
+    path = _target(path.expanduser())
+    target_dir = path.parent
     try:
         with tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", dir=target_dir, prefix=f".{path.name}.", delete=False
@@ -101,6 +103,11 @@ def write_html(report: RunReport, path: Path) -> None:
         Path(fh.name).replace(path)
     except OSError as exc:
         raise BadInputError(f"--html {path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def _target(path: Path) -> Path:
+    """Where the report goes: through symlinks (a link to your report stays a link)."""
+    return Path(os.path.realpath(path))
 
 
 def _escape(text: str) -> str:
