@@ -301,6 +301,8 @@ def _big(tmp_path: Path) -> str:
         ('worktree_root = "src"', "is inside"),
         ('worktree_root = ".git"', "is inside"),
         ('worktree_root = ".git/wt"', "is inside"),
+        ('worktree_root = "../tasks.toml"', "tasks.toml is not a directory; name a directory"),
+        ('worktree_root = "../tasks.toml/wt"', "tasks.toml, which is not a directory"),
         ('link = ["."]', "names the checkout itself"),
         ('link = [".git"]', "reaches into .git"),
         ('link = ["sub/.git"]', "reaches into .git"),

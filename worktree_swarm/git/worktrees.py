@@ -81,6 +81,11 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
             f"{where} is a system or home directory; name a directory of its own "
             f"(default: {paths.default_worktree_root(repo.root)})"
         )
+    # The nearest existing part of the path must be a directory to make it in.
+    existing = next((p for p in (real, *real.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        what = "is" if existing == real else f"is inside {existing}, which is"
+        raise BadInputError(f"{where} {what} not a directory; name a directory")
 
 
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
