@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git
+from tests.conftest import as_owner_only, git
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -561,6 +561,25 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "greeting-tests" in out.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["run", "--agent", "true", "-t", "a=p"], ["doctor"]])
+def test_a_repository_swarm_cannot_write_is_one_clear_line(repo: Path, command: list[str]) -> None:
+    git_dir = repo / ".git"
+    git_dir.chmod(0o555)
+    try:
+        out = subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", *command],
+            cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        git_dir.chmod(0o755)
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"swarm: cannot write {git_dir}/swarm: Permission denied; "
+        "swarm keeps its state in .git/swarm\n"
+    )
+    assert not (git_dir / "swarm").exists()
 
 
 def test_status_before_any_run_is_a_clear_error(repo: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -813,6 +814,9 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     return ExitCode.OK
 
 
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -837,17 +841,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
-            where = getattr(exc, "filename", None) or "swarm's state"
-            click.echo(f"swarm: {faults.full_message(where, exc)}", err=True)
-            return ExitCode.TASK_FAILED
-        with tempfile.NamedTemporaryFile(
-            "w", prefix="swarm-crash-", suffix=".log", delete=False
-        ) as fh:
-            traceback.print_exc(file=fh)
-        click.echo(f"swarm: internal error; traceback written to {fh.name}", err=True)
-        return ExitCode.TASK_FAILED
+        return _unexpected(exc)
     return int(code or 0)
+
+
+def _unexpected(exc: Exception) -> int:
+    """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
+    if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
+        where = getattr(exc, "filename", None) or "swarm's state"
+        click.echo(f"swarm: {faults.full_message(where, exc)}", err=True)
+        return ExitCode.TASK_FAILED
+    if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository
+        where = exc.filename or "swarm's state"
+        hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
+        click.echo(f"swarm: cannot write {where}: {exc.strerror}{hint}", err=True)
+        return ExitCode.BAD_INPUT
+    with tempfile.NamedTemporaryFile("w", prefix="swarm-crash-", suffix=".log", delete=False) as fh:
+        traceback.print_exc(file=fh)
+    click.echo(f"swarm: internal error; traceback written to {fh.name}", err=True)
+    return ExitCode.TASK_FAILED
 
 
 if __name__ == "__main__":
