@@ -69,6 +69,25 @@ def test_open_repo_separate_git_dir(tmp_path: Path) -> None:
     assert r.common_dir == (tmp_path / "meta.git").resolve()
 
 
+@pytest.mark.parametrize("name", ["meta.git", "elsewhere/.git"])
+def test_open_repo_separate_git_dir_named_anything(tmp_path: Path, name: str) -> None:
+    # A git dir named `.git` beside no checkout of its own: the checkout is where it is used.
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    git(tmp_path, "init", "-q", "-b", "main", "--separate-git-dir", name, "checkout")
+    git(tmp_path / "checkout", "commit", "-q", "--allow-empty", "-m", "x")
+    r = g.open_repo(tmp_path / "checkout")
+    assert r.root == (tmp_path / "checkout").resolve()
+    assert r.common_dir == (tmp_path / name).resolve()
+
+
+def test_open_repo_whose_path_holds_a_newline(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "two\nlines")
+    (repo / "sub").mkdir()
+    r = g.open_repo(repo / "sub")
+    assert r.root == repo.resolve()
+    assert r.common_dir == (repo / ".git").resolve()
+
+
 def test_open_repo_not_a_repo(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(BadInputError, match="is not inside a git repository"):

@@ -80,12 +80,7 @@ def open_repo(path: Path) -> Repo:
     path = path.absolute()
     if not path.is_dir():
         raise BadInputError(f"{path} is not a directory; run swarm inside a git repository")
-    probe = _run(
-        path, ["rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir"], check=False
-    )
-    if probe.returncode != 0:
-        raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
-    common_dir, git_dir = (Path(line) for line in probe.stdout.splitlines())
+    common_dir, git_dir, top = _locate(path)
     # Asked from a linked worktree, --is-bare-repository describes that worktree; asked from
     # the common dir it describes the repository.
     if git(common_dir, "rev-parse", "--is-bare-repository").strip() == "true":
@@ -94,10 +89,10 @@ def open_repo(path: Path) -> Repo:
         )
     # Not `git worktree list`: it races with a concurrent `worktree add` (it may see an admin
     # dir before its commondir file is written), and it misnames --separate-git-dir checkouts.
-    if common_dir.name == ".git":
+    if git_dir == common_dir and top is not None:  # in the main checkout (wherever its git dir)
+        root = top
+    elif common_dir.name == ".git":
         root = common_dir.parent
-    elif git_dir == common_dir:
-        root = Path(git(path, "rev-parse", "--show-toplevel").strip())
     else:
         raise BadInputError(
             f"cannot locate the main checkout of {common_dir} from {path}; run swarm there"
@@ -105,6 +100,25 @@ def open_repo(path: Path) -> Repo:
     if rev_parse_in(root, "HEAD^{commit}") is None:
         raise BadInputError(f"repository {root} has no commits yet; make a first commit")
     return Repo(root=root, common_dir=common_dir)
+
+
+def _locate(path: Path) -> tuple[Path, Path, Path | None]:
+    """The common dir, git dir and checkout top of *path* (no top inside a git dir)."""
+    asked = ["--git-common-dir", "--git-dir", "--show-toplevel"]
+    probe = _run(path, ["rev-parse", "--path-format=absolute", *asked], check=False)
+    if probe.returncode != 0:  # no working tree here (inside a git dir)
+        asked = asked[:2]
+        probe = _run(path, ["rev-parse", "--path-format=absolute", *asked], check=False)
+    if probe.returncode != 0:
+        raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
+    lines = probe.stdout.removesuffix("\n").split("\n")
+    if len(lines) != len(asked):  # a path with a newline in it: one question at a time
+        lines = [
+            _run(path, ["rev-parse", "--path-format=absolute", a]).stdout.removesuffix("\n")
+            for a in asked
+        ]
+    found = [Path(line) for line in lines]
+    return found[0], found[1], found[2] if len(found) > 2 else None  # noqa: PLR2004
 
 
 _thread_locks: dict[Path, threading.RLock] = {}
