@@ -23,7 +23,7 @@ from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
-from worktree_swarm.infra.redact import REDACTED, Redactor, is_secret_name
+from worktree_swarm.infra.redact import REDACTED, RedactingWriter, Redactor, is_secret_name
 from worktree_swarm.infra.store import Store
 from worktree_swarm.ui.live import LiveTable
 
@@ -471,6 +471,19 @@ def test_swarm_logs_follow_redacts_while_the_agent_runs(
     assert f"key {REDACTED}" in out
     assert SECRETS["ANTHROPIC_API_KEY"] not in out
     assert SECRETS["ANTHROPIC_API_KEY"] not in log.read_text()  # scrubbed once it ended
+
+
+def test_a_secret_streamed_in_pieces_reaches_a_follower_redacted() -> None:
+    key = SECRETS["ANTHROPIC_API_KEY"]  # redacted by its shape (sk-ant-...)
+    shown = io.BytesIO()
+    out = RedactingWriter(shown)
+    out.write(b"working 10%\rworking 50%\rkey " + key[:9].encode())
+    out.flush_quiet()  # the agent went quiet half-way through the key: its progress shows
+    assert shown.getvalue() == b"working 10%\rworking 50%\r"
+    out.write(key[9:].encode() + b" done\n")
+    out.flush_quiet()
+    assert shown.getvalue().decode().endswith(f"key {REDACTED} done\n")
+    assert key[:9] not in shown.getvalue().decode()
 
 
 @pytest.mark.parametrize(

@@ -436,7 +436,7 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
                     if follow:  # the writer may have flushed after our last read
                         out.write(fh.read())
                     break
-                out.flush_partial()
+                out.flush_quiet()
                 time.sleep(0.2)
         out.close()
     return ExitCode.OK

@@ -230,6 +230,9 @@ def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
                 scrub_file(path)
 
 
+_PARTIAL_LIMIT = 1 << 16
+
+
 class RedactingWriter:
     """Bytes to *out* a line at a time through :func:`redact` (a secret is never split)."""
 
@@ -249,6 +252,19 @@ class RedactingWriter:
         pending, self._pending = self._pending, b""
         if pending:
             self._emit(pending)
+
+    def flush_quiet(self) -> None:
+        """While the writer is quiet but not done: its partial line up to its last carriage return.
+
+        A progress bar shows; the rest waits for its line to end, as a secret streamed in
+        pieces must reach the redactor whole. A partial line past 64 KiB goes out anyway.
+        """
+        head, cr, rest = self._pending.rpartition(b"\r")
+        if len(rest) > _PARTIAL_LIMIT:
+            self.flush_partial()
+        elif cr:
+            self._pending = rest
+            self._emit(head + cr)
 
     def close(self) -> None:
         """Write whatever is left."""
