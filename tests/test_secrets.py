@@ -262,6 +262,35 @@ def test_pr_refuses_a_branch_holding_a_credential(
     assert fake_github.pulls == {}
 
 
+@pytest.mark.parametrize("where", ["message", "file name"])
+def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch, where: str,
+) -> None:  # fmt: skip
+    key = "sk-ant-api03-" + "m" * 30
+    commit = "import subprocess\n" + (
+        "open('notes.txt', 'w').write('n')\n"
+        "subprocess.run(['git', 'add', 'notes.txt'], check=True)\n"
+        f"subprocess.run(['git', 'commit', '-qm', 'use {key}'], check=True)\n"
+        if where == "message"
+        else f"open({key!r}, 'w').write('n')\n"
+    )
+    agent = write_agent(commit)
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1
+    line = pr.stdout.strip()
+    named = "its message" if where == "message" else "[REDACTED]"
+    assert line.startswith(f"t  failed  not pushing swarm/t: {named} (commit "), line
+    assert "an Anthropic API key" in line
+    assert key not in pr.stdout + pr.stderr
+    assert git(bare, "for-each-ref") == ""
+
+
 def test_copy_never_follows_a_symlink_out_of_the_repository(repo: Path, tmp_path: Path) -> None:
     ssh = tmp_path / "dot-ssh"
     ssh.mkdir()

@@ -35,7 +35,7 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Leak:
-    """A file in a commit that must not leave the machine, and why."""
+    """A file (or the message) of a commit that must not leave the machine, and why."""
 
     path: str
     commit: str
@@ -51,6 +51,8 @@ def find_leak(
 ) -> Leak | None:
     """The first ``copy`` file or credential in the commits ``base..tip``, or None.
 
+    Credentials are looked for in file contents, file names and commit messages.
+
     Without *base*, every commit reachable from *tip* is looked at.
     """
     out = git.git(
@@ -64,9 +66,20 @@ def find_leak(
             return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
     secrets = redact.current().values
     for commit, path, blob in changed:
+        why = _credential(path, secrets)  # a file named after a key is pushed with its name
+        if why is not None:
+            return Leak(path=path, commit=commit, why=f"is named after {why}")
         why = _credential(_blob_head(repo, blob), secrets)
         if why is not None:
             return Leak(path=path, commit=commit, why=f"holds {why}")
+    messages = git.git(
+        repo.root, "log", "-z", "--format=%H%x00%B", "--end-of-options",
+        f"{base}..{tip}" if base else tip, "--",
+    ).split("\0")  # fmt: skip
+    for commit, message in zip(messages[0::2], messages[1::2], strict=False):
+        why = _credential(message, secrets)
+        if why is not None:
+            return Leak(path="its message", commit=commit.strip(), why=f"holds {why}")
     return None
 
 
