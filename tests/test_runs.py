@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +64,24 @@ def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     )
     # Refused before anything was made: still one run, and the branches as they were.
     assert len(json.loads(swarm(repo, "runs", "--json").stdout)["runs"]) == 1
+
+
+def test_a_run_whose_manager_died_after_its_last_task_is_ended_by_resume(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The state a manager killed between its last task's end and the run's leaves (also
+    # `swarm doctor --yes` stopping every task of a dead run): all tasks final, run "running".
+    run_id, agent = finished_run(repo, write_agent)
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        db.execute(
+            "UPDATE runs SET status = 'running', ended_at = NULL WHERE run_id = ?", (run_id,)
+        )
+    assert json.loads(swarm(repo, "runs", "--json").stdout)["runs"][0]["state"] == "manager_gone"
+    refused = swarm(repo, "run", "--agent", agent, "-t", "new=x")
+    assert refused.returncode == 2
+    assert "swarm resume" in refused.stderr
+    resumed = swarm(repo, "resume")
+    assert resumed.returncode == 1  # one task failed, as before
+    assert "has finished; nothing to resume" in resumed.stdout
+    assert json.loads(swarm(repo, "runs", "--json").stdout)["runs"][0]["state"] == "finished"
+    assert swarm(repo, "run", "--agent", agent, "-t", "new=x").returncode == 0

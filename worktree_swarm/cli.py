@@ -20,7 +20,7 @@ import click
 
 from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import ExitCode, SwarmError
-from worktree_swarm.core.models import Executor, TaskState
+from worktree_swarm.core.models import Executor, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.git import repo as git
@@ -332,6 +332,13 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         lock.acquire(run_id=run_id)
         rows = store.tasks(run_id)
         if rows and all(row.state.is_final for row in rows):
+            run = store.get_run(run_id)
+            if run is not None and run.status == RunStatus.RUNNING:
+                # Its manager died after the last task ended (or `swarm doctor` stopped them
+                # all): the run ends here, so that a new `swarm run` is not refused for it.
+                stopped = any(row.state is TaskState.STOPPED for row in rows)
+                ended = RunStatus.STOPPED if stopped else RunStatus.FINISHED
+                store.finish_run(run_id, status=ended)
             click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
             ok = all(row.state is TaskState.DONE for row in rows)
             return ExitCode.OK if ok else ExitCode.TASK_FAILED
