@@ -265,6 +265,22 @@ def test_checkpoint_skips_hooks(repo: Path) -> None:
     assert g.checkpoint(repo, message="m", author=AUTHOR) is not None
 
 
+def test_checkpoint_never_concludes_a_merge_with_its_conflicts(repo: Path) -> None:
+    git(repo, "checkout", "-q", "-b", "theirs")
+    (repo / "README.md").write_text("theirs\n")
+    git(repo, "commit", "-qam", "theirs")
+    git(repo, "checkout", "-q", "main")
+    (repo / "README.md").write_text("ours\n")
+    git(repo, "commit", "-qam", "ours")
+    head = git(repo, "rev-parse", "HEAD")
+    subprocess.run(["git", "merge", "-q", "theirs"], cwd=repo, capture_output=True, check=False)
+    assert "<<<<<<<" in (repo / "README.md").read_text()
+    with pytest.raises(g.GitError, match="a merge with unresolved conflicts is in progress"):
+        g.checkpoint(repo, message="m", author=AUTHOR)
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "ls-files", "-u")  # still unresolved, as the user or agent left it
+
+
 def test_checkpoint_deletion(repo: Path) -> None:
     (repo / "README.md").unlink()
     assert g.checkpoint(repo, message="rm", author=AUTHOR) is not None

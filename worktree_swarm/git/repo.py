@@ -336,13 +336,21 @@ def checkpoint(
     ``node_modules/`` does not match because a symlink is not a directory to git.
     *droppings* are glob patterns (from the worktree root) of an agent tool's own files, such
     as aider's chat history: never added, without touching the user's ignore files. Returns
-    the new HEAD, or None when there was nothing to commit. Hooks are skipped
+    the new HEAD, or None when there was nothing to commit; GitError, committing nothing, while
+    a merge (cherry-pick, revert, rebase) waits with unresolved conflicts. Hooks are skipped
     (``--no-verify``) and *author* (``Name <email>``) is also the committer. A checkout that
     was never populated (see :func:`checkout_incomplete`) is repaired first instead of
     committing its missing files as deletions.
     """
     env = identity_env(author)
     repair_checkout(worktree)
+    if _operation_in_progress(worktree) and _run(worktree, ["ls-files", "-z", "-u"]).stdout:
+        # `add --all` would take the conflict markers as the resolution, and the commit
+        # would conclude the merge with them.
+        raise GitError(
+            f"{worktree}: a merge with unresolved conflicts is in progress; resolve it or abort "
+            "it (`git merge --abort`) there first"
+        )
     if exclude:
         literal = [f":(literal,top){path}" for path in exclude]
         _run(
