@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 
 from tests.conftest import agent_command, agent_python, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
-from tests.test_run import checkout_snapshot, swarm
+from tests.test_run import checkout_snapshot, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
@@ -262,6 +265,45 @@ def test_into_a_branch_not_checked_out_moves_it(base_repo: Path, brancher: Branc
     assert git(base_repo, "worktree", "list", "--porcelain") == worktrees
     assert checkout_snapshot(base_repo) == before
     assert git(base_repo, "branch", "--list", "swarm/integration-*") == ""
+
+
+def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    git(base_repo, "branch", "release", base)
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    # The check of the second merge says it started, then waits to be killed there.
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, sys, time\n"
+        f"if pathlib.Path('two.txt').exists() and pathlib.Path('one.txt').exists():\n"
+        f"    pathlib.Path({str(tmp_path / 'second')!r}).touch()\n"
+        "    time.sleep(600)\n"
+    )
+    merging = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "merge", "--into", "release", "--check",
+         f"{agent_command()} {check}"],
+        cwd=base_repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for((tmp_path / "second").exists, what="the second merge's check")
+        # One merge made and checked: recorded, it would claim a place on `release`.
+        assert merge_results(base_repo) == {"one": None, "two": None}
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    assert git(base_repo, "rev-parse", "release") == base
+    # The next merge lands both.
+    out = swarm(base_repo, "merge", "--into", "release")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert {"one.txt", "two.txt"} <= set(
+        git(base_repo, "ls-tree", "--name-only", "release").split()
+    )
 
 
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:

@@ -101,6 +101,9 @@ class _Session:
     progress: MergeProgress
     resolve: bool = False
     results: list[TaskResult] = field(default_factory=list)
+    # With --into, results wait until the branch has moved: recorded before, a merge killed
+    # in between would leave tasks recorded as merged into a branch that never got them.
+    unrecorded: list[tuple[Candidate, TaskResult]] = field(default_factory=list)
 
 
 def parse_checks(commands: Sequence[str]) -> tuple[tuple[str, ...], ...]:
@@ -188,6 +191,8 @@ def merge(
             if target.temporary and final != start:
                 _move_branch(repo, branch, new=final, old=start)
                 moves.moved(ref, final)
+            for c, result in session.unrecorded:
+                _record(session, c, result)
         finally:
             if not target.temporary:  # the branch checked out in swarm's merge worktree
                 moves.moved(ref, git.rev_parse(repo, ref))
@@ -445,7 +450,10 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
         else:
             result = _merge_one(s, c)
             (landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
-            _record(s, c, result)
+            if s.target.temporary:
+                s.unrecorded.append((c, result))
+            else:  # each merge commit is on the integration branch already
+                _record(s, c, result)
         s.results.append(result)
         s.progress.finished(result)
 
