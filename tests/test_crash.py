@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -432,6 +432,46 @@ def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
     logged = (fake / "a.writes").read_text().splitlines()
     assert git(repo, "show", "swarm/a:a.txt").splitlines() == logged
     assert len(logged) == 40
+
+
+# Says nothing: its log stays empty. Writes its pid (one line per launch), its work, waits for
+# the gate, then ends.
+SILENT = """
+import os, pathlib, sys, time
+launches, gate = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+with launches.open('a') as out:
+    out.write(f'{os.getpid()}\\n')
+pathlib.Path('a.txt').write_text('work\\n')
+while not gate.exists():
+    time.sleep(0.02)
+"""
+
+
+def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    launches, gate = tmp_path / "launches", tmp_path / "gate"
+    agent = [*write_agent(SILENT), str(launches), str(gate)]
+    proc = _manager(
+        repo,
+        "run",
+        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
+    )
+    wait_for(launches.exists, timeout=120, what="the agent")
+    _kill_group(proc)
+    pid = int(launches.read_text())
+    gate.touch()
+    wait_for(lambda: not pid_alive(pid), timeout=120, what="the agent to end")
+    # What a kill between the launch and its record leaves: the intent, no attempt.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        db.execute("DELETE FROM attempts WHERE task_id = 'a'")
+        db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    assert not next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.log")).read_text()
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert launches.read_text().split() == [str(pid)]  # its shim's record proves the launch
+    assert status_json(repo)["a"]["state"] == "done"  # the exit code the shim recorded
+    assert git(repo, "show", "swarm/a:a.txt") == "work"
 
 
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(

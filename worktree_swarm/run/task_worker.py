@@ -310,7 +310,13 @@ class TaskWorker(RunWorker):
         # The log the killed manager opened for it: the name follows the attempt number.
         log_path = self._logs(task) / f"attempt-{number}.log"
         text = _read_log(log_path)
-        if identity is None and not text.strip():
+        # The shim writes its record before it starts the agent: proof of a launch, even of
+        # an agent that printed nothing, or one whose working directory left the worktree.
+        record = supervisor.record_path(log_path)
+        shim = supervisor.read_record(record)
+        if identity is None and shim is not None and supervisor.shim_alive(record):
+            identity = supervisor.identity_of(shim.shim_pid)
+        if identity is None and shim is None and not text.strip():
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
         attempt_id = self.store.start_attempt(
@@ -320,12 +326,20 @@ class TaskWorker(RunWorker):
             # An agent that is gone has no identity left; pid 0 names no process to adopt.
             identity=identity or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
             log_path=str(log_path),
-            started_at=identity.create_time if identity else log_path.stat().st_mtime,
+            started_at=(
+                identity.create_time
+                if identity
+                else shim.started_at
+                if shim
+                else log_path.stat().st_mtime
+            ),
         )
         if identity is None:
+            code = None if shim is None else shim.exit_code
             adapter = adapter_for(task.agent)
-            result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
-            self._record(attempt_id, task.id, _Ended(result=result), None)
+            result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
+            ended_at = None if shim is None else shim.ended_at
+            self._record(attempt_id, task.id, _Ended(result=result), code, ended_at=ended_at)
         self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
         return self.store.attempts(self.run_id, task.id)[-1]
