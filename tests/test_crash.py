@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
@@ -472,6 +473,38 @@ def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
     assert launches.read_text().split() == [str(pid)]  # its shim's record proves the launch
     assert status_json(repo)["a"]["state"] == "done"  # the exit code the shim recorded
     assert git(repo, "show", "swarm/a:a.txt") == "work"
+
+
+# Writes its pid, then waits for the gate before writing late work.
+LINGERING = """
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.02)
+pathlib.Path('late.txt').write_text('late\\n')
+"""
+
+
+def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
+    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
+    proc = _manager(
+        repo,
+        "run",
+        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
+    )
+    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
+    pid = int(pid_file.read_text())
+    shim = psutil.Process(pid).ppid()
+    os.kill(shim, signal.SIGKILL)  # as the OOM killer would
+    assert proc.wait(timeout=120) == 1
+    assert status_json(repo)["a"]["state"] == "failed"
+    # Killed with its shim's tree, not left to write work nobody checkpoints.
+    assert not pid_alive(pid)
+    gate.touch()
+    assert not (repo.parent / "repo.swarm" / "a" / "late.txt").exists()
 
 
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(

@@ -8,7 +8,9 @@ failing checks can be handed back to the agent (`repair`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Unpack
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import paths
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
     AttemptOutcome,
@@ -774,6 +777,7 @@ class TaskWorker(RunWorker):
             for limit in tail.poll(now=time.time()):
                 self.gate.report(provider, limit)
             if ended:
+                self._kill_leftovers(agent.log_path)
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
                 self._report_end(provider, result, live=tail)
@@ -800,6 +804,24 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
+
+    def _kill_leftovers(self, log_path: Path) -> None:
+        """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
+
+        A shim that ends normally kills its command's leftovers itself and then records its
+        end; without that record, every process still marked as started under this shim
+        (found by the variable each inherits, wherever it moved) is killed, tree and all.
+        """
+        record = supervisor.record_path(log_path)
+        shim = supervisor.read_record(record)
+        if shim is not None and shim.ended_at is not None:
+            return
+        mine = os.path.realpath(record)
+        for proc, marker in supervisor.marked_processes(record.parent):
+            identity = supervisor.identity_of(proc.pid)
+            if identity is not None and os.path.realpath(marker) == mine:
+                with contextlib.suppress(SwarmError):
+                    supervisor.kill_tree(identity, grace=self.spec.kill_grace)
 
     def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
         """Tell the gate how a whole attempt went, unless its stream already did."""
