@@ -562,9 +562,10 @@ def test_redactor_keeps_people_urls_and_prose() -> None:
     redact = Redactor({"GIT_AUTHOR_NAME": "Test Author", "SHORT_TOKEN": "abc"})
     text = (
         "Test Author pushed to https://github.com/acme/widgets; no GitHub token: set "
-        "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc"
+        "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc; 401: Missing bearer authentication"
     )
     assert redact(text) == text
+    assert redact("Authorization: Bearer abcdefgh1234") == f"Authorization: Bearer {REDACTED}"
 
 
 def test_live_table_shows_a_running_agents_output_redacted(

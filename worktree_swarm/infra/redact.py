@@ -127,6 +127,9 @@ class Redactor:
 
     def _replace(self, m: re.Match[str]) -> str:
         if m.group("scheme"):
+            value = m.group(0)[len(m.group("scheme")) :]
+            if value.isalpha() and value.islower():  # prose: "missing bearer authentication"
+                return m.group(0)
             return m.group("scheme") + REDACTED
         if m.group("url"):
             return m.group("url") + REDACTED + m.group("at")
