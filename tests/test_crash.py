@@ -507,6 +507,36 @@ def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
     assert not (repo.parent / "repo.swarm" / "a" / "late.txt").exists()
 
 
+def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
+    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
+    proc = _manager(
+        repo,
+        "run",
+        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
+    )
+    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
+    pid = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGSTOP)  # alive, holding its lock, acting on nothing
+    stop = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "stop", "a"], cwd=repo,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def asked() -> bool:
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            return bool(db.execute("SELECT stop_requested FROM tasks").fetchone()[0])
+
+    wait_for(asked, what="the stop request")
+    _kill_group(proc)  # the manager dies before it acts on the request
+    out, err = stop.communicate(timeout=120)
+    assert (stop.returncode, out) == (0, "stopped: a\n"), err
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert not pid_alive(pid)
+
+
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

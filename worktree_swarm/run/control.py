@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Executor, ProcessIdentity, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -33,7 +33,15 @@ def stop(
     for task_id in targets:
         store.update_task(run_id, task_id, stop_requested=True)
     if lock.manager_alive(repo.state_dir):
-        _wait_final(store, run_id, targets, deadline=time.monotonic() + 2 * grace + 30)
+        left = _wait_final(repo, store, run_id, targets, deadline=time.monotonic() + 2 * grace + 30)
+        if not left:
+            return targets
+        if lock.manager_alive(repo.state_dir):
+            raise SwarmError(
+                f"the manager has not stopped {', '.join(left)} yet; `swarm status` shows them"
+            )
+        # The manager died before it stopped them: stopped here, as with no manager.
+        stop_unmanaged(repo, store, run_id, left, grace=grace)
         return targets
     return stop_unmanaged(repo, store, run_id, targets, grace=grace)
 
@@ -94,10 +102,16 @@ def _kill_steps(task_logs: Path, *, grace: float) -> None:
             supervisor.kill_tree(identity, grace=grace)
 
 
-def _wait_final(store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float) -> None:
-    """Wait until the manager has recorded every task as final (its agents are gone)."""
-    while time.monotonic() < deadline:
+def _wait_final(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float
+) -> list[str]:
+    """Wait until the manager has recorded every task as final; those it has not.
+
+    Returns early when the manager is gone (it died before it stopped them).
+    """
+    while True:
         rows = {row.task_id: row for row in store.tasks(run_id)}
-        if all(rows[t].state.is_final for t in task_ids):
-            return
+        left = [t for t in task_ids if not rows[t].state.is_final]
+        if not left or time.monotonic() >= deadline or not lock.manager_alive(repo.state_dir):
+            return left
         time.sleep(0.1)
