@@ -306,6 +306,48 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
     )
 
 
+def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
+    record_run(base_repo, [("breaks", base)], base=base)
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(  # fails on the merge; the first time it says so late: killed before
+        "import pathlib, sys, time\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "broken = pathlib.Path('broken.txt').exists()\n"
+        "if broken and not started.exists():  # not the target's own check before merging\n"
+        "    started.touch()\n"
+        "    time.sleep(600)\n"
+        "sys.exit(1 if broken else 0)\n"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "worktree_swarm.cli",
+        "merge",
+        "--check",
+        f"{agent_command()} {check}",
+    ]
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(started.exists, what="the merge's check")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    integration = "swarm/integration-" + RUN_ID
+    assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"breaks": "failed"}
+    assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+
+
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})

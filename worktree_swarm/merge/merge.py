@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
 
 INTEGRATION_PREFIX = "swarm/integration-"
+# A merge made and being checked: its commit and the target's commit before it are recorded
+# first, so that a merge killed during its checks is undone and made (and checked) again.
+CHECKING = "checking"
 
 
 class Strategy(enum.StrEnum):
@@ -184,6 +187,7 @@ def merge(
             results=list(skipped),
         )
         try:
+            _undo_unchecked(session, candidates)
             baseline = _baseline(session) if argvs else None
             if baseline is None or baseline.ok:
                 _merge_all(session, order)
@@ -240,7 +244,8 @@ def select_candidates(
                 f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
                 " (`swarm status`) before merging it"
             )
-        if not task_ids and (row.state is not TaskState.DONE or row.merge_target == target):
+        tried = row.merge_target == target and row.merge_result != CHECKING
+        if not task_ids and (row.state is not TaskState.DONE or tried):
             continue
         later = taken.get(row.task_id)
         tip = None if later else tips(task_branch(row))
@@ -534,6 +539,10 @@ def _check(
             task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note
         )
     env = {**_check_env(s), "SWARM_TASK_ID": c.task_id}
+    s.store.update_task(
+        s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
+        merge_commit=commit, merge_detail=pre,
+    )  # fmt: skip
     failure = run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
     check = CheckResult(
         commands=tuple(shlex.join(a) for a in steps),
@@ -551,6 +560,24 @@ def _check(
         reason=f"{failure.summary} after merging into {s.target.branch}; merge undone",
         check=check,
     )
+
+
+def _undo_unchecked(s: _Session, candidates: Sequence[Candidate]) -> None:
+    """Undo the merge a `swarm merge` killed during its checks left on the target.
+
+    Only while it is still the target's last commit (nothing was merged on top of it since);
+    its task is a candidate again, merged and checked anew. With ``--into`` the branch never
+    moved (it moves once, at the end): nothing to undo.
+    """
+    if s.target.temporary:
+        return
+    head = _head(s.target.worktree)
+    for c in candidates:
+        row = c.row
+        ours = row.merge_result == CHECKING and row.merge_target == s.target.branch
+        if ours and row.merge_commit == head and row.merge_detail:
+            _undo(s, row.merge_detail)
+            head = row.merge_detail
 
 
 def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:
