@@ -228,6 +228,31 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+def test_a_fresh_retry_killed_once_the_branch_is_gone_has_its_old_tip_on_record(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    agent = write_agent(  # type: ignore[operator]
+        "import pathlib, sys\npathlib.Path('a.txt').write_text('work\\n')\nsys.exit(3)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    tip = git(repo, "rev-parse", "swarm/a")
+    deleted = tmp_path / "deleted"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (  # `branch -D`, then hang there
+        "#!/bin/sh\n"
+        'case " $* " in *" branch -D "*)\n'
+        f'  {real} "$@"; touch {shlex.quote(str(deleted))}; exec sleep 600;;\nesac\n'
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    proc = _manager(repo, "retry", "a", "--fresh")
+    wait_for(deleted.exists, timeout=120, what="the branch deletion")
+    _kill_group(proc)
+    assert not git(repo, "branch", "--list", "swarm/a")
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    assert [json.loads(r[0])["previous_tip"] for r in rows] == [tip]
+
+
 def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

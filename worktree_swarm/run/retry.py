@@ -82,6 +82,9 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     if fresh:
         tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
+    # First: a retry killed after deleting the branch has the old tip on record.
+    store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
+    if fresh:
         path = Path(row.worktree)
         if path.exists():
             worktrees.remove_worktree(repo, path, force=True)
@@ -101,4 +104,3 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     )
     if fresh:
         store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
-    store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
