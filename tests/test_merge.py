@@ -348,6 +348,27 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
 
 
+def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not_refused(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    assert swarm(base_repo, "merge", "one").returncode == 0
+    integration = "swarm/integration-" + RUN_ID
+    files = git(base_repo, "ls-tree", "-r", "--name-only", integration)
+    # What a merge killed while it checked the worktree out leaves: no index, files missing.
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    (Path(git(worktree, "rev-parse", "--git-dir")) / "index").unlink()
+    (worktree / "one.txt").unlink()
+    out = swarm(base_repo, "merge", "two")
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = set(git(base_repo, "ls-tree", "-r", "--name-only", integration).split())
+    assert after == set(files.split()) | {"two.txt"}  # nothing committed as deleted
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})

@@ -323,7 +323,10 @@ def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
     for info in worktrees.list_worktrees(repo):
         if info.branch != branch or info.prunable:
             continue
-        dirty = bool(git.status_porcelain(info.path)) if info.path.is_dir() else False
+        # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
+        # opened, not "uncommitted changes" (committing its deletions would empty the branch).
+        looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
+        dirty = bool(git.status_porcelain(info.path)) if looked else False
         if dirty:
             raise BadInputError(
                 f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
@@ -349,6 +352,7 @@ def _open_target(
         return _Target(branch=branch, worktree=path, temporary=True)
     for info in worktrees.list_worktrees(repo):
         if info.branch == branch and info.path.is_dir():
+            git.repair_checkout(info.path)  # a merge killed while it checked the target out
             return _Target(branch=branch, worktree=info.path, temporary=False)
     path = root / f"_integration-{_ref_safe_run(run_id)}"
     if git.branch_exists(repo, branch):
