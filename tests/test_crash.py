@@ -562,6 +562,40 @@ def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
     assert not pid_alive(pid)
 
 
+# Says when it runs and when SIGTERM reached it (which it ignores).
+STUBBORN = """
+import pathlib, signal, sys, time
+started, termed = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+signal.signal(signal.SIGTERM, lambda *_: termed.touch())
+started.touch()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_stop_its_manager_died_during_is_recorded_as_stopped(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    started, termed = tmp_path / "started", tmp_path / "termed"
+    agent = [*write_agent(STUBBORN), str(started), str(termed)]
+    text = '[defaults]\nkill_grace = "2s"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    text += f"agent = {argv_toml(agent)}\n"
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(started.exists, timeout=120, what="the agent")
+    stop = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "stop", "a"], cwd=repo,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(termed.exists, timeout=120, what="the stop to reach the agent")
+    stop.kill()  # the user's `swarm stop` gone too (Ctrl-C): only `swarm resume` is left
+    stop.wait(timeout=30)
+    _kill_group(proc)  # during kill_grace: the shim kills the agent at its deadline
+    record = next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.exit.json"))
+    wait_for(lambda: json.loads(record.read_text())["ended_at"] is not None, what="its end")
+    swarm(repo, "resume")
+    assert status_json(repo)["a"]["state"] == "stopped"
+
+
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -783,6 +783,8 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
                 self._report_end(provider, result, live=tail)
+                if self._stop_asked(task.id, live, agent.log_path):  # ended by `swarm stop`
+                    return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
                 return _Ended(result=result)
             if (
                 retrying is not None
@@ -806,6 +808,20 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
+
+    def _stop_asked(self, task_id: str, live: Live, log_path: Path) -> bool:
+        """Whether the agent that just ended was being stopped.
+
+        By this manager, or by `swarm stop` through a manager that died meanwhile (its shim
+        recorded the stop, or the request is in the store).
+        """
+        if live.stop.is_set():
+            return True
+        shim = supervisor.read_record(supervisor.record_path(log_path))
+        if shim is not None and shim.stopped:
+            return True
+        row = self.store.task(self.run_id, task_id)
+        return row is not None and row.stop_requested
 
     def _kill_leftovers(self, log_path: Path) -> None:
         """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
