@@ -291,22 +291,36 @@ agent = {argv_toml(bad)}
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
 
 
+WHEN_VICTIM_DONE = """
+import os, sqlite3, subprocess, time
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+db = sqlite3.connect(f'file:{common}/swarm/state.db?mode=ro', uri=True, timeout=30)
+query = "SELECT state FROM tasks WHERE task_id = 'victim' ORDER BY rowid DESC LIMIT 1"
+while db.execute(query).fetchone()[0] != 'done':
+    time.sleep(0.05)
+"""
+
+
 @pytest.mark.parametrize("sandbox", MODES)
 def test_a_branch_deleted_with_its_tip_object_is_put_back(
     repo: Path, write_agent: AgentFactory, sandbox: bool
 ) -> None:
     victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    # The wrecker waits until the victim is done (its work packed by the guard), then deletes
+    # its branch's tip object and its branch. It does not start from the victim's tip, whose
+    # objects the checks after its own attempt would put back anyway.
     bad = write_agent(
-        DELETE_VICTIM_OBJECT + "git('update-ref', '-d', 'refs/heads/swarm/victim', tip)\n"
+        WHEN_VICTIM_DONE
+        + DELETE_VICTIM_OBJECT
+        + "git('update-ref', '-d', 'refs/heads/swarm/victim', tip)\n"
     )
     path = manifest(
         repo,
         f"""[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(victim)}\n
 [[task]]\nid = "wrecker"\nprompt = "p"\nagent = {argv_toml([*bad, "swarm/victim"])}\n""",
     )
-    # One at a time, the victim first: it is done, and the wrecker does not start from its
-    # tip (whose objects the checks after the bad attempt would then put back anyway).
-    swarm(repo, "run", path, "--jobs", "1", *(["--sandbox"] if sandbox else []))
+    swarm(repo, "run", path, "--jobs", "2", *(["--sandbox"] if sandbox else []))
     rows = status_json(repo)
     assert rows["victim"]["state"] == "done"
     assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
