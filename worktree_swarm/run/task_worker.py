@@ -244,6 +244,7 @@ class TaskWorker(RunWorker):
             if live.resume_from is None or live.resume_from.ended_at is not None:
                 live.resume_from = self._unrecorded(task, path, row) or live.resume_from
             unlock = not _agent_may_run(live.resume_from)
+            self._kill_leftover_steps(task)
             with self.guard.provisioning(path):
                 provision.restore(
                     self.repo,
@@ -808,6 +809,18 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
+
+    def _kill_leftover_steps(self, task: Task) -> None:
+        """Kill setup steps and checks a dead manager left running, before they run again.
+
+        Their shims live in sessions of their own, so a kill of the manager's process group
+        leaves them; two checks at once in one worktree would trip over each other.
+        """
+        for proc, record in supervisor.marked_processes(self._logs(task)):
+            identity = supervisor.identity_of(proc.pid)
+            if identity is not None and record.name.startswith(("setup-", "checks-")):
+                with contextlib.suppress(SwarmError):
+                    supervisor.kill_tree(identity, grace=self.spec.kill_grace)
 
     def _stop_asked(self, task_id: str, live: Live, log_path: Path) -> bool:
         """Whether the agent that just ended was being stopped.
