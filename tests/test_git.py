@@ -281,6 +281,27 @@ def test_checkpoint_never_concludes_a_merge_with_its_conflicts(repo: Path) -> No
     assert git(repo, "ls-files", "-u")  # still unresolved, as the user or agent left it
 
 
+@pytest.mark.parametrize("committed", [False, True], ids=["unborn", "with-a-commit"])
+def test_a_repository_an_agent_made_is_left_out_of_the_checkpoint_and_named(
+    repo: Path, committed: bool
+) -> None:
+    web = repo / "web"
+    web.mkdir()
+    git(web, "init", "-q")
+    (web / "app.js").write_text("app\n")
+    if committed:
+        git(web, "add", "app.js")
+        git(web, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "app")
+    (repo / "top.txt").write_text("top\n")
+    with pytest.raises(g.EmbeddedRepositoryError) as info:
+        g.checkpoint(repo, message="m", author=AUTHOR)
+    assert info.value.paths == ("web",)
+    assert info.value.head == git(repo, "rev-parse", "HEAD")
+    # The rest is committed; no gitlink naming a commit only web/ has.
+    assert git(repo, "ls-tree", "-r", "--name-only", "HEAD").split() == ["README.md", "top.txt"]
+    assert (web / "app.js").read_text() == "app\n"
+
+
 def test_checkpoint_deletion(repo: Path) -> None:
     (repo / "README.md").unlink()
     assert g.checkpoint(repo, message="rm", author=AUTHOR) is not None

@@ -362,18 +362,81 @@ def checkpoint(
                               "--directory", "--", *literal]).stdout  # fmt: skip
         ignored = {p.rstrip("/") for p in out.split("\0") if p}
         exclude = [path for path in exclude if path.rstrip("/") not in ignored]
-    if exclude or droppings:
-        pathspec = [
-            ":(top)",
-            *(f":(exclude,literal,top){path}" for path in exclude),
-            *(f":(exclude,glob,top){pattern}" for pattern in droppings),
-        ]
-        added = _run(worktree, [*_ADD, "--", *pathspec]).stdout
-    else:
-        added = _run(worktree, _ADD).stdout
+    added, unborn = _add(worktree, exclude, droppings)
+    linked = _embedded(worktree, added)
+    if linked:  # a commit would hold a commit id nobody else has, not their files
+        literal = [f":(literal,top){path}" for path in linked]
+        _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
+    embedded = [*unborn, *linked]
+    head = _commit(worktree, message, env, added=added.strip() != "")
+    if embedded:
+        raise EmbeddedRepositoryError(worktree, embedded, head)
+    return head
+
+
+class EmbeddedRepositoryError(GitError):
+    """A checkpoint found repositories an agent made inside its worktree (the rest committed)."""
+
+    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
+        """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
+        self.paths = tuple(paths)
+        self.head = head
+        super().__init__(
+            f"made a git repository inside its worktree ({', '.join(paths)}): a commit would "
+            f"hold only its commit id, not its files; they stay in {worktree}"
+        )
+
+
+_UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)
+
+
+def _add(worktree: Path, exclude: Sequence[str], droppings: Sequence[str]) -> tuple[str, list[str]]:
+    """`add --all` but *exclude* and *droppings*: its output, and repositories without a commit.
+
+    git refuses to add a repository an agent made but never committed in (`npm init` and the
+    like make one) and then adds nothing at all: such a directory is left out and named.
+    """
+    unborn: list[str] = []
+    while True:
+        skip = [*exclude, *unborn]
+        if skip or droppings:
+            pathspec = [
+                ":(top)",
+                *(f":(exclude,literal,top){path}" for path in skip),
+                *(f":(exclude,glob,top){pattern}" for pattern in droppings),
+            ]
+            res = _run(worktree, [*_ADD, "--", *pathspec], check=False)
+        else:
+            res = _run(worktree, _ADD, check=False)
+        found = [p for p in _UNBORN.findall(res.stderr) if p not in unborn]
+        if res.returncode == 0 or not found:
+            if res.returncode != 0:
+                raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
+            return res.stdout, unborn
+        unborn += found
+
+
+def _embedded(worktree: Path, added: str) -> list[str]:
+    """The paths `add --verbose` said it added that are repositories of their own."""
+    paths = [
+        line[5:-1].rstrip("/")
+        for line in added.splitlines()
+        if line.startswith("add '") and line[-1] == "'"
+    ]
+    found = [p for p in paths if (worktree / p / ".git").exists()]
+    if found and (worktree / ".gitmodules").is_file():  # submodules are not embedded ones
+        named = _run(worktree, ["config", "--file", ".gitmodules", "--get-regexp",
+                                r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
+        submodules = {line.split(" ", 1)[1] for line in named.splitlines() if " " in line}
+        found = [p for p in found if p not in submodules]
+    return found
+
+
+def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool) -> str | None:
+    """Commit the index of *worktree*: its new HEAD, or None when it held nothing new."""
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
     commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
-    if not added.strip() or _operation_in_progress(worktree):
+    if not added or _operation_in_progress(worktree):
         # Nothing new staged (an agent may have staged its work itself), or a merge or
         # cherry-pick an agent left, which a commit would conclude even with no change: ask
         # whether the index differs from HEAD first.
