@@ -848,3 +848,27 @@ checks = [{json.dumps(" ".join(check))}]\n
     files = git(repo, "ls-tree", "-r", "--name-only", "swarm/victim").split()
     assert "honest.txt" in files
     assert "backdoor.sh" not in files
+
+
+# -- index flags that hide a change ------------------------------------------------------------
+
+HIDE = (
+    COMMON
+    + """
+flag = sys.argv[3]
+subprocess.run(['git', '-C', str(repo), 'update-index', flag, 'README.md'], check=False)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
+def test_an_index_flag_that_hides_the_users_edits_is_caught_and_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, flag: str, sandbox: bool
+) -> None:
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(HIDE), str(repo), str(tmp_path / "m"), flag], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="staged changes in the main checkout")
+    assert repo_state(repo) == before
+    (repo / "README.md").write_text("the user's edit\n")
+    assert git(repo, "status", "--porcelain") == "M README.md"  # not hidden from the user

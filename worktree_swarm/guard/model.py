@@ -18,7 +18,7 @@ class Snapshot:
 
     head_ref: str | None  # refs/heads/x, or None when HEAD is detached
     head: str | None
-    index: str  # digest of the staged entries (mode, object, stage, path)
+    index: str  # digest of the staged entries (mode, object, stage, path, skip-worktree...)
     tree: str  # the files git would see, as a tree object
 
 

@@ -22,7 +22,7 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     env = {"GIT_INDEX_FILE": str(scratch)}
     git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude)
     tree = git_env(path, env, "write-tree").strip()
-    staged = git.git(path, "ls-files", "--stage", "-z")
+    staged = git.git(path, "ls-files", "--stage", "-v", "-z")  # -v: with skip-worktree and such
     return Snapshot(
         head_ref=symbolic_head(path),
         head=git.rev_parse_in(path, "HEAD"),
