@@ -316,6 +316,9 @@ def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
         checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
         if checked != branch or branch.startswith("-"):
             raise BadInputError(f"--into {branch!r} is not a valid branch name")
+        if branch.startswith("refs/"):
+            short = branch.removeprefix("refs/heads/")
+            raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
         if not git.branch_exists(repo, branch):
             raise BadInputError(
                 f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
