@@ -22,13 +22,21 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     env = {"GIT_INDEX_FILE": str(scratch)}
     git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude)
     tree = git_env(path, env, "write-tree").strip()
-    staged = git.git(path, "ls-files", "--stage", "-v", "-z")  # -v: with skip-worktree and such
     return Snapshot(
         head_ref=symbolic_head(path),
         head=git.rev_parse_in(path, "HEAD"),
-        index=hashlib.sha256(staged.encode()).hexdigest(),
+        index=staged_digest(path),
         tree=tree,
     )
+
+
+def staged_digest(path: Path, env: dict[str, str] | None = None) -> str:
+    """A digest of the staged entries of *path*'s index (*env*: another index file).
+
+    With their flags (``-v``): skip-worktree and assume-unchanged hide edits from `git status`.
+    """
+    staged = git_env(path, env or {}, "ls-files", "--stage", "-v", "-z")
+    return hashlib.sha256(staged.encode()).hexdigest()
 
 
 def status(path: Path) -> str:

@@ -64,12 +64,12 @@ from worktree_swarm.guard.snapshot import (
     changed_paths,
     describe_head,
     files_patch,
-    git_env,
     index_path,
     is_clean,
     read_refs,
     ref_owner,
     ref_patch,
+    staged_digest,
     status,
     status_field,
     symbolic_head,
@@ -974,13 +974,11 @@ class Guard:
             oid = status_field(place.status, "oid")
             head = None if oid in {"", "(initial)"} else oid
             branch = status_field(place.status, "head")
-            staged = git_env(
-                place.path, {"GIT_INDEX_FILE": str(place.saved_index)}, "ls-files", "--stage", "-z"
-            )
+            saved = {"GIT_INDEX_FILE": str(place.saved_index)}
             place.base = Snapshot(
                 head_ref=None if branch in {"", "(detached)"} else f"refs/heads/{branch}",
                 head=head,
-                index=hashlib.sha256(staged.encode()).hexdigest(),
+                index=staged_digest(place.path, saved),
                 tree=git.git(place.path, "rev-parse", f"{oid}^{{tree}}").strip(),
             )
         return place.base
