@@ -33,6 +33,12 @@ MODES = [
     pytest.param(False, id="plain"),
     pytest.param(True, id="sandbox", marks=needs_bwrap),
 ]
+# The same, the sandbox's case in the slow suite: where the guard, not the sandbox, is what
+# stops the attack, the plain case holds the promise and the sandboxed one repeats it.
+MODES_SANDBOX_SLOW = [
+    pytest.param(False, id="plain"),
+    pytest.param(True, id="sandbox", marks=[needs_bwrap, pytest.mark.slow]),
+]
 
 
 def git_files(common: Path) -> dict[str, tuple[str, bytes, int]]:
@@ -302,7 +308,7 @@ while db.execute(query).fetchone()[0] != 'done':
 """
 
 
-@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
 def test_a_branch_deleted_with_its_tip_object_is_put_back(
     repo: Path, write_agent: AgentFactory, sandbox: bool
 ) -> None:
@@ -703,7 +709,7 @@ attempt(plant)
 )
 
 
-@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
 @pytest.mark.parametrize("what", ["rebase-merge", "MERGE_HEAD", "shallow"])
 def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, what: str, sandbox: bool
@@ -776,7 +782,7 @@ log.symlink_to(append)
 """
 
 
-@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
 def test_symlinks_an_agent_plants_where_git_writes_are_removed_before_swarms_commit(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
 ) -> None:
@@ -861,7 +867,7 @@ subprocess.run(['git', '-C', str(repo), 'update-index', flag, 'README.md'], chec
 )
 
 
-@pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
 @pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
 def test_an_index_flag_that_hides_the_users_edits_is_caught_and_undone(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, flag: str, sandbox: bool
