@@ -520,15 +520,17 @@ def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
         "run",
         manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
     )
-    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
-    pid = int(pid_file.read_text())
-    shim = psutil.Process(pid).ppid()
-    os.kill(shim, signal.SIGKILL)  # as the OOM killer would
-    assert proc.wait(timeout=120) == 1
-    assert status_json(repo)["a"]["state"] == "failed"
-    # Killed with its shim's tree, not left to write work nobody checkpoints.
-    assert not pid_alive(pid)
-    gate.touch()
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
+        pid = int(pid_file.read_text())
+        shim = psutil.Process(pid).ppid()
+        os.kill(shim, signal.SIGKILL)  # as the OOM killer would
+        assert proc.wait(timeout=120) == 1
+        assert status_json(repo)["a"]["state"] == "failed"
+        # Killed with its shim's tree, not left to write work nobody checkpoints.
+        assert not pid_alive(pid)
+    finally:
+        gate.touch()  # whatever happened, nothing of the test's waits on
     assert not (repo.parent / "repo.swarm" / "a" / "late.txt").exists()
 
 
@@ -554,12 +556,15 @@ def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
         with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
             return bool(db.execute("SELECT stop_requested FROM tasks").fetchone()[0])
 
-    wait_for(asked, what="the stop request")
-    _kill_group(proc)  # the manager dies before it acts on the request
-    out, err = stop.communicate(timeout=120)
-    assert (stop.returncode, out) == (0, "stopped: a\n"), err
-    assert status_json(repo)["a"]["state"] == "stopped"
-    assert not pid_alive(pid)
+    try:
+        wait_for(asked, what="the stop request")
+        _kill_group(proc)  # the manager dies before it acts on the request
+        out, err = stop.communicate(timeout=120)
+        assert (stop.returncode, out) == (0, "stopped: a\n"), err
+        assert status_json(repo)["a"]["state"] == "stopped"
+        assert not pid_alive(pid)
+    finally:
+        gate.touch()  # whatever happened, nothing of the test's waits on
 
 
 # Says when it runs and when SIGTERM reached it (which it ignores).
@@ -613,9 +618,11 @@ def test_a_check_a_dead_manager_left_running_is_killed_before_it_runs_again(
     first = int(starts.read_text())
     assert pid_alive(first)
     resume = _manager(repo, "resume")
-    wait_for(lambda: len(starts.read_text().split()) == 2, timeout=120, what="the check again")
-    assert not pid_alive(first)  # never two checks at once in one worktree
-    gate.touch()
+    try:
+        wait_for(lambda: len(starts.read_text().split()) == 2, timeout=120, what="the check again")
+        assert not pid_alive(first)  # never two checks at once in one worktree
+    finally:
+        gate.touch()  # whatever happened, nothing of the test's waits on
     assert resume.wait(timeout=120) == 0
     assert status_json(repo)["a"]["state"] == "done"
 
