@@ -251,24 +251,31 @@ class Guard:
             with self._repo_lock:
                 self._provisioning.discard(key)
                 common = self.repo.common_dir
-                for label in self._admin_configs(common, {key}):
+                admin: Path | None = None
+                with contextlib.suppress(SwarmError):  # its admin dir, as its `.git` names it
+                    admin = git.git_dir(path)
+                worktrees_dir = Path(os.path.realpath(common / "worktrees"))
+                if admin is not None and admin.parent == worktrees_dir:
+                    label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface.read_one(common, label)
                     if entry is None:
                         self._surface.pop(label, None)
                     else:
                         self._surface[label] = entry
 
-    def _admin_configs(self, common: Path, gitdirs: set[str]) -> list[str]:
-        """The ``config.worktree`` labels of the admin dirs whose worktree is in *gitdirs*."""
-        found = []
-        with contextlib.suppress(OSError), os.scandir(common / "worktrees") as admins:
-            for admin in admins:
-                try:
-                    named = Path(admin.path, "gitdir").read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if named in gitdirs:
-                    found.append(f"worktrees/{admin.name}/config.worktree")
+    def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
+        """The labels of *labels* that are the ``config.worktree`` of a worktree being made."""
+        found = set()
+        for label in labels:
+            parts = label.split("/")
+            if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
+                continue
+            try:
+                named = (common / "worktrees" / parts[1] / "gitdir").read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if named.strip() in self._provisioning:
+                found.add(label)
         return found
 
     @contextlib.contextmanager
@@ -656,7 +663,7 @@ class Guard:
         now = surface.read(common, self._hooks)
         labels = surface.changed(self._surface, now)
         if labels and self._provisioning:  # git's own writes into admin dirs being made
-            skip = set(self._admin_configs(common, self._provisioning))
+            skip = self._being_made(common, labels)
             labels = [label for label in labels if label not in skip]
         window = (self._surface_checked, began)
         if not labels:

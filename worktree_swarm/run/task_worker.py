@@ -784,7 +784,8 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
                 self._report_end(provider, result, live=tail)
-                if self._stop_asked(task.id, live, agent.log_path):  # ended by `swarm stop`
+                stoppable = result.outcome is not AgentOutcome.SUCCESS
+                if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
                 return _Ended(result=result)
             if (
