@@ -9,6 +9,7 @@ runs in parallel outside the lock, since it only writes the new worktree and its
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -162,7 +163,12 @@ def tampered(repo: Repo, path: Path) -> str | None:
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
 
-def unplant(repo: Repo, path: Path, branch: str | None) -> list[str]:
+def own_admin(repo: Repo, path: Path) -> Path | None:
+    """The admin dir of the task worktree *path* when it is as swarm made it, else None."""
+    return None if path.is_symlink() else _linked_admin(repo, path)
+
+
+def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = None) -> list[str]:
     """Remove symlinks an agent planted where swarm's own git in *path* writes; their names.
 
     git follows a symlink it finds in place of ``COMMIT_EDITMSG`` or a reflog and writes
@@ -170,7 +176,7 @@ def unplant(repo: Repo, path: Path, branch: str | None) -> list[str]:
     overwritten or appended to. The worktree's admin dir holds no symlink of git's own; nor do
     the paths of its branch's ref and reflog.
     """
-    admin = _linked_admin(repo, path)
+    admin = admin or _linked_admin(repo, path)
     if admin is None:
         return []
     found = []
@@ -201,9 +207,14 @@ def _linked_admin(repo: Repo, path: Path) -> Path | None:
         back = (admin / "gitdir").read_text(encoding="utf-8").strip()
     except (OSError, GitError, UnicodeDecodeError):
         return None
-    if admin.parent != real_path(repo.common_dir / "worktrees"):
+    if admin.parent != _worktrees_dir(repo.common_dir):
         return None
     return admin if real_path(admin / back) == real_path(path / ".git") else None
+
+
+@functools.lru_cache(maxsize=8)
+def _worktrees_dir(common: Path) -> Path:
+    return real_path(common / "worktrees")
 
 
 def _parse_records(out: str) -> list[dict[str, str]]:

@@ -382,9 +382,7 @@ class TaskWorker(RunWorker):
             course.not_before = 0.0
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-            # No agent of the task runs while its checks do: its branch is swarm's alone.
-            with self.guard.pinned(task.id, task.branch, git.head_in(path) or base):
-                failure = self._check(live, path, base, env)
+            failure = self._check(live, path, base, env)
             if failure is None:
                 return TaskOutcome(state=TaskState.DONE)
             if failure.stopped or repairs_left <= 0:
@@ -490,13 +488,14 @@ class TaskWorker(RunWorker):
         self, task: Task, path: Path, base: str, number: int, ended: _Ended
     ) -> tuple[git.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
-        changed = worktrees.tampered(self.repo, path)
+        admin = worktrees.own_admin(self.repo, path)
+        changed = None if admin is not None else worktrees.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
             reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
             return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=reason
             )
-        planted = worktrees.unplant(self.repo, path, task.branch)  # before swarm's git there
+        planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat = self._checkpoint(task, path, base, number, ended)
@@ -546,15 +545,17 @@ class TaskWorker(RunWorker):
             if live.stop.is_set():
                 return CheckFailure(summary="stopped while waiting to run checks", stopped=True)
         try:
-            return run_checks(
-                task,
-                worktree=path,
-                base=base,
-                env=env,
-                log=self._logs(task) / "checks.log",
-                stop=live.stop,
-                grace=self.spec.kill_grace,
-            )
+            # No agent of the task runs while its checks do: its branch is swarm's alone.
+            with self.guard.pinned(task.id, task.branch, git.head_in(path) or base):
+                return run_checks(
+                    task,
+                    worktree=path,
+                    base=base,
+                    env=env,
+                    log=self._logs(task) / "checks.log",
+                    stop=live.stop,
+                    grace=self.spec.kill_grace,
+                )
         finally:
             self._check_slots.release()
             redact.scrub_file(self._logs(task) / "checks.log")
