@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import agent_command, agent_python, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
-from tests.test_run import checkout_snapshot, swarm, wait_for
+from tests.test_run import checkout_snapshot, pid_alive, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
@@ -278,9 +278,9 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
     # The check of the second merge says it started, then waits to be killed there.
     check = tmp_path / "check.py"
     check.write_text(
-        "import pathlib, sys, time\n"
+        "import os, pathlib, sys, time\n"
         f"if pathlib.Path('two.txt').exists() and pathlib.Path('one.txt').exists():\n"
-        f"    pathlib.Path({str(tmp_path / 'second')!r}).touch()\n"
+        f"    pathlib.Path({str(tmp_path / 'second')!r}).write_text(str(os.getpid()))\n"
         "    time.sleep(600)\n"
     )
     merging = subprocess.Popen(
@@ -290,15 +290,18 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
         start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for((tmp_path / "second").exists, what="the second merge's check")
+        second = tmp_path / "second"
+        wait_for(lambda: second.exists() and second.read_text() != "", what="the second check")
         # One merge made and checked: recorded merged, it would claim a place on `release`.
         assert "merged" not in merge_results(base_repo).values()
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)
     assert git(base_repo, "rev-parse", "release") == base
-    # The next merge lands both.
+    check_pid = int((tmp_path / "second").read_text())
+    # The next merge lands both (and first ends the check the killed one left running).
     out = swarm(base_repo, "merge", "--into", "release")
+    assert not pid_alive(check_pid)
     assert out.returncode == 0, out.stdout + out.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
     assert {"one.txt", "two.txt"} <= set(
@@ -315,11 +318,11 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     started = tmp_path / "started"
     check = tmp_path / "check.py"
     check.write_text(  # fails on the merge; the first time it says so late: killed before
-        "import pathlib, sys, time\n"
+        "import os, pathlib, sys, time\n"
         f"started = pathlib.Path({str(started)!r})\n"
         "broken = pathlib.Path('broken.txt').exists()\n"
         "if broken and not started.exists():  # not the target's own check before merging\n"
-        "    started.touch()\n"
+        "    started.write_text(str(os.getpid()))\n"
         "    time.sleep(600)\n"
         "sys.exit(1 if broken else 0)\n"
     )
@@ -334,15 +337,17 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        wait_for(started.exists, what="the merge's check")
+        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)
     integration = "swarm/integration-" + RUN_ID
     assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
 
+    check_pid = int(started.read_text())
     out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
 
+    assert not pid_alive(check_pid)  # the killed merge's check, ended before the next one's
     assert out.returncode == 1, out.stdout + out.stderr
     assert merge_results(base_repo) == {"breaks": "failed"}
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)

@@ -27,7 +27,7 @@ from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
-from worktree_swarm.infra import proc
+from worktree_swarm.infra import proc, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import (
@@ -172,6 +172,7 @@ def merge(
     ref = f"refs/heads/{branch}"
     # A running guard is told which ref this merge moves, so it is not taken for an agent's.
     with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
+        _kill_leftover_checks(run_dir(repo, run_id) / "merge")
         target = _open_target(repo, store, run_id, branch, start=start, into=into is not None)
         session = _Session(
             repo=repo,
@@ -390,6 +391,19 @@ def _move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
             f"{branch} moved while swarm was merging; the merged result is commit {new}:"
             f" keep it with `git branch swarm-merge-result {new}` and merge again"
         )
+
+
+def _kill_leftover_checks(logs: Path) -> None:
+    """Kill the checks (and resolvers) a killed `swarm merge` left running, under its lock.
+
+    Their shims live in sessions of their own; a check of the last merge still running would
+    run beside the next one in the same worktree.
+    """
+    for process, _record in supervisor.marked_processes(logs):
+        identity = supervisor.identity_of(process.pid)
+        if identity is not None:
+            with contextlib.suppress(SwarmError):
+                supervisor.kill_tree(identity, grace=0.5)
 
 
 @contextlib.contextmanager
