@@ -31,7 +31,7 @@ from worktree_swarm.infra import shim
 from worktree_swarm.infra.logtail import last_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 # psutil's create_time is start-in-clock-ticks (0.01s on Linux) plus a boot time that
 # /proc/stat gives in whole seconds and that moves when the wall clock is stepped, so
@@ -744,6 +744,25 @@ def marked_processes(root: Path) -> list[tuple[psutil.Process, Path]]:
             found.append((create_time, proc, Path(marker)))
     found.sort(key=lambda item: item[0])
     return [(proc, record) for _, proc, record in found]
+
+
+def kill_marked(
+    root: Path, *, grace: float, only: Callable[[Path], bool] | None = None, strict: bool = False
+) -> None:
+    """Kill, tree and all, each process marked with a shim record in *root*.
+
+    *only*: the records to act on. Oldest first, so a shim goes before its descendants and
+    kills them itself. One that survives SIGKILL raises SwarmError with *strict*, else is left.
+    """
+    for process, record in marked_processes(root):
+        identity = identity_of(process.pid)
+        if identity is None or (only is not None and not only(record)):
+            continue
+        try:
+            kill_tree(identity, grace=grace)
+        except SwarmError:
+            if strict:
+                raise
 
 
 def shim_alive(record: Path) -> bool:

@@ -399,11 +399,7 @@ def _kill_leftover_checks(logs: Path) -> None:
     Their shims live in sessions of their own; a check of the last merge still running would
     run beside the next one in the same worktree.
     """
-    for process, _record in supervisor.marked_processes(logs):
-        identity = supervisor.identity_of(process.pid)
-        if identity is not None:
-            with contextlib.suppress(SwarmError):
-                supervisor.kill_tree(identity, grace=0.5)
+    supervisor.kill_marked(logs, grace=0.5)
 
 
 @contextlib.contextmanager

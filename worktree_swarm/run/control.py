@@ -96,10 +96,7 @@ def _kill_steps(task_logs: Path, *, grace: float) -> None:
 
     Oldest first, so each shim goes before its descendants and kills them itself.
     """
-    for process, _record in supervisor.marked_processes(task_logs):
-        identity = supervisor.identity_of(process.pid)
-        if identity is not None:
-            supervisor.kill_tree(identity, grace=grace)
+    supervisor.kill_marked(task_logs, grace=grace, strict=True)
 
 
 def _wait_final(

@@ -8,7 +8,6 @@ failing checks can be handed back to the agent (`repair`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import threading
@@ -20,7 +19,6 @@ from typing import Unpack
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import paths
-from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
     AttemptOutcome,
@@ -818,11 +816,11 @@ class TaskWorker(RunWorker):
         Their shims live in sessions of their own, so a kill of the manager's process group
         leaves them; two checks at once in one worktree would trip over each other.
         """
-        for proc, record in supervisor.marked_processes(self._logs(task)):
-            identity = supervisor.identity_of(proc.pid)
-            if identity is not None and record.name.startswith(("setup-", "checks-")):
-                with contextlib.suppress(SwarmError):
-                    supervisor.kill_tree(identity, grace=self.spec.kill_grace)
+        supervisor.kill_marked(
+            self._logs(task),
+            grace=self.spec.kill_grace,
+            only=lambda record: record.name.startswith(("setup-", "checks-")),
+        )
 
     def _stop_asked(self, task_id: str, live: Live, log_path: Path) -> bool:
         """Whether the agent that just ended was being stopped.
@@ -850,11 +848,11 @@ class TaskWorker(RunWorker):
         if shim is not None and shim.ended_at is not None:
             return
         mine = os.path.realpath(record)
-        for proc, marker in supervisor.marked_processes(record.parent):
-            identity = supervisor.identity_of(proc.pid)
-            if identity is not None and os.path.realpath(marker) == mine:
-                with contextlib.suppress(SwarmError):
-                    supervisor.kill_tree(identity, grace=self.spec.kill_grace)
+        supervisor.kill_marked(
+            record.parent,
+            grace=self.spec.kill_grace,
+            only=lambda marker: os.path.realpath(marker) == mine,
+        )
 
     def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
         """Tell the gate how a whole attempt went, unless its stream already did."""
