@@ -15,13 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import as_owner_only, git
+from tests.conftest import as_owner_only, git, reads_only, swarm_here
 
 AgentFactory = Callable[[str], list[str]]
 
 
 def swarm(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in *repo* and wait for it."""
+    """Run the real CLI in *repo* and wait for it (a command that only reads: in this process)."""
+    if reads_only(args):
+        return swarm_here(repo, *args)
     return subprocess.run(
         [sys.executable, "-m", "worktree_swarm.cli", *args],
         cwd=repo,
