@@ -507,6 +507,10 @@ def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
         (("clean", "--run", "nope"), "nope"),
         (("clean", "--run", "x", "--all"), "--run and --all"),
         (("doctor", "--idle", "soon"), "--idle"),
+        (("clean", "--orphans", "--run", "x"), "--orphans and --run exclude each other"),
+        (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
+        (("clean", "--orphans", "--keep-branches"), "--orphans and --keep-branches exclude"),
+        (("clean", "--foreign"), "--foreign works only with --orphans (or swarm doctor)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], needle: str) -> None:
@@ -515,6 +519,19 @@ def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], nee
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
     assert needle in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+    assert checkout_state(repo) == before
+
+
+@pytest.mark.parametrize(
+    "args", [("doctor",), ("clean", "--orphans"), ("clean",), ("clean", "--all"), ("status",)]
+)
+def test_a_look_at_a_repository_swarm_never_ran_in_creates_nothing(
+    repo: Path, args: tuple[str, ...]
+) -> None:
+    # A dry run of doctor used to make .git/swarm with its repository and merge lock files.
+    before = checkout_state(repo)
+    swarm(repo, *args)
     assert not (repo / ".git" / "swarm").exists()
     assert checkout_state(repo) == before
 

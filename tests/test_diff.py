@@ -80,6 +80,24 @@ def test_diff_text_modes(tmp_path: Path) -> None:
     assert lines[-1] == "gone  done  (no branch swarm/gone)"
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--stat", "--name-only"), "--stat and --name-only exclude each other"),
+        (("--name-only", "--json"), "--name-only and --json exclude each other"),
+        (("--json", "--stat"), "--stat and --json exclude each other"),
+    ],
+)
+def test_diff_forms_exclude_each_other(
+    tmp_path: Path, flags: tuple[str, ...], message: str
+) -> None:
+    # Given both, the last one used to win without a word.
+    repo, _ = setup_run(tmp_path)
+    out = swarm(repo, "diff", *flags)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"swarm: {message}; give one of them\n"
+
+
 def test_diff_unknown_task_is_bad_input(tmp_path: Path) -> None:
     repo, _ = setup_run(tmp_path)
     out = swarm(repo, "diff", "nope")

@@ -654,12 +654,64 @@ def test_executor_settings_come_from_defaults_and_flags_and_survive_the_store(
     back = RunSettings.from_json(spec.settings.to_json())  # type: ignore[attr-defined]
     assert back.executor is Executor.RAY
     assert back.remote == "shared"
-    flags = Overrides(executor="local", remote="other")
-    spec = build(repo, path, overrides=flags)
-    assert (spec.executor, spec.remote) == (Executor.LOCAL, "other")  # type: ignore[attr-defined]
+    spec = build(repo, path, overrides=Overrides(remote="other"))
+    assert (spec.executor, spec.remote) == (Executor.RAY, "other")  # type: ignore[attr-defined]
+    spec = build(repo, path, overrides=Overrides(executor="local"))
+    assert spec.executor is Executor.LOCAL  # type: ignore[attr-defined]
     assert build(repo, manifest(cwd, '[[task]]\nid = "a"\nprompt = "x"\n')).executor is (  # type: ignore[attr-defined]
         Executor.LOCAL
     )
+
+
+def _swarm_run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--limit", "3"), "--limit works only with --issues or --issues-label"),
+        (("--github-repo", "o/r"), "--github-repo works only with --issues or --issues-label"),
+        (("--api-url", "http://127.0.0.1:9"), "--api-url works only with --issues or"),
+        (
+            ("--ray-address", "127.0.0.1:6379"),
+            '--ray-address is for the Ray executor; add --executor ray (or executor = "ray"',
+        ),
+        (("--remote", "shared"), "--remote is for the Ray executor; add --executor ray"),
+        (("--executor", "local", "--remote", "shared"), "--remote is for the Ray executor"),
+    ],
+)
+def test_an_option_that_would_do_nothing_exits_2_before_anything(
+    repo: Path, args: tuple[str, ...], message: str
+) -> None:
+    out = _swarm_run(repo, *args, "-t", "a=p")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr.startswith(f"swarm: {message}")
+    assert not (repo / ".git" / "swarm").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink", "fifo"])
+def test_a_swarm_toml_that_is_no_file_is_refused_not_skipped(repo: Path, kind: str) -> None:
+    # Skipped, the run would quietly take [tool.swarm] (or the defaults) instead.
+    (repo / "pyproject.toml").write_text("[tool.swarm]\njobs = 1\n")
+    config = repo / "swarm.toml"
+    if kind == "directory":
+        config.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to(repo / "gone.toml")
+    out = _swarm_run(repo, "-t", "a=p")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr.startswith("swarm: swarm.toml: ")
+    assert not (repo / ".git" / "swarm").exists()
 
 
 def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:

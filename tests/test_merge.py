@@ -419,6 +419,14 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
             ["--into", "refs/heads/release"],
             "swarm: --into names a branch by its short name: `release`, not refs/heads/release\n",
         ),
+        (
+            ["--dry-run", "--resolve"],
+            "swarm: --resolve works only with a merge (not --dry-run)\n",
+        ),
+        (
+            ["--dry-run", "--check", "true"],
+            "swarm: --check works only with a merge (not --dry-run)\n",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_creates_nothing(

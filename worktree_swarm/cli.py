@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from worktree_swarm.config.settings import FLAGGED
-from worktree_swarm.core.errors import ExitCode, SwarmError
+from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.models import Executor, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
@@ -85,6 +85,19 @@ def _given(entry: Setting, value: object) -> object:
     # An option never repeated gives (), a flag without a --no- form False: neither sets it.
     plain_flag = entry.kind is Kind.BOOL and entry.flag is not None and not entry.flag.negatable
     return (value or None) if entry.kind.is_list or plain_flag else value
+
+
+def _exclusive(**given: bool) -> None:
+    """Refuse options that exclude each other; *given* maps each option's name to its use."""
+    used = [f"--{name.replace('_', '-')}" for name, on in given.items() if on]
+    if len(used) > 1:
+        raise BadInputError(f"{' and '.join(used)} exclude each other; give one of them")
+
+
+def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
+    """Refuse *option*, when *given*, unless *needed* is *present* (it would do nothing)."""
+    if given and not present:
+        raise BadInputError(f"{option} works only with {needed}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,6 +180,10 @@ def run(
         spec = spec_from_json(json.dumps(saved["spec"]))
         checkout = Path(saved["checkout"])
         return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=saved["base"])
+    asked = bool(issue_numbers or issues_label)  # the options below only shape that fetch
+    for option, value in (("--limit", limit), ("--github-repo", github_repo)):
+        _needs(option, "--issues or --issues-label", given=value is not None, present=asked)
+    _needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
     extra: list[tuple[str, str, str]] = []
     if issue_numbers or issues_label:
         from worktree_swarm.github import client as github
@@ -502,27 +519,35 @@ def demo_cmd(keep: bool, jobs: int) -> int:
 @cli.command("diff", epilog=_example("swarm diff --stat", "swarm diff fix-login"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
-@click.option("--stat", "mode", flag_value="stat", help="A diffstat per task instead of patches.")
-@click.option("--name-only", "mode", flag_value="name-only", help="Changed files per task.")
-@click.option("--json", "mode", flag_value="json", help="Stable JSON (see docs/merge.md).")
+@click.option("--stat", is_flag=True, help="A diffstat per task instead of patches.")
+@click.option("--name-only", is_flag=True, help="Changed files per task.")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/merge.md).")
 @click.pass_context
-def diff_cmd(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, mode: str) -> int:
+def diff_cmd(
+    ctx: click.Context,
+    task_ids: tuple[str, ...],
+    run_id: str | None,
+    stat: bool,
+    name_only: bool,
+    as_json: bool,
+) -> int:
     """Each task's branch against its own base (three-dot), with the task's outcome."""
     from worktree_swarm.merge import diff
 
+    _exclusive(stat=stat, name_only=name_only, json=as_json)
     repo = _repo(ctx)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
-    if mode == "json":
+    if as_json:
         click.echo(json.dumps({"run_id": run_id, "tasks": [d.to_json() for d in diffs]}, indent=2))
         return ExitCode.OK
-    if mode == "name-only":
+    if name_only:
         for d in diffs:
             click.echo(diff.format_header(d))
             click.echo("".join(f"  {f.path}\n" for f in d.files), nl=False)
         return ExitCode.OK
-    for d, text in diff.patches(repo, diffs, stat=mode == "stat"):
+    for d, text in diff.patches(repo, diffs, stat=stat):
         click.echo(diff.format_header(d))
         click.echo(text, nl=False)
     return ExitCode.OK
@@ -566,6 +591,9 @@ def merge_cmd(
     from worktree_swarm.merge import merge
     from worktree_swarm.ui import merge_text
 
+    # A dry run only predicts: it would neither check nor resolve, whatever was asked.
+    _needs("--check", "a merge (not --dry-run)", given=bool(checks), present=not dry_run)
+    _needs("--resolve", "a merge (not --dry-run)", given=resolve, present=not dry_run)
     repo = _repo(ctx)
     # SIGTERM like Ctrl-C: a resolver or check being waited for is killed with its tree.
     with status.open_store(repo) as store, _sigterm_as_interrupt():
@@ -667,6 +695,10 @@ def clean_cmd(
     from worktree_swarm.cleanup import orphans as scan
     from worktree_swarm.ui.clean_text import clean_text
 
+    runs_options = {"run": run_id is not None, "all": all_runs, "keep_branches": keep_branches}
+    for name, used in runs_options.items():  # what to clean of runs: not for orphans
+        _exclusive(orphans=orphans, **{name: used})
+    _needs("--foreign", "--orphans (or swarm doctor)", given=foreign, present=orphans)
     repo = _repo(ctx)
     if orphans:
         age = scan.parse_age(idle)

@@ -312,6 +312,8 @@ def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
 
 def _merge_running(repo: git.Repo) -> bool:
     """Whether a `swarm merge` holds the repository's merge lock right now."""
+    if not (repo.state_dir / "merge.lock").exists():  # no merge ever ran; a look makes none
+        return False
     merge_lock = filelock.FileLock(repo.state_dir / "merge.lock", thread_local=False)
     try:
         merge_lock.acquire(timeout=0)

@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import (
     DEFAULT_AGENT,
     TASK_ID_RE,
+    Executor,
     RunSettings,
     RunSpec,
     Task,
@@ -107,6 +108,7 @@ def build_run_spec(
         raise BadInputError("no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE")
 
     layer = settings.over(settings.read_flags(overrides), layer)
+    _check_ray_flags(overrides, layer)
     agent = layer.get("agent")
     if isinstance(agent, AgentRef):
         resolve_agent(agent.spec, where=agent.where, repo_root=repo_root)
@@ -121,6 +123,22 @@ def build_run_spec(
         tasks.append(task)
     _check_dependencies(tasks, where_of)
     return _run_spec(tuple(tasks), layer, repo_root=repo_root)
+
+
+# Flags that only the Ray executor reads: given for a local run, they would do nothing.
+_RAY_FLAGS = ("ray_address", "remote")
+
+
+def _check_ray_flags(overrides: Overrides, layer: Layer) -> None:
+    if layer.get("executor", Executor.LOCAL) is Executor.RAY:
+        return
+    for key in _RAY_FLAGS:
+        flag = settings.BY_KEY[key].flag
+        if key in overrides.given and flag is not None:
+            raise BadInputError(
+                f"{flag.name} is for the Ray executor; add --executor ray "
+                '(or executor = "ray" in swarm.toml)'
+            )
 
 
 def load_config(repo_root: Path) -> dict[str, object]:
@@ -179,7 +197,7 @@ def dependency_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 def _load_config(repo_root: Path) -> tuple[str, dict[str, object]]:
     swarm_toml = repo_root / CONFIG_FILE
-    if swarm_toml.is_file():
+    if os.path.lexists(swarm_toml):  # a directory or a dangling link is refused, not skipped
         return _display(swarm_toml), _read_toml(swarm_toml, where=_display(swarm_toml))
     pyproject = repo_root / "pyproject.toml"
     if not pyproject.is_file():

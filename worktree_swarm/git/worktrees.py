@@ -92,6 +92,10 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
     """Return every worktree of *repo*, the main one first."""
     # Unlocked, `worktree list` can catch a concurrent `worktree add` half-way and fail.
+    if not repo.state_dir.is_dir():
+        # No swarm ever worked here (the lock lives in its state dir): nothing to wait for,
+        # and a look (`swarm doctor`, `swarm clean`) creates nothing.
+        return list_worktrees_locked(repo)
     with repo_lock(repo):
         return list_worktrees_locked(repo)
 
