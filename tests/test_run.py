@@ -576,11 +576,14 @@ def test_a_repository_swarm_cannot_write_is_one_clear_line(repo: Path, command: 
         )  # fmt: skip
     finally:
         git_dir.chmod(0o755)
-    assert out.returncode == 2
-    assert out.stderr == (
-        f"swarm: cannot write {git_dir}/swarm: Permission denied; "
-        "swarm keeps its state in .git/swarm\n"
-    )
+    if command == ["doctor"]:  # a look writes nothing, so a read-only repository is no obstacle
+        assert (out.returncode, out.stdout, out.stderr) == (0, "nothing to clean\n", "")
+    else:
+        assert out.returncode == 2
+        assert out.stderr == (
+            f"swarm: cannot write {git_dir}/swarm: Permission denied; "
+            "swarm keeps its state in .git/swarm\n"
+        )
     assert not (git_dir / "swarm").exists()
 
 
