@@ -23,7 +23,13 @@ from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
-from worktree_swarm.infra.redact import REDACTED, RedactingWriter, Redactor, is_secret_name
+from worktree_swarm.infra.redact import (
+    REDACTED,
+    RedactingWriter,
+    Redactor,
+    file_secrets,
+    is_secret_name,
+)
 from worktree_swarm.infra.store import Store
 from worktree_swarm.ui.live import LiveTable
 
@@ -227,6 +233,70 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     assert pushed == ["swarm/clean"]
     assert key not in git(bare, "log", "-p", "--all")
     assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/clean"]
+
+
+def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    stripe = "sk_live_51Hq8TzLmX2b7c"  # no known format: only the copy file says it is secret
+    password = "pw9Kq2xLm4"  # noqa: S105 - a test value
+    (repo / ".env").write_text(
+        f"STRIPE_KEY={stripe}\nDATABASE_URL=postgres://app:{password}@db/x\n"
+        "POSTGRES_PASSWORD=postgres\nDEBUG=true\n"
+    )
+    agent = write_agent(
+        "import os, pathlib, shutil\n"
+        "if os.environ['SWARM_TASK_ID'] == 'leaky':\n"
+        "    shutil.copy('.env', '.env.example')  # the values, under a name copy does not know\n"
+        "    key = pathlib.Path('.env').read_text().split()[0].split('=')[1]\n"
+        "    print('using', key, flush=True)\n"
+        "else:\n"  # a word that is also a value in .env: not a reason to refuse
+        "    pathlib.Path('compose.yml').write_text('services:\\n  db:\\n    image: postgres\\n')\n"
+    )
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+        '[[task]]\nid = "leaky"\nprompt = "x"\n[[task]]\nid = "fine"\nprompt = "y"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert stripe in git(repo, "show", "swarm/leaky:.env.example")  # the agent's commit
+    # Redacted wherever swarm writes: the agent's log, and `swarm logs` of it.
+    shown = swarm(repo, "logs", "leaky").stdout
+    assert f"using {REDACTED}" in shown
+    for log in (repo / ".git" / "swarm").rglob("*.log"):
+        assert stripe not in log.read_text(errors="replace")
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    assert pr.returncode == 1, pr.stdout + pr.stderr
+    (refused,) = [line for line in pr.stdout.splitlines() if line.startswith("leaky")]
+    assert "not pushing swarm/leaky: .env.example (commit " in refused
+    assert "holds the value of STRIPE_KEY in .env (a copy file);" in refused
+    assert stripe not in pr.stdout + pr.stderr
+    pushed = git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
+    assert pushed == ["swarm/fine"]
+    assert stripe not in git(bare, "log", "-p", "--all")
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("STRIPE_KEY=sk_live_51Hq8TzLm\n", [("STRIPE_KEY", "sk_live_51Hq8TzLm")]),
+        ('export API_TOKEN="a1b2c3d4e5"  # ci\n', [("API_TOKEN", "a1b2c3d4e5")]),
+        ("api_key: 'q9w8e7r6t5'\n", [("api_key", "q9w8e7r6t5")]),
+        ('  "client_secret": "abcdefghijklmnopq",\n', [("client_secret", "abcdefghijklmnopq")]),
+        ("URL=mysql://u:x7y8z9w0v@h/db\n", [("a URL's password", "x7y8z9w0v")]),
+        ("POSTGRES_PASSWORD=postgres\nSECRET_KEY=changeme\nTOKEN=ab12\n", []),
+        ("DEBUG=true\nPORT=8080\nNAME=ab12cd34ef\n", []),
+    ],
+)
+def test_the_secrets_of_a_local_file(text: str, found: list[tuple[str, str]]) -> None:
+    # Secret-named values and URL passwords that look generated; words and short values not.
+    assert file_secrets(text) == found
 
 
 @pytest.mark.parametrize(

@@ -448,6 +448,7 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
+        status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
         # Whole lines through the redactor, so a secret is never split across two writes.
         out = RedactingWriter(sys.stdout.buffer)
         with path.open("rb") as fh:

@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from worktree_swarm.git.repo import (
     git_dir,
     repo_lock,
 )
-from worktree_swarm.infra import fs
+from worktree_swarm.infra import fs, redact
 
 _ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
@@ -600,6 +601,37 @@ def copy_sources(
                     )
                 found.setdefault(rel, src)
     return [(src, rel) for rel, src in sorted(found.items())]
+
+
+# What copied_secrets reads: a settings file is small; a bigger one is skipped, and so is the
+# rest once this much was read (`copy = ["node_modules"]` is a copy, not settings).
+_SETTINGS_FILE_LIMIT = 1 << 20
+_SETTINGS_TOTAL_LIMIT = 16 << 20
+
+
+def copied_secrets(root: Path, globs: Sequence[str]) -> list[tuple[str, str]]:
+    """The secrets the ``copy`` files *globs* name below *root* hold, as ``(name, value)``.
+
+    Each name says where the value is (``STRIPE_KEY in .env``). An agent can put these values
+    on its branch under another file name (``cp .env .env.example``): the redactor and
+    ``swarm pr`` look for them wherever they are.
+    """
+    found: list[tuple[str, str]] = []
+    budget = _SETTINGS_TOTAL_LIMIT
+    for src, rel in copy_sources(root, globs, strict=False):
+        try:
+            info = src.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > min(_SETTINGS_FILE_LIMIT, budget):
+                continue
+            data = src.read_bytes()[:_SETTINGS_FILE_LIMIT]
+        except OSError:
+            continue
+        budget -= len(data)
+        if b"\0" in data[:8192]:  # binary: not a settings file
+            continue
+        text = data.decode("utf-8", errors="replace")
+        found += [(f"{name} in {rel}", value) for name, value in redact.file_secrets(text)]
+    return found
 
 
 def local_paths(

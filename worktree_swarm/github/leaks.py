@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -47,11 +47,19 @@ class Leak:
 
 
 def find_leak(
-    repo: git.Repo, *, base: str | None, tip: str, copy_globs: Sequence[str]
+    repo: git.Repo,
+    *,
+    base: str | None,
+    tip: str,
+    copy_globs: Sequence[str],
+    local_secrets: Sequence[tuple[str, str]] = (),
 ) -> Leak | None:
     """The first ``copy`` file or credential in the commits ``base..tip``, or None.
 
-    Credentials are looked for in file contents, file names and commit messages.
+    Credentials are looked for in file contents, file names and commit messages: known
+    formats, the values of secret environment variables and *local_secrets*, ``(where,
+    value)`` pairs such as the secrets of the ``copy`` files (copied under another name, a
+    ``.env`` value is on the branch all the same).
 
     Without *base*, every commit reachable from *tip* is looked at.
     """
@@ -64,7 +72,8 @@ def find_leak(
         pattern = matching_glob(path, copy_globs)
         if pattern is not None:
             return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
-    secrets = redact.current().values
+    secrets = dict.fromkeys(redact.current().values, "the value of a secret environment variable")
+    secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
     for commit, path, blob in changed:
         why = _credential(path, secrets)  # a file named after a key is pushed with its name
         if why is not None:
@@ -135,10 +144,9 @@ def _blob_head(repo: git.Repo, blob: str) -> str:
     return out[:SCAN_LIMIT].decode("utf-8", errors="replace")
 
 
-def _credential(text: str, secrets: Collection[str]) -> str | None:
+def _credential(text: str, secrets: Mapping[str, str]) -> str | None:
+    """What credential *text* holds: a known format, or one of *secrets* (value -> what)."""
     for what, pattern in _KINDS:
         if pattern.search(text):
             return what
-    if any(value in text for value in secrets):
-        return "the value of a secret environment variable"
-    return None
+    return next((what for value, what in secrets.items() if value in text), None)

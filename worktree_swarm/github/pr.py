@@ -11,6 +11,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, one_line
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
 from worktree_swarm.github import leaks, pr_conflicts
 from worktree_swarm.github.client import (
     Client,
@@ -226,7 +227,13 @@ def _one(
     if tip is None:
         raise SwarmError(f"branch {branch} of task {row.task_id} is gone; nothing to push")
     # Every commit the push sends, from the run's base: a dependency's commits go too.
-    leak = leaks.find_leak(repo, base=fallback or row.base_commit, tip=tip, copy_globs=task.copy)
+    leak = leaks.find_leak(
+        repo,
+        base=fallback or row.base_commit,
+        tip=tip,
+        copy_globs=task.copy,
+        local_secrets=worktrees.copied_secrets(repo.root, task.copy),
+    )
     if leak is not None:
         raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
     push_branch(repo, remote, branch, redact=client.token.redact)

@@ -5,7 +5,8 @@ Every writer of text that leaves the process (terminal output, the state store, 
 What counts as a secret (docs/secrets.md):
 
 - the value of every environment variable whose name says it holds one (:func:`is_secret_name`),
-  taken from this process's environment and from each task's ``env`` (:func:`add_env`);
+  taken from this process's environment and from each task's ``env`` (:func:`add_env`), and
+  the secrets of the ``copy`` files (:func:`file_secrets`);
 - the password of a URL (``scheme://user:PASSWORD@host``);
 - known credential formats: Anthropic and OpenAI keys, GitHub tokens, AWS access key ids,
   Slack tokens, Google API keys, JWTs, private-key blocks;
@@ -78,6 +79,47 @@ _TRIGGERS = (
     "credential",
     "private",
 )
+
+
+# A setting in a local file: `NAME=value`, `export NAME="value"`, `name: value`, `"name": "value",`.
+_SETTING = re.compile(
+    r"""^\s*(?:export\s+)?["']?(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)["']?\s*[:=]\s*"""
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s#,;]+))""",
+    re.MULTILINE,
+)
+_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]+:([^\s/@\"'<>]+)@")
+
+
+def file_secrets(text: str) -> list[tuple[str, str]]:
+    """The secrets a local file (``.env``, YAML, JSON, INI) holds, as ``(name, value)`` pairs.
+
+    A value counts when its name says secret (:func:`is_secret_name`) or it is a URL's
+    password, and it looks made up rather than a word: at least 8 characters with a letter and
+    a digit, or at least 16 (``POSTGRES_PASSWORD=postgres`` is the name of half a
+    docker-compose file, not a secret worth refusing a branch over).
+    """
+    found: list[tuple[str, str]] = []
+    for m in _SETTING.finditer(text):
+        name, value = m.group("name"), m.group("dq") or m.group("sq") or m.group("bare") or ""
+        if is_secret_name(name) and _made_up(value):
+            found.append((name, value))
+    passwords = (m.group(1) for m in _URL_PASSWORD.finditer(text))
+    found.extend(("a URL's password", value) for value in passwords if _made_up(value))
+    return found
+
+
+# A local file's value is taken for a credential from this length with a letter and a digit,
+# or from the longer one without.
+_MADE_UP_MIXED = 8
+_MADE_UP_ANY = 16
+
+
+def _made_up(value: str) -> bool:
+    """Whether *value* looks like a generated credential, not a word or a placeholder."""
+    if any(c.isspace() for c in value) or len(value) < _MADE_UP_MIXED:
+        return False
+    mixed = any(c.isalpha() for c in value) and any(c.isdigit() for c in value)
+    return mixed or len(value) >= _MADE_UP_ANY
 
 
 def is_secret_name(name: str) -> bool:

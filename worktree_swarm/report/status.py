@@ -10,7 +10,9 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
 from worktree_swarm.infra import faults, supervisor
+from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
@@ -237,6 +239,20 @@ def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
+
+
+def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -> None:
+    """Have this process's redactor replace *task_id*'s own secrets too, as its manager does.
+
+    Those are the secret-named values of the task's ``env`` and the secrets of its ``copy``
+    files; the environment's are known to every swarm process already.
+    """
+    row = store.task(run_id, task_id)
+    if row is None:
+        return
+    task = task_from_json(row.spec_json)
+    redaction.add_env(task.env)
+    redaction.add_env(worktrees.copied_secrets(repo.root, task.copy))
 
 
 def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int]:

@@ -24,6 +24,7 @@ from worktree_swarm.core.models import Emit, Executor, RunSettings, RunSpec, Run
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
@@ -62,8 +63,12 @@ class Runner:
         self.run_id = run_id
         self.base_commit = base_commit
         self._observer = observer
-        # Secret-named task `env` values are redacted from everything this process writes.
+        # Secret-named task `env` values, and the secrets of the `copy` files, are redacted
+        # from everything this process writes.
         redact.add_env(pair for task in spec.tasks for pair in task.env)
+        redact.add_env(
+            worktrees.copied_secrets(repo.root, sorted({g for t in spec.tasks for g in t.copy}))
+        )
         self._tasks = {t.id: t for t in spec.tasks}
         self._scheduler = Scheduler(spec.tasks)
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
