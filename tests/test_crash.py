@@ -405,6 +405,39 @@ def test_resume_on_a_full_disk_says_so_in_one_line(
     assert not pid_alive(int(pid_file.read_text()))
 
 
+def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> None:
+    # The morning after a run filled the disk: SQLite cannot open the state to write (it
+    # cannot create its shared-memory file), and a plain `git status` cannot refresh an index.
+    repo = make_repo(small_disk / "repo")
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=p").returncode == 0
+    with (small_disk / "filler.bin").open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"x" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    note = f"note: the disk is full; showing {repo}/.git/swarm/state.db as last written\n"
+    try:
+        for args in (["status", "--json"], ["runs"], ["report"], ["logs", "a"], ["diff"]):
+            out = swarm(repo, *args)
+            assert (out.returncode, out.stderr) == (0, note), (args, out.stderr)
+        assert json.loads(swarm(repo, "status", "--json").stdout)["tasks"][0]["state"] == "done"
+        planned = swarm(repo, "clean")  # a dry run: it looks
+        assert (planned.stderr, planned.stdout.splitlines()[-1]) == (
+            "",
+            "1 to fix, 1 kept; run again with --yes to fix them",
+        )
+        assert swarm(repo, "doctor").stdout == "nothing to clean\n"
+        cleaning = swarm(repo, "clean", "--yes")  # it must record what it does: not now
+        assert cleaning.returncode == 1
+        assert cleaning.stderr.count("\n") == 1
+        assert "free some space" in cleaning.stderr
+    finally:
+        (small_disk / "filler.bin").unlink()
+    assert swarm(repo, "status").stderr == ""  # writable again: no note
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_manager_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:

@@ -117,6 +117,14 @@ def cli(ctx: click.Context, directory: Path, debug: bool) -> None:
     ctx.obj.update({"dir": directory, "debug": debug})
 
 
+def _store_to_read(repo: git.Repo) -> Store:
+    """The store for a command that only looks; on a full disk, as last written (said once)."""
+    store = status.open_store(repo, to_read=True)
+    if store.read_only:
+        click.echo(f"note: the disk is full; showing {store.path} as last written", err=True)
+    return store
+
+
 def _repo(ctx: click.Context) -> git.Repo:
     git.require_git()
     return git.open_repo(Path(ctx.obj["dir"]))
@@ -289,7 +297,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
     from worktree_swarm.run import runs
 
     repo = _repo(ctx)
-    with status.open_store(repo) as store:
+    with _store_to_read(repo) as store:
         summaries = runs.list_runs(store)
     if as_json:
         click.echo(json.dumps({"runs": [s.to_json() for s in summaries]}, indent=2))
@@ -413,7 +421,7 @@ def _print_summary(store: Store, run_id: str) -> None:
 def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """One row per task: state, attempt, pid, alive, elapsed, diff stat, branch, worktree."""
     repo = _repo(ctx)
-    with status.open_store(repo) as store:
+    with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True)
         failed_scans = status.guard_errors(store, run_id)
@@ -445,7 +453,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
 def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> int:
     """Print the agent's output (newest attempt)."""
     repo = _repo(ctx)
-    with status.open_store(repo) as store:
+    with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
         status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
@@ -537,7 +545,7 @@ def diff_cmd(
 
     _exclusive(stat=stat, name_only=name_only, json=as_json)
     repo = _repo(ctx)
-    with status.open_store(repo) as store:
+    with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
     if as_json:
@@ -764,7 +772,7 @@ def report_cmd(
     repo = _repo(ctx)
     if html_path is not None:
         report_html.check_output(html_path)
-    with status.open_store(repo) as store:
+    with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id))
     if html_path is not None:

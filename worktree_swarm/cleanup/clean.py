@@ -114,7 +114,8 @@ def clean(
         if run_id is not None:
             raise BadInputError(f"unknown run {run_id!r}: no swarm runs in {repo.root} yet")
         return Report(mode="clean", findings=(), notes=("no swarm runs here yet",))
-    with Store(store_path(repo)) as store:
+    # A dry run only looks: it works on a full disk too (the store as last written).
+    with Store(store_path(repo)) if yes else Store.to_read(store_path(repo)) as store:
         if all_runs:
             run_ids = [run.run_id for run in store.runs()]
         else:

@@ -97,7 +97,9 @@ def doctor(
     grace: float = 5.0,
 ) -> Report:
     """Scan for orphans; with *yes* fix them (see :func:`worktree_swarm.fixes.apply`)."""
-    store = Store(store_path(repo)) if store_path(repo).exists() else None
+    path = store_path(repo)
+    # A dry run only looks: it works on a full disk too (the store as last written).
+    store = (Store(path) if yes else Store.to_read(path)) if path.exists() else None
     try:
         findings = scan(repo, store, force=force, foreign=foreign, idle=idle)
         if not yes:

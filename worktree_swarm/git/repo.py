@@ -554,7 +554,9 @@ def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
     return [p for p in out.split("\0") if p]
 
 
-_STATUS = ["status", "--porcelain=v1", "-z", "--untracked-files=all"]
+# --no-optional-locks: a look never writes the index (a plain status refreshes it: on a full
+# disk that fails, and in your checkout it can take the lock from your own git command).
+_STATUS = ["--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all"]
 # What git says, and still exits 0, when it cannot look inside part of a checkout.
 _UNSEEN = ("could not open directory", "Permission denied")
 

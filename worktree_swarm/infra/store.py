@@ -363,18 +363,59 @@ def _waits_for_space(method: _F) -> _F:
     return cast("_F", wrapper)
 
 
+def _open_last_written(path: Path) -> sqlite3.Connection:
+    """*path* opened to read only: with the log of recent changes, else the file alone.
+
+    Read-only first, which reads a live manager's write-ahead log too; when even that needs a
+    file SQLite cannot create, the database file alone, as of its last checkpoint.
+    """
+    failure: sqlite3.Error = sqlite3.OperationalError("no way to open it")
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        conn = sqlite3.connect(
+            f"{path.absolute().as_uri()}?{query}",
+            uri=True,
+            timeout=30,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            conn.close()
+            failure = exc
+            continue
+        if version != SCHEMA_VERSION:  # it cannot be brought up to date without writing
+            conn.close()
+            raise SwarmError(
+                f"{path} has schema version {version}, not {SCHEMA_VERSION}; it can be read "
+                "once it can be written (free some space)"
+            )
+        return conn
+    raise DiskFullError(full_message(f"the state database {path}", failure)) from failure
+
+
 class Store:
     """The state database; every method is atomic and safe to call from several threads."""
 
     #: Called with the error when a write finds the disk full (it waits, then the write is
     #: retried), and with None once a write succeeds again; None: such writes raise.
     on_full: Callable[[Exception | None], None] | None = None
+    #: True for a store opened by :meth:`as_last_written`.
+    read_only = False
 
-    def __init__(self, path: Path) -> None:
-        """Open (creating if needed) the database at *path* and bring its schema up to date."""
+    def __init__(self, path: Path, *, last_written: bool = False) -> None:
+        """Open (creating if needed) the database at *path* and bring its schema up to date.
+
+        With *last_written*, only read it as it was last written (:meth:`to_read`).
+        """
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if last_written:
+            self.read_only = True
+            self._conn = _open_last_written(path)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -399,6 +440,19 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+
+    @classmethod
+    def to_read(cls, path: Path) -> Self:
+        """Open *path* for a command that only looks: on a full disk, as last written.
+
+        SQLite cannot open a database to write while it cannot create its shared-memory
+        file; a look at the state (``swarm status`` in the morning) must work all the same.
+        Such a store has ``read_only`` set, and writes through it fail.
+        """
+        try:
+            return cls(path)
+        except DiskFullError:
+            return cls(path, last_written=True)
 
     def _migrate(self) -> None:
         # In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last

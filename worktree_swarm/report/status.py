@@ -112,12 +112,16 @@ def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
     )
 
 
-def open_store(repo: git.Repo) -> Store:
-    """Open the store, or explain that no run has happened here yet."""
+def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
+    """Open the store, or explain that no run has happened here yet.
+
+    With *to_read* (commands that only look), a full disk does not stop them: the store is
+    opened as it was last written (:meth:`Store.to_read`).
+    """
     path = store_path(repo)
     if not path.exists():
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
-    return Store(path)
+    return Store.to_read(path) if to_read else Store(path)
 
 
 def resolve_run(store: Store, run_id: str | None) -> str:
