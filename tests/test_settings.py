@@ -18,7 +18,13 @@ import pytest
 
 from worktree_swarm import cli
 from worktree_swarm.config import doc_table, tomlwrite
-from worktree_swarm.config.manifest import DEFAULTS_KEYS, TASK_KEYS, Overrides, build_run_spec
+from worktree_swarm.config.manifest import (
+    DEFAULTS_KEYS,
+    RAY_FLAGS,
+    TASK_KEYS,
+    Overrides,
+    build_run_spec,
+)
 from worktree_swarm.config.settings import FLAGGED, SETTINGS
 from worktree_swarm.core.models import RunSettings, RunSpec, Task
 from worktree_swarm.core.settings import Kind, Scope, Setting, settings_of
@@ -161,6 +167,8 @@ def test_every_flag_is_a_swarm_run_option_that_sets_its_setting(repo: Path, entr
     args = [*cli_args(entry), "-t", "a=p"]
     if entry.key != "agent":
         args += ["--agent", "scripted"]
+    if entry.key in RAY_FLAGS:  # refused for a local run, where it would do nothing
+        args += ["--executor", "ray"]
     with cli.run.make_context("run", args) as ctx:
         params = ctx.params
     spec = build_run_spec(

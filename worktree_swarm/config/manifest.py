@@ -126,13 +126,13 @@ def build_run_spec(
 
 
 # Flags that only the Ray executor reads: given for a local run, they would do nothing.
-_RAY_FLAGS = ("ray_address", "remote")
+RAY_FLAGS = ("ray_address", "remote")
 
 
 def _check_ray_flags(overrides: Overrides, layer: Layer) -> None:
     if layer.get("executor", Executor.LOCAL) is Executor.RAY:
         return
-    for key in _RAY_FLAGS:
+    for key in RAY_FLAGS:
         flag = settings.BY_KEY[key].flag
         if key in overrides.given and flag is not None:
             raise BadInputError(
