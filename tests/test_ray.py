@@ -578,6 +578,47 @@ def test_git_files_an_agent_plants_in_its_clone_are_put_back_before_the_push_and
     assert not actor_processes(cluster)
 
 
+def test_work_left_in_a_submodule_of_the_clone_fails_the_task(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # The node's clone has the submodule `lib` as an empty directory, as a local worktree
+    # does: files written there are seen by no `git status` and go with the clone.
+    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(repo, "remote", "add", "origin", str(remote))
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        "pathlib.Path('own.txt').write_text('own work\\n')\n"
+        "pathlib.Path('lib/NOTES.md').write_text(sys.argv[1] + '\\n')\n"
+    )
+    argv = {  # u writes nothing into lib
+        "t": [sys.executable, str(script), "notes"],
+        "u": [sys.executable, "-c", "import pathlib; pathlib.Path('own.txt').write_text('u')"],
+    }
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
+        + "".join(
+            f'[[task]]\nid = "{t}"\nprompt = "p"\nagent = {json.dumps(a)}\n'
+            for t, a in argv.items()
+        )
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status(repo)
+    assert rows["t"]["state"] == "failed", rows["t"]
+    assert "left work in submodule lib, which no commit of swarm/t can hold" in str(
+        rows["t"]["reason"]
+    )
+    assert rows["u"]["state"] == "done", rows["u"]
+    assert git(repo, "show", "swarm/t:own.txt") == "own work"  # the rest is committed
+    assert not actor_processes(cluster)
+
+
 def test_sandbox_is_refused_when_a_node_cannot_sandbox(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -619,6 +619,7 @@ class RayTaskWorker(RunWorker):
         )
         tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
         self._report_planted(task.id, handle, self._call(handle.actor.planted.remote, live=live))
+        left: list[str] = self._call(handle.actor.submodule_work.remote, live=live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
         with contextlib.suppress(NodeLostError):
@@ -635,6 +636,13 @@ class RayTaskWorker(RunWorker):
         if cut is None and result.outcome is AgentOutcome.SUCCESS:
             self.gate.report(provider_of(task.agent), Limit(signal=Signal.OK), whole_attempt=True)
         outcome = _outcome(cut, result, files=stat.files)
+        if left and cut is None and result.outcome is AgentOutcome.SUCCESS:
+            outcome = TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"left work in submodule {', '.join(left)}, which no commit of "
+                f"{task.branch} can hold; it was not kept (it was in the clone on node "
+                f"{handle.node})",
+            )
         failure = self._check(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
         return outcome if failure is None else failure

@@ -376,6 +376,10 @@ class NodeAgent:
                 if not self._ended.is_set():
                     self._snapshot()
 
+    def submodule_work(self) -> list[str]:
+        """Submodule directories of the clone holding work no commit can record."""
+        return git.submodule_work(self.work)
+
     def planted(self) -> list[str]:
         """Git's own files of the clone the agent changed (each put back before swarm's git)."""
         return list(self._planted)
