@@ -384,3 +384,21 @@ def test_pr_bodies_name_the_open_pull_requests_they_conflict_with(
     assert heading not in fake_github.pulls[1]["body"]
     assert heading not in fake_github.pulls[2]["body"]
     assert len(fake_github.pulls) == 2
+
+
+def test_a_failed_update_with_predicted_conflicts_leaves_the_pull_requests_open(
+    repo: Path, clashing_run: Path, fake_github: FakeGitHub
+) -> None:
+    # The update of #1 that names #2 is a courtesy: its failure used to end the command with
+    # an error after both pull requests were open, skipping the other updates.
+    fake_github.bare = clashing_run
+    fake_github.fail_next("PATCH", r"pulls/1$", 422, message="Validation Failed")
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines[:2]] == [["aa", "created"], ["bb", "created"]]
+    assert lines[2] == (
+        "aa  note  #1 lacks its predicted conflicts: "
+        "GitHub PATCH /repos/acme/widgets/pulls/1 failed with 422: Validation Failed"
+    )
+    assert sorted(fake_github.pulls) == [1, 2]

@@ -9,6 +9,7 @@ GitHub. Each secret value is looked for in every output, every file under ``.git
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import subprocess
@@ -673,19 +674,28 @@ def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     pasted = "github_pat_" + "P4st3d" * 5
-    agent = write_agent("import pathlib\npathlib.Path('fix.txt').write_text('fixed\\n')\n")
+    # Both tasks rewrite fix.txt: t's pull request, opened first, is updated once u's exists
+    # to name it among its predicted conflicts, with a body made again from the prompt.
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path('fix.txt').write_text(os.environ['SWARM_TASK_ID'])\n"
+    )
     prompt = f"Fix auth with {pasted}\n\nThe log said: Authorization: token {pasted}"
-    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}").returncode == 0
+    ran = swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}", "-t", "u=Fix it")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
     git(repo, "remote", "add", "origin", str(bare))
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
     assert pr.returncode == 0, pr.stdout + pr.stderr
-    (pull,) = fake_github.pulls.values()
+    pull = next(p for p in fake_github.pulls.values() if p["head"]["ref"] == "swarm/t")
     assert pull["title"] == f"Fix auth with {REDACTED}"
     assert pasted not in pull["body"]
     assert f"Authorization: token {REDACTED}" in pull["body"]
+    assert "#2" in pull["body"]  # the update that names u's pull request
+    sent = [json.dumps(r.body) for r in fake_github.requests]
+    assert [r.method for r in fake_github.requests].count("PATCH") == 1
+    assert not [body for body in sent if pasted in body]
 
 
 def test_an_ignored_copy_file_an_agent_force_adds_stays_off_the_tip(

@@ -187,12 +187,48 @@ def open_pull_requests(
     for pull in pulls:
         now = pr_conflicts.clashes(pull.task_id, pairs, known)
         if now != sent[pull.task_id]:
-            row = by_id[pull.task_id]
-            task = task_from_json(row.spec_json)
-            tip = git.rev_parse(repo, f"refs/heads/{pull.branch}^{{commit}}") or ""
-            body = pr_body(repo, row, task, tip=tip, fallback_base=run_base, clashes=now)
-            client.update_pull(pull.number, title=pr_title(task), body=body)
+            _add_clashes(repo, client, by_id[pull.task_id], pull, run_base, now, echo)
     return PrReport(pulls=tuple(pulls), failures=tuple(failures))
+
+
+def _add_clashes(
+    repo: git.Repo,
+    client: Client,
+    row: TaskRow,
+    pull: PullRequest,
+    fallback: str | None,
+    clashes: Sequence[pr_conflicts.Clash],
+    echo: Echo | None,
+) -> None:
+    """Update *pull* to name pull requests of its batch opened after it that it conflicts with."""
+    task = task_from_json(row.spec_json)
+    tip = git.rev_parse(repo, f"refs/heads/{pull.branch}^{{commit}}") or ""
+    title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
+    try:
+        client.update_pull(pull.number, title=title, body=body)
+    except RateLimitError:
+        raise
+    except (GitHubError, SwarmError) as exc:  # the pull request is open all the same
+        if echo is not None:
+            reason = redact(client.token.redact(str(exc)))
+            echo(f"{pull.task_id}  note  #{pull.number} lacks its predicted conflicts: {reason}")
+
+
+def _texts(
+    repo: git.Repo,
+    row: TaskRow,
+    task: Task,
+    *,
+    tip: str,
+    fallback: str | None,
+    clashes: Sequence[pr_conflicts.Clash],
+) -> tuple[str, str]:
+    """A pull request's title and body, redacted.
+
+    The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
+    """
+    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes)
+    return redact(pr_title(task)), redact(body)
 
 
 def _predicted_pairs(
@@ -237,9 +273,7 @@ def _one(
     if leak is not None:
         raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
     push_branch(repo, remote, branch, redact=client.token.redact)
-    # The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
-    title = redact(pr_title(task))
-    body = redact(pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes))
+    title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
     existing = client.find_pull(branch)
     if existing is not None:
         reply = client.update_pull(int(existing["number"]), title=title, body=body)
