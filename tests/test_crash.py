@@ -228,6 +228,31 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+def test_a_retried_task_merged_before_is_merged_again_with_its_new_work(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Its failed attempt's work merged by name, then a retry that succeeds: the old merge
+    # result used to make `swarm merge` skip it while status said "merged".
+    flag = tmp_path / "succeed"
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "with open('a.txt', 'a') as fh: fh.write('attempt\\n')\n"
+        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert swarm(repo, "merge", "a").returncode == 0
+    flag.touch()
+    assert swarm(repo, "retry", "a").returncode == 0
+    assert status_json(repo)["a"]["merge_result"] is None  # not merged: this work never was
+    out = swarm(repo, "merge")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (integration,) = git(repo, "for-each-ref", "--format=%(refname:short)",
+                         "refs/heads/swarm/integration-*").split()  # fmt: skip
+    assert git(repo, "show", f"{integration}:a.txt") == "attempt\nattempt"
+    assert status_json(repo)["a"]["merge_result"] == "merged"
+
+
 def test_a_fresh_retry_killed_once_the_branch_is_gone_has_its_old_tip_on_record(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:

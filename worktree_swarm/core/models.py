@@ -18,6 +18,9 @@ Emit: TypeAlias = Callable[[str, str | None, Mapping[str, object]], None]
 
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
+# A task's merge result while `swarm merge` runs checks on its merge: an intent, undone by the
+# next merge when that one was killed.
+MERGE_CHECKING = "checking"
 DEFAULT_COMMIT_AUTHOR = "worktree-swarm <swarm@localhost>"
 DEFAULT_RETRIES = 5  # rate-limited attempts resumed per agent before giving up
 DEFAULT_MAX_WAIT = 4 * 3600.0  # seconds

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.models import MERGE_CHECKING, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra.store import Store, TaskRow
@@ -102,5 +102,15 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         retry_base=last,
         retry_fresh=fresh,
     )
+    if row.merge_result not in {None, MERGE_CHECKING}:  # a killed merge's intent stays to undo
+        # What merged before is not what the branch will hold: the next `swarm merge` takes it.
+        store.update_task(
+            row.run_id,
+            row.task_id,
+            merge_result=None,
+            merge_target=None,
+            merge_commit=None,
+            merge_detail="",
+        )
     if fresh:
         store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
