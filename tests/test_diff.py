@@ -80,6 +80,18 @@ def test_diff_text_modes(tmp_path: Path) -> None:
     assert lines[-1] == "gone  done  (no branch swarm/gone)"
 
 
+def test_diff_name_only_gives_each_path_one_line(tmp_path: Path) -> None:
+    # A file name with a newline (an agent names files as it likes) printed raw was two lines.
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    brancher.branch("swarm/odd", base, {"two\nlines.txt": "x\n", 'say "hi".txt': "y\n"})
+    brancher.close()
+    record_run(repo, [("odd", base)], base=base)
+    names = swarm(repo, "diff", "--name-only")
+    assert names.stdout.splitlines()[1:] == ['  "say \\"hi\\".txt"', '  "two\\nlines.txt"']
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

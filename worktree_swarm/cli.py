@@ -23,6 +23,7 @@ from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.models import Executor, RunStatus, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults
 from worktree_swarm.infra.redact import RedactingWriter, redact
@@ -554,7 +555,7 @@ def diff_cmd(
     if name_only:
         for d in diffs:
             click.echo(diff.format_header(d))
-            click.echo("".join(f"  {f.path}\n" for f in d.files), nl=False)
+            click.echo("".join(f"  {path_text(f.path)}\n" for f in d.files), nl=False)
         return ExitCode.OK
     for d, text in diff.patches(repo, diffs, stat=stat):
         click.echo(diff.format_header(d))

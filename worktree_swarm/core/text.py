@@ -23,3 +23,22 @@ def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> 
     if limit is None or len(flat) <= limit:
         return flat
     return flat[: limit - 1] + "…"
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def path_text(path: str) -> str:
+    """*path* as git prints it: quoted, with C escapes, when it holds a control character.
+
+    A quote or a backslash is escaped too, so that one path is always one unambiguous line.
+    """
+    if not any(c in _ESCAPES or unicodedata.category(c) == "Cc" for c in path):
+        return path
+    return '"' + "".join(_ESCAPES.get(c) or _octal(c) for c in path) + '"'
+
+
+def _octal(char: str) -> str:
+    if unicodedata.category(char) != "Cc":
+        return char
+    return "".join(f"\\{byte:03o}" for byte in char.encode("utf-8", errors="surrogateescape"))
