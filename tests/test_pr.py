@@ -402,3 +402,33 @@ def test_a_failed_update_with_predicted_conflicts_leaves_the_pull_requests_open(
         "GitHub PATCH /repos/acme/widgets/pulls/1 failed with 422: Validation Failed"
     )
     assert sorted(fake_github.pulls) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("token", "slug", "why"),
+    [
+        (
+            "ghp_" + "w" * 36,
+            "acme/widgets",
+            "401: Bad credentials; the token was rejected",
+        ),
+        (TOKEN, "acme/gadgets", "no repository acme/gadgets on"),
+    ],
+)
+def test_a_token_or_repository_github_refuses_pushes_nothing(
+    repo: Path,
+    done_run: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str,
+    slug: str,
+    why: str,
+) -> None:
+    # Asked first: the branches used to be pushed, then every pull request failed.
+    monkeypatch.setenv("GITHUB_TOKEN", token)
+    out = swarm(repo, "pr", "--api-url", fake_github.url, "--github-repo", slug)
+    assert (out.returncode, out.stdout, out.stderr.count("\n")) == (2, "", 1), out.stderr
+    assert why in out.stderr
+    assert token not in out.stderr
+    assert remote_branches(done_run) == ["main"]
+    assert [r.method for r in fake_github.requests] == ["GET"]

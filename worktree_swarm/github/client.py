@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
+from http import HTTPStatus
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
@@ -217,6 +218,25 @@ class Client:
     _blocked_until: float = field(default=0.0, repr=False)
 
     # -- endpoints used by swarm --------------------------------------------------------------
+
+    def check_access(self) -> None:
+        """Refuse a token GitHub rejects, or a repository it cannot see, before any push.
+
+        Raises BadInputError for 401, 403 and 404; other failures are left to the requests
+        that follow (each is then reported with its task).
+        """
+        try:
+            self.request("GET", self._repo_path("pulls"), params={"state": "open", "per_page": "1"})
+        except RateLimitError:
+            raise
+        except GitHubError as exc:
+            if exc.status in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
+                raise BadInputError(str(exc)) from exc  # it says what to check
+            if exc.status == HTTPStatus.NOT_FOUND:
+                raise BadInputError(
+                    f"{exc}: no repository {self.repo} on {self.api_url}, or the token cannot "
+                    "see it; name it with --github-repo OWNER/NAME"
+                ) from exc
 
     def find_pull(self, head_branch: str) -> dict[str, Any] | None:
         """The open pull request whose head is *head_branch* of this repository, if any."""

@@ -117,6 +117,7 @@ def push_and_open(
     remote_url(repo, remote)
     base = base or default_base(repo)
     client = connect(repo, remote=remote, github_repo=github_repo, api_url=api_url, on_wait=on_wait)
+    client.check_access()
     return open_pull_requests(
         repo, store, run_id, client, rows, base=base, remote=remote, draft=draft, echo=echo
     )
