@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,6 +178,40 @@ def test_write_into_main_checkout_is_caught_undone_and_saved(
     assert "by bad: files app.py, new/evil.txt, notes.txt, scratch.txt in the main checkout" in text
     assert swarm(repo, "report", "--html", str(tmp_path / "r.html")).returncode == 0
     assert "by bad: files app.py" in (tmp_path / "r.html").read_text()
+
+
+def test_the_runs_own_output_in_the_checkout_is_no_outside_write(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # `swarm run tasks.toml > swarm.log` in the repository: swarm's own lines there were taken
+    # for an agent's write, failing every task, and "restored" (the log cut short).
+    log = repo / "swarm.log"
+    good = write_agent("import pathlib\npathlib.Path('own.txt').write_text('own\\n')\n")
+    bad = write_agent(
+        "import pathlib, sys\npathlib.Path(sys.argv[1], 'planted.txt').write_text('x')\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+    )
+
+    def run_into_log(task: str, agent: list[str], mode: str) -> int:
+        path = manifest(
+            repo, f'[[task]]\nid = "{task}"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
+        )
+        with log.open(mode) as out:
+            return subprocess.run(
+                [sys.executable, "-m", "worktree_swarm.cli", "run", path],
+                cwd=repo, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                check=False,
+            ).returncode  # fmt: skip
+
+    assert run_into_log("good", good, "w") == 0, log.read_text()
+    assert status_json(repo)["good"]["state"] == "done"
+    assert log.read_text().splitlines()[-1].endswith(": 1 done")  # the summary, to the end
+    # The log's file is left out, not the checkout: another file written there is caught.
+    assert run_into_log("bad", [*bad, str(repo)], "a") == 1
+    reason = str(status_json(repo)["bad"]["reason"])
+    assert "files planted.txt in the main checkout" in reason, reason
+    assert not (repo / "planted.txt").exists()
+    assert log.read_text().splitlines()[-1].endswith(": 1 failed")
 
 
 def run_victim_then_bad(

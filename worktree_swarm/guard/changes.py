@@ -266,8 +266,10 @@ class Changes:
             return
         keys, directory = self._wds.get(event.wd, (set(), Path()))
         places = [(k, self._places[k]) for k in keys if k in self._places]
+        # A file a place skips (the run's own log) changes nothing there.
+        touched = directory / event.name
         for _key, place in places:
-            place.dirty = True
+            place.dirty = place.dirty or touched not in place.skip
         if event.mask & inotify.IGNORED:  # its directory is gone
             self._wds.pop(event.wd, None)
             for _key, place in places:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,3 +60,22 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, (proc.stdout or "") + (proc.stderr or ""))
     return proc
+
+
+def output_files() -> list[Path]:
+    """The regular files this process's stdout and stderr write to (``swarm run > run.log``).
+
+    Read from ``/proc/self/fd``; empty where there is no such directory, and for terminals,
+    pipes and files since deleted.
+    """
+    found: list[Path] = []
+    for fd in (1, 2):
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            target = Path(f"/proc/self/fd/{fd}").readlink()
+        except OSError:
+            continue
+        if target.is_absolute() and target.exists() and target not in found:
+            found.append(target)
+    return found

@@ -26,7 +26,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, Violation, sandbox
-from worktree_swarm.infra import faults, redact, supervisor
+from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
@@ -87,7 +87,8 @@ class Runner:
             repo,
             work_dir=run_dir(repo, run_id) / "guard",
             restore=not spec.allow_outside_writes,
-            exclude=[spec.worktree_root] if spec.worktree_root else [],
+            # Not the user's: where worktrees go, and where this run's own output goes.
+            exclude=[*([spec.worktree_root] if spec.worktree_root else []), *proc.output_files()],
         )
         self._guard_reasons: dict[str, str] = {}
         self.manager_log = run_dir(repo, run_id) / faults.MANAGER_LOG
