@@ -489,6 +489,32 @@ def test_long_prompts_reach_the_agent_through_a_file(
         assert (wt / "prompt.out").read_text().startswith(text)
 
 
+def test_a_long_prompt_reaches_the_agent_through_its_file_after_a_rate_limit(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The attempt after a rate limit gives an agent without sessions the task again: that
+    # text went into {prompt} whole, and the agent could not start (Argument list too long).
+    agent = write_agent(
+        "import pathlib, sys\n"
+        "if not pathlib.Path('limited').exists():\n"
+        "    pathlib.Path('limited').write_text('x')\n"
+        "    print('Error: 429 Too Many Requests')\n"
+        "    sys.exit(1)\n" + PROMPT_AGENT
+    )
+    long_file = tmp_path / "long.md"
+    long_file.write_text("do this: " + "y" * 200_000)
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml([*agent, "{prompt}"])}\nrate_limit_backoff = "0.1s"\n',
+    )
+    out = swarm(repo, "run", path, "--prompt-file", f"long={long_file}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["long"]["attempt"] == 2
+    assert git(repo, "show", "swarm/long:how.txt") == "file"
+    got = (repo.parent / "repo.swarm" / "long" / "prompt.out").read_text()
+    assert got.startswith(long_file.read_text())  # the task again, then what to do now
+
+
 def test_report_html_into_a_missing_directory_is_one_line(repo: Path) -> None:
     assert swarm(repo, "run", "--agent", "scripted", "-t", "a=hello").returncode == 0
     out = swarm(repo, "report", "--html", "no/such/dir/report.html")

@@ -588,8 +588,11 @@ class TaskWorker(RunWorker):
             "worktree": str(path),
             "branch": task.branch,
         }
+        # What to do now goes in as the prompt does: a long one (a repair's check output, the
+        # task again for an agent without a session) as a pointer to the file that holds it.
+        resume = None if prompt is None else prompt_argument(prompt, prompt_file)
         argv = adapter.argv(
-            task.agent_argv, values=values, session_id=session, resume_prompt=prompt
+            task.agent_argv, values=values, session_id=session, resume_prompt=resume
         )
         agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
         provider = provider_of(task.agent)
