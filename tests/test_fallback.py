@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import script_interpreter
+from tests.conftest import git, script_interpreter
 from tests.test_run import branch_file, manifest, status_json, swarm, swarm_bg, wait_for
 
 # One program installed under three names; what it does comes from $FAKE_DIR/<name>-<task>.plan
@@ -136,6 +136,9 @@ def test_usage_window_hands_every_task_to_the_fallback(repo: Path, fake_agents: 
     # Same worktree and branch: claude's half-done work and codex's finish, both kept.
     assert branch_file(repo, f"swarm/{first}", "claude.txt") == "claude call 1: window"
     assert branch_file(repo, f"swarm/{first}", "codex.txt") == "codex call 1: finish"
+    # Each checkpoint names the agent that did its work (newest first).
+    trailers = "--format=%(trailers:key=Swarm-Agent,valueonly)"
+    assert git(repo, "log", trailers, f"swarm/{first}", "^main").split() == ["codex", "claude"]
     handover = calls(fake_agents, "codex", first)[0][-1]
     assert "Another coding agent (claude)" in handover
     assert "usage limit" in handover

@@ -366,7 +366,7 @@ class TaskWorker(RunWorker):
                 continue
             number, ended = step
             course.session = ended.result.session_id or course.session
-            stat, cut = self._after_attempt(task, path, base, number, ended)
+            stat, cut = self._after_attempt(task, path, base, number, ended, agent=course.agent)
             if cut is not None:
                 return cut
             result = ended.result
@@ -483,9 +483,12 @@ class TaskWorker(RunWorker):
         return prompt + notes.findings_instructions(str(self._findings))
 
     def _after_attempt(
-        self, task: Task, path: Path, base: str, number: int, ended: _Ended
+        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
     ) -> tuple[git.DiffStat, TaskOutcome | None]:
-        """Guard checks and the checkpoint; an outcome when the attempt ends the task."""
+        """Guard checks and the checkpoint; an outcome when the attempt ends the task.
+
+        *agent* ran the attempt: the task's own, or a fallback that took over.
+        """
         admin = worktrees.own_admin(self.repo, path)
         changed = None if admin is not None else worktrees.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
@@ -496,7 +499,7 @@ class TaskWorker(RunWorker):
         planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
-        stat = self._checkpoint(task, path, base, number, ended)
+        stat = self._checkpoint(task, path, base, number, ended, agent=agent)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
@@ -514,13 +517,12 @@ class TaskWorker(RunWorker):
         return stat, None
 
     def _checkpoint(
-        self, task: Task, path: Path, base: str, number: int, ended: _Ended
+        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
     ) -> git.DiffStat:
-        """Commit the attempt's edits to the task's branch and record the diff stat."""
+        """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
         message = (
             f"swarm: checkpoint {task.id} attempt {number} "
-            f"({ended.cut_short or ended.result.outcome})"
-            + git.trailers(task.id, number, task.agent)
+            f"({ended.cut_short or ended.result.outcome})" + git.trailers(task.id, number, agent)
         )
         tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
             lambda: git.checkpoint(
@@ -529,7 +531,7 @@ class TaskWorker(RunWorker):
                 author=self.spec.commit_author,
                 # `copy` files are local (.env, keys): like the links, never on the branch.
                 exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
-                droppings=adapter_for(task.agent).droppings,
+                droppings=adapter_for(agent).droppings,
             ),
             self.store.on_full,
         )
