@@ -371,7 +371,8 @@ class RunSettings:
         default_doc="your `user.name <user.email>` from git config (else "
         f"`{DEFAULT_COMMIT_AUTHOR}`)",
         doc="the author of checkpoint and merge commits; each checkpoint also carries the "
-        "trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent`",
+        "trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent` (the agent that ran that attempt: "
+        "a fallback names itself)",
     )
     port_base: int = setting(
         20000,
