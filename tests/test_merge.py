@@ -535,6 +535,74 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
     assert checkout_snapshot(base_repo) == before
 
 
+# What a resolver may do besides leaving the merge to swarm: (its extra code, the outcome).
+RESOLVER_ENDINGS = {
+    "commits": (
+        "import subprocess\nsubprocess.run(['git', 'commit', '-qam', 'resolved'], check=True)\n",
+        "merged",
+    ),
+    "aborts": (
+        "import subprocess\nsubprocess.run(['git', 'merge', '--abort'], check=True)\n",
+        "conflicted",
+    ),
+    "commits-something-else": (
+        (
+            "import subprocess\nsubprocess.run(['git', 'merge', '--abort'], check=True)\n"
+            "subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'mine'], check=True)\n"
+        ),
+        "failed",
+    ),
+}
+
+
+@pytest.mark.parametrize("ending", list(RESOLVER_ENDINGS))
+def test_a_resolver_that_commits_or_abandons_the_merge_itself(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, ending: str
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    for name in ("first", "second", "third"):  # each conflicts with the others: in this order
+        brancher.branch(f"swarm/{name}", base, {"f.txt": edit(5, f"five {name}")})
+    code, outcome = RESOLVER_ENDINGS[ending]
+    agent = tmp_path / "resolver.py"
+    agent.write_text(RESOLVER + code)
+    record_run(
+        base_repo,
+        [("first", base), ("second", base), ("third", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--check", f"{sys.executable} -c pass", "--json")
+
+    assert out.returncode == (0 if outcome == "merged" else 1), out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    # The later task is tried too, and every task has its result.
+    assert merge_results(base_repo) == {"first": "merged", "second": outcome, "third": outcome}
+    second = report["results"][1]
+    branch = "swarm/integration-" + RUN_ID
+    if outcome == "merged":  # the agent's own merge commit, checked like swarm's
+        assert second["checks"]["ok"] is True
+        assert second["reason"] == "conflicts in f.txt resolved by its agent"
+        parents = git(base_repo, "log", "-1", "--format=%P", f"{second['commit']}").split()
+        assert parents[1] == git(base_repo, "rev-parse", "swarm/second")
+        assert git(base_repo, "merge-base", "--is-ancestor", second["commit"], branch) == ""
+    elif outcome == "conflicted":
+        assert second["reason"] == (
+            f"conflicts with {branch} in f.txt;"
+            " the agent abandoned the merge (none in progress when it exited)"
+        )
+    else:
+        assert second["reason"].startswith("the agent resolving its conflicts committed ")
+        assert second["reason"].endswith("; merge undone")
+        assert "mine" not in git(base_repo, "log", "--format=%s", branch)
+    if outcome != "merged":
+        assert git(base_repo, "log", "-1", "--format=%s", branch) == (
+            "swarm: merge task first (swarm/first)"
+        )
+    worktree = Path(report["target"]["worktree"])
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 LONG = "".join(f"row {i}\n" for i in range(1, 21))
 
 

@@ -490,24 +490,17 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
         res = _git(s, "merge", "--no-ff", *flags, "-m", message, c.tip, check=False)
     if res.returncode != 0:
         files = _unmerged(s, c.tip)
-        why = _resolve(s, c, files) if files and s.resolve else "no agent asked to resolve"
-        if why is None:
-            return _check(s, c, pre, resolved=files)
+        if files and s.resolve:
+            return _resolve(s, c, pre, files)
         _undo(s, pre)
         if files:
-            reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
-            return TaskResult(
-                task_id=c.task_id,
-                outcome=MergeOutcome.CONFLICTED,
-                files=files,
-                reason=reason if not s.resolve else f"{reason}; {why}",
-            )
+            return _conflicted(s, c, files)
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
         return TaskResult(
             task_id=c.task_id, outcome=MergeOutcome.FAILED, reason=f"git merge: {tail}"
         )
     if s.strategy is Strategy.SQUASH:
-        if _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0:
+        if _nothing_staged(s):
             return _already(c, pre)
         title = c.task.title or c.task_id
         _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
@@ -523,8 +516,23 @@ def _already(c: Candidate, commit: str) -> TaskResult:
     )
 
 
-def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
-    """Let the task's agent finish the merge and commit it; None when it did, else why not."""
+def _conflicted(s: _Session, c: Candidate, files: tuple[str, ...], why: str = "") -> TaskResult:
+    reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
+    return TaskResult(
+        task_id=c.task_id,
+        outcome=MergeOutcome.CONFLICTED,
+        files=files,
+        reason=f"{reason}; {why}" if why else reason,
+    )
+
+
+def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> TaskResult:
+    """Let the task's agent finish the conflicted merge, then check it, or undo it.
+
+    The agent may leave the merge for swarm to commit, or commit it itself: that commit is
+    kept when it is the task's merge on *pre*. A merge it abandoned is a conflict not
+    resolved; any other commit it made is undone and the task failed.
+    """
     s.progress.resolving(c.task_id, files)
     why = run_resolver(
         c.task,
@@ -534,14 +542,57 @@ def _resolve(s: _Session, c: Candidate, files: tuple[str, ...]) -> str | None:
         logs=s.log.parent,
         env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
     )
+    head = _head(s.target.worktree)
+    if why is None and head != pre:
+        wrong = _foreign_commit(s, c, pre, head)
+        if wrong is None:
+            return _check(s, c, pre, resolved=files)
+        _undo(s, pre)
+        return TaskResult(
+            task_id=c.task_id,
+            outcome=MergeOutcome.FAILED,
+            reason=f"the agent resolving its conflicts {wrong}; merge undone",
+        )
+    if why is None and not _merging(s):
+        why = "the agent abandoned the merge (none in progress when it exited)"
+    if why is None and s.strategy is Strategy.SQUASH and _nothing_staged(s):
+        _undo(s, pre)  # the agent kept the target's side: nothing to squash
+        return _already(c, pre)
     if why is not None:
-        return why
+        _undo(s, pre)
+        return _conflicted(s, c, files, why)
     if s.strategy is Strategy.SQUASH:
         message = f"swarm: {c.task.title or c.task_id} (task {c.task_id}, squashed, resolved)"
     else:
         message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
     _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
+    return _check(s, c, pre, resolved=files)
+
+
+def _foreign_commit(s: _Session, c: Candidate, pre: str, head: str) -> str | None:
+    """Why the commit a resolver made is not the task's merge on *pre*; None when it is.
+
+    What it left uncommitted (run_resolver staged it, conflict markers excluded) is added to
+    its commit, as it would have been to swarm's.
+    """
+    parents = _git(s, "rev-list", "--parents", "-n1", head).stdout.split()[1:]
+    wanted = [pre] if s.strategy is Strategy.SQUASH else [pre, c.tip]
+    if parents != wanted:
+        what = "a squash" if s.strategy is Strategy.SQUASH else "a merge"
+        return f"committed {head[:12]}, not {what} of {c.tip[:12]} on {pre[:12]}"
+    if not _nothing_staged(s):
+        _git(s, "commit", "--quiet", "--amend", "--no-edit", "--no-verify", "--no-gpg-sign")
     return None
+
+
+def _merging(s: _Session) -> bool:
+    """Whether the merge (or squash) swarm started still waits for its commit."""
+    state = "SQUASH_MSG" if s.strategy is Strategy.SQUASH else "MERGE_HEAD"
+    return (git.git_dir(s.target.worktree) / state).exists()
+
+
+def _nothing_staged(s: _Session) -> bool:
+    return _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0
 
 
 def _check(
