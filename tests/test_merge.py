@@ -16,6 +16,7 @@ from tests.conftest import agent_command, agent_python, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, pid_alive, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
+from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
 from worktree_swarm.merge import conflicts
@@ -600,6 +601,53 @@ def test_a_resolver_that_commits_or_abandons_the_merge_itself(
             "swarm: merge task first (swarm/first)"
         )
     worktree = Path(report["target"]["worktree"])
+    assert git(worktree, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, sig: signal.Signals
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second")})
+    started = tmp_path / "started"
+    agent = tmp_path / "resolver.py"
+    # The first resolver hangs until it is killed; the next one resolves.
+    agent.write_text(
+        f"import os, pathlib, time\nmark = pathlib.Path({str(started)!r})\n"
+        "if not mark.exists():\n    mark.write_text(str(os.getpid()))\n    time.sleep(300)\n"
+        + RESOLVER
+    )
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--resolve"]
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="the resolver")
+    finally:
+        os.kill(merging.pid, sig)
+        merging.wait(timeout=60)
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    resolver = int(started.read_text())
+    if sig == signal.SIGTERM:  # undone at once, the resolver ended
+        assert merging.returncode == ExitCode.INTERRUPTED
+        assert git(worktree, "status", "--porcelain") == ""
+        assert not pid_alive(resolver)
+    else:  # left half made, for the next merge to undo
+        assert git(worktree, "status", "--porcelain").startswith("UU f.txt")
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not pid_alive(resolver)
+    assert json.loads(out.stdout)["merged"] == ["second"]
+    assert merge_results(base_repo) == {"first": "merged", "second": "merged"}
     assert git(worktree, "status", "--porcelain") == ""
 
 

@@ -145,7 +145,8 @@ def merge(
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
     candidates, skipped = select_candidates(repo, store, run_id, task_ids, target=branch)
-    start = _validate_target(repo, branch, into=into is not None)
+    own = None if into is not None else _integration_path(repo, store, run_id)
+    start = _validate_target(repo, branch, own=own)
     prediction = conflicts.predict(
         repo,
         [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
@@ -173,7 +174,7 @@ def merge(
     # A running guard is told which ref this merge moves, so it is not taken for an agent's.
     with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
-        target = _open_target(repo, store, run_id, branch, start=start, into=into is not None)
+        target = _open_target(repo, store, run_id, branch, start=start, own=own)
         session = _Session(
             repo=repo,
             store=store,
@@ -311,8 +312,13 @@ def _ref_safe_run(run_id: str) -> str:
     return run_id
 
 
-def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
-    """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing."""
+def _validate_target(repo: git.Repo, branch: str, *, own: Path | None) -> str:
+    """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
+
+    *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
+    merge` left half made there is not "uncommitted changes" but undone when it is opened.
+    """
+    into = own is None
     if into:
         checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
         if checked != branch or branch.startswith("-"):
@@ -330,6 +336,7 @@ def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
+        looked = looked and not (_same_path(info.path, own) and _half_merged(info.path))
         dirty = bool(git.status_porcelain(info.path)) if looked else False
         if dirty:
             raise BadInputError(
@@ -347,23 +354,44 @@ def _validate_target(repo: git.Repo, branch: str, *, into: bool) -> str:
 
 
 def _open_target(
-    repo: git.Repo, store: Store, run_id: str, branch: str, *, start: str, into: bool
+    repo: git.Repo, store: Store, run_id: str, branch: str, *, start: str, own: Path | None
 ) -> _Target:
-    root = _worktree_root(repo, store, run_id)
-    if into:
+    if own is None:
+        root = _worktree_root(repo, store, run_id)
         path = root / f"_merge-{_ref_safe_run(run_id)}-{secrets.token_hex(3)}"
         _add_worktree(repo, path, start, detach=True)
         return _Target(branch=branch, worktree=path, temporary=True)
     for info in worktrees.list_worktrees(repo):
         if info.branch == branch and info.path.is_dir():
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
+            if _same_path(info.path, own) and _half_merged(info.path):
+                # A merge (or its resolver) killed midway; its leftover processes are ended.
+                runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
             return _Target(branch=branch, worktree=info.path, temporary=False)
-    path = root / f"_integration-{_ref_safe_run(run_id)}"
+    path = own
     if git.branch_exists(repo, branch):
         _add_worktree(repo, path, branch)
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)
     return _Target(branch=branch, worktree=path, temporary=False)
+
+
+def _integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
+    """Where swarm keeps the run's integration worktree."""
+    return _worktree_root(repo, store, run_id) / f"_integration-{_ref_safe_run(run_id)}"
+
+
+def _same_path(path: Path, other: Path | None) -> bool:
+    return other is not None and path.resolve() == other.resolve()
+
+
+def _half_merged(worktree: Path) -> bool:
+    """Whether a merge (or squash) in *worktree* waits for its commit."""
+    try:
+        admin = git.git_dir(worktree)
+    except SwarmError:
+        return False
+    return any((admin / name).exists() for name in ("MERGE_HEAD", "SQUASH_MSG"))
 
 
 def _worktree_root(repo: git.Repo, store: Store, run_id: str) -> Path:
@@ -534,14 +562,18 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
     resolved; any other commit it made is undone and the task failed.
     """
     s.progress.resolving(c.task_id, files)
-    why = run_resolver(
-        c.task,
-        worktree=s.target.worktree,
-        target=s.target.branch,
-        files=files,
-        logs=s.log.parent,
-        env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
-    )
+    try:
+        why = run_resolver(
+            c.task,
+            worktree=s.target.worktree,
+            target=s.target.branch,
+            files=files,
+            logs=s.log.parent,
+            env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
+        )
+    except BaseException:
+        _undo(s, pre)  # Ctrl-C or SIGTERM: the resolver is ended; so is its half-made merge
+        raise
     head = _head(s.target.worktree)
     if why is None and head != pre:
         wrong = _foreign_commit(s, c, pre, head)
@@ -553,7 +585,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
             outcome=MergeOutcome.FAILED,
             reason=f"the agent resolving its conflicts {wrong}; merge undone",
         )
-    if why is None and not _merging(s):
+    if why is None and not _half_merged(s.target.worktree):
         why = "the agent abandoned the merge (none in progress when it exited)"
     if why is None and s.strategy is Strategy.SQUASH and _nothing_staged(s):
         _undo(s, pre)  # the agent kept the target's side: nothing to squash
@@ -583,12 +615,6 @@ def _foreign_commit(s: _Session, c: Candidate, pre: str, head: str) -> str | Non
     if not _nothing_staged(s):
         _git(s, "commit", "--quiet", "--amend", "--no-edit", "--no-verify", "--no-gpg-sign")
     return None
-
-
-def _merging(s: _Session) -> bool:
-    """Whether the merge (or squash) swarm started still waits for its commit."""
-    state = "SQUASH_MSG" if s.strategy is Strategy.SQUASH else "MERGE_HEAD"
-    return (git.git_dir(s.target.worktree) / state).exists()
 
 
 def _nothing_staged(s: _Session) -> bool:
