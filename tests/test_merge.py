@@ -354,6 +354,48 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
 
 
+def test_a_merge_killed_during_its_checks_is_undone_by_a_merge_of_another_task(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
+    brancher.branch("swarm/other", base, {"other.txt": "fine\n"})
+    record_run(base_repo, [("breaks", base), ("other", base)], base=base)
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(  # fails on breaks' merge; the first time it hangs there: killed
+        "import os, pathlib, sys, time\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "broken = pathlib.Path('broken.txt').exists()\n"
+        "if broken and not started.exists():\n"
+        "    started.write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "sys.exit(1 if broken else 0)\n"
+    )
+    command = f"{agent_command()} {check}"
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "breaks", "--check", command]
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    integration = "swarm/integration-" + RUN_ID
+
+    out = swarm(base_repo, "merge", "other")  # breaks is not named
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    tree = git(base_repo, "ls-tree", "--name-only", integration).split()
+    assert "broken.txt" not in tree
+    assert "other.txt" in tree
+    assert merge_results(base_repo) == {"breaks": None, "other": "merged"}
+    # Not left "checking": the next merge of done tasks merges and checks it anew.
+    again = swarm(base_repo, "merge", "--check", command)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert merge_results(base_repo) == {"breaks": "failed", "other": "merged"}
+
+
 def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not_refused(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -189,7 +189,7 @@ def merge(
             results=list(skipped),
         )
         try:
-            _undo_unchecked(session, candidates)
+            _undo_unchecked(session)
             baseline = _baseline(session) if argvs else None
             if baseline is None or baseline.ok:
                 _merge_all(session, order)
@@ -656,22 +656,32 @@ def _check(
     )
 
 
-def _undo_unchecked(s: _Session, candidates: Sequence[Candidate]) -> None:
-    """Undo the merge a `swarm merge` killed during its checks left on the target.
+def _undo_unchecked(s: _Session) -> None:
+    """Undo the merges a `swarm merge` killed during their checks left on the target.
 
-    Only while it is still the target's last commit (nothing was merged on top of it since);
-    its task is a candidate again, merged and checked anew. With ``--into`` the branch never
-    moved (it moves once, at the end): nothing to undo.
+    Whichever tasks this merge was asked for, but only while such a merge is still the
+    target's last commit (nothing was merged on top of it since). Its task's merge result is
+    cleared: merged and checked anew, now if it is a candidate, else by a later merge. With
+    ``--into`` the branch never moved (it moves once, at the end): nothing to undo.
     """
     if s.target.temporary:
         return
+    unchecked = {
+        row.merge_commit: (row.task_id, row.merge_detail)
+        for row in s.store.tasks(s.run_id)
+        if row.merge_result == CHECKING and row.merge_target == s.target.branch
+    }
     head = _head(s.target.worktree)
-    for c in candidates:
-        row = c.row
-        ours = row.merge_result == CHECKING and row.merge_target == s.target.branch
-        if ours and row.merge_commit == head and row.merge_detail:
-            _undo(s, row.merge_detail)
-            head = row.merge_detail
+    while head in unchecked:
+        task_id, pre = unchecked.pop(head)
+        if not pre:
+            return
+        _undo(s, pre)
+        s.store.update_task(
+            s.run_id, task_id, merge_result=None, merge_target=None, merge_commit=None,
+            merge_detail="",
+        )  # fmt: skip
+        head = pre
 
 
 def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:
