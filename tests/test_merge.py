@@ -417,6 +417,32 @@ def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not
     assert git(worktree, "status", "--porcelain") == ""
 
 
+def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_merge(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text(  # what an import (__pycache__) or a build leaves behind
+        "import pathlib\n"
+        "pathlib.Path('cache/deep').mkdir(parents=True, exist_ok=True)\n"
+        "pathlib.Path('cache/deep/mod.pyc').write_text('x')\n"
+        "pathlib.Path('stamp').write_text('x')\n"
+    )
+
+    first = swarm(base_repo, "merge", "one", "--check", f"{agent_command()} {check}")
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    assert git(worktree, "status", "--porcelain", "--ignored") == ""
+    assert not (worktree / "cache").exists()
+    second = swarm(base_repo, "merge", "two")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})

@@ -15,7 +15,7 @@ import secrets
 import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import filelock
@@ -47,7 +47,7 @@ from worktree_swarm.merge.merge_report import (
 )
 from worktree_swarm.merge.resolve import run_resolver
 from worktree_swarm.report.status import commit_author
-from worktree_swarm.run.checks import run_steps
+from worktree_swarm.run.checks import CheckFailure, run_steps
 
 if TYPE_CHECKING:
     import subprocess
@@ -464,7 +464,7 @@ def _head(worktree: Path) -> str:
 
 
 def _baseline(s: _Session) -> CheckResult:
-    failure = run_steps(s.checks, cwd=s.target.worktree, env=_check_env(s), log=s.log, what="check")
+    failure = _run_checks(s, s.checks, _check_env(s))
     result = CheckResult(
         commands=tuple(shlex.join(a) for a in s.checks),
         ok=failure is None,
@@ -473,6 +473,38 @@ def _baseline(s: _Session) -> CheckResult:
     if failure is not None:
         s.progress.note(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
     return result
+
+
+def _run_checks(
+    s: _Session, steps: tuple[tuple[str, ...], ...], env: dict[str, str]
+) -> CheckFailure | None:
+    """Run *steps* in the merge worktree, then remove the untracked files they added.
+
+    What a check writes (``__pycache__``, build output) would read as uncommitted changes to
+    the next merge, or be swept into a resolver's commit. Tracked files, and files untracked
+    before the checks ran, are left alone.
+    """
+    before = _untracked(s.target.worktree)
+    try:
+        return run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
+    finally:
+        _remove_new(s.target.worktree, _untracked(s.target.worktree) - before)
+
+
+def _untracked(worktree: Path) -> set[str]:
+    out = runner.run(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
+    return {name for name in out.split("\0") if name}
+
+
+def _remove_new(worktree: Path, names: set[str]) -> None:
+    """Delete *names* (untracked files) and the directories they leave empty."""
+    for name in names:
+        (worktree / name).unlink(missing_ok=True)
+    parents = {parent for name in names for parent in PurePosixPath(name).parents}
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        if parent.parts:
+            with contextlib.suppress(OSError):  # not empty: something else is in it
+                (worktree / parent).rmdir()
 
 
 def _check_env(s: _Session) -> dict[str, str]:
@@ -637,7 +669,7 @@ def _check(
         s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
         merge_commit=commit, merge_detail=pre,
     )  # fmt: skip
-    failure = run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
+    failure = _run_checks(s, steps, env)
     check = CheckResult(
         commands=tuple(shlex.join(a) for a in steps),
         ok=failure is None,
