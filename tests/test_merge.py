@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -441,6 +442,31 @@ def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_me
     second = swarm(base_repo, "merge", "two")
     assert second.returncode == 0, second.stdout + second.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    assert swarm(base_repo, "merge", "one").returncode == 0
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    other = base_repo.parent / "other"
+    git(base_repo, "worktree", "add", "-q", "--detach", str(other))
+    shutil.rmtree(worktree)
+    shutil.rmtree(other)  # another stale registration: not swarm's to prune
+
+    out = swarm(base_repo, "merge", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    tree = git(base_repo, "ls-tree", "--name-only", "swarm/integration-" + RUN_ID).split()
+    assert {"one.txt", "two.txt"} <= set(tree)
+    assert git(worktree, "status", "--porcelain") == ""
+    listed = git(base_repo, "worktree", "list", "--porcelain")
+    assert listed.count(f"worktree {worktree}\n") == 1
+    assert f"worktree {other}\n" in listed
 
 
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:

@@ -362,7 +362,10 @@ def _open_target(
         _add_worktree(repo, path, start, detach=True)
         return _Target(branch=branch, worktree=path, temporary=True)
     for info in worktrees.list_worktrees(repo):
-        if info.branch == branch and info.path.is_dir():
+        if _same_path(info.path, own) and not info.path.is_dir():
+            # Its directory was deleted: this registration alone goes, the worktree is made anew.
+            worktrees.remove_worktree(repo, info.path, force=True)
+        elif info.branch == branch and info.path.is_dir():
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
             if _same_path(info.path, own) and _half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
