@@ -469,6 +469,37 @@ def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
     assert f"worktree {other}\n" in listed
 
 
+def test_squash_lands_a_chain_of_tasks_that_rewrite_the_same_line(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    first = brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    second = brancher.branch("swarm/second", first, {"f.txt": edit(5, "five second")})
+    brancher.branch("swarm/third", second, {"f.txt": edit(5, "five third"), "t.txt": "t\n"})
+    brancher.branch("swarm/aside", base, {"f.txt": edit(1, "top")})
+    record_run(
+        base_repo,
+        [("first", base), ("second", first), ("third", second), ("aside", base)],
+        base=base,
+        depends={"second": ["first"], "third": ["second"]},
+    )
+
+    dry = swarm(base_repo, "merge", "--strategy", "squash", "--dry-run")
+    out = swarm(base_repo, "merge", "--strategy", "squash", "--json")
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr  # no conflict predicted, and none met
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(json.loads(out.stdout)["merged"]) == ["aside", "first", "second", "third"]
+    branch = "swarm/integration-" + RUN_ID
+    merged = git(base_repo, "show", f"{branch}:f.txt").splitlines()
+    assert (merged[0], merged[4]) == ("top", "five third")
+    assert git(base_repo, "show", f"{branch}:t.txt") == "t"
+    assert git(base_repo, "rev-list", "--min-parents=2", "--count", branch) == "0"
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    assert git(worktree, "status", "--porcelain") == ""
+    assert not (Path(git(worktree, "rev-parse", "--git-dir")) / "SQUASH_MSG").exists()
+
+
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})

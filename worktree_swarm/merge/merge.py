@@ -104,6 +104,9 @@ class _Session:
     progress: MergeProgress
     resolve: bool = False
     results: list[TaskResult] = field(default_factory=list)
+    # Tasks merged into the target, before or by this merge: a task squashed onto them
+    # brings only its own changes.
+    landed: set[str] = field(default_factory=set)
     # With --into, results wait until the branch has moved: recorded before, a merge killed
     # in between would leave tasks recorded as merged into a branch that never got them.
     unrecorded: list[tuple[Candidate, TaskResult]] = field(default_factory=list)
@@ -187,6 +190,11 @@ def merge(
             progress=tell,
             resolve=resolve,
             results=list(skipped),
+            landed={
+                r.task_id
+                for r in store.tasks(run_id)
+                if r.merge_result == MergeOutcome.MERGED and r.merge_target == branch
+            },
         )
         try:
             _undo_unchecked(session)
@@ -521,7 +529,6 @@ def _check_env(s: _Session) -> dict[str, str]:
 
 
 def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
-    landed: set[str] = set()
     failed: set[str] = set()
     for c in order:
         missing = sorted(d for d in c.task.depends_on if d in failed)
@@ -534,7 +541,7 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
             failed.add(c.task_id)
         else:
             result = _merge_one(s, c)
-            (landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
+            (s.landed if result.outcome is MergeOutcome.MERGED else failed).add(c.task_id)
             if s.target.temporary:
                 s.unrecorded.append((c, result))
             else:  # each merge commit is on the integration branch already
@@ -548,7 +555,7 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
     message = f"swarm: merge task {c.task_id} ({c.row.branch})"
     flags = ["--no-verify", "--no-gpg-sign", "--no-edit"]
     if s.strategy is Strategy.SQUASH:
-        res = _git(s, "merge", "--squash", *flags[:2], c.tip, check=False)
+        res = _squash(s, c, flags[:2])
     else:
         res = _git(s, "merge", "--no-ff", *flags, "-m", message, c.tip, check=False)
     if res.returncode != 0:
@@ -564,6 +571,7 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
         )
     if s.strategy is Strategy.SQUASH:
         if _nothing_staged(s):
+            _undo(s, pre)  # drops the squash message git left waiting
             return _already(c, pre)
         title = c.task.title or c.task_id
         _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
@@ -571,6 +579,23 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
         return _check(s, c, pre)
     head = _head(s.target.worktree)
     return _already(c, pre) if head == pre else _check(s, c, pre, commit=head)
+
+
+def _squash(s: _Session, c: Candidate, flags: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """`git merge --squash` the task, or only its own changes once its dependencies landed.
+
+    A squashed dependency leaves no ancestry: git would merge the task from the run's base
+    and take the dependency's own changes for the other side. Then the task's changes since
+    its base (its dependencies' tips) are merged three-way instead, the state left as a
+    squash's (``SQUASH_MSG``, written first), so it is committed, resolved and undone alike.
+    """
+    deps = set(c.task.depends_on)
+    ancestor = _git(s, "merge-base", "--is-ancestor", c.base, "HEAD", check=False)
+    if not deps or not deps <= s.landed or ancestor.returncode == 0:
+        return _git(s, "merge", "--squash", *flags, c.tip, check=False)
+    message = f"swarm: squashed changes of task {c.task_id} since {c.base[:12]}\n"
+    (git.git_dir(s.target.worktree) / "SQUASH_MSG").write_text(message, encoding="utf-8")
+    return _git(s, "merge-recursive", c.base, "--", "HEAD", c.tip, check=False)
 
 
 def _already(c: Candidate, commit: str) -> TaskResult:
