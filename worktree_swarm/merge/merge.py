@@ -23,7 +23,7 @@ import filelock
 from worktree_swarm import guard
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
-from worktree_swarm.core.models import Task, TaskState, is_valid_task_id
+from worktree_swarm.core.models import MERGE_CHECKING, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
@@ -57,7 +57,7 @@ __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "pars
 INTEGRATION_PREFIX = "swarm/integration-"
 # A merge made and being checked: its commit and the target's commit before it are recorded
 # first, so that a merge killed during its checks is undone and made (and checked) again.
-CHECKING = "checking"
+CHECKING = MERGE_CHECKING  # the intent recorded while a merge's checks run
 
 
 class Strategy(enum.StrEnum):
