@@ -30,6 +30,7 @@ from worktree_swarm.cleanup.fixes import (
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
+from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -39,7 +40,6 @@ from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"
-INTEGRATION_PREFIX = "swarm/integration-"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

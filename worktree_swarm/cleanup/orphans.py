@@ -47,7 +47,7 @@ from worktree_swarm.cleanup.fixes import (
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, Executor, ProcessIdentity
+from worktree_swarm.core.models import BRANCH_PREFIX, INTEGRATION_PREFIX, Executor, ProcessIdentity
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
@@ -490,9 +490,6 @@ def _last_used(repo: git.Repo, path: Path) -> float:
         with contextlib.suppress(OSError):
             times.append(candidate.stat().st_mtime)
     return max(times, default=0.0)
-
-
-INTEGRATION_PREFIX = "swarm/integration-"
 
 
 def _directories(ctx: _Context) -> list[Finding]:

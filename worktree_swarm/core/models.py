@@ -18,6 +18,8 @@ Emit: TypeAlias = Callable[[str, str | None, Mapping[str, object]], None]
 
 TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
+# The branch `swarm merge` merges a run into (with the run id after it).
+INTEGRATION_PREFIX = "swarm/integration-"
 # A task's merge result while `swarm merge` runs checks on its merge: an intent, undone by the
 # next merge when that one was killed.
 MERGE_CHECKING = "checking"

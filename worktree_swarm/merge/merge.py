@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import secrets
 import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,8 @@ from typing import TYPE_CHECKING
 import filelock
 
 from worktree_swarm import guard
-from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
-from worktree_swarm.core.models import MERGE_CHECKING, Task, TaskState, is_valid_task_id
+from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Task, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
@@ -32,7 +30,6 @@ from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import (
     BranchTips,
-    branch_tip,
     named_rows,
     task_base,
     task_branch,
@@ -46,6 +43,15 @@ from worktree_swarm.merge.merge_report import (
     TaskResult,
 )
 from worktree_swarm.merge.resolve import run_resolver
+from worktree_swarm.merge.target import (
+    Target,
+    half_merged,
+    integration_path,
+    move_branch,
+    open_target,
+    ref_safe_run,
+)
+from worktree_swarm.merge.target import validate as validate_target
 from worktree_swarm.report.status import commit_author
 from worktree_swarm.run.checks import CheckFailure, run_steps
 
@@ -54,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
 
-INTEGRATION_PREFIX = "swarm/integration-"
 # A merge made and being checked: its commit and the target's commit before it are recorded
 # first, so that a merge killed during its checks is undone and made (and checked) again.
 CHECKING = MERGE_CHECKING  # the intent recorded while a merge's checks run
@@ -82,13 +87,6 @@ class Candidate:
         return self.row.task_id
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Target:
-    branch: str
-    worktree: Path
-    temporary: bool
-
-
 @dataclass(slots=True, kw_only=True)
 class _Session:
     """What one `swarm merge` works with; results accumulate in ``results``."""
@@ -96,7 +94,7 @@ class _Session:
     repo: git.Repo
     store: Store
     run_id: str
-    target: _Target
+    target: Target
     strategy: Strategy
     checks: tuple[tuple[str, ...], ...]
     identity: dict[str, str]
@@ -146,10 +144,10 @@ def merge(
     """
     tell = progress or Silent()
     argvs = parse_checks(checks)
-    branch = into if into is not None else INTEGRATION_PREFIX + _ref_safe_run(run_id)
+    branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
     candidates, skipped = select_candidates(repo, store, run_id, task_ids, target=branch)
-    own = None if into is not None else _integration_path(repo, store, run_id)
-    start = _validate_target(repo, branch, own=own)
+    own = None if into is not None else integration_path(repo, store, run_id)
+    start = validate_target(repo, branch, own=own)
     prediction = conflicts.predict(
         repo,
         [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
@@ -177,7 +175,7 @@ def merge(
     # A running guard is told which ref this merge moves, so it is not taken for an agent's.
     with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
-        target = _open_target(repo, store, run_id, branch, start=start, own=own)
+        target = open_target(repo, store, run_id, branch, start=start, own=own)
         session = _Session(
             repo=repo,
             store=store,
@@ -203,7 +201,7 @@ def merge(
                 _merge_all(session, order)
             final = _head(target.worktree)
             if target.temporary and final != start:
-                _move_branch(repo, branch, new=final, old=start)
+                move_branch(repo, branch, new=final, old=start)
                 moves.moved(ref, final)
             for c, result in session.unrecorded:
                 _record(session, c, result)
@@ -311,125 +309,6 @@ def merge_order(
 
 
 # -- the target --------------------------------------------------------------------------
-
-
-def _ref_safe_run(run_id: str) -> str:
-    # Run ids are ours, but one read from the store still becomes a ref name and a path.
-    if not is_valid_task_id(run_id):
-        raise SwarmError(f"run id {run_id!r} cannot be part of a branch name")
-    return run_id
-
-
-def _validate_target(repo: git.Repo, branch: str, *, own: Path | None) -> str:
-    """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
-
-    *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
-    merge` left half made there is not "uncommitted changes" but undone when it is opened.
-    """
-    into = own is None
-    if into:
-        checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
-        if checked != branch or branch.startswith("-"):
-            raise BadInputError(f"--into {branch!r} is not a valid branch name")
-        if branch.startswith("refs/"):
-            short = branch.removeprefix("refs/heads/")
-            raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
-        if not git.branch_exists(repo, branch):
-            raise BadInputError(
-                f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
-            )
-    for info in worktrees.list_worktrees(repo):
-        if info.branch != branch or info.prunable:
-            continue
-        # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
-        # opened, not "uncommitted changes" (committing its deletions would empty the branch).
-        looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
-        looked = looked and not (_same_path(info.path, own) and _half_merged(info.path))
-        dirty = bool(git.status_porcelain(info.path)) if looked else False
-        if dirty:
-            raise BadInputError(
-                f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
-                " stash them there first"
-            )
-        if into:
-            raise BadInputError(
-                f"{branch} is checked out in {info.path}; swarm never moves a branch under a"
-                f" checkout. Merge without --into (into {INTEGRATION_PREFIX}<run>) and then run"
-                " `git merge --ff-only` on that branch there, or check out another branch"
-            )
-    tip = branch_tip(repo, branch)
-    return tip if tip is not None else git.head_commit(repo)
-
-
-def _open_target(
-    repo: git.Repo, store: Store, run_id: str, branch: str, *, start: str, own: Path | None
-) -> _Target:
-    if own is None:
-        root = _worktree_root(repo, store, run_id)
-        path = root / f"_merge-{_ref_safe_run(run_id)}-{secrets.token_hex(3)}"
-        _add_worktree(repo, path, start, detach=True)
-        return _Target(branch=branch, worktree=path, temporary=True)
-    for info in worktrees.list_worktrees(repo):
-        if _same_path(info.path, own) and not info.path.is_dir():
-            # Its directory was deleted: this registration alone goes, the worktree is made anew.
-            worktrees.remove_worktree(repo, info.path, force=True)
-        elif info.branch == branch and info.path.is_dir():
-            git.repair_checkout(info.path)  # a merge killed while it checked the target out
-            if _same_path(info.path, own) and _half_merged(info.path):
-                # A merge (or its resolver) killed midway; its leftover processes are ended.
-                runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
-            return _Target(branch=branch, worktree=info.path, temporary=False)
-    path = own
-    if git.branch_exists(repo, branch):
-        _add_worktree(repo, path, branch)
-    else:
-        worktrees.create_worktree(repo, path=path, branch=branch, start=start)
-    return _Target(branch=branch, worktree=path, temporary=False)
-
-
-def _integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
-    """Where swarm keeps the run's integration worktree."""
-    return _worktree_root(repo, store, run_id) / f"_integration-{_ref_safe_run(run_id)}"
-
-
-def _same_path(path: Path, other: Path | None) -> bool:
-    return other is not None and path.resolve() == other.resolve()
-
-
-def _half_merged(worktree: Path) -> bool:
-    """Whether a merge (or squash) in *worktree* waits for its commit."""
-    try:
-        admin = git.git_dir(worktree)
-    except SwarmError:
-        return False
-    return any((admin / name).exists() for name in ("MERGE_HEAD", "SQUASH_MSG"))
-
-
-def _worktree_root(repo: git.Repo, store: Store, run_id: str) -> Path:
-    run = store.get_run(run_id)
-    root = run.settings.worktree_root if run is not None else None
-    return root or paths.default_worktree_root(repo.root)
-
-
-def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False) -> None:
-    with git.repo_lock(repo):
-        if path.exists():
-            raise SwarmError(f"{path} already exists; remove it or run `swarm clean --orphans`")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = ["--detach"] if detach else []
-        git.git(repo.root, "worktree", "add", "--quiet", *flags, "--", str(path), rev)
-
-
-def _move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
-    # Compare-and-swap: if someone moved the branch meanwhile, their commits are not dropped.
-    res = runner.run(
-        repo.root, "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old, check=False
-    )
-    if res.returncode != 0:
-        raise SwarmError(
-            f"{branch} moved while swarm was merging; the merged result is commit {new}:"
-            f" keep it with `git branch swarm-merge-result {new}` and merge again"
-        )
 
 
 def _kill_leftover_checks(logs: Path) -> None:
@@ -645,7 +524,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
             outcome=MergeOutcome.FAILED,
             reason=f"the agent resolving its conflicts {wrong}; merge undone",
         )
-    if why is None and not _half_merged(s.target.worktree):
+    if why is None and not half_merged(s.target.worktree):
         why = "the agent abandoned the merge (none in progress when it exited)"
     if why is None and s.strategy is Strategy.SQUASH and _nothing_staged(s):
         _undo(s, pre)  # the agent kept the target's side: nothing to squash

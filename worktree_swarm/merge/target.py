@@ -1,0 +1,150 @@
+"""The branch a `swarm merge` merges into, and the worktree it merges in.
+
+The integration worktree on ``swarm/integration-<run>`` is swarm's own: opening it repairs what a
+killed merge left there (a half-made merge, an unpopulated checkout, its directory deleted).
+With ``--into BRANCH`` the merge happens in a temporary detached worktree and BRANCH moves by a
+compare-and-swap at the end. A branch checked out anywhere else is never touched.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.core import paths
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import INTEGRATION_PREFIX, is_valid_task_id
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner, worktrees
+from worktree_swarm.infra.store import Store
+from worktree_swarm.merge.diff import branch_tip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where a merge lands: the branch, the worktree it is merged in, and whether that goes."""
+
+    branch: str
+    worktree: Path
+    temporary: bool
+
+
+def ref_safe_run(run_id: str) -> str:
+    """*run_id*, checked: run ids are ours, but one read from the store becomes a ref and a path."""
+    if not is_valid_task_id(run_id):
+        raise SwarmError(f"run id {run_id!r} cannot be part of a branch name")
+    return run_id
+
+
+def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
+    """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
+
+    *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
+    merge` left half made there is not "uncommitted changes" but undone when it is opened.
+    """
+    into = own is None
+    if into:
+        checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
+        if checked != branch or branch.startswith("-"):
+            raise BadInputError(f"--into {branch!r} is not a valid branch name")
+        if branch.startswith("refs/"):
+            short = branch.removeprefix("refs/heads/")
+            raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
+        if not git.branch_exists(repo, branch):
+            raise BadInputError(
+                f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
+            )
+    for info in worktrees.list_worktrees(repo):
+        if info.branch != branch or info.prunable:
+            continue
+        # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
+        # opened, not "uncommitted changes" (committing its deletions would empty the branch).
+        looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
+        looked = looked and not (_same_path(info.path, own) and half_merged(info.path))
+        dirty = bool(git.status_porcelain(info.path)) if looked else False
+        if dirty:
+            raise BadInputError(
+                f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
+                " stash them there first"
+            )
+        if into:
+            raise BadInputError(
+                f"{branch} is checked out in {info.path}; swarm never moves a branch under a"
+                f" checkout. Merge without --into (into {INTEGRATION_PREFIX}<run>) and then run"
+                " `git merge --ff-only` on that branch there, or check out another branch"
+            )
+    tip = branch_tip(repo, branch)
+    return tip if tip is not None else git.head_commit(repo)
+
+
+def open_target(
+    repo: git.Repo, store: Store, run_id: str, branch: str, *, start: str, own: Path | None
+) -> Target:
+    """The worktree to merge *branch* in: swarm's own (*own*, repaired or made), or temporary."""
+    if own is None:
+        root = _worktree_root(repo, store, run_id)
+        path = root / f"_merge-{ref_safe_run(run_id)}-{secrets.token_hex(3)}"
+        _add_worktree(repo, path, start, detach=True)
+        return Target(branch=branch, worktree=path, temporary=True)
+    for info in worktrees.list_worktrees(repo):
+        if _same_path(info.path, own) and not info.path.is_dir():
+            # Its directory was deleted: this registration alone goes, the worktree is made anew.
+            worktrees.remove_worktree(repo, info.path, force=True)
+        elif info.branch == branch and info.path.is_dir():
+            git.repair_checkout(info.path)  # a merge killed while it checked the target out
+            if _same_path(info.path, own) and half_merged(info.path):
+                # A merge (or its resolver) killed midway; its leftover processes are ended.
+                runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
+            return Target(branch=branch, worktree=info.path, temporary=False)
+    path = own
+    if git.branch_exists(repo, branch):
+        _add_worktree(repo, path, branch)
+    else:
+        worktrees.create_worktree(repo, path=path, branch=branch, start=start)
+    return Target(branch=branch, worktree=path, temporary=False)
+
+
+def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
+    """Where swarm keeps the run's integration worktree."""
+    return _worktree_root(repo, store, run_id) / f"_integration-{ref_safe_run(run_id)}"
+
+
+def _same_path(path: Path, other: Path | None) -> bool:
+    return other is not None and path.resolve() == other.resolve()
+
+
+def half_merged(worktree: Path) -> bool:
+    """Whether a merge (or squash) in *worktree* waits for its commit."""
+    try:
+        admin = git.git_dir(worktree)
+    except SwarmError:
+        return False
+    return any((admin / name).exists() for name in ("MERGE_HEAD", "SQUASH_MSG"))
+
+
+def _worktree_root(repo: git.Repo, store: Store, run_id: str) -> Path:
+    run = store.get_run(run_id)
+    root = run.settings.worktree_root if run is not None else None
+    return root or paths.default_worktree_root(repo.root)
+
+
+def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False) -> None:
+    with git.repo_lock(repo):
+        if path.exists():
+            raise SwarmError(f"{path} already exists; remove it or run `swarm clean --orphans`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = ["--detach"] if detach else []
+        git.git(repo.root, "worktree", "add", "--quiet", *flags, "--", str(path), rev)
+
+
+def move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
+    """Move *branch* from *old* to *new* (``--into``), or refuse if someone moved it meanwhile."""
+    res = runner.run(
+        repo.root, "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old, check=False
+    )
+    if res.returncode != 0:
+        raise SwarmError(
+            f"{branch} moved while swarm was merging; the merged result is commit {new}:"
+            f" keep it with `git branch swarm-merge-result {new}` and merge again"
+        )
