@@ -206,6 +206,7 @@ def test_the_runs_own_output_in_the_checkout_is_no_outside_write(
     assert run_into_log("good", good, "w") == 0, log.read_text()
     assert status_json(repo)["good"]["state"] == "done"
     assert log.read_text().splitlines()[-1].endswith(": 1 done")  # the summary, to the end
+    assert "uncommitted changes" not in log.read_text()  # the log is no change of the user's
     # The log's file is left out, not the checkout: another file written there is caught.
     assert run_into_log("bad", [*bad, str(repo)], "a") == 1
     reason = str(status_json(repo)["bad"]["reason"])

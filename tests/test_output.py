@@ -52,6 +52,20 @@ def test_a_reason_equal_to_the_state_is_not_repeated() -> None:
     assert out.getvalue().splitlines() == ["a: stopped", "b: failed - [agent] giving up"]
 
 
+def test_plain_lines_say_how_the_run_began_and_ended() -> None:
+    out = io.StringIO()
+    lines = PlainObserver(out)
+    lines("run_started", None, {"run_id": "20261202-000000-abcd"})
+    lines("run_finished", None, {"status": "interrupted"})
+    lines("run_finished", None, {"status": "finished"})
+    # Not "run interrupted: finished", which read as if the run had finished.
+    assert out.getvalue().splitlines() == [
+        "run 20261202-000000-abcd: started",
+        "run interrupted",
+        "run finished",
+    ]
+
+
 def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
     repo: Path,
 ) -> None:

@@ -268,7 +268,7 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
 
     with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
         lock.acquire()
-        if git.status_porcelain(checkout):
+        if _uncommitted(checkout):
             click.echo(
                 "note: uncommitted changes in your checkout are not part of the base", err=True
             )
@@ -279,6 +279,21 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
             ),
             as_json=as_json,
         )
+
+
+def _uncommitted(checkout: Path) -> bool:
+    """Whether *checkout* has changes besides the file this run's output goes to."""
+    from worktree_swarm.infra import proc
+
+    own = {path.resolve() for path in proc.output_files()}
+    fields = iter(git.status_porcelain(checkout).split("\0"))
+    for field in fields:
+        path = field[3:]  # porcelain v1: `XY path`
+        if path and (checkout / path).resolve() not in own:
+            return True
+        if field[:1] in {"R", "C"}:  # a rename's or copy's source follows: same change
+            next(fields, None)
+    return False
 
 
 def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:

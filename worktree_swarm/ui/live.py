@@ -57,8 +57,10 @@ class PlainObserver:
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
         elif kind == "guard_error":  # while a scan fails, that part is not watched
             line = f"guard: {data.get('job')} scan failed: {data.get('reason')}"
-        elif kind in {"run_started", "run_finished"}:
-            line = f"run {data.get('run_id') or data.get('status')}: {kind.removeprefix('run_')}"
+        elif kind == "run_started":
+            line = f"run {data.get('run_id')}: started"
+        elif kind == "run_finished":  # how it ended: finished, interrupted, ...
+            line = f"run {data.get('status')}"
         else:
             return
         with self._lock:
