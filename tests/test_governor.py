@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from worktree_swarm.run.governor import (
+    TASK_BACKOFF_CAP,
     WINDOW_MIN_SECONDS,
     Gates,
     GateView,
@@ -127,6 +128,16 @@ def test_at_the_floor_further_throttles_back_off_exponentially(clock: Clock) -> 
     g.report("google", OK)
     clock.now += g.cooldown + 300
     assert overload(g, "google") - clock.now <= g.pace  # a success resets the backoff
+
+
+def test_a_tasks_own_backoff_doubles_with_jitter_up_to_the_cap(clock: Clock) -> None:
+    gate = gates(clock)  # backoff_base 4 s
+    for streak in range(1, 12):
+        ceiling = min(TASK_BACKOFF_CAP, 4.0 * 2 ** (streak - 1))
+        drawn = [gate.task_backoff(streak) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in drawn)
+        assert len(set(drawn)) > 1  # jittered: tasks throttled together come back apart
+    assert gate.task_backoff(100) <= TASK_BACKOFF_CAP
 
 
 def test_a_stated_retry_after_is_honoured(clock: Clock) -> None:

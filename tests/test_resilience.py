@@ -6,11 +6,13 @@ JSON result object, honours `--resume <session>`, and is scripted per task throu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,66 @@ def test_retries_exhausted_fails_with_work_kept(repo: Path, fake_claude: Path) -
     assert "rate limited" in str(row["reason"])
     assert len(calls(fake_claude, "a")) == 2
     assert branch_file(repo, "swarm/a", "a.txt") == "half done"
+
+
+def waits(repo: Path, task: str) -> list[tuple[float, float | None, float]]:
+    """(ended_at, retry_at, next attempt's started_at) of each attempt *task* resumed after."""
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute(
+            "SELECT started_at, ended_at, retry_at FROM attempts WHERE task_id = ? ORDER BY number",
+            (task,),
+        ).fetchall()
+    return [(ended, retry, after[0]) for (_, ended, retry), after in itertools.pairwise(rows)]
+
+
+def test_a_lone_throttled_task_backs_off_exponentially(repo: Path, fake_claude: Path) -> None:
+    # One agent's 429s never make its provider's share of throttles large enough for a cut:
+    # the task's own backoff (0.3 s base here) spaces its retries, doubling each time.
+    plan(fake_claude, "a", "limit", "limit", "limit", "finish")
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stdout + out.stderr
+    spans = waits(repo, "a")
+    assert len(spans) == 3
+    for n, (ended, retry_at, next_start) in enumerate(spans, start=1):
+        assert retry_at is not None
+        assert retry_at - ended >= 0.3 * 2 ** (n - 1) / 2  # jitter keeps at least half
+        assert next_start >= retry_at
+
+
+def test_with_defaults_a_throttled_task_waits_and_says_until_when(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")
+    text = '[defaults]\nagent = "claude"\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(
+            lambda: (
+                first_wait(repo) is not None and status_json(repo)["a"]["state"] == "rate_limited"
+            ),
+            what="the wait to be recorded",
+        )
+        ended, retry_at = first_wait(repo) or (0.0, 0.0)
+        assert retry_at - ended >= 15  # half of rate_limit_backoff's 30 s at least
+        when = time.strftime("%H:%M:%S", time.localtime(retry_at))
+        assert status_json(repo)["a"]["reason"] == f"resuming after {when}"
+        assert len(calls(fake_claude, "a")) == 1
+        assert swarm(repo, "stop", "a").returncode == 0
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+
+
+def first_wait(repo: Path) -> tuple[float, float] | None:
+    """The first attempt's (ended_at, retry_at), once both are recorded."""
+    if not (repo / ".git" / "swarm" / "state.db").exists():
+        return None
+    try:
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            row = db.execute("SELECT ended_at, retry_at FROM attempts WHERE number = 1").fetchone()
+    except sqlite3.OperationalError:  # the manager is still creating the store
+        return None
+    return None if row is None or None in row else (row[0], row[1])
 
 
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:

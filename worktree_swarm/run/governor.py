@@ -13,7 +13,8 @@ slows another. Two kinds of limit are told apart:
   of 429s that the agents retry through is not overload: cutting would only slow the run.
   After a throttle and while below ``jobs``, launches are paced (one per ``pace`` seconds),
   never frozen; only at the floor of one agent do further cuts space launches with
-  exponential backoff.
+  exponential backoff. Whatever the gate decides, a throttled task also waits a backoff of
+  its own before its next attempt (:meth:`Gates.task_backoff`).
 - A *usage window* (a reset stated further than :data:`WINDOW_MIN_SECONDS` away: "usage limit
   reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset.
 
@@ -40,6 +41,7 @@ DECREASE = 0.5  # multiplicative decrease on a throttle
 CUT_SHARE = 0.4  # the share of recent outcomes that must be throttles for a cut
 # A stated reset further away than this is a usage window (hours), not a short throttle.
 WINDOW_MIN_SECONDS = 300.0
+TASK_BACKOFF_CAP = 900.0  # the longest one task waits after its own throttles
 
 
 class Signal(enum.StrEnum):
@@ -230,6 +232,17 @@ class Gates:
         with self._cond:
             until = self._gate(provider).window_until
             return until if until > self._clock() else None
+
+    def task_backoff(self, streak: int) -> float:
+        """Seconds a task throttled *streak* times in a row (1, 2, ...) waits before it retries.
+
+        Uniform in ``[c/2, c]``, ``c = min(TASK_BACKOFF_CAP, backoff_base * 2 ** (streak - 1))``:
+        never a prompt retry that spends the task's retries in seconds, and tasks throttled
+        together do not all come back together.
+        """
+        ceiling = min(TASK_BACKOFF_CAP, self.backoff_base * 2.0 ** min(max(streak, 1) - 1, 60))
+        with self._cond:
+            return self._rng.uniform(ceiling / 2, ceiling)
 
     def adopt(self, provider: str) -> None:
         """Count an agent a previous manager started (it already runs: no waiting)."""

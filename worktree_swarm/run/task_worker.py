@@ -87,6 +87,7 @@ class _Course:
     retries_left: int
     prompt: str | None
     not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
+    throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
 
     @classmethod
     def resumed(
@@ -109,18 +110,24 @@ class _Course:
         session = next(
             (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
         )
+        streak = 0
+        for a in reversed(counted):
+            if a.outcome != AttemptOutcome.RATE_LIMITED:
+                break
+            streak += 1
         return cls(
             agent=agent,
             session=session,
             retries_left=task.retries
             - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
             prompt=RESUME_PROMPT if since or (previous and session) else None,
+            throttles=streak,
         )
 
     def take_over(self, agent: str, task: Task) -> None:
         """Another agent goes on: no session of its own yet, a full set of retries."""
         self.agent, self.session = agent, None
-        self.retries_left, self.not_before = task.retries, 0.0
+        self.retries_left, self.not_before, self.throttles = task.retries, 0.0, 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -377,7 +384,7 @@ class TaskWorker(RunWorker):
                 continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            course.not_before = 0.0
+            course.not_before, course.throttles = 0.0, 0
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(live, path, base, env)
@@ -437,7 +444,10 @@ class TaskWorker(RunWorker):
             )
         else:
             course.retries_left -= 0 if replayed else 1
-            course.not_before = result.retry_at or 0.0
+            course.throttles += 0 if replayed else 1
+            # No stated retry-after: a backoff of the task's own, whatever the shared gate
+            # decides (one agent's throttles alone never cut a provider's concurrency).
+            course.not_before = result.retry_at or now + self.gate.task_backoff(course.throttles)
         until = max(course.not_before, self.gate.waiting_until(provider_of(course.agent)) or now)
         course.not_before = until
         self.store.set_retry_at(self.run_id, task.id, number, until)
