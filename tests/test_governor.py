@@ -164,6 +164,23 @@ def test_a_usage_window_holds_its_provider_until_the_reset(clock: Clock) -> None
     assert take(g, "anthropic", 1) == 1
 
 
+def test_a_waiter_gives_up_on_a_window_past_its_max_wait(clock: Clock) -> None:
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    assert g.acquire("anthropic", stop) == ""  # the only slot: the next one waits
+    results: list[str] = []
+    waiter = threading.Thread(
+        target=lambda: results.append(g.acquire("anthropic", stop, max_wait=3600))
+    )
+    waiter.start()
+    reset = clock.now + 3601  # another task's agent meets a usage window meanwhile
+    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit"))
+    waiter.join(timeout=30)
+    assert results == ["max_wait"]
+    assert g.try_acquire("anthropic", stop, max_wait=3601) is None  # within it: waits
+    assert g.acquire("anthropic", stop, max_wait=3600, leave_on_window=True) == "window"
+
+
 def test_providers_are_independent(clock: Clock) -> None:
     g = gates(clock, jobs=4)
     g.report(

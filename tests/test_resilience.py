@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, script_interpreter
-from tests.test_run import branch_file, manifest, pid_alive, status_json, swarm, swarm_bg, wait_for
+from tests.test_run import (
+    AgentFactory,
+    argv_toml,
+    branch_file,
+    manifest,
+    pid_alive,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
 
 FAKE_CLAUDE = r'''#!PYTHON
 """Fake Claude Code: scripted by $FAKE_DIR/<task>.plan (one behaviour per call)."""
@@ -216,6 +226,60 @@ def first_wait(repo: Path) -> tuple[float, float] | None:
     except sqlite3.OperationalError:  # the manager is still creating the store
         return None
     return None if row is None or None in row else (row[0], row[1])
+
+
+WINDOW_THEN_THROTTLE = r"""
+import os, pathlib, subprocess, sys, time
+marks = pathlib.Path(MARKS)
+def until(condition):
+    deadline = time.monotonic() + 60
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+if sys.argv[1:] == ["setup"]:  # b and c: once a's agent holds a slot, ask for one
+    until((marks / "a").exists)
+    sys.exit(0)
+task = os.environ["SWARM_TASK_ID"]
+pathlib.Path(f"{task}.txt").write_text("partial\n")
+if task == "a":  # once another runs, a usage window 400 s away: past max_wait, a fails
+    (marks / "a").touch()
+    until((marks / "other").exists)
+    print(f"Claude AI usage limit reached|{int(time.time()) + 400}")
+    sys.exit(1)
+# Once swarm has checkpointed a's attempt (it reported the window first), a plain 429.
+(marks / "other").write_text(task)
+until(lambda: "checkpoint a attempt 1" in subprocess.run(
+    ["git", "log", "--format=%s", "swarm/a"], capture_output=True, text=True, check=False
+).stdout)
+print("Error: 429 Too Many Requests")
+sys.exit(1)
+"""
+
+
+def test_max_wait_bounds_a_wait_for_a_window_another_task_reported(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # a's window is reported while one of b and c runs (jobs = 2) and the other waits for a
+    # slot: the one running gets a 429 and does not wait 400 s, the other never starts.
+    marks = repo.parent / "marks"
+    marks.mkdir()
+    agent = write_agent(f"MARKS = {str(marks)!r}\n" + WINDOW_THEN_THROTTLE)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_wait = "10s"\njobs = 2\n'
+    text += 'rate_limit_backoff = "0.2s"\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    for task in "bc":
+        text += f'[[task]]\nid = "{task}"\nprompt = "do {task}"\n'
+        text += f"setup = [{argv_toml([*agent, 'setup'])}]\n"
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    for task in ("a", "b", "c"):
+        assert rows[task]["state"] == "failed"
+        assert str(rows[task]["reason"]).startswith("usage limit of other resets at ")
+        assert f"past max_wait (10s); work kept on swarm/{task}" in str(rows[task]["reason"])
+    throttled = (marks / "other").read_text()
+    assert [a[1] for a in attempts(repo, throttled)] == ["rate_limited"]
+    assert branch_file(repo, f"swarm/{throttled}", f"{throttled}.txt") == "partial"
+    held = ({"b", "c"} - {throttled}).pop()
+    assert attempts(repo, held) == []
 
 
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:

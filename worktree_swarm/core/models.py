@@ -266,8 +266,9 @@ class Task:
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=None,
-        doc="the longest stated usage-limit reset a task waits for; a later reset fails the "
-        "task (work kept) unless a fallback agent takes over",
+        doc="the longest stated usage-limit reset a task waits for, whichever task's agent met "
+        "the limit (before its first attempt too); a later reset fails the task (work kept) "
+        "unless a fallback agent takes over",
     )
     # Limits of the steps around the agent; None means the built-in default (30 minutes).
     setup_timeout: float | None = setting(

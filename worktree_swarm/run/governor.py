@@ -185,15 +185,20 @@ class Gates:
         *,
         not_before: float = 0.0,
         leave_on_window: bool = False,
+        max_wait: float = math.inf,
     ) -> str:
         """Wait for a slot of *provider* and not before *not_before*.
 
-        Returns '' when granted, else why not: 'stopped', 'budget', or 'window' when
-        *leave_on_window* and the provider is in a usage window (another agent can go on).
+        Returns '' when granted, else why not: 'stopped', 'budget', 'window' when
+        *leave_on_window* and the provider is in a usage window (another agent can go on), or
+        'max_wait' when its usage window resets more than *max_wait* seconds after the call.
         """
         with self._cond:
+            latest = self._clock() + max_wait
             while True:
-                refused = self._refused(provider, stop, leave_on_window=leave_on_window)
+                refused = self._refused(
+                    provider, stop, leave_on_window=leave_on_window, latest=latest
+                )
                 if refused:
                     return refused
                 wait = self._wait(provider, not_before)
@@ -209,10 +214,12 @@ class Gates:
         *,
         not_before: float = 0.0,
         leave_on_window: bool = False,
+        max_wait: float = math.inf,
     ) -> str | None:
         """Like :meth:`acquire` without waiting: None when it would have to wait."""
         with self._cond:
-            refused = self._refused(provider, stop, leave_on_window=leave_on_window)
+            latest = self._clock() + max_wait
+            refused = self._refused(provider, stop, leave_on_window=leave_on_window, latest=latest)
             if refused:
                 return refused
             if self._wait(provider, not_before) <= 0:
@@ -330,13 +337,18 @@ class Gates:
         if limit.retry_at is not None and limit.retry_at > now:  # what the server asked for
             gate.next_launch = max(gate.next_launch, limit.retry_at)
 
-    def _refused(self, provider: str, stop: threading.Event, *, leave_on_window: bool) -> str:
+    def _refused(
+        self, provider: str, stop: threading.Event, *, leave_on_window: bool, latest: float
+    ) -> str:
         if stop.is_set():
             return "stopped"
         if self.over_budget:
             return "budget"
-        if leave_on_window and self._gate(provider).window_until > self._clock():
+        window_until = self._gate(provider).window_until
+        if leave_on_window and window_until > self._clock():
             return "window"
+        if window_until > latest:
+            return "max_wait"
         return ""
 
     def _wait(self, provider: str, not_before: float) -> float:

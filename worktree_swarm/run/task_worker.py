@@ -418,7 +418,11 @@ class TaskWorker(RunWorker):
     ) -> TaskOutcome | None:
         """Decide what follows a rate-limited attempt: another agent, a wait, or the end."""
         now = time.time()
-        window = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
+        provider = provider_of(course.agent)
+        own = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
+        # A window another task reported holds this one as much as its own does.
+        shared = self.gate.window_until(provider)
+        window = own or shared is not None
         spent = course.retries_left <= 0 and not replayed
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
@@ -427,14 +431,10 @@ class TaskWorker(RunWorker):
             self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
             course.take_over(nxt, task)
             return None
-        if window and result.retry_at is not None:
-            if result.retry_at - now > task.max_wait:
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(result.retry_at))
-                return TaskOutcome(
-                    state=TaskState.FAILED,
-                    reason=f"usage limit of {provider_of(course.agent)} resets at {when}, "
-                    f"past max_wait ({task.max_wait:g}s); work kept on {task.branch}",
-                )
+        reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
+        if window and reset - now > task.max_wait:
+            return TaskOutcome(state=TaskState.FAILED, reason=_past_max_wait(task, provider, reset))
+        if own and result.retry_at is not None:
             course.not_before = result.retry_at
         elif spent:
             return TaskOutcome(
@@ -448,7 +448,7 @@ class TaskWorker(RunWorker):
             # No stated retry-after: a backoff of the task's own, whatever the shared gate
             # decides (one agent's throttles alone never cut a provider's concurrency).
             course.not_before = result.retry_at or now + self.gate.task_backoff(course.throttles)
-        until = max(course.not_before, self.gate.waiting_until(provider_of(course.agent)) or now)
+        until = max(course.not_before, self.gate.waiting_until(provider) or now)
         course.not_before = until
         self.store.set_retry_at(self.run_id, task.id, number, until)
         when = time.strftime("%H:%M:%S", time.localtime(until))
@@ -612,13 +612,7 @@ class TaskWorker(RunWorker):
         if refused == "window":
             return None
         if refused:
-            spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
-            why = f"budget reached ({spent})" if refused == "budget" else "stopped"
-            return _Ended(
-                result=AgentResult(outcome=AgentOutcome.FAILED),
-                cut_short=TaskState.STOPPED,
-                reason=f"{why} before attempt {number} started",
-            )
+            return self._not_started(task, provider, refused, number)
         cost: float | None = None
         box: sandbox.Confinement | None = None
         try:
@@ -669,24 +663,49 @@ class TaskWorker(RunWorker):
                 sandbox.release(box)
         return ended
 
+    def _not_started(self, task: Task, provider: str, refused: str, number: int) -> _Ended:
+        """How an attempt the gate refused ends the task."""
+        failed = AgentResult(outcome=AgentOutcome.FAILED)
+        if refused == "max_wait":  # a usage window reported meanwhile, by any task
+            reset = self.gate.window_until(provider) or time.time()
+            why = _past_max_wait(task, provider, reset)
+            return _Ended(result=failed, cut_short=TaskState.FAILED, reason=why)
+        spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
+        why = f"budget reached ({spent})" if refused == "budget" else "stopped"
+        return _Ended(
+            result=failed,
+            cut_short=TaskState.STOPPED,
+            reason=f"{why} before attempt {number} started",
+        )
+
     def _acquire(
         self, live: Live, task: Task, path: Path, provider: str, not_before: float
     ) -> str | None:
         """A slot of *provider*'s gate for *task*; why not ("window", "budget", ...) or None."""
         leave = fallback.next_agent(live.task, task.agent, self.gate) is not None
         refused = self.gate.try_acquire(
-            provider, live.stop, not_before=not_before, leave_on_window=leave
+            provider,
+            live.stop,
+            not_before=not_before,
+            leave_on_window=leave,
+            max_wait=task.max_wait,
         )
-        if refused is None and self.gate.waiting_until(provider, not_before=not_before):
-            with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
-                return self.gate.acquire(
-                    provider, live.stop, not_before=not_before, leave_on_window=leave
-                )
-        if refused is None:
+        if refused is not None:
+            return refused
+
+        def acquire() -> str:
             return self.gate.acquire(
-                provider, live.stop, not_before=not_before, leave_on_window=leave
+                provider,
+                live.stop,
+                not_before=not_before,
+                leave_on_window=leave,
+                max_wait=task.max_wait,
             )
-        return refused
+
+        if self.gate.waiting_until(provider, not_before=not_before):
+            with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
+                return acquire()
+        return acquire()
 
     def _resume_attempt(self, live: Live, attempt: AttemptRow, profile: str) -> _Ended:
         """Pick up the last attempt of a previous manager.
@@ -1010,6 +1029,15 @@ def _failed(failure: CheckFailure) -> TaskOutcome:
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+
+
+def _past_max_wait(task: Task, provider: str, reset: float) -> str:
+    """Why *task* does not wait for *provider*'s usage window until *reset*."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(reset))
+    return (
+        f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s); "
+        f"work kept on {task.branch}"
+    )
 
 
 def repair_prompt(failure: CheckFailure) -> str:
