@@ -748,6 +748,24 @@ def test_classify_rate_limit_wall_clock_without_zone_is_local_time() -> None:
     ) == (True, utc(2025, 10, 12, 6, 4))
 
 
+@pytest.mark.usefixtures("tokyo_time")
+@pytest.mark.parametrize(
+    ("printed", "retry_at"),
+    [
+        ("5:53 PM", utc(2025, 10, 9, 8, 54)),  # this minute: by its end, not tomorrow
+        ("5:52 PM", utc(2025, 10, 9, 8, 53)),  # the minute before: already past, now
+        ("5:51 PM", utc(2025, 10, 10, 8, 51)),  # two minutes ago: tomorrow
+        ("5:54 PM", utc(2025, 10, 9, 8, 54)),
+    ],
+)
+def test_a_reset_printed_to_the_minute_in_this_minute_is_not_tomorrow(
+    printed: str, retry_at: float
+) -> None:
+    # NOW is 17:53:20 in Tokyo.
+    text = f"You've hit your usage limit. Upgrade to Pro or try again at {printed}."
+    assert classify_rate_limit(text, now=NOW) == (True, retry_at)
+
+
 @pytest.mark.parametrize(
     "text",
     [

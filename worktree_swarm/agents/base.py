@@ -274,7 +274,8 @@ def classify_rate_limit(text: str, *, now: float) -> tuple[bool, float | None]:
     """Whether *text* reports a rate/usage limit, and when it resets (epoch seconds) if it says.
 
     A reset given as a wall-clock time means its next occurrence after *now*, in the time zone
-    the message names, else in local time.
+    the message names, else in local time; a time (to the minute) in the current minute or
+    the one before means the end of that minute.
     """
     if not any(p.search(text) for p in _LIMIT_PATTERNS):
         return False, None
@@ -314,8 +315,12 @@ def _resolve_reset(match: re.Match[str], *, now: float) -> float | None:
                 reset = reset.replace(year=year + 1)
         else:
             reset = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            if reset <= current:
+            # The time is printed to the minute: this minute or the one before means at the
+            # end of that minute (now, or in seconds), not the same time tomorrow.
+            if current - reset >= timedelta(minutes=2):
                 reset += timedelta(days=1)
+            elif reset <= current:
+                reset += timedelta(minutes=1)
     except ValueError:  # Feb 30 and the like
         return None
     return reset.timestamp()
