@@ -40,6 +40,11 @@ with open(f"{name}.txt", "a") as fh:
     fh.write(f"{name} call {n}: {step}\n")
 if name == "claude":
     emit({"type": "system", "subtype": "init", "session_id": session})
+    if step in {"overage", "served"}:  # rejected, yet the request is answered
+        info = {"status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"}
+        if step == "overage":
+            info.update(overageStatus="allowed", isUsingOverage=True)
+        emit({"type": "rate_limit_event", "session_id": session, "rate_limit_info": info})
     emit({"type": "assistant", "message": {"id": f"msg-{n}"}, "session_id": session})
     if step == "window":
         emit({"type": "rate_limit_event", "session_id": session,
@@ -234,6 +239,21 @@ def test_a_window_is_seen_while_the_agent_still_runs(
     finally:
         proc.kill()
     assert agents_of(repo, "a") == ["claude", "codex"]
+
+
+@pytest.mark.parametrize("step", ["overage", "served"])
+def test_a_rejected_request_that_is_answered_holds_no_one(
+    repo: Path, fake_agents: Path, step: str
+) -> None:
+    # a's stream says "rejected" (five hours), then its request is answered: b, which waits
+    # at most an hour for a window, starts at once instead of failing.
+    plan(fake_agents, "claude", "a", step)
+    text = tasks(["a", "b"], 'agent = "claude"\nmax_wait = "1h"')
+    text = text.replace('id = "b"', 'id = "b"\ndepends_on = ["a"]')
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [r["state"] for r in status_json(repo).values()] == ["done", "done"]
+    assert "launches wait" not in swarm(repo, "status").stdout
 
 
 def test_budget_agent_takes_over_past_the_budget_share(

@@ -181,6 +181,23 @@ def test_a_waiter_gives_up_on_a_window_past_its_max_wait(clock: Clock) -> None:
     assert g.acquire("anthropic", stop, max_wait=3600, leave_on_window=True) == "window"
 
 
+def test_a_success_ends_a_window_only_reported_live(clock: Clock) -> None:
+    g = gates(clock)
+    window = Limit(signal=Signal.WINDOW, retry_at=clock.now + 3600, detail="usage limit")
+    g.report("anthropic", window)  # from a running agent's stream
+    assert g.window_until("anthropic") == clock.now + 3600
+    g.report("anthropic", OK)  # ... whose request was served after all
+    assert g.window_until("anthropic") is None
+    assert view(g, "anthropic").why == ""
+    g.report("anthropic", window)
+    g.report("anthropic", window, whole_attempt=True)  # its attempt ended on it: confirmed
+    g.report("anthropic", OK)  # a request of another agent, in flight
+    assert g.window_until("anthropic") == clock.now + 3600
+    g.report("anthropic", window)  # told live again: still confirmed
+    g.report("anthropic", OK, whole_attempt=True)
+    assert g.window_until("anthropic") == clock.now + 3600
+
+
 def test_providers_are_independent(clock: Clock) -> None:
     g = gates(clock, jobs=4)
     g.report(

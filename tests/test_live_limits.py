@@ -63,6 +63,19 @@ def test_claude_usage_windows(tmp_path: Path) -> None:
     ]
 
 
+def test_a_rejected_request_served_on_overage_is_no_window(tmp_path: Path) -> None:
+    log = tmp_path / "attempt.log"
+    info = {"status": "rejected", "resetsAt": NOW + 3600, "rateLimitType": "five_hour"}
+    events = [
+        {"type": "rate_limit_event", "rate_limit_info": {**info, "isUsingOverage": True}},
+        {"type": "assistant", "message": {"id": "msg_1"}},
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    tail = LogTail(path=log, profile="claude")
+    assert [(f.signal, f.retry_at) for f in tail.poll(now=NOW)] == [(Signal.OK, None)]
+    assert not tail.limited
+
+
 def test_codex_turns_and_usage_limit(tmp_path: Path) -> None:
     log = tmp_path / "attempt.log"
     message = (

@@ -195,13 +195,18 @@ def _session_id(objects: list[dict[str, Any]]) -> str | None:
 def _rejected_reset(objects: list[dict[str, Any]]) -> tuple[float | None, bool]:
     """(reset time, whether any) of ``rate_limit_event`` lines with status ``rejected``.
 
-    ``allowed`` events accompany ordinary successful runs and mean nothing here.
+    ``allowed`` events accompany ordinary successful runs and mean nothing here, nor do
+    rejected ones whose request is served on overage (``isUsingOverage``).
     """
     found = False
     reset: float | None = None
     for obj in objects:
         info = obj.get("rate_limit_info") if obj.get("type") == "rate_limit_event" else None
-        if isinstance(info, dict) and info.get("status") == "rejected":
+        if (
+            isinstance(info, dict)
+            and info.get("status") == "rejected"
+            and info.get("isUsingOverage") is not True
+        ):
             found = True
             reset = epoch_seconds(info.get("resetsAt")) or reset
     return reset, found

@@ -121,6 +121,7 @@ class _Gate:
     limit: float
     running: int = 0
     window_until: float = 0.0
+    window_live: bool = False  # known only from a running agent's stream: a success ends it
     next_launch: float = 0.0
     last_cut: float = -math.inf
     floor_streak: int = 0
@@ -274,11 +275,15 @@ class Gates:
 
         A *whole_attempt* (an agent that does not report its requests) weighs as much as a
         window of ``jobs`` requests: its success is one full step, its throttle counts ``jobs``.
+        A usage window only reported live (not by a whole attempt that ended on it) ends with
+        the provider's next success.
         """
         with self._cond:
             now = self._clock()
             gate = self._gate(provider)
             if limit.signal is Signal.OK:
+                if gate.window_live:  # the provider serves again: the live report was not all
+                    gate.window_until, gate.window_live = 0.0, False
                 self._tally(gate, now, throttled=False, weight=self._weight(whole_attempt))
                 gate.floor_streak = 0
                 step = 1.0 if whole_attempt else 1.0 / gate.limit
@@ -286,7 +291,11 @@ class Gates:
                 if gate.limit >= self.jobs and gate.window_until <= now:
                     gate.why = ""
             elif limit.signal is Signal.WINDOW and limit.retry_at is not None:
+                # An attempt that ended on the window confirms it; a live event alone may be
+                # followed by the request being served after all.
+                confirmed = gate.window_until > now and not gate.window_live
                 gate.window_until = max(gate.window_until, limit.retry_at)
+                gate.window_live = not (whole_attempt or confirmed)
                 gate.why = limit.detail or "usage limit"
             else:
                 self._throttle(gate, limit, now, weight=self._weight(whole_attempt))

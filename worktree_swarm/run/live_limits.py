@@ -2,7 +2,8 @@
 
 Claude Code's ``stream-json`` reports every API response (``assistant`` events), every retried
 request (``system``/``api_retry`` with ``error_status`` 429 or 529), a rejected usage window
-(``rate_limit_event`` with status ``rejected`` and ``resetsAt``) and its final ``result``.
+(``rate_limit_event`` with status ``rejected`` and ``resetsAt``, unless ``isUsingOverage``
+says the request is served on overage) and its final ``result``.
 Codex's ``--json`` reports each turn (``turn.completed``) and its errors. Those become
 :class:`~worktree_swarm.governor.Limit` reports for the provider's gate the moment they are
 written, so a throttle slows the provider before the attempt that met it has ended and its
@@ -98,6 +99,8 @@ class LogTail:
         if kind == "rate_limit_event":
             info = obj.get("rate_limit_info")
             if not isinstance(info, dict) or info.get("status") != "rejected":
+                return None
+            if info.get("isUsingOverage") is True:  # the request goes on, paid from overage
                 return None
             reset = epoch_seconds(info.get("resetsAt"))
             return Limit(

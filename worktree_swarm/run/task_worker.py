@@ -889,10 +889,14 @@ class TaskWorker(RunWorker):
         )
 
     def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
-        """Tell the gate how a whole attempt went, unless its stream already did."""
-        if result.outcome is AgentOutcome.RATE_LIMITED and not (live and live.limited):
-            kind = limit_kind(retry_at=result.retry_at, now=time.time())
-            detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+        """Tell the gate how a whole attempt went, unless its stream already did.
+
+        A usage window is told again: an attempt that ended on it confirms what its stream said.
+        """
+        kind = limit_kind(retry_at=result.retry_at, now=time.time())
+        window = kind is Signal.WINDOW
+        if result.outcome is AgentOutcome.RATE_LIMITED and (window or not (live and live.limited)):
+            detail = "usage limit" if window else "rate limited"
             limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
             self.gate.report(provider, limit, whole_attempt=True)
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
