@@ -282,6 +282,46 @@ def test_max_wait_bounds_a_wait_for_a_window_another_task_reported(
     assert attempts(repo, held) == []
 
 
+REPAIR_THEN_THROTTLE = r"""
+import pathlib, sys
+prompt = pathlib.Path(sys.argv[1]).read_text()
+calls = pathlib.Path(CALLS)
+n = len(calls.read_text().splitlines()) if calls.exists() else 0
+with calls.open("a") as fh:
+    fh.write(f"{n}\n")
+pathlib.Path("work.txt").write_text(f"attempt {n}\n")
+if "checks on your work failed" in prompt:  # told to fix it: the first try meets a 429
+    if n == 1:
+        print("Error: 429 Too Many Requests")
+        sys.exit(1)
+    pathlib.Path("fixed.txt").write_text("fixed\n")
+"""
+
+
+def test_a_rate_limited_repair_is_resumed_as_a_repair(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # An agent without sessions is given its whole prompt again on each attempt: the one
+    # after the rate limit must still say which check failed.
+    calls_file = repo.parent / "calls"
+    agent = write_agent(f"CALLS = {str(calls_file)!r}\n" + REPAIR_THEN_THROTTLE)
+    text = (
+        f"[defaults]\nagent = {argv_toml([*agent, '{prompt_file}'])}\n"
+        'rate_limit_backoff = "0.2s"\n[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\n'
+        'checks = [["test", "-f", "fixed.txt"]]\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [a[1] for a in attempts(repo, "a")] == ["succeeded", "rate_limited", "succeeded"]
+    runs = next((repo / ".git" / "swarm" / "runs").iterdir())
+    third = (runs / "a" / "prompt-3.md").read_text()
+    assert third.startswith("do a")
+    assert "You were interrupted" in third
+    assert "The checks on your work failed" in third
+    assert "test -f fixed.txt" in third
+    assert branch_file(repo, "swarm/a", "fixed.txt") == "fixed"
+
+
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     out = swarm(

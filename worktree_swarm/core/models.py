@@ -225,7 +225,7 @@ class Task:
         minimum=0,
         flag=None,
         doc="times the output of failing checks goes back to the agent (same session) before "
-        "the task fails",
+        "the task fails; an attempt resumed after a rate limit is given it again",
     )
     no_placeholders: bool = setting(
         False,  # noqa: FBT003 - a field default, not a flag argument

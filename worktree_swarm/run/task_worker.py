@@ -88,6 +88,7 @@ class _Course:
     prompt: str | None
     not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
     throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
+    pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
 
     @classmethod
     def resumed(
@@ -122,6 +123,16 @@ class _Course:
             - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
             prompt=RESUME_PROMPT if since or (previous and session) else None,
             throttles=streak,
+        )
+
+    def instruct(self, prompt: str | None) -> None:
+        """Ask the agent to do *prompt* next, until an attempt is not cut short by a limit."""
+        self.prompt = self.pending = prompt
+
+    def interrupted(self) -> None:
+        """After a rate limit: go on, still with what the agent was asked to do."""
+        self.prompt = (
+            RESUME_PROMPT if self.pending is None else f"{RESUME_PROMPT}\n\n{self.pending}"
         )
 
     def take_over(self, agent: str, task: Task) -> None:
@@ -384,7 +395,7 @@ class TaskWorker(RunWorker):
                 continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            course.not_before, course.throttles = 0.0, 0
+            course.not_before, course.throttles, course.pending = 0.0, 0, None
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(live, path, base, env)
@@ -393,7 +404,7 @@ class TaskWorker(RunWorker):
             if failure.stopped or repairs_left <= 0:
                 return _failed(failure)
             repairs_left -= 1
-            course.prompt = repair_prompt(failure)
+            course.instruct(repair_prompt(failure))
 
     def _next(
         self, live: Live, course: _Course, path: Path, base: str, env: dict[str, str], number: int
@@ -427,7 +438,7 @@ class TaskWorker(RunWorker):
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
             why = "usage limit" if window else "out of rate-limit retries"
-            course.prompt = self._handover(task, path, base, course.agent, why)
+            course.instruct(self._handover(task, path, base, course.agent, why))
             self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
             course.take_over(nxt, task)
             return None
@@ -453,7 +464,7 @@ class TaskWorker(RunWorker):
         self.store.set_retry_at(self.run_id, task.id, number, until)
         when = time.strftime("%H:%M:%S", time.localtime(until))
         self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
-        course.prompt = RESUME_PROMPT
+        course.interrupted()
         return None
 
     def _maybe_switch(
@@ -464,7 +475,7 @@ class TaskWorker(RunWorker):
         if switch is None:
             return
         nxt, why = switch
-        course.prompt = self._handover(task, path, base, course.agent, why) if started else None
+        course.instruct(self._handover(task, path, base, course.agent, why) if started else None)
         self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
         course.take_over(nxt, task)
 
