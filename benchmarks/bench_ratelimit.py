@@ -201,6 +201,8 @@ def run_batch(
             env = {
                 **os.environ,
                 "CLAUDE_CODE_MAX_RETRIES": str(agent_retries),
+                # swarm refuses a `claude` task that is not signed in; the fake needs no key.
+                "ANTHROPIC_API_KEY": "bench-key-not-used",
                 "BENCH_RETRY_BASE": str(args.agent_retry_base),
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                 "BENCH_STATE": str(state),
@@ -213,6 +215,8 @@ def run_batch(
                 cwd=repo, env=env, capture_output=True, text=True, check=False,
             )  # fmt: skip
             wall = time.perf_counter() - start
+            if not (repo / ".git" / "swarm" / "state.db").exists():
+                sys.exit(f"swarm run failed to start (exit {proc.returncode}): {proc.stderr}")
             with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
                 done = db.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0]
                 attempts = db.execute("SELECT count(*) FROM attempts").fetchone()[0]

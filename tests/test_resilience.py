@@ -60,6 +60,9 @@ if step == "wait":  # for the crash test: signal readiness, then wait for the go
         time.sleep(0.05)
     pathlib.Path(f"{task}.txt").write_text("finished\n")
     result(); sys.exit(0)
+if step == "stall":  # refused at once: nothing done
+    result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.0)
+    sys.exit(1)
 if step == "limit":
     pathlib.Path(f"{task}.txt").write_text("half done\n")
     result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
@@ -181,7 +184,7 @@ def waits(repo: Path, task: str) -> list[tuple[float, float | None, float]]:
 def test_a_lone_throttled_task_backs_off_exponentially(repo: Path, fake_claude: Path) -> None:
     # One agent's 429s never make its provider's share of throttles large enough for a cut:
     # the task's own backoff (0.3 s base here) spaces its retries, doubling each time.
-    plan(fake_claude, "a", "limit", "limit", "limit", "finish")
+    plan(fake_claude, "a", "stall", "stall", "stall", "finish")
     out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
     assert out.returncode == 0, out.stdout + out.stderr
     spans = waits(repo, "a")
@@ -192,10 +195,26 @@ def test_a_lone_throttled_task_backs_off_exponentially(repo: Path, fake_claude: 
         assert next_start >= retry_at
 
 
+def test_an_attempt_that_got_work_done_before_its_429_goes_on_without_a_backoff(
+    repo: Path, fake_claude: Path
+) -> None:
+    # An agent that ends on every 429 of a storm (each attempt a few turns further): backing
+    # off after each would make the storm cost minutes per task, not its answered requests.
+    plan(fake_claude, "a", "limit", "finish")
+    text = tasks_toml(["a"]).replace('rate_limit_backoff = "0.3s"', 'rate_limit_backoff = "1h"')
+    assert 'rate_limit_backoff = "1h"' in text
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    ((ended, retry_at, next_start),) = waits(repo, "a")
+    assert retry_at is not None
+    assert retry_at - ended < 60  # the gate's pacing at most, not the task's backoff of 30 min
+    assert next_start >= retry_at
+
+
 def test_with_defaults_a_throttled_task_waits_and_says_until_when(
     repo: Path, fake_claude: Path
 ) -> None:
-    plan(fake_claude, "a", "limit", "finish")
+    plan(fake_claude, "a", "stall", "finish")
     text = '[defaults]\nagent = "claude"\n[[task]]\nid = "a"\nprompt = "do a"\n'
     proc = swarm_bg(repo, "run", manifest(repo, text))
     try:

@@ -88,6 +88,7 @@ class _Course:
     prompt: str | None
     not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
     throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
+    work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
 
     @classmethod
@@ -124,6 +125,12 @@ class _Course:
             prompt=RESUME_PROMPT if since or (previous and session) else None,
             throttles=streak,
         )
+
+    def progressed(self, stat: git.DiffStat) -> bool:
+        """Whether the attempt that ended with the branch at *stat* changed the work."""
+        now = (stat.files, stat.insertions, stat.deletions)
+        before, self.work = self.work, now
+        return now != (before or (0, 0, 0))
 
     def instruct(self, prompt: str | None) -> None:
         """Ask the agent to do *prompt* next, until an attempt is not cut short by a limit."""
@@ -388,8 +395,18 @@ class TaskWorker(RunWorker):
             if cut is not None:
                 return cut
             result = ended.result
+            progressed = course.progressed(stat)
             if result.outcome is AgentOutcome.RATE_LIMITED:
-                out = self._rate_limited(task, path, base, number, course, result, replayed)
+                out = self._rate_limited(
+                    task,
+                    path,
+                    base,
+                    number,
+                    course,
+                    result,
+                    replayed=replayed,
+                    progressed=progressed,
+                )
                 if out is not None:
                     return out
                 continue
@@ -425,9 +442,15 @@ class TaskWorker(RunWorker):
         number: int,
         course: _Course,
         result: AgentResult,
+        *,
         replayed: bool,
+        progressed: bool,
     ) -> TaskOutcome | None:
-        """Decide what follows a rate-limited attempt: another agent, a wait, or the end."""
+        """Decide what follows a rate-limited attempt: another agent, a wait, or the end.
+
+        *progressed*: the attempt changed the work before its limit (an agent that ends on
+        every 429 of a storm): it goes on after the gate's pacing, without a backoff of its own.
+        """
         now = time.time()
         provider = provider_of(course.agent)
         own = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
@@ -455,10 +478,12 @@ class TaskWorker(RunWorker):
             )
         else:
             course.retries_left -= 0 if replayed else 1
-            course.throttles += 0 if replayed else 1
-            # No stated retry-after: a backoff of the task's own, whatever the shared gate
-            # decides (one agent's throttles alone never cut a provider's concurrency).
-            course.not_before = result.retry_at or now + self.gate.task_backoff(course.throttles)
+            course.throttles = 0 if progressed else course.throttles + (0 if replayed else 1)
+            # No stated retry-after and nothing done: a backoff of the task's own, whatever the
+            # shared gate decides (one agent's throttles alone never cut a provider's
+            # concurrency), so that its retries do not go in seconds.
+            backoff = self.gate.task_backoff(course.throttles) if course.throttles else 0.0
+            course.not_before = result.retry_at or (now + backoff if backoff else 0.0)
         until = max(course.not_before, self.gate.waiting_until(provider) or now)
         course.not_before = until
         self.store.set_retry_at(self.run_id, task.id, number, until)
