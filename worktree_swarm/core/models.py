@@ -423,8 +423,9 @@ class RunSettings:
         flag=None,
         doc="base of the rate-limit pacing: launches of a throttled provider are spaced by this "
         "over `jobs`, and once it is down to one agent, by an exponential backoff with jitter "
-        "from this base; a throttled task waits before its next attempt for a backoff of its own "
-        "from this base, doubling with each throttle in a row, up to 15 minutes "
+        "from this base; a task throttled with nothing done waits before its next attempt for a "
+        "backoff of its own from this base, doubling with each such throttle in a row, up to 15 "
+        "minutes "
         "([agents.md](agents.md#providers-fallback-and-budget-agents))",
     )
     max_disk: int | None = setting(
