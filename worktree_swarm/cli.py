@@ -286,14 +286,7 @@ def _uncommitted(checkout: Path) -> bool:
     from worktree_swarm.infra import proc
 
     own = {path.resolve() for path in proc.output_files()}
-    fields = iter(git.status_porcelain(checkout).split("\0"))
-    for field in fields:
-        path = field[3:]  # porcelain v1: `XY path`
-        if path and (checkout / path).resolve() not in own:
-            return True
-        if field[:1] in {"R", "C"}:  # a rename's or copy's source follows: same change
-            next(fields, None)
-    return False
+    return any((checkout / path).resolve() not in own for path in git.status_paths(checkout))
 
 
 def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:

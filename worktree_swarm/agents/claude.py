@@ -192,21 +192,25 @@ def _session_id(objects: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _rejected_reset(objects: list[dict[str, Any]]) -> tuple[float | None, bool]:
-    """(reset time, whether any) of ``rate_limit_event`` lines with status ``rejected``.
+def rejected_limit(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``rate_limit_info`` of a ``rate_limit_event`` that refused the request, else None.
 
     ``allowed`` events accompany ordinary successful runs and mean nothing here, nor do
     rejected ones whose request is served on overage (``isUsingOverage``).
     """
+    info = obj.get("rate_limit_info") if obj.get("type") == "rate_limit_event" else None
+    if not isinstance(info, dict) or info.get("status") != "rejected":
+        return None
+    return None if info.get("isUsingOverage") is True else info
+
+
+def _rejected_reset(objects: list[dict[str, Any]]) -> tuple[float | None, bool]:
+    """(reset time, whether any) of the events that refused the request (:func:`rejected_limit`)."""
     found = False
     reset: float | None = None
     for obj in objects:
-        info = obj.get("rate_limit_info") if obj.get("type") == "rate_limit_event" else None
-        if (
-            isinstance(info, dict)
-            and info.get("status") == "rejected"
-            and info.get("isUsingOverage") is not True
-        ):
+        info = rejected_limit(obj)
+        if info is not None:
             found = True
             reset = epoch_seconds(info.get("resetsAt")) or reset
     return reset, found

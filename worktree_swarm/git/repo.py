@@ -566,6 +566,18 @@ def status_porcelain(path: Path) -> str:
     return git(path, *_STATUS)
 
 
+def status_paths(path: Path) -> list[str]:
+    """The paths :func:`status_porcelain` lists (a rename's or copy's new path, not its source)."""
+    fields = iter(status_porcelain(path).split("\0"))
+    found = []
+    for field in fields:
+        if field:
+            found.append(field[3:])  # porcelain v1: `XY path`
+        if field[:1] in {"R", "C"}:  # the source follows
+            next(fields, None)
+    return found
+
+
 def full_status(path: Path) -> str | None:
     """:func:`status_porcelain` of *path*, or None when git could not see all of it.
 

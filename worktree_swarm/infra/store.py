@@ -620,6 +620,13 @@ class Store:
             )
             _require_one(cursor, f"task {task_id} of run {run_id}")
 
+    def forget_merge(self, run_id: str, task_id: str) -> None:
+        """Clear what is recorded of the task's merge: the next `swarm merge` takes it anew."""
+        self.update_task(
+            run_id, task_id, merge_result=None, merge_target=None, merge_commit=None,
+            merge_detail="",
+        )  # fmt: skip
+
     def tasks(self, run_id: str) -> list[TaskRow]:
         """Return the run's tasks in manifest order."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))

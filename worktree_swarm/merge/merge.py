@@ -616,10 +616,7 @@ def _undo_unchecked(s: _Session) -> None:
         if not pre:
             return
         _undo(s, pre)
-        s.store.update_task(
-            s.run_id, task_id, merge_result=None, merge_target=None, merge_commit=None,
-            merge_detail="",
-        )  # fmt: skip
+        s.store.forget_merge(s.run_id, task_id)
         head = pre
 
 

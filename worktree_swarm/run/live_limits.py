@@ -20,6 +20,7 @@ from typing import Any
 
 from worktree_swarm.agents import classify_rate_limit
 from worktree_swarm.agents.base import as_int, epoch_seconds
+from worktree_swarm.agents.claude import rejected_limit
 from worktree_swarm.core.text import one_line
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
 
@@ -97,10 +98,8 @@ class LogTail:
             # waiting out: not a hold for the provider's other launches.
             return Limit(signal=Signal.THROTTLE, detail=f"HTTP {status}")
         if kind == "rate_limit_event":
-            info = obj.get("rate_limit_info")
-            if not isinstance(info, dict) or info.get("status") != "rejected":
-                return None
-            if info.get("isUsingOverage") is True:  # the request goes on, paid from overage
+            info = rejected_limit(obj)
+            if info is None:
                 return None
             reset = epoch_seconds(info.get("resetsAt"))
             return Limit(

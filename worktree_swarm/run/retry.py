@@ -104,13 +104,6 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     )
     if row.merge_result not in {None, MERGE_CHECKING}:  # a killed merge's intent stays to undo
         # What merged before is not what the branch will hold: the next `swarm merge` takes it.
-        store.update_task(
-            row.run_id,
-            row.task_id,
-            merge_result=None,
-            merge_target=None,
-            merge_commit=None,
-            merge_detail="",
-        )
+        store.forget_merge(row.run_id, row.task_id)
     if fresh:
         store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
