@@ -205,17 +205,22 @@ def test_rerunning_a_task_id_suggests_commands_that_work(
     assert swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x").returncode == 0
 
 
-def test_retry_fresh_starts_over_from_the_base(
-    repo: Path, tmp_path: Path, write_agent: object
-) -> None:
-    flag = tmp_path / "succeed"
-    agent = write_agent(
+def failed_until(repo: Path, flag: Path, write_agent: object) -> Path:
+    """A run of task a whose agent adds a line to a.txt and fails until *flag* exists."""
+    agent = write_agent(  # type: ignore[operator]
         "import os, pathlib, sys\n"
         "with open('a.txt', 'a') as fh: fh.write('attempt\\n')\n"
         f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
     )
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
     assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    return flag
+
+
+def test_retry_fresh_starts_over_from_the_base(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    flag = failed_until(repo, tmp_path / "succeed", write_agent)
     out = swarm(repo, "retry", "b")
     assert (out.returncode, out.stderr.count("\n")) == (2, 1)
     assert "no task 'b'" in out.stderr
@@ -233,14 +238,7 @@ def test_a_retried_task_merged_before_is_merged_again_with_its_new_work(
 ) -> None:
     # Its failed attempt's work merged by name, then a retry that succeeds: the old merge
     # result used to make `swarm merge` skip it while status said "merged".
-    flag = tmp_path / "succeed"
-    agent = write_agent(
-        "import os, pathlib, sys\n"
-        "with open('a.txt', 'a') as fh: fh.write('attempt\\n')\n"
-        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
-    )
-    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
-    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    flag = failed_until(repo, tmp_path / "succeed", write_agent)
     assert swarm(repo, "merge", "a").returncode == 0
     flag.touch()
     assert swarm(repo, "retry", "a").returncode == 0

@@ -46,6 +46,13 @@ def brancher(base_repo: Path) -> Iterator[Brancher]:
     b.close()
 
 
+def two_tasks(repo: Path, brancher: Brancher, base: str) -> None:
+    """Tasks one and two of a recorded run, each adding its own file on *base*."""
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(repo, [("one", base), ("two", base)], base=base)
+
+
 # The issue's cases: (task, changes, renames).
 CASES: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = [
     ("hunk-top", {"f.txt": edit(1, "top")}, []),
@@ -244,9 +251,7 @@ def test_dry_run_predicts_and_creates_nothing(base_repo: Path, brancher: Branche
 def test_into_a_branch_not_checked_out_moves_it(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     git(base_repo, "branch", "release", base)
-    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    two_tasks(base_repo, brancher, base)
     before = checkout_snapshot(base_repo)
     worktrees = git(base_repo, "worktree", "list", "--porcelain")
 
@@ -274,9 +279,7 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
 ) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     git(base_repo, "branch", "release", base)
-    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    two_tasks(base_repo, brancher, base)
     # The check of the second merge says it started, then waits to be killed there.
     check = tmp_path / "check.py"
     check.write_text(
@@ -401,9 +404,7 @@ def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not
     base_repo: Path, brancher: Brancher
 ) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    two_tasks(base_repo, brancher, base)
     assert swarm(base_repo, "merge", "one").returncode == 0
     integration = "swarm/integration-" + RUN_ID
     files = git(base_repo, "ls-tree", "-r", "--name-only", integration)
@@ -422,9 +423,7 @@ def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_me
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    two_tasks(base_repo, brancher, base)
     check = tmp_path / "check.py"
     check.write_text(  # what an import (__pycache__) or a build leaves behind
         "import pathlib\n"
@@ -448,9 +447,7 @@ def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
     base_repo: Path, brancher: Brancher
 ) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    two_tasks(base_repo, brancher, base)
     assert swarm(base_repo, "merge", "one").returncode == 0
     worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
     other = base_repo.parent / "other"

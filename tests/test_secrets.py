@@ -187,6 +187,17 @@ def test_task_env_secrets_are_redacted_from_run_output_and_state(
     assert value not in log.read_text()
 
 
+def open_prs(
+    repo: Path, tmp_path: Path, fake: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`swarm pr` to a bare `origin` under *tmp_path* and *fake* GitHub: the remote, the run."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    git(repo, "remote", "add", "origin", str(bare))
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    return bare, swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake.url)
+
+
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
@@ -220,11 +231,7 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     # An agent that committed .env itself: the tip no longer has it, the history does,
     # so `swarm pr` refuses to push that branch and names the file.
     assert ".env" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/sneaky").split()
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(repo, "remote", "add", "origin", str(bare))
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1, pr.stdout + pr.stderr
     refused = [line for line in pr.stdout.splitlines() if line.startswith("sneaky")]
     assert len(refused) == 1
@@ -268,11 +275,7 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
     assert f"using {REDACTED}" in shown
     for log in (repo / ".git" / "swarm").rglob("*.log"):
         assert stripe not in log.read_text(errors="replace")
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(repo, "remote", "add", "origin", str(bare))
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1, pr.stdout + pr.stderr
     (refused,) = [line for line in pr.stdout.splitlines() if line.startswith("leaky")]
     assert "not pushing swarm/leaky: .env.example (commit " in refused
@@ -319,11 +322,7 @@ def test_pr_refuses_a_branch_holding_a_credential(
         f"p.write_text({content!r})\n"
     )
     assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(repo, "remote", "add", "origin", str(bare))
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1
     line = pr.stdout.strip()
     assert line.startswith(f"t  failed  not pushing swarm/t: {name} (commit ")
@@ -348,11 +347,7 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     )
     agent = write_agent(commit)
     assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(repo, "remote", "add", "origin", str(bare))
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1
     line = pr.stdout.strip()
     named = "its message" if where == "message" else "[REDACTED]"
@@ -708,11 +703,7 @@ def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
     prompt = f"Fix auth with {pasted}\n\nThe log said: Authorization: token {pasted}"
     ran = swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}", "-t", "u=Fix it")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
-    git(repo, "remote", "add", "origin", str(bare))
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    pr = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake_github.url)
+    _, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 0, pr.stdout + pr.stderr
     pull = next(p for p in fake_github.pulls.values() if p["head"]["ref"] == "swarm/t")
     assert pull["title"] == f"Fix auth with {REDACTED}"
