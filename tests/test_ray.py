@@ -309,35 +309,130 @@ def test_setup_and_checks_run_on_the_node_and_a_failure_is_repaired(
     assert logs[0].read_text().count("sys.exit(open(") == 2
 
 
-LIMITED_AGENT = r"""
-import os, pathlib, sys
-mark = pathlib.Path(sys.argv[1]) / "limited-once"
-if not mark.exists():
-    mark.write_text("")
+LIMITED_REPAIR_AGENT = r"""
+import pathlib, sys
+ctl, prompt = pathlib.Path(sys.argv[1]), sys.argv[2]
+n = len(list(ctl.glob("prompt-*")))
+(ctl / f"prompt-{n}").write_text(prompt)
+if "checks on your work failed" not in prompt:
+    pathlib.Path("work.txt").write_text("work")
+elif n == 1:  # told to fix it, the first try is refused at once: nothing done
     print("HTTP 429 Too Many Requests", flush=True)
     sys.exit(1)
-pathlib.Path("y.txt").write_text("after the limit")
+else:
+    pathlib.Path("fixed.txt").write_text("fixed")
 """
 
 
-def test_a_rate_limited_attempt_is_resumed_after_the_wait(
+def attempt_rows(repo: Path, task: str) -> list[tuple[str, float, float | None, float]]:
+    """(outcome, started_at, retry_at, ended_at) of each attempt of *task*, in order."""
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        return conn.execute(
+            "SELECT outcome, started_at, retry_at, ended_at FROM attempts WHERE task_id = ?"
+            " ORDER BY number",
+            (task,),
+        ).fetchall()
+
+
+def test_a_rate_limited_repair_backs_off_and_resumes_as_a_repair(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
+    # The repair meets a 429 having done nothing: the task backs off on its own (half of
+    # rate_limit_backoff at least), and the attempt after it is still told what failed.
     repo, remote, ctl = setup_repo(tmp_path, [])
     script = tmp_path / "limited.py"
-    script.write_text(LIMITED_AGENT)
+    script.write_text(LIMITED_REPAIR_AGENT)
+    check = ["test", "-f", "fixed.txt"]
     (tmp_path / "tasks.toml").write_text(
-        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), str(ctl)])}\n"
-        'executor = "ray"\nray_memory = "64M"\nrate_limit_backoff = "1s"\nretries = 2\n\n'
-        '[[task]]\nid = "l1"\nprompt = "make y"\n'
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), str(ctl), '{prompt}'])}\n"
+        'executor = "ray"\nray_memory = "64M"\nrate_limit_backoff = "2s"\nretries = 2\n\n'
+        f'[[task]]\nid = "l1"\nprompt = "make it"\nrepair = 1\nchecks = [{json.dumps(check)}]\n'
     )
     out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
     assert out.returncode == 0, out.stdout + out.stderr
-    row = status(repo)["l1"]
-    assert (row["state"], row["attempt"]) == ("done", 2)
+    assert status(repo)["l1"]["state"] == "done"
+    rows = attempt_rows(repo, "l1")
+    assert [r[0] for r in rows] == ["succeeded", "rate_limited", "succeeded"]
+    (_, _, retry_at, ended), (_, next_start, _, _) = rows[1], rows[2]
+    assert retry_at is not None
+    assert retry_at - ended >= 1.0
+    assert next_start >= retry_at
     states = [data["state"] for task, data in events(repo, "state") if task == "l1"]
     assert "rate_limited" in states
-    assert git(remote, "show", "swarm/l1:y.txt") == "after the limit"
+    third = (ctl / "prompt-2").read_text()
+    assert "You were interrupted" in third
+    assert "The checks on your work failed" in third
+    assert "test -f fixed.txt" in third
+    assert git(remote, "show", "swarm/l1:fixed.txt") == "fixed"
+
+
+CRASH_AGENT = r"""
+import os, pathlib, sys, time
+ctl, task = pathlib.Path(sys.argv[1]), os.environ["SWARM_TASK_ID"]
+n = len(list(ctl.glob(f"{task}.run.*")))
+(ctl / f"{task}.run.{n}").write_text("")
+pathlib.Path(f"{task}.txt").write_text(f"attempt {n}")
+if task == "w" and n == 0:  # a limit that resets in 25 s
+    print(f"Claude AI usage limit reached|{int(time.time()) + 25}", flush=True)
+    sys.exit(1)
+"""
+
+CRASH_CHECK = r"""
+import os, pathlib, sys, time
+ctl = pathlib.Path(sys.argv[1])
+n = len(list(ctl.glob("check.*")))
+(ctl / f"check.{n}").write_text(str(os.getpid()))
+while n == 0:  # the first run never ends by itself: its coordinator is killed meanwhile
+    time.sleep(0.05)
+(ctl / "checked").write_text("")
+"""
+
+
+def test_coordinator_killed_in_a_wait_or_a_check_then_resume_waits_and_checks_again(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    agent, check = tmp_path / "crash_agent.py", tmp_path / "crash_check.py"
+    agent.write_text(CRASH_AGENT)
+    check.write_text(CRASH_CHECK)
+    checks = json.dumps([sys.executable, str(check), str(ctl)])
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(agent), str(ctl)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nkill_grace = "2s"\n\n'
+        '[[task]]\nid = "w"\nprompt = "do w"\n\n'
+        f'[[task]]\nid = "k"\nprompt = "do k"\nchecks = [{checks}]\n'
+    )
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for("w to wait for its window and k's check to start", lambda: (
+            (ctl / "check.0").exists() and status(repo)["w"]["state"] == "rate_limited"
+        ))  # fmt: skip
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    first_check = int((ctl / "check.0").read_text())
+    resumed = spawn_swarm(repo, "resume")
+    try:
+        resumed.wait(timeout=240)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, output(resumed)
+    rows = status(repo)
+    assert (rows["w"]["state"], rows["k"]["state"]) == ("done", "done")
+    # w waited out the limit it was in (not failed, not started early), then went on.
+    (limited, _, retry_at, _), (succeeded, next_start, _, _) = attempt_rows(repo, "w")
+    assert (limited, succeeded) == ("rate_limited", "succeeded")
+    assert retry_at is not None
+    assert next_start >= retry_at
+    assert git(repo, "show", "swarm/w:w.txt") == "attempt 1"
+    # k's check, cut off by the crash, ran again to its end; the one cut off is gone.
+    assert (ctl / "checked").exists()
+    assert len(list(ctl.glob("k.run.*"))) == 1  # checked again, not another agent
+    assert not psutil.pid_exists(first_check)
+    assert not actor_processes(cluster)
 
 
 def test_stop_without_a_manager_stops_the_agents_on_their_nodes(

@@ -301,6 +301,48 @@ def test_max_wait_bounds_a_wait_for_a_window_another_task_reported(
     assert attempts(repo, held) == []
 
 
+def test_a_429_inside_a_window_another_task_reported_waits_for_it_without_a_retry(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # a reports a usage window (400 s away, within max_wait); b's plain 429 meanwhile is that
+    # window too: b waits for its reset, with no retry spent (it has none), not failed.
+    marks = repo.parent / "marks"
+    marks.mkdir()
+    agent = write_agent(f"MARKS = {str(marks)!r}\n" + WINDOW_THEN_THROTTLE)
+    text = f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\nretries = 0\n"
+    text += '[[task]]\nid = "a"\nprompt = "do a"\n[[task]]\nid = "b"\nprompt = "do b"\n'
+    text += f"setup = [{argv_toml([*agent, 'setup'])}]\n"
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(
+            lambda: (
+                first_wait(repo) is not None
+                and status_json(repo)["b"]["state"] in {"rate_limited", "failed"}
+            ),
+            what="b's 429 to be decided",
+        )
+        row = status_json(repo)["b"]
+        assert row["state"] == "rate_limited", row
+        ((_, a_reset),) = [(o, r) for _, o, r in limits(repo, "a")]
+        ((_, b_until),) = [(o, r) for _, o, r in limits(repo, "b")]
+        assert a_reset is not None
+        assert b_until == a_reset
+        assert swarm(repo, "stop").returncode == 0
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+    assert branch_file(repo, "swarm/b", "b.txt") == "partial"
+
+
+def limits(repo: Path, task: str) -> list[tuple[int, str, float | None]]:
+    """(number, outcome, retry_at) of each attempt of *task*."""
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        return db.execute(
+            "SELECT number, outcome, retry_at FROM attempts WHERE task_id = ? ORDER BY number",
+            (task,),
+        ).fetchall()
+
+
 REPAIR_THEN_THROTTLE = r"""
 import pathlib, sys
 prompt = pathlib.Path(sys.argv[1]).read_text()

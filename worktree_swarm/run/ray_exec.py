@@ -42,6 +42,7 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
 from worktree_swarm.run.ray_disk import NodeDisk
@@ -53,12 +54,10 @@ from worktree_swarm.run.ray_node import (
     sandbox_problem,
 )
 from worktree_swarm.run.task_worker import (
-    RESUME_PROMPT,
     Live,
     RunContext,
     RunWorker,
     TaskOutcome,
-    repair_prompt,
     worktree_path,
 )
 
@@ -297,6 +296,27 @@ class _Handle:
     session_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Throttled:
+    """An attempt that ended on a rate limit, and whether it changed the work first."""
+
+    result: AgentResult
+    progressed: bool
+    replayed: bool = False  # a previous coordinator's attempt, already counted
+
+
+@dataclass(slots=True, kw_only=True)
+class _Count:
+    """A task's attempts in this coordinator: the last one's number, those lost to nodes."""
+
+    number: int
+    losses: int = 0
+
+
+# How an attempt ended: the task's outcome, checks that failed, or a rate limit.
+_Ended = TaskOutcome | CheckFailure | _Throttled
+
+
 class RayTaskWorker(RunWorker):
     """Runs tasks of one run on a Ray cluster; shared by all worker threads, like TaskWorker."""
 
@@ -313,68 +333,88 @@ class RayTaskWorker(RunWorker):
         with self.guard.busy(live.task.id, worktree_path(self.spec, live.task)):
             return self._run(live)
 
-    def _run(self, live: Live) -> TaskOutcome:  # noqa: C901, PLR0912 - one loop: attempts, losses
+    def _run(self, live: Live) -> TaskOutcome:
         task = live.task
         base = self._base(task)
         if isinstance(base, TaskOutcome):
             return base
         previous = self.store.attempts(self.run_id, task.id)
-        if live.resume_from is not None and live.resume_from.ended_at is not None:
-            return self._replay(task, base, live.resume_from)
-        handle = self._adopt(task, live.resume_from) or self._adopt_unrecorded(task)
-        number = (
-            handle.number if handle is not None else max((a.number for a in previous), default=0)
+        row = self.store.task(self.run_id, task.id)
+        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
+        since = [a for a in previous if row is None or a.number > row.retry_base]
+        course = Course.resumed(
+            task, previous, since=since, fresh=row is not None and row.retry_fresh
         )
-        prompt = RESUME_PROMPT if previous else None
-        losses, repairs_left, retries_left, not_before = 0, task.repair, task.retries, 0.0
-        provider = provider_of(task.agent)
+        repairs_left = task.repair
+        resumed, live.resume_from = live.resume_from, None
+        ended: _Ended | None = None
+        handle: _Handle | None = None
+        if resumed is not None and resumed.ended_at is not None:
+            ended = self._replay(live, course, base, resumed)
+            count = _Count(number=resumed.number)
+        else:
+            handle = self._adopt(task, resumed) or self._adopt_unrecorded(task)
+            last = max((a.number for a in previous), default=0)
+            count = _Count(number=handle.number if handle is not None else last)
         while True:
-            if handle is None:
-                got = self._new_attempt(live, number + 1, prompt=prompt, not_before=not_before)
-                if isinstance(got, TaskOutcome):
-                    return got
-                if got is None:  # its node went before the agent started
-                    number, losses = number + 1, losses + 1
-                    if losses > MAX_LOSSES:
-                        return TaskOutcome(state=TaskState.FAILED, reason="no node kept it")
+            if ended is None:
+                ended, handle = self._next(live, course, base, handle, count), None
+                if ended is None:
                     continue
-                handle = got
-                number = handle.number
-            else:
-                self.gate.adopt(provider)
-            cost: list[float | None] = [None]
-            current, handle = handle, None
-            try:
-                ended = self._attempt(live, current, base, cost)
-                if isinstance(ended, TaskOutcome):
-                    return ended
-                if isinstance(ended, AgentResult):  # rate limited: wait, then resume
-                    waited = self._rate_limited(task, current.number, ended, retries_left)
-                    if isinstance(waited, TaskOutcome):
-                        return waited
-                    retries_left, not_before, prompt = retries_left - 1, waited, RESUME_PROMPT
-                    continue
-                if ended.stopped or repairs_left <= 0:
-                    return _check_failed(ended)
-                repairs_left -= 1
-                prompt = repair_prompt(ended)
-            except NodeLostError as exc:
-                losses += 1
-                self._lost(task, current, str(exc))
-                if losses > MAX_LOSSES:
-                    return TaskOutcome(
-                        state=TaskState.FAILED,
-                        reason=f"lost {losses} attempts to failed nodes ({exc}); work kept on "
-                        f"{task.branch}",
-                    )
-                if live.stop.is_set():
-                    return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
-                prompt = RESUME_PROMPT
-            except SwarmError as exc:  # a node-side failure (git): the attempt fails
-                self._end(current, str(exc))
-                raise
-            finally:
-                self.gate.release(provider, cost_usd=cost[0])
+            now, ended = ended, None
+            if isinstance(now, TaskOutcome):
+                return now
+            if isinstance(now, _Throttled):  # rate limited: wait, then resume
+                failed = self._rate_limited(task, count.number, now, course)
+                if failed is not None:
+                    return TaskOutcome(state=TaskState.FAILED, reason=failed)
+                continue
+            course.completed()
+            if now.stopped or repairs_left <= 0:
+                return _check_failed(now)
+            repairs_left -= 1
+            course.instruct(repair_prompt(now))
+
+    def _next(
+        self, live: Live, course: Course, base: str, handle: _Handle | None, count: _Count
+    ) -> _Ended | None:
+        """The next attempt (*handle*: one adopted) run to its end; None: lost, go on."""
+        task = live.task
+        provider = provider_of(task.agent)
+        if handle is None:
+            got = self._new_attempt(live, course, count.number + 1)
+            if isinstance(got, TaskOutcome):
+                return got
+            if got is None:  # its node went before the agent started
+                count.number, count.losses = count.number + 1, count.losses + 1
+                if count.losses > MAX_LOSSES:
+                    return TaskOutcome(state=TaskState.FAILED, reason="no node kept it")
+                return None
+            handle = got
+            count.number = handle.number
+        else:
+            self.gate.adopt(provider)
+        cost: list[float | None] = [None]
+        try:
+            return self._attempt(live, handle, base, course, cost)
+        except NodeLostError as exc:
+            count.losses += 1
+            self._lost(task, handle, str(exc))
+            if count.losses > MAX_LOSSES:
+                return TaskOutcome(
+                    state=TaskState.FAILED,
+                    reason=f"lost {count.losses} attempts to failed nodes ({exc}); work kept "
+                    f"on {task.branch}",
+                )
+            if live.stop.is_set():
+                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
+            course.interrupted()
+            return None
+        except SwarmError as exc:  # a node-side failure (git): the attempt fails
+            self._end(handle, str(exc))
+            raise
+        finally:
+            self.gate.release(provider, cost_usd=cost[0])
 
     def _base(self, task: Task) -> str | TaskOutcome:
         """The commit the task's branch started from, made here and on the remote first."""
@@ -391,22 +431,21 @@ class RayTaskWorker(RunWorker):
 
     # -- one attempt --------------------------------------------------------------------------
 
-    def _new_attempt(
-        self,
-        live: Live,
-        number: int,
-        *,
-        prompt: str | None,
-        not_before: float,
-    ) -> _Handle | TaskOutcome | None:
+    def _new_attempt(self, live: Live, course: Course, number: int) -> _Handle | TaskOutcome | None:
         """A gate slot and a launched attempt; an outcome ends the task, None: node lost."""
-        provider = provider_of(live.task.agent)
-        refused = self.gate.acquire(provider, live.stop, not_before=not_before)
+        task = live.task
+        provider = provider_of(task.agent)
+        refused = self.gate.acquire(
+            provider, live.stop, not_before=course.not_before, max_wait=task.max_wait
+        )
+        if refused == "max_wait":  # a usage window reported meanwhile, by any task
+            reset = self.gate.window_until(provider) or time.time()
+            return TaskOutcome(state=TaskState.FAILED, reason=past_max_wait(task, provider, reset))
         if refused:
             why = "budget reached" if refused == "budget" else "stopped"
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
         try:
-            return self._launch(live, number, prompt=prompt)
+            return self._launch(live, number, prompt=course.prompt)
         except _SetupFailedError as exc:
             self.gate.release(provider)
             return _check_failed(exc.failure)
@@ -422,40 +461,11 @@ class RayTaskWorker(RunWorker):
     def _launch(self, live: Live, number: int, *, prompt: str | None) -> _Handle:
         task = live.task
         ray = _ray()
-        assignment = Assignment(
-            run_id=self.run_id,
-            task=task,
-            attempt=number,
-            remote_url=self.url,
-            author=self.spec.commit_author,
-            # The user's excludes file is a path on this machine, not on the node.
-            identity=tuple(
-                (k, v) for k, v in self._git_identity.items() if k != "core.excludesFile"
-            ),
-            kill_grace=self.spec.kill_grace,
-            checkpoint_interval=self.spec.checkpoint_interval,
-            sandbox=self.spec.sandbox,
-            sandbox_writable=self.spec.sandbox_writable,
-        )
+        assignment = self._assignment(task, number)
         # The intent first: a coordinator killed from here on finds the actor by its name.
         self.store.update_task(self.run_id, task.id, launching=number, node=None)
         self._state(task.id, TaskState.RUNNING, started_at=time.time())
-        actor = (
-            _actor_class()
-            .options(
-                name=actor_name(task.id, number),
-                namespace=namespace(self.run_id),
-                lifetime="detached",
-                max_restarts=0,
-                max_task_retries=0,
-                max_concurrency=2,  # a stop reaches it while its checks run
-                num_cpus=0,
-                memory=self.spec.ray_memory,
-                resources={SLOT: 1},
-                scheduling_strategy="SPREAD",
-            )
-            .remote(assignment)
-        )
+        actor = self._actor(assignment)
         try:
             node = self._call(actor.node.remote, live=live, placing=True)
             if live.stop.is_set():
@@ -509,6 +519,42 @@ class RayTaskWorker(RunWorker):
             started_at=started,
             log_path=log_path,
             node=str(node),
+        )
+
+    def _assignment(self, task: Task, number: int) -> Assignment:
+        return Assignment(
+            run_id=self.run_id,
+            task=task,
+            attempt=number,
+            remote_url=self.url,
+            author=self.spec.commit_author,
+            # The user's excludes file is a path on this machine, not on the node.
+            identity=tuple(
+                (k, v) for k, v in self._git_identity.items() if k != "core.excludesFile"
+            ),
+            kill_grace=self.spec.kill_grace,
+            checkpoint_interval=self.spec.checkpoint_interval,
+            sandbox=self.spec.sandbox,
+            sandbox_writable=self.spec.sandbox_writable,
+        )
+
+    def _actor(self, assignment: Assignment) -> Any:  # noqa: ANN401 - a Ray actor handle
+        """The actor of one attempt, placed on a node with a free agent slot."""
+        return (
+            _actor_class()
+            .options(
+                name=actor_name(assignment.task.id, assignment.attempt),
+                namespace=namespace(self.run_id),
+                lifetime="detached",
+                max_restarts=0,
+                max_task_retries=0,
+                max_concurrency=2,  # a stop reaches it while its checks run
+                num_cpus=0,
+                memory=self.spec.ray_memory,
+                resources={SLOT: 1},
+                scheduling_strategy="SPREAD",
+            )
+            .remote(assignment)
         )
 
     def _admit(self, live: Live, actor: Any, node: str) -> None:  # noqa: ANN401
@@ -581,12 +627,12 @@ class RayTaskWorker(RunWorker):
         )
 
     def _attempt(
-        self, live: Live, handle: _Handle, base: str, cost: list[float | None]
-    ) -> TaskOutcome | CheckFailure | AgentResult:
+        self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
+    ) -> _Ended:
         """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
 
         A check that fails comes back as such (a repair may follow), a rate-limited attempt as
-        the agent's result (a resumed attempt follows); else the task's outcome.
+        :class:`_Throttled` (a resumed attempt follows); else the task's outcome.
         """
         task = live.task
         adapter = adapter_for(task.agent)
@@ -630,9 +676,10 @@ class RayTaskWorker(RunWorker):
         cost[0] = result.cost_usd
         redact.scrub_file(handle.log_path)
         stat = self._record_diff(task.id, base, str(tip))
+        progressed = course.progressed(stat)
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
             self._retire(handle)
-            return result
+            return _Throttled(result=result, progressed=progressed)
         if cut is None and result.outcome is AgentOutcome.SUCCESS:
             self.gate.report(provider_of(task.agent), Limit(signal=Signal.OK), whole_attempt=True)
         outcome = _outcome(cut, result, files=stat.files)
@@ -718,31 +765,29 @@ class RayTaskWorker(RunWorker):
         self._retire(handle)
 
     def _rate_limited(
-        self, task: Task, number: int, result: AgentResult, retries_left: int
-    ) -> float | TaskOutcome:
-        """Tell the gate; when the next attempt may start, or the outcome that ends the task."""
-        now = time.time()
-        kind = limit_kind(retry_at=result.retry_at, now=now)
-        if retries_left <= 0:
-            return TaskOutcome(
-                state=TaskState.FAILED,
-                reason=f"rate limited and out of retries ({result.reason}); work kept on "
-                f"{task.branch}",
-            )
-        if kind is Signal.WINDOW and result.retry_at and result.retry_at - now > task.max_wait:
-            return TaskOutcome(
-                state=TaskState.FAILED,
-                reason=f"usage limit resets past max_wait ({task.max_wait:g}s); work kept on "
-                f"{task.branch}",
-            )
+        self, task: Task, number: int, throttled: _Throttled, course: Course
+    ) -> str | None:
+        """Tell the gate; why the task fails, or None: it resumes at ``course.not_before``."""
+        result = throttled.result
+        kind = limit_kind(retry_at=result.retry_at, now=time.time())
         detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+        provider = provider_of(task.agent)
         limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-        self.gate.report(provider_of(task.agent), limit, whole_attempt=True)
-        until = max(result.retry_at or 0.0, self.gate.waiting_until(provider_of(task.agent)) or now)
-        self.store.set_retry_at(self.run_id, task.id, number, until)
-        when = time.strftime("%H:%M:%S", time.localtime(until))
+        self.gate.report(provider, limit, whole_attempt=True)
+        failed = course.throttled(
+            task,
+            result,
+            self.gate,
+            provider=provider,
+            replayed=throttled.replayed,
+            progressed=throttled.progressed,
+        )
+        if failed is not None:
+            return failed
+        self.store.set_retry_at(self.run_id, task.id, number, course.not_before)
+        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
         self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
-        return until
+        return None
 
     def _append_log(self, task: Task, name: str, text: str) -> None:
         """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
@@ -894,19 +939,80 @@ class RayTaskWorker(RunWorker):
             offset=log_path.stat().st_size,
         )
 
-    def _replay(self, task: Task, base: str, attempt: AttemptRow) -> TaskOutcome:
-        """A task whose last attempt ended but whose outcome was not recorded: decide it."""
+    def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
+        """The last attempt of a previous coordinator, which ended: what follows from it.
+
+        A rate-limited one waits out what it was waiting for, then resumes; a successful one
+        is checked (its checks may not have run); None: a new attempt goes on with the task.
+        """
+        task = live.task
         self._fetch(task)
         tip = git.rev_parse(self.repo, task.branch) or base
-        files = git.diff_stat(self.repo, base, tip).files
+        stat = git.diff_stat(self.repo, base, tip)
+        progressed = course.progressed(stat)
         outcome = AttemptOutcome.parse(attempt.outcome)
-        if outcome is AttemptOutcome.SUCCEEDED:
-            return TaskOutcome(state=TaskState.DONE if files else TaskState.NO_CHANGES)
-        state = {
-            AttemptOutcome.STOPPED: TaskState.STOPPED,
-            AttemptOutcome.TIMED_OUT: TaskState.TIMED_OUT,
-        }.get(outcome, TaskState.FAILED)
-        return TaskOutcome(state=state, reason=attempt.reason)
+        if outcome is AttemptOutcome.RATE_LIMITED:
+            result = AgentResult(
+                outcome=AgentOutcome.RATE_LIMITED,
+                reason=attempt.reason,
+                session_id=attempt.session_id,
+                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
+            )
+            return _Throttled(result=result, progressed=progressed, replayed=True)
+        if outcome is not AttemptOutcome.SUCCEEDED:
+            state = {
+                AttemptOutcome.STOPPED: TaskState.STOPPED,
+                AttemptOutcome.TIMED_OUT: TaskState.TIMED_OUT,
+            }.get(outcome, TaskState.FAILED)
+            return TaskOutcome(state=state, reason=attempt.reason)
+        if stat.files == 0:
+            return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
+        if not (task.checks or task.expect_files or task.no_placeholders):
+            return TaskOutcome(state=TaskState.DONE)
+        try:
+            failure = self._recheck(live, base, attempt)
+        except NodeLostError:  # the agent goes on and its next attempt is checked
+            if live.stop.is_set():
+                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
+            course.interrupted()
+            return None
+        return TaskOutcome(state=TaskState.DONE) if failure is None else failure
+
+    def _recheck(self, live: Live, base: str, attempt: AttemptRow) -> CheckFailure | None:
+        """Check *attempt*'s branch on a fresh clone: its coordinator died before its checks.
+
+        The actor that ran them, if still there, is retired first.
+        """
+        task = live.task
+        old = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
+        if old is not None:
+            self._retire(old)
+        handle = _Handle(
+            actor=self._actor(self._assignment(task, attempt.number)),
+            task_id=task.id,
+            number=attempt.number,
+            attempt_id=attempt.id,
+            started_at=time.time(),
+            log_path=Path(attempt.log_path),
+            node="",
+        )
+        try:
+            node = self._call(handle.actor.node.remote, live=live, placing=True)
+            if live.stop.is_set():
+                raise NodeLostError("stopped before its checks")
+            handle.node = str(node)
+            self._admit(live, handle.actor, handle.node)
+            self._call(handle.actor.prepare.remote, live=live)
+            if task.setup:
+                failure, text = self._call(
+                    handle.actor.setup.remote, live=live, on_stop=handle.actor.stop.remote
+                )
+                self._append_log(task, "setup.log", text)
+                if failure is not None:
+                    return cast("CheckFailure", failure)
+            return self._check(live, handle, base)
+        finally:
+            self._retire(handle)
 
     # -- git ----------------------------------------------------------------------------------
 

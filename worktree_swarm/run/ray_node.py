@@ -133,8 +133,8 @@ class NodeAgent:
         self._planted: list[str] = []
         self._ended = threading.Event()
         self._stopping = threading.Event()
+        self._step = threading.Lock()  # held while a setup or check step runs
         self._pusher: threading.Thread | None = None
-        self._env: dict[str, str] = {}
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
@@ -200,9 +200,9 @@ class NodeAgent:
         argv = adapter.argv(
             task.agent_argv, values=values, session_id=session, resume_prompt=resume_prompt
         )
-        env = self._base_env()
-        self._env = env
-        env = adapter.env(base=env, task_id=task.id, config_dir=self.logs / "agent-config")
+        env = adapter.env(
+            base=self._base_env(), task_id=task.id, config_dir=self.logs / "agent-config"
+        )
         if self.a.sandbox:  # bubblewrap around the agent only, writable in its clone
             argv, env = sandbox.confine(argv, env, self._confinement())
         self._agent = supervisor.spawn(
@@ -216,16 +216,17 @@ class NodeAgent:
     def setup(self) -> tuple[CheckFailure | None, str]:
         """Run the task's `setup` steps in the clone (every attempt: a clone is new)."""
         log = self.logs / "setup.log"
-        failure = run_steps(
-            self.a.task.setup,
-            cwd=self.work,
-            env=self._base_env(),
-            log=log,
-            what="setup",
-            timeout=self.a.task.setup_timeout,
-            stop=self._stopping,
-            grace=self.a.kill_grace,
-        )
+        with self._step:
+            failure = run_steps(
+                self.a.task.setup,
+                cwd=self.work,
+                env=self._base_env(),
+                log=log,
+                what="setup",
+                timeout=self.a.task.setup_timeout,
+                stop=self._stopping,
+                grace=self.a.kill_grace,
+            )
         return failure, read_end(log, 8 * 2**20)
 
     def _base_env(self) -> dict[str, str]:
@@ -274,17 +275,21 @@ class NodeAgent:
         return self._agent.stop(grace=self.a.kill_grace)
 
     def check(self, *, base: str) -> tuple[CheckFailure | None, str]:
-        """Run the task's checks in the clone (after :meth:`finish`): the failure and the log."""
+        """Run the task's checks in the clone: the failure and the log.
+
+        After :meth:`finish`, or after :meth:`prepare` alone to check a pushed branch again.
+        """
         log = self.logs / "checks.log"
-        failure = run_checks(
-            self.a.task,
-            worktree=self.work,
-            base=base,
-            env=self._env,
-            log=log,
-            stop=self._stopping,
-            grace=self.a.kill_grace,
-        )
+        with self._step:
+            failure = run_checks(
+                self.a.task,
+                worktree=self.work,
+                base=base,
+                env=self._base_env(),
+                log=log,
+                stop=self._stopping,
+                grace=self.a.kill_grace,
+            )
         return failure, read_end(log, 8 * 2**20)
 
     def finish(self, *, message: str) -> str:
@@ -342,8 +347,15 @@ class NodeAgent:
         return disk.combine(scans).actual
 
     def discard(self) -> None:
-        """Remove this attempt's clone and logs from the node (its work is on the remote)."""
+        """Remove this attempt's clone and logs from the node (its work is on the remote).
+
+        A setup or check step still running (its coordinator died meanwhile) is stopped, its
+        whole tree, first.
+        """
         self._ended.set()
+        self._stopping.set()
+        with self._step:
+            pass
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
 

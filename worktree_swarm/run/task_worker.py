@@ -38,6 +38,7 @@ from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFiel
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
+from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
@@ -52,10 +53,6 @@ PROMPT_ARG_LIMIT = 64 * 2**10
 LONG_PROMPT = (
     "Your task is too long for a command line; it is in the file {path}. Read that whole file "
     "first and do what it says."
-)
-RESUME_PROMPT = (
-    "You were interrupted (rate limit or restart). Continue the task where you left off; "
-    "your earlier edits are already in this worktree."
 )
 
 
@@ -76,76 +73,6 @@ class Live:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     resume_from: AttemptRow | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class _Course:
-    """Where a task's attempts stand: the agent on it, its session, retries and next prompt."""
-
-    agent: str
-    session: str | None
-    retries_left: int
-    prompt: str | None
-    not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
-    throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
-    work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
-    pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
-
-    @classmethod
-    def resumed(
-        cls,
-        task: Task,
-        previous: list[AttemptRow],
-        *,
-        since: list[AttemptRow] | None = None,
-        fresh: bool = False,
-    ) -> _Course:
-        """The course of a task with *previous* attempts (none: a fresh start).
-
-        *since* are the attempts after the last `swarm retry` (all by default): only they use
-        up retries, and with *fresh* only they can give a session to resume.
-        """
-        since = previous if since is None else since
-        agent = fallback.current_agent(task, previous)
-        mine = [a for a in previous if a.agent in {"", agent}]
-        counted = [a for a in since if a.agent in {"", agent}]
-        session = next(
-            (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
-        )
-        streak = 0
-        for a in reversed(counted):
-            if a.outcome != AttemptOutcome.RATE_LIMITED:
-                break
-            streak += 1
-        return cls(
-            agent=agent,
-            session=session,
-            retries_left=task.retries
-            - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
-            prompt=RESUME_PROMPT if since or (previous and session) else None,
-            throttles=streak,
-        )
-
-    def progressed(self, stat: git.DiffStat) -> bool:
-        """Whether the attempt that ended with the branch at *stat* changed the work."""
-        now = (stat.files, stat.insertions, stat.deletions)
-        before, self.work = self.work, now
-        return now != (before or (0, 0, 0))
-
-    def instruct(self, prompt: str | None) -> None:
-        """Ask the agent to do *prompt* next, until an attempt is not cut short by a limit."""
-        self.prompt = self.pending = prompt
-
-    def interrupted(self) -> None:
-        """After a rate limit: go on, still with what the agent was asked to do."""
-        self.prompt = (
-            RESUME_PROMPT if self.pending is None else f"{RESUME_PROMPT}\n\n{self.pending}"
-        )
-
-    def take_over(self, agent: str, task: Task) -> None:
-        """Another agent goes on: no session of its own yet, a full set of retries."""
-        self.agent, self.session = agent, None
-        self.retries_left, self.not_before, self.throttles = task.retries, 0.0, 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,7 +307,7 @@ class TaskWorker(RunWorker):
         row = self.store.task(self.run_id, task.id)
         # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
         since = [a for a in previous if row is None or a.number > row.retry_base]
-        course = _Course.resumed(
+        course = Course.resumed(
             task, previous, since=since, fresh=row is not None and row.retry_fresh
         )
         repairs_left = task.repair
@@ -412,7 +339,7 @@ class TaskWorker(RunWorker):
                 continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            course.not_before, course.throttles, course.pending = 0.0, 0, None
+            course.completed()
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(live, path, base, env)
@@ -424,7 +351,7 @@ class TaskWorker(RunWorker):
             course.instruct(repair_prompt(failure))
 
     def _next(
-        self, live: Live, course: _Course, path: Path, base: str, env: dict[str, str], number: int
+        self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
     ) -> tuple[int, _Ended] | None:
         """The next attempt (a previous manager's, adopted, or a new one) and its number."""
         if live.resume_from is not None:
@@ -440,7 +367,7 @@ class TaskWorker(RunWorker):
         path: Path,
         base: str,
         number: int,
-        course: _Course,
+        course: Course,
         result: AgentResult,
         *,
         replayed: bool,
@@ -451,12 +378,11 @@ class TaskWorker(RunWorker):
         *progressed*: the attempt changed the work before its limit (an agent that ends on
         every 429 of a storm): it goes on after the gate's pacing, without a backoff of its own.
         """
-        now = time.time()
         provider = provider_of(course.agent)
-        own = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
-        # A window another task reported holds this one as much as its own does.
-        shared = self.gate.window_until(provider)
-        window = own or shared is not None
+        window = (
+            limit_kind(retry_at=result.retry_at, now=time.time()) is Signal.WINDOW
+            or self.gate.window_until(provider) is not None
+        )
         spent = course.retries_left <= 0 and not replayed
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
@@ -465,35 +391,18 @@ class TaskWorker(RunWorker):
             self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
             course.take_over(nxt, task)
             return None
-        reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
-        if window and reset - now > task.max_wait:
-            return TaskOutcome(state=TaskState.FAILED, reason=_past_max_wait(task, provider, reset))
-        if own and result.retry_at is not None:
-            course.not_before = result.retry_at
-        elif spent:
-            return TaskOutcome(
-                state=TaskState.FAILED,
-                reason=f"rate limited and out of retries ({result.reason}); "
-                f"work kept on {task.branch}",
-            )
-        else:
-            course.retries_left -= 0 if replayed else 1
-            course.throttles = 0 if progressed else course.throttles + (0 if replayed else 1)
-            # No stated retry-after and nothing done: a backoff of the task's own, whatever the
-            # shared gate decides (one agent's throttles alone never cut a provider's
-            # concurrency), so that its retries do not go in seconds.
-            backoff = self.gate.task_backoff(course.throttles) if course.throttles else 0.0
-            course.not_before = result.retry_at or (now + backoff if backoff else 0.0)
-        until = max(course.not_before, self.gate.waiting_until(provider) or now)
-        course.not_before = until
-        self.store.set_retry_at(self.run_id, task.id, number, until)
-        when = time.strftime("%H:%M:%S", time.localtime(until))
+        failed = course.throttled(
+            task, result, self.gate, provider=provider, replayed=replayed, progressed=progressed
+        )
+        if failed is not None:
+            return TaskOutcome(state=TaskState.FAILED, reason=failed)
+        self.store.set_retry_at(self.run_id, task.id, number, course.not_before)
+        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
         self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
-        course.interrupted()
         return None
 
     def _maybe_switch(
-        self, task: Task, path: Path, base: str, course: _Course, *, started: bool
+        self, task: Task, path: Path, base: str, course: Course, *, started: bool
     ) -> None:
         """Before an attempt: hand over to the budget agent, or past a usage window."""
         switch = self._switch(task, course.agent)
@@ -607,7 +516,7 @@ class TaskWorker(RunWorker):
             redact.scrub_file(self._logs(task) / "checks.log")
 
     def _attempt(
-        self, live: Live, course: _Course, path: Path, env: dict[str, str], number: int
+        self, live: Live, course: Course, path: Path, env: dict[str, str], number: int
     ) -> _Ended | None:
         """Run one attempt with the course's agent.
 
@@ -704,7 +613,7 @@ class TaskWorker(RunWorker):
         failed = AgentResult(outcome=AgentOutcome.FAILED)
         if refused == "max_wait":  # a usage window reported meanwhile, by any task
             reset = self.gate.window_until(provider) or time.time()
-            why = _past_max_wait(task, provider, reset)
+            why = past_max_wait(task, provider, reset)
             return _Ended(result=failed, cut_short=TaskState.FAILED, reason=why)
         spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
         why = f"budget reached ({spent})" if refused == "budget" else "stopped"
@@ -1069,23 +978,6 @@ def _failed(failure: CheckFailure) -> TaskOutcome:
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
-
-
-def _past_max_wait(task: Task, provider: str, reset: float) -> str:
-    """Why *task* does not wait for *provider*'s usage window until *reset*."""
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(reset))
-    return (
-        f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s); "
-        f"work kept on {task.branch}"
-    )
-
-
-def repair_prompt(failure: CheckFailure) -> str:
-    """The prompt that hands failing checks back to the agent."""
-    return (
-        "The checks on your work failed. Fix the problem (do not weaken or skip the checks), "
-        f"then stop.\n\n{failure}"
-    )
 
 
 def _attempt_outcome(result: AgentResult) -> AttemptOutcome:

@@ -1,0 +1,157 @@
+"""Where a task's attempts stand, and what follows a rate-limited one; shared by both executors.
+
+A task's course is the agent on it, its session, the rate-limit retries it has left, when its
+next attempt may start and what that attempt is asked to do. After a rate limit with no other
+agent to take over, :meth:`Course.throttled` decides: wait for a stated reset (a usage window,
+bounded by ``max_wait``, also when another task reported it), back off on its own when the
+attempt got nothing done, or fail with the work kept once its retries are spent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from worktree_swarm.agents import AgentResult
+from worktree_swarm.core.models import AttemptOutcome, Task
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import AttemptRow
+from worktree_swarm.run import fallback
+from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.governor import Gates, Signal, limit_kind
+
+RESUME_PROMPT = (
+    "You were interrupted (rate limit or restart). Continue the task where you left off; "
+    "your earlier edits are already in this worktree."
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class Course:
+    """Where a task's attempts stand: the agent on it, its session, retries and next prompt."""
+
+    agent: str
+    session: str | None
+    retries_left: int
+    prompt: str | None
+    not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
+    throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
+    work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
+    pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
+
+    @classmethod
+    def resumed(
+        cls,
+        task: Task,
+        previous: list[AttemptRow],
+        *,
+        since: list[AttemptRow] | None = None,
+        fresh: bool = False,
+    ) -> Course:
+        """The course of a task with *previous* attempts (none: a fresh start).
+
+        *since* are the attempts after the last `swarm retry` (all by default): only they use
+        up retries, and with *fresh* only they can give a session to resume.
+        """
+        since = previous if since is None else since
+        agent = fallback.current_agent(task, previous)
+        mine = [a for a in previous if a.agent in {"", agent}]
+        counted = [a for a in since if a.agent in {"", agent}]
+        session = next(
+            (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
+        )
+        streak = 0
+        for a in reversed(counted):
+            if a.outcome != AttemptOutcome.RATE_LIMITED:
+                break
+            streak += 1
+        return cls(
+            agent=agent,
+            session=session,
+            retries_left=task.retries
+            - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
+            prompt=RESUME_PROMPT if since or (previous and session) else None,
+            throttles=streak,
+        )
+
+    def progressed(self, stat: git.DiffStat) -> bool:
+        """Whether the attempt that ended with the branch at *stat* changed the work."""
+        now = (stat.files, stat.insertions, stat.deletions)
+        before, self.work = self.work, now
+        return now != (before or (0, 0, 0))
+
+    def instruct(self, prompt: str | None) -> None:
+        """Ask the agent to do *prompt* next, until an attempt is not cut short by a limit."""
+        self.prompt = self.pending = prompt
+
+    def interrupted(self) -> None:
+        """After a rate limit or a lost attempt: go on, still with what the agent was asked."""
+        self.prompt = (
+            RESUME_PROMPT if self.pending is None else f"{RESUME_PROMPT}\n\n{self.pending}"
+        )
+
+    def completed(self) -> None:
+        """An attempt ran to its end: no wait, backoff or instruction carries over."""
+        self.not_before, self.throttles, self.pending = 0.0, 0, None
+
+    def take_over(self, agent: str, task: Task) -> None:
+        """Another agent goes on: no session of its own yet, a full set of retries."""
+        self.agent, self.session = agent, None
+        self.retries_left, self.not_before, self.throttles = task.retries, 0.0, 0
+
+    def throttled(
+        self,
+        task: Task,
+        result: AgentResult,
+        gate: Gates,
+        *,
+        provider: str,
+        replayed: bool,
+        progressed: bool,
+    ) -> str | None:
+        """After a rate-limited attempt that no other agent takes over: why the task fails.
+
+        None: it goes on, not before :attr:`not_before`, asked to continue what it was doing.
+        *replayed*: the attempt was a previous manager's, already counted. *progressed*: it
+        changed the work before its limit (an agent that ends on every 429 of a storm): it goes
+        on after the gate's pacing, without a backoff of its own.
+        """
+        now = time.time()
+        own = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
+        # A window another task reported holds this one as much as its own does.
+        shared = gate.window_until(provider)
+        reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
+        if own or shared is not None:  # a usage window: waited for, no retry spent
+            if reset - now > task.max_wait:
+                return past_max_wait(task, provider, reset)
+            self.not_before = reset
+        elif self.retries_left <= 0 and not replayed:
+            return f"rate limited and out of retries ({result.reason}); work kept on {task.branch}"
+        else:
+            self.retries_left -= 0 if replayed else 1
+            self.throttles = 0 if progressed else self.throttles + (0 if replayed else 1)
+            # No stated retry-after and nothing done: a backoff of the task's own, whatever the
+            # shared gate decides (one agent's throttles alone never cut a provider's
+            # concurrency), so that its retries do not go in seconds.
+            backoff = gate.task_backoff(self.throttles) if self.throttles else 0.0
+            self.not_before = result.retry_at or (now + backoff if backoff else 0.0)
+        self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
+        self.interrupted()
+        return None
+
+
+def past_max_wait(task: Task, provider: str, reset: float) -> str:
+    """Why *task* does not wait for *provider*'s usage window until *reset*."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(reset))
+    return (
+        f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s); "
+        f"work kept on {task.branch}"
+    )
+
+
+def repair_prompt(failure: CheckFailure) -> str:
+    """The prompt that hands failing checks back to the agent."""
+    return (
+        "The checks on your work failed. Fix the problem (do not weaken or skip the checks), "
+        f"then stop.\n\n{failure}"
+    )
