@@ -316,8 +316,7 @@ def test_a_429_inside_a_window_another_task_reported_waits_for_it_without_a_retr
     try:
         wait_for(
             lambda: (
-                first_wait(repo) is not None
-                and status_json(repo)["b"]["state"] in {"rate_limited", "failed"}
+                limits(repo, "b") and status_json(repo)["b"]["state"] in {"rate_limited", "failed"}
             ),
             what="b's 429 to be decided",
         )
@@ -335,12 +334,17 @@ def test_a_429_inside_a_window_another_task_reported_waits_for_it_without_a_retr
 
 
 def limits(repo: Path, task: str) -> list[tuple[int, str, float | None]]:
-    """(number, outcome, retry_at) of each attempt of *task*."""
-    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
-        return db.execute(
-            "SELECT number, outcome, retry_at FROM attempts WHERE task_id = ? ORDER BY number",
-            (task,),
-        ).fetchall()
+    """(number, outcome, retry_at) of each attempt of *task* (none before the store is made)."""
+    if not (repo / ".git" / "swarm" / "state.db").exists():
+        return []
+    try:
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            return db.execute(
+                "SELECT number, outcome, retry_at FROM attempts WHERE task_id = ? ORDER BY number",
+                (task,),
+            ).fetchall()
+    except sqlite3.OperationalError:  # the manager is still creating the store
+        return []
 
 
 REPAIR_THEN_THROTTLE = r"""
@@ -380,6 +384,55 @@ def test_a_rate_limited_repair_is_resumed_as_a_repair(
     assert "You were interrupted" in third
     assert "The checks on your work failed" in third
     assert "test -f fixed.txt" in third
+    assert branch_file(repo, "swarm/a", "fixed.txt") == "fixed"
+
+
+REPAIR_THEN_LIMIT = r"""
+import pathlib, sys, time
+prompt = pathlib.Path(sys.argv[1]).read_text()
+calls = pathlib.Path(CALLS)
+n = len(calls.read_text().splitlines()) if calls.exists() else 0
+with calls.open("a") as fh:
+    fh.write(f"{n}\n")
+pathlib.Path("work.txt").write_text(f"attempt {n}\n")
+if "checks on your work failed" in prompt:
+    if n == 1:  # the repair meets a limit that resets in 15 s
+        print(f"Claude AI usage limit reached|{int(time.time()) + 15}")
+        sys.exit(1)
+    pathlib.Path("fixed.txt").write_text("fixed\n")
+"""
+
+
+@pytest.mark.slow  # a crash trial that waits out a 15 s limit
+def test_a_repair_cut_by_a_limit_is_asked_again_after_the_manager_is_killed(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # What the agent was asked (the failing checks) is in the store, not only in the killed
+    # manager's memory: the attempt the resumed manager starts is still told to repair.
+    calls_file = repo.parent / "calls"
+    agent = write_agent(f"CALLS = {str(calls_file)!r}\n" + REPAIR_THEN_LIMIT)
+    text = (
+        f"[defaults]\nagent = {argv_toml([*agent, '{prompt_file}'])}\n"
+        '[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\n'
+        'checks = [["test", "-f", "fixed.txt"]]\n'
+    )
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(
+            lambda: any(o == "rate_limited" and r for _, o, r in limits(repo, "a")),
+            what="the repair's limit to be recorded",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert calls_file.read_text().split() == ["0", "1"]  # killed before the next attempt
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [a[1] for a in attempts(repo, "a")] == ["succeeded", "rate_limited", "succeeded"]
+    runs = next((repo / ".git" / "swarm" / "runs").iterdir())
+    third = (runs / "a" / "prompt-3.md").read_text()
+    assert "You were interrupted" in third
+    assert "The checks on your work failed" in third
     assert branch_file(repo, "swarm/a", "fixed.txt") == "fixed"
 
 

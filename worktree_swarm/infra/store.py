@@ -146,6 +146,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The cluster node a task's newest attempt runs on (executor `ray`).
         "ALTER TABLE tasks ADD COLUMN node TEXT",
     ),
+    (
+        # What the agent was asked to do now (a repair, a hand-over), until an attempt of it
+        # runs to its end: a resumed manager asks again after a rate limit.
+        "ALTER TABLE tasks ADD COLUMN instruction TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -186,6 +191,7 @@ class TaskFields(TypedDict, total=False):
     retry_fresh: bool
     launching: int | None
     node: str | None
+    instruction: str | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -257,6 +263,7 @@ class TaskRow:
     retry_fresh: bool = False
     launching: int | None = None
     node: str | None = None
+    instruction: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -850,7 +857,7 @@ def _lastrowid(cursor: sqlite3.Cursor) -> int:
 
 
 def _column_value(name: str, value: object) -> object:
-    if name == "reason" and isinstance(value, str):
+    if name in {"reason", "instruction"} and isinstance(value, str):
         return redact(value)  # agent output and error text: secrets never reach the file
     if name == "state":
         return TaskState(str(value)).value

@@ -47,11 +47,13 @@ class Course:
         *,
         since: list[AttemptRow] | None = None,
         fresh: bool = False,
+        instruction: str | None = None,
     ) -> Course:
         """The course of a task with *previous* attempts (none: a fresh start).
 
         *since* are the attempts after the last `swarm retry` (all by default): only they use
-        up retries, and with *fresh* only they can give a session to resume.
+        up retries, and with *fresh* only they can give a session to resume. *instruction*:
+        what the agent was asked to do when its manager stopped, asked again.
         """
         since = previous if since is None else since
         agent = fallback.current_agent(task, previous)
@@ -65,14 +67,18 @@ class Course:
             if a.outcome != AttemptOutcome.RATE_LIMITED:
                 break
             streak += 1
-        return cls(
+        course = cls(
             agent=agent,
             session=session,
             retries_left=task.retries
             - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
             prompt=RESUME_PROMPT if since or (previous and session) else None,
             throttles=streak,
+            pending=instruction,
         )
+        if instruction is not None:
+            course.interrupted()
+        return course
 
     def progressed(self, stat: git.DiffStat) -> bool:
         """Whether the attempt that ended with the branch at *stat* changed the work."""

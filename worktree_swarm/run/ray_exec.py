@@ -339,12 +339,7 @@ class RayTaskWorker(RunWorker):
         if isinstance(base, TaskOutcome):
             return base
         previous = self.store.attempts(self.run_id, task.id)
-        row = self.store.task(self.run_id, task.id)
-        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
-        since = [a for a in previous if row is None or a.number > row.retry_base]
-        course = Course.resumed(
-            task, previous, since=since, fresh=row is not None and row.retry_fresh
-        )
+        course = self._course(task)
         repairs_left = task.repair
         resumed, live.resume_from = live.resume_from, None
         ended: _Ended | None = None
@@ -369,11 +364,11 @@ class RayTaskWorker(RunWorker):
                 if failed is not None:
                     return TaskOutcome(state=TaskState.FAILED, reason=failed)
                 continue
-            course.completed()
+            self._completed(task.id, course)
             if now.stopped or repairs_left <= 0:
                 return _check_failed(now)
             repairs_left -= 1
-            course.instruct(repair_prompt(now))
+            self._instruct(task.id, course, repair_prompt(now))
 
     def _next(
         self, live: Live, course: Course, base: str, handle: _Handle | None, count: _Count

@@ -101,6 +101,8 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         stop_requested=False,
         retry_base=last,
         retry_fresh=fresh,
+        # A repair or hand-over the agent was asked for goes on with its work, not afresh.
+        instruction=None if fresh else row.instruction,
     )
     if row.merge_result not in {None, MERGE_CHECKING}:  # a killed merge's intent stays to undo
         # What merged before is not what the branch will hold: the next `swarm merge` takes it.

@@ -118,6 +118,31 @@ class RunWorker:
     def close(self) -> None:
         """Let go of what the worker holds for the run (agents carry on)."""
 
+    def _course(self, task: Task) -> Course:
+        """Where *task*'s attempts stand, from the store (a fresh task: at the start)."""
+        previous = self.store.attempts(self.run_id, task.id)
+        row = self.store.task(self.run_id, task.id)
+        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
+        since = [a for a in previous if row is None or a.number > row.retry_base]
+        return Course.resumed(
+            task,
+            previous,
+            since=since,
+            fresh=row is not None and row.retry_fresh,
+            instruction=row.instruction if row is not None else None,
+        )
+
+    def _instruct(self, task_id: str, course: Course, prompt: str | None) -> None:
+        """Ask *task_id*'s agent to do *prompt* next; kept in the store for a resumed manager."""
+        course.instruct(prompt)
+        self.store.update_task(self.run_id, task_id, instruction=prompt)
+
+    def _completed(self, task_id: str, course: Course) -> None:
+        """An attempt ran to its end: what it was asked is done with (see Course.completed)."""
+        if course.pending is not None:
+            self.store.update_task(self.run_id, task_id, instruction=None)
+        course.completed()
+
     def _record_diff(self, task_id: str, base: str, tip: str) -> git.DiffStat:
         """Store what the task's branch changed from *base* to *tip*; return it."""
         stat = git.diff_stat(self.repo, base, tip)
@@ -302,14 +327,8 @@ class TaskWorker(RunWorker):
 
     def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> TaskOutcome:
         task = live.task
-        previous = self.store.attempts(self.run_id, task.id)
-        number = len(previous)
-        row = self.store.task(self.run_id, task.id)
-        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
-        since = [a for a in previous if row is None or a.number > row.retry_base]
-        course = Course.resumed(
-            task, previous, since=since, fresh=row is not None and row.retry_fresh
-        )
+        number = len(self.store.attempts(self.run_id, task.id))
+        course = self._course(task)
         repairs_left = task.repair
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
@@ -339,7 +358,7 @@ class TaskWorker(RunWorker):
                 continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            course.completed()
+            self._completed(task.id, course)
             if stat.files == 0:
                 return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
             failure = self._check(live, path, base, env)
@@ -348,7 +367,7 @@ class TaskWorker(RunWorker):
             if failure.stopped or repairs_left <= 0:
                 return _failed(failure)
             repairs_left -= 1
-            course.instruct(repair_prompt(failure))
+            self._instruct(task.id, course, repair_prompt(failure))
 
     def _next(
         self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
@@ -387,7 +406,7 @@ class TaskWorker(RunWorker):
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
             why = "usage limit" if window else "out of rate-limit retries"
-            course.instruct(self._handover(task, path, base, course.agent, why))
+            self._instruct(task.id, course, self._handover(task, path, base, course.agent, why))
             self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
             course.take_over(nxt, task)
             return None
@@ -409,7 +428,8 @@ class TaskWorker(RunWorker):
         if switch is None:
             return
         nxt, why = switch
-        course.instruct(self._handover(task, path, base, course.agent, why) if started else None)
+        handover = self._handover(task, path, base, course.agent, why) if started else None
+        self._instruct(task.id, course, handover)
         self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
         course.take_over(nxt, task)
 
