@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -318,3 +320,63 @@ def test_per_request_throttles_cut_once_they_outweigh_jobs_assumed_successes(
     assert view(g, "anthropic").limit == 8  # five retried 429s: noise
     g.report("anthropic", THROTTLE)
     assert view(g, "anthropic").limit == 4  # the sixth: 6 / 14 of recent outcomes
+
+
+def test_a_freed_slot_goes_to_the_best_ranked_waiter_not_the_first(clock: Clock) -> None:
+    # jobs = 1, a slot taken; a low-ranked task starts waiting before a higher-ranked one
+    # (it was provisioned sooner): the release goes to the higher-ranked.
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    assert g.acquire("anthropic", stop) == ""
+    order: list[str] = []
+    done = threading.Event()
+
+    def wait(name: str, rank: tuple[int, ...]) -> None:
+        assert g.acquire("anthropic", stop, rank=rank) == ""
+        order.append(name)
+        done.wait(timeout=30)
+        g.release("anthropic")
+
+    low = threading.Thread(target=wait, args=("low", (0, -1, 5)))
+    low.start()
+    wait_until(lambda: g.waiters == 1)
+    high = threading.Thread(target=wait, args=("high", (0, -9, 1)))
+    high.start()
+    wait_until(lambda: g.waiters == 2)
+    assert g.try_acquire("anthropic", stop, rank=(9,)) is None  # full, and others are ahead
+    g.release("anthropic")
+    wait_until(lambda: order == ["high"])
+    assert g.waiters == 1  # low still waits: one slot
+    done.set()
+    for thread in (low, high):
+        thread.join(timeout=30)
+    assert order == ["high", "low"]
+
+
+def test_a_better_ranked_waiter_held_by_its_own_wait_does_not_hold_others(
+    clock: Clock,
+) -> None:
+    # The best-ranked waiter may not start yet (a backoff of its own): the slot is not kept
+    # idle for it.
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    results: list[str] = []
+    held = threading.Thread(
+        target=lambda: results.append(
+            g.acquire("anthropic", stop, not_before=clock.now + 60, rank=(0,))
+        )
+    )
+    held.start()
+    wait_until(lambda: g.waiters == 1)
+    assert g.acquire("anthropic", stop, rank=(5,)) == ""
+    stop.set()
+    held.join(timeout=30)
+    assert results == ["stopped"]
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Until *condition* holds (the threads under test reach their waits), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

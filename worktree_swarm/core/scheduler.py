@@ -37,6 +37,11 @@ class Scheduler:
         """Return the task count of the longest chain of dependents from *task_id* (leaf = 1)."""
         return self._chain[task_id]
 
+    def rank(self, task_id: str) -> tuple[int, int, int]:
+        """Where *task_id* goes among ready tasks (lower first): see :meth:`pick`."""
+        task = self._tasks[task_id]
+        return (-self._chain[task_id], -task.priority, self._position[task_id])
+
     def pick(
         self, *, states: Mapping[str, TaskState], running: Collection[str], slots: int
     ) -> list[str]:
@@ -55,7 +60,7 @@ class Scheduler:
             and task_id not in running
             and all(_satisfied(states.get(dep)) for dep in task.depends_on)
         ]
-        ready.sort(key=lambda t: (-self._chain[t.id], -t.priority, self._position[t.id]))
+        ready.sort(key=lambda t: self.rank(t.id))
         held = [self._tasks[r].files for r in running if r in self._tasks]
         picked: list[str] = []
         for task in ready:

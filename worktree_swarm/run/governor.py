@@ -25,6 +25,7 @@ past ``budget_share`` of it, :attr:`Gates.economy` tells callers to use the chea
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import random
 import threading
@@ -131,6 +132,19 @@ class _Gate:
     seen_at: float = 0.0
 
 
+# A task's place in the scheduler's order (lower goes first).
+Rank = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Waiter:
+    """A task waiting in :meth:`Gates.acquire`."""
+
+    provider: str
+    not_before: float
+    rank: Rank | None
+
+
 class Gates:
     """Per-provider semaphores of at most ``jobs`` agents, all of them bounded by ``jobs`` too."""
 
@@ -161,6 +175,8 @@ class Gates:
         self._gates: dict[str, _Gate] = {}
         self._shown: dict[str, tuple[int, str, bool]] = {}
         self._cond = threading.Condition()
+        self._waiters: dict[int, _Waiter] = {}
+        self._tickets = itertools.count()
 
     # -- budget ------------------------------------------------------------------------------
 
@@ -187,26 +203,36 @@ class Gates:
         not_before: float = 0.0,
         leave_on_window: bool = False,
         max_wait: float = math.inf,
+        rank: Rank | None = None,
     ) -> str:
         """Wait for a slot of *provider* and not before *not_before*.
 
         Returns '' when granted, else why not: 'stopped', 'budget', 'window' when
         *leave_on_window* and the provider is in a usage window (another agent can go on), or
         'max_wait' when its usage window resets more than *max_wait* seconds after the call.
+        Of the waiters a freed slot could go to, the one of lowest *rank* gets it (the
+        scheduler's order: a task provisioned sooner does not jump the queue); a waiter
+        without a rank comes last.
         """
         with self._cond:
             latest = self._clock() + max_wait
-            while True:
-                refused = self._refused(
-                    provider, stop, leave_on_window=leave_on_window, latest=latest
-                )
-                if refused:
-                    return refused
-                wait = self._wait(provider, not_before)
-                if wait <= 0:
-                    self._grant(provider)
-                    return ""
-                self._cond.wait(timeout=min(max(wait, 0.01), 0.2))
+            ticket = next(self._tickets)
+            self._waiters[ticket] = _Waiter(provider=provider, not_before=not_before, rank=rank)
+            try:
+                while True:
+                    refused = self._refused(
+                        provider, stop, leave_on_window=leave_on_window, latest=latest
+                    )
+                    if refused:
+                        return refused
+                    wait = self._wait(provider, not_before)
+                    if wait <= 0 and not self._outranked(rank, skip=ticket):
+                        self._grant(provider)
+                        return ""
+                    self._cond.wait(timeout=min(max(wait, 0.01), 0.2))
+            finally:
+                del self._waiters[ticket]
+                self._cond.notify_all()  # the next in rank may go now
 
     def try_acquire(
         self,
@@ -216,6 +242,7 @@ class Gates:
         not_before: float = 0.0,
         leave_on_window: bool = False,
         max_wait: float = math.inf,
+        rank: Rank | None = None,
     ) -> str | None:
         """Like :meth:`acquire` without waiting: None when it would have to wait."""
         with self._cond:
@@ -223,10 +250,16 @@ class Gates:
             refused = self._refused(provider, stop, leave_on_window=leave_on_window, latest=latest)
             if refused:
                 return refused
-            if self._wait(provider, not_before) <= 0:
+            if self._wait(provider, not_before) <= 0 and not self._outranked(rank):
                 self._grant(provider)
                 return ""
             return None
+
+    @property
+    def waiters(self) -> int:
+        """How many tasks wait in :meth:`acquire` now."""
+        with self._cond:
+            return len(self._waiters)
 
     def waiting_until(self, provider: str, *, not_before: float = 0.0) -> float | None:
         """When *provider* may start again, if a limit holds it (None: only slots are short)."""
@@ -368,6 +401,16 @@ class Gates:
         if gate.running >= int(gate.limit) or self.running >= self.jobs:
             return math.inf  # until a release
         return 0.0
+
+    def _outranked(self, rank: Rank | None, *, skip: int = -1) -> bool:
+        """Whether a waiter ranked before *rank* could take a slot now."""
+        return any(
+            w.rank is not None
+            and (rank is None or w.rank < rank)
+            and self._wait(w.provider, w.not_before) <= 0
+            for ticket, w in self._waiters.items()
+            if ticket != skip
+        )
 
     def _grant(self, provider: str) -> None:
         gate = self._gate(provider)

@@ -431,7 +431,11 @@ class RayTaskWorker(RunWorker):
         task = live.task
         provider = provider_of(task.agent)
         refused = self.gate.acquire(
-            provider, live.stop, not_before=course.not_before, max_wait=task.max_wait
+            provider,
+            live.stop,
+            not_before=course.not_before,
+            max_wait=task.max_wait,
+            rank=live.rank,
         )
         if refused == "max_wait":  # a usage window reported meanwhile, by any task
             reset = self.gate.window_until(provider) or time.time()

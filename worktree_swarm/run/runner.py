@@ -270,6 +270,7 @@ class Runner:
             self._states[task_id] = TaskState.RUNNING
 
     def _launch(self, live: Live) -> None:
+        live.rank = self._scheduler.rank(live.task.id)
         used = {other.port_slot for other in self._live.values()}
         live.port_slot = next(i for i in range(len(used) + 1) if i not in used)
         self._live[live.task.id] = live

@@ -40,7 +40,7 @@ from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import Gates, Limit, Signal, limit_kind
+from worktree_swarm.run.governor import Gates, Limit, Rank, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
 
 # Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
@@ -73,6 +73,7 @@ class Live:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     resume_from: AttemptRow | None = None
+    rank: Rank | None = None  # its place in the scheduler's order, for the gate's queue
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -654,6 +655,7 @@ class TaskWorker(RunWorker):
             not_before=not_before,
             leave_on_window=leave,
             max_wait=task.max_wait,
+            rank=live.rank,
         )
         if refused is not None:
             return refused
@@ -665,6 +667,7 @@ class TaskWorker(RunWorker):
                 not_before=not_before,
                 leave_on_window=leave,
                 max_wait=task.max_wait,
+                rank=live.rank,
             )
 
         if self.gate.waiting_until(provider, not_before=not_before):
