@@ -151,6 +151,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # runs to its end: a resumed manager asks again after a rate limit.
         "ALTER TABLE tasks ADD COLUMN instruction TEXT",
     ),
+    (
+        # A rate-limited attempt's wait was a usage window's: it used none of the retries.
+        "ALTER TABLE attempts ADD COLUMN usage_window INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -290,6 +294,7 @@ class AttemptRow:
     cache_read_tokens: int | None = None
     agent: str = ""
     retry_at: float | None = None
+    usage_window: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -732,12 +737,18 @@ class Store:
             )
             return _lastrowid(cursor)
 
-    def set_retry_at(self, run_id: str, task_id: str, number: int, retry_at: float) -> None:
-        """Record until when the task of a rate-limited attempt waits before the next one."""
+    def set_retry_at(
+        self, run_id: str, task_id: str, number: int, retry_at: float, *, window: bool = False
+    ) -> None:
+        """Record until when the task of a rate-limited attempt waits before the next one.
+
+        *window*: the wait is a usage window's, which uses none of the task's retries.
+        """
         with self._lock, self._write() as conn:
             conn.execute(
-                "UPDATE attempts SET retry_at = ? WHERE run_id = ? AND task_id = ? AND number = ?",
-                (retry_at, run_id, task_id, number),
+                "UPDATE attempts SET retry_at = ?, usage_window = ?"
+                " WHERE run_id = ? AND task_id = ? AND number = ?",
+                (retry_at, int(window), run_id, task_id, number),
             )
 
     @_waits_for_space
@@ -882,7 +893,9 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
 
 
 def _attempt_row(r: sqlite3.Row) -> AttemptRow:
-    return AttemptRow(**dict(r))
+    values = dict(r)
+    values["usage_window"] = bool(values["usage_window"])
+    return AttemptRow(**values)
 
 
 def _event_row(r: sqlite3.Row) -> EventRow:

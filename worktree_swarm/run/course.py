@@ -38,6 +38,7 @@ class Course:
     throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
     work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
+    window: bool = False  # the wait after the last limit is a usage window's (no retry used)
 
     @classmethod
     def resumed(
@@ -62,16 +63,19 @@ class Course:
         session = next(
             (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
         )
+        # A usage window's wait used no retry and is no throttle of the task's own.
+        spent = [
+            a for a in counted if a.outcome == AttemptOutcome.RATE_LIMITED and not a.usage_window
+        ]
         streak = 0
         for a in reversed(counted):
             if a.outcome != AttemptOutcome.RATE_LIMITED:
                 break
-            streak += 1
+            streak += 0 if a.usage_window else 1
         course = cls(
             agent=agent,
             session=session,
-            retries_left=task.retries
-            - sum(a.outcome == AttemptOutcome.RATE_LIMITED for a in counted),
+            retries_left=task.retries - len(spent),
             prompt=RESUME_PROMPT if since or (previous and session) else None,
             throttles=streak,
             pending=instruction,
@@ -127,7 +131,8 @@ class Course:
         # A window another task reported holds this one as much as its own does.
         shared = gate.window_until(provider)
         reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
-        if own or shared is not None:  # a usage window: waited for, no retry spent
+        self.window = own or shared is not None
+        if self.window:  # a usage window: waited for, no retry spent
             if reset - now > task.max_wait:
                 return past_max_wait(task, provider, reset)
             self.not_before = reset

@@ -39,7 +39,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
@@ -783,9 +783,7 @@ class RayTaskWorker(RunWorker):
         )
         if failed is not None:
             return failed
-        self.store.set_retry_at(self.run_id, task.id, number, course.not_before)
-        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
-        self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+        self._resting(task.id, number, course)
         return None
 
     def _append_log(self, task: Task, name: str, text: str) -> None:
@@ -1036,14 +1034,6 @@ class RayTaskWorker(RunWorker):
                 "fetch", "--quiet", "--no-tags", "--", self.url,
                 f"+refs/heads/{task.branch}:refs/heads/{task.branch}",
             )  # fmt: skip
-
-    def _state(self, task_id: str, state: TaskState, **fields: Any) -> None:  # noqa: ANN401
-        typed: TaskFields = fields  # type: ignore[assignment]
-        self.store.update_task(self.run_id, task_id, state=state, **typed)
-        data: dict[str, object] = {"state": state.value}
-        if fields.get("reason"):
-            data["reason"] = fields["reason"]
-        self._emit("state", task_id, data)
 
 
 def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:

@@ -119,6 +119,22 @@ class RunWorker:
     def close(self) -> None:
         """Let go of what the worker holds for the run (agents carry on)."""
 
+    def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
+        # Intermediate states are informational; the main thread records final ones.
+        self.store.update_task(self.run_id, task_id, state=state, **fields)
+        data: dict[str, object] = {"state": state.value}
+        if fields.get("reason"):
+            data["reason"] = fields["reason"]
+        self._emit("state", task_id, data)
+
+    def _resting(self, task_id: str, number: int, course: Course) -> None:
+        """Record the wait after rate-limited attempt *number* and show until when."""
+        self.store.set_retry_at(
+            self.run_id, task_id, number, course.not_before, window=course.window
+        )
+        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
+        self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+
     def _course(self, task: Task) -> Course:
         """Where *task*'s attempts stand, from the store (a fresh task: at the start)."""
         previous = self.store.attempts(self.run_id, task.id)
@@ -416,9 +432,7 @@ class TaskWorker(RunWorker):
         )
         if failed is not None:
             return TaskOutcome(state=TaskState.FAILED, reason=failed)
-        self.store.set_retry_at(self.run_id, task.id, number, course.not_before)
-        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
-        self._state(task.id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
+        self._resting(task.id, number, course)
         return None
 
     def _maybe_switch(
@@ -871,14 +885,6 @@ class TaskWorker(RunWorker):
             self.gate.report(provider, Limit(signal=Signal.OK), whole_attempt=True)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
-        # Intermediate states are informational; the main thread records final ones.
-        self.store.update_task(self.run_id, task_id, state=state, **fields)
-        data: dict[str, object] = {"state": state.value}
-        if fields.get("reason"):
-            data["reason"] = fields["reason"]
-        self._emit("state", task_id, data)
 
     def _checking(self, task: Task) -> bool:
         """Show *task* as checking (once) if it has checks to run; whether it has."""

@@ -1,0 +1,50 @@
+"""Where a task's attempts stand after a restart: retries used, backoff streak, instruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_store import MANAGER
+from worktree_swarm.core.models import Task
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run.course import RESUME_PROMPT, Course
+
+
+def limited(store: Store, task: str, number: int, *, window: bool) -> None:
+    """Record attempt *number* of *task* as rate limited, its wait a window's or not."""
+    attempt = store.start_attempt("r1", task, number=number, identity=MANAGER, log_path="/l")
+    store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
+    store.set_retry_at("r1", task, number, 1000.0 + number, window=window)
+
+
+def test_a_usage_window_s_wait_uses_no_retry_nor_counts_as_a_throttle(tmp_path: Path) -> None:
+    # Two throttles and a window between them: a resumed manager sees two retries used, not
+    # three, and a backoff streak of two (the window neither counts nor breaks it).
+    task = Task(id="a", prompt="do a", retries=5)
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            run_id="r1",
+            base_commit="abc",
+            repo_root="/repo",
+            jobs=1,
+            manager=MANAGER,
+            spec_json="{}",
+            created_at=1.0,
+        )
+        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        limited(store, "a", 1, window=False)
+        limited(store, "a", 2, window=True)
+        limited(store, "a", 3, window=False)
+        previous = store.attempts("r1", "a")
+    assert [a.usage_window for a in previous] == [False, True, False]
+    course = Course.resumed(task, previous)
+    assert course.retries_left == 3
+    assert course.throttles == 2
+    assert course.prompt == RESUME_PROMPT
+
+
+def test_an_instruction_is_asked_again_after_the_resume_prompt() -> None:
+    task = Task(id="a", prompt="do a")
+    course = Course.resumed(task, [], instruction="The checks on your work failed.")
+    assert course.prompt == f"{RESUME_PROMPT}\n\nThe checks on your work failed."
+    assert course.pending == "The checks on your work failed."
