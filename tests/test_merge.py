@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import agent_command, agent_python, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
-from tests.test_run import checkout_snapshot, pid_alive, swarm, wait_for
+from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.git.repo import open_repo
@@ -299,10 +299,15 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
         wait_for(lambda: second.exists() and second.read_text() != "", what="the second check")
         # One merge made and checked: recorded merged, it would claim a place on `release`.
         assert "merged" not in merge_results(base_repo).values()
+        assert "checking" in {r["merge_result"] for r in status_json(base_repo).values()}
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)
     assert git(base_repo, "rev-parse", "release") == base
+    # No merge checks it any more: status says so, and what to do.
+    assert "cut off" in {r["merge_result"] for r in status_json(base_repo).values()}
+    text = swarm(base_repo, "status").stdout
+    assert "merge into release cut off in its checks: run `swarm merge` again" in text
     check_pid = int((tmp_path / "second").read_text())
     # The next merge lands both (and first ends the check the killed one left running).
     out = swarm(base_repo, "merge", "--into", "release")

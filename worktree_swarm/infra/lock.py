@@ -12,7 +12,8 @@ import filelock
 from worktree_swarm.core.errors import ManagerLockedError
 from worktree_swarm.infra import supervisor
 
-_PROBE_GRACE = 1.0  # seconds a starting manager waits for a probe to let go
+PROBE_GRACE = 1.0  # seconds a starting manager or merge waits for a probe to let go
+MERGE_LOCK = "merge.lock"  # held by `swarm merge` in the state directory
 
 
 class ManagerLock:
@@ -32,7 +33,7 @@ class ManagerLock:
         try:
             # `manager_alive` (swarm status, swarm watch) takes the lock for an instant to
             # probe it: wait that out rather than refuse to start.
-            self._lock.acquire(timeout=_PROBE_GRACE)
+            self._lock.acquire(timeout=PROBE_GRACE)
         except filelock.Timeout:
             raise ManagerLockedError(
                 f"another swarm manager {describe_holder(self._dir)} holds this repository; "
@@ -86,9 +87,22 @@ def holder_pid(state_dir: Path) -> int | None:
 
 def manager_alive(state_dir: Path) -> bool:
     """Whether some process holds the manager lock right now."""
-    if not (state_dir / "manager.lock").exists():
+    return held(state_dir / "manager.lock")
+
+
+def merge_running(state_dir: Path) -> bool:
+    """Whether a `swarm merge` holds this repository's merge lock right now."""
+    return held(state_dir / MERGE_LOCK)
+
+
+def held(path: Path) -> bool:
+    """Whether some process holds the lock file *path* (never made here when missing).
+
+    The probe holds it for an instant: whoever takes it waits ``PROBE_GRACE`` for that.
+    """
+    if not path.exists():
         return False
-    probe = filelock.FileLock(state_dir / "manager.lock", thread_local=False)
+    probe = filelock.FileLock(path, thread_local=False)
     try:
         probe.acquire(timeout=0)
     except filelock.Timeout:

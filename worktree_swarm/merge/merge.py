@@ -26,6 +26,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc, supervisor
+from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import (
@@ -323,9 +324,10 @@ def _kill_leftover_checks(logs: Path) -> None:
 @contextlib.contextmanager
 def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
     repo.state_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(repo.state_dir / "merge.lock", thread_local=False)
+    lock = filelock.FileLock(repo.state_dir / MERGE_LOCK, thread_local=False)
     try:
-        lock.acquire(timeout=0)
+        # `swarm status` probes it for an instant: wait that out rather than refuse.
+        lock.acquire(timeout=PROBE_GRACE)
     except filelock.Timeout:
         raise ManagerLockedError(
             f"another `swarm merge` is running in {repo.root}; wait for it (run {run_id})"

@@ -7,16 +7,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, TaskState
+from worktree_swarm.core.models import (
+    DEFAULT_COMMIT_AUTHOR,
+    MERGE_CHECKING,
+    ProcessIdentity,
+    TaskState,
+)
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
+from worktree_swarm.infra.lock import merge_running
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
+
+# The merge result `swarm status` shows for a merge killed while its checks ran.
+MERGE_CUT_OFF = "cut off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +75,10 @@ class TaskStatus:
             parts.append(f"{self.branch} is run {self.taken_by}'s now")
         if self.merge_result == "merged":
             parts.append(f"merged into {self.merge_target}")
+        elif self.merge_result == MERGE_CUT_OFF:
+            parts.append(
+                f"merge into {self.merge_target} cut off in its checks: run `swarm merge` again"
+            )
         elif self.merge_result:
             parts.append(f"{self.merge_result} in {self.merge_target}")
         if self.pr_number is not None:
@@ -147,6 +160,10 @@ def task_status(
     now = time.time() if now is None else now
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
     tasks = store.tasks(run_id)
+    # A merge's checks with no `swarm merge` left to finish them: killed in them.
+    cut_off = any(t.merge_result == MERGE_CHECKING for t in tasks) and not merge_running(
+        store.path.parent
+    )
     waits = waiting_reasons(store, run_id, tasks)
     taken = store.taken_over(run_id)
     rows = []
@@ -187,7 +204,9 @@ def task_status(
                 if attempt and attempt.agent
                 else task_from_json(task.spec_json).agent,
                 waiting_for=waits.get(task.task_id, ""),
-                merge_result=task.merge_result,
+                merge_result=MERGE_CUT_OFF
+                if cut_off and task.merge_result == MERGE_CHECKING
+                else task.merge_result,
                 merge_target=task.merge_target,
                 merge_detail=task.merge_detail,
                 pr_number=task.pr_number,
