@@ -8,11 +8,13 @@ and code the agent planted never runs: the marker file it would create does not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -563,12 +565,61 @@ def test_the_guard_accepts_exactly_the_moves_swarm_names(tmp_path: Path) -> None
         manager.release()
         agent.kill()
         agent.wait()
-    # The named move stayed; the one that went elsewhere is the agent's, and undone.
+    # The named moves are swarm's (whether the guard saw the ref between them or not); the
+    # ref found elsewhere is the agent's doing, undone back to where swarm said it put it.
     assert [(v.refs, v.suspects) for v in [*guard.drain(), *found][:1]] == [
-        ((("refs/heads/stable", named, third),), ("rogue",))
+        ((("refs/heads/stable", other, third),), ("rogue",))
+    ]
+    assert git(repo, "rev-parse", "stable") == other
+    assert not list((opened.state_dir / "ref-moves").iterdir())
+
+
+def test_a_ref_moved_on_right_after_swarm_moved_it_is_put_back_where_swarm_left_it(
+    tmp_path: Path,
+) -> None:
+    # swarm moves `stable` and says so; before the guard has looked, an agent moves it on. The
+    # guard sees both at once: swarm's move stays, the agent's is the violation, undone.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    named, rogue = (git(repo, "commit-tree", tree, "-p", tip, "-m", m) for m in ("n", "r"))
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    manager = filelock.FileLock(opened.state_dir / "manager.lock", thread_local=False)
+    manager.acquire()  # a run is alive: the writer waits for the guard's verdict
+
+    def swarm_moves() -> None:
+        with moving_refs(opened, ["refs/heads/stable"]) as moves:
+            git(repo, "update-ref", "refs/heads/stable", named)
+            moves.moved("refs/heads/stable", named)
+
+    writer = threading.Thread(target=swarm_moves)
+    try:
+        guard.agent_started("rogue", identity_of(agent.pid))
+        writer.start()
+        wait_for(lambda: done_announcement(opened.state_dir), what="swarm's announcement")
+        git(repo, "update-ref", "refs/heads/stable", rogue)
+        found = guard.scan()
+        writer.join(timeout=60)
+    finally:
+        manager.release()
+        agent.kill()
+        agent.wait()
+    assert [(v.refs, v.suspects, v.restored) for v in found] == [
+        ((("refs/heads/stable", named, rogue),), ("rogue",), True)
     ]
     assert git(repo, "rev-parse", "stable") == named
-    assert not list((opened.state_dir / "ref-moves").iterdir())
+
+
+def done_announcement(state_dir: Path) -> bool:
+    """Whether a finished ref announcement waits for the guard's verdict."""
+    for path in (state_dir / "ref-moves").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_bytes())["done"]:
+                return True
+    return False
 
 
 # -- a sparse checkout of the user's -----------------------------------------------------------

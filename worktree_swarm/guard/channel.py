@@ -188,21 +188,42 @@ class Channel:
 
     def explains(self, ref: str, before: str | None, after: str | None) -> bool:
         """Whether announced moves take *ref* from *before* to *after*; uses them up if so."""
+        return before != after and self._follow(ref, before, after) == after
+
+    def advance(self, ref: str, before: str | None) -> str | None:
+        """Where announced moves take *ref* from *before*, as far as they go; uses them up.
+
+        For a ref found moved further than they explain: swarm's own moves happened (its
+        commands say what they did), and whatever moved it after them, before the guard
+        looked, is what to judge (and undo back to their end).
+        """
+        return self._follow(ref, before, None, to_end=True)
+
+    def _follow(
+        self, ref: str, before: str | None, after: str | None, *, to_end: bool = False
+    ) -> str | None:
+        """Follow the accepted moves of *ref* from *before* until *after* (or their end).
+
+        Returns where it got: *after* when they reach it (or, *to_end*, the chain's end),
+        using up the moves followed; else *before*, using up nothing.
+        """
         moves = self._accepted.get(ref, [])
-        used = []
+        used: list[int] = []
         at = before
         for _ in range(len(moves)):
             step = next(
                 (i for i, (old, _) in enumerate(moves) if old == at and i not in used), None
             )
             if step is None:
-                return False
+                break
             used.append(step)
             at = moves[step][1]
-            if at == after:
-                self._accepted[ref] = [m for i, m in enumerate(moves) if i not in used]
-                return True
-        return False
+            if at == after and not to_end:
+                break
+        if used and (to_end or at == after):
+            self._accepted[ref] = [m for i, m in enumerate(moves) if i not in used]
+            return at
+        return before
 
     def _disbelief(self, path: Path, pid: int, started: float) -> str | None:
         """Why the file's writer is not to be believed (None: it is swarm's own command)."""

@@ -729,7 +729,11 @@ class Guard:
             if self._channel.explains(ref, before, after):
                 self._set_ref(ref, after)  # moved by swarm merge or clean, as they said
                 continue
-            moved.append((ref, before, after))
+            # Moved by them and then by someone else (seen together): judged from their end.
+            start = self._channel.advance(ref, before)
+            if start != before:
+                self._set_ref(ref, start)
+            moved.append((ref, start, after))
         return moved
 
     def _scan_stash(self, began: float, after: str | None) -> list[Violation]:
