@@ -319,6 +319,31 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
     )
 
 
+def test_a_check_that_edits_a_tracked_file_leaves_the_next_merge_free_to_go(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # A formatter-like check appends to a tracked file: its edit is not the merge's, and left
+    # in the merge worktree it would make the next `swarm merge` refuse to start.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n", "f.txt": "changed by two\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib\np = pathlib.Path('f.txt')\np.write_text(p.read_text() + 'checked\\n')\n"
+    )
+    command = f"{agent_command()} {check}"
+    first = swarm(base_repo, "merge", "--check", command, "one")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = swarm(base_repo, "merge", "--check", command)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    integration = "swarm/integration-" + RUN_ID
+    assert git(base_repo, "show", f"{integration}:f.txt") == "changed by two"
+    worktree = base_repo.parent / f"{base_repo.name}.swarm" / f"_integration-{RUN_ID}"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

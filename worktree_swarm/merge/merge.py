@@ -370,17 +370,19 @@ def _baseline(s: _Session) -> CheckResult:
 def _run_checks(
     s: _Session, steps: tuple[tuple[str, ...], ...], env: dict[str, str]
 ) -> CheckFailure | None:
-    """Run *steps* in the merge worktree, then remove the untracked files they added.
+    """Run *steps* in the merge worktree, then undo what they wrote there.
 
-    What a check writes (``__pycache__``, build output) would read as uncommitted changes to
-    the next merge, or be swept into a resolver's commit. Tracked files, and files untracked
-    before the checks ran, are left alone.
+    What a check writes (``__pycache__``, build output, a formatter's edits) would read as
+    uncommitted changes to the next merge, which refuses them, or be swept into a resolver's
+    commit: the untracked files they added are removed and tracked files they changed are put
+    back as committed. Files untracked before the checks ran are left alone.
     """
     before = _untracked(s.target.worktree)
     try:
         return run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
     finally:
         _remove_new(s.target.worktree, _untracked(s.target.worktree) - before)
+        _git(s, "reset", "--quiet", "--hard", "HEAD")
 
 
 def _untracked(worktree: Path) -> set[str]:
