@@ -436,6 +436,78 @@ def test_a_repair_cut_by_a_limit_is_asked_again_after_the_manager_is_killed(
     assert branch_file(repo, "swarm/a", "fixed.txt") == "fixed"
 
 
+THROTTLED_ONCE = r"""
+import pathlib, sys
+calls = pathlib.Path(CALLS)
+n = len(calls.read_text().splitlines()) if calls.exists() else 0
+with calls.open("a") as fh:
+    fh.write(f"{n}\n")
+if n == 0:  # refused at once, nothing done, no reset stated
+    print("HTTP 429 Too Many Requests")
+    sys.exit(1)
+pathlib.Path("work.txt").write_text("done\n")
+"""
+
+
+@pytest.mark.slow  # a crash trial
+def test_a_long_backoff_resumed_after_a_crash_is_still_a_throttle_not_a_usage_window(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # The task's own backoff (here 400-800 s) is recorded as the attempt's wait. A resumed
+    # manager must not take that far-off time for a usage window's reset: past max_wait it
+    # would fail the task, and it would hold the whole provider.
+    calls_file = repo.parent / "calls"
+    agent = write_agent(f"CALLS = {str(calls_file)!r}\n" + THROTTLED_ONCE)
+    text = (
+        f"[defaults]\nagent = {argv_toml(agent)}\n"
+        'rate_limit_backoff = "800s"\nmax_wait = "6m"\nretries = 3\n'
+        '[[task]]\nid = "a"\nprompt = "do a"\n'
+    )
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: any(r for _, _, r in limits(repo, "a")), what="the backoff")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    ((_, _, until),) = limits(repo, "a")
+    assert until is not None
+    resumed = swarm_bg(repo, "resume")
+    try:
+        wait_for(
+            lambda: (
+                len(rate_limited_states(repo, "a")) == 2
+                or status_json(repo)["a"]["state"] == "failed"
+            ),
+            what="the resumed manager's decision",
+        )
+        row = status_json(repo)["a"]
+        assert row["state"] == "rate_limited", row
+        assert row["reason"] == f"resuming after {time.strftime('%H:%M:%S', time.localtime(until))}"
+        # The provider is not held until then, as it would be for a usage window.
+        assert all(float(str(g["waiting_until"] or 0)) < until - 1 for g in providers(repo))
+        assert swarm(repo, "stop").returncode == 0
+        assert resumed.wait(timeout=60) == 1
+    finally:
+        resumed.kill()
+    assert calls_file.read_text().split() == ["0"]
+
+
+def rate_limited_states(repo: Path, task: str) -> list[str]:
+    """The `rate_limited` state events of *task*, oldest first."""
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        rows = db.execute(
+            "SELECT data FROM events WHERE kind = 'state' AND task_id = ?", (task,)
+        ).fetchall()
+    return [d for (d,) in rows if json.loads(d).get("state") == "rate_limited"]
+
+
+def providers(repo: Path) -> list[dict[str, object]]:
+    """The providers' gates as `swarm status --json` shows them."""
+    out = swarm(repo, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout)["providers"])
+
+
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     out = swarm(

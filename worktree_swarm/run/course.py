@@ -118,16 +118,18 @@ class Course:
         provider: str,
         replayed: bool,
         progressed: bool,
+        window: bool | None = None,
     ) -> str | None:
         """After a rate-limited attempt that no other agent takes over: why the task fails.
 
         None: it goes on, not before :attr:`not_before`, asked to continue what it was doing.
         *replayed*: the attempt was a previous manager's, already counted. *progressed*: it
         changed the work before its limit (an agent that ends on every 429 of a storm): it goes
-        on after the gate's pacing, without a backoff of its own.
+        on after the gate's pacing, without a backoff of its own. *window*: whether its limit is
+        a usage window, as recorded (None: from how far away its reset is).
         """
         now = time.time()
-        own = limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
+        own = stated_window(result, now) if window is None else window
         # A window another task reported holds this one as much as its own does.
         shared = gate.window_until(provider)
         reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
@@ -149,6 +151,11 @@ class Course:
         self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
         self.interrupted()
         return None
+
+
+def stated_window(result: AgentResult, now: float) -> bool:
+    """Whether the limit an attempt ended on is a usage window (a reset stated far away)."""
+    return limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
 
 
 def past_max_wait(task: Task, provider: str, reset: float) -> str:

@@ -42,9 +42,9 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
+from worktree_swarm.run.course import Course, past_max_wait, repair_prompt, stated_window
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
-from worktree_swarm.run.governor import Limit, Signal, limit_kind
+from worktree_swarm.run.governor import Limit, Signal
 from worktree_swarm.run.ray_disk import NodeDisk
 from worktree_swarm.run.ray_node import (
     Assignment,
@@ -303,6 +303,7 @@ class _Throttled:
     result: AgentResult
     progressed: bool
     replayed: bool = False  # a previous coordinator's attempt, already counted
+    window: bool | None = None  # replayed: whether its limit was a usage window, as recorded
 
 
 @dataclass(slots=True, kw_only=True)
@@ -768,11 +769,15 @@ class RayTaskWorker(RunWorker):
     ) -> str | None:
         """Tell the gate; why the task fails, or None: it resumes at ``course.not_before``."""
         result = throttled.result
-        kind = limit_kind(retry_at=result.retry_at, now=time.time())
-        detail = "usage limit" if kind is Signal.WINDOW else "rate limited"
+        window = throttled.window
+        window = stated_window(result, time.time()) if window is None else window
         provider = provider_of(task.agent)
-        limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-        self.gate.report(provider, limit, whole_attempt=True)
+        # A replayed throttle was told when it happened; its recorded wait is its own backoff.
+        if window or not throttled.replayed:
+            kind = Signal.WINDOW if window else Signal.THROTTLE
+            detail = "usage limit" if window else "rate limited"
+            limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
+            self.gate.report(provider, limit, whole_attempt=True)
         failed = course.throttled(
             task,
             result,
@@ -780,6 +785,7 @@ class RayTaskWorker(RunWorker):
             provider=provider,
             replayed=throttled.replayed,
             progressed=throttled.progressed,
+            window=window,
         )
         if failed is not None:
             return failed
@@ -955,7 +961,9 @@ class RayTaskWorker(RunWorker):
                 session_id=attempt.session_id,
                 retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
-            return _Throttled(result=result, progressed=progressed, replayed=True)
+            return _Throttled(
+                result=result, progressed=progressed, replayed=True, window=attempt.usage_window
+            )
         if outcome is not AttemptOutcome.SUCCEEDED:
             state = {
                 AttemptOutcome.STOPPED: TaskState.STOPPED,

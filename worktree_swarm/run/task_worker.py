@@ -38,7 +38,7 @@ from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFiel
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
-from worktree_swarm.run.course import Course, past_max_wait, repair_prompt
+from worktree_swarm.run.course import Course, past_max_wait, repair_prompt, stated_window
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, Limit, Rank, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
@@ -83,6 +83,7 @@ class _Ended:
     result: AgentResult
     cut_short: TaskState | None = None
     reason: str = ""
+    usage_window: bool | None = None  # a previous manager's attempt: its limit, as recorded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,6 +370,7 @@ class TaskWorker(RunWorker):
                     result,
                     replayed=replayed,
                     progressed=progressed,
+                    window=ended.usage_window,
                 )
                 if out is not None:
                     return out
@@ -408,17 +410,17 @@ class TaskWorker(RunWorker):
         *,
         replayed: bool,
         progressed: bool,
+        window: bool | None,
     ) -> TaskOutcome | None:
         """Decide what follows a rate-limited attempt: another agent, a wait, or the end.
 
         *progressed*: the attempt changed the work before its limit (an agent that ends on
         every 429 of a storm): it goes on after the gate's pacing, without a backoff of its own.
+        *window*: whether the limit was a usage window, as recorded (None: from its reset).
         """
         provider = provider_of(course.agent)
-        window = (
-            limit_kind(retry_at=result.retry_at, now=time.time()) is Signal.WINDOW
-            or self.gate.window_until(provider) is not None
-        )
+        own = stated_window(result, time.time()) if window is None else window
+        window = own or self.gate.window_until(provider) is not None
         spent = course.retries_left <= 0 and not replayed
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
@@ -428,7 +430,13 @@ class TaskWorker(RunWorker):
             course.take_over(nxt, task)
             return None
         failed = course.throttled(
-            task, result, self.gate, provider=provider, replayed=replayed, progressed=progressed
+            task,
+            result,
+            self.gate,
+            provider=provider,
+            replayed=replayed,
+            progressed=progressed,
+            window=own,
         )
         if failed is not None:
             return TaskOutcome(state=TaskState.FAILED, reason=failed)
@@ -706,9 +714,10 @@ class TaskWorker(RunWorker):
                 session_id=attempt.session_id,
                 retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
-            if outcome is AgentOutcome.RATE_LIMITED:  # a fresh gate learns the limit again
+            if attempt.usage_window:  # a fresh gate learns the window again
                 self._report_end(provider_of(profile), result, live=None)
-            return _Ended(result=result)
+            # A throttle's recorded wait is the task's own backoff, however far: not a window.
+            return _Ended(result=result, usage_window=attempt.usage_window)
         identity = ProcessIdentity(
             pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
         )
