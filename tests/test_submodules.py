@@ -80,3 +80,44 @@ def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
 ) -> None:
     assert run_agent(super_repo, write_agent, "populate").returncode == 0
     assert status_json(super_repo)["t"]["state"] == "done"
+
+
+# Plants a filter in the git dir of the user's checked-out submodule `lib` (under the
+# repository's `.git/modules/`), then rewrites one of its files at the same size: the user's
+# next `git status`, or a `git add` of swarm's in the user's checkout, would run the filter.
+PLANT = """
+import pathlib, subprocess, sys
+marker = sys.argv[1]
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+    '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip())
+lib = common / 'modules' / 'lib'
+with (lib / 'config').open('a') as fh:
+    fh.write(f'[filter "ev"]\\n\\tclean = touch {marker}; cat\\n')
+(lib / 'info').mkdir(exist_ok=True)
+(lib / 'info' / 'attributes').write_text('* filter=ev\\n')
+checkout = common.parent / 'lib' / 'README.md'
+checkout.write_text(checkout.read_text().upper())
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+
+
+def test_a_filter_planted_in_a_submodules_git_dir_never_runs_and_is_undone(
+    super_repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marker = tmp_path / "submodule-filter-ran"
+    config = super_repo / ".git" / "modules" / "lib" / "config"
+    before = config.read_bytes()
+    agent = argv_toml([*write_agent(PLANT), str(marker)])
+    text = f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+    assert swarm(super_repo, "run", manifest(super_repo, text)).returncode == 1
+    assert not marker.exists()
+    row = status_json(super_repo)["t"]
+    assert row["state"] == "failed", row
+    assert "modules/lib/config" in str(row["reason"]), row
+    assert config.read_bytes() == before
+    assert not (super_repo / ".git" / "modules" / "lib" / "info" / "attributes").exists()
+    # The attack is real: with the filter back, git in the submodule runs it.
+    config.write_bytes(before + f'[filter "ev"]\n\tclean = touch {marker}; cat\n'.encode())
+    (config.parent / "info" / "attributes").write_text("* filter=ev\n")
+    subprocess.run(["git", "status"], cwd=super_repo / "lib", check=True, capture_output=True)
+    assert marker.exists()

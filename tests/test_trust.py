@@ -716,17 +716,26 @@ git('-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-qm', 'sub')
 git('config', 'filter.ev.clean', f'touch {marker}; cat')
 pathlib.Path('sub/.git/info').mkdir(exist_ok=True)
 pathlib.Path('sub/.git/info/attributes').write_text('* filter=ev\\n')
+if sys.argv[2] == 'committed':  # committed by the agent itself: no `add` of swarm's adds it
+    subprocess.run(['git', 'add', 'sub'], check=True, capture_output=True)
+    subprocess.run(['git', '-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-qm', 'sub'],
+                   check=True, capture_output=True)
 pathlib.Path('sub/f.txt').write_text('y\\n')  # same size: git must hash it
 pathlib.Path('top.txt').write_text('own work\\n')
 """
 
 
+@pytest.mark.parametrize("how", ["made", "committed"])
 def test_swarms_git_never_looks_inside_a_repository_an_agent_made(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, how: str
 ) -> None:
     marker = tmp_path / "nested-filter-ran"
-    run_one(repo, [*write_agent(NESTED), str(marker)], sandbox=False, task="t")
+    run_one(repo, [*write_agent(NESTED), str(marker), how], sandbox=False, task="t")
     assert not marker.exists()
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed", row
+    assert "made a git repository inside its worktree (sub)" in str(row["reason"]), row
+    assert git(repo, "show", "swarm/t:top.txt") == "own work"  # the rest is committed
     for command in (["status"], ["diff"], ["diff", "--stat"], ["clean"], ["doctor"]):
         swarm(repo, *command)
         assert not marker.exists(), command

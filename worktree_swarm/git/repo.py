@@ -318,6 +318,31 @@ def _commit_tree(
 
 # --sparse: in a sparse worktree, files an agent wrote outside the cone are its work too.
 _ADD = ["add", "--all", "--sparse", "--verbose"]
+_GITLINK = re.compile(r"(?:^|\0)160000 ([0-9a-f]+) 0\t([^\0]+)")
+
+
+def populated_gitlinks(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """The gitlinks of *path*'s index (*env*: another index file) checked out as repositories.
+
+    `git add` looks inside each such directory for changes by starting git there, under that
+    repository's own config and attributes (its filters run): a submodule's, or one an agent
+    made. swarm's `add` leaves them out and records where their HEAD is instead
+    (:func:`stage_gitlinks`).
+    """
+    out = _run(path, ["ls-files", "-z", "--stage"], env=env).stdout
+    return [p for _, p in _GITLINK.findall(out) if (path / p / ".git").exists()]
+
+
+def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """Point each gitlink of *links* in *path*'s index at its repository's HEAD, as `add` would.
+
+    Asked of that repository with `rev-parse`, which reads no file of its checkout and so runs
+    none of its filters; one without a commit keeps its entry.
+    """
+    for link in links:
+        head = rev_parse_in(path / link, "HEAD")
+        if head is not None:
+            _run(path, ["update-index", "--cacheinfo", f"160000,{head},{link}"], env=env)
 
 
 def checkpoint(
@@ -362,8 +387,13 @@ def checkpoint(
                               "--directory", "--", *literal]).stdout  # fmt: skip
         ignored = {p.rstrip("/") for p in out.split("\0") if p}
         exclude = [path for path in exclude if path.rstrip("/") not in ignored]
-    added, unborn = _add(worktree, exclude, droppings)
-    linked = _embedded(worktree, added)
+    # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
+    # agent made and committed itself is an embedded repository like one it only made.
+    links = populated_gitlinks(worktree)
+    declared = _submodule_paths(worktree) if links else set()
+    stage_gitlinks(worktree, [link for link in links if link in declared])
+    added, unborn = _add(worktree, [*exclude, *links], droppings)
+    linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
     if linked:  # a commit would hold a commit id nobody else has, not their files
         literal = [f":(literal,top){path}" for path in linked]
         _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
@@ -424,12 +454,19 @@ def _embedded(worktree: Path, added: str) -> list[str]:
         if line.startswith("add '") and line[-1] == "'"
     ]
     found = [p for p in paths if (worktree / p / ".git").exists()]
-    if found and (worktree / ".gitmodules").is_file():  # submodules are not embedded ones
-        named = _run(worktree, ["config", "--file", ".gitmodules", "--get-regexp",
-                                r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
-        submodules = {line.split(" ", 1)[1] for line in named.splitlines() if " " in line}
+    if found:  # submodules are not embedded ones
+        submodules = _submodule_paths(worktree)
         found = [p for p in found if p not in submodules]
     return found
+
+
+def _submodule_paths(worktree: Path) -> set[str]:
+    """The paths ``.gitmodules`` declares submodules at."""
+    if not (worktree / ".gitmodules").is_file():
+        return set()
+    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
+                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
+    return {entry.partition("\n")[2] for entry in named.split("\0") if entry}
 
 
 def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool) -> str | None:
@@ -597,11 +634,7 @@ def submodule_work(worktree: Path) -> list[str]:
     commit: removing the worktree would lose both. Only looked for when a ``.gitmodules``
     names submodules (a gitlink without one is not a submodule git can populate either).
     """
-    if not (worktree / ".gitmodules").is_file():
-        return []
-    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
-                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
-    paths = [entry.partition("\n")[2] for entry in named.split("\0") if entry]
+    paths = sorted(_submodule_paths(worktree))
     if not paths:
         return []
     staged = _run(worktree, ["ls-files", "-z", "--stage", "--",

@@ -18,9 +18,16 @@ STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
 
 
 def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
-    """HEAD, staged entries and every file git would see in *path* (via the *scratch* index)."""
+    """HEAD, staged entries and every file git would see in *path* (via the *scratch* index).
+
+    A checked-out submodule counts by the commit it has checked out: `add` would start git
+    inside it, under its own config and attributes, which an agent can write.
+    """
     env = {"GIT_INDEX_FILE": str(scratch)}
-    git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude)
+    links = git.populated_gitlinks(path, env)
+    git.stage_gitlinks(path, links, env)
+    skip = [f":(exclude,literal,top){link}" for link in links]
+    git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
     tree = git_env(path, env, "write-tree").strip()
     return Snapshot(
         head_ref=symbolic_head(path),

@@ -3,9 +3,10 @@
 ``config`` (``core.fsmonitor``, ``core.pager``, ``filter.*``, aliases...), per-worktree
 ``config.worktree`` files, ``hooks/`` (and the directory ``core.hooksPath`` names) and
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
-checkout's scan), and the state of an operation in progress in your checkout (a rebase's todo
-list, ``MERGE_HEAD``...) and ``shallow``. Each is kept byte for byte at the baseline, so a
-change can be shown as a patch and undone exactly.
+checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
+of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...) and
+``shallow``. Each is kept byte for byte at the baseline, so a change can be shown as a patch
+and undone exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
 
 _TEXT_LIMIT = 1 << 20  # larger files are named in the patch, not diffed
+_NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
 
 # Your checkout's operations in progress: your next `git rebase --continue` runs the `exec`
 # lines of a planted to-do list, `--abort` resets your branch to a planted ORIG_HEAD, a planted
@@ -79,6 +81,7 @@ def read(common: Path, extra_hooks: Path | None) -> Surface:
         _add(found, common, Path(config))
     for name in ("hooks", "info", *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
+    _add_modules(found, common, common / "modules")
     if extra_hooks is not None and extra_hooks.is_dir():
         real = Path(os.path.realpath(extra_hooks))
         if not real.is_relative_to(Path(os.path.realpath(common / "hooks"))):
@@ -182,6 +185,30 @@ def _add_tree(found: Surface, common: Path, top: Path) -> None:
         dirnames.sort()
         for name in [*dirnames, *sorted(filenames)]:
             _add(found, common, Path(dirpath) / name)
+
+
+def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) -> None:
+    """The same files of each submodule's git dir under *modules* (their own ``modules`` too).
+
+    Your next `git status` looks inside a checked-out submodule under that git dir's config
+    and attributes. A submodule's name may hold slashes: directories on the way are walked.
+    """
+    try:
+        names = sorted(os.listdir(modules))  # noqa: PTH208 - usually absent: one call
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        gitdir = modules / name
+        if gitdir.is_symlink() or not gitdir.is_dir():
+            continue
+        if (gitdir / "HEAD").is_file():
+            for file in ("config", "config.worktree"):
+                _add(found, common, gitdir / file)
+            for tree in ("hooks", "info"):
+                _add_tree(found, common, gitdir / tree)
+            _add_modules(found, common, gitdir / "modules")
+        elif depth < _NAME_DEPTH:
+            _add_modules(found, common, gitdir, depth + 1)
 
 
 def _describe(entry: Entry | None) -> str:
