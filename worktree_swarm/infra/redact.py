@@ -29,9 +29,14 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_LEN = 6
 
 # A name holds a secret when one of these is in it; AUTH only as a word of its own (OAUTH,
-# AUTH_TOKEN, HTTP_AUTH), not in AUTHOR (GIT_AUTHOR_NAME is a person, not a credential).
+# AUTH_TOKEN, HTTP_AUTH), not in AUTHOR (GIT_AUTHOR_NAME is a person, not a credential); PWD
+# only after an underscore (DB_PWD), never the shell's PWD or OLDPWD (a directory); PASS not
+# in BYPASS, PASSTHROUGH, PASSIVE or PASSENGER.
 _SECRET_NAME = re.compile(
-    r"KEY|TOKEN|SECRET|PASSW|COOKIE|CREDENTIAL|PRIVATE|(?<![A-Z])O?AUTH(?!OR)", re.IGNORECASE
+    r"KEY|TOKEN|SECRET|(?<!BY)PASS(?!THROUGH|IVE|ENGER)|COOKIE|CREDENTIAL|PRIVATE|WEBHOOK"
+    r"|(?<![A-Z])DSN|_PWD"
+    r"|(?<![A-Z])O?AUTH(?!OR)",
+    re.IGNORECASE,
 )
 _KEYWORDS = r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|COOKIE|CREDENTIALS?|PRIVATE"
 # Credential formats strong enough to act on anywhere.
