@@ -508,6 +508,49 @@ def providers(repo: Path) -> list[dict[str, object]]:
     return list(json.loads(out.stdout)["providers"])
 
 
+ALWAYS_BAD = r"""
+import pathlib, sys, time
+calls, go = pathlib.Path(CALLS), pathlib.Path(GO)
+n = len(calls.read_text().splitlines()) if calls.exists() else 0
+with calls.open("a") as fh:
+    fh.write(f"{n}\n")
+pathlib.Path("work.txt").write_text(f"attempt {n}\n")  # never what the check wants
+if n == 1:  # the repair: waits to be told to end (its manager is killed meanwhile)
+    pathlib.Path(CALLS + ".repairing").write_text("")
+    while not go.exists():
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow  # a crash trial
+def test_repairs_used_before_a_crash_stay_used(repo: Path, write_agent: AgentFactory) -> None:
+    # repair = 1: the manager is killed while the one repair runs. Resumed, it must not hand
+    # the failing checks back a second time.
+    calls_file, go = repo.parent / "calls", repo.parent / "go"
+    agent = write_agent(f"CALLS = {str(calls_file)!r}\nGO = {str(go)!r}\n" + ALWAYS_BAD)
+    text = (
+        f"[defaults]\nagent = {argv_toml(agent)}\n"
+        '[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\n'
+        'checks = [["test", "-f", "fixed.txt"]]\n'
+    )
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: Path(f"{calls_file}.repairing").exists(), what="the repair")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    resumed = swarm_bg(repo, "resume")
+    go.touch()
+    try:
+        assert resumed.wait(timeout=120) == 1
+    finally:
+        resumed.kill()
+    assert calls_file.read_text().split() == ["0", "1"]
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert "test -f fixed.txt" in str(row["reason"]), row
+
+
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     out = swarm(

@@ -155,6 +155,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # A rate-limited attempt's wait was a usage window's: it used none of the retries.
         "ALTER TABLE attempts ADD COLUMN usage_window INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # How many of its `repair` rounds a task has used: a resumed manager goes on counting.
+        "ALTER TABLE tasks ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -196,6 +200,7 @@ class TaskFields(TypedDict, total=False):
     launching: int | None
     node: str | None
     instruction: str | None
+    repairs: int
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -268,6 +273,7 @@ class TaskRow:
     launching: int | None = None
     node: str | None = None
     instruction: str | None = None
+    repairs: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

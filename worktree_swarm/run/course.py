@@ -39,6 +39,7 @@ class Course:
     work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
+    repairs_left: int = 0  # failing checks it may still hand back to the agent
 
     @classmethod
     def resumed(
@@ -49,12 +50,14 @@ class Course:
         since: list[AttemptRow] | None = None,
         fresh: bool = False,
         instruction: str | None = None,
+        repairs: int = 0,
     ) -> Course:
         """The course of a task with *previous* attempts (none: a fresh start).
 
         *since* are the attempts after the last `swarm retry` (all by default): only they use
         up retries, and with *fresh* only they can give a session to resume. *instruction*:
-        what the agent was asked to do when its manager stopped, asked again.
+        what the agent was asked to do when its manager stopped, asked again; *repairs*: the
+        rounds of ``repair`` used so far.
         """
         since = previous if since is None else since
         agent = fallback.current_agent(task, previous)
@@ -79,6 +82,7 @@ class Course:
             prompt=RESUME_PROMPT if since or (previous and session) else None,
             throttles=streak,
             pending=instruction,
+            repairs_left=max(0, task.repair - repairs),
         )
         if instruction is not None:
             course.interrupted()

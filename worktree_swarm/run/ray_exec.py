@@ -42,7 +42,7 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.course import Course, past_max_wait, repair_prompt, stated_window
+from worktree_swarm.run.course import Course, past_max_wait, stated_window
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal
 from worktree_swarm.run.ray_disk import NodeDisk
@@ -58,6 +58,7 @@ from worktree_swarm.run.task_worker import (
     RunContext,
     RunWorker,
     TaskOutcome,
+    check_failed,
     worktree_path,
 )
 
@@ -341,7 +342,6 @@ class RayTaskWorker(RunWorker):
             return base
         previous = self.store.attempts(self.run_id, task.id)
         course = self._course(task)
-        repairs_left = task.repair
         resumed, live.resume_from = live.resume_from, None
         ended: _Ended | None = None
         handle: _Handle | None = None
@@ -366,10 +366,9 @@ class RayTaskWorker(RunWorker):
                     return TaskOutcome(state=TaskState.FAILED, reason=failed)
                 continue
             self._completed(task.id, course)
-            if now.stopped or repairs_left <= 0:
-                return _check_failed(now)
-            repairs_left -= 1
-            self._instruct(task.id, course, repair_prompt(now))
+            out = self._repair(task, course, now)
+            if out is not None:
+                return out
 
     def _next(
         self, live: Live, course: Course, base: str, handle: _Handle | None, count: _Count
@@ -448,7 +447,7 @@ class RayTaskWorker(RunWorker):
             return self._launch(live, number, prompt=course.prompt)
         except _SetupFailedError as exc:
             self.gate.release(provider)
-            return _check_failed(exc.failure)
+            return check_failed(exc.failure)
         except NodeLostError:
             self.gate.release(provider)
             if live.stop.is_set():
@@ -1052,12 +1051,6 @@ def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: i
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
     return TaskOutcome(state=TaskState.DONE)
-
-
-def _check_failed(failure: CheckFailure) -> TaskOutcome:
-    if failure.stopped:
-        return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
-    return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
 
 
 def _attempt_outcome(result: AgentResult) -> AttemptOutcome:

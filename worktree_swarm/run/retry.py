@@ -103,6 +103,7 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         retry_fresh=fresh,
         # A repair or hand-over the agent was asked for goes on with its work, not afresh.
         instruction=None if fresh else row.instruction,
+        repairs=0,  # a new go: its `repair` rounds again
     )
     if row.merge_result not in {None, MERGE_CHECKING}:  # a killed merge's intent stays to undo
         # What merged before is not what the branch will hold: the next `swarm merge` takes it.

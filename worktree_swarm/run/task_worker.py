@@ -148,7 +148,17 @@ class RunWorker:
             since=since,
             fresh=row is not None and row.retry_fresh,
             instruction=row.instruction if row is not None else None,
+            repairs=row.repairs if row is not None else 0,
         )
+
+    def _repair(self, task: Task, course: Course, failure: CheckFailure) -> TaskOutcome | None:
+        """Hand failing checks back to the agent if a `repair` round is left; else the end."""
+        if failure.stopped or course.repairs_left <= 0:
+            return check_failed(failure)
+        course.repairs_left -= 1
+        self.store.update_task(self.run_id, task.id, repairs=task.repair - course.repairs_left)
+        self._instruct(task.id, course, repair_prompt(failure))
+        return None
 
     def _instruct(self, task_id: str, course: Course, prompt: str | None) -> None:
         """Ask *task_id*'s agent to do *prompt* next; kept in the store for a resumed manager."""
@@ -290,7 +300,7 @@ class TaskWorker(RunWorker):
             )
             redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
-                return _failed(failure)
+                return check_failed(failure)
         return self._attempts(live, path, base, env)
 
     def _unrecorded(self, task: Task, path: Path, row: TaskRow) -> AttemptRow | None:
@@ -347,7 +357,6 @@ class TaskWorker(RunWorker):
         task = live.task
         number = len(self.store.attempts(self.run_id, task.id))
         course = self._course(task)
-        repairs_left = task.repair
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
             step = self._next(live, course, path, base, env, number)
@@ -383,10 +392,9 @@ class TaskWorker(RunWorker):
             failure = self._check(live, path, base, env)
             if failure is None:
                 return TaskOutcome(state=TaskState.DONE)
-            if failure.stopped or repairs_left <= 0:
-                return _failed(failure)
-            repairs_left -= 1
-            self._instruct(task.id, course, repair_prompt(failure))
+            out = self._repair(task, course, failure)
+            if out is not None:
+                return out
 
     def _next(
         self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
@@ -1011,7 +1019,7 @@ def prompt_argument(text: str, prompt_file: Path) -> str:
     return LONG_PROMPT.format(path=prompt_file)
 
 
-def _failed(failure: CheckFailure) -> TaskOutcome:
+def check_failed(failure: CheckFailure) -> TaskOutcome:
     """The outcome of a setup or check step that did not pass."""
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
