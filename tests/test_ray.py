@@ -131,6 +131,15 @@ def status(repo: Path) -> dict[str, dict[str, object]]:
     return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
 
 
+def status_if_any(repo: Path) -> dict[str, dict[str, object]]:
+    """:func:`status`, or nothing while the run is not recorded yet."""
+    out = swarm(repo, "status", "--json")
+    if out.returncode == 2 and "no swarm runs" in out.stderr:
+        return {}
+    assert out.returncode == 0, out.stderr
+    return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+
+
 def events(repo: Path, kind: str) -> list[tuple[str, dict[str, object]]]:
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
         rows = conn.execute("SELECT task_id, data FROM events WHERE kind = ?", (kind,)).fetchall()
@@ -485,9 +494,7 @@ def test_max_disk_applies_per_node_and_tasks_on_one_node_sum_up(
     try:
         # Four slots: every actor is placed at once, two per node; one clone per node fits.
         def waiting() -> list[str]:
-            if not (repo / ".git" / "swarm" / "state.db").exists():
-                return []
-            rows = status(repo).values()
+            rows = status_if_any(repo).values()
             prefix = "waiting for disk on node "
             return [
                 str(r["reason"])[len(prefix) :].split(":")[0]
