@@ -29,10 +29,13 @@ def git(*args):
 action = sys.argv[1]
 if action == 'write-into-empty':
     pathlib.Path('lib/NOTES.md').write_text('agent notes\\n')
-if action in ('populate', 'populate-and-edit'):
+if action in ('populate', 'populate-and-edit', 'populate-and-commit'):
     git('submodule', 'update', '--init', 'lib')
 if action == 'populate-and-edit':
     pathlib.Path('lib/README.md').write_text('edited inside the submodule\\n')
+if action == 'populate-and-commit':  # a new commit of the submodule: its pointer moves
+    pathlib.Path('lib/README.md').write_text('committed inside the submodule\\n')
+    git('-C', 'lib', '-c', 'user.name=a', '-c', 'user.email=a@b', 'commit', '-qam', 'lib')
 """
 
 
@@ -73,6 +76,18 @@ def test_work_left_in_a_submodule_fails_the_task_and_clean_keeps_it(
     # Told to, clean removes it (the user saved what mattered, or does not want it).
     assert swarm(super_repo, "clean", "--yes", "--force").returncode == 0
     assert not worktree.exists()
+
+
+def test_a_submodule_s_new_commit_is_checkpointed_as_its_pointer(
+    super_repo: Path, write_agent: AgentFactory
+) -> None:
+    # The checkpoint does not look inside the submodule (git would run its filters there): it
+    # records the commit the submodule's HEAD names, as `git add` would have.
+    assert run_agent(super_repo, write_agent, "populate-and-commit").returncode == 0
+    assert status_json(super_repo)["t"]["state"] == "done"
+    moved = git(super_repo.parent / "repo.swarm" / "t" / "lib", "rev-parse", "HEAD")
+    assert moved != git(super_repo, "rev-parse", "HEAD:lib")
+    assert git(super_repo, "rev-parse", "swarm/t:lib") == moved
 
 
 def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
