@@ -63,6 +63,23 @@ def test_planted_config_and_hooks_never_run(repo: Path, tmp_path: Path) -> None:
     assert marker.exists()
 
 
+def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path) -> None:
+    # A fetch or push to a path starts the remote's side as `remote.<name>.uploadpack` or
+    # `.receivepack` names it: a program of the repository's config's choosing.
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+    marker = tmp_path / "pwned"
+    for key, program in (("uploadpack", "git-upload-pack"), ("receivepack", "git-receive-pack")):
+        git(repo, "config", f"remote.origin.{key}", f"touch {marker}-{key}; {program}")
+    runner.run(repo, "fetch", "-q", "origin")
+    runner.run(repo, "push", "-q", "origin", "HEAD:refs/heads/pushed")
+    assert not list(tmp_path.glob("pwned-*"))
+    assert git(remote, "rev-parse", "pushed") == git(repo, "rev-parse", "HEAD")
+    git(repo, "fetch", "-q", "origin")  # without the runner it runs: the test is real
+    assert Path(f"{marker}-uploadpack").exists()
+
+
 def test_users_global_filters_still_apply(repo: Path) -> None:
     git(repo, "config", "--global", "filter.upper.clean", "tr a-z A-Z")
     (repo / ".gitattributes").write_text("*.txt filter=upper\n")

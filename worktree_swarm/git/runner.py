@@ -49,6 +49,16 @@ _DRIVER_KEYS = {
     "filter": {"clean": "", "smudge": "", "process": "", "required": "false"},
     "diff": {"textconv": "cat", "command": "false"},  # and --no-ext-diff/--no-textconv
     "merge": {"driver": "false"},  # `false` fails the merge driver: a conflict, never code
+    "credential": {"helper": ""},  # credential.<url>.helper: an empty value clears the list
+}
+# What a fetch or push to a local or ssh remote starts on the other side. git takes the first
+# value it reads, so no `-c` overrides a planted one: the command's own option does.
+_PACK_KEYS = {"uploadpack": "git-upload-pack", "receivepack": "git-receive-pack"}
+_PACK_OPTIONS = {
+    "fetch": ("uploadpack", "--upload-pack"),
+    "pull": ("uploadpack", "--upload-pack"),
+    "ls-remote": ("uploadpack", "--upload-pack"),
+    "push": ("receivepack", "--receive-pack"),
 }
 # Plain keys that run a program when set in repository-level config.
 _EXEC_KEYS = {
@@ -60,6 +70,7 @@ _EXEC_KEYS = {
     "gpg.program": "gpg",
     "gpg.ssh.program": "ssh-keygen",
     "gpg.x509.program": "gpgsm",
+    "gpg.openpgp.program": "gpg",
     "uploadpack.packobjectshook": "",
 }
 _UNTRUSTED_SCOPES = ("local", "worktree")
@@ -77,8 +88,15 @@ def overrides(cwd: Path) -> list[str]:
     files = _config_files(cwd)
     args: list[str] = []
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
-        args += ["-c", f"{key}={value}"]
+        if not key.startswith("remote."):
+            args += ["-c", f"{key}={value}"]
     return args
+
+
+def _planted_packs(cwd: Path) -> set[str]:
+    """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
+    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    return {key.rpartition(".")[2] for key, _ in settings if key.startswith("remote.")}
 
 
 def _sparse_settings(files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
@@ -237,6 +255,9 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
             continue
         section, _, rest = name.partition(".")
         driver, _, leaf = rest.rpartition(".")
+        if section.lower() == "remote" and leaf.lower() in _PACK_KEYS:
+            found[f"remote.{driver}.{leaf.lower()}"] = _PACK_KEYS[leaf.lower()]
+            continue
         keys = _DRIVER_KEYS.get(section.lower())
         if keys is not None and driver and leaf.lower() in keys:
             for neutral_leaf, value in keys.items():
@@ -331,6 +352,10 @@ def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
         # git there, under that repository's own config, which these overrides do not cover.
         if args[at] in _WORKTREE_COMMANDS:
             added.append("--ignore-submodules=dirty")
+        if args[at] in _PACK_OPTIONS:
+            leaf, option = _PACK_OPTIONS[args[at]]
+            if leaf in _planted_packs(cwd):
+                added.append(f"{option}={_PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix = overrides(cwd)
     return [*prefix, *args], len(prefix)
