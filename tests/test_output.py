@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
+from worktree_swarm.report.status import task_status
 from worktree_swarm.ui.live import LiveTable, PlainObserver
 
 WRITER = "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
@@ -91,6 +93,38 @@ def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
     assert "[agent] giving up on list[str]" in text
     assert "waits for a" in text
     assert "waits for a free slot (1 running, jobs 1)" in text
+
+
+def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_full(
+    repo: Path,
+) -> None:
+    # jobs = 1, the one task that ran waits out a usage window: it holds no agent slot, and
+    # what holds the next task is the provider's gate, until its reset.
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=None,
+            spec_json="{}",
+        )  # fmt: skip
+        store.add_tasks(
+            "r",
+            [
+                (Task(id="a", prompt="p", agent="claude"), "swarm/a", "/w/a"),
+                (Task(id="b", prompt="p", agent="claude"), "swarm/b", "/w/b"),
+                (Task(id="c", prompt="p", agent="codex"), "swarm/c", "/w/c"),
+            ],
+        )
+        store.update_task("r", "a", state="rate_limited", reason="resuming after 23:00:00")
+        until = time.time() + 3600
+        store.add_event(
+            "r",
+            "gate",
+            data={"provider": "anthropic", "limit": 1, "jobs": 1, "waiting_until": until,
+                  "why": "usage limit"},
+        )  # fmt: skip
+        rows = {r.task_id: r for r in task_status(store, "r")}
+    when = time.strftime("%H:%M:%S", time.localtime(until))
+    assert rows["b"].why == f"waits for anthropic: launches wait until {when} (usage limit)"
+    assert rows["c"].why == "starting"  # another provider: nothing holds it
 
 
 def test_every_command_help_has_an_example_and_merge_strategy_a_default(

@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
@@ -164,7 +165,7 @@ def task_status(
     cut_off = any(t.merge_result == MERGE_CHECKING for t in tasks) and not merge_running(
         store.path.parent
     )
-    waits = waiting_reasons(store, run_id, tasks)
+    waits = waiting_reasons(store, run_id, tasks, now=now)
     taken = store.taken_over(run_id)
     rows = []
     for task in tasks:
@@ -218,12 +219,21 @@ def task_status(
     return rows
 
 
-def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str, str]:
+def waiting_reasons(
+    store: Store, run_id: str, tasks: list[TaskRow], *, now: float | None = None
+) -> dict[str, str]:
     """Why each pending task has not started: its reason if it has one, else derived."""
+    now = time.time() if now is None else now
     states = {t.task_id: t.state for t in tasks}
     run = store.get_run(run_id)
-    # Tasks holding a slot: started and not final (pending ones wait for one).
-    running = sum(t.state.is_active and t.state is not TaskState.PENDING for t in tasks)
+    # Tasks holding an agent slot: the running ones (a rate-limited task waits without one,
+    # and checks run after the agent gave its slot back).
+    running = sum(t.state is TaskState.RUNNING for t in tasks)
+    held = {
+        g.provider: g
+        for g in provider_gates(store, run_id)
+        if g.waiting_until is not None and g.waiting_until > now
+    }
     reasons = {}
     for task in tasks:
         if task.state is not TaskState.PENDING:
@@ -237,6 +247,10 @@ def waiting_reasons(store: Store, run_id: str, tasks: list[TaskRow]) -> dict[str
             reasons[task.task_id] = f"waits for {', '.join(unfinished)}"
         elif run is not None and run.ended_at is not None:
             reasons[task.task_id] = "not started (the run ended)"
+        elif (gate := held.get(provider_of(task_from_json(task.spec_json).agent))) is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(gate.waiting_until or now))
+            why = f" ({gate.why})" if gate.why else ""
+            reasons[task.task_id] = f"waits for {gate.provider}: launches wait until {when}{why}"
         elif run is not None and running >= run.jobs:
             reasons[task.task_id] = f"waits for a free slot ({running} running, jobs {run.jobs})"
         else:
