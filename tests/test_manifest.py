@@ -327,7 +327,9 @@ def test_bad_task_id_names_index_and_regex(repo: Path, cwd: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("bad", ["../up", "a..b", "x.lock", "-dash", "a/b", "", "x" * 64])
+@pytest.mark.parametrize(
+    "bad", ["../up", "a..b", "x.lock", "-dash", "a/b", "", "x" * 64, "integration-tests"]
+)
 def test_unsafe_inline_ids(repo: Path, cwd: Path, bad: str) -> None:
     assert "must match" in error(repo, inline=[f"{bad}=p"])
 

@@ -65,7 +65,10 @@ TASK_KEYS = settings.TASK_ONLY_KEYS | SETTING_KEYS
 DEFAULTS_KEYS = SETTING_KEYS | RUN_KEYS
 MANIFEST_KEYS = frozenset({"defaults", "task"})
 
-_ID_RULE = f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lock')"
+_ID_RULE = (
+    f"must match {TASK_ID_RE.pattern} (no '..', not ending in '.' or '.lock', not starting "
+    "with 'integration-': swarm merge's branches are named so)"
+)
 # A prompt file is a prompt, not a data set; /dev/zero or a FIFO must not be read without end.
 PROMPT_FILE_LIMIT = 2**20
 # The manifest and the config file: far above any real one, still a bound.

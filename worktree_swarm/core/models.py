@@ -31,11 +31,13 @@ DEFAULT_AGENT = "claude"
 
 def is_valid_task_id(task_id: str) -> bool:
     """Return whether *task_id* is safe as a path component and a ref name part."""
-    # ".." and ".lock" are legal for the regex but not for git ref names.
+    # ".." and ".lock" are legal for the regex but not for git ref names; a task's branch
+    # named like `swarm merge`'s integration branches would count as a merge target.
     return (
         TASK_ID_RE.fullmatch(task_id) is not None
         and ".." not in task_id
         and not task_id.endswith((".lock", "."))
+        and not (BRANCH_PREFIX + task_id).startswith(INTEGRATION_PREFIX)
     )
 
 
