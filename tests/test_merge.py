@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import filelock
 import pytest
 
 from tests.conftest import agent_command, agent_python, git, make_repo
@@ -342,6 +343,27 @@ def test_a_check_that_edits_a_tracked_file_leaves_the_next_merge_free_to_go(
     assert git(base_repo, "show", f"{integration}:f.txt") == "changed by two"
     worktree = base_repo.parent / f"{base_repo.name}.swarm" / f"_integration-{RUN_ID}"
     assert git(worktree, "status", "--porcelain") == ""
+
+
+def test_clean_leaves_the_integration_worktree_to_a_merge_that_is_using_it(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    assert swarm(base_repo, "merge").returncode == 0
+    integration = "swarm/integration-" + RUN_ID
+    worktree = base_repo.parent / f"{base_repo.name}.swarm" / f"_integration-{RUN_ID}"
+    assert worktree.is_dir()
+    merging = filelock.FileLock(base_repo / ".git" / "swarm" / "merge.lock")
+    with merging:  # as `swarm merge` holds it while it works there
+        out = swarm(base_repo, "clean", "--yes", "--force")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "a `swarm merge` is using it" in out.stdout
+        assert worktree.is_dir()
+        assert git(base_repo, "rev-parse", "--verify", "-q", integration)
+    out = swarm(base_repo, "clean", "--yes", "--force")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
 
 
 def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(

@@ -35,7 +35,7 @@ from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import parallel, supervisor
+from worktree_swarm.infra import lock, parallel, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
@@ -115,7 +115,14 @@ def clean(
             raise BadInputError(f"unknown run {run_id!r}: no swarm runs in {repo.root} yet")
         return Report(mode="clean", findings=(), notes=("no swarm runs here yet",))
     # A dry run only looks: it works on a full disk too (the store as last written).
-    with Store(store_path(repo)) if yes else Store.to_read(store_path(repo)) as store:
+    with (
+        Store(store_path(repo)) if yes else Store.to_read(store_path(repo)) as store,
+        # A `swarm merge` works in the integration worktree: not removed under it, and no
+        # merge starts while this removes it.
+        lock.merge_lock_if_free(repo.state_dir)
+        if yes
+        else contextlib.nullcontext(not lock.merge_running(repo.state_dir)) as free,
+    ):
         if all_runs:
             run_ids = [run.run_id for run in store.runs()]
         else:
@@ -123,7 +130,13 @@ def clean(
         # Carried out at once, the plan leaves each worktree's status to its removal, which
         # asks git right before it deletes anything (a status fewer per worktree).
         findings = plan_clean(
-            repo, store, run_ids, keep_branches=keep_branches, force=force, look=not yes
+            repo,
+            store,
+            run_ids,
+            keep_branches=keep_branches,
+            force=force,
+            look=not yes,
+            merging=not free,
         )
         if not yes:
             return Report(mode="clean", findings=tuple(findings))
@@ -141,12 +154,14 @@ def plan_clean(
     keep_branches: bool,
     force: bool,
     look: bool = True,
+    merging: bool = False,
 ) -> list[Finding]:
     """Findings for every finished task of *run_ids* that still has a worktree or branch.
 
     Without *look*, a worktree's status is taken only where it decides something (whether a
     merged branch can go): the plan is to be carried out at once, and each removal asks
-    git again before it deletes anything.
+    git again before it deletes anything. *merging*: a `swarm merge` runs, so integration
+    worktrees and branches are kept.
     """
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
     seen = _Seen(
@@ -169,7 +184,9 @@ def plan_clean(
         targets = run_targets
         cleaned = {e.task_id for e in store.events(run_id, kind=CLEANED_EVENT)}
         needed = needed_by_pending(tasks)
-        if all(task.state.is_final for task in tasks):
+        if merging and integration_branch(run_id) in seen.tips:
+            findings.append(_merging(run_id))
+        elif all(task.state.is_final for task in tasks):
             found = _plan_integration(
                 repo,
                 run_id,
@@ -358,6 +375,20 @@ def _plan_task(
 def integration_branch(run_id: str) -> str:
     """The branch `swarm merge` integrates a run into (``swarm/integration-<run>``)."""
     return INTEGRATION_PREFIX + run_id
+
+
+def _merging(run_id: str) -> Finding:
+    branch = integration_branch(run_id)
+    return Finding(
+        kind=Kind.BRANCH,
+        target=branch,
+        reason=f"integration branch of run {run_id}; a `swarm merge` is using it",
+        action=Action.KEEP,
+        fix="kept: run `swarm clean` again once the merge is done",
+        problem=False,
+        branch=branch,
+        run_id=run_id,
+    )
 
 
 def _plan_integration(

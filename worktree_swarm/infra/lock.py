@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -83,6 +85,22 @@ def holder_pid(state_dir: Path) -> int | None:
     """The PID that last took the manager lock (check `manager_alive` for whether it holds it)."""
     pid = _holder(state_dir).get("pid")
     return pid if isinstance(pid, int) else None
+
+
+@contextlib.contextmanager
+def merge_lock_if_free(state_dir: Path) -> Iterator[bool]:
+    """Hold the merge lock unless a `swarm merge` holds it (waiting out a probe); whether held."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(state_dir / MERGE_LOCK, thread_local=False)
+    try:
+        lock.acquire(timeout=PROBE_GRACE)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def manager_alive(state_dir: Path) -> bool:

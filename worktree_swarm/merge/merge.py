@@ -330,7 +330,8 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
         lock.acquire(timeout=PROBE_GRACE)
     except filelock.Timeout:
         raise ManagerLockedError(
-            f"another `swarm merge` is running in {repo.root}; wait for it (run {run_id})"
+            f"another `swarm merge` (or a `swarm clean` removing a merge worktree) is running "
+            f"in {repo.root}; wait for it (run {run_id})"
         ) from None
     try:
         yield
