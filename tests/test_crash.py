@@ -276,6 +276,24 @@ def test_a_fresh_retry_killed_once_the_branch_is_gone_has_its_old_tip_on_record(
     assert [json.loads(r[0])["previous_tip"] for r in rows] == [tip]
 
 
+def test_a_fresh_retry_first_commits_what_the_user_left_in_the_worktree(
+    repo: Path, write_agent: object
+) -> None:
+    # The task failed; the user fixed something by hand in its kept worktree, then asked for
+    # a fresh start. That edit must be in the previous tip the retry records, not lost.
+    agent = write_agent(  # type: ignore[operator]
+        "import pathlib, sys\npathlib.Path('a.txt').write_text('work\\n')\nsys.exit(3)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    (repo.parent / "repo.swarm" / "a" / "userfix.txt").write_text("my manual fix\n")
+    swarm(repo, "retry", "a", "--fresh")
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    previous = json.loads(row[0])["previous_tip"]
+    assert git(repo, "show", f"{previous}:userfix.txt") == "my manual fix"
+
+
 def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import MERGE_CHECKING, TaskState
+from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra.store import Store, TaskRow
@@ -80,6 +80,7 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     last = max((a.number for a in store.attempts(row.run_id, row.task_id)), default=0)
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
     if fresh:
+        _keep_uncommitted(repo, row)
         tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
     # First: a retry killed after deleting the branch has the old tip on record.
@@ -110,3 +111,21 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         store.forget_merge(row.run_id, row.task_id)
     if fresh:
         store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
+
+
+def _keep_uncommitted(repo: git.Repo, row: TaskRow) -> None:
+    """Commit what the worktree holds beyond its branch onto it, before a fresh start.
+
+    Edits made by hand since the task ended would go with the worktree: committed, the previous
+    tip recorded for the retry holds them too.
+    """
+    path = Path(row.worktree)
+    if not (path / ".git").exists():
+        return
+    worktrees.unplant(repo, path, row.branch)  # nothing of git's below writes through one
+    git.repair_checkout(path)
+    # `swarm retry` holds the manager lock: no run's guard watches this branch meanwhile.
+    git.checkpoint(
+        path, message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
+        author=DEFAULT_COMMIT_AUTHOR,
+    )  # fmt: skip
