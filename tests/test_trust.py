@@ -622,6 +622,28 @@ def done_announcement(state_dir: Path) -> bool:
     return False
 
 
+REFLOG_LINK = """
+import os, pathlib, subprocess, sys
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+log = os.path.join(common, 'logs/refs/heads/swarm/integration-' + os.environ['SWARM_RUN_ID'])
+os.makedirs(os.path.dirname(log), exist_ok=True)
+os.symlink(sys.argv[1], log)  # the reflog of a branch `swarm merge` will make
+pathlib.Path('work.txt').write_text('work\\n')
+"""
+
+
+def test_swarm_merge_never_writes_through_a_reflog_link_an_agent_planted(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    run_one(repo, [*write_agent(REFLOG_LINK), str(victim)], sandbox=False, task="t")
+    out = swarm(repo, "merge")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert victim.read_text() == "the user's own file\n"
+
+
 # -- a sparse checkout of the user's -----------------------------------------------------------
 
 

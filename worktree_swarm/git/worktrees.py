@@ -187,18 +187,30 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
     found = []
     for top, dirs, files in os.walk(admin):
         found += [Path(top, name) for name in [*dirs, *files] if Path(top, name).is_symlink()]
-    if branch:
-        common = repo.common_dir
-        for tail in (f"logs/refs/heads/{branch}", f"refs/heads/{branch}"):
-            parts = tail.split("/")
-            found += [
-                common.joinpath(*parts[:i])
-                for i in range(1, len(parts) + 1)
-                if common.joinpath(*parts[:i]).is_symlink()
-            ]
     for link in found:
         link.unlink(missing_ok=True)
-    return sorted(str(link.relative_to(repo.common_dir)) for link in found)
+    planted = sorted(str(link.relative_to(repo.common_dir)) for link in found)
+    return sorted([*planted, *unplant_ref(repo, branch)]) if branch else planted
+
+
+def unplant_ref(repo: Repo, branch: str) -> list[str]:
+    """Remove symlinks planted on the paths of *branch*'s ref and reflog; their names.
+
+    git writes a branch's ref and appends to its reflog through a symlink it finds there (or
+    on a directory on the way), even for a branch it is about to create.
+    """
+    common = repo.common_dir
+    found = []
+    for tail in (f"logs/refs/heads/{branch}", f"refs/heads/{branch}"):
+        parts = tail.split("/")
+        found += [
+            common.joinpath(*parts[:i])
+            for i in range(1, len(parts) + 1)
+            if common.joinpath(*parts[:i]).is_symlink()
+        ]
+    for link in found:
+        link.unlink(missing_ok=True)
+    return sorted(str(link.relative_to(common)) for link in found)
 
 
 def _linked_admin(repo: Repo, path: Path) -> Path | None:

@@ -176,6 +176,7 @@ def merge(
     # A running guard is told which ref this merge moves, so it is not taken for an agent's.
     with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
+        worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
         session = _Session(
             repo=repo,
