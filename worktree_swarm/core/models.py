@@ -89,8 +89,9 @@ class Task:
         kind=Kind.TEXT,
         scope=Scope.TASK_ONLY,
         flag=None,
-        doc="`[a-z0-9][a-z0-9._-]{0,62}`, no `..`, not ending in `.` or `.lock`; names the branch "
-        "`swarm/<id>` and the worktree directory; unique in the run",
+        doc="`[a-z0-9][a-z0-9._-]{0,62}`, no `..`, not ending in `.` or `.lock`, not starting "
+        "with `integration-` (`swarm merge`'s branches are `swarm/integration-<run>`); names the "
+        "branch `swarm/<id>` and the worktree directory; unique in the run",
     )
     prompt: str = setting(
         kind=Kind.TEXT,
