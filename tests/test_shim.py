@@ -372,6 +372,43 @@ def spawn_escaping(
     return agent, pids, log
 
 
+# Asks the manager's shim server (its shim's parent) to fork a command of its own, as the
+# manager does: the command would run outside the task's tree and outlive the run.
+ASK_THE_SERVER = r"""
+import os, pathlib, sys, time
+marker = pathlib.Path(sys.argv[1])
+def parent(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+server = parent(parent(os.getpid()))
+assert b"--serve" in open(f"/proc/{server}/cmdline", "rb").read(), "no shim server above"
+command = [b"touch", str(marker).encode()]
+body = b"\0".join([b"start", b"/", str(marker) .encode() + b".log", str(marker).encode()
+                    + b".rec", str(len(command)).encode(), *command, b"PATH=/usr/bin:/bin"])
+fd = os.open(f"/proc/{server}/fd/0", os.O_WRONLY)
+os.write(fd, str(len(body)).encode() + b"\n" + body)
+os.close(fd)
+deadline = time.monotonic() + 5  # forked, it runs at once
+while not marker.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+pathlib.Path(os.environ["SWARM_TASK_ID"] + ".txt").write_text(
+    "escaped\n" if marker.exists() else "held\n")
+"""
+
+
+def test_an_agent_cannot_have_the_shim_server_fork_a_command_for_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marker = tmp_path / "forked-for-the-agent"
+    agent = argv_toml([*write_agent(ASK_THE_SERVER), str(marker)])
+    text = f"[defaults]\nagent = {agent}\njobs = 1\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr  # b started after a: the server serves
+    assert not marker.exists()
+    assert git(repo, "show", "swarm/a:a.txt") == "held"
+    assert git(repo, "show", "swarm/b:b.txt") == "held"
+
+
 def test_shim_records_exit_status_and_kills_leftovers(
     tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:

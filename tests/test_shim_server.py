@@ -246,19 +246,28 @@ def _running_servers() -> list[psutil.Process]:
 def test_the_server_answers_what_it_cannot_read_in_one_line(tmp_path: Path) -> None:
     argv = [sys.executable, *supervisor.SHIM_FLAGS, "-c", supervisor.SHIM_LAUNCH,
             shim.MARKER, "--grace", "1", shim.SERVE]  # fmt: skip
+    token = b"0123abcd"  # the manager's first line: every request of its own carries it
+    record = str(tmp_path / "r").encode()
     requests = b"".join(
         b"%d\n%s" % (len(payload), payload)
         for payload in (
-            b"hello",  # no such request
-            b"exit\x00123\x00None",  # a shim it never forked
-            b"start\x00/\x00/dev/null\x00" + str(tmp_path / "r").encode() + b"\x000",  # no command
-            b"start\x00/\x00/dev/null\x00r\x00two",  # not a number
+            token + b"\x00hello",  # no such request
+            b"start\x00/\x00/dev/null\x00" + record + b"\x001\x00true",  # not the manager's
+            token + b"\x00exit\x00123\x00None",  # a shim it never forked
+            token + b"\x00start\x00/\x00/dev/null\x00" + record + b"\x000",  # no command
+            token + b"\x00start\x00/\x00/dev/null\x00r\x00two",  # not a number
         )
     )
     out = subprocess.run(
-        argv, input=requests + b"x\n", capture_output=True, timeout=60, check=False, cwd=tmp_path
+        argv,
+        input=token + b"\n" + requests + b"x\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
     )
     assert out.returncode == 0  # the end of its stdin ends it
+    # The request without the token got no reply at all (the manager reads one per request).
     assert out.stdout.decode().splitlines() == [
         "! bad request: unknown request",
         "?",

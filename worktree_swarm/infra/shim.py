@@ -24,7 +24,8 @@ the shim itself was killed.
 ``python -I -S -c LAUNCH --swarm-shim --grace SECONDS --serve`` is the shim server: a manager
 that starts many commands keeps one, and the server forks the shim of each command instead of
 starting an interpreter for it (~3 ms against ~12 ms of CPU per command). A request on its
-stdin is its length, a newline, then NUL-separated fields (see :func:`_answer`); the reply,
+stdin is its length, a newline, then NUL-separated fields: the token the manager wrote as the
+server's first line, then the request's own (see :func:`_answer`); the reply,
 one line on its stdout, is the forked shim's PID and start time once the command started, or
 ``!``, the errno and why it could not. The forked shim does what the shim of one command
 does, in a session of its own; its command line and environment are the server's (the
@@ -151,12 +152,15 @@ def serve(grace: float) -> int:
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     forked: dict[int, int | None] = {}  # PID -> start time of each shim not yet reaped
     exited: dict[tuple[int, int | None], int] = {}  # (PID, start time) -> wait status
+    token = requests.readline().strip()  # the manager's first line; every request starts so
     while header := requests.readline():
         _reap_exited(forked, exited)
         try:
             size = int(header)
             fields = requests.read(size).split(b"\0")
-            reply = _answer(fields, grace, forked, exited)
+            if not token or fields[0] != token:
+                continue  # not the manager's: no fork, and no reply it would take for its own
+            reply = _answer(fields[1:], grace, forked, exited)
         except (ValueError, IndexError) as exc:
             reply = f"! bad request: {exc}"
         replies.write(reply.replace("\n", " ").encode("utf-8", "backslashreplace") + b"\n")

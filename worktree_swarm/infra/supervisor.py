@@ -12,6 +12,7 @@ import enum
 import errno
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -304,6 +305,7 @@ class ShimServer:
     def __init__(self, *, reply_timeout: float = 30.0) -> None:
         self._lock = threading.Lock()
         self._servers: dict[float, subprocess.Popen[bytes]] = {}
+        self._tokens: dict[float, str] = {}
         self._restarts = 0
         self._closed = False
         # A server that has not answered by then (stopped, or wedged) is taken as lost.
@@ -354,11 +356,11 @@ class ShimServer:
         encoded = [os.fsencode(field) for field in fields]
         if any(b"\0" in field for field in encoded):
             raise ValueError("embedded null byte")
-        payload = b"\0".join(encoded)
         with self._lock:
             server = self._server(grace) if start else self._servers.get(grace)
             if server is None or server.stdin is None or server.stdout is None:
                 return None
+            payload = b"\0".join([self._tokens[grace].encode(), *encoded])
             request = b"%d\n%s" % (len(payload), payload)
             deadline = time.monotonic() + self._reply_timeout
             reply = _exchange(server.stdin.fileno(), server.stdout.fileno(), request, deadline)
@@ -394,7 +396,17 @@ class ShimServer:
         except OSError:
             self._restarts = _SERVER_RESTARTS + 1
             return None
+        # Its first line: the token every request carries. Only this manager knows it: an
+        # agent that opens the server's stdin (`/proc/PID/fd/0`) cannot have a process forked.
+        token = secrets.token_hex(16)
+        try:
+            os.write(server.stdin.fileno(), token.encode() + b"\n")  # type: ignore[union-attr]
+        except OSError:
+            _close_server(server)
+            self._restarts += 1
+            return None
         self._servers[grace] = server
+        self._tokens[grace] = token
         return server
 
     def _end(self, grace: float) -> None:
