@@ -366,6 +366,26 @@ def test_clean_leaves_the_integration_worktree_to_a_merge_that_is_using_it(
     assert not worktree.exists()
 
 
+def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # A name with a newline printed raw would break the line, and cut the list where a
+    # result keeps only its first line.
+    base = git(base_repo, "rev-parse", "HEAD")
+    odd = "-n\nx.txt"
+    brancher.branch("swarm/one", base, {odd: "one\n", "f.txt": edit(2, "one")})
+    brancher.branch("swarm/two", base, {odd: "two\n", "f.txt": edit(2, "two")})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    out = swarm(base_repo, "merge")
+    assert out.returncode == 1, out.stdout + out.stderr
+    quoted = '"-n\\nx.txt"'
+    assert f"conflict  one <-> two: {quoted}, f.txt" in out.stdout, out.stdout
+    assert any(
+        line.startswith("conflicted") and line.endswith(f"in {quoted}, f.txt")
+        for line in out.stdout.splitlines()
+    ), out.stdout
+
+
 def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from worktree_swarm import guard
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Task, TaskState
 from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc, supervisor
@@ -490,7 +491,7 @@ def _already(c: Candidate, commit: str) -> TaskResult:
 
 
 def _conflicted(s: _Session, c: Candidate, files: tuple[str, ...], why: str = "") -> TaskResult:
-    reason = f"conflicts with {s.target.branch} in {', '.join(files)}"
+    reason = f"conflicts with {s.target.branch} in {', '.join(map(path_text, files))}"
     return TaskResult(
         task_id=c.task_id,
         outcome=MergeOutcome.CONFLICTED,
@@ -572,7 +573,11 @@ def _check(
     """Run the checks on the merge just made (*commit*: its HEAD when already read)."""
     steps = s.checks or c.task.checks
     commit = commit or _head(s.target.worktree)
-    note = f"conflicts in {', '.join(resolved)} resolved by its agent" if resolved else ""
+    note = (
+        f"conflicts in {', '.join(map(path_text, resolved))} resolved by its agent"
+        if resolved
+        else ""
+    )
     if not steps:
         return TaskResult(
             task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note

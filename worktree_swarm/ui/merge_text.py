@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worktree_swarm.core.text import Echo
+from worktree_swarm.core.text import Echo, path_text
 from worktree_swarm.core.words import plural
 from worktree_swarm.merge.merge_report import MergeOutcome, MergeReport, TaskResult
 
@@ -35,9 +35,11 @@ def merge_prediction_lines(report: MergeReport) -> list[str]:
     lines = [f"{head} ({report.target_before[:12]})"]
     if p.clean:
         lines.append("  no conflicts predicted")
-    lines += [f"  conflict  {a} <-> {b}: {', '.join(f)}" for (a, b), f in p.pairs.items()]
     lines += [
-        f"  conflict  {name} <-> {report.target_branch}: {', '.join(f)}"
+        f"  conflict  {a} <-> {b}: {', '.join(map(path_text, f))}" for (a, b), f in p.pairs.items()
+    ]
+    lines += [
+        f"  conflict  {name} <-> {report.target_branch}: {', '.join(map(path_text, f))}"
         for name, f in p.target.items()
     ]
     if report.order:
@@ -76,7 +78,11 @@ class MergeEcho:
 
     def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
         """A task's agent resolving conflicts."""
-        self._echo(merge_note_line(task_id, f"conflicts in {', '.join(files)}: starting its agent"))
+        self._echo(
+            merge_note_line(
+                task_id, f"conflicts in {', '.join(map(path_text, files))}: starting its agent"
+            )
+        )
 
     def note(self, text: str) -> None:
         """Anything else."""
