@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -333,6 +334,16 @@ def test_a_429_inside_a_window_another_task_reported_waits_for_it_without_a_retr
     assert branch_file(repo, "swarm/b", "b.txt") == "partial"
 
 
+def run_killed_once(repo: Path, text: str, condition: Callable[[], bool], *, what: str) -> None:
+    """`swarm run` of the manifest *text*, its manager SIGKILLed once *condition* holds."""
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(condition, what=what)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def limits(repo: Path, task: str) -> list[tuple[int, str, float | None]]:
     """(number, outcome, retry_at) of each attempt of *task* (none before the store is made)."""
     if not (repo / ".git" / "swarm" / "state.db").exists():
@@ -416,15 +427,12 @@ def test_a_repair_cut_by_a_limit_is_asked_again_after_the_manager_is_killed(
         '[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\n'
         'checks = [["test", "-f", "fixed.txt"]]\n'
     )
-    proc = swarm_bg(repo, "run", manifest(repo, text))
-    try:
-        wait_for(
-            lambda: any(o == "rate_limited" and r for _, o, r in limits(repo, "a")),
-            what="the repair's limit to be recorded",
-        )
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    run_killed_once(
+        repo,
+        text,
+        lambda: any(o == "rate_limited" and r for _, o, r in limits(repo, "a")),
+        what="the repair's limit to be recorded",
+    )
     assert calls_file.read_text().split() == ["0", "1"]  # killed before the next attempt
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -463,12 +471,7 @@ def test_a_long_backoff_resumed_after_a_crash_is_still_a_throttle_not_a_usage_wi
         'rate_limit_backoff = "800s"\nmax_wait = "6m"\nretries = 3\n'
         '[[task]]\nid = "a"\nprompt = "do a"\n'
     )
-    proc = swarm_bg(repo, "run", manifest(repo, text))
-    try:
-        wait_for(lambda: any(r for _, _, r in limits(repo, "a")), what="the backoff")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    run_killed_once(repo, text, lambda: any(r for _, _, r in limits(repo, "a")), what="the backoff")
     ((_, _, until),) = limits(repo, "a")
     assert until is not None
     resumed = swarm_bg(repo, "resume")
@@ -533,12 +536,7 @@ def test_repairs_used_before_a_crash_stay_used(repo: Path, write_agent: AgentFac
         '[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\n'
         'checks = [["test", "-f", "fixed.txt"]]\n'
     )
-    proc = swarm_bg(repo, "run", manifest(repo, text))
-    try:
-        wait_for(lambda: Path(f"{calls_file}.repairing").exists(), what="the repair")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    run_killed_once(repo, text, lambda: Path(f"{calls_file}.repairing").exists(), what="the repair")
     resumed = swarm_bg(repo, "resume")
     go.touch()
     try:

@@ -341,7 +341,7 @@ class RayTaskWorker(RunWorker):
         if isinstance(base, TaskOutcome):
             return base
         previous = self.store.attempts(self.run_id, task.id)
-        course = self._course(task)
+        course = self._course(task, previous)
         resumed, live.resume_from = live.resume_from, None
         ended: _Ended | None = None
         handle: _Handle | None = None

@@ -136,9 +136,8 @@ class RunWorker:
         when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
         self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
 
-    def _course(self, task: Task) -> Course:
-        """Where *task*'s attempts stand, from the store (a fresh task: at the start)."""
-        previous = self.store.attempts(self.run_id, task.id)
+    def _course(self, task: Task, previous: list[AttemptRow]) -> Course:
+        """Where *task*'s attempts (*previous*, as recorded) stand (none: at the start)."""
         row = self.store.task(self.run_id, task.id)
         # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
         since = [a for a in previous if row is None or a.number > row.retry_base]
@@ -355,8 +354,9 @@ class TaskWorker(RunWorker):
 
     def _attempts(self, live: Live, path: Path, base: str, env: dict[str, str]) -> TaskOutcome:
         task = live.task
-        number = len(self.store.attempts(self.run_id, task.id))
-        course = self._course(task)
+        previous = self.store.attempts(self.run_id, task.id)
+        number = len(previous)
+        course = self._course(task, previous)
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
             step = self._next(live, course, path, base, env, number)
