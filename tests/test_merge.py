@@ -674,6 +674,41 @@ def test_dependencies_first_least_conflicting_next_and_failed_ones_skip_dependen
     assert out.returncode == 1
 
 
+def test_a_task_built_on_one_an_earlier_merge_left_out_is_not_merged_later(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    rival = brancher.branch("swarm/rival", base, {"r.txt": "r\n"})
+    on_rival = brancher.branch("swarm/on-rival", rival, {"after.txt": "a\n"})
+    brancher.branch("swarm/on-on-rival", on_rival, {"later.txt": "l\n"})
+    brancher.branch("swarm/aside", base, {"aside.txt": "s\n"})
+    record_run(
+        base_repo,
+        [("rival", base), ("on-rival", rival), ("on-on-rival", on_rival), ("aside", base)],
+        base=base,
+        depends={"on-rival": ["rival"], "on-on-rival": ["on-rival"]},
+    )
+    check = tmp_path / "check.py"
+    check.write_text("import pathlib, sys\nsys.exit(1 if pathlib.Path('r.txt').exists() else 0)\n")
+    first = swarm(base_repo, "merge", "rival", "--check", f"{agent_command()} {check}")
+
+    later = swarm(base_repo, "merge", "--json")
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    report = json.loads(later.stdout)
+    assert report["merged"] == ["aside"]
+    assert sorted(report["skipped"]) == ["on-on-rival", "on-rival"]
+    reasons = {r["task_id"]: r["reason"] for r in report["results"]}
+    target = "swarm/integration-" + RUN_ID
+    assert reasons["on-rival"] == f"depends on rival, which did not merge into {target}"
+    assert reasons["on-on-rival"] == f"depends on on-rival, which did not merge into {target}"
+    tree = git(base_repo, "ls-tree", "--name-only", target).split()
+    assert "r.txt" not in tree and "aside.txt" in tree
+    # Named again (without the check that failed it), the dependency is tried again first.
+    again = swarm(base_repo, "merge", "--json", "on-rival", "rival")
+    assert json.loads(again.stdout)["merged"] == ["rival", "on-rival"]
+
+
 # Keeps both sides of every conflict: what a (very agreeable) agent would do.
 RESOLVER = """
 import pathlib, re, sys

@@ -276,7 +276,35 @@ def select_candidates(
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
         )
-    return candidates, skipped
+    kept, held = _without_unmerged_deps(store, run_id, candidates, target)
+    return kept, skipped + held
+
+
+def _without_unmerged_deps(
+    store: Store, run_id: str, candidates: list[Candidate], target: str | None
+) -> tuple[list[Candidate], list[TaskResult]]:
+    """Drop the candidates built on a task an earlier merge into *target* left out.
+
+    A branch built on its dependency's work carries it: merged, it would land the dependency
+    that conflicted or failed its checks there. The dependency merged again by this merge
+    (named, or retried) is judged when it is tried.
+    """
+    out = {
+        r.task_id
+        for r in store.tasks(run_id)
+        if r.merge_target == target
+        and r.merge_result in {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
+    } - {c.task_id for c in candidates}
+    kept, held = list(candidates), []
+    while True:
+        c = next((c for c in kept if any(d in out for d in c.task.depends_on)), None)
+        if c is None:
+            return kept, held
+        missing = ", ".join(sorted(d for d in c.task.depends_on if d in out))
+        reason = f"depends on {missing}, which did not merge into {target}"
+        held.append(TaskResult(task_id=c.task_id, outcome=MergeOutcome.SKIPPED, reason=reason))
+        kept.remove(c)
+        out.add(c.task_id)
 
 
 def merge_order(
