@@ -295,7 +295,8 @@ def _without_unmerged_deps(
         if r.merge_target == target
         and r.merge_result in {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
     } - {c.task_id for c in candidates}
-    kept, held = list(candidates), []
+    kept = list(candidates)
+    held: list[TaskResult] = []
     while True:
         c = next((c for c in kept if any(d in out for d in c.task.depends_on)), None)
         if c is None:
