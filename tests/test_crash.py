@@ -233,6 +233,35 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+def test_retrying_a_task_by_name_runs_the_tasks_it_blocked(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    flag = tmp_path / "succeed"
+    flaky = write_agent(  # type: ignore[operator]
+        f"import pathlib, sys\npathlib.Path('a.txt').write_text('a\\n')\n"
+        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
+    )
+    ok = write_agent(  # type: ignore[operator]
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID']).write_text('x\\n')\n"
+    )
+    tasks = [("a", []), ("b", ["a"]), ("c", ["b"]), ("other", [])]
+    text = "".join(
+        f'[[task]]\nid = "{t}"\nprompt = "x"\nagent = {argv_toml(flaky if t == "a" else ok)}\n'
+        f"depends_on = {json.dumps(deps)}\n"
+        for t, deps in tasks
+    )
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert status_json(repo)["c"]["state"] == "blocked"
+    flag.touch()
+
+    out = swarm(repo, "retry", "a")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert {t: rows[t]["state"] for t, _ in tasks} == dict.fromkeys(rows, "done")
+    assert git(repo, "show", "swarm/c:a.txt") == "a"  # c built on b, built on a's new work
+
+
 def test_a_retried_task_merged_before_is_merged_again_with_its_new_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

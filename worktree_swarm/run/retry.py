@@ -16,7 +16,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra.store import Store, TaskRow
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
 # Named explicitly, these may run again too; done/merged work is never redone by retry.
@@ -47,9 +47,11 @@ def prepare(
             if not row.state.is_final:
                 what = "still in progress; `swarm resume` carries it on"
             raise BadInputError(f"task {task_id} of run {run_id} is {what}")
-    picked = list(task_ids) or [
-        t for t, row in rows.items() if row.state in RETRYABLE and t not in taken
-    ]
+    picked = (
+        _with_blocked_dependents(rows, task_ids, taken)
+        if task_ids
+        else [t for t, row in rows.items() if row.state in RETRYABLE and t not in taken]
+    )
     if not picked and all(row.state.is_final for row in rows.values()):
         if reused := [t for t, row in rows.items() if row.state in RETRYABLE and t in taken]:
             raise BadInputError(
@@ -64,6 +66,28 @@ def prepare(
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
     return picked
+
+
+def _with_blocked_dependents(
+    rows: dict[str, TaskRow], task_ids: Sequence[str], taken: dict[str, str]
+) -> list[str]:
+    """*task_ids* and the blocked tasks waiting on them (directly or not), in run order.
+
+    A task blocked by a dependency that runs again waits for it again: were it left blocked,
+    it would keep a reason that no longer holds once the dependency is done.
+    """
+    needs = {t: set(task_from_json(row.spec_json).depends_on) for t, row in rows.items()}
+    picked = set(task_ids)
+    grew = True
+    while grew:
+        more = {
+            t
+            for t, row in rows.items()
+            if row.state is TaskState.BLOCKED and t not in taken and needs[t] & picked
+        } - picked
+        picked |= more
+        grew = bool(more)
+    return list(task_ids) + [t for t in rows if t in picked and t not in task_ids]
 
 
 def taken_message(row: TaskRow, later: str) -> str:
