@@ -710,6 +710,29 @@ def test_a_task_built_on_one_an_earlier_merge_left_out_is_not_merged_later(
     assert json.loads(again.stdout)["merged"] == ["rival", "on-rival"]
 
 
+def test_merges_undone_by_hand_on_the_integration_branch_are_merged_again(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "22\n"})  # larger: merged second
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    target = "swarm/integration-" + RUN_ID
+    assert json.loads(swarm(base_repo, "merge", "--json").stdout)["merged"] == ["one", "two"]
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+
+    git(worktree, "reset", "-q", "--hard", "HEAD~1")  # the user drops the last merge
+    reset = swarm(base_repo, "merge", "--json")
+    git(base_repo, "worktree", "remove", "--force", str(worktree))
+    git(base_repo, "branch", "-D", target)  # then the whole branch
+    deleted = swarm(base_repo, "merge", "--json")
+
+    assert json.loads(reset.stdout)["merged"] == ["two"]
+    assert json.loads(deleted.stdout)["merged"] == ["one", "two"]
+    assert set(git(base_repo, "ls-tree", "--name-only", target).split()) >= {"one.txt", "two.txt"}
+    assert status_json(base_repo)["one"]["merge_result"] == "merged"
+
+
 # Keeps both sides of every conflict: what a (very agreeable) agent would do.
 RESOLVER = """
 import pathlib, re, sys

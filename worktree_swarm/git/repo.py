@@ -201,6 +201,23 @@ def merged_tips(repo: Repo, target: str) -> set[str]:
     return set(res.stdout.split()) if res.returncode == 0 else set()
 
 
+def contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
+    """Those of *commits* that *tip* contains (itself or an ancestor); a missing one is not.
+
+    One git process when *tip* contains them all (the usual case), else one per commit.
+    """
+    if not commits:
+        return set()
+    res = _run(repo.root, ["merge-base", "--independent", tip, *commits], check=False)
+    if res.returncode == 0 and res.stdout.split() == [tip]:
+        return set(commits)
+    return {
+        c
+        for c in commits
+        if _run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode == 0
+    }
+
+
 def branches(repo: Repo) -> set[str]:
     """The short names of every branch (one git process, however many branches)."""
     out = git(repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/")

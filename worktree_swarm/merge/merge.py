@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import (
     BranchTips,
+    branch_tip,
     named_rows,
     task_base,
     task_branch,
@@ -147,7 +148,10 @@ def merge(
     tell = progress or Silent()
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
-    candidates, skipped = select_candidates(repo, store, run_id, task_ids, target=branch)
+    standing = standing_results(repo, store, run_id, branch)
+    candidates, skipped = select_candidates(
+        repo, store, run_id, task_ids, target=branch, standing=standing
+    )
     own = None if into is not None else integration_path(repo, store, run_id)
     start = validate_target(repo, branch, own=own)
     prediction = conflicts.predict(
@@ -191,11 +195,7 @@ def merge(
             progress=tell,
             resolve=resolve,
             results=list(skipped),
-            landed={
-                r.task_id
-                for r in store.tasks(run_id)
-                if r.merge_result == MergeOutcome.MERGED and r.merge_target == branch
-            },
+            landed={t for t, result in standing.items() if result == MergeOutcome.MERGED},
         )
         try:
             _undo_unchecked(session)
@@ -237,12 +237,14 @@ def select_candidates(
     run_id: str,
     task_ids: Sequence[str],
     *,
-    target: str | None = None,
+    target: str,
+    standing: Mapping[str, str],
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """The branches to merge, and the named tasks skipped (no branch, nothing to merge).
 
-    Without *task_ids*: every ``done`` task not yet tried against *target* (a merge into it
-    recorded a result). Named tasks may be in any final state and are always tried.
+    Without *task_ids*: every ``done`` task not yet tried against *target* (its merge result
+    there is *standing*, see :func:`standing_results`). Named tasks may be in any final state
+    and are always tried.
     """
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
@@ -255,8 +257,7 @@ def select_candidates(
                 f"task {row.task_id!r} is {row.state.value}; wait for it to finish"
                 " (`swarm status`) before merging it"
             )
-        tried = row.merge_target == target and row.merge_result != CHECKING
-        if not task_ids and (row.state is not TaskState.DONE or tried):
+        if not task_ids and (row.state is not TaskState.DONE or row.task_id in standing):
             continue
         later = taken.get(row.task_id)
         tip = None if later else tips(task_branch(row))
@@ -276,12 +277,37 @@ def select_candidates(
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
         )
-    kept, held = _without_unmerged_deps(store, run_id, candidates, target)
+    kept, held = _without_unmerged_deps(candidates, target, standing)
     return kept, skipped + held
 
 
+def standing_results(repo: git.Repo, store: Store, run_id: str, target: str) -> dict[str, str]:
+    """Task id -> its recorded merge result into *target*, for the results that still hold.
+
+    None holds once *target* is gone (deleted by hand: the next merge starts it again), and a
+    merge whose commit *target* no longer contains (reset by hand) did not land after all.
+    The intent of a merge killed in its checks is not a result: it is undone and merged again.
+    """
+    tip = branch_tip(repo, target)
+    if tip is None:
+        return {}
+    rows = [
+        r
+        for r in store.tasks(run_id)
+        if r.merge_target == target and r.merge_result not in {None, CHECKING}
+    ]
+    commits = {r.merge_commit for r in rows if r.merge_result == MergeOutcome.MERGED}
+    there = git.contained(repo, tip, sorted(c for c in commits if c))
+    return {
+        r.task_id: r.merge_result
+        for r in rows
+        if r.merge_result
+        and (r.merge_result != MergeOutcome.MERGED or not r.merge_commit or r.merge_commit in there)
+    }
+
+
 def _without_unmerged_deps(
-    store: Store, run_id: str, candidates: list[Candidate], target: str | None
+    candidates: list[Candidate], target: str, standing: Mapping[str, str]
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """Drop the candidates built on a task an earlier merge into *target* left out.
 
@@ -289,12 +315,9 @@ def _without_unmerged_deps(
     that conflicted or failed its checks there. The dependency merged again by this merge
     (named, or retried) is judged when it is tried.
     """
-    out = {
-        r.task_id
-        for r in store.tasks(run_id)
-        if r.merge_target == target
-        and r.merge_result in {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
-    } - {c.task_id for c in candidates}
+    left_out = {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
+    out = {t for t, result in standing.items() if result in left_out}
+    out -= {c.task_id for c in candidates}
     kept = list(candidates)
     held: list[TaskResult] = []
     while True:
