@@ -608,6 +608,29 @@ def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path
     assert git(repo, "rev-parse", "HEAD") == before
 
 
+def test_clean_keeps_an_integration_branch_checked_out_in_your_checkout_and_says_so(
+    repo: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    (integration,) = [p for p in worktree_paths(repo) if "_integration-" in p]
+    branch = git(Path(integration), "branch", "--show-current")
+    git(repo, "worktree", "remove", integration)
+    git(repo, "checkout", "-q", branch)  # the user takes the merged result into their checkout
+
+    planned = report(repo, "clean", "--all", "--force", code=1)
+    done = report(repo, "clean", "--all", "--force", "--yes", code=0)
+
+    for found in (planned, done):
+        assert found[branch]["action"] == "keep"
+        assert str(found[branch]["reason"]).endswith(f"checked out in {repo}")
+    assert git(repo, "branch", "--show-current") == branch
+
+
 def test_clean_removes_many_worktrees_at_once_each_keeping_its_own_work(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -741,6 +764,25 @@ def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     assert not path.exists()
     (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
+def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "edits"
+    (path / "later.txt").write_text("typed after the run\n")
+    (path / ".git").unlink()
+
+    out = swarm(repo, "doctor", "--yes")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("0 problems left")
+    assert not path.exists()
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+    assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
 
 
 def test_a_stale_prune_never_touches_a_checkout_that_came_back(repo: Path, tmp_path: Path) -> None:

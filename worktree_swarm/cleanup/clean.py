@@ -408,7 +408,10 @@ def _plan_integration(
     dirty: bool | None = False
     kept = False
     worktree = None
+    elsewhere = None  # a checkout of the user's: git refuses to delete its branch
     for info in registered.values():
+        if info.branch == branch and info.is_main:
+            elsewhere = info.path
         if info.branch != branch or info.is_main:
             continue
         worktree = info.path
@@ -429,9 +432,12 @@ def _plan_integration(
     tip = seen.tips[branch]
     # Task branches count as merged once in an integration branch; this one must reach more.
     landing = tuple(t for t in targets if not t.startswith(f"refs/heads/{INTEGRATION_PREFIX}"))
-    merged = seen.merged_into(tip, landing, dirty, worktree)
+    merged = None if elsewhere else seen.merged_into(tip, landing, dirty, worktree)
     why = f"integration branch of run {run_id}"
-    if merged or force:
+    if elsewhere:
+        reason = f"{why}; checked out in {elsewhere}"
+        action, fix = Action.KEEP, "kept: check out another branch there first"
+    elif merged or force:
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
         action, fix = Action.DELETE_BRANCH, "delete it"
     else:

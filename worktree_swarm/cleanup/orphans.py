@@ -87,6 +87,9 @@ def parse_age(text: str) -> float:
     return parse_duration(text, where="--idle")
 
 
+_FOLLOW_UPS = 2  # scans after the fixes, for what they uncovered
+
+
 def doctor(
     repo: git.Repo,
     *,
@@ -105,6 +108,16 @@ def doctor(
         if not yes:
             return Report(mode="orphans", findings=tuple(findings))
         results = apply(repo, findings, store=store, force=force, grace=grace)
+        # A fix can leave another orphan behind (a pruned worktree's directory, still full, is
+        # a stray directory now): fixed in the same go, so that none is left for a next run.
+        for _ in range(_FOLLOW_UPS):
+            seen = {(f.kind, f.target) for f in findings}
+            new = scan(repo, store, force=force, foreign=foreign, idle=idle)
+            more = [f for f in new if (f.kind, f.target) not in seen]
+            if not more:
+                break
+            findings += more
+            results += apply(repo, more, store=store, force=force, grace=grace)
     finally:
         if store is not None:
             store.close()
