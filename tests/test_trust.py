@@ -810,6 +810,36 @@ def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
     assert not marker.exists()
 
 
+# -- symlinks planted where the user's git writes ---------------------------------------------
+
+LINKS = (
+    COMMON
+    + """
+def plant():
+    for name in ('COMMIT_EDITMSG', 'logs/refs/heads/main'):
+        path = common / name
+        path.unlink(missing_ok=True)
+        path.symlink_to(marker)
+attempt(plant)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_symlinks_planted_where_the_users_next_commit_writes_are_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text("the user's own file\n")
+    run_one(repo, [*write_agent(LINKS), str(repo), str(victim)], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="COMMIT_EDITMSG")
+    assert not (repo / ".git" / "COMMIT_EDITMSG").is_symlink()
+    assert not (repo / ".git" / "logs" / "refs" / "heads" / "main").is_symlink()
+    # The user's next commit writes its message and reflog in the repository, not through.
+    git(repo, "commit", "-q", "--allow-empty", "-m", "the user's next commit")
+    assert victim.read_text() == "the user's own file\n"
+
+
 # -- a worktree pointed elsewhere --------------------------------------------------------------
 
 REDIRECT = """

@@ -6,7 +6,8 @@
 checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
 of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...) and
 ``shallow``. Each is kept byte for byte at the baseline, so a change can be shown as a patch
-and undone exactly.
+and undone exactly. And every symlink where git writes for your checkouts (``COMMIT_EDITMSG``,
+``logs/``): git never makes one there, but writes through one it finds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,23 +64,18 @@ def hooks_path(root: Path) -> Path | None:
     return root / Path(values[-1]).expanduser()
 
 
-def read(common: Path, extra_hooks: Path | None) -> Surface:
-    """Every watched file of the git dir *common* (and of *extra_hooks*, its top level)."""
+def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) -> Surface:
+    """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
+
+    Also every symlink where git writes for your checkouts: at the top of *common* and of
+    each admin dir in *admins* (your linked worktrees'), and under their ``logs/``.
+    """
     found: Surface = {}
+    for top in (common, *admins):
+        _add_links(found, common, top)
     for name in ("config", "config.worktree", *_IN_PROGRESS_FILES):
         _add(found, common, common / name)
-    worktrees = common / "worktrees"
-    try:
-        admins = os.listdir(worktrees)  # noqa: PTH208 - one per worktree, no Path for each
-    except (FileNotFoundError, NotADirectoryError):
-        admins = []
-    for name in admins:
-        config = f"{worktrees}/{name}/config.worktree"
-        try:
-            os.lstat(config)  # usually absent: no Path made for it
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        _add(found, common, Path(config))
+    _add_worktree_configs(found, common)
     for name in ("hooks", "info", *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
     _add_modules(found, common, common / "modules")
@@ -89,6 +86,21 @@ def read(common: Path, extra_hooks: Path | None) -> Surface:
                 if not child.is_dir() or child.is_symlink():  # git runs top-level hooks only
                     _add(found, common, child)
     return found
+
+
+def _add_worktree_configs(found: Surface, common: Path) -> None:
+    worktrees = common / "worktrees"
+    try:
+        names = os.listdir(worktrees)  # noqa: PTH208 - one per worktree, no Path for each
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    for name in names:
+        config = f"{worktrees}/{name}/config.worktree"
+        try:
+            os.lstat(config)  # usually absent: no Path made for it
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        _add(found, common, Path(config))
 
 
 def read_one(common: Path, label: str) -> Entry | None:
@@ -175,6 +187,26 @@ def _add(found: Surface, common: Path, path: Path) -> None:
         found[label] = Entry(kind="file", data=path.read_bytes(), bits=stat.S_IMODE(info.st_mode))
     else:
         found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
+
+
+def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
+    """The symlinks at the top of the git dir *top* and under its ``logs/``.
+
+    git never makes one there, but writes through one it finds: your next commit writes
+    ``COMMIT_EDITMSG`` and appends to ``logs/HEAD`` and your branch's reflog wherever a
+    planted link points.
+    """
+    try:
+        entries = list(os.scandir(top))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_symlink():
+            _add(found, common, Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False) and (
+            entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
+        ):
+            _add_links(found, common, Path(entry.path), depth + 1)
 
 
 def _add_tree(found: Surface, common: Path, top: Path) -> None:

@@ -170,6 +170,7 @@ class Guard:
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
+        self._admins: list[Path] = []  # the git dirs of the user's linked worktrees
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -183,8 +184,9 @@ class Guard:
             for path in self._users_worktrees():
                 with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
                     self._watch(WORKTREE_PREFIX + str(path), path)
+                    self._admins.append(git.git_dir(path))
             self._hooks = surface.hooks_path(self.repo.root)
-            self._surface = surface.read(self.repo.common_dir, self._hooks)
+            self._surface = self._read_surface()
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             self._refs = read_refs(self.repo.root)
             self._good = dict(self._refs)
@@ -545,6 +547,9 @@ class Guard:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _read_surface(self) -> surface.Surface:
+        return surface.read(self.repo.common_dir, self._hooks, self._admins)
+
     def _users_worktrees(self) -> list[Path]:
         """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
         found = []
@@ -660,7 +665,7 @@ class Guard:
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
-        now = surface.read(common, self._hooks)
+        now = self._read_surface()
         labels = surface.changed(self._surface, now)
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
@@ -683,11 +688,11 @@ class Guard:
         if self.restore:
             with contextlib.suppress(OSError):  # not restored is recorded as such
                 surface.put_back(common, self._surface, labels)
-            restored = not surface.changed(self._surface, surface.read(common, self._hooks))
+            restored = not surface.changed(self._surface, self._read_surface())
         if restored:
             self._surface_checked = time.time()
         else:
-            self._surface = surface.read(common, self._hooks)
+            self._surface = self._read_surface()
         violation = self._record(
             Violation(
                 number=0,
