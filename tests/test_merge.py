@@ -430,6 +430,47 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
 
 
+def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/second", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("first", base), ("second", base)], base=base)
+    assert swarm(base_repo, "merge", "first").returncode == 0
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(  # builds, edits a tracked file, and the first time hangs there: killed
+        "import os, pathlib, time\n"
+        "pathlib.Path('built').mkdir(exist_ok=True)\n"
+        "pathlib.Path('built/out.txt').write_text('built\\n')\n"
+        "pathlib.Path('keep.txt').write_text('formatted\\n')\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "if pathlib.Path('two.txt').exists() and not started.exists():  # after the merge\n"
+        "    started.write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "second", "--check",
+            f"{agent_command()} {check}"]  # fmt: skip
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    assert (worktree / "built" / "out.txt").exists()
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"first": "merged", "second": "merged"}
+    assert not (worktree / "built").exists()
+    assert (worktree / "keep.txt").read_text() == "k\n"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_a_merge_killed_during_its_checks_is_undone_by_a_merge_of_another_task(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

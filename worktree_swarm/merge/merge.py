@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ def merge(
         repo, store, run_id, task_ids, target=branch, standing=standing
     )
     own = None if into is not None else integration_path(repo, store, run_id)
-    start = validate_target(repo, branch, own=own)
+    cut_off = _untracked_record(run_dir(repo, run_id) / "merge").exists()
+    start = validate_target(repo, branch, own=own, checks_cut_off=cut_off)
     prediction = conflicts.predict(
         repo,
         [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
@@ -198,6 +200,7 @@ def merge(
             landed={t for t, result in standing.items() if result == MergeOutcome.MERGED},
         )
         try:
+            _clean_after_cut_off_checks(session)
             _undo_unchecked(session)
             baseline = _baseline(session) if argvs else None
             if baseline is None or baseline.ok:
@@ -433,11 +436,42 @@ def _run_checks(
     back as committed. Files untracked before the checks ran are left alone.
     """
     before = _untracked(s.target.worktree)
+    record = _untracked_record(s.log.parent)
+    # On record first: a merge killed during the checks has the next one undo what they wrote.
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(".part")
+    partial.write_text(json.dumps(sorted(before)), encoding="utf-8")
+    partial.replace(record)
     try:
         return run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
     finally:
-        _remove_new(s.target.worktree, _untracked(s.target.worktree) - before)
-        _git(s, "reset", "--quiet", "--hard", "HEAD")
+        _clean_after_checks(s, before)
+        record.unlink(missing_ok=True)
+
+
+def _untracked_record(merge_dir: Path) -> Path:
+    """Where the untracked files of the merge worktree are listed while checks run there."""
+    return merge_dir / "untracked-before-checks.json"
+
+
+def _clean_after_checks(s: _Session, before: set[str]) -> None:
+    _remove_new(s.target.worktree, _untracked(s.target.worktree) - before)
+    _git(s, "reset", "--quiet", "--hard", "HEAD")
+
+
+def _clean_after_cut_off_checks(s: _Session) -> None:
+    """Undo what the checks of a killed `swarm merge` wrote in the merge worktree."""
+    record = _untracked_record(s.log.parent)
+    try:
+        before = set(json.loads(record.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError):  # not ours to read: nothing is removed
+        before = None
+    # A temporary worktree (--into) is new: nothing the checks wrote is in it.
+    if before is not None and not s.target.temporary:
+        _clean_after_checks(s, before)
+    record.unlink(missing_ok=True)
 
 
 def _untracked(worktree: Path) -> set[str]:

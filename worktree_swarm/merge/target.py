@@ -37,11 +37,12 @@ def ref_safe_run(run_id: str) -> str:
     return run_id
 
 
-def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
+def validate(repo: git.Repo, branch: str, *, own: Path | None, checks_cut_off: bool = False) -> str:
     """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
 
     *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
-    merge` left half made there is not "uncommitted changes" but undone when it is opened.
+    merge` left half made there, or what the checks it was killed in wrote there
+    (*checks_cut_off*), is not "uncommitted changes" but undone once the merge is under way.
     """
     into = own is None
     if into:
@@ -61,7 +62,8 @@ def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
-        looked = looked and not (_same_path(info.path, own) and half_merged(info.path))
+        left = checks_cut_off or half_merged(info.path)
+        looked = looked and not (_same_path(info.path, own) and left)
         dirty = bool(git.status_porcelain(info.path)) if looked else False
         if dirty:
             raise BadInputError(
