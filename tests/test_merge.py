@@ -898,6 +898,45 @@ def test_a_resolver_that_commits_or_abandons_the_merge_itself(
     assert git(worktree, "status", "--porcelain") == ""
 
 
+def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has_it_reset(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    for name in ("first", "second"):
+        brancher.branch(f"swarm/{name}", base, {"f.txt": edit(5, f"five {name}")})
+    git(base_repo, "branch", "release", base)
+    agent = tmp_path / "resolver.py"
+    agent.write_text(
+        "import subprocess\n"
+        "subprocess.run(['git', 'merge', '--abort'], check=True)\n"
+        "subprocess.run(['git', 'checkout', '-q', 'release'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'side'], check=True)\n"
+    )
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["results"][1]["reason"] == (
+        "the agent resolving its conflicts switched the merge worktree to release; merge undone"
+    )
+    assert git(base_repo, "log", "-1", "--format=%s", "release") == "side"  # not reset
+    branch = "swarm/integration-" + RUN_ID
+    assert (
+        git(base_repo, "log", "-1", "--format=%s", branch)
+        == "swarm: merge task first (swarm/first)"
+    )
+    worktree = Path(report["target"]["worktree"])
+    assert git(worktree, "symbolic-ref", "HEAD") == f"refs/heads/{branch}"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
     base_repo: Path, brancher: Brancher, tmp_path: Path, sig: signal.Signals

@@ -594,6 +594,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
     resolved; any other commit it made is undone and the task failed.
     """
     s.progress.resolving(c.task_id, files)
+    on = _symbolic_head(s)
     try:
         why = run_resolver(
             c.task,
@@ -604,8 +605,18 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
             env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
         )
     except BaseException:
+        _back_on(s, on, pre)
         _undo(s, pre)  # Ctrl-C or SIGTERM: the resolver is ended; so is its half-made merge
         raise
+    switched = _back_on(s, on, pre)
+    if switched:
+        _undo(s, pre)
+        return TaskResult(
+            task_id=c.task_id,
+            outcome=MergeOutcome.FAILED,
+            reason=f"the agent resolving its conflicts switched the merge worktree to {switched}"
+            "; merge undone",
+        )
     head = _head(s.target.worktree)
     if why is None and head != pre:
         wrong = _foreign_commit(s, c, pre, head)
@@ -631,6 +642,27 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
         message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
     _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
     return _check(s, c, pre, resolved=files)
+
+
+def _symbolic_head(s: _Session) -> str:
+    """The branch ref the merge worktree's HEAD names ('' when detached, as with --into)."""
+    return _git(s, "symbolic-ref", "-q", "HEAD", check=False).stdout.strip()
+
+
+def _back_on(s: _Session, on: str, pre: str) -> str:
+    """Point the merge worktree's HEAD back at *on* if a resolver switched it; what it was on.
+
+    Undoing a merge resets whatever HEAD names: after a resolver's `git checkout other`, that
+    would be another branch of yours. Its files are put back by the undo that follows.
+    """
+    now = _symbolic_head(s)
+    if now == on:
+        return ""
+    if on:
+        _git(s, "symbolic-ref", "HEAD", on)
+    else:
+        _git(s, "update-ref", "--no-deref", "HEAD", pre)
+    return now.removeprefix("refs/heads/") or "a detached HEAD"
 
 
 def _foreign_commit(s: _Session, c: Candidate, pre: str, head: str) -> str | None:
