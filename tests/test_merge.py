@@ -610,6 +610,48 @@ def test_squash_lands_a_chain_of_tasks_that_rewrite_the_same_line(
     assert not (Path(git(worktree, "rev-parse", "--git-dir")) / "SQUASH_MSG").exists()
 
 
+@pytest.mark.parametrize("resolve", [False, True])
+def test_a_squashed_chain_whose_own_changes_conflict_is_conflicted_or_resolved(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, resolve: bool
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    first = brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    both = edit(5, "five first").replace("line 9\n", "line 9 by second\n")
+    brancher.branch("swarm/second", first, {"f.txt": both})
+    brancher.branch("swarm/other", base, {"f.txt": edit(9, "nine other")})
+    agent = tmp_path / "resolver.py"
+    agent.write_text(RESOLVER)
+    record_run(
+        base_repo,
+        [("first", base), ("second", first), ("other", base)],
+        base=base,
+        depends={"second": ["first"]},
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+    landed = swarm(base_repo, "merge", "--strategy", "squash", "first", "other", "--json")
+    assert json.loads(landed.stdout)["merged"] == ["first", "other"]
+    branch = "swarm/integration-" + RUN_ID
+    before = git(base_repo, "rev-parse", branch)
+
+    out = swarm(base_repo, "merge", "--strategy", "squash", "second", "--json",
+                *(["--resolve"] if resolve else []))  # fmt: skip
+
+    report = json.loads(out.stdout)
+    worktree = Path(report["target"]["worktree"])
+    assert git(worktree, "status", "--porcelain") == ""
+    assert not (Path(git(worktree, "rev-parse", "--git-dir")) / "SQUASH_MSG").exists()
+    if resolve:  # only second's own change (line 9) met other's: both kept, first's once
+        assert report["merged"] == ["second"]
+        lines = git(base_repo, "show", f"{branch}:f.txt").splitlines()
+        assert lines[4] == "five first"
+        assert lines[8:10] == ["nine other", "line 9 by second"]
+        assert git(base_repo, "rev-list", "--min-parents=2", "--count", branch) == "0"
+    else:
+        assert report["conflicted"] == ["second"]
+        assert report["results"][0]["files"] == ["f.txt"]
+        assert git(base_repo, "rev-parse", branch) == before
+
+
 def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})
