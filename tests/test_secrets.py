@@ -660,6 +660,15 @@ def test_redactor_knows_more_formats(text: str, leak: str) -> None:
     assert REDACTED in redact(text)
 
 
+@pytest.mark.parametrize("before", ["İstanbul ", "İ" * 3, "x" * 10 + "İ\n" * 50])
+def test_a_character_whose_lowercase_is_longer_hides_no_secret_after_it(before: str) -> None:
+    env_secret = "env-secret-value-9f8e7d6c"
+    redact = Redactor({"DEPLOY_TOKEN": env_secret})
+    key = "sk-ant-api03-" + "A1b2C3d4" * 5
+    text = f"{before} failed: {env_secret} / {key} / ghp_{'x' * 36}"
+    assert redact(text) == f"{before} failed: {REDACTED} / {REDACTED} / {REDACTED}"
+
+
 def test_redactor_keeps_people_urls_and_prose() -> None:
     redact = Redactor({"GIT_AUTHOR_NAME": "Test Author", "SHORT_TOKEN": "abc"})
     text = (
