@@ -332,25 +332,41 @@ def test_pr_refuses_a_branch_holding_a_credential(
     assert fake_github.pulls == {}
 
 
-@pytest.mark.parametrize("where", ["message", "file name"])
+# A merge commit whose own content (not either parent's) holds the key: a conflict resolved
+# with a pasted key is the same.
+MERGE_ADDING = """
+run = lambda *a: subprocess.run(['git', *a], check=True, capture_output=True)
+run('checkout', '-q', '-b', 'side')
+open('side.txt', 'w').write('s')
+run('add', 'side.txt'); run('commit', '-qm', 'side')
+run('checkout', '-q', '-'); run('merge', '-q', '--no-ff', '--no-commit', 'side')
+open('settings.py', 'w').write('KEY = "{key}"')
+run('add', 'settings.py'); run('commit', '-qm', 'merge side'); run('branch', '-D', 'side')
+"""
+
+
+@pytest.mark.parametrize("where", ["message", "file name", "merge"])
 def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch, where: str,
 ) -> None:  # fmt: skip
     key = "sk-ant-api03-" + "m" * 30
-    commit = "import subprocess\n" + (
-        "open('notes.txt', 'w').write('n')\n"
-        "subprocess.run(['git', 'add', 'notes.txt'], check=True)\n"
-        f"subprocess.run(['git', 'commit', '-qm', 'use {key}'], check=True)\n"
-        if where == "message"
-        else f"open({key!r}, 'w').write('n')\n"
+    commit = (
+        "import subprocess\n"
+        + {
+            "message": "open('notes.txt', 'w').write('n')\n"
+            "subprocess.run(['git', 'add', 'notes.txt'], check=True)\n"
+            f"subprocess.run(['git', 'commit', '-qm', 'use {key}'], check=True)\n",
+            "file name": f"open({key!r}, 'w').write('n')\n",
+            "merge": MERGE_ADDING.replace("{key}", key),
+        }[where]
     )
     agent = write_agent(commit)
     assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
     bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1
     line = pr.stdout.strip()
-    named = "its message" if where == "message" else "[REDACTED]"
+    named = {"message": "its message", "file name": "[REDACTED]", "merge": "settings.py"}[where]
     assert line.startswith(f"t  failed  not pushing swarm/t: {named} (commit "), line
     assert "an Anthropic API key" in line
     assert key not in pr.stdout + pr.stderr
@@ -662,10 +678,10 @@ def test_redactor_knows_more_formats(text: str, leak: str) -> None:
 
 @pytest.mark.parametrize("before", ["İstanbul ", "İ" * 3, "x" * 10 + "İ\n" * 50])
 def test_a_character_whose_lowercase_is_longer_hides_no_secret_after_it(before: str) -> None:
-    env_secret = "env-secret-value-9f8e7d6c"
-    redact = Redactor({"DEPLOY_TOKEN": env_secret})
+    value = "env-secret-value-9f8e7d6c"
+    redact = Redactor({"DEPLOY_TOKEN": value})
     key = "sk-ant-api03-" + "A1b2C3d4" * 5
-    text = f"{before} failed: {env_secret} / {key} / ghp_{'x' * 36}"
+    text = f"{before} failed: {value} / {key} / ghp_{'x' * 36}"
     assert redact(text) == f"{before} failed: {REDACTED} / {REDACTED} / {REDACTED}"
 
 

@@ -64,7 +64,9 @@ def find_leak(
     Without *base*, every commit reachable from *tip* is looked at.
     """
     out = git.git(
-        repo.root, "log", "--no-merges", "--reverse", "--raw", "-z", "--no-renames",
+        # A merge's own content (a resolution, a file neither parent has) is what differs
+        # from every parent: what `--diff-merges=combined` lists.
+        repo.root, "log", "--diff-merges=combined", "--reverse", "--raw", "-z", "--no-renames",
         "--no-abbrev", "--format=%H", "--end-of-options", f"{base}..{tip}" if base else tip, "--",
     )  # fmt: skip
     changed = _parse_raw(out)
@@ -123,11 +125,13 @@ def _parse_raw(out: str) -> list[tuple[str, str, str]]:
         if _SHA_RE.fullmatch(field):
             commit = field
         elif field.startswith(":"):
-            meta, path = field.split(), fields[i]
+            # One colon, mode and blob per parent (a merge's combined form), then the new ones.
+            parents = len(field) - len(field.lstrip(":"))
+            meta, path = field.lstrip(":").split(), fields[i]
             i += 1
-            new_mode, blob, status = meta[1], meta[3], meta[4]
-            # Submodules (160000) have no blob here; deletions add nothing.
-            if status[0] in "AMT" and new_mode != "160000":
+            new_mode, blob = meta[parents], meta[2 * parents + 1]
+            # Submodules (160000) have no blob here; deletions (000000) add nothing.
+            if new_mode not in {"000000", "160000"}:
                 found.append((commit, path, blob))
     return found
 
