@@ -750,6 +750,26 @@ def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
     assert not [body for body in sent if pasted in body]
 
 
+def test_a_key_where_a_prompt_is_cut_short_reaches_neither_a_pull_request_nor_the_report(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    keys = ["sk-ant-api03-" + c * 40 for c in "QRS"]
+    # Each key straddles a limit: the title's (200), the PR body's prompt (4000), the report's.
+    prompt = "t" * 190 + keys[0] + "\n" + "b" * 3750 + " " + keys[1] + "r" * 15_950 + " " + keys[2]
+    agent = write_agent("import pathlib\npathlib.Path('fix.txt').write_text('fixed')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}").returncode == 0
+    _, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
+    report = swarm(repo, "report", "--json")
+
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    (pull,) = fake_github.pulls.values()
+    sent = pull["title"] + pull["body"] + report.stdout
+    assert not [key for key in keys if key[:8] in sent]
+    assert pull["title"].endswith(REDACTED)
+    assert f"b {REDACTED}" in pull["body"]
+
+
 def test_an_ignored_copy_file_an_agent_force_adds_stays_off_the_tip(
     repo: Path, write_agent: AgentFactory
 ) -> None:

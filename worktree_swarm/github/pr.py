@@ -320,7 +320,7 @@ def push_branch(
 def pr_title(task: Task) -> str:
     """The task's title, else the first line of its prompt."""
     text = task.title or next((ln for ln in task.prompt.splitlines() if ln.strip()), task.id)
-    title = one_line(text, controls=True)
+    title = one_line(redact(text), controls=True)  # redacted before it is cut: no half key
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
     return title or task.id
@@ -337,7 +337,7 @@ def pr_body(
 ) -> str:
     """Prompt, diff stat, checks, conflicts with other open swarm PRs, cost, ``Closes #N``."""
     lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
-    lines += ["**Prompt**", "", *_fenced(_trimmed(task.prompt)), ""]
+    lines += ["**Prompt**", "", *_fenced(_trimmed(redact(task.prompt))), ""]
     base = row.base_commit or fallback_base
     if base is not None:
         stat = git.diff_stat(repo, base, tip)

@@ -337,7 +337,7 @@ def _task_report(
         pr_state=row.pr_state,
         merge_result=row.merge_result,
         merge_target=row.merge_target,
-        prompt=redact(spec.prompt[:PROMPT_CHARS]),
+        prompt=redact(spec.prompt)[:PROMPT_CHARS],  # cut once redacted: no half key
         checks_tail="" if logs is None else redact(tail(logs / "checks.log")),
         setup_tail="" if logs is None else redact(tail(logs / "setup.log")),
         disk_apparent=None if used is None else used.apparent,
