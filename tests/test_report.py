@@ -213,6 +213,24 @@ def test_html_is_self_contained_and_redacted(finished_run: Path, tmp_path: Path)
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temp file left behind
 
 
+def test_html_data_holds_placeholders_of_its_template_as_text(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    prompt = "fill {{js}} and {{data}} and {{title}} in"
+    agent = write_agent("open('a.txt', 'w').write('a')\nprint('my last line: {{js}} {{css}}')")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", f"t={prompt}").returncode == 0
+    target = tmp_path / "report.html"
+    assert swarm(repo, "report", "--html", str(target)).returncode == 0
+    html = target.read_text()
+
+    block = html.split('<script type="application/json" id="swarm-data">')[1]
+    data = json.loads(block.split("</script>")[0])
+
+    (task,) = data["tasks"]
+    assert task["prompt"] == prompt
+    assert html.count("<script>") == 1  # the report's own script, once
+
+
 def test_report_of_a_live_run(repo: Path, write_agent: AgentFactory, tmp_path: Path) -> None:
     go = tmp_path / "go"
     agent = argv_toml(write_agent(WAITING_AGENT))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -33,21 +34,24 @@ from worktree_swarm.ui.report_text import (
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
 
+_PLACEHOLDER_RE = re.compile(r"\{\{(title|csp|css|outside|data|js)\}\}")
+
+
 def render_html(report: RunReport) -> str:
     """The report as one HTML document."""
     data = json.dumps(_page_data(report), separators=(",", ":"), ensure_ascii=False)
     # Inside <script>, "</script>" or "<!--" in a prompt would end the element early.
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    title = f"swarm report {report.run_id}"
-    return (
-        _resource("report.html")
-        .replace("{{title}}", _escape(title))
-        .replace("{{csp}}", CSP)
-        .replace("{{css}}", _resource("report.css"))
-        .replace("{{outside}}", _outside_html(report))
-        .replace("{{data}}", data)
-        .replace("{{js}}", _resource("report.js"))
-    )
+    parts = {
+        "title": _escape(f"swarm report {report.run_id}"),
+        "csp": CSP,
+        "css": _resource("report.css"),
+        "outside": _outside_html(report),
+        "data": data,
+        "js": _resource("report.js"),
+    }
+    # One pass: a placeholder inside what is put in (a prompt reading "{{js}}") stays text.
+    return _PLACEHOLDER_RE.sub(lambda m: parts[m[1]], _resource("report.html"))
 
 
 @functools.cache
@@ -65,10 +69,7 @@ def _outside_html(report: RunReport) -> str:
     ):
         if not lines:
             continue
-        # Braces escaped too: the template's {{placeholders}} are filled after this.
-        items = "".join(
-            f"<li>{_escape(line.strip()).replace('{', '&#123;')}</li>" for line in lines
-        )
+        items = "".join(f"<li>{_escape(line.strip())}</li>" for line in lines)
         html += f'<h2>{title}</h2>\n<ul id="{ident}">{items}</ul>\n'
     return html.rstrip("\n")
 
