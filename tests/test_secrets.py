@@ -139,6 +139,33 @@ def test_a_failure_reason_cut_short_keeps_no_part_of_a_secret_and_no_escape(
         assert "\x1b" not in text
 
 
+ESCAPES = "\x1b]52;c;ZXZpbA==\x07 \x1b]0;owned\x1b\\ \x1b[2J \u202e \x9b31m"
+
+
+@pytest.mark.parametrize("source", ["check output", "a file name"])
+def test_escapes_from_an_agent_or_its_checks_never_reach_the_terminal(
+    repo: Path, write_agent: AgentFactory, source: str
+) -> None:
+    # A failing check prints them; or the agent names a file with them in the user's checkout.
+    check = write_agent(f"import sys\nprint({ESCAPES!r})\nsys.exit(1)\n")
+    agent = write_agent(
+        "import pathlib, sys\npathlib.Path('work.txt').write_text('w')\n"
+        f"if sys.argv[1] == 'a file name':\n"
+        f"    (pathlib.Path({str(repo)!r}) / ('evil' + {ESCAPES!r} + '.txt')).write_text('x')\n"
+    )
+    checks = f"checks = [{argv_toml(check)}]\n" if source == "check output" else ""
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml([*agent, source])}\n{checks}',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    reason = str(status_json(repo)["t"]["reason"])
+    assert ("exited 1" if source == "check output" else "evil") in reason
+    for text in (out.stdout, swarm(repo, "status").stdout, reason, swarm(repo, "report").stdout):
+        assert not [c for c in "\x1b\x07\x9b\u202e" if c in text], text
+
+
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 @pytest.mark.usefixtures("secret_env")
 def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(

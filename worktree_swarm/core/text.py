@@ -25,20 +25,39 @@ def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> 
     return flat[: limit - 1] + "…"
 
 
+def printable(text: str) -> str:
+    """*text* with every control and format character but newline and tab made a space.
+
+    Lines from outside (an agent's output, a check's, a file name) shown on a terminal can
+    then neither move the cursor, retitle the window, write the clipboard (OSC 52) nor
+    reorder what is shown (bidi overrides); their lines stay lines.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c in "\n\t" or not unicodedata.category(c).startswith("C") else " " for c in text
+    )
+
+
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def path_text(path: str) -> str:
     """*path* as git prints it: quoted, with C escapes, when it holds a control character.
 
-    A quote or a backslash is escaped too, so that one path is always one unambiguous line.
+    A quote or a backslash is escaped too, so that one path is always one unambiguous line;
+    and so is a format character (a bidi override would show the name reordered).
     """
-    if not any(c in _ESCAPES or unicodedata.category(c) == "Cc" for c in path):
+    if not any(c in _ESCAPES or _control(c) for c in path):
         return path
     return '"' + "".join(_ESCAPES.get(c) or _octal(c) for c in path) + '"'
 
 
+def _control(char: str) -> bool:
+    return unicodedata.category(char) in {"Cc", "Cf"}
+
+
 def _octal(char: str) -> str:
-    if unicodedata.category(char) != "Cc":
+    if not _control(char):
         return char
     return "".join(f"\\{byte:03o}" for byte in char.encode("utf-8", errors="surrogateescape"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worktree_swarm.core.text import path_text
+
 MAIN = "main checkout"
 REPOSITORY = "repository"  # the git dir's executable surface: config, hooks, info
 WORKTREE_PREFIX = "worktree "  # + path: one of the user's other linked worktrees
@@ -123,4 +125,5 @@ def short_ref(ref: str) -> str:
 
 
 def _shown(paths: tuple[str, ...]) -> str:
-    return ", ".join(paths[:_SHOWN]) + (" ..." if len(paths) > _SHOWN else "")
+    # Quoted as git quotes them: a name an agent chose can hold a newline or an escape.
+    return ", ".join(map(path_text, paths[:_SHOWN])) + (" ..." if len(paths) > _SHOWN else "")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
+from worktree_swarm.core.text import printable
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
 from worktree_swarm.infra.redact import redact, redact_data
 
@@ -778,7 +779,7 @@ class Store:
                     exit_code,
                     outcome,
                     time.time() if ended_at is None else ended_at,
-                    redact(u.reason),
+                    printable(redact(u.reason)),
                     u.session_id,
                     u.cost_usd,
                     u.tokens_in,
@@ -874,8 +875,11 @@ def _lastrowid(cursor: sqlite3.Cursor) -> int:
 
 
 def _column_value(name: str, value: object) -> object:
-    if name in {"reason", "instruction"} and isinstance(value, str):
-        return redact(value)  # agent output and error text: secrets never reach the file
+    if name == "reason" and isinstance(value, str):
+        # Agent output and error text: no secret reaches the file, no escape a terminal.
+        return printable(redact(value))
+    if name == "instruction" and isinstance(value, str):
+        return redact(value)
     if name == "state":
         return TaskState(str(value)).value
     if name in {"stop_requested", "retry_fresh"}:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worktree_swarm.core.text import one_line, printable
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
@@ -64,7 +65,7 @@ class PlainObserver:
         else:
             return
         with self._lock:
-            print(line if self._json else redact(line), file=self._out, flush=True)
+            print(line if self._json else printable(redact(line)), file=self._out, flush=True)
 
 
 class LiveTable:
@@ -102,7 +103,8 @@ class LiveTable:
                 detail = last_line(Path(logs[row.task_id]))
             else:
                 detail = row.after
-            rows.append([row.task_id, row.state, elapsed, redact(detail)[:_DETAIL_CHARS]])
+            shown = one_line(redact(detail), controls=True)  # an agent's line: no escapes
+            rows.append([row.task_id, row.state, elapsed, shown[:_DETAIL_CHARS]])
         drawn = rich_table(table(_COLUMNS, rows, title=title))
         now = time.time()
         # Each provider's gate under the table: its concurrency, any wait and why.
