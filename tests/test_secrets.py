@@ -712,6 +712,14 @@ def test_a_character_whose_lowercase_is_longer_hides_no_secret_after_it(before: 
     assert redact(text) == f"{before} failed: {REDACTED} / {REDACTED} / {REDACTED}"
 
 
+def test_a_secret_value_is_redacted_inside_json_output_too() -> None:
+    value = 'Tr0ub4dor"&3\\x-é'
+    redact = Redactor({"DB_PASSWORD": value})
+    said = {"error": f"login {value} refused"}
+    for dumped in (json.dumps(said), json.dumps(said, ensure_ascii=False)):
+        assert json.loads(redact(dumped)) == {"error": f"login {REDACTED} refused"}
+
+
 def test_redactor_keeps_people_urls_and_prose() -> None:
     redact = Redactor({"GIT_AUTHOR_NAME": "Test Author", "SHORT_TOKEN": "abc"})
     text = (

@@ -16,6 +16,7 @@ What counts as a secret (docs/secrets.md):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -141,9 +142,11 @@ class Redactor:
         self.values = frozenset(
             value for name, value in pairs if is_secret_name(name) and len(value) >= MIN_SECRET_LEN
         )
-        literal = "|".join(map(re.escape, sorted(self.values, key=len, reverse=True)))
+        # As written, and as a JSON string holds it (agents print JSON: `"` and `\` escaped).
+        forms = {f for v in self.values for f in (v, *_json_forms(v))}
+        literal = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
         self._pattern = re.compile(f"(?P<literal>{literal})|{_SHAPES}" if literal else _SHAPES)
-        self._triggers = (*_TRIGGERS, *{_lower(v) for v in self.values})
+        self._triggers = (*_TRIGGERS, *{_lower(v) for v in forms})
 
     def __call__(self, text: str) -> str:
         """Return *text* with every secret replaced."""
@@ -188,6 +191,11 @@ class Redactor:
             return head + REDACTED
         # Not a secret's name ("keyboard=", "max_tokens=100"), but the value may hold one.
         return head + self(m.group("value"))
+
+
+def _json_forms(value: str) -> tuple[str, str]:
+    """*value* inside a JSON string: with non-ASCII characters escaped, and without."""
+    return json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]
 
 
 def _lower(text: str) -> str:
