@@ -347,6 +347,9 @@ def test_second_manager_is_refused_with_exit_3(
         proc.wait(timeout=60)
 
 
+UNKNOWN_USER = '[defaults]\nagent = "scripted"\n{}\n[[task]]\nid = "a"\nprompt = "x"\n'
+
+
 def _no_trace(repo: Path) -> None:
     assert not git(repo, "branch", "--list", "swarm/*")
     assert not (repo / ".git" / "swarm").exists()
@@ -372,10 +375,19 @@ def _no_trace(repo: Path) -> None:
         ('[[task]]\nid = "a"\nprompt = "x"\nagent = ["no-such-agent-xyz"]\n', "no-such-agent-xyz"),
         ('[[task]]\nid = "a"\nprompt = "x"\nagent = "martian"\n', "martian"),
         ("[[task]\n", "tasks.toml"),
+        pytest.param(
+            '[[task]]\nid = "a"\nprompt = "x"\nx = ' + "[" * 2000 + "]" * 2000,
+            "nested",
+            id="nested-too-deep",
+        ),
+        (UNKNOWN_USER.format('worktree_root = "~nosuchuser-xyz/wt"'), "'~nosuchuser-xyz/wt' names"),
+        (UNKNOWN_USER.format('sandbox_writable = ["~nosuchuser-xyz/c"]'), "user unknown here"),
+        ('[[task]]\nid = "a"\nprompt = "x"\nagent = ["./agent.sh"]\n', "is not executable"),
     ],
 )
 def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle: str) -> None:
     text = text if "agent" in text else '[defaults]\nagent = "scripted"\n' + text
+    (repo / "agent.sh").write_text("#!/bin/sh\n")  # not executable
     out = swarm(repo, "run", manifest(repo, text))
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -383,6 +395,26 @@ def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle:
     assert needle in lines[0]
     assert "Traceback" not in out.stderr
     _no_trace(repo)
+
+
+def test_arguments_that_are_not_utf8_exit_2_and_create_nothing(repo: Path) -> None:
+    for args in ([b"-t", b"a=fix \xff"], [b"--check", b"echo \xff", b"-t", b"a=x"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", "scripted", *args],
+            cwd=repo, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+        assert out.stderr.startswith("swarm: an argument is not valid UTF-8 (")
+        _no_trace(repo)
+
+
+def test_a_worktree_root_behind_a_dangling_symlink_exits_2(repo: Path) -> None:
+    (repo.parent / "repo.swarm").symlink_to(repo.parent / "gone")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert "is a symlink to" in out.stderr
+    assert "which does not exist" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
 
 
 def test_not_a_repository_exits_2(tmp_path: Path) -> None:

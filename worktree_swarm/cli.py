@@ -878,6 +878,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if undecodable := next((a for a in args if not _is_utf8(a)), None):
+        # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8.
+        shown = os.fsencode(undecodable)[:60]
+        click.echo(f"swarm: an argument is not valid UTF-8 ({shown!r}); pass text", err=True)
+        return ExitCode.BAD_INPUT
     try:
         code = cli.main(args=args, prog_name="swarm", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as exc:
@@ -900,6 +905,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc)
     return int(code or 0)
+
+
+def _is_utf8(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")  # bytes that were no UTF-8 come as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unexpected(exc: Exception) -> int:

@@ -7,6 +7,7 @@ first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 from __future__ import annotations
 
 import enum
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -119,18 +120,19 @@ def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> 
                 f"{where}: agent must be a profile name or a non-empty list of strings"
             )
     program = argv[0]
-    if not _program_exists(program, repo_root):
-        raise BadInputError(f"{where}: agent program {program!r} not found on PATH")
+    if "/" not in program:
+        if shutil.which(program) is None:
+            raise BadInputError(f"{where}: agent program {program!r} not found on PATH")
+        return argv
+    path = Path(program) if Path(program).is_absolute() else repo_root / program
+    if not path.is_file():
+        raise BadInputError(f"{where}: agent program {program!r} not found")
+    if not os.access(path, os.X_OK):  # a worktree checks out the mode git has for it
+        raise BadInputError(
+            f"{where}: agent program {program!r} is not executable"
+            " (`chmod +x` it, and commit the mode if it is tracked)"
+        )
     return argv
-
-
-def _program_exists(program: str, repo_root: Path) -> bool:
-    if "/" in program:
-        path = Path(program)
-        if not path.is_absolute():
-            path = repo_root / path
-        return path.is_file()
-    return shutil.which(program) is not None
 
 
 _ADAPTERS: dict[str, Adapter] = {

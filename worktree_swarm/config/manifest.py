@@ -161,7 +161,8 @@ def configured(repo_root: Path, key: str) -> object | None:
         return None
     value = settings.read_layer({key: raw}, where=where)[key]
     if settings.BY_KEY[key].kind is Kind.PATH:
-        return Path(os.path.normpath(repo_root.absolute() / Path(str(value)).expanduser()))
+        expanded = paths.user_path(str(value), where=f"{where}: {key}")
+        return Path(os.path.normpath(repo_root.absolute() / expanded))
     return value
 
 
@@ -366,7 +367,8 @@ def _run_spec(tasks: tuple[Task, ...], layer: Layer, *, repo_root: Path) -> RunS
         if entry.scope is Scope.RUN and entry.key in layer:
             value = layer[entry.key]
             if entry.kind is Kind.PATH:
-                value = Path(os.path.normpath(root / Path(str(value)).expanduser()))
+                expanded = paths.user_path(str(value), where=entry.key)
+                value = Path(os.path.normpath(root / expanded))
             run[entry.key] = value
     run.setdefault("worktree_root", paths.default_worktree_root(root))
     spec = RunSpec(tasks=tasks, **run)
@@ -440,6 +442,8 @@ def _read_toml(path: Path, *, where: str) -> dict[str, object]:
         raise BadInputError(f"{where}: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{where}: invalid TOML: {' '.join(str(exc).split())}") from exc
+    except RecursionError:
+        raise BadInputError(f"{where}: nested too deeply to read") from None
 
 
 def _display(path: Path) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.agents import PROFILES
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.identity import parse_author
+from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.units import parse_duration, parse_size
 
@@ -219,7 +220,7 @@ def _choice(value: object, where: str, entry: Setting) -> object:
 
 
 def _abs_paths(value: object, where: str) -> tuple[str, ...]:
-    paths = tuple(str(Path(p).expanduser()) for p in _strings(value, where))
+    paths = tuple(str(user_path(p, where=where)) for p in _strings(value, where))
     for i, path in enumerate(paths):
         if not Path(path).is_absolute():
             raise BadInputError(f"{where}[{i}]: {path!r} must be an absolute path (or ~/...)")

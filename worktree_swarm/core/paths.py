@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from worktree_swarm.core.errors import BadInputError
+
 STATE_DIR_NAME = "swarm"
 
 
@@ -29,6 +31,14 @@ class Repo:
 def real_path(path: Path | str) -> Path:
     """*path* absolute with every symlink resolved: the one form in which paths are compared."""
     return Path(os.path.realpath(path))
+
+
+def user_path(text: str | Path, *, where: str) -> Path:
+    """*text* as a path, ``~`` and ``~user`` expanded; BadInputError for a user unknown here."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        raise BadInputError(f"{where}: {str(text)!r} names a user unknown here") from None
 
 
 def store_path(repo: Repo) -> Path:

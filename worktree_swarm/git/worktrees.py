@@ -83,11 +83,19 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
             f"{where} is a system or home directory; name a directory of its own "
             f"(default: {paths.default_worktree_root(repo.root)})"
         )
+    # A symlink on the way that leads nowhere: git and mkdir would meet it, not its target.
+    dangling = next((p for p in (root, *root.parents) if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:
+        raise BadInputError(
+            f"{where}: {dangling} is a symlink to {dangling.readlink()}, which does not exist"
+        )
     # The nearest existing part of the path must be a directory to make it in.
     existing = next((p for p in (real, *real.parents) if os.path.lexists(p)), None)
     if existing is not None and not existing.is_dir():
         what = "is" if existing == real else f"is inside {existing}, which is"
         raise BadInputError(f"{where} {what} not a directory; name a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"{where}: {existing} is not writable; name a directory you can write")
 
 
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:

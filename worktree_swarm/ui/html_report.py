@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.core.units import format_size
 from worktree_swarm.report.report import RunReport
@@ -76,7 +77,7 @@ def _outside_html(report: RunReport) -> str:
 
 def check_output(path: Path) -> None:
     """Raise BadInputError unless the report can be written to *path* (before any work)."""
-    path = path.expanduser()
+    path = user_path(path, where="--html")
     if path.is_dir():
         raise BadInputError(f"--html {path}: is a directory; name a file")
     if path.exists() and not path.is_file():  # a FIFO or a device: renaming over it replaces it
@@ -93,7 +94,7 @@ def write_html(report: RunReport, path: Path) -> None:
 
     Raises BadInputError when *path* cannot be written.
     """
-    path = _target(path.expanduser())
+    path = _target(user_path(path, where="--html"))
     target_dir = path.parent
     try:
         with tempfile.NamedTemporaryFile(
