@@ -417,6 +417,16 @@ def test_a_worktree_root_behind_a_dangling_symlink_exits_2(repo: Path) -> None:
     assert not (repo / ".git" / "swarm").exists()
 
 
+def test_a_checkout_on_a_branch_with_no_commits_yet(repo: Path) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
+    git(repo, "checkout", "-q", "--orphan", "fresh")  # the earlier run is still there
+    assert status_json(repo)["a"]["state"] == "done"
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "b=x")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert "is on a branch with no commits yet" in out.stderr
+    assert not git(repo, "branch", "--list", "swarm/b")
+
+
 def test_not_a_repository_exits_2(tmp_path: Path) -> None:
     out = swarm(tmp_path, "run", "--agent", "scripted", "-t", "a=x")
     assert out.returncode == 2

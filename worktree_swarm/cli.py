@@ -211,7 +211,7 @@ def run(
     )
     # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
     checkout = git.checkout_root(Path(ctx.obj["dir"]))
-    base = git.rev_parse_in(checkout, "HEAD^{commit}") or git.head_commit(repo)
+    base = git.checkout_head(checkout)
     if spec.worktree_root is not None:
         worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
     for task in spec.tasks:

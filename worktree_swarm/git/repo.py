@@ -97,7 +97,9 @@ def open_repo(path: Path) -> Repo:
         raise BadInputError(
             f"cannot locate the main checkout of {common_dir} from {path}; run swarm there"
         )
-    if rev_parse_in(root, "HEAD^{commit}") is None:
+    if rev_parse_in(root, "HEAD^{commit}") is None and not git(
+        root, "for-each-ref", "--count=1", "--format=%(refname)"
+    ):  # on a branch with no commits yet (`checkout --orphan`), earlier runs are still there
         raise BadInputError(f"repository {root} has no commits yet; make a first commit")
     return Repo(root=root, common_dir=common_dir)
 
@@ -161,9 +163,17 @@ def rev_parse(repo: Repo, rev: str) -> str | None:
 
 def head_commit(repo: Repo) -> str:
     """Return the commit checked out in the main worktree."""
-    sha = rev_parse(repo, "HEAD^{commit}")
+    return checkout_head(repo.root)
+
+
+def checkout_head(checkout: Path) -> str:
+    """The commit checked out in *checkout*; BadInputError on a branch with no commits yet."""
+    sha = rev_parse_in(checkout, "HEAD^{commit}")
     if sha is None:
-        raise GitError(f"HEAD of {repo.root} does not point to a commit")
+        raise BadInputError(
+            f"{checkout} is on a branch with no commits yet; commit there first, or check out"
+            " a branch that has commits"
+        )
     return sha
 
 
