@@ -427,6 +427,23 @@ def test_a_checkout_on_a_branch_with_no_commits_yet(repo: Path) -> None:
     assert not git(repo, "branch", "--list", "swarm/b")
 
 
+def test_run_from_inside_the_git_directory_exits_2(repo: Path) -> None:
+    out = swarm(repo / ".git", "run", "--agent", "scripted", "-t", "a=x")
+    assert (out.returncode, out.stderr) == (
+        2, f"swarm: {repo / '.git'} is in no checkout; run swarm in the checkout, not its .git\n"
+    )  # fmt: skip
+    _no_trace(repo)
+
+
+def test_debug_is_an_option_before_the_command_and_keeps_the_exit_code(repo: Path) -> None:
+    as_value = swarm(repo, "status", "--run", "--debug")  # a run id, however odd
+    debugged = swarm(repo, "--debug", "status", "--run", "nope")
+    assert (as_value.returncode, as_value.stderr.count("\n")) == (2, 1), as_value.stderr
+    assert debugged.returncode == 2
+    assert "Traceback" in debugged.stderr
+    assert debugged.stderr.splitlines()[-1].startswith("swarm: ")
+
+
 def test_not_a_repository_exits_2(tmp_path: Path) -> None:
     out = swarm(tmp_path, "run", "--agent", "scripted", "-t", "a=x")
     assert out.returncode == 2

@@ -877,7 +877,7 @@ _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    debug = _debug(args)
     if undecodable := next((a for a in args if not _is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8.
         shown = os.fsencode(undecodable)[:60]
@@ -896,8 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("swarm: interrupted; agents stopped, work checkpointed", err=True)
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and the exit code all the same
+            click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
         click.echo(f"swarm: {redact(str(exc))}", err=True)
         return int(exc.exit_code)
     except Exception as exc:
@@ -905,6 +905,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc)
     return int(code or 0)
+
+
+def _debug(args: Sequence[str]) -> bool:
+    """Whether ``--debug`` is among the options before the command (a value after it is not)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        if args[i] == "--debug":
+            return True
+        i += 2 if args[i] == "-C" else 1
+    return False
 
 
 def _is_utf8(arg: str) -> bool:

@@ -147,7 +147,12 @@ def repo_lock(repo: Repo) -> Iterator[None]:
 
 def checkout_root(path: Path) -> Path:
     """The top of the checkout (main or linked worktree) that *path* is in."""
-    return Path(git(path, "rev-parse", "--show-toplevel").strip())
+    res = _run(path, ["rev-parse", "--show-toplevel"], check=False)
+    if res.returncode != 0:  # inside the git directory itself
+        raise BadInputError(
+            f"{path.absolute()} is in no checkout; run swarm in the checkout, not its .git"
+        )
+    return Path(res.stdout.strip())
 
 
 def rev_parse_in(cwd: Path, rev: str) -> str | None:
