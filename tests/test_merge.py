@@ -693,6 +693,7 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
             ),
         ),
         (["--into", "bad..name"], "swarm: --into 'bad..name' is not a valid branch name\n"),
+        (["--into", ""], "swarm: --into '' is not a valid branch name\n"),
         (
             ["--into", "refs/heads/release"],
             "swarm: --into names a branch by its short name: `release`, not refs/heads/release\n",

@@ -20,6 +20,7 @@ Worktrees and branches of tasks that are not final are left alone: they belong t
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ def parse_age(text: str) -> float:
             days = float(text[:-1])
         except ValueError:
             days = -1.0
-        if not days > 0:
+        if not 0 < days < math.inf:
             raise BadInputError(f"--idle: bad age {text!r} (use e.g. '7d', '36h' or '90m')")
         return days * DAY
     return parse_duration(text, where="--idle")
