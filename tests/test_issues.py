@@ -181,6 +181,14 @@ def test_swarm_run_issues_makes_one_task_per_issue(
     assert TOKEN not in out.stdout + out.stderr
 
 
+def test_issues_without_an_origin_remote_say_what_to_do(repo: Path) -> None:
+    out = swarm(repo, "run", "--agent", "scripted", "--issues", "1")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert "--github-repo OWNER/NAME" in out.stderr
+    assert "--remote" not in out.stderr  # not an option of this run
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_detached_run_fetches_once_and_runs_exactly_the_validated_oldest_issues(
     fake_github: FakeGitHub, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -198,6 +198,12 @@ def run(
         from worktree_swarm.github import client as github
         from worktree_swarm.github import issues
 
+        if github_repo is None and not git.git(repo.root, "remote").split().count("origin"):
+            raise BadInputError(
+                "--issues reads the issues of remote origin's repository, and there is no"
+                " remote origin here: add it (`git remote add origin URL`) or pass"
+                " --github-repo OWNER/NAME"
+            )
         client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
