@@ -444,6 +444,31 @@ def test_debug_is_an_option_before_the_command_and_keeps_the_exit_code(repo: Pat
     assert debugged.stderr.splitlines()[-1].startswith("swarm: ")
 
 
+def test_a_state_dir_made_read_only_is_read_and_never_written(repo: Path) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
+    state = repo / ".git" / "swarm"
+    for path in state.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    state.chmod(0o555)
+
+    def as_owner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+
+    try:
+        status = as_owner("status", "--json")
+        run = as_owner("run", "--agent", "scripted", "-t", "b=x")
+    finally:
+        for path in [state, *state.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert status.returncode == 0, status.stderr
+    assert [t["task_id"] for t in json.loads(status.stdout)["tasks"]] == ["a"]
+    assert (run.returncode, run.stderr.count("\n")) == (2, 1), run.stderr
+    assert run.stderr.startswith(f"swarm: cannot write {state}"), run.stderr
+
+
 def test_not_a_repository_exits_2(tmp_path: Path) -> None:
     out = swarm(tmp_path, "run", "--agent", "scripted", "-t", "a=x")
     assert out.returncode == 2

@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 
-from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
@@ -382,6 +383,10 @@ def _waits_for_space(method: _F) -> _F:
     return cast("_F", wrapper)
 
 
+class StoreNotWritableError(BadInputError):
+    """The state database cannot be written: its directory or file is read-only."""
+
+
 def _open_last_written(path: Path) -> sqlite3.Connection:
     """*path* opened to read only: with the log of recent changes, else the file alone.
 
@@ -446,6 +451,10 @@ class Store:
             self._conn.close()
             if is_full(exc):
                 raise DiskFullError(full_message(f"the state database {path}", exc)) from exc
+            if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
+                raise StoreNotWritableError(
+                    f"cannot write {path.parent}: read-only ({exc}); swarm keeps its state there"
+                ) from exc
             raise SwarmError(
                 f"cannot open the state database {path} ({exc}); "
                 "check that no stuck swarm process holds it and that it is writable"
@@ -462,7 +471,7 @@ class Store:
 
     @classmethod
     def to_read(cls, path: Path) -> Self:
-        """Open *path* for a command that only looks: on a full disk, as last written.
+        """Open *path* for a command that only looks: on a full or read-only disk, as last written.
 
         SQLite cannot open a database to write while it cannot create its shared-memory
         file; a look at the state (``swarm status`` in the morning) must work all the same.
@@ -470,7 +479,7 @@ class Store:
         """
         try:
             return cls(path)
-        except DiskFullError:
+        except (DiskFullError, StoreNotWritableError):
             return cls(path, last_written=True)
 
     def _migrate(self) -> None:
