@@ -92,6 +92,19 @@ def test_diff_name_only_gives_each_path_one_line(tmp_path: Path) -> None:
     assert names.stdout.splitlines()[1:] == ['  "say \\"hi\\".txt"', '  "two\\nlines.txt"']
 
 
+def test_diff_shows_where_a_key_is_on_a_branch_not_the_key(tmp_path: Path) -> None:
+    key = "sk-ant-api03-" + "K3y" * 12
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    brancher.branch("swarm/leaky", base, {"settings.py": f"KEY = '{key}'\n"})
+    brancher.close()
+    record_run(repo, [("leaky", base)], base=base)
+    patch = swarm(repo, "diff", "leaky")
+    assert "+KEY = '[REDACTED]'" in patch.stdout.splitlines()
+    assert key[:12] not in patch.stdout
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -573,7 +573,7 @@ def diff_cmd(
         return ExitCode.OK
     for d, text in diff.patches(repo, diffs, stat=stat):
         click.echo(diff.format_header(d))
-        click.echo(text, nl=False)
+        click.echo(redact(text), nl=False)  # a key on the branch is shown where it is, not what
     return ExitCode.OK
 
 
