@@ -179,7 +179,7 @@ def test_control_characters_never_reach_the_file_or_the_terminal(tmp_path: Path)
     )
     assert note.returncode == 0, note.stderr
     with path.open("a") as fh:  # an agent writing the file directly
-        fh.write("\x1b]0;title\x07\n")
+        fh.write("\x1b]0;title\x07 \x9b31m \u202egnp.exe\n")  # C1 CSI, a bidi override
 
     shown = subprocess.run(
         [sys.executable, "-m", "worktree_swarm.cli", "notes"],
@@ -193,7 +193,7 @@ def test_control_characters_never_reach_the_file_or_the_terminal(tmp_path: Path)
     assert "\x1b[2J" not in path.read_text()
     assert "[a]  [2Jred" in shown.stdout
     assert "fake" in shown.stdout
-    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", shown.stdout)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", shown.stdout)
 
 
 def test_findings_instructions_name_the_file_and_the_command() -> None:

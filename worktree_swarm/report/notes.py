@@ -18,6 +18,7 @@ import filelock
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import is_valid_task_id
+from worktree_swarm.core.text import printable
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
@@ -163,4 +164,4 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _clean(line: str) -> str:
-    return "".join(" " if (c < " " and c != "\t") or c == "\x7f" else c for c in line).rstrip()
+    return printable(line.replace("\n", " ")).rstrip()  # C1 controls and bidi overrides too
