@@ -718,10 +718,13 @@ shutil.rmtree = rmtree
 """
 
 
+@pytest.mark.parametrize("hand_edit", [False, True])
 def test_clean_killed_while_deleting_a_worktree_loses_nothing(
-    tmp_path: Path, write_agent: AgentFactory
+    tmp_path: Path, write_agent: AgentFactory, *, hand_edit: bool
 ) -> None:
     repo, path, tip = _finished_big_task(tmp_path, write_agent)
+    if hand_edit:  # checkpointed first; then removed like a clean worktree, index first
+        (path / "hand.txt").write_text("typed after the run\n")
     folders = sorted(p for p in path.iterdir() if p.is_dir())
     hook, paused = tmp_path / "hook", tmp_path / "paused"
     hook.mkdir()
@@ -742,6 +745,10 @@ def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     cleaner.wait(timeout=30)
     assert sum(folder.exists() for folder in folders) == len(folders) - 1  # killed half-way
     assert (path / ".git").is_file()
+    if hand_edit:
+        checkpoint = git(repo, "rev-parse", "swarm/edits")
+        assert git(repo, "diff", "--name-status", tip, checkpoint) == "A\thand.txt"
+        tip = checkpoint
     _cleaned_and_kept(repo, path, tip)
 
 

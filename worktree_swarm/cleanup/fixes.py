@@ -468,6 +468,9 @@ def _remove_worktree(
             )
             if ref is not None:
                 moves.moved(ref, sha or tip)
+            # Committed, it goes like a clean one: the index first (git's own removal deletes
+            # the files first, and one killed in between left deletions to commit next time).
+            clean = _nothing_to_keep(path)
         # On a branch, its commit is that branch's; detached, it may be on none.
         head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
         if not force and head and on_no_ref(repo, head):

@@ -495,7 +495,10 @@ def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
     # unregisters the worktree and leaves the rest of its files behind.
     fs.make_removable(path)
     with repo_lock(repo):
-        git(repo.root, *args)
+        # Forced, without git where it can: git deletes the files before the index, and a
+        # removal killed in between left a checkout whose next checkpoint commits deletions.
+        if not (force and delete_locked(repo, path)):
+            git(repo.root, *args)
 
 
 def delete_locked(repo: Repo, path: Path) -> bool:
