@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.conftest import agent_command, agent_python, git, make_repo
+from tests.conftest import agent_command, agent_python, git, git_first_on_path, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
@@ -386,8 +387,9 @@ def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     ), out.stdout
 
 
+@pytest.mark.parametrize("then", ["merged again", "branch deleted"])
 def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
-    base_repo: Path, brancher: Brancher, tmp_path: Path
+    base_repo: Path, brancher: Brancher, tmp_path: Path, then: str
 ) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
@@ -422,12 +424,19 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
     assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
 
     check_pid = int(started.read_text())
+    cleaned = swarm(base_repo, "clean", "--yes")  # the branch is not merged: it stays
+    if then == "branch deleted":  # by hand: nothing to merge, the unchecked merge still goes
+        git(base_repo, "branch", "-D", "swarm/breaks")
     out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
 
+    assert "cut off" in cleaned.stdout, cleaned.stdout
     assert not pid_alive(check_pid)  # the killed merge's check, ended before the next one's
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert merge_results(base_repo) == {"breaks": "failed"}
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+    if then == "merged again":
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert merge_results(base_repo) == {"breaks": "failed"}
+    else:
+        assert merge_results(base_repo) == {"breaks": None}
 
 
 def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(
@@ -469,6 +478,101 @@ def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(
     assert not (worktree / "built").exists()
     assert (worktree / "keep.txt").read_text() == "k\n"
     assert git(worktree, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+def test_a_merge_killed_once_committed_before_its_checks_is_checked_not_taken_as_landed(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+) -> None:  # fmt: skip
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
+    record_run(base_repo, [("breaks", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, sys\nsys.exit(1 if pathlib.Path('broken.txt').exists() else 0)\n"
+    )
+    committed = tmp_path / "committed"
+    # git's first commit of the merge (`merge`, or `commit` after a squash) is made, then hangs.
+    step = "merge" if strategy == "merge" else "commit"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'sub=""; skip=0\n'
+        'for a in "$@"; do\n'
+        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+        "done\n"
+        f'if [ "$sub" = {step} ] && mkdir {shlex.quote(str(tmp_path / "taken"))} 2>/dev/null'
+        "; then\n"
+        f'  {real} "$@"; touch {shlex.quote(str(committed))}; exec sleep 600\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--strategy", strategy,
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(committed.exists, what="the merge commit")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    integration = "swarm/integration-" + RUN_ID
+    assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"breaks": "failed"}
+    assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+
+
+def test_a_killed_merge_into_another_branch_never_touches_the_integration_worktree(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    for name in ("first", "second", "third"):
+        brancher.branch(f"swarm/{name}", base, {f"{name}.txt": f"{name}\n"})
+    record_run(base_repo, [(n, base) for n in ("first", "second", "third")], base=base)
+    git(base_repo, "branch", "dev", base)
+    assert swarm(base_repo, "merge", "first").returncode == 0
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    (worktree / "keep.txt").write_text("the user's edit\n")  # uncommitted, the user's
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import os, pathlib, time\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "if pathlib.Path('second.txt').exists() and not started.exists():\n"
+        "    started.write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "second", "--into", "dev",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    scratch = [p for p in worktree_list(base_repo) if p.name.startswith("_merge-")]
+    assert len(scratch) == 1  # the killed merge's temporary worktree
+
+    plain = swarm(base_repo, "merge", "third")
+    again = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert plain.returncode == 2, plain.stdout + plain.stderr
+    assert "with uncommitted changes" in plain.stderr
+    assert (worktree / "keep.txt").read_text() == "the user's edit\n"
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "second.txt" in git(base_repo, "ls-tree", "--name-only", "dev")
+    assert not [p for p in worktree_list(base_repo) if p.name.startswith("_merge-")]
+
+
+def worktree_list(repo: Path) -> list[Path]:
+    listed = git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [Path(line.removeprefix("worktree ")) for line in listed if line.startswith("worktree ")]
 
 
 def test_a_merge_killed_during_its_checks_is_undone_by_a_merge_of_another_task(

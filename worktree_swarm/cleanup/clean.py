@@ -30,7 +30,7 @@ from worktree_swarm.cleanup.fixes import (
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.core.models import INTEGRATION_PREFIX
+from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -341,6 +341,8 @@ def _plan_task(
         keep = f"checked out in {elsewhere[0].path}"
     elif needed_by is not None:
         keep = f"task {needed_by} still starts from it"
+    elif task.merge_result == MERGE_CHECKING:  # not landed: the next merge undoes it
+        keep = f"its merge into {task.merge_target} was cut off; run `swarm merge` again first"
     else:
         keep = ""
     tip = seen.tips[task.branch]

@@ -12,6 +12,7 @@ the main checkout is on (its HEAD commit when detached) or of the run's base com
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import itertools
@@ -26,7 +27,12 @@ import psutil
 
 from worktree_swarm import guard
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, ProcessIdentity, is_valid_task_id
+from worktree_swarm.core.models import (
+    DEFAULT_COMMIT_AUTHOR,
+    SCRATCH_PREFIX,
+    ProcessIdentity,
+    is_valid_task_id,
+)
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
@@ -245,7 +251,7 @@ def worktree_finding(
         keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
     elif users and not force:
         keep = f"{describe(users[0])} is using it; stop it first"
-    elif not force and info.branch is None and info.head and on_no_ref(repo, info.head):
+    elif not force and info.head and _kept_commit(repo, info):
         keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
     elif not force and (left := git.submodule_work(path)):
         keep = f"submodule {', '.join(left)} holds work no commit records; save it first"
@@ -473,7 +479,8 @@ def _remove_worktree(
             clean = _nothing_to_keep(path)
         # On a branch, its commit is that branch's; detached, it may be on none.
         head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
-        if not force and head and on_no_ref(repo, head):
+        fresh = dataclasses.replace(info, head=head)
+        if not force and head and _kept_commit(repo, fresh):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
         worktrees.git_remove_locked(repo, path, force=force)
@@ -481,6 +488,17 @@ def _remove_worktree(
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:
+    """Whether the detached worktree *info* holds a commit on no ref, to be kept for you.
+
+    Not in the temporary worktree of a killed `swarm merge --into`: its merges were for a
+    branch that never moved, and the next merge makes them again.
+    """
+    if info.branch is not None or not info.head or info.path.name.startswith(SCRATCH_PREFIX):
+        return False
+    return on_no_ref(repo, info.head)
 
 
 def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:

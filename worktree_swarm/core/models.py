@@ -20,6 +20,9 @@ TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BRANCH_PREFIX = "swarm/"
 # The branch `swarm merge` merges a run into (with the run id after it).
 INTEGRATION_PREFIX = "swarm/integration-"
+# The temporary worktree a `swarm merge --into` merges in, under the worktree root (no task
+# id starts with "_"): nothing in it is anyone's work once that merge is over or killed.
+SCRATCH_PREFIX = "_merge-"
 # A task's merge result while `swarm merge` runs checks on its merge: an intent, undone by the
 # next merge when that one was killed.
 MERGE_CHECKING = "checking"

@@ -49,11 +49,13 @@ from worktree_swarm.merge.merge_report import (
 from worktree_swarm.merge.resolve import run_resolver
 from worktree_swarm.merge.target import (
     Target,
+    checks_record,
     half_merged,
     integration_path,
     move_branch,
     open_target,
     ref_safe_run,
+    remove_scratch,
 )
 from worktree_swarm.merge.target import validate as validate_target
 from worktree_swarm.report.status import commit_author
@@ -154,8 +156,7 @@ def merge(
         repo, store, run_id, task_ids, target=branch, standing=standing
     )
     own = None if into is not None else integration_path(repo, store, run_id)
-    cut_off = _untracked_record(run_dir(repo, run_id) / "merge").exists()
-    start = validate_target(repo, branch, own=own, checks_cut_off=cut_off)
+    start = validate_target(repo, branch, own=own)
     prediction = conflicts.predict(
         repo,
         [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
@@ -177,12 +178,17 @@ def merge(
     tell.predicted(report)
     for result in skipped:
         tell.finished(result)
-    if dry_run or not candidates:
+    # With nothing to merge, a merge killed in its checks is still undone (it is not landed).
+    cut_off = any(
+        r.merge_result == CHECKING and r.merge_target == branch for r in store.tasks(run_id)
+    )
+    if dry_run or not (candidates or cut_off):
         return report
     ref = f"refs/heads/{branch}"
     # A running guard is told which ref this merge moves, so it is not taken for an agent's.
     with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
+        remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
         session = _Session(
@@ -202,7 +208,7 @@ def merge(
         try:
             _clean_after_cut_off_checks(session)
             _undo_unchecked(session)
-            baseline = _baseline(session) if argvs else None
+            baseline = _baseline(session) if argvs and order else None
             if baseline is None or baseline.ok:
                 _merge_all(session, order)
             final = _head(target.worktree)
@@ -436,9 +442,8 @@ def _run_checks(
     back as committed. Files untracked before the checks ran are left alone.
     """
     before = _untracked(s.target.worktree)
-    record = _untracked_record(s.log.parent)
+    record = _untracked_record(s)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
-    record.parent.mkdir(parents=True, exist_ok=True)
     partial = record.with_suffix(".part")
     partial.write_text(json.dumps(sorted(before)), encoding="utf-8")
     partial.replace(record)
@@ -449,9 +454,11 @@ def _run_checks(
         record.unlink(missing_ok=True)
 
 
-def _untracked_record(merge_dir: Path) -> Path:
-    """Where the untracked files of the merge worktree are listed while checks run there."""
-    return merge_dir / "untracked-before-checks.json"
+def _untracked_record(s: _Session) -> Path:
+    record = checks_record(s.target.worktree)
+    if record is None:
+        raise SwarmError(f"the merge worktree {s.target.worktree} is no longer a checkout")
+    return record
 
 
 def _clean_after_checks(s: _Session, before: set[str]) -> None:
@@ -461,15 +468,14 @@ def _clean_after_checks(s: _Session, before: set[str]) -> None:
 
 def _clean_after_cut_off_checks(s: _Session) -> None:
     """Undo what the checks of a killed `swarm merge` wrote in the merge worktree."""
-    record = _untracked_record(s.log.parent)
+    record = _untracked_record(s)
     try:
         before = set(json.loads(record.read_text(encoding="utf-8")))
     except FileNotFoundError:
         return
     except (OSError, ValueError, TypeError):  # not ours to read: nothing is removed
         before = None
-    # A temporary worktree (--into) is new: nothing the checks wrote is in it.
-    if before is not None and not s.target.temporary:
+    if before is not None:
         _clean_after_checks(s, before)
     record.unlink(missing_ok=True)
 
@@ -524,6 +530,13 @@ def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
 
 def _merge_one(s: _Session, c: Candidate) -> TaskResult:
     pre = _head(s.target.worktree)
+    if (s.checks or c.task.checks) and not s.target.temporary:
+        # The intent first: a merge killed once committed, before its checks were recorded,
+        # is undone by the next merge, not taken for one already landed.
+        s.store.update_task(
+            s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
+            merge_commit=None, merge_detail=pre,
+        )  # fmt: skip
     message = f"swarm: merge task {c.task_id} ({c.row.branch})"
     flags = ["--no-verify", "--no-gpg-sign", "--no-edit"]
     if s.strategy is Strategy.SQUASH:
@@ -734,12 +747,20 @@ def _undo_unchecked(s: _Session) -> None:
     """
     if s.target.temporary:
         return
-    unchecked = {
-        row.merge_commit: (row.task_id, row.merge_detail)
+    rows = [
+        row
         for row in s.store.tasks(s.run_id)
         if row.merge_result == CHECKING and row.merge_target == s.target.branch
-    }
+    ]
     head = _head(s.target.worktree)
+    for row in rows:
+        if row.merge_commit is None:  # killed between its commit and its checks' record
+            pre = row.merge_detail
+            if pre and head != pre and _parent(s, head) == pre:
+                _undo(s, pre)
+                head = pre
+            s.store.forget_merge(s.run_id, row.task_id)
+    unchecked = {r.merge_commit: (r.task_id, r.merge_detail) for r in rows if r.merge_commit}
     while head in unchecked:
         task_id, pre = unchecked.pop(head)
         if not pre:
@@ -747,6 +768,11 @@ def _undo_unchecked(s: _Session) -> None:
         _undo(s, pre)
         s.store.forget_merge(s.run_id, task_id)
         head = pre
+
+
+def _parent(s: _Session, commit: str) -> str | None:
+    res = _git(s, "rev-parse", "--verify", "--quiet", f"{commit}^1", check=False)
+    return res.stdout.strip() or None
 
 
 def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, is_valid_task_id
+from worktree_swarm.core.models import INTEGRATION_PREFIX, SCRATCH_PREFIX, is_valid_task_id
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra.store import Store
@@ -37,12 +38,12 @@ def ref_safe_run(run_id: str) -> str:
     return run_id
 
 
-def validate(repo: git.Repo, branch: str, *, own: Path | None, checks_cut_off: bool = False) -> str:
+def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
     """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
 
     *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
-    merge` left half made there, or what the checks it was killed in wrote there
-    (*checks_cut_off*), is not "uncommitted changes" but undone once the merge is under way.
+    merge` left half made there, or what the checks it was killed in wrote there, is not
+    "uncommitted changes" but undone once the merge is under way.
     """
     into = own is None
     if into:
@@ -62,7 +63,7 @@ def validate(repo: git.Repo, branch: str, *, own: Path | None, checks_cut_off: b
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
-        left = checks_cut_off or half_merged(info.path)
+        left = half_merged(info.path) or checks_cut_off(info.path)
         looked = looked and not (_same_path(info.path, own) and left)
         dirty = bool(git.status_porcelain(info.path)) if looked else False
         if dirty:
@@ -86,7 +87,7 @@ def open_target(
     """The worktree to merge *branch* in: swarm's own (*own*, repaired or made), or temporary."""
     if own is None:
         root = _worktree_root(repo, store, run_id)
-        path = root / f"_merge-{ref_safe_run(run_id)}-{secrets.token_hex(3)}"
+        path = root / f"{SCRATCH_PREFIX}{ref_safe_run(run_id)}-{secrets.token_hex(3)}"
         _add_worktree(repo, path, start, detach=True)
         return Target(branch=branch, worktree=path, temporary=True)
     for info in worktrees.list_worktrees(repo):
@@ -107,6 +108,18 @@ def open_target(
     return Target(branch=branch, worktree=path, temporary=False)
 
 
+def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
+    """Remove the temporary worktrees of this run's killed ``--into`` merges (under its lock).
+
+    Each held a merge made there for a branch that never moved: nothing in it is kept.
+    """
+    root = real_path(_worktree_root(repo, store, run_id))
+    mine = f"{SCRATCH_PREFIX}{ref_safe_run(run_id)}-"
+    for info in worktrees.list_worktrees(repo):
+        if info.path.name.startswith(mine) and real_path(info.path.parent) == root:
+            worktrees.remove_worktree(repo, info.path, force=True)
+
+
 def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
     """Where swarm keeps the run's integration worktree."""
     return _worktree_root(repo, store, run_id) / f"_integration-{ref_safe_run(run_id)}"
@@ -114,6 +127,24 @@ def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
 
 def _same_path(path: Path, other: Path | None) -> bool:
     return other is not None and path.resolve() == other.resolve()
+
+
+def checks_record(worktree: Path) -> Path | None:
+    """Where the untracked files of *worktree* are listed while merge checks run in it.
+
+    In its own admin dir: it goes with the worktree, and a temporary one's (``--into``) never
+    speaks for the integration worktree. None when *worktree* is not a checkout.
+    """
+    try:
+        return git.git_dir(worktree) / "swarm-checks-untracked.json"
+    except SwarmError:
+        return None
+
+
+def checks_cut_off(worktree: Path) -> bool:
+    """Whether merge checks were killed in *worktree* before undoing what they wrote."""
+    record = checks_record(worktree)
+    return record is not None and record.exists()
 
 
 def half_merged(worktree: Path) -> bool:
