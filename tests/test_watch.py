@@ -18,6 +18,7 @@ from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.git import repo as swarm_git
+from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import TaskStatus
@@ -199,6 +200,112 @@ def test_watch_in_tmux_shows_the_task_table(
         wait_for(lambda: manager_gone(repo), what="the manager to end")
 
 
+LOUD_AGENT = """
+import os, pathlib, sys, time
+print("\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J leaked " + os.environ["DEPLOY_TOKEN"], flush=True)
+pathlib.Path("a.txt").write_text("a")
+gate = pathlib.Path(sys.argv[1])
+while not gate.exists():
+    time.sleep(0.05)
+print("[agent] finished " + os.environ["DEPLOY_TOKEN"], flush=True)
+"""
+
+
+def test_the_log_pane_shows_an_agents_output_redacted_printable_and_to_its_end(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    value = "deploy-token-7c1e-44aa-91b0"
+    gate = repo.parent / "gate"
+    agent = [*write_agent(LOUD_AGENT), str(gate)]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\n',
+    )
+    assert swarm(repo, "run", "--detach", path).returncode == 0
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            view = app.query_one("#log-view")
+            await until(pilot, lambda: "leaked" in "\n".join(view.lines), "the agent's line")
+            gate.touch()  # its attempt ends: the log is rewritten redacted, the pane goes on
+            await until(pilot, lambda: "finished" in "\n".join(view.lines), "its last line")
+            shown = "\n".join(view.lines)
+            assert value not in shown
+            assert shown.count("[REDACTED]") == 2, shown
+            assert "\x1b" not in shown
+            assert "\x07" not in shown
+
+    try:
+        run_async(drive)
+    finally:
+        gate.touch()
+        store.close()
+        wait_for(lambda: manager_gone(repo), what="the run to end")
+
+
+def test_a_log_follower_reads_whole_lines_skips_a_burst_and_restarts_on_a_rewrite(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"old line\n")
+    follow = Follower(log, limit=1024)
+    assert follow.read() == (False, "old line\n")
+    with log.open("ab") as fh:
+        fh.write(b"caf" + "é".encode()[:1])  # a character split across two writes
+    assert follow.read() == (False, "")
+    with log.open("ab") as fh:
+        fh.write("é".encode()[1:] + b"\n" + b"x" * 5000 + b"\nlast\n")  # then a burst
+    restart, text = follow.read()
+    assert not restart
+    assert text.startswith("... (")
+    assert text.endswith("\nlast\n")
+    assert "café" not in text  # skipped with the burst
+    assert len(text) < 1200
+    log.write_bytes(b"rewritten\n")  # shorter, as a redacted rewrite may be
+    assert follow.read() == (True, "rewritten\n")
+    log.write_bytes(b"caf\xc3\xa9 rewritten again, longer\n")  # same size or longer
+    assert follow.read() == (True, "café rewritten again, longer\n")
+
+
+def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+) -> None:
+    hold, gate = tmp_path / "hold", tmp_path / "gate"
+    check = write_agent(  # the run's own checks pass at once; the merge's wait for the gate
+        f"import pathlib, time\nwhile pathlib.Path({str(hold)!r}).exists() "
+        f"and not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+    )
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a')\n")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "aa"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+        f"checks = [{argv_toml(check)}]\n",
+    )
+    assert swarm(repo, "run", path).returncode == 0
+    hold.touch()
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            await pilot.press("m")
+            await until(pilot, lambda: "merge: working…" in app.messages, "the merge")
+            await pilot.press("q")
+            await until(pilot, lambda: app.messages[-1].startswith("quitting once merge"), "why")
+            assert app.is_running
+            gate.touch()
+            await until(pilot, lambda: not app.is_running, "the screen to close")
+
+    try:
+        run_async(drive)
+    finally:
+        gate.touch()
+        store.close()
+    assert any(m.startswith("merged into") for m in app.messages), app.messages
+
+
 def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
     repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -242,6 +349,7 @@ def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
                 )
                 await until(pilot, lambda: app.rows["bb"].merge_result == "merged", "recorded")
                 assert app.rows["aa"].state == "done"
+                assert app.marked == set()  # taken by that merge: a next `m` is a new choice
                 await pilot.press("p")
                 await until(pilot, lambda: any("PR #" in m or "pr failed" in m
                                                for m in app.messages), "the PR")  # fmt: skip

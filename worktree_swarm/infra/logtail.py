@@ -7,7 +7,12 @@ missing or unreadable reads as empty: quoting it must never fail the caller.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from worktree_swarm.core.text import printable
+from worktree_swarm.infra.redact import redact
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 40
@@ -42,3 +47,54 @@ def last_lines(text: str, lines: int = TAIL_LINES) -> list[str]:
     """The last *lines* non-empty lines of *text*, stripped."""
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     return kept[-lines:]
+
+
+_MARK = 64  # bytes before the read position checked again: a rewritten log reads anew
+
+
+@dataclass(slots=True)
+class Follower:
+    """What a growing log adds, as whole lines, redacted and printable: for a live view.
+
+    The view starts at the last *limit* bytes and reads at most that much at a time: a burst
+    of output skips ahead (and says so) instead of stalling the view. A log rewritten under it
+    (shorter, or redacted in place once its attempt ends) is read again from its end.
+    """
+
+    path: Path
+    limit: int = TAIL_BYTES
+    _offset: int = -1
+    _pending: bytes = b""
+    _mark: bytes = b""
+
+    def read(self) -> tuple[bool, str]:
+        """``(restart, text)``: the text to append, once the view is cleared when *restart*."""
+        try:
+            fh = self.path.open("rb")
+        except OSError:
+            return False, ""
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            restart = self._offset >= 0 and not self._still_there(fh, size)
+            if self._offset < 0 or restart:
+                self._offset, self._pending, self._mark = max(0, size - self.limit), b"", b""
+            skipped = max(0, size - self._offset - self.limit)
+            if skipped:
+                self._offset, self._pending, self._mark = size - self.limit, b"", b""
+            fh.seek(self._offset)
+            chunk = fh.read(self.limit)
+        self._offset += len(chunk)
+        self._mark = (self._mark + chunk)[-_MARK:]
+        head, newline, rest = (self._pending + chunk).rpartition(b"\n")
+        if len(rest) > self.limit:  # a line that never ends is shown as it comes
+            head, newline, rest = head + newline + rest, b"", b""
+        self._pending = rest
+        text = (head + newline).decode("utf-8", errors="replace")
+        note = f"... ({skipped} bytes skipped)\n" if skipped else ""
+        return restart, note + printable(redact(text))
+
+    def _still_there(self, fh: BinaryIO, size: int) -> bool:
+        if size < self._offset:
+            return False
+        fh.seek(self._offset - len(self._mark))
+        return fh.read(len(self._mark)) == self._mark

@@ -9,6 +9,7 @@ it draws from agents (log lines, reasons, file names) is plain text, never marku
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,11 @@ from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
+from worktree_swarm.core.text import printable
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra.logtail import Follower
+from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
 from worktree_swarm.report import status
@@ -32,6 +36,7 @@ from worktree_swarm.ui.merge_text import merge_prediction_lines
 
 REFRESH_S = 1.0
 LOG_TAIL_BYTES = 256 * 1024
+PANE_LINES = 20_000  # a diff or prediction longer than that is cut: the screen stays live
 COLUMNS = ("", "task", "state", "agent", "att", "elapsed", "cost", "diff", "why / after")
 _STYLE = {
     "done": "green",
@@ -84,11 +89,11 @@ def details(row: TaskStatus) -> Text:
 
 @dataclass(slots=True)
 class _Follow:
-    """Which log file the log pane shows, and how far it has read."""
+    """Which log file the log pane shows, and what reads it."""
 
     task_id: str | None = None
     path: Path | None = None
-    offset: int = 0
+    follower: Follower | None = None
 
 
 class WatchApp(App[None]):
@@ -118,6 +123,8 @@ class WatchApp(App[None]):
         self.marked: set[str] = set()
         self.messages: list[str] = []  # every action's result, newest last (tests read it)
         self._follow = _Follow()
+        self._busy: list[str] = []  # the actions under way, by name
+        self._quit_when_done = False
 
     def compose(self) -> ComposeResult:
         """Header, task table, details line, the panes, key bar."""
@@ -191,20 +198,21 @@ class WatchApp(App[None]):
         path = Path(attempts[-1].log_path) if attempts else None
         if (task_id, path) != (self._follow.task_id, self._follow.path):
             view.clear()
-            self._follow = _Follow(task_id=task_id, path=path)
-            if path is None:
+            if path is None or task_id is None:
+                self._follow = _Follow(task_id=task_id)
                 view.write_line("(no agent started yet)" if task_id else "")
                 return
-            size = path.stat().st_size if path.exists() else 0
-            self._follow.offset = max(0, size - LOG_TAIL_BYTES)
-        if path is None or not path.exists():
+            # While the agent runs its log is raw: its task's secrets are known to the redactor.
+            status.know_task_secrets(self.repo, self.store, self.run_id, task_id)
+            follower = Follower(path, limit=LOG_TAIL_BYTES)
+            self._follow = _Follow(task_id=task_id, path=path, follower=follower)
+        if self._follow.follower is None:
             return
-        with path.open("rb") as fh:
-            fh.seek(self._follow.offset)
-            chunk = fh.read()
-        if chunk:
-            self._follow.offset += len(chunk)
-            view.write(chunk.decode(errors="replace"))
+        restart, text = self._follow.follower.read()  # at most LOG_TAIL_BYTES a tick
+        if restart:
+            view.clear()
+        if text:
+            view.write(text)
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         """A new selection: its details, log, and the open pane."""
@@ -227,6 +235,7 @@ class WatchApp(App[None]):
     def _load_diff(self, task_id: str) -> None:
         found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
         text = diff.patch(self.repo, found[0]) if found else ""
+        text = _shown(text, f"`swarm diff {task_id}` prints all of it")
         self.call_from_thread(self._fill, "#diff-view", text or f"{task_id}: no changes yet")
 
     @work(thread=True, exclusive=True, group="conflicts")
@@ -234,9 +243,8 @@ class WatchApp(App[None]):
         from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
 
         report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
-        self.call_from_thread(
-            self._fill, "#conflicts-view", "\n".join(merge_prediction_lines(report))
-        )
+        text = _shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
+        self.call_from_thread(self._fill, "#conflicts-view", text)
 
     def _fill(self, selector: str, text: str) -> None:
         view = self.query_one(selector, Log)
@@ -277,6 +285,9 @@ class WatchApp(App[None]):
     def action_merge(self) -> None:
         """Merge the marked tasks (or the selected one) into the integration branch."""
         chosen = sorted(self.marked) or ([self.selected] if self.selected else [])
+        taken, self.marked = self.marked, set()  # the next `m` merges what is chosen then
+        for task_id in taken & set(self.rows):
+            self._redraw(task_id, self.rows[task_id])
         if chosen:
             self._run_action(
                 "merge", lambda: watch_actions.merge(self.repo, self.store, self.run_id, chosen)
@@ -291,18 +302,46 @@ class WatchApp(App[None]):
 
     @work(thread=True, group="actions")
     def _run_action(self, name: str, call: Callable[[], watch_actions.ActionResult]) -> None:
-        self.call_from_thread(self._say, f"{name}: working…", ok=True)
+        self.call_from_thread(self._began, name)
         try:
             result = call()
         except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
             result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
         self.call_from_thread(self._say, result.message, ok=result.ok)
-        self.call_from_thread(self.refresh_rows)
+        self.call_from_thread(self._ended, name)
+
+    def _began(self, name: str) -> None:
+        self._busy.append(name)
+        self._say(f"{name}: working…", ok=True)
+
+    def _ended(self, name: str) -> None:
+        self._busy.remove(name)
+        if self._quit_when_done and not self._busy:
+            self.exit()
+        else:
+            self.refresh_rows()
+
+    async def action_quit(self) -> None:
+        """Quit; while an action is under way (a merge's checks), once it has ended."""
+        if not self._busy:
+            self.exit()
+            return
+        self._quit_when_done = True
+        self._say(f"quitting once {', '.join(self._busy)} ends (Ctrl-C cuts it off there)", ok=True)
 
     def _say(self, message: str, *, ok: bool) -> None:
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
+
+
+def _shown(text: str, rest: str) -> str:
+    """*text* for a pane: redacted, printable, cut at ``PANE_LINES`` lines (*rest*: the rest)."""
+    lines = text.splitlines()
+    if len(lines) > PANE_LINES:
+        more = len(lines) - PANE_LINES
+        text = "\n".join(lines[:PANE_LINES]) + f"\n... {more} more lines: {rest}\n"
+    return printable(redact(text))
 
 
 def watch(repo: git.Repo, run_id: str | None) -> None:
@@ -311,4 +350,10 @@ def watch(repo: git.Repo, run_id: str | None) -> None:
         chosen = status.resolve_run(store, run_id)
         # Over SSH without a terminfo entry Textual still works; only a missing TERM is fatal.
         os.environ.setdefault("TERM", "xterm-256color")
-        WatchApp(repo, store, chosen).run()
+        app = WatchApp(repo, store, chosen)
+        # Killed politely, the screen still closes: the terminal gets its modes back.
+        previous = signal.signal(signal.SIGTERM, lambda *_: app.exit())
+        try:
+            app.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
