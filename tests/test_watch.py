@@ -161,17 +161,27 @@ def test_a_reason_in_brackets_is_shown_as_typed() -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize("how", ["q", "SIGTERM"])
 def test_watch_in_tmux_shows_the_task_table(
-    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
+    repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path, how: str
 ) -> None:
     gate = start_detached(repo, write_agent, ["alpha", "beta"])
     session = f"swarm-watch-{tmp_path.name}"
     sock = str(tmp_path / "tmux.sock")
-    cmd = f"cd {repo} && {sys.executable} -m worktree_swarm.cli watch"
+    cmd = f"cd {repo} && exec {sys.executable} -m worktree_swarm.cli watch"
     tmux = ["tmux", "-S", sock]
     subprocess.run(
         [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd], check=True
     )
+    # The pane stays once watch has quit: what it left the terminal in can be asked.
+    subprocess.run([*tmux, "set-option", "-t", session, "remain-on-exit", "on"], check=True)
+
+    def pane(field: str) -> str:
+        return subprocess.run(
+            [*tmux, "display-message", "-p", "-t", session, f"#{{{field}}}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+
     try:
 
         def screen() -> str:
@@ -187,17 +197,28 @@ def test_watch_in_tmux_shows_the_task_table(
         assert "task" in text
         assert "state" in text
         wait_for(lambda: "running" in screen(), what="a running task")
-        subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
-        wait_for(
-            lambda: (
-                subprocess.run([*tmux, "has-session", "-t", session], check=False).returncode != 0
-            ),
-            what="watch to quit",
-        )
+        if how == "q":
+            subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
+        else:
+            psutil.Process(int(pane("pane_pid"))).terminate()
+        wait_for(lambda: pane("pane_dead") == "1", what="watch to quit")
+        assert pane("pane_dead_status") == "0"
+        assert pane("alternate_on") == "0"  # the screen it drew on is closed
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
         gate.write_text("go")
         wait_for(lambda: manager_gone(repo), what="the manager to end")
+
+
+def test_watch_without_a_terminal_is_one_line_and_exit_2(repo: Path) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "watch"], cwd=repo, capture_output=True,
+        text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr) == (
+        2, "swarm: swarm watch needs a terminal; without one, `swarm status` shows it\n"
+    )  # fmt: skip
 
 
 LOUD_AGENT = """
