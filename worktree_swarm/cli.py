@@ -522,9 +522,7 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
     from worktree_swarm.ui import watch
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise BadInputError(
-            "swarm watch needs a terminal; without one, `swarm status` shows the run"
-        )
+        raise BadInputError("swarm watch needs a terminal; without one, `swarm status` shows it")
     watch.watch(_repo(ctx), run_id)
     return ExitCode.OK
 
