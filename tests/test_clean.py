@@ -752,6 +752,22 @@ def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     _cleaned_and_kept(repo, path, tip)
 
 
+def test_clean_finishes_what_a_clean_killed_in_its_checkpoint_left_locked(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "edits"
+    (path / "later.txt").write_text("typed after the run\n")
+    (g.git_dir(path) / "index.lock").write_bytes(b"")  # what a git killed in its commit leaves
+
+    found = report(repo, "clean", "--yes", "--keep-branches", code=0)
+
+    assert all(f["fixed"] for f in found.values()), found
+    assert not path.exists()
+    assert git(repo, "show", "swarm/edits:later.txt") == "typed after the run"
+
+
 def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     repo: Path, write_agent: AgentFactory
 ) -> None:

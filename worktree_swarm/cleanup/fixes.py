@@ -415,6 +415,16 @@ def repo_paths(repo: git.Repo) -> list[Path]:
     return paths
 
 
+def _unlock_index(repo: git.Repo, path: Path) -> None:
+    """Delete the index lock a killed git left in the worktree *path*, if no git runs here.
+
+    A `swarm clean` killed in its checkpoint's commit leaves one: the next clean would fail.
+    """
+    lock = git.git_dir(path) / "index.lock"
+    if lock.exists() and not git_users(repo_paths(repo)):
+        lock.unlink(missing_ok=True)
+
+
 def _unlink_lock(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
     if not path.exists():
@@ -458,6 +468,7 @@ def _remove_worktree(
     if path.is_dir():
         _refuse_when_not_ours_to_remove(repo, path, force=force)
         worktrees.unplant(repo, path, info.branch)  # nothing of git's below writes through one
+        _unlock_index(repo, path)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
