@@ -43,7 +43,7 @@ class Scripted:
     path_re: str
     status: int
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes  # bytes: sent as they are (an HTML error page)
 
 
 @dataclass
@@ -85,8 +85,10 @@ class FakeGitHub:
         status: int,
         headers: dict[str, str] | None = None,
         message: str = "You have exceeded a secondary rate limit.",
+        raw: bytes | None = None,
     ) -> None:
-        self.scripted.append(Scripted(method, path_re, status, headers or {}, {"message": message}))
+        body = {"message": message} if raw is None else raw
+        self.scripted.append(Scripted(method, path_re, status, headers or {}, body))
 
     def calls(self, method: str, path_re: str = ".*") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and re.search(path_re, r.path)]
@@ -131,7 +133,7 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                     )
                 )
                 status, headers, reply = self._answer(method, parts.path, parts.query, body)
-            data = json.dumps(reply).encode()
+            data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
@@ -157,6 +159,9 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                 return 200, {}, self._list_pulls(params)
             if rest == "pulls" and method == "POST":
                 return self._create_pull(body)
+            if (m := re.fullmatch(r"pulls/(\d+)", rest)) and method == "GET":
+                pull = state.pulls.get(int(m[1]))
+                return (200, {}, pull) if pull else (404, {}, {"message": "Not Found"})
             if (m := re.fullmatch(r"pulls/(\d+)", rest)) and method == "PATCH":
                 pull = state.pulls.get(int(m[1]))
                 if pull is None:

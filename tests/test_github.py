@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
+from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.github import client as github
@@ -125,6 +125,43 @@ def test_wait_longer_than_allowed_fails_with_when_to_retry(fake_github: FakeGitH
     assert "try again after" in str(info.value)
     assert info.value.exit_code == ExitCode.TASK_FAILED
     assert waits == []
+
+
+def test_a_quota_that_resets_later_than_swarm_waits_fails_at_once_saying_when(
+    fake_github: FakeGitHub,
+) -> None:
+    # A success that spends the last request of the hour: the next one would be refused.
+    reset = int(time.time()) + 3600
+    headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+    fake_github.scripted.append(Scripted("GET", "/issues/", 200, headers, {"number": 1}))
+    waits = Waits()
+    c = client(fake_github, waits, max_wait=5)
+    c.get_issue(1)
+    with pytest.raises(github.RateLimitError) as info:
+        c.get_issue(1)
+    assert "longer than the 5s swarm waits" in str(info.value)
+    assert waits == []
+    assert len(fake_github.calls("GET")) == 1  # not sent before the quota resets
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "1e12"])
+def test_an_absurd_retry_after_is_one_clear_error(
+    fake_github: FakeGitHub, retry_after: str
+) -> None:
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": retry_after})
+    with pytest.raises(github.RateLimitError) as info:
+        client(fake_github, max_wait=5).create_pull(title="T", head="swarm/a", base="main", body="")
+    assert "try again after" in str(info.value)
+
+
+def test_an_error_page_that_echoes_the_token_shows_none_of_it(fake_github: FakeGitHub) -> None:
+    # The token where the quote of the page is cut: half of it would be shown.
+    page = f"<html><pre>{'x' * 160} Authorization: Bearer {TOKEN}</pre></html>".encode()
+    fake_github.fail_next("POST", "/pulls$", 502, raw=page)
+    with pytest.raises(github.GitHubError) as info:
+        client(fake_github).create_pull(title="T", head="swarm/a", base="main", body="")
+    assert "Authorization: Bearer [REDAC" in str(info.value)  # redacted, then cut
+    assert "ghp_" not in str(info.value)
 
 
 def test_writes_are_at_least_a_second_apart(fake_github: FakeGitHub) -> None:

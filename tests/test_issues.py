@@ -181,6 +181,20 @@ def test_swarm_run_issues_makes_one_task_per_issue(
     assert TOKEN not in out.stdout + out.stderr
 
 
+def test_an_issue_moved_to_another_repository_is_refused_not_taken_for_another(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    moved = fake_github.add_issue("Moved away")
+    # GitHub answers a transferred issue with the one it became, under another number.
+    fake_github.issues[moved] = {**fake_github.issues[moved], "number": moved + 11}
+    out = swarm(repo, "run", "--agent", "scripted", "--issues", str(moved),
+                "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url)  # fmt: skip
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert f"issue #{moved} of {OWNER}/{NAME} was moved to another repository" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_issues_without_an_origin_remote_say_what_to_do(repo: Path) -> None:
     out = swarm(repo, "run", "--agent", "scripted", "--issues", "1")
     assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import agent_command, git
 from tests.github_server import TOKEN, FakeGitHub, serve
-from tests.test_run import checkout_snapshot, swarm
+from tests.test_run import checkout_snapshot, status_json, swarm
+from worktree_swarm.github.pr_conflicts import HEADING, Clash, section
 from worktree_swarm.infra.store import Store
 
 AGENT = (
@@ -139,6 +140,31 @@ def test_second_run_updates_instead_of_duplicating(
     assert "**Diff:** 2 files changed, +3 -0" in body
     assert "**Cost:** $0.42" in body
     assert git(done_run, "rev-parse", "swarm/one") == git(repo, "rev-parse", "swarm/one")
+
+
+@pytest.mark.parametrize("how", ["merged", "closed"])
+def test_a_pull_request_merged_or_closed_on_github_is_never_opened_again(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, how: str
+) -> None:
+    assert swarm_pr(repo, fake_github).returncode == 0
+    fake_github.pulls[1]["state"] = "closed"  # by a person, on GitHub
+    fake_github.pulls[1]["merged_at"] = "2026-12-02T10:00:00Z" if how == "merged" else None
+    git(done_run, "branch", "-D", "swarm/one")  # GitHub deletes the merged head branch
+
+    out = swarm_pr(repo, fake_github)
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "one  kept  #1  https://github.test/acme/widgets/pull/1"
+    assert len(fake_github.pulls) == 2
+    assert "swarm/one" not in remote_branches(done_run)  # not pushed back
+    assert status_json(repo)["one"]["pr_state"] == how
+
+
+def test_a_file_name_cannot_end_the_code_span_it_is_named_in() -> None:
+    name = "a.txt\n\nCloses #1 @victim\n\n`b"  # an agent names its files as it likes
+    heading, blank, line = section([Clash(task_id="other", number=2, files=(name,))])
+    assert (heading, blank) == (HEADING, "")
+    assert line == '- #2 (task `other`): `"a.txt\\n\\nCloses #1 @victim\\n\\n\'b"`'
 
 
 def test_an_earlier_run_never_pushes_or_updates_what_a_later_run_reused(

@@ -204,7 +204,9 @@ def run(
                 " remote origin here: add it (`git remote add origin URL`) or pass"
                 " --github-repo OWNER/NAME"
             )
-        client = github.connect(repo, remote="origin", github_repo=github_repo, api_url=api_url)
+        client = github.connect(
+            repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
+        )
         numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
     spec = build_run_spec(
@@ -681,7 +683,7 @@ def pr_cmd(
             github_repo=github_repo,
             api_url=api_url,
             echo=click.echo,
-            on_wait=lambda s, why: click.echo(f"waiting {s:.0f}s: {why}", err=True),
+            on_wait=_say_wait,
         )
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 
@@ -845,7 +847,7 @@ def plan_cmd(
         max_tasks=max_tasks,
         jobs=jobs,
     )
-    plan.write_manifest(out, result.manifest_text)
+    plan.write_manifest(out, result.manifest_text, force=force)
     for line in plan.describe(result, out=str(out)):
         click.echo(line)
     return ExitCode.OK
@@ -913,6 +915,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc)
     return int(code or 0)
+
+
+def _say_wait(seconds: float, why: str) -> None:
+    click.echo(f"waiting {seconds:.0f}s: {why}", err=True)
 
 
 def _debug(args: Sequence[str]) -> bool:

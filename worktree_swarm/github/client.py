@@ -26,6 +26,7 @@ from typing import Any
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proc
+from worktree_swarm.infra.redact import redact
 
 DEFAULT_API_URL = "https://api.github.com"
 API_URL_ENV = "SWARM_GITHUB_API_URL"
@@ -245,7 +246,21 @@ class Client:
             self._repo_path("pulls"),
             params={"head": f"{self.repo.owner}:{head_branch}", "state": "open", "per_page": "10"},
         ).data
-        return pulls[0] if isinstance(pulls, list) and pulls else None
+        # Only one whose head is that branch: a server that ignores the filter lists others.
+        for pull in pulls if isinstance(pulls, list) else []:
+            head = pull.get("head") if isinstance(pull, dict) else None
+            if isinstance(head, dict) and head.get("ref") == head_branch:
+                return dict(pull)
+        return None
+
+    def get_pull(self, number: int) -> dict[str, Any] | None:
+        """Pull request *number*, or None when it does not exist (any more)."""
+        try:
+            return _object(self.request("GET", self._repo_path(f"pulls/{number:d}")).data)
+        except GitHubError as exc:
+            if exc.status in {404, 410}:
+                return None
+            raise
 
     def create_pull(
         self, *, title: str, head: str, base: str, body: str, draft: bool = False
@@ -324,7 +339,7 @@ class Client:
     def _send(self, method: str, url: str, body: Mapping[str, object] | None) -> Response:
         with self._lock:
             for attempt in range(self.max_retries + 1):
-                self._pause_before(method)
+                self._pause_before(method, url)
                 status, headers, raw = self._exchange(method, url, body)
                 if method in WRITE_METHODS:
                     self._last_write = time.monotonic()
@@ -344,16 +359,19 @@ class Client:
             why = f"asks to wait {wait:.0f}s, longer than the {self.max_wait:.0f}s swarm waits"
         else:
             why = f"still limited after {tries} tries"
-        retry_at = time.strftime("%H:%M:%S", time.localtime(time.time() + wait))
         return RateLimitError(
-            f"GitHub rate limit: {method} {self._display(url)} {why}; try again after {retry_at}",
+            f"GitHub rate limit: {method} {self._display(url)} {why}; try again after"
+            f" {_when(wait)}",
             status=status,
         )
 
-    def _pause_before(self, method: str) -> None:
+    def _pause_before(self, method: str, url: str) -> None:
         now = time.monotonic()
         if self._blocked_until > now:
-            self._wait(self._blocked_until - now, "GitHub rate limit")
+            wait = self._blocked_until - now
+            if wait > self.max_wait:  # the quota resets later than swarm waits: say so now
+                raise self._give_up(method, url, 403, wait, tries=0)
+            self._wait(wait, "GitHub rate limit")
         if method in WRITE_METHODS and self._last_write is not None:
             self._sleep_until(self._last_write + self.write_interval)
 
@@ -371,7 +389,7 @@ class Client:
         if headers.get("x-ratelimit-remaining") == "0":
             reset = _epoch_wait(headers.get("x-ratelimit-reset"))
             if reset is not None:
-                self._blocked_until = time.monotonic() + min(reset, self.max_wait)
+                self._blocked_until = time.monotonic() + reset
 
     def _exchange(
         self, method: str, url: str, body: Mapping[str, object] | None
@@ -407,7 +425,9 @@ class Client:
             data = None
         if 200 <= status < 300:  # noqa: PLR2004
             return Response(status=status, data=data, headers=headers)
-        detail = _error_detail(data) or raw[:200].decode("utf-8", "replace").strip()
+        # Redacted before it is cut: a page that echoes the token never shows part of it.
+        page = self.token.redact(raw.decode("utf-8", "replace"))
+        detail = _error_detail(data) or redact(page)[:200].strip()
         hint = {
             401: "; the token was rejected: check GITHUB_TOKEN / GH_TOKEN or `gh auth login`",
             403: "; the token lacks permission for this repository",
@@ -444,6 +464,13 @@ def _rate_limit_wait(
     if status == 429 or "rate limit" in text:  # noqa: PLR2004
         return secondary_wait * float(2**attempt)
     return None
+
+
+def _when(wait: float) -> str:
+    """The local time *wait* seconds from now: with its date when that is not today."""
+    at = time.time() + min(wait, 100 * 365 * 86400.0)  # `inf` or a silly number: far off
+    fmt = "%H:%M:%S" if wait < 12 * 3600 else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, time.localtime(at))
 
 
 def _epoch_wait(reset: str | None) -> float | None:

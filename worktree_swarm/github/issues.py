@@ -90,16 +90,26 @@ def fetch_issue_tasks(
         return limit is None or len(tasks) < limit
 
     for number in dict.fromkeys(numbers):
-        issue = client.get_issue(number)
-        if issue is None:
-            raise BadInputError(f"--issues: issue #{number} not found in {client.repo}")
-        if not add(issue):
+        if not add(_numbered_issue(client, number)):
             return tasks
     if label:
         for issue in client.list_issues(labels=label.strip()):
             if not add(issue):
                 break
     return tasks
+
+
+def _numbered_issue(client: Client, number: int) -> Mapping[str, Any]:
+    """Issue *number* of the client's repository; BadInputError when it is not one there."""
+    issue = client.get_issue(number)
+    if issue is None:
+        raise BadInputError(f"--issues: issue #{number} not found in {client.repo}")
+    if issue.get("number") != number:  # moved to another repository: another issue there
+        raise BadInputError(
+            f"--issues: issue #{number} of {client.repo} was moved to another repository"
+            f" ({issue.get('html_url') or 'no address given'}); run swarm there"
+        )
+    return issue  # a pull request (GitHub lists them as issues too) is skipped by the caller
 
 
 def _check_request(

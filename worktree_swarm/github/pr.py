@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
@@ -31,6 +31,9 @@ _ISSUE_TASK_RE = re.compile(r"issue-([1-9][0-9]{0,9})")
 _BACKTICKS_RE = re.compile(r"`+")
 
 
+KEPT = "kept"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PullRequest:
     """A pull request swarm created or updated for a task."""
@@ -39,7 +42,7 @@ class PullRequest:
     branch: str
     number: int
     url: str
-    action: str  # "created" or "updated"
+    action: str  # "created", "updated", or "kept" (merged or closed on GitHub: left as it is)
     state: str = "open"
 
 
@@ -171,7 +174,8 @@ def open_pull_requests(
                 echo(f"{row.task_id}  failed  {reason}")
             continue
         pulls.append(pull)
-        known[row.task_id] = pull.number
+        if pull.action != KEPT:
+            known[row.task_id] = pull.number
         store.update_task(
             run_id, row.task_id, pr_number=pull.number, pr_url=pull.url, pr_state=pull.state
         )
@@ -185,7 +189,7 @@ def open_pull_requests(
             echo(f"{pull.task_id}  {pull.action}  #{pull.number}  {pull.url}")
     # A pull request opened before a conflicting one of the same batch did not know its number.
     by_id = {row.task_id: row for row in rows}
-    for pull in pulls:
+    for pull in (p for p in pulls if p.action != KEPT):
         now = pr_conflicts.clashes(pull.task_id, pairs, known)
         if now != sent[pull.task_id]:
             _add_clashes(repo, client, by_id[pull.task_id], pull, run_base, now, echo)
@@ -259,6 +263,8 @@ def _one(
     branch = _checked_branch(row)
     if taken_by is not None:  # a later run's work, and maybe its pull request: never touched
         raise SwarmError(f"branch {branch} is run {taken_by}'s now (it reused the task id)")
+    if (ended := _ended_pull(client, row, branch)) is not None:
+        return ended  # someone merged or closed it: neither pushed again nor opened anew
     task = task_from_json(row.spec_json)
     tip = git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
     if tip is None:
@@ -277,7 +283,7 @@ def _one(
     title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
     existing = client.find_pull(branch)
     if existing is not None:
-        reply = client.update_pull(int(existing["number"]), title=title, body=body)
+        reply = client.update_pull(_number(existing), title=title, body=body)
         action = "updated"
         state = str(reply.get("state") or existing.get("state") or "open")
     else:
@@ -287,10 +293,35 @@ def _one(
     return PullRequest(
         task_id=row.task_id,
         branch=branch,
-        number=int(reply["number"]),
+        number=_number(reply),
         url=str(reply.get("html_url") or ""),
         action=action,
         state=state,
+    )
+
+
+def _number(pull: Mapping[str, object]) -> int:
+    """The number of the pull request in one of GitHub's replies (a reply without one fails)."""
+    number = pull.get("number")
+    if not isinstance(number, int):
+        raise SwarmError(f"GitHub replied with no pull request number ({str(pull)[:120]})")
+    return number
+
+
+def _ended_pull(client: Client, row: TaskRow, branch: str) -> PullRequest | None:
+    """The task's recorded pull request when it was merged or closed since, else None."""
+    if row.pr_number is None:
+        return None
+    pull = client.get_pull(row.pr_number)
+    if pull is None or pull.get("state") != "closed":
+        return None
+    return PullRequest(
+        task_id=row.task_id,
+        branch=branch,
+        number=row.pr_number,
+        url=str(pull.get("html_url") or ""),
+        action=KEPT,
+        state="merged" if pull.get("merged_at") else "closed",
     )
 
 
@@ -379,7 +410,8 @@ def _fenced(text: str) -> list[str]:
 
 
 def _code(text: str) -> str:
-    return text.replace("`", "'")
+    # On one line, without backticks: the code span it goes in cannot end early.
+    return one_line(text, controls=True).replace("`", "'")
 
 
 def _plural(n: int, word: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store, TaskRow
 from worktree_swarm.merge import conflicts
@@ -88,5 +89,6 @@ def section(found: Sequence[Clash]) -> list[str]:
 
 
 def _code(path: str) -> str:
-    # A backtick in a file name would end the code span; GitHub then renders the rest.
-    return "`" + path.replace("`", "'") + "`"
+    # A backtick in a file name would end the code span, and so would a blank line (a newline
+    # in it): GitHub then renders the rest. Quoted as git quotes it, the name is one line.
+    return "`" + path_text(path).replace("`", "'") + "`"
