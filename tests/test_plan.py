@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
 import threading
 import tomllib
@@ -20,6 +21,8 @@ from tests.test_run import swarm
 from worktree_swarm.cli import main
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import Overrides, build_run_spec
+from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.plan import planner
 
 KEY = "sk-ant-test-SECRET-0123456789"
 TOOL = "submit_task_plan"
@@ -249,7 +252,8 @@ def test_request_sends_the_repository_picture_as_a_cached_prefix(
     assert "anthropic-version" in seen.headers
     body = seen.body
     assert body["model"] == "claude-test-model"
-    assert body["tool_choice"] == {"type": "tool", "name": TOOL}
+    # One call with every task: a second one's tasks would be dropped.
+    assert body["tool_choice"] == {"type": "tool", "name": TOOL, "disable_parallel_tool_use": True}
     assert [t["name"] for t in body["tools"]] == [TOOL]  # type: ignore[index]
     instructions, picture = body["system"]  # type: ignore[misc]
     assert "cache_control" not in instructions
@@ -277,8 +281,16 @@ def test_request_sends_the_repository_picture_as_a_cached_prefix(
             [{"id": "a", "title": "A", "prompt": "x", "depends_on": ["zzz"]}],
             "plan: task \"a\": depends_on 'zzz' is not a task of this run",
         ),
+        (
+            [{"id": "a", "title": "A", "prompt": "x", "checks": [None]}],
+            "a value that is not text, a number or a list of them",
+        ),
+        (
+            [{"id": "a", "title": "A", "prompt": "x", "depends_on": [[[[["deep"]]]] * 2]}],
+            "depends_on",
+        ),
     ],
-    ids=["cycle", "unknown-dependency"],
+    ids=["cycle", "unknown-dependency", "null", "nested"],
 )
 def test_invalid_answer_is_sent_back_once(
     project: Path, api: StubAnthropic, bad: list[dict[str, object]], error: str
@@ -303,6 +315,104 @@ def test_invalid_answer_is_sent_back_once(
     assert error in result_block["content"]
     tasks = tomllib.loads((project / "tasks.toml").read_text())["task"]
     assert [t["id"] for t in tasks] == ["login", "cart", "checkout"]
+
+
+def test_an_answer_cut_off_or_calling_twice_is_sent_back_for_every_call(
+    project: Path, api: StubAnthropic
+) -> None:
+    cut = plan_reply(GOOD)
+    cut.body["stop_reason"] = "max_tokens"
+    twice = plan_reply(GOOD, tool_id="toolu_a")
+    content = twice.body["content"]
+    assert isinstance(content, list)
+    content.append({**content[1], "id": "toolu_b"})
+    api.replies += [cut, plan_reply(GOOD)]
+    assert plan(project, "goal").returncode == 0
+    (project / "tasks.toml").unlink()
+    api.replies += [twice, plan_reply(GOOD)]
+
+    result = plan(project, "goal")
+
+    assert result.returncode == 0, result.stderr
+    first_reply = api.seen[1].body["messages"][2]["content"][0]  # type: ignore[index]
+    assert "cut off at the token limit" in first_reply["content"]
+    answered = api.seen[3].body["messages"][2]["content"]  # type: ignore[index]
+    assert [r["tool_use_id"] for r in answered] == ["toolu_a", "toolu_b"]
+    assert "exactly once" in answered[0]["content"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"type": "message", "content": None, "usage": None}, ["not", "a", "message"], "<html>"],
+    ids=["null-content", "a-list", "html"],
+)
+def test_a_reply_that_is_no_message_is_one_line(
+    project: Path, api: StubAnthropic, body: object
+) -> None:
+    api.default = Reply(200, body)  # type: ignore[arg-type]
+    result = plan(project, "goal")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("swarm: "), line
+    assert "internal error" not in line
+    assert not (project / "tasks.toml").exists()
+
+
+def test_invisible_characters_are_written_escaped_and_read_back_as_they_were(
+    project: Path, api: StubAnthropic
+) -> None:
+    hidden = "Fix the typo in README.md.\U000e0041\u202e\u200b"
+    api.replies += [plan_reply([{"id": "a", "title": "A", "prompt": hidden}])]
+    assert plan(project, "goal").returncode == 0
+    text = (project / "tasks.toml").read_text()
+    assert "\\U000e0041\\u202e\\u200b" in text
+    assert "\u202e" not in text
+    assert tomllib.loads(text)["task"][0]["prompt"] == hidden
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "needle"),
+    [
+        ("http://[::1", {}, "is not an http(s) URL"),
+        ("http://host name:1", {}, "is not an http(s) URL"),
+        ("http://h:99999", {}, "is not an http(s) URL"),
+        ("http://", {}, "is not an http(s) URL"),
+        (None, {"SWARM_API_MAX_RETRIES": "\u00b2"}, "expected an integer 0-10"),
+    ],
+)
+def test_bad_endpoint_settings_are_one_line_before_any_request(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch,
+    url: str | None, env: dict[str, str], needle: str,
+) -> None:  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = plan(project, "goal", *(["--api-url", url] if url else []))
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert api.seen == []
+
+
+def test_the_manifest_gets_the_umask_s_mode_and_a_file_that_appeared_is_kept(
+    project: Path, api: StubAnthropic
+) -> None:
+    api.replies += [plan_reply(GOOD)]
+    assert plan(project, "goal").returncode == 0
+    assert (project / "tasks.toml").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    (project / "tasks.toml").write_text("mine\n")
+    with pytest.raises(BadInputError, match="appeared while the plan was made"):
+        planner.write_manifest(project / "tasks.toml", "theirs\n")
+    assert (project / "tasks.toml").read_text() == "mine\n"
+    (project / "dangling.toml").symlink_to(project / "nowhere")
+    out = plan(project, "goal", "--out", str(project / "dangling.toml"))
+    assert out.returncode == 2
+    assert "already exists; pass --force" in out.stderr
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def test_invalid_answer_twice_fails_and_writes_nothing(project: Path, api: StubAnthropic) -> None:
@@ -361,7 +471,7 @@ def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
     assert result.returncode == 1
     assert result.stderr == (
         "swarm: Anthropic API rate limit (429: rate_limit_error: Number of requests has exceeded"
-        " your rate limit) persisted after 2 retries; wait a minute and run `swarm plan` again\n"
+        " your rate limit) persisted; wait a minute and run `swarm plan` again\n"
     )
     assert len(api.seen) == 3
     assert not (project / "tasks.toml").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -92,10 +93,22 @@ def _escape(char: str) -> str:
     if short is not None:
         return short
     if _is_control(char):
-        return f"\\u{ord(char):04x}"
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:  # noqa: PLR2004 - a lone surrogate is no character
+            raise ValueError(f"cannot write U+{code:04X} (a lone surrogate) as TOML")
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"  # noqa: PLR2004
     return char
 
 
 def _is_control(char: str) -> bool:
     # TOML forbids U+0000-U+001F and U+007F unescaped in strings, and outside of tab in comments.
-    return char != "\t" and (char < " " or char == "\x7f")
+    # Format and other invisible characters (bidi overrides, zero-width ones, tag characters)
+    # are escaped too: what a reader of the file sees is what it holds.
+    if char == "\t":
+        return False
+    return (
+        char < " " or char == "\x7f" or (char > "\x7f" and unicodedata.category(char) in _INVISIBLE)
+    )
+
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})

@@ -9,8 +9,11 @@ Retries and backoff on 429/5xx are the SDK's own (``max_retries``).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a reque
         MessageParam,
         TextBlockParam,
         ToolParam,
+        ToolUseBlock,
     )
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -142,13 +146,13 @@ def api_settings(
             "ANTHROPIC_API_KEY is not set; export your Anthropic API key and run `swarm plan` again"
         )
     base_url = api_url or env.get("ANTHROPIC_BASE_URL") or None
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
+    if base_url is not None and not _is_http_url(base_url):
         where = "--api-url" if api_url else "ANTHROPIC_BASE_URL"
         raise BadInputError(f"{where}: {base_url!r} is not an http(s) URL")
     retries_text = env.get(MAX_RETRIES_ENV, "").strip()
     max_retries = DEFAULT_MAX_RETRIES
     if retries_text:
-        if not retries_text.isdigit() or int(retries_text) > 10:  # noqa: PLR2004
+        if not (retries_text.isascii() and retries_text.isdigit()) or int(retries_text) > 10:  # noqa: PLR2004
             raise BadInputError(
                 f"{MAX_RETRIES_ENV}: expected an integer 0-10, got {retries_text!r}"
             )
@@ -160,10 +164,13 @@ def check_output(path: Path, *, force: bool) -> None:
     """Refuse to overwrite an existing manifest unless *force*: checked before any API call."""
     if path.is_dir():
         raise BadInputError(f"--out {path}: is a directory; name a file")
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:  # a dangling symlink too: it would be replaced
         raise BadInputError(f"--out {path}: already exists; pass --force or choose another --out")
-    if not path.absolute().parent.is_dir():
-        raise BadInputError(f"--out {path}: directory {path.absolute().parent} does not exist")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise BadInputError(f"--out {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):  # found out before the API is paid
+        raise BadInputError(f"--out {path}: directory {folder} is not writable")
 
 
 def make_plan(
@@ -236,17 +243,30 @@ def make_plan(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def write_manifest(path: Path, text: str) -> None:
-    """Write *text* to *path* atomically (temp file + rename)."""
+def write_manifest(path: Path, text: str, *, force: bool = False) -> None:
+    """Write *text* to *path* atomically (temp file + rename), with the umask's mode.
+
+    Without *force* a file that appeared at *path* meanwhile (another `swarm plan`) is never
+    replaced: BadInputError.
+    """
     target = path.absolute()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as a plain `open` would: not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        Path(tmp).replace(target)
-    except BaseException:
+        if force:
+            Path(tmp).replace(target)
+        else:
+            os.link(tmp, target)  # fails if anything is there now
+    except FileExistsError:
+        raise BadInputError(
+            f"--out {path}: appeared while the plan was made; pass --force or choose another --out"
+        ) from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe(result: PlanResult, *, out: str) -> list[str]:
@@ -362,13 +382,13 @@ def _create(
     import anthropic  # noqa: PLC0415 - imported by now (the client exists)
 
     try:
-        return client.messages.create(
+        reply = client.messages.create(
             model=model,
             max_tokens=MAX_TOKENS,
             system=system,
             messages=messages,
             tools=[_TOOL],
-            tool_choice={"type": "tool", "name": TOOL_NAME},
+            tool_choice={"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
         )
     except anthropic.APIStatusError as exc:
         raise _status_error(exc, settings) from None
@@ -378,6 +398,18 @@ def _create(
             f"cannot reach the Anthropic API at {where} ({_scrub(str(exc), settings)});"
             " check the network, --api-url or ANTHROPIC_BASE_URL"
         ) from None
+    except (anthropic.APIError, ValueError) as exc:  # a 200 that is no message (HTML, a list)
+        raise SwarmError(
+            f"the Anthropic API answered with something that is not a message"
+            f" ({_scrub(str(exc), settings)}); check --api-url or ANTHROPIC_BASE_URL"
+        ) from None
+    if not isinstance(reply, anthropic.types.Message):  # the SDK hands on what it got
+        raise SwarmError(
+            f"the Anthropic API answered with something that is not a message"
+            f" ({type(reply).__name__}: {_scrub(str(reply), settings)[:80]});"
+            " check --api-url or ANTHROPIC_BASE_URL"
+        )
+    return reply
 
 
 def _status_error(exc: anthropic.APIStatusError, settings: ApiSettings) -> SwarmError:
@@ -391,17 +423,14 @@ def _status_error(exc: anthropic.APIStatusError, settings: ApiSettings) -> Swarm
         )
     if isinstance(exc, anthropic.RateLimitError):
         return SwarmError(
-            f"Anthropic API rate limit ({code}: {detail}) persisted after"
-            f" {settings.max_retries} retries; wait a minute and run `swarm plan` again"
+            f"Anthropic API rate limit ({code}: {detail}) persisted;"
+            " wait a minute and run `swarm plan` again"
         )
     if isinstance(exc, anthropic.BadRequestError | anthropic.NotFoundError):
         return BadInputError(
             f"Anthropic API refused the request ({code}: {detail}); check --model and --api-url"
         )
-    return SwarmError(
-        f"Anthropic API error ({code}: {detail}) after {settings.max_retries} retries;"
-        " try `swarm plan` again later"
-    )
+    return SwarmError(f"Anthropic API error ({code}: {detail}); try `swarm plan` again later")
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:
@@ -420,7 +449,9 @@ def _scrub(text: str, settings: ApiSettings) -> str:
 
 
 def _add_usage(usage: Usage, response: Message) -> Usage:
-    u = response.usage
+    u = getattr(response, "usage", None)
+    if u is None:  # an endpoint that does not say: the request still counts
+        return dataclasses.replace(usage, requests=usage.requests + 1)
     return Usage(
         requests=usage.requests + 1,
         input_tokens=usage.input_tokens + u.input_tokens,
@@ -437,11 +468,14 @@ def _validate(
     response: Message, *, goal: str, model: str, max_tasks: int
 ) -> tuple[str, tuple[Task, ...]]:
     """Return the manifest text and its validated tasks, or raise _InvalidPlanError."""
-    answer = next(
-        (b.input for b in response.content if b.type == "tool_use" and b.name == TOOL_NAME), None
-    )
-    if answer is None:
-        raise _InvalidPlanError(f"no {TOOL_NAME} tool call in the answer")
+    if response.stop_reason == "max_tokens":
+        raise _InvalidPlanError("the answer was cut off at the token limit; use fewer words")
+    calls = [b for b in response.content or [] if b.type == "tool_use" and b.name == TOOL_NAME]
+    if len(calls) != 1:
+        raise _InvalidPlanError(f"call {TOOL_NAME} exactly once, with every task")
+    answer = calls[0].input
+    if not isinstance(answer, dict):
+        raise _InvalidPlanError("the tool's input must be an object with 'tasks'")
     tasks = answer.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise _InvalidPlanError("'tasks' must be a non-empty array of task objects")
@@ -453,7 +487,12 @@ def _validate(
             raise _InvalidPlanError(f"tasks[{index}] must be an object")
         # Empty lists and titles are left out so the manifest reads like a hand-written one.
         tables.append({k: task[k] for k in _TASK_KEYS if task.get(k) not in (None, "", [])})
-    text = manifest_text(tables, goal=goal, model=model)
+    try:
+        text = manifest_text(tables, goal=goal, model=model)
+    except (TypeError, ValueError, RecursionError) as exc:  # null, NaN, nested too deep
+        raise _InvalidPlanError(
+            f"a value that is not text, a number or a list of them: {exc}"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="swarm-plan-") as tmp:
         path = Path(tmp) / "plan.toml"
         path.write_text(text, encoding="utf-8")
@@ -480,26 +519,41 @@ def manifest_text(tables: Sequence[Mapping[str, object]], *, goal: str, model: s
 def _ask_again(response: Message, error: str) -> list[MessageParam]:
     """Return the assistant turn and a reply carrying the validation error."""
     said: list[ContentBlockParam] = []
-    for block in response.content:
-        if block.type == "text":
+    for block in response.content or []:
+        if block.type == "text" and block.text.strip():
             said.append({"type": "text", "text": block.text})
         elif block.type == "tool_use":
             said.append(
-                {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+                {"type": "tool_use", "id": block.id, "name": block.name, "input": _sendable(block)}
             )
     request = f"The plan is invalid: {error}. Fix it and call {TOOL_NAME} again with every task."
-    tool_use = next((b for b in response.content if b.type == "tool_use"), None)
-    if tool_use is None:
-        reply: list[ContentBlockParam] = [{"type": "text", "text": request}]
-    else:
-        reply = [
-            {
-                "type": "tool_result",
-                "tool_use_id": tool_use.id,
-                "content": request,
-                "is_error": True,
-            }
-        ]
+    # Every tool call is answered (the API requires it), each with the same request.
+    reply: list[ContentBlockParam] = [
+        {"type": "tool_result", "tool_use_id": b.id, "content": request, "is_error": True}
+        for b in response.content or []
+        if b.type == "tool_use"
+    ] or [{"type": "text", "text": request}]
     if not said:
         said = [{"type": "text", "text": "(no answer)"}]
     return [{"role": "assistant", "content": said}, {"role": "user", "content": reply}]
+
+
+def _sendable(block: ToolUseBlock) -> dict[str, object]:
+    """The tool call's input as it can be sent back (NaN or nesting JSON refuses: none)."""
+    try:
+        json.dumps(block.input, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    return dict(block.input) if isinstance(block.input, dict) else {}
+
+
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host, no whitespace or control characters, a port that is one."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)
