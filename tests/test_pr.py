@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_command, git
-from tests.github_server import TOKEN, FakeGitHub, serve
+from tests.github_server import TOKEN, FakeGitHub, Scripted, serve
 from tests.test_run import checkout_snapshot, status_json, swarm
 from worktree_swarm.github.pr_conflicts import HEADING, Clash, section
 from worktree_swarm.infra.store import Store
@@ -158,6 +158,17 @@ def test_a_pull_request_merged_or_closed_on_github_is_never_opened_again(
     assert len(fake_github.pulls) == 2
     assert "swarm/one" not in remote_branches(done_run)  # not pushed back
     assert status_json(repo)["one"]["pr_state"] == how
+
+
+def test_a_reply_without_a_pull_request_number_fails_that_task_only(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    fake_github.scripted.append(Scripted("POST", "/pulls$", 201, {}, {"html_url": "x"}))
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 1, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.startswith("one  failed  GitHub replied with no pull request number")
+    assert second.startswith("issue-7  created  #")
 
 
 def test_a_file_name_cannot_end_the_code_span_it_is_named_in() -> None:
