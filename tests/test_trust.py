@@ -840,6 +840,106 @@ def test_symlinks_planted_where_the_users_next_commit_writes_are_removed(
     assert victim.read_text() == "the user's own file\n"
 
 
+# A fake common dir: your next git would read its config (and run its fsmonitor).
+COMMONDIR = (
+    COMMON
+    + """
+def plant():
+    evil = common / 'evil'
+    evil.mkdir()
+    for name in ('refs', 'objects', 'hooks', 'info', 'logs'):
+        (evil / name).symlink_to(common / name)
+    config = (common / 'config').read_text() + f'[core]\\n\\tfsmonitor = touch {marker}\\n'
+    (evil / 'config').write_text(config)
+    (common / 'commondir').write_text('evil\\n')
+attempt(plant)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_commondir_planted_in_the_git_dir_never_points_your_git_elsewhere(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    marker = tmp_path / "planted-code-ran"
+    run_one(repo, [*write_agent(COMMONDIR), str(repo), str(marker)], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="commondir")
+    assert not (repo / ".git" / "commondir").exists()
+    subprocess.run(["git", "status"], cwd=repo, check=True, capture_output=True)
+    assert not marker.exists()
+
+
+SYMREF = (
+    COMMON
+    + """
+import subprocess
+def plant():
+    # Same commit: the branch looks unmoved, but your checkout is now on the agent's branch.
+    subprocess.run(['git', 'symbolic-ref', 'refs/heads/main', 'refs/heads/swarm/bad'], check=True)
+attempt(plant)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_your_branch_made_a_symbolic_ref_is_made_a_branch_again(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(SYMREF), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="main")
+    symbolic = subprocess.run(["git", "symbolic-ref", "-q", "refs/heads/main"], cwd=repo,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+    assert symbolic.returncode != 0, symbolic.stdout
+    assert git(repo, "branch", "--show-current") == "main"
+    assert repo_state(repo) == before
+
+
+REFDIR = (
+    COMMON
+    + """
+def plant():
+    tags = common / 'refs' / 'tags'
+    if tags.is_dir() and not any(tags.iterdir()):
+        tags.rmdir()
+    tags.symlink_to(marker, target_is_directory=True)
+attempt(plant)
+"""
+)
+
+
+def test_a_ref_directory_swapped_for_a_symlink_is_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    run_one(repo, [*write_agent(REFDIR), str(repo), str(victim)], sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what="refs/tags")
+    assert not (repo / ".git" / "refs" / "tags").is_symlink()
+    git(repo, "tag", "later")  # the user's next tag is written in the repository
+    assert list(victim.iterdir()) == []
+
+
+@needs_bwrap
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can write the kernel's knobs at all")
+def test_a_sandboxed_agent_run_as_root_cannot_write_the_kernels_knobs(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Opened for writing, not written: the test never touches the machine's settings.
+    agent = write_agent(
+        "import errno, pathlib\n"
+        "try:\n"
+        "    open('/proc/sys/kernel/core_pattern', 'r+').close()\n"
+        "    said = 'writable'\n"
+        "except OSError as exc:\n"
+        "    said = errno.errorcode[exc.errno]\n"
+        "pathlib.Path('said.txt').write_text(said)\n"
+    )
+    run_one(repo, agent, sandbox=True, task="t")
+    assert git(repo, "show", "swarm/t:said.txt") == "EROFS"
+
+
 # -- a worktree pointed elsewhere --------------------------------------------------------------
 
 REDIRECT = """

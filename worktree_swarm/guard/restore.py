@@ -12,13 +12,18 @@ from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot
-from worktree_swarm.guard.snapshot import capture, changed_paths, index_path
+from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
 
 
 def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:
     """Compare-and-swap *ref* from *after* back to *before*; False when it moved again."""
     try:
-        if before is None:
+        if after is not None and after.startswith(SYMBOLIC):  # the ref itself, not its target
+            if before is None:
+                git.git(root, "update-ref", "--no-deref", "-d", ref)
+            else:
+                git.git(root, "update-ref", "--no-deref", ref, before)
+        elif before is None:
             git.git(root, "update-ref", "-d", ref, after or "")
         else:
             git.git(root, "update-ref", ref, before, *([after] if after else []))

@@ -4,9 +4,11 @@ Writable: the task's worktree and its git admin dir, the git common dir (objects
 that the agent can commit), a private temp dir, the agent's config dir, the run's findings
 file and its lock, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
 hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
-checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. An agent in a
-clone of its own (a node's, with the Ray executor) writes its clone, whose git config, hooks and
-``alternates`` stay read-only. See docs/sandbox.md for what this protects and what it does not.
+checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. So do the
+kernel's knobs under /proc (as root, ``kernel.core_pattern`` would run a program as root).
+An agent in a clone of its own (a node's, with the Ray executor) writes its clone, whose git
+config, hooks and ``alternates`` stay read-only. See docs/sandbox.md for what this protects and
+what it does not.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ _TRIAL_TIMEOUT = 30.0
 # kills whatever it left behind. Dropping all capabilities matters when swarm runs as root:
 # with CAP_SYS_ADMIN the agent could simply remount / read-write.
 _ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc")
-# Inside the git common dir: read-only again on top of the writable common dir.
-_PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules")
+# The kernel's knobs under the new /proc stay read-only: as root, `kernel.core_pattern` alone
+# would have the kernel run a program of the agent's, as root, outside the box.
+_KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+# Inside the git common dir: read-only again on top of the writable common dir (its top stays
+# writable: deleting a ref, `git stash drop` included, rewrites `packed-refs` there). A
+# `commondir` planted there, which would point your next git at a config of the agent's, is
+# the guard's to catch (guard.md).
+_PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules", "commondir")
 # The same in a clone of the agent's own, whose HEAD and index are its own.
 _PROTECTED_IN_CLONE = ("hooks", "config", "config.worktree", "info", "modules")
 # coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the
@@ -112,9 +120,10 @@ def release(box: Confinement) -> None:
 def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     """The bwrap command line that runs *argv* confined to *box* (paths must exist).
 
-    Later mounts win over earlier ones, so the order is: everything read-only, the user's
-    extra writable paths, the common dir writable, its protected parts read-only again, then
-    the task's own paths writable and the files that locate its repository read-only.
+    Later mounts win over earlier ones, so the order is: everything read-only (the kernel's
+    knobs in the new /proc too), the user's extra writable paths, the common dir writable,
+    its protected parts read-only again, then the task's own paths writable and the files
+    that locate its repository read-only.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -125,6 +134,8 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     worktree = real_path(box.worktree)
     admin = git.git_dir(worktree)
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
+    for knob in _KERNEL:
+        args += ["--ro-bind-try", knob, knob]
     for extra in box.extra:
         args += _bind("--bind-try", real_path(Path(extra)))
     if real_path(admin) == common:  # a clone of its own (a node's, with executor `ray`)

@@ -87,13 +87,22 @@ def symbolic_head(path: Path) -> str | None:
     return out or None
 
 
+SYMBOLIC = "ref: "  # the value read for a ref made a symbolic ref: what it points to follows
+
+
 def read_refs(root: Path) -> dict[str, str]:
-    """Every watched ref and the object it names."""
-    out = git.git(root, "for-each-ref", "--format=%(refname) %(objectname)", *REF_PATTERNS)
+    """Every watched ref and the object it names (``ref: <target>`` for a symbolic ref).
+
+    A branch of yours made a symbolic ref to an agent's branch looks unmoved by its object
+    while the two hold the same commit, yet your checkout is then on the agent's branch.
+    """
+    out = git.git(
+        root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", *REF_PATTERNS
+    )
     refs = {}
     for line in out.splitlines():
-        name, _, sha = line.partition(" ")
-        refs[name] = sha
+        name, sha, target = [*line.split(" ", 2), "", ""][:3]
+        refs[name] = f"{SYMBOLIC}{target}" if target else sha
     return refs
 
 

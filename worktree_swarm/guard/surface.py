@@ -4,10 +4,12 @@
 ``config.worktree`` files, ``hooks/`` (and the directory ``core.hooksPath`` names) and
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
 checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
-of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...) and
-``shallow``. Each is kept byte for byte at the baseline, so a change can be shown as a patch
-and undone exactly. And every symlink where git writes for your checkouts (``COMMIT_EDITMSG``,
-``logs/``): git never makes one there, but writes through one it finds.
+of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...),
+``shallow``, and a ``commondir`` planted at the top of the git dir (it would point your next
+git at another repository's config). Each is kept byte for byte at the baseline, so a change
+can be shown as a patch and undone exactly. And every symlink where git writes for your
+checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but writes
+through one it finds.
 """
 
 from __future__ import annotations
@@ -68,12 +70,14 @@ def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) ->
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
     Also every symlink where git writes for your checkouts: at the top of *common* and of
-    each admin dir in *admins* (your linked worktrees'), and under their ``logs/``.
+    each admin dir in *admins* (your linked worktrees'), under their ``logs/``, and under
+    ``refs/`` (a ref directory swapped for a link would have a restored ref written through).
     """
     found: Surface = {}
     for top in (common, *admins):
         _add_links(found, common, top)
-    for name in ("config", "config.worktree", *_IN_PROGRESS_FILES):
+    _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
+    for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES):
         _add(found, common, common / name)
     _add_worktree_configs(found, common)
     for name in ("hooks", "info", *_IN_PROGRESS_DIRS):

@@ -60,6 +60,7 @@ from worktree_swarm.guard.model import (
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import (
+    SYMBOLIC,
     capture,
     changed_paths,
     describe_head,
@@ -817,6 +818,7 @@ class Guard:
         window = (self._objects_checked, began)
         root, common = self.repo.root, self.repo.common_dir
         refs = read_refs(root) if refs is None else refs
+        refs = {r: tip for r, tip in refs.items() if not tip.startswith(SYMBOLIC)}  # no object
         generation = -2 if self._objects is None else self._objects.generation()
         seen = self._walked if deep else self._good
         only = None
