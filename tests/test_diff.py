@@ -105,6 +105,24 @@ def test_diff_shows_where_a_key_is_on_a_branch_not_the_key(tmp_path: Path) -> No
     assert key[:12] not in patch.stdout
 
 
+def test_diff_redacts_the_secrets_of_a_tasks_own_env(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    value = "task-env-secret-3f9a-77c1"
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path('v.txt').write_text(os.environ['APP_TOKEN'])\n"
+    )
+    path = repo.parent / "tasks.toml"
+    path.write_text(
+        f'[[task]]\nid = "t"\nprompt = "x"\nagent = ["{sys.executable}", "{agent}"]\n'
+        f'env = {{ APP_TOKEN = "{value}" }}\n'
+    )
+    assert swarm(repo, "run", str(path)).returncode == 0
+    patch = swarm(repo, "diff", "t")
+    assert value not in patch.stdout
+    assert "+[REDACTED]" in patch.stdout.splitlines()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -454,7 +454,10 @@ def test_bad_task_fields_name_task_and_field(
             "tasks.toml: [defaults]: commit_author: expected 'Name <email>'",
         ),
         ("port_base = 80", "tasks.toml: [defaults]: port_base: must be between 1024 and 65535"),
-        ("port_base = 65530", "port_base 65530 + port_block 10 x jobs 4 goes past port 65535"),
+        (
+            "port_base = 65460",  # 65460 + 10 x 2 x 4 - 1 = 65539: the tasks in flight
+            "port_base 65460 + port_block 10 x 2 x jobs 4 (the tasks in flight) goes past port",
+        ),
         ('kill_grace = "-1s"', "tasks.toml: [defaults]: kill_grace: bad duration '-1s'"),
         ('worktree_root = ""', "tasks.toml: [defaults]: worktree_root: must not be empty"),
         ('agent = "nosuch"', "tasks.toml: [defaults]: agent: unknown agent 'nosuch'"),

@@ -567,6 +567,8 @@ def diff_cmd(
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
+        for d in diffs:  # the secrets of their `env` and `copy` files are redacted too
+            status.know_task_secrets(repo, store, run_id, d.task_id)
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "tasks": [d.to_json() for d in diffs]}, indent=2))
         return ExitCode.OK

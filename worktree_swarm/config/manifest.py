@@ -372,10 +372,13 @@ def _run_spec(tasks: tuple[Task, ...], layer: Layer, *, repo_root: Path) -> RunS
             run[entry.key] = value
     run.setdefault("worktree_root", paths.default_worktree_root(root))
     spec = RunSpec(tasks=tasks, **run)
-    if spec.port_base + spec.port_block * spec.jobs - 1 > _MAX_PORT:
+    # Up to twice `jobs` tasks are in flight (agents running, others setting up or checking),
+    # each with a block of its own.
+    if spec.port_base + spec.port_block * 2 * spec.jobs - 1 > _MAX_PORT:
         raise BadInputError(
-            f"port_base {spec.port_base} + port_block {spec.port_block} x jobs {spec.jobs} goes "
-            f"past port {_MAX_PORT}; lower port_base, port_block or jobs"
+            f"port_base {spec.port_base} + port_block {spec.port_block} x 2 x jobs {spec.jobs}"
+            f" (the tasks in flight) goes past port {_MAX_PORT}; lower port_base, port_block"
+            " or jobs"
         )
     if "commit_author" not in run:
         spec = replace(spec, commit_author=git.user_identity(repo_root) or spec.commit_author)

@@ -398,7 +398,10 @@ class RunSettings:
         scope=Scope.RUN,
         minimum=1,
         flag=None,
-        doc="ports reserved per running task",
+        doc=(
+            "ports reserved per task in flight (up to 2 x jobs of them: `port_base` + 2 x jobs"
+            " x block must stay under 65536)"
+        ),
     )
     kill_grace: float = setting(
         5.0,

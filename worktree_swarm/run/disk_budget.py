@@ -271,12 +271,15 @@ def preflight(repo: git.Repo, spec: RunSpec, commit: str) -> None:
     cap = spec.max_disk
     if cap is None or spec.worktree_root is None:
         return
-    checkout = checkout_size(repo, commit)
+    sizes: dict[sparse.Cone | None, int] = {}  # a sparse worktree at its sparse size
     # With executor `ray` the clones are on the nodes, each budgeted there (ray_disk.py).
     local = spec.executor is Executor.LOCAL and spec.worktree_root.is_dir()
     held = disk.usage(spec.worktree_root).actual if local else 0
     for task in spec.tasks:
-        need = checkout + copy_size(repo, task)
+        cone = sparse.of_task(task)
+        if cone not in sizes:
+            sizes[cone] = checkout_size(repo, commit, cone=cone)
+        need = sizes[cone] + copy_size(repo, task)
         if need > cap:
             raise BadInputError(
                 f"max_disk {format_size(cap)} ({cap:,} bytes) is smaller than one worktree of "
