@@ -175,6 +175,26 @@ def test_the_sparse_flag_without_files_checks_out_everything(
     assert set(report["seen"]) == set(FILES)
 
 
+def test_max_disk_counts_a_sparse_worktree_at_its_sparse_size_before_the_run(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    big = {f"data/blob{i}.bin": "x" * 200_000 for i in range(5)}  # ~1 MB outside the cone
+    repo = make_repo(tmp_path / "repo", {**FILES, **big})
+    agent = argv_toml(
+        write_agent("import pathlib\npathlib.Path('src/auth/new.py').write_text('n')\n")
+    )
+    text = (
+        f'[defaults]\nagent = {agent}\nmax_disk = "300K"\nsparse = true\n'
+        '[[task]]\nid = "a"\nprompt = "x"\nfiles = ["src/auth/"]\n'
+    )
+    sparse_run = swarm(repo, "run", manifest(repo, text))
+    full_run = swarm(repo, "run", manifest(repo, text.replace('id = "a"', 'id = "b"')
+                                         .replace("sparse = true", "sparse = false")))  # fmt: skip
+    assert sparse_run.returncode == 0, sparse_run.stderr
+    assert full_run.returncode == 2  # the full checkout does not fit: refused before the run
+    assert "smaller than one worktree of task b" in full_run.stderr
+
+
 def test_the_ray_executor_refuses_sparse_before_anything_is_made(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
