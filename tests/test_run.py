@@ -382,7 +382,10 @@ def _no_trace(repo: Path) -> None:
         ),
         (UNKNOWN_USER.format('worktree_root = "~nosuchuser-xyz/wt"'), "'~nosuchuser-xyz/wt' names"),
         (UNKNOWN_USER.format('sandbox_writable = ["~nosuchuser-xyz/c"]'), "user unknown here"),
-        ('[[task]]\nid = "a"\nprompt = "x"\nagent = ["./agent.sh"]\n', "is not executable"),
+        (
+            '[[task]]\nid = "a"\nprompt = "x"\nagent = ["./agent.sh"]\n',
+            "not committed as an executable",
+        ),
     ],
 )
 def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle: str) -> None:
@@ -406,6 +409,23 @@ def test_arguments_that_are_not_utf8_exit_2_and_create_nothing(repo: Path) -> No
         assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
         assert out.stderr.startswith("swarm: an argument is not valid UTF-8 (")
         _no_trace(repo)
+
+
+def test_an_agent_script_named_from_the_repository_must_be_committed_executable(
+    repo: Path,
+) -> None:
+    tool = repo / "tools" / "ag.sh"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho hi > out.txt\n")
+    tool.chmod(0o755)  # executable, but untracked: no worktree would hold it
+    untracked = swarm(repo, "run", "--agent", "tools/ag.sh", "-t", "a=x")
+    git(repo, "add", "tools/ag.sh")
+    git(repo, "commit", "-qm", "the agent script")
+    committed = swarm(repo, "run", "--agent", "tools/ag.sh", "-t", "b=x")
+    assert (untracked.returncode, untracked.stderr.count("\n")) == (2, 1), untracked.stderr
+    assert "'tools/ag.sh' is not committed as an executable file" in untracked.stderr
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+    assert git(repo, "show", "swarm/b:out.txt") == "hi"
 
 
 def test_a_worktree_root_behind_a_dangling_symlink_exits_2(repo: Path) -> None:

@@ -28,6 +28,7 @@ from worktree_swarm.agents.codex import CodexAdapter
 from worktree_swarm.agents.command import CommandAdapter
 from worktree_swarm.agents.gemini import GeminiAdapter
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.git import repo as git
 
 __all__ = [
     "PLACEHOLDERS",
@@ -124,15 +125,27 @@ def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> 
         if shutil.which(program) is None:
             raise BadInputError(f"{where}: agent program {program!r} not found on PATH")
         return argv
-    path = Path(program) if Path(program).is_absolute() else repo_root / program
+    if not Path(program).is_absolute():
+        # Run from the task's worktree: the file as committed, with its committed mode.
+        if _committed_mode(repo_root, program) != "100755":
+            raise BadInputError(
+                f"{where}: agent program {program!r} is not committed as an executable file;"
+                " worktrees hold what is committed: `chmod +x` and commit it, or name it by"
+                " its absolute path"
+            )
+        return argv
+    path = Path(program)
     if not path.is_file():
         raise BadInputError(f"{where}: agent program {program!r} not found")
-    if not os.access(path, os.X_OK):  # a worktree checks out the mode git has for it
-        raise BadInputError(
-            f"{where}: agent program {program!r} is not executable"
-            " (`chmod +x` it, and commit the mode if it is tracked)"
-        )
+    if not os.access(path, os.X_OK):
+        raise BadInputError(f"{where}: agent program {program!r} is not executable")
     return argv
+
+
+def _committed_mode(repo_root: Path, path: str) -> str | None:
+    """The mode of *path* in the checkout's HEAD commit (None when it holds no such file)."""
+    out = git.git(repo_root, "ls-tree", "HEAD", "--", path, check=False)
+    return out.split(maxsplit=1)[0] if out.strip() else None
 
 
 _ADAPTERS: dict[str, Adapter] = {
