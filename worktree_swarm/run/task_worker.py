@@ -584,7 +584,9 @@ class TaskWorker(RunWorker):
             # A resumed session already holds the task; a fresh agent (no session, or a CLI
             # without sessions) needs it again, then what to do now.
             resumes = session is not None and adapter.supports_resume
-            text = prompt = prompt if resumes else f"{text}\n\n{prompt}"
+            # A hand-over already ends with the task (and the findings paragraph).
+            whole = resumes or prompt.endswith(text)
+            text = prompt = prompt if whole else f"{text}\n\n{prompt}"
         prompt_file = logs / f"prompt-{number}.md"
         faults.retry_while_full(
             lambda: prompt_file.write_text(text, encoding="utf-8"), self.store.on_full
