@@ -262,6 +262,48 @@ def test_retrying_a_task_by_name_runs_the_tasks_it_blocked(
     assert git(repo, "show", "swarm/c:a.txt") == "a"  # c built on b, built on a's new work
 
 
+PORT_AGENT = """
+import os, pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+(out / os.environ['SWARM_TASK_ID']).write_text(os.environ['SWARM_PORT'])
+pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work')
+gate = out / ('gate-' + os.environ['SWARM_TASK_ID'])
+while sys.argv[2] == 'wait' and not gate.exists():
+    time.sleep(0.05)
+"""
+
+
+def test_an_agent_adopted_after_a_crash_keeps_its_port_block_to_itself(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    out = tmp_path / "ports"
+    out.mkdir()
+    agent = write_agent(PORT_AGENT)  # type: ignore[operator]
+    quick, waits = argv_toml([*agent, str(out), "go"]), argv_toml([*agent, str(out), "wait"])
+    # Launched y, z, b (blocks 0, 1, 2); adopted in manifest order b, z, y. Once y ends, c
+    # starts: the block it gets must not be one an adopted agent still holds.
+    text = (
+        "[defaults]\njobs = 3\n"
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {waits}\npriority = 1\n'
+        f'[[task]]\nid = "z"\nprompt = "p"\nagent = {waits}\npriority = 2\n'
+        f'[[task]]\nid = "y"\nprompt = "p"\nagent = {waits}\npriority = 3\n'
+        f'[[task]]\nid = "c"\nprompt = "p"\nagent = {quick}\ndepends_on = ["y"]\n'
+    )
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(lambda: {"b", "z", "y"} <= {p.name for p in out.iterdir()}, what="three agents")
+    _kill_group(proc)  # their agents run on, under their shims
+    resumed = _manager(repo, "resume")
+    (out / "gate-y").touch()  # y ends: c starts, while b and z still hold their blocks
+    wait_for((out / "c").exists, what="c to start")
+    for task in ("b", "z"):
+        (out / f"gate-{task}").touch()
+    resumed.wait(timeout=120)
+    ports = {t: (out / t).read_text() for t in ("b", "z", "y", "c")}
+    assert ports["c"] not in {ports["b"], ports["z"]}, ports
+    assert [status_json(repo)[t]["attempt"] for t in ("b", "z")] == [1, 1]  # adopted
+    assert resumed.returncode == 0
+
+
 def test_a_retried_task_merged_before_is_merged_again_with_its_new_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

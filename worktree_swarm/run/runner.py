@@ -19,15 +19,25 @@ import time
 from collections.abc import Mapping
 from typing import Unpack
 
+import psutil
+
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Emit, Executor, RunSettings, RunSpec, RunStatus, TaskState
+from worktree_swarm.core.models import (
+    Emit,
+    Executor,
+    ProcessIdentity,
+    RunSettings,
+    RunSpec,
+    RunStatus,
+    TaskState,
+)
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import faults, proc, redact, supervisor
-from worktree_swarm.infra.store import Store, TaskFields, task_from_json, task_to_json
+from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox
@@ -185,7 +195,9 @@ class Runner:
                 and attempts
                 and attempts[-1].number > row.retry_base
             ):
-                live = Live(task=runner._tasks[row.task_id], port_slot=0)
+                # Its agent may run on: the block it was given stays its own.
+                slot = _port_slot(attempts[-1], spec)
+                live = Live(task=runner._tasks[row.task_id], port_slot=slot)
                 live.resume_from = attempts[-1]
                 runner._adopt[row.task_id] = live
         return runner
@@ -265,14 +277,16 @@ class Runner:
         slots = 2 * self.spec.jobs - len(self._live)
         picked = self._scheduler.pick(states=self._states, running=self._live.keys(), slots=slots)
         for task_id in picked:
-            self._launch(Live(task=self._tasks[task_id], port_slot=0))
+            self._launch(Live(task=self._tasks[task_id], port_slot=None))
             # In flight for the scheduler; the store says `running` once the agent starts.
             self._states[task_id] = TaskState.RUNNING
 
     def _launch(self, live: Live) -> None:
         live.rank = self._scheduler.rank(live.task.id)
-        used = {other.port_slot for other in self._live.values()}
-        live.port_slot = next(i for i in range(len(used) + 1) if i not in used)
+        if live.port_slot is None:
+            held = [*self._live.values(), *self._adopt.values()]  # adopted ones start first
+            used = {other.port_slot for other in held if other.port_slot is not None}
+            live.port_slot = next(i for i in range(len(used) + 1) if i not in used)
         self._live[live.task.id] = live
         live.thread = threading.Thread(
             target=self._work, args=(live,), name=f"swarm-{live.task.id}", daemon=True
@@ -398,3 +412,22 @@ def spec_from_json(text: str) -> RunSpec:
     raw = json.loads(text)
     tasks = tuple(task_from_json(json.dumps(task)) for task in raw["tasks"])
     return RunSpec.of(RunSettings.from_json(json.dumps(raw["settings"])), tasks)
+
+
+def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
+    """The port block an adopted attempt's agent was started with (None: unknown, or gone).
+
+    Read from the environment of its process, which the kernel keeps: a new task must never be
+    given the block an agent still running holds.
+    """
+    identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
+    if attempt.ended_at is not None or not supervisor.is_alive(identity):
+        return None
+    try:
+        top = psutil.Process(attempt.pid)  # its shim: the agent below it has the variable
+        found = (p.environ().get("SWARM_PORT") for p in [top, *top.children(recursive=True)])
+        port = int(next((value for value in found if value), ""))
+    except (psutil.Error, ValueError):
+        return None
+    slot, offset = divmod(port - spec.port_base, spec.port_block)
+    return slot if slot >= 0 and offset == 0 else None

@@ -69,7 +69,7 @@ class Live:
     """A task in flight: its stop event and the port block it owns."""
 
     task: Task
-    port_slot: int
+    port_slot: int | None  # None: the next free block, given when it is launched
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     resume_from: AttemptRow | None = None
@@ -282,7 +282,7 @@ class TaskWorker(RunWorker):
                 )
             self.store.update_task(self.run_id, task.id, base_commit=start)
             base = start
-        env = self._env(task, path, base, live.port_slot)
+        env = self._env(task, path, base, live.port_slot or 0)
         if live.resume_from is None:
             if task.copy:
                 worktrees.copy_into(self.repo.root, path, task.copy, mode=self.spec.copy_mode)
