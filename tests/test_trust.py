@@ -869,6 +869,35 @@ def test_a_commondir_planted_in_the_git_dir_never_points_your_git_elsewhere(
     assert not marker.exists()
 
 
+STEERING = (
+    COMMON
+    + """
+what = sys.argv[3]
+def plant():
+    if what == 'rr-cache':  # a recorded resolution your next conflict would get unasked
+        entry = common / 'rr-cache' / ('ab' * 20)
+        entry.mkdir(parents=True)
+        (entry / 'preimage').write_text('<<<<<<<\\nx\\n=======\\ny\\n>>>>>>>\\n')
+        (entry / 'postimage').write_text('the agent decides\\n')
+    else:  # an old-style remote: your `git pull upstream` would fetch from elsewhere
+        (common / 'remotes').mkdir(exist_ok=True)
+        (common / 'remotes' / 'upstream').write_text(f'URL: {marker}\\n')
+attempt(plant)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize("what", ["rr-cache", "remotes"])
+def test_what_would_steer_your_merges_or_fetches_is_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool, what: str
+) -> None:
+    run_one(repo, [*write_agent(STEERING), str(repo), str(tmp_path / "elsewhere"), what],
+            sandbox=sandbox)  # fmt: skip
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+    assert not (repo / ".git" / what).exists()
+
+
 SYMREF = (
     COMMON
     + """

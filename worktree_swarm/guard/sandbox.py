@@ -41,7 +41,10 @@ _KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 # writable: deleting a ref, `git stash drop` included, rewrites `packed-refs` there). A
 # `commondir` planted there, which would point your next git at a config of the agent's, is
 # the guard's to catch (guard.md).
-_PROTECTED = ("hooks", "config", "config.worktree", "info", "HEAD", "index", "modules", "commondir")
+_PROTECTED = (
+    "hooks", "config", "config.worktree", "info", "HEAD", "index", "modules", "commondir",
+    "rr-cache", "remotes", "branches",
+)  # fmt: skip
 # The same in a clone of the agent's own, whose HEAD and index are its own.
 _PROTECTED_IN_CLONE = ("hooks", "config", "config.worktree", "info", "modules")
 # coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the

@@ -5,11 +5,12 @@
 ``info/`` (``attributes`` assigns filters and diff drivers; ``exclude`` hides files from the
 checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
 of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...),
-``shallow``, and a ``commondir`` planted at the top of the git dir (it would point your next
-git at another repository's config). Each is kept byte for byte at the baseline, so a change
-can be shown as a patch and undone exactly. And every symlink where git writes for your
-checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but writes
-through one it finds.
+``shallow``, a ``commondir`` planted at the top of the git dir (it would point your next git
+at another repository's config), old-style remotes (``remotes/``, ``branches/``) and rerere's
+recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the baseline, so
+a change can be shown as a patch and undone exactly. And every symlink where git writes for
+your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but
+writes through one it finds.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _IN_PROGRESS_FILES = (
     "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
     "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD", "shallow",
 )  # fmt: skip
+
+
+# Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
+_STEERING_DIRS = ("remotes", "branches")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,8 +85,9 @@ def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) ->
     for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES):
         _add(found, common, common / name)
     _add_worktree_configs(found, common)
-    for name in ("hooks", "info", *_IN_PROGRESS_DIRS):
+    for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
+    _add_top(found, common, common / "rr-cache")
     _add_modules(found, common, common / "modules")
     if extra_hooks is not None and extra_hooks.is_dir():
         real = Path(os.path.realpath(extra_hooks))
@@ -211,6 +217,20 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
             entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
         ):
             _add_links(found, common, Path(entry.path), depth + 1)
+
+
+def _add_top(found: Surface, common: Path, top: Path) -> None:
+    """*top* and what it holds, by name only: rerere's recorded resolutions.
+
+    Its existence turns rerere on for your merges, and each entry is a resolution your next
+    conflict would get without asking: a new one is a change. Their contents are not read on
+    every scan (there may be many).
+    """
+    _add(found, common, top)
+    if top.is_dir() and not top.is_symlink():
+        for name in sorted(os.listdir(top)):  # noqa: PTH208 - names only
+            path = top / name
+            found[_label(common, path)] = Entry(kind="dir" if path.is_dir() else "other")
 
 
 def _add_tree(found: Surface, common: Path, top: Path) -> None:
