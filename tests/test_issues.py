@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_command, git
-from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, serve
+from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.github import client as github
@@ -58,6 +58,28 @@ def test_label_listing_skips_pull_requests_and_honours_limit(fake_github: FakeGi
     # The limit stops paging: pages 1-3 hold one, the PR and two.
     assert len(fake_github.calls("GET", "/issues$")) == 3
     assert [t[2] for t in issues.fetch_issue_tasks(c, label="bug")] == ["one", "two", "three"]
+
+
+def test_a_nul_in_one_issue_body_refuses_no_batch(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    fake_github.add_issue("odd one", "before\x00after\x1b[2J\nnext line", labels=("bug",))
+    fake_github.add_issue("plain one", "fine", labels=("bug",))
+    out = swarm(repo, "run", "--agent", "scripted", "--issues-label", "bug",
+                "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    tasks = issues.fetch_issue_tasks(client(fake_github), label="bug")
+    assert "before after [2J\nnext line" in tasks[0][1]
+
+
+def test_an_issue_list_that_never_ends_is_an_error_not_a_loop(fake_github: FakeGitHub) -> None:
+    fake_github.add_issue("one", labels=("bug",))
+    here = f"{fake_github.url}/repos/{OWNER}/{NAME}/issues?labels=bug"
+    back = Scripted("GET", "/issues$", 200, {"link": f'<{here}>; rel="next"'}, {})
+    fake_github.scripted += [back, back]  # the first page, then that same one again
+    with pytest.raises(github.GitHubError, match="does not end"):
+        issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
 def test_pull_request_numbers_are_skipped_and_duplicates_merged(fake_github: FakeGitHub) -> None:

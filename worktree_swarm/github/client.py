@@ -296,7 +296,11 @@ class Client:
             "per_page": "100",
         }
         url: str | None = self._url(self._repo_path("issues"), params)
+        seen: set[str] = set()
         while url is not None:
+            if url in seen or len(seen) >= MAX_PAGES:  # a Link back, or no end to them
+                raise GitHubError(f"GitHub's issue list does not end (page {len(seen) + 1})")
+            seen.add(url)
             reply = self._send("GET", url, None)
             for item in reply.data if isinstance(reply.data, list) else []:
                 if isinstance(item, dict):
@@ -464,6 +468,9 @@ def _rate_limit_wait(
     if status == 429 or "rate limit" in text:  # noqa: PLR2004
         return secondary_wait * float(2**attempt)
     return None
+
+
+MAX_PAGES = 100  # of 100 issues each: far above any batch worth running
 
 
 def _when(wait: float) -> str:

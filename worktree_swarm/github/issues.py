@@ -134,6 +134,9 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
         one_line(str(issue.get("title") or ""), controls=True)[:TITLE_LIMIT] or f"Issue #{number}"
     )
     body = str(issue.get("body") or "").replace("\r\n", "\n").strip()
+    # A NUL (or another control character) is no text a prompt can carry: one issue's must not
+    # refuse a whole `--issues-label` batch. Newlines and tabs stay.
+    body = "".join(c if c in "\n\t" or c >= " " else " " for c in body)
     labels = ", ".join(_label_names(issue.get("labels"))) or "(none)"
     digest = hashlib.sha256(f"{title}\0{body}\0{labels}".encode()).hexdigest()[:16]
     values = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -285,7 +286,7 @@ def describe(result: PlanResult, *, out: str) -> list[str]:
         f" ({u.cache_read_tokens} read from cache, {u.cache_write_tokens} written to cache),"
         f" {u.output_tokens} output tokens"
     )
-    lines.append(f"review the prompts, then: swarm run {out}")
+    lines.append(f"review the prompts, then: swarm run {shlex.quote(out)}")
     return lines
 
 
