@@ -255,12 +255,7 @@ class Client:
 
     def get_pull(self, number: int) -> dict[str, Any] | None:
         """Pull request *number*, or None when it does not exist (any more)."""
-        try:
-            return _object(self.request("GET", self._repo_path(f"pulls/{number:d}")).data)
-        except GitHubError as exc:
-            if exc.status in {404, 410}:
-                return None
-            raise
+        return self._get_or_none(f"pulls/{number:d}")
 
     def create_pull(
         self, *, title: str, head: str, base: str, body: str, draft: bool = False
@@ -276,8 +271,12 @@ class Client:
 
     def get_issue(self, number: int) -> dict[str, Any] | None:
         """Issue (or pull request) *number*, or None when it does not exist."""
+        return self._get_or_none(f"issues/{number:d}")
+
+    def _get_or_none(self, rest: str) -> dict[str, Any] | None:
+        """The object at the repository's *rest*, or None when GitHub has none (404, 410)."""
         try:
-            return _object(self.request("GET", self._repo_path(f"issues/{number:d}")).data)
+            return _object(self.request("GET", self._repo_path(rest)).data)
         except GitHubError as exc:
             if exc.status in {404, 410}:
                 return None
