@@ -145,6 +145,30 @@ def git_first_on_path(
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
+def hang_git_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, *, after: bool = False
+) -> Path:
+    """Put a `git` first on PATH whose first *step* (``read-tree``, ``merge``) hangs, before it
+    runs or (*after*) once it has; returns the flag file it touches then. Everything else is
+    the real git."""
+    flag = tmp_path / "hung"
+    run_first = '{real} "$@"; ' if after else ""
+    # The subcommand is the first argument after swarm's `-c key=value` overrides.
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'sub=""; skip=0\n'
+        'for a in "$@"; do\n'
+        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+        "done\n"
+        f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
+        " 2>/dev/null; then\n"
+        f"  {run_first.format(real=real)}touch {shlex.quote(str(flag))}; exec sleep 600\nfi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    return flag
+
+
 def agent_command() -> str:
     """:func:`agent_python` as the start of a command line (``--agent``, ``--check``)."""
     return " ".join(agent_python())

@@ -20,33 +20,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git, git_first_on_path, make_repo
+from tests.conftest import git, git_first_on_path, hang_git_at, make_repo
 from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
 from worktree_swarm.git import repo as g
 
 NOTE = "manager not running — run `swarm resume`"
-
-
-def _hang_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> Path:
-    """Put a `git` first on PATH whose first *step* (e.g. read-tree) hangs; returns the flag
-    file it touches once hanging. Everything else is the real git."""
-    hung = tmp_path / "hung"
-    # The subcommand is the first argument after swarm's `-c key=value` overrides.
-    git_first_on_path(tmp_path, monkeypatch, lambda real: (
-        "#!/bin/sh\n"
-        'sub=""; skip=0\n'
-        'for a in "$@"; do\n'
-        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-        "done\n"
-        f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
-        " 2>/dev/null; then\n"
-        f"  touch {shlex.quote(str(hung))}; exec sleep 600\nfi\n"
-        f'exec {real} "$@"\n'
-    ))  # fmt: skip
-    return hung
 
 
 def _manager(repo: Path, *args: str, log_dir: Path | None = None) -> subprocess.Popen[bytes]:
@@ -79,7 +59,7 @@ def _killed_in_read_tree(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> str:
     """A run of t1 whose manager is killed inside `git read-tree`; returns its run id."""
-    hung = _hang_git(tmp_path, monkeypatch, "read-tree")
+    hung = hang_git_at(tmp_path, monkeypatch, "read-tree")
     text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
     wait_for(hung.exists, timeout=120, what="the checkout to start")

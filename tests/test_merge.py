@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import filelock
 import pytest
 
-from tests.conftest import agent_command, agent_python, git, git_first_on_path, make_repo
+from tests.conftest import agent_command, agent_python, git, hang_git_at, make_repo
 from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
 from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
@@ -83,6 +82,17 @@ def make_cases(
         brancher.branch(f"swarm/{name}", base, changes, renames=renames)
     record_run(repo, [(name, base) for name, _, _ in cases], base=base)
     return base
+
+
+def kill_merge_once(repo: Path, argv: list[str], ready: Callable[[], bool], *, what: str) -> None:
+    """Run `swarm merge` (*argv*) in a session of its own and SIGKILL all of it once *ready*."""
+    merging = subprocess.Popen(argv, cwd=repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(ready, what=what)
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
 
 
 @pytest.mark.parametrize("target_moves", [False, True])
@@ -413,13 +423,9 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
         "--check",
         f"{agent_command()} {check}",
     ]
-    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
     integration = "swarm/integration-" + RUN_ID
     assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
 
@@ -462,13 +468,9 @@ def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(
     )
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "second", "--check",
             f"{agent_command()} {check}"]  # fmt: skip
-    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
     assert (worktree / "built" / "out.txt").exists()
 
     out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
@@ -492,31 +494,12 @@ def test_a_merge_killed_once_committed_before_its_checks_is_checked_not_taken_as
     check.write_text(
         "import pathlib, sys\nsys.exit(1 if pathlib.Path('broken.txt').exists() else 0)\n"
     )
-    committed = tmp_path / "committed"
     # git's first commit of the merge (`merge`, or `commit` after a squash) is made, then hangs.
     step = "merge" if strategy == "merge" else "commit"
-    git_first_on_path(tmp_path, monkeypatch, lambda real: (
-        "#!/bin/sh\n"
-        'sub=""; skip=0\n'
-        'for a in "$@"; do\n'
-        "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
-        '  case "$a" in -c) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
-        "done\n"
-        f'if [ "$sub" = {step} ] && mkdir {shlex.quote(str(tmp_path / "taken"))} 2>/dev/null'
-        "; then\n"
-        f'  {real} "$@"; touch {shlex.quote(str(committed))}; exec sleep 600\n'
-        "fi\n"
-        f'exec {real} "$@"\n'
-    ))  # fmt: skip
+    committed = hang_git_at(tmp_path, monkeypatch, step, after=True)
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--strategy", strategy,
             "--check", f"{agent_command()} {check}"]  # fmt: skip
-    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(committed.exists, what="the merge commit")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
+    kill_merge_once(base_repo, argv, committed.exists, what="the merge commit")
     integration = "swarm/integration-" + RUN_ID
     assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
 
@@ -549,13 +532,9 @@ def test_a_killed_merge_into_another_branch_never_touches_the_integration_worktr
     )
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "second", "--into", "dev",
             "--check", f"{agent_command()} {check}"]  # fmt: skip
-    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
     scratch = [p for p in worktree_list(base_repo) if p.name.startswith("_merge-")]
     assert len(scratch) == 1  # the killed merge's temporary worktree
 
@@ -595,13 +574,9 @@ def test_a_merge_killed_during_its_checks_is_undone_by_a_merge_of_another_task(
     )
     command = f"{agent_command()} {check}"
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "breaks", "--check", command]
-    merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
     integration = "swarm/integration-" + RUN_ID
 
     out = swarm(base_repo, "merge", "other")  # breaks is not named
