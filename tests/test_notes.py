@@ -39,6 +39,7 @@ def entries(text: str) -> list[tuple[str, list[str]]]:
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) -> None:
     path = tmp_path / "state" / "runs" / "run-1" / "findings.md"
+    path.parent.mkdir(parents=True)
     procs = []
     for n in range(50):
         task = f"task-{n:02d}"
@@ -146,6 +147,7 @@ def test_unknown_run_is_bad_input(repo: Path) -> None:
 
 def test_empty_note_and_bad_task_id_are_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "r" / "findings.md"
+    path.parent.mkdir(parents=True)
 
     def note(text: str, task_id: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -166,8 +168,28 @@ def test_empty_note_and_bad_task_id_are_bad_input(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_a_stale_context_of_a_run_that_is_gone_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / ".git" / "swarm" / "runs" / "gone" / "findings.md"
+
+    note = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "note", "a finding"],
+        cwd=tmp_path,
+        env=note_env(path, "a"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert note.returncode == 2
+    assert note.stderr == (
+        f"swarm: SWARM_CONTEXT: {path.parent} does not exist; is that run gone?\n"
+    )
+    assert not (tmp_path / ".git").exists()
+
+
 def test_control_characters_never_reach_the_file_or_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "r" / "findings.md"
+    path.parent.mkdir(parents=True)
     env = note_env(path, "a")
     note = subprocess.run(
         [sys.executable, "-m", "worktree_swarm.cli", "note", "\x1b[2Jred\rfake\x07"],

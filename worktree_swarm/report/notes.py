@@ -66,6 +66,11 @@ def resolve_target(
         path = Path(context)
         if not path.is_absolute() or path.name != FILE_NAME:
             raise BadInputError(f"{CONTEXT_ENV}: expected an absolute path to a {FILE_NAME} file")
+        if not path.parent.is_dir():
+            # The run's directory is made before any agent starts: a stale variable.
+            raise BadInputError(
+                f"{CONTEXT_ENV}: {printable(str(path.parent))} does not exist; is that run gone?"
+            )
         return path, task_id or USER_TAG
     return latest_findings(repo_dir or Path.cwd()), task_id or USER_TAG
 
