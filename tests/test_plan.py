@@ -511,6 +511,20 @@ def test_empty_goal_is_bad_input(project: Path, api: StubAnthropic) -> None:
     assert not (project / "tasks.toml").exists()
 
 
+@pytest.mark.parametrize("model", ["", " ", "claude\nsonnet"])
+def test_a_model_that_is_no_name_is_bad_input(
+    project: Path, api: StubAnthropic, model: str
+) -> None:
+    result = plan(project, "Add a feature", "--model", model)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"swarm: --model {model!r} is not a model name; e.g. claude-sonnet-5-5\n"
+    )
+    assert api.seen == []
+    assert not (project / "tasks.toml").exists()
+
+
 def test_config_jobs_sets_the_estimate_and_a_bad_one_is_refused_before_the_api(
     project: Path, api: StubAnthropic
 ) -> None:

@@ -187,7 +187,10 @@ def make_plan(
 
     *jobs* (default: the config file's ``jobs``, else 4) is what the speedup estimate assumes.
     """
-    model = model or DEFAULT_MODEL
+    if model is None:
+        model = DEFAULT_MODEL
+    elif not model or not model.isprintable() or any(c.isspace() for c in model):
+        raise BadInputError(f"--model {model[:64]!r} is not a model name; e.g. {DEFAULT_MODEL}")
     goal = goal.strip()
     if not goal:
         raise BadInputError("GOAL is empty; describe what the tasks should achieve")
