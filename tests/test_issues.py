@@ -82,10 +82,15 @@ def test_an_issue_list_that_never_ends_is_an_error_not_a_loop(fake_github: FakeG
         issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
-def test_pull_request_numbers_are_skipped_and_duplicates_merged(fake_github: FakeGitHub) -> None:
+def test_a_named_pull_request_is_refused_and_duplicates_merged(fake_github: FakeGitHub) -> None:
     issue = fake_github.add_issue("real", labels=("bug",))
     pull = fake_github.add_pull_as_issue("a PR")
-    tasks = issues.fetch_issue_tasks(client(fake_github), numbers=[pull, issue], label="bug")
+    c = client(fake_github)
+    with pytest.raises(
+        BadInputError, match=rf"^--issues: #{pull} of acme/widgets is a pull request, not an"
+    ):
+        issues.fetch_issue_tasks(c, numbers=[issue, pull])
+    tasks = issues.fetch_issue_tasks(c, numbers=[issue, issue], label="bug")
     assert [t[0] for t in tasks] == [f"issue-{issue}"]
 
 

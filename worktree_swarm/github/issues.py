@@ -71,7 +71,8 @@ def fetch_issue_tasks(
 
     *numbers* are fetched one by one (an unknown number is a BadInputError); *label* lists the
     open issues carrying that label (comma-separated labels must all match), oldest first.
-    Pull requests, which GitHub's issues endpoint also returns, are skipped. *limit* caps the
+    Pull requests, which GitHub's issues endpoint also returns, are skipped in a label's list
+    and refused when named (BadInputError). *limit* caps the
     number of tasks. The prompt is *template* (default: :data:`DEFAULT_TEMPLATE`) with
     ``{number}``, ``{title}``, ``{body}``, ``{labels}``, ``{url}`` and ``{boundary}`` (a
     delimiter line derived from the issue text, so the text cannot fake its own end).
@@ -109,7 +110,12 @@ def _numbered_issue(client: Client, number: int) -> Mapping[str, Any]:
             f"--issues: issue #{number} of {client.repo} was moved to another repository"
             f" ({issue.get('html_url') or 'no address given'}); run swarm there"
         )
-    return issue  # a pull request (GitHub lists them as issues too) is skipped by the caller
+    if "pull_request" in issue:  # GitHub's issues endpoint serves pull requests too
+        raise BadInputError(
+            f"--issues: #{number} of {client.repo} is a pull request, not an issue;"
+            " name issues only"
+        )
+    return issue
 
 
 def _check_request(
