@@ -296,11 +296,23 @@ def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> 
     assert len(fake_github.requests) == 2
 
 
-def test_a_redirect_never_carries_the_token_to_another_host(fake_github: FakeGitHub) -> None:
+def test_a_redirect_is_not_followed_and_names_the_move(fake_github: FakeGitHub) -> None:
     with serve() as elsewhere:
-        target = f"{elsewhere.url}/repos/{OWNER}/{NAME}/pulls"
+        target = f"{elsewhere.url}/repositories/42/pulls"
         fake_github.fail_next("GET", "/pulls$", 307, {"location": target})
-        with pytest.raises(github.GitHubError, match="failed with 401: Bad credentials"):
+        with pytest.raises(github.GitHubError) as info:
             client(fake_github).find_pull("swarm/a")
-        [hop] = elsewhere.requests
-    assert "authorization" not in hop.headers
+        assert elsewhere.requests == []  # neither the token nor the request went there
+    assert str(info.value) == (
+        f"GitHub GET /repos/{OWNER}/{NAME}/pulls answered 307, moved to {target}:"
+        f" {OWNER}/{NAME} was renamed or transferred; point the remote at its new name or pass"
+        " --github-repo OWNER/NAME"
+    )
+
+
+def test_a_renamed_repository_is_bad_input_before_any_push(fake_github: FakeGitHub) -> None:
+    # GitHub answers the old name's API with 301 to /repositories/<id>/...
+    moved = f"{fake_github.url}/repositories/42/pulls?state=open&per_page=1"
+    fake_github.fail_next("GET", "/pulls$", 301, {"location": moved})
+    with pytest.raises(BadInputError, match=r"answered 301, moved to .*/repositories/42/pulls"):
+        client(fake_github).check_access()

@@ -193,11 +193,16 @@ def test_swarm_run_issues_makes_one_task_per_issue(
     pull = fake_github.add_pull_as_issue("A pull request, not an issue")
     agent = tmp_path / "agent.py"
     agent.write_text("import pathlib, sys\npathlib.Path('prompt.txt').write_text(sys.argv[1])\n")
-    out = swarm(
-        repo, "run", "--agent", f"{agent_command()} {agent} {{prompt}}",
-        "--issues", f"{first},{pull}", "--github-repo", f"{OWNER}/{NAME}",
-        "--api-url", fake_github.url,
-    )  # fmt: skip
+    command = ["run", "--agent", f"{agent_command()} {agent} {{prompt}}",
+               "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url]  # fmt: skip
+    refused = swarm(repo, *command, "--issues", f"{first},{pull}")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"swarm: --issues: #{pull} of {OWNER}/{NAME} is a pull request, not an issue;"
+        " name issues only\n"
+    )
+    assert not (repo / ".git" / "swarm").exists()
+    out = swarm(repo, *command, "--issues", str(first))
     assert out.returncode == 0, out.stderr
     prompt = git(repo, "show", f"swarm/issue-{first}:prompt.txt")
     assert "Fix the login loop" in prompt

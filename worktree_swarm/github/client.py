@@ -24,6 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.text import one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.redact import redact
@@ -43,6 +44,19 @@ _USERINFO_RE = re.compile(r"(?<=://)[^/@\s]+@")
 _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
 # A token is one printable word; anything else could end up in a header error message.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
+_MOVED = frozenset({301, 302, 303, 307, 308})
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand a redirect back as the answer: GitHub redirects the API of a renamed repository."""
+
+    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+
+# Not followed: the token must not reach another host, and a renamed repository's new name
+# belongs in the remote (a write redirected by urllib would turn into a GET).
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 Sleep = Callable[[float], None]
 OnWait = Callable[[float, str], None]
@@ -233,6 +247,8 @@ class Client:
         except GitHubError as exc:
             if exc.status in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
                 raise BadInputError(str(exc)) from exc  # it says what to check
+            if exc.status in _MOVED:
+                raise BadInputError(str(exc)) from exc  # it names the fix
             if exc.status == HTTPStatus.NOT_FOUND:
                 raise BadInputError(
                     f"{exc}: no repository {self.repo} on {self.api_url}, or the token cannot "
@@ -404,10 +420,9 @@ class Client:
         req.add_header("User-Agent", "worktree-swarm")
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        # Unredirected: urllib would otherwise carry the token to whatever host a redirect names.
-        req.add_unredirected_header("Authorization", f"Bearer {self.token.reveal()}")
+        req.add_header("Authorization", f"Bearer {self.token.reveal()}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as reply:  # noqa: S310
+            with _OPENER.open(req, timeout=self.timeout) as reply:
                 return reply.status, reply.headers, reply.read()
         except urllib.error.HTTPError as exc:
             with exc:
@@ -431,6 +446,15 @@ class Client:
         # Redacted before it is cut: a page that echoes the token never shows part of it.
         page = self.token.redact(raw.decode("utf-8", "replace"))
         detail = _error_detail(data) or redact(page)[:200].strip()
+        if status in _MOVED:
+            location = self.token.redact(headers.get("location") or "nowhere")
+            where = one_line(redact(location), limit=200, controls=True)
+            raise GitHubError(
+                f"GitHub {method} {self._display(url)} answered {status}, moved to {where}:"
+                f" {self.repo} was renamed or transferred; point the remote at its new name"
+                " or pass --github-repo OWNER/NAME",
+                status=status,
+            )
         hint = {
             401: "; the token was rejected: check GITHUB_TOKEN / GH_TOKEN or `gh auth login`",
             403: "; the token lacks permission for this repository",
