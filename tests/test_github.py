@@ -225,6 +225,25 @@ def test_issue_listing_follows_pages_on_the_same_host(fake_github: FakeGitHub) -
     assert len(fake_github.calls("GET", "/issues$")) == 3
 
 
+def test_a_next_page_on_another_host_is_an_error_not_a_short_list(
+    fake_github: FakeGitHub,
+) -> None:
+    fake_github.add_issue("one", labels=("bug",))
+    with serve() as elsewhere:
+        there = f"{elsewhere.url}/repos/{OWNER}/{NAME}/issues?labels=bug&page=2"
+        fake_github.scripted.append(
+            Scripted("GET", "/issues$", 200, {"link": f'<{there}>; rel="next"'}, [])
+        )
+        with pytest.raises(github.GitHubError) as info:
+            list(client(fake_github).list_issues(labels="bug"))
+        assert elsewhere.requests == []
+    assert str(info.value) == (
+        f"GitHub's next page is on {elsewhere.url}, not on the API's {fake_github.url};"
+        " not followed (the token goes to the API host only): set --api-url to the address"
+        " GitHub uses"
+    )
+
+
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert github.resolve_token({"GITHUB_TOKEN": "a1", "GH_TOKEN": "b2"}).reveal() == "a1"
     assert github.resolve_token({"GH_TOKEN": " b2\n"}).reveal() == "b2"

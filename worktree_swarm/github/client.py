@@ -349,10 +349,16 @@ class Client:
         if match is None:
             return None
         url = match["url"]
-        # The token goes only to the configured API host: a Link elsewhere is not followed.
+        # The token goes only to the configured API host: a Link elsewhere is not followed,
+        # and the list is not silently cut short either.
         here, there = urllib.parse.urlsplit(self.api_url), urllib.parse.urlsplit(url)
         if (here.scheme, here.netloc) != (there.scheme, there.netloc):
-            return None
+            shown = one_line(f"{there.scheme}://{there.netloc}", limit=100, controls=True)
+            raise GitHubError(
+                f"GitHub's next page is on {shown}, not on the API's {self.api_url};"
+                " not followed (the token goes to the API host only): set --api-url to the"
+                " address GitHub uses"
+            )
         return url
 
     def _send(self, method: str, url: str, body: Mapping[str, object] | None) -> Response:
