@@ -523,6 +523,36 @@ subprocess.run(['git', 'stash', 'pop', '-q'], check=True)
 """
 
 
+GC_AFTER_COMMIT = """
+import pathlib, subprocess
+pathlib.Path('work.txt').write_text('own work\\n')
+subprocess.run(['git', 'add', 'work.txt'], check=True)
+subprocess.run(['git', 'commit', '-qm', 'work'], check=True)
+# What `gc --auto` does after a commit that left many loose objects (vendoring a library):
+# repack, pack the refs, and write info/refs for dumb-HTTP clients.
+subprocess.run(['git', 'gc', '--quiet'], check=False)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_gits_own_gc_after_an_agents_commit_is_no_outside_write(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    def state() -> dict[str, object]:
+        found = repo_state(repo)
+        found["git"] = {k: v for k, v in git_files(repo / ".git").items() if k != "info/refs"}
+        return found
+
+    before = state()
+    out = run_one(repo, write_agent(GC_AFTER_COMMIT), sandbox=sandbox, task="vendor")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["vendor"]["state"] == "done"
+    assert git(repo, "show", "swarm/vendor:work.txt") == "own work"
+    assert outside_writes(repo) == []
+    assert sandbox or (repo / ".git" / "info" / "refs").is_file()  # gc wrote it (not in a box)
+    assert state() == before
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 @pytest.mark.parametrize("sandbox", MODES)
 def test_an_agent_may_stash_and_pop_in_its_own_worktree(

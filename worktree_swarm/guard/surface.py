@@ -39,6 +39,11 @@ _IN_PROGRESS_FILES = (
 )  # fmt: skip
 
 
+# Written by git itself (`update-server-info`, which every repack runs: an agent's commit may
+# start `gc --auto`) for clients fetching over dumb HTTP: a list of refs, no program runs from
+# it. (A symlink there is still watched.)
+_GENERATED = frozenset({"info/refs"})
+
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
 
@@ -240,7 +245,13 @@ def _add_tree(found: Surface, common: Path, top: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
         for name in [*dirnames, *sorted(filenames)]:
-            _add(found, common, Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not (path.relative_to(top.parent).as_posix() in _GENERATED and _is_file(path)):
+                _add(found, common, path)
+
+
+def _is_file(path: Path) -> bool:
+    return stat.S_ISREG(path.lstat().st_mode)
 
 
 def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) -> None:
