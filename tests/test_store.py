@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.test_run import swarm
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import (
     CopyMode,
@@ -102,6 +103,27 @@ def test_garbage_file_is_refused_clearly(db_path: Path) -> None:
     db_path.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(SwarmError, match=r"not a usable worktree-swarm state database"):
         Store(db_path)
+
+
+def test_a_store_damaged_past_its_first_pages_is_one_clear_line(repo: Path) -> None:
+    made = [f'[[task]]\nid = "t{n}"\nprompt = "write f{n}.txt: {"x" * 2000}"\n' for n in range(6)]
+    (repo.parent / "tasks.toml").write_text('[defaults]\nagent = "scripted"\n' + "".join(made))
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    db = repo / ".git" / "swarm" / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    with db.open("r+b") as damaged:  # a torn write or a bad sector: a page of junk
+        damaged.seek(4096 * 2)
+        damaged.write(b"\xde\xad" * 2048)
+
+    for command in ("status", "report", "clean"):
+        out = swarm(repo, command)
+        assert (out.returncode, out.stdout) == (1, ""), out.stderr
+        assert out.stderr == (
+            f"swarm: {db} is not a usable worktree-swarm state database"
+            " (database disk image is malformed); move it aside and run again\n"
+        )
 
 
 # --- runs --------------------------------------------------------------------------------

@@ -461,10 +461,7 @@ class Store:
             ) from exc
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise SwarmError(
-                f"{path} is not a usable worktree-swarm state database ({exc}); "
-                "move it aside and run again"
-            ) from exc
+            raise _unusable(path, exc) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -531,12 +528,24 @@ class Store:
     ) -> None:
         self.close()
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return _transaction(self._conn)
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with _transaction(self._conn) as conn:
+                yield conn
+        except sqlite3.DatabaseError as exc:
+            if _is_damaged(exc):
+                raise _unusable(self.path, exc) from exc
+            raise
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if _is_damaged(exc):  # found past the pages opening it read
+                    raise _unusable(self.path, exc) from exc
+                raise
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -839,6 +848,16 @@ class Store:
             (run_id, after, kind, kind),
         )
         return [_event_row(r) for r in rows]
+
+
+def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> SwarmError:
+    return SwarmError(
+        f"{path} is not a usable worktree-swarm state database ({exc}); move it aside and run again"
+    )
 
 
 @contextlib.contextmanager
