@@ -30,6 +30,9 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from worktree_swarm.core.errors import ManagerLockedError
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.run import background
 
 FAKE_CLAUDE = r'''#!PYTHON
 """Fake Claude Code: scripted by $FAKE_DIR/<task>.plan (one behaviour per call)."""
@@ -636,6 +639,32 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     rows = status_json(repo)
     assert rows["a"]["state"] == rows["b"]["state"] == "done"
     assert "a: done" in log.read_text()  # the manager's own output went to its log
+
+
+def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
+    repo: Path, fake_claude: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan(fake_claude, "a", "wait")
+    first = swarm(repo, "run", "--detach", manifest(repo, tasks_toml(["a"])))
+    assert first.returncode == 0, first.stderr
+    # The second `--detach` checked the lock just before the first one's manager took it.
+    real, checked = background.lock.manager_alive, []
+
+    def alive(state_dir: Path) -> bool:
+        checked.append(state_dir)
+        return len(checked) > 1 and real(state_dir)
+
+    monkeypatch.setattr(background.lock, "manager_alive", alive)
+    monkeypatch.chdir(repo)  # the background manager runs where `swarm` was started
+    second = repo.parent / "second.toml"
+    second.write_text(tasks_toml(["b"]))
+    with pytest.raises(ManagerLockedError, match=r"^another swarm manager \(pid \d+.*\) holds"):
+        background.detach(open_repo(repo), ["run", str(second)])
+    assert len(list((repo / ".git" / "swarm").glob("manager-*.log"))) == 2  # one each
+    (fake_claude / "go").touch()
+    pid = int(first.stdout.split("pid ")[1].split(",")[0])
+    wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")
+    assert status_json(repo)["a"]["state"] == "done"
 
 
 def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_claude: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-from worktree_swarm.core.errors import ManagerLockedError, SwarmError
+from worktree_swarm.core.errors import ExitCode, ManagerLockedError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.logtail import last_line
@@ -32,8 +34,8 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
             "repository; wait for it or stop it with `swarm stop`"
         )
     repo.state_dir.mkdir(parents=True, exist_ok=True)
-    log = repo.state_dir / f"manager-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with log.open("ab") as out:
+    log, out = _new_log(repo.state_dir)
+    with out:
         child = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", *argv],
             cwd=Path.cwd(),
@@ -46,6 +48,8 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         code = child.poll()
+        if code == ExitCode.LOCKED:  # another manager took the lock since the check above
+            raise ManagerLockedError(last_line(log).removeprefix("swarm: "))
         if code is not None:
             raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
         if lock.manager_alive(repo.state_dir) and lock.holder_pid(repo.state_dir) == child.pid:
@@ -53,3 +57,15 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
             return child.pid, log
         time.sleep(0.05)
     raise SwarmError(f"the background manager did not start within {START_TIMEOUT:g}s ({log})")
+
+
+def _new_log(state_dir: Path) -> tuple[Path, BinaryIO]:
+    """A log file of its own: two `--detach` in the same second must not share one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        log = state_dir / (f"manager-{stamp}.log" if n == 1 else f"manager-{stamp}-{n}.log")
+        try:
+            return log, log.open("xb")
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover
