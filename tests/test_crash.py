@@ -779,3 +779,82 @@ def test_retry_resumes_the_agents_session_on_its_branch(
     assert second["argv"][second["argv"].index("--resume") + 1] == "sess-a-1"
     assert first["cwd"] == second["cwd"]  # the kept worktree
     assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
+
+
+OUTSIDE_THEN_WAIT = """
+import os, pathlib, sys, time
+root, checkout = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+task = os.environ['SWARM_TASK_ID']
+pathlib.Path(task + '.txt').write_text('work\\n')
+(root / (task + '.started')).touch()
+if task == 'a':  # while b runs too: two suspects, neither is stopped at once
+    while not (root / 'b.started').exists():
+        time.sleep(0.02)
+    (checkout / 'evil.txt').write_text('outside\\n')
+while not (root / 'go').exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_guard_verdict_outlives_the_manager_that_reached_it(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = [*write_agent(OUTSIDE_THEN_WAIT), str(tmp_path), str(repo)]
+    text = f"[defaults]\njobs = 2\nagent = {argv_toml(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "x"\n[[task]]\nid = "b"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    db = repo / ".git" / "swarm" / "state.db"
+
+    def judged() -> bool:
+        query = "SELECT count(*) FROM events WHERE kind = 'outside_write'"
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                return bool(conn.execute(query).fetchone()[0])
+        except sqlite3.OperationalError:  # not made yet, or not its tables
+            return False
+
+    wait_for(judged, timeout=120, what="the guard's verdict")
+    _kill_group(proc)  # both suspects still run: neither had ended, so neither was failed
+    (tmp_path / "go").touch()
+    assert swarm(repo, "resume").returncode == 1
+    rows = status_json(repo)
+    for task, other in (("a", "b"), ("b", "a")):
+        assert rows[task]["state"] == "failed", rows[task]
+        assert str(rows[task]["reason"]).startswith(
+            f"wrote outside its worktree (or one of {other}, running at the same time):"
+            " files evil.txt in the main checkout; restored"
+        )
+    assert not (repo / "evil.txt").exists()
+
+
+SWITCH_BRANCH = """
+import pathlib, subprocess, sys
+git = sys.argv[1]  # the real one: swarm's own git hangs in this test
+pathlib.Path('a.txt').write_text('work\\n')
+subprocess.run([git, 'checkout', '-q', '-b', 'other'], check=True)
+subprocess.run([git, 'add', '-A'], check=True)
+subprocess.run([git, 'commit', '-q', '-m', 'work on another branch'], check=True)
+"""
+
+
+def test_a_verdict_on_an_ended_attempt_is_on_record_before_its_checkpoint(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+) -> None:
+    agent = [*write_agent(SWITCH_BRANCH), str(shutil.which("git"))]
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    path = os.environ["PATH"]
+    hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the attempt
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(hung.exists, timeout=120, what="the checkpoint")
+    _kill_group(proc)  # at once: the run loop had no turn to take the verdict
+    monkeypatch.setenv("PATH", path)
+    swarm(repo, "resume")
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert row["reason"] == (
+        "wrote outside its worktree: its agent switched its worktree from swarm/a to other;"
+        " restored"
+    )

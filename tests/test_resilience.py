@@ -564,6 +564,24 @@ def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     assert "budget" in str(rows["t3"]["reason"])
 
 
+def test_the_budget_counts_what_was_spent_before_a_crash(repo: Path, fake_claude: Path) -> None:
+    ids = [f"t{i}" for i in range(5)]
+    plan(fake_claude, "t2", "wait")
+    text = manifest(repo, tasks_toml(ids))
+    proc = swarm_bg(repo, "run", "--jobs", "1", "--max-cost-usd", "1.2", text)
+    wait_for((fake_claude / "t2.pid").exists, what="the third task's agent")
+    proc.kill()  # $1.00 spent by t0 and t1
+    proc.wait(timeout=30)
+    (fake_claude / "go").touch()
+    assert swarm(repo, "resume").returncode == 1
+    rows = status_json(repo)
+    assert [rows[i]["state"] for i in ids] == ["done", "done", "done", "stopped", "stopped"]
+    assert str(rows["t3"]["reason"]).startswith("budget reached")  # $1.50 of $1.20
+    # `swarm retry` starts the count again, as it does a task's retries and repairs.
+    assert swarm(repo, "retry", "t3").returncode == 1  # t4 stays stopped
+    assert status_json(repo)["t3"]["state"] == "done"
+
+
 def test_placeholder_caught_then_repaired(repo: Path, fake_claude: Path) -> None:
     plan(fake_claude, "a", "todo", "fix")
     plan(fake_claude, "b", "todo")

@@ -11,7 +11,15 @@ ties them together).
 from __future__ import annotations
 
 from worktree_swarm.guard.channel import RefMoves, moving_refs
-from worktree_swarm.guard.model import MAIN, REPOSITORY, RefMove, ScanFailure, Snapshot, Violation
+from worktree_swarm.guard.model import (
+    MAIN,
+    REPOSITORY,
+    RefMove,
+    ScanFailure,
+    Snapshot,
+    Violation,
+    suspect_reason,
+)
 from worktree_swarm.guard.watcher import Guard
 
 __all__ = [
@@ -24,4 +32,5 @@ __all__ = [
     "Snapshot",
     "Violation",
     "moving_refs",
+    "suspect_reason",
 ]

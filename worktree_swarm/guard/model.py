@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worktree_swarm.core.text import path_text
@@ -79,13 +80,7 @@ class Violation:
 
     def reason(self, task_id: str) -> str:
         """The failure reason recorded on a suspect task."""
-        who = "" if len(self.suspects) == 1 else (
-            f" (or one of {', '.join(s for s in self.suspects if s != task_id)}, "
-            "running at the same time)"
-        )  # fmt: skip
-        fate = "restored" if self.restored else "left as found"
-        patch = f", patch {self.patch}" if self.patch else ""
-        return f"wrote outside its worktree{who}: {self.summary()}; {fate}{patch}"
+        return suspect_reason(self.as_dict(), task_id)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form recorded as an ``outside_write`` event."""
@@ -117,6 +112,16 @@ class ScanFailure:
     def as_dict(self) -> dict[str, object]:
         """The JSON form recorded as a ``guard_error`` event."""
         return {"job": self.job, "reason": self.reason, "count": self.count}
+
+
+def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:
+    """The failure reason of suspect *task_id* of a violation recorded as :meth:`as_dict`."""
+    suspects = recorded.get("suspects")
+    others = [str(s) for s in suspects if s != task_id] if isinstance(suspects, list) else []
+    who = f" (or one of {', '.join(others)}, running at the same time)" if others else ""
+    fate = "restored" if recorded.get("restored") else "left as found"
+    patch = f", patch {recorded['patch']}" if recorded.get("patch") else ""
+    return f"wrote outside its worktree{who}: {recorded.get('summary')}; {fate}{patch}"
 
 
 def short_ref(ref: str) -> str:

@@ -34,7 +34,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +119,19 @@ class Guard:
     """
 
     def __init__(
-        self, repo: git.Repo, *, work_dir: Path, restore: bool, exclude: Sequence[Path] = ()
+        self,
+        repo: git.Repo,
+        *,
+        work_dir: Path,
+        restore: bool,
+        exclude: Sequence[Path] = (),
+        on_record: Callable[[Violation], None] | None = None,
     ) -> None:
         self.repo = repo
         self.restore = restore
+        # Told of each violation as it is found, in the finding thread: the run records it
+        # at once, so a manager killed before its loop drains it has it on record.
+        self._on_record = on_record
         # Directories inside the checkout that are not the user's (a worktree root there).
         root = Path(os.path.realpath(repo.root))
         self._roots = tuple(Path(os.path.realpath(p)) for p in exclude)
@@ -1024,6 +1033,8 @@ class Guard:
         done = dataclasses.replace(violation, number=self._count, patch=patch)
         self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
         self._new.append(done)
+        if self._on_record is not None:
+            self._on_record(done)
         return done
 
 

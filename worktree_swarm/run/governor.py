@@ -285,6 +285,11 @@ class Gates:
         with self._cond:
             return self._rng.uniform(ceiling / 2, ceiling)
 
+    def count_spent(self, cost_usd: float) -> None:
+        """Count what was spent before this manager (a resumed run's earlier attempts)."""
+        with self._cond:
+            self.spent_usd += cost_usd
+
     def adopt(self, provider: str) -> None:
         """Count an agent a previous manager started (it already runs: no waiting)."""
         with self._cond:

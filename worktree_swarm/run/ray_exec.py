@@ -349,7 +349,7 @@ class RayTaskWorker(RunWorker):
             ended = self._replay(live, course, base, resumed)
             count = _Count(number=resumed.number)
         else:
-            handle = self._adopt(task, resumed) or self._adopt_unrecorded(task)
+            handle = self._adopt_any(live, resumed)
             last = max((a.number for a in previous), default=0)
             count = _Count(number=handle.number if handle is not None else last)
         while True:
@@ -389,6 +389,7 @@ class RayTaskWorker(RunWorker):
             count.number = handle.number
         else:
             self.gate.adopt(provider)
+            live.adopted.set()
         cost: list[float | None] = [None]
         try:
             return self._attempt(live, handle, base, course, cost)
@@ -872,6 +873,13 @@ class RayTaskWorker(RunWorker):
                 raise SwarmError(str(exc.cause) if exc.cause else str(exc)) from None
 
     # -- resuming after the coordinator died -------------------------------------------------
+
+    def _adopt_any(self, live: Live, attempt: AttemptRow | None) -> _Handle | None:
+        """The open attempt's actor, or one launched unrecorded; else a new attempt is due."""
+        handle = self._adopt(live.task, attempt) or self._adopt_unrecorded(live.task)
+        if handle is None:  # nothing to adopt: a new attempt waits for its slot
+            live.adopted.set()
+        return handle
 
     def _adopt(self, task: Task, attempt: AttemptRow | None) -> _Handle | None:
         """The live actor of an open attempt a previous coordinator started, if still there."""

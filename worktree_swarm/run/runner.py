@@ -35,17 +35,20 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import Guard, Violation, sandbox
+from worktree_swarm.guard import Guard, Violation, sandbox, suspect_reason
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox
+from worktree_swarm.run.retry import RETRY_EVENT
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Emit  # what the CLI hands the run: the same event sink
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
+
+OUTSIDE_WRITE = "outside_write"  # the event a guard verdict is recorded as
 
 
 def new_run_id() -> str:
@@ -99,6 +102,7 @@ class Runner:
             restore=not spec.allow_outside_writes,
             # Not the user's: where worktrees go, and where this run's own output goes.
             exclude=[*([spec.worktree_root] if spec.worktree_root else []), *proc.output_files()],
+            on_record=lambda found: self._emit(OUTSIDE_WRITE, found.task, found.as_dict()),
         )
         self._guard_reasons: dict[str, str] = {}
         self.manager_log = run_dir(repo, run_id) / faults.MANAGER_LOG
@@ -185,6 +189,10 @@ class Runner:
             observer=observer,
             states=states,
         )
+        verdicts, spent = _recorded(store, run_id, {r.task_id for r in rows if r.state.is_final})
+        if not spec.allow_outside_writes:
+            runner._guard_reasons.update(verdicts)
+        runner.gate.count_spent(spent)
         for row in rows:
             attempts = store.attempts(run_id, row.task_id)
             # A task put back to pending (watch's retry) starts a new attempt in its kept
@@ -267,10 +275,20 @@ class Runner:
 
     def _start_adopted(self) -> None:
         # Adopted tasks start first and regardless of `jobs`: their agents may already run.
-        for task_id, live in self._adopt.items():
+        # Each takes its slot before any new agent may: a task launched meanwhile would run
+        # beside it over `jobs`, and past a budget whose last attempt it has not counted yet.
+        open_ones = [
+            live for live in self._adopt.values()
+            if live.resume_from is not None and live.resume_from.ended_at is None
+        ]  # fmt: skip
+        for live in self._adopt.values():
             self._launch(live)
-            self._states[task_id] = TaskState.RUNNING
+            self._states[live.task.id] = TaskState.RUNNING
         self._adopt.clear()
+        for live in open_ones:
+            while not live.adopted.wait(timeout=0.25):
+                self._poll_stop_requests()
+                self._apply_guard()
 
     def _launch_ready(self) -> None:
         # Twice `jobs` in flight: `jobs` running agents, up to `jobs` provisioning or checking.
@@ -303,6 +321,7 @@ class Runner:
             outcome = TaskOutcome(
                 state=TaskState.FAILED, reason=f"internal error: {exc!r} (traceback in {log})"
             )
+        live.adopted.set()  # whichever way it went
         self._done.put((live.task.id, outcome))
 
     def _wait_for_one(self) -> None:
@@ -348,8 +367,7 @@ class Runner:
             # A scan that failed is told, never swallowed: it is retried, but until it
             # succeeds that part is not watched.
             self._emit("guard_error", None, failure.as_dict())
-        for violation in self.guard.drain():
-            self._emit("outside_write", violation.task, violation.as_dict())
+        for violation in self.guard.drain():  # each recorded as it was found
             if self.spec.allow_outside_writes:
                 continue
             for task_id in violation.suspects:
@@ -431,3 +449,29 @@ def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
         return None
     slot, offset = divmod(port - spec.port_base, spec.port_block)
     return slot if slot >= 0 and offset == 0 else None
+
+
+def _recorded(store: Store, run_id: str, final: set[str]) -> tuple[dict[str, str], float]:
+    """What a killed manager knew and a resumed one must not forget.
+
+    The guard's verdicts on tasks not final yet (a suspect fails when it ends, whatever its
+    agent did after), and what the run has spent since its last `swarm retry` (which starts
+    the budget's count again, as it does the retries' and repairs').
+    """
+    verdicts: dict[str, str] = {}
+    since = 0.0
+    for event in store.events(run_id):
+        if event.kind == RETRY_EVENT and event.task_id is not None:
+            verdicts.pop(event.task_id, None)  # a new go, judged anew
+            since = event.ts
+        elif event.kind == OUTSIDE_WRITE:
+            suspects = event.data.get("suspects")
+            for task_id in suspects if isinstance(suspects, list) else []:
+                if isinstance(task_id, str) and task_id not in final:
+                    verdicts[task_id] = suspect_reason(event.data, task_id)
+    spent = sum(
+        a.cost_usd or 0.0
+        for a in store.attempts(run_id)
+        if a.ended_at is not None and a.started_at >= since
+    )
+    return verdicts, spent

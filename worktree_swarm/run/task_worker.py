@@ -74,6 +74,9 @@ class Live:
     thread: threading.Thread | None = None
     resume_from: AttemptRow | None = None
     rank: Rank | None = None  # its place in the scheduler's order, for the gate's queue
+    # Set once an adopted agent holds its slot (or the task went another way): no new agent
+    # is launched before, so a resumed run never runs more than `jobs` agents.
+    adopted: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -736,6 +739,7 @@ class TaskWorker(RunWorker):
         self._state(live.task.id, TaskState.RUNNING)
         task = fallback.task_for(live.task, profile)
         self.gate.adopt(provider_of(profile))
+        live.adopted.set()
         self.guard.agent_started(live.task.id, identity)
         cost: float | None = None
         try:
