@@ -412,7 +412,7 @@ def test_codex_usage_limit_is_rate_limited_until_the_time_it_names(attempt: Atte
     assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.session_id == THREAD
     # NOW is 17:53 in Tokyo: the next 3:04 PM is the following day.
-    assert run.result.retry_at == utc(2025, 10, 10, 6, 4)
+    assert run.result.retry_at == utc(2025, 10, 10, 6, 5)  # the end of the minute printed
 
 
 def test_codex_usage_limit_reached_error_body_gives_resets_at(attempt: Attempt) -> None:
@@ -717,11 +717,16 @@ def test_first_attempt_argv_renders_the_template_for_every_adapter() -> None:
     ("text", "retry_at"),
     [
         ("Claude AI usage limit reached|1760004000", 1760004000.0),
-        ("You've hit your limit · resets 4pm (Europe/Berlin)", utc(2025, 10, 9, 14, 0)),
-        ("You\u2019ve hit your limit · resets 10am (Europe/Berlin)", utc(2025, 10, 10, 8, 0)),
-        ("You've hit your limit · resets Oct 12 at 4pm (America/Recife)", utc(2025, 10, 12, 19, 0)),
-        ("You've hit your limit · resets Oct 16, 11:30am (UTC)", utc(2025, 10, 16, 11, 30)),
-        ("You've hit your limit · resets Jan 2, 9am (UTC)", utc(2026, 1, 2, 9, 0)),
+        ("You've hit your limit · resets 4pm (Europe/Berlin)", utc(2025, 10, 9, 14, 1)),
+        ("You\u2019ve hit your limit · resets 10am (Europe/Berlin)", utc(2025, 10, 10, 8, 1)),
+        ("You've hit your limit · resets Oct 12 at 4pm (America/Recife)", utc(2025, 10, 12, 19, 1)),
+        ("You've hit your limit · resets Oct 16, 11:30am (UTC)", utc(2025, 10, 16, 11, 31)),
+        ("You've hit your limit · resets Jan 2, 9am (UTC)", utc(2026, 1, 2, 9, 1)),
+        # Claude Code names the window: 5-hour, weekly, Opus, Sonnet, session
+        ("You've hit your 5-hour limit · resets 11:35pm (UTC)", utc(2025, 10, 9, 23, 36)),
+        ("You've hit your weekly limit · resets Oct 12, 9am (UTC)", utc(2025, 10, 12, 9, 1)),
+        ("You've hit your Opus limit · resets 4pm (UTC)", utc(2025, 10, 9, 16, 1)),
+        ("You've hit your session limit · resets 4pm (UTC)", utc(2025, 10, 9, 16, 1)),
         ('{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}', None),
         ('{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', None),
         ("HTTP/1.1 429 Too Many Requests", None),
@@ -737,15 +742,15 @@ def test_classify_rate_limit_wall_clock_without_zone_is_local_time() -> None:
     # NOW is 17:53:20 in Tokyo.
     assert classify_rate_limit("You've hit your limit · resets 6pm", now=NOW) == (
         True,
-        utc(2025, 10, 9, 9, 0),
+        utc(2025, 10, 9, 9, 1),
     )
     assert classify_rate_limit("You've hit your limit · resets 4pm", now=NOW) == (
         True,
-        utc(2025, 10, 10, 7, 0),
+        utc(2025, 10, 10, 7, 1),
     )
     assert classify_rate_limit(
         "You've hit your usage limit. Try again at Oct 12th, 2025 3:04 PM.", now=NOW
-    ) == (True, utc(2025, 10, 12, 6, 4))
+    ) == (True, utc(2025, 10, 12, 6, 5))
 
 
 @pytest.mark.usefixtures("tokyo_time")
@@ -754,8 +759,8 @@ def test_classify_rate_limit_wall_clock_without_zone_is_local_time() -> None:
     [
         ("5:53 PM", utc(2025, 10, 9, 8, 54)),  # this minute: by its end, not tomorrow
         ("5:52 PM", utc(2025, 10, 9, 8, 53)),  # the minute before: already past, now
-        ("5:51 PM", utc(2025, 10, 10, 8, 51)),  # two minutes ago: tomorrow
-        ("5:54 PM", utc(2025, 10, 9, 8, 54)),
+        ("5:51 PM", utc(2025, 10, 10, 8, 52)),  # two minutes ago: tomorrow
+        ("5:54 PM", utc(2025, 10, 9, 8, 55)),  # printed cut down to the minute: by its end
     ],
 )
 def test_a_reset_printed_to_the_minute_in_this_minute_is_not_tomorrow(

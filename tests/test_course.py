@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.test_store import MANAGER
+from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import Task
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run.course import RESUME_PROMPT, Course
+from worktree_swarm.run.governor import Gates
 
 
 def limited(store: Store, task: str, number: int, *, window: bool) -> None:
@@ -48,3 +51,22 @@ def test_an_instruction_is_asked_again_after_the_resume_prompt() -> None:
     course = Course.resumed(task, [], instruction="The checks on your work failed.")
     assert course.prompt == f"{RESUME_PROMPT}\n\nThe checks on your work failed."
     assert course.pending == "The checks on your work failed."
+
+
+def test_a_stated_reset_already_past_leaves_the_tasks_own_backoff() -> None:
+    # A clock a minute ahead of the API's: "resets 8:41pm" when it is 8:42 here.
+    task = Task(id="a", prompt="do a", retries=5)
+    gate = Gates(4, backoff_base=30.0)
+    before = time.time()
+    for retry_at in (before - 60, None):
+        course = Course.resumed(task, [])
+        throttle = AgentResult(outcome=AgentOutcome.RATE_LIMITED, retry_at=retry_at)
+        assert (
+            course.throttled(task, throttle, gate, provider="p", replayed=False, progressed=False)
+            is None
+        )
+        assert course.not_before >= before + 15  # half of the first backoff's 30 s at least
+    ahead = AgentResult(outcome=AgentOutcome.RATE_LIMITED, retry_at=before + 5)
+    course = Course.resumed(task, [])
+    course.throttled(task, ahead, gate, provider="p", replayed=False, progressed=False)
+    assert course.not_before == before + 5  # a stated one still in the future is kept

@@ -63,6 +63,23 @@ def test_claude_usage_windows(tmp_path: Path) -> None:
     ]
 
 
+def test_claude_codes_own_message_for_a_refused_request_is_no_success(tmp_path: Path) -> None:
+    # Real Claude Code 2.1.330 logs: a request refused (429), and a 5-hour window. For each the
+    # CLI prints an `assistant` event of model "<synthetic>" holding the error's text; counted
+    # as a response, it kept a provider refused every time at full concurrency, and it ended
+    # the window it announced at once.
+    refused = LogTail(path=FIXTURES / "v2.1.330-stream-refused-429.jsonl", profile="claude")
+    assert [(f.signal, f.detail) for f in refused.poll(now=NOW)] == [(Signal.THROTTLE, "HTTP 429")]
+    assert not refused.succeeded
+    reset = 1_796_245_008.0  # its rate_limit_event's resetsAt; printed "resets 8:56pm (UTC)"
+    window = LogTail(path=FIXTURES / "v2.1.330-stream-5h-window.jsonl", profile="claude")
+    assert [(f.signal, f.retry_at) for f in window.poll(now=reset - 1200)] == [
+        (Signal.WINDOW, reset),
+        (Signal.WINDOW, reset + 12),  # the text's 8:56pm, to the end of that minute
+    ]
+    assert not window.succeeded
+
+
 def test_a_rejected_request_served_on_overage_is_no_window(tmp_path: Path) -> None:
     log = tmp_path / "attempt.log"
     info = {"status": "rejected", "resetsAt": NOW + 3600, "rateLimitType": "five_hour"}

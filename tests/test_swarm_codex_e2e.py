@@ -8,7 +8,7 @@ so every 429 reaches swarm. Files are written by Codex's own ``apply_patch`` too
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -122,8 +122,9 @@ def test_usage_limit_message_gives_the_reset_time(
     )
     reason, _ = reason_when(repo, codex_env, path, "rate_limited")
     # Codex prints the reset as a local wall-clock minute ("try again at 4:03 PM"); swarm waits
-    # until then instead of its own backoff.
-    expected = datetime.fromtimestamp(resets_at).replace(second=0)  # noqa: DTZ006 - local
+    # until the end of that minute instead of its own backoff.
+    minute = datetime.fromtimestamp(resets_at).replace(second=0)  # noqa: DTZ006 - local
+    expected = minute + timedelta(minutes=1)
     assert reason == f"resuming after {expected:%H:%M:%S}"
     (row,) = attempts(repo)[:1]
     assert row.outcome == "rate_limited"

@@ -238,7 +238,8 @@ _LIMIT_PATTERNS = tuple(
     for p in (
         r"usage limit reached",  # Claude Code: "Claude AI usage limit reached|<epoch>"
         r"usage_limit_reached",  # Codex / OpenAI error type
-        r"\b(?:you['\u2019]ve|you have) hit your (?:usage )?limit",  # Claude Code, Codex
+        # Claude Code ("your limit", "your 5-hour limit", "weekly", "Opus", "session"), Codex
+        r"\b(?:you['\u2019]ve|you have) hit your (?:[\w-]+ ){0,2}limit",
         r"\brate_limit_error\b",  # Anthropic API error type (HTTP 429)
         r"\boverloaded_error\b",  # Anthropic API error type (HTTP 529)
         r"\btoo many requests\b",  # HTTP 429 reason phrase
@@ -315,15 +316,14 @@ def _resolve_reset(match: re.Match[str], *, now: float) -> float | None:
                 reset = reset.replace(year=year + 1)
         else:
             reset = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            # The time is printed to the minute: this minute or the one before means at the
-            # end of that minute (now, or in seconds), not the same time tomorrow.
+            # This minute or the one before is now (or in seconds), not the same time tomorrow.
             if current - reset >= timedelta(minutes=2):
                 reset += timedelta(days=1)
-            elif reset <= current:
-                reset += timedelta(minutes=1)
     except ValueError:  # Feb 30 and the like
         return None
-    return reset.timestamp()
+    # Printed to the minute, cut down to it (4:03 PM for 16:03:50): the end of that minute,
+    # or a resume at 16:03 is refused again and spends a retry.
+    return (reset + timedelta(minutes=1)).timestamp()
 
 
 def _zone(name: str | None) -> tzinfo | None:

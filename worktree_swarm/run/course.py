@@ -151,7 +151,9 @@ class Course:
             # shared gate decides (one agent's throttles alone never cut a provider's
             # concurrency), so that its retries do not go in seconds.
             backoff = gate.task_backoff(self.throttles) if self.throttles else 0.0
-            self.not_before = result.retry_at or (now + backoff if backoff else 0.0)
+            # A stated reset already past (a clock ahead of the API's) says nothing: backoff.
+            stated = result.retry_at if result.retry_at and result.retry_at > now else None
+            self.not_before = stated or (now + backoff if backoff else 0.0)
         self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
         self.interrupted()
         return None

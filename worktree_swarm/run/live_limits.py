@@ -83,8 +83,10 @@ class LogTail:
     def _claude(self, obj: dict[str, Any], *, now: float) -> Limit | None:
         kind = obj.get("type")
         if kind == "assistant":
-            # One API response may arrive as several events (one per content block).
             message = obj.get("message")
+            if _made_up(obj, message):  # the CLI's own message for a refused request
+                return None
+            # One API response may arrive as several events (one per content block).
             ident = str(message.get("id", "")) if isinstance(message, dict) else ""
             if ident in self._messages:
                 return None
@@ -114,6 +116,17 @@ class LogTail:
             detail = f"HTTP {status}" if status in _THROTTLE_STATUSES else one_line(text, limit=80)
             return Limit(signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=detail)
         return None
+
+
+def _made_up(obj: dict[str, Any], message: object) -> bool:
+    """Whether an `assistant` event is Claude Code's stand-in for an API error, not a reply.
+
+    It reports the error (a 429's "You've hit your limit") as a message of model
+    ``<synthetic>``, marked ``is_api_error_message`` and ``error``: counted as a success it
+    would cancel the throttle or the window it stands for.
+    """
+    model = message.get("model") if isinstance(message, dict) else None
+    return bool(obj.get("is_api_error_message") or obj.get("error") or model == "<synthetic>")
 
 
 def _codex(obj: dict[str, Any], *, now: float) -> Limit | None:
