@@ -468,6 +468,68 @@ def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no
     assert not list((repo / ".git" / "swarm" / "ref-moves").glob("*.json"))
 
 
+# The merge's checks: the first (the target before any merge) passes at once, the next ones
+# say they run, then wait for the go file.
+CHECK_THEN_WAIT = """
+import pathlib, sys, time
+ctrl = pathlib.Path(sys.argv[1])
+if not (ctrl / 'first').exists():
+    (ctrl / 'first').touch()
+    sys.exit(0)
+(ctrl / 'checking').touch()
+while not (ctrl / 'go').exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_run_started_while_a_merge_is_half_way_is_blamed_for_none_of_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    writer = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    )
+    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n')
+    assert swarm(repo, "run", first, "--agent", " ".join(writer)).returncode == 0
+    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    check = " ".join([*write_agent(CHECK_THEN_WAIT), str(tmp_path)])
+    merging = swarm_bg(repo, "merge", "--run", earlier, "--check", check)
+    flag = tmp_path / "flag"
+    procs = [merging]
+    try:
+        # One task merged, its check running: the integration branch has moved once.
+        wait_for((tmp_path / "checking").exists, what="the merge's check after its first merge")
+        second = manifest(
+            repo,
+            '[[task]]\nid = "slow"\nprompt = "p"\n'
+            f"agent = {argv_toml([*write_agent(WAIT_FOR_FLAG), str(flag)])}\n",
+        )
+        running = swarm_bg(repo, "run", second)  # its guard's baseline: the merge half-way
+        procs.append(running)
+        wait_for(
+            (repo.parent / "repo.swarm" / "slow" / "slow.txt").exists,
+            what="the slow agent to run",
+        )
+        (tmp_path / "go").touch()
+        assert merging.wait(timeout=120) == 0
+        flag.write_text("go\n")
+        assert running.wait(timeout=120) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    integration = f"swarm/integration-{earlier}"
+    assert (
+        git(repo, "show", f"{integration}:a.txt"),
+        git(repo, "show", f"{integration}:b.txt"),
+    ) == (
+        "work",
+        "work",
+    )
+    assert status_json(repo)["slow"]["state"] == "done"
+    assert outside_writes(repo) == []
+
+
 # -- a scan that fails -------------------------------------------------------------------------
 
 # Makes every ref listing fail (git refuses a garbled packed-refs), waits until the guard has

@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -149,6 +149,20 @@ class Channel:
         self._agents = agents
         self._accepted: dict[str, list[tuple[str | None, str | None]]] = {}
         self._done: set[str] = set()
+        # Announcements already there when the guard took its baseline: name -> that baseline.
+        self._midway: dict[str, Mapping[str, str]] = {}
+
+    def started(self, baseline: Mapping[str, str]) -> None:
+        """The guard took *baseline* (call right after reading it): moves under way then.
+
+        A command that had moved a ref before the baseline (a merge between two tasks)
+        announced where it started, not where the guard first saw it: its moves are taken
+        from the baseline's value instead, the steps before being its own.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            for path in self._dir.iterdir():
+                if path.suffix == ".json":
+                    self._midway[path.name] = baseline
 
     def read(self) -> tuple[set[str], list[str]]:
         """Take in the announcements: the refs being moved now, and why any was refused."""
@@ -180,8 +194,10 @@ class Channel:
             if not done:
                 pending |= {ref for ref, _, _ in moves}
                 continue
+            base = self._midway.pop(path.name, None)
             for ref, old, new in moves:
-                self._accepted.setdefault(ref, []).append((old, new))
+                start = old if base is None else base.get(ref)  # absent then: None
+                self._accepted.setdefault(ref, []).append((start, new))
             self._done.add(path.name)
             _write_verdict(path, "accepted")
         return pending, refused

@@ -199,6 +199,7 @@ class Guard:
             self._surface = self._read_surface()
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             self._refs = read_refs(self.repo.root)
+            self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
             now = time.time()
             self._refs_checked = self._surface_checked = now
