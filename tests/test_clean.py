@@ -38,6 +38,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from tests.test_trust import CHECK_THEN_WAIT
 from worktree_swarm.cleanup import fixes
 from worktree_swarm.git import repo as g
 from worktree_swarm.report.status import open_store
@@ -411,6 +412,32 @@ def _big_repo(path: Path, files: int) -> Path:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "many files")
     return path
+
+
+@pytest.mark.parametrize("into", [None, "stable"], ids=["integration", "into"])
+def test_doctor_leaves_a_merge_at_work_alone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, into: str | None
+) -> None:
+    git(repo, "branch", "stable")
+    path = manifest(
+        repo, '[[task]]\nid = "edits"\nprompt = "p"\n[[task]]\nid = "gone"\nprompt = "p"\n'
+    )
+    assert swarm(repo, "run", path, "--agent", " ".join(write_agent(BY_ID_AGENT))).returncode == 0
+    check = " ".join([*write_agent(CHECK_THEN_WAIT), str(tmp_path)])
+    merging = swarm_bg(repo, "merge", "--check", check, *(["--into", into] if into else []))
+    try:
+        wait_for((tmp_path / "checking").exists, what="the merge's check after its first merge")
+        doctor = swarm(repo, "doctor", "--yes")
+        (tmp_path / "go").touch()
+        assert merging.wait(timeout=120) == 0
+    finally:
+        if merging.poll() is None:
+            merging.kill()
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "killed" not in doctor.stdout  # its git, checks and resolver are the merge's
+    assert "no swarm task owns it" not in doctor.stdout  # nor is its `--into` worktree stray
+    rows = status_json(repo)
+    assert [rows[t]["merge_result"] for t in ("edits", "gone")] == ["merged", "merged"]
 
 
 def test_doctor_repairs_a_worktree_add_killed_mid_checkout(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
+import psutil
 
 from worktree_swarm.cleanup.clean import Report, needed_by_pending
 from worktree_swarm.cleanup.fixes import (
@@ -48,7 +49,13 @@ from worktree_swarm.cleanup.fixes import (
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, INTEGRATION_PREFIX, Executor, ProcessIdentity
+from worktree_swarm.core.models import (
+    BRANCH_PREFIX,
+    INTEGRATION_PREFIX,
+    SCRATCH_PREFIX,
+    Executor,
+    ProcessIdentity,
+)
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
@@ -66,6 +73,7 @@ class _Context:
     repo: git.Repo
     store: Store | None
     manager_alive: bool
+    merge_running: bool  # a `swarm merge` holds the repository: its worktrees are in use
     roots: tuple[Path, ...]
     registered: dict[Path, WorktreeInfo]
     targets: tuple[str, ...]
@@ -227,6 +235,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         repo=repo,
         store=store,
         manager_alive=lock.manager_alive(repo.state_dir),
+        merge_running=_merge_running(repo),
         roots=tuple(worktree_roots(repo, store)),
         registered={real_path(w.path): w for w in worktrees.list_worktrees(repo)},
         targets=tuple(merge_targets(repo)),
@@ -278,6 +287,8 @@ def _processes(ctx: _Context) -> list[Finding]:
                 )
     found += _shim_leftovers(ctx, covered)
     active_paths = [p for p, t in ctx.task_at.items() if not t.state.is_final]
+    # A merge at work: its git, checks and resolver run in its worktrees.
+    merging = _merge_worktrees(ctx) if ctx.merge_running else []
     for root in ctx.roots:
         for process in processes_using(root) if root.is_dir() else []:
             try:
@@ -285,6 +296,7 @@ def _processes(ctx: _Context) -> list[Finding]:
             except OSError:
                 continue
             mine = ctx.manager_alive and any(cwd.is_relative_to(p) for p in active_paths)
+            mine = mine or any(cwd.is_relative_to(p) for p in merging)
             if process.pid in covered or mine:
                 continue
             covered.add(process.pid)
@@ -298,6 +310,14 @@ def _processes(ctx: _Context) -> list[Finding]:
     return found
 
 
+def _merge_worktrees(ctx: _Context) -> list[Path]:
+    """The worktrees `swarm merge` works in: integration worktrees and ``--into`` scratch ones."""
+    return [
+        path for path, info in ctx.registered.items()
+        if _integration_run(info.branch) is not None or path.name.startswith(SCRATCH_PREFIX)
+    ]  # fmt: skip
+
+
 def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
     """Processes started under one of this repository's shims that nothing supervises.
 
@@ -305,13 +325,16 @@ def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
     a manager nor `swarm merge` holds the repository. Adds what it finds to *covered*.
     """
     found: list[Finding] = []
-    supervised = ctx.manager_alive or _merge_running(ctx.repo)
+    supervised = ctx.manager_alive or ctx.merge_running
     keep = protected_pids()
     for process, record in supervisor.marked_processes(ctx.repo.state_dir):
         if process.pid in covered or process.pid in keep:
             continue
         alive = supervisor.shim_alive(record)
-        if alive and supervised:
+        if alive and supervised:  # nor is it anyone's to kill for where it runs
+            covered.add(process.pid)
+            with contextlib.suppress(psutil.Error):
+                covered.update(p.pid for p in process.children(recursive=True))
             continue
         why = "no manager holds the repository" if alive else "its shim is gone"
         kill = kill_finding(
@@ -376,14 +399,7 @@ def _worktrees(
         if finding is None and any(path.is_relative_to(root) for root in ctx.roots):
             if task is not None:
                 continue  # a finished task's worktree: `swarm clean` decides
-            run_id = _integration_run(info.branch)
-            if run_id in ctx.bases:
-                found.append(_integration_worktree(info, str(run_id)))
-                continue
-            reason = "registered under the worktree root, but no swarm task owns it"
-            finding, dirty = worktree_finding(
-                ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force
-            )
+            finding, dirty = _unowned(ctx, info, force=force)
             if dirty and info.branch:
                 dirty_branches.add(info.branch)
         elif finding is None:
@@ -394,6 +410,19 @@ def _worktrees(
         if finding.action is not Action.KEEP:
             removing.add(path)
     return found, removing, dirty_branches
+
+
+def _unowned(
+    ctx: _Context, info: WorktreeInfo, *, force: bool
+) -> tuple[Finding | None, bool | None]:
+    """A worktree under the worktree root no task owns, and whether it has uncommitted work."""
+    if ctx.merge_running and info.path.name.startswith(SCRATCH_PREFIX):
+        return None, False  # the `--into` merge at work right now
+    run_id = _integration_run(info.branch)
+    if run_id in ctx.bases:
+        return _integration_worktree(info, str(run_id)), False
+    reason = "registered under the worktree root, but no swarm task owns it"
+    return worktree_finding(ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force)
 
 
 def _integration_worktree(info: WorktreeInfo, run_id: str) -> Finding:
