@@ -858,3 +858,25 @@ def test_a_verdict_on_an_ended_attempt_is_on_record_before_its_checkpoint(
         "wrote outside its worktree: its agent switched its worktree from swarm/a to other;"
         " restored"
     )
+
+
+def test_a_timeout_whose_checkpoint_a_crash_cut_stays_a_timeout(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: Callable[[str], list[str]],
+) -> None:
+    endless = "import pathlib, time\npathlib.Path('work.txt').write_text('work\\n')\n"
+    endless += "while True:\n    time.sleep(0.1)\n"
+    text = '[defaults]\nkill_grace = "1s"\n[[task]]\nid = "a"\nprompt = "x"\ntimeout = "2s"\n'
+    text += f"agent = {argv_toml(write_agent(endless))}\n"
+    path = os.environ["PATH"]
+    hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the timeout
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(hung.exists, timeout=120, what="the checkpoint")
+    _kill_group(proc)
+    monkeypatch.setenv("PATH", path)
+    swarm(repo, "resume")
+    row = status_json(repo)["a"]
+    assert (row["state"], row["reason"]) == ("timed_out", "timed out after 2s")
+    assert git(repo, "show", "swarm/a:work.txt") == "work"

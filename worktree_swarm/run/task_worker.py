@@ -717,10 +717,16 @@ class TaskWorker(RunWorker):
         then read from its log. A finished one is taken as it was recorded.
         """
         if attempt.ended_at is not None:
+            recorded = AttemptOutcome.parse(attempt.outcome)
             outcome = {
                 AttemptOutcome.RATE_LIMITED: AgentOutcome.RATE_LIMITED,
                 AttemptOutcome.SUCCEEDED: AgentOutcome.SUCCESS,
-            }.get(AttemptOutcome.parse(attempt.outcome), AgentOutcome.FAILED)
+            }.get(recorded, AgentOutcome.FAILED)
+            if recorded in {AttemptOutcome.STOPPED, AttemptOutcome.TIMED_OUT}:
+                # Cut short by `swarm stop` or its timeout: it ends so, checkpointed first.
+                failed = AgentResult(outcome=outcome, reason=attempt.reason)
+                cut = TaskState(recorded.value)
+                return _Ended(result=failed, cut_short=cut, reason=attempt.reason)
             result = AgentResult(
                 outcome=outcome,
                 reason=attempt.reason,
