@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError
 from worktree_swarm.git import repo as g
+from worktree_swarm.git.repo import EmbeddedRepositoryError, MergeConflictError
 
 AUTHOR = "Swarm Bot <bot@example.com>"
 
@@ -444,3 +446,14 @@ def test_write_config_file_reads_back_through_git(tmp_path: Path) -> None:
         assert git(tmp_path, "config", "--file", str(path), "--get", key) == value
     with pytest.raises(ValueError, match="not a git config key"):
         g.write_config_file(path, {"nodot": "x"})
+
+
+def test_swarms_errors_cross_a_process_boundary_whole(tmp_path: Path) -> None:
+    # A Ray node's git failing reaches the coordinator pickled: each comes back as it was.
+    for error in (
+        CommandError(["git", "push", "origin"], 1, "remote: refused\n"),
+        EmbeddedRepositoryError(tmp_path, ["sub"], "a" * 40),
+        MergeConflictError("conflict in a.txt", files=["a.txt"]),
+    ):
+        back = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+        assert (type(back), str(back), vars(back)) == (type(error), str(error), vars(error))

@@ -721,6 +721,67 @@ def test_work_left_in_a_submodule_of_the_clone_fails_the_task(
     assert not actor_processes(cluster)
 
 
+def test_a_repository_an_agent_makes_in_its_clone_fails_the_task_and_keeps_the_rest(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _, _ = setup_repo(tmp_path, [])
+    script = tmp_path / "nested.py"
+    script.write_text(
+        "import pathlib, subprocess\n"
+        "pathlib.Path('work.txt').write_text('own work\\n')\n"
+        "pathlib.Path('sub').mkdir()\n"
+        "pathlib.Path('sub/inner.txt').write_text('inner\\n')\n"
+        "git = ['git', '-C', 'sub', '-c', 'user.name=a', '-c', 'user.email=a@b']\n"
+        "subprocess.run([*git, 'init', '-q'], check=True)\n"
+        "subprocess.run([*git, 'add', '-A'], check=True)\n"
+        "subprocess.run([*git, 'commit', '-qm', 'inner'], check=True)\n"
+    )
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
+        f'[[task]]\nid = "e"\nprompt = "p"\nagent = {json.dumps([sys.executable, str(script)])}\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["e"]
+    assert row["state"] == "failed", row
+    assert str(row["reason"]).startswith("made a git repository inside its worktree (sub)")
+    assert git(repo, "show", "swarm/e:work.txt") == "own work"  # as a local worktree keeps it
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        open_attempts = conn.execute("SELECT count(*) FROM attempts WHERE ended_at IS NULL")
+        assert open_attempts.fetchone()[0] == 0
+    assert not actor_processes(cluster)
+
+
+def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, _ = setup_repo(tmp_path, [])
+    # From the agent's start on, the remote refuses (a branch protected, a remote gone
+    # read-only): the node's checkpoint push fails.
+    refuse = tmp_path / "refuse"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\n[ -e {refuse} ] || exit 0\necho 'refused by policy' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    code = "import pathlib, sys; pathlib.Path('w.txt').write_text('w')\n"
+    code += "pathlib.Path(sys.argv[1]).touch()"
+    writer = [sys.executable, "-c", code, str(refuse)]
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
+        f'[[task]]\nid = "p"\nprompt = "p"\nagent = {json.dumps(writer)}\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["p"]
+    assert row["state"] == "failed", row
+    reason = str(row["reason"])
+    assert "refused by policy" in reason, reason  # git's own words, not an internal error
+    assert "internal error" not in reason
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        open_attempts = conn.execute("SELECT count(*) FROM attempts WHERE ended_at IS NULL")
+        assert open_attempts.fetchone()[0] == 0
+    assert not actor_processes(cluster)  # its slot is free for the next run
+
+
 def test_sandbox_is_refused_when_a_node_cannot_sandbox(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -48,3 +48,7 @@ class CommandError(SwarmError):
         tail = output.strip().splitlines()[-5:]
         detail = (": " + " | ".join(tail)) if tail else ""
         super().__init__(f"`{shlex.join(argv[:4])}` exited {returncode}{detail}")
+
+    def __reduce__(self) -> tuple[type[CommandError], tuple[list[str], int, str]]:
+        # Pickled whole (a Ray node's git failing): the default would call __init__(message).
+        return type(self), (self.argv, self.returncode, self.output)

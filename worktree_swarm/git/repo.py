@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,13 @@ class MergeConflictError(GitError):
     def __init__(self, message: str, *, files: Sequence[str]) -> None:
         super().__init__(message)
         self.files = tuple(files)
+
+    def __reduce__(self) -> tuple[Callable[..., MergeConflictError], tuple[str, tuple[str, ...]]]:
+        return _merge_conflict, (str(self), self.files)
+
+
+def _merge_conflict(message: str, files: tuple[str, ...]) -> MergeConflictError:
+    return MergeConflictError(message, files=files)
 
 
 def _run(
@@ -441,12 +448,18 @@ class EmbeddedRepositoryError(GitError):
 
     def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
         """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
+        self.worktree = worktree
         self.paths = tuple(paths)
         self.head = head
         super().__init__(
             f"made a git repository inside its worktree ({', '.join(paths)}): a commit would "
             f"hold only its commit id, not its files; they stay in {worktree}"
         )
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[EmbeddedRepositoryError], tuple[Path, tuple[str, ...], str | None]]:
+        return type(self), (self.worktree, self.paths, self.head)
 
 
 _UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)

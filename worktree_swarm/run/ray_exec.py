@@ -407,6 +407,8 @@ class RayTaskWorker(RunWorker):
             course.interrupted()
             return None
         except SwarmError as exc:  # a node-side failure (git): the attempt fails
+            with contextlib.suppress(SwarmError):  # what it pushed (its last checkpoint) is kept
+                self._fetch(task)
             self._end(handle, str(exc))
             raise
         finally:
@@ -466,6 +468,7 @@ class RayTaskWorker(RunWorker):
         self.store.update_task(self.run_id, task.id, launching=number, node=None)
         self._state(task.id, TaskState.RUNNING, started_at=time.time())
         actor = self._actor(assignment)
+        node: object = None  # unknown until the actor answers (it may never)
         try:
             node = self._call(actor.node.remote, live=live, placing=True)
             if live.stop.is_set():
@@ -494,7 +497,8 @@ class RayTaskWorker(RunWorker):
                 ray.get(actor.discard.remote(), timeout=30)
             with contextlib.suppress(Exception):  # one that comes back must not run an agent
                 ray.kill(actor)
-            self.disk.released(str(node), task.id)
+            if node is not None:
+                self.disk.released(str(node), task.id)
             raise
         log_path = self._logs_root / task.id / f"attempt-{number}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -871,6 +875,9 @@ class RayTaskWorker(RunWorker):
             except exceptions.RayTaskError as exc:
                 # The node-side method raised (a git error, say): the attempt fails.
                 raise SwarmError(str(exc.cause) if exc.cause else str(exc)) from None
+            except exceptions.UnserializableException as exc:  # an error Ray cannot bring back
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                raise SwarmError(f"on its node: {lines[-1] if lines else 'an error'}") from None
 
     # -- resuming after the coordinator died -------------------------------------------------
 

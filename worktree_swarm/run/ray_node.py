@@ -299,12 +299,17 @@ class NodeAgent:
             self._pusher.join()
         with self._git_lock:
             self._settle_git_files()
-            git.checkpoint(
-                self.work,
-                message=message,
-                author=self.a.author,
-                droppings=adapter_for(self.a.task.agent).droppings,
-            )
+            try:
+                git.checkpoint(
+                    self.work,
+                    message=message,
+                    author=self.a.author,
+                    droppings=adapter_for(self.a.task.agent).droppings,
+                )
+            except git.EmbeddedRepositoryError as exc:
+                if exc.head is not None:  # everything else is committed: pushed, as locally
+                    self._push(exc.head)
+                raise
             tip = git.rev_parse_in(self.work, "HEAD")
             if tip is None:
                 raise GitError(f"{self.work} has no HEAD")
