@@ -717,3 +717,7 @@ def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_autho
     assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/a") == (
         "Night Shift <night@example.com>"
     )
+    # Every task is final: the run is over, nothing to resume, and a new run may start.
+    shown = json.loads(swarm(repo, "status", "--json").stdout)
+    assert (shown["run_state"], shown["manager_note"]) == ("stopped", None)
+    assert swarm(repo, "run", manifest(repo, tasks_toml(["b"]))).returncode == 0

@@ -20,7 +20,7 @@ import click
 
 from worktree_swarm.config.settings import FLAGGED
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
-from worktree_swarm.core.models import Executor, RunStatus, TaskState
+from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.text import path_text
@@ -366,23 +366,18 @@ def retry_cmd(
 def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """After the manager died: adopt live agents, recover dead ones, carry on."""
     from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.run import control
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)
-        rows = store.tasks(run_id)
-        if rows and all(row.state.is_final for row in rows):
-            run = store.get_run(run_id)
-            if run is not None and run.status == RunStatus.RUNNING:
-                # Its manager died after the last task ended (or `swarm doctor` stopped them
-                # all): the run ends here, so that a new `swarm run` is not refused for it.
-                stopped = any(row.state is TaskState.STOPPED for row in rows)
-                ended = RunStatus.STOPPED if stopped else RunStatus.FINISHED
-                store.finish_run(run_id, status=ended)
+        # Its manager died after the last task ended (or `swarm doctor` stopped them all):
+        # the run ends here, so that a new `swarm run` is not refused for it.
+        if control.end_if_final(store, run_id):
             click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
-            ok = all(row.state is TaskState.DONE for row in rows)
+            ok = all(row.state is TaskState.DONE for row in store.tasks(run_id))
             return ExitCode.OK if ok else ExitCode.TASK_FAILED
         return _execute(
             store,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Executor, ProcessIdentity, TaskState
+from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
@@ -42,8 +42,25 @@ def stop(
             )
         # The manager died before it stopped them: stopped here, as with no manager.
         stop_unmanaged(repo, store, run_id, left, grace=grace)
-        return targets
-    return stop_unmanaged(repo, store, run_id, targets, grace=grace)
+    else:
+        stop_unmanaged(repo, store, run_id, targets, grace=grace)
+    end_if_final(store, run_id)  # nothing left to resume: `swarm run` is not refused for it
+    return targets
+
+
+def end_if_final(store: Store, run_id: str) -> bool:
+    """Whether every task of *run_id* is final; if so, a run still marked running is ended.
+
+    For a run whose manager is gone: finished, or stopped when a task was.
+    """
+    rows = store.tasks(run_id)
+    if not rows or not all(row.state.is_final for row in rows):
+        return False
+    run = store.get_run(run_id)
+    if run is not None and run.status == RunStatus.RUNNING:
+        stopped = any(row.state is TaskState.STOPPED for row in rows)
+        store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
+    return True
 
 
 def stop_unmanaged(
