@@ -1159,6 +1159,21 @@ def test_bad_input_says_so_before_anything_is_created(
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_more_memory_than_any_node_offers_is_refused_before_anything(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, _ctl = setup_repo(tmp_path, ["b1"])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(manifest.read_text().replace('ray_memory = "64M"', 'ray_memory = "64G"'))
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(
+        "swarm: ray_memory 64G is more than any node with agent slots offers (at most "
+    )
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+
+
 def test_without_ray_installed_executor_ray_is_refused(tmp_path: Path) -> None:
     repo, _remote, _ctl = setup_repo(tmp_path, ["b1"])
     shadow = tmp_path / "shadow"

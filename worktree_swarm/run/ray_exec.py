@@ -35,6 +35,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import Violation
 from worktree_swarm.infra import redact
@@ -216,9 +217,25 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
             f"the Ray cluster offers no `{SLOT}` resource; start each node with "
             f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
         )
+    _check_memory(spec.ray_memory)
     if spec.sandbox:
         check_sandbox(spec.ray_address)
     return url
+
+
+def _check_memory(wanted: int) -> None:
+    """Refuse a ``ray_memory`` no node with agent slots has: its tasks would wait for ever."""
+    offered = [
+        int(node.get("Resources", {}).get("memory", 0))
+        for node in _ray().nodes()
+        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
+    ]
+    if offered and wanted > max(offered):
+        raise BadInputError(
+            f"ray_memory {format_size(wanted)} is more than any node with agent slots offers"
+            f" (at most {format_size(max(offered))}); lower it, or start nodes with more"
+            " `--memory`"
+        )
 
 
 def check_sandbox(address: str) -> None:
