@@ -880,3 +880,59 @@ def test_a_timeout_whose_checkpoint_a_crash_cut_stays_a_timeout(
     row = status_json(repo)["a"]
     assert (row["state"], row["reason"]) == ("timed_out", "timed out after 2s")
     assert git(repo, "show", "swarm/a:work.txt") == "work"
+
+
+# a: its first attempt waits until b is queued for the only agent slot, so that the repair it
+# is then handed waits for that slot; its repair attempt writes what the check wants.
+# b: holds the slot until the go file.
+REPAIR_BEHIND_B = """
+import os, pathlib, sys, time
+root, prompt = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]).read_text()
+task = os.environ['SWARM_TASK_ID']
+with open(root / (task + '.calls'), 'a') as calls:
+    calls.write('call\\n')
+pathlib.Path(task + '.txt').write_text('work\\n')
+(root / (task + '.started')).touch()
+if task == 'a' and 'checks on your work failed' in prompt:
+    pathlib.Path('fixed.txt').write_text('fixed\\n')
+elif task == 'a':
+    while not list((root / 'repo' / '.git' / 'swarm' / 'runs').glob('*/b/prompt-1.md')):
+        time.sleep(0.02)
+else:
+    while not (root / 'go').exists():
+        time.sleep(0.05)
+"""
+
+
+def test_a_repair_handed_back_before_a_crash_is_still_given(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = [*write_agent(REPAIR_BEHIND_B), str(tmp_path), "{prompt_file}"]
+    waits = (
+        f"import pathlib, time\nwhile not pathlib.Path({str(tmp_path / 'a.started')!r}).exists():"
+    )
+    waits += "\n    time.sleep(0.02)"
+    setup = shlex.join([sys.executable, "-c", waits])  # b starts after a's first attempt
+    text = f"[defaults]\njobs = 1\nagent = {argv_toml(agent)}\n"
+    text += (
+        '[[task]]\nid = "a"\nprompt = "do a"\nrepair = 1\nchecks = [["test", "-f", "fixed.txt"]]\n'
+    )
+    text += f'[[task]]\nid = "b"\nprompt = "do b"\nsetup = [{json.dumps(setup)}]\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    db = repo / ".git" / "swarm" / "state.db"
+
+    def handed_back() -> bool:
+        query = "SELECT instruction IS NOT NULL FROM tasks WHERE task_id = 'a'"
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                return bool(conn.execute(query).fetchone()[0])
+        except (sqlite3.OperationalError, TypeError):
+            return False
+
+    wait_for(lambda: (tmp_path / "b.started").exists() and handed_back(), what="a's repair")
+    _kill_group(proc)  # the repair waits for b's slot: not started
+    (tmp_path / "go").touch()
+    swarm(repo, "resume")
+    assert status_json(repo)["a"]["state"] == "done"
+    assert len((tmp_path / "a.calls").read_text().split()) == 2  # asked to repair, once
+    assert git(repo, "show", "swarm/a:fixed.txt") == "fixed"

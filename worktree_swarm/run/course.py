@@ -40,6 +40,7 @@ class Course:
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
     repairs_left: int = 0  # failing checks it may still hand back to the agent
+    repair_due: bool = False  # a round handed back whose attempt has not started: not counted
 
     @classmethod
     def resumed(

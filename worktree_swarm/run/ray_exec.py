@@ -464,6 +464,7 @@ class RayTaskWorker(RunWorker):
             why = "budget reached" if refused == "budget" else "stopped"
             return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
         try:
+            self._charge_repair(task, course)
             return self._launch(live, number, prompt=course.prompt)
         except _SetupFailedError as exc:
             self.gate.release(provider)

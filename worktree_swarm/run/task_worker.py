@@ -158,9 +158,19 @@ class RunWorker:
         if failure.stopped or course.repairs_left <= 0:
             return check_failed(failure)
         course.repairs_left -= 1
-        self.store.update_task(self.run_id, task.id, repairs=task.repair - course.repairs_left)
+        course.repair_due = True  # counted in the store once its attempt starts
         self._instruct(task.id, course, repair_prompt(failure))
         return None
+
+    def _charge_repair(self, task: Task, course: Course) -> None:
+        """Count a repair round as its attempt starts.
+
+        Counted when handed back, a manager killed before the attempt began lost the round:
+        the resumed one ran the checks again and found no round left.
+        """
+        if course.repair_due:
+            self.store.update_task(self.run_id, task.id, repairs=task.repair - course.repairs_left)
+            course.repair_due = False
 
     def _instruct(self, task_id: str, course: Course, prompt: str | None) -> None:
         """Ask *task_id*'s agent to do *prompt* next; kept in the store for a resumed manager."""
@@ -622,6 +632,7 @@ class TaskWorker(RunWorker):
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
+            self._charge_repair(task, course)
             # The intent first: `swarm resume` finds an agent started but not recorded.
             self.store.update_task(self.run_id, task.id, launching=number)
             agent = supervisor.spawn(
