@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -309,3 +312,40 @@ def _resumed(repo: Path) -> bool:
             "SELECT count(*) FROM events WHERE kind = 'state' AND data LIKE '%resuming after%'"
         ).fetchone()
     return bool(starts[0] >= 2 and states[0] >= 2)
+
+
+def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
+    repo: Path, fake_agents: Path, tmp_path: Path
+) -> None:
+    # a: claude meets a usage window and hands over to codex, whose attempt waits for the only
+    # slot b holds; the manager is killed then.
+    plan(fake_agents, "claude", "a", "window")
+    waits = f"while not pathlib.Path({str(fake_agents / 'claude-a.calls')!r}).exists():"
+    setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}\n time.sleep(0.02)"])
+    holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
+    holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
+    holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
+    hold = json.dumps([sys.executable, "-c", holds, str(tmp_path)])
+    text = "[defaults]\njobs = 1\n"
+    text += '[[task]]\nid = "a"\nprompt = "do a"\nagent = "claude"\nfallback = ["codex"]\n'
+    text += "priority = 10\n"
+    text += f'[[task]]\nid = "b"\nprompt = "do b"\nagent = {hold}\nsetup = [{json.dumps(setup)}]\n'
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+    def handing_over() -> bool:
+        try:
+            return "codex takes over" in str(status_json(repo)["a"]["reason"])
+        except (AssertionError, KeyError, ValueError):
+            return False
+
+    wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (tmp_path / "go").touch()
+    assert swarm(repo, "resume").returncode == 0
+    assert agents_of(repo, "a") == ["claude", "codex"]  # claude not asked again in its window
+    assert len(calls(fake_agents, "claude", "a")) == 1
+    assert status_json(repo)["a"]["state"] == "done"

@@ -446,8 +446,12 @@ class TaskWorker(RunWorker):
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
             why = "usage limit" if window else "out of rate-limit retries"
+            if window:  # on record, as a wait is: a resumed manager learns the window again
+                reset = max(result.retry_at or 0.0, self.gate.window_until(provider) or 0.0)
+                self.store.set_retry_at(self.run_id, task.id, number, reset, window=True)
             self._instruct(task.id, course, self._handover(task, path, base, course.agent, why))
-            self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
+            # Not pending: a resumed manager replays this attempt, and hands over again.
+            self._state(task.id, TaskState.RATE_LIMITED, reason=f"{why}; {nxt} takes over")
             course.take_over(nxt, task)
             return None
         failed = course.throttled(
