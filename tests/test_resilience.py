@@ -564,6 +564,21 @@ def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     assert "budget" in str(rows["t3"]["reason"])
 
 
+def test_a_task_running_again_after_a_wait_no_longer_says_it_waits(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "limit", "wait")
+    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    try:
+        wait_for((fake_claude / "a.pid").exists, what="the attempt after the wait")
+        row = status_json(repo)["a"]
+        assert (row["state"], row["reason"]) == ("running", "")  # not "resuming after ..."
+    finally:
+        (fake_claude / "go").touch()
+        proc.wait(timeout=60)
+    assert status_json(repo)["a"]["state"] == "done"
+
+
 def test_the_budget_counts_what_was_spent_before_a_crash(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     plan(fake_claude, "t2", "wait")

@@ -631,7 +631,7 @@ class TaskWorker(RunWorker):
         cost: float | None = None
         box: sandbox.Confinement | None = None
         try:
-            self._state(task.id, TaskState.RUNNING, started_at=time.time())
+            self._state(task.id, TaskState.RUNNING, started_at=time.time(), reason="")
             log_path = logs / f"attempt-{number}.log"
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
@@ -757,7 +757,7 @@ class TaskWorker(RunWorker):
         )
         log_path = Path(attempt.log_path)
         agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
-        self._state(live.task.id, TaskState.RUNNING)
+        self._state(live.task.id, TaskState.RUNNING, reason="")
         task = fallback.task_for(live.task, profile)
         self.gate.adopt(provider_of(profile))
         live.adopted.set()
