@@ -1100,6 +1100,68 @@ def test_a_lost_node_s_agent_resumes_its_session_on_another_node(
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"turn 1 of {task} on head"
 
 
+CHECK_ON_NODE = r"""
+import os, pathlib, sys, time
+ctl = pathlib.Path(sys.argv[1])
+task = os.environ["SWARM_TASK_ID"]
+(ctl / f"{task}.check.{os.environ.get('SWARM_NODE_NAME', '?')}.{os.getpid()}").touch()
+while not (ctl / "release").exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
+    tmp_path: Path,
+) -> None:
+    made = raykit.Cluster.start(tmp_path / "ray", workers=1, slots=1)  # it loses its worker
+    try:
+        repo, _remote, ctl = setup_repo(tmp_path, [])
+        runs = tmp_path / "runs.py"
+        runs.write_text(
+            "import os, pathlib, sys\ntask = os.environ['SWARM_TASK_ID']\n"
+            "pathlib.Path(task + '.txt').write_text('work of ' + task + '\\n')\n"
+            "with open(pathlib.Path(sys.argv[1], task + '.runs'), 'a') as out:\n"
+            "    out.write('run\\n')\n"
+        )
+        check = tmp_path / "check.py"
+        check.write_text(CHECK_ON_NODE)
+        agent = json.dumps([sys.executable, str(runs), str(ctl)])
+        checks = json.dumps([[sys.executable, str(check), str(ctl)]])
+        (tmp_path / "tasks.toml").write_text(
+            f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nagent = {agent}\n'
+            f"checks = {checks}\n\n"
+            + "".join(f'[[task]]\nid = "{t}"\nprompt = "p"\n' for t in ("k1", "k2"))
+        )
+        manager = spawn_swarm(
+            repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", made.address
+        )
+        try:
+            wait_for("both tasks' checks", lambda: len(list(ctl.glob("*.check.*"))) == 2)
+            lost = next(t for t, r in status(repo).items() if r["node"] == "w0")
+            worker = next(n for n in made.nodes if n.name == "w0")
+            raylet = worker.raylet()
+            assert raylet is not None
+            machine = worker.tree()
+            raylet.kill()
+            made.kill_node(worker, machine)
+            (ctl / "release").write_text("")  # the head's slot frees once its task is checked
+            manager.wait(timeout=400)
+        finally:
+            if manager.poll() is None:
+                manager.kill()
+        assert manager.returncode == 0, output(manager)
+        assert status(repo)[lost]["state"] == "done"
+        assert (ctl / f"{lost}.runs").read_text() == "run\n"  # its agent ran once
+        assert len(list(ctl.glob(f"{lost}.check.*"))) == 2  # its checks, again on the head
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+            rows = conn.execute(
+                "SELECT number, outcome FROM attempts WHERE task_id = ?", (lost,)
+            ).fetchall()
+        assert rows == [(1, "succeeded")]  # as it ended, not rewritten as lost
+    finally:
+        made.shutdown()
+
+
 def test_a_lost_node_s_tasks_finish_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

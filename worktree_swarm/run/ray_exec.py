@@ -712,9 +712,31 @@ class RayTaskWorker(RunWorker):
                 f"{task.branch} can hold; it was not kept (it was in the clone on node "
                 f"{handle.node})",
             )
-        failure = self._check(live, handle, base) if outcome.state is TaskState.DONE else None
+        failure = self._checked(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
         return outcome if failure is None else failure
+
+    def _checked(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
+        """The attempt's checks; its node lost meanwhile, on a fresh clone of its pushed branch.
+
+        The agent's work is done and pushed: only the checks run again, as after a lost
+        coordinator, not the agent (its attempt stays as it ended).
+        """
+        try:
+            return self._check(live, handle, base)
+        except NodeLostError as exc:
+            self._emit("node_lost", live.task.id, {"attempt": handle.number, "node": handle.node})
+            self._retire(handle)
+            attempt = next(
+                a for a in self.store.attempts(self.run_id, live.task.id)
+                if a.id == handle.attempt_id
+            )  # fmt: skip
+            self._state(
+                live.task.id,
+                TaskState.CHECKING,
+                reason=f"node {handle.node} lost in its checks ({exc}); checking again elsewhere",
+            )
+            return self._recheck(live, base, attempt)
 
     def _report_planted(self, task_id: str, handle: _Handle, labels: list[str]) -> None:
         """Git's own files of its clone the agent changed: an outside write, blamed on it.
