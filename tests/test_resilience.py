@@ -727,8 +727,10 @@ def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_autho
     out = swarm(repo, "stop")
     assert out.returncode == 0, out.stderr
     assert not pid_alive(agent)
-    assert status_json(repo)["a"]["state"] == "stopped"
+    row = status_json(repo)["a"]
+    assert row["state"] == "stopped"
     assert branch_file(repo, "swarm/a", "a.txt") == "started"
+    assert (row["files_changed"], row["insertions"]) == (1, 1)  # what the branch holds
     assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/a") == (
         "Night Shift <night@example.com>"
     )

@@ -12,7 +12,7 @@ from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus, Tas
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
-from worktree_swarm.infra.store import Store, task_from_json
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
 from worktree_swarm.run import provision
 
@@ -91,7 +91,7 @@ def stop_unmanaged(
         if worktree.is_dir():  # every target is active (not final)
             task = task_from_json(rows[task_id].spec_json)
             links = task.link
-            git.checkpoint(
+            tip = git.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {task_id} (stopped)"
                 + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
@@ -102,10 +102,25 @@ def stop_unmanaged(
                 droppings=adapter_for(task.agent).droppings,
             )
             worktrees.unlink_links(repo.root, worktree, links)
+            _record_diff(repo, store, rows[task_id], tip or git.head_in(worktree))
         store.update_task(
             run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
         )
     return list(targets)
+
+
+def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:
+    """What the task's branch holds now, as its manager records it after each attempt."""
+    if row.base_commit is None or tip is None:
+        return
+    stat = git.diff_stat(repo, row.base_commit, tip)
+    store.update_task(
+        row.run_id,
+        row.task_id,
+        diff_files=stat.files,
+        diff_insertions=stat.insertions,
+        diff_deletions=stat.deletions,
+    )
 
 
 def _kill_steps(task_logs: Path, *, grace: float) -> None:
