@@ -263,6 +263,28 @@ def test_report_of_a_live_run(repo: Path, write_agent: AgentFactory, tmp_path: P
     assert [t["state"] for t in _tasks(done).values()] == ["done", "done"]
 
 
+def test_a_run_whose_manager_died_is_reported_so(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    agent = argv_toml(write_agent(WAITING_AGENT))
+    text = f"[defaults]\nagent = {agent}\nenv = {{ GO_FILE = {json.dumps(str(go))} }}\n"
+    text += '[[task]]\nid = "slow"\nprompt = "x"\n'
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    wait_for((tmp_path / "started").exists, what="the agent to start")
+    proc.kill()  # the agent runs on under its shim
+    proc.wait(timeout=30)
+    try:
+        gone = report_json(repo)
+        assert (gone["status"], gone["live"]) == ("manager_gone", False)  # not "running"
+        shown = swarm(repo, "report")
+        assert shown.stdout.startswith("run "), shown.stderr
+        assert "(manager_gone)" in shown.stdout.splitlines()[0]
+    finally:
+        go.touch()
+        swarm(repo, "resume")
+
+
 def test_unknown_run_is_bad_input_and_writes_nothing(finished_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "never.html"
     out = swarm(finished_run, "report", "--run", "nope", "--html", str(target))

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
+from worktree_swarm.run.runs import RunState, run_state
 
 N = TypeVar("N", int, float)
 
@@ -124,7 +124,7 @@ class RunReport:
     """Everything `swarm report` shows about one run."""
 
     run_id: str
-    status: RunStatus
+    status: RunState
     live: bool
     base_commit: str
     jobs: int
@@ -171,7 +171,9 @@ def build_report(
     for attempt in store.attempts(run_id):
         attempts.setdefault(attempt.task_id, []).append(attempt)
     events = store.events(run_id)
-    live = run.ended_at is None and _manager_alive(run)
+    # As `swarm status` and `swarm runs` say it: a dead manager's run is `manager_gone`.
+    state = run_state(run)
+    live = run.ended_at is None and state is RunState.RUNNING
     end = _run_end(run, rows, attempts, events, live=live, now=now)
     state_changes: dict[str, list[tuple[float, str]]] = {}
     pulls: dict[str, tuple[int, str]] = {}
@@ -209,7 +211,7 @@ def build_report(
     )
     return RunReport(
         run_id=run.run_id,
-        status=RunStatus.RUNNING if live else run.status,
+        status=state,
         live=live,
         base_commit=run.base_commit,
         jobs=run.jobs,
@@ -259,13 +261,6 @@ def _disk(row: TaskRow, *, taken: bool) -> tuple[DiskUsage | None, bool]:
     if row.disk_actual is None:
         return None, present
     return DiskUsage(row.disk_apparent or 0, row.disk_actual), present
-
-
-def _manager_alive(run: RunRow) -> bool:
-    if run.manager_pid is None or run.manager_create_time is None:
-        return False
-    identity = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
-    return supervisor.is_alive(identity)
 
 
 def _run_end(
