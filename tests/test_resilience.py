@@ -579,6 +579,17 @@ def test_a_task_running_again_after_a_wait_no_longer_says_it_waits(
     assert status_json(repo)["a"]["state"] == "done"
 
 
+def test_a_tasks_elapsed_time_counts_from_its_first_attempt(repo: Path, fake_claude: Path) -> None:
+    plan(fake_claude, "a", "stall", "stall")  # refused twice with nothing done: two backoffs
+    assert swarm(repo, "run", manifest(repo, tasks_toml(["a"]))).returncode == 0
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (first,) = db.execute("SELECT min(started_at) FROM attempts").fetchone()
+        (ended,) = db.execute("SELECT ended_at FROM tasks").fetchone()
+    row = status_json(repo)["a"]
+    assert row["attempt"] == 3
+    assert row["elapsed_s"] == pytest.approx(ended - first, abs=0.01)  # the waits included
+
+
 def test_the_budget_counts_what_was_spent_before_a_crash(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     plan(fake_claude, "t2", "wait")

@@ -484,7 +484,7 @@ class RayTaskWorker(RunWorker):
         assignment = self._assignment(task, number)
         # The intent first: a coordinator killed from here on finds the actor by its name.
         self.store.update_task(self.run_id, task.id, launching=number, node=None)
-        self._state(task.id, TaskState.RUNNING, started_at=time.time(), reason="")
+        self._running(task.id, number)
         actor = self._actor(assignment)
         node: object = None  # unknown until the actor answers (it may never)
         try:

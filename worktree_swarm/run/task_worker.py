@@ -131,6 +131,18 @@ class RunWorker:
             data["reason"] = fields["reason"]
         self._emit("state", task_id, data)
 
+    def _running(self, task_id: str, number: int) -> None:
+        """Attempt *number* starts: the task runs, timed from its first attempt (of this go).
+
+        Not from each attempt: a task that waited hours for a usage window took that long.
+        """
+        row = self.store.task(self.run_id, task_id)
+        first = row is None or row.started_at is None or number <= row.retry_base + 1
+        if first:
+            self._state(task_id, TaskState.RUNNING, started_at=time.time(), reason="")
+        else:
+            self._state(task_id, TaskState.RUNNING, reason="")
+
     def _resting(self, task_id: str, number: int, course: Course) -> None:
         """Record the wait after rate-limited attempt *number* and show until when."""
         self.store.set_retry_at(
@@ -631,7 +643,7 @@ class TaskWorker(RunWorker):
         cost: float | None = None
         box: sandbox.Confinement | None = None
         try:
-            self._state(task.id, TaskState.RUNNING, started_at=time.time(), reason="")
+            self._running(task.id, number)
             log_path = logs / f"attempt-{number}.log"
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
