@@ -1233,3 +1233,27 @@ def test_resolver_over_its_timeout_is_killed_with_its_daemons(
     assert report["results"][1]["reason"].endswith("the agent did not finish resolving within 2s")
     assert (pids / "daemon").exists()
     assert marked(mark) == []
+
+
+def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = write_agent(
+        "import os, pathlib, sys\ntask = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path(task + '.txt').write_text(task)\nsys.exit(task == 'f')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "f"\nprompt = "p"\n'
+    text += '[[task]]\nid = "b"\nprompt = "p"\ndepends_on = ["f"]\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 1
+    git(repo, "worktree", "remove", "--force", str(repo.parent / "repo.swarm" / "a"))
+    git(repo, "branch", "-D", "swarm/a")  # the user deleted it
+
+    predicted = swarm(repo, "merge", "--dry-run", "a", "b")
+    merged = swarm(repo, "merge", "a", "b")
+
+    assert (predicted.returncode, merged.returncode) == (1, 1)  # `--dry-run && merge` holds
+    for out in (predicted, merged):
+        assert "branch swarm/a is gone" in out.stdout
+        assert "it never ran (blocked): no branch swarm/b" in out.stdout  # not "gone"

@@ -274,6 +274,8 @@ def select_candidates(
         why = ""
         if later:
             why = f"branch {row.branch} is run {later}'s now (it reused the task id)"
+        elif tip is None and row.base_commit is None:
+            why = f"it never ran ({row.state.value}): no branch {row.branch}"
         elif tip is None:
             why = f"branch {row.branch} is gone"
         elif base is None or base == tip:

@@ -76,9 +76,10 @@ class MergeReport:
 
     @property
     def ok(self) -> bool:
-        """Whether everything asked landed (a dry run: whether nothing is predicted to conflict)."""
-        if self.dry_run:
-            return self.prediction.clean
+        """Whether everything asked landed (a dry run: nothing predicted to conflict or skip)."""
+        if self.dry_run:  # as the merge would end: a skip is no success there either
+            skipped = any(r.outcome is MergeOutcome.SKIPPED for r in self.results)
+            return self.prediction.clean and not skipped
         baseline_ok = self.baseline is None or self.baseline.ok
         return baseline_ok and all(r.outcome is MergeOutcome.MERGED for r in self.results)
 
