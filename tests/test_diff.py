@@ -60,6 +60,19 @@ def test_diff_json_is_each_branch_against_its_own_base(tmp_path: Path) -> None:
     assert checkout_snapshot(repo) == before
 
 
+def test_a_task_without_its_branch_has_no_numbers_not_zero(tmp_path: Path) -> None:
+    repo, _ = setup_run(tmp_path)
+    out = swarm(repo, "diff", "--json", "gone")
+    assert out.returncode == 0, out.stderr
+    [gone] = json.loads(out.stdout)["tasks"]
+    assert (gone["tip"], gone["files_changed"], gone["insertions"], gone["deletions"]) == (
+        None,
+        None,
+        None,
+        None,
+    )  # unknown (its branch was deleted), not "changed nothing"
+
+
 def test_diff_text_modes(tmp_path: Path) -> None:
     repo, _ = setup_run(tmp_path)
 

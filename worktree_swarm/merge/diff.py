@@ -38,9 +38,9 @@ class TaskDiff:
     branch: str
     base: str | None
     tip: str | None
-    files_changed: int
-    insertions: int
-    deletions: int
+    files_changed: int | None  # None: no branch (or base) to compare, not "nothing changed"
+    insertions: int | None
+    deletions: int | None
     files: tuple[FileChange, ...]
 
     def to_json(self) -> dict[str, object]:
@@ -134,6 +134,7 @@ def task_diffs(
     def one(item: tuple[TaskRow, str | None, str | None]) -> TaskDiff:
         row, base, tip = item
         files = file_changes(repo, base, tip) if base and tip else ()
+        known = bool(base and tip)
         return TaskDiff(
             task_id=row.task_id,
             state=row.state.value,
@@ -141,9 +142,9 @@ def task_diffs(
             branch=row.branch,
             base=base,
             tip=tip,
-            files_changed=len(files),
-            insertions=sum(f.insertions for f in files),
-            deletions=sum(f.deletions for f in files),
+            files_changed=len(files) if known else None,
+            insertions=sum(f.insertions for f in files) if known else None,
+            deletions=sum(f.deletions for f in files) if known else None,
             files=files,
         )
 
@@ -210,7 +211,7 @@ def patches(
 
 def format_header(diff: TaskDiff) -> str:
     """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
-    if diff.tip is None:
+    if diff.tip is None or diff.files_changed is None:
         return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
     counts = f"{plural(diff.files_changed, 'file')} +{diff.insertions} -{diff.deletions}"
     reason = f"  {diff.reason.splitlines()[0]}" if diff.reason and diff.state != "done" else ""
