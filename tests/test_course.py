@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.test_store import MANAGER
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import Task
-from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store import AttemptRow, Store
 from worktree_swarm.run.course import RESUME_PROMPT, Course
 from worktree_swarm.run.governor import Gates
 
@@ -70,3 +70,19 @@ def test_a_stated_reset_already_past_leaves_the_tasks_own_backoff() -> None:
     course = Course.resumed(task, [])
     course.throttled(task, ahead, gate, provider="p", replayed=False, progressed=False)
     assert course.not_before == before + 5  # a stated one still in the future is kept
+
+
+def test_a_replayed_wait_already_over_resumes_at_once() -> None:
+    # The manager died while the task rested; it is resumed after the recorded wait ended.
+    task = Task(id="a", prompt="do a", retries=5)
+    before = time.time()
+    rested = AttemptRow(
+        id=1, run_id="r1", task_id="a", number=1, pid=1, create_time=1.0, pgid=1,
+        started_at=before - 600, ended_at=before - 590, exit_code=1, outcome="rate_limited",
+        log_path="/l", retry_at=before - 300, usage_window=False,
+    )  # fmt: skip
+    throttle = AgentResult(outcome=AgentOutcome.RATE_LIMITED, retry_at=rested.retry_at)
+    course = Course.resumed(task, [rested])  # a backoff streak of one: a new wait would be 15-30s
+    gate = Gates(4, backoff_base=30.0)
+    course.throttled(task, throttle, gate, provider="p", replayed=True, progressed=False)
+    assert course.not_before <= time.time()  # no new backoff on top of the one that ran out

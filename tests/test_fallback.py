@@ -349,3 +349,42 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
     assert agents_of(repo, "a") == ["claude", "codex"]  # claude not asked again in its window
     assert len(calls(fake_agents, "claude", "a")) == 1
     assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resume(
+    repo: Path, fake_agents: Path, tmp_path: Path
+) -> None:
+    # gemini: throttled twice with retries = 1, so out of retries: codex takes over, waiting
+    # for the only slot b holds, when the manager is killed.
+    plan(fake_agents, "gemini", "a", "quota", "quota", "quota")
+    gemini_calls = fake_agents / "gemini-a.calls"
+    waits = f"calls = pathlib.Path({str(gemini_calls)!r})\n"
+    waits += "while not calls.exists() or len(calls.read_text().splitlines()) < 2:\n"
+    waits += "    time.sleep(0.02)"
+    setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}"])
+    holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
+    holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
+    holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
+    hold = json.dumps([sys.executable, "-c", holds, str(tmp_path)])
+    text = '[defaults]\njobs = 1\nrate_limit_backoff = "0.2s"\n'
+    text += '[[task]]\nid = "a"\nprompt = "do a"\nagent = "gemini"\nfallback = ["codex"]\n'
+    text += "retries = 1\npriority = 10\n"
+    text += f'[[task]]\nid = "b"\nprompt = "do b"\nagent = {hold}\nsetup = [{json.dumps(setup)}]\n'
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+    def handing_over() -> bool:
+        try:
+            return "codex takes over" in str(status_json(repo)["a"]["reason"])
+        except (AssertionError, KeyError, ValueError):
+            return False
+
+    wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (tmp_path / "go").touch()
+    swarm(repo, "resume")
+    assert len(calls(fake_agents, "gemini", "a")) == 2  # not asked a third time
+    assert agents_of(repo, "a") == ["gemini", "gemini", "codex"]

@@ -153,7 +153,10 @@ class Course:
             # concurrency), so that its retries do not go in seconds.
             backoff = gate.task_backoff(self.throttles) if self.throttles else 0.0
             # A stated reset already past (a clock ahead of the API's) says nothing: backoff.
-            stated = result.retry_at if result.retry_at and result.retry_at > now else None
+            # A replayed attempt's is its own recorded wait: past, it is over (resume now).
+            stated = (
+                result.retry_at if result.retry_at and (result.retry_at > now or replayed) else None
+            )
             self.not_before = stated or (now + backoff if backoff else 0.0)
         self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
         self.interrupted()

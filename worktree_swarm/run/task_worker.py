@@ -454,7 +454,8 @@ class TaskWorker(RunWorker):
         provider = provider_of(course.agent)
         own = stated_window(result, time.time()) if window is None else window
         window = own or self.gate.window_until(provider) is not None
-        spent = course.retries_left <= 0 and not replayed
+        # A replayed attempt is already counted in the course: it had one retry more left.
+        spent = course.retries_left < 0 if replayed else course.retries_left <= 0
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
             why = "usage limit" if window else "out of rate-limit retries"
