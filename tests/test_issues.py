@@ -227,6 +227,24 @@ def test_an_issue_moved_to_another_repository_is_refused_not_taken_for_another(
     assert not (repo / ".git" / "swarm").exists()
 
 
+def test_an_issue_github_redirects_elsewhere_is_refused_as_moved(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    moved = fake_github.add_issue("Moved away")
+    # What GitHub answers for a transferred issue: 301 to the issue it became elsewhere.
+    there = f"{fake_github.url}/repositories/999/issues/12"
+    fake_github.fail_next("GET", rf"/issues/{moved}$", 301, {"location": there})
+    out = swarm(repo, "run", "--agent", "scripted", "--issues", str(moved),
+                "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"swarm: --issues: issue #{moved} of {OWNER}/{NAME} was moved to another repository"
+        f" ({there}); run swarm there\n"
+    )
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_issues_without_an_origin_remote_say_what_to_do(repo: Path) -> None:
     out = swarm(repo, "run", "--agent", "scripted", "--issues", "1")
     assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr

@@ -65,9 +65,10 @@ OnWait = Callable[[float, str], None]
 class GitHubError(SwarmError):
     """The GitHub API refused or failed a request; ``status`` is the HTTP status (0: no reply)."""
 
-    def __init__(self, message: str, *, status: int = 0) -> None:
+    def __init__(self, message: str, *, status: int = 0, moved_to: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.moved_to = moved_to  # a redirect's Location (redacted, one line)
 
 
 class RateLimitError(GitHubError):
@@ -460,6 +461,7 @@ class Client:
                 f" {self.repo} was renamed or transferred; point the remote at its new name"
                 " or pass --github-repo OWNER/NAME",
                 status=status,
+                moved_to=where,
             )
         hint = {
             401: "; the token was rejected: check GITHUB_TOKEN / GH_TOKEN or `gh auth login`",

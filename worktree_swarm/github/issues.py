@@ -14,7 +14,7 @@ from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import one_line
-from worktree_swarm.github.client import Client
+from worktree_swarm.github.client import Client, GitHubError
 
 PLACEHOLDERS = frozenset({"number", "title", "body", "labels", "url", "boundary"})
 
@@ -102,7 +102,16 @@ def fetch_issue_tasks(
 
 def _numbered_issue(client: Client, number: int) -> Mapping[str, Any]:
     """Issue *number* of the client's repository; BadInputError when it is not one there."""
-    issue = client.get_issue(number)
+    try:
+        issue = client.get_issue(number)
+    except GitHubError as exc:
+        if not exc.moved_to:
+            raise
+        # GitHub redirects a transferred issue to the one it became: not this repository's.
+        raise BadInputError(
+            f"--issues: issue #{number} of {client.repo} was moved to another repository"
+            f" ({exc.moved_to}); run swarm there"
+        ) from None
     if issue is None:
         raise BadInputError(f"--issues: issue #{number} not found in {client.repo}")
     if issue.get("number") != number:  # moved to another repository: another issue there
