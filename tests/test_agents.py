@@ -771,6 +771,14 @@ def test_a_reset_printed_to_the_minute_in_this_minute_is_not_tomorrow(
     assert classify_rate_limit(text, now=NOW) == (True, retry_at)
 
 
+def test_the_minute_before_midnight_just_after_it_is_now_not_tonight() -> None:
+    just_after = utc(2025, 10, 10, 0, 0) + 30  # 00:00:30 UTC
+    assert classify_rate_limit("You've hit your limit · resets 11:59pm (UTC)", now=just_after) == (
+        True,
+        utc(2025, 10, 10, 0, 0),
+    )  # the end of that minute: now
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -316,9 +316,12 @@ def _resolve_reset(match: re.Match[str], *, now: float) -> float | None:
                 reset = reset.replace(year=year + 1)
         else:
             reset = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            # This minute or the one before is now (or in seconds), not the same time tomorrow.
+            # This minute or the one before is now (or in seconds), not the same time tomorrow
+            # (nor, just after midnight, tonight's).
             if current - reset >= timedelta(minutes=2):
                 reset += timedelta(days=1)
+            elif reset - current > timedelta(days=1, minutes=-2):
+                reset -= timedelta(days=1)
     except ValueError:  # Feb 30 and the like
         return None
     # Printed to the minute, cut down to it (4:03 PM for 16:03:50): the end of that minute,
