@@ -796,8 +796,9 @@ while not (root / 'go').exists():
 """
 
 
+@pytest.mark.parametrize("then", ["resume", "stop"])
 def test_a_guard_verdict_outlives_the_manager_that_reached_it(
-    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], then: str
 ) -> None:
     agent = [*write_agent(OUTSIDE_THEN_WAIT), str(tmp_path), str(repo)]
     text = f"[defaults]\njobs = 2\nagent = {argv_toml(agent)}\n"
@@ -815,8 +816,11 @@ def test_a_guard_verdict_outlives_the_manager_that_reached_it(
 
     wait_for(judged, timeout=120, what="the guard's verdict")
     _kill_group(proc)  # both suspects still run: neither had ended, so neither was failed
-    (tmp_path / "go").touch()
-    assert swarm(repo, "resume").returncode == 1
+    if then == "resume":
+        (tmp_path / "go").touch()
+        assert swarm(repo, "resume").returncode == 1
+    else:  # stopped by hand instead: still failed, as the verdict says
+        assert swarm(repo, "stop").returncode == 0
     rows = status_json(repo)
     for task, other in (("a", "b"), ("b", "a")):
         assert rows[task]["state"] == "failed", rows[task]

@@ -14,7 +14,7 @@ from worktree_swarm.git import worktrees
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
-from worktree_swarm.run import provision
+from worktree_swarm.run import provision, retry
 
 
 def stop(
@@ -74,6 +74,10 @@ def stop_unmanaged(
         ray_exec.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
         return list(targets)
     rows = {row.task_id: row for row in store.tasks(run_id)}
+    # A suspect of an outside write its manager judged before it died fails, stopped or not.
+    verdicts, _ = retry.since_last_retry(
+        store, run_id, {t for t, r in rows.items() if r.state.is_final}
+    )
     for task_id in targets:
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
@@ -103,9 +107,15 @@ def stop_unmanaged(
             )
             worktrees.unlink_links(repo.root, worktree, links)
             _record_diff(repo, store, rows[task_id], tip or git.head_in(worktree))
-        store.update_task(
-            run_id, task_id, state=TaskState.STOPPED, reason="stopped", ended_at=time.time()
+        state, why = (
+            (TaskState.FAILED, verdicts[task_id])
+            if task_id in verdicts
+            else (
+                TaskState.STOPPED,
+                "stopped",
+            )
         )
+        store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)
 
 

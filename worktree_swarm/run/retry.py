@@ -16,12 +16,14 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.guard import suspect_reason
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
 # Named explicitly, these may run again too; done/merged work is never redone by retry.
 _NAMED_ALSO = frozenset({TaskState.NO_CHANGES})
 RETRY_EVENT = "retry"
+OUTSIDE_WRITE = "outside_write"  # the event a guard verdict is recorded as
 
 
 def prepare(
@@ -153,3 +155,29 @@ def _keep_uncommitted(repo: git.Repo, row: TaskRow) -> None:
         path, message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
         author=DEFAULT_COMMIT_AUTHOR,
     )  # fmt: skip
+
+
+def since_last_retry(store: Store, run_id: str, final: set[str]) -> tuple[dict[str, str], float]:
+    """What a killed manager knew and a resumed one must not forget.
+
+    The guard's verdicts on tasks not final yet (a suspect fails when it ends, whatever its
+    agent did after), and what the run has spent since its last `swarm retry` (which starts
+    the budget's count again, as it does the retries' and repairs').
+    """
+    verdicts: dict[str, str] = {}
+    since = 0.0
+    for event in store.events(run_id):
+        if event.kind == RETRY_EVENT and event.task_id is not None:
+            verdicts.pop(event.task_id, None)  # a new go, judged anew
+            since = event.ts
+        elif event.kind == OUTSIDE_WRITE:
+            suspects = event.data.get("suspects")
+            for task_id in suspects if isinstance(suspects, list) else []:
+                if isinstance(task_id, str) and task_id not in final:
+                    verdicts[task_id] = suspect_reason(event.data, task_id)
+    spent = sum(
+        a.cost_usd or 0.0
+        for a in store.attempts(run_id)
+        if a.ended_at is not None and a.started_at >= since
+    )
+    return verdicts, spent

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -35,20 +36,18 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import Guard, Violation, sandbox, suspect_reason
+from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox
-from worktree_swarm.run.retry import RETRY_EVENT
+from worktree_swarm.run.retry import OUTSIDE_WRITE, since_last_retry
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Emit  # what the CLI hands the run: the same event sink
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
-
-OUTSIDE_WRITE = "outside_write"  # the event a guard verdict is recorded as
 
 
 def new_run_id() -> str:
@@ -102,9 +101,11 @@ class Runner:
             restore=not spec.allow_outside_writes,
             # Not the user's: where worktrees go, and where this run's own output goes.
             exclude=[*([spec.worktree_root] if spec.worktree_root else []), *proc.output_files()],
-            on_record=lambda found: self._emit(OUTSIDE_WRITE, found.task, found.as_dict()),
+            on_record=self._record_verdict,
         )
         self._guard_reasons: dict[str, str] = {}
+        self._unrecorded: list[Violation] = []  # verdicts the store refused (busy, full)
+        self._unrecorded_lock = threading.Lock()
         self.manager_log = run_dir(repo, run_id) / faults.MANAGER_LOG
         self.disk = DiskBudget(
             repo=repo, spec=spec, store=store, run_id=run_id, emit=self._emit, guard=self.guard
@@ -189,7 +190,9 @@ class Runner:
             observer=observer,
             states=states,
         )
-        verdicts, spent = _recorded(store, run_id, {r.task_id for r in rows if r.state.is_final})
+        verdicts, spent = since_last_retry(
+            store, run_id, {r.task_id for r in rows if r.state.is_final}
+        )
         if not spec.allow_outside_writes:
             runner._guard_reasons.update(verdicts)
         runner.gate.count_spent(spent)
@@ -367,11 +370,27 @@ class Runner:
             # A scan that failed is told, never swallowed: it is retried, but until it
             # succeeds that part is not watched.
             self._emit("guard_error", None, failure.as_dict())
+        with self._unrecorded_lock:
+            late, self._unrecorded = self._unrecorded, []
+        for violation in late:
+            self._emit(OUTSIDE_WRITE, violation.task, violation.as_dict())
         for violation in self.guard.drain():  # each recorded as it was found
             if self.spec.allow_outside_writes:
                 continue
             for task_id in violation.suspects:
                 self._blame(task_id, violation)
+
+    def _record_verdict(self, violation: Violation) -> None:
+        """Put a verdict on record as the guard reaches it (in the guard's thread).
+
+        It must not end the guard's thread: one the store refuses is recorded by the run
+        loop's next turn.
+        """
+        try:
+            self._emit(OUTSIDE_WRITE, violation.task, violation.as_dict())
+        except (sqlite3.Error, OSError, SwarmError):
+            with self._unrecorded_lock:
+                self._unrecorded.append(violation)
 
     def _blame(self, task_id: str, violation: Violation) -> None:
         reason = violation.reason(task_id)
@@ -449,29 +468,3 @@ def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
         return None
     slot, offset = divmod(port - spec.port_base, spec.port_block)
     return slot if slot >= 0 and offset == 0 else None
-
-
-def _recorded(store: Store, run_id: str, final: set[str]) -> tuple[dict[str, str], float]:
-    """What a killed manager knew and a resumed one must not forget.
-
-    The guard's verdicts on tasks not final yet (a suspect fails when it ends, whatever its
-    agent did after), and what the run has spent since its last `swarm retry` (which starts
-    the budget's count again, as it does the retries' and repairs').
-    """
-    verdicts: dict[str, str] = {}
-    since = 0.0
-    for event in store.events(run_id):
-        if event.kind == RETRY_EVENT and event.task_id is not None:
-            verdicts.pop(event.task_id, None)  # a new go, judged anew
-            since = event.ts
-        elif event.kind == OUTSIDE_WRITE:
-            suspects = event.data.get("suspects")
-            for task_id in suspects if isinstance(suspects, list) else []:
-                if isinstance(task_id, str) and task_id not in final:
-                    verdicts[task_id] = suspect_reason(event.data, task_id)
-    spent = sum(
-        a.cost_usd or 0.0
-        for a in store.attempts(run_id)
-        if a.ended_at is not None and a.started_at >= since
-    )
-    return verdicts, spent
