@@ -370,7 +370,8 @@ class TaskWorker(RunWorker):
             adapter = adapter_for(task.agent)
             result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
             ended_at = None if shim is None else shim.ended_at
-            self._record(attempt_id, task.id, _Ended(result=result), code, ended_at=ended_at)
+            cost = self._record(attempt_id, task.id, _Ended(result=result), code, ended_at=ended_at)
+            self.gate.count_spent(cost or 0.0)  # after the resumed run counted what it had spent
         self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
         return self.store.attempts(self.run_id, task.id)[-1]
