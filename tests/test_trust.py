@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -528,6 +529,61 @@ def test_a_run_started_while_a_merge_is_half_way_is_blamed_for_none_of_it(
     )
     assert status_json(repo)["slow"]["state"] == "done"
     assert outside_writes(repo) == []
+
+
+# Waits until the merge's checks run, then puts a commit of its own on the integration branch.
+MOVE_THE_MERGES_BRANCH = r"""
+import pathlib, subprocess, sys, time
+ctrl = pathlib.Path(sys.argv[1])
+pathlib.Path('slow.txt').write_text('slow\n')
+while not (ctrl / 'checking').exists():
+    time.sleep(0.05)
+def git(*args, given=None):
+    return subprocess.run(['git', *args], input=given, capture_output=True, text=True,
+                          check=True).stdout.strip()
+ref = next(r for r in git('for-each-ref', '--format=%(refname)', 'refs/heads/swarm/').split()
+           if '/integration-' in r)
+tip = git('rev-parse', ref)
+blob = git('hash-object', '-w', '--stdin', given='planted\n')
+tree = git('mktree', given=git('ls-tree', tip) + f'\n100644 blob {blob}\tevil.txt\n')
+git('update-ref', ref, git('commit-tree', tree, '-p', tip, '-m', 'looks like a merge step'))
+(ctrl / 'go').touch()
+"""
+
+
+@pytest.mark.slow  # up to 30 s: the merge may wait for the verdict of a guard that is ending
+def test_a_commit_an_agent_puts_on_the_branch_a_merge_checks_never_stays(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    writer = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    )
+    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
+    assert swarm(repo, "run", first, "--agent", " ".join(writer)).returncode == 0
+    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    check = " ".join([*write_agent(CHECK_THEN_WAIT), str(tmp_path)])
+    mover = argv_toml([*write_agent(MOVE_THE_MERGES_BRANCH), str(tmp_path)])
+    second = manifest(repo, f'[[task]]\nid = "evil"\nprompt = "p"\nagent = {mover}\n')
+    running = swarm_bg(repo, "run", second)
+    merging = swarm_bg(repo, "merge", "--run", earlier, "--check", check)
+    try:
+        assert merging.wait(timeout=120) == 1
+        running.wait(timeout=120)
+    finally:
+        for proc in (running, merging):
+            if proc.poll() is None:
+                proc.kill()
+    integration = f"swarm/integration-{earlier}"
+    files = git(repo, "ls-tree", "--name-only", integration).split()
+    assert "evil.txt" not in files  # the merge reported none of it as its own
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (result, detail) = db.execute(
+            "SELECT merge_result, merge_detail FROM tasks WHERE run_id = ? AND task_id = 'a'",
+            (earlier,),
+        ).fetchone()
+    assert result == "failed"
+    assert "while its checks ran, not by swarm; merge undone" in detail
 
 
 # -- a scan that fails -------------------------------------------------------------------------

@@ -726,6 +726,16 @@ def _check(
         ok=failure is None,
         summary="" if failure is None else failure.summary,
     )
+    moved = _head(s.target.worktree)
+    if moved != commit:  # not swarm's: never reported as this merge's own move, nor kept
+        _undo(s, pre)
+        return TaskResult(
+            task_id=c.task_id,
+            outcome=MergeOutcome.FAILED,
+            reason=f"{s.target.branch} moved to {moved[:12]} while its checks ran, not by"
+            " swarm; merge undone (that commit is not on it)",
+            check=check,
+        )
     if failure is None:
         return TaskResult(
             task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, check=check, reason=note
