@@ -37,6 +37,9 @@ steps = planned.read_text().split() if planned.exists() else []
 step = steps[n - 1] if n <= len(steps) else "finish"
 reset = int(time.time() + float(os.environ.get("FAKE_RESET", "18000")))
 session = f"{name}-{task}-session"
+if os.environ.get("FAKE_HOLD_CALL") == f"{name}-{task}-{n}":  # this call waits until told
+    while not (fake / "go").exists():
+        time.sleep(0.02)
 def emit(obj):
     print(json.dumps(obj), flush=True)
 with open(f"{name}.txt", "a") as fh:
@@ -315,13 +318,14 @@ def _resumed(repo: Path) -> bool:
 
 
 def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
-    repo: Path, fake_agents: Path, tmp_path: Path
+    repo: Path, fake_agents: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a: claude meets a usage window and hands over to codex, whose attempt waits for the only
     # slot b holds; the manager is killed then.
     plan(fake_agents, "claude", "a", "window")
     waits = f"while not pathlib.Path({str(fake_agents / 'claude-a.calls')!r}).exists():"
     setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}\n time.sleep(0.02)"])
+    monkeypatch.setenv("FAKE_HOLD_CALL", "claude-a-1")  # until b waits for the only slot
     holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
     holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
     holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
@@ -334,6 +338,9 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
         [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
+    (fake_agents / "go").touch()
 
     def handing_over() -> bool:
         try:
@@ -352,7 +359,7 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
 
 
 def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resume(
-    repo: Path, fake_agents: Path, tmp_path: Path
+    repo: Path, fake_agents: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # gemini: throttled twice with retries = 1, so out of retries: codex takes over, waiting
     # for the only slot b holds, when the manager is killed.
@@ -362,6 +369,7 @@ def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resum
     waits += "while not calls.exists() or len(calls.read_text().splitlines()) < 2:\n"
     waits += "    time.sleep(0.02)"
     setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}"])
+    monkeypatch.setenv("FAKE_HOLD_CALL", "gemini-a-2")  # until b waits for the only slot
     holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
     holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
     holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
@@ -374,6 +382,9 @@ def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resum
         [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    runs = repo / ".git" / "swarm" / "runs"
+    wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
+    (fake_agents / "go").touch()
 
     def handing_over() -> bool:
         try:
