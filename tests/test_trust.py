@@ -551,7 +551,6 @@ git('update-ref', ref, git('commit-tree', tree, '-p', tip, '-m', 'looks like a m
 """
 
 
-@pytest.mark.slow  # up to 30 s: the merge may wait for the verdict of a guard that is ending
 def test_a_commit_an_agent_puts_on_the_branch_a_merge_checks_never_stays(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

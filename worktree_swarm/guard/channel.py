@@ -124,16 +124,19 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
         try:
             moves._write(done=True)  # noqa: SLF001
             if moves.refs and lock.manager_alive(repo.state_dir):
-                _await_verdict(path)
+                _await_verdict(path, repo.state_dir)
         finally:
             moves._close()  # noqa: SLF001
             path.unlink(missing_ok=True)
             _verdict(path).unlink(missing_ok=True)
 
 
-def _await_verdict(path: Path) -> None:
+def _await_verdict(path: Path, state_dir: Path) -> None:
+    # Not past the run's end: a manager whose guard has made its last scan gives none.
     deadline = time.monotonic() + _WAIT
     while time.monotonic() < deadline and not _verdict(path).exists():
+        if not lock.manager_alive(state_dir):
+            return
         time.sleep(_POLL)
 
 
