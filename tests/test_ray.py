@@ -1162,6 +1162,42 @@ def test_a_node_lost_in_the_checks_checks_again_elsewhere_without_a_new_agent(
         made.shutdown()
 
 
+def test_resume_while_an_actor_waits_for_a_slot_runs_the_task_once_and_frees_the_slot(
+    tmp_path: Path,
+) -> None:
+    made = raykit.Cluster.start(tmp_path / "ray", workers=0, slots=1)  # one agent at a time
+    try:
+        repo, _remote, ctl = setup_repo(tmp_path, ["q1", "q2"])
+        manager = spawn_swarm(
+            repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", made.address
+        )
+        db = repo / ".git" / "swarm" / "state.db"
+
+        def launching() -> dict[str, int | None]:
+            with sqlite3.connect(db) as conn:
+                return dict(conn.execute("SELECT task_id, launching FROM tasks").fetchall())
+
+        # One agent runs; the other task's actor is made and waits for the only slot.
+        wait_for("one agent", lambda: agents_started(ctl, 1))
+        wait_for("the other actor", lambda: any(n is not None for n in launching().values()))
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+        resumed = spawn_swarm(repo, "resume")
+        try:
+            # It found the waiting actor did not answer: it was killed, a new one is made.
+            wait_for("the waiting actor given up", lambda: events(repo, "actor_gone"))
+            (ctl / "release").write_text("")
+            assert resumed.wait(timeout=300) == 0, output(resumed)
+        finally:
+            if resumed.poll() is None:
+                resumed.kill()
+        assert {t: r["state"] for t, r in status(repo).items()} == {"q1": "done", "q2": "done"}
+        assert len(list(ctl.glob("*.agent.*"))) == 2  # each task's agent once
+        assert not actor_processes(made)
+    finally:
+        made.shutdown()
+
+
 def test_a_lost_node_s_tasks_finish_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -223,6 +223,20 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
     return url
 
 
+def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a Ray handle
+    """Kill *actor* and wait (up to 30 s) until its *name* is free in *space*."""
+    ray = _ray()
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=space)
+        except Exception:  # noqa: BLE001 - freed (ValueError), or the cluster is going
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def _check_memory(wanted: int) -> None:
     """Refuse a ``ray_memory`` no node with agent slots has: its tasks would wait for ever."""
     offered = [
@@ -977,10 +991,18 @@ class RayTaskWorker(RunWorker):
 
     def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> _Handle | None:
         ray = _ray()
+        name, space = actor_name(task.id, number), namespace(self.run_id)
         try:
-            actor = ray.get_actor(actor_name(task.id, number), namespace=namespace(self.run_id))
+            actor = ray.get_actor(name, namespace=space)
+        except Exception:  # noqa: BLE001 - not found, or dead: gone
+            return None
+        try:
             node = ray.get(actor.node.remote(), timeout=30)
-        except Exception:  # noqa: BLE001 - not found, dead or unreachable: gone
+        except Exception:  # noqa: BLE001 - unreachable, or still waiting for a slot
+            # Gone for this run: it must not start an agent later, nor keep its slot and its
+            # name (the next attempt of that number is made under it).
+            _kill_named(actor, name, space)
+            self._emit("actor_gone", task.id, {"attempt": number, "why": "did not answer"})
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
