@@ -18,6 +18,7 @@ from tests.test_run import argv_toml, manifest, swarm
 from worktree_swarm import cli
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
@@ -210,6 +211,23 @@ def test_status_shows_the_run_and_each_task_once(
     for task in ("a", "b"):
         assert sum(line.split()[:2] == [task, "done"] for line in lines) == 1
     assert sum(line.startswith("total: ") for line in lines) == 1
+
+
+def test_status_rows_name_tokens_and_the_worktree(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    assert swarm(repo, "run", "--agent", " ".join(write_agent(WRITER)), "-t", "a=p").returncode == 0
+    header, row = swarm(repo, "status").stdout.splitlines()[1:3]
+    names = header.split()
+    assert names[names.index("cost") + 1] == "tokens"
+    assert names[names.index("branch") + 1] == "worktree"
+    assert str(repo.parent / "repo.swarm" / "a") in row.split()  # where the work is
+    assert format_count(950) == "950"
+    assert (format_count(12_345), format_count(4_100_000), format_count(None)) == (
+        "12.3k",
+        "4.1M",
+        "-",
+    )
 
 
 def test_status_plurals(repo: Path, write_agent: Callable[[str], list[str]]) -> None:

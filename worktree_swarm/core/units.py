@@ -84,6 +84,16 @@ def format_size(n: int | None) -> str:
     raise AssertionError  # pragma: no cover - the loop always returns
 
 
+def format_count(n: int | None) -> str:
+    """``-`` for None, else a count in few characters: ``950``, ``12.3k``, ``4.1M``."""
+    if n is None:
+        return "-"
+    for limit, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= limit:
+            return f"{n / limit:.1f}{unit}"
+    return str(n)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

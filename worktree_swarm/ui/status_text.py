@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from worktree_swarm.core.units import format_size
+from worktree_swarm.core.units import format_count, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.run.governor import GateView
@@ -51,9 +51,11 @@ _STATUS_COLUMNS = (
     Column(header="alive"),
     Column(header="elapsed", align="right"),
     Column(header="cost", align="right"),
+    Column(header="tokens", align="right"),
     Column(header="disk", align="right"),
     Column(header="diff"),
     Column(header="branch"),
+    Column(header="worktree"),
     Column(header="reason"),
 )
 
@@ -78,11 +80,13 @@ def status_text(
             "yes" if r.alive else "no",
             f"{r.elapsed_s:.1f}s" if r.elapsed_s is not None else "-",
             f"${r.cost_usd:.2f}" if r.cost_usd is not None else "-",
+            _tokens_cell(r),
             _disk_cell(r),
             f"{plural(r.files_changed, 'file')} +{r.insertions} -{r.deletions}"
             if r.files_changed
             else "-",
             r.branch,
+            r.worktree if r.worktree_present else "-",
             _why(r)[:_REASON_CHARS],
         ]
         for r in rows
@@ -108,6 +112,13 @@ def status_text(
         disk_line,
         styled=styled,
     )
+
+
+def _tokens_cell(r: TaskStatus) -> str:
+    """Tokens in/out, as the money line counts them (``-`` when the agent reports none)."""
+    if r.tokens_in is None and r.tokens_out is None:
+        return "-"
+    return f"{format_count(r.tokens_in or 0)}/{format_count(r.tokens_out or 0)}"
 
 
 def _disk_cell(row: TaskStatus) -> str:
