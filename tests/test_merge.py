@@ -1257,3 +1257,8 @@ def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
     for out in (predicted, merged):
         assert "branch swarm/a is gone" in out.stdout
         assert "it never ran (blocked): no branch swarm/b" in out.stdout  # not "gone"
+    logs = swarm(repo, "logs", "b")  # no log, and there never will be: no bad input either
+    assert (logs.returncode, logs.stderr) == (
+        1,
+        "swarm: task 'b' never started an agent (blocked: dependency f is failed)\n",
+    )

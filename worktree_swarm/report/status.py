@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worktree_swarm.agents import provider_of
-from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
     MERGE_CHECKING,
@@ -15,6 +15,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.text import printable
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.infra import faults, supervisor
@@ -270,9 +271,13 @@ def _alive(attempt: AttemptRow) -> bool:
 
 def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:
     """The newest attempt's log of *task_id*."""
-    if store.task(run_id, task_id) is None:
+    row = store.task(run_id, task_id)
+    if row is None:
         raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
     attempts = store.attempts(run_id, task_id)
+    if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
+        why = f": {printable(row.reason)}" if row.reason else ""
+        raise SwarmError(f"task {task_id!r} never started an agent ({row.state.value}{why})")
     if not attempts:
         raise BadInputError(f"task {task_id!r} has not started an agent yet")
     return Path(attempts[-1].log_path), attempts[-1]
