@@ -1262,3 +1262,31 @@ def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
         1,
         "swarm: task 'b' never started an agent (blocked: dependency f is failed)\n",
     )
+
+
+def test_status_says_a_merge_undone_by_hand_is_undone(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    rows = status_json(repo)
+    integration = str(rows["a"]["merge_target"])
+    tip = git(repo, "rev-parse", integration)
+    last = next(t for t in ("a", "b") if str(rows[t]["merge_detail"]).endswith(tip[:12]))
+    first = "b" if last == "a" else "a"
+    worktree = next((repo.parent / "repo.swarm").glob("_integration-*"))
+    git(worktree, "reset", "-q", "--hard", "HEAD~1")  # the user drops the last merge
+
+    rows = status_json(repo)
+
+    assert (rows[first]["merge_result"], rows[last]["merge_result"]) == ("merged", "undone")
+    assert f"merged into {integration}, since undone there" in swarm(repo, "status").stdout
+    reported = json.loads(swarm(repo, "report", "--json").stdout)
+    results = {t["task_id"]: t["merge_result"] for t in reported["tasks"]}
+    assert (results[first], results[last]) == ("merged", "undone")

@@ -435,7 +435,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     repo = _repo(ctx)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
-        rows = status.task_status(store, run_id, disk=True)
+        rows = status.task_status(store, run_id, disk=True, repo=repo)
         failed_scans = status.guard_errors(store, run_id)
         gates = status.provider_gates(store, run_id)
         manager = status.manager_status(repo, store, run_id)
@@ -790,7 +790,7 @@ def report_cmd(
         report_html.check_output(html_path)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
-        result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id))
+        result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id), repo=repo)
     if html_path is not None:
         report_html.write_html(result, html_path)
     if as_json:

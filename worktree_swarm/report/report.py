@@ -14,10 +14,12 @@ from typing import TypeVar
 
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.git import repo as git
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
+from worktree_swarm.report.status import MERGE_UNDONE, undone_merges
 from worktree_swarm.run.governor import GateView, views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 
@@ -151,6 +153,7 @@ def build_report(
     logs_dir: Path | None = None,
     now: float | None = None,
     redactor: Redactor | None = None,
+    repo: git.Repo | None = None,
 ) -> RunReport:
     """Read *run_id* from *store* and compute its report.
 
@@ -195,6 +198,7 @@ def build_report(
         elif event.kind == "pull_request":
             pulls[event.task_id] = (_int(event.data.get("number")), str(event.data.get("url", "")))
     taken = store.taken_over(run_id)
+    undone = undone_merges(repo, rows) if repo is not None else set()  # as `swarm status`
     tasks = tuple(
         _task_report(
             row,
@@ -206,6 +210,7 @@ def build_report(
             logs=None if logs_dir is None else logs_dir / row.task_id,
             redact=redactor,
             taken=row.task_id in taken,
+            undone=row.task_id in undone,
         )
         for row in rows
     )
@@ -294,6 +299,7 @@ def _task_report(
     logs: Path | None,
     redact: Redactor,
     taken: bool,
+    undone: bool = False,
 ) -> TaskReport:
     reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
     spans = tuple(_spans(changes, end=end))
@@ -330,7 +336,7 @@ def _task_report(
         pr_number=row.pr_number if pull is None else pull[0],
         pr_url=redact(row.pr_url or "") if pull is None else redact(pull[1]),
         pr_state=row.pr_state,
-        merge_result=row.merge_result,
+        merge_result=MERGE_UNDONE if undone else row.merge_result,
         merge_target=row.merge_target,
         prompt=redact(spec.prompt)[:PROMPT_CHARS],  # cut once redacted: no half key
         checks_tail="" if logs is None else redact(tail(logs / "checks.log")),

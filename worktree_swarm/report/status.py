@@ -28,6 +28,7 @@ from worktree_swarm.run.governor import GateView, views_from_events
 
 # The merge result `swarm status` shows for a merge killed while its checks ran.
 MERGE_CUT_OFF = "cut off"
+MERGE_UNDONE = "undone"  # recorded merged, but the target no longer holds that merge
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +78,8 @@ class TaskStatus:
             parts.append(f"{self.branch} is run {self.taken_by}'s now")
         if self.merge_result == "merged":
             parts.append(f"merged into {self.merge_target}")
+        elif self.merge_result == MERGE_UNDONE:
+            parts.append(f"merged into {self.merge_target}, since undone there")
         elif self.merge_result == MERGE_CUT_OFF:
             parts.append(
                 f"merge into {self.merge_target} cut off in its checks: run `swarm merge` again"
@@ -152,12 +155,19 @@ def resolve_run(store: Store, run_id: str | None) -> str:
 
 
 def task_status(
-    store: Store, run_id: str, *, now: float | None = None, disk: bool = False
+    store: Store,
+    run_id: str,
+    *,
+    now: float | None = None,
+    disk: bool = False,
+    repo: git.Repo | None = None,
 ) -> list[TaskStatus]:
     """Status rows of every task of *run_id*, checking recorded PIDs against reality.
 
     With *disk*, the disk use of each worktree: measured now while its task goes on, as
-    recorded when it ended otherwise (also for a worktree removed since).
+    recorded when it ended otherwise (also for a worktree removed since). With *repo*, a
+    merge result is checked against its target too (one git process per target): a merge
+    undone by hand since shows as ``undone``, as `swarm merge` sees it.
     """
     now = time.time() if now is None else now
     last = {attempt.task_id: attempt for attempt in store.attempts(run_id)}
@@ -168,6 +178,7 @@ def task_status(
     )
     waits = waiting_reasons(store, run_id, tasks, now=now)
     taken = store.taken_over(run_id)
+    undone = undone_merges(repo, tasks) if repo is not None else set()
     rows = []
     for task in tasks:
         attempt = last.get(task.task_id)
@@ -208,6 +219,8 @@ def task_status(
                 waiting_for=waits.get(task.task_id, ""),
                 merge_result=MERGE_CUT_OFF
                 if cut_off and task.merge_result == MERGE_CHECKING
+                else MERGE_UNDONE
+                if task.task_id in undone
                 else task.merge_result,
                 merge_target=task.merge_target,
                 merge_detail=task.merge_detail,
@@ -218,6 +231,20 @@ def task_status(
             )
         )
     return rows
+
+
+def undone_merges(repo: git.Repo, tasks: list[TaskRow]) -> set[str]:
+    """Tasks recorded as merged whose merge commit their target no longer contains."""
+    by_target: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        if task.merge_result == "merged" and task.merge_target and task.merge_commit:
+            by_target.setdefault(task.merge_target, {})[task.task_id] = task.merge_commit
+    undone: set[str] = set()
+    for target, commits in by_target.items():
+        tip = git.rev_parse(repo, f"refs/heads/{target}")
+        there = git.contained(repo, tip, sorted(set(commits.values()))) if tip else set()
+        undone |= {task_id for task_id, commit in commits.items() if commit not in there}
+    return undone
 
 
 def waiting_reasons(
