@@ -814,13 +814,18 @@ def test_a_guard_verdict_outlives_the_manager_that_reached_it(
         except sqlite3.OperationalError:  # not made yet, or not its tables
             return False
 
-    wait_for(judged, timeout=120, what="the guard's verdict")
-    _kill_group(proc)  # both suspects still run: neither had ended, so neither was failed
-    if then == "resume":
+    try:
+        wait_for(judged, timeout=120, what="the guard's verdict")
+        _kill_group(proc)  # both suspects still run: neither had ended, so neither was failed
+        if then == "resume":
+            (tmp_path / "go").touch()
+            assert swarm(repo, "resume").returncode == 1
+        else:  # stopped by hand instead: still failed, as the verdict says
+            assert swarm(repo, "stop").returncode == 0
+    finally:  # nothing left waiting, whatever failed
         (tmp_path / "go").touch()
-        assert swarm(repo, "resume").returncode == 1
-    else:  # stopped by hand instead: still failed, as the verdict says
-        assert swarm(repo, "stop").returncode == 0
+        if proc.poll() is None:
+            _kill_group(proc)
     rows = status_json(repo)
     for task, other in (("a", "b"), ("b", "a")):
         assert rows[task]["state"] == "failed", rows[task]
@@ -933,9 +938,13 @@ def test_a_repair_handed_back_before_a_crash_is_still_given(
         except (sqlite3.OperationalError, TypeError):
             return False
 
-    wait_for(lambda: (tmp_path / "b.started").exists() and handed_back(), what="a's repair")
-    _kill_group(proc)  # the repair waits for b's slot: not started
-    (tmp_path / "go").touch()
+    try:
+        wait_for(lambda: (tmp_path / "b.started").exists() and handed_back(), what="a's repair")
+        _kill_group(proc)  # the repair waits for b's slot: not started
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            _kill_group(proc)
     swarm(repo, "resume")
     assert status_json(repo)["a"]["state"] == "done"
     assert len((tmp_path / "a.calls").read_text().split()) == 2  # asked to repair, once

@@ -339,8 +339,10 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     runs = repo / ".git" / "swarm" / "runs"
-    wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
-    (fake_agents / "go").touch()
+    try:
+        wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
+    finally:
+        (fake_agents / "go").touch()
 
     def handing_over() -> bool:
         try:
@@ -348,10 +350,13 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
         except (AssertionError, KeyError, ValueError):
             return False
 
-    wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    (tmp_path / "go").touch()
+    try:
+        wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
+    finally:  # killed as planned, or nothing left waiting if the test failed
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        (tmp_path / "go").touch()
+        (fake_agents / "go").touch()
     assert swarm(repo, "resume").returncode == 0
     assert agents_of(repo, "a") == ["claude", "codex"]  # claude not asked again in its window
     assert len(calls(fake_agents, "claude", "a")) == 1
@@ -383,8 +388,10 @@ def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resum
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     runs = repo / ".git" / "swarm" / "runs"
-    wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
-    (fake_agents / "go").touch()
+    try:
+        wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
+    finally:
+        (fake_agents / "go").touch()
 
     def handing_over() -> bool:
         try:
@@ -392,10 +399,13 @@ def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resum
         except (AssertionError, KeyError, ValueError):
             return False
 
-    wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    (tmp_path / "go").touch()
+    try:
+        wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
+    finally:  # killed as planned, or nothing left waiting if the test failed
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        (tmp_path / "go").touch()
+        (fake_agents / "go").touch()
     swarm(repo, "resume")
     assert len(calls(fake_agents, "gemini", "a")) == 2  # not asked a third time
     assert agents_of(repo, "a") == ["gemini", "gemini", "codex"]

@@ -595,10 +595,12 @@ def test_the_budget_counts_what_was_spent_before_a_crash(repo: Path, fake_claude
     plan(fake_claude, "t2", "wait")
     text = manifest(repo, tasks_toml(ids))
     proc = swarm_bg(repo, "run", "--jobs", "1", "--max-cost-usd", "1.2", text)
-    wait_for((fake_claude / "t2.pid").exists, what="the third task's agent")
-    proc.kill()  # $1.00 spent by t0 and t1
-    proc.wait(timeout=30)
-    (fake_claude / "go").touch()
+    try:
+        wait_for((fake_claude / "t2.pid").exists, what="the third task's agent")
+    finally:
+        proc.kill()  # $1.00 spent by t0 and t1
+        proc.wait(timeout=30)
+        (fake_claude / "go").touch()
     assert swarm(repo, "resume").returncode == 1
     rows = status_json(repo)
     assert [rows[i]["state"] for i in ids] == ["done", "done", "done", "stopped", "stopped"]
@@ -702,10 +704,12 @@ def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
     monkeypatch.chdir(repo)  # the background manager runs where `swarm` was started
     second = repo.parent / "second.toml"
     second.write_text(tasks_toml(["b"]))
-    with pytest.raises(ManagerLockedError, match=r"^another swarm manager \(pid \d+.*\) holds"):
-        background.detach(open_repo(repo), ["run", str(second)])
-    assert len(list((repo / ".git" / "swarm").glob("manager-*.log"))) == 2  # one each
-    (fake_claude / "go").touch()
+    try:
+        with pytest.raises(ManagerLockedError, match=r"^another swarm manager \(pid \d+.*\) holds"):
+            background.detach(open_repo(repo), ["run", str(second)])
+        assert len(list((repo / ".git" / "swarm").glob("manager-*.log"))) == 2  # one each
+    finally:  # the first run's agent ends either way
+        (fake_claude / "go").touch()
     pid = int(first.stdout.split("pid ")[1].split(",")[0])
     wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")
     assert status_json(repo)["a"]["state"] == "done"
