@@ -49,7 +49,9 @@ def _server_of(agent: supervisor.AgentProcess) -> psutil.Process:
 def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
     tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
 ) -> None:
-    body = 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n'
+    body = 'daemon("daemon")\npublish("ready")\n'
+    # Ends once its daemon is up: ended before, the daemon may be killed before it says so.
+    body += 'while not (PIDS / "daemon").exists():\n    time.sleep(0.01)\nsys.exit(3)\n'
     agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body, shims)
     assert agent.popen is None  # not our child: its shim's parent is the server
     server = _server_of(agent)
