@@ -781,6 +781,18 @@ def test_retry_resumes_the_agents_session_on_its_branch(
     assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
 
 
+def _store_says(repo: Path, query: str) -> bool:
+    """The first value *query* reads from the run's store (read-only), as a truth; False while
+    the store, its tables or the row are not there yet."""
+    db = repo / ".git" / "swarm" / "state.db"
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            row = conn.execute(query).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return row is not None and bool(row[0])
+
+
 OUTSIDE_THEN_WAIT = """
 import os, pathlib, sys, time
 root, checkout = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -804,15 +816,9 @@ def test_a_guard_verdict_outlives_the_manager_that_reached_it(
     text = f"[defaults]\njobs = 2\nagent = {argv_toml(agent)}\n"
     text += '[[task]]\nid = "a"\nprompt = "x"\n[[task]]\nid = "b"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
-    db = repo / ".git" / "swarm" / "state.db"
 
     def judged() -> bool:
-        query = "SELECT count(*) FROM events WHERE kind = 'outside_write'"
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                return bool(conn.execute(query).fetchone()[0])
-        except sqlite3.OperationalError:  # not made yet, or not its tables
-            return False
+        return _store_says(repo, "SELECT count(*) FROM events WHERE kind = 'outside_write'")
 
     try:
         wait_for(judged, timeout=120, what="the guard's verdict")
@@ -928,15 +934,9 @@ def test_a_repair_handed_back_before_a_crash_is_still_given(
     )
     text += f'[[task]]\nid = "b"\nprompt = "do b"\nsetup = [{json.dumps(setup)}]\n'
     proc = _manager(repo, "run", manifest(repo, text))
-    db = repo / ".git" / "swarm" / "state.db"
 
     def handed_back() -> bool:
-        query = "SELECT instruction IS NOT NULL FROM tasks WHERE task_id = 'a'"
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                return bool(conn.execute(query).fetchone()[0])
-        except (sqlite3.OperationalError, TypeError):
-            return False
+        return _store_says(repo, "SELECT instruction IS NOT NULL FROM tasks WHERE task_id = 'a'")
 
     try:
         wait_for(lambda: (tmp_path / "b.started").exists() and handed_back(), what="a's repair")

@@ -317,22 +317,20 @@ def _resumed(repo: Path) -> bool:
     return bool(starts[0] >= 2 and states[0] >= 2)
 
 
-def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
-    repo: Path, fake_agents: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _killed_while_handing_over(
+    repo: Path, fake_agents: Path, tmp_path: Path, *, defaults: str, task_a: str, setup: str
 ) -> None:
-    # a: claude meets a usage window and hands over to codex, whose attempt waits for the only
-    # slot b holds; the manager is killed then.
-    plan(fake_agents, "claude", "a", "window")
-    waits = f"while not pathlib.Path({str(fake_agents / 'claude-a.calls')!r}).exists():"
-    setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}\n time.sleep(0.02)"])
-    monkeypatch.setenv("FAKE_HOLD_CALL", "claude-a-1")  # until b waits for the only slot
+    """Run a (*task_a*, priority 10) and b, jobs 1: a hands over to codex, whose attempt
+    waits for the only slot b holds (b's *setup* waits for a's agent); kill the manager then.
+
+    a's held call (``FAKE_HOLD_CALL``) ends once b waits for the slot, so b takes it first.
+    """
     holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
     holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
     holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
     hold = json.dumps([sys.executable, "-c", holds, str(tmp_path)])
-    text = "[defaults]\njobs = 1\n"
-    text += '[[task]]\nid = "a"\nprompt = "do a"\nagent = "claude"\nfallback = ["codex"]\n'
-    text += "priority = 10\n"
+    text = f"[defaults]\njobs = 1\n{defaults}"
+    text += f'[[task]]\nid = "a"\nprompt = "do a"\n{task_a}priority = 10\n'
     text += f'[[task]]\nid = "b"\nprompt = "do b"\nagent = {hold}\nsetup = [{json.dumps(setup)}]\n'
     proc = subprocess.Popen(
         [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
@@ -356,7 +354,20 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         (tmp_path / "go").touch()
-        (fake_agents / "go").touch()
+
+
+def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
+    repo: Path, fake_agents: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a: claude meets a usage window and hands over to codex.
+    plan(fake_agents, "claude", "a", "window")
+    waits = f"while not pathlib.Path({str(fake_agents / 'claude-a.calls')!r}).exists():"
+    setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}\n time.sleep(0.02)"])
+    monkeypatch.setenv("FAKE_HOLD_CALL", "claude-a-1")
+    _killed_while_handing_over(
+        repo, fake_agents, tmp_path, defaults="",
+        task_a='agent = "claude"\nfallback = ["codex"]\n', setup=setup,
+    )  # fmt: skip
     assert swarm(repo, "resume").returncode == 0
     assert agents_of(repo, "a") == ["claude", "codex"]  # claude not asked again in its window
     assert len(calls(fake_agents, "claude", "a")) == 1
@@ -366,46 +377,18 @@ def test_a_hand_over_a_crash_cut_goes_to_the_fallback_after_resume(
 def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resume(
     repo: Path, fake_agents: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # gemini: throttled twice with retries = 1, so out of retries: codex takes over, waiting
-    # for the only slot b holds, when the manager is killed.
+    # gemini: throttled twice with retries = 1, so out of retries: codex takes over.
     plan(fake_agents, "gemini", "a", "quota", "quota", "quota")
     gemini_calls = fake_agents / "gemini-a.calls"
     waits = f"calls = pathlib.Path({str(gemini_calls)!r})\n"
     waits += "while not calls.exists() or len(calls.read_text().splitlines()) < 2:\n"
     waits += "    time.sleep(0.02)"
     setup = shlex.join([sys.executable, "-c", f"import pathlib, time\n{waits}"])
-    monkeypatch.setenv("FAKE_HOLD_CALL", "gemini-a-2")  # until b waits for the only slot
-    holds = "import pathlib, sys, time\npathlib.Path('b.txt').write_text('b')\n"
-    holds += "pathlib.Path(sys.argv[1], 'b.started').touch()\n"
-    holds += "while not pathlib.Path(sys.argv[1], 'go').exists():\n    time.sleep(0.05)\n"
-    hold = json.dumps([sys.executable, "-c", holds, str(tmp_path)])
-    text = '[defaults]\njobs = 1\nrate_limit_backoff = "0.2s"\n'
-    text += '[[task]]\nid = "a"\nprompt = "do a"\nagent = "gemini"\nfallback = ["codex"]\n'
-    text += "retries = 1\npriority = 10\n"
-    text += f'[[task]]\nid = "b"\nprompt = "do b"\nagent = {hold}\nsetup = [{json.dumps(setup)}]\n'
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    monkeypatch.setenv("FAKE_HOLD_CALL", "gemini-a-2")
+    _killed_while_handing_over(
+        repo, fake_agents, tmp_path, defaults='rate_limit_backoff = "0.2s"\n',
+        task_a='agent = "gemini"\nfallback = ["codex"]\nretries = 1\n', setup=setup,
     )  # fmt: skip
-    runs = repo / ".git" / "swarm" / "runs"
-    try:
-        wait_for(lambda: any(runs.glob("*/b/prompt-1.md")), what="b to wait for the slot")
-    finally:
-        (fake_agents / "go").touch()
-
-    def handing_over() -> bool:
-        try:
-            return "codex takes over" in str(status_json(repo)["a"]["reason"])
-        except (AssertionError, KeyError, ValueError):
-            return False
-
-    try:
-        wait_for(lambda: (tmp_path / "b.started").exists() and handing_over(), what="a's hand-over")
-    finally:  # killed as planned, or nothing left waiting if the test failed
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        (tmp_path / "go").touch()
-        (fake_agents / "go").touch()
     swarm(repo, "resume")
     assert len(calls(fake_agents, "gemini", "a")) == 2  # not asked a third time
     assert agents_of(repo, "a") == ["gemini", "gemini", "codex"]

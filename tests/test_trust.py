@@ -469,6 +469,18 @@ def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no
     assert not list((repo / ".git" / "swarm" / "ref-moves").glob("*.json"))
 
 
+def _finished_run(repo: Path, write_agent: AgentFactory, tasks: list[str]) -> str:
+    """A run whose *tasks* each wrote `<task>.txt` and are done; its id."""
+    writer = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
+    )
+    text = "".join(f'[[task]]\nid = "{t}"\nprompt = "p"\n' for t in tasks)
+    assert swarm(repo, "run", manifest(repo, text), "--agent", " ".join(writer)).returncode == 0
+    run_id: str = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    return run_id
+
+
 # The merge's checks: the first (the target before any merge) passes at once, the next ones
 # say they run, then wait for the go file.
 CHECK_THEN_WAIT = """
@@ -486,13 +498,7 @@ while not (ctrl / 'go').exists():
 def test_a_run_started_while_a_merge_is_half_way_is_blamed_for_none_of_it(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    writer = write_agent(
-        "import os, pathlib\n"
-        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
-    )
-    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n')
-    assert swarm(repo, "run", first, "--agent", " ".join(writer)).returncode == 0
-    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    earlier = _finished_run(repo, write_agent, ["a", "b"])
     check = " ".join([*write_agent(CHECK_THEN_WAIT), str(tmp_path)])
     merging = swarm_bg(repo, "merge", "--run", earlier, "--check", check)
     flag = tmp_path / "flag"
@@ -554,13 +560,7 @@ git('update-ref', ref, git('commit-tree', tree, '-p', tip, '-m', 'looks like a m
 def test_a_commit_an_agent_puts_on_the_branch_a_merge_checks_never_stays(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    writer = write_agent(
-        "import os, pathlib\n"
-        "pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')\n"
-    )
-    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
-    assert swarm(repo, "run", first, "--agent", " ".join(writer)).returncode == 0
-    earlier = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    earlier = _finished_run(repo, write_agent, ["a"])
     check = " ".join([*write_agent(CHECK_THEN_WAIT), str(tmp_path)])
     mover = argv_toml([*write_agent(MOVE_THE_MERGES_BRANCH), str(tmp_path)])
     second = manifest(repo, f'[[task]]\nid = "evil"\nprompt = "p"\nagent = {mover}\n')
