@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -713,6 +714,31 @@ def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
     pid = int(first.stdout.split("pid ")[1].split(",")[0])
     wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")
     assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_written_back(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "wait")
+    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    try:
+        wait_for((fake_claude / "a.pid").exists, what="the agent")
+        shutil.rmtree(repo / ".git" / "swarm")
+        # A second run would watch the first one's branch as an outside write, and undo it.
+        second = swarm(repo, "run", manifest(repo, tasks_toml(["b"])))
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert "another swarm manager holds this repository" in second.stderr
+        assert "b" not in git(repo, "branch", "--list", "swarm/b")
+        (fake_claude / "go").touch()
+        code = proc.wait(timeout=60)
+    finally:
+        (fake_claude / "go").touch()
+        proc.kill()
+    out = (repo.parent / "bg.log").read_text()
+    assert code == 0, out
+    assert "was deleted during the run and is written back" in out
+    assert status_json(repo)["a"]["state"] == "done"  # the morning finds the run
+    assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
 def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_claude: Path) -> None:

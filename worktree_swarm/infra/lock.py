@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
@@ -23,11 +25,14 @@ class ManagerLock:
 
     The lock file itself is never deleted (deleting a held flock file lets a second
     process lock a new inode); ``manager.json`` only names the holder for error messages.
+    The git dir holding the state directory is locked too: a state directory deleted under
+    a live manager (``rm -rf .git/swarm``) must not let a second one start beside it.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir
         self._lock = filelock.FileLock(state_dir / "manager.lock", thread_local=False)
+        self._parent: int | None = None  # the git dir's descriptor while held
 
     def acquire(self, *, run_id: str | None = None) -> None:
         """Take the lock or raise ManagerLockedError naming the holder's PID."""
@@ -41,6 +46,13 @@ class ManagerLock:
                 f"another swarm manager {describe_holder(self._dir)} holds this repository; "
                 "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
             ) from None
+        self._parent = _lock_dir(self._dir.parent, fcntl.LOCK_EX, wait=PROBE_GRACE)
+        if self._parent is None:
+            self._lock.release()
+            raise ManagerLockedError(
+                f"another swarm manager holds this repository, though {self._dir} was deleted "
+                "under it; wait for it to end (it writes its state back there)"
+            )
         ident = supervisor.identity_of(os.getpid())
         info: dict[str, object] = {
             "pid": os.getpid(),
@@ -54,6 +66,9 @@ class ManagerLock:
 
     def release(self) -> None:
         """Release the lock (the holder file stays, now stale, which readers detect)."""
+        if self._parent is not None:
+            os.close(self._parent)  # closing the descriptor drops its flock
+            self._parent = None
         self._lock.release()
 
     def __enter__(self) -> Self:
@@ -105,7 +120,35 @@ def merge_lock_if_free(state_dir: Path) -> Iterator[bool]:
 
 def manager_alive(state_dir: Path) -> bool:
     """Whether some process holds the manager lock right now."""
-    return held(state_dir / "manager.lock")
+    if held(state_dir / "manager.lock"):
+        return True
+    probe = _lock_dir(state_dir.parent, fcntl.LOCK_SH, wait=0)
+    if probe is None:
+        return state_dir.parent.is_dir()
+    os.close(probe)
+    return False
+
+
+def _lock_dir(path: Path, mode: int, *, wait: float) -> int | None:
+    """An open descriptor of directory *path* holding flock *mode*, or None while it is taken.
+
+    Retried for *wait* seconds: a probe (``manager_alive``) holds it shared for an instant.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+            continue
+        return fd
 
 
 def merge_running(state_dir: Path) -> bool:

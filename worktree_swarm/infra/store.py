@@ -435,6 +435,7 @@ class Store:
         """
         self.path = path
         self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (device, inode) it was opened at
         if last_written:
             self.read_only = True
             self._conn = _open_last_written(path)
@@ -465,6 +466,7 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        self._file = _identity(path)
 
     @classmethod
     def to_read(cls, path: Path) -> Self:
@@ -511,6 +513,48 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this worktree-swarm "
                 f"understands ({SCHEMA_VERSION}); upgrade worktree-swarm"
             )
+
+    def put_back(self) -> bool:
+        """Write the database back to its path if it was deleted while open; whether it was.
+
+        A manager's store deleted under it (``rm -rf .git/swarm``) goes on working on the open
+        file, which vanishes with its last descriptor: the morning would find no run at all.
+        """
+        if self.read_only or not self._gone():
+            return False
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            copy = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                self._conn.backup(copy)
+                copy.execute("PRAGMA journal_mode = WAL")
+            finally:
+                copy.close()
+            self._conn.close()
+            self._conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._file = _identity(self.path)
+        return True
+
+    def _gone(self) -> bool:
+        """Whether the path no longer holds this store: missing, or a new one with no run.
+
+        (Another command may have made an empty store there since, before it gave up.)
+        """
+        now = _identity(self.path)
+        if now == self._file:
+            return False
+        if now is None:
+            return True
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as other:
+                return not other.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+        except sqlite3.Error:
+            return False
 
     def close(self) -> None:
         """Close the connection."""
@@ -858,6 +902,14 @@ def _unusable(path: Path, exc: sqlite3.DatabaseError) -> SwarmError:
     return SwarmError(
         f"{path} is not a usable worktree-swarm state database ({exc}); move it aside and run again"
     )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 @contextlib.contextmanager

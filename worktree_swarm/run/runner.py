@@ -258,6 +258,7 @@ class Runner:
             self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value})
             raise
         status = RunStatus.STOPPED if self._stopping.is_set() else RunStatus.FINISHED
+        self._poll_stop_requests()
         self._scrub_logs()
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status.value})
@@ -404,6 +405,8 @@ class Runner:
                 self._set_state(task_id, TaskState.FAILED, reason=reason)
 
     def _poll_stop_requests(self) -> None:
+        if self.store.put_back():  # the state directory was deleted under the run
+            self._emit("store_put_back", None, {"path": str(self.store.path)})
         # Only the requested ids: reading every task on each poll made a run quadratic.
         for task_id in self.store.stop_requests(self.run_id):
             if task_id in self._live:

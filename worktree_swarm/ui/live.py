@@ -58,6 +58,11 @@ class PlainObserver:
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
         elif kind == "guard_error":  # while a scan fails, that part is not watched
             line = f"guard: {data.get('job')} scan failed: {data.get('reason')}"
+        elif kind == "store_put_back":
+            line = (
+                f"swarm: {data.get('path')} was deleted during the run and is written back "
+                "(the logs deleted with it are lost)"
+            )
         elif kind == "run_started":
             line = f"run {data.get('run_id')}: started"
         elif kind == "run_finished":  # how it ended: finished, interrupted, ...
