@@ -123,6 +123,12 @@ def actor_name(task_id: str, attempt: int) -> str:
 _connect_lock = threading.Lock()
 
 
+# HTTP/2's connection preface and an empty SETTINGS frame; a server's first frame is SETTINGS.
+_HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes((0, 0, 0, 4, 0, 0, 0, 0, 0))
+_FRAME_HEADER = 9
+_SETTINGS_FRAME = 4
+
+
 def connect(address: str) -> None:
     """Join the Ray cluster at *address* (empty: ``RAY_ADDRESS``, else this machine's)."""
     ray = _ray()
@@ -147,21 +153,36 @@ def connect(address: str) -> None:
 
 
 def _probe(address: str) -> None:
-    """Raise BadInputError when nothing listens at a ``HOST:PORT`` *address*.
+    """Raise BadInputError unless a gRPC server (a Ray head) answers at ``HOST:PORT`` *address*.
 
-    ``ray.init`` waits minutes for a head that is not there; a plain connection says so in
-    seconds. Other forms (empty: this machine's cluster, ``ray://``) are left to Ray.
+    ``ray.init`` waits minutes for a head that is not there, and about ten for one where
+    something else listens; an HTTP/2 greeting says so in seconds (a gRPC server answers it
+    with its settings). Other forms (empty: this machine's cluster, ``ray://``), and clusters
+    speaking TLS, are left to Ray.
     """
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+        conn = socket.create_connection((host, int(port)), timeout=PROBE_SECONDS)
     except OSError as exc:
         raise BadInputError(
             f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; start one with "
             "`ray start --head` or pass --ray-address"
         ) from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
+            return
+        answer = b""
+        with contextlib.suppress(OSError):  # a reset or no answer: not a gRPC server
+            conn.sendall(_HTTP2_GREETING)
+            while len(answer) < _FRAME_HEADER and (chunk := conn.recv(_FRAME_HEADER)):
+                answer += chunk
+    if len(answer) < _FRAME_HEADER or answer[3] != _SETTINGS_FRAME:
+        raise BadInputError(
+            f"cannot reach a Ray cluster at {address}: what listens there is not a Ray head "
+            "(it does not speak gRPC); pass the address `ray start --head` printed"
+        )
 
 
 def remote_url(repo: git.Repo, remote: str) -> str:

@@ -1,0 +1,87 @@
+"""`--ray-address` where something other than a Ray head listens: refused in seconds, exit 2.
+
+A real listener on 127.0.0.1 each time (no cluster needed); a real head is the slow tests'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+
+pytest.importorskip("ray")
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A port that accepts connections and never says a word."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        held: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    held.append(server.accept()[0])
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield f"127.0.0.1:{server.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join()
+            for conn in held:
+                conn.close()
+
+
+@contextmanager
+def web_server() -> Iterator[str]:
+    """An HTTP/1.1 server, as on a dashboard's or an app's port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("listener", [silent_listener, web_server], ids=["silent", "http"])
+def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made(
+    tmp_path: Path, listener: Callable[[], contextlib.AbstractContextManager[str]]
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(repo, "remote", "add", "origin", str(remote))
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nagent = ["true"]\nexecutor = "ray"\n\n[[task]]\nid = "a"\nprompt = "x"\n'
+    )
+    with listener() as address:
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", str(tmp_path / "tasks.toml"),
+             "--ray-address", address],
+            cwd=repo, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        f"swarm: cannot reach a Ray cluster at {address}: what listens there is not a Ray head "
+        "(it does not speak gRPC); pass the address `ray start --head` printed\n"
+    )
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
