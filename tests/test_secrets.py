@@ -372,7 +372,19 @@ run('add', 'settings.py'); run('commit', '-qm', 'merge side'); run('branch', '-D
 """
 
 
-@pytest.mark.parametrize("where", ["message", "file name", "merge"])
+# The key's blob replaced by a harmless one (`git replace`): git shows the harmless one,
+# a push sends the real one.
+REPLACED = """
+run = lambda *a, **k: subprocess.run(['git', *a], check=True, capture_output=True, **k).stdout
+open('settings.py', 'w').write('KEY = "{key}"')
+run('add', 'settings.py'); run('commit', '-qm', 'settings')
+bad = run('rev-parse', 'HEAD:settings.py').strip()
+good = run('hash-object', '-w', '--stdin', input=b'KEY = None').strip()
+run('replace', bad, good)
+"""
+
+
+@pytest.mark.parametrize("where", ["message", "file name", "merge", "replaced"])
 def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch, where: str,
@@ -386,6 +398,7 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
             f"subprocess.run(['git', 'commit', '-qm', 'use {key}'], check=True)\n",
             "file name": f"open({key!r}, 'w').write('n')\n",
             "merge": MERGE_ADDING.replace("{key}", key),
+            "replaced": REPLACED.replace("{key}", key),
         }[where]
     )
     agent = write_agent(commit)
@@ -393,11 +406,16 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1
     line = pr.stdout.strip()
-    named = {"message": "its message", "file name": "[REDACTED]", "merge": "settings.py"}[where]
+    named = {
+        "message": "its message", "file name": "[REDACTED]", "merge": "settings.py",
+        "replaced": "settings.py",
+    }[where]  # fmt: skip
     assert line.startswith(f"t  failed  not pushing swarm/t: {named} (commit "), line
     assert "an Anthropic API key" in line
     assert key not in pr.stdout + pr.stderr
     assert git(bare, "for-each-ref") == ""
+    if where == "replaced":  # the reviewer sees what the branch holds
+        assert 'KEY = "[REDACTED]"' in swarm(repo, "diff", "t").stdout
 
 
 def test_copy_never_follows_a_symlink_out_of_the_repository(repo: Path, tmp_path: Path) -> None:

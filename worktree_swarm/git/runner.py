@@ -74,8 +74,15 @@ _EXEC_KEYS = {
     "uploadpack.packobjectshook": "",
 }
 _UNTRUSTED_SCOPES = ("local", "worktree")
-# On every command: never prompt, and messages in English (some are matched).
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LANGUAGE": "C", "LC_ALL": "C"}
+# On every command: never prompt, messages in English (some are matched), and the objects as
+# they are: a replace ref (`git replace`, `refs/replace/`) would show swarm a harmless blob
+# in place of the one a push sends, restores put back or a merge takes.
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "LANGUAGE": "C",
+    "LC_ALL": "C",
+    "GIT_NO_REPLACE_OBJECTS": "1",
+}
 
 
 def overrides(cwd: Path) -> list[str]:
@@ -426,6 +433,7 @@ class ObjectReader:
             raise GitError(f"directory {cwd} does not exist")
         drop_location_vars()
         self._git = gitpython.cmd.Git(cwd)
+        self._git.update_environment(**_GIT_ENV)
         self._lock = threading.Lock()
 
     def read(self, rev: str) -> bytes:

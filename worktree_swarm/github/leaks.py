@@ -8,15 +8,14 @@ key committed and deleted again is still in the history GitHub receives.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
 from worktree_swarm.infra import redact
-from worktree_swarm.infra.proc import clean_env
 
 # Blobs larger than this are scanned by their first bytes only (a key file is small).
 SCAN_LIMIT = 8 * 2**20
@@ -138,13 +137,7 @@ def _parse_raw(out: str) -> list[tuple[str, str, str]]:
 
 def _blob_head(repo: git.Repo, blob: str) -> str:
     # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
-    out = subprocess.run(
-        ["git", "cat-file", "blob", blob],
-        cwd=repo.root,
-        env=clean_env(),
-        capture_output=True,
-        check=True,
-    ).stdout
+    out = runner.run_bytes(repo.root, "cat-file", "blob", blob).stdout
     return out[:SCAN_LIMIT].decode("utf-8", errors="replace")
 
 
