@@ -914,6 +914,40 @@ def test_swarms_git_never_looks_inside_a_repository_an_agent_made(
     assert marker.exists()
 
 
+# A repository without a commit made in your checkout: git's `add` refuses it and adds
+# nothing at all, so a scan that failed on it was blind to everything written after it.
+UNBORN = (
+    COMMON
+    + """
+where = repo / sys.argv[3]
+subprocess.run(['git', 'init', '-q', str(where)], check=True)
+subprocess.run(['git', 'config', '--file', str(where / '.git' / 'config'),
+                'core.fsmonitor', f'touch {marker} #'], check=True)
+(repo / 'src' / 'app.py').write_text('import os  # backdoor\\n')
+(repo / 'src' / 'evil.py').write_text('planted\\n')
+"""
+)
+
+
+@pytest.mark.parametrize("where", ["cache", "src"], ids=["new-dir", "your-dir"])
+def test_a_repository_without_a_commit_made_in_your_checkout_hides_nothing_and_is_undone(
+    tmp_path: Path, write_agent: AgentFactory, where: str
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"src/app.py": "x = 1\n", "README.md": "hi\n"})
+    (repo / "src" / "notes.txt").write_text("yours, untracked\n")
+    before = checkout_state(repo)
+    marker = tmp_path / "planted-fsmonitor-ran"
+    run_one(repo, [*write_agent(UNBORN), str(repo), str(marker), where], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    assert "main checkout; restored" in str(row["reason"]), row
+    assert not (repo / where / ".git").exists()
+    assert checkout_state(repo) == before  # the backdoor, the new file: undone
+    git(repo, "status")  # your next git there runs nothing it planted
+    assert not marker.exists()
+
+
 # -- an operation in progress planted in the user's checkout -----------------------------------
 
 IN_PROGRESS = (

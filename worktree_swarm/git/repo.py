@@ -465,6 +465,11 @@ class EmbeddedRepositoryError(GitError):
 _UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)
 
 
+def unborn_repositories(add_errors: str) -> list[str]:
+    """The repositories without a commit that an `add`'s *add_errors* say stopped it."""
+    return _UNBORN.findall(add_errors)
+
+
 def _add(worktree: Path, exclude: Sequence[str], droppings: Sequence[str]) -> tuple[str, list[str]]:
     """`add --all` but *exclude* and *droppings*: its output, and repositories without a commit.
 
@@ -483,7 +488,7 @@ def _add(worktree: Path, exclude: Sequence[str], droppings: Sequence[str]) -> tu
             res = _run(worktree, [*_ADD, "--", *pathspec], check=False)
         else:
             res = _run(worktree, _ADD, check=False)
-        found = [p for p in _UNBORN.findall(res.stderr) if p not in unborn]
+        found = [p for p in unborn_repositories(res.stderr) if p not in unborn]
         if res.returncode == 0 or not found:
             if res.returncode != 0:
                 raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)

@@ -50,11 +50,36 @@ def restore_checkout(
                 git.git(root, "update-ref", "--no-deref", "HEAD", base.head)
         if now.index != base.index and not put_index(root, saved_index):
             return False
-        put_files(root, base.tree, changed_paths(root, base.tree, now.tree))
+        paths = changed_paths(root, base.tree, now.tree)
+        for _ in range(_NESTING):
+            made = _new_repositories(root, base.tree, now.tree, paths)
+            if not made:
+                break
+            # Only the repository's git dir goes (a planted config's fsmonitor would run in
+            # your next git there); what it hid is then seen, and put back, like any file.
+            for rel in made:
+                remove(root / rel / ".git")
+            now = capture(root, scratch, exclude)
+            paths = changed_paths(root, base.tree, now.tree)
+        put_files(root, base.tree, paths)
         restored = capture(root, scratch, exclude)
     except (SwarmError, OSError):
         return False
     return restored == base
+
+
+_NESTING = 8  # repositories made inside repositories made: undone a level at a time
+
+
+def _new_repositories(root: Path, base: str, now: str, paths: Sequence[str]) -> list[str]:
+    """The *paths* that are a repository (a gitlink) in tree *now* but not in tree *base*."""
+    made = _tree_entries(root, now, paths)
+    had = _tree_entries(root, base, paths)
+    return [
+        rel for rel, (mode, _) in made.items()
+        if mode == "160000" and had.get(rel, ("",))[0] != "160000"
+        and os.path.lexists(root / rel / ".git")
+    ]  # fmt: skip
 
 
 def put_index(root: Path, saved: Path) -> bool:

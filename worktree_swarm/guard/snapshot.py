@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot, short_ref
@@ -15,19 +16,37 @@ REF_PATTERNS = ("refs/heads/", "refs/tags/", "refs/stash", "refs/swarm/keep/")
 # git's full stat check, whatever the repository's config says: a file rewritten with its size
 # and mtime kept still differs in ctime (which no unprivileged process can set back).
 STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
+# What a gitlink of a repository without a commit points at in a capture (hashed, not stored).
+UNBORN = "swarm: a repository without a commit\n"
 
 
 def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     """HEAD, staged entries and every file git would see in *path* (via the *scratch* index).
 
     A checked-out submodule counts by the commit it has checked out: `add` would start git
-    inside it, under its own config and attributes, which an agent can write.
+    inside it, under its own config and attributes, which an agent can write. A repository
+    without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
+    ``UNBORN``: left out, it would hide the checkout from every scan.
     """
     env = {"GIT_INDEX_FILE": str(scratch)}
     links = git.populated_gitlinks(path, env)
     git.stage_gitlinks(path, links, env)
     skip = [f":(exclude,literal,top){link}" for link in links]
-    git_env(path, env, *STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
+    unborn: list[str] = []
+    while True:
+        left_out = [f":(exclude,literal,top){p}" for p in unborn]
+        args = (*STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
+        done = runner.run(path, *args, *left_out, env=env, check=False)
+        found = [p for p in git.unborn_repositories(done.stderr) if p not in unborn]
+        if done.returncode == 0 or not found:
+            if done.returncode != 0:
+                raise CommandError(["git", "add"], done.returncode, done.stdout + done.stderr)
+            break
+        unborn += found
+    if unborn:
+        mark = git_env(path, env, "hash-object", "--stdin", input_text=UNBORN).strip()
+        entries = [arg for p in unborn for arg in ("--cacheinfo", f"160000,{mark},{p}")]
+        git_env(path, env, "update-index", "--add", *entries)
     tree = git_env(path, env, "write-tree").strip()
     return Snapshot(
         head_ref=symbolic_head(path),
@@ -71,9 +90,9 @@ def status_field(status_out: str, name: str) -> str:
     return next((r[len(prefix) :] for r in status_out.split("\0") if r.startswith(prefix)), "")
 
 
-def git_env(cwd: Path, env: dict[str, str], *args: str) -> str:
+def git_env(cwd: Path, env: dict[str, str], *args: str, input_text: str | None = None) -> str:
     """``git *args`` in *cwd* with *env* added to a clean environment."""
-    return runner.run(cwd, *args, env=env).stdout
+    return runner.run(cwd, *args, env=env, input_text=input_text).stdout
 
 
 def index_path(path: Path) -> Path:

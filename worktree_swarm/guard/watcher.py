@@ -58,7 +58,7 @@ from worktree_swarm.guard.model import (
     short_ref,
 )
 from worktree_swarm.guard.objects import ObjectWatch
-from worktree_swarm.guard.restore import restore_checkout, restore_ref
+from worktree_swarm.guard.restore import remove, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import (
     SYMBOLIC,
     capture,
@@ -103,6 +103,11 @@ class _Place:
     status: str  # quick fingerprint: `git status` with branch and commit, as of the baseline
     compared: float = 0.0  # when git last compared it (monotonic clock), for the sweep
     seen: float = 0.0  # when the change test last found it untouched (attribution's window)
+    # A user's checkout: its directories git sees into, and those holding a `.git` already.
+    # A `.git` made in one of them hides nothing from git's view of the checkout, yet your
+    # next git command there reads that repository's config (its fsmonitor runs).
+    dirs: tuple[str, ...] = ()
+    repos: frozenset[str] = frozenset()
 
     @property
     def users(self) -> bool:
@@ -649,9 +654,13 @@ class Guard:
         # The user's checkouts are always compared in full; a task worktree first by status.
         place_status = "" if users else status(path)
         base = None
+        dirs: list[str] = []
         if users or not is_clean(place_status):
             _seed(scratch, saved)
             base = capture(path, scratch, self._exclude if where == MAIN else ())
+        if users and base is not None:
+            out = git.git(path, "ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
+            dirs = [d for d in out.split("\0") if d]
         return _Place(
             where=where,
             path=path,
@@ -661,6 +670,8 @@ class Guard:
             checked=began,
             status=place_status,
             compared=time.monotonic(),
+            dirs=tuple(dirs),
+            repos=frozenset(_repositories_in(path, dirs)),
         )
 
     def _git_files(self, admin: Path) -> list[Path]:
@@ -943,6 +954,7 @@ class Guard:
         (by default, when it was last seen as its baseline).
         """
         window = (place.checked if since is None else since, began)
+        made = self._made_repositories(place, window)
         if (
             quick
             and not (thorough and place.base is not None)
@@ -955,7 +967,7 @@ class Guard:
         base = self._base(place)
         if now == base:
             place.checked = began
-            return []
+            return made
         paths = changed_paths(place.path, base.tree, now.tree)
         head = ""
         if (now.head_ref, now.head) != (base.head_ref, base.head):
@@ -966,7 +978,7 @@ class Guard:
         if not suspects:
             # Nobody of ours was running: the user worked here. Take it as the new baseline.
             self._watch(place.where, place.path)
-            return []
+            return made
         patch = files_patch(place.path, base.tree, now.tree, paths)
         restored = False
         if self.restore:
@@ -994,7 +1006,28 @@ class Guard:
             ),
             patch_text=patch,
         )
-        return [violation]
+        return [*made, violation]
+
+    def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+        """A `.git` made in a directory of a user's checkout: removed, unless the user made it."""
+        made = [d for d in _repositories_in(place.path, place.dirs) if d not in place.repos]
+        if not made:
+            return []
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        if not suspects:
+            place.repos |= set(made)
+            return []
+        if self.restore:
+            for rel in made:
+                remove(place.path / rel / ".git")
+        paths = tuple(f"{rel}/.git" for rel in made)
+        restored = self.restore and not _repositories_in(place.path, made)
+        patch = "".join(f"# {p}: a repository made in your checkout, removed\n" for p in paths)
+        violation = Violation(
+            number=0, where=place.where, paths=paths, suspects=suspects, restored=restored
+        )
+        return [self._record(violation, patch_text=patch)]
 
     def _base(self, place: _Place) -> Snapshot:
         """*place*'s baseline; one that was clean is rebuilt from its commit and saved index."""
@@ -1037,6 +1070,11 @@ class Guard:
         if self._on_record is not None:
             self._on_record(done)
         return done
+
+
+def _repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
+    """Those of *dirs* (under *root*) that hold a ``.git`` of their own."""
+    return [d for d in dirs if os.path.lexists(root / d / ".git")]
 
 
 def _seed(scratch: Path, saved: Path) -> None:
