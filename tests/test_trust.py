@@ -300,6 +300,66 @@ agent = {argv_toml(bad)}
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
 
 
+# Your branch's objects moved out of the store into the agent's worktree (which `swarm clean`
+# deletes), and an alternates file naming that copy, so that git still finds them all.
+STEAL_OBJECTS = (
+    COMMON
+    + """
+import shutil
+store = pathlib.Path('.cache', 'objects').resolve()
+pathlib.Path('.gitignore').write_text('.cache/\\n')
+listed = subprocess.run(['git', '-C', str(repo), 'rev-list', '--objects', 'main'],
+                        capture_output=True, text=True, check=True).stdout.split()
+for sha in [word for word in listed if len(word) == 40]:
+    source = common / 'objects' / sha[:2] / sha[2:]
+    if source.exists():
+        (store / sha[:2]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, store / sha[:2] / sha[2:])
+        source.unlink()
+attempt(lambda: (common / 'objects' / 'info' / 'alternates').write_text(f'{store}\\n'))
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_your_objects_moved_out_behind_an_alternates_file_are_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    history = git(repo, "log", "-p", "main")
+    run_one(repo, [*write_agent(STEAL_OBJECTS), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    assert all(w["restored"] for w in outside_writes(repo))
+    assert not (repo / ".git" / "objects" / "info" / "alternates").exists()
+    assert swarm(repo, "clean", "--yes").returncode == 0  # the agent's copy goes with it
+    assert not (repo.parent / "repo.swarm" / "bad").exists()
+    assert git(repo, "log", "-p", "main") == history
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
+DELETE_DEEP_BLOB = (
+    COMMON
+    + """
+blob = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'main~1:README.md'],
+                      capture_output=True, text=True, check=True).stdout.strip()
+(common / 'objects' / blob[:2] / blob[2:]).unlink()
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_an_object_deep_in_your_history_that_an_agent_deletes_is_back_after_the_run(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    (repo / "README.md").write_text("second\n")
+    git(repo, "commit", "-qam", "second")
+    run_one(repo, [*write_agent(DELETE_DEEP_BLOB), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    assert git(repo, "show", "main~1:README.md") == "hello"
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/held"))  # let go
+
+
 WHEN_VICTIM_DONE = """
 import os, sqlite3, subprocess, time
 common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],

@@ -9,6 +9,8 @@ the sandbox keeps read-only: a broken task branch gets its objects back from the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
@@ -64,8 +66,39 @@ def keep(root: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]
     )
 
 
-def recover(common: Path, pack_dir: Path) -> None:
-    """Put the kept packs back into the object store (git skips objects it has twice)."""
+def hold(common: Path, held: Path) -> None:
+    """Hard-link every object file of *common*'s store (loose objects, packs) under *held*.
+
+    git never rewrites an object file, so a link is the file as it will stay: one an agent
+    deletes (or moves into a store of its own) stays here and can be put back. It costs a
+    directory entry per file, no data, until the run lets go of them (:func:`let_go`).
+    """
+    objects = common / "objects"
+    for directory in os.scandir(objects):
+        if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
+            continue
+        target = held / directory.name
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(directory.path):
+            if entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileExistsError, FileNotFoundError):
+                    os.link(entry.path, target / entry.name)
+
+
+def let_go(held: Path) -> None:
+    """Drop the links :func:`hold` made (what git removed since is freed then)."""
+    shutil.rmtree(held, ignore_errors=True)
+
+
+def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
+    """Put the kept packs, and the held object files missing now, back into the object store.
+
+    git skips objects it has twice.
+    """
+    if held is not None:
+        for source, dest in _gone(common, held):
+            dest.parent.mkdir(exist_ok=True)
+            os.link(source, dest)
     if not pack_dir.is_dir():
         return
     target = common / "objects" / "pack"
@@ -80,6 +113,41 @@ def recover(common: Path, pack_dir: Path) -> None:
             if not dest.exists():
                 shutil.copyfile(source, dest)
                 dest.chmod(0o444)
+
+
+def recover_held(root: Path, common: Path, held: Path) -> None:
+    """Link back each held object git no longer finds (a pack: each pack that is gone).
+
+    For the end of a run, when the refs are complete: an object deep in your history is not
+    asked about on every scan. A loose file git removed because a pack holds its object now
+    (`gc`) stays removed.
+    """
+    gone = _gone(common, held)
+    loose = {f"{dest.parent.name}{dest.name}": (source, dest) for source, dest in gone
+             if dest.parent.name != "pack"}  # fmt: skip
+    present = _batch_check(root, sorted(loose))
+    for source, dest in gone:
+        name = f"{dest.parent.name}{dest.name}"
+        if name not in loose or name not in present:
+            dest.parent.mkdir(exist_ok=True)
+            os.link(source, dest)
+
+
+def _gone(common: Path, held: Path) -> list[tuple[Path, Path]]:
+    """(held file, where it was) for each held object file missing from the store.
+
+    A pack's index comes after its pack, as git writes them.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        for entry in os.scandir(directory.path):
+            dest = objects / directory.name / entry.name
+            if not os.path.lexists(dest):
+                found.append((Path(entry.path), dest))
+    return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
 
 
 def keep_ref(ref: str) -> str:

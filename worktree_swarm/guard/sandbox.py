@@ -43,8 +43,12 @@ _KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 # the guard's to catch (guard.md).
 _PROTECTED = (
     "hooks", "config", "config.worktree", "info", "HEAD", "index", "modules", "commondir",
-    "rr-cache", "remotes", "branches",
+    "rr-cache", "remotes", "branches", "objects/info",
 )  # fmt: skip
+# Those of them git makes only when first needed, made empty before a run takes its baseline:
+# a path that does not exist cannot be bound read-only, and the agent could make it. (Not
+# `rr-cache`, whose existence turns rerere on, nor `commondir`: both are watched.)
+_MADE_EMPTY = ("hooks", "info", "modules", "remotes", "branches", "objects/info")
 # The same in a clone of the agent's own, whose HEAD and index are its own.
 _PROTECTED_IN_CLONE = ("hooks", "config", "config.worktree", "info", "modules")
 # coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the
@@ -113,6 +117,12 @@ def confine(
     wrapped = wrap(argv, box)
     kept = {k: v for k, v in env.items() if k not in _COVERAGE_HOOK}
     return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
+
+
+def prepare(common_dir: Path) -> None:
+    """Make the protected directories of the git dir *common_dir* that do not exist yet."""
+    for name in _MADE_EMPTY:
+        (common_dir / name).mkdir(exist_ok=True)
 
 
 def release(box: Confinement) -> None:

@@ -6,7 +6,8 @@
 checkout's scan), the same files of each submodule's git dir under ``modules/``, the state
 of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD``...),
 ``shallow``, a ``commondir`` planted at the top of the git dir (it would point your next git
-at another repository's config), old-style remotes (``remotes/``, ``branches/``) and rerere's
+at another repository's config), the object stores ``objects/info/alternates`` adds,
+old-style remotes (``remotes/``, ``branches/``) and rerere's
 recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the baseline, so
 a change can be shown as a patch and undone exactly. And every symlink where git writes for
 your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but
@@ -43,6 +44,10 @@ _IN_PROGRESS_FILES = (
 # start `gc --auto`) for clients fetching over dumb HTTP: a list of refs, no program runs from
 # it. (A symlink there is still watched.)
 _GENERATED = frozenset({"info/refs"})
+
+# Other object stores git reads objects from: objects moved out of yours into one an agent
+# names (its worktree, which `swarm clean` deletes) are still found, so nothing looks missing.
+ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
 
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
@@ -87,7 +92,7 @@ def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) ->
     for top in (common, *admins):
         _add_links(found, common, top)
     _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
-    for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES):
+    for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES, *ALTERNATES):
         _add(found, common, common / name)
     _add_worktree_configs(found, common)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):

@@ -146,6 +146,7 @@ class Guard:
             if p.is_relative_to(root) and p != root
         )
         self._dir = work_dir
+        self._held = work_dir / "held"  # links to the object files there were at the baseline
         self._lock = TurnLock()
         self._places: dict[str, _Place] = {}
         self._busy: dict[str, int] = {}
@@ -203,6 +204,8 @@ class Guard:
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
+            with self._job("objects"):  # failing, deleted objects of yours cannot come back
+                integrity.hold(self.repo.common_dir, self._held)
             self._refs = read_refs(self.repo.root)
             self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
@@ -455,6 +458,9 @@ class Guard:
             self._changes.close()  # the last scan: its events are of no use any more
             if self._objects is not None:
                 self._objects.close()
+            with self._job("objects"):
+                integrity.recover_held(self.repo.root, self.repo.common_dir, self._held)
+            integrity.let_go(self._held)
         # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
         # changing, or without inotify): the pause keeps that under a tenth of the time. The
         # rest of a scan is cheap, and flagged task worktrees have their budget.
@@ -708,8 +714,16 @@ class Guard:
         patch = surface.patch(common, self._surface, now, labels)
         restored = False
         if self.restore:
+            back = labels
+            if set(labels) & set(surface.ALTERNATES):
+                # Objects may have been moved out into the store it names: all that the refs
+                # reach is copied into a pack of the repository's own before it is put back.
+                back = [label for label in labels if label not in surface.ALTERNATES]
+                with self._job("objects"):
+                    git.git(self.repo.root, "repack", "-a", "-q")
+                    back = labels
             with contextlib.suppress(OSError):  # not restored is recorded as such
-                surface.put_back(common, self._surface, labels)
+                surface.put_back(common, self._surface, back)
             restored = not surface.changed(self._surface, self._read_surface())
         if restored:
             self._surface_checked = time.time()
@@ -850,7 +864,7 @@ class Guard:
         again: set[str] = set()
         if broken:
             with contextlib.suppress(OSError):  # what is still broken is reported as such
-                integrity.recover(common, pack_dir)
+                integrity.recover(common, pack_dir, self._held)
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
         found = self._broken(broken, again, refs, window)
         good_now = {r: s for r, s in refs.items() if r not in again}

@@ -233,6 +233,8 @@ class Runner:
 
     def _execute(self) -> dict[str, TaskState]:
         self._emit("run_started", None, {"run_id": self.run_id, "base": self.base_commit})
+        if self.spec.sandbox and self.spec.executor is not Executor.RAY:
+            sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
         self.guard.start()
         self.guard.watch_in_background()
         try:
