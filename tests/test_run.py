@@ -654,6 +654,23 @@ def test_logs_show_agent_output(repo: Path, write_agent: AgentFactory) -> None:
     assert "to stderr" in out.stdout
 
 
+def test_logs_reach_your_terminal_without_an_agents_escapes(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(
+        "import sys\n"
+        "sys.stdout.write('\\x1b]0;pwned\\x07title \\x1b[2Jclear \\x1b]52;c;ZWNobyBoaQ==\\x07clip'"
+        " ' \\u202eevil\\n50%\\r100%\\n')\n"
+        "open('f', 'w')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "talk=x").returncode == 0
+    cli = [sys.executable, "-m", "worktree_swarm.cli", "logs", "talk"]
+    out = subprocess.run(cli, cwd=repo, capture_output=True, check=True).stdout.decode()
+    assert "title" in out and "clear" in out and "clip" in out and "evil" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "50%\r100%\n" in out  # a progress bar still redraws its line
+
+
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     out = subprocess.run(

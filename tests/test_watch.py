@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
+from textual.widgets import DataTable
 
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm, wait_for
@@ -104,6 +105,7 @@ def test_stop_key_stops_a_real_agent_and_retry_starts_one(
             await until(pilot, lambda: not _alive(pid), "the stopped agent to be gone")
             await until(pilot, lambda: app.rows["alpha"].state == "stopped", "alpha stopped")
             assert app.rows["beta"].state == "running"
+            assert cut_cells(app) == []  # what came after the first values shown is whole
             # beta finishes, the manager ends; then a retry starts a new agent for alpha.
             gate.write_text("go")
             await until(pilot, lambda: app.rows["beta"].state == "done", "beta done", 90)
@@ -124,6 +126,17 @@ def test_stop_key_stops_a_real_agent_and_retry_starts_one(
     second = store_attempts(repo, "alpha")
     assert second[-1].number == 2
     assert git(repo, "show", "swarm/alpha:alpha.txt") == "work"
+
+
+def cut_cells(app: WatchApp) -> list[str]:
+    """The cells of the task table wider than their column: shown cut."""
+    table = app.query_one("#tasks", DataTable)
+    return [
+        f"{task}/{key.value}: {table.get_cell(task, key)}"
+        for task in app.rows
+        for key, column in table.columns.items()
+        if column.content_width < table.get_cell(task, key).cell_len
+    ]
 
 
 def store_attempts(repo: Path, task_id: str) -> list[Any]:

@@ -25,8 +25,8 @@ def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> 
     return flat[: limit - 1] + "…"
 
 
-def printable(text: str) -> str:
-    """*text* with every control and format character but newline and tab made a space.
+def printable(text: str, *, keep: str = "\n\t") -> str:
+    """*text* with every control and format character but those in *keep* made a space.
 
     Lines from outside (an agent's output, a check's, a file name) shown on a terminal can
     then neither move the cursor, retitle the window, write the clipboard (OSC 52) nor
@@ -35,7 +35,7 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(
-        c if c in "\n\t" or not unicodedata.category(c).startswith("C") else " " for c in text
+        c if c in keep or not unicodedata.category(c).startswith("C") else " " for c in text
     )
 
 

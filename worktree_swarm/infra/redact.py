@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from worktree_swarm.core.text import printable
+
 REDACTED = "[REDACTED]"
 # Literal secret values shorter than this are not replaced everywhere: "1" or "true" would
 # mangle every text while protecting nothing.
@@ -307,7 +309,11 @@ _PARTIAL_LIMIT = 1 << 16
 
 
 class RedactingWriter:
-    """Bytes to *out* a line at a time through :func:`redact` (a secret is never split)."""
+    """Bytes to *out* a line at a time through :func:`redact` (a secret is never split).
+
+    Shown on a terminal, so made printable too: an agent's escapes reach no terminal (a
+    carriage return stays, for progress bars).
+    """
 
     def __init__(self, out: BinaryIO) -> None:
         """Write to *out* (flushed after each write)."""
@@ -344,6 +350,6 @@ class RedactingWriter:
         self.flush_partial()
 
     def _emit(self, data: bytes) -> None:
-        text = data.decode("utf-8", errors="surrogateescape")
+        text = printable(data.decode("utf-8", errors="surrogateescape"), keep="\n\t\r")
         self._out.write(redact(text).encode("utf-8", errors="surrogateescape"))
         self._out.flush()

@@ -184,7 +184,8 @@ class WatchApp(App[None]):
     def _redraw(self, task_id: str, row: TaskStatus) -> None:
         table = self.query_one("#tasks", DataTable)
         for column, value in zip(COLUMNS, cells(row, marked=task_id in self.marked), strict=True):
-            table.update_cell(task_id, column or "mark", value)
+            # Widened to fit: a state, cost or reason longer than the first one shown stays whole.
+            table.update_cell(task_id, column or "mark", value, update_width=True)
 
     def _show_selected(self) -> None:
         task_id = self.selected
