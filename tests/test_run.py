@@ -315,6 +315,8 @@ def test_stop_kills_the_tree_and_keeps_work(
         assert not pid_alive(int((pids / name).read_text()))
     assert status_json(repo)["hang"]["state"] == "stopped"
     assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+    # The run ended by `swarm stop`, as one whose manager was gone would say.
+    assert json.loads(swarm(repo, "status", "--json").stdout)["run_state"] == "stopped"
 
 
 def test_interrupt_stops_agents_and_exits_130(

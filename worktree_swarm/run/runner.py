@@ -259,7 +259,9 @@ class Runner:
             self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
             self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value})
             raise
-        status = RunStatus.STOPPED if self._stopping.is_set() else RunStatus.FINISHED
+        # As for a run whose manager is gone (control.end_if_final): `swarm stop` ended it.
+        stopped = TaskState.STOPPED in self._states.values()
+        status = RunStatus.STOPPED if self._stopping.is_set() or stopped else RunStatus.FINISHED
         self._poll_stop_requests()
         self._scrub_logs()
         self.store.finish_run(self.run_id, status=status)
