@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import git, script_interpreter
@@ -31,8 +32,10 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from tests.test_watch import open_app, run_async
 from worktree_swarm.core.errors import ManagerLockedError
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.report import status
 from worktree_swarm.run import background
 
 FAKE_CLAUDE = r'''#!PYTHON
@@ -674,6 +677,47 @@ def test_resume_adopts_live_agents_without_launching_them_again(
     for i in ids:
         assert len(calls(fake_claude, i)) == 1
         assert branch_file(repo, f"swarm/{i}", f"{i}.txt") == "finished"
+
+
+def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
+    repo: Path, fake_claude: Path
+) -> None:
+    # The machine went down (OOM, power): the manager, the shim and the agent at once.
+    plan(fake_claude, "a", "wait")
+    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    try:
+        wait_for((fake_claude / "a.pid").exists, what="the agent")
+        manager = psutil.Process(proc.pid)
+        everything = [*manager.children(recursive=True), manager]
+        for process in everything:
+            process.kill()
+        psutil.wait_procs(everything, timeout=30)
+    finally:
+        (fake_claude / "go").touch()
+        proc.kill()
+    ((_number, _outcome, started, _ended),) = attempts(repo, "a")
+    log = next((repo / ".git" / "swarm" / "runs").glob("*/a/attempt-1.log"))
+    os.utime(log, (started + 3, started + 3))  # its last line, 3 s in
+    r = open_repo(repo)
+    with status.open_store(r) as store:
+        run_id = status.resolve_run(store, None)
+        rows = [status.task_status(store, run_id, now=started + at)[0] for at in (60, 600)]
+    assert [row.elapsed_s for row in rows] == [3.0, 3.0]  # no clock runs for the dead
+    app, store = open_app(repo)
+
+    async def look() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await pilot.pause()
+            assert "manager not running" in app.sub_title  # as `swarm status` says
+
+    try:
+        run_async(look)
+    finally:
+        store.close()
+    assert swarm(repo, "resume").returncode == 1  # it failed: no exit status, no result
+    ((_number, outcome, _started, ended),) = attempts(repo, "a")
+    assert outcome == "failed"
+    assert ended == pytest.approx(started + 3)  # not the moment resume found it gone
 
 
 def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:

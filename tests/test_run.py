@@ -668,8 +668,8 @@ def test_logs_reach_your_terminal_without_an_agents_escapes(
     assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "talk=x").returncode == 0
     cli = [sys.executable, "-m", "worktree_swarm.cli", "logs", "talk"]
     out = subprocess.run(cli, cwd=repo, capture_output=True, check=True).stdout.decode()
-    assert "title" in out and "clear" in out and "clip" in out and "evil" in out
-    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert all(word in out for word in ("title", "clear", "clip", "evil"))
+    assert not any(char in out for char in "\x1b\x07\u202e")
     assert "50%\r100%\n" in out  # a progress bar still redraws its line
 
 

@@ -154,6 +154,15 @@ def resolve_run(store: Store, run_id: str | None) -> str:
     return run_id
 
 
+def _last_sign_of_life(attempt: AttemptRow) -> float:
+    """When the agent of an open attempt that no longer runs last wrote to its log."""
+    try:
+        written = Path(attempt.log_path).stat().st_mtime
+    except OSError:
+        written = attempt.started_at
+    return max(written, attempt.started_at)
+
+
 def task_status(
     store: Store,
     run_id: str,
@@ -185,7 +194,10 @@ def task_status(
         alive = attempt is not None and attempt.ended_at is None and _alive(attempt)
         elapsed = None
         if task.started_at is not None:
-            elapsed = round((task.ended_at or now) - task.started_at, 3)
+            end = task.ended_at or now
+            if attempt is not None and attempt.ended_at is None and not alive:
+                end = _last_sign_of_life(attempt)  # no clock runs for a dead agent
+            elapsed = round(end - task.started_at, 3)
         present = task.task_id not in taken and Path(task.worktree).is_dir()
         used = None
         if disk and task.disk_actual is not None and (task.state.is_final or not present):

@@ -771,6 +771,9 @@ class TaskWorker(RunWorker):
         )
         log_path = Path(attempt.log_path)
         agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
+        # Gone already and nothing wrote its end down (the machine went down with it): it
+        # ended no later than... its last sign of life, not when this manager noticed.
+        gone_since = None if agent.alive() else time.time() - agent.idle_seconds()
         self._state(live.task.id, TaskState.RUNNING, reason="")
         task = fallback.task_for(live.task, profile)
         self.gate.adopt(provider_of(profile))
@@ -784,7 +787,7 @@ class TaskWorker(RunWorker):
                 self.guard.agent_ended(live.task.id)
             # What the shim saw, when the agent ended while no manager watched it.
             shim = supervisor.read_record(supervisor.record_path(log_path))
-            code, end = (None, None) if shim is None else (shim.exit_code, shim.ended_at)
+            code, end = (None, gone_since) if shim is None else (shim.exit_code, shim.ended_at)
             cost = self._record(attempt.id, live.task.id, ended, code, ended_at=end)
         finally:
             self.gate.release(provider_of(profile), cost_usd=cost)

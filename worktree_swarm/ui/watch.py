@@ -142,7 +142,6 @@ class WatchApp(App[None]):
 
     def on_mount(self) -> None:
         """Fill the table and start polling the store."""
-        self.sub_title = f"run {self.run_id}"
         table = self.query_one("#tasks", DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column or "mark")
@@ -167,6 +166,9 @@ class WatchApp(App[None]):
         except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
             return
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id)}
+        # As `swarm status` says beside the run id: a manager that is gone, a paused one.
+        notes = status.manager_status(self.repo, self.store, self.run_id).lines()
+        self.sub_title = " · ".join([f"run {self.run_id}", *notes])
         if list(rows) != list(self.rows):
             keep = self.selected
             table.clear()
