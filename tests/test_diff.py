@@ -123,7 +123,11 @@ def test_diff_redacts_the_secrets_of_a_tasks_own_env(tmp_path: Path) -> None:
     value = "task-env-secret-3f9a-77c1"
     agent = tmp_path / "agent.py"
     agent.write_text(
-        "import os, pathlib\npathlib.Path('v.txt').write_text(os.environ['APP_TOKEN'])\n"
+        "import os, pathlib, subprocess\n"
+        "pathlib.Path('v.txt').write_text(os.environ['APP_TOKEN'])\n"
+        # Committed by the agent itself: swarm's own commit would leave the file out.
+        "subprocess.run(['git', 'add', 'v.txt'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'v'], check=True)\n"
     )
     path = repo.parent / "tasks.toml"
     path.write_text(

@@ -702,7 +702,7 @@ def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     with status.open_store(r) as store:
         run_id = status.resolve_run(store, None)
         rows = [status.task_status(store, run_id, now=started + at)[0] for at in (60, 600)]
-    assert [row.elapsed_s for row in rows] == [3.0, 3.0]  # no clock runs for the dead
+    assert [row.elapsed_s for row in rows] == pytest.approx([3.0, 3.0], abs=0.01)  # no clock
     app, store = open_app(repo)
 
     async def look() -> None:

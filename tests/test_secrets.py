@@ -284,6 +284,9 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
         "import os, pathlib, shutil\n"
         "if os.environ['SWARM_TASK_ID'] == 'leaky':\n"
         "    shutil.copy('.env', '.env.example')  # the values, under a name copy does not know\n"
+        "    import subprocess  # committed by the agent itself (swarm's commit leaves it out)\n"
+        "    subprocess.run(['git', 'add', '.env.example'], check=True)\n"
+        "    subprocess.run(['git', 'commit', '-qm', 'example'], check=True)\n"
         "    key = pathlib.Path('.env').read_text().split()[0].split('=')[1]\n"
         "    print('using', key, flush=True)\n"
         "else:\n"  # a word that is also a value in .env: not a reason to refuse
@@ -357,6 +360,58 @@ def test_pr_refuses_a_branch_holding_a_credential(
     assert "\n" not in line
     assert git(bare, "for-each-ref") == ""
     assert fake_github.pulls == {}
+
+
+def test_a_file_holding_a_secret_value_is_left_out_of_swarms_commit_and_the_task_fails(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-ant-api03-" + "d" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    agent = write_agent(
+        "import json, os\n"
+        "open('env.json', 'w').write(json.dumps(dict(os.environ)))\n"
+        "open('README.md', 'a').write('key: ' + os.environ['ANTHROPIC_API_KEY'])\n"
+        "open('work.txt', 'w').write('work')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith(
+        "wrote the value of a secret into README.md, env.json: left out of its commit, it stays in "
+    )
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert git(repo, "show", "swarm/t:README.md") == "hello"  # as it was: yours, unchanged
+    assert key not in git(repo, "log", "-p", "--all")
+    assert key in (repo.parent / "repo.swarm" / "t" / "env.json").read_text()  # not lost
+
+
+def test_merge_refuses_a_branch_holding_a_credential_as_pr_does(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A careless agent dumps its environment into a file and commits it itself.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 30)
+    leaky = write_agent(
+        "import json, os, subprocess\n"
+        "open('env.json', 'w').write(json.dumps(dict(os.environ)))\n"
+        "subprocess.run(['git', 'add', 'env.json'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'debug'], check=True)\n"
+    )
+    fine = write_agent("open('fine.txt', 'w').write('fine')\n")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "leaky"\nprompt = "p"\nagent = {argv_toml(leaky)}\n'
+        f'[[task]]\nid = "fine"\nprompt = "p"\nagent = {argv_toml(fine)}\n',
+    )
+    assert swarm(repo, "run", path).returncode == 0
+    out = swarm(repo, "merge")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    (refused,) = [line for line in lines if line.split()[:2] == ["skipped", "leaky"]]
+    assert "not merging swarm/leaky: env.json (commit " in refused
+    assert refused.endswith("holds an Anthropic API key; remove it from the branch's history")
+    target = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    assert git(repo, "ls-tree", "-r", "--name-only", target) == "README.md\nfine.txt"
+    assert "k" * 30 not in out.stdout + out.stderr
 
 
 # A merge commit whose own content (not either parent's) holds the key: a conflict resolved

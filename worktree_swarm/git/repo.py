@@ -18,6 +18,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
+from worktree_swarm.infra import redact
 
 if TYPE_CHECKING:
     import subprocess
@@ -391,6 +392,7 @@ def checkpoint(
     author: str,
     exclude: Sequence[str] = (),
     droppings: Sequence[str] = (),
+    report_secrets: bool = False,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
@@ -404,7 +406,9 @@ def checkpoint(
     a merge (cherry-pick, revert, rebase) waits with unresolved conflicts. Hooks are skipped
     (``--no-verify``) and *author* (``Name <email>``) is also the committer. A checkout that
     was never populated (see :func:`checkout_incomplete`) is repaired first instead of
-    committing its missing files as deletions.
+    committing its missing files as deletions. A file holding the value of a secret
+    environment variable is left out (staged as it was); with *report_secrets* that raises
+    SecretLeftOutError once the rest is committed.
     """
     env = identity_env(author)
     repair_checkout(worktree)
@@ -437,10 +441,63 @@ def checkpoint(
         literal = [f":(literal,top){path}" for path in linked]
         _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
+    secret = _holding_secrets(worktree, added)
+    if secret:  # staged as they were at the last commit: never in one of swarm's commits
+        literal = [f":(literal,top){path}" for path in secret]
+        _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, embedded, head)
+    if secret and report_secrets:
+        raise SecretLeftOutError(worktree, secret, head)
     return head
+
+
+class SecretLeftOutError(GitError):
+    """A checkpoint left out files holding a secret value (the rest committed)."""
+
+    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
+        """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
+        self.worktree = worktree
+        self.paths = tuple(paths)
+        self.head = head
+        super().__init__(
+            f"wrote the value of a secret into {', '.join(paths)}: left out of its commit, it "
+            f"stays in {worktree}; the rest is committed"
+        )
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[SecretLeftOutError], tuple[Path, tuple[str, ...], str | None]]:
+        return type(self), (self.worktree, self.paths, self.head)
+
+
+_SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
+
+
+def _holding_secrets(worktree: Path, added: str) -> list[str]:
+    """The files `add --verbose` said it staged (*added*) that hold a secret value swarm knows.
+
+    The values the redactor knows: of secret environment variables (an agent that dumped its
+    environment into a file) and of the task's ``copy`` files. Read from the worktree, as just
+    staged.
+    """
+    values = [value.encode() for value in redact.current().values]
+    if not values:
+        return []
+    found = []
+    for line in added.splitlines():
+        if not (line.startswith("add '") and line.endswith("'")):
+            continue
+        path = line[5:-1]
+        try:
+            with (worktree / path).open("rb") as fh:
+                head = fh.read(_SECRET_SCAN_LIMIT)
+        except OSError:  # a directory (a gitlink), a name git quoted, gone meanwhile
+            continue
+        if any(value in head for value in values):
+            found.append(path)
+    return found
 
 
 class EmbeddedRepositoryError(GitError):

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, one_line
+from worktree_swarm.git import leaks, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
-from worktree_swarm.github import leaks, pr_conflicts
+from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import (
     Client,
     GitHubError,

@@ -25,8 +25,8 @@ from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmE
 from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Task, TaskState
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import path_text
+from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import proc, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
@@ -280,6 +280,8 @@ def select_candidates(
             why = f"branch {row.branch} is gone"
         elif base is None or base == tip:
             why = "no commits on its branch"
+        elif leak := _leak(repo, row, base, tip):
+            why = f"not merging {row.branch}: {leak}; remove it from the branch's history"
         if why or tip is None or base is None:
             skipped.append(
                 TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
@@ -290,6 +292,13 @@ def select_candidates(
         )
     kept, held = _without_unmerged_deps(candidates, target, standing)
     return kept, skipped + held
+
+
+def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
+    """A ``copy`` file or a credential the task's commits would bring (as `swarm pr` refuses)."""
+    globs = task_from_json(row.spec_json).copy
+    secrets = worktrees.copied_secrets(repo.root, globs)
+    return leaks.find_leak(repo, base=base, tip=tip, copy_globs=globs, local_secrets=secrets)
 
 
 def standing_results(repo: git.Repo, store: Store, run_id: str, target: str) -> dict[str, str]:

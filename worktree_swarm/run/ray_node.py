@@ -305,8 +305,9 @@ class NodeAgent:
                     message=message,
                     author=self.a.author,
                     droppings=adapter_for(self.a.task.agent).droppings,
+                    report_secrets=True,
                 )
-            except git.EmbeddedRepositoryError as exc:
+            except (git.EmbeddedRepositoryError, git.SecretLeftOutError) as exc:
                 if exc.head is not None:  # everything else is committed: pushed, as locally
                     self._push(exc.head)
                 raise

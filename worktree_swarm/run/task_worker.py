@@ -569,6 +569,7 @@ class TaskWorker(RunWorker):
                 # `copy` files are local (.env, keys): like the links, never on the branch.
                 exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
                 droppings=adapter_for(agent).droppings,
+                report_secrets=True,  # the task fails, saying so
             ),
             self.store.on_full,
         )

@@ -1,8 +1,9 @@
-"""Find what must never be pushed: ``copy`` files and known credentials in a branch's history.
+"""Find what must never leave a branch: ``copy`` files and known credentials in its history.
 
-``swarm pr`` asks before each push. Every commit the push would send (``base..tip``, merges
-aside: their content comes from commits that are scanned) is looked at, not only the tip: a
-key committed and deleted again is still in the history GitHub receives.
+``swarm pr`` asks before each push, ``swarm merge`` before each merge. Every commit the push
+would send (``base..tip``, merges aside: their content comes from commits that are scanned)
+is looked at, not only the tip: a key committed and deleted again is still in the history
+GitHub receives.
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ def find_leak(
             return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
     secrets = dict.fromkeys(redact.current().values, "the value of a secret environment variable")
     secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
-    for commit, path, blob in changed:
-        why = _credential(path, secrets)  # a file named after a key is pushed with its name
-        if why is not None:
-            return Leak(path=path, commit=commit, why=f"is named after {why}")
-        why = _credential(_blob_head(repo, blob), secrets)
-        if why is not None:
-            return Leak(path=path, commit=commit, why=f"holds {why}")
+    with runner.ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
+        for commit, path, blob in changed:
+            why = _credential(path, secrets)  # a file named after a key is pushed with its name
+            if why is not None:
+                return Leak(path=path, commit=commit, why=f"is named after {why}")
+            # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
+            head = objects.read(blob)[:SCAN_LIMIT].decode("utf-8", errors="replace")
+            why = _credential(head, secrets)
+            if why is not None:
+                return Leak(path=path, commit=commit, why=f"holds {why}")
     messages = git.git(
         repo.root, "log", "-z", "--format=%H%x00%B", "--end-of-options",
         f"{base}..{tip}" if base else tip, "--",
@@ -133,12 +137,6 @@ def _parse_raw(out: str) -> list[tuple[str, str, str]]:
             if new_mode not in {"000000", "160000"}:
                 found.append((commit, path, blob))
     return found
-
-
-def _blob_head(repo: git.Repo, blob: str) -> str:
-    # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
-    out = runner.run_bytes(repo.root, "cat-file", "blob", blob).stdout
-    return out[:SCAN_LIMIT].decode("utf-8", errors="replace")
 
 
 def _credential(text: str, secrets: Mapping[str, str]) -> str | None:
