@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,35 @@ def test_signed_in_and_the_one_line_fix(home: Path) -> None:
     assert not claude_auth.signed_in({**env, "CLAUDE_CONFIG_DIR": str(other)})
     write(other / ".credentials.json", {"claudeAiOauth": oauth("t", 1)})
     assert claude_auth.signed_in({**env, "CLAUDE_CONFIG_DIR": str(other)})
+
+
+def test_a_sign_in_no_real_token_has_never_wins(home: Path, tmp_path: Path) -> None:
+    user = home / ".claude" / ".credentials.json"
+    write(user, {"claudeAiOauth": oauth("mine", 1000)})
+    adapter = ClaudeAdapter()
+    one, two = tmp_path / "one", tmp_path / "two"
+    adapter.env(base=env_of(home), task_id="one", config_dir=one)
+    adapter.env(base=env_of(home), task_id="two", config_dir=two)
+    # An agent writes its copy a sign-in of its own that "expires" in a century.
+    forever = int((time.time() + 100 * 365 * 86400) * 1000)
+    write(one / ".credentials.json", {"claudeAiOauth": oauth("attacker", forever)})
+    claude_auth.sync_now()
+    assert read(user)["claudeAiOauth"] == oauth("mine", 1000)
+    assert read(two / ".credentials.json")["claudeAiOauth"] == oauth("mine", 1000)
+
+
+def test_a_sandboxed_tasks_refresh_reaches_the_other_tasks_but_never_your_file(
+    home: Path, tmp_path: Path
+) -> None:
+    user = home / ".claude" / ".credentials.json"
+    write(user, {"claudeAiOauth": oauth("mine", 1000)})
+    adapter = ClaudeAdapter()
+    boxed, other = tmp_path / "boxed", tmp_path / "other"
+    adapter.env(base=env_of(home), task_id="boxed", config_dir=boxed)
+    claude_auth.confine(boxed)
+    adapter.env(base=env_of(home), task_id="other", config_dir=other)
+    soon = int((time.time() + 3600) * 1000)
+    write(boxed / ".credentials.json", {"claudeAiOauth": oauth("refreshed", soon)})
+    claude_auth.sync_now()
+    assert read(other / ".credentials.json")["claudeAiOauth"] == oauth("refreshed", soon)
+    assert read(user)["claudeAiOauth"] == oauth("mine", 1000)  # the box reaches not your home

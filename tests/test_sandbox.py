@@ -431,3 +431,44 @@ def test_an_agent_in_a_clone_of_its_own_commits_there_and_writes_nothing_else(
     assert (repo / "README.md").read_text() == "hello\n"
     assert git(repo, "log", "--format=%s") == "initial"
     assert (box.config_dir / "settings.json").read_text() == "written by the agent\n"
+
+
+# A `claude` that refreshes its sign-in, as the CLI does: its own copy of it, replaced whole.
+REFRESHING_CLAUDE = """#!PYTHON
+import json, os, pathlib, sys, time
+config = pathlib.Path(os.environ["CLAUDE_CONFIG_DIR"])
+soon = int((time.time() + 3600) * 1000)
+(config / ".credentials.json").write_text(json.dumps({"claudeAiOauth": {
+    "accessToken": "refreshed-in-the-task", "refreshToken": "r2", "expiresAt": soon}}))
+pathlib.Path("w.txt").write_text("w\\n")
+print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "ok",
+                  "session_id": "0b5c2d55-1111-4222-8333-444455556666", "total_cost_usd": 0.0,
+                  "usage": {"input_tokens": 1, "output_tokens": 1}}))
+"""
+
+
+@pytest.mark.parametrize("boxed", [pytest.param(True, marks=needs_bwrap), False])
+def test_a_sandboxed_claudes_sign_in_never_reaches_your_home(
+    repo: Path, tmp_path: Path, boxed: bool
+) -> None:
+    home = tmp_path / "user-claude"
+    user = home / ".credentials.json"
+    home.mkdir()
+    mine = {"claudeAiOauth": {"accessToken": "mine", "refreshToken": "r1", "expiresAt": 1000}}
+    user.write_text(json.dumps(mine))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "claude").write_text(REFRESHING_CLAUDE.replace("#!PYTHON", f"#!{sys.executable}"))
+    (bin_dir / "claude").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CLAUDE_CONFIG_DIR": str(home)}
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+        env.pop(name, None)
+    args = ["run", "--agent", "claude", "-t", "t=x", *(["--sandbox"] if boxed else [])]
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    token = json.loads(user.read_text())["claudeAiOauth"]["accessToken"]
+    # Unboxed, a task's refresh keeps your own `claude` signed in (the agent runs as you).
+    assert token == ("mine" if boxed else "refreshed-in-the-task")

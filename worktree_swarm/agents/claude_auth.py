@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ CONFIG = ".claude.json"
 OAUTH_KEY = "claudeAiOauth"
 LOCK_NAME = ".swarm-credentials.lock"
 SYNC_INTERVAL_S = 2.0
+_LIFETIME_MS = 7 * 24 * 3600 * 1000  # far beyond any access token's life
 # Any of these makes the CLI authenticate without a sign-in (API key, long-lived token, a
 # cloud provider): then nothing is copied.
 AUTH_ENV = (
@@ -98,6 +100,15 @@ def prepare(config_dir: Path, environ: Mapping[str, str]) -> None:
     _SYNC.track(config_dir / CREDENTIALS, source, environ)
 
 
+def confine(config_dir: Path) -> None:
+    """Never carry the sign-in of *config_dir* (a sandboxed agent's) into the user's file.
+
+    Its refreshes still reach the other tasks; your own ``claude`` may then ask you to sign
+    in again after the run, when a task's refresh retired the token your file holds.
+    """
+    _SYNC.confine(config_dir / CREDENTIALS)
+
+
 def sync_now() -> None:
     """Propagate the newest sign-in among every tracked copy and the user's file, once."""
     _SYNC.run_once()
@@ -107,9 +118,16 @@ def sync_now() -> None:
 
 
 def _expires(data: dict[str, Any] | None) -> int:
+    """When the sign-in expires (epoch ms); -1 without one, or one no real sign-in has.
+
+    A token lives hours: an expiry further out than ``_LIFETIME_MS`` is made up (an agent
+    that wrote its copy to win every sync), and never the newest.
+    """
     oauth = _oauth(data)
     value = oauth.get("expiresAt") if oauth else None
-    return value if isinstance(value, int) else -1
+    if not isinstance(value, int) or value > time.time() * 1000 + _LIFETIME_MS:
+        return -1
+    return value
 
 
 def _oauth(data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -117,8 +135,12 @@ def _oauth(data: dict[str, Any] | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _sync(paths: list[Path], *, primary: Path) -> None:
-    """Write the newest ``claudeAiOauth`` among *paths* into every older one (caller locks)."""
+def _sync(paths: list[Path], *, primary: Path, confined: frozenset[Path] = frozenset()) -> None:
+    """Write the newest ``claudeAiOauth`` among *paths* into every older one (caller locks).
+
+    The *primary* (the user's own file) is never written from a *confined* copy: what a
+    sandboxed agent writes must not reach your home.
+    """
     found = {path: _read_json(path) for path in paths}
     newest = max(paths, key=lambda p: (_expires(found[p]), p == primary))
     best = found[newest]
@@ -128,7 +150,7 @@ def _sync(paths: list[Path], *, primary: Path) -> None:
         current = found[path]
         if path == newest or _oauth(current) == _oauth(best):
             continue
-        if path == primary and current is None:
+        if path == primary and (current is None or newest in confined):
             continue  # the user signed out (or moved the file): never sign them back in
         if path == primary or current is not None:
             # Only the sign-in moves: the user's file may hold other entries (MCP servers).
@@ -182,6 +204,7 @@ class CredentialSync:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._copies: dict[Path, tuple[Path, dict[str, str]]] = {}
+        self._confined: set[Path] = set()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -196,15 +219,22 @@ class CredentialSync:
                 self._thread.start()
                 atexit.register(self.run_once)  # a refresh in the last seconds is kept too
 
+    def confine(self, copy: Path) -> None:
+        """*copy* belongs to a sandboxed agent: it never reaches the user's own file."""
+        with self._lock:
+            self._confined.add(copy)
+
     def run_once(self) -> None:
         """One pass over every source and its copies."""
         with self._lock:
             groups: dict[Path, tuple[list[Path], dict[str, str]]] = {}
             for copy, (source, environ) in self._copies.items():
                 groups.setdefault(source, ([], environ))[0].append(copy)
+            confined = frozenset(self._confined)
         for source, (copies, environ) in groups.items():
+            paths = [source, *(c for c in copies if c.parent.is_dir())]
             with contextlib.suppress(OSError, filelock.Timeout), _lock(environ):
-                _sync([source, *(c for c in copies if c.parent.is_dir())], primary=source)
+                _sync(paths, primary=source, confined=confined)
 
     def _loop(self) -> None:
         while not self._wake.wait(SYNC_INTERVAL_S):

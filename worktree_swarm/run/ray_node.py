@@ -24,7 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from worktree_swarm.agents import adapter_for
+from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
@@ -204,6 +204,7 @@ class NodeAgent:
             base=self._base_env(), task_id=task.id, config_dir=self.logs / "agent-config"
         )
         if self.a.sandbox:  # bubblewrap around the agent only, writable in its clone
+            claude_auth.confine(self.logs / "agent-config")
             argv, env = sandbox.confine(argv, env, self._confinement())
         self._agent = supervisor.spawn(
             argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Unpack
 
-from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
+from worktree_swarm.agents import (
+    Adapter,
+    AgentOutcome,
+    AgentResult,
+    adapter_for,
+    claude_auth,
+    provider_of,
+)
 from worktree_swarm.core import paths
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
@@ -598,6 +605,14 @@ class TaskWorker(RunWorker):
             self._check_slots.release()
             redact.scrub_file(self._logs(task) / "checks.log")
 
+    def _agent_env(
+        self, adapter: Adapter, env: dict[str, str], task_id: str, config_dir: Path
+    ) -> dict[str, str]:
+        agent_env = adapter.env(base=env, task_id=task_id, config_dir=config_dir)
+        if self.spec.sandbox:  # its copy of your Claude sign-in never reaches your home
+            claude_auth.confine(config_dir)
+        return agent_env
+
     def _attempt(
         self, live: Live, course: Course, path: Path, env: dict[str, str], number: int
     ) -> _Ended | None:
@@ -636,7 +651,7 @@ class TaskWorker(RunWorker):
         argv = adapter.argv(
             task.agent_argv, values=values, session_id=session, resume_prompt=resume
         )
-        agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
+        agent_env = self._agent_env(adapter, env, task.id, logs / "agent-config")
         provider = provider_of(task.agent)
         refused = self._acquire(live, task, path, provider, not_before)
         if refused == "window":
