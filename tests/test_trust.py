@@ -1008,6 +1008,50 @@ def test_a_repository_without_a_commit_made_in_your_checkout_hides_nothing_and_i
     assert not marker.exists()
 
 
+# Agent `a` points the HEAD of running sibling `b`'s worktree (in b's admin dir) at main.
+FRAMER = """
+import pathlib, subprocess, sys, time
+marks = pathlib.Path(sys.argv[1])
+while not (marks / 'b-running').exists():
+    time.sleep(0.02)
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+    '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip())
+(common / 'worktrees' / 'b' / 'HEAD').write_text('ref: refs/heads/main\\n')
+pathlib.Path('a.txt').write_text('a\\n')
+(marks / 'a-done').touch()
+"""
+FRAMED = """
+import pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+pathlib.Path('b.txt').write_text('b\\n')
+(marks / 'b-running').touch()
+while not (marks / 'a-done').exists():
+    time.sleep(0.02)
+"""
+
+
+def test_an_agent_that_switches_a_siblings_worktree_is_a_suspect_too(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    main = git(repo, "rev-parse", "main")
+    framer, framed = [*write_agent(FRAMER), str(marks)], [*write_agent(FRAMED), str(marks)]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(framer)}\n'
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(framed)}\n',
+    )
+    swarm(repo, "run", path)
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "failed", rows["a"]  # it went free, b took the blame
+    assert "its worktree was switched from swarm/b to main" in str(rows["a"]["reason"])
+    assert rows["b"]["state"] == "failed", rows["b"]
+    assert "(or one of a, running at the same time)" in str(rows["b"]["reason"])
+    assert git(repo, "rev-parse", "main") == main
+    assert git(repo, "show", "swarm/b:b.txt") == "b"  # its work on its own branch
+
+
 # -- an operation in progress planted in the user's checkout -----------------------------------
 
 IN_PROGRESS = (

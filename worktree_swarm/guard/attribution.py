@@ -58,6 +58,10 @@ class Agents:
                     break
         return tuple(sorted(found))
 
+    def alive_around(self, when: float, *, exclude: Sequence[str]) -> tuple[str, ...]:
+        """The agents (but *exclude*) alive within the mtime slack of *when* (a file's mtime)."""
+        return self.suspects((when - _MTIME_SLACK, when + _MTIME_SLACK), exclude=exclude)
+
     def narrow(
         self, suspects: tuple[str, ...], root: Path, paths: Sequence[str]
     ) -> tuple[str, ...]:

@@ -45,10 +45,11 @@ _PROTECTED = (
     "hooks", "config", "config.worktree", "info", "HEAD", "index", "modules", "commondir",
     "rr-cache", "remotes", "branches", "objects/info",
 )  # fmt: skip
-# Those of them git makes only when first needed, made empty before a run takes its baseline:
-# a path that does not exist cannot be bound read-only, and the agent could make it. (Not
-# `rr-cache`, whose existence turns rerere on, nor `commondir`: both are watched.)
-_MADE_EMPTY = ("hooks", "info", "modules", "remotes", "branches", "objects/info")
+# Those of them that may be missing (a repository made without git's template), made empty
+# before a run takes its baseline: a path that does not exist cannot be bound read-only, and
+# the agent could make it. (Not `rr-cache`, whose existence turns rerere on, `commondir`,
+# `remotes` or `branches`: the guard undoes what appears there.)
+_MADE_EMPTY = ("hooks", "info", "modules", "objects/info")
 # The same in a clone of the agent's own, whose HEAD and index are its own.
 _PROTECTED_IN_CLONE = ("hooks", "config", "config.worktree", "info", "modules")
 # coverage.py's subprocess hook, set when swarm itself is measured (its test suite): in the

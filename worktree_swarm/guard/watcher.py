@@ -340,17 +340,25 @@ class Guard:
         if head_ref == want:
             return None
         head = git.rev_parse_in(path, "HEAD")
+        # Its own agent, most likely (`git checkout main`); but another agent may have written
+        # the HEAD file of its admin dir: every agent alive when that file changed is a suspect.
+        try:
+            changed_at = (index_path(path).parent / "HEAD").lstat().st_mtime
+        except OSError:
+            changed_at = time.time()
+        others = self._agents.alive_around(changed_at, exclude=(task_id,))
         with self._repo_lock:
-            if head_ref is not None:
+            if head_ref is not None and not others:
                 self._evidence[head_ref] = task_id
             where = short_ref(head_ref) if head_ref else f"a detached HEAD at {(head or '?')[:12]}"
             git.git(path, "symbolic-ref", "HEAD", want)
+            who = "its worktree was switched" if others else "its agent switched its worktree"
             return self._record(
                 Violation(
                     number=0,
                     where=task_id,
-                    head=f"its agent switched its worktree from {branch} to {where}",
-                    suspects=(task_id,),
+                    head=f"{who} from {branch} to {where}",
+                    suspects=(task_id, *others),
                     restored=True,
                 ),
                 patch_text=None,
