@@ -203,6 +203,25 @@ def test_sandbox_without_bubblewrap_is_refused_before_anything_is_created(
     assert not (repo.parent / "repo.swarm").exists()
 
 
+def test_hard_linked_copy_files_with_the_sandbox_are_refused_before_anything_is_created(
+    repo: Path,
+) -> None:
+    (repo / ".env").write_text("API_URL=https://example.invalid\n")
+    path = manifest(
+        repo,
+        '[defaults]\nsandbox = true\ncopy_mode = "hardlink"\ncopy = [".env"]\n'
+        '[[task]]\nid = "a"\nprompt = "hi"\n',
+    )
+    out = swarm(repo, "run", "--agent", "scripted", path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        'swarm: copy_mode = "hardlink" with sandbox: a hard-linked `copy` file is your '
+        "checkout's own file, which the sandboxed agent could write through the link; use "
+        'copy_mode = "auto" or "copy"\n'
+    )
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_bubblewrap_that_cannot_create_namespaces_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import (
     DEFAULT_AGENT,
     TASK_ID_RE,
+    CopyMode,
     Executor,
     RunSettings,
     RunSpec,
@@ -379,6 +380,12 @@ def _run_spec(tasks: tuple[Task, ...], layer: Layer, *, repo_root: Path) -> RunS
             f"port_base {spec.port_base} + port_block {spec.port_block} x 2 x jobs {spec.jobs}"
             f" (the tasks in flight) goes past port {_MAX_PORT}; lower port_base, port_block"
             " or jobs"
+        )
+    if spec.sandbox and spec.copy_mode is CopyMode.HARDLINK and any(t.copy for t in tasks):
+        raise BadInputError(
+            'copy_mode = "hardlink" with sandbox: a hard-linked `copy` file is your checkout\'s '
+            "own file, which the sandboxed agent could write through the link; use "
+            'copy_mode = "auto" or "copy"'
         )
     if "commit_author" not in run:
         spec = replace(spec, commit_author=git.user_identity(repo_root) or spec.commit_author)
