@@ -785,6 +785,17 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
+def test_a_manager_a_long_lived_command_started_in_the_background_leaves_no_zombie(
+    repo: Path, fake_claude: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `swarm watch` does for a retry: the manager it starts is its child until it ends.
+    monkeypatch.chdir(repo)  # the background manager runs where `swarm` was started
+    path = manifest(repo, tasks_toml(["a"]))
+    pid, _log = background.detach(open_repo(repo), ["run", path])
+    wait_for(lambda: not psutil.pid_exists(pid), what="the manager to end and be reaped")
+    assert status_json(repo)["a"]["state"] == "done"
+
+
 def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_claude: Path) -> None:
     plan(fake_claude, "a", "limit", "finish")
     text = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,6 @@ from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.proc import clean_env
 
 START_TIMEOUT = 60.0
-# A detached manager outlives its Popen object on purpose; keeping the objects stops Python
-# from warning that a child is "still running" when a long-lived caller (swarm watch) drops one.
-_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
@@ -53,7 +51,10 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
         if code is not None:
             raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
         if lock.manager_alive(repo.state_dir) and lock.holder_pid(repo.state_dir) == child.pid:
-            _STARTED.append(child)
+            # Reaped when it ends: a long-lived caller (swarm watch's retry) would otherwise
+            # keep a zombie per manager it started. (The thread holds the Popen object too,
+            # so Python never warns that a child is "still running".)
+            threading.Thread(target=child.wait, name="swarm-reaper", daemon=True).start()
             return child.pid, log
         time.sleep(0.05)
     raise SwarmError(f"the background manager did not start within {START_TIMEOUT:g}s ({log})")
