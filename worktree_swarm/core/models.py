@@ -107,7 +107,8 @@ class Task:
         kind=Kind.TEXT,
         scope=Scope.TASK_ONLY,
         flag=None,
-        doc="a short label: the title of its pull request and of its row in `swarm report --html` and `--json`",
+        doc="a short label: the title of its pull request and of its row in "
+        "`swarm report --html` and `--json`",
     )
     depends_on: tuple[str, ...] = setting(
         (),
