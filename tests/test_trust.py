@@ -1052,6 +1052,38 @@ def test_an_agent_that_switches_a_siblings_worktree_is_a_suspect_too(
     assert git(repo, "show", "swarm/b:b.txt") == "b"  # its work on its own branch
 
 
+ODD_NAMES = (
+    COMMON
+    + """
+root = os.fsencode(str(repo))
+with open(os.path.join(root, b'tracked-\\xe9.txt'), 'w') as fh:
+    fh.write('changed by the agent\\n')
+with open(os.path.join(root, b'evil-\\xff\\xfe.py'), 'w') as fh:
+    fh.write('planted\\n')
+os.mkdir(os.path.join(root, b'dir-\\xff'))
+with open(os.path.join(root, b'dir-\\xff', b'inner.py'), 'w') as fh:
+    fh.write('planted\\n')
+"""
+)
+
+
+def test_writes_under_names_that_are_not_utf8_are_undone_and_named_as_git_quotes_them(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    tracked = repo / os.fsdecode(b"tracked-\xe9.txt")  # a Latin-1 name, as old tools made
+    tracked.write_text("yours\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an old name")
+    before = sorted(repo.iterdir())
+    run_one(repo, [*write_agent(ODD_NAMES), str(repo), str(tmp_path / "m")], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert '"evil-\\377\\376.py"' in str(row["reason"]), row
+    assert str(row["reason"]).split("; ")[1].startswith("restored"), row
+    assert sorted(repo.iterdir()) == before
+    assert tracked.read_text() == "yours\n"
+
+
 # -- an operation in progress planted in the user's checkout -----------------------------------
 
 IN_PROGRESS = (

@@ -54,7 +54,8 @@ def path_text(path: str) -> str:
 
 
 def _control(char: str) -> bool:
-    return unicodedata.category(char) in {"Cc", "Cf"}
+    # Cs: a byte of a name that is not UTF-8, kept as a surrogate (os.fsdecode).
+    return unicodedata.category(char) in {"Cc", "Cf", "Cs"}
 
 
 def _octal(char: str) -> str:

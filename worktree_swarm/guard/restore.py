@@ -168,12 +168,13 @@ def prune_empty(directory: Path, root: Path) -> None:
 def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
     if not paths:
         return {}
-    out = git.git(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *paths)
+    literal = [f":(literal){path}" for path in paths]  # a name may hold `*` or `?`
+    out = runner.run_bytes(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *literal)
     entries = {}
-    for record in out.split("\0"):
+    for record in out.stdout.split(b"\0"):
         if not record:
             continue
-        meta, _, rel = record.partition("\t")
-        mode, _kind, sha = meta.split(" ")
-        entries[rel] = (mode, sha)
+        meta, _, rel = record.partition(b"\t")
+        mode, _kind, sha = meta.decode().split(" ")
+        entries[os.fsdecode(rel)] = (mode, sha)
     return entries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,9 +127,14 @@ def read_refs(root: Path) -> dict[str, str]:
 
 
 def changed_paths(path: Path, before: str, after: str) -> list[str]:
-    """The paths that differ between two trees."""
-    out = git.git(path, "diff", "--name-only", "-z", "--no-renames", before, after, "--")
-    return [p for p in out.split("\0") if p]
+    """The paths that differ between two trees, as file names (:func:`os.fsdecode`).
+
+    A name that is not UTF-8 keeps its bytes (as surrogates): it can be put back or removed,
+    and is shown quoted as git quotes it (:func:`core.text.path_text`).
+    """
+    args = ("diff", "--name-only", "-z", "--no-renames", before, after, "--")
+    out = runner.run_bytes(path, *args).stdout
+    return [os.fsdecode(p) for p in out.split(b"\0") if p]
 
 
 def files_patch(path: Path, before: str, after: str, paths: Sequence[str]) -> str:
