@@ -22,7 +22,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_guard import checkout_state
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
@@ -1082,6 +1082,53 @@ def test_writes_under_names_that_are_not_utf8_are_undone_and_named_as_git_quotes
     assert str(row["reason"]).split("; ")[1].startswith("restored"), row
     assert sorted(repo.iterdir()) == before
     assert tracked.read_text() == "yours\n"
+
+
+# Your index made unreadable: every comparison of your checkout fails from then on.
+BLIND = (
+    COMMON
+    + """
+(common / 'index').write_bytes(b'DIRC not an index at all')
+(repo / 'README.md').write_text('changed while the guard could not look\\n')
+"""
+)
+
+
+def test_an_index_of_yours_made_unreadable_is_put_back_and_the_rest_compared(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    run_one(repo, [*write_agent(BLIND), str(repo), str(tmp_path / "m")], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row  # it ended done: the guard failed open
+    assert row["reason"] == (
+        "wrote outside its worktree: its staged changes in the main checkout; restored"
+    )
+    found = [(w["summary"], w["restored"]) for w in outside_writes(repo)]
+    assert ("files README.md in the main checkout", True) in found, found
+    git(repo, "status")  # your index is yours again
+    assert (repo / "README.md").read_text() == "hello\n"
+
+
+def test_a_task_is_not_vouched_for_when_the_last_look_at_your_checkout_fails(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever makes it fail (here a git that refuses the guard's capture of your checkout
+    # once the agent has run): what the agent did there is unknown.
+    ran = tmp_path / "agent-ran"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        f'if [ -e {ran} ] && [ "${{GIT_INDEX_FILE##*/}}" = main.scratch-index ]; then\n'
+        "  echo 'error: cannot look' >&2; exit 1\nfi\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    agent = write_agent(f"import pathlib\npathlib.Path({str(ran)!r}).touch()\n")
+    run_one(repo, agent, sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row  # it ended done: the guard failed open
+    assert str(row["reason"]).startswith(
+        "not vouched for: the main checkout could not be checked at the end (`git "
+    ), row
+    assert str(row["reason"]).endswith("error: cannot look) while it ran"), row
 
 
 # -- an operation in progress planted in the user's checkout -----------------------------------

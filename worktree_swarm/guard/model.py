@@ -41,6 +41,9 @@ class Violation:
     suspects: tuple[str, ...] = ()
     patch: str = ""
     restored: bool = False
+    # The run's last scan could not compare the place (why): what its suspects did there is
+    # unknown, and a task is vouched for only when it is known.
+    unchecked: str = ""
 
     @property
     def task(self) -> str | None:
@@ -57,6 +60,8 @@ class Violation:
             place = f"your worktree {self.where.removeprefix(WORKTREE_PREFIX)}"
         else:
             place = f"task {self.where}'s worktree"
+        if self.unchecked:
+            return f"{place} could not be checked at the end ({self.unchecked})"
         parts = []
         if self.paths:
             parts.append(f"files {_shown(self.paths)}")
@@ -97,6 +102,7 @@ class Violation:
             "suspects": list(self.suspects),
             "patch": self.patch,
             "restored": self.restored,
+            "unchecked": self.unchecked,
             "summary": self.summary(),
         }
 
@@ -119,6 +125,8 @@ def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:
     suspects = recorded.get("suspects")
     others = [str(s) for s in suspects if s != task_id] if isinstance(suspects, list) else []
     who = f" (or one of {', '.join(others)}, running at the same time)" if others else ""
+    if recorded.get("unchecked"):  # failed to be safe: nothing says it wrote there, or not
+        return f"not vouched for{who}: {recorded.get('summary')} while it ran"
     fate = "restored" if recorded.get("restored") else "left as found"
     patch = f", patch {recorded['patch']}" if recorded.get("patch") else ""
     return f"wrote outside its worktree{who}: {recorded.get('summary')}; {fate}{patch}"

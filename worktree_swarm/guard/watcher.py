@@ -41,7 +41,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import integrity, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
@@ -58,7 +58,7 @@ from worktree_swarm.guard.model import (
     short_ref,
 )
 from worktree_swarm.guard.objects import ObjectWatch
-from worktree_swarm.guard.restore import remove, restore_checkout, restore_ref
+from worktree_swarm.guard.restore import put_index, remove, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import (
     SYMBOLIC,
     capture,
@@ -523,12 +523,38 @@ class Guard:
         with self._job(place.where):
             found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
             ok = True
+        if not ok and place.users and self.restore and _unreadable_index(place.path):
+            # Your index, written unreadable (every git command of yours fails on it): the
+            # one saved at the baseline goes back, and the place is compared as usual.
+            window = (since, began)
+            with self._job(place.where):
+                if put_index(place.path, place.saved_index):
+                    suspects = self._agents.suspects(window, exclude=())
+                    broken = Violation(
+                        number=0, where=place.where, index_changed=True, suspects=suspects,
+                        restored=True,
+                    )  # fmt: skip
+                    found = [self._record(broken, patch_text=None)]
+                    found += self._scan_place(place, began, quick=False, since=since)
+                    ok = True
+        if not ok and place.users and self._closing.is_set():
+            # The run's last look at a checkout of yours failed: what the agents did there
+            # since it was last compared is unknown. (A failure before it changes nothing:
+            # every comparison is with the baseline, so a later one sees what it missed.)
+            found = [self._unchecked(place, began)]
         if not ok:
             self._changes.mark(place.where)
         place.compared = done = time.monotonic()
         if sweep:  # the next sweep step waits for the sweep's share of time
             self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
+
+    def _unchecked(self, place: _Place, began: float) -> Violation:
+        """Every agent that ran since *place* was last compared, not vouched for."""
+        why = self._failing.get(place.where, "the comparison failed")
+        suspects = self._agents.suspects((place.checked, began), exclude=())
+        violation = Violation(number=0, where=place.where, suspects=suspects, unchecked=why)
+        return self._record(violation, patch_text=None)
 
     def report(self, violation: Violation) -> Violation:
         """Record an outside write found elsewhere (a Ray node's); handed over by :meth:`drain`."""
@@ -1092,6 +1118,15 @@ class Guard:
         if self._on_record is not None:
             self._on_record(done)
         return done
+
+
+def _unreadable_index(root: Path) -> bool:
+    """Whether git cannot read the index of the checkout *root* (a file that is not one)."""
+    if not index_path(root).exists():
+        return False
+    # A pathspec that matches nothing: git reads (and checks) the whole index, prints nothing.
+    probe = runner.run(root, "ls-files", "--", ":(literal,top).git/x", check=False)
+    return probe.returncode != 0
 
 
 def _repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
