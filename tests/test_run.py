@@ -670,6 +670,8 @@ def test_logs_reach_your_terminal_without_an_agents_escapes(
     out = subprocess.run(cli, cwd=repo, capture_output=True, check=True).stdout.decode()
     assert all(word in out for word in ("title", "clear", "clip", "evil"))
     assert not any(char in out for char in "\x1b\x07\u202e")
+    assert "[2J" not in out  # nor what was left of a sequence
+    assert "52;c;" not in out
     assert "50%\r100%\n" in out  # a progress bar still redraws its line
 
 

@@ -385,6 +385,23 @@ def test_a_file_holding_a_secret_value_is_left_out_of_swarms_commit_and_the_task
     assert key in (repo.parent / "repo.swarm" / "t" / "env.json").read_text()  # not lost
 
 
+def test_a_secret_named_setting_of_a_word_or_a_value_already_committed_leaves_nothing_out(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DB_PASSWORD", "postgres")  # a word: in half the files of a repository
+    monkeypatch.setenv("API_TOKEN", "tok3n-f00-bar42")
+    (repo / ".env.example").write_text("API_TOKEN=tok3n-f00-bar42\n")  # yours, tracked
+    git(repo, "add", ".env.example")
+    git(repo, "commit", "-qm", "example")
+    agent = write_agent(
+        "open('compose.yml', 'w').write('image: postgres\\n')\n"
+        "open('.env.example', 'a').write('DEBUG=1\\n')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    assert git(repo, "show", "swarm/t:compose.yml") == "image: postgres"
+    assert git(repo, "show", "swarm/t:.env.example").endswith("DEBUG=1")
+
+
 def test_merge_refuses_a_branch_holding_a_credential_as_pr_does(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

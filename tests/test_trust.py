@@ -360,6 +360,21 @@ def test_an_object_deep_in_your_history_that_an_agent_deletes_is_back_after_the_
     assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/held"))  # let go
 
 
+def test_a_git_gc_during_the_run_is_not_undone_at_its_end(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    for n in range(2):  # two packs of yours
+        (repo / f"f{n}.txt").write_text(f"{n}\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", f"c{n}")
+        git(repo, "repack", "-q")
+    agent = write_agent("import subprocess\nsubprocess.run(['git', 'gc', '-q'], check=True)\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode in (0, 1)
+    packs = sorted((repo / ".git" / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 1, packs  # gc's one pack, not the old ones linked back
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
 WHEN_VICTIM_DONE = """
 import os, sqlite3, subprocess, time
 common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
@@ -1028,6 +1043,35 @@ pathlib.Path('b.txt').write_text('b\\n')
 while not (marks / 'a-done').exists():
     time.sleep(0.02)
 """
+
+
+# `a` switches its own worktree with git (the reflog says so) while `b` works beside it.
+SWITCHER = """
+import pathlib, subprocess, sys, time
+marks = pathlib.Path(sys.argv[1])
+while not (marks / 'b-running').exists():
+    time.sleep(0.02)
+subprocess.run(['git', 'switch', '-q', '-c', 'scratch'], check=True)
+(marks / 'a-done').touch()
+"""
+
+
+def test_an_agent_switching_its_own_worktree_fails_alone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    switcher, other = [*write_agent(SWITCHER), str(marks)], [*write_agent(FRAMED), str(marks)]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(switcher)}\n'
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(other)}\n',
+    )
+    swarm(repo, "run", path)
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "failed", rows["a"]
+    assert "its agent switched its worktree from swarm/a to scratch" in str(rows["a"]["reason"])
+    assert rows["b"]["state"] == "done", rows["b"]
 
 
 def test_an_agent_that_switches_a_siblings_worktree_is_a_suspect_too(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 
@@ -23,6 +24,18 @@ def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> 
     if limit is None or len(flat) <= limit:
         return flat
     return flat[: limit - 1] + "…"
+
+
+# Terminal escape sequences: CSI (colours, cursor moves), OSC (titles, clipboard) ended by BEL
+# or ST, and the two-character ones.
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]"
+)
+
+
+def without_escapes(text: str) -> str:
+    """*text* without its terminal escape sequences (then :func:`printable` for the rest)."""
+    return _ESCAPE_SEQUENCE.sub("", text) if "\x1b" in text else text
 
 
 def printable(text: str, *, keep: str = "\n\t") -> str:

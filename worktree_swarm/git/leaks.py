@@ -74,7 +74,8 @@ def find_leak(
         pattern = matching_glob(path, copy_globs)
         if pattern is not None:
             return Leak(path=path, commit=commit, why=f"matches copy pattern {pattern!r}")
-    secrets = dict.fromkeys(redact.current().values, "the value of a secret environment variable")
+    env_values = [value for value in redact.current().values if redact.made_up(value)]
+    secrets = dict.fromkeys(env_values, "the value of a secret environment variable")
     secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
     with runner.ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
         for commit, path, blob in changed:

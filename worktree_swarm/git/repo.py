@@ -482,7 +482,9 @@ def _holding_secrets(worktree: Path, added: str) -> list[str]:
     environment into a file) and of the task's ``copy`` files. Read from the worktree, as just
     staged.
     """
-    values = [value.encode() for value in redact.current().values]
+    # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
+    # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
+    values = [v.encode() for v in redact.current().values if redact.made_up(v)]
     if not values:
         return []
     found = []
@@ -495,9 +497,16 @@ def _holding_secrets(worktree: Path, added: str) -> list[str]:
                 head = fh.read(_SECRET_SCAN_LIMIT)
         except OSError:  # a directory (a gitlink), a name git quoted, gone meanwhile
             continue
-        if any(value in head for value in values):
+        held = [value for value in values if value in head]
+        if held and not _committed_with(worktree, path, held):
             found.append(path)
     return found
+
+
+def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
+    """Whether *path* as last committed already held every one of *values* (not the agent's)."""
+    shown = runner.run_bytes(worktree, "cat-file", "blob", f"HEAD:{path}", check=False)
+    return shown.returncode == 0 and all(value in shown.stdout for value in values)
 
 
 class EmbeddedRepositoryError(GitError):

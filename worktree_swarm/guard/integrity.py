@@ -126,11 +126,27 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
     loose = {f"{dest.parent.name}{dest.name}": (source, dest) for source, dest in gone
              if dest.parent.name != "pack"}  # fmt: skip
     present = _batch_check(root, sorted(loose))
+    # A pack that is gone comes back only when git misses one of its objects (a `git gc`
+    # of yours replaced it by a new one otherwise).
+    packs = {
+        dest.stem for source, dest in gone if dest.suffix == ".idx" and _missing_from(root, source)
+    }
     for source, dest in gone:
         name = f"{dest.parent.name}{dest.name}"
-        if name not in loose or name not in present:
-            dest.parent.mkdir(exist_ok=True)
-            os.link(source, dest)
+        if name in loose and name in present:
+            continue
+        if dest.parent.name == "pack" and dest.stem not in packs:
+            continue
+        dest.parent.mkdir(exist_ok=True)
+        os.link(source, dest)
+
+
+def _missing_from(root: Path, idx: Path) -> bool:
+    """Whether the store of *root* misses an object the pack index *idx* lists."""
+    listed = runner.run_bytes(root, "show-index", input_bytes=idx.read_bytes(), check=False)
+    names = [line.split()[1].decode() for line in listed.stdout.splitlines() if line.strip()]
+    found = _batch_check(root, names)
+    return listed.returncode != 0 or len(found) < len(names)
 
 
 def _gone(common: Path, held: Path) -> list[tuple[Path, Path]]:

@@ -340,13 +340,19 @@ class Guard:
         if head_ref == want:
             return None
         head = git.rev_parse_in(path, "HEAD")
-        # Its own agent, most likely (`git checkout main`); but another agent may have written
-        # the HEAD file of its admin dir: every agent alive when that file changed is a suspect.
-        try:
-            changed_at = (index_path(path).parent / "HEAD").lstat().st_mtime
-        except OSError:
-            changed_at = time.time()
-        others = self._agents.alive_around(changed_at, exclude=(task_id,))
+        # Its own agent, most likely (`git checkout main`, which also logs the move in the
+        # admin dir's reflog). A HEAD written without git (no reflog entry since) may be
+        # another agent's: every agent alive when that file changed is a suspect then.
+        admin = index_path(path).parent
+        others: tuple[str, ...] = ()
+        with contextlib.suppress(OSError):
+            changed_at = (admin / "HEAD").lstat().st_mtime
+            try:
+                logged_at = (admin / "logs" / "HEAD").lstat().st_mtime
+            except FileNotFoundError:
+                logged_at = 0.0
+            if logged_at < changed_at:
+                others = self._agents.alive_around(changed_at, exclude=(task_id,))
         with self._repo_lock:
             if head_ref is not None and not others:
                 self._evidence[head_ref] = task_id

@@ -47,7 +47,9 @@ class ManagerLock:
                 "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
             ) from None
         self._parent = _lock_dir(self._dir.parent, fcntl.LOCK_EX, wait=PROBE_GRACE)
-        if self._parent is None:
+        if self._parent == _UNLOCKABLE:  # (NFS, say) the lock file alone then
+            self._parent = None
+        elif self._parent is None:
             self._lock.release()
             raise ManagerLockedError(
                 f"another swarm manager holds this repository, though {self._dir} was deleted "
@@ -125,12 +127,18 @@ def manager_alive(state_dir: Path) -> bool:
     probe = _lock_dir(state_dir.parent, fcntl.LOCK_SH, wait=0)
     if probe is None:
         return state_dir.parent.is_dir()
-    os.close(probe)
+    if probe != _UNLOCKABLE:
+        os.close(probe)
     return False
+
+
+_UNLOCKABLE = -1  # what _lock_dir returns where directories cannot be locked
 
 
 def _lock_dir(path: Path, mode: int, *, wait: float) -> int | None:
     """An open descriptor of directory *path* holding flock *mode*, or None while it is taken.
+
+    ``_UNLOCKABLE`` where the file system cannot lock a directory.
 
     Retried for *wait* seconds: a probe (``manager_alive``) holds it shared for an instant.
     """
@@ -148,6 +156,9 @@ def _lock_dir(path: Path, mode: int, *, wait: float) -> int | None:
                 return None
             time.sleep(0.01)
             continue
+        except OSError:  # a file system that cannot lock a directory (NFS): not held
+            os.close(fd)
+            return _UNLOCKABLE
         return fd
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from worktree_swarm.core.text import printable
+from worktree_swarm.core.text import printable, without_escapes
 
 REDACTED = "[REDACTED]"
 # Literal secret values shorter than this are not replaced everywhere: "1" or "true" would
@@ -128,6 +128,11 @@ def _made_up(value: str) -> bool:
         return False
     mixed = any(c.isalpha() for c in value) and any(c.isdigit() for c in value)
     return mixed or len(value) >= _MADE_UP_ANY
+
+
+def made_up(value: str) -> bool:
+    """Whether a secret's *value* looks generated (a key), not a word (``postgres``)."""
+    return _made_up(value)
 
 
 def is_secret_name(name: str) -> bool:
@@ -350,6 +355,7 @@ class RedactingWriter:
         self.flush_partial()
 
     def _emit(self, data: bytes) -> None:
-        text = printable(data.decode("utf-8", errors="surrogateescape"), keep="\n\t\r")
+        text = data.decode("utf-8", errors="surrogateescape")
+        text = printable(without_escapes(text), keep="\n\t\r")
         self._out.write(redact(text).encode("utf-8", errors="surrogateescape"))
         self._out.flush()

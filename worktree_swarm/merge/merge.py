@@ -295,10 +295,12 @@ def select_candidates(
 
 
 def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
-    """A ``copy`` file or a credential the task's commits would bring (as `swarm pr` refuses)."""
-    globs = task_from_json(row.spec_json).copy
-    secrets = worktrees.copied_secrets(repo.root, globs)
-    return leaks.find_leak(repo, base=base, tip=tip, copy_globs=globs, local_secrets=secrets)
+    """A credential the task's commits would bring (as `swarm pr` refuses).
+
+    Not a tracked file that matches a ``copy`` pattern: the run commits changes to those.
+    """
+    secrets = worktrees.copied_secrets(repo.root, task_from_json(row.spec_json).copy)
+    return leaks.find_leak(repo, base=base, tip=tip, copy_globs=(), local_secrets=secrets)
 
 
 def standing_results(repo: git.Repo, store: Store, run_id: str, target: str) -> dict[str, str]:

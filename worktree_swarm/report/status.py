@@ -195,7 +195,8 @@ def task_status(
         elapsed = None
         if task.started_at is not None:
             end = task.ended_at or now
-            if attempt is not None and attempt.ended_at is None and not alive:
+            # (A Ray attempt has no local pid: its actor knows whether it runs.)
+            if attempt is not None and attempt.ended_at is None and attempt.pid > 0 and not alive:
                 end = _last_sign_of_life(attempt)  # no clock runs for a dead agent
             elapsed = round(end - task.started_at, 3)
         present = task.task_id not in taken and Path(task.worktree).is_dir()
