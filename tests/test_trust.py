@@ -375,6 +375,18 @@ def test_a_git_gc_during_the_run_is_not_undone_at_its_end(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+def test_the_held_objects_of_a_run_whose_manager_died_are_let_go_by_the_next_run(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # As a manager killed mid-run leaves them: links that would pin what a `git gc` freed.
+    stale = repo / ".git" / "swarm" / "runs" / "20260101-000000-dead" / "guard" / "held" / "ab"
+    stale.mkdir(parents=True)
+    (stale / "cdef").write_bytes(b"an object file, linked")
+    agent = write_agent("open('f.txt', 'w').write('f')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/held"))
+
+
 WHEN_VICTIM_DONE = """
 import os, sqlite3, subprocess, time
 common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],

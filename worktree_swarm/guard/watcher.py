@@ -206,6 +206,11 @@ class Guard:
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
+                # Runs whose manager died (this one holds the manager lock) need theirs no
+                # more: a resume holds afresh, and they would pin what a `git gc` freed.
+                for stale in self._dir.parent.parent.glob("*/guard/held"):
+                    if stale != self._held:
+                        integrity.let_go(stale)
             self._refs = read_refs(self.repo.root)
             self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
