@@ -412,7 +412,9 @@ def test_an_agent_cannot_have_the_shim_server_fork_a_command_for_it(
 def test_shim_records_exit_status_and_kills_leftovers(
     tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:
-    body = 'daemon("daemon")\npublish("ready")\nsys.exit(3)\n'
+    # It ends once its daemon has said it is up (else the daemon may be killed before it does).
+    body = 'daemon("daemon")\nwhile not (PIDS / "daemon").exists():\n    time.sleep(0.01)\n'
+    body += 'publish("ready")\nsys.exit(3)\n'
     agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body)
     assert agent.wait(timeout=60) == 3
     record = json.loads(supervisor.record_path(log).read_text())

@@ -59,6 +59,8 @@ def start_detached(repo: Path, write_agent: Callable[[str], list[str]], ids: lis
     path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
     out = swarm(repo, "run", "--detach", path)
     assert out.returncode == 0, out.stderr
+    # The manager holds its lock before it records the run: wait for the record.
+    wait_for(lambda: swarm(repo, "status").returncode == 0, what="the run to be recorded")
     return gate
 
 
