@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,12 @@ HEADER = '[defaults]\nagent = "claude"\nrate_limit_backoff = "0.3s"\nretries = 3
 
 def tasks_toml(ids: list[str], extra: str = "") -> str:
     return HEADER + extra + "".join(f'[[task]]\nid = "{i}"\nprompt = "do {i}"\n' for i in ids)
+
+
+def run_waiting(repo: Path, fake_claude: Path, extra: str = "") -> subprocess.Popen[bytes]:
+    """`swarm run` of task `a` in the background, its agent waiting for the go file."""
+    plan(fake_claude, "a", "wait")
+    return swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"], extra)))
 
 
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
@@ -683,8 +690,7 @@ def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     repo: Path, fake_claude: Path
 ) -> None:
     # The machine went down (OOM, power): the manager, the shim and the agent at once.
-    plan(fake_claude, "a", "wait")
-    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    proc = run_waiting(repo, fake_claude)
     try:
         wait_for((fake_claude / "a.pid").exists, what="the agent")
         manager = psutil.Process(proc.pid)
@@ -763,8 +769,7 @@ def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
 def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_written_back(
     repo: Path, fake_claude: Path
 ) -> None:
-    plan(fake_claude, "a", "wait")
-    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    proc = run_waiting(repo, fake_claude)
     try:
         wait_for((fake_claude / "a.pid").exists, what="the agent")
         shutil.rmtree(repo / ".git" / "swarm")
@@ -813,9 +818,7 @@ def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_cl
 def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_author(
     repo: Path, fake_claude: Path
 ) -> None:
-    plan(fake_claude, "a", "wait")
-    text = tasks_toml(["a"], 'commit_author = "Night Shift <night@example.com>"\n')
-    proc = swarm_bg(repo, "run", manifest(repo, text))
+    proc = run_waiting(repo, fake_claude, 'commit_author = "Night Shift <night@example.com>"\n')
     wait_for((fake_claude / "a.pid").exists, what="the agent")
     agent = int((fake_claude / "a.pid").read_text())
     proc.send_signal(signal.SIGKILL)

@@ -1068,19 +1068,26 @@ subprocess.run(['git', 'switch', '-q', '-c', 'scratch'], check=True)
 """
 
 
+def run_beside_b(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, source: str
+) -> dict[str, dict[str, object]]:
+    """Run task `a` (*source*) while `b` (FRAMED) works; the status rows after."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a, b = [*write_agent(source), str(marks)], [*write_agent(FRAMED), str(marks)]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(a)}\n'
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(b)}\n',
+    )
+    swarm(repo, "run", path)
+    return status_json(repo)
+
+
 def test_an_agent_switching_its_own_worktree_fails_alone(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    switcher, other = [*write_agent(SWITCHER), str(marks)], [*write_agent(FRAMED), str(marks)]
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(switcher)}\n'
-        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(other)}\n',
-    )
-    swarm(repo, "run", path)
-    rows = status_json(repo)
+    rows = run_beside_b(repo, tmp_path, write_agent, SWITCHER)
     assert rows["a"]["state"] == "failed", rows["a"]
     assert "its agent switched its worktree from swarm/a to scratch" in str(rows["a"]["reason"])
     assert rows["b"]["state"] == "done", rows["b"]
@@ -1089,17 +1096,8 @@ def test_an_agent_switching_its_own_worktree_fails_alone(
 def test_an_agent_that_switches_a_siblings_worktree_is_a_suspect_too(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
     main = git(repo, "rev-parse", "main")
-    framer, framed = [*write_agent(FRAMER), str(marks)], [*write_agent(FRAMED), str(marks)]
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(framer)}\n'
-        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(framed)}\n',
-    )
-    swarm(repo, "run", path)
-    rows = status_json(repo)
+    rows = run_beside_b(repo, tmp_path, write_agent, FRAMER)
     assert rows["a"]["state"] == "failed", rows["a"]  # it went free, b took the blame
     assert "its worktree was switched from swarm/b to main" in str(rows["a"]["reason"])
     assert rows["b"]["state"] == "failed", rows["b"]

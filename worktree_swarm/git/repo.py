@@ -453,25 +453,6 @@ def checkpoint(
     return head
 
 
-class SecretLeftOutError(GitError):
-    """A checkpoint left out files holding a secret value (the rest committed)."""
-
-    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
-        """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
-        self.worktree = worktree
-        self.paths = tuple(paths)
-        self.head = head
-        super().__init__(
-            f"wrote the value of a secret into {', '.join(paths)}: left out of its commit, it "
-            f"stays in {worktree}; the rest is committed"
-        )
-
-    def __reduce__(
-        self,
-    ) -> tuple[type[SecretLeftOutError], tuple[Path, tuple[str, ...], str | None]]:
-        return type(self), (self.worktree, self.paths, self.head)
-
-
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
 
 
@@ -509,23 +490,44 @@ def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
     return shown.returncode == 0 and all(value in shown.stdout for value in values)
 
 
-class EmbeddedRepositoryError(GitError):
-    """A checkpoint found repositories an agent made inside its worktree (the rest committed)."""
+class LeftOutError(GitError):
+    """A checkpoint left some paths of an agent's out (the rest committed), saying why."""
 
     def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
         """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
         self.worktree = worktree
         self.paths = tuple(paths)
         self.head = head
-        super().__init__(
+        super().__init__(self._message(worktree, self.paths))
+
+    @staticmethod
+    def _message(worktree: Path, paths: Sequence[str]) -> str:
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[type[LeftOutError], tuple[Path, tuple[str, ...], str | None]]:
+        return type(self), (self.worktree, self.paths, self.head)
+
+
+class EmbeddedRepositoryError(LeftOutError):
+    """A checkpoint found repositories an agent made inside its worktree (the rest committed)."""
+
+    @staticmethod
+    def _message(worktree: Path, paths: Sequence[str]) -> str:
+        return (
             f"made a git repository inside its worktree ({', '.join(paths)}): a commit would "
             f"hold only its commit id, not its files; they stay in {worktree}"
         )
 
-    def __reduce__(
-        self,
-    ) -> tuple[type[EmbeddedRepositoryError], tuple[Path, tuple[str, ...], str | None]]:
-        return type(self), (self.worktree, self.paths, self.head)
+
+class SecretLeftOutError(LeftOutError):
+    """A checkpoint left out files holding a secret value (the rest committed)."""
+
+    @staticmethod
+    def _message(worktree: Path, paths: Sequence[str]) -> str:
+        return (
+            f"wrote the value of a secret into {', '.join(paths)}: left out of its commit, it "
+            f"stays in {worktree}; the rest is committed"
+        )
 
 
 _UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)

@@ -308,7 +308,7 @@ class NodeAgent:
                     droppings=adapter_for(self.a.task.agent).droppings,
                     report_secrets=True,
                 )
-            except (git.EmbeddedRepositoryError, git.SecretLeftOutError) as exc:
+            except git.LeftOutError as exc:  # embedded repositories, secrets
                 if exc.head is not None:  # everything else is committed: pushed, as locally
                     self._push(exc.head)
                 raise
