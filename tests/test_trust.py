@@ -375,6 +375,65 @@ def test_a_git_gc_during_the_run_is_not_undone_at_its_end(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+# A commit graph that gives main's tip another root tree: your `git show main`, `git status`
+# and `git reset --hard` then take a backdoor for your last commit. Its checksum made right.
+FORGE_GRAPH = (
+    COMMON
+    + """
+import hashlib, struct
+def run(*args, text=True, data=None):
+    return subprocess.run(['git', '-C', str(repo), *args], input=data, capture_output=True,
+                          text=text, check=True).stdout
+blob = run('hash-object', '-w', '--stdin', data='backdoor\\n').strip()
+tree = run('mktree', data=f'100644 blob {blob}\\tREADME.md\\n').strip()
+tip = bytes.fromhex(run('rev-parse', 'main').strip())
+run('commit-graph', 'write', '--reachable')
+path = common / 'objects' / 'info' / 'commit-graph'
+data = bytearray(path.read_bytes())
+chunks = {bytes(data[8 + 12 * i:12 + 12 * i]): struct.unpack('>Q', data[12 + 12 * i:20 + 12 * i])[0]
+          for i in range(data[6] + 1)}
+oids, commits = chunks[b'OIDL'], chunks[b'CDAT']
+for n in range((commits - oids) // 20):
+    if data[oids + 20 * n:oids + 20 * n + 20] == tip:
+        data[commits + 36 * n:commits + 36 * n + 20] = bytes.fromhex(tree)
+data[-20:] = hashlib.sha1(data[:-20]).digest()
+def forge():
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+attempt(forge)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_a_commit_graph_that_lies_about_your_commits_is_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    shown = git(repo, "show", "main")
+    run_one(repo, [*write_agent(FORGE_GRAPH), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    assert git(repo, "show", "main") == shown
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "commit-graph", "verify") == ""
+    if not sandbox:
+        row = status_json(repo)["bad"]
+        assert row["state"] == "failed", row
+        assert "objects/info/commit-graph" in str(row["reason"]), row
+        assert all(w["restored"] for w in outside_writes(repo))
+
+
+def test_a_commit_graph_git_writes_during_the_run_is_kept(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(
+        "import subprocess\n"
+        "subprocess.run(['git', 'commit-graph', 'write', '--reachable'], check=True)\n"
+        "open('f.txt', 'w').write('f')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    assert status_json(repo)["t"]["state"] == "done"
+    assert (repo / ".git" / "objects" / "info" / "commit-graph").is_file()
+
+
 def test_the_held_objects_of_a_run_whose_manager_died_are_let_go_by_the_next_run(
     repo: Path, write_agent: AgentFactory
 ) -> None:

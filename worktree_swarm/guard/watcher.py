@@ -42,7 +42,7 @@ from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
-from worktree_swarm.guard import integrity, surface
+from worktree_swarm.guard import graph, integrity, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
@@ -171,6 +171,8 @@ class Guard:
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
         self._hooks: Path | None = None
+        self._graph: graph.Fingerprint = ()  # the commit graph as last found matching
+        self._graph_checked = now
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete
         self._walked: dict[str, str] = {}  # ref -> its last tip whose every object was seen
         self._objects: ObjectWatch | None = None  # which checks must look at every ref
@@ -203,6 +205,7 @@ class Guard:
                     self._admins.append(git.git_dir(path))
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
+            self._graph = graph.fingerprint(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
@@ -215,7 +218,7 @@ class Guard:
             self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
             now = time.time()
-            self._refs_checked = self._surface_checked = now
+            self._refs_checked = self._surface_checked = self._graph_checked = now
             self._objects_checked = self._stash_checked = now
 
     @contextlib.contextmanager
@@ -396,6 +399,7 @@ class Guard:
         self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
             self._scan_surface(began)
+            self._scan_graph(began)
         refs: dict[str, str] | None = None
         with self._job("refs"):
             refs = read_refs(self.repo.root)
@@ -450,6 +454,7 @@ class Guard:
             # The git dir first: undoing an `info/exclude` entry shows the files it hid.
             with self._job(REPOSITORY):
                 found += self._scan_surface(began)
+                found += self._scan_graph(began)
             refs: dict[str, str] | None = None
             with self._job("refs"):
                 moved = self._scan_refs(began, pending)
@@ -785,6 +790,35 @@ class Guard:
             patch_text=patch,
         )
         return [violation]
+
+    def _scan_graph(self, began: float) -> list[Violation]:
+        """A commit graph that changed and does not match the commits it describes: removed."""
+        common = self.repo.common_dir
+        now = graph.fingerprint(common)
+        window = (self._graph_checked, began)
+        self._graph_checked = began
+        if now == self._graph:
+            return []
+        wrong = graph.mismatch(self.repo.root)
+        if not wrong:  # git's own (`git gc`, `git commit-graph write`): it matches the commits
+            self._graph = now
+            return []
+        self._changes.mark_all()  # git showed your checkouts' HEAD through it
+        if self.restore:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                graph.remove(common)
+        self._graph = graph.fingerprint(common)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=(graph.LABEL,),
+            suspects=suspects,
+            restored=not self._graph,
+        )
+        return [self._record(violation, patch_text=f"git commit-graph verify:\n{wrong}\n")]
 
     def _scan_refs(self, began: float, pending: set[str]) -> list[Violation]:
         window = (self._refs_checked, began)
