@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
+from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import runner
@@ -223,3 +226,18 @@ def test_git_is_looked_up_on_the_path_each_command_is_started_with(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(BadInputError, match="git is not installed or not on PATH"):
         runner.run(repo, "rev-parse", "HEAD")
+
+
+def test_swarms_git_reads_commits_not_a_commit_graph_an_agent_wrote(
+    repo: Path, tmp_path: Path
+) -> None:
+    attack = tmp_path / "forge.py"
+    attack.write_text(FORGE_GRAPH)
+    argv = [sys.executable, str(attack), str(repo), str(tmp_path / "m")]
+    subprocess.run(argv, cwd=repo, check=True)
+    assert "+backdoor" in git(repo, "show", "main")  # what your own git now shows
+    assert "backdoor" not in runner.run(repo, "show", "main").stdout
+    worktree = tmp_path / "wt"
+    runner.run(repo, "worktree", "add", "-q", "--no-checkout", "--detach", str(worktree), "main")
+    runner.run(worktree, "read-tree", "--reset", "-u", "HEAD")
+    assert (worktree / "README.md").read_text() == "hello\n"

@@ -34,6 +34,7 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("commit.gpgSign", "false"),
     ("tag.gpgSign", "false"),
     ("protocol.ext.allow", "never"),
+    ("core.commitGraph", "false"),  # commits as they are, not as a graph file anyone can write
     ("gc.auto", "0"),  # no automatic gc after swarm's own commits
     ("maintenance.auto", "false"),  # 2.29: `git maintenance run --auto` after commits
     # Never git in a submodule, under its own config: not by recursion, nor for a summary.
