@@ -781,6 +781,24 @@ def test_retry_resumes_the_agents_session_on_its_branch(
     assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
 
 
+def test_a_retry_after_clean_deleted_the_branch_starts_afresh_from_the_base(
+    repo: Path,
+    fake_claude: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")  # a rate limit, and no retries left for it
+    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0  # its half-done work gone
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    _, second = calls(fake_claude, "a")
+    assert "--resume" not in second["argv"]  # not told to go on with work that is gone
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 2
+    assert "is done; its branch swarm/a was deleted since" in out.stderr, out.stderr
+
+
 def _store_says(repo: Path, query: str) -> bool:
     """The first value *query* reads from the run's store (read-only), as a truth; False while
     the store, its tables or the row are not there yet."""

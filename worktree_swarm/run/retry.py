@@ -46,6 +46,8 @@ def prepare(
             raise BadInputError(taken_message(row, taken[task_id]))
         if row.state not in RETRYABLE | _NAMED_ALSO:
             what = f"{row.state.value}; its work is on {row.branch}"
+            if git.rev_parse(repo, f"refs/heads/{row.branch}") is None:
+                what = f"{row.state.value}; its branch {row.branch} was deleted since"
             if not row.state.is_final:
                 what = "still in progress; `swarm resume` carries it on"
             raise BadInputError(f"task {task_id} of run {run_id} is {what}")
@@ -104,10 +106,15 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     # From the attempts themselves: a manager killed right after a launch may not have
     # counted the last one on the task row.
     last = max((a.number for a in store.attempts(row.run_id, row.task_id)), default=0)
+    tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
+    # Its branch deleted since (`swarm clean --force`): nothing to go on from, so from the base.
+    gone = tip is None and not fresh
+    fresh = fresh or gone
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
     if fresh:
-        _keep_uncommitted(repo, row)
-        tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
+        if not gone:
+            _keep_uncommitted(repo, row)
+            tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
     # First: a retry killed after deleting the branch has the old tip on record.
     store.add_event(row.run_id, RETRY_EVENT, task_id=row.task_id, data=data)
@@ -123,7 +130,8 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         row.run_id,
         row.task_id,
         state=TaskState.PENDING,
-        reason=f"retrying{' from the base' if fresh else ''}",
+        reason=f"retrying{' from the base' if fresh else ''}"
+        + (f" ({row.branch} was deleted)" if gone else ""),
         ended_at=None,
         stop_requested=False,
         retry_base=last,
