@@ -211,6 +211,8 @@ def test_status_shows_the_run_and_each_task_once(
     for task in ("a", "b"):
         assert sum(line.split()[:2] == [task, "done"] for line in lines) == 1
     assert sum(line.startswith("total: ") for line in lines) == 1
+    # Plain commands report no cost or tokens: `-` as in the rows, not a made-up $0.00.
+    assert "total: 2 attempts, cost -, tokens -" in lines
 
 
 def test_status_rows_name_tokens_and_the_worktree(

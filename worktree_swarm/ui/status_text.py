@@ -93,10 +93,14 @@ def status_text(
     ]
     present = sum(r.worktree_present for r in rows)
     removed = sum(not r.worktree_present and r.disk_actual is not None and not r.node for r in rows)
-    money_line = (
-        f"total: {plural(int(totals['attempts']), 'attempt')}, ${totals['cost_usd']:.2f}, "
+    # As in the rows: `-` where no agent reported any (plain commands report neither).
+    cost = f"${totals['cost_usd']:.2f}" if any(r.cost_usd is not None for r in rows) else "cost -"
+    tokens = (
         f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
+        if any(r.tokens_in is not None or r.tokens_out is not None for r in rows)
+        else "tokens -"
     )
+    money_line = f"total: {plural(int(totals['attempts']), 'attempt')}, {cost}, {tokens}"
     disk_line = (
         f"disk: {format_size(int(totals['disk_actual']))} used "
         f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
