@@ -285,6 +285,24 @@ def test_a_run_whose_manager_died_is_reported_so(
         swarm(repo, "resume")
 
 
+def test_the_makespan_leaves_out_the_time_between_a_run_s_end_and_its_retry(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = argv_toml(write_agent(FAILING_AGENT))
+    text = f'[defaults]\nagent = {agent}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert swarm(repo, "retry").returncode == 1  # the next morning, as it were
+    query = "SELECT kind, ts FROM events WHERE kind IN (?, ?) ORDER BY ts"
+    sessions = _rows(repo, query, "run_started", "run_finished")
+    assert [r["kind"] for r in sessions] == ["run_started", "run_finished"] * 2
+    gap = sessions[2]["ts"] - sessions[1]["ts"]  # nothing of the run ran
+    run = _rows(repo, "SELECT created_at, ended_at FROM runs")[0]
+    totals = report_json(repo)["totals"]
+    assert isinstance(totals, dict)
+    span = run["ended_at"] - run["created_at"]
+    assert totals["makespan_s"] == pytest.approx(span - gap, abs=1e-3)
+
+
 def test_unknown_run_is_bad_input_and_writes_nothing(finished_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "never.html"
     out = swarm(finished_run, "report", "--run", "nope", "--html", str(target))

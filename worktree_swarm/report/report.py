@@ -225,7 +225,12 @@ def build_report(
         generated_at=now,
         end=end,
         tasks=tasks,
-        totals=_totals(tasks, list(specs.values()), jobs=run.jobs, makespan=end - run.created_at),
+        totals=_totals(
+            tasks,
+            list(specs.values()),
+            jobs=run.jobs,
+            makespan=end - run.created_at - _idle(events),
+        ),
         outside_writes=outside,
         guard_errors=guard_errors,
         max_disk=_max_disk(run),
@@ -286,6 +291,22 @@ def _run_end(
     seen += [t for r in rows for t in (r.started_at, r.ended_at) if t is not None]
     seen += [t for a in attempts.values() for x in a for t in (x.started_at, x.ended_at) if t]
     return max(seen)
+
+
+def _idle(events: Sequence[EventRow]) -> float:
+    """Time from each end of the run to its next start (`swarm retry`, `resume`): nothing ran.
+
+    An end was recorded only where the run finished, stopped or was interrupted with no agent
+    of it left; a manager that died recorded none, and its agents may have worked on.
+    """
+    idle, ended = 0.0, None
+    for event in sorted(events, key=lambda e: e.ts):
+        if event.kind == "run_finished":
+            ended = event.ts
+        elif event.kind == "run_started":
+            idle += event.ts - ended if ended is not None else 0.0
+            ended = None
+    return idle
 
 
 def _task_report(
