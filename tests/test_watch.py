@@ -59,9 +59,18 @@ def start_detached(repo: Path, write_agent: Callable[[str], list[str]], ids: lis
     path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
     out = swarm(repo, "run", "--detach", path)
     assert out.returncode == 0, out.stderr
-    # The manager holds its lock before it records the run: wait for the record.
-    wait_for(lambda: swarm(repo, "status").returncode == 0, what="the run to be recorded")
+    try:  # The manager holds its lock before it records the run: wait for the record.
+        wait_for(lambda: swarm(repo, "status").returncode == 0, what="the run to be recorded")
+    except BaseException:
+        release(repo, gate)
+        raise
     return gate
+
+
+def release(repo: Path, gate: Path) -> None:
+    """Let the detached run's agents finish, and wait for its manager to end."""
+    gate.write_text("go")
+    wait_for(lambda: manager_gone(repo), what="the manager to end")
 
 
 def open_app(repo: Path) -> tuple[WatchApp, Store]:
@@ -88,7 +97,11 @@ def test_stop_key_stops_a_real_agent_and_retry_starts_one(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
     gate = start_detached(repo, write_agent, ["alpha", "beta"])
-    app, store = open_app(repo)
+    try:
+        app, store = open_app(repo)
+    except BaseException:
+        release(repo, gate)
+        raise
 
     async def drive() -> None:
         async with app.run_test(size=(140, 40)) as pilot:
@@ -122,8 +135,7 @@ def test_stop_key_stops_a_real_agent_and_retry_starts_one(
     try:
         run_async(drive)
     finally:
-        gate.write_text("go")
-        wait_for(lambda: manager_gone(repo), what="the manager to end")
+        release(repo, gate)
         store.close()
     second = store_attempts(repo, "alpha")
     assert second[-1].number == 2
@@ -220,8 +232,7 @@ def test_watch_in_tmux_shows_the_task_table(
         assert pane("alternate_on") == "0"  # the screen it drew on is closed, modes restored
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
-        gate.write_text("go")
-        wait_for(lambda: manager_gone(repo), what="the manager to end")
+        release(repo, gate)
 
 
 def test_watch_without_a_terminal_is_one_line_and_exit_2(repo: Path) -> None:
