@@ -765,6 +765,11 @@ def test_a_secret_streamed_in_pieces_reaches_a_follower_redacted() -> None:
         ("OLDPWD", False),
         ("NO_PROXY_BYPASS", False),
         ("PASSTHROUGH_ENV", False),
+        ("PIP_KEYRING_PROVIDER", False),
+        ("SSH_ASKPASS", False),
+        ("XKB_KEYMAP", False),
+        ("KEYRING_PASSWORD", True),
+        ("SSH_KEY", True),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:
