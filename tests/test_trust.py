@@ -181,6 +181,20 @@ def test_planted_git_config_or_hook_is_undone_and_never_runs(
     assert not marker.exists()
 
 
+def test_the_patch_of_a_planted_setting_holds_no_credential_of_yours(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    token = "ghs_" + "Q7" * 18
+    url = f"https://x-access-token:{token}@github.com/o/r.git"
+    git(repo, "config", "remote.origin.url", url)  # beside the line the agent adds
+    run_one(repo, [*write_agent(FSMONITOR), str(repo), str(tmp_path / "m")], sandbox=False)
+    (write,) = outside_writes(repo)
+    patch = Path(str(write["patch"])).read_text()
+    assert "fsmonitor" in patch  # what the agent planted is shown
+    assert token not in patch
+    assert git(repo, "config", "remote.origin.url") == url  # put back byte for byte
+
+
 # -- switching the guard off -------------------------------------------------------------------
 
 # Edits the checkout, moves `stable`, touches the old stamp and forges announcements of the

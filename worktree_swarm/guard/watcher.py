@@ -75,6 +75,7 @@ from worktree_swarm.guard.snapshot import (
     status_field,
     symbolic_head,
 )
+from worktree_swarm.infra.redact import redact
 
 _MIN_INTERVAL = 1.0
 # Per periodic scan, task worktrees flagged as changed are compared for at most this long;
@@ -1155,7 +1156,8 @@ class Guard:
             else:
                 name = violation.where
             path = self._dir / f"outside-{self._count}-{name}.patch"
-            path.write_text(patch_text, encoding="utf-8")
+            # A credential of yours beside the changed line (a remote's URL) stays out of it.
+            path.write_text(redact(patch_text), encoding="utf-8")
             patch = str(path)
         done = dataclasses.replace(violation, number=self._count, patch=patch)
         self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
