@@ -304,6 +304,29 @@ def test_a_repository_an_agent_made_is_left_out_of_the_checkpoint_and_named(
     assert (web / "app.js").read_text() == "app\n"
 
 
+@pytest.mark.parametrize("index", [[], ["--index-version", "4"], ["--split-index"]],
+                         ids=["v2", "v4", "split"])  # fmt: skip
+def test_a_repository_the_agent_staged_itself_is_never_looked_into(
+    repo: Path, tmp_path: Path, index: list[str]
+) -> None:
+    web = repo / "web"
+    web.mkdir()
+    git(web, "init", "-q")
+    (web / "app.js").write_text("app\n")
+    git(web, "add", "app.js")
+    git(web, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "app")
+    marker = tmp_path / "ran"
+    git(web, "config", "core.fsmonitor", f"touch {marker} #")  # run by git started in web/
+    git(repo, "-c", "core.fsmonitor=false", "add", "web")  # a gitlink in the index
+    if index:
+        git(repo, "update-index", *index)
+    (web / "app.js").write_text("changed\n")
+    with pytest.raises(g.EmbeddedRepositoryError) as info:
+        g.checkpoint(repo, message="m", author=AUTHOR)
+    assert info.value.paths == ("web",)
+    assert not marker.exists()
+
+
 def test_checkpoint_deletion(repo: Path) -> None:
     (repo / "README.md").unlink()
     assert g.checkpoint(repo, message="rm", author=AUTHOR) is not None

@@ -369,8 +369,33 @@ def populated_gitlinks(path: Path, env: Mapping[str, str] | None = None) -> list
     made. swarm's `add` leaves them out and records where their HEAD is instead
     (:func:`stage_gitlinks`).
     """
+    index = (env or {}).get("GIT_INDEX_FILE")
+    if _no_gitlinks(path / index if index else runner.git_dir(path) / "index"):
+        return []  # the usual case, told without starting git
     out = _run(path, ["ls-files", "-z", "--stage"], env=env).stdout
     return [p for _, p in _GITLINK.findall(out) if (path / p / ".git").exists()]
+
+
+_GITLINK_MODE = (0o160000).to_bytes(4, "big")
+_INDEX_VERSIONS = {(v).to_bytes(4, "big") for v in (2, 3, 4)}
+
+
+def _no_gitlinks(index: Path) -> bool:
+    """Whether the index file *index* surely has no gitlink entry, read without git.
+
+    Index versions 2 to 4 store every entry's mode as four bytes: a file without the gitlink's
+    four anywhere has none. A split index (its ``link`` extension) keeps entries in another
+    file, so then git is asked, as it is for a file of another format.
+    """
+    try:
+        data = index.read_bytes()
+    except FileNotFoundError:
+        return True  # no index yet: no entries
+    except OSError:
+        return False
+    if data[:4] != b"DIRC" or data[4:8] not in _INDEX_VERSIONS:
+        return False
+    return _GITLINK_MODE not in data and b"link" not in data
 
 
 def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | None = None) -> None:
