@@ -2,7 +2,7 @@
 
     python benchmarks/bench_overhead.py [--tasks 50 200] [--jobs 8 32] [--files 100]
                                         [--repo PATH] [--repeat 3] [--compare SRC ...]
-                                        [--trace] [--profile]
+                                        [--trace] [--profile] [--split]
 
 For each size, a throwaway repository (N generated files, or a clone of `--repo`) and N tasks of
 a no-op agent (writes one file and exits). Measured, in this order, per repetition:
@@ -23,8 +23,10 @@ clean's share in brackets) beside the floor's, the ratios, and medians over `--r
 the user CPU alone and its ratio, since the kernel's share moves by up to 2x from one run to
 the next on a shared VM while the user share holds within ~10%.
 `--trace` counts the git processes per task (GIT_TRACE2) of swarm and of the floor, by
-command. `--profile` runs the manager under cProfile in every thread (CPU time per thread) and
-prints its top functions.
+command. `--split` runs both once more with every git process started through a wrapper that
+waits for it (`wait4`) and records its own CPU: git's CPU per task by command, swarm's beside
+the floor's, and the managers' own (what swarm adds that is not git). `--profile` runs the
+manager under cProfile in every thread (CPU time per thread) and prints its top functions.
 """
 
 from __future__ import annotations
@@ -83,6 +85,28 @@ def dump():
 atexit.register(dump)
 sys.argv = ["swarm", *sys.argv[3:]]
 runpy.run_module("worktree_swarm.cli", run_name="__main__")
+"""
+
+# Stands first on PATH for `--split`: starts the real git, waits for it and appends its command
+# and own CPU (with its children's) to the file SWARM_BENCH_GITREC names.
+GIT_WRAPPER = """#!{python} -S
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv({git!r}, ["git", *sys.argv[1:]])
+_, status, use = os.wait4(pid, 0)
+args, words = sys.argv[1:], []
+while args:
+    if args[0] in ("-c", "-C"):
+        args = args[2:]
+    elif args[0].startswith("-"):
+        args = args[1:]
+    else:
+        words = args[:1]
+        break
+with open(os.environ["SWARM_BENCH_GITREC"], "a") as out:
+    out.write(json.dumps([(words or ["?"])[0], use.ru_utime + use.ru_stime]) + "\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
@@ -230,6 +254,51 @@ def print_counts(label: str, counts: collections.Counter[str], tasks: int) -> No
     print(f"    git processes per task, {label}: {total / tasks:.1f} ({rows})")
 
 
+def split(pristine: Path, tmp: Path, tasks: int, jobs: int, src: Path) -> None:
+    """Git's own CPU per task by command, swarm's and the floor's, and the managers' own."""
+    bin_dir = tmp / "wrapped"
+    bin_dir.mkdir()
+    real = shutil.which("git")
+    if real is None:
+        raise SystemExit("git is not on PATH")
+    wrapper = bin_dir / "git"
+    wrapper.write_text(GIT_WRAPPER.format(python=sys.executable, git=real))
+    wrapper.chmod(0o755)
+    path, record = os.environ["PATH"], tmp / "git.jsonl"
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
+    os.environ["SWARM_BENCH_GITREC"] = str(record)
+    try:
+        floor(pristine, tasks, 1)
+        floor_git = read_record(record)
+        record.unlink()
+        repo = tmp / "split" / "repo"
+        repo.parent.mkdir()
+        shutil.copytree(pristine, repo, symlinks=True)
+        m = swarm_run(repo, tasks, jobs, src=src, trace=None, profile=None)
+        swarm_git = read_record(record)
+    finally:
+        os.environ["PATH"] = path
+        del os.environ["SWARM_BENCH_GITREC"]
+    for label, used in (("floor", floor_git), ("swarm", swarm_git)):
+        total = sum(cpu for _, cpu in used.values())
+        count = sum(n for n, _ in used.values())
+        top = sorted(used.items(), key=lambda kv: -kv[1][1])[:8]
+        rows = ", ".join(f"{name} {cpu / tasks * 1000:.1f}" for name, (_, cpu) in top)
+        print(f"    {label}'s git: {total / tasks * 1000:.1f} ms/task in"
+              f" {count / tasks:.1f} processes ({rows})")  # fmt: skip
+    print(f"    swarm's managers' own: {m.own / tasks * 1000:.1f} ms/task")
+
+
+def read_record(record: Path) -> dict[str, tuple[int, float]]:
+    """Processes and CPU by git command, as the wrapper recorded them."""
+    used: dict[str, tuple[int, float]] = {}
+    for line in record.read_text().splitlines() if record.exists() else []:
+        name, cpu = json.loads(line)
+        n, total = used.get(name, (0, 0.0))
+        used[name] = (n + 1, total + cpu)
+    return used
+
+
 def print_profile(path: Path) -> None:
     import pstats  # noqa: PLC0415 - only with --profile
 
@@ -251,6 +320,7 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, nargs="*", default=[], help="other source trees")
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--split", action="store_true", help="git's own CPU apart, by command")
     args = parser.parse_args()
     srcs = [SRC, *(p.resolve() for p in args.compare)]
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {platform.python_version()}")
@@ -271,6 +341,8 @@ def main() -> int:
                     f_par, _, _ = floor(pristine, tasks, jobs)
                     if floor_trace is not None and rep == 0:
                         print_counts("floor", git_counts(floor_trace), tasks)
+                    if args.split and rep == 0:
+                        split(pristine, Path(tmp), tasks, jobs, SRC)
                     runs = []
                     # Alternate which tree goes first: the first run follows the floor's disk
                     # work (writeback of its checkouts), the others follow a swarm run.
