@@ -8,6 +8,7 @@ release file, so the tests synchronise on files, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import psutil
 import pytest
@@ -1196,6 +1198,80 @@ def test_resume_while_an_actor_waits_for_a_slot_runs_the_task_once_and_frees_the
         assert not actor_processes(made)
     finally:
         made.shutdown()
+
+
+def pushed(remote: Path, what: str) -> bool:
+    """Whether *what* (``REV:PATH``) is on the bare repository *remote*."""
+    found = subprocess.run(
+        ["git", "-C", str(remote), "cat-file", "-e", what], capture_output=True, check=False
+    )
+    return found.returncode == 0
+
+
+def gone(process: psutil.Process) -> bool:
+    """Whether *process* has ended (a zombie has)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["u1"])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        manifest.read_text().replace("[defaults]\n", '[defaults]\nlost_after = "5s"\n')
+    )
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    frozen: psutil.Process | None = None
+    shim: psutil.Process | None = None
+    try:
+        first = cast("list[Path]", wait_for("the agent", lambda: agents_started(ctl, 1)))[0]
+        wait_for("a checkpoint of its work", lambda: pushed(remote, "swarm/u1:u1.txt"))
+        agent = psutil.Process(int(first.name.rsplit(".", 1)[1]))
+        shim = agent.parent()
+        actor = shim.parent() if shim is not None else None
+        # The agent runs under its shim, a child of the attempt's actor (a Ray worker).
+        assert actor is not None
+        assert "NodeAgent" in " ".join(actor.cmdline())
+        frozen = actor
+        actor.send_signal(signal.SIGSTOP)  # alive to Ray, but it answers no call
+        wait_for("the attempt counted lost", lambda: events(repo, "node_lost"), timeout=120)
+        wait_for("a new attempt's agent", lambda: agents_started(ctl, 2))
+        # Taken down before the task went on: the actor, and the agent it had started.
+        assert gone(actor)
+        assert gone(agent)
+        (ctl / "release").write_text("")
+        assert manager.wait(timeout=300) == 0, output(manager)
+    finally:
+        if frozen is not None and frozen.is_running():  # is_running checks its create time
+            with contextlib.suppress(psutil.Error):
+                frozen.send_signal(signal.SIGCONT)
+                frozen.kill()
+        if shim is not None and shim.is_running():  # its SIGTERM ends the agent's whole tree
+            with contextlib.suppress(psutil.Error):
+                shim.terminate()
+        if manager.poll() is None:
+            manager.kill()
+    node = first.read_text()
+    assert events(repo, "node_lost") == [("u1", {"attempt": 1, "node": node})]
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        rows = conn.execute(
+            "SELECT number, outcome, reason FROM attempts WHERE task_id = 'u1' ORDER BY number"
+        ).fetchall()
+    assert [(number, outcome) for number, outcome, _reason in rows] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
+    assert rows[0][2] == f"node {node} lost: its actor did not answer for 5.0s"
+    assert status(repo)["u1"]["state"] == "done"
+    # The new attempt went on from the frozen one's last pushed checkpoint.
+    history = git(repo, "log", "--format=%s", "swarm/u1").splitlines()
+    assert any(line.startswith("swarm: checkpoint u1 attempt 1 (running") for line in history)
+    assert git(repo, "show", "swarm/u1:u1.done") in {"head", "w0"}
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
 def test_a_lost_node_s_tasks_finish_on_another_node(

@@ -533,6 +533,15 @@ class RunSettings:
         flag=None,
         doc='time between checkpoint pushes while an agent runs (`executor = "ray"`)',
     )
+    lost_after: float = setting(
+        60.0,
+        kind=Kind.DURATION,
+        scope=Scope.RUN,
+        flag=None,
+        doc="how long an attempt's actor may go without answering before the attempt counts as "
+        "lost: its actor is killed and the task goes on elsewhere from its last pushed "
+        'checkpoint (`executor = "ray"`, [cluster.md](cluster.md#commands))',
+    )
 
     def to_json(self) -> str:
         """The settings as stored in the run's row."""

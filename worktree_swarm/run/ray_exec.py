@@ -35,7 +35,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
-from worktree_swarm.core.units import format_size
+from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import Violation
 from worktree_swarm.infra import redact
@@ -51,6 +51,7 @@ from worktree_swarm.run.ray_node import (
     Assignment,
     NodeAgent,
     Progress,
+    end_attempt,
     node_name,
     sandbox_problem,
 )
@@ -66,18 +67,24 @@ from worktree_swarm.run.task_worker import (
 POLL_SECONDS = 0.5
 PROBE_SECONDS = 5.0
 STATUS_MEASURE_SECONDS = 30.0
-# An actor Ray calls unavailable (its node unreachable, not yet declared dead) for this long
-# counts as lost.
-UNREACHABLE_SECONDS = 60.0
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
 # for ever.
 MAX_LOSSES = 3
 _NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
 SLOT = "agent_slot"
+# The actors' concurrency group of their own for probes: one answers while both of the
+# default group's threads work (a check, and the stop sent to it).
+PROBE_GROUP = "probe"
+# How long a node may take to kill what a silent attempt started there.
+END_ATTEMPT_SECONDS = 120.0
 
 
 class NodeLostError(SwarmError):
     """The actor of an attempt, or its node, is gone."""
+
+
+class _UnansweredError(NodeLostError):
+    """The actor of an attempt is there to Ray but has not answered for ``lost_after``."""
 
 
 class _SetupFailedError(SwarmError):
@@ -106,7 +113,7 @@ def _actor_class() -> Any:  # noqa: ANN401
     """NodeAgent as a Ray actor class (made once per process)."""
     with _actor_lock:
         if not _actor:
-            _actor.append(_ray().remote(NodeAgent))
+            _actor.append(_ray().remote(concurrency_groups={PROBE_GROUP: 1})(NodeAgent))
         return _actor[0]
 
 
@@ -285,7 +292,7 @@ def check_sandbox(address: str) -> None:
             raise BadInputError(f"node {node}: {problem}")
 
 
-def on_every_node(function: Callable[..., Any], *args: object) -> list[Any]:
+def on_every_node(function: Callable[..., Any], *args: object, timeout: float = 300.0) -> list[Any]:
     """*function* (*args*) run on every live node that offers agent slots, pinned to it."""
     ray = _ray()
     from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
@@ -300,7 +307,7 @@ def on_every_node(function: Callable[..., Any], *args: object) -> list[Any]:
         for node in ray.nodes()
         if node.get("Alive") and node.get("Resources", {}).get(SLOT)
     ]
-    return list(ray.get(refs, timeout=300))
+    return list(ray.get(refs, timeout=timeout))
 
 
 def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
@@ -329,6 +336,27 @@ def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
 def _node_sandbox_problem() -> tuple[str, str]:
     """On a node: its name, and why it cannot sandbox agents (or ``""``)."""
     return node_name(), sandbox_problem()
+
+
+def _end_attempt_if_named(node: str, run_id: str, task_id: str, number: int, grace: float) -> None:
+    """On a node: if this is *node*, end what attempt *number* of the task left here."""
+    if node_name() == node:
+        end_attempt(run_id, task_id, number, grace=grace)
+
+
+def _first_line(exc: BaseException, default: str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default
+
+
+def _node_side(exc: Exception) -> SwarmError:
+    """What failed in a node-side method (a git error, say): the attempt fails with it."""
+    if isinstance(exc, _ray().exceptions.UnserializableException):
+        # An error Ray cannot bring back: its last line says what it was.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        return SwarmError(f"on its node: {lines[-1] if lines else 'an error'}")
+    cause = getattr(exc, "cause", None)  # a RayTaskError: the method's own exception
+    return SwarmError(str(cause) if cause else str(exc))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -447,7 +475,7 @@ class RayTaskWorker(RunWorker):
             return self._attempt(live, handle, base, course, cost)
         except NodeLostError as exc:
             count.losses += 1
-            self._lost(task, handle, str(exc))
+            self._lost(task, handle, exc)
             if count.losses > MAX_LOSSES:
                 return TaskOutcome(
                     state=TaskState.FAILED,
@@ -523,14 +551,14 @@ class RayTaskWorker(RunWorker):
         actor = self._actor(assignment)
         node: object = None  # unknown until the actor answers (it may never)
         try:
-            node = self._call(actor.node.remote, live=live, placing=True)
+            node = self._call(actor, "node", live=live, placing=True)
             if live.stop.is_set():
                 raise NodeLostError("stopped before it started")
             self.store.update_task(self.run_id, task.id, node=str(node))
             self._admit(live, actor, str(node))
-            self._call(actor.prepare.remote, live=live)
+            self._call(actor, "prepare", live=live)
             if task.setup:
-                failure, text = self._call(actor.setup.remote, live=live, on_stop=actor.stop.remote)
+                failure, text = self._call(actor, "setup", live=live, on_stop=actor.stop.remote)
                 self._append_log(task, "setup.log", text)
                 if failure is not None:
                     raise _SetupFailedError(failure)
@@ -541,11 +569,18 @@ class RayTaskWorker(RunWorker):
             if session is not None:
                 text = cast("str", prompt)
             self._call(
-                lambda: actor.start.remote(prompt=text, session=session, resume_prompt=prompt),
+                actor,
+                "start",
+                prompt=text,
+                session=session,
+                resume_prompt=prompt,
                 live=live,
                 once=True,  # never twice: a second agent on the same branch
             )
-        except SwarmError:  # lost, or a node-side failure (git, setup): no actor is left behind
+        except SwarmError as exc:  # lost, or a node-side failure (git, setup): no actor is left
+            if isinstance(exc, _UnansweredError):  # it may have started the agent meanwhile
+                self._silence(actor, task.id, number, "" if node is None else str(node))
+                raise
             with contextlib.suppress(Exception):
                 ray.get(actor.discard.remote(), timeout=30)
             with contextlib.suppress(Exception):  # one that comes back must not run an agent
@@ -627,7 +662,7 @@ class RayTaskWorker(RunWorker):
             node,
             task,
             start=start,
-            held=lambda skip: int(self._call(lambda: actor.held.remote(skip), live=live)),
+            held=lambda skip: int(self._call(actor, "held", skip, live=live)),
             stop=live.stop,
             waiting=waiting,
         )
@@ -652,7 +687,7 @@ class RayTaskWorker(RunWorker):
         if kept is None or kept[1] is None:
             return None
         state, session_id = kept
-        restored = self._call(lambda: actor.restore_session.remote(state), live=live)
+        restored = self._call(actor, "restore_session", state, live=live)
         return session_id if restored else None
 
     def _keep_session(self, handle: _Handle, live: Live) -> None:
@@ -662,7 +697,7 @@ class RayTaskWorker(RunWorker):
             return
         handle.session_at = time.monotonic()
         since = handle.session_fp
-        state = self._call(lambda: handle.actor.session_state.remote(since), live=live)
+        state = self._call(handle.actor, "session_state", since, live=live)
         if state is None:
             return
         if handle.session_id is None:  # the stream's first lines name it
@@ -680,7 +715,7 @@ class RayTaskWorker(RunWorker):
         """Have the actor measure its clone; recorded, and counted on its node."""
         handle.measured_at = time.monotonic()
         self.disk.measured(
-            handle.node, handle.task_id, self._call(handle.actor.disk_use.remote, live=live)
+            handle.node, handle.task_id, self._call(handle.actor, "disk_use", live=live)
         )
 
     def _attempt(
@@ -697,7 +732,7 @@ class RayTaskWorker(RunWorker):
         cut: tuple[TaskState, str] | None = None
         while True:
             self._mirror(handle, live)
-            progress: Progress = self._call(handle.actor.poll.remote, live=live)
+            progress: Progress = self._call(handle.actor, "poll", live=live)
             if progress.ended:
                 break
             self._periodic(handle, live)
@@ -708,8 +743,8 @@ class RayTaskWorker(RunWorker):
             elif task.idle_timeout and progress.idle_seconds >= task.idle_timeout:
                 cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
             if cut is not None:
-                self._call(handle.actor.stop.remote, live=live)
-                progress = self._call(handle.actor.poll.remote, live=live)
+                self._call(handle.actor, "stop", live=live)
+                progress = self._call(handle.actor, "poll", live=live)
                 break
             live.stop.wait(POLL_SECONDS)
         self._mirror(handle, live)
@@ -720,9 +755,9 @@ class RayTaskWorker(RunWorker):
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent
         )
-        tip = self._call(lambda: handle.actor.finish.remote(message=message), live=live)
-        self._report_planted(task.id, handle, self._call(handle.actor.planted.remote, live=live))
-        left: list[str] = self._call(handle.actor.submodule_work.remote, live=live)
+        tip = self._call(handle.actor, "finish", message=message, live=live)
+        self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))
+        left: list[str] = self._call(handle.actor, "submodule_work", live=live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
         with contextlib.suppress(NodeLostError):
@@ -761,7 +796,7 @@ class RayTaskWorker(RunWorker):
             return self._check(live, handle, base)
         except NodeLostError as exc:
             self._emit("node_lost", live.task.id, {"attempt": handle.number, "node": handle.node})
-            self._retire(handle)
+            self._retire(handle, silent=isinstance(exc, _UnansweredError))
             attempt = next(
                 a for a in self.store.attempts(self.run_id, live.task.id)
                 if a.id == handle.attempt_id
@@ -798,9 +833,7 @@ class RayTaskWorker(RunWorker):
             return None
         self._state(task.id, TaskState.CHECKING)
         failure, text = self._call(
-            lambda: handle.actor.check.remote(base=base),
-            live=live,
-            on_stop=handle.actor.stop.remote,
+            handle.actor, "check", base=base, live=live, on_stop=handle.actor.stop.remote
         )
         self._append_log(task, "checks.log", text)
         return cast("CheckFailure | None", failure)
@@ -833,15 +866,15 @@ class RayTaskWorker(RunWorker):
                 tokens_out=(row.tokens_out or 0) + (result.tokens_out or 0),
             )
 
-    def _end(self, handle: _Handle, reason: str) -> None:
-        """Record the attempt as failed and take its actor down."""
+    def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
+        """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
         self.store.end_attempt(
             handle.attempt_id,
             exit_code=None,
             outcome=AttemptOutcome.FAILED.value,
             usage=AttemptUsage(reason=reason),
         )
-        self._retire(handle)
+        self._retire(handle, silent=silent)
 
     def _rate_limited(
         self, task: Task, number: int, throttled: _Throttled, course: Course
@@ -879,9 +912,10 @@ class RayTaskWorker(RunWorker):
             fh.write(text)
         redact.scrub_file(log)
 
-    def _lost(self, task: Task, handle: _Handle, why: str) -> None:
+    def _lost(self, task: Task, handle: _Handle, exc: NodeLostError) -> None:
         """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
-        self._end(handle, f"node {handle.node} lost: {why}")
+        silent = isinstance(exc, _UnansweredError)
+        self._end(handle, f"node {handle.node} lost: {exc}", silent=silent)
         self._emit("node_lost", task.id, {"attempt": handle.number, "node": handle.node})
         self._state(
             task.id,
@@ -889,19 +923,31 @@ class RayTaskWorker(RunWorker):
             reason=f"node {handle.node} lost; resuming elsewhere from the last pushed checkpoint",
         )
 
-    def _retire(self, handle: _Handle) -> None:
+    def _retire(self, handle: _Handle, *, silent: bool = False) -> None:
+        """Have the attempt's actor remove its clone, and take it down.
+
+        One known to be *silent*, or that does not answer now, is taken down without it
+        (:meth:`_silence`).
+        """
         ray = _ray()
-        # A gone actor has nothing left to discard, nor to kill.
-        with contextlib.suppress(Exception):
-            ray.get(handle.actor.discard.remote(), timeout=30)
-        with contextlib.suppress(Exception):
+        if not silent:
+            try:
+                ray.get(handle.actor.discard.remote(), timeout=30)
+            except ray.exceptions.GetTimeoutError:
+                silent = True
+            except Exception:  # noqa: BLE001, S110 - gone: nothing left to discard
+                pass
+        if silent:
+            self._silence(handle.actor, handle.task_id, handle.number, handle.node)
+            return
+        with contextlib.suppress(Exception):  # a gone actor has nothing left to kill
             ray.kill(handle.actor)
         self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
     def _mirror(self, handle: _Handle, live: Live) -> None:
         """Append what the agent logged since the last call to the local copy of its log."""
         while True:
-            chunk: bytes = self._call(lambda: handle.actor.tail.remote(handle.offset), live=live)
+            chunk: bytes = self._call(handle.actor, "tail", handle.offset, live=live)
             if not chunk:
                 return
             with handle.log_path.open("ab") as fh:
@@ -910,49 +956,99 @@ class RayTaskWorker(RunWorker):
 
     def _call(
         self,
-        make: Callable[[], Any],
-        *,
+        actor: Any,  # noqa: ANN401 - a Ray actor handle
+        method: str,
+        *args: object,
         live: Live,
         placing: bool = False,
         once: bool = False,
         on_stop: Callable[[], object] | None = None,
+        **kwargs: object,
     ) -> Any:  # noqa: ANN401
-        """The result of the actor call *make* issues; NodeLostError when its actor is gone.
+        """The result of *actor*'s *method* (*args*, *kwargs*); NodeLostError when it is lost.
 
         An actor that cannot be reached is asked again (the methods are idempotent, except
         *once*: then it is lost at once) until it answers, Ray declares it dead, or
-        ``UNREACHABLE_SECONDS`` pass. While *placing* (the actor waits for a free slot) a stop
-        of the task ends the wait (None); otherwise a stop calls *on_stop* once.
+        ``lost_after`` passes. One that Ray still counts alive but that does not answer (its
+        process or its node hangs) is lost the same way (:class:`_UnansweredError`): a call
+        may work for long (a clone, checks), so while it runs the actor is probed in a
+        concurrency group of its own, and only ``lost_after`` without an answer to the call
+        or a probe is silence. While *placing* (the actor waits for a free slot, which may take
+        any time) a stop of the task ends the wait (None); otherwise a stop calls *on_stop*
+        once.
         """
         ray = _ray()
         exceptions = ray.exceptions
-        since = time.monotonic()
-        ref = make()
+        since = heard = time.monotonic()
+        ref = getattr(actor, method).remote(*args, **kwargs)
+        probe: Any = None
         while True:
             try:
                 return ray.get(ref, timeout=POLL_SECONDS * 4)
             except exceptions.GetTimeoutError:
-                # Still working (a long clone or push) or waiting for a slot: a node that is
-                # gone fails the call once Ray's health checks declare it dead.
-                if placing and live.stop.is_set():
-                    return None
+                if placing:
+                    if live.stop.is_set():
+                        return None
+                    continue
                 if on_stop is not None and live.stop.is_set():
                     on_stop()  # e.g. checks that run on: stopped on their node
                     on_stop = None
+                probe, heard = self._pulse(actor, probe, heard)
             except exceptions.ActorUnavailableError:
-                if once or time.monotonic() - since > UNREACHABLE_SECONDS:
+                if once or time.monotonic() - since > self.spec.lost_after:
                     raise NodeLostError("actor unreachable") from None
                 time.sleep(POLL_SECONDS)
-                ref = make()
+                ref, probe = getattr(actor, method).remote(*args, **kwargs), None
             except (exceptions.RayActorError, exceptions.NodeDiedError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "actor died"
-                raise NodeLostError(first) from None
-            except exceptions.RayTaskError as exc:
-                # The node-side method raised (a git error, say): the attempt fails.
-                raise SwarmError(str(exc.cause) if exc.cause else str(exc)) from None
-            except exceptions.UnserializableException as exc:  # an error Ray cannot bring back
-                lines = [line for line in str(exc).splitlines() if line.strip()]
-                raise SwarmError(f"on its node: {lines[-1] if lines else 'an error'}") from None
+                raise NodeLostError(_first_line(exc, "actor died")) from None
+            except (exceptions.RayTaskError, exceptions.UnserializableException) as exc:
+                raise _node_side(exc) from None
+
+    def _pulse(self, actor: Any, probe: Any, heard: float) -> tuple[Any, float]:  # noqa: ANN401
+        """Probe *actor* while a call waits: (the probe now out, when the actor last answered).
+
+        *probe* is the one sent before (or None), *heard* when the actor last answered. A probe
+        runs in the actor's concurrency group of its own: busy methods do not hold it up, a
+        hung process does. Raises :class:`_UnansweredError` after ``lost_after`` of silence.
+        """
+        ray = _ray()
+        if probe is not None and ray.wait([probe], timeout=0)[0]:
+            try:
+                ray.get(probe)
+                heard = time.monotonic()
+            except ray.exceptions.ActorUnavailableError:  # unreachable for now: asked again
+                pass
+            except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as exc:
+                raise NodeLostError(_first_line(exc, "actor died")) from None
+            probe = None
+        if time.monotonic() - heard > self.spec.lost_after:
+            silent = format_duration(self.spec.lost_after)
+            raise _UnansweredError(f"its actor did not answer for {silent}")
+        if probe is None:
+            probe = actor.node.options(concurrency_group=PROBE_GROUP).remote()
+        return probe, heard
+
+    def _silence(self, actor: Any, task_id: str, number: int, node: str) -> None:  # noqa: ANN401
+        """Take down the actor of attempt *number* that stopped answering, and its processes.
+
+        Ray kills the actor (so it never wakes up to push over a later attempt's work) and
+        frees its name; then its node kills, tree and all, what the attempt started there
+        (the agent, a setup step, checks: they run under shims of their own and outlive
+        their actor) and removes its clone, before the task goes on.
+        """
+        _kill_named(actor, actor_name(task_id, number), namespace(self.run_id))
+        if node:
+            with contextlib.suppress(Exception):  # a node that hangs too: doctor finds it
+                on_every_node(
+                    _end_attempt_if_named,
+                    node,
+                    self.run_id,
+                    task_id,
+                    number,
+                    self.spec.kill_grace,
+                    timeout=END_ATTEMPT_SECONDS + self.spec.kill_grace,
+                )
+        self.disk.released(node, task_id)
 
     # -- resuming after the coordinator died -------------------------------------------------
 
@@ -1099,15 +1195,15 @@ class RayTaskWorker(RunWorker):
             node="",
         )
         try:
-            node = self._call(handle.actor.node.remote, live=live, placing=True)
+            node = self._call(handle.actor, "node", live=live, placing=True)
             if live.stop.is_set():
                 raise NodeLostError("stopped before its checks")
             handle.node = str(node)
             self._admit(live, handle.actor, handle.node)
-            self._call(handle.actor.prepare.remote, live=live)
+            self._call(handle.actor, "prepare", live=live)
             if task.setup:
                 failure, text = self._call(
-                    handle.actor.setup.remote, live=live, on_stop=handle.actor.stop.remote
+                    handle.actor, "setup", live=live, on_stop=handle.actor.stop.remote
                 )
                 self._append_log(task, "setup.log", text)
                 if failure is not None:

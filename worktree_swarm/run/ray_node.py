@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from filelock import FileLock
 
 from worktree_swarm.agents import adapter_for, claude_auth
@@ -41,6 +43,10 @@ from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 NODE_DIR_ENV = "SWARM_NODE_DIR"
 NODE_NAME_ENV = "SWARM_NODE_NAME"
 TAIL_LIMIT = 1 << 20
+# Where an attempt's actor writes its process's identity, in the attempt's logs.
+ACTOR_FILE = "actor.json"
+# How long a node waits for Ray to kill the actor of an attempt it ends before doing it itself.
+ACTOR_EXIT_SECONDS = 15.0
 
 
 def node_dir() -> Path:
@@ -91,6 +97,53 @@ def remove_task_dir(run_id: str, task_id: str) -> str:
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only when empty
     return str(task_dir)
+
+
+def end_attempt(run_id: str, task_id: str, attempt: int, *, grace: float) -> None:
+    """On a node: kill what attempt *attempt* of a task started here, and remove its clone.
+
+    For an attempt whose actor was killed without ending it (it had stopped answering):
+    the actor's process is waited for (Ray kills one that does not answer after a few
+    seconds) and killed if it is still there, so it never pushes again. Its agent, setup
+    steps and checks run under shims of their own, each writing its record in the attempt's
+    logs, and outlive the actor: each is killed, tree and all (SIGTERM, SIGKILL after
+    *grace*). Then the clone and the logs go, as :meth:`NodeAgent.discard` would have done
+    (the task's work is on the remote up to its last push).
+    """
+    run_dir = node_dir() / "runs" / run_id
+    task_dir = run_dir / task_id
+    if task_dir.parent != run_dir or task_id in {"", ".", ".."}:
+        raise SwarmError(f"not a task of run {run_id}: {task_id!r}")
+    logs = task_dir / f"logs-{attempt}"
+    _end_actor(logs / ACTOR_FILE)
+    supervisor.kill_marked(logs, grace=grace)
+    shutil.rmtree(task_dir / "work", ignore_errors=True)
+    shutil.rmtree(logs, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only when empty
+        task_dir.rmdir()
+        run_dir.rmdir()
+
+
+def _end_actor(record: Path) -> None:
+    """Make sure the actor process *record* names (an :data:`ACTOR_FILE`) has ended."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        identity = supervisor.identity_of(int(data["pid"]))
+        recorded = float(data["create_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if (
+        identity is None
+        or identity.pid == os.getpid()
+        or abs(identity.create_time - recorded) > supervisor.CREATE_TIME_TOLERANCE
+    ):
+        return  # gone, or its PID is another process's now
+    with contextlib.suppress(psutil.Error):
+        actor = psutil.Process(identity.pid)
+        _gone, alive = psutil.wait_procs([actor], timeout=ACTOR_EXIT_SECONDS)
+        for process in alive:  # SIGKILL ends a stopped process too
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +199,11 @@ class NodeAgent:
             problem = sandbox_problem()
             if problem:
                 raise SwarmError(f"node {self.node()}: {problem}")
+        # Who this actor is on its node: what ends the attempt there if it stops answering.
+        self.logs.mkdir(parents=True, exist_ok=True)
+        me = psutil.Process()
+        identity = {"pid": me.pid, "create_time": me.create_time()}
+        (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
         mirror = self._mirror()
         shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
         self.work.parent.mkdir(parents=True, exist_ok=True)
