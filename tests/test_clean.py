@@ -154,6 +154,25 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_clean_of_a_local_run_never_deletes_a_branch_on_a_remote(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    # Only a Ray run pushes its branches itself (docs/cluster.md); these were pushed by hand,
+    # as `swarm pr` would: a pull request's branch, which clean leaves alone.
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    git(repo, "remote", "add", "origin", str(remote))
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "edits=a")
+    assert out.returncode == 0, out.stderr
+    git(repo, "push", "-q", "origin", "swarm/edits")
+    found = report(repo, "clean", "--force", "--yes", code=0)
+    assert found["swarm/edits"]["fixed"] is True
+    assert not [f for f in found.values() if f["kind"] == "remote_branch"]
+    assert not git(repo, "branch", "--list", "swarm/*")
+    assert git(remote, "for-each-ref", "--format=%(refname)") == "refs/heads/swarm/edits"
+
+
 def test_clean_all_costs_no_git_process_per_run_that_left_nothing(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

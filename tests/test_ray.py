@@ -1274,6 +1274,111 @@ def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
+def remote_branches(remote: Path) -> dict[str, str]:
+    """The ``swarm/*`` branches of the bare repository *remote*: {branch: tip}."""
+    out = git(
+        remote, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/swarm/"
+    )
+    return dict(line.split(" ", 1) for line in out.splitlines())
+
+
+def test_clean_deletes_the_branches_a_ray_run_pushed_on_its_remote_unless_moved_there(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    tasks = ["d1", "d2", "d3", "d4"]
+    repo, remote, ctl = setup_repo(tmp_path, tasks)
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pushed = remote_branches(remote)
+    assert set(pushed) == {f"swarm/{t}" for t in tasks}
+    # Someone else moves d3 on the remote after the run: not this run's to delete any more.
+    main = git(repo, "rev-parse", "main")
+    git(remote, "update-ref", "refs/heads/swarm/d3", main)
+    # A pull request `swarm pr` opened from d4's branch there: deleting it would close it.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
+        conn.execute("UPDATE tasks SET pr_number = 7, pr_state = 'open' WHERE task_id = 'd4'")
+    out = swarm(repo, "clean", "--force")  # the plan lists the remote branches it would delete
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "remote branch (4)" in out.stdout
+    assert (
+        "pull request #7 was opened from it\n    kept: deleting it would close the pull "
+        "request; delete it there once closed\n"
+    ) in out.stdout
+    for task in tasks[:3]:
+        tip = git(repo, "rev-parse", f"swarm/{task}")
+        assert f"  swarm/{task} on origin: task {task} is done; not merged (--force); run " in (
+            out.stdout
+        )
+        assert f"    would: delete it there if it is still at {tip[:12]}" in out.stdout
+    assert remote_branches(remote) == pushed | {"swarm/d3": main}  # a dry run changes nothing
+    out = swarm(repo, "clean", "--force", "--yes", "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    there = {f["task_id"]: f for f in report["findings"] if f["kind"] == "remote_branch"}
+    assert {t: (f["fixed"], f["remote"]) for t, f in there.items()} == {
+        "d1": (True, str(remote)),
+        "d2": (True, str(remote)),
+        "d3": (False, str(remote)),
+        "d4": (False, str(remote)),  # kept
+    }
+    d3 = pushed["swarm/d3"]
+    assert there["d3"]["result"] == (
+        f"there it is at {main[:12]}, not at {d3[:12]}: moved since; kept"
+    )
+    assert there["d1"]["result"] == f"deleted (was {pushed['swarm/d1'][:12]})"
+    assert remote_branches(remote) == {"swarm/d3": main, "swarm/d4": pushed["swarm/d4"]}
+    assert not git(repo, "for-each-ref", "refs/heads/swarm/")  # here, all of them went
+
+
+def test_clean_with_its_remote_unreachable_cleans_here_and_deletes_there_next_time(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["e1"])
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    tip = git(repo, "rev-parse", "swarm/e1")
+    away = tmp_path / "remote-away.git"
+    remote.rename(away)  # the remote cannot be reached now
+    out = swarm(repo, "clean", "--force", "--yes")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr == ""  # one line in the report, no traceback
+    lines = [line for line in out.stdout.splitlines() if "cannot reach" in line]
+    assert lines == [
+        (
+            f"    left: cannot reach {remote} (fatal: '{remote}' does not appear to be a git "
+            "repository); kept there: run `swarm clean --yes` again later"
+        )
+    ]
+    assert not git(repo, "for-each-ref", "refs/heads/swarm/")  # the clean here was done
+    away.rename(remote)
+    assert remote_branches(remote) == {"swarm/e1": tip}
+    out = swarm(repo, "clean")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "  swarm/e1 on origin: task e1 is done; its branch here was deleted before" in out.stdout
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"    done: deleted (was {tip[:12]})" in out.stdout
+    assert remote_branches(remote) == {}
+    assert swarm(repo, "clean").stdout.strip() == "nothing to clean"
+
+
+def test_doctor_deleting_a_merged_branch_of_a_ray_run_deletes_it_on_the_remote_too(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["g1"])
+    (ctl / "release").write_text("")
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    git(repo, "merge", "-q", "--ff-only", "swarm/g1")  # landed by hand
+    out = swarm(repo, "doctor", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "  swarm/g1 on origin: task g1 is done; merged into main; run " in out.stdout
+    assert remote_branches(remote) == {}
+    assert not git(repo, "for-each-ref", "refs/heads/swarm/")
+
+
 def test_a_lost_node_s_tasks_finish_on_another_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

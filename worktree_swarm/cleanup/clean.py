@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.cleanup.fixes import (
+    LOCAL_KEPT,
     Action,
     Finding,
     Kind,
@@ -23,20 +24,22 @@ from worktree_swarm.cleanup.fixes import (
     describe,
     kill_finding,
     merge_targets,
+    open_pull_request,
     processes_using,
+    remote_branch_finding,
     with_base,
     worktree_dirty,
     worktree_finding,
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING
+from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Executor
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import lock, parallel, supervisor
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import EventRow, Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"
@@ -172,17 +175,22 @@ def plan_clean(
     )
     landing = merge_targets(repo)  # the same for every run but for the run's own base
     runs = []
+    pushed: dict[str, _Pushed] = {}  # run id -> where it pushed its branches (executor `ray`)
     for run_id in run_ids:
         run = store.get_run(run_id)
         targets = with_base(landing, run.base_commit if run is not None else None)
         runs.append((run_id, targets, store.tasks(run_id)))
+        if run is not None and run.settings.executor is Executor.RAY:
+            pushed[run_id] = _Pushed(repo=repo, remote=run.settings.remote)
     seen.statuses.update(
         _statuses(_to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look))
     )
     findings: list[Finding] = []
     for run_id, run_targets, tasks in runs:
         targets = run_targets
-        cleaned = {e.task_id for e in store.events(run_id, kind=CLEANED_EVENT)}
+        events = store.events(run_id, kind=CLEANED_EVENT)
+        cleaned = {e.task_id for e in events}
+        left_there = _left_on_remote(events)
         needed = needed_by_pending(tasks)
         if merging and integration_branch(run_id) in seen.tips:
             findings.append(_merging(run_id))
@@ -215,8 +223,64 @@ def plan_clean(
                     keep_branches=keep_branches,
                     force=force,
                     look=look,
+                    pushed=pushed.get(run_id),
                 )
+                left = left_there.get(task.task_id)
+                if left is not None and not keep_branches and run_id in pushed:
+                    findings += _plan_left_there(task, seen, left, pushed[run_id])
     return findings
+
+
+class _Pushed:
+    """Where a Ray run pushed its task branches: its ``remote`` setting, resolved once asked."""
+
+    def __init__(self, *, repo: git.Repo, remote: str) -> None:
+        self.repo = repo
+        self.remote = remote
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The remote's URL (a path made absolute), as the run's nodes pushed to it."""
+        if self._url is None:
+            self._url = git.remote_location(self.repo, self.remote)
+        return self._url
+
+
+def _left_on_remote(events: list[EventRow]) -> dict[str, str]:
+    """{task: tip} of the task branches an earlier clean deleted here but left on the remote.
+
+    A later clean that deleted one there (or found it gone) is the last word.
+    """
+    left: dict[str, str] = {}
+    for event in events:
+        there = event.data.get("remote_branch")
+        if event.task_id is None or not isinstance(there, dict):
+            continue
+        if there.get("deleted") or not isinstance(there.get("tip"), str):
+            left.pop(event.task_id, None)
+        else:
+            left[event.task_id] = str(there["tip"])
+    return left
+
+
+def _plan_left_there(task: TaskRow, seen: _Seen, tip: str, pushed: _Pushed) -> list[Finding]:
+    """The remote branch of *task*, which an earlier clean could not delete there (at *tip*)."""
+    if task.branch in seen.tips or seen.owners[0].get(task.branch) != task.run_id:
+        return []  # planned with its branch here, or a later run's now
+    reason = f"task {task.task_id} is {task.state.value}; its branch here was deleted before"
+    return [
+        remote_branch_finding(
+            branch=task.branch,
+            remote=pushed.remote,
+            url=pushed.url,
+            tip=tip,
+            reason=reason,
+            run_id=task.run_id,
+            task_id=task.task_id,
+            pull_request=open_pull_request(task),
+        )
+    ]
 
 
 def _to_look_at(
@@ -321,7 +385,9 @@ def _plan_task(
     keep_branches: bool,
     force: bool,
     look: bool,
+    pushed: _Pushed | None = None,
 ) -> list[Finding]:
+    """Findings for a finished *task*: its worktree, its branch and, *pushed*, its remote one."""
     # A later run that reused the task id owns its branch and path now: never this task's.
     found: list[Finding] = []
     dirty: bool | None = False
@@ -371,6 +437,21 @@ def _plan_task(
             task_id=task.task_id,
         )
     )
+    if pushed is not None and action is Action.DELETE_BRANCH:
+        # The run's nodes pushed it there; fetched back after every attempt, it is where the
+        # branch here is (unless you moved one of them since: then it stays there).
+        found.append(
+            remote_branch_finding(
+                branch=task.branch,
+                remote=pushed.remote,
+                url=pushed.url,
+                tip=tip,
+                reason=f"{reason}; run {task.run_id} pushed it there (executor ray)",
+                run_id=task.run_id,
+                task_id=task.task_id,
+                pull_request=open_pull_request(task),
+            )
+        )
     return found
 
 
@@ -537,6 +618,13 @@ def _record_cleaned(store: Store, results: list[Result]) -> None:
             (finding.run_id, finding.task_id),
             {"worktree_removed": False, "branch_deleted": False, "checkpoint": None, "kept": []},
         )
+        if finding.action is Action.DELETE_REMOTE_BRANCH and result.detail != LOCAL_KEPT:
+            # Deleted here but left there (unreachable, say): the next clean tries again.
+            data["remote_branch"] = {
+                "remote": finding.remote,
+                "tip": finding.remote_tip,
+                "deleted": result.fixed,
+            }
         if result.fixed and finding.action in {Action.REMOVE_WORKTREE, Action.PRUNE}:
             data["worktree_removed"] = True
         if result.fixed and finding.action is Action.DELETE_BRANCH:

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm import guard
-from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
     SCRATCH_PREFIX,
@@ -38,12 +38,14 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs, lock, supervisor
-from worktree_swarm.infra.store import Store, task_from_json
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.run import control
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
 RESCUE_PREFIX = "refs/swarm/rescued/"
 _REMOVERS = max(2, min(8, os.cpu_count() or 1))  # worktrees removed at once
+# Why a remote branch was left: its local branch was (it moved), so nothing is to retry later.
+LOCAL_KEPT = "its local branch was kept; kept there too"
 
 
 class Kind(enum.StrEnum):
@@ -55,6 +57,7 @@ class Kind(enum.StrEnum):
     DIRECTORY = "directory"
     FOREIGN_WORKTREE = "foreign_worktree"
     BRANCH = "branch"
+    REMOTE_BRANCH = "remote_branch"
     NODE_CLONE = "node_clone"
 
 
@@ -69,6 +72,7 @@ class Action(enum.StrEnum):
     RESCUE_DIRECTORY = "rescue_directory"
     PRUNE = "prune"
     DELETE_BRANCH = "delete_branch"
+    DELETE_REMOTE_BRANCH = "delete_remote_branch"
     REMOVE_NODE_CLONE = "remove_node_clone"
     KEEP = "keep"
 
@@ -99,6 +103,8 @@ class Finding:
     admin_dir: str | None = None
     merged_into: tuple[str, ...] = ()
     node: str | None = None  # a Ray node's name (executor `ray`)
+    remote: str | None = None  # remote_branch: the URL of the remote it is on
+    remote_tip: str | None = None  # remote_branch: the commit it is deleted at, and only at
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``--json``."""
@@ -269,6 +275,58 @@ def worktree_finding(
     return finding, dirty
 
 
+def remote_branch_finding(
+    *,
+    branch: str,
+    remote: str,
+    url: str,
+    tip: str,
+    reason: str,
+    run_id: str,
+    task_id: str,
+    pull_request: int | None = None,
+) -> Finding:
+    """Plan deleting *branch* on *remote* (*url*), which a Ray run pushed, if still at *tip*.
+
+    *tip* is the last commit the run pushed there or fetched from there: a branch someone
+    moved since is left. Only planned with the deletion of its local branch (or after one).
+    One an open *pull_request* (`swarm pr`) may come from is kept: deleting it closes it.
+    """
+    if pull_request is not None:
+        return Finding(
+            kind=Kind.REMOTE_BRANCH,
+            target=f"{branch} on {remote}",
+            reason=f"{reason}; pull request #{pull_request} was opened from it",
+            action=Action.KEEP,
+            fix="kept: deleting it would close the pull request; delete it there once closed",
+            problem=False,
+            branch=branch,
+            run_id=run_id,
+            task_id=task_id,
+            remote=url,
+            remote_tip=tip,
+        )
+    return Finding(
+        kind=Kind.REMOTE_BRANCH,
+        target=f"{branch} on {remote}",
+        reason=reason,
+        action=Action.DELETE_REMOTE_BRANCH,
+        fix=f"delete it there if it is still at {tip[:12]}",
+        branch=branch,
+        run_id=run_id,
+        task_id=task_id,
+        remote=url,
+        remote_tip=tip,
+    )
+
+
+def open_pull_request(row: TaskRow) -> int | None:
+    """The number of the pull request `swarm pr` opened for *row*'s branch, unless closed."""
+    if row.pr_number is None or (row.pr_state or "open") != "open":
+        return None
+    return row.pr_number
+
+
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
     return git.full_status(path) != ""  # a directory git cannot read may hide work
@@ -315,6 +373,13 @@ def apply(
                     results.extend(pool.map(one, batch))
             elif action is Action.DELETE_BRANCH:
                 results.extend(_delete_branches(repo, batch, moves=moves))
+            elif action is Action.DELETE_REMOTE_BRANCH:
+                kept = {
+                    r.finding.branch or r.finding.target
+                    for r in results
+                    if r.finding.action is Action.DELETE_BRANCH and not r.fixed
+                }
+                results.extend(_delete_remote_branches(repo, batch, kept=kept))
             else:
                 results.extend(map(one, batch))
     return results
@@ -345,7 +410,7 @@ def _apply_one(
         return _prune(repo, f), None
     if f.action is Action.REMOVE_NODE_CLONE:
         return _remove_node_clone(f, store=store), None
-    raise ValueError(f"{f.action} is applied by its batch")  # DELETE_BRANCH: _delete_branches
+    raise ValueError(f"{f.action} is applied by its batch")  # the branches: _delete_*branches
 
 
 def _remove_node_clone(f: Finding, *, store: Store | None) -> str:
@@ -699,3 +764,63 @@ def _deleted(
             return Result(finding=f, fixed=False, detail=str(exc))
     moves.moved(ref, None)
     return Result(finding=f, fixed=True, detail=f"deleted (was {tip[:12]})")
+
+
+def _delete_remote_branches(
+    repo: git.Repo, batch: list[Finding], *, kept: set[str]
+) -> list[Result]:
+    """Delete the remote branches of *batch*, each only at the commit its finding names.
+
+    One whose local branch this plan *kept* (it moved) is kept too. Per remote: one
+    ``ls-remote`` (a remote that cannot be reached is one line for each of its branches, and
+    everything else of the plan is done), then one push deleting those still where they were
+    left, each under its lease, so one moved since (by anyone) is never deleted.
+    """
+    done: dict[int, Result] = {}
+    by_remote: dict[str, dict[int, Finding]] = {}
+    for index, f in enumerate(batch):
+        branch = f.branch or f.target
+        if f.remote is None or f.remote_tip is None:
+            done[index] = Result(finding=f, fixed=False, detail="no remote recorded for it")
+        elif branch in kept:
+            done[index] = Result(finding=f, fixed=False, detail=LOCAL_KEPT)
+        else:
+            by_remote.setdefault(f.remote, {})[index] = f
+    for url, found in by_remote.items():
+        done.update(_delete_on(repo, url, found))
+    return [done[index] for index in range(len(batch))]
+
+
+def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int, Result]:
+    """:func:`_delete_remote_branches` for the findings of one remote, *url*."""
+    branches = [f.branch or f.target for f in found.values()]
+    try:
+        tips = git.remote_tips(repo, url, branches)
+    except SwarmError as exc:
+        output = exc.output if isinstance(exc, CommandError) else str(exc)
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        first = next(
+            (line for line in lines if line.startswith("fatal:")), lines[0] if lines else ""
+        )
+        why = f"cannot reach {url} ({first}); kept there: run `swarm clean --yes` again later"
+        return {index: Result(finding=f, fixed=False, detail=why) for index, f in found.items()}
+    done: dict[int, Result] = {}
+    leases: dict[str, str] = {}
+    for index, f in found.items():
+        branch, tip = f.branch or f.target, f.remote_tip or ""
+        now = tips.get(branch)
+        if now is None:
+            done[index] = Result(finding=f, fixed=True, detail="already gone")
+        elif now != tip:
+            why = f"there it is at {now[:12]}, not at {tip[:12]}: moved since; kept"
+            done[index] = Result(finding=f, fixed=False, detail=why)
+        else:
+            leases[branch] = tip
+    outcome = git.delete_remote_branches(repo, url, leases) if leases else {}
+    for index, f in found.items():
+        branch = f.branch or f.target
+        if branch in outcome:
+            why = outcome[branch]
+            detail = f"deleted (was {leases[branch][:12]})" if not why else f"{why}; kept"
+            done[index] = Result(finding=f, fixed=not why, detail=detail)
+    return done

@@ -41,8 +41,10 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     merge_targets,
     merged_into,
+    open_pull_request,
     processes_using,
     protected_pids,
+    remote_branch_finding,
     repo_paths,
     worktree_finding,
 )
@@ -579,6 +581,10 @@ def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str
         ctx.repo.root, "for-each-ref", "--format=%(refname)%00%(objectname)", "refs/heads/swarm/"
     )
     checked_out = {w.branch: p for p, w in ctx.registered.items() if w.branch}
+    recorded = ctx.store.runs() if ctx.store is not None else []
+    # Where Ray runs pushed their task branches: deleted there too, with the branch here.
+    pushed = {r.run_id: r.settings.remote for r in recorded if r.settings.executor is Executor.RAY}
+    urls: dict[str, str] = {}
     found: list[Finding] = []
     for line in out.splitlines():
         ref, _, sha = line.partition("\0")
@@ -618,6 +624,22 @@ def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str
                 task_id=task.task_id if task is not None else None,
             )
         )
+        remote = pushed.get(task.run_id) if task is not None else None
+        if task is not None and remote is not None and action is Action.DELETE_BRANCH:
+            if remote not in urls:
+                urls[remote] = git.remote_location(ctx.repo, remote)
+            found.append(
+                remote_branch_finding(
+                    branch=branch,
+                    remote=remote,
+                    url=urls[remote],
+                    tip=sha,
+                    reason=f"{reason}; run {task.run_id} pushed it there (executor ray)",
+                    run_id=task.run_id,
+                    task_id=task.task_id,
+                    pull_request=open_pull_request(task),
+                )
+            )
     return found
 
 

@@ -194,10 +194,7 @@ def _probe(address: str) -> None:
 
 def remote_url(repo: git.Repo, remote: str) -> str:
     """The URL the nodes clone from and push to: remote *remote*'s, or *remote* as a URL."""
-    out = git.git(repo.root, "remote", "get-url", "--", remote, check=False).strip()
-    url = out or remote
-    if "://" not in url and ":" not in url.split("/", 1)[0]:
-        url = str((repo.root / url).resolve())  # a path: absolute, as the nodes see it
+    url = git.remote_location(repo, remote)
     try:
         git.git(repo.root, "ls-remote", "--heads", "--", url)
     except CommandError as exc:
