@@ -1111,3 +1111,39 @@ def test_a_plan_looks_at_several_worktrees_at_once(
     root = repo.parent / "repo.swarm"
     assert [found[str(root / t)]["fix"] for t in ids] == ["remove it"] * 3
     assert len(list(met.iterdir())) == 3  # one status each, two of them at once at least
+
+
+def test_remote_branches_are_deleted_only_where_they_were_left(repo: Path, tmp_path: Path) -> None:
+    # What `swarm clean` does for a Ray run's task branches, here without a cluster: each is
+    # deleted on the remote under a lease at the tip recorded for it.
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    tip = git(repo, "rev-parse", "HEAD")
+    for branch in ("swarm/a", "swarm/b", "swarm/c"):
+        git(repo, "push", "-q", str(remote), f"HEAD:refs/heads/{branch}")
+    (repo / "more.txt").write_text("more\n")
+    git(repo, "add", "more.txt")
+    git(repo, "commit", "-qm", "more")
+    git(repo, "push", "-q", str(remote), "HEAD:refs/heads/swarm/b")  # moved there since
+    r = g.open_repo(repo)
+    moved = git(repo, "rev-parse", "HEAD")
+
+    def finding(branch: str, url: str) -> fixes.Finding:
+        return fixes.remote_branch_finding(
+            branch=branch, remote="origin", url=url, tip=tip, reason="done",
+            run_id="r1", task_id=branch.removeprefix("swarm/"),
+        )  # fmt: skip
+
+    plan = [finding(b, str(remote)) for b in ("swarm/a", "swarm/b", "swarm/c")]
+    results = fixes.apply(r, plan, store=None, force=False)
+    assert [(x.fixed, x.detail) for x in results] == [
+        (True, f"deleted (was {tip[:12]})"),
+        (False, f"there it is at {moved[:12]}, not at {tip[:12]}: moved since; kept"),
+        (True, f"deleted (was {tip[:12]})"),
+    ]
+    assert git(remote, "for-each-ref", "--format=%(refname)") == "refs/heads/swarm/b"
+    again = fixes.apply(r, [finding("swarm/a", str(remote))], store=None, force=False)
+    assert [(x.fixed, x.detail) for x in again] == [(True, "already gone")]
+    away = fixes.apply(r, [finding("swarm/b", str(tmp_path / "gone.git"))], store=None, force=False)
+    assert not away[0].fixed
+    assert away[0].detail.startswith(f"cannot reach {tmp_path / 'gone.git'} (fatal: ")

@@ -1274,6 +1274,53 @@ def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
+def test_an_actor_that_stopped_answering_while_no_coordinator_ran_is_ended_by_resume(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, ctl = setup_repo(tmp_path, ["v1"])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        manifest.read_text().replace("[defaults]\n", '[defaults]\nlost_after = "5s"\n')
+    )
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    resumed: subprocess.Popen[bytes] | None = None
+    frozen: psutil.Process | None = None
+    shim: psutil.Process | None = None
+    try:
+        first = cast("list[Path]", wait_for("the agent", lambda: agents_started(ctl, 1)))[0]
+        wait_for("a checkpoint of its work", lambda: pushed(remote, "swarm/v1:v1.txt"))
+        agent = psutil.Process(int(first.name.rsplit(".", 1)[1]))
+        shim = agent.parent()
+        actor = shim.parent() if shim is not None else None
+        assert actor is not None
+        assert "NodeAgent" in " ".join(actor.cmdline())
+        manager.send_signal(signal.SIGKILL)  # the coordinator dies; its actor lives on
+        manager.wait(timeout=30)
+        frozen = actor
+        actor.send_signal(signal.SIGSTOP)  # and then stops answering
+        resumed = spawn_swarm(repo, "resume")
+        wait_for("the silent actor given up", lambda: events(repo, "actor_gone"), timeout=120)
+        wait_for("a new attempt's agent", lambda: agents_started(ctl, 2))
+        # Ended on its node before the task went on: the actor, and the agent it had started.
+        assert gone(actor)
+        assert gone(agent)
+        (ctl / "release").write_text("")
+        assert resumed.wait(timeout=300) == 0, output(resumed)
+    finally:
+        if frozen is not None and frozen.is_running():
+            with contextlib.suppress(psutil.Error):
+                frozen.send_signal(signal.SIGCONT)
+                frozen.kill()
+        if shim is not None and shim.is_running():
+            with contextlib.suppress(psutil.Error):
+                shim.terminate()
+        for proc in (manager, resumed):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert status(repo)["v1"]["state"] == "done"
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 def remote_branches(remote: Path) -> dict[str, str]:
     """The ``swarm/*`` branches of the bare repository *remote*: {branch: tip}."""
     out = git(
@@ -1352,6 +1399,14 @@ def test_clean_with_its_remote_unreachable_cleans_here_and_deletes_there_next_ti
         )
     ]
     assert not git(repo, "for-each-ref", "refs/heads/swarm/")  # the clean here was done
+    # Unreachable by a URL with a password in it: the password is not in what clean says.
+    password = "Pa55w0rd-kept-out"  # noqa: S105 - made up for the test
+    git(repo, "remote", "set-url", "origin", f"https://swarm:{password}@127.0.0.1:9/r.git")
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert password not in out.stdout + out.stderr
+    assert "cannot reach https://swarm:[REDACTED]@127.0.0.1:9/r.git" in out.stdout, out.stdout
+    git(repo, "remote", "set-url", "origin", str(remote))
     away.rename(remote)
     assert remote_branches(remote) == {"swarm/e1": tip}
     out = swarm(repo, "clean")

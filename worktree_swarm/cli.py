@@ -737,7 +737,8 @@ def clean_cmd(
             force=force,
             yes=yes,
         )
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else clean_text(report))
+    # A remote's URL with a password in it (the remote branches of a Ray run) is shown without.
+    click.echo(redact(json.dumps(report.to_json(), indent=2) if as_json else clean_text(report)))
     return report.exit_code
 
 

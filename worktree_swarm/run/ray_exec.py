@@ -1111,11 +1111,14 @@ class RayTaskWorker(RunWorker):
         except Exception:  # noqa: BLE001 - not found, or dead: gone
             return None
         try:
-            node = ray.get(actor.node.remote(), timeout=30)
+            node = ray.get(actor.node.remote(), timeout=self.spec.lost_after)
         except Exception:  # noqa: BLE001 - unreachable, or still waiting for a slot
             # Gone for this run: it must not start an agent later, nor keep its slot and its
-            # name (the next attempt of that number is made under it).
-            _kill_named(actor, name, space)
+            # name (the next attempt of that number is made under it); what it started on
+            # its node (the recorded one of the task's newest attempt) is ended there.
+            row = self.store.task(self.run_id, task.id)
+            where = row.node if row is not None and row.attempts == number and row.node else ""
+            self._silence(actor, task.id, number, where)
             self._emit("actor_gone", task.id, {"attempt": number, "why": "did not answer"})
             return None
         log_path.parent.mkdir(parents=True, exist_ok=True)
