@@ -146,11 +146,16 @@ def git_first_on_path(
 
 
 def hang_git_at(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, *, after: bool = False
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    *,
+    after: bool = False,
+    then: str = "exec sleep 600",
 ) -> Path:
     """Put a `git` first on PATH whose first *step* (``read-tree``, ``merge``) hangs, before it
     runs or (*after*) once it has; returns the flag file it touches then. Everything else is
-    the real git."""
+    the real git. *then*: the shell it runs instead of git's step (by default, it sleeps)."""
     flag = tmp_path / "hung"
     run_first = '{real} "$@"; ' if after else ""
     # The subcommand is the first argument after swarm's `-c key=value` overrides.
@@ -163,7 +168,7 @@ def hang_git_at(
         "done\n"
         f'if [ "$sub" = {shlex.quote(step)} ] && mkdir {shlex.quote(str(tmp_path / "taken"))}'
         " 2>/dev/null; then\n"
-        f"  {run_first.format(real=real)}touch {shlex.quote(str(flag))}; exec sleep 600\nfi\n"
+        f"  {run_first.format(real=real)}touch {shlex.quote(str(flag))}; {then}\nfi\n"
         f'exec {real} "$@"\n'
     ))  # fmt: skip
     return flag

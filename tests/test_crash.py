@@ -4,6 +4,7 @@ a full disk pauses the manager, and a bug in a worker thread leaves its tracebac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -111,6 +112,33 @@ def test_kill_inside_checkout_then_resume_runs_the_task(
     changed = git(repo, "diff", "--name-status", base, "swarm/t1")
     assert changed == "A\tt1.txt"  # the agent's file, and no file of the base deleted
     assert NOTE not in swarm(repo, "status").stdout
+
+
+def test_a_manager_killed_alone_in_a_checkout_whose_git_writes_on_is_resumed(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # SIGKILL of the manager alone (not its group): its `git read-tree -u` writes on, as a
+    # checkout of a big repository does, while `swarm resume` rolls the worktree back.
+    write_on = 'i=0; while :; do i=$((i+1)); echo x > "stray-$i" 2>/dev/null; done'
+    flag = hang_git_at(tmp_path, monkeypatch, "read-tree", then=write_on)
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(flag.exists, timeout=120, what="the checkout to start")
+    worktree = repo.parent / "repo.swarm" / "t1"
+    writer = next(p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(worktree))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        assert writer.is_running()
+        out = swarm(repo, "resume")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not writer.is_running()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            writer.kill()
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+    assert not list(worktree.glob("stray-*"))
 
 
 def test_resume_clears_the_locks_a_killed_git_leaves(

@@ -37,6 +37,7 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
     """
     path = path.absolute()
     with git.repo_lock(repo):
+        _end_stray_git(path)
         _discard_admin_dirs(repo, path)
         shutil.rmtree(path, ignore_errors=True)
         # `worktree add -b` killed while it made the branch leaves the ref's lock, and git
@@ -44,6 +45,22 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
         git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
         git.git(repo.root, "worktree", "prune")
+
+
+def _end_stray_git(path: Path) -> None:
+    """End the git processes still at work in *path*: the checkout of a manager killed alone.
+
+    Its `git read-tree -u` is its child, not the agent's shim's, and outlives it: writing on
+    while *path* is removed, it would leave part of a checkout where the worktree is made
+    again. No agent ran in a worktree being made, so only git can be at work there.
+    """
+    stray = []
+    for process in supervisor.processes_in(path):
+        with contextlib.suppress(psutil.Error):
+            if process.name() == "git":
+                process.kill()
+                stray.append(process)
+    psutil.wait_procs(stray, timeout=10)
 
 
 def restore(
