@@ -491,6 +491,40 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert "paused" not in swarm(repo, "status").stdout
 
 
+def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Git's checkout says only "unable to write file" when the disk is full.
+    repo = make_repo(small_disk / "repo")
+    for n in range(4):
+        (repo / f"data{n}.bin").write_bytes(os.urandom(1 << 20))  # 4 MB to check out
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "data")
+    filler = small_disk / "filler.bin"
+    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 65536)
+    with filler.open("r+b") as fh:  # 2 MB left: the state fits, the checkout does not
+        fh.truncate(filler.stat().st_size - (2 << 20))
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+
+        def paused() -> bool:
+            out = swarm(repo, "status")
+            return out.returncode == 0 and "paused: the disk is full" in out.stdout
+
+        wait_for(paused, timeout=120, what="the manager to pause")
+        assert proc.poll() is None
+        filler.unlink()
+        assert proc.wait(timeout=180) == 0, (tmp_path / "bg.log").read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
 def test_resume_on_a_full_disk_says_so_in_one_line(
     small_disk: Path, tmp_path: Path, write_agent: object
 ) -> None:

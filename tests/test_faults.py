@@ -49,6 +49,9 @@ def test_a_full_disk_is_told_apart_from_bugs_and_other_failures(tmp_path: Path) 
     assert faults.is_full(full_database(tmp_path))
     git_full = CommandError(["git", "commit"], 128, "fatal: cannot write: No space left on device")
     assert faults.is_full(git_full)
+    # Git's index and pack writer says it its own way.
+    index = "fatal: sha1 file '.git/worktrees/b/index.lock' write error. Out of diskspace"
+    assert faults.is_full(CommandError(["git", "add"], 128, index))
     # A git that failed for another reason, a busy database, a refused write: not full.
     out = run(["git", "rev-parse", "HEAD"], cwd=tmp_path, check=False)
     assert not faults.is_full(CommandError(["git", "rev-parse"], out.returncode, out.stderr))

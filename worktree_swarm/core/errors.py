@@ -41,14 +41,15 @@ class GitError(SwarmError):
 class CommandError(SwarmError):
     """A subprocess exited non-zero; carries argv, exit code and captured output."""
 
-    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+    def __init__(self, argv: list[str], returncode: int, output: str, full: bool = False) -> None:
         self.argv = argv
         self.returncode = returncode
         self.output = output
+        self.full = full  # it failed to write where the disk is full (though it may not say so)
         tail = output.strip().splitlines()[-5:]
         detail = (": " + " | ".join(tail)) if tail else ""
         super().__init__(f"`{shlex.join(argv[:4])}` exited {returncode}{detail}")
 
-    def __reduce__(self) -> tuple[type[CommandError], tuple[list[str], int, str]]:
+    def __reduce__(self) -> tuple[type[CommandError], tuple[list[str], int, str, bool]]:
         # Pickled whole (a Ray node's git failing): the default would call __init__(message).
-        return type(self), (self.argv, self.returncode, self.output)
+        return type(self), (self.argv, self.returncode, self.output, self.full)

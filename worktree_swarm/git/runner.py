@@ -334,8 +334,27 @@ def _execute_bytes(
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
     if check and done.returncode != 0:
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
-        raise CommandError(shown, done.returncode, text)
+        raise CommandError(shown, done.returncode, text, full=_out_of_space(cwd, text))
     return done
+
+
+# What git says when a write fails; of a full disk it says so only sometimes (a checkout
+# says "error: unable to write file PATH", nothing more).
+_WRITE_FAILED = ("unable to write", "could not write", "write error", "unable to create")
+_NEARLY_FULL = 16 << 20  # free bytes under which a failed write is taken for a full disk
+
+
+def _out_of_space(cwd: Path, text: str) -> bool:
+    """Whether git, failing with *text* in *cwd*, failed to write for want of space there."""
+    low = text.lower()
+    if not any(words in low for words in _WRITE_FAILED):
+        return False
+    try:
+        fs = os.statvfs(cwd)
+    except OSError:
+        return False
+    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may use the reserve
+    return free * fs.f_frsize < _NEARLY_FULL
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,6 +26,8 @@ from worktree_swarm.core.errors import CommandError, SwarmError
 
 _T = TypeVar("_T")
 _NO_SPACE = "No space left on device"
+# Git's ways of saying so (the second from its index and pack writer).
+_FULL_TEXTS = (_NO_SPACE, "Out of diskspace", "Disk quota exceeded")
 
 MANAGER_LOG = "manager.log"
 PAUSE_FILE = "paused.json"
@@ -44,7 +46,7 @@ def is_full(exc: BaseException) -> bool:
         text = str(exc).lower()
         return "disk is full" in text or "disk i/o error" in text
     if isinstance(exc, CommandError):  # git: "fatal: ...: No space left on device"
-        return _NO_SPACE in exc.output
+        return exc.full or any(text in exc.output for text in _FULL_TEXTS)
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
