@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import sqlite3
 import subprocess
@@ -319,15 +320,48 @@ def test_stop_kills_the_tree_and_keeps_work(
     assert json.loads(swarm(repo, "status", "--json").stdout)["run_state"] == "stopped"
 
 
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_interrupt_stops_agents_and_exits_130(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, how: str
 ) -> None:
     proc, pids = _start_hanging_run(repo, tmp_path, write_agent)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, how))
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
+    for name in ("agent", "grandchild"):
+        assert not pid_alive(int((pids / name).read_text()))
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+
+
+def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # A foreground run whose terminal goes away (a dropped ssh session): SIGHUP, and every
+    # later write to the terminal fails.
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    path = _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", path],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        wait_for(
+            lambda: (pids / "agent").exists() and (pids / "grandchild").exists(),
+            what="the agent tree to start",
+        )
+        os.close(controller)  # hung up: writes to the terminal fail from now on
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        swarm(repo, "stop")  # a manager that died on the signal left its agents: not them too
     for name in ("agent", "grandchild"):
         assert not pid_alive(int((pids / name).read_text()))
     assert status_json(repo)["hang"]["state"] == "stopped"

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -412,14 +413,42 @@ def _observer(store: Store, *, as_json: bool) -> Iterator[Observer]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM, and SIGHUP (the terminal closed), stop the run as Ctrl-C does.
+
+    A SIGHUP that is ignored (``nohup``) stays ignored. After a hangup what is still said on
+    the terminal goes nowhere: writing there fails, and would cut the stop short.
+    """
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            _away_from_terminal()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    caught = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        caught.append(signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, action in previous.items():
+            signal.signal(signum, action)
+
+
+def _away_from_terminal() -> None:
+    """Point stdout and stderr, where they are a terminal, at /dev/null.
+
+    Told by the kind of file (a character device), not by asking the terminal, which may
+    not answer once hung up.
+    """
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def _print_summary(store: Store, run_id: str) -> None:
