@@ -79,7 +79,11 @@ def hold(common: Path, held: Path) -> None:
             continue
         target = held / directory.name
         target.mkdir(parents=True, exist_ok=True)
-        for entry in os.scandir(directory.path):
+        try:
+            entries = list(os.scandir(directory.path))
+        except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
+            continue
+        for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
                     os.link(entry.path, target / entry.name)
