@@ -6,6 +6,7 @@ JSON result object, honours `--resume <session>`, and is scripted per task throu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -724,6 +725,35 @@ def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     ((_number, outcome, _started, ended),) = attempts(repo, "a")
     assert outcome == "failed"
     assert ended == pytest.approx(started + 3)  # not the moment resume found it gone
+
+
+def test_an_agent_that_ended_after_its_manager_died_ran_until_its_shim_says(
+    repo: Path, fake_claude: Path
+) -> None:
+    # The manager alone died (its terminal, a SIGKILL); the agent ran on, quiet, and ended.
+    proc = run_waiting(repo, fake_claude)
+    try:
+        wait_for((fake_claude / "a.pid").exists, what="the agent")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        (fake_claude / "go").touch()
+    log = next((repo / ".git" / "swarm" / "runs").glob("*/a/attempt-1.log"))
+    record = log.with_name("attempt-1.exit.json")
+
+    def ended_at() -> float | None:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(record.read_text())["ended_at"]  # type: ignore[no-any-return]
+        return None
+
+    wait_for(lambda: ended_at() is not None, what="the shim's record of the agent's end")
+    ((_number, _outcome, started, _ended),) = attempts(repo, "a")
+    os.utime(log, (started, started))  # nothing written after its start
+    with status.open_store(open_repo(repo)) as store:
+        (row,) = status.task_status(store, status.resolve_run(store, None))
+    assert row.elapsed_s is not None
+    assert row.elapsed_s > 0
+    assert row.elapsed_s == pytest.approx(ended_at() - started, abs=0.01)
 
 
 def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:

@@ -155,9 +155,16 @@ def resolve_run(store: Store, run_id: str | None) -> str:
 
 
 def _last_sign_of_life(attempt: AttemptRow) -> float:
-    """When the agent of an open attempt that no longer runs last wrote to its log."""
+    """When the agent of an open attempt that no longer runs ended.
+
+    As its shim recorded it; without that record (the shim died too), its log's last write.
+    """
+    log = Path(attempt.log_path)
+    recorded = supervisor.read_record(supervisor.record_path(log))
+    if recorded is not None and recorded.ended_at is not None:
+        return max(recorded.ended_at, attempt.started_at)
     try:
-        written = Path(attempt.log_path).stat().st_mtime
+        written = log.stat().st_mtime
     except OSError:
         written = attempt.started_at
     return max(written, attempt.started_at)
