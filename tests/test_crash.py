@@ -241,6 +241,21 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes_nothing(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    stray = repo.parent / "repo.swarm" / "a"
+    (stray / "src").mkdir(parents=True)  # part of a checkout, as a failed creation leaves it
+    (stray / "src" / "f.txt").write_text("x\n")
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert f"{stray} is in the way of task a's worktree and is not one" in out.stderr
+    assert status_json(repo)["a"]["state"] == "failed"
+
+
 def test_retrying_a_task_by_name_runs_the_tasks_it_blocked(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

@@ -9,6 +9,7 @@ from its base instead: its worktree and branch are made again, the old tip is na
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,10 +67,26 @@ def prepare(
         raise BadInputError(
             f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
         )
+    _check_in_the_way([rows[task_id] for task_id in picked])  # before any is reset
     for task_id in picked:
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
     return picked
+
+
+def _check_in_the_way(rows: Sequence[TaskRow]) -> None:
+    """Refuse a directory at a worktree path of *rows* that is not a worktree (nor empty).
+
+    What a creation that failed may leave (part of a checkout, no ``.git``): neither git
+    nor swarm may remove it as a worktree, and a new one cannot be made there.
+    """
+    for row in rows:
+        path = Path(row.worktree)
+        if path.is_dir() and not os.path.lexists(path / ".git") and any(path.iterdir()):
+            raise BadInputError(
+                f"{path} is in the way of task {row.task_id}'s worktree and is not one; move it "
+                "aside (or let `swarm doctor --yes` remove it), then retry"
+            )
 
 
 def _with_blocked_dependents(
