@@ -24,6 +24,11 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
 NODE_MEMORY = GiB  # what each test node offers to tasks' `ray_memory` requests
+# The test clusters run without authentication, said outright: with the mode unset, a token
+# file in the home directory (~/.ray/auth_token, which a local `ray.init()` of Ray 2.60
+# writes) turns it on for some processes and not others, and no cluster forms. Set for this
+# process and every process it starts: the nodes, the probe below, swarm's commands.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def free_port() -> int:
