@@ -337,6 +337,33 @@ def test_clean_keeps_a_worktree_in_use_unless_forced(
     assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
 
 
+def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    path = repo.parent / "repo.swarm" / "edits"
+    # What a SIGKILLed `swarm clean` leaves: its checkpoint's git, working on, its parent gone.
+    stray = tmp_path / "bin" / "git"
+    stray.parent.mkdir()
+    done = tmp_path / "stray-done"
+    stray.write_text(
+        f"#!{sys.executable}\nimport pathlib, time\ntime.sleep(2)\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+    )
+    stray.chmod(0o755)
+    subprocess.run(["sh", "-c", f"{shlex.quote(str(stray))} &"], cwd=path, check=True)
+    wait_for(
+        lambda: any(p.info["name"] == "git" and p.info["ppid"] == 1 and p.info["cwd"] == str(path)
+                    for p in psutil.process_iter(["name", "ppid", "cwd"])),
+        what="the orphaned git",
+    )  # fmt: skip
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert done.exists()  # it ended by itself: waited for, not killed
+    assert not path.exists()
+
+
 def test_doctor_finds_and_fixes_what_a_crash_left(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

@@ -193,13 +193,30 @@ def protected_pids() -> frozenset[int]:
     return frozenset({me.pid, *(p.pid for p in me.parents())})
 
 
+# How long a git left working in a worktree by a swarm command that was killed may take to end.
+_ORPHAN_GIT_SECONDS = 10.0
+
+
 def processes_using(path: Path, cwds: Mapping[int, str] | None = None) -> list[psutil.Process]:
     """Processes whose cwd is inside *path*, other than this one and its ancestors.
 
     *cwds*: a snapshot of every process's (:func:`supervisor.working_directories`) to look in.
+    A git whose parent is gone (a checkpoint's `git add` or `commit` of a `swarm clean` that
+    was killed) is waited for, for a few seconds: it ends by itself, and is no user's.
     """
     keep = protected_pids()
-    return [p for p in supervisor.processes_in(path, cwds=cwds) if p.pid not in keep]
+    found = [p for p in supervisor.processes_in(path, cwds=cwds) if p.pid not in keep]
+    orphans = [p for p in found if _orphaned_git(p)]
+    if orphans:
+        gone, _alive = psutil.wait_procs(orphans, timeout=_ORPHAN_GIT_SECONDS)
+        found = [p for p in found if p not in gone]
+    return found
+
+
+def _orphaned_git(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return process.name() == "git" and process.ppid() == 1
+    return False
 
 
 def describe(process: psutil.Process) -> str:
