@@ -841,13 +841,18 @@ def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed
 
 
+def _failed_in_its_session(repo: Path, fake: Path) -> None:
+    """A run of claude task `a` (*fake*: the fake CLI's directory) that fails half done."""
+    plan(fake, "a", "limit", "finish")  # a rate limit, and no retries left for it
+    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+
+
 def test_retry_resumes_the_agents_session_on_its_branch(
     repo: Path,
     fake_claude: Path,  # noqa: F811 - the fixture imported above
 ) -> None:
-    plan(fake_claude, "a", "limit", "finish")  # a rate limit, and no retries left for it
-    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
-    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    _failed_in_its_session(repo, fake_claude)
     assert status_json(repo)["a"]["state"] == "failed"
     out = swarm(repo, "retry", "a")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -862,9 +867,7 @@ def test_a_retry_after_clean_deleted_the_branch_starts_afresh_from_the_base(
     repo: Path,
     fake_claude: Path,  # noqa: F811 - the fixture imported above
 ) -> None:
-    plan(fake_claude, "a", "limit", "finish")  # a rate limit, and no retries left for it
-    text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
-    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    _failed_in_its_session(repo, fake_claude)
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0  # its half-done work gone
     out = swarm(repo, "retry", "a")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -20,6 +20,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -1216,46 +1217,72 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
-def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
-    cluster: raykit.Cluster, tmp_path: Path
-) -> None:
-    repo, remote, ctl = setup_repo(tmp_path, ["u1"])
+@dataclass
+class Working:
+    """A Ray run of one task, its agent at work under its shim, a child of its actor."""
+
+    repo: Path
+    ctl: Path
+    manager: subprocess.Popen[bytes]
+    first: Path  # the agent's start marker (it holds the node's name)
+    agent: psutil.Process
+    actor: psutil.Process
+    others: list[subprocess.Popen[bytes]]  # more swarm commands the test starts
+
+
+@contextlib.contextmanager
+def an_agent_at_work(cluster: raykit.Cluster, tmp_path: Path, task: str) -> Iterator[Working]:
+    """Run *task* (``lost_after`` 5 s) until its agent has pushed a checkpoint; afterwards
+    wake and kill its actor and shim if still there, and every swarm command left running."""
+    repo, remote, ctl = setup_repo(tmp_path, [task])
     manifest = tmp_path / "tasks.toml"
     manifest.write_text(
         manifest.read_text().replace("[defaults]\n", '[defaults]\nlost_after = "5s"\n')
     )
     manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
-    frozen: psutil.Process | None = None
+    others: list[subprocess.Popen[bytes]] = []
     shim: psutil.Process | None = None
+    actor: psutil.Process | None = None
     try:
         first = cast("list[Path]", wait_for("the agent", lambda: agents_started(ctl, 1)))[0]
-        wait_for("a checkpoint of its work", lambda: pushed(remote, "swarm/u1:u1.txt"))
+        wait_for("a checkpoint of its work", lambda: pushed(remote, f"swarm/{task}:{task}.txt"))
         agent = psutil.Process(int(first.name.rsplit(".", 1)[1]))
         shim = agent.parent()
         actor = shim.parent() if shim is not None else None
         # The agent runs under its shim, a child of the attempt's actor (a Ray worker).
         assert actor is not None
         assert "NodeAgent" in " ".join(actor.cmdline())
-        frozen = actor
-        actor.send_signal(signal.SIGSTOP)  # alive to Ray, but it answers no call
-        wait_for("the attempt counted lost", lambda: events(repo, "node_lost"), timeout=120)
-        wait_for("a new attempt's agent", lambda: agents_started(ctl, 2))
-        # Taken down before the task went on: the actor, and the agent it had started.
-        assert gone(actor)
-        assert gone(agent)
-        (ctl / "release").write_text("")
-        assert manager.wait(timeout=300) == 0, output(manager)
+        yield Working(
+            repo=repo, ctl=ctl, manager=manager, first=first, agent=agent, actor=actor,
+            others=others,
+        )  # fmt: skip
     finally:
-        if frozen is not None and frozen.is_running():  # is_running checks its create time
+        if actor is not None and actor.is_running():  # is_running checks its create time
             with contextlib.suppress(psutil.Error):
-                frozen.send_signal(signal.SIGCONT)
-                frozen.kill()
+                actor.send_signal(signal.SIGCONT)
+                actor.kill()
         if shim is not None and shim.is_running():  # its SIGTERM ends the agent's whole tree
             with contextlib.suppress(psutil.Error):
                 shim.terminate()
-        if manager.poll() is None:
-            manager.kill()
-    node = first.read_text()
+        for proc in (manager, *others):
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    with an_agent_at_work(cluster, tmp_path, "u1") as work:
+        repo, ctl = work.repo, work.ctl
+        work.actor.send_signal(signal.SIGSTOP)  # alive to Ray, but it answers no call
+        wait_for("the attempt counted lost", lambda: events(repo, "node_lost"), timeout=120)
+        wait_for("a new attempt's agent", lambda: agents_started(ctl, 2))
+        # Taken down before the task went on: the actor, and the agent it had started.
+        assert gone(work.actor)
+        assert gone(work.agent)
+        (ctl / "release").write_text("")
+        assert work.manager.wait(timeout=300) == 0, output(work.manager)
+    node = work.first.read_text()
     assert events(repo, "node_lost") == [("u1", {"attempt": 1, "node": node})]
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
         rows = conn.execute(
@@ -1277,46 +1304,20 @@ def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
 def test_an_actor_that_stopped_answering_while_no_coordinator_ran_is_ended_by_resume(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
-    repo, remote, ctl = setup_repo(tmp_path, ["v1"])
-    manifest = tmp_path / "tasks.toml"
-    manifest.write_text(
-        manifest.read_text().replace("[defaults]\n", '[defaults]\nlost_after = "5s"\n')
-    )
-    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
-    resumed: subprocess.Popen[bytes] | None = None
-    frozen: psutil.Process | None = None
-    shim: psutil.Process | None = None
-    try:
-        first = cast("list[Path]", wait_for("the agent", lambda: agents_started(ctl, 1)))[0]
-        wait_for("a checkpoint of its work", lambda: pushed(remote, "swarm/v1:v1.txt"))
-        agent = psutil.Process(int(first.name.rsplit(".", 1)[1]))
-        shim = agent.parent()
-        actor = shim.parent() if shim is not None else None
-        assert actor is not None
-        assert "NodeAgent" in " ".join(actor.cmdline())
-        manager.send_signal(signal.SIGKILL)  # the coordinator dies; its actor lives on
-        manager.wait(timeout=30)
-        frozen = actor
-        actor.send_signal(signal.SIGSTOP)  # and then stops answering
+    with an_agent_at_work(cluster, tmp_path, "v1") as work:
+        repo, ctl = work.repo, work.ctl
+        work.manager.send_signal(signal.SIGKILL)  # the coordinator dies; its actor lives on
+        work.manager.wait(timeout=30)
+        work.actor.send_signal(signal.SIGSTOP)  # and then stops answering
         resumed = spawn_swarm(repo, "resume")
+        work.others.append(resumed)
         wait_for("the silent actor given up", lambda: events(repo, "actor_gone"), timeout=120)
         wait_for("a new attempt's agent", lambda: agents_started(ctl, 2))
         # Ended on its node before the task went on: the actor, and the agent it had started.
-        assert gone(actor)
-        assert gone(agent)
+        assert gone(work.actor)
+        assert gone(work.agent)
         (ctl / "release").write_text("")
         assert resumed.wait(timeout=300) == 0, output(resumed)
-    finally:
-        if frozen is not None and frozen.is_running():
-            with contextlib.suppress(psutil.Error):
-                frozen.send_signal(signal.SIGCONT)
-                frozen.kill()
-        if shim is not None and shim.is_running():
-            with contextlib.suppress(psutil.Error):
-                shim.terminate()
-        for proc in (manager, resumed):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
     assert status(repo)["v1"]["state"] == "done"
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 

@@ -290,16 +290,31 @@ def test_timeout_kills_the_whole_tree_and_keeps_partial_work(
 
 
 def _start_hanging_run(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, *, terminal: int | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """`swarm run` of a task whose agent tree hangs; its output to *terminal* (a pty) if given."""
     pids = tmp_path / "pids"
     pids.mkdir()
-    proc = swarm_bg(repo, "run", _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids))
+    path = _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids)
+    if terminal is None:
+        proc = swarm_bg(repo, "run", path)
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", path],
+            cwd=repo, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+        )  # fmt: skip
     wait_for(
         lambda: (pids / "agent").exists() and (pids / "grandchild").exists(),
         what="the agent tree to start",
     )
     return proc, pids
+
+
+def _stopped_with_its_work_kept(repo: Path, pids: Path) -> None:
+    for name in ("agent", "grandchild"):
+        assert not pid_alive(int((pids / name).read_text()))
+    assert status_json(repo)["hang"]["state"] == "stopped"
+    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
 
 
 def test_stop_kills_the_tree_and_keeps_work(
@@ -312,10 +327,7 @@ def test_stop_kills_the_tree_and_keeps_work(
         assert proc.wait(timeout=60) == 1
     finally:
         proc.kill()
-    for name in ("agent", "grandchild"):
-        assert not pid_alive(int((pids / name).read_text()))
-    assert status_json(repo)["hang"]["state"] == "stopped"
-    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+    _stopped_with_its_work_kept(repo, pids)
     # The run ended by `swarm stop`, as one whose manager was gone would say.
     assert json.loads(swarm(repo, "status", "--json").stdout)["run_state"] == "stopped"
 
@@ -330,10 +342,7 @@ def test_interrupt_stops_agents_and_exits_130(
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
-    for name in ("agent", "grandchild"):
-        assert not pid_alive(int((pids / name).read_text()))
-    assert status_json(repo)["hang"]["state"] == "stopped"
-    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+    _stopped_with_its_work_kept(repo, pids)
 
 
 def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
@@ -341,20 +350,12 @@ def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
 ) -> None:
     # A foreground run whose terminal goes away (a dropped ssh session): SIGHUP, and every
     # later write to the terminal fails.
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    path = _hanging_manifest(repo, write_agent(HANGING_TREE_AGENT), pids)
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", path],
-        cwd=repo, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
     try:
-        wait_for(
-            lambda: (pids / "agent").exists() and (pids / "grandchild").exists(),
-            what="the agent tree to start",
-        )
+        proc, pids = _start_hanging_run(repo, tmp_path, write_agent, terminal=terminal)
+    finally:
+        os.close(terminal)
+    try:
         os.close(controller)  # hung up: writes to the terminal fail from now on
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=60) == 130
@@ -362,10 +363,7 @@ def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
         proc.kill()
         proc.wait(timeout=30)
         swarm(repo, "stop")  # a manager that died on the signal left its agents: not them too
-    for name in ("agent", "grandchild"):
-        assert not pid_alive(int((pids / name).read_text()))
-    assert status_json(repo)["hang"]["state"] == "stopped"
-    assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
+    _stopped_with_its_work_kept(repo, pids)
 
 
 def test_second_manager_is_refused_with_exit_3(

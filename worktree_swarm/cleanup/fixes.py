@@ -309,21 +309,7 @@ def remote_branch_finding(
     moved since is left. Only planned with the deletion of its local branch (or after one).
     One an open *pull_request* (`swarm pr`) may come from is kept: deleting it closes it.
     """
-    if pull_request is not None:
-        return Finding(
-            kind=Kind.REMOTE_BRANCH,
-            target=f"{branch} on {remote}",
-            reason=f"{reason}; pull request #{pull_request} was opened from it",
-            action=Action.KEEP,
-            fix="kept: deleting it would close the pull request; delete it there once closed",
-            problem=False,
-            branch=branch,
-            run_id=run_id,
-            task_id=task_id,
-            remote=url,
-            remote_tip=tip,
-        )
-    return Finding(
+    finding = Finding(
         kind=Kind.REMOTE_BRANCH,
         target=f"{branch} on {remote}",
         reason=reason,
@@ -334,6 +320,15 @@ def remote_branch_finding(
         task_id=task_id,
         remote=url,
         remote_tip=tip,
+    )
+    if pull_request is None:
+        return finding
+    return dataclasses.replace(
+        finding,
+        reason=f"{reason}; pull request #{pull_request} was opened from it",
+        action=Action.KEEP,
+        fix="kept: deleting it would close the pull request; delete it there once closed",
+        problem=False,
     )
 
 
