@@ -9,8 +9,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import git, make_repo
 from tests.test_run import (
     AgentFactory,
@@ -494,31 +492,39 @@ def test_with_sandbox_a_linked_directory_is_read_only(
     assert sorted(p.name for p in (repo / "node_modules" / "pkg").iterdir()) == ["index.js"]
 
 
-@pytest.mark.parametrize(
-    ("setup", "message"),
-    [
-        ("missing", "is missing or not a directory"),
-        ("tracked", "the worktree already has node_modules"),
-    ],
-)
-def test_link_refuses_a_missing_source_or_a_tracked_path(
-    tmp_path: Path, write_agent: AgentFactory, setup: str, message: str
-) -> None:
-    files = {"README.md": "x\n"}
-    if setup == "tracked":
-        files["node_modules/kept.js"] = "tracked\n"
+def _linking_run(tmp_path: Path, write_agent: AgentFactory, files: dict[str, str]) -> Path:
     repo = make_repo(tmp_path / "repo", files)
     agent = argv_toml(write_agent("open('out.txt', 'w').write('x')\n"))
-    path = manifest(
+    return manifest(
         repo,
         f'[defaults]\nagent = {agent}\nlink = ["node_modules"]\n'
         '[[task]]\nid = "a"\nprompt = "one"\n',
     )
+
+
+def test_link_to_a_missing_directory_is_refused_before_the_run(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    path = _linking_run(tmp_path, write_agent, {"README.md": "x\n"})
+    repo = tmp_path / "repo"
+    out = swarm(repo, "run", path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "link 'node_modules'" in out.stderr
+    assert "is missing or not a directory" in out.stderr
+    assert not (repo / ".git" / "swarm").exists()  # nothing created
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_link_over_a_tracked_path_fails_the_task(tmp_path: Path, write_agent: AgentFactory) -> None:
+    files = {"README.md": "x\n", "node_modules/kept.js": "tracked\n"}
+    path = _linking_run(tmp_path, write_agent, files)
+    repo = tmp_path / "repo"
     out = swarm(repo, "run", path)
     assert out.returncode == 1
     row = status_json(repo)["a"]
     assert row["state"] == "failed"
-    assert message in str(row["reason"])
+    assert "the worktree already has node_modules" in str(row["reason"])
 
 
 def test_store_migrates_to_disk_columns(tmp_path: Path) -> None:

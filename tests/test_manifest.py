@@ -197,13 +197,13 @@ def test_step_timeouts_from_defaults_and_task(repo: Path, cwd: Path) -> None:
 def test_precedence_task_over_cli_over_defaults_over_config(repo: Path, cwd: Path) -> None:
     (repo / "swarm.toml").write_text(
         f'agent = {AGENT_TOML}\ntimeout = "1m"\nidle_timeout = "2m"\nretries = 1\njobs = 2\n'
-        'checks = ["from-config"]\npriority = 7\n'
+        'checks = ["true from-config"]\npriority = 7\n'
     )
     path = manifest(
         cwd,
         """timeout = "10m"
 jobs = 3
-checks = ["from-defaults"]
+checks = ["true from-defaults"]
 
 [[task]]
 id = "own"
@@ -224,19 +224,19 @@ prompt = "p"
     assert inherits.idle_timeout == 120.0  # only the config sets it
     assert (inherits.retries, inherits.priority) == (1, 7)
     assert own.checks == ()
-    assert inherits.checks == (("from-defaults",),)
+    assert inherits.checks == (("true", "from-defaults"),)
 
     spec = build_run_spec(
         repo_root=repo,
         manifest=path,
-        overrides=Overrides(jobs=8, timeout="1h", checks=("make test",), idle_timeout="5s"),
+        overrides=Overrides(jobs=8, timeout="1h", checks=("true test",), idle_timeout="5s"),
     )
     own, inherits = spec.tasks
     assert spec.jobs == 8
     assert (own.timeout, inherits.timeout) == (30.0, 3600.0)
     assert inherits.idle_timeout == 5.0
     assert own.checks == ()
-    assert inherits.checks == (("make", "test"),)
+    assert inherits.checks == (("true", "test"),)
 
 
 def test_run_wide_settings_from_config_and_defaults(repo: Path, cwd: Path) -> None:
@@ -722,3 +722,59 @@ def test_a_swarm_toml_that_is_no_file_is_refused_not_skipped(repo: Path, kind: s
 def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:
     path = manifest(cwd, 'executor = "k8s"\n[[task]]\nid = "a"\nprompt = "x"\n')
     assert error(repo, path) == "tasks.toml: [defaults]: executor: 'k8s' is not one of local, ray"
+
+
+# --- programs the tasks' commands need -------------------------------------------------------
+
+
+def test_a_check_program_not_on_path_is_refused_with_where_it_is(repo: Path, cwd: Path) -> None:
+    path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\nchecks = ["pytset -q"]\n')
+    message = error(repo, path)
+    assert message.startswith('tasks.toml: task "a"')
+    assert "checks[0]: program 'pytset' not found on PATH" in message
+
+
+def test_a_setup_program_is_looked_for_only_in_the_first_step(repo: Path, cwd: Path) -> None:
+    # The first step cannot have been installed by an earlier one; the later steps and every
+    # check may be what it installs (a virtualenv's tools, `npm ci`'s binaries).
+    later = '[[task]]\nid = "a"\nprompt = "p"\nsetup = ["true", "made-by-setup"]\n'
+    checks = 'checks = ["installed-by-setup --all"]\n'
+    spec = build_run_spec(repo_root=repo, manifest=manifest(cwd, later + checks))
+    assert spec.tasks[0].checks == (("installed-by-setup", "--all"),)
+    first = '[[task]]\nid = "a"\nprompt = "p"\nsetup = ["npx-typo ci", "true"]\n'
+    assert "setup[0]: program 'npx-typo' not found" in error(repo, manifest(cwd, first))
+
+
+def test_a_program_is_looked_for_on_the_path_the_task_sets(
+    repo: Path, cwd: Path, tmp_path: Path
+) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    tool = tools / "lint-it"
+    tool.write_text("#!/bin/sh\n")
+    task = '[[task]]\nid = "a"\nprompt = "p"\nchecks = ["lint-it"]\n'
+    assert "program 'lint-it' not found" in error(repo, manifest(cwd, task))
+    tool.chmod(0o755)
+    on_path = f'env = {{ PATH = "{tools}" }}\n'
+    assert build(repo, manifest(cwd, task + on_path)) is not None
+    # a PATH entry relative to the worktree cannot be looked in before the worktree exists
+    relative = 'env = { PATH = "node_modules/.bin" }\n'
+    assert build(repo, manifest(cwd, task.replace("lint-it", "jest") + relative)) is not None
+
+
+def test_an_absolute_program_must_be_there_and_a_relative_one_is_the_worktrees(
+    repo: Path, cwd: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "check.sh"
+    task = f'[[task]]\nid = "a"\nprompt = "p"\nchecks = [["{missing}"]]\n'
+    assert f"program '{missing}' is missing or not executable" in error(repo, manifest(cwd, task))
+    own = '[[task]]\nid = "a"\nprompt = "p"\nchecks = [["./scripts/check"]]\n'
+    assert build(repo, manifest(cwd, own)) is not None
+
+
+def test_a_ray_tasks_programs_are_the_nodes(repo: Path, cwd: Path) -> None:
+    task = '[[task]]\nid = "a"\nprompt = "p"\nchecks = ["only-on-the-nodes"]\n'
+    spec = build_run_spec(
+        repo_root=repo, manifest=manifest(cwd, task), overrides=Overrides(executor="ray")
+    )
+    assert spec.tasks[0].checks == (("only-on-the-nodes",),)

@@ -236,6 +236,21 @@ def test_good_answer_writes_a_manifest_that_runs(project: Path, api: StubAnthrop
     assert git(project, "show", "swarm/checkout:login.txt") == "fixed"
 
 
+def test_a_plan_may_name_a_check_program_this_machine_lacks_and_run_says_so(
+    project: Path, api: StubAnthropic
+) -> None:
+    # The plan is judged on its own (a CI machine may hold the tools); `swarm run` of it, here,
+    # refuses before anything is created.
+    task = {**GOOD[1], "checks": ["tox-not-installed-here -e py"]}
+    api.replies.append(plan_reply([task]))
+    out = project.parent / "tasks.toml"
+    assert swarm(project, "plan", "Tidy the cart", "--out", str(out)).returncode == 0
+    ran = swarm(project, "run", str(out), "--agent", "scripted")
+    assert ran.returncode == 2
+    assert "checks[0]: program 'tox-not-installed-here' not found on PATH" in ran.stderr
+    assert git(project, "branch", "--list", "swarm/*") == ""
+
+
 def test_request_sends_the_repository_picture_as_a_cached_prefix(
     project: Path, api: StubAnthropic
 ) -> None:

@@ -58,7 +58,7 @@ def sample(entry: Setting) -> object:
         Kind.GLOBS: ["src/**"],
         Kind.LOCAL_GLOBS: [".env"],
         Kind.DIRS: ["node_modules"],
-        Kind.COMMANDS: ["make test"],
+        Kind.COMMANDS: ["git --version"],  # a program every machine here has
         Kind.ENV: {"A": "1"},
         Kind.AGENT: AGENT,
         Kind.AGENT_NAME: "scripted",
@@ -79,7 +79,7 @@ def expected(entry: Setting, repo: Path) -> object:
         Kind.IDS: ("a",),
         Kind.DURATION: 420.0,
         Kind.SIZE: 3 * 2**20,
-        Kind.COMMANDS: (("make", "test"),),
+        Kind.COMMANDS: (("git", "--version"),),
         Kind.ENV: (("A", "1"),),
         Kind.AGENT: tuple(AGENT),
     }
@@ -120,6 +120,8 @@ def test_every_setting_is_read_from_every_file(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Setting, source: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    if entry.kind is Kind.DIRS:
+        (repo / "node_modules").mkdir()  # a `link` to a directory that is not there is refused
     line = f"{entry.key} = {tomlwrite.value(sample(entry))}\n"
     agent = "" if entry.key == "agent" else f"agent = {tomlwrite.value(AGENT)}\n"
     task = '[[task]]\nid = "a"\nprompt = "p"\n'

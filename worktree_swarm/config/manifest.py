@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worktree_swarm.agents import profile_of, resolve_agent
-from worktree_swarm.config import settings, values
+from worktree_swarm.config import programs, settings, values
 from worktree_swarm.config.settings import Overrides
 from worktree_swarm.config.values import AgentRef, string, type_name
 from worktree_swarm.core import paths
@@ -86,12 +86,15 @@ def build_run_spec(
     prompt_files: Sequence[str] = (),
     overrides: Overrides = _NO_OVERRIDES,
     extra_tasks: Sequence[tuple[str, str, str]] = (),
+    look_for_programs: bool = True,
 ) -> RunSpec:
     """Combine the config file, a manifest, inline tasks and CLI flags into a RunSpec.
 
     *inline* holds ``ID=PROMPT`` strings, *prompt_files* ``ID=PATH`` strings (PATH relative
     to the current directory), *extra_tasks* ``(id, prompt, title)`` triples made elsewhere
     (GitHub issues). Tasks keep their order: manifest, inline, prompt files, extra tasks.
+    With *look_for_programs* (the default) a local run's setup and check programs and `link`
+    directories must be found on this machine (:func:`programs.check_task`).
     """
     config_where, config = _load_config(repo_root)
     _check_keys(config, DEFAULTS_KEYS, where=config_where)
@@ -119,10 +122,13 @@ def build_run_spec(
 
     tasks: list[Task] = []
     where_of: dict[str, str] = {}
+    local = look_for_programs and layer.get("executor", Executor.LOCAL) is not Executor.RAY
     for where, table in drafts:
         task = _build_task(table, where=where, layer=layer, repo_root=repo_root)
         if task.id in where_of:
             raise BadInputError(f"{where}: duplicate id {task.id!r} (also {where_of[task.id]})")
+        if local:  # a Ray task runs its commands on a node, whose programs are its own
+            programs.check_task(task, where=where, repo_root=repo_root)
         where_of[task.id] = where
         tasks.append(task)
     _check_dependencies(tasks, where_of)

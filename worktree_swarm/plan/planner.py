@@ -502,9 +502,13 @@ def _validate(
         path.write_text(text, encoding="utf-8")
         try:
             # A throwaway root and the bundled agent: the plan is judged on its own, not on
-            # which agent CLIs happen to be installed or on the repository's swarm.toml.
+            # which agent CLIs or check programs happen to be installed or on the repository's
+            # swarm.toml (`swarm run` of the plan looks for them).
             spec = build_run_spec(
-                repo_root=Path(tmp), manifest=path, overrides=Overrides(agent="scripted")
+                repo_root=Path(tmp),
+                manifest=path,
+                overrides=Overrides(agent="scripted"),
+                look_for_programs=False,
             )
         except BadInputError as exc:
             raise _InvalidPlanError(str(exc).replace(str(path), "plan")) from None
