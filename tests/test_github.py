@@ -277,11 +277,21 @@ def test_malformed_token_is_refused_without_echoing_it() -> None:
         ("https://x-access-token:s3cret@ghe.example/acme/my.repo.git", "acme/my.repo"),
         ("git@github.com:acme/widgets.git", "acme/widgets"),
         ("ssh://git@github.com:22/acme/widgets.git", "acme/widgets"),
+        ("https://ghe.example:8443/acme/widgets", "acme/widgets"),
     ],
 )
 def test_owner_and_name_come_from_the_remote(repo: Path, url: str, slug: str) -> None:
     git(repo, "remote", "add", "origin", url)
     assert str(github.slug_from_remote(open_repo(repo), "origin")) == slug
+
+
+@pytest.mark.parametrize(
+    "url", ["https://ghe.example:9/notaslug", "ssh://git@host:2222/alone.git", "git@host:alone"]
+)
+def test_a_remote_without_owner_and_name_is_not_guessed_from_its_host(repo: Path, url: str) -> None:
+    git(repo, "remote", "add", "origin", url)
+    with pytest.raises(BadInputError, match="cannot tell the GitHub repository from remote"):
+        github.slug_from_remote(open_repo(repo), "origin")
 
 
 def test_local_remote_needs_github_repo(repo: Path, tmp_path: Path) -> None:

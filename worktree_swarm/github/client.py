@@ -133,7 +133,8 @@ def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
             f"remote {remote!r} is a local path ({url}); "
             "name the GitHub repository with --github-repo OWNER/NAME"
         )
-    match = _REMOTE_RE.search(url)
+    # A URL's host and port are not the owner: only its path names the repository.
+    match = _REMOTE_RE.search(urllib.parse.urlsplit(url).path if "://" in url else url)
     if match is None or not match["name"]:
         raise BadInputError(
             f"cannot tell the GitHub repository from remote {remote!r} ({strip_userinfo(url)}); "
