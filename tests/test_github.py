@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +215,45 @@ def test_unreachable_api_names_the_url() -> None:
     with pytest.raises(
         github.GitHubError, match=r"cannot reach the GitHub API at http://127\.0\.0\.1:9"
     ):
+        c.find_pull("x")
+
+
+@pytest.fixture
+def trickling_api() -> Iterator[str]:
+    """An HTTP server that answers every request one header byte at a time, for ever."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.05):
+                    conn.sendall(b"X")  # a header line that never ends
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_a_request_has_a_deadline_however_the_bytes_trickle(trickling_api: str) -> None:
+    # Each byte comes well within the wait for bytes; the request as a whole does not.
+    c = github.Client(
+        api_url=trickling_api,
+        token=github.Token(TOKEN),
+        repo=github.RepoSlug(owner="o", name="n"),
+        timeout=30,
+        deadline=0.5,
+    )
+    with pytest.raises(github.GitHubError, match=r"did not answer GET /repos/o/n/pulls.* within"):
         c.find_pull("x")
 
 

@@ -45,6 +45,8 @@ _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
 # A token is one printable word; anything else could end up in a header error message.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
 _MOVED = frozenset({301, 302, 303, 307, 308})
+# What a request that never got an answer raises.
+_UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -217,7 +219,9 @@ class Client:
 
     *max_wait* bounds a single rate-limit wait (longer waits raise RateLimitError instead of
     sleeping for an hour); *secondary_wait* is the first back-off on a secondary rate limit
-    that names no wait, doubled on each retry (GitHub asks for at least a minute).
+    that names no wait, doubled on each retry (GitHub asks for at least a minute). *timeout*
+    bounds each wait for bytes, *deadline* a whole request: a server (or proxy) that sends a
+    byte now and then would hold it for ever under *timeout* alone.
     """
 
     api_url: str
@@ -228,6 +232,7 @@ class Client:
     secondary_wait: float = 60.0
     max_retries: int = 4
     timeout: float = 30.0
+    deadline: float = 120.0
     sleep: Sleep = time.sleep
     on_wait: OnWait | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -429,20 +434,37 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token.reveal()}")
-        try:
-            with _OPENER.open(req, timeout=self.timeout) as reply:
-                return reply.status, reply.headers, reply.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.headers, exc.read()
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
+        # In a thread of its own, so that the whole request has a deadline; a request given up
+        # on is left to end by itself (its thread is a daemon), its answer unused.
+        answer: list[tuple[int, Message, bytes] | BaseException] = []
+
+        def fetch() -> None:
+            try:
+                answer.append(_fetch(req, self.timeout))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                answer.append(exc)
+
+        exchange = threading.Thread(target=fetch, daemon=True)
+        exchange.start()
+        exchange.join(self.deadline)
+        if not answer:
+            raise GitHubError(
+                self.token.redact(
+                    f"the GitHub API at {self.api_url} did not answer {method}"
+                    f" {self._display(url)} within {self.deadline:.0f}s; try again later"
+                )
+            )
+        if isinstance(answer[0], BaseException):
+            if not isinstance(answer[0], _UNREACHABLE):
+                raise answer[0]
+            reason = getattr(answer[0], "reason", answer[0])
             raise GitHubError(
                 self.token.redact(
                     f"cannot reach the GitHub API at {self.api_url} ({reason}); "
                     f"check the network or --api-url / {API_URL_ENV}"
                 )
             ) from None
+        return answer[0]
 
     def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
         try:
@@ -478,6 +500,16 @@ class Client:
 
     def _display(self, url: str) -> str:
         return url.removeprefix(self.api_url).split("?", 1)[0]
+
+
+def _fetch(req: urllib.request.Request, timeout: float) -> tuple[int, Message, bytes]:
+    """The status, headers and body of *req* (an HTTP error's too)."""
+    try:
+        with _OPENER.open(req, timeout=timeout) as reply:
+            return reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers, exc.read()
 
 
 def _rate_limit_wait(
