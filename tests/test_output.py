@@ -141,6 +141,18 @@ def test_every_command_help_has_an_example_and_merge_strategy_a_default(
     assert "squash: one squashed commit per task. [default: merge]" in text
 
 
+@pytest.mark.parametrize("args", [[], ["-C", "."]])
+def test_swarm_without_a_command_says_so_in_one_line(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("swarm: no command given; one of: clean, demo, diff")
+    assert err.count("\n") == 1
+    assert " run, " in err
+
+
 def test_quick_commands_start_without_loading_the_runner(repo: Path) -> None:
     # `swarm status` (run in a loop, in a prompt, by `watch`) loads only what it prints: not
     # the runner, the manifest reader, the live table or GitPython.

@@ -102,7 +102,7 @@ def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
         raise BadInputError(f"{option} works only with {needed}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option(
     "-C",
     "directory",
@@ -115,6 +115,9 @@ def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
 @click.pass_context
 def cli(ctx: click.Context, directory: Path, debug: bool) -> None:
     """Run coding agents in parallel, each in its own git worktree and branch."""
+    if ctx.invoked_subcommand is None:
+        commands = ", ".join(cli.list_commands(ctx))
+        raise BadInputError(f"no command given; one of: {commands} (`swarm --help` says more)")
     ctx.ensure_object(dict)
     ctx.obj.update({"dir": directory, "debug": debug})
 
