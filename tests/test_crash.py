@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -538,6 +539,67 @@ def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
             _kill_group(proc)
     assert status_json(repo)["t1"]["state"] == "done"
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
+
+
+def test_a_guard_scan_failing_for_a_full_disk_is_told_once(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # git names its temporary pack at random: each failed scan said another name.
+    repo = make_repo(small_disk / "repo")
+    go, full, packs = tmp_path / "go", tmp_path / "full", tmp_path / "packs"
+    # The guard packs the agent's commits once the disk is full, and counts its tries.
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'case " $* " in *" pack-objects "*)\n'
+        f"  while [ ! -e {shlex.quote(str(full))} ]; do sleep 0.05; done\n"
+        f'  {real} "$@"; code=$?; echo $code >> {shlex.quote(str(packs))}; exit $code;;\n'
+        "esac\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    agent = write_agent(
+        "import pathlib, subprocess, time\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+        "subprocess.run(['git', 'add', 'work.txt'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'work'], check=True)\n"
+        "with open('filler.bin', 'wb', buffering=0) as fh:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            fh.write(b'x' * 65536)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"pathlib.Path({str(full)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('filler.bin').unlink()\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+
+        def failed_three_times() -> bool:
+            tries = packs.read_text().split() if packs.exists() else []
+            return tries.count("128") >= 3
+
+        wait_for(failed_three_times, timeout=120, what="three scans to fail")
+        go.touch()
+        assert proc.wait(timeout=180) == 0, (tmp_path / "bg.log").read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert git(repo, "show", "swarm/t1:work.txt") == "work"
+    told = [line for line in swarm(repo, "status").stdout.splitlines() if "guard:" in line]
+    assert len(told) == 1, told
+    assert told[0].startswith("guard: objects scan failed: `git pack-objects")
+    # When it began (and how many times, had a scan gone well between the failures).
+    assert re.search(
+        r"tmp_pack_XXXXXX' write error\. Out of diskspace \((\d+ times )?since ", told[0]
+    )
+    errors = json.loads(swarm(repo, "status", "--json").stdout)["guard_errors"]
+    assert [e["job"] for e in errors] == ["objects"]
+    assert errors[0]["ts"] <= errors[0]["last_ts"]
+    output = (tmp_path / "bg.log").read_text()  # the run's own output, too
+    assert output.count("guard: objects scan failed") == 1, output
+    report = swarm(repo, "report").stdout
+    assert "guard scans that failed (1):" in report
 
 
 def test_resume_on_a_full_disk_says_so_in_one_line(

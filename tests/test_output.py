@@ -128,6 +128,43 @@ def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_f
     assert rows["c"].why == "starting"  # another provider: nothing holds it
 
 
+def test_a_guard_failure_that_keeps_coming_back_is_one_line_with_a_count(repo: Path) -> None:
+    # A job that fails, scans well once, and fails again for the same reason is one failure
+    # to the user, however many times the guard recorded it beginning; so is a reason that
+    # differs only by git's random temporary file name.
+    pack = "`git pack-objects` exited 128: fatal: sha1 file '.git/objects/pack/tmp_pack_{}'"
+    began = time.time() - 60
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=None,
+            spec_json="{}",
+        )  # fmt: skip
+        for n, name in enumerate(("uOZemM", "IM6oBL", "uOZemM"), start=1):
+            data = {"job": "objects", "reason": pack.format(name), "count": n}
+            store.add_event("r", "guard_error", data=data, ts=began + n)
+        store.add_event("r", "guard_error", data={"job": "refs", "reason": "bad"}, ts=began + 9)
+    told = [line for line in swarm(repo, "status").stdout.splitlines() if "guard:" in line]
+    since, then = (time.strftime("%H:%M:%S", time.localtime(began + n)) for n in (1, 9))
+    assert told == [
+        f"guard: objects scan failed: {pack.format('XXXXXX')} (3 times since {since})",
+        f"guard: refs scan failed: bad (since {then})",
+    ]
+    errors = json.loads(swarm(repo, "status", "--json").stdout)["guard_errors"]
+    assert [(e["job"], e["count"], e["ts"], e["last_ts"]) for e in errors] == [
+        ("objects", 3, began + 1, began + 3),
+        ("refs", 1, began + 9, began + 9),
+    ]
+    report = swarm(repo, "report").stdout
+    assert "guard scans that failed (2):" in report
+    assert f"  objects: {pack.format('XXXXXX')} (3 times since {since})" in report
+    # The run's own output tells the first time only.
+    out = io.StringIO()
+    observe = PlainObserver(out)
+    for n in (1, 2):
+        observe("guard_error", None, {"job": "objects", "reason": "full", "count": n})
+    assert out.getvalue() == "guard: objects scan failed: full\n"
+
+
 def test_every_command_help_has_an_example_and_merge_strategy_a_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

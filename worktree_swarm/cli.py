@@ -485,7 +485,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         return ExitCode.OK
     click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
-        click.echo(f"guard: {failed['job']} scan failed: {failed['reason']}")
+        click.echo(status_text.guard_error_line(failed))
     return ExitCode.OK
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from worktree_swarm.core.text import path_text
@@ -11,6 +13,9 @@ MAIN = "main checkout"
 REPOSITORY = "repository"  # the git dir's executable surface: config, hooks, info
 WORKTREE_PREFIX = "worktree "  # + path: one of the user's other linked worktrees
 _SHOWN = 5  # paths named in a one-line summary
+# git names its temporary files with six random characters (`tmp_pack_uOZemM`, `tmp_obj_...`):
+# a scan failing to write one (a full disk) fails with another name each time.
+_GIT_TEMP = re.compile(r"\b(tmp_[a-z]+_)[A-Za-z0-9]{6}\b")
 
 RefMove = tuple[str, str | None, str | None]  # (ref, before, after); None: absent
 
@@ -112,12 +117,37 @@ class ScanFailure:
     """A scan (or part of one) that could not be completed, and why."""
 
     job: str  # what failed: "refs", "objects", "repository files", a place
-    reason: str
-    count: int = 1  # consecutive failures with this reason
+    reason: str  # as :func:`steady_reason` words it
+    count: int = 1  # the how-manieth time this job began failing for this reason
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form recorded as a ``guard_error`` event."""
         return {"job": self.job, "reason": self.reason, "count": self.count}
+
+
+def steady_reason(reason: str) -> str:
+    """*reason* on one line, git's random temporary file names masked (``tmp_pack_XXXXXX``)."""
+    return _GIT_TEMP.sub(r"\1XXXXXX", " ".join(reason.split()))
+
+
+def group_failures(failures: Iterable[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Recorded scan failures (``ts``, ``job``, ``reason``), oldest first, one per job and reason.
+
+    Each: ``job``, ``reason``, ``count`` (how many times it began), ``ts`` (the first time) and
+    ``last_ts`` (the last time it began).
+    """
+    first: dict[tuple[str, str], Mapping[str, object]] = {}
+    count: Counter[tuple[str, str]] = Counter()
+    last: dict[tuple[str, str], object] = {}
+    for failure in failures:
+        key = (str(failure.get("job")), steady_reason(str(failure.get("reason", ""))))
+        first.setdefault(key, failure)
+        count[key] += 1
+        last[key] = failure.get("ts")
+    return [
+        {**seen, "reason": key[1], "count": count[key], "last_ts": last[key]}
+        for key, seen in first.items()
+    ]
 
 
 def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:

@@ -56,6 +56,7 @@ from worktree_swarm.guard.model import (
     Snapshot,
     Violation,
     short_ref,
+    steady_reason,
 )
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import put_index, remove, restore_checkout, restore_ref
@@ -158,6 +159,7 @@ class Guard:
         self._new: list[Violation] = []
         self._failures: list[ScanFailure] = []
         self._failing: dict[str, str] = {}  # job -> reason of its current streak of failures
+        self._began: dict[tuple[str, str], int] = {}  # (job, reason) -> streaks so far
         self._new_lock = threading.Lock()  # drain() must not wait for a scan
         # The repository-wide state (git's files, the refs, the objects) has a lock of its own:
         # the checks after an attempt take only this one, so workers handing worktrees over
@@ -603,13 +605,15 @@ class Guard:
                 self._log(f"{job}: scanned again")
 
     def _failed(self, job: str, reason: str) -> None:
-        reason = " ".join(reason.split())[:_REASON_CHARS]
+        reason = steady_reason(reason)[:_REASON_CHARS]
         with self._new_lock:
             if self._failing.get(job) == reason:
                 return  # the same failure again: told once per streak
             self._failing[job] = reason
-            self._log(f"{job}: failed: {reason}")
-            self._failures.append(ScanFailure(job=job, reason=reason))
+            count = self._began[job, reason] = self._began.get((job, reason), 0) + 1
+            again = f" again ({count} times)" if count > 1 else ""
+            self._log(f"{job}: failed{again}: {reason}")
+            self._failures.append(ScanFailure(job=job, reason=reason, count=count))
 
     def _log(self, line: str) -> None:
         with contextlib.suppress(OSError):

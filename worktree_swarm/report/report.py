@@ -15,6 +15,7 @@ from typing import TypeVar
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
@@ -137,7 +138,7 @@ class RunReport:
     tasks: tuple[TaskReport, ...]
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
-    guard_errors: tuple[dict[str, object], ...] = ()  # guard scans that failed, oldest first
+    guard_errors: tuple[dict[str, object], ...] = ()  # failed scans, each reason once, oldest first
     max_disk: int | None = None
     providers: tuple[GateView, ...] = ()  # each provider's gate as last reported
 
@@ -186,9 +187,11 @@ def build_report(
         if e.kind == "outside_write"
     )
     guard_errors = tuple(
-        {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
-        for e in events
-        if e.kind == "guard_error"
+        group_failures(
+            {"ts": e.ts, **{k: _redacted(v, redactor) for k, v in e.data.items()}}
+            for e in events
+            if e.kind == "guard_error"
+        )
     )
     for event in events:
         if event.task_id is None:

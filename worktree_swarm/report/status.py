@@ -18,6 +18,7 @@ from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.text import printable
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
@@ -364,8 +365,11 @@ def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float
 
 
 def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
-    """The guard's failed scans of *run_id*, oldest first (``job``, ``reason``, ``count``)."""
-    return [{"ts": e.ts, **e.data} for e in store.events(run_id, kind="guard_error")]
+    """The guard's failed scans of *run_id*, oldest first, each job and reason once.
+
+    Each: ``job``, ``reason``, ``count`` (how many times it began), ``ts``, ``last_ts``.
+    """
+    return group_failures({"ts": e.ts, **e.data} for e in store.events(run_id, kind="guard_error"))
 
 
 def commit_author(store: Store, run_id: str) -> str:

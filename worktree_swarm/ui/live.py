@@ -56,7 +56,9 @@ class PlainObserver:
             line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
-        elif kind == "guard_error":  # while a scan fails, that part is not watched
+        elif kind == "guard_error" and data.get("count", 1) == 1:
+            # While a scan fails, that part is not watched. Told the first time a job fails
+            # for a reason; `swarm status` counts the times it began again.
             line = f"guard: {data.get('job')} scan failed: {data.get('reason')}"
         elif kind == "store_put_back":
             line = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.report.report import RunReport, Totals
+from worktree_swarm.ui.status_text import failure_when
 from worktree_swarm.ui.tables import Column, render, table
 
 _COLUMNS = (
@@ -77,11 +78,11 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
 
 
 def guard_errors_text(report: RunReport) -> list[str]:
-    """One line per guard scan that failed: while it failed, that part went unwatched."""
+    """One line per job and reason a guard scan failed for: meanwhile that part went unwatched."""
     if not report.guard_errors:
         return []
     lines = ["", f"guard scans that failed ({len(report.guard_errors)}):"]
-    lines += [f"  {e.get('job')}: {e.get('reason')}" for e in report.guard_errors]
+    lines += [f"  {e.get('job')}: {e.get('reason')}{failure_when(e)}" for e in report.guard_errors]
     return lines
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from worktree_swarm.core.units import format_count, format_size
 from worktree_swarm.core.words import plural
@@ -116,6 +116,21 @@ def status_text(
         disk_line,
         styled=styled,
     )
+
+
+def guard_error_line(failed: Mapping[str, object]) -> str:
+    """``guard: JOB scan failed: REASON (N times since HH:MM:SS)`` for a grouped scan failure."""
+    return f"guard: {failed.get('job')} scan failed: {failed.get('reason')}{failure_when(failed)}"
+
+
+def failure_when(failed: Mapping[str, object]) -> str:
+    """`` (since HH:MM:SS)``, with how many times it began when more than once."""
+    ts = failed.get("ts")
+    if not isinstance(ts, int | float):
+        return ""
+    count = failed.get("count")
+    times = f"{count} times " if isinstance(count, int) and count > 1 else ""
+    return f" ({times}since {time.strftime('%H:%M:%S', time.localtime(ts))})"
 
 
 def _tokens_cell(r: TaskStatus) -> str:
