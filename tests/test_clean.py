@@ -27,6 +27,7 @@ from tests.conftest import (
     git_first_on_path,
     make_repo,
 )
+from tests.test_crash import failed_until
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -861,6 +862,34 @@ def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     assert not path.exists()
     (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
+def test_clean_names_a_directory_left_at_a_failed_tasks_worktree_path_and_keeps_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    stray = repo.parent / "repo.swarm" / "a"
+    (stray / "src").mkdir(parents=True)  # part of a checkout, as a failed creation leaves it
+    (stray / "src" / "f.txt").write_text("maybe an agent's\n")
+
+    for args in (["clean"], ["clean", "--yes"], ["clean", "--yes", "--force"]):
+        found = report(repo, *args, code=1)  # left: `swarm retry a` refuses it
+        assert found[str(stray)]["kind"] == "directory", args
+        assert found[str(stray)]["action"] == "keep", args
+        assert found[str(stray)]["reason"] == (
+            "task a is failed; at its worktree path, but not a registered worktree"
+        )
+        assert "`swarm doctor --yes` saves its files" in str(found[str(stray)]["fix"])
+        assert (stray / "src" / "f.txt").read_text() == "maybe an agent's\n"
+    text = swarm(repo, "clean").stdout
+    assert f"directory (1)\n  {stray}: task a is failed; at its worktree path" in text
+
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(stray)]["action"] == "rescue_directory"
+    assert not stray.exists()
+    assert git(repo, "show", "refs/swarm/rescued/a:src/f.txt") == "maybe an agent's"
+    assert report(repo, "clean", code=0) == {}
 
 
 def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.fixes import (
     LOCAL_KEPT,
+    RESCUE_PREFIX,
     Action,
     Finding,
     Kind,
@@ -559,6 +560,20 @@ def _plan_task_worktree(
     why = f"task {task.task_id} is {task.state.value}"
     path = Path(task.worktree)
     info = registered.get(seen.real(task.worktree))
+    if info is None and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+        # Not a worktree (a creation that failed leaves part of a checkout): its files may
+        # be an agent's, so only `swarm doctor` removes it, and only after saving them.
+        stray = Finding(
+            kind=Kind.DIRECTORY,
+            target=str(path),
+            reason=f"{why}; at its worktree path, but not a registered worktree",
+            action=Action.KEEP,
+            fix=f"kept: `swarm doctor --yes` saves its files under {RESCUE_PREFIX} and "
+            "removes it (or move it aside yourself)",
+            run_id=task.run_id,
+            task_id=task.task_id,
+        )
+        return [stray], None, True
     if info is None or info.is_main:  # never the user's checkout, whatever the store says
         return [], False, False
     if not path.is_dir() or info.prunable is not None:
