@@ -142,6 +142,63 @@ def test_a_manager_killed_alone_in_a_checkout_whose_git_writes_on_is_resumed(
     assert not list(worktree.glob("stray-*"))
 
 
+def _objects(repo: Path) -> set[str]:
+    out = git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    return set(out.split())
+
+
+@pytest.mark.parametrize("settle", ["resume", "stop"])
+def test_a_manager_killed_once_the_guard_holds_the_objects_before_its_first_scan(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object, settle: str
+) -> None:
+    # The guard has linked every object file of the store under its run's `held`, and has
+    # not yet read the refs it will watch: the first git after that hangs, and the manager's
+    # group is killed there. Resumed or stopped, then cleaned: nothing is left, nothing lost.
+    (repo / "mine.txt").write_text("the user's, untracked\n")
+    before = (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"), _objects(repo))
+    runs = repo / ".git" / "swarm" / "runs"
+    flag, taken = tmp_path / "hung", tmp_path / "taken"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        f"for held in {shlex.quote(str(runs))}/*/guard/held; do\n"
+        f'  if [ -d "$held" ] && mkdir {shlex.quote(str(taken))} 2>/dev/null; then\n'
+        f"    touch {shlex.quote(str(flag))}; exec sleep 600\n"
+        "  fi\n"
+        "done\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    text = _writer(write_agent) + "".join(
+        f'[[task]]\nid = "{t}"\nprompt = "x"\n' for t in ("t1", "t2")
+    )
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(flag.exists, timeout=120, what="the guard's first git after holding the objects")
+    _kill_group(proc)
+    assert list(runs.glob("*/guard/held/*"))  # the links the dead manager made
+    assert NOTE in swarm(repo, "status").stdout
+
+    out = swarm(repo, settle)
+    assert out.returncode == 0, out.stdout + out.stderr
+    states = {t: r["state"] for t, r in status_json(repo).items()}
+    if settle == "resume":
+        assert states == {"t1": "done", "t2": "done"}
+        for task in ("t1", "t2"):
+            assert git(repo, "show", f"swarm/{task}:{task}.txt") == "work"
+    else:
+        assert states == {"t1": "stopped", "t2": "stopped"}
+    assert NOTE not in swarm(repo, "status").stdout
+    # Let go: the dead guard's links would keep files a `git gc` of the user's frees.
+    assert not list(runs.glob("*/guard/held"))
+    clean = swarm(repo, "clean", "--yes", "--force")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not (repo.parent / "repo.swarm").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    after = (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"), _objects(repo))
+    assert after[:2] == before[:2]  # the user's checkout as it was
+    assert before[2] <= after[2]  # and every object of theirs
+    assert (repo / "mine.txt").read_text() == "the user's, untracked\n"
+    assert git(repo, "fsck", "--no-dangling") == ""
+
+
 def test_resume_clears_the_locks_a_killed_git_leaves(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:

@@ -379,7 +379,7 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         lock.acquire(run_id=run_id)
         # Its manager died after the last task ended (or `swarm doctor` stopped them all):
         # the run ends here, so that a new `swarm run` is not refused for it.
-        if control.end_if_final(store, run_id):
+        if control.end_if_final(repo, store, run_id):
             click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
             ok = all(row.state is TaskState.DONE for row in store.tasks(run_id))
             return ExitCode.OK if ok else ExitCode.TASK_FAILED

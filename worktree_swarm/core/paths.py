@@ -51,6 +51,11 @@ def run_dir(repo: Repo, run_id: str) -> Path:
     return repo.state_dir / "runs" / run_id
 
 
+def guard_dir(repo: Repo, run_id: str) -> Path:
+    """Where a run's guard keeps its log, patches, kept packs and held object files."""
+    return run_dir(repo, run_id) / "guard"
+
+
 def default_worktree_root(checkout: Path) -> Path:
     """``<parent>/<name>.swarm`` next to *checkout* (outside it, so its tools never descend)."""
     return checkout.parent / f"{checkout.name}.swarm"

@@ -21,6 +21,7 @@ from worktree_swarm.git import runner
 from worktree_swarm.guard.snapshot import ref_owner
 
 KEEP_PREFIX = "refs/swarm/keep/"
+HELD = "held"  # under the guard's directory: links to the object files at the baseline
 
 
 def broken_refs(

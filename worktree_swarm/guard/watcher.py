@@ -148,7 +148,7 @@ class Guard:
             if p.is_relative_to(root) and p != root
         )
         self._dir = work_dir
-        self._held = work_dir / "held"  # links to the object files there were at the baseline
+        self._held = work_dir / integrity.HELD
         self._lock = TurnLock()
         self._places: dict[str, _Place] = {}
         self._busy: dict[str, int] = {}
@@ -214,7 +214,7 @@ class Guard:
                 integrity.hold(self.repo.common_dir, self._held)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
-                for stale in self._dir.parent.parent.glob("*/guard/held"):
+                for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
                     if stale != self._held:
                         integrity.let_go(stale)
             self._refs = read_refs(self.repo.root)

@@ -9,8 +9,10 @@ from pathlib import Path
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus, TaskState
+from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.guard import integrity
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
@@ -44,14 +46,15 @@ def stop(
         stop_unmanaged(repo, store, run_id, left, grace=grace)
     else:
         stop_unmanaged(repo, store, run_id, targets, grace=grace)
-    end_if_final(store, run_id)  # nothing left to resume: `swarm run` is not refused for it
+    end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
     return targets
 
 
-def end_if_final(store: Store, run_id: str) -> bool:
+def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
     """Whether every task of *run_id* is final; if so, a run still marked running is ended.
 
-    For a run whose manager is gone: finished, or stopped when a task was.
+    For a run whose manager is gone: finished, or stopped when a task was. Its guard died
+    before its last scan: the object files it held (kept on disk by those links) are let go.
     """
     rows = store.tasks(run_id)
     if not rows or not all(row.state.is_final for row in rows):
@@ -60,6 +63,7 @@ def end_if_final(store: Store, run_id: str) -> bool:
     if run is not None and run.status == RunStatus.RUNNING:
         stopped = any(row.state is TaskState.STOPPED for row in rows)
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
+        integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
     return True
 
 

@@ -32,7 +32,7 @@ from worktree_swarm.core.models import (
     RunStatus,
     TaskState,
 )
-from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.paths import guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -97,7 +97,7 @@ class Runner:
         )
         self.guard = Guard(
             repo,
-            work_dir=run_dir(repo, run_id) / "guard",
+            work_dir=guard_dir(repo, run_id),
             restore=not spec.allow_outside_writes,
             # Not the user's: where worktrees go, and where this run's own output goes.
             exclude=[*([spec.worktree_root] if spec.worktree_root else []), *proc.output_files()],
