@@ -15,8 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -490,26 +489,6 @@ def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_p
     assert "internal error" in swarm(repo, "status").stdout
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MB tmpfs mounted for the test (skips where mounting is not allowed)."""
-    mount = Path(tempfile.mkdtemp(prefix="swarm-full-", dir=tmp_path))
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_full_disk_pauses_the_manager_then_it_finishes(
     small_disk: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -657,6 +636,50 @@ def test_a_guard_scan_failing_for_a_full_disk_is_told_once(
     assert output.count("guard: objects scan failed") == 1, output
     report = swarm(repo, "report").stdout
     assert "guard scans that failed (1):" in report
+
+
+def test_a_state_directory_deleted_on_a_full_disk_is_written_back_once_there_is_room(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    repo = make_repo(small_disk / "repo")
+    go, started = tmp_path / "go", tmp_path / "started"
+    agent = write_agent(
+        "import pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    log = tmp_path / "bg.log"
+    filler = small_disk / "filler.bin"
+    try:
+        wait_for(started.exists, timeout=120, what="the agent")
+        with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"x" * 65536)
+        # What this frees is a few small files: the store and the logs are open, and stay.
+        shutil.rmtree(repo / ".git" / "swarm")
+
+        def told() -> bool:
+            return "cannot be written back" in log.read_text()
+
+        wait_for(lambda: told() or proc.poll() is not None, timeout=120, what="the manager")
+        assert proc.poll() is None, log.read_text()  # waiting, not dead
+        assert not (repo / ".git" / "swarm" / "state.db").exists()  # nothing half-written
+        filler.unlink()
+        go.touch()
+        assert proc.wait(timeout=180) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    out = log.read_text()
+    assert out.count("was deleted during the run and cannot be written back") == 1, out
+    assert "the run waits until there is room: free some space" in out
+    assert "was deleted during the run and is written back" in out
+    assert "Traceback" not in out
+    assert status_json(repo)["t1"]["state"] == "done"  # the morning finds the run
+    assert git(repo, "show", "swarm/t1:work.txt") == "work"
 
 
 def test_resume_on_a_full_disk_says_so_in_one_line(

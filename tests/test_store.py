@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
+from worktree_swarm.infra.faults import DiskFullError, is_full
 from worktree_swarm.infra.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -634,3 +636,44 @@ def test_version_3_attempts_gain_agent_and_retry_at(db_path: Path) -> None:
         (first, "", 1234.5),  # recorded before agents were: the task's own agent
         (second, "codex", None),
     ]
+
+
+def _fill(disk: Path) -> Path:
+    """Fill *disk* to the last byte; returns the file that does (unlink it to free the disk)."""
+    filler = disk / "filler.bin"
+    # Unbuffered: a buffered file would raise ENOSPC again from close(), past the except.
+    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 65536)
+    return filler
+
+
+def test_a_store_deleted_under_it_is_put_back_whole_or_not_at_all_on_a_full_disk(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "swarm" / "state.db"
+    with Store(path) as store:
+        new_run(store)
+        with_tasks(store, "a", "b")
+        shutil.rmtree(path.parent)  # `rm -rf .git/swarm` under the run
+        filler = _fill(small_disk)
+        with pytest.raises(sqlite3.OperationalError) as failed:
+            store.put_back()
+        assert is_full(failed.value)
+        assert sorted(path.parent.iterdir()) == []  # no half-written store, no temporary one
+        # A look at the state meanwhile (`swarm status`) fails making a store there ...
+        with pytest.raises(DiskFullError):
+            Store.to_read(path)
+        assert [t.task_id for t in store.tasks("r1")] == ["a", "b"]  # ... the open one works
+        assert sorted(path.parent.iterdir()) == []  # and leaves no empty store that hides it
+        path.touch()  # as an older swarm's look left it: an empty file is no store either
+        filler.unlink()
+        assert store.put_back()  # ... and is written back once there is room
+        store.update_task("r1", "a", state="done")
+        assert not store.put_back()  # once
+    with Store(path) as again:
+        assert [(t.task_id, t.state.value) for t in again.tasks("r1")] == [
+            ("a", "done"),
+            ("b", "pending"),
+        ]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.db"]

@@ -50,7 +50,8 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
+    """What a full disk said: ``No space left on device``, ``database or disk is full``."""
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, CommandError):
@@ -60,7 +61,7 @@ def _why(exc: BaseException) -> str:
 
 def full_message(what: object, exc: BaseException) -> str:
     """One line for a full disk, naming what could not be written and what to do."""
-    return f"cannot write {what}: {_why(exc)}; free some space, then run `swarm resume`"
+    return f"cannot write {what}: {why(exc)}; free some space, then run `swarm resume`"
 
 
 def retry_while_full(
@@ -71,7 +72,7 @@ def retry_while_full(
     while True:
         try:
             result = action()
-        except (CommandError, OSError) as exc:
+        except (CommandError, OSError, sqlite3.OperationalError) as exc:
             if on_full is None or not is_full(exc):
                 raise
             failed = True
@@ -106,7 +107,7 @@ class Pause:
                 self._since = time.time()
             delay = self._delay
             self._delay = min(_RETRY_MAX, self._delay * 2)
-            reason = f"paused: the disk is full ({_why(exc)}); retrying"
+            reason = f"paused: the disk is full ({why(exc)}); retrying"
             self._write({"reason": reason, "since": self._since})
         self._stopping.wait(delay)
 

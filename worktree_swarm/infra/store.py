@@ -441,6 +441,7 @@ class Store:
             self._conn = _open_last_written(path)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        made = not path.exists()
         self._conn = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -451,6 +452,10 @@ class Store:
         except sqlite3.OperationalError as exc:
             self._conn.close()
             if is_full(exc):
+                if made:  # an empty file is no store: nothing to read, and none to put back over
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_size == 0:
+                            path.unlink()
                 raise DiskFullError(full_message(f"the state database {path}", exc)) from exc
             if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
                 raise StoreNotWritableError(
@@ -479,6 +484,8 @@ class Store:
         try:
             return cls(path)
         except (DiskFullError, StoreNotWritableError):
+            if not path.exists():  # nothing was ever written there
+                raise
             return cls(path, last_written=True)
 
     def _migrate(self) -> None:
@@ -519,17 +526,24 @@ class Store:
 
         A manager's store deleted under it (``rm -rf .git/swarm``) goes on working on the open
         file, which vanishes with its last descriptor: the morning would find no run at all.
+        The copy is written beside the path and renamed onto it once complete: a write that
+        fails (a full disk) leaves nothing there, and the open store is used on.
         """
         if self.read_only or not self._gone():
             return False
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            copy = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            temp = self.path.with_name(f"{self.path.name}.put-back-{os.getpid()}")
             try:
-                self._conn.backup(copy)
-                copy.execute("PRAGMA journal_mode = WAL")
+                with contextlib.closing(
+                    sqlite3.connect(temp, timeout=30, isolation_level=None)
+                ) as copy:
+                    self._conn.backup(copy)
+                    copy.execute("PRAGMA journal_mode = WAL")
+                temp.replace(self.path)
             finally:
-                copy.close()
+                for leftover in (temp, *(temp.with_name(temp.name + e) for e in ("-wal", "-shm"))):
+                    leftover.unlink(missing_ok=True)
             self._conn.close()
             self._conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
@@ -553,6 +567,8 @@ class Store:
         try:
             with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as other:
                 return not other.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:  # empty: a store whose making failed (full)
+            return "no such table" in str(exc)
         except sqlite3.Error:
             return False
 

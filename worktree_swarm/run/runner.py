@@ -409,14 +409,34 @@ class Runner:
                 self._set_state(task_id, TaskState.FAILED, reason=reason)
 
     def _poll_stop_requests(self) -> None:
-        if self.store.put_back():  # the state directory was deleted under the run
-            self._emit("store_put_back", None, {"path": str(self.store.path)})
+        self._put_back_store()
         # Only the requested ids: reading every task on each poll made a run quadratic.
         for task_id in self.store.stop_requests(self.run_id):
             if task_id in self._live:
                 self._live[task_id].stop.set()
             elif self._states[task_id] is TaskState.PENDING:
                 self._set_state(task_id, TaskState.STOPPED, reason="stopped before it started")
+
+    def _put_back_store(self) -> None:
+        """Write the state database back if it was deleted under the run, waiting for room.
+
+        The run cannot end before: its record would go with the open file. While the disk is
+        full the store cannot record it either, so that is told on the output alone, once.
+        """
+        told = False
+        pause = self.store.on_full
+
+        def waiting(exc: Exception | None) -> None:
+            nonlocal told
+            if exc is not None and not told and self._observer is not None:
+                told = True
+                data = {"path": str(self.store.path), "reason": faults.why(exc)}
+                self._observer("store_put_back_waiting", None, data)
+            if pause is not None:
+                pause(exc)
+
+        if faults.retry_while_full(self.store.put_back, waiting if pause else None):
+            self._emit("store_put_back", None, {"path": str(self.store.path)})
 
     def _apply_blocking(self) -> None:
         for task_id, reason in self._scheduler.newly_blocked(self._states).items():

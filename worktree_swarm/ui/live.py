@@ -65,6 +65,11 @@ class PlainObserver:
                 f"swarm: {data.get('path')} was deleted during the run and is written back "
                 "(the logs deleted with it are lost)"
             )
+        elif kind == "store_put_back_waiting":
+            line = (
+                f"swarm: {data.get('path')} was deleted during the run and cannot be written "
+                f"back ({data.get('reason')}); the run waits until there is room: free some space"
+            )
         elif kind == "run_started":
             line = f"run {data.get('run_id')}: started"
         elif kind == "run_finished":  # how it ended: finished, interrupted, ...
