@@ -167,6 +167,8 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                 if pull is None:
                     return 404, {}, {"message": "Not Found"}
                 pull.update({k: body[k] for k in ("title", "body", "state") if k in body})
+                if "base" in body:
+                    pull["base"] = {"ref": body["base"]}
                 return 200, {}, pull
             if rest == "issues" and method == "GET":
                 return self._list_issues(params)

@@ -217,6 +217,23 @@ def test_named_task_draft_and_base_flags(
     assert sorted(remote_branches(done_run)) == ["main", "swarm/issue-7"]
 
 
+def test_a_base_named_again_moves_the_open_pull_requests_onto_it(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    git(repo, "branch", "develop")
+    assert swarm_pr(repo, fake_github, "one").returncode == 0
+    assert fake_github.pulls[1]["base"]["ref"] == "main"
+    assert swarm_pr(repo, fake_github, "one").stdout.endswith("pull/1\n")  # no --base: kept
+    out = swarm_pr(repo, fake_github, "one", "--base", "develop")
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout
+        == "one  updated  #1  https://github.test/acme/widgets/pull/1  base now develop\n"
+    )
+    assert fake_github.pulls[1]["base"]["ref"] == "develop"
+    assert [c.body.get("base") for c in fake_github.calls("PATCH")] == [None, "develop"]
+
+
 def test_base_defaults_to_the_checked_out_branch(
     repo: Path, done_run: Path, fake_github: FakeGitHub
 ) -> None:
@@ -264,6 +281,8 @@ def test_a_failed_push_is_reported_and_the_rest_carry_on(
         (("--remote", "upstream"), "--remote: no remote named 'upstream' in "),
         (("--github-repo", "not-a-slug"), "--github-repo: 'not-a-slug' is not of the form"),
         (("--api-url", "ftp://x"), "--api-url: 'ftp://x' is not an http(s) URL"),
+        (("--base", "no such..branch"), "--base 'no such..branch' is not a valid branch name"),
+        (("--base", "-x"), "--base '-x' is not a valid branch name"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_happens(
@@ -469,3 +488,18 @@ def test_a_token_or_repository_github_refuses_pushes_nothing(
     assert token not in out.stderr
     assert remote_branches(done_run) == ["main"]
     assert [r.method for r in fake_github.requests] == ["GET"]
+
+
+def test_an_api_that_does_not_answer_pushes_nothing(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # A typo in --api-url, or no network: every branch used to be pushed first.
+    fake_github.fail_next("GET", "/pulls$", 502, message="Bad Gateway")
+    out = swarm_pr(repo, fake_github)
+    assert (out.returncode, out.stdout, out.stderr.count("\n")) == (1, "", 1), out.stderr
+    assert "502" in out.stderr
+    assert remote_branches(done_run) == ["main"]
+    nowhere = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", "http://127.0.0.1:9")
+    assert (nowhere.returncode, nowhere.stdout, nowhere.stderr.count("\n")) == (1, "", 1)
+    assert "cannot reach the GitHub API at http://127.0.0.1:9" in nowhere.stderr
+    assert remote_branches(done_run) == ["main"]

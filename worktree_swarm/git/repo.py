@@ -204,6 +204,14 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return res.returncode == 0
 
 
+def is_branch_name(repo: Repo, name: str) -> bool:
+    """Whether *name* is a valid short branch name as given (not ``@{-1}``, not an option)."""
+    if not name or name.startswith("-"):
+        return False
+    checked = git(repo.root, "check-ref-format", "--branch", name, check=False).strip()
+    return checked == name
+
+
 def branch_tips(repo: Repo) -> dict[str, str]:
     """Every branch's short name and tip (one git process, however many branches)."""
     out = git(repo.root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")

@@ -244,8 +244,8 @@ class Client:
     def check_access(self) -> None:
         """Refuse a token GitHub rejects, or a repository it cannot see, before any push.
 
-        Raises BadInputError for 401, 403 and 404; other failures are left to the requests
-        that follow (each is then reported with its task).
+        Raises BadInputError for 401, 403 and 404, and GitHubError for an API that does not
+        answer at all (or errs): nothing is worth pushing then.
         """
         try:
             self.request("GET", self._repo_path("pulls"), params={"state": "open", "per_page": "1"})
@@ -261,6 +261,7 @@ class Client:
                     f"{exc}: no repository {self.repo} on {self.api_url}, or the token cannot "
                     "see it; name it with --github-repo OWNER/NAME"
                 ) from exc
+            raise
 
     def find_pull(self, head_branch: str) -> dict[str, Any] | None:
         """The open pull request whose head is *head_branch* of this repository, if any."""
@@ -287,10 +288,13 @@ class Client:
         payload = {"title": title, "head": head, "base": base, "body": body, "draft": draft}
         return _object(self.request("POST", self._repo_path("pulls"), body=payload).data)
 
-    def update_pull(self, number: int, *, title: str, body: str) -> dict[str, Any]:
-        """Replace the title and body of pull request *number*."""
+    def update_pull(
+        self, number: int, *, title: str, body: str, base: str | None = None
+    ) -> dict[str, Any]:
+        """Replace the title and body of pull request *number* (and its base, when given)."""
         path = self._repo_path(f"pulls/{number:d}")
-        return _object(self.request("PATCH", path, body={"title": title, "body": body}).data)
+        fields = {"title": title, "body": body, **({"base": base} if base is not None else {})}
+        return _object(self.request("PATCH", path, body=fields).data)
 
     def get_issue(self, number: int) -> dict[str, Any] | None:
         """Issue (or pull request) *number*, or None when it does not exist."""

@@ -44,6 +44,7 @@ class PullRequest:
     url: str
     action: str  # "created", "updated", or "kept" (merged or closed on GitHub: left as it is)
     state: str = "open"
+    retargeted: str = ""  # the base an updated pull request was moved onto (`--base`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,11 +119,21 @@ def push_and_open(
     """
     rows = select_tasks(store, run_id, task_ids)
     remote_url(repo, remote)
-    base = base or default_base(repo)
+    if base is not None and not git.is_branch_name(repo, base):
+        raise BadInputError(f"--base {base!r} is not a valid branch name")
     client = connect(repo, remote=remote, github_repo=github_repo, api_url=api_url, on_wait=on_wait)
     client.check_access()
     return open_pull_requests(
-        repo, store, run_id, client, rows, base=base, remote=remote, draft=draft, echo=echo
+        repo,
+        store,
+        run_id,
+        client,
+        rows,
+        base=base or default_base(repo),
+        retarget=base is not None,
+        remote=remote,
+        draft=draft,
+        echo=echo,
     )
 
 
@@ -134,14 +145,16 @@ def open_pull_requests(
     rows: Sequence[TaskRow],
     *,
     base: str,
+    retarget: bool = False,
     remote: str = "origin",
     draft: bool = False,
     echo: Echo | None = None,
 ) -> PrReport:
     """Push each task's branch to *remote*, then create or update its pull request into *base*.
 
-    A task whose push or API call fails is reported and the rest carry on; a rate-limit wait
-    longer than the client allows stops everything (RateLimitError).
+    With *retarget* (a base the user named) an open pull request into another base is moved
+    onto *base*. A task whose push or API call fails is reported and the rest carry on; a
+    rate-limit wait longer than the client allows stops everything (RateLimitError).
     """
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
@@ -159,6 +172,7 @@ def open_pull_requests(
                 client,
                 row,
                 base=base,
+                retarget=retarget,
                 remote=remote,
                 draft=draft,
                 fallback=run_base,
@@ -186,7 +200,8 @@ def open_pull_requests(
             data={"action": pull.action, "number": pull.number, "url": pull.url},
         )
         if echo is not None:
-            echo(f"{pull.task_id}  {pull.action}  #{pull.number}  {pull.url}")
+            moved = f"  base now {pull.retargeted}" if pull.retargeted else ""
+            echo(f"{pull.task_id}  {pull.action}  #{pull.number}  {pull.url}{moved}")
     # A pull request opened before a conflicting one of the same batch did not know its number.
     by_id = {row.task_id: row for row in rows}
     for pull in (p for p in pulls if p.action != KEPT):
@@ -254,6 +269,7 @@ def _one(
     row: TaskRow,
     *,
     base: str,
+    retarget: bool,
     remote: str,
     draft: bool,
     fallback: str | None,
@@ -282,8 +298,11 @@ def _one(
     push_branch(repo, remote, branch, redact=client.token.redact)
     title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
     existing = client.find_pull(branch)
+    onto = None
     if existing is not None:
-        reply = client.update_pull(_number(existing), title=title, body=body)
+        now = (existing.get("base") or {}).get("ref")
+        onto = base if retarget and now != base else None
+        reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
         action = "updated"
         state = str(reply.get("state") or existing.get("state") or "open")
     else:
@@ -297,6 +316,7 @@ def _one(
         url=str(reply.get("html_url") or ""),
         action=action,
         state=state,
+        retargeted=onto or "",
     )
 
 

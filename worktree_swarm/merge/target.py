@@ -47,8 +47,7 @@ def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
     """
     into = own is None
     if into:
-        checked = git.git(repo.root, "check-ref-format", "--branch", branch, check=False).strip()
-        if not branch or checked != branch or branch.startswith("-"):
+        if not git.is_branch_name(repo, branch):
             raise BadInputError(f"--into {branch!r} is not a valid branch name")
         if branch.startswith("refs/"):
             short = branch.removeprefix("refs/heads/")
