@@ -579,3 +579,45 @@ def test_the_shim_starts_with_only_what_starting_a_process_needs(tmp_path: Path)
         "os", "__future__",
     }  # fmt: skip
     assert json.loads(record.read_text())["exit_code"] == 0
+
+
+# A process that starts an agent under a shim told to watch it, then waits to be killed: as
+# a Ray node's actor does, which dies with its node's raylet.
+STARTER = """
+import os, pathlib, sys, time
+from worktree_swarm.infra import supervisor
+from worktree_swarm.infra.proc import clean_env
+where = pathlib.Path(sys.argv[1])
+env = clean_env({"PIDS": str(where / "pids"), "ESCAPE_MARK": sys.argv[2]})
+agent = supervisor.spawn(sys.argv[3:], cwd=where, env=env, log_path=where / "agent.log",
+                         grace=1, parent=os.getpid())
+(where / "shim").write_text(str(agent.identity.pid))
+time.sleep(600)
+"""
+
+
+def test_a_shim_told_its_parent_stops_the_whole_tree_once_that_parent_dies(
+    tmp_path: Path, write_agent: AgentFactory, mark: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent(PRELUDE + PATTERNS["double_fork"])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(tmp_path), mark, *agent], env=env
+    )
+    try:
+        wait_for(lambda: (pids / "ready").exists() and (pids / "daemon").exists(), what="agent")
+        shim = psutil.Process(int((tmp_path / "shim").read_text()))
+        assert len(marked(mark)) == 3  # the shim, the agent, its daemon (it ignores SIGTERM)
+        starter.kill()  # the starter dies; the shim, in a session of its own, is re-parented
+        starter.wait(timeout=30)
+        psutil.wait_procs([shim], timeout=60)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+    assert not shim.is_running()
+    assert marked(mark) == []
+    record = supervisor.read_record(supervisor.record_path(tmp_path / "agent.log"))
+    assert record is not None
+    assert record.stopped

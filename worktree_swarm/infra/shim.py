@@ -15,6 +15,9 @@ init, and stays findable as its descendant.
   (re-scanned, so processes forked meanwhile get it too), SIGKILL to all that remain at the
   one grace deadline, re-scanning until no descendant is left. The status is then recorded
   with ``"stopped": true``.
+- With ``--parent PID`` the shim does the same once PID is no longer its parent (PID died:
+  a Ray node's actor that started it, gone with its node's raylet). Without it the shim
+  outlives its parent, as a killed manager's agents do until `swarm resume` adopts them.
 
 FILE is first written at start (``exit_code`` null) so a reader can tell a shim that never
 started from one whose command still runs. Every process of the command's tree carries
@@ -57,19 +60,20 @@ _RESCAN = 0.02
 _USAGE = 2
 _NOT_STARTED = 127
 _KEPT_STATUSES = 4096
+_PARENT_CHECK = 1.0  # seconds between checks that a ``--parent`` is still there
 
 
 def main(argv: list[str]) -> int:
     """Run the command in *argv* (after ``--``) under this shim; return the shim's exit code."""
     try:
-        record, grace, command = _parse(argv)
+        record, grace, parent, command = _parse(argv)
     except ValueError as exc:
         sys.stderr.write(f"swarm shim: {exc}\n")
         return _USAGE
     if record is None:
         return serve(grace)
     waited, base = _prepare(record)
-    return _supervise(record, grace, command, posix.environ, waited, base)
+    return _supervise(record, grace, command, posix.environ, waited, base, parent=parent)
 
 
 def _prepare(record: str) -> tuple[set[int], dict[str, object]]:
@@ -97,10 +101,12 @@ def _supervise(
     waited: set[int],
     base: dict[str, object],
     ready: int | None = None,
+    parent: int | None = None,
 ) -> int:
     """Start *command*, wait for it, record how it ended, kill what it left; the exit code.
 
-    *ready* (a pipe to the server) is closed once the command has started or failed to.
+    *ready* (a pipe to the server) is closed once the command has started or failed to; the
+    command is stopped when process *parent* is no longer the shim's parent.
     """
     try:
         child = posix.posix_spawnp(
@@ -119,7 +125,7 @@ def _supervise(
         sys.stderr.write(f"swarm shim: cannot start {name!r}: {exc.strerror or exc}\n")
         return _NOT_STARTED
     _tell(ready, b"started")
-    status = _wait_for(child, waited)
+    status = _wait_for(child, waited, parent)
     if status is None:  # asked to stop
         status = _kill_all(child, grace)
         _write(record, _ended(base, status, stopped=True))
@@ -288,22 +294,31 @@ def _forked(
     return _supervise(record, grace, command, env, waited, base, ready)
 
 
-def _wait_for(child: int, waited: set[int]) -> int | None:
-    """*child*'s wait status once it exits, or None when a stop signal comes first."""
+def _wait_for(child: int, waited: set[int], parent: int | None) -> int | None:
+    """*child*'s wait status once it exits, or None when a stop signal comes first.
+
+    Or when *parent* (if given) is no longer the shim's parent: it died, the shim was
+    re-parented.
+    """
     while True:
-        info = signal.sigwaitinfo(waited)
-        if info.si_signo != signal.SIGCHLD:
+        if parent is None:
+            info = signal.sigwaitinfo(waited)
+        else:
+            info = signal.sigtimedwait(waited, _PARENT_CHECK)
+        if info is not None and info.si_signo != signal.SIGCHLD:
             return None
-        status = _reap(child)
+        status = None if info is None else _reap(child)
         if status is not None:
             return status
+        if parent is not None and posix.getppid() != parent:
+            return None
 
 
-def _parse(argv: list[str]) -> tuple[str | None, float, list[str]]:
-    """The record, grace and command; no record and no command for the server."""
+def _parse(argv: list[str]) -> tuple[str | None, float, int | None, list[str]]:
+    """The record, grace, parent and command; no record and no command for the server."""
     if [*argv[:2], *argv[3:]] == [MARKER, "--grace", SERVE]:
-        return None, float(argv[2]), []
-    usage = "usage: shim.py --swarm-shim --record FILE --grace SECONDS -- ARGV..."
+        return None, float(argv[2]), None, []
+    usage = "usage: shim.py --swarm-shim --record FILE --grace SECONDS [--parent PID] -- ARGV..."
     if "--" not in argv:
         raise ValueError(usage)
     split = argv.index("--")
@@ -311,7 +326,8 @@ def _parse(argv: list[str]) -> tuple[str | None, float, list[str]]:
     values = dict(zip(opts[1::2], opts[2::2], strict=False)) if opts[:1] == [MARKER] else {}
     if not command or "--record" not in values or "--grace" not in values:
         raise ValueError(usage)
-    return values["--record"], float(values["--grace"]), command
+    parent = int(values["--parent"]) if "--parent" in values else None
+    return values["--record"], float(values["--grace"]), parent, command
 
 
 def _become_subreaper() -> bool:

@@ -512,6 +512,7 @@ def spawn(
     grace: float = 5.0,
     record: Path | None = None,
     shims: ShimServer | None = None,
+    parent: int | None = None,
 ) -> AgentProcess:
     """Start *argv* under a shim, in its own session, with output appended to *log_path*.
 
@@ -521,7 +522,8 @@ def spawn(
     :func:`record_path` of the log) and kills the whole tree on SIGTERM with *grace*.
     The identity returned is the shim's; where there is no shim it is *argv*'s own. With
     *shims* the shim is forked by that server, or started as its own program where the
-    server is unavailable.
+    server is unavailable. With *parent* (not with *shims*) the shim stops the command,
+    whole tree, once process *parent* (this one) has died.
     """
     if not argv:
         raise SwarmError("agent command is empty: set `agent` to a command array")
@@ -531,7 +533,7 @@ def spawn(
         _check_runnable(args[0], cwd=cwd, env=env)
         record = record or record_path(log_path)
         env = {**env, shim.ENV_VAR: str(record)}
-        if shims is not None:
+        if shims is not None and parent is None:
             before_start = time.time()
             forked = shims.start(
                 args, cwd=cwd, env=env, log_path=log_path, record=record, grace=grace
@@ -550,7 +552,8 @@ def spawn(
                 )
         args = [
             sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH, shim.MARKER,
-            "--record", str(record), "--grace", repr(float(grace)), "--", *args,
+            "--record", str(record), "--grace", repr(float(grace)),
+            *(["--parent", str(parent)] if parent is not None else []), "--", *args,
         ]  # fmt: skip
     else:
         record = None

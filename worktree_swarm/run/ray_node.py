@@ -264,8 +264,15 @@ class NodeAgent:
         if self.a.sandbox:  # bubblewrap around the agent only, writable in its clone
             claude_auth.confine(self.logs / "agent-config")
             argv, env = sandbox.confine(argv, env, self._confinement())
+        # Stopped by its shim if this actor dies (its node's raylet gone, with the whole
+        # cluster or alone): no agent works on where nothing will push or stop it.
         self._agent = supervisor.spawn(
-            argv, cwd=self.work, env=env, log_path=self.log_path, grace=self.a.kill_grace
+            argv,
+            cwd=self.work,
+            env=env,
+            log_path=self.log_path,
+            grace=self.a.kill_grace,
+            parent=os.getpid(),
         )
         if self.a.checkpoint_interval > 0:
             self._pusher = threading.Thread(target=self._push_periodically, daemon=True)
