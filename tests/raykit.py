@@ -75,15 +75,24 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, base: Path, *, workers: int = 1, slots: int = 2) -> Cluster:
+    def start(
+        cls,
+        base: Path,
+        *,
+        workers: int = 1,
+        slots: int = 2,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Cluster:
+        """A head and *workers* nodes (*env* added to each one's environment), at *port*."""
         # Unix socket paths are capped near 107 bytes: a short temp dir of our own.
         temp_dir = Path(f"/tmp/swr-{secrets.token_hex(3)}")
         temp_dir.mkdir()
-        cluster = cls(base=base, temp_dir=temp_dir, port=free_port())
+        cluster = cls(base=base, temp_dir=temp_dir, port=port or free_port())
         try:
-            cluster._add("head", head=True, slots=slots)
+            cluster._add("head", head=True, slots=slots, env=env)
             for i in range(workers):
-                cluster._add(f"w{i}", head=False, slots=slots)
+                cluster._add(f"w{i}", head=False, slots=slots, env=env)
             cluster.wait_nodes(1 + workers)
         except BaseException:
             cluster.shutdown()

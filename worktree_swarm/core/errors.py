@@ -28,6 +28,12 @@ class BadInputError(SwarmError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class RunInterruptedError(SwarmError):
+    """The run cannot go on for now (its Ray cluster is lost); `swarm resume` carries it on."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class ManagerLockedError(SwarmError):
     """Another manager holds this repository."""
 

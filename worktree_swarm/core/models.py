@@ -540,7 +540,8 @@ class RunSettings:
         flag=None,
         doc="how long an attempt's actor may go without answering before the attempt counts as "
         "lost: its actor is killed and the task goes on elsewhere from its last pushed "
-        'checkpoint (`executor = "ray"`, [cluster.md](cluster.md#commands))',
+        "checkpoint; and the cluster's head, before the run is interrupted "
+        '(`executor = "ray"`, [cluster.md](cluster.md#commands))',
     )
 
     def to_json(self) -> str:

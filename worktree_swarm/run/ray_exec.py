@@ -77,6 +77,12 @@ SLOT = "agent_slot"
 PROBE_GROUP = "probe"
 # How long a node may take to kill what a silent attempt started there.
 END_ATTEMPT_SECONDS = 120.0
+# How often the coordinator asks whether the cluster's head still answers.
+HEAD_CHECK_SECONDS = 2.0
+# Ray ends a driver whose head is gone for 60 s by killing its process; the coordinator
+# waits this long past `lost_after` (it decides, and winds the run down in the meantime).
+_GCS_PATIENCE = "RAY_gcs_rpc_server_reconnect_timeout_s"
+_PATIENCE_MARGIN = 600.0
 
 
 class NodeLostError(SwarmError):
@@ -85,6 +91,10 @@ class NodeLostError(SwarmError):
 
 class _UnansweredError(NodeLostError):
     """The actor of an attempt is there to Ray but has not answered for ``lost_after``."""
+
+
+class ClusterLostError(SwarmError):
+    """The cluster's head has not answered for ``lost_after``: no attempt can go on."""
 
 
 class _SetupFailedError(SwarmError):
@@ -136,13 +146,18 @@ _FRAME_HEADER = 9
 _SETTINGS_FRAME = 4
 
 
-def connect(address: str) -> None:
-    """Join the Ray cluster at *address* (empty: ``RAY_ADDRESS``, else this machine's)."""
+def connect(address: str, *, lost_after: float = 60.0) -> None:
+    """Join the Ray cluster at *address* (empty: ``RAY_ADDRESS``, else this machine's).
+
+    Ray is kept from ending this process while its head is gone for less than *lost_after*
+    (and some time to wind down).
+    """
     ray = _ray()
     with _connect_lock:
         if ray.is_initialized():
             return
         _probe(address or os.environ.get("RAY_ADDRESS", ""))
+        os.environ[_GCS_PATIENCE] = str(int(lost_after + _PATIENCE_MARGIN))
         try:
             ray.init(
                 address=address or "auto",
@@ -167,29 +182,98 @@ def _probe(address: str) -> None:
     with its settings). Other forms (empty: this machine's cluster, ``ray://``), and clusters
     speaking TLS, are left to Ray.
     """
+    problem = head_problem(address)
+    if problem is None:
+        return
+    if problem.startswith(_NOT_A_HEAD):
+        raise BadInputError(
+            f"cannot reach a Ray cluster at {address}: {problem}; pass the address "
+            "`ray start --head` printed"
+        )
+    raise BadInputError(
+        f"cannot reach a Ray cluster at {address}: {problem}; start one with `ray start "
+        "--head` or pass --ray-address"
+    )
+
+
+_NOT_A_HEAD = "what listens there is not a Ray head"
+
+
+def head_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why no Ray head answers at ``HOST:PORT`` *address* (``Connection refused``...), or None.
+
+    None too for the forms this cannot ask (see :func:`_probe`).
+    """
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
-        return
+        return None
     try:
-        conn = socket.create_connection((host, int(port)), timeout=PROBE_SECONDS)
+        conn = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
-        raise BadInputError(
-            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; start one with "
-            "`ray start --head` or pass --ray-address"
-        ) from None
+        return str(exc.strerror or exc)
     with conn:
         if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
-            return
+            return None
         answer = b""
         with contextlib.suppress(OSError):  # a reset or no answer: not a gRPC server
+            conn.settimeout(timeout)
             conn.sendall(_HTTP2_GREETING)
             while len(answer) < _FRAME_HEADER and (chunk := conn.recv(_FRAME_HEADER)):
                 answer += chunk
     if len(answer) < _FRAME_HEADER or answer[3] != _SETTINGS_FRAME:
-        raise BadInputError(
-            f"cannot reach a Ray cluster at {address}: what listens there is not a Ray head "
-            "(it does not speak gRPC); pass the address `ray start --head` printed"
-        )
+        return f"{_NOT_A_HEAD} (it does not speak gRPC)"
+    return None
+
+
+class HeadWatch:
+    """Whether the head of the cluster at *address* answers, asked every few seconds.
+
+    ``lost`` says why the cluster counts as lost once it has not answered for *lost_after*:
+    its GCS is gone (killed, its machine down), and with it every node soon (their raylets
+    give up on it), so no actor of the run can be reached, placed or stopped through Ray.
+    """
+
+    def __init__(self, address: str, shown: str, *, lost_after: float) -> None:
+        self.address, self._shown, self._lost_after = address, shown, lost_after
+        self.lost: str | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="swarm-ray-head", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        heard = time.monotonic()
+        while not self._closed.wait(HEAD_CHECK_SECONDS):
+            problem = head_problem(self.address, timeout=HEAD_CHECK_SECONDS)
+            if problem is None:
+                heard = time.monotonic()
+            elif time.monotonic() - heard > self._lost_after:
+                silent = format_duration(self._lost_after)
+                self.lost = (
+                    f"the Ray cluster at {self._shown} was lost: its head did not answer for "
+                    f"{silent} ({problem})"
+                )
+                return
+
+    def check(self) -> None:
+        """Raise ClusterLostError once the cluster counts as lost."""
+        if self.lost is not None:
+            raise ClusterLostError(self.lost)
+
+    def answers(self, stop: threading.Event) -> bool:
+        """Whether the head answers now, waiting while it does not; False: *stop* came first.
+
+        Before an actor is made: Ray waits for a head that is not there to register it,
+        for as long as it lets this process live. Raises ClusterLostError once it is lost.
+        """
+        while head_problem(self.address, timeout=HEAD_CHECK_SECONDS) is not None:
+            self.check()
+            if stop.wait(HEAD_CHECK_SECONDS):
+                return False
+        return True
+
+    def close(self) -> None:
+        """Stop asking."""
+        self._closed.set()
 
 
 def remote_url(repo: git.Repo, remote: str) -> str:
@@ -235,7 +319,7 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
                     "provision it in the nodes' environment instead (docs/cluster.md)"
                 )
     url = remote_url(repo, spec.remote)
-    connect(spec.ray_address)
+    connect(spec.ray_address, lost_after=spec.lost_after)
     slots = _ray().cluster_resources().get(SLOT, 0)
     if not slots:
         raise BadInputError(
@@ -402,15 +486,50 @@ class RayTaskWorker(RunWorker):
     def __init__(self, run: RunContext) -> None:
         super().__init__(run)
         self.url = remote_url(run.repo, run.spec.remote)
-        connect(run.spec.ray_address)
+        connect(run.spec.ray_address, lost_after=run.spec.lost_after)
         self._git_lock = threading.Lock()
         self.disk = NodeDisk(repo=run.repo, spec=run.spec, store=run.store, run_id=run.run_id)
+        gcs = str(_ray().get_runtime_context().gcs_address)
+        self.head = HeadWatch(gcs, run.spec.ray_address or gcs, lost_after=run.spec.lost_after)
+
+    def close(self) -> None:
+        """Stop watching the cluster's head (actors carry on)."""
+        self.head.close()
+
+    def halted(self) -> str | None:
+        """Why no task can go on now: the cluster is lost; else None."""
+        return self.head.lost
 
     def run(self, live: Live) -> TaskOutcome:
-        """Take *live*'s task to a final outcome on the cluster."""
+        """Take *live*'s task to a final outcome on the cluster.
+
+        With the cluster lost, the task goes back to ``pending`` (its attempt ended as lost,
+        its branch fetched as last pushed): `swarm resume` carries it on.
+        """
+        task = live.task
         # The task's branch is its own (the fetches move it) until it ends.
-        with self.guard.busy(live.task.id, worktree_path(self.spec, live.task)):
-            return self._run(live)
+        with self.guard.busy(task.id, worktree_path(self.spec, task)):
+            try:
+                outcome = self._run(live)
+            except ClusterLostError as exc:
+                return self._interrupted(task, str(exc))
+            if outcome.state is TaskState.STOPPED and self.head.lost is not None:
+                return self._interrupted(task, self.head.lost)  # stopped for the loss
+            return outcome
+
+    def _interrupted(self, task: Task, why: str) -> TaskOutcome:
+        """The task, cut off by the loss of the cluster (*why*), waits for `swarm resume`."""
+        row = self.store.task(self.run_id, task.id)
+        with contextlib.suppress(SwarmError):  # the remote may be gone as well
+            self._fetch(task)
+            if row is not None and row.base_commit:
+                tip = git.rev_parse(self.repo, task.branch) or row.base_commit
+                self._record_diff(task.id, row.base_commit, tip)
+        self.store.update_task(self.run_id, task.id, launching=None)
+        return TaskOutcome(
+            state=TaskState.PENDING,
+            reason=f"interrupted: {why}; its work is kept on {task.branch} as last pushed",
+        )
 
     def _run(self, live: Live) -> TaskOutcome:
         task = live.task
@@ -470,6 +589,15 @@ class RayTaskWorker(RunWorker):
         cost: list[float | None] = [None]
         try:
             return self._attempt(live, handle, base, course, cost)
+        except ClusterLostError as exc:  # nothing of it can be reached: it ends here only
+            self.store.end_attempt(
+                handle.attempt_id,
+                exit_code=None,
+                outcome=AttemptOutcome.FAILED.value,
+                usage=AttemptUsage(reason=str(exc)),
+            )
+            self.disk.released(handle.node, task.id)
+            raise
         except NodeLostError as exc:
             count.losses += 1
             self._lost(task, handle, exc)
@@ -543,6 +671,8 @@ class RayTaskWorker(RunWorker):
         ray = _ray()
         assignment = self._assignment(task, number)
         # The intent first: a coordinator killed from here on finds the actor by its name.
+        if not self.head.answers(live.stop):
+            raise NodeLostError("stopped before it started")
         self.store.update_task(self.run_id, task.id, launching=number, node=None)
         self._running(task.id, number)
         actor = self._actor(assignment)
@@ -575,6 +705,8 @@ class RayTaskWorker(RunWorker):
                 once=True,  # never twice: a second agent on the same branch
             )
         except SwarmError as exc:  # lost, or a node-side failure (git, setup): no actor is left
+            if isinstance(exc, ClusterLostError):  # gone with the cluster
+                raise
             if isinstance(exc, _UnansweredError):  # it may have started the agent meanwhile
                 self._silence(actor, task.id, number, "" if node is None else str(node))
                 raise
@@ -927,6 +1059,9 @@ class RayTaskWorker(RunWorker):
         (:meth:`_silence`).
         """
         ray = _ray()
+        if self.head.lost is not None:  # gone with its node, with the cluster
+            self.disk.released(handle.node, handle.task_id)
+            return
         if not silent:
             try:
                 ray.get(handle.actor.discard.remote(), timeout=30)
@@ -976,10 +1111,12 @@ class RayTaskWorker(RunWorker):
         """
         ray = _ray()
         exceptions = ray.exceptions
+        self.head.check()
         since = heard = time.monotonic()
         ref = getattr(actor, method).remote(*args, **kwargs)
         probe: Any = None
         while True:
+            self.head.check()
             try:
                 return ray.get(ref, timeout=POLL_SECONDS * 4)
             except exceptions.GetTimeoutError:
@@ -1185,6 +1322,8 @@ class RayTaskWorker(RunWorker):
         old = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
         if old is not None:
             self._retire(old)
+        if not self.head.answers(live.stop):
+            raise NodeLostError("stopped before its checks")
         handle = _Handle(
             actor=self._actor(self._assignment(task, attempt.number)),
             task_id=task.id,
@@ -1262,42 +1401,87 @@ def stop_unmanaged(
 
     Each open attempt's actor (and one a killed manager launched without recording it) stops
     its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    With no cluster answering at its address (its head gone), nothing on the nodes can be
+    reached (an agent there stopped with its actor, which ended with its node's raylet): the
+    attempts end here, the branches are fetched as last pushed, and the reasons say so.
     """
-    ray = _ray()
-    connect(spec.ray_address)
-    url = remote_url(repo, spec.remote)
+    address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
+    problem = head_problem(address)
+    if problem is None:
+        connect(spec.ray_address, lost_after=spec.lost_after)
+        url = remote_url(repo, spec.remote)
+        reason = "stopped"
+    else:  # the remote is not the cluster: what was pushed is fetched all the same
+        url = git.remote_location(repo, spec.remote)
+        reason = (
+            f"stopped without its Ray cluster (at {address}: {problem}); work kept on its "
+            "branch as last pushed"
+        )
     for task_id in targets:
         row = store.task(run_id, task_id)
         numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
         if row is not None and row.launching is not None:
             numbers.setdefault(row.launching, 0)
         for number, attempt_id in sorted(numbers.items()):
-            try:
-                actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
-            except ValueError:  # no such actor: gone with its node, or never made
-                actor = None
-            if actor is not None:
-                message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
-                with contextlib.suppress(Exception):  # a dead actor has nothing to stop
-                    ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
-                    ray.get(actor.finish.remote(message=message), timeout=120)
-                with contextlib.suppress(Exception):
-                    ray.get(actor.discard.remote(), timeout=30)
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+            if problem is None:
+                _stop_actor(task_id, number, run_id, spec)
             if attempt_id:
-                store.end_attempt(attempt_id, exit_code=None, outcome=TaskState.STOPPED.value)
+                store.end_attempt(
+                    attempt_id,
+                    exit_code=None,
+                    outcome=TaskState.STOPPED.value,
+                    usage=AttemptUsage(reason=reason),
+                )
         branch = f"{BRANCH_PREFIX}{task_id}"
         git.git(
             repo.root,
             "fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/heads/{branch}",
             check=False,
         )  # fmt: skip
+        tip = git.rev_parse(repo, branch)
+        if row is not None and row.base_commit and tip:
+            stat = git.diff_stat(repo, row.base_commit, tip)
+            store.update_task(
+                run_id,
+                task_id,
+                diff_files=stat.files,
+                diff_insertions=stat.insertions,
+                diff_deletions=stat.deletions,
+            )
         store.update_task(
             run_id,
             task_id,
             state=TaskState.STOPPED,
-            reason="stopped",
+            reason=reason,
             ended_at=time.time(),
             launching=None,
         )
+
+
+def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
+    """Have the actor of attempt *number*, if there, stop its agent, push, and go."""
+    ray = _ray()
+    try:
+        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+    except ValueError:  # no such actor: gone with its node, or never made
+        return
+    message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
+    with contextlib.suppress(Exception):  # a dead actor has nothing to stop
+        ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
+        ray.get(actor.finish.remote(message=message), timeout=120)
+    with contextlib.suppress(Exception):
+        ray.get(actor.discard.remote(), timeout=30)
+    with contextlib.suppress(Exception):
+        ray.kill(actor)
+
+
+def unreachable(spec: RunSettings, run_id: str) -> str | None:
+    """What to do about *run_id*, a Ray run, when no cluster answers at its address; or None."""
+    address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
+    problem = head_problem(address, timeout=2.0)
+    if problem is None:
+        return None
+    return (
+        f"run {run_id} runs on the Ray cluster at {address}, which does not answer ({problem}):"
+        " start a cluster there and run `swarm resume`, or end its tasks with `swarm stop`"
+    )

@@ -18,11 +18,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from typing import Unpack
+from typing import NoReturn, Unpack
 
 import psutil
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, RunInterruptedError, SwarmError
 from worktree_swarm.core.models import (
     Emit,
     Executor,
@@ -41,7 +41,7 @@ from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
-from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox
+from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox, unreachable
 from worktree_swarm.run.retry import OUTSIDE_WRITE, since_last_retry
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
@@ -173,10 +173,14 @@ class Runner:
         rows = store.tasks(run_id)
         tasks = tuple(task_from_json(row.spec_json) for row in rows)
         spec = RunSpec.of(RunSettings.from_json(run.spec_json), tasks)
+        if spec.executor is Executor.RAY and (problem := unreachable(spec.settings, run_id)):
+            raise BadInputError(problem)  # before anything changes
         if spec.sandbox and spec.executor is Executor.RAY:
             check_sandbox(spec.ray_address)  # on the nodes, where the agents run
         elif spec.sandbox:
             sandbox.check_available()
+        if run.status != RunStatus.RUNNING:  # interrupted with tasks left (a lost cluster)
+            store.reopen_run(run_id)
         states = {}
         for row in rows:
             states[row.task_id] = row.state if row.state.is_final else TaskState.PENDING
@@ -241,6 +245,8 @@ class Runner:
             self._start_adopted()
             while True:
                 self._apply_blocking()
+                if (halted := self._worker.halted()) is not None:
+                    self._halt(halted)
                 if self._stopping.is_set():
                     self._stop_pending("run stopped before it started")
                 elif self.gate.over_budget:
@@ -267,6 +273,33 @@ class Runner:
         self.store.finish_run(self.run_id, status=status)
         self._emit("run_finished", None, {"status": status.value})
         return dict(self._states)
+
+    def _halt(self, why: str) -> NoReturn:
+        """End the run as interrupted, its unfinished tasks pending: it cannot go on (*why*).
+
+        The live tasks are told to stop (a wait for a rate limit ends; what asks the lost
+        cluster fails at once); each that ends without an outcome of its own waits, pending,
+        for `swarm resume`, as do the tasks not started.
+        """
+        for live in self._live.values():
+            live.stop.set()
+        while self._live:
+            task_id, outcome = self._done.get()
+            if outcome.state is TaskState.STOPPED:  # cut short by the stop above
+                outcome = TaskOutcome(state=TaskState.PENDING, reason="")
+            self._finish(task_id, outcome)
+        for task_id, state in self._states.items():
+            row = self.store.task(self.run_id, task_id)
+            if state is TaskState.PENDING and (row is None or not row.reason):
+                self._set_state(task_id, TaskState.PENDING, reason=f"interrupted: {why}")
+        self._final_scan()
+        self._scrub_logs()
+        self.store.finish_run(self.run_id, status=RunStatus.INTERRUPTED)
+        self._emit("run_finished", None, {"status": RunStatus.INTERRUPTED.value, "why": why})
+        raise RunInterruptedError(
+            f"{why}; the run is interrupted, its tasks' work kept on their branches as last "
+            "pushed: run `swarm resume` once a cluster answers there"
+        )
 
     def _scrub_logs(self) -> None:
         """Redact what agents, setup and checks wrote under the run's directory (notes too).
@@ -338,6 +371,8 @@ class Runner:
             try:
                 task_id, outcome = self._done.get(timeout=0.25)
             except queue.Empty:
+                if self._worker.halted() is not None:
+                    return
                 self._poll_stop_requests()
                 self._apply_guard()
                 continue
@@ -351,7 +386,10 @@ class Runner:
             live.thread.join()
         if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
             outcome = TaskOutcome(state=TaskState.FAILED, reason=self._guard_reasons[task_id])
-        self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
+        if outcome.state is TaskState.PENDING:  # interrupted (its cluster lost): not ended
+            self._set_state(task_id, outcome.state, reason=outcome.reason)
+        else:
+            self._set_state(task_id, outcome.state, reason=outcome.reason, ended_at=time.time())
         self.disk.finished(task_id)
 
     def _drain(self) -> None:

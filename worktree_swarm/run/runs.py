@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import ProcessIdentity, RunStatus
+from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
@@ -54,10 +54,28 @@ def resume_command(store: Store, run_id: str) -> str:
 
 
 def manager_note(store: Store, run: RunRow) -> str | None:
-    """``manager not running — run `swarm resume``` for an orphaned run, else None."""
-    if run_state(run) is not RunState.MANAGER_GONE:
+    """``manager not running — run `swarm resume``` for an orphaned run, else None.
+
+    Also for a run interrupted with tasks left (its Ray cluster was lost); for a Ray run
+    whose cluster does not answer, that and what to do.
+    """
+    state = run_state(run)
+    if state is RunState.INTERRUPTED:
+        if all(row.state.is_final for row in store.tasks(run.run_id)):
+            return None
+    elif state is not RunState.MANAGER_GONE:
         return None
-    return f"manager not running — run `{resume_command(store, run.run_id)}`"
+    resume = resume_command(store, run.run_id)
+    if run.settings.executor is Executor.RAY:
+        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - Ray runs only
+
+        problem = ray_exec.unreachable(run.settings, run.run_id)
+        if problem is not None:
+            gone = "manager not running" if state is RunState.MANAGER_GONE else "interrupted"
+            return f"{gone}: {problem.replace('swarm resume', resume)}"
+    if state is RunState.INTERRUPTED:
+        return f"interrupted with tasks left — run `{resume}`"
+    return f"manager not running — run `{resume}`"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -130,6 +130,10 @@ class RunWorker:
     def close(self) -> None:
         """Let go of what the worker holds for the run (agents carry on)."""
 
+    def halted(self) -> str | None:
+        """Why no task of the run can go on now (its Ray cluster is lost); else None."""
+        return None
+
     def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
         # Intermediate states are informational; the main thread records final ones.
         self.store.update_task(self.run_id, task_id, state=state, **fields)
