@@ -586,6 +586,8 @@ def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
         (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
         (("clean", "--orphans", "--keep-branches"), "--orphans and --keep-branches exclude"),
         (("clean", "--foreign"), "--foreign works only with --orphans (or swarm doctor)"),
+        (("clean", "--idle", "3d"), "--idle works only with --orphans (or swarm doctor)"),
+        (("clean", "--idle", "xyz", "--yes"), "--idle works only with --orphans"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], needle: str) -> None:

@@ -721,7 +721,7 @@ def pr_cmd(
 
 
 def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
-    f = click.option("--idle", default="7d", show_default=True, help="Age for --foreign.")(f)
+    f = click.option("--idle", help="Age for --foreign.  [default: 7d]")(f)
     return click.option("--foreign", is_flag=True, help="Remove other tools' idle worktrees.")(f)
 
 
@@ -742,7 +742,7 @@ def clean_cmd(
     orphans: bool,
     keep_branches: bool,
     foreign: bool,
-    idle: str,
+    idle: str | None,
     yes: bool,
     force: bool,
     as_json: bool,
@@ -756,9 +756,10 @@ def clean_cmd(
     for name, used in runs_options.items():  # what to clean of runs: not for orphans
         _exclusive(orphans=orphans, **{name: used})
     _needs("--foreign", "--orphans (or swarm doctor)", given=foreign, present=orphans)
+    _needs("--idle", "--orphans (or swarm doctor)", given=idle is not None, present=orphans)
     repo = _repo(ctx)
     if orphans:
-        age = scan.parse_age(idle)
+        age = scan.parse_age(idle or "7d")
         report = scan.doctor(repo, yes=yes, force=force, foreign=foreign, idle=age)
     else:
         report = clean.clean(
@@ -781,7 +782,7 @@ def clean_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/clean.md).")
 @click.pass_context
 def doctor_cmd(
-    ctx: click.Context, foreign: bool, idle: str, yes: bool, force: bool, as_json: bool
+    ctx: click.Context, foreign: bool, idle: str | None, yes: bool, force: bool, as_json: bool
 ) -> int:
     """Find orphaned worktrees, branches, processes and locks (= swarm clean --orphans)."""
     return int(
