@@ -1205,3 +1205,26 @@ def test_remote_branches_are_deleted_only_where_they_were_left(repo: Path, tmp_p
     away = fixes.apply(r, [finding("swarm/b", str(tmp_path / "gone.git"))], store=None, force=False)
     assert not away[0].fixed
     assert away[0].detail.startswith(f"cannot reach {tmp_path / 'gone.git'} (fatal: ")
+
+
+def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A worktree under the root that no task owns, still used by a process (a killed `swarm
+    # merge --into`'s check): the process is ended, and the worktree, kept "in use" by it in
+    # the first scan, goes in the same go.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    stray = repo.parent / "repo.swarm" / "stray"
+    git(repo, "worktree", "add", "-q", str(stray), "-b", "stray-branch")
+    sleeper = subprocess.Popen(["sleep", "300"], cwd=stray, start_new_session=True)
+    try:
+        out = swarm(repo, "doctor", "--yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.rstrip().endswith("0 problems left")
+        assert sleeper.wait(timeout=30) is not None
+        assert not stray.exists()
+        assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -121,13 +121,16 @@ def doctor(
         results = apply(repo, findings, store=store, force=force, grace=grace)
         # A fix can leave another orphan behind (a pruned worktree's directory, still full, is
         # a stray directory now): fixed in the same go, so that none is left for a next run.
+        # So can one that was kept: a worktree kept "in use" by a process the fixes ended.
         for _ in range(_FOLLOW_UPS):
-            seen = {(f.kind, f.target) for f in findings}
+            seen = {(f.kind, f.target): f.action for f in findings}
             new = scan(repo, store, force=force, foreign=foreign, idle=idle)
-            more = [f for f in new if (f.kind, f.target) not in seen]
+            more = [f for f in new if _new_to_fix(seen.get((f.kind, f.target)), f)]
             if not more:
                 break
-            findings += more
+            again = {(f.kind, f.target) for f in more}
+            findings = [f for f in findings if (f.kind, f.target) not in again] + more
+            results = [r for r in results if (r.finding.kind, r.finding.target) not in again]
             results += apply(repo, more, store=store, force=force, grace=grace)
     finally:
         if store is not None:
@@ -136,6 +139,11 @@ def doctor(
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
     return Report(mode="orphans", findings=tuple(findings), applied=True, results=tuple(results))
+
+
+def _new_to_fix(before: Action | None, finding: Finding) -> bool:
+    """Whether a follow-up scan's *finding* was not planned (*before*: its planned action)."""
+    return before is None or (before is Action.KEEP and finding.action is not Action.KEEP)
 
 
 def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
