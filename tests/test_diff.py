@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,30 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
     assert (status["aa"]["merge_result"], status["bb"]["merge_result"]) == ("merged", "conflicted")
     assert status["bb"]["merge_target"].startswith("swarm/integration-")
     assert checkout_snapshot(repo) == before
+
+
+def test_names_that_are_not_utf8_are_shown_quoted_and_apart(repo: Path, tmp_path: Path) -> None:
+    # Bytes ff fe and fe ff: replaced by U+FFFD, the two names read the same, and neither is
+    # the file's. Shown as git quotes them, each is itself.
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os\n"
+        "mine = b'\\xff\\xfe.txt' if os.environ['SWARM_TASK_ID'] == 'aa' else b'\\xfe\\xff.txt'\n"
+        "open(mine, 'wb').write(b'x\\n')\n"
+        "open(b'\\xff\\xfe.txt', 'ab').write(os.environ['SWARM_TASK_ID'].encode())\n"
+    )
+    ran = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
+    assert ran.returncode == 0, ran.stderr
+
+    names = swarm(repo, "diff", "--name-only", "bb").stdout.splitlines()[1:]
+    merged = swarm(repo, "merge").stdout.splitlines()
+    as_json = json.loads(swarm(repo, "diff", "--json", "bb").stdout)
+
+    assert names == ['  "\\376\\377.txt"', '  "\\377\\376.txt"']
+    assert '  conflict  aa <-> bb: "\\377\\376.txt"' in merged
+    assert any(line.endswith(' in "\\377\\376.txt"') for line in merged), merged
+    paths = [f["path"] for t in as_json["tasks"] for f in t["files"]]
+    assert sorted(os.fsencode(p) for p in paths) == [b"\xfe\xff.txt", b"\xff\xfe.txt"]
 
 
 def test_run_merge_clean_doctor_lifecycle(repo: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
@@ -10,6 +11,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import runner
 from worktree_swarm.infra import parallel
 from worktree_swarm.infra.store import Store, TaskRow
 
@@ -153,11 +155,12 @@ def task_diffs(
 
 def file_changes(repo: git.Repo, base: str, tip: str) -> tuple[FileChange, ...]:
     """Files *tip* changed since its merge base with *base* (renames detected)."""
-    out = git.git(
+    out = runner.run_bytes(
         repo.root, "diff", "--raw", "--numstat", "-z", "-M", "--no-ext-diff",
         "--end-of-options", f"{base}...{tip}", "--",
-    )  # fmt: skip
-    fields = iter(out.split("\0"))
+    ).stdout  # fmt: skip
+    # A name that is not UTF-8 keeps its bytes (as surrogates): shown quoted, never garbled.
+    fields = iter(os.fsdecode(out).split("\0"))
     statuses: list[tuple[str, str, str | None]] = []  # (letter, path, old path)
     counts: dict[str, tuple[int, int]] = {}
     for field in fields:

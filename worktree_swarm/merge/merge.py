@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -799,7 +800,8 @@ def _parent(s: _Session, commit: str) -> str | None:
 
 
 def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:
-    out = _git(s, "diff", "--name-only", "--diff-filter=U", "-z", check=False).stdout
+    args = ("diff", "--name-only", "--diff-filter=U", "-z")
+    out = os.fsdecode(runner.run_bytes(s.target.worktree, *args, check=False).stdout)
     names = (conflicts.conflict_path(f, labels=("HEAD", tip)) for f in out.split("\0") if f)
     return tuple(dict.fromkeys(names))
 
