@@ -1032,8 +1032,7 @@ def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has
         "import subprocess\n"
         "subprocess.run(['git', 'merge', '--abort'], check=True)\n"
         "subprocess.run(['git', 'checkout', '-q', 'release'], check=True)\n"
-        "subprocess.run(['git', 'commit', '-q', '--allow-empty', '-m', 'side'], check=True)\n"
-    )
+    )  # a commit on release would be an outside write: test_guarded_merge.py
     record_run(
         base_repo,
         [("first", base), ("second", base)],
@@ -1048,7 +1047,7 @@ def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has
     assert report["results"][1]["reason"] == (
         "the agent resolving its conflicts switched the merge worktree to release; merge undone"
     )
-    assert git(base_repo, "log", "-1", "--format=%s", "release") == "side"  # not reset
+    assert git(base_repo, "rev-parse", "release") == base  # not reset to the merge's start
     branch = "swarm/integration-" + RUN_ID
     assert (
         git(base_repo, "log", "-1", "--format=%s", branch)

@@ -147,9 +147,12 @@ def _verdict(path: Path) -> Path:
 class Channel:
     """The guard's side: which announced moves it believes, and which refs are in motion."""
 
-    def __init__(self, state_dir: Path, agents: Agents) -> None:
+    def __init__(self, state_dir: Path, agents: Agents, *, answers: bool = True) -> None:
         self._dir = state_dir / DIR
         self._agents = agents
+        # A guard that only listens (a merge's, beside a run's) gives no verdicts: a writer
+        # that took its verdict for the run's would go before the run's guard read its file.
+        self._answers = answers
         self._accepted: dict[str, list[tuple[str | None, str | None]]] = {}
         self._done: set[str] = set()
         # Announcements already there when the guard took its baseline: name -> that baseline.
@@ -189,8 +192,8 @@ class Channel:
             if why is not None:
                 self._done.add(path.name)
                 refused.append(f"ignored {path}: {why}")
-                _write_verdict(path, f"refused: {why}")
-                if why.endswith(" is gone"):  # left by a command that was killed
+                self._answer(path, f"refused: {why}")
+                if self._answers and why.endswith(" is gone"):  # a command that was killed
                     path.unlink(missing_ok=True)
                     _verdict(path).unlink(missing_ok=True)
                 continue
@@ -202,8 +205,12 @@ class Channel:
                 start = old if base is None else base.get(ref)  # absent then: None
                 self._accepted.setdefault(ref, []).append((start, new))
             self._done.add(path.name)
-            _write_verdict(path, "accepted")
+            self._answer(path, "accepted")
         return pending, refused
+
+    def _answer(self, path: Path, verdict: str) -> None:
+        if self._answers:
+            _write_verdict(path, verdict)
 
     def explains(self, ref: str, before: str | None, after: str | None) -> bool:
         """Whether announced moves take *ref* from *before* to *after*; uses them up if so."""

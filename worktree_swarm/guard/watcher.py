@@ -34,7 +34,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +133,14 @@ class Guard:
         restore: bool,
         exclude: Sequence[Path] = (),
         on_record: Callable[[Violation], None] | None = None,
+        others: Collection[str] = (),
+        answers: bool = True,
     ) -> None:
         self.repo = repo
         self.restore = restore
+        # Tasks another swarm command works on (a run beside a merge): their branches are
+        # that command's guard's to judge. *answers*: see Channel.
+        self._others = frozenset(others)
         # Told of each violation as it is found, in the finding thread: the run records it
         # at once, so a manager killed before its loop drains it has it on record.
         self._on_record = on_record
@@ -154,7 +159,7 @@ class Guard:
         self._busy: dict[str, int] = {}
         self._refs: dict[str, str] = {}
         self._agents = Agents()
-        self._channel = Channel(repo.state_dir, self._agents)
+        self._channel = Channel(repo.state_dir, self._agents, answers=answers)
         self._evidence: dict[str, str] = {}  # ref -> task whose worktree HEAD was on it
         self._new: list[Violation] = []
         self._failures: list[ScanFailure] = []
@@ -167,8 +172,7 @@ class Guard:
         self._repo_lock = threading.RLock()
         self._count = 0
         now = time.time()
-        self._refs_checked = now
-        self._surface_checked = now
+        self._refs_checked = self._surface_checked = now
         self._objects_checked = now
         self._stash_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
@@ -847,7 +851,7 @@ class Guard:
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
             mine = ref_owner(ref) in busy and ref_owner(ref) not in self._pinned
-            if before == after or mine or ref in pending:
+            if before == after or mine or ref in pending or ref_owner(ref) in self._others:
                 continue  # a task's own branch while it works; a swarm command at work
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile

@@ -606,15 +606,19 @@ def run_to_end(
     stop: threading.Event | None = None,
     grace: float = 5.0,
     record: Path | None = None,
+    on_start: Callable[[ProcessIdentity], None] | None = None,
 ) -> Finished:
     """Run *argv* like :func:`spawn` and wait for it, killing its tree on timeout or *stop*.
 
-    An exception while waiting (Ctrl-C) kills the tree too before it propagates.
+    An exception while waiting (Ctrl-C) kills the tree too before it propagates. *on_start*
+    is handed the identity of the process started (a guard registers it).
     """
     proc = spawn(argv, cwd=cwd, env=env, log_path=log_path, grace=grace, record=record)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended = False
     try:
+        if on_start is not None:
+            on_start(proc.identity)
         while True:
             code = proc.wait(_STEP_POLL)
             if code is not None or not proc.alive():

@@ -14,7 +14,7 @@ import enum
 import json
 import os
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -23,7 +23,13 @@ import filelock
 
 from worktree_swarm import guard
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Task, TaskState
+from worktree_swarm.core.models import (
+    INTEGRATION_PREFIX,
+    MERGE_CHECKING,
+    ProcessIdentity,
+    Task,
+    TaskState,
+)
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
@@ -39,6 +45,7 @@ from worktree_swarm.merge.diff import (
     task_base,
     task_branch,
 )
+from worktree_swarm.merge.guarded import BASELINE_CHECKS, MergeGuard
 from worktree_swarm.merge.merge_report import (
     CheckResult,
     MergeOutcome,
@@ -108,6 +115,7 @@ class _Session:
     log: Path
     progress: MergeProgress
     resolve: bool = False
+    guard: MergeGuard | None = None  # while programs (resolvers, checks) may run
     results: list[TaskResult] = field(default_factory=list)
     # Tasks merged into the target, before or by this merge: a task squashed onto them
     # brings only its own changes.
@@ -209,9 +217,11 @@ def merge(
         try:
             _clean_after_cut_off_checks(session)
             _undo_unchecked(session)
-            baseline = _baseline(session) if argvs and order else None
-            if baseline is None or baseline.ok:
-                _merge_all(session, order)
+            runs_programs = resolve or bool(argvs) or any(c.task.checks for c in order)
+            with _guarded(session, on=runs_programs and bool(order)):
+                baseline = _baseline(session) if argvs and order else None
+                if baseline is None or baseline.ok:
+                    _merge_all(session, order)
             final = _head(target.worktree)
             if target.temporary and final != start:
                 move_branch(repo, branch, new=final, old=start)
@@ -399,6 +409,44 @@ def _kill_leftover_checks(logs: Path) -> None:
 
 
 @contextlib.contextmanager
+def _guarded(s: _Session, *, on: bool) -> Iterator[None]:
+    """Watch outside the merge worktree while inside (*on*: programs may run there)."""
+    if not on:
+        yield
+        return
+    # Not the user's: where swarm's merge worktrees go.
+    guard = MergeGuard(s.repo, s.store, s.run_id, exclude=[s.target.worktree.parent])
+    try:
+        with guard.watching():
+            s.guard = guard
+            yield
+    finally:
+        s.guard = None
+        for line in guard.notes():
+            s.progress.note(line)
+
+
+@contextlib.contextmanager
+def _watched(s: _Session, who: str) -> Iterator[Callable[[ProcessIdentity], None] | None]:
+    """While inside, a program started for *who* is watched (the callback registers it)."""
+    if s.guard is None:
+        yield None
+        return
+    with s.guard.program(who) as started:
+        yield started
+
+
+def _outside(s: _Session, who: str) -> str:
+    """Why the program that just ended fails its merge: what it wrote outside ('' if nothing)."""
+    if s.guard is None:
+        return ""
+    found = s.guard.outside()
+    for line in s.guard.notes():
+        s.progress.note(line)
+    return f"{who} wrote outside the merge worktree: {found}" if found else ""
+
+
+@contextlib.contextmanager
 def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(repo.state_dir / MERGE_LOCK, thread_local=False)
@@ -434,7 +482,7 @@ def _head(worktree: Path) -> str:
 
 
 def _baseline(s: _Session) -> CheckResult:
-    failure = _run_checks(s, s.checks, _check_env(s))
+    failure = _run_checks(s, s.checks, _check_env(s), who=BASELINE_CHECKS)
     result = CheckResult(
         commands=tuple(shlex.join(a) for a in s.checks),
         ok=failure is None,
@@ -446,9 +494,9 @@ def _baseline(s: _Session) -> CheckResult:
 
 
 def _run_checks(
-    s: _Session, steps: tuple[tuple[str, ...], ...], env: dict[str, str]
+    s: _Session, steps: tuple[tuple[str, ...], ...], env: dict[str, str], *, who: str
 ) -> CheckFailure | None:
-    """Run *steps* in the merge worktree, then undo what they wrote there.
+    """Run *steps* in the merge worktree (watched, for *who*), then undo what they wrote there.
 
     What a check writes (``__pycache__``, build output, a formatter's edits) would read as
     uncommitted changes to the next merge, which refuses them, or be swept into a resolver's
@@ -462,7 +510,12 @@ def _run_checks(
     partial.write_text(json.dumps(sorted(before)), encoding="utf-8")
     partial.replace(record)
     try:
-        return run_steps(steps, cwd=s.target.worktree, env=env, log=s.log, what="check")
+        with _watched(s, who) as started:
+            failure = run_steps(
+                steps, cwd=s.target.worktree, env=env, log=s.log, what="check", on_start=started
+            )
+        outside = _outside(s, "the checks")
+        return CheckFailure(summary=outside) if outside else failure
     finally:
         _clean_after_checks(s, before)
         record.unlink(missing_ok=True)
@@ -623,19 +676,27 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
     s.progress.resolving(c.task_id, files)
     on = _symbolic_head(s)
     try:
-        why = run_resolver(
-            c.task,
-            worktree=s.target.worktree,
-            target=s.target.branch,
-            files=files,
-            logs=s.log.parent,
-            env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
-        )
+        with _watched(s, c.task_id) as started:
+            why = run_resolver(
+                c.task,
+                worktree=s.target.worktree,
+                target=s.target.branch,
+                files=files,
+                logs=s.log.parent,
+                env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
+                on_start=started,
+            )
     except BaseException:
         _back_on(s, on, pre)
         _undo(s, pre)  # Ctrl-C or SIGTERM: the resolver is ended; so is its half-made merge
         raise
+    outside = _outside(s, "the agent resolving its conflicts")  # before swarm runs git there
     switched = _back_on(s, on, pre)
+    if outside:
+        _undo(s, pre)
+        return TaskResult(
+            task_id=c.task_id, outcome=MergeOutcome.FAILED, reason=f"{outside}; merge undone"
+        )
     if switched:
         _undo(s, pre)
         return TaskResult(
@@ -732,7 +793,7 @@ def _check(
         s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
         merge_commit=commit, merge_detail=pre,
     )  # fmt: skip
-    failure = _run_checks(s, steps, env)
+    failure = _run_checks(s, steps, env, who=c.task_id)
     check = CheckResult(
         commands=tuple(shlex.join(a) for a in steps),
         ok=failure is None,

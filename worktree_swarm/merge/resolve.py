@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
 from worktree_swarm.infra import supervisor
@@ -38,11 +38,13 @@ def run_resolver(
     files: Sequence[str],
     logs: Path,
     env: dict[str, str],
+    on_start: Callable[[ProcessIdentity], None] | None = None,
 ) -> str | None:
     """Run the task's agent on the conflicts and stage its result; None when resolved.
 
     Otherwise returns why not (the caller undoes the merge). Waits at most the task's
-    ``resolve_timeout`` (else its ``timeout``, else 30 minutes).
+    ``resolve_timeout`` (else its ``timeout``, else 30 minutes). *on_start* is handed the
+    agent's process identity as it starts.
     """
     if not task.agent_argv:
         return f"task {task.id} has no agent command recorded; resolve it by hand"
@@ -64,7 +66,13 @@ def run_resolver(
     limit = task.resolve_timeout or task.timeout or DEFAULT_TIMEOUT
     # Under the shim: a timeout or Ctrl-C kills the resolver's whole tree.
     ended = supervisor.run_to_end(
-        argv, cwd=worktree, env=agent_env, log_path=log_path, timeout=limit, grace=KILL_GRACE
+        argv,
+        cwd=worktree,
+        env=agent_env,
+        log_path=log_path,
+        timeout=limit,
+        grace=KILL_GRACE,
+        on_start=on_start,
     )
     if ended.cut is not None:
         return f"the agent did not finish resolving within {limit:.0f}s"

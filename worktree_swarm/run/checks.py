@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import shlex
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
 
@@ -94,11 +95,13 @@ def run_steps(
     timeout: float | None = None,
     stop: threading.Event | None = None,
     grace: float = 5.0,
+    on_start: Callable[[ProcessIdentity], None] | None = None,
 ) -> CheckFailure | None:
     """Run argv steps in order, appending their output to *log*; the first failure or None.
 
     Each step runs under the shim (its whole tree dies with it) and is killed when it runs
     longer than *timeout* (default :data:`DEFAULT_STEP_TIMEOUT`) or when *stop* is set.
+    *on_start* is handed each step's process identity as it starts.
     """
     limit = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,7 @@ def run_steps(
                 stop=stop,
                 grace=grace,
                 record=log.with_name(f"{log.stem}-{number}.exit.json"),
+                on_start=on_start,
             )
         except SwarmError as exc:
             with log.open("a", encoding="utf-8") as out:

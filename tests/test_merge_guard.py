@@ -1,0 +1,178 @@
+"""`swarm merge` guards the programs it runs (resolving agents, checks) as `swarm run` does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import agent_python, git, make_repo
+from tests.mergekit import RUN_ID, Brancher, merge_results, record_run
+from tests.test_run import checkout_snapshot, swarm
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.store import Store
+
+BRANCH = "swarm/integration-" + RUN_ID
+LINES = "".join(f"line {i}\n" for i in range(1, 11))
+
+# Resolves every conflict by keeping both sides, then runs its extra code (the attack).
+RESOLVER = """
+import pathlib, re, subprocess, sys
+for path in pathlib.Path('.').glob('*.txt'):
+    text = path.read_text()
+    if '<<<<<<<' in text:
+        path.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', text, flags=re.M))
+common = pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute',
+                                      '--git-common-dir'], capture_output=True, text=True,
+                                     check=True).stdout.strip())
+"""
+
+# What a hostile resolver does outside the merge worktree: its code (MARKER: a file that
+# must never appear, as the planted program would make it).
+ATTACKS = {
+    "fsmonitor": "subprocess.run(['git', 'config', '--file', str(common / 'config'),"
+    " 'core.fsmonitor', 'touch MARKER #'], check=True)\n",
+    "hook": "hook = common / 'hooks' / 'post-checkout'\n"
+    "hook.write_text('#!/bin/sh\\ntouch MARKER\\n')\nhook.chmod(0o755)\n",
+    "branch": "subprocess.run(['git', 'update-ref', 'refs/heads/main', 'HEAD'], check=True)\n",
+}
+
+
+def edit(line: int, text: str) -> str:
+    rows = LINES.splitlines(keepends=True)
+    rows[line - 1] = text + "\n"
+    return "".join(rows)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"f.txt": LINES, "README.md": "mine\n"})
+
+
+@pytest.fixture
+def brancher(repo: Path) -> Iterator[Brancher]:
+    b = Brancher(repo)
+    yield b
+    b.close()
+
+
+def conflicting(repo: Path, brancher: Brancher, agent: Path) -> str:
+    """Tasks first and second, which conflict on line 5, with *agent* as their agent."""
+    base = git(repo, "rev-parse", "HEAD")
+    for name in ("first", "second"):
+        brancher.branch(f"swarm/{name}", base, {"f.txt": edit(5, f"five {name}")})
+    record_run(
+        repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+    return base
+
+
+def outside_writes(repo: Path) -> list[dict[str, object]]:
+    with Store(store_path(open_repo(repo))) as store:
+        return [e.data for e in store.events(RUN_ID, kind="outside_write")]
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_resolver_writing_outside_is_put_back_and_its_merge_undone(
+    repo: Path, brancher: Brancher, tmp_path: Path, attack: str
+) -> None:
+    marker = tmp_path / "planted-program-ran"
+    agent = tmp_path / "resolver.py"
+    agent.write_text(RESOLVER + ATTACKS[attack].replace("MARKER", str(marker)))
+    base = conflicting(repo, brancher, agent)
+    before = checkout_snapshot(repo)
+    config = (repo / ".git/config").read_text()
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    second = json.loads(out.stdout)["results"][1]
+    assert second["outcome"] == "failed"
+    assert second["reason"].startswith(
+        "the agent resolving its conflicts wrote outside the merge worktree: "
+    )
+    assert second["reason"].endswith(" (put back); merge undone")
+    assert merge_results(repo) == {"first": "merged", "second": "failed"}
+    first = git(repo, "log", "-1", "--format=%s", BRANCH)
+    assert first == "swarm: merge task first (swarm/first)"
+    # Everything as it was: the user's next git commands run nothing of the agent's.
+    assert git(repo, "rev-parse", "main") == base
+    assert (repo / ".git/config").read_text() == config
+    assert not (repo / ".git/hooks/post-checkout").exists()
+    subprocess.run(["git", "status"], cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "checkout", "-q", "main"], cwd=repo, check=True)
+    assert not marker.exists()
+    assert checkout_snapshot(repo) == before
+    (found,) = outside_writes(repo)
+    assert found["suspects"] == ["second"]
+    assert found["restored"] is True
+
+
+@pytest.mark.parametrize("source", ["--check", "task checks"])
+def test_a_check_writing_into_your_checkout_is_put_back_and_its_merge_undone(
+    repo: Path, brancher: Brancher, tmp_path: Path, source: str
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    check = tmp_path / "check.py"  # harmless until task two's code is there
+    check.write_text(
+        "import os, pathlib\n"
+        f"if os.path.exists('two.txt'): pathlib.Path({str(repo / 'README.md')!r}).write_text('x')\n"
+    )
+    argv = [sys.executable, str(check)]
+    own = {"one": [argv], "two": [argv]} if source == "task checks" else None
+    record_run(repo, [("one", base), ("two", base)], base=base, checks=own)
+    before = checkout_snapshot(repo)
+
+    flags = ["--check", f"{sys.executable} {check}"] if source == "--check" else []
+    out = swarm(repo, "merge", *flags, "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["one"]
+    two = report["results"][1]
+    assert two["reason"] == (
+        "the checks wrote outside the merge worktree: files README.md in the main checkout"
+        f" (put back) after merging into {BRANCH}; merge undone"
+    )
+    assert checkout_snapshot(repo) == before
+    assert (repo / "README.md").read_text() == "mine\n"
+    assert git(repo, "ls-tree", "--name-only", BRANCH).split() == ["README.md", "f.txt", "one.txt"]
+    (found,) = outside_writes(repo)
+    assert found["suspects"] == ["two"]
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
+    repo: Path, brancher: Brancher, tmp_path: Path, into: bool
+) -> None:
+    agent = tmp_path / "resolver.py"  # commits the merge itself, leaves build output behind
+    agent.write_text(
+        RESOLVER + "pathlib.Path('build.log').write_text('built')\n"
+        "subprocess.run(['git', 'commit', '-qam', 'resolved'], check=True)\n"
+    )
+    base = conflicting(repo, brancher, agent)
+    git(repo, "branch", "release", base)
+    check = f"{sys.executable} -c \"open('out.txt', 'w').write('checked')\""
+    before = checkout_snapshot(repo)
+
+    out = swarm(repo, "merge", "--resolve", "--check", check,
+                *(["--into", "release"] if into else []), "--json")  # fmt: skip
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["merged"] == ["first", "second"]
+    target = "release" if into else BRANCH
+    merged = git(repo, "show", f"{target}:f.txt").splitlines()
+    assert merged[4:6] == ["five first", "five second"]
+    assert outside_writes(repo) == []
+    assert checkout_snapshot(repo) == before
+    assert not (repo / ".git/swarm/runs" / RUN_ID / "merge/guard/held").exists()

@@ -1,0 +1,99 @@
+"""The guard of a `swarm merge` that runs programs: its resolvers and checks, watched like agents.
+
+A resolver is the task's agent and a check runs code from the task branches: while either
+runs, the user's checkouts, git's files that run code and every branch (but what the merge
+moves itself, which it announces) are watched as during `swarm run`. One guard serves the
+whole command; after each program it scans, puts back what the program wrote and tells the
+merge, which undoes that task's merge. Each write is recorded as an ``outside_write`` event
+of the run, where `swarm report` shows them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.paths import run_dir
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import Guard
+from worktree_swarm.infra import proc
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run.retry import OUTSIDE_WRITE
+
+# The suspect named for the checks run on the target before any merge (no task's).
+BASELINE_CHECKS = "merge checks"
+
+
+class MergeGuard:
+    """Watches outside the merge worktree while the merge's programs run."""
+
+    def __init__(
+        self, repo: git.Repo, store: Store, run_id: str, *, exclude: Sequence[Path]
+    ) -> None:
+        self._store = store
+        self._run_id = run_id
+        # A run at work beside the merge moves its tasks' branches; its own guard judges them.
+        busy = {
+            row.task_id
+            for run in store.runs()
+            if run.ended_at is None
+            for row in store.tasks(run.run_id)
+            if row.state.is_active
+        }
+        self._guard = Guard(
+            repo,
+            work_dir=run_dir(repo, run_id) / "merge" / "guard",
+            restore=True,
+            exclude=[*exclude, *proc.output_files()],
+            others=busy,
+            answers=False,
+        )
+        self._notes: list[str] = []
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[MergeGuard]:
+        """Take the baselines; on leaving, a last scan puts back what is still out of place."""
+        self._guard.start()
+        try:
+            yield self
+        finally:
+            self._guard.close()
+            self._guard.scan(deep=True)
+            self._record()
+
+    @contextlib.contextmanager
+    def program(self, who: str) -> Iterator[Callable[[ProcessIdentity], None]]:
+        """While inside, the program handed to the callback yielded runs for *who* (a suspect)."""
+
+        def started(identity: ProcessIdentity) -> None:
+            self._guard.agent_started(who, identity)
+
+        try:
+            yield started
+        finally:
+            self._guard.agent_ended(who)
+
+    def outside(self) -> str:
+        """Scan now: what the program that just ended wrote outside, put back ('' if nothing)."""
+        self._guard.scan(deep=True)
+        return "; ".join(self._record())
+
+    def notes(self) -> list[str]:
+        """Scans that failed since the last call, one line each (that part was not checked)."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _record(self) -> list[str]:
+        for failure in self._guard.drain_failures():
+            self._store.add_event(self._run_id, "guard_error", task_id=None, data=failure.as_dict())
+            self._notes.append(f"guard: {failure.job} scan failed: {failure.reason}")
+        found = []
+        for violation in self._guard.drain():
+            self._store.add_event(
+                self._run_id, OUTSIDE_WRITE, task_id=violation.task, data=violation.as_dict()
+            )
+            fate = "put back" if violation.restored else "not put back, see `swarm report`"
+            found.append(f"{violation.summary()} ({fate})")
+        return found
