@@ -176,3 +176,21 @@ def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     assert outside_writes(repo) == []
     assert checkout_snapshot(repo) == before
     assert not (repo / ".git/swarm/runs" / RUN_ID / "merge/guard/held").exists()
+
+
+def test_a_check_program_not_on_path_is_bad_input_and_creates_nothing(
+    repo: Path, brancher: Brancher
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    record_run(repo, [("one", base)], base=base)
+
+    out = swarm(repo, "merge", "--check", "pytets -q")
+
+    assert out.returncode == 2
+    assert out.stderr == (
+        "swarm: --check 'pytets -q': program 'pytets' not found on PATH; install it or fix"
+        " its name\n"
+    )
+    assert git(repo, "branch", "--list", "swarm/integration-*") == ""
+    assert not (repo.parent / "repo.swarm").exists()

@@ -23,10 +23,10 @@ def check_task(task: Task, *, where: str, repo_root: Path) -> None:
     """
     path = dict(task.env).get("PATH", os.environ.get("PATH", os.defpath))
     if task.setup:
-        _check_program(task.setup[0][0], path, where=f"{where}: setup[0]")
+        check_program(task.setup[0][0], path, where=f"{where}: setup[0]")
     else:
         for i, argv in enumerate(task.checks):
-            _check_program(argv[0], path, where=f"{where}: checks[{i}]")
+            check_program(argv[0], path, where=f"{where}: checks[{i}]")
     root = repo_root.absolute()
     for name in task.link:
         if not (root / name).is_dir():
@@ -36,7 +36,11 @@ def check_task(task: Task, *, where: str, repo_root: Path) -> None:
             )
 
 
-def _check_program(program: str, path: str, *, where: str) -> None:
+def check_program(program: str, path: str, *, where: str, setup: bool = True) -> None:
+    """Raise BadInputError if *program* is known now not to run: not on *path*, not executable.
+
+    *setup*: say that a `setup` step could install it (a task's command; not a merge's).
+    """
     if Path(program).is_absolute():
         if not (Path(program).is_file() and os.access(program, os.X_OK)):
             raise BadInputError(f"{where}: program {program!r} is missing or not executable")
@@ -45,6 +49,6 @@ def _check_program(program: str, path: str, *, where: str) -> None:
         return  # the worktree's own, or looked for from the worktree: not known before it exists
     if shutil.which(program, path=path) is None:
         raise BadInputError(
-            f"{where}: program {program!r} not found on PATH; install it, fix its name, or "
-            "install it in a `setup` step"
+            f"{where}: program {program!r} not found on PATH; install it"
+            + (", fix its name, or install it in a `setup` step" if setup else " or fix its name")
         )

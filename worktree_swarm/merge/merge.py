@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import filelock
 
 from worktree_swarm import guard
+from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import (
     INTEGRATION_PREFIX,
@@ -126,8 +127,12 @@ class _Session:
 
 
 def parse_checks(commands: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """Split each ``--check`` command line into argv (shell-like quoting, never a shell)."""
+    """Split each ``--check`` command line into argv (shell-like quoting, never a shell).
+
+    A program known not to run (as `swarm run` looks for it) is bad input: nothing is made.
+    """
     parsed = []
+    path = os.environ.get("PATH", os.defpath)  # the checks run with it
     for command in commands:
         try:
             argv = tuple(shlex.split(command))
@@ -135,6 +140,7 @@ def parse_checks(commands: Sequence[str]) -> tuple[tuple[str, ...], ...]:
             raise BadInputError(f"--check {command!r} cannot be parsed: {exc}") from None
         if not argv:
             raise BadInputError("--check needs a command, got an empty string")
+        check_program(argv[0], path, where=f"--check {command!r}", setup=False)
         parsed.append(argv)
     return tuple(parsed)
 
