@@ -34,7 +34,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,14 +133,14 @@ class Guard:
         restore: bool,
         exclude: Sequence[Path] = (),
         on_record: Callable[[Violation], None] | None = None,
-        others: Collection[str] = (),
+        others: Callable[[str], bool] | None = None,
         answers: bool = True,
     ) -> None:
         self.repo = repo
         self.restore = restore
-        # Tasks another swarm command works on (a run beside a merge): their branches are
-        # that command's guard's to judge. *answers*: see Channel.
-        self._others = frozenset(others)
+        # Whether a task's branch is another swarm command's to move now (a run's, beside a
+        # merge): that command's guard judges its moves. *answers*: see Channel.
+        self._others = others
         # Told of each violation as it is found, in the finding thread: the run records it
         # at once, so a manager killed before its loop drains it has it on record.
         self._on_record = on_record
@@ -851,10 +851,14 @@ class Guard:
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
             mine = ref_owner(ref) in busy and ref_owner(ref) not in self._pinned
-            if before == after or mine or ref in pending or ref_owner(ref) in self._others:
+            if before == after or mine or ref in pending:
                 continue  # a task's own branch while it works; a swarm command at work
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile
+            owner = ref_owner(ref)
+            if owner is not None and self._others is not None and self._others(owner):
+                self._set_ref(ref, after)
+                continue
             if self._channel.explains(ref, before, after):
                 self._set_ref(ref, after)  # moved by swarm merge or clean, as they said
                 continue

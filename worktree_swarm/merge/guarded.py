@@ -34,20 +34,12 @@ class MergeGuard:
     ) -> None:
         self._store = store
         self._run_id = run_id
-        # A run at work beside the merge moves its tasks' branches; its own guard judges them.
-        busy = {
-            row.task_id
-            for run in store.runs()
-            if run.ended_at is None
-            for row in store.tasks(run.run_id)
-            if row.state.is_active
-        }
         self._guard = Guard(
             repo,
             work_dir=run_dir(repo, run_id) / "merge" / "guard",
             restore=True,
             exclude=[*exclude, *proc.output_files()],
-            others=busy,
+            others=self._in_a_run,
             answers=False,
         )
         self._notes: list[str] = []
@@ -84,6 +76,14 @@ class MergeGuard:
         """Scans that failed since the last call, one line each (that part was not checked)."""
         notes, self._notes = self._notes, []
         return notes
+
+    def _in_a_run(self, task_id: str) -> bool:
+        """Whether a run at work beside the merge has *task_id* active (its branch moves)."""
+        for run in self._store.runs():
+            row = self._store.task(run.run_id, task_id) if run.ended_at is None else None
+            if row is not None and row.state.is_active:
+                return True
+        return False
 
     def _record(self) -> list[str]:
         for failure in self._guard.drain_failures():
