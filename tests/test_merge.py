@@ -778,6 +778,13 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
             "swarm: --into names a branch by its short name: `release`, not refs/heads/release\n",
         ),
         (
+            ["--into", "swarm/one"],
+            (
+                "swarm: --into swarm/one is task one's branch (run 20240101-000000-abcd);"
+                " merge into a branch of yours, or without --into\n"
+            ),
+        ),
+        (
             ["--dry-run", "--resolve"],
             "swarm: --resolve works only with a merge (not --dry-run)\n",
         ),

@@ -171,7 +171,7 @@ def merge(
         repo, store, run_id, task_ids, target=branch, standing=standing
     )
     own = None if into is not None else integration_path(repo, store, run_id)
-    start = validate_target(repo, branch, own=own)
+    start = validate_target(repo, store, branch, own=own)
     prediction = conflicts.predict(
         repo,
         [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, SCRATCH_PREFIX, is_valid_task_id
+from worktree_swarm.core.models import (
+    BRANCH_PREFIX,
+    INTEGRATION_PREFIX,
+    SCRATCH_PREFIX,
+    is_valid_task_id,
+)
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
@@ -38,15 +43,22 @@ def ref_safe_run(run_id: str) -> str:
     return run_id
 
 
-def validate(repo: git.Repo, branch: str, *, own: Path | None) -> str:
+def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> str:
     """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
 
     *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
     merge` left half made there, or what the checks it was killed in wrote there, is not
-    "uncommitted changes" but undone once the merge is under way.
+    "uncommitted changes" but undone once the merge is under way. A task's own branch is no
+    target: its diff and pull request would show the other tasks' work as its own.
     """
     into = own is None
     if into:
+        owner = store.owners()[0].get(branch)
+        if owner is not None:
+            raise BadInputError(
+                f"--into {branch} is task {branch.removeprefix(BRANCH_PREFIX)}'s branch (run"
+                f" {owner}); merge into a branch of yours, or without --into"
+            )
         if not git.is_branch_name(repo, branch):
             raise BadInputError(f"--into {branch!r} is not a valid branch name")
         if branch.startswith("refs/"):
