@@ -658,6 +658,40 @@ def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
     assert f"worktree {other}\n" in listed
 
 
+def test_an_integration_worktree_switched_to_another_branch_is_named_and_kept(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    assert swarm(base_repo, "merge", "one").returncode == 0
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    git(worktree, "switch", "-q", "-c", "mywork")  # looking around in it, as invited
+    (worktree / "mine.txt").write_text("the user's work\n")
+    git(worktree, "add", "mine.txt")
+    git(worktree, "commit", "-q", "-m", "mine")
+    refs = git(base_repo, "for-each-ref")
+    integration = "swarm/integration-" + RUN_ID
+
+    out = swarm(base_repo, "merge")
+    refs_after = git(base_repo, "for-each-ref")
+    doctor = swarm(base_repo, "doctor", "--yes", "--json")  # may delete merged swarm/one
+
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        f"swarm: the integration worktree {worktree} is on branch mywork; switch it back to"
+        f" {integration} (`git -C {worktree} switch {integration}`)\n"
+    )
+    assert refs_after == refs
+    findings = {f["target"]: f for f in json.loads(doctor.stdout)["findings"]}
+    assert findings[str(worktree)]["action"] == "keep", findings
+    assert "integration worktree of run" in findings[str(worktree)]["reason"]
+    assert "on branch mywork" in findings[str(worktree)]["reason"]
+    assert (worktree / "mine.txt").exists()
+    git(worktree, "switch", "-q", integration)
+    assert swarm(base_repo, "merge").returncode == 0
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
 def test_squash_lands_a_chain_of_tasks_that_rewrite_the_same_line(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -53,6 +53,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
+    INTEGRATION_DIR_PREFIX,
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     Executor,
@@ -431,8 +432,30 @@ def _unowned(
     run_id = _integration_run(info.branch)
     if run_id in ctx.bases:
         return _integration_worktree(info, str(run_id)), False
+    run_id = info.path.name.removeprefix(INTEGRATION_DIR_PREFIX)
+    if info.path.name.startswith(INTEGRATION_DIR_PREFIX) and run_id in ctx.bases:
+        return _switched_integration_worktree(info, run_id), False
     reason = "registered under the worktree root, but no swarm task owns it"
     return worktree_finding(ctx.repo, info, kind=Kind.WORKTREE, reason=reason, force=force)
+
+
+def _switched_integration_worktree(info: WorktreeInfo, run_id: str) -> Finding:
+    """A run's integration worktree the user switched to another branch: theirs to switch back.
+
+    What is on that branch, or uncommitted in it, may be the user's work: never removed.
+    """
+    branch = INTEGRATION_PREFIX + run_id
+    on = f"on branch {info.branch}" if info.branch else "on a detached HEAD"
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(info.path),
+        reason=f"integration worktree of run {run_id} (`swarm merge`), {on}, not {branch}",
+        action=Action.KEEP,
+        fix=f"kept (it may hold your work); `swarm merge` needs it back on {branch}:"
+        f" `git -C {info.path} switch {branch}`",
+        branch=info.branch,
+        run_id=run_id,
+    )
 
 
 def _integration_worktree(info: WorktreeInfo, run_id: str) -> Finding:

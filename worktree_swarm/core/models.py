@@ -23,6 +23,8 @@ INTEGRATION_PREFIX = "swarm/integration-"
 # The temporary worktree a `swarm merge --into` merges in, under the worktree root (no task
 # id starts with "_"): nothing in it is anyone's work once that merge is over or killed.
 SCRATCH_PREFIX = "_merge-"
+# The integration worktree of a run, under the worktree root (with the run id after it).
+INTEGRATION_DIR_PREFIX = "_integration-"
 # A task's merge result while `swarm merge` runs checks on its merge: an intent, undone by the
 # next merge when that one was killed.
 MERGE_CHECKING = "checking"

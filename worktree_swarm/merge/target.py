@@ -16,6 +16,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
+    INTEGRATION_DIR_PREFIX,
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     is_valid_task_id,
@@ -48,27 +49,18 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
 
     *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
     merge` left half made there, or what the checks it was killed in wrote there, is not
-    "uncommitted changes" but undone once the merge is under way. A task's own branch is no
-    target: its diff and pull request would show the other tasks' work as its own.
+    "uncommitted changes" but undone once the merge is under way.
     """
     into = own is None
     if into:
-        owner = store.owners()[0].get(branch)
-        if owner is not None:
-            raise BadInputError(
-                f"--into {branch} is task {branch.removeprefix(BRANCH_PREFIX)}'s branch (run"
-                f" {owner}); merge into a branch of yours, or without --into"
-            )
-        if not git.is_branch_name(repo, branch):
-            raise BadInputError(f"--into {branch!r} is not a valid branch name")
-        if branch.startswith("refs/"):
-            short = branch.removeprefix("refs/heads/")
-            raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
-        if not git.branch_exists(repo, branch):
-            raise BadInputError(
-                f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
-            )
+        _validate_into(repo, store, branch)
     for info in worktrees.list_worktrees(repo):
+        if _same_path(info.path, own) and info.branch != branch and info.path.is_dir():
+            on = f"on branch {info.branch}" if info.branch else "on a detached HEAD"
+            raise BadInputError(
+                f"the integration worktree {info.path} is {on}; switch it back to {branch}"
+                f" (`git -C {info.path} switch {branch}`)"
+            )
         if info.branch != branch or info.prunable:
             continue
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
@@ -90,6 +82,29 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
             )
     tip = branch_tip(repo, branch)
     return tip if tip is not None else git.head_commit(repo)
+
+
+def _validate_into(repo: git.Repo, store: Store, branch: str) -> None:
+    """Refuse an ``--into`` name that is no existing branch of the user's.
+
+    A task's own branch is none: its diff and pull request would show the other tasks' work
+    as its own.
+    """
+    owner = store.owners()[0].get(branch)
+    if owner is not None:
+        raise BadInputError(
+            f"--into {branch} is task {branch.removeprefix(BRANCH_PREFIX)}'s branch (run"
+            f" {owner}); merge into a branch of yours, or without --into"
+        )
+    if not git.is_branch_name(repo, branch):
+        raise BadInputError(f"--into {branch!r} is not a valid branch name")
+    if branch.startswith("refs/"):
+        short = branch.removeprefix("refs/heads/")
+        raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
+    if not git.branch_exists(repo, branch):
+        raise BadInputError(
+            f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
+        )
 
 
 def open_target(
@@ -133,7 +148,7 @@ def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
 
 def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
     """Where swarm keeps the run's integration worktree."""
-    return _worktree_root(repo, store, run_id) / f"_integration-{ref_safe_run(run_id)}"
+    return _worktree_root(repo, store, run_id) / f"{INTEGRATION_DIR_PREFIX}{ref_safe_run(run_id)}"
 
 
 def _same_path(path: Path, other: Path | None) -> bool:
