@@ -377,6 +377,25 @@ def test_clean_leaves_the_integration_worktree_to_a_merge_that_is_using_it(
     assert not worktree.exists()
 
 
+def test_a_second_merge_says_one_is_running_before_predicting_anything(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    (base_repo / ".git" / "swarm").mkdir(exist_ok=True)
+    merging = filelock.FileLock(base_repo / ".git" / "swarm" / "merge.lock")
+    with merging:  # as a `swarm merge` at work holds it
+        out = swarm(base_repo, "merge")
+        dry = swarm(base_repo, "merge", "--dry-run")
+
+    assert (out.returncode, out.stdout) == (ExitCode.LOCKED, ""), out.stdout + out.stderr
+    assert out.stderr.startswith("swarm: another `swarm merge`")
+    assert len(out.stderr.splitlines()) == 1
+    assert dry.returncode == 0, dry.stdout + dry.stderr  # a dry run takes no lock
+    assert dry.stdout.startswith("prediction: 2 branches")
+    assert merge_results(base_repo) == {"one": None, "two": None}
+
+
 def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import os
 import shlex
@@ -172,36 +173,25 @@ def merge(
     )
     own = None if into is not None else integration_path(repo, store, run_id)
     start = validate_target(repo, store, branch, own=own)
-    prediction = conflicts.predict(
-        repo,
-        [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
-        target=start,
-    )
-    order = merge_order(candidates, prediction)
-    report = MergeReport(
-        run_id=run_id,
-        target_branch=branch,
-        target_before=start,
-        target_commit=start,
-        worktree=None,
-        dry_run=dry_run,
-        strategy=strategy.value,
-        prediction=prediction,
-        order=tuple(c.task_id for c in order),
-        results=tuple(skipped),
-    )
-    tell.predicted(report)
-    for result in skipped:
-        tell.finished(result)
-    # With nothing to merge, a merge killed in its checks is still undone (it is not landed).
-    cut_off = any(
-        r.merge_result == CHECKING and r.merge_target == branch for r in store.tasks(run_id)
-    )
-    if dry_run or not (candidates or cut_off):
-        return report
+    predict = functools.partial(
+        _predict, repo, candidates, skipped, branch=branch, start=start, tell=tell,
+        run_id=run_id, strategy=strategy,
+    )  # fmt: skip
+    if dry_run:  # no lock: a dry run creates nothing
+        return predict(dry_run=True)[0]
     ref = f"refs/heads/{branch}"
-    # A running guard is told which ref this merge moves, so it is not taken for an agent's.
-    with _merge_lock(repo, run_id), guard.moving_refs(repo, [ref]) as moves:
+    # Locked before predicting: a second merge says at once that one is running.
+    with _merge_lock(repo, run_id), contextlib.ExitStack() as stack:
+        report, order = predict(dry_run=False)
+        prediction = report.prediction
+        # With nothing to merge, a merge killed in its checks is still undone (not landed).
+        cut_off = any(
+            r.merge_result == CHECKING and r.merge_target == branch for r in store.tasks(run_id)
+        )
+        if not (candidates or cut_off):
+            return report
+        # A running guard is told which ref this merge moves, so it is not taken for an agent's.
+        moves = stack.enter_context(guard.moving_refs(repo, [ref]))
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
@@ -252,6 +242,43 @@ def merge(
         results=tuple(session.results),
         baseline=baseline,
     )
+
+
+def _predict(
+    repo: git.Repo,
+    candidates: Sequence[Candidate],
+    skipped: Sequence[TaskResult],
+    *,
+    branch: str,
+    start: str,
+    tell: MergeProgress,
+    run_id: str,
+    strategy: Strategy,
+    dry_run: bool,
+) -> tuple[MergeReport, list[Candidate]]:
+    """Predict the conflicts and order the *candidates*; tell *tell* so, and what is skipped."""
+    prediction = conflicts.predict(
+        repo,
+        [conflicts.Branch(name=c.task_id, tip=c.tip, base=c.base) for c in candidates],
+        target=start,
+    )
+    order = merge_order(candidates, prediction)
+    report = MergeReport(
+        run_id=run_id,
+        target_branch=branch,
+        target_before=start,
+        target_commit=start,
+        worktree=None,
+        dry_run=dry_run,
+        strategy=strategy.value,
+        prediction=prediction,
+        order=tuple(c.task_id for c in order),
+        results=tuple(skipped),
+    )
+    tell.predicted(report)
+    for result in skipped:
+        tell.finished(result)
+    return report, order
 
 
 # -- choosing and ordering ---------------------------------------------------------------
