@@ -464,6 +464,52 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
         assert merge_results(base_repo) == {"breaks": None}
 
 
+def test_a_merge_cut_off_in_its_checks_is_not_recorded_over_by_a_merge_into_another_branch(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    breaks = brancher.branch("swarm/breaks", base, {"broken.txt": "oops\n"})
+    brancher.branch("swarm/child", breaks, {"child.txt": "c\n"})
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(  # the task's own check fails with its work; the first time it hangs
+        "import os, pathlib, sys, time\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "if not started.exists():\n"
+        "    started.write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "sys.exit(1)\n"
+    )
+    record_run(
+        base_repo,
+        [("breaks", base), ("child", breaks)],
+        base=base,
+        depends={"child": ["breaks"]},
+        checks={"breaks": [[*agent_python(), str(check)]]},
+    )
+    git(base_repo, "branch", "rel", base)
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "breaks"]
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
+    integration = "swarm/integration-" + RUN_ID
+    assert "broken.txt" in git(base_repo, "ls-tree", "--name-only", integration)  # unchecked
+
+    into = swarm(base_repo, "merge", "--into", "rel")
+    again = swarm(base_repo, "merge")
+
+    assert into.returncode == 1, into.stdout + into.stderr
+    assert (
+        "skipped     breaks  its merge into swarm/integration-20240101-000000-abcd was cut off"
+        " in its checks; run `swarm merge breaks` first (that merge is undone and checked again)"
+    ) in into.stdout.splitlines(), into.stdout
+    assert "skipped     child  depends on breaks, which did not merge into rel" in into.stdout
+    assert git(base_repo, "rev-parse", "rel") == base
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+    assert merge_results(base_repo) == {"breaks": "failed", "child": None}
+
+
 def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

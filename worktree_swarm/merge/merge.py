@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import shlex
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -315,17 +315,7 @@ def select_candidates(
         later = taken.get(row.task_id)
         tip = None if later else tips(task_branch(row))
         base = task_base(store, row)
-        why = ""
-        if later:
-            why = f"branch {row.branch} is run {later}'s now (it reused the task id)"
-        elif tip is None and row.base_commit is None:
-            why = f"it never ran ({row.state.value}): no branch {row.branch}"
-        elif tip is None:
-            why = f"branch {row.branch} is gone"
-        elif base is None or base == tip:
-            why = "no commits on its branch"
-        elif leak := _leak(repo, row, base, tip):
-            why = f"not merging {row.branch}: {leak}; remove it from the branch's history"
+        why = _skip_reason(repo, row, target=target, later=later, tip=tip, base=base)
         if why or tip is None or base is None:
             skipped.append(
                 TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
@@ -334,8 +324,46 @@ def select_candidates(
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
         )
-    kept, held = _without_unmerged_deps(candidates, target, standing)
+    cut_off = {r.task_id for r in store.tasks(run_id) if _cut_off_elsewhere(r, target)}
+    kept, held = _without_unmerged_deps(candidates, target, standing, cut_off=cut_off)
     return kept, skipped + held
+
+
+def _skip_reason(
+    repo: git.Repo,
+    row: TaskRow,
+    *,
+    target: str,
+    later: str | None,
+    tip: str | None,
+    base: str | None,
+) -> str:
+    """Why the task cannot be merged into *target* ('' when it can)."""
+    if later:
+        return f"branch {row.branch} is run {later}'s now (it reused the task id)"
+    if _cut_off_elsewhere(row, target):
+        return (
+            f"its merge into {row.merge_target} was cut off in its checks; run `swarm merge"
+            f" {row.task_id}` first (that merge is undone and checked again)"
+        )
+    if tip is None and row.base_commit is None:
+        return f"it never ran ({row.state.value}): no branch {row.branch}"
+    if tip is None:
+        return f"branch {row.branch} is gone"
+    if base is None or base == tip:
+        return "no commits on its branch"
+    if leak := _leak(repo, row, base, tip):
+        return f"not merging {row.branch}: {leak}; remove it from the branch's history"
+    return ""
+
+
+def _cut_off_elsewhere(row: TaskRow, target: str) -> bool:
+    """Whether *row*'s merge into another branch than *target* was cut off in its checks.
+
+    The task's one merge record holds that intent: recorded over by a merge into *target*,
+    the unchecked merge would be taken for landed there.
+    """
+    return row.merge_result == CHECKING and row.merge_target != target
 
 
 def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
@@ -373,17 +401,23 @@ def standing_results(repo: git.Repo, store: Store, run_id: str, target: str) -> 
 
 
 def _without_unmerged_deps(
-    candidates: list[Candidate], target: str, standing: Mapping[str, str]
+    candidates: list[Candidate],
+    target: str,
+    standing: Mapping[str, str],
+    *,
+    cut_off: Collection[str],
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """Drop the candidates built on a task an earlier merge into *target* left out.
 
     A branch built on its dependency's work carries it: merged, it would land the dependency
-    that conflicted or failed its checks there. The dependency merged again by this merge
+    that conflicted or failed its checks there, or (*cut_off*) is skipped because its merge
+    into another branch waits to be undone. The dependency merged again by this merge
     (named, or retried) is judged when it is tried.
     """
     left_out = {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
     out = {t for t, result in standing.items() if result in left_out}
     out -= {c.task_id for c in candidates}
+    out.update(cut_off)
     kept = list(candidates)
     held: list[TaskResult] = []
     while True:
