@@ -16,7 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -93,8 +93,12 @@ result(); sys.exit(0)
 
 
 @pytest.fixture
-def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Put the fake `claude` first on PATH; returns the directory that scripts it."""
+def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Put the fake `claude` first on PATH; yields the directory that scripts it.
+
+    On leaving, the agents still waiting for the go file are let go: a test that failed half
+    way leaves no agent waiting for ever (an agent outlives its killed manager, as it should).
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "claude"
@@ -105,7 +109,8 @@ def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DIR", str(fake))
     monkeypatch.setenv("ANTHROPIC_API_KEY", "fake-key")  # signed in, as far as swarm checks
-    return fake
+    yield fake
+    (fake / "go").touch()
 
 
 def plan(fake: Path, task: str, *steps: str) -> None:
@@ -648,10 +653,12 @@ def test_manager_killed_then_resume_finishes_everything(repo: Path, fake_claude:
     for i in ids:
         plan(fake_claude, i, "wait")
     proc = swarm_bg(repo, "run", "--jobs", "6", manifest(repo, tasks_toml(ids)))
-    wait_for(lambda: all((fake_claude / f"{i}.pid").exists() for i in ids), what="6 agents")
-    agents = {i: int((fake_claude / f"{i}.pid").read_text()) for i in ids}
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        wait_for(lambda: all((fake_claude / f"{i}.pid").exists() for i in ids), what="6 agents")
+        agents = {i: int((fake_claude / f"{i}.pid").read_text()) for i in ids}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     assert all(pid_alive(pid) for pid in agents.values())
     # Half the agents finish while no manager watches them; the rest are still alive.
     (fake_claude / "go").touch()
