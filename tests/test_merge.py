@@ -676,6 +676,23 @@ def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not
     assert git(worktree, "status", "--porcelain") == ""
 
 
+def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    assert swarm(base_repo, "merge", "one").returncode == 0
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    # What a git killed with its merge (a power loss, a killed process group) leaves.
+    lock = Path(git(worktree, "rev-parse", "--git-dir")) / "index.lock"
+    lock.touch()
+    out = swarm(base_repo, "merge", "two")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert not lock.exists()
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_merge(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -872,6 +889,7 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
         ),
         (["--into", "bad..name"], "swarm: --into 'bad..name' is not a valid branch name\n"),
         (["--into", ""], "swarm: --into '' is not a valid branch name\n"),
+        (["--into", "@"], "swarm: --into '@' is not a valid branch name\n"),
         (
             ["--into", "refs/heads/release"],
             "swarm: --into names a branch by its short name: `release`, not refs/heads/release\n",

@@ -205,8 +205,11 @@ def branch_exists(repo: Repo, branch: str) -> bool:
 
 
 def is_branch_name(repo: Repo, name: str) -> bool:
-    """Whether *name* is a valid short branch name as given (not ``@{-1}``, not an option)."""
-    if not name or name.startswith("-"):
+    """Whether *name* is a valid short branch name as given (not ``@{-1}``, not an option).
+
+    Not ``@`` either, which `check-ref-format --branch` lets through and git refuses to make.
+    """
+    if not name or name.startswith("-") or name == "@":
         return False
     checked = git(repo.root, "check-ref-format", "--branch", name, check=False).strip()
     return checked == name

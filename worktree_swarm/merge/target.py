@@ -24,6 +24,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
+from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.diff import branch_tip
 
@@ -121,6 +122,8 @@ def open_target(
             # Its directory was deleted: this registration alone goes, the worktree is made anew.
             worktrees.remove_worktree(repo, info.path, force=True)
         elif info.branch == branch and info.path.is_dir():
+            if _same_path(info.path, own):
+                _unlock(info.path)
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
             if _same_path(info.path, own) and half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
@@ -132,6 +135,17 @@ def open_target(
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)
     return Target(branch=branch, worktree=path, temporary=False)
+
+
+def _unlock(worktree: Path) -> None:
+    """Remove the index lock a git of a killed merge left in swarm's merge *worktree*.
+
+    Under the merge lock, with the killed merge's checks ended: a lock is stale unless a
+    process works in that worktree (you, looking around in it), which is left its lock.
+    """
+    lock = git.git_dir(worktree) / "index.lock"
+    if lock.exists() and not supervisor.processes_in(worktree):
+        lock.unlink(missing_ok=True)
 
 
 def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
