@@ -15,6 +15,14 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.conflicts import conflict_path
 
 RUN_ID = "20240101-000000-abcd"
+LINES = "".join(f"line {i}\n" for i in range(1, 11))
+
+
+def edit(line: int, text: str) -> str:
+    """:data:`LINES` with line *line* (1-based) replaced by *text*."""
+    rows = LINES.splitlines(keepends=True)
+    rows[line - 1] = text + "\n"
+    return "".join(rows)
 
 
 class Brancher:

@@ -27,7 +27,7 @@ from tests.conftest import (
     git_first_on_path,
     make_repo,
 )
-from tests.test_crash import failed_until
+from tests.test_crash import stray_at_failed_task
 from tests.test_run import (
     HANGING_TREE_AGENT,
     argv_toml,
@@ -55,6 +55,13 @@ if tid in ('edits', 'fails', 'gone'):
     pathlib.Path(tid + '.txt').write_text(tid + '\\n')
 sys.exit(1 if tid == 'fails' else 0)
 """
+
+
+def edits_done(repo: Path, write_agent: AgentFactory) -> Path:
+    """A run of task `edits` (done, one file added); its worktree."""
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    return repo.parent / "repo.swarm" / "edits"
 
 
 def checkout_state(repo: Path) -> tuple[str, str, str]:
@@ -321,9 +328,7 @@ def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(
 def test_clean_keeps_a_worktree_in_use_unless_forced(
     repo: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    path = repo.parent / "repo.swarm" / "edits"
+    path = edits_done(repo, write_agent)
     user = sleeper(path, reaper)
 
     out = swarm(repo, "clean", "--yes", "--keep-branches")
@@ -341,9 +346,7 @@ def test_clean_keeps_a_worktree_in_use_unless_forced(
 def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    path = repo.parent / "repo.swarm" / "edits"
+    path = edits_done(repo, write_agent)
     # What a SIGKILLed `swarm clean` leaves: its checkpoint's git, working on, its parent gone.
     stray = tmp_path / "bin" / "git"
     stray.parent.mkdir()
@@ -746,9 +749,7 @@ def _finished_big_task(
 ) -> tuple[Path, Path, str]:
     """A repository of *files* files and the worktree of one finished task; and its tip."""
     repo = _big_repo(tmp_path / "repo", files)
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    return repo, tmp_path / "repo.swarm" / "edits", git(repo, "rev-parse", "swarm/edits")
+    return repo, edits_done(repo, write_agent), git(repo, "rev-parse", "swarm/edits")
 
 
 def _cleaned_and_kept(repo: Path, path: Path, tip: str) -> None:
@@ -831,9 +832,7 @@ def test_clean_killed_while_deleting_a_worktree_loses_nothing(
 def test_clean_finishes_what_a_clean_killed_in_its_checkpoint_left_locked(
     repo: Path, write_agent: AgentFactory
 ) -> None:
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    path = repo.parent / "repo.swarm" / "edits"
+    path = edits_done(repo, write_agent)
     (path / "later.txt").write_text("typed after the run\n")
     (g.git_dir(path) / "index.lock").write_bytes(b"")  # what a git killed in its commit leaves
 
@@ -847,9 +846,7 @@ def test_clean_finishes_what_a_clean_killed_in_its_checkpoint_left_locked(
 def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     repo: Path, write_agent: AgentFactory
 ) -> None:
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    path = repo.parent / "repo.swarm" / "edits"
+    path = edits_done(repo, write_agent)
     (path / "later.txt").write_text("typed after the run\n")
     (path / ".git").unlink()  # no longer a checkout: git calls its registration prunable
 
@@ -869,11 +866,7 @@ def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
 def test_clean_names_a_directory_left_at_a_failed_tasks_worktree_path_and_keeps_it(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    failed_until(repo, tmp_path / "succeed", write_agent)
-    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
-    stray = repo.parent / "repo.swarm" / "a"
-    (stray / "src").mkdir(parents=True)  # part of a checkout, as a failed creation leaves it
-    (stray / "src" / "f.txt").write_text("maybe an agent's\n")
+    stray = stray_at_failed_task(repo, tmp_path, write_agent, "maybe an agent's\n")
 
     for args in (["clean"], ["clean", "--yes"], ["clean", "--yes", "--force"]):
         found = report(repo, *args, code=1)  # left: `swarm retry a` refuses it
@@ -897,9 +890,7 @@ def test_clean_names_a_directory_left_at_a_failed_tasks_worktree_path_and_keeps_
 def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file(
     repo: Path, write_agent: AgentFactory
 ) -> None:
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
-    path = repo.parent / "repo.swarm" / "edits"
+    path = edits_done(repo, write_agent)
     (path / "later.txt").write_text("typed after the run\n")
     (path / ".git").unlink()
 
@@ -1213,8 +1204,7 @@ def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
     # A worktree under the root that no task owns, still used by a process (a killed `swarm
     # merge --into`'s check): the process is ended, and the worktree, kept "in use" by it in
     # the first scan, goes in the same go.
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    edits_done(repo, write_agent)
     stray = repo.parent / "repo.swarm" / "stray"
     git(repo, "worktree", "add", "-q", str(stray), "-b", "stray-branch")
     sleeper = subprocess.Popen(["sleep", "300"], cwd=stray, start_new_session=True)

@@ -270,6 +270,16 @@ def test_rerunning_a_task_id_suggests_commands_that_work(
     assert swarm(repo, "run", "--agent", shlex.join(agent), "-t", "a=x").returncode == 0
 
 
+def stray_at_failed_task(repo: Path, tmp_path: Path, write_agent: object, text: str) -> Path:
+    """Failed task a, its worktree cleaned away; at its path what a failed creation leaves."""
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
+    stray = repo.parent / "repo.swarm" / "a"
+    (stray / "src").mkdir(parents=True)  # part of a checkout
+    (stray / "src" / "f.txt").write_text(text)
+    return stray
+
+
 def failed_until(repo: Path, flag: Path, write_agent: object) -> Path:
     """A run of task a whose agent adds a line to a.txt and fails until *flag* exists."""
     agent = write_agent(  # type: ignore[operator]
@@ -301,11 +311,7 @@ def test_retry_fresh_starts_over_from_the_base(
 def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
-    failed_until(repo, tmp_path / "succeed", write_agent)
-    assert swarm(repo, "clean", "--force", "--yes").returncode == 0
-    stray = repo.parent / "repo.swarm" / "a"
-    (stray / "src").mkdir(parents=True)  # part of a checkout, as a failed creation leaves it
-    (stray / "src" / "f.txt").write_text("x\n")
+    stray = stray_at_failed_task(repo, tmp_path, write_agent, "x\n")
     out = swarm(repo, "retry", "a")
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1

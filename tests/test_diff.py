@@ -168,16 +168,23 @@ def test_diff_unknown_task_is_bad_input(tmp_path: Path) -> None:
     )
 
 
-def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
+def run_aa_and_bb(repo: Path, tmp_path: Path, agent_code: str) -> None:
+    """`swarm run` of tasks aa and bb, whose agent is *agent_code*; both must succeed."""
     agent = tmp_path / "agent.py"
-    agent.write_text(
+    agent.write_text(agent_code)
+    ran = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
+    run_aa_and_bb(
+        repo,
+        tmp_path,
         "import os, pathlib\n"
         "tid = os.environ['SWARM_TASK_ID']\n"
         "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
-        "pathlib.Path('shared.txt').write_text('written by ' + tid + '\\n')\n"
+        "pathlib.Path('shared.txt').write_text('written by ' + tid + '\\n')\n",
     )
-    ran = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
-    assert ran.returncode == 0, ran.stderr
     before = checkout_snapshot(repo)
 
     diff = swarm(repo, "diff", "--name-only")
@@ -197,15 +204,14 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
 def test_names_that_are_not_utf8_are_shown_quoted_and_apart(repo: Path, tmp_path: Path) -> None:
     # Bytes ff fe and fe ff: replaced by U+FFFD, the two names read the same, and neither is
     # the file's. Shown as git quotes them, each is itself.
-    agent = tmp_path / "agent.py"
-    agent.write_text(
+    run_aa_and_bb(
+        repo,
+        tmp_path,
         "import os\n"
         "mine = b'\\xff\\xfe.txt' if os.environ['SWARM_TASK_ID'] == 'aa' else b'\\xfe\\xff.txt'\n"
         "open(mine, 'wb').write(b'x\\n')\n"
-        "open(b'\\xff\\xfe.txt', 'ab').write(os.environ['SWARM_TASK_ID'].encode())\n"
+        "open(b'\\xff\\xfe.txt', 'ab').write(os.environ['SWARM_TASK_ID'].encode())\n",
     )
-    ran = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
-    assert ran.returncode == 0, ran.stderr
 
     names = swarm(repo, "diff", "--name-only", "bb").stdout.splitlines()[1:]
     merged = swarm(repo, "merge").stdout.splitlines()

@@ -15,21 +15,22 @@ import filelock
 import pytest
 
 from tests.conftest import agent_command, agent_python, git, hang_git_at, make_repo
-from tests.mergekit import RUN_ID, Brancher, merge_results, real_merge, record_run, states
+from tests.mergekit import (
+    LINES,
+    RUN_ID,
+    Brancher,
+    edit,
+    merge_results,
+    real_merge,
+    record_run,
+    states,
+)
 from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
 from worktree_swarm.merge import conflicts
-
-LINES = "".join(f"line {i}\n" for i in range(1, 11))
-
-
-def edit(line: int, text: str) -> str:
-    rows = LINES.splitlines(keepends=True)
-    rows[line - 1] = text + "\n"
-    return "".join(rows)
 
 
 @pytest.fixture
@@ -52,6 +53,13 @@ def two_tasks(repo: Path, brancher: Brancher, base: str) -> None:
     brancher.branch("swarm/one", base, {"one.txt": "1\n"})
     brancher.branch("swarm/two", base, {"two.txt": "2\n"})
     record_run(repo, [("one", base), ("two", base)], base=base)
+
+
+def one_merged(repo: Path, brancher: Brancher) -> Path:
+    """Tasks one and two recorded, one merged: the run's integration worktree."""
+    two_tasks(repo, brancher, git(repo, "rev-parse", "HEAD"))
+    assert swarm(repo, "merge", "one").returncode == 0
+    return next(repo.parent.glob("repo.swarm/_integration-*"))
 
 
 # The issue's cases: (task, changes, renames).
@@ -660,13 +668,10 @@ def test_a_merge_killed_during_its_checks_is_undone_by_a_merge_of_another_task(
 def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not_refused(
     base_repo: Path, brancher: Brancher
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    assert swarm(base_repo, "merge", "one").returncode == 0
+    worktree = one_merged(base_repo, brancher)
     integration = "swarm/integration-" + RUN_ID
     files = git(base_repo, "ls-tree", "-r", "--name-only", integration)
     # What a merge killed while it checked the worktree out leaves: no index, files missing.
-    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
     (Path(git(worktree, "rev-parse", "--git-dir")) / "index").unlink()
     (worktree / "one.txt").unlink()
     out = swarm(base_repo, "merge", "two")
@@ -679,10 +684,7 @@ def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
     base_repo: Path, brancher: Brancher
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    assert swarm(base_repo, "merge", "one").returncode == 0
-    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    worktree = one_merged(base_repo, brancher)
     # What a git killed with its merge (a power loss, a killed process group) leaves.
     lock = Path(git(worktree, "rev-parse", "--git-dir")) / "index.lock"
     lock.touch()
@@ -720,10 +722,7 @@ def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_me
 def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
     base_repo: Path, brancher: Brancher
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    assert swarm(base_repo, "merge", "one").returncode == 0
-    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    worktree = one_merged(base_repo, brancher)
     other = base_repo.parent / "other"
     git(base_repo, "worktree", "add", "-q", "--detach", str(other))
     shutil.rmtree(worktree)
@@ -743,10 +742,7 @@ def test_an_integration_worktree_deleted_by_the_user_is_made_anew(
 def test_an_integration_worktree_switched_to_another_branch_is_named_and_kept(
     base_repo: Path, brancher: Brancher
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    assert swarm(base_repo, "merge", "one").returncode == 0
-    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    worktree = one_merged(base_repo, brancher)
     git(worktree, "switch", "-q", "-c", "mywork")  # looking around in it, as invited
     (worktree / "mine.txt").write_text("the user's work\n")
     git(worktree, "add", "mine.txt")

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_python, git, make_repo
-from tests.mergekit import RUN_ID, Brancher, merge_results, record_run
+from tests.mergekit import LINES, RUN_ID, Brancher, edit, merge_results, record_run
 from tests.test_run import checkout_snapshot, swarm
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
 
 BRANCH = "swarm/integration-" + RUN_ID
-LINES = "".join(f"line {i}\n" for i in range(1, 11))
 
 # Resolves every conflict by keeping both sides, then runs its extra code (the attack).
 RESOLVER = """
@@ -41,12 +40,6 @@ ATTACKS = {
     "hook.write_text('#!/bin/sh\\ntouch MARKER\\n')\nhook.chmod(0o755)\n",
     "branch": "subprocess.run(['git', 'update-ref', 'refs/heads/main', 'HEAD'], check=True)\n",
 }
-
-
-def edit(line: int, text: str) -> str:
-    rows = LINES.splitlines(keepends=True)
-    rows[line - 1] = text + "\n"
-    return "".join(rows)
 
 
 @pytest.fixture
