@@ -50,6 +50,8 @@ class StubAnthropic:
         self.default: Reply | None = None
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
+        self.stall = ""  # "before-headers" or "after-headers": then silent until released
+        self.released = threading.Event()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,9 +69,19 @@ class StubAnthropic:
                     reply = stub.replies.pop(0) if stub.replies else stub.default
                 if self.path != "/v1/messages" or reply is None:
                     reply = error_reply(404, "not_found_error", f"no route {self.path}")
-                data = json.dumps(reply.body).encode()
+                if stub.stall:  # an endpoint that stops answering, before or after its headers
+                    if stub.stall == "after-headers":
+                        self.send_response(200)
+                        self.send_header("content-type", "text/event-stream")
+                        self.end_headers()
+                        self.wfile.flush()
+                    stub.released.wait(60)
+                    return
+                data, kind = json.dumps(reply.body).encode(), "application/json"
+                if body.get("stream") and reply.status == 200 and _is_message(reply.body):
+                    data, kind = _event_stream(reply.body), "text/event-stream"
                 self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(data)))
                 self.send_header("request-id", f"req_stub_{len(stub.seen)}")
                 for name, value in reply.headers.items():
@@ -86,8 +98,46 @@ class StubAnthropic:
         self.thread.start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def _is_message(body: object) -> bool:
+    return isinstance(body, dict) and isinstance(body.get("content"), list)
+
+
+def _event_stream(message: dict[str, object]) -> bytes:
+    """*message* as the Messages API streams it: one event per block, the input in two parts."""
+    blocks = message["content"]
+    assert isinstance(blocks, list)
+    start = dict(message, content=[], stop_reason=None)
+    events: list[dict[str, object]] = [{"type": "message_start", "message": start}]
+    events.append({"type": "ping"})
+    for index, block in enumerate(blocks):
+        if block["type"] == "tool_use":
+            raw = json.dumps(block["input"])
+            first = dict(block, input={})
+            deltas = [
+                {"type": "input_json_delta", "partial_json": part} for part in (raw[:9], raw[9:])
+            ]
+        else:
+            first = dict(block, text="")
+            deltas = [{"type": "text_delta", "text": block["text"]}]
+        events.append({"type": "content_block_start", "index": index, "content_block": first})
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    usage = message.get("usage")
+    output = usage.get("output_tokens", 0) if isinstance(usage, dict) else 0
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": None},
+            "usage": {"output_tokens": output},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
 
 
 def plan_reply(tasks: list[dict[str, object]], *, tool_id: str = "toolu_01") -> Reply:
@@ -125,6 +175,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubAnthropic]:
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", stub.url)
     monkeypatch.delenv("SWARM_API_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("SWARM_API_TIMEOUT", raising=False)
     yield stub
     stub.close()
 
@@ -393,6 +444,7 @@ def test_invisible_characters_are_written_escaped_and_read_back_as_they_were(
         ("http://h:99999", {}, "is not an http(s) URL"),
         ("http://", {}, "is not an http(s) URL"),
         (None, {"SWARM_API_MAX_RETRIES": "\u00b2"}, "expected an integer 0-10"),
+        (None, {"SWARM_API_TIMEOUT": "0"}, "SWARM_API_TIMEOUT: expected an integer 1-3600"),
     ],
 )
 def test_bad_endpoint_settings_are_one_line_before_any_request(
@@ -585,6 +637,27 @@ def test_unreachable_api_is_one_line(
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"swarm: cannot reach the Anthropic API at {api.url} (")
+
+
+@pytest.mark.parametrize(("stall", "times"), [("before-headers", 2), ("after-headers", 1)])
+def test_an_endpoint_that_stops_answering_is_given_up_after_the_set_silence(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch, stall: str, times: int
+) -> None:
+    """A stalled endpoint held `swarm plan` for the SDK's 10 minutes per attempt (~50 min)."""
+    monkeypatch.setenv("SWARM_API_MAX_RETRIES", "1")
+    monkeypatch.setenv("SWARM_API_TIMEOUT", "1")
+    api.stall = stall
+
+    result = plan(project, "goal")
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert f"the Anthropic API at {api.url} " in line
+    assert "nothing for 1 s" in line
+    assert ("2 times" in line) == (times == 2)
+    assert "SWARM_API_TIMEOUT sets the wait" in line
+    assert len(api.seen) == times  # the SDK retries a request that got no answer, not a stream
+    assert not (project / "tasks.toml").exists()
 
 
 def test_repository_picture_is_bounded(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ The request is a cacheable prefix (tool schema, instructions, a bounded picture 
 repository) followed by the goal. The answer comes back through a tool-use schema, is written as
 manifest TOML and validated by :func:`worktree_swarm.config.manifest.build_run_spec`, exactly like a
 manifest written by hand. An invalid answer is sent back once with the validation error.
-Retries and backoff on 429/5xx are the SDK's own (``max_retries``).
+Retries and backoff on 429/5xx are the SDK's own (``max_retries``). The answer is streamed, so
+an endpoint that goes silent is noticed after ``timeout`` seconds, not after the whole answer's
+worst-case time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worktree_swarm.git import repo as git
 
 if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
     import anthropic
+    from anthropic.lib.streaming import MessageStream
     from anthropic.types import (
         ContentBlockParam,
         Message,
@@ -43,6 +46,9 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_MAX_TASKS = 8
 DEFAULT_MAX_RETRIES = 4
 MAX_RETRIES_ENV = "SWARM_API_MAX_RETRIES"
+DEFAULT_TIMEOUT = 90
+TIMEOUT_ENV = "SWARM_API_TIMEOUT"
+_CONNECT_TIMEOUT = 10.0
 TOOL_NAME = "submit_task_plan"
 MAX_TOKENS = 8192
 PICTURE_CHARS = 24_000
@@ -106,7 +112,7 @@ class ApiSettings:
     api_key: str = field(repr=False)
     base_url: str | None = None
     max_retries: int = DEFAULT_MAX_RETRIES
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT  # seconds without a byte of the answer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,15 +156,18 @@ def api_settings(
     if base_url is not None and not _is_http_url(base_url):
         where = "--api-url" if api_url else "ANTHROPIC_BASE_URL"
         raise BadInputError(f"{where}: {base_url!r} is not an http(s) URL")
-    retries_text = env.get(MAX_RETRIES_ENV, "").strip()
-    max_retries = DEFAULT_MAX_RETRIES
-    if retries_text:
-        if not (retries_text.isascii() and retries_text.isdigit()) or int(retries_text) > 10:  # noqa: PLR2004
-            raise BadInputError(
-                f"{MAX_RETRIES_ENV}: expected an integer 0-10, got {retries_text!r}"
-            )
-        max_retries = int(retries_text)
-    return ApiSettings(api_key=key, base_url=base_url, max_retries=max_retries)
+    max_retries = _env_int(env, MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, low=0, high=10)
+    timeout = _env_int(env, TIMEOUT_ENV, DEFAULT_TIMEOUT, low=1, high=3600)
+    return ApiSettings(api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise BadInputError(f"{name}: expected an integer {low}-{high}, got {text!r}")
+    return int(text)
 
 
 def check_output(path: Path, *, force: bool) -> None:
@@ -212,12 +221,15 @@ def make_plan(
     ]
     import anthropic  # noqa: PLC0415 - slow to import; bad input is refused before it
 
-    # Closed when done: its HTTP connections are not left for the garbage collector.
+    # Closed when done: its HTTP connections are not left for the garbage collector. A read
+    # timeout on a stream bounds the silence between two events, not the whole answer.
     with anthropic.Anthropic(
         api_key=settings.api_key,
         base_url=settings.base_url,
         max_retries=settings.max_retries,
-        timeout=settings.timeout,
+        timeout=anthropic.Timeout(
+            settings.timeout, connect=min(settings.timeout, _CONNECT_TIMEOUT)
+        ),
     ) as client:
         usage = Usage()
         for attempt in (1, 2):
@@ -385,24 +397,31 @@ def _create(
 ) -> Message:
     import anthropic  # noqa: PLC0415 - imported by now (the client exists)
 
+    where = settings.base_url or "the default endpoint"
     try:
-        reply = client.messages.create(
+        with client.messages.stream(
             model=model,
             max_tokens=MAX_TOKENS,
             system=system,
             messages=messages,
             tools=[_TOOL],
             tool_choice={"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
-        )
-    except anthropic.APIStatusError as exc:
+        ) as stream:
+            reply = _read_answer(stream, settings, where)
+    except anthropic.APIStatusError as exc:  # on the request, or an `error` event in the answer
         raise _status_error(exc, settings) from None
+    except anthropic.APITimeoutError:
+        raise SwarmError(
+            f"the Anthropic API at {where} did not answer"
+            f" ({_silence(settings, settings.max_retries + 1)});"
+            " check the network, --api-url or ANTHROPIC_BASE_URL"
+        ) from None
     except anthropic.APIConnectionError as exc:
-        where = settings.base_url or "the default endpoint"
         raise SwarmError(
             f"cannot reach the Anthropic API at {where} ({_scrub(str(exc), settings)});"
             " check the network, --api-url or ANTHROPIC_BASE_URL"
         ) from None
-    except (anthropic.APIError, ValueError) as exc:  # a 200 that is no message (HTML, a list)
+    except anthropic.APIError as exc:
         raise SwarmError(
             f"the Anthropic API answered with something that is not a message"
             f" ({_scrub(str(exc), settings)}); check --api-url or ANTHROPIC_BASE_URL"
@@ -414,6 +433,36 @@ def _create(
             " check --api-url or ANTHROPIC_BASE_URL"
         )
     return reply
+
+
+def _read_answer(stream: MessageStream, settings: ApiSettings, where: str) -> object:
+    """The whole answer of a stream that opened with 200; what breaks it is one SwarmError.
+
+    The SDK retries the request, not a broken answer: a transport error while reading arrives
+    as the HTTP client's own exception, and a body that is no event stream as an assertion.
+    """
+    import anthropic  # noqa: PLC0415 - imported by now (the client exists)
+
+    try:
+        return stream.get_final_message()
+    except anthropic.APIStatusError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every other failure means the same to the user
+        kind = type(exc).__name__
+        if kind.endswith("Timeout"):
+            what = f"stopped in the middle of its answer ({_silence(settings, 1)})"
+        else:
+            detail = f"{kind}: {_scrub(str(exc), settings)[:120]}" if str(exc) else kind
+            what = f"broke off its answer or sent something that is not a message ({detail})"
+        raise SwarmError(
+            f"the Anthropic API at {where} {what}; try `swarm plan` again,"
+            " or check --api-url or ANTHROPIC_BASE_URL"
+        ) from None
+
+
+def _silence(settings: ApiSettings, times: int) -> str:
+    again = f", {times} times" if times > 1 else ""
+    return f"nothing for {settings.timeout:g} s{again}; {TIMEOUT_ENV} sets the wait"
 
 
 def _status_error(exc: anthropic.APIStatusError, settings: ApiSettings) -> SwarmError:
