@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from worktree_swarm import cli
@@ -97,6 +98,56 @@ def _text(stream: io.TextIOWrapper) -> str:
     raw = stream.detach()
     raw.seek(0)
     return io.TextIOWrapper(raw, encoding="utf-8").read()
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running_after_a_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """End what a failed test left working in its own temporary directory.
+
+    An agent outlives its killed manager by design, so a crash test that fails before it lets
+    its agents finish would leave them (and their shims) running for ever. Only processes that
+    work in this test's ``tmp_path`` or run a program from it are ended, with their children.
+    """
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder: Path = request.getfixturevalue("tmp_path")  # set up first: torn down after this
+    yield
+    if request.node.stash.get(_FAILED, False):
+        end_processes_in(folder)
+
+
+def end_processes_in(folder: Path) -> list[psutil.Process]:
+    """SIGKILL every process (and its children) working in or run from *folder*; not this one."""
+    root = str(folder.resolve())
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if inside(proc.cwd()) or any(inside(arg) for arg in proc.cmdline()):
+                for one in (proc, *proc.children(recursive=True)):
+                    found.setdefault(one.pid, one)
+    doomed = [p for pid, p in found.items() if pid not in spared]
+    for proc in doomed:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil checks the process is still the one found (pid reuse)
+    psutil.wait_procs(doomed, timeout=10)
+    return doomed
 
 
 @pytest.fixture
@@ -233,4 +284,5 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mount
     finally:
+        end_processes_in(mount)  # an agent still working there would keep the disk busy
         subprocess.run(["umount", "-l", str(mount)], check=False)
