@@ -759,10 +759,14 @@ def test_an_agent_that_ended_after_its_manager_died_ran_until_its_shim_says(
     ((_number, _outcome, started, _ended),) = attempts(repo, "a")
     os.utime(log, (started, started))  # nothing written after its start
     with status.open_store(open_repo(repo)) as store:
-        (row,) = status.task_status(store, status.resolve_run(store, None))
+        run_id = status.resolve_run(store, None)
+        (row,) = status.task_status(store, run_id, now=time.time() + 3600)  # an hour on
+        (task,) = store.tasks(run_id)
     assert row.elapsed_s is not None
+    assert task.started_at is not None
     assert row.elapsed_s > 0
-    assert row.elapsed_s == pytest.approx(ended_at() - started, abs=0.01)
+    # The task's clock (from its start, setup included) stopped when the shim saw the agent end.
+    assert row.elapsed_s == pytest.approx(ended_at() - task.started_at, abs=0.001)
 
 
 def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
