@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import agent_command, git, make_repo
 from tests.mergekit import RUN_ID, Brancher, record_run
 from tests.test_run import checkout_snapshot, swarm
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import RUN_DIR_NAMES, store_path
 from worktree_swarm.git import repo as g
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
@@ -199,6 +199,12 @@ def test_run_then_diff_and_merge_end_to_end(repo: Path, tmp_path: Path) -> None:
     assert (status["aa"]["merge_result"], status["bb"]["merge_result"]) == ("merged", "conflicted")
     assert status["bb"]["merge_target"].startswith("swarm/integration-")
     assert checkout_snapshot(repo) == before
+    # Beside one directory per task, a run's directory holds only the names no task may take.
+    assert swarm(repo, "note", "a finding").returncode == 0
+    (run,) = (repo / ".git" / "swarm" / "runs").iterdir()
+    names = {entry.name for entry in run.iterdir()}
+    assert {"aa", "bb", "guard", "merge", "findings.md"} <= names
+    assert names - {"aa", "bb"} <= RUN_DIR_NAMES, names
 
 
 def test_names_that_are_not_utf8_are_shown_quoted_and_apart(repo: Path, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from worktree_swarm.config.manifest import (
     load_config,
 )
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import Executor, RunSettings
+from worktree_swarm.core.models import Executor, RunSettings, is_valid_task_id
+from worktree_swarm.core.paths import RUN_DIR_NAMES
 from worktree_swarm.core.units import parse_duration
 
 AGENT = [sys.executable, "-c", "pass"]
@@ -332,6 +333,15 @@ def test_bad_task_id_names_index_and_regex(repo: Path, cwd: Path) -> None:
 )
 def test_unsafe_inline_ids(repo: Path, cwd: Path, bad: str) -> None:
     assert "must match" in error(repo, inline=[f"{bad}=p"])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RUN_DIR_NAMES if is_valid_task_id(n)))
+def test_ids_swarm_keeps_its_own_files_under_are_refused(repo: Path, cwd: Path, name: str) -> None:
+    # A task `merge` had its logs where `swarm merge` ends the programs a killed merge left.
+    assert error(repo, inline=[f"{name}=p"]) == (
+        f'-t "{name}": id {name!r} is reserved (swarm keeps its own files of a run under that'
+        " name); choose another"
+    )
 
 
 def test_missing_id_and_prompt(repo: Path, cwd: Path) -> None:

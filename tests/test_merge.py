@@ -80,6 +80,34 @@ CASES: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = [
 ]
 
 
+def test_a_merge_leaves_a_live_agent_of_a_task_named_merge_alone(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # No new task may be named `merge` (its logs would be in the merge's own folder), but a
+    # run from before that was refused may have one running: a merge ended its agent (SIGTERM).
+    two_tasks(base_repo, brancher, git(base_repo, "rev-parse", "HEAD"))
+    logs = base_repo / ".git" / "swarm" / "runs" / RUN_ID / "merge"
+    logs.mkdir(parents=True)
+    marks = {"agent": logs / "attempt-1.exit.json", "check": logs / "checks.exit.json"}
+    running = {
+        what: subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env={**os.environ, "SWARM_SHIM": str(record)},
+            start_new_session=True,
+        )
+        for what, record in marks.items()
+    }
+    try:
+        merged = swarm(base_repo, "merge", "one")
+        assert merged.returncode == 0, merged.stdout + merged.stderr
+        assert running["check"].wait(timeout=30) == -signal.SIGTERM  # a killed merge's check
+        assert running["agent"].poll() is None
+    finally:
+        for proc in running.values():
+            proc.kill()
+            proc.wait()
+
+
 def make_cases(
     repo: Path,
     brancher: Brancher,

@@ -30,6 +30,7 @@ from worktree_swarm.infra.redact import (
     Redactor,
     file_secrets,
     is_secret_name,
+    scrub_tree,
 )
 from worktree_swarm.infra.store import Store
 from worktree_swarm.ui.live import LiveTable
@@ -189,6 +190,18 @@ def test_secrets_an_agent_prints_appear_in_no_output_file_or_commit(
     status = swarm(repo, "status", "--json").stdout
     assert "cannot authenticate with [REDACTED]" in status, status
     assert git(repo, "show", "swarm/leak:work.txt") == "done"
+
+
+def test_the_final_scrub_skips_only_the_folders_it_names_at_their_depth(tmp_path: Path) -> None:
+    # A run's end skips each task's own `tmp` and `agent-config`: it skipped the whole
+    # directory of a task named `tmp` or `agent-config`, logs and all.
+    key = SECRETS["ANTHROPIC_API_KEY"]
+    files = ["tmp/attempt-1.log", "agent-config/checks.log", "a/tmp/x", "a/agent-config/y"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"key={key}\n")
+    scrub_tree(tmp_path, skip=("*/agent-config", "guard", "*/tmp"))
+    assert [name for name in files if key in (tmp_path / name).read_text()] == files[2:]
 
 
 @pytest.mark.usefixtures("secret_env")

@@ -295,6 +295,11 @@ def _task_id(value: object, *, where: str) -> str:
         raise BadInputError(f"{where}: id: expected a string, got {type_name(value)}")
     if not is_valid_task_id(value):
         raise BadInputError(f"{where}: id {value!r} {_ID_RULE}")
+    if value in paths.RUN_DIR_NAMES:
+        raise BadInputError(
+            f"{where}: id {value!r} is reserved (swarm keeps its own files of a run under"
+            " that name); choose another"
+        )
     return value
 
 

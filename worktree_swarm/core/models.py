@@ -95,8 +95,10 @@ class Task:
         scope=Scope.TASK_ONLY,
         flag=None,
         doc="`[a-z0-9][a-z0-9._-]{0,62}`, no `..`, not ending in `.` or `.lock`, not starting "
-        "with `integration-` (`swarm merge`'s branches are `swarm/integration-<run>`); names the "
-        "branch `swarm/<id>` and the worktree directory; unique in the run",
+        "with `integration-` (`swarm merge`'s branches are `swarm/integration-<run>`), not "
+        "`guard`, `merge`, `findings.md`, `manager.log` or `paused.json` (swarm's own files in a "
+        "run's directory, beside one directory per task); names the branch `swarm/<id>` and the "
+        "worktree directory; unique in the run",
     )
     prompt: str = setting(
         kind=Kind.TEXT,

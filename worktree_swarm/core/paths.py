@@ -46,8 +46,18 @@ def store_path(repo: Repo) -> Path:
     return repo.state_dir / "state.db"
 
 
+# What swarm itself keeps in a run's directory, beside one directory per task: no task may be
+# named so (a task `merge` had its logs where `swarm merge` ends the programs it left running).
+RUN_DIR_NAMES = frozenset(
+    {"guard", "merge", "manager.log", "paused.json", "findings.md", "findings.md.lock"}
+)
+
+
 def run_dir(repo: Repo, run_id: str) -> Path:
-    """Where a run's prompts and logs live (inside the git common dir, never committed)."""
+    """Where a run's prompts and logs live (inside the git common dir, never committed).
+
+    One directory per task, named by its id, beside swarm's own :data:`RUN_DIR_NAMES`.
+    """
     return repo.state_dir / "runs" / run_id
 
 

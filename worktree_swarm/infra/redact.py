@@ -16,6 +16,7 @@ What counts as a secret (docs/secrets.md):
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -303,10 +304,19 @@ def scrub_file(path: Path) -> None:
 
 
 def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
-    """:func:`scrub_file` every regular file below *root*, except below directories in *skip*."""
-    skipped = set(skip)
+    """:func:`scrub_file` every regular file below *root*, except below the directories *skip*.
+
+    *skip* holds patterns (:func:`fnmatch.fnmatchcase`) of paths relative to *root*,
+    ``/``-separated: ``*/tmp`` is a ``tmp`` below a directory, not one right below *root*.
+    """
+    skipped = tuple(skip)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skipped]
+        here = Path(dirpath).relative_to(root)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not any(fnmatch.fnmatchcase((here / d).as_posix(), one) for one in skipped)
+        ]
         for name in filenames:
             path = Path(dirpath) / name
             if path.is_file() and not path.is_symlink():

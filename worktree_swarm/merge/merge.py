@@ -470,9 +470,10 @@ def _kill_leftover_checks(logs: Path) -> None:
     """Kill the checks (and resolvers) a killed `swarm merge` left running, under its lock.
 
     Their shims live in sessions of their own; a check of the last merge still running would
-    run beside the next one in the same worktree.
+    run beside the next one in the same worktree. Not an agent's (``attempt-N``): a run from
+    before task ids were kept off this folder's name may have a live task called ``merge``.
     """
-    supervisor.kill_marked(logs, grace=0.5)
+    supervisor.kill_marked(logs, grace=0.5, only=lambda r: not r.name.startswith("attempt-"))
 
 
 @contextlib.contextmanager

@@ -306,7 +306,9 @@ class Runner:
 
         Not the agents' own config dirs (sessions a resume needs) nor the guard's snapshots.
         """
-        redact.scrub_tree(run_dir(self.repo, self.run_id), skip=("agent-config", "guard", "tmp"))
+        redact.scrub_tree(
+            run_dir(self.repo, self.run_id), skip=("*/agent-config", "guard", "*/tmp")
+        )
 
     def request_stop(self) -> None:
         """Stop every live agent and start nothing new."""
