@@ -1100,6 +1100,33 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
     assert checkout_snapshot(base_repo) == before
 
 
+def test_a_resolver_is_told_of_a_conflicted_name_that_is_not_utf8_as_git_quotes_it(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    name = os.fsdecode(b"\xff\xfe.txt")
+    brancher.branch("swarm/first", base, {name: edit(5, "five first")})
+    brancher.branch("swarm/second", base, {name: edit(5, "five second")})
+    agent = tmp_path / "resolver.py"
+    agent.write_text(RESOLVER)
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first", "second"]
+    quoted = '"\\377\\376.txt"'
+    assert report["results"][1]["reason"] == f"conflicts in {quoted} resolved by its agent"
+    prompt = (base_repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
+    assert f"- {quoted}\n" in prompt
+
+
 # What a resolver may do besides leaving the merge to swarm: (its extra code, the outcome).
 RESOLVER_ENDINGS = {
     "commits": (

@@ -18,8 +18,12 @@ KILL_GRACE = 5.0
 
 
 def resolve_prompt(task: Task, *, target: str, files: Sequence[str]) -> str:
-    """The prompt that asks an agent to finish a conflicted merge (file names are data)."""
-    listed = "\n".join(f"- {name}" for name in files)
+    """The prompt that asks an agent to finish a conflicted merge (file names are data).
+
+    Each name is shown as git shows it: quoted with C escapes when it holds a control
+    character or bytes that are not UTF-8 (which the prompt file could not hold).
+    """
+    listed = "\n".join(f"- {path_text(name)}" for name in files)
     return (
         f"You are in a git worktree where the work of task `{task.id}` is being merged into"
         f" `{target}`, and the merge stopped on conflicts in these files:\n\n{listed}\n\n"
