@@ -171,6 +171,39 @@ def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     assert not (repo / ".git/swarm/runs" / RUN_ID / "merge/guard/held").exists()
 
 
+@pytest.mark.parametrize("plants", [False, True])
+def test_with_rerere_on_a_resolver_may_commit_but_not_plant_a_resolution(
+    repo: Path, brancher: Brancher, tmp_path: Path, plants: bool
+) -> None:
+    plant = (
+        "entry = common / 'rr-cache' / ('ab' * 20)\nentry.mkdir(parents=True)\n"
+        "(entry / 'postimage').write_text('the agent decides')\n"
+    )
+    agent = tmp_path / "resolver.py"
+    agent.write_text(
+        RESOLVER
+        + "subprocess.run(['git', 'commit', '-qam', 'resolved'], check=True)\n"
+        + (plant if plants else "")
+    )
+    conflicting(repo, brancher, agent)
+    git(repo, "config", "rerere.enabled", "true")  # a commit makes .git/rr-cache, empty
+    assert not (repo / ".git" / "rr-cache").exists()
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    if plants:
+        assert out.returncode == 1
+        assert report["failed"] == ["second"]
+        assert "rr-cache/abab" in report["results"][1]["reason"]
+        assert not (repo / ".git" / "rr-cache" / ("ab" * 20)).exists()
+    else:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert report["merged"] == ["first", "second"]
+        assert outside_writes(repo) == []
+        assert (repo / ".git" / "rr-cache").is_dir()
+
+
 def test_a_check_program_not_on_path_is_bad_input_and_creates_nothing(
     repo: Path, brancher: Brancher
 ) -> None:

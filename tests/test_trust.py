@@ -1389,6 +1389,24 @@ def test_what_would_steer_your_merges_or_fetches_is_removed(
     assert not (repo / ".git" / what).exists()
 
 
+def test_with_rerere_on_an_agent_that_commits_is_not_taken_for_a_steering_write(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    git(repo, "config", "rerere.enabled", "true")  # any commit then makes .git/rr-cache, empty
+    assert not (repo / ".git" / "rr-cache").exists()
+    agent = write_agent(
+        "import pathlib, subprocess\npathlib.Path('out.txt').write_text('x')\n"
+        "subprocess.run(['git', 'add', 'out.txt'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'work'], check=True)\n"
+    )
+
+    out = run_one(repo, agent, sandbox=False, task="good")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["good"]["state"] == "done"
+    assert outside_writes(repo) == []
+
+
 SYMREF = (
     COMMON
     + """

@@ -45,6 +45,9 @@ _IN_PROGRESS_FILES = (
 # it. (A symlink there is still watched.)
 _GENERATED = frozenset({"info/refs"})
 
+# rerere's recorded resolutions: its existence turns rerere on for your merges.
+RERERE = "rr-cache"
+
 # Other object stores git reads objects from: objects moved out of yours into one an agent
 # names (its worktree, which `swarm clean` deletes) are still found, so nothing looks missing.
 ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
@@ -81,6 +84,22 @@ def hooks_path(root: Path) -> Path | None:
     return root / Path(values[-1]).expanduser()
 
 
+def rerere_made(root: Path, before: Surface, after: Surface) -> bool:
+    """Whether ``rr-cache`` appeared empty while ``rerere.enabled`` is true for *root*.
+
+    git makes it so on any commit there (a commit runs rerere), an agent's or a resolver's
+    as much as yours: your merges record and reuse resolutions already, and it holds none.
+    A resolution in it is still a change.
+    """
+    entry = after.get(RERERE)
+    if RERERE in before or entry is None or entry.kind != "dir":
+        return False
+    if any(label.startswith(f"{RERERE}/") for label in after):
+        return False
+    out = git.git(root, "config", "--bool", "--get", "rerere.enabled", check=False)
+    return out.strip() == "true"
+
+
 def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
@@ -97,7 +116,7 @@ def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) ->
     _add_worktree_configs(found, common)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
         _add_tree(found, common, common / name)
-    _add_top(found, common, common / "rr-cache")
+    _add_top(found, common, common / RERERE)
     _add_modules(found, common, common / "modules")
     if extra_hooks is not None and extra_hooks.is_dir():
         real = Path(os.path.realpath(extra_hooks))

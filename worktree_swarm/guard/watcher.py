@@ -757,6 +757,9 @@ class Guard:
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
             labels = [label for label in labels if label not in skip]
+        if surface.RERERE in labels and surface.rerere_made(self.repo.root, self._surface, now):
+            labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
+            self._surface[surface.RERERE] = now[surface.RERERE]
         window = (self._surface_checked, began)
         if not labels:
             self._surface_checked = began
