@@ -585,6 +585,7 @@ def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
         (("clean", "--run", "x", "--all"), "--run and --all"),
         (("doctor", "--idle", "soon"), "--idle"),
         (("doctor", "--idle", "infd"), "--idle: bad age 'infd'"),
+        (("doctor", "--idle", ""), "--idle: bad duration ''"),
         (("clean", "--orphans", "--run", "x"), "--orphans and --run exclude each other"),
         (("clean", "--orphans", "--all"), "--orphans and --all exclude each other"),
         (("clean", "--orphans", "--keep-branches"), "--orphans and --keep-branches exclude"),

@@ -759,7 +759,7 @@ def clean_cmd(
     _needs("--idle", "--orphans (or swarm doctor)", given=idle is not None, present=orphans)
     repo = _repo(ctx)
     if orphans:
-        age = scan.parse_age(idle or "7d")
+        age = scan.parse_age("7d" if idle is None else idle)
         report = scan.doctor(repo, yes=yes, force=force, foreign=foreign, idle=age)
     else:
         report = clean.clean(
