@@ -933,6 +933,10 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
             ["--dry-run", "--check", "true"],
             "swarm: --check works only with a merge (not --dry-run)\n",
         ),
+        (
+            ["--dry-run", "--allow-outside-writes"],
+            "swarm: --allow-outside-writes works only with a merge (not --dry-run)\n",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_creates_nothing(

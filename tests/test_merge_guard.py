@@ -144,6 +144,40 @@ def test_a_check_writing_into_your_checkout_is_put_back_and_its_merge_undone(
     assert found["suspects"] == ["two"]
 
 
+def test_with_allow_outside_writes_your_own_work_during_a_check_is_kept_and_recorded(
+    repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # The guard cannot tell your hand from a check's: you edit README.md, commit to a branch
+    # of yours, while the merge's check of task one runs.
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    record_run(repo, [("one", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import os, pathlib, subprocess\n"
+        "if os.path.exists('one.txt'):\n"
+        f"    pathlib.Path({str(repo / 'README.md')!r}).write_text('my edit\\n')\n"
+        f"    subprocess.run(['git', '-C', {str(repo)!r}, 'branch', 'mine'], check=True)\n"
+    )
+
+    out = swarm(repo, "merge", "--check", f"{sys.executable} {check}", "--allow-outside-writes")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(repo) == {"one": "merged"}
+    assert (repo / "README.md").read_text() == "my edit\n"
+    assert git(repo, "rev-parse", "mine") == base
+    assert (
+        "the checks wrote outside the merge worktree (allowed): mine moved (kept);"
+        " files README.md in the main checkout (kept)"
+    ) in out.stdout
+    found = outside_writes(repo)  # still there for `swarm report`, each with its patch
+    assert [(f["summary"], f["suspects"], f["restored"]) for f in found] == [
+        ("mine moved", ["one"], False),
+        ("files README.md in the main checkout", ["one"], False),
+    ]
+    assert "my edit" in Path(str(found[1]["patch"])).read_text()
+
+
 @pytest.mark.parametrize("into", [False, True])
 def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     repo: Path, brancher: Brancher, tmp_path: Path, into: bool

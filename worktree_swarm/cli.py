@@ -631,6 +631,11 @@ def diff_cmd(
 @click.option("--check", "checks", multiple=True, metavar="CMD", help="Run after each merge.")
 @click.option("--dry-run", is_flag=True, help="Only predict conflicts and the order.")
 @click.option("--resolve", is_flag=True, help="Hand conflicts to the task's agent, then check.")
+@click.option(
+    "--allow-outside-writes",
+    is_flag=True,
+    help="Record what resolvers and checks write outside the merge, but keep it and merge on.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/merge.md).")
 @click.pass_context
 def merge_cmd(
@@ -642,6 +647,7 @@ def merge_cmd(
     checks: tuple[str, ...],
     dry_run: bool,
     resolve: bool,
+    allow_outside_writes: bool,
     as_json: bool,
 ) -> int:
     """Predict conflicts, merge done task branches in a safe order, check after each merge."""
@@ -651,6 +657,12 @@ def merge_cmd(
     # A dry run only predicts: it would neither check nor resolve, whatever was asked.
     _needs("--check", "a merge (not --dry-run)", given=bool(checks), present=not dry_run)
     _needs("--resolve", "a merge (not --dry-run)", given=resolve, present=not dry_run)
+    _needs(
+        "--allow-outside-writes",
+        "a merge (not --dry-run)",
+        given=allow_outside_writes,
+        present=not dry_run,
+    )
     repo = _repo(ctx)
     # SIGTERM like Ctrl-C: a resolver or check being waited for is killed with its tree.
     with status.open_store(repo) as store, _sigterm_as_interrupt():
@@ -664,6 +676,7 @@ def merge_cmd(
             checks=checks,
             dry_run=dry_run,
             resolve=resolve,
+            allow_outside_writes=allow_outside_writes,
             progress=None if as_json else merge_text.MergeEcho(click.echo),
         )
     if as_json:

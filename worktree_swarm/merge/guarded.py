@@ -30,14 +30,22 @@ class MergeGuard:
     """Watches outside the merge worktree while the merge's programs run."""
 
     def __init__(
-        self, repo: git.Repo, store: Store, run_id: str, *, exclude: Sequence[Path]
+        self,
+        repo: git.Repo,
+        store: Store,
+        run_id: str,
+        *,
+        exclude: Sequence[Path],
+        restore: bool = True,
     ) -> None:
+        """Without *restore* (``--allow-outside-writes``) writes are recorded, not put back."""
         self._store = store
+        self._restore = restore
         self._run_id = run_id
         self._guard = Guard(
             repo,
             work_dir=run_dir(repo, run_id) / "merge" / "guard",
-            restore=True,
+            restore=restore,
             exclude=[*exclude, *proc.output_files()],
             others=self._in_a_run,
             answers=False,
@@ -94,6 +102,9 @@ class MergeGuard:
             self._store.add_event(
                 self._run_id, OUTSIDE_WRITE, task_id=violation.task, data=violation.as_dict()
             )
-            fate = "put back" if violation.restored else "not put back, see `swarm report`"
+            if violation.restored:
+                fate = "put back"
+            else:
+                fate = "not put back, see `swarm report`" if self._restore else "kept"
             found.append(f"{violation.summary()} ({fate})")
         return found
