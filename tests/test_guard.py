@@ -382,6 +382,34 @@ def test_agents_get_a_git_environment_of_their_own(
     assert seen["top"] == str(repo.parent / "repo.swarm" / "t")
 
 
+def test_an_agents_git_outside_its_worktree_finds_no_repository_not_even_one_around_yours(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Your repository inside another one (a dotfiles repository in your home, a superproject):
+    # the worktree root beside it lies in that one's working tree too.
+    outer = make_repo(tmp_path / "home")
+    outer_head = git(outer, "rev-parse", "HEAD")
+    repo = make_repo(outer / "repo")
+    agent = write_agent(
+        "import json, os, pathlib, subprocess\n"
+        "root = pathlib.Path(os.environ['SWARM_WORKTREE']).parent\n"
+        "def git(cwd, *a):\n"
+        "    return subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True)\n"
+        "found = {str(d): git(d, 'rev-parse', '--show-toplevel').returncode\n"
+        "         for d in (root, pathlib.Path(os.environ['SWARM_WORKTREE']))}\n"
+        "found['commit'] = git(root, 'commit', '--allow-empty', '-m', 'mine').returncode\n"
+        "pathlib.Path('found.json').write_text(json.dumps(found))\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=p")
+    assert out.returncode == 0, out.stderr
+    found = json.loads(git(repo, "show", "swarm/t:found.json"))
+    root = repo.parent / "repo.swarm"
+    assert found[str(root / "t")] == 0  # its own worktree it reaches
+    assert found[str(root)] != 0  # in the worktree root, no repository at all
+    assert found["commit"] != 0
+    assert git(outer, "rev-parse", "HEAD") == outer_head
+
+
 def test_guard_takes_a_users_own_edit_as_the_new_baseline(dirty_repo: Path) -> None:
     guard = Guard(open_repo(dirty_repo), work_dir=dirty_repo.parent / "g", restore=True)
     guard.start()

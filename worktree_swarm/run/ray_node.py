@@ -300,7 +300,9 @@ class NodeAgent:
         task = self.a.task
         return clean_env(
             {
-                "GIT_CEILING_DIRECTORIES": str(self.work.parent),
+                # Nor from the task's directory (git never looks up into a ceiling directory):
+                # not a repository the node's directory lies in.
+                "GIT_CEILING_DIRECTORIES": str(self.work.parent.parent),
                 "GIT_CONFIG_GLOBAL": str(self.logs / "gitconfig"),
                 "SWARM_RUN_ID": self.a.run_id,
                 "SWARM_TASK_ID": task.id,

@@ -1011,8 +1011,10 @@ class TaskWorker(RunWorker):
         port = self.spec.port_base + slot * self.spec.port_block
         return clean_env(
             {
-                # git inside the worktree reaches that worktree only, whatever HOME holds.
-                "GIT_CEILING_DIRECTORIES": str(path.parent),
+                # git inside the worktree reaches that worktree only, whatever HOME holds; from
+                # anywhere else under the worktree root no repository at all (git never looks
+                # up into a ceiling directory), not even one your repository's directory is in.
+                "GIT_CEILING_DIRECTORIES": str(path.parent.parent),
                 "GIT_CONFIG_GLOBAL": str(self._gitconfig(task)),
                 "SWARM_RUN_ID": self.run_id,
                 "SWARM_TASK_ID": task.id,
