@@ -343,6 +343,37 @@ def test_clean_keeps_a_worktree_in_use_unless_forced(
     assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
 
 
+def test_clean_keeps_a_locked_worktree_and_one_whose_commit_is_on_no_branch_unless_forced(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "edits=a", "-t", "gone=b")
+    assert out.returncode == 0, out.stdout + out.stderr
+    root = repo.parent / "repo.swarm"
+    locked, detached = root / "edits", root / "gone"
+    git(repo, "worktree", "lock", "--reason", "on a USB disk", str(locked))
+    # Work of yours there that no branch holds: a commit on a detached HEAD.
+    git(detached, "switch", "-q", "--detach")
+    (detached / "mine.txt").write_text("only here\n")
+    git(detached, "add", "mine.txt")
+    git(detached, "commit", "-q", "-m", "mine")
+    mine = git(detached, "rev-parse", "HEAD")
+
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "it is locked (on a USB disk)" in out.stdout
+    assert f"its commit {mine[:12]} is on no branch" in out.stdout
+    assert locked.is_dir()
+    assert git(detached, "rev-parse", "HEAD") == mine
+    assert (detached / "mine.txt").read_text() == "only here\n"
+
+    found = report(repo, "clean", "--yes", "--force", "--keep-branches", code=0)
+    assert found[str(locked)]["fixed"] is True
+    assert found[str(detached)]["fixed"] is True
+    assert worktree_paths(repo) == [str(repo)]
+    assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/edits", "swarm/gone"]
+
+
 def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -462,6 +493,28 @@ def _big_repo(path: Path, files: int) -> Path:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "many files")
     return path
+
+
+def test_doctor_never_signals_the_shell_it_was_started_from_though_its_cwd_is_under_the_root(
+    repo: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    edits_done(repo, write_agent)
+    root = repo.parent / "repo.swarm"
+    left = sleeper(root, reaper)  # a dev server an agent left: doctor's to kill
+    code = repo.parent / "doctor.code"
+    doctor = shlex.join([sys.executable, "-m", "worktree_swarm.cli", "doctor", "--yes", "--force"])
+    # Your shell, cd'ed into the worktree root, runs doctor from the repository.
+    line = f"(cd {shlex.quote(str(repo))} && {doctor}); echo $? > {shlex.quote(str(code))}"
+    shell = subprocess.Popen(
+        ["sh", "-c", line],
+        cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    reaper.append(shell)
+    out, _ = shell.communicate(timeout=60)
+    assert shell.returncode == 0  # not signalled
+    assert code.read_text().strip() == "0", out
+    assert f"pid {shell.pid}" not in out
+    assert left.wait(timeout=30) == -signal.SIGTERM
 
 
 @pytest.mark.parametrize("into", [None, "stable"], ids=["integration", "into"])
@@ -605,7 +658,8 @@ def test_bad_input_is_one_line_and_exit_2(repo: Path, args: tuple[str, ...], nee
 
 
 @pytest.mark.parametrize(
-    "args", [("doctor",), ("clean", "--orphans"), ("clean",), ("clean", "--all"), ("status",)]
+    "args",
+    [("doctor",), ("clean", "--orphans"), ("clean",), ("clean", "--all"), ("status",), ("runs",)],
 )
 def test_a_look_at_a_repository_swarm_never_ran_in_creates_nothing(
     repo: Path, args: tuple[str, ...]
