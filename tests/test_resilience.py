@@ -821,6 +821,11 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
         assert second.returncode == 3, second.stdout + second.stderr
         assert "another swarm manager holds this repository" in second.stderr
         assert "b" not in git(repo, "branch", "--list", "swarm/b")
+        for command in ("resume", "retry"):  # nor one that would carry a run on beside it
+            other = swarm(repo, command)
+            assert other.returncode == 3, command + other.stdout + other.stderr
+            deleted = f"though {repo / '.git' / 'swarm'} was deleted under it"
+            assert deleted in other.stderr, other.stderr
         (fake_claude / "go").touch()
         code = proc.wait(timeout=60)
     finally:

@@ -366,6 +366,36 @@ def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(
     _stopped_with_its_work_kept(repo, pids)
 
 
+def test_a_run_under_nohup_carries_on_when_its_terminal_closes(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.argv[1] + '.started').touch()\n"
+        "while not pathlib.Path(sys.argv[1]).exists():\n"
+        "    time.sleep(0.05)\n"
+        "pathlib.Path('work.txt').write_text('finished\\n')\n"
+    )
+    with (repo.parent / "bg.log").open("ab") as log:
+        proc = subprocess.Popen(
+            ["nohup", sys.executable, "-m", "worktree_swarm.cli", "run",
+             "--agent", " ".join([*agent, str(go)]), "-t", "night=work"],
+            cwd=repo, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_for((tmp_path / "go.started").exists, what="the agent to start")
+        proc.send_signal(signal.SIGHUP)  # the terminal closed: ignored, as nohup asked
+        go.touch()
+        assert proc.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    finally:
+        go.touch()
+        proc.kill()
+        proc.wait(timeout=30)
+    assert status_json(repo)["night"]["state"] == "done"
+    assert branch_file(repo, "swarm/night", "work.txt") == "finished"
+
+
 def test_second_manager_is_refused_with_exit_3(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
