@@ -308,6 +308,41 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+def test_retry_takes_no_changes_tasks_only_by_name_and_never_a_done_one_whose_merge_conflicted(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    launches = tmp_path / "launches"
+    agent = write_agent(  # type: ignore[operator]
+        "import os, pathlib, sys\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        f"with open({str(launches)!r}, 'a') as fh: fh.write(tid + '\\n')\n"
+        "if tid != 'idle':\n"
+        "    pathlib.Path('same.txt').write_text(tid + '\\n')\n"
+        "sys.exit(3 if tid == 'bad' else 0)\n"
+    )
+    tasks = ("-t", "one=x", "-t", "two=x", "-t", "idle=x", "-t", "bad=x")
+    assert swarm(repo, "run", "--agent", shlex.join(agent), *tasks).returncode == 1
+    swarm(repo, "merge")  # one and two wrote the same file: the second to merge conflicts
+    rows = status_json(repo)
+    (conflicted,) = [t for t in ("one", "two") if rows[t]["merge_result"] == "conflicted"]
+    assert rows[conflicted]["state"] == "done"
+
+    def launched(*args: str) -> list[str]:
+        launches.unlink()
+        swarm(repo, "retry", *args)
+        return launches.read_text().split()
+
+    assert launched() == ["bad"]  # not the done tasks, nor the one that changed nothing
+    assert launched("idle") == ["idle"]  # named, it runs again
+    launches.write_text("")
+    out = swarm(repo, "retry", conflicted)
+    assert out.returncode == 2
+    assert f"task {conflicted} of run" in out.stderr
+    assert "is done" in out.stderr
+    assert launches.read_text() == ""
+    assert status_json(repo)[conflicted]["merge_result"] == "conflicted"
+
+
 def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

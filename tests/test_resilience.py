@@ -82,6 +82,11 @@ if step == "limit":
 if step == "todo":
     pathlib.Path(f"{task}.py").write_text("def answer():\n    raise NotImplementedError  # TODO\n")
     result(); sys.exit(0)
+if step == "settings":  # what Claude Code keeps in the repository for itself, and a file
+    pathlib.Path(".claude", "commands").mkdir(parents=True)
+    pathlib.Path(".claude", "settings.local.json").write_text('{"permissions": {}}\n')
+    pathlib.Path(".claude", "commands", "review.md").write_text("Review the diff.\n")
+    result(); sys.exit(0)
 if step == "fix":
     assert "placeholder" in prompt, prompt
     pathlib.Path(f"{task}.py").write_text("def answer():\n    return 42\n")
@@ -847,6 +852,21 @@ def test_a_manager_a_long_lived_command_started_in_the_background_leaves_no_zomb
     pid, _log = background.detach(open_repo(repo), ["run", path])
     wait_for(lambda: not psutil.pid_exists(pid), what="the manager to end and be reaped")
     assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_claude_codes_own_settings_file_is_never_checkpointed_and_gitignore_left_alone(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "settings")
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split() == [
+        ".claude/commands/review.md",  # a file of the project, as a task may add
+        "README.md",
+    ]
+    worktree = repo.parent / "repo.swarm" / "a"
+    assert (worktree / ".claude" / "settings.local.json").exists()  # still there for it
+    assert not (worktree / ".gitignore").exists()
 
 
 def test_claude_argv_with_own_flags_keeps_the_claude_adapter(repo: Path, fake_claude: Path) -> None:
