@@ -170,6 +170,12 @@ def test_write_into_main_checkout_is_caught_undone_and_saved(
     assert "evil" in patch
     assert "agent was here" in patch
     assert "my untracked notes" in patch  # the deletion, reversible from the patch
+    # A patch git applies: what the agent did there, should you want it after all.
+    subprocess.run(["git", "apply", str(writes[0]["patch"])], cwd=repo, check=True)
+    assert (repo / "app.py").read_text() == 'print("agent was here")\n'
+    assert (repo / "notes.txt").read_text() == "agent notes\n"
+    assert (repo / "new" / "evil.txt").read_text() == "evil\n"
+    assert not (repo / "scratch.txt").exists()
     # Its own work is still on its branch.
     assert "mine.txt" in git(repo, "ls-tree", "--name-only", "swarm/bad")
     # The report names the event, in the terminal and in the HTML page.
