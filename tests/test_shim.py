@@ -259,6 +259,35 @@ def test_hanging_setup_is_timed_out(
     assert marked(mark) == []
 
 
+@pytest.mark.parametrize("how", ["stop", "sigint"])
+def test_a_hanging_setup_is_ended_at_once_by_stop_or_ctrl_c(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, how: str
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    agent = write_agent("import pathlib\npathlib.Path('ran').write_text('never')\n")
+    setup = write_agent(HANGING_CHECK)
+    extra = f"setup = [{argv_toml(setup)}]\n"  # the default setup_timeout: 30 minutes
+    proc = swarm_bg(repo, "run", escape_manifest(repo, agent, pids, mark, extra))
+    try:
+        wait_for((pids / "check").exists, what="the setup step")
+        if how == "stop":
+            out = swarm(repo, "stop", "esc")
+            assert out.returncode == 0, out.stderr
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        proc.kill()
+    assert code == (130 if how == "sigint" else 1)
+    assert not pid_alive(int((pids / "check").read_text()))
+    assert marked(mark) == []
+    row = status_json(repo)["esc"]
+    assert row["state"] == "stopped", row
+    assert str(row["reason"]).startswith(f"stopped during setup `{' '.join(setup)}`"), row
+    assert not (repo.parent / "repo.swarm" / "esc" / "ran").exists()  # no agent after it
+
+
 FINISH_ON_GO = """
 import os, pathlib, time
 pathlib.Path("a.txt").write_text("hello\\n")
