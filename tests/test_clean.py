@@ -374,6 +374,62 @@ def test_clean_keeps_a_locked_worktree_and_one_whose_commit_is_on_no_branch_unle
     assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/edits", "swarm/gone"]
 
 
+def test_clean_during_a_run_leaves_its_unfinished_tasks_and_the_branches_they_start_from(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import os, pathlib, sys, time\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "if tid == 'slow':\n"
+        "    pathlib.Path(str(go) + '.waiting').touch()\n"
+        "    while not go.exists():\n"
+        "        time.sleep(0.05)\n"
+        "if tid == 'last':  # starts from both: their work must be there\n"
+        "    both = all(pathlib.Path(f).exists() for f in ('quick.txt', 'slow.txt'))\n"
+        "    if not both:\n"
+        "        sys.exit(5)\n"
+        "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
+    )
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+agent = {argv_toml(agent)}
+jobs = 2
+[[task]]
+id = "quick"
+prompt = "p"
+[[task]]
+id = "slow"
+prompt = "p"
+[[task]]
+id = "last"
+prompt = "p"
+depends_on = ["quick", "slow"]
+""",
+    )
+    manager = swarm_bg(repo, "run", path)
+    reaper.append(manager)
+    wait_for(Path(str(go) + ".waiting").exists, what="task slow's agent")
+    wait_for(lambda: status_json(repo)["quick"]["state"] == "done", what="task quick")
+    root = repo.parent / "repo.swarm"
+
+    found = report(repo, "clean", "--yes", "--force", code=0)
+    assert found[str(root / "quick")]["fixed"] is True  # a finished task's worktree goes
+    kept = found["swarm/quick"]
+    assert (kept["action"], kept["fix"]) == ("keep", "kept, also with --force")
+    assert str(kept["reason"]).endswith("task last still starts from it")
+    assert not {str(root / "slow"), "swarm/slow", "swarm/last"} & set(found)
+    assert (root / "slow").is_dir()
+
+    go.touch()
+    assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    assert git(repo, "show", "swarm/last:quick.txt") == "quick"  # started from both
+    assert git(repo, "show", "swarm/last:slow.txt") == "slow"
+
+
 def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -419,9 +419,11 @@ def _plan_task(
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
         action, fix = Action.DELETE_BRANCH, "delete it"
     elif not cleaned:
+        # Kept for a reason of its own, --force keeps it too: not what to do about it then.
+        fix = "kept, also with --force" if keep else "kept: merge it (or delete it with --force)"
         keep = keep or f"not merged into {targets[0].removeprefix('refs/heads/')}"
         reason = f"{why}; {keep}"
-        action, fix = Action.KEEP, "kept: merge it (or delete it with --force)"
+        action = Action.KEEP
     else:
         return found
     found.append(
