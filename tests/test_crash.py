@@ -986,8 +986,9 @@ def test_a_stop_its_manager_died_during_is_recorded_as_stopped(
     assert status_json(repo)["a"]["state"] == "stopped"
 
 
-def test_a_check_a_dead_manager_left_running_is_killed_before_it_runs_again(
-    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+@pytest.mark.parametrize("step", ["checks", "setup"])
+def test_a_check_or_setup_a_dead_manager_left_running_is_killed_before_it_runs_again(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], step: str
 ) -> None:
     starts, gate = tmp_path / "starts", tmp_path / "gate"
     check = write_agent(
@@ -996,16 +997,16 @@ def test_a_check_a_dead_manager_left_running_is_killed_before_it_runs_again(
         f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
     )
     text = _writer(write_agent) + '[[task]]\nid = "a"\nprompt = "x"\n'
-    text += f"checks = [{json.dumps(shlex.join(check))}]\n"
+    text += f"{step} = [{json.dumps(shlex.join(check))}]\n"
     proc = _manager(repo, "run", manifest(repo, text))
-    wait_for(starts.exists, timeout=120, what="the check")
+    wait_for(starts.exists, timeout=120, what=f"the {step} step")
     _kill_group(proc)  # its check runs on, in a session of its own
     first = int(starts.read_text())
     assert pid_alive(first)
     resume = _manager(repo, "resume")
     try:
-        wait_for(lambda: len(starts.read_text().split()) == 2, timeout=120, what="the check again")
-        assert not pid_alive(first)  # never two checks at once in one worktree
+        wait_for(lambda: len(starts.read_text().split()) == 2, timeout=120, what="it again")
+        assert not pid_alive(first)  # never two checks (or setups) at once in one worktree
     finally:
         gate.touch()  # whatever happened, nothing of the test's waits on
     assert resume.wait(timeout=120) == 0
