@@ -412,19 +412,20 @@ depends_on = ["quick", "slow"]
     )
     manager = swarm_bg(repo, "run", path)
     reaper.append(manager)
-    wait_for(Path(str(go) + ".waiting").exists, what="task slow's agent")
-    wait_for(lambda: status_json(repo)["quick"]["state"] == "done", what="task quick")
-    root = repo.parent / "repo.swarm"
+    try:
+        wait_for(Path(str(go) + ".waiting").exists, what="task slow's agent")
+        wait_for(lambda: status_json(repo)["quick"]["state"] == "done", what="task quick")
+        root = repo.parent / "repo.swarm"
 
-    found = report(repo, "clean", "--yes", "--force", code=0)
-    assert found[str(root / "quick")]["fixed"] is True  # a finished task's worktree goes
-    kept = found["swarm/quick"]
-    assert (kept["action"], kept["fix"]) == ("keep", "kept, also with --force")
-    assert str(kept["reason"]).endswith("task last still starts from it")
-    assert not {str(root / "slow"), "swarm/slow", "swarm/last"} & set(found)
-    assert (root / "slow").is_dir()
-
-    go.touch()
+        found = report(repo, "clean", "--yes", "--force", code=0)
+        assert found[str(root / "quick")]["fixed"] is True  # a finished task's worktree goes
+        kept = found["swarm/quick"]
+        assert (kept["action"], kept["fix"]) == ("keep", "kept, also with --force")
+        assert str(kept["reason"]).endswith("task last still starts from it")
+        assert not {str(root / "slow"), "swarm/slow", "swarm/last"} & set(found)
+        assert (root / "slow").is_dir()
+    finally:  # its agent ends either way (it would outlive the manager the reaper kills)
+        go.touch()
     assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
     assert git(repo, "show", "swarm/last:quick.txt") == "quick"  # started from both
     assert git(repo, "show", "swarm/last:slow.txt") == "slow"
