@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import agent_python, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, edit, merge_results, record_run
-from tests.test_run import checkout_snapshot, swarm
+from tests.test_run import checkout_snapshot, swarm, swarm_bg, wait_for
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
@@ -254,3 +254,84 @@ def test_a_check_program_not_on_path_is_bad_input_and_creates_nothing(
     )
     assert git(repo, "branch", "--list", "swarm/integration-*") == ""
     assert not (repo.parent / "repo.swarm").exists()
+
+
+# -- beside a run of the same repository -------------------------------------------------------
+
+# The run's agents: one that writes its file at once, one that writes its file then waits for
+# the release file in the control dir named by its argument.
+WRITE = (
+    "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('w\\n')\n"
+)
+WAIT = WRITE + (
+    "import sys, time\nctrl = pathlib.Path(sys.argv[1])\n(ctrl / 'running').touch()\n"
+    "while not (ctrl / 'release').exists():\n    time.sleep(0.05)\n"
+)
+# The merge's check: the first one (the target before any merge) passes at once, the next
+# says it runs and waits for the go file.
+CHECK = (
+    "import pathlib, sys, time\nctrl = pathlib.Path(sys.argv[1])\n"
+    "if not (ctrl / 'first').exists():\n    (ctrl / 'first').touch()\n    sys.exit(0)\n"
+    "(ctrl / 'checking').touch()\n"
+    "while not (ctrl / 'go').exists():\n    time.sleep(0.05)\n"
+)
+
+
+def run_beside(repo: Path, tmp_path: Path, tasks: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start `swarm run` of *tasks* (`{wait}`, `{write}`: the agents' argv); its control dir."""
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    argv = {}
+    for name, source in (("wait", WAIT), ("write", WRITE)):
+        (tmp_path / f"{name}.py").write_text(source)
+        argv[name] = json.dumps([*agent_python(), str(tmp_path / f"{name}.py"), str(ctrl)])
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(tasks.format(**argv))
+    return swarm_bg(repo, "run", str(manifest), "--jobs", "2"), ctrl
+
+
+def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_branch(
+    repo: Path, tmp_path: Path
+) -> None:
+    # While the merge checks task a, the run's task slow ends (its last checkpoint moves its
+    # branch) and late, which starts from it, is made and ends: the run's moves, not the check's.
+    running, ctrl = run_beside(
+        repo,
+        tmp_path,
+        '[[task]]\nid = "a"\nprompt = "p"\nagent = {write}\n'
+        '[[task]]\nid = "slow"\nprompt = "p"\nagent = {wait}\n'
+        '[[task]]\nid = "late"\nprompt = "p"\nagent = {write}\ndepends_on = ["slow"]\n',
+    )
+    merging = None
+    try:
+        wait_for(lambda: (ctrl / "running").exists() and run_states(repo)["a"] == "done", what="a")
+        (tmp_path / "check.py").write_text(CHECK)
+        check = f"{sys.executable} {tmp_path / 'check.py'} {ctrl}"
+        merging = swarm_bg(repo, "merge", "a", "--check", check)
+        wait_for((ctrl / "checking").exists, what="the merge's check of a")
+        (ctrl / "release").touch()
+        assert running.wait(timeout=60) == 0
+        (ctrl / "go").touch()
+        assert merging.wait(timeout=60) == 0
+    finally:
+        (ctrl / "release").touch()
+        (ctrl / "go").touch()
+        for proc in (running, merging):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert git(repo, "show", "swarm/slow:slow.txt") == "w"
+    assert git(repo, "show", "swarm/late:late.txt") == "w"
+    assert git(repo, "show", f"swarm/integration-{run_id(repo)}:a.txt") == "w"
+    with Store(store_path(open_repo(repo))) as store:
+        assert store.events(run_id(repo), kind="outside_write") == []
+
+
+def run_id(repo: Path) -> str:
+    with Store(store_path(open_repo(repo))) as store:
+        (run,) = store.runs()
+        return run.run_id
+
+
+def run_states(repo: Path) -> dict[str, str]:
+    with Store(store_path(open_repo(repo))) as store:
+        return {row.task_id: row.state.value for row in store.tasks(run_id(repo))}

@@ -11,6 +11,7 @@ of the run, where `swarm report` shows them.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -51,10 +52,13 @@ class MergeGuard:
             answers=False,
         )
         self._notes: list[str] = []
+        # When the scan about to run last looked (the start of the window it judges).
+        self._since = time.time()
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[MergeGuard]:
         """Take the baselines; on leaving, a last scan puts back what is still out of place."""
+        self._since = time.time()
         self._guard.start()
         try:
             yield self
@@ -77,7 +81,9 @@ class MergeGuard:
 
     def outside(self) -> str:
         """Scan now: what the program that just ended wrote outside, put back ('' if nothing)."""
+        began = time.time()
         self._guard.scan(deep=True)
+        self._since = began
         return "; ".join(self._record())
 
     def notes(self) -> list[str]:
@@ -86,10 +92,18 @@ class MergeGuard:
         return notes
 
     def _in_a_run(self, task_id: str) -> bool:
-        """Whether a run at work beside the merge has *task_id* active (its branch moves)."""
+        """Whether a run beside the merge moved *task_id*'s branch since the last scan, maybe.
+
+        So while the task is active there, and when it ended since (its last checkpoint, or
+        its branch made and finished between two scans): the run's guard judges those moves.
+        """
         for run in self._store.runs():
-            row = self._store.task(run.run_id, task_id) if run.ended_at is None else None
-            if row is not None and row.state.is_active:
+            if run.ended_at is not None and run.ended_at < self._since:
+                continue
+            row = self._store.task(run.run_id, task_id)
+            if row is None:
+                continue
+            if row.state.is_active or (row.ended_at or 0.0) >= self._since:
                 return True
         return False
 
