@@ -290,11 +290,17 @@ def run_beside(repo: Path, tmp_path: Path, tasks: str) -> tuple[subprocess.Popen
     return swarm_bg(repo, "run", str(manifest), "--jobs", "2"), ctrl
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_branch(
-    repo: Path, tmp_path: Path
+    repo: Path, tmp_path: Path, sparse: bool
 ) -> None:
     # While the merge checks task a, the run's task slow ends (its last checkpoint moves its
     # branch) and late, which starts from it, is made and ends: the run's moves, not the check's.
+    # In a sparse checkout of yours, `git worktree add` copies its settings into each new admin
+    # dir: the merge's worktree while slow runs, late's while the check runs.
+    if sparse:
+        git(repo, "sparse-checkout", "set", "--no-cone", "/*")
+        assert (repo / ".git" / "config.worktree").is_file()
     running, ctrl = run_beside(
         repo,
         tmp_path,

@@ -1027,6 +1027,41 @@ def test_a_scan_while_swarm_makes_a_worktree_leaves_gits_copy_to_swarm(tmp_path:
     assert "fsmonitor" not in copied.read_text()
 
 
+def test_worktrees_another_process_makes_and_removes_keep_gits_copy_and_lose_it(
+    tmp_path: Path,
+) -> None:
+    # Another swarm command (a merge's worktree, a task of a run beside) runs `git worktree
+    # add` and `remove`: git's copy of your sparse settings comes and goes with the admin dir.
+    repo = sparse_repo(tmp_path)
+    git(repo, "branch", "w")
+    git(repo, "branch", "v")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("other", identity_of(agent.pid))  # at work while the scans run
+        git(repo, "worktree", "add", "-q", str(tmp_path / "w"), "w")
+        git(repo, "worktree", "add", "-q", str(tmp_path / "v"), "v")
+        assert guard.scan() == []
+        git(repo, "worktree", "remove", str(tmp_path / "w"))
+        assert guard.scan() == []
+        # Not git's copy: what your own settings do not say.
+        copied = repo / ".git" / "worktrees" / "v" / "config.worktree"
+        copied.write_text(copied.read_text() + "[core]\n\tfsmonitor = true\n")
+        planted = repo / ".git" / "worktrees" / "u" / "config.worktree"
+        planted.parent.mkdir()
+        planted.write_text("[core]\n\tfsmonitor = true\n")
+        found = guard.scan()
+    finally:
+        agent.kill()
+        agent.wait()
+    assert [(v.git_files, v.suspects) for v in found] == [
+        (("worktrees/u/config.worktree", "worktrees/v/config.worktree"), ("other",))
+    ]
+    assert "fsmonitor" not in copied.read_text()
+    assert not planted.exists()
+
+
 # -- a repository inside the worktree ----------------------------------------------------------
 
 # Makes `sub/`, a repository of its own whose config runs a program on every file git hashes,

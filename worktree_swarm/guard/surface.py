@@ -142,6 +142,25 @@ def _add_worktree_configs(found: Surface, common: Path) -> None:
         _add(found, common, Path(config))
 
 
+def worktree_made(common: Path, before: Surface, after: Surface, label: str) -> bool:
+    """Whether *label* is a linked worktree's ``config.worktree`` that git made or removed.
+
+    `git worktree add` copies the repository's own ``config.worktree`` (your sparse checkout's
+    settings) into the admin dir it makes; `git worktree remove` and `prune` delete the admin
+    dir with it. Any other appearance, content or removal is not git's doing.
+    """
+    parts = label.split("/")
+    if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
+        return False
+    old, new = before.get(label), after.get(label)
+    if old is None and new is not None:  # a copy of yours as it was, not as it may be now
+        own = before.get("config.worktree")
+        return own is not None and own.kind == new.kind == "file" and own.data == new.data
+    if new is None and old is not None:
+        return not os.path.lexists(common / "worktrees" / parts[1])
+    return False
+
+
 def read_one(common: Path, label: str) -> Entry | None:
     """The entry of *label* as it is now (None when absent)."""
     found: Surface = {}

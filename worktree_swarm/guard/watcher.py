@@ -314,6 +314,31 @@ class Guard:
                 found.add(label)
         return found
 
+    def _not_worktrees_made(
+        self, common: Path, now: surface.Surface, labels: Sequence[str]
+    ) -> list[str]:
+        """*labels* but git's copies of ``config.worktree`` in linked worktrees made or removed.
+
+        Another process's `git worktree add` (a run's new task, a merge's worktree) copies the
+        repository's own ``config.worktree`` into the new admin dir, and `git worktree remove`
+        takes the file away with its admin dir: neither can make git run anything the user's
+        own settings do not. Those are taken into the baseline as they are. The user's linked
+        worktrees are not swarm's to make or remove: theirs are judged as ever.
+        """
+        users = {os.path.realpath(admin) for admin in self._admins}
+        left = []
+        for label in labels:
+            admin = os.path.realpath(common / label).rpartition("/")[0]
+            if admin not in users and surface.worktree_made(common, self._surface, now, label):
+                entry = now.get(label)
+                if entry is None:
+                    self._surface.pop(label, None)
+                else:
+                    self._surface[label] = entry
+            else:
+                left.append(label)
+        return left
+
     @contextlib.contextmanager
     def idle(self, task_id: str, path: Path) -> Iterator[None]:
         """Inside :meth:`busy`: a wait during which nothing of the task's own runs.
@@ -757,6 +782,8 @@ class Guard:
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
             labels = [label for label in labels if label not in skip]
+        if labels:  # another swarm command's (or git's) worktrees, made or removed meanwhile
+            labels = self._not_worktrees_made(common, now, labels)
         if surface.RERERE in labels and surface.rerere_made(self.repo.root, self._surface, now):
             labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
             self._surface[surface.RERERE] = now[surface.RERERE]
