@@ -332,6 +332,36 @@ def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_bran
         assert store.events(run_id(repo), kind="outside_write") == []
 
 
+def test_a_branch_swarm_clean_deletes_during_a_merge_check_stays_deleted(
+    repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # `swarm clean --force` deletes task two's branch, told and done while the merge's check
+    # of task one runs: clean's move, not the check's.
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(repo, [("one", base), ("two", base)], base=base)
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    (tmp_path / "check.py").write_text(CHECK)
+    check = f"{sys.executable} {tmp_path / 'check.py'} {ctrl}"
+    merging = swarm_bg(repo, "merge", "one", "--check", check)
+    try:
+        wait_for((ctrl / "checking").exists, what="the merge's check of one")
+        cleaned = swarm(repo, "clean", "--yes", "--force")
+        (ctrl / "go").touch()
+        assert merging.wait(timeout=60) == 0
+    finally:
+        (ctrl / "go").touch()
+        if merging.poll() is None:
+            merging.kill()
+    assert "swarm/two: task two is done; not merged (--force)" in cleaned.stdout, cleaned.stdout
+    assert git(repo, "branch", "--list", "swarm/two") == ""
+    assert merge_results(repo) == {"one": "merged", "two": None}
+    assert outside_writes(repo) == []
+    assert not list((repo / ".git" / "swarm" / "ref-moves").iterdir())
+
+
 def run_id(repo: Path) -> str:
     with Store(store_path(open_repo(repo))) as store:
         (run,) = store.runs()

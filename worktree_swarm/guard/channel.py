@@ -9,6 +9,11 @@ the run or a descendant of one; then it leaves the named refs alone while the wr
 and accepts exactly the named moves, ``old`` -> ``new``. Any other move of those refs, and
 any move named by a file it does not believe, is judged like every other ref move.
 
+A guard that only listens (a `swarm merge`'s, which scans only after each of its programs)
+says so with ``<pid>-<token>.listening``, reads the files while it is there, and marks each
+finished one it read with ``<name>.heard-<pid>-<token>``: the writer also waits for that
+before it goes, so that its moves are not taken for the merge's programs'.
+
 Under ``--sandbox`` ``.git/swarm`` is read-only to agents, so they cannot write here at all.
 """
 
@@ -31,6 +36,8 @@ from worktree_swarm.infra import lock
 
 DIR = "ref-moves"
 _VERDICT = ".verdict"
+_LISTENING = ".listening"
+_HEARD = ".heard-"
 _WAIT = 30.0  # how long a writer waits for a running guard's verdict
 _POLL = 0.05
 _SAME_START = 0.01  # seconds: psutil's create_time is rounded
@@ -125,10 +132,14 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
             moves._write(done=True)  # noqa: SLF001
             if moves.refs and lock.manager_alive(repo.state_dir):
                 _await_verdict(path, repo.state_dir)
+            if moves.refs:
+                _await_listeners(path)
         finally:
             moves._close()  # noqa: SLF001
             path.unlink(missing_ok=True)
             _verdict(path).unlink(missing_ok=True)
+            for heard in path.parent.glob(f"{path.name}{_HEARD}*"):
+                heard.unlink(missing_ok=True)
 
 
 def _await_verdict(path: Path, state_dir: Path) -> None:
@@ -144,6 +155,29 @@ def _verdict(path: Path) -> Path:
     return path.with_name(path.name + _VERDICT)
 
 
+def _await_listeners(path: Path) -> None:
+    """Wait until each guard listening (alive, not this process) has read *path*."""
+    deadline = time.monotonic() + _WAIT
+    for listener in sorted(path.parent.glob(f"*{_LISTENING}")):
+        heard = path.with_name(f"{path.name}{_HEARD}{listener.name.removesuffix(_LISTENING)}")
+        while time.monotonic() < deadline and not heard.exists():
+            if not _listening(listener):
+                break
+            time.sleep(_POLL)
+
+
+def _listening(listener: Path) -> bool:
+    """Whether the guard that made *listener* still listens (another process, alive)."""
+    try:
+        data = json.loads(listener.read_bytes())
+        pid, started = int(data["pid"]), float(data["started"])
+        if pid == os.getpid():
+            return False
+        return abs(psutil.Process(pid).create_time() - started) <= _SAME_START
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return False
+
+
 class Channel:
     """The guard's side: which announced moves it believes, and which refs are in motion."""
 
@@ -157,6 +191,23 @@ class Channel:
         self._done: set[str] = set()
         # Announcements already there when the guard took its baseline: name -> that baseline.
         self._midway: dict[str, Mapping[str, str]] = {}
+        self._listener: Path | None = None  # while it listens: the file that says so
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """While inside, writers wait for this guard to read their finished files too.
+
+        The caller reads them (:meth:`read`) often meanwhile; each one read is marked heard.
+        """
+        me = psutil.Process()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{_LISTENING}"
+        self._listener.write_text(json.dumps({"pid": me.pid, "started": me.create_time()}))
+        try:
+            yield
+        finally:
+            self._listener.unlink(missing_ok=True)
+            self._listener = None
 
     def started(self, baseline: Mapping[str, str]) -> None:
         """The guard took *baseline* (call right after reading it): moves under way then.
@@ -211,6 +262,10 @@ class Channel:
     def _answer(self, path: Path, verdict: str) -> None:
         if self._answers:
             _write_verdict(path, verdict)
+        elif self._listener is not None:
+            heard = f"{path.name}{_HEARD}{self._listener.name.removesuffix(_LISTENING)}"
+            with contextlib.suppress(OSError):
+                path.with_name(heard).touch()
 
     def explains(self, ref: str, before: str | None, after: str | None) -> bool:
         """Whether announced moves take *ref* from *before* to *after*; uses them up if so."""

@@ -88,6 +88,8 @@ _TASK_BUDGET = 0.25
 # systems), at most this share of the time, and only once it was last compared this long ago.
 _SWEEP_SHARE = 0.005
 _SWEEP_AGE = 30.0
+# How often a guard that only listens (a merge's) reads swarm's ref announcements.
+_HEAR_INTERVAL = 0.05
 STASH = "refs/stash"
 _REASON_CHARS = 300
 
@@ -443,6 +445,30 @@ class Guard:
             self._scan_objects(began, deep=True, refs=refs, pack=False)
 
     # -- scanning ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """While inside, a thread reads swarm's ref announcements as they come (channel.py).
+
+        For a guard that scans only now and then (a merge's, after each program): another
+        command's moves, told and done between two scans, are not taken for an agent's.
+        """
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(_HEAR_INTERVAL):
+                with self._repo_lock, self._job("ref announcements"):
+                    for why in self._channel.read()[1]:
+                        self._failed("ref announcements", why)
+
+        with self._channel.listening():
+            thread = threading.Thread(target=loop, name="swarm-guard-ears", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
 
     def watch_in_background(self) -> None:
         """Scan everything from a thread of its own until :meth:`close`."""

@@ -59,13 +59,15 @@ class MergeGuard:
     def watching(self) -> Iterator[MergeGuard]:
         """Take the baselines; on leaving, a last scan puts back what is still out of place."""
         self._since = time.time()
-        self._guard.start()
-        try:
-            yield self
-        finally:
-            self._guard.close()
-            self._guard.scan(deep=True)
-            self._record()
+        # Listening first: a move told and done before the baselines are read is in them.
+        with self._guard.listening():
+            self._guard.start()
+            try:
+                yield self
+            finally:
+                self._guard.close()
+                self._guard.scan(deep=True)
+                self._record()
 
     @contextlib.contextmanager
     def program(self, who: str) -> Iterator[Callable[[ProcessIdentity], None]]:
