@@ -677,3 +677,25 @@ def test_a_store_deleted_under_it_is_put_back_whole_or_not_at_all_on_a_full_disk
             ("b", "pending"),
         ]
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.db"]
+
+
+def test_a_store_put_back_over_an_empty_one_another_command_made_keeps_its_runs(
+    tmp_path: Path,
+) -> None:
+    # `rm -rf .git/swarm` under a run, then another command made a store of its own there
+    # (its write-ahead log beside it) before it gave up: that log must not land on the copy.
+    path = tmp_path / "swarm" / "state.db"
+    with Store(path) as store:
+        new_run(store)
+        with_tasks(store, "a", "b")
+        shutil.rmtree(path.parent)
+        with Store(path) as other:  # open: its pages still in its write-ahead log
+            assert other.latest_run_id() is None
+            assert store.put_back()
+        store.add_event("r1", "note", task_id="a", data={"n": 1})
+        store.update_task("r1", "a", state="done")
+    with Store(path) as again:
+        assert [(t.task_id, t.state.value) for t in again.tasks("r1")] == [
+            ("a", "done"),
+            ("b", "pending"),
+        ]

@@ -278,19 +278,23 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
     from worktree_swarm.infra.store import Store
     from worktree_swarm.run.runner import Runner
 
-    with ManagerLock(repo.state_dir) as lock, Store(store_path(repo)) as store:
+    with ManagerLock(repo.state_dir) as lock:
+        # Locked before the store is opened: beside a manager whose `.git/swarm` was deleted,
+        # a store made here would be what that manager finds at its path when it writes back.
         lock.acquire()
-        if _uncommitted(checkout):
-            click.echo(
-                "note: uncommitted changes in your checkout are not part of the base", err=True
+        with Store(store_path(repo)) as store:
+            if _uncommitted(checkout):
+                click.echo(
+                    "note: uncommitted changes in your checkout are not part of the base",
+                    err=True,
+                )
+            return _execute(
+                store,
+                lambda observer: Runner.create(
+                    repo=repo, spec=spec, store=store, observer=observer, base=base
+                ),
+                as_json=as_json,
             )
-        return _execute(
-            store,
-            lambda observer: Runner.create(
-                repo=repo, spec=spec, store=store, observer=observer, base=base
-            ),
-            as_json=as_json,
-        )
 
 
 def _uncommitted(checkout: Path) -> bool:
@@ -343,11 +347,12 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
+    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)
@@ -369,11 +374,12 @@ def retry_cmd(
 @click.pass_context
 def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """After the manager died: adopt live agents, recover dead ones, carry on."""
-    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
     from worktree_swarm.run import control
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
+    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)

@@ -51,10 +51,7 @@ class ManagerLock:
             self._parent = None
         elif self._parent is None:
             self._lock.release()
-            raise ManagerLockedError(
-                f"another swarm manager holds this repository, though {self._dir} was deleted "
-                "under it; wait for it to end (it writes its state back there)"
-            )
+            raise _deleted_under_it(self._dir)
         ident = supervisor.identity_of(os.getpid())
         info: dict[str, object] = {
             "pid": os.getpid(),
@@ -79,6 +76,23 @@ class ManagerLock:
     def __exit__(self, *exc: object) -> None:
         if self._lock.is_locked:
             self.release()
+
+
+def _deleted_under_it(state_dir: Path) -> ManagerLockedError:
+    return ManagerLockedError(
+        f"another swarm manager holds this repository, though {state_dir} was deleted "
+        "under it; wait for it to end (it writes its state back there)"
+    )
+
+
+def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
+    """ManagerLockedError when *store* is missing because it was deleted under a live manager.
+
+    For `swarm resume` and `retry`, before they open the store: that manager writes it back
+    once it notices, and a command that opened it first would find no run, or its own copy.
+    """
+    if not store.exists() and manager_alive(state_dir):
+        raise _deleted_under_it(state_dir)
 
 
 def _holder(state_dir: Path) -> dict[str, object]:

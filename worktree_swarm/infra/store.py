@@ -540,6 +540,10 @@ class Store:
                 ) as copy:
                     self._conn.backup(copy)
                     copy.execute("PRAGMA journal_mode = WAL")
+                # What is at the path is an empty store another command made: its write-ahead
+                # log goes with it, or SQLite would replay that store's pages onto the copy.
+                for log in ("-wal", "-shm"):
+                    self.path.with_name(self.path.name + log).unlink(missing_ok=True)
                 temp.replace(self.path)
             finally:
                 for leftover in (temp, *(temp.with_name(temp.name + e) for e in ("-wal", "-shm"))):
