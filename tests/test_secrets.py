@@ -444,6 +444,43 @@ def test_merge_refuses_a_branch_holding_a_credential_as_pr_does(
     assert "k" * 30 not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("named", [[], ["child"]], ids=["all", "only-the-dependent"])
+def test_merge_skips_a_task_built_on_a_branch_that_carries_a_credential(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, named: list[str]
+) -> None:
+    # The dependent starts from the leaky task's branch: its own commits hold no key, but
+    # merging its branch would land its dependency's.
+    key = "sk-ant-api03-" + "c" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    leaky = write_agent(
+        "import json, os, subprocess\n"
+        "open('env.json', 'w').write(json.dumps(dict(os.environ)))\n"
+        "subprocess.run(['git', 'add', 'env.json'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'debug'], check=True)\n"
+    )
+    child = write_agent("open('child.txt', 'w').write('child')\n")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "leaky"\nprompt = "p"\nagent = {argv_toml(leaky)}\n'
+        f'[[task]]\nid = "child"\nprompt = "p"\ndepends_on = ["leaky"]\n'
+        f"agent = {argv_toml(child)}\n",
+    )
+    assert swarm(repo, "run", path).returncode == 0
+    assert "env.json" in git(repo, "ls-tree", "--name-only", "swarm/child")  # it carries it
+
+    out = swarm(repo, "merge", *named)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    (refused,) = [line for line in lines if line.split()[:2] == ["skipped", "child"]]
+    assert "env.json (commit " in refused
+    assert lines[-1].startswith("0 merged, 0 conflicted, 0 failed")
+    branches = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*")
+    for branch in branches.split():
+        assert key not in git(repo, "log", "-p", branch)
+    assert key not in out.stdout + out.stderr
+
+
 # A merge commit whose own content (not either parent's) holds the key: a conflict resolved
 # with a pasted key is the same.
 MERGE_ADDING = """

@@ -308,6 +308,8 @@ def select_candidates(
     skipped: list[TaskResult] = []
     taken = store.taken_over(run_id)
     tips = BranchTips(repo)
+    run = store.get_run(run_id)
+    run_base = run.base_commit if run is not None else None
     for row in rows:
         if task_ids and row.state.is_active:
             raise BadInputError(
@@ -319,7 +321,9 @@ def select_candidates(
         later = taken.get(row.task_id)
         tip = None if later else tips(task_branch(row))
         base = task_base(store, row)
-        why = _skip_reason(repo, row, target=target, later=later, tip=tip, base=base)
+        why = _skip_reason(
+            repo, row, target=target, later=later, tip=tip, base=base, run_base=run_base
+        )
         if why or tip is None or base is None:
             skipped.append(
                 TaskResult(task_id=row.task_id, outcome=MergeOutcome.SKIPPED, reason=why)
@@ -341,6 +345,7 @@ def _skip_reason(
     later: str | None,
     tip: str | None,
     base: str | None,
+    run_base: str | None,
 ) -> str:
     """Why the task cannot be merged into *target* ('' when it can)."""
     if later:
@@ -356,7 +361,7 @@ def _skip_reason(
         return f"branch {row.branch} is gone"
     if base is None or base == tip:
         return "no commits on its branch"
-    if leak := _leak(repo, row, base, tip):
+    if leak := _leak(repo, row, run_base or base, tip):
         return f"not merging {row.branch}: {leak}; remove it from the branch's history"
     return ""
 
@@ -371,8 +376,10 @@ def _cut_off_elsewhere(row: TaskRow, target: str) -> bool:
 
 
 def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
-    """A credential the task's commits would bring (as `swarm pr` refuses).
+    """A credential the commits from *base* to *tip* would bring (as `swarm pr` refuses).
 
+    *base* is the run's base, as for `swarm pr`: a task built on its dependency's work brings
+    the dependency's commits too, and would land a leak that keeps the dependency out.
     Not a tracked file that matches a ``copy`` pattern: the run commits changes to those.
     """
     secrets = worktrees.copied_secrets(repo.root, task_from_json(row.spec_json).copy)
