@@ -28,6 +28,7 @@ from tests.mergekit import (
 from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wait_for
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.core.errors import ExitCode
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
 from worktree_swarm.merge import conflicts
@@ -1468,3 +1469,83 @@ def test_status_says_a_merge_undone_by_hand_is_undone(
     reported = json.loads(swarm(repo, "report", "--json").stdout)
     results = {t["task_id"]: t["merge_result"] for t in reported["tasks"]}
     assert (results[first], results[last]) == ("merged", "undone")
+
+
+def test_a_named_task_still_running_is_bad_input_and_nothing_is_created(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})  # what its agent committed so far
+    record_run(base_repo, [("one", base)], base=base, state=TaskState.RUNNING)
+    refs = git(base_repo, "for-each-ref")
+
+    named = swarm(base_repo, "merge", "one")
+    unnamed = swarm(base_repo, "merge", "--json")  # takes only done tasks: nothing to do
+
+    assert (named.returncode, named.stderr) == (
+        2,
+        "swarm: task 'one' is running; wait for it to finish (`swarm status`) before merging it\n",
+    )
+    assert unnamed.returncode == 0, unnamed.stdout + unnamed.stderr
+    assert json.loads(unnamed.stdout)["merged"] == []
+    assert git(base_repo, "for-each-ref") == refs
+    assert not (base_repo.parent / "repo.swarm").exists()
+    assert merge_results(base_repo) == {"one": None}
+
+
+def test_checks_failing_on_the_target_before_any_merge_merge_nothing(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    check = tmp_path / "check.py"  # red on the target already; each task's merge turns it green
+    check.write_text(
+        "import pathlib, sys\n"
+        "sys.exit(0 if pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists()"
+        " else 1)\n"
+    )
+
+    out = swarm(base_repo, "merge", "--json", "--check", f"{agent_command()} {check}")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["baseline_checks"]["ok"] is False
+    assert (report["merged"], report["conflicted"], report["failed"]) == ([], [], [])
+    assert report["target"]["commit"] == base
+    assert git(base_repo, "rev-parse", "swarm/integration-" + RUN_ID) == base
+    assert merge_results(base_repo) == {"one": None, "two": None}  # not tried: merged later
+    text = swarm(base_repo, "merge", "--check", f"{agent_command()} {check}")
+    assert text.returncode == 1
+    assert "checks fail on swarm/integration-" in text.stdout
+    assert "before any merge" in text.stdout
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+def test_merges_are_made_as_the_runs_author_past_your_hooks_and_signing(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, strategy: str
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    # Your own repository's settings: every commit signed, hooks that refuse swarm's commits.
+    marker = tmp_path / "ran"
+    git(base_repo, "config", "commit.gpgSign", "true")
+    git(base_repo, "config", "gpg.program", str(tmp_path / "no-such-gpg"))
+    hooks = base_repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for name in ("pre-commit", "pre-merge-commit", "commit-msg", "prepare-commit-msg"):
+        hook = hooks / name
+        hook.write_text(f"#!/bin/sh\necho {name} >> {marker}\nexit 1\n")
+        hook.chmod(0o755)
+    git(base_repo, "config", "user.name", "You")
+    git(base_repo, "config", "user.email", "you@example.com")
+
+    out = swarm(base_repo, "merge", "--strategy", strategy)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    made = git(
+        base_repo, "log", "--first-parent", "--format=%an <%ae>|%cn <%ce>|%G?",
+        f"{base}..swarm/integration-{RUN_ID}",
+    ).splitlines()  # fmt: skip
+    assert made == ["swarm test <swarm@test>|swarm test <swarm@test>|N"] * 2
+    assert not marker.exists()
