@@ -77,8 +77,13 @@ config_dir = pathlib.Path(os.environ["SWARM_CONTEXT"]).parent / os.environ["SWAR
 targets["config_dir"] = str(config_dir / "agent-config" / "settings.json")
 targets["tmpdir"] = os.path.join(os.environ["TMPDIR"], "scratch.txt")
 targets["worktree"] = "work.txt"
+# A daemon left running when the agent exits: the kernel ends it with the sandbox.
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.environ["PROBE_TOKEN"]],
+                 start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
 for name, path in targets.items():
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # what is missing
         with open(path, "a") as fh:
             fh.write("written by the agent\n")
         results[name] = "written"
@@ -116,10 +121,18 @@ def test_sandboxed_agent_writes_only_in_its_own_places(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
     (repo / "notes.txt").write_text("the user's uncommitted edit\n")
-    before, before_files = checkout_snapshot(repo), user_files(repo)
     common = repo / ".git"
+    # A repository made without git's template: protected directories it lacks are made
+    # empty before the run, so the agent cannot make them (and plant attributes or hooks).
+    shutil.rmtree(common / "hooks", ignore_errors=True)
+    shutil.rmtree(common / "info", ignore_errors=True)
+    before, before_files = checkout_snapshot(repo), user_files(repo)
     sibling = repo.parent / "repo.swarm" / "sib"
+    own = repo.parent / "repo.swarm" / "probe"
     in_tmp = Path("/tmp") / f"swarm-sandbox-test-{uuid.uuid4().hex}"
+    home = Path(os.environ["HOME"])
+    (home / "cache").mkdir()
+    token = f"swarm-sandbox-daemon-{uuid.uuid4().hex}"
     outside = {
         "main_checkout": str(repo / "README.md"),
         "main_new_file": str(repo / "new.txt"),
@@ -129,12 +142,23 @@ def test_sandboxed_agent_writes_only_in_its_own_places(
         "swarm_state": str(common / "swarm" / "state.db"),
         "home": str(Path(os.environ["HOME"]) / ".agent-was-here"),
         "tmp": str(in_tmp),
+        "git_info": str(common / "info" / "attributes"),
+        "git_modules": str(common / "modules" / "planted" / "config"),
+        "alternates": str(common / "objects" / "info" / "alternates"),
+        "checkout_head": str(common / "HEAD"),
+        "checkout_index": str(common / "index"),
+        "sibling_admin_dir": str(common / "worktrees" / "sib" / "HEAD"),
+        "own_dotgit_file": str(own / ".git"),
+        "own_commondir": str(common / "worktrees" / "probe" / "commondir"),
+        "own_gitdir": str(common / "worktrees" / "probe" / "gitdir"),
     }
+    targets = {**outside, "writable": str(home / "cache" / "x")}  # through sandbox_writable
     path = manifest(
         repo,
         f"""
 [defaults]
 sandbox = true
+sandbox_writable = ["~/cache", "~/no-such-dir"]
 [[task]]
 id = "sib"
 prompt = "write your own file"
@@ -144,7 +168,8 @@ id = "probe"
 prompt = "try to write everywhere"
 depends_on = ["sib"]
 agent = {argv_toml(write_agent(PROBE_AGENT))}
-env = {{ PROBE_TARGETS = {json.dumps(json.dumps(outside))}, PROBE_TEST_PID = "{os.getpid()}" }}
+env = {{ PROBE_TARGETS = {json.dumps(json.dumps(targets))}, PROBE_TEST_PID = "{os.getpid()}", \
+PROBE_TOKEN = "{token}" }}
 """,
     )
     out = swarm(repo, "run", path)
@@ -154,6 +179,7 @@ env = {{ PROBE_TARGETS = {json.dumps(json.dumps(outside))}, PROBE_TEST_PID = "{o
     assert results == {
         **dict.fromkeys(outside, "EROFS"),
         "worktree": "written",
+        "writable": "written",
         "tmpdir": "written",
         "config_dir": "written",
         "note": "written",
@@ -168,6 +194,8 @@ env = {{ PROBE_TARGETS = {json.dumps(json.dumps(outside))}, PROBE_TEST_PID = "{o
     assert checkout_snapshot(repo) == before
     assert user_files(repo) == before_files
     assert not in_tmp.exists()
+    assert not (home / "no-such-dir").exists()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if token in (p.info["cmdline"] or [])]
     assert (sibling / "sibling.txt").read_text() == "mine\n"
     assert "agent commit inside the sandbox" in git(repo, "log", "--format=%s", "swarm/probe")
     assert "[probe] sandbox fact" in (run_dir / "findings.md").read_text()
