@@ -1549,3 +1549,43 @@ def test_merges_are_made_as_the_runs_author_past_your_hooks_and_signing(
     ).splitlines()  # fmt: skip
     assert made == ["swarm test <swarm@test>|swarm test <swarm@test>|N"] * 2
     assert not marker.exists()
+
+
+def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_nothing(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--into", "dev",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    check.write_text(  # passes on dev, hangs once a task is merged: the merge is killed there
+        "import os, pathlib, time\n"
+        "if pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
+    check_pid = int(started.read_text())
+    (scratch,) = [p for p in worktree_list(base_repo) if p.name.startswith("_merge-")]
+    merged = git(scratch, "rev-parse", "HEAD")  # a merge commit on no branch: dev never moved
+    assert git(base_repo, "rev-parse", "dev") == base
+
+    out = swarm(base_repo, "doctor", "--yes", "--json")
+
+    found = {f["target"]: f for f in json.loads(out.stdout)["findings"]}
+    assert found[str(scratch)]["action"] == "remove_worktree", found[str(scratch)]
+    assert found[str(scratch)]["fixed"] is True
+    assert not pid_alive(check_pid)  # the killed merge's check, ended first
+    assert scratch not in worktree_list(base_repo)
+    assert not scratch.exists()
+    assert git(base_repo, "rev-parse", "dev") == base
+    assert git(base_repo, "branch", "--contains", merged) == ""  # nothing kept for it
+    again = swarm(base_repo, "merge", "--into", "dev")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert {"one.txt", "two.txt"} <= set(git(base_repo, "ls-tree", "--name-only", "dev").split())
