@@ -1589,3 +1589,33 @@ def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_n
     assert again.returncode == 0, again.stdout + again.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
     assert {"one.txt", "two.txt"} <= set(git(base_repo, "ls-tree", "--name-only", "dev").split())
+
+
+def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    yours = brancher.branch("yours", base, {"yours.txt": "your own commit\n"})
+    check = tmp_path / "check.py"
+    check.write_text(  # while the merge works: you move dev (a push you pulled, a commit)
+        "import pathlib, subprocess\n"
+        f"subprocess.run(['git', '-C', {str(base_repo)!r}, 'update-ref', 'refs/heads/dev',"
+        f" {yours!r}], check=True)\n"
+    )
+
+    out = swarm(base_repo, "merge", "--into", "dev", "--check", f"{agent_command()} {check}")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert git(base_repo, "rev-parse", "dev") == yours  # your move stands
+    line = out.stderr.strip()
+    assert line.startswith("swarm: dev moved while swarm was merging; the merged result is commit ")
+    result = line.split("the merged result is commit ")[1].split(":")[0]
+    files = set(git(base_repo, "ls-tree", "--name-only", result).split())
+    assert {"one.txt", "two.txt"} <= files  # the work, named to keep
+    assert "merged" not in merge_results(base_repo).values()
+    git(base_repo, "branch", "-f", "dev", base)
+    again = swarm(base_repo, "merge", "--into", "dev")  # nothing recorded: merged again
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
