@@ -1619,3 +1619,30 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     again = swarm(base_repo, "merge", "--into", "dev")  # nothing recorded: merged again
     assert again.returncode == 0, again.stdout + again.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+def test_an_index_lock_in_the_integration_worktree_is_left_while_you_work_there(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    worktree = one_merged(base_repo, brancher)
+    lock = Path(git(worktree, "rev-parse", "--git-dir")) / "index.lock"
+    lock.write_text("")  # yours: a git you run there may be writing the index
+    you = subprocess.Popen(
+        [*agent_python(), "-c", "import sys; sys.stdin.read()"],
+        cwd=worktree, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out = swarm(base_repo, "merge", "two")
+    finally:
+        assert you.stdin is not None
+        you.stdin.close()
+        you.wait(timeout=30)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Another git process seems to be running" in out.stderr
+    assert len(out.stderr.splitlines()) == 1
+    assert lock.exists()
+    assert merge_results(base_repo) == {"one": "merged", "two": None}
+    again = swarm(base_repo, "merge", "two")  # you left: the lock is stale now
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not lock.exists()
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
