@@ -1646,3 +1646,40 @@ def test_an_index_lock_in_the_integration_worktree_is_left_while_you_work_there(
     assert again.returncode == 0, again.stdout + again.stderr
     assert not lock.exists()
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+@pytest.mark.parametrize(
+    "lazy",
+    [
+        "",  # exits 0 and leaves the files as they are
+        "subprocess.run(['git', 'add', '-A'], check=True)\n",
+        "subprocess.run(['git', 'commit', '-qam', 'resolved'], check=True)\n",
+    ],
+    ids=["untouched", "staged", "committed"],
+)
+def test_a_resolver_that_exits_0_with_conflict_markers_left_lands_nothing(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, lazy: str
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "s.txt": "s\n" * 9})
+    agent = tmp_path / "resolver.py"
+    agent.write_text("import subprocess\n" + lazy)
+    record_run(
+        base_repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert (report["merged"], report["conflicted"]) == (["first"], ["second"])
+    assert "conflict markers left in f.txt" in report["results"][1]["reason"]
+    branch = "swarm/integration-" + RUN_ID
+    assert "<<<<<<<" not in git(base_repo, "show", f"{branch}:f.txt")
+    assert git(base_repo, "rev-parse", branch) == report["results"][0]["commit"]
+    assert git(Path(report["target"]["worktree"]), "status", "--porcelain") == ""
+    assert merge_results(base_repo) == {"first": "merged", "second": "conflicted"}
