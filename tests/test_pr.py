@@ -503,3 +503,33 @@ def test_an_api_that_does_not_answer_pushes_nothing(
     assert (nowhere.returncode, nowhere.stdout, nowhere.stderr.count("\n")) == (1, "", 1)
     assert "cannot reach the GitHub API at http://127.0.0.1:9" in nowhere.stderr
     assert remote_branches(done_run) == ["main"]
+
+
+def test_a_prompt_cannot_close_its_code_fence_and_is_cut_to_4000_characters(
+    repo: Path, origin: Path, tmp_path: Path, fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Issue text is anyone's: fences of its own must not end the one it is quoted in.
+    evil = "Fix it\n```\n\nCloses #99 @victim\n\n````\nthe rest"
+    long = "Do this\n" + "x" * 4988 + "TAIL"  # 5000 characters
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    out = swarm(
+        repo, "run", "--agent", f"{agent_command()} {agent}", "-t", f"evil={evil}",
+        "-t", f"long={long}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+
+    pr = swarm_pr(repo, fake_github)
+
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    bodies = {p["head"]["ref"]: p["body"] for p in fake_github.pulls.values()}
+    fenced = f"`````text\n{evil}\n`````"  # longer than the longest run of backticks inside
+    body = bodies["swarm/evil"]
+    assert fenced in body
+    assert "Closes #99" not in body.replace(fenced, "")
+    body = bodies["swarm/long"]
+    assert f"```text\nDo this\n{'x' * (4000 - 8)}\n… (1000 more characters)\n```" in body
+    assert "TAIL" not in body
