@@ -533,3 +533,29 @@ def test_a_prompt_cannot_close_its_code_fence_and_is_cut_to_4000_characters(
     body = bodies["swarm/long"]
     assert f"```text\nDo this\n{'x' * (4000 - 8)}\n… (1000 more characters)\n```" in body
     assert "TAIL" not in body
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        {"ref": "swarm/other"},  # another branch: a server that ignores the `head` filter
+        {"ref": "swarm/one", "label": "someone:swarm/one"},  # a fork's branch of that name
+    ],
+    ids=["other-branch", "fork"],
+)
+def test_only_a_pull_request_whose_head_is_the_tasks_branch_is_updated(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, stranger: dict[str, str]
+) -> None:
+    theirs = {"number": 50, "state": "open", "head": stranger, "base": {"ref": "main"},
+              "html_url": "https://github.test/acme/widgets/pull/50"}  # fmt: skip
+    fake_github.scripted += [
+        Scripted("GET", "/pulls$", 200, {}, []),  # the look before anything is pushed
+        Scripted("GET", "/pulls$", 200, {}, [theirs]),  # task one's own pull request?
+    ]
+
+    out = swarm_pr(repo, fake_github)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == "one  created  #1  https://github.test/acme/widgets/pull/1"
+    assert not [r for r in fake_github.requests if r.method == "PATCH" and "/50" in r.path]
+    assert status_json(repo)["one"]["pr_number"] == 1

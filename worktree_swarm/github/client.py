@@ -270,10 +270,15 @@ class Client:
             self._repo_path("pulls"),
             params={"head": f"{self.repo.owner}:{head_branch}", "state": "open", "per_page": "10"},
         ).data
-        # Only one whose head is that branch: a server that ignores the filter lists others.
+        # Only one whose head is that branch: a server that ignores the filter lists others,
+        # a fork's branch of the same name among them (its label names its owner).
+        label = f"{self.repo.owner}:{head_branch}"
         for pull in pulls if isinstance(pulls, list) else []:
             head = pull.get("head") if isinstance(pull, dict) else None
-            if isinstance(head, dict) and head.get("ref") == head_branch:
+            if not isinstance(head, dict) or head.get("ref") != head_branch:
+                continue
+            named = head.get("label")  # "owner:branch"; GitHub spells owners in any case
+            if not isinstance(named, str) or named.casefold() == label.casefold():
                 return dict(pull)
         return None
 
