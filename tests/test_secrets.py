@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -225,6 +226,60 @@ def test_task_env_secrets_are_redacted_from_run_output_and_state(
         assert value not in text
     log = next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.log"))
     assert value not in log.read_text()
+    # Read back later by processes whose own environment never held it: the task's env is
+    # what names it a secret.
+    html = repo.parent / "report.html"
+    shown = [
+        swarm(repo, *argv)
+        for argv in (["status"], ["status", "--json"], ["report"], ["report", "--json"],
+                     ["report", "--html", str(html)])
+    ]  # fmt: skip
+    assert "[REDACTED]" in json.loads(shown[3].stdout)["tasks"][0]["reason"]
+    for out in shown:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert value not in out.stdout + out.stderr
+    assert value not in html.read_text()
+
+
+def test_a_raw_checks_log_a_killed_manager_left_is_reported_without_the_tasks_env_secret(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The checks' log is rewritten redacted when they end; the manager died before that.
+    value = "deploy-token-from-manifest-77fe"
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    check = write_agent(
+        "import os, pathlib, time\n"
+        "print('deploying with', os.environ['DEPLOY_TOKEN'], flush=True)\n"
+        f"pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+    )
+    agent = write_agent("open('a.txt', 'w').write('a')\n")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\nchecks = [{argv_toml(check)}]\n',
+    )
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", path], cwd=repo,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="the check")
+        os.killpg(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+        (log,) = (repo / ".git" / "swarm" / "runs").rglob("checks.log")
+        assert value in log.read_text()  # raw: the test is real
+
+        html = tmp_path / "report.html"
+        shown = [swarm(repo, "report", "--json"), swarm(repo, "report", "--html", str(html))]
+    finally:
+        gate.touch()  # the check ends whatever happened
+    tail = json.loads(shown[0].stdout)["tasks"][0]["checks_tail"]
+    assert "deploying with [REDACTED]" in tail
+    for out in shown:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert value not in out.stdout + out.stderr
+    assert value not in html.read_text()
 
 
 def open_prs(
