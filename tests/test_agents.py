@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import script_interpreter
+from tests.conftest import git, script_interpreter
+from tests.test_run import swarm
 from worktree_swarm.agents import (
     PROFILES,
     AgentOutcome,
@@ -680,6 +681,28 @@ def test_a_session_id_that_looks_like_an_option_is_refused(profile: str) -> None
             session_id="--dangerously-skip-permissions",
             resume_prompt=None,
         )
+
+
+# Parses its command line as CLIs do (commander, clap): an argument that starts with `-` is an
+# option, and an unknown one ends it. Else it does what its prompt says: write a file.
+STRICT_CLI = """
+import pathlib, sys
+prompt = sys.argv[1]
+if prompt.startswith('-'):
+    sys.exit(f"error: unknown option '{prompt.splitlines()[0]}'")
+pathlib.Path('prompt.txt').write_text(prompt)
+"""
+
+
+@pytest.mark.parametrize("prompt", ["- add the tests\n- fix the lint", "--help"])
+def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_as_its_prompt(
+    repo: Path, write_agent: Callable[[str], list[str]], prompt: str
+) -> None:
+    agent = write_agent(STRICT_CLI)
+    out = swarm(repo, "run", "--agent", " ".join([*agent, "{prompt}"]), "-t", f"t={prompt}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = git(repo, "show", "swarm/t:prompt.txt")
+    assert got.lstrip().startswith(prompt)
 
 
 def test_an_untrusted_session_id_in_output_is_not_recorded() -> None:

@@ -25,6 +25,7 @@ from worktree_swarm.agents import (
     claude_auth,
     provider_of,
 )
+from worktree_swarm.agents.base import positional
 from worktree_swarm.core import paths
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
@@ -1078,10 +1079,12 @@ def prompt_argument(text: str, prompt_file: Path) -> str:
     """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
 
     Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
-    prompt would make the agent fail to start. The file holds the same text.
+    prompt would make the agent fail to start. The file holds the same text. A prompt that
+    starts with ``-`` (a Markdown list) gets a leading space: the CLI would take it for an
+    option.
     """
     if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
-        return text
+        return positional(text)
     return LONG_PROMPT.format(path=prompt_file)
 
 
