@@ -371,3 +371,38 @@ def run_id(repo: Path) -> str:
 def run_states(repo: Path) -> dict[str, str]:
     with Store(store_path(open_repo(repo))) as store:
         return {row.task_id: row.state.value for row in store.tasks(run_id(repo))}
+
+
+def test_checks_that_write_outside_before_any_merge_fail_the_baseline_and_merge_nothing(
+    repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    record_run(repo, [("one", base)], base=base)
+    check = tmp_path / "check.py"  # writes outside from its first run, on the target itself
+    check.write_text(
+        "import pathlib, subprocess\n"
+        f"pathlib.Path({str(repo / 'README.md')!r}).write_text('x')\n"
+        "subprocess.run(['git', 'tag', 'planted'], check=True)\n"
+    )
+    before = checkout_snapshot(repo)
+    tags = git(repo, "tag", "--list")
+
+    out = swarm(repo, "merge", "--check", f"{sys.executable} {check}", "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["baseline_checks"]["ok"] is False
+    assert "wrote outside the merge worktree" in report["baseline_checks"]["summary"]
+    assert report["merged"] == []
+    assert git(repo, "rev-parse", BRANCH) == base
+    assert checkout_snapshot(repo) == before
+    assert (repo / "README.md").read_text() == "mine\n"
+    assert git(repo, "tag", "--list") == tags  # a tag is not the target: put back too
+    assert merge_results(repo) == {"one": None}
+    found = outside_writes(repo)  # recorded: `swarm report` lists them
+    assert {str(f["summary"]) for f in found} == {
+        "tags/planted moved",
+        "files README.md in the main checkout",
+    }
+    assert all(f["restored"] is True for f in found)
