@@ -182,6 +182,33 @@ pathlib.Path(tid + '.txt').write_text(tid + '\\n')
 """
 
 
+def test_room_is_never_made_by_removing_a_worktree_of_an_earlier_run(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    agent = argv_toml(
+        write_agent("import os\nopen(os.environ['SWARM_TASK_ID'] + '.txt', 'w').write('x')\n")
+    )
+    first = manifest(repo, f'[defaults]\nagent = {agent}\n[[task]]\nid = "old"\nprompt = "o"\n')
+    assert swarm(repo, "run", first).returncode == 0
+    old = repo.parent / "repo.swarm" / "old"
+    assert old.is_dir()
+    # Beside the earlier run's worktree there is room for one more, not two: b waits for a.
+    tasks = '[[task]]\nid = "a"\nprompt = "a"\n[[task]]\nid = "b"\nprompt = "b"\n'
+    second = manifest(repo, f'[defaults]\nagent = {agent}\njobs = 2\nmax_disk = "2.5M"\n{tasks}')
+
+    out = swarm(repo, "run", second)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "waiting for disk" in out.stdout
+    assert old.is_dir()  # `swarm clean --all` is for that
+    assert git(old, "status", "--porcelain") == ""
+    removed = [tid for tid, _ in _events(repo, "worktree_removed")]
+    assert len(removed) == 1
+    assert removed[0] in {"a", "b"}
+    assert {r["state"] for r in status_json(repo).values()} == {"done"}
+
+
 def test_removing_a_worktree_for_room_keeps_leftovers_and_blames_no_agent(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
