@@ -1683,3 +1683,34 @@ def test_a_resolver_that_exits_0_with_conflict_markers_left_lands_nothing(
     assert git(base_repo, "rev-parse", branch) == report["results"][0]["commit"]
     assert git(Path(report["target"]["worktree"]), "status", "--porcelain") == ""
     assert merge_results(base_repo) == {"first": "merged", "second": "conflicted"}
+
+
+def test_a_task_merged_into_another_branch_after_the_integration_branch_shows_its_latest(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    integration = "swarm/integration-" + RUN_ID
+    assert swarm(base_repo, "merge").returncode == 0
+    tip = git(base_repo, "rev-parse", integration)
+
+    into = swarm(base_repo, "merge", "one", "--into", "dev")
+
+    assert into.returncode == 0, into.stdout + into.stderr
+    rows = status_json(base_repo)
+    assert (rows["one"]["merge_result"], rows["one"]["merge_target"]) == ("merged", "dev")
+    assert str(rows["one"]["merge_detail"]).endswith(git(base_repo, "rev-parse", "dev")[:12])
+    assert rows["two"]["merge_target"] == integration
+    again = swarm(base_repo, "merge", "--json")  # into the integration branch: one is there
+    assert again.returncode == 0, again.stdout + again.stderr
+    (result,) = json.loads(again.stdout)["results"]
+    assert (result["task_id"], result["outcome"], result["reason"]) == (
+        "one",
+        "merged",
+        "already in target",
+    )
+    assert git(base_repo, "rev-parse", integration) == tip  # nothing merged twice
+    rows = status_json(base_repo)
+    assert rows["one"]["merge_target"] == integration
+    assert str(rows["one"]["merge_detail"]).endswith(tip[:12])
