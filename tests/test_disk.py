@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -562,3 +563,41 @@ def test_store_migrates_to_disk_columns(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "state.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
     assert {"disk_apparent", "disk_actual", "worktree_removed_at"} <= columns
+
+
+def test_a_linked_directory_gone_when_a_task_starts_fails_it_before_its_agent(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = make_repo(tmp_path / "repo", {".gitignore": "node_modules/\n"})
+    (repo / "node_modules" / "pkg").mkdir(parents=True)
+    started, gate, ran = tmp_path / "started", tmp_path / "gate", tmp_path / "b-ran"
+    first = argv_toml(
+        write_agent(
+            "import pathlib, time\n"
+            f"pathlib.Path({str(started)!r}).touch()\n"
+            f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+            "pathlib.Path('a.txt').write_text('a')\n"
+        )
+    )
+    second = argv_toml(write_agent(f"import pathlib\npathlib.Path({str(ran)!r}).touch()\n"))
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "a"\nagent = {first}\nlink = ["node_modules"]\n'
+        f'[[task]]\nid = "b"\nprompt = "b"\nagent = {second}\nlink = ["node_modules"]\n'
+        'depends_on = ["a"]\n',
+    )
+    proc = swarm_bg(repo, "run", path)
+    try:
+        wait_for(started.exists, what="task a's agent")
+        shutil.rmtree(repo / "node_modules")  # you cleaned up meanwhile
+    finally:
+        gate.touch()
+        code = proc.wait(timeout=120)
+
+    assert code == 1, (repo.parent / "bg.log").read_text()
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "done"
+    assert rows["b"]["state"] == "failed"
+    assert "link 'node_modules'" in str(rows["b"]["reason"])
+    assert "is missing or not a directory" in str(rows["b"]["reason"])
+    assert not ran.exists()  # its agent never started
