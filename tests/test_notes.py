@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -224,3 +225,39 @@ def test_findings_instructions_name_the_file_and_the_command() -> None:
     assert "/repo/.git/swarm/runs/r1/findings.md" in text
     assert "$SWARM_CONTEXT" in text
     assert 'swarm note "' in text
+
+
+def test_secrets_never_stay_in_the_findings_however_they_got_there(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-ant-api03-" + "n" * 30
+    deploy = "deploy-token-of-the-task-5e1d"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    agent = write_agent(
+        "import os, subprocess, sys\n"
+        "key, deploy = os.environ['ANTHROPIC_API_KEY'], os.environ['DEPLOY_TOKEN']\n"
+        "subprocess.run([sys.executable, '-m', 'worktree_swarm.cli', 'note',"
+        " f'use {key} and {deploy}'], check=True)\n"
+        "with open(os.environ['SWARM_CONTEXT'], 'a') as fh:  # straight into the file\n"
+        "    fh.write(f'- raw: {key} {deploy}\\n')\n"
+        "open('out.txt', 'w').write('done')\n"
+    )
+    (repo.parent / "tasks.toml").write_text(
+        f'[[task]]\nid = "t"\nprompt = "p"\nagent = {json.dumps(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{deploy}" }}\n'
+    )
+    ran = swarm(repo, "run", str(repo.parent / "tasks.toml"))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (findings,) = (repo / ".git" / "swarm" / "runs").glob("*/findings.md")
+
+    text = findings.read_text()  # the end of the run scrubbed what was written directly
+    assert key not in text
+    assert deploy not in text
+    assert text.count("[REDACTED]") == 4
+    # Written after the run (by an agent of yours, by hand): redacted when shown.
+    with findings.open("a") as fh:
+        fh.write(f"- later: {key}\n")
+    shown = swarm(repo, "notes")
+    assert shown.returncode == 0, shown.stderr
+    assert key not in shown.stdout
+    assert "- later: [REDACTED]" in shown.stdout
