@@ -601,3 +601,34 @@ def test_a_linked_directory_gone_when_a_task_starts_fails_it_before_its_agent(
     assert "link 'node_modules'" in str(rows["b"]["reason"])
     assert "is missing or not a directory" in str(rows["b"]["reason"])
     assert not ran.exists()  # its agent never started
+
+
+def test_a_worktree_that_grew_past_the_cap_does_not_stop_the_tasks_after_it(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    repo = _big_repo(tmp_path)
+    (repo / ".gitignore").write_text("build.bin\n")  # build output: never on a branch
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore the build")
+    # a's build grows its worktree to ~4 MiB: every later worktree is expected to grow as much,
+    # which never fits under 3M; alone, each one's checkout still does.
+    grows = argv_toml(
+        write_agent(
+            "import os\nopen('build.bin', 'wb').write(os.urandom(3 * 2**20))\n"
+            "open('a.txt', 'w').write('a')\n"
+        )
+    )
+    small = argv_toml(write_agent("open('b.txt', 'w').write('b')\n"))
+    path = manifest(
+        repo,
+        f'[defaults]\nmax_disk = "3M"\n[[task]]\nid = "a"\nprompt = "a"\nagent = {grows}\n'
+        f'[[task]]\nid = "b"\nprompt = "b"\nagent = {small}\ndepends_on = ["a"]\n',
+    )
+
+    out = swarm(repo, "run", path)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert {t: r["state"] for t, r in rows.items()} == {"a": "done", "b": "done"}
+    assert [tid for tid, _ in _events(repo, "worktree_removed")] == ["a"]  # room first
+    assert git(repo, "show", "swarm/b:b.txt") == "b"
