@@ -16,7 +16,7 @@ import pytest
 from textual.widgets import DataTable
 
 from tests.conftest import git
-from tests.test_run import argv_toml, manifest, swarm, wait_for
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.git import repo as swarm_git
 from worktree_swarm.infra.logtail import Follower
@@ -502,3 +502,34 @@ def test_a_manager_starting_while_a_probe_holds_the_lock_waits_it_out(tmp_path: 
     finally:
         lock.release()
     assert not manager_alive(state)
+
+
+def test_the_stop_key_with_no_manager_alive_stops_the_agent_and_keeps_its_work(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    gate = start_detached(repo, write_agent, ["alpha"])
+    try:
+        app, store = open_app(repo)
+        wait_for(lambda: agent_pid(store, app.run_id, "alpha") is not None, what="alpha")
+        run = store.get_run(app.run_id)
+        assert run is not None
+        assert run.manager_pid is not None
+        psutil.Process(run.manager_pid).kill()  # the manager dies; its agent runs on
+        wait_for(lambda: manager_gone(repo), what="the manager to be gone")
+        pid = agent_pid(store, app.run_id, "alpha")
+        assert pid is not None
+        assert _alive(pid)
+
+        async def drive() -> None:
+            async with app.run_test(size=(140, 40)) as pilot:
+                await until(pilot, lambda: app.selected == "alpha", "alpha selected")
+                await pilot.press("s")
+                await until(pilot, lambda: not _alive(pid), "the stopped agent to be gone")
+                await until(pilot, lambda: app.rows["alpha"].state == "stopped", "alpha stopped")
+
+        run_async(drive)
+        store.close()
+    finally:
+        release(repo, gate)
+    assert status_json(repo)["alpha"]["state"] == "stopped"
+    assert git(repo, "show", "swarm/alpha:alpha.txt") == "work"  # checkpointed directly
