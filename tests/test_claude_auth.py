@@ -65,6 +65,19 @@ def test_each_task_gets_a_copy_and_a_refresh_reaches_the_user_and_the_other_task
         assert read(path)["claudeAiOauth"] == oauth("relogin", 3000)
 
 
+def test_a_sign_out_is_never_undone_by_a_tasks_copy(home: Path, tmp_path: Path) -> None:
+    user = home / ".claude" / ".credentials.json"
+    soon = int(time.time() * 1000) + 3_600_000
+    write(user, {"claudeAiOauth": oauth("mine", soon)})
+    ClaudeAdapter().env(base=env_of(home), task_id="t", config_dir=tmp_path / "t")
+    user.unlink()  # `claude /logout`, or you removed the file
+    write(tmp_path / "t" / ".credentials.json", {"claudeAiOauth": oauth("refreshed", soon + 1)})
+
+    claude_auth.sync_now()
+
+    assert not user.exists()  # not signed back in by a task's (newer) copy
+
+
 def test_nothing_is_copied_when_the_environment_authenticates(home: Path, tmp_path: Path) -> None:
     write(home / ".claude" / ".credentials.json", {"claudeAiOauth": oauth("t", 1)})
     env = {**env_of(home), "ANTHROPIC_API_KEY": "sk-test"}
