@@ -652,6 +652,15 @@ def test_command_adapter_reads_exit_code_then_messages(
     assert result == expected
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(-9, "agent killed by signal 9: half"), (None, "agent ended without an exit status: half")],
+)
+def test_an_agent_killed_or_ended_unseen_says_so(code: int | None, reason: str) -> None:
+    result = CommandAdapter().interpret(exit_code=code, log_text="working\nhalf\n", now=NOW)
+    assert result == AgentResult(outcome=AgentOutcome.FAILED, reason=reason)
+
+
 def test_command_adapter_does_not_treat_an_early_prompt_echo_as_a_rate_limit() -> None:
     log = "prompt: handle rate_limit_error in the client\n" + "step\n" * 60 + "failed\n"
     result = CommandAdapter().interpret(exit_code=1, log_text=log, now=NOW)
