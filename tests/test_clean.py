@@ -431,6 +431,7 @@ depends_on = ["quick", "slow"]
     assert git(repo, "show", "swarm/last:slow.txt") == "slow"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -600,6 +601,7 @@ def test_doctor_leaves_a_merge_at_work_alone(
     assert [rows[t]["merge_result"] for t in ("edits", "gone")] == ["merged", "merged"]
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_doctor_repairs_a_worktree_add_killed_mid_checkout(tmp_path: Path) -> None:
     repo = _big_repo(tmp_path / "repo", 3000)
     # The checkout of one file half-way through the list holds until the test kills it: a
@@ -907,7 +909,7 @@ shutil.rmtree = rmtree
 """
 
 
-@pytest.mark.parametrize("hand_edit", [False, True])
+@pytest.mark.parametrize("hand_edit", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     tmp_path: Path, write_agent: AgentFactory, *, hand_edit: bool
 ) -> None:

@@ -618,6 +618,7 @@ def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_guard_scan_failing_for_a_full_disk_is_told_once(
     small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -963,6 +964,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_stop_its_manager_died_during_is_recorded_as_stopped(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -1157,6 +1159,7 @@ def test_a_verdict_on_an_ended_attempt_is_on_record_before_its_checkpoint(
     )
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_timeout_whose_checkpoint_a_crash_cut_stays_a_timeout(
     repo: Path,
     tmp_path: Path,

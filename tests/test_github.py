@@ -92,6 +92,7 @@ def test_429_is_a_rate_limit_too(fake_github: FakeGitHub) -> None:
     assert len(fake_github.calls("GET")) == 2
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_secondary_limit_without_retry_after_backs_off_exponentially(
     fake_github: FakeGitHub,
 ) -> None:

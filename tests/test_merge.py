@@ -132,7 +132,7 @@ def kill_merge_once(repo: Path, argv: list[str], ready: Callable[[], bool], *, w
         merging.wait(timeout=30)
 
 
-@pytest.mark.parametrize("target_moves", [False, True])
+@pytest.mark.parametrize("target_moves", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_predicted_matrix_equals_real_merges(
     base_repo: Path, brancher: Brancher, *, target_moves: bool
 ) -> None:

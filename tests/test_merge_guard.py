@@ -290,7 +290,7 @@ def run_beside(repo: Path, tmp_path: Path, tasks: str) -> tuple[subprocess.Popen
     return swarm_bg(repo, "run", str(manifest), "--jobs", "2"), ctrl
 
 
-@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("sparse", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_branch(
     repo: Path, tmp_path: Path, sparse: bool
 ) -> None:

@@ -287,6 +287,7 @@ def test_good_answer_writes_a_manifest_that_runs(project: Path, api: StubAnthrop
     assert git(project, "show", "swarm/checkout:login.txt") == "fixed"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_plan_may_name_a_check_program_this_machine_lacks_and_run_says_so(
     project: Path, api: StubAnthropic
 ) -> None:
@@ -544,6 +545,7 @@ def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
     assert not (project / "tasks.toml").exists()
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_key_echoed_by_the_server_is_never_printed(project: Path, api: StubAnthropic) -> None:
     api.default = error_reply(403, "permission_error", f"key {KEY} may not use this model")
 

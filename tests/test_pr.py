@@ -419,6 +419,7 @@ def test_pr_after_a_local_merge_opens_pull_requests_for_every_done_task(
     assert "PR #2 open" in text
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_pr_bodies_name_the_open_pull_requests_they_conflict_with(
     repo: Path, clashing_run: Path, fake_github: FakeGitHub
 ) -> None:

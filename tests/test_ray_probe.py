@@ -61,7 +61,11 @@ def web_server() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.mark.parametrize("listener", [silent_listener, web_server], ids=["silent", "http"])
+@pytest.mark.parametrize(
+    "listener",
+    [pytest.param(silent_listener, marks=pytest.mark.slow), web_server],  # silent: long
+    ids=["silent", "http"],
+)
 def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made(
     tmp_path: Path, listener: Callable[[], contextlib.AbstractContextManager[str]]
 ) -> None:

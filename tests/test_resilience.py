@@ -209,6 +209,7 @@ def waits(repo: Path, task: str) -> list[tuple[float, float | None, float]]:
     return [(ended, retry, after[0]) for (_, ended, retry), after in itertools.pairwise(rows)]
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_lone_throttled_task_backs_off_exponentially(repo: Path, fake_claude: Path) -> None:
     # One agent's 429s never make its provider's share of throttles large enough for a cut:
     # the task's own backoff (0.3 s base here) spaces its retries, doubling each time.
@@ -701,6 +702,7 @@ def test_resume_adopts_live_agents_without_launching_them_again(
         assert branch_file(repo, f"swarm/{i}", f"{i}.txt") == "finished"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     repo: Path, fake_claude: Path
 ) -> None:

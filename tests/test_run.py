@@ -137,6 +137,7 @@ def test_inline_tasks_land_on_their_branches_and_checkout_is_untouched(
     assert config.stdout == ""
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> None:
     agent = write_agent(
         "import os, time, pathlib\n"
@@ -396,6 +397,7 @@ def test_a_run_under_nohup_carries_on_when_its_terminal_closes(
     assert branch_file(repo, "swarm/night", "work.txt") == "finished"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_second_manager_is_refused_with_exit_3(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

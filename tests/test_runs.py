@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.test_run import swarm
 
 # Done for "ok", failed for "bad": each writes its own file first.
@@ -66,6 +68,7 @@ def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     assert len(json.loads(swarm(repo, "runs", "--json").stdout)["runs"]) == 1
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_run_whose_manager_died_after_its_last_task_is_ended_by_resume(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -424,6 +424,7 @@ pathlib.Path(os.environ["SWARM_TASK_ID"] + ".txt").write_text(
 """
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_an_agent_cannot_have_the_shim_server_fork_a_command_for_it(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -625,6 +626,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_shim_told_its_parent_stops_the_whole_tree_once_that_parent_dies(
     tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:

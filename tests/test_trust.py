@@ -586,7 +586,9 @@ while time.time() < deadline and not flag.exists():
 """
 
 
-@pytest.mark.parametrize("command", ["merge-into", "merge", "clean"])
+@pytest.mark.parametrize(
+    "command", [pytest.param("merge-into", marks=pytest.mark.slow), "merge", "clean"]
+)
 def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no_agent(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, command: str
 ) -> None:

@@ -133,6 +133,7 @@ def test_prune_and_remove_missing_directory(repo: Path, tmp_path: Path) -> None:
     assert [i.path for i in wt.list_worktrees(r)] == [r.root]
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_create_from_threads_many_rounds(big_repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(big_repo)
     before = snapshot(big_repo)
