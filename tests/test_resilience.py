@@ -37,6 +37,7 @@ from tests.test_run import (
 from tests.test_watch import open_app, run_async
 from worktree_swarm.core.errors import ManagerLockedError
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report import status
 from worktree_swarm.run import background
 
@@ -843,6 +844,29 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
     assert "was deleted during the run and is written back" in out
     assert status_json(repo)["a"]["state"] == "done"  # the morning finds the run
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "resume"])
+def test_a_look_at_a_state_directory_deleted_under_a_live_manager_says_so(
+    repo: Path, fake_claude: Path, command: str
+) -> None:
+    # The manager (here this process, holding the lock as one does) writes it back once it
+    # notices; until then "no swarm runs in ... yet" was all a command said.
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stderr
+    state = repo / ".git" / "swarm"
+    with ManagerLock(state) as lock:
+        lock.acquire()
+        shutil.rmtree(state)
+        looked = swarm(repo, command, *(["a"] if command == "logs" else []))
+    assert looked.returncode == 3, looked.stdout + looked.stderr
+    assert looked.stderr == (
+        f"swarm: another swarm manager holds this repository, though {state} was deleted"
+        " under it; wait for it to end (it writes its state back there)\n"
+    )
+    assert not state.exists()  # and it made nothing there
+    shutil.rmtree(repo / ".git" / "swarm", ignore_errors=True)
+    assert "no swarm runs" in swarm(repo, "status").stderr  # no manager: as ever
 
 
 def test_a_manager_a_long_lived_command_started_in_the_background_leaves_no_zombie(

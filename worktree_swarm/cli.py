@@ -347,12 +347,11 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
+    from worktree_swarm.infra.lock import ManagerLock
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
-    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)
@@ -374,12 +373,11 @@ def retry_cmd(
 @click.pass_context
 def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """After the manager died: adopt live agents, recover dead ones, carry on."""
-    from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
+    from worktree_swarm.infra.lock import ManagerLock
     from worktree_swarm.run import control
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
-    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)

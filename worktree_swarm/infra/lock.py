@@ -88,8 +88,8 @@ def _deleted_under_it(state_dir: Path) -> ManagerLockedError:
 def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
     """ManagerLockedError when *store* is missing because it was deleted under a live manager.
 
-    For `swarm resume` and `retry`, before they open the store: that manager writes it back
-    once it notices, and a command that opened it first would find no run, or its own copy.
+    For the commands that open the store (`swarm resume`, `retry`, `status`, ...): that manager
+    writes it back once it notices; until then they would say that there is no run here.
     """
     if not store.exists() and manager_alive(state_dir):
         raise _deleted_under_it(state_dir)

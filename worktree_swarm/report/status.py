@@ -22,7 +22,7 @@ from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
-from worktree_swarm.infra.lock import merge_running
+from worktree_swarm.infra.lock import merge_running, refuse_while_state_is_gone
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
@@ -134,11 +134,14 @@ def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
 def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
     """Open the store, or explain that no run has happened here yet.
 
+    ManagerLockedError instead where a live manager's state directory was deleted under it.
     With *to_read* (commands that only look), a full disk does not stop them: the store is
     opened as it was last written (:meth:`Store.to_read`).
     """
     path = store_path(repo)
     if not path.exists():
+        # Not "no runs": a live manager's `.git/swarm` was deleted, and it writes it back.
+        refuse_while_state_is_gone(repo.state_dir, path)
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
     return Store.to_read(path) if to_read else Store(path)
 
