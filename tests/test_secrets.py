@@ -34,6 +34,7 @@ from worktree_swarm.infra.redact import (
     scrub_tree,
 )
 from worktree_swarm.infra.store import Store
+from worktree_swarm.run.runner import SCRUB_SKIP
 from worktree_swarm.ui.live import LiveTable
 
 AgentFactory = Callable[[str], list[str]]
@@ -201,8 +202,26 @@ def test_the_final_scrub_skips_only_the_folders_it_names_at_their_depth(tmp_path
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"key={key}\n")
-    scrub_tree(tmp_path, skip=("*/agent-config", "guard", "*/tmp"))
+    scrub_tree(tmp_path, skip=SCRUB_SKIP)
     assert [name for name in files if key in (tmp_path / name).read_text()] == files[2:]
+
+
+def test_the_final_scrub_leaves_a_merges_guard_and_the_objects_it_holds(tmp_path: Path) -> None:
+    # A `swarm merge` beside the run holds your object files by hard links in its guard's
+    # folder: the run's last redaction rewrote them in place, corrupting a loose object kept
+    # uncompressed (core.looseCompression=0) with a key in it (reproduced end to end).
+    key = SECRETS["ANTHROPIC_API_KEY"]
+    obj = tmp_path / "objects" / "be" / "8bd8"
+    obj.parent.mkdir(parents=True)
+    obj.write_text(f"blob 60\0key {key}\n")
+    run = tmp_path / "run"
+    for held in (run / "merge" / "guard" / "held" / "be", run / "guard" / "held" / "be"):
+        held.mkdir(parents=True)
+        os.link(obj, held / obj.name)
+    (run / "merge" / "checks.log").write_text(f"key={key}\n")
+    scrub_tree(run, skip=SCRUB_SKIP)
+    assert key in obj.read_text()
+    assert key not in (run / "merge" / "checks.log").read_text()
 
 
 @pytest.mark.usefixtures("secret_env")

@@ -47,6 +47,12 @@ from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWo
 
 Observer = Emit  # what the CLI hands the run: the same event sink
 
+# What the run's last redaction leaves alone in its directory (patterns, see scrub_tree): each
+# task's agent config (sessions a resume needs) and tmp, and the guards' directories, the run's
+# and a `swarm merge`'s: those hold hard links to your repository's object files while their
+# command runs, which a rewrite in place would corrupt (a merge may still run as the run ends).
+SCRUB_SKIP = ("*/agent-config", "*/tmp", "guard", "merge/guard")
+
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
 
 
@@ -306,9 +312,7 @@ class Runner:
 
         Not the agents' own config dirs (sessions a resume needs) nor the guard's snapshots.
         """
-        redact.scrub_tree(
-            run_dir(self.repo, self.run_id), skip=("*/agent-config", "guard", "*/tmp")
-        )
+        redact.scrub_tree(run_dir(self.repo, self.run_id), skip=SCRUB_SKIP)
 
     def request_stop(self) -> None:
         """Stop every live agent and start nothing new."""
