@@ -80,6 +80,8 @@ class StubAnthropic:
                 data, kind = json.dumps(reply.body).encode(), "application/json"
                 if body.get("stream") and reply.status == 200 and _is_message(reply.body):
                     data, kind = _event_stream(reply.body), "text/event-stream"
+                elif body.get("stream") and reply.status == 200 and _is_error(reply.body):
+                    data, kind = _error_event(reply.body), "text/event-stream"
                 self.send_response(reply.status)
                 self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(data)))
@@ -138,6 +140,30 @@ def _event_stream(message: dict[str, object]) -> bytes:
     )
     events.append({"type": "message_stop"})
     return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def _is_error(body: object) -> bool:  # sent as an `error` event after the 200
+    return isinstance(body, dict) and body.get("type") == "error"
+
+
+def _error_event(error: dict[str, object]) -> bytes:
+    """*error* sent as the API does mid-answer: after its 200 and the message's start."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_01Stub",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-5-5",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        },
+    }
+    return b"".join(
+        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in (start, error)
+    )
 
 
 def plan_reply(tasks: list[dict[str, object]], *, tool_id: str = "toolu_01") -> Reply:
@@ -542,6 +568,31 @@ def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
         " your rate limit) persisted; wait a minute and run `swarm plan` again\n"
     )
     assert len(api.seen) == 3
+    assert not (project / "tasks.toml").exists()
+
+
+def test_an_overloaded_error_event_mid_answer_is_retried_as_a_529_is(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streamed, the API may send overloaded_error as an event after its 200 (a 529 when not
+    # streamed): the SDK retries only the request, and the plan failed at the first one.
+    monkeypatch.setenv("SWARM_API_MAX_RETRIES", "1")
+    overloaded = error_reply(200, "overloaded_error", "Overloaded")
+    api.replies = [overloaded, plan_reply([{"id": "a", "prompt": "do a"}])]
+
+    result = plan(project, "goal")
+
+    assert result.returncode == 0, result.stderr
+    assert len(api.seen) == 2
+    assert (project / "tasks.toml").exists()
+
+    api.replies = [overloaded, overloaded]
+    (project / "tasks.toml").unlink()
+    result = plan(project, "goal")
+
+    assert result.returncode == 1
+    assert "overloaded_error: Overloaded" in result.stderr
+    assert len(api.seen) == 4  # once, then max_retries more
     assert not (project / "tasks.toml").exists()
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +388,13 @@ def _blob(repo_root: Path, path: str) -> str | None:
 # --- the API call and its errors -------------------------------------------------------------
 
 
+# Errors the API may send as an `error` event after its 200 (what a non-streamed request gets
+# as 529, 429 or 500, which the SDK retries): the SDK retries only the request, so these are
+# retried here, as often and about as patiently.
+_RETRIED_IN_STREAM = frozenset({"overloaded_error", "rate_limit_error", "api_error"})
+_STREAM_BACKOFF = 0.5  # seconds before the first retry, doubled each time, at most 8 s
+
+
 def _create(
     client: anthropic.Anthropic,
     settings: ApiSettings,
@@ -398,34 +406,39 @@ def _create(
     import anthropic  # noqa: PLC0415 - imported by now (the client exists)
 
     where = settings.base_url or "the default endpoint"
-    try:
-        with client.messages.stream(
-            model=model,
-            max_tokens=MAX_TOKENS,
-            system=system,
-            messages=messages,
-            tools=[_TOOL],
-            tool_choice={"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
-        ) as stream:
-            reply = _read_answer(stream, settings, where)
-    except anthropic.APIStatusError as exc:  # on the request, or an `error` event in the answer
-        raise _status_error(exc, settings) from None
-    except anthropic.APITimeoutError:
-        raise SwarmError(
-            f"the Anthropic API at {where} did not answer"
-            f" ({_silence(settings, settings.max_retries + 1)});"
-            " check the network, --api-url or ANTHROPIC_BASE_URL"
-        ) from None
-    except anthropic.APIConnectionError as exc:
-        raise SwarmError(
-            f"cannot reach the Anthropic API at {where} ({_scrub(str(exc), settings)});"
-            " check the network, --api-url or ANTHROPIC_BASE_URL"
-        ) from None
-    except anthropic.APIError as exc:
-        raise SwarmError(
-            f"the Anthropic API answered with something that is not a message"
-            f" ({_scrub(str(exc), settings)}); check --api-url or ANTHROPIC_BASE_URL"
-        ) from None
+    for retry in range(settings.max_retries + 1):
+        try:
+            with client.messages.stream(
+                model=model,
+                max_tokens=MAX_TOKENS,
+                system=system,
+                messages=messages,
+                tools=[_TOOL],
+                tool_choice={"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
+            ) as stream:
+                reply = _read_answer(stream, settings, where)
+            break
+        except anthropic.APIStatusError as exc:  # on the request, or an `error` event
+            if retry < settings.max_retries and _in_stream_and_passing(exc):
+                time.sleep(min(_STREAM_BACKOFF * 2**retry, 8.0))
+                continue
+            raise _status_error(exc, settings) from None
+        except anthropic.APITimeoutError:
+            raise SwarmError(
+                f"the Anthropic API at {where} did not answer"
+                f" ({_silence(settings, settings.max_retries + 1)});"
+                " check the network, --api-url or ANTHROPIC_BASE_URL"
+            ) from None
+        except anthropic.APIConnectionError as exc:
+            raise SwarmError(
+                f"cannot reach the Anthropic API at {where} ({_scrub(str(exc), settings)});"
+                " check the network, --api-url or ANTHROPIC_BASE_URL"
+            ) from None
+        except anthropic.APIError as exc:
+            raise SwarmError(
+                f"the Anthropic API answered with something that is not a message"
+                f" ({_scrub(str(exc), settings)}); check --api-url or ANTHROPIC_BASE_URL"
+            ) from None
     if not isinstance(reply, anthropic.types.Message):  # the SDK hands on what it got
         raise SwarmError(
             f"the Anthropic API answered with something that is not a message"
@@ -433,6 +446,14 @@ def _create(
             " check --api-url or ANTHROPIC_BASE_URL"
         )
     return reply
+
+
+def _in_stream_and_passing(exc: anthropic.APIStatusError) -> bool:
+    """Whether *exc* is an `error` event the answer sent after its 200, of a passing kind."""
+    body = exc.body
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return exc.status_code == 200 and kind in _RETRIED_IN_STREAM  # noqa: PLR2004
 
 
 def _read_answer(stream: MessageStream, settings: ApiSettings, where: str) -> object:
