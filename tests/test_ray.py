@@ -184,6 +184,27 @@ def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
     assert out.stdout.splitlines()[0] in {"agent t1 on head", "agent t1 on w0"}
 
 
+def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_on_a_node_as_its_prompt(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # As on this machine: a CLI that parses options (commander, clap) refused it as one.
+    repo, _remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "strict.py"
+    script.write_text(
+        "import pathlib, sys\nprompt = sys.argv[1]\nif prompt.startswith('-'):\n"
+        "    sys.exit(f'error: unknown option {prompt!r}')\n"
+        "pathlib.Path('prompt.txt').write_text(prompt)\n"
+    )
+    manifest = tmp_path / "dash.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), '{prompt}'])}\n"
+        'executor = "ray"\nray_memory = "64M"\n\n[[task]]\nid = "d"\nprompt = "--help"\n'
+    )
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/d:prompt.txt").lstrip() == "--help"
+
+
 def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
     found = []
     for node in cluster.nodes:

@@ -27,6 +27,7 @@ import psutil
 from filelock import FileLock
 
 from worktree_swarm.agents import adapter_for, claude_auth
+from worktree_swarm.agents.base import positional
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
@@ -249,7 +250,7 @@ class NodeAgent:
         prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
         prompt_file.write_text(prompt, encoding="utf-8")
         values = {
-            "prompt": prompt,
+            "prompt": positional(prompt),  # a leading `-` would be taken for an option
             "prompt_file": str(prompt_file),
             "task_id": task.id,
             "worktree": str(self.work),
