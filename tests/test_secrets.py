@@ -222,6 +222,12 @@ def test_the_final_scrub_leaves_a_merges_guard_and_the_objects_it_holds(tmp_path
     scrub_tree(run, skip=SCRUB_SKIP)
     assert key in obj.read_text()
     assert key not in (run / "merge" / "checks.log").read_text()
+    # Nor anywhere else: a file with another link is never rewritten, whatever folder it is in.
+    elsewhere = run / "a" / "8bd8"
+    elsewhere.parent.mkdir()
+    os.link(obj, elsewhere)
+    scrub_tree(run, skip=SCRUB_SKIP)
+    assert key in obj.read_text()
 
 
 @pytest.mark.usefixtures("secret_env")

@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -308,6 +309,8 @@ def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
 
     *skip* holds patterns (:func:`fnmatch.fnmatchcase`) of paths relative to *root*,
     ``/``-separated: ``*/tmp`` is a ``tmp`` below a directory, not one right below *root*.
+    A file with more than one link is never rewritten: it is another file too (a guard's hold
+    on an object file of your repository), which a rewrite in place would change.
     """
     skipped = tuple(skip)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -319,7 +322,11 @@ def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
         ]
         for name in filenames:
             path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink():
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
                 scrub_file(path)
 
 
