@@ -701,7 +701,9 @@ def test_a_state_directory_deleted_on_a_full_disk_is_written_back_once_there_is_
             while True:
                 fh.write(b"x" * 65536)
         # What this frees is a few small files: the store and the logs are open, and stay.
-        shutil.rmtree(repo / ".git" / "swarm")
+        # Renamed away first: the manager may write the directory back while it is deleted.
+        (repo / ".git" / "swarm").rename(repo / ".git" / "swarm-deleted")
+        shutil.rmtree(repo / ".git" / "swarm-deleted")
 
         def told() -> bool:
             return "cannot be written back" in log.read_text()
