@@ -729,12 +729,14 @@ def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     finally:
         (fake_claude / "go").touch()
         proc.kill()
-    ((_number, _outcome, started, _ended),) = attempts(repo, "a")
     log = next((repo / ".git" / "swarm" / "runs").glob("*/a/attempt-1.log"))
-    os.utime(log, (started + 3, started + 3))  # its last line, 3 s in
     r = open_repo(repo)
     with status.open_store(r) as store:
         run_id = status.resolve_run(store, None)
+        (task,) = store.tasks(run_id)
+        started = task.started_at
+        assert started is not None
+        os.utime(log, (started + 3, started + 3))  # its last line, 3 s into the task
         rows = [status.task_status(store, run_id, now=started + at)[0] for at in (60, 600)]
     assert [row.elapsed_s for row in rows] == pytest.approx([3.0, 3.0], abs=0.01)  # no clock
     app, store = open_app(repo)
