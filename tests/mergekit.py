@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.conftest import git
+from tests.conftest import agent_python, git
 from worktree_swarm.core.models import Task, TaskState
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
@@ -109,6 +109,32 @@ def record_run(
         for task_id, task_base in tasks:
             store.update_task(RUN_ID, task_id, state=state, base_commit=task_base)
     return RUN_ID
+
+
+def conflicting(
+    repo: Path,
+    brancher: Brancher,
+    resolver: Path,
+    *,
+    second: Mapping[str, str] | None = None,
+    resolve_timeout: float | None = None,
+) -> str:
+    """Tasks first and second of a recorded run, which conflict on line 5 of f.txt; the base.
+
+    Their agent is the Python program *resolver*, given the prompt file (as `--resolve` runs
+    it); *second* adds files to task second's commit.
+    """
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
+    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), **(second or {})})
+    record_run(
+        repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(resolver), "{prompt_file}"],
+        resolve_timeout=resolve_timeout,
+    )
+    return base
 
 
 def states(repo: Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ from tests.mergekit import (
     LINES,
     RUN_ID,
     Brancher,
+    conflicting,
     edit,
     merge_results,
     real_merge,
@@ -1063,17 +1064,9 @@ for path in pathlib.Path('.').rglob('*.txt'):
 def test_resolve_hands_conflicts_to_the_tasks_agent(
     base_repo: Path, brancher: Brancher, tmp_path: Path, agent_exit: int
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
-    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "s.txt": "s\n" * 9})
     agent = tmp_path / "resolver.py"
     agent.write_text(RESOLVER + f"sys.exit({agent_exit})\n")
-    record_run(
-        base_repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-    )
+    conflicting(base_repo, brancher, agent, second={"s.txt": "s\n" * 9})
     before = checkout_snapshot(base_repo)
 
     out = swarm(base_repo, "merge", "--resolve", "--check", f"{sys.executable} -c pass", "--json")
@@ -1203,22 +1196,14 @@ def test_a_resolver_that_commits_or_abandons_the_merge_itself(
 def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has_it_reset(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    for name in ("first", "second"):
-        brancher.branch(f"swarm/{name}", base, {"f.txt": edit(5, f"five {name}")})
-    git(base_repo, "branch", "release", base)
     agent = tmp_path / "resolver.py"
     agent.write_text(
         "import subprocess\n"
         "subprocess.run(['git', 'merge', '--abort'], check=True)\n"
         "subprocess.run(['git', 'checkout', '-q', 'release'], check=True)\n"
     )  # a commit on release would be an outside write: test_guarded_merge.py
-    record_run(
-        base_repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-    )
+    base = conflicting(base_repo, brancher, agent)
+    git(base_repo, "branch", "release", base)
 
     out = swarm(base_repo, "merge", "--resolve", "--json")
 
@@ -1242,9 +1227,6 @@ def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has
 def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
     base_repo: Path, brancher: Brancher, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
-    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second")})
     started = tmp_path / "started"
     agent = tmp_path / "resolver.py"
     # The first resolver hangs until it is killed; the next one resolves.
@@ -1253,12 +1235,7 @@ def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
         "if not mark.exists():\n    mark.write_text(str(os.getpid()))\n    time.sleep(300)\n"
         + RESOLVER
     )
-    record_run(
-        base_repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-    )
+    conflicting(base_repo, brancher, agent)
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--resolve"]
     merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -1391,18 +1368,9 @@ def test_resolver_over_its_timeout_is_killed_with_its_daemons(
     mark = f"resolver-{tmp_path.name}"
     monkeypatch.setenv("PIDS", str(pids))
     monkeypatch.setenv("ESCAPE_MARK", mark)  # inherited by the resolver and its daemon
-    base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
-    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second")})
     agent = tmp_path / "resolver.py"
     agent.write_text(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(300)\n')
-    record_run(
-        base_repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-        resolve_timeout=2.0,
-    )
+    conflicting(base_repo, brancher, agent, resolve_timeout=2.0)
 
     out = swarm(base_repo, "merge", "--resolve", "--json")
 
@@ -1660,17 +1628,9 @@ def test_an_index_lock_in_the_integration_worktree_is_left_while_you_work_there(
 def test_a_resolver_that_exits_0_with_conflict_markers_left_lands_nothing(
     base_repo: Path, brancher: Brancher, tmp_path: Path, lazy: str
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
-    brancher.branch("swarm/second", base, {"f.txt": edit(5, "five second"), "s.txt": "s\n" * 9})
     agent = tmp_path / "resolver.py"
     agent.write_text("import subprocess\n" + lazy)
-    record_run(
-        base_repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-    )
+    conflicting(base_repo, brancher, agent, second={"s.txt": "s\n" * 9})
 
     out = swarm(base_repo, "merge", "--resolve", "--json")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_python, git, make_repo
-from tests.mergekit import LINES, RUN_ID, Brancher, edit, merge_results, record_run
+from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
 from tests.test_run import checkout_snapshot, swarm, swarm_bg, wait_for
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git.repo import open_repo
@@ -52,20 +52,6 @@ def brancher(repo: Path) -> Iterator[Brancher]:
     b = Brancher(repo)
     yield b
     b.close()
-
-
-def conflicting(repo: Path, brancher: Brancher, agent: Path) -> str:
-    """Tasks first and second, which conflict on line 5, with *agent* as their agent."""
-    base = git(repo, "rev-parse", "HEAD")
-    for name in ("first", "second"):
-        brancher.branch(f"swarm/{name}", base, {"f.txt": edit(5, f"five {name}")})
-    record_run(
-        repo,
-        [("first", base), ("second", base)],
-        base=base,
-        agent=[*agent_python(), str(agent), "{prompt_file}"],
-    )
-    return base
 
 
 def outside_writes(repo: Path) -> list[dict[str, object]]:
