@@ -205,6 +205,56 @@ def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_on_a_node_as_its_pro
     assert git(repo, "show", "swarm/d:prompt.txt").lstrip() == "--help"
 
 
+# Records how each attempt got its prompt (argv or the file argv points to) in the control
+# directory argv[1]; the first attempt's work fails the check, the repair's passes.
+LONG_PROMPT_AGENT = r"""
+import pathlib, re, sys
+ctl, arg = pathlib.Path(sys.argv[1]), sys.argv[2]
+pointer = re.search(r"it is in the file (\S+)\. Read", arg)
+text = pathlib.Path(pointer.group(1)).read_text() if pointer else arg
+n = len(list(ctl.glob("how-*")))
+(ctl / f"how-{n}").write_text("file" if pointer else "argv")
+(ctl / f"text-{n}").write_text(text)
+pathlib.Path("x.txt").write_text("fixed" if n else "draft")
+"""
+
+
+def test_a_long_prompt_reaches_the_agent_on_a_node_through_its_file_also_in_a_repair(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Linux caps one argument at 128 KiB: on a node the whole prompt went into argv and the
+    # agent could not start (Argument list too long), as it once did on this machine.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "long.py"
+    script.write_text(LONG_PROMPT_AGENT)
+    long_file = tmp_path / "long.md"
+    long_file.write_text("do this: " + "y" * 200_000)
+    check = [sys.executable, "-c", "import sys; sys.exit(open('x.txt').read() != 'fixed')"]
+    manifest = tmp_path / "long.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), str(ctl), '{prompt}'])}\n"
+        f'executor = "ray"\nray_memory = "64M"\nrepair = 1\nchecks = [{json.dumps(check)}]\n'
+    )
+    out = swarm(
+        repo,
+        "run",
+        str(manifest),
+        "--prompt-file",
+        f"long={long_file}",
+        "--ray-address",
+        cluster.address,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Argument list too long" not in out.stdout + out.stderr
+    assert (status(repo)["long"]["state"], status(repo)["long"]["attempt"]) == ("done", 2)
+    assert [(ctl / f"how-{n}").read_text() for n in (0, 1)] == ["file", "file"]
+    first, repair = ((ctl / f"text-{n}").read_text() for n in (0, 1))
+    assert first.startswith(long_file.read_text())
+    # The repair, without a session, is told the whole task again, then what to do now.
+    assert repair.startswith(long_file.read_text())
+    assert "checks on your work failed" in repair
+
+
 def actor_processes(cluster: raykit.Cluster) -> list[psutil.Process]:
     found = []
     for node in cluster.nodes:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import filelock
+import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
@@ -929,6 +930,75 @@ def done_announcement(state_dir: Path) -> bool:
             if json.loads(path.read_bytes())["done"]:
                 return True
     return False
+
+
+LISTENER = """
+import sys
+from pathlib import Path
+from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.channel import Channel
+with Channel(Path(sys.argv[1]), Agents(), answers=False).listening():
+    print("listening", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_writer_waits_only_for_a_live_guard_that_holds_its_listening_file(
+    tmp_path: Path,
+) -> None:
+    # A merge killed while its guard listened left its `.listening` file: it is removed. One
+    # planted naming a live process that does not hold it (a hostile agent's way to make each
+    # clean, doctor and merge wait 30 s) is not waited for. A merge's listening guard is.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    opened = open_repo(repo)
+    where = opened.state_dir / "ref-moves"
+    where.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_started = psutil.Process(gone.pid).create_time()
+    gone.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, str(opened.state_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline() == "listening\n"
+        dead = where / f"{gone.pid}-0000.listening"
+        dead.write_text(json.dumps({"pid": gone.pid, "started": gone_started}))
+        planted = where / f"{sleeper.pid}-1111.listening"
+        started = psutil.Process(sleeper.pid).create_time()
+        planted.write_text(json.dumps({"pid": sleeper.pid, "started": started}))
+        real = next(p for p in where.glob(f"{listener.pid}-*.listening"))
+        done = threading.Event()
+
+        def swarm_moves() -> None:
+            with moving_refs(opened, ["refs/heads/stable"]) as moves:
+                git(repo, "branch", "-D", "stable")
+                moves.moved("refs/heads/stable", None)
+            done.set()
+
+        writer = threading.Thread(target=swarm_moves)
+        writer.start()
+        wait_for(lambda: done_announcement(opened.state_dir), what="swarm's announcement")
+        assert not done.is_set()  # the merge's guard has not read it yet
+        announcement = next(where.glob("*.json"))
+        # What that guard marks when it has read the file (it reads them in its scans).
+        heard = real.name.removesuffix(".listening")
+        where.joinpath(f"{announcement.name}.heard-{heard}").touch()
+        assert done.wait(timeout=25)  # a listener it believed would hold it for 30 s
+        writer.join()
+        assert not dead.exists()
+        assert planted.exists()  # its process lives: not the writer's to judge
+        assert real.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        listener.communicate(timeout=30)  # its stdin closed: it stops listening
+    assert not real.exists()  # the guard that stopped listening took its file away
 
 
 REFLOG_LINK = """

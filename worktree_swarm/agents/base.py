@@ -29,6 +29,13 @@ DEFAULT_RESUME_PROMPT = "Continue the task where you left off, then finish it."
 TAIL_LINES = 40
 REASON_MAX = 240
 
+# Longer prompts reach the agent as a file named in its argv (see prompt_argument).
+PROMPT_ARG_LIMIT = 64 * 2**10
+LONG_PROMPT = (
+    "Your task is too long for a command line; it is in the file {path}. Read that whole file "
+    "first and do what it says."
+)
+
 
 def quote(text: str, *, limit: int = REASON_MAX) -> str:
     """An agent's own words, fit for a reason: redacted, one line, no control characters.
@@ -132,6 +139,19 @@ def require_session_id(session_id: str) -> str:
 def positional(text: str) -> str:
     """*text* as a positional argument: a leading ``-`` would be parsed as an option."""
     return " " + text if text.startswith("-") else text
+
+
+def prompt_argument(text: str, prompt_file: Path) -> str:
+    """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
+
+    Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
+    prompt would make the agent fail to start. The file holds the same text. A prompt that
+    starts with ``-`` (a Markdown list) gets a leading space: the CLI would take it for an
+    option.
+    """
+    if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
+        return positional(text)
+    return LONG_PROMPT.format(path=prompt_file)
 
 
 def resume_text(resume_prompt: str | None) -> str:

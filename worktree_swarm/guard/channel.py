@@ -10,9 +10,11 @@ and accepts exactly the named moves, ``old`` -> ``new``. Any other move of those
 any move named by a file it does not believe, is judged like every other ref move.
 
 A guard that only listens (a `swarm merge`'s, which scans only after each of its programs)
-says so with ``<pid>-<token>.listening``, reads the files while it is there, and marks each
-finished one it read with ``<name>.heard-<pid>-<token>``: the writer also waits for that
-before it goes, so that its moves are not taken for the merge's programs'.
+says so with ``<pid>-<token>.listening``, held open while it listens, reads the files while
+it is there, and marks each finished one it read with ``<name>.heard-<pid>-<token>``: the
+writer also waits for that before it goes, so that its moves are not taken for the merge's
+programs'. A listening file whose process is gone is removed; one its process does not hold
+open is not waited for.
 
 Under ``--sandbox`` ``.git/swarm`` is read-only to agents, so they cannot write here at all.
 """
@@ -167,15 +169,30 @@ def _await_listeners(path: Path) -> None:
 
 
 def _listening(listener: Path) -> bool:
-    """Whether the guard that made *listener* still listens (another process, alive)."""
+    """Whether the guard that made *listener* still listens (removed if it is gone).
+
+    It must be another process, alive, holding the file open as a merge's guard does: a file
+    planted by anyone else is not waited for.
+    """
     try:
         data = json.loads(listener.read_bytes())
         pid, started = int(data["pid"]), float(data["started"])
-        if pid == os.getpid():
-            return False
-        return abs(psutil.Process(pid).create_time() - started) <= _SAME_START
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    if pid == os.getpid():
+        return False
+    try:
+        process = psutil.Process(pid)
+        alive = abs(process.create_time() - started) <= _SAME_START
+        real = os.path.realpath(listener)
+        if alive:
+            return any(os.path.realpath(f.path) == real for f in process.open_files())
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error:
+        return False
+    listener.unlink(missing_ok=True)  # a guard that was killed: nobody listens there
+    return False
 
 
 class Channel:
@@ -201,12 +218,19 @@ class Channel:
         """
         me = psutil.Process()
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{_LISTENING}"
-        self._listener.write_text(json.dumps({"pid": me.pid, "started": me.create_time()}))
+        listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{_LISTENING}"
+        # Written aside and renamed over, then held open while it listens: what writers check.
+        aside = listener.with_name(listener.name + ".tmp")
+        fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            os.write(fd, json.dumps({"pid": me.pid, "started": me.create_time()}).encode())
+            aside.replace(listener)
+            self._listener = listener
             yield
         finally:
-            self._listener.unlink(missing_ok=True)
+            os.close(fd)
+            aside.unlink(missing_ok=True)
+            listener.unlink(missing_ok=True)
             self._listener = None
 
     def started(self, baseline: Mapping[str, str]) -> None:

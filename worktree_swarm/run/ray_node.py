@@ -27,7 +27,7 @@ import psutil
 from filelock import FileLock
 
 from worktree_swarm.agents import adapter_for, claude_auth
-from worktree_swarm.agents.base import positional
+from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
@@ -250,14 +250,16 @@ class NodeAgent:
         prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
         prompt_file.write_text(prompt, encoding="utf-8")
         values = {
-            "prompt": positional(prompt),  # a leading `-` would be taken for an option
+            "prompt": prompt_argument(prompt, prompt_file),  # long: a pointer to the file
             "prompt_file": str(prompt_file),
             "task_id": task.id,
             "worktree": str(self.work),
             "branch": task.branch,
         }
+        # What to do now goes in as the prompt does (a resumed session's prompt is just that).
+        resume = None if resume_prompt is None else prompt_argument(prompt, prompt_file)
         argv = adapter.argv(
-            task.agent_argv, values=values, session_id=session, resume_prompt=resume_prompt
+            task.agent_argv, values=values, session_id=session, resume_prompt=resume
         )
         env = adapter.env(
             base=self._base_env(), task_id=task.id, config_dir=self.logs / "agent-config"

@@ -25,7 +25,7 @@ from worktree_swarm.agents import (
     claude_auth,
     provider_of,
 )
-from worktree_swarm.agents.base import positional
+from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core import paths
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
@@ -56,12 +56,6 @@ from worktree_swarm.run.live_limits import LogTail
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RETRY_TAIL_BYTES = 16 * 2**10
-# Longer prompts reach the agent as a file named in its argv (see prompt_argument).
-PROMPT_ARG_LIMIT = 64 * 2**10
-LONG_PROMPT = (
-    "Your task is too long for a command line; it is in the file {path}. Read that whole file "
-    "first and do what it says."
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1073,19 +1067,6 @@ def worktree_path(spec: RunSpec, task: Task) -> Path:
         msg = "RunSpec.worktree_root must be set"
         raise ValueError(msg)
     return paths.worktree_path(spec.worktree_root, task.id)
-
-
-def prompt_argument(text: str, prompt_file: Path) -> str:
-    """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
-
-    Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
-    prompt would make the agent fail to start. The file holds the same text. A prompt that
-    starts with ``-`` (a Markdown list) gets a leading space: the CLI would take it for an
-    option.
-    """
-    if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
-        return positional(text)
-    return LONG_PROMPT.format(path=prompt_file)
 
 
 def check_failed(failure: CheckFailure) -> TaskOutcome:
