@@ -164,6 +164,39 @@ def test_with_allow_outside_writes_your_own_work_during_a_check_is_kept_and_reco
     assert "my edit" in Path(str(found[1]["patch"])).read_text()
 
 
+def test_with_allow_outside_writes_your_edit_while_a_resolver_works_is_kept_and_recorded(
+    repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # Your edit of README.md lands while the agent resolves task second's conflict (here the
+    # resolver makes it, as your hand would): kept, recorded, and the resolved merge stands.
+    agent = tmp_path / "resolver.py"
+    agent.write_text(
+        RESOLVER + f"pathlib.Path({str(repo / 'README.md')!r}).write_text('my edit\\n')\n"
+    )
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--allow-outside-writes", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first", "second"]
+    assert git(repo, "show", f"{BRANCH}:f.txt").splitlines()[4:6] == [
+        "five first",
+        "five second",
+    ]
+    assert (repo / "README.md").read_text() == "my edit\n"
+    # --json says so too: the lines the merge would have printed are its notes.
+    assert report["notes"] == [
+        (
+            "the agent resolving its conflicts wrote outside the merge worktree (allowed): "
+            "files README.md in the main checkout (kept)"
+        )
+    ]
+    (found,) = outside_writes(repo)
+    assert (found["suspects"], found["restored"]) == (["second"], False)
+    assert "my edit" in Path(str(found["patch"])).read_text()
+
+
 @pytest.mark.parametrize("into", [False, True])
 def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     repo: Path, brancher: Brancher, tmp_path: Path, into: bool

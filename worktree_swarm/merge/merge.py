@@ -10,6 +10,7 @@ worktree is refused as ``--into`` target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import json
@@ -53,6 +54,7 @@ from worktree_swarm.merge.merge_report import (
     MergeOutcome,
     MergeProgress,
     MergeReport,
+    Noting,
     Silent,
     TaskResult,
 )
@@ -167,7 +169,7 @@ def merge(
     Bad input (unknown task, running task, unusable ``--into`` branch, dirty integration
     worktree, unparsable check) raises BadInputError before anything is created.
     """
-    tell = progress or Silent()
+    tell = Noting(progress or Silent())
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
     standing = standing_results(repo, store, run_id, branch)
@@ -181,7 +183,7 @@ def merge(
         run_id=run_id, strategy=strategy,
     )  # fmt: skip
     if dry_run:  # no lock: a dry run creates nothing
-        return predict(dry_run=True)[0]
+        return dataclasses.replace(predict(dry_run=True)[0], notes=tuple(tell.notes))
     ref = f"refs/heads/{branch}"
     # Locked before predicting: a second merge says at once that one is running.
     with _merge_lock(repo, run_id), contextlib.ExitStack() as stack:
@@ -192,7 +194,7 @@ def merge(
             r.merge_result == CHECKING and r.merge_target == branch for r in store.tasks(run_id)
         )
         if not (candidates or cut_off):
-            return report
+            return dataclasses.replace(report, notes=tuple(tell.notes))
         # A running guard is told which ref this merge moves, so it is not taken for an agent's.
         moves = stack.enter_context(guard.moving_refs(repo, [ref]))
         _kill_leftover_checks(run_dir(repo, run_id) / "merge")
@@ -245,6 +247,7 @@ def merge(
         order=report.order,
         results=tuple(session.results),
         baseline=baseline,
+        notes=tuple(tell.notes),
     )
 
 

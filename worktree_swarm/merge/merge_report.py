@@ -69,6 +69,7 @@ class MergeReport:
     order: tuple[str, ...]
     results: tuple[TaskResult, ...]
     baseline: CheckResult | None = None
+    notes: tuple[str, ...] = ()  # every other line the merge told (outside writes allowed, ...)
 
     def by_outcome(self, outcome: MergeOutcome) -> list[TaskResult]:
         """The results with *outcome*."""
@@ -109,6 +110,7 @@ class MergeReport:
             "order": list(self.order),
             "baseline_checks": None if self.baseline is None else self.baseline.to_json(),
             "results": [r.to_json() for r in self.results],
+            "notes": list(self.notes),
             **{o.value: [r.task_id for r in self.by_outcome(o)] for o in MergeOutcome},
         }
 
@@ -127,6 +129,31 @@ class MergeProgress(Protocol):
 
     def note(self, text: str) -> None:
         """Anything else worth a line (checks failing on the target before any merge)."""
+
+
+class Noting:
+    """A :class:`MergeProgress` that keeps each note (for the report) and passes all on."""
+
+    def __init__(self, inner: MergeProgress) -> None:
+        self.inner = inner
+        self.notes: list[str] = []
+
+    def predicted(self, report: MergeReport) -> None:
+        """Pass it on."""
+        self.inner.predicted(report)
+
+    def finished(self, result: TaskResult) -> None:
+        """Pass it on."""
+        self.inner.finished(result)
+
+    def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
+        """Pass it on."""
+        self.inner.resolving(task_id, files)
+
+    def note(self, text: str) -> None:
+        """Keep it, and pass it on."""
+        self.notes.append(text)
+        self.inner.note(text)
 
 
 class Silent:
