@@ -955,6 +955,39 @@ def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
         gate.touch()  # whatever happened, nothing of the test's waits on
 
 
+@pytest.mark.slow  # long: `swarm stop` waits 40 s for a manager that does not act
+def test_a_stop_a_live_manager_does_not_act_on_fails_naming_the_task_and_is_acted_on_later(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A manager alive (its lock held) but frozen: `swarm stop` must not say `stopped` of a
+    # task that is not, nor stop it behind the manager's back; it fails and says why.
+    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
+    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
+    proc = _manager(
+        repo,
+        "run",
+        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
+    )
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
+        pid = int(pid_file.read_text())
+        os.kill(proc.pid, signal.SIGSTOP)
+        out = swarm(repo, "stop", "a", timeout=120)
+        assert (out.returncode, out.stdout) == (1, ""), out.stderr
+        assert out.stderr.strip().splitlines() == [
+            "swarm: the manager has not stopped a yet; `swarm status` shows them"
+        ]
+        assert pid_alive(pid)  # the manager's to stop: nothing was done behind its back
+        os.kill(proc.pid, signal.SIGCONT)  # it comes back and acts on the request
+        assert proc.wait(timeout=120) == 1
+        assert status_json(repo)["a"]["state"] == "stopped"
+        assert not pid_alive(pid)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        gate.touch()  # whatever happened, nothing of the test's waits on
+
+
 # Says when it runs and when SIGTERM reached it (which it ignores).
 STUBBORN = """
 import pathlib, signal, sys, time
