@@ -1269,3 +1269,42 @@ def test_a_repair_handed_back_before_a_crash_is_still_given(
     assert status_json(repo)["a"]["state"] == "done"
     assert len((tmp_path / "a.calls").read_text().split()) == 2  # asked to repair, once
     assert git(repo, "show", "swarm/a:fixed.txt") == "fixed"
+
+
+@pytest.mark.parametrize("settle", ["stop", "run --force"])
+def test_a_run_whose_manager_was_killed_alone_in_a_checkout_is_stopped_without_its_git(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object, settle: str
+) -> None:
+    # As above, but settled by `swarm stop` (or abandoned by `swarm run --force`) instead of
+    # resumed. The dead manager's checkout holds the worktree's index lock, as git does, and
+    # writes on: it is ended, and its lock goes with it.
+    base = git(repo, "rev-parse", "HEAD")
+    write_on = (
+        'admin=$(sed "s/^gitdir: //" .git); : > "$admin/index.lock"; '
+        "while :; do echo hello > README.md; done"
+    )
+    flag = hang_git_at(tmp_path, monkeypatch, "read-tree", then=write_on)
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(flag.exists, timeout=120, what="the checkout to start")
+    worktree = repo.parent / "repo.swarm" / "t1"
+    writer = next(p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(worktree))
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        if settle == "stop":
+            out = swarm(repo, "stop")
+        else:
+            out = swarm(repo, "run", "--force", "--agent", "scripted", "-t", "next=x")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not writer.is_running()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            writer.kill()
+    (row,) = json.loads(swarm(repo, "status", "--run", run_id, "--json").stdout)["tasks"]
+    assert row["state"] == "stopped"
+    assert git(repo, "rev-parse", "swarm/t1") == base  # its checkout was no work
+    out = swarm(repo, "clean", "--run", run_id, "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()

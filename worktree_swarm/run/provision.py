@@ -63,6 +63,18 @@ def _end_stray_git(path: Path) -> None:
     psutil.wait_procs(stray, timeout=10)
 
 
+def end_checkout(repo: git.Repo, path: Path, branch: str) -> None:
+    """End what a dead manager's checkout of *path*, a worktree never populated, left.
+
+    Its git still at work there (a manager killed alone), and the lock files a killed git
+    leaves, which make every later git in the worktree fail. No agent ran there yet.
+    """
+    path = path.absolute()
+    _end_stray_git(path)
+    if path.is_dir():
+        _unlink_stale_locks(repo, path, branch)
+
+
 def restore(
     repo: git.Repo,
     *,
@@ -186,4 +198,4 @@ def _norm(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-__all__ = ["oldest", "restore", "roll_back", "unrecorded_agent"]
+__all__ = ["end_checkout", "oldest", "restore", "roll_back", "unrecorded_agent"]
