@@ -1308,3 +1308,36 @@ def test_a_run_whose_manager_was_killed_alone_in_a_checkout_is_stopped_without_i
     out = swarm(repo, "clean", "--run", run_id, "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not worktree.exists()
+
+
+@pytest.mark.parametrize("settle", ["stop", "run --force"])
+def test_a_run_whose_manager_was_killed_in_a_checkpoint_is_stopped_with_its_work(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object, settle: str
+) -> None:
+    # The manager's group killed while its checkpoint's `git add` held the worktree's index
+    # lock: `swarm stop` (or `swarm run --force`) deletes that lock, as `swarm resume` does,
+    # and commits the agent's work.
+    flag, taken = tmp_path / "adding", tmp_path / "taken"
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        'case " $* " in *" add --all --sparse "*)\n'
+        f"  if [ -f .git ] && mkdir {shlex.quote(str(taken))} 2>/dev/null; then\n"
+        '    admin=$(sed "s/^gitdir: //" .git); : > "$admin/index.lock"\n'
+        f"    touch {shlex.quote(str(flag))}; exec sleep 600\n"
+        "  fi;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    wait_for(flag.exists, timeout=120, what="the checkpoint")
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    _kill_group(proc)
+    if settle == "stop":
+        out = swarm(repo, "stop")
+    else:
+        out = swarm(repo, "run", "--force", "--agent", "scripted", "-t", "next=x")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (row,) = json.loads(swarm(repo, "status", "--run", run_id, "--json").stdout)["tasks"]
+    assert row["state"] == "stopped"
+    assert git(repo, "show", "swarm/t1:t1.txt") == "work"

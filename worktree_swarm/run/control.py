@@ -96,11 +96,10 @@ def stop_unmanaged(
         stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
         if stray is not None:
             supervisor.kill_tree(stray, grace=grace)
-        if rows[task_id].base_commit is None:
-            # Its worktree was being made (no agent ran there): the dead manager's checkout
-            # may still write on (its git outlives a manager killed alone), beside the
-            # checkpoint below and after this stop, or have left its index locked.
-            provision.end_checkout(repo, worktree, rows[task_id].branch)
+        # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
+        # checkout of a worktree it was making, still writing on if it was killed alone.
+        populated = rows[task_id].base_commit is not None
+        provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
         if worktree.is_dir():  # every target is active (not final)
             task = task_from_json(rows[task_id].spec_json)
             links = task.link

@@ -63,14 +63,16 @@ def _end_stray_git(path: Path) -> None:
     psutil.wait_procs(stray, timeout=10)
 
 
-def end_checkout(repo: git.Repo, path: Path, branch: str) -> None:
-    """End what a dead manager's checkout of *path*, a worktree never populated, left.
+def free_worktree(repo: git.Repo, path: Path, branch: str, *, populated: bool) -> None:
+    """Free *path* of what a dead manager's git left there, once no process of its task runs.
 
-    Its git still at work there (a manager killed alone), and the lock files a killed git
-    leaves, which make every later git in the worktree fail. No agent ran there yet.
+    The lock files a killed git leaves (every later git in the worktree fails on them) and,
+    in a worktree never *populated*, the checkout still at work (a manager killed alone):
+    no agent ran there yet, so only that git can be at work in it.
     """
     path = path.absolute()
-    _end_stray_git(path)
+    if not populated:
+        _end_stray_git(path)
     if path.is_dir():
         _unlink_stale_locks(repo, path, branch)
 
@@ -198,4 +200,4 @@ def _norm(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-__all__ = ["end_checkout", "oldest", "restore", "roll_back", "unrecorded_agent"]
+__all__ = ["free_worktree", "oldest", "restore", "roll_back", "unrecorded_agent"]
