@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -335,3 +336,21 @@ def test_an_argument_too_long_to_start_says_to_shorten_it(
         written = supervisor.read_record(supervisor.record_path(log))
         assert written is not None
         assert written.exit_code == 127
+
+
+def test_a_reply_already_there_is_taken_by_a_manager_stopped_past_its_deadline() -> None:
+    # The manager was stopped (SIGSTOP, a suspended laptop) in the middle of asking its shim
+    # server: when it goes on, its deadline has passed but the server's answer is there. It
+    # took the server for lost (killed it; the agent's exit status came back unknown).
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    try:
+        os.write(reply_w, b"42 ok\n")  # the server answered while the manager was stopped
+        past = time.monotonic() - 60
+        assert supervisor._exchange(request_w, reply_r, b"ask\n", past) == b"42 ok\n"
+        assert os.read(request_r, 100) == b"ask\n"
+        # Nothing there, past the deadline: given up at once, as before.
+        assert supervisor._exchange(request_w, reply_r, b"ask\n", past) == b""
+    finally:
+        for fd in (request_r, request_w, reply_r, reply_w):
+            os.close(fd)

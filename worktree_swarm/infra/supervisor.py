@@ -484,9 +484,9 @@ def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> b
 
 
 def _ready(fd: int, deadline: float, *, write: bool) -> bool:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return False
+    # Past the deadline it still looks once: a manager stopped (SIGSTOP, a suspended VM) in
+    # the middle of an exchange finds the reply there when it goes on.
+    left = max(0.0, deadline - time.monotonic())
     waiting = ([], [fd]) if write else ([fd], [])
     return any(select.select(*waiting, [], left)[:2])
 
