@@ -533,3 +533,37 @@ def test_the_stop_key_with_no_manager_alive_stops_the_agent_and_keeps_its_work(
         release(repo, gate)
     assert status_json(repo)["alpha"]["state"] == "stopped"
     assert git(repo, "show", "swarm/alpha:alpha.txt") == "work"  # checkpointed directly
+
+
+def test_a_diff_longer_than_the_pane_holds_is_cut_and_says_where_the_rest_is(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # 25,000 new lines: the pane shows the first 20,000 of the diff and how many more there
+    # are, and the screen stays live.
+    agent = write_agent(
+        "import pathlib\n"
+        "pathlib.Path('big.txt').write_text(''.join(f'line {i}\\n' for i in range(25_000)))\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "big=b")
+    assert out.returncode == 0, out.stderr
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "big", "big selected")
+            await pilot.press("d")
+            view = app.query_one("#diff-view")
+            await until(pilot, lambda: "more lines" in "\n".join(view.lines), "the diff pane")
+            shown = "\n".join(str(line).rstrip() for line in view.lines).strip().splitlines()
+            header = shown.index("+line 0")  # the diff's own lines before the file's
+            assert shown[0] == "diff --git a/big.txt b/big.txt"
+            assert len(shown) == 20_000 + 1  # the first 20,000 lines, then what is left
+            more = header + 25_000 - 20_000
+            assert shown[-1] == f"... {more} more lines: `swarm diff big` prints all of it"
+            assert shown[-2] == f"+line {20_000 - header - 1}"
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
