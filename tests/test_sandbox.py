@@ -519,3 +519,55 @@ def test_a_sandboxed_claudes_sign_in_never_reaches_your_home(
     token = json.loads(user.read_text())["claudeAiOauth"]["accessToken"]
     # Unboxed, a task's refresh keeps your own `claude` signed in (the agent runs as you).
     assert token == ("mine" if boxed else "refreshed-in-the-task")
+
+
+# Attempt 1 leaves a file in its private temp dir and waits for the file `go` in its worktree
+# (the test's own directories are hidden in the sandbox), then is rate limited; attempt 2
+# writes what it finds in its temp dir into seen.txt.
+TEMP_LEFT = """
+import os, pathlib, sys, time
+if not pathlib.Path('first.txt').exists():
+    pathlib.Path(os.environ['TMPDIR'], 'left.txt').write_text('from attempt 1')
+    pathlib.Path('first.txt').write_text('started')
+    while not pathlib.Path('go').exists():
+        time.sleep(0.02)
+    print('Error: 429 Too Many Requests', flush=True)
+    sys.exit(1)
+pathlib.Path('seen.txt').write_text(' '.join(sorted(os.listdir(os.environ['TMPDIR']))))
+"""
+
+
+@needs_bwrap
+def test_the_private_temp_dir_is_emptied_before_an_attempt_after_a_killed_manager(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The manager died during attempt 1, so nothing removed that attempt's temp dir when it
+    # ended: the next attempt (after `swarm resume`) still starts with an empty one.
+    agent = write_agent(TEMP_LEFT)
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\nrate_limit_backoff = "0.1s"\n'
+        '[[task]]\nid = "a"\nprompt = "x"\n',
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--sandbox", path],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    worktree = repo.parent / "repo.swarm" / "a"
+    try:
+        wait_for((worktree / "first.txt").exists, what="attempt 1")
+        os.killpg(proc.pid, signal.SIGKILL)  # the manager dies; its agent works on
+        proc.wait(timeout=30)
+    finally:
+        (worktree / "go").touch()
+    task_dir = next((repo / ".git" / "swarm" / "runs").glob("*/a"))
+    # Its shim writes down how it ended (its pid is the sandbox's own, not this machine's).
+    wait_for((task_dir / "attempt-1.exit.json").exists, what="attempt 1 to end")
+    temp = task_dir / "tmp"
+    assert (temp / "left.txt").exists()  # nobody removed it: its manager was gone
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert status_json(repo)["a"]["attempt"] == 2
+    assert branch_file(repo, "swarm/a", "seen.txt") == ""
