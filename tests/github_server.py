@@ -58,6 +58,7 @@ class FakeGitHub:
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     scripted: list[Scripted] = field(default_factory=list)
     page_size: int | None = None  # force pagination
+    lost_creates: int = 0  # the next N pull requests are made, then answered 502 (a proxy)
     next_number: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -209,6 +210,9 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                 "html_url": f"https://github.test/{OWNER}/{NAME}/pull/{number}",
             }
             state.pulls[number] = pull
+            if state.lost_creates:  # made, but the answer is lost on its way back
+                state.lost_creates -= 1
+                return 502, {"content-type": "text/html"}, b"<html>502 Bad Gateway</html>"
             return 201, {}, pull
 
         def _list_issues(self, params: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:

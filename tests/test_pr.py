@@ -142,6 +142,26 @@ def test_second_run_updates_instead_of_duplicating(
     assert git(done_run, "rev-parse", "swarm/one") == git(repo, "rev-parse", "swarm/one")
 
 
+def test_a_pull_request_made_after_its_answer_was_lost_is_found_not_opened_twice(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # GitHub made the pull request, but the answer never reached swarm (a proxy's 502, a
+    # request given up at its deadline): that task failed; the next `swarm pr` finds it.
+    fake_github.lost_creates = 1
+    first = swarm_pr(repo, fake_github)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert first.stdout.splitlines()[0].startswith("one  failed  GitHub POST ")
+    assert len(fake_github.pulls) == 2
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(fake_github.pulls) == 2  # none opened twice
+    assert out.stdout.splitlines()[0] == "one  updated  #1  https://github.test/acme/widgets/pull/1"
+    assert sorted(p["head"]["ref"] for p in fake_github.pulls.values()) == [
+        "swarm/issue-7",
+        "swarm/one",
+    ]
+
+
 @pytest.mark.parametrize("how", ["merged", "closed"])
 def test_a_pull_request_merged_or_closed_on_github_is_never_opened_again(
     repo: Path, done_run: Path, fake_github: FakeGitHub, how: str
