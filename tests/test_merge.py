@@ -1674,3 +1674,45 @@ def test_a_task_merged_into_another_branch_after_the_integration_branch_shows_it
     rows = status_json(base_repo)
     assert rows["one"]["merge_target"] == integration
     assert str(rows["one"]["merge_detail"]).endswith(tip[:12])
+
+
+# Edits line 5 of f.txt as its task; as a resolver, keeps both sides and says how the prompt came.
+LONG_PROMPT_AGENT = """
+import os, pathlib, re, sys
+arg = sys.argv[1]
+pointer = re.search(r"it is in the file (\\S+)\\. Read", arg)
+text = pathlib.Path(pointer.group(1)).read_text() if pointer else arg
+f = pathlib.Path('f.txt')
+if '<<<<<<<' in f.read_text():
+    f.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', f.read_text(), flags=re.M))
+    pathlib.Path('how.txt').write_text(('file' if pointer else 'argv') + f' {len(text)}')
+else:  # the long task's the larger change: merged second, so resolved by its agent
+    f.write_text(f.read_text().replace('line 5\\n', os.environ['SWARM_TASK_ID'] + '\\n'))
+    if os.environ['SWARM_TASK_ID'] == 'long':
+        pathlib.Path('more.txt').write_text('more\\n' * 9)
+"""
+
+
+def test_a_resolver_gets_the_prompt_of_a_task_with_a_long_one_through_its_file(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # The resolver's prompt holds the task's own: over 128 KiB it went into {prompt} whole,
+    # and `swarm merge --resolve` failed (Argument list too long) where the run had not.
+    agent = tmp_path / "agent.py"
+    agent.write_text(LONG_PROMPT_AGENT)
+    long_file = tmp_path / "long.md"
+    long_file.write_text("do this: " + "y" * 200_000)
+    argv = " ".join([*agent_python(), str(agent), "{prompt}"])
+    run = swarm(base_repo, "run", "--agent", argv, "-t", "short=do it",
+                "--prompt-file", f"long={long_file}")  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["short", "long"]
+    assert report["results"][1]["reason"] == "conflicts in f.txt resolved by its agent"
+    how, size = git(base_repo, "show", f"{report['target']['branch']}:how.txt").split()
+    assert how == "file"
+    assert int(size) > 200_000  # the task's whole prompt is in it

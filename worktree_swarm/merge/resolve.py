@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
+from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
@@ -57,7 +58,8 @@ def run_resolver(
     prompt_file = logs / f"resolve-{task.id}.md"
     prompt_file.write_text(text, encoding="utf-8")
     values = {
-        "prompt": text,
+        # As a run hands it over: a long one (the task's own prompt is in it) as a pointer.
+        "prompt": prompt_argument(text, prompt_file),
         "prompt_file": str(prompt_file),
         "task_id": task.id,
         "worktree": str(worktree),
