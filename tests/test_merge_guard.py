@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -425,3 +427,42 @@ def test_checks_that_write_outside_before_any_merge_fail_the_baseline_and_merge_
         "files README.md in the main checkout",
     }
     assert all(f["restored"] is True for f in found)
+
+
+def test_what_a_killed_merge_announced_is_forgotten_by_the_next_merge_not_told_each_time(
+    repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # A `swarm merge` killed in its check leaves its announcement of the target: every later
+    # merge's guard said it had ignored it (a scan that failed) and left a mark beside it.
+    base = git(repo, "rev-parse", "HEAD")
+    for name in ("one", "two", "three"):
+        brancher.branch(f"swarm/{name}", base, {f"{name}.txt": "1\n"})
+    record_run(repo, [("one", base), ("two", base), ("three", base)], base=base)
+    started = tmp_path / "started"
+    hang = tmp_path / "hang.py"
+    hang.write_text(
+        "import pathlib, sys, time\npathlib.Path(sys.argv[1]).touch()\ntime.sleep(600)\n"
+    )
+    merging = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "merge", "one", "--check",
+         f"{sys.executable} {hang} {started}"],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(started.exists, what="the merge's check")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+    moves = repo / ".git" / "swarm" / "ref-moves"
+    assert len(list(moves.glob("*.json"))) == 1
+    check = f"{sys.executable} -c pass"
+
+    first = swarm(repo, "merge", "one", "two", "--check", check, "--json")
+    second = swarm(repo, "merge", "three", "--check", check, "--json")
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert [n for n in json.loads(first.stdout)["notes"] if "is gone" in n]  # told once
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["notes"] == []
+    assert json.loads(second.stdout)["merged"] == ["three"]
+    assert not list(moves.iterdir())

@@ -22,6 +22,7 @@ Under ``--sandbox`` ``.git/swarm`` is read-only to agents, so they cannot write 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
@@ -138,10 +139,15 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
                 _await_listeners(path)
         finally:
             moves._close()  # noqa: SLF001
-            path.unlink(missing_ok=True)
-            _verdict(path).unlink(missing_ok=True)
-            for heard in path.parent.glob(f"{path.name}{_HEARD}*"):
-                heard.unlink(missing_ok=True)
+            _forget(path)
+
+
+def _forget(path: Path) -> None:
+    """Remove the announcement *path* with its verdict and the marks of guards that heard it."""
+    path.unlink(missing_ok=True)
+    _verdict(path).unlink(missing_ok=True)
+    for heard in path.parent.glob(f"{glob.escape(path.name)}{_HEARD}*"):
+        heard.unlink(missing_ok=True)
 
 
 def _await_verdict(path: Path, state_dir: Path) -> None:
@@ -267,10 +273,10 @@ class Channel:
             if why is not None:
                 self._done.add(path.name)
                 refused.append(f"ignored {path}: {why}")
-                self._answer(path, f"refused: {why}")
-                if self._answers and why.endswith(" is gone"):  # a command that was killed
-                    path.unlink(missing_ok=True)
-                    _verdict(path).unlink(missing_ok=True)
+                if why.endswith(" is gone"):  # a command that was killed: nobody waits
+                    _forget(path)  # by any guard, or each merge's would tell of it again
+                else:
+                    self._answer(path, f"refused: {why}")
                 continue
             if not done:
                 pending |= {ref for ref, _, _ in moves}
