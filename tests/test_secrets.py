@@ -1055,3 +1055,42 @@ def test_an_ignored_copy_file_an_agent_force_adds_stays_off_the_tip(
         "work.txt",
     ]
     assert "ignored-but-forced-value" not in git(repo, "log", "-p", "swarm/t")
+
+
+# As a task: edits line 2 of f.txt. As the resolver `swarm merge --resolve` runs: keeps both
+# sides, and prints every secret it was given, as the check after it does.
+LEAKY_RESOLVER = r"""
+import os, pathlib, re
+f = pathlib.Path("f.txt")
+if "<<<<<<<" in f.read_text():
+    f.write_text(re.sub(r"^(<<<<<<<|=======|>>>>>>>).*\n", "", f.read_text(), flags=re.M))
+    for name in ("ANTHROPIC_API_KEY", "GITHUB_TOKEN", "DATABASE_URL"):
+        print(f"resolving with {name}={os.environ[name]}", flush=True)
+else:
+    f.write_text("a\n" + os.environ["SWARM_TASK_ID"] + "\nc\n")
+"""
+
+
+def test_secrets_a_merges_resolver_and_checks_print_are_redacted_from_their_logs(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, secret_env: None
+) -> None:
+    # A run's agent and checks logs are rewritten redacted when they end; `swarm merge` kept
+    # its checks log and its resolver's log raw under .git/swarm.
+    (repo / "f.txt").write_text("a\nb\nc\n")
+    git(repo, "add", "f.txt")
+    git(repo, "commit", "-qm", "f")
+    agent = write_agent(LEAKY_RESOLVER)
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "one=edit", "-t", "two=edit")
+    assert out.returncode == 0, out.stdout + out.stderr
+    check = tmp_path / "check.py"
+    check.write_text("import os\nprint('checked with', os.environ['GITHUB_TOKEN'])\n")
+
+    out = swarm(repo, "merge", "--resolve", "--check", f"{sys.executable} {check}")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_nowhere([out.stdout, out.stderr], repo)
+    merge_logs = next((repo / ".git" / "swarm" / "runs").glob("*/merge"))
+    assert f"resolving with GITHUB_TOKEN={REDACTED}" in "".join(
+        p.read_text() for p in merge_logs.glob("resolve-*.log")
+    )
+    assert f"checked with {REDACTED}" in (merge_logs / "checks.log").read_text()

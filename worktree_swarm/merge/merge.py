@@ -37,7 +37,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import proc, supervisor
+from worktree_swarm.infra import proc, redact, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
@@ -608,6 +608,7 @@ def _run_checks(
         outside = _outside(s, "the checks")
         return CheckFailure(summary=outside) if outside else failure
     finally:
+        redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
         _clean_after_checks(s, before)
         record.unlink(missing_ok=True)
 

@@ -11,7 +11,7 @@ from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import redact, supervisor
 
 DEFAULT_TIMEOUT = 30 * 60.0
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
@@ -71,15 +71,18 @@ def run_resolver(
     log_path = logs / f"resolve-{task.id}.log"
     limit = task.resolve_timeout or task.timeout or DEFAULT_TIMEOUT
     # Under the shim: a timeout or Ctrl-C kills the resolver's whole tree.
-    ended = supervisor.run_to_end(
-        argv,
-        cwd=worktree,
-        env=agent_env,
-        log_path=log_path,
-        timeout=limit,
-        grace=KILL_GRACE,
-        on_start=on_start,
-    )
+    try:
+        ended = supervisor.run_to_end(
+            argv,
+            cwd=worktree,
+            env=agent_env,
+            log_path=log_path,
+            timeout=limit,
+            grace=KILL_GRACE,
+            on_start=on_start,
+        )
+    finally:
+        redact.scrub_file(log_path)  # as an agent's log in a run, once nothing appends
     if ended.cut is not None:
         return f"the agent did not finish resolving within {limit:.0f}s"
     if ended.code != 0:
