@@ -943,3 +943,30 @@ def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_autho
     shown = json.loads(swarm(repo, "status", "--json").stdout)
     assert (shown["run_state"], shown["manager_note"]) == ("stopped", None)
     assert swarm(repo, "run", manifest(repo, tasks_toml(["b"]))).returncode == 0
+
+
+def test_doctor_and_clean_beside_a_live_manager_whose_state_was_deleted_touch_nothing(
+    repo: Path, fake_claude: Path
+) -> None:
+    # With no store, the manager's agents and worktrees looked like orphans: `swarm doctor
+    # --yes` killed an agent at work in its worktree; `swarm clean` said there was no run.
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stderr
+    worktree = repo.parent / "repo.swarm" / "a"
+    state = repo / ".git" / "swarm"
+    agent = subprocess.Popen(["sleep", "300"], cwd=worktree)  # at work in the task's worktree
+    try:
+        with ManagerLock(state) as lock:  # the manager (here this process) writes it back
+            lock.acquire()
+            shutil.rmtree(state)
+            looked = [swarm(repo, *args) for args in (("doctor", "--yes", "--force"),
+                                                      ("clean", "--yes"), ("notes",))]  # fmt: skip
+        assert pid_alive(agent.pid)
+    finally:
+        agent.kill()
+        agent.wait()
+    for out in looked:
+        assert out.returncode == 3, [*out.args, out.stdout, out.stderr]
+        assert f"though {state} was deleted under it" in out.stderr
+    assert worktree.is_dir()
+    assert git(repo, "branch", "--list", "swarm/a")

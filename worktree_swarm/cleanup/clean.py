@@ -115,6 +115,7 @@ def clean(
     if run_id is not None and all_runs:
         raise BadInputError("--run and --all exclude each other; give one of them")
     if not store_path(repo).exists():
+        lock.refuse_while_state_is_gone(repo.state_dir, store_path(repo))
         if run_id is not None:
             raise BadInputError(f"unknown run {run_id!r}: no swarm runs in {repo.root} yet")
         return Report(mode="clean", findings=(), notes=("no swarm runs here yet",))

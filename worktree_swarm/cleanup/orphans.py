@@ -113,6 +113,8 @@ def doctor(
 ) -> Report:
     """Scan for orphans; with *yes* fix them (see :func:`worktree_swarm.fixes.apply`)."""
     path = store_path(repo)
+    # Not beside a manager whose state was deleted: its agents and worktrees would be orphans.
+    lock.refuse_while_state_is_gone(repo.state_dir, path)
     # A dry run only looks: it works on a full disk too (the store as last written).
     store = (Store(path) if yes else Store.to_read(path)) if path.exists() else None
     try:

@@ -20,6 +20,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import is_valid_task_id
 from worktree_swarm.core.text import printable
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra import lock
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 
@@ -91,6 +92,7 @@ def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
     repo = git.open_repo(repo_dir)
     db = repo.state_dir / "state.db"
     if not db.exists():
+        lock.refuse_while_state_is_gone(repo.state_dir, db)
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
     with Store(db) as store:
         if run_id is None:
