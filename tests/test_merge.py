@@ -1716,3 +1716,45 @@ def test_a_resolver_gets_the_prompt_of_a_task_with_a_long_one_through_its_file(
     how, size = git(base_repo, "show", f"{report['target']['branch']}:how.txt").split()
     assert how == "file"
     assert int(size) > 200_000  # the task's whole prompt is in it
+
+
+# As a task: edits line 5 of f.txt. As a resolver: keeps both sides, in the style its task's
+# `env` names (it fails without it, as an agent whose key or endpoint is there would).
+ENV_AGENT = """
+import os, pathlib, re
+f = pathlib.Path('f.txt')
+if '<<<<<<<' in f.read_text():
+    style = os.environ['RESOLVE_STYLE']
+    f.write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', f.read_text(), flags=re.M))
+    pathlib.Path('style.txt').write_text(style)
+else:
+    f.write_text(f.read_text().replace('line 5\\n', os.environ['SWARM_TASK_ID'] + '\\n'))
+"""
+
+
+def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # The run gives a task's `env` to its agent and its checks; `swarm merge` gave it to
+    # neither: a task done in its run failed its own checks at the merge, or its resolver.
+    agent = tmp_path / "agent.py"
+    agent.write_text(ENV_AGENT)
+    check = [sys.executable, "-c", "import os, sys; sys.exit(os.environ.get('TEST_MODE') != 'ci')"]
+    path = base_repo.parent / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"checks = [{json.dumps(check)}]\n"
+        'env = { TEST_MODE = "ci", RESOLVE_STYLE = "both sides" }\n'
+        '[[task]]\nid = "one"\nprompt = "edit"\n'
+        '[[task]]\nid = "two"\nprompt = "edit"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert sorted(report["merged"]) == ["one", "two"]
+    assert all(r["checks"]["ok"] for r in report["results"])
+    assert git(base_repo, "show", f"{report['target']['branch']}:style.txt") == "both sides"

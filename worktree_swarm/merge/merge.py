@@ -665,6 +665,12 @@ def _check_env(s: _Session) -> dict[str, str]:
     )
 
 
+def _task_env(s: _Session, c: Candidate) -> dict[str, str]:
+    """What a task's checks and resolver get: its own ``env`` too, as in its run."""
+    redact.add_env(c.task.env)  # a secret-named value is redacted from their logs
+    return {**_check_env(s), "SWARM_TASK_ID": c.task_id, **dict(c.task.env)}
+
+
 def _merge_all(s: _Session, order: Sequence[Candidate]) -> None:
     failed: set[str] = set()
     for c in order:
@@ -775,7 +781,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
                 target=s.target.branch,
                 files=files,
                 logs=s.log.parent,
-                env={**_check_env(s), "SWARM_TASK_ID": c.task_id},
+                env=_task_env(s, c),
                 on_start=started,
             )
     except BaseException:
@@ -880,7 +886,8 @@ def _check(
         return TaskResult(
             task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note
         )
-    env = {**_check_env(s), "SWARM_TASK_ID": c.task_id}
+    # The task's own checks run as in its run; a `--check` of yours in the merge's environment.
+    env = {**_check_env(s), "SWARM_TASK_ID": c.task_id} if s.checks else _task_env(s, c)
     s.store.update_task(
         s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
         merge_commit=commit, merge_detail=pre,
