@@ -1758,3 +1758,50 @@ def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
     assert sorted(report["merged"]) == ["one", "two"]
     assert all(r["checks"]["ok"] for r in report["results"])
     assert git(base_repo, "show", f"{report['target']['branch']}:style.txt") == "both sides"
+
+
+def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # A task's checks need what its run gave its worktree first: a `setup` step's output
+    # (`npm ci`), a `copy` file (`.env`), a `link` directory. The merge worktree had none of
+    # them: a task done in its run failed its own checks at every `swarm merge`.
+    (base_repo / ".gitignore").write_text("deps/\n")  # what setup installs is not committed
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    (base_repo / ".env").write_text("MODE=ci\n")
+    (base_repo / "vendor").mkdir()
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    install = "import os; os.makedirs('deps', exist_ok=True); open('deps/lib', 'w')"
+    setup = [sys.executable, "-c", install]  # safe to run twice, as `npm ci` is
+    needs = "os.path.isfile('deps/lib') and os.path.isfile('.env') and os.path.isdir('vendor')"
+    check = [sys.executable, "-c", f"import os, sys; sys.exit(not ({needs}))"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"setup = [{json.dumps(setup)}]\nchecks = [{json.dumps(check)}]\n"
+        'copy = [".env"]\nlink = ["vendor"]\n'
+        '[[task]]\nid = "one"\nprompt = "x"\n[[task]]\nid = "two"\nprompt = "x"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["one", "two"]
+    assert all(r["checks"]["ok"] for r in report["results"])
+    # The copy and the link are gone again with what the checks wrote (setup's ignored
+    # output stays, as in a task's worktree); none of it is committed.
+    worktree = Path(report["target"]["worktree"])
+    assert sorted(p.name for p in worktree.iterdir()) == [
+        ".git", ".gitignore", "d.txt", "deps", "f.txt", "g.txt", "keep.txt", "one.txt", "two.txt",
+    ]  # fmt: skip
+    branch = report["target"]["branch"]
+    assert git(base_repo, "ls-tree", "--name-only", branch).split() == [
+        ".gitignore", "d.txt", "f.txt", "g.txt", "keep.txt", "one.txt", "two.txt",
+    ]  # fmt: skip

@@ -585,14 +585,21 @@ def _baseline(s: _Session) -> CheckResult:
 
 
 def _run_checks(
-    s: _Session, steps: tuple[tuple[str, ...], ...], env: dict[str, str], *, who: str
+    s: _Session,
+    steps: tuple[tuple[str, ...], ...],
+    env: dict[str, str],
+    *,
+    who: str,
+    task: Task | None = None,
 ) -> CheckFailure | None:
     """Run *steps* in the merge worktree (watched, for *who*), then undo what they wrote there.
 
-    What a check writes (``__pycache__``, build output, a formatter's edits) would read as
-    uncommitted changes to the next merge, which refuses them, or be swept into a resolver's
-    commit: the untracked files they added are removed and tracked files they changed are put
-    back as committed. Files untracked before the checks ran are left alone.
+    With *task*, its checks get what they had in its run first: its `copy` files, its `link`
+    directories and its `setup` steps (`npm ci`). What a check (or setup) writes
+    (``__pycache__``, build output, a formatter's edits) would read as uncommitted changes to
+    the next merge, which refuses them, or be swept into a resolver's commit: the untracked
+    files they added are removed and tracked files they changed are put back as committed.
+    Files untracked before the checks ran, and ignored ones, are left alone.
     """
     before = _untracked(s.target.worktree)
     record = _untracked_record(s)
@@ -602,15 +609,38 @@ def _run_checks(
     partial.replace(record)
     try:
         with _watched(s, who) as started:
-            failure = run_steps(
-                steps, cwd=s.target.worktree, env=env, log=s.log, what="check", on_start=started
-            )
+            failure = None if task is None else _prepare(s, task, env, started)
+            if failure is None:
+                failure = run_steps(
+                    steps, cwd=s.target.worktree, env=env, log=s.log, what="check",
+                    on_start=started,
+                )  # fmt: skip
         outside = _outside(s, "the checks")
         return CheckFailure(summary=outside) if outside else failure
     finally:
         redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
         _clean_after_checks(s, before)
         record.unlink(missing_ok=True)
+
+
+def _prepare(
+    s: _Session,
+    task: Task,
+    env: dict[str, str],
+    started: Callable[[ProcessIdentity], None] | None,
+) -> CheckFailure | None:
+    """Give the merge worktree *task*'s copy files, links and setup, as its run did."""
+    worktree = s.target.worktree
+    try:
+        if task.copy:
+            worktrees.copy_into(s.repo.root, worktree, task.copy)
+        worktrees.link_into(s.repo.root, worktree, task.link)
+    except SwarmError as exc:
+        return CheckFailure(summary=str(exc))
+    return run_steps(
+        task.setup, cwd=worktree, env=env, log=s.log, what="setup",
+        timeout=task.setup_timeout, on_start=started,
+    )  # fmt: skip
 
 
 def _untracked_record(s: _Session) -> Path:
@@ -892,7 +922,7 @@ def _check(
         s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
         merge_commit=commit, merge_detail=pre,
     )  # fmt: skip
-    failure = _run_checks(s, steps, env, who=c.task_id)
+    failure = _run_checks(s, steps, env, who=c.task_id, task=None if s.checks else c.task)
     check = CheckResult(
         commands=tuple(shlex.join(a) for a in steps),
         ok=failure is None,
