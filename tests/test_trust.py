@@ -1735,3 +1735,64 @@ def test_an_index_flag_that_hides_the_users_edits_is_caught_and_undone(
     assert repo_state(repo) == before
     (repo / "README.md").write_text("the user's edit\n")
     assert git(repo, "status", "--porcelain") == "M README.md"  # not hidden from the user
+
+
+# An object of your branch written over with another object's bytes under its own name
+# (renamed onto it): git reads a loose object by its name without checking it, so your `git
+# show release` would show the agent's commit, or a checkout the agent's file.
+FORGE_OBJECT = """
+import os, pathlib, subprocess, sys, zlib
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True).stdout
+common = git('rev-parse', '--path-format=absolute', '--git-common-dir').decode().strip()
+common = pathlib.Path(common)
+victim = git('rev-parse', sys.argv[1]).decode().strip()
+kind = git('cat-file', '-t', victim).decode().strip()
+if kind == 'blob':
+    forged = b'forged\\n'
+else:  # the same commit, but the tree of a file of the agent's
+    pathlib.Path('evil.txt').write_text('planted\\n')
+    git('add', 'evil.txt')
+    tree = git('write-tree').decode().strip()
+    git('rm', '-q', '--cached', 'evil.txt')
+    os.remove('evil.txt')
+    body = git('cat-file', 'commit', victim).split(b'\\n', 1)[1]
+    forged = b'tree ' + tree.encode() + b'\\n' + body
+path = common / 'objects' / victim[:2] / victim[2:]
+aside = path.with_name('forged')
+aside.write_bytes(zlib.compress(kind.encode() + b' %d\\0' % len(forged) + forged))
+os.replace(aside, path)
+pathlib.Path('forged.txt').write_text(victim + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize(
+    "target", ["release", "release:lib/rel.txt"], ids=["tip-commit", "deep-blob"]
+)
+def test_an_object_of_yours_written_over_with_another_is_put_back(
+    repo: Path, write_agent: AgentFactory, sandbox: bool, target: str
+) -> None:
+    git(repo, "checkout", "-q", "-b", "release")
+    (repo / "lib").mkdir()
+    (repo / "lib" / "rel.txt").write_text("the release\n")
+    git(repo, "add", "lib")
+    git(repo, "commit", "-q", "-m", "release")
+    git(repo, "checkout", "-q", "main")
+    victim = git(repo, "rev-parse", target)
+    shown = git(repo, "show", "--stat", "release")
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(FORGE_OBJECT), target], sandbox=sandbox)
+    # The agent did write it over: its branch says which object.
+    assert git(repo, "show", "swarm/bad:forged.txt") == victim
+    # Yours reads as it did, and git finds nothing wrong with your store.
+    assert git(repo, "cat-file", "blob", "release:lib/rel.txt") == "the release"
+    assert git(repo, "show", "--stat", "release") == shown
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert repo_state(repo) == before
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    writes = outside_writes(repo)
+    assert writes, row
+    assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes

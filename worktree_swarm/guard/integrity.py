@@ -10,9 +10,12 @@ the sandbox keeps read-only: a broken task branch gets its objects back from the
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import shutil
+import stat
 import subprocess
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -104,6 +107,7 @@ def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
         for source, dest in _gone(common, held):
             dest.parent.mkdir(exist_ok=True)
             os.link(source, dest)
+        put_back(written_over(common, held))
     if not pack_dir.is_dir():
         return
     target = common / "objects" / "pack"
@@ -144,6 +148,61 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
             continue
         dest.parent.mkdir(exist_ok=True)
         os.link(source, dest)
+
+
+def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
+    """(held file, its name in the store) for each held object file written over.
+
+    That is: its name in the store is another file now, with other content (a loose object,
+    pack or pack index renamed onto, or removed and made again).
+
+    git never does that (an object's name is its content's hash, and git reads a loose object
+    by its name without checking it): your ``git show`` would show what the new file says.
+    A file git wrote again with the same object (another compression) is no change.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        pack = directory.name == "pack"
+        for entry in os.scandir(directory.path):
+            if pack and not entry.name.endswith((".pack", ".idx")):
+                continue  # what git rewrites itself (multi-pack-index, bitmaps), or no object
+            dest = objects / directory.name / entry.name
+            try:
+                now = os.lstat(dest)
+                mine = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone: :func:`recover` links it back
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                continue
+            if not stat.S_ISREG(now.st_mode) or not _same_object(Path(entry.path), dest, pack):
+                found.append((Path(entry.path), dest))
+    return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Put each held file of *pairs* back in place of what is at its name now."""
+    for source, dest in pairs:
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        # Named as git names its temporary files, which the object store's change test skips.
+        aside = dest.with_name(f"tmp_obj_{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            aside.unlink()
+        os.link(source, aside)
+        aside.replace(dest)
+
+
+def _same_object(held: Path, now: Path, pack: bool) -> bool:
+    """Whether the object file *now* holds what the held file *held* does."""
+    try:
+        if pack:
+            return filecmp.cmp(held, now, shallow=False)
+        return zlib.decompress(held.read_bytes()) == zlib.decompress(now.read_bytes())
+    except (OSError, zlib.error):
+        return False
 
 
 def _missing_from(root: Path, idx: Path) -> bool:

@@ -127,6 +127,8 @@ class Guard:
     run loop calls :meth:`drain` and :meth:`drain_failures`.
     """
 
+    _held_checked = -1  # generation of the object store at which held files were compared
+
     def __init__(
         self,
         repo: git.Repo,
@@ -1007,6 +1009,10 @@ class Guard:
         only = None
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
+        found = []
+        if generation != self._held_checked or self._objects is None:
+            found += self._written_over(window)
+            self._held_checked = generation
         broken = integrity.broken_refs(root, refs, deep=deep, only=only)
         pack_dir = self._dir / "keep"
         again: set[str] = set()
@@ -1014,7 +1020,7 @@ class Guard:
             with contextlib.suppress(OSError):  # what is still broken is reported as such
                 integrity.recover(common, pack_dir, self._held)
             again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
-        found = self._broken(broken, again, refs, window)
+        found += self._broken(broken, again, refs, window)
         good_now = {r: s for r, s in refs.items() if r not in again}
         self._good.update(good_now)
         if deep:
@@ -1027,6 +1033,33 @@ class Guard:
         if pack:
             self._keep_task_work(good_now, pack_dir)
         return found
+
+    def _written_over(self, window: tuple[float, float]) -> list[Violation]:
+        """Object files of the baseline whose names the store now gives to other content.
+
+        The held files are put back in their place.
+        """
+        common = self.repo.common_dir
+        over = integrity.written_over(common, self._held)
+        if not over:
+            return []
+        if self.restore:
+            with contextlib.suppress(OSError):  # not put back is recorded as such
+                integrity.put_back(over)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        labels = tuple(dest.relative_to(common).as_posix() for _, dest in over)
+        left = integrity.written_over(common, self._held)
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=labels,
+            suspects=suspects,
+            restored=not left,
+        )
+        listed = "".join(f"{label}: another object written under its name\n" for label in labels)
+        return [self._record(violation, patch_text=listed)]
 
     def _broken(
         self, broken: list[str], again: set[str], refs: dict[str, str], window: tuple[float, float]
