@@ -1651,7 +1651,7 @@ def test_symlinks_an_agent_plants_where_git_writes_are_removed_before_swarms_com
     row = status_json(repo)["t"]
     assert row["state"] == "failed"
     assert (
-        "planted symlinks where git writes (logs/refs/heads/swarm/t, worktrees/t/COMMIT_EDITMSG)"
+        "planted links where git writes (logs/refs/heads/swarm/t, worktrees/t/COMMIT_EDITMSG)"
         in str(row["reason"])
     )
     assert git(repo, "show", "swarm/t:work.txt") == "own work"  # committed, not through a link
@@ -1796,3 +1796,74 @@ def test_an_object_of_yours_written_over_with_another_is_put_back(
     writes = outside_writes(repo)
     assert writes, row
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+
+
+# The same with hard links to the object file of your last commit, which the sandbox cannot
+# stop (both names are in the common dir): git writes through a hard link as through a symlink.
+HARD_LINKS = (
+    COMMON
+    + """
+tip = subprocess.run(['git', 'rev-parse', 'main'], capture_output=True, text=True,
+                     check=True).stdout.strip()
+victim = common / 'objects' / tip[:2] / tip[2:]
+for name in ('COMMIT_EDITMSG', 'logs/refs/heads/main'):
+    path = common / name
+    path.unlink(missing_ok=True)
+    os.link(victim, path)
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_hard_links_planted_where_the_users_next_commit_writes_are_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(HARD_LINKS), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    assert "COMMIT_EDITMSG" in str(row["reason"]), row
+    for name in ("COMMIT_EDITMSG", "logs/refs/heads/main"):
+        path = repo / ".git" / name
+        assert not path.exists() or path.stat().st_nlink == 1, name
+    assert repo_state(repo) == before
+    # The user's next commit writes its message and reflog in their own files: the commit
+    # it follows is still whole.
+    git(repo, "commit", "-q", "--allow-empty", "-m", "the user's next commit")
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert git(repo, "log", "--format=%s", "main") == "the user's next commit\ninitial"
+
+
+# In the task's own admin dir and on its branch's reflog: swarm's checkpoint writes there.
+OWN_HARD_LINKS = """
+import os, pathlib, subprocess, sys
+def git_path(flag):
+    return pathlib.Path(subprocess.run(['git', 'rev-parse', '--path-format=absolute', flag],
+                        capture_output=True, text=True, check=True).stdout.strip())
+tip = subprocess.run(['git', 'rev-parse', 'main'], capture_output=True, text=True,
+                     check=True).stdout.strip()
+victim = git_path('--git-common-dir') / 'objects' / tip[:2] / tip[2:]
+pathlib.Path('work.txt').write_text('own work\\n')
+log = git_path('--git-common-dir') / 'logs/refs/heads/swarm' / os.environ['SWARM_TASK_ID']
+for path in (log, git_path('--git-dir') / 'COMMIT_EDITMSG'):
+    path.unlink(missing_ok=True)
+    try:
+        os.link(victim, path)
+    except OSError:
+        pass  # the sandbox's own mount for the admin dir: another file system to link()
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_hard_links_an_agent_plants_where_swarms_commit_writes_are_removed_first(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    run_one(repo, [*write_agent(OWN_HARD_LINKS)], sandbox=sandbox, task="t")
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed", row
+    assert "planted links where git writes (logs/refs/heads/swarm/t" in str(row["reason"]), row
+    if not sandbox:
+        assert "worktrees/t/COMMIT_EDITMSG)" in str(row["reason"]), row
+    assert git(repo, "show", "swarm/t:work.txt") == "own work"  # committed, not through a link

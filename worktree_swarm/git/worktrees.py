@@ -182,19 +182,29 @@ def own_admin(repo: Repo, path: Path) -> Path | None:
 
 
 def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = None) -> list[str]:
-    """Remove symlinks an agent planted where swarm's own git in *path* writes; their names.
+    """Remove links an agent planted where swarm's own git in *path* writes; their names.
 
     git follows a symlink it finds in place of ``COMMIT_EDITMSG`` or a reflog and writes
     through it, as swarm (outside any sandbox): a sandboxed agent could have any file of yours
-    overwritten or appended to. The worktree's admin dir holds no symlink of git's own; nor do
-    the paths of its branch's ref and reflog.
+    overwritten or appended to. A hard link is the same file under another name (an object
+    file of yours: both are in the git dir, which the sandbox leaves writable). The worktree's
+    admin dir holds no symlink of git's own, and no hard link where git writes (its top and
+    ``logs/``; ``gitdir``, which git does not write, aside); nor do the paths of its branch's
+    ref and reflog.
     """
     admin = admin or _linked_admin(repo, path)
     if admin is None:
         return []
     found = []
     for top, dirs, files in os.walk(admin):
-        found += [Path(top, name) for name in [*dirs, *files] if Path(top, name).is_symlink()]
+        found += [Path(top, name) for name in dirs if Path(top, name).is_symlink()]
+        written = _written_by_git(admin, Path(top))
+        found += [
+            Path(top, name)
+            for name in files
+            if Path(top, name).is_symlink()
+            or (written and name not in _NOT_WRITTEN and _linked(Path(top, name)))
+        ]
     for link in found:
         link.unlink(missing_ok=True)
     planted = sorted(str(link.relative_to(repo.common_dir)) for link in found)
@@ -202,10 +212,10 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
 
 
 def unplant_ref(repo: Repo, branch: str) -> list[str]:
-    """Remove symlinks planted on the paths of *branch*'s ref and reflog; their names.
+    """Remove links planted on the paths of *branch*'s ref and reflog; their names.
 
     git writes a branch's ref and appends to its reflog through a symlink it finds there (or
-    on a directory on the way), even for a branch it is about to create.
+    on a directory on the way), or a hard link, even for a branch it is about to create.
     """
     common = repo.common_dir
     found = []
@@ -216,9 +226,33 @@ def unplant_ref(repo: Repo, branch: str) -> list[str]:
             for i in range(1, len(parts) + 1)
             if common.joinpath(*parts[:i]).is_symlink()
         ]
+        if _linked(common / tail) and common / tail not in found:
+            found.append(common / tail)
     for link in found:
         link.unlink(missing_ok=True)
     return sorted(str(link.relative_to(common)) for link in found)
+
+
+# Files at the top of an admin dir git reads but does not write while it works there.
+_NOT_WRITTEN = frozenset({"gitdir", "commondir", "config.worktree"})
+
+
+def _written_by_git(admin: Path, directory: Path) -> bool:
+    """Whether git writes the files of *directory* when it works in *admin*'s worktree.
+
+    The top of the admin dir and its ``logs/``; not a submodule's git dir under ``modules/``,
+    whose objects a local clone hard-links.
+    """
+    return directory == admin or directory.is_relative_to(admin / "logs")
+
+
+def _linked(path: Path) -> bool:
+    """Whether *path* is a symlink, or a file with another name too (a hard link)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1)
 
 
 def _linked_admin(repo: Repo, path: Path) -> Path | None:

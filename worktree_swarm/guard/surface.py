@@ -9,9 +9,9 @@ of an operation in progress in your checkout (a rebase's todo list, ``MERGE_HEAD
 at another repository's config), the object stores ``objects/info/alternates`` adds,
 old-style remotes (``remotes/``, ``branches/``) and rerere's
 recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the baseline, so
-a change can be shown as a patch and undone exactly. And every symlink where git writes for
-your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one there, but
-writes through one it finds.
+a change can be shown as a patch and undone exactly. And every symlink or hard link where git
+writes for your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one
+there, but writes through one it finds.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Entry:
 
 
 Surface = dict[str, Entry]  # label (path under the common dir, or absolute) -> entry
+HARD_LINK = "hard link"  # a file of more than one name where git writes: its inode
 
 
 def hooks_path(root: Path) -> Path | None:
@@ -103,9 +104,10 @@ def rerere_made(root: Path, before: Surface, after: Surface) -> bool:
 def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
-    Also every symlink where git writes for your checkouts: at the top of *common* and of
-    each admin dir in *admins* (your linked worktrees'), under their ``logs/``, and under
-    ``refs/`` (a ref directory swapped for a link would have a restored ref written through).
+    Also every symlink and hard link where git writes for your checkouts: at the top of
+    *common* and of each admin dir in *admins* (your linked worktrees'), under their ``logs/``,
+    and under ``refs/`` (a ref directory swapped for a link would have a restored ref written
+    through).
     """
     found: Surface = {}
     for top in (common, *admins):
@@ -169,8 +171,32 @@ def read_one(common: Path, label: str) -> Entry | None:
 
 
 def changed(before: Surface, after: Surface) -> list[str]:
-    """The labels whose entry differs, appeared or disappeared."""
-    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    """The labels whose entry differs, appeared or disappeared.
+
+    Not a hard link of the baseline that git replaced with a file of its own.
+    """
+    return sorted(
+        k
+        for k in set(before) | set(after)
+        if before.get(k) != after.get(k) and not _unlinked(before.get(k), after.get(k))
+    )
+
+
+def _unlink_other(common: Path, label: str, entry: Entry) -> None:
+    """Remove what is at *label* unless it is the hard link *entry* or a file of one name.
+
+    A hard link of yours from before the run has nothing to write back: git makes the file
+    again where another link, a symlink or a directory was.
+    """
+    target = _path(common, label)
+    now: Surface = {}
+    _add_hard_link(now, common, target)
+    if now.get(label, entry) != entry or (target.is_symlink() or target.is_dir()):
+        remove(target)
+
+
+def _unlinked(old: Entry | None, new: Entry | None) -> bool:
+    return old is not None and old.kind == HARD_LINK and new is None
 
 
 def patch(common: Path, before: Surface, after: Surface, labels: list[str]) -> str:
@@ -204,6 +230,9 @@ def put_back(common: Path, before: Surface, labels: list[str]) -> None:
                 new_dirs.append(target)
             else:
                 remove(target)
+            continue
+        if entry.kind == HARD_LINK:
+            _unlink_other(common, label, entry)
             continue
         if entry.kind == "dir":
             if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -261,10 +290,27 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     for entry in entries:
         if entry.is_symlink():
             _add(found, common, Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            _add_hard_link(found, common, Path(entry.path))
         elif entry.is_dir(follow_symlinks=False) and (
             entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
         ):
             _add_links(found, common, Path(entry.path), depth + 1)
+
+
+def _add_hard_link(found: Surface, common: Path, path: Path) -> None:
+    """*path*, a file, when it has another name too.
+
+    git writes through a hard link as through a symlink (``COMMIT_EDITMSG`` truncated, a
+    reflog appended to), and never makes one there. Told apart by its inode: its bytes are
+    git's to change.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        found[_label(common, path)] = Entry(kind=HARD_LINK, data=b"%d" % info.st_ino)
 
 
 def _add_top(found: Surface, common: Path, top: Path) -> None:
@@ -328,6 +374,8 @@ def _describe(entry: Entry | None) -> str:
         return f"file {entry.bits:o}, {len(entry.data)} bytes"
     if entry.kind == "link":
         return f"symlink to {os.fsdecode(entry.data)}"
+    if entry.kind == HARD_LINK:
+        return "file with another name too (a hard link)"
     return entry.kind
 
 

@@ -546,7 +546,7 @@ class TaskWorker(RunWorker):
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
-            reason = f"planted symlinks where git writes ({', '.join(planted)}); removed first"
+            reason = f"planted links where git writes ({', '.join(planted)}); removed first"
             return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
