@@ -1867,3 +1867,43 @@ def test_hard_links_an_agent_plants_where_swarms_commit_writes_are_removed_first
     if not sandbox:
         assert "worktrees/t/COMMIT_EDITMSG)" in str(row["reason"]), row
     assert git(repo, "show", "swarm/t:work.txt") == "own work"  # committed, not through a link
+
+
+# The same object file of yours rewritten in place (made writable first): the guard's hold on
+# it is that very file, so there is no copy to put back, but it does not go unnoticed.
+REWRITE_OBJECT = """
+import os, pathlib, subprocess, sys, zlib
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir').strip())
+victim = git('rev-parse', sys.argv[1]).strip()
+path = common / 'objects' / victim[:2] / victim[2:]
+path.chmod(0o644)
+with path.open('r+b') as out:
+    out.write(zlib.compress(b'blob 7\\0forged\\n'))
+    out.truncate()
+pathlib.Path('forged.txt').write_text(victim + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_an_object_of_yours_rewritten_in_place_is_reported(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    git(repo, "checkout", "-q", "-b", "release")
+    (repo / "lib").mkdir()
+    (repo / "lib" / "rel.txt").write_text("the release\n")
+    git(repo, "add", "lib")
+    git(repo, "commit", "-q", "-m", "release")
+    git(repo, "checkout", "-q", "main")
+    victim = git(repo, "rev-parse", "release:lib/rel.txt")
+    run_one(repo, [*write_agent(REWRITE_OBJECT), "release:lib/rel.txt"], sandbox=sandbox)
+    assert git(repo, "show", "swarm/bad:forged.txt") == victim
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    label = f"objects/{victim[:2]}/{victim[2:]}"
+    assert f"wrote outside its worktree: git's own files {label}" in str(row["reason"]), row
+    assert "left as found" in str(row["reason"]), row
+    (write,) = outside_writes(repo)
+    assert (write["where"], write["git_files"], write["restored"]) == ("repository", [label], False)
+    assert "rewritten in place" in Path(str(write["patch"])).read_text()

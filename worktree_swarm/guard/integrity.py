@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import hashlib
 import os
 import shutil
 import stat
@@ -180,6 +181,45 @@ def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
             if not stat.S_ISREG(now.st_mode) or not _same_object(Path(entry.path), dest, pack):
                 found.append((Path(entry.path), dest))
     return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
+    """The held loose objects rewritten in place (through the store's name or another).
+
+    Those changed since *since_ns* (their ctime) whose bytes no longer hash to their name.
+    The held link is that very file, so there is nothing to put back. A change git makes (it
+    refreshes the time of an object it would have written again) keeps the content.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        if directory.name == "pack":
+            continue
+        for entry in os.scandir(directory.path):
+            try:
+                changed = entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns
+            except FileNotFoundError:
+                continue
+            if changed and not _hashes_to(Path(entry.path), directory.name + entry.name):
+                found.append(objects / directory.name / entry.name)
+    return sorted(found)
+
+
+def _hashes_to(path: Path, name: str) -> bool:
+    """Whether the loose object file *path* holds the object named *name* (read in chunks)."""
+    # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
+    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
+    inflate = zlib.decompressobj()
+    try:
+        with path.open("rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(inflate.decompress(chunk))
+        digest.update(inflate.flush())
+    except (OSError, zlib.error):
+        return False
+    return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
 
 
 def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:

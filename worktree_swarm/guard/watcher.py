@@ -127,7 +127,9 @@ class Guard:
     run loop calls :meth:`drain` and :meth:`drain_failures`.
     """
 
-    _held_checked = -1  # generation of the object store at which held files were compared
+    # The object store's generation when the held files were last compared with it, and the
+    # time from which a held file changed since is checked against its name.
+    _held_seen = (-1, 0)
 
     def __init__(
         self,
@@ -220,6 +222,7 @@ class Guard:
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
+                self._held_seen = (-1, time.time_ns())  # linking them changed their time
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
                 for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
@@ -1010,9 +1013,9 @@ class Guard:
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
         found = []
-        if generation != self._held_checked or self._objects is None:
-            found += self._written_over(window)
-            self._held_checked = generation
+        # The last scan compares them whatever the events said (a change through another name).
+        if generation != self._held_seen[0] or self._objects is None or self._closing.is_set():
+            found += self._written_over(window, generation)
         broken = integrity.broken_refs(root, refs, deep=deep, only=only)
         pack_dir = self._dir / "keep"
         again: set[str] = set()
@@ -1034,32 +1037,46 @@ class Guard:
             self._keep_task_work(good_now, pack_dir)
         return found
 
-    def _written_over(self, window: tuple[float, float]) -> list[Violation]:
+    def _written_over(self, window: tuple[float, float], generation: int) -> list[Violation]:
         """Object files of the baseline whose names the store now gives to other content.
 
-        The held files are put back in their place.
+        The held files are put back in their place; a loose object rewritten in place, which
+        the held link is too, can only be reported.
         """
         common = self.repo.common_dir
+        since = self._held_seen[1]
+        # A write stamps the coarse clock, which may lag this one a little: a second's margin.
+        self._held_seen = (generation, max(since, time.time_ns() - 1_000_000_000))
         over = integrity.written_over(common, self._held)
-        if not over:
-            return []
-        if self.restore:
+        if self.restore and over:
             with contextlib.suppress(OSError):  # not put back is recorded as such
                 integrity.put_back(over)
+        rewritten = integrity.rewritten(common, self._held, since)
+        if not over and not rewritten:
+            return []
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:
             return []  # no agent of ours was running: damage of another kind, not an attack
-        labels = tuple(dest.relative_to(common).as_posix() for _, dest in over)
-        left = integrity.written_over(common, self._held)
+        left = {dest for _, dest in integrity.written_over(common, self._held)}
+        left |= set(rewritten)
+        listed = [
+            *(f"{d.relative_to(common).as_posix()}: another object written under its name\n"
+              for _, d in over),
+            *(f"{d.relative_to(common).as_posix()}: rewritten in place, its content no longer"
+              " hashes to its name (the guard's hold on it is the same file: no copy to put"
+              " back)\n" for d in rewritten),
+        ]  # fmt: skip
         violation = Violation(
             number=0,
             where=REPOSITORY,
-            git_files=labels,
+            git_files=tuple(
+                d.relative_to(common).as_posix()
+                for d in sorted({d for _, d in over} | set(rewritten))
+            ),
             suspects=suspects,
             restored=not left,
         )
-        listed = "".join(f"{label}: another object written under its name\n" for label in labels)
-        return [self._record(violation, patch_text=listed)]
+        return [self._record(violation, patch_text="".join(listed))]
 
     def _broken(
         self, broken: list[str], again: set[str], refs: dict[str, str], window: tuple[float, float]
