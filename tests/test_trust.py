@@ -1907,3 +1907,53 @@ def test_an_object_of_yours_rewritten_in_place_is_reported(
     (write,) = outside_writes(repo)
     assert (write["where"], write["git_files"], write["restored"]) == ("repository", [label], False)
     assert "rewritten in place" in Path(str(write["patch"])).read_text()
+
+
+# A pack of the agent's whose index claims an object of yours holds the agent's bytes: git
+# looks in packs before loose objects, and reads a packed object without checking its name.
+FORGE_PACK = """
+import hashlib, pathlib, struct, subprocess, sys, zlib
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir').strip())
+victim = bytes.fromhex(git('rev-parse', sys.argv[1]).strip())
+content = b'forged\\n'
+header = bytes([(3 << 4) | len(content)])  # a blob of fewer than 16 bytes
+body = b'PACK' + struct.pack('>II', 2, 1) + header + zlib.compress(content)
+pack = body + hashlib.sha1(body).digest()
+index = b'\\xfftOc' + struct.pack('>I', 2)
+index += b''.join(struct.pack('>I', 0 if i < victim[0] else 1) for i in range(256))
+index += victim + struct.pack('>II', zlib.crc32(pack[12:-20]), 12) + hashlib.sha1(body).digest()
+index += hashlib.sha1(index).digest()
+name = common / 'objects' / 'pack' / f'pack-{hashlib.sha1(body).hexdigest()}'
+name.parent.mkdir(exist_ok=True)
+name.with_suffix('.pack').write_bytes(pack)
+name.with_suffix('.idx').write_bytes(index)
+pathlib.Path('forged.txt').write_text(victim.hex() + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_pack_that_lies_about_an_object_of_yours_is_removed(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    git(repo, "checkout", "-q", "-b", "release")
+    (repo / "lib").mkdir()
+    (repo / "lib" / "rel.txt").write_text("the release\n")
+    git(repo, "add", "lib")
+    git(repo, "commit", "-q", "-m", "release")
+    git(repo, "checkout", "-q", "main")
+    victim = git(repo, "rev-parse", "release:lib/rel.txt")
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(FORGE_PACK), "release:lib/rel.txt"], sandbox=sandbox)
+    assert git(repo, "show", "swarm/bad:forged.txt") == victim
+    assert git(repo, "cat-file", "blob", "release:lib/rel.txt") == "the release"
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert repo_state(repo) == before
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree: git's own files objects/pack/pack-" in str(row["reason"]), (
+        row
+    )
+    writes = outside_writes(repo)
+    assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes

@@ -222,6 +222,36 @@ def _hashes_to(path: Path, name: str) -> bool:
     return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
 
 
+def packs(common: Path) -> frozenset[str]:
+    """The names of the pack indexes in *common*'s object store."""
+    try:
+        names = os.listdir(common / "objects" / "pack")  # noqa: PTH208 - names only
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    return frozenset(name for name in names if name.startswith("pack-") and name.endswith(".idx"))
+
+
+def lying_pack(root: Path, idx: Path) -> str:
+    """What is wrong with the pack *idx* indexes ("" if nothing, or if it is gone meanwhile).
+
+    git looks for an object in the packs before the loose files, and reads a packed object
+    by what the index says without checking it: an index that names an object of yours for
+    bytes of another's has your git read those. ``git verify-pack`` indexes the pack afresh
+    and compares (as costly as git's own ``index-pack`` of it).
+    """
+    done = runner.run(root, "verify-pack", str(idx), check=False)
+    if done.returncode == 0 or not idx.exists():
+        return ""
+    return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+
+
+def drop_pack(idx: Path) -> None:
+    """Remove the pack of *idx*: the index first (git no longer sees the pack), then the rest."""
+    idx.unlink(missing_ok=True)
+    for suffix in (".pack", ".rev", ".bitmap", ".mtimes", ".keep", ".promisor"):
+        idx.with_suffix(suffix).unlink(missing_ok=True)
+
+
 def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
     """Put each held file of *pairs* back in place of what is at its name now."""
     for source, dest in pairs:

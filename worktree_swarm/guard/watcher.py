@@ -130,6 +130,7 @@ class Guard:
     # The object store's generation when the held files were last compared with it, and the
     # time from which a held file changed since is checked against its name.
     _held_seen = (-1, 0)
+    _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
 
     def __init__(
         self,
@@ -223,6 +224,7 @@ class Guard:
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
+                self._packs = integrity.packs(self.repo.common_dir)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
                 for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
@@ -1013,6 +1015,7 @@ class Guard:
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
         found = []
+        found += self._new_packs(window)
         # The last scan compares them whatever the events said (a change through another name).
         if generation != self._held_seen[0] or self._objects is None or self._closing.is_set():
             found += self._written_over(window, generation)
@@ -1036,6 +1039,34 @@ class Guard:
         if pack:
             self._keep_task_work(good_now, pack_dir)
         return found
+
+    def _new_packs(self, window: tuple[float, float]) -> list[Violation]:
+        """Packs that appeared since and whose index lies about their objects: removed."""
+        common = self.repo.common_dir
+        now = integrity.packs(common)
+        new = sorted(now - self._packs)
+        lies = {}
+        for name in new:
+            why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
+            if why:
+                lies[name] = why
+        if self.restore:
+            for name in lies:
+                with contextlib.suppress(OSError):  # not removed is recorded as such
+                    integrity.drop_pack(common / "objects" / "pack" / name)
+        self._packs = integrity.packs(common)
+        suspects = self._agents.suspects(window, exclude=()) if lies else ()
+        if not suspects:
+            return []  # none, or no agent of ours was running: damage of another kind
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(f"objects/pack/{name}" for name in lies),
+            suspects=suspects,
+            restored=not set(lies) & self._packs,
+        )
+        listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
+        return [self._record(violation, patch_text=f"git verify-pack:\n{listed}")]
 
     def _written_over(self, window: tuple[float, float], generation: int) -> list[Violation]:
         """Object files of the baseline whose names the store now gives to other content.
