@@ -1957,3 +1957,63 @@ def test_a_pack_that_lies_about_an_object_of_yours_is_removed(
     )
     writes = outside_writes(repo)
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+
+
+# The same lie told by a multi-pack-index over an honest pack of the agent's: git looks an
+# object up there first, and finds your blob's name at the offset of the agent's blob.
+FORGE_MIDX = """
+import pathlib, struct, subprocess, sys
+def git(*args, **kw):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True, **kw).stdout
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir').strip())
+victim = bytes.fromhex(git('rev-parse', sys.argv[1]).strip())
+# an honest pack of one blob of the agent's, and git's own multi-pack-index over the packs
+forged = git('hash-object', '-w', '--stdin', input='forged\\n').strip()
+git('pack-objects', '-q', str(common / 'objects' / 'pack' / 'pack'), input=forged + '\\n')
+git('multi-pack-index', 'write')
+path = common / 'objects' / 'pack' / 'multi-pack-index'
+data = bytearray(path.read_bytes())
+chunks = {}
+for i in range(data[6]):
+    at = 12 + 12 * i
+    chunks[bytes(data[at:at + 4])] = struct.unpack('>Q', data[at + 4:at + 12])[0]
+fanout, oids = chunks[b'OIDF'], chunks[b'OIDL']
+count = struct.unpack('>I', data[fanout + 1020:fanout + 1024])[0]
+names = [bytes(data[oids + 20 * i:oids + 20 * i + 20]) for i in range(count)]
+at = names.index(bytes.fromhex(forged))
+names[at] = victim  # the blob's bytes under your object's name
+if sorted(names) != names:
+    sys.exit('not in order')  # the test's object names keep the order
+data[oids + 20 * at:oids + 20 * at + 20] = victim
+for byte in range(256):
+    below = sum(n[0] <= byte for n in names)
+    data[fanout + 4 * byte:fanout + 4 * byte + 4] = struct.pack('>I', below)
+path.chmod(0o644)
+path.write_bytes(bytes(data))
+pathlib.Path('forged.txt').write_text(victim.hex() + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_multi_pack_index_that_lies_about_an_object_of_yours_is_removed(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    git(repo, "checkout", "-q", "-b", "release")
+    (repo / "lib").mkdir()
+    (repo / "lib" / "rel.txt").write_text("the release\n")
+    git(repo, "add", "lib")
+    git(repo, "commit", "-q", "-m", "release")
+    git(repo, "checkout", "-q", "main")
+    victim = git(repo, "rev-parse", "release:lib/rel.txt")
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(FORGE_MIDX), "release:lib/rel.txt"], sandbox=sandbox)
+    assert git(repo, "show", "swarm/bad:forged.txt") == victim
+    assert git(repo, "cat-file", "blob", "release:lib/rel.txt") == "the release"
+    assert not (repo / ".git" / "objects" / "pack" / "multi-pack-index").exists()
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert repo_state(repo) == before
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "git's own files objects/pack/multi-pack-index" in str(row["reason"]), row
+    writes = outside_writes(repo)
+    assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes

@@ -245,6 +245,52 @@ def lying_pack(root: Path, idx: Path) -> str:
     return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
 
 
+# A multi-pack-index (and the chain of an incremental one): where git looks an object up
+# before the packs' own indexes.
+MIDX = "objects/pack/multi-pack-index"
+_MIDX_CHAIN = "objects/pack/multi-pack-index.d"
+
+# The multi-pack-index files as found: (name, inode, size, modification time) of each.
+MidxPrint = tuple[tuple[str, int, int, int], ...]
+
+
+def midx_print(common: Path) -> MidxPrint:
+    """The multi-pack-index files of *common*, as their stat data tells them apart."""
+    names = [MIDX]
+    with contextlib.suppress(OSError):
+        names += sorted(f"{_MIDX_CHAIN}/{child.name}" for child in (common / _MIDX_CHAIN).iterdir())
+    found = []
+    for name in names:
+        try:
+            st = os.lstat(common / name)
+        except OSError:
+            continue
+        found.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def lying_midx(root: Path) -> str:
+    """What ``git multi-pack-index verify`` finds wrong with the multi-pack-index ("": none).
+
+    It compares where the index puts each object with where the packs' own indexes do: one an
+    agent wrote could name an object of yours at the offset of another object.
+    """
+    done = runner.run(root, "multi-pack-index", "verify", check=False)
+    if done.returncode == 0:
+        return ""
+    return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+
+
+def drop_midx(common: Path) -> None:
+    """Remove the multi-pack-index of *common*: git looks objects up in each pack instead."""
+    (common / MIDX).unlink(missing_ok=True)
+    chain = common / _MIDX_CHAIN
+    if chain.is_symlink() or chain.is_file():
+        chain.unlink()
+    elif chain.is_dir():
+        shutil.rmtree(chain)
+
+
 def drop_pack(idx: Path) -> None:
     """Remove the pack of *idx*: the index first (git no longer sees the pack), then the rest."""
     idx.unlink(missing_ok=True)

@@ -131,6 +131,7 @@ class Guard:
     # time from which a held file changed since is checked against its name.
     _held_seen = (-1, 0)
     _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
+    _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
 
     def __init__(
         self,
@@ -225,6 +226,7 @@ class Guard:
                 integrity.hold(self.repo.common_dir, self._held)
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
                 self._packs = integrity.packs(self.repo.common_dir)
+                self._midx = integrity.midx_print(self.repo.common_dir)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
                 for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
@@ -1016,6 +1018,7 @@ class Guard:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
         found = []
         found += self._new_packs(window)
+        found += self._scan_midx(window)
         # The last scan compares them whatever the events said (a change through another name).
         if generation != self._held_seen[0] or self._objects is None or self._closing.is_set():
             found += self._written_over(window, generation)
@@ -1067,6 +1070,33 @@ class Guard:
         )
         listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
         return [self._record(violation, patch_text=f"git verify-pack:\n{listed}")]
+
+    def _scan_midx(self, window: tuple[float, float]) -> list[Violation]:
+        """A multi-pack-index that changed and lies about where objects are: removed."""
+        common = self.repo.common_dir
+        now = integrity.midx_print(common)
+        if now == self._midx:
+            return []
+        wrong = integrity.lying_midx(self.repo.root)
+        if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
+            self._midx = now
+            return []
+        self._changes.mark_all()  # git showed your checkouts' files through it
+        if self.restore:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                integrity.drop_midx(common)
+        self._midx = integrity.midx_print(common)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=(integrity.MIDX,),
+            suspects=suspects,
+            restored=not self._midx,
+        )
+        return [self._record(violation, patch_text=f"git multi-pack-index verify:\n{wrong}\n")]
 
     def _written_over(self, window: tuple[float, float], generation: int) -> list[Violation]:
         """Object files of the baseline whose names the store now gives to other content.
