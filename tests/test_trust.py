@@ -2017,3 +2017,35 @@ def test_a_multi_pack_index_that_lies_about_an_object_of_yours_is_removed(
     assert "git's own files objects/pack/multi-pack-index" in str(row["reason"]), row
     writes = outside_writes(repo)
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+
+
+# An object planted under the name of one you have not made yet: the empty blob, say. git
+# never writes an object it finds it has, so your next empty file would be the agent's bytes.
+PLANT_FUTURE = """
+import pathlib, subprocess, sys, zlib
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+empty = 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
+path = common / 'objects' / empty[:2] / empty[2:]
+path.parent.mkdir(exist_ok=True)
+path.write_bytes(zlib.compress(b'blob 11\\0import evil\\n'))
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_an_object_planted_under_a_name_you_have_not_made_yet_is_removed(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    run_one(repo, [*write_agent(PLANT_FUTURE)], sandbox=sandbox)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "git's own files objects/e6/9de29bb2d1d6434b8b29ae775ad8c2e48c5391" in str(
+        row["reason"]
+    ), row
+    # Your next empty file is empty in your history.
+    (repo / "__init__.py").write_text("")
+    git(repo, "add", "__init__.py")
+    git(repo, "commit", "-q", "-m", "a package")
+    assert git(repo, "cat-file", "-p", "HEAD:__init__.py") == ""
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)

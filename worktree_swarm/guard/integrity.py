@@ -207,6 +207,49 @@ def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
     return sorted(found)
 
 
+def forged_loose(common: Path, held: Path, seen: set[str]) -> list[Path]:
+    """The loose objects made since the hold whose bytes do not hash to their name.
+
+    *seen*: the names already known good (filled with the held ones first, then with each
+    new one found good), so that each object is read once. git never writes an object it finds
+    it has: one planted under the name of an object you have not made yet (the empty blob)
+    would be what your next commit of that content records.
+    """
+    if not seen:
+        seen.update(_held_loose(held))
+    found = []
+    objects = common / "objects"
+    for directory in os.scandir(objects):
+        if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
+            continue
+        try:
+            names = os.listdir(directory.path)  # noqa: PTH208 - names only
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            oid = directory.name + name
+            if oid in seen or name.startswith("tmp_") or len(oid) not in {40, 64}:
+                continue
+            path = objects / directory.name / name
+            if _hashes_to(path, oid):
+                seen.add(oid)
+            elif path.exists():  # not removed meanwhile (a `git prune-packed`)
+                found.append(path)
+    return sorted(found)
+
+
+def _held_loose(held: Path) -> set[str]:
+    """The names of the loose objects held."""
+    if not held.is_dir():
+        return set()
+    return {
+        directory.name + name
+        for directory in os.scandir(held)
+        if directory.name != "pack"
+        for name in os.listdir(directory.path)  # noqa: PTH208 - names only
+    }
+
+
 def _hashes_to(path: Path, name: str) -> bool:
     """Whether the loose object file *path* holds the object named *name* (read in chunks)."""
     # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.

@@ -132,6 +132,7 @@ class Guard:
     _held_seen = (-1, 0)
     _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
     _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
+    _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
 
     def __init__(
         self,
@@ -1019,6 +1020,8 @@ class Guard:
         found = []
         found += self._new_packs(window)
         found += self._scan_midx(window)
+        if deep or self._closing.is_set():
+            found += self._forged_loose(window)
         # The last scan compares them whatever the events said (a change through another name).
         if generation != self._held_seen[0] or self._objects is None or self._closing.is_set():
             found += self._written_over(window, generation)
@@ -1070,6 +1073,34 @@ class Guard:
         )
         listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
         return [self._record(violation, patch_text=f"git verify-pack:\n{listed}")]
+
+    def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
+        """Loose objects made since the baseline that are not what they are named: removed."""
+        common = self.repo.common_dir
+        if self._loose_seen is None:
+            self._loose_seen = set()
+        forged = integrity.forged_loose(common, self._held, self._loose_seen)
+        if not forged:
+            return []
+        if self.restore:
+            for path in forged:
+                with contextlib.suppress(OSError):  # not removed is recorded as such
+                    path.unlink()
+        # Told once while it stays; removed, one planted again is told again.
+        self._loose_seen.update(p.parent.name + p.name for p in forged if p.exists())
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        labels = tuple(path.relative_to(common).as_posix() for path in forged)
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=labels,
+            suspects=suspects,
+            restored=not any(path.exists() for path in forged),
+        )
+        listed = "".join(f"{label}: its bytes are another object's\n" for label in labels)
+        return [self._record(violation, patch_text=listed)]
 
     def _scan_midx(self, window: tuple[float, float]) -> list[Violation]:
         """A multi-pack-index that changed and lies about where objects are: removed."""
