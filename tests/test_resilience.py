@@ -793,6 +793,10 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     out = swarm(repo, "run", "--detach", manifest(repo, tasks_toml(["a", "b"])))
     assert out.returncode == 0, out.stderr
     assert "background" in out.stdout
+    # Back with the run's store made: a look at once finds the run (it said, exit 3, that
+    # the state directory had been deleted under a live manager).
+    look = swarm(repo, "status")
+    assert look.returncode == 0, look.stdout + look.stderr
     pid = int(out.stdout.split("pid ")[1].split(",")[0])
     log = Path(out.stdout.split("log ")[1].split(")")[0])
     wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")

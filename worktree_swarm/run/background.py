@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worktree_swarm.core.errors import ExitCode, ManagerLockedError, SwarmError
+from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.logtail import last_line
@@ -21,7 +22,7 @@ START_TIMEOUT = 60.0
 
 
 def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
-    """Start ``swarm <argv>`` detached and wait until it holds the manager lock.
+    """Start ``swarm <argv>`` detached and wait until it holds the manager lock and its store.
 
     Returns (pid, log path). Input was validated by the caller, so a child that dies before
     taking the lock is reported with its last log line.
@@ -50,7 +51,12 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
             raise ManagerLockedError(last_line(log).removeprefix("swarm: "))
         if code is not None:
             raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
-        if lock.manager_alive(repo.state_dir) and lock.holder_pid(repo.state_dir) == child.pid:
+        # Its store made too: a command asking in between would take it for deleted under it.
+        if (
+            lock.manager_alive(repo.state_dir)
+            and lock.holder_pid(repo.state_dir) == child.pid
+            and store_path(repo).exists()
+        ):
             # Reaped when it ends: a long-lived caller (swarm watch's retry) would otherwise
             # keep a zombie per manager it started. (The thread holds the Popen object too,
             # so Python never warns that a child is "still running".)
