@@ -714,6 +714,19 @@ def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_as_its_prompt(
     assert got.lstrip().startswith(prompt)
 
 
+def test_a_prompt_inside_a_longer_argument_reaches_the_agent_byte_for_byte(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `--task={prompt}` is one option with its value: nothing to protect, and the space a
+    # positional prompt starting with `-` gets would change the task's text.
+    agent = write_agent("import pathlib, sys\npathlib.Path('arg.txt').write_text(sys.argv[1])\n")
+    out = swarm(
+        repo, "run", "--agent", " ".join([*agent, "--task={prompt}"]), "-t", "t=- add the tests"
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/t:arg.txt").startswith("--task=- add the tests")
+
+
 def test_an_untrusted_session_id_in_output_is_not_recorded() -> None:
     log = json.dumps(claude_result(session_id="--evil"))
     assert ClaudeAdapter().interpret(exit_code=0, log_text=log, now=NOW).session_id is None

@@ -118,9 +118,17 @@ class Adapter(Protocol):
 def render_argv(template: Sequence[str], values: Mapping[str, str]) -> list[str]:
     """Substitute ``{name}`` placeholders inside each argument; nothing else is interpreted.
 
-    One pass per argument, so a placeholder spelled inside task text is never expanded.
+    One pass per argument, so a placeholder spelled inside task text is never expanded. An
+    argument that is ``{prompt}`` alone is the CLI's positional prompt: one that starts with
+    ``-`` (a Markdown list) gets a leading space, or the CLI would parse it as an option. Inside
+    a longer argument (``--task={prompt}``) the prompt is left byte for byte.
     """
-    return [_PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), arg) for arg in template]
+    return [
+        positional(values.get("prompt", ""))
+        if arg == "{prompt}"
+        else _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), arg)
+        for arg in template
+    ]
 
 
 def is_session_id(text: object) -> bool:
@@ -145,18 +153,16 @@ def prompt_argument(text: str, prompt_file: Path) -> str:
     """What ``{prompt}`` stands for: *text*, or a pointer to *prompt_file* when it is long.
 
     Linux caps one argument at 128 KiB and the whole command line near 2 MiB; a longer
-    prompt would make the agent fail to start. The file holds the same text. A prompt that
-    starts with ``-`` (a Markdown list) gets a leading space: the CLI would take it for an
-    option.
+    prompt would make the agent fail to start. The file holds the same text.
     """
     if len(text.encode("utf-8")) <= PROMPT_ARG_LIMIT:
-        return positional(text)
+        return text
     return LONG_PROMPT.format(path=prompt_file)
 
 
 def resume_text(resume_prompt: str | None) -> str:
     """The prompt of a resume: the runner's, or a plain "continue"."""
-    return positional(resume_prompt or DEFAULT_RESUME_PROMPT)
+    return resume_prompt or DEFAULT_RESUME_PROMPT
 
 
 def json_objects(text: str) -> list[dict[str, Any]]:

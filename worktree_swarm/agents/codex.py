@@ -21,6 +21,7 @@ from worktree_swarm.agents.base import (
     interpret_by_exit,
     is_session_id,
     json_objects,
+    positional,
     quote,
     render_argv,
     require_session_id,
@@ -54,7 +55,8 @@ class CodexAdapter:
             return render_argv(template, values)
         require_session_id(session_id)
         options = [arg for arg in template if arg != "{prompt}"]
-        return [*render_argv(options, values), "resume", session_id, resume_text(resume_prompt)]
+        resume = positional(resume_text(resume_prompt))  # a positional argument of its own
+        return [*render_argv(options, values), "resume", session_id, resume]
 
     def env(
         self,
