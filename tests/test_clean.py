@@ -181,6 +181,7 @@ def test_clean_of_a_local_run_never_deletes_a_branch_on_a_remote(
     assert git(remote, "for-each-ref", "--format=%(refname)") == "refs/heads/swarm/edits"
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_clean_all_costs_no_git_process_per_run_that_left_nothing(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,6 +247,7 @@ def test_an_earlier_run_never_claims_the_worktree_and_branch_a_later_run_reused(
     ]
 
 
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_merging_or_diffing_an_earlier_run_never_takes_the_branch_a_later_run_reused(
     repo: Path, write_agent: AgentFactory
 ) -> None:
