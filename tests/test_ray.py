@@ -961,6 +961,55 @@ def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
     assert not (tmp_path / "node").exists()
 
 
+def test_a_nodes_gitconfig_with_rerere_on_fails_no_agent_that_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With `rerere.enabled` in a node's system git config (/etc/gitconfig), any commit makes
+    # `.git/rr-cache` in the clone: git's doing, empty, as locally; it was taken for a file the
+    # agent planted in git's own files, and the task failed.
+    from worktree_swarm.core.models import Task  # noqa: PLC0415
+    from worktree_swarm.run.ray_node import Assignment, NodeAgent  # noqa: PLC0415
+
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(remote, "branch", "swarm/t", "main")
+    config = tmp_path / "node-gitconfig"
+    config.write_text("[rerere]\n\tenabled = true\n")
+    monkeypatch.delenv("GIT_CONFIG_NOSYSTEM", raising=False)
+    monkeypatch.setenv("GIT_CONFIG_SYSTEM", str(config))
+    monkeypatch.setenv("SWARM_NODE_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("SWARM_NODE_NAME", "rerere")
+    agent = tmp_path / "committer.py"
+    agent.write_text(
+        "import pathlib, subprocess\npathlib.Path('work.txt').write_text('work')\n"
+        "subprocess.run(['git', 'add', 'work.txt'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'work'], check=True)\n"
+    )
+    assignment = Assignment(
+        run_id="r",
+        task=Task(id="t", prompt="p", agent="custom", agent_argv=(sys.executable, str(agent))),
+        attempt=1,
+        remote_url=str(remote),
+        author="swarm <swarm@localhost>",
+        identity=(),
+        kill_grace=1.0,
+        checkpoint_interval=0.0,
+    )
+    node = NodeAgent(assignment)
+    try:
+        node.prepare()
+        node.start(prompt="p", session=None, resume_prompt=None)
+        wait_for("the agent", lambda: node.poll().ended or None)
+        assert node.poll().exit_code == 0
+        tip = node.finish(message="swarm: checkpoint t")
+        assert (tmp_path / "node").is_dir()
+        assert node.planted() == []
+        assert git(remote, "show", f"{tip}:work.txt") == "work"
+    finally:
+        node.discard()
+
+
 def test_doctor_finds_and_removes_what_a_lost_attempt_left_on_a_node(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -481,7 +481,11 @@ class NodeAgent:
         clone, and is undone before swarm runs git there.
         """
         dotgit = self.work / ".git"
-        labels = surface.changed(self._surface, surface.read(dotgit, None))
+        now = surface.read(dotgit, None)
+        labels = surface.changed(self._surface, now)
+        if surface.RERERE in labels and surface.rerere_made(self.work, self._surface, now):
+            labels.remove(surface.RERERE)  # git's own on any commit (a node's config turns it on)
+            self._surface[surface.RERERE] = now[surface.RERERE]
         if labels:
             surface.put_back(dotgit, self._surface, labels)
             self._planted += [label for label in labels if label not in self._planted]
