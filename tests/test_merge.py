@@ -1805,3 +1805,31 @@ def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run
     assert git(base_repo, "ls-tree", "--name-only", branch).split() == [
         ".gitignore", "d.txt", "f.txt", "g.txt", "keep.txt", "one.txt", "two.txt",
     ]  # fmt: skip
+
+
+def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # A backup made with `cp -al` (or a deduplicating tool) leaves each loose ref of yours with
+    # a second name. git writes a ref aside and renames it over, so that link is harmless; the
+    # next `swarm merge` took it for a planted one and deleted the integration branch.
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    run = swarm(
+        base_repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "one=x", "-t", "two=x"
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    first = swarm(base_repo, "merge", "one", "--json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    branch = json.loads(first.stdout)["target"]["branch"]
+    ref = base_repo / ".git" / "refs" / "heads" / branch
+    (tmp_path / "backup").mkdir()
+    os.link(ref, tmp_path / "backup" / "ref")
+
+    out = swarm(base_repo, "merge", "two", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    files = git(base_repo, "ls-tree", "--name-only", branch).split()
+    assert {"one.txt", "two.txt"} <= set(files)

@@ -2049,3 +2049,36 @@ def test_an_object_planted_under_a_name_you_have_not_made_yet_is_removed(
     git(repo, "commit", "-q", "-m", "a package")
     assert git(repo, "cat-file", "-p", "HEAD:__init__.py") == ""
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
+def test_a_backup_made_with_cp_al_during_a_run_loses_nothing_of_yours(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `cp -al` (a cheap snapshot) gives every file of .git a second name: HEAD, the index,
+    # your refs and reflogs, and the task's own admin files. The guard cut what it took for
+    # planted links by deleting them: your HEAD, branches and index, and the task's HEAD.
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")  # a reflog with two lines
+    git(repo, "branch", "feature")
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    head, feature = git(repo, "rev-parse", "HEAD"), git(repo, "rev-parse", "feature")
+    reflog = git(repo, "reflog", "-n", "2", "--format=%H")
+    proc = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "t=x")
+    try:
+        wait_for(started.exists, what="the agent")
+        subprocess.run(["cp", "-al", str(repo / ".git"), str(tmp_path / "backup")], check=True)
+    finally:
+        gate.touch()
+    proc.wait(timeout=120)
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "rev-parse", "feature") == feature
+    assert git(repo, "reflog", "-n", "2", "--format=%H") == reflog
+    assert git(repo, "status", "--porcelain") == ""
+    # The task's work, whatever its state, is on its branch; the backup is as it was made.
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+    assert (tmp_path / "backup" / "HEAD").read_text() == "ref: refs/heads/main\n"

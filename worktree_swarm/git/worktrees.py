@@ -182,7 +182,10 @@ def own_admin(repo: Repo, path: Path) -> Path | None:
 
 
 def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = None) -> list[str]:
-    """Remove links an agent planted where swarm's own git in *path* writes; their names.
+    """Cut links an agent planted where swarm's own git in *path* writes; their names.
+
+    A symlink is removed; a hard-linked file gets an inode of its own, its bytes kept (a
+    backup made with `cp -al` links every file, the worktree's ``HEAD`` and index too).
 
     git follows a symlink it finds in place of ``COMMIT_EDITMSG`` or a reflog and writes
     through it, as swarm (outside any sandbox): a sandboxed agent could have any file of yours
@@ -206,16 +209,18 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
             or (written and name not in _NOT_WRITTEN and _linked(Path(top, name)))
         ]
     for link in found:
-        link.unlink(missing_ok=True)
+        _cut(link)
     planted = sorted(str(link.relative_to(repo.common_dir)) for link in found)
     return sorted([*planted, *unplant_ref(repo, branch)]) if branch else planted
 
 
 def unplant_ref(repo: Repo, branch: str) -> list[str]:
-    """Remove links planted on the paths of *branch*'s ref and reflog; their names.
+    """Cut links planted on the paths of *branch*'s ref and reflog; their names.
 
     git writes a branch's ref and appends to its reflog through a symlink it finds there (or
-    on a directory on the way), or a hard link, even for a branch it is about to create.
+    on a directory on the way), even for a branch it is about to create, and appends to the
+    reflog through a hard link too. (A ref it writes aside and renames over: a hard-linked
+    ref, which a backup made with `cp -al` leaves everywhere, is harmless and kept.)
     """
     common = repo.common_dir
     found = []
@@ -226,11 +231,20 @@ def unplant_ref(repo: Repo, branch: str) -> list[str]:
             for i in range(1, len(parts) + 1)
             if common.joinpath(*parts[:i]).is_symlink()
         ]
-        if _linked(common / tail) and common / tail not in found:
+        if tail.startswith("logs/") and _linked(common / tail) and common / tail not in found:
             found.append(common / tail)
     for link in found:
-        link.unlink(missing_ok=True)
+        _cut(link)
     return sorted(str(link.relative_to(common)) for link in found)
+
+
+def _cut(link: Path) -> None:
+    """Remove the symlink *link*; give a hard-linked file a name of its own (its data kept)."""
+    with contextlib.suppress(FileNotFoundError):
+        if link.is_symlink() or not link.is_file():
+            link.unlink()
+        else:
+            fs.break_link(link)
 
 
 # Files at the top of an admin dir git reads but does not write while it works there.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
+from worktree_swarm.infra import fs
 
 _TEXT_LIMIT = 1 << 20  # larger files are named in the patch, not diffed
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
@@ -191,8 +192,39 @@ def _unlink_other(common: Path, label: str, entry: Entry) -> None:
     target = _path(common, label)
     now: Surface = {}
     _add_hard_link(now, common, target)
-    if now.get(label, entry) != entry or (target.is_symlink() or target.is_dir()):
+    if target.is_symlink() or target.is_dir():
         remove(target)
+    elif now.get(label, entry) != entry:
+        if _keeps_state(label):
+            fs.break_link(target)
+        else:
+            remove(target)
+
+
+# Files at the top of a git dir that are watched for their bytes (their own entries).
+_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *_IN_PROGRESS_FILES})
+
+
+def _keeps_state(label: str) -> bool:
+    """Whether *label* is where hard links are looked for (and cut, not removed).
+
+    The top of a git dir (but the files watched for their bytes), ``logs/`` and ``refs/``, in
+    the common dir or an admin dir. A link found there is cut, the file kept (HEAD, the index,
+    a ref, a reflog: a backup made with `cp -al` links every file of a repository); cut, a
+    planted one harms nothing.
+    """
+    parts = label.split("/")
+    if parts[0] == "worktrees" and len(parts) > 2:  # noqa: PLR2004 - worktrees/<name>/...
+        parts = parts[2:]
+    return parts[0] in {"refs", "logs"} or (len(parts) == 1 and parts[0] not in _BY_CONTENT)
+
+
+def _hard_linked(path: Path) -> bool:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
 
 
 def _unlinked(old: Entry | None, new: Entry | None) -> bool:
@@ -229,7 +261,7 @@ def put_back(common: Path, before: Surface, labels: list[str]) -> None:
             if target.is_dir() and not target.is_symlink():
                 new_dirs.append(target)
             else:
-                remove(target)
+                _remove_new(target, label)
             continue
         if entry.kind == HARD_LINK:
             _unlink_other(common, label, entry)
@@ -250,6 +282,14 @@ def put_back(common: Path, before: Surface, labels: list[str]) -> None:
     for directory in sorted(new_dirs, key=lambda d: len(d.parts), reverse=True):
         remove(directory)  # a directory the baseline lacked: all of it is new
         prune_empty(directory.parent, common)
+
+
+def _remove_new(target: Path, label: str) -> None:
+    """Remove what appeared at *label*; a hard link where git writes is cut, not removed."""
+    if _keeps_state(label) and _hard_linked(target):
+        fs.break_link(target)
+    else:
+        remove(target)
 
 
 def _path(common: Path, label: str) -> Path:

@@ -1,4 +1,4 @@
-"""Deleting a directory tree, including the parts a tool made read-only.
+"""Deleting a directory tree, including the parts a tool made read-only; breaking a hard link.
 
 Go's module cache, a ``chmod -R a-w`` in a test suite, an unpacked archive: a directory
 without write (or read, or search) permission for its owner makes a plain ``rm -r`` fail
@@ -8,9 +8,11 @@ for anyone but root, and a worktree that cannot be deleted is left behind by eve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 _OWNER_ALL = stat.S_IRWXU
@@ -49,3 +51,23 @@ def _open_up(path: Path) -> bool:
     if info.st_mode & _OWNER_ALL != _OWNER_ALL:
         path.chmod(stat.S_IMODE(info.st_mode) | _OWNER_ALL)
     return True
+
+
+def break_link(path: Path) -> None:
+    """Give the file *path* an inode of its own, with the same bytes and permission bits.
+
+    What git writes in place through *path* then no longer reaches its other names (an object
+    file an agent linked it to), and nothing of yours is lost (a backup made with `cp -al`
+    links every file of a repository). Written aside in the same directory and renamed over.
+    """
+    info = path.lstat()
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".swarm-unlink-", suffix=".lock")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(path.read_bytes())
+        os.chmod(aside, stat.S_IMODE(info.st_mode))  # noqa: PTH101 - a str path from mkstemp
+        os.replace(aside, path)  # noqa: PTH105
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)  # noqa: PTH108
+        raise
