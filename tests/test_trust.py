@@ -2082,3 +2082,29 @@ def test_a_backup_made_with_cp_al_during_a_run_loses_nothing_of_yours(
     # The task's work, whatever its state, is on its branch; the backup is as it was made.
     assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert (tmp_path / "backup" / "HEAD").read_text() == "ref: refs/heads/main\n"
+
+
+def test_hard_links_to_files_git_renames_over_are_no_outside_write(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # git writes HEAD, the index and refs aside and renames them over: a second name there
+    # (your backup tool's) cannot be written through, and the task at work is not to blame.
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    proc = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "t=x")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    try:
+        wait_for(started.exists, what="the agent")
+        for name in ("HEAD", "index", "refs/heads/main"):
+            os.link(repo / ".git" / name, backup / name.replace("/", "_"))
+    finally:
+        gate.touch()
+    assert proc.wait(timeout=120) == 0
+    assert status_json(repo)["t"]["state"] == "done"
+    assert (repo / ".git" / "HEAD").stat().st_nlink == 2  # left as you made it

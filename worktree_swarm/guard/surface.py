@@ -330,12 +330,24 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     for entry in entries:
         if entry.is_symlink():
             _add(found, common, Path(entry.path))
-        elif entry.is_file(follow_symlinks=False):
+        elif entry.is_file(follow_symlinks=False) and not _renamed_over(common, top, entry.name):
             _add_hard_link(found, common, Path(entry.path))
         elif entry.is_dir(follow_symlinks=False) and (
             entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
         ):
             _add_links(found, common, Path(entry.path), depth + 1)
+
+
+# Files git writes aside and renames over, never in place: a hard link there is harmless (a
+# backup made with `cp -al` links them all), so not looked for.
+_RENAMED_OVER = frozenset({"HEAD", "index", "packed-refs", "ORIG_HEAD"})
+
+
+def _renamed_over(common: Path, top: Path, name: str) -> bool:
+    """Whether git replaces the file *name* of the directory *top* by a rename (a ref)."""
+    if top == common / "refs" or top.is_relative_to(common / "refs"):
+        return True
+    return name in _RENAMED_OVER and not top.is_relative_to(common / "logs")
 
 
 def _add_hard_link(found: Surface, common: Path, path: Path) -> None:
