@@ -28,7 +28,7 @@ from tests.test_guard import checkout_state
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard, moving_refs
+from worktree_swarm.guard import Guard, moving_refs, surface
 from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]
@@ -2108,3 +2108,17 @@ def test_hard_links_to_files_git_renames_over_are_no_outside_write(
     assert proc.wait(timeout=120) == 0
     assert status_json(repo)["t"]["state"] == "done"
     assert (repo / ".git" / "HEAD").stat().st_nlink == 2  # left as you made it
+
+
+def test_a_linked_worktrees_reflog_is_looked_at_for_hard_links_and_its_head_not(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Your linked worktree's admin dir: git appends to its logs/HEAD in place (a second name
+    # there is written through) but writes its HEAD aside and renames it over.
+    git(repo, "worktree", "add", "-q", str(tmp_path / "feature"), "-b", "feature")
+    admin = repo / ".git" / "worktrees" / "feature"
+    os.link(admin / "HEAD", tmp_path / "head-backup")
+    os.link(admin / "logs" / "HEAD", tmp_path / "reflog-backup")
+    found = surface.read(repo / ".git", None, [admin])
+    assert found["worktrees/feature/logs/HEAD"].kind == surface.HARD_LINK
+    assert "worktrees/feature/HEAD" not in found

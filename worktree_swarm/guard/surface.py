@@ -345,9 +345,10 @@ _RENAMED_OVER = frozenset({"HEAD", "index", "packed-refs", "ORIG_HEAD"})
 
 def _renamed_over(common: Path, top: Path, name: str) -> bool:
     """Whether git replaces the file *name* of the directory *top* by a rename (a ref)."""
-    if top == common / "refs" or top.is_relative_to(common / "refs"):
+    if top.is_relative_to(common / "refs"):
         return True
-    return name in _RENAMED_OVER and not top.is_relative_to(common / "logs")
+    parts = top.relative_to(common).parts if top.is_relative_to(common) else ()
+    return name in _RENAMED_OVER and "logs" not in parts  # logs/HEAD: a reflog, appended to
 
 
 def _add_hard_link(found: Surface, common: Path, path: Path) -> None:
