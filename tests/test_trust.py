@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -2122,3 +2123,30 @@ def test_a_linked_worktrees_reflog_is_looked_at_for_hard_links_and_its_head_not(
     found = surface.read(repo / ".git", None, [admin])
     assert found["worktrees/feature/logs/HEAD"].kind == surface.HARD_LINK
     assert "worktrees/feature/HEAD" not in found
+
+
+# What a git killed while it wrote an object leaves in a fan-out directory: its temporary
+# file, which the next `git gc` (or `git prune`) removes once it is old.
+COMMIT_THEN_GC = """
+import pathlib, subprocess
+pathlib.Path('work.txt').write_text('own work\\n')
+subprocess.run(['git', 'add', 'work.txt'], check=True)
+subprocess.run(['git', 'commit', '-qm', 'work'], check=True)
+subprocess.run(['git', 'gc', '--quiet'], check=True)
+"""
+
+
+def test_a_gc_that_removes_a_crashed_gits_temporary_object_file_is_no_outside_write(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    left = repo / ".git" / "objects" / "ab" / "tmp_obj_Xy12Ab"
+    left.parent.mkdir()
+    left.write_bytes(b"x\x9c half an object")
+    weeks_ago = time.time() - 30 * 86400
+    os.utime(left, (weeks_ago, weeks_ago))
+    out = run_one(repo, write_agent(COMMIT_THEN_GC), sandbox=False, task="tidy")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["tidy"]["state"] == "done"
+    assert outside_writes(repo) == []
+    assert not left.exists()  # gc's to remove, not put back
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)

@@ -76,12 +76,15 @@ def hold(common: Path, held: Path) -> None:
 
     git never rewrites an object file, so a link is the file as it will stay: one an agent
     deletes (or moves into a store of its own) stays here and can be put back. It costs a
-    directory entry per file, no data, until the run lets go of them (:func:`let_go`).
+    directory entry per file, no data, until the run lets go of them (:func:`let_go`). Not
+    the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
+    object, and one `git gc` removes.
     """
     objects = common / "objects"
     for directory in os.scandir(objects):
         if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
             continue
+        pack = directory.name == "pack"
         target = held / directory.name
         target.mkdir(parents=True, exist_ok=True)
         try:
@@ -89,9 +92,20 @@ def hold(common: Path, held: Path) -> None:
         except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
             continue
         for entry in entries:
-            if entry.is_file(follow_symlinks=False):
+            if entry.is_file(follow_symlinks=False) and (
+                pack or _loose_name(directory.name, entry.name)
+            ):
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
                     os.link(entry.path, target / entry.name)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _loose_name(fan_out: str, name: str) -> bool:
+    """Whether ``objects/<fan_out>/<name>`` is named as a loose object (SHA-1 or SHA-256)."""
+    oid = fan_out + name
+    return len(fan_out) == 2 and len(oid) in {40, 64} and set(oid) <= _HEX  # noqa: PLR2004
 
 
 def let_go(held: Path) -> None:
@@ -228,7 +242,7 @@ def forged_loose(common: Path, held: Path, seen: set[str]) -> list[Path]:
             continue
         for name in names:
             oid = directory.name + name
-            if oid in seen or name.startswith("tmp_") or len(oid) not in {40, 64}:
+            if oid in seen or not _loose_name(directory.name, name):
                 continue
             path = objects / directory.name / name
             if _hashes_to(path, oid):
