@@ -2150,3 +2150,40 @@ def test_a_gc_that_removes_a_crashed_gits_temporary_object_file_is_no_outside_wr
     assert outside_writes(repo) == []
     assert not left.exists()  # gc's to remove, not put back
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
+# `git update-server-info` (which every repack runs, `gc --auto` after a commit included)
+# writes info/refs as a temporary file beside it, renamed into place: caught half way, with
+# many refs to list, and held there while the guard scans.
+SERVER_INFO_HALF_WAY = """
+import os, pathlib, signal, subprocess, time
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+info = common / 'info'
+while True:
+    git = subprocess.Popen(['git', 'update-server-info'])
+    while git.poll() is None and not any(n.startswith('refs_') for n in os.listdir(info)):
+        pass
+    if git.poll() is None:
+        break
+git.send_signal(signal.SIGSTOP)  # what a busy machine does to git for a while
+time.sleep(2.5)  # several guard scans see it
+git.send_signal(signal.SIGCONT)
+assert git.wait() == 0
+pathlib.Path('work.txt').write_text('own work\\n')
+"""
+
+
+def test_gits_temporary_ref_list_for_dumb_http_is_no_outside_write(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    tip = git(repo, "rev-parse", "HEAD")
+    tags = "".join(f"{tip} refs/tags/v{n}\n" for n in range(20_000))
+    (repo / ".git" / "packed-refs").write_text(f"# pack-refs with: peeled sorted\n{tags}")
+    out = run_one(repo, write_agent(SERVER_INFO_HALF_WAY), sandbox=False, task="pack")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["pack"]["state"] == "done"
+    assert outside_writes(repo) == []
+    assert f"{tip}\trefs/tags/v19999\n" in (repo / ".git" / "info" / "refs").read_text()
+    assert not list((repo / ".git" / "info").glob("refs_*"))

@@ -43,8 +43,10 @@ _IN_PROGRESS_FILES = (
 
 # Written by git itself (`update-server-info`, which every repack runs: an agent's commit may
 # start `gc --auto`) for clients fetching over dumb HTTP: a list of refs, no program runs from
-# it. (A symlink there is still watched.)
+# it, nor from the temporary file it writes beside it (``info/refs_XXXXXX``) and renames into
+# place. (A symlink there is still watched.)
 _GENERATED = frozenset({"info/refs"})
+_GENERATED_TEMP = len("_XXXXXX")
 
 # rerere's recorded resolutions: its existence turns rerere on for your merges.
 RERERE = "rr-cache"
@@ -388,8 +390,16 @@ def _add_tree(found: Surface, common: Path, top: Path) -> None:
         dirnames.sort()
         for name in [*dirnames, *sorted(filenames)]:
             path = Path(dirpath) / name
-            if not (path.relative_to(top.parent).as_posix() in _GENERATED and _is_file(path)):
+            if not (_generated(path.relative_to(top.parent).as_posix()) and _is_file(path)):
                 _add(found, common, path)
+
+
+def _generated(label: str) -> bool:
+    """Whether *label* is a file git generates itself, or git's temporary file for one."""
+    if label in _GENERATED:
+        return True
+    base, temp = label[:-_GENERATED_TEMP], label[-_GENERATED_TEMP:]
+    return base in _GENERATED and temp.startswith("_") and temp[1:].isalnum()
 
 
 def _is_file(path: Path) -> bool:
