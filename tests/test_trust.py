@@ -2187,3 +2187,85 @@ def test_gits_temporary_ref_list_for_dumb_http_is_no_outside_write(
     assert outside_writes(repo) == []
     assert f"{tip}\trefs/tags/v19999\n" in (repo / ".git" / "info" / "refs").read_text()
     assert not list((repo / ".git" / "info").glob("refs_*"))
+
+
+# A copy of the git dir made with `cp -al` (every file hard-linked, a cheap backup) while a
+# run goes on: the links are yours, not planted, and undoing them loses nothing of either copy.
+def test_a_copy_of_the_git_dir_made_with_cp_al_during_a_run_loses_nothing(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    before = repo_state(repo)
+    log = git(repo, "reflog", "main")
+    flag, backup = tmp_path / "flag", tmp_path / "backup.git"
+    path = manifest(
+        repo,
+        '[[task]]\nid = "slow"\nprompt = "p"\n'
+        f"agent = {argv_toml([*write_agent(WAIT_FOR_FLAG), str(flag)])}\n",
+    )
+    running = swarm_bg(repo, "run", path)
+    try:
+        wait_for(
+            (repo.parent / "repo.swarm" / "slow" / "slow.txt").exists,
+            what="the slow agent to run",
+        )
+        subprocess.run(["cp", "-al", str(repo / ".git"), str(backup)], check=True)
+        flag.write_text("go\n")
+        running.wait(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    # Your HEAD, index, branches and reflogs are all still there, in both copies.
+    assert repo_state(repo) == before
+    assert git(repo, "reflog", "main") == log
+    assert git(repo, "status", "--porcelain") == ""
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+    assert git(repo, "show", "swarm/slow:slow.txt") == "slow"  # the task's work committed
+    assert git(tmp_path, "--git-dir", str(backup), "reflog", "main") == log
+
+
+def test_swarm_merge_into_a_branch_of_a_git_dir_copied_with_cp_al_keeps_its_tip_and_reflog(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    git(repo, "branch", "release")
+    git(repo, "pack-refs", "--all")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    git(repo, "branch", "-f", "release")  # its loose ref is ahead of the packed one
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a\\n')\n")
+    first = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\n')
+    assert swarm(repo, "run", first, "--agent", " ".join(agent)).returncode == 0
+    tip = git(repo, "rev-parse", "release")
+    log = git(repo, "reflog", "--format=%H %gs", "release")
+    backup = tmp_path / "backup.git"
+    subprocess.run(["cp", "-al", str(repo / ".git"), str(backup)], check=True)
+    out = swarm(repo, "merge", "--into", "release")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "release:a.txt") == "a"
+    git(repo, "merge-base", "--is-ancestor", tip, "release")  # merged onto its tip
+    assert git(repo, "reflog", "--format=%H %gs", "release").endswith(f"\n{log}")  # goes on
+    assert git(tmp_path, "--git-dir", str(backup), "rev-parse", "release") == tip  # untouched
+
+
+def test_a_repository_with_more_tags_than_a_command_line_holds_is_scanned_in_full(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # 7,000 tags of as many commits, and a command line cut to 256 KiB (Linux gives arguments
+    # a quarter of the stack, here 1 MiB): as some 50,000 tags are for the usual 2 MiB.
+    commits = "".join(
+        f"commit refs/tags/v{n}\ncommitter C <c@example.com> {1_700_000_000 + n} +0000\ndata 0\n"
+        for n in range(7_000)
+    )
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=repo, input=commits, text=True, check=True
+    )
+    agent = write_agent("import pathlib\npathlib.Path('w.txt').write_text('w\\n')\n")
+    path = manifest(repo, f'[[task]]\nid = "t"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    small_stack = ["sh", "-c", 'ulimit -s 1024 && exec "$@"', "sh"]
+    out = subprocess.run(
+        [*small_stack, sys.executable, "-m", "worktree_swarm.cli", "run", path],
+        cwd=repo, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "scan failed" not in out.stdout, out.stdout
+    assert status_json(repo)["t"]["state"] == "done"

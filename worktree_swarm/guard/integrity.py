@@ -423,10 +423,15 @@ def _batch_check(root: Path, names: Sequence[str]) -> dict[str, str]:
 
 
 def _complete(root: Path, tips: Sequence[str], exclude: Sequence[str]) -> bool:
-    """Whether every object reachable from *tips* but not from *exclude* is present."""
-    args = ["rev-list", "--objects", "--missing=print", *tips, "--not", *exclude, "--"]
+    """Whether every object reachable from *tips* but not from *exclude* is present.
+
+    The tips are given on stdin: tens of thousands of tags (each a branch of yours to *exclude*)
+    are more than a command line holds.
+    """
+    revs = [*tips, *(f"^{sha}" for sha in sorted(set(exclude)))]
+    args = ["rev-list", "--objects", "--missing=print", "--stdin"]
     try:
-        out = runner.run(root, *args).stdout
+        out = runner.run(root, *args, input_text="\n".join(revs) + "\n").stdout
     except (CommandError, subprocess.SubprocessError):
         return False
     return not any(line.startswith("?") for line in out.splitlines())
