@@ -297,7 +297,8 @@ def lying_pack(root: Path, idx: Path) -> str:
     and compares (as costly as git's own ``index-pack`` of it).
     """
     done = runner.run(root, "verify-pack", str(idx), check=False)
-    if done.returncode == 0 or not idx.exists():
+    # Gone meanwhile (git removes a pack's .pack before its .idx): git no longer reads it.
+    if done.returncode == 0 or not idx.exists() or not idx.with_suffix(".pack").exists():
         return ""
     return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
 

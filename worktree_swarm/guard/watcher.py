@@ -1109,6 +1109,8 @@ class Guard:
         if now == self._midx:
             return []
         wrong = integrity.lying_midx(self.repo.root)
+        if wrong and integrity.midx_print(common) != now:
+            return []  # rewritten or removed while it was verified (a repack): next scan
         if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
             self._midx = now
             return []
