@@ -106,6 +106,15 @@ while True:
 }
 
 
+def recorded_end(record: Path) -> float | None:
+    """When the shim's record *record* says its command ended (None: not yet)."""
+    try:
+        ended = json.loads(record.read_text())["ended_at"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return None if ended is None else float(ended)
+
+
 def marked(mark: str) -> list[psutil.Process]:
     """Live (non-zombie) processes whose environment carries ESCAPE_MARK=*mark*."""
     found = []
@@ -323,7 +332,11 @@ def test_agent_exiting_0_while_manager_dead_ends_done(
     if when == "ended":  # it ends unwatched; its shim records the exit status
         (pids / "go").touch()
         wait_for(lambda: not pid_alive(agent_pid), what="the agent to finish")
-        wait_for(lambda: marked(mark) == [], what="its shim to record it and exit")
+        wait_for(lambda: marked(mark) == [], what="its tree to end")
+        # The shim (forked by the server, so unmarked) writes the end down when it has reaped
+        # the agent: a moment after the agent is gone.
+        (record,) = (repo / ".git" / "swarm" / "runs").glob("*/esc/attempt-1.exit.json")
+        wait_for(lambda: recorded_end(record) is not None, what="its shim to record it")
         before_resume = time.time()
         resumed = swarm(repo, "resume")
     else:  # resume adopts the live shim, then the agent ends
