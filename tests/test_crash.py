@@ -898,19 +898,28 @@ pathlib.Path('late.txt').write_text('late\\n')
 """
 
 
+def _lingering_run(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """A run of task `a` whose agent lingers: the manager, its agent's pid file and its gate."""
+    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
+    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
+    task = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    return _manager(repo, "run", manifest(repo, task)), pid_file, gate
+
+
+def _agent_pid(pid_file: Path) -> int:
+    """The pid the lingering agent wrote, once it has."""
+    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
+    return int(pid_file.read_text())
+
+
 def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
-    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
-    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
-    proc = _manager(
-        repo,
-        "run",
-        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
-    )
+    proc, pid_file, gate = _lingering_run(repo, tmp_path, write_agent)
     try:
-        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
-        pid = int(pid_file.read_text())
+        pid = _agent_pid(pid_file)
         shim = psutil.Process(pid).ppid()
         os.kill(shim, signal.SIGKILL)  # as the OOM killer would
         assert proc.wait(timeout=120) == 1
@@ -925,15 +934,8 @@ def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
 def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
-    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
-    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
-    proc = _manager(
-        repo,
-        "run",
-        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
-    )
-    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
-    pid = int(pid_file.read_text())
+    proc, pid_file, gate = _lingering_run(repo, tmp_path, write_agent)
+    pid = _agent_pid(pid_file)
     os.kill(proc.pid, signal.SIGSTOP)  # alive, holding its lock, acting on nothing
     stop = subprocess.Popen(
         [sys.executable, "-m", "worktree_swarm.cli", "stop", "a"], cwd=repo,
@@ -961,16 +963,9 @@ def test_a_stop_a_live_manager_does_not_act_on_fails_naming_the_task_and_is_acte
 ) -> None:
     # A manager alive (its lock held) but frozen: `swarm stop` must not say `stopped` of a
     # task that is not, nor stop it behind the manager's back; it fails and says why.
-    pid_file, gate = tmp_path / "pid", tmp_path / "gate"
-    agent = [*write_agent(LINGERING), str(pid_file), str(gate)]
-    proc = _manager(
-        repo,
-        "run",
-        manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
-    )
+    proc, pid_file, gate = _lingering_run(repo, tmp_path, write_agent)
     try:
-        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
-        pid = int(pid_file.read_text())
+        pid = _agent_pid(pid_file)
         os.kill(proc.pid, signal.SIGSTOP)
         out = swarm(repo, "stop", "a", timeout=120)
         assert (out.returncode, out.stdout) == (1, ""), out.stderr
