@@ -24,11 +24,14 @@ _CHAIN = "objects/info/commit-graphs"
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
-def fingerprint(common: Path) -> Fingerprint:
-    """The commit graph files of the git dir *common*, as their stat data tells them apart."""
-    names = [LABEL]
+def fingerprint(common: Path, label: str = LABEL, chain: str = _CHAIN) -> Fingerprint:
+    """The files of *label* and its *chain* directory in the git dir *common*, as stat tells.
+
+    By default the commit graph's; the multi-pack-index is laid out the same way.
+    """
+    names = [label]
     with contextlib.suppress(OSError):
-        names += sorted(f"{_CHAIN}/{child.name}" for child in (common / _CHAIN).iterdir())
+        names += sorted(f"{chain}/{child.name}" for child in (common / chain).iterdir())
     found = []
     for name in names:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import runner
+from worktree_swarm.guard import graph
 from worktree_swarm.guard.snapshot import ref_owner
 
 KEEP_PREFIX = "refs/swarm/keep/"
@@ -309,22 +310,12 @@ MIDX = "objects/pack/multi-pack-index"
 _MIDX_CHAIN = "objects/pack/multi-pack-index.d"
 
 # The multi-pack-index files as found: (name, inode, size, modification time) of each.
-MidxPrint = tuple[tuple[str, int, int, int], ...]
+MidxPrint = graph.Fingerprint
 
 
 def midx_print(common: Path) -> MidxPrint:
     """The multi-pack-index files of *common*, as their stat data tells them apart."""
-    names = [MIDX]
-    with contextlib.suppress(OSError):
-        names += sorted(f"{_MIDX_CHAIN}/{child.name}" for child in (common / _MIDX_CHAIN).iterdir())
-    found = []
-    for name in names:
-        try:
-            st = os.lstat(common / name)
-        except OSError:
-            continue
-        found.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(found)
+    return graph.fingerprint(common, MIDX, _MIDX_CHAIN)
 
 
 def lying_midx(root: Path) -> str:
