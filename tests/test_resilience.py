@@ -805,6 +805,28 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     assert "a: done" in log.read_text()  # the manager's own output went to its log
 
 
+@pytest.mark.slow  # 20,000 files checked out
+def test_detach_returns_once_the_run_is_recorded(repo: Path, fake_claude: Path) -> None:
+    # 20,000 files whose stat data git no longer trusts: the manager's look at your checkout
+    # (git status), between making its store and recording the run, reads every one.
+    files = [repo / "many" / f"d{n // 200}" / f"f{n}" for n in range(20_000)]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    git(repo, "add", "many")
+    git(repo, "commit", "-qm", "many files")
+    later = time.time() + 60
+    for path in files:
+        os.utime(path, (later, later))
+    out = swarm(repo, "run", "--detach", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stderr
+    look = swarm(repo, "status")  # at once: it said no swarm runs were recorded yet (exit 2)
+    assert look.returncode == 0, look.stdout + look.stderr
+    assert "a" in status_json(repo)
+    pid = int(out.stdout.split("pid ")[1].split(",")[0])
+    wait_for(lambda: not pid_alive(pid), what="the detached manager to finish")
+
+
 def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
     repo: Path, fake_claude: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,12 +18,13 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.store import Store
 
 START_TIMEOUT = 60.0
 
 
 def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
-    """Start ``swarm <argv>`` detached and wait until it holds the manager lock and its store.
+    """Start ``swarm <argv>`` detached and wait until its store records it as a run's manager.
 
     Returns (pid, log path). Input was validated by the caller, so a child that dies before
     taking the lock is reported with its last log line.
@@ -34,6 +36,7 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
         )
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     log, out = _new_log(repo.state_dir)
+    started = time.time()
     with out:
         child = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", *argv],
@@ -47,23 +50,36 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         code = child.poll()
-        if code == ExitCode.LOCKED:  # another manager took the lock since the check above
-            raise ManagerLockedError(last_line(log).removeprefix("swarm: "))
-        if code is not None:
-            raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
-        # Its store made too: a command asking in between would take it for deleted under it.
-        if (
-            lock.manager_alive(repo.state_dir)
-            and lock.holder_pid(repo.state_dir) == child.pid
-            and store_path(repo).exists()
-        ):
+        # The run recorded as its: a command asking before would find no run, or take the
+        # store for deleted under a live manager.
+        if _manages_a_run(repo, child.pid, since=started):
             # Reaped when it ends: a long-lived caller (swarm watch's retry) would otherwise
             # keep a zombie per manager it started. (The thread holds the Popen object too,
             # so Python never warns that a child is "still running".)
             threading.Thread(target=child.wait, name="swarm-reaper", daemon=True).start()
             return child.pid, log
+        if code == ExitCode.LOCKED:  # another manager took the lock since the check above
+            raise ManagerLockedError(last_line(log).removeprefix("swarm: "))
+        if code is not None:
+            raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
         time.sleep(0.05)
     raise SwarmError(f"the background manager did not start within {START_TIMEOUT:g}s ({log})")
+
+
+def _manages_a_run(repo: git.Repo, pid: int, *, since: float) -> bool:
+    """Whether the store records a run managed by the process *pid* started after *since*."""
+    path = store_path(repo)
+    if not path.exists():
+        return False
+    try:
+        with Store(path, last_written=True) as store:
+            runs = store.runs()
+    except (SwarmError, sqlite3.Error):  # being made or brought up to date by the manager
+        return False
+    # The start time too (to the clock's tick): an old run's manager may have had this pid.
+    return any(
+        run.manager_pid == pid and (run.manager_create_time or 0.0) >= since - 1.0 for run in runs
+    )
 
 
 def _new_log(state_dir: Path) -> tuple[Path, BinaryIO]:
