@@ -98,6 +98,7 @@ pathlib.Path('notes.txt').write_text('agent notes\\n')
 pathlib.Path('scratch.txt').unlink()
 pathlib.Path('new').mkdir()
 pathlib.Path('new/evil.txt').write_text('evil\\n')
+pathlib.Path('new/blob.bin').write_bytes(bytes(range(256)) * 4)
 (flags / 'wrote').write_text('1')
 deadline = time.time() + 60
 while time.time() < deadline and (main / 'notes.txt').read_text() != 'clean\\n':
@@ -175,13 +176,15 @@ def test_write_into_main_checkout_is_caught_undone_and_saved(
     assert (repo / "app.py").read_text() == 'print("agent was here")\n'
     assert (repo / "notes.txt").read_text() == "agent notes\n"
     assert (repo / "new" / "evil.txt").read_text() == "evil\n"
+    assert (repo / "new" / "blob.bin").read_bytes() == bytes(range(256)) * 4  # binary too
     assert not (repo / "scratch.txt").exists()
     # Its own work is still on its branch.
     assert "mine.txt" in git(repo, "ls-tree", "--name-only", "swarm/bad")
     # The report names the event, in the terminal and in the HTML page.
     text = swarm(repo, "report").stdout
     assert "outside writes (1):" in text
-    assert "by bad: files app.py, new/evil.txt, notes.txt, scratch.txt in the main checkout" in text
+    files = "app.py, new/blob.bin, new/evil.txt, notes.txt, scratch.txt"
+    assert f"by bad: files {files} in the main checkout" in text
     assert swarm(repo, "report", "--html", str(tmp_path / "r.html")).returncode == 0
     assert "by bad: files app.py" in (tmp_path / "r.html").read_text()
 
