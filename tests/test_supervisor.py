@@ -335,6 +335,27 @@ def test_kill_tree_reaches_grandchild_that_left_the_group(start, tmp_path: Path,
     assert agent.wait(timeout=30) == -signal.SIGTERM
 
 
+@pytest.mark.slow  # the frozen shim is waited for: its grace and 10 s
+def test_kill_tree_of_a_frozen_shim_kills_its_tree_the_old_way(
+    start, tmp_path: Path, reaper
+) -> None:
+    if not SHIM_AVAILABLE:
+        pytest.skip("the shim is what is frozen here")
+    # The agent freezes its shim (SIGSTOP), which then can stop nothing: after waiting for it,
+    # kill_tree kills the group and every descendant itself, the one that left the group too.
+    source = tree_agent(tmp_path).removesuffix("time.sleep(3600)\n")
+    agent = start(
+        source + "import signal\nos.kill(os.getppid(), signal.SIGSTOP)\ntime.sleep(3600)\n",
+        grace=0.3,
+    )
+    pids = tree_pids(tmp_path, reaper)
+    shim = psutil.Process(agent.identity.pid)
+    wait_for(lambda: shim.status() == psutil.STATUS_STOPPED)
+    kill_tree(agent.identity, grace=0.3)
+    assert all(gone(pid, ctime) for pid, ctime in pids)
+    assert agent.wait(timeout=30) == -signal.SIGKILL
+
+
 def test_kill_tree_from_another_process(start, tmp_path: Path, reaper) -> None:
     agent = start(tree_agent(tmp_path), grace=0.3)
     pids = tree_pids(tmp_path, reaper)
