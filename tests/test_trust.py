@@ -2269,3 +2269,54 @@ def test_a_repository_with_more_tags_than_a_command_line_holds_is_scanned_in_ful
     assert out.returncode == 0, out.stdout + out.stderr
     assert "scan failed" not in out.stdout, out.stdout
     assert status_json(repo)["t"]["state"] == "done"
+
+
+# The agent points its own branch at a commit it deletes: nothing can make that branch whole.
+BREAK_OWN_BRANCH = """
+import pathlib, subprocess
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout.strip()
+pathlib.Path('work.txt').write_text('kept\\n')
+git('add', 'work.txt')
+git('commit', '-qm', 'work')
+tree = git('write-tree')
+doomed = git('commit-tree', tree, '-p', 'HEAD', '-m', 'doomed')
+git('update-ref', 'HEAD', doomed)
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir'))
+(common / 'objects' / doomed[:2] / doomed[2:]).unlink()
+"""
+
+
+def test_a_branch_that_cannot_be_made_whole_goes_back_to_its_last_complete_tip(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    run_one(repo, write_agent(BREAK_OWN_BRANCH), sandbox=False)
+    # No ref of yours names a missing object: git gc, git log --all and for-each-ref work
+    # (they failed: fatal: bad object refs/heads/swarm/bad).
+    for command in (["gc", "-q"], ["for-each-ref"], ["log", "--all", "--reflog"]):
+        subprocess.run(["git", *command], cwd=repo, check=True, capture_output=True)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "no longer resolves to a complete commit" in str(row["reason"]), row
+    (write,) = outside_writes(repo)
+    assert write["broken"] == ["refs/heads/swarm/bad"]
+    (back,) = write["set_back"]  # type: ignore[misc]
+    assert back.startswith("swarm/bad at ")
+    # Its branch went back to the agent's last commit, its work.
+    assert git(repo, "show", "swarm/bad:work.txt") == "kept"
+    assert git(repo, "log", "--format=%s", "-1", "swarm/bad") == "work"
+
+
+def test_with_outside_writes_allowed_a_broken_branch_is_left_and_its_last_tip_kept(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent(BREAK_OWN_BRANCH)
+    path = manifest(repo, f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    swarm(repo, "run", path, "--allow-outside-writes")
+    (write,) = outside_writes(repo)
+    assert write["set_back"] == []
+    assert write["kept"] == ["swarm/keep/heads/swarm/bad"]
+    kept = git(repo, "rev-parse", "refs/swarm/keep/heads/swarm/bad")
+    assert git(repo, "show", f"{kept}:work.txt") == "kept"
+    broken = subprocess.run(["git", "rev-parse", "swarm/bad^{tree}"], cwd=repo, check=False)
+    assert broken.returncode != 0  # left as found

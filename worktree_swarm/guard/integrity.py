@@ -13,6 +13,7 @@ import contextlib
 import filecmp
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -27,6 +28,8 @@ from worktree_swarm.guard.snapshot import ref_owner
 
 KEEP_PREFIX = "refs/swarm/keep/"
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
+_REFLOG_LOOK = 50  # the newest entries of a reflog looked at for a complete commit
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256
 
 
 def broken_refs(
@@ -393,6 +396,24 @@ def _gone(common: Path, held: Path) -> list[tuple[Path, Path]]:
             if not os.path.lexists(dest):
                 found.append((Path(entry.path), dest))
     return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def last_complete(root: Path, common: Path, ref: str) -> str | None:
+    """The newest commit *ref*'s reflog names whose commit and root tree are there, or None.
+
+    For a ref the guard never saw complete (a task's branch made since its last check).
+    """
+    try:
+        lines = (common / "logs" / ref).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    named: list[str] = []
+    for line in reversed(lines[-_REFLOG_LOOK:]):
+        for sha in reversed(line.split(" ", 2)[:2]):  # the entry's new value, then its old
+            if _OBJECT_ID.fullmatch(sha) and sha.strip("0") and sha not in named:
+                named.append(sha)
+    kinds = _batch_check(root, [*named, *(f"{sha}^{{tree}}" for sha in named)])
+    return next((s for s in named if kinds.get(s) == "commit" and f"{s}^{{tree}}" in kinds), None)
 
 
 def keep_ref(ref: str) -> str:

@@ -43,6 +43,7 @@ class Violation:
     git_files: tuple[str, ...] = ()  # files of the git dir (config, hooks/..., info/...)
     broken: tuple[str, ...] = ()  # refs that no longer resolve to a complete commit
     kept: tuple[str, ...] = ()  # where the last good tips of *broken* are kept
+    set_back: tuple[str, ...] = ()  # broken refs put back on their last complete tip ("x at sha")
     suspects: tuple[str, ...] = ()
     patch: str = ""
     restored: bool = False
@@ -82,6 +83,8 @@ class Violation:
         others += [f"{short_ref(r)} moved" for r, _, _ in self.refs]
         if self.broken:
             kept = f", last good tip kept as {_shown(self.kept)}" if self.kept else ""
+            if self.set_back:
+                kept += f", set back to its last complete tip ({_shown(self.set_back)})"
             others.append(
                 f"{_shown(tuple(short_ref(r) for r in self.broken))} no longer resolves to a"
                 f" complete commit (objects deleted){kept}"
@@ -104,6 +107,7 @@ class Violation:
             "git_files": list(self.git_files),
             "broken": list(self.broken),
             "kept": list(self.kept),
+            "set_back": list(self.set_back),
             "suspects": list(self.suspects),
             "patch": self.patch,
             "restored": self.restored,

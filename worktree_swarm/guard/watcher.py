@@ -1181,15 +1181,26 @@ class Guard:
         self._reported |= {(ref, refs[ref]) for ref in again}
         if not names:
             return []
-        kept = []
-        for ref in names:
-            good = self._good.get(ref)
-            if ref in again and good is not None and good != refs[ref]:
-                keep = integrity.keep_ref(ref)
-                with contextlib.suppress(CommandError):
-                    git.git(self.repo.root, "update-ref", keep, good)
-                    self._refs[keep] = good
-                    kept.append(short_ref(keep))
+        kept, set_back = [], []
+        root, common = self.repo.root, self.repo.common_dir
+        for ref in (r for r in names if r in again):
+            good = self._good.get(ref) or integrity.last_complete(root, common, ref)
+            if good is None or good == refs[ref]:
+                continue
+            # A ref that names a missing object makes git gc, git log --all and for-each-ref
+            # fail: it goes back to its last complete tip (what it named is gone for good).
+            if self.restore and restore_ref(root, ref, good, refs[ref]):
+                self._refs[ref] = self._good[ref] = good
+                with contextlib.suppress(CommandError):  # its reflog entries naming it too
+                    git.git(root, "reflog", "expire", "--stale-fix", "--expire=never",
+                            "--expire-unreachable=never", ref)  # fmt: skip
+                set_back.append(f"{short_ref(ref)} at {good[:12]}")
+                continue
+            keep = integrity.keep_ref(ref)
+            with contextlib.suppress(CommandError):
+                git.git(root, "update-ref", keep, good)
+                self._refs[keep] = good
+                kept.append(short_ref(keep))
         owners = {ref_owner(ref) for ref in names}
         # Not even a branch's own agent is above suspicion: a task that starts from another's
         # tip shares its objects.
@@ -1198,6 +1209,7 @@ class Guard:
             where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
             broken=tuple(names),
             kept=tuple(kept),
+            set_back=tuple(set_back),
             suspects=self._agents.suspects(window, exclude=()),
             restored=not (set(names) & again),
         )
