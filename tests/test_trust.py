@@ -619,7 +619,7 @@ def test_swarm_merge_or_clean_during_a_run_is_told_to_the_guard_and_blamed_on_no
         done = swarm(repo, *args)
         assert done.returncode == 0, done.stderr
         flag.write_text("go\n")
-        assert running.wait(timeout=60) == 0
+        assert running.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
     finally:
         if running.poll() is None:
             running.kill()
