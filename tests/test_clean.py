@@ -39,7 +39,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
-from tests.test_trust import CHECK_THEN_WAIT
+from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import fixes
 from worktree_swarm.git import repo as g
 from worktree_swarm.report.status import open_store
@@ -429,6 +429,11 @@ depends_on = ["quick", "slow"]
     finally:  # its agent ends either way (it would outlive the manager the reaper kills)
         go.touch()
     assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    # The worktree clean removed while slow's agent ran is swarm's doing: nobody is blamed,
+    # and it stays removed.
+    assert outside_writes(repo) == []
+    assert {row["state"] for row in status_json(repo).values()} == {"done"}
+    assert not (root / "quick").exists()
     assert git(repo, "show", "swarm/last:quick.txt") == "quick"  # started from both
     assert git(repo, "show", "swarm/last:slow.txt") == "slow"
 

@@ -570,12 +570,25 @@ def _remove_worktree(
         fresh = dataclasses.replace(info, head=head)
         if not force and head and _kept_commit(repo, fresh):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
-    if not ((clean or force) and worktrees.delete_locked(repo, path)):
-        worktrees.git_remove_locked(repo, path, force=force)
+    _remove_announced(repo, path, moves=moves, force=force, clean=clean)
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _remove_announced(
+    repo: git.Repo, path: Path, *, moves: guard.RefMoves, force: bool, clean: bool
+) -> None:
+    """Remove the worktree *path*, named to a running guard like a ref: swarm's own removal."""
+    admin = worktrees.own_admin(repo, path)
+    key = guard.worktree_key(path)
+    if admin is not None:
+        moves.announce(key, at=admin.name)
+    if not ((clean or force) and worktrees.delete_locked(repo, path)):
+        worktrees.git_remove_locked(repo, path, force=force)
+    if admin is not None:
+        moves.moved(key, None)
 
 
 def _kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:

@@ -10,7 +10,7 @@ ties them together).
 
 from __future__ import annotations
 
-from worktree_swarm.guard.channel import RefMoves, moving_refs
+from worktree_swarm.guard.channel import RefMoves, moving_refs, worktree_key
 from worktree_swarm.guard.model import (
     MAIN,
     REPOSITORY,
@@ -33,4 +33,5 @@ __all__ = [
     "Violation",
     "moving_refs",
     "suspect_reason",
+    "worktree_key",
 ]

@@ -38,12 +38,20 @@ from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.infra import lock
 
 DIR = "ref-moves"
+# A task worktree is named in an announcement like a ref: its key is this and its real path,
+# its value the name of its admin dir under `.git/worktrees/` (None: removed).
+WORKTREE = "worktree "
 _VERDICT = ".verdict"
 _LISTENING = ".listening"
 _HEARD = ".heard-"
 _WAIT = 30.0  # how long a writer waits for a running guard's verdict
 _POLL = 0.05
 _SAME_START = 0.01  # seconds: psutil's create_time is rounded
+
+
+def worktree_key(path: Path) -> str:
+    """The name by which swarm announces that it removes the worktree *path*."""
+    return WORKTREE + os.path.realpath(path)
 
 
 class RefMoves:

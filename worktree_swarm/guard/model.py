@@ -40,6 +40,8 @@ class Violation:
     refs: tuple[RefMove, ...] = ()  # (ref, before, after)
     head: str = ""  # how HEAD moved, when it did
     index_changed: bool = False
+    # What became of a task's worktree itself: "was removed", "was moved to <path>".
+    worktree: str = ""
     git_files: tuple[str, ...] = ()  # files of the git dir (config, hooks/..., info/...)
     broken: tuple[str, ...] = ()  # refs that no longer resolve to a complete commit
     kept: tuple[str, ...] = ()  # where the last good tips of *broken* are kept
@@ -77,7 +79,7 @@ class Violation:
             parts.append("its staged changes")
         where = f" in {place}" if self.paths or self.index_changed else ""
         what = "; ".join(parts)
-        others = []
+        others = [f"{place} {self.worktree}"] if self.worktree else []
         if self.git_files:
             others.append(f"git's own files {_shown(self.git_files)}")
         others += [f"{short_ref(r)} moved" for r, _, _ in self.refs]
@@ -104,6 +106,7 @@ class Violation:
             "refs": [{"ref": r, "before": b, "after": a} for r, b, a in self.refs],
             "head": self.head,
             "index_changed": self.index_changed,
+            "worktree": self.worktree,
             "git_files": list(self.git_files),
             "broken": list(self.broken),
             "kept": list(self.kept),

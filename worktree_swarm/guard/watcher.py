@@ -13,7 +13,9 @@ What is watched, against a baseline recorded when watching starts:
   through the channel (channel.py);
 - that every watched ref still resolves to a complete commit (integrity.py);
 - every task worktree of the run while nothing of its own runs in it (after its task ended,
-  or while it waits for a rate limit): any change there was made by someone else.
+  or while it waits for a rate limit): any change there was made by someone else;
+- that every task worktree is where swarm made it, busy or not: one another agent removed or
+  moved is put back (moved back, or made again from its branch), never deleted.
 
 Git compares a checkout only when its cheap change test (changes.py: inotify, stat of its
 git files) flags it, or for a slow sweep; the user's checkouts are compared in full by the
@@ -35,7 +37,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError, SwarmError
@@ -45,7 +47,7 @@ from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import graph, integrity, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
-from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.channel import Channel, worktree_key
 from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import (
     MAIN,
@@ -119,6 +121,18 @@ class _Place:
         return self.where == MAIN or self.where.startswith(WORKTREE_PREFIX)
 
 
+@dataclass(slots=True)
+class _Worktrees:
+    """The run's task worktrees, expected where swarm made them."""
+
+    paths: dict[str, Path] = field(default_factory=dict)  # task -> its worktree (busy() says)
+    admins: dict[str, str] = field(default_factory=dict)  # task -> its admin dir, while whole
+    lost: dict[str, Violation] = field(default_factory=dict)  # busy task -> how it went
+    # Tasks whose worktree's files were found gone while git's registration still named them:
+    # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.
+    doubted: set[str] = field(default_factory=set)
+
+
 class Guard:
     """Watches the user's checkouts, the git dir, the refs and idle task worktrees of one run.
 
@@ -133,6 +147,7 @@ class Guard:
     _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
     _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
+    _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
 
     def __init__(
         self,
@@ -182,8 +197,7 @@ class Guard:
         self._count = 0
         now = time.time()
         self._refs_checked = self._surface_checked = now
-        self._objects_checked = now
-        self._stash_checked = now
+        self._objects_checked = self._stash_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
         self._hooks: Path | None = None
@@ -205,6 +219,7 @@ class Guard:
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._admins: list[Path] = []  # the git dirs of the user's linked worktrees
+        self._trees = _Worktrees()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -238,7 +253,7 @@ class Guard:
             self._good = dict(self._refs)
             now = time.time()
             self._refs_checked = self._surface_checked = self._graph_checked = now
-            self._objects_checked = self._stash_checked = now
+            self._objects_checked = self._stash_checked = self._worktrees_checked = now
 
     @contextlib.contextmanager
     def busy(self, task_id: str, path: Path) -> Iterator[None]:
@@ -249,6 +264,7 @@ class Guard:
         """
         with self._lock:
             self._busy[task_id] = self._busy.get(task_id, 0) + 1
+            self._trees.paths[task_id] = path
             self._places.pop(task_id, None)
             self._changes.forget(task_id)
         try:
@@ -283,12 +299,12 @@ class Guard:
 
     @contextlib.contextmanager
     def provisioning(self, path: Path) -> Iterator[None]:
-        """While inside, swarm makes (or remakes) the worktree *path*: its admin dir is swarm's.
+        """While inside, swarm makes, remakes or removes the worktree *path* (and its admin dir).
 
         In a repository with per-worktree config, `git worktree add` copies the checkout's
         ``config.worktree`` (a sparse checkout's settings) into the new admin dir: git's
-        doing, not an agent's. Scans meanwhile leave that file alone; on leaving it is taken
-        into the baseline as it is.
+        doing, not an agent's. Scans meanwhile leave that file, and whether the worktree is
+        there, alone; on leaving both are taken into the baseline as they are.
         """
         key = f"{os.path.realpath(path)}/.git"  # as its admin dir's `gitdir` names it
         with self._repo_lock:
@@ -303,6 +319,14 @@ class Guard:
                 with contextlib.suppress(SwarmError):  # its admin dir, as its `.git` names it
                     admin = git.git_dir(path)
                 worktrees_dir = Path(os.path.realpath(common / "worktrees"))
+                whole = worktrees.own_admin(self.repo, path)
+                for task_id, known in list(self._trees.paths.items()):
+                    if os.path.realpath(known) != os.path.realpath(path):
+                        continue
+                    if whole is None:
+                        self._trees.admins.pop(task_id, None)
+                    else:
+                        self._trees.admins[task_id] = whole.name
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface.read_one(common, label)
@@ -422,6 +446,22 @@ class Guard:
                 patch_text=None,
             )
 
+    def worktree_lost(self, task_id: str) -> Violation | None:
+        """How *task_id*'s worktree went while the task was busy (removed or moved), if it did.
+
+        Called after each attempt, before swarm runs git in the worktree: a worktree removed
+        while its agent worked took the attempt's uncommitted work with it. It is looked for
+        now (the scan may not have come yet) and put back as any scan would.
+        """
+        path = self._trees.paths.get(task_id)
+        # The repository's lock alone, as the checks after an attempt: a busy task has no place
+        # of the guard's to compare.
+        with self._repo_lock:
+            if path is not None and not os.path.lexists(path / ".git"):
+                with self._job("worktrees"):
+                    self._check_worktree(task_id, path, time.time(), set(), at_once=True)
+            return self._trees.lost.pop(task_id, None)
+
     def after_attempt(self) -> None:
         """Check git's own files, ``refs/stash`` and every ref's objects now.
 
@@ -533,6 +573,9 @@ class Guard:
             if deep:
                 self._settled_checks(began)
         with self._lock.first():  # ahead of the workers: the checks below never wait long
+            with self._repo_lock, self._job("worktrees"):
+                # Before your checkout: a worktree moved into it goes back, not away.
+                found += self._scan_worktrees(began, pending)
             changed = self._changes.changed()
             for place in self._places.values():
                 if place.where not in changed and self._changes.watched(place.where):
@@ -705,6 +748,164 @@ class Guard:
                 continue
             found.append(info.path)
         return found
+
+    def _scan_worktrees(self, began: float, pending: set[str]) -> list[Violation]:
+        """Each task worktree where swarm made it: one removed or moved is put back.
+
+        Two file lookups per task; git's admin dir is read only when a worktree's ``.git`` is
+        gone. Under the guard's lock and the repository's.
+        """
+        found = []
+        for task_id, path in list(self._trees.paths.items()):
+            violation = self._check_worktree(task_id, path, began, pending)
+            if violation is not None:
+                found.append(violation)
+        self._worktrees_checked = began
+        return found
+
+    def _check_worktree(
+        self, task_id: str, path: Path, began: float, pending: set[str], *, at_once: bool = False
+    ) -> Violation | None:
+        known = self._trees.admins.get(task_id)
+        if os.path.lexists(path / ".git"):
+            self._trees.doubted.discard(task_id)
+            if known is None:  # made by an earlier manager, or not yet seen whole
+                admin = worktrees.own_admin(self.repo, path)
+                if admin is not None:
+                    self._trees.admins[task_id] = admin.name
+            return None  # a `.git` that names another is tampering: see worktrees.tampered
+        if known is None or f"{os.path.realpath(path)}/.git" in self._provisioning:
+            return None
+        key = worktree_key(path)
+        if key in pending:
+            return None  # `swarm clean` at work
+        if not self._channel.explains(key, known, None):
+            # swarm names a removal before it begins: one that began since the scan read the
+            # announcements is named by now.
+            if key in self._hear():
+                return None
+            if not self._channel.explains(key, known, None):
+                if not at_once and self._midway(task_id, path, known):
+                    return None  # judged on the next scan
+                return self._worktree_gone(task_id, path, known, began)
+        self._forget_worktree(task_id)  # removed by `swarm clean`, as it said
+        return None
+
+    def _midway(self, task_id: str, path: Path, known: str) -> bool:
+        """Whether to look at *task_id*'s missing worktree once more before judging.
+
+        git moves a worktree by renaming it, then writes its new place into the admin dir: one
+        found gone while its admin dir still names *path* is looked at on the next scan too,
+        once (the final scan judges at once).
+        """
+        gitdir = self.repo.common_dir / "worktrees" / known / "gitdir"
+        try:
+            named = gitdir.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if os.path.realpath(Path(named).parent) != os.path.realpath(path):
+            return False
+        if task_id in self._trees.doubted or self._closing.is_set():
+            self._trees.doubted.discard(task_id)
+            return False
+        self._trees.doubted.add(task_id)
+        return True
+
+    def _hear(self) -> set[str]:
+        """Read swarm's announcements now: the refs (and worktrees) being moved."""
+        pending: set[str] = set()
+        with self._job("ref announcements"):
+            pending, refused = self._channel.read()
+            for why in refused:
+                self._failed("ref announcements", why)
+        return pending
+
+    def _worktree_gone(
+        self, task_id: str, path: Path, known: str, began: float
+    ) -> Violation | None:
+        """*task_id*'s worktree, registered in admin dir *known*, is not at *path*: whose doing."""
+        window = (self._worktrees_checked, began)
+        busy = task_id in self._busy
+        suspects = self._agents.suspects(window, exclude=(task_id,))
+        if not suspects and busy:  # its own agent, alone at the time
+            suspects = self._agents.suspects(window, exclude=())
+        if not suspects:  # nobody of ours was running: the user's doing
+            self._forget_worktree(task_id)
+            return None
+        moved = _moved_to(self.repo.common_dir / "worktrees" / known, path)
+        restored = False
+        if self.restore:
+            with self._job(task_id):
+                restored = self._put_worktree_back(task_id, path, known, moved)
+        if not restored:
+            self._forget_worktree(task_id)
+            if moved is not None:
+                self._keep_out(moved)
+        what = "was removed" if moved is None else f"was moved to {moved}"
+        violation = self._record(
+            Violation(
+                number=0, where=task_id, worktree=what, suspects=suspects, restored=restored,
+            ),
+            patch_text=None,
+        )  # fmt: skip
+        if busy and not (moved is not None and restored):  # its agent's files went with it
+            self._trees.lost[task_id] = violation
+        return violation
+
+    def _keep_out(self, moved: Path) -> None:
+        """Leave *moved*, a task worktree left in your checkout, out of its comparisons."""
+        root, real = Path(os.path.realpath(self.repo.root)), Path(os.path.realpath(moved))
+        if real != root and real.is_relative_to(root):
+            self._exclude += (f":(exclude,top,literal){real.relative_to(root).as_posix()}",)
+
+    def _forget_worktree(self, task_id: str) -> None:
+        """No longer expect *task_id*'s worktree where swarm made it, nor compare it there."""
+        self._trees.admins.pop(task_id, None)
+        if self._places.pop(task_id, None) is not None:
+            self._changes.forget(task_id)
+
+    def _put_worktree_back(self, task_id: str, path: Path, admin: str, moved: Path | None) -> bool:
+        """Move *path* back from *moved*, or make it again from its branch; whether it is back.
+
+        Nothing is deleted: a worktree that cannot be moved back (a submodule in it, another
+        file system) stays where it was moved, and *path*, when something else is there now,
+        is not made again. A finished task's worktree made again gets back the files it held
+        uncommitted (its baseline), and is compared with its baseline again.
+        """
+        if moved is not None:
+            if os.path.lexists(path):
+                return False  # something else is there now (git would move it inside that)
+            # Twice --force: an agent may have locked it too. git renames it and its admin dir
+            # follows; the agent's own files, even open ones, move back with it.
+            git.git(self.repo.root, "worktree", "move", "--force", "--force", str(moved), str(path))
+        else:
+            with self.provisioning(path), git.repo_lock(self.repo):
+                stale = self.repo.common_dir / "worktrees" / admin
+                if os.path.lexists(stale / "gitdir"):  # its files deleted, its registration not
+                    shutil.rmtree(stale)
+                with contextlib.suppress(FileNotFoundError):
+                    path.rmdir()  # left empty; not empty, it is not ours to clear
+                branch = f"swarm/{task_id}"
+                git.git(self.repo.root, "worktree", "add", "--quiet", "--no-checkout", "--",
+                        str(path), branch)  # fmt: skip
+                worktrees.populate(path, None)
+        place = self._places.get(task_id)
+        if place is not None:
+            if moved is None:
+                _seed(place.scratch, place.saved_index)
+                now = capture(path, place.scratch)
+                restore_checkout(
+                    path,
+                    base=self._base(place),
+                    now=now,
+                    saved_index=place.saved_index,
+                    scratch=place.scratch,
+                    exclude=(),
+                )
+            self._changes.forget(task_id)
+            self._changes.watch(task_id, path, self._git_files(index_path(path).parent))
+            self._changes.mark(task_id)  # compared with its baseline in this scan
+        return worktrees.own_admin(self.repo, path) is not None
 
     def _release(self, task_id: str, path: Path) -> None:
         """One holder less; the last one hands the worktree over to the guard's watch.
@@ -1287,6 +1488,20 @@ class Guard:
             place.checked = began
             return made
         paths = changed_paths(place.path, base.tree, now.tree)
+        if place.users and any((place.path / p / ".git").is_file() for p in paths):
+            # A linked worktree there (a task's, moved in since this scan looked for them):
+            # moved back, or left out, before anything here is taken for new files to remove.
+            with self._repo_lock:
+                made += self._scan_worktrees(began, set())
+                midway = bool(self._trees.doubted)
+            if midway:  # a worktree being moved, maybe here: compared once it is judged
+                self._changes.mark(place.where)
+                return made
+            now = capture(place.path, place.scratch, self._excludes(place))
+            if now == base:
+                place.checked = began
+                return made
+            paths = changed_paths(place.path, base.tree, now.tree)
         head = ""
         if (now.head_ref, now.head) != (base.head_ref, base.head):
             head = f"HEAD moved from {describe_head(base)} to {describe_head(now)}"
@@ -1389,6 +1604,22 @@ class Guard:
         if self._on_record is not None:
             self._on_record(done)
         return done
+
+
+def _moved_to(admin: Path, path: Path) -> Path | None:
+    """Where the worktree registered in *admin* is now, when it is whole but not at *path*."""
+    try:
+        named = Path((admin / "gitdir").read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return None
+    where = named.parent
+    if os.path.realpath(where) == os.path.realpath(path) or not os.path.lexists(named):
+        return None
+    try:
+        back = git.git_dir(where)
+    except SwarmError:
+        return None
+    return where if os.path.realpath(back) == os.path.realpath(admin) else None
 
 
 def _unreadable_index(root: Path) -> bool:

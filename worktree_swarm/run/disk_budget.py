@@ -215,7 +215,9 @@ class DiskBudget:
                     exclude=self._local_paths(task, path),
                     droppings=adapter_for(task.agent).droppings if task is not None else (),
                 )
-                worktrees.remove_worktree(self.repo, path, force=True)
+                # Told to the guard as swarm's own: it expects the worktree gone from now on.
+                with self.guard.provisioning(path):
+                    worktrees.remove_worktree(self.repo, path, force=True)
         self._scans.pop(task_id, None)
         self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
         branch = task.branch if task is not None else f"swarm/{task_id}"

@@ -38,7 +38,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.guard import Guard, sandbox
+from worktree_swarm.guard import Guard, Violation, sandbox
 from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
@@ -297,7 +297,8 @@ class TaskWorker(RunWorker):
             if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
                 return TaskOutcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
             if recorded:
-                provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
+                with self.guard.provisioning(path):  # swarm's own removal
+                    provision.roll_back(self.repo, path=path, branch=task.branch, start=start)
             else:  # the intent first: a crash from here on is rolled back by `swarm resume`
                 self.store.update_task(self.run_id, task.id, start_commit=start)
             with self.guard.provisioning(path):
@@ -532,6 +533,11 @@ class TaskWorker(RunWorker):
 
         *agent* ran the attempt: the task's own, or a fallback that took over.
         """
+        lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
+        if lost is not None:
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=_lost_reason(task, lost)
+            )
         admin = worktrees.own_admin(self.repo, path)
         changed = None if admin is not None else worktrees.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
@@ -1021,6 +1027,22 @@ class TaskWorker(RunWorker):
                 **dict(task.env),
             }
         )
+
+
+def _lost_reason(task: Task, lost: Violation) -> str:
+    """Why a task whose worktree went while its agent worked is not done."""
+    others = [s for s in lost.suspects if s != task.id]
+    who = "by its own agent" if not others else f"by {' or '.join(others)}"
+    if lost.worktree != "was removed":  # moved, and could not be moved back
+        return (
+            f"its worktree {lost.worktree} while its agent worked ({who}) and stays there: "
+            f"its work since the last checkpoint is there, uncommitted"
+        )
+    again = ", and the worktree made again from it" if lost.restored else ""
+    return (
+        f"its worktree was removed while its agent worked ({who}): the attempt's work since "
+        f"its last checkpoint went with it; {task.branch} keeps what was committed{again}"
+    )
 
 
 def _agent_may_run(attempt: AttemptRow | None) -> bool:

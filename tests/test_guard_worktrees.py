@@ -1,0 +1,203 @@
+"""An agent that removes or moves another task's worktree, in a real run.
+
+`git worktree remove --force` or `git worktree move` of a sibling's worktree writes outside the
+agent's own (the sibling's files and its admin dir under ``.git/worktrees/``): the agent that
+does it fails like any other outside write, the sibling's worktree is put back (re-made from
+its branch, or moved back), and nothing of the sibling's is lost or deleted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_trust import AgentFactory, outside_writes
+
+# The wrecker finds the victim's worktree as git lists it, once the victim's task is done.
+FIND_VICTIM = """
+import os, pathlib, sqlite3, subprocess, sys, time
+def git(*args):
+    return subprocess.run(['git', *args], capture_output=True, text=True, check=True).stdout
+common = git('rev-parse', '--path-format=absolute', '--git-common-dir').strip()
+def victim_path():
+    records = git('worktree', 'list', '--porcelain').split('\\n\\n')
+    for record in records:
+        lines = dict(line.split(' ', 1) for line in record.splitlines() if ' ' in line)
+        if lines.get('branch') == 'refs/heads/swarm/victim':
+            return lines['worktree']
+    raise SystemExit('no worktree of task victim')
+def wait_done():
+    db = sqlite3.connect(f'file:{common}/swarm/state.db?mode=ro', uri=True, timeout=30)
+    query = "SELECT state FROM tasks WHERE task_id = 'victim' ORDER BY rowid DESC LIMIT 1"
+    while db.execute(query).fetchone()[0] != 'done':
+        time.sleep(0.05)
+pathlib.Path('wrecker.txt').write_text('w\\n')
+"""
+
+REMOVE_DONE = (
+    FIND_VICTIM
+    + """
+wait_done()
+git('worktree', 'remove', '--force', victim_path())
+"""
+)
+
+MOVE_DONE = (
+    FIND_VICTIM
+    + """
+wait_done()
+git('worktree', 'move', victim_path(), sys.argv[1])
+"""
+)
+
+VICTIM = """
+import pathlib
+pathlib.Path('victim.txt').write_text('v\\n')
+"""
+
+
+def run_pair(repo: Path, victim: list[str], wrecker: list[str]) -> dict[str, dict[str, object]]:
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(victim)}\n'
+        f'[[task]]\nid = "wrecker"\nprompt = "p"\nagent = {argv_toml(wrecker)}\n',
+    )
+    out = swarm(repo, "run", path, "--jobs", "2")
+    assert "Traceback" not in out.stderr, out.stderr
+    return status_json(repo)
+
+
+def victim_worktree(repo: Path) -> Path:
+    return repo.parent / "repo.swarm" / "victim"
+
+
+def assert_victim_whole(repo: Path) -> None:
+    """The victim's worktree is where swarm made it, registered, on its branch, its work there."""
+    path = victim_worktree(repo)
+    assert (path / "victim.txt").read_text() == "v\n"
+    assert git(path, "symbolic-ref", "HEAD") == "refs/heads/swarm/victim"
+    assert git(path, "status", "--porcelain") == ""
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+
+
+DELETE_DONE = (
+    FIND_VICTIM
+    + """
+import shutil
+wait_done()
+shutil.rmtree(victim_path())  # git's registration of it stays
+"""
+)
+
+
+@pytest.mark.parametrize("how", [REMOVE_DONE, DELETE_DONE], ids=["git-worktree-remove", "rm-rf"])
+def test_an_agent_removing_a_finished_siblings_worktree_fails_and_the_worktree_comes_back(
+    repo: Path, write_agent: AgentFactory, how: str
+) -> None:
+    rows = run_pair(repo, write_agent(VICTIM), write_agent(how))
+    assert rows["victim"]["state"] == "done", rows["victim"]
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    reason = str(rows["wrecker"]["reason"])
+    assert "wrote outside its worktree: task victim's worktree was removed" in reason, reason
+    assert_victim_whole(repo)
+    writes = outside_writes(repo)
+    assert [(w["where"], w["suspects"], w["restored"]) for w in writes] == [
+        ("victim", ["wrecker"], True)
+    ], writes
+    assert git(repo, "show", "swarm/wrecker:wrecker.txt") == "w"  # its own work is kept
+
+
+def test_a_siblings_worktree_moved_into_your_checkout_is_moved_back_not_deleted(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    before = sorted(p.name for p in repo.iterdir())
+    rows = run_pair(repo, write_agent(VICTIM), [*write_agent(MOVE_DONE), str(repo / "moved")])
+    assert rows["victim"]["state"] == "done", rows["victim"]
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    reason = str(rows["wrecker"]["reason"])
+    assert f"task victim's worktree was moved to {repo / 'moved'}" in reason, reason
+    assert_victim_whole(repo)
+    assert sorted(p.name for p in repo.iterdir()) == before
+
+
+def test_a_siblings_worktree_moved_elsewhere_is_moved_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    away = tmp_path / "away"
+    rows = run_pair(repo, write_agent(VICTIM), [*write_agent(MOVE_DONE), str(away)])
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    assert "task victim's worktree was moved to" in str(rows["wrecker"]["reason"])
+    assert rows["victim"]["state"] == "done", rows["victim"]
+    assert_victim_whole(repo)
+    assert not away.exists()
+
+
+# The victim writes its work, then waits while the wrecker removes its worktree.
+WORKING = """
+import pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+pathlib.Path('victim.txt').write_text('v\\n')
+(marks / 'victim-working').touch()
+while not (marks / 'removed').exists():
+    time.sleep(0.02)
+"""
+REMOVE_RUNNING = (
+    FIND_VICTIM
+    + """
+marks = pathlib.Path(sys.argv[1])
+while not (marks / 'victim-working').exists():
+    time.sleep(0.02)
+git('worktree', 'remove', '--force', victim_path())
+(marks / 'removed').touch()
+"""
+)
+
+
+def test_a_task_whose_worktree_is_removed_while_its_agent_works_is_not_done(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    rows = run_pair(
+        repo,
+        [*write_agent(WORKING), str(marks)],
+        [*write_agent(REMOVE_RUNNING), str(marks)],
+    )
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    assert "task victim's worktree was removed" in str(rows["wrecker"]["reason"])
+    # Its uncommitted work went with the files: it must not look done.
+    victim = rows["victim"]
+    assert victim["state"] == "failed", victim
+    assert "its worktree was removed while its agent worked" in str(victim["reason"]), victim
+    assert git(repo, "rev-parse", "--verify", "-q", "refs/heads/swarm/victim")  # kept
+    assert (victim_worktree(repo) / ".git").is_file()  # made again from its branch
+    writes = outside_writes(repo)
+    assert [(w["where"], w["suspects"]) for w in writes] == [("victim", ["wrecker"])], writes
+
+
+MOVE_AND_SQUAT = (
+    MOVE_DONE
+    + """
+where = pathlib.Path(sys.argv[2])
+where.mkdir()
+(where / 'squat.txt').write_text('in the way\\n')
+"""
+)
+
+
+def test_a_moved_worktree_that_cannot_go_back_is_left_where_it_is_even_in_your_checkout(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    moved = repo / "moved"
+    wrecker = [*write_agent(MOVE_AND_SQUAT), str(moved), str(victim_worktree(repo))]
+    rows = run_pair(repo, write_agent(VICTIM), wrecker)
+    assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
+    reason = str(rows["wrecker"]["reason"])
+    assert f"task victim's worktree was moved to {moved}; left as found" in reason, reason
+    # Nothing of the victim's is deleted: its worktree is whole where the agent moved it.
+    assert (moved / "victim.txt").read_text() == "v\n"
+    assert git(moved, "symbolic-ref", "HEAD") == "refs/heads/swarm/victim"
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
