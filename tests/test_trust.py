@@ -437,6 +437,33 @@ def test_a_commit_graph_that_lies_about_your_commits_is_removed(
         assert all(w["restored"] for w in outside_writes(repo))
 
 
+# A replace ref: every git command of yours (not swarm's) reads the agent's commit for yours.
+REPLACE_YOUR_COMMIT = """
+import pathlib, subprocess
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout.strip()
+pathlib.Path('README.md').write_text('backdoor\\n')
+git('commit', '-qam', 'evil')
+git('replace', git('rev-parse', 'main'), git('rev-parse', 'HEAD'))
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_replace_ref_that_swaps_your_commit_for_an_agents_is_removed(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    shown = git(repo, "show", "main")
+    run_one(repo, write_agent(REPLACE_YOUR_COMMIT), sandbox=sandbox)
+    assert git(repo, "for-each-ref", "refs/replace/") == ""
+    assert git(repo, "show", "main") == shown
+    git(repo, "reset", "-q", "--hard")
+    assert (repo / "README.md").read_text() == "hello\n"
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "replace/" in str(row["reason"]), row
+    assert all(w["restored"] for w in outside_writes(repo))
+
+
 def test_a_commit_graph_git_writes_during_the_run_is_kept(
     repo: Path, write_agent: AgentFactory
 ) -> None:
