@@ -559,6 +559,54 @@ def test_an_edit_in_the_users_other_worktree_is_caught_and_undone(
     assert repo_state(repo) == before
 
 
+# Your linked worktree pointed at a copy of your repository the agent made, whose config runs
+# its program: the copy has the same refs and objects, so git in that worktree sees no change.
+REPOINT_LINKED_WORKTREE = """
+import pathlib, shutil, subprocess, sys
+mine, marker, what = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+admin = common / 'worktrees' / mine.name
+pathlib.Path('.gitignore').write_text('.cache/\\n')
+evil = pathlib.Path('.cache', 'git').resolve()
+shutil.copytree(common, evil, ignore=shutil.ignore_patterns('swarm', 'worktrees'))
+with open(evil / 'config', 'a') as out:
+    out.write(f'[core]\\n\\tfsmonitor = "touch {marker}; false #"\\n')
+evil_admin = evil / 'worktrees' / mine.name
+shutil.copytree(admin, evil_admin)
+(evil_admin / 'commondir').write_text(f'{evil}\\n')
+try:
+    if what == 'commondir':
+        (admin / 'commondir').write_text(f'{evil}\\n')
+    elif what == 'gitdir':  # your `git worktree prune` (a `git gc`) would drop its admin dir
+        (admin / 'gitdir').write_text('/nonexistent/.git\\n')
+    else:
+        (mine / '.git').write_text(f'gitdir: {evil_admin}\\n')
+except OSError:
+    pass
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize("what", ["commondir", "gitdir", ".git"])
+def test_your_linked_worktree_pointed_at_another_repository_is_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool, what: str
+) -> None:
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    admin = repo / ".git" / "worktrees" / "mine"
+    files = {p: p.read_bytes() for p in (admin / "commondir", admin / "gitdir", mine / ".git")}
+    marker = tmp_path / "m"
+    run_one(
+        repo, [*write_agent(REPOINT_LINKED_WORKTREE), str(mine), str(marker), what], sandbox=sandbox
+    )
+    assert {p: p.read_bytes() for p in files} == files
+    git(mine, "status")
+    assert not marker.exists()
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+
+
 EXCLUDE_THEN_FILE = """
 import pathlib, subprocess, sys
 pathlib.Path('work.txt').write_text('own work\\n')
@@ -2147,7 +2195,7 @@ def test_a_linked_worktrees_reflog_is_looked_at_for_hard_links_and_its_head_not(
     admin = repo / ".git" / "worktrees" / "feature"
     os.link(admin / "HEAD", tmp_path / "head-backup")
     os.link(admin / "logs" / "HEAD", tmp_path / "reflog-backup")
-    found = surface.read(repo / ".git", None, [admin])
+    found = surface.read(repo / ".git", None, {tmp_path / "feature": admin})
     assert found["worktrees/feature/logs/HEAD"].kind == surface.HARD_LINK
     assert "worktrees/feature/HEAD" not in found
 

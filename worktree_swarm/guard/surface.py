@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,12 @@ RERERE = "rr-cache"
 # Other object stores git reads objects from: objects moved out of yours into one an agent
 # names (its worktree, which `swarm clean` deletes) are still found, so nothing looks missing.
 ALTERNATES = ("objects/info/alternates", "objects/info/http-alternates")
+
+# What ties a linked worktree of yours to the repository, in its admin dir (with the ``.git``
+# file of the worktree itself): pointed at a copy an agent made (the same refs and objects, so
+# git there sees no change), your git in that worktree reads the copy's config, and runs its
+# ``core.fsmonitor``; a ``gitdir`` naming no worktree has your next `git gc` prune its admin dir.
+_TIES = ("commondir", "gitdir")
 
 # Old-style remote definitions: a planted one would point your next `git pull NAME` elsewhere.
 _STEERING_DIRS = ("remotes", "branches")
@@ -104,17 +110,22 @@ def rerere_made(root: Path, before: Surface, after: Surface) -> bool:
     return out.strip() == "true"
 
 
-def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) -> Surface:
+def read(
+    common: Path, extra_hooks: Path | None, linked: Mapping[Path, Path] | None = None
+) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
     Also every symlink and hard link where git writes for your checkouts: at the top of
-    *common* and of each admin dir in *admins* (your linked worktrees'), under their ``logs/``,
-    and under ``refs/`` (a ref directory swapped for a link would have a restored ref written
-    through).
+    *common* and of the admin dir of each of your linked worktrees (*linked*: worktree ->
+    admin dir), under their ``logs/``, and under ``refs/`` (a ref directory swapped for a link
+    would have a restored ref written through). And what ties each linked worktree to the
+    repository: its ``.git`` file, its admin dir's ``commondir`` and ``gitdir``.
     """
     found: Surface = {}
-    for top in (common, *admins):
+    linked = linked or {}
+    for top in (common, *linked.values()):
         _add_links(found, common, top)
+    _add_ties(found, common, linked)
     _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
     for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES, *ALTERNATES):
         _add(found, common, common / name)
@@ -130,6 +141,13 @@ def read(common: Path, extra_hooks: Path | None, admins: Sequence[Path] = ()) ->
                 if not child.is_dir() or child.is_symlink():  # git runs top-level hooks only
                     _add(found, common, child)
     return found
+
+
+def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
+    for checkout, admin in linked.items():
+        _add(found, common, checkout / ".git")
+        for name in _TIES:
+            _add(found, common, admin / name)
 
 
 def _add_worktree_configs(found: Surface, common: Path) -> None:

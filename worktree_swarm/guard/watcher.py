@@ -218,7 +218,7 @@ class Guard:
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
-        self._admins: list[Path] = []  # the git dirs of the user's linked worktrees
+        self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
         self._trees = _Worktrees()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,7 +233,7 @@ class Guard:
             for path in self._users_worktrees():
                 with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
                     self._watch(WORKTREE_PREFIX + str(path), path)
-                    self._admins.append(git.git_dir(path))
+                    self._linked[path] = git.git_dir(path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
             self._graph = graph.fingerprint(self.repo.common_dir)
@@ -361,7 +361,7 @@ class Guard:
         own settings do not. Those are taken into the baseline as they are. The user's linked
         worktrees are not swarm's to make or remove: theirs are judged as ever.
         """
-        users = {os.path.realpath(admin) for admin in self._admins}
+        users = {os.path.realpath(admin) for admin in self._linked.values()}
         left = []
         for label in labels:
             admin = os.path.realpath(common / label).rpartition("/")[0]
@@ -733,7 +733,7 @@ class Guard:
     # -- internals ---------------------------------------------------------------------------
 
     def _read_surface(self) -> surface.Surface:
-        return surface.read(self.repo.common_dir, self._hooks, self._admins)
+        return surface.read(self.repo.common_dir, self._hooks, self._linked)
 
     def _users_worktrees(self) -> list[Path]:
         """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
