@@ -130,6 +130,36 @@ def test_whatever_can_lose_or_damage_an_object_changes_the_generation(
     assert watch.generation() != first
 
 
+def test_a_pack_written_in_place_through_any_name_is_told_and_its_time_is_not(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    git(repo, "-c", "gc.auto=0", "repack", "-q")
+    watch = ObjectWatch(objects_of(repo))
+    commit_file(repo, "b.txt", "b\n")
+    git(repo, "-c", "gc.auto=0", "repack", "-q")  # a pack made after the watch began
+    packs = objects_of(repo) / "pack"
+    old, new = sorted(packs.glob("pack-*.idx"), key=lambda p: p.stat().st_mtime_ns)
+    watch.watch_pack(new)  # as the guard does before it verifies a new pack
+    for idx in (old, new):
+        os.utime(idx.with_suffix(".pack"))  # git freshens a pack: no write
+    first = watch.generation()
+    assert watch.written_packs() == set()
+    elsewhere = tmp_path / "link"
+    os.link(old.with_suffix(".pack"), elsewhere)  # written through another name
+    elsewhere.chmod(0o644)
+    with elsewhere.open("r+b") as out:
+        out.write(b"PACK")
+    new.chmod(0o644)
+    with new.open("r+b"):  # opened for writing (a shared map writes without an event)
+        pass
+    assert watch.generation() != first
+    assert watch.written_packs() == {old.name, new.name}
+    git(repo, "-c", "gc.auto=0", "repack", "-adq")  # both removed: no longer watched
+    assert watch.watched
+    assert watch.written_packs() == set()
+
+
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     clone = tmp_path / "clone"

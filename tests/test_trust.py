@@ -1985,6 +1985,42 @@ def test_an_object_of_yours_rewritten_in_place_is_reported(
     assert "rewritten in place" in Path(str(write["patch"])).read_text()
 
 
+# A pack of yours rewritten in place: the bytes of one of its objects swapped for another
+# blob's of the same compressed length. git reads a packed object where the index says
+# without checking it, so your `git show` and a checkout read the agent's file.
+REWRITE_PACK = """
+import os, pathlib, subprocess, zlib
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir').strip())
+idx = next((common / 'objects' / 'pack').glob('pack-*.idx'))
+pack = idx.with_suffix('.pack')
+old, new = zlib.compress(b'hello\\n'), zlib.compress(b'HELLO\\n')
+start = pack.read_bytes().index(old)
+pack.chmod(0o644)
+with pack.open('r+b') as out:
+    out.seek(start)
+    out.write(new)
+pathlib.Path('forged.txt').write_text(idx.name + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_pack_of_yours_rewritten_in_place_is_reported(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    git(repo, "repack", "-q", "-a", "-d")
+    run_one(repo, write_agent(REWRITE_PACK), sandbox=sandbox)
+    assert git(repo, "show", "main:README.md") == "HELLO"  # the agent did rewrite it
+    label = f"objects/pack/{git(repo, 'show', 'swarm/bad:forged.txt')}"
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert f"wrote outside its worktree: git's own files {label}" in str(row["reason"]), row
+    (write,) = outside_writes(repo)
+    assert (write["where"], write["git_files"], write["restored"]) == ("repository", [label], False)
+    assert "rewritten in place" in Path(str(write["patch"])).read_text()
+
+
 # A pack of the agent's whose index claims an object of yours holds the agent's bytes: git
 # looks in packs before loose objects, and reads a packed object without checking its name.
 FORGE_PACK = """

@@ -39,8 +39,9 @@ class ObjectWatch:
         self._objects = objects
         self._lock = threading.Lock()
         self._generation = 0
-        self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info" or "fanout"
-        self._paths: dict[int, str] = {}  # wd -> its directory
+        self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info", "fanout" or "packfile"
+        self._paths: dict[int, str] = {}  # wd -> its directory (a pack's file: its index's name)
+        self._written: set[str] = set()  # the packs (by index name) written to since asked
         self._ino: inotify.Inotify | None = None
         try:
             self._ino = inotify.Inotify()
@@ -68,6 +69,22 @@ class ObjectWatch:
                     self._generation += 1
             return self._generation
 
+    def watch_pack(self, idx: Path) -> None:
+        """Watch the pack of index *idx* (its ``.pack`` and ``.idx``) for writes in place.
+
+        git never writes to a pack it has made: it refreshes its time (an attribute change)
+        and makes new ones. A pack rewritten in place is the guard's hold on it too, so only
+        this tells it (through whatever name it was written).
+        """
+        with self._lock:
+            self._watch_pack(idx)
+
+    def written_packs(self) -> set[str]:
+        """The packs (index names) written to since last asked (events read by generation)."""
+        with self._lock:
+            written, self._written = self._written, set()
+            return written
+
     def close(self) -> None:
         """Release inotify; every generation is new from now on."""
         with self._lock:
@@ -93,6 +110,23 @@ class ObjectWatch:
         for entry in os.scandir(self._objects):
             if _FANOUT.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
                 self._add(Path(entry.path), "fanout")
+        pack = self._objects / "pack"
+        for idx in sorted(pack.glob("pack-*.idx")) if pack.is_dir() else ():
+            self._watch_pack(idx)
+
+    def _watch_pack(self, idx: Path) -> None:
+        if self._ino is None:
+            return
+        for path in (idx.with_suffix(".pack"), idx):
+            try:
+                wd = self._ino.add_writes(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile: nothing left to write to
+            except OSError:
+                self._close()  # the watch limit: no longer trusted
+                return
+            self._kinds[wd] = "packfile"
+            self._paths[wd] = idx.name
 
     def _add(self, directory: Path, kind: str) -> None:
         assert self._ino is not None  # noqa: S101 - callers check
@@ -103,6 +137,13 @@ class ObjectWatch:
     def _damaging(self, event: inotify.Event) -> bool:
         """Whether *event* may have lost or damaged an object (and keep watching new dirs)."""
         kind = self._kinds.get(event.wd)
+        if kind == "packfile":
+            if event.mask & inotify.IGNORED:  # the pack is gone (the directory's watch saw it)
+                self._kinds.pop(event.wd)
+                self._paths.pop(event.wd)
+                return False
+            self._written.add(self._paths[event.wd])
+            return True
         if kind is None or event.mask & (
             inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
         ):

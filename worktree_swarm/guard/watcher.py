@@ -1220,6 +1220,7 @@ class Guard:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
         found = []
         found += self._new_packs(window)
+        found += self._packs_rewritten(window)
         found += self._scan_midx(window)
         if deep or self._closing.is_set():
             found += self._forged_loose(window)
@@ -1254,6 +1255,8 @@ class Guard:
         new = sorted(now - self._packs)
         lies = {}
         for name in new:
+            if self._objects is not None:  # first: a write after the check below is seen
+                self._objects.watch_pack(common / "objects" / "pack" / name)
             why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
             if why:
                 lies[name] = why
@@ -1274,6 +1277,46 @@ class Guard:
         )
         listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
         return [self._record(violation, patch_text=f"git verify-pack:\n{listed}")]
+
+    def _packs_rewritten(self, window: tuple[float, float]) -> list[Violation]:
+        """Packs written to in place that now lie about their objects.
+
+        One of yours is the guard's hold on it too: reported, left as found. One made during
+        the run is removed, as a new pack that lies is.
+        """
+        if self._objects is None:
+            return []
+        common = self.repo.common_dir
+        lies = {}
+        for name in sorted(self._objects.written_packs()):
+            why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
+            if why:
+                lies[name] = why
+        if not lies:
+            return []
+        self._changes.mark_all()  # git showed your checkouts' files through it
+        if self.restore:
+            for name in lies:
+                if not (self._held / "pack" / name).exists():
+                    with contextlib.suppress(OSError):  # not removed is recorded as such
+                        integrity.drop_pack(common / "objects" / "pack" / name)
+        self._packs = integrity.packs(common)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(f"objects/pack/{name}" for name in lies),
+            suspects=suspects,
+            restored=not set(lies) & self._packs,
+        )
+        listed = "".join(
+            f"objects/pack/{name}: rewritten in place, git verify-pack: {why}"
+            " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
+            for name, why in lies.items()
+        )
+        return [self._record(violation, patch_text=listed)]
 
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""

@@ -39,6 +39,9 @@ CHANGES = (
 ) | MOVE_SELF
 # Directories only, symlinks not followed, no events for entries already unlinked.
 _WATCH = CHANGES | flags.ONLYDIR | flags.DONT_FOLLOW | flags.EXCL_UNLINK
+# A file written to, or opened for writing (a write through a shared map raises no event of
+# its own, but its descriptor's close does).
+_WRITES = MODIFY | CLOSE_WRITE | flags.DONT_FOLLOW
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +68,12 @@ class Inotify:
         if self._ino is None:
             raise OSError("inotify closed")
         return int(self._ino.add_watch(os.fsencode(path), _WATCH))
+
+    def add_writes(self, path: Path) -> int:
+        """Watch the file *path* for writes through any of its names; its watch descriptor."""
+        if self._ino is None:
+            raise OSError("inotify closed")
+        return int(self._ino.add_watch(os.fsencode(path), _WRITES))
 
     def remove(self, wd: int) -> None:
         """Stop watching *wd* (gone already: nothing to do)."""
