@@ -141,6 +141,8 @@ def test_a_pack_written_in_place_through_any_name_is_told_and_its_time_is_not(
     packs = objects_of(repo) / "pack"
     old, new = sorted(packs.glob("pack-*.idx"), key=lambda p: p.stat().st_mtime_ns)
     watch.watch_pack(new)  # as the guard does before it verifies a new pack
+    watch.generation()
+    assert watch.written_packs() == {new.name}  # made: the guard verifies a new pack anyway
     for idx in (old, new):
         os.utime(idx.with_suffix(".pack"))  # git freshens a pack: no write
     first = watch.generation()
@@ -155,9 +157,25 @@ def test_a_pack_written_in_place_through_any_name_is_told_and_its_time_is_not(
         pass
     assert watch.generation() != first
     assert watch.written_packs() == {old.name, new.name}
-    git(repo, "-c", "gc.auto=0", "repack", "-adq")  # both removed: no longer watched
+    for path in packs.glob(f"{new.stem}.*"):  # removed: no longer watched, the rest still
+        path.unlink()
+    watch.generation()
     assert watch.watched
-    assert watch.written_packs() == set()
+
+
+def test_a_pack_renamed_over_a_watched_one_is_told(tmp_path: Path) -> None:
+    # The watch on a pack's file stays with the file: another renamed onto its name is told
+    # by the directory's event.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    git(repo, "-c", "gc.auto=0", "repack", "-q")
+    watch = ObjectWatch(objects_of(repo))
+    idx = next((objects_of(repo) / "pack").glob("pack-*.idx"))
+    watch.generation()
+    aside = tmp_path / "forged.idx"
+    aside.write_bytes(idx.read_bytes())
+    aside.rename(idx)
+    watch.generation()
+    assert watch.written_packs() == {idx.name}
 
 
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:

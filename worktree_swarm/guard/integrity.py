@@ -292,6 +292,18 @@ def packs(common: Path) -> frozenset[str]:
     return frozenset(name for name in names if name.startswith("pack-") and name.endswith(".idx"))
 
 
+def replaced_held(idx: Path, held: Path) -> bool:
+    """Whether the pack index *idx*, or its pack, is held (*held*) but another file now.
+
+    :func:`written_over` compares those with the held files and puts them back.
+    """
+    for suffix in (".idx", ".pack"):
+        with contextlib.suppress(FileNotFoundError):
+            if not held.with_suffix(suffix).samefile(idx.with_suffix(suffix)):
+                return True
+    return False
+
+
 def lying_pack(root: Path, idx: Path) -> str:
     """What is wrong with the pack *idx* indexes ("" if nothing, or if it is gone meanwhile).
 

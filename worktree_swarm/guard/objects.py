@@ -30,6 +30,7 @@ _FANOUT = re.compile(r"[0-9a-f]{2}")
 _OBJECT = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")  # SHA-1 or SHA-256, less the fan-out
 _TEMPORARY = ("tmp_obj_", "tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_", "tmp_bitmap_")
 _MARKERS = (".keep", ".promisor")  # a pack's markers: no object is in them
+_PACK_FILE = re.compile(r"pack-[0-9a-f]+\.(?:pack|idx)")
 
 
 class ObjectWatch:
@@ -138,12 +139,7 @@ class ObjectWatch:
         """Whether *event* may have lost or damaged an object (and keep watching new dirs)."""
         kind = self._kinds.get(event.wd)
         if kind == "packfile":
-            if event.mask & inotify.IGNORED:  # the pack is gone (the directory's watch saw it)
-                self._kinds.pop(event.wd)
-                self._paths.pop(event.wd)
-                return False
-            self._written.add(self._paths[event.wd])
-            return True
+            return self._pack_written(event)
         if kind is None or event.mask & (
             inotify.Q_OVERFLOW | inotify.IGNORED | inotify.DELETE_SELF | inotify.MOVE_SELF
         ):
@@ -166,9 +162,22 @@ class ObjectWatch:
                 path = os.path.join(self._paths[event.wd], name)  # noqa: PTH118 - per event
                 return not _readable(path)
             return not (created and _OBJECT.fullmatch(name))
+        if _PACK_FILE.fullmatch(name) and mask != inotify.ATTRIB:
+            # Another file under a pack's name (or one git makes: the guard verifies a new pack
+            # anyway): the watch on the file it replaced does not see it.
+            self._written.add(name.rpartition(".")[0] + ".idx")
         # pack: a new pack or index is linked in (renamed in by a repack, which also removes
         # what it packed: counted); its markers come and go with fetches.
         return not (created or name.endswith(_MARKERS))
+
+    def _pack_written(self, event: inotify.Event) -> bool:
+        """An event of a pack's own file: written to, or gone (the directory's watch saw it)."""
+        if event.mask & inotify.IGNORED:
+            self._kinds.pop(event.wd)
+            self._paths.pop(event.wd)
+            return False
+        self._written.add(self._paths[event.wd])
+        return True
 
     def _top(self, name: str, mask: int) -> bool:
         """An event in ``objects/`` itself (see :meth:`_damaging`)."""

@@ -148,6 +148,7 @@ class Guard:
     _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
+    _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
 
     def __init__(
         self,
@@ -1253,6 +1254,7 @@ class Guard:
         common = self.repo.common_dir
         now = integrity.packs(common)
         new = sorted(now - self._packs)
+        self._packs_verified = set(new)  # as they are now: not checked again by this scan
         lies = {}
         for name in new:
             if self._objects is not None:  # first: a write after the check below is seen
@@ -1288,8 +1290,12 @@ class Guard:
             return []
         common = self.repo.common_dir
         lies = {}
-        for name in sorted(self._objects.written_packs()):
-            why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
+        for name in sorted(self._objects.written_packs() - self._packs_verified):
+            idx = common / "objects" / "pack" / name
+            if integrity.replaced_held(idx, self._held / "pack" / name):
+                continue  # another file under the name of yours: put back as written over
+            self._objects.watch_pack(idx)  # the file now there: first, as for a new pack
+            why = integrity.lying_pack(self.repo.root, idx)
             if why:
                 lies[name] = why
         if not lies:
