@@ -16,7 +16,7 @@ from tests.conftest import git, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard
+from worktree_swarm.guard import Guard, integrity
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.infra.supervisor import identity_of
 
@@ -142,7 +142,8 @@ def test_a_pack_written_in_place_through_any_name_is_told_and_its_time_is_not(
     old, new = sorted(packs.glob("pack-*.idx"), key=lambda p: p.stat().st_mtime_ns)
     watch.watch_pack(new)  # as the guard does before it verifies a new pack
     watch.generation()
-    assert watch.written_packs() == {new.name}  # made: the guard verifies a new pack anyway
+    made = {new.name, new.with_suffix(".pack").name}
+    assert watch.written_packs() == made  # the guard verifies a new pack anyway
     for idx in (old, new):
         os.utime(idx.with_suffix(".pack"))  # git freshens a pack: no write
     first = watch.generation()
@@ -156,7 +157,7 @@ def test_a_pack_written_in_place_through_any_name_is_told_and_its_time_is_not(
     with new.open("r+b"):  # opened for writing (a shared map writes without an event)
         pass
     assert watch.generation() != first
-    assert watch.written_packs() == {old.name, new.name}
+    assert watch.written_packs() == {old.with_suffix(".pack").name, new.name}
     for path in packs.glob(f"{new.stem}.*"):  # removed: no longer watched, the rest still
         path.unlink()
     watch.generation()
@@ -176,6 +177,23 @@ def test_a_pack_renamed_over_a_watched_one_is_told(tmp_path: Path) -> None:
     aside.rename(idx)
     watch.generation()
     assert watch.written_packs() == {idx.name}
+
+
+def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "b.txt": "b\n"})
+    git(repo, "-c", "pack.writeReverseIndex=true", "repack", "-adq")
+    idx = next((objects_of(repo) / "pack").glob("pack-*.idx"))
+    rev = idx.with_suffix(".rev")
+    assert integrity.lying_rev(idx) == ""  # git's own
+    data = bytearray(rev.read_bytes())
+    data[12:16], data[16:20] = data[16:20], data[12:16]
+    rev.chmod(0o644)
+    rev.write_bytes(bytes(data))
+    assert "order" in integrity.lying_rev(idx)
+    rev.write_bytes(bytes(data[:-4]))
+    assert integrity.lying_rev(idx) == "not a reverse index of this pack"
+    rev.unlink()
+    assert integrity.lying_rev(idx) == ""  # none: git orders the objects itself
 
 
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:

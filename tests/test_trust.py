@@ -2021,6 +2021,42 @@ def test_a_pack_of_yours_rewritten_in_place_is_reported(
     assert "rewritten in place" in Path(str(write["patch"])).read_text()
 
 
+# A reverse index planted for a pack of yours (git writes one beside a pack it makes, and
+# reads one it finds): its entries out of order, your objects read as ever but your `git gc`
+# and every push or fetch from the repository fail, calling a pack of yours corrupt.
+PLANT_REV = """
+import pathlib, struct, subprocess
+def git(*args):
+    return subprocess.run(['git', *args], check=True, capture_output=True, text=True).stdout
+common = pathlib.Path(git('rev-parse', '--path-format=absolute', '--git-common-dir').strip())
+idx = next((common / 'objects' / 'pack').glob('pack-*.idx'))
+count = len(subprocess.run(['git', 'show-index'], stdin=idx.open('rb'), check=True,
+                           capture_output=True).stdout.splitlines())
+rev = b'RIDX' + struct.pack('>II', 1, 1) + struct.pack(f'>{count}I', *reversed(range(count)))
+idx.with_suffix('.rev').write_bytes(rev + idx.read_bytes()[-40:-20] + bytes(20))
+pathlib.Path('forged.txt').write_text(idx.with_suffix('.rev').name + '\\n')
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+def test_a_reverse_index_planted_for_a_pack_of_yours_is_removed(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    for n in range(3):  # objects enough for an order to be wrong
+        (repo / f"f{n}.txt").write_text(f"{n}\n")
+        git(repo, "add", ".")
+        git(repo, "commit", "-q", "-m", f"{n}")
+    git(repo, "repack", "-q", "-a", "-d")
+    run_one(repo, write_agent(PLANT_REV), sandbox=sandbox)
+    label = f"objects/pack/{git(repo, 'show', 'swarm/bad:forged.txt')}"
+    assert not (repo / ".git" / label).exists()
+    git(repo, "repack", "-q", "-a", "-d")  # your `git gc`: "packed object ... is corrupt"
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert f"wrote outside its worktree: git's own files {label}" in str(row["reason"]), row
+    assert all(w["restored"] for w in outside_writes(repo))
+
+
 # A pack of the agent's whose index claims an object of yours holds the agent's bytes: git
 # looks in packs before loose objects, and reads a packed object without checking its name.
 FORGE_PACK = """

@@ -9,6 +9,7 @@ the sandbox keeps read-only: a broken task branch gets its objects back from the
 
 from __future__ import annotations
 
+import array
 import contextlib
 import filecmp
 import hashlib
@@ -17,6 +18,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -317,6 +319,51 @@ def lying_pack(root: Path, idx: Path) -> str:
     if done.returncode == 0 or not idx.exists() or not idx.with_suffix(".pack").exists():
         return ""
     return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+
+
+_IDX_V2 = b"\xfftOc\x00\x00\x00\x02"
+_HASH_SIZES = {1: 20, 2: 32}  # a reverse index's hash id: SHA-1, SHA-256
+
+
+def lying_rev(idx: Path) -> str:
+    """What is wrong with the reverse index (``.rev``) of the pack *idx* ("": nothing, none).
+
+    git reads the objects of a pack in the order its ``.rev`` gives, without checking it,
+    to find where each ends (`git gc`, a push, serving a fetch): entries out of order make
+    those fail, calling the pack corrupt. It lists the index's objects by their offsets in
+    the pack, so it can only be right one way: read once per pack made or changed.
+    """
+    try:
+        rev, index = idx.with_suffix(".rev").read_bytes(), idx.read_bytes()
+    except FileNotFoundError:
+        return ""
+    if index[:8] != _IDX_V2:
+        return ""  # a version 1 index: git makes none
+    count = int.from_bytes(index[8 + 255 * 4 : 8 + 256 * 4], "big")
+    size = _HASH_SIZES.get(int.from_bytes(rev[8:12], "big"), 0)
+    if rev[:8] != b"RIDX\x00\x00\x00\x01" or len(rev) != 12 + 4 * count + 2 * size:
+        return "not a reverse index of this pack"
+    start = 8 + 1024 + count * (size + 4)
+    offsets = array.array("I", index[start : start + 4 * count])
+    order = array.array("I", rev[12 : 12 + 4 * count])
+    if sys.byteorder == "little":
+        offsets.byteswap()
+        order.byteswap()
+    large = index[start + 4 * count :]
+
+    def offset(position: int) -> int:
+        small = offsets[position]
+        if small < 1 << 31:
+            return small
+        at = 8 * (small & 0x7FFFFFFF)
+        return int.from_bytes(large[at : at + 8], "big")
+
+    last = -1
+    for position in order:
+        if position >= count or (now := offset(position)) <= last:
+            return "its entries are not the pack's objects in the order of their offsets"
+        last = now
+    return ""
 
 
 # A multi-pack-index (and the chain of an incremental one): where git looks an object up

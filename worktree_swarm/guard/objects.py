@@ -30,7 +30,7 @@ _FANOUT = re.compile(r"[0-9a-f]{2}")
 _OBJECT = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")  # SHA-1 or SHA-256, less the fan-out
 _TEMPORARY = ("tmp_obj_", "tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_", "tmp_bitmap_")
 _MARKERS = (".keep", ".promisor")  # a pack's markers: no object is in them
-_PACK_FILE = re.compile(r"pack-[0-9a-f]+\.(?:pack|idx)")
+_PACK_FILE = re.compile(r"pack-[0-9a-f]+\.(?:pack|idx|rev)")  # what git reads objects by
 
 
 class ObjectWatch:
@@ -41,8 +41,8 @@ class ObjectWatch:
         self._lock = threading.Lock()
         self._generation = 0
         self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info", "fanout" or "packfile"
-        self._paths: dict[int, str] = {}  # wd -> its directory (a pack's file: its index's name)
-        self._written: set[str] = set()  # the packs (by index name) written to since asked
+        self._paths: dict[int, str] = {}  # wd -> its directory (a pack's file: its name)
+        self._written: set[str] = set()  # the names of pack files written to since asked
         self._ino: inotify.Inotify | None = None
         try:
             self._ino = inotify.Inotify()
@@ -71,7 +71,7 @@ class ObjectWatch:
             return self._generation
 
     def watch_pack(self, idx: Path) -> None:
-        """Watch the pack of index *idx* (its ``.pack`` and ``.idx``) for writes in place.
+        """Watch the pack of index *idx* (its ``.pack``, ``.idx``, ``.rev``) for writes in place.
 
         git never writes to a pack it has made: it refreshes its time (an attribute change)
         and makes new ones. A pack rewritten in place is the guard's hold on it too, so only
@@ -81,7 +81,7 @@ class ObjectWatch:
             self._watch_pack(idx)
 
     def written_packs(self) -> set[str]:
-        """The packs (index names) written to since last asked (events read by generation)."""
+        """The pack files (names) written to since last asked (events read by generation)."""
         with self._lock:
             written, self._written = self._written, set()
             return written
@@ -118,7 +118,7 @@ class ObjectWatch:
     def _watch_pack(self, idx: Path) -> None:
         if self._ino is None:
             return
-        for path in (idx.with_suffix(".pack"), idx):
+        for path in (idx.with_suffix(".pack"), idx, idx.with_suffix(".rev")):
             try:
                 wd = self._ino.add_writes(path)
             except FileNotFoundError:
@@ -127,7 +127,7 @@ class ObjectWatch:
                 self._close()  # the watch limit: no longer trusted
                 return
             self._kinds[wd] = "packfile"
-            self._paths[wd] = idx.name
+            self._paths[wd] = path.name
 
     def _add(self, directory: Path, kind: str) -> None:
         assert self._ino is not None  # noqa: S101 - callers check
@@ -165,7 +165,7 @@ class ObjectWatch:
         if _PACK_FILE.fullmatch(name) and mask != inotify.ATTRIB:
             # Another file under a pack's name (or one git makes: the guard verifies a new pack
             # anyway): the watch on the file it replaced does not see it.
-            self._written.add(name.rpartition(".")[0] + ".idx")
+            self._written.add(name)
         # pack: a new pack or index is linked in (renamed in by a repack, which also removes
         # what it packed: counted); its markers come and go with fetches.
         return not (created or name.endswith(_MARKERS))

@@ -149,6 +149,7 @@ class Guard:
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
+    _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
 
     def __init__(
         self,
@@ -1222,6 +1223,7 @@ class Guard:
         found = []
         found += self._new_packs(window)
         found += self._packs_rewritten(window)
+        found += self._lying_revs(window)
         found += self._scan_midx(window)
         if deep or self._closing.is_set():
             found += self._forged_loose(window)
@@ -1262,6 +1264,7 @@ class Guard:
             why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
             if why:
                 lies[name] = why
+        self._rev_check |= set(new) - set(lies)
         if self.restore:
             for name in lies:
                 with contextlib.suppress(OSError):  # not removed is recorded as such
@@ -1289,15 +1292,7 @@ class Guard:
         if self._objects is None:
             return []
         common = self.repo.common_dir
-        lies = {}
-        for name in sorted(self._objects.written_packs() - self._packs_verified):
-            idx = common / "objects" / "pack" / name
-            if integrity.replaced_held(idx, self._held / "pack" / name):
-                continue  # another file under the name of yours: put back as written over
-            self._objects.watch_pack(idx)  # the file now there: first, as for a new pack
-            why = integrity.lying_pack(self.repo.root, idx)
-            if why:
-                lies[name] = why
+        lies = self._rewritten_lies(self._objects, self._objects.written_packs())
         if not lies:
             return []
         self._changes.mark_all()  # git showed your checkouts' files through it
@@ -1322,6 +1317,57 @@ class Guard:
             " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
             for name, why in lies.items()
         )
+        return [self._record(violation, patch_text=listed)]
+
+    def _rewritten_lies(self, objects: ObjectWatch, written: set[str]) -> dict[str, str]:
+        """What is wrong with each pack of which a file in *written* was written (by index)."""
+        lies = {}
+        for stem in sorted({file.rpartition(".")[0] for file in written}):
+            name = f"{stem}.idx"
+            idx = self.repo.common_dir / "objects" / "pack" / name
+            if name in self._packs_verified or not idx.exists():
+                continue  # new to this scan (verified), or gone
+            if integrity.replaced_held(idx, self._held / "pack" / name):
+                continue  # another file under the name of yours: put back as written over
+            objects.watch_pack(idx)  # the files now there: first, as for a new pack
+            why = ""
+            if {f"{stem}.pack", name} & written:
+                why = integrity.lying_pack(self.repo.root, idx)
+            if why:
+                lies[name] = why
+            else:
+                self._rev_check |= {name}
+        return lies
+
+    def _lying_revs(self, window: tuple[float, float]) -> list[Violation]:
+        """Reverse indexes (``.rev``) of packs made or written to that lie: removed.
+
+        git does without one (it orders a pack's objects itself): removed is put back.
+        """
+        common = self.repo.common_dir
+        names, self._rev_check = sorted(self._rev_check), frozenset()
+        lies = {}
+        for name in names:
+            why = integrity.lying_rev(common / "objects" / "pack" / name)
+            if why:
+                lies[name.removesuffix(".idx") + ".rev"] = why
+        if not lies:
+            return []
+        if self.restore:
+            for rev in lies:
+                with contextlib.suppress(FileNotFoundError):
+                    (common / "objects" / "pack" / rev).unlink()
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(f"objects/pack/{rev}" for rev in lies),
+            suspects=suspects,
+            restored=not any((common / "objects" / "pack" / rev).exists() for rev in lies),
+        )
+        listed = "".join(f"objects/pack/{rev}: {why}\n" for rev, why in lies.items())
         return [self._record(violation, patch_text=listed)]
 
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
