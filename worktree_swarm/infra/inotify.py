@@ -40,7 +40,7 @@ CHANGES = (
 # Directories only, symlinks not followed, no events for entries already unlinked.
 _WATCH = CHANGES | flags.ONLYDIR | flags.DONT_FOLLOW | flags.EXCL_UNLINK
 # A file written to, or opened for writing (a write through a shared map raises no event of
-# its own, but its descriptor's close does).
+# its own, but the file's last close does, which comes when the map goes: after its writes).
 _WRITES = MODIFY | CLOSE_WRITE | flags.DONT_FOLLOW
 
 
