@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, outside_writes
 
 # The wrecker finds the victim's worktree as git lists it, once the victim's task is done.
@@ -201,3 +201,38 @@ def test_a_moved_worktree_that_cannot_go_back_is_left_where_it_is_even_in_your_c
     assert (moved / "victim.txt").read_text() == "v\n"
     assert git(moved, "symbolic-ref", "HEAD") == "refs/heads/swarm/victim"
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+
+
+WAIT_FOR_GO = """
+import pathlib, sys, time
+flags = pathlib.Path(sys.argv[1])
+(flags / 'started').touch()
+while not (flags / 'go').exists():
+    time.sleep(0.05)
+pathlib.Path('work.txt').write_text('w\\n')
+"""
+
+
+def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_nobody(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    yours = tmp_path / "feature"
+    git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    agent = [*write_agent(WAIT_FOR_GO), str(flags)]
+    path = manifest(repo, f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    running = swarm_bg(repo, "run", path)
+    try:
+        wait_for((flags / "started").exists, what="the agent to start")
+        git(repo, "worktree", "remove", str(yours))  # done with it, while the agent works
+        (flags / "go").touch()
+        assert running.wait(timeout=120) == 0, (repo.parent / "bg.log").read_text()
+    finally:
+        if running.poll() is None:
+            running.kill()
+    assert status_json(repo)["a"]["state"] == "done"
+    assert outside_writes(repo) == []
+    # Not made again as a worktree of one `.git` file.
+    assert not yours.exists()
+    assert str(yours) not in git(repo, "worktree", "list")

@@ -145,9 +145,13 @@ def read(
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
     for checkout, admin in linked.items():
-        _add(found, common, checkout / ".git")
-        for name in _TIES:
-            _add(found, common, admin / name)
+        for path in (checkout / ".git", *(admin / name for name in _TIES)):
+            _add(found, common, path)
+
+
+def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
+    """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*."""
+    return {_label(common, path) for path in (checkout / ".git", *(admin / n for n in _TIES))}
 
 
 def _add_worktree_configs(found: Surface, common: Path) -> None:

@@ -576,6 +576,7 @@ class Guard:
                 self._settled_checks(began)
         with self._lock.first():  # ahead of the workers: the checks below never wait long
             with self._repo_lock, self._job("worktrees"):
+                self._drop_removed_worktrees()
                 # Before your checkout: a worktree moved into it goes back, not away.
                 found += self._scan_worktrees(began, pending)
             changed = self._changes.changed()
@@ -1014,10 +1015,36 @@ class Guard:
                 files.append(common / ref)  # a loose ref; packed, it is packed-refs
         return files
 
+    def _removed_linked(self) -> list[tuple[Path, Path]]:
+        """Your linked worktrees removed whole (`git worktree remove`): checkout, admin dir."""
+        return [
+            (checkout, admin)
+            for checkout, admin in self._linked.items()
+            if not os.path.lexists(checkout / ".git") and not os.path.lexists(admin)
+        ]
+
+    def _drop_removed_worktrees(self) -> None:
+        """Watch your linked worktrees removed whole no more (under both locks).
+
+        Most likely your own `git worktree remove`; nothing of it could be put back but its
+        ties to the repository, which would leave a worktree of one `.git` file.
+        """
+        for checkout, admin in self._removed_linked():
+            del self._linked[checkout]
+            for label in surface.ties(self.repo.common_dir, checkout, admin):
+                self._surface.pop(label, None)
+            where = WORKTREE_PREFIX + str(checkout)
+            if self._places.pop(where, None) is not None:
+                self._changes.forget(where)
+            self._log(f"your worktree {checkout} was removed: no longer watched")
+
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
         now = self._read_surface()
         labels = surface.changed(self._surface, now)
+        if labels and (removed := self._removed_linked()):  # watched no more from the next scan
+            gone = {t for checkout, admin in removed for t in surface.ties(common, checkout, admin)}
+            labels = [label for label in labels if label not in gone]
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
             labels = [label for label in labels if label not in skip]
