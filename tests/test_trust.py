@@ -2467,3 +2467,33 @@ def test_with_outside_writes_allowed_a_broken_branch_is_left_and_its_last_tip_ke
     assert git(repo, "show", f"{kept}:work.txt") == "kept"
     broken = subprocess.run(["git", "rev-parse", "swarm/bad^{tree}"], cwd=repo, check=False)
     assert broken.returncode != 0  # left as found
+
+
+def test_a_backup_during_a_run_leaves_your_linked_worktree_registered(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A backup made with `cp -al` during a run also links the admin files of your own linked
+    # worktree: its `gitdir` and `commondir`, which git reads but does not write. The guard
+    # cut those by deleting them: the worktree was no longer a checkout (fatal: not a git
+    # repository), and the next `git worktree prune` (any `git gc`) unregistered it.
+    wt = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", str(wt), "-b", "yours")
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    proc = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "t=x")
+    try:
+        wait_for(started.exists, what="the agent")
+        subprocess.run(["cp", "-al", str(repo / ".git"), str(tmp_path / "backup")], check=True)
+    finally:
+        gate.touch()
+    proc.wait(timeout=120)
+    admin = repo / ".git" / "worktrees" / "wt"
+    assert (admin / "gitdir").read_text().strip() == str(wt / ".git")
+    assert (admin / "commondir").is_file()
+    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == "yours"
+    assert "wt" in git(repo, "worktree", "list")

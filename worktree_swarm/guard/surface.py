@@ -235,12 +235,14 @@ def _keeps_state(label: str) -> bool:
     The top of a git dir (but the files watched for their bytes), ``logs/`` and ``refs/``, in
     the common dir or an admin dir. A link found there is cut, the file kept (HEAD, the index,
     a ref, a reflog: a backup made with `cp -al` links every file of a repository); cut, a
-    planted one harms nothing.
+    planted one harms nothing. Of an admin dir only ``config.worktree`` is watched for its
+    bytes: its ``gitdir`` and ``commondir``, deleted, would leave your worktree no checkout.
     """
     parts = label.split("/")
+    by_content = _BY_CONTENT
     if parts[0] == "worktrees" and len(parts) > 2:  # noqa: PLR2004 - worktrees/<name>/...
-        parts = parts[2:]
-    return parts[0] in {"refs", "logs"} or (len(parts) == 1 and parts[0] not in _BY_CONTENT)
+        parts, by_content = parts[2:], frozenset({"config.worktree"})
+    return parts[0] in {"refs", "logs"} or (len(parts) == 1 and parts[0] not in by_content)
 
 
 def _hard_linked(path: Path) -> bool:
