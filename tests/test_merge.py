@@ -1833,3 +1833,93 @@ def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
     assert out.returncode == 0, out.stdout + out.stderr
     files = git(base_repo, "ls-tree", "--name-only", branch).split()
     assert {"one.txt", "two.txt"} <= set(files)
+
+
+def test_a_tasks_link_and_copy_in_a_merge_are_not_left_to_the_next_tasks_checks(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # Task one links `deps` (your installed dependencies) and copies `.env`, both ignored as
+    # they usually are; task two installs its own `deps` in its setup. In their runs each had
+    # its own worktree. At the merge, one's link and copy stayed in the merge worktree (ignored
+    # output stays): two's setup then installed through that link into your checkout's `deps`
+    # (an outside write: two failed its merge, your `deps` changed), and its checks saw one's
+    # `.env`.
+    (base_repo / ".gitignore").write_text("deps\n.env\n")
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    (base_repo / "deps").mkdir()
+    (base_repo / ".env").write_text("MODE=one\n")
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    install = "import os; os.makedirs('deps', exist_ok=True); open('deps/two-lib', 'w')"
+    installs = [sys.executable, "-c", install]
+    one = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('.env'))"]
+    two = [sys.executable, "-c", "import os, sys; sys.exit(os.path.exists('.env'))"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f'[[task]]\nid = "one"\nprompt = "x"\nlink = ["deps"]\ncopy = [".env"]\n'
+        f"checks = [{json.dumps(one)}]\n"
+        f'[[task]]\nid = "two"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
+        f"checks = [{json.dumps(two)}]\n"
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--json", "one", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["one", "two"], report["results"]
+    assert list((base_repo / "deps").iterdir()) == []  # your checkout's is as it was
+    worktree = Path(report["target"]["worktree"])
+    assert not (worktree / ".env").exists()
+    assert (worktree / "deps" / "two-lib").is_file()  # two's setup output stays, as ignored
+    assert not (worktree / "deps").is_symlink()
+
+
+def test_a_link_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_setup(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # The same, the merge killed during one's setup: the next merge removes one's link (an
+    # ignored file the checks' record does not name) before two's setup installs there.
+    (base_repo / ".gitignore").write_text("deps\n")
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    (base_repo / "deps").mkdir()
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    armed, started = tmp_path / "armed", tmp_path / "started"
+    hang = tmp_path / "hang.py"
+    hang.write_text(  # hangs once armed (at the merge, not in the run): killed there
+        "import os, pathlib, time\n"
+        f"if pathlib.Path({str(armed)!r}).exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    install = "import os; os.makedirs('deps', exist_ok=True); open('deps/two-lib', 'w')"
+    installs = [sys.executable, "-c", install]
+    ok = [sys.executable, "-c", "pass"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"checks = [{json.dumps(ok)}]\n"
+        f'[[task]]\nid = "one"\nprompt = "x"\nlink = ["deps"]\n'
+        f"setup = [{json.dumps([sys.executable, str(hang)])}]\n"
+        f'[[task]]\nid = "two"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    armed.touch()
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "one"]
+    kill_merge_once(base_repo, argv, started.exists, what="one's setup")
+
+    out = swarm(base_repo, "merge", "--json", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["merged"] == ["two"]
+    assert list((base_repo / "deps").iterdir()) == []  # your checkout's is as it was

@@ -599,9 +599,12 @@ def _run_checks(
     (``__pycache__``, build output, a formatter's edits) would read as uncommitted changes to
     the next merge, which refuses them, or be swept into a resolver's commit: the untracked
     files they added are removed and tracked files they changed are put back as committed.
-    Files untracked before the checks ran, and ignored ones, are left alone.
+    Files untracked before the checks ran, and ignored ones, are left alone; but not the
+    task's copies and links, ignored or not, which are its alone (a later task's setup would
+    install through a link into your checkout, its checks see a `.env` of another task's).
     """
     before = _untracked(s.target.worktree)
+    copied: list[str] = []
     record = _untracked_record(s)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
     partial = record.with_suffix(".part")
@@ -609,7 +612,7 @@ def _run_checks(
     partial.replace(record)
     try:
         with _watched(s, who) as started:
-            failure = None if task is None else _prepare(s, task, env, started)
+            failure = None if task is None else _prepare(s, task, env, started, copied)
             if failure is None:
                 failure = run_steps(
                     steps, cwd=s.target.worktree, env=env, log=s.log, what="check",
@@ -619,6 +622,9 @@ def _run_checks(
         return CheckFailure(summary=outside) if outside else failure
     finally:
         redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
+        if task is not None:
+            worktrees.unlink_links(s.repo.root, s.target.worktree, task.link)
+            _remove_new(s.target.worktree, set(copied))
         _clean_after_checks(s, before)
         record.unlink(missing_ok=True)
 
@@ -628,12 +634,13 @@ def _prepare(
     task: Task,
     env: dict[str, str],
     started: Callable[[ProcessIdentity], None] | None,
+    copied: list[str],
 ) -> CheckFailure | None:
-    """Give the merge worktree *task*'s copy files, links and setup, as its run did."""
+    """Give the merge worktree *task*'s copy files (added to *copied*), links and setup."""
     worktree = s.target.worktree
     try:
         if task.copy:
-            worktrees.copy_into(s.repo.root, worktree, task.copy)
+            copied += worktrees.copy_into(s.repo.root, worktree, task.copy)
         worktrees.link_into(s.repo.root, worktree, task.link)
     except SwarmError as exc:
         return CheckFailure(summary=str(exc))
@@ -665,6 +672,10 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
     except (OSError, ValueError, TypeError):  # not ours to read: nothing is removed
         before = None
     if before is not None:
+        for row in s.store.tasks(s.run_id):  # the links its task's checks got (ignored ones)
+            if row.merge_result == CHECKING and row.merge_target == s.target.branch:
+                link = task_from_json(row.spec_json).link
+                worktrees.unlink_links(s.repo.root, s.target.worktree, link)
         _clean_after_checks(s, before)
     record.unlink(missing_ok=True)
 
