@@ -233,3 +233,26 @@ def test_after_an_attempt_only_a_damaged_store_costs_a_walk_of_every_branch(
         (("refs/heads/swarm/done1",), ("rogue",), True)
     ]
     assert git(repo, "show", "swarm/done1:done1.txt") == "done1"
+
+
+def test_the_guards_own_held_files_are_kept_when_a_symlink_also_names_its_run(
+    tmp_path: Path,
+) -> None:
+    """Held files of runs whose manager died are let go when a guard starts; not its own.
+
+    Its run's directory also reached through a symlink beside it (pytest's ``-current`` link
+    beside each test's directory, a `latest` link of yours) was taken for another run's: the
+    guard let go of its own hold at once, and an object file an agent removed could not be
+    put back.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    runs = tmp_path / "runs"
+    (runs / "r1").mkdir(parents=True)
+    (runs / "latest").symlink_to("r1")
+    guard = Guard(open_repo(repo), work_dir=runs / "r1" / "guard", restore=True)
+    guard.start()
+    guard.agent_started("rogue", me())
+    loose(repo, "main").unlink()  # your last commit
+    guard.after_attempt()
+    assert [(v.broken, v.restored) for v in guard.drain()] == [(("refs/heads/main",), True)]
+    assert git(repo, "log", "--format=%s", "main") == "initial"

@@ -247,9 +247,13 @@ class Guard:
                 self._midx = integrity.midx_print(self.repo.common_dir)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
+                # (Compared as files: a symlink to this run's directory names its own too.)
+                self._held.mkdir(parents=True, exist_ok=True)
+                own = self._held.stat()
                 for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
-                    if stale != self._held:
-                        integrity.let_go(stale)
+                    with contextlib.suppress(FileNotFoundError):
+                        if not os.path.samestat(stale.stat(), own):
+                            integrity.let_go(stale)
             self._refs = read_refs(self.repo.root)
             self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
