@@ -256,3 +256,27 @@ def test_the_guards_own_held_files_are_kept_when_a_symlink_also_names_its_run(
     guard.after_attempt()
     assert [(v.broken, v.restored) for v in guard.drain()] == [(("refs/heads/main",), True)]
     assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_a_pack_git_writes_again_under_its_name_is_held_in_place_of_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """`git gc` with nothing new writes the same pack again and renames it over its name.
+
+    The guard held the old file: it pinned the pack's disk space a second time for the rest
+    of the run, and every later change to the store compared the two byte for byte again.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    commit_file(repo, "b.txt", "b\n")
+    git(repo, "gc", "-q")
+    (pack,) = (objects_of(repo) / "pack").glob("pack-*.pack")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    before = pack.stat()
+    assert before.st_nlink == 2  # the store's name and the guard's hold
+    git(repo, "gc", "-q")  # the same objects: the same pack, renamed over its name
+    now = pack.stat()
+    assert (now.st_ino, now.st_nlink) != (before.st_ino, 2)
+    guard.after_attempt()
+    assert guard.drain() == []
+    assert pack.stat().st_nlink == 2  # the guard holds git's new file

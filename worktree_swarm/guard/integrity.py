@@ -179,7 +179,9 @@ def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
 
     git never does that (an object's name is its content's hash, and git reads a loose object
     by its name without checking it): your ``git show`` would show what the new file says.
-    A file git wrote again with the same object (another compression) is no change.
+    A file git wrote again with the same object (another compression, a `git gc` with nothing
+    new renaming the same pack over its name) is no change: it is held instead of the old one,
+    whose space is freed, and not compared again.
     """
     if not held.is_dir():
         return []
@@ -198,9 +200,31 @@ def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
                 continue  # gone: :func:`recover` links it back
             if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
                 continue
-            if not stat.S_ISREG(now.st_mode) or not _same_object(Path(entry.path), dest, pack):
+            if not stat.S_ISREG(now.st_mode) or not _held_again(held, Path(entry.path), dest, pack):
                 found.append((Path(entry.path), dest))
     return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool:
+    """Whether the store's *dest* holds what the held file *mine* does; if so, it is held.
+
+    Linked aside first and that link compared: what is held is what was compared.
+    """
+    aside = held.with_name(f"{held.name}.again")
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(dest, aside)
+    except FileNotFoundError:
+        return True  # gone meanwhile: :func:`recover` links it back
+    except OSError:
+        return _same_object(mine, dest, pack)
+    try:
+        if not _same_object(mine, aside, pack):
+            return False
+        aside.replace(mine)
+        return True
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
