@@ -1094,3 +1094,32 @@ def test_secrets_a_merges_resolver_and_checks_print_are_redacted_from_their_logs
         p.read_text() for p in merge_logs.glob("resolve-*.log")
     )
     assert f"checked with {REDACTED}" in (merge_logs / "checks.log").read_text()
+
+
+def test_secrets_of_a_tasks_copy_files_its_checks_print_at_the_merge_are_redacted(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A task's checks at `swarm merge` get its `copy` files first (its `.env`), as in its run.
+    # The run redacts the secrets of those files from every log; the merge knew only the
+    # task's `env`: a check that printed the `.env` it was given left the key in checks.log.
+    key = "local-env-secret-value-77e1"
+    (repo / ".env").write_text(f"API_KEY={key}\n")
+    agent = write_agent("import pathlib\npathlib.Path('feature.txt').write_text('x\\n')\n")
+    check = "import pathlib; print('using', pathlib.Path('.env').read_text().split('=')[1])"
+    path = manifest(
+        repo,
+        f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+        f"checks = [{json.dumps([sys.executable, '-c', check])}]\n"
+        '[[task]]\nid = "t"\nprompt = "x"\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_logs = next((repo / ".git" / "swarm" / "runs").glob("*/t"))
+    assert f"using {REDACTED}" in "".join(p.read_text() for p in run_logs.glob("checks*.log"))
+
+    out = swarm(repo, "merge", "t")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = next((repo / ".git" / "swarm" / "runs").glob("*/merge/checks.log")).read_text()
+    assert f"using {REDACTED}" in checks
+    assert key not in checks

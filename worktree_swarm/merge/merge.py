@@ -709,6 +709,8 @@ def _check_env(s: _Session) -> dict[str, str]:
 def _task_env(s: _Session, c: Candidate) -> dict[str, str]:
     """What a task's checks and resolver get: its own ``env`` too, as in its run."""
     redact.add_env(c.task.env)  # a secret-named value is redacted from their logs
+    # And, as in its run, the secrets of its `copy` files, which its checks get first.
+    redact.add_env(worktrees.copied_secrets(s.repo.root, c.task.copy))
     return {**_check_env(s), "SWARM_TASK_ID": c.task_id, **dict(c.task.env)}
 
 
