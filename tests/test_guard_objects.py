@@ -7,6 +7,8 @@ of a pack, automatic maintenance), and the hostile ways an object is lost or dam
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -280,3 +282,48 @@ def test_a_pack_git_writes_again_under_its_name_is_held_in_place_of_the_old_one(
     guard.after_attempt()
     assert guard.drain() == []
     assert pack.stat().st_nlink == 2  # the guard holds git's new file
+
+
+# A loose object of yours written over, and one planted under a new name, each with a few
+# bytes that inflate to 256 MiB of zeros after a header that says 7; the guard judging them
+# in a process allowed 200 MiB of memory (as the manager on a small machine).
+BOMB_JUDGED = """
+import os, resource, sys, zlib
+from pathlib import Path
+from worktree_swarm.guard import integrity
+common, held, victim, planted = map(Path, sys.argv[1:])
+squeeze = zlib.compressobj(9)
+bomb = [squeeze.compress(b"blob 7\\0forged\\n")]
+bomb += [squeeze.compress(bytes(1 << 20)) for _ in range(256)]
+bomb = b"".join([*bomb, squeeze.flush()])
+for path in (victim, planted):
+    path.parent.mkdir(exist_ok=True)
+    aside = path.with_name("aside")
+    aside.write_bytes(bomb)
+    os.replace(aside, path)
+resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
+over = integrity.written_over(common, held)
+forged = integrity.forged_loose(common, held, set())
+print([dest.name for _, dest in over], [path.name for path in forged])
+"""
+
+
+def test_an_object_that_inflates_far_past_its_header_is_judged_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """The guard inflated an object file it judged whole: an agent's few kilobytes that
+    inflate to gigabytes had the manager run out of memory (killed, or the scan failing)
+    before it put your object back.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    common = repo / ".git"
+    held = tmp_path / "held"
+    integrity.hold(common, held)
+    victim = loose(repo, "main:a.txt")
+    planted = objects_of(repo) / "ab" / ("c" * 38)
+    args = [str(p) for p in (common, held, victim, planted)]
+    out = subprocess.run(
+        [sys.executable, "-c", BOMB_JUDGED, *args], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == f"{[victim.name]} {[planted.name]}"

@@ -294,19 +294,54 @@ def _held_loose(held: Path) -> set[str]:
     }
 
 
+_PIECE = 1 << 20  # read and inflated at most this much at a time
+_HEADER_MAX = 64  # "<type> <size>\0"
+_NO_HEADER = -2
+
+
 def _hashes_to(path: Path, name: str) -> bool:
-    """Whether the loose object file *path* holds the object named *name* (read in chunks)."""
+    """Whether the loose object file *path* holds the object named *name*.
+
+    Read and inflated a piece at a time, and no further than the size its header gives: an
+    agent's few kilobytes that inflate to gigabytes cost no more memory than a piece.
+    """
     # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
     inflate = zlib.decompressobj()
+    head, total, seen = b"", -1, 0
     try:
         with path.open("rb") as data:
-            while chunk := data.read(1 << 20):
-                digest.update(inflate.decompress(chunk))
-        digest.update(inflate.flush())
+            while chunk := data.read(_PIECE):
+                while True:
+                    piece = inflate.decompress(chunk, _PIECE)
+                    digest.update(piece)
+                    seen += len(piece)
+                    if total < 0:
+                        head += piece[:_HEADER_MAX]
+                        total = _object_length(head)
+                        if total == _NO_HEADER or (total < 0 and len(head) >= _HEADER_MAX):
+                            return False
+                    if 0 <= total < seen:
+                        return False  # more than its header says: not what git wrote
+                    chunk = inflate.unconsumed_tail
+                    if not chunk and len(piece) < _PIECE:
+                        break
+        digest.update(inflate.flush(_PIECE))
     except (OSError, zlib.error):
         return False
     return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
+
+
+def _object_length(head: bytes) -> int:
+    """The length of the object whose inflated bytes begin with *head*, header included.
+
+    -1 while the header is not whole yet, ``_NO_HEADER`` when it is none.
+    """
+    end = head.find(b"\0")
+    if end < 0:
+        return -1
+    _, _, size = head[:end].partition(b" ")
+    return end + 1 + int(size) if size.isdigit() else _NO_HEADER
 
 
 def packs(common: Path) -> frozenset[str]:
@@ -451,7 +486,7 @@ def _same_object(held: Path, now: Path, pack: bool) -> bool:
     try:
         if pack:
             return filecmp.cmp(held, now, shallow=False)
-        return zlib.decompress(held.read_bytes()) == zlib.decompress(now.read_bytes())
+        return _hashes_to(now, held.parent.name + held.name)  # the held one is what it says
     except (OSError, zlib.error):
         return False
 
