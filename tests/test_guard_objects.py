@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import git, hang_git_at, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
@@ -327,3 +327,24 @@ def test_an_object_that_inflates_far_past_its_header_is_judged_in_bounded_memory
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[0] == f"{[victim.name]} {[planted.name]}"
+
+
+def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git verify-pack` killed (the OOM killer, on a big pack) tells nothing of the pack.
+
+    The guard took its failure for a lying index and removed the pack: your commit, packed by
+    your own `git repack` during the run, was gone with it.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "runs" / "r" / "guard", restore=True)
+    guard.start()
+    commit_file(repo, "b.txt", "yours\n")
+    git(repo, "repack", "-d", "-q")  # your commit now only in a new pack
+    killed = hang_git_at(tmp_path, monkeypatch, "verify-pack", then="kill -9 $$")
+    guard.after_attempt()
+    assert killed.exists()
+    assert guard.drain() == []
+    assert git(repo, "show", "main:b.txt") == "yours"
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)

@@ -365,18 +365,22 @@ def replaced_held(idx: Path, held: Path) -> bool:
     return False
 
 
-def lying_pack(root: Path, idx: Path) -> str:
+def lying_pack(root: Path, idx: Path) -> str | None:
     """What is wrong with the pack *idx* indexes ("" if nothing, or if it is gone meanwhile).
 
     git looks for an object in the packs before the loose files, and reads a packed object
     by what the index says without checking it: an index that names an object of yours for
     bytes of another's has your git read those. ``git verify-pack`` indexes the pack afresh
-    and compares (as costly as git's own ``index-pack`` of it).
+    and compares (as costly as git's own ``index-pack`` of it). None when it was killed (the
+    OOM killer, on a big pack): that tells nothing of the pack.
     """
     done = runner.run(root, "verify-pack", str(idx), check=False)
     # Gone meanwhile (git removes a pack's .pack before its .idx): git no longer reads it.
     if done.returncode == 0 or not idx.exists() or not idx.with_suffix(".pack").exists():
         return ""
+    # By a signal (a shell says 128+n), or its `index-pack` was, which git tells.
+    if done.returncode < 0 or done.returncode > _SIGNALLED or "died of signal" in done.stderr:
+        return None
     return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
 
 
@@ -423,6 +427,9 @@ def lying_rev(idx: Path) -> str:
             return "its entries are not the pack's objects in the order of their offsets"
         last = now
     return ""
+
+
+_SIGNALLED = 128  # git's own failures exit 128 at most
 
 
 # A multi-pack-index (and the chain of an incremental one): where git looks an object up

@@ -1289,18 +1289,21 @@ class Guard:
         new = sorted(now - self._packs)
         self._packs_verified = set(new)  # as they are now: not checked again by this scan
         lies = {}
+        unsure = set()  # its check was killed: checked again at the next scan
         for name in new:
             if self._objects is not None:  # first: a write after the check below is seen
                 self._objects.watch_pack(common / "objects" / "pack" / name)
             why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
-            if why:
+            if why is None:
+                unsure.add(name)
+            elif why:
                 lies[name] = why
         self._rev_check |= set(new) - set(lies)
         if self.restore:
             for name in lies:
                 with contextlib.suppress(OSError):  # not removed is recorded as such
                     integrity.drop_pack(common / "objects" / "pack" / name)
-        self._packs = integrity.packs(common)
+        self._packs = integrity.packs(common) - unsure
         suspects = self._agents.suspects(window, exclude=()) if lies else ()
         if not suspects:
             return []  # none, or no agent of ours was running: damage of another kind
