@@ -1923,3 +1923,42 @@ def test_a_link_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_s
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["merged"] == ["two"]
     assert list((base_repo / "deps").iterdir()) == []  # your checkout's is as it was
+
+
+def test_a_tasks_link_in_a_merge_takes_the_place_of_an_earlier_tasks_setup_output(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # Task one installs `deps` in its setup; task two links yours instead. In their runs each
+    # had its own worktree. At the merge, one's installed `deps` stayed in the merge worktree
+    # (ignored output stays), and two's link was refused there ("the worktree already has
+    # deps"): two failed its merge.
+    (base_repo / ".gitignore").write_text("deps\n")
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    (base_repo / "deps").mkdir()
+    (base_repo / "deps" / "yours").write_text("yours\n")
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    install = "import os; os.makedirs('deps', exist_ok=True); open('deps/one-lib', 'w')"
+    installs = [sys.executable, "-c", install]
+    one = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('deps/one-lib'))"]
+    two = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('deps/yours'))"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f'[[task]]\nid = "one"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
+        f"checks = [{json.dumps(one)}]\n"
+        f'[[task]]\nid = "two"\nprompt = "x"\nlink = ["deps"]\n'
+        f"checks = [{json.dumps(two)}]\n"
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--json", "one", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["one", "two"], report["results"]
+    assert sorted(p.name for p in (base_repo / "deps").iterdir()) == ["yours"]

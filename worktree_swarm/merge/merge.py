@@ -37,7 +37,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import proc, redact, supervisor
+from worktree_swarm.infra import fs, proc, redact, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
@@ -641,6 +641,8 @@ def _prepare(
     try:
         if task.copy:
             copied += worktrees.copy_into(s.repo.root, worktree, task.copy)
+        for name in task.link:  # not in the way: what an earlier task's setup installed there
+            _remove_ignored_dir(worktree, name)
         worktrees.link_into(s.repo.root, worktree, task.link)
     except SwarmError as exc:
         return CheckFailure(summary=str(exc))
@@ -648,6 +650,18 @@ def _prepare(
         task.setup, cwd=worktree, env=env, log=s.log, what="setup",
         timeout=task.setup_timeout, on_start=started,
     )  # fmt: skip
+
+
+def _remove_ignored_dir(worktree: Path, name: str) -> None:
+    """Remove the directory *name* of *worktree* when git ignores it (setup output)."""
+    path = worktree / name
+    if path.is_symlink() or not path.is_dir():
+        return
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(worktree)):
+        return  # through a symlink on the way: not the worktree's (link_into refuses it)
+    ignored = runner.run(worktree, "check-ignore", "-q", "--", name, check=False)
+    if ignored.returncode == 0:
+        fs.remove_tree(path)
 
 
 def _untracked_record(s: _Session) -> Path:
