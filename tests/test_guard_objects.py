@@ -6,9 +6,12 @@ of a pack, automatic maintenance), and the hostile ways an object is lost or dam
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -348,3 +351,47 @@ def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(
     assert guard.drain() == []
     assert git(repo, "show", "main:b.txt") == "yours"
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
+def forged_pack(victim: str) -> tuple[bytes, bytes, str]:
+    """A one-object pack whose index names *victim* (a blob of yours) for other bytes."""
+    oid = bytes.fromhex(victim)
+    content = b"forged\n"
+    body = b"PACK" + struct.pack(">II", 2, 1) + bytes([(3 << 4) | len(content)])
+    body += zlib.compress(content)
+    pack = body + hashlib.sha1(body).digest()  # noqa: S324 - git's own
+    index = b"\xfftOc" + struct.pack(">I", 2)
+    index += b"".join(struct.pack(">I", 0 if i < oid[0] else 1) for i in range(256))
+    index += oid + struct.pack(">II", zlib.crc32(pack[12:-20]), 12) + hashlib.sha1(body).digest()  # noqa: S324
+    index += hashlib.sha1(index).digest()  # noqa: S324
+    return pack, index, f"pack-{hashlib.sha1(body).hexdigest()}"  # noqa: S324
+
+
+def test_a_pack_that_appears_while_another_is_checked_is_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard took every pack there at the end of its check for checked: one an agent
+    added while `git verify-pack` read another (a big one takes minutes) was never checked,
+    and your git read its lie: the agent's bytes for a blob of yours.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    victim = git(repo, "rev-parse", "main:a.txt")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "runs" / "r" / "guard", restore=True)
+    guard.start()
+    guard.agent_started("rogue", me())
+    commit_file(repo, "b.txt", "b\n")
+    git(repo, "repack", "-d", "-q")  # an honest new pack, checked first
+    pack, index, name = forged_pack(victim)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / f"{name}.pack").write_bytes(pack)
+    (staged / f"{name}.idx").write_bytes(index)
+    into = objects_of(repo) / "pack"
+    plant = f"cp {staged}/{name}.pack {into}/ && cp {staged}/{name}.idx {into}/"
+    planted = hang_git_at(tmp_path, monkeypatch, "verify-pack", then=plant)
+    guard.after_attempt()
+    assert planted.exists()
+    guard.after_attempt()
+    found = guard.drain()
+    assert [(v.git_files, v.restored) for v in found] == [((f"objects/pack/{name}.idx",), True)]
+    assert git(repo, "cat-file", "blob", victim) == "yours"

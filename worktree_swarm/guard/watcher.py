@@ -1303,7 +1303,8 @@ class Guard:
             for name in lies:
                 with contextlib.suppress(OSError):  # not removed is recorded as such
                     integrity.drop_pack(common / "objects" / "pack" / name)
-        self._packs = integrity.packs(common) - unsure
+        # Those checked (and those known before) still there: not one that came meanwhile.
+        self._packs = ((self._packs | now) - unsure) & integrity.packs(common)
         suspects = self._agents.suspects(window, exclude=()) if lies else ()
         if not suspects:
             return []  # none, or no agent of ours was running: damage of another kind
