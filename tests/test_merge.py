@@ -1962,3 +1962,46 @@ def test_a_tasks_link_in_a_merge_takes_the_place_of_an_earlier_tasks_setup_outpu
     report = json.loads(out.stdout)
     assert report["merged"] == ["one", "two"], report["results"]
     assert sorted(p.name for p in (base_repo / "deps").iterdir()) == ["yours"]
+
+
+def test_a_copy_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_checks(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # The same with one's `copy` of your ignored `.env`: the next merge removes it before two's
+    # checks, which must not see a file of another task's.
+    (base_repo / ".gitignore").write_text(".env\n")
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore .env")
+    (base_repo / ".env").write_text("MODE=one\n")
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    armed, started = tmp_path / "armed", tmp_path / "started"
+    hang = tmp_path / "hang.py"
+    hang.write_text(  # hangs once armed (at the merge, not in the run): killed there
+        "import os, pathlib, time\n"
+        f"if pathlib.Path({str(armed)!r}).exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    alone = [sys.executable, "-c", "import os, sys; sys.exit(os.path.exists('.env'))"]
+    ok = [sys.executable, "-c", "pass"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f'[[task]]\nid = "one"\nprompt = "x"\ncopy = [".env"]\n'
+        f"setup = [{json.dumps([sys.executable, str(hang)])}]\nchecks = [{json.dumps(ok)}]\n"
+        f'[[task]]\nid = "two"\nprompt = "x"\nchecks = [{json.dumps(alone)}]\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    armed.touch()
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "one"]
+    kill_merge_once(base_repo, argv, started.exists, what="one's setup")
+
+    out = swarm(base_repo, "merge", "--json", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["merged"] == ["two"]
+    assert (base_repo / ".env").read_text() == "MODE=one\n"  # yours, as it was

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import filecmp
 import functools
 import json
 import os
@@ -686,12 +687,28 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
     except (OSError, ValueError, TypeError):  # not ours to read: nothing is removed
         before = None
     if before is not None:
-        for row in s.store.tasks(s.run_id):  # the links its task's checks got (ignored ones)
+        for row in s.store.tasks(s.run_id):  # the links and copies its task's checks got
             if row.merge_result == CHECKING and row.merge_target == s.target.branch:
-                link = task_from_json(row.spec_json).link
-                worktrees.unlink_links(s.repo.root, s.target.worktree, link)
-        _clean_after_checks(s, before)
+                task = task_from_json(row.spec_json)
+                worktrees.unlink_links(s.repo.root, s.target.worktree, task.link)
+                _remove_new(s.target.worktree, _copies(s, task.copy))
+        _clean_after_checks(s, before)  # after: a tracked file removed as a copy is back
     record.unlink(missing_ok=True)
+
+
+def _copies(s: _Session, globs: Sequence[str]) -> set[str]:
+    """The files of the merge worktree that are what the `copy` *globs* copy there now."""
+    found = set()
+    for src, rel in worktrees.copy_sources(s.repo.root, globs, strict=False):
+        dst = s.target.worktree / rel
+        with contextlib.suppress(OSError):
+            if dst.is_symlink() or src.is_symlink():
+                same = dst.is_symlink() and src.is_symlink() and dst.readlink() == src.readlink()
+            else:
+                same = filecmp.cmp(src, dst, shallow=False)
+            if same:
+                found.add(rel.as_posix())
+    return found
 
 
 def _untracked(worktree: Path) -> set[str]:
