@@ -86,6 +86,11 @@ class ObjectWatch:
             written, self._written = self._written, set()
             return written
 
+    def written_again(self, names: set[str]) -> None:
+        """Tell *names* as written again at the next :meth:`written_packs` (checked anew)."""
+        with self._lock:
+            self._written |= names
+
     def close(self) -> None:
         """Release inotify; every generation is new from now on."""
         with self._lock:

@@ -1365,10 +1365,12 @@ class Guard:
             if integrity.replaced_held(idx, self._held / "pack" / name):
                 continue  # another file under the name of yours: put back as written over
             objects.watch_pack(idx)  # the files now there: first, as for a new pack
-            why = ""
+            why: str | None = ""
             if {f"{stem}.pack", name} & written:
                 why = integrity.lying_pack(self.repo.root, idx)
-            if why:
+            if why is None:  # its check was killed: it tells nothing, checked at the next scan
+                objects.written_again({f"{stem}.pack", name} & written)
+            elif why:
                 lies[name] = why
             else:
                 self._rev_check |= {name}
