@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -2005,3 +2006,89 @@ def test_a_copy_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_c
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["merged"] == ["two"]
     assert (base_repo / ".env").read_text() == "MODE=one\n"  # yours, as it was
+
+
+def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next_merge(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # `copy` files are mostly ignored ones (`.env`): a copy cut off by a killed merge stayed
+    # in the integration worktree, and every later merge kept it (copy skips what exists), so
+    # the task's checks failed there at every `swarm merge`.
+    (base_repo / ".gitignore").write_text(".env\n")
+    git(base_repo, "add", ".gitignore")
+    git(base_repo, "commit", "-q", "-m", "ignore .env")
+    env_file = base_repo / ".env"
+    env_file.write_text("MODE=ci\n")
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib\npathlib.Path('one.txt').write_text('x')\n")
+    check = [sys.executable, "-c", "import sys; sys.exit(open('.env').read() != 'MODE=ci\\n')"]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f'checks = [{json.dumps(check)}]\ncopy = [".env"]\n[[task]]\nid = "one"\nprompt = "x"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    # The merge copies from a pipe: the copy is half written when the merge is killed.
+    env_file.unlink()
+    os.mkfifo(env_file)
+    merging = subprocess.Popen([sys.executable, "-m", "worktree_swarm.cli", "merge"],
+                               cwd=base_repo, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    copied = base_repo.parent / "repo.swarm" / f"_integration-{status_run(base_repo)}" / ".env"
+    writer = os.open(env_file, os.O_WRONLY)  # once the merge reads it
+    os.set_blocking(writer, False)
+
+    def half_copied() -> bool:
+        # Sent until the copy has some: what the first reader (a clone attempt) took is lost.
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(writer, b"MODE=" + b"x" * 20_000)  # more than a buffered write holds
+        return copied.exists() and copied.stat().st_size > 0
+
+    try:
+        wait_for(half_copied, what="the copy")
+    finally:
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait(timeout=30)
+        os.close(writer)
+    env_file.unlink()
+    env_file.write_text("MODE=ci\n")
+
+    out = swarm(base_repo, "merge")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(base_repo)["one"]["merge_result"] == "merged"
+    assert not copied.exists()  # what copy added goes after the checks, ignored or not
+
+
+def test_removing_a_tasks_copy_files_never_follows_a_symlink_its_checks_made_out(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # The copy of cfg/.env goes after the checks: through a `cfg` a check turned into a link
+    # to another directory, that would delete a file of yours there.
+    (base_repo / "cfg").mkdir()
+    (base_repo / "cfg" / ".env").write_text("MODE=ci\n")
+    yours = tmp_path / "yours"
+    yours.mkdir()
+    (yours / ".env").write_text("your own\n")
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib\npathlib.Path('one.txt').write_text('x')\n")
+    swap = f"import shutil, os; shutil.rmtree('cfg'); os.symlink({str(yours)!r}, 'cfg')"
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"checks = [{json.dumps([sys.executable, '-c', swap])}]\n"
+        'copy = ["cfg/.env"]\n[[task]]\nid = "one"\nprompt = "x"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    out = swarm(base_repo, "merge", "--allow-outside-writes")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (yours / ".env").read_text() == "your own\n"
+
+
+def status_run(repo: Path) -> str:
+    out = swarm(repo, "status", "--json")
+    return str(json.loads(out.stdout)["run_id"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import filecmp
 import functools
 import json
 import os
@@ -34,7 +33,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
-from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.paths import real_path, run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
@@ -600,20 +599,20 @@ def _run_checks(
     (``__pycache__``, build output, a formatter's edits) would read as uncommitted changes to
     the next merge, which refuses them, or be swept into a resolver's commit: the untracked
     files they added are removed and tracked files they changed are put back as committed.
-    Files untracked before the checks ran, and ignored ones, are left alone; but not the
-    task's copies and links, ignored or not, which are its alone (a later task's setup would
-    install through a link into your checkout, its checks see a `.env` of another task's).
+    Files untracked before the checks ran, and ignored ones but for the copy files and
+    link symlinks, are left alone.
     """
     before = _untracked(s.target.worktree)
-    copied: list[str] = []
+    placed = () if task is None else _placed(s, task)
     record = _untracked_record(s)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
     partial = record.with_suffix(".part")
-    partial.write_text(json.dumps(sorted(before)), encoding="utf-8")
+    text = json.dumps({"untracked": sorted(before), "placed": placed})
+    partial.write_text(text, encoding="utf-8")
     partial.replace(record)
     try:
         with _watched(s, who) as started:
-            failure = None if task is None else _prepare(s, task, env, started, copied)
+            failure = None if task is None else _prepare(s, task, env, started)
             if failure is None:
                 failure = run_steps(
                     steps, cwd=s.target.worktree, env=env, log=s.log, what="check",
@@ -623,11 +622,23 @@ def _run_checks(
         return CheckFailure(summary=outside) if outside else failure
     finally:
         redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
-        if task is not None:
-            worktrees.unlink_links(s.repo.root, s.target.worktree, task.link)
-            _remove_new(s.target.worktree, set(copied))
-        _clean_after_checks(s, before)
+        _clean_after_checks(s, before, placed)
         record.unlink(missing_ok=True)
+
+
+def _placed(s: _Session, task: Task) -> list[str]:
+    """What *task*'s `copy` and `link` will add to the merge worktree: removed after its checks.
+
+    Ignored ones too (a ``.env``): left there, a copy cut off by a killed merge, or one older
+    than yours, would be what every later merge's checks get (a copy skips what exists).
+    """
+    try:
+        names = [rel.as_posix() for _, rel in worktrees.copy_sources(s.repo.root, task.copy)]
+    except SwarmError:  # the copy itself fails the checks, saying why
+        names = []
+    worktree = s.target.worktree
+    # A link goes where nothing is, or in place of what an earlier task's setup installed.
+    return sorted({*(n for n in names if not os.path.lexists(worktree / n)), *task.link})
 
 
 def _prepare(
@@ -635,13 +646,12 @@ def _prepare(
     task: Task,
     env: dict[str, str],
     started: Callable[[ProcessIdentity], None] | None,
-    copied: list[str],
 ) -> CheckFailure | None:
-    """Give the merge worktree *task*'s copy files (added to *copied*), links and setup."""
+    """Give the merge worktree *task*'s copy files, links and setup."""
     worktree = s.target.worktree
     try:
         if task.copy:
-            copied += worktrees.copy_into(s.repo.root, worktree, task.copy)
+            worktrees.copy_into(s.repo.root, worktree, task.copy)
         for name in task.link:  # not in the way: what an earlier task's setup installed there
             _remove_ignored_dir(worktree, name)
         worktrees.link_into(s.repo.root, worktree, task.link)
@@ -672,8 +682,8 @@ def _untracked_record(s: _Session) -> Path:
     return record
 
 
-def _clean_after_checks(s: _Session, before: set[str]) -> None:
-    _remove_new(s.target.worktree, _untracked(s.target.worktree) - before)
+def _clean_after_checks(s: _Session, before: set[str], placed: Sequence[str] = ()) -> None:
+    _remove_new(s.target.worktree, (_untracked(s.target.worktree) - before) | set(placed))
     _git(s, "reset", "--quiet", "--hard", "HEAD")
 
 
@@ -681,34 +691,17 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
     """Undo what the checks of a killed `swarm merge` wrote in the merge worktree."""
     record = _untracked_record(s)
     try:
-        before = set(json.loads(record.read_text(encoding="utf-8")))
+        data = json.loads(record.read_text(encoding="utf-8"))
+        if isinstance(data, list):  # written by an older swarm: the untracked files alone
+            data = {"untracked": data}
+        before, placed = set(data["untracked"]), [str(n) for n in data.get("placed", ())]
     except FileNotFoundError:
         return
-    except (OSError, ValueError, TypeError):  # not ours to read: nothing is removed
-        before = None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # not ours to read
+        before = None  # nothing is removed
     if before is not None:
-        for row in s.store.tasks(s.run_id):  # the links and copies its task's checks got
-            if row.merge_result == CHECKING and row.merge_target == s.target.branch:
-                task = task_from_json(row.spec_json)
-                worktrees.unlink_links(s.repo.root, s.target.worktree, task.link)
-                _remove_new(s.target.worktree, _copies(s, task.copy))
-        _clean_after_checks(s, before)  # after: a tracked file removed as a copy is back
+        _clean_after_checks(s, before, placed)
     record.unlink(missing_ok=True)
-
-
-def _copies(s: _Session, globs: Sequence[str]) -> set[str]:
-    """The files of the merge worktree that are what the `copy` *globs* copy there now."""
-    found = set()
-    for src, rel in worktrees.copy_sources(s.repo.root, globs, strict=False):
-        dst = s.target.worktree / rel
-        with contextlib.suppress(OSError):
-            if dst.is_symlink() or src.is_symlink():
-                same = dst.is_symlink() and src.is_symlink() and dst.readlink() == src.readlink()
-            else:
-                same = filecmp.cmp(src, dst, shallow=False)
-            if same:
-                found.add(rel.as_posix())
-    return found
 
 
 def _untracked(worktree: Path) -> set[str]:
@@ -717,9 +710,16 @@ def _untracked(worktree: Path) -> set[str]:
 
 
 def _remove_new(worktree: Path, names: set[str]) -> None:
-    """Delete *names* (untracked files) and the directories they leave empty."""
+    """Delete *names* (files, symlinks) and the directories they leave empty.
+
+    Never through a symlinked directory that leads out of *worktree* (one a check made).
+    """
+    inside = real_path(worktree)
     for name in names:
-        (worktree / name).unlink(missing_ok=True)
+        path = worktree / name
+        if real_path(path.parent).is_relative_to(inside):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                path.unlink()
     parents = {parent for name in names for parent in PurePosixPath(name).parents}
     for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         if parent.parts:
