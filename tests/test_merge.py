@@ -712,6 +712,28 @@ def test_an_integration_worktree_a_killed_merge_left_unpopulated_is_repaired_not
     assert git(worktree, "status", "--porcelain") == ""
 
 
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+def test_files_a_git_merge_killed_half_way_wrote_do_not_block_the_next_merge(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+) -> None:  # fmt: skip
+    worktree = one_merged(base_repo, brancher)
+    # A git merge killed while it wrote the worktree: some of the task's files are there, its
+    # index and commit (and MERGE_HEAD) are not. The next merge refused the worktree as holding
+    # your uncommitted changes; so did every one after it (a full disk there did the same).
+    written = worktree / "two.txt"
+    hang_git_at(tmp_path, monkeypatch, "merge", then="printf '2\\n' > two.txt; exec sleep 600")
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--strategy", strategy, "two"]
+    kill_merge_once(base_repo, argv, written.exists, what="the half-written merge")
+    monkeypatch.undo()  # the real git again
+
+    out = swarm(base_repo, "merge", "--strategy", strategy, "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
     base_repo: Path, brancher: Brancher
 ) -> None:

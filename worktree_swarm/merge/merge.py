@@ -573,7 +573,8 @@ def _head(worktree: Path) -> str:
 
 
 def _baseline(s: _Session) -> CheckResult:
-    failure = _run_checks(s, s.checks, _check_env(s), who=BASELINE_CHECKS)
+    with _untracked_noted(s):
+        failure = _run_checks(s, s.checks, _check_env(s), who=BASELINE_CHECKS)
     result = CheckResult(
         commands=tuple(shlex.join(a) for a in s.checks),
         ok=failure is None,
@@ -604,12 +605,8 @@ def _run_checks(
     """
     before = _untracked(s.target.worktree)
     placed = () if task is None else _placed(s, task)
-    record = _untracked_record(s)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
-    partial = record.with_suffix(".part")
-    text = json.dumps({"untracked": sorted(before), "placed": placed})
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(record)
+    _note_untracked(s, before, placed)
     try:
         with _watched(s, who) as started:
             failure = None if task is None else _prepare(s, task, env, started)
@@ -623,7 +620,7 @@ def _run_checks(
     finally:
         redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
         _clean_after_checks(s, before, placed)
-        record.unlink(missing_ok=True)
+        _note_untracked(s, before)  # what was placed is gone; the record is the merge's again
 
 
 def _placed(s: _Session, task: Task) -> list[str]:
@@ -675,6 +672,27 @@ def _remove_ignored_dir(worktree: Path, name: str) -> None:
         fs.remove_tree(path)
 
 
+def _note_untracked(s: _Session, before: set[str], placed: Sequence[str] = ()) -> None:
+    """Put *before* (the merge worktree's untracked files) and *placed* on record."""
+    record = _untracked_record(s)
+    partial = record.with_suffix(".part")
+    text = json.dumps({"untracked": sorted(before), "placed": list(placed)})
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(record)
+
+
+@contextlib.contextmanager
+def _untracked_noted(s: _Session) -> Iterator[None]:
+    """While inside, the merge worktree's untracked files are on record for the next merge.
+
+    It cleans up after what ended inside half-way (see :func:`_clean_after_cut_off_checks`):
+    so the record goes on a normal exit only, not when an exception (a full disk) leaves.
+    """
+    _note_untracked(s, _untracked(s.target.worktree))
+    yield
+    _untracked_record(s).unlink(missing_ok=True)
+
+
 def _untracked_record(s: _Session) -> Path:
     record = checks_record(s.target.worktree)
     if record is None:
@@ -688,7 +706,10 @@ def _clean_after_checks(s: _Session, before: set[str], placed: Sequence[str] = (
 
 
 def _clean_after_cut_off_checks(s: _Session) -> None:
-    """Undo what the checks of a killed `swarm merge` wrote in the merge worktree."""
+    """Undo what a killed `swarm merge` (its git, checks, resolver) wrote in the merge worktree.
+
+    Files untracked then are kept; tracked files go back to HEAD.
+    """
     record = _untracked_record(s)
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
@@ -776,6 +797,13 @@ def _merge_one(s: _Session, c: Candidate) -> TaskResult:
             s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
             merge_commit=None, merge_detail=pre,
         )  # fmt: skip
+    # What git writes is put right by the next merge when this one ends half-way (killed, a
+    # full disk): a git merge or reset cut off leaves files that are no one's changes.
+    with _untracked_noted(s):
+        return _merge_step(s, c, pre)
+
+
+def _merge_step(s: _Session, c: Candidate, pre: str) -> TaskResult:
     message = f"swarm: merge task {c.task_id} ({c.row.branch})"
     flags = ["--no-verify", "--no-gpg-sign", "--no-edit"]
     if s.strategy is Strategy.SQUASH:
