@@ -734,6 +734,33 @@ def test_files_a_git_merge_killed_half_way_wrote_do_not_block_the_next_merge(
     assert git(worktree, "status", "--porcelain") == ""
 
 
+def test_a_merge_stopped_by_a_full_disk_says_to_merge_again_and_that_merge_lands_it(
+    small_disk: Path,
+) -> None:
+    repo = make_repo(small_disk / "repo", {"f.txt": "f\n"})
+    brancher = Brancher(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    brancher.branch("swarm/two", base, {"two.bin": os.urandom(1 << 20).hex()})  # 2 MB
+    brancher.close()
+    record_run(repo, [("one", base), ("two", base)], base=base)
+    assert swarm(repo, "merge", "one").returncode == 0
+    free = shutil.disk_usage(small_disk).free
+    filler = small_disk / "filler.bin"
+    filler.write_bytes(b"x" * (free - (512 << 10)))  # room for the state, not for two's file
+
+    full = swarm(repo, "merge")
+    filler.unlink()
+    again = swarm(repo, "merge")
+
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "No space left on device" in full.stderr
+    # `swarm resume` carries on a run: after a merge it finds nothing to do.
+    assert full.stderr.rstrip().endswith("free some space, then run `swarm merge` again")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert merge_results(repo) == {"one": "merged", "two": "merged"}
+
+
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -954,15 +954,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("swarm: interrupted; agents stopped, work checkpointed", err=True)
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
-        if debug:  # the traceback, and the exit code all the same
-            click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
-        click.echo(f"swarm: {redact(str(exc))}", err=True)
-        return int(exc.exit_code)
+        return _swarm_error(exc, _command(args), debug=debug)
     except Exception as exc:
         if debug:
             raise
-        return _unexpected(exc)
+        return _unexpected(exc, _command(args))
     return int(code or 0)
+
+
+def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
+    """One line for *exc* (its traceback first with ``--debug``); its exit code."""
+    if debug:  # the traceback, and the exit code all the same
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
+    text = str(exc)
+    if isinstance(exc, faults.DiskFullError):
+        text = faults.retry_with(text, command)
+    click.echo(f"swarm: {redact(text)}", err=True)
+    return int(exc.exit_code)
 
 
 def _say_wait(seconds: float, why: str) -> None:
@@ -979,6 +987,14 @@ def _debug(args: Sequence[str]) -> bool:
     return False
 
 
+def _command(args: Sequence[str]) -> str | None:
+    """The command *args* run (``merge``), after the options before it; None without one."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] == "-C" else 1
+    return args[i] if i < len(args) else None
+
+
 def _is_utf8(arg: str) -> bool:
     try:
         arg.encode("utf-8")  # bytes that were no UTF-8 come as lone surrogates
@@ -987,11 +1003,12 @@ def _is_utf8(arg: str) -> bool:
     return True
 
 
-def _unexpected(exc: Exception) -> int:
+def _unexpected(exc: Exception, command: str | None) -> int:
     """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or "swarm's state"
-        click.echo(f"swarm: {faults.full_message(where, exc)}", err=True)
+        text = faults.retry_with(faults.full_message(where, exc), command)
+        click.echo(f"swarm: {text}", err=True)
         return ExitCode.TASK_FAILED
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository
         where = exc.filename or "swarm's state"

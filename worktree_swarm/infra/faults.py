@@ -59,9 +59,22 @@ def why(exc: BaseException) -> str:
     return str(exc)
 
 
+_RESUME = "then run `swarm resume`"
+
+
 def full_message(what: object, exc: BaseException) -> str:
     """One line for a full disk, naming what could not be written and what to do."""
-    return f"cannot write {what}: {why(exc)}; free some space, then run `swarm resume`"
+    return f"cannot write {what}: {why(exc)}; free some space, {_RESUME}"
+
+
+def retry_with(message: str, command: str | None) -> str:
+    """A full disk's *message* for `swarm COMMAND`: run it again, not `swarm resume`.
+
+    `swarm resume` carries on a run; after a `swarm merge` (or clean) it finds nothing to do.
+    """
+    if command is None or command in {"run", "resume"}:
+        return message
+    return message.replace(_RESUME, f"then run `swarm {command}` again")
 
 
 def retry_while_full(
