@@ -1609,6 +1609,40 @@ def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_n
     assert {"one.txt", "two.txt"} <= set(git(base_repo, "ls-tree", "--name-only", "dev").split())
 
 
+def test_clean_ends_the_checks_a_killed_merge_left_and_removes_its_worktree(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # The checks run in sessions of their own: a merge killed during them leaves them running
+    # in the integration worktree, and `swarm clean` kept that worktree ("stop it first").
+    two_tasks(base_repo, brancher, git(base_repo, "rev-parse", "HEAD"))
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import os, pathlib, time\n"
+        "if pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
+    check_pid = int(started.read_text())
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+
+    out = swarm(base_repo, "clean", "--yes")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not pid_alive(check_pid)
+    assert not worktree.exists()
+    assert worktree not in worktree_list(base_repo)
+    check.write_text("")  # passes now
+    again = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
 def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

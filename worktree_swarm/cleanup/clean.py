@@ -132,6 +132,9 @@ def clean(
             run_ids = [run.run_id for run in store.runs()]
         else:
             run_ids = [status.resolve_run(store, run_id)]
+        if yes and free:  # a killed merge's checks would keep its worktree: "in use"
+            for rid in run_ids:
+                supervisor.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)
         # Carried out at once, the plan leaves each worktree's status to its removal, which
         # asks git right before it deletes anything (a status fewer per worktree).
         findings = plan_clean(

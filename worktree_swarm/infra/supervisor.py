@@ -784,6 +784,17 @@ def kill_marked(
                 raise
 
 
+def kill_merge_programs(logs: Path, *, grace: float) -> None:
+    """Kill the checks (and resolvers) a killed `swarm merge` left running (*logs*: its folder).
+
+    For a command holding the merge lock: no merge runs, so any of them still running is
+    left by one that was killed, and would run beside the next merge, or keep its worktree.
+    Not an agent's (``attempt-N``): a run from before task ids were kept off this folder's
+    name may have a live task called ``merge``.
+    """
+    kill_marked(logs, grace=grace, only=lambda r: not r.name.startswith("attempt-"))
+
+
 def shim_alive(record: Path) -> bool:
     """Whether the shim that wrote *record* still runs."""
     recorded = read_record(record)

@@ -197,7 +197,8 @@ def merge(
             return dataclasses.replace(report, notes=tuple(tell.notes))
         # A running guard is told which ref this merge moves, so it is not taken for an agent's.
         moves = stack.enter_context(guard.moving_refs(repo, [ref]))
-        _kill_leftover_checks(run_dir(repo, run_id) / "merge")
+        # Their shims live in sessions of their own: a killed merge's checks still run.
+        supervisor.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
@@ -478,16 +479,6 @@ def merge_order(
 
 
 # -- the target --------------------------------------------------------------------------
-
-
-def _kill_leftover_checks(logs: Path) -> None:
-    """Kill the checks (and resolvers) a killed `swarm merge` left running, under its lock.
-
-    Their shims live in sessions of their own; a check of the last merge still running would
-    run beside the next one in the same worktree. Not an agent's (``attempt-N``): a run from
-    before task ids were kept off this folder's name may have a live task called ``merge``.
-    """
-    supervisor.kill_marked(logs, grace=0.5, only=lambda r: not r.name.startswith("attempt-"))
 
 
 @contextlib.contextmanager
