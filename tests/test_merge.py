@@ -761,6 +761,33 @@ def test_a_merge_stopped_by_a_full_disk_says_to_merge_again_and_that_merge_lands
     assert merge_results(repo) == {"one": "merged", "two": "merged"}
 
 
+@pytest.mark.parametrize("into", [False, True])
+def test_a_merge_worktree_a_killed_git_worktree_add_left_locked_is_unlocked_and_used(
+    base_repo: Path, brancher: Brancher, *, into: bool
+) -> None:
+    # A `git worktree add` killed before its checkout finished leaves the worktree locked
+    # `initializing`. A killed --into merge's one then failed every later merge --into (git
+    # refuses to remove a locked worktree); the integration worktree stayed locked, so `swarm
+    # clean` kept it and `swarm doctor` took it for half made and deleted it.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    root = base_repo.parent / "repo.swarm"
+    path = root / (f"_merge-{RUN_ID}-abcdef" if into else f"_integration-{RUN_ID}")
+    made = ["--detach", str(path), base] if into else ["-b", f"swarm/integration-{RUN_ID}",
+                                                      str(path), base]  # fmt: skip
+    git(base_repo, "worktree", "add", "-q", "--lock", "--reason", "initializing", *made)
+    (Path(git(path, "rev-parse", "--git-dir")) / "index").unlink()  # its checkout cut off
+
+    out = swarm(base_repo, "merge", *(["--into", "dev"] if into else []))
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert "locked" not in git(base_repo, "worktree", "list", "--porcelain")
+    doctor = swarm(base_repo, "doctor")
+    assert "initializing" not in doctor.stdout + doctor.stderr  # nothing taken for half made
+
+
 def test_an_index_lock_a_killed_merge_left_in_the_integration_worktree_is_removed(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -124,6 +124,7 @@ def open_target(
         elif info.branch == branch and info.path.is_dir():
             if _same_path(info.path, own):
                 _unlock(info.path)
+                _unlock_made(repo, info)
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
             if _same_path(info.path, own) and half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
@@ -148,6 +149,18 @@ def _unlock(worktree: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
+def _unlock_made(repo: git.Repo, info: worktrees.WorktreeInfo) -> None:
+    """Unlock swarm's merge worktree *info* that a killed `git worktree add` left locked.
+
+    Git locks a worktree it adds (``initializing``) until its checkout is done: so locked,
+    git refuses to remove it, and it reads as half made (`swarm doctor` deletes it) after
+    the merges made there since. Its checkout is repaired where it is used.
+    """
+    if info.locked == "initializing":
+        with git.repo_lock(repo):
+            git.git(repo.root, "worktree", "unlock", "--", str(info.path))
+
+
 def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
     """Remove the temporary worktrees of this run's killed ``--into`` merges (under its lock).
 
@@ -157,6 +170,7 @@ def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
     mine = f"{SCRATCH_PREFIX}{ref_safe_run(run_id)}-"
     for info in worktrees.list_worktrees(repo):
         if info.path.name.startswith(mine) and real_path(info.path.parent) == root:
+            _unlock_made(repo, info)
             worktrees.remove_worktree(repo, info.path, force=True)
 
 
