@@ -1670,6 +1670,41 @@ def test_clean_ends_the_checks_a_killed_merge_left_and_removes_its_worktree(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+def test_doctor_commits_nothing_of_a_killed_merge_into_another_branch(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # What the killed merge's checks wrote in its temporary worktree (build output, a copy
+    # file with a secret) was committed by doctor's checkpoint, on no branch: kept nowhere.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import os, pathlib, time\n"
+        "pathlib.Path('built.txt').write_text('built')\n"
+        "if pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--into", "dev",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
+    (scratch,) = [p for p in worktree_list(base_repo) if p.name.startswith("_merge-")]
+    assert (scratch / "built.txt").exists()
+    objects = git(base_repo, "count-objects", "-v")
+
+    out = swarm(base_repo, "doctor", "--yes", "--json")
+
+    found = {f["target"]: f for f in json.loads(out.stdout)["findings"]}
+    assert found[str(scratch)]["fixed"] is True, found[str(scratch)]
+    assert found[str(scratch)]["checkpoint"] is None, found[str(scratch)]
+    assert not scratch.exists()
+    assert git(base_repo, "count-objects", "-v") == objects  # no commit, tree or blob made
+
+
 def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

@@ -550,7 +550,8 @@ def _remove_worktree(
         repaired = git.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
-        clean = _nothing_to_keep(path)
+        # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
+        clean = _scratch(info) or _nothing_to_keep(path)
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
@@ -597,9 +598,14 @@ def _kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:
     Not in the temporary worktree of a killed `swarm merge --into`: its merges were for a
     branch that never moved, and the next merge makes them again.
     """
-    if info.branch is not None or not info.head or info.path.name.startswith(SCRATCH_PREFIX):
+    if info.branch is not None or not info.head or _scratch(info):
         return False
     return on_no_ref(repo, info.head)
+
+
+def _scratch(info: WorktreeInfo) -> bool:
+    """Whether *info* is the temporary worktree of a killed `swarm merge --into`."""
+    return info.branch is None and info.path.name.startswith(SCRATCH_PREFIX)
 
 
 def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:
