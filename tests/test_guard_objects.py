@@ -353,6 +353,26 @@ def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+def test_a_pack_whose_check_failed_with_no_agent_running_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git verify-pack` that fails for want of file descriptors or memory exits 1, as for a
+    lie: with no agent of the run at work, the pack is yours or git's, and stays (it was
+    removed, your commit with it)."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "runs" / "r" / "guard", restore=True)
+    guard.start()
+    commit_file(repo, "b.txt", "yours\n")
+    git(repo, "repack", "-d", "-q")  # your commit now only in a new pack
+    failed = hang_git_at(
+        tmp_path, monkeypatch, "verify-pack", then="echo 'fatal: Too many open files' >&2; exit 1"
+    )
+    guard.after_attempt()
+    assert failed.exists()
+    assert guard.drain() == []
+    assert git(repo, "show", "main:b.txt") == "yours"
+
+
 def forged_pack(victim: str) -> tuple[bytes, bytes, str]:
     """A one-object pack whose index names *victim* (a blob of yours) for other bytes."""
     oid = bytes.fromhex(victim)

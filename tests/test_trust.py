@@ -2105,6 +2105,9 @@ def test_a_pack_that_lies_about_an_object_of_yours_is_removed(
     )
     writes = outside_writes(repo)
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+    # Moved out of the store, not deleted: the run's guard directory keeps it.
+    (kept,) = (repo / ".git" / "swarm" / "runs").glob("*/guard/dropped-packs/pack-*.idx")
+    assert kept.with_suffix(".pack").exists()
 
 
 # The same lie told by a multi-pack-index over an honest pack of the agent's: git looks an

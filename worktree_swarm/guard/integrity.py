@@ -30,6 +30,7 @@ from worktree_swarm.guard.snapshot import ref_owner
 
 KEEP_PREFIX = "refs/swarm/keep/"
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
+DROPPED = "dropped-packs"  # under the guard's directory: the packs found lying, moved there
 _REFLOG_LOOK = 50  # the newest entries of a reflog looked at for a complete commit
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256
 
@@ -468,11 +469,16 @@ def drop_midx(common: Path) -> None:
         shutil.rmtree(chain)
 
 
-def drop_pack(idx: Path) -> None:
-    """Remove the pack of *idx*: the index first (git no longer sees the pack), then the rest."""
-    idx.unlink(missing_ok=True)
-    for suffix in (".pack", ".rev", ".bitmap", ".mtimes", ".keep", ".promisor"):
-        idx.with_suffix(suffix).unlink(missing_ok=True)
+def drop_pack(idx: Path, aside: Path) -> None:
+    """Move the pack of *idx* into *aside*: the index first (git no longer sees it), the rest.
+
+    Kept, not deleted: a `git verify-pack` that failed for want of memory or file descriptors
+    says so in no way the guard can trust, and a pack of your own would be lost with it.
+    """
+    aside.mkdir(parents=True, exist_ok=True)
+    for suffix in (".idx", ".pack", ".rev", ".bitmap", ".mtimes", ".keep", ".promisor"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.move(idx.with_suffix(suffix), aside / idx.with_suffix(suffix).name)
 
 
 def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:

@@ -1299,15 +1299,19 @@ class Guard:
             elif why:
                 lies[name] = why
         self._rev_check |= set(new) - set(lies)
-        if self.restore:
+        # No agent of ours was running: damage of another kind (or a check that failed for
+        # want of memory), not an attack, and the pack may well be yours: left alone.
+        suspects = self._agents.suspects(window, exclude=()) if lies else ()
+        if self.restore and suspects:
             for name in lies:
                 with contextlib.suppress(OSError):  # not removed is recorded as such
-                    integrity.drop_pack(common / "objects" / "pack" / name)
+                    integrity.drop_pack(
+                        common / "objects" / "pack" / name, self._dir / integrity.DROPPED
+                    )
         # Those checked (and those known before) still there: not one that came meanwhile.
         self._packs = ((self._packs | now) - unsure) & integrity.packs(common)
-        suspects = self._agents.suspects(window, exclude=()) if lies else ()
         if not suspects:
-            return []  # none, or no agent of ours was running: damage of another kind
+            return []
         violation = Violation(
             number=0,
             where=REPOSITORY,
@@ -1331,15 +1335,17 @@ class Guard:
         if not lies:
             return []
         self._changes.mark_all()  # git showed your checkouts' files through it
-        if self.restore:
+        suspects = self._agents.suspects(window, exclude=())  # none: left alone, as a new pack
+        if self.restore and suspects:
             for name in lies:
                 if not (self._held / "pack" / name).exists():
                     with contextlib.suppress(OSError):  # not removed is recorded as such
-                        integrity.drop_pack(common / "objects" / "pack" / name)
+                        integrity.drop_pack(
+                            common / "objects" / "pack" / name, self._dir / integrity.DROPPED
+                        )
         self._packs = integrity.packs(common)
-        suspects = self._agents.suspects(window, exclude=())
         if not suspects:
-            return []  # no agent of ours was running: damage of another kind, not an attack
+            return []
         violation = Violation(
             number=0,
             where=REPOSITORY,
