@@ -604,7 +604,9 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
         }[where]
     )
     agent = write_agent(commit)
-    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    # A replace ref is an outside write the guard undoes: allowed here, it stays for the pr.
+    allow = ["--allow-outside-writes"] if where == "replaced" else []
+    assert swarm(repo, "run", *allow, "--agent", " ".join(agent), "-t", "t=x").returncode == 0
     bare, pr = open_prs(repo, tmp_path, fake_github, monkeypatch)
     assert pr.returncode == 1
     line = pr.stdout.strip()
