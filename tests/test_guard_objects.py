@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, hang_git_at, make_repo
+from tests.conftest import as_owner_only, git, hang_git_at, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
@@ -330,6 +330,31 @@ def test_an_object_that_inflates_far_past_its_header_is_judged_in_bounded_memory
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[0] == f"{[victim.name]} {[planted.name]}"
+
+
+def test_an_object_that_cannot_be_read_now_is_not_taken_for_forged(tmp_path: Path) -> None:
+    """A loose object made since the hold that the guard cannot open (here: no permission, as
+    its owner; likewise out of file descriptors, an I/O error) tells nothing: it was taken for
+    one that does not hash to its name, and removed, your new commit's object with it."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    common = repo / ".git"
+    held = tmp_path / "held"
+    integrity.hold(common, held)
+    commit_file(repo, "b.txt", "yours\n")
+    new = loose(repo, "main:b.txt")
+    new.chmod(0)
+    code = (
+        "import sys; from pathlib import Path; from worktree_swarm.guard import integrity; "
+        f"print([p.name for p in integrity.forged_loose(Path({str(common)!r}), "
+        f"Path({str(held)!r}), set())])"
+    )
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    new.chmod(0o444)
+    assert git(repo, "show", "main:b.txt") == "yours"
 
 
 def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(

@@ -247,7 +247,7 @@ def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
                 changed = entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns
             except FileNotFoundError:
                 continue
-            if changed and not _hashes_to(Path(entry.path), directory.name + entry.name):
+            if changed and _hashes_to(Path(entry.path), directory.name + entry.name) is False:
                 found.append(objects / directory.name / entry.name)
     return sorted(found)
 
@@ -276,9 +276,10 @@ def forged_loose(common: Path, held: Path, seen: set[str]) -> list[Path]:
             if oid in seen or not _loose_name(directory.name, name):
                 continue
             path = objects / directory.name / name
-            if _hashes_to(path, oid):
+            good = _hashes_to(path, oid)
+            if good:
                 seen.add(oid)
-            elif path.exists():  # not removed meanwhile (a `git prune-packed`)
+            elif good is False:  # not unreadable, nor removed meanwhile (`git prune-packed`)
                 found.append(path)
     return sorted(found)
 
@@ -300,11 +301,13 @@ _HEADER_MAX = 64  # "<type> <size>\0"
 _NO_HEADER = -2
 
 
-def _hashes_to(path: Path, name: str) -> bool:
+def _hashes_to(path: Path, name: str) -> bool | None:
     """Whether the loose object file *path* holds the object named *name*.
 
     Read and inflated a piece at a time, and no further than the size its header gives: an
-    agent's few kilobytes that inflate to gigabytes cost no more memory than a piece.
+    agent's few kilobytes that inflate to gigabytes cost no more memory than a piece. None
+    when it could not be read (gone, out of file descriptors, an I/O error): that tells
+    nothing of the object, which is looked at again next time.
     """
     # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
@@ -328,7 +331,9 @@ def _hashes_to(path: Path, name: str) -> bool:
                     if not chunk and len(piece) < _PIECE:
                         break
         digest.update(inflate.flush(_PIECE))
-    except (OSError, zlib.error):
+    except OSError:
+        return None
+    except zlib.error:
         return False
     return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
 
@@ -499,7 +504,8 @@ def _same_object(held: Path, now: Path, pack: bool) -> bool:
     try:
         if pack:
             return filecmp.cmp(held, now, shallow=False)
-        return _hashes_to(now, held.parent.name + held.name)  # the held one is what it says
+        # The held one is what it says; one that cannot be read now tells nothing.
+        return _hashes_to(now, held.parent.name + held.name) is not False
     except (OSError, zlib.error):
         return False
 
