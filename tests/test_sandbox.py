@@ -434,6 +434,7 @@ def test_an_agent_in_a_clone_of_its_own_commits_there_and_writes_nothing_else(
         worktree=clone,
         common_dir=dotgit,
         state_dir=logs,
+        task_dir=logs,
         config_dir=logs / "agent-config",
         temp_dir=logs / "tmp",
         findings=logs / "findings.md",
@@ -571,3 +572,70 @@ def test_the_private_temp_dir_is_emptied_before_an_attempt_after_a_killed_manage
     assert status_json(repo)["a"]["state"] == "done"
     assert status_json(repo)["a"]["attempt"] == 2
     assert branch_file(repo, "swarm/a", "seen.txt") == ""
+
+
+# Opens and locks swarm's own files (a lock needs no write access), reads its own prompt and
+# gitconfig and a sibling's prompt, and records what happened in results.json.
+STATE_PROBE = r"""
+import errno, fcntl, json, os, pathlib, subprocess, sys
+state = pathlib.Path(os.environ["SWARM_CONTEXT"]).parents[2]
+run_dir = pathlib.Path(os.environ["SWARM_CONTEXT"]).parent
+results = {}
+def attempt(name, action):
+    try:
+        results[name] = action()
+    except OSError as exc:
+        results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+def lock(name, how):
+    fd = os.open(state / name, os.O_RDONLY)
+    how(fd)  # held until the agent exits
+    return "locked"
+# SQLite's write lock: a read lock on this byte of the shared memory fails every write.
+attempt("store_write_lock", lambda: lock(
+    "state.db-shm", lambda fd: fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 120)))
+attempt("store", lambda: lock("state.db", lambda fd: fcntl.flock(fd, fcntl.LOCK_SH)))
+attempt("repo_lock", lambda: lock(
+    "repo.lock", lambda fd: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)))
+attempt("sibling_prompt", lambda: len((run_dir / "sib" / "prompt-1.md").read_text()) and "read")
+attempt("own_prompt", lambda: pathlib.Path(sys.argv[1]).read_text().splitlines()[0])
+config = subprocess.run(["git", "config", "--global", "--list"], capture_output=True)
+results["own_gitconfig"] = config.returncode
+pathlib.Path("results.json").write_text(json.dumps(results, sort_keys=True))
+"""
+
+
+@needs_bwrap
+def test_a_sandboxed_agent_can_neither_lock_nor_read_swarms_state(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A file the agent can open, it can lock. Held, a read lock on the store's shared memory
+    # failed the manager's next write ("database is locked" after 30 s): a sibling that
+    # finished meanwhile ended as an internal error, its work uncommitted. One on
+    # `repo.lock` held off every worktree swarm makes or removes. Only its own task's files
+    # are there for it to read.
+    path = manifest(
+        repo,
+        f"""
+[defaults]
+sandbox = true
+[[task]]
+id = "sib"
+prompt = "the sibling's prompt"
+agent = {argv_toml(write_agent(SIBLING_AGENT))}
+[[task]]
+id = "probe"
+prompt = "probe the state"
+depends_on = ["sib"]
+agent = {argv_toml([*write_agent(STATE_PROBE), "{prompt_file}"])}
+""",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(branch_file(repo, "swarm/probe", "results.json")) == {
+        "store_write_lock": "ENOENT",
+        "store": "ENOENT",
+        "repo_lock": "ENOENT",
+        "sibling_prompt": "ENOENT",
+        "own_prompt": "probe the state",
+        "own_gitconfig": 0,
+    }

@@ -4,8 +4,9 @@ Writable: the task's worktree and its git admin dir, the git common dir (objects
 that the agent can commit), a private temp dir, the agent's config dir, the run's findings
 file and its lock, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
 hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
-checkout's HEAD and index, other worktrees' admin dirs and swarm's own state. So do the
-kernel's knobs under /proc (as root, ``kernel.core_pattern`` would run a program as root).
+checkout's HEAD and index and other worktrees' admin dirs; swarm's own state is hidden but
+for the task's own directory (read-only) and the paths above. The kernel's knobs under /proc
+stay read-only too (as root, ``kernel.core_pattern`` would run a program as root).
 An agent in a clone of its own (a node's, with the Ray executor) writes its clone, whose git
 config, hooks and ``alternates`` stay read-only. See docs/sandbox.md for what this protects and
 what it does not.
@@ -65,6 +66,7 @@ class Confinement:
     worktree: Path
     common_dir: Path
     state_dir: Path
+    task_dir: Path  # the task's own directory in *state_dir*: its prompts and gitconfig
     config_dir: Path
     temp_dir: Path
     findings: Path
@@ -136,8 +138,8 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
 
     Later mounts win over earlier ones, so the order is: everything read-only (the kernel's
     knobs in the new /proc too), the user's extra writable paths, the common dir writable,
-    its protected parts read-only again, then the task's own paths writable and the files
-    that locate its repository read-only.
+    its protected parts read-only again, swarm's state hidden, then the task's own paths
+    writable and the files that locate its repository read-only.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -158,11 +160,18 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     for name in _PROTECTED:
         args += _bind("--ro-bind-try", common / name)
     args += _bind("--ro-bind", common / "worktrees")
-    args += _bind("--ro-bind-try", real_path(box.state_dir))
+    # swarm's state is hidden behind an empty file system, read-only once the task's own
+    # paths are bound into it: a file the agent can open, it can lock (a read lock on the
+    # store's shared memory holds every write of the manager off; one on a lock file of
+    # swarm's, its worktree and branch changes). Its own directory (prompts, gitconfig) it
+    # reads.
+    state = real_path(box.state_dir)
+    args += ["--tmpfs", str(state), *_bind("--ro-bind", real_path(box.task_dir))]
     for own in (worktree, admin, box.temp_dir, box.config_dir):
         args += _bind("--bind", real_path(own))
     for own_file in (box.findings, lock_of(box.findings)):
         args += _bind("--bind", real_path(own_file))
+    args += ["--remount-ro", str(state)]
     # Rewritten, these would point swarm's own git commands in the worktree (checkpoints,
     # which run outside the sandbox) at a repository the agent made up.
     args += _bind("--ro-bind", worktree / ".git")

@@ -443,6 +443,7 @@ class NodeAgent:
             worktree=self.work,
             common_dir=self.work / ".git",
             state_dir=self.logs,
+            task_dir=self.logs,
             config_dir=self.logs / "agent-config",  # as passed to adapter.env
             temp_dir=self.logs / "tmp",
             findings=self.logs / "findings.md",  # $SWARM_CONTEXT

@@ -1002,6 +1002,7 @@ class TaskWorker(RunWorker):
             worktree=worktree,
             common_dir=self.repo.common_dir,
             state_dir=self.repo.state_dir,
+            task_dir=logs,
             config_dir=logs / "agent-config",  # as passed to adapter.env above
             temp_dir=logs / "tmp",
             findings=self._findings,
