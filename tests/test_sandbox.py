@@ -19,7 +19,7 @@ import pytest
 from tests import anthropic_stub as stub_module
 from tests import test_resilience
 from tests.anthropic_stub import AnthropicStub, Text, ToolUse
-from tests.conftest import git
+from tests.conftest import git, script_interpreter
 from tests.test_claude_e2e import CLAUDE
 from tests.test_resilience import calls, plan
 from tests.test_run import (
@@ -639,3 +639,40 @@ agent = {argv_toml([*write_agent(STATE_PROBE), "{prompt_file}"])}
         "own_prompt": "probe the state",
         "own_gitconfig": 0,
     }
+
+
+# A fake `gemini`: its first attempt swaps the system-defaults file swarm writes into its
+# config dir (outside the box, before every attempt) for a symlink to a file of yours, and
+# hits a rate limit; its second does the work.
+GEMINI_LINK = """
+import os, pathlib, sys
+defaults = os.environ["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"]
+if not pathlib.Path("first.txt").exists():
+    pathlib.Path("first.txt").write_text("planted")
+    os.unlink(defaults)
+    os.symlink(sys.argv[-1], defaults)
+    print("Error: 429 Too Many Requests", flush=True)
+    sys.exit(1)
+pathlib.Path("done.txt").write_text("done")
+"""
+
+
+@needs_bwrap
+def test_swarm_never_writes_a_gemini_agents_settings_through_a_link_it_planted(
+    repo: Path, tmp_path: Path
+) -> None:
+    yours = tmp_path / "yours.txt"  # outside the repository: the guard does not watch it
+    yours.write_text("your file\n")
+    gemini = tmp_path / "bin" / "gemini"
+    gemini.parent.mkdir()
+    gemini.write_text(f"{script_interpreter()}\n{GEMINI_LINK}")
+    gemini.chmod(0o755)
+    path = manifest(
+        repo,
+        f'[defaults]\nsandbox = true\nrate_limit_backoff = "0.1s"\n'
+        f'[[task]]\nid = "g"\nprompt = "x"\nagent = {argv_toml([str(gemini), str(yours)])}\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["g"]["attempt"] == 2
+    assert yours.read_text() == "your file\n"

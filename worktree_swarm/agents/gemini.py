@@ -10,7 +10,9 @@ message, code}}`` (packages/core/src/output/types.ts); its ``stats.models.<model
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,12 @@ class GeminiAdapter:
         if "GEMINI_CLI_SYSTEM_DEFAULTS_PATH" not in env:
             config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             defaults = config_dir / "gemini-system-defaults.json"
-            defaults.write_text(json.dumps(SYSTEM_DEFAULTS), encoding="utf-8")
+            # Written aside and renamed over: the agent can write its config dir, and a
+            # symlink it left there would have this write (outside any sandbox) go through.
+            fd, temp = tempfile.mkstemp(prefix=f".{defaults.name}.", dir=config_dir)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(SYSTEM_DEFAULTS, out)
+            Path(temp).replace(defaults)
             env["GEMINI_CLI_SYSTEM_DEFAULTS_PATH"] = str(defaults)
         return env
 
