@@ -676,3 +676,48 @@ def test_swarm_never_writes_a_gemini_agents_settings_through_a_link_it_planted(
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(repo)["g"]["attempt"] == 2
     assert yours.read_text() == "your file\n"
+
+
+# Locks the git dir and every file at its top as soon as the manager is gone (a lock needs no
+# write access), then works on forever.
+GIT_DIR_LOCKS = """
+import fcntl, os, pathlib, subprocess, time
+common = pathlib.Path(subprocess.run(
+    ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+    capture_output=True, text=True, check=True).stdout.strip())
+paths = [common, *(p for p in common.iterdir() if p.is_file())]
+fds = [os.open(p, os.O_RDONLY) for p in paths]
+pathlib.Path("started").write_text("waiting for the manager to go")
+for fd in fds:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+pathlib.Path("held").write_text("\\n".join(p.name for p in paths))
+time.sleep(600)
+"""
+
+
+@needs_bwrap
+def test_a_sandboxed_agent_cannot_hold_off_swarm_once_its_manager_died(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # With the manager's lock on the git dir itself, the agent took it when the manager died:
+    # `swarm stop` waited for a manager that was gone and gave up, `swarm resume` said the
+    # state directory was deleted under a live one, and nothing of swarm could end the agent.
+    path = manifest(
+        repo,
+        f'[defaults]\nsandbox = true\nkill_grace = "1s"\n'
+        f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(write_agent(GIT_DIR_LOCKS))}\n',
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", path],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    worktree = repo.parent / "repo.swarm" / "a"
+    wait_for((worktree / "started").exists, what="the agent")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    wait_for((worktree / "held").exists, what="the agent to lock everything", timeout=30)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert not pid_alive(int(str(status_json(repo)["a"]["pid"])))

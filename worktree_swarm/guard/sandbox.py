@@ -14,6 +14,7 @@ what it does not.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import proc
+from worktree_swarm.infra import lock, proc
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 _TRIAL_TIMEOUT = 30.0
@@ -167,6 +168,9 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     # reads.
     state = real_path(box.state_dir)
     args += ["--tmpfs", str(state), *_bind("--ro-bind", real_path(box.task_dir))]
+    # The manager's lock beside it: locked, it would hold off every `swarm resume` and have
+    # `swarm stop` wait for a manager that is gone.
+    args += ["--ro-bind", os.devnull, str(common / lock.GIT_DIR_LOCK)]
     for own in (worktree, admin, box.temp_dir, box.config_dir):
         args += _bind("--bind", real_path(own))
     for own_file in (box.findings, lock_of(box.findings)):

@@ -18,6 +18,11 @@ from worktree_swarm.infra import supervisor
 
 PROBE_GRACE = 1.0  # seconds a starting manager or merge waits for a probe to let go
 MERGE_LOCK = "merge.lock"  # held by `swarm merge` in the state directory
+# Beside the state directory, in the git dir: a manager holds it too, so that one whose state
+# directory was deleted under it still holds the repository. A file, not the git dir itself,
+# which a sandboxed agent can open (and lock, holding every later manager off): this file is
+# hidden in the box.
+GIT_DIR_LOCK = "swarm-manager.flock"
 
 
 class ManagerLock:
@@ -25,8 +30,9 @@ class ManagerLock:
 
     The lock file itself is never deleted (deleting a held flock file lets a second
     process lock a new inode); ``manager.json`` only names the holder for error messages.
-    The git dir holding the state directory is locked too: a state directory deleted under
-    a live manager (``rm -rf .git/swarm``) must not let a second one start beside it.
+    :data:`GIT_DIR_LOCK` in the git dir holding the state directory is locked too: a state
+    directory deleted under a live manager (``rm -rf .git/swarm``) must not let a second one
+    start beside it.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -46,7 +52,7 @@ class ManagerLock:
                 f"another swarm manager {describe_holder(self._dir)} holds this repository; "
                 "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
             ) from None
-        self._parent = _lock_dir(self._dir.parent, fcntl.LOCK_EX, wait=PROBE_GRACE)
+        self._parent = _lock_dir(self._dir.parent, fcntl.LOCK_EX, wait=PROBE_GRACE, make=True)
         if self._parent == _UNLOCKABLE:  # (NFS, say) the lock file alone then
             self._parent = None
         elif self._parent is None:
@@ -140,24 +146,25 @@ def manager_alive(state_dir: Path) -> bool:
         return True
     probe = _lock_dir(state_dir.parent, fcntl.LOCK_SH, wait=0)
     if probe is None:
-        return state_dir.parent.is_dir()
+        return (state_dir.parent / GIT_DIR_LOCK).exists()
     if probe != _UNLOCKABLE:
         os.close(probe)
     return False
 
 
-_UNLOCKABLE = -1  # what _lock_dir returns where directories cannot be locked
+_UNLOCKABLE = -1  # what _lock_dir returns where files cannot be locked
 
 
-def _lock_dir(path: Path, mode: int, *, wait: float) -> int | None:
-    """An open descriptor of directory *path* holding flock *mode*, or None while it is taken.
+def _lock_dir(path: Path, mode: int, *, wait: float, make: bool = False) -> int | None:
+    """An open descriptor of :data:`GIT_DIR_LOCK` in directory *path* holding flock *mode*.
 
-    ``_UNLOCKABLE`` where the file system cannot lock a directory.
+    None while it is taken, or (unless *make*) when it or *path* does not exist;
+    ``_UNLOCKABLE`` where the file system cannot lock it.
 
     Retried for *wait* seconds: a probe (``manager_alive``) holds it shared for an instant.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path / GIT_DIR_LOCK, os.O_RDONLY | (os.O_CREAT if make else 0), 0o644)
     except FileNotFoundError:
         return None
     deadline = time.monotonic() + wait
@@ -170,7 +177,7 @@ def _lock_dir(path: Path, mode: int, *, wait: float) -> int | None:
                 return None
             time.sleep(0.01)
             continue
-        except OSError:  # a file system that cannot lock a directory (NFS): not held
+        except OSError:  # a file system that cannot lock (some NFS): not held
             os.close(fd)
             return _UNLOCKABLE
         return fd
