@@ -473,6 +473,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True, repo=repo)
         failed_scans = status.guard_errors(store, run_id)
+        put_back = status.remote_refs_put_back(store, run_id)
         gates = status.provider_gates(store, run_id)
         manager = status.manager_status(repo, store, run_id)
     totals = status.run_totals(rows, disk=True)
@@ -483,6 +484,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
             "totals": totals,
             "tasks": [r.to_json() for r in rows],
             "guard_errors": failed_scans,
+            "remote_refs_put_back": put_back,
             "providers": [g.to_json() for g in gates],
         }
         click.echo(json.dumps(payload, indent=2))
@@ -490,6 +492,8 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
         click.echo(status_text.guard_error_line(failed))
+    if put_back:
+        click.echo(status_text.remote_refs_line(put_back))
     return ExitCode.OK
 
 

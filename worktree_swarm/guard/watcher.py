@@ -44,7 +44,7 @@ from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
-from worktree_swarm.guard import graph, integrity, surface
+from worktree_swarm.guard import graph, integrity, remotes, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel, worktree_key
@@ -93,6 +93,7 @@ _SWEEP_AGE = 30.0
 # How often a guard that only listens (a merge's) reads swarm's ref announcements.
 _HEAR_INTERVAL = 0.05
 STASH = "refs/stash"
+REMOTES = "remote refs"  # the job that checks the remote-tracking refs
 _REASON_CHARS = 300
 
 
@@ -131,6 +132,15 @@ class _Worktrees:
     # Tasks whose worktree's files were found gone while git's registration still named them:
     # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.
     doubted: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Remotes:
+    """The remote-tracking refs' baseline, and what was put back of them."""
+
+    base: remotes.Remotes | None = None  # None: not read yet (the read failed)
+    seen: float  # when they were last found as their baseline
+    notes: list[remotes.Note] = field(default_factory=list)  # put back, not yet drained
 
 
 class Guard:
@@ -221,7 +231,7 @@ class Guard:
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
-        self._trees = _Worktrees()
+        self._trees, self._remotes = _Worktrees(), _Remotes(seen=now)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -255,6 +265,8 @@ class Guard:
                         if not os.path.samestat(stale.stat(), own):
                             integrity.let_go(stale)
             self._refs = read_refs(self.repo.root)
+            with self._job(REMOTES):
+                self._remotes.base = remotes.read(self.repo.root, self.repo.common_dir, data=True)
             self._channel.started(dict(self._refs))
             self._good = dict(self._refs)
             now = time.time()
@@ -495,6 +507,8 @@ class Guard:
             refs = read_refs(self.repo.root)
             if self._scan_stash(began, refs.get(STASH)):
                 refs = None  # put back: read again
+        with self._job(REMOTES):
+            self._check_remotes(self._hear(), settle=True)
         with self._job("objects"):
             # Not packed here: a finishing task packs its own branch, the periodic scan the
             # commits of agents still at work.
@@ -574,6 +588,8 @@ class Guard:
                 moved = self._scan_refs(began, pending)
                 found += moved
                 refs = None if moved else self._read  # as read: nothing was put back
+            with self._job(REMOTES):
+                self._check_remotes(pending, settle=False)
             with self._job("objects"):
                 found += self._scan_objects(began, deep=False, refs=refs)
             if deep:
@@ -698,6 +714,12 @@ class Guard:
         """Violations found since the last call (for the run loop to record and apply)."""
         with self._new_lock:
             new, self._new = self._new, []
+            return new
+
+    def drain_notes(self) -> list[remotes.Note]:
+        """Remote-tracking refs put back since the last call (no one's fault: a fetch)."""
+        with self._new_lock:
+            new, self._remotes.notes = self._remotes.notes, []
             return new
 
     def drain_failures(self) -> list[ScanFailure]:
@@ -1184,6 +1206,58 @@ class Guard:
             return []
         violation = self._refs_moved(MAIN, [(STASH, before, after)], window)
         return [] if violation is None else [violation]
+
+    def _check_remotes(self, pending: set[str], *, settle: bool) -> None:
+        """Remote-tracking refs and their reflogs: moved by an agent, put back when *settle*.
+
+        An agent's `git fetch` and a forged ref or reflog line look the same: put back, with a
+        note, once an attempt ends (*settle*) and at the end, never blamed. Moved while no
+        agent ran, they are the user's: the new baseline. swarm's announced moves (`swarm
+        pr`'s push) are taken as they are.
+
+        The agents that ran from when they were last found as their baseline until they were
+        read now are the suspects: one that began within this very scan is one too.
+        """
+        root, common = self.repo.root, self.repo.common_dir
+        looked = time.time()
+        if self._remotes.base is None:  # its first read failed
+            self._remotes.base = remotes.read(root, common, data=True)
+            self._remotes.seen = looked
+            return
+        # The periodic look compares reflogs by their stat data; once an attempt ends, by bytes.
+        base, now = self._remotes.base, remotes.read(root, common, data=settle)
+        window = (self._remotes.seen, time.time())
+        changed = remotes.moved(base, now)
+        taken = [
+            ref for ref in changed
+            if base.refs.get(ref) != now.refs.get(ref)
+            and self._channel.explains(ref, base.refs.get(ref), now.refs.get(ref))
+        ]  # fmt: skip
+        settled = not pending & set(changed)  # no swarm command moving them now
+        if not self._agents.suspects(window, exclude=()) or (settle and not self.restore):
+            # Moved while no agent ran: the user's own fetch (or outside writes are allowed).
+            taken = [ref for ref in changed if ref not in pending]
+        if taken:
+            if now.data is None:
+                now = remotes.read(root, common, data=True)
+            base = self._remotes.base = remotes.adopt(base, now, taken)
+            changed = [ref for ref in changed if ref not in taken]
+        if not changed or not settle:  # an agent's move is judged once an attempt ends
+            if settle:  # reflogs with their bytes as they were: their stat data anew
+                self._remotes.base = remotes.restamped(base, now)
+            if not changed and settled:
+                self._remotes.seen = looked
+            return
+        going = [ref for ref in changed if ref not in pending]
+        left = remotes.put_back(root, common, base, going)
+        self._remotes.base = remotes.restamped(base, remotes.read(root, common, data=True))
+        if going:
+            note = remotes.Note(refs=tuple(r for r in going if r not in left), left=tuple(left))
+            self._log(f"remote-tracking refs put back: {list(note.refs)}, left: {list(left)}")
+            with self._new_lock:
+                self._remotes.notes.append(note)
+        if not left and settled:
+            self._remotes.seen = looked
 
     def _set_ref(self, ref: str, value: str | None) -> None:
         if value is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import Guard
+from worktree_swarm.guard import Guard, remotes
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run.retry import OUTSIDE_WRITE
@@ -113,6 +113,9 @@ class MergeGuard:
         for failure in self._guard.drain_failures():
             self._store.add_event(self._run_id, "guard_error", task_id=None, data=failure.as_dict())
             self._notes.append(f"guard: {failure.job} scan failed: {failure.reason}")
+        for note in self._guard.drain_notes():
+            self._store.add_event(self._run_id, remotes.EVENT, task_id=None, data=note.as_dict())
+            self._notes.append(remotes.note_line(note.refs))
         found = []
         for violation in self._guard.drain():
             self._store.add_event(

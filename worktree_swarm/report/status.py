@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -18,6 +19,7 @@ from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.text import printable
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra import faults, supervisor
 from worktree_swarm.infra import redact as redaction
@@ -373,6 +375,16 @@ def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
     Each: ``job``, ``reason``, ``count`` (how many times it began), ``ts``, ``last_ts``.
     """
     return group_failures({"ts": e.ts, **e.data} for e in store.events(run_id, kind="guard_error"))
+
+
+def remote_refs_put_back(store: Store, run_id: str) -> list[str]:
+    """The remote-tracking refs the guard put back during *run_id* (``origin/main``), sorted."""
+    refs = {
+        str(ref).removeprefix(remotes.PREFIX)
+        for e in store.events(run_id, kind=remotes.EVENT)
+        for ref in cast("list[object]", e.data.get("refs") or [])
+    }
+    return sorted(refs)
 
 
 def commit_author(store: Store, run_id: str) -> str:

@@ -36,7 +36,7 @@ from worktree_swarm.core.paths import guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import Guard, Violation, sandbox
+from worktree_swarm.guard import Guard, Violation, remotes, sandbox
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
@@ -419,6 +419,8 @@ class Runner:
             # A scan that failed is told, never swallowed: it is retried, but until it
             # succeeds that part is not watched.
             self._emit("guard_error", None, failure.as_dict())
+        for note in self.guard.drain_notes():  # an agent's fetch, maybe: no one's fault
+            self._emit(remotes.EVENT, None, note.as_dict())
         with self._unrecorded_lock:
             late, self._unrecorded = self._unrecorded, []
         for violation in late:

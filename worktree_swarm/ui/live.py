@@ -9,13 +9,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TextIO
+from typing import Self, TextIO, cast
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from worktree_swarm.core.text import one_line, printable
+from worktree_swarm.guard import remotes
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
@@ -56,10 +57,8 @@ class PlainObserver:
             line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
         elif kind == "worktree_removed":
             line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
-        elif kind == "guard_error" and data.get("count", 1) == 1:
-            # While a scan fails, that part is not watched. Told the first time a job fails
-            # for a reason; `swarm status` counts the times it began again.
-            line = f"guard: {data.get('job')} scan failed: {data.get('reason')}"
+        elif (guard := _guard_line(kind, data)) is not None:
+            line = guard
         elif kind == "store_put_back":
             line = (
                 f"swarm: {data.get('path')} was deleted during the run and is written back "
@@ -78,6 +77,17 @@ class PlainObserver:
             return
         with self._lock:
             print(line if self._json else printable(redact(line)), file=self._out, flush=True)
+
+
+def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
+    """The line of a guard's event that is not an outside write (None: not one, or not told)."""
+    if kind == "guard_error" and data.get("count", 1) == 1:
+        # While a scan fails, that part is not watched. Told the first time a job fails
+        # for a reason; `swarm status` counts the times it began again.
+        return f"guard: {data.get('job')} scan failed: {data.get('reason')}"
+    if kind == remotes.EVENT and data.get("refs"):
+        return remotes.note_line(cast("list[object]", data["refs"]))
+    return None
 
 
 class LiveTable:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from worktree_swarm.core.units import format_count, format_size
 from worktree_swarm.core.words import plural
+from worktree_swarm.guard import remotes
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.run.governor import GateView
 from worktree_swarm.ui.tables import Column, render, table
@@ -121,6 +122,11 @@ def status_text(
 def guard_error_line(failed: Mapping[str, object]) -> str:
     """``guard: JOB scan failed: REASON (N times since HH:MM:SS)`` for a grouped scan failure."""
     return f"guard: {failed.get('job')} scan failed: {failed.get('reason')}{failure_when(failed)}"
+
+
+def remote_refs_line(refs: Sequence[str]) -> str:
+    """The remote-tracking refs the guard put back (no one's fault: an agent's fetch, maybe)."""
+    return remotes.note_line(refs)
 
 
 def failure_when(failed: Mapping[str, object]) -> str:
