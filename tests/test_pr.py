@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import agent_command, git
 from tests.github_server import TOKEN, FakeGitHub, Scripted, serve
-from tests.test_run import checkout_snapshot, status_json, swarm
+from tests.test_guard_lock import wait_for
+from tests.test_run import checkout_snapshot, status_json, swarm, swarm_bg
 from worktree_swarm.github.pr_conflicts import HEADING, Clash, section
 from worktree_swarm.infra.store import Store
 
@@ -580,3 +581,35 @@ def test_only_a_pull_request_whose_head_is_the_tasks_branch_is_updated(
     assert out.stdout.splitlines()[0] == "one  created  #1  https://github.test/acme/widgets/pull/1"
     assert not [r for r in fake_github.requests if r.method == "PATCH" and "/50" in r.path]
     assert status_json(repo)["one"]["pr_number"] == 1
+
+
+def test_pr_during_a_run_keeps_the_remote_tracking_ref_its_push_moved(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    # `git push origin swarm/one` also moves refs/remotes/origin/swarm/one: swarm's own move,
+    # which the guard of a run going on meanwhile must not put back as an agent's fetch.
+    fake_github.bare = done_run
+    first = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    go = tmp_path / "go"
+    waiter = tmp_path / "waiter.py"
+    waiter.write_text(
+        "import pathlib, time\n"
+        "pathlib.Path('waited.txt').write_text('waited\\n')\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "pathlib.Path(str(go) + '.waiting').touch()\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    manager = swarm_bg(repo, "run", "--agent", f"{agent_command()} {waiter}", "-t", "waiter=p")
+    try:
+        wait_for(Path(str(go) + ".waiting").exists, what="the waiting agent")
+        out = swarm_pr(repo, fake_github, "--run", first, "one")
+        assert out.returncode == 0, out.stderr
+    finally:
+        go.touch()
+    assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    tip = git(repo, "rev-parse", "swarm/one")
+    assert git(repo, "rev-parse", "refs/remotes/origin/swarm/one") == tip
+    status = json.loads(swarm(repo, "status", "--json").stdout)
+    assert status["tasks"][0]["state"] == "done"
+    assert status["remote_refs_put_back"] == []

@@ -174,6 +174,24 @@ def rev_parse(repo: Repo, rev: str) -> str | None:
     return rev_parse_in(repo.root, rev)
 
 
+def tracking_ref(repo: Repo, remote: str, ref: str) -> str | None:
+    """The remote-tracking ref a push of *ref* to the remote named *remote* updates, if any.
+
+    git maps it through the remote's fetch refspecs (``refs/heads/*:refs/remotes/origin/*``);
+    a URL, or a remote without such a refspec, has none.
+    """
+    specs = git(repo.root, "config", "--get-all", f"remote.{remote}.fetch", check=False)
+    for spec in specs.splitlines():
+        src, _, dst = spec.strip().removeprefix("+").partition(":")
+        head, star, tail = src.partition("*")
+        if not star:
+            if src == ref and dst:
+                return dst
+        elif ref.startswith(head) and ref.endswith(tail) and len(ref) >= len(head + tail):
+            return dst.replace("*", ref[len(head) : len(ref) - len(tail)], 1)
+    return None
+
+
 def head_commit(repo: Repo) -> str:
     """Return the commit checked out in the main worktree."""
     return checkout_head(repo.root)

@@ -7,6 +7,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from worktree_swarm import guard
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, one_line
@@ -356,10 +357,20 @@ def _checked_branch(row: TaskRow) -> str:
 def push_branch(
     repo: git.Repo, remote: str, branch: str, *, redact: Callable[[str], str] = str
 ) -> None:
-    """Push ``refs/heads/<branch>`` to the same name on *remote* (no force, no upstream)."""
+    """Push ``refs/heads/<branch>`` to the same name on *remote* (no force, no upstream).
+
+    The push also moves the remote-tracking ref of a named remote (``origin/swarm/<id>``):
+    announced to the guard of a run going on meanwhile, which would put it back otherwise.
+    """
     ref = f"refs/heads/{branch}"
+    tracking = git.tracking_ref(repo, remote, ref)
     try:
-        git.git(repo.root, "push", "--quiet", "--", remote, f"{ref}:{ref}")
+        with guard.moving_refs(repo, [tracking] if tracking else []) as moves:
+            try:
+                git.git(repo.root, "push", "--quiet", "--", remote, f"{ref}:{ref}")
+            finally:
+                if tracking:
+                    moves.moved(tracking, git.rev_parse(repo, tracking))
     except CommandError as exc:
         tail = " | ".join(exc.output.strip().splitlines()[-3:])
         raise SwarmError(
