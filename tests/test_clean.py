@@ -1339,3 +1339,39 @@ def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_clean_during_a_run_does_not_take_a_remote_tracking_ref_for_a_home_of_a_commit(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    # An agent can set refs/remotes/... to any commit, and the run's guard deletes that ref
+    # at the end: a detached worktree's commit on it alone is still on no ref of yours.
+    old = write_agent("import pathlib\npathlib.Path('old.txt').write_text('old\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(old), "-t", "old=p").returncode == 0
+    wt = repo.parent / "repo.swarm" / "old"
+    git(wt, "checkout", "-q", "--detach")
+    (wt / "old.txt").write_text("only in this commit\n")
+    git(wt, "commit", "-qam", "on no branch")
+    lone = git(wt, "rev-parse", "HEAD")
+    go = tmp_path / "go"
+    waiter = write_agent(
+        "import pathlib, subprocess, sys, time\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "pathlib.Path('w.txt').write_text('w\\n')\n"
+        "subprocess.run(['git', 'update-ref', 'refs/remotes/origin/forged',"
+        f" {lone!r}], check=True)\n"
+        "pathlib.Path(str(go) + '.waiting').touch()\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    manager = swarm_bg(repo, "run", "--agent", " ".join(waiter), "-t", "waiter=p")
+    reaper.append(manager)
+    try:
+        wait_for(Path(str(go) + ".waiting").exists, what="the forging agent")
+        found = report(repo, "clean", "--all", "--yes", code=1)
+        assert found[str(wt)]["action"] == "keep", found[str(wt)]
+    finally:
+        go.touch()
+    assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    assert git(repo, "for-each-ref", "refs/remotes/") == ""  # put back: gone
+    assert git(wt, "rev-parse", "HEAD") == lone

@@ -178,10 +178,15 @@ class Merged:
 
 
 def on_no_ref(repo: git.Repo, commit: str) -> bool:
-    """Whether *commit* is reachable from no branch, tag, remote branch or rescue ref."""
+    """Whether *commit* is reachable from no branch, tag, remote branch or rescue ref.
+
+    Not remote branches while a run goes on: an agent may have set one to any commit, and
+    the run's guard puts them back (deletes a new one) when the run ends.
+    """
+    remotes = () if lock.manager_alive(repo.state_dir) else ("--remotes",)
     out = git.git(
         repo.root, "rev-list", "-n1", commit, "--not",
-        "--branches", "--tags", "--remotes", "--glob=refs/swarm/*",
+        "--branches", "--tags", *remotes, "--glob=refs/swarm/*",
     )  # fmt: skip
     return bool(out.strip())
 
