@@ -8,6 +8,7 @@ agent's own `git fetch` does the same legitimately: it is undone without blame.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -161,3 +162,30 @@ def test_your_fetch_while_no_agent_runs_is_kept(cloned: Path, tmp_path: Path) ->
     assert remote_state(repo) == yours
     assert [n.refs for n in guard.drain_notes()] == [("refs/remotes/origin/main",)]
     assert (repo / REFLOG).exists()
+
+
+def test_a_reflog_is_never_written_through_a_directory_swapped_for_a_link(
+    cloned: Path, tmp_path: Path
+) -> None:
+    repo = cloned
+    deep = "refs/remotes/origin/" + "/".join("abcdefghij") + "/x"  # deeper than links are sought
+    git(repo, "update-ref", "-m", "fetch", deep, "origin/main")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x").write_text("a file of yours\n")
+    agent = subprocess.Popen(["sleep", "60"])
+    try:
+        guard.agent_started("a", identity_of(agent.pid))
+        logs = repo / ".git" / "logs" / Path(deep).parent
+        shutil.rmtree(logs)
+        logs.symlink_to(elsewhere)
+        git(repo, "update-ref", deep, "HEAD")  # git itself appends through the link
+        theirs = (elsewhere / "x").read_bytes()
+        guard.after_attempt()
+    finally:
+        agent.kill()
+        agent.wait()
+    assert (elsewhere / "x").read_bytes() == theirs  # the guard neither rewrote nor removed it
+    assert [n.left for n in guard.drain_notes()] == [(deep,)]

@@ -141,10 +141,14 @@ def put_back(root: Path, common: Path, base: Remotes, refs: Iterable[str]) -> li
     now = read(root, common)
     left = []
     for ref in refs:
-        if not _set_ref(root, ref, base.refs.get(ref), now.refs.get(ref)):
+        log = common / "logs" / ref
+        # Never through a directory swapped for a link (to one of your files elsewhere).
+        inside = Path(os.path.realpath(common)) / "logs" / ref
+        if os.path.realpath(log.parent) != str(inside.parent) or not _set_ref(
+            root, ref, base.refs.get(ref), now.refs.get(ref)
+        ):
             left.append(ref)
             continue
-        log = common / "logs" / ref
         kept = (base.data or {}).get(ref)
         if kept is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
