@@ -11,6 +11,8 @@ What is watched, against a baseline recorded when watching starts:
 - every branch and tag, ``refs/stash`` and the guard's kept tips: only a task's own branch may
   move, and only while swarm works on that task; swarm's own commands name their moves
   through the channel (channel.py);
+- the remote-tracking refs and their reflogs: put back once an attempt ends, without blame,
+  since an agent's `git fetch` moves them too (remotes.py);
 - that every watched ref still resolves to a complete commit (integrity.py);
 - every task worktree of the run while nothing of its own runs in it (after its task ended,
   or while it waits for a rate limit): any change there was made by someone else;
