@@ -133,6 +133,8 @@ def test_an_agents_own_fetch_does_not_fail_it_and_is_undone_at_the_end(
     assert put_back(repo) == ["origin/main"]
     report = json.loads(swarm(repo, "report", "--json").stdout)
     assert report["outside_writes"] == []
+    assert report["remote_refs_put_back"] == ["origin/main"]
+    assert "remote-tracking refs origin/main put back" in swarm(repo, "report").stdout
 
 
 def test_your_fetch_while_no_agent_runs_is_kept(cloned: Path, tmp_path: Path) -> None:

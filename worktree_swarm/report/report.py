@@ -20,7 +20,7 @@ from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
-from worktree_swarm.report.status import MERGE_UNDONE, undone_merges
+from worktree_swarm.report.status import MERGE_UNDONE, remote_refs_of, undone_merges
 from worktree_swarm.run.governor import GateView, views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 
@@ -139,6 +139,7 @@ class RunReport:
     totals: Totals
     outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
     guard_errors: tuple[dict[str, object], ...] = ()  # failed scans, each reason once, oldest first
+    remote_refs_put_back: tuple[str, ...] = ()  # remote-tracking refs agents moved (origin/main)
     max_disk: int | None = None
     providers: tuple[GateView, ...] = ()  # each provider's gate as last reported
 
@@ -236,6 +237,7 @@ def build_report(
         ),
         outside_writes=outside,
         guard_errors=guard_errors,
+        remote_refs_put_back=tuple(remote_refs_of(events)),
         max_disk=_max_disk(run),
         providers=tuple(views_from_events((e.kind, e.data) for e in events)),
     )

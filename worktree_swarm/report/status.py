@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -26,7 +27,7 @@ from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.lock import merge_running, refuse_while_state_is_gone
 from worktree_swarm.infra.redact import redact
-from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import AttemptRow, EventRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
 
 # The merge result `swarm status` shows for a merge killed while its checks ran.
@@ -379,9 +380,15 @@ def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
 
 def remote_refs_put_back(store: Store, run_id: str) -> list[str]:
     """The remote-tracking refs the guard put back during *run_id* (``origin/main``), sorted."""
+    return remote_refs_of(store.events(run_id, kind=remotes.EVENT))
+
+
+def remote_refs_of(events: Iterable[EventRow]) -> list[str]:
+    """The remote-tracking refs *events* say the guard put back (``origin/main``), sorted."""
     refs = {
         str(ref).removeprefix(remotes.PREFIX)
-        for e in store.events(run_id, kind=remotes.EVENT)
+        for e in events
+        if e.kind == remotes.EVENT
         for ref in cast("list[object]", e.data.get("refs") or [])
     }
     return sorted(refs)

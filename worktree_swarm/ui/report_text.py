@@ -5,7 +5,7 @@ from __future__ import annotations
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.report.report import RunReport, Totals
-from worktree_swarm.ui.status_text import failure_when
+from worktree_swarm.ui.status_text import failure_when, remote_refs_line
 from worktree_swarm.ui.tables import Column, render, table
 
 _COLUMNS = (
@@ -73,6 +73,11 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
         *(f"provider   {v.describe(now=report.end)}" for v in report.providers),
         *outside_writes_text(report),
         *guard_errors_text(report),
+        *(
+            ["", remote_refs_line(report.remote_refs_put_back)]
+            if report.remote_refs_put_back
+            else []
+        ),
     ]
     return render(f"{head}, jobs {report.jobs}", table(_COLUMNS, rows), *lines, styled=styled)
 
