@@ -236,3 +236,50 @@ def test_your_own_worktree_removed_during_a_run_is_watched_no_more_and_blames_no
     # Not made again as a worktree of one `.git` file.
     assert not yours.exists()
     assert str(yours) not in git(repo, "worktree", "list")
+
+
+WAIT_THEN_WRITE_THERE = """
+import pathlib, sys, time
+flags = pathlib.Path(sys.argv[1])
+(flags / 'started').touch()
+while not (flags / 'go').exists():
+    time.sleep(0.05)
+pathlib.Path(sys.argv[2]).write_text('agent\\n')
+"""
+
+
+def test_your_own_worktree_moved_during_a_run_blames_nobody_and_is_watched_where_it_is(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    yours = tmp_path / "feature"
+    git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
+    (yours / "mine.txt").write_text("mine\n")
+    moved = tmp_path / "feature2"
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    agent = [*write_agent(WAIT_THEN_WRITE_THERE), str(flags), str(moved / "mine.txt")]
+    path = manifest(repo, f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    running = swarm_bg(repo, "run", path)
+    try:
+        wait_for((flags / "started").exists, what="the agent to start")
+        git(repo, "worktree", "move", str(yours), str(moved))  # yours, while the agent works
+
+        def followed() -> bool:
+            logs = (repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")
+            return any(f"was moved to {moved}" in log.read_text() for log in logs)
+
+        wait_for(followed, what="the guard to watch it where it is now")
+        (flags / "go").touch()
+        assert running.wait(timeout=120) == 1, (repo.parent / "bg.log").read_text()
+    finally:
+        if running.poll() is None:
+            running.kill()
+    # Only the agent's write into it, at its new place: the move itself is nobody's fault.
+    [event] = outside_writes(repo)
+    assert event["where"] == f"worktree {moved}", event
+    assert event["git_files"] == [], event
+    assert (moved / "mine.txt").read_text() == "mine\n"  # put back there
+    # Its ties not written back at the old place: no worktree of one `.git` file.
+    assert not yours.exists()
+    assert f"{moved} " in git(repo, "worktree", "list")
+    assert git(moved, "status", "--short") == "?? mine.txt"

@@ -598,7 +598,7 @@ class Guard:
                 self._settled_checks(began)
         with self._lock.first():  # ahead of the workers: the checks below never wait long
             with self._repo_lock, self._job("worktrees"):
-                self._drop_removed_worktrees()
+                self._follow_linked()
                 # Before your checkout: a worktree moved into it goes back, not away.
                 found += self._scan_worktrees(began, pending)
             changed = self._changes.changed()
@@ -1043,35 +1043,58 @@ class Guard:
                 files.append(common / ref)  # a loose ref; packed, it is packed-refs
         return files
 
-    def _removed_linked(self) -> list[tuple[Path, Path]]:
-        """Your linked worktrees removed whole (`git worktree remove`): checkout, admin dir."""
-        return [
-            (checkout, admin)
-            for checkout, admin in self._linked.items()
-            if not os.path.lexists(checkout / ".git") and not os.path.lexists(admin)
-        ]
+    def _gone_linked(self) -> list[tuple[Path, Path, Path | None]]:
+        """Your linked worktrees no longer where they were: checkout, admin dir, new place.
 
-    def _drop_removed_worktrees(self) -> None:
-        """Watch your linked worktrees removed whole no more (under both locks).
-
-        Most likely your own `git worktree remove`; nothing of it could be put back but its
-        ties to the repository, which would leave a worktree of one `.git` file.
+        Removed whole (`git worktree remove`: its `.git` and its admin dir gone; no new place)
+        or moved whole (`git worktree move`: its admin dir names the new place, whose `.git`
+        names the admin dir back).
         """
-        for checkout, admin in self._removed_linked():
+        gone: list[tuple[Path, Path, Path | None]] = []
+        for checkout, admin in self._linked.items():
+            if os.path.lexists(checkout / ".git"):
+                continue
+            if not os.path.lexists(admin):
+                gone.append((checkout, admin, None))
+            elif (moved := _moved_to(admin, checkout)) is not None:
+                gone.append((checkout, admin, moved))
+        return gone
+
+    def _follow_linked(self) -> None:
+        """Watch your linked worktrees removed whole no more, moved ones where they are now.
+
+        Under both locks. Most likely your own `git worktree remove` or `move`; nothing of a
+        removed one could be put back but its ties to the repository, which would leave a
+        worktree of one `.git` file, and writing a moved one's ties back would have its
+        registration name a directory of that one file.
+        """
+        common = self.repo.common_dir
+        for checkout, admin, moved in self._gone_linked():
             del self._linked[checkout]
-            for label in surface.ties(self.repo.common_dir, checkout, admin):
+            for label in surface.ties(common, checkout, admin):
                 self._surface.pop(label, None)
             where = WORKTREE_PREFIX + str(checkout)
             if self._places.pop(where, None) is not None:
                 self._changes.forget(where)
-            self._log(f"your worktree {checkout} was removed: no longer watched")
+            if moved is None:
+                self._log(f"your worktree {checkout} was removed: no longer watched")
+                continue
+            self._linked[moved] = admin
+            for label in surface.ties(common, moved, admin):
+                entry = surface.read_one(common, label)
+                if entry is not None:
+                    self._surface[label] = entry
+            self._keep_out(moved)  # moved into your checkout: not new files of it
+            with self._job(WORKTREE_PREFIX + str(moved)):
+                self._watch(WORKTREE_PREFIX + str(moved), moved)
+            self._log(f"your worktree {checkout} was moved to {moved}: watched there")
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
         now = self._read_surface()
         labels = surface.changed(self._surface, now)
-        if labels and (removed := self._removed_linked()):  # watched no more from the next scan
-            gone = {t for checkout, admin in removed for t in surface.ties(common, checkout, admin)}
+        if labels and (removed := self._gone_linked()):  # followed from the next scan
+            gone = {t for old, admin, _ in removed for t in surface.ties(common, old, admin)}
             labels = [label for label in labels if label not in gone]
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
