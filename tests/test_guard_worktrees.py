@@ -8,13 +8,20 @@ its branch, or moved back), and nothing of the sibling's is lost or deleted.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+from inotify_simple import INotify, flags
 
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, outside_writes
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import Guard
+from worktree_swarm.infra.supervisor import identity_of
 
 # The wrecker finds the victim's worktree as git lists it, once the victim's task is done.
 FIND_VICTIM = """
@@ -283,3 +290,46 @@ def test_your_own_worktree_moved_during_a_run_blames_nobody_and_is_watched_where
     assert not yours.exists()
     assert f"{moved} " in git(repo, "worktree", "list")
     assert git(moved, "status", "--short") == "?? mine.txt"
+
+
+def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_git(
+    repo: Path, tmp_path: Path
+) -> None:
+    # git deletes a worktree's files one by one, its admin dir last: a big one takes seconds.
+    yours = tmp_path / "feature"
+    git(repo, "worktree", "add", "-q", str(yours), "-b", "feature")
+    dirs = [yours / f"notes{d}" for d in range(20)]
+    for directory in dirs:
+        directory.mkdir()
+        for f in range(100):
+            (directory / f"{f}.txt").write_text(f"{f}\n")  # untracked: watched as yours
+    admin = repo / ".git" / "worktrees" / "feature"
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    guard.agent_started("busy", identity_of(os.getpid()))  # an agent at work meanwhile
+    with INotify() as ino:
+        for directory in [yours, *dirs]:
+            ino.add_watch(directory, flags.DELETE)
+        remover = subprocess.Popen(
+            ["git", "worktree", "remove", "--force", str(yours)],
+            cwd=repo, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            ino.read()  # its first deletion
+            os.kill(remover.pid, signal.SIGSTOP)
+            assert admin.is_dir()  # stopped half-way
+            assert any(d.exists() for d in dirs)
+            assert guard.scan() == []
+            while (yours / ".git").exists():  # its `.git` gone too, the rest not yet
+                os.kill(remover.pid, signal.SIGCONT)
+                ino.read()
+                os.kill(remover.pid, signal.SIGSTOP)
+            if admin.is_dir():
+                assert guard.scan() == []
+        finally:
+            os.kill(remover.pid, signal.SIGCONT)
+            _, err = remover.communicate(timeout=60)
+    assert remover.returncode == 0, err  # nothing written back in its way
+    assert guard.scan() == []
+    assert not yours.exists()
+    assert str(yours) not in git(repo, "worktree", "list")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import os
 import shutil
 import threading
@@ -41,6 +42,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
@@ -689,7 +692,8 @@ class Guard:
                     found = [self._record(broken, patch_text=None)]
                     found += self._scan_place(place, began, quick=False, since=since)
                     ok = True
-        if not ok and place.users and self._closing.is_set():
+        removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
+        if not ok and place.users and self._closing.is_set() and not removing:
             # The run's last look at a checkout of yours failed: what the agents did there
             # since it was last compared is unknown. (A failure before it changes nothing:
             # every comparison is with the baseline, so a later one sees what it missed.)
@@ -1060,6 +1064,13 @@ class Guard:
                 gone.append((checkout, admin, moved))
         return gone
 
+    def _removing(self, checkout: Path) -> bool:
+        """Whether git is removing your linked worktree *checkout*, or just removed it."""
+        if _being_removed(checkout):
+            return True
+        admin = self._linked.get(checkout)  # looked at after: a removal that ended meanwhile
+        return admin is not None and not os.path.lexists(admin)
+
     def _follow_linked(self) -> None:
         """Watch your linked worktrees removed whole no more, moved ones where they are now.
 
@@ -1089,13 +1100,28 @@ class Guard:
                 self._watch(WORKTREE_PREFIX + str(moved), moved)
             self._log(f"your worktree {checkout} was moved to {moved}: watched there")
 
+    def _not_ties_settling(self, labels: list[str]) -> list[str]:
+        """*labels* less the ties of your linked worktrees that git moves or removes.
+
+        Those removed or moved whole are followed from the next scan; those your `git worktree
+        remove` is removing are judged once it is done.
+        """
+        common = self.repo.common_dir
+        skip = {
+            t for old, admin, _ in self._gone_linked() for t in surface.ties(common, old, admin)
+        }
+        for checkout, admin in list(self._linked.items()):
+            ties = surface.ties(common, checkout, admin)
+            if set(labels) & ties - skip and self._removing(checkout):
+                skip |= ties
+        return [label for label in labels if label not in skip]
+
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
         now = self._read_surface()
         labels = surface.changed(self._surface, now)
-        if labels and (removed := self._gone_linked()):  # followed from the next scan
-            gone = {t for old, admin, _ in removed for t in surface.ties(common, old, admin)}
-            labels = [label for label in labels if label not in gone]
+        if labels:
+            labels = self._not_ties_settling(labels)
         if labels and self._provisioning:  # git's own writes into admin dirs being made
             skip = self._being_made(common, labels)
             labels = [label for label in labels if label not in skip]
@@ -1739,9 +1765,10 @@ class Guard:
                 place.checked = began
                 return made
             paths = changed_paths(place.path, base.tree, now.tree)
-        head = ""
-        if (now.head_ref, now.head) != (base.head_ref, base.head):
-            head = f"HEAD moved from {describe_head(base)} to {describe_head(now)}"
+        if place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path):
+            self._changes.mark(place.where)  # your `git worktree remove` at work: looked at again
+            return made
+        head = _head_move(base, now)
         exclude = () if place.users else (place.where,)
         suspects = self._agents.suspects(window, exclude=exclude)
         suspects = self._agents.narrow(suspects, place.path, paths) or suspects
@@ -1843,6 +1870,36 @@ class Guard:
         return done
 
 
+def _head_move(base: Snapshot, now: Snapshot) -> str:
+    """How HEAD moved from *base* to *now* ("": it did not)."""
+    if (now.head_ref, now.head) == (base.head_ref, base.head):
+        return ""
+    return f"HEAD moved from {describe_head(base)} to {describe_head(now)}"
+
+
+def _being_removed(checkout: Path) -> bool:
+    """Whether a `git worktree remove` is removing the linked worktree *checkout* now.
+
+    git deletes its files one by one (its `.git` among them, in no set order), its admin dir
+    last: a big worktree (an ignored `node_modules`) takes seconds, and what went meanwhile
+    is git's doing.
+    """
+    target = os.path.realpath(checkout)
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        args = process.info.get("cmdline") or []
+        if process.info.get("name") != "git" or "worktree" not in args:
+            continue
+        at = args.index("worktree")
+        if args[at + 1 : at + 2] != ["remove"]:
+            continue
+        cwd = Path(process.info.get("cwd") or "/")
+        bases = [cwd, *(cwd / d for o, d in itertools.pairwise(args[1:at]) if o == "-C")]
+        names = [a for a in args[at + 2 :] if not a.startswith("-")]
+        if any(os.path.realpath(b / n) == target for b in bases for n in names):
+            return True
+    return False
+
+
 def _moved_to(admin: Path, path: Path) -> Path | None:
     """Where the worktree registered in *admin* is now, when it is whole but not at *path*."""
     try:
@@ -1861,7 +1918,10 @@ def _moved_to(admin: Path, path: Path) -> Path | None:
 
 def _unreadable_index(root: Path) -> bool:
     """Whether git cannot read the index of the checkout *root* (a file that is not one)."""
-    if not index_path(root).exists():
+    try:
+        if not index_path(root).exists():
+            return False
+    except SwarmError:  # no `.git` there to name its index (a worktree being removed)
         return False
     # A pathspec that matches nothing: git reads (and checks) the whole index, prints nothing.
     probe = runner.run(root, "ls-files", "--", ":(literal,top).git/x", check=False)
