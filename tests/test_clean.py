@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import psutil
 import pytest
 
@@ -42,6 +43,7 @@ from tests.test_run import (
 from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import fixes
 from worktree_swarm.git import repo as g
+from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report.status import open_store
 from worktree_swarm.ui import watch_actions
 
@@ -1375,3 +1377,27 @@ def test_clean_during_a_run_does_not_take_a_remote_tracking_ref_for_a_home_of_a_
     assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
     assert git(repo, "for-each-ref", "refs/remotes/") == ""  # put back: gone
     assert git(wt, "rev-parse", "HEAD") == lone
+
+
+def test_clean_waits_for_the_guards_verdict_without_the_repository_lock(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a\\n')\n")
+    path = manifest(repo, f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(agent)}\n')
+    assert swarm(repo, "run", path).returncode == 0
+    state = repo / ".git" / "swarm"
+    # A run's manager (this process), whose guard gives no verdict yet: it waits for the
+    # repository lock itself, to make a task worktree an agent removed again.
+    with ManagerLock(state) as manager:
+        manager.acquire()
+        cleaning = swarm_bg(repo, "clean", "--yes", "--force")
+
+        def awaiting_verdict() -> bool:
+            files = (state / "ref-moves").glob("*.json")
+            return any(json.loads(f.read_bytes() or b"{}").get("done") for f in files)
+
+        wait_for(awaiting_verdict, what="swarm clean to wait for the guard's verdict")
+        with filelock.FileLock(state / "repo.lock").acquire(timeout=0):
+            pass  # free: the guard gets it, and then says its verdict
+    assert cleaning.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    assert "swarm/a" not in git(repo, "branch", "--list")

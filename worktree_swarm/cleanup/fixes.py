@@ -365,8 +365,10 @@ def apply(
     Each finding is re-checked before it is acted on; one that no longer holds, or fails, is
     reported as not fixed with the reason, and the others go on.
     """
-    # A running guard is told exactly which branches this moves, so it blames no agent.
-    with git.repo_lock(repo), guard.moving_refs(repo, []) as moves:
+    # A running guard is told exactly which branches this moves, so it blames no agent. Its
+    # verdict is awaited without the repository lock: the guard may need that lock first (to
+    # put back a task worktree an agent removed), and would give it after the wait gave up.
+    with guard.moving_refs(repo, []) as moves, git.repo_lock(repo):
 
         def one(finding: Finding) -> Result:
             if finding.action is Action.KEEP:
