@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import status_json, swarm
-from tests.test_sandbox import needs_bwrap
+from tests.test_trust import MODES_SANDBOX_SLOW
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import Guard
 from worktree_swarm.infra.supervisor import identity_of
@@ -89,7 +89,7 @@ git('update-ref', 'refs/remotes/origin/main', git('rev-parse', 'HEAD'))
 """
 
 
-@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
+@pytest.mark.parametrize("sandboxed", MODES_SANDBOX_SLOW)
 def test_forged_remote_refs_and_reflog_lines_are_put_back(
     cloned: Path, tmp_path: Path, write_agent: AgentFactory, sandboxed: bool
 ) -> None:
@@ -115,7 +115,7 @@ pathlib.Path('own.txt').write_text('own\\n')
 """
 
 
-@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
+@pytest.mark.parametrize("sandboxed", MODES_SANDBOX_SLOW)
 def test_an_agents_own_fetch_does_not_fail_it_and_is_undone_at_the_end(
     cloned: Path, tmp_path: Path, write_agent: AgentFactory, sandboxed: bool
 ) -> None:
