@@ -11,7 +11,7 @@ where the remote has them). The guard makes no network call to tell.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -59,13 +59,21 @@ def note_line(refs: Iterable[object]) -> str:
     )
 
 
-def read(root: Path, common: Path, *, data: bool = False) -> Remotes:
-    """The remote-tracking refs of the repository *root* (*data*: with their reflogs' bytes)."""
-    out = git.git(root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", PREFIX)
-    refs = {}
-    for line in out.splitlines():
-        name, sha, target = [*line.split(" ", 2), "", ""][:3]
-        refs[name] = f"{SYMBOLIC}{target}" if target else sha
+def read(
+    root: Path, common: Path, *, data: bool = False, refs: Mapping[str, str] | None = None
+) -> Remotes:
+    """The remote-tracking refs of the repository *root* (*data*: with their reflogs' bytes).
+
+    *refs*: the refs as just read with the others (``snapshot.read_refs``), else read now.
+    """
+    if refs is None:
+        out = git.git(root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", PREFIX)
+        found = {}
+        for line in out.splitlines():
+            name, sha, target = [*line.split(" ", 2), "", ""][:3]
+            found[name] = f"{SYMBOLIC}{target}" if target else sha
+        refs = found
+    refs = {name: value for name, value in refs.items() if name.startswith(PREFIX)}
     logs: dict[str, Signature] = {}
     contents: dict[str, bytes] = {}
     for directory, _, files in os.walk(common.joinpath(*_LOGS)):

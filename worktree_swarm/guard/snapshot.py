@@ -112,14 +112,15 @@ def symbolic_head(path: Path) -> str | None:
 SYMBOLIC = "ref: "  # the value read for a ref made a symbolic ref: what it points to follows
 
 
-def read_refs(root: Path) -> dict[str, str]:
+def read_refs(root: Path, *, also: Sequence[str] = ()) -> dict[str, str]:
     """Every watched ref and the object it names (``ref: <target>`` for a symbolic ref).
 
     A branch of yours made a symbolic ref to an agent's branch looks unmoved by its object
     while the two hold the same commit, yet your checkout is then on the agent's branch.
+    *also*: more ref patterns read in the same git process.
     """
     out = git.git(
-        root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", *REF_PATTERNS
+        root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", *REF_PATTERNS, *also
     )
     refs = {}
     for line in out.splitlines():

@@ -146,6 +146,7 @@ class _Remotes:
     base: remotes.Remotes | None = None  # None: not read yet (the read failed)
     seen: float  # when they were last found as their baseline
     notes: list[remotes.Note] = field(default_factory=list)  # put back, not yet drained
+    read: dict[str, str] | None = None  # as this scan's read of the watched refs found them
 
 
 class Guard:
@@ -589,12 +590,13 @@ class Guard:
                 found += self._scan_surface(began)
                 found += self._scan_graph(began)
             refs: dict[str, str] | None = None
+            self._remotes.read = None
             with self._job("refs"):
                 moved = self._scan_refs(began, pending)
                 found += moved
                 refs = None if moved else self._read  # as read: nothing was put back
             with self._job(REMOTES):
-                self._check_remotes(pending, settle=False)
+                self._check_remotes(pending, settle=False, refs=self._remotes.read)
             with self._job("objects"):
                 found += self._scan_objects(began, deep=False, refs=refs)
             if deep:
@@ -1216,7 +1218,10 @@ class Guard:
         return found
 
     def _moved_refs(self, pending: set[str]) -> list[RefMove]:
-        now = self._read = read_refs(self.repo.root)
+        # The remote-tracking refs in the same git process, for _check_remotes.
+        both = read_refs(self.repo.root, also=(remotes.PREFIX,))
+        self._remotes.read = {r: s for r, s in both.items() if r.startswith(remotes.PREFIX)}
+        now = self._read = {r: s for r, s in both.items() if not r.startswith(remotes.PREFIX)}
         # Without the guard's lock: a task counts as busy from before its branch can move
         # until after its tip is the baseline (see _release).
         busy = set(self._busy)
@@ -1258,7 +1263,9 @@ class Guard:
         violation = self._refs_moved(MAIN, [(STASH, before, after)], window)
         return [] if violation is None else [violation]
 
-    def _check_remotes(self, pending: set[str], *, settle: bool) -> None:
+    def _check_remotes(
+        self, pending: set[str], *, settle: bool, refs: dict[str, str] | None = None
+    ) -> None:
         """Remote-tracking refs and their reflogs: moved by an agent, put back when *settle*.
 
         An agent's `git fetch` and a forged ref or reflog line look the same: put back, with a
@@ -1276,7 +1283,7 @@ class Guard:
             self._remotes.seen = looked
             return
         # The periodic look compares reflogs by their stat data; once an attempt ends, by bytes.
-        base, now = self._remotes.base, remotes.read(root, common, data=settle)
+        base, now = self._remotes.base, remotes.read(root, common, data=settle, refs=refs)
         window = (self._remotes.seen, time.time())
         changed = remotes.moved(base, now)
         taken = [
