@@ -489,13 +489,19 @@ def test_the_held_objects_of_a_run_whose_manager_died_are_let_go_by_the_next_run
     assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/held"))
 
 
+def _state(repo: Path, task: str) -> object:
+    """*task*'s state in the latest run, None before there is one."""
+    out = swarm(repo, "status", "--json")
+    if out.returncode != 0:
+        return None
+    return next((t["state"] for t in json.loads(out.stdout)["tasks"] if t["task_id"] == task), None)
+
+
+# The test touches the file named by the agent's second argument once the victim is done: the
+# store is not the agent's to read (under --sandbox, `.git/swarm` is hidden from it).
 WHEN_VICTIM_DONE = """
-import os, sqlite3, subprocess, time
-common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
-                        capture_output=True, text=True, check=True).stdout.strip()
-db = sqlite3.connect(f'file:{common}/swarm/state.db?mode=ro', uri=True, timeout=30)
-query = "SELECT state FROM tasks WHERE task_id = 'victim' ORDER BY rowid DESC LIMIT 1"
-while db.execute(query).fetchone()[0] != 'done':
+import pathlib, sys, time
+while not pathlib.Path(sys.argv[2]).exists():
     time.sleep(0.05)
 """
 
@@ -513,12 +519,21 @@ def test_a_branch_deleted_with_its_tip_object_is_put_back(
         + DELETE_VICTIM_OBJECT
         + "git('update-ref', '-d', 'refs/heads/swarm/victim', tip)\n"
     )
+    done = repo.parent / "victim-done"
     path = manifest(
         repo,
         f"""[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(victim)}\n
-[[task]]\nid = "wrecker"\nprompt = "p"\nagent = {argv_toml([*bad, "swarm/victim"])}\n""",
+[[task]]\nid = "wrecker"\nprompt = "p"
+agent = {argv_toml([*bad, "swarm/victim", str(done)])}\n""",
     )
-    swarm(repo, "run", path, "--jobs", "2", *(["--sandbox"] if sandbox else []))
+    running = swarm_bg(repo, "run", path, "--jobs", "2", *(["--sandbox"] if sandbox else []))
+    try:
+        wait_for(lambda: _state(repo, "victim") == "done", what="the victim to be done")
+        done.touch()
+        running.wait(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
     rows = status_json(repo)
     assert rows["victim"]["state"] == "done"
     assert rows["wrecker"]["state"] == "failed", rows["wrecker"]
