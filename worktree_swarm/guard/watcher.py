@@ -39,7 +39,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1434,16 +1434,28 @@ class Guard:
         # No agent of ours was running: damage of another kind (or a check that failed for
         # want of memory), not an attack, and the pack may well be yours: left alone.
         suspects = self._agents.suspects(window, exclude=()) if lies else ()
-        if self.restore and suspects:
-            for name in lies:
-                with contextlib.suppress(OSError):  # not removed is recorded as such
-                    integrity.drop_pack(
-                        common / "objects" / "pack" / name, self._dir / integrity.DROPPED
-                    )
+        self._drop_packs(lies if suspects else ())
         # Those checked (and those known before) still there: not one that came meanwhile.
         self._packs = ((self._packs | now) - unsure) & integrity.packs(common)
+        listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
+        return self._lying_packs(lies, suspects, f"git verify-pack:\n{listed}")
+
+    def _drop_packs(self, names: Iterable[str]) -> None:
+        """Move the packs *names* (by index) aside, unless outside writes are allowed."""
+        if not self.restore:
+            return
+        for name in names:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                integrity.drop_pack(
+                    self.repo.common_dir / "objects" / "pack" / name, self._dir / integrity.DROPPED
+                )
+
+    def _lying_packs(
+        self, lies: Mapping[str, str], suspects: tuple[str, ...], patch_text: str
+    ) -> list[Violation]:
+        """The outside write of packs (by index) that lie, if an agent of ours is suspected."""
         if not suspects:
-            return []
+            return []  # none, or no agent of ours was running: damage of another kind
         violation = Violation(
             number=0,
             where=REPOSITORY,
@@ -1451,8 +1463,7 @@ class Guard:
             suspects=suspects,
             restored=not set(lies) & self._packs,
         )
-        listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
-        return [self._record(violation, patch_text=f"git verify-pack:\n{listed}")]
+        return [self._record(violation, patch_text=patch_text)]
 
     def _packs_rewritten(self, window: tuple[float, float]) -> list[Violation]:
         """Packs written to in place that now lie about their objects.
@@ -1468,29 +1479,15 @@ class Guard:
             return []
         self._changes.mark_all()  # git showed your checkouts' files through it
         suspects = self._agents.suspects(window, exclude=())  # none: left alone, as a new pack
-        if self.restore and suspects:
-            for name in lies:
-                if not (self._held / "pack" / name).exists():
-                    with contextlib.suppress(OSError):  # not removed is recorded as such
-                        integrity.drop_pack(
-                            common / "objects" / "pack" / name, self._dir / integrity.DROPPED
-                        )
+        made = [name for name in lies if not (self._held / "pack" / name).exists()]
+        self._drop_packs(made if suspects else ())  # yours: the hold is that same file
         self._packs = integrity.packs(common)
-        if not suspects:
-            return []
-        violation = Violation(
-            number=0,
-            where=REPOSITORY,
-            git_files=tuple(f"objects/pack/{name}" for name in lies),
-            suspects=suspects,
-            restored=not set(lies) & self._packs,
-        )
         listed = "".join(
             f"objects/pack/{name}: rewritten in place, git verify-pack: {why}"
             " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
             for name, why in lies.items()
         )
-        return [self._record(violation, patch_text=listed)]
+        return self._lying_packs(lies, suspects, listed)
 
     def _rewritten_lies(self, objects: ObjectWatch, written: set[str]) -> dict[str, str]:
         """What is wrong with each pack of which a file in *written* was written (by index)."""
