@@ -85,7 +85,7 @@ def open_any(repo_root: Path) -> object:
 
 def measure_count(repo_root: Path, counts: list[int], scans: int) -> dict[str, float]:
     """Scan latency with 0, 100, 500... finished task worktrees (the package under test)."""
-    from worktree_swarm.guard import Guard  # noqa: PLC0415 - the package under test
+    from worktree_swarm.guard.watcher import Guard  # noqa: PLC0415 - the package under test
 
     wts = repo_root.parent / "wts"
     worktrees = sorted(
@@ -119,7 +119,7 @@ def measure_count(repo_root: Path, counts: list[int], scans: int) -> dict[str, f
 def measure_run(manifest: Path) -> dict[str, float]:
     """`swarm run` in this process, the guard's scans timed (the package under test)."""
     from worktree_swarm import cli  # noqa: PLC0415 - the package under test
-    from worktree_swarm.guard import Guard  # noqa: PLC0415
+    from worktree_swarm.guard.watcher import Guard  # noqa: PLC0415
 
     starts: list[tuple[float, float, bool]] = []
     scan, start = Guard.scan, Guard.start
@@ -165,7 +165,7 @@ def run_manifest(repo: Path, tasks: int, jobs: int) -> Path:
 
 def measure(repo_root: Path, scans: int, idle: float) -> dict[str, float]:
     """Run in the process whose sys.path has the package under test."""
-    from worktree_swarm.guard import Guard  # noqa: PLC0415 - the package under test
+    from worktree_swarm.guard.watcher import Guard  # noqa: PLC0415 - the package under test
 
     repo = open_any(repo_root)
     with tempfile.TemporaryDirectory() as work:

@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.test_run import argv_toml, manifest, status_json, swarm
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import MAIN, Guard
+from worktree_swarm.guard.model import MAIN
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]

@@ -15,8 +15,9 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import MAIN, Guard
 from worktree_swarm.guard.changes import Changes
+from worktree_swarm.guard.model import MAIN
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import inotify
 from worktree_swarm.infra.supervisor import identity_of
 

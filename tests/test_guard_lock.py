@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tests.conftest import git, make_repo
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard
 from worktree_swarm.guard.lock import TurnLock
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.supervisor import identity_of
 
 

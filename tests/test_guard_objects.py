@@ -21,8 +21,9 @@ from tests.conftest import as_owner_only, git, hang_git_at, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard, integrity
+from worktree_swarm.guard import integrity
 from worktree_swarm.guard.objects import ObjectWatch
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.supervisor import identity_of
 
 COMMIT = ("-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm")

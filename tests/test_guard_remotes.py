@@ -19,7 +19,7 @@ from tests.conftest import git, make_repo
 from tests.test_run import status_json, swarm
 from tests.test_trust import MODES_SANDBOX_SLOW
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]

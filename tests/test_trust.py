@@ -29,7 +29,9 @@ from tests.test_guard import checkout_state
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import Guard, moving_refs, surface
+from worktree_swarm.guard import surface
+from worktree_swarm.guard.channel import moving_refs
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]

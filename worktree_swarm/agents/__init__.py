@@ -7,13 +7,13 @@ first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.agents.aider import AiderAdapter
 from worktree_swarm.agents.base import (
     PLACEHOLDERS,
     Adapter,
@@ -23,10 +23,6 @@ from worktree_swarm.agents.base import (
     classify_rate_limit,
     render_argv,
 )
-from worktree_swarm.agents.claude import ClaudeAdapter
-from worktree_swarm.agents.codex import CodexAdapter
-from worktree_swarm.agents.command import CommandAdapter
-from worktree_swarm.agents.gemini import GeminiAdapter
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.git import repo as git
 
@@ -148,17 +144,25 @@ def _committed_mode(repo_root: Path, path: str) -> str | None:
     return out.split(maxsplit=1)[0] if out.strip() else None
 
 
-_ADAPTERS: dict[str, Adapter] = {
-    "claude": ClaudeAdapter(),
-    "codex": CodexAdapter(),
-    "aider": AiderAdapter(),
-    "gemini": GeminiAdapter(),
+# Each profile's adapter, imported when first asked for: `swarm status` and the other quick
+# commands need the profile table, not the adapters (claude's imports its credentials' locking).
+_ADAPTERS: dict[str, tuple[str, str]] = {
+    "claude": ("claude", "ClaudeAdapter"),
+    "codex": ("codex", "CodexAdapter"),
+    "aider": ("aider", "AiderAdapter"),
+    "gemini": ("gemini", "GeminiAdapter"),
 }
+_made: dict[str, Adapter] = {}
 
 
 def adapter_for(profile: str) -> Adapter:
     """The adapter of a profile name; "command", "scripted" or unknown: the generic one."""
-    return _ADAPTERS.get(profile) or CommandAdapter()
+    made = _made.get(profile)
+    if made is None:
+        module, cls = _ADAPTERS.get(profile, ("command", "CommandAdapter"))
+        made = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+        _made[profile] = made
+    return made
 
 
 def profile_of(argv: Sequence[str]) -> str:

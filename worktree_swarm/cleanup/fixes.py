@@ -25,7 +25,6 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm import guard
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
@@ -37,6 +36,7 @@ from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.run import control
@@ -368,7 +368,7 @@ def apply(
     # A running guard is told exactly which branches this moves, so it blames no agent. Its
     # verdict is awaited without the repository lock: the guard may need that lock first (to
     # put back a task worktree an agent removed), and would give it after the wait gave up.
-    with guard.moving_refs(repo, []) as moves, git.repo_lock(repo):
+    with channel.moving_refs(repo, []) as moves, git.repo_lock(repo):
 
         def one(finding: Finding) -> Result:
             if finding.action is Action.KEEP:
@@ -411,7 +411,7 @@ def _apply_one(
     store: Store | None,
     force: bool,
     grace: float,
-    moves: guard.RefMoves,
+    moves: channel.RefMoves,
 ) -> tuple[str, str | None]:
     if f.action is Action.STOP_TASK:
         return _stop_task(repo, f, store=store, grace=grace), None
@@ -538,7 +538,7 @@ def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
 
 
 def _remove_worktree(
-    repo: git.Repo, f: Finding, *, force: bool, moves: guard.RefMoves, store: Store | None = None
+    repo: git.Repo, f: Finding, *, force: bool, moves: channel.RefMoves, store: Store | None = None
 ) -> tuple[str, str | None]:
     path = Path(f.target)
     info = worktrees.registration_locked(repo, path)
@@ -586,11 +586,11 @@ def _remove_worktree(
 
 
 def _remove_announced(
-    repo: git.Repo, path: Path, *, moves: guard.RefMoves, force: bool, clean: bool
+    repo: git.Repo, path: Path, *, moves: channel.RefMoves, force: bool, clean: bool
 ) -> None:
     """Remove the worktree *path*, named to a running guard like a ref: swarm's own removal."""
     admin = worktrees.own_admin(repo, path)
-    key = guard.worktree_key(path)
+    key = channel.worktree_key(path)
     if admin is not None:
         moves.announce(key, at=admin.name)
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
@@ -748,7 +748,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
 
 
 def _delete_branches(
-    repo: git.Repo, batch: list[Finding], *, moves: guard.RefMoves
+    repo: git.Repo, batch: list[Finding], *, moves: channel.RefMoves
 ) -> list[Result]:
     """Delete the branches of *batch* with a few git processes, whatever their number.
 
@@ -786,7 +786,7 @@ def _delete_branches(
 
 
 def _deleted(
-    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: guard.RefMoves
+    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: channel.RefMoves
 ) -> Result:
     """The result for *ref*, deleted *together* with others, or else now alone at *tip*."""
     if not together:

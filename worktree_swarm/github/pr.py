@@ -7,7 +7,6 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from worktree_swarm import guard
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, one_line
@@ -23,6 +22,7 @@ from worktree_swarm.github.client import (
     remote_url,
     strip_userinfo,
 )
+from worktree_swarm.guard import channel
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
@@ -365,7 +365,7 @@ def push_branch(
     ref = f"refs/heads/{branch}"
     tracking = git.tracking_ref(repo, remote, ref)
     try:
-        with guard.moving_refs(repo, [tracking] if tracking else []) as moves:
+        with channel.moving_refs(repo, [tracking] if tracking else []) as moves:
             try:
                 git.git(repo.root, "push", "--quiet", "--", remote, f"{ref}:{ref}")
             finally:

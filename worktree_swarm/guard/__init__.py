@@ -4,34 +4,9 @@ One module per job: :mod:`.snapshot` (what a checkout and the refs look like),
 :mod:`.surface` (git's own files that run code), :mod:`.integrity` (refs resolve to complete
 commits), :mod:`.attribution` (which agents may have done it), :mod:`.restore` (putting it
 back), :mod:`.channel` (swarm's own commands naming the refs they move), :mod:`.changes`
-(which checkouts may have changed, without running git) and :mod:`.watcher` (the guard that
-ties them together).
+(which checkouts may have changed, without running git), :mod:`.model` (what the guard finds)
+and :mod:`.watcher` (the guard that ties them together).
+
+The package imports none of them itself: `swarm status` and the other quick commands read only
+:mod:`.model` and :mod:`.remotes`, without the guard's inotify and process machinery.
 """
-
-from __future__ import annotations
-
-from worktree_swarm.guard.channel import RefMoves, moving_refs, worktree_key
-from worktree_swarm.guard.model import (
-    MAIN,
-    REPOSITORY,
-    RefMove,
-    ScanFailure,
-    Snapshot,
-    Violation,
-    suspect_reason,
-)
-from worktree_swarm.guard.watcher import Guard
-
-__all__ = [
-    "MAIN",
-    "REPOSITORY",
-    "Guard",
-    "RefMove",
-    "RefMoves",
-    "ScanFailure",
-    "Snapshot",
-    "Violation",
-    "moving_refs",
-    "suspect_reason",
-    "worktree_key",
-]

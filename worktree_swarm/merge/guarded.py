@@ -18,7 +18,8 @@ from pathlib import Path
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import Guard, remotes
+from worktree_swarm.guard import remotes
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run.retry import OUTSIDE_WRITE

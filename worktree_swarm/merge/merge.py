@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import filelock
 
-from worktree_swarm import guard
 from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import (
@@ -37,6 +36,7 @@ from worktree_swarm.core.paths import real_path, run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, proc, redact, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
@@ -196,7 +196,7 @@ def merge(
         if not (candidates or cut_off):
             return dataclasses.replace(report, notes=tuple(tell.notes))
         # A running guard is told which ref this merge moves, so it is not taken for an agent's.
-        moves = stack.enter_context(guard.moving_refs(repo, [ref]))
+        moves = stack.enter_context(channel.moving_refs(repo, [ref]))
         # Their shims live in sessions of their own: a killed merge's checks still run.
         supervisor.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left

@@ -28,7 +28,7 @@ from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.guard import Guard
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk
 from worktree_swarm.infra.store import Store
 

@@ -37,7 +37,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import Violation
+from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store

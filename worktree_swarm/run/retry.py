@@ -17,7 +17,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import suspect_reason
+from worktree_swarm.guard.model import suspect_reason
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})

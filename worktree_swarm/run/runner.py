@@ -36,7 +36,9 @@ from worktree_swarm.core.paths import guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import Guard, Violation, remotes, sandbox
+from worktree_swarm.guard import remotes, sandbox
+from worktree_swarm.guard.model import Violation
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget

@@ -38,7 +38,9 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.guard import Guard, Violation, sandbox
+from worktree_swarm.guard import sandbox
+from worktree_swarm.guard.model import Violation
+from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
