@@ -141,8 +141,8 @@ def test_usage_window_hands_every_task_to_the_fallback(repo: Path, fake_agents: 
     rows = status_json(repo)
     assert {i: rows[i]["state"] for i in ids} == dict.fromkeys(ids, "done")
     chains = sorted(agents_of(repo, i) for i in ids)
-    # The first task meets the window; nobody launches claude after that.
-    assert chains == [["claude", "codex"], ["codex"], ["codex"]]
+    # The first task meets the window, the second confirms it; nobody launches claude after.
+    assert chains == [["claude", "codex"], ["claude", "codex"], ["codex"]]
     first = next(i for i in ids if agents_of(repo, i)[0] == "claude")
     # Same worktree and branch: claude's half-done work and codex's finish, both kept.
     assert branch_file(repo, f"swarm/{first}", "claude.txt") == "claude call 1: window"
@@ -234,13 +234,15 @@ def test_the_reset_survives_resume(repo: Path, fake_agents: Path) -> None:
 def test_a_window_is_seen_while_the_agent_still_runs(
     repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # claude prints its usage limit and stays alive: the gate knows before claude exits.
+    # claude prints its usage limit and stays alive: the gate knows before claude exits (as
+    # one task's word only: no other task met a limit).
     monkeypatch.setenv("FAKE_HOLD", "1")
     plan(fake_agents, "claude", "a", "window")
     text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
     proc = swarm_bg(repo, "run", manifest(repo, text))
     try:
-        wait_for(lambda: "launches wait until" in swarm(repo, "status").stdout, what="the window")
+        unconfirmed = "agents (usage limit, one task only: unconfirmed)"
+        wait_for(lambda: unconfirmed in swarm(repo, "status").stdout, what="the claim")
         row = status_json(repo)["a"]
         assert (row["state"], row["alive"], row["agent"]) == ("running", True, "claude")
         (fake_agents / "go").touch()

@@ -48,7 +48,13 @@ def view(g: Gates, provider: str) -> GateView:
 
 def overload(g: Gates, provider: str) -> float:
     """A throttle strong enough to cut: a whole attempt ended by it (weighs ``jobs`` requests)."""
-    return g.report(provider, THROTTLE, whole_attempt=True)
+    return g.report(provider, THROTTLE, whole_attempt=True, task="a")
+
+
+def usage_window(g: Gates, provider: str, reset: float, *, detail: str = "usage limit") -> None:
+    """A usage window two tasks' agents reported (one alone does not hold the provider)."""
+    for task in ("a", "b"):
+        g.report(provider, Limit(signal=Signal.WINDOW, retry_at=reset, detail=detail), task=task)
 
 
 def take(g: Gates, provider: str, count: int) -> int:
@@ -82,12 +88,12 @@ def test_each_success_adds_one_over_the_limit(clock: Clock) -> None:
     g = gates(clock)
     overload(g, "anthropic")  # 8 -> 4
     for _ in range(4):
-        g.report("anthropic", OK)  # 4 + 1/4 + 1/4.25 + ... = 4.92: not yet 5
+        g.report("anthropic", OK, task="a")  # 4 + 1/4 + 1/4.25 + ... = 4.92: not yet 5
     assert view(g, "anthropic").limit == 4
-    g.report("anthropic", OK)
+    g.report("anthropic", OK, task="a")
     assert view(g, "anthropic").limit == 5  # one step per window of successes
     for _ in range(100):
-        g.report("anthropic", OK)
+        g.report("anthropic", OK, task="a")
     assert view(g, "anthropic").limit == 8  # capped at jobs
     assert view(g, "anthropic").why == ""  # back to normal: nothing to explain
 
@@ -95,7 +101,7 @@ def test_each_success_adds_one_over_the_limit(clock: Clock) -> None:
 def test_a_whole_attempt_success_is_one_full_step(clock: Clock) -> None:
     g = gates(clock)
     overload(g, "other")
-    g.report("other", OK, whole_attempt=True)
+    g.report("other", OK, whole_attempt=True, task="a")
     assert view(g, "other").limit == 5
 
 
@@ -127,7 +133,7 @@ def test_at_the_floor_further_throttles_back_off_exponentially(clock: Clock) -> 
         waits.append(overload(g, "google") - clock.now)
     assert max(waits) <= 4.0 * 2**6
     assert max(waits) > 4.0  # jittered, but its ceiling doubles each time
-    g.report("google", OK)
+    g.report("google", OK, task="a")
     clock.now += g.cooldown + 300
     assert overload(g, "google") - clock.now <= g.pace  # a success resets the backoff
 
@@ -144,7 +150,7 @@ def test_a_tasks_own_backoff_doubles_with_jitter_up_to_the_cap(clock: Clock) -> 
 
 def test_a_stated_retry_after_is_honoured(clock: Clock) -> None:
     g = gates(clock)
-    until = g.report("anthropic", Limit(signal=Signal.THROTTLE, retry_at=clock.now + 20))
+    until = g.report("anthropic", Limit(signal=Signal.THROTTLE, retry_at=clock.now + 20), task="a")
     assert until == clock.now + 20
     assert take(g, "anthropic", 1) == 0
     clock.now += 20
@@ -154,7 +160,7 @@ def test_a_stated_retry_after_is_honoured(clock: Clock) -> None:
 def test_a_usage_window_holds_its_provider_until_the_reset(clock: Clock) -> None:
     g = gates(clock)
     reset = clock.now + 3 * 3600
-    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit"))
+    usage_window(g, "anthropic", reset)
     assert g.window_until("anthropic") == reset
     assert take(g, "anthropic", 1) == 0
     assert view(g, "anthropic").waiting_until == reset
@@ -176,7 +182,7 @@ def test_a_waiter_gives_up_on_a_window_past_its_max_wait(clock: Clock) -> None:
     )
     waiter.start()
     reset = clock.now + 3601  # another task's agent meets a usage window meanwhile
-    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit"))
+    usage_window(g, "anthropic", reset)
     waiter.join(timeout=30)
     assert results == ["max_wait"]
     assert g.try_acquire("anthropic", stop, max_wait=3601) is None  # within it: waits
@@ -186,25 +192,57 @@ def test_a_waiter_gives_up_on_a_window_past_its_max_wait(clock: Clock) -> None:
 def test_a_success_ends_a_window_only_reported_live(clock: Clock) -> None:
     g = gates(clock)
     window = Limit(signal=Signal.WINDOW, retry_at=clock.now + 3600, detail="usage limit")
-    g.report("anthropic", window)  # from a running agent's stream
+    g.report("anthropic", window, task="a")  # from running agents' streams
+    g.report("anthropic", window, task="b")
     assert g.window_until("anthropic") == clock.now + 3600
-    g.report("anthropic", OK)  # ... whose request was served after all
+    g.report("anthropic", OK, task="c")  # ... one of whose requests was served after all
     assert g.window_until("anthropic") is None
     assert view(g, "anthropic").why == ""
-    g.report("anthropic", window)
-    g.report("anthropic", window, whole_attempt=True)  # its attempt ended on it: confirmed
-    g.report("anthropic", OK)  # a request of another agent, in flight
+    g.report("anthropic", window, task="a")
+    g.report("anthropic", window, task="b", whole_attempt=True)  # b's attempt ended on it
+    g.report("anthropic", OK, task="c")  # a request of another agent, in flight
     assert g.window_until("anthropic") == clock.now + 3600
-    g.report("anthropic", window)  # told live again: still confirmed
-    g.report("anthropic", OK, whole_attempt=True)
+    g.report("anthropic", window, task="a")  # told live again: still confirmed
+    g.report("anthropic", OK, task="c", whole_attempt=True)
     assert g.window_until("anthropic") == clock.now + 3600
+
+
+def test_a_window_one_task_alone_states_is_an_ordinary_throttle_for_the_others(
+    clock: Clock,
+) -> None:
+    g = gates(clock)
+    stop = threading.Event()
+    reset = clock.now + 5 * 3600
+    window = Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit")
+    g.report("other", window, task="a", whole_attempt=True)  # a command agent's attempt
+    g.report("other", window, task="a")  # told again, and a's own 429: no confirmation
+    g.report("other", THROTTLE, task="a")
+    assert g.window_until("other") is None
+    assert view(g, "other").why == "usage limit, one task only: unconfirmed"
+    assert view(g, "other").limit == 4  # one cut, as for a whole attempt's 429
+    clock.now += g.pace  # the ordinary pacing, not five hours
+    assert g.try_acquire("other", stop, max_wait=60, leave_on_window=True) == ""
+    g.report("other", THROTTLE, task="b")  # another task limited too: the window is real
+    assert g.window_until("other") == reset
+    assert view(g, "other").why == "usage limit"
+    assert g.try_acquire("other", stop, max_wait=60) == "max_wait"
+
+
+def test_after_a_success_only_another_tasks_window_confirms_a_lone_one(clock: Clock) -> None:
+    g = gates(clock)
+    reset = clock.now + 5 * 3600
+    late = Limit(signal=Signal.WINDOW, retry_at=reset + 3600)
+    g.report("other", late, task="a", whole_attempt=True)
+    g.report("other", OK, task="c", whole_attempt=True)  # the provider served c meanwhile
+    g.report("other", THROTTLE, task="b")  # so a 429 of b's does not make a's window real
+    assert g.window_until("other") is None
+    g.report("other", Limit(signal=Signal.WINDOW, retry_at=reset), task="b")  # b's own does
+    assert g.window_until("other") == reset  # the reset stated since the success
 
 
 def test_providers_are_independent(clock: Clock) -> None:
     g = gates(clock, jobs=4)
-    g.report(
-        "anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 7200, detail="usage limit")
-    )
+    usage_window(g, "anthropic", clock.now + 7200)
     overload(g, "openai")
     assert take(g, "google", 4) == 4  # neither limit slows google
     for _ in range(4):
@@ -253,7 +291,8 @@ def test_observer_hears_changes_not_every_launch(clock: Clock) -> None:
     assert [v.limit for v in seen] == [8]  # the first sight of a provider only
     overload(g, "anthropic")
     assert (seen[-1].limit, seen[-1].why) == (4, "throttled: HTTP 429")
-    g.report("anthropic", Limit(signal=Signal.WINDOW, retry_at=clock.now + 3600, detail="x"))
+    usage_window(g, "anthropic", clock.now + 3600, detail="x")
+    assert seen[-2].why == "x, one task only: unconfirmed"
     assert seen[-1].why == "x"
     assert "launches wait until" in seen[-1].describe(now=clock.now)
 
@@ -290,12 +329,12 @@ def test_a_minority_of_throttles_among_successes_cuts_nothing(clock: Clock) -> N
     g = gates(clock)
     for i in range(100):
         clock.now += 0.05
-        g.report("anthropic", THROTTLE if i % 10 < 3 else OK)
+        g.report("anthropic", THROTTLE if i % 10 < 3 else OK, task="a")
     assert view(g, "anthropic").limit == 8
     # Then most outcomes throttled: overload, cut.
     for _ in range(60):
         clock.now += 0.05
-        g.report("anthropic", THROTTLE)
+        g.report("anthropic", THROTTLE, task="a")
     assert view(g, "anthropic").limit < 8
     assert view(g, "anthropic").why == "throttled: HTTP 429"
 
@@ -303,7 +342,7 @@ def test_a_minority_of_throttles_among_successes_cuts_nothing(clock: Clock) -> N
 def test_old_successes_fade_with_the_cooldown(clock: Clock) -> None:
     g = gates(clock)
     for _ in range(50):
-        g.report("anthropic", OK)
+        g.report("anthropic", OK, task="a")
     overload(g, "anthropic")
     assert view(g, "anthropic").limit == 8  # one failed attempt against 50 fresh successes
     clock.now += 10 * g.cooldown  # the successes are long past
@@ -316,9 +355,9 @@ def test_per_request_throttles_cut_once_they_outweigh_jobs_assumed_successes(
 ) -> None:
     g = gates(clock)  # jobs 8: a cut needs throttles >= 0.4 x (throttles + successes + 8)
     for _ in range(5):
-        g.report("anthropic", THROTTLE)
+        g.report("anthropic", THROTTLE, task="a")
     assert view(g, "anthropic").limit == 8  # five retried 429s: noise
-    g.report("anthropic", THROTTLE)
+    g.report("anthropic", THROTTLE, task="a")
     assert view(g, "anthropic").limit == 4  # the sixth: 6 / 14 of recent outcomes
 
 

@@ -370,6 +370,43 @@ def test_a_429_inside_a_window_another_task_reported_waits_for_it_without_a_retr
     assert branch_file(repo, "swarm/b", "b.txt") == "partial"
 
 
+FAKE_WINDOW = r"""
+import os, pathlib, subprocess, sys, time
+task = os.environ["SWARM_TASK_ID"]
+if sys.argv[1:] == ["setup"]:  # b and c: not before swarm has taken in a's attempt
+    deadline = time.monotonic() + 60
+    while "checkpoint a attempt 1" not in subprocess.run(
+        ["git", "log", "--format=%s", "swarm/a"], capture_output=True, text=True, check=False
+    ).stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(0)
+pathlib.Path(f"{task}.txt").write_text(f"{task}\n")
+if task == "a":  # a usage window five hours away, made up: no other task is limited
+    print(f"Claude AI usage limit reached|{int(time.time()) + 5 * 3600}")
+    sys.exit(1)
+"""
+
+
+def test_a_usage_window_one_task_alone_reports_holds_only_that_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # a's agent states a five-hour window (any agent can print the line); b and c start once
+    # swarm has taken it in. Only a fails past its max_wait: b and c run at once and finish.
+    agent = write_agent(FAKE_WINDOW)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_wait = "10m"\n'
+    text += 'rate_limit_backoff = "0.2s"\n[[task]]\nid = "a"\nprompt = "do a"\n'
+    for task in "bc":
+        text += f'[[task]]\nid = "{task}"\nprompt = "do {task}"\n'
+        text += f"setup = [{argv_toml([*agent, 'setup'])}]\n"
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "failed"
+    assert str(rows["a"]["reason"]).startswith("usage limit of other resets at ")
+    assert (rows["b"]["state"], rows["c"]["state"]) == ("done", "done"), rows
+    assert [a[1] for a in attempts(repo, "b")] == ["succeeded"]
+
+
 def run_killed_once(repo: Path, text: str, condition: Callable[[], bool], *, what: str) -> None:
     """`swarm run` of the manifest *text*, its manager SIGKILLed once *condition* holds."""
     proc = swarm_bg(repo, "run", manifest(repo, text))

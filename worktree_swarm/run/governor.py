@@ -16,7 +16,12 @@ slows another. Two kinds of limit are told apart:
   exponential backoff. Whatever the gate decides, a throttled task also waits a backoff of
   its own before its next attempt (:meth:`Gates.task_backoff`).
 - A *usage window* (a reset stated further than :data:`WINDOW_MIN_SECONDS` away: "usage limit
-  reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset.
+  reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset once a second
+  task confirms it. A window one task alone states is that task's own wait (its course
+  applies it in full) and only an ordinary throttle for the provider: any agent can print
+  such a line. A real window refuses every task's next request, so the next limit another
+  task reports confirms it: a window of its own, or a throttle while no success of the
+  provider came since (after one, a plain 429 is no evidence). A task never confirms itself.
 
 Running agents are never killed. Once the run's cost reaches the budget no new attempt starts;
 past ``budget_share`` of it, :attr:`Gates.economy` tells callers to use the cheaper agent.
@@ -31,7 +36,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from worktree_swarm.agents import Provider, backoff_delay
 
@@ -130,6 +135,10 @@ class _Gate:
     ok_recent: float = 0.0  # successes and throttles, decayed: half-life one cooldown
     throttled_recent: float = 0.0
     seen_at: float = 0.0
+    # Usage windows one task alone stated, not yet confirmed by another: task -> its reset;
+    # those stated before the provider's last success are doubted.
+    claims: dict[str, float] = field(default_factory=dict)
+    doubted: dict[str, float] = field(default_factory=dict)
 
 
 # A task's place in the scheduler's order (lower goes first).
@@ -308,18 +317,24 @@ class Gates:
 
     # -- reports -----------------------------------------------------------------------------
 
-    def report(self, provider: str, limit: Limit, *, whole_attempt: bool = False) -> float:
-        """Apply one report of *provider*; returns when its launches may start again.
+    def report(
+        self, provider: str, limit: Limit, *, task: str, whole_attempt: bool = False
+    ) -> float:
+        """Apply one report of *provider* by *task*'s agent; returns when its launches may start.
 
         A *whole_attempt* (an agent that does not report its requests) weighs as much as a
         window of ``jobs`` requests: its success is one full step, its throttle counts ``jobs``.
-        A usage window only reported live (not by a whole attempt that ended on it) ends with
+        A usage window holds the provider once two tasks reported limits (the module's
+        docstring); one only reported live (not by a whole attempt that ended on it) ends with
         the provider's next success.
         """
         with self._cond:
             now = self._clock()
             gate = self._gate(provider)
+            claims = {t: r for t, r in gate.claims.items() if r > now}
+            doubted = {t: r for t, r in gate.doubted.items() if r > now and t not in claims}
             if limit.signal is Signal.OK:
+                doubted, claims = doubted | claims, {}  # served after them: doubted
                 if gate.window_live:  # the provider serves again: the live report was not all
                     gate.window_until, gate.window_live = 0.0, False
                 self._tally(gate, now, throttled=False, weight=self._weight(whole_attempt))
@@ -329,14 +344,22 @@ class Gates:
                 if gate.limit >= self.jobs and gate.window_until <= now:
                     gate.why = ""
             elif limit.signal is Signal.WINDOW and limit.retry_at is not None:
-                # An attempt that ended on the window confirms it; a live event alone may be
-                # followed by the request being served after all.
-                confirmed = gate.window_until > now and not gate.window_live
-                gate.window_until = max(gate.window_until, limit.retry_at)
-                gate.window_live = not (whole_attempt or confirmed)
-                gate.why = limit.detail or "usage limit"
+                told = task in claims or task in doubted  # again (live, then at its end)
+                claims[task] = max(claims.get(task, 0.0), limit.retry_at)
+                doubted.pop(task, None)
+                # Another task's window, doubted or not, confirms it: both saw the same.
+                if gate.window_until > now or set(claims) | set(doubted) != {task}:
+                    claims, doubted = self._window(gate, claims, limit, now, whole=whole_attempt)
+                elif not told:  # for the others, an ordinary throttle until confirmed
+                    plain = Limit(signal=Signal.THROTTLE, detail=limit.detail)  # no reset
+                    self._throttle(gate, plain, now, weight=self._weight(whole_attempt))
+                    gate.why = f"{limit.detail or 'usage limit'}, one task only: unconfirmed"
             else:
                 self._throttle(gate, limit, now, weight=self._weight(whole_attempt))
+                # Another task's window no success doubted: this limit confirms it.
+                if set(claims) - {task}:
+                    claims, doubted = self._window(gate, claims, limit, now, whole=whole_attempt)
+            gate.claims, gate.doubted = claims, doubted
             self._cond.notify_all()
             until = max(gate.window_until, gate.next_launch, now)
         self._changed(provider)
@@ -361,6 +384,22 @@ class Gates:
             gate.throttled_recent += weight
         else:
             gate.ok_recent += weight
+
+    @staticmethod
+    def _window(
+        gate: _Gate, claims: dict[str, float], limit: Limit, now: float, *, whole: bool
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Hold *gate* until the latest undoubted claim: confirmed, none is left pending.
+
+        *whole*: the report that confirms it is a whole attempt's.
+        """
+        # An attempt that ended on the window confirms it; a live event alone may be followed
+        # by the request being served after all.
+        confirmed = gate.window_until > now and not gate.window_live
+        gate.window_until = max(gate.window_until, *claims.values())
+        gate.window_live = not (whole or confirmed)
+        gate.why = (limit.detail if limit.signal is Signal.WINDOW else "") or "usage limit"
+        return {}, {}
 
     def _throttle(self, gate: _Gate, limit: Limit, now: float, *, weight: float) -> None:
         self._tally(gate, now, throttled=True, weight=weight)

@@ -902,7 +902,8 @@ class RayTaskWorker(RunWorker):
             self._retire(handle)
             return _Throttled(result=result, progressed=progressed)
         if cut is None and result.outcome is AgentOutcome.SUCCESS:
-            self.gate.report(provider_of(task.agent), Limit(signal=Signal.OK), whole_attempt=True)
+            ok = Limit(signal=Signal.OK)
+            self.gate.report(provider_of(task.agent), ok, task=task.id, whole_attempt=True)
         outcome = _outcome(cut, result, files=stat.files)
         if left and cut is None and result.outcome is AgentOutcome.SUCCESS:
             outcome = TaskOutcome(
@@ -1018,7 +1019,7 @@ class RayTaskWorker(RunWorker):
             kind = Signal.WINDOW if window else Signal.THROTTLE
             detail = "usage limit" if window else "rate limited"
             limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-            self.gate.report(provider, limit, whole_attempt=True)
+            self.gate.report(provider, limit, task=task.id, whole_attempt=True)
         failed = course.throttled(
             task,
             result,

@@ -786,7 +786,7 @@ class TaskWorker(RunWorker):
                 retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
             if attempt.usage_window:  # a fresh gate learns the window again
-                self._report_end(provider_of(profile), result, live=None)
+                self._report_end(live.task.id, provider_of(profile), result, live=None)
             # A throttle's recorded wait is the task's own backoff, however far: not a window.
             return _Ended(result=result, usage_window=attempt.usage_window)
         identity = ProcessIdentity(
@@ -877,12 +877,12 @@ class TaskWorker(RunWorker):
             # What the agent reported meanwhile reaches the gate now, and at the end before
             # its slot is released: a freed slot is never refilled ahead of its rate limit.
             for limit in tail.poll(now=time.time()):
-                self.gate.report(provider, limit)
+                self.gate.report(provider, limit, task=task.id)
             if ended:
                 self._kill_leftovers(agent.log_path)
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
-                self._report_end(provider, result, live=tail)
+                self._report_end(task.id, provider, result, live=tail)
                 stoppable = result.outcome is not AgentOutcome.SUCCESS
                 if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
@@ -895,7 +895,7 @@ class TaskWorker(RunWorker):
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
                 result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
-                self._report_end(provider, result, live=tail)
+                self._report_end(task.id, provider, result, live=tail)
                 return _Ended(result=result)
             cut: tuple[TaskState, str] | None = None
             if live.stop.is_set():
@@ -954,7 +954,9 @@ class TaskWorker(RunWorker):
             only=lambda marker: os.path.realpath(marker) == mine,
         )
 
-    def _report_end(self, provider: str, result: AgentResult, *, live: LogTail | None) -> None:
+    def _report_end(
+        self, task_id: str, provider: str, result: AgentResult, *, live: LogTail | None
+    ) -> None:
         """Tell the gate how a whole attempt went, unless its stream already did.
 
         A usage window is told again: an attempt that ended on it confirms what its stream said.
@@ -964,9 +966,9 @@ class TaskWorker(RunWorker):
         if result.outcome is AgentOutcome.RATE_LIMITED and (window or not (live and live.limited)):
             detail = "usage limit" if window else "rate limited"
             limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-            self.gate.report(provider, limit, whole_attempt=True)
+            self.gate.report(provider, limit, task=task_id, whole_attempt=True)
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
-            self.gate.report(provider, Limit(signal=Signal.OK), whole_attempt=True)
+            self.gate.report(provider, Limit(signal=Signal.OK), task=task_id, whole_attempt=True)
 
     # -- helpers --------------------------------------------------------------------------
 
