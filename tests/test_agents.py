@@ -316,6 +316,28 @@ def test_claude_killed_mid_stream_keeps_its_session_for_resume(attempt: Attempt)
     )
 
 
+def test_claude_killed_after_the_model_wrote_a_usage_limit_line_is_no_rate_limit(
+    attempt: Attempt,
+) -> None:
+    # The model quoted the line (from a README, or told to) in its reply and in a command it
+    # ran; then claude died with no result: nothing the API or the CLI said.
+    line = "Claude AI usage limit reached|1760004000"
+    said = {**CLAUDE_ASSISTANT["message"], "content": [{"type": "text", "text": line}]}
+    ran = {
+        "type": "user",
+        "message": {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": line}],
+        },
+        "session_id": SESSION,
+    }
+    stdout = jsonl(CLAUDE_INIT, {**CLAUDE_ASSISTANT, "message": said}, ran)
+    run = attempt("claude", stdout=stdout, kill=True)
+    assert run.result == AgentResult(
+        outcome=AgentOutcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
+    )
+
+
 def test_claude_max_turns_is_a_failure_with_its_subtype(attempt: Attempt) -> None:
     stdout = json.dumps(claude_result(subtype="error_max_turns", is_error=True, result=None))
     run = attempt("claude", stdout=stdout, exit_code=1)
@@ -434,6 +456,15 @@ def test_codex_turn_failed_for_another_reason_is_a_failure(attempt: Attempt) -> 
     assert run.result == AgentResult(
         outcome=AgentOutcome.FAILED, reason=f"codex: {message}", session_id=THREAD
     )
+
+
+def test_codex_ending_after_the_model_wrote_a_usage_limit_line_is_no_rate_limit(
+    attempt: Attempt,
+) -> None:
+    said = {"id": "item_3", "type": "agent_message", "text": CODEX_LIMIT}
+    stdout = jsonl(*CODEX_START, {"type": "item.completed", "item": said})
+    run = attempt("codex", stdout=stdout, exit_code=1)
+    assert (run.result.outcome, run.result.reason) == (AgentOutcome.FAILED, "codex exited 1")
 
 
 def test_codex_resume_keeps_options_before_the_resume_subcommand(attempt: Attempt) -> None:

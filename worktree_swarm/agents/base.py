@@ -219,15 +219,17 @@ def interpret_by_exit(
 ) -> AgentResult:
     """Exit code first, then known rate-limit messages in the log's last lines.
 
-    With *skip_json*, the reason quotes the last line that is not a JSON event.
+    With *skip_json*, JSON event lines are neither read for a limit nor quoted: they carry
+    the model's text and its tools' output (a file it read, a line it was told to print), so
+    only the CLI's own plain lines count.
     """
     if exit_code == 0:
         return AgentResult(outcome=AgentOutcome.SUCCESS)
     lines = last_lines(log_text, TAIL_LINES)
-    limited = rate_limited_result(lines, now=now, label=label)
+    quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
+    limited = rate_limited_result(quotable, now=now, label=label)
     if limited is not None:
         return limited
-    quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
     last = quote(quotable[-1]) if quotable else ""
     return AgentResult(
         outcome=AgentOutcome.FAILED,
