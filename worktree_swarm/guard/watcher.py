@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import threading
@@ -99,6 +100,7 @@ _SWEEP_AGE = 30.0
 _HEAR_INTERVAL = 0.05
 STASH = "refs/stash"
 REMOTES = "remote refs"  # the job that checks the remote-tracking refs
+_MOVING = "moving-back"  # a task worktree's admin dir -> [where it was found, its place]
 _REASON_CHARS = 300
 
 
@@ -247,6 +249,8 @@ class Guard:
         """Record the baselines of the user's checkouts, the git dir and every watched ref."""
         with self._lock:
             self._dir.mkdir(parents=True, exist_ok=True)
+            for line in finish_moves(self.repo, self._dir):  # before the baselines
+                self._log(line)
             self._watch(MAIN, self.repo.root)
             for path in self._users_worktrees():
                 with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
@@ -912,9 +916,14 @@ class Guard:
         if moved is not None:
             if os.path.lexists(path):
                 return False  # something else is there now (git would move it inside that)
-            # Twice --force: an agent may have locked it too. git renames it and its admin dir
-            # follows; the agent's own files, even open ones, move back with it.
-            git.git(self.repo.root, "worktree", "move", "--force", "--force", str(moved), str(path))
+            # Noted first: a manager killed before the move is done has the next one finish it.
+            note = self._dir / _MOVING / admin
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(json.dumps([str(moved), str(path)]), encoding="utf-8")
+            try:
+                _move_back(self.repo, moved, path)
+            finally:
+                note.unlink()
         else:
             with self.provisioning(path), git.repo_lock(self.repo):
                 stale = self.repo.common_dir / "worktrees" / admin
@@ -1902,6 +1911,30 @@ def _being_removed(checkout: Path) -> bool:
         if any(os.path.realpath(b / n) == target for b in bases for n in names):
             return True
     return False
+
+
+def _move_back(repo: git.Repo, moved: Path, path: Path) -> None:
+    # Twice --force: an agent may have locked it too. git renames it and its admin dir
+    # follows; the agent's own files, even open ones, move back with it.
+    git.git(repo.root, "worktree", "move", "--force", "--force", str(moved), str(path))
+
+
+def finish_moves(repo: git.Repo, work_dir: Path) -> list[str]:
+    """Move back the task worktrees a killed manager's guard (in *work_dir*) was moving back.
+
+    Only one still whole where it was found, registered in the same admin dir, with nothing
+    at its place: the move was cut short, not done (nor undone) since. What it did, as lines.
+    """
+    done = []
+    for note in sorted((work_dir / _MOVING).glob("*")):
+        with contextlib.suppress(ValueError, SwarmError, OSError, UnicodeDecodeError):
+            moved, path = map(Path, json.loads(note.read_text(encoding="utf-8")))
+            admin = repo.common_dir / "worktrees" / note.name
+            if not os.path.lexists(path) and _moved_to(admin, path) == moved:
+                _move_back(repo, moved, path)
+                done.append(f"worktree moved back from {moved} to {path} (cut short)")
+        note.unlink(missing_ok=True)
+    return done
 
 
 def _moved_to(admin: Path, path: Path) -> Path | None:

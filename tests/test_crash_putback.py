@@ -1,0 +1,232 @@
+"""The manager killed while its guard puts something back: a sibling's worktree an agent
+removed or moved, and the remote-tracking refs an agent moved.
+
+Each trial stops the guard's own git step there (a `git` first on PATH that waits, once armed,
+at that step), checks it got there, SIGKILLs the manager (its whole group, or it alone while the
+git step then runs on), and settles with `swarm resume` and `swarm clean --yes`: nothing of the
+tasks' work is lost, and nothing is left behind half-made.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import git, git_first_on_path
+from tests.test_guard_worktrees import FIND_VICTIM, VICTIM
+from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+
+AgentFactory = Callable[[str], list[str]]
+
+
+class Hook:
+    """A `git` first on PATH: once *armed* exists, the first *step* that *matches* waits.
+
+    It writes its directory and arguments to *hung*, waits for *release* (never given to a
+    group killed meanwhile), then runs the real git step and touches *finished*.
+    """
+
+    def __init__(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, matches: str
+    ) -> None:
+        self.armed = tmp_path / "armed"
+        self.hung = tmp_path / "hung"
+        self.release = tmp_path / "release"
+        self.finished = tmp_path / "finished"
+        q = {name: shlex.quote(str(tmp_path / name)) for name in
+             ("armed", "hung", "release", "finished", "taken")}  # fmt: skip
+        git_first_on_path(tmp_path, monkeypatch, lambda real: (
+            "#!/bin/sh\n"
+            'sub=""; skip=0\n'
+            'for a in "$@"; do\n'
+            "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+            '  case "$a" in -c|-C) skip=1;; -*) ;; *) sub="$a"; break;; esac\n'
+            "done\n"
+            f'if [ -e {q["armed"]} ] && [ "$sub" = {shlex.quote(step)} ] && {matches}'
+            f' && mkdir {q["taken"]} 2>/dev/null; then\n'
+            f'  echo "$PWD $*" > {q["hung"]}\n'
+            f'  while [ ! -e {q["release"]} ]; do sleep 0.05; done\n'
+            f'  {real} "$@"; code=$?; touch {q["finished"]}; exit $code\n'
+            "fi\n"
+            f'exec {real} "$@"\n'
+        ))  # fmt: skip
+
+
+def start_manager(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`swarm ARGS` in a session of its own: killing its group takes its git children."""
+    with (repo.parent / "bg.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def kill(manager: subprocess.Popen[bytes], hook: Hook, *, alone: bool) -> None:
+    """SIGKILL the manager's group; or it alone, its hung git step then running to its end."""
+    if alone:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+        hook.release.touch()
+        wait_for(hook.finished.exists, timeout=60, what="the orphaned git step to end")
+    else:
+        os.killpg(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+
+
+def nothing_left(repo: Path, tmp_path: Path) -> None:
+    """No process of the test's, no worktree but yours, no admin dir or git lock; git is clean."""
+    here = str(tmp_path.resolve())
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in mine and (
+                proc.cwd().startswith(here) or any(here in a for a in proc.cmdline())
+            ):
+                left.append(proc.cmdline())
+        except psutil.Error:
+            continue
+    assert left == []
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert [line for line in listed.splitlines() if line.startswith("worktree ")] == [
+        f"worktree {repo}"
+    ], listed
+    assert "prunable" not in listed
+    common = repo / ".git"
+    assert list((common / "worktrees").glob("*")) == []  # no admin dir left
+    assert [p for p in common.rglob("*.lock") if "swarm" not in p.relative_to(common).parts] == []
+    assert not (repo.parent / "repo.swarm").exists() or not any(
+        (repo.parent / "repo.swarm").iterdir()
+    )
+    fsck = subprocess.run(
+        ["git", "fsck", "--full", "--strict"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert fsck.returncode == 0, fsck.stderr
+    assert "error" not in fsck.stderr, fsck.stderr
+    git(repo, "for-each-ref")
+
+
+# The wrecker arms the hook, then removes, deletes or moves the finished victim's worktree.
+WRECK = {
+    "git-worktree-remove": "git('worktree', 'remove', '--force', victim)",
+    "rm-rf": "import shutil; shutil.rmtree(victim)",
+    "git-worktree-move": "git('worktree', 'move', victim, sys.argv[2])",
+}
+
+
+def wrecker(kind: str) -> str:
+    return FIND_VICTIM + (
+        "wait_done()\n"
+        "victim = victim_path()\n"
+        "pathlib.Path(sys.argv[1]).touch()\n" + WRECK[kind] + "\n"
+    )
+
+
+# (how the worktree goes, the guard's git step stopped there, a shell test of that step)
+PUT_BACK = {
+    "removed-made-again": ("git-worktree-remove", "worktree", '[ "${*#* add }" != "$*" ]'),
+    "deleted-checked-out": ("rm-rf", "read-tree", '[ "${PWD%/repo.swarm/victim}" != "$PWD" ]'),
+    "moved-back": ("git-worktree-move", "worktree", '[ "${*#* move --force --force }" != "$*" ]'),
+}
+
+
+# A task still at work when the manager dies: `swarm resume` starts a guard of its own then.
+LATER = """
+import pathlib, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.05)
+pathlib.Path('later.txt').write_text('l\\n')
+"""
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["group", "alone"])
+@pytest.mark.parametrize("case", sorted(PUT_BACK))
+def test_a_manager_killed_while_its_guard_puts_a_siblings_worktree_back_loses_nothing(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: AgentFactory,
+    case: str,
+    alone: bool,
+) -> None:
+    trial(repo, tmp_path, monkeypatch, write_agent, case, alone=alone, pending=False)
+
+
+def test_a_worktree_move_back_cut_short_is_finished_by_the_resumed_runs_guard(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    trial(repo, tmp_path, monkeypatch, write_agent, "moved-back", alone=False, pending=True)
+
+
+def trial(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: AgentFactory,
+    case: str,
+    *,
+    alone: bool,
+    pending: bool,
+) -> None:
+    kind, step, matches = PUT_BACK[case]
+    hook = Hook(tmp_path, monkeypatch, step, matches)
+    victim = write_agent(VICTIM)
+    wreck = [*write_agent(wrecker(kind)), str(hook.armed), str(tmp_path / "away")]
+    later = [*write_agent(LATER), str(tmp_path / "go")]
+    text = (
+        f'[[task]]\nid = "victim"\nprompt = "p"\nagent = {argv_toml(victim)}\n'
+        f'[[task]]\nid = "wrecker"\nprompt = "p"\nagent = {argv_toml(wreck)}\n'
+    )
+    if pending:
+        text += f'[[task]]\nid = "later"\nprompt = "p"\nagent = {argv_toml(later)}\n'
+    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "3")
+    try:
+        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
+    except BaseException:
+        os.killpg(manager.pid, signal.SIGKILL)
+        raise
+    kill(manager, hook, alone=alone)
+    where, _, argv = hook.hung.read_text().partition(" ")
+    assert "victim" in where + argv, (where, argv)  # the guard's step, not the agent's
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    if pending:
+        assert status_json(repo)["later"]["state"] == "running"
+        (tmp_path / "go").touch()
+
+    out = swarm(repo, "resume", timeout=300)
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    # A move cut short is finished: the worktree is where swarm made it, not where it was moved.
+    assert not (tmp_path / "away").exists()
+    rows = status_json(repo)
+    if pending:
+        assert rows["later"]["state"] == "done", rows["later"]
+    assert rows["victim"]["state"] in {"done", "failed"}, rows["victim"]
+    assert rows["wrecker"]["state"] in {"done", "failed"}, rows["wrecker"]
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert "prunable" not in listed, listed
+    git(repo, "fsck")
+
+    out = swarm(repo, "clean", "--yes", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    nothing_left(repo, tmp_path)
+    assert set(git(repo, "branch", "--list", "swarm/*").split()) <= {
+        "swarm/victim",
+        "swarm/wrecker",
+        "swarm/later",
+    }
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    out = swarm(repo, "doctor")
+    assert out.returncode == 0, out.stdout + out.stderr
