@@ -20,9 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import git, git_first_on_path
+from tests.conftest import git, git_first_on_path, make_repo
+from tests.test_guard_remotes import push_upstream
 from tests.test_guard_worktrees import FIND_VICTIM, VICTIM
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.guard import remotes
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -230,3 +232,140 @@ def trial(
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     out = swarm(repo, "doctor")
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# The agent moves four remote-tracking refs: origin/a (packed) forged, origin/b (packed)
+# deleted, origin/main (loose) forged with a line added to its reflog, origin/new made; then
+# arms the hook. The guard puts them back in that order (a, b, main, new) once it ends.
+FORGE_REMOTES = """
+import os, pathlib, subprocess, sys, time
+def git(*a):
+    return subprocess.run(['git', *a], check=True, capture_output=True, text=True).stdout.strip()
+pathlib.Path('own.txt').write_text('own\\n')
+git('add', 'own.txt')
+git('commit', '-qm', 'agent commit')
+mine = git('rev-parse', 'HEAD')
+common = git('rev-parse', '--path-format=absolute', '--git-common-dir')
+old = git('rev-parse', 'refs/remotes/origin/main')
+log = os.path.join(common, 'logs', 'refs', 'remotes', 'origin', 'main')
+with open(log, 'a') as out:
+    out.write(f'{old} {mine} A <a@b> {int(time.time())} +0000\\tfetch: fast-forward\\n')
+git('update-ref', 'refs/remotes/origin/a', mine)
+git('update-ref', '-d', 'refs/remotes/origin/b')
+git('update-ref', 'refs/remotes/origin/main', mine)
+git('update-ref', 'refs/remotes/origin/new', mine)
+pathlib.Path(sys.argv[1]).touch()
+"""
+
+
+def remotes_as_they_are(repo: Path) -> tuple[str, dict[str, bytes]]:
+    """The remote-tracking refs and every reflog under logs/refs/remotes."""
+    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", "refs/remotes/")
+    logs = repo / ".git" / "logs" / "refs" / "remotes"
+    return refs, {p.relative_to(logs).as_posix(): p.read_bytes() for p in logs.rglob("*")
+                  if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alone", "pending"), [(False, False), (True, False), (False, True)],
+    ids=["group", "alone", "group-resumed-guard"],
+)  # fmt: skip
+def test_a_manager_killed_while_its_guard_puts_remote_refs_back_has_them_put_back_whole(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: AgentFactory,
+    alone: bool,
+    pending: bool,
+) -> None:
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    git(upstream, "commit", "-q", "--allow-empty", "-m", "initial")
+    for name in ("a", "b"):
+        git(upstream, "branch", name)
+    git(tmp_path, "clone", "-q", "--bare", str(upstream), "origin.git")
+    git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), "repo")
+    repo = tmp_path / "repo"
+    git(repo, "pack-refs", "--all")  # origin/a and origin/b packed
+    push_upstream(tmp_path, "base.txt")
+    git(repo, "fetch", "-q", "origin")  # origin/main loose, with a reflog
+    assert "refs/remotes/origin/a" in (repo / ".git" / "packed-refs").read_text()
+    assert (repo / ".git" / "refs" / "remotes" / "origin" / "main").is_file()
+    before = remotes_as_they_are(repo)
+
+    hook = Hook(tmp_path, monkeypatch, "update-ref", '[ "${*#*refs/remotes/origin/main}" != "$*" ]')
+    agent = [*write_agent(FORGE_REMOTES), str(hook.armed)]
+    text = f'[[task]]\nid = "forger"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
+    if pending:  # still at work when the manager dies: `swarm resume` starts a guard
+        later = [*write_agent(LATER), str(tmp_path / "go")]
+        text += f'[[task]]\nid = "later"\nprompt = "p"\nagent = {argv_toml(later)}\n'
+    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "2")
+    try:
+        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
+    except BaseException:
+        os.killpg(manager.pid, signal.SIGKILL)
+        raise
+    kill(manager, hook, alone=alone)
+    where, _, argv = hook.hung.read_text().partition(" ")
+    assert where == str(repo), where
+    assert "update-ref --no-deref refs/remotes/origin/main " in argv, argv  # the third of four
+    # Half-way: a and b put back, new not yet, main only by a manager killed alone.
+    mine = git(repo, "rev-parse", "swarm/forger")
+    out = git(
+        repo,
+        "for-each-ref",
+        "--format=%(refname:short) %(objectname)",
+        "refs/remotes/origin/[abmn]*",
+    )
+    forged = {line.split()[0] for line in out.splitlines() if line.endswith(mine)}
+    assert forged == {"origin/new"} | ({"origin/main"} if not alone else set()), out
+    assert "origin/b " in out
+    if pending:
+        assert status_json(repo)["later"]["state"] == "running"
+        (tmp_path / "go").touch()
+
+    out = swarm(repo, "resume", timeout=300)
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    out = swarm(repo, "clean", "--yes", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    nothing_left(repo, tmp_path)
+    assert remotes_as_they_are(repo) == before
+
+
+def test_a_put_back_finished_by_the_next_guard_leaves_a_ref_moved_since(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    second = git(repo, "rev-parse", "HEAD")
+    for name in ("main", "other"):
+        git(
+            repo,
+            "update-ref",
+            "--create-reflog",
+            "-m",
+            "fetch",
+            f"refs/remotes/origin/{name}",
+            first,
+        )
+    common = repo / ".git"
+    base = remotes.read(repo, common, data=True)
+    git(repo, "update-ref", "-m", "forged", "refs/remotes/origin/main", second)
+    git(repo, "update-ref", "-m", "forged", "refs/remotes/origin/other", second)
+    found = remotes.read(repo, common, data=True)
+    note = tmp_path / "note.json"
+    remotes.note_put_back(
+        note, base, found, ["refs/remotes/origin/main", "refs/remotes/origin/other"]
+    )
+    git(repo, "commit", "-q", "--allow-empty", "-m", "third")
+    git(repo, "update-ref", "-m", "your fetch", "refs/remotes/origin/other", "HEAD")  # since
+    yours = (common / "logs" / "refs" / "remotes" / "origin" / "other").read_bytes()
+
+    assert remotes.finish(repo, common, note) == ["refs/remotes/origin/main"]
+    now = remotes.read(repo, common, data=True)
+    assert now.refs["refs/remotes/origin/main"] == first
+    assert now.data is not None
+    assert base.data is not None
+    assert now.data["refs/remotes/origin/main"] == base.data["refs/remotes/origin/main"]
+    assert now.data["refs/remotes/origin/other"] == yours  # left as your fetch made it
+    assert not note.exists()
+    assert remotes.finish(repo, common, note) == []  # nothing noted: nothing done

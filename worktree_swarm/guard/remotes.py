@@ -10,6 +10,8 @@ where the remote has them). The guard makes no network call to tell.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -166,6 +168,53 @@ def put_back(root: Path, common: Path, base: Remotes, refs: Iterable[str]) -> li
             log.unlink()
             prune_empty(log.parent, common.joinpath(*_LOGS))
     return left
+
+
+def note_put_back(path: Path, base: Remotes, found: Remotes, refs: Iterable[str]) -> None:
+    """Write to *path* what putting *refs* back from *found* to *base* is to make of them.
+
+    A manager killed half-way has the next guard of its run finish it (:func:`finish`).
+    """
+    logs = base.data or {}
+    entries = {
+        ref: [
+            base.refs.get(ref),
+            found.refs.get(ref),
+            None if logs.get(ref) is None else base64.b64encode(logs[ref]).decode(),
+        ]
+        for ref in refs
+    }
+    aside = path.with_name(f".{path.name}.tmp")
+    aside.write_text(json.dumps(entries), encoding="utf-8")
+    aside.replace(path)  # whole or not there: never half a note
+
+
+def finish(root: Path, common: Path, path: Path) -> list[str]:
+    """Finish the put-back noted in *path* by a killed manager; the refs put back.
+
+    Only a ref still as that put-back found it, or already put back (its reflog perhaps not
+    yet): one moved since (your fetch) is left.
+    """
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return []
+    now = read(root, common).refs
+    base = Remotes(
+        refs={ref: before for ref, (before, _, _) in entries.items() if before is not None},
+        logs={},
+        data={ref: base64.b64decode(log) for ref, (_, _, log) in entries.items() if log},
+    )
+    going = [
+        ref for ref, (before, found, _) in entries.items()
+        if ref.startswith(PREFIX) and now.get(ref) in (before, found)
+    ]  # fmt: skip
+    left = put_back(root, common, base, going)
+    path.unlink()
+    return [ref for ref in going if ref not in left]
 
 
 def _set_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:

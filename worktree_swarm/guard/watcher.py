@@ -101,6 +101,7 @@ _HEAR_INTERVAL = 0.05
 STASH = "refs/stash"
 REMOTES = "remote refs"  # the job that checks the remote-tracking refs
 _MOVING = "moving-back"  # a task worktree's admin dir -> [where it was found, its place]
+_REMOTES_NOTE = "remotes-putting-back.json"  # remote-tracking refs being put back (remotes.py)
 _REASON_CHARS = 300
 
 
@@ -249,7 +250,7 @@ class Guard:
         """Record the baselines of the user's checkouts, the git dir and every watched ref."""
         with self._lock:
             self._dir.mkdir(parents=True, exist_ok=True)
-            for line in finish_moves(self.repo, self._dir):  # before the baselines
+            for line in finish_put_backs(self.repo, self._dir):  # before the baselines
                 self._log(line)
             self._watch(MAIN, self.repo.root)
             for path in self._users_worktrees():
@@ -1316,7 +1317,12 @@ class Guard:
                 self._remotes.seen = looked
             return
         going = [ref for ref in changed if ref not in pending]
-        left = remotes.put_back(root, common, base, going)
+        noted = self._dir / _REMOTES_NOTE  # a manager killed half-way: the next one finishes
+        remotes.note_put_back(noted, base, now, going)
+        try:
+            left = remotes.put_back(root, common, base, going)
+        finally:
+            noted.unlink()
         self._remotes.base = remotes.restamped(base, remotes.read(root, common, data=True))
         if going:
             note = remotes.Note(refs=tuple(r for r in going if r not in left), left=tuple(left))
@@ -1919,13 +1925,18 @@ def _move_back(repo: git.Repo, moved: Path, path: Path) -> None:
     git.git(repo.root, "worktree", "move", "--force", "--force", str(moved), str(path))
 
 
-def finish_moves(repo: git.Repo, work_dir: Path) -> list[str]:
-    """Move back the task worktrees a killed manager's guard (in *work_dir*) was moving back.
+def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
+    """Finish what a killed manager's guard (in *work_dir*) was putting back; as lines.
 
-    Only one still whole where it was found, registered in the same admin dir, with nothing
-    at its place: the move was cut short, not done (nor undone) since. What it did, as lines.
+    The remote-tracking refs it was setting back (those not moved since), and the task
+    worktrees it was moving back: only one still whole where it was found, registered in the
+    same admin dir, with nothing at its place (the move was cut short, not done since).
     """
     done = []
+    with contextlib.suppress(SwarmError, OSError):
+        back = remotes.finish(repo.root, repo.common_dir, work_dir / _REMOTES_NOTE)
+        if back:
+            done.append(f"remote-tracking refs put back (cut short): {back}")
     for note in sorted((work_dir / _MOVING).glob("*")):
         with contextlib.suppress(ValueError, SwarmError, OSError, UnicodeDecodeError):
             moved, path = map(Path, json.loads(note.read_text(encoding="utf-8")))

@@ -13,7 +13,7 @@ from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import integrity
-from worktree_swarm.guard.watcher import finish_moves
+from worktree_swarm.guard.watcher import finish_put_backs
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
@@ -56,7 +56,7 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
 
     For a run whose manager is gone: finished, or stopped when a task was. Its guard died
     before its last scan: the object files it held (kept on disk by those links) are let go,
-    and a task worktree it was moving back is moved back.
+    and what it was putting back (remote-tracking refs, a task worktree moved) is put back.
     """
     rows = store.tasks(run_id)
     if not rows or not all(row.state.is_final for row in rows):
@@ -66,7 +66,7 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
         stopped = any(row.state is TaskState.STOPPED for row in rows)
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
-        finish_moves(repo, guard_dir(repo, run_id))  # a sibling's worktree it was moving back
+        finish_put_backs(repo, guard_dir(repo, run_id))  # what it was putting back
     return True
 
 
