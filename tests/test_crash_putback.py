@@ -172,6 +172,15 @@ def test_a_worktree_move_back_cut_short_is_finished_by_the_resumed_runs_guard(
     trial(repo, tmp_path, monkeypatch, write_agent, "moved-back", alone=False, pending=True)
 
 
+def test_a_worktree_move_back_cut_short_is_finished_when_a_new_run_abandons_the_run(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    trial(
+        repo, tmp_path, monkeypatch, write_agent, "moved-back", alone=False, pending=True,
+        settle=("run", "--force", "--agent", " ".join(write_agent(VICTIM)), "-t", "next=p"),
+    )  # fmt: skip
+
+
 def trial(
     repo: Path,
     tmp_path: Path,
@@ -181,6 +190,7 @@ def trial(
     *,
     alone: bool,
     pending: bool,
+    settle: tuple[str, ...] = ("resume",),
 ) -> None:
     kind, step, matches = PUT_BACK[case]
     hook = Hook(tmp_path, monkeypatch, step, matches)
@@ -207,27 +217,29 @@ def trial(
         assert status_json(repo)["later"]["state"] == "running"
         (tmp_path / "go").touch()
 
-    out = swarm(repo, "resume", timeout=300)
+    out = swarm(repo, *settle, timeout=300)
     assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
     # A move cut short is finished: the worktree is where swarm made it, not where it was moved.
     assert not (tmp_path / "away").exists()
-    rows = status_json(repo)
-    if pending:
-        assert rows["later"]["state"] == "done", rows["later"]
-    assert rows["victim"]["state"] in {"done", "failed"}, rows["victim"]
-    assert rows["wrecker"]["state"] in {"done", "failed"}, rows["wrecker"]
+    if settle == ("resume",):
+        rows = status_json(repo)
+        if pending:
+            assert rows["later"]["state"] == "done", rows["later"]
+        assert rows["victim"]["state"] in {"done", "failed"}, rows["victim"]
+        assert rows["wrecker"]["state"] in {"done", "failed"}, rows["wrecker"]
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     listed = git(repo, "worktree", "list", "--porcelain")
     assert "prunable" not in listed, listed
     git(repo, "fsck")
 
-    out = swarm(repo, "clean", "--yes", timeout=300)
+    out = swarm(repo, "clean", "--all", "--yes", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     nothing_left(repo, tmp_path)
     assert set(git(repo, "branch", "--list", "swarm/*").split()) <= {
         "swarm/victim",
         "swarm/wrecker",
         "swarm/later",
+        "swarm/next",
     }
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     out = swarm(repo, "doctor")
