@@ -187,6 +187,27 @@ class Cluster:
         self._add(node.name, head=False, slots=slots)
         self.wait_nodes(len(self.nodes))
 
+    def diagnosis(self, proc: psutil.Process) -> str:
+        """What a test that waited in vain for *proc* to end should print: where it hangs.
+
+        *proc*'s ancestry, whether each node's raylet is alive, and the tail of every raylet's
+        log (a raylet that lost its head waits ``gcs_rpc_server_reconnect_timeout_s``, then ends
+        with its workers).
+        """
+        lines: list[str] = []
+        with contextlib.suppress(psutil.Error):
+            for each in [proc, *proc.parents()]:
+                with contextlib.suppress(psutil.Error):
+                    cmd = " ".join(each.cmdline())[:160]
+                    lines.append(f"  {each.pid} {each.status()} {cmd}")
+        for node in self.nodes:
+            raylet = node.raylet()
+            lines.append(f"node {node.name}: raylet {raylet.pid if raylet else 'gone'}")
+        for log in sorted(self.temp_dir.glob("session_*/logs/raylet*")):
+            tail = log.read_text(errors="replace").splitlines()[-12:]
+            lines += [f"--- {log.name}", *tail]
+        return "\n".join(lines)
+
     def shutdown(self) -> None:
         for node in reversed(self.nodes):
             procs = node.tree()

@@ -71,6 +71,14 @@ def at_work(
     return repo, ctl, manager, psutil.Process(int(on_worker.name.rsplit(".", 1)[1]))
 
 
+def agent_stops(made: raykit.Cluster, agent: psutil.Process) -> None:
+    """Wait for the worker's agent to end with its node's raylet; else say where it hangs."""
+    try:
+        wait_for("the worker's agent to stop", lambda: gone(agent), timeout=180)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{made.diagnosis(agent)}") from None
+
+
 def run_state(repo: Path) -> tuple[str, str | None]:
     out = swarm(repo, "status", "--json")
     assert out.returncode == 0, out.stderr
@@ -117,7 +125,7 @@ def test_a_lost_head_interrupts_the_run_and_resume_carries_it_on_at_its_address(
             f"interrupted: run {rid} runs on the Ray cluster at {address}, which does not answer"
         ), note
         # The worker's agent stops with its actor, which ends with its node's raylet.
-        wait_for("the worker's agent to stop", lambda: gone(agent), timeout=180)
+        agent_stops(made, agent)
         wait_for("the actors to exit", lambda: not actor_processes(made), timeout=60)
         # No cluster yet: `swarm resume` says so, in one line, and changes nothing.
         out = swarm(repo, "resume")
@@ -178,5 +186,5 @@ def test_with_the_manager_and_the_head_gone_stop_settles_the_tasks_without_the_c
             assert row["files_changed"] == 1
             assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
         assert run_state(repo) == ("stopped", None)
-        wait_for("the worker's agent to stop", lambda: gone(agent), timeout=180)
+        agent_stops(made, agent)
         wait_for("the actors to exit", lambda: not actor_processes(made), timeout=60)
