@@ -1906,28 +1906,55 @@ def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
     assert git(base_repo, "show", f"{report['target']['branch']}:style.txt") == "both sides"
 
 
+def ignore(repo: Path, patterns: str) -> None:
+    """Commit a .gitignore of *patterns* (one per line) in *repo*."""
+    (repo / ".gitignore").write_text(patterns)
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+
+
+def task_id_agent(tmp_path: Path) -> list[str]:
+    """An agent that writes ``<task id>.txt`` in its worktree: each task adds its own file."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    return [*agent_python(), str(agent)]
+
+
+def hang_once_armed(tmp_path: Path) -> tuple[list[str], Path, Path]:
+    """A setup step that hangs once *armed* exists, first writing its pid to *started*.
+
+    Returns its argv, *armed* and *started*: a run passes it, a merge armed after it is killed
+    there.
+    """
+    armed, started = tmp_path / "armed", tmp_path / "started"
+    hang = tmp_path / "hang.py"
+    hang.write_text(
+        "import os, pathlib, time\n"
+        f"if pathlib.Path({str(armed)!r}).exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    return [sys.executable, str(hang)], armed, started
+
+
 def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run(
     base_repo: Path, tmp_path: Path
 ) -> None:
     # A task's checks need what its run gave its worktree first: a `setup` step's output
     # (`npm ci`), a `copy` file (`.env`), a `link` directory. The merge worktree had none of
     # them: a task done in its run failed its own checks at every `swarm merge`.
-    (base_repo / ".gitignore").write_text("deps/\n")  # what setup installs is not committed
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    ignore(base_repo, "deps/\n")  # what setup installs is not committed
     (base_repo / ".env").write_text("MODE=ci\n")
     (base_repo / "vendor").mkdir()
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
     install = "import os; os.makedirs('deps', exist_ok=True); open('deps/lib', 'w')"
     setup = [sys.executable, "-c", install]  # safe to run twice, as `npm ci` is
     needs = "os.path.isfile('deps/lib') and os.path.isfile('.env') and os.path.isdir('vendor')"
     check = [sys.executable, "-c", f"import os, sys; sys.exit(not ({needs}))"]
     path = tmp_path / "tasks.toml"
     path.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
         f"setup = [{json.dumps(setup)}]\nchecks = [{json.dumps(check)}]\n"
         'copy = [".env"]\nlink = ["vendor"]\n'
         '[[task]]\nid = "one"\nprompt = "x"\n[[task]]\nid = "two"\nprompt = "x"\n'
@@ -1959,10 +1986,7 @@ def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
     # A backup made with `cp -al` (or a deduplicating tool) leaves each loose ref of yours with
     # a second name. git writes a ref aside and renames it over, so that link is harmless; the
     # next `swarm merge` took it for a planted one and deleted the integration branch.
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
+    agent = task_id_agent(tmp_path)[-1]
     run = swarm(
         base_repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "one=x", "-t", "two=x"
     )
@@ -1990,22 +2014,16 @@ def test_a_tasks_link_and_copy_in_a_merge_are_not_left_to_the_next_tasks_checks(
     # output stays): two's setup then installed through that link into your checkout's `deps`
     # (an outside write: two failed its merge, your `deps` changed), and its checks saw one's
     # `.env`.
-    (base_repo / ".gitignore").write_text("deps\n.env\n")
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    ignore(base_repo, "deps\n.env\n")
     (base_repo / "deps").mkdir()
     (base_repo / ".env").write_text("MODE=one\n")
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
     install = "import os; os.makedirs('deps', exist_ok=True); open('deps/two-lib', 'w')"
     installs = [sys.executable, "-c", install]
     one = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('.env'))"]
     two = [sys.executable, "-c", "import os, sys; sys.exit(os.path.exists('.env'))"]
     path = tmp_path / "tasks.toml"
     path.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
         f'[[task]]\nid = "one"\nprompt = "x"\nlink = ["deps"]\ncopy = [".env"]\n'
         f"checks = [{json.dumps(one)}]\n"
         f'[[task]]\nid = "two"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
@@ -2031,31 +2049,18 @@ def test_a_link_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_s
 ) -> None:
     # The same, the merge killed during one's setup: the next merge removes one's link (an
     # ignored file the checks' record does not name) before two's setup installs there.
-    (base_repo / ".gitignore").write_text("deps\n")
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    ignore(base_repo, "deps\n")
     (base_repo / "deps").mkdir()
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    armed, started = tmp_path / "armed", tmp_path / "started"
-    hang = tmp_path / "hang.py"
-    hang.write_text(  # hangs once armed (at the merge, not in the run): killed there
-        "import os, pathlib, time\n"
-        f"if pathlib.Path({str(armed)!r}).exists():\n"
-        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
-        "    time.sleep(600)\n"
-    )
+    hang, armed, started = hang_once_armed(tmp_path)  # at the merge, not in the run
     install = "import os; os.makedirs('deps', exist_ok=True); open('deps/two-lib', 'w')"
     installs = [sys.executable, "-c", install]
     ok = [sys.executable, "-c", "pass"]
     path = tmp_path / "tasks.toml"
     path.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
         f"checks = [{json.dumps(ok)}]\n"
         f'[[task]]\nid = "one"\nprompt = "x"\nlink = ["deps"]\n'
-        f"setup = [{json.dumps([sys.executable, str(hang)])}]\n"
+        f"setup = [{json.dumps(hang)}]\n"
         f'[[task]]\nid = "two"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
     )
     run = swarm(base_repo, "run", str(path))
@@ -2078,22 +2083,16 @@ def test_a_tasks_link_in_a_merge_takes_the_place_of_an_earlier_tasks_setup_outpu
     # had its own worktree. At the merge, one's installed `deps` stayed in the merge worktree
     # (ignored output stays), and two's link was refused there ("the worktree already has
     # deps"): two failed its merge.
-    (base_repo / ".gitignore").write_text("deps\n")
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore deps")
+    ignore(base_repo, "deps\n")
     (base_repo / "deps").mkdir()
     (base_repo / "deps" / "yours").write_text("yours\n")
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
     install = "import os; os.makedirs('deps', exist_ok=True); open('deps/one-lib', 'w')"
     installs = [sys.executable, "-c", install]
     one = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('deps/one-lib'))"]
     two = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.isfile('deps/yours'))"]
     path = tmp_path / "tasks.toml"
     path.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
         f'[[task]]\nid = "one"\nprompt = "x"\nsetup = [{json.dumps(installs)}]\n'
         f"checks = [{json.dumps(one)}]\n"
         f'[[task]]\nid = "two"\nprompt = "x"\nlink = ["deps"]\n'
@@ -2115,29 +2114,16 @@ def test_a_copy_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_c
 ) -> None:
     # The same with one's `copy` of your ignored `.env`: the next merge removes it before two's
     # checks, which must not see a file of another task's.
-    (base_repo / ".gitignore").write_text(".env\n")
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore .env")
+    ignore(base_repo, ".env\n")
     (base_repo / ".env").write_text("MODE=one\n")
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    armed, started = tmp_path / "armed", tmp_path / "started"
-    hang = tmp_path / "hang.py"
-    hang.write_text(  # hangs once armed (at the merge, not in the run): killed there
-        "import os, pathlib, time\n"
-        f"if pathlib.Path({str(armed)!r}).exists():\n"
-        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
-        "    time.sleep(600)\n"
-    )
+    hang, armed, started = hang_once_armed(tmp_path)  # at the merge, not in the run
     alone = [sys.executable, "-c", "import os, sys; sys.exit(os.path.exists('.env'))"]
     ok = [sys.executable, "-c", "pass"]
     path = tmp_path / "tasks.toml"
     path.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
         f'[[task]]\nid = "one"\nprompt = "x"\ncopy = [".env"]\n'
-        f"setup = [{json.dumps([sys.executable, str(hang)])}]\nchecks = [{json.dumps(ok)}]\n"
+        f"setup = [{json.dumps(hang)}]\nchecks = [{json.dumps(ok)}]\n"
         f'[[task]]\nid = "two"\nprompt = "x"\nchecks = [{json.dumps(alone)}]\n'
     )
     run = swarm(base_repo, "run", str(path))
@@ -2159,9 +2145,7 @@ def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next
     # `copy` files are mostly ignored ones (`.env`): a copy cut off by a killed merge stayed
     # in the integration worktree, and every later merge kept it (copy skips what exists), so
     # the task's checks failed there at every `swarm merge`.
-    (base_repo / ".gitignore").write_text(".env\n")
-    git(base_repo, "add", ".gitignore")
-    git(base_repo, "commit", "-q", "-m", "ignore .env")
+    ignore(base_repo, ".env\n")
     env_file = base_repo / ".env"
     env_file.write_text("MODE=ci\n")
     agent = tmp_path / "agent.py"
