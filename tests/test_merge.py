@@ -503,6 +503,59 @@ def test_a_merge_killed_during_its_checks_is_checked_again_not_taken_as_landed(
         assert merge_results(base_repo) == {"breaks": None}
 
 
+def test_doctor_removes_the_ref_moves_note_a_killed_merge_left_and_no_live_ones(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # A merge names the integration branch it moves to a running guard in a note under
+    # .git/swarm/ref-moves; killed, it left the note there until some later run's guard read it.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/slow", base, {"slow.txt": "s\n"})
+    record_run(base_repo, [("slow", base)], base=base)
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(  # hangs in the merge's check of the branch (not the target's own check)
+        "import os, pathlib, time\n"
+        f"started = pathlib.Path({str(started)!r})\n"
+        "if pathlib.Path('slow.txt').exists() and not started.exists():\n"
+        "    started.write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    argv = [*MERGE, "merge", "--check", f"{agent_command()} {check}"]
+    notes = base_repo / ".git" / "swarm" / "ref-moves"
+    live = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: started.exists() and started.read_text() != "", what="its check")
+        held = sorted(p.name for p in notes.iterdir())
+        assert held, "the merge named no ref"
+        found = doctor_findings(base_repo)  # a merge at work: its note is no leftover
+        assert not [t for t in found if t.startswith(str(notes))], found
+    finally:
+        os.killpg(live.pid, signal.SIGKILL)
+        live.wait(timeout=30)
+    assert sorted(p.name for p in notes.iterdir()) == held  # left behind by the kill
+
+    found = doctor_findings(base_repo)
+    left = {t: f for t, f in found.items() if t.startswith(str(notes))}
+    # The note of the branch it moved, and its guard's listening mark: one finding each.
+    assert len(left) == len({name.split(".", 1)[0] for name in held}) == 2, left
+    assert {(f["kind"], f["action"]) for f in left.values()} == {("lock", "forget_ref_moves")}
+    fixed = subprocess.run([*MERGE, "doctor", "--yes"], cwd=base_repo, capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert list(notes.iterdir()) == []
+
+
+MERGE = [sys.executable, "-m", "worktree_swarm.cli"]
+
+
+def doctor_findings(repo: Path) -> dict[str, dict[str, object]]:
+    """`swarm doctor --json`'s findings, by target."""
+    out = subprocess.run([*MERGE, "doctor", "--json"], cwd=repo, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    return {f["target"]: f for f in json.loads(out.stdout)["findings"]}
+
+
 def test_a_merge_cut_off_in_its_checks_is_not_recorded_over_by_a_merge_into_another_branch(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

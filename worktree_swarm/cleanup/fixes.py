@@ -67,6 +67,7 @@ class Action(enum.StrEnum):
     STOP_TASK = "stop_task"
     KILL = "kill"
     UNLINK_LOCK = "unlink_lock"
+    FORGET_REF_MOVES = "forget_ref_moves"
     REMOVE_WORKTREE = "remove_worktree"
     REMOVE_INITIALIZING = "remove_initializing"
     RESCUE_DIRECTORY = "rescue_directory"
@@ -419,6 +420,8 @@ def _apply_one(
         return _kill(f, grace=grace), None
     if f.action is Action.UNLINK_LOCK:
         return _unlink_lock(repo, f), None
+    if f.action is Action.FORGET_REF_MOVES:
+        return ("removed" if channel.forget_abandoned(Path(f.target)) else "in use again"), None
     if f.action is Action.REMOVE_WORKTREE:
         return _remove_worktree(repo, f, force=force, moves=moves, store=store)
     if f.action is Action.REMOVE_INITIALIZING:

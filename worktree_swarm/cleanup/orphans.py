@@ -64,6 +64,7 @@ from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.guard import channel
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow
 
@@ -177,6 +178,7 @@ def scan(
     ctx = _context(repo, store)
     found = _processes(ctx)
     found += _locks(ctx)
+    found += _ref_moves(ctx)
     wt_found, removing, dirty = _worktrees(
         ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
     )
@@ -394,6 +396,21 @@ def _locks(ctx: _Context) -> list[Finding]:
             fix="delete it",
         )
         for path in sorted(candidates)
+    ]
+
+
+def _ref_moves(ctx: _Context) -> list[Finding]:
+    """What a killed `swarm merge`/`clean` left in ``.git/swarm/ref-moves`` (docs/guard.md)."""
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="swarm's note of the refs a killed swarm merge or swarm clean was moving"
+            " (its process is gone)",
+            action=Action.FORGET_REF_MOVES,
+            fix="delete it",
+        )
+        for path in channel.abandoned(ctx.repo.state_dir)
     ]
 
 

@@ -150,6 +150,58 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
             _forget(path)
 
 
+def abandoned(state_dir: Path) -> list[Path]:
+    """The announcements and listening marks left by a process that is gone.
+
+    A killed `swarm merge` or `swarm clean` (or a merge's guard) leaves its files here until a
+    run's guard reads them; `swarm doctor` removes them with :func:`forget_abandoned`. Each is
+    named by its main file (``.json`` or ``.listening``; else the first file of its name).
+    """
+    groups: dict[str, list[Path]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for path in sorted((state_dir / DIR).iterdir()):
+            groups.setdefault(path.name.split(".", 1)[0], []).append(path)
+    found = []
+    for stem, files in groups.items():
+        if not _writer_alive(stem, files):
+            main = [p for p in files if p.name.endswith((".json", _LISTENING))]
+            found.append((main or files)[0])
+    return found
+
+
+def forget_abandoned(path: Path) -> bool:
+    """Remove *path* (from :func:`abandoned`) and every file of its name, if its writer is gone."""
+    stem = path.name.split(".", 1)[0]
+    files = sorted(path.parent.glob(f"{glob.escape(stem)}.*"))
+    if _writer_alive(stem, files):
+        return False
+    for each in files:
+        each.unlink(missing_ok=True)
+    return True
+
+
+def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
+    """Whether the process that named its files *stem* (``<pid>-<token>``) still lives."""
+    pid_text = stem.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True  # not swarm's: left alone
+    pid = int(pid_text)
+    for path in files:
+        if not path.name.endswith((".json", _LISTENING)):
+            continue
+        try:
+            started = float(json.loads(path.read_bytes())["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            return abs(psutil.Process(pid).create_time() - started) <= _SAME_START
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.Error:
+            return True
+    return psutil.pid_exists(pid)  # only half-written files: no start time to compare
+
+
 def _forget(path: Path) -> None:
     """Remove the announcement *path* with its verdict and the marks of guards that heard it."""
     path.unlink(missing_ok=True)
