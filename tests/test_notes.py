@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_run import swarm
-from worktree_swarm.report.notes import findings_instructions
+from worktree_swarm.report.notes import findings_instructions, prepare
 
 ENTRY_RE = re.compile(r"- \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \[(?P<tag>[^\]]+)\] (?P<first>.*)")
 LINES_PER_NOTE = 40
@@ -37,19 +37,17 @@ def entries(text: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
-def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "runs" / "run-1" / "findings.md"
-    path.parent.mkdir(parents=True)
+def start_notes(path: Path, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start *count* real `swarm note` processes at once, each with a long multi-line note."""
     procs = []
-    for n in range(50):
+    for n in range(count):
         task = f"task-{n:02d}"
         body = [f"{task} line {k:02d} " + "x" * 100 for k in range(LINES_PER_NOTE)]
         text = "\n".join([f"finding of {task}", *body])
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "worktree_swarm.cli", "note", text],
-                cwd=tmp_path,
+                cwd=path.parent,
                 env=note_env(path, task),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -60,12 +58,16 @@ def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) ->
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err.decode()
         assert out == b""
+    return procs
 
+
+def assert_whole(path: Path, count: int) -> None:
+    """The file has its header once, first, then every note of :func:`start_notes` whole."""
     text = path.read_text()
-    assert text.startswith("# Findings of run run-1\n")
+    assert text.startswith(f"# Findings of run {path.parent.name}\n")
     assert text.count("# Findings of run") == 1
     found = entries(text)
-    assert len(found) == 50
+    assert len(found) == count
     tags = []
     for header, body in found:
         match = ENTRY_RE.fullmatch(header)
@@ -74,7 +76,158 @@ def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) ->
         tags.append(tag)
         assert match["first"] == f"finding of {tag}"
         assert body == [f"{tag} line {k:02d} " + "x" * 100 for k in range(LINES_PER_NOTE)]
-    assert sorted(tags) == [f"task-{n:02d}" for n in range(50)]
+    assert sorted(tags) == [f"task-{n:02d}" for n in range(count)]
+
+
+@pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
+def test_fifty_concurrent_writers_never_tear_or_lose_an_entry(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "runs" / "run-1" / "findings.md"
+    path.parent.mkdir(parents=True)  # no file yet: the first writers race to create it
+
+    start_notes(path, 50)
+
+    assert_whole(path, 50)
+
+
+# Locks findings.md.lock (which `swarm note` once took around each append) and the findings
+# file itself, both ways a lock can be taken, and keeps them until its stdin closes.
+HOLD_LOCKS = """
+import fcntl, sys
+held = []
+for name in sys.argv[1:]:
+    for take in (fcntl.flock, fcntl.lockf):
+        fh = open(name, "a")
+        take(fh, fcntl.LOCK_EX)
+        held.append(fh)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_process_holding_a_lock_silences_no_note(tmp_path: Path) -> None:
+    # An agent (sandboxed or not) that took findings.md.lock for good had every other agent's
+    # `swarm note` fail after 30 s: one agent silenced all the others' findings.
+    path = tmp_path / "runs" / "run-1" / "findings.md"
+    prepare(path)  # as the run does before its agents start
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKS, f"{path}.lock", str(path)],
+        stdin=subprocess.PIPE,  # closed as the block ends: the holder then exits
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+
+        start_notes(path, 8)  # each must succeed while the locks are held
+
+        assert holder.poll() is None
+    assert_whole(path, 8)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "fifo", "directory"])
+def test_note_and_notes_refuse_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    # Without --sandbox an agent can write its run's directory: a symlink there had notes
+    # appended to the file it names, a FIFO blocked both commands for good.
+    path = tmp_path / "runs" / "r" / "findings.md"
+    path.parent.mkdir(parents=True)
+    outside = tmp_path / "bashrc"
+    if kind == "symlink":
+        outside.write_text("mine\n")
+        path.symlink_to(outside)
+    elif kind == "dangling symlink":
+        path.symlink_to(outside)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=tmp_path,
+            env=note_env(path, "a"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    note = run("note", "a finding")
+    shown = run("notes")
+
+    what = {"symlink": "a symbolic link", "dangling symlink": "a symbolic link"}.get(
+        kind, f"a {kind.replace('fifo', 'FIFO')}"
+    )
+    said = (
+        f"swarm: {path} is {what}: swarm reads and appends to a regular file only;"
+        " remove it (a note then makes a new one)\n"
+    )
+    assert (note.returncode, note.stdout, note.stderr) == (1, "", said)
+    assert (shown.returncode, shown.stdout, shown.stderr) == (1, "", said)
+    if kind == "symlink":
+        assert outside.read_text() == "mine\n"
+    else:
+        assert not outside.exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["findings.md"]  # no temp file left
+
+
+def test_a_note_cut_short_by_a_full_disk_is_reported_never_finished(small_disk: Path) -> None:
+    # The rest of an entry cut short, written again, could land inside another writer's entry.
+    path = small_disk / "runs" / "r" / "findings.md"
+    prepare(path)
+    info = os.statvfs(small_disk)
+    if info.f_frsize > 4096:
+        pytest.skip("a block larger than any note: the note is never cut")
+    with (small_disk / "filler").open("wb") as fh:  # the disk full: room in the file's block
+        fh.write(b"\0" * info.f_bavail * info.f_frsize)
+    size = path.stat().st_size
+    body = ["y" * 1000 for _ in range(7)]  # an entry longer than a block
+
+    note = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "note", "\n".join(body)],
+        cwd=small_disk,
+        env=note_env(path, "a"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    written = path.stat().st_size - size
+    entry = append_entry_bytes(body)
+    assert 0 < written < len(entry)
+    assert note.returncode == 1
+    assert note.stderr == (
+        f"swarm: {path}: only {written} of {len(entry)} bytes of the note"
+        " were written (is the disk full?); the file ends in a cut entry\n"
+    )
+
+
+def append_entry_bytes(lines: list[str]) -> bytes:
+    """The bytes `swarm note` writes for *lines*, but its stamp (of the same length)."""
+    return (
+        "\n".join(
+            [f"- 2000-01-01 00:00:00Z [a] {lines[0]}", *(f"  {x}" for x in lines[1:])]
+        ).encode()
+        + b"\n"
+    )
+
+
+def test_agents_find_the_findings_file_with_its_header_from_the_start(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    agent = write_agent(
+        "import os, sys\n"
+        "text = open(os.environ['SWARM_CONTEXT']).read()\n"
+        "open('out.txt', 'w').write('done')\n"
+        "sys.exit(0 if text.startswith('# Findings of run ') else 3)\n"
+    )
+    ran = swarm(repo, "run", "--agent", " ".join(agent), "-t", "first=look")
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert swarm(repo, "notes").stdout == ""  # the header alone: no findings yet
 
 
 def test_agent_notes_land_in_its_runs_findings_file(

@@ -665,7 +665,10 @@ report = {
     "outside": tried(outside),
     "git_config": tried(".git/config", "[core]\n\tfsmonitor = touch /tmp/pwned\n"),
     "tmp": tried(pathlib.Path(tempfile.gettempdir()) / "scratch"),
+    "note": subprocess.run([sys.executable, "-m", "worktree_swarm.cli", "note", "fact"]).returncode,
 }
+findings = pathlib.Path(os.environ["SWARM_CONTEXT"]).read_text().splitlines()
+report["findings"] = [findings[0], findings[-1]]
 (ctl / f"{task}.report").write_text(json.dumps(report))
 """
 
@@ -687,10 +690,15 @@ def test_a_sandboxed_agent_writes_only_its_clone_on_its_node(
     assert out.returncode == 0, out.stdout + out.stderr
     rows = status(repo)
     assert {t: r["state"] for t, r in rows.items()} == {"x1": "done", "x2": "done"}
+    (run_id,) = (p.name for p in (repo / ".git" / "swarm" / "runs").iterdir())
     for task in ("x1", "x2"):
         report = json.loads((ctl / f"{task}.report").read_text())
         # Its clone, its temp dir and `sandbox_writable` take writes; nothing else does.
         assert report["tmp"] == "written"
+        # Its findings file (on the node) has its run's header from the start, and a note.
+        assert report["note"] == 0
+        assert report["findings"][0] == f"# Findings of run {run_id}"
+        assert report["findings"][1].endswith(f" [{task}] fact")
         for where in ("mirror", "node_dir", "outside", "git_config"):
             assert report[where] == "OSError: Read-only file system", (where, report)
         # The agent's own commit in its clone is pushed and fetched back.

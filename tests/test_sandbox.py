@@ -596,6 +596,10 @@ attempt("store_write_lock", lambda: lock(
 attempt("store", lambda: lock("state.db", lambda fd: fcntl.flock(fd, fcntl.LOCK_SH)))
 attempt("repo_lock", lambda: lock(
     "repo.lock", lambda fd: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)))
+# Where the findings file is, nothing but the file itself: no lock file to hold, and the
+# file cannot be swapped for a symlink or a FIFO.
+attempt("findings_lock", lambda: os.open(run_dir / "findings.md.lock", os.O_RDONLY) and "opened")
+attempt("unlink_findings", lambda: os.unlink(os.environ["SWARM_CONTEXT"]) or "unlinked")
 attempt("sibling_prompt", lambda: len((run_dir / "sib" / "prompt-1.md").read_text()) and "read")
 attempt("own_prompt", lambda: pathlib.Path(sys.argv[1]).read_text().splitlines()[0])
 config = subprocess.run(["git", "config", "--global", "--list"], capture_output=True)
@@ -612,7 +616,8 @@ def test_a_sandboxed_agent_can_neither_lock_nor_read_swarms_state(
     # failed the manager's next write ("database is locked" after 30 s): a sibling that
     # finished meanwhile ended as an internal error, its work uncommitted. One on
     # `repo.lock` held off every worktree swarm makes or removes. Only its own task's files
-    # are there for it to read.
+    # are there for it to read. The run's findings file it can write but not replace (nor
+    # any lock file beside it: one held silenced every other agent's `swarm note`).
     path = manifest(
         repo,
         f"""
@@ -635,6 +640,8 @@ agent = {argv_toml([*write_agent(STATE_PROBE), "{prompt_file}"])}
         "store_write_lock": "ENOENT",
         "store": "ENOENT",
         "repo_lock": "ENOENT",
+        "findings_lock": "ENOENT",
+        "unlink_findings": "EROFS",
         "sibling_prompt": "ENOENT",
         "own_prompt": "probe the state",
         "own_gitconfig": 0,

@@ -48,9 +48,7 @@ def store_path(repo: Repo) -> Path:
 
 # What swarm itself keeps in a run's directory, beside one directory per task: no task may be
 # named so (a task `merge` had its logs where `swarm merge` ends the programs it left running).
-RUN_DIR_NAMES = frozenset(
-    {"guard", "merge", "manager.log", "paused.json", "findings.md", "findings.md.lock"}
-)
+RUN_DIR_NAMES = frozenset({"guard", "merge", "manager.log", "paused.json", "findings.md"})
 
 
 def run_dir(repo: Repo, run_id: str) -> Path:

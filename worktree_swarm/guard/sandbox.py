@@ -2,7 +2,7 @@
 
 Writable: the task's worktree and its git admin dir, the git common dir (objects and refs, so
 that the agent can commit), a private temp dir, the agent's config dir, the run's findings
-file and its lock, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
+file, and the run's ``sandbox_writable`` paths. Inside the common dir, what would
 hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
 checkout's HEAD and index and other worktrees' admin dirs; swarm's own state is hidden but
 for the task's own directory (read-only) and the paths above. The kernel's knobs under /proc
@@ -109,15 +109,14 @@ def confine(
 ) -> tuple[list[str], dict[str, str]]:
     """Return the argv and environment that run *argv* under bubblewrap as *box* says.
 
-    Creates (empty) the private temp dir, the config dir and the findings file and lock, so
-    that each can be bound; the agent's temp variables point at the temp dir.
+    Creates (empty) the private temp dir, the config dir and the findings file (if the run has
+    not made it yet), so that each can be bound; the agent's temp variables point at the temp dir.
     """
     release(box)  # what an earlier attempt left there
     box.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     box.config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     box.findings.parent.mkdir(parents=True, exist_ok=True)
-    for path in (box.findings, lock_of(box.findings)):
-        path.touch(exist_ok=True)
+    box.findings.touch(exist_ok=True)
     wrapped = wrap(argv, box)
     kept = {k: v for k, v in env.items() if k not in _COVERAGE_HOOK}
     return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
@@ -173,8 +172,7 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     args += ["--ro-bind", os.devnull, str(common / lock.GIT_DIR_LOCK)]
     for own in (worktree, admin, box.temp_dir, box.config_dir):
         args += _bind("--bind", real_path(own))
-    for own_file in (box.findings, lock_of(box.findings)):
-        args += _bind("--bind", real_path(own_file))
+    args += _bind("--bind", real_path(box.findings))
     args += ["--remount-ro", str(state)]
     # Rewritten, these would point swarm's own git commands in the worktree (checkpoints,
     # which run outside the sandbox) at a repository the agent made up.
@@ -197,14 +195,8 @@ def _clone_binds(clone: Path, box: Confinement) -> list[str]:
         args += _bind("--ro-bind-try", dotgit / name)
     for own in (box.temp_dir, box.config_dir):
         args += _bind("--bind", real_path(own))
-    for own_file in (box.findings, lock_of(box.findings)):
-        args += _bind("--bind", real_path(own_file))
+    args += _bind("--bind", real_path(box.findings))
     return args
-
-
-def lock_of(findings: Path) -> Path:
-    """The lock file `swarm note` takes around appends to *findings* (see notes.py)."""
-    return findings.with_name(findings.name + ".lock")
 
 
 def _bind(option: str, path: Path) -> list[str]:

@@ -1,19 +1,22 @@
 """The shared findings file of a run: agents append what they learn so others need not re-learn it.
 
 The file is ``<state dir>/runs/<run>/findings.md``; the runner gives its path to every agent as
-``SWARM_CONTEXT``. Entries are appended whole under a file lock, so concurrent writers never
-interleave. Each entry is one Markdown list item; continuation lines are indented, so an entry
-can never pose as another one.
+``SWARM_CONTEXT``. Each entry goes out in one ``write`` to the file opened ``O_APPEND``, which
+Linux makes atomic against every other appending writer: concurrent writers never interleave,
+and no lock is taken that an agent could hold to silence the others. Each entry is one
+Markdown list item; continuation lines are indented, so an entry can never pose as another.
+The run creates the file with its header before any agent starts (:func:`prepare`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-
-import filelock
 
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
@@ -29,7 +32,9 @@ CONTEXT_ENV = "SWARM_CONTEXT"
 TASK_ENV = "SWARM_TASK_ID"
 USER_TAG = "(user)"
 MAX_NOTE_CHARS = 8000
-LOCK_TIMEOUT = 30.0
+# An entry's bytes: at most 4 per character, 3 more per continuation line (at most one per
+# character), its stamp and tag; one write of it is one append, whole or cut short.
+MAX_ENTRY_BYTES = 1 << 16
 
 
 def findings_path(repo: git.Repo, run_id: str) -> Path:
@@ -104,11 +109,22 @@ def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
     return findings_path(repo, run_id)
 
 
+def prepare(path: Path, *, run_id: str | None = None) -> None:
+    """Create the findings file *path* with its header unless it exists (before agents start).
+
+    *run_id* names the run in the header (default: the name of *path*'s directory).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(path):
+        _create(path, _header(path, run_id).encode("utf-8"))
+
+
 def append_note(path: Path, text: str, *, tag: str, now: float | None = None) -> str:
     """Append a timestamped entry tagged *tag* to *path* and return the entry as written.
 
-    The whole entry goes out in one write under a lock on ``<path>.lock``, so concurrent
-    writers never tear or lose an entry.
+    The whole entry goes out in one ``O_APPEND`` write, so concurrent writers never tear or
+    lose an entry; a file that does not exist yet is created with its header (nobody ever
+    sees it without). *path* is never followed as a symlink nor waited on as a FIFO.
     """
     # Run inside an agent, whose environment holds the secrets the redactor knows.
     lines = [_clean(line) for line in redact(text).strip().splitlines()]
@@ -122,52 +138,117 @@ def append_note(path: Path, text: str, *, tag: str, now: float | None = None) ->
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
     entry = "\n".join([f"- {stamp} [{tag}] {lines[0]}", *(f"  {line}" for line in lines[1:])])
     entry += "\n"
+    data = entry.encode("utf-8")
+    if len(data) > MAX_ENTRY_BYTES:  # cannot happen within MAX_NOTE_CHARS
+        raise BadInputError(f"the note is longer than {MAX_ENTRY_BYTES} bytes; keep it short")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                data = entry.encode("utf-8")
-                if os.fstat(fd).st_size == 0:
-                    data = _header(path).encode("utf-8") + data
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-    except filelock.Timeout as exc:
-        raise SwarmError(
-            f"{path}.lock: held by another writer for {LOCK_TIMEOUT:.0f}s; try again"
-        ) from exc
+        try:
+            _append(path, data)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not _create(path, _header(path).encode("utf-8") + data):
+                _append(path, data)  # another writer made it meanwhile
     except OSError as exc:
         raise SwarmError(f"{path}: cannot append the note: {exc.strerror or exc}") from exc
     return entry
 
 
 def read_notes(path: Path) -> str:
-    """Return the findings file's text with terminal control characters neutralised ("" if none)."""
+    """Return the findings file's text with terminal control characters neutralised.
+
+    "" when it does not exist or holds its header alone.
+    """
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with os.fdopen(_open(path, os.O_RDONLY), "rb") as fh:
+            text = fh.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return ""
     except OSError as exc:
         raise SwarmError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if text == _header(path):
+        return ""
     # Agents can write the file directly; escape sequences must not reach the user's terminal.
     return redact("\n".join(_clean(line) for line in text.split("\n")))
 
 
-def _header(path: Path) -> str:
-    run_id = path.parent.name
+def _create(path: Path, data: bytes) -> bool:
+    """Make *path* holding *data* unless something is there already; whether this call did.
+
+    Written aside and linked into place, so the file never exists without its header.
+    """
+    fd, aside = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            _write_once(path, fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(aside, path)  # fails on any name there: file, symlink, FIFO, directory
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(aside).unlink()
+
+
+def _append(path: Path, data: bytes) -> None:
+    fd = _open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        _write_once(path, fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_once(path: Path, fd: int, data: bytes) -> None:
+    # Never a second write: the rest could land after another writer's entry.
+    written = os.write(fd, data)
+    if written != len(data):
+        raise SwarmError(
+            f"{path}: only {written} of {len(data)} bytes of the note were written"
+            " (is the disk full?); the file ends in a cut entry"
+        )
+
+
+def _open(path: Path, flags: int) -> int:
+    """Open *path* if it is a regular file: never a symlink's target, never waiting on a FIFO."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        # A symlink; a FIFO or socket without a reader; a directory opened to write.
+        if exc.errno in {errno.ELOOP, errno.ENXIO, errno.EISDIR}:
+            raise _not_regular(path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_regular(path)
+    return fd
+
+
+def _not_regular(path: Path) -> SwarmError:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    kind = (
+        "a symbolic link" if stat.S_ISLNK(mode)
+        else "a FIFO" if stat.S_ISFIFO(mode)
+        else "a directory" if stat.S_ISDIR(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    return SwarmError(
+        f"{printable(str(path))} is {kind}: swarm reads and appends to a regular file only;"
+        " remove it (a note then makes a new one)"
+    )
+
+
+def _header(path: Path, run_id: str | None = None) -> str:
+    run_id = run_id or path.parent.name
     return (
         f"# Findings of run {run_id}\n\n"
         "Facts the agents of this run found out, shared so that nobody has to find them twice."
         '\nAdd one with `swarm note "TEXT"`.\n\n'
     )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _clean(line: str) -> str:

@@ -36,6 +36,7 @@ from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 
@@ -249,6 +250,7 @@ class NodeAgent:
         self.logs.mkdir(parents=True, exist_ok=True)
         prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
         prompt_file.write_text(prompt, encoding="utf-8")
+        notes.prepare(self.logs / notes.FILE_NAME, run_id=self.a.run_id)  # $SWARM_CONTEXT
         values = {
             "prompt": prompt_argument(prompt, prompt_file),  # long: a pointer to the file
             "prompt_file": str(prompt_file),
@@ -311,7 +313,7 @@ class NodeAgent:
                 "SWARM_TASK_ID": task.id,
                 "SWARM_WORKTREE": str(self.work),
                 "SWARM_BRANCH": task.branch,
-                "SWARM_CONTEXT": str(self.logs / "findings.md"),
+                "SWARM_CONTEXT": str(self.logs / notes.FILE_NAME),
                 **dict(task.env),
             }
         )
@@ -446,7 +448,7 @@ class NodeAgent:
             task_dir=self.logs,
             config_dir=self.logs / "agent-config",  # as passed to adapter.env
             temp_dir=self.logs / "tmp",
-            findings=self.logs / "findings.md",  # $SWARM_CONTEXT
+            findings=self.logs / notes.FILE_NAME,  # $SWARM_CONTEXT
             extra=self.a.sandbox_writable,
         )
 

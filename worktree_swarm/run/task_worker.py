@@ -250,6 +250,7 @@ class TaskWorker(RunWorker):
         self.disk = disk
         self._check_slots = threading.Semaphore(run.spec.jobs)
         self._findings = run.logs_root / notes.FILE_NAME
+        notes.prepare(self._findings)  # its header, before any agent writes
         # Forks the shim of every agent: no interpreter start per attempt.
         self._shims = supervisor.ShimServer()
 
