@@ -1,14 +1,16 @@
 """The manager killed while its guard puts something back: a sibling's worktree an agent
-removed or moved, and the remote-tracking refs an agent moved.
+removed or moved, a branch of yours an agent moved, and the remote-tracking refs an agent moved.
 
 Each trial stops the guard's own git step there (a `git` first on PATH that waits, once armed,
 at that step), checks it got there, SIGKILLs the manager (its whole group, or it alone while the
 git step then runs on), and settles with `swarm resume` and `swarm clean --yes`: nothing of the
-tasks' work is lost, and nothing is left behind half-made.
+tasks' work is lost, nothing is left behind half-made, and the agent that wrote outside fails
+for it, on record once, as with no crash.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -21,10 +23,18 @@ import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
+from tests.mergekit import record_run
 from tests.test_guard_remotes import push_upstream
 from tests.test_guard_worktrees import FIND_VICTIM, VICTIM
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.paths import guard_dir, store_path
+from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import remotes
+from worktree_swarm.guard.model import MAIN, Violation
+from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra.store import Store
+from worktree_swarm.run.retry import OUTSIDE_WRITE, settle_guard
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -181,6 +191,31 @@ def test_a_worktree_move_back_cut_short_is_finished_when_a_new_run_abandons_the_
     )  # fmt: skip
 
 
+def verdict_applied(
+    repo: Path, run_id: str, suspects: set[str], summary: str, *, restored: bool = True
+) -> dict[str, dict[str, object]]:
+    """The outside write (*summary* in it) on record once, each of *suspects* failed for it.
+
+    Returns the run's tasks as `swarm status --json` shows them.
+    """
+    out = swarm(repo, "status", "--json", "--run", run_id)
+    assert out.returncode == 0, out.stderr
+    rows = {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
+    with Store(store_path(open_repo(repo))) as store:
+        found = [e.data for e in store.events(run_id, kind=OUTSIDE_WRITE)]
+    assert len(found) == 1, found
+    assert set(found[0]["suspects"]) == suspects, found  # type: ignore[call-overload]
+    assert summary in str(found[0]["summary"]), found
+    assert found[0]["restored"] is restored, found
+    for task_id in suspects:
+        assert rows[task_id]["state"] == "failed", rows[task_id]
+        reason = str(rows[task_id]["reason"])
+        assert reason.startswith("wrote outside its worktree"), reason
+        assert summary in reason, reason
+    assert not list((guard_dir(open_repo(repo), run_id) / "verdicts").glob("*"))
+    return rows
+
+
 def trial(
     repo: Path,
     tmp_path: Path,
@@ -217,16 +252,18 @@ def trial(
         assert status_json(repo)["later"]["state"] == "running"
         (tmp_path / "go").touch()
 
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
     out = swarm(repo, *settle, timeout=300)
     assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
     # A move cut short is finished: the worktree is where swarm made it, not where it was moved.
     assert not (tmp_path / "away").exists()
-    if settle == ("resume",):
-        rows = status_json(repo)
-        if pending:
-            assert rows["later"]["state"] == "done", rows["later"]
-        assert rows["victim"]["state"] in {"done", "failed"}, rows["victim"]
-        assert rows["wrecker"]["state"] in {"done", "failed"}, rows["wrecker"]
+    # The wrecker fails for it, as with no crash (and the task alive beside it too); the
+    # victim's work is whole.
+    suspects = {"wrecker", "later"} if pending else {"wrecker"}
+    # Put back whole only if the next command could finish it: a move, or a checkout done.
+    back = kind == "git-worktree-move" or (kind == "rm-rf" and alone)
+    rows = verdict_applied(repo, run_id, suspects, "task victim's worktree was ", restored=back)
+    assert rows["victim"]["state"] == "done", rows["victim"]
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     listed = git(repo, "worktree", "list", "--porcelain")
     assert "prunable" not in listed, listed
@@ -381,3 +418,91 @@ def test_a_put_back_finished_by_the_next_guard_leaves_a_ref_moved_since(tmp_path
     assert now.data["refs/remotes/origin/other"] == yours  # left as your fetch made it
     assert not note.exists()
     assert remotes.finish(repo, common, note) == []  # nothing noted: nothing done
+
+
+# The agent commits in its worktree and moves your branch `feature` onto its commit, then arms
+# the hook: the guard's compare-and-swap of `feature` back is the step stopped.
+FORGE_BRANCH = """
+import pathlib, subprocess, sys
+def git(*a):
+    return subprocess.run(['git', *a], check=True, capture_output=True, text=True).stdout.strip()
+pathlib.Path('own.txt').write_text('own\\n')
+git('add', 'own.txt')
+git('commit', '-qm', 'agent commit')
+git('update-ref', 'refs/heads/feature', git('rev-parse', 'HEAD'))
+pathlib.Path(sys.argv[1]).touch()
+"""
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["group", "alone"])
+def test_a_manager_killed_while_its_guard_sets_a_forged_branch_back_still_fails_the_agent(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_agent: AgentFactory,
+    alone: bool,
+) -> None:
+    git(repo, "branch", "feature")
+    before = git(repo, "rev-parse", "feature")
+    hook = Hook(tmp_path, monkeypatch, "update-ref", '[ "${*#*refs/heads/feature}" != "$*" ]')
+    agent = [*write_agent(FORGE_BRANCH), str(hook.armed)]
+    text = f'[[task]]\nid = "forger"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
+    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "1")
+    try:
+        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
+    except BaseException:
+        os.killpg(manager.pid, signal.SIGKILL)
+        raise
+    kill(manager, hook, alone=alone)
+    where, _, argv = hook.hung.read_text().partition(" ")
+    assert where == str(repo), where
+    assert f"update-ref refs/heads/feature {before} " in argv, argv  # the guard's, not the agent's
+    assert git(repo, "rev-parse", "feature") == (
+        before if alone else git(repo, "rev-parse", "swarm/forger")
+    )
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+
+    out = swarm(repo, "resume", timeout=300)
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    # Failed as with no crash; the put-back finished (not taken as the next guard's baseline).
+    verdict_applied(repo, run_id, {"forger"}, "feature moved", restored=True)
+    assert git(repo, "rev-parse", "feature") == before
+    out = swarm(repo, "clean", "--all", "--yes", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    nothing_left(repo, tmp_path)
+
+
+def test_a_verdict_a_killed_manager_did_not_apply_is_applied_once(repo: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    run_id = record_run(repo, [("a", base), ("b", base), ("c", base)], base=base)
+    where = open_repo(repo)
+    with Store(store_path(where)) as store:
+
+        def recorded(violation: Violation) -> None:
+            store.add_event(run_id, OUTSIDE_WRITE, task_id=None, data=violation.as_dict())
+
+        # On record, the manager killed before its loop failed the suspect; refused by the
+        # store (the run loop records it later), the manager killed before that.
+        work = guard_dir(where, run_id)
+        guard = Guard(where, work_dir=work, restore=True, on_record=recorded)
+        guard.report(Violation(number=0, where=MAIN, paths=("x",), suspects=("a",), restored=True))
+        guard = Guard(where, work_dir=work, restore=True, on_record=lambda _: None)
+        guard.report(Violation(number=0, where=MAIN, paths=("y",), suspects=("b",)))
+
+        settle_guard(where, store, run_id)
+        settle_guard(where, store, run_id)  # nothing left to do
+        found = [(e.data["summary"], e.data["restored"]) for e in store.events(run_id)
+                 if e.kind == OUTSIDE_WRITE]  # fmt: skip
+        rows = {row.task_id: row for row in store.tasks(run_id)}
+    assert found == [
+        ("files x in the main checkout", True),
+        ("files y in the main checkout", False),
+    ]
+    assert rows["a"].state is TaskState.FAILED, rows["a"]
+    assert rows["a"].reason.startswith("wrote outside its worktree: files x"), rows["a"].reason
+    assert rows["b"].state is TaskState.FAILED, rows["b"]
+    assert rows["b"].reason.endswith("files y in the main checkout; left as found"), rows[
+        "b"
+    ].reason
+    assert rows["c"].state is TaskState.DONE, rows["c"]
+    assert not list((guard_dir(where, run_id) / "verdicts").glob("*"))

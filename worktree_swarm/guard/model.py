@@ -48,7 +48,12 @@ class Violation:
     set_back: tuple[str, ...] = ()  # broken refs put back on their last complete tip ("x at sha")
     suspects: tuple[str, ...] = ()
     patch: str = ""
+    # Whether the place is known to be as it was again: put back by the guard that found it,
+    # or, for a verdict cut short (below), by the next command, which finishes the put-back.
     restored: bool = False
+    # The manager was killed between the guard's finding and the record: the next command
+    # (resume, stop, an abandoning run) recorded it from the guard's note.
+    cut_short: bool = False
     # The run's last scan could not compare the place (why): what its suspects did there is
     # unknown, and a task is vouched for only when it is known.
     unchecked: str = ""
@@ -114,9 +119,47 @@ class Violation:
             "suspects": list(self.suspects),
             "patch": self.patch,
             "restored": self.restored,
+            "cut_short": self.cut_short,
             "unchecked": self.unchecked,
             "summary": self.summary(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Violation:
+        """The violation recorded as :meth:`as_dict` (its summary is computed again)."""
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = data.get(key)
+            return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+        def text(value: object) -> str | None:
+            return None if value is None else str(value)
+
+        moves = data.get("refs")
+        refs = tuple(
+            (str(m.get("ref")), text(m.get("before")), text(m.get("after")))
+            for m in (moves if isinstance(moves, list) else [])
+            if isinstance(m, dict)
+        )
+        number = data.get("number")
+        return cls(
+            number=number if isinstance(number, int) else 0,
+            where=str(data.get("where", MAIN)),
+            paths=strings("paths"),
+            refs=refs,
+            head=str(data.get("head", "")),
+            index_changed=data.get("index_changed") is True,
+            worktree=str(data.get("worktree", "")),
+            git_files=strings("git_files"),
+            broken=strings("broken"),
+            kept=strings("kept"),
+            set_back=strings("set_back"),
+            suspects=strings("suspects"),
+            patch=str(data.get("patch", "")),
+            restored=data.get("restored") is True,
+            cut_short=data.get("cut_short") is True,
+            unchecked=str(data.get("unchecked", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,9 +207,17 @@ def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:
     who = f" (or one of {', '.join(others)}, running at the same time)" if others else ""
     if recorded.get("unchecked"):  # failed to be safe: nothing says it wrote there, or not
         return f"not vouched for{who}: {recorded.get('summary')} while it ran"
-    fate = "restored" if recorded.get("restored") else "left as found"
     patch = f", patch {recorded['patch']}" if recorded.get("patch") else ""
-    return f"wrote outside its worktree{who}: {recorded.get('summary')}; {fate}{patch}"
+    return f"wrote outside its worktree{who}: {recorded.get('summary')}; {fate(recorded)}{patch}"
+
+
+def fate(recorded: Mapping[str, object]) -> str:
+    """What became of the place of a violation recorded as :meth:`Violation.as_dict`."""
+    if recorded.get("restored"):
+        return "restored"
+    if recorded.get("cut_short"):  # the put-back may have been done in part, or not at all
+        return "its put-back cut short by the manager's end"
+    return "left as found"
 
 
 def short_ref(ref: str) -> str:

@@ -102,6 +102,9 @@ STASH = "refs/stash"
 REMOTES = "remote refs"  # the job that checks the remote-tracking refs
 _MOVING = "moving-back"  # a task worktree's admin dir -> [where it was found, its place]
 _REMOTES_NOTE = "remotes-putting-back.json"  # remote-tracking refs being put back (remotes.py)
+# A verdict from before its put-back until the run applied it (see Guard.settled): one of a
+# manager killed meanwhile is recorded and applied by the next command (cut_verdicts).
+_VERDICTS = "verdicts"
 _REASON_CHARS = 300
 
 
@@ -169,6 +172,7 @@ class Guard:
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
+    _noted: dict[int, Path]  # violation number -> its note, until the run settles it
 
     def __init__(
         self,
@@ -187,7 +191,8 @@ class Guard:
         # merge): that command's guard judges its moves. *answers*: see Channel.
         self._others = others
         # Told of each violation as it is found, in the finding thread: the run records it
-        # at once, so a manager killed before its loop drains it has it on record.
+        # at once, so a manager killed before its loop drains it has it on record. With it,
+        # each verdict is noted (under _VERDICTS, see _noted) until the run says it applied it.
         self._on_record = on_record
         # Directories inside the checkout that are not the user's (a worktree root there).
         root = Path(os.path.realpath(repo.root))
@@ -240,7 +245,7 @@ class Guard:
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
-        self._trees, self._remotes = _Worktrees(), _Remotes(seen=now)
+        self._trees, self._remotes, self._noted = _Worktrees(), _Remotes(seen=now), {}
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -875,21 +880,18 @@ class Guard:
             self._forget_worktree(task_id)
             return None
         moved = _moved_to(self.repo.common_dir / "worktrees" / known, path)
+        what = "was removed" if moved is None else f"was moved to {moved}"
+        found = Violation(number=0, where=task_id, worktree=what, suspects=suspects)
         restored = False
         if self.restore:
+            found = self._intend(found, None, worktree=path)
             with self._job(task_id):
                 restored = self._put_worktree_back(task_id, path, known, moved)
         if not restored:
             self._forget_worktree(task_id)
             if moved is not None:
                 self._keep_out(moved)
-        what = "was removed" if moved is None else f"was moved to {moved}"
-        violation = self._record(
-            Violation(
-                number=0, where=task_id, worktree=what, suspects=suspects, restored=restored,
-            ),
-            patch_text=None,
-        )  # fmt: skip
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=None)
         if busy and not (moved is not None and restored):  # its agent's files went with it
             self._trees.lost[task_id] = violation
         return violation
@@ -1156,8 +1158,10 @@ class Guard:
             self._surface_checked = began
             return []
         patch = surface.patch(common, self._surface, now, labels)
+        found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
         restored = False
         if self.restore:
+            found = self._intend(found, patch)
             back = labels
             if set(labels) & set(surface.ALTERNATES):
                 # Objects may have been moved out into the store it names: all that the refs
@@ -1173,16 +1177,7 @@ class Guard:
             self._surface_checked = time.time()
         else:
             self._surface = self._read_surface()
-        violation = self._record(
-            Violation(
-                number=0,
-                where=REPOSITORY,
-                git_files=tuple(labels),
-                suspects=suspects,
-                restored=restored,
-            ),
-            patch_text=patch,
-        )
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [violation]
 
     def _scan_graph(self, began: float) -> list[Violation]:
@@ -1348,23 +1343,17 @@ class Guard:
         evidence = {self._evidence.pop(r, "") for r, _, _ in refs} - {""}
         suspects = tuple(sorted(evidence)) or self._agents.suspects(window, exclude=exclude)
         patch = "".join(ref_patch(self.repo.root, r, b, a) for r, b, a in refs)
-        restored = bool(suspects) and self.restore
-        restored = restored and self._put_back_refs(refs)
+        found = Violation(number=0, where=where, refs=tuple(refs), suspects=suspects)
+        restored = False
+        if suspects and self.restore:
+            found = self._intend(found, patch)
+            restored = self._put_back_refs(refs)
         if not restored:
             for r, _, a in refs:
                 self._set_ref(r, a)
         if not suspects:
             return None  # moved while no agent ran: the user's own doing, not ours to undo
-        return self._record(
-            Violation(
-                number=0,
-                where=where,
-                refs=tuple(refs),
-                suspects=suspects,
-                restored=restored,
-            ),
-            patch_text=patch,
-        )
+        return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
 
     def _put_back_refs(self, refs: list[RefMove]) -> bool:
         """Move each of *refs* back; whether all are back.
@@ -1796,8 +1785,17 @@ class Guard:
             self._watch(place.where, place.path)
             return made
         patch = files_patch(place.path, base.tree, now.tree, paths)
+        found = Violation(
+            number=0,
+            where=place.where,
+            paths=tuple(paths),
+            head=head,
+            index_changed=now.index != base.index,
+            suspects=suspects,
+        )
         restored = False
         if self.restore:
+            found = self._intend(found, patch)
             restored = restore_checkout(
                 place.path,
                 base=base,
@@ -1810,18 +1808,7 @@ class Guard:
             place.checked = time.time()
         else:
             self._watch(place.where, place.path)
-        violation = self._record(
-            Violation(
-                number=0,
-                where=place.where,
-                paths=tuple(paths),
-                head=head,
-                index_changed=now.index != base.index,
-                suspects=suspects,
-                restored=restored,
-            ),
-            patch_text=patch,
-        )
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*made, violation]
 
     def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
@@ -1863,11 +1850,58 @@ class Guard:
     def _excludes(self, place: _Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()
 
+    def _intend(
+        self, violation: Violation, patch_text: str | None, *, worktree: Path | None = None
+    ) -> Violation:
+        """*violation*, numbered and noted before its put-back (a task's *worktree* made again).
+
+        A manager killed before it is recorded has the next command finish the put-back where
+        it can, and record and apply it (:func:`cut_verdicts`).
+        """
+        with self._new_lock:
+            found = self._numbered(violation, patch_text)
+        self._note(found, recorded=False, worktree=worktree)
+        return found
+
     def _record(self, violation: Violation, *, patch_text: str | None) -> Violation:
         with self._new_lock:  # numbered in the order drain() hands them over
             return self._number(violation, patch_text)
 
     def _number(self, violation: Violation, patch_text: str | None) -> Violation:
+        done = violation if violation.number else self._numbered(violation, patch_text)
+        self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
+        self._new.append(done)
+        self._note(done, recorded=True)  # before it is on record: applied, if not, next time
+        if self._on_record is not None:
+            self._on_record(done)
+        return done
+
+    def _note(self, violation: Violation, *, recorded: bool, worktree: Path | None = None) -> None:
+        """Note *violation* (*recorded*: handed to the run) until the run settles it."""
+        if self._on_record is None:
+            return
+        note = self._noted.get(violation.number)
+        if note is None:
+            note = self._dir / _VERDICTS / f"{time.time_ns()}-{violation.number}.json"
+            self._noted[violation.number] = note
+        data = {"violation": violation.as_dict(), "recorded": recorded}
+        if worktree is not None:
+            data["worktree"] = str(worktree)
+        with contextlib.suppress(OSError):  # not noted: applied as ever, unless killed
+            # Whole or not at all: written aside, then renamed over.
+            note.parent.mkdir(parents=True, exist_ok=True)
+            aside = note.with_suffix(".tmp")
+            aside.write_text(json.dumps(data), encoding="utf-8")
+            aside.replace(note)
+
+    def settled(self, violations: Iterable[Violation]) -> None:
+        """The run recorded and applied *violations* (failed their suspects): notes dropped."""
+        for violation in violations:
+            note = self._noted.pop(violation.number, None)
+            if note is not None:
+                note.unlink(missing_ok=True)
+
+    def _numbered(self, violation: Violation, patch_text: str | None) -> Violation:
         self._count += 1
         patch = ""
         if patch_text:
@@ -1881,12 +1915,7 @@ class Guard:
             # A credential of yours beside the changed line (a remote's URL) stays out of it.
             path.write_text(redact(patch_text), encoding="utf-8")
             patch = str(path)
-        done = dataclasses.replace(violation, number=self._count, patch=patch)
-        self._log(f"violation {done.number}: {done.summary()}; suspects {list(done.suspects)}")
-        self._new.append(done)
-        if self._on_record is not None:
-            self._on_record(done)
-        return done
+        return dataclasses.replace(violation, number=self._count, patch=patch)
 
 
 def _head_move(base: Snapshot, now: Snapshot) -> str:
@@ -1946,6 +1975,59 @@ def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
                 done.append(f"worktree moved back from {moved} to {path} (cut short)")
         note.unlink(missing_ok=True)
     return done
+
+
+def cut_verdicts(repo: git.Repo, work_dir: Path) -> list[tuple[Path, Violation, bool]]:
+    """The verdicts a killed manager's guard (in *work_dir*) left unapplied, oldest first.
+
+    Each: its note, the violation and whether the guard had handed it to the run (then it may
+    be on record already). One noted before its put-back and not handed over is *cut_short*:
+    its refs still as the agent left them are set back (compare-and-swap), and it is
+    *restored* when its place is found as it was (the task worktree whole at its place, each
+    ref at its value before). The caller records and applies each, then removes its note.
+    Called after :func:`finish_put_backs`, which moves a worktree back.
+    """
+    found = []
+    for aside in (work_dir / _VERDICTS).glob("*.tmp"):  # a note whose writing was cut short
+        aside.unlink(missing_ok=True)
+    for note in sorted((work_dir / _VERDICTS).glob("*.json"), key=_note_order):
+        try:
+            data = json.loads(note.read_text(encoding="utf-8"))
+            violation = Violation.from_dict(data["violation"])
+            recorded = data.get("recorded") is True
+            path = data.get("worktree")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            note.unlink(missing_ok=True)  # torn: the rename that writes one was never done
+            continue
+        if not recorded:
+            back = False
+            with contextlib.suppress(SwarmError, OSError):
+                back = _put_back_now(repo, violation, path)
+            violation = dataclasses.replace(violation, restored=back, cut_short=True)
+        found.append((note, violation, recorded))
+    return found
+
+
+def _note_order(note: Path) -> tuple[int, int]:
+    made, _, number = note.stem.partition("-")
+    return (int(made), int(number)) if made.isdigit() and number.isdigit() else (0, 0)
+
+
+def _put_back_now(repo: git.Repo, violation: Violation, worktree: object) -> bool:
+    """Whether *violation*'s place is as it was, its refs set back first where still moved."""
+    if isinstance(worktree, str):  # moved back whole, or made again and checked out
+        path = Path(worktree)
+        whole = worktrees.own_admin(repo, path) is not None
+        return whole and (violation.worktree != "was removed" or is_clean(status(path)))
+    if not violation.refs:
+        return False  # files and git's own files: not known to be whole
+    now = read_refs(repo.root)
+    back = True
+    for ref, before, after in violation.refs:
+        if now.get(ref) == before:
+            continue
+        back = now.get(ref) == after and restore_ref(repo.root, ref, before, after) and back
+    return back
 
 
 def _moved_to(admin: Path, path: Path) -> Path | None:

@@ -13,7 +13,6 @@ from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import integrity
-from worktree_swarm.guard.watcher import finish_put_backs
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
@@ -66,7 +65,7 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
         stopped = any(row.state is TaskState.STOPPED for row in rows)
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
-        finish_put_backs(repo, guard_dir(repo, run_id))  # what it was putting back
+        retry.settle_guard(repo, store, run_id)  # what its guard was at
     return True
 
 

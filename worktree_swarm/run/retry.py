@@ -15,9 +15,11 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
+from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import suspect_reason
+from worktree_swarm.guard.watcher import cut_verdicts, finish_put_backs
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
@@ -206,3 +208,39 @@ def since_last_retry(store: Store, run_id: str, final: set[str]) -> tuple[dict[s
         if a.ended_at is not None and a.started_at >= since
     )
     return verdicts, spent
+
+
+def settle_guard(repo: git.Repo, store: Store, run_id: str) -> None:
+    """Finish what the guard of *run_id*'s killed manager was at: put-backs, then verdicts.
+
+    Each verdict it reached that the run had not applied is recorded (unless it is on record
+    already) and applied as the run would: a final suspect fails with its outside-write
+    reason; one not final yet fails once it ends (:func:`since_last_retry` reads the record).
+    """
+    work = guard_dir(repo, run_id)
+    finish_put_backs(repo, work)
+    cut = cut_verdicts(repo, work)
+    if not cut:
+        return
+    run = store.get_run(run_id)
+    allowed = run is not None and run.settings.allow_outside_writes
+    recorded = [event.data for event in store.events(run_id, kind=OUTSIDE_WRITE)]
+    for note, violation, handed in cut:
+        data = violation.as_dict()
+        if not (handed and any(_same(data, seen) for seen in recorded)):
+            store.add_event(run_id, OUTSIDE_WRITE, task_id=violation.task, data=data)
+        for task_id in () if allowed else violation.suspects:
+            row = store.task(run_id, task_id)
+            # As the run blames a final suspect: once, whatever it ended as.
+            if row is None or not row.state.is_final or row.reason.startswith("wrote outside"):
+                continue
+            reason = violation.reason(task_id)
+            store.update_task(run_id, task_id, state=TaskState.FAILED, reason=reason)
+            state = {"state": TaskState.FAILED.value, "reason": reason}
+            store.add_event(run_id, "state", task_id=task_id, data=state)
+        note.unlink(missing_ok=True)
+
+
+def _same(data: dict[str, object], seen: dict[str, object]) -> bool:
+    """Whether the recorded violation *seen* is *data*, as the guard noted it."""
+    return all(data.get(k) == seen.get(k) for k in ("number", "where", "suspects", "summary"))

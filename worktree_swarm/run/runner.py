@@ -44,7 +44,7 @@ from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox, unreachable
-from worktree_swarm.run.retry import OUTSIDE_WRITE, since_last_retry
+from worktree_swarm.run.retry import OUTSIDE_WRITE, settle_guard, since_last_retry
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 
 Observer = Emit  # what the CLI hands the run: the same event sink
@@ -187,6 +187,9 @@ class Runner:
             check_sandbox(spec.ray_address)  # on the nodes, where the agents run
         elif spec.sandbox:
             sandbox.check_available()
+        # What the dead manager's guard was at: its put-backs, its verdicts not yet applied.
+        settle_guard(repo, store, run_id)
+        rows = store.tasks(run_id)  # a suspect's row failed by a verdict
         if run.status != RunStatus.RUNNING:  # interrupted with tasks left (a lost cluster)
             store.reopen_run(run_id)
         states = {}
@@ -423,15 +426,18 @@ class Runner:
             self._emit("guard_error", None, failure.as_dict())
         for note in self.guard.drain_notes():  # an agent's fetch, maybe: no one's fault
             self._emit(remotes.EVENT, None, note.as_dict())
+        found = self.guard.drain()  # each recorded as it was found, or refused (below)
         with self._unrecorded_lock:
             late, self._unrecorded = self._unrecorded, []
         for violation in late:
             self._emit(OUTSIDE_WRITE, violation.task, violation.as_dict())
-        for violation in self.guard.drain():  # each recorded as it was found
+        for violation in found:
             if self.spec.allow_outside_writes:
                 continue
             for task_id in violation.suspects:
                 self._blame(task_id, violation)
+        # On record and applied: a manager killed before this has the next command apply them.
+        self.guard.settled(found)
 
     def _record_verdict(self, violation: Violation) -> None:
         """Put a verdict on record as the guard reaches it (in the guard's thread).

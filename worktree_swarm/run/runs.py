@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus
-from worktree_swarm.core.paths import guard_dir, store_path
+from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard.watcher import finish_put_backs
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store
-from worktree_swarm.run import control
+from worktree_swarm.run import control, retry
 
 RUN_STATUS_ABANDONED = RunStatus.ABANDONED
 
@@ -148,7 +147,7 @@ def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]
     for run in orphans:
         targets = [t.task_id for t in store.tasks(run.run_id) if not t.state.is_final]
         control.stop_unmanaged(repo, store, run.run_id, targets)
-        finish_put_backs(repo, guard_dir(repo, run.run_id))  # what its guard was putting back
+        retry.settle_guard(repo, store, run.run_id)  # what its guard was at
         store.finish_run(run.run_id, status=RUN_STATUS_ABANDONED)
     return [r.run_id for r in orphans]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.core.words import plural
+from worktree_swarm.guard.model import fate
 from worktree_swarm.report.report import RunReport, Totals
 from worktree_swarm.ui.status_text import failure_when, remote_refs_line
 from worktree_swarm.ui.tables import Column, render, table
@@ -99,9 +100,8 @@ def outside_writes_text(report: RunReport) -> list[str]:
     for event in report.outside_writes:
         suspects = event.get("suspects") or []
         who = ", ".join(str(s) for s in suspects) if isinstance(suspects, list) else "?"
-        fate = "restored" if event.get("restored") else "left as found"
         patch = f", patch {event['patch']}" if event.get("patch") else ""
-        lines.append(f"  by {who}: {event.get('summary')} ({fate}{patch})")
+        lines.append(f"  by {who}: {event.get('summary')} ({fate(event)}{patch})")
     return lines
 
 
