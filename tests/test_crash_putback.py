@@ -34,7 +34,7 @@ from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import MAIN, Violation
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.store import Store
-from worktree_swarm.run.retry import OUTSIDE_WRITE, settle_guard
+from worktree_swarm.run.retry import OUTSIDE_WRITE, prepare, settle_guard
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -505,4 +505,28 @@ def test_a_verdict_a_killed_manager_did_not_apply_is_applied_once(repo: Path) ->
         "b"
     ].reason
     assert rows["c"].state is TaskState.DONE, rows["c"]
+    assert not list((guard_dir(where, run_id) / "verdicts").glob("*"))
+
+
+def test_a_retry_after_a_killed_manager_retries_the_task_its_guard_caught_first(
+    repo: Path,
+) -> None:
+    # The manager was killed after its guard caught b but before the run failed it: `swarm
+    # retry` (which runs no guard of the killed run) must take in that verdict before it picks
+    # what to retry, not after (b's new attempt would then be failed for the old verdict).
+    base = git(repo, "rev-parse", "HEAD")
+    run_id = record_run(repo, [("a", base), ("b", base)], base=base)
+    where = open_repo(repo)
+    with Store(store_path(where)) as store:
+        guard = Guard(where, work_dir=guard_dir(where, run_id), restore=True, on_record=print)
+        guard.report(Violation(number=0, where=MAIN, paths=("y",), suspects=("b",)))
+
+        picked = prepare(where, store, run_id, [], fresh=False)
+
+        kinds = [e.kind for e in store.events(run_id)]
+        rows = {row.task_id: row for row in store.tasks(run_id)}
+    assert picked == ["b"]
+    assert kinds.count(OUTSIDE_WRITE) == 1, kinds
+    assert rows["a"].state is TaskState.DONE, rows["a"]
+    assert rows["b"].state is TaskState.PENDING, rows["b"]
     assert not list((guard_dir(where, run_id) / "verdicts").glob("*"))

@@ -37,23 +37,18 @@ def prepare(
     With no *task_ids*: every failed, stopped, timed-out or blocked task, but those whose id a
     later run reused (their branch and worktree are that run's now). Raises BadInputError
     (before changing anything) for an unknown id, a task that cannot be retried, or when
-    there is nothing to retry.
+    there is nothing to retry. What the killed manager's guard was at is settled first: a task
+    it caught fails for it now, not once its new attempt ran.
     """
+    known = {row.task_id for row in store.tasks(run_id)}
+    for task_id in task_ids:
+        if task_id not in known:
+            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+    settle_guard(repo, store, run_id)
     rows = {row.task_id: row for row in store.tasks(run_id)}
     taken = store.taken_over(run_id)
     for task_id in task_ids:
-        row = rows.get(task_id)
-        if row is None:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
-        if task_id in taken:
-            raise BadInputError(taken_message(row, taken[task_id]))
-        if row.state not in RETRYABLE | _NAMED_ALSO:
-            what = f"{row.state.value}; its work is on {row.branch}"
-            if git.rev_parse(repo, f"refs/heads/{row.branch}") is None:
-                what = f"{row.state.value}; its branch {row.branch} was deleted since"
-            if not row.state.is_final:
-                what = "still in progress; `swarm resume` carries it on"
-            raise BadInputError(f"task {task_id} of run {run_id} is {what}")
+        _check_named(repo, rows[task_id], taken, run_id)
     picked = (
         _with_blocked_dependents(rows, task_ids, taken)
         if task_ids
@@ -74,6 +69,19 @@ def prepare(
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
     return picked
+
+
+def _check_named(repo: git.Repo, row: TaskRow, taken: dict[str, str], run_id: str) -> None:
+    """Refuse to retry the task of *row*, named by the user, if it cannot be retried."""
+    if row.task_id in taken:
+        raise BadInputError(taken_message(row, taken[row.task_id]))
+    if row.state not in RETRYABLE | _NAMED_ALSO:
+        what = f"{row.state.value}; its work is on {row.branch}"
+        if git.rev_parse(repo, f"refs/heads/{row.branch}") is None:
+            what = f"{row.state.value}; its branch {row.branch} was deleted since"
+        if not row.state.is_final:
+            what = "still in progress; `swarm resume` carries it on"
+        raise BadInputError(f"task {row.task_id} of run {run_id} is {what}")
 
 
 def _check_in_the_way(rows: Sequence[TaskRow]) -> None:
