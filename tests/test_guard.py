@@ -497,3 +497,23 @@ def test_write_no_agent_can_be_singled_out_for_fails_every_agent_running_then(
     assert "or one of bad, running at the same time" in str(rows["good"]["reason"])
     assert (repo / "README.md").read_text() == "hello\n"
     assert [w["suspects"] for w in events(repo, "outside_write")] == [["bad", "good"]]
+
+
+def test_a_resumed_runs_guard_saves_its_patches_beside_the_killed_ones_not_over_them(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A resumed run's guard works in the killed manager's guard dir: it numbered its patches
+    # from 1 again, and its first one overwrote the evidence an earlier event points at.
+    found = []
+    for text in ("first agent's write\n", "second agent's write\n"):
+        guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+        guard.start()
+        guard.agent_started("rogue", identity_of(os.getpid()))
+        (repo / "f.txt").write_text(text)
+        [violation] = guard.scan()
+        found.append(violation)
+    first, second = found
+    assert second.number > first.number
+    assert first.patch != second.patch
+    assert "first agent's write" in Path(first.patch).read_text()
+    assert "second agent's write" in Path(second.patch).read_text()

@@ -220,7 +220,8 @@ class Guard:
         # the checks after an attempt take only this one, so workers handing worktrees over
         # (the places, under the guard's lock) do not wait for them. Order: guard's, then this.
         self._repo_lock = threading.RLock()
-        self._count = 0
+        # Numbered on from the patches a killed manager's guard saved here (a resumed run's).
+        self._count = _last_patch_number(work_dir)
         now = time.time()
         self._refs_checked = self._surface_checked = now
         self._objects_checked = self._stash_checked = now
@@ -1916,6 +1917,17 @@ class Guard:
             path.write_text(redact(patch_text), encoding="utf-8")
             patch = str(path)
         return dataclasses.replace(violation, number=self._count, patch=patch)
+
+
+def _last_patch_number(work_dir: Path) -> int:
+    """The highest N of the ``outside-N-*.patch`` files in *work_dir* (0: none)."""
+    numbers = [0]
+    with contextlib.suppress(OSError):
+        for path in work_dir.glob("outside-*-*.patch"):
+            number = path.name.split("-", 2)[1]
+            if number.isdigit():
+                numbers.append(int(number))
+    return max(numbers)
 
 
 def _head_move(base: Snapshot, now: Snapshot) -> str:
