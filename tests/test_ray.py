@@ -1450,6 +1450,37 @@ def test_an_actor_that_stopped_answering_while_no_coordinator_ran_is_ended_by_re
     wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
 
 
+RAY_KILL = """
+import ray, sys
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+ray.kill(ray.get_actor(sys.argv[2], namespace=sys.argv[3]), no_restart=True)
+"""
+
+
+def test_an_actor_that_ray_ends_takes_its_agent_with_it_with_no_coordinator_left(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    with an_agent_at_work(cluster, tmp_path, "x1") as work:
+        shim = work.agent.parent()
+        assert shim is not None
+        work.manager.send_signal(signal.SIGKILL)  # no coordinator to end the attempt
+        work.manager.wait(timeout=30)
+        # Ray ends the actor as when its node's raylet is lost: by default it SIGKILLs the
+        # worker's children first, the agent's shim among them, and the agent, in the shim's
+        # session, would work on with nothing left to stop it.
+        run_id = json.loads(swarm(work.repo, "status", "--json").stdout)["run_id"]
+        killed = subprocess.run(
+            [sys.executable, "-c", RAY_KILL, cluster.address, "x1-1", f"swarm-{run_id}"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert killed.returncode == 0, killed.stderr
+        wait_for("the actor to end", lambda: gone(work.actor), timeout=60)
+        # The shim saw its actor gone and ended the agent's tree.
+        wait_for("the agent to stop", lambda: gone(work.agent), timeout=60)
+        assert gone(shim)
+    wait_for("the actors to exit", lambda: not actor_processes(cluster), timeout=60)
+
+
 def remote_branches(remote: Path) -> dict[str, str]:
     """The ``swarm/*`` branches of the bare repository *remote*: {branch: tip}."""
     out = git(

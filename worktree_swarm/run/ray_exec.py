@@ -83,6 +83,11 @@ HEAD_CHECK_SECONDS = 2.0
 # waits this long past `lost_after` (it decides, and winds the run down in the meantime).
 _GCS_PATIENCE = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _PATIENCE_MARGIN = 600.0
+# Ray kills a worker's children with SIGKILL as the worker exits (its raylet lost, a
+# `ray.kill`): the agent's shim among them, which then cannot end the agent's tree, and the
+# agent works on with no one to stop it. Off in the actors' workers: the shim sees its actor
+# gone (its ``--parent``) and ends the tree itself, grace then SIGKILL.
+_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
 
 
 class NodeLostError(SwarmError):
@@ -774,6 +779,7 @@ class RayTaskWorker(RunWorker):
                 memory=self.spec.ray_memory,
                 resources={SLOT: 1},
                 scheduling_strategy="SPREAD",
+                runtime_env={"env_vars": _ACTOR_ENV},
             )
             .remote(assignment)
         )
