@@ -290,8 +290,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a Ray cluster run one after another on one worker (``--dist
-    loadgroup``, as ``scripts/check --slow`` runs them): two clusters at once on a 2-core box
-    slowed one worker node's end past what a test waits for."""
+    loadgroup``, as ``scripts/check --slow`` runs them): each cluster's nodes claim the cores
+    and the memory they are given, and two at once on a 2-core box only load each other."""
     for item in items:
         if item.path.name in {"test_ray.py", "test_ray_head.py"}:
             item.add_marker(pytest.mark.xdist_group("ray"))

@@ -190,9 +190,9 @@ class Cluster:
     def diagnosis(self, proc: psutil.Process) -> str:
         """What a test that waited in vain for *proc* to end should print: where it hangs.
 
-        *proc*'s ancestry, whether each node's raylet is alive, and the tail of every raylet's
-        log (a raylet that lost its head waits ``gcs_rpc_server_reconnect_timeout_s``, then ends
-        with its workers).
+        *proc*'s ancestry, whether each node's raylet is alive, the tail of every raylet's log
+        (a raylet that lost its head waits ``gcs_rpc_server_reconnect_timeout_s``, then ends
+        with its workers) and how each Ray worker shut down.
         """
         lines: list[str] = []
         with contextlib.suppress(psutil.Error):
@@ -206,6 +206,12 @@ class Cluster:
         for log in sorted(self.temp_dir.glob("session_*/logs/raylet*")):
             tail = log.read_text(errors="replace").splitlines()[-12:]
             lines += [f"--- {log.name}", *tail]
+        # How each worker ended (Ray's "killing all child processes" names what it killed).
+        for log in sorted(self.temp_dir.glob("session_*/logs/python-core-worker-*.log")):
+            text = log.read_text(errors="replace").splitlines()
+            ends = [line for line in text if "hutting down" in line or "child process" in line]
+            if ends:
+                lines += [f"--- {log.name}", *ends[-4:]]
         return "\n".join(lines)
 
     def shutdown(self) -> None:
