@@ -97,6 +97,24 @@ def kill(manager: subprocess.Popen[bytes], hook: Hook, *, alone: bool) -> None:
         manager.wait(timeout=30)
 
 
+def killed_in_the_put_back(
+    repo: Path, text: str, hook: Hook, *, jobs: int, alone: bool
+) -> tuple[str, str]:
+    """Run the manifest *text*, kill the manager once its guard's git step hangs at *hook*.
+
+    Returns where that step ran and its arguments.
+    """
+    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", str(jobs))
+    try:
+        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
+    except BaseException:
+        os.killpg(manager.pid, signal.SIGKILL)
+        raise
+    kill(manager, hook, alone=alone)
+    where, _, argv = hook.hung.read_text().partition(" ")
+    return where, argv
+
+
 def nothing_left(repo: Path, tmp_path: Path) -> None:
     """No process of the test's, no worktree but yours, no admin dir or git lock; git is clean."""
     here = str(tmp_path.resolve())
@@ -238,14 +256,7 @@ def trial(
     )
     if pending:
         text += f'[[task]]\nid = "later"\nprompt = "p"\nagent = {argv_toml(later)}\n'
-    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "3")
-    try:
-        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
-    except BaseException:
-        os.killpg(manager.pid, signal.SIGKILL)
-        raise
-    kill(manager, hook, alone=alone)
-    where, _, argv = hook.hung.read_text().partition(" ")
+    where, argv = killed_in_the_put_back(repo, text, hook, jobs=3, alone=alone)
     assert "victim" in where + argv, (where, argv)  # the guard's step, not the agent's
     assert git(repo, "show", "swarm/victim:victim.txt") == "v"
     if pending:
@@ -348,14 +359,7 @@ def test_a_manager_killed_while_its_guard_puts_remote_refs_back_has_them_put_bac
     if pending:  # still at work when the manager dies: `swarm resume` starts a guard
         later = [*write_agent(LATER), str(tmp_path / "go")]
         text += f'[[task]]\nid = "later"\nprompt = "p"\nagent = {argv_toml(later)}\n'
-    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "2")
-    try:
-        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
-    except BaseException:
-        os.killpg(manager.pid, signal.SIGKILL)
-        raise
-    kill(manager, hook, alone=alone)
-    where, _, argv = hook.hung.read_text().partition(" ")
+    where, argv = killed_in_the_put_back(repo, text, hook, jobs=2, alone=alone)
     assert where == str(repo), where
     assert "update-ref --no-deref refs/remotes/origin/main " in argv, argv  # the third of four
     # Half-way: a and b put back, new not yet, main only by a manager killed alone.
@@ -447,14 +451,7 @@ def test_a_manager_killed_while_its_guard_sets_a_forged_branch_back_still_fails_
     hook = Hook(tmp_path, monkeypatch, "update-ref", '[ "${*#*refs/heads/feature}" != "$*" ]')
     agent = [*write_agent(FORGE_BRANCH), str(hook.armed)]
     text = f'[[task]]\nid = "forger"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
-    manager = start_manager(repo, "run", manifest(repo, text), "--jobs", "1")
-    try:
-        wait_for(hook.hung.exists, timeout=120, what="the guard's put-back to start")
-    except BaseException:
-        os.killpg(manager.pid, signal.SIGKILL)
-        raise
-    kill(manager, hook, alone=alone)
-    where, _, argv = hook.hung.read_text().partition(" ")
+    where, argv = killed_in_the_put_back(repo, text, hook, jobs=1, alone=alone)
     assert where == str(repo), where
     assert f"update-ref refs/heads/feature {before} " in argv, argv  # the guard's, not the agent's
     assert git(repo, "rev-parse", "feature") == (
