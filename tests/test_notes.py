@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_run import swarm
-from worktree_swarm.report.notes import findings_instructions, prepare
+from worktree_swarm.report.notes import MAX_SHOWN_BYTES, findings_instructions, prepare
 
 ENTRY_RE = re.compile(r"- \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \[(?P<tag>[^\]]+)\] (?P<first>.*)")
 LINES_PER_NOTE = 40
@@ -414,3 +414,27 @@ def test_secrets_never_stay_in_the_findings_however_they_got_there(
     assert shown.returncode == 0, shown.stderr
     assert key not in shown.stdout
     assert "- later: [REDACTED]" in shown.stdout
+
+
+def test_notes_show_the_end_of_a_findings_file_an_agent_made_huge(repo: Path) -> None:
+    # Agents can write the file directly: `swarm notes` read all of it into memory and printed
+    # it, however big.
+    swarm(repo, "run", "--agent", "scripted", "-t", "a=say hi")
+    path = Path(swarm(repo, "notes").stderr.split("(", 1)[1].split(")", 1)[0])
+    with path.open("ab") as fh:
+        for i in range(40_000):
+            fh.write(f"- filler line {i:05d} ".encode() + b"x" * 60 + b"\n")
+    assert path.stat().st_size > 2 * MAX_SHOWN_BYTES
+    assert swarm(repo, "note", "the last word").returncode == 0
+
+    shown = swarm(repo, "notes")
+
+    assert shown.returncode == 0, shown.stderr
+    first, *rest = shown.stdout.splitlines()
+    assert first.startswith("[")
+    assert first.endswith(f"not shown: the whole file is {path}]")
+    skipped = int(first[1:].split(" ", 1)[0])
+    assert len(shown.stdout.encode()) <= MAX_SHOWN_BYTES + len(first) + 1
+    assert skipped + len("\n".join(rest).encode()) + 1 == path.stat().st_size
+    assert rest[0].startswith("- filler line ")  # from a whole line
+    assert rest[-1].endswith("the last word")

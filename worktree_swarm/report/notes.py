@@ -35,6 +35,8 @@ MAX_NOTE_CHARS = 8000
 # An entry's bytes: at most 4 per character, 3 more per continuation line (at most one per
 # character), its stamp and tag; one write of it is one append, whole or cut short.
 MAX_ENTRY_BYTES = 1 << 16
+# `swarm notes` shows the end of a file bigger than this (agents can write it directly).
+MAX_SHOWN_BYTES = 1 << 20
 
 
 def findings_path(repo: git.Repo, run_id: str) -> Path:
@@ -156,17 +158,31 @@ def append_note(path: Path, text: str, *, tag: str, now: float | None = None) ->
 def read_notes(path: Path) -> str:
     """Return the findings file's text with terminal control characters neutralised.
 
-    "" when it does not exist or holds its header alone.
+    "" when it does not exist or holds its header alone. Of a file over
+    :data:`MAX_SHOWN_BYTES` (an agent can write it directly), its last whole lines within
+    that, after a line saying how much is not shown.
     """
+    skipped = 0
     try:
         with os.fdopen(_open(path, os.O_RDONLY), "rb") as fh:
-            text = fh.read().decode("utf-8", errors="replace")
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_SHOWN_BYTES:  # its end, from the first whole line
+                fh.seek(size - MAX_SHOWN_BYTES)
+                head, _, rest = fh.read(MAX_SHOWN_BYTES).partition(b"\n")
+                skipped = size - MAX_SHOWN_BYTES + len(head) + 1
+                data = rest
+            else:
+                data = fh.read()
     except FileNotFoundError:
         return ""
     except OSError as exc:
         raise SwarmError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    text = data.decode("utf-8", errors="replace")
     if text == _header(path):
         return ""
+    if skipped:
+        where = printable(str(path))
+        text = f"[{skipped} bytes before these not shown: the whole file is {where}]\n{text}"
     # Agents can write the file directly; escape sequences must not reach the user's terminal.
     return redact("\n".join(_clean(line) for line in text.split("\n")))
 
