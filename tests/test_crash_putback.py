@@ -294,16 +294,23 @@ def trial(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-# The agent moves four remote-tracking refs: origin/a (packed) forged, origin/b (packed)
-# deleted, origin/main (loose) forged with a line added to its reflog, origin/new made; then
-# arms the hook. The guard puts them back in that order (a, b, main, new) once it ends.
-FORGE_REMOTES = """
+# What both forging agents do first: commit their own work in their worktree.
+COMMITS = """
 import os, pathlib, subprocess, sys, time
 def git(*a):
     return subprocess.run(['git', *a], check=True, capture_output=True, text=True).stdout.strip()
 pathlib.Path('own.txt').write_text('own\\n')
 git('add', 'own.txt')
 git('commit', '-qm', 'agent commit')
+"""
+
+
+# The agent moves four remote-tracking refs: origin/a (packed) forged, origin/b (packed)
+# deleted, origin/main (loose) forged with a line added to its reflog, origin/new made; then
+# arms the hook. The guard puts them back in that order (a, b, main, new) once it ends.
+FORGE_REMOTES = (
+    COMMITS
+    + """
 mine = git('rev-parse', 'HEAD')
 common = git('rev-parse', '--path-format=absolute', '--git-common-dir')
 old = git('rev-parse', 'refs/remotes/origin/main')
@@ -316,6 +323,7 @@ git('update-ref', 'refs/remotes/origin/main', mine)
 git('update-ref', 'refs/remotes/origin/new', mine)
 pathlib.Path(sys.argv[1]).touch()
 """
+)
 
 
 def remotes_as_they_are(repo: Path) -> tuple[str, dict[str, bytes]]:
@@ -426,16 +434,13 @@ def test_a_put_back_finished_by_the_next_guard_leaves_a_ref_moved_since(tmp_path
 
 # The agent commits in its worktree and moves your branch `feature` onto its commit, then arms
 # the hook: the guard's compare-and-swap of `feature` back is the step stopped.
-FORGE_BRANCH = """
-import pathlib, subprocess, sys
-def git(*a):
-    return subprocess.run(['git', *a], check=True, capture_output=True, text=True).stdout.strip()
-pathlib.Path('own.txt').write_text('own\\n')
-git('add', 'own.txt')
-git('commit', '-qm', 'agent commit')
+FORGE_BRANCH = (
+    COMMITS
+    + """
 git('update-ref', 'refs/heads/feature', git('rev-parse', 'HEAD'))
 pathlib.Path(sys.argv[1]).touch()
 """
+)
 
 
 @pytest.mark.parametrize("alone", [False, True], ids=["group", "alone"])
