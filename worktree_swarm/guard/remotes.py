@@ -66,7 +66,8 @@ def read(
 ) -> Remotes:
     """The remote-tracking refs of the repository *root* (*data*: with their reflogs' bytes).
 
-    *refs*: the refs as just read with the others (``snapshot.read_refs``), else read now.
+    *refs*: the remote-tracking refs as just read with the others (``snapshot.read_refs``),
+    else read now.
     """
     if refs is None:
         out = git.git(root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", PREFIX)
@@ -75,7 +76,6 @@ def read(
             name, sha, target = [*line.split(" ", 2), "", ""][:3]
             found[name] = f"{SYMBOLIC}{target}" if target else sha
         refs = found
-    refs = {name: value for name, value in refs.items() if name.startswith(PREFIX)}
     logs: dict[str, Signature] = {}
     contents: dict[str, bytes] = {}
     for directory, _, files in os.walk(common.joinpath(*_LOGS)):
@@ -88,7 +88,7 @@ def read(
                     contents[ref] = path.read_bytes()
             except FileNotFoundError:
                 logs.pop(ref, None)  # pruned by git as it was listed
-    return Remotes(refs=refs, logs=logs, data=contents if data else None)
+    return Remotes(refs=dict(refs), logs=logs, data=contents if data else None)
 
 
 def signature(path: Path) -> Signature:
