@@ -353,11 +353,13 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
         entries = list(os.scandir(top))
     except (FileNotFoundError, NotADirectoryError):
         return
-    for entry in entries:
+    renamed = _renamed_over(common, top)
+    for entry in entries:  # one per branch under refs/ and logs/: no Path unless one is found
         if entry.is_symlink():
             _add(found, common, Path(entry.path))
-        elif entry.is_file(follow_symlinks=False) and not _renamed_over(common, top, entry.name):
-            _add_hard_link(found, common, Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            if renamed is not None and entry.name not in renamed and _linked_more(entry):
+                _add_hard_link(found, common, Path(entry.path))
         elif entry.is_dir(follow_symlinks=False) and (
             entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
         ):
@@ -369,12 +371,20 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
 _RENAMED_OVER = frozenset({"HEAD", "index", "packed-refs", "ORIG_HEAD"})
 
 
-def _renamed_over(common: Path, top: Path, name: str) -> bool:
-    """Whether git replaces the file *name* of the directory *top* by a rename (a ref)."""
+def _renamed_over(common: Path, top: Path) -> frozenset[str] | None:
+    """The files of the directory *top* that git replaces by a rename; None for all (refs)."""
     if top.is_relative_to(common / "refs"):
-        return True
+        return None
     parts = top.relative_to(common).parts if top.is_relative_to(common) else ()
-    return name in _RENAMED_OVER and "logs" not in parts  # logs/HEAD: a reflog, appended to
+    return frozenset() if "logs" in parts else _RENAMED_OVER  # logs/HEAD: appended to
+
+
+def _linked_more(entry: os.DirEntry[str]) -> bool:
+    """Whether the file of *entry* has another name too."""
+    try:
+        return entry.stat(follow_symlinks=False).st_nlink > 1
+    except FileNotFoundError:
+        return False
 
 
 def _add_hard_link(found: Surface, common: Path, path: Path) -> None:

@@ -138,6 +138,7 @@ class _Worktrees:
     """The run's task worktrees, expected where swarm made them."""
 
     paths: dict[str, Path] = field(default_factory=dict)  # task -> its worktree (busy() says)
+    real: dict[str, str] = field(default_factory=dict)  # task -> its worktree's real path then
     admins: dict[str, str] = field(default_factory=dict)  # task -> its admin dir, while whole
     lost: dict[str, Violation] = field(default_factory=dict)  # busy task -> how it went
     # Tasks whose worktree's files were found gone while git's registration still named them:
@@ -299,6 +300,8 @@ class Guard:
         """
         with self._lock:
             self._busy[task_id] = self._busy.get(task_id, 0) + 1
+            if self._trees.paths.get(task_id) != path:
+                self._trees.real[task_id] = os.path.realpath(path)
             self._trees.paths[task_id] = path
             self._places.pop(task_id, None)
             self._changes.forget(task_id)
@@ -341,7 +344,8 @@ class Guard:
         doing, not an agent's. Scans meanwhile leave that file, and whether the worktree is
         there, alone; on leaving both are taken into the baseline as they are.
         """
-        key = f"{os.path.realpath(path)}/.git"  # as its admin dir's `gitdir` names it
+        real = os.path.realpath(path)
+        key = f"{real}/.git"  # as its admin dir's `gitdir` names it
         with self._repo_lock:
             self._provisioning.add(key)
         try:
@@ -355,8 +359,10 @@ class Guard:
                     admin = git.git_dir(path)
                 worktrees_dir = Path(os.path.realpath(common / "worktrees"))
                 whole = worktrees.own_admin(self.repo, path)
-                for task_id, known in list(self._trees.paths.items()):
-                    if os.path.realpath(known) != os.path.realpath(path):
+                # Each task's worktree by where it was when the task took it: one look per
+                # worktree made, however many tasks the run has had.
+                for task_id, known in list(self._trees.real.items()):
+                    if known != real:
                         continue
                     if whole is None:
                         self._trees.admins.pop(task_id, None)
