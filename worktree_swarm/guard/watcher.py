@@ -154,6 +154,7 @@ class _Remotes:
     seen: float  # when they were last found as their baseline
     notes: list[remotes.Note] = field(default_factory=list)  # put back, not yet drained
     read: dict[str, str] | None = None  # as this scan's read of the watched refs found them
+    read_at: float = 0.0  # when that read began
 
 
 class Guard:
@@ -526,12 +527,13 @@ class Guard:
             self._scan_surface(began)
             self._scan_graph(began)
         refs: dict[str, str] | None = None
+        self._remotes.read = None
         with self._job("refs"):
-            refs = read_refs(self.repo.root)
+            refs = self._read_refs()
             if self._scan_stash(began, refs.get(STASH)):
                 refs = None  # put back: read again
         with self._job(REMOTES):
-            self._check_remotes(self._hear(), settle=True)
+            self._check_remotes(self._hear(), settle=True, refs=self._remotes.read)
         with self._job("objects"):
             # Not packed here: a finishing task packs its own branch, the periodic scan the
             # commits of agents still at work.
@@ -1229,11 +1231,15 @@ class Guard:
                 found.append(violation)
         return found
 
-    def _moved_refs(self, pending: set[str]) -> list[RefMove]:
-        # The remote-tracking refs in the same git process, for _check_remotes.
+    def _read_refs(self) -> dict[str, str]:
+        """The watched refs (the remote-tracking ones, read with them, kept for the remotes)."""
+        self._remotes.read_at = time.time()
         both = read_refs(self.repo.root, also=(remotes.PREFIX,))
         self._remotes.read = {r: s for r, s in both.items() if r.startswith(remotes.PREFIX)}
-        now = self._read = {r: s for r, s in both.items() if not r.startswith(remotes.PREFIX)}
+        return {r: s for r, s in both.items() if not r.startswith(remotes.PREFIX)}
+
+    def _moved_refs(self, pending: set[str]) -> list[RefMove]:
+        now = self._read = self._read_refs()
         # Without the guard's lock: a task counts as busy from before its branch can move
         # until after its tip is the baseline (see _release).
         busy = set(self._busy)
@@ -1289,7 +1295,8 @@ class Guard:
         read now are the suspects: one that began within this very scan is one too.
         """
         root, common = self.repo.root, self.repo.common_dir
-        looked = time.time()
+        # As found when *refs* were read: a move after that is the next look's to judge.
+        looked = time.time() if refs is None else self._remotes.read_at
         if self._remotes.base is None:  # its first read failed
             self._remotes.base = remotes.read(root, common, data=True)
             self._remotes.seen = looked
