@@ -480,3 +480,32 @@ def test_swarms_errors_cross_a_process_boundary_whole(tmp_path: Path) -> None:
     ):
         back = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
         assert (type(back), str(back), vars(back)) == (type(error), str(error), vars(error))
+
+
+def test_config_values_answer_as_git_config_get_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run reads your identity and ignore file in one git process: the same answers as
+    # `git config --get` (the last value set wins, included files count, `~` expands).
+    repo = make_repo(tmp_path / "r")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / ".gitconfig").write_text("[user]\n\tname = Global Name\n\temail = g@example.com\n")
+    included = tmp_path / "more.gitconfig"
+    included.write_text("[user]\n\tname = Included Name\n[core]\n\texcludesFile = ~/ignore-me\n")
+    git(repo, "config", "include.path", str(included))
+    keys = {"user.name", "user.email", "core.excludesfile"}
+    found = g.config_values(repo, keys)
+    for key in keys:
+        expected = git(repo, "config", "--get", key)
+        assert found[key] == expected
+    assert found["user.name"] == "Included Name"
+    path = g.config_path(repo, "core.excludesFile", found["core.excludesfile"])
+    assert path == git(repo, "config", "--path", "--get", "core.excludesFile")
+    assert path == str(home / "ignore-me")
+    assert g.user_identity(repo) == "Included Name <g@example.com>"
+    git(repo, "config", "--unset", "include.path")
+    git(repo, "config", "user.email", "")
+    assert g.config_values(repo, keys) == {"user.name": "Global Name", "user.email": ""}
+    assert g.user_identity(repo) is None

@@ -137,6 +137,40 @@ def test_inline_tasks_land_on_their_branches_and_checkout_is_untouched(
     assert config.stdout == ""
 
 
+# Records what the agent's own git makes of your global config.
+GIT_CONFIG_AGENT = """
+import pathlib, subprocess
+def ask(*args):
+    done = subprocess.run(['git', *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else '-'
+seen = [ask('config', 'user.name'), ask('config', 'user.email'),
+        ask('check-ignore', 'notes.scratch'), ask('config', 'alias.hello')]
+pathlib.Path('notes.scratch').write_text('scratch')
+pathlib.Path('seen.txt').write_text('|'.join(seen) + '\\n')
+"""
+
+
+def test_an_agents_git_has_your_identity_and_ignore_file_and_no_more_of_your_config(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    home = Path(os.environ["HOME"])
+    (home / "ignored-everywhere").write_text("*.scratch\n")
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = Ann Example\n\temail = ann@example.com\n"
+        "[core]\n\texcludesFile = ~/ignored-everywhere\n[alias]\n\thello = !echo hi\n"
+    )
+    agent = " ".join(write_agent(GIT_CONFIG_AGENT))
+    out = swarm(repo, "run", "--agent", agent, "-t", "one=look")
+    assert out.returncode == 0, out.stderr
+    assert branch_file(repo, "swarm/one", "seen.txt") == (
+        "Ann Example|ann@example.com|notes.scratch|-"
+    )
+    assert "notes.scratch" not in git(repo, "ls-tree", "--name-only", "swarm/one")
+    assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/one") == (
+        "Ann Example <ann@example.com>"
+    )
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> None:
     agent = write_agent(

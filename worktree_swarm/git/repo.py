@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,13 +353,34 @@ def commit_of(repo: Repo, rev: str) -> str | None:
     return sha
 
 
+def config_values(root: Path, keys: Collection[str]) -> dict[str, str]:
+    """What git config says of each of *keys* (lower-case, no subsection) in *root*, if set.
+
+    The last value set wins, as with ``git config --get``; one git process for all of them.
+    """
+    out = git(root, "config", "--list", "-z", check=False)
+    found = {}
+    for entry in out.split("\0"):
+        name, _, value = entry.partition("\n")
+        if name.lower() in keys:
+            found[name.lower()] = value
+    return found
+
+
+def config_path(root: Path, key: str, value: str) -> str:
+    """*value*, the path setting *key*'s, expanded as ``git config --path`` does (``~``)."""
+    if value.startswith("%("):  # relative to git's own prefix: git knows where it is
+        return git(root, "config", "--path", "--get", key, check=False).strip()
+    return str(Path(value).expanduser()) if value.startswith("~") else value
+
+
 def user_identity(root: Path) -> str | None:
     """The user's ``Name <email>`` as git config resolves it in *root*, or None when unset.
 
     An agent CLI that commits itself uses this identity, so swarm's checkpoints do too.
     """
-    name = git(root, "config", "--get", "user.name", check=False).strip()
-    email = git(root, "config", "--get", "user.email", check=False).strip()
+    found = config_values(root, {"user.name", "user.email"})
+    name, email = found.get("user.name", "").strip(), found.get("user.email", "").strip()
     author = f"{name} <{email}>"
     if not name or not email or parse_author(author) is None:
         return None

@@ -1066,8 +1066,11 @@ def _git_identity(root: Path, *, author: str) -> dict[str, str]:
     finds none would otherwise write one into the repository's shared config (aider does).
     """
     found = {}
+    values = git.config_values(root, {"user.name", "user.email", "core.excludesfile"})
     for key in ("user.name", "user.email", "core.excludesFile"):
-        value = git.git(root, "config", "--path", "--get", key, check=False).strip()
+        value = values.get(key.lower(), "").strip()
+        if value and key == "core.excludesFile":
+            value = git.config_path(root, key, value)
         if value:
             found[key] = value
     ident = parse_author(author)
