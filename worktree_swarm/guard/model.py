@@ -200,6 +200,14 @@ def group_failures(failures: Iterable[Mapping[str, object]]) -> list[dict[str, o
     ]
 
 
+_WROTE_OUTSIDE = "wrote outside its worktree"
+
+
+def blamed(reason: str) -> bool:
+    """Whether a task's *reason* already says it wrote outside (a suspect is failed once)."""
+    return reason.startswith(_WROTE_OUTSIDE)
+
+
 def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:
     """The failure reason of suspect *task_id* of a violation recorded as :meth:`as_dict`."""
     suspects = recorded.get("suspects")
@@ -208,7 +216,7 @@ def suspect_reason(recorded: Mapping[str, object], task_id: str) -> str:
     if recorded.get("unchecked"):  # failed to be safe: nothing says it wrote there, or not
         return f"not vouched for{who}: {recorded.get('summary')} while it ran"
     patch = f", patch {recorded['patch']}" if recorded.get("patch") else ""
-    return f"wrote outside its worktree{who}: {recorded.get('summary')}; {fate(recorded)}{patch}"
+    return f"{_WROTE_OUTSIDE}{who}: {recorded.get('summary')}; {fate(recorded)}{patch}"
 
 
 def fate(recorded: Mapping[str, object]) -> str:

@@ -18,7 +18,7 @@ from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, Ta
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard.model import suspect_reason
+from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.watcher import cut_verdicts, finish_put_backs
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
@@ -240,7 +240,7 @@ def settle_guard(repo: git.Repo, store: Store, run_id: str) -> None:
         for task_id in () if allowed else violation.suspects:
             row = store.task(run_id, task_id)
             # As the run blames a final suspect: once, whatever it ended as.
-            if row is None or not row.state.is_final or row.reason.startswith("wrote outside"):
+            if row is None or not row.state.is_final or blamed(row.reason):
                 continue
             reason = violation.reason(task_id)
             store.update_task(run_id, task_id, state=TaskState.FAILED, reason=reason)

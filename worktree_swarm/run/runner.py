@@ -37,7 +37,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import remotes, sandbox
-from worktree_swarm.guard.model import Violation
+from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
@@ -459,7 +459,7 @@ class Runner:
                 self._live[task_id].stop.set()
         elif self._states.get(task_id, TaskState.PENDING).is_final:
             row = self.store.task(self.run_id, task_id)
-            if row is None or not row.reason.startswith("wrote outside"):
+            if row is None or not blamed(row.reason):
                 self._set_state(task_id, TaskState.FAILED, reason=reason)
 
     def _poll_stop_requests(self) -> None:
