@@ -103,7 +103,9 @@ def test_a_merge_leaves_a_live_agent_of_a_task_named_merge_alone(
     try:
         merged = swarm(base_repo, "merge", "one")
         assert merged.returncode == 0, merged.stdout + merged.stderr
-        assert running["check"].wait(timeout=30) == -signal.SIGTERM  # a killed merge's check
+        # A killed merge's check is ended: SIGTERM, or SIGKILL when a loaded machine did not
+        # let it die within the half second of grace.
+        assert running["check"].wait(timeout=30) in {-signal.SIGTERM, -signal.SIGKILL}
         assert running["agent"].poll() is None
     finally:
         for proc in running.values():
