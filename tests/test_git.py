@@ -102,6 +102,14 @@ def test_open_repo_bare(repo: Path, tmp_path: Path) -> None:
     git(tmp_path, "clone", "-q", "--bare", str(repo), "bare.git")
     with pytest.raises(BadInputError, match="is a bare repository"):
         g.open_repo(tmp_path / "bare.git")
+    # A linked worktree of a bare repository has no main checkout to run in.
+    git(tmp_path / "bare.git", "worktree", "add", "-q", str(tmp_path / "linked"), "main")
+    with pytest.raises(BadInputError, match="is a bare repository"):
+        g.open_repo(tmp_path / "linked")
+    # A checkout whose config says core.bare: git finds no working tree in it.
+    git(repo, "config", "core.bare", "true")
+    with pytest.raises(BadInputError, match="is a bare repository"):
+        g.open_repo(repo)
 
 
 def test_open_repo_no_commits(tmp_path: Path) -> None:

@@ -89,15 +89,17 @@ def open_repo(path: Path) -> Repo:
     if not path.is_dir():
         raise BadInputError(f"{path} is not a directory; run swarm inside a git repository")
     common_dir, git_dir, top = _locate(path)
-    # Asked from a linked worktree, --is-bare-repository describes that worktree; asked from
-    # the common dir it describes the repository.
-    if git(common_dir, "rev-parse", "--is-bare-repository").strip() == "true":
+    in_main = git_dir == common_dir and top is not None
+    # In the main checkout the repository has a working tree (git finds no top in a bare
+    # one). Elsewhere the repository is asked: from a linked worktree --is-bare-repository
+    # describes that worktree; from the common dir it describes the repository.
+    if not in_main and git(common_dir, "rev-parse", "--is-bare-repository").strip() == "true":
         raise BadInputError(
             f"{common_dir} is a bare repository; run swarm inside a checkout with a working tree"
         )
     # Not `git worktree list`: it races with a concurrent `worktree add` (it may see an admin
     # dir before its commondir file is written), and it misnames --separate-git-dir checkouts.
-    if git_dir == common_dir and top is not None:  # in the main checkout (wherever its git dir)
+    if in_main and top is not None:  # in the main checkout (wherever its git dir)
         root = top
     elif common_dir.name == ".git":
         root = common_dir.parent
