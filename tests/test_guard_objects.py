@@ -70,6 +70,36 @@ def test_what_git_does_while_agents_work_keeps_the_generation(tmp_path: Path) ->
     assert watch.generation() == start
 
 
+def _loose_names(repo: Path) -> set[str]:
+    return {
+        path.parent.name + path.name
+        for path in objects_of(repo).glob("??/*")
+        if len(path.name) == 38  # SHA-1 less its fan-out
+    }
+
+
+def test_every_loose_object_made_or_written_over_is_named_once(tmp_path: Path) -> None:
+    # What the check for forged objects reads after each attempt, instead of every loose one.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    watch = ObjectWatch(objects_of(repo))
+    before = _loose_names(repo)
+    for i in range(20):  # most in fan-out directories made meanwhile, linked in at once
+        commit_file(repo, f"n{i}.txt", f"new {i}\n")
+    made = _loose_names(repo) - before
+    assert len(made) == 60  # a blob, a tree and a commit each
+    assert watch.loose_named() == made
+    assert watch.loose_named() == set()
+    old, head, blob = (loose(repo, rev) for rev in ("HEAD~3:n16.txt", "HEAD", "HEAD:a.txt"))
+    _overwrite_loose(repo)  # a.txt, from before the watch
+    _rename_over(repo)  # onto HEAD
+    os.utime(old, (0, 0))  # a time changed, as git freshens an object: no other bytes
+    assert watch.loose_named() == {p.parent.name + p.name for p in (head, blob)}
+    for entry in old.parent.iterdir():  # a watched directory gone: no longer trusted
+        entry.unlink()
+    old.parent.rmdir()
+    assert watch.loose_named() is None
+
+
 Damage = Callable[[Path], None]
 
 
@@ -307,7 +337,9 @@ for path in (victim, planted):
     os.replace(aside, path)
 resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
 over = integrity.written_over(common, held)
-forged = integrity.forged_loose(common, held, set())
+forged, _ = integrity.forged_loose(
+    common, set(), held=integrity.held_loose(held), listing=True
+)
 print([dest.name for _, dest in over], [path.name for path in forged])
 """
 
@@ -346,14 +378,15 @@ def test_an_object_that_cannot_be_read_now_is_not_taken_for_forged(tmp_path: Pat
     new.chmod(0)
     code = (
         "import sys; from pathlib import Path; from worktree_swarm.guard import integrity; "
-        f"print([p.name for p in integrity.forged_loose(Path({str(common)!r}), "
-        f"Path({str(held)!r}), set())])"
+        f"found, unread = integrity.forged_loose(Path({str(common)!r}), set(), "
+        f"held=integrity.held_loose(Path({str(held)!r})), listing=True); "
+        "print([p.name for p in found], sorted(unread))"
     )
     out = subprocess.run(
         [*as_owner_only(), sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == f"[] {[new.parent.name + new.name]}"  # read again next time
     new.chmod(0o444)
     assert git(repo, "show", "main:b.txt") == "yours"
 

@@ -1891,6 +1891,55 @@ def test_an_object_of_yours_written_over_with_another_is_put_back(
     assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
 
 
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize(
+    "target", ["swarm/victim", "swarm/victim:victim.txt"], ids=["tip-commit", "blob"]
+)
+def test_an_object_another_task_made_written_over_after_it_ended_is_put_back(
+    repo: Path, write_agent: AgentFactory, sandbox: bool, target: str
+) -> None:
+    # The victim's objects were made during the run (no hold on them from its start) and were
+    # read and found good after it ended (when the next task's attempt ended): the agent that
+    # comes after renames its own bytes onto one of their names.
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    after = write_agent("import pathlib\npathlib.Path('next.txt').write_text('n\\n')\n")
+    bad = [*write_agent(FORGE_OBJECT), target]
+    path = manifest(
+        repo,
+        f"""
+[[task]]
+id = "victim"
+prompt = "p"
+agent = {argv_toml(victim)}
+
+[[task]]
+id = "next"
+prompt = "p"
+depends_on = ["victim"]
+agent = {argv_toml(after)}
+
+[[task]]
+id = "bad"
+prompt = "p"
+depends_on = ["next"]
+agent = {argv_toml(bad)}
+""",
+    )
+    swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
+    forged = git(repo, "rev-parse", target)
+    rows = status_json(repo)
+    assert rows["victim"]["state"] == rows["next"]["state"] == "done"
+    assert git(repo, "show", "swarm/bad:forged.txt") == forged  # it did write it over
+    assert rows["bad"]["state"] == "failed", rows["bad"]
+    assert "wrote outside its worktree" in str(rows["bad"]["reason"]), rows["bad"]
+    writes = outside_writes(repo)
+    assert all((w["suspects"], w["restored"]) == (["bad"], True) for w in writes), writes
+    # The victim's work reads as it was made.
+    assert git(repo, "show", "swarm/victim:victim.txt") == "v"
+    assert git(repo, "show", "--format=%s", "--stat", "swarm/victim").count("victim.txt") == 1
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
 # The same with hard links to the object file of your last commit, which the sandbox cannot
 # stop (both names are in the common dir): git writes through a hard link as through a symlink.
 HARD_LINKS = (

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
@@ -252,39 +253,54 @@ def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
     return sorted(found)
 
 
-def forged_loose(common: Path, held: Path, seen: set[str]) -> list[Path]:
+def forged_loose(
+    common: Path,
+    seen: set[str],
+    *,
+    held: AbstractSet[str],
+    named: AbstractSet[str] = frozenset(),
+    listing: bool = False,
+) -> tuple[list[Path], set[str]]:
     """The loose objects made since the hold whose bytes do not hash to their name.
 
-    *seen*: the names already known good (filled with the held ones first, then with each
-    new one found good), so that each object is read once. git never writes an object it finds
-    it has: one planted under the name of an object you have not made yet (the empty blob)
-    would be what your next commit of that content records.
+    Read: those of *named* (the store's change test saw their file made, renamed onto or
+    written since last time: read even if in *seen*, for another file may hold a known name
+    now) and, with *listing*, every loose object not in *seen*. *seen*: the names known good,
+    each one found good added (an object is read once while its file stays); *held*: the held
+    names, never read here (:func:`written_over` compares those). git never writes an object
+    it finds it has: one planted under the name of an object you have not made yet (the
+    empty blob) would be what your next commit of that content records. Returns the forged
+    ones and the names that could not be read now (to read next time).
     """
-    if not seen:
-        seen.update(_held_loose(held))
-    found = []
     objects = common / "objects"
-    for directory in os.scandir(objects):
-        if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
-            continue
-        try:
-            names = os.listdir(directory.path)  # noqa: PTH208 - names only
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            oid = directory.name + name
-            if oid in seen or not _loose_name(directory.name, name):
+    wanted = set(named)
+    if listing:
+        for directory in os.scandir(objects):
+            if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
                 continue
-            path = objects / directory.name / name
-            good = _hashes_to(path, oid)
-            if good:
-                seen.add(oid)
-            elif good is False:  # not unreadable, nor removed meanwhile (`git prune-packed`)
-                found.append(path)
-    return sorted(found)
+            try:
+                names = os.listdir(directory.path)  # noqa: PTH208 - names only
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            wanted.update(
+                directory.name + name
+                for name in names
+                if directory.name + name not in seen and _loose_name(directory.name, name)
+            )
+    found, unread = [], set()
+    for oid in sorted(wanted - held):
+        path = objects / oid[:2] / oid[2:]
+        good = _hashes_to(path, oid)
+        if good:
+            seen.add(oid)
+        elif good is False:
+            found.append(path)
+        elif os.path.lexists(path):  # not gone: unreadable now (out of fds)
+            unread.add(oid)
+    return found, unread
 
 
-def _held_loose(held: Path) -> set[str]:
+def held_loose(held: Path) -> set[str]:
     """The names of the loose objects held."""
     if not held.is_dir():
         return set()

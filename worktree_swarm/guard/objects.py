@@ -14,6 +14,10 @@ store cannot be watched (no inotify, the watch limit, an ``alternates`` file nam
 stores, lost events): a check that saw the same generation as the last complete one needs to
 look only at refs that moved since. Events are read before the caller checks, so damage done
 during a check shows in the next generation.
+
+:meth:`ObjectWatch.loose_named` names the loose objects whose file was made, renamed onto or
+written since it was last asked: what the check for forged objects reads, instead of listing
+every loose object after every attempt.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ _OBJECT = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")  # SHA-1 or SHA-256, less the
 _TEMPORARY = ("tmp_obj_", "tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_mtimes_", "tmp_bitmap_")
 _MARKERS = (".keep", ".promisor")  # a pack's markers: no object is in them
 _PACK_FILE = re.compile(r"pack-[0-9a-f]+\.(?:pack|idx|rev)")  # what git reads objects by
+# What puts other bytes under an object's name: a file made (a link, an open), renamed onto it,
+# or written to. Not a time or mode change (git freshens objects it would write again).
+_NAMING = inotify.CREATE | inotify.MOVED_TO | inotify.MODIFY | inotify.CLOSE_WRITE
 
 
 class ObjectWatch:
@@ -43,6 +50,7 @@ class ObjectWatch:
         self._kinds: dict[int, str] = {}  # wd -> "top", "pack", "info", "fanout" or "packfile"
         self._paths: dict[int, str] = {}  # wd -> its directory (a pack's file: its name)
         self._written: set[str] = set()  # the names of pack files written to since asked
+        self._loose: set[str] = set()  # loose objects made, renamed onto or written since asked
         self._ino: inotify.Inotify | None = None
         try:
             self._ino = inotify.Inotify()
@@ -61,14 +69,33 @@ class ObjectWatch:
             if self._ino is None:
                 self._generation += 1
                 return self._generation
-            try:
-                events = self._ino.read()
-            except OSError:
-                events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
-            for event in events:
-                if self._damaging(event):
-                    self._generation += 1
+            self._read()
             return self._generation
+
+    def loose_named(self) -> set[str] | None:
+        """The loose objects (fan-out and name) made, renamed onto or written since last asked.
+
+        None when the store is not watched (any may have been). A fan-out directory made
+        meanwhile is listed once its watch is on (git links an object in right after making it).
+        """
+        with self._lock:
+            if self._ino is not None:
+                self._read()
+            if self._ino is None:
+                self._loose.clear()
+                return None
+            named, self._loose = self._loose, set()
+            return named
+
+    def _read(self) -> None:
+        assert self._ino is not None  # noqa: S101 - callers check
+        try:
+            events = self._ino.read()
+        except OSError:
+            events = [inotify.Event(wd=-1, mask=inotify.Q_OVERFLOW, name="")]
+        for event in events:
+            if self._damaging(event):
+                self._generation += 1
 
     def watch_pack(self, idx: Path) -> None:
         """Watch the pack of index *idx* (its ``.pack``, ``.idx``, ``.rev``) for writes in place.
@@ -161,12 +188,7 @@ class ObjectWatch:
             return False  # git's own temporary files, made and removed around every write
         created = bool(mask & inotify.CREATE) and not mask & inotify.ISDIR
         if kind == "fanout":
-            if mask == inotify.ATTRIB and _OBJECT.fullmatch(name):
-                # Git freshens the time of an object it would have written again; a chmod
-                # that makes it unreadable is what loses it.
-                path = os.path.join(self._paths[event.wd], name)  # noqa: PTH118 - per event
-                return not _readable(path)
-            return not (created and _OBJECT.fullmatch(name))
+            return self._fanout(event, created=created)
         if _PACK_FILE.fullmatch(name) and mask != inotify.ATTRIB:
             # Another file under a pack's name (or one git makes: the guard verifies a new pack
             # anyway): the watch on the file it replaced does not see it.
@@ -174,6 +196,20 @@ class ObjectWatch:
         # pack: a new pack or index is linked in (renamed in by a repack, which also removes
         # what it packed: counted); its markers come and go with fetches.
         return not (created or name.endswith(_MARKERS))
+
+    def _fanout(self, event: inotify.Event, *, created: bool) -> bool:
+        """An event in a fan-out directory (see :meth:`_damaging`)."""
+        name, mask = event.name, event.mask
+        if not _OBJECT.fullmatch(name):
+            return True  # no object of git's: anything may have been done under its name
+        directory = self._paths[event.wd]
+        if mask & _NAMING:
+            self._loose.add(os.path.basename(directory) + name)  # noqa: PTH119 - per event
+        if mask == inotify.ATTRIB:
+            # Git freshens the time of an object it would have written again; a chmod that
+            # makes it unreadable is what loses it.
+            return not _readable(os.path.join(directory, name))  # noqa: PTH118 - per event
+        return not created
 
     def _pack_written(self, event: inotify.Event) -> bool:
         """An event of a pack's own file: written to, or gone (the directory's watch saw it)."""
@@ -195,6 +231,12 @@ class ObjectWatch:
         if mask & inotify.CREATE and mask & inotify.ISDIR:
             try:
                 self._add(self._objects / name, kind)
+                if kind == "fanout":  # what was linked in before the watch was on
+                    self._loose.update(
+                        name + entry
+                        for entry in os.listdir(self._objects / name)  # noqa: PTH208
+                        if _OBJECT.fullmatch(entry)
+                    )
             except OSError:
                 self._close()
                 return True

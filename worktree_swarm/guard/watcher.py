@@ -171,6 +171,8 @@ class Guard:
     _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
     _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
+    _loose_held: frozenset[str] = frozenset()  # the loose objects held (compared apart)
+    _loose_unread: frozenset[str] = frozenset()  # could not be read last time: read next time
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
@@ -1563,9 +1565,21 @@ class Guard:
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
         common = self.repo.common_dir
+        named = None if self._objects is None else self._objects.loose_named()
+        first = self._loose_seen is None
         if self._loose_seen is None:
             self._loose_seen = set()
-        forged = integrity.forged_loose(common, self._held, self._loose_seen)
+            self._loose_held = frozenset(integrity.held_loose(self._held))
+        forged, unread = integrity.forged_loose(
+            common,
+            self._loose_seen,
+            held=self._loose_held,
+            named=(named or set()) | self._loose_unread,
+            # Every one not known good: the first time (some were made before the change test
+            # watched), without the change test, and at the last scan (whatever it missed).
+            listing=first or named is None or self._closing.is_set(),
+        )
+        self._loose_unread = frozenset(unread)
         if not forged:
             return []
         if self.restore:
