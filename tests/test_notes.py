@@ -372,6 +372,30 @@ def test_control_characters_never_reach_the_file_or_the_terminal(tmp_path: Path)
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", shown.stdout)
 
 
+def test_a_note_after_a_line_written_without_its_newline_starts_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # An agent that writes the file directly may leave its last line open: the next note
+    # was joined to it, and read as part of that line, not as an entry.
+    path = tmp_path / "runs" / "r" / "findings.md"
+    prepare(path)
+    with path.open("a") as fh:
+        fh.write("an agent's line, no newline")
+    for text in ("first", "second"):
+        note = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "note", text],
+            cwd=tmp_path,
+            env=note_env(path, "a"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert note.returncode == 0, note.stderr
+    lines = path.read_text().splitlines()
+    assert lines[-3] == "an agent's line, no newline"
+    assert [ENTRY_RE.fullmatch(line)["first"] for line in lines[-2:]] == ["first", "second"]  # type: ignore[index]
+
+
 def test_findings_instructions_name_the_file_and_the_command() -> None:
     text = findings_instructions("/repo/.git/swarm/runs/r1/findings.md")
 

@@ -209,8 +209,11 @@ def _create(path: Path, data: bytes) -> bool:
 
 
 def _append(path: Path, data: bytes) -> None:
-    fd = _open(path, os.O_WRONLY | os.O_APPEND)
+    fd = _open(path, os.O_RDWR | os.O_APPEND)
     try:
+        end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":  # a line written straight in, left open
+            data = b"\n" + data
         _write_once(path, fd, data)
     finally:
         os.close(fd)
