@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.test_run import swarm
-from worktree_swarm.report.notes import MAX_SHOWN_BYTES, findings_instructions, prepare
+from worktree_swarm.report.notes import (
+    MAX_SHOWN_BYTES,
+    added_since,
+    findings_instructions,
+    merge_in,
+    prepare,
+    read_notes,
+    start_copy,
+)
 
 ENTRY_RE = re.compile(r"- \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \[(?P<tag>[^\]]+)\] (?P<first>.*)")
 LINES_PER_NOTE = 40
@@ -394,6 +402,53 @@ def test_a_note_after_a_line_written_without_its_newline_starts_a_line_of_its_ow
     lines = path.read_text().splitlines()
     assert lines[-3] == "an agent's line, no newline"
     assert [ENTRY_RE.fullmatch(line)["first"] for line in lines[-2:]] == ["first", "second"]  # type: ignore[index]
+
+
+def test_a_copy_on_another_machine_starts_from_the_runs_notes_and_gives_back_only_its_own(
+    tmp_path: Path,
+) -> None:
+    # The Ray executor's agents note into a copy on their node; what they add, and only
+    # that, goes back into the run's file, once, whatever they wrote straight into the copy.
+    run = tmp_path / "runs" / "r" / "findings.md"
+    prepare(run)
+    note(run, "known before", "a")
+    copy = tmp_path / "node" / "findings.md"
+    start = start_copy(copy, read_notes(run), run_id="r")
+    assert copy.read_text() == run.read_text()
+    note(copy, "found on the node", "b")
+    with copy.open("a") as fh:
+        fh.write("\x1b]0;title\x07 a line of its own, left open")
+    added, end = added_since(copy, start)
+    assert (added_since(copy, end), end) == (("", end), copy.stat().st_size)
+    merge_in(run, added)
+    merge_in(run, "")
+    found = entries(run.read_text())
+    assert [(ENTRY_RE.fullmatch(h)["tag"], ENTRY_RE.fullmatch(h)["first"]) for h, _ in found] == [  # type: ignore[index]
+        ("a", "known before"),
+        ("b", "found on the node"),
+    ]
+    assert run.read_text().endswith("found on the node\n a line of its own, left open\n")
+    # A header alone starts the copy with its header; a copy the agent made a symlink
+    # (to a file of the node's) gives nothing back.
+    empty = start_copy(tmp_path / "other" / "findings.md", "", run_id="r")
+    assert (tmp_path / "other" / "findings.md").read_text().startswith("# Findings of run r")
+    secret = tmp_path / "secret"
+    secret.write_text("- the node's secret\n" * 10)
+    (tmp_path / "other" / "findings.md").unlink()
+    (tmp_path / "other" / "findings.md").symlink_to(secret)
+    assert added_since(tmp_path / "other" / "findings.md", empty) == ("", empty)
+
+
+def note(path: Path, text: str, task: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "note", text],
+        cwd=path.parent,
+        env=note_env(path, task),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_findings_instructions_name_the_file_and_the_command() -> None:

@@ -202,7 +202,54 @@ def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_on_a_node_as_its_pro
     )
     out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert git(repo, "show", "swarm/d:prompt.txt").lstrip() == "--help"
+    prompt = git(repo, "show", "swarm/d:prompt.txt").lstrip()
+    assert prompt.partition("\n\n## Shared findings")[0] == "--help"
+
+
+# Notes what it finds with `swarm note`, one line straight into the file too, and keeps what
+# the findings file and its prompt said when it started.
+NOTING_AGENT = r"""
+import os, pathlib, subprocess, sys
+task = os.environ["SWARM_TASK_ID"]
+context = pathlib.Path(os.environ["SWARM_CONTEXT"])
+pathlib.Path(f"{task}.seen").write_text(context.read_text())
+pathlib.Path(f"{task}.prompt").write_text(sys.argv[1])
+subprocess.run([sys.executable, "-m", "worktree_swarm.cli", "note", f"fact from {task}"],
+               check=True)
+with context.open("a") as fh:
+    fh.write(f"- a line {task} wrote itself\n")
+"""
+
+
+def test_notes_of_agents_on_nodes_reach_the_runs_findings_and_the_agents_after_them(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # On a node an agent's notes went to a file of its attempt there, which the node deleted:
+    # the run's findings never had them, and no agent after it saw them.
+    repo, _remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "noting.py"
+    script.write_text(NOTING_AGENT)
+    manifest = tmp_path / "notes.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script), '{prompt}'])}\n"
+        'executor = "ray"\nray_memory = "64M"\n\n'
+        '[[task]]\nid = "first"\nprompt = "p"\n\n'
+        '[[task]]\nid = "second"\nprompt = "p"\ndepends_on = ["first"]\n'
+    )
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 0, out.stdout + out.stderr
+    shown = swarm(repo, "notes")
+    assert shown.returncode == 0, shown.stderr
+    for task in ("first", "second"):
+        assert shown.stdout.count(f"[{task}] fact from {task}") == 1, shown.stdout
+        assert shown.stdout.count(f"- a line {task} wrote itself") == 1, shown.stdout
+        prompt = git(repo, "show", f"swarm/{task}:{task}.prompt")
+        assert "## Shared findings" in prompt
+        assert "$SWARM_CONTEXT" in prompt
+    assert "fact from first" not in git(repo, "show", "swarm/first:first.seen")
+    seen = git(repo, "show", "swarm/second:second.seen")
+    assert "[first] fact from first" in seen
+    assert "- a line first wrote itself" in seen
 
 
 # Records how each attempt got its prompt (argv or the file argv points to) in the control

@@ -21,7 +21,7 @@ from pathlib import Path
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import is_valid_task_id
-from worktree_swarm.core.text import printable
+from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.redact import redact
@@ -153,6 +153,68 @@ def append_note(path: Path, text: str, *, tag: str, now: float | None = None) ->
     except OSError as exc:
         raise SwarmError(f"{path}: cannot append the note: {exc.strerror or exc}") from exc
     return entry
+
+
+def start_copy(copy: Path, text: str, *, run_id: str) -> int:
+    """Make *copy* (the findings file of an agent on another machine) hold *text*.
+
+    *text*: the run's findings as :func:`read_notes` gives them ("" for its header alone).
+    Written aside and renamed into place, over whatever is there. Returns its size: where
+    what that agent adds starts (:func:`added_since`).
+    """
+    data = (text or _header(copy, run_id)).encode("utf-8")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    fd, aside = tempfile.mkstemp(prefix=f".{copy.name}.", dir=copy.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        Path(aside).replace(copy)
+    except BaseException:
+        Path(aside).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def added_since(copy: Path, offset: int) -> tuple[str, int]:
+    """What the findings file *copy* gained past *offset*, and where it ends now.
+
+    At most the last :data:`MAX_SHOWN_BYTES` of it, from a whole line; "" when it is gone,
+    shorter than *offset* or not a regular file (its agent made it so).
+    """
+    try:
+        with os.fdopen(_open(copy, os.O_RDONLY), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size <= offset:
+                return "", size
+            start = max(offset, size - MAX_SHOWN_BYTES)
+            fh.seek(start)
+            data = fh.read(size - start)
+    except (OSError, SwarmError):
+        return "", offset
+    if start > offset:
+        data = data.partition(b"\n")[2]
+    return data.decode("utf-8", errors="replace"), size
+
+
+def merge_in(path: Path, text: str) -> None:
+    """Append *text*, what another copy of the findings file gained, to *path* in one write.
+
+    Without terminal escapes, made printable and redacted; it starts on a line of its own.
+    A file not there yet is made with its header.
+    """
+    lines = [_clean(line) for line in redact(without_escapes(text)).split("\n")]
+    data = "\n".join(lines).strip("\n").encode("utf-8")
+    if not data.strip():
+        return
+    data += b"\n"
+    try:
+        try:
+            _append(path, data)
+        except FileNotFoundError:
+            if not _create(path, _header(path).encode("utf-8") + data):
+                _append(path, data)
+    except OSError as exc:
+        raise SwarmError(f"{path}: cannot append notes: {exc.strerror or exc}") from exc
 
 
 def read_notes(path: Path) -> str:

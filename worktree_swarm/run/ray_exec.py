@@ -41,6 +41,7 @@ from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
+from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait, stated_window
@@ -762,7 +763,15 @@ class RayTaskWorker(RunWorker):
             checkpoint_interval=self.spec.checkpoint_interval,
             sandbox=self.spec.sandbox,
             sandbox_writable=self.spec.sandbox_writable,
+            findings=self._shared_findings(),
         )
+
+    def _shared_findings(self) -> str:
+        """The run's findings as they are, for an agent on a node ("" if unreadable)."""
+        try:
+            return notes.read_notes(self._findings)
+        except SwarmError:
+            return ""
 
     def _actor(self, assignment: Assignment) -> Any:  # noqa: ANN401 - a Ray actor handle
         """The actor of one attempt, placed on a node with a free agent slot."""
@@ -846,6 +855,18 @@ class RayTaskWorker(RunWorker):
         ray_session.save(directory, state, session_id=handle.session_id)
         handle.session_fp = state.fingerprint
 
+    def _kept_from_node(self, handle: _Handle, live: Live) -> None:
+        """What an ended attempt leaves on its node that the run keeps.
+
+        Its clone's size, its session, and what its agent noted (appended to the run's
+        findings file, where the agents of later attempts and `swarm notes` find it).
+        """
+        self._measure(handle, live)
+        self._keep_session(handle, live)
+        added = self._call(handle.actor, "notes_added", live=live)
+        if added:
+            notes.merge_in(self._findings, added)
+
     def _measure(self, handle: _Handle, live: Live) -> None:
         """Have the actor measure its clone; recorded, and counted on its node."""
         handle.measured_at = time.monotonic()
@@ -896,8 +917,7 @@ class RayTaskWorker(RunWorker):
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
         # The attempt is over and pushed: a node lost now only loses these.
         with contextlib.suppress(NodeLostError):
-            self._measure(handle, live)
-            self._keep_session(handle, live)
+            self._kept_from_node(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         cost[0] = result.cost_usd

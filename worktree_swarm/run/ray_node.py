@@ -162,6 +162,7 @@ class Assignment:
     checkpoint_interval: float
     sandbox: bool = False
     sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
+    findings: str = ""  # the run's findings file as it was (redacted), "" for its header alone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,6 +191,7 @@ class NodeAgent:
         self._stopping = threading.Event()
         self._step = threading.Lock()  # held while a setup or check step runs
         self._pusher: threading.Thread | None = None
+        self._notes_from = 0  # where what the agent adds to its findings file starts
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
@@ -248,9 +250,13 @@ class NodeAgent:
         self._surface = surface.read(self.work / ".git", None)
         adapter = adapter_for(task.agent)
         self.logs.mkdir(parents=True, exist_ok=True)
+        # $SWARM_CONTEXT: the run's findings so far; what the agent adds goes back to the run.
+        findings = self.logs / notes.FILE_NAME
+        self._notes_from = notes.start_copy(findings, self.a.findings, run_id=self.a.run_id)
+        if session is None:  # a resumed session was told already
+            prompt += notes.findings_instructions(str(findings))
         prompt_file = self.logs / f"prompt-{self.a.attempt}.md"
         prompt_file.write_text(prompt, encoding="utf-8")
-        notes.prepare(self.logs / notes.FILE_NAME, run_id=self.a.run_id)  # $SWARM_CONTEXT
         values = {
             "prompt": prompt_argument(prompt, prompt_file),  # long: a pointer to the file
             "prompt_file": str(prompt_file),
@@ -335,6 +341,11 @@ class NodeAgent:
                 return fh.read(TAIL_LIMIT)
         except FileNotFoundError:
             return b""
+
+    def notes_added(self) -> str:
+        """What the agent added to its findings file since last asked (for the run's file)."""
+        text, self._notes_from = notes.added_since(self.logs / notes.FILE_NAME, self._notes_from)
+        return text
 
     def log_text(self) -> str:
         """The end of the log, for the adapter's reading."""

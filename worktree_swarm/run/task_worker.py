@@ -121,6 +121,8 @@ class RunWorker:
         self.guard = run.guard
         self._emit = run.emit
         self._logs_root = run.logs_root
+        self._findings = run.logs_root / notes.FILE_NAME
+        notes.prepare(self._findings)  # its header, before any agent writes
         self._tasks = {t.id: t for t in run.spec.tasks}
         self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
 
@@ -249,8 +251,6 @@ class TaskWorker(RunWorker):
         super().__init__(run)
         self.disk = disk
         self._check_slots = threading.Semaphore(run.spec.jobs)
-        self._findings = run.logs_root / notes.FILE_NAME
-        notes.prepare(self._findings)  # its header, before any agent writes
         # Forks the shim of every agent: no interpreter start per attempt.
         self._shims = supervisor.ShimServer()
 
