@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -345,6 +346,29 @@ def test_clean_keeps_a_worktree_in_use_unless_forced(
     assert user.wait(timeout=30) == -signal.SIGTERM
     assert not path.exists()
     assert git(repo, "show", "swarm/edits:edits.txt") == "edits"
+
+
+def test_a_lock_reason_an_agent_wrote_reaches_your_terminal_as_one_printable_line(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Anyone who can write the worktree's admin dir writes its lock's reason, which `swarm
+    # clean` shows: its terminal escapes retitled your window (OSC) or worse.
+    agent = write_agent(
+        "import pathlib, subprocess\n"
+        "admin = subprocess.run(['git', 'rev-parse', '--absolute-git-dir'], capture_output=True,"
+        " text=True, check=True).stdout.strip()\n"
+        "reason = '\\x1b]0;retitled\\x07\\x1b[2Jkeep\\nme\\x1b]52;c;Y2xpcA==\\x07 '\n"
+        "pathlib.Path(admin, 'locked').write_text(reason)\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "it is locked (keep me);" in out.stdout
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out.stdout + out.stderr)
 
 
 def test_clean_keeps_a_locked_worktree_and_one_whose_commit_is_on_no_branch_unless_forced(

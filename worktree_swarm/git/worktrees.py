@@ -24,6 +24,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.git import sparse
 from worktree_swarm.git.repo import (
     Repo,
@@ -47,9 +48,19 @@ class WorktreeInfo:
     path: Path
     head: str | None
     branch: str | None
-    locked: str | None
+    locked: str | None  # the reason, as one printable line (anyone can write it)
     prunable: str | None
     is_main: bool
+
+
+def _reason(text: str | None) -> str | None:
+    """A lock's reason as one printable line: no terminal escape of an agent's reaches you."""
+    if text is None:
+        return None
+    return one_line(without_escapes(text), controls=True, limit=_REASON_LIMIT)
+
+
+_REASON_LIMIT = 200
 
 
 # Directories whose direct children are the system's or the user's own: never a worktree root.
@@ -121,7 +132,7 @@ def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
                 path=Path(record["worktree"]),
                 head=record.get("HEAD"),
                 branch=branch.removeprefix("refs/heads/") if branch else None,
-                locked=record.get("locked"),
+                locked=_reason(record.get("locked")),
                 prunable=record.get("prunable"),
                 is_main=index == 0,
             )
@@ -151,7 +162,7 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
         head = "" if admin is None else (admin / "HEAD").read_text(encoding="utf-8")
         if admin is not None and head.startswith(_ON_BRANCH):
             lock = admin / "locked"
-            locked = lock.read_text(encoding="utf-8").strip() if lock.exists() else None
+            locked = _reason(lock.read_text(encoding="utf-8")) if lock.exists() else None
             branch = head.removeprefix(_ON_BRANCH).strip()
             return WorktreeInfo(
                 path=path, head=None, branch=branch, locked=locked, prunable=None, is_main=False
