@@ -271,6 +271,45 @@ def test_after_an_attempt_only_a_damaged_store_costs_a_walk_of_every_branch(
     assert git(repo, "show", "swarm/done1:done1.txt") == "done1"
 
 
+@pytest.mark.parametrize("hole", ["root-tree", "parent-tree"])
+def test_a_task_branch_made_to_name_a_missing_tree_is_caught_by_the_walk_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hole: str
+) -> None:
+    """Nothing is lost from the store (no change test event), yet the branch is incomplete:
+    its agent wrote a commit naming a tree that was never there. After an attempt one walk of
+    what moved answers for its tip and root tree too; a complete one asks nothing else."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    git(repo, "branch", "swarm/t")
+    path = tmp_path / "wt" / "t"
+    git(repo, "worktree", "add", "-q", str(path), "swarm/t")
+    guard.agent_started("t", me())
+    guard.after_attempt()  # every ref found complete once
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("GIT_TRACE2", str(trace))
+    with guard.busy("t", path):
+        commit_file(path, "t.txt", "t\n")
+    guard.after_attempt()
+    assert guard.drain() == []
+    assert (git_commands(trace, "rev-list"), git_commands(trace, "cat-file")) == (1, 0)
+    with guard.busy("t", path):
+        head = git(path, "rev-parse", "HEAD")
+        body = f"tree {'1' * 40}\nparent {head}\nauthor a <a@a> 1 +0000\n"
+        body += "committer a <a@a> 1 +0000\n\nno tree\n"
+        forged = subprocess.run(
+            ["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"],
+            cwd=path, input=body, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        if hole == "parent-tree":  # a complete commit on top of it
+            forged = git(path, "commit-tree", "-p", forged, "-m", "on top", f"{head}^{{tree}}")
+        git(path, "update-ref", "refs/heads/swarm/t", forged)
+    guard.after_attempt()
+    found = guard.drain()
+    assert [v.broken for v in found] == [("refs/heads/swarm/t",)]
+    assert git(repo, "rev-parse", "swarm/t") == head  # back to its last complete tip
+
+
 def test_the_guards_own_held_files_are_kept_when_a_symlink_also_names_its_run(
     tmp_path: Path,
 ) -> None:

@@ -48,6 +48,12 @@ def broken_refs(
     checked = refs if only is None else {r: s for r, s in refs.items() if r in only}
     if not checked:
         return []
+    if deep and only is not None and all(ref_owner(ref) is not None for ref in checked):
+        # Task branches alone: an object missing from one is out of your complete branches'
+        # reach, so the walk bounded by them meets it, tip and root tree included.
+        user = [sha for ref, sha in refs.items() if ref_owner(ref) is None]
+        if _complete(root, sorted(set(checked.values())), user):
+            return []
     tips = sorted(set(checked.values()))
     # One process for tips and root trees (a tip that is no commit has no tree to ask about).
     kinds = _batch_check(root, [*tips, *(f"{t}^{{tree}}" for t in tips)])
