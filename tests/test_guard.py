@@ -229,22 +229,17 @@ def run_victim_then_bad(
     repo: Path, victim: list[str], bad: list[str]
 ) -> subprocess.CompletedProcess[str]:
     """Run task "victim", then (once it has ended) task "bad"."""
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "victim"
-prompt = "p"
-agent = {argv_toml(victim)}
+    return swarm(repo, "run", one_after_another(repo, [("victim", victim), ("bad", bad)]))
 
-[[task]]
-id = "bad"
-prompt = "p"
-depends_on = ["victim"]
-agent = {argv_toml(bad)}
-""",
-    )
-    return swarm(repo, "run", path)
+
+def one_after_another(repo: Path, tasks: list[tuple[str, list[str]]]) -> Path:
+    """A manifest of *tasks* (id, agent), each depending on the one before."""
+    body, before = "", None
+    for task_id, agent in tasks:
+        after = f"depends_on = [{json.dumps(before)}]\n" if before else ""
+        body += f'[[task]]\nid = "{task_id}"\nprompt = "p"\n{after}agent = {argv_toml(agent)}\n\n'
+        before = task_id
+    return manifest(repo, body)
 
 
 SIBLING_WRITER = """

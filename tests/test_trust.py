@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
-from tests.test_guard import checkout_state
+from tests.test_guard import checkout_state, one_after_another
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.git.repo import open_repo
@@ -285,21 +285,7 @@ def test_a_deleted_object_of_another_branch_is_caught_and_the_work_kept(
 ) -> None:
     victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
     bad = [*write_agent(DELETE_VICTIM_OBJECT), target]
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "victim"
-prompt = "p"
-agent = {argv_toml(victim)}
-
-[[task]]
-id = "bad"
-prompt = "p"
-depends_on = ["victim"]
-agent = {argv_toml(bad)}
-""",
-    )
+    path = one_after_another(repo, [("victim", victim), ("bad", bad)])
     swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
     deleted = git(repo, "rev-parse", target)
     rows = status_json(repo)
@@ -1904,27 +1890,7 @@ def test_an_object_another_task_made_written_over_after_it_ended_is_put_back(
     victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
     after = write_agent("import pathlib\npathlib.Path('next.txt').write_text('n\\n')\n")
     bad = [*write_agent(FORGE_OBJECT), target]
-    path = manifest(
-        repo,
-        f"""
-[[task]]
-id = "victim"
-prompt = "p"
-agent = {argv_toml(victim)}
-
-[[task]]
-id = "next"
-prompt = "p"
-depends_on = ["victim"]
-agent = {argv_toml(after)}
-
-[[task]]
-id = "bad"
-prompt = "p"
-depends_on = ["next"]
-agent = {argv_toml(bad)}
-""",
-    )
+    path = one_after_another(repo, [("victim", victim), ("next", after), ("bad", bad)])
     swarm(repo, "run", path, *(["--sandbox"] if sandbox else []))
     forged = git(repo, "rev-parse", target)
     rows = status_json(repo)
