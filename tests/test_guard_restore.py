@@ -12,6 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import git, make_repo
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
@@ -22,6 +24,28 @@ def git_unchecked(cwd: Path, *args: str) -> str:
     """git's stdout in *cwd*, whatever its exit code."""
     out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     return out.stdout.strip()
+
+
+def test_a_hook_rewritten_in_place_with_its_size_and_time_kept_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each scan reads the surface; a file unchanged since it was read is not read again. What
+    # tells it changed must be what no agent can set back: its ctime.
+    monkeypatch.setattr(surface, "RACY_NS", 0)  # every read kept at once (no waiting here)
+    repo = make_repo(tmp_path / "repo")
+    common = repo / ".git"
+    hook = common / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    before = surface.read(common, None)
+    info = hook.stat()
+    hook.write_text("#!/bin/sh\ncurl x\n")  # as many bytes
+    os.utime(hook, ns=(info.st_atime_ns, info.st_mtime_ns))  # and its old time
+    assert hook.stat().st_size == info.st_size
+    after = surface.read(common, None)
+    assert surface.changed(before, after) == ["hooks/pre-commit"]
+    assert after["hooks/pre-commit"].data == b"#!/bin/sh\ncurl x\n"
+    assert surface.read(common, None) == after
 
 
 def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,7 +324,9 @@ def _path(common: Path, label: str) -> Path:
 
 
 def _label(common: Path, path: Path) -> str:
-    return path.relative_to(common).as_posix() if path.is_relative_to(common) else str(path)
+    # As `path.relative_to(common)` if under it, by string: called for every file of a scan.
+    top, name = os.fspath(common), os.fspath(path)
+    return name[len(top) + 1 :] if name.startswith(top + "/") else name
 
 
 def _add(found: Surface, common: Path, path: Path) -> None:
@@ -337,9 +340,38 @@ def _add(found: Surface, common: Path, path: Path) -> None:
     elif stat.S_ISDIR(info.st_mode):
         found[label] = Entry(kind="dir", bits=stat.S_IMODE(info.st_mode))
     elif stat.S_ISREG(info.st_mode):
-        found[label] = Entry(kind="file", data=path.read_bytes(), bits=stat.S_IMODE(info.st_mode))
+        found[label] = Entry(kind="file", data=_bytes(path, info), bits=stat.S_IMODE(info.st_mode))
     else:
         found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
+
+
+# The bytes of files read before, by path: (stat data, bytes). Every scan reads the surface
+# again (the hooks git's samples fill alone are ~15 files), most of it unchanged.
+_KNOWN: dict[str, tuple[tuple[int, ...], bytes]] = {}
+_KNOWN_MAX = 4096
+# A file changed this close before it was read may change again within the same tick of the
+# coarse clock that stamps it: not kept (git's "racily clean" files).
+RACY_NS = 2_000_000_000
+
+
+def _bytes(path: Path, info: os.stat_result) -> bytes:
+    """The bytes of the regular file *path* (*info*: its lstat), unread if unchanged.
+
+    Unchanged means the same inode, size, mtime and ctime as when last read: a write, a
+    rename onto it or a chmod stamps the ctime, which no one but root can set back.
+    """
+    signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    key = os.fspath(path)
+    known = _KNOWN.get(key)
+    if known is not None and known[0] == signature:
+        return known[1]
+    began = time.time_ns()
+    data = path.read_bytes()
+    if info.st_ctime_ns < began - RACY_NS:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[key] = (signature, data)
+    return data
 
 
 def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
