@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -350,6 +351,50 @@ def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(
         gate.touch()
         store.close()
     assert any(m.startswith("merged into") for m in app.messages), app.messages
+
+
+def test_the_screen_keeps_refreshing_while_a_merge_waits_for_the_database(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A merge started from the screen that waits to write (another process writing: here
+    # this test, holding SQLite's write lock) held the screen's own store while it waited,
+    # and the screen froze with it, for up to SQLite's 30 s busy timeout.
+    agent = write_agent("import pathlib\npathlib.Path('a.txt').write_text('a')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+    ticks: list[float] = []
+    refresh = app.refresh_rows
+
+    def counted() -> None:
+        refresh()
+        ticks.append(time.monotonic())
+
+    app.refresh_rows = counted  # type: ignore[method-assign]
+    writer = sqlite3.connect(store.path, isolation_level=None)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            writer.execute("BEGIN IMMEDIATE")  # another process writes, and holds on
+            try:
+                await pilot.press("m")
+                await until(pilot, lambda: "merge: working…" in app.messages, "the merge")
+                seen = len(ticks)
+                await until(pilot, lambda: len(ticks) >= seen + 3, "three refreshes")
+                assert app._busy == ["merge"]  # still waiting to write
+                await pilot.press("d")
+                await until(pilot, lambda: app.query_one("#panes").active == "diff", "keys")
+            finally:
+                writer.execute("ROLLBACK")
+            await until(pilot, lambda: any(m.startswith("merged into") for m in app.messages),
+                        "the merge to end")  # fmt: skip
+
+    try:
+        run_async(drive)
+    finally:
+        writer.close()
+        store.close()
+    assert status_json(repo)["aa"]["merge_result"] == "merged"
 
 
 def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(

@@ -293,7 +293,7 @@ class WatchApp(App[None]):
             self._redraw(task_id, self.rows[task_id])
         if chosen:
             self._run_action(
-                "merge", lambda: watch_actions.merge(self.repo, self.store, self.run_id, chosen)
+                "merge", lambda store: watch_actions.merge(self.repo, store, self.run_id, chosen)
             )
 
     def _act(
@@ -301,13 +301,19 @@ class WatchApp(App[None]):
     ) -> None:
         task_id = self.selected
         if task_id is not None:
-            self._run_action(name, lambda: fn(self.repo, self.store, self.run_id, task_id))
+            self._run_action(name, lambda store: fn(self.repo, store, self.run_id, task_id))
 
     @work(thread=True, group="actions")
-    def _run_action(self, name: str, call: Callable[[], watch_actions.ActionResult]) -> None:
+    def _run_action(self, name: str, call: Callable[[Store], watch_actions.ActionResult]) -> None:
+        """Run *call* with a store of its own.
+
+        While it waits to write (another process writing) it holds that store's lock: the
+        screen's reads must not wait behind it.
+        """
         self.call_from_thread(self._began, name)
         try:
-            result = call()
+            with Store(self.store.path) as store:
+                result = call(store)
         except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
             result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
         self.call_from_thread(self._say, result.message, ok=result.ok)
