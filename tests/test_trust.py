@@ -485,6 +485,13 @@ def _state(repo: Path, task: str) -> object:
     return next((t["state"] for t in json.loads(out.stdout)["tasks"] if t["task_id"] == task), None)
 
 
+def _run_said(repo: Path) -> str:
+    """What `swarm status --json` and the background run's output say (a failure's diagnosis)."""
+    shown = swarm(repo, "status", "--json")
+    log = (repo.parent / "bg.log").read_text(errors="replace")[-4000:]
+    return f"{shown.stdout[-3000:]}{shown.stderr[-1000:]}\n{log}"
+
+
 # The test touches the file named by the agent's second argument once the victim is done: the
 # store is not the agent's to read (under --sandbox, `.git/swarm` is hidden from it).
 WHEN_VICTIM_DONE = """
@@ -516,7 +523,12 @@ agent = {argv_toml([*bad, "swarm/victim", str(done)])}\n""",
     )
     running = swarm_bg(repo, "run", path, "--jobs", "2", *(["--sandbox"] if sandbox else []))
     try:
-        wait_for(lambda: _state(repo, "victim") == "done", what="the victim to be done")
+        ended = {"done", "failed", "no_changes", "timed_out", "stopped", "blocked"}
+        try:
+            wait_for(lambda: _state(repo, "victim") in ended, what="the victim to end")
+        except pytest.fail.Exception:
+            pytest.fail(f"the victim did not end:\n{_run_said(repo)}")
+        assert _state(repo, "victim") == "done", _run_said(repo)
         done.touch()
         running.wait(timeout=120)
     finally:
