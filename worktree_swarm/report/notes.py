@@ -200,7 +200,8 @@ def merge_in(path: Path, text: str) -> None:
     """Append *text*, what another copy of the findings file gained, to *path* in one write.
 
     Without terminal escapes, made printable and redacted; it starts on a line of its own.
-    A file not there yet is made with its header.
+    A file not there yet is made with its header. OSError when nothing could be written (a
+    full disk: the caller may wait and try again).
     """
     lines = [_clean(line) for line in redact(without_escapes(text)).split("\n")]
     data = "\n".join(lines).strip("\n").encode("utf-8")
@@ -208,13 +209,10 @@ def merge_in(path: Path, text: str) -> None:
         return
     data += b"\n"
     try:
-        try:
+        _append(path, data)
+    except FileNotFoundError:
+        if not _create(path, _header(path).encode("utf-8") + data):
             _append(path, data)
-        except FileNotFoundError:
-            if not _create(path, _header(path).encode("utf-8") + data):
-                _append(path, data)
-    except OSError as exc:
-        raise SwarmError(f"{path}: cannot append notes: {exc.strerror or exc}") from exc
 
 
 def read_notes(path: Path) -> str:

@@ -38,7 +38,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
-from worktree_swarm.infra import redact
+from worktree_swarm.infra import faults, redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.report import notes
@@ -865,7 +865,9 @@ class RayTaskWorker(RunWorker):
         self._keep_session(handle, live)
         added = self._call(handle.actor, "notes_added", live=live)
         if added:
-            notes.merge_in(self._findings, added)
+            faults.retry_while_full(
+                lambda: notes.merge_in(self._findings, added), self.store.on_full
+            )
 
     def _measure(self, handle: _Handle, live: Live) -> None:
         """Have the actor measure its clone; recorded, and counted on its node."""
