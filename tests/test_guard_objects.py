@@ -87,17 +87,20 @@ def test_every_loose_object_made_or_written_over_is_named_once(tmp_path: Path) -
         commit_file(repo, f"n{i}.txt", f"new {i}\n")
     made = _loose_names(repo) - before
     assert len(made) == 60  # a blob, a tree and a commit each
-    assert watch.loose_named() == made
-    assert watch.loose_named() == set()
+    assert watch.loose_named() == (made, True)
+    assert watch.loose_named() == (set(), True)
     old, head, blob = (loose(repo, rev) for rev in ("HEAD~3:n16.txt", "HEAD", "HEAD:a.txt"))
     _overwrite_loose(repo)  # a.txt, from before the watch
     _rename_over(repo)  # onto HEAD
     os.utime(old, (0, 0))  # a time changed, as git freshens an object: no other bytes
-    assert watch.loose_named() == {p.parent.name + p.name for p in (head, blob)}
-    for entry in old.parent.iterdir():  # a watched directory gone: no longer trusted
+    assert watch.loose_named() == ({p.parent.name + p.name for p in (head, blob)}, True)
+    # Named, then a watched directory gone: those are still named, but they are not all.
+    _rename_over(repo)
+    for entry in old.parent.iterdir():
         entry.unlink()
     old.parent.rmdir()
-    assert watch.loose_named() is None
+    assert watch.loose_named() == ({head.parent.name + head.name}, False)
+    assert watch.loose_named() == (set(), False)
 
 
 Damage = Callable[[Path], None]

@@ -72,20 +72,18 @@ class ObjectWatch:
             self._read()
             return self._generation
 
-    def loose_named(self) -> set[str] | None:
+    def loose_named(self) -> tuple[set[str], bool]:
         """The loose objects (fan-out and name) made, renamed onto or written since last asked.
 
-        None when the store is not watched (any may have been). A fan-out directory made
+        And whether they are all: not when the store is not watched (any may have been; the
+        ones seen before the watch was lost are still named). A fan-out directory made
         meanwhile is listed once its watch is on (git links an object in right after making it).
         """
         with self._lock:
             if self._ino is not None:
                 self._read()
-            if self._ino is None:
-                self._loose.clear()
-                return None
             named, self._loose = self._loose, set()
-            return named
+            return named, self._ino is not None
 
     def _read(self) -> None:
         assert self._ino is not None  # noqa: S101 - callers check

@@ -1565,7 +1565,10 @@ class Guard:
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
         common = self.repo.common_dir
-        named = None if self._objects is None else self._objects.loose_named()
+        named: set[str] = set()
+        whole = False
+        if self._objects is not None:
+            named, whole = self._objects.loose_named()
         first = self._loose_seen is None
         if self._loose_seen is None:
             self._loose_seen = set()
@@ -1574,10 +1577,10 @@ class Guard:
             common,
             self._loose_seen,
             held=self._loose_held,
-            named=(named or set()) | self._loose_unread,
+            named=named | self._loose_unread,
             # Every one not known good: the first time (some were made before the change test
             # watched), without the change test, and at the last scan (whatever it missed).
-            listing=first or named is None or self._closing.is_set(),
+            listing=first or not whole or self._closing.is_set(),
         )
         self._loose_unread = frozenset(unread)
         if not forged:
