@@ -72,6 +72,9 @@ def test_the_full_disk_line_names_what_and_what_to_do(tmp_path: Path) -> None:
         "cannot write a checkpoint: `git commit`: No space left on device; "
         "free some space, then run `swarm resume`"
     )
+    options = ["git", "-c", "rerere.enabled=false", "reset"]
+    past_options = CommandError(options, 128, "Out of diskspace")
+    assert faults.why(past_options) == "`git reset`: No space left on device"
     db = faults.full_message("the store", full_database(tmp_path))
     assert db.startswith("cannot write the store: database or disk is full;")
 

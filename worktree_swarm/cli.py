@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from worktree_swarm.config.settings import FLAGGED
-from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
+from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, SwarmError
 from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
@@ -973,6 +973,8 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
     text = str(exc)
     if isinstance(exc, faults.DiskFullError):
         text = faults.retry_with(text, command)
+    elif isinstance(exc, CommandError) and faults.is_full(exc):  # git writing, the disk full
+        text = faults.retry_with(faults.full_message("the repository", exc), command)
     click.echo(f"swarm: {redact(text)}", err=True)
     return int(exc.exit_code)
 

@@ -135,15 +135,27 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
     old = {ref: git.rev_parse(repo, ref) for ref in dict.fromkeys(refs)}
     moves = RefMoves(repo, where / f"{os.getpid()}-{secrets.token_hex(4)}.json", old)
     path = moves.path
+    failed = False
     try:
         moves._write(done=False)  # noqa: SLF001 - the file's one writer
         yield moves
+    except BaseException:
+        failed = True
+        raise
     finally:
         try:
-            moves._write(done=True)  # noqa: SLF001
-            if moves.refs and lock.manager_alive(repo.state_dir):
+            told = True
+            try:
+                moves._write(done=True)  # noqa: SLF001
+            except OSError:
+                if not failed:
+                    raise
+                # What failed first is what to tell (a full disk fails both); the note goes
+                # below, unfinished, as a killed command's would.
+                told = False
+            if told and moves.refs and lock.manager_alive(repo.state_dir):
                 _await_verdict(path, repo.state_dir)
-            if moves.refs:
+            if told and moves.refs:
                 _await_listeners(path)
         finally:
             moves._close()  # noqa: SLF001

@@ -55,8 +55,16 @@ def why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, CommandError):
-        return f"`{' '.join(exc.argv[:2])}`: {_NO_SPACE}"
+        return f"`{' '.join(_command(exc.argv))}`: {_NO_SPACE}"
     return str(exc)
+
+
+def _command(argv: list[str]) -> list[str]:
+    """The program and its subcommand (``git reset``), past any ``-c key=value``."""
+    at = 1
+    while at < len(argv) and argv[at] == "-c":
+        at += 2
+    return argv[:1] + argv[at : at + 1]
 
 
 _RESUME = "then run `swarm resume`"
