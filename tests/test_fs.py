@@ -1,11 +1,14 @@
-"""Deleting trees that tools made read-only, as their owner (root's override taken away)."""
+"""Deleting trees that tools made read-only, as their owner; reading only regular files."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import as_owner_only
 from worktree_swarm.infra import fs
@@ -58,3 +61,30 @@ def test_opening_up_never_follows_a_symlink(tmp_path: Path) -> None:
     fs.make_removable(tmp_path / "gone")  # nothing there: nothing to do
     fs.remove_tree(top)
     assert outside.is_dir()
+
+
+def test_a_named_pipe_is_refused_at_once_where_a_file_is_read_or_appended_to(
+    tmp_path: Path,
+) -> None:
+    """Opening a FIFO waits for its other end: swarm's reads and appends never do."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(fs.NotAFileError):
+        fs.read_file(pipe)  # no writer: a plain open would wait for ever
+    with pytest.raises(OSError, match="No such device"):
+        fs.open_append(pipe)  # no reader: refused by the kernel, not waited on
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(fs.NotAFileError):
+            fs.open_append(pipe)  # a reader there: opened, and still refused
+    finally:
+        os.close(reader)
+    with pytest.raises(fs.NotAFileError):
+        fs.read_file(tmp_path)
+    (tmp_path / "log").write_text("a\n")
+    with fs.open_append(tmp_path / "log") as out:
+        out.write("b\n")
+    assert fs.read_file(tmp_path / "log") == b"a\nb\n"
+    (tmp_path / "link").symlink_to(pipe)
+    with pytest.raises(fs.NotAFileError):
+        fs.open_file(tmp_path / "link")  # followed, and what it names checked

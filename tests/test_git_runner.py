@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import git
@@ -16,6 +18,7 @@ from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import runner
+from worktree_swarm.infra import pipes
 
 
 def _plant(repo: Path, marker: Path) -> None:
@@ -241,3 +244,50 @@ def test_swarms_git_reads_commits_not_a_commit_graph_an_agent_wrote(
     runner.run(repo, "worktree", "add", "-q", "--no-checkout", "--detach", str(worktree), "main")
     runner.run(worktree, "read-tree", "--reset", "-u", "HEAD")
     assert (worktree / "README.md").read_text() == "hello\n"
+
+
+def _gits_left() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.name() == "git"]
+
+
+def test_a_git_command_stuck_opening_a_planted_pipe_is_stopped_and_names_it(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO where git reads (an agent's `.gitignore`) would hold `git status` for ever."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
+    os.mkfifo(repo / ".gitignore")
+    with pytest.raises(runner.StuckOnPipeError) as caught:
+        runner.run(repo, "status", "--porcelain")
+    assert caught.value.pipe == str(repo / ".gitignore")
+    assert "`git status` was stopped" in str(caught.value)
+    assert _gits_left() == []
+
+
+def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a writer holding the FIFO open, git's open succeeds and its read waits instead."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
+    ref = repo / ".git" / "refs" / "heads" / "silent"
+    os.mkfifo(ref)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'w'); time.sleep(60)", ref]
+    )
+    try:
+        with pytest.raises(runner.StuckOnPipeError) as caught:
+            runner.run(repo, "for-each-ref")
+        assert caught.value.pipe == str(ref)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert _gits_left() == []
+
+
+def test_a_git_command_reading_its_input_past_many_looks_is_left_to_finish(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a named pipe stops a command: its own input pipe, read for long, does not."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.001)
+    data = "x" * (64 << 20)
+    sha = runner.run(repo, "hash-object", "--stdin", input_text=data).stdout.strip()
+    assert sha == hashlib.sha1(b"blob %d\0" % len(data) + data.encode()).hexdigest()  # noqa: S324

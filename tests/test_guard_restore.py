@@ -94,7 +94,10 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     assert "# hooks/keep: dir -> dir\n" in text
     assert "# info/gone: file 644, 9 bytes -> dir\n" in text
     assert "-was here\n" in text
-    assert "# info/fifo: other -> file 644, 11 bytes\n" in text
+    assert (
+        "# info/fifo: not a file (a named pipe, a device or a socket) -> file 644, 11 bytes\n"
+        in text
+    )
     # Binary and huge files are named, not dumped into the patch.
     assert "# info/binary: (absent) -> file 644, 10 bytes\n# info/fifo" in text
     assert text.endswith("# info/huge: (absent) -> file 644, 2097152 bytes\n")

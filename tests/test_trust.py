@@ -26,7 +26,15 @@ import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_guard import checkout_state, one_after_another
-from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
+from tests.test_run import (
+    argv_toml,
+    branch_file,
+    manifest,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import surface
@@ -2544,3 +2552,90 @@ def test_a_backup_during_a_run_leaves_your_linked_worktree_registered(
     assert (admin / "commondir").is_file()
     assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == "yours"
     assert "wt" in git(repo, "worktree", "list")
+
+
+# -- named pipes: git and swarm never wait on one ------------------------------------------------
+
+PIPE = """
+import os, pathlib, subprocess, sys
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+pathlib.Path('work.txt').write_text('own work\\n')
+target = {
+    'gitignore': pathlib.Path('.gitignore'),
+    'dotgit': pathlib.Path('.git'),
+    'ref': common / 'refs' / 'heads' / 'evil',
+    'object': common / 'objects' / 'e6' / '9de29bb2d1d6434b8b29ae775ad8c2e48c5391',  # empty blob
+}[sys.argv[1]]
+try:
+    target.parent.mkdir(exist_ok=True)
+    if target.is_file():
+        target.unlink()
+    os.mkfifo(target)
+except OSError:
+    pass  # the sandbox said no
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize(
+    ("where", "what"),
+    [
+        pytest.param("ref", "refs/heads/evil", id="loose-ref"),
+        pytest.param("object", "objects/e6/9de29bb2", id="loose-object"),
+    ],
+)
+def test_a_named_pipe_planted_where_your_git_reads_is_removed(
+    repo: Path, write_agent: AgentFactory, where: str, what: str, sandbox: bool
+) -> None:
+    """Opening a FIFO waits for a writer: every `git for-each-ref` of yours (a planted ref),
+    every read of the empty blob (a planted object) would hang for ever, and the guard's too."""
+    before = repo_state(repo)
+    run_one(repo, [*write_agent(PIPE), where], sandbox=sandbox)  # a hung run fails here
+    caught_or_impossible(repo, sandbox=sandbox, what=what)
+    for command in (["for-each-ref"], ["cat-file", "--batch-all-objects", "--batch-check"]):
+        subprocess.run(["git", *command], cwd=repo, check=True, timeout=30, capture_output=True)
+    assert repo_state(repo) == before
+
+
+WORK = "import pathlib; pathlib.Path('work.txt').write_text('own work\\n')"
+
+
+def test_a_named_pipe_in_an_agents_worktree_fails_its_task_and_the_run_goes_on(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """A FIFO `.gitignore` held every `git status` and `git add` there: the checkpoint, the
+    guard's look, and the run waiting for them, for ever. The task fails naming it, its
+    work stays in its worktree, and `swarm clean` keeps that worktree until the pipe is gone."""
+    plant = write_agent(PIPE)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {argv_toml([*plant, "gitignore"])}\n'
+        f'[[task]]\nid = "good"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n',
+    )
+    done = swarm(repo, "run", path)
+    rows = status_json(repo)
+    assert rows["good"]["state"] == "done", done.stdout + done.stderr
+    bad = rows["bad"]
+    pipe = Path(str(bad["worktree"])) / ".gitignore"
+    assert bad["state"] == "failed", bad
+    assert f"waited on the named pipe {pipe}" in str(bad["reason"]), bad
+    cleaned = swarm(repo, "clean", "--yes")
+    assert cleaned.returncode == 1, cleaned.stdout
+    assert f"waited on the named pipe {pipe}" in cleaned.stdout
+    assert pipe.parent.is_dir()
+    assert not Path(str(rows["good"]["worktree"])).exists()
+    pipe.unlink()
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert branch_file(repo, "swarm/bad", "work.txt") == "own work"  # checkpointed, then removed
+
+
+def test_a_worktree_whose_git_file_an_agent_made_a_named_pipe_fails_its_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """swarm reads a worktree's `.git` to find its admin dir: a FIFO there held the task."""
+    run_one(repo, [*write_agent(PIPE), "dotgit"], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "no longer names its registration" in str(row["reason"]), row

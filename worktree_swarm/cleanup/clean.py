@@ -33,7 +33,7 @@ from worktree_swarm.cleanup.fixes import (
     worktree_finding,
 )
 from worktree_swarm.core import paths
-from worktree_swarm.core.errors import BadInputError, ExitCode
+from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, GitError
 from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Executor
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
@@ -328,9 +328,19 @@ def _to_look_at(
 
 
 def _statuses(paths: list[str]) -> dict[str, bool]:
-    """{path: whether the worktree there holds work to keep}, several looked at at once."""
-    found = parallel.in_order(lambda path: worktree_dirty(Path(path)), paths)
-    return dict(zip(paths, found, strict=True))
+    """{path: whether the worktree there holds work to keep}, several looked at at once.
+
+    One git could not look into is left out: its finding looks again, and says why it is kept.
+    """
+
+    def look(path: str) -> bool | None:
+        try:
+            return worktree_dirty(Path(path))
+        except (GitError, CommandError):
+            return None
+
+    found = parallel.in_order(look, paths)
+    return {path: dirty for path, dirty in zip(paths, found, strict=True) if dirty is not None}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -375,7 +385,13 @@ class _Seen:
     def dirty(self, worktree: Path) -> bool:
         """Whether the task worktree *worktree* holds work to keep (looked at once)."""
         known = self.statuses.get(str(worktree))
-        return worktree_dirty(worktree) if known is None else known
+        if known is None:
+            try:
+                known = worktree_dirty(worktree)
+            except (GitError, CommandError):  # git cannot look into it: it may hold work
+                known = True
+            self.statuses[str(worktree)] = known
+        return known
 
 
 def _plan_task(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.core.errors import CommandError, GitError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
     SCRATCH_PREFIX,
@@ -273,10 +273,16 @@ def worktree_finding(
     :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
     """
     path = info.path
-    dirty = known if known is not None else worktree_dirty(path) if look else None
+    unseen = ""
+    try:
+        dirty = known if known is not None else worktree_dirty(path) if look else None
+    except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
+        dirty, unseen = None, str(exc)
     users = processes_using(path, cwds)
     keep = ""
-    if info.locked is not None and not force:
+    if unseen:  # its work cannot be committed first, --force or not
+        keep = f"git cannot look into it ({unseen})"
+    elif info.locked is not None and not force:
         keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
     elif users and not force:
         keep = f"{describe(users[0])} is using it; stop it first"
@@ -284,7 +290,9 @@ def worktree_finding(
         keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
     elif not force and (left := git.submodule_work(path)):
         keep = f"submodule {', '.join(left)} holds work no commit records; save it first"
-    if keep:
+    if unseen:
+        action, fix = Action.KEEP, f"kept: {keep}"
+    elif keep:
         action, fix = Action.KEEP, f"kept: {keep}, or use --force"
     elif dirty:
         on = f" on {info.branch}" if info.branch else ""
@@ -498,7 +506,7 @@ def repo_paths(repo: git.Repo) -> list[Path]:
     if admin.is_dir():
         for entry in admin.iterdir():
             with contextlib.suppress(OSError):
-                paths.append(Path((entry / "gitdir").read_text().strip()).parent)
+                paths.append(Path(os.fsdecode(fs.read_file(entry / "gitdir")).strip()).parent)
     return paths
 
 

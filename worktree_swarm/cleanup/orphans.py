@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import lock, supervisor
+from worktree_swarm.infra import fs, lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow
 
 DAY = 86400.0
@@ -536,7 +537,8 @@ def _admin_dir(repo: git.Repo, path: Path) -> str | None:
     admin = repo.common_dir / "worktrees"
     for entry in admin.iterdir() if admin.is_dir() else []:
         with contextlib.suppress(OSError):
-            if real_path(Path((entry / "gitdir").read_text().strip()).parent) == real_path(path):
+            named = Path(os.fsdecode(fs.read_file(entry / "gitdir")).strip())
+            if real_path(named.parent) == real_path(path):
                 return str(entry)
     return None
 
@@ -620,7 +622,10 @@ def _keep_directory(ctx: _Context, child: Path, main: Path) -> str:
     if dotgit.is_dir():
         return "it is a repository of its own; move it elsewhere"
     if dotgit.is_file():
-        text = dotgit.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
+        try:
+            text = os.fsdecode(fs.read_file(dotgit)).strip().removeprefix("gitdir:").strip()
+        except OSError:
+            return "its .git cannot be read; move it elsewhere"
         if not real_path(child / text).is_relative_to(real_path(ctx.repo.common_dir)):
             return "it is a worktree of another repository; move it elsewhere"
     return ""

@@ -18,7 +18,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
-from worktree_swarm.infra import redact
+from worktree_swarm.infra import fs, redact
 
 if TYPE_CHECKING:
     import subprocess
@@ -496,7 +496,7 @@ def _no_gitlinks(index: Path) -> bool:
     file, so then git is asked, as it is for a file of another format.
     """
     try:
-        data = index.read_bytes()
+        data = fs.read_file(index)
     except FileNotFoundError:
         return True  # no index yet: no entries
     except OSError:
@@ -607,9 +607,9 @@ def _holding_secrets(worktree: Path, added: str) -> list[str]:
             continue
         path = line[5:-1]
         try:
-            with (worktree / path).open("rb") as fh:
+            with fs.open_file(worktree / path) as fh:
                 head = fh.read(_SECRET_SCAN_LIMIT)
-        except OSError:  # a directory (a gitlink), a name git quoted, gone meanwhile
+        except OSError:  # a directory (a gitlink), a name git quoted, gone meanwhile, a pipe
             continue
         held = [value for value in values if value in head]
         if held and not _committed_with(worktree, path, held):
@@ -767,20 +767,25 @@ def head_in(worktree: Path) -> str | None:
     """
     try:
         admin = git_dir(worktree)
-        head = (admin / "HEAD").read_text(encoding="utf-8").strip()
+        head = _plain(admin / "HEAD")
         if head.startswith("ref: refs/heads/"):
             common = admin
             commondir = admin / "commondir"
             if commondir.is_file():
-                common = admin / commondir.read_text(encoding="utf-8").strip()
+                common = admin / os.fsdecode(fs.read_file(commondir)).strip()
             ref = head.removeprefix("ref: ")
             if ".." not in ref.split("/"):
-                head = (common / ref).read_text(encoding="utf-8").strip()
+                head = _plain(common / ref)
     except (OSError, GitError):
         head = ""
     if _OBJECT_NAME.fullmatch(head):
         return head
     return rev_parse_in(worktree, "HEAD")
+
+
+def _plain(path: Path) -> str:
+    """The text of one of git's small files (HEAD, a loose ref), stripped."""
+    return fs.read_file(path).decode("utf-8", errors="replace").strip()
 
 
 def checkout_incomplete(worktree: Path) -> bool:

@@ -21,6 +21,7 @@ from typing import Self
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import sparse
+from worktree_swarm.infra import fs, pipes
 from worktree_swarm.infra.proc import GIT_LOCATION_VARS, clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
@@ -130,7 +131,7 @@ def git_dir(checkout: Path) -> Path:
     if dotgit.is_dir():
         return dotgit
     try:
-        text = dotgit.read_text(encoding="utf-8")
+        text = os.fsdecode(fs.read_file(dotgit))
     except OSError as exc:
         raise GitError(f"{dotgit}: cannot read ({exc}); is {checkout} a git checkout?") from exc
     if not text.startswith("gitdir:"):
@@ -161,7 +162,7 @@ def _config_files(cwd: Path) -> list[Path]:
     located = _signature(commondir)
     if commondir.is_file():
         try:
-            common = (admin / commondir.read_text(encoding="utf-8").strip()).resolve()
+            common = (admin / os.fsdecode(fs.read_file(commondir)).strip()).resolve()
         except OSError:
             return []
     files = [admin / "config.worktree", common / "config", common / "config.worktree"]
@@ -205,7 +206,7 @@ def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
     contents: list[object] = []
     for path in paths:
         try:
-            data = path.read_bytes()
+            data = fs.read_file(path)
         except FileNotFoundError:
             data = None
         except OSError:
@@ -319,23 +320,49 @@ def _execute_bytes(
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
     shown = ["git", *args[shown_from:]]
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=full_env,
-            input=input_bytes,
-            stdin=subprocess.DEVNULL if input_bytes is None else None,
-            capture_output=True,
-            check=False,
+            stdin=subprocess.DEVNULL if input_bytes is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
     except FileNotFoundError as exc:
         if not cwd.is_dir():  # removed since the check above
             raise GitError(f"directory {cwd} does not exist") from exc
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
+    # Git never waits on a named pipe of its own: one it waits on was planted where it reads
+    # (an agent's `.gitignore` or loose ref), and would hold it, and whatever waits for it,
+    # for ever. The watch stops it; the command fails and says where the pipe is.
+    with proc, pipes.watching(proc) as watched:
+        try:
+            out, err = proc.communicate(input_bytes)
+        except BaseException:
+            proc.kill()
+            raise
+    if watched.pipe is not None:
+        raise StuckOnPipeError(shown, watched.pipe)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and done.returncode != 0:
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
         raise CommandError(shown, done.returncode, text, full=_out_of_space(cwd, text))
     return done
+
+
+class StuckOnPipeError(GitError):
+    """A git command stopped because it waited on a named pipe where git reads a file."""
+
+    def __init__(self, shown: Sequence[str], pipe: str) -> None:
+        """*shown*: the command as asked; *pipe*: the FIFO's path, or ``a named pipe``."""
+        self.pipe = pipe
+        at = _subcommand(shown[1:])
+        command = "git" if at is None else f"git {shown[1 + at]}"
+        what = f"the named pipe {pipe}" if pipe.startswith("/") else pipe
+        super().__init__(
+            f"`{command}` was stopped: it waited on {what}, where git reads a file "
+            "(remove it, then try again)"
+        )
 
 
 # What git says when a write fails; of a full disk it says so only sometimes (a checkout

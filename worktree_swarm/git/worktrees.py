@@ -159,10 +159,10 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     """
     admin = _linked_admin(repo, path)
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        head = "" if admin is None else (admin / "HEAD").read_text(encoding="utf-8")
+        head = "" if admin is None else fs.read_text(admin / "HEAD")
         if admin is not None and head.startswith(_ON_BRANCH):
             lock = admin / "locked"
-            locked = _reason(lock.read_text(encoding="utf-8")) if lock.exists() else None
+            locked = _reason(fs.read_text(lock)) if lock.exists() else None
             branch = head.removeprefix(_ON_BRANCH).strip()
             return WorktreeInfo(
                 path=path, head=None, branch=branch, locked=locked, prunable=None, is_main=False
@@ -288,7 +288,7 @@ def _linked_admin(repo: Repo, path: Path) -> Path | None:
     """
     try:
         admin = git_dir(path)
-        back = (admin / "gitdir").read_text(encoding="utf-8").strip()
+        back = fs.read_text(admin / "gitdir").strip()
     except (OSError, GitError, UnicodeDecodeError):
         return None
     if admin.parent != _worktrees_dir(repo.common_dir):
@@ -459,7 +459,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
     Unlike git, it starts no reflog for the worktree's HEAD (its one entry says nothing).
     """
     try:
-        config = (repo.common_dir / "config").read_bytes().lower()
+        config = fs.read_file(repo.common_dir / "config").lower()
     except OSError:
         return False
     if any(word in config for word in _OWN_LAYOUT) or not _ADMIN_NAME.fullmatch(path.name):
@@ -475,7 +475,7 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
         names = [entry.name for entry in entries if own.fullmatch(entry.name)]
     for known in names:
         try:
-            gitdir = (root / known / "gitdir").read_text(encoding="utf-8").strip()
+            gitdir = fs.read_text(root / known / "gitdir").strip()
         except (OSError, UnicodeDecodeError):
             continue
         if real_path(root / known / gitdir) == target:
@@ -534,8 +534,8 @@ def _discard_locked(repo: Repo, *, path: Path, branch: str, commit: str) -> None
     with contextlib.suppress(FileNotFoundError):
         for admin in (repo.common_dir / "worktrees").iterdir():
             try:
-                gitdir = (admin / "gitdir").read_text().strip()
-            except OSError:
+                gitdir = fs.read_text(admin / "gitdir").strip()
+            except (OSError, UnicodeDecodeError):
                 continue
             if real_path(Path(gitdir).parent) == real_path(path):
                 shutil.rmtree(admin, ignore_errors=True)
@@ -705,7 +705,8 @@ def copied_secrets(root: Path, globs: Sequence[str]) -> list[tuple[str, str]]:
             info = src.lstat()
             if not stat.S_ISREG(info.st_mode) or info.st_size > min(_SETTINGS_FILE_LIMIT, budget):
                 continue
-            data = src.read_bytes()[:_SETTINGS_FILE_LIMIT]
+            with fs.open_file(src) as fh:
+                data = fh.read(_SETTINGS_FILE_LIMIT)
         except OSError:
             continue
         budget -= len(data)

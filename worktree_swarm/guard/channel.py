@@ -35,7 +35,7 @@ import psutil
 
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.attribution import Agents
-from worktree_swarm.infra import lock
+from worktree_swarm.infra import fs, lock
 
 DIR = "ref-moves"
 # A task worktree is named in an announcement like a ref: its key is this and its real path,
@@ -202,7 +202,7 @@ def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
         if not path.name.endswith((".json", _LISTENING)):
             continue
         try:
-            started = float(json.loads(path.read_bytes())["started"])
+            started = float(json.loads(fs.read_file(path))["started"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         try:
@@ -253,7 +253,7 @@ def _listening(listener: Path) -> bool:
     planted by anyone else is not waited for.
     """
     try:
-        data = json.loads(listener.read_bytes())
+        data = json.loads(fs.read_file(listener))
         pid, started = int(data["pid"]), float(data["started"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -335,7 +335,7 @@ class Channel:
             if path.name in self._done:
                 continue
             try:
-                data = json.loads(path.read_bytes())
+                data = json.loads(fs.read_file(path))
                 pid, started = int(data["pid"]), float(data["started"])
                 moves = [(str(m["ref"]), m.get("old"), m.get("new")) for m in data["moves"]]
                 done = bool(data["done"])

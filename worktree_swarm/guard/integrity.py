@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import runner
 from worktree_swarm.guard import graph
 from worktree_swarm.guard.snapshot import ref_owner
+from worktree_swarm.infra import fs
 
 KEEP_PREFIX = "refs/swarm/keep/"
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
@@ -329,14 +330,15 @@ def _hashes_to(path: Path, name: str) -> bool | None:
     Read and inflated a piece at a time, and no further than the size its header gives: an
     agent's few kilobytes that inflate to gigabytes cost no more memory than a piece. None
     when it could not be read (gone, out of file descriptors, an I/O error): that tells
-    nothing of the object, which is looked at again next time.
+    nothing of the object, which is looked at again next time. False for a named pipe or a
+    device: git would wait on it (or read it without end), never find an object there.
     """
     # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
     inflate = zlib.decompressobj()
     head, total, seen = b"", -1, 0
     try:
-        with path.open("rb") as data:
+        with fs.open_file(path) as data:
             while chunk := data.read(_PIECE):
                 while True:
                     piece = inflate.decompress(chunk, _PIECE)
@@ -353,6 +355,8 @@ def _hashes_to(path: Path, name: str) -> bool | None:
                     if not chunk and len(piece) < _PIECE:
                         break
         digest.update(inflate.flush(_PIECE))
+    except fs.NotAFileError:
+        return False  # a named pipe or a device: git would wait on it, never read an object
     except OSError:
         return None
     except zlib.error:
@@ -425,7 +429,7 @@ def lying_rev(idx: Path) -> str:
     the pack, so it can only be right one way: read once per pack made or changed.
     """
     try:
-        rev, index = idx.with_suffix(".rev").read_bytes(), idx.read_bytes()
+        rev, index = fs.read_file(idx.with_suffix(".rev")), fs.read_file(idx)
     except FileNotFoundError:
         return ""
     if index[:8] != _IDX_V2:
@@ -534,7 +538,7 @@ def _same_object(held: Path, now: Path, pack: bool) -> bool:
 
 def _missing_from(root: Path, idx: Path) -> bool:
     """Whether the store of *root* misses an object the pack index *idx* lists."""
-    listed = runner.run_bytes(root, "show-index", input_bytes=idx.read_bytes(), check=False)
+    listed = runner.run_bytes(root, "show-index", input_bytes=fs.read_file(idx), check=False)
     names = [line.split()[1].decode() for line in listed.stdout.splitlines() if line.strip()]
     found = _batch_check(root, names)
     return listed.returncode != 0 or len(found) < len(names)
@@ -563,7 +567,7 @@ def last_complete(root: Path, common: Path, ref: str) -> str | None:
     For a ref the guard never saw complete (a task's branch made since its last check).
     """
     try:
-        lines = (common / "logs" / ref).read_text(errors="replace").splitlines()
+        lines = fs.read_file(common / "logs" / ref).decode(errors="replace").splitlines()
     except OSError:
         return None
     named: list[str] = []

@@ -22,6 +22,7 @@ from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.restore import prune_empty, put_file
 from worktree_swarm.guard.snapshot import SYMBOLIC
+from worktree_swarm.infra import fs
 
 PREFIX = "refs/remotes/"
 _LOGS = ("logs", "refs", "remotes")
@@ -85,7 +86,7 @@ def read(
             try:
                 logs[ref] = signature(path)
                 if data:
-                    contents[ref] = path.read_bytes()
+                    contents[ref] = fs.read_file(path)
             except FileNotFoundError:
                 logs.pop(ref, None)  # pruned by git as it was listed
     return Remotes(refs=dict(refs), logs=logs, data=contents if data else None)
@@ -162,7 +163,7 @@ def put_back(root: Path, common: Path, base: Remotes, refs: Iterable[str]) -> li
         kept = (base.data or {}).get(ref)
         if kept is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
-            if not log.is_file() or log.read_bytes() != kept:
+            if not log.is_file() or fs.read_file(log) != kept:
                 put_file(log, mode="100644", data=kept)
         elif os.path.lexists(log) and not log.is_dir():
             log.unlink()
@@ -196,7 +197,7 @@ def finish(root: Path, common: Path, path: Path) -> list[str]:
     yet): one moved since (your fetch) is left.
     """
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(fs.read_file(path))
     except FileNotFoundError:
         return []
     except (OSError, ValueError):

@@ -13,6 +13,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot
 from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
+from worktree_swarm.infra import fs
 
 
 def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:
@@ -92,7 +93,7 @@ def put_index(root: Path, saved: Path) -> bool:
         return False  # a git command is running there; the next scan tries again
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(saved.read_bytes() if saved.is_file() else b"")
+            out.write(fs.read_file(saved) if saved.is_file() else b"")
         if saved.is_file():
             lock.replace(real)
         else:

@@ -366,7 +366,7 @@ def _bytes(path: Path, info: os.stat_result) -> bytes:
     if known is not None and known[0] == signature:
         return known[1]
     began = time.time_ns()
-    data = path.read_bytes()
+    data = fs.read_file(path)
     if info.st_ctime_ns < began - RACY_NS:
         if len(_KNOWN) >= _KNOWN_MAX:
             _KNOWN.clear()
@@ -392,10 +392,25 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
         elif entry.is_file(follow_symlinks=False):
             if renamed is not None and entry.name not in renamed and _linked_more(entry):
                 _add_hard_link(found, common, Path(entry.path))
-        elif entry.is_dir(follow_symlinks=False) and (
-            entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH
-        ):
-            _add_links(found, common, Path(entry.path), depth + 1)
+        elif entry.is_dir(follow_symlinks=False):
+            if entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH:
+                _add_links(found, common, Path(entry.path), depth + 1)
+        elif _blocking(entry):
+            _add(found, common, Path(entry.path))
+
+
+def _blocking(entry: os.DirEntry[str]) -> bool:
+    """Whether *entry* is a named pipe or a device: git reading it would wait, or never end.
+
+    git never makes one in a git dir; one planted under ``refs/`` stops every `git
+    for-each-ref` (yours and the guard's) at its open. Sockets are left alone: git's own
+    fsmonitor daemon listens on one at the top of the git dir, and opening one fails at once.
+    """
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 # Files git writes aside and renames over, never in place: a hard link there is harmless (a
@@ -505,6 +520,8 @@ def _describe(entry: Entry | None) -> str:
         return f"symlink to {os.fsdecode(entry.data)}"
     if entry.kind == HARD_LINK:
         return "file with another name too (a hard link)"
+    if entry.kind == "other":
+        return "not a file (a named pipe, a device or a socket)"
     return entry.kind
 
 

@@ -84,6 +84,7 @@ from worktree_swarm.guard.snapshot import (
     status_field,
     symbolic_head,
 )
+from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
 _MIN_INTERVAL = 1.0
@@ -387,7 +388,7 @@ class Guard:
             if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
                 continue
             try:
-                named = (common / "worktrees" / parts[1] / "gitdir").read_text(encoding="utf-8")
+                named = fs.read_text(common / "worktrees" / parts[1] / "gitdir")
             except (OSError, UnicodeDecodeError):
                 continue
             if named.strip() in self._provisioning:
@@ -454,7 +455,7 @@ class Guard:
         """
         want = f"refs/heads/{branch}"
         with contextlib.suppress(OSError, SwarmError):  # the fast way: read the HEAD file
-            if (index_path(path).parent / "HEAD").read_text() == f"ref: {want}\n":
+            if fs.read_file(index_path(path).parent / "HEAD") == f"ref: {want}\n".encode():
                 return None
         head_ref = symbolic_head(path)
         if head_ref == want:
@@ -785,7 +786,7 @@ class Guard:
         with contextlib.suppress(OSError):
             self._dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with (self._dir / "guard.log").open("a", encoding="utf-8") as out:
+            with fs.open_append(self._dir / "guard.log") as out:
                 out.write(f"{stamp} {line}\n")
 
     # -- internals ---------------------------------------------------------------------------
@@ -858,7 +859,7 @@ class Guard:
         """
         gitdir = self.repo.common_dir / "worktrees" / known / "gitdir"
         try:
-            named = gitdir.read_text(encoding="utf-8").strip()
+            named = fs.read_text(gitdir).strip()
         except (OSError, UnicodeDecodeError):
             return False
         if os.path.realpath(Path(named).parent) != os.path.realpath(path):
@@ -1066,7 +1067,7 @@ class Guard:
         common = self.repo.common_dir
         files = [admin / "index", admin / "HEAD", common / "packed-refs"]
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            head = (admin / "HEAD").read_text(encoding="utf-8")
+            head = fs.read_text(admin / "HEAD")
             ref = head.removeprefix("ref: ").strip()
             if head.startswith("ref: refs/") and ".." not in ref:
                 files.append(common / ref)  # a loose ref; packed, it is packed-refs
@@ -2010,7 +2011,7 @@ def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
             done.append(f"remote-tracking refs put back (cut short): {back}")
     for note in sorted((work_dir / _MOVING).glob("*")):
         with contextlib.suppress(ValueError, SwarmError, OSError, UnicodeDecodeError):
-            moved, path = map(Path, json.loads(note.read_text(encoding="utf-8")))
+            moved, path = map(Path, json.loads(fs.read_file(note)))
             admin = repo.common_dir / "worktrees" / note.name
             if not os.path.lexists(path) and _moved_to(admin, path) == moved:
                 _move_back(repo, moved, path)
@@ -2034,7 +2035,7 @@ def cut_verdicts(repo: git.Repo, work_dir: Path) -> list[tuple[Path, Violation, 
         aside.unlink(missing_ok=True)
     for note in sorted((work_dir / _VERDICTS).glob("*.json"), key=_note_order):
         try:
-            data = json.loads(note.read_text(encoding="utf-8"))
+            data = json.loads(fs.read_file(note))
             violation = Violation.from_dict(data["violation"])
             recorded = data.get("recorded") is True
             path = data.get("worktree")
@@ -2075,7 +2076,7 @@ def _put_back_now(repo: git.Repo, violation: Violation, worktree: object) -> boo
 def _moved_to(admin: Path, path: Path) -> Path | None:
     """Where the worktree registered in *admin* is now, when it is whole but not at *path*."""
     try:
-        named = Path((admin / "gitdir").read_text(encoding="utf-8").strip())
+        named = Path(fs.read_text(admin / "gitdir").strip())
     except (OSError, UnicodeDecodeError):
         return None
     where = named.parent

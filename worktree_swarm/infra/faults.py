@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.infra import fs
 
 _T = TypeVar("_T")
 _NO_SPACE = "No space left on device"
@@ -145,7 +146,7 @@ class Pause:
 def paused_reason(run_dir: Path) -> str | None:
     """Why the run's manager is paused right now (a full disk), or None."""
     try:
-        text = (run_dir / PAUSE_FILE).read_text(encoding="utf-8").strip()
+        text = fs.read_text(run_dir / PAUSE_FILE).strip()
         data = json.loads(text) if text else {}
     except (OSError, ValueError):
         return None
@@ -179,7 +180,7 @@ def _append(log: Path, where: str, text: str) -> None:
     entry = f"{stamp} internal error in {where}\n{text}\n"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a", encoding="utf-8") as fh:
+        with fs.open_append(log) as fh:
             fh.write(entry)
     except OSError:
         sys.stderr.write(entry)  # the disk refuses the log too: stderr is all that is left

@@ -9,11 +9,13 @@ for anyone but root, and a worktree that cannot be deleted is left behind by eve
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 _OWNER_ALL = stat.S_IRWXU
 
@@ -71,3 +73,59 @@ def break_link(path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(aside)  # noqa: PTH108
         raise
+
+
+class NotAFileError(OSError):
+    """A path read as a file holds something else: a named pipe, a device, a socket."""
+
+
+def open_file(path: Path | str) -> BinaryIO:
+    """Open *path* for reading bytes; NotAFileError unless it is a regular file (symlinks followed).
+
+    Opening a named pipe waits until something opens its other end: one planted where swarm
+    reads (a worktree's ``.git``, a loose object) would stop swarm for ever. The open does not
+    wait (``O_NONBLOCK``), and what it opened is checked before anything is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+    raise NotAFileError(errno.EINVAL, kind, os.fspath(path))
+
+
+def read_file(path: Path | str) -> bytes:
+    """The bytes of the regular file *path* (see :func:`open_file`)."""
+    with open_file(path) as fh:
+        return fh.read()
+
+
+def read_text(path: Path | str) -> str:
+    """:func:`read_file` of *path* decoded as UTF-8 (ValueError when it is not)."""
+    return read_file(path).decode("utf-8")
+
+
+def open_append(path: Path | str) -> TextIO:
+    """Open *path* to append UTF-8 text, made if missing; NotAFileError unless a regular file.
+
+    Opening a named pipe to write waits for a reader as opening one to read waits for a
+    writer: swarm's logs live where an agent can reach them.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    raise NotAFileError(errno.EINVAL, "not a regular file", os.fspath(path))

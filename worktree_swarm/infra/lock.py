@@ -14,7 +14,7 @@ from typing import Self
 import filelock
 
 from worktree_swarm.core.errors import ManagerLockedError
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import fs, supervisor
 
 PROBE_GRACE = 1.0  # seconds a starting manager or merge waits for a probe to let go
 MERGE_LOCK = "merge.lock"  # held by `swarm merge` in the state directory
@@ -103,7 +103,7 @@ def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
 
 def _holder(state_dir: Path) -> dict[str, object]:
     try:
-        info = json.loads((state_dir / "manager.json").read_text(encoding="utf-8"))
+        info = json.loads(fs.read_file(state_dir / "manager.json"))
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

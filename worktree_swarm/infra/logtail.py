@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worktree_swarm.core.text import printable
+from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
 TAIL_BYTES = 64 * 1024
@@ -21,7 +22,7 @@ TAIL_LINES = 40
 def read_end(path: Path, max_bytes: int = TAIL_BYTES) -> str:
     """The last *max_bytes* of *path* as text (undecodable bytes replaced); '' when unreadable."""
     try:
-        with path.open("rb") as fh:
+        with fs.open_file(path) as fh:
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - max_bytes))
             data = fh.read(max_bytes)
@@ -70,7 +71,7 @@ class Follower:
     def read(self) -> tuple[bool, str]:
         """``(restart, text)``: the text to append, once the view is cleared when *restart*."""
         try:
-            fh = self.path.open("rb")
+            fh = fs.open_file(self.path)
         except OSError:
             return False, ""
         with fh:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worktree_swarm.core.text import printable, without_escapes
+from worktree_swarm.infra import fs
 
 REDACTED = "[REDACTED]"
 # Literal secret values shorter than this are not replaced everywhere: "1" or "true" would
@@ -291,7 +292,7 @@ def redact_data(value: object) -> object:
 def scrub_file(path: Path) -> None:
     """Rewrite *path* in place with its secrets redacted (nothing happens when it has none)."""
     try:
-        data = path.read_bytes()
+        data = fs.read_file(path)
     except OSError:
         return
     text = data.decode("utf-8", errors="surrogateescape")
@@ -299,9 +300,14 @@ def scrub_file(path: Path) -> None:
     if clean == text:
         return
     # In place, so the file keeps its inode, mode and any appending writer's descriptor.
-    with path.open("r+b") as fh:
-        fh.write(clean.encode("utf-8", errors="surrogateescape"))
-        fh.truncate()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    with os.fdopen(fd, "r+b") as fh:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped meanwhile: not written through
+            fh.write(clean.encode("utf-8", errors="surrogateescape"))
+            fh.truncate()
 
 
 def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:

@@ -28,7 +28,7 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import shim
+from worktree_swarm.infra import fs, shim
 from worktree_swarm.infra.logtail import last_line
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def record_path(log_path: Path) -> Path:
 def read_record(path: Path) -> ShimRecord | None:
     """The shim record at *path*, or None if there is none (or it cannot be read)."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(fs.read_file(path))
         code = raw["exit_code"]
         ended = raw["ended_at"]
         ticks = raw.get("start_ticks")

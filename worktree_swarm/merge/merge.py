@@ -703,7 +703,7 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
     """
     record = _untracked_record(s)
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
+        data = json.loads(fs.read_file(record))
         if isinstance(data, list):  # written by an older swarm: the untracked files alone
             data = {"untracked": data}
         before, placed = set(data["untracked"]), [str(n) for n in data.get("placed", ())]

@@ -11,7 +11,7 @@ from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
-from worktree_swarm.infra import redact, supervisor
+from worktree_swarm.infra import fs, redact, supervisor
 
 DEFAULT_TIMEOUT = 30 * 60.0
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
@@ -96,7 +96,7 @@ def run_resolver(
 
 def _has_markers(path: Path) -> bool:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
+        text = fs.read_file(path).decode("utf-8", errors="replace")
+    except OSError:  # gone, a directory, a named pipe: no markers to resolve
         return False
     return _MARKER_RE.search(text) is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import fs, supervisor
 
 TAIL_LINES = 15
 # A step's limit unless the task sets `setup_timeout` / `check_timeout`: overnight, a check
@@ -107,7 +107,7 @@ def run_steps(
     log.parent.mkdir(parents=True, exist_ok=True)
     for number, argv in enumerate(steps, start=1):
         shown = shlex.join(argv)  # as the user would type it again, quoting kept
-        with log.open("a", encoding="utf-8") as out:
+        with fs.open_append(log) as out:
             out.write(f"$ {shown}\n")
         start = log.stat().st_size
         try:
@@ -123,7 +123,7 @@ def run_steps(
                 on_start=on_start,
             )
         except SwarmError as exc:
-            with log.open("a", encoding="utf-8") as out:
+            with fs.open_append(log) as out:
                 out.write(f"{exc}\n")
             why = "not found or not executable"
             return CheckFailure(summary=f"{what} `{shown}` could not start: {why}")
@@ -140,7 +140,7 @@ def run_steps(
 def _tail(log: Path, start: int) -> str:
     """The last lines *log* gained after byte *start*."""
     try:
-        with log.open("rb") as f:
+        with fs.open_file(log) as f:
             size = f.seek(0, 2)
             f.seek(max(start, size - _TAIL_BYTES))
             text = f.read().decode(errors="replace")

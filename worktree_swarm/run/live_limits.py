@@ -22,6 +22,7 @@ from worktree_swarm.agents import classify_rate_limit
 from worktree_swarm.agents.base import as_int, epoch_seconds
 from worktree_swarm.agents.claude import rejected_limit
 from worktree_swarm.core.text import one_line
+from worktree_swarm.infra import fs
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
 
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
@@ -46,7 +47,7 @@ class LogTail:
         if self.profile not in STREAMING_PROFILES:
             return []
         try:
-            with self.path.open("rb") as fh:
+            with fs.open_file(self.path) as fh:
                 fh.seek(self.offset)
                 data = fh.read(READ_LIMIT)
         except OSError:

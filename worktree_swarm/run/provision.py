@@ -23,7 +23,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import fs, supervisor
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
 _WORKTREE_LOCKS = ("index.lock", "HEAD.lock")
@@ -133,7 +133,7 @@ def _discard_admin_dirs(repo: git.Repo, path: Path) -> None:
     own_name = re.compile(re.escape(path.name) + r"\d*")
     for admin in admin_root.iterdir():
         try:
-            gitdir = (admin / "gitdir").read_text(encoding="utf-8").strip()
+            gitdir = os.fsdecode(fs.read_file(admin / "gitdir")).strip()
         except OSError:
             # `worktree add` writes gitdir right after making the dir; under the repository
             # lock nobody else is adding one, so a dir named after ours without it is debris.

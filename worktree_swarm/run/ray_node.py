@@ -33,7 +33,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import disk, supervisor
+from worktree_swarm.infra import disk, fs, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.report import notes
@@ -129,7 +129,7 @@ def end_attempt(run_id: str, task_id: str, attempt: int, *, grace: float) -> Non
 def _end_actor(record: Path) -> None:
     """Make sure the actor process *record* names (an :data:`ACTOR_FILE`) has ended."""
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
+        data = json.loads(fs.read_file(record))
         identity = supervisor.identity_of(int(data["pid"]))
         recorded = float(data["create_time"])
     except (OSError, ValueError, KeyError, TypeError):
