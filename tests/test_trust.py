@@ -2639,3 +2639,31 @@ def test_a_worktree_whose_git_file_an_agent_made_a_named_pipe_fails_its_task(
     row = status_json(repo)["bad"]
     assert row["state"] == "failed", row
     assert "no longer names its registration" in str(row["reason"]), row
+
+
+NEXT_LOG = """
+import os, pathlib, subprocess
+common = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True).stdout.strip())
+logs = common / 'swarm' / 'runs' / os.environ['SWARM_RUN_ID'] / os.environ['SWARM_TASK_ID']
+if not (logs / 'attempt-2.log').exists():
+    os.mkfifo(logs / 'attempt-2.log')
+pathlib.Path('work.txt').write_text('own work\\n')
+"""
+
+
+def test_a_named_pipe_planted_as_the_next_attempts_log_ends_the_task_not_the_run(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """The agent's output goes to a log it can reach: a FIFO there held the next attempt's
+    start at the open, and the run with it."""
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {argv_toml(write_agent(NEXT_LOG))}\n'
+        'checks = ["false"]\nrepair = 1\n',
+    )
+    swarm(repo, "run", path)  # held for ever before: fails on its timeout
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "not a regular file" in str(row["reason"]), row

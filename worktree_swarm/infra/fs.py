@@ -117,13 +117,27 @@ def open_append(path: Path | str) -> TextIO:
     Opening a named pipe to write waits for a reader as opening one to read waits for a
     writer: swarm's logs live where an agent can reach them.
     """
+    return os.fdopen(_append_fd(path), "a", encoding="utf-8")
+
+
+def open_append_bytes(path: Path | str) -> BinaryIO:
+    """:func:`open_append` for bytes (a log an agent's output goes to)."""
+    return os.fdopen(_append_fd(path), "ab")
+
+
+def _append_fd(path: Path | str) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o644)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a named pipe nobody reads: refused rather than waited on
+            raise NotAFileError(errno.ENXIO, "not a regular file", os.fspath(path)) from exc
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
-            return os.fdopen(fd, "a", encoding="utf-8")
+            return fd
     except BaseException:
         os.close(fd)
         raise

@@ -528,6 +528,10 @@ def spawn(
     if not argv:
         raise SwarmError("agent command is empty: set `agent` to a command array")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # made here, or refused: a named pipe planted there would hold the start at its open
+        fs.open_append_bytes(log_path).close()
+    except OSError as exc:
+        raise SwarmError(f"cannot write the agent's log {log_path}: {exc.strerror}") from exc
     args = [str(a) for a in argv]
     if SHIM_AVAILABLE:
         _check_runnable(args[0], cwd=cwd, env=env)
@@ -558,7 +562,7 @@ def spawn(
     else:
         record = None
     before_start = time.time()
-    with log_path.open("ab") as log:
+    with fs.open_append_bytes(log_path) as log:
         try:
             popen = subprocess.Popen(
                 args,

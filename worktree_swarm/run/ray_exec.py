@@ -38,7 +38,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
-from worktree_swarm.infra import faults, redact
+from worktree_swarm.infra import faults, fs, redact
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.report import notes
@@ -1066,7 +1066,7 @@ class RayTaskWorker(RunWorker):
         """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
         log = self._logs_root / task.id / name
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a", encoding="utf-8") as fh:
+        with fs.open_append(log) as fh:
             fh.write(text)
         redact.scrub_file(log)
 
@@ -1111,7 +1111,7 @@ class RayTaskWorker(RunWorker):
             chunk: bytes = self._call(handle.actor, "tail", handle.offset, live=live)
             if not chunk:
                 return
-            with handle.log_path.open("ab") as fh:
+            with fs.open_append_bytes(handle.log_path) as fh:
                 fh.write(chunk)
             handle.offset += len(chunk)
 
