@@ -6,6 +6,7 @@ commands are small programs, and escapes are looked for by the mark each one car
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 import pytest
@@ -169,7 +171,7 @@ def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
 
 
 def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: supervisor.ShimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The log is a FIFO: the forked shim has written its record and blocks opening the log,
     # still holding the server's pipes. The server dies before it can reply.
@@ -179,7 +181,16 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
     assert warm.wait(timeout=60) == 0
     (server,) = _running_servers()
     log = tmp_path / "fifo.log"
-    os.mkfifo(log)
+    made = supervisor.fs.open_append_bytes
+
+    def then_a_pipe(path: Path) -> BinaryIO:
+        # The manager makes the log a file; a pipe takes its place before the shim opens it.
+        made(path).close()
+        path.unlink()
+        os.mkfifo(path)
+        return io.BytesIO()
+
+    monkeypatch.setattr(supervisor.fs, "open_append_bytes", then_a_pipe)
     runs = tmp_path / "runs.txt"
     started: list[supervisor.AgentProcess] = []
     spawning = threading.Thread(

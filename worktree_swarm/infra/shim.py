@@ -62,9 +62,6 @@ _NOT_STARTED = 127
 _KEPT_STATUSES = 4096
 _PARENT_CHECK = 1.0  # seconds between checks that a ``--parent`` is still there
 
-# stat and errno by value: the shim imports nothing it can do without (start-up time).
-_S_IFMT, _S_IFREG, _EINVAL = 0o170000, 0o100000, 22
-
 
 def main(argv: list[str]) -> int:
     """Run the command in *argv* (after ``--``) under this shim; return the shim's exit code."""
@@ -276,7 +273,7 @@ def _forked(
     # reply waits for the end of the pipe, and then finds the record if a shim was forked.
     waited, base = _prepare(record)
     try:
-        out = _open_log(log)
+        out = posix.open(log, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o666)
         null = posix.open("/dev/null", posix.O_RDONLY)
         posix.dup2(null, 0)
         posix.dup2(out, 1)
@@ -295,16 +292,6 @@ def _forked(
     else:
         posix.putenv(b"PATH", path)
     return _supervise(record, grace, command, env, waited, base, ready)
-
-
-def _open_log(log: bytes) -> int:
-    """Open *log* to append; a named pipe planted there (it would hold the open) is refused."""
-    out = posix.open(log, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NONBLOCK, 0o666)
-    if posix.fstat(out).st_mode & _S_IFMT != _S_IFREG:
-        posix.close(out)
-        raise OSError(_EINVAL, "not a regular file", log.decode(errors="replace"))
-    posix.set_blocking(out, True)
-    return out
 
 
 def _wait_for(child: int, waited: set[int], parent: int | None) -> int | None:
