@@ -86,18 +86,7 @@ def open_file(path: Path | str) -> BinaryIO:
     reads (a worktree's ``.git``, a loose object) would stop swarm for ever. The open does not
     wait (``O_NONBLOCK``), and what it opened is checked before anything is read.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-    raise NotAFileError(errno.EINVAL, kind, os.fspath(path))
+    return os.fdopen(_open_regular(path, os.O_RDONLY), "rb")
 
 
 def read_file(path: Path | str) -> bytes:
@@ -117,18 +106,26 @@ def open_append(path: Path | str) -> TextIO:
     Opening a named pipe to write waits for a reader as opening one to read waits for a
     writer: swarm's logs live where an agent can reach them.
     """
-    return os.fdopen(_append_fd(path), "a", encoding="utf-8")
+    return os.fdopen(_open_regular(path, _APPEND), "a", encoding="utf-8")
 
 
 def open_append_bytes(path: Path | str) -> BinaryIO:
     """:func:`open_append` for bytes (a log an agent's output goes to)."""
-    return os.fdopen(_append_fd(path), "ab")
+    return os.fdopen(_open_regular(path, _APPEND), "ab")
 
 
-def _append_fd(path: Path | str) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+def open_rewrite(path: Path | str) -> BinaryIO:
+    """Open the regular file *path* to read and write in place (see :func:`open_file`)."""
+    return os.fdopen(_open_regular(path, os.O_RDWR), "r+b")
+
+
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+
+
+def _open_regular(path: Path | str, flags: int) -> int:
+    """A descriptor of *path* opened with *flags*, without waiting; NotAFileError unless regular."""
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a named pipe nobody reads: refused rather than waited on
             raise NotAFileError(errno.ENXIO, "not a regular file", os.fspath(path)) from exc
@@ -142,4 +139,5 @@ def _append_fd(path: Path | str) -> int:
         os.close(fd)
         raise
     os.close(fd)
-    raise NotAFileError(errno.EINVAL, "not a regular file", os.fspath(path))
+    kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+    raise NotAFileError(errno.EINVAL, kind, os.fspath(path))

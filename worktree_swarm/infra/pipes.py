@@ -153,7 +153,7 @@ class _Watch:
                     pipe = stuck_on(one.proc.pid)
                     if pipe is not None:
                         one.pipe = pipe
-                        stop(one.proc)
+                        _stop(one.proc)
 
 
 _WATCH = _Watch()
@@ -169,7 +169,7 @@ def watching(proc: subprocess.Popen[bytes]) -> Iterator[Watched]:
         _WATCH.remove(watched)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Kill *proc* and what it started (git's own children: a pack, a transport)."""
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process(proc.pid).children(recursive=True):

@@ -301,13 +301,12 @@ def scrub_file(path: Path) -> None:
         return
     # In place, so the file keeps its inode, mode and any appending writer's descriptor.
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fh = fs.open_rewrite(path)
+    except OSError:  # gone, or swapped meanwhile for a pipe: not written through
         return
-    with os.fdopen(fd, "r+b") as fh:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped meanwhile: not written through
-            fh.write(clean.encode("utf-8", errors="surrogateescape"))
-            fh.truncate()
+    with fh:
+        fh.write(clean.encode("utf-8", errors="surrogateescape"))
+        fh.truncate()
 
 
 def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
