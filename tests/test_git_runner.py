@@ -283,6 +283,55 @@ def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
     assert _gits_left() == []
 
 
+def _loose(repo: Path, sha: str) -> Path:
+    return repo / ".git" / "objects" / sha[:2] / sha[2:]
+
+
+def test_an_object_planted_as_a_pipe_stops_the_reader_and_the_next_read_works(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's restores read blobs through one `cat-file --batch`: a FIFO at a loose
+    object's name would hold it, and the scan waiting for it, for ever."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
+    planted = runner.run(repo, "hash-object", "-w", "--stdin", input_text="planted\n").stdout
+    kept = runner.run(repo, "hash-object", "-w", "--stdin", input_text="kept\n").stdout
+    loose = _loose(repo, planted.strip())
+    loose.unlink()
+    os.mkfifo(loose)
+    with runner.ObjectReader(repo) as objects:
+        with pytest.raises(runner.StuckOnPipeError) as caught:
+            objects.read(planted.strip())
+        assert caught.value.pipe == str(loose)
+        assert "`git cat-file` was stopped" in str(caught.value)
+        assert objects.read(kept.strip()) == b"kept\n"  # started again
+    assert _gits_left() == []
+
+
+def test_the_object_reader_survives_its_process_ending_and_reads_objects_as_they_are(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed under it, the reader says so and starts again; a replace ref, your
+    GIT_DIR and an object name with a newline change nothing it reads."""
+    mine = runner.run(repo, "hash-object", "-w", "--stdin", input_text="mine\n").stdout.strip()
+    forged = runner.run(repo, "hash-object", "-w", "--stdin", input_text="forged\n").stdout
+    git(repo, "replace", mine, forged.strip())
+    assert git(repo, "cat-file", "blob", mine) == "forged"  # your git reads the replacement
+    other = repo.parent / "other"
+    git(repo.parent, "init", "-q", str(other))
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    with runner.ObjectReader(repo) as objects:
+        assert objects.read(mine) == b"mine\n"
+        for proc in _gits_left():
+            proc.kill()
+            proc.wait()
+        with pytest.raises(GitError, match="ended while reading"):
+            objects.read(mine)
+        assert objects.read(mine) == b"mine\n"
+        with pytest.raises(GitError, match="missing"):
+            objects.read(f"{mine}\nHEAD")
+    assert _gits_left() == []
+
+
 def test_a_git_command_reading_its_input_past_many_looks_is_left_to_finish(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ merges. docs/guard.md lists them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -22,7 +23,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import sparse
 from worktree_swarm.infra import fs, pipes
-from worktree_swarm.infra.proc import GIT_LOCATION_VARS, clean_env
+from worktree_swarm.infra.proc import clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
@@ -274,12 +275,6 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(found.items()))
 
 
-def drop_location_vars() -> None:
-    """Remove git's location variables from this process (GitPython copies os.environ)."""
-    for var in GIT_LOCATION_VARS:
-        os.environ.pop(var, None)
-
-
 def _execute(
     cwd: Path,
     args: Sequence[str],
@@ -471,34 +466,94 @@ def run_bytes(
 
 
 class ObjectReader:
-    """Reads objects through one persistent ``git cat-file --batch`` (GitPython), thread-safe."""
+    """Reads objects through one persistent ``git cat-file --batch``, thread-safe.
+
+    Started like every command (hardened, git's location variables dropped) and watched like
+    one while a read waits: an object planted as a named pipe stops the reader and raises
+    StuckOnPipeError (the next read starts it again) instead of holding its caller for ever.
+    """
 
     def __init__(self, cwd: Path) -> None:
-        import git as gitpython  # noqa: PLC0415 - only the guard's readers need GitPython
-
         if not cwd.is_dir():
             raise GitError(f"directory {cwd} does not exist")
-        drop_location_vars()
-        self._git = gitpython.cmd.Git(cwd)
-        self._git.update_environment(**_GIT_ENV)
+        self._cwd = cwd
+        self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def read(self, rev: str) -> bytes:
         """The raw content of object *rev*; raises GitError when it does not exist."""
+        if not rev or "\n" in rev:
+            raise GitError(f"object {rev!r} is missing")
         with self._lock:
+            proc = self._proc or self._start()
+            with pipes.watching(proc) as watched:
+                header, data = _batch_read(proc, rev)
+            if watched.pipe is not None or header is None:
+                self._stop()
+                if watched.pipe is not None:
+                    raise StuckOnPipeError(["git", "cat-file"], watched.pipe)
+                raise GitError(f"`git cat-file` ended while reading object {rev} in {self._cwd}")
+        if data is None:
+            raise GitError(f"object {rev} is missing")
+        return data
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        argv, _ = _hardened(self._cwd, ["cat-file", "--batch"])
+        env = clean_env(dict(_GIT_ENV))
+        self._proc = subprocess.Popen(
+            [_program(env.get("PATH")), *argv],
+            cwd=self._cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return self._proc
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with proc:  # closes its pipes
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # cat-file ends at the end of its input
             try:
-                _sha, _kind, _size, data = self._git.get_object_data(rev)
-            except ValueError as exc:
-                raise GitError(f"object {rev} is missing") from exc
-        return bytes(data)
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def close(self) -> None:
         """Stop the persistent process."""
         with self._lock:
-            self._git.clear_cache()
+            self._stop()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _batch_read(proc: subprocess.Popen[bytes], rev: str) -> tuple[bytes | None, bytes | None]:
+    """Ask ``cat-file --batch`` *proc* for *rev*: (its header, the object or None when missing).
+
+    The header is None when the process ended (stopped, or it failed) before it answered.
+    """
+    if proc.stdin is None or proc.stdout is None:  # never: it is started with both
+        return None, None
+    try:
+        proc.stdin.write(rev.encode() + b"\n")
+        proc.stdin.flush()
+        header = proc.stdout.readline()
+        size_text = header.rstrip(b"\n").rpartition(b" ")[2]  # "<name> <type> <size>"
+        if not header or not size_text.isdigit():  # "<rev> missing", "<rev> ambiguous"
+            return (header or None), None
+        size = int(size_text)
+        data = proc.stdout.read(size + 1)  # the object, then a newline
+    except OSError:  # its input closed: it ended
+        return None, None
+    if len(data) != size + 1:
+        return None, None
+    return header, data[:size]
