@@ -36,16 +36,37 @@ def swarm(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedP
     )
 
 
+# The last background swarm and its log: told when a wait for what it should do times out.
+_LAST_BG: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+
 def swarm_bg(repo: Path, *args: str) -> subprocess.Popen[bytes]:
     """Start the real CLI in *repo* in the background; its output goes to repo.parent/bg.log."""
-    with (repo.parent / "bg.log").open("ab") as log:
-        return subprocess.Popen(
+    path = repo.parent / "bg.log"
+    with path.open("ab") as log:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", *args],
             cwd=repo,
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
         )
+    _LAST_BG[:] = [(proc, path)]
+    return proc
+
+
+def _last_bg() -> str:
+    """How the last background swarm is doing, with the end of its output."""
+    if not _LAST_BG:
+        return ""
+    proc, path = _LAST_BG[0]
+    code = proc.poll()
+    state = "still running" if code is None else f"exited with {code}"
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-15:]
+    except OSError:
+        tail = []
+    return f"; the last background swarm ({path}) {state}:\n" + "\n".join(tail)
 
 
 def wait_for(
@@ -57,7 +78,7 @@ def wait_for(
         if predicate():
             return
         time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what}{_last_bg()}")
 
 
 def manifest(repo: Path, text: str) -> str:
