@@ -2567,8 +2567,15 @@ target = {
     'dotgit': pathlib.Path('.git'),
     'ref': common / 'refs' / 'heads' / 'evil',
     'object': common / 'objects' / 'e6' / '9de29bb2d1d6434b8b29ae775ad8c2e48c5391',  # empty blob
+    'pack': common / 'objects' / 'pack' / 'pack-0',  # named below
 }[sys.argv[1]]
 try:
+    if sys.argv[1] == 'pack':  # a true pack of HEAD's objects, with a pipe for its index
+        made = subprocess.run(['git', 'pack-objects', '--revs', '-q', 'made'], input='HEAD\\n',
+                              capture_output=True, text=True, check=True).stdout.strip()
+        target = target.with_name(f'pack-{made}.idx')
+        os.replace(f'made-{made}.pack', target.with_suffix('.pack'))
+        os.unlink(f'made-{made}.idx')
     target.parent.mkdir(exist_ok=True)
     if target.is_file():
         target.unlink()
@@ -2584,13 +2591,15 @@ except OSError:
     [
         pytest.param("ref", "refs/heads/evil", id="loose-ref"),
         pytest.param("object", "objects/e6/9de29bb2", id="loose-object"),
+        pytest.param("pack", "objects/pack/pack-", id="pack-index"),
     ],
 )
 def test_a_named_pipe_planted_where_your_git_reads_is_removed(
     repo: Path, write_agent: AgentFactory, where: str, what: str, sandbox: bool
 ) -> None:
     """Opening a FIFO waits for a writer: every `git for-each-ref` of yours (a planted ref),
-    every read of the empty blob (a planted object) would hang for ever, and the guard's too."""
+    every read of the empty blob (a planted object), every object looked for in the packs (a
+    planted pack index) would hang for ever, and the guard's too."""
     before = repo_state(repo)
     run_one(repo, [*write_agent(PIPE), where], sandbox=sandbox)  # a hung run fails here
     caught_or_impossible(repo, sandbox=sandbox, what=what)

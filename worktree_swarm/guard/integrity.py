@@ -404,8 +404,12 @@ def lying_pack(root: Path, idx: Path) -> str | None:
     by what the index says without checking it: an index that names an object of yours for
     bytes of another's has your git read those. ``git verify-pack`` indexes the pack afresh
     and compares (as costly as git's own ``index-pack`` of it). None when it was killed (the
-    OOM killer, on a big pack): that tells nothing of the pack.
+    OOM killer, on a big pack): that tells nothing of the pack. A file of the pack that is not
+    a file (a named pipe would hold every git reading it) is wrong without asking git.
     """
+    odd = _not_files(idx)
+    if odd:
+        return f"{', '.join(odd)}: not a file (a named pipe, a device or a socket)"
     done = runner.run(root, "verify-pack", str(idx), check=False)
     # Gone meanwhile (git removes a pack's .pack before its .idx): git no longer reads it.
     if done.returncode == 0 or not idx.exists() or not idx.with_suffix(".pack").exists():
@@ -414,6 +418,20 @@ def lying_pack(root: Path, idx: Path) -> str | None:
     if done.returncode < 0 or done.returncode > _SIGNALLED or "died of signal" in done.stderr:
         return None
     return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+
+
+# The files of a pack that git opens to read it (a `.keep` or `.promisor` is only looked for).
+_PACK_READ = (".idx", ".pack", ".rev", ".bitmap", ".mtimes")
+
+
+def _not_files(idx: Path) -> list[str]:
+    """The names of the files of *idx*'s pack that are there but not regular files."""
+    odd = []
+    for suffix in _PACK_READ:
+        with contextlib.suppress(OSError):  # absent (or gone meanwhile): nothing to read
+            if not stat.S_ISREG(os.stat(idx.with_suffix(suffix)).st_mode):  # noqa: PTH116
+                odd.append(idx.with_suffix(suffix).name)
+    return odd
 
 
 _IDX_V2 = b"\xfftOc\x00\x00\x00\x02"
