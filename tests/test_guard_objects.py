@@ -233,6 +233,12 @@ def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path
     assert integrity.lying_rev(idx) == "not a reverse index of this pack"
     rev.unlink()
     assert integrity.lying_rev(idx) == ""  # none: git orders the objects itself
+    os.mkfifo(rev)  # read by git, it would wait for a writer
+    assert integrity.lying_rev(idx) == "not a file (a named pipe, a device or a socket)"
+    assert (
+        integrity.lying_pack(repo, idx)
+        == f"{rev.name}: not a file (a named pipe, a device or a socket)"
+    )
 
 
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:

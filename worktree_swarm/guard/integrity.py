@@ -450,6 +450,8 @@ def lying_rev(idx: Path) -> str:
         rev, index = fs.read_file(idx.with_suffix(".rev")), fs.read_file(idx)
     except FileNotFoundError:
         return ""
+    except fs.NotAFileError:  # a named pipe would hold every git reading it
+        return "not a file (a named pipe, a device or a socket)"
     if index[:8] != _IDX_V2:
         return ""  # a version 1 index: git makes none
     count = int.from_bytes(index[8 + 255 * 4 : 8 + 256 * 4], "big")
