@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -88,6 +89,29 @@ def test_open_repo_whose_path_holds_a_newline(tmp_path: Path) -> None:
     r = g.open_repo(repo / "sub")
     assert r.root == repo.resolve()
     assert r.common_dir == (repo / ".git").resolve()
+
+
+def test_a_repository_whose_path_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    """swarm records paths as text: it said "directory … does not exist" after git ran."""
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    repo = make_repo(odd / "repo")
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text('[[task]]\nid = "a"\nprompt = "p"\nagent = ["true"]\n')
+    for args in (["run", str(manifest)], ["status"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert out.stderr == (
+            f'swarm: "{tmp_path}/caf\\351/repo": the repository\'s path is not UTF-8, and swarm'
+            " records paths as text; rename its directories to UTF-8 names, then run swarm again\n"
+        )
+    assert not (repo / ".git" / "swarm").exists()
+    # A checkout of a UTF-8 name whose git dir is elsewhere, under a name that is not.
+    git(tmp_path, "init", "-q", "-b", "main", f"--separate-git-dir={odd}/sep.git", "plain")
+    with pytest.raises(BadInputError, match=r"sep\.git.*not UTF-8"):
+        g.open_repo(tmp_path / "plain")
 
 
 def test_open_repo_not_a_repo(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import filelock
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 from worktree_swarm.infra import fs, redact
@@ -89,6 +90,8 @@ def open_repo(path: Path) -> Repo:
     if not path.is_dir():
         raise BadInputError(f"{path} is not a directory; run swarm inside a git repository")
     common_dir, git_dir, top = _locate(path)
+    for where in (path, common_dir, git_dir, top):
+        _recordable(where)
     in_main = git_dir == common_dir and top is not None
     # In the main checkout the repository has a working tree (git finds no top in a bare
     # one). Elsewhere the repository is asked: from a linked worktree --is-bare-repository
@@ -117,20 +120,36 @@ def open_repo(path: Path) -> Repo:
 def _locate(path: Path) -> tuple[Path, Path, Path | None]:
     """The common dir, git dir and checkout top of *path* (no top inside a git dir)."""
     asked = ["--git-common-dir", "--git-dir", "--show-toplevel"]
-    probe = _run(path, ["rev-parse", "--path-format=absolute", *asked], check=False)
+    probe = runner.run_bytes(path, "rev-parse", "--path-format=absolute", *asked, check=False)
     if probe.returncode != 0:  # no working tree here (inside a git dir)
         asked = asked[:2]
-        probe = _run(path, ["rev-parse", "--path-format=absolute", *asked], check=False)
+        probe = runner.run_bytes(path, "rev-parse", "--path-format=absolute", *asked, check=False)
     if probe.returncode != 0:
         raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
-    lines = probe.stdout.removesuffix("\n").split("\n")
+    # Paths as the file system has them (a name that is not UTF-8 keeps its bytes).
+    lines = os.fsdecode(probe.stdout).removesuffix("\n").split("\n")
     if len(lines) != len(asked):  # a path with a newline in it: one question at a time
         lines = [
-            _run(path, ["rev-parse", "--path-format=absolute", a]).stdout.removesuffix("\n")
+            os.fsdecode(
+                runner.run_bytes(path, "rev-parse", "--path-format=absolute", a).stdout
+            ).removesuffix("\n")
             for a in asked
         ]
     found = [Path(line) for line in lines]
     return found[0], found[1], found[2] if len(found) > 2 else None  # noqa: PLR2004
+
+
+def _recordable(path: Path | None) -> None:
+    """BadInputError when *path* is not UTF-8: swarm records paths as text (store, logs)."""
+    if path is None:
+        return
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            f"{path_text(str(path))}: the repository's path is not UTF-8, and swarm records "
+            "paths as text; rename its directories to UTF-8 names, then run swarm again"
+        ) from None
 
 
 _thread_locks: dict[Path, threading.RLock] = {}
