@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -580,6 +581,36 @@ def test_an_edit_in_the_users_other_worktree_is_caught_and_undone(
     caught_or_impossible(repo, sandbox=sandbox, what=f"your worktree {mine}")
     assert checkout_state(mine) == theirs
     assert repo_state(repo) == before
+
+
+def test_your_worktree_whose_path_is_not_utf8_is_watched_and_named_as_git_quotes_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    """Its path read as text with replacement characters named no directory: nothing of it
+    was watched, and `swarm doctor` called it missing; kept as its bytes, it is watched, and
+    shown escaped in one printable line (a crash of the run's manager when first kept)."""
+    mine = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    before, theirs = repo_state(repo), checkout_state(mine)
+    agent = LINKED_WORKTREE.replace(
+        "mine = pathlib.Path(sys.argv[1])",
+        "import os; mine = pathlib.Path(os.fsdecode(bytes.fromhex(sys.argv[1])))",
+    )
+    run_one(repo, [*write_agent(agent), os.fsencode(mine).hex()], sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what=f'your worktree "{tmp_path}/caf\\351"')
+    assert checkout_state(mine) == theirs
+    assert repo_state(repo) == before
+    doctor = swarm(repo, "doctor")
+    assert doctor.returncode == 0, doctor.stderr
+    assert "caf" not in doctor.stdout  # neither missing nor locked: it is yours, and there
+    shutil.rmtree(mine)  # now it is gone: named as git quotes it, under a strict locale too
+    gone = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "doctor"],
+        cwd=repo, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )  # fmt: skip
+    assert gone.returncode == 1, gone.stderr
+    assert f'  "{tmp_path}/caf\\351": prunable' in gone.stdout
 
 
 # Your linked worktree pointed at a copy of your repository the agent made, whose config runs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import signal
@@ -940,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(args)
+    _escape_undecodable_output()
     if undecodable := next((a for a in args if not _is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8.
         shown = os.fsencode(undecodable)[:60]
@@ -964,6 +966,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc, _command(args))
     return int(code or 0)
+
+
+def _escape_undecodable_output() -> None:
+    """Print a file name that is not UTF-8 (kept as surrogates) escaped, never crash on it."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:

@@ -25,7 +25,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError, Sw
 from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import one_line, without_escapes
-from worktree_swarm.git import sparse
+from worktree_swarm.git import runner, sparse
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
@@ -123,7 +123,8 @@ def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
 def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
     """Like :func:`list_worktrees`, for a caller that already holds the repository lock."""
     with _REGISTRATIONS:
-        out = git(repo.root, "worktree", "list", "--porcelain", "-z")
+        listed = runner.run_bytes(repo.root, "worktree", "list", "--porcelain", "-z").stdout
+    out = os.fsdecode(listed)  # a path that is not UTF-8 keeps its bytes: it names the directory
     infos = []
     for index, record in enumerate(_parse_records(out)):
         branch = record.get("branch")

@@ -48,6 +48,7 @@ import psutil
 
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import graph, integrity, remotes, surface
@@ -265,8 +266,8 @@ class Guard:
                 self._log(line)
             self._watch(MAIN, self.repo.root)
             for path in self._users_worktrees():
-                with self._job(WORKTREE_PREFIX + str(path)):  # failing: told, the run goes on
-                    self._watch(WORKTREE_PREFIX + str(path), path)
+                with self._job(_users_label(path)):  # failing: told, the run goes on
+                    self._watch(_users_label(path), path)
                     self._linked[path] = git.git_dir(path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
@@ -1110,7 +1111,7 @@ class Guard:
             del self._linked[checkout]
             for label in surface.ties(common, checkout, admin):
                 self._surface.pop(label, None)
-            where = WORKTREE_PREFIX + str(checkout)
+            where = _users_label(checkout)
             if self._places.pop(where, None) is not None:
                 self._changes.forget(where)
             if moved is None:
@@ -1122,8 +1123,8 @@ class Guard:
                 if entry is not None:
                     self._surface[label] = entry
             self._keep_out(moved)  # moved into your checkout: not new files of it
-            with self._job(WORKTREE_PREFIX + str(moved)):
-                self._watch(WORKTREE_PREFIX + str(moved), moved)
+            with self._job(_users_label(moved)):
+                self._watch(_users_label(moved), moved)
             self._log(f"your worktree {checkout} was moved to {moved}: watched there")
 
     def _not_ties_settling(self, labels: list[str]) -> list[str]:
@@ -1945,7 +1946,8 @@ class Guard:
                 name = violation.where
             path = self._dir / f"outside-{self._count}-{name}.patch"
             # A credential of yours beside the changed line (a remote's URL) stays out of it.
-            path.write_text(redact(patch_text), encoding="utf-8")
+            # A name that is not UTF-8 (kept as surrogates) is written back as its own bytes.
+            path.write_text(redact(patch_text), encoding="utf-8", errors="surrogateescape")
             patch = str(path)
         return dataclasses.replace(violation, number=self._count, patch=patch)
 
@@ -1959,6 +1961,11 @@ def _last_patch_number(work_dir: Path) -> int:
             if number.isdigit():
                 numbers.append(int(number))
     return max(numbers)
+
+
+def _users_label(checkout: Path) -> str:
+    """The name of your linked worktree *checkout* in the guard's notes: one printable line."""
+    return WORKTREE_PREFIX + path_text(str(checkout))
 
 
 def _head_move(base: Snapshot, now: Snapshot) -> str:

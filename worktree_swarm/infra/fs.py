@@ -106,7 +106,8 @@ def open_append(path: Path | str) -> TextIO:
     Opening a named pipe to write waits for a reader as opening one to read waits for a
     writer: swarm's logs live where an agent can reach them.
     """
-    return os.fdopen(_open_regular(path, _APPEND), "a", encoding="utf-8")
+    # A name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates) is written escaped.
+    return os.fdopen(_open_regular(path, _APPEND), "a", encoding="utf-8", errors="backslashreplace")
 
 
 def open_append_bytes(path: Path | str) -> BinaryIO:

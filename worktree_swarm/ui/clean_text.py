@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.fixes import Action, Kind
+from worktree_swarm.core.text import path_text
 
 
 def clean_text(report: Report) -> str:
@@ -16,7 +17,7 @@ def clean_text(report: Report) -> str:
             continue
         lines.append(f"{kind.value.replace('_', ' ')} ({len(group)})")
         for finding in group:
-            lines.append(f"  {finding.target}: {finding.reason}")
+            lines.append(f"  {path_text(finding.target)}: {finding.reason}")
             result = results.get(id(finding))
             if finding.action is Action.KEEP:
                 lines.append(f"    {finding.fix}")
