@@ -94,7 +94,7 @@ def test_a_merge_leaves_a_live_agent_of_a_task_named_merge_alone(
     marks = {"agent": logs / "attempt-1.exit.json", "check": logs / "checks.exit.json"}
     running = {
         what: subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
+            [*agent_python(), "-c", "import time; time.sleep(600)"],
             env={**os.environ, "SWARM_SHIM": str(record)},
             start_new_session=True,
         )

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import agent_python, git
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as gitrepo
@@ -208,7 +207,7 @@ def test_an_agent_no_attempt_records_is_found_by_its_run_and_task(
 ) -> None:
     worktree = tmp_path / "wt" / "t6"
     (worktree / "sub").mkdir(parents=True)
-    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleep = [*agent_python(), "-c", "import time; time.sleep(60)"]
 
     def start(cwd: Path, task: str, *, session: bool = True) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SWARM_RUN_ID": "r1", "SWARM_TASK_ID": task}
@@ -242,7 +241,7 @@ def test_agents_started_in_the_same_clock_tick_are_told_apart_by_pid(
     worktree = tmp_path / "wt" / "t6"
     worktree.mkdir(parents=True)
     env = {**os.environ, "SWARM_RUN_ID": "r1", "SWARM_TASK_ID": "t6"}
-    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    sleep = [*agent_python(), "-c", "import time; time.sleep(60)"]
     sleepers.extend(
         subprocess.Popen(sleep, cwd=worktree, env=env, start_new_session=True) for _ in range(3)
     )
