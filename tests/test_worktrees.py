@@ -74,6 +74,31 @@ def test_default_worktree_root(repo: Path) -> None:
     assert paths.default_worktree_root(r.root) == repo.resolve().parent / "repo.swarm"
 
 
+def test_a_submodules_worktrees_go_beside_its_outermost_superproject(tmp_path: Path) -> None:
+    """Beside the submodule they were inside the superproject's checkout: untracked files
+    there, and its tools (a test runner's discovery, `git add -A`) descended into them."""
+    lib, inner = make_repo(tmp_path / "lib"), make_repo(tmp_path / "inner")
+    outer = make_repo(tmp_path / "work" / "super")
+    allow = ["-c", "protocol.file.allow=always"]
+    git(outer, *allow, "submodule", "add", "-q", str(lib), "vendor/lib")
+    git(outer / "vendor" / "lib", *allow, "submodule", "add", "-q", str(inner), "deep")
+    git(outer / "vendor" / "lib", "commit", "-qam", "deep")
+    git(outer, "commit", "-qam", "vendor/lib")
+    submodule = g.open_repo(outer / "vendor" / "lib").root
+    assert paths.default_worktree_root(submodule) == tmp_path / "work" / "super.vendor.lib.swarm"
+    nested = g.open_repo(submodule / "deep").root
+    assert paths.default_worktree_root(nested) == tmp_path / "work" / "super.vendor.lib.deep.swarm"
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text('[[task]]\nid = "a"\nprompt = "p"\nagent = ["touch", "new.txt"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(manifest)],
+        cwd=submodule, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "work" / "super.vendor.lib.swarm" / "a" / "new.txt").is_file()
+    assert git(outer, "status", "--porcelain", "--ignore-submodules=none") == ""
+
+
 def test_create_list_remove(big_repo: Path) -> None:
     r = g.open_repo(big_repo)
     before = snapshot(big_repo)

@@ -65,8 +65,43 @@ def guard_dir(repo: Repo, run_id: str) -> Path:
 
 
 def default_worktree_root(checkout: Path) -> Path:
-    """``<parent>/<name>.swarm`` next to *checkout* (outside it, so its tools never descend)."""
-    return checkout.parent / f"{checkout.name}.swarm"
+    """``<parent>/<name>.swarm`` next to *checkout* (outside it, so its tools never descend).
+
+    A submodule's checkout lies inside its superproject's, where the worktrees would show as
+    untracked files and its tools would descend into them: the root goes beside the outermost
+    superproject instead, named after both (``<parent>/<super>.<path>.swarm``).
+    """
+    top = checkout
+    inner: list[str] = []  # the submodule's path in each superproject, outermost first
+    while (outer := _superproject(top)) is not None:
+        inner.insert(0, top.relative_to(outer).as_posix().replace("/", "."))
+        top = outer
+    return top.parent / ".".join([top.name, *inner, "swarm"])
+
+
+_MODULES = f"{os.sep}.git{os.sep}modules{os.sep}"  # where git keeps its submodules' git dirs
+
+
+def _superproject(checkout: Path) -> Path | None:
+    """The superproject whose submodule *checkout* is, or None.
+
+    Told by its ``.git`` file, which names a git dir under the superproject's ``.git/modules/``.
+    """
+    dotgit = checkout / ".git"
+    if not dotgit.is_file():
+        return None
+    try:
+        text = dotgit.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    gitdir = os.path.normpath(checkout / text.removeprefix("gitdir:").strip())
+    head, found, _ = gitdir.partition(_MODULES)
+    outer = Path(head)
+    if not found or outer == checkout or not checkout.is_relative_to(outer):
+        return None
+    return outer
 
 
 def worktree_path(worktree_root: Path, task_id: str) -> Path:
