@@ -270,17 +270,44 @@ def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
     monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
     ref = repo / ".git" / "refs" / "heads" / "silent"
     os.mkfifo(ref)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'w'); time.sleep(60)", ref]
-    )
-    try:
-        with pytest.raises(runner.StuckOnPipeError) as caught:
-            runner.run(repo, "for-each-ref")
-        assert caught.value.pipe == str(ref)
-    finally:
-        writer.kill()
-        writer.wait()
+    # Opened read-write it never waits for a reader: open before git, so git's open succeeds.
+    hold = "import os, sys, time; os.open(sys.argv[1], os.O_RDWR); print(flush=1); time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", hold, ref], stdout=subprocess.PIPE) as writer:
+        try:
+            assert writer.stdout is not None
+            writer.stdout.readline()  # it holds the pipe open
+            with pytest.raises(runner.StuckOnPipeError) as caught:
+                runner.run(repo, "for-each-ref")
+            assert caught.value.pipe == str(ref)
+        finally:
+            writer.kill()
     assert _gits_left() == []
+
+
+def test_a_git_command_whose_child_waits_on_a_pipe_is_stopped_with_its_child(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What git starts (a pack, a transport, an alias) is looked at too, and killed with it."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
+    os.mkfifo(repo / "planted")
+    with pytest.raises(runner.StuckOnPipeError) as caught:
+        runner.run(repo, "-c", "alias.readpipe=!cat planted", "readpipe")
+    assert caught.value.pipe == str(repo / "planted")
+    assert _gits_left() == []
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "cat"]
+
+
+def test_a_process_on_no_named_pipe_or_gone_is_not_stuck() -> None:
+    """Its pipes without a name (its output) and a device (/dev/null) are no named pipe."""
+    with subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        try:
+            assert pipes.stuck_on(proc.pid) is None
+        finally:
+            proc.kill()
+    assert pipes.stuck_on(proc.pid) is None  # gone
 
 
 def _loose(repo: Path, sha: str) -> Path:
