@@ -250,17 +250,28 @@ def _gits_left() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if p.name() == "git"]
 
 
+@pytest.mark.parametrize(
+    ("planted", "args", "command"),
+    [
+        pytest.param(".gitignore", ["status", "--porcelain"], "git status", id="git"),
+        # What git starts (a pack, a transport, an alias) is looked at too, and killed with it.
+        pytest.param(
+            "planted", ["-c", "alias.readpipe=!cat planted", "readpipe"], "git readpipe", id="child"
+        ),
+    ],
+)
 def test_a_git_command_stuck_opening_a_planted_pipe_is_stopped_and_names_it(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, monkeypatch: pytest.MonkeyPatch, planted: str, args: list[str], command: str
 ) -> None:
     """A FIFO where git reads (an agent's `.gitignore`) would hold `git status` for ever."""
     monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
-    os.mkfifo(repo / ".gitignore")
+    os.mkfifo(repo / planted)
     with pytest.raises(runner.StuckOnPipeError) as caught:
-        runner.run(repo, "status", "--porcelain")
-    assert caught.value.pipe == str(repo / ".gitignore")
-    assert "`git status` was stopped" in str(caught.value)
+        runner.run(repo, *args)
+    assert caught.value.pipe == str(repo / planted)
+    assert f"`{command}` was stopped" in str(caught.value)
     assert _gits_left() == []
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "cat"]
 
 
 def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
@@ -282,19 +293,6 @@ def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
         finally:
             writer.kill()
     assert _gits_left() == []
-
-
-def test_a_git_command_whose_child_waits_on_a_pipe_is_stopped_with_its_child(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What git starts (a pack, a transport, an alias) is looked at too, and killed with it."""
-    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
-    os.mkfifo(repo / "planted")
-    with pytest.raises(runner.StuckOnPipeError) as caught:
-        runner.run(repo, "-c", "alias.readpipe=!cat planted", "readpipe")
-    assert caught.value.pipe == str(repo / "planted")
-    assert _gits_left() == []
-    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "cat"]
 
 
 def test_a_process_on_no_named_pipe_or_gone_is_not_stuck() -> None:
