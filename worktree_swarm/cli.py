@@ -25,7 +25,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, Sw
 from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import is_utf8, path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults
 from worktree_swarm.infra.redact import RedactingWriter, redact
@@ -942,7 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(args)
     _escape_undecodable_output()
-    if undecodable := next((a for a in args if not _is_utf8(a)), None):
+    if undecodable := next((a for a in args if not is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8.
         shown = os.fsencode(undecodable)[:60]
         click.echo(f"swarm: an argument is not valid UTF-8 ({shown!r}); pass text", err=True)
@@ -1008,14 +1008,6 @@ def _command(args: Sequence[str]) -> str | None:
     while i < len(args) and args[i].startswith("-"):
         i += 2 if args[i] == "-C" else 1
     return args[i] if i < len(args) else None
-
-
-def _is_utf8(arg: str) -> bool:
-    try:
-        arg.encode("utf-8")  # bytes that were no UTF-8 come as lone surrogates
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _unexpected(exc: Exception, command: str | None) -> int:

@@ -55,6 +55,15 @@ def printable(text: str, *, keep: str = "\n\t") -> str:
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
+def is_utf8(text: str) -> bool:
+    """Whether *text* came from UTF-8 bytes (others come as lone surrogates: os.fsdecode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def path_text(path: str) -> str:
     """*path* as git prints it: quoted, with C escapes, when it holds a control character.
 

@@ -16,7 +16,7 @@ import filelock
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import is_utf8, path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 from worktree_swarm.infra import fs, redact
@@ -141,15 +141,11 @@ def _locate(path: Path) -> tuple[Path, Path, Path | None]:
 
 def _recordable(path: Path | None) -> None:
     """BadInputError when *path* is not UTF-8: swarm records paths as text (store, logs)."""
-    if path is None:
-        return
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
+    if path is not None and not is_utf8(str(path)):
         raise BadInputError(
             f"{path_text(str(path))}: the repository's path is not UTF-8, and swarm records "
             "paths as text; rename its directories to UTF-8 names, then run swarm again"
-        ) from None
+        )
 
 
 _thread_locks: dict[Path, threading.RLock] = {}

@@ -309,24 +309,9 @@ def _execute_bytes(
     input_bytes: bytes | None = None,
     shown_from: int = 0,
 ) -> subprocess.CompletedProcess[bytes]:
-    if not cwd.is_dir():
-        raise GitError(f"directory {cwd} does not exist")
-    full_env = clean_env({**_GIT_ENV, **(env or {})})
-    argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
     shown = ["git", *args[shown_from:]]
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL if input_bytes is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except FileNotFoundError as exc:
-        if not cwd.is_dir():  # removed since the check above
-            raise GitError(f"directory {cwd} does not exist") from exc
-        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
+    stdin = subprocess.DEVNULL if input_bytes is None else subprocess.PIPE
+    proc = _start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE)
     # Git never waits on a named pipe of its own: one it waits on was planted where it reads
     # (an agent's `.gitignore` or loose ref), and would hold it, and whatever waits for it,
     # for ever. The watch stops it; the command fails and says where the pipe is.
@@ -343,6 +328,27 @@ def _execute_bytes(
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
         raise CommandError(shown, done.returncode, text, full=_out_of_space(cwd, text))
     return done
+
+
+def _start(
+    cwd: Path, args: Sequence[str], *, env: Mapping[str, str] | None, stdin: int, stderr: int
+) -> subprocess.Popen[bytes]:
+    """Start ``git *args`` (already hardened) in *cwd*, its output piped.
+
+    GitError when *cwd* is not a directory, BadInputError when git is missing.
+    """
+    if not cwd.is_dir():
+        raise GitError(f"directory {cwd} does not exist")
+    full_env = clean_env({**_GIT_ENV, **(env or {})})
+    argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
+    try:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr
+        )
+    except FileNotFoundError as exc:
+        if not cwd.is_dir():  # removed since the check above
+            raise GitError(f"directory {cwd} does not exist") from exc
+        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
 
 
 class StuckOnPipeError(GitError):
@@ -487,8 +493,8 @@ class ObjectReader:
         with self._lock:
             proc = self._proc or self._start()
             with pipes.watching(proc) as watched:
-                header, data = _batch_read(proc, rev)
-            if watched.pipe is not None or header is None:
+                answered, data = _batch_read(proc, rev)
+            if watched.pipe is not None or not answered:
                 self._stop()
                 if watched.pipe is not None:
                     raise StuckOnPipeError(["git", "cat-file"], watched.pipe)
@@ -499,14 +505,8 @@ class ObjectReader:
 
     def _start(self) -> subprocess.Popen[bytes]:
         argv, _ = _hardened(self._cwd, ["cat-file", "--batch"])
-        env = clean_env(dict(_GIT_ENV))
-        self._proc = subprocess.Popen(
-            [_program(env.get("PATH")), *argv],
-            cwd=self._cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+        self._proc = _start(
+            self._cwd, argv, env=None, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         return self._proc
 
@@ -536,24 +536,25 @@ class ObjectReader:
         self.close()
 
 
-def _batch_read(proc: subprocess.Popen[bytes], rev: str) -> tuple[bytes | None, bytes | None]:
-    """Ask ``cat-file --batch`` *proc* for *rev*: (its header, the object or None when missing).
+def _batch_read(proc: subprocess.Popen[bytes], rev: str) -> tuple[bool, bytes | None]:
+    """Ask ``cat-file --batch`` *proc* for *rev*: whether it answered, and the object.
 
-    The header is None when the process ended (stopped, or it failed) before it answered.
+    The object is None when missing; there is no answer when the process ended (stopped, or
+    it failed) first.
     """
     if proc.stdin is None or proc.stdout is None:  # never: it is started with both
-        return None, None
+        return False, None
     try:
         proc.stdin.write(rev.encode() + b"\n")
         proc.stdin.flush()
         header = proc.stdout.readline()
         size_text = header.rstrip(b"\n").rpartition(b" ")[2]  # "<name> <type> <size>"
         if not header or not size_text.isdigit():  # "<rev> missing", "<rev> ambiguous"
-            return (header or None), None
+            return bool(header), None
         size = int(size_text)
         data = proc.stdout.read(size + 1)  # the object, then a newline
     except OSError:  # its input closed: it ended
-        return None, None
+        return False, None
     if len(data) != size + 1:
-        return None, None
-    return header, data[:size]
+        return False, None
+    return True, data[:size]
