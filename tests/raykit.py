@@ -32,9 +32,24 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, *, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """*count* distinct free ports on 127.0.0.1, none of *avoid*.
+
+    Each is held until all are picked: a port closed and asked for again can come back (two
+    of a node's components were once given the same one, and the node did not start).
+    """
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+    return ports
 
 
 def ray_bin() -> str:
@@ -102,6 +117,7 @@ class Cluster:
     def _add(self, name: str, *, head: bool, slots: int, env: dict[str, str] | None = None) -> None:
         work = self.base / f"node-{name}"
         work.mkdir(parents=True, exist_ok=True)
+        agent, metrics, runtime_env, client = free_ports(4, avoid=frozenset({self.port}))
         argv = [
             ray_bin(), "start", "--block", "--disable-usage-stats",
             "--node-ip-address", "127.0.0.1",
@@ -110,14 +126,14 @@ class Cluster:
             # Pinned: nodes on one box would each claim all of its memory.
             "--memory", str(NODE_MEMORY),
             "--resources", json.dumps({"agent_slot": slots, f"swarm_node_{name}": 1}),
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--metrics-export-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(agent),
+            "--metrics-export-port", str(metrics),
+            "--runtime-env-agent-port", str(runtime_env),
         ]  # fmt: skip
         if head:
             argv += [
                 "--head", "--port", str(self.port), "--include-dashboard=false",
-                "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.temp_dir),
+                "--ray-client-server-port", str(client), "--temp-dir", str(self.temp_dir),
             ]  # fmt: skip
         else:
             argv += ["--address", self.address]
