@@ -99,6 +99,22 @@ def test_a_submodules_worktrees_go_beside_its_outermost_superproject(tmp_path: P
     assert git(outer, "status", "--porcelain", "--ignore-submodules=none") == ""
 
 
+def test_a_submodule_with_its_own_git_directory_is_told_by_gitmodules(tmp_path: Path) -> None:
+    """One cloned in place and then added keeps its `.git` directory: no `.git/modules/` path to
+    tell it by, so the enclosing checkout's `.gitmodules` does; a repository merely inside
+    another checkout (a home directory kept in git) keeps its root beside itself."""
+    lib = make_repo(tmp_path / "lib")
+    outer = make_repo(tmp_path / "work" / "super")
+    git(tmp_path, "clone", "-q", str(lib), str(outer / "vendor" / "lib"))
+    git(outer, "submodule", "add", "-q", str(lib), "vendor/lib")
+    git(outer, "commit", "-qm", "vendor/lib")
+    assert (outer / "vendor" / "lib" / ".git").is_dir()
+    submodule = g.open_repo(outer / "vendor" / "lib").root
+    assert paths.default_worktree_root(submodule) == tmp_path / "work" / "super.vendor.lib.swarm"
+    loose = make_repo(outer / "scratch" / "mine")
+    assert paths.default_worktree_root(loose) == outer / "scratch" / "mine.swarm"
+
+
 def test_create_list_remove(big_repo: Path) -> None:
     r = g.open_repo(big_repo)
     before = snapshot(big_repo)

@@ -69,7 +69,8 @@ def default_worktree_root(checkout: Path) -> Path:
 
     A submodule's checkout lies inside its superproject's, where the worktrees would show as
     untracked files and its tools would descend into them: the root goes beside the outermost
-    superproject instead, named after both (``<parent>/<super>.<path>.swarm``).
+    superproject instead, named after both (``<parent>/<super>.<path>.swarm``). Any other
+    repository inside a checkout (a home directory kept in git) keeps ``<name>.swarm`` beside it.
     """
     top = checkout
     inner: list[str] = []  # the submodule's path in each superproject, outermost first
@@ -85,23 +86,48 @@ _MODULES = f"{os.sep}.git{os.sep}modules{os.sep}"  # where git keeps its submodu
 def _superproject(checkout: Path) -> Path | None:
     """The superproject whose submodule *checkout* is, or None.
 
-    Told by its ``.git`` file, which names a git dir under the superproject's ``.git/modules/``.
+    Told without git: by the ``.git`` file of an absorbed submodule, which names a git dir under
+    the superproject's ``.git/modules/``, else by the nearest enclosing checkout's
+    ``.gitmodules`` naming *checkout*'s path (a submodule that keeps its own ``.git`` directory).
     """
     dotgit = checkout / ".git"
-    if not dotgit.is_file():
+    if dotgit.is_file():
+        text = _small_text(dotgit)
+        if text is None or not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.normpath(checkout / text.removeprefix("gitdir:").strip())
+        head, found, _ = gitdir.partition(_MODULES)
+        outer = Path(head)
+        if not found or outer == checkout or not checkout.is_relative_to(outer):
+            return None
+        return outer
+    for outer in checkout.parents:
+        if (outer / ".git").exists():
+            listed = _small_text(outer / ".gitmodules") or ""
+            wanted = checkout.relative_to(outer).as_posix()
+            return outer if wanted in _gitmodules_paths(listed) else None
+    return None
+
+
+def _small_text(path: Path) -> str | None:
+    """The UTF-8 text of the regular file at *path* (at most 1 MiB), or None."""
+    if not path.is_file():  # never a pipe, which would wait for a writer
         return None
     try:
-        text = dotgit.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            return file.read(1 << 20).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    if not text.startswith("gitdir:"):
-        return None
-    gitdir = os.path.normpath(checkout / text.removeprefix("gitdir:").strip())
-    head, found, _ = gitdir.partition(_MODULES)
-    outer = Path(head)
-    if not found or outer == checkout or not checkout.is_relative_to(outer):
-        return None
-    return outer
+
+
+def _gitmodules_paths(text: str) -> set[str]:
+    """The ``path`` values of a ``.gitmodules`` file's sections."""
+    found = set()
+    for line in text.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and key.strip().lower() == "path":
+            found.add(value.strip().removeprefix('"').removesuffix('"').rstrip("/"))
+    return found
 
 
 def worktree_path(worktree_root: Path, task_id: str) -> Path:
