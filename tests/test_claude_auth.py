@@ -82,7 +82,9 @@ def test_nothing_is_copied_when_the_environment_authenticates(home: Path, tmp_pa
     write(home / ".claude" / ".credentials.json", {"claudeAiOauth": oauth("t", 1)})
     env = {**env_of(home), "ANTHROPIC_API_KEY": "sk-test"}
     ClaudeAdapter().env(base=env, task_id="t", config_dir=tmp_path / "cfg")
-    assert list((tmp_path / "cfg").iterdir()) == []
+    # Only swarm's own settings (the worktree hook), nothing of the user's.
+    assert [path.name for path in (tmp_path / "cfg").iterdir()] == ["settings.json"]
+    assert set(json.loads((tmp_path / "cfg" / "settings.json").read_text())) == {"hooks"}
 
 
 def test_signed_in_and_the_one_line_fix(home: Path) -> None:

@@ -119,6 +119,49 @@ def test_placeholder_repaired_in_the_same_session_and_cost_not_double_counted(
     assert all(c > 0 for c in attempt_costs)
 
 
+@pytest.mark.parametrize(
+    "tool",
+    [
+        ToolUse(name="EnterWorktree", input={"name": "side"}),
+        ToolUse(
+            name="Task",
+            input={
+                "description": "split",
+                "prompt": "do half",
+                "subagent_type": "general-purpose",
+                "isolation": "worktree",
+            },
+        ),
+    ],
+    ids=["EnterWorktree", "subagent isolation"],
+)
+def test_claude_codes_own_worktrees_are_refused_and_the_task_works_in_its_own(
+    repo: Path, anthropic_stub: AnthropicStub, tool: ToolUse
+) -> None:
+    """The CLI makes its worktrees under the *main* checkout's `.claude/worktrees/`, on a new
+    branch: files in your checkout and a branch in your refs (the guard put both back and the
+    task failed, leaving a locked registration in `git worktree list`)."""
+    target = repo.parent / "repo.swarm" / "greet" / "hello.txt"
+    anthropic_stub.queue(
+        tool,
+        ToolUse(name="Write", input={"file_path": str(target), "content": "hi\n"}),
+        Text(text="Wrote it."),
+    )
+    out = swarm_with_claude(
+        repo, anthropic_stub, '[[task]]\nid = "greet"\nagent = "claude"\nprompt = "hi"\n'
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/greet:hello.txt") == "hi"
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads") == (
+        "refs/heads/main\nrefs/heads/swarm/greet"
+    )
+    assert len(git(repo, "worktree", "list", "--porcelain").split("\n\n")) == 2
+    assert git(repo, "status", "--porcelain", "--ignored") == ""
+    refused = anthropic_stub.agent_requests()[1].tool_results()[-1]
+    assert refused.get("is_error") is True
+    assert "already runs in a git worktree of its own" in json.dumps(refused)
+
+
 def sign_in(home: Path, token: str, *, expires_in: float = 3600.0) -> Path:
     """What `claude` + `/login` leaves on Linux: a credentials file and the account."""
     folder = home / ".claude"

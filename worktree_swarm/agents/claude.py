@@ -33,6 +33,18 @@ from worktree_swarm.agents.base import (
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})  # 529: Anthropic "overloaded_error"
 
+# Claude Code makes worktrees of its own (its EnterWorktree tool, a subagent started with
+# `isolation: "worktree"`) under the *main* checkout's `.claude/worktrees/`, on a new branch: in
+# your checkout and your refs, not the task's. A `WorktreeCreate` hook replaces that git work;
+# this one refuses, and the model is told to work in the worktree it is in.
+REFUSE_WORKTREES = (
+    "echo 'worktree-swarm: this task already runs in a git worktree of its own; work in it "
+    "(no other worktree or branch)' >&2; exit 2"
+)
+SETTINGS = {
+    "hooks": {"WorktreeCreate": [{"hooks": [{"type": "command", "command": REFUSE_WORKTREES}]}]}
+}
+
 
 class ClaudeAdapter:
     """Claude Code in print mode."""
@@ -74,9 +86,11 @@ class ClaudeAdapter:
         docs/agents.md), so each task gets its own. Sessions live there too, so a resume must
         use the same directory. A user signed in with ``claude`` gets that sign-in copied in
         and kept in step across tasks (claude_auth.py); an API key or
-        ``CLAUDE_CODE_OAUTH_TOKEN`` in the environment is used as it is.
+        ``CLAUDE_CODE_OAUTH_TOKEN`` in the environment is used as it is. Its settings refuse
+        the CLI's own worktrees (:data:`SETTINGS`).
         """
         config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        claude_auth.write_json(config_dir / "settings.json", SETTINGS)
         claude_auth.prepare(config_dir, base)
         return {**base, "CLAUDE_CONFIG_DIR": str(config_dir)}
 

@@ -157,7 +157,7 @@ def _sync(paths: list[Path], *, primary: Path, confined: frozenset[Path] = froze
             merged = {**(current or {}), OAUTH_KEY: _oauth(best)}
         else:
             merged = dict(best or {})
-        _write_json(path, merged)
+        write_json(path, merged)
 
 
 def _seed_account(task_config: Path, user_config: Path) -> None:
@@ -167,7 +167,7 @@ def _seed_account(task_config: Path, user_config: Path) -> None:
         return
     current = _read_json(task_config) or {}
     if current.get("oauthAccount") != account:
-        _write_json(task_config, {**current, "oauthAccount": account})
+        write_json(task_config, {**current, "oauthAccount": account})
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -178,7 +178,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic replace with mode 0600: a reader (the CLI) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
