@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -176,8 +177,11 @@ PROBE_TOKEN = "{token}" }}
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads(branch_file(repo, "swarm/probe", "results.json"))
     run_dir = Path(results.pop("TMPDIR")).parents[1]
+    # /tmp is the box's own (written there, never here): so is $HOME where it lies in /tmp.
+    private = {"tmp", *(["home"] if home.is_relative_to("/tmp") else [])}
     assert results == {
         **dict.fromkeys(outside, "EROFS"),
+        **dict.fromkeys(private, "written"),
         "worktree": "written",
         "writable": "written",
         "tmpdir": "written",
@@ -194,6 +198,7 @@ PROBE_TOKEN = "{token}" }}
     assert checkout_snapshot(repo) == before
     assert user_files(repo) == before_files
     assert not in_tmp.exists()
+    assert not (home / ".agent-was-here").exists()
     assert not (home / "no-such-dir").exists()
     assert not [p for p in psutil.process_iter(["cmdline"]) if token in (p.info["cmdline"] or [])]
     assert (sibling / "sibling.txt").read_text() == "mine\n"
@@ -202,6 +207,61 @@ PROBE_TOKEN = "{token}" }}
     settings = run_dir / "probe" / "agent-config" / "settings.json"
     assert settings.read_text() == "written by the agent\n"
     assert not (run_dir / "probe" / "tmp").exists()  # the private temp dir is removed
+
+
+# Connects to the socket in $PROBE_SOCKET as a client of the server there would: tmux's
+# `run-shell` (which runs a command in the server, outside the box), or a bare connect.
+SOCKET_AGENT = r"""
+import errno, os, pathlib, socket, subprocess
+path, marker = os.environ["PROBE_SOCKET"], os.environ["PROBE_MARKER"]
+if os.environ["PROBE_HOW"] == "tmux":
+    done = subprocess.run(["tmux", "-S", path, "run-shell", f"touch {marker}"],
+                          capture_output=True, text=True)
+    result = f"tmux exit {done.returncode}"
+else:
+    try:
+        socket.socket(socket.AF_UNIX).connect(path)
+        result = "connected"
+    except OSError as exc:
+        result = errno.errorcode.get(exc.errno, str(exc.errno))
+pathlib.Path("result.txt").write_text(result)
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("how", ["tmux", "listening socket"])
+def test_a_sandboxed_agent_cannot_reach_your_tmux_or_any_socket_in_tmp(
+    repo: Path, write_agent: AgentFactory, how: str
+) -> None:
+    """A socket is reachable on a read-only mount: through your tmux server's, `tmux run-shell`
+    ran any command outside the box, as you (an overnight run is started from tmux)."""
+    if how == "tmux" and shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (.ci/run installs it)")
+    place = Path("/tmp") / f"swarm-sandbox-test-{uuid.uuid4().hex}"  # like /tmp/tmux-UID/
+    place.mkdir(mode=0o700)
+    path, marker = place / "default", place / "escaped"
+    server: socket.socket | None = None
+    try:
+        if how == "tmux":
+            subprocess.run(["tmux", "-S", str(path), "new-session", "-d", "sleep 600"], check=True)
+        else:
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(path))
+            server.listen()
+        env = f'PROBE_SOCKET = "{path}", PROBE_MARKER = "{marker}", PROBE_HOW = "{how}"'
+        agent = argv_toml(write_agent(SOCKET_AGENT))
+        text = f'[defaults]\nsandbox = true\n[[task]]\nid = "t"\nprompt = "x"\nagent = {agent}\n'
+        out = swarm(repo, "run", manifest(repo, f"{text}env = {{ {env} }}\n"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        result = branch_file(repo, "swarm/t", "result.txt")
+        assert result == ("tmux exit 1" if how == "tmux" else "ENOENT")
+        assert not marker.exists()
+    finally:
+        if how == "tmux":
+            subprocess.run(["tmux", "-S", str(path), "kill-server"], check=False)
+        if server is not None:
+            server.close()
+        shutil.rmtree(place, ignore_errors=True)
 
 
 @pytest.mark.parametrize("how", ["flag", "manifest", "swarm.toml"])
@@ -365,7 +425,8 @@ def test_real_claude_works_in_the_sandbox_and_cannot_write_outside(
 ) -> None:
     # IS_SANDBOX=1: Claude Code refuses bypassPermissions as root unless told it is sandboxed.
     worktree = repo.parent / "repo.swarm" / "greet"
-    outside = repo / "escaped.txt"
+    # Not in /tmp, where the box writes a /tmp of its own (and where this test's checkout is).
+    outside = Path("/etc") / f"swarm-escaped-{uuid.uuid4().hex}.txt"
     anthropic_stub.queue(
         ToolUse(name="Write", input={"file_path": str(outside), "content": "escaped\n"}),
         ToolUse(name="Write", input={"file_path": str(worktree / "hello.txt"), "content": "hi\n"}),

@@ -6,7 +6,9 @@ file, and the run's ``sandbox_writable`` paths. Inside the common dir, what woul
 hit the user later or tamper with swarm stays read-only: hooks, config, info, the main
 checkout's HEAD and index and other worktrees' admin dirs; swarm's own state is hidden but
 for the task's own directory (read-only) and the paths above. The kernel's knobs under /proc
-stay read-only too (as root, ``kernel.core_pattern`` would run a program as root).
+stay read-only too (as root, ``kernel.core_pattern`` would run a program as root). The box
+gets a /tmp of its own and does not see the runtime dirs where servers that run what their
+clients ask (tmux, D-Bus, systemd) listen.
 An agent in a clone of its own (a node's, with the Ray executor) writes its clone, whose git
 config, hooks and ``alternates`` stay read-only. See docs/sandbox.md for what this protects and
 what it does not.
@@ -25,7 +27,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import lock, proc
+from worktree_swarm.infra import fs, lock, proc
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 _TRIAL_TIMEOUT = 30.0
@@ -39,6 +41,14 @@ _ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "
 # The kernel's knobs under the new /proc stay read-only: as root, `kernel.core_pattern` alone
 # would have the kernel run a program of the agent's, as root, outside the box.
 _KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+# Servers that take commands over a Unix socket listen in the temp dirs and the runtime dirs:
+# tmux (`tmux run-shell` runs anything, outside the box), screen, an editor's server, Claude
+# Code's sessions, D-Bus and systemd (`systemd-run`), Docker. A socket stays reachable on a
+# read-only mount, so the box gets empty ones of its own in their place (directories), or
+# /dev/null (sockets); `sandbox_writable` binds one back. Abstract sockets are not files: a
+# network namespace of its own would hide them, and the agent's API with them.
+_HIDDEN_DIRS = ("/tmp", "/var/tmp", "/run/user", "/run/screen", "/run/dbus")  # noqa: S108
+_HIDDEN_SOCKETS = ("/run/systemd/private", "/run/docker.sock")
 # Inside the git common dir: read-only again on top of the writable common dir (its top stays
 # writable: deleting a ref, `git stash drop` included, rewrites `packed-refs` there). A
 # `commondir` planted there, which would point your next git at a config of the agent's, is
@@ -117,7 +127,7 @@ def confine(
     box.config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     box.findings.parent.mkdir(parents=True, exist_ok=True)
     box.findings.touch(exist_ok=True)
-    wrapped = wrap(argv, box)
+    wrapped = wrap(argv, box, path=env.get("PATH", ""))
     kept = {k: v for k, v in env.items() if k not in _COVERAGE_HOOK}
     return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
 
@@ -133,13 +143,14 @@ def release(box: Confinement) -> None:
     shutil.rmtree(box.temp_dir, ignore_errors=True)
 
 
-def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
+def wrap(argv: Sequence[str], box: Confinement, *, path: str = "") -> list[str]:
     """The bwrap command line that runs *argv* confined to *box* (paths must exist).
 
     Later mounts win over earlier ones, so the order is: everything read-only (the kernel's
-    knobs in the new /proc too), the user's extra writable paths, the common dir writable,
-    its protected parts read-only again, swarm's state hidden, then the task's own paths
-    writable and the files that locate its repository read-only.
+    knobs in the new /proc too), the sockets' places hidden, the user's extra writable paths,
+    the common dir writable, its protected parts read-only again, swarm's state hidden, then
+    the task's own paths writable and the files that locate its repository read-only.
+    *path* is the agent's ``PATH``: its directories in the hidden ones are bound back read-only.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -152,11 +163,14 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for knob in _KERNEL:
         args += ["--ro-bind-try", knob, knob]
+    # Your checkout stays in sight wherever it is (`link`ed directories point into it).
+    args += _hide_sockets([*argv, *path.split(os.pathsep), str(common.parent)])
     for extra in box.extra:
         args += _bind("--bind-try", real_path(Path(extra)))
     if real_path(admin) == common:  # a clone of its own (a node's, with executor `ray`)
         return [*args, *_clone_binds(worktree, box), "--chdir", str(worktree), "--", *argv]
     args += _bind("--bind", common)
+    args += _alternates(common / "objects")
     for name in _PROTECTED:
         args += _bind("--ro-bind-try", common / name)
     args += _bind("--ro-bind", common / "worktrees")
@@ -182,6 +196,41 @@ def wrap(argv: Sequence[str], box: Confinement) -> list[str]:
     return [*args, "--chdir", str(worktree), "--", *argv]
 
 
+def _hide_sockets(named: Sequence[str]) -> list[str]:
+    """Empty dirs and /dev/null in place of :data:`_HIDDEN_DIRS` and :data:`_HIDDEN_SOCKETS`.
+
+    What *named* (the agent's command and ``PATH``, your checkout) names there is bound back
+    read-only: a directory, a file's directory (the modules beside a script), or a file alone
+    right in a hidden dir.
+    """
+    args: list[str] = []
+    hidden = [real_path(path) for path in _HIDDEN_DIRS if Path(path).is_dir()]
+    for top in hidden:
+        args += ["--perms", "01777", "--tmpfs", str(top)]
+    for sock in _HIDDEN_SOCKETS:
+        if os.path.lexists(sock):
+            args += ["--ro-bind", os.devnull, sock]
+    found = {real_path(arg) for arg in map(Path, named) if arg.is_absolute() and arg.exists()}
+    for path in sorted(found - set(hidden)):
+        if any(path.is_relative_to(top) for top in hidden):
+            kept = path if path.parent in hidden or path.is_dir() else path.parent
+            args += _bind("--ro-bind", kept)
+    return args
+
+
+def _alternates(objects: Path) -> list[str]:
+    """Read-only binds of the object stores *objects* borrows from (which may be hidden)."""
+    try:
+        listed = fs.read_text(objects / "info" / "alternates")
+    except (OSError, ValueError):  # none, or not a file git could read either
+        return []
+    args: list[str] = []
+    for line in listed.splitlines():
+        if line.strip() and not line.startswith("#"):
+            args += _bind("--ro-bind-try", real_path(objects / line.strip()))
+    return args
+
+
 def _clone_binds(clone: Path, box: Confinement) -> list[str]:
     """The writable paths of an agent in a clone of its own: all of it but its git config.
 
@@ -190,7 +239,8 @@ def _clone_binds(clone: Path, box: Confinement) -> list[str]:
     ``alternates`` file that points at the node's mirror) stays read-only.
     """
     dotgit = clone / ".git"
-    args = _bind("--bind", clone)
+    args = [*_bind("--bind", clone), *_alternates(dotgit / "objects")]
+    args += _bind("--ro-bind", real_path(box.task_dir))  # its prompts and gitconfig
     for name in (*_PROTECTED_IN_CLONE, "objects/info/alternates"):
         args += _bind("--ro-bind-try", dotgit / name)
     for own in (box.temp_dir, box.config_dir):
