@@ -265,6 +265,59 @@ def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
     assert git(repo, "rev-parse", "HEAD") == sha
 
 
+@pytest.mark.parametrize("flag", ["--assume-unchanged", "--skip-worktree"])
+def test_checkpoint_commits_edits_an_index_flag_hid(repo: Path, flag: str) -> None:
+    """`git status` and `add` take such a file as unchanged: the edit was never committed, the
+    task "changed nothing", and `swarm clean` removed the edit with its worktree."""
+    (repo / "kept.txt").write_text("kept\n")
+    git(repo, "add", "kept.txt")
+    git(repo, "commit", "-q", "-m", "kept")
+    git(repo, "update-index", flag, "README.md", "kept.txt")
+    (repo / "README.md").write_text("the agent's edit\n")
+
+    sha = g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+
+    assert sha is not None
+    assert git(repo, "show", "HEAD:README.md") == "the agent's edit"
+    assert git(repo, "show", "HEAD:kept.txt") == "kept"
+    assert g.unhide_edits(repo) == []  # the flags are gone
+
+
+@pytest.mark.parametrize(
+    ("version", "object_format"), [(2, "sha1"), (3, "sha1"), (4, "sha1"), (3, "sha256")]
+)
+def test_the_index_flags_read_without_git_are_gits(
+    tmp_path: Path, version: int, object_format: str
+) -> None:
+    """Told from the index file itself for versions 2 and 3 (either object id), by git for 4."""
+    path = tmp_path / "r"
+    path.mkdir()
+    git(path, "init", "-q", f"--object-format={object_format}")
+    for name in ["a.txt", "sub/b c.txt", "\u00e9t\u00e9.txt", "z/last"]:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(name)
+    git(path, "add", "-A")
+    # A name longer than an entry's length field holds (no file needed in the index).
+    long = "/".join(["d" * 200] * 25)
+    blob = git(path, "hash-object", "-w", "a.txt")
+    git(path, "update-index", "--add", "--cacheinfo", f"100644,{blob},{long}")
+    git(path, "update-index", "--assume-unchanged", "sub/b c.txt", long)
+    git(path, "update-index", "--skip-worktree", "\u00e9t\u00e9.txt", "sub/b c.txt")
+    git(path, "update-index", f"--index-version={version}")
+    index = path / ".git" / "index"
+    wanted = [
+        ("sub/b c.txt", "assume"),
+        ("sub/b c.txt", "skip"),
+        (long, "assume"),
+        ("\u00e9t\u00e9.txt", "skip"),
+    ]
+    read = g._flagged_entries(index)
+    assert read == (None if version == 4 else sorted(wanted, key=lambda e: e[0].encode()))
+    assert sorted(g._flagged_by_git(path)) == sorted(wanted)
+    assert g.unhide_edits(path) == sorted({"sub/b c.txt", long, "\u00e9t\u00e9.txt"})
+    assert g._flagged_by_git(path) == []
+
+
 def test_checkpoint_leaves_agent_droppings_out_without_touching_gitignore(repo: Path) -> None:
     (repo / ".gitignore").write_text("*.log\n")
     git(repo, "add", ".gitignore")

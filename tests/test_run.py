@@ -688,6 +688,32 @@ agent = {idle}
     assert rows["idle"]["state"] == "no_changes"
 
 
+HIDING_AGENT = r"""
+import os, pathlib, subprocess
+flag = "--" + os.environ["SWARM_TASK_ID"]
+subprocess.run(["git", "update-index", flag, "README.md"], check=True)
+pathlib.Path("README.md").write_text("an edit git was told not to look at\n")
+"""
+
+
+def test_an_edit_hidden_by_an_index_flag_is_committed_not_cleaned_away(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """Before, the task "changed nothing" and `swarm clean --yes` removed the edit."""
+    agent = argv_toml(write_agent(HIDING_AGENT))
+    tasks = "".join(
+        f'[[task]]\nid = "{flag}"\nprompt = "x"\nagent = {agent}\n'
+        for flag in ("assume-unchanged", "skip-worktree")
+    )
+    out = swarm(repo, "run", manifest(repo, tasks))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    for task in ("assume-unchanged", "skip-worktree"):
+        assert branch_file(repo, f"swarm/{task}", "README.md") == (
+            "an edit git was told not to look at"
+        )
+
+
 def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:
     (repo / ".env").write_text("SECRET_URL=local\n")
     (repo / ".gitignore").write_text(".env\n")

@@ -521,6 +521,92 @@ def _no_gitlinks(index: Path) -> bool:
     return _GITLINK_MODE not in data and b"link" not in data
 
 
+def unhide_edits(worktree: Path) -> list[str]:
+    """Clear the index flags that hide edits in *worktree* from `add`; the paths cleared.
+
+    ``assume-unchanged`` has git take a file as unchanged whatever it holds, ``skip-worktree``
+    too for a file that is there (one a sparse checkout left out is not): an agent's edit
+    under either was never committed, its task said it changed nothing, and `swarm clean`
+    removed the edit with its worktree.
+    """
+    flagged = _flagged_entries(runner.git_dir(worktree) / "index")
+    if flagged is None:  # an index this reader does not know: git lists the flags
+        flagged = _flagged_by_git(worktree)
+    assumed = [path for path, kind in flagged if kind == "assume"]
+    skipped = [p for p, kind in flagged if kind == "skip" and os.path.lexists(worktree / p)]
+    for option, paths in (("--no-assume-unchanged", assumed), ("--no-skip-worktree", skipped)):
+        if paths:
+            listed = "".join(f"{path}\0" for path in paths)
+            runner.run_bytes(worktree, "update-index", option, "-z", "--stdin",
+                             input_bytes=os.fsencode(listed))  # fmt: skip
+    return sorted({*assumed, *skipped})
+
+
+_ASSUME_VALID, _EXTENDED, _SKIP_WORKTREE, _NAME_LENGTH = 0x8000, 0x4000, 0x4000, 0xFFF
+
+
+def _flagged_entries(index: Path) -> list[tuple[str, str]] | None:
+    """The assume-unchanged and skip-worktree entries of *index*, read without git.
+
+    None for what this reader does not know: index version 4 (its names are compressed), a
+    split index, or entries that do not parse with a SHA-1 or SHA-256 object id.
+    """
+    try:
+        data = fs.read_file(index)
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    if data[:4] != b"DIRC" or data[4:8] not in _INDEX_VERSIONS - {_INDEX_V4} or b"link" in data:
+        return None
+    count = int.from_bytes(data[8:12], "big")
+    for id_length in (20, 32):
+        found = _parse_entries(data, count, id_length)
+        if found is not None:
+            return found
+    return None
+
+
+_INDEX_V4 = (4).to_bytes(4, "big")
+
+
+def _parse_entries(data: bytes, count: int, id_length: int) -> list[tuple[str, str]] | None:
+    """The flagged entries of an index of version 2 or 3, or None when they do not parse."""
+    found: list[tuple[str, str]] = []
+    at = 12
+    for _ in range(count):
+        name_at = at + 40 + id_length + 2
+        flags = int.from_bytes(data[name_at - 2 : name_at], "big")
+        extended = 0
+        if flags & _EXTENDED:
+            extended = int.from_bytes(data[name_at : name_at + 2], "big")
+            name_at += 2
+        end = data.find(b"\0", name_at)
+        length = flags & _NAME_LENGTH
+        if end < 0 or (length < _NAME_LENGTH and end - name_at != length):
+            return None
+        name = os.fsdecode(data[name_at:end])
+        if flags & _ASSUME_VALID:
+            found.append((name, "assume"))
+        if extended & _SKIP_WORKTREE:
+            found.append((name, "skip"))
+        at += (end - at + 8) & ~7
+    return found if at <= len(data) - id_length else None
+
+
+def _flagged_by_git(worktree: Path) -> list[tuple[str, str]]:
+    """:func:`_flagged_entries` as `ls-files -v` tells them (a lower-case tag: assumed)."""
+    found: list[tuple[str, str]] = []
+    for record in runner.run_bytes(worktree, "ls-files", "-v", "-z").stdout.split(b"\0"):
+        if record:
+            tag, name = chr(record[0]), os.fsdecode(record[2:])
+            if tag.islower():
+                found.append((name, "assume"))
+            if tag.upper() == "S":
+                found.append((name, "skip"))
+    return found
+
+
 def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | None = None) -> None:
     """Point each gitlink of *links* in *path*'s index at its repository's HEAD, as `add` would.
 
@@ -578,6 +664,7 @@ def checkpoint(
                               "--directory", "--", *literal]).stdout  # fmt: skip
         ignored = {p.rstrip("/") for p in out.split("\0") if p}
         exclude = [path for path in exclude if path.rstrip("/") not in ignored]
+    unhide_edits(worktree)
     # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
     # agent made and committed itself is an embedded repository like one it only made.
     links = populated_gitlinks(worktree)
