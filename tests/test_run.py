@@ -714,6 +714,31 @@ def test_an_edit_hidden_by_an_index_flag_is_committed_not_cleaned_away(
         )
 
 
+RESETTING_AGENT = r"""
+import pathlib, subprocess
+pathlib.Path("work.txt").write_text("work\n")
+subprocess.run(["git", "add", "work.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "the agent's commit"], check=True)
+subprocess.run(["git", "reset", "-q", "--hard", "HEAD~2"], check=True)
+"""
+
+
+def test_a_branch_reset_behind_its_base_changed_nothing(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """It was `done`, with a diff stat of the base's own commit undone, that `swarm diff` and
+    `swarm merge` did not have (nothing to merge)."""
+    (repo / "second.txt").write_text("second\n")
+    git(repo, "add", "second.txt")
+    git(repo, "commit", "-q", "-m", "second")
+    agent = argv_toml(write_agent(RESETTING_AGENT))
+    out = swarm(repo, "run", manifest(repo, f'[[task]]\nid = "r"\nprompt = "x"\nagent = {agent}\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["r"]
+    assert (row["state"], row["reason"]) == ("no_changes", "the agent changed nothing")
+    assert (row["files_changed"], row["insertions"], row["deletions"]) == (0, 0, 0)
+
+
 def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:
     (repo / ".env").write_text("SECRET_URL=local\n")
     (repo / ".gitignore").write_text(".env\n")

@@ -920,10 +920,14 @@ def repair_checkout(worktree: Path) -> bool:
 
 
 def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
-    """Count files, inserted and deleted lines from *base* to *tip* (binary files count)."""
+    """Count files, inserted and deleted lines *tip* changed since *base* (binary files count).
+
+    From their merge base, as `swarm diff` shows and a merge takes: a branch reset behind its
+    base changed nothing (it showed the base's own changes undone, and the task was done).
+    """
     if base == tip:  # an attempt that committed nothing on an untouched branch
         return DiffStat(files=0, insertions=0, deletions=0)
-    out = git(repo.root, "diff", "--numstat", "-z", "--end-of-options", base, tip, "--")
+    out = git(repo.root, "diff", "--numstat", "-z", "--end-of-options", f"{base}...{tip}", "--")
     fields = out.split("\0")
     files = insertions = deletions = 0
     i = 0
