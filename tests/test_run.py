@@ -165,15 +165,21 @@ def ask(*args):
     done = subprocess.run(['git', *args], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else '-'
 seen = [ask('config', 'user.name'), ask('config', 'user.email'),
-        ask('check-ignore', 'notes.scratch'), ask('config', 'alias.hello')]
+        ask('check-ignore', 'notes.scratch'), ask('config', 'alias.hello'),
+        ask('config', 'alias.passed'), ask('config', 'alias.counted')]
 pathlib.Path('notes.scratch').write_text('scratch')
 pathlib.Path('seen.txt').write_text('|'.join(seen) + '\\n')
 """
 
 
 def test_an_agents_git_has_your_identity_and_ignore_file_and_no_more_of_your_config(
-    repo: Path, write_agent: AgentFactory
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What a `git -c` alias that starts swarm passes on, in both of git's ways.
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'alias.passed'='!echo passed'")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "alias.counted")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "!echo counted")
     home = Path(os.environ["HOME"])
     (home / "ignored-everywhere").write_text("*.scratch\n")
     (home / ".gitconfig").write_text(
@@ -184,7 +190,7 @@ def test_an_agents_git_has_your_identity_and_ignore_file_and_no_more_of_your_con
     out = swarm(repo, "run", "--agent", agent, "-t", "one=look")
     assert out.returncode == 0, out.stderr
     assert branch_file(repo, "swarm/one", "seen.txt") == (
-        "Ann Example|ann@example.com|notes.scratch|-"
+        "Ann Example|ann@example.com|notes.scratch|-|-|-"
     )
     assert "notes.scratch" not in git(repo, "ls-tree", "--name-only", "swarm/one")
     assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/one") == (

@@ -32,6 +32,24 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def task_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """:func:`clean_env` without the config git is given in the environment, plus *extra*.
+
+    ``GIT_CONFIG_PARAMETERS`` (what a ``git -c`` alias that started swarm passes on) and
+    ``GIT_CONFIG_COUNT`` with its ``GIT_CONFIG_KEY_<n>``/``GIT_CONFIG_VALUE_<n>``: a task's git
+    reads the gitconfig swarm writes for it (your identity and ignore file), no more of yours.
+    """
+    env = {k: v for k, v in clean_env().items() if not _is_config_var(k)}
+    env.update(extra)
+    return env
+
+
+def _is_config_var(name: str) -> bool:
+    return name in {"GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"} or name.startswith(
+        ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+    )
+
+
 def run(
     argv: Sequence[str],
     *,

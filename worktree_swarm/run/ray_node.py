@@ -35,7 +35,7 @@ from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, fs, supervisor
 from worktree_swarm.infra.logtail import read_end
-from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
@@ -309,7 +309,7 @@ class NodeAgent:
     def _base_env(self) -> dict[str, str]:
         """The environment of the agent, setup and checks (the agent's adapter adds to it)."""
         task = self.a.task
-        return clean_env(
+        return task_env(
             {
                 # Nor from the task's directory (git never looks up into a ceiling directory):
                 # not a repository the node's directory lies in.

@@ -43,7 +43,7 @@ from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
-from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
@@ -1016,7 +1016,7 @@ class TaskWorker(RunWorker):
 
     def _env(self, task: Task, path: Path, base: str, slot: int) -> dict[str, str]:
         port = self.spec.port_base + slot * self.spec.port_block
-        return clean_env(
+        return task_env(
             {
                 # git inside the worktree reaches that worktree only, whatever HOME holds; from
                 # anywhere else under the worktree root no repository at all (git never looks
