@@ -537,7 +537,7 @@ def unhide_edits(worktree: Path) -> list[str]:
     for option, paths in (("--no-assume-unchanged", assumed), ("--no-skip-worktree", skipped)):
         if paths:
             listed = "".join(f"{path}\0" for path in paths)
-            runner.run_bytes(worktree, "update-index", option, "-z", "--stdin",
+            runner.run_bytes(worktree, "update-index", option, "-z", "--stdin", check=False,
                              input_bytes=os.fsencode(listed))  # fmt: skip
     return sorted({*assumed, *skipped})
 
@@ -549,7 +549,8 @@ def _flagged_entries(index: Path) -> list[tuple[str, str]] | None:
     """The assume-unchanged and skip-worktree entries of *index*, read without git.
 
     None for what this reader does not know: index version 4 (its names are compressed), a
-    split index, or entries that do not parse with a SHA-1 or SHA-256 object id.
+    split index (its ``link`` extension), or entries that do not parse with a SHA-1 or SHA-256
+    object id.
     """
     try:
         data = fs.read_file(index)
@@ -557,7 +558,7 @@ def _flagged_entries(index: Path) -> list[tuple[str, str]] | None:
         return []
     except OSError:
         return None
-    if data[:4] != b"DIRC" or data[4:8] not in _INDEX_VERSIONS - {_INDEX_V4} or b"link" in data:
+    if data[:4] != b"DIRC" or data[4:8] not in _INDEX_VERSIONS - {_INDEX_V4}:
         return None
     count = int.from_bytes(data[8:12], "big")
     for id_length in (20, 32):
@@ -588,10 +589,16 @@ def _parse_entries(data: bytes, count: int, id_length: int) -> list[tuple[str, s
         name = os.fsdecode(data[name_at:end])
         if flags & _ASSUME_VALID:
             found.append((name, "assume"))
-        if extended & _SKIP_WORKTREE:
+        if extended & _SKIP_WORKTREE and not name.endswith("/"):  # not a sparse directory
             found.append((name, "skip"))
         at += (end - at + 8) & ~7
-    return found if at <= len(data) - id_length else None
+    end = len(data) - id_length  # the extensions, then the file's checksum
+    while at + 8 <= end:
+        signature, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "big")
+        if signature == b"link":
+            return None
+        at += 8 + size
+    return found if at == end else None
 
 
 def _flagged_by_git(worktree: Path) -> list[tuple[str, str]]:
