@@ -264,6 +264,34 @@ def test_a_sandboxed_agent_cannot_reach_your_tmux_or_any_socket_in_tmp(
         shutil.rmtree(place, ignore_errors=True)
 
 
+@needs_bwrap
+def test_a_sandboxed_agent_runs_from_a_venv_in_tmp_and_has_a_tmp_of_its_own(repo: Path) -> None:
+    """The box's /tmp is private: what the agent's command names there comes back read-only,
+    for a venv's `bin/python` (a link out of it) the whole venv, its packages with it."""
+    place = Path("/tmp") / f"swarm-sandbox-test-{uuid.uuid4().hex}"
+    try:
+        venv = place / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        (site,) = venv.glob("lib/python*/site-packages")
+        (site / "probe_module.py").write_text("WHERE = 'the venv'\n")
+        (place / "yours.txt").write_text("yours\n")
+        code = (
+            "import pathlib, probe_module\n"
+            "pathlib.Path('/tmp/scratch').write_text('mine')\n"
+            f"seen = [probe_module.WHERE, pathlib.Path('/tmp/scratch').read_text(),\n"
+            f"        str(pathlib.Path({str(place / 'yours.txt')!r}).exists())]\n"
+            "pathlib.Path('seen.txt').write_text('|'.join(seen))\n"
+        )
+        agent = argv_toml([str(venv / "bin" / "python"), "-c", code])
+        text = f'[defaults]\nsandbox = true\n[[task]]\nid = "v"\nprompt = "x"\nagent = {agent}\n'
+        out = swarm(repo, "run", manifest(repo, text))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert branch_file(repo, "swarm/v", "seen.txt") == "the venv|mine|False"
+        assert not Path("/tmp/scratch").exists() or Path("/tmp/scratch").read_text() != "mine"
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
 @pytest.mark.parametrize("how", ["flag", "manifest", "swarm.toml"])
 def test_sandbox_without_bubblewrap_is_refused_before_anything_is_created(
     repo: Path, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch

@@ -201,7 +201,7 @@ def _hide_sockets(named: Sequence[str]) -> list[str]:
 
     What *named* (the agent's command and ``PATH``, your checkout) names there is bound back
     read-only: a directory, a file's directory (the modules beside a script), or a file alone
-    right in a hidden dir.
+    right in a hidden dir; for a ``bin`` directory its prefix (a venv's ``lib`` beside it).
     """
     args: list[str] = []
     hidden = [real_path(path) for path in _HIDDEN_DIRS if Path(path).is_dir()]
@@ -210,10 +210,18 @@ def _hide_sockets(named: Sequence[str]) -> list[str]:
     for sock in _HIDDEN_SOCKETS:
         if os.path.lexists(sock):
             args += ["--ro-bind", os.devnull, sock]
-    found = {real_path(arg) for arg in map(Path, named) if arg.is_absolute() and arg.exists()}
+    # As named (a venv's `bin/python` is a link out of it) and as resolved.
+    found = {
+        seen
+        for arg in map(Path, named)
+        if arg.is_absolute() and arg.exists()
+        for seen in (Path(os.path.normpath(arg)), real_path(arg))
+    }
     for path in sorted(found - set(hidden)):
         if any(path.is_relative_to(top) for top in hidden):
             kept = path if path.parent in hidden or path.is_dir() else path.parent
+            if kept.name == "bin" and kept.parent not in hidden:  # a venv's or a tool's prefix
+                kept = kept.parent
             args += _bind("--ro-bind", kept)
     return args
 
