@@ -392,6 +392,54 @@ def test_the_token_never_appears_in_output_state_logs_or_pull_requests(
     assert (repo / ".git" / "swarm" / "state.db").is_file()
 
 
+# Commits the value of its task's secret itself (no checkpoint sees it), in another file.
+SELF_COMMITTING_AGENT = r"""
+import os, pathlib, subprocess
+tid = os.environ["SWARM_TASK_ID"]
+pathlib.Path(tid + ".txt").write_text("work of " + tid + "\n")
+if tid == "leaky":
+    pathlib.Path("cfg.txt").write_text("db=" + os.environ["DB_PASSWORD"] + "\n")
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "config"], check=True)
+"""
+
+
+def test_a_tasks_env_secret_reaches_no_pull_request_and_no_branch(
+    repo: Path,
+    origin: Path,
+    fake_github: FakeGitHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only `swarm pr`'s own environment was taken: the value was in a body, and a branch an
+    agent had committed it to was pushed (and merged by `swarm merge`)."""
+    secret = "Zq9vX2mK8pL4"  # noqa: S105 - made up, as a password would be
+    agent = tmp_path / "agent.py"
+    agent.write_text(SELF_COMMITTING_AGENT)
+    (tmp_path / "tasks.toml").write_text(
+        f'[defaults]\nagent = ["{sys.executable}", "{agent}"]\n'
+        f'env = {{ DB_PASSWORD = "{secret}" }}\n'
+        f'[[task]]\nid = "quoting"\nprompt = "Use the key {secret} to connect"\n'
+        '[[task]]\nid = "leaky"\nprompt = "write the config"\n'
+    )
+    out = swarm(repo, "run", str(tmp_path / "tasks.toml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    monkeypatch.delenv("DB_PASSWORD", raising=False)  # only the task's `env` has it
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "not pushing swarm/leaky: cfg.txt" in out.stdout
+    assert remote_branches(origin) == ["main", "swarm/quoting"]
+    (pull,) = fake_github.pulls.values()
+    assert secret not in pull["body"]
+    assert "[REDACTED]" in pull["body"]
+    merged = swarm(repo, "merge")
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert "not merging swarm/leaky: cfg.txt" in merged.stdout
+    assert secret not in out.stdout + out.stderr + merged.stdout + merged.stderr
+
+
 SHARED_AGENT = (
     "import os, pathlib\n"
     "tid = os.environ['SWARM_TASK_ID']\n"

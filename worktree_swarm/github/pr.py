@@ -23,7 +23,7 @@ from worktree_swarm.github.client import (
     strip_userinfo,
 )
 from worktree_swarm.guard import channel
-from worktree_swarm.infra.redact import redact
+from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
@@ -157,6 +157,10 @@ def open_pull_requests(
     onto *base*. A task whose push or API call fails is reported and the rest carry on; a
     rate-limit wait longer than the client allows stops everything (RateLimitError).
     """
+    # The run's secrets, as its manager had them: each task's `env` too, before any text is
+    # written or branch scanned (a prompt may quote another task's).
+    tasks = [task_from_json(row.spec_json) for row in store.tasks(run_id)]
+    redact.add_env(pair for task in tasks for pair in task.env)
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
     pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)
@@ -183,7 +187,7 @@ def open_pull_requests(
         except RateLimitError:
             raise
         except (GitHubError, SwarmError) as exc:
-            reason = redact(client.token.redact(str(exc)))
+            reason = redact.redact(client.token.redact(str(exc)))
             failures.append(PrFailure(task_id=row.task_id, reason=reason))
             if echo is not None:
                 echo(f"{row.task_id}  failed  {reason}")
@@ -231,7 +235,7 @@ def _add_clashes(
         raise
     except (GitHubError, SwarmError) as exc:  # the pull request is open all the same
         if echo is not None:
-            reason = redact(client.token.redact(str(exc)))
+            reason = redact.redact(client.token.redact(str(exc)))
             echo(f"{pull.task_id}  note  #{pull.number} lacks its predicted conflicts: {reason}")
 
 
@@ -249,7 +253,7 @@ def _texts(
     The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
     """
     body = pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes)
-    return redact(pr_title(task)), redact(body)
+    return redact.redact(pr_title(task)), redact.redact(body)
 
 
 def _predicted_pairs(
@@ -382,7 +386,7 @@ def push_branch(
 def pr_title(task: Task) -> str:
     """The task's title, else the first line of its prompt."""
     text = task.title or next((ln for ln in task.prompt.splitlines() if ln.strip()), task.id)
-    title = one_line(redact(text), controls=True)  # redacted before it is cut: no half key
+    title = one_line(redact.redact(text), controls=True)  # redacted before it is cut: no half key
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1].rstrip() + "…"
     return title or task.id
@@ -399,7 +403,7 @@ def pr_body(
 ) -> str:
     """Prompt, diff stat, checks, conflicts with other open swarm PRs, cost, ``Closes #N``."""
     lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
-    lines += ["**Prompt**", "", *_fenced(_trimmed(redact(task.prompt))), ""]
+    lines += ["**Prompt**", "", *_fenced(_trimmed(redact.redact(task.prompt))), ""]
     base = row.base_commit or fallback_base
     if base is not None:
         stat = git.diff_stat(repo, base, tip)

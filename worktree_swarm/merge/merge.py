@@ -170,6 +170,9 @@ def merge(
     worktree, unparsable check) raises BadInputError before anything is created.
     """
     tell = Noting(progress or Silent())
+    # The run's secrets, as its manager had them: each task's `env` too, before a branch is
+    # scanned for them (`_leak`) or a line written.
+    redact.add_env(pair for r in store.tasks(run_id) for pair in task_from_json(r.spec_json).env)
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
     standing = standing_results(repo, store, run_id, branch)
