@@ -324,6 +324,26 @@ def test_the_index_flags_read_without_git_are_gits(
     assert g._flagged_by_git(path) == []
 
 
+def test_paths_git_refuses_are_left_out_and_named_and_the_rest_is_committed(repo: Path) -> None:
+    """`.GIT/x` (or `git~1`, an NTFS short name of `.git`) stopped the whole `add`: none of
+    the agent's other edits were committed."""
+    (repo / "README.md").write_text("edited\n")
+    (repo / "new.txt").write_text("new\n")
+    for bad in (".GIT/x", "GIT~1/y"):
+        (repo / bad).parent.mkdir()
+        (repo / bad).write_text("refused\n")
+
+    with pytest.raises(g.RefusedPathsError) as caught:
+        g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+
+    assert caught.value.paths == (".GIT/x", "GIT~1/y")
+    assert caught.value.head == git(repo, "rev-parse", "HEAD")
+    assert "wrote paths git refuses to store" in str(caught.value)
+    assert git(repo, "show", "HEAD:README.md") == "edited"
+    assert git(repo, "show", "HEAD:new.txt") == "new"
+    assert (repo / ".GIT" / "x").read_text() == "refused\n"  # they stay
+
+
 def test_checkpoint_leaves_agent_droppings_out_without_touching_gitignore(repo: Path) -> None:
     (repo / ".gitignore").write_text("*.log\n")
     git(repo, "add", ".gitignore")

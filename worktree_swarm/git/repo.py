@@ -480,7 +480,9 @@ def _commit_tree(
 
 
 # --sparse: in a sparse worktree, files an agent wrote outside the cone are its work too.
-_ADD = ["add", "--all", "--sparse", "--verbose"]
+# --ignore-errors: a path git refuses (`.GIT/x`, `git~1`) or cannot read no longer stops the
+# whole `add`; the rest is staged and those are named (RefusedPathsError).
+_ADD = ["add", "--all", "--sparse", "--verbose", "--ignore-errors"]
 _GITLINK = re.compile(r"(?:^|\0)160000 ([0-9a-f]+) 0\t([^\0]+)")
 
 
@@ -677,7 +679,7 @@ def checkpoint(
     links = populated_gitlinks(worktree)
     declared = _submodule_paths(worktree) if links else set()
     stage_gitlinks(worktree, [link for link in links if link in declared])
-    added, unborn = _add(worktree, [*exclude, *links], droppings)
+    added, unborn, refused = _add(worktree, [*exclude, *links], droppings)
     linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
     if linked:  # a commit would hold a commit id nobody else has, not their files
         literal = [f":(literal,top){path}" for path in linked]
@@ -690,6 +692,8 @@ def checkpoint(
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, embedded, head)
+    if refused:
+        raise RefusedPathsError(worktree, refused, head)
     if secret and report_secrets:
         raise SecretLeftOutError(worktree, secret, head)
     return head
@@ -761,6 +765,17 @@ class EmbeddedRepositoryError(LeftOutError):
         )
 
 
+class RefusedPathsError(LeftOutError):
+    """A checkpoint left out paths git refused to stage (the rest committed)."""
+
+    @staticmethod
+    def _message(worktree: Path, paths: Sequence[str]) -> str:
+        return (
+            f"wrote paths git refuses to store or could not read ({', '.join(paths)}): left out "
+            f"of its commit, they stay in {worktree}; the rest is committed"
+        )
+
+
 class SecretLeftOutError(LeftOutError):
     """A checkpoint left out files holding a secret value (the rest committed)."""
 
@@ -780,8 +795,18 @@ def unborn_repositories(add_errors: str) -> list[str]:
     return _UNBORN.findall(add_errors)
 
 
-def _add(worktree: Path, exclude: Sequence[str], droppings: Sequence[str]) -> tuple[str, list[str]]:
-    """`add --all` but *exclude* and *droppings*: its output, and repositories without a commit.
+def refused_paths(add_errors: str) -> list[str]:
+    """The paths an `add --ignore-errors`'s *add_errors* say it could not stage."""
+    return [a or b for a, b in _REFUSED.findall(add_errors)]
+
+
+_REFUSED = re.compile(r"^error: unable to (?:add '(.+)' to index|index file '(.+)')$", re.MULTILINE)
+
+
+def _add(
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+) -> tuple[str, list[str], list[str]]:
+    """`add --all` but *exclude* and *droppings*: its output, unborn repositories, refused paths.
 
     git refuses to add a repository an agent made but never committed in (`npm init` and the
     like make one) and then adds nothing at all: such a directory is left out and named.
@@ -800,9 +825,10 @@ def _add(worktree: Path, exclude: Sequence[str], droppings: Sequence[str]) -> tu
             res = _run(worktree, _ADD, check=False)
         found = [p for p in unborn_repositories(res.stderr) if p not in unborn]
         if res.returncode == 0 or not found:
-            if res.returncode != 0:
+            refused = refused_paths(res.stderr)
+            if res.returncode != 0 and not refused:
                 raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
-            return res.stdout, unborn
+            return res.stdout, unborn, refused
         unborn += found
 
 
