@@ -745,6 +745,32 @@ def test_a_branch_reset_behind_its_base_changed_nothing(
     assert (row["files_changed"], row["insertions"], row["deletions"]) == (0, 0, 0)
 
 
+BRANCH_DELETING_AGENT = r"""
+import os, pathlib, subprocess
+pathlib.Path("work.txt").write_text("work\n")
+subprocess.run(["git", "add", "work.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "the agent's commit"], check=True)
+subprocess.run(["git", "update-ref", "-d", "refs/heads/" + os.environ["SWARM_BRANCH"]], check=True)
+pathlib.Path("more.txt").write_text("more\n")
+"""
+
+
+def test_a_branch_its_agent_deleted_is_put_back_and_the_work_lands_on_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """The checkpoint started a history of its own (a root commit): "no merge base" for the
+    task, `swarm diff` and `swarm merge`, and the same at every retry."""
+    agent = argv_toml(write_agent(BRANCH_DELETING_AGENT))
+    out = swarm(repo, "run", manifest(repo, f'[[task]]\nid = "d"\nprompt = "x"\nagent = {agent}\n'))
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["d"]
+    assert (row["state"], row["files_changed"]) == ("done", 2)
+    log = git(repo, "log", "--format=%s", "main..swarm/d").splitlines()
+    assert log[1] == "the agent's commit"
+    assert git(repo, "merge-base", "main", "swarm/d") == git(repo, "rev-parse", "main")
+    assert branch_file(repo, "swarm/d", "more.txt") == "more"
+
+
 def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:
     (repo / ".env").write_text("SECRET_URL=local\n")
     (repo / ".gitignore").write_text(".env\n")

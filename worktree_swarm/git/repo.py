@@ -655,6 +655,7 @@ def checkpoint(
     """
     env = identity_env(author)
     repair_checkout(worktree)
+    restore_deleted_branch(worktree)
     if _operation_in_progress(worktree) and _run(worktree, ["ls-files", "-z", "-u"]).stdout:
         # `add --all` would take the conflict markers as the resolution, and the commit
         # would conclude the merge with them.
@@ -921,6 +922,36 @@ def head_in(worktree: Path) -> str | None:
 def _plain(path: Path) -> str:
     """The text of one of git's small files (HEAD, a loose ref), stripped."""
     return fs.read_file(path).decode("utf-8", errors="replace").strip()
+
+
+def restore_deleted_branch(worktree: Path) -> str | None:
+    """Put back the branch *worktree* is on if it is gone, at HEAD's last commit; that commit.
+
+    An agent that deleted its own branch (`git update-ref -d`, `git branch -D` from elsewhere)
+    had its checkpoint start a history of its own: a root commit of every file, sharing no
+    base with anything (no diff, no merge, every retry the same). HEAD's reflog in the
+    worktree's admin dir still names the commit it was last at (before the deletion's line).
+    """
+    if head_in(worktree) is not None:
+        return None
+    try:
+        admin = git_dir(worktree)
+        head = _plain(admin / "HEAD")
+        logged = os.fsdecode(fs.read_file(admin / "logs" / "HEAD")).splitlines()
+    except (OSError, GitError):
+        return None
+    # The newest value that is a commit: the deletion itself is logged, to zeros.
+    values = [line.split(" ")[1:2] for line in reversed(logged)]  # "old new who when\tmsg"
+    last = next(
+        (v[0] for v in values if v and _OBJECT_NAME.fullmatch(v[0]) and v[0].strip("0")), ""
+    )
+    if not head.startswith("ref: refs/heads/") or not last:
+        return None
+    if _run(worktree, ["cat-file", "-e", f"{last}^{{commit}}"], check=False).returncode != 0:
+        return None
+    ref = head.removeprefix("ref: ")
+    done = _run(worktree, ["update-ref", "-m", "swarm: put back", ref, last, ""], check=False)
+    return last if done.returncode == 0 else None
 
 
 def checkout_incomplete(worktree: Path) -> bool:
