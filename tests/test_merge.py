@@ -1372,16 +1372,18 @@ def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
     conflicting(base_repo, brancher, agent)
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--resolve"]
     merging = subprocess.Popen(argv, cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                               stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
     try:
         wait_for(lambda: started.exists() and started.read_text() != "", what="the resolver")
     finally:
         os.kill(merging.pid, sig)
-        merging.wait(timeout=60)
+        _, said = merging.communicate(timeout=60)
     worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
     resolver = int(started.read_text())
     if sig == signal.SIGTERM:  # undone at once, the resolver ended
         assert merging.returncode == ExitCode.INTERRUPTED
+        assert said.strip() == "swarm: interrupted"  # one line (it was an empty one)
         assert git(worktree, "status", "--porcelain") == ""
         assert not pid_alive(resolver)
     else:  # left half made, for the next merge to undo

@@ -954,7 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"swarm: {exc.format_message()}", err=True)
         return ExitCode.BAD_INPUT
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
+        click.echo("swarm: interrupted", err=True)
         return ExitCode.INTERRUPTED
     except KeyboardInterrupt:
         click.echo("swarm: interrupted; agents stopped, work checkpointed", err=True)
