@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import filelock
 
@@ -740,16 +740,15 @@ def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
 class LeftOutError(GitError):
     """A checkpoint left some paths of an agent's out (the rest committed), saying why."""
 
+    # Says why, naming the {paths} and the {worktree} they stay in.
+    template: ClassVar[str] = "left out {paths}; they stay in {worktree}"
+
     def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
         """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
         self.worktree = worktree
         self.paths = tuple(paths)
         self.head = head
-        super().__init__(self._message(worktree, self.paths))
-
-    @staticmethod
-    def _message(worktree: Path, paths: Sequence[str]) -> str:
-        raise NotImplementedError
+        super().__init__(self.template.format(paths=", ".join(self.paths), worktree=worktree))
 
     def __reduce__(self) -> tuple[type[LeftOutError], tuple[Path, tuple[str, ...], str | None]]:
         return type(self), (self.worktree, self.paths, self.head)
@@ -758,34 +757,28 @@ class LeftOutError(GitError):
 class EmbeddedRepositoryError(LeftOutError):
     """A checkpoint found repositories an agent made inside its worktree (the rest committed)."""
 
-    @staticmethod
-    def _message(worktree: Path, paths: Sequence[str]) -> str:
-        return (
-            f"made a git repository inside its worktree ({', '.join(paths)}): a commit would "
-            f"hold only its commit id, not its files; they stay in {worktree}"
-        )
+    template = (
+        "made a git repository inside its worktree ({paths}): a commit would hold only its "
+        "commit id, not its files; they stay in {worktree}"
+    )
 
 
 class RefusedPathsError(LeftOutError):
     """A checkpoint left out paths git refused to stage (the rest committed)."""
 
-    @staticmethod
-    def _message(worktree: Path, paths: Sequence[str]) -> str:
-        return (
-            f"wrote paths git refuses to store or could not read ({', '.join(paths)}): left out "
-            f"of its commit, they stay in {worktree}; the rest is committed"
-        )
+    template = (
+        "wrote paths git refuses to store or could not read ({paths}): left out of its commit, "
+        "they stay in {worktree}; the rest is committed"
+    )
 
 
 class SecretLeftOutError(LeftOutError):
     """A checkpoint left out files holding a secret value (the rest committed)."""
 
-    @staticmethod
-    def _message(worktree: Path, paths: Sequence[str]) -> str:
-        return (
-            f"wrote the value of a secret into {', '.join(paths)}: left out of its commit, it "
-            f"stays in {worktree}; the rest is committed"
-        )
+    template = (
+        "wrote the value of a secret into {paths}: left out of its commit, it stays in "
+        "{worktree}; the rest is committed"
+    )
 
 
 _UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)
