@@ -25,12 +25,14 @@ from tests.conftest import git
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.infra.logtail import copy_log
 from worktree_swarm.infra.redact import (
     REDACTED,
     RedactingWriter,
     Redactor,
     file_secrets,
     is_secret_name,
+    scrub_file,
     scrub_tree,
 )
 from worktree_swarm.infra.store import Store
@@ -870,6 +872,67 @@ def test_a_secret_streamed_in_pieces_reaches_a_follower_redacted() -> None:
     out.flush_quiet()
     assert shown.getvalue().decode().endswith(f"key {REDACTED} done\n")
     assert key[:9] not in shown.getvalue().decode()
+
+
+def test_a_secret_in_pieces_at_the_end_of_a_long_line_is_never_cut_in_two() -> None:
+    """A partial line past 64 KiB went out whole: the secret's first half unredacted."""
+    key = SECRETS["ANTHROPIC_API_KEY"]  # redacted by its shape (sk-ant-...)
+    shown = io.BytesIO()
+    out = RedactingWriter(shown)
+    out.write(b"word " * 14_000 + b"key " + key[:9].encode())
+    out.flush_quiet()  # quiet half-way through the key
+    assert shown.getvalue().startswith(b"word " * 13_000)  # the long line shows as it comes
+    out.write(key[9:].encode() + b" tail\n")
+    out.close()
+    text = shown.getvalue().decode()
+    assert text.endswith(f"key {REDACTED} tail\n")
+    assert key[:9] not in text
+
+
+def test_swarm_logs_reads_a_log_redacted_under_it_again_after_the_lines_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """Its attempt over, a log is rewritten redacted, in place: a follower kept its byte
+    offset and printed the rest from there (`E` for `FINAL LINE`, or nothing)."""
+    key = SECRETS["ANTHROPIC_API_KEY"]
+    log = tmp_path / "attempt-1.log"
+    log.write_text(f"my key is {key}\nnext\n")
+    shown = io.BytesIO()
+    calls = iter(range(3))
+
+    def ended() -> bool:
+        if next(calls) == 0:  # the attempt ends: its last lines, then the log is redacted
+            with log.open("a") as fh:
+                fh.write("FINAL LINE\nno newline at end")
+            scrub_file(log)
+            assert key not in log.read_text()
+            return False
+        return True
+
+    copy_log(log, RedactingWriter(shown), ended=ended)
+    assert shown.getvalue().decode() == (
+        f"my key is {REDACTED}\nnext\nFINAL LINE\nno newline at end"
+    )
+
+
+def test_a_log_an_agent_swapped_for_a_link_or_a_pipe_is_neither_read_nor_rewritten(
+    tmp_path: Path,
+) -> None:
+    """The manager redacted the file a symlink named (outside the repository), and `swarm
+    logs` waited for ever on a pipe."""
+    secret = f"password={SECRETS['ANTHROPIC_API_KEY']}\n"
+    victim = tmp_path / "victim.txt"
+    victim.write_text(secret)
+    linked, piped, hard = tmp_path / "linked.log", tmp_path / "piped.log", tmp_path / "hard.log"
+    linked.symlink_to(victim)
+    os.mkfifo(piped)
+    os.link(victim, hard)
+    for log in (linked, piped, hard):
+        scrub_file(log)
+    assert victim.read_text() == secret
+    for log in (linked, piped):
+        with pytest.raises(OSError):
+            copy_log(log, RedactingWriter(io.BytesIO()))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
@@ -11,7 +12,6 @@ import signal
 import stat
 import sys
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +27,7 @@ from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.text import is_utf8, path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults
+from worktree_swarm.infra import faults, logtail
 from worktree_swarm.infra.redact import RedactingWriter, redact
 from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
@@ -512,19 +512,11 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
         status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
         # Whole lines through the redactor, so a secret is never split across two writes.
         out = RedactingWriter(sys.stdout.buffer)
-        with path.open("rb") as fh:
-            while True:
-                chunk = fh.read(65536)
-                if chunk:
-                    out.write(chunk)
-                    continue
-                if not follow or _attempt_ended(store, run_id, attempt.id):
-                    if follow:  # the writer may have flushed after our last read
-                        out.write(fh.read())
-                    break
-                out.flush_quiet()
-                time.sleep(0.2)
-        out.close()
+        ended = functools.partial(_attempt_ended, store, run_id, attempt.id) if follow else None
+        try:
+            logtail.copy_log(path, out, ended=ended)
+        except OSError as exc:  # a pipe or a link an agent left in its place
+            raise SwarmError(f"{path}: not read ({exc.strerror or exc})") from None
     return ExitCode.OK
 
 

@@ -79,14 +79,15 @@ class NotAFileError(OSError):
     """A path read as a file holds something else: a named pipe, a device, a socket."""
 
 
-def open_file(path: Path | str) -> BinaryIO:
-    """Open *path* for reading bytes; NotAFileError unless it is a regular file (symlinks followed).
+def open_file(path: Path | str, *, follow: bool = True) -> BinaryIO:
+    """Open *path* for reading bytes; NotAFileError unless it is a regular file.
 
     Opening a named pipe waits until something opens its other end: one planted where swarm
     reads (a worktree's ``.git``, a loose object) would stop swarm for ever. The open does not
-    wait (``O_NONBLOCK``), and what it opened is checked before anything is read.
+    wait (``O_NONBLOCK``), and what it opened is checked before anything is read. Without
+    *follow* a symlink is refused too (``ELOOP``): swarm's own files an agent could swap.
     """
-    return os.fdopen(_open_regular(path, os.O_RDONLY), "rb")
+    return os.fdopen(_open_regular(path, os.O_RDONLY if follow else _OWN), "rb")
 
 
 def read_file(path: Path | str) -> bytes:
@@ -115,12 +116,13 @@ def open_append_bytes(path: Path | str) -> BinaryIO:
     return os.fdopen(_open_regular(path, _APPEND), "ab")
 
 
-def open_rewrite(path: Path | str) -> BinaryIO:
+def open_rewrite(path: Path | str, *, follow: bool = True) -> BinaryIO:
     """Open the regular file *path* to read and write in place (see :func:`open_file`)."""
-    return os.fdopen(_open_regular(path, os.O_RDWR), "r+b")
+    return os.fdopen(_open_regular(path, os.O_RDWR | (0 if follow else os.O_NOFOLLOW)), "r+b")
 
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+_OWN = os.O_RDONLY | os.O_NOFOLLOW
 
 
 def _open_regular(path: Path | str, flags: int) -> int:

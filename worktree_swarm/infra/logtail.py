@@ -7,13 +7,15 @@ missing or unreadable reads as empty: quoting it must never fail the caller.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from worktree_swarm.core.text import printable
 from worktree_swarm.infra import fs
-from worktree_swarm.infra.redact import redact
+from worktree_swarm.infra.redact import RedactingWriter, redact
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 40
@@ -99,3 +101,59 @@ class Follower:
             return False
         fh.seek(self._offset - len(self._mark))
         return fh.read(len(self._mark)) == self._mark
+
+
+def copy_log(path: Path, out: RedactingWriter, *, ended: Callable[[], bool] | None = None) -> None:
+    """Write the log *path* to *out*; with *ended*, what it adds too, until *ended* says so.
+
+    Never through a symlink or a pipe planted in its place (OSError). A log rewritten under
+    it (redacted in place once its attempt ends: other bytes where it was reading) is read
+    again after the lines already written, never from the old byte offset.
+    """
+    fh = fs.open_file(path, follow=False)
+    lines, offset, mark = 0, 0, b""
+    try:
+        while True:
+            if mark and not _still_there(fh, offset, mark):
+                fh.close()
+                fh = fs.open_file(path, follow=False)
+                out.drop_partial()
+                data = fh.read()
+                at = _after_lines(data, lines)
+                fh.seek(at)
+                offset, mark = at, data[max(0, at - _MARK) : at]
+            chunk = fh.read(65536)
+            if chunk:
+                out.write(chunk)
+                lines += chunk.count(b"\n")
+                offset += len(chunk)
+                mark = (mark + chunk)[-_MARK:]
+                continue
+            if ended is None or ended():
+                if ended is not None and _still_there(fh, offset, mark):
+                    out.write(fh.read())  # the writer may have flushed after the last read
+                break
+            out.flush_quiet()
+            time.sleep(0.2)
+    finally:
+        fh.close()
+    out.close()
+
+
+def _still_there(fh: BinaryIO, offset: int, mark: bytes) -> bool:
+    """Whether the bytes before *offset* are still *mark* (the log was not rewritten)."""
+    if os.fstat(fh.fileno()).st_size < offset:
+        return False
+    fh.seek(offset - len(mark))
+    return fh.read(len(mark)) == mark
+
+
+def _after_lines(data: bytes, lines: int) -> int:
+    """Where the line after the first *lines* lines of *data* starts."""
+    at = 0
+    for _ in range(lines):
+        found = data.find(b"\n", at)
+        if found < 0:
+            return len(data)
+        at = found + 1
+    return at

@@ -290,21 +290,24 @@ def redact_data(value: object) -> object:
 
 
 def scrub_file(path: Path) -> None:
-    """Rewrite *path* in place with its secrets redacted (nothing happens when it has none)."""
+    """Rewrite *path* in place with its secrets redacted (nothing happens when it has none).
+
+    Only a regular file of one name: never through a symlink, a pipe or a hard link an agent
+    left in place of a log (the file it names, outside the repository maybe, is not the log).
+    """
     try:
-        data = fs.read_file(path)
-    except OSError:
-        return
-    text = data.decode("utf-8", errors="surrogateescape")
-    clean = redact(text)
-    if clean == text:
-        return
-    # In place, so the file keeps its inode, mode and any appending writer's descriptor.
-    try:
-        fh = fs.open_rewrite(path)
-    except OSError:  # gone, or swapped meanwhile for a pipe: not written through
+        fh = fs.open_rewrite(path, follow=False)
+    except OSError:  # gone, a link or a pipe: not written through
         return
     with fh:
+        if os.fstat(fh.fileno()).st_nlink != 1:
+            return
+        text = fh.read().decode("utf-8", errors="surrogateescape")
+        clean = redact(text)
+        if clean == text:
+            return
+        # In place, so the file keeps its inode, mode and any appending writer's descriptor.
+        fh.seek(0)
         fh.write(clean.encode("utf-8", errors="surrogateescape"))
         fh.truncate()
 
@@ -336,6 +339,10 @@ def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
 
 
 _PARTIAL_LIMIT = 1 << 16
+# What a partial line past _PARTIAL_LIMIT keeps back: it goes out up to a blank before its last
+# _HOLD bytes, so that no token (a secret) is cut in two; one without a blank there waits, up to
+# _HOLD_LIMIT.
+_HOLD, _HOLD_LIMIT = 1 << 12, 1 << 20
 
 
 class RedactingWriter:
@@ -370,10 +377,25 @@ class RedactingWriter:
         """
         head, cr, rest = self._pending.rpartition(b"\r")
         if len(rest) > _PARTIAL_LIMIT:
-            self.flush_partial()
+            self._flush_long()
         elif cr:
             self._pending = rest
             self._emit(head + cr)
+
+    def drop_partial(self) -> None:
+        """Forget the partial last line (it is read again from its start)."""
+        self._pending = b""
+
+    def _flush_long(self) -> None:
+        """Most of a long partial line: up to a blank before its last bytes (no token cut)."""
+        before = len(self._pending) - _HOLD
+        cut = max(self._pending.rfind(b" ", 0, before), self._pending.rfind(b"\t", 0, before)) + 1
+        if cut <= 0:
+            if len(self._pending) < _HOLD_LIMIT:
+                return
+            cut = before
+        head, self._pending = self._pending[:cut], self._pending[cut:]
+        self._emit(head)
 
     def close(self) -> None:
         """Write whatever is left."""
