@@ -119,6 +119,24 @@ def test_diff_shows_where_a_key_is_on_a_branch_not_the_key(tmp_path: Path) -> No
     assert key[:12] not in patch.stdout
 
 
+def test_diff_never_sends_a_files_escape_sequences_to_your_terminal(tmp_path: Path) -> None:
+    """An agent's file with OSC 52 (writes your clipboard), a window title and a cleared
+    screen reached the terminal raw through `swarm diff`."""
+    payload = "x\x1b]52;c;ZXZpbA==\x07 y\x1b]0;TITLE\x07 z\x1b[2J\x9b31m end\r\n"
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    brancher.branch("swarm/esc", base, {"payload.txt": payload})
+    brancher.close()
+    record_run(repo, [("esc", base)], base=base)
+    patch = swarm(repo, "diff", "esc")
+    assert patch.returncode == 0, patch.stderr
+    assert "\x1b" not in patch.stdout
+    assert "\x07" not in patch.stdout
+    assert "\x9b" not in patch.stdout
+    assert "+x y z 31m end" in patch.stdout.splitlines()  # the text around them stays
+
+
 def test_diff_redacts_the_secrets_of_a_tasks_own_env(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     value = "task-env-secret-3f9a-77c1"
