@@ -314,6 +314,11 @@ def test_a_log_follower_reads_whole_lines_skips_a_burst_and_restarts_on_a_rewrit
     assert follow.read() == (True, "rewritten\n")
     log.write_bytes(b"caf\xc3\xa9 rewritten again, longer\n")  # same size or longer
     assert follow.read() == (True, "café rewritten again, longer\n")
+    with log.open("ab") as fh:
+        fh.write(b"the last line, no newline")
+    assert follow.read() == (False, "")  # it may go on while its writer runs
+    assert follow.read(ended=True) == (False, "the last line, no newline")  # never shown before
+    assert follow.read(ended=True) == (False, "")
 
 
 def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(

@@ -70,8 +70,11 @@ class Follower:
     _pending: bytes = b""
     _mark: bytes = b""
 
-    def read(self) -> tuple[bool, str]:
-        """``(restart, text)``: the text to append, once the view is cleared when *restart*."""
+    def read(self, *, ended: bool = False) -> tuple[bool, str]:
+        """``(restart, text)``: the text to append, once the view is cleared when *restart*.
+
+        Once its writer has *ended*, a last line without a newline is shown too.
+        """
         try:
             fh = fs.open_file(self.path)
         except OSError:
@@ -89,7 +92,7 @@ class Follower:
         self._offset += len(chunk)
         self._mark = (self._mark + chunk)[-_MARK:]
         head, newline, rest = (self._pending + chunk).rpartition(b"\n")
-        if len(rest) > self.limit:  # a line that never ends is shown as it comes
+        if ended or len(rest) > self.limit:  # a line that never ends is shown as it comes
             head, newline, rest = head + newline + rest, b"", b""
         self._pending = rest
         text = (head + newline).decode("utf-8", errors="replace")

@@ -211,7 +211,8 @@ class WatchApp(App[None]):
             self._follow = _Follow(task_id=task_id, path=path, follower=follower)
         if self._follow.follower is None:
             return
-        restart, text = self._follow.follower.read()  # at most LOG_TAIL_BYTES a tick
+        ended = bool(attempts) and attempts[-1].ended_at is not None
+        restart, text = self._follow.follower.read(ended=ended)  # at most LOG_TAIL_BYTES a tick
         if restart:
             view.clear()
         if text:
