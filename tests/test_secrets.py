@@ -874,6 +874,13 @@ def test_a_secret_streamed_in_pieces_reaches_a_follower_redacted() -> None:
     assert key[:9] not in shown.getvalue().decode()
 
 
+def test_a_setting_with_nothing_after_it_takes_no_word_of_the_next_line() -> None:
+    """`key=` at a line's end redacted the next line's first word (in every log it ran over)."""
+    text = "key=\nhello-world rest\ntoken:\n  nextline_word\n"
+    assert Redactor([])(text) == text
+    assert Redactor([])("api_key: abcdef123456\n") == f"api_key: {REDACTED}\n"
+
+
 def test_a_secret_in_pieces_at_the_end_of_a_long_line_is_never_cut_in_two() -> None:
     """A partial line past 64 KiB went out whole: the secret's first half unredacted."""
     key = SECRETS["ANTHROPIC_API_KEY"]  # redacted by its shape (sk-ant-...)

@@ -63,7 +63,8 @@ _SHAPES = (
     r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]+:)[^\s/@\"'<>]+(?P<at>@)"
     r"|(?P<scheme>\b(?i:bearer\s+|authorization:\s*(?:token|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}"
     rf"|(?P<kw>(?i:{_KEYWORDS}))(?P<suffix>[A-Za-z0-9_]*)"
-    r"""(?P<sep>["']?\s*[:=]\s*["']?)(?P<value>[^\s"',;}]+)"""
+    # On the same line: `key=` at a line's end is no setting of the next line's first word.
+    r"""(?P<sep>["']?[ \t]*[:=][ \t]*["']?)(?P<value>[^\s"',;}]+)"""
 )
 
 # Every match of _SHAPES contains one of these (lowercased).
