@@ -607,6 +607,25 @@ def test_key_echoed_by_the_server_is_never_printed(project: Path, api: StubAnthr
     assert "key *** may not use this model" in result.stderr
 
 
+def test_a_key_echoed_into_the_plan_or_typed_in_the_goal_is_never_written(
+    project: Path, api: StubAnthropic
+) -> None:
+    """The manifest held the API key when the endpoint put it in a prompt, and a token in
+    the goal went into its header comment as typed."""
+    echoed = [{**GOOD[0], "prompt": f"use the key {KEY} to log in"}, *GOOD[1:]]
+    api.replies.append(plan_reply(echoed))
+    out = project.parent / "tasks.toml"
+    token = "ghp_" + "x1Y2z3" * 6
+
+    result = swarm(project, "plan", f"Let users check out (my token is {token})", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert KEY not in text
+    assert token not in text
+    assert "use the key [REDACTED] to log in" in text
+
+
 def test_missing_key_is_bad_input(
     project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:

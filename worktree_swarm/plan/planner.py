@@ -30,6 +30,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra import redact
 
 if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
     import anthropic
@@ -246,6 +247,8 @@ def make_plan(
                     ) from exc
                 messages.extend(_ask_again(response, str(exc)))
                 continue
+            # An endpoint that echoes the key back never has it written into the manifest.
+            text = text.replace(settings.api_key, redact.REDACTED)
             ids = tuple(t.id for t in tasks)
             scheduler = Scheduler(tasks)
             makespan = scheduler.ideal_makespan(dict.fromkeys(ids, 1.0), jobs)
@@ -587,8 +590,8 @@ def _validate(
 
 def manifest_text(tables: Sequence[Mapping[str, object]], *, goal: str, model: str) -> str:
     """Return the manifest TOML for *tables*, headed by the goal as a comment."""
-    header = tomlwrite.comment(
-        f"Planned by `swarm plan` (model {model}) for the goal:\n{goal}\n\n"
+    header = tomlwrite.comment(  # the goal as you typed it, a key in it redacted
+        f"Planned by `swarm plan` (model {model}) for the goal:\n{redact.redact(goal)}\n\n"
         "Review every prompt, dependency and check before `swarm run`."
     )
     return f"{header}\n\n{tomlwrite.table_array('task', tables)}\n"
