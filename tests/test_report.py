@@ -311,6 +311,19 @@ def test_unknown_run_is_bad_input_and_writes_nothing(finished_run: Path, tmp_pat
     assert not target.exists()
 
 
+def test_an_error_line_carries_no_escape_sequence_to_your_terminal(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """A path (or an API's message) with a window title's escape sequence went out raw."""
+    target = tmp_path / "\x1b]0;TITLE\x07" / "x.html"
+    out = swarm(finished_run, "report", "--html", str(target))
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith("swarm: ")
+    assert "\x1b" not in out.stderr
+    assert "\x07" not in out.stderr
+
+
 def test_no_runs_yet_is_bad_input(repo: Path) -> None:
     out = swarm(repo, "report")
     assert out.returncode == 2

@@ -946,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"swarm: {exc.format_message()}", err=True)
+        click.echo(f"swarm: {printable(without_escapes(exc.format_message()))}", err=True)
         return ExitCode.BAD_INPUT
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
@@ -979,7 +979,8 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
         text = faults.retry_with(text, command)
     elif isinstance(exc, CommandError) and faults.is_full(exc):  # git writing, the disk full
         text = faults.retry_with(faults.full_message("the repository", exc), command)
-    click.echo(f"swarm: {redact(text)}", err=True)
+    # An API's message, a path you typed: no escape sequence of theirs reaches your terminal.
+    click.echo(f"swarm: {printable(without_escapes(redact(text)))}", err=True)
     return int(exc.exit_code)
 
 
