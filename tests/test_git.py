@@ -344,6 +344,18 @@ def test_paths_git_refuses_are_left_out_and_named_and_the_rest_is_committed(repo
     assert (repo / ".GIT" / "x").read_text() == "refused\n"  # they stay
 
 
+def test_a_symlink_to_another_checkout_is_committed_as_a_link(repo: Path, tmp_path: Path) -> None:
+    """It was taken for a repository the agent made inside its worktree: the task failed."""
+    other = make_repo(tmp_path / "other")
+    (repo / "other-link").symlink_to(other)
+    (repo / "new.txt").write_text("new\n")
+
+    g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+
+    assert git(repo, "ls-tree", "HEAD", "other-link").startswith("120000 blob ")
+    assert git(repo, "show", "HEAD:other-link") == str(other)
+
+
 def test_checkpoint_leaves_agent_droppings_out_without_touching_gitignore(repo: Path) -> None:
     (repo / ".gitignore").write_text("*.log\n")
     git(repo, "add", ".gitignore")

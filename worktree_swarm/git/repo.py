@@ -833,7 +833,10 @@ def _embedded(worktree: Path, added: str) -> list[str]:
         for line in added.splitlines()
         if line.startswith("add '") and line[-1] == "'"
     ]
-    found = [p for p in paths if (worktree / p / ".git").exists()]
+    # A symlink to a checkout is stored as a link, not looked into.
+    found = [
+        p for p in paths if (worktree / p / ".git").exists() and not (worktree / p).is_symlink()
+    ]
     if found:  # submodules are not embedded ones
         submodules = _submodule_paths(worktree)
         found = [p for p in found if p not in submodules]
