@@ -119,12 +119,8 @@ def copy_log(path: Path, out: RedactingWriter, *, ended: Callable[[], bool] | No
         while True:
             if mark and not _still_there(fh, offset, mark):
                 fh.close()
-                fh = fs.open_file(path, follow=False)
                 out.drop_partial()
-                data = fh.read()
-                at = _after_lines(data, lines)
-                fh.seek(at)
-                offset, mark = at, data[max(0, at - _MARK) : at]
+                fh, offset, mark = _after_lines(path, lines)
             chunk = fh.read(65536)
             if chunk:
                 out.write(chunk)
@@ -132,10 +128,11 @@ def copy_log(path: Path, out: RedactingWriter, *, ended: Callable[[], bool] | No
                 offset += len(chunk)
                 mark = (mark + chunk)[-_MARK:]
                 continue
-            if ended is None or ended():
-                if ended is not None and _still_there(fh, offset, mark):
-                    out.write(fh.read())  # the writer may have flushed after the last read
+            if ended is None:
                 break
+            if ended():  # one pass more: what came after the last read, or the log rewritten
+                ended = None
+                continue
             out.flush_quiet()
             time.sleep(0.2)
     finally:
@@ -151,12 +148,20 @@ def _still_there(fh: BinaryIO, offset: int, mark: bytes) -> bool:
     return fh.read(len(mark)) == mark
 
 
-def _after_lines(data: bytes, lines: int) -> int:
-    """Where the line after the first *lines* lines of *data* starts."""
-    at = 0
-    for _ in range(lines):
-        found = data.find(b"\n", at)
-        if found < 0:
-            return len(data)
-        at = found + 1
-    return at
+def _after_lines(path: Path, lines: int) -> tuple[BinaryIO, int, bytes]:
+    """*path* opened again after its first *lines* lines: the file, that offset, the bytes before.
+
+    Read a block at a time: a log may be large.
+    """
+    fh = fs.open_file(path, follow=False)
+    at, seen, mark = 0, 0, b""
+    while seen < lines and (chunk := fh.read(65536)):
+        count = chunk.count(b"\n")
+        if seen + count >= lines:
+            end = -1
+            for _ in range(lines - seen):
+                end = chunk.index(b"\n", end + 1)
+            chunk, count = chunk[: end + 1], lines - seen
+        at, seen, mark = at + len(chunk), seen + count, (mark + chunk)[-_MARK:]
+    fh.seek(at)
+    return fh, at, mark
