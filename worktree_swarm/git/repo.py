@@ -803,27 +803,22 @@ def _add(
     """`add --all` but *exclude* and *droppings*: its output, unborn repositories, refused paths.
 
     git refuses to add a repository an agent made but never committed in (`npm init` and the
-    like make one) and then adds nothing at all: such a directory is left out and named.
+    like make one), and a path it refuses or cannot read; with ``--ignore-errors`` it stages
+    the rest, and those are left out and named.
     """
-    unborn: list[str] = []
-    while True:
-        skip = [*exclude, *unborn]
-        if skip or droppings:
-            pathspec = [
-                ":(top)",
-                *(f":(exclude,literal,top){path}" for path in skip),
-                *(f":(exclude,glob,top){pattern}" for pattern in droppings),
-            ]
-            res = _run(worktree, [*_ADD, "--", *pathspec], check=False)
-        else:
-            res = _run(worktree, _ADD, check=False)
-        found = [p for p in unborn_repositories(res.stderr) if p not in unborn]
-        if res.returncode == 0 or not found:
-            refused = refused_paths(res.stderr)
-            if res.returncode != 0 and not refused:
-                raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
-            return res.stdout, unborn, refused
-        unborn += found
+    if exclude or droppings:
+        pathspec = [
+            ":(top)",
+            *(f":(exclude,literal,top){path}" for path in exclude),
+            *(f":(exclude,glob,top){pattern}" for pattern in droppings),
+        ]
+        res = _run(worktree, [*_ADD, "--", *pathspec], check=False)
+    else:
+        res = _run(worktree, _ADD, check=False)
+    unborn, refused = unborn_repositories(res.stderr), refused_paths(res.stderr)
+    if res.returncode != 0 and not (unborn or refused):
+        raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
+    return res.stdout, unborn, refused
 
 
 def _embedded(worktree: Path, added: str) -> list[str]:
