@@ -69,6 +69,35 @@ def test_planted_config_and_hooks_never_run(repo: Path, tmp_path: Path) -> None:
     assert marker.exists()
 
 
+@pytest.mark.parametrize("driver", ["a=b", "x=y=z"])
+def test_a_planted_driver_whose_name_holds_an_equals_sign_never_runs(
+    repo: Path, tmp_path: Path, driver: str
+) -> None:
+    # `-c filter.a=b.clean=` is read by git as `filter.a` set to `b.clean=`: the driver an
+    # attribute `filter=a=b` selects ran under every hardened command.
+    marker = tmp_path / "pwned"
+    touch = f"touch {marker} #"
+    for key in ("filter.{}.clean", "filter.{}.smudge", "diff.{}.textconv", "merge.{}.driver"):
+        git(repo, "config", key.format(driver), touch)
+    git(repo, "config", f"filter.{driver}.required", "true")
+    git(repo, "config", f"credential.https://example.com/?{driver}.helper", touch)
+    (repo / ".git" / "info" / "attributes").write_text(
+        f"* filter={driver} diff={driver} merge={driver}\n"
+    )
+    (repo / "README.md").write_text("changed\n")
+    runner.run(repo, "status", "--porcelain")
+    runner.run(repo, "add", "--all")
+    runner.run(repo, "diff", "--cached")
+    runner.run(repo, "commit", "-q", "-m", "x", env=g.identity_env("S <s@example.com>"))
+    runner.run(repo, "checkout", "-q", "HEAD~1", "--", "README.md")
+    runner.run(repo, "credential", "fill", input_text="protocol=https\nhost=example.com\n\n",
+               check=False)  # fmt: skip
+    assert not marker.exists()
+    (repo / "README.md").write_text("again\n")
+    git(repo, "add", "--all")  # without the runner the filter runs: the test is real
+    assert marker.exists()
+
+
 def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path) -> None:
     # A fetch or push to a path starts the remote's side as `remote.<name>.uploadpack` or
     # `.receivepack` names it: a program of the repository's config's choosing.

@@ -136,3 +136,41 @@ def test_a_filter_planted_in_a_submodules_git_dir_never_runs_and_is_undone(
     (config.parent / "info" / "attributes").write_text("* filter=ev\n")
     subprocess.run(["git", "status"], cwd=super_repo / "lib", check=True, capture_output=True)
     assert marker.exists()
+
+
+# Makes a repository `lib` in its worktree, declared as a submodule, whose own config has a
+# clean filter named `a=b` (one `-c` cannot name), and leaves a file of it out of date.
+OWN_REPO_FILTER = """
+import pathlib, subprocess, sys
+marker = sys.argv[1]
+def git(*args, cwd='lib'):
+    subprocess.run(['git', '-c', 'user.name=a', '-c', 'user.email=a@b', *args], cwd=cwd,
+                   check=True, capture_output=True)
+pathlib.Path('lib').mkdir()
+git('init', '-q', cwd='lib')
+pathlib.Path('lib/f.txt').write_text('one\\n')
+pathlib.Path('lib/.gitattributes').write_text('* filter=a=b\\n')
+git('add', '-A')
+git('commit', '-qm', 'lib')
+git('config', 'filter.a=b.clean', f'touch {marker}; cat')
+pathlib.Path('lib/f.txt').write_text('two\\n')
+pathlib.Path('.gitmodules').write_text('[submodule "lib"]\\n\\tpath = lib\\n\\turl = ./lib\\n')
+git('add', '.gitmodules', 'lib', cwd='.')
+"""
+
+
+def test_a_filter_of_a_repository_an_agent_made_never_runs_whatever_its_name(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # swarm looks for work left in a submodule with `git status` in it, under its config: the
+    # filter ran, outside any --sandbox, in the run and in every `swarm clean`.
+    marker = tmp_path / "own-repo-filter-ran"
+    agent = argv_toml([*write_agent(OWN_REPO_FILTER), str(marker)])
+    text = f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert "left work in submodule lib" in str(status_json(repo)["t"]["reason"])
+    assert "submodule lib holds work no commit records" in swarm(repo, "clean").stdout
+    assert not marker.exists()
+    lib = repo.parent / "repo.swarm" / "t" / "lib"
+    subprocess.run(["git", "status"], cwd=lib, check=True, capture_output=True)
+    assert marker.exists()  # the attack is real: git there runs it

@@ -88,19 +88,29 @@ _GIT_ENV = {
 }
 
 
-def overrides(cwd: Path) -> list[str]:
-    """The ``-c`` arguments that make a git command in *cwd* immune to planted config.
+def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
+    """The arguments that make a git command in *cwd* immune to planted config, and their env.
 
+    Each is ``-c KEY=VALUE``, but for a key whose name holds ``=`` (a driver named ``a=b``,
+    which an attribute ``filter=a=b`` selects): git splits ``-c`` at the first ``=``, so that
+    one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable.
     In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
     """
     files = _config_files(cwd)
     args: list[str] = []
+    values: dict[str, str] = {}
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
-        if not key.startswith("remote."):
+        if key.startswith("remote."):
+            continue
+        if "=" in key:
+            var = f"SWARM_GIT_CONFIG_{len(values)}"
+            values[var] = value
+            args.append(f"--config-env={key}={var}")
+        else:
             args += ["-c", f"{key}={value}"]
-    return args
+    return args, values
 
 
 def _planted_packs(cwd: Path) -> set[str]:
@@ -395,8 +405,10 @@ def _program(path: str | None) -> str:
     return shutil.which("git", path=os.defpath if path is None else path) or "git"
 
 
-def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
-    """The argv to run, and where the command as asked starts in it (for error messages)."""
+def _hardened(
+    cwd: Path, args: Sequence[str], env: Mapping[str, str] | None
+) -> tuple[list[str], int, dict[str, str]]:
+    """The argv to run, where the command as asked starts in it (for error messages), the env."""
     at = _subcommand(args)
     if at is not None:
         added = []
@@ -412,8 +424,8 @@ def _hardened(cwd: Path, args: Sequence[str]) -> tuple[list[str], int]:
             if leaf in _planted_packs(cwd):
                 added.append(f"{option}={_PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
-    prefix = overrides(cwd)
-    return [*prefix, *args], len(prefix)
+    prefix, values = overrides(cwd)
+    return [*prefix, *args], len(prefix), {**(env or {}), **values}
 
 
 def _subcommand(args: Sequence[str]) -> int | None:
@@ -446,12 +458,12 @@ def run(
     BadInputError when git is missing.
     """
     data = input_text.encode() if input_text is not None else None
-    argv, shown_from = _hardened(cwd, args)
+    argv, shown_from, full_env = _hardened(cwd, args, env)
     return _execute(
         cwd,
         argv,
         check=check,
-        env=env,
+        env=full_env,
         input_bytes=data,
         shown_from=shown_from,
     )
@@ -465,9 +477,9 @@ def run_bytes(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Like :func:`run`, with stdout and stderr as bytes (blobs, -z listings of odd names)."""
-    argv, shown_from = _hardened(cwd, args)
+    argv, shown_from, full_env = _hardened(cwd, args, env)
     return _execute_bytes(
-        cwd, argv, check=check, env=env, input_bytes=input_bytes, shown_from=shown_from
+        cwd, argv, check=check, env=full_env, input_bytes=input_bytes, shown_from=shown_from
     )
 
 
@@ -504,9 +516,9 @@ class ObjectReader:
         return data
 
     def _start(self) -> subprocess.Popen[bytes]:
-        argv, _ = _hardened(self._cwd, ["cat-file", "--batch"])
+        argv, _, env = _hardened(self._cwd, ["cat-file", "--batch"], None)
         self._proc = _start(
-            self._cwd, argv, env=None, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
+            self._cwd, argv, env=env, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         return self._proc
 
