@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1937,6 +1938,16 @@ else:
 """
 
 
+# Appended to ENV_AGENT: a resolver records what its git makes of config in the environment.
+LOOK_AGENT = """
+import subprocess
+if pathlib.Path('style.txt').exists():
+    seen = [subprocess.run(['git', 'config', key], capture_output=True, text=True)
+            for key in ('alias.passed', 'alias.counted')]
+    pathlib.Path('seen.txt').write_text('|'.join(d.stdout.strip() or '-' for d in seen))
+"""
+
+
 def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -1963,6 +1974,45 @@ def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
     assert sorted(report["merged"]) == ["one", "two"]
     assert all(r["checks"]["ok"] for r in report["results"])
     assert git(base_repo, "show", f"{report['target']['branch']}:style.txt") == "both sides"
+
+
+# Fails when git there sees config handed over in the environment (a `git -c` alias that
+# started swarm passes its settings on in GIT_CONFIG_PARAMETERS).
+LOOKS_FOR_PASSED = (
+    "import subprocess as s; exit(not s.run(['git', 'config', 'alias.passed']).returncode)"
+)
+NO_PASSED_CONFIG = [sys.executable, "-c", LOOKS_FOR_PASSED]
+
+
+def test_a_merges_checks_and_resolver_get_no_git_config_from_the_environment(
+    base_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the run, where a task's agent and checks never see it: the merge gave both to a
+    # task's checks, its resolver and the target's checks.
+    agent = tmp_path / "agent.py"
+    agent.write_text(ENV_AGENT + LOOK_AGENT)
+    path = base_repo.parent / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
+        f"checks = [{json.dumps(NO_PASSED_CONFIG)}]\n"
+        'env = { RESOLVE_STYLE = "both sides" }\n'
+        '[[task]]\nid = "one"\nprompt = "edit"\n'
+        '[[task]]\nid = "two"\nprompt = "edit"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'alias.passed'='!echo passed'")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "alias.counted")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "!echo counted")
+
+    out = swarm(base_repo, "merge", "--resolve", "--check", shlex.join(NO_PASSED_CONFIG), "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert sorted(report["merged"]) == ["one", "two"]
+    assert all(r["checks"]["ok"] for r in report["results"])
+    assert git(base_repo, "show", f"{report['target']['branch']}:seen.txt") == "-|-"
 
 
 def ignore(repo: Path, patterns: str) -> None:

@@ -743,7 +743,8 @@ def _remove_new(worktree: Path, names: set[str]) -> None:
 
 
 def _check_env(s: _Session) -> dict[str, str]:
-    return proc.clean_env(
+    """What checks and resolvers get: as in a run, no git config handed over in the environment."""
+    return proc.task_env(
         {
             "SWARM_RUN_ID": s.run_id,
             "SWARM_WORKTREE": str(s.target.worktree),
