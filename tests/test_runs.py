@@ -46,6 +46,15 @@ def test_runs_lists_each_run_with_its_state_and_task_counts(
     assert data["ended_at"] >= data["started_at"]
 
 
+def test_runs_in_a_repository_without_runs_lists_none(repo: Path) -> None:
+    # A script that lists runs got exit 2 (bad input) before the first run.
+    out = swarm(repo, "runs", "--json")
+    assert (out.returncode, json.loads(out.stdout)) == (0, {"runs": []}), out.stderr
+    out = swarm(repo, "runs")
+    assert (out.returncode, out.stdout) == (0, "no runs recorded yet; start one with `swarm run`\n")
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -323,8 +323,10 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
     from worktree_swarm.run import runs
 
     repo = _repo(ctx)
-    with _store_to_read(repo) as store:
-        summaries = runs.list_runs(store)
+    summaries: list[runs.RunSummary] = []
+    if status.has_store(repo):  # none yet: an empty list, as after `clean --all`
+        with _store_to_read(repo) as store:
+            summaries = runs.list_runs(store)
     if as_json:
         click.echo(json.dumps({"runs": [s.to_json() for s in summaries]}, indent=2))
     else:

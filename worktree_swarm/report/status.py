@@ -134,6 +134,14 @@ def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
     )
 
 
+def has_store(repo: git.Repo) -> bool:
+    """Whether a run has been recorded here (ManagerLockedError as :func:`open_store`)."""
+    if store_path(repo).exists():
+        return True
+    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
+    return False
+
+
 def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
     """Open the store, or explain that no run has happened here yet.
 
@@ -141,11 +149,10 @@ def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
     With *to_read* (commands that only look), a full disk does not stop them: the store is
     opened as it was last written (:meth:`Store.to_read`).
     """
-    path = store_path(repo)
-    if not path.exists():
-        # Not "no runs": a live manager's `.git/swarm` was deleted, and it writes it back.
-        refuse_while_state_is_gone(repo.state_dir, path)
+    # Not "no runs" where a live manager's `.git/swarm` was deleted (it writes it back).
+    if not has_store(repo):
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
+    path = store_path(repo)
     return Store.to_read(path) if to_read else Store(path)
 
 
