@@ -473,7 +473,9 @@ def _read_answer(stream: MessageStream, settings: ApiSettings, where: str) -> ob
         raise
     except Exception as exc:  # noqa: BLE001 - every other failure means the same to the user
         kind = type(exc).__name__
-        if kind.endswith("Timeout"):
+        # The HTTP client's own ReadTimeout, or the SDK's APITimeoutError around it (which of
+        # the two depends on where in the answer the silence fell).
+        if kind.endswith("Timeout") or isinstance(exc, anthropic.APITimeoutError):
             what = f"stopped in the middle of its answer ({_silence(settings, 1)})"
         else:
             detail = f"{kind}: {_scrub(str(exc), settings)[:120]}" if str(exc) else kind
