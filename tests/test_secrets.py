@@ -419,6 +419,10 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
         ("api_key: 'q9w8e7r6t5'\n", [("api_key", "q9w8e7r6t5")]),
         ('  "client_secret": "abcdefghijklmnopq",\n', [("client_secret", "abcdefghijklmnopq")]),
         ("URL=mysql://u:x7y8z9w0v@h/db\n", [("a URL's password", "x7y8z9w0v")]),
+        (
+            'GPG_PASSPHRASE="correct horse battery staple 42"\n',
+            [("GPG_PASSPHRASE", "correct horse battery staple 42")],
+        ),
         ("POSTGRES_PASSWORD=postgres\nSECRET_KEY=changeme\nTOKEN=ab12\n", []),
         ("DEBUG=true\nPORT=8080\nNAME=ab12cd34ef\n", []),
     ],
@@ -457,27 +461,39 @@ def test_pr_refuses_a_branch_holding_a_credential(
     assert fake_github.pulls == {}
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ANTHROPIC_API_KEY", "sk-ant-api03-" + "d" * 30),
+        ("GPG_PASSPHRASE", "correct horse battery staple"),  # blanks: taken for no secret
+        ("WEIRD_TOKEN", "abc\udcffdef123456"),  # not UTF-8: every checkpoint failed on it
+    ],
+)
 def test_a_file_holding_a_secret_value_is_left_out_of_swarms_commit_and_the_task_fails(
-    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    key = "sk-ant-api03-" + "d" * 30
-    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    monkeypatch.setenv(name, value)
     agent = write_agent(
-        "import json, os\n"
-        "open('env.json', 'w').write(json.dumps(dict(os.environ)))\n"
-        "open('README.md', 'a').write('key: ' + os.environ['ANTHROPIC_API_KEY'])\n"
+        "import os\n"
+        "env = b'\\n'.join(k + b'=' + v for k, v in os.environb.items())\n"
+        "open('env.txt', 'wb').write(env)\n"
+        f"open('README.md', 'ab').write(b'key: ' + os.environb[{name.encode()!r}])\n"
         "open('work.txt', 'w').write('work')\n"
     )
     assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
     row = status_json(repo)["t"]
     assert row["state"] == "failed"
     assert str(row["reason"]).startswith(
-        "wrote the value of a secret into README.md, env.json: left out of its commit, it stays in "
+        "wrote the value of a secret into README.md, env.txt: left out of its commit, it stays in "
     )
     assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
     assert git(repo, "show", "swarm/t:README.md") == "hello"  # as it was: yours, unchanged
-    assert key not in git(repo, "log", "-p", "--all")
-    assert key in (repo.parent / "repo.swarm" / "t" / "env.json").read_text()  # not lost
+    raw = os.fsencode(value)
+    history = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=repo, capture_output=True, check=True
+    )
+    assert raw not in history.stdout
+    assert raw in (repo.parent / "repo.swarm" / "t" / "env.txt").read_bytes()  # not lost
 
 
 def test_a_secret_named_setting_of_a_word_or_a_value_already_committed_leaves_nothing_out(
@@ -1017,6 +1033,28 @@ def test_a_secret_value_is_redacted_inside_json_output_too() -> None:
     said = {"error": f"login {value} refused"}
     for dumped in (json.dumps(said), json.dumps(said, ensure_ascii=False)):
         assert json.loads(redact(dumped)) == {"error": f"login {REDACTED} refused"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DB_PASSWORD", "P@ss,w0rd!2024"),
+        ("API_KEY", "ab,cdefgh12345678"),
+        ("GPG_X_PASSWORD", "correct horse battery staple"),
+        ("DB_PASSWORD", 'ab"cdefgh123'),
+        ("SIGNING_KEY", "k1;k2}k3'k4"),
+    ],
+)
+def test_a_secret_value_after_its_name_is_redacted_whole_whatever_it_holds(
+    name: str, value: str
+) -> None:
+    # `NAME=` took the value up to its first `,` `;` `}` quote or blank: a short piece was
+    # taken for prose and kept, and the known value that started inside it was never looked at.
+    redact = Redactor({name: value})
+    for said in (f"{name}={value}", f"{name}: {value}", json.dumps({name: value})):
+        assert value not in redact(said)
+        assert REDACTED in redact(said)
+    assert redact(f"export {name}='{value}' # set") == f"export {name}='{REDACTED}' # set"
 
 
 def test_redactor_keeps_people_urls_and_prose() -> None:

@@ -712,7 +712,9 @@ def _holding_secrets(worktree: Path, added: str) -> list[str]:
     """
     # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
     # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
-    values = [v.encode() for v in redact.current().values if redact.made_up(v)]
+    values = [
+        v.encode("utf-8", "surrogateescape") for v in redact.current().values if redact.made_up(v)
+    ]
     if not values:
         return []
     found = []

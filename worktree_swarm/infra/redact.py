@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -130,8 +130,11 @@ _MADE_UP_ANY = 16
 
 
 def _made_up(value: str) -> bool:
-    """Whether *value* looks like a generated credential, not a word or a placeholder."""
-    if any(c.isspace() for c in value) or len(value) < _MADE_UP_MIXED:
+    """Whether *value* looks like a generated credential, not a word or a placeholder.
+
+    Blanks count like other characters: a passphrase (`correct horse battery staple`) is one.
+    """
+    if len(value) < _MADE_UP_MIXED:
         return False
     mixed = any(c.isalpha() for c in value) and any(c.isdigit() for c in value)
     return mixed or len(value) >= _MADE_UP_ANY
@@ -159,35 +162,16 @@ class Redactor:
         # As written, and as a JSON string holds it (agents print JSON: `"` and `\` escaped).
         forms = {f for v in self.values for f in (v, *_json_forms(v))}
         literal = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
-        self._pattern = re.compile(f"(?P<literal>{literal})|{_SHAPES}" if literal else _SHAPES)
-        self._triggers = (*_TRIGGERS, *{_lower(v) for v in forms})
+        self._literal = re.compile(literal) if literal else None
+        self._literal_triggers = tuple({_lower(v) for v in forms})
 
     def __call__(self, text: str) -> str:
         """Return *text* with every secret replaced."""
-        # Python's regex engine tries every alternative at every position: 3 s per MB of an
-        # agent log. Every match starts at a trigger (or at the scheme before "://"), so
-        # str.find (in C) finds the few places worth trying and the pattern runs only there.
-        low = _lower(text)
-        starts: set[int] = set()
-        for trigger in self._triggers:
-            at = low.find(trigger)
-            while at != -1:
-                starts.update(_scheme_starts(low, at) if trigger == "://" else (at,))
-                at = low.find(trigger, at + 1)
-        if not starts:
-            return text
-        pieces: list[str] = []
-        done = 0
-        for at in sorted(starts):
-            if at < done:
-                continue
-            m = self._pattern.match(text, at)
-            if m is None:
-                continue
-            pieces += [text[done:at], self._replace(m)]
-            done = m.end()
-        pieces.append(text[done:])
-        return "".join(pieces)
+        # The values known first: a `NAME=` match would stop at a `,` or blank inside one
+        # (`DB_PASSWORD=ab,cdefgh1234`), take the short piece for prose, and hide the rest.
+        if self._literal is not None:
+            text = _sweep(text, self._literal, self._literal_triggers, lambda _m: REDACTED)
+        return _sweep(text, _SHAPES_RE, _TRIGGERS, self._replace)
 
     def _replace(self, m: re.Match[str]) -> str:
         if m.group("scheme"):
@@ -205,6 +189,42 @@ class Redactor:
             return head + REDACTED
         # Not a secret's name ("keyboard=", "max_tokens=100"), but the value may hold one.
         return head + self(m.group("value"))
+
+
+_SHAPES_RE = re.compile(_SHAPES)
+
+
+def _sweep(
+    text: str,
+    pattern: re.Pattern[str],
+    triggers: Iterable[str],
+    replace: Callable[[re.Match[str]], str],
+) -> str:
+    """*text* with each match of *pattern* at one of its *triggers* replaced, left to right."""
+    # Python's regex engine tries every alternative at every position: 3 s per MB of an
+    # agent log. Every match starts at a trigger (or at the scheme before "://"), so
+    # str.find (in C) finds the few places worth trying and the pattern runs only there.
+    low = _lower(text)
+    starts: set[int] = set()
+    for trigger in triggers:
+        at = low.find(trigger)
+        while at != -1:
+            starts.update(_scheme_starts(low, at) if trigger == "://" else (at,))
+            at = low.find(trigger, at + 1)
+    if not starts:
+        return text
+    pieces: list[str] = []
+    done = 0
+    for at in sorted(starts):
+        if at < done:
+            continue
+        m = pattern.match(text, at)
+        if m is None:
+            continue
+        pieces += [text[done:at], replace(m)]
+        done = m.end()
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _json_forms(value: str) -> tuple[str, str]:
