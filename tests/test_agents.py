@@ -619,6 +619,23 @@ def test_aider_success_reads_usage_lines(attempt: Attempt) -> None:
     assert run.argv == ["aider", "--yes-always", "--message-file", run.argv[-1]]
 
 
+def test_numbers_no_float_holds_are_no_usage_not_a_failed_attempt(attempt: Attempt) -> None:
+    # An agent's own output is untrusted: JSON's 1e999 and NaN, an integer past a float's
+    # range and a `$1.2.3` made the manager fail the attempt with an internal error.
+    stdout = json.dumps(claude_result(total_cost_usd=float("inf"), num_turns=10**400))
+    run = attempt("claude", stdout=stdout.replace("Infinity", "1e999") + "\n")
+    assert run.result.outcome is AgentOutcome.SUCCESS
+    assert (run.result.cost_usd, run.result.num_turns) == (None, None)
+    run = attempt("claude", stdout=json.dumps(claude_result(usage={"input_tokens": NAN})) + "\n")
+    assert (run.result.outcome, run.result.tokens_in) == (AgentOutcome.SUCCESS, None)
+    done = AIDER_DONE.replace("$0.0123 session", "$1.2.3 session").replace("2.4k", "2.4.1k")
+    run = attempt("aider", stdout=AIDER_BANNER + done)
+    assert (run.result.outcome, run.result.cost_usd) == (AgentOutcome.SUCCESS, None)
+
+
+NAN = float("nan")
+
+
 def test_aider_retried_rate_limit_then_success_is_success(attempt: Attempt) -> None:
     stdout = AIDER_BANNER + AIDER_RATE_LIMIT + "Retrying in 0.2 seconds...\n" + AIDER_DONE
     assert attempt("aider", stdout=stdout).result.outcome is AgentOutcome.SUCCESS

@@ -417,6 +417,11 @@ def test_toml_syntax_error_is_one_line(repo: Path, cwd: Path) -> None:
     assert "line 3" in message
 
 
+# An integer past a float's range, and how bad input shows it (cut to 40 characters).
+BIG = str(10**400)
+BIG_SHOWN = BIG[:39] + "…"
+
+
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
@@ -615,6 +620,14 @@ def test_rate_limit_defaults_retries_flag_and_fallback_keys(
         ("budget_share = nan", "[defaults]: budget_share: expected a positive number, got nan"),
         ("max_cost_usd = nan", "[defaults]: max_cost_usd: expected a positive number, got nan"),
         ("max_cost_usd = inf", "[defaults]: max_cost_usd: expected a positive number, got inf"),
+        # TOML takes any integer: one past a float's range was an internal error (exit 1).
+        (
+            f"max_cost_usd = {BIG}",
+            f"[defaults]: max_cost_usd: expected a positive number, got {BIG_SHOWN}",
+        ),
+        (f"max_disk = {BIG}", f"[defaults]: max_disk: bad size {BIG_SHOWN} (use"),
+        (f"max_wait = {BIG}", f"[defaults]: max_wait: bad duration {BIG_SHOWN} (use"),
+        (f"jobs = {BIG}", f"x 2 x jobs {BIG_SHOWN} (the tasks in flight) goes past port"),
         ('max_wait = "soon"', "[defaults]: max_wait:"),
     ],
 )

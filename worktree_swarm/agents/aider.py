@@ -18,6 +18,7 @@ from worktree_swarm.agents.base import (
     TAIL_LINES,
     AgentOutcome,
     AgentResult,
+    as_float,
     interpret_by_exit,
     rate_limited_result,
     render_argv,
@@ -142,7 +143,7 @@ def _usage(log_text: str) -> dict[str, Any]:
         if m_received:
             received += _count(m_received["n"], m_received["unit"])
     costs = _COST_RE.findall(log_text)
-    usage: dict[str, Any] = {"cost_usd": float(costs[-1]) if costs else None}
+    usage: dict[str, Any] = {"cost_usd": _number(costs[-1]) if costs else None}
     if seen:
         usage |= {
             "tokens_in": sent,
@@ -155,7 +156,13 @@ def _usage(log_text: str) -> dict[str, Any]:
 
 def _count(number: str, unit: str) -> int:
     scale = {"": 1, "k": 1_000, "m": 1_000_000}[unit.lower()]
+    value = _number(number)
+    return 0 if value is None else round(value * scale)
+
+
+def _number(text: str) -> float | None:
+    """A finite number aider printed (`1.2.3` or 400 digits are none)."""
     try:
-        return round(float(number) * scale)
+        return as_float(float(text))
     except ValueError:
-        return 0
+        return None

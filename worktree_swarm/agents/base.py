@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -188,17 +189,21 @@ def json_objects(text: str) -> list[dict[str, Any]]:
 
 
 def as_int(value: object) -> int | None:
-    """An integer count from JSON, or None (booleans are not counts)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """An integer count from JSON, or None (booleans are not counts, nor NaN or Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or as_float(value) is None:
         return None
     return int(value)
 
 
 def as_float(value: object) -> float | None:
-    """A number from JSON, or None."""
+    """A finite number from JSON, or None (JSON as an agent prints it holds 1e999 and NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def epoch_seconds(value: object) -> float | None:

@@ -23,7 +23,7 @@ from worktree_swarm.agents import profile_of, resolve_agent
 from worktree_swarm.config import programs, settings, values
 from worktree_swarm.config.settings import Overrides
 from worktree_swarm.config.values import AgentRef, string, type_name
-from worktree_swarm.core import paths
+from worktree_swarm.core import paths, units
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import (
     DEFAULT_AGENT,
@@ -388,7 +388,8 @@ def _run_spec(tasks: tuple[Task, ...], layer: Layer, *, repo_root: Path) -> RunS
     # each with a block of its own.
     if spec.port_base + spec.port_block * 2 * spec.jobs - 1 > _MAX_PORT:
         raise BadInputError(
-            f"port_base {spec.port_base} + port_block {spec.port_block} x 2 x jobs {spec.jobs}"
+            f"port_base {spec.port_base} + port_block {spec.port_block} x 2 x jobs"
+            f" {units.shown(spec.jobs)}"
             f" (the tasks in flight) goes past port {_MAX_PORT}; lower port_base, port_block"
             " or jobs"
         )

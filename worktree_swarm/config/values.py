@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from worktree_swarm.agents import PROFILES
+from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import user_path
@@ -131,11 +132,13 @@ def _bounded(value: object, where: str, minimum: int | None, maximum: int | None
     number = _integer(value, where)
     if minimum is not None and maximum is not None:
         if not minimum <= number <= maximum:
-            raise BadInputError(f"{where}: must be between {minimum} and {maximum}, got {number}")
+            raise BadInputError(
+                f"{where}: must be between {minimum} and {maximum}, got {units.shown(number)}"
+            )
     elif minimum is not None and number < minimum:
-        raise BadInputError(f"{where}: must be >= {minimum}, got {number}")
+        raise BadInputError(f"{where}: must be >= {minimum}, got {units.shown(number)}")
     elif maximum is not None and number > maximum:
-        raise BadInputError(f"{where}: must be <= {maximum}, got {number}")
+        raise BadInputError(f"{where}: must be <= {maximum}, got {units.shown(number)}")
     return number
 
 
@@ -147,14 +150,12 @@ def _boolean(value: object, where: str) -> bool:
 
 def _positive_number(value: object, where: str) -> float:
     # Not nan (no comparison holds: a cap of nan caps nothing), not inf.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise BadInputError(f"{where}: expected a positive number, got {value!r}")
-    return float(value)
+    number = value if isinstance(value, float) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = units.as_float(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise BadInputError(f"{where}: expected a positive number, got {units.shown(value)}")
+    return number
 
 
 def _author(value: object, where: str) -> str:

@@ -23,7 +23,7 @@ def parse_duration(value: object, where: str) -> float:
     """
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = as_float(value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         match = _DURATION_RE.fullmatch(text) if text else None
@@ -34,9 +34,26 @@ def parse_duration(value: object, where: str) -> float:
             seconds = float(text)
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise BadInputError(
-            f"{where}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
+            f"{where}: bad duration {shown(value)} (use seconds > 0 or e.g. '90s', '45m', '1h30m')"
         )
     return seconds
+
+
+def as_float(number: float) -> float | None:
+    """*number* as a float; None for an integer past a float's range (TOML takes 10**400)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return None
+
+
+_SHOWN = 40
+
+
+def shown(value: object) -> str:
+    """*value* as bad input names it: its repr, cut to 40 characters (a 400-digit number)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -59,14 +76,14 @@ def parse_size(value: object, where: str) -> int:
     """
     size: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        size = float(value)
+        size = as_float(value)
     elif isinstance(value, str):
         match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
         if match is not None:
             unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
             size = float(match.group("n")) * _KIB ** "BKMGTP".index(unit or "B")
     if size is None or not math.isfinite(size) or size < 1:
-        raise BadInputError(f"{where}: bad size {value!r} (use bytes or e.g. '500M', '20G')")
+        raise BadInputError(f"{where}: bad size {shown(value)} (use bytes or e.g. '500M', '20G')")
     return int(size)
 
 
