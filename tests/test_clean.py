@@ -835,8 +835,9 @@ def test_clean_force_deletes_an_unlanded_integration_branch(repo: Path, tmp_path
     assert git(repo, "rev-parse", "HEAD") == before
 
 
+@pytest.mark.parametrize("where", ["main", "linked"])
 def test_clean_keeps_an_integration_branch_checked_out_in_your_checkout_and_says_so(
-    repo: Path, tmp_path: Path
+    repo: Path, tmp_path: Path, where: str
 ) -> None:
     agent = tmp_path / "agent.py"
     agent.write_text(
@@ -847,15 +848,26 @@ def test_clean_keeps_an_integration_branch_checked_out_in_your_checkout_and_says
     (integration,) = [p for p in worktree_paths(repo) if "_integration-" in p]
     branch = git(Path(integration), "branch", "--show-current")
     git(repo, "worktree", "remove", integration)
-    git(repo, "checkout", "-q", branch)  # the user takes the merged result into their checkout
+    # The user takes the merged result into their checkout, or reviews it in a worktree of
+    # theirs (which clean removed, committing their notes onto the branch).
+    yours = repo if where == "main" else tmp_path / "review"
+    if where == "main":
+        git(repo, "checkout", "-q", branch)
+    else:
+        git(repo, "worktree", "add", "-q", str(yours), branch)
+        (yours / "my-notes.txt").write_text("notes\n")
 
     planned = report(repo, "clean", "--all", "--force", code=1)
     done = report(repo, "clean", "--all", "--force", "--yes", code=0)
 
     for found in (planned, done):
         assert found[branch]["action"] == "keep"
-        assert str(found[branch]["reason"]).endswith(f"checked out in {repo}")
-    assert git(repo, "branch", "--show-current") == branch
+        assert str(found[branch]["reason"]).endswith(f"checked out in {yours}")
+        assert str(yours) not in found
+    assert git(yours, "branch", "--show-current") == branch
+    if where == "linked":
+        assert (yours / "my-notes.txt").read_text() == "notes\n"
+        assert git(repo, "log", "--format=%s", "-1", branch) == "swarm: merge task aa (swarm/aa)"
 
 
 def test_clean_removes_many_worktrees_at_once_each_keeping_its_own_work(

@@ -34,7 +34,12 @@ from worktree_swarm.cleanup.fixes import (
 )
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, GitError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING, Executor
+from worktree_swarm.core.models import (
+    INTEGRATION_DIR_PREFIX,
+    INTEGRATION_PREFIX,
+    MERGE_CHECKING,
+    Executor,
+)
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -181,10 +186,15 @@ def plan_clean(
     landing = merge_targets(repo)  # the same for every run but for the run's own base
     runs = []
     pushed: dict[str, _Pushed] = {}  # run id -> where it pushed its branches (executor `ray`)
+    own: dict[str, Path] = {}  # run id -> where its integration worktree is, swarm's own
     for run_id in run_ids:
         run = store.get_run(run_id)
         targets = with_base(landing, run.base_commit if run is not None else None)
         runs.append((run_id, targets, store.tasks(run_id)))
+        root = run.settings.worktree_root if run is not None else None
+        own[run_id] = (root or paths.default_worktree_root(repo.root)) / (
+            INTEGRATION_DIR_PREFIX + run_id
+        )
         if run is not None and run.settings.executor is Executor.RAY:
             pushed[run_id] = _Pushed(repo=repo, remote=run.settings.remote)
     seen.statuses.update(
@@ -205,6 +215,7 @@ def plan_clean(
                 run_id,
                 registered,
                 seen,
+                own=own[run_id],
                 targets=targets,
                 keep_branches=keep_branches,
                 force=force,
@@ -503,12 +514,17 @@ def _plan_integration(
     registered: dict[Path, WorktreeInfo],
     seen: _Seen,
     *,
+    own: Path,
     targets: tuple[str, ...],
     keep_branches: bool,
     force: bool,
     look: bool,
 ) -> list[Finding]:
-    """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced)."""
+    """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced).
+
+    *own* is where swarm keeps that worktree: the branch checked out anywhere else is in a
+    checkout of yours (`git worktree add ../review swarm/integration-<run>`), never removed.
+    """
     branch = integration_branch(run_id)
     found: list[Finding] = []
     dirty: bool | None = False
@@ -516,9 +532,10 @@ def _plan_integration(
     worktree = None
     elsewhere = None  # a checkout of the user's: git refuses to delete its branch
     for info in registered.values():
-        if info.branch == branch and info.is_main:
+        if info.branch != branch:
+            continue
+        if info.is_main or real_path(info.path) != real_path(own):
             elsewhere = info.path
-        if info.branch != branch or info.is_main:
             continue
         worktree = info.path
         finding, dirty = worktree_finding(
