@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -573,3 +574,60 @@ def test_shim_alive_follows_the_shim_not_the_pid(start, tmp_path: Path) -> None:
     assert recorded is not None
     assert recorded.shim_pid == me.pid
     assert not shim_alive(agent.record)
+
+
+# Marked as a shim's tree: ignores SIGTERM and reaps nothing (its child's PID is freed at
+# once), and starts a child that ends at SIGTERM; prints that child's PID.
+MARKED_PARENT = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'],
+                         preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+print(child.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+def _start_on_pid(pid: int, reaper: Reaper) -> subprocess.Popen[bytes] | None:
+    """A sleeper started on *pid* (the kernel's next PID set just before), or None."""
+    for _ in range(200):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        started = reaper.popen(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL))
+        if started.pid == pid:
+            return started
+        started.kill()
+    return None
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="needs to set the next PID"
+)
+def test_a_marked_process_whose_pid_is_taken_meanwhile_leaves_the_new_owner_alone(
+    reaper: Reaper, tmp_path: Path
+) -> None:
+    # `swarm stop` found a check's shim and the check, and while it gave the shim its grace
+    # the check ended and its PID went to another program: it took that one's identity then,
+    # and killed it.
+    record = tmp_path / "logs" / "checks-1.json"
+    parent = reaper.popen(subprocess.Popen(
+        [sys.executable, "-c", MARKED_PARENT], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "SWARM_SHIM": str(record)}, start_new_session=True,
+    ))  # fmt: skip
+    assert parent.stdout is not None
+    child = reaper.pid(int(parent.stdout.readline()))
+    taken: list[subprocess.Popen[bytes] | None] = []
+
+    def take_the_pid() -> None:
+        wait_for(lambda: not psutil.pid_exists(child))
+        taken.append(_start_on_pid(child, reaper))
+
+    thief = threading.Thread(target=take_the_pid)
+    thief.start()
+    supervisor.kill_marked(record.parent, grace=3)  # the parent first: the child ends then
+    thief.join()
+    (owner,) = taken
+    assert owner is not None, "no process got the freed PID"
+    assert parent.wait(timeout=10) == -signal.SIGKILL
+    parent.stdout.close()
+    assert owner.poll() is None  # the PID's new owner runs on

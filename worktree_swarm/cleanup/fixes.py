@@ -236,7 +236,7 @@ def describe(process: psutil.Process) -> str:
 
 def kill_finding(process: psutil.Process, *, reason: str, fix: str) -> Finding | None:
     """A KILL finding for *process* with its identity (None when it is already gone)."""
-    identity = supervisor.identity_of(process.pid)
+    identity = supervisor.found_identity(process)
     if identity is None:
         return None
     return Finding(

@@ -669,6 +669,21 @@ def identity_of(pid: int) -> ProcessIdentity | None:
     return ProcessIdentity(pid=pid, create_time=create_time, pgid=pgid)
 
 
+def found_identity(process: psutil.Process) -> ProcessIdentity | None:
+    """The identity of *process* as found: its start time, not that of its PID's process now.
+
+    None when it has ended, or its PID is another process's now.
+    """
+    try:
+        create_time = process.create_time()  # psutil's, kept from when it was found
+        if not process.is_running():  # that start time is no longer the PID's
+            return None
+        pgid = os.getpgid(process.pid)
+    except (psutil.Error, ProcessLookupError):
+        return None
+    return ProcessIdentity(pid=process.pid, create_time=create_time, pgid=pgid)
+
+
 def is_alive(identity: ProcessIdentity) -> bool:
     """Return whether *identity*'s process still runs (same PID and start, not a zombie)."""
     proc = _matching(identity)
@@ -778,7 +793,9 @@ def kill_marked(
     kills them itself. One that survives SIGKILL raises SwarmError with *strict*, else is left.
     """
     for process, record in marked_processes(root):
-        identity = identity_of(process.pid)
+        # As found: one that ended while an older one was killed may have left its PID to
+        # another process by now, which is not to be killed.
+        identity = found_identity(process)
         if identity is None or (only is not None and not only(record)):
             continue
         try:
