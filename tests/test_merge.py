@@ -1788,10 +1788,87 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     result = line.split("the merged result is commit ")[1].split(":")[0]
     files = set(git(base_repo, "ls-tree", "--name-only", result).split())
     assert {"one.txt", "two.txt"} <= files  # the work, named to keep
-    assert "merged" not in merge_results(base_repo).values()
+    # Nothing recorded: no task reads as cut off in its checks (the next merge skipped them).
+    assert set(merge_results(base_repo).values()) <= {None}
     git(base_repo, "branch", "-f", "dev", base)
     again = swarm(base_repo, "merge", "--into", "dev")  # nothing recorded: merged again
     assert again.returncode == 0, again.stdout + again.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+def test_into_a_symbolic_ref_or_a_branch_being_rebased_is_refused(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # Moving `alias` (-> main) moved main under your checkout; moving dev while a rebase of
+    # it stopped at a conflict broke your `git rebase --continue`.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "symbolic-ref", "refs/heads/alias", "refs/heads/main")
+    git(base_repo, "branch", "dev", base)
+    brancher.branch("other", base, {"keep.txt": "other\n"})
+    rebasing = tmp_path / "rebasing"
+    git(base_repo, "worktree", "add", "-q", str(rebasing), "dev")
+    (rebasing / "keep.txt").write_text("dev\n")
+    git(rebasing, "commit", "-qam", "dev")
+    subprocess.run(["git", "rebase", "other"], cwd=rebasing, capture_output=True, check=False)
+    assert git(rebasing, "branch", "--show-current") == ""  # stopped, HEAD detached
+    refs = git(base_repo, "for-each-ref")
+
+    alias = swarm(base_repo, "merge", "--into", "alias")
+    dev = swarm(base_repo, "merge", "--into", "dev")
+
+    assert (alias.returncode, dev.returncode) == (2, 2)
+    assert alias.stderr == (
+        "swarm: --into alias is a symbolic ref; name the branch it points to, and swarm will"
+        " move that one if nothing has it checked out\n"
+    )
+    assert dev.stderr == (
+        f"swarm: dev is being rebased in {rebasing}; finish or abort that there first\n"
+    )
+    assert git(base_repo, "for-each-ref") == refs
+    assert git(base_repo, "status", "--porcelain") == ""
+
+
+def test_a_branch_checked_out_while_its_merge_checks_run_is_not_moved(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # Checked once at the start: a worktree you added on dev meanwhile showed every merged
+    # change reversed.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "branch", "dev", base)
+    yours = tmp_path / "yours"
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, subprocess\n"
+        f"if not pathlib.Path({str(yours)!r}).exists():\n"
+        f"    subprocess.run(['git', '-C', {str(base_repo)!r}, 'worktree', 'add', '-q',"
+        f" {str(yours)!r}, 'dev'], check=True)\n"
+    )
+
+    out = swarm(base_repo, "merge", "--into", "dev", "--check", f"{agent_command()} {check}")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    line = out.stderr.strip()
+    assert line.startswith(f"swarm: dev is checked out in {yours}; swarm never moves")
+    assert "the merged result is commit " in line
+    assert git(base_repo, "rev-parse", "dev") == base
+    assert git(yours, "status", "--porcelain") == ""
+    assert set(merge_results(base_repo).values()) <= {None}
+
+
+def test_merges_land_where_your_config_asks_for_signed_commits(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # swarm's own checkpoints are never signed: with merge.verifySignatures every merge of a
+    # task's branch failed, though the dry run said it would merge.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    git(base_repo, "config", "merge.verifySignatures", "true")
+
+    out = swarm(base_repo, "merge")
+
+    assert out.returncode == 0, out.stdout + out.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 

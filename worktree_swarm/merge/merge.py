@@ -230,7 +230,11 @@ def merge(
                     _merge_all(session, order)
             final = _head(target.worktree)
             if target.temporary and final != start:
-                move_branch(repo, branch, new=final, old=start)
+                try:
+                    move_branch(repo, branch, new=final, old=start)
+                except SwarmError:
+                    _as_before_checks(session, order)
+                    raise
                 moves.moved(ref, final)
             for c, result in session.unrecorded:
                 _record(session, c, result)
@@ -966,6 +970,22 @@ def _foreign_commit(s: _Session, c: Candidate, pre: str, head: str) -> str | Non
 
 def _nothing_staged(s: _Session) -> bool:
     return _git(s, "diff", "--cached", "--quiet", check=False).returncode == 0
+
+
+def _as_before_checks(s: _Session, order: Sequence[Candidate]) -> None:
+    """After an ``--into`` move refused: the tasks its checks marked, as recorded before.
+
+    Left marked, they read as cut off in their checks, and the next merge skipped them.
+    """
+    now = {row.task_id: row for row in s.store.tasks(s.run_id)}
+    for c in order:
+        row = now.get(c.task_id)
+        if row is not None and row.merge_result == CHECKING and row.merge_target == s.target.branch:
+            s.store.update_task(
+                s.run_id, c.task_id, merge_result=c.row.merge_result,
+                merge_target=c.row.merge_target, merge_commit=c.row.merge_commit,
+                merge_detail=c.row.merge_detail,
+            )  # fmt: skip
 
 
 def _check(

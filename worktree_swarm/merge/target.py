@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import fs, supervisor
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.diff import branch_tip
 
@@ -75,14 +75,57 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
                 f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
                 " stash them there first"
             )
-        if into:
+    if into:
+        refuse_held(repo, branch)
+    tip = branch_tip(repo, branch)
+    return tip if tip is not None else git.head_commit(repo)
+
+
+def refuse_held(repo: git.Repo, branch: str) -> None:
+    """Refuse to move *branch* (``--into``) where git itself would not move it.
+
+    Checked out in a checkout, being rebased or bisected in one (its HEAD is detached then,
+    and the rebase puts the branch back at its end), or a symbolic ref (moving it moves the
+    branch it names, maybe one checked out).
+    """
+    if runner.run(repo.root, "symbolic-ref", "-q", f"refs/heads/{branch}", check=False).stdout:
+        raise BadInputError(
+            f"--into {branch} is a symbolic ref; name the branch it points to, and swarm will"
+            " move that one if nothing has it checked out"
+        )
+    for info in worktrees.list_worktrees(repo):
+        if info.prunable:
+            continue
+        if info.branch == branch:
             raise BadInputError(
                 f"{branch} is checked out in {info.path}; swarm never moves a branch under a"
                 f" checkout. Merge without --into (into {INTEGRATION_PREFIX}<run>) and then run"
                 " `git merge --ff-only` on that branch there, or check out another branch"
             )
-    tip = branch_tip(repo, branch)
-    return tip if tip is not None else git.head_commit(repo)
+        held = _held_by_operation(info.path)
+        if held is not None and held[0] == branch:
+            raise BadInputError(
+                f"{branch} is being {held[1]} in {info.path}; finish or abort that there first"
+            )
+
+
+def _held_by_operation(checkout: Path) -> tuple[str, str] | None:
+    """The branch a rebase or bisect in *checkout* holds, and which of the two it is."""
+    try:
+        admin = git.git_dir(checkout)
+    except SwarmError:
+        return None
+    for name, what in (
+        ("rebase-merge/head-name", "rebased"),
+        ("rebase-apply/head-name", "rebased"),
+        ("BISECT_START", "bisected"),
+    ):
+        try:
+            text = fs.read_file(admin / name).decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        return text.removeprefix("refs/heads/"), what
+    return None
 
 
 def _validate_into(repo: git.Repo, store: Store, branch: str) -> None:
@@ -226,12 +269,19 @@ def _add_worktree(repo: git.Repo, path: Path, rev: str, *, detach: bool = False)
 
 
 def move_branch(repo: git.Repo, branch: str, *, new: str, old: str) -> None:
-    """Move *branch* from *old* to *new* (``--into``), or refuse if someone moved it meanwhile."""
+    """Move *branch* from *old* to *new* (``--into``), or refuse if someone moved it meanwhile.
+
+    Or checked it out, or started a rebase of it, or made it a symbolic ref meanwhile (during
+    the checks): looked at again right before it moves.
+    """
+    keep = f"the merged result is commit {new}: keep it with `git branch swarm-merge-result {new}`"
+    try:
+        refuse_held(repo, branch)
+    except BadInputError as exc:
+        raise SwarmError(f"{exc}; {keep} and merge again") from None
     res = runner.run(
-        repo.root, "update-ref", "-m", "swarm merge", f"refs/heads/{branch}", new, old, check=False
-    )
+        repo.root, "update-ref", "--no-deref", "-m", "swarm merge", f"refs/heads/{branch}", new,
+        old, check=False,
+    )  # fmt: skip
     if res.returncode != 0:
-        raise SwarmError(
-            f"{branch} moved while swarm was merging; the merged result is commit {new}:"
-            f" keep it with `git branch swarm-merge-result {new}` and merge again"
-        )
+        raise SwarmError(f"{branch} moved while swarm was merging; {keep} and merge again")
