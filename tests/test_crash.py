@@ -931,6 +931,54 @@ def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
     assert not (repo.parent / "repo.swarm" / "a" / "late.txt").exists()
 
 
+# Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
+DAEMON_LEFT = """
+import os, pathlib, signal, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+        while True:
+            time.sleep(0.2)
+    os._exit(0)
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+pathlib.Path('work.txt').write_text('work\\n')
+"""
+
+
+def test_a_daemon_left_by_an_agent_whose_shim_is_killed_in_its_grace_is_killed(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The shim records the agent's end, then gives what it left running its grace: killed
+    # then (the OOM killer), it left the daemon running after the run, taken for ended.
+    daemon_file = tmp_path / "daemon"
+    agent = [*write_agent(DAEMON_LEFT), str(daemon_file)]
+    task = '[defaults]\nkill_grace = "3s"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    task += f"agent = {argv_toml(agent)}\n"
+    proc = _manager(repo, "run", manifest(repo, task))
+    daemon = 0
+    try:
+        wait_for(lambda: daemon_file.exists() and daemon_file.read_text() != "", what="daemon")
+        daemon = int(daemon_file.read_text())
+        runs = repo / ".git" / "swarm" / "runs"
+
+        def ended() -> dict[str, object] | None:
+            found = list(runs.rglob("attempt-1.exit.json"))
+            record = json.loads(found[0].read_text()) if found else {}
+            return record if record.get("ended_at") else None
+
+        wait_for(ended, what="the agent's end recorded")
+        os.kill(int(ended()["pid"]), signal.SIGKILL)  # in its grace, as the OOM killer would
+        assert proc.wait(timeout=120) == 0
+        assert status_json(repo)["a"]["state"] == "done"
+        assert not pid_alive(daemon)
+    finally:
+        if daemon and pid_alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
 def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -128,11 +128,16 @@ def _supervise(
     status = _wait_for(child, waited, parent)
     if status is None:  # asked to stop
         status = _kill_all(child, grace)
-        _write(record, _ended(base, status, stopped=True))
+        _write(record, {**_ended(base, status, stopped=True), "cleaned": True})
+    elif not _has_children():  # nothing left running: nothing to kill
+        _write(record, {**_ended(base, status, stopped=False), "cleaned": True})
     else:
-        # Written before the leftovers are killed: this is what the command itself did.
-        _write(record, _ended(base, status, stopped=False))
+        # Written before the leftovers are killed: this is what the command itself did; then
+        # again once they are, so that a shim killed in its grace leaves them to the manager.
+        ended = _ended(base, status, stopped=False)
+        _write(record, ended)
         _kill_all(child, grace)
+        _write(record, {**ended, "cleaned": True})
     code = _exit_code(status)
     return code if code >= 0 else 128 - code
 
@@ -354,6 +359,15 @@ def _reap(child: int) -> int | None:
             return found
         if pid == child:
             found = status
+
+
+def _has_children() -> bool:
+    """Whether any process is the shim's child (a subreaper's: every descendant's ancestor)."""
+    try:
+        posix.waitid(posix.P_ALL, 0, posix.WEXITED | posix.WNOHANG | posix.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _kill_all(child: int, grace: float) -> int:

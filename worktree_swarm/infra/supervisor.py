@@ -252,6 +252,9 @@ class ShimRecord:
     exit_code: int | None
     ended_at: float | None
     stopped: bool
+    # Whether the shim also killed whatever its command left running (it records the end
+    # first: a shim killed in between, in its grace, leaves them to the manager).
+    cleaned: bool = False
 
 
 def record_path(log_path: Path) -> Path:
@@ -273,6 +276,7 @@ def read_record(path: Path) -> ShimRecord | None:
             exit_code=None if code is None else int(code),
             ended_at=None if ended is None else float(ended),
             stopped=bool(raw.get("stopped", False)),
+            cleaned=bool(raw.get("cleaned", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

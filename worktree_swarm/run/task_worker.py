@@ -940,13 +940,14 @@ class TaskWorker(RunWorker):
     def _kill_leftovers(self, log_path: Path) -> None:
         """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
 
-        A shim that ends normally kills its command's leftovers itself and then records its
-        end; without that record, every process still marked as started under this shim
-        (found by the variable each inherits, wherever it moved) is killed, tree and all.
+        A shim that ends normally kills its command's leftovers itself and records that it
+        did; without that record (no record, or its end recorded and the shim killed in its
+        grace), every process still marked as started under this shim (found by the variable
+        each inherits, wherever it moved) is killed, tree and all.
         """
         record = supervisor.record_path(log_path)
         shim = supervisor.read_record(record)
-        if shim is not None and shim.ended_at is not None:
+        if shim is not None and shim.cleaned:
             return
         mine = os.path.realpath(record)
         supervisor.kill_marked(
