@@ -351,6 +351,34 @@ def test_timeout_kills_the_whole_tree_and_keeps_partial_work(
     assert "checkpoint hang" in git(repo, "log", "-1", "--format=%s", "swarm/hang")
 
 
+# Ends its helper the way shell scripts do (`kill 0`: its process group), then its work.
+KILLS_ITS_GROUP = """
+import os, pathlib, signal, subprocess, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+os.killpg(0, signal.SIGTERM)
+helper.wait()
+pathlib.Path('work.txt').write_text('work\\n')
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_an_agent_that_signals_its_own_process_group_is_not_taken_for_stopped(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its group is its shim's: the shim took the signal for a stop, and a task that failed
+    # was "stopped", nobody having asked.
+    agent = " ".join(write_agent(KILLS_ITS_GROUP))
+    out = swarm(repo, "run", "-t", "a=go", "--agent", f"{agent} 0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = swarm(repo, "run", "-t", "b=go", "--agent", f"{agent} 3")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert {t: row["state"] for t, row in status_json(repo).items()} == {"b": "failed"}
+    for task in ("a", "b"):
+        assert branch_file(repo, f"swarm/{task}", "work.txt") == "work"
+
+
 def _start_hanging_run(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, *, terminal: int | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:

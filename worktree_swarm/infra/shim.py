@@ -311,12 +311,34 @@ def _wait_for(child: int, waited: set[int], parent: int | None) -> int | None:
         else:
             info = signal.sigtimedwait(waited, _PARENT_CHECK)
         if info is not None and info.si_signo != signal.SIGCHLD:
+            if _in_tree(info.si_pid):  # the command's own `kill 0` (`trap 'kill 0' EXIT`)
+                continue
             return None
         status = None if info is None else _reap(child)
         if status is not None:
             return status
         if parent is not None and posix.getppid() != parent:
             return None
+
+
+def _in_tree(pid: int) -> bool:
+    """Whether *pid* is one of the shim's descendants (a signal from it is no stop request).
+
+    A process of the command's that signals its process group (the shim's) reaches the shim
+    too. The command itself is still there to look at: the shim has not reaped it yet.
+    """
+    me = posix.getpid()
+    for _ in range(_MAX_DEPTH):
+        fields = _stat_fields(pid) if pid > 1 else None
+        if fields is None:
+            return False
+        pid = int(fields[1])  # the parent
+        if pid == me:
+            return True
+    return False
+
+
+_MAX_DEPTH = 256  # an ancestry walk's bound (a loop is impossible; a fork bomb is not)
 
 
 def _parse(argv: list[str]) -> tuple[str | None, float, int | None, list[str]]:
