@@ -330,6 +330,26 @@ def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(
     assert git(repo, "show", "swarm/nothing:later.txt") == "typed by the user after the run"
 
 
+@pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
+def test_clean_commits_an_edit_an_index_flag_hides_from_git_status(
+    repo: Path, write_agent: AgentFactory, flag: str
+) -> None:
+    # `git status` shows no edit of a file so flagged: the worktree went as one with nothing
+    # to keep, and the edit with it.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "nothing=a").returncode == 1
+    worktree = repo.parent / "repo.swarm" / "nothing"
+    (worktree / "README.md").write_text("edited after the run\n")
+    git(worktree, "update-index", flag, "README.md")
+    assert git(worktree, "status", "--porcelain") == ""
+
+    found = report(repo, "clean", "--yes", code=0)
+
+    assert found[str(worktree)]["fixed"] is True
+    assert "checkpointed" in str(found[str(worktree)]["result"])
+    assert git(repo, "show", "swarm/nothing:README.md") == "edited after the run"
+
+
 def test_clean_keeps_a_worktree_in_use_unless_forced(
     repo: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

@@ -355,7 +355,8 @@ def open_pull_request(row: TaskRow) -> int | None:
 
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
-    return git.full_status(path) != ""  # a directory git cannot read may hide work
+    # A directory git cannot read may hide work, and so may an index flag.
+    return git.full_status(path) != "" or git.hides_edits(path)
 
 
 # -- applying a plan ------------------------------------------------------------------------
@@ -652,7 +653,7 @@ def _nothing_to_keep(path: Path) -> bool:
     if status is None:
         fs.make_removable(path)
         status = git.full_status(path)
-    return status == ""
+    return status == "" and not git.hides_edits(path)
 
 
 def adding_process(path: Path) -> psutil.Process | None:

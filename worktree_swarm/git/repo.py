@@ -531,17 +531,33 @@ def unhide_edits(worktree: Path) -> list[str]:
     under either was never committed, its task said it changed nothing, and `swarm clean`
     removed the edit with its worktree.
     """
-    flagged = _flagged_entries(runner.git_dir(worktree) / "index")
-    if flagged is None:  # an index this reader does not know: git lists the flags
-        flagged = _flagged_by_git(worktree)
-    assumed = [path for path, kind in flagged if kind == "assume"]
-    skipped = [p for p, kind in flagged if kind == "skip" and os.path.lexists(worktree / p)]
+    assumed, skipped = _hiding(worktree)
     for option, paths in (("--no-assume-unchanged", assumed), ("--no-skip-worktree", skipped)):
         if paths:
             listed = "".join(f"{path}\0" for path in paths)
             runner.run_bytes(worktree, "update-index", option, "-z", "--stdin", check=False,
                              input_bytes=os.fsencode(listed))  # fmt: skip
     return sorted({*assumed, *skipped})
+
+
+def hides_edits(worktree: Path) -> bool:
+    """Whether index flags in *worktree* hide files from `git status` (see :func:`unhide_edits`).
+
+    Its status can be empty while such a file holds an edit: not a worktree with nothing to
+    keep until a checkpoint has cleared the flags.
+    """
+    assumed, skipped = _hiding(worktree)
+    return bool(assumed or skipped)
+
+
+def _hiding(worktree: Path) -> tuple[list[str], list[str]]:
+    """The assume-unchanged paths, and the skip-worktree ones that are there, of *worktree*."""
+    flagged = _flagged_entries(runner.git_dir(worktree) / "index")
+    if flagged is None:  # an index this reader does not know: git lists the flags
+        flagged = _flagged_by_git(worktree)
+    assumed = [path for path, kind in flagged if kind == "assume"]
+    skipped = [p for p, kind in flagged if kind == "skip" and os.path.lexists(worktree / p)]
+    return assumed, skipped
 
 
 _ASSUME_VALID, _EXTENDED, _SKIP_WORKTREE, _NAME_LENGTH = 0x8000, 0x4000, 0x4000, 0xFFF
