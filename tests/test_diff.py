@@ -94,6 +94,26 @@ def test_diff_text_modes(tmp_path: Path) -> None:
     assert lines[-1] == "gone  done  (no branch swarm/gone)"
 
 
+def test_a_branch_without_history_in_common_is_said_and_the_others_shown(
+    tmp_path: Path,
+) -> None:
+    # An agent reset its branch to a root commit of its own: git's "no merge base" failed
+    # the whole `swarm diff`, every other task's diff unseen.
+    repo, _ = setup_run(tmp_path)
+    tree = git(repo, "rev-parse", "swarm/one^{tree}")
+    root = git(repo, "commit-tree", tree, "-m", "a root of its own")
+    git(repo, "update-ref", "refs/heads/swarm/one", root)
+
+    stat = swarm(repo, "diff", "--stat")
+    as_json = swarm(repo, "diff", "--json", "one")
+
+    assert stat.returncode == 0, stat.stderr
+    lines = stat.stdout.splitlines()
+    assert lines[0] == "one  done  swarm/one shares no history with its base"
+    assert lines[1] == "two  done  1 file +0 -0  swarm/two"
+    assert json.loads(as_json.stdout)["tasks"][0]["files_changed"] is None
+
+
 def test_diff_name_only_gives_each_path_one_line(tmp_path: Path) -> None:
     # A file name with a newline (an agent names files as it likes) printed raw was two lines.
     repo = make_repo(tmp_path / "repo")

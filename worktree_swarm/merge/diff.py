@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
@@ -135,8 +135,13 @@ def task_diffs(
 
     def one(item: tuple[TaskRow, str | None, str | None]) -> TaskDiff:
         row, base, tip = item
-        files = file_changes(repo, base, tip) if base and tip else ()
         known = bool(base and tip)
+        try:
+            files = file_changes(repo, base, tip) if base and tip else ()
+        except CommandError as exc:  # an agent's reset to a root commit of its own
+            if "no merge base" not in exc.output:
+                raise
+            files, known = (), False
         return TaskDiff(
             task_id=row.task_id,
             state=row.state.value,
@@ -195,7 +200,7 @@ def _lines(text: str) -> int:
 
 def patch(repo: git.Repo, diff: TaskDiff, *, stat: bool = False) -> str:
     """The task's patch (or ``--stat`` summary) as git prints it, without colour."""
-    if diff.base is None or diff.tip is None:
+    if diff.base is None or diff.tip is None or diff.files_changed is None:
         return ""
     mode = ["--stat"] if stat else ["--patch", "-M"]
     return git.git(
@@ -214,8 +219,11 @@ def patches(
 
 def format_header(diff: TaskDiff) -> str:
     """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
-    if diff.tip is None or diff.files_changed is None:
+    if diff.tip is None:
         return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
+    if diff.files_changed is None:
+        why = "shares no history with its" if diff.base else "has no recorded"
+        return f"{diff.task_id}  {diff.state}  {diff.branch} {why} base"
     counts = f"{plural(diff.files_changed, 'file')} +{diff.insertions} -{diff.deletions}"
     reason = f"  {diff.reason.splitlines()[0]}" if diff.reason and diff.state != "done" else ""
     return f"{diff.task_id}  {diff.state}  {counts}  {diff.branch}{reason}"
