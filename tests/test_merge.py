@@ -59,6 +59,14 @@ def two_tasks(repo: Path, brancher: Brancher, base: str) -> None:
     record_run(repo, [("one", base), ("two", base)], base=base)
 
 
+def two_tasks_and_dev(repo: Path, brancher: Brancher) -> str:
+    """:func:`two_tasks` on HEAD, and a branch `dev` of yours there; HEAD's commit."""
+    base = git(repo, "rev-parse", "HEAD")
+    two_tasks(repo, brancher, base)
+    git(repo, "branch", "dev", base)
+    return base
+
+
 def one_merged(repo: Path, brancher: Brancher) -> Path:
     """Tasks one and two recorded, one merged: the run's integration worktree."""
     two_tasks(repo, brancher, git(repo, "rev-parse", "HEAD"))
@@ -827,9 +835,7 @@ def test_a_merge_worktree_a_killed_git_worktree_add_left_locked_is_unlocked_and_
     # `initializing`. A killed --into merge's one then failed every later merge --into (git
     # refuses to remove a locked worktree); the integration worktree stayed locked, so `swarm
     # clean` kept it and `swarm doctor` took it for half made and deleted it.
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    base = two_tasks_and_dev(base_repo, brancher)
     root = base_repo.parent / "repo.swarm"
     path = root / (f"_merge-{RUN_ID}-abcdef" if into else f"_integration-{RUN_ID}")
     made = ["--detach", str(path), base] if into else ["-b", f"swarm/integration-{RUN_ID}",
@@ -1659,9 +1665,7 @@ def test_merges_are_made_as_the_runs_author_past_your_hooks_and_signing(
 def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_nothing(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    base = two_tasks_and_dev(base_repo, brancher)
     started = tmp_path / "started"
     check = tmp_path / "check.py"
     argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--into", "dev",
@@ -1735,9 +1739,7 @@ def test_doctor_commits_nothing_of_a_killed_merge_into_another_branch(
 ) -> None:
     # What the killed merge's checks wrote in its temporary worktree (build output, a copy
     # file with a secret) was committed by doctor's checkpoint, on no branch: kept nowhere.
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    two_tasks_and_dev(base_repo, brancher)
     started = tmp_path / "started"
     check = tmp_path / "check.py"
     check.write_text(
@@ -1768,9 +1770,7 @@ def test_doctor_commits_nothing_of_a_killed_merge_into_another_branch(
 def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    base = two_tasks_and_dev(base_repo, brancher)
     yours = brancher.branch("yours", base, {"yours.txt": "your own commit\n"})
     check = tmp_path / "check.py"
     check.write_text(  # while the merge works: you move dev (a push you pulled, a commit)
@@ -1834,9 +1834,7 @@ def test_a_branch_checked_out_while_its_merge_checks_run_is_not_moved(
 ) -> None:
     # Checked once at the start: a worktree you added on dev meanwhile showed every merged
     # change reversed.
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    base = two_tasks_and_dev(base_repo, brancher)
     yours = tmp_path / "yours"
     check = tmp_path / "check.py"
     check.write_text(
@@ -1931,9 +1929,7 @@ def test_a_resolver_that_exits_0_with_conflict_markers_left_lands_nothing(
 def test_a_task_merged_into_another_branch_after_the_integration_branch_shows_its_latest(
     base_repo: Path, brancher: Brancher
 ) -> None:
-    base = git(base_repo, "rev-parse", "HEAD")
-    two_tasks(base_repo, brancher, base)
-    git(base_repo, "branch", "dev", base)
+    two_tasks_and_dev(base_repo, brancher)
     integration = "swarm/integration-" + RUN_ID
     assert swarm(base_repo, "merge").returncode == 0
     tip = git(base_repo, "rev-parse", integration)
