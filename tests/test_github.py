@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import socket
 import sys
@@ -156,6 +157,20 @@ def test_an_absurd_retry_after_is_one_clear_error(
     with pytest.raises(github.RateLimitError) as info:
         client(fake_github, max_wait=5).create_pull(title="T", head="swarm/a", base="main", body="")
     assert "try again after" in str(info.value)
+
+
+def test_a_retry_after_that_is_no_number_is_backed_off_like_none(fake_github: FakeGitHub) -> None:
+    # `nan` was waited as "nan s" four times, then an internal error.
+    fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "nan"})
+    waits = Waits()
+    client(fake_github, waits).create_pull(title="T", head="swarm/a", base="main", body="")
+    assert len(waits) == 1
+    assert all(math.isfinite(w[0]) for w in waits), waits
+
+
+def test_a_remote_urls_password_holding_an_at_sign_is_never_shown() -> None:
+    url = "https://user:Pa@ss4Word9xyzQ@github.com/acme/widgets.git"
+    assert github.strip_userinfo(url) == "https://github.com/acme/widgets.git"
 
 
 def test_an_error_page_that_echoes_the_token_shows_none_of_it(fake_github: FakeGitHub) -> None:

@@ -64,13 +64,15 @@ def test_a_nul_in_one_issue_body_refuses_no_batch(
     fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    fake_github.add_issue("odd one", "before\x00after\x1b[2J\nnext line", labels=("bug",))
+    # A lone surrogate (JSON's `\udcff`) and a C1 control crashed the batch (internal error).
+    odd = "before\x00after\x1b[2J\nnext line\udcff\x9b end"
+    fake_github.add_issue("odd one", odd, labels=("bug",))
     fake_github.add_issue("plain one", "fine", labels=("bug",))
     out = swarm(repo, "run", "--agent", "scripted", "--issues-label", "bug",
                 "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     tasks = issues.fetch_issue_tasks(client(fake_github), label="bug")
-    assert "before after [2J\nnext line" in tasks[0][1]
+    assert "before after [2J\nnext line   end" in tasks[0][1]
 
 
 def test_an_issue_list_that_never_ends_is_an_error_not_a_loop(fake_github: FakeGitHub) -> None:
@@ -109,7 +111,7 @@ def test_unknown_issue_and_bad_requests_are_bad_input(fake_github: FakeGitHub) -
 
 def test_parse_issue_numbers() -> None:
     assert issues.parse_issue_numbers("12, #15,20") == (12, 15, 20)
-    for bad in ("", "12,,13", "x", "0", "-3", "1e3", "١٢"):
+    for bad in ("", "12,,13", "x", "0", "-3", "1e3", "١٢", "9" * 5000):
         with pytest.raises(BadInputError, match="is not an issue number"):
             issues.parse_issue_numbers(bad)
 

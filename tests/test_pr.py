@@ -192,6 +192,60 @@ def test_a_reply_without_a_pull_request_number_fails_that_task_only(
     assert second.startswith("issue-7  created  #")
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "body"),
+    [
+        # A proxy's page of many lines, and a message whose escapes and lines would write your
+        # clipboard (OSC 52) and forge the next task's line.
+        (502, {}, b"<html>\n<head><title>502 Bad Gateway</title></head>\n</html>\n"),
+        (422, {}, {"message": "Invalid\n\x1b]52;c;cm0gLXJmIH4K\x07\ntwo  created  #9  x"}),
+        (422, {}, {"message": "Validation Failed", "errors": 5}),  # a traceback, mid-batch
+    ],
+)
+def test_a_refused_pull_request_is_one_printable_line_and_the_rest_carry_on(
+    repo: Path,
+    done_run: Path,
+    fake_github: FakeGitHub,
+    status: int,
+    headers: dict[str, str],
+    body: dict[str, object] | bytes,
+) -> None:
+    fake_github.scripted.append(Scripted("POST", "/pulls$", status, headers, body))
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 1, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.startswith(
+        f"one  failed  GitHub POST /repos/acme/widgets/pulls failed with {status}"
+    )
+    assert "\x1b" not in out.stdout + out.stderr
+    assert second.startswith("issue-7  created  #")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"number": True, "html_url": "x"},  # stored as pull request #1, someone else's
+        {"number": 5, "html_url": "https://x/\ud800\x1b]0;title\x07", "state": ["open"]},
+        {"html_url": "x", "authorization": f"Bearer {TOKEN}"},  # cut before it was redacted
+    ],
+)
+def test_an_odd_pull_request_reply_is_stored_printable_or_fails_its_task_only(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, reply: dict[str, object]
+) -> None:
+    fake_github.scripted.append(Scripted("POST", "/pulls$", 201, {}, reply))
+    out = swarm_pr(repo, fake_github)
+    assert "internal error" not in out.stderr
+    first, second = out.stdout.splitlines()
+    assert second.startswith("issue-7  created  #")
+    assert "\x1b" not in out.stdout
+    assert TOKEN[:6] not in out.stdout + out.stderr
+    if reply.get("number") == 5:
+        assert first == "one  created  #5  https://x/? ]0;title"
+        assert status_json(repo)["one"]["pr_url"] == "https://x/? ]0;title"
+    else:
+        assert first.startswith("one  failed  GitHub replied with no pull request number")
+
+
 def test_a_file_name_cannot_end_the_code_span_it_is_named_in() -> None:
     name = "a.txt\n\nCloses #1 @victim\n\n`b"  # an agent names its files as it likes
     heading, blank, line = section([Clash(task_id="other", number=2, files=(name,))])

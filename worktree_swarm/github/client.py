@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import threading
@@ -40,7 +41,8 @@ _SLUG_PART = r"[A-Za-z0-9_.-]+"
 _SLUG_RE = re.compile(rf"(?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART})")
 # owner/name at the end of an https, ssh:// or scp-like (git@host:owner/name) remote URL.
 _REMOTE_RE = re.compile(rf"[:/](?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART}?)(?:\.git)?/?$")
-_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]+@")
+# Up to the last `@` before the path, as URL parsers read it (a password may hold a raw `@`).
+_USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
 # A token is one printable word; anything else could end up in a header error message.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
@@ -484,7 +486,11 @@ class Client:
             return Response(status=status, data=data, headers=headers)
         # Redacted before it is cut: a page that echoes the token never shows part of it.
         page = self.token.redact(raw.decode("utf-8", "replace"))
-        detail = _error_detail(data) or redact(page)[:200].strip()
+        # One line of printable text: a proxy's HTML page, or escapes an answer carries, never
+        # break a task's line or reach your terminal.
+        detail = one_line(redact(self.token.redact(_error_detail(data)) or page), controls=True)[
+            :200
+        ]
         if status in _MOVED:
             location = self.token.redact(headers.get("location") or "nowhere")
             where = one_line(redact(location), limit=200, controls=True)
@@ -530,9 +536,11 @@ def _rate_limit_wait(
     retry_after = headers.get("retry-after")
     if retry_after is not None:
         try:
-            return max(float(retry_after), 0.0)
+            wait = float(retry_after)
         except ValueError:
-            pass
+            wait = math.nan
+        if not math.isnan(wait):  # `inf` waits too long: one clear error, as 1e12 does
+            return max(wait, 0.0)
     if headers.get("x-ratelimit-remaining") == "0":
         reset = _epoch_wait(headers.get("x-ratelimit-reset"))
         if reset is not None:
@@ -557,17 +565,19 @@ def _epoch_wait(reset: str | None) -> float | None:
     if reset is None:
         return None
     try:
-        # One extra second: the reset time is whole seconds, and clocks differ a little.
-        return max(float(reset) - time.time(), 0.0) + 1.0
+        at = float(reset)
     except ValueError:
         return None
+    # One extra second: the reset time is whole seconds, and clocks differ a little.
+    return max(at - time.time(), 0.0) + 1.0 if math.isfinite(at) else None
 
 
 def _error_detail(data: object) -> str:
     if not isinstance(data, dict):
         return ""
     parts = [str(data.get("message", ""))]
-    for err in data.get("errors") or []:
+    errors = data.get("errors")
+    for err in errors if isinstance(errors, list) else []:
         if isinstance(err, dict):
             parts.append(str(err.get("message") or err.get("code") or ""))
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -149,9 +150,10 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
         one_line(str(issue.get("title") or ""), controls=True)[:TITLE_LIMIT] or f"Issue #{number}"
     )
     body = str(issue.get("body") or "").replace("\r\n", "\n").strip()
-    # A NUL (or another control character) is no text a prompt can carry: one issue's must not
-    # refuse a whole `--issues-label` batch. Newlines and tabs stay.
-    body = "".join(c if c in "\n\t" or c >= " " else " " for c in body)
+    # A NUL (or another control character), or half of a UTF-16 pair (JSON's `\udcff`), is no
+    # text a prompt can carry: one issue's must not refuse a whole `--issues-label` batch.
+    # Newlines and tabs stay.
+    body = "".join(c if c in "\n\t" or not _unprintable(c) else " " for c in body)
     labels = ", ".join(_label_names(issue.get("labels"))) or "(none)"
     digest = hashlib.sha256(f"{title}\0{body}\0{labels}".encode()).hexdigest()[:16]
     values = {
@@ -159,10 +161,15 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
         "title": title,
         "body": body or "(no description)",
         "labels": labels,
-        "url": str(issue.get("html_url") or ""),
+        "url": one_line(str(issue.get("html_url") or ""), controls=True),
         "boundary": f"===== ISSUE TEXT {digest} =====",
     }
     return f"issue-{number}", render(template, values), title
+
+
+def _unprintable(char: str) -> bool:
+    """A control character (C0, DEL, C1) or a lone surrogate."""
+    return unicodedata.category(char) in {"Cc", "Cs"}
 
 
 def _label_names(labels: object) -> list[str]:
@@ -176,12 +183,16 @@ def _label_names(labels: object) -> list[str]:
     return names
 
 
+_DIGITS = 12
+
+
 def parse_issue_numbers(text: str, *, where: str = "--issues") -> tuple[int, ...]:
     """Parse ``12,15,#20`` into issue numbers; BadInputError for anything else."""
     numbers = []
     for part in text.split(","):
         item = part.strip().removeprefix("#")
-        if not item.isdigit() or not item.isascii() or int(item) < 1:
+        # An issue number has a few digits: 5,000 of them would not even parse.
+        if not item.isdigit() or not item.isascii() or len(item) > _DIGITS or int(item) < 1:
             raise BadInputError(f"{where}: {part.strip()!r} is not an issue number (e.g. 12,15)")
         numbers.append(int(item))
     return tuple(numbers)

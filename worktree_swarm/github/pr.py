@@ -187,7 +187,7 @@ def open_pull_requests(
         except RateLimitError:
             raise
         except (GitHubError, SwarmError) as exc:
-            reason = redact.redact(client.token.redact(str(exc)))
+            reason = _said(redact.redact(client.token.redact(str(exc))))
             failures.append(PrFailure(task_id=row.task_id, reason=reason))
             if echo is not None:
                 echo(f"{row.task_id}  failed  {reason}")
@@ -235,7 +235,7 @@ def _add_clashes(
         raise
     except (GitHubError, SwarmError) as exc:  # the pull request is open all the same
         if echo is not None:
-            reason = redact.redact(client.token.redact(str(exc)))
+            reason = _said(redact.redact(client.token.redact(str(exc))))
             echo(f"{pull.task_id}  note  #{pull.number} lacks its predicted conflicts: {reason}")
 
 
@@ -309,16 +309,16 @@ def _one(
         onto = base if retarget and now != base else None
         reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
         action = "updated"
-        state = str(reply.get("state") or existing.get("state") or "open")
+        state = _field(reply, "state") or _field(existing, "state") or "open"
     else:
         reply = client.create_pull(title=title, head=branch, base=base, body=body, draft=draft)
         action = "created"
-        state = str(reply.get("state") or "open")
+        state = _field(reply, "state") or "open"
     return PullRequest(
         task_id=row.task_id,
         branch=branch,
         number=_number(reply),
-        url=str(reply.get("html_url") or ""),
+        url=_field(reply, "html_url"),
         action=action,
         state=state,
         retargeted=onto or "",
@@ -328,9 +328,23 @@ def _one(
 def _number(pull: Mapping[str, object]) -> int:
     """The number of the pull request in one of GitHub's replies (a reply without one fails)."""
     number = pull.get("number")
-    if not isinstance(number, int):
-        raise SwarmError(f"GitHub replied with no pull request number ({str(pull)[:120]})")
+    if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+        # Its keys, not its values: a reply may echo what was sent (the token among it).
+        keys = _said(", ".join(sorted(map(str, pull))), limit=120)
+        raise SwarmError(f"GitHub replied with no pull request number (keys: {keys})")
     return number
+
+
+def _field(reply: Mapping[str, object], key: str) -> str:
+    """A text field of one of GitHub's replies, as stored and shown ('' when it is no text)."""
+    value = reply.get(key)
+    return _said(redact.redact(value), limit=500) if isinstance(value, str) else ""
+
+
+def _said(text: str, *, limit: int | None = None) -> str:
+    """*text* of GitHub's as one printable line: no escape of its reaches your terminal."""
+    valid = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate: stored as `?`
+    return one_line(valid, limit=limit, controls=True)
 
 
 def _ended_pull(client: Client, row: TaskRow, branch: str) -> PullRequest | None:
@@ -344,7 +358,7 @@ def _ended_pull(client: Client, row: TaskRow, branch: str) -> PullRequest | None
         task_id=row.task_id,
         branch=branch,
         number=row.pr_number,
-        url=str(pull.get("html_url") or ""),
+        url=_field(pull, "html_url"),
         action=KEPT,
         state="merged" if pull.get("merged_at") else "closed",
     )
