@@ -37,6 +37,7 @@ from worktree_swarm.agents.claude import ClaudeAdapter
 from worktree_swarm.agents.codex import CodexAdapter
 from worktree_swarm.agents.command import CommandAdapter
 from worktree_swarm.agents.gemini import GeminiAdapter
+from worktree_swarm.core import units
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 
@@ -984,6 +985,28 @@ def test_gemini_first_request_limited_is_not_resumable_and_reset_is_relative() -
     assert result.retry_at == 1000.0 + 7200
     # Gemini CLI would say "No previous sessions found for this project".
     assert result.session_id is None
+
+
+def test_a_reset_time_no_clock_shows_is_no_reset_and_a_huge_count_no_count(
+    attempt: Attempt,
+) -> None:
+    # `time.localtime` of such a reset failed the task (internal error), and the gate event
+    # kept broke `swarm status` for good; a count past 64 bits failed the attempt's record
+    # before its checkpoint, its edits left off the branch.
+    log = gemini_stream_error(GEMINI_QUOTA_MESSAGE.format(delay="1" + "0" * 17 + "s"), replied=True)
+    result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=1000.0)
+    assert (result.outcome, result.retry_at) == (AgentOutcome.RATE_LIMITED, None)
+    stdout = jsonl(
+        {
+            **rate_limit_event("rejected", 0),
+            "rate_limit_info": {"status": "rejected", "resetsAt": 1e300},
+        },
+        claude_result(is_error=True, api_error_status=429, usage={"input_tokens": 10**30}),
+    )
+    run = attempt("claude", stdout=stdout, exit_code=1)
+    assert (run.result.outcome, run.result.retry_at) == (AgentOutcome.RATE_LIMITED, None)
+    assert run.result.tokens_in is None
+    assert units.local_time(1e300, "%H:%M") == "never"
 
 
 def test_gemini_limited_after_a_reply_keeps_its_session() -> None:

@@ -189,10 +189,18 @@ def json_objects(text: str) -> list[dict[str, Any]]:
 
 
 def as_int(value: object) -> int | None:
-    """An integer count from JSON, or None (booleans are not counts, nor NaN or Infinity)."""
+    """An integer count from JSON, or None (booleans are not counts, nor NaN or Infinity).
+
+    Nor one past what the store keeps (SQLite's 64 bits): recording it failed the attempt
+    before its checkpoint.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or as_float(value) is None:
         return None
-    return int(value)
+    number = int(value)
+    return number if abs(number) <= _INT64 else None
+
+
+_INT64 = 2**63 - 1
 
 
 def as_float(value: object) -> float | None:
@@ -207,11 +215,19 @@ def as_float(value: object) -> float | None:
 
 
 def epoch_seconds(value: object) -> float | None:
-    """A reset time given as epoch seconds (or milliseconds), or None."""
+    """A reset time given as epoch seconds (or milliseconds), or None.
+
+    None too for one past the year 9999: no clock shows it (`time.localtime` fails on it).
+    """
     number = as_float(value)
     if number is None or number <= 0:
         return None
-    return number / 1000 if number > 1e12 else number  # noqa: PLR2004 - ms vs s
+    seconds = number / 1000 if number > 1e12 else number  # noqa: PLR2004 - ms vs s
+    return seconds if seconds < LAST_RESET else None
+
+
+# 9999-12-31: a reset an agent states past this is no time (a garbage or huge number).
+LAST_RESET = 253402214400.0
 
 
 def interpret_by_exit(

@@ -22,6 +22,7 @@ from worktree_swarm.agents.base import (
     AgentResult,
     as_int,
     classify_rate_limit,
+    epoch_seconds,
     interpret_by_exit,
     is_session_id,
     iter_dicts,
@@ -155,7 +156,7 @@ def _retry_after(message: str, *, now: float) -> float | None:
     if match is None:
         return None
     seconds = float(match["n"]) / (1000 if match["unit"] == "ms" else 1)
-    return now + seconds
+    return epoch_seconds(now + seconds)  # a huge number is no reset time
 
 
 def _resumable(objects: list[dict[str, Any]], stats: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 from worktree_swarm.core.errors import BadInputError
 
@@ -54,6 +55,17 @@ def shown(value: object) -> str:
     """*value* as bad input names it: its repr, cut to 40 characters (a 400-digit number)."""
     text = repr(value)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
+def local_time(at: float, fmt: str) -> str:
+    """*at* (epoch seconds) as local time in *fmt*; one no clock shows (past 9999) as ``never``.
+
+    An agent states its reset time: a garbage one must not fail the task that reads it.
+    """
+    try:
+        return time.strftime(fmt, time.localtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "never"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import cast
 
 from worktree_swarm.agents import provider_of
+from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
@@ -310,7 +311,7 @@ def waiting_reasons(
         elif run is not None and run.ended_at is not None:
             reasons[task.task_id] = "not started (the run ended)"
         elif (gate := held.get(provider_of(task_from_json(task.spec_json).agent))) is not None:
-            when = time.strftime("%H:%M:%S", time.localtime(gate.waiting_until or now))
+            when = units.local_time(gate.waiting_until or now, "%H:%M:%S")
             why = f" ({gate.why})" if gate.why else ""
             reasons[task.task_id] = f"waits for {gate.provider}: launches wait until {when}{why}"
         elif run is not None and running >= run.jobs:

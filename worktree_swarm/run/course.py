@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from worktree_swarm.agents import AgentResult
+from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptRow
@@ -170,7 +171,7 @@ def stated_window(result: AgentResult, now: float) -> bool:
 
 def past_max_wait(task: Task, provider: str, reset: float) -> str:
     """Why *task* does not wait for *provider*'s usage window until *reset*."""
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(reset))
+    when = units.local_time(reset, "%Y-%m-%d %H:%M")
     return (
         f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s); "
         f"work kept on {task.branch}"

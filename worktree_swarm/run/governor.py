@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from worktree_swarm.agents import Provider, backoff_delay
+from worktree_swarm.core import units
 
 __all__ = ["GateView", "Gates", "Limit", "Provider", "Signal", "limit_kind", "views_from_events"]
 
@@ -96,7 +97,7 @@ class GateView:
         """One line: concurrency, the wait and why."""
         text = f"{self.provider}: {self.limit}/{self.jobs} agents"
         if self.waiting_until is not None and self.waiting_until > now:
-            when = time.strftime("%H:%M:%S", time.localtime(self.waiting_until))
+            when = units.local_time(self.waiting_until, "%H:%M:%S")
             text += f", launches wait until {when}"
         return text + (f" ({self.why})" if self.why else "")
 

@@ -26,7 +26,7 @@ from worktree_swarm.agents import (
     provider_of,
 )
 from worktree_swarm.agents.base import prompt_argument
-from worktree_swarm.core import paths
+from worktree_swarm.core import paths, units
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
     AttemptOutcome,
@@ -158,7 +158,7 @@ class RunWorker:
         self.store.set_retry_at(
             self.run_id, task_id, number, course.not_before, window=course.window
         )
-        when = time.strftime("%H:%M:%S", time.localtime(course.not_before))
+        when = units.local_time(course.not_before, "%H:%M:%S")
         self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
 
     def _course(self, task: Task, previous: list[AttemptRow]) -> Course:
