@@ -4,6 +4,7 @@ print each CLI's real limit messages; the task carries on with the next agent in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -231,6 +232,28 @@ def test_the_reset_survives_resume(repo: Path, fake_agents: Path) -> None:
     assert status_json(repo)["a"]["state"] == "stopped"
 
 
+def test_tasks_waiting_out_one_providers_window_let_another_providers_run(
+    repo: Path, fake_agents: Path
+) -> None:
+    # Two claude tasks waiting for claude's window filled every place in flight (twice
+    # `jobs`): the codex task never started, for as long as they waited (up to max_wait).
+    for i in ("a", "b"):
+        plan(fake_agents, "claude", i, "window")
+    text = tasks(["a", "b"], 'agent = "claude"\njobs = 1\nmax_wait = "6h"\npriority = 5')
+    text += '[[task]]\nid = "c"\nprompt = "write the c module"\nagent = "codex"\n'
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: _state_of(repo, "c") == "done", what="the codex task")
+        rows = status_json(repo)
+        assert (rows["a"]["state"], rows["b"]["state"]) == ("rate_limited", "rate_limited")
+        assert [len(calls(fake_agents, "claude", i)) for i in ("a", "b")] == [1, 1]
+        assert swarm(repo, "stop").returncode == 0
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    assert branch_file(repo, "swarm/c", "codex.txt") == "codex call 1: finish"
+
+
 def test_a_window_is_seen_while_the_agent_still_runs(
     repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,6 +322,19 @@ def _retry_at(repo: Path) -> float | None:
     except sqlite3.OperationalError:  # the manager is still creating the store
         return None
     return None if row is None else row[0]
+
+
+def _state_of(repo: Path, task: str) -> str | None:
+    """*task*'s state once the run has recorded it (None before; nothing made meanwhile)."""
+    path = repo / ".git" / "swarm" / "state.db"
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT state FROM tasks WHERE task_id = ?", (task,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
 
 
 def _state(repo: Path) -> object:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.core.models import TaskState
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from worktree_swarm.core.models import Task
 
@@ -43,13 +43,19 @@ class Scheduler:
         return (-self._chain[task_id], -task.priority, self._position[task_id])
 
     def pick(
-        self, *, states: Mapping[str, TaskState], running: Collection[str], slots: int
+        self,
+        *,
+        states: Mapping[str, TaskState],
+        running: Collection[str],
+        slots: int,
+        waits: Callable[[Task], bool] = lambda _task: False,
     ) -> list[str]:
         """Return the tasks to start now, best first, at most *slots* of them.
 
         A task is ready when it is pending and every dependency succeeded. Ready tasks go by
         longest chain of dependents, then priority, then manifest order; a task whose ``files``
-        may overlap those of a running or already picked task waits.
+        may overlap those of a running or already picked task waits, as does one *waits* says
+        would only wait once started (its provider's rate limit).
         """
         if slots <= 0:
             return []
@@ -59,6 +65,7 @@ class Scheduler:
             if states.get(task_id) is TaskState.PENDING
             and task_id not in running
             and all(_satisfied(states.get(dep)) for dep in task.depends_on)
+            and not waits(task)
         ]
         ready.sort(key=lambda t: self.rank(t.id))
         held = [self._tasks[r].files for r in running if r in self._tasks]

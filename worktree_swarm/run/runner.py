@@ -22,6 +22,7 @@ from typing import NoReturn, Unpack
 
 import psutil
 
+from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import BadInputError, RunInterruptedError, SwarmError
 from worktree_swarm.core.models import (
     Emit,
@@ -30,6 +31,7 @@ from worktree_swarm.core.models import (
     RunSettings,
     RunSpec,
     RunStatus,
+    Task,
     TaskState,
 )
 from worktree_swarm.core.paths import guard_dir, run_dir
@@ -344,12 +346,29 @@ class Runner:
 
     def _launch_ready(self) -> None:
         # Twice `jobs` in flight: `jobs` running agents, up to `jobs` provisioning or checking.
-        slots = 2 * self.spec.jobs - len(self._live)
-        picked = self._scheduler.pick(states=self._states, running=self._live.keys(), slots=slots)
+        # A task waiting out its provider's rate limit is not among them (the gate bounds the
+        # agents): it kept other providers' tasks from starting for as long as it waited. No
+        # task starts while its own provider is held: it would only wait too.
+        resting = self._resting()
+        slots = 2 * self.spec.jobs - (len(self._live) - resting)
+        picked = self._scheduler.pick(
+            states=self._states,
+            running=self._live.keys(),
+            slots=slots,
+            waits=lambda task: resting > 0 and self._held(task),
+        )
         for task_id in picked:
             self._launch(Live(task=self._tasks[task_id], port_slot=None))
             # In flight for the scheduler; the store says `running` once the agent starts.
             self._states[task_id] = TaskState.RUNNING
+
+    def _resting(self) -> int:
+        """How many tasks in flight wait out a rate limit of their provider."""
+        return sum(1 for live in self._live.values() if live.waiting)
+
+    def _held(self, task: Task) -> bool:
+        """Whether a rate limit holds *task*'s provider (its agent's, fallbacks aside)."""
+        return self.gate.waiting_until(provider_of(task.agent)) is not None
 
     def _launch(self, live: Live) -> None:
         live.rank = self._scheduler.rank(live.task.id)
@@ -377,12 +396,16 @@ class Runner:
         self._done.put((live.task.id, outcome))
 
     def _wait_for_one(self) -> None:
-        """Block until a worker finishes, polling the store for `swarm stop` requests."""
+        """Block until a worker finishes, polling the store for `swarm stop` requests.
+
+        Or until another task waits out a rate limit: the place it leaves is to be filled.
+        """
+        resting = self._resting()
         while True:
             try:
                 task_id, outcome = self._done.get(timeout=0.25)
             except queue.Empty:
-                if self._worker.halted() is not None:
+                if self._worker.halted() is not None or self._resting() > resting:
                     return
                 self._poll_stop_requests()
                 self._apply_guard()

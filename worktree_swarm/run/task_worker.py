@@ -81,6 +81,9 @@ class Live:
     # Set once an adopted agent holds its slot (or the task went another way): no new agent
     # is launched before, so a resumed run never runs more than `jobs` agents.
     adopted: threading.Event = field(default_factory=threading.Event)
+    # While it waits out a rate limit of its provider: it takes no place of a task in flight,
+    # so other providers' tasks start meanwhile.
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -759,8 +762,12 @@ class TaskWorker(RunWorker):
             )
 
         if self.gate.waiting_until(provider, not_before=not_before):
-            with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
-                return acquire()
+            live.waiting = True
+            try:
+                with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
+                    return acquire()
+            finally:
+                live.waiting = False
         return acquire()
 
     def _resume_attempt(self, live: Live, attempt: AttemptRow, profile: str) -> _Ended:
