@@ -931,6 +931,59 @@ def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
     assert not (repo.parent / "repo.swarm" / "a" / "late.txt").exists()
 
 
+# Waits for the gate (argv[1]), then ends with its work done, or failed when argv[2] says so.
+GATED = """
+import os, pathlib, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work\\n')
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("how", ["stop", "force"])
+def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], how: str
+) -> None:
+    # `swarm stop` and `swarm run --force` of a dead manager's run marked every open task
+    # stopped: finished work went unmerged (merge skips stopped tasks), failed ones hid.
+    gate = tmp_path / "gate"
+    agent = write_agent(GATED)
+    text = "".join(
+        f'[[task]]\nid = "{t}"\nprompt = "x"\nagent = {argv_toml([*agent, str(gate), code])}\n'
+        for t, code in (("ok", "0"), ("bad", "3"))
+    )
+    proc = _manager(repo, "run", manifest(repo, text))
+    runs = repo / ".git" / "swarm" / "runs"
+    db = repo / ".git" / "swarm" / "state.db"
+
+    def recorded() -> bool:  # both agents started, and their attempts recorded
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 2
+
+    wait_for(lambda: db.exists() and recorded(), what="both agents")
+    _kill_group(proc)  # the agents, in their shims' sessions, go on
+    gate.touch()
+
+    def ended() -> bool:
+        records = [json.loads(p.read_text()) for p in runs.rglob("attempt-1.exit.json")]
+        return all(r.get("ended_at") and r.get("cleaned") for r in records)
+
+    wait_for(ended, what="both agents to end unwatched")
+    (run_id,) = [p.name for p in runs.iterdir()]
+    if how == "stop":
+        out = swarm(repo, "stop")
+    else:
+        out = swarm(repo, "run", "--force", "--agent", " ".join(agent), "-t", "zz=x")
+    assert out.returncode in {0, 1}, out.stdout + out.stderr
+    rows = {
+        t["task_id"]: t
+        for t in json.loads(swarm(repo, "status", "--json", "--run", run_id).stdout)["tasks"]
+    }
+    assert (rows["ok"]["state"], rows["bad"]["state"]) == ("done", "failed")
+    assert git(repo, "show", "swarm/ok:ok.txt") == "work"
+
+
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
 DAEMON_LEFT = """
 import os, pathlib, signal, sys, time

@@ -7,16 +7,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
+from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus, TaskState
+from worktree_swarm.core.models import (
+    AttemptOutcome,
+    Executor,
+    ProcessIdentity,
+    RunStatus,
+    Task,
+    TaskState,
+)
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import integrity
 from worktree_swarm.infra import lock, supervisor
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
 from worktree_swarm.run import provision, retry
+from worktree_swarm.run.task_worker import LOG_READ_LIMIT
 
 
 def stop(
@@ -85,13 +95,17 @@ def stop_unmanaged(
         store, run_id, {t for t, r in rows.items() if r.state.is_final}
     )
     for task_id in targets:
+        task = task_from_json(rows[task_id].spec_json)
+        ended: AgentResult | None = None  # how an agent that ended unwatched went
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
+                ended = _ended_by_itself(store, attempt, task.agent)
                 ident = ProcessIdentity(
                     pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
                 )
-                supervisor.kill_tree(ident, grace=grace)
-                store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
+                supervisor.kill_tree(ident, grace=grace)  # what it left, or all of it
+                if ended is None:
+                    store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
         _kill_steps(repo.state_dir / "runs" / run_id / task_id, grace=grace)
         worktree = Path(rows[task_id].worktree)
         # An agent its manager launched but was killed before recording.
@@ -103,7 +117,6 @@ def stop_unmanaged(
         populated = rows[task_id].base_commit is not None
         provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
         if worktree.is_dir():  # every target is active (not final)
-            task = task_from_json(rows[task_id].spec_json)
             links = task.link
             tip = git.checkpoint(
                 worktree,
@@ -120,13 +133,52 @@ def stop_unmanaged(
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
-            else (
-                TaskState.STOPPED,
-                "stopped",
-            )
+            else _as_it_ended(store.task(run_id, task_id), task, ended)
         )
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)
+
+
+def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResult | None:
+    """How the agent of open *attempt* went when it ended by itself with no manager watching.
+
+    Read, as `swarm resume` reads it, from its shim's record and its log; recorded with the
+    attempt. None when it did not (it runs still, or its shim recorded no end).
+    """
+    log = Path(attempt.log_path)
+    record = supervisor.read_record(supervisor.record_path(log))
+    if record is None or record.ended_at is None or record.stopped:
+        return None
+    now = time.time()
+    result = adapter_for(agent).interpret(
+        exit_code=record.exit_code, log_text=read_end(log, LOG_READ_LIMIT), now=now
+    )
+    outcome = {
+        AgentOutcome.SUCCESS: AttemptOutcome.SUCCEEDED,
+        AgentOutcome.RATE_LIMITED: AttemptOutcome.RATE_LIMITED,
+    }.get(result.outcome, AttemptOutcome.FAILED)
+    store.end_attempt(
+        attempt.id, exit_code=record.exit_code, outcome=outcome.value, ended_at=record.ended_at
+    )
+    return result
+
+
+def _as_it_ended(
+    row: TaskRow | None, task: Task, ended: AgentResult | None
+) -> tuple[TaskState, str]:
+    """A stopped task's state: stopped, unless its agent had ended by itself meanwhile.
+
+    Failed as it failed; done (or no changes) when it succeeded and had no checks to run.
+    """
+    if ended is None or ended.outcome is AgentOutcome.RATE_LIMITED:
+        return TaskState.STOPPED, "stopped"
+    if ended.outcome is not AgentOutcome.SUCCESS:
+        return TaskState.FAILED, ended.reason or "the agent failed"
+    if row is not None and row.diff_files == 0:
+        return TaskState.NO_CHANGES, "the agent changed nothing"
+    if task.checks:
+        return TaskState.STOPPED, "stopped before its checks (its agent had succeeded)"
+    return TaskState.DONE, ""
 
 
 def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) -> None:
