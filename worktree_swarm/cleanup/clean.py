@@ -27,6 +27,7 @@ from worktree_swarm.cleanup.fixes import (
     merge_targets,
     open_pull_request,
     processes_using,
+    ref_move_notes,
     remote_branch_finding,
     with_base,
     worktree_dirty,
@@ -151,6 +152,8 @@ def clean(
             look=not yes,
             merging=not free,
         )
+        # A killed `swarm merge` or `swarm clean` left its note of the refs it was moving.
+        findings += ref_move_notes(repo)
         if not yes:
             return Report(mode="clean", findings=tuple(findings))
         results = apply(repo, findings, store=store, force=force, grace=grace)

@@ -874,3 +874,18 @@ def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int,
             detail = f"deleted (was {leases[branch][:12]})" if not why else f"{why}; kept"
             done[index] = Result(finding=f, fixed=not why, detail=detail)
     return done
+
+
+def ref_move_notes(repo: git.Repo) -> list[Finding]:
+    """What a killed `swarm merge`/`clean` left in ``.git/swarm/ref-moves`` (docs/guard.md)."""
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="swarm's note of the refs a killed swarm merge or swarm clean was moving"
+            " (its process is gone)",
+            action=Action.FORGET_REF_MOVES,
+            fix="delete it",
+        )
+        for path in channel.abandoned(repo.state_dir)
+    ]

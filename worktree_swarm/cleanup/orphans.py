@@ -45,6 +45,7 @@ from worktree_swarm.cleanup.fixes import (
     open_pull_request,
     processes_using,
     protected_pids,
+    ref_move_notes,
     remote_branch_finding,
     repo_paths,
     worktree_finding,
@@ -65,7 +66,6 @@ from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow
 
@@ -401,18 +401,7 @@ def _locks(ctx: _Context) -> list[Finding]:
 
 
 def _ref_moves(ctx: _Context) -> list[Finding]:
-    """What a killed `swarm merge`/`clean` left in ``.git/swarm/ref-moves`` (docs/guard.md)."""
-    return [
-        Finding(
-            kind=Kind.LOCK,
-            target=str(path),
-            reason="swarm's note of the refs a killed swarm merge or swarm clean was moving"
-            " (its process is gone)",
-            action=Action.FORGET_REF_MOVES,
-            fix="delete it",
-        )
-        for path in channel.abandoned(ctx.repo.state_dir)
-    ]
+    return ref_move_notes(ctx.repo)
 
 
 def _worktrees(
