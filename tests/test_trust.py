@@ -1538,6 +1538,52 @@ def test_an_operation_in_progress_planted_in_the_users_checkout_is_undone(
     assert not marker.exists()
 
 
+# -- your objects moved where swarm clean deletes them ----------------------------------------
+
+# Moves objects/pack (argv[3] == "pack") or the fan-out directory of HEAD's commit into its
+# worktree (ignored there) and leaves a link in its place: git finds every object, and the
+# `swarm clean` that removes the worktree deletes your history.
+MOVE_OBJECTS = (
+    COMMON
+    + """
+import shutil
+which = 'pack' if sys.argv[3] == 'pack' else subprocess.run(
+    ['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout[:2]
+there = common / 'objects' / which
+kept = pathlib.Path('.cache-objects')
+pathlib.Path('.gitignore').write_text('.cache-objects/\\n')
+def move():
+    shutil.copytree(there, kept)
+    shutil.rmtree(there)
+    there.symlink_to(kept.resolve(), target_is_directory=True)
+attempt(move)
+pathlib.Path('own.txt').write_text('own work\\n')
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
+@pytest.mark.parametrize("which", ["pack", "fan-out"])
+def test_your_objects_moved_into_a_worktree_are_put_back_and_survive_its_clean(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, which: str, sandbox: bool
+) -> None:
+    for i in range(3):
+        (repo / "README.md").write_text(f"change {i}\n")
+        git(repo, "commit", "-qam", f"change {i}")
+    if which == "pack":
+        git(repo, "gc", "-q")
+    head = git(repo, "rev-parse", "HEAD")
+    agent = [*write_agent(MOVE_OBJECTS), str(repo), str(tmp_path / "m"), which]
+    run_one(repo, agent, sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="git's own files objects/")
+    objects = repo / ".git" / "objects"
+    assert not [p for p in [*objects.iterdir(), *(objects / "pack").iterdir()] if p.is_symlink()]
+    assert swarm(repo, "clean", "--yes", "--force").returncode == 0
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert "change 0" in git(repo, "log", "--format=%s", "main")
+    subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
+
+
 # -- symlinks planted where the user's git writes ---------------------------------------------
 
 LINKS = (

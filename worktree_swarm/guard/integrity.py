@@ -86,6 +86,50 @@ def keep(root: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]
     )
 
 
+def planted_links(common: Path) -> list[Path]:
+    """Symbolic links where git keeps objects: ``objects`` itself, its directories, its packs.
+
+    git makes none. An agent's (``objects/pack`` moved into its worktree, a link left in its
+    place) has your objects live where `swarm clean` deletes them, and has swarm's own
+    put-backs write through it, outside any sandbox.
+    """
+    objects = common / "objects"
+    if objects.is_symlink():
+        return [objects]
+    found = []
+    for top in (objects, objects / "pack"):
+        try:
+            entries = list(os.scandir(top))
+        except OSError:  # none yet, or `objects/pack` itself among the links found
+            continue
+        found += [Path(entry.path) for entry in entries if entry.is_symlink()]
+    return sorted(found)
+
+
+def unplant(link: Path) -> None:
+    """Make the planted *link* what git keeps there: a directory or file of its own again.
+
+    With copies of what its target holds (your objects, and what git wrote through the link
+    since): the target may be deleted with the worktree it lies in. A link to nothing goes
+    (what it took is put back from the held files).
+    """
+    aside = link.with_name(f".{link.name}.swarm-unplanted")
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    else:
+        aside.unlink(missing_ok=True)
+    if link.is_dir():  # follows the link: its target
+        shutil.copytree(link, aside, symlinks=True)
+        link.unlink()
+        aside.rename(link)
+    elif link.is_file():
+        shutil.copyfile(link, aside)
+        aside.chmod(0o444)
+        aside.replace(link)
+    else:
+        link.unlink(missing_ok=True)
+
+
 def hold(common: Path, held: Path) -> None:
     """Hard-link every object file of *common*'s store (loose objects, packs) under *held*.
 

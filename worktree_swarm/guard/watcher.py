@@ -1405,7 +1405,7 @@ class Guard:
         only = None
         if generation == self._complete_at[deep]:
             only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
-        found = []
+        found = self._planted_links(window)
         found += self._new_packs(window)
         found += self._packs_rewritten(window)
         found += self._lying_revs(window)
@@ -1635,6 +1635,31 @@ class Guard:
             restored=not self._midx,
         )
         return [self._record(violation, patch_text=f"git multi-pack-index verify:\n{wrong}\n")]
+
+    def _planted_links(self, window: tuple[float, float]) -> list[Violation]:
+        """Symbolic links where git keeps objects: made real again, before anything is read."""
+        common = self.repo.common_dir
+        links = integrity.planted_links(common)
+        if not links:
+            return []
+        restored = True
+        listed = []
+        for link in links:
+            target = link.readlink() if link.is_symlink() else "?"
+            listed.append(f"{link.relative_to(common).as_posix()}: a link to {target}\n")
+            if self.restore:
+                try:
+                    integrity.unplant(link)
+                except OSError:
+                    restored = False
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(link.relative_to(common).as_posix() for link in links),
+            suspects=self._agents.suspects(window, exclude=()),
+            restored=self.restore and restored,
+        )
+        return [self._record(violation, patch_text="".join(listed))]
 
     def _written_over(self, window: tuple[float, float], generation: int) -> list[Violation]:
         """Object files of the baseline whose names the store now gives to other content.
