@@ -279,7 +279,8 @@ class Task:
         flag=None,
         doc="the longest stated usage-limit reset a task waits for, whichever task's agent met "
         "the limit (before its first attempt too); a later reset fails the task (work kept) "
-        "unless a fallback agent takes over",
+        "unless a fallback agent takes over. A reset under 5 minutes is a throttle, waited "
+        "out whatever this says",
     )
     # Limits of the steps around the agent; None means the built-in default (30 minutes).
     setup_timeout: float | None = setting(
