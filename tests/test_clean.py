@@ -330,6 +330,26 @@ def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(
     assert git(repo, "show", "swarm/nothing:later.txt") == "typed by the user after the run"
 
 
+def test_clean_removes_git_lock_files_whose_writer_is_gone(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Left by a killed git, or planted by an agent: your `git commit` failed on index.lock,
+    # and clean failed to delete a merged branch on its lock ("Another git process").
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "idle=b").returncode == 1
+    locks = [repo / ".git" / "index.lock", repo / ".git" / "refs" / "heads" / "swarm" / "idle.lock"]
+    for lock in locks:
+        lock.write_text("")
+
+    planned = report(repo, "clean", code=1)
+    done = report(repo, "clean", "--yes", code=0)
+
+    assert all(planned[str(lock)]["action"] == "unlink_lock" for lock in locks)
+    assert all(done[str(lock)]["fixed"] for lock in locks)
+    assert not any(lock.exists() for lock in locks)
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
 @pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
 def test_clean_commits_an_edit_an_index_flag_hides_from_git_status(
     repo: Path, write_agent: AgentFactory, flag: str

@@ -29,6 +29,7 @@ from worktree_swarm.cleanup.fixes import (
     processes_using,
     ref_move_notes,
     remote_branch_finding,
+    stale_git_locks,
     with_base,
     worktree_dirty,
     worktree_finding,
@@ -152,8 +153,9 @@ def clean(
             look=not yes,
             merging=not free,
         )
-        # A killed `swarm merge` or `swarm clean` left its note of the refs it was moving.
-        findings += ref_move_notes(repo)
+        # A killed `swarm merge` or `swarm clean` left its note of the refs it was moving, a
+        # killed git (or an agent) a lock file that would stop the branches' deletion below.
+        findings = [*stale_git_locks(repo), *findings, *ref_move_notes(repo)]
         if not yes:
             return Report(mode="clean", findings=tuple(findings))
         results = apply(repo, findings, store=store, force=force, grace=grace)

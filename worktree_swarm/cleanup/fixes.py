@@ -889,3 +889,30 @@ def ref_move_notes(repo: git.Repo) -> list[Finding]:
         )
         for path in channel.abandoned(repo.state_dir)
     ]
+
+
+def stale_git_locks(repo: git.Repo) -> list[Finding]:
+    """Git's lock files in *repo* while no git process works there: a killed git's, or planted.
+
+    Left, your next `git commit` (``index.lock``) or a branch's move (``refs/heads/x.lock``)
+    fails as if another git were at work.
+    """
+    common = repo.common_dir
+    candidates = [
+        *common.glob("*.lock"),
+        *common.glob("worktrees/*/*.lock"),
+        *(common / "refs").rglob("*.lock"),
+    ]
+    # swarm's own locks (<common>/swarm/*.lock) are flock()s: free when their holder dies.
+    if not candidates or git_users(repo_paths(repo)):
+        return []
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="git lock file whose writer is gone (no git process works in this repository)",
+            action=Action.UNLINK_LOCK,
+            fix="delete it",
+        )
+        for path in sorted(candidates)
+    ]

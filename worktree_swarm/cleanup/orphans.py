@@ -38,7 +38,6 @@ from worktree_swarm.cleanup.fixes import (
     adding_process,
     apply,
     describe,
-    git_users,
     kill_finding,
     merge_targets,
     merged_into,
@@ -47,7 +46,7 @@ from worktree_swarm.cleanup.fixes import (
     protected_pids,
     ref_move_notes,
     remote_branch_finding,
-    repo_paths,
+    stale_git_locks,
     worktree_finding,
 )
 from worktree_swarm.config import manifest
@@ -379,25 +378,7 @@ def _merge_running(repo: git.Repo) -> bool:
 
 
 def _locks(ctx: _Context) -> list[Finding]:
-    common = ctx.repo.common_dir
-    candidates = [
-        *common.glob("*.lock"),
-        *common.glob("worktrees/*/*.lock"),
-        *(common / "refs").rglob("*.lock"),
-    ]
-    # swarm's own locks (<common>/swarm/*.lock) are flock()s: free when their holder dies.
-    if not candidates or git_users(repo_paths(ctx.repo)):
-        return []
-    return [
-        Finding(
-            kind=Kind.LOCK,
-            target=str(path),
-            reason="git lock file whose writer is gone (no git process works in this repository)",
-            action=Action.UNLINK_LOCK,
-            fix="delete it",
-        )
-        for path in sorted(candidates)
-    ]
+    return stale_git_locks(ctx.repo)
 
 
 def _ref_moves(ctx: _Context) -> list[Finding]:
