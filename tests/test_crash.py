@@ -958,8 +958,12 @@ def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
     db = repo / ".git" / "swarm" / "state.db"
 
     def recorded() -> bool:  # both agents started, and their attempts recorded
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 2
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                count = conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+        except sqlite3.Error:  # the store is being made
+            return False
+        return bool(count == 2)
 
     wait_for(lambda: db.exists() and recorded(), what="both agents")
     _kill_group(proc)  # the agents, in their shims' sessions, go on

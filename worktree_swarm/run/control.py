@@ -99,7 +99,8 @@ def stop_unmanaged(
         ended: AgentResult | None = None  # how an agent that ended unwatched went
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
-                ended = _ended_by_itself(store, attempt, task.agent)
+                # Read as the agent it ran (a fallback's, maybe) would be.
+                ended = _ended_by_itself(store, attempt, attempt.agent or task.agent)
                 ident = ProcessIdentity(
                     pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
                 )
