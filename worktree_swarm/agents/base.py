@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from worktree_swarm.core import units
 from worktree_swarm.core.text import one_line
 from worktree_swarm.infra.logtail import last_lines
 from worktree_swarm.infra.redact import redact
@@ -207,11 +208,8 @@ def as_float(value: object) -> float | None:
     """A finite number from JSON, or None (JSON as an agent prints it holds 1e999 and NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer past a float's range
-        return None
-    return number if math.isfinite(number) else None
+    number = units.as_float(value)  # None: an integer past a float's range
+    return number if number is not None and math.isfinite(number) else None
 
 
 def epoch_seconds(value: object) -> float | None:

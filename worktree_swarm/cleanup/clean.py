@@ -37,7 +37,6 @@ from worktree_swarm.cleanup.fixes import (
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, GitError
 from worktree_swarm.core.models import (
-    INTEGRATION_DIR_PREFIX,
     INTEGRATION_PREFIX,
     MERGE_CHECKING,
     Executor,
@@ -197,8 +196,8 @@ def plan_clean(
         targets = with_base(landing, run.base_commit if run is not None else None)
         runs.append((run_id, targets, store.tasks(run_id)))
         root = run.settings.worktree_root if run is not None else None
-        own[run_id] = (root or paths.default_worktree_root(repo.root)) / (
-            INTEGRATION_DIR_PREFIX + run_id
+        own[run_id] = paths.integration_worktree(
+            root or paths.default_worktree_root(repo.root), run_id
         )
         if run is not None and run.settings.executor is Executor.RAY:
             pushed[run_id] = _Pushed(repo=repo, remote=run.settings.remote)

@@ -177,8 +177,8 @@ def scan(
     """Every orphan of *repo*, each with the reason and what fixing it does (read-only)."""
     ctx = _context(repo, store)
     found = _processes(ctx)
-    found += _locks(ctx)
-    found += _ref_moves(ctx)
+    found += stale_git_locks(ctx.repo)
+    found += ref_move_notes(ctx.repo)
     wt_found, removing, dirty = _worktrees(
         ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
     )
@@ -375,14 +375,6 @@ def _merge_running(repo: git.Repo) -> bool:
         return True
     merge_lock.release()
     return False
-
-
-def _locks(ctx: _Context) -> list[Finding]:
-    return stale_git_locks(ctx.repo)
-
-
-def _ref_moves(ctx: _Context) -> list[Finding]:
-    return ref_move_notes(ctx.repo)
 
 
 def _worktrees(

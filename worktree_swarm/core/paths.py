@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.models import INTEGRATION_DIR_PREFIX
 
 STATE_DIR_NAME = "swarm"
 
@@ -62,6 +63,11 @@ def run_dir(repo: Repo, run_id: str) -> Path:
 def guard_dir(repo: Repo, run_id: str) -> Path:
     """Where a run's guard keeps its log, patches, kept packs and held object files."""
     return run_dir(repo, run_id) / "guard"
+
+
+def integration_worktree(worktree_root: Path, run_id: str) -> Path:
+    """Where a run's `swarm merge` keeps its integration worktree, under its worktree root."""
+    return worktree_root / f"{INTEGRATION_DIR_PREFIX}{run_id}"
 
 
 def default_worktree_root(checkout: Path) -> Path:

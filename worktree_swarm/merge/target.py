@@ -9,6 +9,7 @@ compare-and-swap at the end. A branch checked out anywhere else is never touched
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
-    INTEGRATION_DIR_PREFIX,
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     is_valid_task_id,
@@ -55,7 +55,8 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
     into = own is None
     if into:
         _validate_into(repo, store, branch)
-    for info in worktrees.list_worktrees(repo):
+    listed = worktrees.list_worktrees(repo)
+    for info in listed:
         if _same_path(info.path, own) and info.branch != branch and info.path.is_dir():
             on = f"on branch {info.branch}" if info.branch else "on a detached HEAD"
             raise BadInputError(
@@ -76,24 +77,26 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
                 " stash them there first"
             )
     if into:
-        refuse_held(repo, branch)
+        refuse_held(repo, branch, listed)
     tip = branch_tip(repo, branch)
     return tip if tip is not None else git.head_commit(repo)
 
 
-def refuse_held(repo: git.Repo, branch: str) -> None:
+def refuse_held(
+    repo: git.Repo, branch: str, listed: Sequence[worktrees.WorktreeInfo] | None = None
+) -> None:
     """Refuse to move *branch* (``--into``) where git itself would not move it.
 
     Checked out in a checkout, being rebased or bisected in one (its HEAD is detached then,
     and the rebase puts the branch back at its end), or a symbolic ref (moving it moves the
-    branch it names, maybe one checked out).
+    branch it names, maybe one checked out). *listed*: the worktrees, as just listed.
     """
     if runner.run(repo.root, "symbolic-ref", "-q", f"refs/heads/{branch}", check=False).stdout:
         raise BadInputError(
             f"--into {branch} is a symbolic ref; name the branch it points to, and swarm will"
             " move that one if nothing has it checked out"
         )
-    for info in worktrees.list_worktrees(repo):
+    for info in worktrees.list_worktrees(repo) if listed is None else listed:
         if info.prunable:
             continue
         if info.branch == branch:
@@ -219,7 +222,7 @@ def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
 
 def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:
     """Where swarm keeps the run's integration worktree."""
-    return _worktree_root(repo, store, run_id) / f"{INTEGRATION_DIR_PREFIX}{ref_safe_run(run_id)}"
+    return paths.integration_worktree(_worktree_root(repo, store, run_id), ref_safe_run(run_id))
 
 
 def _same_path(path: Path, other: Path | None) -> bool:

@@ -10,7 +10,6 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
-    AttemptOutcome,
     Executor,
     ProcessIdentity,
     RunStatus,
@@ -26,7 +25,7 @@ from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author
 from worktree_swarm.run import provision, retry
-from worktree_swarm.run.task_worker import LOG_READ_LIMIT
+from worktree_swarm.run.task_worker import LOG_READ_LIMIT, attempt_outcome
 
 
 def stop(
@@ -154,12 +153,9 @@ def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResu
     result = adapter_for(agent).interpret(
         exit_code=record.exit_code, log_text=read_end(log, LOG_READ_LIMIT), now=now
     )
-    outcome = {
-        AgentOutcome.SUCCESS: AttemptOutcome.SUCCEEDED,
-        AgentOutcome.RATE_LIMITED: AttemptOutcome.RATE_LIMITED,
-    }.get(result.outcome, AttemptOutcome.FAILED)
+    outcome = attempt_outcome(result).value
     store.end_attempt(
-        attempt.id, exit_code=record.exit_code, outcome=outcome.value, ended_at=record.ended_at
+        attempt.id, exit_code=record.exit_code, outcome=outcome, ended_at=record.ended_at
     )
     return result
 

@@ -844,7 +844,7 @@ class TaskWorker(RunWorker):
                 if a.session_id == r.session_id and a.id != attempt_id
             )
             r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
-        outcome = ended.cut_short.value if ended.cut_short else _attempt_outcome(r)
+        outcome = ended.cut_short.value if ended.cut_short else attempt_outcome(r)
         usage = AttemptUsage(
             reason=ended.reason or r.reason,
             session_id=r.session_id,
@@ -1115,7 +1115,8 @@ def check_failed(failure: CheckFailure) -> TaskOutcome:
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
 
 
-def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
+def attempt_outcome(result: AgentResult) -> AttemptOutcome:
+    """How an attempt whose agent the adapter read as *result* is recorded."""
     if result.outcome is AgentOutcome.RATE_LIMITED:
         return AttemptOutcome.RATE_LIMITED
     if result.outcome is AgentOutcome.SUCCESS:
