@@ -61,6 +61,7 @@ from worktree_swarm.run.task_worker import (
     RunContext,
     RunWorker,
     TaskOutcome,
+    attempt_outcome,
     check_failed,
     worktree_path,
 )
@@ -1004,7 +1005,7 @@ class RayTaskWorker(RunWorker):
         result: AgentResult,
         cut: tuple[TaskState, str] | None,
     ) -> None:
-        outcome = cut[0].value if cut else _attempt_outcome(result).value
+        outcome = cut[0].value if cut else attempt_outcome(result).value
         usage = AttemptUsage(
             reason=cut[1] if cut else result.reason,
             session_id=result.session_id,
@@ -1413,14 +1414,6 @@ def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: i
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
     return TaskOutcome(state=TaskState.DONE)
-
-
-def _attempt_outcome(result: AgentResult) -> AttemptOutcome:
-    if result.outcome is AgentOutcome.RATE_LIMITED:
-        return AttemptOutcome.RATE_LIMITED
-    if result.outcome is AgentOutcome.SUCCESS:
-        return AttemptOutcome.SUCCEEDED
-    return AttemptOutcome.FAILED
 
 
 def stop_unmanaged(
