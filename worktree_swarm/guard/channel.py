@@ -28,7 +28,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -64,6 +64,11 @@ class RefMoves:
         self._old = old
         self._new: dict[str, str | None] = {}
         self._lock = threading.Lock()  # `swarm clean` removes worktrees from several threads
+        me = psutil.Process()
+        self._writer = f'"pid": {me.pid}, "started": {json.dumps(me.create_time())}'
+        # Each announced ref's entry, encoded once: `swarm clean` announces every worktree it
+        # removes, and each announcement writes them all again.
+        self._encoded = {ref: _entry(ref, at) for ref, at in old.items()}
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -79,6 +84,7 @@ class RefMoves:
         with self._lock:
             if ref not in self._old:
                 self._old[ref] = at if at is not None else git.rev_parse(self.repo, ref)
+                self._encoded[ref] = _entry(ref, self._old[ref])
                 self._write(done=False)
             return self._old[ref]
 
@@ -88,6 +94,7 @@ class RefMoves:
             fresh = {ref: at for ref, at in values.items() if ref not in self._old}
             if fresh:
                 self._old.update(fresh)
+                self._encoded.update((ref, _entry(ref, at)) for ref, at in fresh.items())
                 self._write(done=False)
 
     def moved(self, ref: str, new: str | None) -> None:
@@ -98,21 +105,20 @@ class RefMoves:
             self._new[ref] = new
 
     def _write(self, *, done: bool) -> None:
-        moves = [
-            {"ref": r, "old": o, **({"new": self._new[r]} if done and r in self._new else {})}
-            for r, o in self._old.items()
-            if not done or r in self._new
-        ]
-        me = psutil.Process()
-        data = json.dumps(
-            {"pid": me.pid, "started": me.create_time(), "moves": moves, "done": done}
-        ).encode()
+        moves: Iterable[str] = self._encoded.values()
+        if done:
+            moves = (
+                json.dumps({"ref": r, "old": o, "new": self._new[r]})
+                for r, o in self._old.items()
+                if r in self._new
+            )
+        data = f'{{{self._writer}, "moves": [{", ".join(moves)}], "done": {json.dumps(done)}}}'
         # Written aside and renamed over, so that a reader never sees half of it; the writer
         # then holds the new file open, which is what the guard checks.
         aside = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            os.write(fd, data.encode())
             aside.replace(self.path)
         except BaseException:
             os.close(fd)
@@ -125,6 +131,11 @@ class RefMoves:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _entry(ref: str, old: str | None) -> str:
+    """One announced ref, as the announcement lists it before the moves are done."""
+    return json.dumps({"ref": ref, "old": old})
 
 
 @contextlib.contextmanager
