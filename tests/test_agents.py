@@ -33,6 +33,7 @@ from worktree_swarm.agents import (
     profile_of,
 )
 from worktree_swarm.agents.aider import AiderAdapter
+from worktree_swarm.agents.base import accountable
 from worktree_swarm.agents.claude import ClaudeAdapter
 from worktree_swarm.agents.codex import CodexAdapter
 from worktree_swarm.agents.command import CommandAdapter
@@ -1007,6 +1008,25 @@ def test_a_reset_time_no_clock_shows_is_no_reset_and_a_huge_count_no_count(
     assert (run.result.outcome, run.result.retry_at) == (AgentOutcome.RATE_LIMITED, None)
     assert run.result.tokens_in is None
     assert units.local_time(1e300, "%H:%M") == "never"
+
+
+@pytest.mark.parametrize(
+    ("stated", "kept"),
+    [
+        ({"cost_usd": -5000.0, "tokens_in": 100}, {"cost_usd": None, "tokens_in": 100}),
+        ({"cost_usd": 1e308, "tokens_out": 2**63 - 1}, {"cost_usd": None, "tokens_out": None}),
+        ({"cost_usd": 0.25, "tokens_in": -3}, {"cost_usd": 0.25, "tokens_in": None}),
+        (
+            {"cache_read_tokens": 10**15, "num_turns": 10**16},
+            {"cache_read_tokens": 10**15, "num_turns": None},
+        ),
+    ],
+)
+def test_usage_no_attempt_could_have_is_recorded_as_unknown(
+    stated: dict[str, float], kept: dict[str, float | None]
+) -> None:
+    result = accountable(AgentResult(outcome=AgentOutcome.SUCCESS, **stated))  # type: ignore[arg-type]
+    assert {k: getattr(result, k) for k in kept} == kept
 
 
 def test_gemini_limited_after_a_reply_keeps_its_session() -> None:

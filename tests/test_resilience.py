@@ -56,10 +56,10 @@ n = len(calls.read_text().splitlines())
 plan = (fake / f"{task}.plan").read_text().split() if (fake / f"{task}.plan").exists() else []
 step = plan[n - 1] if n <= len(plan) else "finish"
 session = resume or f"sess-{task}-{n}"
-def result(is_error=False, status=None, text="ok", cost=0.5):
+def result(is_error=False, status=None, text="ok", cost=0.5, tokens=100):
     out = {"type": "result", "subtype": "success", "is_error": is_error, "duration_ms": 12,
            "num_turns": 2, "result": text, "session_id": session, "total_cost_usd": cost,
-           "usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 50,
+           "usage": {"input_tokens": tokens, "output_tokens": 20, "cache_read_input_tokens": 50,
                      "cache_creation_input_tokens": 0}}
     if status:
         out["api_error_status"] = status
@@ -79,6 +79,11 @@ if step == "stall":  # refused at once: nothing done
 if step == "limit":
     pathlib.Path(f"{task}.txt").write_text("half done\n")
     result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
+    sys.exit(1)
+if step == "huge":  # usage no attempt could have had
+    with open(f"{task}.txt", "a") as fh:
+        fh.write(f"part {n}\n")
+    result(is_error=True, status=429, text="API Error: 429", cost=-5000.0, tokens=2**63 - 1)
     sys.exit(1)
 if step == "todo":
     pathlib.Path(f"{task}.py").write_text("def answer():\n    raise NotImplementedError  # TODO\n")
@@ -620,6 +625,19 @@ def test_repairs_used_before_a_crash_stay_used(repo: Path, write_agent: AgentFac
     row = status_json(repo)["a"]
     assert row["state"] == "failed", row
     assert "test -f fixed.txt" in str(row["reason"]), row
+
+
+def test_usage_no_attempt_could_have_is_none_and_loses_no_work(
+    repo: Path, fake_claude: Path
+) -> None:
+    """Two attempts stating 2**63 - 1 input tokens overflowed the task's total: internal error,
+    the second attempt's work never committed; a negative cost took from what was spent."""
+    plan(fake_claude, "a", "huge", "huge", "finish")
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert branch_file(repo, "swarm/a", "a.txt").startswith("part 1\npart 2\nfinished")
+    row = status_json(repo)["a"]
+    assert (row["state"], row["tokens_in"], row["cost_usd"]) == ("done", 100, 0.5), row
 
 
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:

@@ -13,7 +13,7 @@ import math
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,6 +202,34 @@ def as_int(value: object) -> int | None:
 
 
 _INT64 = 2**63 - 1
+
+
+# What one attempt can have used: an agent's log states its usage, and a count or cost past
+# these (an agent's 2**63 - 1 or 1e308, which the store cannot keep or sum) is no usage.
+MAX_TOKENS = 10**15
+MAX_COST_USD = 10.0**9
+
+
+def accountable(result: AgentResult) -> AgentResult:
+    """*result* with each count and cost it states kept only if a real attempt could use it.
+
+    Negative costs would lower what a run has spent (``max_cost_usd``), a count past the
+    store's 64 bits failed the attempt's record, and an infinite sum broke ``--json``.
+    """
+
+    def count(n: int | None) -> int | None:
+        return n if n is not None and 0 <= n <= MAX_TOKENS else None
+
+    cost = result.cost_usd
+    return replace(
+        result,
+        cost_usd=cost if cost is not None and 0.0 <= cost <= MAX_COST_USD else None,
+        tokens_in=count(result.tokens_in),
+        tokens_out=count(result.tokens_out),
+        cache_read_tokens=count(result.cache_read_tokens),
+        cache_write_tokens=count(result.cache_write_tokens),
+        num_turns=count(result.num_turns),
+    )
 
 
 def as_float(value: object) -> float | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
+from worktree_swarm.agents.base import accountable
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
@@ -61,6 +62,7 @@ from worktree_swarm.run.task_worker import (
     RunContext,
     RunWorker,
     TaskOutcome,
+    add_usage,
     attempt_outcome,
     check_failed,
     worktree_path,
@@ -1005,6 +1007,7 @@ class RayTaskWorker(RunWorker):
         result: AgentResult,
         cut: tuple[TaskState, str] | None,
     ) -> None:
+        result = accountable(result)
         outcome = cut[0].value if cut else attempt_outcome(result).value
         usage = AttemptUsage(
             reason=cut[1] if cut else result.reason,
@@ -1015,15 +1018,7 @@ class RayTaskWorker(RunWorker):
             cache_read_tokens=result.cache_read_tokens,
         )
         self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
-        row = self.store.task(self.run_id, task_id)
-        if row is not None and (result.cost_usd is not None or result.tokens_in is not None):
-            self.store.update_task(
-                self.run_id,
-                row.task_id,
-                cost_usd=(row.cost_usd or 0.0) + (result.cost_usd or 0.0),
-                tokens_in=(row.tokens_in or 0) + (result.tokens_in or 0),
-                tokens_out=(row.tokens_out or 0) + (result.tokens_out or 0),
-            )
+        add_usage(self.store, self.run_id, task_id, result)
 
     def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""

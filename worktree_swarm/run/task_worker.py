@@ -25,7 +25,7 @@ from worktree_swarm.agents import (
     claude_auth,
     provider_of,
 )
-from worktree_swarm.agents.base import prompt_argument
+from worktree_swarm.agents.base import accountable, prompt_argument
 from worktree_swarm.core import paths, units
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import (
@@ -836,7 +836,7 @@ class TaskWorker(RunWorker):
         *,
         ended_at: float | None = None,
     ) -> float | None:
-        r = ended.result
+        r = accountable(ended.result)
         if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
             earlier = sum(
                 a.cost_usd or 0.0
@@ -856,16 +856,7 @@ class TaskWorker(RunWorker):
         self.store.end_attempt(
             attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
         )
-        row = self.store.task(self.run_id, task_id)
-        if row is not None and (r.cost_usd is not None or r.tokens_in is not None):
-            self.store.update_task(
-                self.run_id,
-                task_id,
-                cost_usd=(row.cost_usd or 0.0) + (r.cost_usd or 0.0),
-                tokens_in=(row.tokens_in or 0) + (r.tokens_in or 0),
-                tokens_out=(row.tokens_out or 0) + (r.tokens_out or 0),
-                cache_read_tokens=(row.cache_read_tokens or 0) + (r.cache_read_tokens or 0),
-            )
+        add_usage(self.store, self.run_id, task_id, r)
         return r.cost_usd
 
     def _watch(
@@ -1113,6 +1104,28 @@ def check_failed(failure: CheckFailure) -> TaskOutcome:
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+
+
+def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
+    """Add what an attempt used (*result*, read through ``accountable``) to its task's totals."""
+    row = store.task(run_id, task_id)
+    if row is None or (result.cost_usd is None and result.tokens_in is None):
+        return
+
+    def total(before: int | None, used: int | None) -> int:
+        return min((before or 0) + (used or 0), _MAX_STORED)
+
+    store.update_task(
+        run_id,
+        task_id,
+        cost_usd=(row.cost_usd or 0.0) + (result.cost_usd or 0.0),
+        tokens_in=total(row.tokens_in, result.tokens_in),
+        tokens_out=total(row.tokens_out, result.tokens_out),
+        cache_read_tokens=total(row.cache_read_tokens, result.cache_read_tokens),
+    )
+
+
+_MAX_STORED = 2**63 - 1  # SQLite's integers
 
 
 def attempt_outcome(result: AgentResult) -> AttemptOutcome:
