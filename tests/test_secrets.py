@@ -496,6 +496,37 @@ def test_a_file_holding_a_secret_value_is_left_out_of_swarms_commit_and_the_task
     assert raw in (repo.parent / "repo.swarm" / "t" / "env.txt").read_bytes()  # not lost
 
 
+def test_a_secret_in_a_name_with_a_newline_one_the_agent_staged_or_a_file_name_is_left_out(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint read the names `git add --verbose` printed: printed as they are, a name
+    # with a newline was two lines, neither read; a file the agent had staged itself was not
+    # printed at all; and a name was never looked at, only contents.
+    value = "sk-ant-api03-" + "n" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
+    agent = write_agent(
+        "import os, subprocess\n"
+        "v = os.environb[b'ANTHROPIC_API_KEY']\n"
+        "open('nl\\nx.txt', 'wb').write(v)\n"
+        "open('staged.txt', 'wb').write(v)\n"
+        "subprocess.run(['git', 'add', 'staged.txt'], check=True)\n"
+        "open(b'f-' + v + b'.txt', 'wb').write(b'plain')\n"
+        "open('work.txt', 'w').write('work')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
+    assert status_json(repo)["t"]["state"] == "failed"
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    raw = value.encode()
+    history = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=repo, capture_output=True, check=True
+    )
+    assert raw not in history.stdout
+    state = repo / ".git" / "swarm"
+    assert not [p for p in state.glob("state.db*") if raw in p.read_bytes()]
+    kept = repo.parent / "repo.swarm" / "t"
+    assert {p.name for p in kept.iterdir()} >= {"nl\nx.txt", "staged.txt", f"f-{value}.txt"}
+
+
 def test_a_secret_named_setting_of_a_word_or_a_value_already_committed_leaves_nothing_out(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -732,7 +732,7 @@ def checkpoint(
         literal = [f":(literal,top){path}" for path in linked]
         _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
-    secret = _holding_secrets(worktree, added)
+    secret = _holding_secrets(worktree)
     if secret:  # staged as they were at the last commit: never in one of swarm's commits
         literal = [f":(literal,top){path}" for path in secret]
         _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
@@ -749,12 +749,14 @@ def checkpoint(
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
 
 
-def _holding_secrets(worktree: Path, added: str) -> list[str]:
-    """The files `add --verbose` said it staged (*added*) that hold a secret value swarm knows.
+def _holding_secrets(worktree: Path) -> list[str]:
+    """The files staged in *worktree* whose content or name holds a secret value swarm knows.
 
     The values the redactor knows: of secret environment variables (an agent that dumped its
-    environment into a file) and of the task's ``copy`` files. Read from the worktree, as just
-    staged.
+    environment into a file) and of the task's ``copy`` files. Every file the index holds
+    changed from HEAD: what the checkpoint staged and what the agent staged itself, read from
+    the worktree as just staged, and listed by git NUL-separated (`add --verbose` prints a
+    name as it is, and a newline in one made it two lines, neither read).
     """
     # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
     # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
@@ -763,24 +765,28 @@ def _holding_secrets(worktree: Path, added: str) -> list[str]:
     ]
     if not values:
         return []
+    staged = runner.run_bytes(
+        worktree, "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=d"
+    ).stdout
     found = []
-    for line in added.splitlines():
-        if not (line.startswith("add '") and line.endswith("'")):
-            continue
-        path = line[5:-1]
+    for name in filter(None, staged.split(b"\0")):
+        path = os.fsdecode(name)
         try:
             with fs.open_file(worktree / path) as fh:
                 head = fh.read(_SECRET_SCAN_LIMIT)
-        except OSError:  # a directory (a gitlink), a name git quoted, gone meanwhile, a pipe
-            continue
+        except OSError:  # a directory (a gitlink), gone meanwhile, a pipe
+            head = b""
         held = [value for value in values if value in head]
-        if held and not _committed_with(worktree, path, held):
+        named = any(value in name for value in values)
+        if (held and not _committed_with(worktree, path, held)) or (
+            named and not _committed_with(worktree, path, [])
+        ):
             found.append(path)
     return found
 
 
 def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
-    """Whether *path* as last committed already held every one of *values* (not the agent's)."""
+    """Whether *path* was last committed, holding every one of *values* (not the agent's)."""
     shown = runner.run_bytes(worktree, "cat-file", "blob", f"HEAD:{path}", check=False)
     return shown.returncode == 0 and all(value in shown.stdout for value in values)
 
