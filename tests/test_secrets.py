@@ -573,6 +573,30 @@ def test_merge_refuses_a_branch_holding_a_credential_as_pr_does(
     assert "k" * 30 not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_merges_word_on_a_leak_shows_the_files_name_redacted_and_without_its_escapes(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    # The file's name was shown as it is: its escape sequence retitled your terminal, and
+    # a name made of a secret's value showed that value.
+    value = "DeployTok3nXYZ987"
+    monkeypatch.setenv("MY_DEPLOY_TOKEN", value)
+    leaky = write_agent(
+        "import os, subprocess\n"
+        "name = 'k\\x1b]0;PWNED\\x07-' + os.environ['MY_DEPLOY_TOKEN'] + '.txt'\n"
+        "open(name, 'w').write('x')\n"
+        "subprocess.run(['git', 'add', '--', name], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'debug'], check=True)\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(leaky), "-t", "leaky=x").returncode == 0
+    out = swarm(repo, "merge", "--dry-run", *(["--json"] if as_json else []))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "not merging swarm/leaky: " in out.stdout
+    assert "is named after the value of a secret" in out.stdout
+    assert value not in out.stdout + out.stderr
+    assert not {"\x1b", "\x07"} & set(out.stdout)
+
+
 @pytest.mark.parametrize("named", [[], ["child"]], ids=["all", "only-the-dependent"])
 def test_merge_skips_a_task_built_on_a_branch_that_carries_a_credential(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, named: list[str]

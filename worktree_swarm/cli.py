@@ -682,14 +682,23 @@ def merge_cmd(
             dry_run=dry_run,
             resolve=resolve,
             allow_outside_writes=allow_outside_writes,
-            progress=None if as_json else merge_text.MergeEcho(click.echo),
+            progress=None if as_json else merge_text.MergeEcho(_shown_line),
         )
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(redact(json.dumps(report.to_json(), indent=2)))
     else:
         for line in merge_text.merge_summary(report):
-            click.echo(line)
+            _shown_line(line)
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
+
+
+def _shown_line(line: str) -> None:
+    """Echo one line of a command's that can quote a branch's files or a program's output.
+
+    Redacted, printable only, one line: a file name or a check's output can hold a secret, an
+    escape sequence or a newline that would forge a line of its own.
+    """
+    click.echo(printable(without_escapes(redact(line)), keep=""))
 
 
 # -- pr command --

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra import redact
@@ -42,8 +43,8 @@ class Leak:
     why: str
 
     def __str__(self) -> str:
-        """One line naming the file and the reason."""
-        return f"{self.path} (commit {self.commit[:12]}) {self.why}"
+        """One line naming the file (as git quotes it, redacted: a name can be the secret)."""
+        return f"{redact.redact(path_text(self.path))} (commit {self.commit[:12]}) {self.why}"
 
 
 def find_leak(
