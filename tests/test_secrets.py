@@ -597,6 +597,26 @@ def test_merges_word_on_a_leak_shows_the_files_name_redacted_and_without_its_esc
     assert not {"\x1b", "\x07"} & set(out.stdout)
 
 
+@pytest.mark.parametrize("how", ["--name-only", "--json"])
+def test_diff_shows_a_file_named_after_a_secret_redacted(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    value = "DeployTok3nXYZ987"
+    monkeypatch.setenv("MY_DEPLOY_TOKEN", value)
+    agent = write_agent(
+        "import os, subprocess\n"
+        "name = 'f-' + os.environ['MY_DEPLOY_TOKEN'] + '.txt'\n"
+        "open(name, 'w').write('x')\n"
+        "subprocess.run(['git', 'add', '--', name], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'named'], check=True)\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    out = swarm(repo, "diff", how)
+    assert out.returncode == 0, out.stderr
+    assert "f-[REDACTED" in out.stdout
+    assert value not in out.stdout
+
+
 @pytest.mark.parametrize("named", [[], ["child"]], ids=["all", "only-the-dependent"])
 def test_merge_skips_a_task_built_on_a_branch_that_carries_a_credential(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, named: list[str]

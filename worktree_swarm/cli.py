@@ -28,7 +28,7 @@ from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.text import is_utf8, path_text, printable, without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, logtail
-from worktree_swarm.infra.redact import RedactingWriter, redact
+from worktree_swarm.infra.redact import RedactingWriter, redact, redact_data
 from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
 
@@ -600,12 +600,14 @@ def diff_cmd(
         for d in diffs:  # the secrets of their `env` and `copy` files are redacted too
             status.know_task_secrets(repo, store, run_id, d.task_id)
     if as_json:
-        click.echo(json.dumps({"run_id": run_id, "tasks": [d.to_json() for d in diffs]}, indent=2))
+        # A file's name can be a key as well as what it holds.
+        shown = redact_data({"run_id": run_id, "tasks": [d.to_json() for d in diffs]})
+        click.echo(json.dumps(shown, indent=2))
         return ExitCode.OK
     if name_only:
         for d in diffs:
             click.echo(diff.format_header(d))
-            click.echo("".join(f"  {path_text(f.path)}\n" for f in d.files), nl=False)
+            click.echo("".join(f"  {redact(path_text(f.path))}\n" for f in d.files), nl=False)
         return ExitCode.OK
     for d, text in diff.patches(repo, diffs, stat=stat):
         click.echo(diff.format_header(d))
