@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.git.repo import open_repo
@@ -174,3 +177,40 @@ def test_a_broken_tip_in_a_shared_pack_costs_the_others_nothing(tmp_path: Path) 
     guard._keep_task_work(refs, tmp_path / "g" / "keep", only="refs/heads/swarm/good")
     assert guard._packed == {"refs/heads/swarm/good": good}
     assert good in packed_objects(tmp_path / "g" / "keep")
+
+
+@pytest.mark.parametrize("new_branch", [True, False], ids=["made", "moved"])
+def test_a_task_handed_over_while_no_file_can_be_opened_keeps_its_branch(
+    tmp_path: Path, new_branch: bool
+) -> None:
+    """Out of file descriptors, the guard read no tip when the task ended, and its next scan
+    took the task's branch for another agent's doing: deleted (its commit on no branch), or,
+    moved, put back from before the task's commit."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    path = tmp_path / "wt" / "t"
+    if not new_branch:
+        git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(path))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    identity = identity_of(os.getpid())
+    assert identity is not None
+    guard.agent_started("other", identity)  # another task's agent runs meanwhile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with guard.busy("t", path):
+            if new_branch:
+                git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(path))
+            (path / "t.txt").write_text("work\n")
+            git(path, "add", "-A")
+            git(path, "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", "work")
+            tip = git(path, "rev-parse", "HEAD")
+            lowest_free = os.dup(0)
+            os.close(lowest_free)
+            # From here no file opens, no pipe is made, no git starts (EMFILE): the hand-over.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert guard.drain_failures(), "no read failed: this tests nothing"
+    assert guard.scan() == []
+    assert git(repo, "rev-parse", "refs/heads/swarm/t") == tip
+    guard.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -1024,3 +1025,22 @@ def test_tasks_with_overlapping_files_never_run_together(
     # docs overlaps neither, so it ran alongside them.
     assert d_start < max(a_end, b_end)
     assert d_end > min(a_start, b_start)
+
+
+def test_a_run_started_with_few_open_files_allowed_finishes_every_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """A manager holds a few files per task (git's pipes, logs, the guard's watches): under a
+    low soft limit (macOS's is 256) the guard's reads failed and every task with them. The
+    manager raises its soft limit as far as the hard one lets it."""
+    agent = " ".join(write_agent("open('out.txt', 'w').write('x')\n"))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    tasks = [arg for i in range(16) for arg in ("-t", f"t{i}=x")]
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", agent, "-j", "8", *tasks]
+    out = subprocess.run(
+        argv, cwd=repo, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        check=False, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard)),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads(swarm(repo, "status", "--json").stdout)["tasks"]
+    assert {r["state"] for r in rows} == {"done"}, rows

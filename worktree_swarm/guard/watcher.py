@@ -246,7 +246,10 @@ class Guard:
         self._queue_lock = threading.Lock()  # ``_queued``
         self._reported: set[tuple[str, str]] = set()  # (ref, tip) reported broken
         self._provisioning: set[str] = set()  # the `.git` of each worktree swarm is making
-        self._pinned: set[str] = set()  # busy tasks whose branch only swarm moves now
+        # Busy tasks whose branch only swarm moves now; task branches whose tip could not be
+        # read when their task ended (no file descriptor left, git failing): the next refs
+        # scan takes those as it finds them, judging nothing.
+        self._pinned, self._unread = set[str](), set[str]()
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
@@ -989,10 +992,15 @@ class Guard:
                 place = self._baseline(task_id, path)
                 if status_field(place.status, "head") == branch.removeprefix("refs/heads/"):
                     tip = status_field(place.status, "oid")
-        if tip is None:
+        read = tip is not None
+        if not read:
             with self._job("refs"):  # not rev-parse: the tip's object may be missing
                 out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", branch)
                 tip = out.strip() or None
+                read = True
+        if not read:  # no baseline: never a move of the guard's own making to undo
+            with self._repo_lock:
+                self._unread.add(branch)
         if tip is not None:
             with self._repo_lock:
                 refs = {**self._refs, branch: tip}
@@ -1247,6 +1255,11 @@ class Guard:
         # Without the guard's lock: a task counts as busy from before its branch can move
         # until after its tip is the baseline (see _release).
         busy = set(self._busy)
+        with self._repo_lock:
+            unread, self._unread = self._unread, set()
+        for ref in unread:
+            self._log(f"{ref}: its tip was not read when its task ended; taken as found")
+            self._set_ref(ref, now.get(ref))
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import stat
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -97,3 +99,20 @@ def output_files() -> list[Path]:
         if target.is_absolute() and target.exists() and target not in found:
             found.append(target)
     return found
+
+
+OPEN_FILES_WANTED = 8192
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> None:
+    """Raise this process's soft limit of open files towards *wanted*, within the hard limit.
+
+    A manager holds a few files per task (git's pipes, logs, the guard's watches); at the
+    1024 of many systems' soft limit, or macOS's 256, a batch at high ``--jobs`` ran out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        # Refused, it stays as it is: the guard and the tasks say what ran out.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

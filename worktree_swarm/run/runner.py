@@ -239,6 +239,7 @@ class Runner:
         re-raises once the state is consistent.
         """
         self.store.on_full = faults.Pause(run_dir(self.repo, self.run_id)).wait
+        proc.raise_open_file_limit()
         previous_hook = threading.excepthook
         threading.excepthook = faults.thread_hook(self.manager_log)
         try:
