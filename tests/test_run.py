@@ -1044,3 +1044,24 @@ def test_a_run_started_with_few_open_files_allowed_finishes_every_task(
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads(swarm(repo, "status", "--json").stdout)["tasks"]
     assert {r["state"] for r in rows} == {"done"}, rows
+
+
+def test_a_run_whose_output_no_one_reads_any_more_finishes_every_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """`swarm run ... | head -1`: the next line's broken pipe killed the manager, its agents
+    left running unwatched, one task failed with an internal error."""
+    agent = " ".join(write_agent("import time\ntime.sleep(0.3)\nopen('out.txt', 'w').write('x')\n"))
+    tasks = [arg for i in range(6) for arg in ("-t", f"t{i}=x")]
+    errors = repo.parent / "stderr.txt"
+    with errors.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", agent, *tasks],
+            cwd=repo, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"run ")
+    proc.stdout.close()  # as `head -1` does
+    assert proc.wait(timeout=120) == 0, errors.read_text()
+    rows = json.loads(swarm(repo, "status", "--json").stdout)["tasks"]
+    assert {r["state"] for r in rows} == {"done"}, rows

@@ -400,12 +400,17 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
 
 
 def _execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool) -> int:
+    from worktree_swarm.ui.live import output_gone
+
     with _observer(store, as_json=as_json) as observer:
         runner = make(observer)
         with _sigterm_as_interrupt():
             states = runner.execute()
     if not as_json:
-        _print_summary(store, runner.run_id)
+        try:
+            _print_summary(store, runner.run_id)
+        except OSError:  # no one reads it any more: how the tasks ended decides the exit code
+            output_gone(sys.stdout)
     ok = all(s is TaskState.DONE for s in states.values())
     return ExitCode.OK if ok else ExitCode.TASK_FAILED
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TextIO, cast
+from typing import IO, Self, TextIO, cast
 
 from rich.console import Console
 from rich.live import Live
@@ -75,8 +76,29 @@ class PlainObserver:
             line = f"run {data.get('status')}"
         else:
             return
+        self._say(line if self._json else printable(redact(line)))
+
+    def _say(self, line: str) -> None:
         with self._lock:
-            print(line if self._json else printable(redact(line)), file=self._out, flush=True)
+            try:
+                print(line, file=self._out, flush=True)
+            except OSError:  # its reader went away (`| head -1`), its terminal closed
+                output_gone(self._out)
+
+
+def output_gone(stream: IO[str]) -> None:
+    """Point *stream*'s file at /dev/null: what is still said goes nowhere, the run goes on.
+
+    A run whose output no one reads any more (`swarm run | head -1`, a closed terminal) was
+    killed by the error of its next line, its agents left running unwatched.
+    """
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    except (OSError, ValueError):
+        pass  # not a file of its own (a test's buffer): nothing is written there anyway
+    finally:
+        os.close(null)
 
 
 def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
@@ -143,4 +165,7 @@ class LiveTable:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._live.__exit__(exc_type, exc, tb)
+        try:
+            self._live.__exit__(exc_type, exc, tb)
+        except OSError:  # its last drawing, on a terminal that closed
+            output_gone(self._console.file)
