@@ -117,3 +117,17 @@ def test_free_text_agents_are_judged_at_exit_only(tmp_path: Path) -> None:
     log.write_text("Task: handle 429 Too Many Requests and rate limit exceeded errors\n")
     for profile in ("command", "aider", "scripted"):
         assert LogTail(path=log, profile=profile).poll(now=NOW) == []
+
+
+def test_a_limits_message_holding_escape_sequences_is_a_reason_without_them(
+    tmp_path: Path,
+) -> None:
+    # The message became a wait's reason on every waiting task's row in `swarm watch`, and its
+    # OSC 52 reached the terminal (Rich drops a BEL but not an ESC): the clipboard written.
+    log = tmp_path / "attempt.log"
+    message = '\x1b]52;c;UFdORUQ=\x07\x1b]0;PWN\x07 usage_limit_reached "resets_at": 5'
+    log.write_text(json.dumps({"type": "error", "message": message}) + "\n")
+    (found,) = LogTail(path=log, profile="codex").poll(now=NOW)
+    assert found.signal is not Signal.OK
+    assert found.detail.isprintable()
+    assert "usage_limit_reached" in found.detail

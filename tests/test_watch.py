@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sqlite3
 import subprocess
@@ -25,7 +26,7 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.ui import watch_actions
-from worktree_swarm.ui.watch import WatchApp, cells
+from worktree_swarm.ui.watch import WatchApp, cells, details
 
 # Writes a file, says so, then waits for a marker file (or runs forever without one).
 SLOW_AGENT = """
@@ -186,6 +187,11 @@ def test_a_reason_in_brackets_is_shown_as_typed() -> None:
         worktree="/w/t",
     )
     assert cells(row, marked=False)[-1].plain == "[agent] giving up on list[str]"
+    # Whatever reached a reason raw (a rate limit's message, recorded before it was made one
+    # printable line) shows without its escape sequence: Rich drops a BEL, not an ESC.
+    odd = dataclasses.replace(row, reason="\x1b]52;c;UFdO\x07\x1b]0;PWN\x07 waits\nforged")
+    assert cells(odd, marked=False)[-1].plain.isprintable()
+    assert details(dataclasses.replace(row, branch="swarm/\x1b[2Jt")).plain.isprintable()
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

@@ -114,7 +114,11 @@ class LogTail:
             limited, reset = classify_rate_limit(text, now=now)
             if not limited and status not in _THROTTLE_STATUSES:
                 return None
-            detail = f"HTTP {status}" if status in _THROTTLE_STATUSES else one_line(text, limit=80)
+            detail = (
+                f"HTTP {status}"
+                if status in _THROTTLE_STATUSES
+                else one_line(text, limit=80, controls=True)
+            )
             return Limit(signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=detail)
         return None
 
@@ -143,5 +147,7 @@ def _codex(obj: dict[str, Any], *, now: float) -> Limit | None:
     if not limited:
         return None
     return Limit(
-        signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=one_line(text, limit=80)
+        signal=limit_kind(retry_at=reset, now=now),
+        retry_at=reset,
+        detail=one_line(text, limit=80, controls=True),
     )

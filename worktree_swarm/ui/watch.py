@@ -66,8 +66,17 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
         Text(duration(row.elapsed_s) if row.elapsed_s is not None else "-"),
         Text(f"${row.cost_usd:.2f}" if row.cost_usd is not None else "-"),
         Text(diffstat),
-        Text(why[:80]),
+        _plain(why[:80]),
     )
+
+
+def _plain(text: str) -> Text:
+    """*text* from outside (an agent's words, a rate limit's message) as one printable line.
+
+    Rich drops a BEL but not an ESC: an escape sequence in a wait's reason reached the
+    terminal (OSC 52 writes the clipboard).
+    """
+    return Text(printable(redact(text), keep=""))
 
 
 def _gone(row: TaskStatus, kept: str) -> str:
@@ -84,7 +93,7 @@ def details(row: TaskStatus) -> Text:
         parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
     if row.pr_number is not None:
         parts.append(f"PR #{row.pr_number} {row.pr_state or 'open'} {row.pr_url or ''}".strip())
-    return Text("  ·  ".join(parts))
+    return _plain("  ·  ".join(parts))
 
 
 @dataclass(slots=True)
@@ -340,6 +349,7 @@ class WatchApp(App[None]):
         self._say(f"quitting once {', '.join(self._busy)} ends (Ctrl-C cuts it off there)", ok=True)
 
     def _say(self, message: str, *, ok: bool) -> None:
+        message = printable(redact(message), keep="\n")
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
