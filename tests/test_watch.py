@@ -623,3 +623,40 @@ def test_a_diff_longer_than_the_pane_holds_is_cut_and_says_where_the_rest_is(
         run_async(drive)
     finally:
         store.close()
+
+
+def test_a_pane_that_cannot_be_filled_says_why_and_the_screen_stays_up(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `c` with the integration worktree dirty: the prediction's error ended the screen and
+    # Textual printed its traceback with every local variable, a task's secret `env` too.
+    monkeypatch.setenv("DEPLOY_TOKEN", "sk-live-SUPERSECRET-1234567890")
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a")
+    assert out.returncode == 0, out.stderr
+    assert swarm(repo, "merge").returncode == 0
+    (integration,) = (repo.parent / "repo.swarm").glob("_integration-*")
+    (integration / "x.txt").write_text("your fix, not committed\n")
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            await pilot.press("c")
+            view = app.query_one("#conflicts-view")
+            await until(pilot, lambda: "no prediction" in "\n".join(view.lines), "the reason")
+            assert "uncommitted changes" in "\n".join(view.lines)
+            # A diff loaded for a task selected before (a thread cannot be stopped) is dropped,
+            # not shown under the task selected since.
+            await pilot.press("d")
+            diff_view = app.query_one("#diff-view")
+            await until(pilot, lambda: "+x" in "\n".join(diff_view.lines), "aa's diff")
+            app._fill("#diff-view", "zz's diff", task_id="zz")
+            assert "zz's diff" not in "\n".join(diff_view.lines)
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+    assert app.crashed is None

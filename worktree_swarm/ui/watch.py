@@ -134,6 +134,7 @@ class WatchApp(App[None]):
         self._follow = _Follow()
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
+        self.crashed: Exception | None = None  # what ended the screen, raised by watch()
 
     def compose(self) -> ComposeResult:
         """Header, task table, details line, the panes, key bar."""
@@ -246,23 +247,50 @@ class WatchApp(App[None]):
 
     @work(thread=True, exclusive=True, group="diff")
     def _load_diff(self, task_id: str) -> None:
-        found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
-        text = diff.patch(self.repo, found[0]) if found else ""
-        text = _shown(text, f"`swarm diff {task_id}` prints all of it")
-        self.call_from_thread(self._fill, "#diff-view", text or f"{task_id}: no changes yet")
+        try:
+            found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
+            text = diff.patch(self.repo, found[0]) if found else ""
+            text = _shown(text, f"`swarm diff {task_id}` prints all of it")
+        except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
+            text = _shown(f"{task_id}: its diff cannot be shown: {exc}", "")
+        text = text or f"{task_id}: no changes yet"
+        self.call_from_thread(self._fill, "#diff-view", text, task_id=task_id)
 
     @work(thread=True, exclusive=True, group="conflicts")
     def _load_conflicts(self) -> None:
         from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
 
-        report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
-        text = _shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
+        try:
+            report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
+            text = _shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
+        except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
+            text = _shown(f"no prediction: {exc}", "")
         self.call_from_thread(self._fill, "#conflicts-view", text)
 
-    def _fill(self, selector: str, text: str) -> None:
+    def _fill(self, selector: str, text: str, *, task_id: str | None = None) -> None:
+        """Show *text* in the pane; a task's, only while that task is the one selected.
+
+        A thread cannot be stopped: a slow diff of a task selected before would overwrite
+        the pane of the task selected since, unnamed.
+        """
+        if task_id is not None and task_id != self.selected:
+            return
         view = self.query_one(selector, Log)
         view.clear()
         view.write(text)
+
+    def _fatal_error(self) -> None:
+        """End the screen after an error of swarm's own, without Textual's traceback.
+
+        Textual prints one with every local variable's value (a task's ``env``, its secret
+        values in it): the error is raised by :func:`watch` instead, as any command's is.
+        """
+        self.bell()
+        self._close_messages_no_wait()
+
+    def _handle_exception(self, error: Exception) -> None:
+        self.crashed = self.crashed or error
+        super()._handle_exception(error)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -377,3 +405,5 @@ def watch(repo: git.Repo, run_id: str | None) -> None:
             app.run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if app.crashed is not None:
+            raise app.crashed
