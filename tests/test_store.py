@@ -22,6 +22,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
+from worktree_swarm.infra import store as store_module
 from worktree_swarm.infra.faults import DiskFullError, is_full
 from worktree_swarm.infra.store import (
     MIGRATIONS,
@@ -699,3 +700,35 @@ def test_a_store_put_back_over_an_empty_one_another_command_made_keeps_its_runs(
             ("a", "done"),
             ("b", "pending"),
         ]
+
+
+def test_a_managers_write_waits_out_a_lock_another_program_holds(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `sqlite3` shell left in a transaction (a backup, a DB browser) held the write lock
+    # past the busy timeout: the task being recorded failed, its finished work not committed.
+    monkeypatch.setattr(store_module, "BUSY_SECONDS", 0.05)
+    with Store(db_path) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root="/r", jobs=1, manager=None, spec_json="{}"
+        )
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        told: list[str] = []
+
+        def on_full(exc: Exception | None) -> None:
+            told.append("" if exc is None else str(exc))
+            if exc is not None:
+                holder.execute("COMMIT")  # the other program ends its transaction meanwhile
+
+        store.on_full = on_full
+        store.add_event("r", "note", data={"n": 1})
+        holder.close()
+        assert told == ["database is locked", ""]
+        assert [e.kind for e in store.events("r")][-1] == "note"
+        store.on_full = None  # a command, not a manager: one clear error
+        again = sqlite3.connect(db_path, isolation_level=None)
+        again.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.add_event("r", "note", data={"n": 2})
+        again.close()

@@ -51,6 +51,11 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
+def is_locked(exc: BaseException) -> bool:
+    """Whether *exc* is SQLite's: another connection held the write lock past the timeout."""
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc).lower()
+
+
 def why(exc: BaseException) -> str:
     """What a full disk said: ``No space left on device``, ``database or disk is full``."""
     if isinstance(exc, OSError) and exc.errno:
@@ -129,7 +134,11 @@ class Pause:
                 self._since = time.time()
             delay = self._delay
             self._delay = min(_RETRY_MAX, self._delay * 2)
-            reason = f"paused: the disk is full ({why(exc)}); retrying"
+            reason = (
+                "paused: another program holds the state database's write lock; retrying"
+                if is_locked(exc)
+                else f"paused: the disk is full ({why(exc)}); retrying"
+            )
             self._write({"reason": reason, "since": self._since})
         self._stopping.wait(delay)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
-from worktree_swarm.infra.faults import DiskFullError, full_message, is_full
+from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data
 
 if TYPE_CHECKING:
@@ -355,6 +355,9 @@ def _tuples(value: object) -> object:
     return value
 
 
+BUSY_SECONDS = 30.0  # how long a write waits for another connection's lock, then fails
+
+
 def _waits_for_space(method: _F) -> _F:
     """A write that fails for a full (or failing) disk: handed to ``on_full`` and retried.
 
@@ -368,7 +371,9 @@ def _waits_for_space(method: _F) -> _F:
             try:
                 result = method(self, *args, **kwargs)
             except (sqlite3.OperationalError, OSError) as exc:
-                if not is_full(exc):
+                # A write lock another program holds past the busy timeout (a `sqlite3` shell
+                # left in a transaction, a backup) is waited out by a manager like a full disk.
+                if not (is_full(exc) or (self.on_full is not None and is_locked(exc))):
                     raise
                 if self.on_full is None:
                     what = f"the state database {self.path}"
@@ -443,7 +448,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         made = not path.exists()
         self._conn = sqlite3.connect(
-            path, timeout=30, isolation_level=None, check_same_thread=False
+            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
         )
         try:
             self._conn.row_factory = sqlite3.Row
@@ -550,7 +555,7 @@ class Store:
                     leftover.unlink(missing_ok=True)
             self._conn.close()
             self._conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
             )
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA foreign_keys = ON")
