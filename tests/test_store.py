@@ -729,6 +729,6 @@ def test_a_managers_write_waits_out_a_lock_another_program_holds(
         store.on_full = None  # a command, not a manager: one clear error
         again = sqlite3.connect(db_path, isolation_level=None)
         again.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(SwarmError, match="is locked by another program"):
             store.add_event("r", "note", data={"n": 2})
         again.close()

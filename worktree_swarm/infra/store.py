@@ -373,6 +373,11 @@ def _waits_for_space(method: _F) -> _F:
             except (sqlite3.OperationalError, OSError) as exc:
                 # A write lock another program holds past the busy timeout (a `sqlite3` shell
                 # left in a transaction, a backup) is waited out by a manager like a full disk.
+                if self.on_full is None and is_locked(exc):
+                    raise SwarmError(
+                        f"the state database {self.path} is locked by another program (a"
+                        " `sqlite3` shell in a transaction?); try again once it lets go"
+                    ) from exc
                 if not (is_full(exc) or (self.on_full is not None and is_locked(exc))):
                     raise
                 if self.on_full is None:
