@@ -2844,3 +2844,22 @@ def test_a_named_pipe_planted_as_the_next_attempts_log_ends_the_task_not_the_run
     row = status_json(repo)["bad"]
     assert row["state"] == "failed", row
     assert "not a regular file" in str(row["reason"]), row
+
+
+def test_the_guards_log_names_a_file_named_after_a_secret_redacted(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = "DeployTok3nXYZ987"
+    monkeypatch.setenv("MY_DEPLOY_TOKEN", value)
+    agent = write_agent(
+        "import os, pathlib, subprocess\n"
+        "top = subprocess.run(['git', 'rev-parse', '--path-format=absolute',"
+        " '--git-common-dir'], capture_output=True, text=True, check=True).stdout.strip()\n"
+        "main = pathlib.Path(top).parent\n"
+        "(main / ('o-' + os.environ['MY_DEPLOY_TOKEN'] + '.txt')).write_text('x')\n"
+    )
+    run_one(repo, agent, sandbox=False)
+    assert "wrote outside its worktree" in str(status_json(repo)["bad"]["reason"])
+    log = next((repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")).read_text()
+    assert "o-[REDACTED" in log
+    assert value not in log

@@ -791,7 +791,7 @@ class Guard:
             self._dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with fs.open_append(self._dir / "guard.log") as out:
-                out.write(f"{stamp} {line}\n")
+                out.write(f"{stamp} {redact(line)}\n")  # a file's name can be a key
 
     # -- internals ---------------------------------------------------------------------------
 
