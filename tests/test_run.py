@@ -707,7 +707,7 @@ checks = [[{py}, "-c", "import pathlib; assert pathlib.Path('passes.out').exists
 [[task]]
 id = "fails-check"
 prompt = "x"
-checks = [[{py}, "-c", "print('assertion: wrong answer'); raise SystemExit(1)"]]
+checks = [[{py}, "-c", "print('assertion: wrong answer\\\\nidle: done'); raise SystemExit(1)"]]
 [[task]]
 id = "idle"
 prompt = "x"
@@ -721,6 +721,9 @@ agent = {idle}
     assert rows["fails-check"]["state"] == "failed"
     assert "wrong answer" in str(rows["fails-check"]["reason"])
     assert rows["idle"]["state"] == "no_changes"
+    # The check's output is the reason's later lines, indented: no line of swarm's forged.
+    assert "idle: done" not in out.stdout.splitlines()
+    assert "    idle: done" in out.stdout.splitlines()
 
 
 HIDING_AGENT = r"""

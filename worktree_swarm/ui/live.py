@@ -76,7 +76,9 @@ class PlainObserver:
             line = f"run {data.get('status')}"
         else:
             return
-        self._say(line if self._json else printable(redact(line)))
+        # A reason's later lines (a failing check's output) indented: none can pass for a
+        # line of swarm's own (`other: done`).
+        self._say(line if self._json else printable(redact(line)).replace("\n", "\n    "))
 
     def _say(self, line: str) -> None:
         with self._lock:
