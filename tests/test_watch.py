@@ -128,11 +128,14 @@ def test_stop_key_stops_a_real_agent_and_retry_starts_one(
             await until(pilot, lambda: app.rows["beta"].state == "done", "beta done", 90)
             await until(pilot, lambda: manager_gone(repo), "the manager to end")
             await pilot.press("r")
+            await pilot.press("r")  # pressed twice: one retry (each started one, 1 -> 3)
             await until(
                 pilot, lambda: len(store.attempts(app.run_id, "alpha")) == 2, "a new attempt", 90
             )
             await until(pilot, lambda: app.rows["alpha"].state == "done", "alpha done", 90)
             assert any(m.startswith("retrying alpha") for m in app.messages), app.messages
+            assert "alpha: its retry is asked for; it shows here once it starts" in app.messages
+            assert len(store.attempts(app.run_id, "alpha")) == 2
 
     try:
         run_async(drive)

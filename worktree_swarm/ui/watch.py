@@ -134,6 +134,7 @@ class WatchApp(App[None]):
         self._follow = _Follow()
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
+        self._retried: dict[str, int] = {}  # task -> its attempt when `r` asked for a retry
         self.crashed: Exception | None = None  # what ended the screen, raised by watch()
 
     def compose(self) -> ComposeResult:
@@ -316,8 +317,32 @@ class WatchApp(App[None]):
         self._act("stop", watch_actions.stop)
 
     def action_retry(self) -> None:
-        """Run the selected (finished, not done) task again."""
-        self._act("retry", watch_actions.retry)
+        """Run the selected (finished, not done) task again; once until its new attempt shows.
+
+        A second `r` before the detached retry's manager has its lock (or after a quick
+        attempt has ended) would retry the task again.
+        """
+        task_id = self.selected
+        row = self.rows.get(task_id) if task_id is not None else None
+        if task_id is None or row is None:
+            return
+        if self._retried.get(task_id) == row.attempt:
+            self._say(f"{task_id}: its retry is asked for; it shows here once it starts", ok=False)
+            return
+        self._retried[task_id] = row.attempt
+
+        def retry(
+            repo: git.Repo, store: Store, run_id: str, task: str
+        ) -> watch_actions.ActionResult:
+            result = watch_actions.ActionResult(ok=False, message="")
+            try:
+                result = watch_actions.retry(repo, store, run_id, task)
+                return result
+            finally:
+                if not result.ok:  # refused or failed: `r` asks again
+                    self.call_from_thread(lambda: self._retried.pop(task, None))
+
+        self._act("retry", retry)
 
     def action_pull_request(self) -> None:
         """Open or update the selected done task's pull request."""
@@ -374,7 +399,7 @@ class WatchApp(App[None]):
             self.exit()
             return
         self._quit_when_done = True
-        self._say(f"quitting once {', '.join(self._busy)} ends (Ctrl-C cuts it off there)", ok=True)
+        self._say(f"quitting once {', '.join(self._busy)} ends", ok=True)
 
     def _say(self, message: str, *, ok: bool) -> None:
         message = printable(redact(message), keep="\n")
@@ -394,7 +419,7 @@ def _shown(text: str, rest: str) -> str:
 
 def watch(repo: git.Repo, run_id: str | None) -> None:
     """Open the store, pick the run and show the screen until the user quits."""
-    with status.open_store(repo) as store:
+    with status.open_store(repo, to_read=True) as store:
         chosen = status.resolve_run(store, run_id)
         # Over SSH without a terminfo entry Textual still works; only a missing TERM is fatal.
         os.environ.setdefault("TERM", "xterm-256color")
