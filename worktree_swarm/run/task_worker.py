@@ -863,7 +863,7 @@ class TaskWorker(RunWorker):
         self, task: Task, live: Live, agent: supervisor.Supervised, started_at: float
     ) -> _Ended:
         """Wait for the agent to end, enforcing timeouts and stop requests."""
-        deadline = started_at + task.timeout if task.timeout else None
+        timeouts = _Timeouts.start(task, agent, started_at)
         adapter = adapter_for(task.agent)
         # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
         # its log: it is stopped there, so that the gate decides when to go on.
@@ -896,13 +896,7 @@ class TaskWorker(RunWorker):
                 result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 self._report_end(task.id, provider, result, live=tail)
                 return _Ended(result=result)
-            cut: tuple[TaskState, str] | None = None
-            if live.stop.is_set():
-                cut = (TaskState.STOPPED, "stopped")
-            elif deadline is not None and time.time() >= deadline:
-                cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
-            elif task.idle_timeout and agent.idle_seconds() >= task.idle_timeout:
-                cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
+            cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed()
             if cut is not None:
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
@@ -1104,6 +1098,48 @@ def check_failed(failure: CheckFailure) -> TaskOutcome:
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+
+
+@dataclass(slots=True)
+class _Timeouts:
+    """A running agent's ``timeout`` and ``idle_timeout``, counted on the monotonic clock.
+
+    A step of the wall clock (NTP, a VM or laptop resumed) would time out every agent at
+    once, or none; the time asleep does not count either.
+    """
+
+    task: Task
+    log: Path
+    deadline: float | None
+    size: int  # of the log when last looked at
+    quiet_from: float  # when it last grew
+
+    @classmethod
+    def start(cls, task: Task, agent: supervisor.Supervised, started_at: float) -> _Timeouts:
+        """From now, for *agent* started at *started_at* (wall clock: an adopted one's too)."""
+        now = time.monotonic()
+        left = started_at + task.timeout - time.time() if task.timeout else None
+        return cls(
+            task=task,
+            log=agent.log_path,
+            deadline=None if left is None else now + max(0.0, left),
+            size=_log_size(agent.log_path),
+            quiet_from=now - agent.idle_seconds(),
+        )
+
+    def passed(self) -> tuple[TaskState, str] | None:
+        """The timeout that has passed, as the state and reason it ends the attempt with."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            return TaskState.TIMED_OUT, f"timed out after {self.task.timeout:g}s"
+        idle = self.task.idle_timeout
+        if idle:
+            size = _log_size(self.log)
+            if size != self.size:
+                self.size, self.quiet_from = size, now
+            if now - self.quiet_from >= idle:
+                return TaskState.TIMED_OUT, f"no output for {idle:g}s"
+        return None
 
 
 def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
