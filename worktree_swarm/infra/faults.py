@@ -184,9 +184,20 @@ def thread_hook(log: Path) -> Callable[[threading.ExceptHookArgs], None]:
     return hook
 
 
+def note(log: Path, text: str) -> None:
+    """Append a stamped line that is no error (what the manager waits for) to *log*."""
+    _write_entry(log, f"{_stamp()} {text}\n")
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+
 def _append(log: Path, where: str, text: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    entry = f"{stamp} internal error in {where}\n{text}\n"
+    _write_entry(log, f"{_stamp()} internal error in {where}\n{text}\n")
+
+
+def _write_entry(log: Path, entry: str) -> None:
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_append(log) as fh:

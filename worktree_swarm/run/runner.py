@@ -55,6 +55,7 @@ Observer = Emit  # what the CLI hands the run: the same event sink
 # task's agent config (sessions a resume needs) and tmp, and the guards' directories, the run's
 # and a `swarm merge`'s: those hold hard links to your repository's object files while their
 # command runs, which a rewrite in place would corrupt (a merge may still run as the run ends).
+_STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
 SCRUB_SKIP = ("*/agent-config", "*/tmp", "guard", "merge/guard")
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
@@ -98,6 +99,7 @@ class Runner:
         self._adopt: dict[str, Live] = {}
         self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
+        self._starved = False  # the last task's thread could not start
         self.gate = Gates(
             spec.jobs,
             max_cost_usd=spec.max_cost_usd,
@@ -267,6 +269,9 @@ class Runner:
                     self._stop_pending("budget reached before it started")
                 else:
                     self._launch_ready()
+                if not self._live and self._starved:
+                    self._stopping.wait(_STARVED_WAIT)  # threads ended elsewhere free up
+                    continue
                 if not self._live:
                     break
                 self._wait_for_one()
@@ -337,7 +342,8 @@ class Runner:
             if live.resume_from is not None and live.resume_from.ended_at is None
         ]  # fmt: skip
         for live in self._adopt.values():
-            self._launch(live)
+            while not self._launch(live):
+                self._stopping.wait(_STARVED_WAIT)
             self._states[live.task.id] = TaskState.RUNNING
         self._adopt.clear()
         for live in open_ones:
@@ -359,7 +365,8 @@ class Runner:
             waits=lambda task: resting > 0 and self._held(task),
         )
         for task_id in picked:
-            self._launch(Live(task=self._tasks[task_id], port_slot=None))
+            if not self._launch(Live(task=self._tasks[task_id], port_slot=None)):
+                break  # no thread for it now: pending, picked again later
             # In flight for the scheduler; the store says `running` once the agent starts.
             self._states[task_id] = TaskState.RUNNING
 
@@ -371,7 +378,12 @@ class Runner:
         """Whether a rate limit holds *task*'s provider (its agent's, fallbacks aside)."""
         return self.gate.waiting_until(provider_of(task.agent)) is not None
 
-    def _launch(self, live: Live) -> None:
+    def _launch(self, live: Live) -> bool:
+        """Start *live*'s worker thread; False when no thread can start now (it is not live).
+
+        Under a limit of processes (``ulimit -u``: threads count) the manager died of
+        `can't start new thread`, its agents left running unwatched.
+        """
         live.rank = self._scheduler.rank(live.task.id)
         if live.port_slot is None:
             held = [*self._live.values(), *self._adopt.values()]  # adopted ones start first
@@ -381,7 +393,17 @@ class Runner:
         live.thread = threading.Thread(
             target=self._work, args=(live,), name=f"swarm-{live.task.id}", daemon=True
         )
-        live.thread.start()
+        try:
+            live.thread.start()
+        except RuntimeError:
+            del self._live[live.task.id]
+            live.thread = None
+            if not self._starved:
+                faults.note(self.manager_log, "no thread can start now; launching waits")
+            self._starved = True
+            return False
+        self._starved = False
+        return True
 
     def _work(self, live: Live) -> None:
         try:
