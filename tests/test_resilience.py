@@ -939,6 +939,30 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
+def test_a_state_database_replaced_by_garbage_under_a_run_is_written_back(
+    repo: Path, fake_claude: Path
+) -> None:
+    """What an agent without --sandbox can do to stop the guard: the manager's look at the
+    file opened it with the store's own write-ahead log, which SQLite then wrote into the
+    garbage and dropped; the manager died of `no such table`, its agents unwatched."""
+    proc = run_waiting(repo, fake_claude)
+    try:
+        wait_for((fake_claude / "a.pid").exists, what="the agent")
+        garbage = repo.parent / "garbage"
+        garbage.write_bytes(bytes(range(256)) * 32)
+        garbage.replace(repo / ".git" / "swarm" / "state.db")
+        (fake_claude / "go").touch()
+        code = proc.wait(timeout=60)
+    finally:
+        (fake_claude / "go").touch()
+        proc.kill()
+    out = (repo.parent / "bg.log").read_text()
+    assert code == 0, out
+    assert "is written back" in out
+    assert status_json(repo)["a"]["state"] == "done"
+    assert branch_file(repo, "swarm/a", "a.txt") == "finished"
+
+
 @pytest.mark.parametrize("command", ["status", "logs", "resume"])
 def test_a_look_at_a_state_directory_deleted_under_a_live_manager_says_so(
     repo: Path, fake_claude: Path, command: str

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
+from worktree_swarm.infra import fs
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data
 
@@ -397,6 +398,18 @@ class StoreNotWritableError(BadInputError):
     """The state database cannot be written: its directory or file is read-only."""
 
 
+_HEADER = b"SQLite format 3\x00"
+
+
+def _is_database(path: Path) -> bool:
+    """Whether *path* starts as an SQLite database does (an empty file does not)."""
+    try:
+        with fs.open_file(path) as fh:
+            return fh.read(len(_HEADER)) == _HEADER
+    except OSError:
+        return False
+
+
 def _open_last_written(path: Path) -> sqlite3.Connection:
     """*path* opened to read only: with the log of recent changes, else the file alone.
 
@@ -576,7 +589,9 @@ class Store:
         now = _identity(self.path)
         if now == self._file:
             return False
-        if now is None:
+        if now is None or not _is_database(self.path):
+            # Another file moved there (an agent's garbage): never opened with SQLite, which
+            # would take this store's write-ahead log, still at the path, for that file's.
             return True
         try:
             with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as other:
