@@ -939,18 +939,30 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
-def test_a_state_database_replaced_by_garbage_under_a_run_is_written_back(
-    repo: Path, fake_claude: Path
+@pytest.mark.parametrize("how", ["garbage", "log deleted"])
+def test_a_state_database_replaced_by_garbage_or_its_log_deleted_under_a_run_is_written_back(
+    repo: Path, fake_claude: Path, how: str
 ) -> None:
-    """What an agent without --sandbox can do to stop the guard: the manager's look at the
-    file opened it with the store's own write-ahead log, which SQLite then wrote into the
-    garbage and dropped; the manager died of `no such table`, its agents unwatched."""
+    """Garbage moved onto it (what an agent without --sandbox can do to stop the guard): the
+    manager's look opened it with the store's own write-ahead log, which SQLite then wrote
+    into the garbage and dropped; the manager died of `no such table`. Its log deleted: every
+    other command read a store with no tables (`swarm stop` failed) until the run ended."""
     proc = run_waiting(repo, fake_claude)
     try:
         wait_for((fake_claude / "a.pid").exists, what="the agent")
-        garbage = repo.parent / "garbage"
-        garbage.write_bytes(bytes(range(256)) * 32)
-        garbage.replace(repo / ".git" / "swarm" / "state.db")
+        state = repo / ".git" / "swarm" / "state.db"
+        if how == "garbage":
+            garbage = repo.parent / "garbage"
+            garbage.write_bytes(bytes(range(256)) * 32)
+            garbage.replace(state)
+        else:
+            state.with_name("state.db-wal").unlink()
+
+            def readable() -> bool:
+                out = swarm(repo, "status", "--json")
+                return out.returncode == 0 and '"state": "running"' in out.stdout
+
+            wait_for(readable, what="the store written back, read by another command")
         (fake_claude / "go").touch()
         code = proc.wait(timeout=60)
     finally:

@@ -84,9 +84,12 @@ class ManagerLock:
             self.release()
 
 
-def _deleted_under_it(state_dir: Path) -> ManagerLockedError:
+_WAL_WAIT = 2.0
+
+
+def _deleted_under_it(deleted: Path) -> ManagerLockedError:
     return ManagerLockedError(
-        f"another swarm manager holds this repository, though {state_dir} was deleted "
+        f"another swarm manager holds this repository, though {deleted} was deleted "
         "under it; wait for it to end (it writes its state back there)"
     )
 
@@ -97,8 +100,19 @@ def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
     For the commands that open the store (`swarm resume`, `retry`, `status`, ...): that manager
     writes it back once it notices; until then they would say that there is no run here.
     """
+    # Its write-ahead log deleted, the file alone is as of the last checkpoint (a store with
+    # no tables at first), and a reader opening it would reset the log's index the manager
+    # shares (its view of its own store lost): refused as well until it writes it back.
+    # A manager that has just taken its lock opens the store (making the log) at once, and
+    # one whose log was deleted writes the store back within a quarter of a second: waited for.
+    wal = store.with_name(store.name + "-wal")
     if not store.exists() and manager_alive(state_dir):
         raise _deleted_under_it(state_dir)
+    deadline = time.monotonic() + _WAL_WAIT
+    while store.exists() and not wal.exists() and manager_alive(state_dir):
+        if time.monotonic() >= deadline:
+            raise _deleted_under_it(wal)
+        time.sleep(0.05)
 
 
 def _holder(state_dir: Path) -> dict[str, object]:

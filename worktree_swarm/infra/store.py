@@ -459,6 +459,7 @@ class Store:
         self.path = path
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None  # (device, inode) it was opened at
+        self._wal: tuple[int, int] | None = None  # and its write-ahead log's, once seen
         if last_written:
             self.read_only = True
             self._conn = _open_last_written(path)
@@ -494,7 +495,7 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
-        self._file = _identity(path)
+        self._file, self._wal = _identity(path), _identity(self._wal_path)
 
     @classmethod
     def to_read(cls, path: Path) -> Self:
@@ -578,14 +579,26 @@ class Store:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._file = _identity(self.path)
+            self._file, self._wal = _identity(self.path), None
         return True
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
 
     def _gone(self) -> bool:
         """Whether the path no longer holds this store: missing, or a new one with no run.
 
         (Another command may have made an empty store there since, before it gave up.)
         """
+        wal = _identity(self._wal_path)
+        if self._wal is None:
+            self._wal = wal  # made by the first write after opening
+        elif wal != self._wal:
+            # Deleted (or replaced) under this open store: what was written since the last
+            # checkpoint is only in the log this connection still holds; other processes
+            # read the file as of that checkpoint (a store with no tables, at first).
+            return True
         now = _identity(self.path)
         if now == self._file:
             return False

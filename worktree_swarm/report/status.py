@@ -137,10 +137,8 @@ def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
 
 def has_store(repo: git.Repo) -> bool:
     """Whether a run has been recorded here (ManagerLockedError as :func:`open_store`)."""
-    if store_path(repo).exists():
-        return True
     refuse_while_state_is_gone(repo.state_dir, store_path(repo))
-    return False
+    return store_path(repo).exists()
 
 
 def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
