@@ -663,3 +663,31 @@ def test_a_pane_that_cannot_be_filled_says_why_and_the_screen_stays_up(
     finally:
         store.close()
     assert app.crashed is None
+
+
+def test_a_store_written_back_under_the_screen_is_read_from_then_on(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A manager writes its store back after `rm -rf .git/swarm`: a new file at the path. The
+    # screen read the deleted one for good, "running" for ever beside `swarm status`'s "done".
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+    path = store.path
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            copy = path.with_name("copy.db")
+            with sqlite3.connect(path) as db:
+                db.execute("VACUUM INTO ?", (str(copy),))
+            with sqlite3.connect(copy) as db:
+                db.execute("UPDATE tasks SET reason = 'as written back'")
+            copy.replace(path)  # as the manager's put-back does: another file at the path
+            await until(pilot, lambda: app.rows["aa"].why == "as written back", "the new file")
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()

@@ -614,6 +614,15 @@ class Store:
         except sqlite3.Error:
             return False
 
+    def replaced(self) -> bool:
+        """Whether another file is at the path now than the one open (a store written back).
+
+        A reader that stays open (`swarm watch`) reads the file it opened, which a manager
+        replaces when it writes its store back after a deletion; a missing file is not that.
+        """
+        now = _identity(self.path)
+        return now is not None and self._file is not None and now != self._file
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:

@@ -22,6 +22,7 @@ from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import printable
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
@@ -126,7 +127,7 @@ class WatchApp(App[None]):
     def __init__(self, repo: git.Repo, store: Store, run_id: str) -> None:
         super().__init__()
         self.repo = repo
-        self.store = store
+        self.store = self._first = store  # `store`: the one read now (see _reopen)
         self.run_id = run_id
         self.rows: dict[str, TaskStatus] = {}
         self.marked: set[str] = set()
@@ -134,6 +135,7 @@ class WatchApp(App[None]):
         self._follow = _Follow()
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
+        self._unread_store = False  # the store at its path could not be opened just now
         self._retried: dict[str, int] = {}  # task -> its attempt when `r` asked for a retry
         self.crashed: Exception | None = None  # what ended the screen, raised by watch()
 
@@ -176,6 +178,8 @@ class WatchApp(App[None]):
             table = self.query_one("#tasks", DataTable)
         except NoMatches:  # a timer that fired while the screen closed: nothing to refresh
             return
+        if self.store.replaced():  # written back by its manager: the file open is no more
+            self._reopen()
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id)}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
         notes = status.manager_status(self.repo, self.store, self.run_id).lines()
@@ -193,6 +197,20 @@ class WatchApp(App[None]):
                     self._redraw(task_id, row)
         self.rows = rows
         self._show_selected()
+
+    def _reopen(self) -> None:
+        """Read the store at its path from now on (the one first opened is closed by watch)."""
+        try:
+            store = status.open_store(self.repo, to_read=True)
+        except SwarmError as exc:  # not there yet, or refused: the file open is read meanwhile
+            if not self._unread_store:  # said once, not every second
+                self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
+            self._unread_store = True
+            return
+        self._unread_store = False
+        if self.store is not self._first:
+            self.store.close()
+        self.store = store
 
     def _redraw(self, task_id: str, row: TaskStatus) -> None:
         table = self.query_one("#tasks", DataTable)
@@ -375,7 +393,9 @@ class WatchApp(App[None]):
         """
         self.call_from_thread(self._began, name)
         try:
-            with Store(self.store.path) as store:
+            # Not made where it is missing (a deleted state directory, no manager to write
+            # it back): an empty store there would be taken for the run's.
+            with status.open_store(self.repo) as store:
                 result = call(store)
         except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
             result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
@@ -430,5 +450,7 @@ def watch(repo: git.Repo, run_id: str | None) -> None:
             app.run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if app.store is not store:
+            app.store.close()
         if app.crashed is not None:
             raise app.crashed
