@@ -454,11 +454,12 @@ _SERVER_RESTARTS = 3
 
 def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmError:
     """The error for a command that could not start in *cwd* (*code*: its errno)."""
-    hint = (
-        "shorten its arguments or environment (long prompts: use {prompt_file})"
-        if code == errno.E2BIG
-        else "check that it is installed and on PATH"
-    )
+    if code == errno.E2BIG:
+        hint = "shorten its arguments or environment (long prompts: use {prompt_file})"
+    elif code in {errno.EAGAIN, errno.ENOMEM}:  # not the program's doing: the system's limits
+        hint = "the system refused a new process (`ulimit -u`, memory); `swarm retry` runs it"
+    else:
+        hint = "check that it is installed and on PATH"
     return SwarmError(f"cannot start agent {program!r} in {cwd}: {why}; {hint}")
 
 
