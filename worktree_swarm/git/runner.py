@@ -10,6 +10,7 @@ merges. docs/guard.md lists them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -362,6 +363,13 @@ def _start(
         if not cwd.is_dir():  # removed since the check above
             raise GitError(f"directory {cwd} does not exist") from exc
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
+    except OSError as exc:
+        if exc.errno not in {errno.EAGAIN, errno.ENOMEM}:
+            raise
+        raise GitError(
+            f"git could not start ({exc.strerror}): the system refused a new process"
+            " (`ulimit -u`, memory)"
+        ) from exc
 
 
 class StuckOnPipeError(GitError):
