@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import git
 from tests.test_run import swarm
 
 # Done for "ok", failed for "bad": each writes its own file first.
@@ -59,22 +62,33 @@ def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
     run_id, agent = finished_run(repo, write_agent)
-    clean = f"`swarm clean --run {run_id} --force --yes`"
+    # While another task of the run has its branch, the delete named is this task's alone:
+    # `swarm clean --run RUN --force` deleted the other one's unmerged work too.
+    bad_worktree = repo.parent / "repo.swarm" / "bad"
     again = swarm(repo, "run", "--agent", agent, "-t", "ok=once more")
     assert again.returncode == 2
     assert again.stderr.strip() == (
         f"swarm: branch swarm/ok already exists: task ok of run {run_id} is done; merge it, "
-        f"or delete it with {clean} (or give the task another id)"
+        f"or delete it with `git worktree remove --force {bad_worktree.with_name('ok')}`, then"
+        " `git branch -D swarm/ok` (or give the task another id)"
     )
     retry = swarm(repo, "run", "--agent", agent, "-t", "bad=once more")
     assert retry.returncode == 2
     assert retry.stderr.strip() == (
         f"swarm: branch swarm/bad already exists: task bad of run {run_id} is failed; run it "
-        f"again with `swarm retry bad --run {run_id}`, or delete it with {clean} "
-        "(or give the task another id)"
+        f"again with `swarm retry bad --run {run_id}`, or delete it with `git worktree remove"
+        f" --force {bad_worktree}`, then `git branch -D swarm/bad` (or give the task another id)"
     )
     # Refused before anything was made: still one run, and the branches as they were.
     assert len(json.loads(swarm(repo, "runs", "--json").stdout)["runs"]) == 1
+    for command in retry.stderr.split("`")[3:6:2]:  # as printed: bad's work alone goes
+        subprocess.run(shlex.split(command), cwd=repo, check=True, capture_output=True)
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/") == (
+        "refs/heads/swarm/ok"
+    )
+    # The one task left: the clean of the run is named, and deletes it alone.
+    last = swarm(repo, "run", "--agent", agent, "-t", "ok=once more")
+    assert f"or delete it with `swarm clean --run {run_id} --force --yes`" in last.stderr
 
 
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import enum
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import Executor, ProcessIdentity, RunStatus
+from worktree_swarm.core.models import INTEGRATION_PREFIX, Executor, ProcessIdentity, RunStatus
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.lock import ManagerLock
-from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store
+from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store, TaskRow
 from worktree_swarm.run import control, retry
 
 RUN_STATUS_ABANDONED = RunStatus.ABANDONED
@@ -152,10 +154,14 @@ def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]
     return [r.run_id for r in orphans]
 
 
-def branch_next_step(store: Store, branch: str) -> str | None:
-    """What to do about an existing *branch* that a recorded run's task owns (else None)."""
+def branch_next_step(store: Store, branch: str, existing: set[str]) -> str | None:
+    """What to do about an existing *branch* that a recorded run's task owns (else None).
+
+    *existing*: the repository's branches. The delete it names deletes that task's alone.
+    """
     for run in reversed(store.runs()):
-        for row in store.tasks(run.run_id):
+        rows = store.tasks(run.run_id)
+        for row in rows:
             if row.branch != branch:
                 continue
             who = f"task {row.task_id} of run {run.run_id}"
@@ -164,7 +170,7 @@ def branch_next_step(store: Store, branch: str) -> str | None:
                     return f"{who} is still running; wait for it or stop it with `swarm stop`"
                 resume = resume_command(store, run.run_id)
                 return f"{who} is unfinished; continue it with `{resume}`"
-            clean = f"`swarm clean --run {run.run_id} --force --yes`"
+            clean = _delete_one(row, run.run_id, rows, existing)
             if row.state.is_success:
                 return f"{who} is {row.state.value}; merge it, or delete it with {clean}"
             return (
@@ -172,6 +178,23 @@ def branch_next_step(store: Store, branch: str) -> str | None:
                 f"`swarm retry {row.task_id} --run {run.run_id}`, or delete it with {clean}"
             )
     return None
+
+
+def _delete_one(row: TaskRow, run_id: str, rows: list[TaskRow], existing: set[str]) -> str:
+    """The command that deletes *row*'s branch and worktree, and no other task's work.
+
+    `swarm clean --run RUN --force` deletes every unmerged branch of the run: named only
+    while this task's is the one left (it deleted another done task's unmerged work).
+    """
+    others = {r.branch for r in rows if r.branch and r.branch != row.branch}
+    if not (others | {INTEGRATION_PREFIX + run_id}) & existing:
+        return f"`swarm clean --run {run_id} --force --yes`"
+    remove = (
+        f"`git worktree remove --force {shlex.quote(row.worktree)}`, then "
+        if (row.worktree and Path(row.worktree).is_dir())
+        else ""
+    )
+    return f"{remove}`git branch -D {row.branch}`"
 
 
 def settle_before_run(
@@ -196,6 +219,6 @@ def settle_before_run(
         if not path.exists():
             return None
         with Store(path) as store:
-            return branch_next_step(store, branch)
+            return branch_next_step(store, branch, git.branches(repo))
 
     return abandoned, next_step
