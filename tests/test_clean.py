@@ -1477,3 +1477,43 @@ def test_clean_waits_for_the_guards_verdict_without_the_repository_lock(
             pass  # free: the guard gets it, and then says its verdict
     assert cleaning.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
     assert "swarm/a" not in git(repo, "branch", "--list")
+
+
+def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it_is(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """`swarm clean --yes` committed your work in progress onto your own branch (switched to in
+    a task's worktree), and committed inside a rebase you left with a conflict resolved."""
+    agent = " ".join(write_agent(
+        "import os, pathlib\ntid = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path(tid + '.txt').write_text(tid + '\\n')\n"
+    ))  # fmt: skip
+    out = swarm(repo, "run", "--agent", agent, "-t", "switched=a", "-t", "rebasing=b")
+    assert out.returncode == 0, out.stderr
+    root = repo.parent / "repo.swarm"
+    git(repo, "branch", "feature")
+    feature = git(repo, "rev-parse", "feature")
+    git(root / "switched", "switch", "-q", "feature")
+    (root / "switched" / "wip.txt").write_text("yours, half done\n")
+    # A rebase of the task's branch onto a commit that changes its file: a conflict, resolved
+    # and staged, not continued.
+    work = root / "rebasing"
+    git(repo, "commit", "-q", "--allow-empty", "-m", "base moves")
+    (repo / "rebasing.txt").write_text("main's\n")
+    git(repo, "add", "rebasing.txt")
+    git(repo, "commit", "-q", "-m", "main's rebasing.txt")
+    conflict = subprocess.run(["git", "rebase", "main"], cwd=work, capture_output=True, check=False)
+    assert conflict.returncode != 0
+    (work / "rebasing.txt").write_text("resolved\n")
+    git(work, "add", "rebasing.txt")
+    tips = {b: git(repo, "rev-parse", b) for b in ("feature", "swarm/switched", "swarm/rebasing")}
+
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "its worktree is on branch feature now, not swarm/switched" in out.stdout
+    assert "a rebase is in progress in its worktree" in out.stdout
+    assert {b: git(repo, "rev-parse", b) for b in tips} == tips
+    assert tips["feature"] == feature
+    assert (root / "switched" / "wip.txt").read_text() == "yours, half done\n"
+    assert (work / ".git").exists()
+    assert git(work, "diff", "--cached", "--name-only") == "rebasing.txt"

@@ -644,6 +644,18 @@ def _plan_task_worktree(
             task_id=task.task_id,
         )
         return [kept], None, True
+    yours = _switched_or_busy(info, task)
+    if yours is not None:  # a commit of swarm's would land on your branch, or inside yours
+        kept = Finding(
+            kind=Kind.WORKTREE,
+            target=str(path),
+            reason=f"{why}; {yours}",
+            action=Action.KEEP,
+            fix="kept: finish there, then remove it yourself (`git worktree remove`)",
+            run_id=task.run_id,
+            task_id=task.task_id,
+        )
+        return [kept], None, True
     found: list[Finding] = []
     if force:
         for user in processes_using(path, seen.cwds):
@@ -663,6 +675,14 @@ def _plan_task_worktree(
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP
+
+
+def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:
+    """What makes a task's worktree someone's work now: on another branch, or mid-operation."""
+    if info.branch is not None and task.branch and info.branch != task.branch:
+        return f"its worktree is on branch {info.branch} now, not {task.branch}"
+    doing = git.operation_in_progress(Path(info.path))
+    return None if doing is None else f"{doing} is in progress in its worktree"
 
 
 def _record_cleaned(store: Store, results: list[Result]) -> None:

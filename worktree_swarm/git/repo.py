@@ -931,6 +931,29 @@ _IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge",
 _OBJECT_NAME = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
+_OPERATIONS = {
+    "MERGE_HEAD": "a merge",
+    "CHERRY_PICK_HEAD": "a cherry-pick",
+    "REVERT_HEAD": "a revert",
+    "rebase-merge": "a rebase",
+    "rebase-apply": "a rebase",
+    "BISECT_LOG": "a bisect",
+}
+
+
+def operation_in_progress(worktree: Path) -> str | None:
+    """The git operation under way in *worktree* (``a rebase``, ...), or None.
+
+    One a user left half done there (a conflict resolved and staged, not continued): a
+    commit of swarm's would land inside it.
+    """
+    try:
+        admin = git_dir(worktree)
+    except GitError:
+        return None
+    return next((what for name, what in _OPERATIONS.items() if (admin / name).exists()), None)
+
+
 def _operation_in_progress(worktree: Path) -> bool:
     try:
         admin = git_dir(worktree)
