@@ -166,14 +166,18 @@ class Task:
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=Flag(name="--timeout", help="Wall time limit per task, e.g. 45m."),
-        doc="wall-clock limit for one attempt",
+        doc=(
+            "limit on one attempt's elapsed time (counted on the monotonic clock: a step of"
+            " the wall clock, NTP's or a resumed VM's, neither ends every agent at once nor"
+            " lets one run on; time the machine sleeps does not count)"
+        ),
     )
     idle_timeout: float | None = setting(
         None,
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
         flag=Flag(name="--idle-timeout", help="Stop an agent silent for this long, e.g. 10m."),
-        doc="limit on time without agent output",
+        doc="limit on time without agent output (its log not growing; the same clock)",
     )
     retries: int = setting(
         0,

@@ -87,6 +87,14 @@ class ManagerLock:
 _WAL_WAIT = 2.0
 
 
+def _alive_here(state_dir: Path) -> bool:
+    """:func:`manager_alive`, False where its lock cannot even be probed (a read-only dir)."""
+    try:
+        return manager_alive(state_dir)
+    except OSError:
+        return False
+
+
 def _deleted_under_it(deleted: Path) -> ManagerLockedError:
     return ManagerLockedError(
         f"another swarm manager holds this repository, though {deleted} was deleted "
@@ -109,7 +117,7 @@ def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
     if not store.exists() and manager_alive(state_dir):
         raise _deleted_under_it(state_dir)
     deadline = time.monotonic() + _WAL_WAIT
-    while store.exists() and not wal.exists() and manager_alive(state_dir):
+    while store.exists() and not wal.exists() and _alive_here(state_dir):
         if time.monotonic() >= deadline:
             raise _deleted_under_it(wal)
         time.sleep(0.05)
