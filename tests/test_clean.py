@@ -1517,3 +1517,27 @@ def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it
     assert (root / "switched" / "wip.txt").read_text() == "yours, half done\n"
     assert (work / ".git").exists()
     assert git(work, "diff", "--cached", "--name-only") == "rebasing.txt"
+
+
+def test_a_task_worktree_whose_submodule_was_checked_out_is_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    """The agent's work is a submodule's new commit: `swarm clean --yes` failed on it every
+    time (git removes a worktree with submodules only with --force), only --force removed it,
+    and with it every unmerged branch of the run."""
+    lib = make_repo(tmp_path / "lib", {"l.txt": "1\n"})
+    (lib / "l.txt").write_text("2\n")
+    git(lib, "commit", "-qam", "l2")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-qm", "lib")
+    agent = write_agent(
+        "import subprocess\n"
+        "subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update',"
+        " '--init', '-q'], check=True)\n"
+        "subprocess.run(['git', '-C', 'lib', 'checkout', '-q', 'HEAD~1'], check=True)\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "sub=x").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert worktree_paths(repo) == [str(repo)]

@@ -606,7 +606,9 @@ def _remove_announced(
     if admin is not None:
         moves.announce(key, at=admin.name)
     if not ((clean or force) and worktrees.delete_locked(repo, path)):
-        worktrees.git_remove_locked(repo, path, force=force)
+        # Its submodules were looked at before (work in one is kept): nothing of theirs to lose.
+        submodules = clean and admin is not None and (admin / "modules").exists()
+        worktrees.git_remove_locked(repo, path, force=force, submodules=submodules)
     if admin is not None:
         moves.moved(key, None)
 

@@ -589,16 +589,18 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     return True
 
 
-def git_remove_locked(repo: Repo, path: Path, *, force: bool) -> None:
+def git_remove_locked(repo: Repo, path: Path, *, force: bool, submodules: bool = False) -> None:
     """`git worktree remove` of *path* (twice ``--force`` with *force*: even a locked one).
 
-    For a caller that holds the repository lock, in any of its threads: git reads every
-    registration, so it runs while no other thread deletes one.
+    *submodules*: its checked-out submodules were found to hold nothing to keep; git removes
+    a worktree with submodules only with ``--force`` (once: a locked one stays). For a caller
+    that holds the repository lock, in any of its threads: git reads every registration, so
+    it runs while no other thread deletes one.
     """
     fs.make_removable(path)
+    flags = ["--force", "--force"] if force else ["--force"] if submodules else []
     with _REGISTRATIONS:
-        git(repo.root, "worktree", "remove", *(["--force", "--force"] if force else []), "--",
-            str(path))  # fmt: skip
+        git(repo.root, "worktree", "remove", *flags, "--", str(path))
 
 
 def _delete_files(path: Path) -> None:
