@@ -621,7 +621,12 @@ def _plan_task_worktree(
         return [], False, False
     if not path.is_dir() or info.prunable is not None:
         # No `.git` file left: a removal cut short (its files are on the branch).
-        gone = "its directory is gone" if not path.is_dir() else "its .git file is gone"
+        gone = (
+            "its directory is gone (moved by hand? `git worktree repair NEW-PATH` before a"
+            " clean keeps it a worktree)"
+            if not path.is_dir()
+            else "its .git file is gone"
+        )
         prune = Finding(
             kind=Kind.WORKTREE,
             target=str(path),
