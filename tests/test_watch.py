@@ -691,3 +691,32 @@ def test_a_store_written_back_under_the_screen_is_read_from_then_on(
         run_async(drive)
     finally:
         store.close()
+
+
+def test_an_error_of_the_screens_own_is_raised_without_textuals_traceback(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Textual draws an unhandled error's traceback with every local variable's value when
+    # the screen closes: a task's secret `env` among them.
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+    value = "sk-live-" + "SUPERSECRET-1234567890"
+
+    def boom() -> None:
+        env = {"DEPLOY_TOKEN": value}
+        raise ValueError(f"no such key in {len(env)} settings")
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            app.call_later(boom)
+            await until(pilot, lambda: app.crashed is not None, "the error")
+
+    try:
+        with pytest.raises(ValueError, match="no such key"):
+            run_async(drive)
+    finally:
+        store.close()
+    assert isinstance(app.crashed, ValueError)
+    assert app._exit_renderables == []  # nothing of it drawn, its locals least of all
