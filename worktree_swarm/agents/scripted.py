@@ -9,7 +9,7 @@ obeys one directive per line (anything else is ignored, so prose around them is 
     say TEXT             print TEXT
     exit CODE            stop now with CODE
 
-A prompt with no directive writes ``<task id>.txt`` holding the prompt. The prompt is data:
+A prompt with no ``write`` or ``append`` line writes ``<task id>.txt`` holding the prompt. The prompt is data:
 nothing in it is ever run.
 """
 
