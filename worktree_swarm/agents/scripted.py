@@ -9,8 +9,8 @@ obeys one directive per line (anything else is ignored, so prose around them is 
     say TEXT             print TEXT
     exit CODE            stop now with CODE
 
-A prompt with no ``write`` or ``append`` line writes ``<task id>.txt`` holding the prompt. The prompt is data:
-nothing in it is ever run.
+A prompt with no ``write`` or ``append`` line writes ``<task id>.txt`` holding the prompt. The
+prompt is data: nothing in it is ever run.
 """
 
 from __future__ import annotations
