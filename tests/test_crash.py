@@ -354,6 +354,22 @@ def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes
     assert status_json(repo)["a"]["state"] == "failed"
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["resumed", "fresh"])
+def test_a_retry_of_a_task_whose_branch_you_checked_out_says_so_and_changes_nothing(
+    repo: Path, tmp_path: Path, write_agent: object, fresh: bool
+) -> None:
+    # Checked out in your checkout to fix it by hand: the retry failed on git's own words
+    # (`already checked out`, or with --fresh `Cannot delete branch`), exit 1.
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    git(repo, "switch", "-q", "swarm/a")
+    out = swarm(repo, "retry", "a", *(["--fresh"] if fresh else []))
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stdout + out.stderr
+    assert f"branch swarm/a of task a is checked out in {repo}" in out.stderr
+    assert status_json(repo)["a"]["state"] == "failed"
+    assert git(repo, "branch", "--show-current") == "swarm/a"
+
+
 def test_retrying_a_task_by_name_runs_the_tasks_it_blocked(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

@@ -65,6 +65,7 @@ def prepare(
             f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
         )
     _check_in_the_way([rows[task_id] for task_id in picked])  # before any is reset
+    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
     for task_id in picked:
         _reset(repo, store, rows[task_id], fresh=fresh)
     store.reopen_run(run_id)
@@ -96,6 +97,22 @@ def _check_in_the_way(rows: Sequence[TaskRow]) -> None:
             raise BadInputError(
                 f"{path} is in the way of task {row.task_id}'s worktree and is not one; move it "
                 "aside (or let `swarm doctor --yes` remove it), then retry"
+            )
+
+
+def _check_not_checked_out(repo: git.Repo, rows: Sequence[TaskRow]) -> None:
+    """Refuse a task whose branch is checked out elsewhere (your checkout, to fix it by hand).
+
+    git would refuse its worktree (`already checked out`) or, with ``--fresh``, the branch's
+    deletion, and the task failed on git's own words.
+    """
+    held = {w.branch: w.path for w in worktrees.list_worktrees(repo) if w.branch}
+    for row in rows:
+        at = held.get(row.branch)
+        if at is not None and os.path.realpath(at) != os.path.realpath(row.worktree):
+            raise BadInputError(
+                f"branch {row.branch} of task {row.task_id} is checked out in {at}; switch"
+                " that checkout to another branch (`git switch -`), then retry"
             )
 
 
