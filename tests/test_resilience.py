@@ -939,7 +939,7 @@ def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_w
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
-@pytest.mark.parametrize("how", ["garbage", "log deleted"])
+@pytest.mark.parametrize("how", ["garbage", "another database", "log deleted"])
 def test_a_state_database_replaced_by_garbage_or_its_log_deleted_under_a_run_is_written_back(
     repo: Path, fake_claude: Path, how: str
 ) -> None:
@@ -955,6 +955,12 @@ def test_a_state_database_replaced_by_garbage_or_its_log_deleted_under_a_run_is_
             garbage = repo.parent / "garbage"
             garbage.write_bytes(bytes(range(256)) * 32)
             garbage.replace(state)
+        elif how == "another database":  # a backup moved back, say: no run of this one in it
+            other = repo.parent / "other.db"
+            with contextlib.closing(sqlite3.connect(other)) as db:
+                db.execute("CREATE TABLE notes (x)")
+                db.commit()
+            other.replace(state)
         else:
             state.with_name("state.db-wal").unlink()
 

@@ -692,7 +692,7 @@ def merge_cmd(
             progress=None if as_json else merge_text.MergeEcho(_shown_line),
         )
     if as_json:
-        click.echo(redact(json.dumps(report.to_json(), indent=2)))
+        click.echo(json.dumps(redact_data(report.to_json()), indent=2))
     else:
         for line in merge_text.merge_summary(report):
             _shown_line(line)
@@ -1037,7 +1037,7 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         click.echo(f"swarm: cannot write {where}: {exc.strerror}{hint}", err=True)
         return ExitCode.BAD_INPUT
     with tempfile.NamedTemporaryFile("w", prefix="swarm-crash-", suffix=".log", delete=False) as fh:
-        traceback.print_exc(file=fh)
+        fh.write(redact("".join(traceback.format_exception(exc))))  # its values: a key too
     click.echo(f"swarm: internal error; traceback written to {fh.name}", err=True)
     return ExitCode.TASK_FAILED
 

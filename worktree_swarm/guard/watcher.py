@@ -1251,12 +1251,13 @@ class Guard:
         return {r: s for r, s in both.items() if not r.startswith(remotes.PREFIX)}
 
     def _moved_refs(self, pending: set[str]) -> list[RefMove]:
+        # Taken before the read: a branch added after it is taken as found by the next scan.
+        with self._repo_lock:
+            unread, self._unread = self._unread, set()
         now = self._read = self._read_refs()
         # Without the guard's lock: a task counts as busy from before its branch can move
         # until after its tip is the baseline (see _release).
         busy = set(self._busy)
-        with self._repo_lock:
-            unread, self._unread = self._unread, set()
         for ref in unread:
             self._log(f"{ref}: its tip was not read when its task ended; taken as found")
             self._set_ref(ref, now.get(ref))

@@ -607,7 +607,9 @@ class Store:
             # would take this store's write-ahead log, still at the path, for that file's.
             return True
         try:
-            with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as other:
+            # Immutable: without any write-ahead log (this store's may still be at the path).
+            uri = f"{self.path.absolute().as_uri()}?mode=ro&immutable=1"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as other:
                 return not other.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
         except sqlite3.OperationalError as exc:  # empty: a store whose making failed (full)
             return "no such table" in str(exc)

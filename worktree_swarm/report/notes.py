@@ -98,8 +98,8 @@ def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
     git.require_git()
     repo = git.open_repo(repo_dir)
     db = repo.state_dir / "state.db"
+    lock.refuse_while_state_is_gone(repo.state_dir, db)
     if not db.exists():
-        lock.refuse_while_state_is_gone(repo.state_dir, db)
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
     with Store(db) as store:
         if run_id is None:

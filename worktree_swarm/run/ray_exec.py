@@ -911,7 +911,8 @@ class RayTaskWorker(RunWorker):
         self._mirror(handle, live)
         code = None if cut is not None else progress.exit_code
         text = read_end(handle.log_path, 8 * 2**20)
-        result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
+        # What it says it used, as the budget and the store may count it.
+        result = accountable(adapter.interpret(exit_code=code, log_text=text, now=time.time()))
         state = cut[0] if cut else result.outcome
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent
@@ -1007,7 +1008,6 @@ class RayTaskWorker(RunWorker):
         result: AgentResult,
         cut: tuple[TaskState, str] | None,
     ) -> None:
-        result = accountable(result)
         outcome = cut[0].value if cut else attempt_outcome(result).value
         usage = AttemptUsage(
             reason=cut[1] if cut else result.reason,

@@ -260,6 +260,7 @@ class Runner:
         try:
             self._start_adopted()
             while True:
+                self._starved = False  # this pass's launches say whether a thread was refused
                 self._apply_blocking()
                 if (halted := self._worker.halted()) is not None:
                     self._halt(halted)
@@ -270,6 +271,7 @@ class Runner:
                 else:
                     self._launch_ready()
                 if not self._live and self._starved:
+                    self._poll_stop_requests()
                     self._stopping.wait(_STARVED_WAIT)  # threads ended elsewhere free up
                     continue
                 if not self._live:
@@ -398,11 +400,9 @@ class Runner:
         except RuntimeError:
             del self._live[live.task.id]
             live.thread = None
-            if not self._starved:
-                faults.note(self.manager_log, "no thread can start now; launching waits")
+            faults.note(self.manager_log, f"no thread can start for {live.task.id} now; it waits")
             self._starved = True
             return False
-        self._starved = False
         return True
 
     def _work(self, live: Live) -> None:

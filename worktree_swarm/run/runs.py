@@ -14,7 +14,7 @@ from worktree_swarm.core.models import INTEGRATION_PREFIX, Executor, ProcessIden
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import supervisor
-from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store, TaskRow
 from worktree_swarm.run import control, retry
 
@@ -207,6 +207,7 @@ def settle_before_run(
     """
     path = store_path(repo)
     abandoned: list[str] = []
+    refuse_while_state_is_gone(repo.state_dir, path)  # its log deleted under a live manager
     if path.exists():
         with Store(path) as store:
             if force and orphaned_runs(store):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ _STYLE = {
     "checking": "cyan",
     "rate_limited": "magenta",
 }
+
+
+RETRY_ASKED_SECONDS = 30.0
 
 
 def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
@@ -136,7 +140,8 @@ class WatchApp(App[None]):
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
         self._unread_store = False  # the store at its path could not be opened just now
-        self._retried: dict[str, int] = {}  # task -> its attempt when `r` asked for a retry
+        # task -> its attempt when `r` asked for a retry, and until when a second `r` waits
+        self._retried: dict[str, tuple[int, float]] = {}
         self.crashed: Exception | None = None  # what ended the screen, raised by watch()
 
     def compose(self) -> ComposeResult:
@@ -344,10 +349,12 @@ class WatchApp(App[None]):
         row = self.rows.get(task_id) if task_id is not None else None
         if task_id is None or row is None:
             return
-        if self._retried.get(task_id) == row.attempt:
+        asked = self._retried.get(task_id)
+        if asked is not None and asked[0] == row.attempt and time.monotonic() < asked[1]:
             self._say(f"{task_id}: its retry is asked for; it shows here once it starts", ok=False)
             return
-        self._retried[task_id] = row.attempt
+        # Until its new attempt shows, or a while: the retry started may refuse or die.
+        self._retried[task_id] = (row.attempt, time.monotonic() + RETRY_ASKED_SECONDS)
 
         def retry(
             repo: git.Repo, store: Store, run_id: str, task: str
