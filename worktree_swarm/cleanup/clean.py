@@ -637,26 +637,20 @@ def _plan_task_worktree(
             task_id=task.task_id,
         )
         return [prune], False, False
-    changed = worktrees.tampered(repo, path)
-    if changed is not None:  # git there would work on another checkout or branch: hands off
+    hands_off = None
+    # Git there would work on another checkout or branch: hands off.
+    if (changed := worktrees.tampered(repo, path)) is not None:
+        hands_off = changed, "kept: look at it and remove it by hand (swarm runs no git there)"
+    # A commit of swarm's would land on your branch, or inside your rebase.
+    elif (yours := _switched_or_busy(info, task)) is not None:
+        hands_off = yours, "kept: finish there, then remove it yourself (`git worktree remove`)"
+    if hands_off is not None:
         kept = Finding(
             kind=Kind.WORKTREE,
             target=str(path),
-            reason=f"{why}; {changed}",
+            reason=f"{why}; {hands_off[0]}",
             action=Action.KEEP,
-            fix="kept: look at it and remove it by hand (swarm runs no git there)",
-            run_id=task.run_id,
-            task_id=task.task_id,
-        )
-        return [kept], None, True
-    yours = _switched_or_busy(info, task)
-    if yours is not None:  # a commit of swarm's would land on your branch, or inside yours
-        kept = Finding(
-            kind=Kind.WORKTREE,
-            target=str(path),
-            reason=f"{why}; {yours}",
-            action=Action.KEEP,
-            fix="kept: finish there, then remove it yourself (`git worktree remove`)",
+            fix=hands_off[1],
             run_id=task.run_id,
             task_id=task.task_id,
         )
