@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.conftest import git
+from tests.conftest import git, make_repo
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.git.repo import holding_secrets
+from worktree_swarm.infra import redact as redact_module
 from worktree_swarm.infra.logtail import copy_log
 from worktree_swarm.infra.redact import (
     REDACTED,
@@ -1310,3 +1312,20 @@ def test_secrets_of_a_tasks_copy_files_its_checks_print_at_the_merge_are_redacte
     checks = next((repo / ".git" / "swarm" / "runs").glob("*/merge/checks.log")).read_text()
     assert f"using {REDACTED}" in checks
     assert key not in checks
+
+
+def test_the_secret_scan_looks_at_the_index_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ray node's periodic checkpoint builds its commit in an index of its own, and pushed
+    # it with no look: a file holding a secret reached the shared remote within a minute.
+    value = "sk-ant-api03-" + "q" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
+    monkeypatch.setattr(redact_module, "_current", None)  # read again, as a new process would
+    repo = make_repo(tmp_path / "repo")
+    (repo / "env.txt").write_text(f"key={value}\n")
+    env = {"GIT_INDEX_FILE": str(tmp_path / "own-index")}
+    for args in (["read-tree", "HEAD"], ["add", "--all"]):
+        subprocess.run(["git", *args], cwd=repo, env={**os.environ, **env}, check=True)
+    assert holding_secrets(repo, env=env) == ["env.txt"]
+    assert holding_secrets(repo) == []  # the repository's own index holds nothing of it

@@ -732,7 +732,7 @@ def checkpoint(
         literal = [f":(literal,top){path}" for path in linked]
         _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
-    secret = _holding_secrets(worktree)
+    secret = holding_secrets(worktree)
     if secret:  # staged as they were at the last commit: never in one of swarm's commits
         literal = [f":(literal,top){path}" for path in secret]
         _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
@@ -749,8 +749,10 @@ def checkpoint(
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
 
 
-def _holding_secrets(worktree: Path) -> list[str]:
+def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
     """The files staged in *worktree* whose content or name holds a secret value swarm knows.
+
+    *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own).
 
     The values the redactor knows: of secret environment variables (an agent that dumped its
     environment into a file) and of the task's ``copy`` files. Every file the index holds
@@ -766,8 +768,9 @@ def _holding_secrets(worktree: Path) -> list[str]:
     if not values:
         return []
     staged = runner.run_bytes(
-        worktree, "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=d"
-    ).stdout
+        worktree, "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=d",
+        env=env,
+    ).stdout  # fmt: skip
     found = []
     for name in filter(None, staged.split(b"\0")):
         path = os.fsdecode(name)

@@ -511,6 +511,11 @@ class NodeAgent:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             runner.run(self.work, "read-tree", "HEAD", env=env)
             runner.run(self.work, "add", "--all", env=env)
+            # A file holding a secret's value is never pushed, not even for a minute: the
+            # attempt's own checkpoint leaves it out too, and fails the task saying so.
+            if secret := git.holding_secrets(self.work, env=env):
+                literal = [f":(literal,top){path}" for path in secret]
+                runner.run(self.work, "reset", "-q", "HEAD", "--", *literal, env=env)
             tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
