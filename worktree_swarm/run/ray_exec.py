@@ -889,7 +889,9 @@ class RayTaskWorker(RunWorker):
         """
         task = live.task
         adapter = adapter_for(task.agent)
-        deadline = handle.started_at + task.timeout if task.timeout else None
+        # On the monotonic clock, as a local task's (a wall-clock step ended all or none).
+        remaining = handle.started_at + task.timeout - time.time() if task.timeout else None
+        deadline = None if remaining is None else time.monotonic() + max(0.0, remaining)
         cut: tuple[TaskState, str] | None = None
         while True:
             self._mirror(handle, live)
@@ -899,7 +901,7 @@ class RayTaskWorker(RunWorker):
             self._periodic(handle, live)
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
-            elif deadline is not None and time.time() >= deadline:
+            elif deadline is not None and time.monotonic() >= deadline:
                 cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
             elif task.idle_timeout and progress.idle_seconds >= task.idle_timeout:
                 cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
