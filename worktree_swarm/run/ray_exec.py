@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
-from worktree_swarm.agents.base import accountable
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import (
     BRANCH_PREFIX,
@@ -64,6 +63,7 @@ from worktree_swarm.run.task_worker import (
     TaskOutcome,
     add_usage,
     attempt_outcome,
+    attempts_own,
     check_failed,
     worktree_path,
 )
@@ -913,8 +913,11 @@ class RayTaskWorker(RunWorker):
         self._mirror(handle, live)
         code = None if cut is not None else progress.exit_code
         text = read_end(handle.log_path, 8 * 2**20)
-        # What it says it used, as the budget and the store may count it.
-        result = accountable(adapter.interpret(exit_code=code, log_text=text, now=time.time()))
+        # What it says it used, as the budget and the store count it (a resumed session its own).
+        result = attempts_own(
+            self.store, self.run_id, task.id, handle.attempt_id,
+            adapter.interpret(exit_code=code, log_text=text, now=time.time()),
+        )  # fmt: skip
         state = cut[0] if cut else result.outcome
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent

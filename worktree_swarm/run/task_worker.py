@@ -836,14 +836,7 @@ class TaskWorker(RunWorker):
         *,
         ended_at: float | None = None,
     ) -> float | None:
-        r = accountable(ended.result)
-        if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
-            earlier = sum(
-                a.cost_usd or 0.0
-                for a in self.store.attempts(self.run_id, task_id)
-                if a.session_id == r.session_id and a.id != attempt_id
-            )
-            r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
+        r = attempts_own(self.store, self.run_id, task_id, attempt_id, ended.result)
         outcome = ended.cut_short.value if ended.cut_short else attempt_outcome(r)
         usage = AttemptUsage(
             reason=ended.reason or r.reason,
@@ -1140,6 +1133,25 @@ class _Timeouts:
             if now - self.quiet_from >= idle:
                 return TaskState.TIMED_OUT, f"no output for {idle:g}s"
         return None
+
+
+def attempts_own(
+    store: Store, run_id: str, task_id: str, attempt_id: int, result: AgentResult
+) -> AgentResult:
+    """*result* with the usage its attempt alone had, as the store and the budget count it.
+
+    What no attempt could have is dropped (``accountable``); a cost that is the session's
+    running total (Claude Code after ``--resume``) loses what its earlier attempts cost.
+    """
+    r = accountable(result)
+    if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
+        earlier = sum(
+            a.cost_usd or 0.0
+            for a in store.attempts(run_id, task_id)
+            if a.session_id == r.session_id and a.id != attempt_id
+        )
+        r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
+    return r
 
 
 def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
