@@ -930,7 +930,6 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
 
 
 # Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.
-_IN_PROGRESS = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply")
 _OBJECT_NAME = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
@@ -942,6 +941,8 @@ _OPERATIONS = {
     "rebase-apply": "a rebase",
     "BISECT_LOG": "a bisect",
 }
+# What a commit would land inside (a bisect does not take one).
+_IN_PROGRESS = tuple(name for name in _OPERATIONS if name != "BISECT_LOG")
 
 
 def operation_in_progress(worktree: Path) -> str | None:

@@ -379,7 +379,7 @@ def _waits_for_space(method: _F) -> _F:
                         f"the state database {self.path} is locked by another program (a"
                         " `sqlite3` shell in a transaction?); try again once it lets go"
                     ) from exc
-                if not (is_full(exc) or (self.on_full is not None and is_locked(exc))):
+                if not (is_full(exc) or is_locked(exc)):
                     raise
                 if self.on_full is None:
                     what = f"the state database {self.path}"
