@@ -55,8 +55,8 @@ Observer = Emit  # what the CLI hands the run: the same event sink
 # task's agent config (sessions a resume needs) and tmp, and the guards' directories, the run's
 # and a `swarm merge`'s: those hold hard links to your repository's object files while their
 # command runs, which a rewrite in place would corrupt (a merge may still run as the run ends).
-_STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
 SCRUB_SKIP = ("*/agent-config", "*/tmp", "guard", "merge/guard")
+_STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
 
@@ -99,7 +99,7 @@ class Runner:
         self._adopt: dict[str, Live] = {}
         self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
-        self._starved = False  # the last task's thread could not start
+        self._starved = False  # a launch of this pass of the run loop found no thread
         self.gate = Gates(
             spec.jobs,
             max_cost_usd=spec.max_cost_usd,
