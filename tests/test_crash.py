@@ -24,7 +24,15 @@ import pytest
 from tests.conftest import git, git_first_on_path, hang_git_at, make_repo
 from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
-from tests.test_run import argv_toml, manifest, pid_alive, status_json, swarm, wait_for
+from tests.test_run import (
+    argv_toml,
+    manifest,
+    pid_alive,
+    status_json,
+    swarm,
+    wait_for,
+    written,
+)
 from worktree_swarm.git import repo as g
 
 NOTE = "manager not running — run `swarm resume`"
@@ -514,8 +522,7 @@ def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     )
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "slow"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
-    wait_for(pid_file.exists, timeout=120, what="the agent")
-    agent_pid = int(pid_file.read_text())
+    agent_pid = int(written(pid_file, timeout=120, what="the agent"))
     _kill_group(proc)
     assert pid_alive(agent_pid)
     out = swarm(repo, "run", "--force", "--agent", "scripted", "-t", "next=x")
@@ -754,7 +761,7 @@ def test_resume_on_a_full_disk_says_so_in_one_line(
     )
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
-    wait_for(pid_file.exists, timeout=120, what="the agent")
+    agent_pid = int(written(pid_file, timeout=120, what="the agent"))
     _kill_group(proc)
     with (small_disk / "filler.bin").open("wb") as fh:
         try:
@@ -773,7 +780,7 @@ def test_resume_on_a_full_disk_says_so_in_one_line(
     finally:
         (small_disk / "filler.bin").unlink()
         swarm(repo, "stop")
-    assert not pid_alive(int(pid_file.read_text()))
+    assert not pid_alive(agent_pid)
 
 
 def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> None:
@@ -835,9 +842,8 @@ def _unrecorded_launch(
     text = '[defaults]\nagent = "claude"\n[[task]]\nid = "a"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
     launches = fake / "a.launches"
-    wait_for(launches.exists, timeout=120, what="the agent")
+    agent = int(written(launches, timeout=120, what="the agent"))
     _kill_group(proc)
-    agent = int(launches.read_text())
     # What a kill between the launch and its record leaves: the intent, no attempt.
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
         db.execute("DELETE FROM attempts WHERE task_id = 'a'")
@@ -887,9 +893,8 @@ def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
         "run",
         manifest(repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'),
     )
-    wait_for(launches.exists, timeout=120, what="the agent")
+    pid = int(written(launches, timeout=120, what="the agent"))
     _kill_group(proc)
-    pid = int(launches.read_text())
     gate.touch()
     wait_for(lambda: not pid_alive(pid), timeout=120, what="the agent to end")
     # What a kill between the launch and its record leaves: the intent, no attempt.
@@ -926,8 +931,7 @@ def _lingering_run(
 
 def _agent_pid(pid_file: Path) -> int:
     """The pid the lingering agent wrote, once it has."""
-    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="the agent")
-    return int(pid_file.read_text())
+    return int(written(pid_file, what="the agent"))
 
 
 def test_an_agent_whose_shim_is_killed_does_not_outlive_its_task(
@@ -1033,8 +1037,7 @@ def test_a_daemon_left_by_an_agent_whose_shim_is_killed_in_its_grace_is_killed(
     proc = _manager(repo, "run", manifest(repo, task))
     daemon = 0
     try:
-        wait_for(lambda: daemon_file.exists() and daemon_file.read_text() != "", what="daemon")
-        daemon = int(daemon_file.read_text())
+        daemon = int(written(daemon_file, what="daemon"))
         runs = repo / ".git" / "swarm" / "runs"
 
         def ended() -> dict[str, object] | None:
@@ -1152,9 +1155,8 @@ def test_a_check_or_setup_a_dead_manager_left_running_is_killed_before_it_runs_a
     text = _writer(write_agent) + '[[task]]\nid = "a"\nprompt = "x"\n'
     text += f"{step} = [{json.dumps(shlex.join(check))}]\n"
     proc = _manager(repo, "run", manifest(repo, text))
-    wait_for(starts.exists, timeout=120, what=f"the {step} step")
+    first = int(written(starts, timeout=120, what=f"the {step} step"))
     _kill_group(proc)  # its check runs on, in a session of its own
-    first = int(starts.read_text())
     assert pid_alive(first)
     resume = _manager(repo, "resume")
     try:

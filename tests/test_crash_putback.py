@@ -42,8 +42,9 @@ AgentFactory = Callable[[str], list[str]]
 class Hook:
     """A `git` first on PATH: once *armed* exists, the first *step* that *matches* waits.
 
-    It writes its directory and arguments to *hung*, waits for *release* (never given to a
-    group killed meanwhile), then runs the real git step and touches *finished*.
+    It writes its directory and arguments to *hung* (whole once it exists), waits for
+    *release* (never given to a group killed meanwhile), then runs the real git step and
+    touches *finished*.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class Hook:
             "done\n"
             f'if [ -e {q["armed"]} ] && [ "$sub" = {shlex.quote(step)} ] && {matches}'
             f' && mkdir {q["taken"]} 2>/dev/null; then\n'
-            f'  echo "$PWD $*" > {q["hung"]}\n'
+            f'  echo "$PWD $*" > {q["hung"]}.part && mv {q["hung"]}.part {q["hung"]}\n'
             f'  while [ ! -e {q["release"]} ]; do sleep 0.05; done\n'
             f'  {real} "$@"; code=$?; touch {q["finished"]}; exit $code\n'
             "fi\n"

@@ -82,6 +82,12 @@ def wait_for(
     pytest.fail(f"timed out waiting for {what}{_last_bg()}")
 
 
+def written(path: Path, *, timeout: float = 60, what: str = "condition") -> str:
+    """The text of *path* once another process has written some (not just made the file)."""
+    wait_for(lambda: path.exists() and path.read_text() != "", timeout=timeout, what=what)
+    return path.read_text()
+
+
 def manifest(repo: Path, text: str) -> str:
     path = repo.parent / "tasks.toml"
     path.write_text(text)

@@ -58,7 +58,7 @@ def wait_for(condition: Callable[[], object], *, timeout: float = 15.0) -> None:
 
 
 def read_pid(path: Path) -> int:
-    wait_for(path.exists)
+    wait_for(lambda: path.exists() and path.read_text() != "")
     return int(path.read_text())
 
 
