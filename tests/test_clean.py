@@ -40,6 +40,7 @@ from tests.test_run import (
     swarm,
     swarm_bg,
     wait_for,
+    written,
 )
 from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import fixes
@@ -563,7 +564,7 @@ env = {{ PIDS = {json.dumps(str(pids))} }}
     wait_for(lambda: status_json(repo)["gone"]["state"] == "done", what="task gone to finish")
     manager.kill()  # the manager dies; its agent tree lives on
     manager.wait(timeout=30)
-    agent_pid, grandchild_pid = (int((pids / n).read_text()) for n in ("agent", "grandchild"))
+    agent_pid, grandchild_pid = (int(written(pids / n)) for n in ("agent", "grandchild"))
     reaper += [agent_pid, grandchild_pid]
     root = repo.parent / "repo.swarm"
     hang = root / "hang"

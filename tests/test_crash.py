@@ -991,7 +991,7 @@ def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
 
     def ended() -> bool:
         records = [json.loads(p.read_text()) for p in runs.rglob("attempt-1.exit.json")]
-        return all(r.get("ended_at") and r.get("cleaned") for r in records)
+        return len(records) == 2 and all(r.get("ended_at") and r.get("cleaned") for r in records)
 
     wait_for(ended, what="both agents to end unwatched")
     (run_id,) = [p.name for p in runs.iterdir()]
@@ -1321,7 +1321,7 @@ def test_a_timeout_whose_checkpoint_a_crash_cut_stays_a_timeout(
 ) -> None:
     endless = "import pathlib, time\npathlib.Path('work.txt').write_text('work\\n')\n"
     endless += "while True:\n    time.sleep(0.1)\n"
-    text = '[defaults]\nkill_grace = "1s"\n[[task]]\nid = "a"\nprompt = "x"\ntimeout = "2s"\n'
+    text = '[defaults]\nkill_grace = "1s"\n[[task]]\nid = "a"\nprompt = "x"\ntimeout = "6s"\n'
     text += f"agent = {argv_toml(write_agent(endless))}\n"
     path = os.environ["PATH"]
     hung = hang_git_at(tmp_path, monkeypatch, "commit")  # the checkpoint after the timeout
@@ -1331,7 +1331,7 @@ def test_a_timeout_whose_checkpoint_a_crash_cut_stays_a_timeout(
     monkeypatch.setenv("PATH", path)
     swarm(repo, "resume")
     row = status_json(repo)["a"]
-    assert (row["state"], row["reason"]) == ("timed_out", "timed out after 2s")
+    assert (row["state"], row["reason"]) == ("timed_out", "timed out after 6s")
     assert git(repo, "show", "swarm/a:work.txt") == "work"
 
 

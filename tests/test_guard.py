@@ -113,6 +113,7 @@ BYSTANDER = """
 import pathlib, sys, time
 main = pathlib.Path(sys.argv[1])
 flags = pathlib.Path(sys.argv[2])
+(flags / 'bystander-up').touch()
 deadline = time.time() + 60
 while time.time() < deadline and not (flags / 'wrote').exists():
     time.sleep(0.05)
@@ -462,15 +463,17 @@ def test_guard_detects_a_staged_change_and_a_moved_head(dirty_repo: Path, tmp_pa
     assert checkout_state(dirty_repo) == before
 
 
-# Writes into the user's checkout by absolute path, from its own worktree: nothing but time
-# links the write to it.
+# Writes into the user's checkout by absolute path, from its own worktree (once the bystander
+# runs too): nothing but time links the write to it.
 BY_PATH_WRITER = """
 import pathlib, sys, time
 main = pathlib.Path(sys.argv[1])
 flags = pathlib.Path(sys.argv[2])
+deadline = time.time() + 60
+while time.time() < deadline and not (flags / 'bystander-up').exists():
+    time.sleep(0.05)
 (main / 'README.md').write_text('written by path\\n')
 (flags / 'wrote').write_text('1')
-deadline = time.time() + 60
 while time.time() < deadline and (main / 'README.md').read_text() != 'hello\\n':
     time.sleep(0.05)
 pathlib.Path('own.txt').write_text('own\\n')

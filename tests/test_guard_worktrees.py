@@ -301,7 +301,7 @@ def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_g
     dirs = [yours / f"notes{d}" for d in range(20)]
     for directory in dirs:
         directory.mkdir()
-        for f in range(100):
+        for f in range(500):  # (a window wide enough to stop it in on a busy CI)
             (directory / f"{f}.txt").write_text(f"{f}\n")  # untracked: watched as yours
     admin = repo / ".git" / "worktrees" / "feature"
     guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)

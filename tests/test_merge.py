@@ -1515,14 +1515,14 @@ def test_resolver_over_its_timeout_is_killed_with_its_daemons(
     monkeypatch.setenv("ESCAPE_MARK", mark)  # inherited by the resolver and its daemon
     agent = tmp_path / "resolver.py"
     agent.write_text(PRELUDE + 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(300)\n')
-    conflicting(base_repo, brancher, agent, resolve_timeout=2.0)
+    conflicting(base_repo, brancher, agent, resolve_timeout=10.0)
 
     out = swarm(base_repo, "merge", "--resolve", "--json")
 
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
     assert report["conflicted"] == ["second"]
-    assert report["results"][1]["reason"].endswith("the agent did not finish resolving within 2s")
+    assert report["results"][1]["reason"].endswith("the agent did not finish resolving within 10s")
     assert (pids / "daemon").exists()
     assert marked(mark) == []
 

@@ -242,6 +242,8 @@ def test_report_of_a_live_run(repo: Path, write_agent: AgentFactory, tmp_path: P
     proc = swarm_bg(repo, "run", manifest(repo, text))
     try:
         wait_for((tmp_path / "started").exists, what="the agent to start")
+        # The manager records the attempt once its launch returns: maybe after the agent began.
+        wait_for(lambda: bool(_rows(repo, "SELECT 1 FROM attempts")), what="its attempt")
         live = report_json(repo)
         assert live["status"] == "running"
         assert live["live"] is True

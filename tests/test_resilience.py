@@ -64,11 +64,11 @@ def result(is_error=False, status=None, text="ok", cost=0.5, tokens=100):
     if status:
         out["api_error_status"] = status
     print(json.dumps(out), flush=True)
-if step == "wait":  # for the crash test: signal readiness, then wait for the go file
+if step == "wait":  # for the crash test: its work begun, signal readiness, wait for go
+    pathlib.Path(f"{task}.txt").write_text("started\n")
     # Whole or not at all: the test reads it as soon as it exists.
     (fake / f"{task}.pid.part").write_text(str(os.getpid()))
     (fake / f"{task}.pid.part").replace(fake / f"{task}.pid")
-    pathlib.Path(f"{task}.txt").write_text("started\n")
     while not (fake / "go").exists():
         time.sleep(0.05)
     pathlib.Path(f"{task}.txt").write_text("finished\n")

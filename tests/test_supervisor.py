@@ -49,7 +49,7 @@ def publish(path, text):
 """
 
 
-def wait_for(condition: Callable[[], object], *, timeout: float = 15.0) -> None:
+def wait_for(condition: Callable[[], object], *, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

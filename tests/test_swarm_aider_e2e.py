@@ -111,10 +111,10 @@ def test_rate_limit_stops_aiders_own_retries_and_swarm_retries(
     rows = attempts(user_repo)
     assert [r.outcome for r in rows] == ["rate_limited", "succeeded"]
     assert "aider rate limited" in rows[0].reason
-    # Stopped at its first own retry (each try is up to 3 requests of its API client), not
-    # after a minute of them.
+    # Stopped at its first own retries (each try is up to 3 requests of its API client; a busy
+    # machine may let another start), not after a minute of them (a dozen tries and more).
     first_run = [r for r in chat_api.agent_requests() if r.reply.startswith("error")]
-    assert 1 <= len(first_run) <= 6
+    assert 1 <= len(first_run) <= 9
     # aider has no session: the retry carries the task itself, then the note.
     last = chat_api.agent_requests()[-1].text()
     assert "Create hello.txt saying hello" in last

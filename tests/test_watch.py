@@ -553,7 +553,7 @@ def test_a_manager_starting_while_a_probe_holds_the_lock_waits_it_out(tmp_path: 
     state.mkdir()
     probe = filelock.FileLock(state / "manager.lock", thread_local=False)
     probe.acquire(timeout=0)  # held at the moment the manager starts
-    threading.Timer(0.2, probe.release).start()
+    threading.Timer(0.05, probe.release).start()  # well inside the manager's grace
     lock = ManagerLock(state)
     lock.acquire(run_id="r1")
     try:
