@@ -34,8 +34,10 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'work
 
 from tests import raykit  # noqa: E402 - only with ray installed
 from worktree_swarm.core.units import format_size  # noqa: E402
+from worktree_swarm.infra.redact import REDACTED  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+NODE_SECRET = "node-deploy-value-3c9a7e"  # noqa: S105 - a made-up secret
 
 AGENT = r"""
 import os, pathlib, subprocess, sys, time
@@ -44,6 +46,7 @@ task = os.environ["SWARM_TASK_ID"]
 node = os.environ.get("SWARM_NODE_NAME", "?")
 pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
 print(f"agent {task} on {node}", flush=True)
+print("key=" + os.environ.get("NODE_DEPLOY_TOKEN", ""), flush=True)  # the node's secret
 if len(sys.argv) > 2:  # a daemon of its own, in a session of its own
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                              start_new_session=True)
@@ -52,13 +55,15 @@ if len(sys.argv) > 2:  # a daemon of its own, in a session of its own
 while not (ctl / "release").exists():
     time.sleep(0.05)
 pathlib.Path(f"{task}.done").write_text(node + "\n")
+print(f"agent {task} done", flush=True)
 """
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[raykit.Cluster]:
     base = tmp_path_factory.mktemp("ray")
-    made = raykit.Cluster.start(base, workers=1, slots=2)
+    # Each node holds a secret of its own (its API key, say), which the coordinator never sees.
+    made = raykit.Cluster.start(base, workers=1, slots=2, env={"NODE_DEPLOY_TOKEN": NODE_SECRET})
     try:
         yield made
     finally:
@@ -364,14 +369,19 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
     manager = spawn_swarm(
         repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
     )
+    runs, logs = repo / ".git" / "swarm" / "runs", {}
     try:
         wait_for("every agent to start", lambda: agents_started(ctl, len(tasks)))
         wait_for("the attempts to be recorded", lambda: all(
             r["attempt"] == 1 for r in status(repo).values()
         ))  # fmt: skip
+        logs = {t: next(runs.rglob(f"{t}/attempt-1.log")) for t in tasks}
+        # Mirrored while the agents work, the node's secret already redacted.
+        wait_for("the logs mirrored", lambda: all("key=" in p.read_text() for p in logs.values()))
     finally:
         manager.send_signal(signal.SIGKILL)
         manager.wait(timeout=30)
+    assert all(f"key={REDACTED}\n" in p.read_text() for p in logs.values())
     agents = sorted(ctl.glob("*.agent.*"))
     assert all(psutil.pid_exists(int(p.name.rsplit(".", 1)[1])) for p in agents)
     resumed = spawn_swarm(repo, "resume")
@@ -389,7 +399,66 @@ def test_coordinator_killed_then_resume_reattaches_to_live_actors(
     assert {t: r["attempt"] for t, r in rows.items()} == dict.fromkeys(tasks, 1)
     assert sorted(ctl.glob("*.agent.*")) == agents
     for task in tasks:
-        assert git(repo, "show", f"swarm/{task}:{task}.done") in {"head", "w0"}
+        node = git(repo, "show", f"swarm/{task}:{task}.done")
+        assert node in {"head", "w0"}
+        # The adopted attempt's log goes on where the killed coordinator's copy ended.
+        assert logs[task].read_text() == (
+            f"agent {task} on {node}\nkey={REDACTED}\nagent {task} done\n"
+        ), logs[task].read_text()
+
+
+# A stand-in for Claude Code (by its file name) whose stream says its usage window is
+# rejected for an hour, then stays at work until released.
+WINDOW_AGENT = r"""
+import json, pathlib, sys, time
+ctl = pathlib.Path(sys.argv[sys.argv.index("--ctl") + 1])
+reset = int(time.time()) + 3600
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+emit({"type": "system", "subtype": "init", "session_id": "s1"})
+emit({"type": "assistant", "message": {"id": "m1"}, "session_id": "s1"})
+emit({"type": "rate_limit_event", "session_id": "s1",
+      "rate_limit_info": {"status": "rejected", "resetsAt": reset}})
+emit({"type": "result", "subtype": "success", "is_error": True, "session_id": "s1",
+      "result": f"Claude AI usage limit reached|{reset}"})
+(ctl / "limited").write_text("")
+while not (ctl / "release").exists():
+    time.sleep(0.05)
+sys.exit(1)
+"""
+
+
+def test_a_usage_window_in_the_stream_of_an_agent_on_a_node_reaches_the_gate_while_it_runs(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    claude = tmp_path / "bin" / "claude"
+    claude.parent.mkdir()
+    claude.write_text(f"#!{sys.executable}\n{WINDOW_AGENT}")
+    claude.chmod(0o755)
+    agent = json.dumps([str(claude), "-p", "{prompt}", "--ctl", str(ctl)])
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {agent}\n"
+        'executor = "ray"\nray_memory = "64M"\nmax_wait = "1m"\n\n'
+        '[[task]]\nid = "u1"\nprompt = "p"\n'
+    )
+    env = os.environ | {"ANTHROPIC_API_KEY": "sk-ant-api03-coordinator-key-not-used"}
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address, env=env
+    )
+    try:
+        wait_for("the limit in the agent's stream", (ctl / "limited").exists)
+        held = "usage limit, one task only: unconfirmed"
+        wait_for("the gate to hold it", lambda: held in swarm(repo, "status").stdout)
+        assert status(repo)["u1"]["state"] == "running"  # its agent still at work on the node
+        (ctl / "release").write_text("")
+        manager.wait(timeout=240)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    row = status(repo)["u1"]
+    assert row["state"] == "failed", row
+    assert "usage limit" in str(row["reason"]), row
 
 
 REPAIRING_AGENT = r"""

@@ -299,6 +299,12 @@ def redact(text: str) -> str:
     return current()(text)
 
 
+def redact_bytes(data: bytes) -> bytes:
+    """*data* (a log's bytes, UTF-8 or not) with every secret replaced."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return redact(text).encode("utf-8", errors="surrogateescape")
+
+
 def redact_data(value: object) -> object:
     """A JSON-like value with every string in it redacted (keys stay)."""
     if isinstance(value, str):

@@ -47,6 +47,7 @@ from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait, stated_window
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal
+from worktree_swarm.run.live_limits import LogTail
 from worktree_swarm.run.ray_disk import NodeDisk
 from worktree_swarm.run.ray_node import (
     Assignment,
@@ -475,6 +476,7 @@ class _Throttled:
     progressed: bool
     replayed: bool = False  # a previous coordinator's attempt, already counted
     window: bool | None = None  # replayed: whether its limit was a usage window, as recorded
+    told: bool = False  # its stream told the gate of a throttle while it ran
 
 
 @dataclass(slots=True, kw_only=True)
@@ -879,22 +881,20 @@ class RayTaskWorker(RunWorker):
             handle.node, handle.task_id, self._call(handle.actor, "disk_use", live=live)
         )
 
-    def _attempt(
-        self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
-    ) -> _Ended:
-        """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
+    def _watch(
+        self, live: Live, handle: _Handle, stream: LogTail
+    ) -> tuple[Progress, tuple[TaskState, str] | None]:
+        """Follow one attempt until its agent ends or is cut short: how it ended, and the cut.
 
-        A check that fails comes back as such (a repair may follow), a rate-limited attempt as
-        :class:`_Throttled` (a resumed attempt follows); else the task's outcome.
+        Its log is mirrored here, what its stream says of rate limits told to the gate.
         """
         task = live.task
-        adapter = adapter_for(task.agent)
         # On the monotonic clock, as a local task's (a wall-clock step ended all or none).
         remaining = handle.started_at + task.timeout - time.time() if task.timeout else None
         deadline = None if remaining is None else time.monotonic() + max(0.0, remaining)
         cut: tuple[TaskState, str] | None = None
         while True:
-            self._mirror(handle, live)
+            self._follow(live, handle, stream)
             progress: Progress = self._call(handle.actor, "poll", live=live)
             if progress.ended:
                 break
@@ -910,7 +910,30 @@ class RayTaskWorker(RunWorker):
                 progress = self._call(handle.actor, "poll", live=live)
                 break
             live.stop.wait(POLL_SECONDS)
+        self._follow(live, handle, stream)
+        return progress, cut
+
+    def _follow(self, live: Live, handle: _Handle, stream: LogTail) -> None:
+        """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""
         self._mirror(handle, live)
+        for limit in stream.poll(now=time.time()):
+            self.gate.report(provider_of(live.task.agent), limit, task=live.task.id)
+
+    def _attempt(
+        self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
+    ) -> _Ended:
+        """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
+
+        A check that fails comes back as such (a repair may follow), a rate-limited attempt as
+        :class:`_Throttled` (a resumed attempt follows); else the task's outcome.
+        """
+        task = live.task
+        adapter = adapter_for(task.agent)
+        # What the agent's stream says of its rate limits reaches the gate as the log comes
+        # in (as a local task's), not when the attempt ends.
+        provider = provider_of(task.agent)
+        stream = LogTail(path=handle.log_path, profile=task.agent, offset=_size(handle.log_path))
+        progress, cut = self._watch(live, handle, stream)
         code = None if cut is not None else progress.exit_code
         text = read_end(handle.log_path, 8 * 2**20)
         # What it says it used, as the budget and the store count it (a resumed session its own).
@@ -937,10 +960,10 @@ class RayTaskWorker(RunWorker):
         progressed = course.progressed(stat)
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
             self._retire(handle)
-            return _Throttled(result=result, progressed=progressed)
-        if cut is None and result.outcome is AgentOutcome.SUCCESS:
+            return _Throttled(result=result, progressed=progressed, told=stream.limited)
+        if cut is None and result.outcome is AgentOutcome.SUCCESS and not stream.succeeded:
             ok = Limit(signal=Signal.OK)
-            self.gate.report(provider_of(task.agent), ok, task=task.id, whole_attempt=True)
+            self.gate.report(provider, ok, task=task.id, whole_attempt=True)
         outcome = _outcome(cut, result, files=stat.files)
         if left and cut is None and result.outcome is AgentOutcome.SUCCESS:
             outcome = TaskOutcome(
@@ -1043,8 +1066,9 @@ class RayTaskWorker(RunWorker):
         window = throttled.window
         window = stated_window(result, time.time()) if window is None else window
         provider = provider_of(task.agent)
-        # A replayed throttle was told when it happened; its recorded wait is its own backoff.
-        if window or not throttled.replayed:
+        # A replayed throttle was told when it happened, as one its stream told; a replayed
+        # one's recorded wait is its own backoff. A window is told again: its end confirms it.
+        if window or not (throttled.replayed or throttled.told):
             kind = Signal.WINDOW if window else Signal.THROTTLE
             detail = "usage limit" if window else "rate limited"
             limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
@@ -1107,14 +1131,21 @@ class RayTaskWorker(RunWorker):
         self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
     def _mirror(self, handle: _Handle, live: Live) -> None:
-        """Append what the agent logged since the last call to the local copy of its log."""
+        """Append what the agent logged since the last call to the local copy of its log.
+
+        Redacted on the node (its own secrets) and here (the run's): the copy never holds a
+        secret, whatever ends the attempt. Where the node's log has been read to is kept
+        beside the copy (their sizes differ by the redactions), for a coordinator that adopts
+        the attempt after a crash.
+        """
         while True:
-            chunk: bytes = self._call(handle.actor, "tail", handle.offset, live=live)
-            if not chunk:
+            read_to, chunk = self._call(handle.actor, "tail", handle.offset, live=live)
+            if read_to == handle.offset:
                 return
             with fs.open_append_bytes(handle.log_path) as fh:
-                fh.write(chunk)
-            handle.offset += len(chunk)
+                fh.write(redact.redact_bytes(chunk))
+            handle.offset = read_to
+            _read_to(handle.log_path).write_text(str(read_to))  # (unreadable: its size)
 
     def _call(
         self,
@@ -1299,7 +1330,7 @@ class RayTaskWorker(RunWorker):
             started_at=time.time(),
             log_path=log_path,
             node=str(node),
-            offset=log_path.stat().st_size,
+            offset=_mirrored(log_path),
         )
 
     def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
@@ -1507,3 +1538,24 @@ def unreachable(spec: RunSettings, run_id: str) -> str | None:
         f"run {run_id} runs on the Ray cluster at {address}, which does not answer ({problem}):"
         " start a cluster there and run `swarm resume`, or end its tasks with `swarm stop`"
     )
+
+
+def _read_to(log_path: Path) -> Path:
+    """The file beside an attempt's local log that says how far its node's log was read."""
+    return log_path.with_name(log_path.name + ".read")
+
+
+def _size(path: Path) -> int:
+    """The size of *path*, 0 when it is not there."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _mirrored(log_path: Path) -> int:
+    """How far the node's log of *log_path* was read (its size, for a copy kept whole)."""
+    try:
+        return int(_read_to(log_path).read_text())
+    except (OSError, ValueError):
+        return log_path.stat().st_size

@@ -12,6 +12,7 @@ the attempt ends. The remote's branch is the only state that outlives a node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import disk, fs, supervisor
+from worktree_swarm.infra import disk, fs, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
@@ -192,6 +193,9 @@ class NodeAgent:
         self._step = threading.Lock()  # held while a setup or check step runs
         self._pusher: threading.Thread | None = None
         self._notes_from = 0  # where what the agent adds to its findings file starts
+        # What goes back to the head is redacted here too: a node's own secrets (its API key,
+        # in the environment of its `ray start`) are known on the node only.
+        redact.add_env(assignment.task.env)
 
     def node(self) -> str:
         """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
@@ -304,7 +308,7 @@ class NodeAgent:
                 stop=self._stopping,
                 grace=self.a.kill_grace,
             )
-        return failure, read_end(log, 8 * 2**20)
+        return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
 
     def _base_env(self) -> dict[str, str]:
         """The environment of the agent, setup and checks (the agent's adapter adds to it)."""
@@ -333,23 +337,31 @@ class NodeAgent:
             code = agent.wait(timeout=0)
         return Progress(ended=ended, exit_code=code, idle_seconds=agent.idle_seconds())
 
-    def tail(self, offset: int) -> bytes:
-        """The log's bytes from *offset* on (at most 1 MiB per call)."""
+    def tail(self, offset: int) -> tuple[int, bytes]:
+        """The log from *offset* on, redacted: where the next read starts, and the bytes.
+
+        While the agent may still write, whole lines only (a secret it writes in pieces is
+        redacted whole); at most 1 MiB per call (a longer line goes in pieces).
+        """
         try:
             with self.log_path.open("rb") as fh:
                 fh.seek(offset)
-                return fh.read(TAIL_LIMIT)
+                chunk = fh.read(TAIL_LIMIT)
         except FileNotFoundError:
-            return b""
+            return offset, b""
+        agent = self._agent
+        if agent is not None and agent.poll() is None and agent.alive() and len(chunk) < TAIL_LIMIT:
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # (looked after the read: then, all of it)
+        return offset + len(chunk), redact.redact_bytes(chunk)
 
     def notes_added(self) -> str:
         """What the agent added to its findings file since last asked (for the run's file)."""
         text, self._notes_from = notes.added_since(self.logs / notes.FILE_NAME, self._notes_from)
-        return text
+        return redact.redact(text)
 
     def log_text(self) -> str:
-        """The end of the log, for the adapter's reading."""
-        return read_end(self.log_path, 8 * 2**20)
+        """The end of the log, for the adapter's reading (redacted)."""
+        return redact.redact(read_end(self.log_path, 8 * 2**20))
 
     def stop(self) -> int | None:
         """Kill the agent's whole tree on this node (the shim's stop) and reap it; end checks."""
@@ -374,7 +386,7 @@ class NodeAgent:
                 stop=self._stopping,
                 grace=self.a.kill_grace,
             )
-        return failure, read_end(log, 8 * 2**20)
+        return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
 
     def finish(self, *, message: str) -> str:
         """Checkpoint the clone and push it to the task's branch; the pushed tip."""
@@ -530,3 +542,12 @@ class NodeAgent:
                 env=git.identity_env(self.a.author),
             ).stdout.strip()  # fmt: skip
             self._push(commit)
+
+
+def _redacted(failure: CheckFailure | None) -> CheckFailure | None:
+    """*failure* with its summary and output redacted, for the head."""
+    if failure is None:
+        return None
+    return dataclasses.replace(
+        failure, summary=redact.redact(failure.summary), detail=redact.redact(failure.detail)
+    )

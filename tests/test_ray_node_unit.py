@@ -1,0 +1,114 @@
+"""The node side of the Ray executor run as a node's actor runs it, without Ray: what it hands
+the coordinator is redacted with the node's own secrets (the head does not know them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from worktree_swarm.core.models import Task
+from worktree_swarm.infra import redact
+from worktree_swarm.run.ray_node import Assignment, NodeAgent
+
+# The value of a secret-named variable in the environment of the node's `ray start` only.
+NODE_SECRET = "node-deploy-value-7b1e5d"  # noqa: S105 - a made-up secret
+
+# Writes the node's secret in two pieces, the test's go file between them; a note and an error.
+SPLIT_WRITER = """
+import os, pathlib, sys, time
+secret = os.environ['NODE_DEPLOY_TOKEN']
+sys.stdout.write('starting\\nkey=' + secret[:9])
+sys.stdout.flush()
+pathlib.Path(sys.argv[1]).touch()
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.02)
+sys.stdout.write(secret[9:] + ' done\\n')
+sys.stdout.flush()
+with open(os.environ['SWARM_CONTEXT'], 'a') as notes:
+    notes.write('- deploy with ' + secret + '\\n')
+pathlib.Path('work.txt').write_text('work')
+"""
+
+# A check that prints the node's secret and fails.
+LEAKY_CHECK = "import os, sys; print('token', os.environ['NODE_DEPLOY_TOKEN']); sys.exit(1)"
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NodeAgent]:
+    """A node whose environment holds a secret, and one attempt of a task there."""
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
+    git(remote, "branch", "swarm/t", "main")
+    monkeypatch.setenv("NODE_DEPLOY_TOKEN", NODE_SECRET)
+    monkeypatch.setattr(redact, "_current", None)  # the redactor is made again from it
+    monkeypatch.setenv("SWARM_NODE_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("SWARM_NODE_NAME", "n1")
+    agent = tmp_path / "agent.py"
+    agent.write_text(SPLIT_WRITER)
+    argv = (sys.executable, str(agent), str(tmp_path / "half"), str(tmp_path / "go"))
+    task = Task(
+        id="t",
+        prompt="p",
+        agent="custom",
+        agent_argv=argv,
+        checks=((sys.executable, "-c", LEAKY_CHECK),),
+    )
+    assignment = Assignment(
+        run_id="r",
+        task=task,
+        attempt=1,
+        remote_url=str(remote),
+        author="swarm <swarm@localhost>",
+        identity=(),
+        kill_grace=1.0,
+        checkpoint_interval=0.0,
+    )
+    made = NodeAgent(assignment)
+    try:
+        yield made
+    finally:
+        made.discard()
+
+
+def until(what: str, ready: Path | None = None, node: NodeAgent | None = None) -> None:
+    """Wait for the file *ready*, or for *node*'s agent to end."""
+    deadline = time.monotonic() + 60
+    while not ((ready is not None and ready.exists()) or (node is not None and node.poll().ended)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_what_a_node_hands_the_coordinator_holds_none_of_the_nodes_secrets(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    node.prepare()
+    node.start(prompt="p", session=None, resume_prompt=None)
+    until("the secret's first half", ready=tmp_path / "half")
+    # The agent is at work: only whole lines come back, not the first half of the secret.
+    read_to, chunk = node.tail(0)
+    assert chunk == b"starting\n"
+    assert read_to == len(chunk)
+    again, nothing = node.tail(read_to)
+    assert (again, nothing) == (read_to, b"")
+    (tmp_path / "go").touch()
+    until("the agent's end", node=node)
+    end, rest = node.tail(read_to)
+    assert rest == f"key={redact.REDACTED} done\n".encode()
+    assert end == node.log_path.stat().st_size  # where the node's own log ends
+    assert NODE_SECRET in node.log_path.read_text()  # (the node's own copy is whole)
+    assert node.tail(end) == (end, b"")
+    assert NODE_SECRET not in node.log_text()
+    assert node.notes_added() == f"- deploy with {redact.REDACTED}\n"
+    node.finish(message="swarm: checkpoint t")
+    failure, log = node.check(base="main")
+    assert failure is not None
+    assert "token" in log
+    assert NODE_SECRET not in log + failure.summary + failure.detail
