@@ -745,6 +745,54 @@ def test_foreign_worktrees_are_reported_and_removed_only_when_asked(repo: Path) 
     assert checkout_state(repo) == before
 
 
+def test_an_idle_foreign_worktree_that_is_dirty_unmerged_or_locked_survives_foreign(
+    repo: Path,
+) -> None:
+    other = repo.parent / ".worktrees"
+    for name in ("dirty", "unmerged", "locked"):
+        git(repo, "worktree", "add", "-q", "-b", name, str(other / name))
+    (other / "dirty" / "notes.txt").write_text("not committed anywhere\n")
+    (other / "unmerged" / "new.txt").write_text("committed on its branch only\n")
+    git(other / "unmerged", "add", "new.txt")
+    git(other / "unmerged", "commit", "-qm", "unmerged work")
+    git(repo, "worktree", "lock", "--reason", "on a drive", str(other / "locked"))
+    old = time.time() - 10 * 86400
+    for name in ("dirty", "unmerged", "locked"):
+        admin = repo / ".git" / "worktrees" / name
+        for item in (other / name, admin / "HEAD", admin / "index", admin / "logs" / "HEAD"):
+            os.utime(item, (old, old))
+
+    report(repo, "doctor", "--yes", "--foreign", "--idle", "1d", code=0)
+    assert (other / "dirty" / "notes.txt").read_text() == "not committed anywhere\n"
+    assert (other / "unmerged" / "new.txt").exists()
+    assert (other / "locked").is_dir()
+    assert len(worktree_paths(repo)) == 4
+
+
+def test_a_repository_or_another_repositorys_worktree_under_the_worktree_root_is_never_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    root = edits_done(repo, write_agent).parent
+    own = make_repo(root / "notes", {"n.txt": "my notes\n"})  # a repository of its own
+    (own / "draft.txt").write_text("uncommitted\n")
+    other = make_repo(tmp_path / "other")
+    git(other, "worktree", "add", "-q", "-b", "spike", str(root / "spike"))  # another's worktree
+    (root / "spike" / "wip.txt").write_text("work in progress\n")
+    head = git(own, "rev-parse", "HEAD")
+
+    assert swarm(repo, "clean", "--all", "--yes", "--force").returncode == 0
+    for args in (["doctor"], ["doctor", "--yes", "--force"], ["doctor", "--yes", "--foreign"]):
+        found = report(repo, *args, code=1)
+        assert found[str(own)]["action"] == "keep", args
+        assert "a repository of its own" in str(found[str(own)]["fix"]), args
+        assert found[str(root / "spike")]["action"] == "keep", args
+        assert "a worktree of another repository" in str(found[str(root / "spike")]["fix"])
+    assert git(own, "rev-parse", "HEAD") == head
+    assert (own / "draft.txt").read_text() == "uncommitted\n"
+    assert (root / "spike" / "wip.txt").read_text() == "work in progress\n"
+    assert f"{root / 'spike'}  " in git(other, "worktree", "list")  # still registered there
+
+
 def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
     stale = repo / ".git" / "index.lock"
     stale.write_text("")

@@ -742,6 +742,28 @@ def test_a_swarm_toml_that_is_no_file_is_refused_not_skipped(repo: Path, kind: s
     assert not (repo / ".git" / "swarm").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "too big"])
+@pytest.mark.parametrize("which", ["manifest", "swarm.toml"])
+def test_a_manifest_or_config_past_its_bounds_is_one_line_before_anything(
+    repo: Path, kind: str, which: str
+) -> None:
+    # A FIFO would hang the run waiting for a writer; /dev/zero-like sizes would eat memory.
+    path = repo / ("swarm.toml" if which == "swarm.toml" else "tasks.toml")
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:  # valid TOML, one byte past the limit
+        head = '[[task]]\nid = "a"\nprompt = "p"\n'
+        path.write_text(head + "# " + "x" * (16 * 2**20 + 1 - len(head) - 3) + "\n")
+        assert path.stat().st_size == 16 * 2**20 + 1
+    args = ("-t", "a=p") if which == "swarm.toml" else (str(path),)
+    out = _swarm_run(repo, *args)
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    why = "not a regular file" if kind == "fifo" else "larger than 16 MiB"
+    assert out.stderr.startswith("swarm: "), out.stderr
+    assert out.stderr.endswith(f": {why}\n"), out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:
     path = manifest(cwd, 'executor = "k8s"\n[[task]]\nid = "a"\nprompt = "x"\n')
     assert error(repo, path) == "tasks.toml: [defaults]: executor: 'k8s' is not one of local, ray"

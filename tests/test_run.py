@@ -952,10 +952,54 @@ def test_a_repository_swarm_cannot_write_is_one_clear_line(repo: Path, command: 
     assert not (git_dir / "swarm").exists()
 
 
-def test_status_before_any_run_is_a_clear_error(repo: Path) -> None:
-    out = swarm(repo, "status")
+@pytest.mark.parametrize(
+    "command", [("status",), ("diff",), ("merge",), ("merge", "--dry-run"), ("logs", "a")]
+)
+def test_a_look_or_a_merge_before_any_run_is_a_clear_error_and_makes_nothing(
+    repo: Path, command: tuple[str, ...]
+) -> None:
+    out = swarm(repo, *command)
     assert out.returncode == 2
-    assert "no swarm runs" in out.stderr
+    assert out.stderr == f"swarm: no swarm runs in {repo} yet; start one with `swarm run`\n"
+    assert not (repo / ".git" / "swarm").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_a_task_that_leaves_an_expected_file_unwritten_fails_or_is_told_to_write_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Exits 0 having written something else; writes the expected file once told it is missing.
+    agent = write_agent(
+        "import pathlib, sys\n"
+        "if 'expected files missing: out.txt' in pathlib.Path(sys.argv[1]).read_text():\n"
+        "    pathlib.Path('out.txt').write_text('made')\n"
+        "pathlib.Path('other.txt').write_text('other')\n"
+    )
+    text = f"[defaults]\nagent = {argv_toml([*agent, '{prompt_file}'])}\n"
+    expect = 'expect_files = ["out.txt"]\n'
+    text += f'[[task]]\nid = "once"\nprompt = "p"\n{expect}'
+    text += f'[[task]]\nid = "told"\nprompt = "p"\nrepair = 1\n{expect}'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["once"]["state"] == "failed"
+    assert str(rows["once"]["reason"]).startswith("expected files missing: out.txt")
+    assert branch_file(repo, "swarm/once", "other.txt") == "other"  # its work kept
+    assert rows["told"]["state"] == "done"
+    assert branch_file(repo, "swarm/told", "out.txt") == "made"
+
+
+def test_task_branches_never_track_though_git_config_asks_for_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    git(repo, "config", "branch.autoSetupMerge", "always")
+    git(repo, "config", "branch.autoSetupRebase", "always")
+    agent = argv_toml(write_agent("open('a.txt', 'w').write('a')\n"))
+    path = manifest(repo, f'[defaults]\nagent = {agent}\n[[task]]\nid = "a"\nprompt = "p"\n')
+    assert swarm(repo, "run", path).returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    assert [line for line in git(repo, "config", "--list").splitlines() if "swarm/" in line] == []
 
 
 def test_idle_agent_is_timed_out_and_its_work_kept(

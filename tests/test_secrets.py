@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -785,6 +786,36 @@ def test_settings_that_reach_outside_are_refused_before_anything_is_created(
     assert not Path("/a").exists()
 
 
+def test_a_worktree_root_on_a_read_only_file_system_is_refused_before_anything(
+    repo: Path, tmp_path: Path
+) -> None:
+    # (A directory's mode does not bind root, which runs this suite; a read-only mount does.)
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a file system needs root and mount(8)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(frozen)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        setting = f"worktree_root = {json.dumps(str(frozen / 'wt'))}"
+        path = manifest(
+            repo, f'[defaults]\nagent = "scripted"\n{setting}\n[[task]]\nid = "a"\nprompt = "x"\n'
+        )
+        out = swarm(repo, "run", path)
+    finally:
+        subprocess.run(["umount", str(frozen)], check=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        f"swarm: worktree_root {frozen / 'wt'}: {frozen} is not writable; name a directory you"
+        " can write\n"
+    )
+    _no_trace(repo)
+
+
 @pytest.mark.parametrize(
     ("make", "needle"),
     [
@@ -1329,3 +1360,30 @@ def test_the_secret_scan_looks_at_the_index_it_is_given(
         subprocess.run(["git", *args], cwd=repo, env={**os.environ, **env}, check=True)
     assert holding_secrets(repo, env=env) == ["env.txt"]
     assert holding_secrets(repo) == []  # the repository's own index holds nothing of it
+
+
+def test_an_error_no_command_caught_writes_its_traceback_redacted_and_says_where(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile  # noqa: PLC0415
+
+    from tests.conftest import swarm_here  # noqa: PLC0415
+    from worktree_swarm.run import runs  # noqa: PLC0415
+
+    monkeypatch.setenv("DEPLOY_TOKEN", DB_PASSWORD)
+
+    def broken(summaries: object) -> list[str]:
+        raise RuntimeError(f"a bug while the token {DB_PASSWORD} was at hand")
+
+    monkeypatch.setattr(runs, "format_runs", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = swarm_here(repo, "runs")
+    assert out.returncode == 1
+    (crash,) = tmp_path.glob("swarm-crash-*.log")
+    assert out.stderr == f"swarm: internal error; traceback written to {crash}\n"
+    assert out.stdout == ""
+    text = crash.read_text()
+    assert "RuntimeError: a bug while the token [REDACTED] was at hand" in text
+    assert text.startswith("Traceback (most recent call last):")
+    assert ", in broken\n" in text  # down to where it failed
+    assert DB_PASSWORD not in text
