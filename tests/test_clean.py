@@ -793,6 +793,29 @@ def test_a_repository_or_another_repositorys_worktree_under_the_worktree_root_is
     assert f"{root / 'spike'}  " in git(other, "worktree", "list")  # still registered there
 
 
+@pytest.mark.parametrize("forced", [("doctor", "--yes", "--force"), ("clean", "--yes", "--force")])
+def test_a_locked_worktree_whose_directory_is_missing_is_kept_unless_forced(
+    repo: Path, write_agent: AgentFactory, forced: tuple[str, ...]
+) -> None:
+    # Its drive unmounted: git keeps a locked worktree's entry; so does swarm, unless told.
+    path = edits_done(repo, write_agent)
+    git(repo, "worktree", "lock", "--reason", "on a usb drive", str(path))
+    shutil.rmtree(path)
+    for args in (["doctor"], ["doctor", "--yes"], ["clean", "--all", "--yes"]):
+        found = report(repo, *args, code=1)
+        assert found[str(path)]["action"] == "keep", args
+        assert str(found[str(path)]["reason"]).endswith(
+            "its directory is missing, and it is locked (on a usb drive)"
+        ), args
+        assert "`git worktree unlock" in str(found[str(path)]["fix"])
+        assert str(path) in worktree_paths(repo)
+    found = report(repo, *forced, code=0)
+    assert found[str(path)]["action"] == "prune"
+    assert found[str(path)]["fixed"] is True
+    assert worktree_paths(repo) == [str(repo)]
+    assert not (repo / ".git" / "worktrees" / "edits").exists()
+
+
 def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
     stale = repo / ".git" / "index.lock"
     stale.write_text("")

@@ -467,7 +467,7 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
             action=Action.REMOVE_INITIALIZING,
             fix="unlock it, delete its half-made checkout, prune it",
             branch=info.branch,
-            admin_dir=_admin_dir(ctx.repo, path),
+            admin_dir=worktrees.admin_of(ctx.repo, path),
         )
     if info.prunable is not None:
         return Finding(
@@ -490,19 +490,8 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
         if force
         else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
         branch=info.branch,
-        admin_dir=_admin_dir(ctx.repo, path),
+        admin_dir=worktrees.admin_of(ctx.repo, path),
     )
-
-
-def _admin_dir(repo: git.Repo, path: Path) -> str | None:
-    """``<common>/worktrees/<name>`` of the worktree at *path*."""
-    admin = repo.common_dir / "worktrees"
-    for entry in admin.iterdir() if admin.is_dir() else []:
-        with contextlib.suppress(OSError):
-            named = Path(os.fsdecode(fs.read_file(entry / "gitdir")).strip())
-            if real_path(named.parent) == real_path(path):
-                return str(entry)
-    return None
 
 
 def _foreign(
@@ -540,7 +529,7 @@ def _foreign(
 
 def _last_used(repo: git.Repo, path: Path) -> float:
     """Newest mtime among the worktree directory and its HEAD, index and HEAD reflog."""
-    admin = _admin_dir(repo, path)
+    admin = worktrees.admin_of(repo, path)
     candidates = [path]
     if admin is not None:
         candidates += [Path(admin) / name for name in ("HEAD", "index", "logs/HEAD")]

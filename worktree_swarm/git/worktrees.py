@@ -188,6 +188,17 @@ def tampered(repo: Repo, path: Path) -> str | None:
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
 
+def admin_of(repo: Repo, path: Path) -> str | None:
+    """``<common>/worktrees/<name>`` of the worktree registered at *path* (gone or not)."""
+    admin = repo.common_dir / "worktrees"
+    for entry in admin.iterdir() if admin.is_dir() else []:
+        with contextlib.suppress(OSError):
+            named = Path(os.fsdecode(fs.read_file(entry / "gitdir")).strip())
+            if real_path(named.parent) == real_path(path):
+                return str(entry)
+    return None
+
+
 def own_admin(repo: Repo, path: Path) -> Path | None:
     """The admin dir of the task worktree *path* when it is as swarm made it, else None."""
     return None if path.is_symlink() else _linked_admin(repo, path)
