@@ -768,6 +768,51 @@ def test_resume_adopts_live_agents_without_launching_them_again(
         assert branch_file(repo, f"swarm/{i}", f"{i}.txt") == "finished"
 
 
+# Counts the agents at work as it starts (its mark among theirs), then works until GO.
+COUNTING_AGENT = """
+import os, pathlib, sys, time
+running, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+mine = running / os.environ['SWARM_TASK_ID']
+mine.touch()
+with open(running.parent / 'seen', 'a') as seen:
+    seen.write(f'{len(list(running.iterdir()))}\\n')
+while not go.exists():
+    time.sleep(0.02)
+pathlib.Path('out.txt').write_text('done')
+mine.unlink()
+"""
+
+
+def test_a_resumed_run_never_runs_more_than_jobs_agents_at_once(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    running, go = tmp_path / "running", tmp_path / "go"
+    running.mkdir()
+    agent = argv_toml([*write_agent(COUNTING_AGENT), str(running), str(go)])
+    ids = [f"t{i}" for i in range(5)]
+    text = f"[defaults]\nagent = {agent}\njobs = 2\n"
+    text += "".join(f'[[task]]\nid = "{i}"\nprompt = "p"\n' for i in ids)
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    wait_for(lambda: len(list(running.iterdir())) == 2, what="two agents at work")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = swarm_bg(repo, "resume")
+    try:
+        # The two it adopts hold both places: it starts no third beside them.
+        wait_for(
+            lambda: sum(1 for s in status_json(repo).values() if s["alive"]) == 2,
+            what="the two agents adopted",
+        )
+        go.touch()
+        assert resumed.wait(timeout=120) == 0
+    finally:
+        resumed.kill()
+    assert all(status_json(repo)[i]["state"] == "done" for i in ids)
+    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    assert len(seen) == len(ids)  # each agent started once
+    assert max(seen) <= 2, seen
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
     repo: Path, fake_claude: Path
