@@ -319,6 +319,34 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         github.resolve_token({})
 
 
+@pytest.mark.parametrize(
+    ("api_url", "asked"),
+    [
+        (None, ["auth", "token"]),
+        ("https://ghe.example/api/v3", ["auth", "token", "--hostname", "ghe.example"]),
+    ],
+)
+def test_gh_is_asked_for_the_token_of_the_host_the_api_is_on(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    api_url: str | None,
+    asked: list[str],
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    gh = bindir / "gh"
+    gh.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        f"print('gho_' + ('right' if sys.argv[1:] == {asked!r} else 'wrong'))\n"
+    )
+    gh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    env = {"PATH": os.environ["PATH"]}
+    made = github.connect(open_repo(repo), github_repo="acme/widgets", api_url=api_url, env=env)
+    assert made.token.reveal() == "gho_right"
+
+
 def test_malformed_token_is_refused_without_echoing_it() -> None:
     with pytest.raises(BadInputError) as info:
         github.resolve_token({"GITHUB_TOKEN": "abc\ndef"})
