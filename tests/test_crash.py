@@ -783,6 +783,48 @@ def test_resume_on_a_full_disk_says_so_in_one_line(
     assert not pid_alive(agent_pid)
 
 
+def _running(repo: Path) -> bool:
+    """Whether task `a` is recorded running (False before the run is)."""
+    out = swarm(repo, "status", "--json")
+    return out.returncode == 0 and json.loads(out.stdout)["tasks"][0]["state"] == "running"
+
+
+@pytest.mark.slow  # long: SQLite's 30-second busy timeout passes first
+def test_a_write_lock_another_program_holds_on_the_state_pauses_the_run_and_loses_nothing(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A `sqlite3` shell left in a transaction while an agent ends: its work must still land.
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+        "while not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.05)\n"
+    )
+    text = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml([*agent, str(go)])}\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: _running(repo), what="the agent")
+        shell = sqlite3.connect(repo / ".git" / "swarm" / "state.db", isolation_level=None)
+        shell.execute("BEGIN EXCLUSIVE")
+        try:
+            go.touch()  # the agent ends: the manager cannot record it
+            held = "paused: another program holds the state database's write lock; retrying"
+            wait_for(lambda: held in swarm(repo, "status").stdout, timeout=120, what="pause")
+            out = swarm(repo, "stop")  # any command that writes: one line, exit 1
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert out.stderr.count("\n") == 1, out.stderr
+            assert "is locked by another program" in out.stderr
+        finally:
+            shell.execute("ROLLBACK")
+            shell.close()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    row = status_json(repo)["a"]
+    assert row["state"] == "done", row
+    assert git(repo, "show", "swarm/a:work.txt") == "work"
+
+
 def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> None:
     # The morning after a run filled the disk: SQLite cannot open the state to write (it
     # cannot create its shared-memory file), and a plain `git status` cannot refresh an index.
