@@ -125,6 +125,21 @@ def test_users_global_filters_still_apply(repo: Path) -> None:
         assert objects.read(blob) == b"HELLO\n"
 
 
+def test_an_object_read_up_to_a_limit_keeps_its_head_and_the_reader_in_step(repo: Path) -> None:
+    big = os.urandom(3 << 20)
+    (repo / "big.bin").write_bytes(big)
+    (repo / "small.txt").write_text("small\n")
+    runner.run(repo, "add", "--all")
+    blobs = [
+        runner.run(repo, "rev-parse", f":{n}").stdout.strip() for n in ("big.bin", "small.txt")
+    ]
+    with runner.ObjectReader(repo) as objects:
+        assert objects.read(blobs[0], limit=1000) == big[:1000]
+        assert objects.read(blobs[1]) == b"small\n"  # the rest of the big one was dropped
+        assert objects.read(blobs[1], limit=100) == b"small\n"
+        assert objects.read(blobs[0]) == big
+
+
 def test_errors_are_typed(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="rev-parse"):
         runner.run(repo, "rev-parse", "--verify", "no-such-ref")

@@ -600,6 +600,32 @@ def test_merges_word_on_a_leak_shows_the_files_name_redacted_and_without_its_esc
     assert not {"\x1b", "\x07"} & set(out.stdout)
 
 
+# Run a command, then print the largest resident set of any process it waited for (KiB).
+PEAK = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+# (`swarm diff`'s patch is git's: git loads a new file once even to say it is binary.)
+@pytest.mark.parametrize("command", [("merge", "--dry-run"), ("diff", "--stat"), ("merge",)])
+def test_a_huge_file_on_a_branch_is_never_held_in_memory_whole(
+    repo: Path, write_agent: AgentFactory, command: tuple[str, ...]
+) -> None:
+    # A sparse file costs the agent no disk and its branch little: git stores it compressed.
+    agent = write_agent("import os\nwith open('big.bin', 'wb') as f:\n    f.truncate(128 << 20)\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "big=x").returncode == 0
+    argv = [sys.executable, "-m", "worktree_swarm.cli", *command]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, *argv], cwd=repo, capture_output=True, text=True, check=True
+    )
+    code, peak_kib = map(int, done.stdout.split())
+    assert code == 0, done.stderr
+    # The leak scan read all 128 MiB and copied it, git's stat loaded it: 280 MiB and more.
+    assert peak_kib < 96 << 10, peak_kib
+
+
 @pytest.mark.parametrize("how", ["--name-only", "--json"])
 def test_diff_shows_a_file_named_after_a_secret_redacted(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, how: str

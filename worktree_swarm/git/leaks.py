@@ -84,7 +84,8 @@ def find_leak(
             if why is not None:
                 return Leak(path=path, commit=commit, why=f"is named after {why}")
             # Bytes, not text: a binary file (a DER key, a keystore) must not stop the scan.
-            head = objects.read(blob)[:SCAN_LIMIT].decode("utf-8", "surrogateescape")
+            # Only its head is read into memory: a sparse 1 GiB file costs the agent nothing.
+            head = objects.read(blob, limit=SCAN_LIMIT).decode("utf-8", "surrogateescape")
             why = _credential(head, secrets)
             if why is not None:
                 return Leak(path=path, commit=commit, why=f"holds {why}")

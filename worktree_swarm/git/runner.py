@@ -28,6 +28,7 @@ from worktree_swarm.infra.proc import clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
+BIG_FILE = "16m"  # git's core.bigFileThreshold for swarm's own git: 512m by default
 ALWAYS: tuple[tuple[str, str], ...] = (
     ("core.hooksPath", os.devnull),  # hooks, incl. reference-transaction (2.28) and post-checkout
     ("core.fsmonitor", "false"),  # a command or hook path (2.16; builtin daemon 2.36)
@@ -49,6 +50,10 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("status.submoduleSummary", "false"),
     ("fetch.recurseSubmodules", "false"),
     ("push.recurseSubmodules", "no"),
+    # A file past it is binary to git's diffs, stats and merges and is streamed, not loaded:
+    # an agent's sparse or repetitive file of gigabytes costs it no disk and its branch a few
+    # KiB, while a line diff of it held many times its size in memory (up to 8 at once).
+    ("core.bigFileThreshold", BIG_FILE),
 )
 
 # Per-driver keys that run a program; neutralised when repository-level config defines them.
@@ -509,14 +514,17 @@ class ObjectReader:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def read(self, rev: str) -> bytes:
-        """The raw content of object *rev*; raises GitError when it does not exist."""
+    def read(self, rev: str, *, limit: int | None = None) -> bytes:
+        """The raw content of object *rev* (its first *limit* bytes); GitError when missing.
+
+        The rest of a bigger object is read and dropped as it comes, never held.
+        """
         if not rev or "\n" in rev:
             raise GitError(f"object {rev!r} is missing")
         with self._lock:
             proc = self._proc or self._start()
             with pipes.watching(proc) as watched:
-                answered, data = _batch_read(proc, rev)
+                answered, data = _batch_read(proc, rev, limit)
             if watched.pipe is not None or not answered:
                 self._stop()
                 if watched.pipe is not None:
@@ -559,11 +567,16 @@ class ObjectReader:
         self.close()
 
 
-def _batch_read(proc: subprocess.Popen[bytes], rev: str) -> tuple[bool, bytes | None]:
+_DROP_CHUNK = 1 << 20  # what of an object past its limit is read at once, to be dropped
+
+
+def _batch_read(
+    proc: subprocess.Popen[bytes], rev: str, limit: int | None = None
+) -> tuple[bool, bytes | None]:
     """Ask ``cat-file --batch`` *proc* for *rev*: whether it answered, and the object.
 
-    The object is None when missing; there is no answer when the process ended (stopped, or
-    it failed) first.
+    At most its first *limit* bytes are kept. The object is None when missing; there is no
+    answer when the process ended (stopped, or it failed) first.
     """
     if proc.stdin is None or proc.stdout is None:  # never: it is started with both
         return False, None
@@ -575,9 +588,16 @@ def _batch_read(proc: subprocess.Popen[bytes], rev: str) -> tuple[bool, bytes | 
         if not header or not size_text.isdigit():  # "<rev> missing", "<rev> ambiguous"
             return bool(header), None
         size = int(size_text)
-        data = proc.stdout.read(size + 1)  # the object, then a newline
+        keep = size if limit is None else min(size, limit)
+        data = proc.stdout.read(keep)
+        left = size + 1 - keep  # the rest of the object, then a newline
+        while left > 0 and len(data) == keep:
+            dropped = len(proc.stdout.read(min(left, _DROP_CHUNK)))
+            if not dropped:
+                return False, None
+            left -= dropped
     except OSError:  # its input closed: it ended
         return False, None
-    if len(data) != size + 1:
+    if len(data) != keep:
         return False, None
-    return True, data[:size]
+    return True, data
