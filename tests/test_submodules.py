@@ -174,3 +174,23 @@ def test_a_filter_of_a_repository_an_agent_made_never_runs_whatever_its_name(
     lib = repo.parent / "repo.swarm" / "t" / "lib"
     subprocess.run(["git", "status"], cwd=lib, check=True, capture_output=True)
     assert marker.exists()  # the attack is real: git there runs it
+
+
+@pytest.mark.parametrize("path", ["../up", "/abs", ".", "a/../../up"])
+def test_a_gitmodules_naming_a_path_outside_the_worktree_fails_no_task_nor_clean(
+    tmp_path: Path, write_agent: AgentFactory, path: str
+) -> None:
+    # Anyone can commit one (an agent's task landed, the file hidden from its own worktree):
+    # git refuses to list such a path, which failed every later task and `swarm clean`.
+    repo = make_repo(
+        tmp_path / "repo", {".gitmodules": f'[submodule "up"]\n\tpath = {path}\n\turl = ./up\n'}
+    )
+    agent = argv_toml(write_agent("open('own.txt', 'w').write('own work')\n"))
+    text = f'[defaults]\nagent = {agent}\n[[task]]\nid = "t"\nprompt = "p"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert git(repo, "show", "swarm/t:own.txt") == "own work"
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (repo.parent / "repo.swarm" / "t").exists()

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, ClassVar
 
 import filelock
@@ -896,12 +896,22 @@ def _embedded(worktree: Path, added: str) -> list[str]:
 
 
 def _submodule_paths(worktree: Path) -> set[str]:
-    """The paths ``.gitmodules`` declares submodules at."""
+    """The paths inside *worktree* that ``.gitmodules`` declares submodules at.
+
+    Anyone can commit a ``.gitmodules``: a path that leaves the worktree (``../up``, ``/x``)
+    is no submodule git would make, and git refuses to list it (every checkpoint failed).
+    """
     if not (worktree / ".gitmodules").is_file():
         return set()
     named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
                             r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
-    return {entry.partition("\n")[2] for entry in named.split("\0") if entry}
+    paths = {entry.partition("\n")[2] for entry in named.split("\0") if entry}
+    return {p for p in paths if _inside(PurePosixPath(p))}
+
+
+def _inside(path: PurePosixPath) -> bool:
+    """Whether the relative *path* names something below the directory it is relative to."""
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
 
 
 def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool) -> str | None:
