@@ -194,3 +194,27 @@ def test_a_gitmodules_naming_a_path_outside_the_worktree_fails_no_task_nor_clean
     out = swarm(repo, "clean", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not (repo.parent / "repo.swarm" / "t").exists()
+
+
+# Declares a submodule whose path holds terminal escapes, and leaves a file in it.
+ESCAPING_SUBMODULE = r"""
+import os, subprocess
+name = "m\x1b]0;PWNED\x07\x1b[2J\x1b[32mALL CLEAN\x1b[0m"
+subprocess.run(["git", "update-index", "--add", "--cacheinfo", f"160000,{'a' * 40},{name}"],
+               check=True)
+with open(".gitmodules", "w") as f:
+    f.write(f'[submodule "m"]\n\tpath = "{name}"\n\turl = ./m\n')
+os.makedirs(name)
+open(os.path.join(name, "left.txt"), "w").write("work\n")
+"""
+
+
+def test_clean_names_what_an_agent_made_without_its_terminal_escapes(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = argv_toml(write_agent(ESCAPING_SUBMODULE))
+    swarm(repo, "run", manifest(repo, f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'))
+    for args in (("clean",), ("clean", "--yes")):
+        out = swarm(repo, *args)
+        assert "holds work no commit records" in out.stdout, (args, out.stdout)
+        assert not {"\x1b", "\x07"} & set(out.stdout + out.stderr), args

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.fixes import Action, Kind
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import path_text, printable, without_escapes
 
 
 def clean_text(report: Report) -> str:
@@ -34,4 +34,6 @@ def clean_text(report: Report) -> str:
     else:
         todo = len(report.findings) - kept
         lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
-    return "\n".join(lines)
+    # Reasons name what agents made (a submodule's path, a process's name, git's words about
+    # them): no escape sequence of theirs reaches your terminal.
+    return "\n".join(printable(without_escapes(line), keep="") for line in lines)
