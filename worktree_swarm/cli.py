@@ -25,7 +25,13 @@ from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, Sw
 from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
-from worktree_swarm.core.text import is_utf8, path_text, printable, without_escapes
+from worktree_swarm.core.text import (
+    is_utf8,
+    lone_returns_shown,
+    path_text,
+    printable,
+    without_escapes,
+)
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, logtail
 from worktree_swarm.infra.redact import RedactingWriter, redact, redact_data
@@ -617,8 +623,10 @@ def diff_cmd(
     for d, text in diff.patches(repo, diffs, stat=stat):
         click.echo(diff.format_header(d))
         # A key on the branch is shown where it is, not what; an escape sequence in a file
-        # (a clipboard write, a cleared screen) never reaches your terminal.
-        click.echo(printable(without_escapes(redact(text)), keep="\n\t\r"), nl=False)
+        # (a clipboard write, a cleared screen) never reaches your terminal, nor a carriage
+        # return that would draw one part of a line over another.
+        shown = lone_returns_shown(without_escapes(redact(text)))
+        click.echo(printable(shown, keep="\n\t\r"), nl=False)
     return ExitCode.OK
 
 

@@ -52,6 +52,18 @@ def printable(text: str, *, keep: str = "\n\t") -> str:
     )
 
 
+_LONE_RETURN = re.compile(r"\r(?!\n)")
+
+
+def lone_returns_shown(text: str) -> str:
+    """*text* with each carriage return not ending a line shown as ``^M`` (as ``less`` does).
+
+    On a terminal it moves the cursor back: what follows it on the line would hide what
+    came before (a command in a reviewed diff behind a harmless comment).
+    """
+    return _LONE_RETURN.sub("^M", text) if "\r" in text else text
+
+
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
