@@ -32,6 +32,7 @@ from tests.test_run import checkout_snapshot, pid_alive, status_json, swarm, wai
 from tests.test_shim import PRELUDE, marked
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.core.models import TaskState
+from worktree_swarm.git import repo as repo_module
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra import supervisor
 from worktree_swarm.merge import conflicts
@@ -143,6 +144,31 @@ def kill_merge_once(repo: Path, argv: list[str], ready: Callable[[], bool], *, w
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)
+
+
+def test_a_prediction_asked_in_batches_of_a_path_or_two_predicts_the_same(
+    base_repo: Path, brancher: Brancher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thousands of long names at once (a codemod) passed git a command line past the
+    # kernel's limit: the prediction failed with E2BIG.
+    base = make_cases(base_repo, brancher)
+    repo = open_repo(base_repo)
+    names = [name for name, _, _ in CASES]
+    branches = [
+        conflicts.Branch(name=n, tip=git(base_repo, "rev-parse", f"swarm/{n}"), base=base)
+        for n in names
+    ]
+    whole = conflicts.predict(repo, branches, target=base)
+    monkeypatch.setattr(repo_module, "ARGS_BYTES", 24)
+    assert [len(b) for b in repo_module.in_batches(["a" * 10, "b" * 10, "c" * 30, "d"])] == [
+        2,
+        1,
+        1,
+    ]
+    batched = conflicts.predict(repo, branches, target=base)
+    assert batched.pairs == whole.pairs
+    assert batched.target == whole.target
+    assert whole.pairs  # (the cases do conflict)
 
 
 @pytest.mark.parametrize("target_moves", [False, pytest.param(True, marks=pytest.mark.slow)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,6 +56,30 @@ def _run(
     cwd: Path, args: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return runner.run(cwd, *args, check=check, env=env)
+
+
+# Bytes of paths on one git command line: far below the kernel's limit on a command line
+# (a codemod's thousands of long names at once failed with E2BIG).
+ARGS_BYTES = 1 << 17
+
+
+def in_batches(paths: Iterable[str], limit: int | None = None) -> Iterator[list[str]]:
+    """*paths* in consecutive batches of at most *limit* bytes of names (one name at least).
+
+    *limit* defaults to :data:`ARGS_BYTES`.
+    """
+    limit = limit or ARGS_BYTES
+    batch: list[str] = []
+    size = 0
+    for path in paths:
+        length = len(os.fsencode(path)) + 1
+        if batch and size + length > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += length
+    if batch:
+        yield batch
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:

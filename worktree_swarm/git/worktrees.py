@@ -33,11 +33,11 @@ from worktree_swarm.git.repo import (
     commit_of,
     git,
     git_dir,
+    in_batches,
     repo_lock,
 )
 from worktree_swarm.infra import fs, redact
 
-_ARGS_PER_CALL = 500  # paths per git command line, far below any argv limit
 _NEXT_STEP = "run `swarm resume` to continue that run or `swarm clean` to remove it"
 
 
@@ -748,8 +748,7 @@ def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str
         return []
     candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, strict=False)]
     tracked: set[str] = set()
-    for i in range(0, len(candidates), _ARGS_PER_CALL):
-        chunk = candidates[i : i + _ARGS_PER_CALL]
+    for chunk in in_batches(candidates):
         out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
         tracked.update(out.split("\0"))
     return [c for c in candidates if c not in tracked]

@@ -169,10 +169,13 @@ def prune_empty(directory: Path, root: Path) -> None:
 def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
     if not paths:
         return {}
-    literal = [f":(literal){path}" for path in paths]  # a name may hold `*` or `?`
-    out = runner.run_bytes(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *literal)
+    literal = (f":(literal){path}" for path in paths)  # a name may hold `*` or `?`
+    records = b"".join(
+        runner.run_bytes(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *batch).stdout
+        for batch in git.in_batches(literal)
+    )
     entries = {}
-    for record in out.stdout.split(b"\0"):
+    for record in records.split(b"\0"):
         if not record:
             continue
         meta, _, rel = record.partition(b"\t")

@@ -176,15 +176,19 @@ def hunks(repo: git.Repo, base: str, tip: str, paths: Iterable[str]) -> dict[str
 
     A path whose name git had to quote is left out: the caller then asks merge-tree.
     """
-    wanted = sorted(paths)
-    if not wanted:
-        return {}
-    out = git.git(
-        repo.root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff",
-        "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/",
-        "--end-of-options", base, tip, "--", *(f":(literal){p}" for p in wanted),
-    )  # fmt: skip
     found: dict[str, list[Hunk]] = {}
+    for batch in git.in_batches(f":(literal){p}" for p in sorted(paths)):
+        out = git.git(
+            repo.root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff",
+            "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/",
+            "--end-of-options", base, tip, "--", *batch,
+        )  # fmt: skip
+        _read_hunks(out, found)
+    return found
+
+
+def _read_hunks(out: str, found: dict[str, list[Hunk]]) -> None:
+    """Add the base-side hunks of the ``diff -U0`` *out* to *found*, per path."""
     current: list[Hunk] | None = None
     for line in out.splitlines():
         if line.startswith("diff --git "):
@@ -198,7 +202,6 @@ def hunks(repo: git.Repo, base: str, tip: str, paths: Iterable[str]) -> dict[str
                 current.append((2 * start + 1, 2 * start + 1))
             else:
                 current.append((2 * start, 2 * (start + count - 1)))
-    return found
 
 
 def hunks_apart(ours: Sequence[Hunk], theirs: Sequence[Hunk]) -> bool:
@@ -386,9 +389,12 @@ def _without_merge_attributes(repo: git.Repo, paths: set[str]) -> set[str]:
     """The *paths* with no ``merge`` attribute: git's own text merge applies to them."""
     if not paths:
         return set()
-    out = git.git(repo.root, "check-attr", "-z", "merge", "--", *sorted(paths))
-    fields = out.split("\0")
-    special = {fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] != "unspecified"}
+    special: set[str] = set()
+    for batch in git.in_batches(sorted(paths)):
+        fields = git.git(repo.root, "check-attr", "-z", "merge", "--", *batch).split("\0")
+        special |= {
+            fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] != "unspecified"
+        }
     return paths - special
 
 
