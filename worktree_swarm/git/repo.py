@@ -733,17 +733,7 @@ def checkpoint(
             f"{worktree}: a merge with unresolved conflicts is in progress; resolve it or abort "
             "it (`git merge --abort`) there first"
         )
-    if exclude:
-        literal = [f":(literal,top){path}" for path in exclude]
-        _run(
-            worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--", *literal]
-        )
-        # `add` fails on a pathspec naming an ignored file, even an exclude; it would skip
-        # those files anyway.
-        out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
-                              "--directory", "--", *literal]).stdout  # fmt: skip
-        ignored = {p.rstrip("/") for p in out.split("\0") if p}
-        exclude = [path for path in exclude if path.rstrip("/") not in ignored]
+    exclude = _unstaged(worktree, exclude)
     unhide_edits(worktree)
     # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
     # agent made and committed itself is an embedded repository like one it only made.
@@ -753,13 +743,13 @@ def checkpoint(
     added, unborn, refused = _add(worktree, [*exclude, *links], droppings)
     linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
     if linked:  # a commit would hold a commit id nobody else has, not their files
-        literal = [f":(literal,top){path}" for path in linked]
-        _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
+        for literal in in_batches(f":(literal,top){path}" for path in linked):
+            _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
     secret = holding_secrets(worktree)
     if secret:  # staged as they were at the last commit: never in one of swarm's commits
-        literal = [f":(literal,top){path}" for path in secret]
-        _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
+        for literal in in_batches(f":(literal,top){path}" for path in secret):
+            _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, embedded, head)
@@ -878,6 +868,21 @@ def refused_paths(add_errors: str) -> list[str]:
 _REFUSED = re.compile(r"^error: unable to (?:add '(.+)' to index|index file '(.+)')$", re.MULTILINE)
 
 
+def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
+    """Take *exclude* out of *worktree*'s index; those of them `add` must be told to skip.
+
+    `add` fails on a pathspec naming an ignored file, even an exclude; it skips those anyway.
+    """
+    ignored: set[str] = set()
+    for literal in in_batches(f":(literal,top){path}" for path in exclude):
+        _run(worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
+                        *literal])  # fmt: skip
+        out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                              "--directory", "--", *literal]).stdout  # fmt: skip
+        ignored |= {p.rstrip("/") for p in out.split("\0") if p}
+    return [path for path in exclude if path.rstrip("/") not in ignored]
+
+
 def _add(
     worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
 ) -> tuple[str, list[str], list[str]]:
@@ -893,7 +898,15 @@ def _add(
             *(f":(exclude,literal,top){path}" for path in exclude),
             *(f":(exclude,glob,top){pattern}" for pattern in droppings),
         ]
-        res = _run(worktree, [*_ADD, "--", *pathspec], check=False)
+        # On its input, NUL-separated: a `copy` glob may leave thousands of files out.
+        res = runner.run(
+            worktree,
+            *_ADD,
+            "--pathspec-from-file=-",
+            "--pathspec-file-nul",
+            check=False,
+            input_text="\0".join(pathspec) + "\0",
+        )
     else:
         res = _run(worktree, _ADD, check=False)
     unborn, refused = unborn_repositories(res.stderr), refused_paths(res.stderr)
