@@ -112,3 +112,47 @@ def test_what_a_node_hands_the_coordinator_holds_none_of_the_nodes_secrets(
     assert failure is not None
     assert "token" in log
     assert NODE_SECRET not in log + failure.summary + failure.detail
+
+
+def test_a_key_over_several_lines_is_redacted_in_the_log_the_ended_attempt_hands_back(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    # Two polls may each get part of a PEM block: each alone is no key. Once the agent has
+    # ended, the node redacts its whole log and the coordinator copies it again.
+    node.prepare()
+    node.start(prompt="p", session=None, resume_prompt=None)
+    (tmp_path / "go").touch()
+    until("the agent's end", node=node)
+    read_to, _ = node.tail(0)
+    lines = ["MIIEowIBAAKCAQEAx5Kq" + "Zm9vYmFy" * 8, "Q2xhdWRlQ29kZVNlY3JldA" * 3]
+    with node.log_path.open("a") as log:  # (as a daemon it left would write on)
+        log.write(f"-----BEGIN RSA PRIVATE KEY-----\n{lines[0]}\n")
+    read_to, first = node.tail(read_to)
+    assert lines[0].encode() not in first  # with its BEGIN line: redacted to its end
+    with node.log_path.open("a") as log:
+        log.write(f"{lines[1]}\n-----END RSA PRIVATE KEY-----\n")
+    _, second = node.tail(read_to)
+    assert lines[1].encode() in second  # alone, the rest of a key's body is no secret
+    node.scrub_log()
+    _, whole = node.tail(0)
+    assert not [line for line in lines if line.encode() in whole]
+    assert NODE_SECRET.encode() not in whole
+    assert whole.startswith(b"starting\n")
+
+
+@pytest.mark.parametrize(
+    ("chunk", "full", "kept"),
+    [
+        (b"one\ntwo\npart", False, b"one\ntwo\n"),
+        (b"partial line", False, b""),
+        (b"a\n" + b"x" * 100, True, b"a\n"),
+        (b"word " * 2000, True, b"word " * (2000 - 4096 // 5 - 1)),  # to a blank before the end
+        (b"x" * 10_000, True, b"x" * 10_000),  # no blank at all: all of it
+    ],
+)
+def test_what_a_read_of_a_log_hands_back_ends_at_a_line_or_a_blank(
+    chunk: bytes, full: bool, kept: bytes
+) -> None:
+    from worktree_swarm.run.ray_node import _whole_lines  # noqa: PLC0415
+
+    assert _whole_lines(chunk, full=full) == kept

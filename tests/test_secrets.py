@@ -1413,3 +1413,27 @@ def test_an_error_no_command_caught_writes_its_traceback_redacted_and_says_where
     assert text.startswith("Traceback (most recent call last):")
     assert ", in broken\n" in text  # down to where it failed
     assert DB_PASSWORD not in text
+
+
+def test_a_copy_globs_file_an_agent_named_in_bytes_that_are_not_utf8_is_left_out(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its name reached git as text with surrogates; encoded strictly, every checkpoint failed.
+    (repo / ".gitignore").write_text("")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore")
+    (repo / ".env").write_text("KEY=value-of-the-user\n")
+    agent = argv_toml(
+        write_agent(
+            "import os\n"
+            "open(os.fsencode('.env') + b'\\xff', 'wb').write(b'copied by hand')\n"
+            "open('work.txt', 'w').write('work')\n"
+        )
+    )
+    text = f'[defaults]\nagent = {agent}\ncopy = [".env*"]\n[[task]]\nid = "a"\nprompt = "p"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert git(repo, "show", "swarm/a:work.txt") == "work"
+    names = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
+    assert names == [".gitignore", "README.md", "work.txt"]  # no copy file, whatever its name

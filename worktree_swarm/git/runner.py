@@ -28,7 +28,12 @@ from worktree_swarm.infra.proc import clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
-BIG_FILE = "16m"  # git's core.bigFileThreshold for swarm's own git: 512m by default
+# git's core.bigFileThreshold (512m by default) for swarm's diffs, logs and stats: a file past
+# it is binary to them, never loaded to count or show its lines. An agent's sparse or
+# repetitive file of gigabytes costs it no disk and its branch a few KiB, while `diff
+# --numstat` of a 500 MB text file held 11 GB (up to 8 run at once). Not for merges, packs or
+# pushes: those keep git's own threshold (deltas of big files, line merges).
+BIG_FILE = "16m"
 ALWAYS: tuple[tuple[str, str], ...] = (
     ("core.hooksPath", os.devnull),  # hooks, incl. reference-transaction (2.28) and post-checkout
     ("core.fsmonitor", "false"),  # a command or hook path (2.16; builtin daemon 2.36)
@@ -50,10 +55,6 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("status.submoduleSummary", "false"),
     ("fetch.recurseSubmodules", "false"),
     ("push.recurseSubmodules", "no"),
-    # A file past it is binary to git's diffs, stats and merges and is streamed, not loaded:
-    # an agent's sparse or repetitive file of gigabytes costs it no disk and its branch a few
-    # KiB, while a line diff of it held many times its size in memory (up to 8 at once).
-    ("core.bigFileThreshold", BIG_FILE),
 )
 
 # Per-driver keys that run a program; neutralised when repository-level config defines them.
@@ -441,6 +442,8 @@ def _hardened(
                 added.append(f"{option}={_PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix, values = overrides(cwd)
+    if at is not None and args[at] in _LINE_DIFF_COMMANDS:
+        prefix = [*prefix, "-c", f"core.bigFileThreshold={BIG_FILE}"]
     return [*prefix, *args], len(prefix), {**(env or {}), **values}
 
 
@@ -458,6 +461,7 @@ def _subcommand(args: Sequence[str]) -> int | None:
 
 
 _PATCH_COMMANDS = frozenset({"diff", "log", "show"})
+_LINE_DIFF_COMMANDS = frozenset({*_PATCH_COMMANDS, "diff-tree"})
 _WORKTREE_COMMANDS = frozenset({"status", "diff"})
 
 
@@ -473,7 +477,8 @@ def run(
     Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable,
     BadInputError when git is missing.
     """
-    data = input_text.encode() if input_text is not None else None
+    # (A file name that is not UTF-8 is text with surrogates: its bytes go as they were.)
+    data = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
     argv, shown_from, full_env = _hardened(cwd, args, env)
     return _execute(
         cwd,

@@ -934,6 +934,7 @@ class RayTaskWorker(RunWorker):
         provider = provider_of(task.agent)
         stream = LogTail(path=handle.log_path, profile=task.agent, offset=_size(handle.log_path))
         progress, cut = self._watch(live, handle, stream)
+        self._recopy(handle, live)
         code = None if cut is not None else progress.exit_code
         text = read_end(handle.log_path, 8 * 2**20)
         # What it says it used, as the budget and the store count it (a resumed session its own).
@@ -1133,10 +1134,11 @@ class RayTaskWorker(RunWorker):
     def _mirror(self, handle: _Handle, live: Live) -> None:
         """Append what the agent logged since the last call to the local copy of its log.
 
-        Redacted on the node (its own secrets) and here (the run's): the copy never holds a
-        secret, whatever ends the attempt. Where the node's log has been read to is kept
-        beside the copy (their sizes differ by the redactions), for a coordinator that adopts
-        the attempt after a crash.
+        Redacted on the node (its own secrets) and here (the run's), a line at a time: the
+        copy never holds a secret of one line, whatever ends the attempt (one over several
+        lines, a PEM key, once it ends: :meth:`_recopy`). How far the node's log has been read,
+        and the copy's size then, are kept beside the copy (the two differ by the
+        redactions), for a coordinator that adopts the attempt after a crash.
         """
         while True:
             read_to, chunk = self._call(handle.actor, "tail", handle.offset, live=live)
@@ -1144,8 +1146,23 @@ class RayTaskWorker(RunWorker):
                 return
             with fs.open_append_bytes(handle.log_path) as fh:
                 fh.write(redact.redact_bytes(chunk))
+                size = fh.tell()
             handle.offset = read_to
-            _read_to(handle.log_path).write_text(str(read_to))  # (unreadable: its size)
+            _note_read(handle.log_path, read_to, size)
+
+    def _recopy(self, handle: _Handle, live: Live) -> None:
+        """Copy the ended attempt's log again, once the node has redacted it whole."""
+        self._call(handle.actor, "scrub_log", live=live)
+        fresh = handle.log_path.with_name(handle.log_path.name + ".new")
+        offset = 0
+        with fresh.open("wb") as out:
+            while (got := self._call(handle.actor, "tail", offset, live=live))[0] != offset:
+                offset = got[0]
+                out.write(redact.redact_bytes(got[1]))
+            size = out.tell()
+        fresh.replace(handle.log_path)
+        handle.offset = offset
+        _note_read(handle.log_path, offset, size)
 
     def _call(
         self,
@@ -1545,6 +1562,13 @@ def _read_to(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".read")
 
 
+def _note_read(log_path: Path, read_to: int, size: int) -> None:
+    """Record that the node's log was read to *read_to* when the copy held *size* bytes."""
+    part = log_path.with_name(log_path.name + ".read.part")
+    part.write_text(f"{read_to} {size}\n")
+    part.replace(_read_to(log_path))
+
+
 def _size(path: Path) -> int:
     """The size of *path*, 0 when it is not there."""
     try:
@@ -1554,8 +1578,15 @@ def _size(path: Path) -> int:
 
 
 def _mirrored(log_path: Path) -> int:
-    """How far the node's log of *log_path* was read (its size, for a copy kept whole)."""
+    """How far the node's log of the copy *log_path* was read; the copy cut back to match.
+
+    A coordinator killed after appending a chunk and before noting it leaves the copy longer
+    than noted: cut, the chunk is copied again, not twice. Nothing noted: copied from the start.
+    """
     try:
-        return int(_read_to(log_path).read_text())
+        read_to, size = map(int, _read_to(log_path).read_text().split())
     except (OSError, ValueError):
-        return log_path.stat().st_size
+        read_to = size = 0
+    with contextlib.suppress(OSError), log_path.open("r+b") as fh:
+        fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
+    return read_to

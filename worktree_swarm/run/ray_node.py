@@ -46,6 +46,7 @@ from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 NODE_DIR_ENV = "SWARM_NODE_DIR"
 NODE_NAME_ENV = "SWARM_NODE_NAME"
 TAIL_LIMIT = 1 << 20
+_HOLD = 1 << 12  # what of a line longer than TAIL_LIMIT waits for the next read: a whole token
 # Where an attempt's actor writes its process's identity, in the attempt's logs.
 ACTOR_FILE = "actor.json"
 # How long a node waits for Ray to kill the actor of an attempt it ends before doing it itself.
@@ -340,19 +341,28 @@ class NodeAgent:
     def tail(self, offset: int) -> tuple[int, bytes]:
         """The log from *offset* on, redacted: where the next read starts, and the bytes.
 
-        While the agent may still write, whole lines only (a secret it writes in pieces is
-        redacted whole); at most 1 MiB per call (a longer line goes in pieces).
+        Whole lines only while the agent may still write or more follows (a secret written in
+        pieces is redacted whole), at most 1 MiB per call: a longer line goes in pieces, cut
+        at a blank before their last 4 KiB (no token cut in two). Multi-line secrets (a PEM
+        key) are redacted in the whole log once the attempt ends (:meth:`scrub_log`).
         """
+        agent = self._agent
+        # Looked at before the read: an agent that had ended then has written all it will.
+        writing = agent is not None and agent.poll() is None and agent.alive()
         try:
             with self.log_path.open("rb") as fh:
                 fh.seek(offset)
                 chunk = fh.read(TAIL_LIMIT)
         except FileNotFoundError:
             return offset, b""
-        agent = self._agent
-        if agent is not None and agent.poll() is None and agent.alive() and len(chunk) < TAIL_LIMIT:
-            chunk = chunk[: chunk.rfind(b"\n") + 1]  # (looked after the read: then, all of it)
+        full = len(chunk) == TAIL_LIMIT
+        if writing or full:
+            chunk = _whole_lines(chunk, full=full)
         return offset + len(chunk), redact.redact_bytes(chunk)
+
+    def scrub_log(self) -> None:
+        """Redact the whole log in place (the agent has ended): a secret over lines too."""
+        redact.scrub_file(self.log_path)
 
     def notes_added(self) -> str:
         """What the agent added to its findings file since last asked (for the run's file)."""
@@ -551,3 +561,13 @@ def _redacted(failure: CheckFailure | None) -> CheckFailure | None:
     return dataclasses.replace(
         failure, summary=redact.redact(failure.summary), detail=redact.redact(failure.detail)
     )
+
+
+def _whole_lines(chunk: bytes, *, full: bool) -> bytes:
+    """*chunk* up to its last line end; a *full* one without any, up to a blank before its end."""
+    end = chunk.rfind(b"\n") + 1
+    if end or not full:
+        return chunk[:end]
+    before = len(chunk) - _HOLD
+    blank = max(chunk.rfind(b" ", 0, before), chunk.rfind(b"\t", 0, before)) + 1
+    return chunk[:blank] if blank > 0 else chunk
