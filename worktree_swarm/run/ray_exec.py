@@ -916,8 +916,13 @@ class RayTaskWorker(RunWorker):
     def _follow(self, live: Live, handle: _Handle, stream: LogTail) -> None:
         """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""
         self._mirror(handle, live)
-        for limit in stream.poll(now=time.time()):
-            self.gate.report(provider_of(live.task.agent), limit, task=live.task.id)
+        # All of it: the stream reads at most 1 MiB a poll, the mirror may have added more.
+        while True:
+            read_from = stream.offset
+            for limit in stream.poll(now=time.time()):
+                self.gate.report(provider_of(live.task.agent), limit, task=live.task.id)
+            if stream.offset == read_from:
+                return
 
     def _attempt(
         self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
