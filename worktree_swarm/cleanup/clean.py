@@ -24,6 +24,7 @@ from worktree_swarm.cleanup.fixes import (
     apply,
     describe,
     kill_finding,
+    locked_missing,
     merge_targets,
     open_pull_request,
     processes_using,
@@ -621,19 +622,7 @@ def _plan_task_worktree(
         return [], False, False
     if not path.is_dir() and info.locked is not None:
         # Your lock says its drive may be unmounted: git keeps its entry, and so does clean.
-        reason = info.locked or "no reason given"
-        locked = Finding(
-            kind=Kind.WORKTREE,
-            target=str(path),
-            reason=f"{why}; its directory is missing, and it is locked ({reason})",
-            action=Action.PRUNE if force else Action.KEEP,
-            fix="unlock it, prune it"
-            if force
-            else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
-            run_id=task.run_id,
-            task_id=task.task_id,
-            admin_dir=worktrees.admin_of(repo, path),
-        )
+        locked = locked_missing(repo, info, force=force, why=f"{why}; ", task=task)
         return [locked], False, not force
     if not path.is_dir() or info.prunable is not None:
         # No `.git` file left: a removal cut short (its files are on the branch).

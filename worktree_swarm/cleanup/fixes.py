@@ -251,6 +251,30 @@ def kill_finding(process: psutil.Process, *, reason: str, fix: str) -> Finding |
     )
 
 
+def locked_missing(
+    repo: git.Repo, info: WorktreeInfo, *, force: bool, why: str = "", task: TaskRow | None = None
+) -> Finding:
+    """A worktree whose directory is missing but locked (its drive may be unmounted).
+
+    Kept, as git keeps it; with *force*, unlocked and pruned. *why* starts the reason.
+    """
+    path = Path(info.path)
+    locked = info.locked or "no reason given"
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory is missing, and it is locked ({locked})",
+        action=Action.PRUNE if force else Action.KEEP,
+        fix="unlock it, prune it"
+        if force
+        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
+        branch=info.branch,
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+        admin_dir=worktrees.admin_of(repo, path),
+    )
+
+
 def worktree_finding(
     repo: git.Repo,
     info: WorktreeInfo,

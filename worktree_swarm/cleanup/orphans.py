@@ -39,6 +39,7 @@ from worktree_swarm.cleanup.fixes import (
     apply,
     describe,
     kill_finding,
+    locked_missing,
     merge_targets,
     merged_into,
     open_pull_request,
@@ -480,18 +481,7 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
         )
     if path.exists():
         return None
-    locked = info.locked or "no reason given"
-    return Finding(
-        kind=Kind.WORKTREE,
-        target=str(path),
-        reason=f"its directory is missing, and it is locked ({locked})",
-        action=Action.PRUNE if force else Action.KEEP,
-        fix="unlock it, prune it"
-        if force
-        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
-        branch=info.branch,
-        admin_dir=worktrees.admin_of(ctx.repo, path),
-    )
+    return locked_missing(ctx.repo, info, force=force)
 
 
 def _foreign(
