@@ -746,10 +746,7 @@ def checkpoint(
         for literal in in_batches(f":(literal,top){path}" for path in linked):
             _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
-    secret = holding_secrets(worktree)
-    if secret:  # staged as they were at the last commit: never in one of swarm's commits
-        for literal in in_batches(f":(literal,top){path}" for path in secret):
-            _run(worktree, ["reset", "-q", "HEAD", "--", *literal])
+    secret = unstage_secrets(worktree)
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, embedded, head)
@@ -761,6 +758,17 @@ def checkpoint(
 
 
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
+
+
+def unstage_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Put the files :func:`holding_secrets` finds back as HEAD has them in the index; them.
+
+    Never in one of swarm's commits, nor in a push (*env*: as for :func:`holding_secrets`).
+    """
+    secret = holding_secrets(worktree, env=env)
+    for literal in in_batches(f":(literal,top){path}" for path in secret):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return secret
 
 
 def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:

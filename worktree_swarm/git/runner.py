@@ -28,12 +28,6 @@ from worktree_swarm.infra.proc import clean_env
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
-# git's core.bigFileThreshold (512m by default) for swarm's diffs, logs and stats: a file past
-# it is binary to them, never loaded to count or show its lines. An agent's sparse or
-# repetitive file of gigabytes costs it no disk and its branch a few KiB, while `diff
-# --numstat` of a 500 MB text file held 11 GB (up to 8 run at once). Not for merges, packs or
-# pushes: those keep git's own threshold (deltas of big files, line merges).
-BIG_FILE = "16m"
 ALWAYS: tuple[tuple[str, str], ...] = (
     ("core.hooksPath", os.devnull),  # hooks, incl. reference-transaction (2.28) and post-checkout
     ("core.fsmonitor", "false"),  # a command or hook path (2.16; builtin daemon 2.36)
@@ -460,6 +454,12 @@ def _subcommand(args: Sequence[str]) -> int | None:
     return None
 
 
+# git's core.bigFileThreshold (512m by default) for swarm's diffs, logs and stats: a file past
+# it is binary to them, never loaded to count or show its lines. An agent's sparse or
+# repetitive file of gigabytes costs it no disk and its branch a few KiB, while `diff
+# --numstat` of a 500 MB text file held 11 GB (up to 8 run at once). Not for merges, packs or
+# pushes: those keep git's own threshold (deltas of big files, line merges).
+BIG_FILE = "16m"
 _PATCH_COMMANDS = frozenset({"diff", "log", "show"})
 _LINE_DIFF_COMMANDS = frozenset({*_PATCH_COMMANDS, "diff-tree"})
 _WORKTREE_COMMANDS = frozenset({"status", "diff"})

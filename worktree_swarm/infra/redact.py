@@ -372,6 +372,15 @@ _PARTIAL_LIMIT = 1 << 16
 _HOLD, _HOLD_LIMIT = 1 << 12, 1 << 20
 
 
+def token_safe_end(data: bytes) -> int:
+    """Where the long line *data* may be cut without cutting a token (a secret) in two.
+
+    After its last blank before its last 4 KiB; 0 when there is none.
+    """
+    before = len(data) - _HOLD
+    return max(data.rfind(b" ", 0, before), data.rfind(b"\t", 0, before)) + 1
+
+
 class RedactingWriter:
     """Bytes to *out* a line at a time through :func:`redact` (a secret is never split).
 
@@ -415,12 +424,11 @@ class RedactingWriter:
 
     def _flush_long(self) -> None:
         """Most of a long partial line: up to a blank before its last bytes (no token cut)."""
-        before = len(self._pending) - _HOLD
-        cut = max(self._pending.rfind(b" ", 0, before), self._pending.rfind(b"\t", 0, before)) + 1
+        cut = token_safe_end(self._pending)
         if cut <= 0:
             if len(self._pending) < _HOLD_LIMIT:
                 return
-            cut = before
+            cut = len(self._pending) - _HOLD
         head, self._pending = self._pending[:cut], self._pending[cut:]
         self._emit(head)
 

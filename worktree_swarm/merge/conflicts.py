@@ -174,7 +174,8 @@ _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
 def hunks(repo: git.Repo, base: str, tip: str, paths: Iterable[str]) -> dict[str, list[Hunk]]:
     """The base-side hunks (no context) of *paths* between *base* and *tip*, per path.
 
-    A path whose name git had to quote is left out: the caller then asks merge-tree.
+    A path whose name git had to quote, or that is binary to it (past the runner's big-file
+    threshold too), is left out: the caller then asks merge-tree.
     """
     found: dict[str, list[Hunk]] = {}
     for batch in git.in_batches(f":(literal){p}" for p in sorted(paths)):
@@ -387,8 +388,6 @@ def _editable_overlap(ours: Changes, theirs: Changes) -> frozenset[str]:
 
 def _without_merge_attributes(repo: git.Repo, paths: set[str]) -> set[str]:
     """The *paths* with no ``merge`` attribute: git's own text merge applies to them."""
-    if not paths:
-        return set()
     special: set[str] = set()
     for batch in git.in_batches(sorted(paths)):
         fields = git.git(repo.root, "check-attr", "-z", "merge", "--", *batch).split("\0")

@@ -1156,18 +1156,15 @@ class RayTaskWorker(RunWorker):
             _note_read(handle.log_path, read_to, size)
 
     def _recopy(self, handle: _Handle, live: Live) -> None:
-        """Copy the ended attempt's log again, once the node has redacted it whole."""
+        """Copy the ended attempt's log again, once the node has redacted it whole.
+
+        Noted as read from the start first: a coordinator killed meanwhile copies it anew.
+        """
         self._call(handle.actor, "scrub_log", live=live)
-        fresh = handle.log_path.with_name(handle.log_path.name + ".new")
-        offset = 0
-        with fresh.open("wb") as out:
-            while (got := self._call(handle.actor, "tail", offset, live=live))[0] != offset:
-                offset = got[0]
-                out.write(redact.redact_bytes(got[1]))
-            size = out.tell()
-        fresh.replace(handle.log_path)
-        handle.offset = offset
-        _note_read(handle.log_path, offset, size)
+        handle.log_path.write_bytes(b"")
+        _note_read(handle.log_path, 0, 0)
+        handle.offset = 0
+        self._mirror(handle, live)
 
     def _call(
         self,

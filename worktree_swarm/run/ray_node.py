@@ -46,7 +46,6 @@ from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 NODE_DIR_ENV = "SWARM_NODE_DIR"
 NODE_NAME_ENV = "SWARM_NODE_NAME"
 TAIL_LIMIT = 1 << 20
-_HOLD = 1 << 12  # what of a line longer than TAIL_LIMIT waits for the next read: a whole token
 # Where an attempt's actor writes its process's identity, in the attempt's logs.
 ACTOR_FILE = "actor.json"
 # How long a node waits for Ray to kill the actor of an attempt it ends before doing it itself.
@@ -535,9 +534,7 @@ class NodeAgent:
             runner.run(self.work, "add", "--all", env=env)
             # A file holding a secret's value is never pushed, not even for a minute: the
             # attempt's own checkpoint leaves it out too, and fails the task saying so.
-            if secret := git.holding_secrets(self.work, env=env):
-                literal = [f":(literal,top){path}" for path in secret]
-                runner.run(self.work, "reset", "-q", "HEAD", "--", *literal, env=env)
+            git.unstage_secrets(self.work, env=env)
             tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
@@ -568,6 +565,5 @@ def _whole_lines(chunk: bytes, *, full: bool) -> bytes:
     end = chunk.rfind(b"\n") + 1
     if end or not full:
         return chunk[:end]
-    before = len(chunk) - _HOLD
-    blank = max(chunk.rfind(b" ", 0, before), chunk.rfind(b"\t", 0, before)) + 1
+    blank = redact.token_safe_end(chunk)
     return chunk[:blank] if blank > 0 else chunk
