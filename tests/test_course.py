@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.test_store import MANAGER
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import Task
+from worktree_swarm.git.repo import DiffStat
 from worktree_swarm.infra.store import AttemptRow, Store
 from worktree_swarm.run.course import RESUME_PROMPT, Course
 from worktree_swarm.run.governor import Gates
@@ -51,6 +52,14 @@ def test_an_instruction_is_asked_again_after_the_resume_prompt() -> None:
     course = Course.resumed(task, [], instruction="The checks on your work failed.")
     assert course.prompt == f"{RESUME_PROMPT}\n\nThe checks on your work failed."
     assert course.pending == "The checks on your work failed."
+
+
+def test_an_edit_that_keeps_the_counts_is_progress() -> None:
+    # A line rewritten again (or a binary file): the counts stay, what the files hold does not.
+    course = Course.resumed(Task(id="a", prompt="do a"), [])
+    assert course.progressed(DiffStat(files=1, insertions=1, deletions=0, content="b1"))
+    assert course.progressed(DiffStat(files=1, insertions=1, deletions=0, content="b2"))
+    assert not course.progressed(DiffStat(files=1, insertions=1, deletions=0, content="b2"))
 
 
 def test_a_stated_reset_already_past_leaves_the_tasks_own_backoff() -> None:

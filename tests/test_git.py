@@ -519,6 +519,24 @@ def test_diff_stat(repo: Path) -> None:
     assert g.diff_stat(r, "HEAD", "HEAD") == g.DiffStat(files=0, insertions=0, deletions=0)
 
 
+def test_diff_stat_content_tells_edits_that_keep_the_counts(repo: Path) -> None:
+    # An agent that rewrites the line it wrote, or a binary file again, changed the work
+    # (progress, for a rate-limited attempt's backoff) though the counts stay the same.
+    r = g.open_repo(repo)
+    base = g.rev_parse(r, "HEAD")
+    assert base is not None
+    stats = []
+    for text, data in (("one\n", b"\0\1"), ("two\n", b"\0\2"), ("two\n", b"\0\2")):
+        (repo / "line.txt").write_text(text)
+        (repo / "image.bin").write_bytes(data)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "--allow-empty", "-m", "edit")
+        stats.append(g.diff_stat(r, base, "HEAD"))
+    assert stats[0] == stats[1] == g.DiffStat(files=2, insertions=1, deletions=0)
+    assert stats[0].content != stats[1].content
+    assert stats[1].content == stats[2].content  # an attempt that changed nothing
+
+
 def test_diff_stat_counts_a_rename_once(repo: Path) -> None:
     r = g.open_repo(repo)
     base = commit_file(repo, "old name.txt", "".join(f"line {i}\n" for i in range(30)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -35,6 +36,9 @@ class DiffStat:
     files: int
     insertions: int
     deletions: int
+    # What the changed files hold (their blob ids): it differs when an edit leaves the counts
+    # as they were (a line rewritten again, a binary file).
+    content: str = dataclasses.field(default="", compare=False)
 
 
 class MergeConflictError(GitError):
@@ -1118,14 +1122,24 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     """
     if base == tip:  # an attempt that committed nothing on an untouched branch
         return DiffStat(files=0, insertions=0, deletions=0)
-    out = git(repo.root, "diff", "--numstat", "-z", "--end-of-options", f"{base}...{tip}", "--")
+    out = git(
+        repo.root,
+        *("diff", "--raw", "--no-abbrev", "--numstat", "-z"),
+        *("--end-of-options", f"{base}...{tip}", "--"),
+    )
     fields = out.split("\0")
     files = insertions = deletions = 0
+    content: list[str] = []
     i = 0
     while i < len(fields):
         field = fields[i]
         i += 1
         if not field:
+            continue
+        if field.startswith(":"):  # raw: ":modes ids status" then the path (two for R and C)
+            meta = field.split()
+            content.append(meta[3])
+            i += 2 if meta[4][:1] in {"R", "C"} else 1
             continue
         added, deleted, path = field.split("\t", 2)
         if not path:
@@ -1135,7 +1149,9 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
         # Binary files show "-" instead of line counts.
         insertions += int(added) if added != "-" else 0
         deletions += int(deleted) if deleted != "-" else 0
-    return DiffStat(files=files, insertions=insertions, deletions=deletions)
+    return DiffStat(
+        files=files, insertions=insertions, deletions=deletions, content=" ".join(content)
+    )
 
 
 def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:

@@ -37,7 +37,7 @@ class Course:
     prompt: str | None
     not_before: float = 0.0  # the next attempt waits for this (a stated reset, a backoff)
     throttles: int = 0  # the agent's attempts throttled in a row: its backoff grows with them
-    work: tuple[int, int, int] | None = None  # the branch's diff stat after the last attempt
+    work: tuple[int, int, int, str] | None = None  # the branch's diff after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
     repairs_left: int = 0  # failing checks it may still hand back to the agent
@@ -92,9 +92,9 @@ class Course:
 
     def progressed(self, stat: git.DiffStat) -> bool:
         """Whether the attempt that ended with the branch at *stat* changed the work."""
-        now = (stat.files, stat.insertions, stat.deletions)
+        now = (stat.files, stat.insertions, stat.deletions, stat.content)
         before, self.work = self.work, now
-        return now != (before or (0, 0, 0))
+        return now != (before or (0, 0, 0, ""))
 
     def instruct(self, prompt: str | None) -> None:
         """Ask the agent to do *prompt* next, until an attempt is not cut short by a limit."""
