@@ -211,6 +211,37 @@ def test_a_prompt_that_starts_with_a_dash_reaches_the_agent_on_a_node_as_its_pro
     assert prompt.partition("\n\n## Shared findings")[0] == "--help"
 
 
+def test_an_agent_on_a_node_silent_for_its_idle_timeout_is_timed_out_and_its_work_kept(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # It talks for longer than its idle_timeout first: only the silence that follows counts.
+    repo, _remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "quiet.py"
+    script.write_text(
+        "import pathlib, time\n"
+        "for i in range(25):\n"
+        "    print(f'tick {i}', flush=True)\n"
+        "    time.sleep(0.2)\n"
+        "pathlib.Path('early.txt').write_text('early\\n')\n"
+        "print('now quiet', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    manifest = tmp_path / "quiet.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nidle_timeout = "3s"\nkill_grace = "1s"\n\n'
+        '[[task]]\nid = "q"\nprompt = "p"\n'
+    )
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["q"]
+    assert row["state"] == "timed_out"
+    assert "no output for 3s" in str(row["reason"])
+    assert git(repo, "show", "swarm/q:early.txt") == "early"
+    assert "tick 24" in swarm(repo, "logs", "q").stdout
+    assert not actor_processes(cluster)
+
+
 # Notes what it finds with `swarm note`, one line straight into the file too, and keeps what
 # the findings file and its prompt said when it started.
 NOTING_AGENT = r"""

@@ -96,6 +96,14 @@ def read_file(path: Path | str) -> bytes:
         return fh.read()
 
 
+def size_of(path: Path | str) -> int:
+    """The size of the file at *path*, -1 when it cannot be looked at (missing)."""
+    try:
+        return os.stat(path).st_size  # noqa: PTH116 - a str or a Path, per poll
+    except OSError:
+        return -1
+
+
 def read_text(path: Path | str) -> str:
     """:func:`read_file` of *path* decoded as UTF-8 (ValueError when it is not)."""
     return read_file(path).decode("utf-8")

@@ -889,21 +889,28 @@ class RayTaskWorker(RunWorker):
         Its log is mirrored here, what its stream says of rate limits told to the gate.
         """
         task = live.task
-        # On the monotonic clock, as a local task's (a wall-clock step ended all or none).
+        # On the monotonic clock, as a local task's (a wall-clock step ended all or none); the
+        # idle time too, on this machine's: a node's clock may step on its own.
         remaining = handle.started_at + task.timeout - time.time() if task.timeout else None
         deadline = None if remaining is None else time.monotonic() + max(0.0, remaining)
         cut: tuple[TaskState, str] | None = None
+        size: int | None = None  # the log's size when last polled
+        quiet_from = 0.0  # since when it has been that size
         while True:
             self._follow(live, handle, stream)
             progress: Progress = self._call(handle.actor, "poll", live=live)
             if progress.ended:
                 break
             self._periodic(handle, live)
+            now = time.monotonic()
+            if progress.log_size != size:  # at first, quiet for as long as the node says
+                quiet_from = now - progress.idle_seconds if size is None else now
+                size = progress.log_size
             if live.stop.is_set():
                 cut = (TaskState.STOPPED, "stopped")
-            elif deadline is not None and time.monotonic() >= deadline:
+            elif deadline is not None and now >= deadline:
                 cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
-            elif task.idle_timeout and progress.idle_seconds >= task.idle_timeout:
+            elif task.idle_timeout and now - quiet_from >= task.idle_timeout:
                 cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
             if cut is not None:
                 self._call(handle.actor, "stop", live=live)

@@ -172,7 +172,8 @@ class Progress:
 
     ended: bool
     exit_code: int | None
-    idle_seconds: float
+    idle_seconds: float  # since its log last grew, on the node's wall clock
+    log_size: int  # the log's size now: the coordinator times its growth on its own clock
 
 
 class NodeAgent:
@@ -335,7 +336,12 @@ class NodeAgent:
         ended = code is not None or not agent.alive()
         if ended and code is None:
             code = agent.wait(timeout=0)
-        return Progress(ended=ended, exit_code=code, idle_seconds=agent.idle_seconds())
+        return Progress(
+            ended=ended,
+            exit_code=code,
+            idle_seconds=agent.idle_seconds(),
+            log_size=fs.size_of(agent.log_path),
+        )
 
     def tail(self, offset: int) -> tuple[int, bytes]:
         """The log from *offset* on, redacted: where the next read starts, and the bytes.

@@ -41,7 +41,7 @@ from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra import faults, redact, supervisor
+from worktree_swarm.infra import faults, fs, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
@@ -881,7 +881,7 @@ class TaskWorker(RunWorker):
                 return _Ended(result=result)
             if (
                 retrying is not None
-                and seen != (seen := _log_size(agent.log_path))
+                and seen != (seen := fs.size_of(agent.log_path))
                 and retrying(_read_log(agent.log_path, limit=RETRY_TAIL_BYTES))
             ):
                 agent.stop(grace=self.spec.kill_grace)
@@ -1116,7 +1116,7 @@ class _Timeouts:
             task=task,
             log=agent.log_path,
             deadline=None if left is None else now + max(0.0, left),
-            size=_log_size(agent.log_path),
+            size=fs.size_of(agent.log_path),
             quiet_from=now - agent.idle_seconds(),
         )
 
@@ -1127,7 +1127,7 @@ class _Timeouts:
             return TaskState.TIMED_OUT, f"timed out after {self.task.timeout:g}s"
         idle = self.task.idle_timeout
         if idle:
-            size = _log_size(self.log)
+            size = fs.size_of(self.log)
             if size != self.size:
                 self.size, self.quiet_from = size, now
             if now - self.quiet_from >= idle:
@@ -1187,10 +1187,3 @@ def attempt_outcome(result: AgentResult) -> AttemptOutcome:
 
 def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:
     return read_end(path, limit)
-
-
-def _log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
