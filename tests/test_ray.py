@@ -958,9 +958,13 @@ def test_a_repository_an_agent_makes_in_its_clone_fails_the_task_and_keeps_the_r
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:
     repo, _, _ = setup_repo(tmp_path, [])
-    script = tmp_path / "nested.py"
+    # Named claude, it is read as Claude Code: what it says it cost counts though its attempt
+    # fails after it ended (the checkpoint refuses the nested repository).
+    script = tmp_path / "bin" / "claude"
+    script.parent.mkdir()
     script.write_text(
-        "import pathlib, subprocess\n"
+        f"#!{sys.executable}\n"
+        "import json, pathlib, subprocess\n"
         "pathlib.Path('work.txt').write_text('own work\\n')\n"
         "pathlib.Path('sub').mkdir()\n"
         "pathlib.Path('sub/inner.txt').write_text('inner\\n')\n"
@@ -968,13 +972,19 @@ def test_a_repository_an_agent_makes_in_its_clone_fails_the_task_and_keeps_the_r
         "subprocess.run([*git, 'init', '-q'], check=True)\n"
         "subprocess.run([*git, 'add', '-A'], check=True)\n"
         "subprocess.run([*git, 'commit', '-qm', 'inner'], check=True)\n"
+        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False,\n"
+        "    'session_id': 's1', 'result': 'done', 'total_cost_usd': 1.25,\n"
+        "    'usage': {'input_tokens': 300, 'output_tokens': 40}}), flush=True)\n"
     )
+    script.chmod(0o755)
     (tmp_path / "tasks.toml").write_text(
         '[defaults]\nexecutor = "ray"\nray_memory = "64M"\n\n'
-        f'[[task]]\nid = "e"\nprompt = "p"\nagent = {json.dumps([sys.executable, str(script)])}\n'
+        f'[[task]]\nid = "e"\nprompt = "p"\nagent = {json.dumps([str(script), "-p", "{prompt}"])}\n'
     )
-    out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)
-    assert out.returncode == 1, out.stdout + out.stderr
+    env = os.environ | {"ANTHROPIC_API_KEY": "sk-ant-api03-coordinator-key-not-used"}
+    manifest = str(tmp_path / "tasks.toml")
+    manager = spawn_swarm(repo, "run", manifest, "--ray-address", cluster.address, env=env)
+    assert manager.wait(timeout=300) == 1, output(manager)
     row = status(repo)["e"]
     assert row["state"] == "failed", row
     assert str(row["reason"]).startswith("made a git repository inside its worktree (sub)")
@@ -982,6 +992,9 @@ def test_a_repository_an_agent_makes_in_its_clone_fails_the_task_and_keeps_the_r
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as conn:
         open_attempts = conn.execute("SELECT count(*) FROM attempts WHERE ended_at IS NULL")
         assert open_attempts.fetchone()[0] == 0
+        used = conn.execute("SELECT cost_usd, tokens_in, tokens_out FROM attempts").fetchall()
+        assert used == [(1.25, 300, 40)]
+    assert row["cost_usd"] == 1.25
     assert not actor_processes(cluster)
 
 

@@ -466,6 +466,9 @@ class _Handle:
     session_at: float = 0.0  # monotonic time its session files were last asked for
     session_fp: str | None = None  # the fingerprint of the session files kept last
     session_id: str | None = None
+    # What the agent said it used, once its attempt ended: recorded even when what follows
+    # (its checkpoint, the push) fails the attempt.
+    used: AgentResult | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -954,6 +957,7 @@ class RayTaskWorker(RunWorker):
             self.store, self.run_id, task.id, handle.attempt_id,
             adapter.interpret(exit_code=code, log_text=text, now=time.time()),
         )  # fmt: skip
+        handle.used, cost[0] = result, result.cost_usd
         state = cut[0] if cut else result.outcome
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent
@@ -967,7 +971,6 @@ class RayTaskWorker(RunWorker):
             self._kept_from_node(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
-        cost[0] = result.cost_usd
         redact.scrub_file(handle.log_path)
         stat = self._record_diff(task.id, base, str(tip))
         progressed = course.progressed(stat)
@@ -1050,25 +1053,21 @@ class RayTaskWorker(RunWorker):
         cut: tuple[TaskState, str] | None,
     ) -> None:
         outcome = cut[0].value if cut else attempt_outcome(result).value
-        usage = AttemptUsage(
-            reason=cut[1] if cut else result.reason,
-            session_id=result.session_id,
-            cost_usd=result.cost_usd,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            cache_read_tokens=result.cache_read_tokens,
-        )
+        usage = _usage(result, cut[1] if cut else result.reason)
         self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
         add_usage(self.store, self.run_id, task_id, result)
 
     def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
+        used = handle.used
         self.store.end_attempt(
             handle.attempt_id,
             exit_code=None,
             outcome=AttemptOutcome.FAILED.value,
-            usage=AttemptUsage(reason=reason),
+            usage=AttemptUsage(reason=reason) if used is None else _usage(used, reason),
         )
+        if used is not None:
+            add_usage(self.store, self.run_id, handle.task_id, used)
         self._retire(handle, silent=silent)
 
     def _rate_limited(
@@ -1599,3 +1598,15 @@ def _mirrored(log_path: Path) -> int:
     with contextlib.suppress(OSError), log_path.open("r+b") as fh:
         fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
     return read_to
+
+
+def _usage(result: AgentResult, reason: str) -> AttemptUsage:
+    """What an attempt that ended with *result* used, as the store keeps it, with *reason*."""
+    return AttemptUsage(
+        reason=reason,
+        session_id=result.session_id,
+        cost_usd=result.cost_usd,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+        cache_read_tokens=result.cache_read_tokens,
+    )
