@@ -665,6 +665,49 @@ def test_coordinator_killed_in_a_wait_or_a_check_then_resume_waits_and_checks_ag
     assert not actor_processes(cluster)
 
 
+def test_an_agent_that_ends_as_swarm_stop_comes_is_stopped_not_failed(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # It fails at once when it sees the stop asked (as one killed by it would), before the
+    # coordinator, which polls, has stopped it: `swarm stop` stopped it all the same.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "quitter.py"
+    script.write_text(
+        "import pathlib, sqlite3, sys, time\n"
+        "db, ctl = sys.argv[1], pathlib.Path(sys.argv[2])\n"
+        "pathlib.Path('s.txt').write_text('partial\\n')\n"
+        "(ctl / 'started').write_text('')\n"
+        "while True:\n"
+        "    with sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=30) as conn:\n"
+        "        row = conn.execute(\"SELECT stop_requested FROM tasks WHERE task_id = 's'\")\n"
+        "        if row.fetchone()[0]:\n"
+        "            sys.exit(1)\n"
+        "    time.sleep(0.01)\n"
+    )
+    db = repo / ".git" / "swarm" / "state.db"
+    manifest = tmp_path / "stop.toml"
+    argv = [sys.executable, str(script), str(db), str(ctl)]
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps(argv)}\n"
+        'executor = "ray"\nray_memory = "64M"\nkill_grace = "2s"\n\n'
+        '[[task]]\nid = "s"\nprompt = "p"\n'
+    )
+    manager = spawn_swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    try:
+        wait_for("the agent to start", (ctl / "started").exists)
+        out = swarm(repo, "stop", "s")
+        assert out.returncode == 0, out.stdout + out.stderr
+        manager.wait(timeout=120)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    row = status(repo)["s"]
+    assert (row["state"], row["reason"]) == ("stopped", "stopped"), output(manager)
+    assert git(repo, "show", "swarm/s:s.txt") == "partial"
+    assert [a[0] for a in attempt_rows(repo, "s")] == ["stopped"]
+    assert not actor_processes(cluster)
+
+
 def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

@@ -958,6 +958,8 @@ class RayTaskWorker(RunWorker):
             adapter.interpret(exit_code=code, log_text=text, now=time.time()),
         )  # fmt: skip
         handle.used, cost[0] = result, result.cost_usd
+        if cut is None and result.outcome is not AgentOutcome.SUCCESS and self._stop_asked(live):
+            cut = (TaskState.STOPPED, "stopped")  # it ended as `swarm stop` came (killed by it)
         state = cut[0] if cut else result.outcome
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
             task.id, handle.number, task.agent
@@ -991,6 +993,13 @@ class RayTaskWorker(RunWorker):
         failure = self._checked(live, handle, base) if outcome.state is TaskState.DONE else None
         self._retire(handle)
         return outcome if failure is None else failure
+
+    def _stop_asked(self, live: Live) -> bool:
+        """Whether the task is being stopped: by this coordinator, or asked in the store."""
+        if live.stop.is_set():
+            return True
+        row = self.store.task(self.run_id, live.task.id)
+        return row is not None and row.stop_requested
 
     def _checked(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
         """The attempt's checks; its node lost meanwhile, on a fresh clone of its pushed branch.
