@@ -28,12 +28,15 @@ from tests.test_run import (
     argv_toml,
     manifest,
     pid_alive,
+    state_db,
     status_json,
     swarm,
     wait_for,
     written,
 )
+from worktree_swarm import cli
 from worktree_swarm.git import repo as g
+from worktree_swarm.run import task_worker
 
 NOTE = "manager not running — run `swarm resume`"
 
@@ -551,6 +554,42 @@ def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_p
     assert "Traceback (most recent call last)" in text
     assert "copy_into" in text
     assert "internal error" in swarm(repo, "status").stdout
+
+
+def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
+    repo: Path,
+    tmp_path: Path,
+    write_agent: Callable[[str], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fault injected where the manager watches a running agent (reading its stream): the
+    # agent must not run on unwatched, writing in its worktree after its task failed.
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "pathlib.Path('half.txt').write_text('half\\n')\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    watched = task_worker.LogTail.poll
+
+    def poll(tail: task_worker.LogTail, *, now: float) -> list[object]:
+        if pid_file.exists() and pid_file.read_text():
+            raise RuntimeError("injected fault")
+        return watched(tail, now=now)  # type: ignore[return-value]
+
+    monkeypatch.setattr(task_worker.LogTail, "poll", poll)
+    monkeypatch.chdir(repo)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nkill_grace = "1s"\n'
+    assert cli.main(["run", manifest(repo, text + '[[task]]\nid = "a"\nprompt = "x"\n')]) == 1
+    assert not pid_alive(int(pid_file.read_text()))
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith("internal error: RuntimeError('injected fault')")
+    with state_db(repo) as conn:
+        ended = conn.execute("SELECT outcome, ended_at IS NOT NULL FROM attempts").fetchall()
+    assert ended == [("failed", 1)]
+    assert (Path(str(row["worktree"])) / "half.txt").read_text() == "half\n"  # its work kept
 
 
 def test_full_disk_pauses_the_manager_then_it_finishes(

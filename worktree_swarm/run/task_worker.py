@@ -8,6 +8,7 @@ failing checks can be handed back to the agent (`repair`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -705,7 +706,7 @@ class TaskWorker(RunWorker):
                 {"pid": agent.identity.pid, "attempt": number, "agent": task.agent},
             )
             try:
-                ended = self._watch(task, live, agent, agent.started_at)
+                ended = self._watched(task, live, agent, agent.started_at, attempt_id)
             finally:
                 self.guard.agent_ended(task.id)
                 redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
@@ -813,7 +814,7 @@ class TaskWorker(RunWorker):
         cost: float | None = None
         try:
             try:
-                ended = self._watch(task, live, agent, attempt.started_at)
+                ended = self._watched(task, live, agent, attempt.started_at, attempt.id)
             finally:
                 self.guard.agent_ended(live.task.id)
             # What the shim saw, when the agent ended while no manager watched it.
@@ -826,6 +827,30 @@ class TaskWorker(RunWorker):
                 path = worktree_path(self.spec, live.task)
                 sandbox.release(self._confinement(path, self._logs(live.task)))
         return ended
+
+    def _watched(
+        self,
+        task: Task,
+        live: Live,
+        agent: supervisor.Supervised,
+        started_at: float,
+        attempt_id: int,
+    ) -> _Ended:
+        """:meth:`_watch`; after an internal error in it, the agent is stopped first.
+
+        No agent runs unwatched: its attempt ends failed, the task fails with the error and
+        its work is kept.
+        """
+        try:
+            return self._watch(task, live, agent, started_at)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # the error that got here is the one to tell
+                code = agent.stop(grace=self.spec.kill_grace)
+                usage = AttemptUsage(reason=f"internal error: {exc!r}")
+                self.store.end_attempt(
+                    attempt_id, exit_code=code, outcome=AttemptOutcome.FAILED.value, usage=usage
+                )
+            raise
 
     def _record(
         self,
