@@ -530,6 +530,33 @@ def test_a_secret_in_a_name_with_a_newline_one_the_agent_staged_or_a_file_name_i
     assert {p.name for p in kept.iterdir()} >= {"nl\nx.txt", "staged.txt", f"f-{value}.txt"}
 
 
+def test_a_secret_a_commit_would_hold_otherwise_than_the_worktree_shows_is_left_out(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A symbolic link's target (the worktree's read followed it), a file git converts from
+    # UTF-16 as its `working-tree-encoding` asks (the worktree's bytes never held the value).
+    value = "Zq8xV3mP9tL2wR7kJ4nB"
+    monkeypatch.setenv("MY_API_KEY", value)
+    agent = write_agent(
+        "import os\n"
+        "v = os.environ['MY_API_KEY']\n"
+        "os.symlink('/nowhere/' + v, 'link')\n"
+        "open('.gitattributes', 'w').write('wide.txt working-tree-encoding=UTF-16LE\\n')\n"
+        "open('wide.txt', 'wb').write(('k=' + v + '\\n').encode('utf-16-le'))\n"
+        "open('work.txt', 'w').write('work')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith("wrote the value of a secret into link, wide.txt:")
+    names = git(repo, "ls-tree", "-r", "--name-only", "swarm/t").split("\n")
+    assert names == [".gitattributes", "README.md", "work.txt"]
+    history = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=repo, capture_output=True, check=True
+    )
+    assert value.encode() not in history.stdout
+
+
 def test_a_secret_named_setting_of_a_word_or_a_value_already_committed_leaves_nothing_out(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -782,9 +782,10 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
 
     The values the redactor knows: of secret environment variables (an agent that dumped its
     environment into a file) and of the task's ``copy`` files. Every file the index holds
-    changed from HEAD: what the checkpoint staged and what the agent staged itself, read from
-    the worktree as just staged, and listed by git NUL-separated (`add --verbose` prints a
-    name as it is, and a newline in one made it two lines, neither read).
+    changed from HEAD: what the checkpoint staged and what the agent staged itself, read as
+    staged (the blob a commit would hold: a link's target, a file as a `working-tree-encoding`
+    converted it), and listed by git NUL-separated (`add --verbose` prints a name as it is,
+    and a newline in one made it two lines, neither read).
     """
     # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
     # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
@@ -794,23 +795,23 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     if not values:
         return []
     staged = runner.run_bytes(
-        worktree, "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=d",
-        env=env,
-    ).stdout  # fmt: skip
+        worktree, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
+        "--diff-filter=d", env=env,
+    ).stdout.split(b"\0")  # fmt: skip
     found = []
-    for name in filter(None, staged.split(b"\0")):
-        path = os.fsdecode(name)
-        try:
-            with fs.open_file(worktree / path) as fh:
-                head = fh.read(_SECRET_SCAN_LIMIT)
-        except OSError:  # a directory (a gitlink), gone meanwhile, a pipe
-            head = b""
-        held = [value for value in values if value in head]
-        named = any(value in name for value in values)
-        if (held and not _committed_with(worktree, path, held)) or (
-            named and not _committed_with(worktree, path, [])
-        ):
-            found.append(path)
+    with runner.ObjectReader(worktree) as objects:
+        # Each entry: ":mode mode id id status" then the path. What the commit would hold
+        # (a link's target, a file as git converted it), not what the worktree shows.
+        for meta, name in zip(staged[0::2], staged[1::2], strict=False):
+            path = os.fsdecode(name)
+            _, mode, _, blob, _ = meta.decode("ascii").split()
+            head = b"" if mode == "160000" else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
+            held = [value for value in values if value in head]
+            named = any(value in name for value in values)
+            if (held and not _committed_with(worktree, path, held)) or (
+                named and not _committed_with(worktree, path, [])
+            ):
+                found.append(path)
     return found
 
 
