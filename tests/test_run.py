@@ -562,14 +562,40 @@ def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle:
     _no_trace(repo)
 
 
-def test_arguments_that_are_not_utf8_exit_2_and_create_nothing(repo: Path) -> None:
-    for args in ([b"-t", b"a=fix \xff"], [b"--check", b"echo \xff", b"-t", b"a=x"]):
+def test_arguments_that_are_not_utf8_exit_2_and_create_nothing(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Said by where it is: the argument's text is not shown (a key in it, cut, is no value
+    # the redactor knows).
+    key = "Zq8xV3mP9tL2wR7kJ4nB"
+    monkeypatch.setenv("MY_API_KEY", key)
+    for args, offset in (
+        ([b"-t", b"a=fix \xff" + key.encode()], 6),
+        ([b"--check", b"echo \xff", b"-t", b"a=x"], 5),
+    ):
+        place = f"argument 5 is not valid UTF-8 (byte 0xff at offset {offset})"
         out = subprocess.run(
             [sys.executable, "-m", "worktree_swarm.cli", "run", "--agent", "scripted", *args],
             cwd=repo, capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
-        assert out.stderr.startswith("swarm: an argument is not valid UTF-8 (")
+        assert out.stderr == f"swarm: {place}; pass text\n"
+        _no_trace(repo)
+
+
+def test_an_option_s_value_or_an_unknown_option_holding_a_secret_is_redacted(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "Zq8xV3mP9tL2wR7kJ4nB"
+    monkeypatch.setenv("MY_API_KEY", key)
+    for args in (["run", "--jobs", key], ["runs", f"--{key}"], [key]):
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+        assert key not in out.stderr
+        assert "[REDACTED]" in out.stderr
         _no_trace(repo)
 
 

@@ -963,16 +963,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = _debug(args)
     _escape_undecodable_output()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
-        # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8.
-        shown = os.fsencode(undecodable)[:60]
-        click.echo(f"swarm: an argument is not valid UTF-8 ({shown!r}); pass text", err=True)
+        # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8. Said
+        # by where it is, not what it holds (a key in it, cut, would not be redacted).
+        raw = os.fsencode(undecodable)
+        at = _bad_at(raw)
+        click.echo(
+            f"swarm: argument {args.index(undecodable) + 1} is not valid UTF-8 (byte "
+            f"{raw[at]:#04x} at offset {at}); pass text",
+            err=True,
+        )
         return ExitCode.BAD_INPUT
     try:
         code = cli.main(args=args, prog_name="swarm", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"swarm: {printable(without_escapes(exc.format_message()))}", err=True)
+    except click.ClickException as exc:  # it may quote what you typed: a key too
+        click.echo(f"swarm: {printable(without_escapes(redact(exc.format_message())))}", err=True)
         return ExitCode.BAD_INPUT
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
@@ -987,6 +993,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc, _command(args))
     return int(code or 0)
+
+
+def _bad_at(raw: bytes) -> int:
+    """Where the first byte that is not UTF-8 is in *raw* (0 when it all is)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return 0
 
 
 def _escape_undecodable_output() -> None:
@@ -1037,12 +1052,13 @@ def _unexpected(exc: Exception, command: str | None) -> int:
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or "swarm's state"
         text = faults.retry_with(faults.full_message(where, exc), command)
-        click.echo(f"swarm: {text}", err=True)
+        click.echo(f"swarm: {printable(redact(text))}", err=True)
         return ExitCode.TASK_FAILED
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository
         where = exc.filename or "swarm's state"
         hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
-        click.echo(f"swarm: cannot write {where}: {exc.strerror}{hint}", err=True)
+        text = f"cannot write {where}: {exc.strerror}{hint}"
+        click.echo(f"swarm: {printable(redact(text))}", err=True)
         return ExitCode.BAD_INPUT
     with tempfile.NamedTemporaryFile("w", prefix="swarm-crash-", suffix=".log", delete=False) as fh:
         fh.write(redact("".join(traceback.format_exception(exc))))  # its values: a key too
