@@ -400,6 +400,9 @@ def test_api_url_precedence() -> None:
         github.api_url_from("ftp://x", {})
     with pytest.raises(BadInputError, match="credentials in the URL"):
         github.api_url_from("https://user:pw@ghe.example", {})
+    # Said of where it came from: the variable's value is not the flag's.
+    with pytest.raises(BadInputError, match=r"^SWARM_GITHUB_API_URL: 'http://a b' is not"):
+        github.api_url_from(None, {"SWARM_GITHUB_API_URL": "http://a b"})
 
 
 def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> None:

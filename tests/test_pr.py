@@ -356,6 +356,8 @@ def test_a_failed_push_is_reported_and_the_rest_carry_on(
         (("--remote", "upstream"), "--remote: no remote named 'upstream' in "),
         (("--github-repo", "not-a-slug"), "--github-repo: 'not-a-slug' is not of the form"),
         (("--api-url", "ftp://x"), "--api-url: 'ftp://x' is not an http(s) URL"),
+        (("--api-url", "http://a b"), "--api-url: 'http://a b' is not an http(s) URL"),
+        (("--api-url", "http://host:99999"), "--api-url: 'http://host:99999' is not an http(s)"),
         (("--base", "no such..branch"), "--base 'no such..branch' is not a valid branch name"),
         (("--base", "-x"), "--base '-x' is not a valid branch name"),
     ],

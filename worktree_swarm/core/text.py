@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Callable
 
 # Where a command reports progress, one line at a time (``click.echo``, ``print``, a list's
@@ -96,3 +97,15 @@ def _octal(char: str) -> str:
     if not _control(char):
         return char
     return "".join(f"\\{byte:03o}" for byte in char.encode("utf-8", errors="surrogateescape"))
+
+
+def is_http_url(url: str) -> bool:
+    """An http(s) URL with a host, no whitespace or control characters, a port that is one."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)

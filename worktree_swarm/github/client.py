@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
-from worktree_swarm.core.text import one_line
+from worktree_swarm.core.text import is_http_url, one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.redact import redact
@@ -178,11 +178,11 @@ def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
     """The API base URL: the flag, else ``SWARM_GITHUB_API_URL``, else api.github.com."""
     env = os.environ if env is None else env
     url = (flag or env.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise BadInputError(f"--api-url: {url!r} is not an http(s) URL")
-    if "@" in parts.netloc:
-        raise BadInputError("--api-url: credentials in the URL are not accepted; use GITHUB_TOKEN")
+    where = "--api-url" if flag else API_URL_ENV
+    if not is_http_url(url):
+        raise BadInputError(f"{where}: {url!r} is not an http(s) URL")
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise BadInputError(f"{where}: credentials in the URL are not accepted; use GITHUB_TOKEN")
     return url
 
 

@@ -17,7 +17,6 @@ import os
 import shlex
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +27,7 @@ from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_sp
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.text import is_http_url
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact
@@ -155,7 +155,7 @@ def api_settings(
             "ANTHROPIC_API_KEY is not set; export your Anthropic API key and run `swarm plan` again"
         )
     base_url = api_url or env.get("ANTHROPIC_BASE_URL") or None
-    if base_url is not None and not _is_http_url(base_url):
+    if base_url is not None and not is_http_url(base_url):
         where = "--api-url" if api_url else "ANTHROPIC_BASE_URL"
         raise BadInputError(f"{where}: {base_url!r} is not an http(s) URL")
     max_retries = _env_int(env, MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, low=0, high=10)
@@ -628,15 +628,3 @@ def _sendable(block: ToolUseBlock) -> dict[str, object]:
     except (ValueError, TypeError, RecursionError):
         return {}
     return dict(block.input) if isinstance(block.input, dict) else {}
-
-
-def _is_http_url(url: str) -> bool:
-    """An http(s) URL with a host, no whitespace or control characters, a port that is one."""
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return False
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises for a port that is out of range or not a number
-    except ValueError:
-        return False
-    return parts.scheme in {"http", "https"} and bool(parts.hostname)
