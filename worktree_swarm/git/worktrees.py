@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ _SYSTEM_DIRS = (
     "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/usr/bin", "/usr/lib",
     "/usr/local", "/var", "/Applications", "/Library", "/System", "/Users", "/Volumes",
     "/private", "/private/var",
-    "/tmp", "/private/tmp",  # noqa: S108 - refused as a root, never written
+    "/tmp", "/private/tmp", "/var/tmp", "/dev/shm",  # noqa: S108 - refused as a root, never written
 )  # fmt: skip
 
 
@@ -80,8 +81,10 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
     would see the worktrees as untracked files, the guard as foreign writes, a checkpoint
     could commit one into another), and not a system directory or the home directory itself.
     """
-    real = real_path(root)
     where = f"worktree_root {root}"
+    if not str(root).isprintable():  # a newline would split every line that shows a worktree
+        raise BadInputError(f"worktree_root {str(root)!r} holds a control character")
+    real = real_path(root)
     for inside in (repo.common_dir, repo.root, checkout):
         if inside is not None and real.is_relative_to(real_path(inside)):
             raise BadInputError(
@@ -107,6 +110,15 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
         raise BadInputError(f"{where} {what} not a directory; name a directory")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise BadInputError(f"{where}: {existing} is not writable; name a directory you can write")
+    if existing is not None:
+        # Root passes every access check, where a file system may still refuse (/proc).
+        try:
+            Path(tempfile.mkdtemp(prefix=".swarm-probe-", dir=existing)).rmdir()
+        except OSError as exc:
+            raise BadInputError(
+                f"{where}: no directory can be made in {existing} ({exc.strerror}); name a "
+                "directory you can write"
+            ) from None
 
 
 def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
