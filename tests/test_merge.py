@@ -395,7 +395,13 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
     # No merge checks it any more: status says so, and what to do.
     assert "cut off" in {r["merge_result"] for r in status_json(base_repo).values()}
     text = swarm(base_repo, "status").stdout
-    assert "merge into release cut off in its checks: run `swarm merge` again" in text
+    assert (
+        "merge into release cut off in its checks: run `swarm merge --into release` again" in text
+    )
+    # A merge into another branch (the run's integration branch) waits for that one, and
+    # says so with the command that works (`swarm merge two` would say the same again).
+    skipped = swarm(base_repo, "merge", "two")
+    assert "run `swarm merge --into release two` first" in skipped.stdout, skipped.stdout
     check_pid = int((tmp_path / "second").read_text())
     # The next merge lands both (and first ends the check the killed one left running).
     out = swarm(base_repo, "merge", "--into", "release")
@@ -1824,11 +1830,40 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+@pytest.mark.parametrize("where", ["worktree", "checkout"])
+def test_the_integration_branch_checked_out_in_a_checkout_of_yours_is_never_merged_in(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, where: str
+) -> None:
+    # After `swarm clean` removed swarm's integration worktree (the branch is kept, to land),
+    # you checked the branch out: the next merge merged, ran its checks and reset there.
+    integration = one_merged(base_repo, brancher)
+    branch = f"swarm/integration-{RUN_ID}"
+    git(base_repo, "worktree", "remove", str(integration))
+    if where == "worktree":
+        yours = tmp_path / "review"
+        git(base_repo, "worktree", "add", "-q", str(yours), branch)
+    else:
+        yours = base_repo
+        git(base_repo, "switch", "-q", branch)
+    head = git(yours, "rev-parse", "HEAD")
+
+    out = swarm(base_repo, "merge", "two")
+
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(
+        f"swarm: {branch} is checked out in {yours}; swarm merges only in its own worktree "
+    )
+    assert git(yours, "rev-parse", "HEAD") == head
+    assert git(yours, "status", "--porcelain") == ""
+    assert merge_results(base_repo) == {"one": "merged", "two": None}
+
+
 def test_into_a_symbolic_ref_or_a_branch_being_rebased_is_refused(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
     # Moving `alias` (-> main) moved main under your checkout; moving dev while a rebase of
-    # it stopped at a conflict broke your `git rebase --continue`.
+    # it stopped at a conflict broke your `git rebase --continue`, and moving a branch that
+    # rebase moves at its end (`--update-refs`) left it out of your restacked branches.
     base = git(base_repo, "rev-parse", "HEAD")
     two_tasks(base_repo, brancher, base)
     git(base_repo, "symbolic-ref", "refs/heads/alias", "refs/heads/main")
@@ -1838,14 +1873,21 @@ def test_into_a_symbolic_ref_or_a_branch_being_rebased_is_refused(
     git(base_repo, "worktree", "add", "-q", str(rebasing), "dev")
     (rebasing / "keep.txt").write_text("dev\n")
     git(rebasing, "commit", "-qam", "dev")
-    subprocess.run(["git", "rebase", "other"], cwd=rebasing, capture_output=True, check=False)
+    git(base_repo, "branch", "stacked", "dev")  # a branch `--update-refs` moves at its end
+    subprocess.run(
+        ["git", "rebase", "--update-refs", "other"], cwd=rebasing, capture_output=True, check=False
+    )
     assert git(rebasing, "branch", "--show-current") == ""  # stopped, HEAD detached
     refs = git(base_repo, "for-each-ref")
 
     alias = swarm(base_repo, "merge", "--into", "alias")
     dev = swarm(base_repo, "merge", "--into", "dev")
+    stacked = swarm(base_repo, "merge", "--into", "stacked")
 
-    assert (alias.returncode, dev.returncode) == (2, 2)
+    assert (alias.returncode, dev.returncode, stacked.returncode) == (2, 2, 2)
+    assert stacked.stderr == (
+        f"swarm: stacked is being rebased in {rebasing}; finish or abort that there first\n"
+    )
     assert alias.stderr == (
         "swarm: --into alias is a symbolic ref; name the branch it points to, and swarm will"
         " move that one if nothing has it checked out\n"

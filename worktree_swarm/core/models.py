@@ -46,6 +46,12 @@ def is_valid_task_id(task_id: str) -> bool:
     )
 
 
+def merge_again(target: str | None, task_id: str = "") -> str:
+    """The `swarm merge` that merges into *target* (a run's integration branch, or ``--into``)."""
+    into = f" --into {target}" if target and not target.startswith(INTEGRATION_PREFIX) else ""
+    return f"swarm merge{into}{' ' + task_id if task_id else ''}"
+
+
 class TaskState(enum.StrEnum):
     """Lifecycle of a task (docs/cli.md lists the states)."""
 

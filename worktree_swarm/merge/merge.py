@@ -31,6 +31,7 @@ from worktree_swarm.core.models import (
     ProcessIdentity,
     Task,
     TaskState,
+    merge_again,
 )
 from worktree_swarm.core.paths import real_path, run_dir
 from worktree_swarm.core.text import path_text
@@ -363,8 +364,9 @@ def _skip_reason(
         return f"branch {row.branch} is run {later}'s now (it reused the task id)"
     if _cut_off_elsewhere(row, target):
         return (
-            f"its merge into {row.merge_target} was cut off in its checks; run `swarm merge"
-            f" {row.task_id}` first (that merge is undone and checked again)"
+            f"its merge into {row.merge_target} was cut off in its checks; run "
+            f"`{merge_again(row.merge_target, row.task_id)}` first (that merge is undone and "
+            "checked again)"
         )
     if tip is None and row.base_commit is None:
         return f"it never ran ({row.state.value}): no branch {row.branch}"

@@ -65,6 +65,8 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
             )
         if info.branch != branch or info.prunable:
             continue
+        if not into and not _same_path(info.path, own):
+            raise _checked_out_elsewhere(branch, info.path, own)
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
@@ -105,30 +107,37 @@ def refuse_held(
                 f" checkout. Merge without --into (into {INTEGRATION_PREFIX}<run>) and then run"
                 " `git merge --ff-only` on that branch there, or check out another branch"
             )
-        held = _held_by_operation(info.path)
-        if held is not None and held[0] == branch:
+        what = _held_by_operation(info.path).get(branch)
+        if what is not None:
             raise BadInputError(
-                f"{branch} is being {held[1]} in {info.path}; finish or abort that there first"
+                f"{branch} is being {what} in {info.path}; finish or abort that there first"
             )
 
 
-def _held_by_operation(checkout: Path) -> tuple[str, str] | None:
-    """The branch a rebase or bisect in *checkout* holds, and which of the two it is."""
+def _held_by_operation(checkout: Path) -> dict[str, str]:
+    """The branches a rebase or bisect in *checkout* holds, each with which of the two it is.
+
+    A rebase holds the branch it rebases and, with ``--update-refs``, every branch it will
+    move to its new commits at its end (git refuses to move those meanwhile).
+    """
     try:
         admin = git.git_dir(checkout)
     except SwarmError:
-        return None
+        return {}
+    held: dict[str, str] = {}
     for name, what in (
         ("rebase-merge/head-name", "rebased"),
         ("rebase-apply/head-name", "rebased"),
         ("BISECT_START", "bisected"),
+        ("rebase-merge/update-refs", "rebased"),  # per ref: its name, then two commit ids
     ):
         try:
-            text = fs.read_file(admin / name).decode("utf-8", "replace").strip()
+            lines = fs.read_file(admin / name).decode("utf-8", "replace").splitlines()
         except OSError:
             continue
-        return text.removeprefix("refs/heads/"), what
-    return None
+        for ref in lines[::3] if name.endswith("update-refs") else lines[:1]:
+            held.setdefault(ref.strip().removeprefix("refs/heads/"), what)
+    return held
 
 
 def _validate_into(repo: git.Repo, store: Store, branch: str) -> None:
@@ -168,11 +177,12 @@ def open_target(
             # Its directory was deleted: this registration alone goes, the worktree is made anew.
             worktrees.remove_worktree(repo, info.path, force=True)
         elif info.branch == branch and info.path.is_dir():
-            if _same_path(info.path, own):
-                _unlock(info.path)
-                _unlock_made(repo, info)
+            if not _same_path(info.path, own):  # checked out meanwhile: never merged in
+                raise _checked_out_elsewhere(branch, info.path, own)
+            _unlock(info.path)
+            _unlock_made(repo, info)
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
-            if _same_path(info.path, own) and half_merged(info.path):
+            if half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
                 runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
             return Target(branch=branch, worktree=info.path, temporary=False)
@@ -182,6 +192,15 @@ def open_target(
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)
     return Target(branch=branch, worktree=path, temporary=False)
+
+
+def _checked_out_elsewhere(branch: str, checkout: Path, own: Path | None) -> BadInputError:
+    """The refusal to merge in a checkout of yours that has the integration *branch*."""
+    return BadInputError(
+        f"{branch} is checked out in {checkout}; swarm merges only in its own worktree "
+        f"({own}), never in a checkout of yours: switch that one to another branch (or remove "
+        "it), then run `swarm merge` again"
+    )
 
 
 def _unlock(worktree: Path) -> None:

@@ -16,6 +16,7 @@ from worktree_swarm.core.models import (
     MERGE_CHECKING,
     ProcessIdentity,
     TaskState,
+    merge_again,
 )
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.text import printable
@@ -86,8 +87,9 @@ class TaskStatus:
         elif self.merge_result == MERGE_UNDONE:
             parts.append(f"merged into {self.merge_target}, since undone there")
         elif self.merge_result == MERGE_CUT_OFF:
+            again = merge_again(self.merge_target)
             parts.append(
-                f"merge into {self.merge_target} cut off in its checks: run `swarm merge` again"
+                f"merge into {self.merge_target} cut off in its checks: run `{again}` again"
             )
         elif self.merge_result:
             parts.append(f"{self.merge_result} in {self.merge_target}")
