@@ -365,6 +365,18 @@ def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes
     assert status_json(repo)["a"]["state"] == "failed"
 
 
+def test_a_retry_of_an_unknown_task_says_so_and_writes_nothing(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    state = repo / ".git" / "swarm"
+    before = {p: p.stat().st_mtime_ns for p in state.glob("*") if p.is_file()}
+    out = swarm(repo, "retry", "nosuch")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stdout + out.stderr
+    assert "no task 'nosuch' in run " in out.stderr
+    assert {p: p.stat().st_mtime_ns for p in state.glob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("fresh", [False, True], ids=["resumed", "fresh"])
 def test_a_retry_of_a_task_whose_branch_you_checked_out_says_so_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object, fresh: bool

@@ -363,6 +363,7 @@ def retry_cmd(
     repo = _repo(ctx)
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
+        retry.check_known(store, run_id, task_ids)  # before the lock writes its record
         lock.acquire(run_id=run_id)
         picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
         if picked:

@@ -29,6 +29,14 @@ RETRY_EVENT = "retry"
 OUTSIDE_WRITE = "outside_write"  # the event a guard verdict is recorded as
 
 
+def check_known(store: Store, run_id: str, task_ids: Sequence[str]) -> None:
+    """BadInputError for the first of *task_ids* that is no task of *run_id*."""
+    known = {row.task_id for row in store.tasks(run_id)}
+    for task_id in task_ids:
+        if task_id not in known:
+            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+
+
 def prepare(
     repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, fresh: bool
 ) -> list[str]:
@@ -40,10 +48,7 @@ def prepare(
     there is nothing to retry. What the killed manager's guard was at is settled first: a task
     it caught fails for it now, not once its new attempt ran.
     """
-    known = {row.task_id for row in store.tasks(run_id)}
-    for task_id in task_ids:
-        if task_id not in known:
-            raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+    check_known(store, run_id, task_ids)
     settle_guard(repo, store, run_id)
     rows = {row.task_id: row for row in store.tasks(run_id)}
     taken = store.taken_over(run_id)
