@@ -1762,6 +1762,8 @@ def test_clean_ends_the_checks_a_killed_merge_left_and_removes_its_worktree(
     assert not pid_alive(check_pid)
     assert not worktree.exists()
     assert worktree not in worktree_list(base_repo)
+    # The branch is kept, its tip a merge its checks never passed: not to be landed as it is.
+    assert "the merge of one was cut off in its checks; run `swarm merge`" in out.stdout, out.stdout
     check.write_text("")  # passes now
     again = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stdout + again.stderr

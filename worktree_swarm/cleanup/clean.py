@@ -225,6 +225,7 @@ def plan_clean(
                 keep_branches=keep_branches,
                 force=force,
                 look=look,
+                unchecked=_cut_off(tasks, integration_branch(run_id)),
             )
             findings += found
             if any(f.action is Action.DELETE_BRANCH for f in found):
@@ -513,6 +514,13 @@ def _merging(run_id: str) -> Finding:
     )
 
 
+def _cut_off(tasks: Iterable[TaskRow], branch: str) -> list[str]:
+    """The tasks whose merge into *branch* was cut off in its checks."""
+    return [
+        t.task_id for t in tasks if t.merge_result == MERGE_CHECKING and t.merge_target == branch
+    ]
+
+
 def _plan_integration(
     repo: git.Repo,
     run_id: str,
@@ -524,8 +532,11 @@ def _plan_integration(
     keep_branches: bool,
     force: bool,
     look: bool,
+    unchecked: Iterable[str] = (),
 ) -> list[Finding]:
     """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced).
+
+    *unchecked*: the tasks whose merge into it was cut off in its checks (not to be landed).
 
     *own* is where swarm keeps that worktree: the branch checked out anywhere else is in a
     checkout of yours (`git worktree add ../review swarm/integration-<run>`), never removed.
@@ -572,6 +583,14 @@ def _plan_integration(
         onto = landing[0].removeprefix("refs/heads/") if landing else "your branch"
         reason = f"{why}; not merged into {onto}"
         action, fix = Action.KEEP, f"kept: land it (`git merge {branch}`) or use --force"
+        if unchecked := list(unchecked):  # its tip may be a merge its checks never passed
+            action, fix = (
+                Action.KEEP,
+                (
+                    f"kept: the merge of {', '.join(unchecked)} was cut off in its checks; run "
+                    "`swarm merge` (it is undone and checked again) before you land it"
+                ),
+            )
     found.append(
         Finding(
             kind=Kind.BRANCH,
