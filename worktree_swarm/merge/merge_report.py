@@ -54,6 +54,20 @@ class TaskResult:
         }
 
 
+# Files whose change alters what git or swarm do once landed, not only the code: worth a look
+# of their own before landing (by name, anywhere in the tree where git reads them there).
+REVIEW_FILES = {
+    ".gitattributes": "which filters, diff and merge drivers git runs, how it converts files",
+    ".gitmodules": "what git clones and fetches as submodules",
+    "swarm.toml": "later runs' settings, agent commands and checks",
+}
+
+
+def _to_review(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name in REVIEW_FILES and (name != "swarm.toml" or "/" not in path)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MergeReport:
     """Everything `swarm merge` reports (the ``--json`` fields are documented in docs/merge.md)."""
@@ -74,6 +88,24 @@ class MergeReport:
     def by_outcome(self, outcome: MergeOutcome) -> list[TaskResult]:
         """The results with *outcome*."""
         return [r for r in self.results if r.outcome is outcome]
+
+    def to_review(self) -> dict[str, list[str]]:
+        """The files each task merged changed that change what git or swarm do later.
+
+        :data:`REVIEW_FILES`, to read before landing it; a dry run: of the tasks it would merge.
+        """
+        landed = (
+            [n for n in self.order if n not in {r.task_id for r in self.results}]
+            if self.dry_run
+            else [r.task_id for r in self.by_outcome(MergeOutcome.MERGED)]
+        )
+        found = {}
+        for name in landed:
+            changes = self.prediction.changes.get(name)
+            paths = sorted(p for p in changes.paths if _to_review(p)) if changes else []
+            if paths:
+                found[name] = paths
+        return found
 
     @property
     def ok(self) -> bool:
@@ -111,6 +143,7 @@ class MergeReport:
             "baseline_checks": None if self.baseline is None else self.baseline.to_json(),
             "results": [r.to_json() for r in self.results],
             "notes": list(self.notes),
+            "review": self.to_review(),
             **{o.value: [r.task_id for r in self.by_outcome(o)] for o in MergeOutcome},
         }
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from worktree_swarm.core.text import Echo, path_text
 from worktree_swarm.core.words import plural
-from worktree_swarm.merge.merge_report import MergeOutcome, MergeReport, TaskResult
+from worktree_swarm.merge.merge_report import (
+    REVIEW_FILES,
+    MergeOutcome,
+    MergeReport,
+    TaskResult,
+)
 
 # Outcome words are padded to one width so task ids line up as results stream in.
 _OUTCOME_WIDTH = 10
@@ -50,7 +55,7 @@ def merge_prediction_lines(report: MergeReport) -> list[str]:
 def merge_summary(report: MergeReport) -> list[str]:
     """Totals and where the target now points."""
     if report.dry_run:
-        return ["dry run: nothing was merged"]
+        return ["dry run: nothing was merged", *review_lines(report)]
     counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in MergeOutcome)
     moved = (
         f"{report.target_branch} now at {report.target_commit[:12]}"
@@ -58,7 +63,20 @@ def merge_summary(report: MergeReport) -> list[str]:
         else f"{report.target_branch} unchanged at {report.target_commit[:12]}"
     )
     where = f" (worktree {report.worktree})" if report.worktree else ""
-    return [f"{counts}; {moved}{where}"]
+    return [f"{counts}; {moved}{where}", *review_lines(report)]
+
+
+def review_lines(report: MergeReport) -> list[str]:
+    """The files merged tasks changed that change what git or swarm do, said before landing."""
+    found = report.to_review()
+    if not found:
+        return []
+    lines = ["review before landing (they change what git or swarm do, not only code):"]
+    for task_id, paths in found.items():
+        lines += [
+            f"  {task_id}: {path_text(p)} ({REVIEW_FILES[p.rsplit('/', 1)[-1]]})" for p in paths
+        ]
+    return lines
 
 
 class MergeEcho:
