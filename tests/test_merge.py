@@ -1848,8 +1848,14 @@ def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
             "one.txt": "1\n",
         },
     )
-    brancher.branch("swarm/two", base, {"two.txt": "2\n"})
-    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    # pyproject.toml: only a change to its [tool.swarm] is called out.
+    brancher.branch(
+        "swarm/two", base, {"two.txt": "2\n", "pyproject.toml": '[project]\nname = "x"\n'}
+    )
+    brancher.branch(
+        "swarm/three", base, {"pyproject.toml": '[tool.swarm.defaults]\nagent = ["evil"]\n'}
+    )
+    record_run(base_repo, [("one", base), ("two", base), ("three", base)], base=base)
     expected = [
         "review before landing (they change what git or swarm do, not only code):",
         (
@@ -1857,13 +1863,20 @@ def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
             " converts files)"
         ),
         "  one: swarm.toml (later runs' settings, agent commands and checks)",
+        (
+            "  three: pyproject.toml (its [tool.swarm]: later runs' settings, agent commands"
+            " and checks)"
+        ),
     ]
 
     dry = swarm(base_repo, "merge", "--dry-run")
     as_json = swarm(base_repo, "merge", "--json")
 
-    assert dry.stdout.splitlines()[-3:] == expected, dry.stdout
-    assert json.loads(as_json.stdout)["review"] == {"one": ["sub/.gitattributes", "swarm.toml"]}
+    assert dry.stdout.splitlines()[-4:] == expected, dry.stdout
+    assert json.loads(as_json.stdout)["review"] == {
+        "one": ["sub/.gitattributes", "swarm.toml"],
+        "three": ["pyproject.toml"],
+    }
     again = swarm(base_repo, "merge")  # nothing left to merge: nothing to call out
     assert "review before landing" not in again.stdout
 

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import shlex
+import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -257,6 +258,7 @@ def merge(
         results=tuple(session.results),
         baseline=baseline,
         notes=tuple(tell.notes),
+        tool=report.tool,
     )
 
 
@@ -279,6 +281,12 @@ def _predict(
         target=start,
     )
     order = merge_order(candidates, prediction)
+    tool = frozenset(
+        c.task_id
+        for c in candidates
+        if "pyproject.toml" in prediction.changes[c.task_id].paths
+        and _swarm_table(repo, c.base) != _swarm_table(repo, c.tip)
+    )
     report = MergeReport(
         run_id=run_id,
         target_branch=branch,
@@ -290,11 +298,28 @@ def _predict(
         prediction=prediction,
         order=tuple(c.task_id for c in order),
         results=tuple(skipped),
+        tool=tool,
     )
     tell.predicted(report)
     for result in skipped:
         tell.finished(result)
     return report, order
+
+
+def _swarm_table(repo: git.Repo, commit: str) -> object:
+    """The ``[tool.swarm]`` table of *commit*'s top-level pyproject.toml, as swarm would read it.
+
+    None without one; the file's text when it is no TOML (a change to it is shown too).
+    """
+    shown = runner.run_bytes(repo.root, "cat-file", "blob", f"{commit}:pyproject.toml", check=False)
+    if shown.returncode != 0:
+        return None
+    try:
+        data = tomllib.loads(shown.stdout.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return shown.stdout
+    tool = data.get("tool")
+    return tool.get("swarm") if isinstance(tool, dict) else None
 
 
 # -- choosing and ordering ---------------------------------------------------------------

@@ -60,12 +60,18 @@ REVIEW_FILES = {
     ".gitattributes": "which filters, diff and merge drivers git runs, how it converts files",
     ".gitmodules": "what git clones and fetches as submodules",
     "swarm.toml": "later runs' settings, agent commands and checks",
+    "pyproject.toml": "its [tool.swarm]: later runs' settings, agent commands and checks",
 }
 
 
 def _to_review(path: str) -> bool:
+    """One of :data:`REVIEW_FILES` where git or swarm reads it (pyproject.toml: see ``tool``)."""
     name = path.rsplit("/", 1)[-1]
-    return name in REVIEW_FILES and (name != "swarm.toml" or "/" not in path)
+    return (
+        name in REVIEW_FILES
+        and name != "pyproject.toml"
+        and (name != "swarm.toml" or "/" not in path)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +90,7 @@ class MergeReport:
     results: tuple[TaskResult, ...]
     baseline: CheckResult | None = None
     notes: tuple[str, ...] = ()  # every other line the merge told (outside writes allowed, ...)
+    tool: frozenset[str] = frozenset()  # the tasks that changed pyproject.toml's [tool.swarm]
 
     def by_outcome(self, outcome: MergeOutcome) -> list[TaskResult]:
         """The results with *outcome*."""
@@ -103,6 +110,7 @@ class MergeReport:
         for name in landed:
             changes = self.prediction.changes.get(name)
             paths = sorted(p for p in changes.paths if _to_review(p)) if changes else []
+            paths += ["pyproject.toml"] if name in self.tool else []
             if paths:
                 found[name] = paths
         return found
