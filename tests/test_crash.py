@@ -1372,6 +1372,49 @@ def test_a_guard_verdict_outlives_the_manager_that_reached_it(
     assert not (repo / "evil.txt").exists()
 
 
+ENDS_UNWATCHED_THEN_OUTSIDE = """
+import os, pathlib, sys, time
+root, checkout = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+task = os.environ['SWARM_TASK_ID']
+pathlib.Path(task + '.txt').write_text('work\\n')
+if task == 'a':  # ends on its own while no manager runs
+    (root / 'a.pid').write_text(str(os.getpid()))
+    while not (root / 'go').exists():
+        time.sleep(0.05)
+else:  # b, started by the resumed manager: writes outside at once
+    (checkout / 'evil.txt').write_text('outside\\n')
+"""
+
+
+def test_an_agent_that_ended_while_no_manager_ran_is_no_suspect_of_a_later_write(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # The resumed manager's guard counted it as running from the resume on: it failed, done,
+    # for what the agent started after it wrote outside its worktree.
+    agent = [*write_agent(ENDS_UNWATCHED_THEN_OUTSIDE), str(tmp_path), str(repo)]
+    text = f"[defaults]\njobs = 1\nagent = {argv_toml(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "x"\n[[task]]\nid = "b"\nprompt = "x"\n'
+    text += 'depends_on = ["a"]\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        pid = int(written(tmp_path / "a.pid", timeout=120, what="a's agent"))
+        _kill_group(proc)
+        (tmp_path / "go").touch()
+        wait_for(lambda: not pid_alive(pid), what="a's agent to end")
+        assert swarm(repo, "resume").returncode == 1
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            _kill_group(proc)
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "done", rows["a"]
+    assert rows["b"]["state"] == "failed"
+    assert str(rows["b"]["reason"]).startswith(
+        "wrote outside its worktree: files evil.txt in the main checkout; restored"
+    ), rows["b"]["reason"]
+    assert not (repo / "evil.txt").exists()
+
+
 SWITCH_BRANCH = """
 import pathlib, subprocess, sys
 git = sys.argv[1]  # the real one: swarm's own git hangs in this test

@@ -810,7 +810,8 @@ class TaskWorker(RunWorker):
         task = fallback.task_for(live.task, profile)
         self.gate.adopt(provider_of(profile))
         live.adopted.set()
-        self.guard.agent_started(live.task.id, identity)
+        if gone_since is None:  # one that ended unwatched never wrote since: no suspect now
+            self.guard.agent_started(live.task.id, identity)
         cost: float | None = None
         try:
             try:
