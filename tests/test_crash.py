@@ -1415,6 +1415,57 @@ def test_an_agent_that_ended_while_no_manager_ran_is_no_suspect_of_a_later_write
     assert not (repo / "evil.txt").exists()
 
 
+def test_a_resume_tells_what_changed_in_your_checkout_while_no_manager_watched(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Whoever wrote it (you, or an agent just before its manager was killed, faster than the
+    # guard's next look), the resumed guard takes the checkout as it finds it: it says so.
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "pathlib.Path('w.txt').write_text('work\\n')\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        f"while not pathlib.Path({str(tmp_path / 'go')!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        written(pid_file, timeout=120, what="the agent")
+        _kill_group(proc)
+        (repo / "README.md").write_text("changed unwatched\n")
+        (tmp_path / "go").touch()
+        out = swarm(repo, "resume")
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if "while no manager watched" in ln)
+    assert line.startswith(
+        "guard: your checkout changed while no manager watched it: README.md; kept as it is"
+    ), line
+    patch = line.rsplit("git apply -R ", 1)[1].split("`")[0]
+    assert (repo / "README.md").read_text() == "changed unwatched\n"  # yours, kept
+    git(repo, "apply", "-R", patch)  # and undone by the command it names
+    assert git(repo, "status", "--porcelain") == ""
+    assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_a_retry_after_a_run_that_ended_takes_changes_in_your_checkout_as_yours(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Its manager looked last as the run ended: nothing of an agent's can hide in the
+    # checkout since, and no line suggests one.
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    (repo / "README.md").write_text("edited after the run\n")
+    (tmp_path / "succeed").touch()
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "while no manager watched" not in out.stdout
+    assert (repo / "README.md").read_text() == "edited after the run\n"
+
+
 SWITCH_BRANCH = """
 import pathlib, subprocess, sys
 git = sys.argv[1]  # the real one: swarm's own git hangs in this test

@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -110,6 +111,23 @@ _VERDICTS = "verdicts"
 _REASON_CHARS = 300
 
 
+_MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
+
+UNWATCHED_EVENT = "checkout_changed_unwatched"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unwatched:
+    """Files of your checkout that changed while no manager of the run watched it."""
+
+    paths: tuple[str, ...]
+    patch: str  # from the last baseline to now: `git apply -R` undoes them
+
+    def as_dict(self) -> dict[str, object]:
+        """As the run's event records it."""
+        return {"paths": list(self.paths), "patch": self.patch}
+
+
 @dataclass(slots=True, kw_only=True)
 class _Place:
     """A watched checkout and its baseline."""
@@ -179,6 +197,7 @@ class Guard:
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
     _noted: dict[int, Path]  # violation number -> its note, until the run settles it
+    _unwatched: Unwatched | None  # what start() found changed while no manager watched
 
     def __init__(
         self,
@@ -255,7 +274,9 @@ class Guard:
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
-        self._trees, self._remotes, self._noted = _Worktrees(), _Remotes(seen=now), {}
+        self._trees, self._remotes, self._noted, self._unwatched = (
+            _Worktrees(), _Remotes(seen=now), {}, None,
+        )  # fmt: skip
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -267,7 +288,10 @@ class Guard:
             self._dir.mkdir(parents=True, exist_ok=True)
             for line in finish_put_backs(self.repo, self._dir):  # before the baselines
                 self._log(line)
+            last = self._last_base()  # of this run's previous manager: one is resumed
             self._watch(MAIN, self.repo.root)
+            with self._job(MAIN):  # failing: told, the run goes on
+                self._unwatched = self._changed_since(last)
             for path in self._users_worktrees():
                 with self._job(_users_label(path)):  # failing: told, the run goes on
                     self._watch(_users_label(path), path)
@@ -1018,7 +1042,51 @@ class Guard:
                 self._places[task_id] = place
 
     def _watch(self, where: str, path: Path) -> None:
-        self._places[where] = self._baseline(where, path)
+        place = self._places[where] = self._baseline(where, path)
+        if where == MAIN and place.base is not None:  # for the manager that resumes this run
+            with contextlib.suppress(OSError):  # a torn one reads as none
+                (self._dir / _MAIN_TREE).write_text(place.base.tree, encoding="ascii")
+
+    def _last_base(self) -> str | None:
+        """The tree of your checkout as the run's last manager last took it as its baseline."""
+        try:
+            text = fs.read_text(self._dir / _MAIN_TREE).strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", text) else None
+
+    def _changed_since(self, last: str | None) -> Unwatched | None:
+        """What changed in your checkout from *last* to the baseline just taken.
+
+        A resumed run: what changed while no manager watched (yours, or an agent's write its
+        manager was killed before it looked at), kept as it is, told, its patch kept.
+        """
+        place = self._places[MAIN]
+        if last is None or place.base is None or last == place.base.tree:
+            return None
+        there = runner.run(self.repo.root, "cat-file", "-e", f"{last}^{{tree}}", check=False)
+        if there.returncode != 0:  # pruned since: nothing to compare with
+            return None
+        out = runner.run_bytes(
+            self.repo.root, "diff-tree", "-r", "--name-only", "-z", "--no-renames", last,
+            place.base.tree,
+        ).stdout  # fmt: skip
+        paths = [os.fsdecode(p) for p in out.split(b"\0") if p]
+        if not paths:
+            return None
+        patch = self._dir / "unwatched-main.patch"
+        patch.write_text(files_patch(place.path, last, place.base.tree, paths), encoding="utf-8")
+        self._log(f"changed while no manager watched: {', '.join(paths)} (patch {patch})")
+        return Unwatched(paths=tuple(paths), patch=str(patch))
+
+    def looked_last(self) -> None:
+        """After the run's last scan: what changes in your checkout from now on is yours."""
+        with contextlib.suppress(OSError):
+            (self._dir / _MAIN_TREE).unlink(missing_ok=True)
+
+    def unwatched(self) -> Unwatched | None:
+        """What :meth:`start` found changed in your checkout while no manager watched it."""
+        return self._unwatched
 
     def _baseline(self, where: str, path: Path) -> _Place:
         """Watch *path* from now on and record its baseline (no lock needed: *where* is its own)."""

@@ -40,7 +40,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import remotes, sandbox
 from worktree_swarm.guard.model import Violation, blamed
-from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.guard.watcher import UNWATCHED_EVENT, Guard
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.run.disk_budget import DiskBudget
@@ -256,6 +256,8 @@ class Runner:
         if self.spec.sandbox and self.spec.executor is not Executor.RAY:
             sandbox.prepare(self.repo.common_dir)  # before the guard's baseline
         self.guard.start()
+        if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
+            self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
         self.guard.watch_in_background()
         try:
             self._start_adopted()
@@ -459,6 +461,7 @@ class Runner:
         self.guard.close()
         self.guard.scan(deep=True)
         self._apply_guard()
+        self.guard.looked_last()
 
     def _apply_guard(self) -> None:
         """Record each new outside write and fail its suspects (unless outside writes are allowed).

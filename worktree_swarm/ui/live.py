@@ -18,6 +18,7 @@ from rich.table import Table
 
 from worktree_swarm.core.text import one_line, printable
 from worktree_swarm.guard import remotes
+from worktree_swarm.guard.watcher import UNWATCHED_EVENT
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
@@ -103,6 +104,9 @@ def output_gone(stream: IO[str]) -> None:
         os.close(null)
 
 
+_NAMED = 10  # files a line names before it counts the rest
+
+
 def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
     """The line of a guard's event that is not an outside write (None: not one, or not told)."""
     if kind == "guard_error" and data.get("count", 1) == 1:
@@ -111,6 +115,15 @@ def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
         return f"guard: {data.get('job')} scan failed: {data.get('reason')}"
     if kind == remotes.EVENT and data.get("refs"):
         return remotes.note_line(cast("list[object]", data["refs"]))
+    if kind == UNWATCHED_EVENT:
+        paths = [str(p) for p in cast("list[object]", data.get("paths", []))]
+        more = len(paths) - _NAMED
+        shown = ", ".join(paths[:_NAMED]) + (f" and {more} more" if more > 0 else "")
+        return (
+            f"guard: your checkout changed while no manager watched it: {shown}; kept as it is"
+            f" (if you did not make these changes, an agent of this run did before its manager"
+            f" was killed: `git apply -R {data.get('patch')}` undoes them)"
+        )
     return None
 
 
