@@ -24,7 +24,7 @@ from worktree_swarm.git import repo as swarm_git
 from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
-from worktree_swarm.report.status import TaskStatus
+from worktree_swarm.report.status import MERGE_UNDONE, TaskStatus
 from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.watch import WatchApp, cells, details
 
@@ -292,6 +292,9 @@ def test_the_log_pane_shows_an_agents_output_redacted_printable_and_to_its_end(
             assert shown.count("[REDACTED]") == 2, shown
             assert "\x1b" not in shown
             assert "\x07" not in shown
+            # Whole sequences go, not only their ESC: no clipboard payload, no `[2J` left.
+            assert "]52;c;" not in shown
+            assert "[2J" not in shown
 
     try:
         run_async(drive)
@@ -454,6 +457,12 @@ def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
                 )
                 await until(pilot, lambda: app.rows["bb"].merge_result == "merged", "recorded")
                 assert app.rows["aa"].state == "done"
+                # Undone on its target since, as `swarm status` says: not "merged" still.
+                integration = next(repo.parent.glob("repo.swarm/_integration-*"))
+                git(integration, "reset", "-q", "--hard", "HEAD~2")
+                await until(
+                    pilot, lambda: app.rows["bb"].merge_result == MERGE_UNDONE, "seen undone"
+                )
                 assert app.marked == set()  # taken by that merge: a next `m` is a new choice
                 await pilot.press("p")
                 await until(pilot, lambda: any("PR #" in m or "pr failed" in m
@@ -685,6 +694,35 @@ def test_a_store_written_back_under_the_screen_is_read_from_then_on(
                 db.execute("UPDATE tasks SET reason = 'as written back'")
             copy.replace(path)  # as the manager's put-back does: another file at the path
             await until(pilot, lambda: app.rows["aa"].why == "as written back", "the new file")
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+
+
+def test_a_store_of_another_run_written_under_the_screen_leaves_it_up_showing_its_run(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `rm -rf .git/swarm` and a new run: the screen closed (exit 2, "unknown run").
+    agent = write_agent("open('x.txt', 'w').write('x\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+    path = store.path
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            copy = path.with_name("copy.db")
+            with sqlite3.connect(path) as db:
+                db.execute("VACUUM INTO ?", (str(copy),))
+            with sqlite3.connect(copy) as db:
+                db.execute("DELETE FROM runs")
+            copy.replace(path)
+            await until(pilot, lambda: any("without run" in m for m in app.messages), "told")
+            assert app.is_running
+            assert list(app.rows) == ["aa"]
             await pilot.press("q")
 
     try:

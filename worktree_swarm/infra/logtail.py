@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from worktree_swarm.core.text import printable
+from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import RedactingWriter, redact
 
@@ -97,7 +97,7 @@ class Follower:
         self._pending = rest
         text = (head + newline).decode("utf-8", errors="replace")
         note = f"... ({skipped} bytes skipped)\n" if skipped else ""
-        return restart, note + printable(redact(text))
+        return restart, note + printable(without_escapes(redact(text)))
 
     def _still_there(self, fh: BinaryIO, size: int) -> bool:
         if size < self._offset:

@@ -24,7 +24,7 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.text import printable
+from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.logtail import Follower
@@ -81,7 +81,7 @@ def _plain(text: str) -> Text:
     Rich drops a BEL but not an ESC: an escape sequence in a wait's reason reached the
     terminal (OSC 52 writes the clipboard).
     """
-    return Text(printable(redact(text), keep=""))
+    return Text(printable(without_escapes(redact(text)), keep=""))
 
 
 def _gone(row: TaskStatus, kept: str) -> str:
@@ -185,7 +185,8 @@ class WatchApp(App[None]):
             return
         if self.store.replaced():  # written back by its manager: the file open is no more
             self._reopen()
-        rows = {r.task_id: r for r in status.task_status(self.store, self.run_id)}
+        # With the repository: a merge undone on its target since reads as such, as in status.
+        rows = {r.task_id: r for r in status.task_status(self.store, self.run_id, repo=self.repo)}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
         notes = status.manager_status(self.repo, self.store, self.run_id).lines()
         self.sub_title = " · ".join([f"run {self.run_id}", *notes])
@@ -210,6 +211,16 @@ class WatchApp(App[None]):
         except SwarmError as exc:  # not there yet, or refused: the file open is read meanwhile
             if not self._unread_store:  # said once, not every second
                 self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
+            self._unread_store = True
+            return
+        if store.get_run(self.run_id) is None:  # another run's store now: this one's is kept
+            store.close()
+            if not self._unread_store:
+                self._say(
+                    f"the state database was replaced by one without run {self.run_id}; "
+                    "showing it as it was",
+                    ok=False,
+                )
             self._unread_store = True
             return
         self._unread_store = False
@@ -255,9 +266,9 @@ class WatchApp(App[None]):
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         """A new selection: its details, log, and the open pane."""
         self._show_selected()
-        active = self.query_one("#panes", TabbedContent).active
-        if active in {"diff", "conflicts"}:
-            self.action_pane(active)
+        # The diff is the task's own; the conflicts pane predicts the whole run: not again.
+        if self.query_one("#panes", TabbedContent).active == "diff":
+            self.action_pane("diff")
 
     # -- panes -----------------------------------------------------------------------------
 
@@ -429,7 +440,7 @@ class WatchApp(App[None]):
         self._say(f"quitting once {', '.join(self._busy)} ends", ok=True)
 
     def _say(self, message: str, *, ok: bool) -> None:
-        message = printable(redact(message), keep="\n")
+        message = printable(without_escapes(redact(message)), keep="\n")
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
@@ -441,7 +452,7 @@ def _shown(text: str, rest: str) -> str:
     if len(lines) > PANE_LINES:
         more = len(lines) - PANE_LINES
         text = "\n".join(lines[:PANE_LINES]) + f"\n... {more} more lines: {rest}\n"
-    return printable(redact(text))
+    return printable(without_escapes(redact(text)))
 
 
 def watch(repo: git.Repo, run_id: str | None) -> None:
