@@ -1452,6 +1452,39 @@ def test_a_resume_tells_what_changed_in_your_checkout_while_no_manager_watched(
     assert status_json(repo)["a"]["state"] == "done"
 
 
+def test_the_patch_of_what_changed_unwatched_keeps_no_secret(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    key = "Zq8xV3mP9tL2wR7kJ4nB"
+    monkeypatch.setenv("MY_API_KEY", key)
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        f"while not pathlib.Path({str(tmp_path / 'go')!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "pathlib.Path('w.txt').write_text('work\\n')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        written(pid_file, timeout=120, what="the agent")
+        _kill_group(proc)
+        (repo / "notes.txt").write_text(f"key={key}\n")
+        (tmp_path / "go").touch()
+        out = swarm(repo, "resume")
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if "while no manager watched" in ln)
+    patch = Path(line.rsplit("git apply -R ", 1)[1].split("`")[0])
+    assert "notes.txt" in patch.read_text()
+    assert key not in patch.read_text()
+
+
 def test_a_retry_after_a_run_that_ended_takes_changes_in_your_checkout_as_yours(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

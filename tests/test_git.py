@@ -535,6 +535,11 @@ def test_diff_stat_content_tells_edits_that_keep_the_counts(repo: Path) -> None:
     assert stats[0] == stats[1] == g.DiffStat(files=2, insertions=1, deletions=0)
     assert stats[0].content != stats[1].content
     assert stats[1].content == stats[2].content  # an attempt that changed nothing
+    git(repo, "mv", "line.txt", "moved.txt")  # a rename of its own file: the same counts
+    git(repo, "commit", "-q", "-m", "rename")
+    renamed = g.diff_stat(r, base, "HEAD")
+    assert renamed == stats[2]
+    assert renamed.content != stats[2].content
 
 
 def test_diff_stat_counts_a_rename_once(repo: Path) -> None:

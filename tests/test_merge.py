@@ -1832,6 +1832,21 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+def test_a_merge_s_guard_keeps_no_baseline_for_a_resume_of_its_own(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # Only a run is resumed: a merge's guard that kept its baseline of your checkout had the
+    # next merge diff and patch all you changed in between, for no one.
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    check = f"{agent_command()} -c pass"
+    assert swarm(base_repo, "merge", "--check", check, "one").returncode == 0
+    (base_repo / "README.md").write_text("yours, between two merges\n")
+    assert swarm(base_repo, "merge", "--check", check, "two").returncode == 0
+    state = base_repo / ".git" / "swarm"
+    assert not [p for p in state.rglob("*") if p.name == "main.tree" or "unwatched" in p.name]
+
+
 def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
     base_repo: Path, brancher: Brancher
 ) -> None:

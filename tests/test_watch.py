@@ -333,6 +333,19 @@ def test_a_log_follower_reads_whole_lines_skips_a_burst_and_restarts_on_a_rewrit
     assert follow.read(ended=True) == (False, "")
 
 
+def test_a_secret_an_escape_sequence_splits_is_redacted_once_the_sequence_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redacted first, the two halves were no value; the sequence removed then made it whole.
+    key = "Zq8xT3vLp9Wm2RkY"
+    monkeypatch.setenv("MY_API_KEY", key)
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"printed " + key[:8].encode() + b"\x1b[0m" + key[8:].encode() + b"\n")
+    shown = Follower(log, limit=1024).read()[1]
+    assert key not in shown
+    assert "[REDACTED]" in shown
+
+
 def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(
     repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path
 ) -> None:

@@ -626,7 +626,7 @@ def diff_cmd(
         # A key on the branch is shown where it is, not what; an escape sequence in a file
         # (a clipboard write, a cleared screen) never reaches your terminal, nor a carriage
         # return that would draw one part of a line over another.
-        shown = lone_returns_shown(without_escapes(redact(text)))
+        shown = lone_returns_shown(redact(without_escapes(text)))
         click.echo(printable(shown, keep="\n\t\r"), nl=False)
     return ExitCode.OK
 
@@ -714,7 +714,7 @@ def _shown_line(line: str) -> None:
     Redacted, printable only, one line: a file name or a check's output can hold a secret, an
     escape sequence or a newline that would forge a line of its own.
     """
-    click.echo(printable(without_escapes(redact(line)), keep=""))
+    click.echo(printable(redact(without_escapes(line)), keep=""))
 
 
 # -- pr command --
@@ -979,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:  # it may quote what you typed: a key too
-        click.echo(f"swarm: {printable(without_escapes(redact(exc.format_message())))}", err=True)
+        click.echo(f"swarm: {printable(redact(without_escapes(exc.format_message())))}", err=True)
         return ExitCode.BAD_INPUT
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
@@ -1022,7 +1022,7 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
     elif isinstance(exc, CommandError) and faults.is_full(exc):  # git writing, the disk full
         text = faults.retry_with(faults.full_message("the repository", exc), command)
     # An API's message, a path you typed: no escape sequence of theirs reaches your terminal.
-    click.echo(f"swarm: {printable(without_escapes(redact(text)))}", err=True)
+    click.echo(f"swarm: {printable(redact(without_escapes(text)))}", err=True)
     return int(exc.exit_code)
 
 

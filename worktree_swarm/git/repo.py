@@ -36,8 +36,8 @@ class DiffStat:
     files: int
     insertions: int
     deletions: int
-    # What the changed files hold (their blob ids): it differs when an edit leaves the counts
-    # as they were (a line rewritten again, a binary file).
+    # What the changed files hold and their names (blob ids, paths): it differs when an edit
+    # leaves the counts as they were (a line rewritten again, a binary file, a rename).
     content: str = dataclasses.field(default="", compare=False)
 
 
@@ -805,7 +805,9 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
         for meta, name in zip(staged[0::2], staged[1::2], strict=False):
             path = os.fsdecode(name)
             _, mode, _, blob, _ = meta.decode("ascii").split()
-            head = b"" if mode == "160000" else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
+            # A gitlink holds a commit id; an unmerged entry no blob of its own (all zeros).
+            unread = mode == "160000" or not blob.strip("0")
+            head = b"" if unread else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
             held = [value for value in values if value in head]
             named = any(value in name for value in values)
             if (held and not _committed_with(worktree, path, held)) or (
@@ -1139,8 +1141,9 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
             continue
         if field.startswith(":"):  # raw: ":modes ids status" then the path (two for R and C)
             meta = field.split()
-            content.append(meta[3])
-            i += 2 if meta[4][:1] in {"R", "C"} else 1
+            named = 2 if meta[4][:1] in {"R", "C"} else 1
+            content.append("\0".join([meta[3], *fields[i : i + named]]))  # a rename changes it
+            i += named
             continue
         added, deleted, path = field.split("\t", 2)
         if not path:

@@ -198,6 +198,7 @@ class Guard:
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
     _noted: dict[int, Path]  # violation number -> its note, until the run settles it
     _unwatched: Unwatched | None  # what start() found changed while no manager watched
+    _resumable: bool  # its baseline of your checkout is kept for a resuming manager
 
     def __init__(
         self,
@@ -249,12 +250,11 @@ class Guard:
         self._count = _last_patch_number(work_dir)
         now = time.time()
         self._refs_checked = self._surface_checked = now
-        self._objects_checked = self._stash_checked = now
+        self._objects_checked = self._stash_checked = self._graph_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
         self._hooks: Path | None = None
         self._graph: graph.Fingerprint = ()  # the commit graph as last found matching
-        self._graph_checked = now
         self._good: dict[str, str] = {}  # ref -> its last tip seen complete
         self._walked: dict[str, str] = {}  # ref -> its last tip whose every object was seen
         self._objects: ObjectWatch | None = None  # which checks must look at every ref
@@ -274,9 +274,8 @@ class Guard:
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step
         self._linked: dict[Path, Path] = {}  # the user's linked worktrees -> their git dirs
-        self._trees, self._remotes, self._noted, self._unwatched = (
-            _Worktrees(), _Remotes(seen=now), {}, None,
-        )  # fmt: skip
+        self._trees, self._remotes, self._noted = _Worktrees(), _Remotes(seen=now), {}
+        self._unwatched, self._resumable = None, False  # see keep_base_for_resume
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -1042,10 +1041,25 @@ class Guard:
                 self._places[task_id] = place
 
     def _watch(self, where: str, path: Path) -> None:
-        place = self._places[where] = self._baseline(where, path)
-        if where == MAIN and place.base is not None:  # for the manager that resumes this run
+        self._places[where] = self._baseline(where, path)
+        if where == MAIN and self._resumable:
+            self._keep_base()
+
+    def _keep_base(self) -> None:
+        """Record the tree of your checkout's baseline for the manager that resumes the run."""
+        place = self._places.get(MAIN)
+        if place is not None and place.base is not None:
             with contextlib.suppress(OSError):  # a torn one reads as none
                 (self._dir / _MAIN_TREE).write_text(place.base.tree, encoding="ascii")
+
+    def keep_base_for_resume(self) -> None:
+        """A run's guard (not a merge's): its baseline of your checkout is kept from now on.
+
+        Called once what :meth:`unwatched` found is on record: a manager killed before that
+        leaves the previous baseline, and the next one finds the same changes again.
+        """
+        self._resumable = True
+        self._keep_base()
 
     def _last_base(self) -> str | None:
         """The tree of your checkout as the run's last manager last took it as its baseline."""
@@ -1074,8 +1088,11 @@ class Guard:
         paths = [os.fsdecode(p) for p in out.split(b"\0") if p]
         if not paths:
             return None
-        patch = self._dir / "unwatched-main.patch"
-        patch.write_text(files_patch(place.path, last, place.base.tree, paths), encoding="utf-8")
+        number = 1 + len(list(self._dir.glob("unwatched-*-main.patch")))
+        patch = self._dir / f"unwatched-{number}-main.patch"  # an earlier one's stays as told
+        text = files_patch(place.path, last, place.base.tree, paths)
+        # As an outside write's patch: your credentials stay out, names keep their bytes.
+        patch.write_text(redact(text), encoding="utf-8", errors="surrogateescape")
         self._log(f"changed while no manager watched: {', '.join(paths)} (patch {patch})")
         return Unwatched(paths=tuple(paths), patch=str(patch))
 

@@ -97,7 +97,7 @@ class Follower:
         self._pending = rest
         text = (head + newline).decode("utf-8", errors="replace")
         note = f"... ({skipped} bytes skipped)\n" if skipped else ""
-        return restart, note + printable(without_escapes(redact(text)))
+        return restart, note + printable(redact(without_escapes(text)))
 
     def _still_there(self, fh: BinaryIO, size: int) -> bool:
         if size < self._offset:

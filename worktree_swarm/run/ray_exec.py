@@ -467,8 +467,9 @@ class _Handle:
     session_fp: str | None = None  # the fingerprint of the session files kept last
     session_id: str | None = None
     # What the agent said it used, once its attempt ended: recorded even when what follows
-    # (its checkpoint, the push) fails the attempt.
+    # (its checkpoint, the push) fails the attempt; *counted*: added to its task's totals.
     used: AgentResult | None = None
+    counted: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1065,6 +1066,7 @@ class RayTaskWorker(RunWorker):
         usage = _usage(result, cut[1] if cut else result.reason)
         self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
         add_usage(self.store, self.run_id, task_id, result)
+        handle.counted = True
 
     def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
@@ -1075,8 +1077,9 @@ class RayTaskWorker(RunWorker):
             outcome=AttemptOutcome.FAILED.value,
             usage=AttemptUsage(reason=reason) if used is None else _usage(used, reason),
         )
-        if used is not None:
+        if used is not None and not handle.counted:
             add_usage(self.store, self.run_id, handle.task_id, used)
+            handle.counted = True
         self._retire(handle, silent=silent)
 
     def _rate_limited(

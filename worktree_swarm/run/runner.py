@@ -258,6 +258,7 @@ class Runner:
         self.guard.start()
         if (unwatched := self.guard.unwatched()) is not None:  # a resumed run
             self._emit(UNWATCHED_EVENT, None, unwatched.as_dict())
+        self.guard.keep_base_for_resume()
         self.guard.watch_in_background()
         try:
             self._start_adopted()

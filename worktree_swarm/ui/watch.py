@@ -81,7 +81,7 @@ def _plain(text: str) -> Text:
     Rich drops a BEL but not an ESC: an escape sequence in a wait's reason reached the
     terminal (OSC 52 writes the clipboard).
     """
-    return Text(printable(without_escapes(redact(text)), keep=""))
+    return Text(printable(redact(without_escapes(text)), keep=""))
 
 
 def _gone(row: TaskStatus, kept: str) -> str:
@@ -440,7 +440,7 @@ class WatchApp(App[None]):
         self._say(f"quitting once {', '.join(self._busy)} ends", ok=True)
 
     def _say(self, message: str, *, ok: bool) -> None:
-        message = printable(without_escapes(redact(message)), keep="\n")
+        message = printable(redact(without_escapes(message)), keep="\n")
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
@@ -452,7 +452,7 @@ def _shown(text: str, rest: str) -> str:
     if len(lines) > PANE_LINES:
         more = len(lines) - PANE_LINES
         text = "\n".join(lines[:PANE_LINES]) + f"\n... {more} more lines: {rest}\n"
-    return printable(without_escapes(redact(text)))
+    return printable(redact(without_escapes(text)))
 
 
 def watch(repo: git.Repo, run_id: str | None) -> None:
