@@ -21,6 +21,7 @@ from tests.conftest import git
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.git import repo as swarm_git
+from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
@@ -334,11 +335,11 @@ def test_a_log_follower_reads_whole_lines_skips_a_burst_and_restarts_on_a_rewrit
 
 
 def test_a_secret_an_escape_sequence_splits_is_redacted_once_the_sequence_goes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # Redacted first, the two halves were no value; the sequence removed then made it whole.
     key = "Zq8xT3vLp9Wm2RkY"
-    monkeypatch.setenv("MY_API_KEY", key)
+    redact.add_env([("WATCHED_API_KEY", key)])  # as a task's env is made known
     log = tmp_path / "agent.log"
     log.write_bytes(b"printed " + key[:8].encode() + b"\x1b[0m" + key[8:].encode() + b"\n")
     shown = Follower(log, limit=1024).read()[1]
