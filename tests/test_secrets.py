@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -393,7 +394,8 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
     path = manifest(
         repo,
         f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
-        '[[task]]\nid = "leaky"\nprompt = "x"\n[[task]]\nid = "fine"\nprompt = "y"\n',
+        '[[task]]\nid = "leaky"\nprompt = "x"\n[[task]]\nid = "fine"\n'
+        f'prompt = "payments fail with key {stripe}"\n',  # its PR's title and body quote it
     )
     out = swarm(repo, "run", path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -407,11 +409,17 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
     assert pr.returncode == 1, pr.stdout + pr.stderr
     (refused,) = [line for line in pr.stdout.splitlines() if line.startswith("leaky")]
     assert "not pushing swarm/leaky: .env.example (commit " in refused
-    assert "holds the value of STRIPE_KEY in .env (a copy file);" in refused
+    assert re.search(r"holds the value of (STRIPE_KEY|a URL's password) in \.env \(a copy", refused)
     assert stripe not in pr.stdout + pr.stderr
     pushed = git(bare, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
     assert pushed == ["swarm/fine"]
     assert stripe not in git(bare, "log", "-p", "--all")
+    assert len(fake_github.pulls) == 1
+    assert stripe not in json.dumps(list(fake_github.pulls.values()))
+    assert "payments fail with key" in json.dumps(list(fake_github.pulls.values()))
+    report = swarm(repo, "report", "--json")
+    assert "payments fail with key" in report.stdout
+    assert stripe not in report.stdout
 
 
 @pytest.mark.parametrize(

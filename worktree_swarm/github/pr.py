@@ -161,6 +161,8 @@ def open_pull_requests(
     # written or branch scanned (a prompt may quote another task's).
     tasks = [task_from_json(row.spec_json) for row in store.tasks(run_id)]
     redact.add_env(pair for task in tasks for pair in task.env)
+    for task in tasks:  # and what their `copy` files hold: a title or prompt may quote it
+        redact.add_env(worktrees.copied_secrets(repo.root, task.copy))
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
     pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)

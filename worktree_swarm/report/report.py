@@ -15,6 +15,7 @@ from typing import TypeVar
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
@@ -171,6 +172,8 @@ def build_report(
     if redactor is None:
         for spec in specs.values():
             add_env(spec.env)
+            if repo is not None:  # what its `copy` files hold (a title may quote it)
+                add_env(worktrees.copied_secrets(repo.root, spec.copy))
         redactor = current()
     attempts: dict[str, list[AttemptRow]] = {row.task_id: [] for row in rows}
     for attempt in store.attempts(run_id):
