@@ -43,7 +43,7 @@ class Scripted:
     path_re: str
     status: int
     headers: dict[str, str]
-    body: dict[str, Any] | bytes  # bytes: sent as they are (an HTML error page)
+    body: dict[str, Any] | list[Any] | bytes  # bytes: sent as they are (an HTML error page)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_a_nul_in_one_issue_body_refuses_no_batch(
 def test_an_issue_list_that_never_ends_is_an_error_not_a_loop(fake_github: FakeGitHub) -> None:
     fake_github.add_issue("one", labels=("bug",))
     here = f"{fake_github.url}/repos/{OWNER}/{NAME}/issues?labels=bug"
-    back = Scripted("GET", "/issues$", 200, {"link": f'<{here}>; rel="next"'}, {})
+    back = Scripted("GET", "/issues$", 200, {"link": f'<{here}>; rel="next"'}, [])
     fake_github.scripted += [back, back]  # the first page, then that same one again
     with pytest.raises(github.GitHubError, match="does not end"):
         issues.fetch_issue_tasks(client(fake_github), label="bug")
@@ -288,3 +288,68 @@ def status_done(repo: Path) -> bool:
         return False
     tasks = json.loads(out.stdout)["tasks"]
     return bool(tasks) and all(t["state"] == "done" for t in tasks)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--issues", ""), "--issues: '' is not an issue number"),
+        (("--issues-label", ""), "--issues-label: '' holds an empty label"),
+        # GitHub reads an empty list of labels as none: every open issue would be a task.
+        (("--issues-label", "bug,"), "--issues-label: 'bug,' holds an empty label"),
+        (("--issues-label", " , "), "--issues-label: ' , ' holds an empty label"),
+        (("--issues", "1", "--api-url", "http://h/#x"), "--api-url: 'http://h/#x' has a query"),
+        (("--issues", "1", "--api-url", "http://h/?x=1"), "--api-url: 'http://h/?x=1' has a"),
+    ],
+)
+def test_an_empty_issue_request_or_an_api_url_with_a_query_is_bad_input(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...], error: str,
+) -> None:  # fmt: skip
+    # An empty value was taken for no option: the run went on without the issues asked.
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    with_url = () if "--api-url" in args else ("--api-url", fake_github.url)
+    out = swarm(repo, "run", "-t", "x=y", "--agent", "scripted",
+                "--github-repo", f"{OWNER}/{NAME}", *with_url, *args)  # fmt: skip
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stdout + out.stderr
+    assert out.stderr.startswith(f"swarm: {error}"), out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+    assert fake_github.requests == []
+
+
+def test_an_issue_page_that_is_no_list_of_issues_is_an_error_not_a_shorter_batch(
+    fake_github: FakeGitHub,
+) -> None:
+    # A proxy's page in the middle of the list: the batch went on with the issues before it.
+    fake_github.add_issue("one", labels=("bug",))
+    fake_github.fail_next("GET", "/issues$", 200, raw=b"<html>sign in</html>")
+    with pytest.raises(github.GitHubError, match=r"issue list \(page 1\) is not a list"):
+        issues.fetch_issue_tasks(client(fake_github), label="bug")
+
+
+def test_an_answer_past_the_size_limit_is_refused_not_held(
+    fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(github, "MAX_REPLY", 4096)
+    fake_github.add_issue("one", labels=("bug",))
+    fake_github.fail_next("GET", "/issues$", 200, raw=b"[" + b" " * 10_000 + b"]")
+    with pytest.raises(github.UnreachableError, match="answered more than"):
+        issues.fetch_issue_tasks(client(fake_github), label="bug")
+
+
+def test_an_api_that_stops_answering_is_given_up_on_at_its_deadline() -> None:
+    import socket  # noqa: PLC0415 - this test's own silent server
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        c = github.Client(
+            token=github.Token(TOKEN),
+            repo=github.RepoSlug(owner=OWNER, name=NAME),
+            api_url=url,
+            timeout=0.2,
+            deadline=0.5,
+        )
+        with pytest.raises(github.UnreachableError):
+            c.request("GET", "/repos/acme/widgets/pulls")

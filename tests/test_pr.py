@@ -687,6 +687,31 @@ def test_only_a_pull_request_whose_head_is_the_tasks_branch_is_updated(
     assert status_json(repo)["one"]["pr_number"] == 1
 
 
+def test_an_odd_pull_request_object_or_list_fails_its_task_and_opens_no_second_one(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # `"base": "main"` (no object) was an internal error after the push; a list of pull
+    # requests that is no list was taken for "none open", and a second one opened.
+    fake_github.bare = done_run
+    ours = {"number": 50, "state": "open", "head": {"ref": "swarm/one", "label": "acme:swarm/one"},
+            "base": "main", "html_url": "https://github.test/acme/widgets/pull/50"}  # fmt: skip
+    fake_github.scripted += [
+        Scripted("GET", "/pulls$", 200, {}, []),  # the look before anything is pushed
+        Scripted("GET", "/pulls$", 200, {}, [ours]),  # task one's own pull request
+        Scripted("GET", "/pulls$", 200, {}, b"<html>a proxy's page</html>"),  # issue-7's
+    ]
+
+    out = swarm_pr(repo, fake_github)
+
+    assert "internal error" not in out.stderr, out.stdout + out.stderr
+    lines = dict(line.split("  ", 1) for line in out.stdout.splitlines())
+    assert lines["one"].startswith("failed  GitHub PATCH /repos/acme/widgets/pulls/50 ")  # tried
+    assert (
+        lines["issue-7"] == "failed  GitHub's list of pull requests of swarm/issue-7 is not a list"
+    )
+    assert not [r for r in fake_github.requests if r.method == "POST" and "/pulls" in r.path]
+
+
 def test_pr_during_a_run_keeps_the_remote_tracking_ref_its_push_moved(
     repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
 ) -> None:

@@ -200,14 +200,18 @@ def run(
         spec = spec_from_json(json.dumps(saved["spec"]))
         checkout = Path(saved["checkout"])
         return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=saved["base"])
-    asked = bool(issue_numbers or issues_label)  # the options below only shape that fetch
+    # An empty value is asked too (and refused below), not ignored.
+    asked = issue_numbers is not None or issues_label is not None  # the options below shape it
     for option, value in (("--limit", limit), ("--github-repo", github_repo)):
         _needs(option, "--issues or --issues-label", given=value is not None, present=asked)
     _needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
     extra: list[tuple[str, str, str]] = []
-    if issue_numbers or issues_label:
+    if asked:
         from worktree_swarm.github import client as github
         from worktree_swarm.github import issues
+
+        numbers = () if issue_numbers is None else issues.parse_issue_numbers(issue_numbers)
+        issues.check_label(issues_label)  # before anything is asked of GitHub
 
         if github_repo is None and not git.git(repo.root, "remote").split().count("origin"):
             raise BadInputError(
@@ -218,7 +222,6 @@ def run(
         client = github.connect(
             repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
         )
-        numbers = issues.parse_issue_numbers(issue_numbers) if issue_numbers else ()
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
     spec = build_run_spec(
         repo_root=repo.root,

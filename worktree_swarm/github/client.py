@@ -79,6 +79,10 @@ class RateLimitError(GitHubError):
     """GitHub asks for a wait longer than the client is allowed to sleep."""
 
 
+class UnreachableError(GitHubError):
+    """The API did not answer (in time, or at all): no later request is worth its wait."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RepoSlug:
     """A GitHub repository as ``owner/name``."""
@@ -181,7 +185,10 @@ def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
     where = "--api-url" if flag else API_URL_ENV
     if not is_http_url(url):
         raise BadInputError(f"{where}: {url!r} is not an http(s) URL")
-    if "@" in urllib.parse.urlsplit(url).netloc:
+    parts = urllib.parse.urlsplit(url)
+    if parts.query or parts.fragment or url.endswith(("?", "#")):  # every request would lose it
+        raise BadInputError(f"{where}: {url!r} has a query or fragment; give the API's base URL")
+    if "@" in parts.netloc:
         raise BadInputError(f"{where}: credentials in the URL are not accepted; use GITHUB_TOKEN")
     return url
 
@@ -274,8 +281,10 @@ class Client:
         ).data
         # Only one whose head is that branch: a server that ignores the filter lists others,
         # a fork's branch of the same name among them (its label names its owner).
+        if not isinstance(pulls, list):  # taken for "none", a second pull request would open
+            raise GitHubError(f"GitHub's list of pull requests of {head_branch} is not a list")
         label = f"{self.repo.owner}:{head_branch}"
-        for pull in pulls if isinstance(pulls, list) else []:
+        for pull in pulls:
             head = pull.get("head") if isinstance(pull, dict) else None
             if not isinstance(head, dict) or head.get("ref") != head_branch:
                 continue
@@ -335,7 +344,12 @@ class Client:
                 raise GitHubError(f"GitHub's issue list does not end (page {len(seen) + 1})")
             seen.add(url)
             reply = self._send("GET", url, None)
-            for item in reply.data if isinstance(reply.data, list) else []:
+            if not isinstance(reply.data, list):  # a proxy's page: the batch would be cut short
+                raise GitHubError(
+                    f"GitHub's issue list (page {len(seen)}) is not a list of issues; "
+                    "is --api-url GitHub's API?"
+                )
+            for item in reply.data:
                 if isinstance(item, dict):
                     yield item
             url = self._next_page(reply.headers)
@@ -459,7 +473,7 @@ class Client:
         exchange.start()
         exchange.join(self.deadline)
         if not answer:
-            raise GitHubError(
+            raise UnreachableError(
                 self.token.redact(
                     f"the GitHub API at {self.api_url} did not answer {method}"
                     f" {self._display(url)} within {self.deadline:.0f}s; try again later"
@@ -469,7 +483,7 @@ class Client:
             if not isinstance(answer[0], _UNREACHABLE):
                 raise answer[0]
             reason = getattr(answer[0], "reason", answer[0])
-            raise GitHubError(
+            raise UnreachableError(
                 self.token.redact(
                     f"cannot reach the GitHub API at {self.api_url} ({reason}); "
                     f"check the network or --api-url / {API_URL_ENV}"
@@ -517,14 +531,24 @@ class Client:
         return url.removeprefix(self.api_url).split("?", 1)[0]
 
 
+MAX_REPLY = 32 * 2**20  # bytes of one answer: GitHub's pages are far smaller
+
+
 def _fetch(req: urllib.request.Request, timeout: float) -> tuple[int, Message, bytes]:
-    """The status, headers and body of *req* (an HTTP error's too)."""
+    """The status, headers and body of *req* (an HTTP error's too), at most MAX_REPLY bytes."""
     try:
         with _OPENER.open(req, timeout=timeout) as reply:
-            return reply.status, reply.headers, reply.read()
+            return reply.status, reply.headers, _bounded(reply)
     except urllib.error.HTTPError as exc:
         with exc:
-            return exc.code, exc.headers, exc.read()
+            return exc.code, exc.headers, _bounded(exc)
+
+
+def _bounded(reply: Any) -> bytes:  # noqa: ANN401 - an HTTP response or error, both file-like
+    raw: bytes = reply.read(MAX_REPLY + 1)
+    if len(raw) > MAX_REPLY:  # never held whole: a proxy's endless page, a wrong host
+        raise UnreachableError(f"the GitHub API answered more than {MAX_REPLY >> 20} MiB")
+    return raw
 
 
 def _rate_limit_wait(

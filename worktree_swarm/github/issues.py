@@ -139,8 +139,16 @@ def _check_request(
     for number in numbers:
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise BadInputError(f"--issues: {number!r} is not an issue number")
-    if label is not None and not label.strip():
-        raise BadInputError("--issues-label: the label is empty")
+    check_label(label)
+
+
+def check_label(label: str | None) -> None:
+    """BadInputError for an ``--issues-label`` that names no label, or an empty one (``a,``).
+
+    GitHub reads an empty list as no filter at all: every open issue would be a task.
+    """
+    if label is not None and not all(part.strip() for part in label.split(",")):
+        raise BadInputError(f"--issues-label: {label!r} holds an empty label")
 
 
 def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tuple[str, str, str]:

@@ -18,6 +18,7 @@ from worktree_swarm.github.client import (
     GitHubError,
     OnWait,
     RateLimitError,
+    UnreachableError,
     connect,
     remote_url,
     strip_userinfo,
@@ -155,7 +156,8 @@ def open_pull_requests(
 
     With *retarget* (a base the user named) an open pull request into another base is moved
     onto *base*. A task whose push or API call fails is reported and the rest carry on; a
-    rate-limit wait longer than the client allows stops everything (RateLimitError).
+    rate-limit wait longer than the client allows (RateLimitError), or an API that stopped
+    answering (UnreachableError), stops everything.
     """
     # The run's secrets, as its manager had them: each task's `env` too, before any text is
     # written or branch scanned (a prompt may quote another task's).
@@ -186,7 +188,7 @@ def open_pull_requests(
                 clashes=sent[row.task_id],
                 taken_by=taken.get(row.task_id),
             )
-        except RateLimitError:
+        except (RateLimitError, UnreachableError):  # every later request would wait as long
             raise
         except (GitHubError, SwarmError) as exc:
             reason = _said(redact.redact(client.token.redact(str(exc))))
@@ -233,7 +235,7 @@ def _add_clashes(
     title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
     try:
         client.update_pull(pull.number, title=title, body=body)
-    except RateLimitError:
+    except (RateLimitError, UnreachableError):
         raise
     except (GitHubError, SwarmError) as exc:  # the pull request is open all the same
         if echo is not None:
@@ -307,7 +309,8 @@ def _one(
     existing = client.find_pull(branch)
     onto = None
     if existing is not None:
-        now = (existing.get("base") or {}).get("ref")
+        into = existing.get("base")  # an object with its `ref`, from GitHub
+        now = into.get("ref") if isinstance(into, dict) else None
         onto = base if retarget and now != base else None
         reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
         action = "updated"
