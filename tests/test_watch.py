@@ -688,6 +688,19 @@ def test_a_pane_that_cannot_be_filled_says_why_and_the_screen_stays_up(
     assert app.crashed is None
 
 
+def written_back(path: Path, change: str) -> None:
+    """The store at *path* copied, changed by the SQL *change*, and put in its place.
+
+    As a manager's put-back does: another file at the path, the one open deleted.
+    """
+    copy = path.with_name("copy.db")
+    with sqlite3.connect(path) as db:
+        db.execute("VACUUM INTO ?", (str(copy),))
+    with sqlite3.connect(copy) as db:
+        db.execute(change)
+    copy.replace(path)
+
+
 def test_a_store_written_back_under_the_screen_is_read_from_then_on(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -701,12 +714,7 @@ def test_a_store_written_back_under_the_screen_is_read_from_then_on(
     async def drive() -> None:
         async with app.run_test(size=(140, 40)) as pilot:
             await until(pilot, lambda: app.selected == "aa", "aa selected")
-            copy = path.with_name("copy.db")
-            with sqlite3.connect(path) as db:
-                db.execute("VACUUM INTO ?", (str(copy),))
-            with sqlite3.connect(copy) as db:
-                db.execute("UPDATE tasks SET reason = 'as written back'")
-            copy.replace(path)  # as the manager's put-back does: another file at the path
+            written_back(path, "UPDATE tasks SET reason = 'as written back'")
             await until(pilot, lambda: app.rows["aa"].why == "as written back", "the new file")
             await pilot.press("q")
 
@@ -728,12 +736,7 @@ def test_a_store_of_another_run_written_under_the_screen_leaves_it_up_showing_it
     async def drive() -> None:
         async with app.run_test(size=(140, 40)) as pilot:
             await until(pilot, lambda: app.selected == "aa", "aa selected")
-            copy = path.with_name("copy.db")
-            with sqlite3.connect(path) as db:
-                db.execute("VACUUM INTO ?", (str(copy),))
-            with sqlite3.connect(copy) as db:
-                db.execute("DELETE FROM runs")
-            copy.replace(path)
+            written_back(path, "DELETE FROM runs")
             await until(pilot, lambda: any("without run" in m for m in app.messages), "told")
             assert app.is_running
             assert list(app.rows) == ["aa"]

@@ -64,6 +64,7 @@ from worktree_swarm.run.task_worker import (
     TaskOutcome,
     add_usage,
     attempt_outcome,
+    attempt_usage,
     attempts_own,
     check_failed,
     worktree_path,
@@ -1063,7 +1064,7 @@ class RayTaskWorker(RunWorker):
         cut: tuple[TaskState, str] | None,
     ) -> None:
         outcome = cut[0].value if cut else attempt_outcome(result).value
-        usage = _usage(result, cut[1] if cut else result.reason)
+        usage = attempt_usage(result, cut[1] if cut else result.reason)
         self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
         add_usage(self.store, self.run_id, task_id, result)
         handle.counted = True
@@ -1075,7 +1076,7 @@ class RayTaskWorker(RunWorker):
             handle.attempt_id,
             exit_code=None,
             outcome=AttemptOutcome.FAILED.value,
-            usage=AttemptUsage(reason=reason) if used is None else _usage(used, reason),
+            usage=AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason),
         )
         if used is not None and not handle.counted:
             add_usage(self.store, self.run_id, handle.task_id, used)
@@ -1610,15 +1611,3 @@ def _mirrored(log_path: Path) -> int:
     with contextlib.suppress(OSError), log_path.open("r+b") as fh:
         fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
     return read_to
-
-
-def _usage(result: AgentResult, reason: str) -> AttemptUsage:
-    """What an attempt that ended with *result* used, as the store keeps it, with *reason*."""
-    return AttemptUsage(
-        reason=reason,
-        session_id=result.session_id,
-        cost_usd=result.cost_usd,
-        tokens_in=result.tokens_in,
-        tokens_out=result.tokens_out,
-        cache_read_tokens=result.cache_read_tokens,
-    )

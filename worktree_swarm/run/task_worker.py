@@ -864,14 +864,7 @@ class TaskWorker(RunWorker):
     ) -> float | None:
         r = attempts_own(self.store, self.run_id, task_id, attempt_id, ended.result)
         outcome = ended.cut_short.value if ended.cut_short else attempt_outcome(r)
-        usage = AttemptUsage(
-            reason=ended.reason or r.reason,
-            session_id=r.session_id,
-            cost_usd=r.cost_usd,
-            tokens_in=r.tokens_in,
-            tokens_out=r.tokens_out,
-            cache_read_tokens=r.cache_read_tokens,
-        )
+        usage = attempt_usage(r, ended.reason or r.reason)
         self.store.end_attempt(
             attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
         )
@@ -1178,6 +1171,18 @@ def attempts_own(
         )
         r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
     return r
+
+
+def attempt_usage(result: AgentResult, reason: str) -> AttemptUsage:
+    """What an attempt that ended with *result* used, as the store keeps it, with *reason*."""
+    return AttemptUsage(
+        reason=reason,
+        session_id=result.session_id,
+        cost_usd=result.cost_usd,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+        cache_read_tokens=result.cache_read_tokens,
+    )
 
 
 def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
