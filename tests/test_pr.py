@@ -712,6 +712,25 @@ def test_an_odd_pull_request_object_or_list_fails_its_task_and_opens_no_second_o
     assert not [r for r in fake_github.requests if r.method == "POST" and "/pulls" in r.path]
 
 
+def test_an_api_that_stops_answering_properly_ends_pr_instead_of_each_task_waiting(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # A server that stalls (or answers without end) would cost its wait again for every task.
+    fake_github.bare = done_run
+    fake_github.scripted += [
+        Scripted("GET", "/pulls$", 200, {}, []),  # the look before anything is pushed
+        Scripted("GET", "/pulls$", 200, {}, b"[" + b" " * (33 * 2**20) + b"]"),  # endless
+    ]
+
+    out = swarm_pr(repo, fake_github)
+
+    assert (out.returncode, out.stderr.count("\n")) == (1, 1), out.stdout + out.stderr
+    assert out.stderr == "swarm: the GitHub API answered more than 32 MiB\n"
+    asked = [r for r in fake_github.requests if "/pulls" in r.path]
+    assert len(asked) == 2  # the second task was not tried
+    assert remote_branches(done_run) == ["main", "swarm/one"]
+
+
 def test_pr_during_a_run_keeps_the_remote_tracking_ref_its_push_moved(
     repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
 ) -> None:
