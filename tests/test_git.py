@@ -655,3 +655,24 @@ def test_config_values_answer_as_git_config_get_does(
     git(repo, "config", "user.email", "")
     assert g.config_values(repo, keys) == {"user.name": "Global Name", "user.email": ""}
     assert g.user_identity(repo) is None
+
+
+def test_contained_answers_what_a_tip_holds_and_asks_git_again_only_what_it_never_told(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `swarm watch` asks every second which recorded merges their target still holds.
+    r = g.open_repo(repo)
+    first = commit_file(repo, "a.txt", "a\n")
+    second = commit_file(repo, "b.txt", "b\n")
+    git(repo, "switch", "-q", "-c", "side", first)
+    aside = commit_file(repo, "c.txt", "c\n")
+    missing = "0123456789abcdef" * 2 + "01234567"
+    assert g.contained(r, second, [first, second]) == {first, second}
+    assert g.contained(r, second, [first, aside, missing]) == {first}
+    assert g.contained(r, aside, [first, second]) == {first}
+    traced = repo.parent / "trace"
+    monkeypatch.setenv("GIT_TRACE", str(traced))
+    assert g.contained(r, second, [first, aside]) == {first}  # both told before
+    assert not traced.exists()
+    assert g.contained(r, second, [missing]) == set()  # git failed on it: asked again
+    assert traced.exists()

@@ -357,18 +357,46 @@ def merged_tips(repo: Repo, target: str) -> set[str]:
 def contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
     """Those of *commits* that *tip* contains (itself or an ancestor); a missing one is not.
 
-    One git process when *tip* contains them all (the usual case), else one per commit.
+    One git process when *tip* contains them all (the usual case), else one per commit; none
+    for an answer git gave before (a commit's ancestry never changes: `swarm watch` asks
+    every second).
     """
+    found: set[str] = set()
+    for commit in commits:
+        key = (repo.root, tip, commit)
+        with _ancestry_lock:
+            known = _ancestry.get(key)
+        if known is None:
+            return _contained(repo, tip, commits)
+        if known:
+            found.add(commit)
+    return found
+
+
+def _contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
+    """:func:`contained` asked of git; its definite answers kept (a git that failed is not one)."""
     if not commits:
         return set()
     res = _run(repo.root, ["merge-base", "--independent", tip, *commits], check=False)
     if res.returncode == 0 and res.stdout.split() == [tip]:
-        return set(commits)
-    return {
-        c
-        for c in commits
-        if _run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode == 0
-    }
+        codes = dict.fromkeys(commits, 0)
+    else:  # --is-ancestor: 0 it is, 1 it is not, anything else git failed
+        codes = {
+            c: _run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode
+            for c in commits
+        }
+    with _ancestry_lock:
+        if len(_ancestry) > _ANCESTRY_LIMIT:
+            _ancestry.clear()
+        _ancestry.update(
+            {(repo.root, tip, c): code == 0 for c, code in codes.items() if code in {0, 1}}
+        )
+    return {c for c, code in codes.items() if code == 0}
+
+
+_ANCESTRY_LIMIT = 65536  # answers kept, a bound on memory
+_ancestry: dict[tuple[Path, str, str], bool] = {}  # (repository, tip, commit) -> contained
+_ancestry_lock = threading.Lock()
 
 
 def branches(repo: Repo) -> set[str]:
