@@ -692,6 +692,44 @@ def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
 
+def test_a_copy_file_that_fills_the_disk_pauses_the_run_and_is_copied_whole_after(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # It failed the task (an internal error) and left a copy cut short, which a retry kept.
+    repo = make_repo(small_disk / "repo")
+    (repo / ".gitignore").write_text("big.env\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "ignore")
+    data = os.urandom(4 << 20)
+    (repo / "big.env").write_bytes(data)
+    filler = small_disk / "filler.bin"
+    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 65536)
+    with filler.open("r+b") as fh:  # 2 MB left: the state and checkout fit, the copy does not
+        fh.truncate(filler.stat().st_size - (2 << 20))
+    text = _writer(write_agent) + 'copy = ["big.env"]\ncopy_mode = "copy"\n'
+    text += '[[task]]\nid = "t1"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+
+        def paused() -> bool:
+            out = swarm(repo, "status")
+            return out.returncode == 0 and "paused: the disk is full" in out.stdout
+
+        wait_for(paused, timeout=120, what="the manager to pause")
+        assert proc.poll() is None
+        filler.unlink()
+        assert proc.wait(timeout=180) == 0, (tmp_path / "bg.log").read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert status_json(repo)["t1"]["state"] == "done"
+    worktree = repo.parent / "repo.swarm" / "t1"
+    assert (worktree / "big.env").read_bytes() == data
+    assert not list(worktree.glob(".swarm-copy-*"))
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_a_guard_scan_failing_for_a_full_disk_is_told_once(
     small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object

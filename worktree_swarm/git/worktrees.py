@@ -792,13 +792,20 @@ def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
             pass  # another file system, or links not allowed: fall back to a clone or copy
         else:
             return
-    if mode != CopyMode.COPY and _clone(src, dst):
-        shutil.copystat(src, dst)
-        return
-    # A byte copy through Python (shutil.copy2 may use copy_file_range, which can clone).
-    with src.open("rb") as fsrc, dst.open("xb") as fdst:
-        shutil.copyfileobj(fsrc, fdst)
-    shutil.copystat(src, dst)
+    # Made aside, then renamed in: a copy cut short (the disk full) never stands as the file,
+    # and the copy made again once there is room does not skip it.
+    part = dst.with_name(f".swarm-copy-{os.getpid()}-{threading.get_ident()}")
+    part.unlink(missing_ok=True)
+    try:
+        if mode == CopyMode.COPY or not _clone(src, part):
+            # A byte copy through Python (shutil.copy2 may use copy_file_range, which clones).
+            with src.open("rb") as fsrc, part.open("xb") as fdst:
+                shutil.copyfileobj(fsrc, fdst)
+        shutil.copystat(src, part)
+        part.rename(dst)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _clone(src: Path, dst: Path) -> bool:

@@ -323,9 +323,16 @@ class TaskWorker(RunWorker):
             base = start
         env = self._env(task, path, base, live.port_slot or 0)
         if live.resume_from is None:
-            if task.copy:
-                worktrees.copy_into(self.repo.root, path, task.copy, mode=self.spec.copy_mode)
-            worktrees.link_into(self.repo.root, path, task.link)
+            # A full disk pauses them as the checkout above (a copy is made whole or not at all).
+            faults.retry_while_full(
+                lambda: worktrees.copy_into(
+                    self.repo.root, path, task.copy, mode=self.spec.copy_mode
+                ),
+                self.store.on_full,
+            )
+            faults.retry_while_full(
+                lambda: worktrees.link_into(self.repo.root, path, task.link), self.store.on_full
+            )
             failure = run_steps(
                 task.setup,
                 cwd=path,
