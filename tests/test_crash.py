@@ -914,6 +914,25 @@ def test_a_write_lock_another_program_holds_on_the_state_pauses_the_run_and_lose
     assert git(repo, "show", "swarm/a:work.txt") == "work"
 
 
+def test_a_first_run_on_a_full_disk_says_to_run_it_again_and_leaves_no_half_store(
+    small_disk: Path,
+) -> None:
+    # It said `swarm resume`, which then found no run, and left a store with no schema that
+    # `swarm status` refused until the disk had room.
+    repo = make_repo(small_disk / "repo")
+    filler = small_disk / "filler.bin"
+    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 4096)
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=p")
+    filler.unlink()
+    assert (out.returncode, out.stderr.count("\n")) == (1, 1), out.stdout + out.stderr
+    assert out.stderr.endswith("free some space, then run the same command again\n"), out.stderr
+    assert not list((repo / ".git" / "swarm").glob("state.db*"))
+    again = swarm(repo, "run", "--agent", "scripted", "-t", "a=p")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> None:
     # The morning after a run filled the disk: SQLite cannot open the state to write (it
     # cannot create its shared-memory file), and a plain `git status` cannot refresh an index.

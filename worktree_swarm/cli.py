@@ -1056,6 +1056,8 @@ def _unexpected(exc: Exception, command: str | None) -> int:
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or "swarm's state"
         text = faults.retry_with(faults.full_message(where, exc), command)
+        if command == "run":  # a started run's manager pauses instead: this one never started
+            text = faults.full_message(where, exc, then="then run the same command again")
         click.echo(f"swarm: {printable(redact(text))}", err=True)
         return ExitCode.TASK_FAILED
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository

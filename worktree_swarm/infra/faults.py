@@ -76,9 +76,9 @@ def _command(argv: list[str]) -> list[str]:
 _RESUME = "then run `swarm resume`"
 
 
-def full_message(what: object, exc: BaseException) -> str:
-    """One line for a full disk, naming what could not be written and what to do."""
-    return f"cannot write {what}: {why(exc)}; free some space, {_RESUME}"
+def full_message(what: object, exc: BaseException, *, then: str = _RESUME) -> str:
+    """One line for a full disk, naming what could not be written and what to do *then*."""
+    return f"cannot write {what}: {why(exc)}; free some space, {then}"
 
 
 def retry_with(message: str, command: str | None) -> str:

@@ -477,6 +477,10 @@ def _write(path: str, data: dict[str, object]) -> None:
         # loss no agent is left running to account for), and fsync would add tens of ms.
         posix.replace(tmp, path)  # a reader sees the old record or the new one
     except OSError as exc:  # a full disk must not stop the shim from cleaning up
+        try:  # noqa: SIM105 - the shim imports as little as it can
+            posix.unlink(tmp)  # no half-written record left beside the last whole one
+        except OSError:
+            pass
         try:
             sys.stderr.write(f"swarm shim: cannot write {path}: {exc}\n")
             sys.stderr.flush()
