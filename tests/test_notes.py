@@ -487,12 +487,15 @@ def test_secrets_never_stay_in_the_findings_however_they_got_there(
     assert deploy not in text
     assert text.count("[REDACTED]") == 4
     # Written after the run (by an agent of yours, by hand): redacted when shown.
+    # A task's own secret (its `env`) too, as while its agent runs, before the end's scrub.
     with findings.open("a") as fh:
-        fh.write(f"- later: {key}\n")
+        fh.write(f"- later: {key}\n- later, the task's: {deploy}\n")
     shown = swarm(repo, "notes")
     assert shown.returncode == 0, shown.stderr
     assert key not in shown.stdout
+    assert deploy not in shown.stdout
     assert "- later: [REDACTED]" in shown.stdout
+    assert "- later, the task's: [REDACTED]" in shown.stdout
 
 
 def test_notes_show_the_end_of_a_findings_file_an_agent_made_huge(repo: Path) -> None:

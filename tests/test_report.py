@@ -457,3 +457,21 @@ def test_html_renders_in_chromium(finished_run: Path, tmp_path: Path, browser: o
     browser.save_screenshot(str(dark))
     print(f"screenshots: {shot} {dark}")
     assert shot.stat().st_size > 0
+
+
+def test_names_from_the_repository_reach_the_terminal_printable_in_status_and_report(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # A branch an agent made outside its worktree is named in the report's outside writes
+    # line: its bidi override (or an escape sequence) reached the terminal as it was.
+    agent = write_agent(
+        "import subprocess\n"
+        "open('w.txt', 'w').write('w')\n"
+        "subprocess.run(['git', 'branch', 'evil\\u202etxt.exe'], check=True)\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join(agent), "-t", "a=x")
+    assert out.returncode == 1, out.stdout + out.stderr
+    for command in ("report", "status"):
+        shown = swarm(repo, command).stdout
+        assert "\u202e" not in shown, command
+    assert "evil txt.exe" in swarm(repo, "report").stdout

@@ -477,7 +477,7 @@ def _away_from_terminal() -> None:
 
 
 def _print_summary(store: Store, run_id: str) -> None:
-    click.echo(status_text.run_summary(run_id, status.task_status(store, run_id)))
+    click.echo(printable(status_text.run_summary(run_id, status.task_status(store, run_id))))
 
 
 @cli.command("status", epilog=_example("swarm status", 'swarm status --json | jq ".tasks[].state"'))
@@ -507,11 +507,14 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
+    # Names from the repository (a worktree moved, a ref put back, a file a scan failed on)
+    # reach your terminal only printable: no escape sequence, no bidi override.
+    text = status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines())
+    click.echo(printable(text))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
-        click.echo(status_text.guard_error_line(failed))
+        click.echo(printable(status_text.guard_error_line(failed)))
     if put_back:
-        click.echo(status_text.remote_refs_line(put_back))
+        click.echo(printable(status_text.remote_refs_line(put_back)))
     return ExitCode.OK
 
 
@@ -876,7 +879,7 @@ def report_cmd(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(report_text.report_text(result))
+        click.echo(printable(report_text.report_text(result)))  # as `swarm status`
     if html_path is not None:
         click.echo(f"wrote {html_path}", err=as_json)
     return ExitCode.OK
@@ -950,6 +953,13 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     from worktree_swarm.report import notes
 
     path = notes.notes_path(run_id=run_id, repo_dir=Path(ctx.obj["dir"]))
+    # An agent may write a secret of its task's (`env`, `copy` files) into the file itself:
+    # redacted when shown, as in `swarm logs` (the run's tasks made known first).
+    with contextlib.suppress(SwarmError, OSError):
+        repo = _repo(ctx)
+        with status.open_store(repo, to_read=True) as store:
+            for row in store.tasks(path.parent.name):
+                status.know_task_secrets(repo, store, row.run_id, row.task_id)
     text = notes.read_notes(path)
     if text:
         click.echo(text, nl=not text.endswith("\n"))
