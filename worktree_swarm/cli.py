@@ -477,7 +477,7 @@ def _away_from_terminal() -> None:
 
 
 def _print_summary(store: Store, run_id: str) -> None:
-    click.echo(printable(status_text.run_summary(run_id, status.task_status(store, run_id))))
+    click.echo(status_text.run_summary(run_id, status.task_status(store, run_id)))
 
 
 @cli.command("status", epilog=_example("swarm status", 'swarm status --json | jq ".tasks[].state"'))
@@ -507,14 +507,11 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
-    # Names from the repository (a worktree moved, a ref put back, a file a scan failed on)
-    # reach your terminal only printable: no escape sequence, no bidi override.
-    text = status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines())
-    click.echo(printable(text))
+    click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
-        click.echo(printable(status_text.guard_error_line(failed)))
+        click.echo(status_text.guard_error_line(failed))
     if put_back:
-        click.echo(printable(status_text.remote_refs_line(put_back)))
+        click.echo(status_text.remote_refs_line(put_back))
     return ExitCode.OK
 
 
@@ -879,7 +876,7 @@ def report_cmd(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(printable(report_text.report_text(result)))  # as `swarm status`
+        click.echo(report_text.report_text(result))
     if html_path is not None:
         click.echo(f"wrote {html_path}", err=as_json)
     return ExitCode.OK
@@ -1066,8 +1063,6 @@ def _unexpected(exc: Exception, command: str | None) -> int:
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or "swarm's state"
         text = faults.retry_with(faults.full_message(where, exc), command)
-        if command == "run":  # a started run's manager pauses instead: this one never started
-            text = faults.full_message(where, exc, then="then run the same command again")
         click.echo(f"swarm: {printable(redact(text))}", err=True)
         return ExitCode.TASK_FAILED
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -781,6 +782,9 @@ def _files_under(path: Path) -> list[Path]:
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, ...).
 
 
+_PART = ".swarm-copy-"  # a copy being made beside its file, renamed in once whole
+
+
 def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
     if src.is_symlink():
         dst.symlink_to(src.readlink())
@@ -794,7 +798,10 @@ def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
             return
     # Made aside, then renamed in: a copy cut short (the disk full) never stands as the file,
     # and the copy made again once there is room does not skip it.
-    part = dst.with_name(f".swarm-copy-{os.getpid()}-{threading.get_ident()}")
+    # Named after the file (fixed length: any name fits): a killed copy's is replaced by the
+    # next copy of that file, not left for an agent's `git add -A`.
+    digest = hashlib.sha256(os.fsencode(dst.name)).hexdigest()[:16]
+    part = dst.with_name(f"{_PART}{digest}")
     part.unlink(missing_ok=True)
     try:
         if mode == CopyMode.COPY or not _clone(src, part):

@@ -76,18 +76,22 @@ def _command(argv: list[str]) -> list[str]:
 _RESUME = "then run `swarm resume`"
 
 
-def full_message(what: object, exc: BaseException, *, then: str = _RESUME) -> str:
-    """One line for a full disk, naming what could not be written and what to do *then*."""
-    return f"cannot write {what}: {why(exc)}; free some space, {then}"
+def full_message(what: object, exc: BaseException) -> str:
+    """One line for a full disk, naming what could not be written and what to do."""
+    return f"cannot write {what}: {why(exc)}; free some space, {_RESUME}"
 
 
 def retry_with(message: str, command: str | None) -> str:
     """A full disk's *message* for `swarm COMMAND`: run it again, not `swarm resume`.
 
-    `swarm resume` carries on a run; after a `swarm merge` (or clean) it finds nothing to do.
+    `swarm resume` carries on a run; after a `swarm merge` (or clean) it finds nothing to do,
+    and after a `swarm run` that failed so (before its manager took over, which pauses) no
+    run of that command, or the one before.
     """
-    if command is None or command in {"run", "resume"}:
+    if command is None or command == "resume":
         return message
+    if command == "run":  # a started run's manager pauses instead: this one never started
+        return message.replace(_RESUME, "then run the same command again")
     return message.replace(_RESUME, f"then run `swarm {command}` again")
 
 

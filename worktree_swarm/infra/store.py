@@ -477,13 +477,10 @@ class Store:
             self._conn.close()
             if is_full(exc):
                 what = f"the state database {path}"
-                if made:  # made half-way: no store (nothing to read, none to put back over)
-                    for part in (path, *(path.with_name(path.name + x) for x in ("-wal", "-shm"))):
-                        with contextlib.suppress(OSError):
-                            part.unlink()
-                    # No run was recorded: `swarm resume` would find none.
-                    then = "then run the same command again"
-                    raise DiskFullError(full_message(what, exc, then=then)) from exc
+                if made:  # an empty file is no store: nothing to read, and none to put back over
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_size == 0:
+                            path.unlink()
                 raise DiskFullError(full_message(what, exc)) from exc
             if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
                 raise StoreNotWritableError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worktree_swarm.core.text import printable
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.guard.model import fate
@@ -88,7 +89,10 @@ def guard_errors_text(report: RunReport) -> list[str]:
     if not report.guard_errors:
         return []
     lines = ["", f"guard scans that failed ({len(report.guard_errors)}):"]
-    lines += [f"  {e.get('job')}: {e.get('reason')}{failure_when(e)}" for e in report.guard_errors]
+    lines += [
+        printable(f"  {e.get('job')}: {e.get('reason')}{failure_when(e)}", keep="")
+        for e in report.guard_errors
+    ]  # a reason may quote a file's name from the repository
     return lines
 
 
@@ -101,7 +105,10 @@ def outside_writes_text(report: RunReport) -> list[str]:
         suspects = event.get("suspects") or []
         who = ", ".join(str(s) for s in suspects) if isinstance(suspects, list) else "?"
         patch = f", patch {event['patch']}" if event.get("patch") else ""
-        lines.append(f"  by {who}: {event.get('summary')} ({fate(event)}{patch})")
+        # Its names (a branch, a path it moved a worktree to) are the repository's: printable.
+        lines.append(
+            printable(f"  by {who}: {event.get('summary')} ({fate(event)}{patch})", keep="")
+        )
     return lines
 
 

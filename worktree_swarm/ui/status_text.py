@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from worktree_swarm.core.text import printable
 from worktree_swarm.core.units import format_count, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.guard import remotes
@@ -121,12 +122,14 @@ def status_text(
 
 def guard_error_line(failed: Mapping[str, object]) -> str:
     """``guard: JOB scan failed: REASON (N times since HH:MM:SS)`` for a grouped scan failure."""
-    return f"guard: {failed.get('job')} scan failed: {failed.get('reason')}{failure_when(failed)}"
+    # A reason may quote a file's name from the repository: no escape, no bidi override.
+    reason = printable(str(failed.get("reason")), keep="")
+    return f"guard: {failed.get('job')} scan failed: {reason}{failure_when(failed)}"
 
 
 def remote_refs_line(refs: Sequence[str]) -> str:
     """The remote-tracking refs the guard put back (no one's fault: an agent's fetch, maybe)."""
-    return remotes.note_line(refs)
+    return printable(remotes.note_line(refs), keep="")  # a ref's name is the repository's
 
 
 def failure_when(failed: Mapping[str, object]) -> str:
