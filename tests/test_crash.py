@@ -658,22 +658,14 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert "paused" not in swarm(repo, "status").stdout
 
 
-def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
-    small_disk: Path, tmp_path: Path, write_agent: object
-) -> None:
-    # Git's checkout says only "unable to write file" when the disk is full.
-    repo = make_repo(small_disk / "repo")
-    for n in range(4):
-        (repo / f"data{n}.bin").write_bytes(os.urandom(1 << 20))  # 4 MB to check out
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "data")
-    filler = small_disk / "filler.bin"
+def _paused_until_there_is_room(repo: Path, tmp_path: Path, text: str, disk: Path) -> None:
+    """Run the manifest *text* with 2 MB left on *disk*; once it pauses, free it: it ends 0."""
+    filler = disk / "filler.bin"
     with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
         while True:
             fh.write(b"x" * 65536)
-    with filler.open("r+b") as fh:  # 2 MB left: the state fits, the checkout does not
+    with filler.open("r+b") as fh:
         fh.truncate(filler.stat().st_size - (2 << 20))
-    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
     try:
 
@@ -688,6 +680,20 @@ def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
     finally:
         if proc.poll() is None:
             _kill_group(proc)
+
+
+def test_a_checkout_that_fills_the_disk_pauses_the_run_until_there_is_room(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Git's checkout says only "unable to write file" when the disk is full.
+    repo = make_repo(small_disk / "repo")
+    for n in range(4):
+        (repo / f"data{n}.bin").write_bytes(os.urandom(1 << 20))  # 4 MB to check out
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "data")
+    # 2 MB left: the state fits, the checkout does not.
+    text = _writer(write_agent) + '[[task]]\nid = "t1"\nprompt = "x"\n'
+    _paused_until_there_is_room(repo, tmp_path, text, small_disk)
     assert status_json(repo)["t1"]["state"] == "done"
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
@@ -702,28 +708,10 @@ def test_a_copy_file_that_fills_the_disk_pauses_the_run_and_is_copied_whole_afte
     git(repo, "commit", "-qm", "ignore")
     data = os.urandom(4 << 20)
     (repo / "big.env").write_bytes(data)
-    filler = small_disk / "filler.bin"
-    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
-        while True:
-            fh.write(b"x" * 65536)
-    with filler.open("r+b") as fh:  # 2 MB left: the state and checkout fit, the copy does not
-        fh.truncate(filler.stat().st_size - (2 << 20))
+    # 2 MB left: the state and the checkout fit, the copy does not.
     text = _writer(write_agent) + 'copy = ["big.env"]\ncopy_mode = "copy"\n'
     text += '[[task]]\nid = "t1"\nprompt = "x"\n'
-    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
-    try:
-
-        def paused() -> bool:
-            out = swarm(repo, "status")
-            return out.returncode == 0 and "paused: the disk is full" in out.stdout
-
-        wait_for(paused, timeout=120, what="the manager to pause")
-        assert proc.poll() is None
-        filler.unlink()
-        assert proc.wait(timeout=180) == 0, (tmp_path / "bg.log").read_text()
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
+    _paused_until_there_is_room(repo, tmp_path, text, small_disk)
     assert status_json(repo)["t1"]["state"] == "done"
     worktree = repo.parent / "repo.swarm" / "t1"
     assert (worktree / "big.env").read_bytes() == data
