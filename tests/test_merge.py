@@ -2488,9 +2488,11 @@ def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next
 
     def half_copied() -> bool:
         # Sent until the copy has some: what the first reader (a clone attempt) took is lost.
+        # A copy is made beside its file and renamed in once whole: that part is what grows.
         with contextlib.suppress(BlockingIOError, BrokenPipeError):
             os.write(writer, b"MODE=" + b"x" * 20_000)  # more than a buffered write holds
-        return copied.exists() and copied.stat().st_size > 0
+        parts = list(copied.parent.glob(".swarm-copy-*")) if copied.parent.exists() else []
+        return any(p.stat().st_size > 0 for p in parts) or copied.exists()
 
     try:
         wait_for(half_copied, what="the copy")
@@ -2506,6 +2508,7 @@ def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(base_repo)["one"]["merge_result"] == "merged"
     assert not copied.exists()  # what copy added goes after the checks, ignored or not
+    assert not list(copied.parent.glob(".swarm-copy-*"))  # nor the killed copy's part
 
 
 def test_removing_a_tasks_copy_files_never_follows_a_symlink_its_checks_made_out(
