@@ -525,16 +525,21 @@ def test_a_fresh_retry_first_commits_what_the_user_left_in_the_worktree(
     assert git(repo, "show", f"{previous}:userfix.txt") == "my manual fix"
 
 
-def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
-    repo: Path, tmp_path: Path, write_agent: object
-) -> None:
-    pid_file = tmp_path / "agent.pid"
-    agent = write_agent(
+def _half_then_sleeps(write_agent: object, pid_file: Path) -> list[str]:
+    """An agent that writes half.txt, publishes its pid in *pid_file*, then sleeps on."""
+    return write_agent(  # type: ignore[operator, no-any-return]
         "import os, pathlib, time\n"
         "pathlib.Path('half.txt').write_text('half\\n')\n"
         f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
         "time.sleep(600)\n"
     )
+
+
+def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    pid_file = tmp_path / "agent.pid"
+    agent = _half_then_sleeps(write_agent, pid_file)
     text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "slow"\nprompt = "x"\n'
     proc = _manager(repo, "run", manifest(repo, text))
     agent_pid = int(written(pid_file, timeout=120, what="the agent"))
@@ -577,12 +582,7 @@ def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
     # A fault injected where the manager watches a running agent (reading its stream): the
     # agent must not run on unwatched, writing in its worktree after its task failed.
     pid_file = tmp_path / "agent.pid"
-    agent = write_agent(
-        "import os, pathlib, time\n"
-        "pathlib.Path('half.txt').write_text('half\\n')\n"
-        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
-        "time.sleep(600)\n"
-    )
+    agent = _half_then_sleeps(write_agent, pid_file)
     watched = task_worker.LogTail.poll
 
     def poll(tail: task_worker.LogTail, *, now: float) -> list[object]:

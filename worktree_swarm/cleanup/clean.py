@@ -584,12 +584,9 @@ def _plan_integration(
         reason = f"{why}; not merged into {onto}"
         action, fix = Action.KEEP, f"kept: land it (`git merge {branch}`) or use --force"
         if unchecked := list(unchecked):  # its tip may be a merge its checks never passed
-            action, fix = (
-                Action.KEEP,
-                (
-                    f"kept: the merge of {', '.join(unchecked)} was cut off in its checks; run "
-                    "`swarm merge` (it is undone and checked again) before you land it"
-                ),
+            fix = (
+                f"kept: the merge of {', '.join(unchecked)} was cut off in its checks; run "
+                "`swarm merge` (it is undone and checked again) before you land it"
             )
     found.append(
         Finding(

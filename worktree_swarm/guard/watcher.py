@@ -1078,14 +1078,13 @@ class Guard:
         place = self._places[MAIN]
         if last is None or place.base is None or last == place.base.tree:
             return None
-        there = runner.run(self.repo.root, "cat-file", "-e", f"{last}^{{tree}}", check=False)
-        if there.returncode != 0:  # pruned since: nothing to compare with
-            return None
-        out = runner.run_bytes(
+        compared = runner.run_bytes(
             self.repo.root, "diff-tree", "-r", "--name-only", "-z", "--no-renames", last,
-            place.base.tree,
-        ).stdout  # fmt: skip
-        paths = [os.fsdecode(p) for p in out.split(b"\0") if p]
+            place.base.tree, check=False,
+        )  # fmt: skip
+        if compared.returncode != 0:  # its tree pruned since: nothing to compare with
+            return None
+        paths = [os.fsdecode(p) for p in compared.stdout.split(b"\0") if p]
         if not paths:
             return None
         number = 1 + len(list(self._dir.glob("unwatched-*-main.patch")))

@@ -476,12 +476,11 @@ class Store:
         except sqlite3.OperationalError as exc:
             self._conn.close()
             if is_full(exc):
-                what = f"the state database {path}"
                 if made:  # an empty file is no store: nothing to read, and none to put back over
                     with contextlib.suppress(OSError):
                         if path.stat().st_size == 0:
                             path.unlink()
-                raise DiskFullError(full_message(what, exc)) from exc
+                raise DiskFullError(full_message(f"the state database {path}", exc)) from exc
             if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
                 raise StoreNotWritableError(
                     f"cannot write {path.parent}: read-only ({exc}); swarm keeps its state there"

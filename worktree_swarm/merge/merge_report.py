@@ -101,8 +101,9 @@ class MergeReport:
 
         :data:`REVIEW_FILES`, to read before landing it; a dry run: of the tasks it would merge.
         """
+        # A dry run's order is the tasks it would merge (the skipped are not in it).
         landed = (
-            [n for n in self.order if n not in {r.task_id for r in self.results}]
+            list(self.order)
             if self.dry_run
             else [r.task_id for r in self.by_outcome(MergeOutcome.MERGED)]
         )
