@@ -24,6 +24,7 @@ from tests.localhost import listening
 
 TOKEN = "ghp_SWARMTESTsecret0123456789abcdefXYZ"  # noqa: S105 - a fake, to grep for leaks
 OWNER, NAME = "acme", "widgets"
+BODY_LIMIT = 65_536  # GitHub refuses a longer pull request body
 
 
 @dataclass
@@ -198,6 +199,9 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                 return 422, {}, {"message": "Validation Failed", "errors": [{"message": msg}]}
             if state.bare is not None and not _ref_exists(state.bare, f"refs/heads/{head}"):
                 return 422, {}, {"message": "Validation Failed", "errors": [{"field": "head"}]}
+            if len(body.get("body") or "") > BODY_LIMIT:
+                msg = f"body is too long (maximum is {BODY_LIMIT} characters)"
+                return 422, {}, {"message": "Validation Failed", "errors": [{"message": msg}]}
             number = state._number()
             pull = {
                 "number": number,
@@ -205,7 +209,7 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                 "title": body["title"],
                 "body": body.get("body") or "",
                 "draft": bool(body.get("draft")),
-                "head": {"ref": head},
+                "head": {"ref": head, **_head_sha(state.bare, head)},
                 "base": {"ref": body["base"]},
                 "html_url": f"https://github.test/{OWNER}/{NAME}/pull/{number}",
             }
@@ -237,6 +241,20 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
             return 200, headers, chunk
 
     return Handler
+
+
+def _head_sha(bare: Path | None, branch: str) -> dict[str, str]:
+    """The ``sha`` of a pull request's head as GitHub records it: the branch's tip then."""
+    if bare is None:
+        return {}
+    out = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+        cwd=bare,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {"sha": out.stdout.strip()} if out.returncode == 0 else {}
 
 
 def _ref_exists(bare: Path, ref: str) -> bool:

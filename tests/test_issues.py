@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import agent_command, git
+from tests.conftest import agent_command, git, script_interpreter
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
@@ -38,7 +39,12 @@ def test_numbers_become_tasks_in_order(fake_github: FakeGitHub) -> None:
         (f"issue-{a}", "Login loops"),
     ]
     prompt = tasks[1][1]
-    assert prompt.startswith(f"Resolve GitHub issue #{a}: Login loops\n")
+    assert prompt.startswith(f"Resolve GitHub issue #{a}, below.\n")
+    # What a third party wrote (title, labels, text) is only between the boundary lines.
+    head, boundary, _ = prompt.partition("\n===== ISSUE TEXT ")
+    assert boundary
+    assert "Login loops" not in head
+    assert "auth" not in head
     assert "Labels: bug, auth\n" in prompt
     assert "\nSteps: ...\n" in prompt
     assert "Labels: (none)" in tasks[0][1]
@@ -353,3 +359,43 @@ def test_an_api_that_stops_answering_is_given_up_on_at_its_deadline() -> None:
         )
         with pytest.raises(github.UnreachableError):
             c.request("GET", "/repos/acme/widgets/pulls")
+
+
+def test_a_label_no_open_issue_carries_is_bad_input_naming_it(fake_github: FakeGitHub) -> None:
+    fake_github.add_issue("docs", labels=("docs",))
+    fake_github.add_pull_as_issue("a PR", labels=("bug",))
+    with pytest.raises(
+        BadInputError,
+        match=r"^--issues-label: no open issue of acme/widgets carries 'bug' \(pull requests",
+    ):
+        issues.fetch_issue_tasks(client(fake_github), label="bug")
+
+
+def test_a_token_from_gh_pasted_into_an_issue_reaches_no_prompt_state_or_log(
+    fake_github: FakeGitHub, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A classic token is 40 hex digits: no shape a redactor knows. It is in no environment
+    # either (gh keeps it), so only what swarm read from gh tells it.
+    token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
+    fake_github.token = token
+    for name in ("GITHUB_TOKEN", "GH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "gh").write_text(f"{script_interpreter()}\nprint({token!r})\n")
+    (bindir / "gh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    number = fake_github.add_issue(f"Leaks {token}", f"Our CI failed with token={token} today")
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib, sys\nprint(sys.argv[1])\npathlib.Path('x').write_text('x')\n")
+
+    out = swarm(repo, "run", "--agent", f"{agent_command()} {agent} {{prompt}}",
+                "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url,
+                "--issues", str(number))  # fmt: skip
+
+    assert out.returncode == 0, out.stderr
+    logs = swarm(repo, "logs", f"issue-{number}")
+    assert "Our CI failed with token=[REDACTED] today" in logs.stdout
+    state = b"".join(p.read_bytes() for p in (repo / ".git" / "swarm").glob("state.db*"))
+    assert token.encode() not in state
+    assert token not in out.stdout + out.stderr + logs.stdout

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.conftest import agent_command, git
 from tests.github_server import TOKEN, FakeGitHub, Scripted, serve
 from tests.test_guard_lock import wait_for
 from tests.test_run import checkout_snapshot, status_json, swarm, swarm_bg
+from worktree_swarm.github import pr
 from worktree_swarm.github.pr_conflicts import HEADING, Clash, section
 from worktree_swarm.infra.store import Store
 
@@ -181,6 +183,62 @@ def test_a_pull_request_merged_or_closed_on_github_is_never_opened_again(
     assert status_json(repo)["one"]["pr_state"] == how
 
 
+@pytest.mark.parametrize("same_tip", [True, False])
+def test_a_pull_request_opened_unrecorded_and_closed_since_is_kept_not_opened_again(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, same_tip: bool
+) -> None:
+    # GitHub made #1 but swarm never heard (killed, its answer lost); a person closed it.
+    fake_github.bare = done_run
+    fake_github.lost_creates = 1
+    assert swarm_pr(repo, fake_github).returncode == 1
+    fake_github.pulls[1]["state"] = "closed"
+    if not same_tip:  # an earlier run's pull request of a task of the same id: other work
+        fake_github.pulls[1]["head"]["sha"] = "0" * 40
+
+    out = swarm_pr(repo, fake_github)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    first = out.stdout.splitlines()[0]
+    if same_tip:
+        assert first == "one  kept  #1  https://github.test/acme/widgets/pull/1"
+        assert len(fake_github.pulls) == 2
+        assert status_json(repo)["one"]["pr_state"] == "closed"
+    else:
+        assert first == "one  created  #3  https://github.test/acme/widgets/pull/3"
+
+
+def test_a_recorded_number_that_is_someone_elses_pull_request_is_not_taken_for_the_tasks(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    assert swarm_pr(repo, fake_github).returncode == 0
+    # The same number names another branch's closed pull request now (another API, another
+    # repository behind it): not the task's, which is opened there.
+    fake_github.pulls[1].update(
+        state="closed", head={"ref": "feature-x", "label": "someone:feature-x"}
+    )
+
+    out = swarm_pr(repo, fake_github)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == "one  created  #3  https://github.test/acme/widgets/pull/3"
+    assert status_json(repo)["one"]["pr_number"] == 3
+
+
+def test_a_rate_limit_github_already_told_stops_pr_before_any_push(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    reset = str(int(time.time()) + 3600)
+    limited = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset}
+    fake_github.scripted.append(Scripted("GET", "/pulls$", 200, limited, []))  # the access check
+
+    out = swarm_pr(repo, fake_github)
+
+    assert out.returncode != 0
+    assert "rate limit" in out.stdout + out.stderr
+    assert remote_branches(done_run) == ["main"]  # nothing pushed for a pull request not opened
+    assert fake_github.pulls == {}
+
+
 def test_a_reply_without_a_pull_request_number_fails_that_task_only(
     repo: Path, done_run: Path, fake_github: FakeGitHub
 ) -> None:
@@ -251,6 +309,79 @@ def test_a_file_name_cannot_end_the_code_span_it_is_named_in() -> None:
     heading, blank, line = section([Clash(task_id="other", number=2, files=(name,))])
     assert (heading, blank) == (HEADING, "")
     assert line == '- #2 (task `other`): `"a.txt\\n\\nCloses #1 @victim\\n\\n\'b"`'
+
+
+def test_a_conflict_section_stays_bounded_however_many_files_and_pull_requests_clash() -> None:
+    # Two branches that touch every file of a big repository conflict in thousands: GitHub
+    # refuses a body past 65,536 characters, and that task would never get its pull request.
+    files = tuple(f"src/{'deep/' * 30}module_{i}.py" for i in range(2000))
+    found = [Clash(task_id=f"t{n}", number=n, files=files) for n in range(1, 41)]
+    lines = section(found)
+    assert sum(len(line) + 1 for line in lines) < 45_000
+    assert lines[2].endswith(" and 1990 more files")
+    assert lines[-1] == "- and 10 more pull requests"
+    assert "…" in lines[2]  # a long path is cut, marked
+    assert len(pr._bounded("line\n" * 20_000)) <= pr.GITHUB_BODY_LIMIT
+
+
+MANY_AGENT = (
+    "import os, pathlib\n"
+    "tid = os.environ['SWARM_TASK_ID']\n"
+    "for i in range(40):\n"
+    "    pathlib.Path(f'f{i}.txt').write_text(tid + '\\n')\n"
+)
+
+
+def test_a_pull_request_clashing_on_many_files_names_ten_and_counts_the_rest(
+    repo: Path,
+    tmp_path: Path,
+    origin: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(MANY_AGENT)
+    out = swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a", "-t", "bb=b")
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    fake_github.bare = origin
+    assert swarm_pr(repo, fake_github).returncode == 0
+    listed = fake_github.pulls[2]["body"].split(HEADING, 1)[1]
+    assert "- #1 (task `aa`): `f0.txt`, `f1.txt`, " in listed
+    assert listed.count(".txt`") == 10
+    assert " and 30 more files\n" in listed
+
+
+def test_a_dependent_tasks_pull_request_names_the_work_it_carries(
+    repo: Path,
+    tmp_path: Path,
+    origin: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_command().split(), str(agent)])}\n"
+        '[[task]]\nid = "base-work"\nprompt = "a"\n'
+        '[[task]]\nid = "on-top"\nprompt = "b"\ndepends_on = ["base-work"]\n'
+    )
+    assert swarm(repo, "run", str(manifest)).returncode == 0
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    fake_github.bare = origin
+
+    assert swarm_pr(repo, fake_github, "on-top").returncode == 0
+    body = fake_github.pulls[1]["body"]
+    # Into main it carries both tasks' commits: counted so, and the other task named.
+    assert "**Diff:** 2 files changed, +2 -0" in body
+    assert "**Builds on**" in body
+    assert "- task `base-work` (no pull request yet)" in body
+
+    assert swarm_pr(repo, fake_github, "base-work").returncode == 0
+    assert swarm_pr(repo, fake_github, "on-top").returncode == 0
+    assert "- #2 (task `base-work`)" in fake_github.pulls[1]["body"]
+    assert "**Builds on**" not in fake_github.pulls[2]["body"]
 
 
 def test_an_earlier_run_never_pushes_or_updates_what_a_later_run_reused(
@@ -345,6 +476,10 @@ def test_a_failed_push_is_reported_and_the_rest_carry_on(
     lines = out.stdout.splitlines()
     assert lines[0].startswith("one  failed  pushing swarm/one to origin failed: ")
     assert "run `swarm pr` again" in lines[0]
+    # What was refused and why, not git's advice after it.
+    assert "[rejected]" in lines[0]
+    assert "swarm/one -> swarm/one" in lines[0]
+    assert "hint:" not in lines[0]
     assert lines[1] == "issue-7  created  #1  https://github.test/acme/widgets/pull/1"
     assert git(done_run, "rev-parse", "swarm/one") == foreign
 
@@ -728,7 +863,7 @@ def test_an_api_that_stops_answering_properly_ends_pr_instead_of_each_task_waiti
     assert out.stderr == "swarm: the GitHub API answered more than 32 MiB\n"
     asked = [r for r in fake_github.requests if "/pulls" in r.path]
     assert len(asked) == 2  # the second task was not tried
-    assert remote_branches(done_run) == ["main", "swarm/one"]
+    assert remote_branches(done_run) == ["main"]  # asked before its push: nothing pushed
 
 
 def test_pr_during_a_run_keeps_the_remote_tracking_ref_its_push_moved(

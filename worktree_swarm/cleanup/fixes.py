@@ -908,7 +908,7 @@ def ref_move_notes(repo: git.Repo) -> list[Finding]:
         Finding(
             kind=Kind.LOCK,
             target=str(path),
-            reason="swarm's note of the refs a killed swarm merge or swarm clean was moving"
+            reason="swarm's note of the refs a killed swarm merge, clean or pr was moving"
             " (its process is gone)",
             action=Action.FORGET_REF_MOVES,
             fix="delete it",

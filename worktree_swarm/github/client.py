@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.text import is_http_url, one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proc
+from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.redact import redact
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -210,6 +211,9 @@ def resolve_token(env: Mapping[str, str] | None = None, *, host: str | None = No
         raise BadInputError(f"no GitHub token: {hint}") from exc
     if out.returncode != 0 or not out.stdout.strip():
         raise BadInputError(f"no GitHub token (`gh auth token` found none): {hint}")
+    # In no environment, so no redactor knows it: from now on this process's does, whatever
+    # its shape (a classic 40-hex token, an Enterprise server's).
+    redaction.add_env([("GH_TOKEN", out.stdout.strip())])
     return Token(out.stdout)
 
 
@@ -274,24 +278,52 @@ class Client:
 
     def find_pull(self, head_branch: str) -> dict[str, Any] | None:
         """The open pull request whose head is *head_branch* of this repository, if any."""
+        found = self._pulls_of(head_branch, "open", per_page=10)
+        return found[0] if found else None
+
+    def find_closed_pull(self, head_branch: str, sha: str) -> dict[str, Any] | None:
+        """A closed (or merged) pull request of *head_branch* whose head was commit *sha*.
+
+        The pull request of exactly that work: one swarm opened and could not record (killed,
+        its answer lost) that was closed since. An older one of the branch (an earlier run's
+        task of the same id) had another head.
+        """
+        for pull in self._pulls_of(head_branch, "closed", per_page=100):
+            head = pull.get("head")
+            if isinstance(head, dict) and head.get("sha") == sha:
+                return pull
+        return None
+
+    def owns_pull(self, pull: Mapping[str, Any], head_branch: str) -> bool:
+        """Whether *pull* (a reply of GitHub's) has *head_branch* of this repository as head."""
+        head = pull.get("head")
+        if not isinstance(head, dict) or head.get("ref") != head_branch:
+            return False
+        named = head.get("label")  # "owner:branch"; GitHub spells owners in any case
+        label = f"{self.repo.owner}:{head_branch}"
+        return not isinstance(named, str) or named.casefold() == label.casefold()
+
+    def _pulls_of(self, head_branch: str, state: str, *, per_page: int) -> list[dict[str, Any]]:
         pulls = self.request(
             "GET",
             self._repo_path("pulls"),
-            params={"head": f"{self.repo.owner}:{head_branch}", "state": "open", "per_page": "10"},
+            params={
+                "head": f"{self.repo.owner}:{head_branch}",
+                "state": state,
+                "per_page": str(per_page),
+            },
         ).data
-        # Only one whose head is that branch: a server that ignores the filter lists others,
+        # Only those whose head is that branch: a server that ignores the filter lists others,
         # a fork's branch of the same name among them (its label names its owner).
         if not isinstance(pulls, list):  # taken for "none", a second pull request would open
             raise GitHubError(f"GitHub's list of pull requests of {head_branch} is not a list")
-        label = f"{self.repo.owner}:{head_branch}"
-        for pull in pulls:
-            head = pull.get("head") if isinstance(pull, dict) else None
-            if not isinstance(head, dict) or head.get("ref") != head_branch:
-                continue
-            named = head.get("label")  # "owner:branch"; GitHub spells owners in any case
-            if not isinstance(named, str) or named.casefold() == label.casefold():
-                return dict(pull)
-        return None
+        return [
+            dict(pull)
+            for pull in pulls
+            if isinstance(pull, dict)
+            and self.owns_pull(pull, head_branch)
+            and pull.get("state", state) == state
+        ]
 
     def get_pull(self, number: int) -> dict[str, Any] | None:
         """Pull request *number*, or None when it does not exist (any more)."""

@@ -29,6 +29,8 @@ from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
 TITLE_LIMIT = 200
+GITHUB_BODY_LIMIT = 65_536  # GitHub refuses a longer body (422)
+BODY_LIMIT = GITHUB_BODY_LIMIT - 1_000
 _ISSUE_TASK_RE = re.compile(r"issue-([1-9][0-9]{0,9})")
 _BACKTICKS_RE = re.compile(r"`+")
 
@@ -187,6 +189,7 @@ def open_pull_requests(
                 fallback=run_base,
                 clashes=sent[row.task_id],
                 taken_by=taken.get(row.task_id),
+                numbers=known,
             )
         except (RateLimitError, UnreachableError):  # every later request would wait as long
             raise
@@ -216,7 +219,7 @@ def open_pull_requests(
     for pull in (p for p in pulls if p.action != KEPT):
         now = pr_conflicts.clashes(pull.task_id, pairs, known)
         if now != sent[pull.task_id]:
-            _add_clashes(repo, client, by_id[pull.task_id], pull, run_base, now, echo)
+            _add_clashes(repo, client, by_id[pull.task_id], pull, run_base, now, known, echo)
     return PrReport(pulls=tuple(pulls), failures=tuple(failures))
 
 
@@ -227,12 +230,15 @@ def _add_clashes(
     pull: PullRequest,
     fallback: str | None,
     clashes: Sequence[pr_conflicts.Clash],
+    numbers: Mapping[str, int],
     echo: Echo | None,
 ) -> None:
     """Update *pull* to name pull requests of its batch opened after it that it conflicts with."""
     task = task_from_json(row.spec_json)
     tip = git.rev_parse(repo, f"refs/heads/{pull.branch}^{{commit}}") or ""
-    title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
+    title, body = _texts(
+        repo, row, task, tip=tip, fallback=fallback, clashes=clashes, numbers=numbers
+    )
     try:
         client.update_pull(pull.number, title=title, body=body)
     except (RateLimitError, UnreachableError):
@@ -251,12 +257,15 @@ def _texts(
     tip: str,
     fallback: str | None,
     clashes: Sequence[pr_conflicts.Clash],
+    numbers: Mapping[str, int],
 ) -> tuple[str, str]:
     """A pull request's title and body, redacted.
 
     The prompt may quote a key (a pasted log, an issue body); GitHub must never see it.
     """
-    body = pr_body(repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes)
+    body = pr_body(
+        repo, row, task, tip=tip, fallback_base=fallback, clashes=clashes, numbers=numbers
+    )
     return redact.redact(pr_title(task)), redact.redact(body)
 
 
@@ -284,6 +293,7 @@ def _one(
     fallback: str | None,
     clashes: Sequence[pr_conflicts.Clash] = (),
     taken_by: str | None = None,
+    numbers: Mapping[str, int] | None = None,
 ) -> PullRequest:
     branch = _checked_branch(row)
     if taken_by is not None:  # a later run's work, and maybe its pull request: never touched
@@ -304,9 +314,16 @@ def _one(
     )
     if leak is not None:
         raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")
-    push_branch(repo, remote, branch, redact=client.token.redact)
-    title, body = _texts(repo, row, task, tip=tip, fallback=fallback, clashes=clashes)
+    # Asked before the push: a rate limit GitHub already told stops here, with nothing pushed.
     existing = client.find_pull(branch)
+    if existing is None:
+        closed = client.find_closed_pull(branch, tip)
+        if closed is not None:  # opened for this very tip, unrecorded (killed), closed since
+            return _kept(row, branch, closed)
+    push_branch(repo, remote, branch, redact=client.token.redact)
+    title, body = _texts(
+        repo, row, task, tip=tip, fallback=fallback, clashes=clashes, numbers=numbers or {}
+    )
     onto = None
     if existing is not None:
         into = existing.get("base")  # an object with its `ref`, from GitHub
@@ -353,16 +370,27 @@ def _said(text: str, *, limit: int | None = None) -> str:
 
 
 def _ended_pull(client: Client, row: TaskRow, branch: str) -> PullRequest | None:
-    """The task's recorded pull request when it was merged or closed since, else None."""
+    """The task's recorded pull request when it was merged or closed since, else None.
+
+    Only one whose head is the task's branch: the number may be another repository's (the
+    same run pushed to another remote or API) and name someone else's pull request there.
+    """
     if row.pr_number is None:
         return None
     pull = client.get_pull(row.pr_number)
-    if pull is None or pull.get("state") != "closed":
+    if pull is None or pull.get("state") != "closed" or not client.owns_pull(pull, branch):
         return None
+    return _kept(row, branch, pull, number=row.pr_number)
+
+
+def _kept(
+    row: TaskRow, branch: str, pull: Mapping[str, object], *, number: int | None = None
+) -> PullRequest:
+    """A merged or closed pull request of the task's, left as it is."""
     return PullRequest(
         task_id=row.task_id,
         branch=branch,
-        number=row.pr_number,
+        number=_number(pull) if number is None else number,
         url=_field(pull, "html_url"),
         action=KEPT,
         state="merged" if pull.get("merged_at") else "closed",
@@ -395,7 +423,9 @@ def push_branch(
                 if tracking:
                     moves.moved(tracking, git.rev_parse(repo, tracking))
     except CommandError as exc:
-        tail = " | ".join(exc.output.strip().splitlines()[-3:])
+        # Git's advice (`hint:` lines) comes last and would push out what was refused, and why.
+        said = [line for line in exc.output.strip().splitlines() if not line.startswith("hint:")]
+        tail = " | ".join(said[-3:])
         raise SwarmError(
             f"pushing {branch} to {remote} failed: {redact(strip_userinfo(tail))}; "
             "fix the remote (access, diverged branch) and run `swarm pr` again"
@@ -419,11 +449,17 @@ def pr_body(
     tip: str,
     fallback_base: str | None = None,
     clashes: Sequence[pr_conflicts.Clash] = (),
+    numbers: Mapping[str, int] | None = None,
 ) -> str:
-    """Prompt, diff stat, checks, conflicts with other open swarm PRs, cost, ``Closes #N``."""
+    """Prompt, diff stat, dependencies, checks, conflicts with other open swarm PRs, cost.
+
+    And ``Closes #N`` for an issue's task. The diff is counted from the run's base (*fallback_base*,
+    else the task's own): what the pull request carries, a dependency's commits included.
+    *numbers*: the open pull requests of the run's tasks (task id -> number).
+    """
     lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
     lines += ["**Prompt**", "", *_fenced(_trimmed(redact.redact(task.prompt))), ""]
-    base = row.base_commit or fallback_base
+    base = fallback_base or row.base_commit
     if base is not None:
         stat = git.diff_stat(repo, base, tip)
         lines.append(
@@ -431,6 +467,8 @@ def pr_body(
             f" -{stat.deletions} (against `{base[:12]}`)"
         )
     lines.append("")
+    if depends := _dependencies(repo, task, tip=tip, numbers=numbers or {}):
+        lines += [*depends, ""]
     if task.checks:
         # Only done tasks get a pull request, and done means every check passed.
         result = "passed" if row.state is TaskState.DONE else "failed"
@@ -445,7 +483,31 @@ def pr_body(
     match = _ISSUE_TASK_RE.fullmatch(row.task_id)
     if match is not None:
         lines += ["", f"Closes #{match[1]}"]
-    return "\n".join(lines).rstrip() + "\n"
+    return _bounded("\n".join(lines).rstrip() + "\n")
+
+
+def _dependencies(repo: git.Repo, task: Task, *, tip: str, numbers: Mapping[str, int]) -> list[str]:
+    """The body's lines naming the tasks whose work the branch carries (it started on theirs)."""
+    found = []
+    for dep in task.depends_on:
+        dep_tip = git.rev_parse(repo, f"refs/heads/{BRANCH_PREFIX}{dep}^{{commit}}")
+        if dep_tip is None or not git.contained(repo, tip, [dep_tip]):
+            continue
+        number = numbers.get(dep)
+        named = f"#{number} (task `{dep}`)" if number else f"task `{dep}` (no pull request yet)"
+        found.append(f"- {named}")
+    if not found:
+        return []
+    heading = "**Builds on** (their commits are in this pull request too: merge them first)"
+    return [heading, "", *found]
+
+
+def _bounded(body: str) -> str:
+    """*body* within GitHub's 65,536 characters (the parts are bounded; this is the last stop)."""
+    if len(body) <= BODY_LIMIT:
+        return body
+    cut = body[:BODY_LIMIT].rpartition("\n")[0]
+    return f"{cut}\n\n… (cut: GitHub takes at most {GITHUB_BODY_LIMIT:,} characters)\n"
 
 
 def _trimmed(prompt: str) -> str:

@@ -77,15 +77,30 @@ def open_pulls(rows: Sequence[TaskRow]) -> dict[str, int]:
     }
 
 
+# A section's bounds: GitHub refuses a body past 65,536 characters, and two branches that
+# touch every file of a big repository conflict in thousands.
+MAX_CLASHES = 30
+MAX_FILES = 10
+MAX_PATH = 120
+
+
 def section(found: Sequence[Clash]) -> list[str]:
-    """The PR body's lines about *found* (none when nothing is predicted)."""
+    """The PR body's lines about *found* (none when nothing is predicted), bounded in size."""
     if not found:
         return []
     lines = [HEADING, ""]
-    for clash in found:
-        files = ", ".join(_code(f) for f in clash.files)
+    for clash in found[:MAX_CLASHES]:
+        files = ", ".join(_code(_short(f)) for f in clash.files[:MAX_FILES])
+        if len(clash.files) > MAX_FILES:
+            files += f" and {len(clash.files) - MAX_FILES} more files"
         lines.append(f"- #{clash.number} (task `{clash.task_id}`): {files}")
+    if len(found) > MAX_CLASHES:
+        lines.append(f"- and {len(found) - MAX_CLASHES} more pull requests")
     return lines
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= MAX_PATH else path[: MAX_PATH - 1] + "…"
 
 
 def _code(path: str) -> str:
