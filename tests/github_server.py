@@ -25,6 +25,7 @@ from tests.localhost import listening
 TOKEN = "ghp_SWARMTESTsecret0123456789abcdefXYZ"  # noqa: S105 - a fake, to grep for leaks
 OWNER, NAME = "acme", "widgets"
 BODY_LIMIT = 65_536  # GitHub refuses a longer pull request body
+DROP = 0  # a scripted status: close the connection without an answer
 
 
 @dataclass
@@ -135,6 +136,9 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
                     )
                 )
                 status, headers, reply = self._answer(method, parts.path, parts.query, body)
+            if status == DROP:  # the connection closed with no answer (a proxy restarting)
+                self.close_connection = True
+                return
             data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")

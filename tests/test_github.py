@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
+from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.github import client as github
@@ -433,3 +433,36 @@ def test_a_renamed_repository_is_bad_input_before_any_push(fake_github: FakeGitH
     fake_github.fail_next("GET", "/pulls$", 301, {"location": moved})
     with pytest.raises(BadInputError, match=r"answered 301, moved to .*/repositories/42/pulls"):
         client(fake_github).check_access()
+
+
+def test_a_dropped_connection_is_tried_again_and_a_refused_one_given_up_on_after_two(
+    fake_github: FakeGitHub,
+) -> None:
+    waits = Waits()
+    c = client(fake_github, waits, drop_waits=(0.01, 0.02))
+    c.check_access()
+    # A proxy restarting closes one connection without an answer: the look is asked again.
+    fake_github.scripted.append(Scripted("GET", "/pulls$", DROP, {}, b""))
+    assert c.find_pull("swarm/a") is None
+    assert waits == [(0.01, "GitHub connection dropped")]
+    assert len(fake_github.calls("GET", "/pulls$")) == 3  # the access check, the look twice
+
+    # A write dropped mid-way may have been done: not sent again (the next `swarm pr` finds it).
+    fake_github.scripted.append(Scripted("POST", "/pulls$", DROP, {}, b""))
+    with pytest.raises(github.UnreachableError, match="cannot reach the GitHub API"):
+        c.create_pull(title="T", head="swarm/a", base="main", body="B")
+    assert len(fake_github.calls("POST")) == 1
+
+    # Refused (never reached the server: a write too) by an API that answered before; given up
+    # on after the waits. One that never answered is a wrong URL or no network: said at once.
+    with serve() as gone:
+        refused = Waits()
+        c = client(gone, refused, drop_waits=(0.01, 0.02))
+        c.check_access()
+    with pytest.raises(github.UnreachableError, match="Connection refused"):
+        c.create_pull(title="T", head="swarm/a", base="main", body="B")
+    assert refused == [(0.01, "GitHub connection dropped"), (0.02, "GitHub connection dropped")]
+    never = Waits()
+    with pytest.raises(github.UnreachableError, match="Connection refused"):
+        client(gone, never, drop_waits=(0.01, 0.02)).check_access()
+    assert never == []

@@ -50,6 +50,7 @@ _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
 _MOVED = frozenset({301, 302, 303, 307, 308})
 # What a request that never got an answer raises.
 _UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
+DROP_WAITS = (2.0, 8.0)  # seconds before each new try of a refused or dropped request
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -82,6 +83,10 @@ class RateLimitError(GitHubError):
 
 class UnreachableError(GitHubError):
     """The API did not answer (in time, or at all): no later request is worth its wait."""
+
+
+class _DroppedError(UnreachableError):
+    """The connection was refused, or (a request that changes nothing) dropped: tried again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,7 +239,9 @@ class Client:
     sleeping for an hour); *secondary_wait* is the first back-off on a secondary rate limit
     that names no wait, doubled on each retry (GitHub asks for at least a minute). *timeout*
     bounds each wait for bytes, *deadline* a whole request: a server (or proxy) that sends a
-    byte now and then would hold it for ever under *timeout* alone.
+    byte now and then would hold it for ever under *timeout* alone. *drop_waits*: the waits
+    before each new try of a request refused, or (one that changes nothing) dropped, by an
+    API that answered before.
     """
 
     api_url: str
@@ -246,11 +253,13 @@ class Client:
     max_retries: int = 4
     timeout: float = 30.0
     deadline: float = 120.0
+    drop_waits: tuple[float, ...] = DROP_WAITS
     sleep: Sleep = time.sleep
     on_wait: OnWait | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_write: float | None = field(default=None, repr=False)
     _blocked_until: float = field(default=0.0, repr=False)
+    _answered: bool = field(default=False, repr=False)
 
     # -- endpoints used by swarm --------------------------------------------------------------
 
@@ -427,9 +436,20 @@ class Client:
 
     def _send(self, method: str, url: str, body: Mapping[str, object] | None) -> Response:
         with self._lock:
-            for attempt in range(self.max_retries + 1):
+            attempt = drops = 0
+            while True:
                 self._pause_before(method, url)
-                status, headers, raw = self._exchange(method, url, body)
+                try:
+                    status, headers, raw = self._exchange(method, url, body)
+                except _DroppedError:
+                    # A blip (a proxy restarting, a connection reset) ends no batch at once;
+                    # an API that never answered is a wrong URL or no network, said at once.
+                    if not self._answered or drops == len(self.drop_waits):
+                        raise
+                    self._wait(self.drop_waits[drops], "GitHub connection dropped")
+                    drops += 1
+                    continue
+                self._answered = True
                 if method in WRITE_METHODS:
                     self._last_write = time.monotonic()
                 self._note_primary_limit(headers)
@@ -439,7 +459,7 @@ class Client:
                 if wait > self.max_wait or attempt == self.max_retries:
                     raise self._give_up(method, url, status, wait, tries=attempt + 1)
                 self._wait(wait, "GitHub rate limit")
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
 
     def _give_up(
         self, method: str, url: str, status: int, wait: float, *, tries: int
@@ -515,7 +535,8 @@ class Client:
             if not isinstance(answer[0], _UNREACHABLE):
                 raise answer[0]
             reason = getattr(answer[0], "reason", answer[0])
-            raise UnreachableError(
+            dropped = _dropped(reason, method)
+            raise (_DroppedError if dropped else UnreachableError)(
                 self.token.redact(
                     f"cannot reach the GitHub API at {self.api_url} ({reason}); "
                     f"check the network or --api-url / {API_URL_ENV}"
@@ -564,6 +585,19 @@ class Client:
 
 
 MAX_REPLY = 32 * 2**20  # bytes of one answer: GitHub's pages are far smaller
+
+
+def _dropped(reason: object, method: str) -> bool:
+    """Whether a failed exchange is worth trying again.
+
+    Refused: it never reached the server. Dropped mid-way: only a request that changes
+    nothing (a write may have been done before the connection went).
+    """
+    if isinstance(reason, ConnectionRefusedError):
+        return True
+    return method not in WRITE_METHODS and isinstance(
+        reason, ConnectionResetError | ConnectionAbortedError | http.client.RemoteDisconnected
+    )
 
 
 def _fetch(req: urllib.request.Request, timeout: float) -> tuple[int, Message, bytes]:
