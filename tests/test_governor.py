@@ -228,6 +228,23 @@ def test_a_window_one_task_alone_states_is_an_ordinary_throttle_for_the_others(
     assert g.try_acquire("other", stop, max_wait=60) == "max_wait"
 
 
+def test_a_window_a_resumed_run_recalls_throttles_nothing_until_another_task_confirms_it(
+    clock: Clock,
+) -> None:
+    # The manager that was told it throttled the provider then; a resumed one's fresh gate
+    # takes the claim back without throttling again (at one job: a floor backoff for all).
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    reset = clock.now + 250  # its end near now: no throttle with that reset either
+    window = Limit(signal=Signal.WINDOW, retry_at=reset, detail="usage limit")
+    g.report("other", window, task="a", recalled=True)
+    assert g.window_until("other") is None
+    assert g.try_acquire("other", stop, max_wait=60, leave_on_window=True) == ""
+    g.release("other")
+    g.report("other", THROTTLE, task="b")  # another task limited: the window is real
+    assert g.window_until("other") == reset
+
+
 def test_after_a_success_only_another_tasks_window_confirms_a_lone_one(clock: Clock) -> None:
     g = gates(clock)
     reset = clock.now + 5 * 3600

@@ -573,6 +573,57 @@ def test_a_long_backoff_resumed_after_a_crash_is_still_a_throttle_not_a_usage_wi
     assert calls_file.read_text().split() == ["0"]
 
 
+WINDOW_OR_WORK = r"""
+import os, pathlib, sys, time
+me = os.environ["SWARM_TASK_ID"]
+if me == "w":  # a usage window just past the 300 s that make one: unconfirmed, one task's
+    reset = int(time.time()) + 302
+    pathlib.Path(RESET).write_text(str(reset))
+    print(f"Claude AI usage limit reached|{reset}")
+    sys.exit(1)
+pathlib.Path(me + ".txt").write_text("done\n")
+if me == "b1":  # runs through the crash, ends when told
+    pathlib.Path(GO + ".running").write_text("")
+    while not pathlib.Path(GO).exists():
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow  # a crash trial
+def test_a_usage_window_resumed_near_its_end_holds_only_its_own_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # One task's word alone delays only that task. A resumed manager took the recorded window,
+    # with under 300 s left, for a throttle with that reset: every task of the provider waited.
+    reset_file, go = repo.parent / "reset", repo.parent / "go"
+    agent = write_agent(f"RESET = {str(reset_file)!r}\nGO = {str(go)!r}\n" + WINDOW_OR_WORK)
+    text = (
+        f'[defaults]\nagent = {argv_toml(agent)}\njobs = 1\nmax_wait = "1h"\n'
+        '[[task]]\nid = "w"\nprompt = "w"\npriority = 3\n'
+        '[[task]]\nid = "b1"\nprompt = "b1"\npriority = 2\n'
+        '[[task]]\nid = "b2"\nprompt = "b2"\npriority = 1\n'
+    )
+    run_killed_once(
+        repo,
+        text,
+        lambda: Path(f"{go}.running").exists() and bool(limits(repo, "w")),
+        what="w's window recorded and b1 running",
+    )
+    reset = int(reset_file.read_text())
+    wait_for(lambda: reset - time.time() < 299, what="the window's end under 300 s away")
+    resumed = swarm_bg(repo, "resume")
+    try:
+        go.touch()
+        # b1 ends, and b2 starts at once: not held until w's reset, minutes away.
+        wait_for(lambda: status_json(repo)["b2"]["state"] == "done", what="b2 done")
+        assert time.time() < reset - 200
+        assert status_json(repo)["w"]["state"] == "rate_limited"
+        assert swarm(repo, "stop").returncode == 0
+        resumed.wait(timeout=60)
+    finally:
+        resumed.kill()
+
+
 def rate_limited_states(repo: Path, task: str) -> list[str]:
     """The `rate_limited` state events of *task*, oldest first."""
     with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:

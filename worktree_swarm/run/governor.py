@@ -319,9 +319,18 @@ class Gates:
     # -- reports -----------------------------------------------------------------------------
 
     def report(
-        self, provider: str, limit: Limit, *, task: str, whole_attempt: bool = False
+        self,
+        provider: str,
+        limit: Limit,
+        *,
+        task: str,
+        whole_attempt: bool = False,
+        recalled: bool = False,
     ) -> float:
         """Apply one report of *provider* by *task*'s agent; returns when its launches may start.
+
+        *recalled*: a usage window an earlier manager was told (a resumed run's): claimed
+        again, held if confirmed, but no new throttle of the provider (that one was applied).
 
         A *whole_attempt* (an agent that does not report its requests) weighs as much as a
         window of ``jobs`` requests: its success is one full step, its throttle counts ``jobs``.
@@ -351,7 +360,7 @@ class Gates:
                 # Another task's window, doubted or not, confirms it: both saw the same.
                 if gate.window_until > now or set(claims) | set(doubted) != {task}:
                     claims, doubted = self._window(gate, claims, limit, now, whole=whole_attempt)
-                elif not told:  # for the others, an ordinary throttle until confirmed
+                elif not (told or recalled):  # for the others, an ordinary throttle until confirmed
                     plain = Limit(signal=Signal.THROTTLE, detail=limit.detail)  # no reset
                     self._throttle(gate, plain, now, weight=self._weight(whole_attempt))
                     gate.why = f"{limit.detail or 'usage limit'}, one task only: unconfirmed"

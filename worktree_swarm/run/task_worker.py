@@ -801,8 +801,11 @@ class TaskWorker(RunWorker):
                 session_id=attempt.session_id,
                 retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
             )
-            if attempt.usage_window:  # a fresh gate learns the window again
-                self._report_end(live.task.id, provider_of(profile), result, live=None)
+            if attempt.usage_window:  # a fresh gate learns the window again, as it was told:
+                # a claim, no new throttle; and a window near its end is no throttle either,
+                # which would hold every task of the provider until then.
+                told = Limit(signal=Signal.WINDOW, retry_at=attempt.retry_at, detail="usage limit")
+                self.gate.report(provider_of(profile), told, task=live.task.id, recalled=True)
             # A throttle's recorded wait is the task's own backoff, however far: not a window.
             return _Ended(result=result, usage_window=attempt.usage_window)
         identity = ProcessIdentity(
