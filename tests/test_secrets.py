@@ -1477,3 +1477,19 @@ def test_a_copy_globs_file_an_agent_named_in_bytes_that_are_not_utf8_is_left_out
     assert git(repo, "show", "swarm/a:work.txt") == "work"
     names = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
     assert names == [".gitignore", "README.md", "work.txt"]  # no copy file, whatever its name
+
+
+def test_a_key_a_tool_shortened_shows_neither_of_its_ends() -> None:
+    # pytest shows a long string cut in the middle: both ends of the key, never the whole.
+    key = "sk-ant-api03-0123456789abcdef0123456789abcdefXYZ"
+    token = "tok_" + "Zq8Wv3Lm" * 4
+    redact = Redactor({"ANTHROPIC_API_KEY": key, "DEPLOY_TOKEN": token})
+    said = redact(f"assert '{key[:12]}...{key[-13:]}' == x; '{token[:14]}…{token[-14:]}'")
+    assert key[-12:] not in said
+    assert "api03" not in said
+    assert token[:12] not in said
+    assert token[-12:] not in said
+    # A word that only shares a short part, or a value that is no key (a sentence), is kept.
+    assert redact("sk-ant- prose, the tok_ prefix") == "sk-ant- prose, the tok_ prefix"
+    phrase = "correct horse battery staple and more words"
+    assert Redactor({"DB_PASSWORD": phrase})(phrase[:14]) == phrase[:14]

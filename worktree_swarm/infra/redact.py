@@ -33,6 +33,11 @@ REDACTED = "[REDACTED]"
 # Literal secret values shorter than this are not replaced everywhere: "1" or "true" would
 # mangle every text while protecting nothing.
 MIN_SECRET_LEN = 6
+# A key-like known value (one word of at least FRAGMENT_OF characters) is also found by its
+# first or last FRAGMENT characters: a tool that shortens what it prints (pytest's
+# `'sk-ant-api03...6789abcdefXYZ'`) shows both ends of it, neither of them the whole value.
+FRAGMENT, FRAGMENT_OF = 12, 24
+_KEY_LIKE = re.compile(r"[A-Za-z0-9_\-.+/=~]+")
 
 # A name holds a secret when one of these is in it; AUTH only as a word of its own (OAUTH,
 # AUTH_TOKEN, HTTP_AUTH), not in AUTHOR (GIT_AUTHOR_NAME is a person, not a credential); PWD
@@ -51,7 +56,7 @@ _KEYWORDS = r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|COOKIE|CREDENTIALS?|PRIVATE"
 # Credential formats strong enough to act on anywhere.
 _FORMATS = (
     r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z ]*-----|\Z)"
-    r"|sk-ant-[A-Za-z0-9_\-]{8,}|\bsk-[A-Za-z0-9_\-]{20,}|\bgh[poursa]_[A-Za-z0-9]{16,}"
+    r"|sk-ant-[A-Za-z0-9_\-]{3,}|\bsk-[A-Za-z0-9_\-]{20,}|\bgh[poursa]_[A-Za-z0-9]{16,}"
     r"|\bgithub_pat_[A-Za-z0-9_]{16,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}"
 )
@@ -164,6 +169,16 @@ class Redactor:
         literal = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
         self._literal = re.compile(literal) if literal else None
         self._literal_triggers = tuple({_lower(v) for v in forms})
+        ends = {
+            end
+            for v in self.values
+            if len(v) >= FRAGMENT_OF and _KEY_LIKE.fullmatch(v)
+            for end in (v[:FRAGMENT], v[-FRAGMENT:])
+        }
+        either = "|".join(map(re.escape, sorted(ends)))
+        # From a first or last part on, as far as the word goes.
+        self._ends = re.compile(f"(?:{either})[A-Za-z0-9_\\-]*") if either else None
+        self._end_triggers = tuple({_lower(v) for v in ends})
 
     def __call__(self, text: str) -> str:
         """Return *text* with every secret replaced."""
@@ -171,6 +186,8 @@ class Redactor:
         # (`DB_PASSWORD=ab,cdefgh1234`), take the short piece for prose, and hide the rest.
         if self._literal is not None:
             text = _sweep(text, self._literal, self._literal_triggers, lambda _m: REDACTED)
+        if self._ends is not None:
+            text = _sweep(text, self._ends, self._end_triggers, lambda _m: REDACTED)
         return _sweep(text, _SHAPES_RE, _TRIGGERS, self._replace)
 
     def _replace(self, m: re.Match[str]) -> str:
