@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from worktree_swarm.ui.tables import Column, _rich_render, render, table
 
 COLUMNS = (
@@ -68,3 +72,29 @@ def test_plain_text_is_laid_out_exactly_as_rich_lays_it_out() -> None:
     cases += [(table(COLUMNS, [row]),) for row in rows]
     for parts in cases:
         assert render(*parts, styled=False) == _rich_render(parts, styled=False), parts
+
+
+def test_on_a_narrow_terminal_a_rows_name_state_and_short_cells_stay_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rich shrank every column to fit 80 columns: the task id was gone and `done` read `d…`.
+    monkeypatch.setenv("COLUMNS", "60")
+    grid = table(
+        [Column(header="task"), Column(header="state", states=True),
+         Column(header="elapsed", align="right"), Column(header="worktree"),
+         Column(header="reason")],
+        [["fix-the-login-loop", "done", "12.3s", "/home/me/src/app.swarm/fix-the-login-loop",
+          "the agent changed nothing that the checks could see"],
+         ["a2", "failed", "0.0s", "/home/me/src/app.swarm/a2", "exit 3"]],
+    )  # fmt: skip
+    header, first, second = (line for line in render(grid, styled=True).splitlines())
+    assert strip_styles(header).split()[:3] == ["task", "state", "elapsed"]
+    assert "\x1b" in first  # styled: a terminal's colours
+    plain = [strip_styles(line) for line in (first, second)]
+    assert plain[0].split()[:3] == ["fix-the-login-loop", "done", "12.3s"]
+    assert plain[1].split()[:3] == ["a2", "failed", "0.0s"]
+    assert all(len(line) <= 60 for line in plain)  # the long texts gave way
+
+
+def strip_styles(line: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)

@@ -39,6 +39,10 @@ STATE_STYLES = {
 }
 # Wide enough that plain output never wraps: a line too long for a terminal is the reader's.
 _PLAIN_WIDTH = 1_000_000
+# Cells at most this wide are never cut on a narrow terminal (counts, times, short names).
+_SHORT = 16
+_GAP = 2  # spaces between two columns
+_FEW = 4  # what a long text keeps at least: three characters and `…`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,8 +79,13 @@ def table(
     return Grid(columns=tuple(columns), rows=cells, title=title)
 
 
-def rich_table(grid: Grid) -> Table:
-    """*grid* as a rich table (a live display draws it; styled output prints it)."""
+def rich_table(grid: Grid, width: int | None = None) -> Table:
+    """*grid* as a rich table (a live display draws it; styled output prints it).
+
+    Within *width* columns where it can: the long texts (a reason, a path) give way, cut
+    with ``…``; what names a row (its first cell), its state and the short cells (counts,
+    times) are kept whole. Rich alone would shrink every column alike, to nothing.
+    """
     from rich.table import Table  # noqa: PLC0415 - plain output never needs rich's tables
     from rich.text import Text  # noqa: PLC0415
 
@@ -89,8 +98,9 @@ def rich_table(grid: Grid) -> Table:
         header_style="bold",
         title_style="bold",
     )
-    for column in grid.columns:
-        drawn.add_column(Text(column.header), justify=column.align, no_wrap=True)
+    fitted = _fitted(grid, width)
+    for column, fit in zip(grid.columns, fitted, strict=True):
+        drawn.add_column(Text(column.header), justify=column.align, no_wrap=True, width=fit)
     for row in grid.rows:
         drawn.add_row(
             *(
@@ -99,6 +109,34 @@ def rich_table(grid: Grid) -> Table:
             )
         )
     return drawn
+
+
+def _fitted(grid: Grid, width: int | None) -> list[int | None]:
+    """Each column's width within *width* (None: as wide as its cells)."""
+    natural = [
+        max([cell_len(column.header)] + [cell_len(row[i]) for row in grid.rows])
+        for i, column in enumerate(grid.columns)
+    ]
+    if width is None:
+        return [None] * len(natural)
+    room = width - _GAP * (len(natural) - 1)
+    if sum(natural) <= room:
+        return [None] * len(natural)
+    kept = {
+        i
+        for i, (column, size) in enumerate(zip(grid.columns, natural, strict=True))
+        if i == 0 or column.states or size <= _SHORT
+    }
+    sizes = list(natural)
+    # The widest texts give a character each in turn, down to a few (a line still past the
+    # terminal's width is cut there: the last columns then).
+    while sum(sizes) > room:
+        cut = [i for i in range(len(sizes)) if i not in kept and sizes[i] > _FEW]
+        if not cut:
+            break
+        widest = max(cut, key=lambda i: sizes[i])
+        sizes[widest] -= 1
+    return [size if i not in kept else None for i, size in enumerate(sizes)]
 
 
 def render(*parts: Grid | str, styled: bool | None = None) -> str:
@@ -146,11 +184,13 @@ def _pad(cell: str, width: int, align: Literal["left", "right"]) -> str:
 
 def _rich_render(parts: Sequence[Grid | str], *, styled: bool) -> str:
     from rich.console import Console  # noqa: PLC0415 - plain output never needs rich's console
+    from rich.segment import Segment, Segments  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
+    width = shutil.get_terminal_size().columns if styled else _PLAIN_WIDTH
     console = Console(
         file=io.StringIO(),
-        width=shutil.get_terminal_size().columns if styled else _PLAIN_WIDTH,
+        width=width,
         force_terminal=styled,
         color_system="auto" if styled else None,
         markup=False,
@@ -160,6 +200,14 @@ def _rich_render(parts: Sequence[Grid | str], *, styled: bool) -> str:
     for part in parts:
         if isinstance(part, str):  # a line of its own: the terminal wraps it, never rich
             console.print(Text(part), soft_wrap=True)
+        elif styled:
+            # Laid out as wide as its cells (the long ones cut to fit), then each line cut at
+            # the terminal's edge: rich would shrink every column alike, the first to nothing.
+            drawn = rich_table(part, width)
+            wide = console.options.update_width(_PLAIN_WIDTH)
+            for line in console.render_lines(drawn, wide, pad=False):
+                cut = Segment.adjust_line_length(line, width, pad=False)
+                console.print(Segments([*cut, Segment.line()]), end="")
         else:
             console.print(rich_table(part))
     out = console.file.getvalue()  # type: ignore[attr-defined]
