@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import as_owner_only, git, reads_only, swarm_here
+from worktree_swarm.infra.lock import ManagerLock
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -1144,3 +1145,33 @@ def test_a_run_whose_output_no_one_reads_any_more_finishes_every_task(
     assert proc.wait(timeout=120) == 0, errors.read_text()
     rows = json.loads(swarm(repo, "status", "--json").stdout)["tasks"]
     assert {r["state"] for r in rows} == {"done"}, rows
+
+
+def test_a_run_that_made_the_same_branches_while_this_one_waited_for_the_lock_is_left_alone(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two `swarm run`s of the same task started together: both found no swarm/a, one took the
+    # lock and finished within the second the other waits for it. That other one then recorded
+    # a run of its own that took swarm/a over (failed), and `swarm clean` deleted its work.
+    agent = tmp_path / "agent.py"
+    agent.write_text("import pathlib\npathlib.Path('a.txt').write_text('the winner\\n')\n")
+    command = ["run", "-t", "a=x", "--agent", f"{sys.executable} {agent}"]
+    real = ManagerLock.acquire
+    raced: list[subprocess.CompletedProcess[str]] = []
+
+    def other_run_first(self: ManagerLock, **kwargs: str | None) -> None:
+        if not raced:  # after this run's checks, before its lock: the other run, whole
+            raced.append(swarm(repo, *command))
+        real(self, **kwargs)
+
+    monkeypatch.setattr(ManagerLock, "acquire", other_run_first)
+    out = swarm_here(repo, *command)
+    monkeypatch.undo()
+
+    assert raced[0].returncode == 0, raced[0].stderr
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("swarm: branch swarm/a ")
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert len(runs) == 1  # none recorded for the one refused
+    assert status_json(repo)["a"]["state"] == "done"
+    assert git(repo, "show", "swarm/a:a.txt") == "the winner"

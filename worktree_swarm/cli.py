@@ -284,14 +284,22 @@ def _detach(
 
 
 def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str) -> int:
+    from worktree_swarm.git import worktrees
     from worktree_swarm.infra.lock import ManagerLock
     from worktree_swarm.infra.store import Store
+    from worktree_swarm.run import runs
     from worktree_swarm.run.runner import Runner
+    from worktree_swarm.run.task_worker import worktree_path
 
     with ManagerLock(repo.state_dir) as lock:
         # Locked before the store is opened: beside a manager whose `.git/swarm` was deleted,
         # a store made here would be what that manager finds at its path when it writes back.
         lock.acquire()
+        # Checked again, now that no other manager can start: one started at the same instant
+        # (that finished while this one waited for the lock) may have made these branches and
+        # worktrees since; a run recorded here would take them over as its own, failed.
+        items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+        worktrees.preflight(repo, items, next_step=runs.next_step_for(repo))
         with Store(store_path(repo)) as store:
             if _uncommitted(checkout):
                 click.echo(

@@ -216,10 +216,17 @@ def settle_before_run(
                     abandoned = refuse_or_abandon(repo, store, force=True)
             refuse_or_abandon(repo, store, force=False)
 
+    return abandoned, next_step_for(repo)
+
+
+def next_step_for(repo: git.Repo) -> Callable[[str], str | None]:
+    """For the preflight: what to do about a branch a recorded run owns (None: no run does)."""
+    path = store_path(repo)
+
     def next_step(branch: str) -> str | None:
         if not path.exists():
             return None
         with Store(path) as store:
             return branch_next_step(store, branch, git.branches(repo))
 
-    return abandoned, next_step
+    return next_step
