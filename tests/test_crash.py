@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import filelock
 import psutil
 import pytest
 
@@ -352,6 +353,22 @@ def test_retry_takes_no_changes_tasks_only_by_name_and_never_a_done_one_whose_me
     assert "is done" in out.stderr
     assert launches.read_text() == ""
     assert status_json(repo)[conflicted]["merge_result"] == "conflicted"
+
+
+def test_a_retry_while_a_merge_runs_is_refused_and_changes_nothing(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # A merge in its checks holds its tasks' results as `checking`; a retry reset under it
+    # left the retried work recorded as merged when the merge ended, and never merged again.
+    failed_until(repo, tmp_path / "succeed", write_agent)
+    before = status_json(repo)["a"]
+    with filelock.FileLock(repo / ".git" / "swarm" / "merge.lock", thread_local=False):
+        out = swarm(repo, "retry", "a")
+    assert (out.returncode, out.stderr.count("\n")) == (3, 1), out.stdout + out.stderr
+    assert "a `swarm merge` is running in " in out.stderr
+    assert status_json(repo)["a"] == before
+    (tmp_path / "succeed").touch()
+    assert swarm(repo, "retry", "a").returncode == 0  # once the merge has finished
 
 
 def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes_nothing(

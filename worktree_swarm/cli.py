@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from worktree_swarm.config.settings import FLAGGED
-from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, SwarmError
+from worktree_swarm.core.errors import (
+    BadInputError,
+    CommandError,
+    ExitCode,
+    ManagerLockedError,
+    SwarmError,
+)
 from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
@@ -367,7 +373,7 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.infra.lock import ManagerLock, merge_lock_if_free
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
@@ -376,7 +382,14 @@ def retry_cmd(
         run_id = status.resolve_run(store, run_id)
         retry.check_known(store, run_id, task_ids)  # before the lock writes its record
         lock.acquire(run_id=run_id)
-        picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
+        # A merge in its checks holds a task's result as `checking` (a killed one's is undone
+        # by the next merge): reset under it, its record would call the retried work merged.
+        with merge_lock_if_free(repo.state_dir) as free:
+            if not free:
+                raise ManagerLockedError(
+                    f"a `swarm merge` is running in {repo.root}; retry once it has finished"
+                )
+            picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
         if picked:
             click.echo(f"retrying {', '.join(picked)} in run {run_id}", err=True)
         return _execute(
