@@ -10,11 +10,13 @@ import contextlib
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -598,10 +600,10 @@ def test_a_usage_window_resumed_near_its_end_holds_only_its_own_task(
     reset_file, go = repo.parent / "reset", repo.parent / "go"
     agent = write_agent(f"RESET = {str(reset_file)!r}\nGO = {str(go)!r}\n" + WINDOW_OR_WORK)
     text = (
-        f'[defaults]\nagent = {argv_toml(agent)}\njobs = 1\nmax_wait = "1h"\n'
-        '[[task]]\nid = "w"\nprompt = "w"\npriority = 3\n'
-        '[[task]]\nid = "b1"\nprompt = "b1"\npriority = 2\n'
-        '[[task]]\nid = "b2"\nprompt = "b2"\npriority = 1\n'
+        f'[defaults]\nagent = {argv_toml(agent)}\njobs = 2\nmax_wait = "1h"\n'
+        '[[task]]\nid = "w"\nprompt = "w"\n'
+        '[[task]]\nid = "b1"\nprompt = "b1"\n'
+        '[[task]]\nid = "b2"\nprompt = "b2"\ndepends_on = ["b1"]\n'  # startable after b1
     )
     run_killed_once(
         repo,
@@ -614,7 +616,7 @@ def test_a_usage_window_resumed_near_its_end_holds_only_its_own_task(
     resumed = swarm_bg(repo, "resume")
     try:
         go.touch()
-        # b1 ends, and b2 starts at once: not held until w's reset, minutes away.
+        # b1 ends, and b2 starts: not held until w's reset, minutes away.
         wait_for(lambda: status_json(repo)["b2"]["state"] == "done", what="b2 done")
         assert time.time() < reset - 200
         assert status_json(repo)["w"]["state"] == "rate_limited"
@@ -1189,3 +1191,121 @@ def test_doctor_and_clean_beside_a_live_manager_whose_state_was_deleted_touch_no
         assert f"though {state} was deleted under it" in out.stderr
     assert worktree.is_dir()
     assert git(repo, "branch", "--list", "swarm/a")
+
+
+WAIT_OR_FAIL = r"""
+import os, pathlib, sys, time
+me, here = os.environ["SWARM_TASK_ID"], pathlib.Path(DIR)
+pathlib.Path(me + ".txt").write_text("started\n")
+(here / f"{me}.pid").write_text(str(os.getpid()))
+if me == "z" and not (here / "z.ok").exists():
+    sys.exit(3)  # fails the first time
+while not (here / f"{me}.go").exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_run_without_a_manager_is_stopped_while_another_runs_manager_is_alive(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # `swarm stop --run R1` asked "a manager" (the other run's, busy with a retry) to stop R1's
+    # tasks, waited 40 s and failed, its agents left running.
+    agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + WAIT_OR_FAIL)
+    command = ["--agent", shlex.join(agent)]
+    assert swarm(repo, "run", *command, "-t", "z=x").returncode == 1
+    orphaned = swarm_bg(repo, "run", *command, "-t", "w=x")
+    wait_for((tmp_path / "w.pid").exists, what="w's agent")
+    orphaned.send_signal(signal.SIGKILL)
+    orphaned.wait(timeout=30)
+    first, second = (r["run_id"] for r in json.loads(swarm(repo, "runs", "--json").stdout)["runs"])
+    (tmp_path / "z.pid").unlink()
+    (tmp_path / "z.ok").touch()
+    retried = swarm_bg(repo, "retry", "z", "--run", first)  # the other run's manager, alive
+    try:
+        wait_for((tmp_path / "z.pid").exists, what="z's retried agent")
+        out = swarm(repo, "stop", "--run", second, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout == "stopped: w\n"
+        assert not pid_alive(int((tmp_path / "w.pid").read_text()))
+        assert status_json(repo, "--run", second)["w"]["state"] == "stopped"
+        assert branch_file(repo, "swarm/w", "w.txt") == "started"
+        (tmp_path / "z.go").touch()
+        assert retried.wait(timeout=60) == 0
+    finally:
+        retried.kill()
+    assert status_json(repo, "--run", first)["z"]["state"] == "done"
+
+
+PACED = r"""
+import os, pathlib, sys, time
+me, here = os.environ["SWARM_TASK_ID"], pathlib.Path(DIR)
+if me == "a":  # a usage window of one task's word: the provider is paced, not held
+    (here / "a.said").write_text("")
+    print(f"Claude AI usage limit reached|{int(time.time()) + 900}")
+    sys.exit(1)
+if me == "b":  # ends right after a's limit, while the provider's launches are paced
+    while not (here / "a.said").exists():
+        time.sleep(0.02)
+pathlib.Path(me + ".txt").write_text("done\n")
+"""
+
+
+@pytest.mark.slow  # waits out a pacing of seconds
+def test_a_task_held_by_its_providers_pacing_starts_when_the_pacing_ends(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # c became ready (b done) while the provider was paced after a's limit: held, it was
+    # looked at again only at the next event, a's reset fifteen minutes away.
+    agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + PACED)
+    text = (
+        f'[defaults]\nagent = {argv_toml(agent)}\njobs = 2\nmax_wait = "1h"\n'
+        'rate_limit_backoff = "6s"\n'
+        '[[task]]\nid = "a"\nprompt = "a"\n'
+        '[[task]]\nid = "b"\nprompt = "b"\n'
+        '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n'
+    )
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    try:
+        wait_for(lambda: task_state(repo, "c") == "done", what="c done")
+        assert status_json(repo)["a"]["state"] == "rate_limited"
+        assert swarm(repo, "stop").returncode == 0
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+
+
+def task_state(repo: Path, task: str) -> str | None:
+    """*task*'s state in the store (None before the store or the task is there)."""
+    if not (repo / ".git" / "swarm" / "state.db").exists():
+        return None
+    try:
+        with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+            row = db.execute("SELECT state FROM tasks WHERE task_id = ?", (task,)).fetchone()
+    except sqlite3.OperationalError:  # the manager is still creating the store
+        return None
+    return None if row is None else str(row[0])
+
+
+def test_following_a_log_ends_when_its_agent_ends_with_no_manager_to_record_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # With the manager killed nothing records the attempt's end: `swarm logs -f` followed an
+    # ended agent's log for ever.
+    agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + WAIT_OR_FAIL)
+    orphaned = swarm_bg(repo, "run", "--agent", shlex.join(agent), "-t", "w=x")
+    wait_for((tmp_path / "w.pid").exists, what="w's agent")
+    orphaned.send_signal(signal.SIGKILL)
+    orphaned.wait(timeout=30)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "logs", "w", "-f"],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert pid_alive(int((tmp_path / "w.pid").read_text()))
+        (tmp_path / "w.go").touch()
+        assert follower.wait(timeout=30) == 0
+    finally:
+        follower.kill()
+        follower.wait()

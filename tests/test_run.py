@@ -103,8 +103,8 @@ def state_db(repo: Path) -> sqlite3.Connection:
     return sqlite3.connect(repo / ".git" / "swarm" / "state.db")
 
 
-def status_json(repo: Path) -> dict[str, dict[str, object]]:
-    out = swarm(repo, "status", "--json")
+def status_json(repo: Path, *args: str) -> dict[str, dict[str, object]]:
+    out = swarm(repo, "status", "--json", *args)
     assert out.returncode == 0, out.stderr
     return {t["task_id"]: t for t in json.loads(out.stdout)["tasks"]}
 

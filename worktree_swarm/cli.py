@@ -559,7 +559,23 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
 
 
 def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
-    return any(a.id == attempt_id and a.ended_at is not None for a in store.attempts(run_id))
+    """Whether the attempt followed has ended: recorded so, or its agent gone unwatched.
+
+    With no manager of the run alive nothing records its end until a `swarm resume` or
+    `swarm stop`: a follower stops once the agent's process is gone.
+    """
+    from worktree_swarm.core.models import ProcessIdentity
+    from worktree_swarm.infra import supervisor
+    from worktree_swarm.run import runs
+
+    attempt = next((a for a in store.attempts(run_id) if a.id == attempt_id), None)
+    if attempt is None or attempt.ended_at is not None:
+        return True
+    run = store.get_run(run_id)
+    if run is None or runs.manager_running(run):
+        return False
+    agent = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
+    return not supervisor.is_alive(agent)
 
 
 @cli.command(epilog=_example("swarm stop fix-login", "swarm stop   # every task of the latest run"))

@@ -140,6 +140,12 @@ def describe_holder(state_dir: Path) -> str:
     return f"(pid {info['pid']}{run})"
 
 
+def holder_run(state_dir: Path) -> str | None:
+    """The run the process that last took the manager lock named (None: a new run, or none)."""
+    run = _holder(state_dir).get("run_id")
+    return run if isinstance(run, str) else None
+
+
 def holder_pid(state_dir: Path) -> int | None:
     """The PID that last took the manager lock (check `manager_alive` for whether it holds it)."""
     pid = _holder(state_dir).get("pid")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import filelock
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
@@ -19,7 +23,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import integrity
+from worktree_swarm.guard import channel, integrity
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
@@ -29,34 +33,85 @@ from worktree_swarm.run.task_worker import LOG_READ_LIMIT, attempt_outcome
 
 
 def stop(
-    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, grace: float = 5.0
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    grace: float | None = None,
 ) -> list[str]:
     """Ask the manager to stop *task_ids* (all when empty); returns the tasks asked.
 
-    When no manager is alive (it crashed), stop the recorded agent trees directly,
-    checkpoint their worktrees and mark them stopped, so no work or process is left.
+    When the run has no manager alive (it crashed), stop the recorded agent trees directly,
+    checkpoint their worktrees and mark them stopped, so no work or process is left: under
+    the manager lock when no manager holds it (a `swarm resume`, `run --force` or doctor
+    waits), and one such stop at a time. *grace*: the run's own ``kill_grace`` by default.
     """
     rows = {row.task_id: row for row in store.tasks(run_id)}
     for task_id in task_ids:
         if task_id not in rows:
             raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+    run = store.get_run(run_id)
+    if grace is None:
+        grace = run.settings.kill_grace if run is not None else DEFAULT_GRACE
     targets = [t for t in (task_ids or rows) if not rows[t].state.is_final]
     for task_id in targets:
         store.update_task(run_id, task_id, stop_requested=True)
-    if lock.manager_alive(repo.state_dir):
-        left = _wait_final(repo, store, run_id, targets, deadline=time.monotonic() + 2 * grace + 30)
+    left = targets
+    if _managed(repo, store, run_id):
+        # It stops each within its grace, a group of them at once; checkpoints take a while.
+        deadline = time.monotonic() + 2 * grace + 30
+        left = _wait_final(repo, store, run_id, targets, deadline=deadline)
         if not left:
             return targets
-        if lock.manager_alive(repo.state_dir):
+        if _managed(repo, store, run_id):
             raise SwarmError(
                 f"the manager has not stopped {', '.join(left)} yet; `swarm status` shows them"
             )
         # The manager died before it stopped them: stopped here, as with no manager.
+    with _unmanaged_stop(repo, run_id):
         stop_unmanaged(repo, store, run_id, left, grace=grace)
-    else:
-        stop_unmanaged(repo, store, run_id, targets, grace=grace)
     end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
     return targets
+
+
+DEFAULT_GRACE = 5.0
+
+
+def _managed(repo: git.Repo, store: Store, run_id: str) -> bool:
+    """Whether a manager of *run_id* is alive: the one recorded, or one taking it over now."""
+    if not lock.manager_alive(repo.state_dir):
+        return False
+    if lock.holder_run(repo.state_dir) == run_id:  # a resume or retry, maybe not recorded yet
+        return True
+    run = store.get_run(run_id)
+    if run is None or run.manager_pid is None or run.manager_create_time is None:
+        return False
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    return supervisor.is_alive(ident)
+
+
+@contextlib.contextmanager
+def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[None]:
+    """Hold the manager lock while a run's agents are stopped without a manager.
+
+    When no manager holds it (another run's may: then this run has none to wait for), so
+    that a resume, `run --force` or doctor does not take the run over meanwhile.
+    """
+    with contextlib.ExitStack() as held:
+        if not lock.manager_alive(repo.state_dir):
+            manager = held.enter_context(lock.ManagerLock(repo.state_dir))
+            manager.acquire(run_id=run_id)
+        yield
+
+
+STOP_LOCK = "stop.lock"
+
+
+def _not_final(store: Store, run_id: str, task_ids: Sequence[str]) -> list[str]:
+    """Those of *task_ids* not final yet (another stop may have ended them meanwhile)."""
+    rows = {row.task_id: row for row in store.tasks(run_id)}
+    return [t for t in task_ids if t in rows and not rows[t].state.is_final]
 
 
 def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
@@ -81,7 +136,18 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
 def stop_unmanaged(
     repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, grace: float = 5.0
 ) -> list[str]:
-    """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped."""
+    """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped.
+
+    One such stop at a time (`swarm stop`, `run --force`, doctor): two would checkpoint the
+    same worktree at once. The agents' trees are killed together, each given *grace*.
+    """
+    with filelock.FileLock(repo.state_dir / STOP_LOCK, thread_local=False):
+        return _stop_unmanaged(repo, store, run_id, _not_final(store, run_id, targets), grace)
+
+
+def _stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], grace: float
+) -> list[str]:
     run = store.get_run(run_id)
     if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
         from worktree_swarm.run import ray_exec  # noqa: PLC0415 - Ray only for such runs
@@ -93,19 +159,27 @@ def stop_unmanaged(
     verdicts, _ = retry.since_last_retry(
         store, run_id, {t for t, r in rows.items() if r.state.is_final}
     )
+    ended: dict[str, AgentResult | None] = {}  # how an agent that ended unwatched went
+    open_attempts: list[AttemptRow] = []
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
-        ended: AgentResult | None = None  # how an agent that ended unwatched went
+        ended[task_id] = None
         for attempt in store.attempts(run_id, task_id):
             if attempt.ended_at is None:
                 # Read as the agent it ran (a fallback's, maybe) would be.
-                ended = _ended_by_itself(store, attempt, attempt.agent or task.agent)
-                ident = ProcessIdentity(
-                    pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
-                )
-                supervisor.kill_tree(ident, grace=grace)  # what it left, or all of it
-                if ended is None:
-                    store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
+                ended[task_id] = _ended_by_itself(store, attempt, attempt.agent or task.agent)
+                open_attempts.append(attempt)
+    # What they left, or all of them: at once, so that N agents take one grace, not N.
+    idents = [
+        ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid) for a in open_attempts
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(idents)))) as pool:
+        list(pool.map(lambda ident: supervisor.kill_tree(ident, grace=grace), idents))
+    for attempt in open_attempts:
+        if ended[attempt.task_id] is None:
+            store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
+    for task_id in targets:
+        task = task_from_json(rows[task_id].spec_json)
         _kill_steps(repo.state_dir / "runs" / run_id / task_id, grace=grace)
         worktree = Path(rows[task_id].worktree)
         # An agent its manager launched but was killed before recording.
@@ -118,22 +192,26 @@ def stop_unmanaged(
         provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
         if worktree.is_dir():  # every target is active (not final)
             links = task.link
-            tip = git.checkpoint(
-                worktree,
-                message=f"swarm: checkpoint {task_id} (stopped)"
-                + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
-                author=commit_author(store, run_id),
-                exclude=worktrees.local_paths(
-                    worktree, link=links, copy=task.copy, base=rows[task_id].base_commit
-                ),
-                droppings=adapter_for(task.agent).droppings,
-            )
+            # Announced: another run's manager may be alive, its guard watching this branch.
+            ref = f"refs/heads/{rows[task_id].branch}"
+            with channel.moving_refs(repo, [ref]) as moves:
+                tip = git.checkpoint(
+                    worktree,
+                    message=f"swarm: checkpoint {task_id} (stopped)"
+                    + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
+                    author=commit_author(store, run_id),
+                    exclude=worktrees.local_paths(
+                        worktree, link=links, copy=task.copy, base=rows[task_id].base_commit
+                    ),
+                    droppings=adapter_for(task.agent).droppings,
+                )
+                moves.moved(ref, git.rev_parse(repo, ref))
             worktrees.unlink_links(repo.root, worktree, links)
             _record_diff(repo, store, rows[task_id], tip or git.head_in(worktree))
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
-            else _as_it_ended(store.task(run_id, task_id), task, ended)
+            else _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         )
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)

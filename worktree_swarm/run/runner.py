@@ -100,6 +100,7 @@ class Runner:
         self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
         self._starved = False  # a launch of this pass of the run loop found no thread
+        self._wake_at: float | None = None  # when a hold that keeps a pending task back ends
         self.gate = Gates(
             spec.jobs,
             max_cost_usd=spec.max_cost_usd,
@@ -363,12 +364,23 @@ class Runner:
         # task starts while its own provider is held: it would only wait too.
         resting = self._resting()
         slots = 2 * self.spec.jobs - (len(self._live) - resting)
+        holds: list[float] = []  # when the holds that kept a task back end
+
+        def waits(task: Task) -> bool:
+            if resting == 0:
+                return False
+            until = self.gate.waiting_until(provider_of(task.agent))
+            if until is not None:
+                holds.append(until)
+            return until is not None
+
         picked = self._scheduler.pick(
-            states=self._states,
-            running=self._live.keys(),
-            slots=slots,
-            waits=lambda task: resting > 0 and self._held(task),
+            states=self._states, running=self._live.keys(), slots=slots, waits=waits
         )
+        # Looked at again once the first hold ends, whatever else happens meanwhile: a task
+        # held by its provider's pacing waited for the next event, maybe another task's reset
+        # minutes away.
+        self._wake_at = min(holds, default=None)
         for task_id in picked:
             if not self._launch(Live(task=self._tasks[task_id], port_slot=None)):
                 break  # no thread for it now: pending, picked again later
@@ -378,10 +390,6 @@ class Runner:
     def _resting(self) -> int:
         """How many tasks in flight wait out a rate limit of their provider."""
         return sum(1 for live in self._live.values() if live.waiting)
-
-    def _held(self, task: Task) -> bool:
-        """Whether a rate limit holds *task*'s provider (its agent's, fallbacks aside)."""
-        return self.gate.waiting_until(provider_of(task.agent)) is not None
 
     def _launch(self, live: Live) -> bool:
         """Start *live*'s worker thread; False when no thread can start now (it is not live).
@@ -433,6 +441,8 @@ class Runner:
             except queue.Empty:
                 if self._worker.halted() is not None or self._resting() > resting:
                     return
+                if self._wake_at is not None and time.time() >= self._wake_at:
+                    return  # a hold on a pending task's provider ended: launch it now
                 self._poll_stop_requests()
                 self._apply_guard()
                 continue

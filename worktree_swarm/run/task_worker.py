@@ -825,7 +825,9 @@ class TaskWorker(RunWorker):
         cost: float | None = None
         try:
             try:
-                ended = self._watched(task, live, agent, attempt.started_at, attempt.id)
+                ended = self._watched(
+                    task, live, agent, attempt.started_at, attempt.id, gone_since=gone_since
+                )
             finally:
                 self.guard.agent_ended(live.task.id)
             # What the shim saw, when the agent ended while no manager watched it.
@@ -846,6 +848,8 @@ class TaskWorker(RunWorker):
         agent: supervisor.Supervised,
         started_at: float,
         attempt_id: int,
+        *,
+        gone_since: float | None = None,
     ) -> _Ended:
         """:meth:`_watch`; after an internal error in it, the agent is stopped first.
 
@@ -853,7 +857,7 @@ class TaskWorker(RunWorker):
         its work is kept.
         """
         try:
-            return self._watch(task, live, agent, started_at)
+            return self._watch(task, live, agent, started_at, gone_since=gone_since)
         except Exception as exc:
             with contextlib.suppress(Exception):  # the error that got here is the one to tell
                 code = agent.stop(grace=self.spec.kill_grace)
@@ -882,9 +886,19 @@ class TaskWorker(RunWorker):
         return r.cost_usd
 
     def _watch(
-        self, task: Task, live: Live, agent: supervisor.Supervised, started_at: float
+        self,
+        task: Task,
+        live: Live,
+        agent: supervisor.Supervised,
+        started_at: float,
+        *,
+        gone_since: float | None = None,
     ) -> _Ended:
-        """Wait for the agent to end, enforcing timeouts and stop requests."""
+        """Wait for the agent to end, enforcing timeouts and stop requests.
+
+        *gone_since*: an adopted agent found ended, its last sign of life (its end, when its
+        shim recorded none).
+        """
         timeouts = _Timeouts.start(task, agent, started_at)
         adapter = adapter_for(task.agent)
         # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
@@ -902,12 +916,15 @@ class TaskWorker(RunWorker):
             if ended:
                 self._kill_leftovers(agent.log_path)
                 text = _read_log(agent.log_path)
-                result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
-                self._report_end(task.id, provider, result, live=tail)
+                # Read as of its end: one that ended while no manager watched (adopted) said
+                # "resets in N s" then, and a reset 302 s away then is a usage window still.
+                at = _ended_at(agent.log_path, gone_since)
+                result = adapter.interpret(exit_code=code, log_text=text, now=at)
+                self._report_end(task.id, provider, result, live=tail, now=at)
                 stoppable = result.outcome is not AgentOutcome.SUCCESS
                 if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
-                return _Ended(result=result)
+                return _Ended(result=result, usage_window=stated_window(result, at))
             if (
                 retrying is not None
                 and seen != (seen := fs.size_of(agent.log_path))
@@ -971,13 +988,20 @@ class TaskWorker(RunWorker):
         )
 
     def _report_end(
-        self, task_id: str, provider: str, result: AgentResult, *, live: LogTail | None
+        self,
+        task_id: str,
+        provider: str,
+        result: AgentResult,
+        *,
+        live: LogTail | None,
+        now: float | None = None,
     ) -> None:
         """Tell the gate how a whole attempt went, unless its stream already did.
 
         A usage window is told again: an attempt that ended on it confirms what its stream said.
+        *now*: when the attempt ended (its limit's kind is judged as of then).
         """
-        kind = limit_kind(retry_at=result.retry_at, now=time.time())
+        kind = limit_kind(retry_at=result.retry_at, now=time.time() if now is None else now)
         window = kind is Signal.WINDOW
         if result.outcome is AgentOutcome.RATE_LIMITED and (window or not (live and live.limited)):
             detail = "usage limit" if window else "rate limited"
@@ -1224,6 +1248,17 @@ def attempt_outcome(result: AgentResult) -> AttemptOutcome:
     if result.outcome is AgentOutcome.SUCCESS:
         return AttemptOutcome.SUCCEEDED
     return AttemptOutcome.FAILED
+
+
+def _ended_at(log: Path, gone_since: float | None = None) -> float:
+    """When the agent of *log* ended, as its shim recorded it.
+
+    Else *gone_since* (an adopted agent found gone), else now (one watched to its end).
+    """
+    record = supervisor.read_record(supervisor.record_path(log))
+    if record is not None and record.ended_at:
+        return record.ended_at
+    return time.time() if gone_since is None else gone_since
 
 
 def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:
