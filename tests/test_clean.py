@@ -911,6 +911,39 @@ def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_a_merge_undone_after_clean_deleted_its_branch_is_kept_and_can_be_merged_again(
+    repo: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
+    assert swarm(repo, "merge").returncode == 0
+    branch = git(repo, "branch", "--list", "swarm/integration-*", "--format=%(refname:short)")
+    assert swarm(repo, "clean", "--yes").returncode == 0  # swarm/aa goes: merged into it
+    assert git(repo, "branch", "--list", "swarm/aa") == ""
+    work = git(repo, "rev-parse", f"{branch}^2")
+    git(repo, "branch", "-f", branch, "main")  # the merge undone by hand: `undone`
+
+    # The next merge cannot merge it again by itself: it says how to bring the branch back.
+    again = swarm(repo, "merge")
+    assert again.returncode == 1
+    assert f"bring it back with `git branch swarm/aa {work[:12]}`" in again.stdout
+    # Its integration branch (now merged into main) holds the only record of that work, in
+    # its reflog: clean keeps it.
+    planned = report(repo, "clean", "--yes", code=0)
+    assert planned[branch]["action"] == "keep"
+    assert (
+        "the merges of aa were undone on it and their branches are gone"
+        in (planned[branch]["reason"])
+    )
+    assert git(repo, "branch", "--list", branch) != ""
+    git(repo, "branch", "swarm/aa", work[:12])
+    assert swarm(repo, "merge").returncode == 0
+    assert git(repo, "show", f"{branch}:aa.txt") == "x"
+
+
 def test_clean_yes_keeps_a_landed_integration_branch_whose_worktree_holds_new_work(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ list, delete its branch when merged (or with ``force``). What was removed is rec
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,6 +226,7 @@ def plan_clean(
                 force=force,
                 look=look,
                 unchecked=_cut_off(tasks, integration_branch(run_id)),
+                stranded=_stranded(repo, tasks, integration_branch(run_id), seen.tips),
             )
             findings += found
             if any(f.action is Action.DELETE_BRANCH for f in found):
@@ -533,10 +534,13 @@ def _plan_integration(
     force: bool,
     look: bool,
     unchecked: Iterable[str] = (),
+    stranded: Sequence[str] = (),
 ) -> list[Finding]:
     """The run's `swarm merge` worktree (removed) and branch (deleted once merged, or forced).
 
     *unchecked*: the tasks whose merge into it was cut off in its checks (not to be landed).
+    *stranded*: the tasks whose merge into it was undone since, their own branches gone:
+    their work is only in its reflog, which deleting it deletes (kept unless forced).
 
     *own* is where swarm keeps that worktree: the branch checked out anywhere else is in a
     checkout of yours (`git worktree add ../review swarm/integration-<run>`), never removed.
@@ -576,6 +580,13 @@ def _plan_integration(
     if elsewhere:
         reason = f"{why}; checked out in {elsewhere}"
         action, fix = Action.KEEP, "kept: check out another branch there first"
+    elif stranded and not force:
+        reason = (
+            f"{why}; the merges of {', '.join(stranded)} were undone on it and their branches "
+            "are gone: their work is only in its reflog"
+        )
+        action = Action.KEEP
+        fix = "kept: `swarm merge` names the commits to restore them from (or use --force)"
     elif merged or force:
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
         action, fix = Action.DELETE_BRANCH, "delete it"
@@ -602,6 +613,25 @@ def _plan_integration(
         )
     )
     return found
+
+
+def _stranded(
+    repo: git.Repo, tasks: Sequence[TaskRow], branch: str, tips: Mapping[str, str]
+) -> list[str]:
+    """Tasks merged into *branch* whose merge it no longer holds, their own branches gone."""
+    here = [
+        t
+        for t in tasks
+        if t.merge_result == "merged"
+        and t.merge_target == branch
+        and t.merge_commit
+        and t.branch not in tips
+    ]
+    tip = tips.get(branch)
+    if not here or tip is None:
+        return []
+    held = git.contained(repo, tip, [t.merge_commit for t in here if t.merge_commit])
+    return [t.task_id for t in here if t.merge_commit not in held]
 
 
 def _plan_task_worktree(

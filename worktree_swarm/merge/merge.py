@@ -374,6 +374,23 @@ def select_candidates(
     return kept, skipped + held
 
 
+def _restore_from(repo: git.Repo, row: TaskRow) -> str:
+    """How to bring back the branch of a task merged once (`swarm clean` deleted it then).
+
+    Its work is its merge commit's second parent, while that commit is kept (the reflog of
+    the branch it was merged into): none after a squash, whose commit has one parent.
+    """
+    if row.merge_result != MergeOutcome.MERGED or not row.merge_commit:
+        return ""
+    work = git.rev_parse(repo, f"{row.merge_commit}^2^{{commit}}")
+    if work is None:
+        return ""
+    return (
+        f" (deleted once merged into {row.merge_target}); bring it back with"
+        f" `git branch {row.branch} {work[:12]}`, then merge it again"
+    )
+
+
 def _skip_reason(
     repo: git.Repo,
     row: TaskRow,
@@ -396,7 +413,7 @@ def _skip_reason(
     if tip is None and row.base_commit is None:
         return f"it never ran ({row.state.value}): no branch {row.branch}"
     if tip is None:
-        return f"branch {row.branch} is gone"
+        return f"branch {row.branch} is gone{_restore_from(repo, row)}"
     if base is None or base == tip:
         return "no commits on its branch"
     if leak := _leak(repo, row, run_base or base, tip):
