@@ -312,9 +312,32 @@ def test_claude_stream_json_allowed_events_do_not_spoil_success(attempt: Attempt
 
 
 def test_claude_killed_mid_stream_keeps_its_session_for_resume(attempt: Attempt) -> None:
-    run = attempt("claude", stdout=jsonl(CLAUDE_INIT, CLAUDE_ASSISTANT), kill=True)
+    run = attempt("claude", stdout=jsonl(CLAUDE_INIT), kill=True)
     assert run.result == AgentResult(
         outcome=AgentOutcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
+    )
+
+
+def test_claude_killed_mid_stream_counts_the_tokens_its_messages_reported(
+    attempt: Attempt,
+) -> None:
+    # A timeout or `swarm stop` leaves no result: what the messages so far used still counts
+    # (each message once, however many of its blocks repeated its usage); no cost is known.
+    second = json.loads(json.dumps(CLAUDE_ASSISTANT))
+    second["message"].update(
+        id="msg_02",
+        usage={"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": 50},
+    )
+    lines = jsonl(CLAUDE_INIT, CLAUDE_ASSISTANT, CLAUDE_ASSISTANT, second)
+    run = attempt("claude", stdout=lines, kill=True)
+    assert run.result == AgentResult(
+        outcome=AgentOutcome.FAILED,
+        reason="claude killed by signal 9",
+        session_id=SESSION,
+        tokens_in=103,
+        tokens_out=26,
+        cache_read_tokens=50,
+        cache_write_tokens=0,
     )
 
 
@@ -335,9 +358,8 @@ def test_claude_killed_after_the_model_wrote_a_usage_limit_line_is_no_rate_limit
     }
     stdout = jsonl(CLAUDE_INIT, {**CLAUDE_ASSISTANT, "message": said}, ran)
     run = attempt("claude", stdout=stdout, kill=True)
-    assert run.result == AgentResult(
-        outcome=AgentOutcome.FAILED, reason="claude killed by signal 9", session_id=SESSION
-    )
+    assert run.result.outcome is AgentOutcome.FAILED
+    assert (run.result.reason, run.result.session_id) == ("claude killed by signal 9", SESSION)
 
 
 def test_claude_max_turns_is_a_failure_with_its_subtype(attempt: Attempt) -> None:

@@ -95,3 +95,24 @@ def test_a_replayed_wait_already_over_resumes_at_once() -> None:
     gate = Gates(4, backoff_base=30.0)
     course.throttled(task, throttle, gate, provider="p", replayed=True, progressed=False)
     assert course.not_before <= time.time()  # no new backoff on top of the one that ran out
+
+
+def test_an_agent_retried_after_its_timeout_or_a_stop_is_told_so(tmp_path: Path) -> None:
+    # "You were interrupted (rate limit or restart)" told a timed-out agent nothing of why.
+    task = Task(id="a", prompt="do a")
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
+            spec_json="{}", created_at=1.0,
+        )  # fmt: skip
+        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        prompts = []
+        for number, outcome in enumerate(("timed_out", "stopped", "rate_limited"), start=1):
+            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            store.end_attempt(attempt, exit_code=None, outcome=outcome)
+            prompts.append(Course.resumed(task, store.attempts("r1", "a")).prompt)
+    assert prompts[0] is not None
+    assert prompts[0].startswith("Your previous attempt was stopped: it ran past its time limit.")
+    assert prompts[1] is not None
+    assert prompts[1].startswith("Your previous attempt was stopped by the user.")
+    assert prompts[2] == RESUME_PROMPT

@@ -11,6 +11,7 @@ stream-json adds ``rate_limit_event`` lines whose ``rate_limit_info.status`` is 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +102,20 @@ class ClaudeAdapter:
         rejected_at, rejected = _rejected_reset(objects)
         results = [o for o in objects if o.get("type") == "result"]
         if not results:
+            # Cut short (a timeout, `swarm stop`, a crash): the tokens its messages reported
+            # so far are still what it used; its cost only a result tells.
+            used = _streamed_usage(objects)
             if rejected:
-                return AgentResult(
+                limited = AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
                     reason="claude rate limited: usage limit rejected the request",
-                    session_id=session_id,
                     retry_at=rejected_at,
                 )
+                return _with(limited, session_id=session_id, used=used)
             fallback = interpret_by_exit(
                 exit_code=exit_code, log_text=log_text, now=now, label="claude", skip_json=True
             )
-            return _with(fallback, session_id=session_id)
+            return _with(fallback, session_id=session_id, used=used)
         return _from_result(
             results[-1], exit_code=exit_code, now=now, session_id=session_id, reset=rejected_at
         )
@@ -230,10 +234,49 @@ def _rejected_reset(objects: list[dict[str, Any]]) -> tuple[float | None, bool]:
     return reset, found
 
 
-def _with(result: AgentResult, *, session_id: str | None) -> AgentResult:
+def _with(result: AgentResult, *, session_id: str | None, used: _Streamed) -> AgentResult:
     return AgentResult(
         outcome=result.outcome,
         reason=result.reason,
         session_id=session_id,
         retry_at=result.retry_at,
+        tokens_in=used.tokens_in,
+        tokens_out=used.tokens_out,
+        cache_read_tokens=used.cache_read,
+        cache_write_tokens=used.cache_write,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """The tokens an attempt's ``assistant`` events reported (None: no message reported any)."""
+
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+
+
+def _streamed_usage(objects: list[dict[str, Any]]) -> _Streamed:
+    """The tokens the ``assistant`` events report, each message counted once.
+
+    A message's events (one per content block) each carry its usage; the last one's counts.
+    """
+    last: dict[str, dict[str, Any]] = {}
+    for o in objects:
+        message = o.get("message") if o.get("type") == "assistant" else None
+        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+            continue
+        last[str(message.get("id") or len(last))] = message["usage"]
+    if not last:
+        return _Streamed()
+
+    def total(key: str) -> int:
+        return sum(as_int(usage.get(key)) or 0 for usage in last.values())
+
+    return _Streamed(
+        tokens_in=total("input_tokens"),
+        tokens_out=total("output_tokens"),
+        cache_read=total("cache_read_input_tokens"),
+        cache_write=total("cache_creation_input_tokens"),
     )

@@ -10,6 +10,7 @@ attempt got nothing done, or fail with the work kept once its retries are spent.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worktree_swarm.agents import AgentResult
@@ -25,6 +26,23 @@ RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "
     "your earlier edits are already in this worktree."
 )
+# After an attempt cut short otherwise (a `swarm retry` of the task): what happened to it.
+_CUT_SHORT = {
+    AttemptOutcome.TIMED_OUT.value: (
+        "Your previous attempt was stopped: it ran past its time limit. Continue the task "
+        "where you left off, in smaller steps; your earlier edits are already in this worktree."
+    ),
+    AttemptOutcome.STOPPED.value: (
+        "Your previous attempt was stopped by the user. Continue the task where you left off; "
+        "your earlier edits are already in this worktree."
+    ),
+}
+
+
+def resume_prompt(previous: Sequence[AttemptRow]) -> str:
+    """What an agent is told when it goes on after *previous* attempts (the last one's end)."""
+    last = previous[-1].outcome if previous else None
+    return _CUT_SHORT.get(last or "", RESUME_PROMPT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -81,7 +99,7 @@ class Course:
             agent=agent,
             session=session,
             retries_left=task.retries - len(spent),
-            prompt=RESUME_PROMPT if since or (previous and session) else None,
+            prompt=resume_prompt(previous) if since or (previous and session) else None,
             throttles=streak,
             pending=instruction,
             repairs_left=max(0, task.repair - repairs),
