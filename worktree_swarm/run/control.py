@@ -106,6 +106,7 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[None]:
 
 
 STOP_LOCK = "stop.lock"
+STOP_WAIT = 300.0  # seconds another stop may take before this one gives up
 
 
 def _not_final(store: Store, run_id: str, task_ids: Sequence[str]) -> list[str]:
@@ -141,8 +142,20 @@ def stop_unmanaged(
     One such stop at a time (`swarm stop`, `run --force`, doctor): two would checkpoint the
     same worktree at once. The agents' trees are killed together, each given *grace*.
     """
-    with filelock.FileLock(repo.state_dir / STOP_LOCK, thread_local=False):
+    stopping = filelock.FileLock(repo.state_dir / STOP_LOCK, thread_local=False)
+    try:
+        # Another stop kills and checkpoints within its grace per agent: a lock held longer
+        # is no stop's (an agent's, outside --sandbox), and waits for nothing.
+        stopping.acquire(timeout=STOP_WAIT)
+    except filelock.Timeout:
+        raise SwarmError(
+            f"{stopping.lock_file} has been held for {STOP_WAIT:.0f}s (another `swarm stop`?);"
+            " try again"
+        ) from None
+    try:
         return _stop_unmanaged(repo, store, run_id, _not_final(store, run_id, targets), grace)
+    finally:
+        stopping.release()
 
 
 def _stop_unmanaged(
