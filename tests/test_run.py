@@ -505,6 +505,11 @@ def test_second_manager_is_refused_with_exit_3(
         assert f"pid {proc.pid}" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
         assert not git(repo, "branch", "--list", "swarm/other")
+        # The same tasks again: the manager that holds them is named (exit 3), not their
+        # branches as in the way (exit 2).
+        again = swarm(repo, "run", "--agent", "scripted", "-t", "hang=hi")
+        assert again.returncode == 3, again.stderr
+        assert f"pid {proc.pid}" in again.stderr
     finally:
         swarm(repo, "stop")
         proc.wait(timeout=60)

@@ -195,6 +195,7 @@ def run(
     from worktree_swarm.config.manifest import build_run_spec
     from worktree_swarm.git import worktrees
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
+    from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
     from worktree_swarm.run.runner import spec_from_json
     from worktree_swarm.run.task_worker import worktree_path
@@ -252,6 +253,7 @@ def run(
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
     next_step = _settle_orphaned_runs(repo, force=force)
+    refuse_while_managed(repo.state_dir)  # exit 3 naming it, before its tasks' branches
     items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
     worktrees.preflight(repo, items, next_step=next_step)
     disk_budget.preflight(repo, spec, base)

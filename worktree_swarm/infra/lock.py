@@ -48,10 +48,7 @@ class ManagerLock:
             # probe it: wait that out rather than refuse to start.
             self._lock.acquire(timeout=PROBE_GRACE)
         except filelock.Timeout:
-            raise ManagerLockedError(
-                f"another swarm manager {describe_holder(self._dir)} holds this repository; "
-                "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
-            ) from None
+            raise _held_by_another(self._dir) from None
         self._parent = _lock_dir(self._dir.parent, fcntl.LOCK_EX, wait=PROBE_GRACE, make=True)
         if self._parent == _UNLOCKABLE:  # (NFS, say) the lock file alone then
             self._parent = None
@@ -93,6 +90,23 @@ def _alive_here(state_dir: Path) -> bool:
         return manager_alive(state_dir)
     except OSError:
         return False
+
+
+def _held_by_another(state_dir: Path) -> ManagerLockedError:
+    return ManagerLockedError(
+        f"another swarm manager {describe_holder(state_dir)} holds this repository; "
+        "wait for it, watch it with `swarm status`, or stop it with `swarm stop`"
+    )
+
+
+def refuse_while_managed(state_dir: Path) -> None:
+    """ManagerLockedError (exit 3, naming the holder) while a manager holds the repository.
+
+    For `swarm run` before its checks of branches: a live run's own tasks would otherwise be
+    named as in the way (bad input), not the manager that holds them.
+    """
+    if state_dir.exists() and _alive_here(state_dir):
+        raise _held_by_another(state_dir)
 
 
 def _deleted_under_it(deleted: Path) -> ManagerLockedError:
