@@ -308,6 +308,13 @@ def test_an_earlier_run_never_retries_or_shows_as_its_own_a_task_a_later_run_reu
     assert f"swarm/fails is run {second}'s now" in text
     (task,) = json.loads(swarm(repo, "report", "--run", first, "--json").stdout)["tasks"]
     assert task["worktree_present"] is False
+    # And its diff names the run whose branch it is now, not "no branch".
+    diff = swarm(repo, "diff", "--run", first, "fails", "--stat")
+    assert f"fails  failed  (swarm/fails is run {second}'s now: it reused the task id)" in (
+        diff.stdout
+    )
+    (shown,) = json.loads(swarm(repo, "diff", "--run", first, "fails", "--json").stdout)["tasks"]
+    assert (shown["taken_by"], shown["tip"]) == (second, None)
 
 
 def test_clean_yes_keeps_a_merged_branch_whose_worktree_holds_new_work(

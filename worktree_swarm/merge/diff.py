@@ -44,6 +44,7 @@ class TaskDiff:
     insertions: int | None
     deletions: int | None
     files: tuple[FileChange, ...]
+    taken_by: str | None = None  # the later run that reused the task id (its branch now)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
@@ -135,6 +136,7 @@ def task_diffs(
 
     def one(item: tuple[TaskRow, str | None, str | None]) -> TaskDiff:
         row, base, tip = item
+        later = taken.get(row.task_id)
         known = bool(base and tip)
         try:
             files = file_changes(repo, base, tip) if base and tip else ()
@@ -153,6 +155,7 @@ def task_diffs(
             insertions=sum(f.insertions for f in files) if known else None,
             deletions=sum(f.deletions for f in files) if known else None,
             files=files,
+            taken_by=later,
         )
 
     return list(parallel.in_order(one, found, workers=_WORKERS))
@@ -219,6 +222,11 @@ def patches(
 
 def format_header(diff: TaskDiff) -> str:
     """One line per task: id, outcome, counts, branch (and why, when it did not succeed)."""
+    if diff.taken_by is not None:
+        return (
+            f"{diff.task_id}  {diff.state}  ({diff.branch} is run {diff.taken_by}'s now: it"
+            " reused the task id)"
+        )
     if diff.tip is None:
         return f"{diff.task_id}  {diff.state}  (no branch {diff.branch})"
     if diff.files_changed is None:
