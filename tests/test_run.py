@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import resource
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -1180,3 +1181,74 @@ def test_a_run_that_made_the_same_branches_while_this_one_waited_for_the_lock_is
     assert len(runs) == 1  # none recorded for the one refused
     assert status_json(repo)["a"]["state"] == "done"
     assert git(repo, "show", "swarm/a:a.txt") == "the winner"
+
+
+ENV_AND_HISTORY = r"""
+import json, os, pathlib, subprocess, sys
+me = os.environ["SWARM_TASK_ID"]
+seen = {"git_vars": sorted(k for k in os.environ if k.startswith("GIT_") and k in (
+    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")),
+    "stdin": os.readlink("/proc/self/fd/0")}
+pathlib.Path(sys.argv[1], me + ".json").write_text(json.dumps(seen))
+def git(*args):
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", *args], check=True)
+if me == "revert":  # a commit, then its revert: nothing to merge
+    pathlib.Path("x.txt").write_text("x\n")
+    git("add", "x.txt")
+    git("commit", "-qm", "add x")
+    git("revert", "--no-edit", "HEAD")
+elif me == "empty":
+    git("commit", "-q", "--allow-empty", "-m", "nothing")
+"""
+
+
+def test_an_agent_sees_no_git_location_and_no_stdin_and_undone_work_is_no_changes(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Your shell's GIT_DIR (a bare-repo dotfiles alias, say) would send the agent's git into
+    # another repository; stdin is closed, so an agent that asks a question ends instead of
+    # waiting. A branch whose commits undo each other, or that holds only an empty commit,
+    # has nothing to merge.
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    agent = write_agent(ENV_AND_HISTORY)
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere.git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path))
+    out = swarm(repo, "run", "--agent", shlex.join([*agent, str(seen)]),
+                "-t", "revert=x", "-t", "empty=x")  # fmt: skip
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+    assert out.returncode == 1, out.stdout + out.stderr  # no task did what was asked
+    for task in ("revert", "empty"):
+        told = json.loads((seen / f"{task}.json").read_text())
+        assert told == {"git_vars": [], "stdin": "/dev/null"}
+        assert status_json(repo)[task]["state"] == "no_changes"
+    assert not (tmp_path / "elsewhere.git").exists()
+
+
+def test_a_task_whose_dependencies_conflict_is_blocked_naming_them_and_its_sibling_runs(
+    repo: Path, tmp_path: Path
+) -> None:
+    # d1 and d2 write the same file differently: a task on both cannot start from a merge of
+    # them, and says where they clash; one on d1 and d3 (which touch different files) runs.
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import os, pathlib\n"
+        "me = os.environ['SWARM_TASK_ID']\n"
+        "name = {'d1': 'a.txt', 'd2': 'a.txt', 'd3': 'b.txt'}.get(me, me + '.txt')\n"
+        "pathlib.Path(name).write_text(me + '\\n')\n"
+    )
+    text = (
+        f"[defaults]\nagent = {argv_toml([sys.executable, str(agent)])}\n"
+        + "".join(f'[[task]]\nid = "{t}"\nprompt = "x"\n' for t in ("d1", "d2", "d3"))
+        + '[[task]]\nid = "both"\nprompt = "x"\ndepends_on = ["d1", "d2"]\n'
+        + '[[task]]\nid = "fine"\nprompt = "x"\ndepends_on = ["d1", "d3"]\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["both"]["state"] == "blocked"
+    assert rows["both"]["reason"] == "dependencies d1, d2 conflict in a.txt"
+    assert rows["fine"]["state"] == "done"
+    assert branch_file(repo, "swarm/fine", "b.txt") == "d3"
+    assert branch_file(repo, "swarm/fine", "fine.txt") == "fine"
