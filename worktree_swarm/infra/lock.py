@@ -105,8 +105,12 @@ def refuse_while_managed(state_dir: Path) -> None:
     For `swarm run` before its checks of branches: a live run's own tasks would otherwise be
     named as in the way (bad input), not the manager that holds them.
     """
-    if state_dir.exists() and _alive_here(state_dir):
+    if not state_dir.exists():
+        return  # no manager ever ran here, or its state was deleted: its lock says (acquire)
+    if held(state_dir / "manager.lock"):
         raise _held_by_another(state_dir)
+    if _alive_here(state_dir):  # the git dir's lock alone: the state was deleted under it
+        raise _deleted_under_it(state_dir)
 
 
 def _deleted_under_it(deleted: Path) -> ManagerLockedError:

@@ -69,8 +69,8 @@ def stop(
                 f"the manager has not stopped {', '.join(left)} yet; `swarm status` shows them"
             )
         # The manager died before it stopped them: stopped here, as with no manager.
-    with _unmanaged_stop(repo, run_id):
-        stop_unmanaged(repo, store, run_id, left, grace=grace)
+    with _unmanaged_stop(repo, run_id) as beside:
+        stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
     end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
     return targets
 
@@ -92,17 +92,52 @@ def _managed(repo: git.Repo, store: Store, run_id: str) -> bool:
 
 
 @contextlib.contextmanager
-def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[None]:
+def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
     """Hold the manager lock while a run's agents are stopped without a manager.
 
-    When no manager holds it (another run's may: then this run has none to wait for), so
-    that a resume, `run --force` or doctor does not take the run over meanwhile.
+    When no manager holds it, so that a resume, `run --force` or doctor does not take the
+    run over meanwhile. Yields whether another run's manager holds it (then this run has none
+    to wait for, and that one's guard is to be told of what the stop commits).
     """
     with contextlib.ExitStack() as held:
-        if not lock.manager_alive(repo.state_dir):
+        beside = lock.manager_alive(repo.state_dir)
+        if not beside:
             manager = held.enter_context(lock.ManagerLock(repo.state_dir))
             manager.acquire(run_id=run_id)
-        yield
+        yield beside
+
+
+def _checkpoint_stopped(
+    repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
+) -> None:
+    """Commit what a stopped task's agent left in its worktree; record the branch's diff.
+
+    Announced beside another run's live manager (*announce*), whose guard watches this branch
+    too: with none, nothing would hear it and the announcement would wait in vain.
+    """
+    worktree = Path(row.worktree)
+    ref = f"refs/heads/{row.branch}"
+    told = channel.moving_refs(repo, [ref]) if announce else _unannounced()
+    with told as moves:
+        tip = git.checkpoint(
+            worktree,
+            message=f"swarm: checkpoint {row.task_id} (stopped)"
+            + git.trailers(row.task_id, row.attempts or None, task.agent),
+            author=commit_author(store, row.run_id),
+            exclude=worktrees.local_paths(
+                worktree, link=task.link, copy=task.copy, base=row.base_commit
+            ),
+            droppings=adapter_for(task.agent).droppings,
+        )
+        if moves is not None:
+            moves.moved(ref, git.rev_parse(repo, ref))
+    worktrees.unlink_links(repo.root, worktree, task.link)
+    _record_diff(repo, store, row, tip or git.head_in(worktree))
+
+
+@contextlib.contextmanager
+def _unannounced() -> Iterator[None]:
+    yield None
 
 
 STOP_LOCK = "stop.lock"
@@ -135,7 +170,13 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
 
 
 def stop_unmanaged(
-    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, grace: float = 5.0
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    targets: Sequence[str],
+    *,
+    grace: float = 5.0,
+    announce: bool = False,
 ) -> list[str]:
     """Stop *targets* of a run no manager watches: kill, checkpoint, mark stopped.
 
@@ -153,13 +194,20 @@ def stop_unmanaged(
             " try again"
         ) from None
     try:
-        return _stop_unmanaged(repo, store, run_id, _not_final(store, run_id, targets), grace)
+        todo = _not_final(store, run_id, targets)
+        return _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce)
     finally:
         stopping.release()
 
 
 def _stop_unmanaged(
-    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], grace: float
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    targets: Sequence[str],
+    grace: float,
+    *,
+    announce: bool,
 ) -> list[str]:
     run = store.get_run(run_id)
     if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
@@ -204,23 +252,7 @@ def _stop_unmanaged(
         populated = rows[task_id].base_commit is not None
         provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
         if worktree.is_dir():  # every target is active (not final)
-            links = task.link
-            # Announced: another run's manager may be alive, its guard watching this branch.
-            ref = f"refs/heads/{rows[task_id].branch}"
-            with channel.moving_refs(repo, [ref]) as moves:
-                tip = git.checkpoint(
-                    worktree,
-                    message=f"swarm: checkpoint {task_id} (stopped)"
-                    + git.trailers(task_id, rows[task_id].attempts or None, task.agent),
-                    author=commit_author(store, run_id),
-                    exclude=worktrees.local_paths(
-                        worktree, link=links, copy=task.copy, base=rows[task_id].base_commit
-                    ),
-                    droppings=adapter_for(task.agent).droppings,
-                )
-                moves.moved(ref, git.rev_parse(repo, ref))
-            worktrees.unlink_links(repo.root, worktree, links)
-            _record_diff(repo, store, rows[task_id], tip or git.head_in(worktree))
+            _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
