@@ -201,3 +201,20 @@ def test_a_log_the_disk_refuses_goes_to_stderr(
     err = capsys.readouterr().err
     assert "internal error in the store\n" in err
     assert "OSError: [Errno 28] No space left on device" in err
+
+
+def test_a_pause_reason_with_escapes_or_lines_is_shown_as_one_printable_line(
+    tmp_path: Path,
+) -> None:
+    # The reason is an error's text (a path in it): `swarm watch` put it in its header, where an
+    # OSC sequence retitled the terminal and another cleared the screen.
+    (tmp_path / faults.PAUSE_FILE).write_text(
+        '{"reason": "cannot write x\\u001b]0;HACKED\\u0007 \\u001b[2J\\nnext line"}'
+    )
+    shown = faults.paused_reason(tmp_path)
+    assert shown is not None
+    assert "\x1b" not in shown
+    assert "HACKED" not in shown
+    assert "[2J" not in shown
+    assert "\n" not in shown
+    assert shown.startswith("cannot write x")

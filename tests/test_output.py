@@ -20,6 +20,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra.logtail import last_lines
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
 from worktree_swarm.ui.live import LiveTable, PlainObserver
@@ -289,3 +290,11 @@ def test_status_plurals(repo: Path, write_agent: Callable[[str], list[str]]) -> 
     assert "1 files" not in text
     assert "1 worktrees" not in text
     assert subprocess.run(["git", "--version"], check=True, capture_output=True).returncode == 0
+
+
+def test_a_reason_made_of_an_agents_last_lines_keeps_no_part_of_an_escape_sequence() -> None:
+    said = (
+        "step 1\n\x1b]0;REASONTITLE\x07failed \x1b]52;c;cm0gLXJmCg==\x07here\n\x1b[31mred\x1b[0m\n"
+    )
+    lines = last_lines(said)
+    assert lines == ["step 1", "failed here", "red"]

@@ -334,6 +334,43 @@ def test_a_log_follower_reads_whole_lines_skips_a_burst_and_restarts_on_a_rewrit
     assert follow.read(ended=True) == (False, "")
 
 
+def test_a_log_swapped_for_a_link_is_not_followed_and_the_pane_says_so(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a file of yours outside the run\n")
+    log = tmp_path / "attempt-1.log"
+    log.symlink_to(outside)  # an agent's, where its log was
+    follow = Follower(log, limit=1024)
+    restart, text = follow.read()
+    assert not restart
+    assert text.startswith("(log not read: ")
+    assert "outside the run" not in text
+    assert follow.read() == (False, "")  # said once
+
+
+def test_the_log_pane_shows_the_last_lines_of_a_log_longer_than_it_keeps(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Past its 5,000 lines the pane was scrolled beyond the lines it kept: blank.
+    agent = tmp_path / "agent.py"
+    agent.write_text("for i in range(40_000):\n    print(f'tick {i}')\n")
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "long=x").returncode
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            view = app.query_one("#log-view")
+            await until(pilot, lambda: "tick 39999" in "\n".join(view.lines), "the last line")
+            await pilot.pause(0.2)
+            assert view.line_count <= 5000
+            assert view.max_scroll_y <= max(0, view.line_count - view.size.height + 1)
+            assert view.scroll_y == view.max_scroll_y  # at its end, on its lines
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+
+
 def test_a_secret_an_escape_sequence_splits_is_redacted_once_the_sequence_goes(
     tmp_path: Path,
 ) -> None:

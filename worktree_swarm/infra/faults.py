@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.infra import fs
 
 _T = TypeVar("_T")
@@ -164,7 +165,9 @@ def paused_reason(run_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     reason = data.get("reason") if isinstance(data, dict) else None
-    return reason if isinstance(reason, str) else None
+    # An error's text (a path in it, maybe an agent's file name), shown by `swarm status` and
+    # `swarm watch`: one printable line, no escape of it reaches a terminal.
+    return one_line(without_escapes(reason), controls=True) if isinstance(reason, str) else None
 
 
 def record_exception(log: Path, where: str) -> Path:

@@ -47,8 +47,11 @@ def last_line(path: Path, *, max_bytes: int = TAIL_BYTES) -> str:
 
 
 def last_lines(text: str, lines: int = TAIL_LINES) -> list[str]:
-    """The last *lines* non-empty lines of *text*, stripped."""
-    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    """The last *lines* non-empty lines of *text*, stripped, without escape sequences.
+
+    Whole sequences go (a reason kept ``]0;title`` where only its ESC was dropped later).
+    """
+    kept = [line.strip() for line in without_escapes(text).splitlines() if line.strip()]
     return kept[-lines:]
 
 
@@ -69,6 +72,7 @@ class Follower:
     _offset: int = -1
     _pending: bytes = b""
     _mark: bytes = b""
+    _refused: bool = False  # said once that the log is not read
 
     def read(self, *, ended: bool = False) -> tuple[bool, str]:
         """``(restart, text)``: the text to append, once the view is cleared when *restart*.
@@ -76,9 +80,16 @@ class Follower:
         Once its writer has *ended*, a last line without a newline is shown too.
         """
         try:
-            fh = fs.open_file(self.path)
-        except OSError:
-            return False, ""
+            # Never through a symlink or a pipe an agent left in the log's place (as `swarm
+            # logs`): the view would show a file outside the run's.
+            fh = fs.open_file(self.path, follow=False)
+        except FileNotFoundError:
+            return False, ""  # not there yet
+        except OSError as exc:
+            if self._refused:
+                return False, ""
+            self._refused = True
+            return False, f"(log not read: {exc.strerror or exc}; it is no file of swarm's)\n"
         with fh:
             size = os.fstat(fh.fileno()).st_size
             restart = self._offset >= 0 and not self._still_there(fh, size)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.text import without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, supervisor
 
@@ -146,4 +147,4 @@ def _tail(log: Path, start: int) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-TAIL_LINES:])
+    return "\n".join(without_escapes(text).strip().splitlines()[-TAIL_LINES:])

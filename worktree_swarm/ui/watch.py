@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.geometry import Size
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.errors import SwarmError
@@ -73,6 +74,26 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
         Text(diffstat),
         _plain(why[:80]),
     )
+
+
+LOG_LINES = 5000  # the log pane's last lines
+
+
+class TailLog(Log):
+    """Textual's log, its view at its last line also once its oldest lines are dropped.
+
+    Textual 8 sizes the view before it drops lines past ``max_lines``: past 5,000 lines the
+    view was scrolled beyond them, and the pane stayed blank.
+    """
+
+    def write(self, data: str, scroll_end: bool | None = None) -> Self:
+        """Append *data*; the view follows the end as Textual's does (``auto_scroll``)."""
+        follow = self.auto_scroll if scroll_end is None else scroll_end
+        super().write(data, scroll_end=False)
+        self.virtual_size = Size(self.virtual_size.width, self.line_count)
+        if follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        return self
 
 
 def _plain(text: str) -> Text:
@@ -151,7 +172,7 @@ class WatchApp(App[None]):
         yield Static(id="details")
         with TabbedContent(id="panes", initial="log"):
             with TabPane("Log", id="log"):
-                yield Log(id="log-view", max_lines=5000)
+                yield TailLog(id="log-view", max_lines=LOG_LINES)
             with TabPane("Diff", id="diff"):
                 yield Log(id="diff-view")
             with TabPane("Conflicts", id="conflicts"):
@@ -189,7 +210,8 @@ class WatchApp(App[None]):
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id, repo=self.repo)}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
         notes = status.manager_status(self.repo, self.store, self.run_id).lines()
-        self.sub_title = " · ".join([f"run {self.run_id}", *notes])
+        # A pause's reason is an error's text (a file name in it): no escape of it is sent.
+        self.sub_title = _plain(" · ".join([f"run {self.run_id}", *notes])).plain
         if list(rows) != list(self.rows):
             keep = self.selected
             table.clear()
