@@ -578,7 +578,8 @@ def test_actions_that_cannot_be_done_say_why_and_change_nothing(
                 await pilot.press("space")
                 merged = await say(pilot, "m")
                 assert merged.startswith("merged into swarm/"), merged
-                assert merged.endswith(": aa; bb conflicted"), merged
+                assert ": aa; bb conflicted (conflicts with swarm/integration-" in merged
+                assert merged.endswith(" in shared.txt)"), merged
                 await pilot.press("down")
                 await until(pilot, lambda: app.selected == "cc", "cc selected")
                 # Another run's manager holds the repository: no second manager is started.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.text import one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
@@ -81,8 +82,14 @@ def merge(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) ->
 
     report = merging.merge(repo, store, run_id, task_ids=task_ids)
     merged = [r.task_id for r in report.by_outcome(MergeOutcome.MERGED)]
-    other = [f"{r.task_id} {r.outcome.value}" for r in report.results if r.task_id not in merged]
+    other = [f"{r.task_id} {r.outcome.value}{_why(r.reason)}" for r in report.results]
+    other = [o for o, r in zip(other, report.results, strict=True) if r.task_id not in merged]
     text = f"merged into {report.target_branch}: {', '.join(merged) or 'nothing'}"
     if other:
         text += f"; {', '.join(other)}"
     return ActionResult(ok=report.ok, message=text)
+
+
+def _why(reason: str) -> str:
+    """`` (reason)`` on one line, cut; empty without one (a skipped task said nothing)."""
+    return f" ({one_line(reason, limit=80)})" if reason else ""
