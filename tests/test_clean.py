@@ -882,15 +882,20 @@ def test_a_look_at_a_repository_swarm_never_ran_in_creates_nothing(
     assert checkout_state(repo) == before
 
 
-def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
-    repo: Path, tmp_path: Path
-) -> None:
+def merged_run(repo: Path, tmp_path: Path) -> None:
+    """A run of one task (`aa`, writes aa.txt) merged into its integration branch."""
     agent = tmp_path / "agent.py"
     agent.write_text(
         "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
     )
     assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
     assert swarm(repo, "merge").returncode == 0
+
+
+def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
+    repo: Path, tmp_path: Path
+) -> None:
+    merged_run(repo, tmp_path)
     integration = next(p for p in worktree_paths(repo) if "_integration-" in p)
     branch = git(integration, "branch", "--show-current")
     assert branch.startswith("swarm/integration-")
@@ -921,12 +926,7 @@ def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
 def test_a_merge_undone_after_clean_deleted_its_branch_is_kept_and_can_be_merged_again(
     repo: Path, tmp_path: Path
 ) -> None:
-    agent = tmp_path / "agent.py"
-    agent.write_text(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    assert swarm(repo, "run", "--agent", f"{agent_command()} {agent}", "-t", "aa=a").returncode == 0
-    assert swarm(repo, "merge").returncode == 0
+    merged_run(repo, tmp_path)
     branch = git(repo, "branch", "--list", "swarm/integration-*", "--format=%(refname:short)")
     assert swarm(repo, "clean", "--yes").returncode == 0  # swarm/aa goes: merged into it
     assert git(repo, "branch", "--list", "swarm/aa") == ""
