@@ -55,6 +55,7 @@ _STYLE = {
 
 
 RETRY_ASKED_SECONDS = 30.0
+ID_CELL = 32  # characters of a task id the table shows
 
 
 def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
@@ -65,7 +66,8 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
     why = "; ".join(part for part in (row.why, row.after) if part)
     return (
         Text("*" if marked else ""),
-        Text(row.task_id),
+        # A long id would push the state off a narrow screen; the details line has it whole.
+        Text(row.task_id if len(row.task_id) <= ID_CELL else row.task_id[: ID_CELL - 1] + "…"),
         Text(row.state, style=_STYLE.get(row.state, "")),
         Text(row.agent),
         Text(str(row.attempt)),
