@@ -90,3 +90,15 @@ def test_a_named_pipe_is_refused_at_once_where_a_file_is_read_or_appended_to(
     (tmp_path / "link").symlink_to(pipe)
     with pytest.raises(fs.NotAFileError):
         fs.open_file(tmp_path / "link")  # followed, and what it names checked
+
+
+def test_a_log_swapped_for_a_link_is_never_appended_through(tmp_path: Path) -> None:
+    outside = tmp_path / "yours.txt"
+    outside.write_text("your file\n")
+    log = tmp_path / "checks.log"
+    log.symlink_to(outside)  # an agent's, outside --sandbox
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        fs.open_append(log)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        fs.open_append_bytes(log)
+    assert outside.read_text() == "your file\n"

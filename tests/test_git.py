@@ -3,15 +3,17 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.core.errors import BadInputError, CommandError
+from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.git import repo as g
 from worktree_swarm.git.repo import EmbeddedRepositoryError, MergeConflictError
 
@@ -676,3 +678,38 @@ def test_contained_answers_what_a_tip_holds_and_asks_git_again_only_what_it_neve
     assert not traced.exists()
     assert g.contained(r, second, [missing]) == set()  # git failed on it: asked again
     assert traced.exists()
+
+
+def test_a_repository_lock_held_by_another_program_is_said_then_given_up_on(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An agent outside --sandbox (or a program of yours) holding .git/swarm/repo.lock made
+    # `swarm doctor`, `clean` and `run` wait for ever, saying nothing.
+    r = g.open_repo(repo)
+    r.state_dir.mkdir(parents=True, exist_ok=True)
+    path = r.state_dir / "repo.lock"
+    held = tmp_path / "held"
+    holder = subprocess.Popen(  # its group: the sleep holds the lock it inherits
+        ["flock", "-x", str(path), "sh", "-c", f"touch {held}; exec sleep 60"],
+        start_new_session=True,
+    )
+    try:
+        while not held.exists():
+            assert holder.poll() is None
+            time.sleep(0.01)
+        monkeypatch.setattr(g, "REPO_LOCK_QUIET", 0.05)
+        monkeypatch.setattr(g, "REPO_LOCK_WAIT", 0.2)
+        with (
+            pytest.raises(SwarmError, match=r"repo\.lock has been held for 0 minutes"),
+            g.repo_lock(r),
+        ):
+            pass
+        assert capsys.readouterr().err == (
+            f"swarm: waiting for {path} (another swarm command is changing worktrees or "
+            "branches, or some program holds it)\n"
+        )
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with g.repo_lock(r):  # let go: taken at once
+        pass

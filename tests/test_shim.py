@@ -670,3 +670,23 @@ def test_a_shim_told_its_parent_stops_the_whole_tree_once_that_parent_dies(
     record = supervisor.read_record(supervisor.record_path(tmp_path / "agent.log"))
     assert record is not None
     assert record.stopped
+
+
+def test_a_link_planted_where_the_shim_writes_its_record_is_never_written_through(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The agent knows its shim's record path (SWARM_SHIM) and pid (its parent): a link at the
+    # record's temporary name had the shim truncate and write a file outside the run.
+    outside = tmp_path / "yours.txt"
+    outside.write_text("your file\n")
+    agent = write_agent(
+        "import os\n"
+        f"os.symlink({str(outside)!r}, f\"{{os.environ['SWARM_SHIM']}}.{{os.getppid()}}.tmp\")\n"
+    )
+    log = tmp_path / "run" / "attempt-1.log"
+    log.parent.mkdir()
+    spawned = supervisor.spawn(agent, cwd=tmp_path, env=clean_env(), log_path=log, grace=5)
+    assert spawned.wait(timeout=60) == 0
+    assert outside.read_text() == "your file\n"
+    assert json.loads(supervisor.record_path(log).read_text())["exit_code"] == 0
+    assert not supervisor.record_path(log).is_symlink()

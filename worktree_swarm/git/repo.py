@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import filelock
 
-from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.text import is_utf8, path_text
@@ -194,8 +195,33 @@ def repo_lock(repo: Repo) -> Iterator[None]:
     path = repo.state_dir / "repo.lock"
     with _thread_locks_guard:
         local = _thread_locks.setdefault(path, threading.RLock())
-    with local, filelock.FileLock(path, poll_interval=0.005):
-        yield
+    with local:
+        lock = filelock.FileLock(path, poll_interval=0.005)
+        try:
+            lock.acquire(timeout=REPO_LOCK_QUIET)
+        except filelock.Timeout:
+            # Held past what swarm's own steps take (a `swarm clean --yes` may hold it for
+            # minutes): said once, then waited for, but not for ever (a program of yours, or
+            # an agent outside --sandbox, may hold it and never let go).
+            sys.stderr.write(
+                f"swarm: waiting for {path} (another swarm command is changing worktrees or "
+                "branches, or some program holds it)\n"
+            )
+            try:
+                lock.acquire(timeout=REPO_LOCK_WAIT)
+            except filelock.Timeout:
+                raise SwarmError(
+                    f"{path} has been held for {REPO_LOCK_WAIT / 60:.0f} minutes; find what holds"
+                    f" it (`fuser {path}`) and try again"
+                ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+REPO_LOCK_QUIET = 15.0  # seconds waited for the repository lock before saying so
+REPO_LOCK_WAIT = 1800.0  # and then at most
 
 
 def checkout_root(path: Path) -> Path:

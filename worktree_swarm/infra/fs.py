@@ -113,7 +113,8 @@ def open_append(path: Path | str) -> TextIO:
     """Open *path* to append UTF-8 text, made if missing; NotAFileError unless a regular file.
 
     Opening a named pipe to write waits for a reader as opening one to read waits for a
-    writer: swarm's logs live where an agent can reach them.
+    writer: swarm's logs live where an agent can reach them. Never through a symlink either
+    (``ELOOP``): one an agent planted in a log's place would have swarm write outside.
     """
     # A name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates) is written escaped.
     return os.fdopen(_open_regular(path, _APPEND), "a", encoding="utf-8", errors="backslashreplace")
@@ -129,7 +130,7 @@ def open_rewrite(path: Path | str, *, follow: bool = True) -> BinaryIO:
     return os.fdopen(_open_regular(path, os.O_RDWR | (0 if follow else os.O_NOFOLLOW)), "r+b")
 
 
-_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
 _OWN = os.O_RDONLY | os.O_NOFOLLOW
 
 

@@ -471,7 +471,15 @@ def _exit_code(status: int) -> int:
 def _write(path: str, data: dict[str, object]) -> None:
     tmp = f"{path}.{posix.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:  # noqa: PTH123
+        # Made anew, never opened through what is there: a link an agent planted under this
+        # name would have the shim write its record into a file outside.
+        flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        try:
+            fd = posix.open(tmp, flags, 0o644)
+        except FileExistsError:
+            posix.unlink(tmp)  # the link itself, not what it names
+            fd = posix.open(tmp, flags, 0o644)
+        with open(fd, "w", encoding="utf-8") as f:  # noqa: PTH123
             f.write(_json(data))
         # No fsync: the record has to outlive the manager, not the machine (after a power
         # loss no agent is left running to account for), and fsync would add tens of ms.
