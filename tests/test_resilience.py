@@ -1309,3 +1309,34 @@ def test_following_a_log_ends_when_its_agent_ends_with_no_manager_to_record_it(
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_a_manager_lock_taken_by_another_program_once_the_manager_died_is_no_manager(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # An agent outside --sandbox took manager.lock once its manager was killed: every later
+    # command took it for a live manager (and for one whose state was deleted under it), and
+    # nothing could stop the agent.
+    agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + WAIT_OR_FAIL)
+    orphaned = swarm_bg(repo, "run", "--agent", shlex.join(agent), "-t", "w=x")
+    wait_for((tmp_path / "w.pid").exists, what="w's agent")
+    orphaned.send_signal(signal.SIGKILL)
+    orphaned.wait(timeout=30)
+    held = tmp_path / "held"
+    squatter = subprocess.Popen(  # its group: the sleep holds the lock it inherits
+        ["flock", "-x", str(repo / ".git" / "swarm" / "manager.lock"),
+         "sh", "-c", f"touch {held}; exec sleep 120"],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(held.exists, what="the lock taken")
+        for _ in range(2):  # the first read lets SQLite remove the write-ahead log
+            shown = json.loads(swarm(repo, "status", "--json").stdout)
+            assert shown["run_state"] == "manager_gone"
+        out = swarm(repo, "stop")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert status_json(repo)["w"]["state"] == "stopped"
+        assert not pid_alive(int((tmp_path / "w.pid").read_text()))
+    finally:
+        os.killpg(squatter.pid, signal.SIGKILL)
+        squatter.wait()

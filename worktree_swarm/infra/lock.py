@@ -164,6 +164,31 @@ def holder_run(state_dir: Path) -> str | None:
     return run if isinstance(run, str) else None
 
 
+def _named_holder_alive(state_dir: Path) -> bool:
+    """Whether the process ``manager.json`` names (the last to take the lock) is alive.
+
+    Every process of swarm's that takes the lock names itself there at once. A lock held while
+    that process is gone is held by none of swarm's (an agent outside --sandbox that took it
+    once its manager died): no manager, so `swarm stop` stops the run's agents (that one among
+    them). With no record at all there is no telling: held counts as alive.
+    """
+    for look in range(2):
+        info = _holder(state_dir)
+        pid, started = info.get("pid"), info.get("create_time")
+        if not isinstance(pid, int) or not isinstance(started, int | float):
+            return True
+        found = supervisor.identity_of(pid)
+        if found is not None and abs(found.create_time - started) < _SAME_START:
+            return True
+        if look == 0:
+            time.sleep(_NEW_HOLDER)  # a new holder names itself just after it locks
+    return False
+
+
+_SAME_START = 0.01  # seconds: psutil's create_time is rounded
+_NEW_HOLDER = 0.25
+
+
 def holder_pid(state_dir: Path) -> int | None:
     """The PID that last took the manager lock (check `manager_alive` for whether it holds it)."""
     pid = _holder(state_dir).get("pid")
@@ -187,9 +212,9 @@ def merge_lock_if_free(state_dir: Path) -> Iterator[bool]:
 
 
 def manager_alive(state_dir: Path) -> bool:
-    """Whether some process holds the manager lock right now."""
+    """Whether a manager (a process of swarm's) holds the manager lock right now."""
     if held(state_dir / "manager.lock"):
-        return True
+        return _named_holder_alive(state_dir)
     probe = _lock_dir(state_dir.parent, fcntl.LOCK_SH, wait=0)
     if probe is None:
         return (state_dir.parent / GIT_DIR_LOCK).exists()

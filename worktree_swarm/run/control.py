@@ -101,7 +101,10 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
     """
     with contextlib.ExitStack() as held:
         beside = lock.manager_alive(repo.state_dir)
-        if not beside:
+        # Held by none of swarm's (an agent that took it once its manager died): not taken,
+        # and the stop goes on, that agent among those it stops.
+        squatted = not beside and lock.held(repo.state_dir / "manager.lock")
+        if not beside and not squatted:
             manager = held.enter_context(lock.ManagerLock(repo.state_dir))
             manager.acquire(run_id=run_id)
         yield beside
