@@ -713,3 +713,20 @@ def test_a_repository_lock_held_by_another_program_is_said_then_given_up_on(
         holder.wait()
     with g.repo_lock(r):  # let go: taken at once
         pass
+
+
+def test_a_checkpoint_goes_past_a_stale_lock_another_task_planted_on_its_branch(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Task a planted refs/heads/swarm/b.lock: b's checkpoint failed and b was failed for it.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/b", str(worktree))
+    lock = repo / ".git" / "refs" / "heads" / "swarm" / "b.lock"
+    lock.write_text("")
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))
+    (worktree / "work.txt").write_text("b's work\n")
+    tip = g.checkpoint(worktree, message="swarm: checkpoint b", author="A <a@b>")
+    assert tip is not None
+    assert git(repo, "show", "swarm/b:work.txt") == "b's work"
+    assert not lock.exists()

@@ -326,3 +326,23 @@ def test_a_checkout_that_cannot_be_restored_now_says_so(tmp_path: Path) -> None:
     assert not restore_checkout(
         repo, base=gone, now=now, saved_index=saved, scratch=scratch, exclude=()
     )
+
+
+def test_a_ref_is_put_back_past_a_lock_file_planted_beside_it_but_not_past_a_live_one(
+    tmp_path: Path,
+) -> None:
+    # Under --sandbox too an agent can write refs/: it moved main, then planted main.lock so
+    # that the guard's put-back failed ("left as found") and your main stayed moved.
+    repo = make_repo(tmp_path / "repo")
+    before = git(repo, "rev-parse", "main")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "the agent's")
+    after = git(repo, "rev-parse", "main")
+    lock = repo / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text("")
+    assert not restore_ref(repo, "refs/heads/main", before, after)  # a git's, at work now
+    assert lock.exists()
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))  # left there: no git holds a ref's lock for a minute
+    assert restore_ref(repo, "refs/heads/main", before, after)
+    assert git(repo, "rev-parse", "main") == before
+    assert not lock.exists()

@@ -7,8 +7,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, ClassVar
@@ -1030,11 +1031,17 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
         # whether the index differs from HEAD first.
         if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
             return None
-        _run(worktree, commit, env=env)
+        res = _run(worktree, commit, check=False, env=env)
+        if res.returncode != 0 and removed_stale_lock(worktree, res.stdout + res.stderr):
+            res = _run(worktree, commit, check=False, env=env)
+        if res.returncode != 0:
+            raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
     else:
         # `add` staged something: commit first and ask whether the index differs from HEAD
         # only when the commit fails (one git process less per checkpoint that has work).
         res = _run(worktree, commit, check=False, env=env)
+        if res.returncode != 0 and removed_stale_lock(worktree, res.stdout + res.stderr):
+            res = _run(worktree, commit, check=False, env=env)
         if res.returncode != 0:
             if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
                 return None
@@ -1043,6 +1050,40 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
     if head is None:
         raise GitError(f"checkpoint in {worktree} left no HEAD")
     return head
+
+
+_LOCK_EXISTS = re.compile(r"Unable to create '([^'\n]+\.lock)': File exists")
+# Git holds a lock file for the moment it writes what it locks: one older than this was left
+# (a git killed half-way) or planted (an agent, also under --sandbox: the top of the git dir and
+# refs/ are writable there), and would fail every later write of that ref or file.
+STALE_LOCK_SECONDS = 2.0
+
+
+def removed_stale_lock(cwd: Path, said: str) -> bool:
+    """Remove a stale lock file git *said* it could not create in *cwd*'s repository.
+
+    Whether one was removed (stale: :data:`STALE_LOCK_SECONDS`). Only a file named ``*.lock``
+    under that repository's common dir (its worktrees' admin dirs too): git's message names
+    the path, which is not trusted further.
+    """
+    match = _LOCK_EXISTS.search(said)
+    if match is None:
+        return False
+    found = _run(cwd, ["rev-parse", "--git-common-dir"], check=False)
+    if found.returncode != 0:
+        return False
+    common = Path(os.path.realpath(cwd / found.stdout.strip()))
+    lock = Path(match[1])
+    try:
+        inside = Path(os.path.realpath(lock.parent)).is_relative_to(common)
+        stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
+    except OSError:
+        return False
+    if not inside or not stale or not lock.name.endswith(".lock"):
+        return False
+    with suppress(FileNotFoundError):
+        lock.unlink()
+    return True
 
 
 # Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.

@@ -17,20 +17,29 @@ from worktree_swarm.infra import fs
 
 
 def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:
-    """Compare-and-swap *ref* from *after* back to *before*; False when it moved again."""
-    try:
-        if after is not None and after.startswith(SYMBOLIC):  # the ref itself, not its target
-            if before is None:
-                git.git(root, "update-ref", "--no-deref", "-d", ref)
-            else:
-                git.git(root, "update-ref", "--no-deref", ref, before)
-        elif before is None:
-            git.git(root, "update-ref", "-d", ref, after or "")
+    """Compare-and-swap *ref* from *after* back to *before*; False when it moved again.
+
+    Past a stale lock file of the ref (an agent may plant `refs/heads/main.lock` right after
+    it moved main, also under --sandbox): removed, and the ref put back.
+    """
+    if after is not None and after.startswith(SYMBOLIC):  # the ref itself, not its target
+        if before is None:
+            args = ["update-ref", "--no-deref", "-d", ref]
         else:
-            git.git(root, "update-ref", ref, before, *([after] if after else []))
-    except CommandError:
-        return False
-    return True
+            args = ["update-ref", "--no-deref", ref, before]
+    elif before is None:
+        args = ["update-ref", "-d", ref, after or ""]
+    else:
+        args = ["update-ref", ref, before, *([after] if after else [])]
+    for _ in range(2):
+        try:
+            git.git(root, *args)
+        except CommandError as exc:
+            if not git.removed_stale_lock(root, exc.output):
+                return False
+        else:
+            return True
+    return False
 
 
 def restore_checkout(
