@@ -1286,16 +1286,21 @@ def task_state(repo: Path, task: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def test_following_a_log_ends_when_its_agent_ends_with_no_manager_to_record_it(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
-) -> None:
-    # With the manager killed nothing records the attempt's end: `swarm logs -f` followed an
-    # ended agent's log for ever.
+def orphan_waiting_agent(repo: Path, tmp_path: Path, write_agent: AgentFactory) -> None:
+    """A run of task w whose agent waits for w.go, its manager SIGKILLed (the agent lives on)."""
     agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + WAIT_OR_FAIL)
     orphaned = swarm_bg(repo, "run", "--agent", shlex.join(agent), "-t", "w=x")
     wait_for((tmp_path / "w.pid").exists, what="w's agent")
     orphaned.send_signal(signal.SIGKILL)
     orphaned.wait(timeout=30)
+
+
+def test_following_a_log_ends_when_its_agent_ends_with_no_manager_to_record_it(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # With the manager killed nothing records the attempt's end: `swarm logs -f` followed an
+    # ended agent's log for ever.
+    orphan_waiting_agent(repo, tmp_path, write_agent)
     follower = subprocess.Popen(
         [sys.executable, "-m", "worktree_swarm.cli", "logs", "w", "-f"],
         cwd=repo,
@@ -1317,11 +1322,7 @@ def test_a_manager_lock_taken_by_another_program_once_the_manager_died_is_no_man
     # An agent outside --sandbox took manager.lock once its manager was killed: every later
     # command took it for a live manager (and for one whose state was deleted under it), and
     # nothing could stop the agent.
-    agent = write_agent(f"DIR = {str(tmp_path)!r}\n" + WAIT_OR_FAIL)
-    orphaned = swarm_bg(repo, "run", "--agent", shlex.join(agent), "-t", "w=x")
-    wait_for((tmp_path / "w.pid").exists, what="w's agent")
-    orphaned.send_signal(signal.SIGKILL)
-    orphaned.wait(timeout=30)
+    orphan_waiting_agent(repo, tmp_path, write_agent)
     held = tmp_path / "held"
     squatter = subprocess.Popen(  # its group: the sleep holds the lock it inherits
         ["flock", "-x", str(repo / ".git" / "swarm" / "manager.lock"),

@@ -1031,17 +1031,13 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
         # whether the index differs from HEAD first.
         if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
             return None
-        res = _run(worktree, commit, check=False, env=env)
-        if res.returncode != 0 and removed_stale_lock(worktree, res.stdout + res.stderr):
-            res = _run(worktree, commit, check=False, env=env)
+        res = past_stale_lock(worktree, commit, env=env)
         if res.returncode != 0:
             raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
     else:
         # `add` staged something: commit first and ask whether the index differs from HEAD
         # only when the commit fails (one git process less per checkpoint that has work).
-        res = _run(worktree, commit, check=False, env=env)
-        if res.returncode != 0 and removed_stale_lock(worktree, res.stdout + res.stderr):
-            res = _run(worktree, commit, check=False, env=env)
+        res = past_stale_lock(worktree, commit, env=env)
         if res.returncode != 0:
             if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
                 return None
@@ -1057,6 +1053,19 @@ _LOCK_EXISTS = re.compile(r"Unable to create '([^'\n]+\.lock)': File exists")
 # (a git killed half-way) or planted (an agent, also under --sandbox: the top of the git dir and
 # refs/ are writable there), and would fail every later write of that ref or file.
 STALE_LOCK_SECONDS = 2.0
+
+
+def past_stale_lock(
+    cwd: Path, args: Sequence[str], *, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``git *args`` in *cwd*, unchecked, and once more past a stale lock file.
+
+    Run again only when it failed on one that :func:`removed_stale_lock` removed.
+    """
+    res = _run(cwd, args, check=False, env=env)
+    if res.returncode != 0 and removed_stale_lock(cwd, res.stdout + res.stderr):
+        res = _run(cwd, args, check=False, env=env)
+    return res
 
 
 def removed_stale_lock(cwd: Path, said: str) -> bool:

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot
@@ -31,15 +31,7 @@ def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> 
         args = ["update-ref", "-d", ref, after or ""]
     else:
         args = ["update-ref", ref, before, *([after] if after else [])]
-    for _ in range(2):
-        try:
-            git.git(root, *args)
-        except CommandError as exc:
-            if not git.removed_stale_lock(root, exc.output):
-                return False
-        else:
-            return True
-    return False
+    return git.past_stale_lock(root, args).returncode == 0
 
 
 def restore_checkout(

@@ -14,6 +14,7 @@ from typing import Self
 import filelock
 
 from worktree_swarm.core.errors import ManagerLockedError
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import fs, supervisor
 
 PROBE_GRACE = 1.0  # seconds a starting manager or merge waits for a probe to let go
@@ -177,15 +178,13 @@ def _named_holder_alive(state_dir: Path) -> bool:
         pid, started = info.get("pid"), info.get("create_time")
         if not isinstance(pid, int) or not isinstance(started, int | float):
             return True
-        found = supervisor.identity_of(pid)
-        if found is not None and abs(found.create_time - started) < _SAME_START:
+        if supervisor.is_alive(ProcessIdentity(pid=pid, create_time=float(started), pgid=0)):
             return True
         if look == 0:
             time.sleep(_NEW_HOLDER)  # a new holder names itself just after it locks
     return False
 
 
-_SAME_START = 0.01  # seconds: psutil's create_time is rounded
 _NEW_HOLDER = 0.25
 
 

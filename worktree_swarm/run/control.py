@@ -120,7 +120,7 @@ def _checkpoint_stopped(
     """
     worktree = Path(row.worktree)
     ref = f"refs/heads/{row.branch}"
-    told = channel.moving_refs(repo, [ref]) if announce else _unannounced()
+    told = channel.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
     with told as moves:
         tip = git.checkpoint(
             worktree,
@@ -136,11 +136,6 @@ def _checkpoint_stopped(
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)
     _record_diff(repo, store, row, tip or git.head_in(worktree))
-
-
-@contextlib.contextmanager
-def _unannounced() -> Iterator[None]:
-    yield None
 
 
 STOP_LOCK = "stop.lock"

@@ -1251,14 +1251,15 @@ def attempt_outcome(result: AgentResult) -> AttemptOutcome:
 
 
 def _ended_at(log: Path, gone_since: float | None = None) -> float:
-    """When the agent of *log* ended, as its shim recorded it.
+    """When the agent of *log* ended: now, for one watched to its end.
 
-    Else *gone_since* (an adopted agent found gone), else now (one watched to its end).
+    For an adopted one found gone (*gone_since*, its last sign of life): as its shim recorded
+    it, if it did.
     """
+    if gone_since is None:
+        return time.time()
     record = supervisor.read_record(supervisor.record_path(log))
-    if record is not None and record.ended_at:
-        return record.ended_at
-    return time.time() if gone_since is None else gone_since
+    return record.ended_at if record is not None and record.ended_at else gone_since
 
 
 def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:

@@ -25,7 +25,7 @@ from textual.geometry import Size
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.text import printable, without_escapes
+from worktree_swarm.core.text import one_line, printable, without_escapes
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.logtail import Follower
@@ -67,7 +67,7 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
     return (
         Text("*" if marked else ""),
         # A long id would push the state off a narrow screen; the details line has it whole.
-        Text(row.task_id if len(row.task_id) <= ID_CELL else row.task_id[: ID_CELL - 1] + "…"),
+        Text(one_line(row.task_id, limit=ID_CELL)),
         Text(row.state, style=_STYLE.get(row.state, "")),
         Text(row.agent),
         Text(str(row.attempt)),
