@@ -38,10 +38,13 @@ from tests.test_run import (
 )
 from tests.test_watch import open_app, run_async
 from worktree_swarm.core.errors import ManagerLockedError
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard import channel
+from worktree_swarm.infra import lock
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report import status
-from worktree_swarm.run import background
+from worktree_swarm.run import background, control
 
 FAKE_CLAUDE = r'''#!PYTHON
 """Fake Claude Code: scripted by $FAKE_DIR/<task>.plan (one behaviour per call)."""
@@ -1314,6 +1317,40 @@ def test_following_a_log_ends_when_its_agent_ends_with_no_manager_to_record_it(
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_a_stop_beside_another_runs_stop_waits_for_no_guard(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two crashed runs stopped at once: the stop of one holds the manager lock, with no guard.
+    # The other's took it for a live manager and announced its checkpoint to a guard nobody
+    # runs, waiting 30 s per task for a verdict never given.
+    orphan_waiting_agent(repo, tmp_path, write_agent)
+    git_repo = open_repo(repo)
+    with status.open_store(git_repo) as store, ManagerLock(git_repo.state_dir) as other:
+        run_id = status.resolve_run(store, None)
+        other.acquire(run_id="20260101-000000-0000", guarded=False)
+
+        def no_verdict(*_: object) -> None:
+            raise AssertionError("waited for a guard's verdict beside a stop")
+
+        monkeypatch.setattr(channel, "_await_verdict", no_verdict)
+        assert control.stop(git_repo, store, run_id, ["w"], grace=5) == ["w"]
+        assert store.task(run_id, "w").state is TaskState.STOPPED
+    assert not pid_alive(int((tmp_path / "w.pid").read_text()))
+
+
+def test_a_guard_is_alive_only_beside_a_manager_that_runs_one(tmp_path: Path) -> None:
+    # What `swarm merge`, `clean` and a stop announce their ref moves to: a run's manager,
+    # not a stop of a run with no manager (or `run --force` abandoning one) holding the lock.
+    state = tmp_path / "state"
+    assert not lock.guard_alive(state)
+    for guarded in (True, False):
+        with ManagerLock(state) as held:
+            held.acquire(run_id="r1", guarded=guarded)
+            assert lock.manager_alive(state)
+            assert lock.guard_alive(state) is guarded
+    assert not lock.guard_alive(state)
 
 
 def test_a_manager_lock_taken_by_another_program_once_the_manager_died_is_no_manager(

@@ -164,7 +164,7 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
                 # What failed first is what to tell (a full disk fails both); the note goes
                 # below, unfinished, as a killed command's would.
                 told = False
-            if told and moves.refs and lock.manager_alive(repo.state_dir):
+            if told and moves.refs and lock.guard_alive(repo.state_dir):
                 _await_verdict(path, repo.state_dir)
             if told and moves.refs:
                 _await_listeners(path)

@@ -41,8 +41,12 @@ class ManagerLock:
         self._lock = filelock.FileLock(state_dir / "manager.lock", thread_local=False)
         self._parent: int | None = None  # the git dir's descriptor while held
 
-    def acquire(self, *, run_id: str | None = None) -> None:
-        """Take the lock or raise ManagerLockedError naming the holder's PID."""
+    def acquire(self, *, run_id: str | None = None, guarded: bool = True) -> None:
+        """Take the lock or raise ManagerLockedError naming the holder's PID.
+
+        *guarded*: whether this process runs a guard (a manager does; a stop or abandon of a
+        run with no manager does not, and nobody is to wait for its verdicts).
+        """
         self._dir.mkdir(parents=True, exist_ok=True)
         try:
             # `manager_alive` (swarm status, swarm watch) takes the lock for an instant to
@@ -63,6 +67,8 @@ class ManagerLock:
         }
         if run_id is not None:
             info["run_id"] = run_id
+        if not guarded:
+            info["guarded"] = False
         tmp = self._dir / "manager.json.tmp"
         tmp.write_text(json.dumps(info), encoding="utf-8")
         tmp.replace(self._dir / "manager.json")
@@ -219,6 +225,22 @@ def manager_alive(state_dir: Path) -> bool:
         return (state_dir.parent / GIT_DIR_LOCK).exists()
     if probe != _UNLOCKABLE:
         os.close(probe)
+    return False
+
+
+def guard_alive(state_dir: Path) -> bool:
+    """Whether a manager holding the lock runs a guard (:func:`manager_alive`, and not a stop).
+
+    A process that took the lock without a guard says so in ``manager.json``; looked at twice
+    when it does, since a new holder names itself just after it locks.
+    """
+    if not manager_alive(state_dir):
+        return False
+    for look in range(2):
+        if _holder(state_dir).get("guarded", True) is not False:
+            return True
+        if look == 0:
+            time.sleep(_NEW_HOLDER)
     return False
 
 

@@ -96,8 +96,8 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
     """Hold the manager lock while a run's agents are stopped without a manager.
 
     When no manager holds it, so that a resume, `run --force` or doctor does not take the
-    run over meanwhile. Yields whether another run's manager holds it (then this run has none
-    to wait for, and that one's guard is to be told of what the stop commits).
+    run over meanwhile. Yields whether another run's manager holds it and runs a guard (then
+    this run has none to wait for, and that guard is to be told of what the stop commits).
     """
     with contextlib.ExitStack() as held:
         beside = lock.manager_alive(repo.state_dir)
@@ -106,8 +106,9 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
         squatted = not beside and lock.held(repo.state_dir / "manager.lock")
         if not beside and not squatted:
             manager = held.enter_context(lock.ManagerLock(repo.state_dir))
-            manager.acquire(run_id=run_id)
-        yield beside
+            manager.acquire(run_id=run_id, guarded=False)
+        # Beside another stop (of another run with no manager), nobody would hear it.
+        yield beside and lock.guard_alive(repo.state_dir)
 
 
 def _checkpoint_stopped(

@@ -212,7 +212,7 @@ def settle_before_run(
         with Store(path) as store:
             if force and orphaned_runs(store):
                 with ManagerLock(repo.state_dir) as lock:
-                    lock.acquire()
+                    lock.acquire(guarded=False)
                     abandoned = refuse_or_abandon(repo, store, force=True)
             refuse_or_abandon(repo, store, force=False)
 
