@@ -1210,6 +1210,48 @@ def test_a_daemon_left_by_an_agent_whose_shim_is_killed_in_its_grace_is_killed(
             os.kill(daemon, signal.SIGKILL)
 
 
+# Leaves a daemon with no SWARM_* in its environment that ignores SIGTERM (its pid in argv[1]),
+# then SIGKILLs its own shim: nothing marks the daemon as the task's any more.
+DAEMON_KILLS_ITS_SHIM = """
+import os, pathlib, signal, sys, time
+shim = os.getppid()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        env = {k: v for k, v in os.environ.items() if not k.startswith('SWARM')}
+        code = ('import os, pathlib, signal, sys, time\\n'
+                'signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n'
+                'pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\\n'
+                'while True: time.sleep(0.2)\\n')
+        os.execve(sys.executable, [sys.executable, '-c', code, sys.argv[1]], env)
+    os._exit(0)
+while not pathlib.Path(sys.argv[1]).exists() or not pathlib.Path(sys.argv[1]).read_text():
+    time.sleep(0.02)
+os.kill(shim, signal.SIGKILL)
+time.sleep(60)
+"""
+
+
+def test_a_daemon_whose_agent_wiped_its_mark_and_killed_its_shim_does_not_outlive_the_run(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Outside --sandbox an agent can SIGKILL its own shim after clearing SWARM_SHIM from its
+    # daemon's environment: the daemon, re-parented to init, lived on after the run.
+    daemon_file = tmp_path / "daemon"
+    agent = [*write_agent(DAEMON_KILLS_ITS_SHIM), str(daemon_file)]
+    task = f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    proc = _manager(repo, "run", manifest(repo, task))
+    daemon = 0
+    try:
+        daemon = int(written(daemon_file, what="daemon"))
+        assert proc.wait(timeout=120) == 1
+        assert status_json(repo)["a"]["state"] == "failed"
+        assert not pid_alive(daemon)
+    finally:
+        if daemon and pid_alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
 def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

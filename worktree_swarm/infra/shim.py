@@ -159,12 +159,20 @@ def _tell(ready: int | None, what: bytes) -> None:
 
 
 def serve(grace: float) -> int:
-    """Fork the shim of each command asked for on stdin (see the module's docstring)."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    """Fork the shim of each command asked for on stdin (see the module's docstring).
+
+    The server is a child subreaper too: what a shim leaves when it is killed before it could
+    kill its command's tree (SIGKILLed by the OOM killer, or by an agent that wiped
+    ``SWARM_SHIM`` from its daemon's environment first) is re-parented to the server, which
+    kills it (see :func:`_kill_adopted`), within :data:`_ADOPT_SCAN` seconds.
+    """
+    _become_subreaper()
     forked: dict[int, int | None] = {}  # PID -> start time of each shim not yet reaped
     exited: dict[tuple[int, int | None], int] = {}  # (PID, start time) -> wait status
-    token = requests.readline().strip()  # the manager's first line; every request starts so
-    while header := requests.readline():
+    requests = _Requests(0, forked, exited)
+    replies = sys.stdout.buffer
+    token = requests.line().strip()  # the manager's first line; every request starts so
+    while header := requests.line():
         _reap_exited(forked, exited)
         try:
             size = int(header)
@@ -176,8 +184,62 @@ def serve(grace: float) -> int:
             reply = f"! bad request: {exc}"
         replies.write(reply.replace("\n", " ").encode("utf-8", "backslashreplace") + b"\n")
         replies.flush()
-    _reap_exited(forked, exited)  # the shims that ended; the others carry on without us
+    requests.look_after()  # the shims that ended, and strays; the others carry on without us
     return 0
+
+
+_ADOPT_SCAN = 1.0  # seconds between the server's looks for processes re-parented to it
+
+
+class _Requests:
+    """The server's stdin, read a line or a byte count at a time, looking after its children.
+
+    Its children are looked after (:meth:`look_after`) at least every :data:`_ADOPT_SCAN`
+    seconds, also while no request comes.
+    """
+
+    def __init__(
+        self, fd: int, forked: dict[int, int | None], exited: dict[tuple[int, int | None], int]
+    ) -> None:
+        self._fd = fd
+        self._forked = forked
+        self._exited = exited
+        self._data = b""
+        self._looked = time.monotonic()
+        self._select = __import__("select").select
+
+    def look_after(self) -> None:
+        """Reap the shims that ended; kill the strays re-parented to the server."""
+        _reap_exited(self._forked, self._exited)
+        _kill_adopted(self._forked, self._exited)
+        self._looked = time.monotonic()
+
+    def line(self) -> bytes:
+        """The next line, its newline included (b"" at the end of the input)."""
+        while (end := self._data.find(b"\n")) < 0 and self._fill():
+            pass
+        return self._take(len(self._data) if end < 0 else end + 1)
+
+    def read(self, size: int) -> bytes:
+        """The next *size* bytes (fewer at the end of the input)."""
+        while len(self._data) < size and self._fill():
+            pass
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        taken, self._data = self._data[:size], self._data[size:]
+        return taken
+
+    def _fill(self) -> bool:
+        """Read what comes next; False at the end of the input."""
+        while True:
+            if time.monotonic() - self._looked >= _ADOPT_SCAN:
+                self.look_after()
+            if self._select([self._fd], [], [], _ADOPT_SCAN)[0]:
+                break
+        chunk = posix.read(self._fd, 1 << 16)
+        self._data += chunk
+        return bool(chunk)
 
 
 def _answer(
@@ -225,9 +287,50 @@ def _reap_exited(forked: dict[int, int | None], exited: dict[tuple[int, int | No
             return
         if pid == 0:
             return
-        exited[(pid, forked.pop(pid, None))] = status
+        if pid in forked:  # else a stray re-parented to the server, killed
+            exited[(pid, forked.pop(pid))] = status
         while len(exited) > _KEPT_STATUSES:  # asked for soon after the end, or never
             del exited[next(iter(exited))]
+
+
+def _kill_adopted(forked: dict[int, int | None], exited: dict[tuple[int, int | None], int]) -> None:
+    """SIGKILL every child of the server's that is not a shim it forked, until none is left.
+
+    Such a child was re-parented to the server (a subreaper) when its shim died without
+    killing it; its own children come next, as they are re-parented in turn. Not given a grace:
+    its shim, whose grace it was, is gone.
+    """
+    for _ in range(_MAX_DEPTH):
+        strays = [pid for pid in _children() if pid not in forked]
+        if not strays:
+            return
+        for pid in strays:
+            try:  # noqa: SIM105 - contextlib costs start-up time
+                posix.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(_RESCAN)  # for them to die, and their children to be re-parented
+        _reap_exited(forked, exited)
+
+
+def _children() -> list[int]:
+    """The children of the calling process (zombies included), from /proc."""
+    me = posix.getpid()
+    try:  # one file, where the kernel keeps it (CONFIG_PROC_CHILDREN; single-threaded here)
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:  # noqa: PTH123
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        pass
+    try:
+        names = posix.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        fields = _stat_fields(name) if name.isdigit() else None
+        if fields is not None and int(fields[1]) == me:
+            found.append(int(name))
+    return found
 
 
 def _fork_shim(
