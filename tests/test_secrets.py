@@ -743,14 +743,28 @@ run('replace', bad, good)
 """
 
 
-@pytest.mark.parametrize("where", ["message", "file name", "merge", "replaced"])
+# A commit written by hand with a header line of its own (git keeps and pushes it).
+OWN_HEADER = """
+run = lambda *a, **k: subprocess.run(['git', *a], check=True, capture_output=True, **k).stdout
+open('notes.txt', 'w').write('n')
+run('add', 'notes.txt')
+tree = run('write-tree').decode().strip()
+head = run('rev-parse', 'HEAD').decode().strip()
+raw = (f'tree {tree}\\nparent {head}\\nauthor A <a@x> 1 +0000\\ncommitter A <a@x> 1 +0000\\n'
+       'x-note {key}\\n\\nnotes\\n')
+new = run('hash-object', '-t', 'commit', '-w', '--literally', '--stdin', input=raw.encode())
+run('update-ref', 'HEAD', new.decode().strip())
+"""
+
+
+@pytest.mark.parametrize("where", ["message", "file name", "merge", "replaced", "author", "header"])
 def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch, where: str,
 ) -> None:  # fmt: skip
     key = "sk-ant-api03-" + "m" * 30
     commit = (
-        "import subprocess\n"
+        "import os, subprocess\n"
         + {
             "message": "open('notes.txt', 'w').write('n')\n"
             "subprocess.run(['git', 'add', 'notes.txt'], check=True)\n"
@@ -758,6 +772,11 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
             "file name": f"open({key!r}, 'w').write('n')\n",
             "merge": MERGE_ADDING.replace("{key}", key),
             "replaced": REPLACED.replace("{key}", key),
+            "author": "open('notes.txt', 'w').write('n')\n"
+            "subprocess.run(['git', 'add', 'notes.txt'], check=True)\n"
+            "subprocess.run(['git', 'commit', '-qm', 'n'], check=True,\n"
+            f"               env={{**os.environ, 'GIT_AUTHOR_NAME': {key!r}}})\n",
+            "header": OWN_HEADER.replace("{key}", key),
         }[where]
     )
     agent = write_agent(commit)
@@ -769,7 +788,8 @@ def test_pr_refuses_a_credential_in_a_commit_message_or_a_file_name(
     line = pr.stdout.strip()
     named = {
         "message": "its message", "file name": "[REDACTED]", "merge": "settings.py",
-        "replaced": "settings.py",
+        "replaced": "settings.py", "author": "its author, committer or headers",
+        "header": "its author, committer or headers",
     }[where]  # fmt: skip
     assert line.startswith(f"t  failed  not pushing swarm/t: {named} (commit "), line
     assert "an Anthropic API key" in line

@@ -57,7 +57,8 @@ def find_leak(
 ) -> Leak | None:
     """The first ``copy`` file or credential in the commits ``base..tip``, or None.
 
-    Credentials are looked for in file contents, file names and commit messages: known
+    Credentials are looked for in file contents, file names and commit objects (messages,
+    authors, committers, any other header): known
     formats, the values of secret environment variables and *local_secrets*, ``(where,
     value)`` pairs such as the secrets of the ``copy`` files (copied under another name, a
     ``.env`` value is on the branch all the same).
@@ -89,14 +90,21 @@ def find_leak(
             why = _credential(head, secrets)
             if why is not None:
                 return Leak(path=path, commit=commit, why=f"holds {why}")
-    messages = git.git(
-        repo.root, "log", "-z", "--format=%H%x00%B", "--end-of-options",
-        f"{base}..{tip}" if base else tip, "--",
-    ).split("\0")  # fmt: skip
-    for commit, message in zip(messages[0::2], messages[1::2], strict=False):
-        why = _credential(message, secrets)
-        if why is not None:
-            return Leak(path="its message", commit=commit.strip(), why=f"holds {why}")
+        # The commit objects as stored: their messages, and their author, committer and any
+        # other header line (an agent can write a commit with a header of its own).
+        commits = git.git(
+            repo.root, "rev-list", "--end-of-options", f"{base}..{tip}" if base else tip, "--"
+        ).split()
+        for commit in commits:
+            raw = objects.read(commit, limit=SCAN_LIMIT).decode("utf-8", "surrogateescape")
+            headers, _, message = raw.partition("\n\n")
+            for part, text in (
+                ("its message", message),
+                ("its author, committer or headers", headers),
+            ):
+                why = _credential(text, secrets)
+                if why is not None:
+                    return Leak(path=part, commit=commit, why=f"holds {why}")
     return None
 
 
