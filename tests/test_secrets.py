@@ -27,9 +27,10 @@ from tests.conftest import git, make_repo
 from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.agents.base import is_session_id
 from worktree_swarm.git.repo import holding_secrets
 from worktree_swarm.infra import redact as redact_module
-from worktree_swarm.infra.logtail import copy_log
+from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end
 from worktree_swarm.infra.redact import (
     REDACTED,
     RedactingWriter,
@@ -40,6 +41,7 @@ from worktree_swarm.infra.redact import (
     scrub_tree,
 )
 from worktree_swarm.infra.store import Store
+from worktree_swarm.run import checks
 from worktree_swarm.run.runner import SCRUB_SKIP
 from worktree_swarm.ui.live import LiveTable
 
@@ -1513,3 +1515,95 @@ def test_a_key_a_tool_shortened_shows_neither_of_its_ends() -> None:
     assert redact("sk-ant- prose, the tok_ prefix") == "sk-ant- prose, the tok_ prefix"
     phrase = "correct horse battery staple and more words"
     assert Redactor({"DB_PASSWORD": phrase})(phrase[:14]) == phrase[:14]
+
+
+MULTI_LINE_KEY = "firstLINEaaaa1111\nsecondLINEbbbb2222"
+SHORT_TOKEN = "Zq9xW2vB7nL4kP0s"  # noqa: S105 - too short to be found by its ends alone
+
+
+def test_a_secret_of_several_lines_is_redacted_a_line_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An agent's last line was the second line of a PEM-like key: the reason, the live view
+    # and a follower (each a line at a time) showed it.
+    monkeypatch.setenv("MULTI_PRIVATE_KEY", MULTI_LINE_KEY)
+    redact_module._current = None
+    assert redact_module.redact("x secondLINEbbbb2222 y") == f"x {REDACTED} y"
+    assert redact_module.redact(MULTI_LINE_KEY) == REDACTED
+    shown = io.BytesIO()
+    out = RedactingWriter(shown)
+    for line in MULTI_LINE_KEY.splitlines():
+        out.write(line.encode() + b"\n")
+    assert "LINE" not in shown.getvalue().decode()
+
+
+def test_a_window_into_a_log_never_starts_inside_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end of a log read from 4 characters into a short key showed the other 12 of them:
+    # in a reason (8 MiB window), a check's tail (64 KiB), the live table and `swarm watch`.
+    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
+    redact_module._current = None
+    log = tmp_path / "attempt-1.log"
+    log.write_text("start\n" + SHORT_TOKEN + "D" * 2000 + "\nlast words\n")
+    window = 2000 + len("\nlast words\n") + len(SHORT_TOKEN) - 4
+    assert read_end(log, window) == "last words\n"
+    assert last_line(log, max_bytes=window) == "last words"
+    follow = Follower(log, limit=window)
+    assert follow.read() == (False, "last words\n")
+    # A line the view started inside is not shown until the next one starts.
+    log.write_text("start\n" + "D" * 5000)
+    follow = Follower(log, limit=1000)
+    assert follow.read() == (False, "")
+    with log.open("a") as fh:
+        fh.write(SHORT_TOKEN[4:] + "\nnext\n")
+    assert follow.read() == (False, "next\n")
+    # A failing check's tail: its last 64 KiB.
+    log.write_text("start\npad " + SHORT_TOKEN + "\n" + "B" * (64 * 1024 - 8) + "\nfailed\n")
+    assert checks._tail(log, 0).splitlines() == ["B" * (64 * 1024 - 8), "failed"]
+
+
+def test_a_line_that_never_ends_is_shown_in_a_follower_cut_outside_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
+    redact_module._current = None
+    log = tmp_path / "attempt-1.log"
+    log.write_text("")
+    follow = Follower(log)
+    shown, written = "", 0
+    with log.open("a") as fh:
+        for n in range(20_000):  # 400 KB in one line, read now and then half-way into a key
+            fh.write(f"w{n} {SHORT_TOKEN[:6]}")
+            if n % 500 == 0:
+                fh.flush()
+                shown += follow.read()[1]
+            fh.write(f"{SHORT_TOKEN[6:]} ")
+            written += 1
+    shown += follow.read(ended=True)[1]
+    assert SHORT_TOKEN[:8] not in shown
+    assert SHORT_TOKEN[-8:] not in shown
+    assert shown.count(REDACTED) == written
+
+
+def test_a_long_partial_line_is_never_cut_at_a_blank_inside_a_known_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = "P@ss,w0rd! 9"  # noqa: S105 - a test value
+    monkeypatch.setenv("DB_PASSWORD", password)
+    redact_module._current = None
+    shown = io.BytesIO()
+    out = RedactingWriter(shown)
+    out.write(b"A" * 66_000 + b" " + password.encode() + b"F" * 5_000)
+    out.flush_quiet()  # quiet: the long line goes out up to a safe place
+    out.close()
+    text = shown.getvalue().decode()
+    assert "P@ss" not in text
+    assert REDACTED in text
+
+
+def test_a_secret_is_never_taken_for_a_session_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
+    redact_module._current = None
+    assert not is_session_id(SHORT_TOKEN)
+    assert is_session_id("4f1c2a9e-0d1b-4c55-9a7e-3b1f0c8d2e6a")

@@ -134,8 +134,15 @@ def render_argv(template: Sequence[str], values: Mapping[str, str]) -> list[str]
 
 
 def is_session_id(text: object) -> bool:
-    """Whether *text* is safe to pass back to a CLI as a session id (never an option)."""
-    return isinstance(text, str) and _SESSION_ID_RE.fullmatch(text) is not None
+    """Whether *text* is safe to pass back to a CLI as a session id and to store.
+
+    Never an option, and never a secret (an agent can print a key as its session id).
+    """
+    return (
+        isinstance(text, str)
+        and _SESSION_ID_RE.fullmatch(text) is not None
+        and redact(text) == text
+    )
 
 
 def require_session_id(session_id: str) -> str:

@@ -15,22 +15,35 @@ from typing import BinaryIO
 
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.infra import fs
-from worktree_swarm.infra.redact import RedactingWriter, redact
+from worktree_swarm.infra.redact import RedactingWriter, redact, token_safe_end
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 40
 
 
 def read_end(path: Path, max_bytes: int = TAIL_BYTES) -> str:
-    """The last *max_bytes* of *path* as text (undecodable bytes replaced); '' when unreadable."""
+    """The whole lines among the last *max_bytes* of *path* as text; '' when unreadable.
+
+    Undecodable bytes are replaced. A line the window starts inside is left out: its end
+    alone could be the end of a secret, which the redactor would no longer know.
+    """
     try:
         with fs.open_file(path) as fh:
             size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read(max_bytes)
+            start = max(0, size - max_bytes)
+            fh.seek(max(0, start - 1))  # the byte before: is the window's first line whole?
+            data = fh.read(max_bytes + (start > 0))
     except OSError:
         return ""
-    return data.decode("utf-8", errors="replace")
+    return from_line_start(data, cut=start > 0).decode("utf-8", errors="replace")
+
+
+def from_line_start(data: bytes, *, cut: bool) -> bytes:
+    """*data* from its first whole line on when it was *cut* out of a longer text.
+
+    Read with the byte before the window's start: a line that starts there is whole.
+    """
+    return data[data.find(b"\n") + 1 :] if cut else data
 
 
 def tail(path: Path, *, lines: int = TAIL_LINES) -> str:
@@ -55,6 +68,7 @@ def last_lines(text: str, lines: int = TAIL_LINES) -> list[str]:
     return kept[-lines:]
 
 
+_HOLD = 1 << 12  # what a line that never ends keeps back (no token cut), when it has no blank
 _MARK = 64  # bytes before the read position checked again: a rewritten log reads anew
 
 
@@ -73,6 +87,7 @@ class Follower:
     _pending: bytes = b""
     _mark: bytes = b""
     _refused: bool = False  # said once that the log is not read
+    _mid_line: bool = False  # reading from inside a line (its start skipped)
 
     def read(self, *, ended: bool = False) -> tuple[bool, str]:
         """``(restart, text)``: the text to append, once the view is cleared when *restart*.
@@ -95,16 +110,27 @@ class Follower:
             restart = self._offset >= 0 and not self._still_there(fh, size)
             if self._offset < 0 or restart:
                 self._offset, self._pending, self._mark = max(0, size - self.limit), b"", b""
+                self._mid_line = _inside_a_line(fh, self._offset)
             skipped = max(0, size - self._offset - self.limit)
             if skipped:
                 self._offset, self._pending, self._mark = size - self.limit, b"", b""
+                self._mid_line = _inside_a_line(fh, self._offset)
             fh.seek(self._offset)
             chunk = fh.read(self.limit)
         self._offset += len(chunk)
         self._mark = (self._mark + chunk)[-_MARK:]
-        head, newline, rest = (self._pending + chunk).rpartition(b"\n")
-        if ended or len(rest) > self.limit:  # a line that never ends is shown as it comes
+        data = self._pending + chunk
+        if self._mid_line:  # the end of a line the view starts inside: not shown (a secret's)
+            if b"\n" not in data and not ended:
+                self._pending = b""
+                return restart, ""
+            data, self._mid_line = from_line_start(data, cut=b"\n" in data), False
+        head, newline, rest = data.rpartition(b"\n")
+        if ended:
             head, newline, rest = head + newline + rest, b"", b""
+        elif len(rest) > self.limit:  # a line that never ends is shown as it comes, uncut
+            cut = token_safe_end(rest) or max(0, len(rest) - _HOLD)
+            head, newline, rest = head + newline + rest[:cut], b"", rest[cut:]
         self._pending = rest
         text = (head + newline).decode("utf-8", errors="replace")
         note = f"... ({skipped} bytes skipped)\n" if skipped else ""
@@ -115,6 +141,14 @@ class Follower:
             return False
         fh.seek(self._offset - len(self._mark))
         return fh.read(len(self._mark)) == self._mark
+
+
+def _inside_a_line(fh: BinaryIO, offset: int) -> bool:
+    """Whether *offset* in *fh* is inside a line (not at the start of one)."""
+    if offset == 0:
+        return False
+    fh.seek(offset - 1)
+    return fh.read(1) != b"\n"
 
 
 def copy_log(path: Path, out: RedactingWriter, *, ended: Callable[[], bool] | None = None) -> None:

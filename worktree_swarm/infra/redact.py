@@ -161,9 +161,19 @@ class Redactor:
     def __init__(self, env: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         """Also redact the literal values of *env* variables whose names look secret."""
         pairs = env.items() if isinstance(env, Mapping) else env
-        self.values = frozenset(
+        whole = {
             value for name, value in pairs if is_secret_name(name) and len(value) >= MIN_SECRET_LEN
-        )
+        }
+        # A value of several lines (a PEM key) is found a line at a time too: a log's tail, a
+        # live view or a stream redacted line by line holds one line of it, not the whole.
+        lines = {
+            line.strip()
+            for value in whole
+            if "\n" in value or "\r" in value
+            for line in value.splitlines()
+            if _made_up(line.strip())
+        }
+        self.values = frozenset(whole | lines)
         # As written, and as a JSON string holds it (agents print JSON: `"` and `\` escaped).
         forms = {f for v in self.values for f in (v, *_json_forms(v))}
         literal = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
@@ -392,10 +402,23 @@ _HOLD, _HOLD_LIMIT = 1 << 12, 1 << 20
 def token_safe_end(data: bytes) -> int:
     """Where the long line *data* may be cut without cutting a token (a secret) in two.
 
-    After its last blank before its last 4 KiB; 0 when there is none.
+    After its last blank before its last 4 KiB, and not inside a known secret value that holds
+    a blank (`DB_PASSWORD='P@ss,w0rd! 9'`); 0 when there is none.
     """
     before = len(data) - _HOLD
-    return max(data.rfind(b" ", 0, before), data.rfind(b"\t", 0, before)) + 1
+    if before <= 0:
+        return 0
+    cut = max(data.rfind(b" ", 0, before), data.rfind(b"\t", 0, before)) + 1
+    spaced = [v.encode() for v in current().values if " " in v or "\t" in v]
+    moved = True
+    while cut > 0 and moved:
+        moved = False
+        for value in spaced:
+            # An occurrence of *value* that starts before the cut and goes on past it.
+            at = data.find(value, max(0, cut - len(value) + 1))
+            if 0 <= at < cut < at + len(value):
+                cut, moved = at, True
+    return cut
 
 
 class RedactingWriter:
