@@ -66,6 +66,15 @@ def test_label_listing_skips_pull_requests_and_honours_limit(fake_github: FakeGi
     assert [t[2] for t in issues.fetch_issue_tasks(c, label="bug")] == ["one", "two", "three"]
 
 
+def test_an_issue_number_no_github_gives_makes_no_task(fake_github: FakeGitHub) -> None:
+    # An API's number of 10**300 became a 306-character task id (git: file name too long).
+    numbers = [fake_github.add_issue(t, labels=("bug",)) for t in ("huge", "negative", "ok")]
+    fake_github.issues[numbers[0]]["number"] = 10**300
+    fake_github.issues[numbers[1]]["number"] = -5
+    tasks = issues.fetch_issue_tasks(client(fake_github), label="bug")
+    assert [t[0] for t in tasks] == [f"issue-{numbers[2]}"]
+
+
 def test_a_nul_in_one_issue_body_refuses_no_batch(
     fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

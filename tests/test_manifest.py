@@ -468,6 +468,10 @@ def test_bad_task_fields_name_task_and_field(
             'commit_author = "nobody"',
             "tasks.toml: [defaults]: commit_author: expected 'Name <email>'",
         ),
+        (  # git refuses a name of only such characters: every checkpoint would fail
+            'commit_author = ". <a@b>"',
+            "tasks.toml: [defaults]: commit_author: expected 'Name <email>'",
+        ),
         ("port_base = 80", "tasks.toml: [defaults]: port_base: must be between 1024 and 65535"),
         (
             "port_base = 65460",  # 65460 + 10 x 2 x 4 - 1 = 65539: the tasks in flight

@@ -985,6 +985,53 @@ def test_a_repository_swarm_cannot_write_is_one_clear_line(repo: Path, command: 
     assert not (git_dir / "swarm").exists()
 
 
+def test_a_file_where_swarms_state_belongs_is_one_line_not_an_internal_error(repo: Path) -> None:
+    state = repo / ".git" / "swarm"
+    state.write_text("x\n")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")
+    assert out.returncode == 2, out.stderr
+    assert (
+        out.stderr
+        == f"swarm: cannot write {state}: File exists; swarm keeps its state in .git/swarm\n"
+    )
+    assert state.read_text() == "x\n"
+    assert not git(repo, "branch", "--list", "swarm/*")
+
+
+def test_dash_c_reads_relative_paths_from_that_directory(repo: Path, tmp_path: Path) -> None:
+    # As git's -C: `swarm -C repo run tasks.toml` read tasks.toml from where it was started.
+    (repo / "tasks.toml").write_text('[[task]]\nid = "a"\nprompt = "x"\nagent = "scripted"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "-C", repo.name, "run", "tasks.toml"],
+        cwd=repo.parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "branch", "--list", "swarm/a")
+    out = swarm(tmp_path, "-C", "no-such-dir", "status")
+    assert (out.returncode, out.stderr) == (
+        2,
+        "swarm: -C 'no-such-dir': No such file or directory\n",
+    )
+
+
+def test_a_spec_file_no_detached_run_wrote_is_refused_and_kept(repo: Path) -> None:
+    spec = repo.parent / "f.json"
+    spec.write_text('{"a": 1}')
+    out = swarm(repo, "run", "--from-spec", str(spec))
+    assert out.returncode == 2
+    assert out.stderr.startswith("swarm: --from-spec: not a run `swarm run --detach` wrote")
+    assert spec.read_text() == '{"a": 1}'
+    _no_trace(repo)
+
+
+def test_a_path_with_a_line_break_in_an_error_stays_on_one_line(repo: Path) -> None:
+    out = swarm(repo, "run", "no\nsuch.toml")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert "no\\nsuch.toml" in out.stderr
+    _no_trace(repo)
+
+
 @pytest.mark.parametrize(
     "command", [("status",), ("diff",), ("merge",), ("merge", "--dry-run"), ("logs", "a")]
 )

@@ -131,8 +131,13 @@ def cli(ctx: click.Context, directory: Path, debug: bool) -> None:
     if ctx.invoked_subcommand is None:
         commands = ", ".join(cli.list_commands(ctx))
         raise BadInputError(f"no command given; one of: {commands} (`swarm --help` says more)")
+    if directory != Path():  # as git's -C: relative paths (a manifest, --html) are read from it
+        try:
+            os.chdir(directory)
+        except OSError as exc:
+            raise BadInputError(f"-C {str(directory)!r}: {exc.strerror or exc}") from None
     ctx.ensure_object(dict)
-    ctx.obj.update({"dir": directory, "debug": debug})
+    ctx.obj.update({"dir": Path(), "debug": debug})
 
 
 def _store_to_read(repo: git.Repo) -> Store:
@@ -197,16 +202,12 @@ def run(
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
     from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
-    from worktree_swarm.run.runner import spec_from_json
     from worktree_swarm.run.task_worker import worktree_path
 
     repo = _repo(ctx)
     if from_spec is not None:  # a detached manager: the task list its parent validated
-        saved = json.loads(from_spec.read_text(encoding="utf-8"))
-        from_spec.unlink()
-        spec = spec_from_json(json.dumps(saved["spec"]))
-        checkout = Path(saved["checkout"])
-        return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=saved["base"])
+        spec, checkout, base = _detached_spec(from_spec)
+        return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
     # An empty value is asked too (and refused below), not ignored.
     asked = issue_numbers is not None or issues_label is not None  # the options below shape it
     for option, value in (("--limit", limit), ("--github-repo", github_repo)):
@@ -260,6 +261,20 @@ def run(
     if detach:
         return _detach(ctx, repo, spec, as_json=as_json, checkout=checkout, base=base)
     return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
+
+
+def _detached_spec(path: Path) -> tuple[RunSpec, Path, str]:
+    """The run `swarm run --detach` wrote to *path* for its manager, which is then removed."""
+    from worktree_swarm.run.runner import spec_from_json
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        spec = spec_from_json(json.dumps(saved["spec"]))
+        checkout, base = Path(saved["checkout"]), str(saved["base"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"--from-spec: not a run `swarm run --detach` wrote: {exc}") from None
+    path.unlink()
+    return spec, checkout, base
 
 
 def _detach(
@@ -1004,7 +1019,8 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     return ExitCode.OK
 
 
-_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# A read-only repository, or a file where swarm's state directory (or one in it) belongs.
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1071,8 +1087,13 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
     elif isinstance(exc, CommandError) and faults.is_full(exc):  # git writing, the disk full
         text = faults.retry_with(faults.full_message("the repository", exc), command)
     # An API's message, a path you typed: no escape sequence of theirs reaches your terminal.
-    click.echo(f"swarm: {printable(redact(without_escapes(text)))}", err=True)
+    click.echo(f"swarm: {_one_line(without_escapes(text))}", err=True)
     return int(exc.exit_code)
+
+
+def _one_line(text: str) -> str:
+    """*text* redacted and printable on one line: a path you typed can hold a line break."""
+    return printable(redact(text).replace("\r", "\\r").replace("\n", "\\n"), keep="\t")
 
 
 def _say_wait(seconds: float, why: str) -> None:
@@ -1102,13 +1123,13 @@ def _unexpected(exc: Exception, command: str | None) -> int:
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or "swarm's state"
         text = faults.retry_with(faults.full_message(where, exc), command)
-        click.echo(f"swarm: {printable(redact(text))}", err=True)
+        click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository
         where = exc.filename or "swarm's state"
         hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
         text = f"cannot write {where}: {exc.strerror}{hint}"
-        click.echo(f"swarm: {printable(redact(text))}", err=True)
+        click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.BAD_INPUT
     with tempfile.NamedTemporaryFile("w", prefix="swarm-crash-", suffix=".log", delete=False) as fh:
         fh.write(redact("".join(traceback.format_exception(exc))))  # its values: a key too

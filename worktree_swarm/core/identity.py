@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# One line, a name with at least one visible character, a space, then <email>.
-_AUTHOR_RE = re.compile(r"(?P<name>[^<>\n]*[^<>\s][^<>\n]*) <(?P<email>[^<>\s]+)>")
+# One line, a name, a space, then <email>; each with a character git does not strip from an
+# identity (it refuses a name of only blanks and `.,:;"'\`: every commit would fail).
+_KEPT = r"[^<>\s.,:;\"'\\]"
+_AUTHOR_RE = re.compile(rf"(?P<name>[^<>\n]*{_KEPT}[^<>\n]*) <(?P<email>[^<>\s]*{_KEPT}[^<>\s]*)>")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

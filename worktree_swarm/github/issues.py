@@ -39,6 +39,7 @@ Labels: {labels}
 TITLE_LIMIT = 200
 # {{ and }} are literal braces; {name} is a placeholder. One regex, one pass.
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
+_MAX_NUMBER = 10**9  # far past any repository's issue count; a task id stays short
 
 
 def validate_template(template: str, *, where: str = "issue template") -> None:
@@ -86,7 +87,10 @@ def fetch_issue_tasks(
 
     def add(issue: Mapping[str, Any]) -> bool:
         number = issue.get("number")
-        if not isinstance(number, int) or number in seen or "pull_request" in issue:
+        # Only what GitHub numbers issues with (a task id and a branch are made from it).
+        if type(number) is not int or not 0 < number < _MAX_NUMBER:
+            return limit is None or len(tasks) < limit
+        if number in seen or "pull_request" in issue:
             return limit is None or len(tasks) < limit
         seen.add(number)
         tasks.append(issue_task(issue, template))
