@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -710,6 +711,56 @@ def test_a_merge_killed_once_committed_before_its_checks_is_checked_not_taken_as
     assert out.returncode == 1, out.stdout + out.stderr
     assert merge_results(base_repo) == {"breaks": "failed"}
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+
+
+def test_your_commit_on_the_integration_branch_after_a_merge_killed_before_it_merged_is_kept(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed with its intent recorded but before its `git merge`: the next merge took your
+    # commit on top (its parent the recorded start) for that merge, and reset it away.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/task", base, {"task.txt": "t\n"})
+    record_run(base_repo, [("task", base)], base=base)
+    check = tmp_path / "check.py"
+    check.write_text("")
+    hung = hang_git_at(tmp_path, monkeypatch, "merge")
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    kill_merge_once(base_repo, argv, hung.exists, what="the merge step")
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    (worktree / "fix.txt").write_text("my fix\n")
+    git(worktree, "add", "fix.txt")
+    git(worktree, "commit", "-qm", "my fix")
+    mine = git(worktree, "rev-parse", "HEAD")
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    integration = "swarm/integration-" + RUN_ID
+    assert git(base_repo, "merge-base", "--is-ancestor", mine, integration) == ""
+    assert "task.txt" in git(base_repo, "ls-tree", "--name-only", integration)
+
+
+def test_a_task_the_target_holds_already_is_recorded_merged_only_once_its_checks_pass(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # Brought in by its dependent (merged alone first), it was recorded merged ("already in
+    # target") with its own checks never run.
+    base = git(base_repo, "rev-parse", "HEAD")
+    parent = brancher.branch("swarm/parent", base, {"parent.txt": "p\n"})
+    brancher.branch("swarm/child", parent, {"child.txt": "c\n"})
+    record_run(base_repo, [("parent", base), ("child", parent)], base=base)
+    git(base_repo, "branch", "dev", "swarm/child")  # holds both tasks' work
+    check = tmp_path / "check.py"
+    # Fails for that task alone: the target's own checks (before any merge) pass.
+    check.write_text("import os, sys\nsys.exit(os.environ.get('SWARM_TASK_ID') == 'parent')\n")
+
+    out = swarm(base_repo, "merge", "parent", "--into", "dev",
+                "--check", f"{agent_command()} {check}")  # fmt: skip
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "which holds its work already" in out.stdout, out.stdout
+    assert merge_results(base_repo)["parent"] == "failed"
 
 
 def test_a_killed_merge_into_another_branch_never_touches_the_integration_worktree(
@@ -1768,6 +1819,78 @@ def test_clean_ends_the_checks_a_killed_merge_left_and_removes_its_worktree(
     again = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+# Writes build output, edits a tracked file, and hangs the first time it sees a merge: killed.
+HANGING_WRITER = """
+import os, pathlib, time
+pathlib.Path('built.txt').write_text('built')
+pathlib.Path('keep.txt').write_text('formatted')
+started = pathlib.Path({started!r})
+if (pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists()) and not started.exists():
+    started.write_text(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+def _killed_in_its_checks(base_repo: Path, brancher: Brancher, tmp_path: Path) -> list[str]:
+    """Two tasks; a `swarm merge` killed in the checks of its first merge; the merge's argv."""
+    two_tasks(base_repo, brancher, git(base_repo, "rev-parse", "HEAD"))
+    started = tmp_path / "started"
+    check = tmp_path / "check.py"
+    check.write_text(HANGING_WRITER.format(started=str(started)))
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    kill_merge_once(
+        base_repo, argv, lambda: started.exists() and started.read_text() != "", what="its check"
+    )
+    return argv
+
+
+def _saved_as(out: str) -> str:
+    """The ref swarm says it saved what a cut-off merge's worktree held as."""
+    found = re.search(r"saved as (refs/swarm/rescued/merge-[0-9a-f]{12})", out)
+    assert found is not None, out
+    return found[1]
+
+
+def test_clean_commits_nothing_a_merge_cut_off_in_its_checks_left_and_saves_it_aside(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # `swarm clean --yes` checkpointed the killed checks' files onto the integration branch:
+    # the next merge no longer saw its unchecked merge (not the tip) and took it as landed.
+    argv = _killed_in_its_checks(base_repo, brancher, tmp_path)
+    integration = "swarm/integration-" + RUN_ID
+    tip = git(base_repo, "rev-parse", integration)
+
+    out = swarm(base_repo, "clean", "--yes")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(base_repo, "rev-parse", integration) == tip  # nothing committed onto it
+    saved = _saved_as(out.stdout)
+    assert git(base_repo, "show", f"{saved}:built.txt") == "built"
+    again = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "merged      one" in again.stdout  # merged again and checked, not "already in"
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert "built.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
+
+
+def test_what_you_left_in_the_integration_worktree_after_a_killed_merge_is_saved_not_lost(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # The next merge undid the killed one with `reset --hard` and removed every new file:
+    # your edits made there since went with no word (without a kill, they are refused).
+    argv = _killed_in_its_checks(base_repo, brancher, tmp_path)
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    (worktree / "NOTES.txt").write_text("my notes\n")
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    saved = _saved_as(out.stdout + out.stderr)
+    assert git(base_repo, "show", f"{saved}:NOTES.txt") == "my notes"
+    assert not (worktree / "NOTES.txt").exists()
+    assert git(worktree, "status", "--porcelain") == ""
 
 
 def test_doctor_commits_nothing_of_a_killed_merge_into_another_branch(

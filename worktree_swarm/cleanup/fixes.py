@@ -17,7 +17,6 @@ import enum
 import functools
 import itertools
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -39,10 +38,11 @@ from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, lock, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.merge import target as merge_target
 from worktree_swarm.run import control
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
-RESCUE_PREFIX = "refs/swarm/rescued/"
+RESCUE_PREFIX = worktrees.RESCUE_PREFIX
 _REMOVERS = max(2, min(8, os.cpu_count() or 1))  # worktrees removed at once
 # Why a remote branch was left: its local branch was (it moved), so nothing is to retry later.
 LOCAL_KEPT = "its local branch was kept; kept there too"
@@ -582,7 +582,7 @@ def _remove_worktree(
         return "already gone", None
     if info.is_main:
         raise SwarmError(f"{path} is the main checkout; never removed")
-    sha = None
+    sha = saved = None
     repaired = False
     clean = True
     if path.is_dir():
@@ -595,6 +595,11 @@ def _remove_worktree(
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
         clean = _scratch(info) or _nothing_to_keep(path)
+        if not clean and (merge_target.half_merged(path) or merge_target.checks_cut_off(path)):
+            # The integration worktree of a merge cut off (its checks' files, a half-made
+            # merge): no work to commit onto that branch, but saved aside all the same.
+            saved = merge_target.save_left(repo, path, info.branch or "HEAD")
+            clean = True
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
@@ -616,6 +621,8 @@ def _remove_worktree(
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     _remove_announced(repo, path, moves=moves, force=force, clean=clean)
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
+    if saved:
+        note += f"what a cut-off `swarm merge` left there saved as {saved}, "
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
@@ -727,7 +734,7 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
-    sha = snapshot_directory(repo, path)
+    sha = worktrees.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
     if sha is None:
         fs.remove_tree(path)
         return "removed (it held no files)", None
@@ -735,25 +742,6 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     git.git(repo.root, "update-ref", ref, sha)
     fs.remove_tree(path)
     return f"files saved as {ref} ({sha[:12]}), removed", sha
-
-
-def snapshot_directory(repo: git.Repo, path: Path) -> str | None:
-    """Commit every non-ignored file under *path* into *repo* (no ref); None when empty."""
-    with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
-        env = {
-            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
-            "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
-            "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
-        }  # fmt: skip
-        base = [f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
-        runner.run(path, *base, "add", "--all", "--", ".", env=env)
-        if not runner.run(path, *base, "ls-files", "-z", env=env).stdout:
-            return None
-        tree = runner.run(path, *base, "write-tree", env=env).stdout.strip()
-        message = f"swarm: files of stray directory {path}"
-        return runner.run(
-            path, *base, "commit-tree", "--no-gpg-sign", "-m", message, tree, env=env
-        ).stdout.strip()
 
 
 def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:

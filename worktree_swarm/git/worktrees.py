@@ -876,3 +876,31 @@ def unlink_links(src_root: Path, dst_root: Path, names: Sequence[str]) -> None:
         dst = dst_root / name
         if dst.is_symlink() and dst.readlink() == src_root.absolute() / name:
             dst.unlink()
+
+
+RESCUE_PREFIX = "refs/swarm/rescued/"  # files saved before swarm removes or resets them
+
+
+def snapshot_files(
+    repo: Repo, path: Path, *, message: str, parent: str | None = None
+) -> str | None:
+    """Commit every non-ignored file under *path* into *repo* (no ref); None when empty.
+
+    Through an index of its own: *path*'s index (a worktree's, maybe half-merged) is not
+    touched. With *parent*, the commit is its child (`git diff` shows what *path* changed).
+    """
+    with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
+        env = {
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
+            "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
+        }  # fmt: skip
+        base = [f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
+        runner.run(path, *base, "add", "--all", "--", ".", env=env)
+        if not runner.run(path, *base, "ls-files", "-z", env=env).stdout:
+            return None
+        tree = runner.run(path, *base, "write-tree", env=env).stdout.strip()
+        parents = ["-p", parent] if parent else []
+        return runner.run(
+            path, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
+        ).stdout.strip()

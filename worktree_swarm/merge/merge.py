@@ -207,6 +207,12 @@ def merge(
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
+        if target.saved is not None:
+            tell.note(
+                f"a merge cut off in {target.worktree} is undone; what the worktree held"
+                f" uncommitted (its checks' files, edits since) is saved as {target.saved}"
+                f" (`git diff {target.saved}^ {target.saved}`)"
+            )
         session = _Session(
             repo=repo,
             store=store,
@@ -867,13 +873,13 @@ def _merge_step(s: _Session, c: Candidate, pre: str) -> TaskResult:
     if s.strategy is Strategy.SQUASH:
         if _nothing_staged(s):
             _undo(s, pre)  # drops the squash message git left waiting
-            return _already(c, pre)
-        title = c.task.title or c.task_id
+            return _held_already(s, c, pre)
+        title = redact.redact(c.task.title or c.task_id)
         _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
              f"swarm: {title} (task {c.task_id}, squashed)")  # fmt: skip
         return _check(s, c, pre)
     head = _head(s.target.worktree)
-    return _already(c, pre) if head == pre else _check(s, c, pre, commit=head)
+    return _held_already(s, c, pre) if head == pre else _check(s, c, pre, commit=head)
 
 
 def _squash(s: _Session, c: Candidate, flags: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -891,6 +897,23 @@ def _squash(s: _Session, c: Candidate, flags: Sequence[str]) -> subprocess.Compl
     message = f"swarm: squashed changes of task {c.task_id} since {c.base[:12]}\n"
     (git.git_dir(s.target.worktree) / "SQUASH_MSG").write_text(message, encoding="utf-8")
     return _git(s, "merge-recursive", c.base, "--", "HEAD", c.tip, check=False)
+
+
+def _held_already(s: _Session, c: Candidate, pre: str) -> TaskResult:
+    """A task the target holds already (nothing to merge): merged once its checks pass there.
+
+    Brought in by a dependent task merged first, by a merge cut off in its checks that you
+    committed on top of, or by hand: never recorded merged with its checks not run.
+    """
+    if not (s.checks or c.task.checks):
+        return _already(c, pre)
+    result = _check(s, c, pre, commit=pre)
+    if result.outcome is MergeOutcome.MERGED:
+        return dataclasses.replace(result, reason="already in target")
+    if result.check is not None and not result.check.ok:
+        why = f"{result.check.summary} on {s.target.branch}, which holds its work already"
+        return dataclasses.replace(result, reason=why)
+    return result
 
 
 def _already(c: Candidate, commit: str) -> TaskResult:
@@ -968,7 +991,8 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
         _undo(s, pre)
         return _conflicted(s, c, files, why)
     if s.strategy is Strategy.SQUASH:
-        message = f"swarm: {c.task.title or c.task_id} (task {c.task_id}, squashed, resolved)"
+        title = redact.redact(c.task.title or c.task_id)
+        message = f"swarm: {title} (task {c.task_id}, squashed, resolved)"
     else:
         message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
     _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
@@ -1101,7 +1125,8 @@ def _undo_unchecked(s: _Session) -> None:
     for row in rows:
         if row.merge_commit is None:  # killed between its commit and its checks' record
             pre = row.merge_detail
-            if pre and head != pre and _parent(s, head) == pre:
+            # Swarm's merge commit of that task, not one you made on the target since.
+            if pre and head != pre and _parent(s, head) == pre and _merges(s, head, row.task_id):
                 _undo(s, pre)
                 head = pre
             s.store.forget_merge(s.run_id, row.task_id)
@@ -1113,6 +1138,14 @@ def _undo_unchecked(s: _Session) -> None:
         _undo(s, pre)
         s.store.forget_merge(s.run_id, task_id)
         head = pre
+
+
+def _merges(s: _Session, commit: str, task_id: str) -> bool:
+    """Whether *commit* is swarm's merge (or squash) commit of task *task_id*."""
+    subject = _git(s, "log", "-1", "--format=%s", commit, "--").stdout.strip()
+    return subject.startswith("swarm: ") and (
+        f" task {task_id} (" in subject or f"(task {task_id}, squashed" in subject
+    )
 
 
 def _parent(s: _Session, commit: str) -> str | None:

@@ -36,6 +36,7 @@ class Target:
     branch: str
     worktree: Path
     temporary: bool
+    saved: str | None = None  # the ref what a cut-off merge's worktree held was saved as
 
 
 def ref_safe_run(run_id: str) -> str:
@@ -182,16 +183,36 @@ def open_target(
             _unlock(info.path)
             _unlock_made(repo, info)
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
+            cut_off = half_merged(info.path) or checks_cut_off(info.path)
+            saved = save_left(repo, info.path, branch) if cut_off else None
             if half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
                 runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
-            return Target(branch=branch, worktree=info.path, temporary=False)
+            return Target(branch=branch, worktree=info.path, temporary=False, saved=saved)
     path = own
     if git.branch_exists(repo, branch):
         _add_worktree(repo, path, branch)
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)
     return Target(branch=branch, worktree=path, temporary=False)
+
+
+def save_left(repo: git.Repo, worktree: Path, branch: str) -> str | None:
+    """Save what the merge worktree holds uncommitted before a cut-off merge there is undone.
+
+    What the killed merge, its checks or resolver wrote, and what you may have changed there
+    since: undoing the merge removes it all. The ref it is saved as, or None (nothing there).
+    """
+    if not git.status_porcelain(worktree):
+        return None
+    head = git.head_in(worktree)
+    message = f"swarm: left uncommitted in the merge worktree of {branch} by a cut-off merge"
+    sha = worktrees.snapshot_files(repo, worktree, message=message, parent=head)
+    if sha is None:
+        return None
+    ref = f"{worktrees.RESCUE_PREFIX}merge-{sha[:12]}"
+    git.git(repo.root, "update-ref", ref, sha)
+    return ref
 
 
 def _checked_out_elsewhere(branch: str, checkout: Path, own: Path | None) -> BadInputError:
