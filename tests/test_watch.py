@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Footer
 
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
@@ -468,6 +468,25 @@ def test_the_screen_keeps_refreshing_while_a_merge_waits_for_the_database(
         writer.close()
         store.close()
     assert status_json(repo)["aa"]["merge_result"] == "merged"
+
+
+def test_every_key_shows_in_the_key_bar_of_an_80_column_terminal(repo: Path) -> None:
+    # `l d c q` fell off its right end (the command palette's hint drawn over them too).
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "aa=a").returncode == 0
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            shown = [k for k in app.query_one(Footer).children if k.region.width > 0]
+            assert [getattr(k, "key", None) for k in shown] == [b.key for b in app.BINDINGS]
+            assert max(k.region.right for k in shown) <= 80
+            assert len({(k.region.x, k.region.y) for k in shown}) == len(shown)
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
 
 
 def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(

@@ -143,8 +143,8 @@ class WatchApp(App[None]):
         Binding("r", "retry", "Retry"),
         Binding("p", "pull_request", "PR"),
         Binding("space", "mark", "Mark"),
-        Binding("m", "merge", "Merge marked"),
-        Binding("w", "worktree", "Worktree path"),
+        Binding("m", "merge", "Merge"),
+        Binding("w", "worktree", "Path"),
         Binding("l", "pane('log')", "Log"),
         Binding("d", "pane('diff')", "Diff"),
         Binding("c", "pane('conflicts')", "Conflicts"),
@@ -179,7 +179,7 @@ class WatchApp(App[None]):
                 yield Log(id="diff-view")
             with TabPane("Conflicts", id="conflicts"):
                 yield Log(id="conflicts-view")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         """Fill the table and start polling the store."""
