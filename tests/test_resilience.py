@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import filelock
 import psutil
 import pytest
 
@@ -37,7 +38,7 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_watch import open_app, run_async
-from worktree_swarm.core.errors import ManagerLockedError
+from worktree_swarm.core.errors import ManagerLockedError, SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import channel
@@ -1337,6 +1338,25 @@ def test_a_stop_beside_another_runs_stop_waits_for_no_guard(
         monkeypatch.setattr(channel, "_await_verdict", no_verdict)
         assert control.stop(git_repo, store, run_id, ["w"], grace=5) == ["w"]
         assert store.task(run_id, "w").state is TaskState.STOPPED
+    assert not pid_alive(int((tmp_path / "w.pid").read_text()))
+
+
+def test_a_stop_lock_held_past_any_stop_is_given_up_with_one_line(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stop.lock held longer than a stop takes (by an agent outside --sandbox): `swarm stop`
+    # must not wait for ever, and changes nothing.
+    orphan_waiting_agent(repo, tmp_path, write_agent)
+    git_repo = open_repo(repo)
+    monkeypatch.setattr(control, "STOP_WAIT", 0.3)
+    held = filelock.FileLock(git_repo.state_dir / control.STOP_LOCK, thread_local=False)
+    with held, status.open_store(git_repo) as store:
+        run_id = status.resolve_run(store, None)
+        with pytest.raises(SwarmError, match=r"stop\.lock has been held for 0s .*; try again"):
+            control.stop_unmanaged(git_repo, store, run_id, ["w"])
+        assert store.task(run_id, "w").state is TaskState.RUNNING
+    assert pid_alive(int((tmp_path / "w.pid").read_text()))
+    assert swarm(repo, "stop").returncode == 0
     assert not pid_alive(int((tmp_path / "w.pid").read_text()))
 
 

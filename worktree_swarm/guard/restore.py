@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import time
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
@@ -87,18 +85,13 @@ def _new_repositories(root: Path, base: str, now: str, paths: Sequence[str]) -> 
 
 
 def put_index(root: Path, saved: Path) -> bool:
-    """Write *saved* as *root*'s index, taking git's own ``index.lock`` while doing it.
-
-    False while a git command holds that lock (the next scan tries again); a stale one (older
-    than :data:`~worktree_swarm.git.repo.STALE_LOCK_SECONDS`: left by a killed git, or planted
-    by an agent) is removed first.
-    """
+    """Write *saved* as *root*'s index, taking git's own ``index.lock`` while doing it."""
     real = index_path(root)
     lock = real.with_name(real.name + ".lock")
     try:
-        fd = _take_lock(lock)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return False
+        return False  # a git command is running there; the next scan tries again
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(fs.read_file(saved) if saved.is_file() else b"")
@@ -111,22 +104,6 @@ def put_index(root: Path, saved: Path) -> bool:
         lock.unlink(missing_ok=True)
         raise
     return True
-
-
-def _take_lock(lock: Path) -> int:
-    """Create *lock* exclusively (once more past a stale one); FileExistsError while held."""
-    try:
-        return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        try:
-            stale = time.time() - lock.lstat().st_mtime > git.STALE_LOCK_SECONDS
-        except FileNotFoundError:
-            stale = True  # let go meanwhile
-        if not stale:
-            raise
-        with suppress(FileNotFoundError):
-            lock.unlink()
-        return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
 
 def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
