@@ -1530,6 +1530,12 @@ def test_a_secret_of_several_lines_is_redacted_a_line_at_a_time(
     redact_module._current = None
     assert redact_module.redact("x secondLINEbbbb2222 y") == f"x {REDACTED} y"
     assert redact_module.redact(MULTI_LINE_KEY) == REDACTED
+    # Not the lines every such key (or file) has: a branch holding them is no leak.
+    pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n"
+    monkeypatch.setenv("DEPLOY_PRIVATE_KEY", pem + "-----END OPENSSH PRIVATE KEY-----\n")
+    redact_module._current = None
+    assert "-----END OPENSSH PRIVATE KEY-----" not in redact_module.current().values
+    assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU=" in redact_module.current().values
     shown = io.BytesIO()
     out = RedactingWriter(shown)
     for line in MULTI_LINE_KEY.splitlines():
@@ -1537,7 +1543,7 @@ def test_a_secret_of_several_lines_is_redacted_a_line_at_a_time(
     assert "LINE" not in shown.getvalue().decode()
 
 
-def test_a_window_into_a_log_never_starts_inside_a_secret(
+def test_a_window_into_a_log_never_starts_inside_a_word(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The end of a log read from 4 characters into a short key showed the other 12 of them:
@@ -1558,6 +1564,22 @@ def test_a_window_into_a_log_never_starts_inside_a_secret(
     with log.open("a") as fh:
         fh.write(SHORT_TOKEN[4:] + "\nnext\n")
     assert follow.read() == (False, "next\n")
+    # A progress bar that never ends its line shows once it redraws (a carriage return).
+    log.write_text("D" * 70_000)
+    follow = Follower(log)
+    assert follow.read() == (False, "")
+    shown = ""
+    for part in ("\rprogress " + "p" * 40_000, "p" * 40_000):
+        with log.open("a") as fh:
+            fh.write(part)
+        shown += follow.read()[1]
+    assert shown.startswith("progress ")
+    # The end of one long line still shows, from its first whole word on; a window with no
+    # blank in it is one cut word, and shows nothing.
+    log.write_text("x" * 100_000 + " error: build failed\n")
+    assert last_line(log) == "error: build failed"
+    log.write_text("q" * 5 + SHORT_TOKEN + "z" * 990)
+    assert read_end(log, 1000) == ""
     # A failing check's tail: its last 64 KiB.
     log.write_text("start\npad " + SHORT_TOKEN + "\n" + "B" * (64 * 1024 - 8) + "\nfailed\n")
     assert checks._tail(log, 0).splitlines() == ["B" * (64 * 1024 - 8), "failed"]

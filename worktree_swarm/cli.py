@@ -1019,8 +1019,8 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     return ExitCode.OK
 
 
-# A read-only repository, or a file where swarm's state directory (or one in it) belongs.
-_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # a read-only repository
+_IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1125,7 +1125,11 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         text = faults.retry_with(faults.full_message(where, exc), command)
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
-    if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:  # a read-only repository
+    # A file where swarm's state directory (or one in it) belongs is in the way, as read-only.
+    if isinstance(exc, OSError) and (
+        exc.errno in _NOT_WRITABLE
+        or (exc.errno in _IN_THE_WAY and f"{os.sep}.git{os.sep}swarm" in str(exc.filename))
+    ):
         where = exc.filename or "swarm's state"
         hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
         text = f"cannot write {where}: {exc.strerror}{hint}"

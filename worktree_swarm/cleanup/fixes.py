@@ -27,6 +27,7 @@ import psutil
 from worktree_swarm.core.errors import CommandError, GitError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
+    INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     ProcessIdentity,
     is_valid_task_id,
@@ -595,7 +596,9 @@ def _remove_worktree(
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
         clean = _scratch(info) or _nothing_to_keep(path)
-        if not clean and (merge_target.half_merged(path) or merge_target.checks_cut_off(path)):
+        merging = (info.branch or "").startswith(INTEGRATION_PREFIX)  # `swarm merge`'s own
+        cut_off = merge_target.half_merged(path) or merge_target.checks_cut_off(path)
+        if not clean and merging and cut_off:
             # The integration worktree of a merge cut off (its checks' files, a half-made
             # merge): no work to commit onto that branch, but saved aside all the same.
             saved = merge_target.save_left(repo, path, info.branch or "HEAD")

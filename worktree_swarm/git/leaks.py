@@ -96,7 +96,7 @@ def find_leak(
             repo.root, "rev-list", "--end-of-options", f"{base}..{tip}" if base else tip, "--"
         ).split()
         for commit in commits:
-            raw = objects.read(commit, limit=SCAN_LIMIT).decode("utf-8", "surrogateescape")
+            raw = objects.read(commit).decode("utf-8", "surrogateescape")  # all of it, as pushed
             headers, _, message = raw.partition("\n\n")
             for part, text in (
                 ("its message", message),

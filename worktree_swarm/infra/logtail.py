@@ -7,6 +7,7 @@ missing or unreadable reads as empty: quoting it must never fail the caller.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,28 +23,35 @@ TAIL_LINES = 40
 
 
 def read_end(path: Path, max_bytes: int = TAIL_BYTES) -> str:
-    """The whole lines among the last *max_bytes* of *path* as text; '' when unreadable.
+    """The whole words among the last *max_bytes* of *path* as text; '' when unreadable.
 
-    Undecodable bytes are replaced. A line the window starts inside is left out: its end
+    Undecodable bytes are replaced. A word the window starts inside is left out: its end
     alone could be the end of a secret, which the redactor would no longer know.
     """
     try:
         with fs.open_file(path) as fh:
             size = fh.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
-            fh.seek(max(0, start - 1))  # the byte before: is the window's first line whole?
+            fh.seek(max(0, start - 1))  # the byte before: does the window start a word?
             data = fh.read(max_bytes + (start > 0))
     except OSError:
         return ""
-    return from_line_start(data, cut=start > 0).decode("utf-8", errors="replace")
+    return from_word_start(data, cut=start > 0).decode("utf-8", errors="replace")
 
 
-def from_line_start(data: bytes, *, cut: bool) -> bytes:
-    """*data* from its first whole line on when it was *cut* out of a longer text.
+_BLANKS = re.compile(rb"\s")
 
-    Read with the byte before the window's start: a line that starts there is whole.
+
+def from_word_start(data: bytes, *, cut: bool) -> bytes:
+    """*data* from its first whole word on when it was *cut* out of a longer text.
+
+    Read with the byte before the window's start: a word that starts there is whole. Nothing
+    when no blank or line break follows (one word, cut).
     """
-    return data[data.find(b"\n") + 1 :] if cut else data
+    if not cut:
+        return data
+    blank = _BLANKS.search(data)
+    return b"" if blank is None else data[blank.end() :]
 
 
 def tail(path: Path, *, lines: int = TAIL_LINES) -> str:
@@ -87,7 +95,7 @@ class Follower:
     _pending: bytes = b""
     _mark: bytes = b""
     _refused: bool = False  # said once that the log is not read
-    _mid_line: bool = False  # reading from inside a line (its start skipped)
+    _mid_word: bool = False  # reading from inside a word (its start skipped)
 
     def read(self, *, ended: bool = False) -> tuple[bool, str]:
         """``(restart, text)``: the text to append, once the view is cleared when *restart*.
@@ -110,21 +118,19 @@ class Follower:
             restart = self._offset >= 0 and not self._still_there(fh, size)
             if self._offset < 0 or restart:
                 self._offset, self._pending, self._mark = max(0, size - self.limit), b"", b""
-                self._mid_line = _inside_a_line(fh, self._offset)
+                self._mid_word = _inside_a_word(fh, self._offset)
             skipped = max(0, size - self._offset - self.limit)
             if skipped:
                 self._offset, self._pending, self._mark = size - self.limit, b"", b""
-                self._mid_line = _inside_a_line(fh, self._offset)
+                self._mid_word = _inside_a_word(fh, self._offset)
             fh.seek(self._offset)
             chunk = fh.read(self.limit)
         self._offset += len(chunk)
         self._mark = (self._mark + chunk)[-_MARK:]
         data = self._pending + chunk
-        if self._mid_line:  # the end of a line the view starts inside: not shown (a secret's)
-            if b"\n" not in data and not ended:
-                self._pending = b""
-                return restart, ""
-            data, self._mid_line = from_line_start(data, cut=b"\n" in data), False
+        if self._mid_word:  # the end of a word the view starts inside: not shown (a secret's)
+            blank = _BLANKS.search(data)
+            data, self._mid_word = (b"", True) if blank is None else (data[blank.end() :], False)
         head, newline, rest = data.rpartition(b"\n")
         if ended:
             head, newline, rest = head + newline + rest, b"", b""
@@ -143,12 +149,12 @@ class Follower:
         return fh.read(len(self._mark)) == self._mark
 
 
-def _inside_a_line(fh: BinaryIO, offset: int) -> bool:
-    """Whether *offset* in *fh* is inside a line (not at the start of one)."""
+def _inside_a_word(fh: BinaryIO, offset: int) -> bool:
+    """Whether *offset* in *fh* is inside a word (not after a blank or a line break)."""
     if offset == 0:
         return False
     fh.seek(offset - 1)
-    return fh.read(1) != b"\n"
+    return not fh.read(1).isspace()
 
 
 def copy_log(path: Path, out: RedactingWriter, *, ended: Callable[[], bool] | None = None) -> None:

@@ -166,12 +166,14 @@ class Redactor:
         }
         # A value of several lines (a PEM key) is found a line at a time too: a log's tail, a
         # live view or a stream redacted line by line holds one line of it, not the whole.
+        # Only its lines of one made-up word: not `-----END PRIVATE KEY-----` or a JSON
+        # file's `"type": "service_account",`, in every such key (and some files).
         lines = {
             line.strip()
             for value in whole
             if "\n" in value or "\r" in value
             for line in value.splitlines()
-            if _made_up(line.strip())
+            if _KEY_LIKE.fullmatch(line.strip()) and _made_up(line.strip())
         }
         self.values = frozenset(whole | lines)
         # As written, and as a JSON string holds it (agents print JSON: `"` and `\` escaped).

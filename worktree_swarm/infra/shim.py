@@ -300,11 +300,15 @@ def _kill_adopted(forked: dict[int, int | None], exited: dict[tuple[int, int | N
     killing it; its own children come next, as they are re-parented in turn. Not given a grace:
     its shim, whose grace it was, is gone.
     """
+    killed: set[int] = set()
     for _ in range(_MAX_DEPTH):
-        strays = [pid for pid in _children() if pid not in forked]
+        # Each once: one that does not die (in an uninterruptible sleep, or not ours to
+        # signal) is looked at again at the next look, not waited for here.
+        strays = [pid for pid in _children() if pid not in forked and pid not in killed]
         if not strays:
             return
         for pid in strays:
+            killed.add(pid)
             try:  # noqa: SIM105 - contextlib costs start-up time
                 posix.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

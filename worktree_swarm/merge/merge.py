@@ -905,7 +905,8 @@ def _held_already(s: _Session, c: Candidate, pre: str) -> TaskResult:
     Brought in by a dependent task merged first, by a merge cut off in its checks that you
     committed on top of, or by hand: never recorded merged with its checks not run.
     """
-    if not (s.checks or c.task.checks):
+    landed = c.row.merge_result == MergeOutcome.MERGED and c.row.merge_target == s.target.branch
+    if landed or not (s.checks or c.task.checks):  # merged (and checked) there before
         return _already(c, pre)
     result = _check(s, c, pre, commit=pre)
     if result.outcome is MergeOutcome.MERGED:

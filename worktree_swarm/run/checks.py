@@ -14,7 +14,7 @@ from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, supervisor
-from worktree_swarm.infra.logtail import from_line_start
+from worktree_swarm.infra.logtail import from_word_start
 
 TAIL_LINES = 15
 # A step's limit unless the task sets `setup_timeout` / `check_timeout`: overnight, a check
@@ -146,8 +146,8 @@ def _tail(log: Path, start: int) -> str:
             size = f.seek(0, 2)
             at = max(start, size - _TAIL_BYTES)
             f.seek(at - (at > start))  # and the byte before, if it is the check's
-            # Not the end of a line the window starts inside: it could be a secret's.
-            text = from_line_start(f.read(), cut=at > start).decode(errors="replace")
+            # Not the end of a word the window starts inside: it could be a secret's.
+            text = from_word_start(f.read(), cut=at > start).decode(errors="replace")
     except OSError:
         return ""
     return "\n".join(without_escapes(text).strip().splitlines()[-TAIL_LINES:])
