@@ -116,3 +116,23 @@ def test_an_agent_retried_after_its_timeout_or_a_stop_is_told_so(tmp_path: Path)
     assert prompts[1] is not None
     assert prompts[1].startswith("Your previous attempt was stopped by the user.")
     assert prompts[2] == RESUME_PROMPT
+
+
+def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_throttle() -> None:
+    # A previous coordinator's attempt that ended on a usage window (replayed from the store):
+    # its throttle was applied when it was told; the resumed coordinator's fresh gate halved
+    # the provider's concurrency once more for it, as for a new, unconfirmed window.
+    from worktree_swarm.run.ray_exec import RayTaskWorker, _Throttled  # noqa: PLC0415
+
+    worker = object.__new__(RayTaskWorker)
+    worker.gate = Gates(4)
+    worker._resting = lambda *_: None  # type: ignore[method-assign]
+    task = Task(id="a", prompt="do a", agent="claude")
+    reset = time.time() + 3600
+    result = AgentResult(outcome=AgentOutcome.RATE_LIMITED, reason="usage limit", retry_at=reset)
+    replayed = _Throttled(result=result, progressed=False, replayed=True, window=True)
+    course = Course.resumed(task, [])
+    assert worker._rate_limited(task, 1, replayed, course) is None
+    (gate,) = worker.gate.views()
+    assert gate.limit == 4
+    assert course.not_before == reset

@@ -1097,7 +1097,10 @@ class RayTaskWorker(RunWorker):
             kind = Signal.WINDOW if window else Signal.THROTTLE
             detail = "usage limit" if window else "rate limited"
             limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-            self.gate.report(provider, limit, task=task.id, whole_attempt=True)
+            # A replayed window was applied by the manager that was told it: claimed again,
+            # no second throttle of the provider (as a local run's resume recalls it).
+            recalled = bool(window) and throttled.replayed
+            self.gate.report(provider, limit, task=task.id, whole_attempt=True, recalled=recalled)
         failed = course.throttled(
             task,
             result,
