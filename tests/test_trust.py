@@ -1379,12 +1379,12 @@ subprocess.run(['git', 'switch', '-q', '-c', 'scratch'], check=True)
 
 
 def run_beside_b(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory, source: str
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, source: str, framed: str = FRAMED
 ) -> dict[str, dict[str, object]]:
-    """Run task `a` (*source*) while `b` (FRAMED) works; the status rows after."""
+    """Run task `a` (*source*) while `b` (*framed*) works; the status rows after."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    a, b = [*write_agent(source), str(marks)], [*write_agent(FRAMED), str(marks)]
+    a, b = [*write_agent(source), str(marks)], [*write_agent(framed), str(marks)]
     path = manifest(
         repo,
         f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(a)}\n'
@@ -1414,6 +1414,50 @@ def test_an_agent_that_switches_a_siblings_worktree_is_a_suspect_too(
     assert "(or one of a, running at the same time)" in str(rows["b"]["reason"])
     assert git(repo, "rev-parse", "main") == main
     assert git(repo, "show", "swarm/b:b.txt") == "b"  # its work on its own branch
+
+
+# Commits its own work, then points b's branch at it while b works (a commit of its choice,
+# any author or secret, would go out with b's pull request).
+MOVER = """
+import pathlib, subprocess, sys, time
+marks = pathlib.Path(sys.argv[1])
+while not (marks / 'b-running').exists():
+    time.sleep(0.02)
+pathlib.Path('a.txt').write_text('a\\n')
+subprocess.run(['git', 'add', 'a.txt'], check=True)
+subprocess.run(['git', 'commit', '-qm', 'from a'], check=True)
+subprocess.run(['git', 'update-ref', 'refs/heads/swarm/b', 'HEAD'], check=True)
+(marks / 'a-done').touch()
+"""
+
+
+# Works until a moved its branch and the guard put it back (for a minute at most).
+MOVED = """
+import pathlib, subprocess, sys, time
+marks = pathlib.Path(sys.argv[1])
+head = lambda: subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout
+start = head()
+pathlib.Path('b.txt').write_text('b\\n')
+(marks / 'b-running').touch()
+while not (marks / 'a-done').exists():
+    time.sleep(0.02)
+deadline = time.monotonic() + 60
+while head() != start and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_an_agent_that_moves_a_working_siblings_branch_is_caught_and_the_branch_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # A running task's branch was its own to move, whoever moved it: a's commit went onto
+    # b's branch unseen, and out with b's work.
+    rows = run_beside_b(repo, tmp_path, write_agent, MOVER, framed=MOVED)
+    assert rows["a"]["state"] == "failed", rows["a"]
+    assert "swarm/b" in str(rows["a"]["reason"]), rows["a"]
+    assert rows["b"]["state"] == "done", rows["b"]
+    assert git(repo, "show", "swarm/b:b.txt") == "b"
+    assert "a.txt" not in git(repo, "ls-tree", "--name-only", "swarm/b")
 
 
 ODD_NAMES = (

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -114,6 +115,23 @@ _REASON_CHARS = 300
 _MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
 
 UNWATCHED_EVENT = "checkout_changed_unwatched"
+
+
+_REFLOG_TAIL = 1 << 16  # bytes read from the end of a reflog: its latest entries
+
+
+def _tip(repo: git.Repo, ref: str) -> str | None:
+    """Where *ref* points: its loose file read (a new branch's), else git asked."""
+    try:
+        text = (repo.common_dir / ref).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if re.fullmatch(r"[0-9a-f]{40}(?:[0-9a-f]{24})?", text):
+        return text
+    said = runner.run(
+        repo.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False
+    )
+    return said.stdout.strip() or None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -395,6 +413,9 @@ class Guard:
                 for task_id, known in list(self._trees.real.items()):
                     if known != real:
                         continue
+                    # Where swarm left its branch: a later move is its agent's, or judged.
+                    branch = f"refs/heads/swarm/{task_id}"
+                    self._set_ref(branch, _tip(self.repo, branch))
                     if whole is None:
                         self._trees.admins.pop(task_id, None)
                     else:
@@ -1348,12 +1369,19 @@ class Guard:
         moved: list[RefMove] = []
         for ref in sorted(set(now) | set(self._refs)):
             before, after = self._refs.get(ref), now.get(ref)
-            mine = ref_owner(ref) in busy and ref_owner(ref) not in self._pinned
+            owner = ref_owner(ref)
+            mine = owner in busy and owner not in self._pinned
+            if mine and before != after and after is not None and owner is not None:
+                # Its own agent's move is in its worktree's HEAD reflog (its admin dir, which
+                # no sibling can write under --sandbox); another agent's is not, and is judged.
+                # Seen first (made by swarm as the task starts): where it starts from.
+                mine = before is None or self._moved_by_itself(owner, before, after)
+                if mine:
+                    self._set_ref(ref, after)  # from here on: a later move is judged from it
             if before == after or mine or ref in pending:
                 continue  # a task's own branch while it works; a swarm command at work
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile
-            owner = ref_owner(ref)
             if owner is not None and self._others is not None and self._others(owner):
                 self._set_ref(ref, after)
                 continue
@@ -1366,6 +1394,41 @@ class Guard:
                 self._set_ref(ref, start)
             moved.append((ref, start, after))
         return moved
+
+    def _moved_by_itself(self, task_id: str, before: str, tip: str) -> bool:
+        """Whether *task_id*'s branch moved from *before* to *tip* by its own agent alone.
+
+        Git adds each move of the branch a worktree's HEAD names to that HEAD's reflog (a
+        commit, a reset, a rebase, an `update-ref` in that worktree); a move made from another
+        worktree is not there, and breaks the chain of its moves. With no reflog to read
+        (`core.logAllRefUpdates` off, a worktree not as swarm made it), there is no telling:
+        taken as its own.
+        """
+        path = self._trees.paths.get(task_id)
+        admin = None if path is None else worktrees.own_admin(self.repo, path)
+        if admin is None or not self._reflogs_kept:
+            return True
+        try:
+            with (admin / "logs" / "HEAD").open("rb") as fh:
+                start = max(0, fh.seek(0, os.SEEK_END) - _REFLOG_TAIL)
+                fh.seek(start)
+                lines = fh.read().splitlines()[1 if start else 0 :]  # the first may be cut
+        except FileNotFoundError:
+            return False  # made by its first move of its own: none yet
+        except OSError:
+            return True
+        at = before.encode("ascii")
+        for line in lines:  # old, new, who, when<TAB>why: each move from where the last left it
+            old, _, rest = line.partition(b" ")
+            if old == at:
+                at = rest.partition(b" ")[0]
+        return at == tip.encode("ascii")
+
+    @functools.cached_property
+    def _reflogs_kept(self) -> bool:
+        """Whether git keeps reflogs here (``core.logAllRefUpdates``, true unless set off)."""
+        said = runner.run(self.repo.root, "config", "core.logAllRefUpdates", check=False)
+        return said.stdout.strip().lower() not in {"false", "no", "off", "0"}
 
     def _scan_stash(self, began: float, after: str | None) -> list[Violation]:
         """``refs/stash`` is shared by all worktrees: left moved after an attempt, it is a write.
