@@ -1460,6 +1460,30 @@ def test_an_agent_that_moves_a_working_siblings_branch_is_caught_and_the_branch_
     assert "a.txt" not in git(repo, "ls-tree", "--name-only", "swarm/b")
 
 
+# Your branch's loose ref file made unreadable: git then says "reference broken" (and your
+# checkout "No commits yet") where it names it.
+GARBLER = (
+    COMMON
+    + """
+branch = subprocess.run(['git', '-C', str(repo), 'symbolic-ref', 'HEAD'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+attempt(lambda: (common / branch).write_text('garbage\\n'))
+"""
+)
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_a_branch_of_yours_made_unreadable_is_put_back(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    # The put-back (`update-ref`) failed on the broken ref: "main moved; left as found".
+    tip = git(repo, "rev-parse", "HEAD")
+    run_one(repo, [*write_agent(GARBLER), str(repo), str(tmp_path / "m")], sandbox=sandbox)
+    caught_or_impossible(repo, sandbox=sandbox, what="main")
+    assert git(repo, "rev-parse", "HEAD") == tip
+    assert git(repo, "status", "--porcelain") == ""
+
+
 ODD_NAMES = (
     COMMON
     + """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from collections.abc import Sequence
@@ -31,7 +32,36 @@ def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> 
         args = ["update-ref", "-d", ref, after or ""]
     else:
         args = ["update-ref", ref, before, *([after] if after else [])]
-    return git.past_stale_lock(root, args).returncode == 0
+    res = git.past_stale_lock(root, args)
+    if res.returncode != 0 and "reference broken" in res.stderr and _drop_broken(root, ref):
+        res = git.past_stale_lock(root, args)
+    return res.returncode == 0
+
+
+def _drop_broken(root: Path, ref: str) -> bool:
+    """Remove *ref*'s loose file when it holds neither an object name nor ``ref: ...``.
+
+    An agent wrote garbage into it (also under --sandbox: `refs/` stays writable there): git
+    then takes the branch for broken, refuses to update it, and fails in your checkout. Only a
+    regular file under the common dir's ``refs/``; whether one was removed.
+    """
+    said = runner.run(root, "rev-parse", "--git-common-dir", check=False)
+    if said.returncode != 0:
+        return False
+    common = Path(os.path.realpath(root / said.stdout.strip()))
+    path = common / ref
+    try:
+        inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(common / "refs"))
+        data = path.read_bytes() if inside and stat.S_ISREG(path.lstat().st_mode) else None
+    except OSError:
+        return False
+    if data is None or _REF_FILE.fullmatch(data.strip()):
+        return False  # not a broken one of git's: left alone
+    path.unlink()
+    return True
+
+
+_REF_FILE = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+")
 
 
 def restore_checkout(
