@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -36,8 +37,10 @@ from tests.test_run import (
     written,
 )
 from worktree_swarm import cli
+from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as g
 from worktree_swarm.run import task_worker
+from worktree_swarm.run.runner import Runner
 
 NOTE = "manager not running — run `swarm resume`"
 
@@ -673,6 +676,116 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert rows["quick"]["state"] == rows["filler"]["state"] == "done"
     assert git(repo, "show", "swarm/quick:quick.txt") == "work"
     assert "paused" not in swarm(repo, "status").stdout
+
+
+# A check that leaves 3 MB of its own in the worktree, then fills the disk.
+JUNK_THEN_FULL = """
+import contextlib, os, pathlib, sys
+pathlib.Path('junk.bin').write_bytes(os.urandom(3 << 20))
+filler = pathlib.Path(sys.argv[1])
+with filler.open('wb', buffering=0) as fh, contextlib.suppress(OSError):
+    while True:
+        fh.write(b'x' * 65536)
+"""
+
+
+def test_a_worktree_removed_for_max_disk_on_a_full_disk_waits_for_room_not_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Removing a finished task's worktree for max_disk commits what its check left first: on
+    # a full disk that commit failed the task waiting for the room (and its dependents). The
+    # disk is full for that commit alone here (once), as when the check's files are big.
+    repo = make_repo(tmp_path / "repo", {"README.md": "big\n"})
+    (repo / "blob.bin").write_bytes(os.urandom(1 << 20))
+    git(repo, "add", "blob.bin")
+    git(repo, "commit", "-qm", "a 1 MiB file")
+    real = g.checkpoint
+    full: list[str] = []
+
+    def checkpoint(path: Path, *, message: str, **kwargs: object) -> str | None:
+        if "for max_disk" in message and not full:
+            full.append(message)
+            raise CommandError(["git", "add"], 128, "fatal: No space left on device")
+        return real(path, message=message, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(g, "checkpoint", checkpoint)
+    monkeypatch.chdir(repo)
+    leave = "import os; open('left.bin', 'wb').write(os.urandom(2 << 20))"  # past max_disk
+    check = argv_toml([sys.executable, "-c", leave])
+    text = (
+        f'[defaults]\nagent = "scripted"\njobs = 1\nmax_disk = "2.5M"\nchecks = [{check}]\n'
+        '[[task]]\nid = "t0"\nprompt = "x"\n'
+        '[[task]]\nid = "t1"\nprompt = "x"\ndepends_on = ["t0"]\n'
+    )
+    assert cli.main(["run", manifest(repo, text)]) == 0
+    assert full  # the removal met the full disk, and waited
+    rows = status_json(repo)
+    assert rows["t0"]["state"] == rows["t1"]["state"] == "done"
+    assert "left.bin" in git(repo, "ls-tree", "--name-only", "swarm/t0")  # kept, not lost
+
+
+@pytest.mark.timeout(120)  # the manager waited for ever
+def test_an_interrupt_as_a_finished_tasks_outcome_is_taken_loses_no_outcome(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C (or SIGTERM) while the manager recorded what the guard found, after it took a
+    # task's outcome (a full disk makes that wait long): the outcome was dropped, and the
+    # stop then waited for it for ever.
+    class Watched(queue.Queue[tuple[str, object]]):
+        taken = False
+
+        def get(self, block: bool = True, timeout: float | None = None) -> tuple[str, object]:
+            item = super().get(block, timeout)
+            self.taken = True
+            return item
+
+    real_init, real_apply = Runner.__init__, Runner._apply_guard
+    fired: list[bool] = []
+
+    def init(self: Runner, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self._done = Watched()  # type: ignore[assignment]
+
+    def apply(self: Runner) -> None:
+        if getattr(self._done, "taken", False) and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+        real_apply(self)
+
+    monkeypatch.setattr(Runner, "__init__", init)
+    monkeypatch.setattr(Runner, "_apply_guard", apply)
+    monkeypatch.chdir(repo)
+    text = '[[task]]\nid = "a"\nprompt = "x"\nagent = "scripted"\n'
+    assert cli.main(["run", manifest(repo, text)]) == 130
+    assert fired
+    assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_a_run_interrupted_while_paused_on_a_full_disk_ends_once_there_is_room(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # Interrupted while it waited for room to record what a task's end told the guard, the
+    # manager dropped that task's outcome, then waited for it for ever (room or not).
+    repo = make_repo(small_disk / "repo")
+    filler = small_disk / "filler.bin"
+    check = tmp_path / "check.py"
+    check.write_text(JUNK_THEN_FULL)
+    checks = argv_toml([sys.executable, str(check), str(filler)])
+    text = f'[[task]]\nid = "t0"\nprompt = "x"\nagent = "scripted"\nchecks = [{checks}]\n'
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+
+        def paused() -> bool:
+            out = swarm(repo, "status")
+            return out.returncode == 0 and "paused: the disk is full" in out.stdout
+
+        wait_for(paused, timeout=120, what="the manager to pause")
+        proc.send_signal(signal.SIGTERM)
+        filler.unlink()
+        assert proc.wait(timeout=120) == 130, (tmp_path / "bg.log").read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
 
 
 def _paused_until_there_is_room(repo: Path, tmp_path: Path, text: str, disk: Path) -> None:

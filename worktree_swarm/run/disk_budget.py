@@ -29,7 +29,7 @@ from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra import disk
+from worktree_swarm.infra import disk, faults
 from worktree_swarm.infra.store import Store
 
 REMEASURE_SECONDS = 5.0
@@ -205,19 +205,26 @@ class DiskBudget:
         with self.guard.busy(task_id, path):
             if path.is_dir():
                 # Every attempt ended with a checkpoint; this only keeps what a check or a
-                # setup step left behind, as `swarm clean` does, so that nothing is lost.
-                git.checkpoint(
-                    path,
-                    message=f"swarm: checkpoint {task_id} (before removing its worktree "
-                    "for max_disk)"
-                    + git.trailers(task_id, None, task.agent if task is not None else "unknown"),
-                    author=self.spec.commit_author,
-                    exclude=self._local_paths(task, path),
-                    droppings=adapter_for(task.agent).droppings if task is not None else (),
+                # setup step left behind, as `swarm clean` does, so that nothing is lost. On
+                # a full disk (that commit's objects need room too) it waits, as the run does.
+                faults.retry_while_full(
+                    lambda: git.checkpoint(
+                        path,
+                        message=f"swarm: checkpoint {task_id} (before removing its worktree "
+                        "for max_disk)"
+                        + git.trailers(task_id, None, task.agent if task else "unknown"),
+                        author=self.spec.commit_author,
+                        exclude=self._local_paths(task, path),
+                        droppings=adapter_for(task.agent).droppings if task else (),
+                    ),
+                    self.store.on_full,
                 )
                 # Told to the guard as swarm's own: it expects the worktree gone from now on.
                 with self.guard.provisioning(path):
-                    worktrees.remove_worktree(self.repo, path, force=True)
+                    faults.retry_while_full(
+                        lambda: worktrees.remove_worktree(self.repo, path, force=True),
+                        self.store.on_full,
+                    )
         self._scans.pop(task_id, None)
         self.store.update_task(self.run_id, task_id, worktree_removed_at=time.time())
         branch = task.branch if task is not None else f"swarm/{task_id}"

@@ -446,7 +446,11 @@ class Runner:
                 self._poll_stop_requests()
                 self._apply_guard()
                 continue
-            self._apply_guard()
+            try:
+                self._apply_guard()  # may wait out a full disk, and be interrupted there
+            except BaseException:
+                self._done.put((task_id, outcome))  # finished by _drain, not waited for ever
+                raise
             self._finish(task_id, outcome)
             return
 
