@@ -1069,6 +1069,12 @@ def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> No
             out = swarm(repo, *args)
             assert (out.returncode, out.stderr) == (0, note), (args, out.stderr)
         assert json.loads(swarm(repo, "status", "--json").stdout)["tasks"][0]["state"] == "done"
+        assert swarm(repo, "notes").returncode == 0  # a look too: it wrote nothing
+        # A report written to that disk: no bad input of yours (exit 2), nothing half-written.
+        html = swarm(repo, "report", "--html", str(small_disk / "night.html"))
+        assert html.returncode == 1, html.stderr
+        assert html.stderr.endswith("free some space, then run `swarm report` again\n")
+        assert not [p for p in small_disk.iterdir() if "night.html" in p.name]
         planned = swarm(repo, "clean")  # a dry run: it looks
         assert (planned.stderr, planned.stdout.splitlines()[-1]) == (
             "",

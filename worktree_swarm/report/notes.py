@@ -101,7 +101,7 @@ def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
     lock.refuse_while_state_is_gone(repo.state_dir, db)
     if not db.exists():
         raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
-    with Store(db) as store:
+    with Store.to_read(db) as store:  # a look: on a full disk, as last written
         if run_id is None:
             run_id = store.latest_run_id()
             if run_id is None:

@@ -17,10 +17,11 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.core.units import format_size
+from worktree_swarm.infra import faults
 from worktree_swarm.report.report import RunReport
 from worktree_swarm.ui.report_text import (
     disk_text,
@@ -96,15 +97,22 @@ def write_html(report: RunReport, path: Path) -> None:
     """
     path = _target(user_path(path, where="--html"))
     target_dir = path.parent
+    temp: str | None = None
     try:
         with tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", dir=target_dir, prefix=f".{path.name}.", delete=False
         ) as fh:
+            temp = fh.name
             fh.write(render_html(report))
         os.chmod(fh.name, 0o644)  # noqa: PTH101 - NamedTemporaryFile creates files 0600
         Path(fh.name).replace(path)
     except OSError as exc:
-        raise BadInputError(f"--html {path}: cannot write: {exc.strerror or exc}") from exc
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)  # no half-written report left beside it
+        said = f"--html {path}: cannot write: {exc.strerror or exc}"
+        if faults.is_full(exc):  # no bad input of yours: free some space, run it again
+            raise SwarmError(f"{said}; free some space, then run `swarm report` again") from exc
+        raise BadInputError(said) from exc
 
 
 def _target(path: Path) -> Path:
