@@ -624,6 +624,12 @@ def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
     assert (Path(str(row["worktree"])) / "half.txt").read_text() == "half\n"  # its work kept
 
 
+def _paused(repo: Path) -> bool:
+    """Whether `swarm status` says the run waits for room on a full disk."""
+    out = swarm(repo, "status")
+    return out.returncode == 0 and "paused: the disk is full" in out.stdout
+
+
 def test_full_disk_pauses_the_manager_then_it_finishes(
     small_disk: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -660,11 +666,7 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     try:
         wait_for(full.exists, timeout=120, what="the disk to fill")
 
-        def paused() -> bool:
-            out = swarm(repo, "status")
-            return out.returncode == 0 and "paused: the disk is full" in out.stdout
-
-        wait_for(paused, timeout=120, what="the manager to pause")
+        wait_for(lambda: _paused(repo), timeout=120, what="the manager to pause")
         assert proc.poll() is None  # paused, not dead
         go.touch()
         code = proc.wait(timeout=180)
@@ -774,12 +776,7 @@ def test_a_run_interrupted_while_paused_on_a_full_disk_ends_once_there_is_room(
     text = f'[[task]]\nid = "t0"\nprompt = "x"\nagent = "scripted"\nchecks = [{checks}]\n'
     proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
     try:
-
-        def paused() -> bool:
-            out = swarm(repo, "status")
-            return out.returncode == 0 and "paused: the disk is full" in out.stdout
-
-        wait_for(paused, timeout=120, what="the manager to pause")
+        wait_for(lambda: _paused(repo), timeout=120, what="the manager to pause")
         proc.send_signal(signal.SIGTERM)
         filler.unlink()
         assert proc.wait(timeout=120) == 130, (tmp_path / "bg.log").read_text()
@@ -798,12 +795,7 @@ def _paused_until_there_is_room(repo: Path, tmp_path: Path, text: str, disk: Pat
         fh.truncate(filler.stat().st_size - (2 << 20))
     proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
     try:
-
-        def paused() -> bool:
-            out = swarm(repo, "status")
-            return out.returncode == 0 and "paused: the disk is full" in out.stdout
-
-        wait_for(paused, timeout=120, what="the manager to pause")
+        wait_for(lambda: _paused(repo), timeout=120, what="the manager to pause")
         assert proc.poll() is None
         filler.unlink()
         assert proc.wait(timeout=180) == 0, (tmp_path / "bg.log").read_text()

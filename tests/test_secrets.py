@@ -1517,6 +1517,12 @@ def test_a_key_a_tool_shortened_shows_neither_of_its_ends() -> None:
     assert Redactor({"DB_PASSWORD": phrase})(phrase[:14]) == phrase[:14]
 
 
+def known_secret(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """*name*=*value* in this process's environment, known to its redactor from now on."""
+    monkeypatch.setenv(name, value)
+    redact_module._current = None
+
+
 MULTI_LINE_KEY = "firstLINEaaaa1111\nsecondLINEbbbb2222"
 SHORT_TOKEN = "Zq9xW2vB7nL4kP0s"  # noqa: S105 - too short to be found by its ends alone
 
@@ -1526,14 +1532,12 @@ def test_a_secret_of_several_lines_is_redacted_a_line_at_a_time(
 ) -> None:
     # An agent's last line was the second line of a PEM-like key: the reason, the live view
     # and a follower (each a line at a time) showed it.
-    monkeypatch.setenv("MULTI_PRIVATE_KEY", MULTI_LINE_KEY)
-    redact_module._current = None
+    known_secret(monkeypatch, "MULTI_PRIVATE_KEY", MULTI_LINE_KEY)
     assert redact_module.redact("x secondLINEbbbb2222 y") == f"x {REDACTED} y"
     assert redact_module.redact(MULTI_LINE_KEY) == REDACTED
     # Not the lines every such key (or file) has: a branch holding them is no leak.
     pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n"
-    monkeypatch.setenv("DEPLOY_PRIVATE_KEY", pem + "-----END OPENSSH PRIVATE KEY-----\n")
-    redact_module._current = None
+    known_secret(monkeypatch, "DEPLOY_PRIVATE_KEY", pem + "-----END OPENSSH PRIVATE KEY-----\n")
     assert "-----END OPENSSH PRIVATE KEY-----" not in redact_module.current().values
     assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU=" in redact_module.current().values
     shown = io.BytesIO()
@@ -1548,8 +1552,7 @@ def test_a_window_into_a_log_never_starts_inside_a_word(
 ) -> None:
     # The end of a log read from 4 characters into a short key showed the other 12 of them:
     # in a reason (8 MiB window), a check's tail (64 KiB), the live table and `swarm watch`.
-    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
-    redact_module._current = None
+    known_secret(monkeypatch, "MY_SVC_TOKEN", SHORT_TOKEN)
     log = tmp_path / "attempt-1.log"
     log.write_text("start\n" + SHORT_TOKEN + "D" * 2000 + "\nlast words\n")
     window = 2000 + len("\nlast words\n") + len(SHORT_TOKEN) - 4
@@ -1588,8 +1591,7 @@ def test_a_window_into_a_log_never_starts_inside_a_word(
 def test_a_line_that_never_ends_is_shown_in_a_follower_cut_outside_a_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
-    redact_module._current = None
+    known_secret(monkeypatch, "MY_SVC_TOKEN", SHORT_TOKEN)
     log = tmp_path / "attempt-1.log"
     log.write_text("")
     follow = Follower(log)
@@ -1612,8 +1614,7 @@ def test_a_long_partial_line_is_never_cut_at_a_blank_inside_a_known_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     password = "P@ss,w0rd! 9"  # noqa: S105 - a test value
-    monkeypatch.setenv("DB_PASSWORD", password)
-    redact_module._current = None
+    known_secret(monkeypatch, "DB_PASSWORD", password)
     shown = io.BytesIO()
     out = RedactingWriter(shown)
     out.write(b"A" * 66_000 + b" " + password.encode() + b"F" * 5_000)
@@ -1625,7 +1626,6 @@ def test_a_long_partial_line_is_never_cut_at_a_blank_inside_a_known_value(
 
 
 def test_a_secret_is_never_taken_for_a_session_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MY_SVC_TOKEN", SHORT_TOKEN)
-    redact_module._current = None
+    known_secret(monkeypatch, "MY_SVC_TOKEN", SHORT_TOKEN)
     assert not is_session_id(SHORT_TOKEN)
     assert is_session_id("4f1c2a9e-0d1b-4c55-9a7e-3b1f0c8d2e6a")
