@@ -842,6 +842,25 @@ def test_stale_git_lock_is_removed_only_when_no_git_runs(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_doctor_mends_a_ref_file_an_agent_filled_with_garbage(repo: Path) -> None:
+    # Git skips such a ref when it lists refs (`warning: ignoring broken ref`) and fails on it
+    # when asked (`git log --all`: fatal): nothing of swarm's told you, nothing mended it.
+    tip = git(repo, "rev-parse", "HEAD")
+    git(repo, "branch", "feature")
+    heads = repo / ".git" / "refs" / "heads"
+    (heads / "feature").write_text("garbage\n")
+    (heads / "zzz").write_text("garbage\n")  # a new one: git skips it, a guard never sees it
+    found = report(repo, "doctor", code=1)
+    assert found["refs/heads/feature"]["kind"] == "ref"
+    assert found["refs/heads/feature"]["fix"] == f"write it again at {tip[:12]} (its reflog's last)"
+    assert found["refs/heads/zzz"]["fix"] == "delete its file"
+    report(repo, "doctor", "--yes", code=0)
+    assert git(repo, "rev-parse", "feature") == tip
+    assert not (heads / "zzz").exists()
+    assert git(repo, "log", "--all", "--oneline")  # git reads every ref again
+    assert report(repo, "doctor", code=0) == {}
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

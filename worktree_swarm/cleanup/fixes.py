@@ -17,7 +17,9 @@ import enum
 import functools
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+import re
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ class Kind(enum.StrEnum):
 
     PROCESS = "process"
     LOCK = "lock"
+    REF = "ref"
     WORKTREE = "worktree"
     DIRECTORY = "directory"
     FOREIGN_WORKTREE = "foreign_worktree"
@@ -68,6 +71,7 @@ class Action(enum.StrEnum):
     STOP_TASK = "stop_task"
     KILL = "kill"
     UNLINK_LOCK = "unlink_lock"
+    MEND_REF = "mend_ref"
     FORGET_REF_MOVES = "forget_ref_moves"
     REMOVE_WORKTREE = "remove_worktree"
     REMOVE_INITIALIZING = "remove_initializing"
@@ -452,21 +456,27 @@ def _apply_one(
         return _stop_task(repo, f, store=store, grace=grace), None
     if f.action is Action.KILL:
         return _kill(f, grace=grace), None
-    if f.action is Action.UNLINK_LOCK:
-        return _unlink_lock(repo, f), None
+    if (simple := _by_repo().get(f.action)) is not None:
+        return simple(repo, f), None
     if f.action is Action.FORGET_REF_MOVES:
         return ("removed" if channel.forget_abandoned(Path(f.target)) else "in use again"), None
     if f.action is Action.REMOVE_WORKTREE:
         return _remove_worktree(repo, f, force=force, moves=moves, store=store)
-    if f.action is Action.REMOVE_INITIALIZING:
-        return _remove_initializing(repo, f), None
     if f.action is Action.RESCUE_DIRECTORY:
         return _rescue_directory(repo, f)
-    if f.action is Action.PRUNE:
-        return _prune(repo, f), None
     if f.action is Action.REMOVE_NODE_CLONE:
         return _remove_node_clone(f, store=store), None
     raise ValueError(f"{f.action} is applied by its batch")  # the branches: _delete_*branches
+
+
+def _by_repo() -> dict[Action, Callable[[git.Repo, Finding], str]]:
+    """The fixes that need the repository and the finding alone."""
+    return {
+        Action.UNLINK_LOCK: _unlink_lock,
+        Action.MEND_REF: _mend_ref,
+        Action.REMOVE_INITIALIZING: _remove_initializing,
+        Action.PRUNE: _prune,
+    }
 
 
 def _remove_node_clone(f: Finding, *, store: Store | None) -> str:
@@ -555,6 +565,75 @@ def _unlink_lock(repo: git.Repo, f: Finding) -> str:
         raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
     path.unlink()
     return "removed"
+
+
+def _mend_ref(repo: git.Repo, f: Finding) -> str:
+    """Write a broken ref again where its reflog last left it, or remove its file of garbage."""
+    name = f.target
+    path = repo.common_dir / name
+    if _last_logged(repo, name) is None and not _broken_file(path):
+        return "no longer broken"
+    users = git_users(repo_paths(repo))
+    if users:
+        raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
+    was = _last_logged(repo, name)
+    path.unlink(missing_ok=True)
+    if was is None:
+        return "removed (its file held no commit)"
+    git.git(repo.root, "update-ref", "-m", "swarm doctor: mended", name, was)
+    return f"put back at {was[:12]}, as its reflog last left it"
+
+
+def _broken_file(path: Path) -> bool:
+    """Whether *path* is a regular file that is no ref git can read (garbage written into it)."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        data = path.read_bytes().strip()
+    except OSError:
+        return False
+    return re.fullmatch(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+", data) is None
+
+
+def _last_logged(repo: git.Repo, name: str) -> str | None:
+    """The commit *name*'s reflog last moved it to, when that commit is there."""
+    try:
+        lines = (repo.common_dir / "logs" / name).read_bytes().splitlines()
+    except OSError:
+        return None
+    last = lines[-1].split(b" ") if lines else []
+    sha = last[1].decode("ascii", "replace") if len(last) > 1 else ""
+    if not re.fullmatch(r"[0-9a-f]{40}(?:[0-9a-f]{24})?", sha) or set(sha) == {"0"}:
+        return None
+    res = runner.run(repo.root, "cat-file", "-e", f"{sha}^{{commit}}", check=False)
+    return sha if res.returncode == 0 else None
+
+
+def broken_refs(repo: git.Repo) -> list[Finding]:
+    """Loose refs git cannot read (`warning: ignoring broken ref`): garbage an agent wrote.
+
+    Git skips them when it lists refs, and fails on them when it is asked for one (your branch
+    "No commits yet", `git log --all` a fatal error). Each is written again where its reflog
+    last left it, or its file removed.
+    """
+    said = runner.run(repo.root, "for-each-ref", "--format=", check=False).stderr
+    names = re.findall(r"^warning: ignoring broken ref (refs/\S+)$", said, re.MULTILINE)
+    found = []
+    for name in names:
+        if not _broken_file(repo.common_dir / name):
+            continue  # not a loose file of garbage (a dangling symbolic ref): git's to tell
+        was = _last_logged(repo, name)
+        fix = f"write it again at {was[:12]} (its reflog's last)" if was else "delete its file"
+        found.append(
+            Finding(
+                kind=Kind.REF,
+                target=name,
+                reason="ref file holding no commit (garbage written into it): git skips it",
+                action=Action.MEND_REF,
+                fix=fix,
+            )
+        )
+    return found
 
 
 def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:

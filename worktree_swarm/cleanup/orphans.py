@@ -37,6 +37,7 @@ from worktree_swarm.cleanup.fixes import (
     Kind,
     adding_process,
     apply,
+    broken_refs,
     describe,
     kill_finding,
     locked_missing,
@@ -179,6 +180,7 @@ def scan(
     ctx = _context(repo, store)
     found = _processes(ctx)
     found += stale_git_locks(ctx.repo)
+    found += broken_refs(ctx.repo)
     found += ref_move_notes(ctx.repo)
     wt_found, removing, dirty = _worktrees(
         ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
