@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from inotify_simple import INotify, flags
 
-from tests.conftest import git
+from tests.conftest import git, make_repo
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, outside_writes
 from worktree_swarm.git.repo import open_repo
@@ -333,3 +333,28 @@ def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_g
     assert guard.scan() == []
     assert not yours.exists()
     assert str(yours) not in git(repo, "worktree", "list")
+
+
+def test_a_tasks_branch_move_is_its_own_only_when_its_worktree_head_reflog_tells_it(
+    tmp_path: Path,
+) -> None:
+    # A move of a running task's branch is its agent's when its worktree's HEAD reflog holds
+    # the chain of moves to it; a move made from another worktree is not in that reflog. A
+    # detached HEAD (its own `git branch -f`) tells nothing: taken as its own.
+    repo = make_repo(tmp_path / "repo")
+    path = tmp_path / "wt" / "a"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    with guard.busy("a", path):
+        start = git(path, "rev-parse", "HEAD")
+        (path / "own.txt").write_text("own\n")
+        git(path, "add", "own.txt")
+        git(path, "commit", "-qm", "its own")
+        own = git(path, "rev-parse", "HEAD")
+        assert guard._moved_by_itself("a", start, own)
+        tree = git(repo, "rev-parse", "HEAD^{tree}")
+        other = git(repo, "commit-tree", tree, "-p", own, "-m", "a sibling's")
+        git(repo, "update-ref", "refs/heads/swarm/a", other)  # from another worktree
+        assert not guard._moved_by_itself("a", own, other)
+        git(path, "checkout", "-q", "--detach")
+        assert guard._moved_by_itself("a", own, other)  # no telling while detached

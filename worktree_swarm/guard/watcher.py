@@ -1401,12 +1401,21 @@ class Guard:
         Git adds each move of the branch a worktree's HEAD names to that HEAD's reflog (a
         commit, a reset, a rebase, an `update-ref` in that worktree); a move made from another
         worktree is not there, and breaks the chain of its moves. With no reflog to read
-        (`core.logAllRefUpdates` off, a worktree not as swarm made it), there is no telling:
+        (`core.logAllRefUpdates` off, a worktree not as swarm made it), or its HEAD not on the
+        branch (detached: its own `git branch -f` is not in that reflog), there is no telling:
         taken as its own.
         """
         path = self._trees.paths.get(task_id)
         admin = None if path is None else worktrees.own_admin(self.repo, path)
         if admin is None or not self._reflogs_kept:
+            return True
+        try:
+            on_branch = (admin / "HEAD").read_bytes().strip() == (
+                f"ref: refs/heads/swarm/{task_id}".encode()
+            )
+        except OSError:
+            on_branch = False
+        if not on_branch:
             return True
         try:
             with (admin / "logs" / "HEAD").open("rb") as fh:
