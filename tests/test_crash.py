@@ -1272,6 +1272,8 @@ def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
     }
     assert (rows["ok"]["state"], rows["bad"]["state"]) == ("done", "failed")
     assert git(repo, "show", "swarm/ok:ok.txt") == "work"
+    if how == "stop":  # nor said to be stopped ("stopped: ok, bad")
+        assert out.stdout == "nothing to stop\n", out.stdout
 
 
 # Leaves a daemon that ignores SIGTERM (its pid in argv[1]), then ends with its work done.
@@ -1476,16 +1478,28 @@ def test_a_check_or_setup_a_dead_manager_left_running_is_killed_before_it_runs_a
     assert status_json(repo)["a"]["state"] == "done"
 
 
+def launches_of(fake: Path) -> str:
+    """The pids the fake Claude Code wrote for task `a`, a line per launch."""
+    return (fake / "a.launches").read_text()
+
+
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    fake, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
     assert pid_alive(agent)
     out = swarm(repo, "stop")
     assert out.returncode == 0, out.stderr
     assert not pid_alive(agent)
     assert status_json(repo)["a"]["state"] == "stopped"
     assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed
+    # The stopped launch is its first attempt: a retry runs the agent again (it took the
+    # stop's own SIGTERM for how that attempt failed, and failed the task without running it).
+    retried = swarm(repo, "retry")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    row = status_json(repo)["a"]
+    assert (row["state"], row["attempt"]) == ("done", 2), row
+    assert launches_of(fake).count("\n") == 2
 
 
 def _failed_in_its_session(repo: Path, fake: Path) -> None:

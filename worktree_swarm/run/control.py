@@ -72,7 +72,10 @@ def stop(
     with _unmanaged_stop(repo, run_id) as beside:
         stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
     end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
-    return targets
+    # Not one whose agent had ended by itself meanwhile (recorded done or failed): never said
+    # to be stopped.
+    ended = {row.task_id: row.state for row in store.tasks(run_id)}
+    return [t for t in targets if t not in left or ended.get(t) is TaskState.STOPPED]
 
 
 DEFAULT_GRACE = 5.0
@@ -214,6 +217,7 @@ def _stop_unmanaged(
 
         ray_exec.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
         return list(targets)
+    began = time.time()
     rows = {row.task_id: row for row in store.tasks(run_id)}
     # A suspect of an outside write its manager judged before it died fails, stopped or not.
     verdicts, _ = retry.since_last_retry(
@@ -246,6 +250,7 @@ def _stop_unmanaged(
         stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
         if stray is not None:
             supervisor.kill_tree(stray, grace=grace)
+        _record_stopped_launch(repo, store, rows[task_id], stray, task.agent, since=began)
         # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
         # checkout of a worktree it was making, still writing on if it was killed alone.
         populated = rows[task_id].base_commit is not None
@@ -259,6 +264,40 @@ def _stop_unmanaged(
         )
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)
+
+
+def _record_stopped_launch(
+    repo: git.Repo,
+    store: Store,
+    row: TaskRow,
+    agent: ProcessIdentity | None,
+    profile: str,
+    *,
+    since: float,
+) -> None:
+    """Record the attempt a killed manager launched but did not record, as stopped.
+
+    Left unrecorded, a later `swarm retry` took the stop's own SIGTERM in its shim's record
+    for how that attempt failed, and failed the task without running its agent. One whose
+    shim recorded its end before this stop began (*since*) ended by itself: left for
+    `swarm retry` or `resume` to read, as they do. *agent*: the one found running.
+    """
+    number = row.launching
+    if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
+        return
+    log = repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
+    record = supervisor.read_record(supervisor.record_path(log))
+    if agent is None and record is None and not log.exists():
+        return  # never launched: the next attempt is that number
+    if record is not None and record.ended_at is not None and record.ended_at < since:
+        return
+    started = agent.create_time if agent else record.started_at if record else time.time()
+    attempt = store.start_attempt(
+        row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
+        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
+    )  # fmt: skip
+    store.end_attempt(attempt, exit_code=None, outcome=TaskState.STOPPED.value)
+    store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
 
 
 def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResult | None:
