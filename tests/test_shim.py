@@ -387,9 +387,13 @@ def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     shim = psutil.Process(written.shim_pid)
     assert supervisor.shim.MARKER in shim.cmdline()
     assert daemon in [p.pid for p in shim.children(recursive=True)]
+    server = psutil.Process(shim.ppid())  # the manager's shim server, which forked it
     proc.send_signal(signal.SIGKILL)
-    shim.kill()
     proc.wait(timeout=30)
+    # The server ends with the manager; while it lives, what a killed shim leaves goes to it
+    # (a child subreaper), which kills it: gone first, as after a crash that took all three.
+    wait_for(lambda: not pid_alive(server.pid), what="the shim server to end")
+    shim.kill()
     wait_for(lambda: not pid_alive(shim.pid), what="the shim to die")
     assert pid_alive(daemon)
     out = swarm(repo, "doctor")
