@@ -18,7 +18,6 @@ import functools
 import itertools
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -571,7 +570,7 @@ def _mend_ref(repo: git.Repo, f: Finding) -> str:
     """Write a broken ref again where its reflog last left it, or remove its file of garbage."""
     name = f.target
     path = repo.common_dir / name
-    if _last_logged(repo, name) is None and not _broken_file(path):
+    if _last_logged(repo, name) is None and not git.broken_ref_file(path):
         return "no longer broken"
     users = git_users(repo_paths(repo))
     if users:
@@ -584,17 +583,6 @@ def _mend_ref(repo: git.Repo, f: Finding) -> str:
     return f"put back at {was[:12]}, as its reflog last left it"
 
 
-def _broken_file(path: Path) -> bool:
-    """Whether *path* is a regular file that is no ref git can read (garbage written into it)."""
-    try:
-        if not stat.S_ISREG(path.lstat().st_mode):
-            return False
-        data = path.read_bytes().strip()
-    except OSError:
-        return False
-    return re.fullmatch(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+", data) is None
-
-
 def _last_logged(repo: git.Repo, name: str) -> str | None:
     """The commit *name*'s reflog last moved it to, when that commit is there."""
     try:
@@ -603,7 +591,7 @@ def _last_logged(repo: git.Repo, name: str) -> str | None:
         return None
     last = lines[-1].split(b" ") if lines else []
     sha = last[1].decode("ascii", "replace") if len(last) > 1 else ""
-    if not re.fullmatch(r"[0-9a-f]{40}(?:[0-9a-f]{24})?", sha) or set(sha) == {"0"}:
+    if not git.is_object_name(sha) or set(sha) == {"0"}:
         return None
     res = runner.run(repo.root, "cat-file", "-e", f"{sha}^{{commit}}", check=False)
     return sha if res.returncode == 0 else None
@@ -620,7 +608,7 @@ def broken_refs(repo: git.Repo) -> list[Finding]:
     names = re.findall(r"^warning: ignoring broken ref (refs/\S+)$", said, re.MULTILINE)
     found = []
     for name in names:
-        if not _broken_file(repo.common_dir / name):
+        if not git.broken_ref_file(repo.common_dir / name):
             continue  # not a loose file of garbage (a dangling symbolic ref): git's to tell
         was = _last_logged(repo, name)
         fix = f"write it again at {was[:12]} (its reflog's last)" if was else "delete its file"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -1097,6 +1098,26 @@ def removed_stale_lock(cwd: Path, said: str) -> bool:
 
 # Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.
 _OBJECT_NAME = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+_REF_FILE = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+")
+
+
+def is_object_name(text: str) -> bool:
+    """Whether *text* is a full object name (SHA-1 or SHA-256, lowercase hex)."""
+    return _OBJECT_NAME.fullmatch(text) is not None
+
+
+def broken_ref_file(path: Path) -> bool:
+    """Whether *path* is a regular file git cannot read as a ref (garbage written into it).
+
+    Not a symlink, directory or missing file: those are no loose ref of garbage to mend.
+    """
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        data = path.read_bytes().strip()
+    except OSError:
+        return False
+    return _REF_FILE.fullmatch(data) is None
 
 
 _OPERATIONS = {

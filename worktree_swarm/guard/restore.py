@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 from collections.abc import Sequence
@@ -50,18 +49,11 @@ def _drop_broken(root: Path, ref: str) -> bool:
         return False
     common = Path(os.path.realpath(root / said.stdout.strip()))
     path = common / ref
-    try:
-        inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(common / "refs"))
-        data = path.read_bytes() if inside and stat.S_ISREG(path.lstat().st_mode) else None
-    except OSError:
-        return False
-    if data is None or _REF_FILE.fullmatch(data.strip()):
+    inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(common / "refs"))
+    if not inside or not git.broken_ref_file(path):
         return False  # not a broken one of git's: left alone
     path.unlink()
     return True
-
-
-_REF_FILE = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+")
 
 
 def restore_checkout(

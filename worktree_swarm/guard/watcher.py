@@ -126,7 +126,7 @@ def _tip(repo: git.Repo, ref: str) -> str | None:
         text = (repo.common_dir / ref).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         text = ""
-    if re.fullmatch(r"[0-9a-f]{40}(?:[0-9a-f]{24})?", text):
+    if git.is_object_name(text):
         return text
     said = runner.run(
         repo.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False
