@@ -136,3 +136,28 @@ def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_th
     (gate,) = worker.gate.views()
     assert gate.limit == 4
     assert course.not_before == reset
+
+
+def test_attempts_on_a_full_disk_are_tried_again_a_few_times_and_since_a_retry_only(
+    tmp_path: Path,
+) -> None:
+    # An agent that fills the disk itself every time must not be started again forever; a
+    # resumed manager counts the tries the recorded ones used, and `swarm retry` starts anew.
+    task = Task(id="a", prompt="do a")
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
+            spec_json="{}", created_at=1.0,
+        )  # fmt: skip
+        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        lefts = [Course.resumed(task, []).disk_retries_left]
+        for number in range(1, 4):
+            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            store.end_attempt(attempt, exit_code=1, outcome="disk_full")
+            lefts.append(Course.resumed(task, store.attempts("r1", "a")).disk_retries_left)
+        previous = store.attempts("r1", "a")
+    assert lefts == [3, 2, 1, 0]
+    assert Course.resumed(task, previous, since=previous[2:]).disk_retries_left == 2
+    prompt = Course.resumed(task, previous).prompt
+    assert prompt is not None
+    assert prompt.startswith("Your previous attempt ended while the disk was full")

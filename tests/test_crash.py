@@ -680,6 +680,125 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert "paused" not in swarm(repo, "status").stdout
 
 
+def _attempt_outcomes(repo: Path, task_id: str) -> list[str]:
+    with contextlib.closing(state_db(repo)) as db:
+        rows = db.execute(
+            "SELECT outcome FROM attempts WHERE task_id = ? ORDER BY number", (task_id,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_an_agent_that_dies_printing_to_a_full_disk_goes_on_once_there_is_room(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Its output goes to its log on the disk that filled: printing raises ENOSPC, it exits 1.
+    # The task failed for the disk, not for its work: it goes on once there is room.
+    repo = make_repo(small_disk / "repo")
+    go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
+    filler = write_agent(
+        "import pathlib, time\n"
+        f"while not pathlib.Path({str(wrote)!r}).exists(): time.sleep(0.05)\n"
+        "with open('filler.bin', 'wb', buffering=0) as fh:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            fh.write(b'x' * 65536)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        f"pathlib.Path({str(full)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('filler.bin').unlink()\n"
+        "pathlib.Path('filled.txt').write_text('done\\n')\n"
+    )
+    printer = write_agent(  # once more, with room: it finds its work there and ends
+        "import pathlib, sys, time\n"
+        "if pathlib.Path('work.txt').exists():\n"
+        "    pathlib.Path('more.txt').write_text(sys.argv[1])\n"
+        "    sys.exit(0)\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+        f"pathlib.Path({str(wrote)!r}).touch()\n"
+        "while True:\n"
+        "    print('progress ' * 20, flush=True)\n"
+        "    time.sleep(0.01)\n"
+    )
+    text = (
+        '[[task]]\nid = "filler"\nprompt = "x"\n'
+        f"agent = {argv_toml(filler)}\n"
+        '[[task]]\nid = "printer"\nprompt = "x"\n'
+        f"agent = {argv_toml([*printer, '{prompt_file}'])}\n"
+    )
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+        wait_for(full.exists, timeout=120, what="the disk to fill")
+        wait_for(lambda: _paused(repo), timeout=120, what="the manager to pause")
+        go.touch()
+        code = proc.wait(timeout=180)
+        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    rows = status_json(repo)
+    assert rows["printer"]["state"] == rows["filler"]["state"] == "done"
+    assert git(repo, "show", "swarm/printer:work.txt") == "work"
+    assert _attempt_outcomes(repo, "printer") == ["disk_full", "succeeded"]
+    # Told why it starts again (a command agent has no session to resume).
+    prompt = Path(git(repo, "show", "swarm/printer:more.txt")).read_text()
+    assert "the disk was full" in prompt
+
+
+def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Under 16 MiB free counts as full (git, too, fails then without saying why), although
+    # the state database can still be written: the task waits, paused, until there is room.
+    repo = make_repo(small_disk / "repo")
+    go, filled = tmp_path / "go", tmp_path / "filled"
+    filler = write_agent(  # leaves about 8 MiB free, frees it all when told
+        "import os, pathlib, time\n"
+        "with open('filler.bin', 'wb') as fh:\n"
+        "    while True:\n"
+        "        st = os.statvfs('.')\n"
+        "        if st.f_bavail * st.f_frsize < 8 << 20:\n"
+        "            break\n"
+        "        fh.write(b'x' * 65536); fh.flush()\n"
+        f"pathlib.Path({str(filled)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        "pathlib.Path('filler.bin').unlink()\n"
+        "pathlib.Path('filled.txt').write_text('done\\n')\n"
+    )
+    failing = write_agent(  # fails while the disk is nearly full, does its work with room
+        "import os, pathlib, sys, time\n"
+        f"while not pathlib.Path({str(filled)!r}).exists(): time.sleep(0.05)\n"
+        "st = os.statvfs('.')\n"
+        "if st.f_bavail * st.f_frsize < 16 << 20:\n"
+        "    sys.exit('no room for my build')\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+    )
+    text = (
+        '[[task]]\nid = "filler"\nprompt = "x"\n'
+        f"agent = {argv_toml(filler)}\n"
+        '[[task]]\nid = "failing"\nprompt = "x"\n'
+        f"agent = {argv_toml(failing)}\n"
+    )
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+        wait_for(lambda: _paused(repo), timeout=120, what="the task to wait for room")
+        assert proc.poll() is None
+        row = status_json(repo)["failing"]
+        assert row["state"] == "pending"
+        assert "once there is room" in str(row["reason"])
+        go.touch()
+        code = proc.wait(timeout=180)
+        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    rows = status_json(repo)
+    assert rows["failing"]["state"] == rows["filler"]["state"] == "done"
+    assert git(repo, "show", "swarm/failing:work.txt") == "work"
+    assert _attempt_outcomes(repo, "failing") == ["disk_full", "succeeded"]
+    assert "paused" not in swarm(repo, "status").stdout
+
+
 # A check that leaves 3 MB of its own in the worktree, then fills the disk.
 JUNK_THEN_FULL = """
 import contextlib, os, pathlib, sys

@@ -332,6 +332,7 @@ class AttemptOutcome(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     STOPPED = "stopped"  # cut short by `swarm stop`
     TIMED_OUT = "timed_out"
+    DISK_FULL = "disk_full"  # failed while the disk was full: tried again once there is room
 
     @classmethod
     def parse(cls, text: str | None) -> AttemptOutcome:

@@ -390,20 +390,12 @@ class StuckOnPipeError(GitError):
 # What git says when a write fails; of a full disk it says so only sometimes (a checkout
 # says "error: unable to write file PATH", nothing more).
 _WRITE_FAILED = ("unable to write", "could not write", "write error", "unable to create")
-_NEARLY_FULL = 16 << 20  # free bytes under which a failed write is taken for a full disk
 
 
 def _out_of_space(cwd: Path, text: str) -> bool:
     """Whether git, failing with *text* in *cwd*, failed to write for want of space there."""
     low = text.lower()
-    if not any(words in low for words in _WRITE_FAILED):
-        return False
-    try:
-        fs = os.statvfs(cwd)
-    except OSError:
-        return False
-    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may use the reserve
-    return free * fs.f_frsize < _NEARLY_FULL
+    return any(words in low for words in _WRITE_FAILED) and fs.nearly_full(cwd)
 
 
 @functools.lru_cache(maxsize=8)

@@ -104,6 +104,23 @@ def size_of(path: Path | str) -> int:
         return -1
 
 
+NEARLY_FULL = 16 << 20  # free bytes under which a disk is taken for full
+
+
+def nearly_full(path: Path | str) -> bool:
+    """Whether the file system holding *path* has less than :data:`NEARLY_FULL` bytes free.
+
+    Free for swarm's own user: root may use the reserve. A path that cannot be looked at
+    (gone) says nothing: False.
+    """
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return False
+    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    return free * fs.f_frsize < NEARLY_FULL
+
+
 def read_text(path: Path | str) -> str:
     """:func:`read_file` of *path* decoded as UTF-8 (ValueError when it is not)."""
     return read_file(path).decode("utf-8")

@@ -332,9 +332,9 @@ def _task_report(
 ) -> TaskReport:
     reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
     spans = tuple(_spans(changes, end=end))
-    retries = sum(
-        1 for prev in reports[:-1] if prev.outcome != AttemptOutcome.RATE_LIMITED
-    )  # a resume after a rate limit is a new attempt, not a retry
+    # A resume after a rate limit, or once a full disk has room, is a new attempt, not a retry.
+    resumed = {AttemptOutcome.RATE_LIMITED, AttemptOutcome.DISK_FULL}
+    retries = sum(1 for prev in reports[:-1] if prev.outcome not in resumed)
     # started_at moves to each new attempt's start; the task's wall time begins at the first.
     starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]
     wall = (row.ended_at or end) - min(starts) if starts else None

@@ -36,7 +36,15 @@ _CUT_SHORT = {
         "Your previous attempt was stopped by the user. Continue the task where you left off; "
         "your earlier edits are already in this worktree."
     ),
+    AttemptOutcome.DISK_FULL.value: (
+        "Your previous attempt ended while the disk was full (No space left on device); there "
+        "is room again. Continue the task where you left off; your earlier edits are already "
+        "in this worktree."
+    ),
 }
+# Attempts of a task that may fail while the disk is full and be tried again once there is
+# room (an agent that fills the disk itself again and again fails in the end).
+DISK_RETRIES = 3
 
 
 def resume_prompt(previous: Sequence[AttemptRow]) -> str:
@@ -60,6 +68,7 @@ class Course:
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
     repairs_left: int = 0  # failing checks it may still hand back to the agent
     repair_due: bool = False  # a round handed back whose attempt has not started: not counted
+    disk_retries_left: int = DISK_RETRIES  # attempts that may still end on a full disk
 
     @classmethod
     def resumed(
@@ -103,6 +112,8 @@ class Course:
             throttles=streak,
             pending=instruction,
             repairs_left=max(0, task.repair - repairs),
+            disk_retries_left=DISK_RETRIES
+            - sum(a.outcome == AttemptOutcome.DISK_FULL for a in since),
         )
         if instruction is not None:
             course.interrupted()
@@ -123,6 +134,11 @@ class Course:
         self.prompt = (
             RESUME_PROMPT if self.pending is None else f"{RESUME_PROMPT}\n\n{self.pending}"
         )
+
+    def out_of_room(self) -> None:
+        """After an attempt that failed on a full disk: go on, told so, once there is room."""
+        told = _CUT_SHORT[AttemptOutcome.DISK_FULL.value]
+        self.prompt = told if self.pending is None else f"{told}\n\n{self.pending}"
 
     def completed(self) -> None:
         """An attempt ran to its end: no wait, backoff or instruction carries over."""

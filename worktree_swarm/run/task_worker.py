@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import threading
 import time
@@ -59,6 +60,7 @@ from worktree_swarm.run.live_limits import LogTail
 POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RETRY_TAIL_BYTES = 16 * 2**10
+ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +97,7 @@ class _Ended:
     cut_short: TaskState | None = None
     reason: str = ""
     usage_window: bool | None = None  # a previous manager's attempt: its limit, as recorded
+    disk_full: bool = False  # failed while the disk was full: tried again once there is room
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -431,17 +434,71 @@ class TaskWorker(RunWorker):
                 if out is not None:
                     return out
                 continue
+            if ended.disk_full and self._goes_on_with_room(live, path, course, replayed=replayed):
+                continue
             if result.outcome is AgentOutcome.FAILED:
                 return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-            self._completed(task.id, course)
-            if stat.files == 0:
-                return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-            failure = self._check(live, path, base, env)
-            if failure is None:
-                return TaskOutcome(state=TaskState.DONE)
-            out = self._repair(task, course, failure)
+            out = self._completed_attempt(live, path, base, env, course, stat)
             if out is not None:
                 return out
+
+    def _completed_attempt(
+        self,
+        live: Live,
+        path: Path,
+        base: str,
+        env: dict[str, str],
+        course: Course,
+        stat: git.DiffStat,
+    ) -> TaskOutcome | None:
+        """After an attempt that ran to its end: the task's outcome, or None for a repair."""
+        self._completed(live.task.id, course)
+        if stat.files == 0:
+            return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
+        failure = self._check(live, path, base, env)
+        if failure is None:
+            return TaskOutcome(state=TaskState.DONE)
+        return self._repair(live.task, course, failure)
+
+    def _goes_on_with_room(self, live: Live, path: Path, course: Course, *, replayed: bool) -> bool:
+        """After an attempt that failed on a full disk: whether another follows once there is room.
+
+        The room is waited for here; with the task's tries on a full disk spent, it fails.
+        *replayed*: the attempt was a previous manager's, already counted in the course.
+        """
+        spent = course.disk_retries_left < 0 if replayed else course.disk_retries_left <= 0
+        if spent:
+            return False
+        course.disk_retries_left -= 0 if replayed else 1
+        self._wait_for_room(live.task, path, live)
+        course.out_of_room()
+        return True
+
+    def _wait_for_room(self, task: Task, path: Path, live: Live) -> None:
+        """Wait, paused as a full disk pauses the run, until there is room for another attempt.
+
+        A stop (`swarm stop`, Ctrl-C) ends the wait: the next attempt is then not started.
+        """
+        self._state(
+            task.id,
+            TaskState.PENDING,
+            reason="its agent failed while the disk was full; it goes on once there is room",
+        )
+        full, pause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.store.on_full
+        waited = False
+        with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
+            while self._out_of_room(task, path) and not live.stop.is_set():
+                waited = True
+                if pause is None:
+                    live.stop.wait(ROOM_POLL_SECONDS)
+                else:  # `swarm status` says the run is paused, and why
+                    pause(full)
+        if waited and pause is not None:
+            pause(None)
+
+    def _out_of_room(self, task: Task, path: Path) -> bool:
+        """Whether the disk of *task*'s worktree or of its logs is full."""
+        return fs.nearly_full(path) or fs.nearly_full(self._logs(task))
 
     def _next(
         self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
@@ -795,6 +852,9 @@ class TaskWorker(RunWorker):
                 failed = AgentResult(outcome=outcome, reason=attempt.reason)
                 cut = TaskState(recorded.value)
                 return _Ended(result=failed, cut_short=cut, reason=attempt.reason)
+            if recorded is AttemptOutcome.DISK_FULL:  # tried again once there is room
+                failed = AgentResult(outcome=outcome, reason=attempt.reason)
+                return _Ended(result=failed, disk_full=True, reason=attempt.reason)
             result = AgentResult(
                 outcome=outcome,
                 reason=attempt.reason,
@@ -878,6 +938,8 @@ class TaskWorker(RunWorker):
     ) -> float | None:
         r = attempts_own(self.store, self.run_id, task_id, attempt_id, ended.result)
         outcome = ended.cut_short.value if ended.cut_short else attempt_outcome(r)
+        if ended.disk_full:
+            outcome = AttemptOutcome.DISK_FULL.value
         usage = attempt_usage(r, ended.reason or r.reason)
         self.store.end_attempt(
             attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
@@ -924,6 +986,11 @@ class TaskWorker(RunWorker):
                 stoppable = result.outcome is not AgentOutcome.SUCCESS
                 if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
+                # Its output goes to a log on a disk that filled up: most agents end so.
+                path = worktree_path(self.spec, live.task)
+                if result.outcome is AgentOutcome.FAILED and self._out_of_room(task, path):
+                    why = f"the disk was full ({result.reason})" if result.reason else ""
+                    return _Ended(result=result, disk_full=True, reason=why or "the disk was full")
                 return _Ended(result=result, usage_window=stated_window(result, at))
             if (
                 retrying is not None
