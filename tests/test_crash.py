@@ -745,11 +745,13 @@ def test_an_agent_that_dies_printing_to_a_full_disk_goes_on_once_there_is_room(
     assert "the disk was full" in prompt
 
 
+@pytest.mark.parametrize("killed", [False, True], ids=["watched", "manager-killed"])
 def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
-    small_disk: Path, tmp_path: Path, write_agent: object
+    small_disk: Path, tmp_path: Path, write_agent: object, killed: bool
 ) -> None:
     # Under 16 MiB free counts as full (git, too, fails then without saying why), although
     # the state database can still be written: the task waits, paused, until there is room.
+    # A manager killed while it waits: the resumed one goes on with the task the same way.
     repo = make_repo(small_disk / "repo")
     go, filled = tmp_path / "go", tmp_path / "filled"
     filler = write_agent(  # leaves about 8 MiB free, frees it all when told
@@ -786,9 +788,16 @@ def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
         row = status_json(repo)["failing"]
         assert row["state"] == "pending"
         assert "once there is room" in str(row["reason"])
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         go.touch()
-        code = proc.wait(timeout=180)
-        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
+        if killed:
+            out = swarm(repo, "resume")
+            assert out.returncode == 0, out.stdout + out.stderr
+        else:
+            code = proc.wait(timeout=180)
+            assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
     finally:
         if proc.poll() is None:
             _kill_group(proc)
