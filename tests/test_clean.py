@@ -942,6 +942,29 @@ def test_clean_removes_the_integration_worktree_and_its_branch_once_landed(
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_tasks_merged_into_an_integration_branch_clean_deleted_once_landed_stay_merged(
+    repo: Path, tmp_path: Path
+) -> None:
+    # The documented way back: merge, land with --ff-only, clean. Recorded as merged into a
+    # branch that was gone, every task showed its merge undone, and `swarm merge` (and its
+    # --dry-run) exited 1 asking for the task branches back, their work already on main.
+    merged_run(repo, tmp_path)
+    branch = git(repo, "branch", "--list", "swarm/integration-*", "--format=%(refname:short)")
+    git(repo, "merge", "-q", "--ff-only", branch)
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+
+    row = status_json(repo)["aa"]
+    assert (row["merge_result"], row["merge_target"]) == ("merged", "main")
+    assert "undone" not in swarm(repo, "status").stdout
+    dry = swarm(repo, "merge", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    again = swarm(repo, "merge")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "bring it back" not in again.stdout
+    assert git(repo, "show", "main:aa.txt") == "x"
+
+
 def test_a_merge_undone_after_clean_deleted_its_branch_is_kept_and_can_be_merged_again(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ from worktree_swarm.cleanup.fixes import (
     kill_finding,
     locked_missing,
     merge_targets,
+    merged_into,
     open_pull_request,
     processes_using,
     ref_move_notes,
@@ -158,6 +159,7 @@ def clean(
         findings = [*stale_git_locks(repo), *findings, *ref_move_notes(repo)]
         if not yes:
             return Report(mode="clean", findings=tuple(findings))
+        _record_landed(repo, store, findings)
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
     _remove_empty_root(repo)
@@ -733,6 +735,28 @@ def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:
         return f"its worktree is on branch {info.branch} now, not {task.branch}"
     doing = git.operation_in_progress(Path(info.path))
     return None if doing is None else f"{doing} is in progress in its worktree"
+
+
+def _record_landed(repo: git.Repo, store: Store, findings: Sequence[Finding]) -> None:
+    """Tasks merged into an integration branch deleted for being landed: merged where it landed.
+
+    Recorded before the branch goes (a clean killed in between leaves them merged into a
+    branch that holds their merges all the same). Left merged into a branch that is gone,
+    `swarm status` showed every such merge undone and `swarm merge` asked for the task
+    branches back to merge them again.
+    """
+    for f in findings:
+        if f.action is not Action.DELETE_BRANCH or f.run_id is None or not f.merged_into:
+            continue
+        branch = integration_branch(f.run_id)
+        if f.branch != branch:
+            continue
+        landed = merged_into(repo, branch, [t for t in f.merged_into if t.startswith("refs/")])
+        if landed is None:
+            continue
+        for task in store.tasks(f.run_id):
+            if task.merge_result == "merged" and task.merge_target == branch:
+                store.update_task(f.run_id, task.task_id, merge_target=landed)
 
 
 def _record_cleaned(store: Store, results: list[Result]) -> None:

@@ -177,12 +177,12 @@ def merge(
     redact.add_env(pair for r in store.tasks(run_id) for pair in task_from_json(r.spec_json).env)
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
-    standing = standing_results(repo, store, run_id, branch)
+    own = None if into is not None else integration_path(repo, store, run_id)
+    start = validate_target(repo, store, branch, own=own)
+    standing = standing_results(repo, store, run_id, branch, start=start)
     candidates, skipped = select_candidates(
         repo, store, run_id, task_ids, target=branch, standing=standing
     )
-    own = None if into is not None else integration_path(repo, store, run_id)
-    start = validate_target(repo, store, branch, own=own)
     predict = functools.partial(
         _predict, repo, candidates, skipped, branch=branch, start=start, tell=tell,
         run_id=run_id, strategy=strategy,
@@ -447,29 +447,47 @@ def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | Non
     return leaks.find_leak(repo, base=base, tip=tip, copy_globs=(), local_secrets=secrets)
 
 
-def standing_results(repo: git.Repo, store: Store, run_id: str, target: str) -> dict[str, str]:
+def standing_results(
+    repo: git.Repo, store: Store, run_id: str, target: str, *, start: str | None = None
+) -> dict[str, str]:
     """Task id -> its recorded merge result into *target*, for the results that still hold.
 
     None holds once *target* is gone (deleted by hand: the next merge starts it again), and a
     merge whose commit *target* no longer contains (reset by hand) did not land after all.
     The intent of a merge killed in its checks is not a result: it is undone and merged again.
+    A task merged into another branch, its own branch gone since, whose merge *start* (where
+    *target* starts, or is) holds counts as merged here: `swarm clean` deletes an integration
+    branch once landed, and the task branches merged into it, and records the tasks merged
+    into the branch it landed on. (With its branch there, it is tried: `already in target`.)
     """
     tip = branch_tip(repo, target)
-    if tip is None:
-        return {}
-    rows = [
+    rows = [r for r in store.tasks(run_id) if r.merge_result not in {None, CHECKING}]
+    mine = [r for r in rows if r.merge_target == target and tip is not None]
+    tips = BranchTips(repo)
+    elsewhere = [
         r
-        for r in store.tasks(run_id)
-        if r.merge_target == target and r.merge_result not in {None, CHECKING}
-    ]
-    commits = {r.merge_commit for r in rows if r.merge_result == MergeOutcome.MERGED}
-    there = git.contained(repo, tip, sorted(c for c in commits if c))
-    return {
-        r.task_id: r.merge_result
         for r in rows
+        if r.merge_target != target
+        and r.merge_result == MergeOutcome.MERGED
+        and r.merge_commit
+        and tips(task_branch(r)) is None
+    ]
+    commits = {r.merge_commit for r in mine if r.merge_result == MergeOutcome.MERGED}
+    there = git.contained(repo, tip, sorted(c for c in commits if c)) if tip else set()
+    standing = {
+        r.task_id: r.merge_result
+        for r in mine
         if r.merge_result
         and (r.merge_result != MergeOutcome.MERGED or not r.merge_commit or r.merge_commit in there)
     }
+    if start is not None and elsewhere:
+        held = git.contained(
+            repo, start, sorted({r.merge_commit for r in elsewhere if r.merge_commit})
+        )
+        standing.update(
+            {r.task_id: MergeOutcome.MERGED for r in elsewhere if r.merge_commit in held}
+        )
+    return standing
 
 
 def _without_unmerged_deps(
