@@ -962,6 +962,7 @@ def test_tasks_merged_into_an_integration_branch_clean_deleted_once_landed_stay_
     again = swarm(repo, "merge")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "bring it back" not in again.stdout
+    assert "nothing to merge" in again.stdout  # not "unchanged at" of a branch not there
     assert git(repo, "show", "main:aa.txt") == "x"
 
 

@@ -57,11 +57,12 @@ def merge_summary(report: MergeReport) -> list[str]:
     if report.dry_run:
         return ["dry run: nothing was merged", *review_lines(report)]
     counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in MergeOutcome)
-    moved = (
-        f"{report.target_branch} now at {report.target_commit[:12]}"
-        if report.target_commit != report.target_before
-        else f"{report.target_branch} unchanged at {report.target_commit[:12]}"
-    )
+    if report.target_commit != report.target_before:
+        moved = f"{report.target_branch} now at {report.target_commit[:12]}"
+    elif report.results or report.worktree:
+        moved = f"{report.target_branch} unchanged at {report.target_commit[:12]}"
+    else:  # no branch made for nothing: it may not be there
+        moved = "nothing to merge"
     where = f" (worktree {report.worktree})" if report.worktree else ""
     return [f"{counts}; {moved}{where}", *review_lines(report)]
 
