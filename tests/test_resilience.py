@@ -962,6 +962,23 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     assert "a: done" in log.read_text()  # the manager's own output went to its log
 
 
+def test_detach_with_json_says_where_in_json_and_the_events_go_to_its_log(
+    repo: Path, fake_claude: Path
+) -> None:
+    # A script that asked for JSON got the plain sentence, and no word of where events went.
+    out = swarm(repo, "run", "--detach", "--json", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()
+    said = json.loads(line)
+    assert said["event"] == "detached"
+    log = Path(said["log"])
+    wait_for(lambda: not pid_alive(said["pid"]), what="the detached manager to finish")
+    events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert events[0]["event"] == "run_started"
+    assert events[-1]["event"] == "run_finished"
+    assert status_json(repo)["a"]["state"] == "done"
+
+
 @pytest.mark.slow  # 20,000 files checked out
 def test_detach_returns_once_the_run_is_recorded(repo: Path, fake_claude: Path) -> None:
     # 20,000 files whose stat data git no longer trusts: the manager's look at your checkout

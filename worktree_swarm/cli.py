@@ -12,6 +12,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -299,6 +300,10 @@ def _detach(
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+    if as_json:  # its events go to its log: here, one object saying where
+        event = {"ts": time.time(), "event": "detached", "pid": pid, "log": str(log)}
+        click.echo(json.dumps(event))
+        return ExitCode.OK
     click.echo(
         f"swarm: manager running in the background (pid {pid}, log {log}); "
         "watch it with `swarm status` or `swarm logs TASK -f`"
