@@ -1639,6 +1639,40 @@ def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
     )
 
 
+def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # b's branch starts from a's work: `swarm merge b` landed a along with it, unchecked and
+    # recorded nowhere. Skipped instead, saying to name a too; named together, both land,
+    # and so does b alone once a is merged (or already in the branch it starts from).
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["a"]\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    integration = f"swarm/integration-{run_id}"
+
+    predicted = swarm(repo, "merge", "--dry-run", "b")
+    alone = swarm(repo, "merge", "b")
+
+    assert (predicted.returncode, alone.returncode) == (1, 1)
+    for out in (predicted, alone):
+        assert "depends on a, not in" in out.stdout
+        assert "name it too (`swarm merge a b`)" in out.stdout
+    assert git(repo, "branch", "--list", integration) == ""  # nothing made for nothing
+    both = swarm(repo, "merge", "a", "b")
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert git(repo, "show", f"{integration}:b.txt") == "x"
+    later = swarm(repo, "merge", "c")  # a is in the integration branch now
+    assert later.returncode == 0, later.stdout + later.stderr
+    rows = status_json(repo)
+    assert {t: rows[t]["merge_result"] for t in "abc"} == dict.fromkeys("abc", "merged")
+
+
 def test_status_says_a_merge_undone_by_hand_is_undone(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -181,7 +181,7 @@ def merge(
     start = validate_target(repo, store, branch, own=own)
     standing = standing_results(repo, store, run_id, branch, start=start)
     candidates, skipped = select_candidates(
-        repo, store, run_id, task_ids, target=branch, standing=standing
+        repo, store, run_id, task_ids, target=branch, standing=standing, start=start
     )
     predict = functools.partial(
         _predict, repo, candidates, skipped, branch=branch, start=start, tell=tell,
@@ -339,12 +339,14 @@ def select_candidates(
     *,
     target: str,
     standing: Mapping[str, str],
+    start: str | None = None,
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """The branches to merge, and the named tasks skipped (no branch, nothing to merge).
 
     Without *task_ids*: every ``done`` task not yet tried against *target* (its merge result
     there is *standing*, see :func:`standing_results`). Named tasks may be in any final state
-    and are always tried.
+    and are always tried, unless one depends on a task that is neither named nor in *target*
+    (whose start is *start*): its branch carries that task's work, unchecked and unrecorded.
     """
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
@@ -375,9 +377,32 @@ def select_candidates(
         candidates.append(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
         )
-    cut_off = {r.task_id for r in store.tasks(run_id) if _cut_off_elsewhere(r, target)}
-    kept, held = _without_unmerged_deps(candidates, target, standing, cut_off=cut_off)
+    every = store.tasks(run_id)
+    cut_off = {r.task_id for r in every if _cut_off_elsewhere(r, target)}
+    absent = _deps_not_there(repo, every, candidates, standing, start) if task_ids else set()
+    kept, held = _without_unmerged_deps(
+        candidates, target, standing, cut_off=cut_off, absent=absent
+    )
     return kept, skipped + held
+
+
+def _deps_not_there(
+    repo: git.Repo,
+    tasks: Sequence[TaskRow],
+    candidates: Sequence[Candidate],
+    standing: Mapping[str, str],
+    start: str | None,
+) -> set[str]:
+    """The dependencies of *candidates* neither among them, merged, nor held by *start*."""
+    names = {d for c in candidates for d in c.task.depends_on}
+    names -= {c.task_id for c in candidates}
+    names -= {t for t, result in standing.items() if result == MergeOutcome.MERGED}
+    if not names or start is None:
+        return names
+    tips = BranchTips(repo)
+    branches = {r.task_id: tips(task_branch(r)) for r in tasks if r.task_id in names}
+    there = git.contained(repo, start, sorted({tip for tip in branches.values() if tip}))
+    return {name for name in names if branches.get(name) not in there}
 
 
 def _restore_from(repo: git.Repo, row: TaskRow) -> str:
@@ -496,13 +521,15 @@ def _without_unmerged_deps(
     standing: Mapping[str, str],
     *,
     cut_off: Collection[str],
+    absent: Collection[str] = (),
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """Drop the candidates built on a task an earlier merge into *target* left out.
 
     A branch built on its dependency's work carries it: merged, it would land the dependency
     that conflicted or failed its checks there, or (*cut_off*) is skipped because its merge
-    into another branch waits to be undone. The dependency merged again by this merge
-    (named, or retried) is judged when it is tried.
+    into another branch waits to be undone, or (*absent*) was not named with it and is not
+    in *target*. The dependency merged again by this merge (named, or retried) is judged when
+    it is tried.
     """
     left_out = {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
     out = {t for t, result in standing.items() if result in left_out}
@@ -510,6 +537,17 @@ def _without_unmerged_deps(
     out.update(cut_off)
     kept = list(candidates)
     held: list[TaskResult] = []
+    for named in list(kept):
+        if wanted := sorted(d for d in named.task.depends_on if d in absent):
+            reason = (
+                f"depends on {', '.join(wanted)}, not in {target}: its branch would bring "
+                f"that work along; name it too (`swarm merge {' '.join(wanted)} {named.task_id}`)"
+            )
+            held.append(
+                TaskResult(task_id=named.task_id, outcome=MergeOutcome.SKIPPED, reason=reason)
+            )
+            kept.remove(named)
+            out.add(named.task_id)
     while True:
         c = next((c for c in kept if any(d in out for d in c.task.depends_on)), None)
         if c is None:

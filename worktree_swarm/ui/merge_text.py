@@ -59,10 +59,10 @@ def merge_summary(report: MergeReport) -> list[str]:
     counts = ", ".join(f"{len(report.by_outcome(o))} {o.value}" for o in MergeOutcome)
     if report.target_commit != report.target_before:
         moved = f"{report.target_branch} now at {report.target_commit[:12]}"
-    elif report.results or report.worktree:
+    elif report.worktree or report.by_outcome(MergeOutcome.MERGED):
         moved = f"{report.target_branch} unchanged at {report.target_commit[:12]}"
     else:  # no branch made for nothing: it may not be there
-        moved = "nothing to merge"
+        moved = "nothing merged" if report.results else "nothing to merge"
     where = f" (worktree {report.worktree})" if report.worktree else ""
     return [f"{counts}; {moved}{where}", *review_lines(report)]
 
