@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -1629,3 +1630,37 @@ def test_a_secret_is_never_taken_for_a_session_id(monkeypatch: pytest.MonkeyPatc
     known_secret(monkeypatch, "MY_SVC_TOKEN", SHORT_TOKEN)
     assert not is_session_id(SHORT_TOKEN)
     assert is_session_id("4f1c2a9e-0d1b-4c55-9a7e-3b1f0c8d2e6a")
+
+
+def test_a_huge_log_is_redacted_a_piece_at_a_time_lines_and_key_blocks_whole(
+    tmp_path: Path,
+) -> None:
+    # The whole log was read and redacted in memory: an agent that printed 6 GB took the
+    # manager to 12 GB. Pieces of whole lines now; a key block across a piece's end stays whole.
+    key = SECRETS["ANTHROPIC_API_KEY"]
+    word = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ"
+    body = "\n".join(f"{word}{n:02d}" for n in range(30))
+    pem = f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\n"
+    line = "progress " * 11 + "\n"
+    head = f"first {key}\n" + line * ((4 << 20) // len(line) - 3)  # the block spans 4 MiB
+    tail = line * ((80 << 20) // len(line))
+    log = tmp_path / "attempt-1.log"
+    log.write_text(f"{head}{pem}{tail}last {key}\n")
+    inode = log.stat().st_ino
+
+    tracemalloc.start()
+    try:
+        scrub_file(log)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 48 << 20  # an 84 MB log, never whole in memory
+    assert log.stat().st_ino == inode  # in place: an appending writer keeps its file
+    with log.open(encoding="utf-8") as fh:
+        assert fh.readline() == f"first {REDACTED}\n"
+        text = fh.read()
+    assert "PRIVATE KEY" not in text
+    assert word not in text
+    assert text.endswith(f"{line}last {REDACTED}\n")
+    assert text.count(line) == len(head.splitlines()) - 1 + len(tail.splitlines())

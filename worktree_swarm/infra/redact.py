@@ -20,9 +20,11 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import stat
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -345,11 +347,18 @@ def redact_data(value: object) -> object:
     return value
 
 
+_SCRUB_PIECE = 4 << 20  # what a log is redacted in: whole lines, read a piece at a time
+_SCRUB_HOLD_LIMIT = 16 << 20  # a line (or key block) longer than this is cut at a blank
+
+
 def scrub_file(path: Path) -> None:
     """Rewrite *path* in place with its secrets redacted (nothing happens when it has none).
 
     Only a regular file of one name: never through a symlink, a pipe or a hard link an agent
     left in place of a log (the file it names, outside the repository maybe, is not the log).
+    Read a few MiB at a time, whole lines (a private-key block whole): a log of gigabytes is
+    never held in memory. Redacted, it goes through a temporary file beside it (on a full disk
+    it stays as it is, for the next scrub).
     """
     try:
         fh = fs.open_rewrite(path, follow=False)
@@ -358,14 +367,44 @@ def scrub_file(path: Path) -> None:
     with fh:
         if os.fstat(fh.fileno()).st_nlink != 1:
             return
-        text = fh.read().decode("utf-8", errors="surrogateescape")
-        clean = redact(text)
-        if clean == text:
+        if all(redact_bytes(piece) == piece for piece in _pieces(fh)):
             return
-        # In place, so the file keeps its inode, mode and any appending writer's descriptor.
-        fh.seek(0)
-        fh.write(clean.encode("utf-8", errors="surrogateescape"))
-        fh.truncate()
+        try:
+            with tempfile.TemporaryFile(dir=path.parent) as clean:
+                fh.seek(0)
+                for piece in _pieces(fh):
+                    clean.write(redact_bytes(piece))
+                # In place, so the file keeps its inode, mode and any appending writer's
+                # descriptor.
+                clean.seek(0)
+                fh.seek(0)
+                shutil.copyfileobj(clean, fh, _SCRUB_PIECE)
+                fh.truncate()
+        except OSError:
+            return
+
+
+def _pieces(fh: BinaryIO) -> Iterator[bytes]:
+    """*fh* from where it is, in pieces of whole lines: no secret is cut in two.
+
+    A private-key block (``-----BEGIN`` to ``-----END``) stays in one piece; a line longer
+    than :data:`_SCRUB_HOLD_LIMIT` is cut after a blank (:func:`token_safe_end`).
+    """
+    pending = b""
+    while data := fh.read(_SCRUB_PIECE):
+        pending += data
+        cut = pending.rfind(b"\n") + 1
+        begin = pending.rfind(b"-----BEGIN", 0, cut)
+        if begin > pending.rfind(b"-----END", 0, cut):  # a key block goes on past the cut
+            cut = pending.rfind(b"\n", 0, begin) + 1
+        if cut == 0:
+            if len(pending) < _SCRUB_HOLD_LIMIT:
+                continue
+            cut = token_safe_end(pending) or len(pending)
+        yield pending[:cut]
+        pending = pending[cut:]
+    if pending:
+        yield pending
 
 
 def scrub_tree(root: Path, *, skip: Iterable[str] = ()) -> None:
