@@ -360,6 +360,29 @@ def test_timeout_kills_the_whole_tree_and_keeps_partial_work(
     assert "checkpoint hang" in git(repo, "log", "-1", "--format=%s", "swarm/hang")
 
 
+def test_an_agent_printing_past_max_log_is_stopped_before_it_fills_the_disk(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # An agent printing in a loop wrote 6 GB of log in 20 s, with no timeout by default.
+    agent = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path('work.txt').write_text('half done')\n"
+        f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(os.getpid()))\n"
+        "while True:\n"
+        "    print('progress ' * 100, flush=True)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_log = "1M"\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "loud"\nprompt = "x"\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["loud"]
+    assert row["state"] == "failed"
+    assert "printed more than max_log (1.0M): stopped" in str(row["reason"])
+    assert not pid_alive(int((tmp_path / "pid").read_text()))
+    assert branch_file(repo, "swarm/loud", "work.txt") == "half done"
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/loud/attempt-1.log")
+    assert log.stat().st_size < 512 << 20  # stopped at the next look (4 a second)
+
+
 # Ends its helper the way shell scripts do (`kill 0`: its process group), then its work.
 KILLS_ITS_GROUP = """
 import os, pathlib, signal, subprocess, sys

@@ -468,6 +468,16 @@ class RunSettings:
         "worktree while it would be exceeded, tasks wait, finished worktrees are removed for "
         "room ([disk.md](disk.md))",
     )
+    max_log: int = setting(
+        1 << 30,
+        kind=Kind.SIZE,
+        scope=Scope.RUN,
+        flag=None,
+        default_doc='`"1G"`',
+        doc="cap on what one attempt of an agent prints (its log under `.git/swarm`): an agent "
+        "past it is stopped and its task fails, its work kept; a runaway agent printing in a "
+        "loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
+    )
     copy_mode: CopyMode = setting(
         CopyMode.AUTO,
         kind=Kind.CHOICE,

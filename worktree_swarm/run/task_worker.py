@@ -1003,6 +1003,10 @@ class TaskWorker(RunWorker):
                 self._report_end(task.id, provider, result, live=tail)
                 return _Ended(result=result)
             cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed()
+            if cut is None and fs.size_of(agent.log_path) > self.spec.max_log:
+                cap = units.format_size(self.spec.max_log)
+                why = f"printed more than max_log ({cap}): stopped, as it would fill the disk"
+                cut = (TaskState.FAILED, why)
             if cut is not None:
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
