@@ -43,8 +43,9 @@ if os.environ.get("FAKE_HOLD_CALL") == f"{name}-{task}-{n}":  # this call waits 
         time.sleep(0.02)
 def emit(obj):
     print(json.dumps(obj), flush=True)
-with open(f"{name}.txt", "a") as fh:
-    fh.write(f"{name} call {n}: {step}\n")
+if step != "quota":  # a quota refuses at once: nothing done (a storm's 429s get further)
+    with open(f"{name}.txt", "a") as fh:
+        fh.write(f"{name} call {n}: {step}\n")
 if name == "claude":
     emit({"type": "system", "subtype": "init", "session_id": session})
     if step in {"overage", "served"}:  # rejected, yet the request is answered

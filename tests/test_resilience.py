@@ -86,6 +86,11 @@ if step == "limit":
     pathlib.Path(f"{task}.txt").write_text("half done\n")
     result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
     sys.exit(1)
+if step == "further":  # a storm's 429 after a few more turns of work each time
+    with open(f"{task}.txt", "a") as fh:
+        fh.write(f"turn {n}\n")
+    result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
+    sys.exit(1)
 if step == "huge":  # usage no attempt could have had
     with open(f"{task}.txt", "a") as fh:
         fh.write(f"part {n}\n")
@@ -207,6 +212,7 @@ def test_every_task_rate_limited_once_all_done_nothing_lost(repo: Path, fake_cla
 
 
 def test_retries_exhausted_fails_with_work_kept(repo: Path, fake_claude: Path) -> None:
+    # The first attempt got work done before its limit (no retry used); the next two did not.
     plan(fake_claude, "a", "limit", "limit", "limit")
     text = tasks_toml(["a"]).replace("retries = 3", "retries = 1")
     out = swarm(repo, "run", manifest(repo, text))
@@ -214,8 +220,32 @@ def test_retries_exhausted_fails_with_work_kept(repo: Path, fake_claude: Path) -
     row = status_json(repo)["a"]
     assert row["state"] == "failed"
     assert "rate limited" in str(row["reason"])
-    assert len(calls(fake_claude, "a")) == 2
+    assert len(calls(fake_claude, "a")) == 3
     assert branch_file(repo, "swarm/a", "a.txt") == "half done"
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["watched", "manager-killed"])
+def test_a_storm_that_ends_an_agent_a_few_turns_further_each_time_uses_no_retries(
+    repo: Path, fake_claude: Path, resumed: bool
+) -> None:
+    # Each attempt got work done, then met a 429: its retries went in a minute of a storm
+    # that lasted longer (the task failed while it was getting somewhere). Neither counts
+    # them, nor a manager that resumes the run: its one retry is left for a refusal with
+    # nothing done.
+    plan(fake_claude, "a", "further", "further", "further", "stall", "finish")
+    text = tasks_toml(["a"]).replace("retries = 3", "retries = 1")
+    if resumed:
+        proc = swarm_bg(repo, "run", manifest(repo, text))
+        wait_for(lambda: len(calls(fake_claude, "a")) >= 3, what="three attempts")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        out = swarm(repo, "resume")
+    else:
+        out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert len(calls(fake_claude, "a")) == 5
+    assert branch_file(repo, "swarm/a", "a.txt").startswith("turn 1\nturn 2\nturn 3\nfinished")
 
 
 def waits(repo: Path, task: str) -> list[tuple[float, float | None, float]]:

@@ -162,6 +162,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # How many of its `repair` rounds a task has used: a resumed manager goes on counting.
         "ALTER TABLE tasks ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # A rate-limited attempt got work done before its limit: it used none of the retries.
+        "ALTER TABLE attempts ADD COLUMN progressed INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -304,6 +308,7 @@ class AttemptRow:
     agent: str = ""
     retry_at: float | None = None
     usage_window: bool = False
+    progressed: bool = False  # rate limited after it got work done: no retry used
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -876,17 +881,25 @@ class Store:
             return _lastrowid(cursor)
 
     def set_retry_at(
-        self, run_id: str, task_id: str, number: int, retry_at: float, *, window: bool = False
+        self,
+        run_id: str,
+        task_id: str,
+        number: int,
+        retry_at: float,
+        *,
+        window: bool = False,
+        progressed: bool = False,
     ) -> None:
         """Record until when the task of a rate-limited attempt waits before the next one.
 
-        *window*: the wait is a usage window's, which uses none of the task's retries.
+        *window*: the wait is a usage window's, which uses none of the task's retries; nor
+        does an attempt that *progressed* (got work done before its limit).
         """
         with self._lock, self._write() as conn:
             conn.execute(
-                "UPDATE attempts SET retry_at = ?, usage_window = ?"
+                "UPDATE attempts SET retry_at = ?, usage_window = ?, progressed = ?"
                 " WHERE run_id = ? AND task_id = ? AND number = ?",
-                (retry_at, int(window), run_id, task_id, number),
+                (retry_at, int(window), int(progressed), run_id, task_id, number),
             )
 
     @_waits_for_space
@@ -1054,6 +1067,7 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
 def _attempt_row(r: sqlite3.Row) -> AttemptRow:
     values = dict(r)
     values["usage_window"] = bool(values["usage_window"])
+    values["progressed"] = bool(values["progressed"])
     return AttemptRow(**values)
 
 

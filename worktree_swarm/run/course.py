@@ -66,6 +66,7 @@ class Course:
     work: tuple[int, int, int, str] | None = None  # the branch's diff after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
+    got_work_done: bool = False  # the last limited attempt changed the work first (no retry used)
     repairs_left: int = 0  # failing checks it may still hand back to the agent
     repair_due: bool = False  # a round handed back whose attempt has not started: not counted
     disk_retries_left: int = DISK_RETRIES  # attempts that may still end on a full disk
@@ -95,15 +96,16 @@ class Course:
         session = next(
             (a.session_id for a in reversed(counted if fresh else mine) if a.session_id), None
         )
-        # A usage window's wait used no retry and is no throttle of the task's own.
-        spent = [
-            a for a in counted if a.outcome == AttemptOutcome.RATE_LIMITED and not a.usage_window
-        ]
+        # A usage window's wait used no retry and is no throttle of the task's own; nor did
+        # an attempt that got work done before its limit. One whose wait was never decided
+        # (its manager killed first) is decided again when it is replayed.
+        throttled = [a for a in counted if a.outcome == AttemptOutcome.RATE_LIMITED]
+        spent = [a for a in throttled if decided(a) and not (a.usage_window or a.progressed)]
         streak = 0
         for a in reversed(counted):
             if a.outcome != AttemptOutcome.RATE_LIMITED:
                 break
-            streak += 0 if a.usage_window else 1
+            streak += 0 if a.usage_window or not decided(a) else 1
         course = cls(
             agent=agent,
             session=session,
@@ -174,14 +176,18 @@ class Course:
         shared = gate.window_until(provider)
         reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
         self.window = own or shared is not None
+        # (A replayed attempt's is on record.)
+        self.got_work_done = progressed and not self.window and not replayed
         if self.window:  # a usage window: waited for, no retry spent
             if reset - now > task.max_wait:
                 return past_max_wait(task, provider, reset)
             self.not_before = reset
-        elif self.retries_left <= 0 and not replayed:
+        elif self.retries_left <= 0 and not replayed and not progressed:
             return f"rate limited and out of retries ({result.reason}); work kept on {task.branch}"
         else:
-            self.retries_left -= 0 if replayed else 1
+            # An attempt that got work done is no retry: a storm's 429s end an agent a few
+            # turns further each time, and its retries went in a minute.
+            self.retries_left -= 0 if replayed or progressed else 1
             self.throttles = 0 if progressed else self.throttles + (0 if replayed else 1)
             # No stated retry-after and nothing done: a backoff of the task's own, whatever the
             # shared gate decides (one agent's throttles alone never cut a provider's
@@ -196,6 +202,15 @@ class Course:
         self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
         self.interrupted()
         return None
+
+
+def decided(attempt: AttemptRow) -> bool:
+    """Whether what follows *attempt* was decided (and counted) by the manager that saw it end.
+
+    A rate-limited attempt is, once its wait is on record; one whose manager was killed
+    before that is decided by the manager that replays it.
+    """
+    return attempt.outcome != AttemptOutcome.RATE_LIMITED or attempt.retry_at is not None
 
 
 def stated_window(result: AgentResult, now: float) -> bool:

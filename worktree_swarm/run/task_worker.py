@@ -50,7 +50,13 @@ from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFiel
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
-from worktree_swarm.run.course import Course, past_max_wait, repair_prompt, stated_window
+from worktree_swarm.run.course import (
+    Course,
+    decided,
+    past_max_wait,
+    repair_prompt,
+    stated_window,
+)
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, Limit, Rank, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
@@ -163,7 +169,12 @@ class RunWorker:
     def _resting(self, task_id: str, number: int, course: Course) -> None:
         """Record the wait after rate-limited attempt *number* and show until when."""
         self.store.set_retry_at(
-            self.run_id, task_id, number, course.not_before, window=course.window
+            self.run_id,
+            task_id,
+            number,
+            course.not_before,
+            window=course.window,
+            progressed=course.got_work_done,
         )
         when = units.local_time(course.not_before, "%H:%M:%S")
         self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
@@ -409,6 +420,8 @@ class TaskWorker(RunWorker):
         course = self._course(task, previous)
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
+            # Counted in the course already: a replayed attempt whose wait was decided.
+            counted = replayed and live.resume_from is not None and decided(live.resume_from)
             step = self._next(live, course, path, base, env, number)
             if step is None:  # its provider went into a usage window while it waited
                 continue
@@ -427,7 +440,7 @@ class TaskWorker(RunWorker):
                     number,
                     course,
                     result,
-                    replayed=replayed,
+                    replayed=counted,
                     progressed=progressed,
                     window=ended.usage_window,
                 )
