@@ -1632,7 +1632,8 @@ def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
 
 def _failed_in_its_session(repo: Path, fake: Path) -> None:
     """A run of claude task `a` (*fake*: the fake CLI's directory) that fails half done."""
-    plan(fake, "a", "limit", "finish")  # a rate limit, and no retries left for it
+    # A rate limit after some work (no retry used), then one with nothing done: no retries left.
+    plan(fake, "a", "limit", "stall", "finish")
     text = '[defaults]\nagent = "claude"\nretries = 0\n[[task]]\nid = "a"\nprompt = "do a"\n'
     assert swarm(repo, "run", manifest(repo, text)).returncode == 1
 
@@ -1645,10 +1646,10 @@ def test_retry_resumes_the_agents_session_on_its_branch(
     assert status_json(repo)["a"]["state"] == "failed"
     out = swarm(repo, "retry", "a")
     assert out.returncode == 0, out.stdout + out.stderr
-    first, second = calls(fake_claude, "a")
+    first, _, retried = calls(fake_claude, "a")
     assert "--resume" not in first["argv"]
-    assert second["argv"][second["argv"].index("--resume") + 1] == "sess-a-1"
-    assert first["cwd"] == second["cwd"]  # the kept worktree
+    assert retried["argv"][retried["argv"].index("--resume") + 1] == "sess-a-1"
+    assert first["cwd"] == retried["cwd"]  # the kept worktree
     assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
 
 
@@ -1660,8 +1661,8 @@ def test_a_retry_after_clean_deleted_the_branch_starts_afresh_from_the_base(
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0  # its half-done work gone
     out = swarm(repo, "retry", "a")
     assert out.returncode == 0, out.stdout + out.stderr
-    _, second = calls(fake_claude, "a")
-    assert "--resume" not in second["argv"]  # not told to go on with work that is gone
+    retried = calls(fake_claude, "a")[-1]
+    assert "--resume" not in retried["argv"]  # not told to go on with work that is gone
     assert swarm(repo, "clean", "--force", "--yes").returncode == 0
     out = swarm(repo, "retry", "a")
     assert out.returncode == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_resilience import HEADER, fake_claude, plan  # noqa: F401 - fixture import
-from tests.test_run import argv_toml, manifest, swarm, swarm_bg, wait_for
+from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.infra.logtail import tail
@@ -282,6 +282,18 @@ def test_a_run_whose_manager_died_is_reported_so(
         shown = swarm(repo, "report")
         assert shown.stdout.startswith("run "), shown.stderr
         assert "(manager_gone)" in shown.stdout.splitlines()[0]
+        # The agent worked on after its manager's last record: its time counts until it ended
+        # (as `swarm status` says), not until the manager's last record (0.09 s of a 20 s run).
+        go.touch()
+        wait_for(lambda: status_json(repo)["slow"]["alive"] is False, what="the agent to end")
+        elapsed = status_json(repo)["slow"]["elapsed_s"]
+        assert isinstance(elapsed, float)
+        ended = report_json(repo)
+        slow = _tasks(ended)["slow"]
+        assert slow["wall_s"] == pytest.approx(elapsed, abs=0.01)
+        totals = ended["totals"]
+        assert isinstance(totals, dict)
+        assert totals["makespan_s"] >= elapsed - 0.01
     finally:
         go.touch()
         swarm(repo, "resume")

@@ -588,13 +588,12 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     """
     from worktree_swarm.core.models import ProcessIdentity
     from worktree_swarm.infra import supervisor
-    from worktree_swarm.run import runs
 
     attempt = next((a for a in store.attempts(run_id) if a.id == attempt_id), None)
     if attempt is None or attempt.ended_at is not None:
         return True
     run = store.get_run(run_id)
-    if run is None or runs.manager_running(run):
+    if run is None or status.manager_running(run):
         return False
     agent = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
     return not supervisor.is_alive(agent)

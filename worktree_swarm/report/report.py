@@ -21,7 +21,12 @@ from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
-from worktree_swarm.report.status import MERGE_UNDONE, remote_refs_of, undone_merges
+from worktree_swarm.report.status import (
+    MERGE_UNDONE,
+    open_attempt_end,
+    remote_refs_of,
+    undone_merges,
+)
 from worktree_swarm.run.governor import GateView, views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 
@@ -182,7 +187,15 @@ def build_report(
     # As `swarm status` and `swarm runs` say it: a dead manager's run is `manager_gone`.
     state = run_state(run)
     live = run.ended_at is None and state is RunState.RUNNING
-    end = _run_end(run, rows, attempts, events, live=live, now=now)
+    # An attempt a dead manager left open ended when its agent did (its shim's record, its
+    # log's last write), not at the last thing the manager recorded.
+    open_ends = {
+        a.id: open_attempt_end(a, now=now)
+        for listed in attempts.values()
+        for a in listed
+        if a.ended_at is None
+    }
+    end = _run_end(run, rows, attempts, events, open_ends=open_ends, live=live, now=now)
     state_changes: dict[str, list[tuple[float, str]]] = {}
     pulls: dict[str, tuple[int, str]] = {}
     outside = tuple(
@@ -214,6 +227,7 @@ def build_report(
             state_changes.get(row.task_id, []),
             pulls.get(row.task_id),
             end=end,
+            open_ends=open_ends,
             logs=None if logs_dir is None else logs_dir / row.task_id,
             redact=redactor,
             taken=row.task_id in taken,
@@ -287,15 +301,20 @@ def _run_end(
     attempts: Mapping[str, Sequence[AttemptRow]],
     events: Sequence[EventRow],
     *,
+    open_ends: Mapping[int, float],
     live: bool,
     now: float,
 ) -> float:
-    """When the run ended; for a manager that died without saying so, the last thing seen."""
+    """When the run ended; for a manager that died without saying so, the last thing seen.
+
+    *open_ends*: where each attempt recorded as open ended (see :func:`open_attempt_end`),
+    by attempt id: its agent may have worked on long after the manager's last record.
+    """
     if run.ended_at is not None:
         return run.ended_at
     if live:
         return now
-    seen = [run.created_at, *(e.ts for e in events)]
+    seen = [run.created_at, *(e.ts for e in events), *open_ends.values()]
     seen += [t for r in rows for t in (r.started_at, r.ended_at) if t is not None]
     seen += [t for a in attempts.values() for x in a for t in (x.started_at, x.ended_at) if t]
     return max(seen)
@@ -325,19 +344,26 @@ def _task_report(
     pull: tuple[int, str] | None,
     *,
     end: float,
+    open_ends: Mapping[int, float],
     logs: Path | None,
     redact: Redactor,
     taken: bool,
     undone: bool = False,
 ) -> TaskReport:
-    reports = tuple(_attempt_report(a, end=end, redact=redact) for a in attempts)
+    reports = tuple(
+        _attempt_report(a, end=open_ends.get(a.id, end), redact=redact) for a in attempts
+    )
     spans = tuple(_spans(changes, end=end))
     # A resume after a rate limit, or once a full disk has room, is a new attempt, not a retry.
     resumed = {AttemptOutcome.RATE_LIMITED, AttemptOutcome.DISK_FULL}
     retries = sum(1 for prev in reports[:-1] if prev.outcome not in resumed)
     # started_at moves to each new attempt's start; the task's wall time begins at the first.
     starts = [t for t in (row.started_at, *(a.started_at for a in reports)) if t is not None]
-    wall = (row.ended_at or end) - min(starts) if starts else None
+    # A task a dead manager left open ended with its agent.
+    stop = row.ended_at or max(
+        (open_ends[a.id] for a in attempts if a.id in open_ends), default=end
+    )
+    wall = stop - min(starts) if starts else None
     used, present = _disk(row, taken=taken)
     return TaskReport(
         task_id=row.task_id,

@@ -29,7 +29,7 @@ from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.lock import merge_running, refuse_while_state_is_gone
 from worktree_swarm.infra.redact import redact
-from worktree_swarm.infra.store import AttemptRow, EventRow, Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
 from worktree_swarm.run.governor import GateView, views_from_events
 
 # The merge result `swarm status` shows for a merge killed while its checks ran.
@@ -298,18 +298,23 @@ def waiting_reasons(
         if g.waiting_until is not None and g.waiting_until > now
     }
     reasons = {}
+    gone = None  # whether the run's manager died: looked at once, for a pending task
     for task in tasks:
         if task.state is not TaskState.PENDING:
             continue
         if task.reason:
             reasons[task.task_id] = task.reason
             continue
+        if gone is None:
+            gone = run is not None and run.ended_at is None and not manager_running(run)
         deps = task_from_json(task.spec_json).depends_on
         unfinished = [d for d in deps if states.get(d) is not TaskState.DONE]
         if unfinished:
             reasons[task.task_id] = f"waits for {', '.join(unfinished)}"
         elif run is not None and run.ended_at is not None:
             reasons[task.task_id] = "not started (the run ended)"
+        elif gone:  # not a slot or a gate: nothing starts it until a manager runs again
+            reasons[task.task_id] = "not started: its manager is not running (`swarm resume`)"
         elif (gate := held.get(provider_of(task_from_json(task.spec_json).agent))) is not None:
             when = units.local_time(gate.waiting_until or now, "%H:%M:%S")
             why = f" ({gate.why})" if gate.why else ""
@@ -321,9 +326,28 @@ def waiting_reasons(
     return reasons
 
 
+def manager_running(run: RunRow) -> bool:
+    """Whether the process recorded as *run*'s manager is alive (same PID and start time)."""
+    if run.manager_pid is None or run.manager_create_time is None:
+        return False
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    return supervisor.is_alive(ident)
+
+
 def provider_gates(store: Store, run_id: str) -> list[GateView]:
     """Each provider's gate as the run's manager last reported it (concurrency, wait, why)."""
     return views_from_events((e.kind, e.data) for e in store.events(run_id, kind="gate"))
+
+
+def open_attempt_end(attempt: AttemptRow, *, now: float) -> float:
+    """Where the clock of an attempt recorded as open stops.
+
+    *now* while its agent runs (or runs on Ray, with no local pid), else the agent's last sign
+    of life (its manager died).
+    """
+    if attempt.pid <= 0 or _alive(attempt):
+        return now
+    return _last_sign_of_life(attempt)
 
 
 def _alive(attempt: AttemptRow) -> bool:

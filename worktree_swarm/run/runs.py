@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, Executor, ProcessIdentity, RunStatus
+from worktree_swarm.core.models import INTEGRATION_PREFIX, Executor, RunStatus
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, RunRow, Store, TaskRow
+from worktree_swarm.report.status import manager_running
 from worktree_swarm.run import control, retry
 
 RUN_STATUS_ABANDONED = RunStatus.ABANDONED
@@ -30,14 +30,6 @@ class RunState(enum.StrEnum):
     STOPPED = "stopped"
     INTERRUPTED = "interrupted"
     ABANDONED = "abandoned"
-
-
-def manager_running(run: RunRow) -> bool:
-    """Whether the process recorded as *run*'s manager is alive (same PID and start time)."""
-    if run.manager_pid is None or run.manager_create_time is None:
-        return False
-    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
-    return supervisor.is_alive(ident)
 
 
 def run_state(run: RunRow) -> RunState:
