@@ -27,7 +27,7 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import MERGE_UNDONE, TaskStatus
 from worktree_swarm.ui import watch_actions
-from worktree_swarm.ui.watch import WatchApp, cells, details
+from worktree_swarm.ui.watch import TailLog, WatchApp, cells, details
 
 # Writes a file, says so, then waits for a marker file (or runs forever without one).
 SLOW_AGENT = """
@@ -350,6 +350,36 @@ def test_a_log_swapped_for_a_link_is_not_followed_and_the_pane_says_so(tmp_path:
     assert text.startswith("(log not read: ")
     assert "outside the run" not in text
     assert follow.read() == (False, "")  # said once
+
+
+def test_the_log_pane_still_ends_at_the_last_line_when_the_details_line_grows(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Merged, a task's details line wrapped to two lines: the pane shrank by one and hid the
+    # log's last line (an agent's summary or its error), scrolled one line short of its end.
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import pathlib\npathlib.Path('w.txt').write_text('w')\n"
+        "for i in range(300):\n    print(f'step {i}')\nprint('agent done')\n"
+    )
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "t=x").returncode == 0
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 24)) as pilot:
+            view = app.query_one("#log-view", TailLog)
+            details = app.query_one("#details")
+            await until(pilot, lambda: "agent done" in "\n".join(view.lines), "the last line")
+            assert details.size.height == 1
+            assert swarm(repo, "merge").returncode == 0
+            await until(pilot, lambda: details.size.height > 1, "the details line to wrap")
+            await until(pilot, lambda: view.scroll_y == view.max_scroll_y, "the view at its end")
+            assert [line for line in view.lines if line][-1] == "agent done"
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
 
 
 def test_the_log_pane_shows_the_last_lines_of_a_log_longer_than_it_keeps(

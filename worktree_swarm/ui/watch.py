@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
@@ -96,6 +96,14 @@ class TailLog(Log):
         if follow:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         return self
+
+    def on_resize(self, _event: events.Resize) -> None:
+        """A pane that follows the end still ends at the log's last line once it shrank.
+
+        The details line above it grows to two lines when a merge or a long path lengthens it.
+        """
+        if self.auto_scroll:
+            self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
 
 
 def _plain(text: str) -> Text:
