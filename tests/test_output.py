@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,14 +17,17 @@ from rich.console import Console
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm
 from worktree_swarm import cli
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.logtail import last_lines
 from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.supervisor import identity_of
 from worktree_swarm.report.status import task_status
 from worktree_swarm.ui.live import LiveTable, PlainObserver
+
+LIVE = identity_of(os.getpid())  # a manager that runs: this test's own process
 
 WRITER = "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
 
@@ -75,7 +79,7 @@ def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
 ) -> None:
     with Store(store_path(open_repo(repo))) as store:
         store.create_run(
-            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=None,
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=LIVE,
             spec_json="{}",
         )  # fmt: skip
         store.add_tasks(
@@ -97,6 +101,26 @@ def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
     assert "waits for a free slot (1 running, jobs 1)" in text
 
 
+def test_a_pending_task_of_a_run_whose_manager_died_says_so_not_that_slots_are_full(
+    repo: Path,
+) -> None:
+    # Its manager killed, its agents gone: "waits for a free slot (1 running, jobs 1)" said
+    # something would start it; nothing will, until `swarm resume`.
+    gone = ProcessIdentity(pid=LIVE.pid, create_time=LIVE.create_time - 1000, pgid=LIVE.pgid)
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=gone,
+            spec_json="{}",
+        )  # fmt: skip
+        store.add_tasks(
+            "r",
+            [(Task(id="a", prompt="p"), "swarm/a", "/w/a"), (Task(id="b", prompt="p"), "b", "/b")],
+        )
+        store.update_task("r", "a", state="running")
+        rows = {r.task_id: r for r in task_status(store, "r")}
+    assert rows["b"].why == "not started: its manager is not running (`swarm resume`)"
+
+
 def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_full(
     repo: Path,
 ) -> None:
@@ -104,7 +128,7 @@ def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_f
     # what holds the next task is the provider's gate, until its reset.
     with Store(store_path(open_repo(repo))) as store:
         store.create_run(
-            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=None,
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=1, manager=LIVE,
             spec_json="{}",
         )  # fmt: skip
         store.add_tasks(
