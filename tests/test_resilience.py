@@ -992,6 +992,27 @@ def test_detach_runs_in_background(repo: Path, fake_claude: Path) -> None:
     assert "a: done" in log.read_text()  # the manager's own output went to its log
 
 
+def test_resume_detach_carries_the_run_on_in_the_background(repo: Path, fake_claude: Path) -> None:
+    # A run resumed from a terminal ended with that terminal: `resume` had no --detach.
+    proc = run_waiting(repo, fake_claude)
+    wait_for((fake_claude / "a.pid").exists, what="the agent")
+    proc.kill()  # the manager dies; its agent waits on
+    proc.wait(timeout=30)
+    try:
+        out = swarm(repo, "resume", "--detach")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "manager running in the background" in out.stdout
+        pid = int(out.stdout.split("pid ")[1].split(",")[0])
+        assert "manager not running" not in swarm(repo, "status").stdout  # adopted already
+        again = swarm(repo, "resume", "--detach")  # the run has its manager
+        assert again.returncode == 3, again.stdout + again.stderr
+    finally:
+        (fake_claude / "go").touch()
+    wait_for(lambda: not pid_alive(pid), what="the resumed manager to finish")
+    assert status_json(repo)["a"]["state"] == "done"
+    assert len(calls(fake_claude, "a")) == 1  # adopted, not started again
+
+
 def test_detach_with_json_says_where_in_json_and_the_events_go_to_its_log(
     repo: Path, fake_claude: Path
 ) -> None:

@@ -300,6 +300,11 @@ def _detach(
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+    return _detached(pid, log, as_json=as_json)
+
+
+def _detached(pid: int, log: Path, *, as_json: bool) -> int:
+    """Say where the manager started in the background runs and logs."""
     if as_json:  # its events go to its log: here, one object saying where
         event = {"ts": time.time(), "event": "detached", "pid": pid, "log": str(log)}
         click.echo(json.dumps(event))
@@ -426,11 +431,12 @@ def retry_cmd(
 @cli.command("resume", epilog=_example("swarm resume", "swarm resume --run 20260101-020304-ab12"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--detach", is_flag=True, help="Run the resumed manager in the background.")
 @click.pass_context
-def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
+def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bool) -> int:
     """After the manager died: adopt live agents, recover dead ones, carry on."""
     from worktree_swarm.infra.lock import ManagerLock
-    from worktree_swarm.run import control
+    from worktree_swarm.run import background, control
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
@@ -443,6 +449,12 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
             click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
             ok = all(row.state is TaskState.DONE for row in store.tasks(run_id))
             return ExitCode.OK if ok else ExitCode.TASK_FAILED
+        if detach:  # checked here, resumed by a manager of its own session (the lock let go)
+            lock.release()
+            argv = ["--debug"] if ctx.obj["debug"] else []
+            argv += ["-C", str(repo.root), "resume", "--run", str(run_id)]
+            pid, log = background.detach(repo, [*argv, *(["--json"] if as_json else [])])
+            return _detached(pid, log, as_json=as_json)
         return _execute(
             store,
             lambda observer: Runner.resume(
