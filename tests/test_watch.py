@@ -636,6 +636,13 @@ def test_actions_that_cannot_be_done_say_why_and_change_nothing(
                 assert merged.endswith(" in shared.txt)"), merged
                 await pilot.press("down")
                 await until(pilot, lambda: app.selected == "cc", "cc selected")
+                # One key merged a failed task (its checks alone in the way): marked, it may.
+                count = len(app.messages)
+                await pilot.press("m")
+                await until(pilot, lambda: len(app.messages) > count, "the 'm' answer")
+                assert app.messages[count] == (
+                    "cc is failed: `m` merges a done task; mark it (space) to merge it anyway"
+                )
                 # Another run's manager holds the repository: no second manager is started.
                 slow = [*write_agent(SLOW_AGENT), str(gate)]
                 other = swarm(repo, "run", "--detach", "--agent", " ".join(slow), "-t", "zz=z")

@@ -25,6 +25,7 @@ from textual.geometry import Size
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import one_line, printable, without_escapes
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.git import repo as git
@@ -418,6 +419,14 @@ class WatchApp(App[None]):
 
     def action_merge(self) -> None:
         """Merge the marked tasks (or the selected one) into the integration branch."""
+        row = self.rows.get(self.selected) if self.selected and not self.marked else None
+        if row is not None and row.state != TaskState.DONE.value:  # one key, no question asked
+            self._say(
+                f"{row.task_id} is {row.state}: `m` merges a done task; mark it (space) to "
+                "merge it anyway",
+                ok=False,
+            )
+            return
         chosen = sorted(self.marked) or ([self.selected] if self.selected else [])
         taken, self.marked = self.marked, set()  # the next `m` merges what is chosen then
         for task_id in taken & set(self.rows):
