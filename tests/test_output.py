@@ -101,6 +101,38 @@ def test_live_table_shows_brackets_as_typed_and_what_pending_tasks_wait_for(
     assert "waits for a free slot (1 running, jobs 1)" in text
 
 
+def test_a_rate_limited_task_past_its_wait_says_it_waits_for_its_providers_slot(
+    repo: Path,
+) -> None:
+    # "resuming after 11:38:21" stayed for minutes past that time while the task waited for
+    # one of its throttled provider's slots.
+    with Store(store_path(open_repo(repo))) as store:
+        store.create_run(
+            run_id="r", base_commit="abc", repo_root=str(repo), jobs=4, manager=LIVE,
+            spec_json="{}",
+        )  # fmt: skip
+        store.add_tasks(
+            "r",
+            [
+                (Task(id="a", prompt="p", agent="claude"), "swarm/a", "/w/a"),
+                (Task(id="b", prompt="p", agent="claude"), "swarm/b", "/w/b"),
+            ],
+        )
+        for task, wait in (("a", -5.0), ("b", 600.0)):
+            attempt = store.start_attempt("r", task, number=1, identity=LIVE, log_path="/l")
+            store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
+            store.set_retry_at("r", task, 1, time.time() + wait)
+            store.update_task("r", task, state="rate_limited", reason="resuming after 11:38:21")
+        store.add_event(
+            "r", "gate",
+            data={"provider": "anthropic", "limit": 1, "jobs": 4, "waiting_until": None,
+                  "why": "throttled"},
+        )  # fmt: skip
+        rows = {r.task_id: r for r in task_status(store, "r")}
+    assert rows["a"].why == "resumes once one of anthropic's 1 agent slots is free"
+    assert rows["b"].why == "resuming after 11:38:21"  # still in its wait
+
+
 def test_a_pending_task_of_a_run_whose_manager_died_says_so_not_that_slots_are_full(
     repo: Path,
 ) -> None:

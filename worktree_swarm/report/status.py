@@ -208,6 +208,7 @@ def task_status(
         store.path.parent
     )
     waits = waiting_reasons(store, run_id, tasks, now=now)
+    waits.update(_resuming(store, run_id, tasks, last, now=now))
     taken = store.taken_over(run_id)
     undone = undone_merges(repo, tasks) if repo is not None else set()
     rows = []
@@ -332,6 +333,50 @@ def manager_running(run: RunRow) -> bool:
         return False
     ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
     return supervisor.is_alive(ident)
+
+
+def _resuming(
+    store: Store,
+    run_id: str,
+    tasks: list[TaskRow],
+    last: dict[str, AttemptRow],
+    *,
+    now: float,
+) -> dict[str, str]:
+    """What each rate-limited task whose wait is over waits for now.
+
+    Not its reason, "resuming after HH:MM", shown for minutes after that time while the task
+    waited for a slot of its provider.
+    """
+    over = [
+        t
+        for t in tasks
+        if t.state is TaskState.RATE_LIMITED
+        and (a := last.get(t.task_id)) is not None
+        and a.retry_at is not None
+        and a.retry_at <= now
+    ]
+    if not over:
+        return {}
+    run = store.get_run(run_id)
+    if run is not None and run.ended_at is None and not manager_running(run):
+        return {t.task_id: "not resumed: its manager is not running (`swarm resume`)" for t in over}
+    gates = {g.provider: g for g in provider_gates(store, run_id)}
+    reasons = {}
+    for task in over:
+        provider = provider_of(last[task.task_id].agent or task_from_json(task.spec_json).agent)
+        gate = gates.get(provider)
+        if gate is not None and gate.waiting_until is not None and gate.waiting_until > now:
+            when = units.local_time(gate.waiting_until, "%H:%M:%S")
+            why = f" ({gate.why})" if gate.why else ""
+            reasons[task.task_id] = f"resumes once {provider} launches again at {when}{why}"
+        elif gate is not None and gate.limit < gate.jobs:
+            reasons[task.task_id] = (
+                f"resumes once one of {provider}'s {gate.limit} agent slots is free"
+            )
+        else:
+            reasons[task.task_id] = "resumes once an agent slot is free"
+    return reasons
 
 
 def provider_gates(store: Store, run_id: str) -> list[GateView]:
