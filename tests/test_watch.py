@@ -454,6 +454,10 @@ def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(
         gate.touch()
         store.close()
     assert any(m.startswith("merged into") for m in app.messages), app.messages
+    # Said after the screen closed: the merge's outcome was gone with it.
+    said = app.said_after_quit()
+    assert len(said) == 1
+    assert said[0].startswith("merged into"), said
 
 
 def test_the_screen_keeps_refreshing_while_a_merge_waits_for_the_database(

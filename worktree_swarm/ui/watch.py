@@ -171,6 +171,7 @@ class WatchApp(App[None]):
         self._follow = _Follow()
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
+        self._quit_asked = 0  # messages said before quitting was asked, while one was under way
         self._unread_store = False  # the store at its path could not be opened just now
         # task -> its attempt when `r` asked for a retry, and until when a second `r` waits
         self._retried: dict[str, tuple[int, float]] = {}
@@ -479,6 +480,14 @@ class WatchApp(App[None]):
             return
         self._quit_when_done = True
         self._say(f"quitting once {', '.join(self._busy)} ends", ok=True)
+        self._quit_asked = len(self.messages)
+
+    def said_after_quit(self) -> list[str]:
+        """What the actions under way when quitting was asked said at their end.
+
+        The screen closes then: printed after it, the outcome of a merge is not lost with it.
+        """
+        return self.messages[self._quit_asked :] if self._quit_when_done else []
 
     def _say(self, message: str, *, ok: bool) -> None:
         message = printable(redact(without_escapes(message)), keep="\n")
@@ -509,6 +518,8 @@ def watch(repo: git.Repo, run_id: str | None) -> None:
             app.run()
         finally:
             signal.signal(signal.SIGTERM, previous)
+        for said in app.said_after_quit():
+            print(said)  # noqa: T201 - the terminal is the screen's again
         if app.store is not store:
             app.store.close()
         if app.crashed is not None:
