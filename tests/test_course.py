@@ -10,7 +10,7 @@ from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import Task
 from worktree_swarm.git.repo import DiffStat
 from worktree_swarm.infra.store import AttemptRow, Store
-from worktree_swarm.run.course import RESUME_PROMPT, Course
+from worktree_swarm.run.course import RESUME_PROMPT, Course, free_throttles
 from worktree_swarm.run.governor import Gates
 
 
@@ -161,3 +161,33 @@ def test_attempts_on_a_full_disk_are_tried_again_a_few_times_and_since_a_retry_o
     prompt = Course.resumed(task, previous).prompt
     assert prompt is not None
     assert prompt.startswith("Your previous attempt ended while the disk was full")
+
+
+def test_attempts_that_got_work_done_use_no_retry_only_up_to_a_bound(tmp_path: Path) -> None:
+    # An agent that changes some file every time while the limits go on never stopped; and a
+    # resumed manager overwrote a recorded "got work done" with its own "replayed: no".
+    task = Task(id="a", prompt="do a", retries=1)
+    gate = Gates(4, backoff_base=0.01)
+    throttle = AgentResult(outcome=AgentOutcome.RATE_LIMITED)
+    course = Course.resumed(task, [])
+    ends = [
+        course.throttled(task, throttle, gate, provider="p", replayed=False, progressed=True)
+        for _ in range(free_throttles(task) + 2)
+    ]
+    assert ends[: free_throttles(task) + 1] == [None] * (free_throttles(task) + 1)  # then a retry
+    assert str(ends[-1]).startswith("rate limited and out of retries")
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
+            spec_json="{}", created_at=1.0,
+        )  # fmt: skip
+        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        attempt = store.start_attempt("r1", "a", number=1, identity=MANAGER, log_path="/l")
+        store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
+        store.set_retry_at("r1", "a", 1, 1000.0, progressed=True)
+        resumed = Course.resumed(task, store.attempts("r1", "a"))
+        assert (resumed.retries_left, resumed.free_throttles_left) == (1, free_throttles(task) - 1)
+        resumed.throttled(task, throttle, gate, provider="p", replayed=True, progressed=False)
+        store.set_retry_at("r1", "a", 1, 1000.0, progressed=resumed.got_work_done)
+        (again,) = store.attempts("r1", "a")
+    assert again.progressed  # kept as recorded

@@ -745,6 +745,30 @@ def test_an_agent_that_dies_printing_to_a_full_disk_goes_on_once_there_is_room(
     assert "the disk was full" in prompt
 
 
+def test_an_agent_whose_own_output_filled_the_disk_fails_and_the_run_ends(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Its log took all the room: the run (its state on the same disk) waited for room that
+    # its own agent's log held, for ever. The log is cut to its end, the task fails.
+    repo = make_repo(small_disk / "repo")
+    agent = write_agent(
+        "import pathlib\n"
+        "pathlib.Path('work.txt').write_text('half done')\n"
+        "while True:\n"
+        "    print('progress ' * 100, flush=True)\n"
+    )
+    text = f'[[task]]\nid = "loud"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["loud"]
+    assert row["state"] == "failed"
+    assert "its output filled the disk" in str(row["reason"])
+    assert git(repo, "show", "swarm/loud:work.txt") == "half done"
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/loud/attempt-1.log")
+    assert 0 < log.stat().st_size <= 1 << 20
+    assert log.read_text().rstrip().endswith("progress")  # its end is kept
+
+
 @pytest.mark.parametrize("killed", [False, True], ids=["watched", "manager-killed"])
 def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
     small_disk: Path, tmp_path: Path, write_agent: object, killed: bool

@@ -457,6 +457,7 @@ def test_html_renders_in_chromium(finished_run: Path, tmp_path: Path, browser: o
     details = browser.execute_script("return document.getElementById('task-base').innerText")
     assert "base [REDACTED]" in details
     assert "all good" in details
+    assert "diff: 1 file changed, " in details  # not "1 files"
     errors = [e for e in browser.get_log("browser") if e["level"] in {"SEVERE", "ERROR"}]
     assert errors == []
     browser.execute_cdp_cmd(

@@ -8,6 +8,7 @@ GitHub. Each secret value is looked for in every output, every file under ``.git
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -1664,3 +1665,15 @@ def test_a_huge_log_is_redacted_a_piece_at_a_time_lines_and_key_blocks_whole(
     assert word not in text
     assert text.endswith(f"{line}last {REDACTED}\n")
     assert text.count(line) == len(head.splitlines()) - 1 + len(tail.splitlines())
+
+
+def test_a_log_on_a_full_disk_is_still_redacted_in_place(small_disk: Path) -> None:
+    # Through a temporary file, a log on a full disk kept its secrets until the run's end.
+    key = SECRETS["ANTHROPIC_API_KEY"]
+    log = small_disk / "attempt-1.log"
+    log.write_text(f"working\nmy key is {key}\ndone\n")
+    with (small_disk / "filler.bin").open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 65536)
+    scrub_file(log)
+    assert log.read_text() == f"working\nmy key is {REDACTED}\ndone\n"

@@ -107,18 +107,43 @@ def size_of(path: Path | str) -> int:
 NEARLY_FULL = 16 << 20  # free bytes under which a disk is taken for full
 
 
-def nearly_full(path: Path | str) -> bool:
-    """Whether the file system holding *path* has less than :data:`NEARLY_FULL` bytes free.
+def space(path: Path | str) -> tuple[int, int] | None:
+    """The bytes free on the file system of *path* and its size; None when *path* is gone.
 
-    Free for swarm's own user: root may use the reserve. A path that cannot be looked at
-    (gone) says nothing: False.
+    Free for swarm's own user: root may use the reserve.
     """
     try:
         fs = os.statvfs(path)
     except OSError:
-        return False
+        return None
     free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
-    return free * fs.f_frsize < NEARLY_FULL
+    return free * fs.f_frsize, fs.f_blocks * fs.f_frsize
+
+
+def nearly_full(path: Path | str, *, margin: int = NEARLY_FULL) -> bool:
+    """Whether the file system holding *path* has less than *margin* bytes free (unknown: no)."""
+    found = space(path)
+    return found is not None and found[0] < margin
+
+
+def keep_end(path: Path | str, size: int) -> None:
+    """Cut the regular file at *path* to its last *size* bytes, in place.
+
+    No new block is needed: it works on a full disk. Never through a link; a file that cannot
+    be opened so is left as it is.
+    """
+    try:
+        with open_rewrite(path, follow=False) as fh:
+            total = os.fstat(fh.fileno()).st_size
+            if total <= size:
+                return
+            fh.seek(total - size)
+            end = fh.read(size)
+            fh.seek(0)
+            fh.write(end)
+            fh.truncate()
+    except OSError:
+        return
 
 
 def read_text(path: Path | str) -> str:

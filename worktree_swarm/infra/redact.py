@@ -16,6 +16,7 @@ What counts as a secret (docs/secrets.md):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -380,8 +381,21 @@ def scrub_file(path: Path) -> None:
                 fh.seek(0)
                 shutil.copyfileobj(clean, fh, _SCRUB_PIECE)
                 fh.truncate()
-        except OSError:
+        except OSError:  # no room for the copy (a full disk): a small log is redone in memory
+            _scrub_in_memory(fh)
+
+
+def _scrub_in_memory(fh: BinaryIO) -> None:
+    """Redact the log *fh* read whole, when it is small (:data:`_SCRUB_PIECE` at most)."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fh.fileno()).st_size > _SCRUB_PIECE:
             return
+        fh.seek(0)
+        data = fh.read()
+        clean = redact_bytes(data)
+        fh.seek(0)
+        fh.write(clean)  # "[REDACTED]" may be longer than a short secret: may need a block
+        fh.truncate()
 
 
 def _pieces(fh: BinaryIO) -> Iterator[bytes]:

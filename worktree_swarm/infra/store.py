@@ -888,18 +888,20 @@ class Store:
         retry_at: float,
         *,
         window: bool = False,
-        progressed: bool = False,
+        progressed: bool | None = False,
     ) -> None:
         """Record until when the task of a rate-limited attempt waits before the next one.
 
         *window*: the wait is a usage window's, which uses none of the task's retries; nor
-        does an attempt that *progressed* (got work done before its limit).
+        does an attempt that *progressed* (got work done before its limit; None: as recorded).
         """
+        done = None if progressed is None else int(progressed)
         with self._lock, self._write() as conn:
             conn.execute(
-                "UPDATE attempts SET retry_at = ?, usage_window = ?, progressed = ?"
+                "UPDATE attempts SET retry_at = ?, usage_window = ?,"
+                " progressed = COALESCE(?, progressed)"
                 " WHERE run_id = ? AND task_id = ? AND number = ?",
-                (retry_at, int(window), int(progressed), run_id, task_id, number),
+                (retry_at, int(window), done, run_id, task_id, number),
             )
 
     @_waits_for_space

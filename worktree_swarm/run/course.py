@@ -66,7 +66,10 @@ class Course:
     work: tuple[int, int, int, str] | None = None  # the branch's diff after the last attempt
     pending: str | None = None  # what the agent was asked to do now (repair, hand-over)
     window: bool = False  # the wait after the last limit is a usage window's (no retry used)
-    got_work_done: bool = False  # the last limited attempt changed the work first (no retry used)
+    # The last limited attempt changed the work first (no retry used); None: a replayed one,
+    # whose record says.
+    got_work_done: bool | None = False
+    free_throttles_left: int = 0  # limited attempts that got work done and may use no retry
     repairs_left: int = 0  # failing checks it may still hand back to the agent
     repair_due: bool = False  # a round handed back whose attempt has not started: not counted
     disk_retries_left: int = DISK_RETRIES  # attempts that may still end on a full disk
@@ -101,6 +104,7 @@ class Course:
         # (its manager killed first) is decided again when it is replayed.
         throttled = [a for a in counted if a.outcome == AttemptOutcome.RATE_LIMITED]
         spent = [a for a in throttled if decided(a) and not (a.usage_window or a.progressed)]
+        free = [a for a in throttled if decided(a) and a.progressed and not a.usage_window]
         streak = 0
         for a in reversed(counted):
             if a.outcome != AttemptOutcome.RATE_LIMITED:
@@ -114,6 +118,7 @@ class Course:
             throttles=streak,
             pending=instruction,
             repairs_left=max(0, task.repair - repairs),
+            free_throttles_left=free_throttles(task) - len(free),
             disk_retries_left=DISK_RETRIES
             - sum(a.outcome == AttemptOutcome.DISK_FULL for a in since),
         )
@@ -150,6 +155,11 @@ class Course:
         """Another agent goes on: no session of its own yet, a full set of retries."""
         self.agent, self.session = agent, None
         self.retries_left, self.not_before, self.throttles = task.retries, 0.0, 0
+        self.free_throttles_left = free_throttles(task)
+
+    def uses_no_retry(self, *, progressed: bool, replayed: bool) -> bool:
+        """Whether a limited attempt that *progressed* goes on without using a retry."""
+        return progressed and not replayed and self.free_throttles_left > 0
 
     def throttled(
         self,
@@ -176,8 +186,10 @@ class Course:
         shared = gate.window_until(provider)
         reset = max((result.retry_at or 0.0) if own else 0.0, shared or 0.0)
         self.window = own or shared is not None
-        # (A replayed attempt's is on record.)
-        self.got_work_done = progressed and not self.window and not replayed
+        # Work done before a limit uses no retry, up to a bound: an agent that changes some
+        # file each time while the limits go on would otherwise never stop.
+        progressed = self.uses_no_retry(progressed=progressed, replayed=replayed)
+        self.got_work_done = None if replayed else progressed and not self.window
         if self.window:  # a usage window: waited for, no retry spent
             if reset - now > task.max_wait:
                 return past_max_wait(task, provider, reset)
@@ -188,6 +200,7 @@ class Course:
             # An attempt that got work done is no retry: a storm's 429s end an agent a few
             # turns further each time, and its retries went in a minute.
             self.retries_left -= 0 if replayed or progressed else 1
+            self.free_throttles_left -= 1 if progressed else 0
             self.throttles = 0 if progressed else self.throttles + (0 if replayed else 1)
             # No stated retry-after and nothing done: a backoff of the task's own, whatever the
             # shared gate decides (one agent's throttles alone never cut a provider's
@@ -202,6 +215,11 @@ class Course:
         self.not_before = max(self.not_before, gate.waiting_until(provider) or now)
         self.interrupted()
         return None
+
+
+def free_throttles(task: Task) -> int:
+    """How many limited attempts of *task* that got work done use no retry (then they do)."""
+    return 2 * task.retries + 2
 
 
 def decided(attempt: AttemptRow) -> bool:

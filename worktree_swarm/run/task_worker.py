@@ -67,6 +67,11 @@ POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RETRY_TAIL_BYTES = 16 * 2**10
 ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
+# An attempt that failed on a full disk goes on once this much is free (a quarter of a
+# smaller disk); one with more than that in its own log filled the disk itself and fails, as
+# past max_log: waiting for room its own log holds would wait for ever.
+ROOM_TO_GO_ON = 64 << 20
+RUNAWAY_TAIL = 1 << 20  # what is kept of the log of an agent whose output filled the disk
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -500,7 +505,7 @@ class TaskWorker(RunWorker):
         full, pause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.store.on_full
         waited = False
         with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
-            while self._out_of_room(task, path) and not live.stop.is_set():
+            while self._out_of_room(task, path, margin=_room(path)) and not live.stop.is_set():
                 waited = True
                 if pause is None:
                     live.stop.wait(ROOM_POLL_SECONDS)
@@ -509,9 +514,10 @@ class TaskWorker(RunWorker):
         if waited and pause is not None:
             pause(None)
 
-    def _out_of_room(self, task: Task, path: Path) -> bool:
-        """Whether the disk of *task*'s worktree or of its logs is full."""
-        return fs.nearly_full(path) or fs.nearly_full(self._logs(task))
+    def _out_of_room(self, task: Task, path: Path, *, margin: int = fs.NEARLY_FULL) -> bool:
+        """Whether the disk of *task*'s worktree or of its logs has less than *margin* free."""
+        logs = self._logs(task)
+        return fs.nearly_full(path, margin=margin) or fs.nearly_full(logs, margin=margin)
 
     def _next(
         self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
@@ -548,6 +554,7 @@ class TaskWorker(RunWorker):
         window = own or self.gate.window_until(provider) is not None
         # A replayed attempt is already counted in the course: it had one retry more left.
         spent = course.retries_left < 0 if replayed else course.retries_left <= 0
+        spent = spent and not course.uses_no_retry(progressed=progressed, replayed=replayed)
         nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
         if nxt is not None:
             why = "usage limit" if window else "out of rate-limit retries"
@@ -1002,6 +1009,15 @@ class TaskWorker(RunWorker):
                 # Its output goes to a log on a disk that filled up: most agents end so.
                 path = worktree_path(self.spec, live.task)
                 if result.outcome is AgentOutcome.FAILED and self._out_of_room(task, path):
+                    printed = fs.size_of(agent.log_path)
+                    if printed > _runaway(agent.log_path):  # its own output filled it
+                        # Cut to its end: nothing else (the run's state) could be written.
+                        fs.keep_end(agent.log_path, RUNAWAY_TAIL)
+                        why = (
+                            f"its output filled the disk ({units.format_size(printed)}; its "
+                            f"log is cut to its last {units.format_size(RUNAWAY_TAIL)})"
+                        )
+                        return _Ended(result=result, cut_short=TaskState.FAILED, reason=why)
                     why = f"the disk was full ({result.reason})" if result.reason else ""
                     return _Ended(result=result, disk_full=True, reason=why or "the disk was full")
                 return _Ended(result=result, usage_window=stated_window(result, at))
@@ -1156,6 +1172,23 @@ class TaskWorker(RunWorker):
                 **dict(task.env),
             }
         )
+
+
+def _room(path: Path) -> int:
+    """The room a task waits for on the disk of *path*: 64 MiB, or half of a smaller one.
+
+    More than a full disk's 16 MiB at least: else it would fail again at once.
+    """
+    found = fs.space(path)
+    if found is None:
+        return ROOM_TO_GO_ON
+    return min(ROOM_TO_GO_ON, max(fs.NEARLY_FULL + (1 << 20), found[1] // 2))
+
+
+def _runaway(path: Path) -> int:
+    """An agent's log past this filled the disk of *path* itself: 64 MiB, or a quarter."""
+    found = fs.space(path)
+    return ROOM_TO_GO_ON if found is None else min(ROOM_TO_GO_ON, found[1] // 4)
 
 
 def _lost_reason(task: Task, lost: Violation) -> str:

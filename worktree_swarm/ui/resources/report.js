@@ -19,6 +19,7 @@ const dur = (s) => {
 const money = (x) => (x == null ? "-" : "$" + x.toFixed(2));
 const NUMBER = new Intl.NumberFormat("en-US");  // toLocaleString builds one per call
 const num = (x) => (x == null ? "-" : NUMBER.format(x));
+const files = (n) => `${n} ${n === 1 ? "file" : "files"}`;
 const size = (n) => {
   if (n == null) return "-";
   if (n < 1024) return n + "B";
@@ -144,7 +145,7 @@ const COLUMNS = [
   ["tokens in", "tin", (t) => num(t.tin), "n"],
   ["tokens out", "tout", (t) => num(t.tout), "n"],
   ["disk", "disk", (t) => size(t.disk), "n"],
-  ["diff", "files", (t) => (t.files ? `${t.files} files +${t.ins} -${t.del}` : "-")],
+  ["diff", "files", (t) => (t.files ? `${files(t.files)} +${t.ins} -${t.del}` : "-")],
   ["merge/PR", "pr", (t) => [t.merge, t.pr ? `#${t.pr}` : ""].filter(Boolean).join(", ") || "-"],
 ];
 let order = tasks.map((_, i) => i);
@@ -200,7 +201,7 @@ function fillDetails(el) {
   if (!body || body.childElementCount) return;
   const t = tasks[Number(el.dataset.i)];
   const facts = [`branch ${t.branch}`, t.deps.length ? `depends on ${t.deps.join(", ")}` : "",
-    t.files ? `diff: ${t.files} files changed, +${t.ins} -${t.del}` : "diff: -",
+    t.files ? `diff: ${files(t.files)} changed, +${t.ins} -${t.del}` : "diff: -",
     `attempts: ${t.att.length} (${t.retries} retries)`, `cost ${money(t.cost)}`,
     t.disk == null ? "" : `disk: ${size(t.disk)} (${size(t.diskApp)} apparent)` +
       (t.wt ? "" : ", worktree removed since"),
