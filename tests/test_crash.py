@@ -630,12 +630,9 @@ def _paused(repo: Path) -> bool:
     return out.returncode == 0 and "paused: the disk is full" in out.stdout
 
 
-def test_full_disk_pauses_the_manager_then_it_finishes(
-    small_disk: Path, tmp_path: Path, write_agent: object
-) -> None:
-    repo = make_repo(small_disk / "repo")
-    go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
-    filler = write_agent(  # fills the disk once the other has written, frees it when told
+def _filler(write_agent: object, *, wrote: Path, full: Path, go: Path) -> list[str]:
+    """An agent that fills the disk once *wrote* exists, says so in *full*, frees it on *go*."""
+    return write_agent(  # type: ignore[operator, no-any-return]
         "import pathlib, time\n"
         f"while not pathlib.Path({str(wrote)!r}).exists(): time.sleep(0.05)\n"
         # Unbuffered: a buffered file would raise ENOSPC again from close(), past the except.
@@ -650,6 +647,14 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
         "pathlib.Path('filler.bin').unlink()\n"
         "pathlib.Path('filled.txt').write_text('done\\n')\n"
     )
+
+
+def test_full_disk_pauses_the_manager_then_it_finishes(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    repo = make_repo(small_disk / "repo")
+    go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
+    filler = _filler(write_agent, wrote=wrote, full=full, go=go)
     quick = write_agent(  # writes its work, ends once the disk is full
         "import pathlib, time\n"
         "pathlib.Path('quick.txt').write_text('work\\n')\n"
@@ -695,20 +700,7 @@ def test_an_agent_that_dies_printing_to_a_full_disk_goes_on_once_there_is_room(
     # The task failed for the disk, not for its work: it goes on once there is room.
     repo = make_repo(small_disk / "repo")
     go, full, wrote = tmp_path / "go", tmp_path / "full", tmp_path / "wrote"
-    filler = write_agent(
-        "import pathlib, time\n"
-        f"while not pathlib.Path({str(wrote)!r}).exists(): time.sleep(0.05)\n"
-        "with open('filler.bin', 'wb', buffering=0) as fh:\n"
-        "    try:\n"
-        "        while True:\n"
-        "            fh.write(b'x' * 65536)\n"
-        "    except OSError:\n"
-        "        pass\n"
-        f"pathlib.Path({str(full)!r}).touch()\n"
-        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
-        "pathlib.Path('filler.bin').unlink()\n"
-        "pathlib.Path('filled.txt').write_text('done\\n')\n"
-    )
+    filler = _filler(write_agent, wrote=wrote, full=full, go=go)
     printer = write_agent(  # once more, with room: it finds its work there and ends
         "import pathlib, sys, time\n"
         "if pathlib.Path('work.txt').exists():\n"
