@@ -1240,12 +1240,15 @@ def test_manager_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
 
 
 def _unrecorded_launch(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, writes: int = 40
 ) -> tuple[Path, int]:
-    """A dead manager whose agent runs but no attempt records it; (fake dir, agent pid)."""
+    """A dead manager whose agent runs but no attempt records it; (fake dir, agent pid).
+
+    The agent makes *writes* writes 0.05 s apart (40: about two seconds), then ends.
+    """
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "settings.json").write_text(json.dumps([40, 0.05]))  # about a second of writes
+    (fake / "settings.json").write_text(json.dumps([writes, 0.05]))
     for key, value in install_fake_claude(tmp_path).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CRASH_FAKE_DIR", str(fake))
@@ -1630,7 +1633,9 @@ def launches_of(fake: Path) -> str:
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake, agent = _unrecorded_launch(repo, tmp_path, monkeypatch)
+    # Writing for minutes: it still runs when stopped, however slow the machine (with two
+    # seconds of writes, a loaded machine saw it end by itself first).
+    fake, agent = _unrecorded_launch(repo, tmp_path, monkeypatch, writes=4000)
     assert pid_alive(agent)
     out = swarm(repo, "stop")
     assert out.returncode == 0, out.stderr
@@ -1639,6 +1644,7 @@ def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     assert "a write 0" in git(repo, "show", "swarm/a:a.txt")  # its work checkpointed
     # The stopped launch is its first attempt: a retry runs the agent again (it took the
     # stop's own SIGTERM for how that attempt failed, and failed the task without running it).
+    (fake / "settings.json").write_text(json.dumps([40, 0.05]))  # this one ends by itself
     retried = swarm(repo, "retry")
     assert retried.returncode == 0, retried.stdout + retried.stderr
     row = status_json(repo)["a"]
