@@ -228,6 +228,21 @@ def test_retries_exhausted_fails_with_work_kept(repo: Path, fake_claude: Path) -
     assert branch_file(repo, "swarm/a", "a.txt") == "half done"
 
 
+def test_after_a_retry_work_already_on_the_branch_is_no_progress_of_the_next_attempt(
+    repo: Path, fake_claude: Path
+) -> None:
+    # Retried, the first throttled attempt was judged against nothing: the branch's half-done
+    # work counted as its own progress, and it used no retry for writing the same again.
+    plan(fake_claude, "a", "limit", "stall", "stall", "limit", "stall", "finish")
+    text = tasks_toml(["a"]).replace("retries = 3", "retries = 1")
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert len(calls(fake_claude, "a")) == 3  # got work done (no retry), then two refusals
+    out = swarm(repo, "retry", "a")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "failed"
+    assert len(calls(fake_claude, "a")) == 5  # the same work again used its one retry
+
+
 @pytest.mark.parametrize("resumed", [False, True], ids=["watched", "manager-killed"])
 def test_a_storm_that_ends_an_agent_a_few_turns_further_each_time_uses_no_retries(
     repo: Path, fake_claude: Path, resumed: bool

@@ -423,6 +423,10 @@ class TaskWorker(RunWorker):
         previous = self.store.attempts(self.run_id, task.id)
         number = len(previous)
         course = self._course(task, previous)
+        if previous and (tip := git.rev_parse(self.repo, task.branch)) is not None:
+            # The work so far (resumed, retried): the next limited attempt's is judged by
+            # what it adds, not by the branch's whole diff.
+            course.progressed(git.diff_stat(self.repo, base, tip))
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
             # Counted in the course already: a replayed attempt whose wait was decided.
