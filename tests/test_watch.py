@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable, Footer, Log
 
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, status_json, swarm, wait_for
@@ -350,6 +350,28 @@ def test_a_log_swapped_for_a_link_is_not_followed_and_the_pane_says_so(tmp_path:
     assert text.startswith("(log not read: ")
     assert "outside the run" not in text
     assert follow.read() == (False, "")  # said once
+
+
+def test_the_diff_pane_of_a_finished_task_without_changes_says_none_not_none_yet(
+    repo: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text("print('nothing to do')\n")
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "t=x").returncode
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: app.selected == "t", "t selected")
+            await pilot.press("d")
+            view = app.query_one("#diff-view", Log)
+            await until(pilot, lambda: "t: no changes" in "\n".join(view.lines), "the pane")
+            assert "no changes yet" not in "\n".join(view.lines)
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
 
 
 def test_the_log_pane_still_ends_at_the_last_line_when_the_details_line_grows(

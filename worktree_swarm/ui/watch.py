@@ -322,7 +322,9 @@ class WatchApp(App[None]):
             text = _shown(text, f"`swarm diff {task_id}` prints all of it")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
             text = _shown(f"{task_id}: its diff cannot be shown: {exc}", "")
-        text = text or f"{task_id}: no changes yet"
+        row = self.rows.get(task_id)
+        ended = row is not None and not TaskState(row.state).is_active
+        text = text or f"{task_id}: {'no changes' if ended else 'no changes yet'}"
         self.call_from_thread(self._fill, "#diff-view", text, task_id=task_id)
 
     @work(thread=True, exclusive=True, group="conflicts")
