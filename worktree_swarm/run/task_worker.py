@@ -67,9 +67,9 @@ POLL_SECONDS = 0.25
 LOG_READ_LIMIT = 8 * 2**20
 RETRY_TAIL_BYTES = 16 * 2**10
 ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
-# An attempt that failed on a full disk goes on once this much is free (a quarter of a
-# smaller disk); one with more than that in its own log filled the disk itself and fails, as
-# past max_log: waiting for room its own log holds would wait for ever.
+# An attempt that failed on a full disk goes on once this much is free (half of a smaller
+# disk); one with more than this (a quarter of a smaller disk) in its own log filled the disk
+# itself and fails, as past max_log: waiting for room its own log holds would wait for ever.
 ROOM_TO_GO_ON = 64 << 20
 RUNAWAY_TAIL = 1 << 20  # what is kept of the log of an agent whose output filled the disk
 
@@ -1010,20 +1010,8 @@ class TaskWorker(RunWorker):
                 stoppable = result.outcome is not AgentOutcome.SUCCESS
                 if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
-                # Its output goes to a log on a disk that filled up: most agents end so.
-                path = worktree_path(self.spec, live.task)
-                if result.outcome is AgentOutcome.FAILED and self._out_of_room(task, path):
-                    printed = fs.size_of(agent.log_path)
-                    if printed > _runaway(agent.log_path):  # its own output filled it
-                        # Cut to its end: nothing else (the run's state) could be written.
-                        fs.keep_end(agent.log_path, RUNAWAY_TAIL)
-                        why = (
-                            f"its output filled the disk ({units.format_size(printed)}; its "
-                            f"log is cut to its last {units.format_size(RUNAWAY_TAIL)})"
-                        )
-                        return _Ended(result=result, cut_short=TaskState.FAILED, reason=why)
-                    why = f"the disk was full ({result.reason})" if result.reason else ""
-                    return _Ended(result=result, disk_full=True, reason=why or "the disk was full")
+                if (full := self._ended_on_full_disk(task, live, agent, result)) is not None:
+                    return full
                 return _Ended(result=result, usage_window=stated_window(result, at))
             if (
                 retrying is not None
@@ -1045,6 +1033,29 @@ class TaskWorker(RunWorker):
                 text = _read_log(agent.log_path)
                 partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
+
+    def _ended_on_full_disk(
+        self, task: Task, live: Live, agent: supervisor.Supervised, result: AgentResult
+    ) -> _Ended | None:
+        """How a failed attempt ended when the disk of its worktree or logs is full, or None.
+
+        Its output goes to a log on that disk: most agents end so. One whose own log filled
+        the disk fails, its log cut to its end (nothing else, the run's state, could be
+        written); any other goes on once there is room.
+        """
+        path = worktree_path(self.spec, live.task)
+        if result.outcome is not AgentOutcome.FAILED or not self._out_of_room(task, path):
+            return None
+        printed = fs.size_of(agent.log_path)
+        if printed > _runaway(agent.log_path):
+            fs.keep_end(agent.log_path, RUNAWAY_TAIL)
+            why = (
+                f"its output filled the disk ({units.format_size(printed)}; its "
+                f"log is cut to its last {units.format_size(RUNAWAY_TAIL)})"
+            )
+            return _Ended(result=result, cut_short=TaskState.FAILED, reason=why)
+        why = f"the disk was full ({result.reason})" if result.reason else "the disk was full"
+        return _Ended(result=result, disk_full=True, reason=why)
 
     def _kill_leftover_steps(self, task: Task) -> None:
         """Kill setup steps and checks a dead manager left running, before they run again.
