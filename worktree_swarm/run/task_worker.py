@@ -423,9 +423,11 @@ class TaskWorker(RunWorker):
         previous = self.store.attempts(self.run_id, task.id)
         number = len(previous)
         course = self._course(task, previous)
-        if previous and (tip := git.rev_parse(self.repo, task.branch)) is not None:
-            # The work so far (resumed, retried): the next limited attempt's is judged by
-            # what it adds, not by the branch's whole diff.
+        # The work so far (retried, resumed with no attempt to replay): the next limited
+        # attempt's is judged by what it adds, not by the branch's whole diff. An attempt
+        # replayed is judged by all it holds, its own work included.
+        seed = previous and live.resume_from is None
+        if seed and (tip := git.rev_parse(self.repo, task.branch)) is not None:
             course.progressed(git.diff_stat(self.repo, base, tip))
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
