@@ -555,6 +555,33 @@ def test_diff_stat_counts_a_rename_once(repo: Path) -> None:
     assert g.diff_stat(r, base, "HEAD") == g.DiffStat(files=1, insertions=1, deletions=0)
 
 
+def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
+    repo: Path,
+) -> None:
+    r = g.open_repo(repo)
+    blob = bytes(range(256)) * 8  # 2 KiB, binary
+    (repo / "gone.bin").write_bytes(blob)
+    (repo / "old.bin").write_bytes(blob + b"\1")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "binaries")
+    base = g.rev_parse(r, "HEAD")
+    assert base is not None
+    git(repo, "mv", "old.bin", "new name.bin")  # a rename: its new name, its new content
+    (repo / "gone.bin").unlink()
+    (repo / "notes.txt").write_text("note\n" * 500)  # 2.4 KiB of text
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "edit")
+    stat = g.diff_stat(r, base, "HEAD")
+    assert g.over_size(r, stat, 2048) == [("new name.bin", 2049), ("notes.txt", 2500)]
+    assert g.over_size(r, stat, 2049) == [("notes.txt", 2500)]
+    assert g.over_size(r, stat, g.MAX_FILE) == []
+    # Past runner.BIG_FILE, only files the diff counted no lines of are asked about.
+    assert [(p, binary) for p, _, binary in stat.blobs] == [
+        ("new name.bin", True),
+        ("notes.txt", False),
+    ]
+
+
 def test_status_porcelain_raw(repo: Path) -> None:
     (repo / "a b").mkdir()
     (repo / "a b" / "c.txt").write_text("x")

@@ -4,6 +4,7 @@ the coordinator is redacted with the node's own secrets (the head does not know 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.core.models import Task
+from worktree_swarm.git import repo as git_repo
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_node import Assignment, NodeAgent
 
@@ -156,3 +158,24 @@ def test_what_a_read_of_a_log_hands_back_ends_at_a_line_or_a_blank(
     from worktree_swarm.run.ray_node import _whole_lines  # noqa: PLC0415
 
     assert _whole_lines(chunk, full=full) == kept
+
+
+def test_a_file_over_max_file_is_pushed_by_no_checkpoint_of_a_node(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    writes = (
+        "import pathlib; pathlib.Path('work.txt').write_text('work'); "
+        "pathlib.Path('big.bin').write_bytes(bytes(1025))"
+    )
+    task = dataclasses.replace(node.a.task, agent_argv=(sys.executable, "-c", writes))
+    capped = NodeAgent(dataclasses.replace(node.a, max_file=1024, task=task))
+    capped.prepare()
+    capped.start(prompt="p", session=None, resume_prompt=None)
+    until("the agent's end", node=capped)
+    remote = tmp_path / "remote.git"
+    capped._snapshot()  # the running checkpoint, every checkpoint_interval
+    assert git(remote, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    with pytest.raises(git_repo.TooBigError, match=r"max_file \(1.0K: big.bin \(1.0K\)\)"):
+        capped.finish(message="swarm: checkpoint t")
+    assert git(remote, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert (capped.work / "big.bin").stat().st_size == 1025

@@ -1264,6 +1264,31 @@ def test_stop_after_manager_died_kills_agent_and_checkpoints_as_configured_autho
     assert swarm(repo, "run", manifest(repo, tasks_toml(["b"]))).returncode == 0
 
 
+def test_stop_after_manager_died_keeps_a_file_over_max_file_and_stops_every_task(
+    repo: Path, fake_claude: Path
+) -> None:
+    # The stop's checkpoint of the first task left a file out and raised: the stop ended there,
+    # the other task's agent still running, its task never marked.
+    plan(fake_claude, "a", "wait")
+    plan(fake_claude, "b", "wait")
+    text = tasks_toml(["a", "b"], 'max_file = "1K"\n')
+    proc = swarm_bg(repo, "run", manifest(repo, text))
+    wait_for(lambda: (fake_claude / "a.pid").exists() and (fake_claude / "b.pid").exists())
+    agents = [int((fake_claude / f"{t}.pid").read_text()) for t in ("a", "b")]
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / "big.bin").write_bytes(b"\0" * 2048)  # as its agent would
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = swarm(repo, "stop")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not any(pid_alive(pid) for pid in agents)
+    rows = status_json(repo)
+    assert {t: row["state"] for t, row in rows.items()} == {"a": "stopped", "b": "stopped"}
+    assert branch_file(repo, "swarm/a", "a.txt") == "started"  # the rest is committed
+    assert "big.bin" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
+    assert (worktree / "big.bin").stat().st_size == 2048  # kept where it was
+
+
 def test_doctor_and_clean_beside_a_live_manager_whose_state_was_deleted_touch_nothing(
     repo: Path, fake_claude: Path
 ) -> None:

@@ -383,6 +383,66 @@ def test_an_agent_printing_past_max_log_is_stopped_before_it_fills_the_disk(
     assert log.stat().st_size < 512 << 20  # stopped at the next look (4 a second)
 
 
+def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # An agent's 800 MB file was committed silently (a push to GitHub refuses it), and a
+    # 20 GiB sparse one hashed for minutes into the branch.
+    agent = write_agent(
+        "import pathlib\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+        "pathlib.Path('edge.bin').write_bytes(b'\\0' * 2048)\n"  # at the cap: committed
+        "pathlib.Path('big.bin').write_bytes(b'\\0' * 2049)\n"
+        "pathlib.Path('README.md').write_text('line\\n' * 500)\n"  # a tracked file, grown
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_file = "2K"\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "t"\nprompt = "x"\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert row["reason"] == (
+        "wrote files over max_file (2.0K: README.md (2.4K), big.bin (2.0K)): left out of its "
+        f"commit (GitHub refuses a file over 100 MiB), they stay in {worktree}; the rest is "
+        "committed"
+    )
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nedge.bin\nwork.txt"
+    assert branch_file(repo, "swarm/t", "README.md") == "hello"
+    assert (worktree / "big.bin").stat().st_size == 2049  # not lost
+    assert (worktree / "README.md").stat().st_size == 2500
+    assert row["files_changed"] == 2  # what was committed: edge.bin and work.txt
+    out = swarm(repo, "clean", "--yes")
+    assert worktree.is_dir(), out.stdout + out.stderr  # no commit holds them: kept
+    assert (worktree / "big.bin").stat().st_size == 2049
+    assert "wrote files over max_file (2.0K: README.md (2.4K), big.bin" in out.stdout
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nedge.bin\nwork.txt"
+
+
+def test_a_file_over_max_file_the_agent_committed_itself_fails_its_task(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Text or binary: a diff counts no lines of a binary file, and of none past 16 MiB.
+    agent = write_agent(
+        "import pathlib, subprocess\n"
+        "pathlib.Path('notes.txt').write_text('note\\n' * 1000)\n"
+        "pathlib.Path('data.bin').write_bytes(bytes(range(256)) * 20)\n"
+        "subprocess.run(['git', 'add', '-A'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'data'], check=True)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_file = "4K"\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "t"\nprompt = "x"\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["t"]
+    assert (row["state"], row["reason"]) == (
+        "failed",
+        (
+            "its branch holds files over max_file (4.0K) its agent committed or staged itself: "
+            "data.bin (5.0K), notes.txt (4.9K); GitHub refuses a push holding a file over 100 MiB"
+        ),
+    )
+    assert branch_file(repo, "swarm/t", "notes.txt") == "note\n" * 999 + "note"  # kept
+
+
 # Ends its helper the way shell scripts do (`kill 0`: its process group), then its work.
 KILLS_ITS_GROUP = """
 import os, pathlib, signal, subprocess, sys

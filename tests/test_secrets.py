@@ -654,7 +654,9 @@ def test_a_huge_file_on_a_branch_is_never_held_in_memory_whole(
 ) -> None:
     # A sparse file costs the agent no disk and its branch little: git stores it compressed.
     agent = write_agent("import os\nwith open('big.bin', 'wb') as f:\n    f.truncate(128 << 20)\n")
-    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "big=x").returncode == 0
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_file = "1G"\n'
+    path = manifest(repo, text + '[[task]]\nid = "big"\nprompt = "x"\n')
+    assert swarm(repo, "run", path).returncode == 0
     argv = [sys.executable, "-m", "worktree_swarm.cli", *command]
     done = subprocess.run(
         [sys.executable, "-c", PEAK, *argv], cwd=repo, capture_output=True, text=True, check=True

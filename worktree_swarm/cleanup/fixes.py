@@ -635,6 +635,12 @@ def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]
     return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
 
 
+def _max_file(store: Store | None, f: Finding) -> int:
+    """The cap on one committed file of the run that made the worktree (git's default else)."""
+    run = None if store is None or not f.run_id else store.get_run(f.run_id)
+    return run.settings.max_file if run is not None else git.MAX_FILE
+
+
 def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     # We already hold the repository lock, and list_worktrees would wait for it forever.
     infos = worktrees.list_worktrees_locked(repo)
@@ -678,6 +684,7 @@ def _remove_worktree(
                 message=f"swarm: checkpoint {path.name} (clean)",
                 author=AUTHOR,
                 exclude=_local_paths(store, f, path),
+                max_file=_max_file(store, f),
             )
             if ref is not None:
                 moves.moved(ref, sha or tip)

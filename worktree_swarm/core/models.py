@@ -478,6 +478,17 @@ class RunSettings:
         "past it is stopped and its task fails, its work kept; a runaway agent printing in a "
         "loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
     )
+    max_file: int = setting(
+        100 << 20,
+        kind=Kind.SIZE,
+        scope=Scope.RUN,
+        flag=None,
+        default_doc='`"100M"`',
+        doc="cap on one file of a task's branch: a checkpoint leaves a bigger file out of its "
+        "commit (it stays in the worktree) and the task fails, as it does when the agent "
+        "committed one itself; GitHub refuses a push holding a file over 100 MiB "
+        "([recovery.md](recovery.md#a-file-too-big-for-the-branch))",
+    )
     copy_mode: CopyMode = setting(
         CopyMode.AUTO,
         kind=Kind.CHOICE,

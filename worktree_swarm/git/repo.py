@@ -21,6 +21,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError, Sw
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.text import is_utf8, path_text
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 from worktree_swarm.infra import fs, redact
@@ -42,6 +43,9 @@ class DiffStat:
     # What the changed files hold and their names (blob ids, paths): it differs when an edit
     # leaves the counts as they were (a line rewritten again, a binary file, a rename).
     content: str = dataclasses.field(default="", compare=False)
+    # Each file added or changed: its path, its new blob and whether the diff counted no
+    # lines of it (binary, or text past runner.BIG_FILE: the only ones over a cap that big).
+    blobs: tuple[tuple[str, str, bool], ...] = dataclasses.field(default=(), compare=False)
 
 
 class MergeConflictError(GitError):
@@ -758,6 +762,10 @@ def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | No
             _run(path, ["update-index", "--cacheinfo", f"160000,{head},{link}"], env=env)
 
 
+# GitHub refuses a push holding a file over 100 MiB: a checkpoint commits none.
+MAX_FILE = 100 << 20
+
+
 def checkpoint(
     worktree: Path,
     *,
@@ -766,6 +774,7 @@ def checkpoint(
     exclude: Sequence[str] = (),
     droppings: Sequence[str] = (),
     report_secrets: bool = False,
+    max_file: int | None = MAX_FILE,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 
@@ -781,7 +790,8 @@ def checkpoint(
     was never populated (see :func:`checkout_incomplete`) is repaired first instead of
     committing its missing files as deletions. A file holding the value of a secret
     environment variable is left out (staged as it was); with *report_secrets* that raises
-    SecretLeftOutError once the rest is committed.
+    SecretLeftOutError once the rest is committed. So is a file over *max_file* bytes (None:
+    no cap), raising TooBigError: git hashes it once, it is never committed.
     """
     env = identity_env(author)
     repair_checkout(worktree)
@@ -807,6 +817,7 @@ def checkpoint(
             _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
     secret = unstage_secrets(worktree)
+    big = unstage_over(worktree, added, max_file)
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, embedded, head)
@@ -814,7 +825,36 @@ def checkpoint(
         raise RefusedPathsError(worktree, refused, head)
     if secret and report_secrets:
         raise SecretLeftOutError(worktree, secret, head)
+    if big and max_file is not None:
+        raise TooBigError(worktree, big, head, max_file)
     return head
+
+
+def unstage_over(
+    worktree: Path, added: str, limit: int | None, *, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """Unstage the files over *limit* bytes that `add --verbose` said it staged (*added*).
+
+    Each goes back into the index (*env*: another index file) as HEAD has it. Returns them,
+    each with its size. What `add` names is what it staged: each such file is lstat'ed, none
+    it found unchanged.
+    """
+    if limit is None:
+        return []
+    over: list[tuple[str, int]] = []
+    for line in added.splitlines():
+        if not (line.startswith("add '") and line.endswith("'")):
+            continue
+        path = line[5:-1]
+        try:
+            info = (worktree / path).lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            over.append((path, info.st_size))
+    for literal in in_batches(f":(literal,top){path}" for path, _ in over):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return [f"{path} ({format_size(size)})" for path, size in over]
 
 
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
@@ -912,6 +952,25 @@ class RefusedPathsError(LeftOutError):
         "wrote paths git refuses to store or could not read ({paths}): left out of its commit, "
         "they stay in {worktree}; the rest is committed"
     )
+
+
+class TooBigError(LeftOutError):
+    """A checkpoint left out files over its size cap (the rest committed)."""
+
+    template = (
+        "wrote files over max_file ({paths}): left out of its commit (GitHub refuses a file "
+        "over 100 MiB), they stay in {worktree}; the rest is committed"
+    )
+
+    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None, limit: int) -> None:
+        """As LeftOutError; *limit* is the cap, in bytes."""
+        self.limit = limit
+        shown = [f"{format_size(limit)}: {paths[0]}", *paths[1:]] if paths else []
+        super().__init__(worktree, shown, head)
+        self.paths = tuple(paths)
+
+    def __reduce__(self) -> tuple[type[TooBigError], tuple[Path, tuple[str, ...], str | None, int]]:  # type: ignore[override]
+        return type(self), (self.worktree, self.paths, self.head, self.limit)
 
 
 class SecretLeftOutError(LeftOutError):
@@ -1258,6 +1317,8 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     fields = out.split("\0")
     files = insertions = deletions = 0
     content: list[str] = []
+    blobs: dict[str, str] = {}  # each changed path's new blob
+    counted: list[tuple[str, str, bool]] = []
     i = 0
     while i < len(fields):
         field = fields[i]
@@ -1268,18 +1329,54 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
             meta = field.split()
             named = 2 if meta[4][:1] in {"R", "C"} else 1
             content.append("\0".join([meta[3], *fields[i : i + named]]))  # a rename changes it
+            blobs[fields[i + named - 1]] = meta[3]
             i += named
             continue
         added, deleted, path = field.split("\t", 2)
         if not path:
             # A rename/copy: the stat line is followed by two NUL-terminated paths.
+            path = fields[i + 1]
             i += 2
         files += 1
         # Binary files show "-" instead of line counts.
         insertions += int(added) if added != "-" else 0
         deletions += int(deleted) if deleted != "-" else 0
+        if blobs.get(path, "0").strip("0"):  # not a deletion
+            counted.append((path, blobs[path], added == "-"))
     return DiffStat(
-        files=files, insertions=insertions, deletions=deletions, content=" ".join(content)
+        files=files,
+        insertions=insertions,
+        deletions=deletions,
+        content=" ".join(content),
+        blobs=tuple(counted),
+    )
+
+
+def over_size(repo: Repo, diff: DiffStat, limit: int) -> list[tuple[str, int]]:
+    """The files *diff* added or changed whose new content is over *limit* bytes, sized.
+
+    Under a cap of runner.BIG_FILE or more only the files it counted no lines of can be: no
+    git runs for a diff without any.
+    """
+    blobs = [(p, b) for p, b, binary in diff.blobs if binary or limit < runner.BIG_FILE_BYTES]
+    if not blobs:
+        return []
+    out = runner.run(
+        repo.root,
+        "cat-file",
+        "--batch-check=%(objectsize)",
+        input_text="".join(f"{blob}\n" for _, blob in blobs),
+    ).stdout
+    sizes = [int(line) if line.isdigit() else 0 for line in out.splitlines()]
+    return [(path, size) for (path, _), size in zip(blobs, sizes, strict=False) if size > limit]
+
+
+def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:
+    """Why a task whose branch holds the files *over* (path, size) its cap *limit* failed."""
+    named = ", ".join(f"{path} ({format_size(size)})" for path, size in over)
+    return (
+        f"its branch holds files over max_file ({format_size(limit)}) its agent committed or "
+        f"staged itself: {named}; GitHub refuses a push holding a file over 100 MiB"
     )
 
 

@@ -125,17 +125,22 @@ def _checkpoint_stopped(
     worktree = Path(row.worktree)
     ref = f"refs/heads/{row.branch}"
     told = channel.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
+    run = store.get_run(row.run_id)
     with told as moves:
-        tip = git.checkpoint(
-            worktree,
-            message=f"swarm: checkpoint {row.task_id} (stopped)"
-            + git.trailers(row.task_id, row.attempts or None, task.agent),
-            author=commit_author(store, row.run_id),
-            exclude=worktrees.local_paths(
-                worktree, link=task.link, copy=task.copy, base=row.base_commit
-            ),
-            droppings=adapter_for(task.agent).droppings,
-        )
+        try:
+            tip = git.checkpoint(
+                worktree,
+                message=f"swarm: checkpoint {row.task_id} (stopped)"
+                + git.trailers(row.task_id, row.attempts or None, task.agent),
+                author=commit_author(store, row.run_id),
+                exclude=worktrees.local_paths(
+                    worktree, link=task.link, copy=task.copy, base=row.base_commit
+                ),
+                droppings=adapter_for(task.agent).droppings,
+                max_file=run.settings.max_file if run is not None else git.MAX_FILE,
+            )
+        except git.LeftOutError as exc:  # the rest is committed; they stay in the worktree
+            tip = exc.head
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)

@@ -207,18 +207,22 @@ class DiskBudget:
                 # Every attempt ended with a checkpoint; this only keeps what a check or a
                 # setup step left behind, as `swarm clean` does, so that nothing is lost. On
                 # a full disk (that commit's objects need room too) it waits, as the run does.
-                faults.retry_while_full(
-                    lambda: git.checkpoint(
-                        path,
-                        message=f"swarm: checkpoint {task_id} (before removing its worktree "
-                        "for max_disk)"
-                        + git.trailers(task_id, None, task.agent if task else "unknown"),
-                        author=self.spec.commit_author,
-                        exclude=self._local_paths(task, path),
-                        droppings=adapter_for(task.agent).droppings if task else (),
-                    ),
-                    self.store.on_full,
-                )
+                try:
+                    faults.retry_while_full(
+                        lambda: git.checkpoint(
+                            path,
+                            message=f"swarm: checkpoint {task_id} (before removing its "
+                            "worktree for max_disk)"
+                            + git.trailers(task_id, None, task.agent if task else "unknown"),
+                            author=self.spec.commit_author,
+                            exclude=self._local_paths(task, path),
+                            droppings=adapter_for(task.agent).droppings if task else (),
+                            max_file=self.spec.max_file,
+                        ),
+                        self.store.on_full,
+                    )
+                except git.LeftOutError:
+                    return  # what no commit holds stays, and its worktree with it
                 # Told to the guard as swarm's own: it expects the worktree gone from now on.
                 with self.guard.provisioning(path):
                     faults.retry_while_full(

@@ -771,6 +771,7 @@ class RayTaskWorker(RunWorker):
             ),
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
+            max_file=self.spec.max_file,
             sandbox=self.spec.sandbox,
             sandbox_writable=self.spec.sandbox_writable,
             findings=self._shared_findings(),
@@ -977,6 +978,11 @@ class RayTaskWorker(RunWorker):
         self._record(task.id, handle, code, result, cut)
         redact.scrub_file(handle.log_path)
         stat = self._record_diff(task.id, base, str(tip))
+        big = git.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
+        if big:  # committed by the agent itself: a push of the branch would be refused
+            self._retire(handle)
+            reason = git.over_size_reason(big, self.spec.max_file)
+            return TaskOutcome(state=TaskState.FAILED, reason=reason)
         progressed = course.progressed(stat)
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
             self._retire(handle)

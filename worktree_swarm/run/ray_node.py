@@ -161,6 +161,7 @@ class Assignment:
     identity: tuple[tuple[str, str], ...]  # the user's git user.name / user.email
     kill_grace: float
     checkpoint_interval: float
+    max_file: int | None = None  # the run's cap on one file of the branch
     sandbox: bool = False
     sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
     findings: str = ""  # the run's findings file as it was (redacted), "" for its header alone
@@ -417,8 +418,9 @@ class NodeAgent:
                     author=self.a.author,
                     droppings=adapter_for(self.a.task.agent).droppings,
                     report_secrets=True,
+                    max_file=self.a.max_file,
                 )
-            except git.LeftOutError as exc:  # embedded repositories, secrets
+            except git.LeftOutError as exc:  # embedded repositories, secrets, big files
                 if exc.head is not None:  # everything else is committed: pushed, as locally
                     self._push(exc.head)
                 raise
@@ -537,10 +539,12 @@ class NodeAgent:
         with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             runner.run(self.work, "read-tree", "HEAD", env=env)
-            runner.run(self.work, "add", "--all", env=env)
-            # A file holding a secret's value is never pushed, not even for a minute: the
-            # attempt's own checkpoint leaves it out too, and fails the task saying so.
+            added = runner.run(self.work, "add", "--all", "--verbose", env=env).stdout
+            # A file holding a secret's value is never pushed, not even for a minute, nor one
+            # over max_file: the attempt's own checkpoint leaves them out too, and fails the
+            # task saying so.
             git.unstage_secrets(self.work, env=env)
+            git.unstage_over(self.work, added, self.a.max_file, env=env)
             tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):

@@ -653,6 +653,11 @@ class TaskWorker(RunWorker):
             return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
+        big = git.over_size(self.repo, stat, self.spec.max_file)
+        if big:  # committed by the agent itself: a push of the branch would be refused
+            return stat, TaskOutcome(
+                state=TaskState.FAILED, reason=git.over_size_reason(big, self.spec.max_file)
+            )
         left = git.submodule_work(path)
         if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
             return stat, TaskOutcome(
@@ -670,18 +675,23 @@ class TaskWorker(RunWorker):
             f"swarm: checkpoint {task.id} attempt {number} "
             f"({ended.cut_short or ended.result.outcome})" + git.trailers(task.id, number, agent)
         )
-        tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
-            lambda: git.checkpoint(
-                path,
-                message=message,
-                author=self.spec.commit_author,
-                # `copy` files are local (.env, keys): like the links, never on the branch.
-                exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
-                droppings=adapter_for(agent).droppings,
-                report_secrets=True,  # the task fails, saying so
-            ),
-            self.store.on_full,
-        )
+        try:
+            tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
+                lambda: git.checkpoint(
+                    path,
+                    message=message,
+                    author=self.spec.commit_author,
+                    # `copy` files are local (.env, keys): like the links, never on the branch.
+                    exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
+                    droppings=adapter_for(agent).droppings,
+                    report_secrets=True,  # the task fails, saying so
+                    max_file=self.spec.max_file,
+                ),
+                self.store.on_full,
+            )
+        except git.LeftOutError as exc:  # the task fails, saying so; the rest is committed
+            self._record_diff(task.id, base, exc.head or git.head_in(path) or base)
+            raise
         return self._record_diff(task.id, base, tip or git.head_in(path) or base)
 
     def _check(self, live: Live, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
