@@ -204,7 +204,7 @@ def test_a_reason_in_brackets_is_shown_as_typed() -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-@pytest.mark.parametrize("how", ["q", "SIGTERM"])
+@pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM"])
 def test_watch_in_tmux_shows_the_task_table(
     repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path, how: str
 ) -> None:
@@ -240,8 +240,8 @@ def test_watch_in_tmux_shows_the_task_table(
         assert "task" in text
         assert "state" in text
         wait_for(lambda: "running" in screen(), what="a running task")
-        if how == "q":
-            subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
+        if how != "SIGTERM":  # Ctrl-C too: Textual's own only asks for ctrl+q
+            subprocess.run([*tmux, "send-keys", "-t", session, how], check=True)
         else:
             psutil.Process(int(pane("pane_pid"))).terminate()
         wait_for(lambda: pane("pane_dead") == "1", what="watch to quit")

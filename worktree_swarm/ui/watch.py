@@ -158,6 +158,8 @@ class WatchApp(App[None]):
         Binding("d", "pane('diff')", "Diff"),
         Binding("c", "pane('conflicts')", "Conflicts"),
         Binding("q", "quit", "Quit"),
+        # As in any terminal program (Textual's own asks for ctrl+q): the same as `q`.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, repo: git.Repo, store: Store, run_id: str) -> None:
