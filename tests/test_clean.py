@@ -157,7 +157,13 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
 
     out = swarm(repo, "clean")
     assert out.returncode == 0
-    assert out.stdout.strip() == "nothing to clean"
+    # Not "nothing to clean" while those branches are there: named again, not listed again.
+    assert out.stdout == (
+        "kept as before, not merged: swarm/edits, swarm/fails (merge them, or delete them with "
+        "--force)\nnothing else to clean\n"
+    )
+    shown = json.loads(swarm(repo, "clean", "--json").stdout)
+    assert (shown["findings"], shown["kept_before"]) == ([], ["swarm/edits", "swarm/fails"])
     assert checkout_state(repo) == before
 
     found = report(repo, "clean", "--all", "--force", "--yes", code=0)

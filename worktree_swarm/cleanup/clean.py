@@ -63,6 +63,8 @@ class Report:
     applied: bool = False
     results: tuple[Result, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Task branches an earlier clean kept (not merged) and named: still there, not found again.
+    kept_before: tuple[str, ...] = ()
 
     @property
     def left(self) -> list[Finding]:
@@ -93,6 +95,7 @@ class Report:
             "findings": items,
             "left": len(self.left),
             "notes": list(self.notes),
+            "kept_before": list(self.kept_before),
         }
 
 
@@ -145,7 +148,7 @@ def clean(
                 supervisor.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)
         # Carried out at once, the plan leaves each worktree's status to its removal, which
         # asks git right before it deletes anything (a status fewer per worktree).
-        findings = plan_clean(
+        findings, kept_before = plan_clean(
             repo,
             store,
             run_ids,
@@ -158,12 +161,18 @@ def clean(
         # killed git (or an agent) a lock file that would stop the branches' deletion below.
         findings = [*stale_git_locks(repo), *findings, *ref_move_notes(repo)]
         if not yes:
-            return Report(mode="clean", findings=tuple(findings))
+            return Report(mode="clean", findings=tuple(findings), kept_before=kept_before)
         _record_landed(repo, store, findings)
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
     _remove_empty_root(repo)
-    return Report(mode="clean", findings=tuple(findings), applied=True, results=tuple(results))
+    return Report(
+        mode="clean",
+        findings=tuple(findings),
+        applied=True,
+        results=tuple(results),
+        kept_before=kept_before,
+    )
 
 
 def plan_clean(
@@ -175,8 +184,10 @@ def plan_clean(
     force: bool,
     look: bool = True,
     merging: bool = False,
-) -> list[Finding]:
+) -> tuple[list[Finding], tuple[str, ...]]:
     """Findings for every finished task of *run_ids* that still has a worktree or branch.
+
+    And the task branches an earlier clean kept unmerged and named, found the same again.
 
     Without *look*, a worktree's status is taken only where it decides something (whether a
     merged branch can go): the plan is to be carried out at once, and each removal asks
@@ -208,6 +219,7 @@ def plan_clean(
         _statuses(_to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look))
     )
     findings: list[Finding] = []
+    kept_before: list[str] = []
     for run_id, run_targets, tasks in runs:
         targets = run_targets
         events = store.events(run_id, kind=CLEANED_EVENT)
@@ -249,11 +261,12 @@ def plan_clean(
                     force=force,
                     look=look,
                     pushed=pushed.get(run_id),
+                    kept_before=kept_before,
                 )
                 left = left_there.get(task.task_id)
                 if left is not None and not keep_branches and run_id in pushed:
                     findings += _plan_left_there(task, seen, left, pushed[run_id])
-    return findings
+    return findings, tuple(kept_before)
 
 
 class _Pushed:
@@ -414,6 +427,21 @@ class _Seen:
         return known
 
 
+def _kept_for(
+    task: TaskRow, registered: dict[Path, WorktreeInfo], seen: _Seen, needed_by: str | None
+) -> str:
+    """Why the branch of *task* is kept whatever else holds ("" when it need not be)."""
+    path = seen.real(task.worktree)
+    elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
+    if elsewhere:
+        return f"checked out in {elsewhere[0].path}"
+    if needed_by is not None:
+        return f"task {needed_by} still starts from it"
+    if task.merge_result == MERGE_CHECKING:  # not landed: the next merge undoes it
+        return f"its merge into {task.merge_target} was cut off; run `swarm merge` again first"
+    return ""
+
+
 def _plan_task(
     repo: git.Repo,
     task: TaskRow,
@@ -427,8 +455,12 @@ def _plan_task(
     force: bool,
     look: bool,
     pushed: _Pushed | None = None,
+    kept_before: list[str],
 ) -> list[Finding]:
-    """Findings for a finished *task*: its worktree, its branch and, *pushed*, its remote one."""
+    """Findings for a finished *task*: its worktree, its branch and, *pushed*, its remote one.
+
+    Its branch goes to *kept_before* instead when an earlier clean kept it unmerged, saying so.
+    """
     # A later run that reused the task id owns its branch and path now: never this task's.
     found: list[Finding] = []
     dirty: bool | None = False
@@ -442,16 +474,7 @@ def _plan_task(
         return found
     if branch_owners.get(task.branch) != task.run_id:
         return found
-    path = seen.real(task.worktree)
-    elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
-    if elsewhere:
-        keep = f"checked out in {elsewhere[0].path}"
-    elif needed_by is not None:
-        keep = f"task {needed_by} still starts from it"
-    elif task.merge_result == MERGE_CHECKING:  # not landed: the next merge undoes it
-        keep = f"its merge into {task.merge_target} was cut off; run `swarm merge` again first"
-    else:
-        keep = ""
+    keep = _kept_for(task, registered, seen, needed_by)
     tip = seen.tips[task.branch]
     merged = None if keep else seen.merged_into(tip, targets, dirty, Path(task.worktree))
     why = f"task {task.task_id} is {task.state.value}"
@@ -465,6 +488,8 @@ def _plan_task(
         reason = f"{why}; {keep}"
         action = Action.KEEP
     else:
+        if not keep:
+            kept_before.append(task.branch)
         return found
     found.append(
         Finding(

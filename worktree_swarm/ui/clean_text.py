@@ -6,6 +6,9 @@ from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.fixes import Action, Kind
 from worktree_swarm.core.text import path_text, printable, without_escapes
 
+# Branches kept as before, named one by one up to this many.
+_NAMED = 10
+
 
 def clean_text(report: Report) -> str:
     """The cleanup report: findings grouped per kind, each with reason and fix."""
@@ -26,8 +29,15 @@ def clean_text(report: Report) -> str:
             else:
                 lines.append(f"    {'done' if result.fixed else 'left'}: {result.detail}")
     kept = sum(1 for f in report.findings if f.action is Action.KEEP)
+    if report.kept_before:
+        shown = report.kept_before[:_NAMED]
+        more = len(report.kept_before) - len(shown)
+        names = ", ".join(shown) + (f" and {more} more" if more else "")
+        lines.append(
+            f"kept as before, not merged: {names} (merge them, or delete them with --force)"
+        )
     if not report.findings:
-        lines.append("nothing to clean")
+        lines.append("nothing to clean" if not report.kept_before else "nothing else to clean")
     elif report.applied:
         fixed = sum(1 for r in report.results if r.fixed)
         lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
