@@ -47,6 +47,33 @@ def test_a_usage_window_s_wait_uses_no_retry_nor_counts_as_a_throttle(tmp_path: 
     assert course.prompt == RESUME_PROMPT
 
 
+def test_a_throttle_that_got_work_done_ends_the_backoff_streak_a_resumed_manager_counts(
+    tmp_path: Path,
+) -> None:
+    # As the live course: an attempt that got work done before its limit starts the streak
+    # again. A resumed manager counted it in: its task's backoff doubled for every one of them.
+    task = Task(id="a", prompt="do a", retries=5)
+    gate = Gates(4, backoff_base=0.01)
+    throttle = AgentResult(outcome=AgentOutcome.RATE_LIMITED)
+    live = Course.resumed(task, [])
+    with Store(tmp_path / "state.db") as store:
+        store.create_run(
+            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
+            spec_json="{}", created_at=1.0,
+        )  # fmt: skip
+        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        for number, progressed in enumerate((False, False, True, False), start=1):
+            live.throttled(
+                task, throttle, gate, provider="p", replayed=False, progressed=progressed
+            )
+            attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
+            store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
+            store.set_retry_at("r1", "a", number, 1000.0, progressed=live.got_work_done)
+        resumed = Course.resumed(task, store.attempts("r1", "a"))
+    assert live.throttles == resumed.throttles == 1
+    assert live.retries_left == resumed.retries_left == 2
+
+
 def test_an_instruction_is_asked_again_after_the_resume_prompt() -> None:
     task = Task(id="a", prompt="do a")
     course = Course.resumed(task, [], instruction="The checks on your work failed.")

@@ -106,8 +106,8 @@ class Course:
         spent = [a for a in throttled if decided(a) and not (a.usage_window or a.progressed)]
         free = [a for a in throttled if decided(a) and a.progressed and not a.usage_window]
         streak = 0
-        for a in reversed(counted):
-            if a.outcome != AttemptOutcome.RATE_LIMITED:
+        for a in reversed(counted):  # since the last that ran on, or got work done, as live
+            if a.outcome != AttemptOutcome.RATE_LIMITED or (decided(a) and a.progressed):
                 break
             streak += 0 if a.usage_window or not decided(a) else 1
         course = cls(
