@@ -242,6 +242,38 @@ def test_an_agent_on_a_node_silent_for_its_idle_timeout_is_timed_out_and_its_wor
     assert not actor_processes(cluster)
 
 
+def test_an_agent_on_a_node_printing_past_max_log_is_stopped_and_its_work_kept(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Its log fills the node's disk, and the copy here this one's. The copy was made to the
+    # log's end at each look: an agent printing faster held the watch there, never stopped.
+    repo, _remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "loud.py"
+    script.write_text(
+        "import pathlib, time\n"
+        "pathlib.Path('work.txt').write_text('half done')\n"
+        "for i in range(300_000):\n"  # 270 MB at up to ~18 MB/s, then quiet: never the disk
+        "    print('progress ' * 100, flush=True)\n"
+        "    time.sleep(0.05 if i % 1000 == 0 else 0)\n"
+        "time.sleep(600)\n"
+    )
+    manifest = tmp_path / "loud.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(script)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nmax_log = "1M"\nkill_grace = "1s"\n\n'
+        '[[task]]\nid = "loud"\nprompt = "p"\n'
+    )
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status(repo)["loud"]
+    assert row["state"] == "failed"
+    assert "printed more than max_log (1.0M): stopped" in str(row["reason"])
+    assert git(repo, "show", "swarm/loud:work.txt") == "half done"
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/loud/attempt-1.log")
+    assert log.stat().st_size < 100 << 20  # stopped at one of the next looks (two a second)
+    assert not actor_processes(cluster)
+
+
 # Notes what it finds with `swarm note`, one line straight into the file too, and keeps what
 # the findings file and its prompt said when it started.
 NOTING_AGENT = r"""

@@ -67,10 +67,13 @@ from worktree_swarm.run.task_worker import (
     attempt_usage,
     attempts_own,
     check_failed,
+    past_max_log,
     worktree_path,
 )
 
 POLL_SECONDS = 0.5
+# What one look copies of a running agent's log at most (the rest at the next looks).
+MIRROR_BYTES = 16 << 20
 PROBE_SECONDS = 5.0
 STATUS_MEASURE_SECONDS = 30.0
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
@@ -918,17 +921,19 @@ class RayTaskWorker(RunWorker):
                 cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
             elif task.idle_timeout and now - quiet_from >= task.idle_timeout:
                 cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
+            else:  # its log is copied here too: it would fill this disk as well as the node's
+                cut = past_max_log(progress.log_size, self.spec.max_log)
             if cut is not None:
                 self._call(handle.actor, "stop", live=live)
                 progress = self._call(handle.actor, "poll", live=live)
                 break
             live.stop.wait(POLL_SECONDS)
-        self._follow(live, handle, stream)
+        self._follow(live, handle, stream, whole=True)  # it ended: all it wrote
         return progress, cut
 
-    def _follow(self, live: Live, handle: _Handle, stream: LogTail) -> None:
+    def _follow(self, live: Live, handle: _Handle, stream: LogTail, *, whole: bool = False) -> None:
         """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""
-        self._mirror(handle, live)
+        self._mirror(handle, live, whole=whole)
         # All of it: the stream reads at most 1 MiB a poll, the mirror may have added more.
         while True:
             read_from = stream.offset
@@ -1164,19 +1169,23 @@ class RayTaskWorker(RunWorker):
             ray.kill(handle.actor)
         self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
-    def _mirror(self, handle: _Handle, live: Live) -> None:
+    def _mirror(self, handle: _Handle, live: Live, *, whole: bool = False) -> None:
         """Append what the agent logged since the last call to the local copy of its log.
 
         Redacted on the node (its own secrets) and here (the run's), a line at a time: the
         copy never holds a secret of one line, whatever ends the attempt (one over several
         lines, a PEM key, once it ends: :meth:`_recopy`). How far the node's log has been read,
         and the copy's size then, are kept beside the copy (the two differ by the
-        redactions), for a coordinator that adopts the attempt after a crash.
+        redactions), for a coordinator that adopts the attempt after a crash. While the agent
+        runs (*whole* false) at most MIRROR_BYTES a call: one printing faster than the copy
+        is made would hold the watch here, its timeouts, `max_log` and stops unlooked at.
         """
-        while True:
+        copied = 0
+        while whole or copied < MIRROR_BYTES:
             read_to, chunk = self._call(handle.actor, "tail", handle.offset, live=live)
             if read_to == handle.offset:
                 return
+            copied += read_to - handle.offset
             with fs.open_append_bytes(handle.log_path) as fh:
                 fh.write(redact.redact_bytes(chunk))
                 size = fh.tell()
@@ -1192,7 +1201,7 @@ class RayTaskWorker(RunWorker):
         handle.log_path.write_bytes(b"")
         _note_read(handle.log_path, 0, 0)
         handle.offset = 0
-        self._mirror(handle, live)
+        self._mirror(handle, live, whole=True)
 
     def _call(
         self,

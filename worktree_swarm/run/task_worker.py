@@ -1036,10 +1036,8 @@ class TaskWorker(RunWorker):
                 self._report_end(task.id, provider, result, live=tail)
                 return _Ended(result=result)
             cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed()
-            if cut is None and fs.size_of(agent.log_path) > self.spec.max_log:
-                cap = units.format_size(self.spec.max_log)
-                why = f"printed more than max_log ({cap}): stopped, as it would fill the disk"
-                cut = (TaskState.FAILED, why)
+            if cut is None:
+                cut = past_max_log(fs.size_of(agent.log_path), self.spec.max_log)
             if cut is not None:
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
@@ -1288,6 +1286,16 @@ def check_failed(failure: CheckFailure) -> TaskOutcome:
     if failure.stopped:
         return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
     return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
+
+
+def past_max_log(size: int, cap: int) -> tuple[TaskState, str] | None:
+    """How an attempt whose log holds *size* bytes ends, past the run's ``max_log`` (*cap*)."""
+    if size <= cap:
+        return None
+    why = (
+        f"printed more than max_log ({units.format_size(cap)}): stopped, as it would fill the disk"
+    )
+    return TaskState.FAILED, why
 
 
 @dataclass(slots=True)
