@@ -254,10 +254,37 @@ def test_claude_is_error_with_subtype_success_and_429_is_rate_limited(attempt: A
 
 
 def test_claude_is_error_with_subtype_success_is_a_failure(attempt: Attempt) -> None:
+    # Named by its status, not "claude success: ..." (the subtype an API error ends with).
     stdout = json.dumps(claude_result(is_error=True, result="Invalid API key · Please run /login"))
     run = attempt("claude", stdout=stdout + "\n", exit_code=1)
     assert run.result.outcome is AgentOutcome.FAILED
-    assert run.result.reason == "claude success: Invalid API key · Please run /login"
+    assert run.result.reason == "claude error: Invalid API key · Please run /login"
+    key = "Invalid API key · Fix external API key"
+    stdout = json.dumps(claude_result(is_error=True, api_error_status=401, result=key))
+    run = attempt("claude", stdout=stdout + "\n", exit_code=1)
+    assert run.result.outcome is AgentOutcome.FAILED
+    assert run.result.reason == f"claude API error (HTTP 401): {key}"
+
+
+# As Claude Code 2.1 ends a turn when its API answered 500 past its own retries.
+API_500 = (
+    "API Error: 500 Internal server error. This is a server-side issue, usually temporary — try "
+    "again in a moment. If it persists, check your inference gateway (127.0.0.1:18431)."
+)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, None])
+def test_claude_api_servers_failing_are_waited_out_as_a_rate_limit_is(
+    attempt: Attempt, status: int | None
+) -> None:
+    # A single 500 overnight failed its task for good, though the CLI says "usually temporary".
+    result = API_500.replace("500", str(status or 500), 1)
+    stdout = json.dumps(claude_result(is_error=True, api_error_status=status, result=result))
+    run = attempt("claude", stdout=stdout + "\n", exit_code=1)
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
+    shown = f" (HTTP {status})" if status else ""
+    assert run.result.reason.startswith(f"claude API unavailable{shown}: API Error: 5")
+    assert run.result.retry_at is None  # the task's own backoff, then it resumes
 
 
 def test_claude_overloaded_529_is_rate_limited(attempt: Attempt) -> None:
@@ -473,6 +500,28 @@ def test_codex_usage_limit_reached_error_body_gives_resets_at(attempt: Attempt) 
     assert run.result.retry_at == 1760010000.0
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "We\u2019re currently experiencing high demand, which may cause temporary errors.",
+        "exceeded retry limit, last status: 502 Bad Gateway",
+        "stream disconnected before completion: error sending request",
+    ],
+)
+def test_codex_api_servers_failing_are_waited_out_as_a_rate_limit_is(
+    attempt: Attempt, message: str
+) -> None:
+    # With `request_max_retries = 0` (as docs/agents.md suggests), one 500 failed the task.
+    stdout = jsonl(
+        *CODEX_START,
+        {"type": "error", "message": message},
+        {"type": "turn.failed", "error": {"message": message}},
+    )
+    run = attempt("codex", stdout=stdout, exit_code=1)
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
+    assert run.result.reason == f"codex API unavailable: {message}"
+
+
 def test_codex_turn_failed_for_another_reason_is_a_failure(attempt: Attempt) -> None:
     message = "unexpected status 401 Unauthorized: Missing bearer authentication in header"
     stdout = jsonl(*CODEX_START, {"type": "turn.failed", "error": {"message": message}})
@@ -670,6 +719,39 @@ def test_aider_giving_up_on_a_rate_limit_exits_0_but_is_rate_limited(attempt: At
     run = attempt("aider", stdout=stdout)
     assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.reason.startswith("aider rate limited: litellm.RateLimitError")
+
+
+AIDER_SERVER_ERROR = (
+    "litellm.InternalServerError: InternalServerError: OpenAIException - The server \n"
+    "had an error\n"
+    "The API provider's servers are down or overloaded.\n"
+)
+AIDER_BAD_KEY = (
+    "litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect \n"
+    "API key provided: sk-proj-****\n"
+    "The API provider is not able to authenticate you. Check your API key.\n"
+)
+
+
+def test_aider_exiting_0_on_an_api_error_is_not_a_success(attempt: Attempt) -> None:
+    # aider exits 0 when it gives up: a refused key was a task with "no changes", its servers
+    # down one done with whatever it edited before.
+    run = attempt("aider", stdout=AIDER_BANNER + AIDER_BAD_KEY)
+    assert run.result.outcome is AgentOutcome.FAILED
+    assert run.result.reason == (
+        "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect"
+    )
+    gave_up = AIDER_SERVER_ERROR + "Retrying in 32.0 seconds...\n" + AIDER_SERVER_ERROR
+    run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE + gave_up)
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
+    assert run.result.reason.startswith("aider API unavailable: litellm.InternalServerError")
+    # Its own retries of a server error are its own: not cut short as a rate limit's are.
+    assert not AiderAdapter().retrying_rate_limit(
+        AIDER_BANNER + AIDER_SERVER_ERROR + "Retrying in 8.0 seconds...\n"
+    )
+    # One it got past is no failure.
+    run = attempt("aider", stdout=AIDER_BANNER + AIDER_BAD_KEY + AIDER_DONE)
+    assert run.result.outcome is AgentOutcome.SUCCESS
 
 
 def test_aider_cannot_resume_a_session() -> None:

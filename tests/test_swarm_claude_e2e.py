@@ -20,6 +20,7 @@ import pytest
 from tests import anthropic_stub as stub_module
 from tests.anthropic_stub import (
     AnthropicStub,
+    ApiError,
     Text,
     ToolUse,
     claude_env,
@@ -54,13 +55,22 @@ def swarm_with_claude(
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        rate_limited(),
+        # The API's servers failing past the CLI's retries: a task failed at once, for good.
+        ApiError(status=500, type="api_error", message="Internal server error", retry_after=None),
+    ],
+    ids=["429", "500"],
+)
 def test_rate_limited_first_request_is_resumed_in_the_same_session(
-    repo: Path, anthropic_stub: AnthropicStub
+    repo: Path, anthropic_stub: AnthropicStub, first: ApiError
 ) -> None:
     assert CLAUDE is not None
     target = repo.parent / "repo.swarm" / "greet" / "hello.txt"
     anthropic_stub.queue(
-        rate_limited(),
+        first,
         ToolUse(name="Write", input={"file_path": str(target), "content": "hello, world\n"}),
         Text(text="Wrote hello.txt."),
     )

@@ -20,9 +20,11 @@ from worktree_swarm.agents.base import (
     AgentResult,
     as_float,
     interpret_by_exit,
+    quote,
     rate_limited_result,
     render_argv,
     resume_text,
+    unavailable_result,
 )
 from worktree_swarm.infra.logtail import last_lines
 
@@ -114,12 +116,29 @@ class AiderAdapter:
 
 
 def _gave_up(lines: list[str], *, now: float) -> AgentResult | None:
-    """A rate-limit error after the last retry notice and the last usage line, if any."""
+    """How aider ended, exit 0, on an API error after its last retry notice and usage line.
+
+    A rate limit, or the API's servers failing, is waited out; another error of its API
+    client (a key refused, a model unknown) fails the attempt: aider exits 0 either way.
+    """
     last_progress = max(
         (i for i, line in enumerate(lines) if _RETRYING_RE.match(line) or "Tokens:" in line),
         default=-1,
     )
-    return rate_limited_result(lines[last_progress + 1 :], now=now, label="aider")
+    after = lines[last_progress + 1 :]
+    ended = rate_limited_result(after, now=now, label="aider") or unavailable_result(
+        after, label="aider"
+    )
+    if ended is not None:
+        return ended
+    error = next((line for line in reversed(after) if _API_ERROR_RE.match(line)), None)
+    if error is None:
+        return None
+    return AgentResult(outcome=AgentOutcome.FAILED, reason=f"aider: {quote(error, limit=160)}")
+
+
+# litellm's exception as aider prints it when it gives up: `litellm.AuthenticationError: ...`.
+_API_ERROR_RE = re.compile(r"^litellm\.\w+Error\b")
 
 
 def _usage(log_text: str) -> dict[str, Any]:

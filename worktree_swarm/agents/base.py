@@ -282,6 +282,8 @@ def interpret_by_exit(
     lines = last_lines(log_text, TAIL_LINES)
     quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
     limited = rate_limited_result(quotable, now=now, label=label)
+    if limited is None:
+        limited = unavailable_result(quotable, label=label)
     if limited is not None:
         return limited
     last = quote(quotable[-1]) if quotable else ""
@@ -302,6 +304,43 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
                 retry_at=retry_at,
             )
     return None
+
+
+def unavailable_result(lines: Sequence[str], *, label: str) -> AgentResult | None:
+    """A RATE_LIMITED result naming the last of *lines* that says the API was down, or None.
+
+    A provider's servers failing (HTTP 500 to 504, "high demand") is transient: the task waits
+    and resumes as after a rate limit (a retry each), rather than failing at the first one.
+    """
+    for line in reversed(lines):
+        if unavailable(line):
+            return AgentResult(
+                outcome=AgentOutcome.RATE_LIMITED,
+                reason=f"{label} API unavailable: {quote(line, limit=160)}",
+            )
+    return None
+
+
+# What the CLIs print when the provider's servers failed after their own retries, if any.
+_UNAVAILABLE_PATTERNS = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"\bAPI Error: 50[0-4]\b",  # Claude Code's result text
+        r"\bexperiencing high demand\b",  # Codex's HTTP 500, Gemini's 503
+        r"exceeded retry limit, last status: 5\d\d",  # Codex after its own retries
+        r"\bunexpected status 50[0-4]\b",  # Codex
+        r"\bstream disconnected before completion\b",  # Codex: a stream cut off
+        # litellm's exceptions (aider), whatever the provider says
+        r"\blitellm\.(?:InternalServerError|ServiceUnavailableError|APIConnectionError|Timeout)\b",
+    )
+)
+# HTTP statuses of a provider's servers failing for now (529, overloaded, is a rate limit).
+SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def unavailable(text: str) -> bool:
+    """Whether *text* says the provider's API failed on its side (a server error, an outage)."""
+    return any(p.search(text) for p in _UNAVAILABLE_PATTERNS)
 
 
 def exit_phrase(exit_code: int | None, label: str) -> str:

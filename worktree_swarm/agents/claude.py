@@ -17,6 +17,7 @@ from typing import Any
 
 from worktree_swarm.agents import claude_auth
 from worktree_swarm.agents.base import (
+    SERVER_ERROR_STATUSES,
     AgentOutcome,
     AgentResult,
     as_float,
@@ -30,6 +31,7 @@ from worktree_swarm.agents.base import (
     render_argv,
     require_session_id,
     resume_text,
+    unavailable,
 )
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})  # 529: Anthropic "overloaded_error"
@@ -165,9 +167,21 @@ def _from_result(
             retry_at=reset or retry_at,
             **accounting,
         )
+    if status in SERVER_ERROR_STATUSES or (status is None and unavailable(detail)):
+        # The API's servers failing after the CLI's own retries: waited out and resumed.
+        what = f" (HTTP {status})" if status else ""
+        return AgentResult(
+            outcome=AgentOutcome.RATE_LIMITED,
+            reason=quote(f"claude API unavailable{what}: {detail}"),
+            **accounting,
+        )
+    # An API error ends a turn with subtype "success": named by its status, not by that.
+    what = f"API error (HTTP {status})" if status else subtype
+    if what in {"", "success"}:
+        what = "error"
     return AgentResult(
         outcome=AgentOutcome.FAILED,
-        reason=quote(f"claude {subtype or 'error'}: {detail}"),
+        reason=quote(f"claude {what}: {detail}"),
         **accounting,
     )
 

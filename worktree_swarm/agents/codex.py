@@ -26,6 +26,7 @@ from worktree_swarm.agents.base import (
     render_argv,
     require_session_id,
     resume_text,
+    unavailable,
 )
 
 _TERMINAL = frozenset({"turn.completed", "turn.failed", "error"})
@@ -89,6 +90,12 @@ class CodexAdapter:
                     retry_at=retry_at,
                     **accounting,
                 )
+        if messages and unavailable(messages[-1]):  # the API's servers failing: waited out
+            return AgentResult(
+                outcome=AgentOutcome.RATE_LIMITED,
+                reason=quote(f"codex API unavailable: {messages[-1]}"),
+                **accounting,
+            )
         if messages:
             return AgentResult(
                 outcome=AgentOutcome.FAILED,
