@@ -65,6 +65,30 @@ def test_each_task_gets_a_copy_and_a_refresh_reaches_the_user_and_the_other_task
         assert read(path)["claudeAiOauth"] == oauth("relogin", 3000)
 
 
+def test_a_copy_goes_once_its_agent_ended_its_last_refresh_kept(home: Path, tmp_path: Path) -> None:
+    # Three copies of the access and refresh tokens stayed under .git/swarm after the run
+    # and `swarm clean`.
+    user = home / ".claude" / ".credentials.json"
+    write(user, {"claudeAiOauth": oauth("old", 1000)})
+    adapter = ClaudeAdapter()
+    one, two = tmp_path / "one", tmp_path / "two"
+    adapter.env(base=env_of(home), task_id="one", config_dir=one)
+    adapter.env(base=env_of(home), task_id="two", config_dir=two)
+    write(one / ".credentials.json", {"claudeAiOauth": oauth("refreshed", 2000)})
+    claude_auth.release(one)  # its agent ended right after its refresh
+    assert not (one / ".credentials.json").exists()
+    assert read(user)["claudeAiOauth"] == oauth("refreshed", 2000)
+    assert read(two / ".credentials.json")["claudeAiOauth"] == oauth("refreshed", 2000)
+    claude_auth.sync_now()  # no longer kept in step: not written back
+    assert not (one / ".credentials.json").exists()
+    adapter.env(base=env_of(home), task_id="one", config_dir=one)  # its next attempt
+    assert read(one / ".credentials.json")["claudeAiOauth"] == oauth("refreshed", 2000)
+    claude_auth.release(two)
+    claude_auth.forget(one)  # what a killed manager left
+    assert not (one / ".credentials.json").exists()
+    assert not (two / ".credentials.json").exists()
+
+
 def test_a_sign_out_is_never_undone_by_a_tasks_copy(home: Path, tmp_path: Path) -> None:
     user = home / ".claude" / ".credentials.json"
     soon = int(time.time() * 1000) + 3_600_000

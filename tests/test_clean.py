@@ -172,6 +172,25 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_clean_deletes_a_copy_of_your_claude_sign_in_a_killed_manager_left(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A manager takes the copy out when its agent ends; one SIGKILLed first left the tokens
+    # under .git/swarm, and clean and doctor said nothing was left.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    (config,) = (repo / ".git" / "swarm" / "runs").glob("*/edits")
+    left = config / "agent-config" / ".credentials.json"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_text('{"claudeAiOauth": {"accessToken": "a", "refreshToken": "r"}}')
+    (left.parent / ".claude.json").write_text("{}")
+    assert swarm(repo, "clean").returncode in (0, 1)  # a look deletes nothing
+    assert left.exists()
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert not left.exists()
+    assert (left.parent / ".claude.json").exists()  # no token in it: kept, as the session is
+
+
 def test_clean_of_a_local_run_never_deletes_a_branch_on_a_remote(
     repo: Path, write_agent: AgentFactory, tmp_path: Path
 ) -> None:

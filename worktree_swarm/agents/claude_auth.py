@@ -109,6 +109,21 @@ def confine(config_dir: Path) -> None:
     _SYNC.confine(config_dir / CREDENTIALS)
 
 
+def release(config_dir: Path) -> None:
+    """Take the sign-in out of a task's *config_dir* once its agent has ended.
+
+    What that agent refreshed reaches the others and your file first; the next attempt gets
+    a copy again (:func:`prepare`). No copy of your tokens stays in the repository after.
+    """
+    _SYNC.release(config_dir / CREDENTIALS)
+
+
+def forget(config_dir: Path) -> None:
+    """Delete a sign-in left in *config_dir* by an agent no manager saw end (a killed one)."""
+    with contextlib.suppress(OSError):
+        (config_dir / CREDENTIALS).unlink()
+
+
 def sync_now() -> None:
     """Propagate the newest sign-in among every tracked copy and the user's file, once."""
     _SYNC.run_once()
@@ -223,6 +238,15 @@ class CredentialSync:
         """*copy* belongs to a sandboxed agent: it never reaches the user's own file."""
         with self._lock:
             self._confined.add(copy)
+
+    def release(self, copy: Path) -> None:
+        """A last pass with *copy* (its agent ended), then it is no longer kept, nor there."""
+        self.run_once()
+        with self._lock:
+            self._copies.pop(copy, None)
+            self._confined.discard(copy)
+        with contextlib.suppress(OSError):
+            copy.unlink()
 
     def run_once(self) -> None:
         """One pass over every source and its copies."""

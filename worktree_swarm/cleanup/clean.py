@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worktree_swarm.agents import claude_auth
 from worktree_swarm.cleanup.fixes import (
     LOCAL_KEPT,
     RESCUE_PREFIX,
@@ -165,6 +166,7 @@ def clean(
         _record_landed(repo, store, findings)
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
+        _forget_sign_ins(repo, store, run_ids)
     _remove_empty_root(repo)
     return Report(
         mode="clean",
@@ -173,6 +175,17 @@ def clean(
         results=tuple(results),
         kept_before=kept_before,
     )
+
+
+def _forget_sign_ins(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
+    """Delete the copies of your Claude sign-in that finished tasks' agents left (killed ones).
+
+    A manager takes each out when its agent ends; one killed first left it in the repository.
+    """
+    for run_id in run_ids:
+        for task in store.tasks(run_id):
+            if task.state.is_final:
+                claude_auth.forget(paths.run_dir(repo, run_id) / task.task_id / "agent-config")
 
 
 def plan_clean(

@@ -808,7 +808,7 @@ class TaskWorker(RunWorker):
             try:
                 ended = self._watched(task, live, agent, agent.started_at, attempt_id)
             finally:
-                self.guard.agent_ended(task.id)
+                self._agent_gone(task.id, logs)
                 redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
             cost = self._record(attempt_id, task.id, ended, agent.poll())
             if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
@@ -820,6 +820,11 @@ class TaskWorker(RunWorker):
             if box is not None:
                 sandbox.release(box)
         return ended
+
+    def _agent_gone(self, task_id: str, logs: Path) -> None:
+        """After an attempt's agent ended: the guard is told, its copy of your sign-in goes."""
+        self.guard.agent_ended(task_id)
+        claude_auth.release(logs / "agent-config")
 
     def _not_started(self, task: Task, provider: str, refused: str, number: int) -> _Ended:
         """How an attempt the gate refused ends the task."""
@@ -925,7 +930,7 @@ class TaskWorker(RunWorker):
                     task, live, agent, attempt.started_at, attempt.id, gone_since=gone_since
                 )
             finally:
-                self.guard.agent_ended(live.task.id)
+                self._agent_gone(live.task.id, log_path.parent)
             # What the shim saw, when the agent ended while no manager watched it.
             shim = supervisor.read_record(supervisor.record_path(log_path))
             code, end = (None, gone_since) if shim is None else (shim.exit_code, shim.ended_at)
