@@ -575,11 +575,13 @@ def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
     assert g.over_size(r, stat, 2048) == [("new name.bin", 2049), ("notes.txt", 2500)]
     assert g.over_size(r, stat, 2049) == [("notes.txt", 2500)]
     assert g.over_size(r, stat, g.MAX_FILE) == []
-    # Past runner.BIG_FILE, only files the diff counted no lines of are asked about.
-    assert [(p, binary) for p, _, binary in stat.blobs] == [
-        ("new name.bin", True),
-        ("notes.txt", False),
-    ]
+    # A `diff` attribute makes a file text to the diff however big: each one is sized.
+    (repo / ".gitattributes").write_text("*.bin diff\n")
+    (repo / "huge.bin").write_bytes(b"x" * ((16 << 20) + 1))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "huge")
+    stat = g.diff_stat(r, base, "HEAD")
+    assert g.over_size(r, stat, 16 << 20) == [("huge.bin", (16 << 20) + 1)]
 
 
 def test_status_porcelain_raw(repo: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
+from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.models import Task
-from worktree_swarm.git import repo as git_repo
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_node import Assignment, NodeAgent
 
@@ -175,7 +175,8 @@ def test_a_file_over_max_file_is_pushed_by_no_checkpoint_of_a_node(
     remote = tmp_path / "remote.git"
     capped._snapshot()  # the running checkpoint, every checkpoint_interval
     assert git(remote, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
-    with pytest.raises(git_repo.TooBigError, match=r"max_file \(1.0K: big.bin \(1.0K\)\)"):
+    with pytest.raises(GitError, match=r"max_file \(1.0K: big.bin \(1.0K\)\)") as caught:
         capped.finish(message="swarm: checkpoint t")
+    assert "they stay in the clone on node n1 (removed with the attempt)" in str(caught.value)
     assert git(remote, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
     assert (capped.work / "big.bin").stat().st_size == 1025

@@ -1285,6 +1285,7 @@ def test_stop_after_manager_died_keeps_a_file_over_max_file_and_stops_every_task
     assert not any(pid_alive(pid) for pid in agents)
     rows = status_json(repo)
     assert {t: row["state"] for t, row in rows.items()} == {"a": "stopped", "b": "stopped"}
+    assert str(rows["a"]["reason"]).startswith("stopped; wrote files over max_file (1.0K: ")
     assert branch_file(repo, "swarm/a", "a.txt") == "started"  # the rest is committed
     assert "big.bin" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
     assert (worktree / "big.bin").stat().st_size == 2048  # kept where it was

@@ -396,6 +396,13 @@ def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
         "pathlib.Path('big.bin').write_bytes(b'\\0' * 2049)\n"
         "pathlib.Path('README.md').write_text('line\\n' * 500)\n"  # a tracked file, grown
     )
+    # Names `add --verbose` prints as no name can be read back from: a newline, not UTF-8.
+    odd = write_agent(
+        "import pathlib\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+        "pathlib.Path('new\\nline.bin').write_bytes(b'\\0' * 4096)\n"
+        "open(b'caf\\xe9.bin', 'wb').write(b'\\0' * 4096)\n"
+    )
     text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_file = "2K"\n'
     out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "t"\nprompt = "x"\n'))
     assert out.returncode == 1, out.stdout + out.stderr
@@ -417,6 +424,21 @@ def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     assert (worktree / "big.bin").stat().st_size == 2049
     assert "wrote files over max_file (2.0K: README.md (2.4K), big.bin" in out.stdout
     assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nedge.bin\nwork.txt"
+    # A fresh start deletes the worktree: not with what no commit may hold in it, nor does
+    # its commit of the rest take the run's cap for another.
+    out = swarm(repo, "retry", "t", "--fresh")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.startswith(
+        "swarm: not retrying t afresh, which deletes its worktree: its agent wrote files over "
+        "max_file (2.0K: "
+    )
+    assert (worktree / "big.bin").stat().st_size == 2049
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nedge.bin\nwork.txt"
+    text = f'[defaults]\nagent = {argv_toml(odd)}\nmax_file = "2K"\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "odd"\nprompt = "x"\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "wrote files over max_file (2.0K: " in str(status_json(repo)["odd"]["reason"])
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/odd") == "README.md\nwork.txt"
 
 
 def test_a_file_over_max_file_the_agent_committed_itself_fails_its_task(

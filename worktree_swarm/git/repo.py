@@ -43,9 +43,8 @@ class DiffStat:
     # What the changed files hold and their names (blob ids, paths): it differs when an edit
     # leaves the counts as they were (a line rewritten again, a binary file, a rename).
     content: str = dataclasses.field(default="", compare=False)
-    # Each file added or changed: its path, its new blob and whether the diff counted no
-    # lines of it (binary, or text past runner.BIG_FILE: the only ones over a cap that big).
-    blobs: tuple[tuple[str, str, bool], ...] = dataclasses.field(default=(), compare=False)
+    # Each file added or changed: its path and its new blob.
+    blobs: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
 
 
 class MergeConflictError(GitError):
@@ -833,28 +832,78 @@ def checkpoint(
 def unstage_over(
     worktree: Path, added: str, limit: int | None, *, env: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Unstage the files over *limit* bytes that `add --verbose` said it staged (*added*).
+    """Unstage the files `add --verbose` staged (its output *added*) whose blobs pass *limit*.
 
     Each goes back into the index (*env*: another index file) as HEAD has it. Returns them,
-    each with its size. What `add` names is what it staged: each such file is lstat'ed, none
-    it found unchanged.
+    each with its size. The files `add` names are lstat'ed first: no git runs unless one is
+    bigger, or a name could not be read back (a newline in it, bytes not UTF-8); then the
+    staged blobs are sized (a clean filter's blob may be smaller than its file).
     """
     if limit is None:
         return []
-    over: list[tuple[str, int]] = []
-    for line in added.splitlines():
-        if not (line.startswith("add '") and line.endswith("'")):
-            continue
-        path = line[5:-1]
-        try:
-            info = (worktree / path).lstat()
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
-            over.append((path, info.st_size))
+    big, unsure = _big_added(worktree, added, limit)
+    if not (big or unsure):
+        return []  # the usual case
+    staged = [
+        (p, blob)
+        for p, mode, blob in staged_entries(worktree, env=env)
+        if _has_blob(mode, blob) and (unsure or p in big)
+    ]
+    sizes = blob_sizes(worktree, [blob for _, blob in staged])
+    over = [(p, size) for (p, _), size in zip(staged, sizes, strict=True) if size > limit]
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
-    return [f"{path} ({format_size(size)})" for path, size in over]
+    return [f"{path_text(path)} ({format_size(size)})" for path, size in over]
+
+
+def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
+    """The files *added* names bigger than *limit* on disk; whether a name could not be read."""
+    big: set[str] = set()
+    for line in added.splitlines():
+        if line.startswith("remove '") and line.endswith("'"):
+            continue
+        if not (line.startswith("add '") and line.endswith("'")):
+            return big, True  # part of a name with a newline
+        try:
+            info = (worktree / line[5:-1]).lstat()
+        except OSError:
+            return big, True  # not as printed: bytes not UTF-8
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            big.add(line[5:-1])
+    return big, False
+
+
+def staged_entries(
+    worktree: Path, *, env: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """(path, mode, blob) of each path *worktree*'s index holds changed from HEAD, not deleted.
+
+    Listed by git NUL-separated (a name is as it is, bytes included); *env*: another index.
+    """
+    staged = runner.run_bytes(
+        worktree, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
+        "--diff-filter=d", env=env,
+    ).stdout.split(b"\0")  # fmt: skip
+    entries = []
+    for meta, name in zip(staged[0::2], staged[1::2], strict=False):
+        _, mode, _, blob, _ = meta.decode("ascii").split()  # ":mode mode id id status"
+        entries.append((os.fsdecode(name), mode, blob))
+    return entries
+
+
+def _has_blob(mode: str, blob: str) -> bool:
+    """Whether an index entry holds a blob: not a gitlink (a commit id), nor unmerged (zeros)."""
+    return mode != "160000" and bool(blob.strip("0"))
+
+
+def blob_sizes(cwd: Path, blobs: Sequence[str]) -> list[int]:
+    """The size of each of *blobs* (object ids) in the repository of *cwd*; 0 for one missing."""
+    if not blobs:
+        return []
+    out = runner.run(
+        cwd, "cat-file", "--batch-check=%(objectsize)", input_text="".join(f"{b}\n" for b in blobs)
+    ).stdout
+    return [int(line) if line.isdigit() else 0 for line in out.splitlines()]
 
 
 _SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
@@ -890,22 +939,16 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     ]
     if not values:
         return []
-    staged = runner.run_bytes(
-        worktree, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
-        "--diff-filter=d", env=env,
-    ).stdout.split(b"\0")  # fmt: skip
     found = []
     with runner.ObjectReader(worktree) as objects:
-        # Each entry: ":mode mode id id status" then the path. What the commit would hold
-        # (a link's target, a file as git converted it), not what the worktree shows.
-        for meta, name in zip(staged[0::2], staged[1::2], strict=False):
-            path = os.fsdecode(name)
-            _, mode, _, blob, _ = meta.decode("ascii").split()
+        # What the commit would hold (a link's target, a file as git converted it), not what
+        # the worktree shows.
+        for path, mode, blob in staged_entries(worktree, env=env):
             # A gitlink holds a commit id; an unmerged entry no blob of its own (all zeros).
-            unread = mode == "160000" or not blob.strip("0")
+            unread = not _has_blob(mode, blob)
             head = b"" if unread else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
             held = [value for value in values if value in head]
-            named = any(value in name for value in values)
+            named = any(value in os.fsencode(path) for value in values)
             if (held and not _committed_with(worktree, path, held)) or (
                 named and not _committed_with(worktree, path, [])
             ):
@@ -1318,7 +1361,7 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     files = insertions = deletions = 0
     content: list[str] = []
     blobs: dict[str, str] = {}  # each changed path's new blob
-    counted: list[tuple[str, str, bool]] = []
+    changed: list[tuple[str, str]] = []
     i = 0
     while i < len(fields):
         field = fields[i]
@@ -1342,33 +1385,24 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
         insertions += int(added) if added != "-" else 0
         deletions += int(deleted) if deleted != "-" else 0
         if blobs.get(path, "0").strip("0"):  # not a deletion
-            counted.append((path, blobs[path], added == "-"))
+            changed.append((path, blobs[path]))
     return DiffStat(
         files=files,
         insertions=insertions,
         deletions=deletions,
         content=" ".join(content),
-        blobs=tuple(counted),
+        blobs=tuple(changed),
     )
 
 
 def over_size(repo: Repo, diff: DiffStat, limit: int) -> list[tuple[str, int]]:
     """The files *diff* added or changed whose new content is over *limit* bytes, sized.
 
-    Under a cap of runner.BIG_FILE or more only the files it counted no lines of can be: no
-    git runs for a diff without any.
+    Every one is sized (one git process): a `diff` attribute makes a file text to the diff,
+    however big.
     """
-    blobs = [(p, b) for p, b, binary in diff.blobs if binary or limit < runner.BIG_FILE_BYTES]
-    if not blobs:
-        return []
-    out = runner.run(
-        repo.root,
-        "cat-file",
-        "--batch-check=%(objectsize)",
-        input_text="".join(f"{blob}\n" for _, blob in blobs),
-    ).stdout
-    sizes = [int(line) if line.isdigit() else 0 for line in out.splitlines()]
-    return [(path, size) for (path, _), size in zip(blobs, sizes, strict=False) if size > limit]
+    sizes = blob_sizes(repo.root, [blob for _, blob in diff.blobs])
+    return [(path, size) for (path, _), size in zip(diff.blobs, sizes, strict=True) if size > limit]
 
 
 def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:

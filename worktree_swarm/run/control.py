@@ -116,8 +116,10 @@ def _unmanaged_stop(repo: git.Repo, run_id: str) -> Iterator[bool]:
 
 def _checkpoint_stopped(
     repo: git.Repo, store: Store, row: TaskRow, task: Task, *, announce: bool
-) -> None:
+) -> str | None:
     """Commit what a stopped task's agent left in its worktree; record the branch's diff.
+
+    Returns what the checkpoint left out there, and why (a file over ``max_file``), if any.
 
     Announced beside another run's live manager (*announce*), whose guard watches this branch
     too: with none, nothing would hear it and the announcement would wait in vain.
@@ -126,6 +128,7 @@ def _checkpoint_stopped(
     ref = f"refs/heads/{row.branch}"
     told = channel.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
     run = store.get_run(row.run_id)
+    left: str | None = None
     with told as moves:
         try:
             tip = git.checkpoint(
@@ -140,11 +143,12 @@ def _checkpoint_stopped(
                 max_file=run.settings.max_file if run is not None else git.MAX_FILE,
             )
         except git.LeftOutError as exc:  # the rest is committed; they stay in the worktree
-            tip = exc.head
+            tip, left = exc.head, str(exc)
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)
     _record_diff(repo, store, row, tip or git.head_in(worktree))
+    return left
 
 
 STOP_LOCK = "stop.lock"
@@ -260,13 +264,15 @@ def _stop_unmanaged(
         # checkout of a worktree it was making, still writing on if it was killed alone.
         populated = rows[task_id].base_commit is not None
         provision.free_worktree(repo, worktree, rows[task_id].branch, populated=populated)
+        left = None
         if worktree.is_dir():  # every target is active (not final)
-            _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
+            left = _checkpoint_stopped(repo, store, rows[task_id], task, announce=announce)
         state, why = (
             (TaskState.FAILED, verdicts[task_id])
             if task_id in verdicts
             else _as_it_ended(store.task(run_id, task_id), task, ended[task_id])
         )
+        why = why if left is None else f"{why}; {left}"
         store.update_task(run_id, task_id, state=state, reason=why, ended_at=time.time())
     return list(targets)
 

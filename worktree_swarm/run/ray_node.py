@@ -423,7 +423,9 @@ class NodeAgent:
             except git.LeftOutError as exc:  # embedded repositories, secrets, big files
                 if exc.head is not None:  # everything else is committed: pushed, as locally
                     self._push(exc.head)
-                raise
+                # What stays "in" the clone goes with it when the attempt ends.
+                where = f"the clone on node {self.node()} (removed with the attempt)"
+                raise GitError(str(exc).replace(str(self.work), where)) from exc
             tip = git.rev_parse_in(self.work, "HEAD")
             if tip is None:
                 raise GitError(f"{self.work} has no HEAD")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
@@ -162,7 +162,7 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
     if fresh:
         if not gone:
-            _keep_uncommitted(repo, row)
+            _keep_uncommitted(repo, store, row)
             tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
         data["previous_tip"] = tip
     # First: a retry killed after deleting the branch has the old tip on record.
@@ -196,22 +196,33 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
 
 
-def _keep_uncommitted(repo: git.Repo, row: TaskRow) -> None:
+def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     """Commit what the worktree holds beyond its branch onto it, before a fresh start.
 
     Edits made by hand since the task ended would go with the worktree: committed, the previous
-    tip recorded for the retry holds them too.
+    tip recorded for the retry holds them too. What no commit may hold (a file over the run's
+    ``max_file``) stops the retry: the fresh start would delete it.
     """
     path = Path(row.worktree)
     if not (path / ".git").exists():
         return
     worktrees.unplant(repo, path, row.branch)  # nothing of git's below writes through one
     git.repair_checkout(path)
+    run = store.get_run(row.run_id)
+    settings = run.settings if run is not None else None
     # `swarm retry` holds the manager lock: no run's guard watches this branch meanwhile.
-    git.checkpoint(
-        path, message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
-        author=DEFAULT_COMMIT_AUTHOR,
-    )  # fmt: skip
+    try:
+        git.checkpoint(
+            path,
+            message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
+            author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
+            max_file=settings.max_file if settings else git.MAX_FILE,
+        )
+    except git.LeftOutError as exc:
+        raise SwarmError(
+            f"not retrying {row.task_id} afresh, which deletes its worktree: its agent {exc}; "
+            "move them out of it (or delete them) first"
+        ) from exc
 
 
 def since_last_retry(store: Store, run_id: str, final: set[str]) -> tuple[dict[str, str], float]:

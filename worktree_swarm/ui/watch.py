@@ -158,8 +158,9 @@ class WatchApp(App[None]):
         Binding("d", "pane('diff')", "Diff"),
         Binding("c", "pane('conflicts')", "Conflicts"),
         Binding("q", "quit", "Quit"),
-        # As in any terminal program (Textual's own asks for ctrl+q): the same as `q`.
-        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        # As in any terminal program (Textual's own asks for ctrl+q): the same as `q`. Not
+        # ahead of the screen's: with text selected, ctrl+c copies it.
+        Binding("ctrl+c", "quit", "Quit", show=False),
     ]
 
     def __init__(self, repo: git.Repo, store: Store, run_id: str) -> None:
