@@ -78,9 +78,20 @@ def test_a_copy_goes_once_its_agent_ended_its_last_refresh_kept(home: Path, tmp_
     claude_auth.release(one)  # its agent ended right after its refresh
     assert not (one / ".credentials.json").exists()
     assert read(user)["claudeAiOauth"] == oauth("refreshed", 2000)
+    claude_auth.sync_now()  # the next pass: to the others; the released one not written back
     assert read(two / ".credentials.json")["claudeAiOauth"] == oauth("refreshed", 2000)
-    claude_auth.sync_now()  # no longer kept in step: not written back
     assert not (one / ".credentials.json").exists()
+    # An agent a restarted manager adopted: its copy was never tracked here, synced all the
+    # same (not a sandboxed one's into your file).
+    adopted, boxed = tmp_path / "adopted", tmp_path / "boxed"
+    write(adopted / ".credentials.json", {"claudeAiOauth": oauth("adopted", 3000)})
+    write(boxed / ".credentials.json", {"claudeAiOauth": oauth("boxed", 4000)})
+    claude_auth.release(boxed, confined=True)
+    claude_auth.release(adopted)
+    assert read(user)["claudeAiOauth"] == oauth("adopted", 3000)
+    assert not (adopted / ".credentials.json").exists()
+    assert not (boxed / ".credentials.json").exists()
+    write(user, {"claudeAiOauth": oauth("refreshed", 2000)})
     adapter.env(base=env_of(home), task_id="one", config_dir=one)  # its next attempt
     assert read(one / ".credentials.json")["claudeAiOauth"] == oauth("refreshed", 2000)
     claude_auth.release(two)

@@ -109,13 +109,15 @@ def confine(config_dir: Path) -> None:
     _SYNC.confine(config_dir / CREDENTIALS)
 
 
-def release(config_dir: Path) -> None:
+def release(config_dir: Path, *, confined: bool = False) -> None:
     """Take the sign-in out of a task's *config_dir* once its agent has ended.
 
-    What that agent refreshed reaches the others and your file first; the next attempt gets
-    a copy again (:func:`prepare`). No copy of your tokens stays in the repository after.
+    What that agent refreshed reaches your file first (not from a *confined*, sandboxed,
+    agent's), then the other tasks; the next attempt gets a copy again (:func:`prepare`). Also
+    for an agent this process did not start (adopted after a restart): no copy of your tokens
+    stays in the repository after.
     """
-    _SYNC.release(config_dir / CREDENTIALS)
+    _SYNC.release(config_dir / CREDENTIALS, os.environ, confined=confined)
 
 
 def forget(config_dir: Path) -> None:
@@ -239,14 +241,27 @@ class CredentialSync:
         with self._lock:
             self._confined.add(copy)
 
-    def release(self, copy: Path) -> None:
-        """A last pass with *copy* (its agent ended), then it is no longer kept, nor there."""
-        self.run_once()
+    def release(self, copy: Path, environ: Mapping[str, str], *, confined: bool) -> None:
+        """A last sync of *copy* (its agent ended) with its source, then it is gone.
+
+        One this process never tracked (an adopted agent's) goes with the user's file that
+        *environ* names. Deleted under the file lock :meth:`run_once` looks under.
+        """
         with self._lock:
-            self._copies.pop(copy, None)
+            source, env = self._copies.pop(copy, (None, dict(environ)))
+            confined = confined or copy in self._confined
             self._confined.discard(copy)
-        with contextlib.suppress(OSError):
-            copy.unlink()
+        if not copy.is_file():
+            return  # nothing was copied there (an API key, a sandbox without one)
+        source = source or user_config_dir(env) / CREDENTIALS
+        try:
+            with _lock(env):
+                kept = frozenset({copy}) if confined else frozenset()
+                _sync([source, copy], primary=source, confined=kept)
+                copy.unlink(missing_ok=True)
+        except (OSError, filelock.Timeout):
+            with contextlib.suppress(OSError):
+                copy.unlink()  # its refresh not carried over: gone all the same
 
     def run_once(self) -> None:
         """One pass over every source and its copies."""
@@ -256,8 +271,9 @@ class CredentialSync:
                 groups.setdefault(source, ([], environ))[0].append(copy)
             confined = frozenset(self._confined)
         for source, (copies, environ) in groups.items():
-            paths = [source, *(c for c in copies if c.parent.is_dir())]
             with contextlib.suppress(OSError, filelock.Timeout), _lock(environ):
+                # Looked at under the lock: a copy released meanwhile is not written back.
+                paths = [source, *(c for c in copies if c.is_file())]
                 _sync(paths, primary=source, confined=confined)
 
     def _loop(self) -> None:

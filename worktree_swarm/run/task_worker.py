@@ -824,7 +824,7 @@ class TaskWorker(RunWorker):
     def _agent_gone(self, task_id: str, logs: Path) -> None:
         """After an attempt's agent ended: the guard is told, its copy of your sign-in goes."""
         self.guard.agent_ended(task_id)
-        claude_auth.release(logs / "agent-config")
+        claude_auth.release(logs / "agent-config", confined=self.spec.sandbox)
 
     def _not_started(self, task: Task, provider: str, refused: str, number: int) -> _Ended:
         """How an attempt the gate refused ends the task."""
