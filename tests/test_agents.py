@@ -752,6 +752,21 @@ def test_aider_exiting_0_on_an_api_error_is_not_a_success(attempt: Attempt) -> N
     # One it got past is no failure.
     run = attempt("aider", stdout=AIDER_BANNER + AIDER_BAD_KEY + AIDER_DONE)
     assert run.result.outcome is AgentOutcome.SUCCESS
+    timed_out = "litellm.Timeout: Connection timed out after 600.0 seconds\n"
+    run = attempt("aider", stdout=AIDER_BANNER + timed_out)
+    assert run.result.reason == f"aider API unavailable: {timed_out.strip()}"
+
+
+def test_a_server_error_an_agents_own_output_mentions_is_not_taken_for_one(
+    attempt: Attempt,
+) -> None:
+    # A test of an HTTP client prints such lines: read as the provider's, a failed command was
+    # retried for minutes and the provider's concurrency halved.
+    tests = "FAILED test_client - unexpected status 500\nE   API Error: 500 from the mock\n"
+    result = adapter_for("command").interpret(exit_code=1, log_text=tests, now=0.0)
+    assert result.outcome is AgentOutcome.FAILED
+    run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE + tests)  # --auto-test output
+    assert run.result.outcome is AgentOutcome.SUCCESS
 
 
 def test_aider_cannot_resume_a_session() -> None:

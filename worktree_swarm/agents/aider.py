@@ -24,7 +24,6 @@ from worktree_swarm.agents.base import (
     rate_limited_result,
     render_argv,
     resume_text,
-    unavailable_result,
 )
 from worktree_swarm.infra.logtail import last_lines
 
@@ -126,19 +125,27 @@ def _gave_up(lines: list[str], *, now: float) -> AgentResult | None:
         default=-1,
     )
     after = lines[last_progress + 1 :]
-    ended = rate_limited_result(after, now=now, label="aider") or unavailable_result(
-        after, label="aider"
-    )
-    if ended is not None:
-        return ended
+    limited = rate_limited_result(after, now=now, label="aider")
+    if limited is not None:
+        return limited
+    # Its own line, whatever a test it ran printed (`--auto-test` output may come last).
     error = next((line for line in reversed(after) if _API_ERROR_RE.match(line)), None)
     if error is None:
         return None
-    return AgentResult(outcome=AgentOutcome.FAILED, reason=f"aider: {quote(error, limit=160)}")
+    reason = quote(error, limit=160)
+    if _SERVER_DOWN_RE.match(error):  # after its own retries: waited out, as a rate limit
+        return AgentResult(
+            outcome=AgentOutcome.RATE_LIMITED, reason=f"aider API unavailable: {reason}"
+        )
+    return AgentResult(outcome=AgentOutcome.FAILED, reason=f"aider: {reason}")
 
 
-# litellm's exception as aider prints it when it gives up: `litellm.AuthenticationError: ...`.
-_API_ERROR_RE = re.compile(r"^litellm\.\w+Error\b")
+# litellm's exception as aider prints it when it gives up: `litellm.AuthenticationError: ...`;
+# those of a provider's servers failing (or unreachable) are transient.
+_API_ERROR_RE = re.compile(r"^litellm\.(?:\w+Error|Timeout)\b")
+_SERVER_DOWN_RE = re.compile(
+    r"^litellm\.(?:InternalServerError|ServiceUnavailableError|APIConnectionError|Timeout)\b"
+)
 
 
 def _usage(log_text: str) -> dict[str, Any]:

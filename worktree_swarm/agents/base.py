@@ -282,8 +282,6 @@ def interpret_by_exit(
     lines = last_lines(log_text, TAIL_LINES)
     quotable = [line for line in lines if not (skip_json and line.startswith("{"))]
     limited = rate_limited_result(quotable, now=now, label=label)
-    if limited is None:
-        limited = unavailable_result(quotable, label=label)
     if limited is not None:
         return limited
     last = quote(quotable[-1]) if quotable else ""
@@ -306,22 +304,9 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
     return None
 
 
-def unavailable_result(lines: Sequence[str], *, label: str) -> AgentResult | None:
-    """A RATE_LIMITED result naming the last of *lines* that says the API was down, or None.
-
-    A provider's servers failing (HTTP 500 to 504, "high demand") is transient: the task waits
-    and resumes as after a rate limit (a retry each), rather than failing at the first one.
-    """
-    for line in reversed(lines):
-        if unavailable(line):
-            return AgentResult(
-                outcome=AgentOutcome.RATE_LIMITED,
-                reason=f"{label} API unavailable: {quote(line, limit=160)}",
-            )
-    return None
-
-
-# What the CLIs print when the provider's servers failed after their own retries, if any.
+# What Claude Code and Codex say (in their own messages, not an agent's output) when the
+# provider's servers failed past their own retries: transient, waited out and resumed as a
+# rate limit is (a retry each), rather than failing the task at the first one.
 _UNAVAILABLE_PATTERNS = tuple(
     re.compile(p, re.IGNORECASE)
     for p in (
@@ -330,8 +315,6 @@ _UNAVAILABLE_PATTERNS = tuple(
         r"exceeded retry limit, last status: 5\d\d",  # Codex after its own retries
         r"\bunexpected status 50[0-4]\b",  # Codex
         r"\bstream disconnected before completion\b",  # Codex: a stream cut off
-        # litellm's exceptions (aider), whatever the provider says
-        r"\blitellm\.(?:InternalServerError|ServiceUnavailableError|APIConnectionError|Timeout)\b",
     )
 )
 # HTTP statuses of a provider's servers failing for now (529, overloaded, is a rate limit).
