@@ -172,6 +172,23 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_a_branch_no_clean_named_yet_is_named_in_full_then_in_one_line(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Kept silently by --keep-branches, it was taken for one an earlier clean had named.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    out = swarm(repo, "clean", "--yes", "--keep-branches")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "  swarm/edits:" not in out.stdout  # the worktree only
+    found = report(repo, "clean", code=0)
+    assert found["swarm/edits"]["action"] == "keep"
+    assert "not merged into" in str(found["swarm/edits"]["reason"])
+    assert swarm(repo, "clean", "--yes").returncode == 0  # named now
+    out = swarm(repo, "clean")
+    assert out.stdout.startswith("kept as before, not merged: swarm/edits (")
+
+
 def test_clean_deletes_a_copy_of_your_claude_sign_in_a_killed_manager_left(
     repo: Path, write_agent: AgentFactory
 ) -> None:

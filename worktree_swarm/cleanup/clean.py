@@ -177,6 +177,11 @@ def clean(
     )
 
 
+def _listed(value: object) -> list[object]:
+    """*value* if it is a list (as an event's data holds it), else nothing."""
+    return value if isinstance(value, list) else []
+
+
 def _forget_sign_ins(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
     """Delete the copies of your Claude sign-in that finished tasks' agents left (killed ones).
 
@@ -236,7 +241,8 @@ def plan_clean(
     for run_id, run_targets, tasks in runs:
         targets = run_targets
         events = store.events(run_id, kind=CLEANED_EVENT)
-        cleaned = {e.task_id for e in events}
+        # What an earlier clean kept and named: (task, target).
+        named = {(e.task_id, str(target)) for e in events for target in _listed(e.data.get("kept"))}
         left_there = _left_on_remote(events)
         needed = needed_by_pending(tasks)
         if merging and integration_branch(run_id) in seen.tips:
@@ -268,7 +274,7 @@ def plan_clean(
                     registered,
                     seen,
                     targets=targets,
-                    cleaned=task.task_id in cleaned,
+                    named_before=(task.task_id, task.branch) in named,
                     needed_by=needed.get(task.task_id),
                     keep_branches=keep_branches,
                     force=force,
@@ -462,7 +468,7 @@ def _plan_task(
     seen: _Seen,
     *,
     targets: tuple[str, ...],
-    cleaned: bool,
+    named_before: bool,
     needed_by: str | None,
     keep_branches: bool,
     force: bool,
@@ -472,7 +478,8 @@ def _plan_task(
 ) -> list[Finding]:
     """Findings for a finished *task*: its worktree, its branch and, *pushed*, its remote one.
 
-    Its branch goes to *kept_before* instead when an earlier clean kept it unmerged, saying so.
+    Its branch goes to *kept_before* instead when an earlier clean kept it, saying so
+    (*named_before*), and it is still kept only for not being merged.
     """
     # A later run that reused the task id owns its branch and path now: never this task's.
     found: list[Finding] = []
@@ -494,15 +501,14 @@ def _plan_task(
     if merged or (force and not keep):
         reason = f"{why}; merged into {merged}" if merged else f"{why}; not merged (--force)"
         action, fix = Action.DELETE_BRANCH, "delete it"
-    elif not cleaned:
+    elif keep or not named_before:
         # Kept for a reason of its own, --force keeps it too: not what to do about it then.
         fix = "kept, also with --force" if keep else "kept: merge it (or delete it with --force)"
         keep = keep or f"not merged into {targets[0].removeprefix('refs/heads/')}"
         reason = f"{why}; {keep}"
         action = Action.KEEP
-    else:
-        if not keep:
-            kept_before.append(task.branch)
+    else:  # kept unmerged, as an earlier clean said: named in one line
+        kept_before.append(task.branch)
         return found
     found.append(
         Finding(
