@@ -188,7 +188,9 @@ def test_terminal_report_lists_tasks_and_totals(finished_run: Path) -> None:
     assert rows["limited"][4] == "$0.60"
     text = out.stdout
     assert re.search(r"^speedup +\d+\.\d\dx achieved, \d+\.\d\dx ideal", text, re.MULTILINE)
-    assert re.search(r"^waits +\d+\.\ds on rate limits; 1 retries, 1 resumes", text, re.MULTILINE)
+    # Not "1 retries": and a resume after a limit is told apart from the manifest's `retries`.
+    waits = r"^waits +\d+\.\ds on rate limits; 1 resume after one, 1 retry after other ends"
+    assert re.search(waits, text, re.MULTILINE)
     assert re.search(r"^cost +\$\d+\.\d\d total, \$\d+\.\d\d per done task", text, re.MULTILINE)
     assert re.search(r"^overhead +\d+ tokens", text, re.MULTILINE)
     assert not any(secret in text for secret in SECRETS)

@@ -66,8 +66,9 @@ def report_text(report: RunReport, *, styled: bool | None = None) -> str:
             f"for this DAG at --jobs {report.jobs} (ideal makespan {duration(s.ideal_makespan_s)})"
         ),
         (
-            f"waits      {duration(s.rate_limit_wait_s)} on rate limits; {s.retries} retries, "
-            f"{s.resumes} resumes"
+            f"waits      {duration(s.rate_limit_wait_s)} on rate limits; "
+            f"{plural(s.resumes, 'resume')} after one, "
+            f"{plural(s.retries, 'retry', 'retries')} after other ends (repairs...)"
         ),
         f"cost       {money(s.total_cost_usd)} total, {money(s.cost_per_done_usd)} per done task",
         f"overhead   {overhead_text(s)}",
