@@ -14,6 +14,15 @@ from worktree_swarm.run.course import RESUME_PROMPT, Course, free_throttles
 from worktree_swarm.run.governor import Gates
 
 
+def add_run(store: Store, task: Task) -> None:
+    """Record run ``r1`` holding *task* (branch ``swarm/a``)."""
+    store.create_run(
+        run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
+        spec_json="{}", created_at=1.0,
+    )  # fmt: skip
+    store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+
+
 def limited(store: Store, task: str, number: int, *, window: bool) -> None:
     """Record attempt *number* of *task* as rate limited, its wait a window's or not."""
     attempt = store.start_attempt("r1", task, number=number, identity=MANAGER, log_path="/l")
@@ -26,16 +35,7 @@ def test_a_usage_window_s_wait_uses_no_retry_nor_counts_as_a_throttle(tmp_path: 
     # three, and a backoff streak of two (the window neither counts nor breaks it).
     task = Task(id="a", prompt="do a", retries=5)
     with Store(tmp_path / "state.db") as store:
-        store.create_run(
-            run_id="r1",
-            base_commit="abc",
-            repo_root="/repo",
-            jobs=1,
-            manager=MANAGER,
-            spec_json="{}",
-            created_at=1.0,
-        )
-        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        add_run(store, task)
         limited(store, "a", 1, window=False)
         limited(store, "a", 2, window=True)
         limited(store, "a", 3, window=False)
@@ -57,11 +57,7 @@ def test_a_throttle_that_got_work_done_ends_the_backoff_streak_a_resumed_manager
     throttle = AgentResult(outcome=AgentOutcome.RATE_LIMITED)
     live = Course.resumed(task, [])
     with Store(tmp_path / "state.db") as store:
-        store.create_run(
-            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
-            spec_json="{}", created_at=1.0,
-        )  # fmt: skip
-        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        add_run(store, task)
         for number, progressed in enumerate((False, False, True, False), start=1):
             live.throttled(
                 task, throttle, gate, provider="p", replayed=False, progressed=progressed
@@ -128,11 +124,7 @@ def test_an_agent_retried_after_its_timeout_or_a_stop_is_told_so(tmp_path: Path)
     # "You were interrupted (rate limit or restart)" told a timed-out agent nothing of why.
     task = Task(id="a", prompt="do a")
     with Store(tmp_path / "state.db") as store:
-        store.create_run(
-            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
-            spec_json="{}", created_at=1.0,
-        )  # fmt: skip
-        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        add_run(store, task)
         prompts = []
         for number, outcome in enumerate(("timed_out", "stopped", "rate_limited"), start=1):
             attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
@@ -172,11 +164,7 @@ def test_attempts_on_a_full_disk_are_tried_again_a_few_times_and_since_a_retry_o
     # resumed manager counts the tries the recorded ones used, and `swarm retry` starts anew.
     task = Task(id="a", prompt="do a")
     with Store(tmp_path / "state.db") as store:
-        store.create_run(
-            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
-            spec_json="{}", created_at=1.0,
-        )  # fmt: skip
-        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        add_run(store, task)
         lefts = [Course.resumed(task, []).disk_retries_left]
         for number in range(1, 4):
             attempt = store.start_attempt("r1", "a", number=number, identity=MANAGER, log_path="/l")
@@ -204,11 +192,7 @@ def test_attempts_that_got_work_done_use_no_retry_only_up_to_a_bound(tmp_path: P
     assert ends[: free_throttles(task) + 1] == [None] * (free_throttles(task) + 1)  # then a retry
     assert str(ends[-1]).startswith("rate limited and out of retries")
     with Store(tmp_path / "state.db") as store:
-        store.create_run(
-            run_id="r1", base_commit="abc", repo_root="/repo", jobs=1, manager=MANAGER,
-            spec_json="{}", created_at=1.0,
-        )  # fmt: skip
-        store.add_tasks("r1", [(task, "swarm/a", "/wt/a")])
+        add_run(store, task)
         attempt = store.start_attempt("r1", "a", number=1, identity=MANAGER, log_path="/l")
         store.end_attempt(attempt, exit_code=1, outcome="rate_limited")
         store.set_retry_at("r1", "a", 1, 1000.0, progressed=True)
