@@ -1148,6 +1148,37 @@ def test_usage_no_attempt_could_have_is_recorded_as_unknown(
     assert {k: getattr(result, k) for k in kept} == kept
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        (
+            '[API Error: {"error":{"code":503,"message":"The model is overloaded. We are '
+            'experiencing high demand. Please try again later.","status":"UNAVAILABLE"}}]'
+        ),
+        (
+            '[API Error: {"error":{"code":500,"message":"Internal error encountered.","status":'
+            '"INTERNAL"}}]'
+        ),
+        "[API Error: terminated]",  # the reply's stream cut off
+    ],
+)
+def test_gemini_api_servers_failing_are_waited_out_as_a_rate_limit_is(message: str) -> None:
+    # The stream's result names no code: a 503 "overloaded" (documented as a rate limit), a
+    # 500 or a cut stream failed the task for good.
+    log = gemini_stream_error(message, replied=True)
+    result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=50.0)
+    assert (result.outcome, result.session_id) == (AgentOutcome.RATE_LIMITED, GEMINI_SESSION)
+    assert result.reason == f"gemini API unavailable: unknown: {message}"
+    bad_key = (
+        '[API Error: {"error":{"code":400,"message":"API key not valid.","status":'
+        '"INVALID_ARGUMENT"}}]'
+    )
+    refused = GeminiAdapter().interpret(
+        exit_code=1, log_text=gemini_stream_error(bad_key, replied=True), now=50.0
+    )
+    assert refused.outcome is AgentOutcome.FAILED
+
+
 def test_gemini_limited_after_a_reply_keeps_its_session() -> None:
     log = gemini_stream_error(GEMINI_QUOTA_MESSAGE.format(delay="1s"), replied=True)
     result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=50.0)

@@ -36,7 +36,7 @@ from tests.cli_e2e import (
 )
 from tests.conftest import git, make_repo
 from tests.gemini_stub import quota_error, rate_limited, write_file
-from tests.llm_stub import Stub, Text
+from tests.llm_stub import ApiError, Stub, Text
 
 GEMINI = find_cli("gemini")
 gemini_api = gemini_stub.gemini_api
@@ -116,13 +116,28 @@ def test_task_done_with_its_file_and_tokens(
     assert committed_files(gemini_repo, "swarm/greet") == ["README.md", "hello.txt"]
 
 
+OVERLOADED = ApiError(
+    status=503,
+    body={
+        "error": {
+            "code": 503,
+            "message": "The model is overloaded. We are experiencing high demand. Please try "
+            "again later.",
+            "status": "UNAVAILABLE",
+        }
+    },
+)
+
+
+@pytest.mark.parametrize(("limit", "said"), [(rate_limited(), "quota"), (OVERLOADED, "overloaded")])
 def test_rate_limit_is_swarms_to_retry_and_resumes_the_session(
-    gemini_repo: Path, gemini_api: Stub, gemini_env: dict[str, str]
+    gemini_repo: Path, gemini_api: Stub, gemini_env: dict[str, str], limit: ApiError, said: str
 ) -> None:
     # The 429 comes after a first reply: Gemini CLI resumes only sessions with a model reply.
+    # A 503 "overloaded" failed the task for good: the stream's result names no code.
     gemini_api.queue(
         write_file("hello.txt", "hello\n"),
-        rate_limited(),
+        limit,
         write_file("hello.txt", "hello, world\n"),
         Text(text="Wrote it."),
     )
@@ -139,9 +154,9 @@ def test_rate_limit_is_swarms_to_retry_and_resumes_the_session(
     rows = attempts(gemini_repo)
     # One request for the 429: the CLI did not retry it itself, swarm did.
     replies = [r.reply for r in gemini_api.agent_requests()]
-    assert replies == ["tool:write_file", "error:429", "tool:write_file", "text"]
+    assert replies == ["tool:write_file", f"error:{limit.status}", "tool:write_file", "text"]
     assert [r.outcome for r in rows] == ["rate_limited", "succeeded"]
-    assert "quota" in rows[0].reason
+    assert said in rows[0].reason
     assert rows[0].session_id is not None
     assert rows[0].session_id == rows[1].session_id  # `gemini --resume <session id>`
     assert "Create hello.txt saying hello" in gemini_api.agent_requests()[-1].text()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
+from tests.test_course import add_run
+from worktree_swarm.agents.base import AgentOutcome, AgentResult
+from worktree_swarm.core.models import Task
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
-from worktree_swarm.run.task_worker import exit_status
+from worktree_swarm.infra.store import Store
+from worktree_swarm.report.status import TaskStatus, run_totals
+from worktree_swarm.run.task_worker import add_usage, exit_status
 
 
 class _LateExit(supervisor.AgentProcess):
@@ -50,3 +56,34 @@ def test_running_agent_has_not_ended(tmp_path: Path) -> None:
         assert exit_status(agent, timeout=0.01) == (False, None)
     finally:
         agent.stop(grace=1)
+
+
+def test_usage_an_agent_never_reported_stays_unknown_not_zero(tmp_path: Path) -> None:
+    # Gemini reports tokens and no cost: its tasks showed `$0.00`, and `status --json` a run
+    # of plain commands (which report neither) a total cost and tokens of 0.
+    task = Task(id="a", prompt="do a")
+    with Store(tmp_path / "state.db") as store:
+        add_run(store, task)
+        add_usage(store, "r1", "a", AgentResult(outcome=AgentOutcome.SUCCESS, tokens_in=5))
+        row = store.task("r1", "a")
+        assert row is not None
+        assert (row.cost_usd, row.tokens_in, row.tokens_out) == (None, 5, None)
+        add_usage(store, "r1", "a", AgentResult(outcome=AgentOutcome.SUCCESS, cost_usd=0.5))
+        row = store.task("r1", "a")
+        assert row is not None
+        assert (row.cost_usd, row.tokens_in) == (0.5, 5)
+    rows = [status_row("a", cost_usd=None, tokens_in=None), status_row("b", cost_usd=None)]
+    totals = run_totals(rows)
+    assert (totals["cost_usd"], totals["tokens_in"], totals["tokens_out"]) == (None, None, None)
+    totals = run_totals([*rows, status_row("c", cost_usd=0.25, tokens_in=10)])
+    assert (totals["cost_usd"], totals["tokens_in"], totals["tokens_out"]) == (0.25, 10, None)
+
+
+def status_row(task_id: str, **usage: float | None) -> TaskStatus:
+    """A row of `swarm status` with only the usage that matters here."""
+    row = TaskStatus(
+        task_id=task_id, state="done", reason="", attempt=1, pid=None, alive=False,
+        elapsed_s=None, cost_usd=None, tokens_in=None, tokens_out=None, files_changed=0,
+        insertions=0, deletions=0, branch=f"swarm/{task_id}", worktree="/wt",
+    )  # fmt: skip
+    return dataclasses.replace(row, **usage)

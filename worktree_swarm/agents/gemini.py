@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents.base import (
+    SERVER_ERROR_STATUSES,
     AgentOutcome,
     AgentResult,
     as_int,
@@ -31,10 +32,24 @@ from worktree_swarm.agents.base import (
     render_argv,
     require_session_id,
     resume_text,
+    unavailable,
 )
 
 HTTP_TOO_MANY_REQUESTS = 429
-HTTP_UNAVAILABLE = 503  # "The model is overloaded"
+# The stream's `result` event names no code: the API's error body is quoted in its message
+# (`[API Error: {"error":{"code":500,...,"status":"INTERNAL"}}]`), or `terminated` when the
+# reply's stream was cut off.
+_SERVER_FAILED = re.compile(
+    r'"code"\s*:\s*50[0-4]\b|"status"\s*:\s*"(?:UNAVAILABLE|INTERNAL|DEADLINE_EXCEEDED)"'
+    r"|\bThe model is overloaded\b|^\[API Error: terminated\]$"
+)
+
+
+def _server_failed(message: str) -> bool:
+    """Whether Gemini CLI's error *message* says the API's servers failed, not the request."""
+    return bool(_SERVER_FAILED.search(message)) or unavailable(message)
+
+
 # Gemini CLI's own retries of a 429 (up to 10 attempts, with backoff) would hide it from swarm's
 # gate for minutes: one attempt, unless the user's settings say otherwise (system defaults are
 # the lowest settings layer).
@@ -126,10 +141,18 @@ class GeminiAdapter:
             limited, retry_at = classify_rate_limit(message, now=now)
             retry_at = retry_at or _retry_after(message, now=now)
             code = as_int(error.get("code"))
-            if limited or code in (HTTP_TOO_MANY_REQUESTS, HTTP_UNAVAILABLE):
+            if limited or code == HTTP_TOO_MANY_REQUESTS:
                 return AgentResult(
                     outcome=AgentOutcome.RATE_LIMITED,
                     reason=quote(f"gemini rate limited: {label}"),
+                    retry_at=retry_at,
+                    **accounting,
+                )
+            if code in SERVER_ERROR_STATUSES or _server_failed(message):
+                # Its servers failing (503 "overloaded", 500, a stream cut): waited out.
+                return AgentResult(
+                    outcome=AgentOutcome.RATE_LIMITED,
+                    reason=quote(f"gemini API unavailable: {label}"),
                     retry_at=retry_at,
                     **accounting,
                 )

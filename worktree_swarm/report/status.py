@@ -428,17 +428,21 @@ def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -
     redaction.add_env(worktrees.copied_secrets(repo.root, task.copy))
 
 
-def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int]:
-    """Attempts, cost and tokens of the whole run (missing values count as zero).
+def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int | None]:
+    """Attempts, cost and tokens of the whole run (None where no task reported any).
 
-    With *disk* (rows read with disk use), also ``disk_apparent`` and ``disk_actual``: what
-    the run's worktrees that are still there use (removed ones count zero).
+    A task that reported none counts as zero beside those that did. With *disk* (rows read
+    with disk use), also ``disk_apparent`` and ``disk_actual``: what the run's worktrees that
+    are still there use (removed ones count zero).
     """
-    totals: dict[str, float | int] = {
+    costs = [r.cost_usd for r in rows if r.cost_usd is not None]
+    tokens_in = [r.tokens_in for r in rows if r.tokens_in is not None]
+    tokens_out = [r.tokens_out for r in rows if r.tokens_out is not None]
+    totals: dict[str, float | int | None] = {
         "attempts": sum(r.attempt for r in rows),
-        "cost_usd": round(sum(r.cost_usd or 0.0 for r in rows), 6),
-        "tokens_in": sum(r.tokens_in or 0 for r in rows),
-        "tokens_out": sum(r.tokens_out or 0 for r in rows),
+        "cost_usd": round(sum(costs), 6) if costs else None,
+        "tokens_in": sum(tokens_in) if tokens_in else None,
+        "tokens_out": sum(tokens_out) if tokens_out else None,
     }
     if disk:
         present = [r for r in rows if r.worktree_present]

@@ -65,7 +65,7 @@ _STATUS_COLUMNS = (
 def status_text(
     run_id: str,
     rows: list[TaskStatus],
-    totals: dict[str, float | int],
+    totals: dict[str, float | int | None],
     *,
     gates: Sequence[GateView] = (),
     notes: Sequence[str] = (),
@@ -96,17 +96,16 @@ def status_text(
     present = sum(r.worktree_present for r in rows)
     removed = sum(not r.worktree_present and r.disk_actual is not None and not r.node for r in rows)
     # As in the rows: `-` where no agent reported any (plain commands report neither).
-    cost = f"${totals['cost_usd']:.2f}" if any(r.cost_usd is not None for r in rows) else "cost -"
+    spent, read, wrote = totals["cost_usd"], totals["tokens_in"], totals["tokens_out"]
+    cost = "cost -" if spent is None else f"${spent:.2f}"
     tokens = (
-        f"{totals['tokens_in']} tokens in, {totals['tokens_out']} out"
-        if any(r.tokens_in is not None or r.tokens_out is not None for r in rows)
-        else "tokens -"
+        "tokens -" if read is None and wrote is None else f"{read or 0} tokens in, {wrote or 0} out"
     )
-    money_line = f"total: {plural(int(totals['attempts']), 'attempt')}, {cost}, {tokens}"
+    money_line = f"total: {plural(int(totals['attempts'] or 0), 'attempt')}, {cost}, {tokens}"
     disk_line = (
-        f"disk: {format_size(int(totals['disk_actual']))} used "
-        f"({format_size(int(totals['disk_apparent']))} apparent) by {plural(present, 'worktree')}"
-        + (f", {removed} removed" if removed else "")
+        f"disk: {format_size(int(totals['disk_actual'] or 0))} used "
+        f"({format_size(int(totals['disk_apparent'] or 0))} apparent) by "
+        f"{plural(present, 'worktree')}" + (f", {removed} removed" if removed else "")
     )
     now = time.time()
     gate_lines = [gate.describe(now=now) for gate in gates]
