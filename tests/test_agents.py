@@ -1179,6 +1179,23 @@ def test_gemini_api_servers_failing_are_waited_out_as_a_rate_limit_is(message: s
     assert refused.outcome is AgentOutcome.FAILED
 
 
+def test_a_gemini_daily_quota_waits_for_midnight_pacific_time() -> None:
+    # No retry delay stated: taken for a throttle, its retries went within minutes, then the
+    # task failed; Google's daily quotas reset at midnight Pacific time.
+    now = datetime(2026, 12, 5, 15, 0, tzinfo=UTC).timestamp()  # 07:00 in California
+    daily = "You have exhausted your daily quota on this model."
+    result = GeminiAdapter().interpret(
+        exit_code=1, log_text=gemini_stream_error(daily, replied=True), now=now
+    )
+    assert result.outcome is AgentOutcome.RATE_LIMITED
+    assert result.retry_at == datetime(2026, 12, 6, 8, 0, tzinfo=UTC).timestamp()
+    minute = GEMINI_QUOTA_MESSAGE.format(delay="30s")  # a per-minute quota keeps its delay
+    result = GeminiAdapter().interpret(
+        exit_code=1, log_text=gemini_stream_error(minute, replied=True), now=now
+    )
+    assert result.retry_at == now + 30
+
+
 def test_gemini_limited_after_a_reply_keeps_its_session() -> None:
     log = gemini_stream_error(GEMINI_QUOTA_MESSAGE.format(delay="1s"), replied=True)
     result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=50.0)

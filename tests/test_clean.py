@@ -184,6 +184,8 @@ def test_a_branch_no_clean_named_yet_is_named_in_full_then_in_one_line(
     found = report(repo, "clean", code=0)
     assert found["swarm/edits"]["action"] == "keep"
     assert "not merged into" in str(found["swarm/edits"]["reason"])
+    # Not "0 to fix, 1 kept; run again with --yes to fix them": --yes keeps it too.
+    assert swarm(repo, "clean").stdout.splitlines()[-1] == "nothing to fix, 1 kept"
     assert swarm(repo, "clean", "--yes").returncode == 0  # named now
     out = swarm(repo, "clean")
     assert out.stdout.startswith("kept as before, not merged: swarm/edits (")

@@ -337,6 +337,24 @@ def test_dry_run_predicts_and_creates_nothing(base_repo: Path, brancher: Branche
     assert set(states(base_repo).values()) == {"done"}
 
 
+def test_a_dry_run_names_twenty_conflicting_pairs_and_counts_the_rest(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # 8 branches editing one file printed all 28 pairs (50 would print 1,225 lines).
+    base = git(base_repo, "rev-parse", "HEAD")
+    names = [f"t{i}" for i in range(8)]
+    for name in names:
+        brancher.branch(f"swarm/{name}", base, {"f.txt": f"{name}\n"})
+    record_run(base_repo, [(name, base) for name in names], base=base)
+    out = swarm(base_repo, "merge", "--dry-run")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert sum(line.startswith("  conflict  ") for line in lines) == 20
+    assert "  ... and 8 conflicting pairs more (`--json` lists each)" in lines
+    shown = json.loads(swarm(base_repo, "merge", "--dry-run", "--json").stdout)
+    assert len(shown["prediction"]["pairs"]) == 28
+
+
 def test_into_a_branch_not_checked_out_moves_it(base_repo: Path, brancher: Brancher) -> None:
     base = git(base_repo, "rev-parse", "HEAD")
     git(base_repo, "branch", "release", base)

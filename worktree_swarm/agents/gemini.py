@@ -13,7 +13,9 @@ import json
 import os
 import re
 import tempfile
+import zoneinfo
 from collections.abc import Mapping, Sequence
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,7 @@ class GeminiAdapter:
             message = str(error.get("message") or "no detail").strip()
             label = f"{error.get('type') or 'error'}: {message}"
             limited, retry_at = classify_rate_limit(message, now=now)
-            retry_at = retry_at or _retry_after(message, now=now)
+            retry_at = retry_at or _retry_after(message, now=now) or _daily_reset(message, now=now)
             code = as_int(error.get("code"))
             if limited or code == HTTP_TOO_MANY_REQUESTS:
                 return AgentResult(
@@ -180,6 +182,27 @@ def _retry_after(message: str, *, now: float) -> float | None:
         return None
     seconds = float(match["n"]) / (1000 if match["unit"] == "ms" else 1)
     return epoch_seconds(now + seconds)  # a huge number is no reset time
+
+
+# A per-day quota (Gemini CLI's "You have exhausted your daily quota on this model", a
+# `...PerDay...` quota id) states no retry delay.
+_DAILY_RE = re.compile(r"exhausted your daily quota|\bquotaId\W+\w*PerDay", re.IGNORECASE)
+
+
+def _daily_reset(message: str, *, now: float) -> float | None:
+    """When a daily quota *message* names resets: Google's reset at midnight Pacific time.
+
+    A usage window then (waited for up to ``max_wait``, or handed to a fallback agent), not a
+    throttle whose retries would all go within minutes.
+    """
+    if not _DAILY_RE.search(message):
+        return None
+    try:
+        zone = zoneinfo.ZoneInfo("America/Los_Angeles")
+    except zoneinfo.ZoneInfoNotFoundError:  # no time zone data here: backed off instead
+        return None
+    tomorrow = datetime.fromtimestamp(now, zone).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time.min, tzinfo=zone).timestamp()
 
 
 def _resumable(objects: list[dict[str, Any]], stats: object) -> bool:

@@ -43,7 +43,10 @@ def clean_text(report: Report) -> str:
         lines.append(f"{fixed} fixed, {kept} kept, {len(report.left)} problems left")
     else:
         todo = len(report.findings) - kept
-        lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
+        if todo:
+            lines.append(f"{todo} to fix, {kept} kept; run again with --yes to fix them")
+        else:  # what is kept, --yes keeps too
+            lines.append(f"nothing to fix, {kept} kept")
     # Reasons name what agents made (a submodule's path, a process's name, git's words about
     # them): no escape sequence of theirs reaches your terminal.
     return "\n".join(printable(without_escapes(line), keep="") for line in lines)

@@ -33,6 +33,10 @@ def merge_note_line(task_id: str, text: str) -> str:
     return f"{'resolving':<{_OUTCOME_WIDTH}}  {task_id}  {text}"
 
 
+# Conflicting pairs a prediction names one by one; the rest are counted.
+_PAIRS_SHOWN = 20
+
+
 def merge_prediction_lines(report: MergeReport) -> list[str]:
     """The conflict matrix in words, and the order the branches will land in."""
     p = report.prediction
@@ -40,9 +44,13 @@ def merge_prediction_lines(report: MergeReport) -> list[str]:
     lines = [f"{head} ({report.target_before[:12]})"]
     if p.clean:
         lines.append("  no conflicts predicted")
-    lines += [
+    pairs = [
         f"  conflict  {a} <-> {b}: {', '.join(map(path_text, f))}" for (a, b), f in p.pairs.items()
     ]
+    lines += pairs[:_PAIRS_SHOWN]
+    if len(pairs) > _PAIRS_SHOWN:  # 50 branches editing one file make 1,225 pairs
+        more = len(pairs) - _PAIRS_SHOWN
+        lines.append(f"  ... and {plural(more, 'conflicting pair')} more (`--json` lists each)")
     lines += [
         f"  conflict  {name} <-> {report.target_branch}: {', '.join(map(path_text, f))}"
         for name, f in p.target.items()
