@@ -1179,6 +1179,15 @@ def test_gemini_api_servers_failing_are_waited_out_as_a_rate_limit_is(message: s
     assert refused.outcome is AgentOutcome.FAILED
 
 
+def test_a_killed_gemini_is_not_told_by_its_start_up_profilers_note() -> None:
+    log = (
+        "Loaded cached credentials.\n"
+        "[STARTUP] Cannot measure phase 'cleanup_ops': start mark 'cleanup_ops' not found\n"
+    )
+    result = GeminiAdapter().interpret(exit_code=-9, log_text=log, now=0.0)
+    assert result.reason == "gemini killed by signal 9: Loaded cached credentials."
+
+
 def test_a_gemini_daily_quota_waits_for_midnight_pacific_time() -> None:
     # No retry delay stated: taken for a throttle, its retries went within minutes, then the
     # task failed; Google's daily quotas reset at midnight Pacific time.

@@ -122,6 +122,8 @@ class GeminiAdapter:
         objects = json_objects(log_text)
         final = _final(objects)
         session_id = _session_id(objects) if _resumable(objects, None) else None
+        # Its start-up profiler's notes say nothing of how it ended: never the quoted line.
+        log_text = _STARTUP_NOTE_RE.sub("", log_text)
         if final is None:
             fallback = interpret_by_exit(
                 exit_code=exit_code, log_text=log_text, now=now, label="gemini", skip_json=True
@@ -184,6 +186,7 @@ def _retry_after(message: str, *, now: float) -> float | None:
     return epoch_seconds(now + seconds)  # a huge number is no reset time
 
 
+_STARTUP_NOTE_RE = re.compile(r"^\[STARTUP\] .*\n?", re.MULTILINE)
 # A per-day quota (Gemini CLI's "You have exhausted your daily quota on this model", a
 # `...PerDay...` quota id) states no retry delay.
 _DAILY_RE = re.compile(r"exhausted your daily quota|\bquotaId\W+\w*PerDay", re.IGNORECASE)
