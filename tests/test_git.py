@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.git import repo as g
 from worktree_swarm.git.repo import EmbeddedRepositoryError, MergeConflictError
 
@@ -574,7 +575,7 @@ def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
     stat = g.diff_stat(r, base, "HEAD")
     assert g.over_size(r, stat, 2048) == [("new name.bin", 2049), ("notes.txt", 2500)]
     assert g.over_size(r, stat, 2049) == [("notes.txt", 2500)]
-    assert g.over_size(r, stat, g.MAX_FILE) == []
+    assert g.over_size(r, stat, DEFAULT_MAX_FILE) == []
     # A `diff` attribute makes a file text to the diff however big: each one is sized.
     (repo / ".gitattributes").write_text("*.bin diff\n")
     (repo / "huge.bin").write_bytes(b"x" * ((16 << 20) + 1))

@@ -28,6 +28,7 @@ import psutil
 from worktree_swarm.core.errors import CommandError, GitError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
+    DEFAULT_MAX_FILE,
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     ProcessIdentity,
@@ -638,7 +639,7 @@ def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]
 def _max_file(store: Store | None, f: Finding) -> int:
     """The cap on one committed file of the run that made the worktree (git's default else)."""
     run = None if store is None or not f.run_id else store.get_run(f.run_id)
-    return run.settings.max_file if run is not None else git.MAX_FILE
+    return run.settings.max_file if run is not None else DEFAULT_MAX_FILE
 
 
 def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:

@@ -29,6 +29,8 @@ INTEGRATION_DIR_PREFIX = "_integration-"
 # next merge when that one was killed.
 MERGE_CHECKING = "checking"
 DEFAULT_COMMIT_AUTHOR = "worktree-swarm <swarm@localhost>"
+# GitHub refuses a push holding a file over 100 MiB: by default no checkpoint commits one.
+DEFAULT_MAX_FILE = 100 << 20
 DEFAULT_RETRIES = 5  # rate-limited attempts resumed per agent before giving up
 DEFAULT_MAX_WAIT = 4 * 3600.0  # seconds
 DEFAULT_AGENT = "claude"
@@ -481,7 +483,7 @@ class RunSettings:
         "loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
     )
     max_file: int = setting(
-        100 << 20,
+        DEFAULT_MAX_FILE,
         kind=Kind.SIZE,
         scope=Scope.RUN,
         flag=None,

@@ -19,6 +19,7 @@ import filelock
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.identity import parse_author
+from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.text import is_utf8, path_text
 from worktree_swarm.core.units import format_size
@@ -761,10 +762,6 @@ def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | No
             _run(path, ["update-index", "--cacheinfo", f"160000,{head},{link}"], env=env)
 
 
-# GitHub refuses a push holding a file over 100 MiB: a checkpoint commits none.
-MAX_FILE = 100 << 20
-
-
 def checkpoint(
     worktree: Path,
     *,
@@ -773,7 +770,7 @@ def checkpoint(
     exclude: Sequence[str] = (),
     droppings: Sequence[str] = (),
     report_secrets: bool = False,
-    max_file: int | None = MAX_FILE,
+    max_file: int | None = DEFAULT_MAX_FILE,
 ) -> str | None:
     """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
 

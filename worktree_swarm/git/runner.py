@@ -451,8 +451,7 @@ def _subcommand(args: Sequence[str]) -> int | None:
 # repetitive file of gigabytes costs it no disk and its branch a few KiB, while `diff
 # --numstat` of a 500 MB text file held 11 GB (up to 8 run at once). Not for merges, packs or
 # pushes: those keep git's own threshold (deltas of big files, line merges).
-BIG_FILE_BYTES = 16 << 20
-BIG_FILE = f"{BIG_FILE_BYTES}"
+BIG_FILE = "16m"
 _PATCH_COMMANDS = frozenset({"diff", "log", "show"})
 _LINE_DIFF_COMMANDS = frozenset({*_PATCH_COMMANDS, "diff-tree"})
 _WORKTREE_COMMANDS = frozenset({"status", "diff"})

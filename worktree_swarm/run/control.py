@@ -14,6 +14,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
+    DEFAULT_MAX_FILE,
     Executor,
     ProcessIdentity,
     RunStatus,
@@ -140,7 +141,7 @@ def _checkpoint_stopped(
                     worktree, link=task.link, copy=task.copy, base=row.base_commit
                 ),
                 droppings=adapter_for(task.agent).droppings,
-                max_file=run.settings.max_file if run is not None else git.MAX_FILE,
+                max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
             )
         except git.LeftOutError as exc:  # the rest is committed; they stay in the worktree
             tip, left = exc.head, str(exc)

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import DEFAULT_COMMIT_AUTHOR, MERGE_CHECKING, TaskState
+from worktree_swarm.core.models import (
+    DEFAULT_COMMIT_AUTHOR,
+    DEFAULT_MAX_FILE,
+    MERGE_CHECKING,
+    TaskState,
+)
 from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -216,7 +221,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
             path,
             message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
             author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
-            max_file=settings.max_file if settings else git.MAX_FILE,
+            max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
         )
     except git.LeftOutError as exc:
         raise SwarmError(
