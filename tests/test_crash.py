@@ -230,6 +230,32 @@ def test_resume_clears_the_locks_a_killed_git_leaves(
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
 
+def test_a_manager_killed_between_unstaging_a_big_file_and_its_commit_is_resumed_without_it(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # The checkpoint has put the file over max_file back out of the index, and is killed in
+    # the commit that follows: the next checkpoint (swarm resume) leaves it out again.
+    agent = write_agent(  # type: ignore[operator]
+        "import pathlib\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+        "pathlib.Path('big.bin').write_bytes(b'\\0' * 4096)\n"
+    )
+    hung = hang_git_at(tmp_path, monkeypatch, "commit")
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_file = "2K"\n'
+    proc = _manager(repo, "run", manifest(repo, text + '[[task]]\nid = "t"\nprompt = "x"\n'))
+    wait_for(hung.exists, timeout=120, what="the checkpoint's commit")
+    _kill_group(proc)
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert "big.bin" not in git(worktree, "diff", "--cached", "--name-only", "HEAD")
+    out = swarm(repo, "resume")
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith("wrote files over max_file (2.0K: big.bin (4.0K)): ")
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert (worktree / "big.bin").stat().st_size == 4096  # kept, not committed
+
+
 def test_abandoned_half_made_worktree_is_cleaned_without_deleting_files(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
