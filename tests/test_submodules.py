@@ -88,6 +88,19 @@ def test_a_submodule_s_new_commit_is_checkpointed_as_its_pointer(
     moved = git(super_repo.parent / "repo.swarm" / "t" / "lib", "rev-parse", "HEAD")
     assert moved != git(super_repo, "rev-parse", "HEAD:lib")
     assert git(super_repo, "rev-parse", "swarm/t:lib") == moved
+    # That commit lives in the worktree's own clone of lib: clean keeps the worktree until
+    # the commit is somewhere else (the branch records only its id).
+    worktree = super_repo.parent / "repo.swarm" / "t"
+    out = swarm(super_repo, "clean", "--yes")
+    assert f"submodule lib ({moved[:12]}) has a commit in no repository but this" in out.stdout
+    assert worktree.is_dir()
+    assert git(worktree / "lib", "cat-file", "-t", moved) == "commit"
+    # Once your clone of lib has it (a push, a fetch), the worktree goes.
+    git(super_repo, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "lib")
+    git(super_repo / "lib", "fetch", "-q", str(worktree / "lib"), moved)
+    out = swarm(super_repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
 
 
 def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
@@ -95,6 +108,9 @@ def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
 ) -> None:
     assert run_agent(super_repo, write_agent, "populate").returncode == 0
     assert status_json(super_repo)["t"]["state"] == "done"
+    # Its commit is the one lib's remote has: nothing of the worktree's to keep.
+    assert swarm(super_repo, "clean", "--yes").returncode == 0
+    assert not (super_repo.parent / "repo.swarm" / "t").exists()
 
 
 # Plants a filter in the git dir of the user's checked-out submodule `lib` (under the

@@ -280,6 +280,13 @@ def locked_missing(
     )
 
 
+# Why a worktree whose submodule's commit exists nowhere else is kept.
+_ONLY_HERE = (
+    "has a commit in no repository but this worktree's (the branch records only its id); "
+    "push it to the submodule's remote first"
+)
+
+
 def worktree_finding(
     repo: git.Repo,
     info: WorktreeInfo,
@@ -317,8 +324,8 @@ def worktree_finding(
         keep = f"{describe(users[0])} is using it; stop it first"
     elif not force and info.head and _kept_commit(repo, info):
         keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
-    elif not force and (left := git.submodule_work(path)):
-        keep = f"submodule {', '.join(left)} holds work no commit records; save it first"
+    elif not force:
+        keep = _submodule_keep(repo, path)
     if unseen:
         action, fix = Action.KEEP, f"kept: {keep}"
     elif keep:
@@ -749,9 +756,20 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
     users = processes_using(path)
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
-    left = [] if force else git.submodule_work(path)
+    keep = "" if force else _submodule_keep(repo, path)
+    if keep:
+        raise SwarmError(f"{keep}; kept")
+
+
+def _submodule_keep(repo: git.Repo, path: Path) -> str:
+    """Why the worktree *path* is kept for its submodules' sake ("" when it is not)."""
+    left = git.submodule_work(path)
     if left:
-        raise SwarmError(f"submodule {', '.join(left)} holds work no commit records; kept")
+        return f"submodule {', '.join(left)} holds work no commit records; save it first"
+    only = git.submodule_commits_only_here(repo, path)
+    if only:
+        return f"submodule {', '.join(only)} {_ONLY_HERE}"
+    return ""
 
 
 def _nothing_to_keep(path: Path) -> bool:

@@ -1482,6 +1482,54 @@ def submodule_work(worktree: Path) -> list[str]:
     return sorted(found)
 
 
+def submodule_commits_only_here(repo: Repo, worktree: Path) -> list[str]:
+    """Submodules of *worktree* whose checked-out commit is in no repository but its own.
+
+    An agent that commits inside a submodule it populated makes a commit that lives in the
+    worktree's own clone of it (under the worktree's admin dir): the branch records its id,
+    and removing the worktree deletes the commit. Kept elsewhere means: in your submodule's
+    repository (``.git/modules/<name>``), or on a ref of the submodule's remote as its clone
+    fetched them. Each entry is ``path (commit)``.
+    """
+    names = _submodule_names(worktree)
+    found: list[str] = []
+    for link, name in sorted(names.items()):
+        directory = worktree / link
+        if not (directory / ".git").exists():
+            continue
+        head = _run(directory, ["rev-parse", "--verify", "-q", "HEAD^{commit}"], check=False)
+        commit = head.stdout.strip()
+        if head.returncode != 0 or not commit:
+            continue
+        fetched = _run(directory, ["for-each-ref", "--count=1", "--format=%(refname)",
+                                   "--contains", commit, "refs/remotes"], check=False)  # fmt: skip
+        if fetched.returncode == 0 and fetched.stdout.strip():
+            continue
+        yours = repo.common_dir / "modules" / name
+        if (
+            yours.is_dir()
+            and _run(yours, ["cat-file", "-e", f"{commit}^{{commit}}"], check=False).returncode == 0
+        ):
+            continue
+        found.append(f"{link} ({commit[:12]})")
+    return found
+
+
+def _submodule_names(worktree: Path) -> dict[str, str]:
+    """Path to name of each submodule *worktree*'s ``.gitmodules`` declares inside it."""
+    if not (worktree / ".gitmodules").is_file():
+        return {}
+    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
+                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
+    names: dict[str, str] = {}
+    for entry in named.split("\0"):
+        key, _, path = entry.partition("\n")
+        name = key.removeprefix("submodule.").removesuffix(".path")
+        if entry and _inside(PurePosixPath(path)) and _inside(PurePosixPath(name)):
+            names[path] = name
+    return names
+
+
 def _holds_anything(directory: Path) -> bool:
     try:
         with os.scandir(directory) as entries:
