@@ -511,6 +511,45 @@ def test_a_file_holding_a_secret_value_is_left_out_of_swarms_commit_and_the_task
     assert raw in (repo.parent / "repo.swarm" / "t" / "env.txt").read_bytes()  # not lost
 
 
+def test_a_file_whose_filter_swarm_does_not_run_is_left_out_of_its_commit(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    # git-crypt's filter lives in the repository's config, which swarm's git never runs: the
+    # agent's line added to an encrypted file was committed in the clear.
+    marker = tmp_path / "filter-ran"
+    rot13 = f"touch {marker}; tr a-zA-Z n-za-mN-ZA-M"
+    git(repo, "config", "filter.crypt.clean", rot13)
+    git(repo, "config", "filter.crypt.smudge", rot13)
+    git(repo, "config", "filter.crypt.required", "true")
+    (repo / ".gitattributes").write_text("*.secret filter=crypt\n")
+    (repo / "db.secret").write_text("password=hunter2\n")
+    git(repo, "add", ".gitattributes", "db.secret")
+    git(repo, "commit", "-q", "-m", "encrypted")
+    stored = git(repo, "rev-parse", "HEAD:db.secret")
+    marker.unlink()
+    agent = write_agent(
+        "import pathlib\n"
+        "with open('db.secret', 'a') as f:\n"
+        "    f.write('token=abc123\\n')\n"
+        "pathlib.Path('new.secret').write_text('key=k3y\\n')\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
+    row = status_json(repo)["t"]
+    assert row["state"] == "failed"
+    assert str(row["reason"]).startswith(
+        "changed files whose filter comes from the repository's own config, which swarm's git "
+        "never runs (db.secret (filter crypt), new.secret (filter crypt)): left out of its commit"
+    )
+    assert git(repo, "rev-parse", "swarm/t:db.secret") == stored  # as it was: encrypted
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == (
+        ".gitattributes\nREADME.md\ndb.secret\nwork.txt"
+    )
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert "token=abc123" in (worktree / "db.secret").read_text()  # not lost
+    assert not marker.exists()  # and the filter never ran
+
+
 def test_a_secret_in_a_name_with_a_newline_one_the_agent_staged_or_a_file_name_is_left_out(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

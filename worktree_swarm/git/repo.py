@@ -787,7 +787,8 @@ def checkpoint(
     committing its missing files as deletions. A file holding the value of a secret
     environment variable is left out (staged as it was); with *report_secrets* that raises
     SecretLeftOutError once the rest is committed. So is a file over *max_file* bytes (None:
-    no cap), raising TooBigError: git hashes it once, it is never committed.
+    no cap), raising TooBigError: git hashes it once, it is never committed; and a file whose
+    filter swarm's git does not run (:func:`unstage_filtered`), raising FilteredError.
     """
     env = identity_env(author)
     repair_checkout(worktree)
@@ -812,6 +813,7 @@ def checkpoint(
         for literal in in_batches(f":(literal,top){path}" for path in linked):
             _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
+    filtered = unstage_filtered(worktree)
     secret = unstage_secrets(worktree)
     big = unstage_over(worktree, added, max_file)
     head = _commit(worktree, message, env, added=added.strip() != "")
@@ -819,6 +821,8 @@ def checkpoint(
         raise EmbeddedRepositoryError(worktree, embedded, head)
     if refused:
         raise RefusedPathsError(worktree, refused, head)
+    if filtered:
+        raise FilteredError(worktree, filtered, head)
     if secret and report_secrets:
         raise SecretLeftOutError(worktree, secret, head)
     if big and max_file is not None:
@@ -851,6 +855,34 @@ def unstage_over(
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
     return [f"{path_text(path)} ({format_size(size)})" for path, size in over]
+
+
+def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Unstage the changed files whose ``filter`` attribute names a driver git does not run.
+
+    swarm's git switches off the filters the repository's own config defines (an agent can
+    write that config): staged without its clean filter, a git-crypt file would be committed
+    in the clear. Each goes back into the index (*env*: another index file) as HEAD has it;
+    returns them, each with its filter. No git runs unless the config defines a filter.
+    """
+    drivers = runner.neutral_filters(worktree)
+    if not drivers:
+        return []
+    staged = [p for p, mode, blob in staged_entries(worktree, env=env) if _has_blob(mode, blob)]
+    if not staged:
+        return []
+    names = b"".join(os.fsencode(p) + b"\0" for p in staged)
+    fields = runner.run_bytes(
+        worktree, "check-attr", "-z", "--stdin", "filter", input_bytes=names, env=env
+    ).stdout.split(b"\0")
+    over = []
+    for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
+        driver = os.fsdecode(value)
+        if driver in drivers:
+            over.append((os.fsdecode(name), driver))
+    for literal in in_batches(f":(literal,top){path}" for path, _ in over):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return [f"{path_text(path)} (filter {driver})" for path, driver in over]
 
 
 def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
@@ -1011,6 +1043,16 @@ class TooBigError(LeftOutError):
 
     def __reduce__(self) -> tuple[type[TooBigError], tuple[Path, tuple[str, ...], str | None, int]]:  # type: ignore[override]
         return type(self), (self.worktree, self.paths, self.head, self.limit)
+
+
+class FilteredError(LeftOutError):
+    """A checkpoint left out files whose filter swarm's git does not run (the rest committed)."""
+
+    template = (
+        "changed files whose filter comes from the repository's own config, which swarm's git "
+        "never runs ({paths}): left out of its commit (it would hold them unfiltered, a "
+        "git-crypt file in the clear), they stay in {worktree}; the rest is committed"
+    )
 
 
 class SecretLeftOutError(LeftOutError):

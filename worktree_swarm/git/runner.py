@@ -117,6 +117,20 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     return args, values
 
 
+def neutral_filters(cwd: Path) -> frozenset[str]:
+    """The filter drivers the repository's own config defines in *cwd*: git never runs them.
+
+    A file whose attributes select one is hashed by swarm's `git add` as it is on disk (no
+    clean filter: a git-crypt file would be committed in the clear).
+    """
+    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    return frozenset(
+        key.partition(".")[2].rpartition(".")[0]
+        for key, _ in settings
+        if key.partition(".")[0].lower() == "filter"
+    )
+
+
 def _planted_packs(cwd: Path) -> set[str]:
     """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
     settings = _repository_exec_settings(cwd, _config_files(cwd))
