@@ -371,6 +371,13 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     assert pushed == ["swarm/clean"]
     assert key not in git(bare, "log", "-p", "--all")
     assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/clean"]
+    # The copies go with the worktrees: nothing of theirs to commit first (git would refuse
+    # to remove a worktree holding untracked files).
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not wt.exists()
+    assert not (repo.parent / "repo.swarm" / "sneaky").exists()
+    assert (repo / ".env").read_text() == f"API_KEY={key}\n"  # yours stays
 
 
 def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(

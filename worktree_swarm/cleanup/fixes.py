@@ -18,7 +18,7 @@ import functools
 import itertools
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -676,7 +676,8 @@ def _remove_worktree(
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
-        clean = _scratch(info) or _nothing_to_keep(path)
+        local = _local_paths(store, f, path)
+        clean = _scratch(info) or _nothing_to_keep(path, local)
         merging = (info.branch or "").startswith(INTEGRATION_PREFIX)  # `swarm merge`'s own
         cut_off = merge_target.half_merged(path) or merge_target.checks_cut_off(path)
         if not clean and merging and cut_off:
@@ -691,14 +692,14 @@ def _remove_worktree(
                 path,
                 message=f"swarm: checkpoint {path.name} (clean)",
                 author=AUTHOR,
-                exclude=_local_paths(store, f, path),
+                exclude=local,
                 max_file=_max_file(store, f),
             )
             if ref is not None:
                 moves.moved(ref, sha or tip)
             # Committed, it goes like a clean one: the index first (git's own removal deletes
             # the files first, and one killed in between left deletions to commit next time).
-            clean = _nothing_to_keep(path)
+            clean = _nothing_to_keep(path, local)
         # On a branch, its commit is that branch's; detached, it may be on none.
         head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
         fresh = dataclasses.replace(info, head=head)
@@ -772,17 +773,28 @@ def _submodule_keep(repo: git.Repo, path: Path) -> str:
     return ""
 
 
-def _nothing_to_keep(path: Path) -> bool:
+def _nothing_to_keep(path: Path, local: Collection[str] = ()) -> bool:
     """Whether git's status of the worktree *path* is empty, every directory of it seen.
 
-    A directory git cannot read (an agent's ``chmod``) is opened to its owner first: swarm
-    removes the worktree anyway, and its files must be seen to be kept.
+    Untracked *local* paths (the task's ``link`` and ``copy`` ones, which no checkpoint
+    commits) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
+    owner first: swarm removes the worktree anyway, and its files must be seen to be kept.
     """
     status = git.full_status(path)
     if status is None:
         fs.make_removable(path)
         status = git.full_status(path)
-    return status == "" and not git.hides_edits(path)
+    if status is None:
+        return False
+    entries = [entry for entry in status.split("\0") if entry]
+    only_local = all(entry.startswith("?? ") and _is_local(entry[3:], local) for entry in entries)
+    return only_local and not git.hides_edits(path)
+
+
+def _is_local(name: str, local: Collection[str]) -> bool:
+    """Whether the worktree path *name* is one of *local*, or below one."""
+    name = name.rstrip("/")
+    return any(name == p or name.startswith(f"{p.rstrip('/')}/") for p in local)
 
 
 def adding_process(path: Path) -> psutil.Process | None:
