@@ -1076,7 +1076,9 @@ def test_report_html_writes_through_a_symlink_and_refuses_a_fifo(
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
-def test_run_from_a_linked_worktree_starts_from_its_head(repo: Path, tmp_path: Path) -> None:
+def test_run_merge_and_pr_from_a_linked_worktree_start_from_its_head(
+    repo: Path, tmp_path: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user_wt = tmp_path / "feature-wt"
     git(repo, "worktree", "add", "-q", "-b", "feature", str(user_wt))
     (user_wt / "feature.txt").write_text("feature work\n")
@@ -1090,6 +1092,23 @@ def test_run_from_a_linked_worktree_starts_from_its_head(repo: Path, tmp_path: P
     assert git(repo, "show", "swarm/a:feature.txt") == "feature work"
     # The worktrees go next to the main checkout, as from there.
     assert (repo.parent / "repo.swarm" / "a").is_dir()
+    # Your main checkout moves on meanwhile: a merge from the linked worktree builds on its
+    # branch (the integration branch holds feature, not main's new commit), and a pull
+    # request's base is that branch.
+    (repo / "README.md").write_text("main only\n")
+    git(repo, "commit", "-q", "-am", "main only")
+    out = swarm(user_wt, "merge")
+    assert out.returncode == 0, out.stdout + out.stderr
+    tips = git(repo, "branch", "--list", "swarm/integration-*", "--format=%(refname:short)")
+    assert git(repo, "merge-base", "--is-ancestor", feature_head, tips) == ""
+    main_only = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", "main", tips], cwd=repo, check=False
+    )
+    assert main_only.returncode == 1
+    assert git(repo, "show", f"{tips}:README.md") == "hello"
+    _, pr = open_prs(user_wt, tmp_path, fake_github, monkeypatch)
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    assert [p["base"]["ref"] for p in fake_github.pulls.values()] == ["feature"]
 
 
 def test_swarm_logs_follow_redacts_while_the_agent_runs(

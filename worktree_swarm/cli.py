@@ -772,6 +772,7 @@ def merge_cmd(
             resolve=resolve,
             allow_outside_writes=allow_outside_writes,
             progress=None if as_json else merge_text.MergeEcho(_shown_line),
+            checkout=git.checkout_root(Path(ctx.obj["dir"])),
         )
     if as_json:
         click.echo(json.dumps(redact_data(report.to_json()), indent=2))
@@ -829,6 +830,7 @@ def pr_cmd(
             api_url=api_url,
             echo=click.echo,
             on_wait=_say_wait,
+            checkout=git.checkout_root(Path(ctx.obj["dir"])),
         )
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 

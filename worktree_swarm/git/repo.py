@@ -285,9 +285,12 @@ def checkout_head(checkout: Path) -> str:
     return sha
 
 
-def current_branch(repo: Repo) -> str | None:
-    """Return the short name of the main worktree's branch, or None when HEAD is detached."""
-    res = _run(repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+def current_branch(repo: Repo, checkout: Path | None = None) -> str | None:
+    """The short name of the branch of *checkout* (the main worktree's by default).
+
+    None when its HEAD is detached.
+    """
+    res = _run(checkout or repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
     if res.returncode != 0:
         return None
     return res.stdout.strip() or None

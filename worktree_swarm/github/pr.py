@@ -6,6 +6,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
@@ -95,11 +96,11 @@ def select_tasks(store: Store, run_id: str, task_ids: Sequence[str] = ()) -> lis
     return selected
 
 
-def default_base(repo: git.Repo) -> str:
-    """The branch the user's checkout is on (the default PR base)."""
-    branch = git.current_branch(repo)
+def default_base(repo: git.Repo, checkout: Path | None = None) -> str:
+    """The branch the user's *checkout* is on (the default PR base; the main one by default)."""
+    branch = git.current_branch(repo, checkout)
     if branch is None:
-        raise BadInputError(f"HEAD of {repo.root} is detached; pass --base BRANCH")
+        raise BadInputError(f"HEAD of {checkout or repo.root} is detached; pass --base BRANCH")
     return branch
 
 
@@ -116,10 +117,12 @@ def push_and_open(
     api_url: str | None = None,
     echo: Echo | None = None,
     on_wait: OnWait | None = None,
+    checkout: Path | None = None,
 ) -> PrReport:
     """`swarm pr`: validate everything (tasks, remote, base, API URL, token), then push and open.
 
-    Bad input raises BadInputError before anything is pushed or sent.
+    Without *base*, the branch of *checkout* (yours that swarm runs in; the main one by
+    default). Bad input raises BadInputError before anything is pushed or sent.
     """
     rows = select_tasks(store, run_id, task_ids)
     remote_url(repo, remote)
@@ -133,7 +136,7 @@ def push_and_open(
         run_id,
         client,
         rows,
-        base=base or default_base(repo),
+        base=base or default_base(repo, checkout),
         retarget=base is not None,
         remote=remote,
         draft=draft,

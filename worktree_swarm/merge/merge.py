@@ -165,8 +165,12 @@ def merge(
     resolve: bool = False,
     allow_outside_writes: bool = False,
     progress: MergeProgress | None = None,
+    checkout: Path | None = None,
 ) -> MergeReport:
     """Predict, order and merge the run's done tasks (or *task_ids*); see the module docstring.
+
+    A new integration branch starts at the HEAD of *checkout* (the one of yours that swarm
+    runs in; by default the main checkout).
 
     Bad input (unknown task, running task, unusable ``--into`` branch, dirty integration
     worktree, unparsable check) raises BadInputError before anything is created.
@@ -178,7 +182,7 @@ def merge(
     argvs = parse_checks(checks)
     branch = into if into is not None else INTEGRATION_PREFIX + ref_safe_run(run_id)
     own = None if into is not None else integration_path(repo, store, run_id)
-    start = validate_target(repo, store, branch, own=own)
+    start = validate_target(repo, store, branch, own=own, checkout=checkout)
     standing = standing_results(repo, store, run_id, branch, start=start)
     candidates, skipped = select_candidates(
         repo, store, run_id, task_ids, target=branch, standing=standing, start=start

@@ -46,12 +46,16 @@ def ref_safe_run(run_id: str) -> str:
     return run_id
 
 
-def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> str:
+def validate(
+    repo: git.Repo, store: Store, branch: str, *, own: Path | None, checkout: Path | None = None
+) -> str:
     """The commit *branch* starts from; refuses what would touch a checkout. Creates nothing.
 
     *own* is swarm's integration worktree (None with ``--into``): a merge a killed `swarm
     merge` left half made there, or what the checks it was killed in wrote there, is not
-    "uncommitted changes" but undone once the merge is under way.
+    "uncommitted changes" but undone once the merge is under way. A branch that does not
+    exist yet starts at the HEAD of *checkout* (yours that swarm runs in; by default the main
+    one).
     """
     into = own is None
     if into:
@@ -82,7 +86,7 @@ def validate(repo: git.Repo, store: Store, branch: str, *, own: Path | None) -> 
     if into:
         refuse_held(repo, branch, listed)
     tip = branch_tip(repo, branch)
-    return tip if tip is not None else git.head_commit(repo)
+    return tip if tip is not None else git.checkout_head(checkout or repo.root)
 
 
 def refuse_held(
