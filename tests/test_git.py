@@ -131,7 +131,9 @@ def test_open_repo_bare(repo: Path, tmp_path: Path) -> None:
         g.open_repo(tmp_path / "bare.git")
     # A linked worktree of a bare repository has no main checkout to run in.
     git(tmp_path / "bare.git", "worktree", "add", "-q", str(tmp_path / "linked"), "main")
-    with pytest.raises(BadInputError, match="is a bare repository"):
+    with pytest.raises(
+        BadInputError, match=r"linked is a linked worktree of the bare repository .*bare\.git; "
+    ):
         g.open_repo(tmp_path / "linked")
     # A checkout whose config says core.bare: git finds no working tree in it.
     git(repo, "config", "core.bare", "true")

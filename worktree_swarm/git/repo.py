@@ -132,6 +132,11 @@ def open_repo(path: Path) -> Repo:
     # one). Elsewhere the repository is asked: from a linked worktree --is-bare-repository
     # describes that worktree; from the common dir it describes the repository.
     if not in_main and git(common_dir, "rev-parse", "--is-bare-repository").strip() == "true":
+        if top is not None:  # a linked worktree of a bare repository (`clone --bare` + `add`)
+            raise BadInputError(
+                f"{top} is a linked worktree of the bare repository {common_dir}; swarm needs a"
+                " repository with a main checkout (clone it without --bare and run swarm there)"
+            )
         raise BadInputError(
             f"{common_dir} is a bare repository; run swarm inside a checkout with a working tree"
         )
