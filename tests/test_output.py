@@ -60,6 +60,18 @@ def test_a_reason_equal_to_the_state_is_not_repeated() -> None:
     assert out.getvalue().splitlines() == ["a: stopped", "b: failed - [agent] giving up"]
 
 
+def test_a_task_named_like_a_secret_setting_shows_its_state() -> None:
+    # `api-token: running` reads as a setting to the redactor: the id is not part of it.
+    out = io.StringIO()
+    observe = PlainObserver(out)
+    observe("state", "api-token", {"state": "running"})
+    observe("state", "db-password", {"state": "failed", "reason": "token: sk-ant-abc123secret"})
+    assert out.getvalue().splitlines() == [
+        "api-token: running",
+        "db-password: failed - token: [REDACTED]",
+    ]
+
+
 def test_plain_lines_say_how_the_run_began_and_ended() -> None:
     out = io.StringIO()
     lines = PlainObserver(out)

@@ -77,9 +77,7 @@ class PlainObserver:
             line = f"run {data.get('status')}"
         else:
             return
-        # A reason's later lines (a failing check's output) indented: none can pass for a
-        # line of swarm's own (`other: done`).
-        self._say(line if self._json else printable(redact(line)).replace("\n", "\n    "))
+        self._say(line if self._json else _shown(line, task_id))
 
     def _say(self, line: str) -> None:
         with self._lock:
@@ -87,6 +85,17 @@ class PlainObserver:
                 print(line, file=self._out, flush=True)
             except OSError:  # its reader went away (`| head -1`), its terminal closed
                 output_gone(self._out)
+
+
+def _shown(line: str, task_id: str | None) -> str:
+    """*line* of an event (of *task_id*) as printed: redacted, printable, its later lines indented.
+
+    A task's id is the manifest's, never a secret: redacted with what follows, an id like
+    `api-token` made `api-token: running` a setting (`[REDACTED]`). A reason's later lines (a
+    failing check's output) are indented: none can pass for a line of swarm's own.
+    """
+    head = f"{task_id}: " if task_id and line.startswith(f"{task_id}: ") else ""
+    return printable(head + redact(line[len(head) :])).replace("\n", "\n    ")
 
 
 def output_gone(stream: IO[str]) -> None:
