@@ -768,6 +768,20 @@ def test_a_manifest_or_config_past_its_bounds_is_one_line_before_anything(
     assert not (repo / ".git" / "swarm").exists()
 
 
+def test_a_misspelt_placeholder_in_an_agent_is_refused_and_braces_of_its_own_are_not(
+    repo: Path, cwd: Path
+) -> None:
+    # `{promt}` stayed as typed: every agent of the night got no prompt.
+    typo = '[[task]]\nid = "a"\nprompt = "p"\nagent = ["sh", "-c", "run {promt}"]\n'
+    assert error(repo, manifest(cwd, typo)) == (
+        "tasks.toml: task \"a\": agent: argument 'run {promt}' has {promt}, which is no "
+        "placeholder (did you mean {prompt}? known: {prompt}, {prompt_file}, {task_id}, "
+        "{worktree}, {branch})"
+    )
+    own = '[[task]]\nid = "a"\nprompt = "p"\nagent = ["sh", "-c", "awk \'{print}\' ${HOME}"]\n'
+    assert build(repo, manifest(cwd, own)).tasks[0].agent_argv[2] == "awk '{print}' ${HOME}"
+
+
 def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:
     path = manifest(cwd, 'executor = "k8s"\n[[task]]\nid = "a"\nprompt = "x"\n')
     assert error(repo, path) == "tasks.toml: [defaults]: executor: 'k8s' is not one of local, ray"

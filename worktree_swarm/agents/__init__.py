@@ -6,9 +6,11 @@ first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import importlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -98,6 +100,30 @@ def provider_of(profile: str) -> Provider:
     return PROVIDERS.get(profile, Provider.OTHER)
 
 
+# `{name}` in an argument: a placeholder, a misspelt one, or the shell's or awk's own braces.
+_BRACED = re.compile(r"(?<![$\\])\{([A-Za-z_-]+)\}")
+
+
+def _check_placeholders(argv: Sequence[str], *, where: str) -> None:
+    """Refuse a ``{name}`` that is nearly a placeholder (``{promt}``): it would stay as typed.
+
+    Other braces are the program's own (``awk '{print}'``, ``${HOME}``) and are left alone.
+    """
+    for arg in argv:
+        for name in _BRACED.findall(arg):
+            if name in PLACEHOLDERS:
+                continue
+            near = difflib.get_close_matches(name.lower().replace("-", "_"), PLACEHOLDERS, 1)
+            if near or name.lower() in PLACEHOLDERS:
+                meant = near[0] if near else name.lower()
+                raise BadInputError(
+                    f"{where}: argument {arg!r} has {{{name}}}, which is no placeholder"
+                    f" (did you mean {{{meant}}}? known: "
+                    + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                    + ")"
+                )
+
+
 def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> tuple[str, ...]:
     """Turn a profile name or an argv list into an argv template whose program exists.
 
@@ -116,6 +142,7 @@ def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> 
             raise BadInputError(
                 f"{where}: agent must be a profile name or a non-empty list of strings"
             )
+        _check_placeholders(argv, where=where)
     program = argv[0]
     if "/" not in program:
         if shutil.which(program) is None:
