@@ -198,6 +198,10 @@ def test_rate_limited_task_resumes_in_same_session_and_worktree(
     totals = json.loads(swarm(repo, "status", "--json").stdout)["totals"]
     usage = {k: totals[k] for k in ("attempts", "cost_usd", "tokens_in", "tokens_out")}
     assert usage == {"attempts": 2, "cost_usd": 0.6, "tokens_in": 200, "tokens_out": 40}
+    # The run is over: the throttled gate it ended with is no line of status (the JSON keeps
+    # it, and the report tells how the run ended).
+    assert [g["provider"] for g in providers(repo)] == ["anthropic"]
+    assert "anthropic: " not in swarm(repo, "status").stdout
     assert "total: 2 attempts, $0.60" in swarm(repo, "status").stdout
 
 

@@ -562,6 +562,8 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
         }
         click.echo(json.dumps(payload, indent=2))
         return ExitCode.OK
+    if not manager.manager_running:  # its concurrency was the manager's; a wait still counts
+        gates = [g for g in gates if g.waiting_until is not None and g.waiting_until > time.time()]
     click.echo(status_text.status_text(run_id, rows, totals, gates=gates, notes=manager.lines()))
     for failed in failed_scans:  # while a scan fails, that part of the run is unwatched
         click.echo(status_text.guard_error_line(failed))
