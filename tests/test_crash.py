@@ -5,10 +5,12 @@ a full disk pauses the manager, and a bug in a worker thread leaves its tracebac
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -619,11 +621,27 @@ def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_p
     assert "internal error" in swarm(repo, "status").stdout
 
 
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (RuntimeError("injected fault"), "internal error: RuntimeError('injected fault')"),
+        # Out of file descriptors is the system's limit, not a bug: said so, and what to do.
+        (
+            OSError(errno.EMFILE, "Too many open files"),
+            (
+                "the manager met a system limit (Too many open files: `ulimit -n`); its work is "
+                "kept, `swarm retry` runs it again"
+            ),
+        ),
+    ],
+)
 def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
     repo: Path,
     tmp_path: Path,
     write_agent: Callable[[str], list[str]],
     monkeypatch: pytest.MonkeyPatch,
+    fault: Exception,
+    reason: str,
 ) -> None:
     # A fault injected where the manager watches a running agent (reading its stream): the
     # agent must not run on unwatched, writing in its worktree after its task failed.
@@ -633,7 +651,7 @@ def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
 
     def poll(tail: task_worker.LogTail, *, now: float) -> list[object]:
         if pid_file.exists() and pid_file.read_text():
-            raise RuntimeError("injected fault")
+            raise fault
         return watched(tail, now=now)  # type: ignore[return-value]
 
     monkeypatch.setattr(task_worker.LogTail, "poll", poll)
@@ -643,7 +661,7 @@ def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
     assert not pid_alive(int(pid_file.read_text()))
     row = status_json(repo)["a"]
     assert row["state"] == "failed"
-    assert str(row["reason"]).startswith("internal error: RuntimeError('injected fault')")
+    assert str(row["reason"]).startswith(reason)
     with state_db(repo) as conn:
         ended = conn.execute("SELECT outcome, ended_at IS NOT NULL FROM attempts").fetchall()
     assert ended == [("failed", 1)]
@@ -673,6 +691,26 @@ def _filler(write_agent: object, *, wrote: Path, full: Path, go: Path) -> list[s
         "pathlib.Path('filler.bin').unlink()\n"
         "pathlib.Path('filled.txt').write_text('done\\n')\n"
     )
+
+
+def test_too_few_open_files_for_a_manager_is_refused_before_anything(repo: Path) -> None:
+    # With `ulimit -n 16` a manager recorded its run and died starting git: every task pending.
+    def low() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, hard))
+
+    for args in (["run", "-t", "a=x", "--agent", "scripted"], ["resume"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False, preexec_fn=low,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert out.stderr == (
+            "swarm: the open-file limit (`ulimit -n`) is 16, too few for swarm's manager (it "
+            "needs 32, and more with many jobs); raise it: `ulimit -n 1024`\n"
+        )
+    assert not (repo / ".git" / "swarm").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
 def test_full_disk_pauses_the_manager_then_it_finishes(

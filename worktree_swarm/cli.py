@@ -40,7 +40,7 @@ from worktree_swarm.core.text import (
     without_escapes,
 )
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults, logtail
+from worktree_swarm.infra import faults, logtail, proc
 from worktree_swarm.infra.redact import RedactingWriter, redact, redact_data
 from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
@@ -254,6 +254,7 @@ def run(
     elif spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
+    proc.require_open_files()
     next_step = _settle_orphaned_runs(repo, force=force)
     refuse_while_managed(repo.state_dir)  # exit 3 naming it, before its tasks' branches
     items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
@@ -350,8 +351,6 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
 
 def _uncommitted(checkout: Path) -> bool:
     """Whether *checkout* has changes besides the file this run's output goes to."""
-    from worktree_swarm.infra import proc
-
     own = {path.resolve() for path in proc.output_files()}
     return any((checkout / path).resolve() not in own for path in git.status_paths(checkout))
 
@@ -405,6 +404,7 @@ def retry_cmd(
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
+    proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         retry.check_known(store, run_id, task_ids)  # before the lock writes its record
@@ -440,6 +440,7 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bo
     from worktree_swarm.run.runner import Runner
 
     repo = _repo(ctx)
+    proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)

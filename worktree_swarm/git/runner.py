@@ -10,7 +10,6 @@ merges. docs/guard.md lists them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import shutil
@@ -24,7 +23,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import sparse
 from worktree_swarm.infra import fs, pipes
-from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.proc import clean_env, system_limit
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
 # program (with the git version that introduced it), or that does work swarm never wants.
@@ -378,11 +377,11 @@ def _start(
             raise GitError(f"directory {cwd} does not exist") from exc
         raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
     except OSError as exc:
-        if exc.errno not in {errno.EAGAIN, errno.ENOMEM}:
+        limit = system_limit(exc.errno)
+        if limit is None:
             raise
         raise GitError(
-            f"git could not start ({exc.strerror}): the system refused a new process"
-            " (`ulimit -u`, memory)"
+            f"git could not start ({exc.strerror}): the system refused ({limit})"
         ) from exc
 
 

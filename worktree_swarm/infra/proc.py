@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import stat
@@ -10,7 +11,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from worktree_swarm.core.errors import CommandError
+from worktree_swarm.core.errors import BadInputError, CommandError
 
 # Variables that would redirect git away from the repository we name with -C.
 GIT_LOCATION_VARS = (
@@ -23,6 +24,38 @@ GIT_LOCATION_VARS = (
     "GIT_NAMESPACE",
     "GIT_PREFIX",
 )
+
+
+# The system's limits a process or a file can meet, by errno: not the program's doing, and gone
+# once the limit allows (`swarm retry`).
+_LIMITS = {
+    errno.EAGAIN: "`ulimit -u`",
+    errno.ENOMEM: "memory",
+    errno.EMFILE: "`ulimit -n`",
+    errno.ENFILE: "the system's open files",
+}
+
+
+def system_limit(code: int | None) -> str | None:
+    """Which limit the errno *code* says the system met (``ulimit -n``...), or None."""
+    return _LIMITS.get(code) if code is not None else None
+
+
+# Open files a manager needs whatever its jobs: below it one dies starting its first git.
+MIN_OPEN_FILES = 32
+
+
+def require_open_files() -> None:
+    """Refuse (BadInputError) when ``ulimit -n`` leaves a manager too few files to start.
+
+    With 16 a manager recorded its run and died starting git, every task left pending.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        raise BadInputError(
+            f"the open-file limit (`ulimit -n`) is {soft}, too few for swarm's manager (it"
+            f" needs {MIN_OPEN_FILES}, and more with many jobs); raise it: `ulimit -n 1024`"
+        )
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

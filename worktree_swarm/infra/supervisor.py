@@ -30,6 +30,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import fs, shim
 from worktree_swarm.infra.logtail import last_line
+from worktree_swarm.infra.proc import system_limit
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -456,8 +457,8 @@ def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmEr
     """The error for a command that could not start in *cwd* (*code*: its errno)."""
     if code == errno.E2BIG:
         hint = "shorten its arguments or environment (long prompts: use {prompt_file})"
-    elif code in {errno.EAGAIN, errno.ENOMEM}:  # not the program's doing: the system's limits
-        hint = "the system refused a new process (`ulimit -u`, memory); `swarm retry` runs it"
+    elif (limit := system_limit(code)) is not None:  # not the program's doing
+        hint = f"the system refused it ({limit}); `swarm retry` runs it"
     else:
         hint = "check that it is installed and on PATH"
     return SwarmError(f"cannot start agent {program!r} in {cwd}: {why}; {hint}")

@@ -423,9 +423,14 @@ class Runner:
             outcome = TaskOutcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
             log = faults.record_exception(self.manager_log, threading.current_thread().name)
-            outcome = TaskOutcome(
-                state=TaskState.FAILED, reason=f"internal error: {exc!r} (traceback in {log})"
-            )
+            reason = f"internal error: {exc!r} (traceback in {log})"
+            if isinstance(exc, OSError) and (limit := proc.system_limit(exc.errno)):
+                # Out of file descriptors (or processes): the system's, not a bug of swarm's.
+                reason = (
+                    f"the manager met a system limit ({exc.strerror}: {limit}); its work is"
+                    " kept, `swarm retry` runs it again"
+                )
+            outcome = TaskOutcome(state=TaskState.FAILED, reason=reason)
         live.adopted.set()  # whichever way it went
         self._done.put((live.task.id, outcome))
 
