@@ -601,6 +601,39 @@ def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     assert states == ["abandoned", "finished"]
 
 
+def test_a_stopped_manager_is_shown_and_swarm_stop_says_so_at_once(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # A manager stopped by Ctrl-Z or SIGSTOP acts on nothing: `swarm stop` waited its whole
+    # grace and said only "not stopped yet", and status showed the run as if all were well.
+    pid_file = tmp_path / "agent.pid"
+    agent = _half_then_sleeps(write_agent, pid_file)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "slow"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        agent_pid = int(written(pid_file, timeout=120, what="the agent"))
+        proc.send_signal(signal.SIGSTOP)
+        wait_for(
+            lambda: psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED,
+            what="the manager to stop",
+        )
+        frozen = f"manager (pid {proc.pid}) is stopped (Ctrl-Z or SIGSTOP)"
+        assert frozen in swarm(repo, "status").stdout
+        out = swarm(repo, "stop")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert out.stderr.startswith(f"swarm: {frozen}: it watches, launches and stops nothing")
+        assert out.stderr.endswith(f"(`kill -CONT {proc.pid}`, or `fg`); it stops slow then\n")
+        proc.send_signal(signal.SIGCONT)  # and it does
+        assert proc.wait(timeout=120) == 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            _kill_group(proc)
+    assert not pid_alive(agent_pid)
+    assert status_json(repo)["slow"]["state"] == "stopped"
+    assert git(repo, "show", "swarm/slow:half.txt") == "half"
+
+
 def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_path: Path) -> None:
     # `copy` of a unix socket: opening it fails with an OSError swarm does not expect.
     with socket.socket(socket.AF_UNIX) as sock:

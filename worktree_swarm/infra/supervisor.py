@@ -696,6 +696,18 @@ def is_alive(identity: ProcessIdentity) -> bool:
     return proc is not None and _running(proc)
 
 
+def is_frozen(identity: ProcessIdentity) -> bool:
+    """Whether *identity*'s process is stopped (Ctrl-Z, SIGSTOP, a debugger): alive, idle."""
+    proc = _matching(identity)
+    try:
+        return proc is not None and proc.status() in {
+            psutil.STATUS_STOPPED,
+            psutil.STATUS_TRACING_STOP,
+        }
+    except psutil.Error:
+        return False
+
+
 def running_pids() -> set[int]:
     """The PIDs in use now (a process alive later and started earlier is among them)."""
     return set(psutil.pids())

@@ -133,7 +133,9 @@ def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
         run_state=state.value,
         manager_running=running,
         manager_note=runs.manager_note(store, run),
-        paused=faults.paused_reason(run_dir(repo, run_id)) if running else None,
+        paused=(manager_frozen(run) or faults.paused_reason(run_dir(repo, run_id)))
+        if running
+        else None,
     )
 
 
@@ -325,6 +327,19 @@ def waiting_reasons(
         else:
             reasons[task.task_id] = "starting"
     return reasons
+
+
+def manager_frozen(run: RunRow) -> str | None:
+    """What to do when *run*'s manager is alive but stopped (Ctrl-Z, SIGSTOP), else None."""
+    if run.manager_pid is None or run.manager_create_time is None:
+        return None
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    if not supervisor.is_frozen(ident):
+        return None
+    return (
+        f"manager (pid {run.manager_pid}) is stopped (Ctrl-Z or SIGSTOP): it watches, launches"
+        f" and stops nothing until it goes on (`kill -CONT {run.manager_pid}`, or `fg`)"
+    )
 
 
 def manager_running(run: RunRow) -> bool:

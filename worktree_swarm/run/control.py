@@ -28,7 +28,7 @@ from worktree_swarm.guard import channel, integrity
 from worktree_swarm.infra import lock, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
-from worktree_swarm.report.status import commit_author
+from worktree_swarm.report.status import commit_author, manager_frozen
 from worktree_swarm.run import provision, retry
 from worktree_swarm.run.task_worker import LOG_READ_LIMIT, attempt_outcome
 
@@ -59,6 +59,9 @@ def stop(
     for task_id in targets:
         store.update_task(run_id, task_id, stop_requested=True)
     left = targets
+    if run is not None and (frozen := manager_frozen(run)) and _managed(repo, store, run_id):
+        # It would wait its whole grace for a manager that acts on nothing meanwhile.
+        raise SwarmError(f"{frozen}; it stops {', '.join(targets) or 'them'} then")
     if _managed(repo, store, run_id):
         # It stops each within its grace, a group of them at once; checkpoints take a while.
         deadline = time.monotonic() + 2 * grace + 30
