@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -632,6 +633,38 @@ def test_a_stopped_manager_is_shown_and_swarm_stop_says_so_at_once(
     assert not pid_alive(agent_pid)
     assert status_json(repo)["slow"]["state"] == "stopped"
     assert git(repo, "show", "swarm/slow:half.txt") == "half"
+
+
+def test_an_attempt_that_ended_while_its_manager_was_stopped_ends_when_its_agent_did(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # Its end was when the manager noticed: a Ctrl-Z of minutes made an attempt longer than
+    # its own timeout in status and report.
+    pid_file, go = tmp_path / "agent.pid", tmp_path / "go"
+    agent = write_agent(  # type: ignore[operator]
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.02)\n"
+        "pathlib.Path('work.txt').write_text('work')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        agent_pid = int(written(pid_file, timeout=120, what="the agent"))
+        proc.send_signal(signal.SIGSTOP)
+        go.touch()
+        wait_for(lambda: not pid_alive(agent_pid), what="the agent to end")
+        ended = time.time()
+        time.sleep(3)  # the pause being measured, not a wait for an event
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            _kill_group(proc)
+    with state_db(repo) as conn:
+        ((recorded,),) = conn.execute("SELECT ended_at FROM attempts").fetchall()
+    assert recorded <= ended + 1  # not when the manager went on, 3 s later
 
 
 def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_path: Path) -> None:

@@ -114,6 +114,15 @@ class AgentProcess:
         # No record (a full disk), or the shim was killed first: what the server reaped.
         return None if self.forked is None else self.forked.exit_code()
 
+    def ended_at(self) -> float | None:
+        """When its shim saw the command end (None: no record of it, or not ended).
+
+        Not when the manager noticed: one stopped meanwhile (Ctrl-Z) would add its pause.
+        """
+        recorded = None if self.record is None else read_record(self.record)
+        end = None if recorded is None else recorded.ended_at
+        return end if end is not None and self.started_at <= end <= time.time() else None
+
     def stop(self, *, grace: float) -> int | None:
         """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
         kill_tree(self.identity, grace=grace)

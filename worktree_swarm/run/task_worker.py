@@ -810,7 +810,7 @@ class TaskWorker(RunWorker):
             finally:
                 self._agent_gone(task.id, logs)
                 redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
-            cost = self._record(attempt_id, task.id, ended, agent.poll())
+            cost = self._record(attempt_id, task.id, ended, agent.poll(), ended_at=agent.ended_at())
             if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
                 # Shown before the agent's slot goes to the next task, so no more tasks
                 # than `jobs` ever show `running` at once.
