@@ -643,7 +643,7 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInputError("swarm watch needs a terminal; without one, `swarm status` shows it")
-    watch.watch(_repo(ctx), run_id)
+    watch.watch(_repo(ctx), run_id, checkout=git.checkout_root(Path(ctx.obj["dir"])))
     return ExitCode.OK
 
 

@@ -8,6 +8,7 @@ it draws from agents (log lines, reasons, file names) is plain text, never marku
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -163,9 +164,12 @@ class WatchApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False),
     ]
 
-    def __init__(self, repo: git.Repo, store: Store, run_id: str) -> None:
+    def __init__(
+        self, repo: git.Repo, store: Store, run_id: str, *, checkout: Path | None = None
+    ) -> None:
         super().__init__()
         self.repo = repo
+        self.checkout = checkout  # yours that swarm runs in: a merge builds on its HEAD
         self.store = self._first = store  # `store`: the one read now (see _reopen)
         self.run_id = run_id
         self.rows: dict[str, TaskStatus] = {}
@@ -335,7 +339,9 @@ class WatchApp(App[None]):
         from worktree_swarm.merge import merge  # noqa: PLC0415 - kept at this anchor
 
         try:
-            report = merge.merge(self.repo, self.store, self.run_id, dry_run=True)
+            report = merge.merge(
+                self.repo, self.store, self.run_id, dry_run=True, checkout=self.checkout
+            )
             text = _shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
             text = _shown(f"no prediction: {exc}", "")
@@ -421,7 +427,7 @@ class WatchApp(App[None]):
 
     def action_pull_request(self) -> None:
         """Open or update the selected done task's pull request."""
-        self._act("pr", watch_actions.pull_request)
+        self._act("pr", functools.partial(watch_actions.pull_request, checkout=self.checkout))
 
     def action_merge(self) -> None:
         """Merge the marked tasks (or the selected one) into the integration branch."""
@@ -439,7 +445,10 @@ class WatchApp(App[None]):
             self._redraw(task_id, self.rows[task_id])
         if chosen:
             self._run_action(
-                "merge", lambda store: watch_actions.merge(self.repo, store, self.run_id, chosen)
+                "merge",
+                lambda store: watch_actions.merge(
+                    self.repo, store, self.run_id, chosen, checkout=self.checkout
+                ),
             )
 
     def _act(
@@ -510,13 +519,16 @@ def _shown(text: str, rest: str) -> str:
     return printable(redact(without_escapes(text)))
 
 
-def watch(repo: git.Repo, run_id: str | None) -> None:
-    """Open the store, pick the run and show the screen until the user quits."""
+def watch(repo: git.Repo, run_id: str | None, *, checkout: Path | None = None) -> None:
+    """Open the store, pick the run and show the screen until the user quits.
+
+    *checkout*: yours that swarm runs in (a linked worktree's merges build on its HEAD).
+    """
     with status.open_store(repo, to_read=True) as store:
         chosen = status.resolve_run(store, run_id)
         # Over SSH without a terminfo entry Textual still works; only a missing TERM is fatal.
         os.environ.setdefault("TERM", "xterm-256color")
-        app = WatchApp(repo, store, chosen)
+        app = WatchApp(repo, store, chosen, checkout=checkout)
         # Killed politely, the screen still closes: the terminal gets its modes back.
         previous = signal.signal(signal.SIGTERM, lambda *_: app.exit())
         try:

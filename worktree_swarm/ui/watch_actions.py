@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState
@@ -65,22 +66,31 @@ def retry(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResu
     return ActionResult(ok=True, message=f"retrying {task_id} (manager pid {pid}, log {log})")
 
 
-def pull_request(repo: git.Repo, store: Store, run_id: str, task_id: str) -> ActionResult:
+def pull_request(
+    repo: git.Repo, store: Store, run_id: str, task_id: str, *, checkout: Path | None = None
+) -> ActionResult:
     """Push the task's branch and open or update its pull request (`swarm pr TASK`)."""
     from worktree_swarm.github import pr  # noqa: PLC0415 - only this action needs the GitHub client
 
-    report = pr.push_and_open(repo, store, run_id, task_ids=[task_id])
+    report = pr.push_and_open(repo, store, run_id, task_ids=[task_id], checkout=checkout)
     if report.failures:
         return ActionResult(ok=False, message=f"{task_id}: {report.failures[0].reason}")
     pull = report.pulls[0]
     return ActionResult(ok=True, message=f"{task_id}: PR #{pull.number} {pull.action} {pull.url}")
 
 
-def merge(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) -> ActionResult:
+def merge(
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    checkout: Path | None = None,
+) -> ActionResult:
     """Merge *task_ids* into the run's integration branch (`swarm merge TASK...`)."""
     from worktree_swarm.merge import merge as merging  # noqa: PLC0415 - kept at this anchor
 
-    report = merging.merge(repo, store, run_id, task_ids=task_ids)
+    report = merging.merge(repo, store, run_id, task_ids=task_ids, checkout=checkout)
     merged = [r.task_id for r in report.by_outcome(MergeOutcome.MERGED)]
     other = [f"{r.task_id} {r.outcome.value}{_why(r.reason)}" for r in report.results]
     other = [o for o, r in zip(other, report.results, strict=True) if r.task_id not in merged]
