@@ -59,9 +59,6 @@ def stop(
     for task_id in targets:
         store.update_task(run_id, task_id, stop_requested=True)
     left = targets
-    if run is not None and (frozen := manager_frozen(run)) and _managed(repo, store, run_id):
-        # It would wait its whole grace for a manager that acts on nothing meanwhile.
-        raise SwarmError(f"{frozen}; it stops {', '.join(targets) or 'them'} then")
     if _managed(repo, store, run_id):
         # It stops each within its grace, a group of them at once; checkpoints take a while.
         deadline = time.monotonic() + 2 * grace + 30
@@ -69,6 +66,8 @@ def stop(
         if not left:
             return targets
         if _managed(repo, store, run_id):
+            if run is not None and (frozen := manager_frozen(run)):  # acting on nothing
+                raise SwarmError(f"{frozen}; it stops {', '.join(left)} then")
             raise SwarmError(
                 f"the manager has not stopped {', '.join(left)} yet; `swarm status` shows them"
             )
