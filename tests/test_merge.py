@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -1689,6 +1690,40 @@ def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
     assert later.returncode == 0, later.stdout + later.stderr
     rows = status_json(repo)
     assert {t: rows[t]["merge_result"] for t in "abc"} == dict.fromkeys("abc", "merged")
+
+
+def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_work(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # a's branch deleted by hand: `swarm merge` skipped a, merged b and c, and landed a's
+    # work with them, unchecked and unrecorded.
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["b"]\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    git(repo, "worktree", "remove", "--force", str(repo.parent / "repo.swarm" / "a"))
+    git(repo, "branch", "-D", "swarm/a")
+    out = swarm(repo, "merge")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "depends on a, not in swarm/integration-" in out.stdout
+    assert "it has no branch of its own to merge" in out.stdout
+    assert "depends on b, which did not merge into" in out.stdout
+    rows = status_json(repo)
+    assert [rows[t]["merge_result"] for t in "bc"] == [None, None]
+    # Landed by you (its branch gone since), a's work is where the integration branch starts:
+    # its last recorded tip is found there, and b and c merge.
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (a_tip,) = db.execute("SELECT tip_commit FROM tasks WHERE task_id = 'a'").fetchone()
+    git(repo, "merge", "-q", "--ff-only", a_tip)
+    later = swarm(repo, "merge")
+    assert later.returncode == 1, later.stdout + later.stderr  # a: skipped, its branch gone
+    assert "depends on" not in later.stdout
+    rows = status_json(repo)
+    assert [rows[t]["merge_result"] for t in "bc"] == ["merged", "merged"]
 
 
 def test_status_says_a_merge_undone_by_hand_is_undone(

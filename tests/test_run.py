@@ -272,6 +272,75 @@ depends_on = ["c"]
     assert len(parents) == 3
 
 
+# Writes <task>.out, or fails while the file named by FAILING holds the task's id.
+FAILS_WHILE_TOLD = """
+import os, pathlib, sys
+tid = os.environ['SWARM_TASK_ID']
+told = pathlib.Path(FAILING)
+if told.exists() and tid in told.read_text().split():
+    sys.exit('told to fail')
+pathlib.Path(tid + '.out').write_text(tid + '\\n')
+"""
+
+
+def _told(write_agent: AgentFactory, failing: Path) -> str:
+    return argv_toml(write_agent(f"FAILING = {str(failing)!r}\n" + FAILS_WHILE_TOLD))
+
+
+def test_a_dependent_of_a_task_landed_and_cleaned_runs_on_its_work(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    # a landed by hand and its branch deleted by `swarm clean`: retrying x left d blocked for
+    # good, "branch of a is missing".
+    failing = tmp_path / "failing"
+    failing.write_text("x")
+    agent = _told(write_agent, failing)
+    text = f"[defaults]\nagent = {agent}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "x"\nprompt = "p"\n'
+    text += '[[task]]\nid = "d"\nprompt = "p"\ndepends_on = ["a", "x"]\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    assert status_json(repo)["d"]["state"] == "blocked"
+    git(repo, "merge", "-q", "--ff-only", "swarm/a")
+    swarm(repo, "clean", "--yes")
+    assert git(repo, "branch", "--list", "swarm/a") == ""
+    failing.write_text("")
+    out = swarm(repo, "retry", "x")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["d"]["state"] == "done"
+    files = git(repo, "ls-tree", "--name-only", "swarm/d").split()
+    assert {"a.out", "x.out", "d.out"} <= set(files)
+
+
+def test_a_retried_dependent_never_builds_on_a_later_runs_branch_of_its_dependency(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path
+) -> None:
+    # A later run reused the id b: `swarm retry c` of the first run built c on that run's
+    # swarm/b, and `swarm merge` then landed the later run's work in the first run's branch.
+    failing = tmp_path / "failing"
+    failing.write_text("c")
+    agent = _told(write_agent, failing)
+    text = f"[defaults]\nagent = {agent}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["b"]\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    first = status_json(repo)["c"]
+    first_run = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    assert first["state"] == "failed"
+    swarm(repo, "clean", "--yes", "--force")
+    later = f'[defaults]\nagent = {agent}\n[[task]]\nid = "b"\nprompt = "later"\n'
+    assert swarm(repo, "run", manifest(repo, later)).returncode == 0
+    failing.write_text("")
+    out = swarm(repo, "retry", "c", "--run", first_run)
+    assert out.returncode == 0, out.stdout + out.stderr
+    files = git(repo, "ls-tree", "--name-only", "swarm/c").split()
+    assert {"a.out", "b.out", "c.out"} <= set(files)
+    # Not the later run's b: its commit is not in c's history.
+    later_b = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", "swarm/b", "swarm/c"], cwd=repo, check=False
+    )
+    assert later_b.returncode == 1
+
+
 def test_failed_task_blocks_only_its_dependents(repo: Path, write_agent: AgentFactory) -> None:
     ok = argv_toml(write_agent(RECORDING_AGENT))
     bad = argv_toml(write_agent("import sys; print('cannot do it'); sys.exit(3)"))

@@ -79,7 +79,7 @@ def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) ->
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
     finally:
         conn.close()
 
@@ -532,6 +532,58 @@ def test_version_1_database_is_migrated_keeping_its_rows(db_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
     assert {"session_id", "cost_usd", "tokens_in", "tokens_out"} <= columns
+
+
+# Holds the manager lock and the database open as a manager of an older worktree-swarm
+# would, until its stdin closes.
+OLDER_MANAGER = """
+import sqlite3, sys
+from pathlib import Path
+from worktree_swarm.infra.lock import ManagerLock
+with ManagerLock(Path(sys.argv[1])) as lock:
+    lock.acquire(run_id="older")
+    db = sqlite3.connect(Path(sys.argv[1]) / "state.db")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("SELECT count(*) FROM runs").fetchone()
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_an_older_database_is_not_updated_under_an_older_manager_still_running(
+    repo: Path,
+) -> None:
+    # A `swarm status` of the new version brought the database up to date under the old
+    # manager of the night's run: every task it still ran failed with an internal error.
+    state = repo / ".git" / "swarm"
+    state.mkdir()
+    db_path = state / "state.db"
+    older = SCHEMA_VERSION - 1
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for statements in MIGRATIONS[:older]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {older}")
+        conn.commit()
+    manager = subprocess.Popen(
+        [sys.executable, "-c", OLDER_MANAGER, str(state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert manager.stdout is not None
+        assert manager.stdout.readline() == "locked\n"
+        out = swarm(repo, "status")
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert out.stderr.startswith(f"swarm: {db_path} has schema version {older}, older than")
+        assert f"the manager running now (pid {manager.pid}, run older) is an older" in out.stderr
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == older
+    finally:
+        manager.communicate(timeout=30)
+    # That run over, the next command brings the database up to date.
+    swarm(repo, "status")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_run_settings_round_trip_and_old_rows() -> None:

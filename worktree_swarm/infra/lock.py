@@ -228,6 +228,13 @@ def manager_alive(state_dir: Path) -> bool:
     return False
 
 
+def other_manager(state_dir: Path) -> str | None:
+    """``(pid N, run R)`` of a manager other than this process holding the lock now, else None."""
+    if _holder(state_dir).get("pid") == os.getpid() or not manager_alive(state_dir):
+        return None
+    return describe_holder(state_dir)
+
+
 def guard_alive(state_dir: Path) -> bool:
     """Whether a manager holding the lock runs a guard (:func:`manager_alive`, and not a stop).
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
 
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
-from worktree_swarm.infra import fs
+from worktree_swarm.infra import fs, lock
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data
 
@@ -166,6 +166,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # A rate-limited attempt got work done before its limit: it used none of the retries.
         "ALTER TABLE attempts ADD COLUMN progressed INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # The task branch's tip at its last checkpoint: what its dependents start from once
+        # its branch is gone (landed and cleaned) or another run's (its id reused).
+        "ALTER TABLE tasks ADD COLUMN tip_commit TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -208,6 +213,7 @@ class TaskFields(TypedDict, total=False):
     node: str | None
     instruction: str | None
     repairs: int
+    tip_commit: str | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -281,6 +287,7 @@ class TaskRow:
     node: str | None = None
     instruction: str | None = None
     repairs: int = 0
+    tip_commit: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -534,6 +541,7 @@ class Store:
             # Re-read under the lock: another process may have migrated meanwhile.
             version = self._user_version()
             self._refuse_newer(version)
+            self._refuse_under_a_manager(version)
             for statements in MIGRATIONS[version:]:
                 for statement in statements:
                     conn.execute(statement)
@@ -542,6 +550,22 @@ class Store:
 
     def _user_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_under_a_manager(self, version: int) -> None:
+        """Refuse to bring an older database up to date while another manager runs on it.
+
+        That manager is an older worktree-swarm (this one would have brought it up to date):
+        its rows would get columns it does not know, and every task it still ran failed with
+        an internal error at its next read (a `swarm status` after an upgrade did it).
+        """
+        holder = lock.other_manager(self.path.parent) if version > 0 else None
+        if holder is not None:
+            raise ManagerLockedError(
+                f"{self.path} has schema version {version}, older than this worktree-swarm's"
+                f" ({SCHEMA_VERSION}), and the manager running now {holder} is an older"
+                " worktree-swarm: this one updates the database once that run has ended (use"
+                " the older one meanwhile)"
+            )
 
     def _refuse_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
@@ -70,6 +70,28 @@ def task_base(store: Store, row: TaskRow) -> str | None:
 def branch_tip(repo: git.Repo, branch: str) -> str | None:
     """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
     return git.rev_parse(repo, f"refs/heads/{branch}^{{commit}}")
+
+
+def work_tip(
+    repo: git.Repo,
+    row: TaskRow,
+    *,
+    taken: Mapping[str, str],
+    tips: Callable[[str], str | None] | None = None,
+) -> str | None:
+    """Where *row*'s work is: its branch's tip, else its tip as last recorded, if still there.
+
+    Its branch is not its own when a later run reused its id (*taken*: id to that run), and
+    may be gone (landed, then cleaned): the commit of its last checkpoint stays while anything
+    holds it (the branch it was landed on). *tips*: a :class:`BranchTips` to ask.
+    """
+    if row.task_id not in taken:
+        tip = (tips or functools.partial(branch_tip, repo))(task_branch(row))
+        if tip is not None:
+            return tip
+    if row.tip_commit is None:
+        return None
+    return git.rev_parse(repo, f"{row.tip_commit}^{{commit}}")
 
 
 class BranchTips:

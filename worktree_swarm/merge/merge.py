@@ -49,6 +49,7 @@ from worktree_swarm.merge.diff import (
     named_rows,
     task_base,
     task_branch,
+    work_tip,
 )
 from worktree_swarm.merge.guarded import BASELINE_CHECKS, MergeGuard
 from worktree_swarm.merge.merge_report import (
@@ -383,7 +384,8 @@ def select_candidates(
         )
     every = store.tasks(run_id)
     cut_off = {r.task_id for r in every if _cut_off_elsewhere(r, target)}
-    absent = _deps_not_there(repo, every, candidates, standing, start) if task_ids else set()
+    absent = _deps_not_there(repo, every, candidates, standing, start, taken=taken)
+    absent = {dep: own for dep, own in absent.items() if dep not in cut_off}  # said so below
     kept, held = _without_unmerged_deps(
         candidates, target, standing, cut_off=cut_off, absent=absent
     )
@@ -396,17 +398,30 @@ def _deps_not_there(
     candidates: Sequence[Candidate],
     standing: Mapping[str, str],
     start: str | None,
-) -> set[str]:
-    """The dependencies of *candidates* neither among them, merged, nor held by *start*."""
+    *,
+    taken: Mapping[str, str],
+) -> dict[str, bool]:
+    """The dependencies of *candidates* neither among them, merged, nor held by *start*.
+
+    Each with whether it has a branch of its own to merge (not gone, not a later run's).
+    Its work is :func:`work_tip`: a dependency landed and cleaned is in *start* by its last
+    recorded tip.
+    """
     names = {d for c in candidates for d in c.task.depends_on}
     names -= {c.task_id for c in candidates}
-    names -= {t for t, result in standing.items() if result == MergeOutcome.MERGED}
-    if not names or start is None:
-        return names
+    names -= set(standing)  # merged, or left out there (judged by what it did there)
+    if not names:
+        return {}
     tips = BranchTips(repo)
-    branches = {r.task_id: tips(task_branch(r)) for r in tasks if r.task_id in names}
-    there = git.contained(repo, start, sorted({tip for tip in branches.values() if tip}))
-    return {name for name in names if branches.get(name) not in there}
+    rows = {r.task_id: r for r in tasks if r.task_id in names}
+    work = {t: work_tip(repo, r, taken=taken, tips=tips) for t, r in rows.items()}
+    own = {t: t not in taken and tips(task_branch(r)) is not None for t, r in rows.items()}
+    there = (
+        git.contained(repo, start, sorted({tip for tip in work.values() if tip}))
+        if start is not None
+        else set()
+    )
+    return {name: own.get(name, False) for name in names if work.get(name) not in there}
 
 
 def _restore_from(repo: git.Repo, row: TaskRow) -> str:
@@ -525,16 +540,17 @@ def _without_unmerged_deps(
     standing: Mapping[str, str],
     *,
     cut_off: Collection[str],
-    absent: Collection[str] = (),
+    absent: Mapping[str, bool] | None = None,
 ) -> tuple[list[Candidate], list[TaskResult]]:
     """Drop the candidates built on a task an earlier merge into *target* left out.
 
     A branch built on its dependency's work carries it: merged, it would land the dependency
     that conflicted or failed its checks there, or (*cut_off*) is skipped because its merge
     into another branch waits to be undone, or (*absent*) was not named with it and is not
-    in *target*. The dependency merged again by this merge (named, or retried) is judged when
-    it is tried.
+    in *target* (each with whether it has a branch of its own to name). The dependency merged
+    again by this merge (named, or retried) is judged when it is tried.
     """
+    absent = absent or {}
     left_out = {MergeOutcome.CONFLICTED, MergeOutcome.FAILED}
     out = {t for t, result in standing.items() if result in left_out}
     out -= {c.task_id for c in candidates}
@@ -543,10 +559,17 @@ def _without_unmerged_deps(
     held: list[TaskResult] = []
     for named in list(kept):
         if wanted := sorted(d for d in named.task.depends_on if d in absent):
-            reason = (
-                f"depends on {', '.join(wanted)}, not in {target}: its branch would bring "
-                f"that work along; name it too (`swarm merge {' '.join(wanted)} {named.task_id}`)"
-            )
+            reason = f"depends on {', '.join(wanted)}, not in {target}: its branch would bring "
+            if all(absent[d] for d in wanted):
+                reason += (
+                    f"that work along; name it too (`swarm merge {' '.join(wanted)} "
+                    f"{named.task_id}`)"
+                )
+            else:  # a dependency's branch is gone or another run's: naming it merges nothing
+                reason += (
+                    "that work along unchecked, and it has no branch of its own to merge (gone,"
+                    " or a later run's)"
+                )
             held.append(
                 TaskResult(task_id=named.task_id, outcome=MergeOutcome.SKIPPED, reason=reason)
             )

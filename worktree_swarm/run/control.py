@@ -364,6 +364,7 @@ def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) ->
         diff_files=stat.files,
         diff_insertions=stat.insertions,
         diff_deletions=stat.deletions,
+        tip_commit=tip,
     )
 
 

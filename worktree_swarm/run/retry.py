@@ -198,7 +198,9 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
         # What merged before is not what the branch will hold: the next `swarm merge` takes it.
         store.forget_merge(row.run_id, row.task_id)
     if fresh:
-        store.update_task(row.run_id, row.task_id, base_commit=None, start_commit=None)
+        store.update_task(
+            row.run_id, row.task_id, base_commit=None, start_commit=None, tip_commit=None
+        )
 
 
 def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:

@@ -47,6 +47,7 @@ from worktree_swarm.infra import faults, fs, redact, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
+from worktree_swarm.merge.diff import work_tip
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
@@ -237,6 +238,7 @@ class RunWorker:
             diff_files=stat.files,
             diff_insertions=stat.insertions,
             diff_deletions=stat.deletions,
+            tip_commit=tip,
         )
         return stat
 
@@ -245,10 +247,15 @@ class RunWorker:
         if not task.depends_on:
             return self.base_commit
         tips = []
+        taken = self.store.taken_over(self.run_id)
         for dep in task.depends_on:
-            tip = git.rev_parse(self.repo, self._tasks[dep].branch)
+            row = self.store.task(self.run_id, dep)
+            tip = None if row is None else work_tip(self.repo, row, taken=taken)
             if tip is None:
-                return TaskOutcome(state=TaskState.BLOCKED, reason=f"branch of {dep} is missing")
+                owner = f" (run {taken[dep]} owns it now)" if dep in taken else ""
+                return TaskOutcome(
+                    state=TaskState.BLOCKED, reason=f"branch of {dep} is missing{owner}"
+                )
             tips.append(tip)
         if len(tips) == 1:
             return tips[0]
