@@ -669,6 +669,36 @@ def test_an_attempt_that_ended_while_its_manager_was_stopped_ends_when_its_agent
     assert recorded <= ended + 1  # not when the manager went on, 3 s later
 
 
+def test_a_stop_with_no_manager_blocks_the_tasks_waiting_on_what_it_stopped(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # c stayed `pending` ("waits for b") after b was stopped with no manager alive: the run
+    # looked unfinished, where a manager would have blocked c.
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(  # type: ignore[operator]
+        "import os, pathlib, time\n"
+        "tid = os.environ['SWARM_TASK_ID']\n"
+        "pathlib.Path(tid + '.txt').write_text(tid)\n"
+        "if tid == 'b':\n"
+        f"    pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+    text = f"[defaults]\nagent = {argv_toml(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "x"\n[[task]]\nid = "b"\nprompt = "x"\n'
+    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "x"\ndepends_on = ["b"]\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    agent_pid = int(written(pid_file, timeout=120, what="b's agent"))
+    _kill_group(proc)
+    out = swarm(repo, "stop", "b")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not pid_alive(agent_pid)
+    rows = status_json(repo)
+    assert [rows[t]["state"] for t in "abc"] == ["done", "stopped", "blocked"]
+    assert rows["c"]["reason"] == "dependency b is stopped"
+    runs = json.loads(swarm(repo, "runs", "--json").stdout)["runs"]
+    assert [r["state"] for r in runs] == ["stopped"]  # nothing left to resume
+
+
 def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_path: Path) -> None:
     # `copy` of a unix socket: opening it fails with an OSError swarm does not expect.
     with socket.socket(socket.AF_UNIX) as sock:

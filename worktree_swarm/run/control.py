@@ -22,6 +22,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import channel, integrity
@@ -74,6 +75,7 @@ def stop(
         # The manager died before it stopped them: stopped here, as with no manager.
     with _unmanaged_stop(repo, run_id) as beside:
         stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
+    _block_dependents(store, run_id)  # as the manager would: stopped, they never start
     end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
     # Not one whose agent had ended by itself meanwhile (recorded done or failed): never said
     # to be stopped.
@@ -162,6 +164,17 @@ def _not_final(store: Store, run_id: str, task_ids: Sequence[str]) -> list[str]:
     """Those of *task_ids* not final yet (another stop may have ended them meanwhile)."""
     rows = {row.task_id: row for row in store.tasks(run_id)}
     return [t for t in task_ids if t in rows and not rows[t].state.is_final]
+
+
+def _block_dependents(store: Store, run_id: str) -> None:
+    """Mark ``blocked`` the pending tasks of *run_id* a dependency that did not succeed holds."""
+    rows = store.tasks(run_id)
+    scheduler = Scheduler([task_from_json(row.spec_json) for row in rows])
+    states = {row.task_id: row.state for row in rows}
+    for task_id, reason in scheduler.newly_blocked(states).items():
+        store.update_task(
+            run_id, task_id, state=TaskState.BLOCKED, reason=reason, ended_at=time.time()
+        )
 
 
 def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
