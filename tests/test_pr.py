@@ -384,6 +384,35 @@ def test_a_dependent_tasks_pull_request_names_the_work_it_carries(
     assert "**Builds on**" not in fake_github.pulls[2]["body"]
 
 
+def test_a_pull_request_names_the_work_of_its_dependencies_dependencies_too(
+    repo: Path,
+    tmp_path: Path,
+    origin: Path,
+    fake_github: FakeGitHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # c builds on b, which builds on a: c's pull request carries a's commits too, and named
+    # only b.
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    manifest = tmp_path / "tasks.toml"
+    manifest.write_text(
+        f"[defaults]\nagent = {json.dumps([*agent_command().split(), str(agent)])}\n"
+        '[[task]]\nid = "a"\nprompt = "a"\n'
+        '[[task]]\nid = "b"\nprompt = "b"\ndepends_on = ["a"]\n'
+        '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n'
+        '[[task]]\nid = "other"\nprompt = "o"\n'
+    )
+    assert swarm(repo, "run", str(manifest)).returncode == 0
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    fake_github.bare = origin
+    for task in ("a", "b", "other", "c"):
+        assert swarm_pr(repo, fake_github, task).returncode == 0
+    body = fake_github.pulls[4]["body"]
+    assert "- #2 (task `b`)\n- #1 (task `a`)" in body
+    assert "task `other`" not in body  # its commits are not in c's branch
+
+
 def test_an_earlier_run_never_pushes_or_updates_what_a_later_run_reused(
     repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
 ) -> None:

@@ -490,11 +490,20 @@ def pr_body(
 
 
 def _dependencies(repo: git.Repo, task: Task, *, tip: str, numbers: Mapping[str, int]) -> list[str]:
-    """The body's lines naming the tasks whose work the branch carries (it started on theirs)."""
+    """The body's lines naming the tasks whose work the branch carries (it started on theirs).
+
+    Its dependencies, and theirs in turn (any task of the run with a pull request open):
+    every such task's branch that *tip* contains (one `for-each-ref --merged`).
+    """
+    carried = git.git(
+        repo.root, "for-each-ref", "--merged", tip, "--format=%(refname)",
+        f"refs/heads/{BRANCH_PREFIX}",
+    ).split()  # fmt: skip
+    held = {ref.removeprefix(f"refs/heads/{BRANCH_PREFIX}") for ref in carried}
+    wanted = [*task.depends_on, *sorted(set(numbers) - set(task.depends_on) - {task.id})]
     found = []
-    for dep in task.depends_on:
-        dep_tip = git.rev_parse(repo, f"refs/heads/{BRANCH_PREFIX}{dep}^{{commit}}")
-        if dep_tip is None or not git.contained(repo, tip, [dep_tip]):
+    for dep in wanted:
+        if dep not in held:
             continue
         number = numbers.get(dep)
         named = f"#{number} (task `{dep}`)" if number else f"task `{dep}` (no pull request yet)"
