@@ -705,6 +705,37 @@ def test_hidden_files_and_a_left_stash_are_caught_and_undone(
     assert git(repo, "stash", "list") == ""
 
 
+# Stashes work in the user's checkout, as the user would while the run goes on.
+STASHES_IN_CHECKOUT = """
+import pathlib, subprocess, sys
+repo = sys.argv[1]
+pathlib.Path(repo, 'README.md').write_text('work in progress\\n')
+subprocess.run(['git', '-C', repo, 'stash', 'push', '-q', '-m', 'wip during the run'], check=True)
+pathlib.Path('work.txt').write_text('work')
+"""
+
+
+@pytest.mark.parametrize("earlier", [0, 2])
+def test_a_stash_pushed_during_a_run_is_undone_but_kept_and_the_stash_list_reads_as_before(
+    repo: Path, write_agent: AgentFactory, earlier: int
+) -> None:
+    # Put back, the stash list lost the new stash for good (no stash before: its ref and reflog
+    # deleted, the commit left for `git gc`) or gained an entry with no message.
+    for n in range(earlier):
+        (repo / "README.md").write_text(f"older work {n}\n")
+        git(repo, "stash", "push", "-q", "-m", f"older {n}")
+    listed = git(repo, "stash", "list")
+    run_one(repo, [*write_agent(STASHES_IN_CHECKOUT), str(repo)], sandbox=False)
+    caught_or_impossible(repo, sandbox=False, what="stash moved")
+    assert git(repo, "stash", "list") == listed
+    kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/undone/").split()
+    assert len(kept) == 1, kept
+    assert kept[0].endswith("/stash"), kept
+    assert git(repo, "show", f"{kept[0]}:README.md") == "work in progress"
+    (patch,) = (repo / ".git" / "swarm" / "runs").glob("*/guard/outside-*.patch")
+    assert f"# kept: refs/stash -> {kept[0]}" in patch.read_text()
+
+
 # -- swarm's own ref moves during a run --------------------------------------------------------
 
 WAIT_FOR_FLAG = """

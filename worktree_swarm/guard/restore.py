@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,26 +16,78 @@ from worktree_swarm.guard.model import Snapshot
 from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
 from worktree_swarm.infra import fs
 
+# The reflog line of a ref the guard put back (`git reflog` shows why it moved).
+PUT_BACK = "swarm guard: put back"
+STASH = "refs/stash"
+UNDONE_PREFIX = "refs/swarm/undone/"  # what a put-back took off a ref, kept reachable
+
 
 def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> bool:
     """Compare-and-swap *ref* from *after* back to *before*; False when it moved again.
 
     Past a stale lock file of the ref (an agent may plant `refs/heads/main.lock` right after
-    it moved main, also under --sandbox): removed, and the ref put back.
+    it moved main, also under --sandbox): removed, and the ref put back. ``refs/stash`` is
+    the stash list (its reflog): a stash pushed on top of *before* is popped off it, one
+    dropped is pushed back with its message, so that the list reads as it did.
     """
+    if (
+        ref == STASH
+        and before is not None
+        and after is not None
+        and _pop_stash(root, before, after)
+    ):
+        return True
+    message = _stash_message(root, before) if ref == STASH and before else PUT_BACK
     if after is not None and after.startswith(SYMBOLIC):  # the ref itself, not its target
         if before is None:
             args = ["update-ref", "--no-deref", "-d", ref]
         else:
-            args = ["update-ref", "--no-deref", ref, before]
+            args = ["update-ref", "-m", message, "--no-deref", ref, before]
     elif before is None:
         args = ["update-ref", "-d", ref, after or ""]
     else:
-        args = ["update-ref", ref, before, *([after] if after else [])]
+        args = ["update-ref", "-m", message, ref, before, *([after] if after else [])]
     res = git.past_stale_lock(root, args)
     if res.returncode != 0 and "reference broken" in res.stderr and _drop_broken(root, ref):
         res = git.past_stale_lock(root, args)
     return res.returncode == 0
+
+
+def _pop_stash(root: Path, before: str, after: str) -> bool:
+    """Take the stash *after* off the top of the list when *before* is under it; whether done."""
+    if after.startswith(SYMBOLIC) or before.startswith(SYMBOLIC):
+        return False
+    top, under = (git.rev_parse_in(root, f"{STASH}@{{{n}}}") for n in (0, 1))
+    if (top, under) != (after, before):
+        return False
+    res = git.past_stale_lock(
+        root, ["reflog", "delete", "--updateref", "--rewrite", f"{STASH}@{{0}}"]
+    )
+    return res.returncode == 0 and git.rev_parse_in(root, STASH) == before
+
+
+def _stash_message(root: Path, stash: str) -> str:
+    """The line `git stash list` shows for *stash* (its commit's subject, as git wrote it)."""
+    said = runner.run(root, "log", "-1", "--format=%s", stash, "--", check=False).stdout.strip()
+    return said or PUT_BACK
+
+
+def keep_undone(root: Path, moves: Sequence[tuple[str, str | None, str | None]]) -> list[str]:
+    """Keep each commit a put-back took off a ref reachable, under :data:`UNDONE_PREFIX`.
+
+    A branch moved back keeps it in its reflog; one made meanwhile, or a stash, loses its
+    reflog with it: `git gc` would delete your stash or your new branch's commits. Returns
+    ``ref -> kept ref`` lines for the record.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    kept = []
+    for n, (ref, before, after) in enumerate(moves):
+        if after is None or after.startswith(SYMBOLIC) or after == before:
+            continue
+        name = f"{UNDONE_PREFIX}{stamp}-{n}/{ref.removeprefix('refs/')}"
+        if runner.run(root, "update-ref", name, after, check=False).returncode == 0:
+            kept.append(f"{ref} -> {name}")
+    return kept
 
 
 def _drop_broken(root: Path, ref: str) -> bool:

@@ -70,7 +70,13 @@ from worktree_swarm.guard.model import (
     steady_reason,
 )
 from worktree_swarm.guard.objects import ObjectWatch
-from worktree_swarm.guard.restore import put_index, remove, restore_checkout, restore_ref
+from worktree_swarm.guard.restore import (
+    keep_undone,
+    put_index,
+    remove,
+    restore_checkout,
+    restore_ref,
+)
 from worktree_swarm.guard.snapshot import (
     SYMBOLIC,
     capture,
@@ -1536,6 +1542,12 @@ class Guard:
         if suspects and self.restore:
             found = self._intend(found, patch)
             restored = self._put_back_refs(refs)
+            if restored and (kept := keep_undone(self.repo.root, refs)):
+                # What it took off them (your stash, a branch made meanwhile): kept, and said.
+                patch += "".join(f"# kept: {line}\n" for line in kept)
+                if found.patch:
+                    with contextlib.suppress(OSError), Path(found.patch).open("a") as fh:
+                        fh.writelines(f"# kept: {line}\n" for line in kept)
         if not restored:
             for r, _, a in refs:
                 self._set_ref(r, a)
