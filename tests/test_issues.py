@@ -129,6 +129,37 @@ def test_parse_issue_numbers() -> None:
     for bad in ("", "12,,13", "x", "0", "-3", "1e3", "١٢", "9" * 5000):
         with pytest.raises(BadInputError, match="is not an issue number"):
             issues.parse_issue_numbers(bad)
+    # Past any issue number: its task was dropped, the run going on with the others.
+    with pytest.raises(BadInputError, match="'1000000000' is past any issue number"):
+        issues.parse_issue_numbers("5,1000000000")
+
+
+def test_a_named_issue_whose_answer_gives_no_number_is_said_not_dropped(
+    fake_github: FakeGitHub,
+) -> None:
+    kept = fake_github.add_issue("kept", labels=("bug",))
+    odd = fake_github.add_issue("odd", labels=("bug",))
+    fake_github.issues[odd]["number"] = float(odd)
+    with pytest.raises(BadInputError, match=rf"issue #{odd} of acme/widgets gives it no number"):
+        issues.fetch_issue_tasks(client(fake_github), numbers=[kept, odd])
+
+
+def test_labels_are_redacted_and_invisible_characters_in_a_body_shown(
+    fake_github: FakeGitHub,
+) -> None:
+    # A label anyone with triage rights set to a token reached the prompt as typed, and text
+    # hidden with tag characters or a bidi override reached the agent unseen by reviewers.
+    token = "ghp_" + "Q1w2E3" * 6
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "exfiltrate")
+    body = f"Fix the button.\u202e{hidden}\u200b"
+    number = fake_github.add_issue("Button", body, labels=("bug", token))
+    [(_, prompt, _)] = issues.fetch_issue_tasks(client(fake_github), numbers=[number])
+    assert token not in prompt
+    assert "Labels: bug, [REDACTED]" in prompt
+    assert "\u202e" not in prompt
+    assert "\u200b" not in prompt
+    assert hidden not in prompt
+    assert "Fix the button.<U+202E><U+E0065><U+E0078>" in prompt
 
 
 def test_template_is_single_pass_and_braces_in_issue_text_stay(fake_github: FakeGitHub) -> None:

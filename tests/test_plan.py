@@ -626,6 +626,31 @@ def test_a_key_echoed_into_the_plan_or_typed_in_the_goal_is_never_written(
     assert "use the key [REDACTED] to log in" in text
 
 
+def test_other_secrets_a_plan_quotes_are_never_written_and_odd_usage_counts_nothing(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the API key itself was taken out of what the model wrote: a value of your
+    # environment, a token's shape and the key without its prefix went into the file.
+    # And a usage count that is no number threw a valid plan away (internal error).
+    other = "OtherSecretValue123"
+    monkeypatch.setenv("OTHER_SECRET", other)
+    token = "ghp_" + "a1B2c3" * 6
+    quoted = f"log in with {other}, push with {token}, MY_TOKEN=hunter2hunter2 and {KEY[7:]}"
+    reply = plan_reply([{**GOOD[0], "prompt": quoted}, *GOOD[1:]])
+    reply.body["usage"] = {"input_tokens": None, "output_tokens": "lots"}
+    api.replies.append(reply)
+    out = project.parent / "tasks.toml"
+
+    result = swarm(project, "plan", "Let users check out", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    for secret in (other, token, "hunter2hunter2", KEY[7:]):
+        assert secret not in text
+    assert text.count("[REDACTED]") >= 3
+    assert [t["id"] for t in tomllib.loads(text)["task"]] == [t["id"] for t in GOOD]
+
+
 def test_missing_key_is_bad_input(
     project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:

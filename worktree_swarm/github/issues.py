@@ -127,7 +127,12 @@ def _numbered_issue(client: Client, number: int) -> Mapping[str, Any]:
         ) from None
     if issue is None:
         raise BadInputError(f"--issues: issue #{number} not found in {client.repo}")
-    if issue.get("number") != number:  # moved to another repository: another issue there
+    said = issue.get("number")
+    if type(said) is not int:  # `12.0` or `true` is no issue number (the issue was skipped)
+        raise BadInputError(
+            f"--issues: GitHub's answer for issue #{number} of {client.repo} gives it no number"
+        )
+    if said != number:  # moved to another repository: another issue there
         raise BadInputError(
             f"--issues: issue #{number} of {client.repo} was moved to another repository"
             f" ({issue.get('html_url') or 'no address given'}); run swarm there"
@@ -178,6 +183,9 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
     # text a prompt can carry: one issue's must not refuse a whole `--issues-label` batch.
     # Newlines and tabs stay.
     body = "".join(c if c in "\n\t" or not _unprintable(c) else " " for c in body)
+    # Invisible characters (a bidi override, a zero-width space, tag characters spelling out
+    # text) can hide words from whoever reads the issue on GitHub: shown as what they are.
+    body = "".join(f"<U+{ord(c):04X}>" if _invisible(c) else c for c in body)
     body = redact.redact(body)
     labels = ", ".join(_label_names(issue.get("labels"))) or "(none)"
     digest = hashlib.sha256(f"{title}\0{body}\0{labels}".encode()).hexdigest()[:16]
@@ -197,14 +205,24 @@ def _unprintable(char: str) -> bool:
     return unicodedata.category(char) in {"Cc", "Cs"}
 
 
+def _invisible(char: str) -> bool:
+    """A format character (Cf): drawn as nothing, or reordering what is around it."""
+    return unicodedata.category(char) == "Cf"
+
+
+# GitHub allows 50 characters to a label name; anything longer is not GitHub's.
+_LABEL_LIMIT = 100
+
+
 def _label_names(labels: object) -> list[str]:
+    """The labels' names, each one line and redacted (anyone who can label writes them)."""
     if not isinstance(labels, list):
         return []
     names = []
     for label in labels:
         name = label.get("name") if isinstance(label, dict) else label
         if isinstance(name, str) and name.strip():
-            names.append(one_line(name, controls=True))
+            names.append(one_line(redact.redact(name), controls=True)[:_LABEL_LIMIT])
     return names
 
 
@@ -219,5 +237,7 @@ def parse_issue_numbers(text: str, *, where: str = "--issues") -> tuple[int, ...
         # An issue number has a few digits: 5,000 of them would not even parse.
         if not item.isdigit() or not item.isascii() or len(item) > _DIGITS or int(item) < 1:
             raise BadInputError(f"{where}: {part.strip()!r} is not an issue number (e.g. 12,15)")
+        if int(item) >= _MAX_NUMBER:  # no repository numbers its issues this far
+            raise BadInputError(f"{where}: {part.strip()!r} is past any issue number")
         numbers.append(int(item))
     return tuple(numbers)

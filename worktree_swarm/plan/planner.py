@@ -533,11 +533,21 @@ def _add_usage(usage: Usage, response: Message) -> Usage:
         return dataclasses.replace(usage, requests=usage.requests + 1)
     return Usage(
         requests=usage.requests + 1,
-        input_tokens=usage.input_tokens + u.input_tokens,
-        output_tokens=usage.output_tokens + u.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens + (u.cache_read_input_tokens or 0),
-        cache_write_tokens=usage.cache_write_tokens + (u.cache_creation_input_tokens or 0),
+        input_tokens=usage.input_tokens + _count(getattr(u, "input_tokens", 0)),
+        output_tokens=usage.output_tokens + _count(getattr(u, "output_tokens", 0)),
+        cache_read_tokens=usage.cache_read_tokens + _count(u.cache_read_input_tokens),
+        cache_write_tokens=usage.cache_write_tokens + _count(u.cache_creation_input_tokens),
     )
+
+
+_MAX_COUNT = 1 << 40  # tokens of one answer past any model's window: no count at all
+
+
+def _count(value: object) -> int:
+    """A token count as an endpoint said it; 0 for none, or what no count can be."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_COUNT:
+        return 0
+    return value
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -596,7 +606,16 @@ def manifest_text(tables: Sequence[Mapping[str, object]], *, goal: str, model: s
         f"Planned by `swarm plan` (model {model}) for the goal:\n{redact.redact(goal)}\n\n"
         "Review every prompt, dependency and check before `swarm run`."
     )
-    return f"{header}\n\n{tomlwrite.table_array('task', tables)}\n"
+    # What the model wrote may quote a secret (one of your environment's, a key's shape): not
+    # in the file. Ids are names, checked already (one may look like a key).
+    shown = [
+        {key: value if key in _NAMES else redact.redact_data(value) for key, value in t.items()}
+        for t in tables
+    ]
+    return f"{header}\n\n{tomlwrite.table_array('task', shown)}\n"
+
+
+_NAMES = frozenset({"id", "depends_on"})
 
 
 def _ask_again(response: Message, error: str) -> list[MessageParam]:
