@@ -371,12 +371,21 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     assert pushed == ["swarm/clean"]
     assert key not in git(bare, "log", "-p", "--all")
     assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/clean"]
-    # The copies go with the worktrees: nothing of theirs to commit first (git would refuse
-    # to remove a worktree holding untracked files).
+    # What the agent made under a copy pattern is work no checkpoint holds: kept with its
+    # worktree. The copies as they came go with the worktrees (git refused to remove a
+    # worktree holding untracked files), yours stay.
+    out = swarm(repo, "clean", "--yes")
+    assert (wt / "conf" / "new.local").read_text() == "made by the agent\n", out.stdout
+    (wt / "conf" / "new.local").unlink()
+    (repo.parent / "repo.swarm" / "sneaky" / "conf" / "new.local").unlink()
+    (wt / ".env").write_text("API_KEY=changed-by-the-agent\n")  # a copy changed: work too
+    out = swarm(repo, "clean", "--yes")
+    assert (wt / ".env").exists(), out.stdout
+    assert not (repo.parent / "repo.swarm" / "sneaky").exists(), out.stdout
+    (wt / ".env").write_text(f"API_KEY={key}\n")
     out = swarm(repo, "clean", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not wt.exists()
-    assert not (repo.parent / "repo.swarm" / "sneaky").exists()
     assert (repo / ".env").read_text() == f"API_KEY={key}\n"  # yours stays
 
 

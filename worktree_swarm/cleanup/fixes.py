@@ -32,6 +32,7 @@ from worktree_swarm.core.models import (
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     ProcessIdentity,
+    Task,
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
@@ -634,13 +635,34 @@ def broken_refs(repo: git.Repo) -> list[Finding]:
 
 def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:
     """The task's ``link`` and ``copy`` paths, when the store still knows the task."""
-    row = (
-        None if store is None or not f.run_id or not f.task_id else store.task(f.run_id, f.task_id)
-    )
-    if row is None:
+    known = _task_of(store, f)
+    if known is None:
         return ()
-    task = task_from_json(row.spec_json)
+    row, task = known
     return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+
+
+def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:
+    """The task's ``link`` symlinks, and its ``copy`` files still as copied (yours unchanged).
+
+    Removing the worktree loses nothing of those: a file an agent made under a ``copy``
+    pattern, or a copy it changed, is work (no checkpoint commits it) and keeps the worktree.
+    """
+    known = _task_of(store, f)
+    if known is None:
+        return frozenset()
+    row, task = known
+    copied = worktrees.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
+    same = (rel for rel in copied if fs.same_file(repo.root / rel, path / rel))
+    return frozenset([*task.link, *same])
+
+
+def _task_of(store: Store | None, f: Finding) -> tuple[TaskRow, Task] | None:
+    """The store's row of the finding's task, with the task it ran; None when not known."""
+    if store is None or not f.run_id or not f.task_id:
+        return None
+    row = store.task(f.run_id, f.task_id)
+    return None if row is None else (row, task_from_json(row.spec_json))
 
 
 def _max_file(store: Store | None, f: Finding) -> int:
@@ -676,8 +698,8 @@ def _remove_worktree(
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
-        local = _local_paths(store, f, path)
-        clean = _scratch(info) or _nothing_to_keep(path, local)
+        as_copied = functools.partial(_as_copied, repo, store, f, path)
+        clean = _scratch(info) or _nothing_to_keep(path, as_copied)
         merging = (info.branch or "").startswith(INTEGRATION_PREFIX)  # `swarm merge`'s own
         cut_off = merge_target.half_merged(path) or merge_target.checks_cut_off(path)
         if not clean and merging and cut_off:
@@ -692,14 +714,14 @@ def _remove_worktree(
                 path,
                 message=f"swarm: checkpoint {path.name} (clean)",
                 author=AUTHOR,
-                exclude=local,
+                exclude=_local_paths(store, f, path),
                 max_file=_max_file(store, f),
             )
             if ref is not None:
                 moves.moved(ref, sha or tip)
             # Committed, it goes like a clean one: the index first (git's own removal deletes
             # the files first, and one killed in between left deletions to commit next time).
-            clean = _nothing_to_keep(path, local)
+            clean = _nothing_to_keep(path, as_copied)
         # On a branch, its commit is that branch's; detached, it may be on none.
         head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
         fresh = dataclasses.replace(info, head=head)
@@ -773,11 +795,11 @@ def _submodule_keep(repo: git.Repo, path: Path) -> str:
     return ""
 
 
-def _nothing_to_keep(path: Path, local: Collection[str] = ()) -> bool:
+def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = frozenset) -> bool:
     """Whether git's status of the worktree *path* is empty, every directory of it seen.
 
-    Untracked *local* paths (the task's ``link`` and ``copy`` ones, which no checkpoint
-    commits) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
+    Untracked paths *as_copied* names (:func:`_as_copied`, asked only when nothing else is
+    listed) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
     owner first: swarm removes the worktree anyway, and its files must be seen to be kept.
     """
     status = git.full_status(path)
@@ -786,15 +808,13 @@ def _nothing_to_keep(path: Path, local: Collection[str] = ()) -> bool:
         status = git.full_status(path)
     if status is None:
         return False
-    entries = [entry for entry in status.split("\0") if entry]
-    only_local = all(entry.startswith("?? ") and _is_local(entry[3:], local) for entry in entries)
-    return only_local and not git.hides_edits(path)
-
-
-def _is_local(name: str, local: Collection[str]) -> bool:
-    """Whether the worktree path *name* is one of *local*, or below one."""
-    name = name.rstrip("/")
-    return any(name == p or name.startswith(f"{p.rstrip('/')}/") for p in local)
+    # Each untracked file by its name (`--untracked-files=all`): "?? name".
+    untracked = [entry[3:] for entry in status.split("\0") if entry]
+    if any(not entry.startswith("?? ") for entry in status.split("\0") if entry):
+        return False
+    if untracked and not set(untracked) <= set(as_copied()):
+        return False
+    return not git.hides_edits(path)
 
 
 def adding_process(path: Path) -> psutil.Process | None:

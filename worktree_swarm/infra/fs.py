@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import os
 import shutil
 import stat
@@ -195,3 +196,19 @@ def _open_regular(path: Path | str, flags: int) -> int:
     os.close(fd)
     kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
     raise NotAFileError(errno.EINVAL, kind, os.fspath(path))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether *a* and *b* hold the same: regular files of the same bytes, or symlinks alike.
+
+    Neither is followed. False when either cannot be read.
+    """
+    try:
+        sa, sb = a.lstat(), b.lstat()
+        if stat.S_ISLNK(sa.st_mode) and stat.S_ISLNK(sb.st_mode):
+            return a.readlink() == b.readlink()
+        if not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)):
+            return False
+        return sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
