@@ -1726,6 +1726,27 @@ def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_
     assert [rows[t]["merge_result"] for t in "bc"] == ["merged", "merged"]
 
 
+def test_a_merge_started_inside_a_task_worktree_builds_on_your_checkout_not_the_task(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `cd` into a task's worktree, then `swarm merge b`: the integration branch started at
+    # a's tip, landing a's work unchecked and unrecorded.
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    inside = repo.parent / "repo.swarm" / "a"
+    out = swarm(inside, "merge", "b")
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    files = git(repo, "ls-tree", "--name-only", f"swarm/integration-{run_id}").split()
+    assert "b.txt" in files
+    assert "a.txt" not in files
+
+
 def test_status_says_a_merge_undone_by_hand_is_undone(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -29,7 +29,7 @@ from worktree_swarm.core.errors import (
     ManagerLockedError,
     SwarmError,
 )
-from worktree_swarm.core.models import Executor, TaskState
+from worktree_swarm.core.models import BRANCH_PREFIX, Executor, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.text import (
@@ -152,6 +152,17 @@ def _store_to_read(repo: git.Repo) -> Store:
 def _repo(ctx: click.Context) -> git.Repo:
     git.require_git()
     return git.open_repo(Path(ctx.obj["dir"]))
+
+
+def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
+    """The checkout of yours swarm runs in: a linked worktree of yours, else the main one.
+
+    Not one of swarm's (a task's worktree, the integration worktree, on a ``swarm/`` branch):
+    a merge built on a task's work, or pull requests into a task's branch, are nobody's.
+    """
+    checkout = git.checkout_root(Path(ctx.obj["dir"]))
+    branch = git.current_branch(repo, checkout) or ""
+    return repo.root if branch.startswith(BRANCH_PREFIX) else checkout
 
 
 @cli.command(
@@ -643,7 +654,8 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInputError("swarm watch needs a terminal; without one, `swarm status` shows it")
-    watch.watch(_repo(ctx), run_id, checkout=git.checkout_root(Path(ctx.obj["dir"])))
+    repo = _repo(ctx)
+    watch.watch(repo, run_id, checkout=_your_checkout(ctx, repo))
     return ExitCode.OK
 
 
@@ -775,7 +787,7 @@ def merge_cmd(
             resolve=resolve,
             allow_outside_writes=allow_outside_writes,
             progress=None if as_json else merge_text.MergeEcho(_shown_line),
-            checkout=git.checkout_root(Path(ctx.obj["dir"])),
+            checkout=_your_checkout(ctx, repo),
         )
     if as_json:
         click.echo(json.dumps(redact_data(report.to_json()), indent=2))
@@ -833,7 +845,7 @@ def pr_cmd(
             api_url=api_url,
             echo=click.echo,
             on_wait=_say_wait,
-            checkout=git.checkout_root(Path(ctx.obj["dir"])),
+            checkout=_your_checkout(ctx, repo),
         )
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED
 
