@@ -705,13 +705,21 @@ def test_hidden_files_and_a_left_stash_are_caught_and_undone(
     assert git(repo, "stash", "list") == ""
 
 
-# Stashes work in the user's checkout, as the user would while the run goes on.
+# Stashes work in the user's checkout twice, as the user would while the run goes on.
 STASHES_IN_CHECKOUT = """
 import pathlib, subprocess, sys
 repo = sys.argv[1]
-pathlib.Path(repo, 'README.md').write_text('work in progress\\n')
-subprocess.run(['git', '-C', repo, 'stash', 'push', '-q', '-m', 'wip during the run'], check=True)
+for n in ('one', 'two'):
+    pathlib.Path(repo, 'README.md').write_text(f'work in progress {n}\\n')
+    subprocess.run(['git', '-C', repo, 'stash', 'push', '-q', '-m', f'wip {n}'], check=True)
 pathlib.Path('work.txt').write_text('work')
+"""
+
+
+DELETES_REF = """
+import subprocess, sys
+subprocess.run(['git', '-C', sys.argv[1], 'update-ref', '-d', sys.argv[2]], check=True)
+open('work.txt', 'w').write('work')
 """
 
 
@@ -729,11 +737,15 @@ def test_a_stash_pushed_during_a_run_is_undone_but_kept_and_the_stash_list_reads
     caught_or_impossible(repo, sandbox=False, what="stash moved")
     assert git(repo, "stash", "list") == listed
     kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/undone/").split()
-    assert len(kept) == 1, kept
-    assert kept[0].endswith("/stash"), kept
-    assert git(repo, "show", f"{kept[0]}:README.md") == "work in progress"
+    shown = sorted(git(repo, "show", f"{ref}:README.md") for ref in kept)
+    assert shown == ["work in progress one", "work in progress two"]
     (patch,) = (repo / ".git" / "swarm" / "runs").glob("*/guard/outside-*.patch")
-    assert f"# kept: refs/stash -> {kept[0]}" in patch.read_text()
+    assert [f"# kept: {ref}" for ref in sorted(kept)] == sorted(
+        line for line in patch.read_text().splitlines() if line.startswith("# kept: ")
+    )
+    # Watched like your branches from then on: a later run's agent deleting one is undone.
+    run_one(repo, [*write_agent(DELETES_REF), str(repo), kept[0]], sandbox=False, task="bad2")
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/undone/").split() == kept
 
 
 # -- swarm's own ref moves during a run --------------------------------------------------------

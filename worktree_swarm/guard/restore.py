@@ -54,16 +54,35 @@ def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> 
 
 
 def _pop_stash(root: Path, before: str, after: str) -> bool:
-    """Take the stash *after* off the top of the list when *before* is under it; whether done."""
+    """Take the stashes pushed on *before* (*after* the newest) off the list; whether done."""
     if after.startswith(SYMBOLIC) or before.startswith(SYMBOLIC):
         return False
-    top, under = (git.rev_parse_in(root, f"{STASH}@{{{n}}}") for n in (0, 1))
-    if (top, under) != (after, before):
+    pushed = stash_pushed(root, before)
+    if not pushed or pushed[0] != after:
         return False
-    res = git.past_stale_lock(
-        root, ["reflog", "delete", "--updateref", "--rewrite", f"{STASH}@{{0}}"]
+    for _ in pushed:
+        popped = ["reflog", "delete", "--updateref", "--rewrite", f"{STASH}@{{0}}"]
+        if git.past_stale_lock(root, popped).returncode != 0:
+            return False
+    return git.rev_parse_in(root, STASH) == before
+
+
+# How far down the stash list the stash a put-back goes back to is looked for.
+_STASH_DEPTH = 32
+
+
+def stash_pushed(root: Path, before: str | None) -> list[str] | None:
+    """The stashes on the list above *before*, newest first (all of them when it is None).
+
+    None when *before* is not among the last :data:`_STASH_DEPTH` entries (dropped, cleared).
+    """
+    said = runner.run(
+        root, "reflog", "show", "--format=%H", "-n", str(_STASH_DEPTH + 1), STASH, check=False
     )
-    return res.returncode == 0 and git.rev_parse_in(root, STASH) == before
+    entries = said.stdout.split() if said.returncode == 0 else []
+    if before is None:
+        return entries
+    return entries[: entries.index(before)] if before in entries else None
 
 
 def _stash_message(root: Path, stash: str) -> str:
@@ -72,21 +91,36 @@ def _stash_message(root: Path, stash: str) -> str:
     return said or PUT_BACK
 
 
-def keep_undone(root: Path, moves: Sequence[tuple[str, str | None, str | None]]) -> list[str]:
-    """Keep each commit a put-back took off a ref reachable, under :data:`UNDONE_PREFIX`.
+def undone_commits(root: Path, moves: Sequence[tuple[str, str | None, str | None]]) -> list[str]:
+    """What putting *moves* back takes off them and keeps nowhere: read before the put-back.
 
-    A branch moved back keeps it in its reflog; one made meanwhile, or a stash, loses its
-    reflog with it: `git gc` would delete your stash or your new branch's commits. Returns
-    ``ref -> kept ref`` lines for the record.
+    A ref made meanwhile loses its reflog with it, and a stash is an entry of the stash
+    list: those commits, `git gc` would delete them. A branch moved back keeps its commit in
+    its own reflog.
+    """
+    found: list[str] = []
+    for ref, before, after in moves:
+        if after is None or after.startswith(SYMBOLIC) or after == before:
+            continue
+        if ref == STASH:
+            found += stash_pushed(root, before) or [after]
+        elif before is None:
+            found.append(after)
+    return list(dict.fromkeys(found))
+
+
+def keep_undone(root: Path, commits: Sequence[str]) -> list[tuple[str, str]]:
+    """Keep each of *commits* reachable under :data:`UNDONE_PREFIX`; ``(ref, commit)`` made.
+
+    Each ref is new (``update-ref`` with an empty old value): one made in the same instant
+    by another put-back is never written over.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     kept = []
-    for n, (ref, before, after) in enumerate(moves):
-        if after is None or after.startswith(SYMBOLIC) or after == before:
-            continue
-        name = f"{UNDONE_PREFIX}{stamp}-{n}/{ref.removeprefix('refs/')}"
-        if runner.run(root, "update-ref", name, after, check=False).returncode == 0:
-            kept.append(f"{ref} -> {name}")
+    for commit in commits:
+        name = f"{UNDONE_PREFIX}{stamp}-{commit[:12]}"
+        if runner.run(root, "update-ref", name, commit, "", check=False).returncode == 0:
+            kept.append((name, commit))
     return kept
 
 

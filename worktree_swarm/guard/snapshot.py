@@ -15,7 +15,14 @@ from worktree_swarm.guard.model import Snapshot, short_ref
 # Refs the guard watches: branches, tags, the stash, its own kept tips, and replace refs (your
 # git reads the object a replace ref names for the one it replaces: `git reset --hard` would
 # check out an agent's tree for your commit; swarm's own git ignores them).
-REF_PATTERNS = ("refs/heads/", "refs/tags/", "refs/stash", "refs/swarm/keep/", "refs/replace/")
+REF_PATTERNS = (
+    "refs/heads/",
+    "refs/tags/",
+    "refs/stash",
+    "refs/swarm/keep/",
+    "refs/swarm/undone/",  # what a put-back took off your refs (restore.py)
+    "refs/replace/",
+)
 # git's full stat check, whatever the repository's config says: a file rewritten with its size
 # and mtime kept still differs in ctime (which no unprivileged process can set back).
 STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")

@@ -76,6 +76,7 @@ from worktree_swarm.guard.restore import (
     remove,
     restore_checkout,
     restore_ref,
+    undone_commits,
 )
 from worktree_swarm.guard.snapshot import (
     SYMBOLIC,
@@ -1541,19 +1542,29 @@ class Guard:
         restored = False
         if suspects and self.restore:
             found = self._intend(found, patch)
+            undone = undone_commits(self.repo.root, refs)  # read before they are put back
             restored = self._put_back_refs(refs)
-            if restored and (kept := keep_undone(self.repo.root, refs)):
-                # What it took off them (your stash, a branch made meanwhile): kept, and said.
-                patch += "".join(f"# kept: {line}\n" for line in kept)
-                if found.patch:
-                    with contextlib.suppress(OSError), Path(found.patch).open("a") as fh:
-                        fh.writelines(f"# kept: {line}\n" for line in kept)
+            if restored and undone:
+                self._keep_undone(undone, found)
         if not restored:
             for r, _, a in refs:
                 self._set_ref(r, a)
         if not suspects:
             return None  # moved while no agent ran: the user's own doing, not ours to undo
         return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
+
+    def _keep_undone(self, commits: list[str], found: Violation) -> None:
+        """Keep *commits* a put-back took off refs (your stash, a branch made meanwhile).
+
+        Under ``refs/swarm/undone/``, watched from now on like your branches, and named at
+        the end of *found*'s patch.
+        """
+        kept = keep_undone(self.repo.root, commits)
+        for name, commit in kept:
+            self._set_ref(name, commit)
+        if found.patch and kept:
+            with contextlib.suppress(OSError), Path(found.patch).open("a") as fh:
+                fh.writelines(f"# kept: {name}\n" for name, _ in kept)
 
     def _put_back_refs(self, refs: list[RefMove]) -> bool:
         """Move each of *refs* back; whether all are back.
