@@ -778,8 +778,9 @@ def test_a_misspelt_placeholder_in_an_agent_is_refused_and_braces_of_its_own_are
         "placeholder (did you mean {prompt}? known: {prompt}, {prompt_file}, {task_id}, "
         "{worktree}, {branch})"
     )
-    own = '[[task]]\nid = "a"\nprompt = "p"\nagent = ["sh", "-c", "awk \'{print}\' ${HOME}"]\n'
-    assert build(repo, manifest(cwd, own)).tasks[0].agent_argv[2] == "awk '{print}' ${HOME}"
+    shell = "awk '{print}' ${HOME} {root} {bash}"  # braces of the program's own
+    own = f'[[task]]\nid = "a"\nprompt = "p"\nagent = ["sh", "-c", "{shell}"]\n'
+    assert build(repo, manifest(cwd, own)).tasks[0].agent_argv[2] == shell
 
 
 def test_an_unknown_executor_is_one_line(repo: Path, cwd: Path) -> None:

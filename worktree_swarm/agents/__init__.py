@@ -6,7 +6,6 @@ first attempt or a resume and interprets the attempt's log; see docs/agents.md.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import importlib
 import os
@@ -113,15 +112,42 @@ def _check_placeholders(argv: Sequence[str], *, where: str) -> None:
         for name in _BRACED.findall(arg):
             if name in PLACEHOLDERS:
                 continue
-            near = difflib.get_close_matches(name.lower().replace("-", "_"), PLACEHOLDERS, 1)
-            if near or name.lower() in PLACEHOLDERS:
-                meant = near[0] if near else name.lower()
+            meant = _nearly(name)
+            if meant is not None:
                 raise BadInputError(
                     f"{where}: argument {arg!r} has {{{name}}}, which is no placeholder"
                     f" (did you mean {{{meant}}}? known: "
                     + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
                     + ")"
                 )
+
+
+def _nearly(name: str) -> str | None:
+    """The placeholder *name* is a misspelling of, if any: one letter off, or case and marks.
+
+    Not a word of the program's own that merely looks alike (`{root}`, `{bash}`, `{work}`).
+    """
+    plain = name.lower().replace("-", "").replace("_", "")
+    for placeholder in PLACEHOLDERS:
+        target = placeholder.replace("_", "")
+        if plain == target or (len(plain) >= _TYPO_MIN and _one_off(plain, target)):
+            return placeholder
+    return None
+
+
+_TYPO_MIN = 5  # a shorter word one letter off a placeholder is more likely a word of its own
+
+
+def _one_off(a: str, b: str) -> bool:
+    """Whether *a* and *b* differ by one letter changed, added, dropped or two swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]  # noqa: PLR2004
+        return len(diff) == 1 or (swapped and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> tuple[str, ...]:

@@ -75,7 +75,8 @@ def stop(
         # The manager died before it stopped them: stopped here, as with no manager.
     with _unmanaged_stop(repo, run_id) as beside:
         stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
-    _block_dependents(store, run_id)  # as the manager would: stopped, they never start
+        # As the manager would (under its lock: a resume must not start one meanwhile).
+        _block_dependents(store, run_id)
     end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
     # Not one whose agent had ended by itself meanwhile (recorded done or failed): never said
     # to be stopped.

@@ -10,6 +10,7 @@ workers as events.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -64,6 +65,10 @@ __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json",
 def new_run_id() -> str:
     """A sortable, unique run id: UTC timestamp plus a random suffix."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+# What the catch-all of a task's worker says is the system's limit, not an internal error.
+_FILE_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 class Runner:
@@ -424,8 +429,11 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
             log = faults.record_exception(self.manager_log, threading.current_thread().name)
             reason = f"internal error: {exc!r} (traceback in {log})"
-            if isinstance(exc, OSError) and (limit := proc.system_limit(exc.errno)):
-                # Out of file descriptors (or processes): the system's, not a bug of swarm's.
+            # Not EAGAIN: a lock taken without waiting says so too (a fork's is caught where
+            # it starts a process).
+            if isinstance(exc, OSError) and exc.errno in _FILE_LIMITS:
+                limit = proc.system_limit(exc.errno)
+                # Out of file descriptors (or memory): the system's, not a bug of swarm's.
                 reason = (
                     f"the manager met a system limit ({exc.strerror}: {limit}); its work is"
                     " kept, `swarm retry` runs it again"
