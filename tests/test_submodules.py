@@ -98,6 +98,9 @@ def test_a_submodule_s_new_commit_is_checkpointed_as_its_pointer(
     # Once your clone of lib has it (a push, a fetch), the worktree goes.
     git(super_repo, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "lib")
     git(super_repo / "lib", "fetch", "-q", str(worktree / "lib"), moved)
+    out = swarm(super_repo, "clean", "--yes")  # fetched by its id only: on no ref, still kept
+    assert worktree.is_dir(), out.stdout
+    git(super_repo / "lib", "branch", "from-the-agent", moved)
     out = swarm(super_repo, "clean", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not worktree.exists()

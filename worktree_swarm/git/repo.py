@@ -1158,12 +1158,7 @@ def _submodule_paths(worktree: Path) -> set[str]:
     Anyone can commit a ``.gitmodules``: a path that leaves the worktree (``../up``, ``/x``)
     is no submodule git would make, and git refuses to list it (every checkpoint failed).
     """
-    if not (worktree / ".gitmodules").is_file():
-        return set()
-    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
-                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
-    paths = {entry.partition("\n")[2] for entry in named.split("\0") if entry}
-    return {p for p in paths if _inside(PurePosixPath(p))}
+    return set(_submodule_names(worktree))
 
 
 def _inside(path: PurePosixPath) -> bool:
@@ -1551,18 +1546,26 @@ def submodule_commits_only_here(repo: Repo, worktree: Path) -> list[str]:
         commit = head.stdout.strip()
         if head.returncode != 0 or not commit:
             continue
-        fetched = _run(directory, ["for-each-ref", "--count=1", "--format=%(refname)",
-                                   "--contains", commit, "refs/remotes"], check=False)  # fmt: skip
-        if fetched.returncode == 0 and fetched.stdout.strip():
+        # The commit your checkout pins: the agent only checked it out.
+        if rev_parse_in(repo.root, f"HEAD:{link}") == commit:
+            continue
+        if _held(directory, commit, "refs/remotes", "refs/tags"):  # as its clone fetched them
             continue
         yours = repo.common_dir / "modules" / name
-        if (
-            yours.is_dir()
-            and _run(yours, ["cat-file", "-e", f"{commit}^{{commit}}"], check=False).returncode == 0
-        ):
+        if _inside(PurePosixPath(name)) and yours.is_dir() and _held(yours, commit):
             continue
         found.append(f"{link} ({commit[:12]})")
     return found
+
+
+def _held(git_dir: Path, commit: str, *patterns: str) -> bool:
+    """Whether a ref of the repository at *git_dir* (under *patterns*) holds *commit*.
+
+    A commit that is only there (fetched by its id, left for a `git gc` to come) is not held.
+    """
+    said = _run(git_dir, ["for-each-ref", "--count=1", "--format=%(refname)",
+                          "--contains", commit, *patterns], check=False)  # fmt: skip
+    return said.returncode == 0 and bool(said.stdout.strip())
 
 
 def _submodule_names(worktree: Path) -> dict[str, str]:
@@ -1574,9 +1577,8 @@ def _submodule_names(worktree: Path) -> dict[str, str]:
     names: dict[str, str] = {}
     for entry in named.split("\0"):
         key, _, path = entry.partition("\n")
-        name = key.removeprefix("submodule.").removesuffix(".path")
-        if entry and _inside(PurePosixPath(path)) and _inside(PurePosixPath(name)):
-            names[path] = name
+        if entry and _inside(PurePosixPath(path)):
+            names[path] = key.removeprefix("submodule.").removesuffix(".path")
     return names
 
 
