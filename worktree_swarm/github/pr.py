@@ -495,6 +495,8 @@ def _dependencies(repo: git.Repo, task: Task, *, tip: str, numbers: Mapping[str,
     Its dependencies, and theirs in turn (any task of the run with a pull request open):
     every such task's branch that *tip* contains (one `for-each-ref --merged`).
     """
+    if not task.depends_on:  # a branch started from the base carries no task's work
+        return []
     carried = git.git(
         repo.root, "for-each-ref", "--merged", tip, "--format=%(refname)",
         f"refs/heads/{BRANCH_PREFIX}",

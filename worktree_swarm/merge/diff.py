@@ -102,17 +102,17 @@ class BranchTips:
     """
 
     def __init__(self, repo: git.Repo) -> None:
-        self._repo = repo
+        self.repo = repo
 
     @functools.cached_property
     def _listed(self) -> dict[str, str | None] | None:
-        return _listed_tips(self._repo)
+        return _listed_tips(self.repo)
 
     def __call__(self, branch: str) -> str | None:
         """The commit ``refs/heads/<branch>`` points to, or None when the branch is gone."""
         listed = self._listed
         if listed is None or (branch in listed and listed[branch] is None):
-            return branch_tip(self._repo, branch)
+            return branch_tip(self.repo, branch)
         return listed.get(branch)
 
 

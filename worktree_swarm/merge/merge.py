@@ -384,7 +384,7 @@ def select_candidates(
         )
     every = store.tasks(run_id)
     cut_off = {r.task_id for r in every if _cut_off_elsewhere(r, target)}
-    absent = _deps_not_there(repo, every, candidates, standing, start, taken=taken)
+    absent = _deps_not_there(every, candidates, standing, start, taken=taken, tips=tips)
     absent = {dep: own for dep, own in absent.items() if dep not in cut_off}  # said so below
     kept, held = _without_unmerged_deps(
         candidates, target, standing, cut_off=cut_off, absent=absent
@@ -393,13 +393,13 @@ def select_candidates(
 
 
 def _deps_not_there(
-    repo: git.Repo,
     tasks: Sequence[TaskRow],
     candidates: Sequence[Candidate],
     standing: Mapping[str, str],
     start: str | None,
     *,
     taken: Mapping[str, str],
+    tips: BranchTips,
 ) -> dict[str, bool]:
     """The dependencies of *candidates* neither among them, merged, nor held by *start*.
 
@@ -412,7 +412,7 @@ def _deps_not_there(
     names -= set(standing)  # merged, or left out there (judged by what it did there)
     if not names:
         return {}
-    tips = BranchTips(repo)
+    repo = tips.repo
     rows = {r.task_id: r for r in tasks if r.task_id in names}
     work = {t: work_tip(repo, r, taken=taken, tips=tips) for t, r in rows.items()}
     own = {t: t not in taken and tips(task_branch(r)) is not None for t, r in rows.items()}
@@ -568,7 +568,8 @@ def _without_unmerged_deps(
             else:  # a dependency's branch is gone or another run's: naming it merges nothing
                 reason += (
                     "that work along unchecked, and it has no branch of its own to merge (gone,"
-                    " or a later run's)"
+                    " or a later run's): land that work in the target first, or merge"
+                    f" {named.task_id}'s branch by hand"
                 )
             held.append(
                 TaskResult(task_id=named.task_id, outcome=MergeOutcome.SKIPPED, reason=reason)
