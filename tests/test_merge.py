@@ -1658,20 +1658,27 @@ def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
     )
 
 
+def _run_writers(
+    repo: Path, write_agent: Callable[[str], list[str]], tasks: dict[str, list[str]]
+) -> None:
+    """A run of *tasks* (id: its dependencies), each writing ``<id>.txt``; all done."""
+    agent = write_agent(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
+    )
+    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
+    for task_id, deps in tasks.items():
+        text += f'[[task]]\nid = "{task_id}"\nprompt = "p"\ndepends_on = {json.dumps(deps)}\n'
+    (repo.parent / "tasks.toml").write_text(text)
+    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+
+
 def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
     # b's branch starts from a's work: `swarm merge b` landed a along with it, unchecked and
     # recorded nowhere. Skipped instead, saying to name a too; named together, both land,
     # and so does b alone once a is merged (or already in the branch it starts from).
-    agent = write_agent(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
-    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
-    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["a"]\n'
-    (repo.parent / "tasks.toml").write_text(text)
-    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    _run_writers(repo, write_agent, {"a": [], "b": ["a"], "c": ["a"]})
     run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
     integration = f"swarm/integration-{run_id}"
 
@@ -1697,14 +1704,7 @@ def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_
 ) -> None:
     # a's branch deleted by hand: `swarm merge` skipped a, merged b and c, and landed a's
     # work with them, unchecked and unrecorded.
-    agent = write_agent(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
-    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
-    text += 'depends_on = ["a"]\n[[task]]\nid = "c"\nprompt = "p"\ndepends_on = ["b"]\n'
-    (repo.parent / "tasks.toml").write_text(text)
-    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    _run_writers(repo, write_agent, {"a": [], "b": ["a"], "c": ["b"]})
     git(repo, "worktree", "remove", "--force", str(repo.parent / "repo.swarm" / "a"))
     git(repo, "branch", "-D", "swarm/a")
     out = swarm(repo, "merge")
@@ -1731,13 +1731,7 @@ def test_a_merge_started_inside_a_task_worktree_builds_on_your_checkout_not_the_
 ) -> None:
     # `cd` into a task's worktree, then `swarm merge b`: the integration branch started at
     # a's tip, landing a's work unchecked and unrecorded.
-    agent = write_agent(
-        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('x')\n"
-    )
-    text = f"[defaults]\nagent = {json.dumps(agent)}\n"
-    text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
-    (repo.parent / "tasks.toml").write_text(text)
-    assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
+    _run_writers(repo, write_agent, {"a": [], "b": []})
     inside = repo.parent / "repo.swarm" / "a"
     out = swarm(inside, "merge", "b")
     assert out.returncode == 0, out.stdout + out.stderr
