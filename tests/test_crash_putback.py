@@ -459,7 +459,8 @@ def test_a_manager_killed_while_its_guard_sets_a_forged_branch_back_still_fails_
     text = f'[[task]]\nid = "forger"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
     where, argv = killed_in_the_put_back(repo, text, hook, jobs=1, alone=alone)
     assert where == str(repo), where
-    assert f"update-ref refs/heads/feature {before} " in argv, argv  # the guard's, not the agent's
+    # The guard's, not the agent's:
+    assert f"update-ref -m swarm guard: put back refs/heads/feature {before} " in argv, argv
     assert git(repo, "rev-parse", "feature") == (
         before if alone else git(repo, "rev-parse", "swarm/forger")
     )
