@@ -571,6 +571,28 @@ def test_persistent_429_is_retried_by_the_sdk_then_exit_1(
     assert not (project / "tasks.toml").exists()
 
 
+@pytest.mark.parametrize(
+    "wait",
+    [
+        {"retry-after": "100000"},
+        {"retry-after-ms": "50000000"},
+        {"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"},
+    ],
+)
+def test_a_retry_after_of_days_is_waited_no_longer_than_the_silence_allowed(
+    project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch, wait: dict[str, str]
+) -> None:
+    # The SDK waited as long as the header said, silently: `swarm plan` sat there for a day.
+    monkeypatch.setenv("SWARM_API_TIMEOUT", "1")
+    api.replies.append(error_reply(429, "rate_limit_error", "slow down", **wait))
+    api.replies.append(plan_reply(GOOD))
+
+    result = plan(project, "goal")
+
+    assert result.returncode == 0, result.stderr
+    assert len(api.seen) == 2
+
+
 def test_an_overloaded_error_event_mid_answer_is_retried_as_a_529_is(
     project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:

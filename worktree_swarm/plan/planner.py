@@ -12,7 +12,9 @@ worst-case time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import shlex
 import tempfile
@@ -20,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import DEFAULT_JOBS, Overrides, build_run_spec, configured
@@ -225,9 +227,12 @@ def make_plan(
 
     # Closed when done: its HTTP connections are not left for the garbage collector. A read
     # timeout on a stream bounds the silence between two events, not the whole answer.
+    # The SDK waits as long as a `retry-after` says (days): cut to what silence is allowed.
+    cap = functools.partial(_cap_retry_after, limit=min(MAX_RETRY_WAIT, settings.timeout))
     with anthropic.Anthropic(
         api_key=settings.api_key,
         base_url=settings.base_url,
+        http_client=anthropic.DefaultHttpxClient(event_hooks={"response": [cap]}),
         max_retries=settings.max_retries,
         timeout=anthropic.Timeout(
             settings.timeout, connect=min(settings.timeout, _CONNECT_TIMEOUT)
@@ -525,6 +530,24 @@ def _api_message(exc: anthropic.APIStatusError) -> str:
 def _scrub(text: str, settings: ApiSettings) -> str:
     # Never let the key reach the terminal, even if an endpoint echoes it back.
     return " ".join(text.replace(settings.api_key, "***").split())[:300]
+
+
+# The longest wait a `retry-after` of the API gets before the SDK tries again.
+MAX_RETRY_WAIT = 60.0
+
+
+def _cap_retry_after(response: Any, *, limit: float) -> None:  # noqa: ANN401 - the SDK's httpx
+    """Cut the waits *response* asks for (``retry-after``, ``retry-after-ms``) to *limit* s."""
+    for name, unit in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        said = response.headers.get(name)
+        if said is None:
+            continue
+        try:
+            seconds = float(said) / unit
+        except ValueError:  # an HTTP date: however far, no longer than the limit
+            seconds = math.inf
+        if not seconds <= limit:
+            response.headers[name] = f"{limit * unit:g}"
 
 
 def _add_usage(usage: Usage, response: Message) -> Usage:
