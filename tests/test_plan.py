@@ -745,6 +745,26 @@ def test_existing_output_is_not_overwritten(project: Path, api: StubAnthropic) -
     assert "[[task]]" in out.read_text()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_force_replaces_only_a_file(project: Path, api: StubAnthropic, kind: str) -> None:
+    # `--out /dev/stdout --force` (a symlink) or a named pipe was replaced by a regular file.
+    out = project.parent / "out.toml"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        (project.parent / "target.toml").write_text("# yours\n")
+        out.symlink_to(project.parent / "target.toml")
+
+    result = plan(project, "goal", "--out", str(out), "--force")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"swarm: --out {out}: is not a regular file; --force replaces only a file\n"
+    )
+    assert out.is_fifo() if kind == "fifo" else out.is_symlink()
+    assert api.seen == []
+
+
 def test_unreachable_api_is_one_line(
     project: Path, api: StubAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shlex
+import stat
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -180,6 +181,10 @@ def check_output(path: Path, *, force: bool) -> None:
         raise BadInputError(f"--out {path}: is a directory; name a file")
     if os.path.lexists(path) and not force:  # a dangling symlink too: it would be replaced
         raise BadInputError(f"--out {path}: already exists; pass --force or choose another --out")
+    if os.path.lexists(path) and not stat.S_ISREG(path.lstat().st_mode):
+        # A symlink (to `/dev/stdout`, anywhere), a named pipe, a device: replacing it with a
+        # file is not what --force is for.
+        raise BadInputError(f"--out {path}: is not a regular file; --force replaces only a file")
     folder = path.absolute().parent
     if not folder.is_dir():
         raise BadInputError(f"--out {path}: directory {folder} does not exist")
