@@ -444,6 +444,36 @@ pathlib.Path(sys.argv[1]).touch()
 )
 
 
+# Stashes work in the user's checkout, then says so (the hook waits for it).
+STASH_IN_CHECKOUT = """
+import pathlib, subprocess, sys
+repo = sys.argv[1]
+pathlib.Path(repo, 'README.md').write_text('work in progress\\n')
+subprocess.run(['git', '-C', repo, 'stash', 'push', '-q', '-m', 'wip'], check=True)
+pathlib.Path(sys.argv[2]).touch()
+"""
+
+
+def test_a_manager_killed_while_it_pops_a_stash_off_the_list_loses_none(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    # The stash a put-back pops was kept after the pop: a manager killed in between lost it.
+    (repo / "README.md").write_text("older work\n")
+    git(repo, "stash", "push", "-q", "-m", "older")
+    listed = git(repo, "stash", "list")
+    hook = Hook(tmp_path, monkeypatch, "reflog", '[ "${*#*reflog delete}" != "$*" ]')
+    agent = [*write_agent(STASH_IN_CHECKOUT), str(repo), str(hook.armed)]
+    text = f'[[task]]\nid = "stasher"\nprompt = "p"\nagent = {argv_toml(agent)}\n'
+    _, argv = killed_in_the_put_back(repo, text, hook, jobs=1, alone=False)
+    assert "reflog delete" in argv, argv
+    stash = git(repo, "rev-parse", "refs/stash")  # still on the list: the pop was cut
+    assert git(repo, "rev-parse", f"refs/swarm/undone/{stash}") == stash
+    out = swarm(repo, "resume", timeout=300)
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert git(repo, "stash", "list") == listed  # the pop finished by the next command
+    assert git(repo, "show", f"refs/swarm/undone/{stash}:README.md") == "work in progress"
+
+
 @pytest.mark.parametrize("alone", [False, True], ids=["group", "alone"])
 def test_a_manager_killed_while_its_guard_sets_a_forged_branch_back_still_fails_the_agent(
     repo: Path,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,14 +111,13 @@ def undone_commits(root: Path, moves: Sequence[tuple[str, str | None, str | None
 def keep_undone(root: Path, commits: Sequence[str]) -> list[tuple[str, str]]:
     """Keep each of *commits* reachable under :data:`UNDONE_PREFIX`; ``(ref, commit)`` made.
 
-    Each ref is new (``update-ref`` with an empty old value): one made in the same instant
-    by another put-back is never written over.
+    Named by the commit: keeping one twice (a put-back a killed manager's guard began and
+    the next command finishes) writes the same ref with the same value.
     """
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     kept = []
     for commit in commits:
-        name = f"{UNDONE_PREFIX}{stamp}-{commit[:12]}"
-        if runner.run(root, "update-ref", name, commit, "", check=False).returncode == 0:
+        name = f"{UNDONE_PREFIX}{commit}"
+        if runner.run(root, "update-ref", name, commit, check=False).returncode == 0:
             kept.append((name, commit))
     return kept
 

@@ -1542,10 +1542,9 @@ class Guard:
         restored = False
         if suspects and self.restore:
             found = self._intend(found, patch)
-            undone = undone_commits(self.repo.root, refs)  # read before they are put back
+            # Kept first: a manager killed in the put-back loses none of them.
+            self._keep_undone(undone_commits(self.repo.root, refs), found)
             restored = self._put_back_refs(refs)
-            if restored and undone:
-                self._keep_undone(undone, found)
         if not restored:
             for r, _, a in refs:
                 self._set_ref(r, a)
@@ -1559,6 +1558,8 @@ class Guard:
         Under ``refs/swarm/undone/``, watched from now on like your branches, and named at
         the end of *found*'s patch.
         """
+        if not commits:
+            return
         kept = keep_undone(self.repo.root, commits)
         for name, commit in kept:
             self._set_ref(name, commit)
@@ -2290,6 +2291,9 @@ def _put_back_now(repo: git.Repo, violation: Violation, worktree: object) -> boo
     if not violation.refs:
         return False  # files and git's own files: not known to be whole
     now = read_refs(repo.root)
+    # Still as the agent left them: set back below, what that takes off kept first.
+    left = [(r, before, after) for r, before, after in violation.refs if now.get(r) == after]
+    keep_undone(repo.root, undone_commits(repo.root, left))
     back = True
     for ref, before, after in violation.refs:
         if now.get(ref) == before:
