@@ -352,6 +352,16 @@ def test_a_pull_request_clashing_on_many_files_names_ten_and_counts_the_rest(
     assert " and 30 more files\n" in listed
 
 
+def _run_for_prs(repo: Path, tmp_path: Path, tasks: str) -> None:
+    """A run of the manifest's *tasks* (each writes its own file with AGENT); all done."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    manifest = tmp_path / "tasks.toml"
+    argv = json.dumps([*agent_command().split(), str(agent)])
+    manifest.write_text(f"[defaults]\nagent = {argv}\n{tasks}")
+    assert swarm(repo, "run", str(manifest)).returncode == 0
+
+
 def test_a_dependent_tasks_pull_request_names_the_work_it_carries(
     repo: Path,
     tmp_path: Path,
@@ -359,15 +369,8 @@ def test_a_dependent_tasks_pull_request_names_the_work_it_carries(
     fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT)
-    manifest = tmp_path / "tasks.toml"
-    manifest.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_command().split(), str(agent)])}\n"
-        '[[task]]\nid = "base-work"\nprompt = "a"\n'
-        '[[task]]\nid = "on-top"\nprompt = "b"\ndepends_on = ["base-work"]\n'
-    )
-    assert swarm(repo, "run", str(manifest)).returncode == 0
+    _run_for_prs(repo, tmp_path, '[[task]]\nid = "base-work"\nprompt = "a"\n'
+                 '[[task]]\nid = "on-top"\nprompt = "b"\ndepends_on = ["base-work"]\n')  # fmt: skip
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     fake_github.bare = origin
 
@@ -393,17 +396,10 @@ def test_a_pull_request_names_the_work_of_its_dependencies_dependencies_too(
 ) -> None:
     # c builds on b, which builds on a: c's pull request carries a's commits too, and named
     # only b.
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT)
-    manifest = tmp_path / "tasks.toml"
-    manifest.write_text(
-        f"[defaults]\nagent = {json.dumps([*agent_command().split(), str(agent)])}\n"
-        '[[task]]\nid = "a"\nprompt = "a"\n'
-        '[[task]]\nid = "b"\nprompt = "b"\ndepends_on = ["a"]\n'
-        '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n'
-        '[[task]]\nid = "other"\nprompt = "o"\n'
-    )
-    assert swarm(repo, "run", str(manifest)).returncode == 0
+    _run_for_prs(repo, tmp_path, '[[task]]\nid = "a"\nprompt = "a"\n'
+                 '[[task]]\nid = "b"\nprompt = "b"\ndepends_on = ["a"]\n'
+                 '[[task]]\nid = "c"\nprompt = "c"\ndepends_on = ["b"]\n'
+                 '[[task]]\nid = "other"\nprompt = "o"\n')  # fmt: skip
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     fake_github.bare = origin
     for task in ("a", "b", "other", "c"):

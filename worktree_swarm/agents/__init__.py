@@ -144,8 +144,10 @@ def _one_off(a: str, b: str) -> bool:
         return False
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
-        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]  # noqa: PLR2004
-        return len(diff) == 1 or (swapped and a[diff[1]] == b[diff[0]])
+        if len(diff) == 1:
+            return True
+        first, *rest = diff
+        return rest == [first + 1] and a[first : first + 2] == b[first : first + 2][::-1]
     short, long = (a, b) if len(a) < len(b) else (b, a)
     return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 

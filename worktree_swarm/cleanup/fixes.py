@@ -809,10 +809,10 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
     if status is None:
         return False
     # Each untracked file by its name (`--untracked-files=all`): "?? name".
-    untracked = [entry[3:] for entry in status.split("\0") if entry]
-    if any(not entry.startswith("?? ") for entry in status.split("\0") if entry):
+    entries = [entry for entry in status.split("\0") if entry]
+    if not all(entry.startswith("?? ") for entry in entries):
         return False
-    if untracked and not set(untracked) <= set(as_copied()):
+    if entries and not {entry[3:] for entry in entries} <= set(as_copied()):
         return False
     return not git.hides_edits(path)
 
