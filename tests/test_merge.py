@@ -2093,18 +2093,19 @@ def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
         "swarm/two", base, {"two.txt": "2\n", "pyproject.toml": '[project]\nname = "x"\n'}
     )
     brancher.branch(
-        "swarm/three", base, {"pyproject.toml": '[tool.swarm.defaults]\nagent = ["evil"]\n'}
+        "swarm/api-token", base, {"pyproject.toml": '[tool.swarm.defaults]\nagent = ["evil"]\n'}
     )
-    record_run(base_repo, [("one", base), ("two", base), ("three", base)], base=base)
+    # A task id is the manifest's, never a secret: `api-token` is shown as it is.
+    record_run(base_repo, [("one", base), ("two", base), ("api-token", base)], base=base)
     expected = [
         "review before landing (they change what git or swarm do, not only code):",
         (
-            "  one: sub/.gitattributes (which filters, diff and merge drivers git runs, how it"
+            "  one  sub/.gitattributes (which filters, diff and merge drivers git runs, how it"
             " converts files)"
         ),
-        "  one: swarm.toml (later runs' settings, agent commands and checks)",
+        "  one  swarm.toml (later runs' settings, agent commands and checks)",
         (
-            "  three: pyproject.toml (its [tool.swarm]: later runs' settings, agent commands"
+            "  api-token  pyproject.toml (its [tool.swarm]: later runs' settings, agent commands"
             " and checks)"
         ),
     ]
@@ -2115,7 +2116,7 @@ def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
     assert dry.stdout.splitlines()[-4:] == expected, dry.stdout
     assert json.loads(as_json.stdout)["review"] == {
         "one": ["sub/.gitattributes", "swarm.toml"],
-        "three": ["pyproject.toml"],
+        "api-token": ["pyproject.toml"],
     }
     again = swarm(base_repo, "merge")  # nothing left to merge: nothing to call out
     assert "review before landing" not in again.stdout

@@ -81,9 +81,9 @@ def review_lines(report: MergeReport) -> list[str]:
     if not found:
         return []
     lines = ["review before landing (they change what git or swarm do, not only code):"]
-    for task_id, paths in found.items():
+    for task_id, paths in found.items():  # no `id:`: an id like `api-token` read as a setting
         lines += [
-            f"  {task_id}: {path_text(p)} ({REVIEW_FILES[p.rsplit('/', 1)[-1]]})" for p in paths
+            f"  {task_id}  {path_text(p)} ({REVIEW_FILES[p.rsplit('/', 1)[-1]]})" for p in paths
         ]
     return lines
 
