@@ -299,14 +299,21 @@ def test_a_dependent_of_a_task_landed_and_cleaned_runs_on_its_work(
     text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "x"\nprompt = "p"\n'
     text += '[[task]]\nid = "d"\nprompt = "p"\ndepends_on = ["a", "x"]\n'
     assert swarm(repo, "run", manifest(repo, text)).returncode == 1
-    assert status_json(repo)["d"]["state"] == "blocked"
+    rows = status_json(repo)
+    assert rows["d"]["state"] == "blocked"
+    # d never had a branch: status does not name one, a did and does.
+    assert (rows["d"]["branch_made"], rows["a"]["branch_made"]) == (False, True)
+    shown = {line.split()[0]: line for line in swarm(repo, "status").stdout.splitlines()[2:]}
+    assert "swarm/d" not in shown["d"], shown
+    assert "swarm/a" in shown["a"], shown
     git(repo, "merge", "-q", "--ff-only", "swarm/a")
     swarm(repo, "clean", "--yes")
     assert git(repo, "branch", "--list", "swarm/a") == ""
     failing.write_text("")
     out = swarm(repo, "retry", "x")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert status_json(repo)["d"]["state"] == "done"
+    rows = status_json(repo)
+    assert (rows["d"]["state"], rows["d"]["branch_made"]) == ("done", True)
     files = git(repo, "ls-tree", "--name-only", "swarm/d").split()
     assert {"a.out", "x.out", "d.out"} <= set(files)
 

@@ -57,6 +57,7 @@ class TaskStatus:
     branch: str
     worktree: str
     worktree_present: bool = False
+    branch_made: bool = True  # false while (or when, blocked) the task never had its branch
     disk_apparent: int | None = None
     disk_actual: int | None = None
     agent: str = ""  # the profile of the newest attempt (a fallback or budget agent may differ)
@@ -246,6 +247,7 @@ def task_status(
                 insertions=task.diff_insertions,
                 deletions=task.diff_deletions,
                 branch=task.branch,
+                branch_made=bool(task.start_commit or task.base_commit),  # intent, then made
                 worktree=task.worktree,
                 worktree_present=present,
                 taken_by=taken.get(task.task_id),

@@ -32,7 +32,7 @@ def run_summary(run_id: str, rows: list[TaskStatus], *, styled: bool | None = No
             r.task_id,
             r.state,
             f"+{r.insertions} -{r.deletions}" if r.files_changed else "",
-            r.branch,
+            r.branch if r.branch_made else "-",
             _why(r),
         ]
         for r in rows
@@ -87,7 +87,7 @@ def status_text(
             f"{plural(r.files_changed, 'file')} +{r.insertions} -{r.deletions}"
             if r.files_changed
             else "-",
-            r.branch,
+            r.branch if r.branch_made else "-",
             r.worktree if r.worktree_present else "-",
             _why(r)[:_REASON_CHARS],
         ]

@@ -126,7 +126,10 @@ def _gone(row: TaskStatus, kept: str) -> str:
 
 def details(row: TaskStatus) -> Text:
     """The line under the table: branch, worktree, merge and PR facts of the selected task."""
-    parts = [row.branch, f"{row.worktree}{_gone(row, '')}"]
+    if not row.branch_made:  # pending, or blocked before it started
+        parts = [f"{row.branch}: not made"]
+    else:
+        parts = [row.branch, f"{row.worktree}{_gone(row, '')}"]
     if row.merge_result:
         parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
     if row.pr_number is not None:
