@@ -360,6 +360,7 @@ def select_candidates(
     tips = BranchTips(repo)
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
+    landed = _landed_without_branch(repo, rows, start, taken=taken, tips=tips)
     for row in rows:
         if task_ids and row.state.is_active:
             raise BadInputError(
@@ -369,7 +370,7 @@ def select_candidates(
         if not task_ids and (row.state is not TaskState.DONE or row.task_id in standing):
             continue
         later = taken.get(row.task_id)
-        tip = None if later else tips(task_branch(row))
+        tip = None if later else tips(task_branch(row)) or landed.get(row.task_id)
         base = task_base(store, row)
         why = _skip_reason(
             repo, row, target=target, later=later, tip=tip, base=base, run_base=run_base
@@ -390,6 +391,30 @@ def select_candidates(
         candidates, target, standing, cut_off=cut_off, absent=absent
     )
     return kept, skipped + held
+
+
+def _landed_without_branch(
+    repo: git.Repo,
+    rows: Sequence[TaskRow],
+    start: str | None,
+    *,
+    taken: Mapping[str, str],
+    tips: BranchTips,
+) -> dict[str, str]:
+    """Task id -> its last recorded tip, for tasks whose branch is gone but *start* holds it.
+
+    Landed by hand and cleaned since: merged as "already in target" (its checks run there),
+    not skipped as gone.
+    """
+    gone = {
+        r.task_id: r.tip_commit
+        for r in rows
+        if r.tip_commit and r.task_id not in taken and tips(task_branch(r)) is None
+    }
+    if start is None or not gone:
+        return {}
+    there = git.contained(repo, start, sorted(set(gone.values())))
+    return {t: tip for t, tip in gone.items() if tip in there}
 
 
 def _deps_not_there(
