@@ -2929,6 +2929,49 @@ def test_a_worktree_whose_git_file_an_agent_made_a_named_pipe_fails_its_task(
     assert "no longer names its registration" in str(row["reason"]), row
 
 
+OWN_COMMONDIR = """
+import pathlib, subprocess, sys
+admin = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--absolute-git-dir'], capture_output=True, text=True, check=True
+).stdout.strip())
+pathlib.Path('work.txt').write_text('own work\\n')
+(admin / 'commondir').write_text(sys.argv[1] + '\\n')
+"""
+
+
+@pytest.mark.parametrize("where", ["other", "shadow"])
+def test_a_worktree_whose_commondir_an_agent_pointed_elsewhere_fails_its_task(
+    repo: Path, write_agent: AgentFactory, tmp_path: Path, where: str
+) -> None:
+    """git in the worktree took that directory for the repository: pointed at another
+    repository, the checkpoint made `swarm/bad` there with the task's work, and `swarm clean
+    --force` committed later work there too, saying it was checkpointed, then deleted the
+    task's own branch; pointed at a shadow of yours (your objects and refs, its own config),
+    the task was done, and swarm's git read that config from then on."""
+    other = tmp_path / "other"
+    git(tmp_path, "init", "-q", str(other))
+    git(other, "commit", "-q", "--allow-empty", "-m", "theirs")
+    theirs = git(other, "for-each-ref")
+    common = other / ".git"
+    if where == "shadow":
+        common = tmp_path / "shadow"
+        common.mkdir()
+        for name in ("objects", "refs", "logs", "info", "hooks"):
+            (common / name).symlink_to(repo / ".git" / name)
+        (common / "config").write_text((repo / ".git" / "config").read_text())
+    run_one(repo, [*write_agent(OWN_COMMONDIR), str(common)], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert "commondir no longer names" in str(row["reason"]), row
+    worktree = Path(str(row["worktree"]))
+    (worktree / "more.txt").write_text("later work\n")
+    cleaned = swarm(repo, "clean", "--yes", "--force")
+    assert "commondir no longer names" in cleaned.stdout, cleaned.stdout
+    assert (worktree / "more.txt").is_file()  # kept for you, with its work
+    assert git(repo, "branch", "--list", "swarm/bad") != ""
+    assert git(other, "for-each-ref") == theirs
+
+
 NEXT_LOG = """
 import os, pathlib, subprocess
 common = pathlib.Path(subprocess.run(

@@ -198,6 +198,10 @@ def tampered(repo: Repo, path: Path) -> str | None:
         return f"{path} was replaced by a symlink"
     if not os.path.lexists(path / ".git") or _linked_admin(repo, path) is not None:
         return None  # gone (a removal cut short, pruned as such) or as swarm made it
+    with contextlib.suppress(OSError, GitError):
+        admin = git_dir(path)
+        if admin.parent == _worktrees_dir(repo.common_dir) and _other_common(repo, admin):
+            return f"{admin}/commondir no longer names {repo.common_dir}"
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
 
@@ -309,16 +313,30 @@ def _linked_admin(repo: Repo, path: Path) -> Path | None:
     """*path*'s admin dir when it is a linked worktree of *repo* laid out as git writes it.
 
     Its ``.git`` file names ``<common dir>/worktrees/<name>``, whose ``gitdir`` names that
-    ``.git`` file back. None otherwise (the main checkout, a missing or foreign ``.git``).
+    ``.git`` file back and whose ``commondir`` names *repo*'s. None otherwise (the main
+    checkout, a missing or foreign ``.git``, a ``commondir`` pointed at another repository).
     """
     try:
         admin = git_dir(path)
         back = fs.read_text(admin / "gitdir").strip()
     except (OSError, GitError, UnicodeDecodeError):
         return None
-    if admin.parent != _worktrees_dir(repo.common_dir):
+    if admin.parent != _worktrees_dir(repo.common_dir) or _other_common(repo, admin):
         return None
     return admin if real_path(admin / back) == real_path(path / ".git") else None
+
+
+def _other_common(repo: Repo, admin: Path) -> bool:
+    """Whether the admin dir *admin* (under *repo*'s ``worktrees/``) names another common dir.
+
+    git writes ``../..``; rewritten, git in the worktree reads another repository's config
+    and commits into it (a checkpoint onto a branch of a repository of yours).
+    """
+    try:
+        named = fs.read_text(admin / "commondir").strip()
+    except (OSError, UnicodeDecodeError):
+        return True  # without it git takes the admin dir for a repository of its own
+    return named != "../.." and real_path(admin / named) != real_path(repo.common_dir)
 
 
 @functools.lru_cache(maxsize=8)
