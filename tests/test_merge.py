@@ -981,6 +981,7 @@ def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_me
         "pathlib.Path('cache/deep').mkdir(parents=True, exist_ok=True)\n"
         "pathlib.Path('cache/deep/mod.pyc').write_text('x')\n"
         "pathlib.Path('stamp').write_text('x')\n"
+        "open(b'odd\\xff', 'w').close()\n"  # named in bytes that are not UTF-8: kept before
     )
 
     first = swarm(base_repo, "merge", "one", "--check", f"{agent_command()} {check}")

@@ -1026,7 +1026,10 @@ def test_a_branch_its_agent_deleted_is_put_back_and_the_work_lands_on_it(
 
 def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:
     (repo / ".env").write_text("SECRET_URL=local\n")
-    (repo / ".gitignore").write_text(".env\n")
+    # A copied file named in bytes that are not UTF-8 failed every checkpoint: its name, read
+    # back as text, no longer matched itself, and `git add` was told to skip an ignored file.
+    (repo / os.fsdecode(b"odd\xff.env")).write_text("A=1\n")
+    (repo / ".gitignore").write_text("*.env\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore env")
     agent = argv_toml(
@@ -1043,7 +1046,7 @@ def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFacto
         f"""
 [defaults]
 agent = {agent}
-copy = [".env"]
+copy = [".env", "odd*.env"]
 setup = [[{py}, "-c", "open('made-by-setup', 'w').write('setup ran\\\\n')"]]
 [[task]]
 id = "uses-env"
@@ -1060,6 +1063,7 @@ setup = [[{py}, "-c", "print('npm ERR! missing'); raise SystemExit(2)"]]
     assert seen.startswith("SECRET_URL=local\nsetup ran\n")
     assert int(seen.splitlines()[-1]) >= 20000
     rows = status_json(repo)
+    assert rows["uses-env"]["state"] == "done", rows["uses-env"]
     assert rows["bad-setup"]["state"] == "failed"
     assert "npm ERR! missing" in str(rows["bad-setup"]["reason"])
 

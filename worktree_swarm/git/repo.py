@@ -1097,9 +1097,10 @@ def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
     for literal in in_batches(f":(literal,top){path}" for path in exclude):
         _run(worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
                         *literal])  # fmt: skip
-        out = _run(worktree, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard",
-                              "--directory", "--", *literal]).stdout  # fmt: skip
-        ignored |= {p.rstrip("/") for p in out.split("\0") if p}
+        listed = ("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory")
+        out = runner.run_bytes(worktree, *listed, "--", *literal).stdout
+        # As bytes: a name that is not UTF-8 must match its excluded self (surrogates).
+        ignored |= {os.fsdecode(p).rstrip("/") for p in out.split(b"\0") if p}
     return [path for path in exclude if path.rstrip("/") not in ignored]
 
 

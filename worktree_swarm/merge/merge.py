@@ -883,8 +883,8 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
 
 
 def _untracked(worktree: Path) -> set[str]:
-    out = runner.run(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
-    return {name for name in out.split("\0") if name}
+    out = runner.run_bytes(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
+    return {os.fsdecode(name) for name in out.split(b"\0") if name}  # as bytes: any name
 
 
 def _remove_new(worktree: Path, names: set[str]) -> None:
