@@ -410,6 +410,14 @@ def test_unreadable_manifest(repo: Path, cwd: Path) -> None:
     assert error(repo, Path("bin.toml")) == "bin.toml: not UTF-8 text"
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_and_crlf_loads(repo: Path, cwd: Path) -> None:
+    # Windows editors save one: it was refused as "invalid TOML ... line 1, column 1".
+    text = f'[defaults]\r\nagent = {AGENT_TOML}\r\n[[task]]\r\nid = "a"\r\nprompt = "p"\r\n'
+    (cwd / "tasks.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    spec = build_run_spec(repo_root=repo, manifest=Path("tasks.toml"))
+    assert [t.id for t in spec.tasks] == ["a"]
+
+
 def test_toml_syntax_error_is_one_line(repo: Path, cwd: Path) -> None:
     (cwd / "tasks.toml").write_text('[[task]]\nid = "a"\nprompt = \n')
     message = error(repo, Path("tasks.toml"))

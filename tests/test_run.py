@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import as_owner_only, git, reads_only, swarm_here
 from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.run.checks import placeholder_lines
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -1485,3 +1486,25 @@ def test_a_task_whose_dependencies_conflict_is_blocked_naming_them_and_its_sibli
     assert rows["fine"]["state"] == "done"
     assert branch_file(repo, "swarm/fine", "b.txt") == "d3"
     assert branch_file(repo, "swarm/fine", "fine.txt") == "fine"
+
+
+def test_no_placeholders_finds_every_added_marker_and_names_its_file_as_git_would(
+    repo: Path,
+) -> None:
+    # An added line `++ TODO` reads `+++ TODO` in a hunk: it was taken for a file's header
+    # (missed, and later lines put under a file named `TODO`), and quoted names kept git's
+    # quotes and `b/`.
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / "sp ace.py").write_text("++ TODO finish this\nok = 1\n")
+    (repo / os.fsdecode(b"bad\xff.py")).write_text("# FIXME\n")
+    (repo / "nl\n.py").write_text("raise NotImplementedError\n")
+    (repo / "plain.py").write_text("x = 1  # TODO\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "work")
+
+    assert placeholder_lines(repo, base) == [
+        '"bad\\377.py": # FIXME',
+        '"nl\\n.py": raise NotImplementedError',
+        "plain.py: x = 1  # TODO",
+        "sp ace.py: ++ TODO finish this",
+    ]

@@ -459,7 +459,7 @@ def _read_bytes(path: Path, *, where: str, limit: int = TOML_FILE_LIMIT) -> byte
 def _read_toml(path: Path, *, where: str) -> dict[str, object]:
     data = _read_bytes(path, where=where)
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows editors)
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{where}: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
-from worktree_swarm.core.text import without_escapes
+from worktree_swarm.core.text import path_text, without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, supervisor
 from worktree_swarm.infra.logtail import from_word_start
@@ -43,15 +44,52 @@ class CheckFailure:
 
 
 def placeholder_lines(worktree: Path, base: str) -> list[str]:
-    """Added lines (``path: text``) in HEAD vs *base* that look like unfinished work."""
-    diff = git.git(worktree, "diff", "--unified=0", "--no-color", "--no-ext-diff", base, "HEAD")
-    found, path = [], ""
-    for line in diff.splitlines():
-        if line.startswith("+++ "):
-            path = line[6:] if line.startswith("+++ b/") else line[4:]
-        elif line.startswith("+") and PLACEHOLDER_RE.search(line):
+    """Added lines (``path: text``) in HEAD vs *base* that look like unfinished work.
+
+    A ``+++`` line is a file's header only before its first hunk: an added line ``++ x``
+    reads ``+++ x`` in a hunk.
+    """
+    diff = git.git(
+        worktree,
+        *("diff", "--unified=0", "--no-color", "--no-ext-diff", "--no-textconv"),
+        *("--src-prefix=a/", "--dst-prefix=b/", base, "HEAD"),
+    )
+    found, path, header = [], "", False
+    for line in diff.split("\n"):
+        if line.startswith("diff --git "):
+            header = True
+        elif line.startswith("@@"):
+            header = False
+        elif header and line.startswith("+++ "):
+            path = path_text(_unquoted(line[4:]).removeprefix("b/"))
+        elif not header and line.startswith("+") and PLACEHOLDER_RE.search(line):
             found.append(f"{path}: {line[1:].strip()}")
     return found
+
+
+_ESCAPED = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def _unquoted(name: str) -> str:
+    """A file name of a diff header as it is: git quotes one with odd bytes C-style.
+
+    An unquoted one with a space ends in a tab (for patch(1)).
+    """
+    if not (len(name) > 1 and name[0] == name[-1] == '"'):
+        return name.removesuffix("\t")
+    out, i, body = bytearray(), 0, name[1:-1]
+    while i < len(body):
+        char = body[i]
+        if char != "\\" or i + 1 == len(body):
+            out += char.encode("utf-8", "surrogateescape")
+            i += 1
+        elif body[i + 1] in _ESCAPED:
+            out.append(_ESCAPED[body[i + 1]])
+            i += 2
+        else:  # three octal digits: one byte
+            out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
+            i += 4
+    return os.fsdecode(bytes(out))
 
 
 def run_checks(
