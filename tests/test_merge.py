@@ -2526,6 +2526,35 @@ def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run
     ]  # fmt: skip
 
 
+def test_a_tasks_check_timeout_holds_for_its_checks_in_a_merge(
+    base_repo: Path, tmp_path: Path
+) -> None:
+    # A check that hangs only at the merge waited out the 30-minute default, not the task's
+    # `check_timeout`.
+    hang = tmp_path / "hang"
+    check = [
+        sys.executable,
+        "-c",
+        f"import os, time; os.path.exists({str(hang)!r}) and time.sleep(600)",
+    ]
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        f"[defaults]\nagent = {json.dumps(task_id_agent(tmp_path))}\n"
+        f'checks = [{json.dumps(check)}]\ncheck_timeout = "2s"\n'
+        '[[task]]\nid = "one"\nprompt = "x"\n'
+    )
+    run = swarm(base_repo, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    hang.touch()
+
+    out = swarm(base_repo, "merge", "--json", timeout=60)
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    (result,) = json.loads(out.stdout)["results"]
+    assert result["outcome"] == "failed", result
+    assert "timed out after 2s" in result["reason"], result
+
+
 def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
     base_repo: Path, tmp_path: Path
 ) -> None:

@@ -770,7 +770,7 @@ def _run_checks(
             if failure is None:
                 failure = run_steps(
                     steps, cwd=s.target.worktree, env=env, log=s.log, what="check",
-                    on_start=started,
+                    timeout=None if task is None else task.check_timeout, on_start=started,
                 )  # fmt: skip
         outside = _outside(s, "the checks")
         return CheckFailure(summary=outside) if outside else failure
