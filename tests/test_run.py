@@ -1030,7 +1030,10 @@ def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFacto
     # A copied file named in bytes that are not UTF-8 failed every checkpoint: its name, read
     # back as text, no longer matched itself, and `git add` was told to skip an ignored file.
     (repo / os.fsdecode(b"odd\xff.env")).write_text("A=1\n")
-    (repo / ".gitignore").write_text("*.env\n")
+    # So did one in a wholly ignored directory: git names the directory, not the file.
+    (repo / "run").mkdir()
+    (repo / "run" / "conf").write_text("K=v\n")
+    (repo / ".gitignore").write_text("*.env\nrun/\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore env")
     agent = argv_toml(
@@ -1047,7 +1050,7 @@ def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFacto
         f"""
 [defaults]
 agent = {agent}
-copy = [".env", "odd*.env"]
+copy = [".env", "odd*.env", "run/*"]
 setup = [[{py}, "-c", "open('made-by-setup', 'w').write('setup ran\\\\n')"]]
 [[task]]
 id = "uses-env"

@@ -1101,7 +1101,12 @@ def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
         out = runner.run_bytes(worktree, *listed, "--", *literal).stdout
         # As bytes: a name that is not UTF-8 must match its excluded self (surrogates).
         ignored |= {os.fsdecode(p).rstrip("/") for p in out.split(b"\0") if p}
-    return [path for path in exclude if path.rstrip("/") not in ignored]
+    # `--directory` names a wholly ignored directory, not the files in it.
+    return [
+        path
+        for path in exclude
+        if not {path.rstrip("/"), *map(str, PurePosixPath(path).parents)} & ignored
+    ]
 
 
 def _add(
