@@ -14,7 +14,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from tests.test_run import (
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as g
+from worktree_swarm.git import worktrees
 from worktree_swarm.run import task_worker
 from worktree_swarm.run.runner import Runner
 
@@ -664,14 +664,19 @@ def test_a_stop_with_no_manager_blocks_the_tasks_waiting_on_what_it_stopped(
     assert [r["state"] for r in runs] == ["stopped"]  # nothing left to resume
 
 
-def test_an_exception_in_a_worker_is_logged_with_its_traceback(repo: Path, tmp_path: Path) -> None:
-    # `copy` of a unix socket: opening it fails with an OSError swarm does not expect.
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(repo / "agent.sock"))
-        text = '[defaults]\nagent = "scripted"\n[[task]]\nid = "a"\nprompt = "x"\n'
-        text += 'copy = ["agent.sock"]\n'
-        out = swarm(repo, "run", manifest(repo, text))
-    assert out.returncode == 1
+def test_an_exception_in_a_worker_is_logged_with_its_traceback(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An OSError swarm does not expect where a task is set up (a `copy` of a unix socket
+    # raised one once).
+    def copy_into(*_args: object, **_kwargs: object) -> list[str]:
+        raise OSError(errno.ENXIO, "No such device or address")
+
+    monkeypatch.setattr(worktrees, "copy_into", copy_into)
+    monkeypatch.chdir(repo)
+    (repo / "local.env").write_text("A=1\n")
+    text = '[defaults]\nagent = "scripted"\n[[task]]\nid = "a"\nprompt = "x"\n'
+    assert cli.main(["run", manifest(repo, text + 'copy = ["local.env"]\n')]) == 1
     row = status_json(repo)["a"]
     assert row["state"] == "failed"
     reason = str(row["reason"])

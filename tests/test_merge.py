@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import os
 import re
@@ -2721,51 +2721,36 @@ def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next
     # in the integration worktree, and every later merge kept it (copy skips what exists), so
     # the task's checks failed there at every `swarm merge`.
     ignore(base_repo, ".env\n")
-    env_file = base_repo / ".env"
-    env_file.write_text("MODE=ci\n")
+    (base_repo / ".env").write_text("MODE=ci\n")
     agent = tmp_path / "agent.py"
-    agent.write_text("import pathlib\npathlib.Path('one.txt').write_text('x')\n")
+    agent.write_text(
+        "import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID']).write_text('x')\n"
+    )
     check = [sys.executable, "-c", "import sys; sys.exit(open('.env').read() != 'MODE=ci\\n')"]
     path = tmp_path / "tasks.toml"
     path.write_text(
         f"[defaults]\nagent = {json.dumps([*agent_python(), str(agent)])}\n"
-        f'checks = [{json.dumps(check)}]\ncopy = [".env"]\n[[task]]\nid = "one"\nprompt = "x"\n'
+        f'checks = [{json.dumps(check)}]\ncopy = [".env"]\n'
+        '[[task]]\nid = "zero"\nprompt = "x"\n[[task]]\nid = "one"\nprompt = "x"\n'
     )
     run = swarm(base_repo, "run", str(path))
     assert run.returncode == 0, run.stdout + run.stderr
-    # The merge copies from a pipe: the copy is half written when the merge is killed.
-    env_file.unlink()
-    os.mkfifo(env_file)
-    merging = subprocess.Popen([sys.executable, "-m", "worktree_swarm.cli", "merge"],
-                               cwd=base_repo, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    copied = base_repo.parent / "repo.swarm" / f"_integration-{status_run(base_repo)}" / ".env"
-    writer = os.open(env_file, os.O_WRONLY)  # once the merge reads it
-    os.set_blocking(writer, False)
-
-    def half_copied() -> bool:
-        # Sent until the copy has some: what the first reader (a clone attempt) took is lost.
-        # A copy is made beside its file and renamed in once whole: that part is what grows.
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(writer, b"MODE=" + b"x" * 20_000)  # more than a buffered write holds
-        parts = list(copied.parent.glob(".swarm-copy-*")) if copied.parent.exists() else []
-        return any(p.stat().st_size > 0 for p in parts) or copied.exists()
-
-    try:
-        wait_for(half_copied, what="the copy")
-    finally:
-        os.killpg(merging.pid, signal.SIGKILL)
-        merging.wait(timeout=30)
-        os.close(writer)
-    env_file.unlink()
-    env_file.write_text("MODE=ci\n")
+    first = swarm(base_repo, "merge", "zero")
+    assert first.returncode == 0, first.stdout + first.stderr
+    # What a merge of `one` killed while it copied `.env` leaves: the copy's part beside it
+    # (renamed in once whole), an older copy's half, and its record of what it placed.
+    worktree = base_repo.parent / "repo.swarm" / f"_integration-{status_run(base_repo)}"
+    (worktree / f".swarm-copy-{hashlib.sha256(b'.env').hexdigest()[:16]}").write_text("MODE=")
+    (worktree / ".env").write_text("MODE=")
+    record = Path(git(worktree, "rev-parse", "--absolute-git-dir")) / "swarm-checks-untracked.json"
+    record.write_text(json.dumps({"untracked": [], "placed": [".env"]}))
 
     out = swarm(base_repo, "merge")
 
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(base_repo)["one"]["merge_result"] == "merged"
-    assert not copied.exists()  # what copy added goes after the checks, ignored or not
-    assert not list(copied.parent.glob(".swarm-copy-*"))  # nor the killed copy's part
+    assert not (worktree / ".env").exists()  # what copy added goes after the checks
+    assert not list(worktree.glob(".swarm-copy-*"))  # nor the killed copy's part
 
 
 def test_removing_a_tasks_copy_files_never_follows_a_symlink_its_checks_made_out(

@@ -389,6 +389,30 @@ def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     assert (repo / ".env").read_text() == f"API_KEY={key}\n"  # yours stays
 
 
+def test_the_secrets_of_a_copy_file_that_is_a_symlink_are_known_too(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # `.env` a link to your real file: its secrets were never read (a link was skipped), and
+    # the agent's copy of it was committed on a done branch.
+    key = "sk_live_51Hq8TzLmX2b7cQ"
+    real = repo / "private" / "real.env"
+    real.parent.mkdir()
+    real.write_text(f"STRIPE_SECRET_KEY={key}\n")
+    (repo / ".gitignore").write_text("private/\n.env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    (repo / ".env").symlink_to(real)
+    agent = write_agent("import shutil\nshutil.copy('.env', 'leaked.txt')\n")
+    path = manifest(
+        repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert str(row["reason"]).startswith("wrote the value of a secret into leaked.txt"), row
+    assert key not in git(repo, "log", "-p", "swarm/a")
+
+
 def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch,

@@ -411,6 +411,39 @@ def test_copy_into_directory_and_symlink(repo: Path, tmp_path: Path) -> None:
     assert (dst / "fixtures" / "link").readlink() == Path("deep/a.json")
 
 
+def test_copy_gives_an_agent_no_link_out_of_its_worktree_and_never_opens_a_pipe(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `.env` an absolute link to a file of your checkout: copied as a link, the agent wrote
+    # your file through it. A named pipe matched: the copy waited on it for ever.
+    real = repo / "private" / "real.env"
+    real.parent.mkdir()
+    real.write_text("K=v\n")
+    (repo / ".env").symlink_to(real)
+    (repo / "run").mkdir()
+    os.mkfifo(repo / "run" / "ctl")
+    (repo / "run" / "conf").write_text("c\n")
+    (repo / "run" / "to-conf").symlink_to("conf")  # stays inside: a link still
+    (repo / "run" / "to-pipe").symlink_to(repo / "run" / "ctl")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    copied = wt.copy_into(repo, dst, [".env", "run/*"])
+
+    assert copied == [".env", "run/conf", "run/to-conf"]
+    assert not (dst / ".env").is_symlink()
+    (dst / ".env").write_text("the agent's\n")
+    assert real.read_text() == "K=v\n"
+    assert (dst / "run" / "to-conf").readlink() == Path("conf")
+    assert not os.path.lexists(dst / "run" / "ctl")
+    assert not os.path.lexists(dst / "run" / "to-pipe")
+    # A link out of the repository is never followed, nor handed over.
+    (tmp_path / "id_rsa").write_text("key\n")
+    (repo / "key").symlink_to(tmp_path / "id_rsa")
+    with pytest.raises(BadInputError, match="key is a symlink that leads outside"):
+        wt.copy_into(repo, dst, ["key"])
+
+
 def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
     (tmp_path / "x").write_text("outside\n")
     dst = tmp_path / "dst"

@@ -653,8 +653,15 @@ def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> f
         return frozenset()
     row, task = known
     copied = worktrees.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
-    same = (rel for rel in copied if fs.same_file(repo.root / rel, path / rel))
+    same = (
+        rel for rel in copied if fs.same_file(_copied_from(repo.root / rel, path / rel), path / rel)
+    )
     return frozenset([*task.link, *same])
+
+
+def _copied_from(src: Path, copy: Path) -> Path:
+    """What *copy* was made from: *src*, or the file the symlink *src* names (copied as that)."""
+    return real_path(src) if src.is_symlink() and not copy.is_symlink() else src
 
 
 def _task_of(store: Store | None, f: Finding) -> tuple[TaskRow, Task] | None:

@@ -676,7 +676,10 @@ def copy_into(
 
     Meant for untracked or ignored local files (``.env``, ``config/*.local``): a file that
     already exists in *dst_root* (e.g. a tracked one) is left alone. A matched directory is
-    copied recursively; symlinks are copied as symlinks. Modes are kept. *mode* (``copy_mode``):
+    copied recursively. A symlink that stays inside *dst_root* is copied as a symlink; one that
+    would lead out of it (``.env`` -> ``/home/me/app/private/.env``) as the file it points to
+    (an agent writing through it would write your file), or not at all when that is no regular
+    file. Named pipes, sockets and devices are not copied. Modes are kept. *mode* (``copy_mode``):
     ``auto`` clones (reflink) where the file system allows and copies bytes otherwise,
     ``hardlink`` hard-links (the worktree and *src_root* then share one file: an in-place edit
     in either changes both) and falls back to ``auto`` across file systems, ``copy`` always
@@ -693,8 +696,8 @@ def copy_into(
         if os.path.lexists(dst):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        _copy_file(src, dst, mode=mode)
-        copied.add(rel.as_posix())
+        if _copy_file(src, dst, mode=mode, inside=dst_real):
+            copied.add(rel.as_posix())
     return sorted(copied)
 
 
@@ -703,10 +706,12 @@ def copy_sources(
 ) -> list[tuple[Path, PurePosixPath]]:
     """The files (and symlinks, not followed) that *globs* name below *root*, with relative paths.
 
-    Nothing under ``.git``. Raises BadInputError for a pattern that leaves *root* and, when
-    *strict*, for a file reached through a symlinked directory that leads out of it (``cfg/*``
-    with ``cfg`` a link to ``~/.ssh`` would otherwise copy a private key into the worktree);
-    without *strict* such files are skipped.
+    Nothing under ``.git``, and no named pipe, socket or device (opening a pipe waits for a
+    writer). Raises BadInputError for a pattern that leaves *root* and, when *strict*, for a
+    file reached through a symlinked directory that leads out of it (``cfg/*`` with ``cfg`` a
+    link to ``~/.ssh`` would otherwise copy a private key into the worktree), or a symlink
+    that does (``cfg/key`` -> ``~/.ssh/id_rsa``: the agent could write through it); without
+    *strict* the former are skipped, the latter kept.
     """
     root_real = real_path(root)
     found: dict[PurePosixPath, Path] = {}
@@ -717,7 +722,7 @@ def copy_sources(
         for match in sorted(root.glob(pattern)):
             for src in _files_under(match):
                 rel = PurePosixPath(src.relative_to(root).as_posix())
-                if ".git" in rel.parts:
+                if ".git" in rel.parts or not _file_or_link(src):
                     continue
                 if not real_path(src.parent).is_relative_to(root_real):
                     if not strict:
@@ -725,6 +730,11 @@ def copy_sources(
                     raise BadInputError(
                         f"copy {pattern!r}: {rel} is reached through a symlink that leads "
                         f"outside {root}; copy never follows one out of the repository"
+                    )
+                if strict and src.is_symlink() and not real_path(src).is_relative_to(root_real):
+                    raise BadInputError(
+                        f"copy {pattern!r}: {rel} is a symlink that leads outside {root}; copy "
+                        "never follows one out of the repository, nor gives an agent one"
                     )
                 found.setdefault(rel, src)
     return [(src, rel) for rel, src in sorted(found.items())]
@@ -746,8 +756,8 @@ def copied_secrets(root: Path, globs: Sequence[str]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     budget = _SETTINGS_TOTAL_LIMIT
     for src, rel in copy_sources(root, globs, strict=False):
-        try:
-            info = src.lstat()
+        try:  # through a symlink in the repository too: it is copied as what it points to
+            info = src.stat()
             if not stat.S_ISREG(info.st_mode) or info.st_size > min(_SETTINGS_FILE_LIMIT, budget):
                 continue
             with fs.open_file(src) as fh:
@@ -785,6 +795,14 @@ def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str
     return [c for c in candidates if c not in tracked]
 
 
+def _file_or_link(path: Path) -> bool:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
 def _files_under(path: Path) -> list[Path]:
     """Return *path* itself, or the files and symlinks below it when it is a real directory."""
     if path.is_symlink() or not path.is_dir():
@@ -803,17 +821,23 @@ _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, ...
 _PART = ".swarm-copy-"  # a copy being made beside its file, renamed in once whole
 
 
-def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
+def _copy_file(src: Path, dst: Path, *, mode: CopyMode, inside: Path) -> bool:
+    """Copy *src* to *dst* (see :func:`copy_into`); False when it is not copied."""
     if src.is_symlink():
-        dst.symlink_to(src.readlink())
-        return
+        target = src.readlink()
+        if not target.is_absolute() and real_path(dst.parent / target).is_relative_to(inside):
+            dst.symlink_to(target)
+            return True
+        src = real_path(src)  # in the repository (copy_sources): copied as what it is
+        if not src.is_file():
+            return False
     if mode == CopyMode.HARDLINK:
         try:
             os.link(src, dst)
         except OSError:
             pass  # another file system, or links not allowed: fall back to a clone or copy
         else:
-            return
+            return True
     # Made aside, then renamed in: a copy cut short (the disk full) never stands as the file,
     # and the copy made again once there is room does not skip it.
     # Named after the file (fixed length: any name fits): a killed copy's is replaced by the
@@ -824,13 +848,17 @@ def _copy_file(src: Path, dst: Path, *, mode: CopyMode = CopyMode.AUTO) -> None:
     try:
         if mode == CopyMode.COPY or not _clone(src, part):
             # A byte copy through Python (shutil.copy2 may use copy_file_range, which clones).
-            with src.open("rb") as fsrc, part.open("xb") as fdst:
+            with fs.open_file(src) as fsrc, part.open("xb") as fdst:
                 shutil.copyfileobj(fsrc, fdst)
         shutil.copystat(src, part)
         part.rename(dst)
+    except fs.NotAFileError:  # a pipe by now, say: never waited on
+        part.unlink(missing_ok=True)
+        return False
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+    return True
 
 
 def _clone(src: Path, dst: Path) -> bool:
@@ -851,7 +879,7 @@ def _clone(src: Path, dst: Path) -> bool:
         return False
     import fcntl  # noqa: PLC0415 - POSIX only
 
-    with src.open("rb") as fsrc, dst.open("xb") as fdst:
+    with fs.open_file(src) as fsrc, dst.open("xb") as fdst:
         try:
             fcntl.ioctl(fdst.fileno(), _FICLONE, fsrc.fileno())
         except OSError:
