@@ -1647,6 +1647,9 @@ def test_an_actor_that_stops_answering_is_a_lost_attempt_and_is_killed(
         # Taken down before the task went on: the actor, and the agent it had started.
         assert gone(work.actor)
         assert gone(work.agent)
+        # Its pushed work is here at once (a stop now, then `swarm clean`, lost it).
+        assert git(repo, "show", "swarm/u1:u1.txt")
+        assert status(repo)["u1"]["files_changed"], status(repo)["u1"]
         (ctl / "release").write_text("")
         assert work.manager.wait(timeout=300) == 0, output(work.manager)
     node = work.first.read_text()

@@ -538,17 +538,26 @@ class RayTaskWorker(RunWorker):
 
     def _interrupted(self, task: Task, why: str) -> TaskOutcome:
         """The task, cut off by the loss of the cluster (*why*), waits for `swarm resume`."""
+        self._keep_pushed(task)
+        self.store.update_task(self.run_id, task.id, launching=None)
+        return TaskOutcome(
+            state=TaskState.PENDING,
+            reason=f"interrupted: {why}; its work is kept on {task.branch} as last pushed",
+        )
+
+    def _keep_pushed(self, task: Task) -> None:
+        """Fetch the task's branch as its nodes last pushed it, and record what it holds.
+
+        After an attempt cut off (its node or the cluster lost, a node-side failure): a task
+        stopped or failed then, its branch here still at its base, lost that work to `swarm
+        clean` (and its remote branch to a retry's push).
+        """
         row = self.store.task(self.run_id, task.id)
         with contextlib.suppress(SwarmError):  # the remote may be gone as well
             self._fetch(task)
             if row is not None and row.base_commit:
                 tip = git.rev_parse(self.repo, task.branch) or row.base_commit
                 self._record_diff(task.id, row.base_commit, tip)
-        self.store.update_task(self.run_id, task.id, launching=None)
-        return TaskOutcome(
-            state=TaskState.PENDING,
-            reason=f"interrupted: {why}; its work is kept on {task.branch} as last pushed",
-        )
 
     def _run(self, live: Live) -> TaskOutcome:
         task = live.task
@@ -598,6 +607,7 @@ class RayTaskWorker(RunWorker):
             if got is None:  # its node went before the agent started
                 count.number, count.losses = count.number + 1, count.losses + 1
                 if count.losses > MAX_LOSSES:
+                    self._keep_pushed(task)
                     return TaskOutcome(state=TaskState.FAILED, reason="no node kept it")
                 return None
             handle = got
@@ -631,8 +641,7 @@ class RayTaskWorker(RunWorker):
             course.interrupted()
             return None
         except SwarmError as exc:  # a node-side failure (git): the attempt fails
-            with contextlib.suppress(SwarmError):  # what it pushed (its last checkpoint) is kept
-                self._fetch(task)
+            self._keep_pushed(task)  # what it pushed (its last checkpoint)
             self._end(handle, str(exc))
             raise
         finally:
@@ -1138,6 +1147,7 @@ class RayTaskWorker(RunWorker):
         """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
         silent = isinstance(exc, _UnansweredError)
         self._end(handle, f"node {handle.node} lost: {exc}", silent=silent)
+        self._keep_pushed(task)  # here at once: a task stopped now ends with it
         self._emit("node_lost", task.id, {"attempt": handle.number, "node": handle.node})
         self._state(
             task.id,
