@@ -182,8 +182,10 @@ def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
             assert git(where, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
             assert git(where, "show", f"swarm/{task}:{task}.done") == node
         assert git(repo, "rev-parse", f"swarm/{task}") == git(remote, "rev-parse", f"swarm/{task}")
-    # Nothing of the run's actors is left on either node.
+    # Nothing of the run's actors is left on either node, nor a directory of its attempts.
     assert not actor_processes(cluster)
+    run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
+    assert [n.name for n in cluster.nodes if (n.work_dir / "runs" / run_id).exists()] == []
     out = swarm(repo, "logs", "t1")
     assert out.returncode == 0
     assert out.stdout.splitlines()[0] in {"agent t1 on head", "agent t1 on w0"}

@@ -479,6 +479,9 @@ class NodeAgent:
             pass
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the task's and the run's directories, when empty
+            self.work.parent.rmdir()
+            self.work.parent.parent.rmdir()
 
     # -- helpers ------------------------------------------------------------------------------
 
