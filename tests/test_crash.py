@@ -970,10 +970,11 @@ with filler.open('wb', buffering=0) as fh, contextlib.suppress(OSError):
 def test_a_worktree_removed_for_max_disk_on_a_full_disk_waits_for_room_not_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Removing a finished task's worktree for max_disk commits what its check left first: on
+    # Removing a finished task's worktree for max_disk commits what is left there first: on
     # a full disk that commit failed the task waiting for the room (and its dependents). The
-    # disk is full for that commit alone here (once), as when the check's files are big.
-    repo = make_repo(tmp_path / "repo", {"README.md": "big\n"})
+    # disk is full for that commit alone here (once), as when what is left is big. (Left by
+    # its check: ignored, since what else checks write there is undone once they end.)
+    repo = make_repo(tmp_path / "repo", {"README.md": "big\n", ".gitignore": "left.bin\n"})
     (repo / "blob.bin").write_bytes(os.urandom(1 << 20))
     git(repo, "add", "blob.bin")
     git(repo, "commit", "-qm", "a 1 MiB file")
@@ -999,7 +1000,7 @@ def test_a_worktree_removed_for_max_disk_on_a_full_disk_waits_for_room_not_fails
     assert full  # the removal met the full disk, and waited
     rows = status_json(repo)
     assert rows["t0"]["state"] == rows["t1"]["state"] == "done"
-    assert "left.bin" in git(repo, "ls-tree", "--name-only", "swarm/t0")  # kept, not lost
+    assert not (repo.parent / "repo.swarm" / "t0").exists()  # removed once there was room
 
 
 @pytest.mark.timeout(120)  # the manager waited for ever
@@ -1044,7 +1045,8 @@ def test_a_run_interrupted_while_paused_on_a_full_disk_ends_once_there_is_room(
 ) -> None:
     # Interrupted while it waited for room to record what a task's end told the guard, the
     # manager dropped that task's outcome, then waited for it for ever (room or not).
-    repo = make_repo(small_disk / "repo")
+    # Ignored: what checks write there is undone once they end, but for ignored files.
+    repo = make_repo(small_disk / "repo", {".gitignore": "junk.bin\n"})
     filler = small_disk / "filler.bin"
     check = tmp_path / "check.py"
     check.write_text(JUNK_THEN_FULL)

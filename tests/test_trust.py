@@ -3017,3 +3017,92 @@ def test_the_guards_log_names_a_file_named_after_a_secret_redacted(
     log = next((repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")).read_text()
     assert "o-[REDACTED" in log
     assert value not in log
+
+
+# A task's check, run in its worktree once its agent ended: what it does there or elsewhere.
+CHECK = """
+import os, pathlib, subprocess, sys
+what = sys.argv[1]
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+if what == 'commit':
+    pathlib.Path('extra.txt').write_text('the check\\\\n')
+    subprocess.run(['git', 'add', 'extra.txt'], check=True)
+    subprocess.run(['git', 'commit', '-qm', 'a check commits'], check=True)
+elif what == 'reset':
+    subprocess.run(['git', 'reset', '-q', '--hard', os.environ['SWARM_BASE']], check=True)
+elif what == 'switch':
+    subprocess.run(['git', 'checkout', '-q', '--detach'], check=True)
+elif what == 'format':
+    pathlib.Path('work.txt').write_text('formatted\\\\n')
+    pathlib.Path('build').mkdir()
+    pathlib.Path('build/out.o').write_text('built\\\\n')
+elif what == 'config':
+    with open(os.path.join(common, 'config'), 'a') as fh:
+        fh.write('[core]\\\\n\\\\tfsmonitor = touch planted\\\\n')
+"""
+
+
+@pytest.mark.parametrize("what", ["commit", "reset", "switch"])
+def test_a_check_that_moves_its_tasks_branch_fails_the_task_and_is_put_back(
+    repo: Path, write_agent: AgentFactory, what: str
+) -> None:
+    """A check that committed, reset the branch to its base or detached the worktree left
+    the task done with a branch other than the one checked (or an empty one)."""
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, what])}]\n",
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert str(row["reason"]).startswith("its checks "), row
+    assert "put back" in str(row["reason"]), row
+    worktree = Path(str(row["worktree"]))
+    assert git(worktree, "symbolic-ref", "HEAD") == "refs/heads/swarm/a"
+    assert git(repo, "show", "swarm/a:work.txt") == "own work"
+    assert "extra.txt" not in git(repo, "ls-tree", "--name-only", "swarm/a")
+    assert git(worktree, "status", "--porcelain") == ""
+
+
+def test_what_a_check_writes_in_its_worktree_is_undone_so_the_branch_is_what_was_checked(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """A formatter's edits and build output stayed uncommitted in a done task's worktree:
+    the branch was not what had been checked, and `swarm clean` committed them later."""
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, 'format'])}]\n",
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "done", row
+    worktree = Path(str(row["worktree"]))
+    assert git(worktree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert (worktree / "work.txt").read_text() == "own work\n"
+    tip = git(repo, "rev-parse", "swarm/a")
+    assert swarm(repo, "clean", "--yes").returncode == 0
+    assert git(repo, "rev-parse", "swarm/a") == tip  # nothing of the check's committed
+
+
+def test_a_check_that_plants_git_config_fails_its_own_task_and_is_undone(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """Checks ran unwatched: a config a check planted was taken as the user's, the task
+    was done, and the user's next `git status` ran the planted program."""
+    config = (repo / ".git" / "config").read_text()
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, 'config'])}]\n",
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert "wrote outside its worktree" in str(row["reason"]), row
+    assert (repo / ".git" / "config").read_text() == config

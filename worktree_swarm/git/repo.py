@@ -21,6 +21,7 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError, Sw
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
+from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import is_utf8, path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
@@ -1473,6 +1474,30 @@ def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
 _STATUS = ["--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all"]
 # What git says, and still exits 0, when it cannot look inside part of a checkout.
 _UNSEEN = ("could not open directory", "Permission denied")
+
+
+def untracked_files(worktree: Path) -> set[str]:
+    """The untracked files of *worktree* that are not ignored (read as bytes: any name)."""
+    out = runner.run_bytes(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
+    return {os.fsdecode(name) for name in out.split(b"\0") if name}
+
+
+def remove_new(worktree: Path, names: Collection[str]) -> None:
+    """Delete *names* (files, symlinks) and the directories they leave empty.
+
+    Never through a symlinked directory that leads out of *worktree* (one a check made).
+    """
+    inside = real_path(worktree)
+    for name in names:
+        path = worktree / name
+        if real_path(path.parent).is_relative_to(inside):
+            with suppress(FileNotFoundError, IsADirectoryError):
+                path.unlink()
+    parents = {parent for name in names for parent in PurePosixPath(name).parents}
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        if parent.parts:
+            with suppress(OSError):  # not empty: something else is in it
+                (worktree / parent).rmdir()
 
 
 def status_porcelain(path: Path) -> str:

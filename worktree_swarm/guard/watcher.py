@@ -546,6 +546,40 @@ class Guard:
                 patch_text=None,
             )
 
+    def checks_moved(self, task_id: str, path: Path, branch: str, tip: str) -> str | None:
+        """Put *task_id*'s worktree *path* back on *branch* at *tip* if its checks moved them.
+
+        Called inside :meth:`pinned` once the checks ended: a check that commits, resets or
+        switches the worktree left the task done with a branch other than the one checked
+        (or none). Reset to *tip*, files too; a commit taken off stays in the branch's reflog.
+        A move made from elsewhere is another's, judged on leaving :meth:`pinned`. Returns
+        what the checks did, or None.
+        """
+        want = f"refs/heads/{branch}"
+        head_ref = symbolic_head(path)
+        with self._repo_lock:
+            out = git.git(self.repo.root, "for-each-ref", "--format=%(objectname)", want)
+            now = out.strip() or None
+            if head_ref == want and now == tip:
+                return None
+            if (
+                head_ref == want
+                and now is not None
+                and not self._moved_by_itself(task_id, tip, now)
+            ):
+                return None
+            if (changed := worktrees.tampered(self.repo, path)) is not None:
+                return f"its checks left its worktree no longer swarm's: {changed}"
+            if head_ref != want:
+                git.git(path, "symbolic-ref", "HEAD", want)
+            git.git(path, "reset", "--quiet", "--hard", tip)
+            self._refs[want] = tip
+        if head_ref != want:
+            where = short_ref(head_ref) if head_ref else "a detached HEAD"
+            return f"its checks switched its worktree from {branch} to {where}; put back"
+        moved = f"to {now[:12]}" if now else "away (deleted)"
+        return f"its checks moved {branch} from {tip[:12]} {moved}; put back"
+
     def worktree_lost(self, task_id: str) -> Violation | None:
         """How *task_id*'s worktree went while the task was busy (removed or moved), if it did.
 
@@ -1385,8 +1419,15 @@ class Guard:
                 mine = before is None or self._moved_by_itself(owner, before, after)
                 if mine:
                     self._set_ref(ref, after)  # from here on: a later move is judged from it
-            if before == after or mine or ref in pending:
-                continue  # a task's own branch while it works; a swarm command at work
+            if (
+                before == after
+                or mine
+                or ref in pending
+                or self._by_its_checks(owner, before, after)
+            ):
+                # A task's own branch while it works, or its checks (put back when they end,
+                # by its worker); a swarm command at work.
+                continue
             if ref == STASH:
                 continue  # judged once attempts end: an agent may stash and pop meanwhile
             if owner is not None and self._others is not None and self._others(owner):
@@ -1401,6 +1442,15 @@ class Guard:
                 self._set_ref(ref, start)
             moved.append((ref, start, after))
         return moved
+
+    def _by_its_checks(self, owner: str | None, before: str | None, after: str | None) -> bool:
+        """Whether a task branch moved in its own worktree while its checks run (theirs).
+
+        One moved from elsewhere meanwhile is judged as anyone's move.
+        """
+        if owner not in self._pinned or before is None or after is None or before == after:
+            return False
+        return self._moved_by_itself(owner, before, after)
 
     def _moved_by_itself(self, task_id: str, before: str, tip: str) -> bool:
         """Whether *task_id*'s branch moved from *before* to *tip* by its own agent alone.

@@ -19,7 +19,7 @@ import shlex
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import filelock
@@ -34,7 +34,7 @@ from worktree_swarm.core.models import (
     TaskState,
     merge_again,
 )
-from worktree_swarm.core.paths import real_path, run_dir
+from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
@@ -760,7 +760,7 @@ def _run_checks(
     Files untracked before the checks ran, and ignored ones but for the copy files and
     link symlinks, are left alone.
     """
-    before = _untracked(s.target.worktree)
+    before = git.untracked_files(s.target.worktree)
     placed = () if task is None else _placed(s, task)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
     _note_untracked(s, before, placed)
@@ -845,7 +845,7 @@ def _untracked_noted(s: _Session) -> Iterator[None]:
     It cleans up after what ended inside half-way (see :func:`_clean_after_cut_off_checks`):
     so the record goes on a normal exit only, not when an exception (a full disk) leaves.
     """
-    _note_untracked(s, _untracked(s.target.worktree))
+    _note_untracked(s, git.untracked_files(s.target.worktree))
     yield
     _untracked_record(s).unlink(missing_ok=True)
 
@@ -858,7 +858,9 @@ def _untracked_record(s: _Session) -> Path:
 
 
 def _clean_after_checks(s: _Session, before: set[str], placed: Sequence[str] = ()) -> None:
-    _remove_new(s.target.worktree, (_untracked(s.target.worktree) - before) | set(placed))
+    git.remove_new(
+        s.target.worktree, (git.untracked_files(s.target.worktree) - before) | set(placed)
+    )
     _git(s, "reset", "--quiet", "--hard", "HEAD")
 
 
@@ -880,29 +882,6 @@ def _clean_after_cut_off_checks(s: _Session) -> None:
     if before is not None:
         _clean_after_checks(s, before, placed)
     record.unlink(missing_ok=True)
-
-
-def _untracked(worktree: Path) -> set[str]:
-    out = runner.run_bytes(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
-    return {os.fsdecode(name) for name in out.split(b"\0") if name}  # as bytes: any name
-
-
-def _remove_new(worktree: Path, names: set[str]) -> None:
-    """Delete *names* (files, symlinks) and the directories they leave empty.
-
-    Never through a symlinked directory that leads out of *worktree* (one a check made).
-    """
-    inside = real_path(worktree)
-    for name in names:
-        path = worktree / name
-        if real_path(path.parent).is_relative_to(inside):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                path.unlink()
-    parents = {parent for name in names for parent in PurePosixPath(name).parents}
-    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-        if parent.parts:
-            with contextlib.suppress(OSError):  # not empty: something else is in it
-                (worktree / parent).rmdir()
 
 
 def _check_env(s: _Session) -> dict[str, str]:

@@ -101,6 +101,7 @@ def run_checks(
     log: Path,
     stop: threading.Event | None = None,
     grace: float = 5.0,
+    on_start: Callable[[ProcessIdentity], None] | None = None,
 ) -> CheckFailure | None:
     """Run the built-in checks the task asks for, then its commands; None when all pass."""
     missing = [name for name in task.expect_files if not (worktree / name).exists()]
@@ -122,6 +123,7 @@ def run_checks(
         timeout=task.check_timeout,
         stop=stop,
         grace=grace,
+        on_start=on_start,
     )
 
 

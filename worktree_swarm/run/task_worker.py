@@ -14,7 +14,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Unpack
@@ -359,16 +359,18 @@ class TaskWorker(RunWorker):
             faults.retry_while_full(
                 lambda: worktrees.link_into(self.repo.root, path, task.link), self.store.on_full
             )
-            failure = run_steps(
-                task.setup,
-                cwd=path,
-                env=env,
-                log=self._logs(task) / "setup.log",
-                what="setup",
-                timeout=task.setup_timeout,
-                stop=live.stop,
-                grace=self.spec.kill_grace,
-            )
+            with self._own_steps(task.id) as started:
+                failure = run_steps(
+                    task.setup,
+                    cwd=path,
+                    env=env,
+                    log=self._logs(task) / "setup.log",
+                    what="setup",
+                    timeout=task.setup_timeout,
+                    stop=live.stop,
+                    grace=self.spec.kill_grace,
+                    on_start=started,
+                )
             redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
                 return check_failed(failure)
@@ -708,21 +710,49 @@ class TaskWorker(RunWorker):
         while not self._check_slots.acquire(timeout=POLL_SECONDS):
             if live.stop.is_set():
                 return CheckFailure(summary="stopped while waiting to run checks", stopped=True)
+        tip = git.head_in(path) or base
+        before = git.untracked_files(path)
         try:
             # No agent of the task runs while its checks do: its branch is swarm's alone.
-            with self.guard.pinned(task.id, task.branch, git.head_in(path) or base):
-                return run_checks(
-                    task,
-                    worktree=path,
-                    base=base,
-                    env=env,
-                    log=self._logs(task) / "checks.log",
-                    stop=live.stop,
-                    grace=self.spec.kill_grace,
+            with self.guard.pinned(task.id, task.branch, tip):
+                with self._own_steps(task.id) as started:
+                    failure = run_checks(
+                        task,
+                        worktree=path,
+                        base=base,
+                        env=env,
+                        log=self._logs(task) / "checks.log",
+                        stop=live.stop,
+                        grace=self.spec.kill_grace,
+                        on_start=started,
+                    )
+                moved = self.guard.checks_moved(task.id, path, task.branch, tip)
+            if moved is None:  # what they wrote (a formatter's edits, build output) goes
+                git.remove_new(path, git.untracked_files(path) - before)
+                faults.retry_while_full(  # the index rewritten: on a full disk, it waits
+                    lambda: git.git(path, "reset", "--quiet", "--hard", "HEAD"),
+                    self.store.on_full,
                 )
+            return failure if moved is None else CheckFailure(summary=moved)
         finally:
             self._check_slots.release()
             redact.scrub_file(self._logs(task) / "checks.log")
+
+    @contextlib.contextmanager
+    def _own_steps(self, task_id: str) -> Iterator[Callable[[ProcessIdentity], None]]:
+        """Inside, *task_id*'s setup or check steps count as its agent to the guard.
+
+        What they write outside is theirs: the guard blamed the agents running meanwhile.
+        """
+
+        def started(identity: ProcessIdentity) -> None:
+            self.guard.agent_ended(task_id)  # the step before, if any
+            self.guard.agent_started(task_id, identity)
+
+        try:
+            yield started
+        finally:
+            self.guard.agent_ended(task_id)
 
     def _agent_env(
         self, adapter: Adapter, env: dict[str, str], task_id: str, config_dir: Path
