@@ -634,6 +634,39 @@ def test_an_attempt_that_ended_while_its_manager_was_stopped_ends_when_its_agent
     assert recorded <= ended + 1  # not when the manager went on, 3 s later
 
 
+def test_an_agent_gone_with_its_shim_in_a_reboot_ends_when_it_died_not_at_the_resume(
+    repo: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # A reboot takes the manager, the shim and the agent: the shim's record has no end, and
+    # the resume recorded its own time, so the night's downtime counted as agent time.
+    pid_file = tmp_path / "agent.pid"
+    agent = write_agent(  # type: ignore[operator]
+        "import os, pathlib, time\n"
+        "pathlib.Path('half.txt').write_text('half')\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        agent = psutil.Process(int(written(pid_file, timeout=120, what="the agent")))
+        shim = agent.parent()
+        assert shim is not None
+        _kill_group(proc)
+        for gone in (shim, agent):  # as a power cut would: no one writes anything down
+            gone.kill()
+        psutil.wait_procs([shim, agent], timeout=30)
+        died = time.time()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    time.sleep(3)  # the downtime being measured, not a wait for an event
+    swarm(repo, "resume")
+    with state_db(repo) as conn:
+        ((recorded,),) = conn.execute("SELECT ended_at FROM attempts").fetchall()
+    assert recorded <= died + 1  # not when `swarm resume` came, 3 s later
+
+
 def test_a_stop_with_no_manager_blocks_the_tasks_waiting_on_what_it_stopped(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:

@@ -970,7 +970,9 @@ class TaskWorker(RunWorker):
                 self._agent_gone(live.task.id, log_path.parent)
             # What the shim saw, when the agent ended while no manager watched it.
             shim = supervisor.read_record(supervisor.record_path(log_path))
-            code, end = (None, gone_since) if shim is None else (shim.exit_code, shim.ended_at)
+            # A shim gone with its agent (a reboot) never wrote an end: its last sign of life.
+            code = None if shim is None else shim.exit_code
+            end = gone_since if shim is None or shim.ended_at is None else shim.ended_at
             cost = self._record(attempt.id, live.task.id, ended, code, ended_at=end)
         finally:
             self.gate.release(provider_of(profile), cost_usd=cost)
