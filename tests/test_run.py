@@ -315,6 +315,13 @@ def test_a_dependent_of_a_task_landed_and_cleaned_runs_on_its_work(
     assert out.returncode == 0, out.stdout + out.stderr
     rows = status_json(repo)
     assert (rows["d"]["state"], rows["d"]["branch_made"]) == ("done", True)
+    # d never had a branch: retried as it would have started, not "from the base" for one
+    # "deleted".
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (data,) = db.execute(
+            "SELECT data FROM events WHERE kind = 'retry' AND task_id = 'd'"
+        ).fetchone()
+    assert json.loads(data)["fresh"] is False
     files = git(repo, "ls-tree", "--name-only", "swarm/d").split()
     assert {"a.out", "x.out", "d.out"} <= set(files)
 

@@ -162,7 +162,9 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     last = max((a.number for a in store.attempts(row.run_id, row.task_id)), default=0)
     tip = git.rev_parse(repo, f"refs/heads/{row.branch}")
     # Its branch deleted since (`swarm clean --force`): nothing to go on from, so from the base.
-    gone = tip is None and not fresh
+    # (A dependent blocked before it started never had one: it starts as it would have.)
+    made = last > 0 or row.start_commit is not None or row.base_commit is not None
+    gone = tip is None and made and not fresh
     fresh = fresh or gone
     data: dict[str, object] = {"fresh": fresh, "after_attempt": last}
     if fresh:
