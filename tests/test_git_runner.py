@@ -33,6 +33,7 @@ def _plant(repo: Path, marker: Path) -> None:
     git(repo, "config", "merge.evil.driver", touch)
     git(repo, "config", "commit.gpgSign", "true")
     git(repo, "config", "gpg.program", f"{marker}-gpg")
+    git(repo, "config", "gpg.ssh.defaultKeyCommand", f"touch {marker}-key #")
     info = repo / ".git" / "info"
     info.mkdir(exist_ok=True)
     (info / "attributes").write_text("* filter=evil diff=evil merge=evil\n")
@@ -113,6 +114,26 @@ def test_a_planted_upload_or_receive_pack_never_runs(repo: Path, tmp_path: Path)
     assert git(remote, "rev-parse", "pushed") == git(repo, "rev-parse", "HEAD")
     git(repo, "fetch", "-q", "origin")  # without the runner it runs: the test is real
     assert Path(f"{marker}-uploadpack").exists()
+
+
+def test_a_planted_push_signing_never_runs(repo: Path, tmp_path: Path) -> None:
+    # A push certificate (`push.gpgSign`) runs the signing program, or with ssh signing the
+    # command asked for the key: a program of the repository's config's choosing.
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(remote))
+    git(remote, "config", "receive.certNonceSeed", "seed")  # a remote that takes certificates
+    git(repo, "remote", "add", "origin", str(remote))
+    marker = tmp_path / "pwned"
+    git(repo, "config", "push.gpgSign", "true")
+    git(repo, "config", "gpg.format", "ssh")
+    git(repo, "config", "gpg.ssh.defaultKeyCommand", f"touch {marker}")
+    runner.run(repo, "push", "-q", "origin", "HEAD:refs/heads/pushed")
+    assert not marker.exists()
+    assert git(remote, "rev-parse", "pushed") == git(repo, "rev-parse", "HEAD")
+    # Without the runner it runs (the push then fails, wanting a key): the test is real.
+    subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/again"], cwd=repo,
+                   capture_output=True, check=False)  # fmt: skip
+    assert marker.exists()
 
 
 def test_users_global_filters_still_apply(repo: Path) -> None:

@@ -34,6 +34,7 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("sequence.editor", "true"),
     ("core.pager", "cat"),
     ("commit.gpgSign", "false"),
+    ("push.gpgSign", "false"),  # a push certificate: the signing program (or ssh key command)
     # A signature check runs gpg, and swarm's own checkpoints are never signed: every merge of
     # a task's branch would fail on them.
     ("merge.verifySignatures", "false"),
@@ -75,6 +76,7 @@ _EXEC_KEYS = {
     "core.alternaterefscommand": "",
     "gpg.program": "gpg",
     "gpg.ssh.program": "ssh-keygen",
+    "gpg.ssh.defaultkeycommand": "false",  # asked for the key to sign with
     "gpg.x509.program": "gpgsm",
     "gpg.openpgp.program": "gpg",
     "uploadpack.packobjectshook": "",
