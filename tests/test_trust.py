@@ -3106,3 +3106,32 @@ def test_a_check_that_plants_git_config_fails_its_own_task_and_is_undone(
     assert row["state"] == "failed", row
     assert "wrote outside its worktree" in str(row["reason"]), row
     assert (repo / ".git" / "config").read_text() == config
+
+
+# Writes the config with `core.fsmonitor` planted over and over, for a few seconds: a put-back
+# is undone at once.
+REPLANT = """
+import os, subprocess, time
+common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+config = os.path.join(common, 'config')
+with open(config) as fh:
+    text = fh.read() + '[core]\\n\\tfsmonitor = touch planted\\n'
+end = time.monotonic() + 4
+while time.monotonic() < end:
+    with open(config + '.new', 'w') as fh:
+        fh.write(text)
+    os.replace(config + '.new', config)
+"""
+
+
+def test_git_config_an_agent_keeps_planting_is_put_back_once_it_stops(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """A put-back the agent undid at once was taken as found: the planted config stayed
+    after the run and the user's next `git status` ran it."""
+    config = (repo / ".git" / "config").read_text()
+    run_one(repo, write_agent(REPLANT), sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", row
+    assert (repo / ".git" / "config").read_text() == config

@@ -293,7 +293,8 @@ class Guard:
         # Busy tasks whose branch only swarm moves now; task branches whose tip could not be
         # read when their task ended (no file descriptor left, git failing): the next refs
         # scan takes those as it finds them, judging nothing.
-        self._pinned, self._unread = set[str](), set[str]()
+        # _unrestored: git files a put-back could not make as they were (tried again).
+        self._pinned, self._unread, self._unrestored = set[str](), set[str](), set[str]()
         self._interval = _MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
@@ -1299,6 +1300,7 @@ class Guard:
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
+        self._put_back_again()
         now = self._read_surface()
         labels = surface.changed(self._surface, now)
         if labels:
@@ -1319,8 +1321,9 @@ class Guard:
         suspects = self._agents.suspects(window, exclude=())
         suspects = self._agents.narrow(suspects, common, labels) or suspects
         if not suspects:
-            # Nobody of ours was running: the user changed it. Take it as the new baseline.
-            self._surface = now
+            # Nobody of ours was running: the user changed it. Take it as the new baseline
+            # (but what an agent's put-back is owed: it is tried again).
+            self._adopt_surface(now)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface_checked = began
             return []
@@ -1342,10 +1345,32 @@ class Guard:
             restored = not surface.changed(self._surface, self._read_surface())
         if restored:
             self._surface_checked = time.time()
-        else:
-            self._surface = self._read_surface()
+        else:  # an agent writing it again meanwhile, say: tried again by every scan
+            self._unrestored |= set(surface.changed(self._surface, self._read_surface()))
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [violation]
+
+    def _put_back_again(self) -> None:
+        """Put back the git files an earlier put-back could not (their agent wrote them again).
+
+        The baseline stays as it was until they are: taken as found, a planted `core.fsmonitor`
+        would run with your next `git status` once the run ended.
+        """
+        if not self._unrestored or not self.restore:
+            return
+        with contextlib.suppress(OSError):
+            surface.put_back(self.repo.common_dir, self._surface, sorted(self._unrestored))
+        self._unrestored &= set(surface.changed(self._surface, self._read_surface()))
+
+    def _adopt_surface(self, now: surface.Surface) -> None:
+        """Take *now* as the git files' baseline, but for those a put-back is still owed."""
+        owed = {label: self._surface.get(label) for label in self._unrestored}
+        self._surface = dict(now)
+        for label, entry in owed.items():
+            if entry is None:
+                self._surface.pop(label, None)
+            else:
+                self._surface[label] = entry
 
     def _scan_graph(self, began: float) -> list[Violation]:
         """A commit graph that changed and does not match the commits it describes: removed."""
