@@ -468,6 +468,30 @@ def test_an_agent_printing_past_max_log_is_stopped_before_it_fills_the_disk(
     assert log.stat().st_size < 200 << 20  # stopped at the next look (4 a second)
 
 
+@pytest.mark.parametrize("step", ["setup", "checks"])
+def test_a_setup_or_check_step_printing_past_max_log_is_stopped_and_fails_its_task(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, step: str
+) -> None:
+    # `max_log` held for agents only: a looping check wrote 50 MB (and on, to its timeout).
+    loud = write_agent(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(os.getpid()))\n"
+        "for _ in range(60_000):\n"  # 54 MB, then quiet: never the whole disk
+        "    print('progress ' * 100, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    text = f'[defaults]\nagent = {argv_toml(work)}\nmax_log = "1M"\n{step} = [{argv_toml(loud)}]\n'
+    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "loud"\nprompt = "x"\n'))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["loud"]
+    assert row["state"] == "failed"
+    assert "printed more than max_log (1.0M): stopped" in str(row["reason"]), row
+    assert not pid_alive(int((tmp_path / "pid").read_text()))
+    (log,) = (repo / ".git" / "swarm" / "runs").glob(f"*/loud/{step}.log")
+    assert log.stat().st_size < 40 << 20  # stopped at the next look, not at its end
+
+
 def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -478,9 +478,9 @@ class RunSettings:
         scope=Scope.RUN,
         flag=None,
         default_doc='`"1G"`',
-        doc="cap on what one attempt of an agent prints (its log under `.git/swarm`): an agent "
-        "past it is stopped and its task fails, its work kept; a runaway agent printing in a "
-        "loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
+        doc="cap on what one attempt of an agent prints (its log under `.git/swarm`), and one "
+        "`setup` or check step: past it, it is stopped and its task fails, its work kept; a "
+        "runaway printing in a loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
     )
     max_file: int = setting(
         DEFAULT_MAX_FILE,

@@ -605,6 +605,7 @@ class Cut(enum.StrEnum):
 
     TIMED_OUT = "timed out"
     STOPPED = "stopped"
+    PAST_MAX_LOG = "printed past max_log"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -626,12 +627,15 @@ def run_to_end(
     grace: float = 5.0,
     record: Path | None = None,
     on_start: Callable[[ProcessIdentity], None] | None = None,
+    max_log: int | None = None,
 ) -> Finished:
     """Run *argv* like :func:`spawn` and wait for it, killing its tree on timeout or *stop*.
 
     An exception while waiting (Ctrl-C) kills the tree too before it propagates. *on_start*
-    is handed the identity of the process started (a guard registers it).
+    is handed the identity of the process started (a guard registers it). Past *max_log*
+    bytes appended to *log_path* it is killed too: one printing in a loop would fill the disk.
     """
+    limit = None if max_log is None else max(fs.size_of(log_path), 0) + max_log
     proc = spawn(argv, cwd=cwd, env=env, log_path=log_path, grace=grace, record=record)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended = False
@@ -648,6 +652,8 @@ def run_to_end(
                 cut = Cut.STOPPED
             elif deadline is not None and time.monotonic() >= deadline:
                 cut = Cut.TIMED_OUT
+            elif limit is not None and fs.size_of(log_path) > limit:
+                cut = Cut.PAST_MAX_LOG
             if cut is not None:
                 proc.stop(grace=grace)
                 ended = True

@@ -13,6 +13,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, without_escapes
+from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, supervisor
 from worktree_swarm.infra.logtail import from_word_start
@@ -102,6 +103,7 @@ def run_checks(
     stop: threading.Event | None = None,
     grace: float = 5.0,
     on_start: Callable[[ProcessIdentity], None] | None = None,
+    max_log: int | None = None,
 ) -> CheckFailure | None:
     """Run the built-in checks the task asks for, then its commands; None when all pass."""
     missing = [name for name in task.expect_files if not (worktree / name).exists()]
@@ -124,6 +126,7 @@ def run_checks(
         stop=stop,
         grace=grace,
         on_start=on_start,
+        max_log=max_log,
     )
 
 
@@ -138,12 +141,14 @@ def run_steps(
     stop: threading.Event | None = None,
     grace: float = 5.0,
     on_start: Callable[[ProcessIdentity], None] | None = None,
+    max_log: int | None = None,
 ) -> CheckFailure | None:
     """Run argv steps in order, appending their output to *log*; the first failure or None.
 
     Each step runs under the shim (its whole tree dies with it) and is killed when it runs
-    longer than *timeout* (default :data:`DEFAULT_STEP_TIMEOUT`) or when *stop* is set.
-    *on_start* is handed each step's process identity as it starts.
+    longer than *timeout* (default :data:`DEFAULT_STEP_TIMEOUT`), prints more than *max_log*
+    bytes, or when *stop* is set. *on_start* is handed each step's process identity as it
+    starts.
     """
     limit = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +168,7 @@ def run_steps(
                 grace=grace,
                 record=log.with_name(f"{log.stem}-{number}.exit.json"),
                 on_start=on_start,
+                max_log=max_log,
             )
         except SwarmError as exc:
             with fs.open_append(log) as out:
@@ -174,6 +180,13 @@ def run_steps(
             return CheckFailure(summary=f"stopped during {what} `{shown}`", stopped=True)
         if ended.cut is supervisor.Cut.TIMED_OUT:
             return CheckFailure(summary=f"{what} `{shown}` timed out after {limit:g}s", detail=tail)
+        if ended.cut is supervisor.Cut.PAST_MAX_LOG and max_log is not None:
+            cap = format_size(max_log)
+            return CheckFailure(
+                summary=f"{what} `{shown}` printed more than max_log ({cap}): stopped, as it "
+                "would fill the disk",
+                detail=tail,
+            )
         if ended.code != 0:
             return CheckFailure(summary=f"{what} `{shown}` exited {ended.code}", detail=tail)
     return None

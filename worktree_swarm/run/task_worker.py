@@ -370,6 +370,7 @@ class TaskWorker(RunWorker):
                     stop=live.stop,
                     grace=self.spec.kill_grace,
                     on_start=started,
+                    max_log=self.spec.max_log,
                 )
             redact.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
@@ -725,6 +726,7 @@ class TaskWorker(RunWorker):
                         stop=live.stop,
                         grace=self.spec.kill_grace,
                         on_start=started,
+                        max_log=self.spec.max_log,
                     )
                 moved = self.guard.checks_moved(task.id, path, task.branch, tip)
             if moved is None:  # what they wrote (a formatter's edits, build output) goes
