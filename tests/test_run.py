@@ -492,6 +492,31 @@ def test_a_setup_or_check_step_printing_past_max_log_is_stopped_and_fails_its_ta
     assert log.stat().st_size < 40 << 20  # stopped at the next look, not at its end
 
 
+def test_a_check_that_kills_its_own_shim_leaves_no_daemon_behind(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The shim kills a step's tree when it ends; a check that SIGKILLed its shim first left
+    # its double-forked daemon running after the run.
+    pid_file = tmp_path / "daemon.pid"
+    check = write_agent(
+        "import os, signal, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "        time.sleep(600)\n"
+        "    os._exit(0)\n"
+        f"while not os.path.exists({str(pid_file)!r}): time.sleep(0.01)\n"
+        "os.kill(os.getppid(), signal.SIGKILL)\n"
+    )
+    work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    text = f"[defaults]\nagent = {argv_toml(work)}\nchecks = [{argv_toml(check)}]\n"
+    swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "a"\nprompt = "x"\n'))
+    assert status_json(repo)["a"]["state"] == "failed"
+    daemon = int(pid_file.read_text())
+    wait_for(lambda: not pid_alive(daemon), what="the daemon to be killed", timeout=10)
+
+
 def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     repo: Path, write_agent: AgentFactory
 ) -> None:

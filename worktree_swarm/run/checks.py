@@ -175,6 +175,7 @@ def run_steps(
                 out.write(f"{exc}\n")
             why = "not found or not executable"
             return CheckFailure(summary=f"{what} `{shown}` could not start: {why}")
+        _kill_orphans(log.with_name(f"{log.stem}-{number}.exit.json"), grace=grace)
         tail = _tail(log, start)
         if ended.cut is supervisor.Cut.STOPPED:
             return CheckFailure(summary=f"stopped during {what} `{shown}`", stopped=True)
@@ -190,6 +191,20 @@ def run_steps(
         if ended.code != 0:
             return CheckFailure(summary=f"{what} `{shown}` exited {ended.code}", detail=tail)
     return None
+
+
+def _kill_orphans(record: Path, *, grace: float) -> None:
+    """Kill what a step left running when its shim died before ending it.
+
+    A check that SIGKILLed its own shim: every process still marked with that shim's record.
+    """
+    shim = supervisor.read_record(record)
+    if shim is not None and shim.cleaned:
+        return
+    mine = os.path.realpath(record)
+    supervisor.kill_marked(
+        record.parent, grace=grace, only=lambda marker: os.path.realpath(marker) == mine
+    )
 
 
 def _tail(log: Path, start: int) -> str:
