@@ -3093,18 +3093,22 @@ def test_a_check_that_plants_git_config_fails_its_own_task_and_is_undone(
     repo: Path, write_agent: AgentFactory
 ) -> None:
     """Checks ran unwatched: a config a check planted was taken as the user's, the task
-    was done, and the user's next `git status` ran the planted program."""
+    was done, and the user's next `git status` ran the planted program. Its verdict comes
+    before the task is done: its dependent never starts on it."""
     config = (repo / ".git" / "config").read_text()
     check = write_agent(CHECK)
     path = manifest(
         repo,
         f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, 'config'])}]\n",
+        f"checks = [{argv_toml([*check, 'config'])}]\n"
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        'depends_on = ["a"]\n',
     )
     swarm(repo, "run", path)
-    row = status_json(repo)["a"]
-    assert row["state"] == "failed", row
-    assert "wrote outside its worktree" in str(row["reason"]), row
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "failed", rows["a"]
+    assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
+    assert rows["b"]["state"] == "blocked", rows["b"]
     assert (repo / ".git" / "config").read_text() == config
 
 
