@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,14 +62,37 @@ def web_server() -> Iterator[str]:
         server.server_close()
 
 
+@contextmanager
+def grpc_server() -> Iterator[str]:
+    """A gRPC server of another service, as on the port of Ray's client server (10001)."""
+    grpc = pytest.importorskip("grpc")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+_SAYS = {
+    "silent": "(it does not speak gRPC)",
+    "http": "(it does not speak gRPC)",
+    "grpc": "(a gRPC server without the service of a Ray head)",
+}
+
+
 @pytest.mark.parametrize(
     "listener",
-    [pytest.param(silent_listener, marks=pytest.mark.slow), web_server],  # silent: long
-    ids=["silent", "http"],
+    [pytest.param(silent_listener, marks=pytest.mark.slow), web_server, grpc_server],
+    ids=["silent", "http", "grpc"],  # silent: long
 )
 def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made(
-    tmp_path: Path, listener: Callable[[], contextlib.AbstractContextManager[str]]
+    tmp_path: Path,
+    listener: Callable[[], contextlib.AbstractContextManager[str]],
+    request: pytest.FixtureRequest,
 ) -> None:
+    # A gRPC server of another service took 20 s and printed Ray's own errors by the screen.
     repo = make_repo(tmp_path / "repo")
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(remote)], check=True)
@@ -83,9 +107,10 @@ def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made
             cwd=repo, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
+    says = _SAYS[request.node.callspec.id]
     assert out.stderr == (
         f"swarm: cannot reach a Ray cluster at {address}: what listens there is not a Ray head "
-        "(it does not speak gRPC); pass the address `ray start --head` printed\n"
+        f"{says}; pass the address `ray start --head` printed\n"
     )
     assert not (repo / ".git" / "swarm" / "state.db").exists()
     assert git(repo, "branch", "--list", "swarm/*") == ""

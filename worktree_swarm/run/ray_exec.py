@@ -15,6 +15,7 @@ checkpoint. Ray itself is imported only when this executor is used.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import threading
@@ -198,6 +199,8 @@ def _probe(address: str) -> None:
     """
     problem = head_problem(address)
     if problem is None:
+        problem = _gcs_problem(address)
+    if problem is None:
         return
     if problem.startswith(_NOT_A_HEAD):
         raise BadInputError(
@@ -211,6 +214,30 @@ def _probe(address: str) -> None:
 
 
 _NOT_A_HEAD = "what listens there is not a Ray head"
+_GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # what every driver asks a head first
+
+
+def _gcs_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why the gRPC server at ``HOST:PORT`` *address* is not a Ray head, or None.
+
+    A head's GCS knows its cluster id; another gRPC server (the head's client server, an
+    app's) answers that it has no such method, where ``ray.init`` retried for 20 seconds,
+    printing its own errors. Any other answer (or none) is left to Ray.
+    """
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return None
+    grpc: Any = importlib.import_module("grpc")  # installed with Ray
+    with grpc.insecure_channel(address) as channel:
+        ask = channel.unary_unary(
+            _GCS_METHOD, request_serializer=lambda _: b"", response_deserializer=bytes
+        )
+        try:
+            ask(None, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return f"{_NOT_A_HEAD} (a gRPC server without the service of a Ray head)"
+    return None
 
 
 def head_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
