@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
+from worktree_swarm.run.ray_exec import head_problem
 
 pytest.importorskip("ray")
 
@@ -114,3 +115,13 @@ def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made
     )
     assert not (repo / ".git" / "swarm" / "state.db").exists()
     assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_an_ipv6_address_is_tried_as_such_and_a_port_out_of_range_is_said_to_be_one() -> None:
+    # `[::1]:6379` was looked up as a host name "[::1]"; port 99999 said "Connection refused".
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        free = server.getsockname()[1]  # nothing listens there once closed
+    problem = head_problem(f"[::1]:{free}", timeout=2.0)
+    assert problem is not None
+    assert "Name or service not known" not in problem, problem
+    assert head_problem("127.0.0.1:99999") == "99999 is no port (at most 65535)"

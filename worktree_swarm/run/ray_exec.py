@@ -214,6 +214,7 @@ def _probe(address: str) -> None:
 
 
 _NOT_A_HEAD = "what listens there is not a Ray head"
+_MAX_PORT = 65535
 _GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # what every driver asks a head first
 
 
@@ -248,6 +249,10 @@ def head_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return None
+    if int(port) > _MAX_PORT:
+        return f"{port} is no port (at most {_MAX_PORT})"
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address, as in a URL
+        host = host[1:-1]
     try:
         conn = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
