@@ -923,7 +923,7 @@ def _big(tmp_path: Path) -> str:
         ('worktree_root = "/dev/shm"', "is a system or home directory"),
         # Root may write anywhere, as far as access checks go: /proc still makes nothing.
         ('worktree_root = "/proc/wt"', "/proc"),
-        ('worktree_root = "../a\\nb"', "holds a control character"),
+        ('worktree_root = "../a\\nb"', "set `worktree_root` to a plain path"),
         ('worktree_root = "."', "is inside"),
         ('worktree_root = "src"', "is inside"),
         ('worktree_root = ".git"', "is inside"),
