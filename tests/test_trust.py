@@ -3037,6 +3037,9 @@ elif what == 'format':
     pathlib.Path('work.txt').write_text('formatted\\\\n')
     pathlib.Path('build').mkdir()
     pathlib.Path('build/out.o').write_text('built\\\\n')
+elif what == 'checkout':
+    with open(os.path.join(os.path.dirname(common), 'README.md'), 'a') as fh:
+        fh.write('a check was here\\n')
 elif what == 'config':
     with open(os.path.join(common, 'config'), 'a') as fh:
         fh.write('[core]\\\\n\\\\tfsmonitor = touch planted\\\\n')
@@ -3139,3 +3142,25 @@ def test_git_config_an_agent_keeps_planting_is_put_back_once_it_stops(
     row = status_json(repo)["bad"]
     assert row["state"] == "failed", row
     assert (repo / ".git" / "config").read_text() == config
+
+
+def test_a_checks_write_into_your_checkout_fails_its_task_before_its_dependent_starts(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """The verdict came with the guard's next scan, up to a second later: the task was done
+    by then, and its dependent ran on it (and was blamed too)."""
+    readme = (repo / "README.md").read_text()
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, 'checkout'])}]\n"
+        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        'depends_on = ["a"]\n',
+    )
+    swarm(repo, "run", path)
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "failed", rows["a"]
+    assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
+    assert rows["b"]["state"] == "blocked", rows["b"]
+    assert (repo / "README.md").read_text() == readme

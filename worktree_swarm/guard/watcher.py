@@ -224,6 +224,10 @@ class Guard:
     _noted: dict[int, Path]  # violation number -> its note, until the run settles it
     _unwatched: Unwatched | None  # what start() found changed while no manager watched
     _resumable: bool  # its baseline of your checkout is kept for a resuming manager
+    # The background scans: asked to look at once, and when the last one began (monotonic).
+    _asked: threading.Event
+    _looked: threading.Condition
+    _last_look = 0.0
 
     def __init__(
         self,
@@ -660,6 +664,7 @@ class Guard:
 
     def watch_in_background(self) -> None:
         """Scan everything from a thread of its own until :meth:`close`."""
+        self._asked, self._looked = threading.Event(), threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="swarm-guard", daemon=True)
         self._thread.start()
 
@@ -671,12 +676,36 @@ class Guard:
         """
         self._closing.set()
         if self._thread is not None:
+            self._asked.set()
             self._thread.join()
 
+    def look_now(self, *, timeout: float = 60.0) -> None:
+        """Have the background scans look now, and wait until one that began since has ended.
+
+        For a verdict on what a task did before it counts as done: the next scan may be a
+        second or more away, and the task's dependents start once it is done.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            return
+        asked = time.monotonic()
+        self._asked.set()
+        with self._looked:
+            self._looked.wait_for(
+                lambda: self._last_look >= asked or self._closing.is_set(), timeout=timeout
+            )
+
     def _loop(self) -> None:
-        while not self._closing.wait(self._interval):
+        while not self._closing.is_set():
+            self._asked.wait(self._interval)
+            if self._closing.is_set():
+                break
+            self._asked.clear()
+            began = time.monotonic()
             with self._job("scan"):
                 self.scan()
+            with self._looked:
+                self._last_look = began
+                self._looked.notify_all()
 
     def scan(self, *, deep: bool = False) -> list[Violation]:
         """Compare what is watched with its baseline; handle and return new violations.

@@ -283,6 +283,7 @@ class TaskWorker(RunWorker):
         self._check_slots = threading.Semaphore(run.spec.jobs)
         # Forks the shim of every agent: no interpreter start per attempt.
         self._shims = supervisor.ShimServer()
+        self._depended_on = {dep for task in run.spec.tasks for dep in task.depends_on}
 
     def close(self) -> None:
         """End the shim server (the shims it forked, and their agents, carry on)."""
@@ -491,6 +492,8 @@ class TaskWorker(RunWorker):
             return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
         failure = self._check(live, path, base, env)
         if failure is None:
+            if live.task.id in self._depended_on:  # a verdict first: they start on it
+                self.guard.look_now()
             return TaskOutcome(state=TaskState.DONE)
         return self._repair(live.task, course, failure)
 
