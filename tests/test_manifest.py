@@ -195,6 +195,28 @@ def test_step_timeouts_from_defaults_and_task(repo: Path, cwd: Path) -> None:
     assert inherits.resolve_timeout is None  # the task's `timeout`, else 30 minutes
 
 
+def test_an_unknown_agent_is_refused_where_it_is_written_even_when_overridden(
+    repo: Path, cwd: Path
+) -> None:
+    # Every other bad value is refused though a flag overrides it; `agent = "claud"` was not.
+    (repo / "swarm.toml").write_text('agent = "claud"\n')
+    message = error(repo, inline=["a=x"], overrides=Overrides(agent="scripted"))
+    assert "swarm.toml: agent: unknown agent 'claud'" in message, message
+
+
+def test_an_empty_argument_is_one_in_an_argv_array_as_in_a_command_string(
+    repo: Path, cwd: Path
+) -> None:
+    # `test -z ''` ran; `["test", "-z", ""]` was refused ("must not be empty").
+    path = manifest(
+        cwd, '[[task]]\nid = "a"\nprompt = "p"\nchecks = [["test", "-z", ""], "test -z \'\'"]\n'
+    )
+    spec = build_run_spec(repo_root=repo, manifest=path)
+    assert spec.tasks[0].checks == (("test", "-z", ""), ("test", "-z", ""))
+    path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\nchecks = [["", "x"]]\n')
+    assert "checks[0][0]: must not be empty" in error(repo, path)
+
+
 def test_precedence_task_over_cli_over_defaults_over_config(repo: Path, cwd: Path) -> None:
     (repo / "swarm.toml").write_text(
         f'agent = {AGENT_TOML}\ntimeout = "1m"\nidle_timeout = "2m"\nretries = 1\njobs = 2\n'

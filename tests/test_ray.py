@@ -946,7 +946,7 @@ decoy = sys.argv[1]
 task = os.environ["SWARM_TASK_ID"]
 pathlib.Path(f"{task}.txt").write_text(f"work of {task}\n")
 # Repository files are code: a push to anywhere else, and a hook that would run in swarm's git.
-subprocess.run(["git", "config", f"url.{decoy}.pushInsteadOf", os.environ["SWARM_REMOTE_HINT"]],
+subprocess.run(["git", "config", f"url.{decoy}.pushInsteadOf", os.environ["REMOTE_HINT"]],
                check=True)
 hook = pathlib.Path(".git/hooks/pre-push")
 hook.write_text("#!/bin/sh\ntouch hook-ran\n")
@@ -965,7 +965,7 @@ def test_git_files_an_agent_plants_in_its_clone_are_put_back_before_the_push_and
     argv = [sys.executable, str(script), str(decoy)]
     (tmp_path / "tasks.toml").write_text(
         f'[defaults]\nagent = {json.dumps(argv)}\nexecutor = "ray"\nray_memory = "64M"\n'
-        f"env = {{SWARM_REMOTE_HINT = {json.dumps(str(remote))}}}\n\n"
+        f"env = {{REMOTE_HINT = {json.dumps(str(remote))}}}\n\n"
         '[[task]]\nid = "p1"\nprompt = "work"\n'
     )
     out = swarm(repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address)

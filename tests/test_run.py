@@ -492,6 +492,27 @@ def test_a_setup_or_check_step_printing_past_max_log_is_stopped_and_fails_its_ta
     assert log.stat().st_size < 40 << 20  # stopped at the next look, not at its end
 
 
+@pytest.mark.parametrize("step", ["agent", "setup", "checks"])
+def test_printing_past_max_log_fails_the_task_also_when_it_ends_between_two_looks(
+    repo: Path, write_agent: AgentFactory, step: str
+) -> None:
+    # 2 MB printed at once and gone before the next look: done, its 1M cap never applied.
+    loud = write_agent(
+        "import pathlib, sys\n"
+        "pathlib.Path('work.txt').write_text('done')\n"
+        "sys.stdout.write('x' * (2 << 20))\n"
+    )
+    work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    agent = loud if step == "agent" else work
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nmax_log = "1M"\n'
+    if step != "agent":
+        text += f"{step} = [{argv_toml(loud)}]\n"
+    swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "loud"\nprompt = "x"\n'))
+    row = status_json(repo)["loud"]
+    assert row["state"] == "failed", row
+    assert "printed more than max_log (1.0M)" in str(row["reason"]), row
+
+
 def test_a_check_that_kills_its_own_shim_leaves_no_daemon_behind(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -938,6 +938,8 @@ def _big(tmp_path: Path) -> str:
         ('env = { GIT_DIR = "/tmp/elsewhere" }', "GIT_DIR points git elsewhere"),
         ('env = { GIT_WORK_TREE = "/" }', "GIT_WORK_TREE points git elsewhere"),
         ('env = { GIT_CONFIG_GLOBAL = "/tmp/x" }', "GIT_CONFIG_GLOBAL points git elsewhere"),
+        # Swarm's own: one SWARM_PORT in swarm.toml gave every task the same port.
+        ('env = { SWARM_PORT = "1" }', "SWARM_PORT is swarm's to set"),
         ('env = { GIT_CONFIG_KEY_0 = "core.fsmonitor" }', "GIT_CONFIG_KEY_0 points git"),
         ('env = { git_index_file = "/tmp/i" }', "git_index_file points git elsewhere"),
     ],

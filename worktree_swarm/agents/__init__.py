@@ -166,7 +166,7 @@ def resolve_agent(spec: str | Sequence[str], *, where: str, repo_root: Path) -> 
         argv = PROFILES[spec]
     else:
         argv = tuple(spec)
-        if not argv or not all(isinstance(a, str) and a for a in argv):
+        if not argv or not argv[0] or not all(isinstance(a, str) for a in argv):
             raise BadInputError(
                 f"{where}: agent must be a profile name or a non-empty list of strings"
             )

@@ -67,7 +67,12 @@ def read_flag(entry: Setting, value: object, where: str) -> object:
 
 
 def _agent(value: object, where: str) -> AgentRef:
-    if isinstance(value, str):
+    if isinstance(value, str):  # checked where it is written: a later layer may override it
+        if value not in PROFILES:
+            known = ", ".join(sorted(PROFILES))
+            raise BadInputError(
+                f"{where}: unknown agent {value!r} (known: {known}, or an argv list)"
+            )
         return AgentRef(spec=value, where=where)
     if isinstance(value, list):
         return AgentRef(spec=_argv(value, where), where=where)
@@ -231,7 +236,11 @@ def _abs_paths(value: object, where: str) -> tuple[str, ...]:
 def _argv(value: list[object], where: str) -> tuple[str, ...]:
     if not value:
         raise BadInputError(f"{where}: empty command")
-    return tuple(_non_empty(item, f"{where}[{i}]") for i, item in enumerate(value))
+    # An empty argument is one (`test -z ""`); an empty program is none.
+    return (
+        _non_empty(value[0], f"{where}[0]"),
+        *(_string(item, f"{where}[{i}]") for i, item in enumerate(value[1:], start=1)),
+    )
 
 
 def _commands(value: object, where: str) -> tuple[tuple[str, ...], ...]:
@@ -269,6 +278,11 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
     for name, text in value.items():
         if _ENV_NAME_RE.fullmatch(name) is None:
             raise BadInputError(f"{where}: {name!r} is not a valid environment variable name")
+        if name.upper().startswith("SWARM_"):
+            raise BadInputError(
+                f"{where}: {name} is swarm's to set (SWARM_TASK_ID, SWARM_PORT... are each "
+                "task's own); pick another name"
+            )
         if name.upper() in GIT_REPOSITORY_VARIABLES or name.upper().startswith("GIT_CONFIG"):
             raise BadInputError(
                 f"{where}: {name} points git elsewhere; swarm sets git's repository variables "

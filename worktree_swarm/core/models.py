@@ -173,7 +173,7 @@ class Task:
         None,
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
-        flag=Flag(name="--timeout", help="Wall time limit per task, e.g. 45m."),
+        flag=Flag(name="--timeout", help="Wall time limit per attempt of a task, e.g. 45m."),
         doc=(
             "limit on one attempt's elapsed time (counted on the monotonic clock: a step of"
             " the wall clock, NTP's or a resumed VM's, neither ends every agent at once nor"
@@ -232,7 +232,8 @@ class Task:
         flag=None,
         doc="extra environment variables for the agent; not git's repository variables "
         "(`GIT_DIR`, `GIT_WORK_TREE`, `GIT_CONFIG*`, …: "
-        "[secrets.md](secrets.md#input-that-is-refused)); values of secret-named ones are "
+        "[secrets.md](secrets.md#input-that-is-refused)), nor a `SWARM_` name (swarm sets "
+        "`SWARM_TASK_ID`, `SWARM_PORT`, … for each task); values of secret-named ones are "
         "redacted from output; merged variable by variable across levels",
     )
     expect_files: tuple[str, ...] = setting(

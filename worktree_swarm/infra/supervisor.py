@@ -646,7 +646,10 @@ def run_to_end(
             code = proc.wait(_STEP_POLL)
             if code is not None or not proc.alive():
                 ended = True
-                return Finished(code=proc.wait(0) if code is None else code)
+                code = proc.wait(0) if code is None else code
+                if limit is not None and fs.size_of(log_path) > limit:  # between two looks
+                    return Finished(code=code, cut=Cut.PAST_MAX_LOG)
+                return Finished(code=code)
             cut = None
             if stop is not None and stop.is_set():
                 cut = Cut.STOPPED

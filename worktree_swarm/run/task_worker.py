@@ -1073,6 +1073,11 @@ class TaskWorker(RunWorker):
                     return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
                 if (full := self._ended_on_full_disk(task, live, agent, result)) is not None:
                     return full
+                # Printed past it between two looks: as if it had been seen.
+                if (
+                    over := past_max_log(fs.size_of(agent.log_path), self.spec.max_log)
+                ) is not None:
+                    return _Ended(result=result, cut_short=over[0], reason=over[1])
                 return _Ended(result=result, usage_window=stated_window(result, at))
             if (
                 retrying is not None
