@@ -276,6 +276,35 @@ def test_an_agent_on_a_node_printing_past_max_log_is_stopped_and_its_work_kept(
     assert not actor_processes(cluster)
 
 
+def test_max_log_on_a_node_holds_for_checks_and_for_an_agent_gone_between_two_looks(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # A check printing 2 MB (or an agent that did and ended before the next look) was done.
+    repo, _remote, _ctl = setup_repo(tmp_path, [])
+    script = tmp_path / "loud.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        "pathlib.Path('work.txt').write_text('done')\n"
+        "sys.stdout.write('x' * (2 << 20))\n"
+    )
+    quiet = tmp_path / "quiet.py"
+    quiet.write_text("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
+    loud, calm = json.dumps([sys.executable, str(script)]), json.dumps([sys.executable, str(quiet)])
+    manifest = tmp_path / "loud.toml"
+    manifest.write_text(
+        f'[defaults]\nexecutor = "ray"\nray_memory = "64M"\nmax_log = "1M"\n\n'
+        f'[[task]]\nid = "agent"\nprompt = "p"\nagent = {loud}\n'
+        f'[[task]]\nid = "check"\nprompt = "p"\nagent = {calm}\nchecks = [{loud}]\n'
+    )
+    out = swarm(repo, "run", str(manifest), "--ray-address", cluster.address)
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status(repo)
+    for task in ("agent", "check"):
+        assert rows[task]["state"] == "failed", rows[task]
+        assert "printed more than max_log (1.0M)" in str(rows[task]["reason"]), rows[task]
+    assert not actor_processes(cluster)
+
+
 # Notes what it finds with `swarm note`, one line straight into the file too, and keeps what
 # the findings file and its prompt said when it started.
 NOTING_AGENT = r"""

@@ -816,6 +816,7 @@ class RayTaskWorker(RunWorker):
             kill_grace=self.spec.kill_grace,
             checkpoint_interval=self.spec.checkpoint_interval,
             max_file=self.spec.max_file,
+            max_log=self.spec.max_log,
             sandbox=self.spec.sandbox,
             sandbox_writable=self.spec.sandbox_writable,
             findings=self._shared_findings(),
@@ -949,7 +950,8 @@ class RayTaskWorker(RunWorker):
         while True:
             self._follow(live, handle, stream)
             progress: Progress = self._call(handle.actor, "poll", live=live)
-            if progress.ended:
+            if progress.ended:  # past max_log between two looks: as if it had been seen
+                cut = past_max_log(progress.log_size, self.spec.max_log)
                 break
             self._periodic(handle, live)
             now = time.monotonic()

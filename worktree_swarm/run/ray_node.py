@@ -162,6 +162,7 @@ class Assignment:
     kill_grace: float
     checkpoint_interval: float
     max_file: int | None = None  # the run's cap on one file of the branch
+    max_log: int | None = None  # the run's cap on what one setup or check step prints
     sandbox: bool = False
     sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
     findings: str = ""  # the run's findings file as it was (redacted), "" for its header alone
@@ -309,6 +310,7 @@ class NodeAgent:
                 timeout=self.a.task.setup_timeout,
                 stop=self._stopping,
                 grace=self.a.kill_grace,
+                max_log=self.a.max_log,
             )
         return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
 
@@ -401,6 +403,7 @@ class NodeAgent:
                 log=log,
                 stop=self._stopping,
                 grace=self.a.kill_grace,
+                max_log=self.a.max_log,
             )
         return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
 
