@@ -476,8 +476,9 @@ def test_a_setup_or_check_step_printing_past_max_log_is_stopped_and_fails_its_ta
     loud = write_agent(
         "import os, pathlib, time\n"
         f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(os.getpid()))\n"
-        "for _ in range(60_000):\n"  # 54 MB, then quiet: never the whole disk
+        "for i in range(300_000):\n"  # 270 MB at up to ~18 MB/s, then quiet: never the disk
         "    print('progress ' * 100, flush=True)\n"
+        "    time.sleep(0.05 if i % 1000 == 0 else 0)\n"
         "time.sleep(600)\n"
     )
     work = write_agent("import pathlib\npathlib.Path('work.txt').write_text('done')\n")
@@ -489,7 +490,7 @@ def test_a_setup_or_check_step_printing_past_max_log_is_stopped_and_fails_its_ta
     assert "printed more than max_log (1.0M): stopped" in str(row["reason"]), row
     assert not pid_alive(int((tmp_path / "pid").read_text()))
     (log,) = (repo / ".git" / "swarm" / "runs").glob(f"*/loud/{step}.log")
-    assert log.stat().st_size < 40 << 20  # stopped at the next look, not at its end
+    assert log.stat().st_size < 100 << 20  # stopped at one of the next looks, not at its end
 
 
 @pytest.mark.parametrize("step", ["agent", "setup", "checks"])

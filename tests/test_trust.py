@@ -3021,12 +3021,12 @@ def test_the_guards_log_names_a_file_named_after_a_secret_redacted(
 
 # A task's check, run in its worktree once its agent ended: what it does there or elsewhere.
 CHECK = """
-import os, pathlib, subprocess, sys
+import os, pathlib, shutil, subprocess, sys
 what = sys.argv[1]
 common = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
                         capture_output=True, text=True, check=True).stdout.strip()
 if what == 'commit':
-    pathlib.Path('extra.txt').write_text('the check\\\\n')
+    pathlib.Path('extra.txt').write_text('the check\\n')
     subprocess.run(['git', 'add', 'extra.txt'], check=True)
     subprocess.run(['git', 'commit', '-qm', 'a check commits'], check=True)
 elif what == 'reset':
@@ -3034,15 +3034,25 @@ elif what == 'reset':
 elif what == 'switch':
     subprocess.run(['git', 'checkout', '-q', '--detach'], check=True)
 elif what == 'format':
-    pathlib.Path('work.txt').write_text('formatted\\\\n')
+    pathlib.Path('work.txt').write_text('formatted\\n')
     pathlib.Path('build').mkdir()
-    pathlib.Path('build/out.o').write_text('built\\\\n')
+    pathlib.Path('build/out.o').write_text('built\\n')
+elif what == 'commondir':  # a shadow of the repository: its objects and refs, its own config
+    admin = subprocess.run(['git', 'rev-parse', '--absolute-git-dir'], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    shadow = os.path.join(os.path.dirname(os.path.dirname(common)), 'shadow')
+    os.mkdir(shadow)
+    for name in ('objects', 'refs', 'logs', 'info', 'hooks'):
+        os.symlink(os.path.join(common, name), os.path.join(shadow, name))
+    shutil.copy(os.path.join(common, 'config'), os.path.join(shadow, 'config'))
+    with open(os.path.join(admin, 'commondir'), 'w') as fh:
+        fh.write(shadow + '\\n')
 elif what == 'checkout':
     with open(os.path.join(os.path.dirname(common), 'README.md'), 'a') as fh:
         fh.write('a check was here\\n')
 elif what == 'config':
     with open(os.path.join(common, 'config'), 'a') as fh:
-        fh.write('[core]\\\\n\\\\tfsmonitor = touch planted\\\\n')
+        fh.write('[core]\\n\\tfsmonitor = touch planted\\n')
 """
 
 
@@ -3068,6 +3078,24 @@ def test_a_check_that_moves_its_tasks_branch_fails_the_task_and_is_put_back(
     assert git(repo, "show", "swarm/a:work.txt") == "own work"
     assert "extra.txt" not in git(repo, "ls-tree", "--name-only", "swarm/a")
     assert git(worktree, "status", "--porcelain") == ""
+
+
+def test_a_check_that_points_its_worktree_elsewhere_fails_the_task_for_good(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """Checks run code the agent wrote: a check that pointed the worktree's `commondir` at a
+    shadow of the repository left the task done, and swarm ran git there under its config."""
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, 'commondir'])}]\nrepair = 1\n",
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert "its checks left its worktree no longer swarm's" in str(row["reason"]), row
+    assert row["attempt"] == 1, row  # no repair round: the agent never runs there again
 
 
 def test_what_a_check_writes_in_its_worktree_is_undone_so_the_branch_is_what_was_checked(
@@ -3136,12 +3164,20 @@ def test_git_config_an_agent_keeps_planting_is_put_back_once_it_stops(
     repo: Path, write_agent: AgentFactory
 ) -> None:
     """A put-back the agent undid at once was taken as found: the planted config stayed
-    after the run and the user's next `git status` ran it."""
+    after the run and the user's next `git status` ran it. Owed, it is reported once, not
+    again at every scan while the agent (one suspect of two: not stopped) goes on."""
     config = (repo / ".git" / "config").read_text()
-    run_one(repo, write_agent(REPLANT), sandbox=False)
+    idle = write_agent("import time; time.sleep(5)\n" + WORK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "bad"\nprompt = "p"\nagent = {argv_toml(write_agent(REPLANT))}\n'
+        f'[[task]]\nid = "idle"\nprompt = "p"\nagent = {argv_toml(idle)}\n',
+    )
+    swarm(repo, "run", path, "--jobs", "2")
     row = status_json(repo)["bad"]
     assert row["state"] == "failed", row
     assert (repo / ".git" / "config").read_text() == config
+    assert len(outside_writes(repo)) == 1, outside_writes(repo)
 
 
 def test_a_checks_write_into_your_checkout_fails_its_task_before_its_dependent_starts(

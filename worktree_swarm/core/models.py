@@ -480,7 +480,8 @@ class RunSettings:
         flag=None,
         default_doc='`"1G"`',
         doc="cap on what one attempt of an agent prints (its log under `.git/swarm`), and one "
-        "`setup` or check step: past it, it is stopped and its task fails, its work kept; a "
+        "`setup` or check step of a run (not `swarm merge`'s): past it, it is stopped and its "
+        "task fails, its work kept; a "
         "runaway printing in a loop would fill the disk ([recovery.md](recovery.md#a-full-disk))",
     )
     max_file: int = setting(

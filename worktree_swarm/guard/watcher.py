@@ -554,11 +554,11 @@ class Guard:
     def checks_moved(self, task_id: str, path: Path, branch: str, tip: str) -> str | None:
         """Put *task_id*'s worktree *path* back on *branch* at *tip* if its checks moved them.
 
-        Called inside :meth:`pinned` once the checks ended: a check that commits, resets or
-        switches the worktree left the task done with a branch other than the one checked
-        (or none). Reset to *tip*, files too; a commit taken off stays in the branch's reflog.
-        A move made from elsewhere is another's, judged on leaving :meth:`pinned`. Returns
-        what the checks did, or None.
+        Called inside :meth:`pinned` once the checks ended, the worktree found swarm's: a check
+        that commits, resets or switches the worktree left the task done with a branch other
+        than the one checked (or none). Reset to *tip*, files too; a commit taken off stays
+        in the branch's reflog. A move made from elsewhere is another's, judged on leaving
+        :meth:`pinned`. Returns what the checks did, or None.
         """
         want = f"refs/heads/{branch}"
         head_ref = symbolic_head(path)
@@ -573,8 +573,6 @@ class Guard:
                 and not self._moved_by_itself(task_id, tip, now)
             ):
                 return None
-            if (changed := worktrees.tampered(self.repo, path)) is not None:
-                return f"its checks left its worktree no longer swarm's: {changed}"
             if head_ref != want:
                 git.git(path, "symbolic-ref", "HEAD", want)
             git.git(path, "reset", "--quiet", "--hard", tip)
@@ -691,20 +689,30 @@ class Guard:
         self._asked.set()
         with self._looked:
             self._looked.wait_for(
-                lambda: self._last_look >= asked or self._closing.is_set(), timeout=timeout
+                lambda: self._last_look >= asked or not self._alive(), timeout=timeout
             )
 
+    def _alive(self) -> bool:
+        """Whether the background scans go on (not closing, their thread not gone)."""
+        return not self._closing.is_set() and self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
-        while not self._closing.is_set():
-            self._asked.wait(self._interval)
-            if self._closing.is_set():
-                break
-            self._asked.clear()
-            began = time.monotonic()
-            with self._job("scan"):
-                self.scan()
+        try:
+            while not self._closing.is_set():
+                self._asked.wait(self._interval)
+                if self._closing.is_set():
+                    break
+                self._asked.clear()
+                began = time.monotonic()
+                try:
+                    with self._job("scan"):
+                        self.scan()
+                finally:  # a scan that raised is a look too: no one waits for ever
+                    with self._looked:
+                        self._last_look = began
+                        self._looked.notify_all()
+        finally:
             with self._looked:
-                self._last_look = began
                 self._looked.notify_all()
 
     def scan(self, *, deep: bool = False) -> list[Violation]:
@@ -1331,7 +1339,8 @@ class Guard:
         common = self.repo.common_dir
         self._put_back_again()
         now = self._read_surface()
-        labels = surface.changed(self._surface, now)
+        # Owed ones still not back (their writer at it again) were reported: not once a scan.
+        labels = [x for x in surface.changed(self._surface, now) if x not in self._unrestored]
         if labels:
             labels = self._not_ties_settling(labels)
         if labels and self._provisioning:  # git's own writes into admin dirs being made
@@ -1374,8 +1383,10 @@ class Guard:
             restored = not surface.changed(self._surface, self._read_surface())
         if restored:
             self._surface_checked = time.time()
-        else:  # an agent writing it again meanwhile, say: tried again by every scan
-            self._unrestored |= set(surface.changed(self._surface, self._read_surface()))
+        else:  # an agent writing it again meanwhile, say: tried again by every scan (but
+            # `alternates`, put back only once a repack took in the objects it may hold)
+            left = set(back) - set(surface.ALTERNATES)
+            self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [violation]
 

@@ -39,6 +39,7 @@ class CheckFailure:
     summary: str
     detail: str = ""
     stopped: bool = False
+    final: bool = False  # no repair round mends it (its checks moved or replaced its worktree)
 
     def __str__(self) -> str:
         return self.summary + (f":\n{self.detail}" if self.detail else "")

@@ -228,6 +228,8 @@ def _gcs_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return None
+    if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
+        return None  # only the connection is tried (head_problem)
     grpc: Any = importlib.import_module("grpc")  # installed with Ray
     with grpc.insecure_channel(address) as channel:
         ask = channel.unary_unary(

@@ -178,6 +178,19 @@ class Progress:
     log_size: int  # the log's size now: the coordinator times its growth on its own clock
 
 
+def _make_dirs(path: Path, *, tries: int = 3) -> None:
+    """``mkdir -p`` *path*, again if another attempt's end removed a parent meanwhile.
+
+    An attempt that ends removes its run's directory when it is empty: a sibling attempt
+    making its own directories in it just then finds it gone between two of its steps.
+    """
+    for _ in range(tries - 1):
+        with contextlib.suppress(FileNotFoundError):
+            path.mkdir(parents=True, exist_ok=True)
+            return
+    path.mkdir(parents=True, exist_ok=True)
+
+
 class NodeAgent:
     """One attempt of one task on this node: prepare, start, poll, tail, stop, finish."""
 
@@ -211,7 +224,7 @@ class NodeAgent:
             if problem:
                 raise SwarmError(f"node {self.node()}: {problem}")
         # Who this actor is on its node: what ends the attempt there if it stops answering.
-        self.logs.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self.logs)
         me = psutil.Process()
         identity = {"pid": me.pid, "create_time": me.create_time()}
         (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")

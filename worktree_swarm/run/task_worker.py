@@ -491,6 +491,8 @@ class TaskWorker(RunWorker):
         if stat.files == 0:
             return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
         failure = self._check(live, path, base, env)
+        if failure is not None and failure.final:
+            return check_failed(failure)
         if failure is None:
             if live.task.id in self._depended_on:  # a verdict first: they start on it
                 self.guard.look_now()
@@ -731,14 +733,28 @@ class TaskWorker(RunWorker):
                         on_start=started,
                         max_log=self.spec.max_log,
                     )
+                # Checks run code the agent wrote: their worktree is looked at again before
+                # swarm runs git there, as after an attempt.
+                if (changed := worktrees.tampered(self.repo, path)) is not None:
+                    why = f"its checks left its worktree no longer swarm's: {changed}"
+                    return CheckFailure(summary=why, final=True)
+                planted = worktrees.unplant(self.repo, path, task.branch)
                 moved = self.guard.checks_moved(task.id, path, task.branch, tip)
-            if moved is None:  # what they wrote (a formatter's edits, build output) goes
-                git.remove_new(path, git.untracked_files(path) - before)
+            # What they wrote (a formatter's edits, build output) goes: the branch is what
+            # was checked, and no later checkpoint commits it.
+            git.remove_new(path, git.untracked_files(path) - before)
+            if moved is None:
                 faults.retry_while_full(  # the index rewritten: on a full disk, it waits
                     lambda: git.git(path, "reset", "--quiet", "--hard", "HEAD"),
                     self.store.on_full,
                 )
-            return failure if moved is None else CheckFailure(summary=moved)
+            if planted:
+                moved = f"its checks planted links where git writes ({', '.join(planted)}); removed"
+            if moved is None:
+                return failure
+            return CheckFailure(
+                summary=moved, final=True, stopped=bool(failure and failure.stopped)
+            )
         finally:
             self._check_slots.release()
             redact.scrub_file(self._logs(task) / "checks.log")
