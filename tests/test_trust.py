@@ -3056,20 +3056,30 @@ elif what == 'config':
 """
 
 
+def _run_with_check(
+    repo: Path, write_agent: AgentFactory, what: str, *, more: str = ""
+) -> dict[str, dict[str, object]]:
+    """A run of task `a` (its agent writes work.txt), its check doing *what* (CHECK); the rows.
+
+    *more*: what the manifest says after that check (`repair`, another task).
+    """
+    check = write_agent(CHECK)
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+        f"checks = [{argv_toml([*check, what])}]\n{more}",
+    )
+    swarm(repo, "run", path)
+    return status_json(repo)
+
+
 @pytest.mark.parametrize("what", ["commit", "reset", "switch"])
 def test_a_check_that_moves_its_tasks_branch_fails_the_task_and_is_put_back(
     repo: Path, write_agent: AgentFactory, what: str
 ) -> None:
     """A check that committed, reset the branch to its base or detached the worktree left
     the task done with a branch other than the one checked (or an empty one)."""
-    check = write_agent(CHECK)
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, what])}]\n",
-    )
-    swarm(repo, "run", path)
-    row = status_json(repo)["a"]
+    row = _run_with_check(repo, write_agent, what)["a"]
     assert row["state"] == "failed", row
     assert str(row["reason"]).startswith("its checks "), row
     assert "put back" in str(row["reason"]), row
@@ -3085,14 +3095,7 @@ def test_a_check_that_points_its_worktree_elsewhere_fails_the_task_for_good(
 ) -> None:
     """Checks run code the agent wrote: a check that pointed the worktree's `commondir` at a
     shadow of the repository left the task done, and swarm ran git there under its config."""
-    check = write_agent(CHECK)
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, 'commondir'])}]\nrepair = 1\n",
-    )
-    swarm(repo, "run", path)
-    row = status_json(repo)["a"]
+    row = _run_with_check(repo, write_agent, "commondir", more="repair = 1\n")["a"]
     assert row["state"] == "failed", row
     assert "its checks left its worktree no longer swarm's" in str(row["reason"]), row
     assert row["attempt"] == 1, row  # no repair round: the agent never runs there again
@@ -3103,14 +3106,7 @@ def test_what_a_check_writes_in_its_worktree_is_undone_so_the_branch_is_what_was
 ) -> None:
     """A formatter's edits and build output stayed uncommitted in a done task's worktree:
     the branch was not what had been checked, and `swarm clean` committed them later."""
-    check = write_agent(CHECK)
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, 'format'])}]\n",
-    )
-    swarm(repo, "run", path)
-    row = status_json(repo)["a"]
+    row = _run_with_check(repo, write_agent, "format")["a"]
     assert row["state"] == "done", row
     worktree = Path(str(row["worktree"]))
     assert git(worktree, "status", "--porcelain", "--untracked-files=all") == ""
@@ -3127,16 +3123,8 @@ def test_a_check_that_plants_git_config_fails_its_own_task_and_is_undone(
     was done, and the user's next `git status` ran the planted program. Its verdict comes
     before the task is done: its dependent never starts on it."""
     config = (repo / ".git" / "config").read_text()
-    check = write_agent(CHECK)
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, 'config'])}]\n"
-        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        'depends_on = ["a"]\n',
-    )
-    swarm(repo, "run", path)
-    rows = status_json(repo)
+    dependent = f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+    rows = _run_with_check(repo, write_agent, "config", more=dependent + 'depends_on = ["a"]\n')
     assert rows["a"]["state"] == "failed", rows["a"]
     assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
     assert rows["b"]["state"] == "blocked", rows["b"]
@@ -3186,16 +3174,8 @@ def test_a_checks_write_into_your_checkout_fails_its_task_before_its_dependent_s
     """The verdict came with the guard's next scan, up to a second later: the task was done
     by then, and its dependent ran on it (and was blamed too)."""
     readme = (repo / "README.md").read_text()
-    check = write_agent(CHECK)
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "a"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        f"checks = [{argv_toml([*check, 'checkout'])}]\n"
-        f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
-        'depends_on = ["a"]\n',
-    )
-    swarm(repo, "run", path)
-    rows = status_json(repo)
+    dependent = f'[[task]]\nid = "b"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n'
+    rows = _run_with_check(repo, write_agent, "checkout", more=dependent + 'depends_on = ["a"]\n')
     assert rows["a"]["state"] == "failed", rows["a"]
     assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
     assert rows["b"]["state"] == "blocked", rows["b"]
