@@ -261,6 +261,32 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(repo: Path) -> None:
     assert not (repo / ".git" / "swarm").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (("--sandbox", "--no-sandbox"), "--sandbox and --no-sandbox exclude each other"),
+        (("--no-sparse", "--sparse"), "--no-sparse and --sparse exclude each other"),
+        (("-j", "2", "-j", "3"), "--jobs given 2 times (2, 3); give it once"),
+        (("--agent", "scripted", "--agent", "codex"), "--agent given 2 times"),
+    ],
+)
+def test_a_setting_given_twice_on_the_command_line_is_bad_input(
+    repo: Path, flags: tuple[str, ...], said: str
+) -> None:
+    # Decided by whichever came last, silently: `--sandbox --no-sandbox` ran unsandboxed.
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", *flags, "-t", "a=p"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(f"swarm: {said}"), out.stderr
+    assert out.stderr.count("\n") == 1
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_doc_table_prints_the_blocks_and_refuses_bad_usage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

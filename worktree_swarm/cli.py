@@ -71,18 +71,18 @@ def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
         options: dict[str, Any] = {"help": flag.help}
         if flag.metavar:
             options["metavar"] = flag.metavar
+        # Every one may be given any number of times: once is a setting, twice bad input
+        # (`-j 2 -j 3`, `--sandbox --no-sandbox`: never decided by which came last).
+        options["multiple"], options["default"] = True, ()
         if entry.kind is Kind.BOOL:
             if flag.negatable:
                 names[-1] = f"{flag.name}/--no-{flag.name.removeprefix('--')}"
             else:
                 options["is_flag"] = True
-            options["default"] = None
         elif entry.kind is Kind.INT:
             options["type"] = click.IntRange(min=entry.minimum, max=entry.maximum)
         elif entry.kind in {Kind.NUMBER, Kind.SHARE}:
             options["type"] = float
-        elif entry.kind.is_list:
-            options["multiple"] = True
         elif entry.kind is Kind.CHOICE and entry.choices is not None and not flag.metavar:
             options["metavar"] = f"[{'|'.join(choice.value for choice in entry.choices)}]"
         command = click.option(*names, entry.key, **options)(command)
@@ -97,10 +97,23 @@ def _overrides(flags: Mapping[str, object]) -> Overrides:
 
 
 def _given(entry: Setting, value: object) -> object:
-    """A setting option's value, None when not given."""
-    # An option never repeated gives (), a flag without a --no- form False: neither sets it.
-    plain_flag = entry.kind is Kind.BOOL and entry.flag is not None and not entry.flag.negatable
-    return (value or None) if entry.kind.is_list or plain_flag else value
+    """A setting option's value, None when not given; BadInputError when given twice.
+
+    A list setting's option is repeatable: its values, in order.
+    """
+    values = tuple(value) if isinstance(value, tuple | list) else ()
+    if entry.kind.is_list:
+        return values or None
+    if len(values) > 1 and entry.flag is not None:
+        name = entry.flag.name
+        if entry.kind is Kind.BOOL:  # as typed: --sandbox, --no-sandbox
+            said = dict.fromkeys(name if v else f"--no-{name.removeprefix('--')}" for v in values)
+            if len(said) > 1:
+                raise BadInputError(f"{' and '.join(said)} exclude each other; give one of them")
+            raise BadInputError(f"{next(iter(said))} given {len(values)} times; give it once")
+        shown = ", ".join(str(v) for v in values)
+        raise BadInputError(f"{name} given {len(values)} times ({shown}); give it once")
+    return values[0] if values else None
 
 
 def _exclusive(**given: bool) -> None:
