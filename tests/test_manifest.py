@@ -204,6 +204,16 @@ def test_an_unknown_agent_is_refused_where_it_is_written_even_when_overridden(
     assert "swarm.toml: agent: unknown agent 'claud'" in message, message
 
 
+def test_a_swarm_toml_written_like_a_manifest_says_so(repo: Path, cwd: Path) -> None:
+    # It said "unknown key 'defaults' (allowed: ...)", a line of 700 characters.
+    (repo / "swarm.toml").write_text("[defaults]\njobs = 2\n")
+    message = error(repo, inline=["a=x"], overrides=Overrides(agent="scripted"))
+    assert message.endswith(
+        "swarm.toml: [defaults] is a manifest's table; here the settings go at the top level"
+        " (tasks in a manifest: `swarm run tasks.toml`)"
+    ), message
+
+
 def test_an_empty_argument_is_one_in_an_argv_array_as_in_a_command_string(
     repo: Path, cwd: Path
 ) -> None:

@@ -425,6 +425,11 @@ def _check_keys(table: Mapping[str, object], allowed: frozenset[str], *, where: 
             continue
         if allowed is MANIFEST_KEYS and key in DEFAULTS_KEYS:
             raise BadInputError(f"{where}: key {key!r} belongs in [defaults]")
+        if allowed is DEFAULTS_KEYS and key in MANIFEST_KEYS:  # a manifest's shape
+            raise BadInputError(
+                f"{where}: [{key}] is a manifest's table; here the settings go at the top level "
+                "(tasks in a manifest: `swarm run tasks.toml`)"
+            )
         if key in TASK_KEYS and allowed is not TASK_KEYS:
             raise BadInputError(f"{where}: key {key!r} belongs in a [[task]]")
         if key in RUN_KEYS and allowed is TASK_KEYS:
