@@ -55,7 +55,7 @@ def done_run(repo: Path, tmp_path: Path, origin: Path, monkeypatch: pytest.Monke
         "--check",
         f"{sys.executable} -c pass",
         "-t",
-        "one=Add the one file\n\nwith details @someone Closes #1",
+        "one=Add the one file\n\nwith details @someone Closes #1\u202e\x1b[2J",
         "-t",
         "issue-7=Resolve GitHub issue #7: Login loops",
     )
@@ -98,7 +98,8 @@ def test_pr_pushes_and_opens_one_pull_request_per_done_task(
     assert issue["title"] == "Resolve GitHub issue #7: Login loops"
     body = one["body"]
     # The prompt is fenced, so "Closes #1" and @mentions in it are inert on GitHub.
-    assert "```text\nAdd the one file\n\nwith details @someone Closes #1\n```" in body
+    # Shown as an issue's text: no escape sequence, no invisible character reordering it.
+    assert "```text\nAdd the one file\n\nwith details @someone Closes #1<U+202E> [2J\n```" in body
     assert "**Diff:** 1 file changed, +1 -0 (against `" in body
     assert "**Checks:** passed" in body
     assert f"- `{sys.executable} -c pass`: passed" in body

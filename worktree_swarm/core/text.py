@@ -77,6 +77,25 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+def as_shown(text: str) -> str:
+    """*text* for a reader on the web (an issue's body, a pull request's prompt).
+
+    Control characters (and halves of UTF-16 pairs) but newlines and tabs become spaces;
+    format characters (a bidi override, a zero-width space, tag characters spelling out
+    text), which hide or reorder words, are shown as what they are: ``<U+202E>``.
+    """
+    return text if text.isprintable() else "".join(map(_shown_char, text))
+
+
+def _shown_char(char: str) -> str:
+    if char in "\n\t":
+        return char
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return f"<U+{ord(char):04X}>"
+    return " " if category in {"Cc", "Cs"} else char
+
+
 def path_text(path: str) -> str:
     """*path* as git prints it: quoted, with C escapes, when it holds a control character.
 

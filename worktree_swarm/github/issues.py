@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.text import one_line
+from worktree_swarm.core.text import as_shown, one_line
 from worktree_swarm.github.client import Client, GitHubError
 from worktree_swarm.infra import redact
 
@@ -181,11 +180,8 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
     body = str(issue.get("body") or "").replace("\r\n", "\n").strip()
     # A NUL (or another control character), or half of a UTF-16 pair (JSON's `\udcff`), is no
     # text a prompt can carry: one issue's must not refuse a whole `--issues-label` batch.
-    # Newlines and tabs stay.
-    body = "".join(c if c in "\n\t" or not _unprintable(c) else " " for c in body)
-    # Invisible characters (a bidi override, a zero-width space, tag characters spelling out
-    # text) can hide words from whoever reads the issue on GitHub: shown as what they are.
-    body = "".join(f"<U+{ord(c):04X}>" if _invisible(c) else c for c in body)
+    # Invisible characters can hide words from whoever reads the issue on GitHub.
+    body = as_shown(body)
     body = redact.redact(body)
     labels = ", ".join(_label_names(issue.get("labels"))) or "(none)"
     digest = hashlib.sha256(f"{title}\0{body}\0{labels}".encode()).hexdigest()[:16]
@@ -198,16 +194,6 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
         "boundary": f"===== ISSUE TEXT {digest} =====",
     }
     return f"issue-{number}", render(template, values), title
-
-
-def _unprintable(char: str) -> bool:
-    """A control character (C0, DEL, C1) or a lone surrogate."""
-    return unicodedata.category(char) in {"Cc", "Cs"}
-
-
-def _invisible(char: str) -> bool:
-    """A format character (Cf): drawn as nothing, or reordering what is around it."""
-    return unicodedata.category(char) == "Cf"
 
 
 # GitHub allows 50 characters to a label name; anything longer is not GitHub's.

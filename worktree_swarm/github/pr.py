@@ -10,7 +10,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
-from worktree_swarm.core.text import Echo, one_line
+from worktree_swarm.core.text import Echo, as_shown, one_line
 from worktree_swarm.git import leaks, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
@@ -461,7 +461,8 @@ def pr_body(
     *numbers*: the open pull requests of the run's tasks (task id -> number).
     """
     lines = [f"Task `{row.task_id}` of worktree-swarm run `{row.run_id}`.", ""]
-    lines += ["**Prompt**", "", *_fenced(_trimmed(redact.redact(task.prompt))), ""]
+    # As an issue's text: no control character, no invisible one hiding or reordering words.
+    lines += ["**Prompt**", "", *_fenced(_trimmed(as_shown(redact.redact(task.prompt)))), ""]
     base = fallback_base or row.base_commit
     if base is not None:
         stat = git.diff_stat(repo, base, tip)
