@@ -498,6 +498,26 @@ def test_a_second_merge_says_one_is_running_before_predicting_anything(
     assert merge_results(base_repo) == {"one": None, "two": None}
 
 
+def test_a_file_name_holding_the_list_separator_reads_as_one_name(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # Unquoted, "a.txt, b.txt" and " c.txt" in a list of conflicts read as three other files.
+    base = git(base_repo, "rev-parse", "HEAD")
+    names = ("a.txt, b.txt", " c.txt")
+    brancher.branch("swarm/one", base, dict.fromkeys(names, "one\n"))
+    brancher.branch("swarm/two", base, dict.fromkeys(names, "two\n"))
+    record_run(base_repo, [("one", base), ("two", base)], base=base)
+    dry = swarm(base_repo, "merge", "--dry-run")
+    assert dry.returncode == 1  # a predicted conflict, dry.stdout + dry.stderr
+    assert 'conflict  one <-> two: " c.txt", "a.txt, b.txt"' in dry.stdout, dry.stdout
+    out = swarm(base_repo, "merge")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert any(
+        line.startswith("conflicted") and line.endswith('in " c.txt", "a.txt, b.txt"')
+        for line in out.stdout.splitlines()
+    ), out.stdout
+
+
 def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 # Where a command reports progress, one line at a time (``click.echo``, ``print``, a list's
 # ``append`` in tests).
@@ -105,6 +105,22 @@ def path_text(path: str) -> str:
     if not any(c in _ESCAPES or _control(c) for c in path):
         return path
     return '"' + "".join(_ESCAPES.get(c) or _octal(c) for c in path) + '"'
+
+
+def paths_text(paths: Iterable[str]) -> str:
+    """*paths* as one comma-separated list, each as :func:`path_text` shows it.
+
+    A name that holds the separator (``a.txt, b.txt``) or starts or ends with a space is
+    quoted too, so that a list always reads as the names it holds.
+    """
+    return ", ".join(map(_listed, paths))
+
+
+def _listed(path: str) -> str:
+    shown = path_text(path)
+    if shown != path or not (", " in path or path != path.strip(" ")):
+        return shown
+    return f'"{path}"'
 
 
 def _control(char: str) -> bool:

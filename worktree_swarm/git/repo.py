@@ -22,7 +22,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.core.text import is_utf8, path_text
+from worktree_swarm.core.text import is_utf8, path_text, paths_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
@@ -555,7 +555,7 @@ def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: s
             raise CommandError(["git", "merge-tree", acc, other], res.returncode, res.stderr)
         tree, *conflicted = [f for f in res.stdout.split("\0") if f]
         if res.returncode == 1:
-            names = ", ".join(conflicted) or "(unknown files)"
+            names = paths_text(conflicted) or "(unknown files)"
             raise MergeConflictError(
                 f"merging {commits[i]} into {', '.join(commits[:i])} conflicts in {names}",
                 files=conflicted,

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import paths_text
 
 MAIN = "main checkout"
 REPOSITORY = "repository"  # the git dir's executable surface: config, hooks, info
@@ -235,4 +235,4 @@ def short_ref(ref: str) -> str:
 
 def _shown(paths: tuple[str, ...]) -> str:
     # Quoted as git quotes them: a name an agent chose can hold a newline or an escape.
-    return ", ".join(map(path_text, paths[:_SHOWN])) + (" ..." if len(paths) > _SHOWN else "")
+    return paths_text(paths[:_SHOWN]) + (" ..." if len(paths) > _SHOWN else "")

@@ -35,7 +35,7 @@ from worktree_swarm.core.models import (
     merge_again,
 )
 from worktree_swarm.core.paths import run_dir
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import leaks, runner, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel
@@ -1012,7 +1012,7 @@ def _already(c: Candidate, commit: str) -> TaskResult:
 
 
 def _conflicted(s: _Session, c: Candidate, files: tuple[str, ...], why: str = "") -> TaskResult:
-    reason = f"conflicts with {s.target.branch} in {', '.join(map(path_text, files))}"
+    reason = f"conflicts with {s.target.branch} in {paths_text(files)}"
     return TaskResult(
         task_id=c.task_id,
         outcome=MergeOutcome.CONFLICTED,
@@ -1151,11 +1151,7 @@ def _check(
     """Run the checks on the merge just made (*commit*: its HEAD when already read)."""
     steps = s.checks or c.task.checks
     commit = commit or _head(s.target.worktree)
-    note = (
-        f"conflicts in {', '.join(map(path_text, resolved))} resolved by its agent"
-        if resolved
-        else ""
-    )
+    note = f"conflicts in {paths_text(resolved)} resolved by its agent" if resolved else ""
     if not steps:
         return TaskResult(
             task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note

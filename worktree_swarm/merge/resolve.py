@@ -9,7 +9,7 @@ from pathlib import Path
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity, Task
-from worktree_swarm.core.text import path_text
+from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import runner
 from worktree_swarm.infra import fs, redact, supervisor
 
@@ -89,7 +89,7 @@ def run_resolver(
         return f"the agent exited {ended.code} while resolving (log {log_path})"
     left = [name for name in files if _has_markers(worktree / name)]
     if left:
-        return f"conflict markers left in {', '.join(map(path_text, left))}"
+        return f"conflict markers left in {paths_text(left)}"
     runner.run(worktree, "add", "--all")
     return None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import PROFILES, provider_of
 from worktree_swarm.core.models import Task
+from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.run.governor import Gates
@@ -72,7 +73,7 @@ def handover_prompt(
     """The prompt of an agent taking over: what was done (diff stat, findings) and what is left."""
     stat = git.diff_stat(repo, base, tip)
     files = git.changed_paths(repo, base, tip)
-    shown = ", ".join(files[:FILES_SHOWN]) + (" ..." if len(files) > FILES_SHOWN else "")
+    shown = paths_text(files[:FILES_SHOWN]) + (" ..." if len(files) > FILES_SHOWN else "")
     done = (
         f"{stat.files} files changed, +{stat.insertions} -{stat.deletions}: {shown}"
         if stat.files

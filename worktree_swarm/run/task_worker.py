@@ -38,6 +38,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
+from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import sandbox
@@ -267,7 +268,7 @@ class RunWorker:
                 author=self.spec.commit_author,
             )
         except git.MergeConflictError as exc:
-            files = ", ".join(exc.files) or "unknown files"
+            files = paths_text(exc.files) or "unknown files"
             deps = ", ".join(task.depends_on)
             return TaskOutcome(
                 state=TaskState.BLOCKED, reason=f"dependencies {deps} conflict in {files}"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from worktree_swarm.core.text import one_line, printable
+from worktree_swarm.core.text import one_line, paths_text, printable
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT
 from worktree_swarm.infra.logtail import last_line
@@ -127,7 +127,7 @@ def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
     if kind == UNWATCHED_EVENT:
         paths = [str(p) for p in cast("list[object]", data.get("paths", []))]
         more = len(paths) - _NAMED
-        shown = ", ".join(paths[:_NAMED]) + (f" and {more} more" if more > 0 else "")
+        shown = paths_text(paths[:_NAMED]) + (f" and {more} more" if more > 0 else "")
         return (
             f"guard: your checkout changed while no manager watched it: {shown}; kept as it is"
             f" (if you did not make these changes, an agent of this run did before its manager"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worktree_swarm.core.text import Echo, path_text
+from worktree_swarm.core.text import Echo, path_text, paths_text
 from worktree_swarm.core.words import plural
 from worktree_swarm.merge.merge_report import (
     REVIEW_FILES,
@@ -44,15 +44,13 @@ def merge_prediction_lines(report: MergeReport) -> list[str]:
     lines = [f"{head} ({report.target_before[:12]})"]
     if p.clean:
         lines.append("  no conflicts predicted")
-    pairs = [
-        f"  conflict  {a} <-> {b}: {', '.join(map(path_text, f))}" for (a, b), f in p.pairs.items()
-    ]
+    pairs = [f"  conflict  {a} <-> {b}: {paths_text(f)}" for (a, b), f in p.pairs.items()]
     lines += pairs[:_PAIRS_SHOWN]
     if len(pairs) > _PAIRS_SHOWN:  # 50 branches editing one file make 1,225 pairs
         more = len(pairs) - _PAIRS_SHOWN
         lines.append(f"  ... and {plural(more, 'conflicting pair')} more (`--json` lists each)")
     lines += [
-        f"  conflict  {name} <-> {report.target_branch}: {', '.join(map(path_text, f))}"
+        f"  conflict  {name} <-> {report.target_branch}: {paths_text(f)}"
         for name, f in p.target.items()
     ]
     if report.order:
@@ -106,9 +104,7 @@ class MergeEcho:
     def resolving(self, task_id: str, files: tuple[str, ...]) -> None:
         """A task's agent resolving conflicts."""
         self._echo(
-            merge_note_line(
-                task_id, f"conflicts in {', '.join(map(path_text, files))}: starting its agent"
-            )
+            merge_note_line(task_id, f"conflicts in {paths_text(files)}: starting its agent")
         )
 
     def note(self, text: str) -> None:
