@@ -147,6 +147,52 @@ def test_a_nul_byte_in_the_command_is_refused_as_popen_would(
         )  # fmt: skip
 
 
+_PRYING = """
+import os, sys
+shim = os.getppid()
+with open(f"/proc/{shim}/stat") as stat:
+    server = int(stat.read().rsplit(")", 1)[1].split()[1])
+seen = []
+for n, mode, name in ((0, os.O_RDONLY, "read"), (0, os.O_WRONLY, "write"),
+                      (1, os.O_RDONLY, "read"), (1, os.O_WRONLY, "write")):
+    try:
+        fd = os.open(f"/proc/{server}/fd/{n}", mode | os.O_NONBLOCK)
+    except OSError:
+        seen.append(f"fd {n} {name}: refused")
+        continue
+    seen.append(f"fd {n} {name}: opened")
+    if (n, name) == (1, "write"):  # a reply of its own: the next command is "this process"
+        os.write(fd, b"%d 0\\n" % os.getpid())
+    os.close(fd)
+with open(sys.argv[1], "w") as out:
+    out.write("\\n".join(seen))
+"""
+
+
+def test_an_agent_cannot_open_its_shim_servers_channel(
+    tmp_path: Path, shims: supervisor.ShimServer
+) -> None:
+    # Through `/proc/<server>/fd/N` a pipe can be opened again by any process of the user:
+    # an agent read the requests (the token, other tasks' environments) and answered one
+    # itself, naming a process of its choice, which the run then supervised and killed.
+    seen = tmp_path / "seen.txt"
+    prying = supervisor.spawn(
+        [sys.executable, "-c", _PRYING, str(seen)], cwd=tmp_path, env=clean_env(),
+        log_path=tmp_path / "p.log", shims=shims,
+    )  # fmt: skip
+    assert prying.wait(timeout=60) == 0, (tmp_path / "p.log").read_text()
+    assert seen.read_text().splitlines() == [
+        "fd 0 read: refused", "fd 0 write: refused", "fd 1 read: refused", "fd 1 write: refused"
+    ]  # fmt: skip
+    after = supervisor.spawn(
+        ["sh", "-c", "exit 3"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log",
+        shims=shims,
+    )  # fmt: skip
+    assert after.identity.pid != prying.identity.pid
+    assert after.wait(timeout=60) == 3
+    assert after.popen is None  # forked by the same server
+
+
 def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
     tmp_path: Path, shims: supervisor.ShimServer
 ) -> None:
@@ -207,6 +253,9 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
     spawning.start()
     record = supervisor.record_path(log)
     wait_for(record.exists, what="the forked shim's record")
+    # The server at its busiest (a start under way): nothing of it another process can open.
+    held = [str(fd.readlink()) for fd in Path(f"/proc/{server.pid}/fd").iterdir()]
+    assert not [name for name in held if name.startswith("pipe:")], held
     server.kill()
     server.wait(timeout=30)
     with log.open("rb") as reader:  # lets the shim go on: it lets go of the server's pipes

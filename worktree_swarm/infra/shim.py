@@ -26,14 +26,15 @@ the shim itself was killed.
 
 ``python -I -S -c LAUNCH --swarm-shim --grace SECONDS --serve`` is the shim server: a manager
 that starts many commands keeps one, and the server forks the shim of each command instead of
-starting an interpreter for it (~3 ms against ~12 ms of CPU per command). A request on its
-stdin is its length, a newline, then NUL-separated fields: the token the manager wrote as the
-server's first line, then the request's own (see :func:`_answer`); the reply,
-one line on its stdout, is the forked shim's PID and start time once the command started, or
-``!``, the errno and why it could not. The forked shim does what the shim of one command
-does, in a session of its own; its command line and environment are the server's (the
-command's carries ``SWARM_SHIM``). The server ends at the end of its stdin; the shims it
-forked carry on.
+starting an interpreter for it (~3 ms against ~12 ms of CPU per command). Its stdin and stdout
+are one socket, the manager's channel (a pipe could be opened again through /proc by any
+process of the user). A request on its stdin is its length, a newline, then NUL-separated
+fields: the token the manager wrote as the server's first line, then the request's own (see
+:func:`_answer`); the reply, one line on its stdout, is the forked shim's PID and start time
+once the command started, or ``!``, the errno and why it could not. The forked shim does what
+the shim of one command does, in a session of its own; its command line and environment are the
+server's (the command's carries ``SWARM_SHIM``). The server ends at the end of its stdin; the
+shims it forked carry on.
 """
 
 # Only what starting a process needs: json, contextlib and pathlib would double the
@@ -45,6 +46,7 @@ forked carry on.
 # and `posixpath` (~1 ms). No `from __future__` import either: the annotations here are
 # valid at run time.
 import _ctypes
+import _socket
 import posix
 import sys
 import time
@@ -105,7 +107,7 @@ def _supervise(
 ) -> int:
     """Start *command*, wait for it, record how it ended, kill what it left; the exit code.
 
-    *ready* (a pipe to the server) is closed once the command has started or failed to; the
+    *ready* (a socket to the server) is closed once the command has started or failed to; the
     command is stopped when process *parent* is no longer the shim's parent.
     """
     try:
@@ -148,7 +150,7 @@ def _failure(exc: OSError) -> bytes:
 
 
 def _tell(ready: int | None, what: bytes) -> None:
-    """Tell the server (if any) how the start went, and let go of its pipe."""
+    """Tell the server (if any) how the start went, and let go of its socket."""
     if ready is None:
         return
     try:  # noqa: SIM105 - contextlib costs start-up time
@@ -348,7 +350,10 @@ def _fork_shim(
     forked: dict[int, int | None],
 ) -> str:
     """Fork the shim of *command*; the reply: its PID and start time, or ``!`` and why not."""
-    ready_r, ready_w = posix.pipe()
+    # A socket, not a pipe: a pipe could be opened again through /proc by an agent, to answer
+    # for another task's shim, or to hold the server at its read.
+    ends = _socket.socketpair()
+    ready_r, ready_w = ends[0].detach(), ends[1].detach()
     pid = posix.fork()
     if pid == 0:  # the shim of this command: never back into the server's loop
         code = _NOT_STARTED
@@ -381,8 +386,8 @@ def _forked(
 ) -> int:
     """In a child of the server: become the shim of *command* in its own session."""
     posix.setsid()
-    # The record before the server's pipes are let go: a manager that lost the server's
-    # reply waits for the end of the pipe, and then finds the record if a shim was forked.
+    # The record before the server's channel is let go: a manager that lost the server's
+    # reply waits for the end of the channel, and then finds the record if a shim was forked.
     waited, base = _prepare(record)
     try:
         out = posix.open(log, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o666)

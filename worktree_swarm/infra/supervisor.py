@@ -16,6 +16,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -319,6 +320,7 @@ class ShimServer:
     def __init__(self, *, reply_timeout: float = 30.0) -> None:
         self._lock = threading.Lock()
         self._servers: dict[float, subprocess.Popen[bytes]] = {}
+        self._channels: dict[float, socket.socket] = {}
         self._tokens: dict[float, str] = {}
         self._restarts = 0
         self._closed = False
@@ -372,12 +374,13 @@ class ShimServer:
             raise ValueError("embedded null byte")
         with self._lock:
             server = self._server(grace) if start else self._servers.get(grace)
-            if server is None or server.stdin is None or server.stdout is None:
+            if server is None:
                 return None
             payload = b"\0".join([self._tokens[grace].encode(), *encoded])
             request = b"%d\n%s" % (len(payload), payload)
             deadline = time.monotonic() + self._reply_timeout
-            reply = _exchange(server.stdin.fileno(), server.stdout.fileno(), request, deadline)
+            channel = self._channels[grace].fileno()
+            reply = _exchange(channel, channel, request, deadline)
             if not reply.endswith(b"\n"):
                 self._end(grace)
                 return None
@@ -388,7 +391,7 @@ class ShimServer:
         if server is not None and server.poll() is None:
             return server
         if server is not None:  # it ended: another one, a few times at most
-            _close_server(server)
+            _close_server(server, self._channels.pop(grace))
             self._restarts += 1
         if self._restarts > _SERVER_RESTARTS or self._closed:
             return None
@@ -396,49 +399,62 @@ class ShimServer:
             sys.executable, *SHIM_FLAGS, "-c", SHIM_LAUNCH,
             shim.MARKER, "--grace", repr(grace), shim.SERVE,
         ]  # fmt: skip
+        # Its stdin and stdout: one end of a socket pair. Unlike a pipe, a socket cannot be
+        # opened again through `/proc/PID/fd/N`, so no other process of the user (an agent)
+        # can read the requests (the token, other tasks' environments), write a reply of its
+        # own, or hold the channel open.
         try:
-            # Its own session, so a Ctrl-C meant for the manager leaves it alone; in "/", so
-            # it is never a process inside a worktree.
-            server = subprocess.Popen(
-                argv,
-                cwd="/",
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            channel, theirs = socket.socketpair()
         except OSError:
             self._restarts = _SERVER_RESTARTS + 1
             return None
-        # Its first line: the token every request carries. Only this manager knows it: an
-        # agent that opens the server's stdin (`/proc/PID/fd/0`) cannot have a process forked.
+        try:
+            # Its own session, so a Ctrl-C meant for the manager leaves it alone; in "/", so
+            # it is never a process inside a worktree.
+            with theirs:
+                server = subprocess.Popen(
+                    argv,
+                    cwd="/",
+                    stdin=theirs.fileno(),
+                    stdout=theirs.fileno(),
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        except OSError:
+            channel.close()
+            self._restarts = _SERVER_RESTARTS + 1
+            return None
+        # Its first line: the token every request carries, which only this manager knows.
         token = secrets.token_hex(16)
         try:
-            os.write(server.stdin.fileno(), token.encode() + b"\n")  # type: ignore[union-attr]
+            channel.sendall(token.encode() + b"\n")
         except OSError:
-            _close_server(server)
+            _close_server(server, channel)
             self._restarts += 1
             return None
         self._servers[grace] = server
+        self._channels[grace] = channel
         self._tokens[grace] = token
         return server
 
     def _end(self, grace: float) -> None:
-        """Stop the server that did not answer, and wait until its pipe ends.
+        """Stop the server that did not answer, and wait (a while) until its channel ends.
 
-        The pipe ends only once a shim it forked has let go of it, after writing its record:
-        then the record tells whether that shim was forked.
+        The channel ends only once a shim it forked has let go of it, after writing its
+        record: then the record tells whether that shim was forked.
         """
         server = self._servers.pop(grace, None)
         if server is None:
             return
+        channel = self._channels.pop(grace)
         self._restarts += 1
         with contextlib.suppress(OSError):
             server.kill()
-        with contextlib.suppress(OSError, ValueError):
-            if server.stdout is not None:
-                server.stdout.read()
-        _close_server(server)
+        deadline = time.monotonic() + self._reply_timeout
+        with contextlib.suppress(OSError):
+            while _ready(channel.fileno(), deadline, write=False) and channel.recv(1 << 16):
+                pass
+        _close_server(server, channel)
 
     def _lost(self, grace: float, record: Path, asked: float) -> Forked | None:
         """The shim a server forked before it ended, if it did, by its record; or None."""
@@ -453,10 +469,11 @@ class ShimServer:
         Commands started after this get a shim of their own, as without a server.
         """
         with self._lock:
-            servers, self._servers = list(self._servers.values()), {}
+            servers = [(s, self._channels[grace]) for grace, s in self._servers.items()]
+            self._servers, self._channels = {}, {}
             self._closed = True
-        for server in servers:
-            _close_server(server)
+        for server, channel in servers:
+            _close_server(server, channel)
 
 
 _SERVER_RESTARTS = 3
@@ -477,7 +494,7 @@ def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> b
     """Write *request*, then read one line back, both by *deadline* (monotonic).
 
     The reply so far, without its newline when the other end did not finish it in time,
-    ended, or failed. The pipes' file objects are not used (their buffers stay empty).
+    ended, or failed.
     """
     sent = 0
     reply = b""
@@ -506,11 +523,8 @@ def _ready(fd: int, deadline: float, *, write: bool) -> bool:
     return any(select.select(*waiting, [], left)[:2])
 
 
-def _close_server(server: subprocess.Popen[bytes]) -> None:
-    for pipe in (server.stdin, server.stdout):
-        with contextlib.suppress(OSError):
-            if pipe is not None:
-                pipe.close()
+def _close_server(server: subprocess.Popen[bytes], channel: socket.socket) -> None:
+    channel.close()  # the end of the server's input: it ends
     try:
         server.wait(_KILL_TIMEOUT)
     except subprocess.TimeoutExpired:
