@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
@@ -44,13 +44,16 @@ def swarm(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedP
 _LAST_BG: list[tuple[subprocess.Popen[bytes], Path]] = []
 
 
-def swarm_bg(repo: Path, *args: str) -> subprocess.Popen[bytes]:
+def swarm_bg(
+    repo: Path, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start the real CLI in *repo* in the background; its output goes to repo.parent/bg.log."""
     path = repo.parent / "bg.log"
     with path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", *args],
             cwd=repo,
+            env=env,
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

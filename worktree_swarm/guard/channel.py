@@ -35,7 +35,7 @@ import psutil
 
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.attribution import Agents
-from worktree_swarm.infra import fs, lock
+from worktree_swarm.infra import fs, lock, starts
 
 DIR = "ref-moves"
 # A task worktree is named in an announcement like a ref: its key is this and its real path,
@@ -65,7 +65,7 @@ class RefMoves:
         self._new: dict[str, str | None] = {}
         self._lock = threading.Lock()  # `swarm clean` removes worktrees from several threads
         me = psutil.Process()
-        self._writer = f'"pid": {me.pid}, "started": {json.dumps(me.create_time())}'
+        self._writer = f'"pid": {me.pid}, "started": {json.dumps(starts.of(me))}'
         # Each announced ref's entry, encoded once: `swarm clean` announces every worktree it
         # removes, and each announcement writes them all again.
         self._encoded = {ref: _entry(ref, at) for ref, at in old.items()}
@@ -217,7 +217,7 @@ def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         try:
-            return abs(psutil.Process(pid).create_time() - started) <= _SAME_START
+            return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
         except psutil.NoSuchProcess:
             return False
         except psutil.Error:
@@ -272,7 +272,7 @@ def _listening(listener: Path) -> bool:
         return False
     try:
         process = psutil.Process(pid)
-        alive = abs(process.create_time() - started) <= _SAME_START
+        alive = abs(starts.of(process) - started) <= _SAME_START
         real = os.path.realpath(listener)
         if alive:
             return any(os.path.realpath(f.path) == real for f in process.open_files())
@@ -312,7 +312,7 @@ class Channel:
         aside = listener.with_name(listener.name + ".tmp")
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps({"pid": me.pid, "started": me.create_time()}).encode())
+            os.write(fd, json.dumps({"pid": me.pid, "started": starts.of(me)}).encode())
             aside.replace(listener)
             self._listener = listener
             yield
@@ -423,7 +423,7 @@ class Channel:
         """Why the file's writer is not to be believed (None: it is swarm's own command)."""
         try:
             process = psutil.Process(pid)
-            if abs(process.create_time() - started) > _SAME_START:
+            if abs(starts.of(process) - started) > _SAME_START:
                 return f"its writer (pid {pid}) is gone"
             real = os.path.realpath(path)
             if not any(os.path.realpath(f.path) == real for f in process.open_files()):

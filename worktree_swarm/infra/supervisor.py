@@ -29,17 +29,18 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import fs, shim
+from worktree_swarm.infra import fs, shim, starts
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.proc import system_limit
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-# psutil's create_time is start-in-clock-ticks (0.01s on Linux) plus a boot time that
-# /proc/stat gives in whole seconds and that moves when the wall clock is stepped, so
-# two readings of one process can differ by up to a second. A reused PID within that
-# window would need the whole PID space to wrap while our agent lived under a second.
+# A start time (starts.py) is the start in clock ticks (0.01s on Linux) plus a boot time
+# that no step of the wall clock moves; a process of an older swarm recorded psutil's,
+# whose boot time /proc/stat gives in whole seconds, so two readings of one process can
+# differ by up to a second. A reused PID within that window would need the whole PID
+# space to wrap while our agent lived under a second.
 CREATE_TIME_TOLERANCE = 1.0
 _POLL_INTERVAL = 0.05
 # After SIGKILL only an uninterruptible sleep (e.g. a hung NFS read) keeps a process.
@@ -696,9 +697,8 @@ def _check_runnable(program: str, *, cwd: Path, env: Mapping[str, str]) -> None:
 
 def identity_of(pid: int) -> ProcessIdentity | None:
     """Return the identity of the process *pid*, or None if there is no such process."""
-    try:
-        create_time = psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    create_time = starts.start_time(pid)
+    if create_time is None:
         return None
     try:
         pgid = os.getpgid(pid)
@@ -713,8 +713,8 @@ def found_identity(process: psutil.Process) -> ProcessIdentity | None:
     None when it has ended, or its PID is another process's now.
     """
     try:
-        create_time = process.create_time()  # psutil's, kept from when it was found
-        if not process.is_running():  # that start time is no longer the PID's
+        create_time = starts.of(process)
+        if not process.is_running():  # the PID is another process's now (psutil's check)
             return None
         pgid = os.getpgid(process.pid)
     except (psutil.Error, ProcessLookupError):
@@ -825,7 +825,7 @@ def marked_processes(root: Path) -> list[tuple[psutil.Process, Path]]:
             continue
         try:
             marker = proc.environ().get(shim.ENV_VAR)
-            create_time = proc.create_time()
+            create_time = starts.of(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
         if marker and Path(os.path.realpath(marker)).is_relative_to(base) and _running(proc):
@@ -873,7 +873,7 @@ def shim_alive(record: Path) -> bool:
         return False
     try:
         proc = psutil.Process(recorded.shim_pid)
-        create_time = proc.create_time()
+        create_time = starts.of(proc)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
     if recorded.start_ticks is not None:
@@ -945,7 +945,7 @@ def _matching(identity: ProcessIdentity) -> psutil.Process | None:
     """Return the process *identity* names (possibly a zombie), or None if the PID was reused."""
     try:
         proc = psutil.Process(identity.pid)
-        create_time = proc.create_time()
+        create_time = starts.of(proc)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     if abs(create_time - identity.create_time) > CREATE_TIME_TOLERANCE:
@@ -1005,7 +1005,7 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 def _create_time(proc: psutil.Process) -> float:
     try:
-        return proc.create_time()
+        return starts.of(proc)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return float("inf")
 

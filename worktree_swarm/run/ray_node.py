@@ -34,7 +34,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import disk, fs, redact, supervisor
+from worktree_swarm.infra import disk, fs, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
@@ -226,7 +226,7 @@ class NodeAgent:
         # Who this actor is on its node: what ends the attempt there if it stops answering.
         _make_dirs(self.logs)
         me = psutil.Process()
-        identity = {"pid": me.pid, "create_time": me.create_time()}
+        identity = {"pid": me.pid, "create_time": starts.of(me)}
         (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
         mirror = self._mirror()
         shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins

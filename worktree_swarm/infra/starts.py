@@ -1,0 +1,116 @@
+"""When a process started, as a wall-clock time that a step of the clock does not move.
+
+The kernel counts a process's start in clock ticks since boot; psutil adds the boot time, which
+the kernel gives as "now minus uptime" and so moves by as much as the wall clock is stepped
+(NTP's first sync, a VM restored from a snapshot, WSL's clock catching up with its host). Two
+readings of one process then differ, and a process taken for another is taken for ended: its
+agent killed as a leftover, a live manager taken for gone. Here the boot time is the one first
+seen in this boot, kept in a file per user and boot (in /dev/shm), so that every swarm process
+of the boot (a manager, `swarm stop`, a resumed manager) reads the same start for the same
+process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import psutil
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+_boot: float | None = None
+
+
+def boot_time() -> float:
+    """The boot time this user's swarm processes agree on for this boot (see the module)."""
+    global _boot  # noqa: PLW0603 - one reading per process, as psutil's own
+    if _boot is None:
+        _boot = _kept_boot_time() or psutil.boot_time()
+    return _boot
+
+
+def start_time(pid: int) -> float | None:
+    """When process *pid* started (seconds since the epoch); None if there is none."""
+    ticks = _start_ticks(pid)
+    if ticks is not None:
+        return boot_time() + ticks / _TICKS
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def of(process: psutil.Process) -> float:
+    """When *process* started, as :func:`start_time`; raises psutil's errors as it would."""
+    ticks = _start_ticks(process.pid)
+    if ticks is None:
+        return process.create_time()
+    return boot_time() + ticks / _TICKS
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The kernel's start of *pid* in clock ticks since boot; None without `/proc` or process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # the 22nd field; the first two were before ")"
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _kept_boot_time() -> float | None:
+    """The boot time first read in this boot, from its file (written now if there is none)."""
+    try:
+        boot_id = _BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return None  # not Linux: psutil's, read once per process
+    if not boot_id.replace("-", "").isalnum():
+        return None
+    folder = _kept_in() / f"worktree-swarm-{os.getuid()}"
+    with contextlib.suppress(FileExistsError, OSError):
+        folder.mkdir(mode=0o700)
+    try:
+        info = folder.lstat()
+    except OSError:
+        return None
+    # Another user's folder (or a link to one) could give a time of its choosing.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    path = folder / f"boot-{boot_id}"
+    kept = _read_float(path)
+    if kept is not None:
+        return kept
+    now = psutil.boot_time()
+    aside = folder / f"boot-{boot_id}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(repr(now))
+        os.link(aside, path)  # the first one's stays: every process reads the same
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+    return _read_float(path) or now
+
+
+def _kept_in() -> Path:
+    """Where the file is kept: memory that lasts until the machine stops (/dev/shm)."""
+    # Not /tmp, where cleaners delete files by age (systemd-tmpfiles: 10 days): a file made
+    # anew after a step of the clock would differ from the one a running manager read.
+    shm = Path("/dev/shm")  # noqa: S108 - a folder of our own in it, checked below
+    return shm if shm.is_dir() else Path(tempfile.gettempdir())
+
+
+def _read_float(path: Path) -> float | None:
+    try:
+        value = float(path.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
