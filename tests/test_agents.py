@@ -952,6 +952,21 @@ def test_classify_rate_limit_message_forms(text: str, retry_at: float | None) ->
 
 
 @pytest.mark.usefixtures("tokyo_time")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "You've hit your limit · resets Dec 31, 9999 11:59pm",  # past 9999 in UTC: overflow
+        "You've hit your usage limit. Try again at Jan 1st, 0001 12:00 AM.",  # before year 1
+        "You've hit your limit · resets Dec 31, 9999 11:30pm (Pacific/Kiritimati)",
+    ],
+)
+def test_a_stated_reset_outside_what_a_date_holds_is_no_reset(text: str) -> None:
+    # It raised (OverflowError, ValueError): the task ended "internal error" with its work
+    # left off its branch, and `swarm stop` of a dead manager's run crashed on it every time.
+    assert classify_rate_limit(text, now=NOW) == (True, None)
+
+
+@pytest.mark.usefixtures("tokyo_time")
 def test_classify_rate_limit_wall_clock_without_zone_is_local_time() -> None:
     # NOW is 17:53:20 in Tokyo.
     assert classify_rate_limit("You've hit your limit · resets 6pm", now=NOW) == (

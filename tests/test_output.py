@@ -165,8 +165,9 @@ def test_a_pending_task_of_a_run_whose_manager_died_says_so_not_that_slots_are_f
     assert rows["b"].why == "not started: its manager is not running (`swarm resume`)"
 
 
+@pytest.mark.parametrize(("wait", "fmt"), [(3600, "%H:%M:%S"), (3 * 86400, "%Y-%m-%d %H:%M")])
 def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_full(
-    repo: Path,
+    repo: Path, wait: int, fmt: str
 ) -> None:
     # jobs = 1, the one task that ran waits out a usage window: it holds no agent slot, and
     # what holds the next task is the provider's gate, until its reset.
@@ -184,7 +185,7 @@ def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_f
             ],
         )
         store.update_task("r", "a", state="rate_limited", reason="resuming after 23:00:00")
-        until = time.time() + 3600
+        until = time.time() + wait
         store.add_event(
             "r",
             "gate",
@@ -192,7 +193,8 @@ def test_a_pending_task_held_by_its_providers_limit_says_so_not_that_slots_are_f
                   "why": "usage limit"},
         )  # fmt: skip
         rows = {r.task_id: r for r in task_status(store, "r")}
-    when = time.strftime("%H:%M:%S", time.localtime(until))
+    # A reset days away with its date: "23:01:00" alone reads as a time already past today.
+    when = time.strftime(fmt, time.localtime(until))
     assert rows["b"].why == f"waits for anthropic: launches wait until {when} (usage limit)"
     assert rows["c"].why == "starting"  # another provider: nothing holds it
 

@@ -426,11 +426,14 @@ def _resolve_reset(match: re.Match[str], *, now: float) -> float | None:
                 reset += timedelta(days=1)
             elif reset - current > timedelta(days=1, minutes=-2):
                 reset -= timedelta(days=1)
-    except ValueError:  # Feb 30 and the like
+        # Printed to the minute, cut down to it (4:03 PM for 16:03:50): the end of that
+        # minute, or a resume at 16:03 is refused again and spends a retry.
+        ends = (reset + timedelta(minutes=1)).timestamp()
+    # Feb 30 and the like; a year outside what a date holds ("Dec 31, 9999 11:59pm" in a zone
+    # east of UTC, "Jan 1, 0001"): no reset, as a time no clock shows.
+    except (ValueError, OverflowError):
         return None
-    # Printed to the minute, cut down to it (4:03 PM for 16:03:50): the end of that minute,
-    # or a resume at 16:03 is refused again and spends a retry.
-    return (reset + timedelta(minutes=1)).timestamp()
+    return ends if ends < LAST_RESET else None
 
 
 def _zone(name: str | None) -> tzinfo | None:

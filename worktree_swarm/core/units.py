@@ -68,6 +68,19 @@ def local_time(at: float, fmt: str) -> str:
         return "never"
 
 
+def clock_time(at: float, *, now: float | None = None) -> str:
+    """*at* as :func:`local_time` for a reader: with its date when 12 hours or more from *now*.
+
+    A reset three days away shown as "23:01:00" reads as a time already past today.
+    """
+    now = time.time() if now is None else now
+    near = abs(at - now) < _NEAR
+    return local_time(at, "%H:%M:%S" if near else "%Y-%m-%d %H:%M")
+
+
+_NEAR = 12 * 3600.0  # seconds
+
+
 def format_duration(seconds: float | None) -> str:
     """``-``, ``12.3s``, ``4m05s`` or ``1h02m``."""
     if seconds is None:

@@ -24,6 +24,7 @@ from email.message import Message
 from http import HTTPStatus
 from typing import Any
 
+from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.text import is_http_url, one_line
 from worktree_swarm.git import repo as git
@@ -646,9 +647,8 @@ MAX_PAGES = 100  # of 100 issues each: far above any batch worth running
 
 def _when(wait: float) -> str:
     """The local time *wait* seconds from now: with its date when that is not today."""
-    at = time.time() + min(wait, 100 * 365 * 86400.0)  # `inf` or a silly number: far off
-    fmt = "%H:%M:%S" if wait < 12 * 3600 else "%Y-%m-%d %H:%M"
-    return time.strftime(fmt, time.localtime(at))
+    now = time.time()
+    return units.clock_time(now + min(wait, 100 * 365 * 86400.0), now=now)  # `inf`: far off
 
 
 def _epoch_wait(reset: str | None) -> float | None:

@@ -321,7 +321,7 @@ def waiting_reasons(
         elif gone:  # not a slot or a gate: nothing starts it until a manager runs again
             reasons[task.task_id] = "not started: its manager is not running (`swarm resume`)"
         elif (gate := held.get(provider_of(task_from_json(task.spec_json).agent))) is not None:
-            when = units.local_time(gate.waiting_until or now, "%H:%M:%S")
+            when = units.clock_time(gate.waiting_until or now, now=now)
             why = f" ({gate.why})" if gate.why else ""
             reasons[task.task_id] = f"waits for {gate.provider}: launches wait until {when}{why}"
         elif run is not None and running >= run.jobs:
@@ -384,7 +384,7 @@ def _resuming(
         provider = provider_of(last[task.task_id].agent or task_from_json(task.spec_json).agent)
         gate = gates.get(provider)
         if gate is not None and gate.waiting_until is not None and gate.waiting_until > now:
-            when = units.local_time(gate.waiting_until, "%H:%M:%S")
+            when = units.clock_time(gate.waiting_until, now=now)
             why = f" ({gate.why})" if gate.why else ""
             reasons[task.task_id] = f"resumes once {provider} launches again at {when}{why}"
         elif gate is not None and gate.limit < gate.jobs:

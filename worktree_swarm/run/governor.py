@@ -97,7 +97,7 @@ class GateView:
         """One line: concurrency, the wait and why."""
         text = f"{self.provider}: {self.limit}/{self.jobs} agents"
         if self.waiting_until is not None and self.waiting_until > now:
-            when = units.local_time(self.waiting_until, "%H:%M:%S")
+            when = units.clock_time(self.waiting_until, now=now)
             text += f", launches wait until {when}"
         return text + (f" ({self.why})" if self.why else "")
 

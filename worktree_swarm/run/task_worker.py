@@ -183,7 +183,7 @@ class RunWorker:
             window=course.window,
             progressed=course.got_work_done,
         )
-        when = units.local_time(course.not_before, "%H:%M:%S")
+        when = units.clock_time(course.not_before)
         self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
 
     def _course(self, task: Task, previous: list[AttemptRow]) -> Course:
