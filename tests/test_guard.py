@@ -145,10 +145,20 @@ agent = {argv_toml(good)}
     return swarm(repo, "run", path, "--jobs", "2")
 
 
+@pytest.mark.parametrize(
+    "your_config",
+    [
+        "",
+        # Colour on pipes and no a/ b/ prefixes: the patch was one `git apply` refused.
+        "[color]\n\tui = always\n\tdiff = always\n[diff]\n\tnoprefix = true\n",
+    ],
+    ids=["", "colour-no-prefix"],
+)
 def test_write_into_main_checkout_is_caught_undone_and_saved(
-    dirty_repo: Path, tmp_path: Path, write_agent: AgentFactory
+    dirty_repo: Path, tmp_path: Path, write_agent: AgentFactory, your_config: str
 ) -> None:
     repo = dirty_repo
+    Path(os.environ["HOME"], ".gitconfig").write_text(your_config)
     flags = tmp_path / "flags"
     flags.mkdir()
     before = checkout_state(repo)

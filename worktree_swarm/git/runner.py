@@ -49,6 +49,13 @@ ALWAYS: tuple[tuple[str, str], ...] = (
     ("status.submoduleSummary", "false"),
     ("fetch.recurseSubmodules", "false"),
     ("push.recurseSubmodules", "no"),
+    # Your settings that make swarm's own work fail or its patches unusable: with
+    # core.autocrlf, safecrlf refused every checkpoint of a file that would not round-trip;
+    # without prefixes (or with i/ and w/) a patch swarm keeps is one `git apply` refuses.
+    ("core.safecrlf", "false"),
+    ("diff.noprefix", "false"),
+    ("diff.mnemonicPrefix", "false"),
+    ("diff.relative", "false"),
 )
 
 # Per-driver keys that run a program; neutralised when repository-level config defines them.
@@ -91,6 +98,15 @@ _GIT_ENV = {
     "LC_ALL": "C",
     "GIT_NO_REPLACE_OBJECTS": "1",
 }
+# Your environment's settings that change what swarm's pathspecs (``:(literal,top)name``,
+# ``:(exclude)``) and attributes mean: a checkpoint then failed, or its size cap matched nothing.
+_GIT_ENV_DROPPED = (
+    "GIT_LITERAL_PATHSPECS",
+    "GIT_GLOB_PATHSPECS",
+    "GIT_NOGLOB_PATHSPECS",
+    "GIT_ICASE_PATHSPECS",
+    "GIT_ATTR_SOURCE",
+)
 
 
 def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
@@ -369,6 +385,8 @@ def _start(
     if not cwd.is_dir():
         raise GitError(f"directory {cwd} does not exist")
     full_env = clean_env({**_GIT_ENV, **(env or {})})
+    for name in _GIT_ENV_DROPPED:
+        full_env.pop(name, None)
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
     try:
         return subprocess.Popen(
@@ -431,8 +449,8 @@ def _hardened(
     if at is not None:
         added = []
         # An empty diff.external breaks `git diff`, so the external diff is refused per command.
-        if args[at] in _PATCH_COMMANDS:
-            added += ["--no-ext-diff", "--no-textconv"]
+        if args[at] in _PATCH_COMMANDS:  # and no colour, whatever color.diff says
+            added += ["--no-ext-diff", "--no-textconv", "--no-color"]
         # Looking inside a populated submodule (or a repository an agent made and added) starts
         # git there, under that repository's own config, which these overrides do not cover.
         if args[at] in _WORKTREE_COMMANDS:
