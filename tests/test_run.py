@@ -954,6 +954,19 @@ def test_not_a_repository_exits_2(tmp_path: Path) -> None:
     assert "not inside a git repository" in out.stderr
 
 
+def test_a_repository_git_will_not_open_says_gits_reason_not_git_init(repo: Path) -> None:
+    # An extension of a newer git (reftable), or another user's repository ("dubious
+    # ownership"): "not inside a git repository; run `git init`" sent the user astray.
+    git(repo, "config", "core.repositoryformatversion", "1")
+    git(repo, "config", "extensions.fromTheFuture", "yes")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr == (
+        f"swarm: git cannot open the repository at {repo}: unknown repository extension found: "
+        "fromthefuture\n"
+    )
+
+
 def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
     git(repo, "branch", "swarm/a")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")

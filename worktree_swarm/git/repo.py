@@ -22,7 +22,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.core.text import is_utf8, path_text, paths_text
+from worktree_swarm.core.text import is_utf8, one_line, path_text, paths_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
@@ -166,7 +166,13 @@ def _locate(path: Path) -> tuple[Path, Path, Path | None]:
         asked = asked[:2]
         probe = runner.run_bytes(path, "rev-parse", "--path-format=absolute", *asked, check=False)
     if probe.returncode != 0:
-        raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
+        said = os.fsdecode(probe.stderr).strip()
+        if not said or "not a git repository" in said:
+            raise BadInputError(f"{path} is not inside a git repository; run `git init` first")
+        # A repository git will not open (another user's: "dubious ownership"; an extension
+        # of a newer git): git's own words say why and what to do.
+        why = one_line(said.removeprefix("fatal: "), limit=300, controls=True)
+        raise BadInputError(f"git cannot open the repository at {path}: {why}")
     # Paths as the file system has them (a name that is not UTF-8 keeps its bytes).
     lines = os.fsdecode(probe.stdout).removesuffix("\n").split("\n")
     if len(lines) != len(asked):  # a path with a newline in it: one question at a time
