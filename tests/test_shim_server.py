@@ -193,6 +193,31 @@ def test_an_agent_cannot_open_its_shim_servers_channel(
     assert after.popen is None  # forked by the same server
 
 
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "own-interpreter"])
+def test_a_command_starts_with_no_signal_ignored(tmp_path: Path, *, forked: bool) -> None:
+    # A manager started with signals ignored (`nohup`, a service manager) passed them on: an
+    # ignored signal outlives exec, and the agent never saw a SIGQUIT or SIGUSR1 meant for it.
+    ignored = (signal.SIGUSR1, signal.SIGQUIT, signal.SIGPIPE)
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
+    shims = supervisor.ShimServer() if forked else None
+    try:
+        log = tmp_path / "status.log"
+        agent = supervisor.spawn(
+            ["cat", "/proc/self/status"], cwd=tmp_path, env=clean_env(), log_path=log,
+            shims=shims,
+        )  # fmt: skip
+        assert agent.wait(timeout=60) == 0
+        assert (agent.popen is None) == forked
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        if shims is not None:
+            shims.close()
+    status = dict(line.split(":\t", 1) for line in log.read_text().splitlines())
+    mask = int(status["SigIgn"], 16)
+    assert [s.name for s in ignored if mask & (1 << (s - 1))] == [], status["SigIgn"]
+
+
 def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
     tmp_path: Path, shims: supervisor.ShimServer
 ) -> None:

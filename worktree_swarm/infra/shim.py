@@ -58,6 +58,10 @@ SERVE = "--serve"
 ENV_VAR = "SWARM_SHIM"
 _PR_SET_CHILD_SUBREAPER = 36
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Every signal as the command would find it started from a login shell: none ignored. An
+# ignored signal outlives exec: Python ignores SIGPIPE and SIGXFSZ, and a manager started
+# with SIGQUIT or SIGUSR1 ignored (`nohup`, a service manager) passed that on to every agent.
+_DEFAULTED = tuple(s for s in signal.valid_signals() if s not in {signal.SIGKILL, signal.SIGSTOP})
 _RESCAN = 0.02
 _USAGE = 2
 _NOT_STARTED = 127
@@ -116,7 +120,7 @@ def _supervise(
             command,
             env,
             setsigmask=(),
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *_STOP_SIGNALS),
+            setsigdef=_DEFAULTED,
         )
     except OSError as exc:
         _write(record, {**base, "exit_code": _NOT_STARTED, "ended_at": time.time()})

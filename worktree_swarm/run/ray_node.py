@@ -524,7 +524,9 @@ class NodeAgent:
         runner.run(self.work, "push", "--quiet", "--no-verify", self.a.remote_url, ref)
 
     def _push_periodically(self) -> None:
-        while not self._ended.wait(self.a.checkpoint_interval):
+        # A wait past threading's limit raises (OverflowError): the pusher would end unseen.
+        every = min(self.a.checkpoint_interval, threading.TIMEOUT_MAX)
+        while not self._ended.wait(every):
             with self._git_lock, contextlib.suppress(Exception):
                 if not self._ended.is_set():
                     self._snapshot()
