@@ -967,6 +967,24 @@ def test_a_repository_git_will_not_open_says_gits_reason_not_git_init(repo: Path
     )
 
 
+def test_ignore_case_on_a_file_system_that_tells_case_apart_is_refused(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A repository copied from macOS: git took Docs/x.md for docs/x.md and left A.txt off
+    # the branch, and each `swarm clean` committed another flip of the same file.
+    git(repo, "config", "core.ignoreCase", "true")
+    agent = write_agent("import pathlib\npathlib.Path('A.txt').write_text('A')\n")
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "p"\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr.startswith(f"swarm: core.ignoreCase is true in {repo}, but its file")
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    git(repo, "config", "core.ignoreCase", "false")  # as the message says
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/a:A.txt") == "A"
+
+
 def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
     git(repo, "branch", "swarm/a")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import stat
 import sys
 import threading
@@ -155,7 +156,21 @@ def open_repo(path: Path) -> Repo:
         root, "for-each-ref", "--count=1", "--format=%(refname)"
     ):  # on a branch with no commits yet (`checkout --orphan`), earlier runs are still there
         raise BadInputError(f"repository {root} has no commits yet; make a first commit")
+    if _case_blind(root, common_dir):
+        raise BadInputError(
+            f"core.ignoreCase is true in {root}, but its file system tells upper and lower case"
+            " apart (a repository copied from macOS or Windows?): git would take A.txt and a.txt"
+            " for one file, and an agent's work could be left off its branch; set it false"
+            f" (`git -C {shlex.quote(str(root))} config core.ignoreCase false`) and run swarm"
+            " again"
+        )
     return Repo(root=root, common_dir=common_dir)
+
+
+def _case_blind(root: Path, common_dir: Path) -> bool:
+    """Whether git is told to ignore case where the file system does not (`HEAD` vs `hEAD`)."""
+    said = git(root, "config", "--type=bool", "--get", "core.ignoreCase", check=False)
+    return said.strip() == "true" and not (common_dir / "hEAD").exists()
 
 
 def _locate(path: Path) -> tuple[Path, Path, Path | None]:
