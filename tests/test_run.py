@@ -996,6 +996,17 @@ def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
     assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
 
 
+def test_a_branch_your_checkout_is_on_is_refused_with_steps_git_accepts(repo: Path) -> None:
+    # `git branch -D swarm/b` alone: git refuses to delete the branch a checkout is on.
+    git(repo, "switch", "-q", "-c", "swarm/b")
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "b=x")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert f"your checkout {repo} is on it; switch that checkout to another branch" in out.stderr
+    git(repo, "switch", "-q", "main")
+    git(repo, "branch", "-D", "swarm/b")  # then it works
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "b=x").returncode == 0
+
+
 def test_untrusted_prompt_reaches_the_agent_byte_for_byte(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

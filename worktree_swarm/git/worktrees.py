@@ -402,7 +402,14 @@ def preflight(
         except BadInputError as exc:
             what = str(exc).split(";", 1)[0]
             step = next_step(branch) if next_step is not None else None
-            if step is None and what.startswith("branch"):
+            holder = next((i for i in infos if i.branch == branch and i.is_main), None)
+            if step is None and what.startswith("branch") and holder is not None:
+                # git refuses to delete the branch a checkout is on.
+                step = (
+                    f"no swarm run records it, and your checkout {holder.path} is on it; switch"
+                    f" that checkout to another branch, then `git branch -D {branch}`"
+                )
+            elif step is None and what.startswith("branch"):
                 step = f"no swarm run records it; delete it with `git branch -D {branch}`"
             step = step or "no swarm run records it; move it aside"
             step += " (or give the task another id)"
