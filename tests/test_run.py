@@ -985,6 +985,42 @@ def test_ignore_case_on_a_file_system_that_tells_case_apart_is_refused(
     assert git(repo, "show", "swarm/a:A.txt") == "A"
 
 
+def test_a_dry_run_shows_every_setting_as_resolved_and_creates_nothing(repo: Path) -> None:
+    (repo / "swarm.toml").write_text('timeout = "1h"\ncheck_timeout = "3m"\nretries = 1\n')
+    git(repo, "add", "swarm.toml")
+    git(repo, "commit", "-q", "-m", "config")
+    text = '[defaults]\nagent = "scripted"\ntimeout = "45m"\n'
+    text += 'env = { API_TOKEN = "tok-9f8e7d6c5b4a" }\n'
+    text += '[[task]]\nid = "a"\nprompt = "p"\ntimeout = "10m"\n'
+    text += '[[task]]\nid = "b"\nprompt = "p"\ndepends_on = ["a"]\n'
+    path = manifest(repo, text)
+    out = swarm(repo, "run", path, "--dry-run", "--retries", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "tok-9f8e7d6c5b4a" not in out.stdout
+    a, b = out.stdout.split("[[task]]")[1:]
+    # The task's own key, then the flag, then [defaults], then swarm.toml.
+    assert 'timeout = "10m"' in a
+    assert 'timeout = "45m"' in b
+    assert "retries = 2" in a
+    assert 'check_timeout = "3m"' in b
+    assert 'API_TOKEN = "[not shown]"' in b
+    assert f"# branch swarm/b, worktree {repo.parent / 'repo.swarm' / 'b'}" in out.stdout
+    assert not (repo / ".git" / "swarm").exists()
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    assert not (repo.parent / "repo.swarm").exists()
+    shown = json.loads(swarm(repo, "run", path, "--dry-run", "--json").stdout)
+    assert [(t["id"], t["timeout"], t["retries"]) for t in shown["tasks"]] == [
+        ("a", "10m", 1), ("b", "45m", 1)
+    ]  # fmt: skip
+    assert shown["base"] == git(repo, "rev-parse", "HEAD")
+    for combined in ("--detach", "--force"):
+        out = swarm(repo, "run", path, "--dry-run", combined)
+        assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    # Bad input is refused as by a run.
+    (repo.parent / "tasks.toml").write_text(text.replace('"10m"', '"-10m"'))
+    assert swarm(repo, "run", path, "--dry-run").returncode == 2
+
+
 def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
     git(repo, "branch", "swarm/a")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")

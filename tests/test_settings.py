@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from worktree_swarm import cli
-from worktree_swarm.config import doc_table, tomlwrite
+from worktree_swarm.config import doc_table, resolved, tomlwrite
 from worktree_swarm.config.manifest import (
     DEFAULTS_KEYS,
     RAY_FLAGS,
@@ -297,3 +297,28 @@ def test_doc_table_prints_the_blocks_and_refuses_bad_usage(
     assert capsys.readouterr().err.startswith("usage: python -m worktree_swarm.config.doc_table")
     with pytest.raises(ValueError, match="unknown generated block 'nope'"):
         doc_table.update("<!-- generated: nope -->\n<!-- end generated -->")
+
+
+def test_the_resolved_manifest_reads_back_as_the_same_run(repo: Path, tmp_path: Path) -> None:
+    # What `swarm run --dry-run` prints is a manifest: read back, every setting is the same,
+    # but environment values, which it never shows.
+    (repo / "node_modules").mkdir()
+    lines = [f"{e.key} = {tomlwrite.value(sample(e))}" for e in SETTABLE]
+    task = [f"{e.key} = {tomlwrite.value(sample(e))}" for e in SETTINGS if e.key == "title"]
+    text = "[defaults]\n" + "\n".join(lines) + '\n[[task]]\nid = "a"\nprompt = "p\\nq"\n'
+    text += "\n".join(task) + '\n[[task]]\nid = "b"\nprompt = "p"\ndepends_on = ["a"]\n'
+    (tmp_path / "tasks.toml").write_text(text)
+    spec = build_run_spec(repo_root=repo, manifest=tmp_path / "tasks.toml")
+    shown = resolved.as_manifest(
+        spec, worktrees={t.id: tmp_path / t.id for t in spec.tasks}, header="resolved"
+    )
+    assert "A = " in shown
+    assert '"1"' not in shown  # the env value
+    (tmp_path / "again.toml").write_text(shown)
+    again = build_run_spec(repo_root=repo, manifest=tmp_path / "again.toml")
+    hidden = (("A", resolved.HIDDEN),)
+    assert again == dataclasses.replace(
+        spec, tasks=tuple(dataclasses.replace(t, env=hidden) for t in spec.tasks)
+    )
+    assert resolved.as_manifest(again, worktrees={t.id: tmp_path / t.id for t in spec.tasks},
+                                header="resolved") == shown  # fmt: skip

@@ -200,6 +200,11 @@ def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
 @click.option(
     "--force", is_flag=True, help="Abandon an unfinished run whose manager died (checkpointed)."
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate, print every task's settings as resolved (a manifest), create nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--from-spec", type=click.Path(path_type=Path), hidden=True)
 @click.pass_context
@@ -216,6 +221,7 @@ def run(
     api_url: str | None,
     detach: bool,
     force: bool,
+    dry_run: bool,
     as_json: bool,
     from_spec: Path | None,
     **flags: object,
@@ -229,6 +235,8 @@ def run(
     from worktree_swarm.run import disk_budget
     from worktree_swarm.run.task_worker import worktree_path
 
+    _exclusive(dry_run=dry_run, detach=detach)
+    _exclusive(dry_run=dry_run, force=force)  # --force abandons a run: a change
     repo = _repo(ctx)
     if from_spec is not None:  # a detached manager: the task list its parent validated
         spec, checkout, base = _detached_spec(from_spec)
@@ -284,9 +292,50 @@ def run(
     items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
     worktrees.preflight(repo, items, next_step=next_step)
     disk_budget.preflight(repo, spec, base)
+    if dry_run:
+        worktrees_of = {t.id: worktree_path(spec, t) for t in spec.tasks}
+        return _dry_run(spec, worktrees_of, base=base, checkout=checkout, as_json=as_json)
+    return _start(ctx, repo, spec, detach=detach, as_json=as_json, checkout=checkout, base=base)
+
+
+def _start(
+    ctx: click.Context,
+    repo: git.Repo,
+    spec: RunSpec,
+    *,
+    detach: bool,
+    as_json: bool,
+    checkout: Path,
+    base: str,
+) -> int:
+    """Run the validated *spec* here, or (*detach*) with a manager in the background."""
     if detach:
         return _detach(ctx, repo, spec, as_json=as_json, checkout=checkout, base=base)
     return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
+
+
+def _dry_run(
+    spec: RunSpec, worktrees: dict[str, Path], *, base: str, checkout: Path, as_json: bool
+) -> int:
+    """Print the run `swarm run` would start (validated: nothing was created)."""
+    from worktree_swarm.config import resolved
+
+    if as_json:
+        settings = resolved.run_settings(spec)
+        tasks = [
+            {**resolved.task_settings(t), "branch": t.branch, "worktree": str(worktrees[t.id])}
+            for t in spec.tasks
+        ]
+        payload = {"base": base, "checkout": str(checkout), "settings": settings, "tasks": tasks}
+        click.echo(redact(json.dumps(payload, indent=2)))
+        return ExitCode.OK
+    header = (
+        f"swarm run --dry-run: {len(spec.tasks)} task(s) from {checkout} at {base[:12]}, every"
+        " setting as the run would start with it (environment values not shown); nothing was"
+        " created"
+    )
+    click.echo(redact(resolved.as_manifest(spec, worktrees=worktrees, header=header)), nl=False)
+    return ExitCode.OK
 
 
 def _detached_spec(path: Path) -> tuple[RunSpec, Path, str]:
