@@ -358,3 +358,29 @@ def test_a_tasks_branch_move_is_its_own_only_when_its_worktree_head_reflog_tells
         assert not guard._moved_by_itself("a", own, other)
         git(path, "checkout", "-q", "--detach")
         assert guard._moved_by_itself("a", own, other)  # no telling while detached
+
+
+def test_a_tasks_own_move_stays_its_own_when_it_moved_again_before_the_reflog_was_read(
+    tmp_path: Path,
+) -> None:
+    # The guard read the branch at B; before it read the reflog, the task moved on to C (its
+    # next commit, or swarm's checkpoint commit after its agent ended). The chain ran past B,
+    # and its own move was taken for an outside write: a task running beside it failed for
+    # it (half the runs of eight tasks that each commit, under load).
+    repo = make_repo(tmp_path / "repo")
+    path = tmp_path / "wt" / "a"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    with guard.busy("a", path):
+        tips = [git(path, "rev-parse", "HEAD")]
+        for n in range(2):
+            (path / f"own-{n}.txt").write_text("own\n")
+            git(path, "add", ".")
+            git(path, "commit", "-qm", f"its own {n}")
+            tips.append(git(path, "rev-parse", "HEAD"))
+        start, read, later = tips
+        assert guard._moved_by_itself("a", start, read)  # the tip read, then moved past it
+        assert guard._moved_by_itself("a", start, later)
+        tree = git(repo, "rev-parse", "HEAD^{tree}")
+        other = git(repo, "commit-tree", tree, "-p", start, "-m", "a sibling's")
+        assert not guard._moved_by_itself("a", start, other)  # never on its chain

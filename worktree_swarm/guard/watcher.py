@@ -1548,12 +1548,16 @@ class Guard:
             return False  # made by its first move of its own: none yet
         except OSError:
             return True
-        at = before.encode("ascii")
+        at, seen = before.encode("ascii"), tip.encode("ascii")
         for line in lines:  # old, new, who, when<TAB>why: each move from where the last left it
             old, _, rest = line.partition(b" ")
             if old == at:
                 at = rest.partition(b" ")[0]
-        return at == tip.encode("ascii")
+                # Reached: what follows was moved after the tip was read (its next commit, or
+                # swarm's checkpoint), judged from *tip* at the next look, not at this one.
+                if at == seen:
+                    return True
+        return False
 
     @functools.cached_property
     def _reflogs_kept(self) -> bool:
