@@ -1297,8 +1297,11 @@ def test_logs_reach_your_terminal_without_an_agents_escapes(
     assert "50%\r100%\n" in out  # a progress bar still redraws its line
 
 
-def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+@pytest.mark.parametrize("python_env", [{}, {"PYTHONSAFEPATH": "1", "PYTHONOPTIMIZE": "2"}])
+def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path, python_env: dict[str, str]) -> None:
+    # A user's PYTHONSAFEPATH reached the demo's check (its script's folder off sys.path: the
+    # check failed); PYTHONOPTIMIZE would strip an assert, and the check pass untested.
+    env = {**os.environ, "TMPDIR": str(tmp_path), **python_env}
     out = subprocess.run(
         [sys.executable, "-m", "worktree_swarm.cli", "demo"],
         capture_output=True,

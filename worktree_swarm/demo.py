@@ -50,7 +50,8 @@ id = "greeting-tests"
 depends_on = ["greeting"]
 prompt = '''
 Test the greeting (this task starts from greeting's branch, so greet.py is there).
-write test_greet.py: from greet import hello; assert hello("a") == "hello, a"
+write test_greet.py: import sys; sys.path.insert(0, "")
+append test_greet.py: from greet import hello; hello("a") == "hello, a" or sys.exit("wrong")
 '''
 checks = [["{python}", "test_greet.py"]]
 
