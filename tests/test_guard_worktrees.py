@@ -384,3 +384,7 @@ def test_a_tasks_own_move_stays_its_own_when_it_moved_again_before_the_reflog_wa
         tree = git(repo, "rev-parse", "HEAD^{tree}")
         other = git(repo, "commit-tree", tree, "-p", start, "-m", "a sibling's")
         assert not guard._moved_by_itself("a", start, other)  # never on its chain
+        # A sibling setting it back to a commit of its chain, from its own worktree: that
+        # move is in the branch's reflog, not in the task's HEAD reflog.
+        git(repo, "update-ref", "refs/heads/swarm/a", read)
+        assert not guard._moved_by_itself("a", start, read)

@@ -127,6 +127,28 @@ UNWATCHED_EVENT = "checkout_changed_unwatched"
 _REFLOG_TAIL = 1 << 16  # bytes read from the end of a reflog: its latest entries
 
 
+def _last_move_to(path: Path, value: bytes) -> tuple[bytes, bytes] | None:
+    """The latest (old, new) of the reflog at *path* whose new value is *value*, if any."""
+    try:
+        lines = _reflog_tail(path)
+    except OSError:
+        return None
+    for line in reversed(lines):
+        old, _, rest = line.partition(b" ")
+        new = rest.partition(b" ")[0]
+        if new == value:
+            return old, new
+    return None
+
+
+def _reflog_tail(path: Path) -> list[bytes]:
+    """The latest lines of the reflog at *path* (raises OSError as reading it does)."""
+    with path.open("rb") as fh:
+        start = max(0, fh.seek(0, os.SEEK_END) - _REFLOG_TAIL)
+        fh.seek(start)
+        return fh.read().splitlines()[1 if start else 0 :]  # the first may be cut
+
+
 def _tip(repo: git.Repo, ref: str) -> str | None:
     """Where *ref* points: its loose file read (a new branch's), else git asked."""
     try:
@@ -1522,10 +1544,13 @@ class Guard:
 
         Git adds each move of the branch a worktree's HEAD names to that HEAD's reflog (a
         commit, a reset, a rebase, an `update-ref` in that worktree); a move made from another
-        worktree is not there, and breaks the chain of its moves. With no reflog to read
-        (`core.logAllRefUpdates` off, a worktree not as swarm made it), or its HEAD not on the
-        branch (detached: its own `git branch -f` is not in that reflog), there is no telling:
-        taken as its own.
+        worktree is not there, and breaks the chain of its moves. The chain may run past
+        *tip* (the task moved on after the tip was read: its next commit, swarm's checkpoint):
+        then the branch's own reflog says which move brought it to *tip*, and that move must be
+        one of the chain's (a sibling setting it back to a commit of the chain is not). With no
+        reflog to read (`core.logAllRefUpdates` off, a worktree not as swarm made it), or its
+        HEAD not on the branch (detached: its own `git branch -f` is not in that reflog),
+        there is no telling: taken as its own.
         """
         path = self._trees.paths.get(task_id)
         admin = None if path is None else worktrees.own_admin(self.repo, path)
@@ -1540,24 +1565,24 @@ class Guard:
         if not on_branch:
             return True
         try:
-            with (admin / "logs" / "HEAD").open("rb") as fh:
-                start = max(0, fh.seek(0, os.SEEK_END) - _REFLOG_TAIL)
-                fh.seek(start)
-                lines = fh.read().splitlines()[1 if start else 0 :]  # the first may be cut
+            lines = _reflog_tail(admin / "logs" / "HEAD")
         except FileNotFoundError:
             return False  # made by its first move of its own: none yet
         except OSError:
             return True
         at, seen = before.encode("ascii"), tip.encode("ascii")
+        moves: set[tuple[bytes, bytes]] = set()
         for line in lines:  # old, new, who, when<TAB>why: each move from where the last left it
             old, _, rest = line.partition(b" ")
             if old == at:
                 at = rest.partition(b" ")[0]
-                # Reached: what follows was moved after the tip was read (its next commit, or
-                # swarm's checkpoint), judged from *tip* at the next look, not at this one.
-                if at == seen:
-                    return True
-        return False
+                moves.add((old, at))
+        if at == seen:
+            return True
+        if seen not in {new for _, new in moves}:
+            return False
+        last = _last_move_to(self.repo.common_dir / "logs/refs/heads/swarm" / task_id, seen)
+        return last is None or last in moves  # None: no telling
 
     @functools.cached_property
     def _reflogs_kept(self) -> bool:
