@@ -9,12 +9,16 @@ start. The processes themselves, the run and the commands that read it are real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.test_run import argv_toml, manifest, swarm_bg, wait_for
@@ -93,3 +97,47 @@ def test_a_step_of_the_wall_clock_ends_no_agent_and_no_manager(
             ["git", "show", f"swarm/{task}:{task}.txt"], cwd=repo, capture_output=True,
             text=True, check=True,
         ).stdout == "lived through the step\n"  # fmt: skip
+
+
+_KEPT = """
+import os
+from pathlib import Path
+from worktree_swarm.infra import starts
+starts._kept_in = lambda: Path(os.environ["SWARM_TEST_KEPT_IN"])
+"""
+
+
+def test_start_times_kept_across_a_step_still_read_as_wall_clock_times(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The boot time was kept, then the clock stepped 100 s forward: a start time (kept boot +
+    # ticks) was 100 s behind the wall clock. `swarm run --detach` took its own manager for an
+    # older one ("the background manager exited 0"), and attempts' start times were 100 s off.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_KEPT)
+    kept = tmp_path / "kept" / f"worktree-swarm-{os.getuid()}"
+    kept.mkdir(parents=True, mode=0o700)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (kept / f"boot-{boot_id}").write_text(repr(psutil.boot_time() - 100.0))
+    env = {**os.environ, "SWARM_TEST_KEPT_IN": str(kept.parent)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    agent = argv_toml(write_agent("import pathlib\npathlib.Path('a.txt').write_text('a')\n"))
+    text = f'[defaults]\nagent = {agent}\n[[task]]\nid = "a"\nprompt = "p"\n'
+    before = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text), "--detach"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("swarm: manager running in the background (pid ")
+    db = repo / ".git" / "swarm" / "state.db"
+
+    def ended() -> bool:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return conn.execute("SELECT ended_at FROM runs").fetchone()[0] is not None
+
+    wait_for(ended, what="the run to end")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (started,) = conn.execute("SELECT started_at FROM attempts").fetchone()
+    assert before - 1 <= started <= time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -63,3 +64,10 @@ def test_a_garbled_kept_file_is_not_believed(kept_in: Path) -> None:
     _file(kept_in).write_text("not a time")
     assert starts.boot_time() == psutil.boot_time()
     assert _file(kept_in).read_text() == "not a time"  # another process's: left to it
+
+
+def test_a_kept_boot_time_in_the_future_is_not_believed(kept_in: Path) -> None:
+    # Written over by hand, or by an agent outside --sandbox (it runs as you).
+    kept_in.mkdir(mode=0o700)
+    _file(kept_in).write_text(repr(time.time() + 86400.0))
+    assert starts.boot_time() == psutil.boot_time()

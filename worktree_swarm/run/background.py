@@ -15,7 +15,7 @@ from typing import BinaryIO
 from worktree_swarm.core.errors import ExitCode, ManagerLockedError, SwarmError
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import lock
+from worktree_swarm.infra import lock, starts
 from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import Store
@@ -78,7 +78,8 @@ def _manages_a_run(repo: git.Repo, pid: int, *, since: float) -> bool:
         return False
     # The start time too (to the clock's tick): an old run's manager may have had this pid.
     return any(
-        run.manager_pid == pid and (run.manager_create_time or 0.0) >= since - 1.0 for run in runs
+        run.manager_pid == pid and starts.as_wall(run.manager_create_time or 0.0) >= since - 1.0
+        for run in runs
     )
 
 

@@ -26,7 +26,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import channel, integrity
-from worktree_swarm.infra import lock, supervisor
+from worktree_swarm.infra import lock, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, manager_frozen
@@ -319,7 +319,9 @@ def _record_stopped_launch(
         return  # never launched: the next attempt is that number
     if record is not None and record.ended_at is not None and record.ended_at < since:
         return
-    started = agent.create_time if agent else record.started_at if record else time.time()
+    started = (
+        starts.as_wall(agent.create_time) if agent else record.started_at if record else time.time()
+    )
     attempt = store.start_attempt(
         row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
         identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,

@@ -44,7 +44,7 @@ from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra import faults, fs, redact, supervisor
+from worktree_swarm.infra import faults, fs, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
@@ -410,7 +410,7 @@ class TaskWorker(RunWorker):
             identity=identity or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
             log_path=str(log_path),
             started_at=(
-                identity.create_time
+                starts.as_wall(identity.create_time)
                 if identity
                 else shim.started_at
                 if shim
