@@ -990,13 +990,14 @@ def test_a_dry_run_shows_every_setting_as_resolved_and_creates_nothing(repo: Pat
     git(repo, "add", "swarm.toml")
     git(repo, "commit", "-q", "-m", "config")
     text = '[defaults]\nagent = "scripted"\ntimeout = "45m"\n'
-    text += 'env = { API_TOKEN = "tok-9f8e7d6c5b4a" }\n'
+    text += 'env = { API_TOKEN = "tok-9f8e7d6c5b4a" }\nchecks = ["true --token tok-9f8e7d6c5b4a"]\n'
     text += '[[task]]\nid = "a"\nprompt = "p"\ntimeout = "10m"\n'
     text += '[[task]]\nid = "b"\nprompt = "p"\ndepends_on = ["a"]\n'
     path = manifest(repo, text)
     out = swarm(repo, "run", path, "--dry-run", "--retries", "2")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "tok-9f8e7d6c5b4a" not in out.stdout
+    assert "tok-9f8e7d6c5b4a" not in out.stdout  # the env value, and where a check repeats it
+    assert '"--token", "[REDACTED' in out.stdout
     a, b = out.stdout.split("[[task]]")[1:]
     # The task's own key, then the flag, then [defaults], then swarm.toml.
     assert 'timeout = "10m"' in a

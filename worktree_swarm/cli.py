@@ -294,7 +294,7 @@ def run(
     disk_budget.preflight(repo, spec, base)
     if dry_run:
         worktrees_of = {t.id: worktree_path(spec, t) for t in spec.tasks}
-        return _dry_run(spec, worktrees_of, base=base, checkout=checkout, as_json=as_json)
+        return _dry_run(repo, spec, worktrees_of, base=base, checkout=checkout, as_json=as_json)
     return _start(ctx, repo, spec, detach=detach, as_json=as_json, checkout=checkout, base=base)
 
 
@@ -315,11 +315,19 @@ def _start(
 
 
 def _dry_run(
-    spec: RunSpec, worktrees: dict[str, Path], *, base: str, checkout: Path, as_json: bool
+    repo: git.Repo,
+    spec: RunSpec,
+    worktrees: dict[str, Path],
+    *,
+    base: str,
+    checkout: Path,
+    as_json: bool,
 ) -> int:
     """Print the run `swarm run` would start (validated: nothing was created)."""
     from worktree_swarm.config import resolved
+    from worktree_swarm.run.runner import redact_secrets_of
 
+    redact_secrets_of(repo.root, spec)  # one repeated in a check or a prompt, as a run does
     if as_json:
         settings = resolved.run_settings(spec)
         tasks = [

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import NoReturn, Unpack
 
 import psutil
@@ -91,12 +92,7 @@ class Runner:
         self.run_id = run_id
         self.base_commit = base_commit
         self._observer = observer
-        # Secret-named task `env` values, and the secrets of the `copy` files, are redacted
-        # from everything this process writes.
-        redact.add_env(pair for task in spec.tasks for pair in task.env)
-        redact.add_env(
-            worktrees.copied_secrets(repo.root, sorted({g for t in spec.tasks for g in t.copy}))
-        )
+        redact_secrets_of(repo.root, spec)
         self._tasks = {t.id: t for t in spec.tasks}
         self._scheduler = Scheduler(spec.tasks)
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
@@ -594,6 +590,15 @@ class Runner:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
         if self._observer is not None:
             self._observer(kind, task_id, data)
+
+
+def redact_secrets_of(root: Path, spec: RunSpec) -> None:
+    """Redact *spec*'s secret-named `env` values and its `copy` files' secrets from now on.
+
+    From everything this process writes; the `copy` files are those below *root*.
+    """
+    redact.add_env(pair for task in spec.tasks for pair in task.env)
+    redact.add_env(worktrees.copied_secrets(root, sorted({g for t in spec.tasks for g in t.copy})))
 
 
 def spec_to_json(spec: RunSpec) -> str:
