@@ -1038,10 +1038,16 @@ def test_a_branch_your_checkout_is_on_is_refused_with_steps_git_accepts(repo: Pa
     git(repo, "switch", "-q", "-c", "swarm/b")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "b=x")
     assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
-    assert f"your checkout {repo} is on it; switch that checkout to another branch" in out.stderr
+    assert f"the checkout {repo} is on it; switch that checkout to another branch" in out.stderr
     git(repo, "switch", "-q", "main")
     git(repo, "branch", "-D", "swarm/b")  # then it works
     assert swarm(repo, "run", "--agent", "scripted", "-t", "b=x").returncode == 0
+    # One of your own linked worktrees on it: the same.
+    mine = repo.parent / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/c", str(mine))
+    out = swarm(repo, "run", "--agent", "scripted", "-t", "c=x")
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert f"the checkout {mine} is on it" in out.stderr
 
 
 def test_untrusted_prompt_reaches_the_agent_byte_for_byte(

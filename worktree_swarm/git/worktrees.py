@@ -402,12 +402,13 @@ def preflight(
         except BadInputError as exc:
             what = str(exc).split(";", 1)[0]
             step = next_step(branch) if next_step is not None else None
-            holder = next((i for i in infos if i.branch == branch and i.is_main), None)
+            holder = next((i for i in infos if i.branch == branch), None)
             if step is None and what.startswith("branch") and holder is not None:
-                # git refuses to delete the branch a checkout is on.
+                # git refuses to delete the branch a checkout is on (yours, or a worktree).
                 step = (
-                    f"no swarm run records it, and your checkout {holder.path} is on it; switch"
-                    f" that checkout to another branch, then `git branch -D {branch}`"
+                    f"no swarm run records it, and the checkout {holder.path} is on it; switch"
+                    " that checkout to another branch (or remove that worktree), then"
+                    f" `git branch -D {branch}`"
                 )
             elif step is None and what.startswith("branch"):
                 step = f"no swarm run records it; delete it with `git branch -D {branch}`"
