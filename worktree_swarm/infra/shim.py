@@ -46,7 +46,6 @@ shims it forked carry on.
 # and `posixpath` (~1 ms). No `from __future__` import either: the annotations here are
 # valid at run time.
 import _ctypes
-import _socket
 import posix
 import sys
 import time
@@ -356,6 +355,8 @@ def _fork_shim(
     """Fork the shim of *command*; the reply: its PID and start time, or ``!`` and why not."""
     # A socket, not a pipe: a pipe could be opened again through /proc by an agent, to answer
     # for another task's shim, or to hold the server at its read.
+    import _socket  # noqa: PLC0415 - the server's alone: a shim of its own never needs it
+
     ends = _socket.socketpair()
     ready_r, ready_w = ends[0].detach(), ends[1].detach()
     pid = posix.fork()

@@ -383,7 +383,13 @@ class ShimServer:
             channel = self._channels[grace].fileno()
             reply = _exchange(channel, channel, request, deadline)
             if not reply.endswith(b"\n"):
-                self._end(grace)
+                if not self._end(grace) and start:
+                    # A shim it forked may not have written its record yet: starting the
+                    # command again could run it twice in one worktree.
+                    raise SwarmError(
+                        "the shim server stopped answering while starting the command, and may"
+                        " have started it: not started a second time (`swarm retry` runs it)"
+                    )
                 return None
         return reply.decode("utf-8", errors="replace").strip()
 
@@ -438,24 +444,30 @@ class ShimServer:
         self._tokens[grace] = token
         return server
 
-    def _end(self, grace: float) -> None:
-        """Stop the server that did not answer, and wait (a while) until its channel ends.
+    def _end(self, grace: float) -> bool:
+        """Stop the server that did not answer; whether its channel ended (in a while).
 
         The channel ends only once a shim it forked has let go of it, after writing its
         record: then the record tells whether that shim was forked.
         """
         server = self._servers.pop(grace, None)
         if server is None:
-            return
+            return True
         channel = self._channels.pop(grace)
         self._restarts += 1
         with contextlib.suppress(OSError):
             server.kill()
         deadline = time.monotonic() + self._reply_timeout
-        with contextlib.suppress(OSError):
-            while _ready(channel.fileno(), deadline, write=False) and channel.recv(1 << 16):
-                pass
+        ended = False
+        try:
+            while not ended and _ready(channel.fileno(), deadline, write=False):
+                ended = not channel.recv(1 << 16)
+        except ConnectionResetError:  # its end closed with a request unread: ended too
+            ended = True
+        except OSError:
+            pass
         _close_server(server, channel)
+        return ended
 
     def _lost(self, grace: float, record: Path, asked: float) -> Forked | None:
         """The shim a server forked before it ended, if it did, by its record; or None."""
@@ -518,10 +530,12 @@ def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> b
 
 def _ready(fd: int, deadline: float, *, write: bool) -> bool:
     # Past the deadline it still looks once: a manager stopped (SIGSTOP, a suspended VM) in
-    # the middle of an exchange finds the reply there when it goes on.
+    # the middle of an exchange finds the reply there when it goes on. poll, not select: a
+    # manager with many files open has descriptors past select's 1024.
     left = max(0.0, deadline - time.monotonic())
-    waiting = ([], [fd]) if write else ([fd], [])
-    return any(select.select(*waiting, [], left)[:2])
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    return bool(poller.poll(left * 1000))
 
 
 def _close_server(server: subprocess.Popen[bytes], channel: socket.socket) -> None:
