@@ -335,16 +335,21 @@ def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_g
     assert str(yours) not in git(repo, "worktree", "list")
 
 
+def _task_a(tmp_path: Path) -> tuple[Path, Path, Guard]:
+    """A repository, task a's worktree on `swarm/a`, and a guard of it."""
+    repo = make_repo(tmp_path / "repo")
+    path = tmp_path / "wt" / "a"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
+    return repo, path, Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+
+
 def test_a_tasks_branch_move_is_its_own_only_when_its_worktree_head_reflog_tells_it(
     tmp_path: Path,
 ) -> None:
     # A move of a running task's branch is its agent's when its worktree's HEAD reflog holds
     # the chain of moves to it; a move made from another worktree is not in that reflog. A
     # detached HEAD (its own `git branch -f`) tells nothing: taken as its own.
-    repo = make_repo(tmp_path / "repo")
-    path = tmp_path / "wt" / "a"
-    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
-    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    repo, path, guard = _task_a(tmp_path)
     with guard.busy("a", path):
         start = git(path, "rev-parse", "HEAD")
         (path / "own.txt").write_text("own\n")
@@ -367,10 +372,7 @@ def test_a_tasks_own_move_stays_its_own_when_it_moved_again_before_the_reflog_wa
     # next commit, or swarm's checkpoint commit after its agent ended). The chain ran past B,
     # and its own move was taken for an outside write: a task running beside it failed for
     # it (half the runs of eight tasks that each commit, under load).
-    repo = make_repo(tmp_path / "repo")
-    path = tmp_path / "wt" / "a"
-    git(repo, "worktree", "add", "-q", "-b", "swarm/a", str(path))
-    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    repo, path, guard = _task_a(tmp_path)
     with guard.busy("a", path):
         tips = [git(path, "rev-parse", "HEAD")]
         for n in range(2):
