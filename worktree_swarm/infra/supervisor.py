@@ -887,13 +887,12 @@ def shim_alive(record: Path) -> bool:
         return False
     try:
         proc = psutil.Process(recorded.shim_pid)
-        create_time = starts.of(proc)
+        if recorded.start_ticks is not None:
+            same = shim.start_ticks(recorded.shim_pid) == recorded.start_ticks
+        else:  # started_at: the wall clock's, stamped after the interpreter started
+            same = abs(proc.create_time() - recorded.started_at) <= CREATE_TIME_TOLERANCE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    if recorded.start_ticks is not None:
-        same = shim.start_ticks(recorded.shim_pid) == recorded.start_ticks
-    else:  # started_at is stamped after the interpreter started: close, not equal
-        same = abs(create_time - recorded.started_at) <= CREATE_TIME_TOLERANCE
     return same and _running(proc) and _shim_grace(proc) is not None
 
 

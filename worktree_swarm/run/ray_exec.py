@@ -225,8 +225,7 @@ def _gcs_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
     app's) answers that it has no such method, where ``ray.init`` retried for 20 seconds,
     printing its own errors. Any other answer (or none) is left to Ray.
     """
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
+    if _host_port(address) is None:
         return None
     if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
         return None  # only the connection is tried (head_problem)
@@ -243,14 +242,22 @@ def _gcs_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
     return None
 
 
+def _host_port(address: str) -> tuple[str, str] | None:
+    """*address* as ``HOST`` and a ``PORT`` of digits; None for a form the probes cannot ask."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return None
+    return host, port
+
+
 def head_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
     """Why no Ray head answers at ``HOST:PORT`` *address* (``Connection refused``...), or None.
 
     None too for the forms this cannot ask (see :func:`_probe`).
     """
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
+    if (parts := _host_port(address)) is None:
         return None
+    host, port = parts
     if int(port) > _MAX_PORT:
         return f"{port} is no port (at most {_MAX_PORT})"
     if host.startswith("[") and host.endswith("]"):  # an IPv6 address, as in a URL
