@@ -838,6 +838,31 @@ def test_a_check_program_not_on_path_is_refused_with_where_it_is(repo: Path, cwd
     assert "checks[0]: program 'pytset' not found on PATH" in message
 
 
+def test_a_missing_program_or_link_names_the_level_that_set_it(repo: Path, cwd: Path) -> None:
+    # The line to fix is where the value was written, not the task that inherited it.
+    task = '[[task]]\nid = "a"\nprompt = "p"\n'
+    (repo / "swarm.toml").write_text('checks = ["pytset -q"]\n')
+    assert error(repo, manifest(cwd, task)).startswith(
+        "repo/swarm.toml: checks[0] (inherited by tasks.toml: task \"a\"): program 'pytset'"
+    )
+    (repo / "swarm.toml").write_text('link = ["node_modules"]\n')
+    assert error(repo, manifest(cwd, task)).startswith(
+        "repo/swarm.toml: link 'node_modules' (inherited by tasks.toml: task \"a\"): "
+    )
+    (repo / "swarm.toml").unlink()
+    defaults = 'setup = ["npx-typo ci"]\n' + task
+    assert error(repo, manifest(cwd, defaults)).startswith(
+        'tasks.toml: [defaults]: setup[0] (inherited by tasks.toml: task "a"): program'
+    )
+    flagged = error(repo, manifest(cwd, task), overrides=Overrides(checks=("tsett-typo",)))
+    assert flagged.startswith('--check: checks[0] (inherited by tasks.toml: task "a"): program')
+    # a task's own value is named as its own, whatever the levels below it set
+    own = task + 'checks = ["mine-typo"]\nlink = []\n'
+    assert error(repo, manifest(cwd, own)).startswith(
+        "tasks.toml: task \"a\": checks[0]: program 'mine-typo' not found"
+    )
+
+
 def test_a_setup_program_is_looked_for_only_in_the_first_step(repo: Path, cwd: Path) -> None:
     # The first step cannot have been installed by an earlier one; the later steps and every
     # check may be what it installs (a virtualenv's tools, `npm ci`'s binaries).

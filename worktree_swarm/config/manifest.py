@@ -39,7 +39,7 @@ from worktree_swarm.core.settings import Kind, Scope
 from worktree_swarm.git import repo as git
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from worktree_swarm.config.settings import Layer
 
@@ -99,11 +99,13 @@ def build_run_spec(
     config_where, config = _load_config(repo_root)
     _check_keys(config, DEFAULTS_KEYS, where=config_where)
     layer: Layer = settings.read_layer(config, where=config_where)
+    set_by = dict.fromkeys(layer, config_where)  # where each inherited setting was set
 
     drafts: list[tuple[str, Mapping[str, object]]] = []
     if manifest is not None:
         defaults, manifest_tasks = _read_manifest(manifest)
         layer = settings.over(defaults, layer)
+        set_by.update(dict.fromkeys(defaults, f"{manifest}: [defaults]"))
         drafts.extend(manifest_tasks)
     drafts.extend(_inline_tasks(inline))
     drafts.extend(_prompt_file_tasks(prompt_files))
@@ -114,7 +116,9 @@ def build_run_spec(
     if not drafts:
         raise BadInputError("no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE")
 
-    layer = settings.over(settings.read_flags(overrides), layer)
+    flags = settings.read_flags(overrides)
+    layer = settings.over(flags, layer)
+    set_by.update({key: _flag_name(key) for key in flags})
     _check_ray_flags(overrides, layer)
     agent = layer.get("agent")
     if isinstance(agent, AgentRef):
@@ -128,11 +132,30 @@ def build_run_spec(
         if task.id in where_of:
             raise BadInputError(f"{where}: duplicate id {task.id!r} (also {where_of[task.id]})")
         if local:  # a Ray task runs its commands on a node, whose programs are its own
-            programs.check_task(task, where=where, repo_root=repo_root)
+            programs.check_task(task, where=_key_where(where, table, set_by), repo_root=repo_root)
         where_of[task.id] = where
         tasks.append(task)
     _check_dependencies(tasks, where_of)
     return _run_spec(tuple(tasks), layer, repo_root=repo_root)
+
+
+def _flag_name(key: str) -> str:
+    flag = settings.BY_KEY[key].flag
+    return key if flag is None else flag.name
+
+
+def _key_where(
+    where: str, table: Mapping[str, object], set_by: Mapping[str, str]
+) -> Callable[[str], str]:
+    """Name a key of the task at *where*: its own, or the level it inherited the key from."""
+
+    def named(item: str) -> str:
+        key = item.partition("[")[0].partition(" ")[0]
+        if table.get(key) is not None or key not in set_by:
+            return f"{where}: {item}"
+        return f"{set_by[key]}: {item} (inherited by {where})"
+
+    return named
 
 
 # Flags that only the Ray executor reads: given for a local run, they would do nothing.
