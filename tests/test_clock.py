@@ -141,3 +141,61 @@ def test_start_times_kept_across_a_step_still_read_as_wall_clock_times(
     with contextlib.closing(sqlite3.connect(db)) as conn:
         (started,) = conn.execute("SELECT started_at FROM attempts").fetchone()
     assert before - 1 <= started <= time.time()
+
+
+def test_an_agent_adopted_after_a_step_keeps_the_time_its_timeout_left(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The manager was killed, the clock stepped an hour forward, `swarm resume` adopted the
+    # live agent: its timeout counted from the record's wall-clock start, an hour "ago", and
+    # the agent (10 minutes to go) was killed as timed out at once.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_STEP)
+    trigger = tmp_path / "stepped"
+    agent = argv_toml([*write_agent(_AGENT), str(tmp_path)])
+    text = f'[defaults]\nagent = {agent}\ntimeout = "10m"\n[[task]]\nid = "a"\nprompt = "p"\n'
+    env = {**os.environ, "SWARM_TEST_STEP": str(trigger), "SWARM_TEST_STEP_BY": "3600"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    manager = swarm_bg(repo, "run", manifest(repo, text), env=env)
+    resumed = None
+    try:
+        wait_for((tmp_path / "started-a").exists, what="the agent")
+        manager.kill()
+        manager.wait(timeout=60)
+        trigger.touch()  # the clock steps while no manager runs
+        resumed = swarm_bg(repo, "resume", env=env)
+
+        def state() -> str:
+            out = subprocess.run(
+                [sys.executable, "-m", "worktree_swarm.cli", "status", "--json"],
+                cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=True,
+            )  # fmt: skip
+            report = json.loads(out.stdout)
+            task = report["tasks"][0]
+            if task["state"] == "running" and not report["manager_running"]:
+                return "waiting"  # the killed manager's record, not adopted yet
+            return str(task["state"])
+
+        seen = ["waiting"]
+
+        def adopted() -> bool:
+            seen[0] = state()
+            return seen[0] != "waiting"
+
+        wait_for(adopted, what="the adoption")
+        assert seen[0] == "running"
+        (tmp_path / "go").touch()
+        assert resumed.wait(timeout=120) == 0
+    finally:
+        (tmp_path / "go").touch()
+        for proc in (manager, resumed):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    assert (
+        subprocess.run(
+            ["git", "show", "swarm/a:a.txt"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+        == "lived through the step\n"
+    )

@@ -55,6 +55,17 @@ def of(process: psutil.Process) -> float:
     return boot_time() + ticks / _TICKS
 
 
+def age(pid: int) -> float | None:
+    """Seconds since process *pid* started, by the kernel's boot clock; None if unknown.
+
+    A step of the wall clock does not move it (time the machine slept counts).
+    """
+    ticks = _start_ticks(pid)
+    if ticks is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return None
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / _TICKS)
+
+
 def as_wall(start: float) -> float:
     """*start* (one of this module's) as the wall clock reads it now.
 

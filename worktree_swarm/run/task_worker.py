@@ -982,11 +982,15 @@ class TaskWorker(RunWorker):
         live.adopted.set()
         if gone_since is None:  # one that ended unwatched never wrote since: no suspect now
             self.guard.agent_started(live.task.id, identity)
+        # Its timeout counts from its start as the kernel has it: the wall clock may have
+        # stepped while no manager ran (the record's start is a wall-clock time).
+        ran = None if gone_since is not None else starts.age(identity.pid)
+        started_at = attempt.started_at if ran is None else time.time() - ran
         cost: float | None = None
         try:
             try:
                 ended = self._watched(
-                    task, live, agent, attempt.started_at, attempt.id, gone_since=gone_since
+                    task, live, agent, started_at, attempt.id, gone_since=gone_since
                 )
             finally:
                 self._agent_gone(live.task.id, log_path.parent)
