@@ -249,6 +249,21 @@ def test_every_command_help_has_an_example_and_merge_strategy_a_default(
     assert "squash: one squashed commit per task. [default: merge]" in text
 
 
+def test_help_keeps_its_text_under_python_oo() -> None:
+    # PYTHONOPTIMIZE=2 strips docstrings, which is where click reads a command's help from.
+    def helped(*args: str, optimize: str) -> str:
+        env = {**os.environ, "PYTHONOPTIMIZE": optimize}
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args, "--help"],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return out.stdout
+
+    for args in [(), ("run",), ("merge",)]:
+        assert helped(*args, optimize="2") == helped(*args, optimize="")
+    assert "Create a worktree per task" in helped("run", optimize="2")
+
+
 @pytest.mark.parametrize("args", [[], ["-C", "."]])
 def test_swarm_without_a_command_says_so_in_one_line(
     args: list[str], capsys: pytest.CaptureFixture[str]

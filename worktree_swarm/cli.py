@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import functools
@@ -1129,6 +1130,8 @@ _IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (docs/cli.md) instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if sys.flags.optimize >= 2:  # noqa: PLR2004 - `python -OO`, PYTHONOPTIMIZE=2
+        _help_from_source()
     debug = _debug(args)
     _escape_undecodable_output()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
@@ -1162,6 +1165,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _unexpected(exc, _command(args))
     return int(code or 0)
+
+
+def _help_from_source() -> None:
+    """Give the commands their help back where ``-OO`` stripped it (click reads docstrings)."""
+    try:
+        tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return  # no source beside the bytecode: the help stays without its text
+    docs = {
+        node.name: ast.get_docstring(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+    }
+    for command in (cli, *cli.commands.values()):
+        if command.help is None and command.callback is not None:
+            command.help = docs.get(command.callback.__name__)
 
 
 def _bad_at(raw: bytes) -> int:
