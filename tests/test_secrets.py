@@ -276,6 +276,35 @@ def test_task_env_secrets_are_redacted_from_run_output_and_state(
     assert value not in html.read_text()
 
 
+def test_a_repair_hands_the_checks_output_back_redacted_on_the_command_line_too(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, secret_env: None
+) -> None:
+    # A failing check's output went back to the agent raw: in its argv (`{prompt}`, which any
+    # user reads in `ps`), its prompt file and the store until the run's final scrub.
+    value = "deploy-token-from-manifest-3c1d"
+    seen = tmp_path / "argv.txt"
+    agent = write_agent(
+        f"import pathlib, sys\nwith open({str(seen)!r}, 'a') as fh:\n"
+        "    fh.write(repr(sys.argv[1:]) + '\\n')\n"
+        "pathlib.Path('a.txt').write_text(str(len(sys.argv)))\n"
+    )
+    check = write_agent(
+        "import os, sys\nprint('deploy', os.environ['DEPLOY_TOKEN'], os.environ['GITHUB_TOKEN'])\n"
+        "sys.exit(1)\n"
+    )
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml([*agent, "{prompt}"])}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\nchecks = [{argv_toml(check)}]\nrepair = 1\n',
+    )
+    assert swarm(repo, "run", path).returncode == 1
+    attempts = seen.read_text().splitlines()
+    assert len(attempts) == 2
+    assert "deploy [REDACTED] [REDACTED]" in attempts[1]
+    for needle in (value, SECRETS["GITHUB_TOKEN"]):
+        assert needle not in seen.read_text()
+
+
 def test_a_raw_checks_log_a_killed_manager_left_is_reported_without_the_tasks_env_secret(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -17,6 +17,7 @@ from worktree_swarm.agents import AgentResult
 from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.run import fallback
 from worktree_swarm.run.checks import CheckFailure
@@ -246,8 +247,12 @@ def past_max_wait(task: Task, provider: str, reset: float) -> str:
 
 
 def repair_prompt(failure: CheckFailure) -> str:
-    """The prompt that hands failing checks back to the agent."""
+    """The prompt that hands failing checks back to the agent.
+
+    Their output redacted: it reaches the agent's command line (``{prompt}``, which every user
+    reads in ``ps``), its prompt file and the store, as their log does once they end.
+    """
     return (
         "The checks on your work failed. Fix the problem (do not weaken or skip the checks), "
-        f"then stop.\n\n{failure}"
+        f"then stop.\n\n{redact.redact(str(failure))}"
     )
