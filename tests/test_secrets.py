@@ -30,6 +30,7 @@ from tests.github_server import TOKEN, FakeGitHub, serve
 from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, wait_for
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.agents.base import is_session_id
+from worktree_swarm.core.paths import SCRUB_SKIP
 from worktree_swarm.git.repo import holding_secrets
 from worktree_swarm.infra import redact as redact_module
 from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end
@@ -44,7 +45,6 @@ from worktree_swarm.infra.redact import (
 )
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run import checks
-from worktree_swarm.run.runner import SCRUB_SKIP
 from worktree_swarm.ui.live import LiveTable
 
 AgentFactory = Callable[[str], list[str]]
@@ -344,6 +344,47 @@ def test_a_raw_checks_log_a_killed_manager_left_is_reported_without_the_tasks_en
         assert out.returncode == 0, out.stdout + out.stderr
         assert value not in out.stdout + out.stderr
     assert value not in html.read_text()
+
+
+def test_a_log_swarm_stop_ends_without_a_manager_is_redacted_as_the_manager_would(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, secret_env: None
+) -> None:
+    # With its manager dead, `swarm stop` ended the attempt and the run but its log stayed raw
+    # for good: nothing else ever rewrote it, and `swarm logs` from a shell without the
+    # manager's variables showed them.
+    value = "deploy-token-from-manifest-5a0e"
+    started = tmp_path / "started"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "print('deploying with', os.environ['DEPLOY_TOKEN'], os.environ['GITHUB_TOKEN'], "
+        "flush=True)\n"
+        f"pathlib.Path({str(started)!r}).touch()\ntime.sleep(600)\n"
+    )
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "t"\nprompt = "go"\nagent = {argv_toml(agent)}\n'
+        f'env = {{ DEPLOY_TOKEN = "{value}" }}\n',
+    )
+    manager = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", path], cwd=repo,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    wait_for(started.exists, what="the agent")
+    os.killpg(manager.pid, signal.SIGKILL)
+    manager.wait(timeout=30)
+    (log,) = (repo / ".git" / "swarm" / "runs").rglob("attempt-1.log")
+    assert value in log.read_text()  # raw while it runs: the test is real
+    out = swarm(repo, "stop", "t")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "deploying with [REDACTED] [REDACTED]" in log.read_text()
+    shown = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "logs", "t"], cwd=repo, capture_output=True,
+        text=True, timeout=60, check=True,
+        env={k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"},
+    )  # fmt: skip
+    assert "deploying with [REDACTED] [REDACTED]" in shown.stdout
+    assert_nowhere([shown.stdout], repo)
+    assert value not in shown.stdout
 
 
 def open_prs(

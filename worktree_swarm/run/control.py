@@ -21,15 +21,15 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
-from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import channel, integrity
-from worktree_swarm.infra import lock, starts, supervisor
+from worktree_swarm.infra import lock, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
-from worktree_swarm.report.status import commit_author, manager_frozen
+from worktree_swarm.report.status import commit_author, know_task_secrets, manager_frozen
 from worktree_swarm.run import provision, retry
 from worktree_swarm.run.task_worker import LOG_READ_LIMIT, attempt_outcome
 
@@ -194,7 +194,25 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
         retry.settle_guard(repo, store, run_id)  # what its guard was at
+        scrub_ended(repo, store, run_id)
     return True
+
+
+def scrub_ended(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str] | None = None
+) -> None:
+    """Redact what ended tasks' agents, setup and checks wrote, as their manager would have.
+
+    *task_ids*: tasks whose programs are gone, in their directories; None: the whole run's
+    directory (the findings too), for a run that ended without its manager.
+    """
+    for row in store.tasks(run_id):  # a task's secret can show in another's log, or a note
+        know_task_secrets(repo, store, run_id, row.task_id)
+    root = run_dir(repo, run_id)
+    if task_ids is None:
+        redact.scrub_tree(root, skip=SCRUB_SKIP)
+    for task_id in task_ids or ():
+        redact.scrub_tree(root / task_id, skip=TASK_SCRUB_SKIP)
 
 
 def stop_unmanaged(
@@ -223,7 +241,9 @@ def stop_unmanaged(
         ) from None
     try:
         todo = _not_final(store, run_id, targets)
-        return _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce)
+        stopped = _stop_unmanaged(repo, store, run_id, todo, grace, announce=announce)
+        scrub_ended(repo, store, run_id, stopped)  # their logs, as their manager's end would
+        return stopped
     finally:
         stopping.release()
 

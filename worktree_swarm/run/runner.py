@@ -36,7 +36,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
-from worktree_swarm.core.paths import guard_dir, run_dir
+from worktree_swarm.core.paths import SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
@@ -53,11 +53,6 @@ from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWo
 
 Observer = Emit  # what the CLI hands the run: the same event sink
 
-# What the run's last redaction leaves alone in its directory (patterns, see scrub_tree): each
-# task's agent config (sessions a resume needs) and tmp, and the guards' directories, the run's
-# and a `swarm merge`'s: those hold hard links to your repository's object files while their
-# command runs, which a rewrite in place would corrupt (a merge may still run as the run ends).
-SCRUB_SKIP = ("*/agent-config", "*/tmp", "guard", "merge/guard")
 _STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
 
 __all__ = ["Observer", "Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
