@@ -586,6 +586,76 @@ def test_an_older_database_is_not_updated_under_an_older_manager_still_running(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+# A manager making a repository's first store: the lock taken, the schema written in a
+# transaction it commits when told.
+MAKING_MANAGER = """
+import sqlite3, sys
+from pathlib import Path
+from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.store import MIGRATIONS, SCHEMA_VERSION
+with ManagerLock(Path(sys.argv[1])) as lock:
+    lock.acquire(run_id="new")
+    db = sqlite3.connect(Path(sys.argv[1]) / "state.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("BEGIN IMMEDIATE")
+    for statements in MIGRATIONS:
+        for statement in statements:
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    print("making", flush=True)
+    sys.stdin.readline()
+    db.execute("COMMIT")
+    print("made", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_store_a_starting_manager_is_making_is_not_taken_for_an_older_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A command opening the store as the first run made it read version 0 (not made yet),
+    # then, under the write lock, the made one: it refused, exit 3, calling the manager
+    # running now "an older worktree-swarm".
+    state = tmp_path / "swarm"
+    state.mkdir()
+    manager = subprocess.Popen(
+        [sys.executable, "-c", MAKING_MANAGER, str(state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert manager.stdin is not None
+    assert manager.stdout is not None
+    try:
+        assert manager.stdout.readline() == "making\n"
+        looked = threading.Event()
+        read_version = Store._user_version
+
+        def user_version(store: Store) -> int:
+            version = read_version(store)
+            looked.set()  # the first look: the store not made yet
+            return version
+
+        monkeypatch.setattr(Store, "_user_version", user_version)
+        opened: list[object] = []
+        opener = threading.Thread(target=lambda: opened.append(_open_or_error(state)))
+        opener.start()
+        assert looked.wait(timeout=60)
+        manager.stdin.write("commit\n")
+        manager.stdin.flush()
+        assert manager.stdout.readline() == "made\n"
+        opener.join(timeout=60)
+        assert opened == ["opened"]
+    finally:
+        manager.communicate(timeout=30)
+
+
+def _open_or_error(state: Path) -> str:
+    try:
+        Store(state / "state.db").close()
+    except SwarmError as exc:
+        return str(exc)
+    return "opened"
+
+
 def test_run_settings_round_trip_and_old_rows() -> None:
     settings = RunSettings(
         jobs=3,

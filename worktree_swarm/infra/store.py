@@ -540,6 +540,8 @@ class Store:
         with self._write() as conn:
             # Re-read under the lock: another process may have migrated meanwhile.
             version = self._user_version()
+            if version == SCHEMA_VERSION:  # made meanwhile (a run starting): nothing to do
+                return
             self._refuse_newer(version)
             self._refuse_under_a_manager(version)
             for statements in MIGRATIONS[version:]:
