@@ -44,6 +44,7 @@ from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.lock import ManagerLock
+from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.run import background, control
 
@@ -1320,6 +1321,33 @@ def test_doctor_and_clean_beside_a_live_manager_whose_state_was_deleted_touch_no
         assert f"though {state} was deleted under it" in out.stderr
     assert worktree.is_dir()
     assert git(repo, "branch", "--list", "swarm/a")
+
+
+def test_a_store_a_manager_makes_as_a_command_looks_is_not_taken_for_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first run of a repository took its lock, then checked its branches before it made
+    # its store: a `swarm status` (or a second `swarm run`) meanwhile said exit 3, "though
+    # .git/swarm was deleted under it".
+    state = tmp_path / "swarm"
+    state.mkdir()
+    path = state / "state.db"
+    made: list[Store] = []
+    alive = lock.manager_alive
+
+    def manager_alive(state_dir: Path) -> bool:
+        if not made:  # the manager makes its store just as the command looks
+            made.append(Store(path))
+        return alive(state_dir)
+
+    with ManagerLock(state) as held:
+        held.acquire()
+        monkeypatch.setattr(lock, "manager_alive", manager_alive)
+        try:
+            lock.refuse_while_state_is_gone(state, path)
+        finally:
+            for store in made:
+                store.close()
 
 
 WAIT_OR_FAIL = r"""

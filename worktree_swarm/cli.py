@@ -411,12 +411,15 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
         # Locked before the store is opened: beside a manager whose `.git/swarm` was deleted,
         # a store made here would be what that manager finds at its path when it writes back.
         lock.acquire()
-        # Checked again, now that no other manager can start: one started at the same instant
-        # (that finished while this one waited for the lock) may have made these branches and
-        # worktrees since; a run recorded here would take them over as its own, failed.
-        items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
-        worktrees.preflight(repo, items, next_step=runs.next_step_for(repo))
+        # Opened at once: a command beside a live manager whose store is missing takes it for
+        # deleted under it (the first run of a repository, while it checked its branches).
         with Store(store_path(repo)) as store:
+            # Checked again, now that no other manager can start: one started at the same
+            # instant (that finished while this one waited for the lock) may have made these
+            # branches and worktrees since; a run recorded here would take them over as its
+            # own, failed. (Refused here, the store is that other run's already.)
+            items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+            worktrees.preflight(repo, items, next_step=runs.next_step_for(repo))
             if _uncommitted(checkout):
                 click.echo(
                     "note: uncommitted changes in your checkout are not part of the base",

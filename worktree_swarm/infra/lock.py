@@ -139,9 +139,11 @@ def refuse_while_state_is_gone(state_dir: Path, store: Path) -> None:
     # A manager that has just taken its lock opens the store (making the log) at once, and
     # one whose log was deleted writes the store back within a quarter of a second: waited for.
     wal = store.with_name(store.name + "-wal")
-    if not store.exists() and manager_alive(state_dir):
-        raise _deleted_under_it(state_dir)
     deadline = time.monotonic() + _WAL_WAIT
+    while not store.exists() and manager_alive(state_dir):
+        if time.monotonic() >= deadline:
+            raise _deleted_under_it(state_dir)
+        time.sleep(0.05)
     while store.exists() and not wal.exists() and _alive_here(state_dir):
         if time.monotonic() >= deadline:
             raise _deleted_under_it(wal)
