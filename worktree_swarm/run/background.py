@@ -59,7 +59,9 @@ def detach(repo: git.Repo, argv: Sequence[str]) -> tuple[int, Path]:
             threading.Thread(target=child.wait, name="swarm-reaper", daemon=True).start()
             return child.pid, log
         if code == ExitCode.LOCKED:  # another manager took the lock since the check above
-            raise ManagerLockedError(last_line(log).removeprefix("swarm: "))
+            said = last_line(log).removeprefix("swarm: ")
+            log.unlink(missing_ok=True)  # it holds that line alone: no manager's log
+            raise ManagerLockedError(said)
         if code is not None:
             raise SwarmError(f"the background manager exited {code}: {last_line(log)} ({log})")
         time.sleep(0.05)
