@@ -480,7 +480,7 @@ BIG_SHOWN = BIG[:39] + "…"
         ('setup = [""]', 'task "a": setup[0]: empty command'),
         ('files = ["../outside"]', "task \"a\": files[0]: '../outside' must be a relative path"),
         ('copy = ["/etc/passwd"]', "task \"a\": copy[0]: '/etc/passwd' must be a relative path"),
-        ("env = { A = 1 }", 'task "a": env.A: expected a string, got an integer'),
+        ("env = { A = 1 }", 'task "a": env: A\'s value: expected a string, got an integer'),
         ('env = { "A-B" = "x" }', "task \"a\": env: 'A-B' is not a valid environment variable"),
         ('depends_on = "b"', 'task "a": depends_on: expected an array of strings, got a string'),
         ("title = 3", 'task "a": title: expected a string, got an integer'),

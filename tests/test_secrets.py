@@ -1061,6 +1061,19 @@ def test_a_worktree_root_on_a_read_only_file_system_is_refused_before_anything(
     _no_trace(repo)
 
 
+def test_a_bad_value_of_a_secret_named_variable_is_said_in_words_the_redactor_keeps(
+    repo: Path,
+) -> None:
+    # `env.DB_PASSWORD: expected a string` read as a setting: "env.DB_PASSWORD: [REDACTED] a
+    # string, got an integer".
+    path = manifest(repo, '[[task]]\nid = "a"\nprompt = "p"\nenv = { DB_PASSWORD = 123456789 }\n')
+    out = swarm(repo, "run", path, "--agent", "scripted")
+    assert out.returncode == 2
+    assert out.stderr.endswith(
+        'task "a": env: DB_PASSWORD\'s value: expected a string, got an integer\n'
+    ), out.stderr
+
+
 @pytest.mark.parametrize(
     ("make", "needle"),
     [

@@ -288,7 +288,8 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
                 f"{where}: {name} points git elsewhere; swarm sets git's repository variables "
                 "for every agent, a task cannot"
             )
-        pairs.append((name, _string(text, f"{where}.{name}")))
+        # Not `env.NAME: ...`: a secret's name before a colon reads as a setting to redact.
+        pairs.append((name, _string(text, f"{where}: {name}'s value")))
     return tuple(pairs)
 
 
