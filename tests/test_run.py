@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -706,6 +707,45 @@ def test_interrupt_stops_agents_and_exits_130(
     finally:
         proc.kill()
     _stopped_with_its_work_kept(repo, pids)
+
+
+def test_sigterm_interrupts_a_stop_as_ctrl_c_does_and_exits_130(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Only `run`, `resume`, `retry` and `merge` took SIGTERM for an interrupt: a `swarm stop`
+    # (or `clean`, `pr`) died of it, exit 143.
+    agent = write_agent(
+        "import os, pathlib, signal, sys, time\n"
+        "here = pathlib.Path(sys.argv[1])\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (here / 'termed').touch())\n"
+        "(here / 'agent').write_text(str(os.getpid()))\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml([*agent, str(tmp_path)])}\nkill_grace = "3s"\n'
+    manager = swarm_bg(repo, "run", manifest(repo, text + '[[task]]\nid = "t"\nprompt = "p"\n'))
+    stop = None
+    try:
+        wait_for((tmp_path / "agent").exists, what="the agent")
+        manager.kill()  # no manager: `swarm stop` stops the agent itself, given its grace
+        manager.wait(timeout=60)
+        stop = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "stop"], cwd=repo,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for((tmp_path / "termed").exists, what="the stop's SIGTERM to the agent")
+        stop.send_signal(signal.SIGTERM)
+        _, err = stop.communicate(timeout=60)
+        assert stop.returncode == 130, err
+        assert err.endswith("swarm: interrupted\n"), err
+    finally:
+        for proc in (manager, stop):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int((tmp_path / "agent").read_text()), signal.SIGKILL)
+    assert swarm(repo, "stop").returncode == 0  # the next one finishes the job
+    assert status_json(repo)["t"]["state"] == "stopped"
 
 
 def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(

@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -590,6 +591,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             _away_from_terminal()
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only (a command called from a thread)
+        return
     caught = [signal.SIGTERM]
     if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
         caught.append(signal.SIGHUP)
@@ -1148,8 +1152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             err=True,
         )
         return ExitCode.BAD_INPUT
+    # SIGTERM stops every command as Ctrl-C does (exit 130), not `swarm watch`: its screen
+    # handles its own keys and signals.
+    command = _command(args)
+    interruptible = contextlib.nullcontext() if command == "watch" else _sigterm_as_interrupt()
     try:
-        code = cli.main(args=args, prog_name="swarm", standalone_mode=False, obj={"argv": args})
+        with interruptible:
+            code = cli.main(args=args, prog_name="swarm", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:  # it may quote what you typed: a key too
@@ -1162,11 +1171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("swarm: interrupted; agents stopped, work checkpointed", err=True)
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
-        return _swarm_error(exc, _command(args), debug=debug)
+        return _swarm_error(exc, command, debug=debug)
     except Exception as exc:
         if debug:
             raise
-        return _unexpected(exc, _command(args))
+        return _unexpected(exc, command)
     return int(code or 0)
 
 
