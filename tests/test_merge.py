@@ -408,16 +408,21 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
         # One merge made and checked: recorded merged, it would claim a place on `release`.
         assert "merged" not in merge_results(base_repo).values()
         assert "checking" in {r["merge_result"] for r in status_json(base_repo).values()}
+        # `swarm clean` keeps its branch for the merge at work, not for one "cut off"
+        looked = swarm(base_repo, "clean").stdout
+        assert "a `swarm merge` is checking its merge into release" in looked, looked
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)
     assert git(base_repo, "rev-parse", "release") == base
-    # No merge checks it any more: status says so, and what to do.
+    # No merge checks it any more: status and clean say so, and what to do.
     assert "cut off" in {r["merge_result"] for r in status_json(base_repo).values()}
     text = swarm(base_repo, "status").stdout
     assert (
         "merge into release cut off in its checks: run `swarm merge --into release` again" in text
     )
+    looked = swarm(base_repo, "clean").stdout
+    assert "was cut off; run `swarm merge --into release` again first" in looked, looked
     # A merge into another branch (the run's integration branch) waits for that one, and
     # says so with the command that works (`swarm merge two` would say the same again).
     skipped = swarm(base_repo, "merge", "two")

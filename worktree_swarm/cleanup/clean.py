@@ -43,6 +43,7 @@ from worktree_swarm.core.models import (
     INTEGRATION_PREFIX,
     MERGE_CHECKING,
     Executor,
+    merge_again,
 )
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
@@ -281,6 +282,7 @@ def plan_clean(
                     look=look,
                     pushed=pushed.get(run_id),
                     kept_before=kept_before,
+                    merging=merging,
                 )
                 left = left_there.get(task.task_id)
                 if left is not None and not keep_branches and run_id in pushed:
@@ -447,17 +449,28 @@ class _Seen:
 
 
 def _kept_for(
-    task: TaskRow, registered: dict[Path, WorktreeInfo], seen: _Seen, needed_by: str | None
+    task: TaskRow,
+    registered: dict[Path, WorktreeInfo],
+    seen: _Seen,
+    needed_by: str | None,
+    *,
+    merging: bool,
 ) -> str:
-    """Why the branch of *task* is kept whatever else holds ("" when it need not be)."""
+    """Why the branch of *task* is kept whatever else holds ("" when it need not be).
+
+    *merging*: a `swarm merge` holds the merge lock now (a merge in its checks is its own).
+    """
     path = seen.real(task.worktree)
     elsewhere = [w for p, w in registered.items() if w.branch == task.branch and p != path]
     if elsewhere:
         return f"checked out in {elsewhere[0].path}"
     if needed_by is not None:
         return f"task {needed_by} still starts from it"
+    if task.merge_result == MERGE_CHECKING and merging:
+        return f"a `swarm merge` is checking its merge into {task.merge_target}"
     if task.merge_result == MERGE_CHECKING:  # not landed: the next merge undoes it
-        return f"its merge into {task.merge_target} was cut off; run `swarm merge` again first"
+        again = merge_again(task.merge_target)
+        return f"its merge into {task.merge_target} was cut off; run `{again}` again first"
     return ""
 
 
@@ -475,6 +488,7 @@ def _plan_task(
     look: bool,
     pushed: _Pushed | None = None,
     kept_before: list[str],
+    merging: bool = False,
 ) -> list[Finding]:
     """Findings for a finished *task*: its worktree, its branch and, *pushed*, its remote one.
 
@@ -494,7 +508,7 @@ def _plan_task(
         return found
     if branch_owners.get(task.branch) != task.run_id:
         return found
-    keep = _kept_for(task, registered, seen, needed_by)
+    keep = _kept_for(task, registered, seen, needed_by, merging=merging)
     tip = seen.tips[task.branch]
     merged = None if keep else seen.merged_into(tip, targets, dirty, Path(task.worktree))
     why = f"task {task.task_id} is {task.state.value}"
