@@ -61,6 +61,9 @@ class FakeGitHub:
     scripted: list[Scripted] = field(default_factory=list)
     page_size: int | None = None  # force pagination
     lost_creates: int = 0  # the next N pull requests are made, then answered 502 (a proxy)
+    # the next N pull requests are opened by someone else just before swarm's own request
+    # arrives (a killed `swarm pr`'s request carried out late, another one at once): 422
+    opened_meanwhile: int = 0
     next_number: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -198,6 +201,9 @@ def _handler(state: FakeGitHub) -> type[http.server.BaseHTTPRequestHandler]:
             if missing:
                 return 422, {}, {"message": "Validation Failed", "errors": missing}
             head = body["head"]
+            if state.opened_meanwhile:
+                state.opened_meanwhile -= 1
+                self._create_pull({**body, "title": "opened meanwhile"})
             if any(p["head"]["ref"] == head and p["state"] == "open" for p in state.pulls.values()):
                 msg = f"A pull request already exists for {OWNER}:{head}."
                 return 422, {}, {"message": "Validation Failed", "errors": [{"message": msg}]}

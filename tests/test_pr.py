@@ -166,6 +166,21 @@ def test_a_pull_request_made_after_its_answer_was_lost_is_found_not_opened_twice
     ]
 
 
+def test_a_pull_request_opened_since_swarm_looked_is_updated_not_failed(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # A killed `swarm pr` whose request GitHub carried out late (or another one at once)
+    # opened it between this one's look and its own request: GitHub's 422 "already exists"
+    # failed the task, and only the `swarm pr` after it updated the pull request.
+    fake_github.opened_meanwhile = 1
+    out = swarm_pr(repo, fake_github)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == "one  updated  #1  https://github.test/acme/widgets/pull/1"
+    ones = [p for p in fake_github.pulls.values() if p["head"]["ref"] == "swarm/one"]
+    assert len(ones) == 1
+    assert ones[0]["title"] != "opened meanwhile"  # swarm's title and body replace its own
+
+
 @pytest.mark.parametrize("how", ["merged", "closed"])
 def test_a_pull_request_merged_or_closed_on_github_is_never_opened_again(
     repo: Path, done_run: Path, fake_github: FakeGitHub, how: str

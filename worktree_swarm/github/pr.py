@@ -6,6 +6,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
@@ -327,18 +328,45 @@ def _one(
     title, body = _texts(
         repo, row, task, tip=tip, fallback=fallback, clashes=clashes, numbers=numbers or {}
     )
-    onto = None
-    if existing is not None:
-        into = existing.get("base")  # an object with its `ref`, from GitHub
-        now = into.get("ref") if isinstance(into, dict) else None
-        onto = base if retarget and now != base else None
-        reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
-        action = "updated"
-        state = _field(reply, "state") or _field(existing, "state") or "open"
-    else:
-        reply = client.create_pull(title=title, head=branch, base=base, body=body, draft=draft)
-        action = "created"
-        state = _field(reply, "state") or "open"
+    if existing is None:
+        try:
+            created = client.create_pull(
+                title=title, head=branch, base=base, body=body, draft=draft
+            )
+        except GitHubError as exc:
+            existing = _opened_meanwhile(client, branch, exc)
+        else:
+            state = _field(created, "state") or "open"
+            return _pull_request(row, branch, created, action="created", state=state)
+    into = existing.get("base")  # an object with its `ref`, from GitHub
+    now = into.get("ref") if isinstance(into, dict) else None
+    onto = base if retarget and now != base else None
+    reply = client.update_pull(_number(existing), title=title, body=body, base=onto)
+    state = _field(reply, "state") or _field(existing, "state") or "open"
+    return _pull_request(row, branch, reply, action="updated", state=state, retargeted=onto)
+
+
+def _opened_meanwhile(client: Client, branch: str, refused: GitHubError) -> dict[str, object]:
+    """The pull request of *branch* opened since swarm asked (GitHub *refused* a second one).
+
+    A killed `swarm pr`'s request GitHub carried out after all, another `swarm pr` at once, a
+    person: that one is updated instead. Any other refusal is raised.
+    """
+    found = client.find_pull(branch) if refused.status == HTTPStatus.UNPROCESSABLE_ENTITY else None
+    if found is None:
+        raise refused
+    return found
+
+
+def _pull_request(
+    row: TaskRow,
+    branch: str,
+    reply: Mapping[str, object],
+    *,
+    action: str,
+    state: str,
+    retargeted: str | None = None,
+) -> PullRequest:
     return PullRequest(
         task_id=row.task_id,
         branch=branch,
@@ -346,7 +374,7 @@ def _one(
         url=_field(reply, "html_url"),
         action=action,
         state=state,
-        retargeted=onto or "",
+        retargeted=retargeted or "",
     )
 
 
