@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -427,15 +428,11 @@ def test_a_reply_already_there_is_taken_by_a_manager_stopped_past_its_deadline()
     # The manager was stopped (SIGSTOP, a suspended laptop) in the middle of asking its shim
     # server: when it goes on, its deadline has passed but the server's answer is there. It
     # took the server for lost (killed it; the agent's exit status came back unknown).
-    request_r, request_w = os.pipe()
-    reply_r, reply_w = os.pipe()
-    try:
-        os.write(reply_w, b"42 ok\n")  # the server answered while the manager was stopped
+    manager, server = socket.socketpair()
+    with manager, server:
+        server.sendall(b"42 ok\n")  # the server answered while the manager was stopped
         past = time.monotonic() - 60
-        assert supervisor._exchange(request_w, reply_r, b"ask\n", past) == b"42 ok\n"
-        assert os.read(request_r, 100) == b"ask\n"
+        assert supervisor._exchange(manager.fileno(), b"ask\n", past) == b"42 ok\n"
+        assert server.recv(100) == b"ask\n"
         # Nothing there, past the deadline: given up at once, as before.
-        assert supervisor._exchange(request_w, reply_r, b"ask\n", past) == b""
-    finally:
-        for fd in (request_r, request_w, reply_r, reply_w):
-            os.close(fd)
+        assert supervisor._exchange(manager.fileno(), b"ask\n", past) == b""

@@ -380,8 +380,7 @@ class ShimServer:
             payload = b"\0".join([self._tokens[grace].encode(), *encoded])
             request = b"%d\n%s" % (len(payload), payload)
             deadline = time.monotonic() + self._reply_timeout
-            channel = self._channels[grace].fileno()
-            reply = _exchange(channel, channel, request, deadline)
+            reply = _exchange(self._channels[grace].fileno(), request, deadline)
             if not reply.endswith(b"\n"):
                 if not self._end(grace) and start:
                     # A shim it forked may not have written its record yet: starting the
@@ -503,8 +502,8 @@ def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmEr
     return SwarmError(f"cannot start agent {program!r} in {cwd}: {why}; {hint}")
 
 
-def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> bytes:
-    """Write *request*, then read one line back, both by *deadline* (monotonic).
+def _exchange(channel: int, request: bytes, deadline: float) -> bytes:
+    """Write *request* to the socket *channel*, then read one line back, both by *deadline*.
 
     The reply so far, without its newline when the other end did not finish it in time,
     ended, or failed.
@@ -513,13 +512,13 @@ def _exchange(write_fd: int, read_fd: int, request: bytes, deadline: float) -> b
     reply = b""
     try:
         while sent < len(request):
-            if not _ready(write_fd, deadline, write=True):
+            if not _ready(channel, deadline, write=True):
                 return b""
-            sent += os.write(write_fd, request[sent : sent + select.PIPE_BUF])
+            sent += os.write(channel, request[sent : sent + select.PIPE_BUF])
         while not reply.endswith(b"\n"):
-            if not _ready(read_fd, deadline, write=False):
+            if not _ready(channel, deadline, write=False):
                 return reply
-            chunk = os.read(read_fd, 4096)
+            chunk = os.read(channel, 4096)
             if not chunk:
                 return reply
             reply += chunk
