@@ -1533,9 +1533,9 @@ class Guard:
     def _by_its_checks(self, owner: str | None, before: str | None, after: str | None) -> bool:
         """Whether a task branch moved in its own worktree while its checks run (theirs).
 
-        One moved from elsewhere meanwhile is judged as anyone's move.
+        One moved from elsewhere meanwhile is judged as anyone's move. (Asked of a move only.)
         """
-        if owner not in self._pinned or before is None or after is None or before == after:
+        if owner not in self._pinned or before is None or after is None:
             return False
         return self._moved_by_itself(owner, before, after)
 
