@@ -1044,6 +1044,9 @@ def test_a_dry_run_shows_every_setting_as_resolved_and_creates_nothing(repo: Pat
     assert 'timeout = "45m"' in b
     assert "retries = 2" in a
     assert 'check_timeout = "3m"' in b
+    # limits left at their built-in default show as the run applies them
+    assert 'setup_timeout = "30m"' in a
+    assert 'resolve_timeout = "10m"' in a  # its timeout
     assert 'API_TOKEN = "[not shown]"' in b
     assert f"# branch swarm/b, worktree {repo.parent / 'repo.swarm' / 'b'}" in out.stdout
     assert not (repo / ".git" / "swarm").exists()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.settings import SETTINGS
+from worktree_swarm.core.models import STEP_TIMEOUT
 from worktree_swarm.core.settings import Kind, Scope
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ def task_settings(task: Task) -> dict[str, object]:
             shown[entry.key] = list(task.agent_argv) if task.agent == "command" else task.agent
         else:
             shown[entry.key] = _shown(entry.kind, getattr(task, entry.key))
+    # The limits a run applies when none is set, as it will apply them.
+    for key in ("setup_timeout", "check_timeout"):
+        shown[key] = shown[key] or _duration(STEP_TIMEOUT)
+    shown["resolve_timeout"] = (
+        shown["resolve_timeout"] or shown["timeout"] or _duration(STEP_TIMEOUT)
+    )
     return shown
 
 

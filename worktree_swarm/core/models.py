@@ -54,6 +54,10 @@ def merge_again(target: str | None, task_id: str = "") -> str:
     return f"swarm merge{into}{' ' + task_id if task_id else ''}"
 
 
+# The limit of a setup step, a check and a conflict resolver when none is set (30 minutes).
+STEP_TIMEOUT = 30 * 60.0
+
+
 class TaskState(enum.StrEnum):
     """Lifecycle of a task (docs/cli.md lists the states)."""
 
@@ -297,7 +301,7 @@ class Task:
         "unless a fallback agent takes over. A reset under 5 minutes is a throttle, waited "
         "out whatever this says",
     )
-    # Limits of the steps around the agent; None means the built-in default (30 minutes).
+    # Limits of the steps around the agent; None means the built-in default (STEP_TIMEOUT).
     setup_timeout: float | None = setting(
         None,
         kind=Kind.DURATION,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import prompt_argument
-from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import runner
 from worktree_swarm.infra import fs, redact, supervisor
 
-DEFAULT_TIMEOUT = 30 * 60.0
+DEFAULT_TIMEOUT = STEP_TIMEOUT
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
 KILL_GRACE = 5.0
 

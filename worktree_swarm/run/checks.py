@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, without_escapes
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
@@ -21,7 +21,7 @@ from worktree_swarm.infra.logtail import from_word_start
 TAIL_LINES = 15
 # A step's limit unless the task sets `setup_timeout` / `check_timeout`: overnight, a check
 # that hangs must not hold its task (and a check slot) until morning.
-DEFAULT_STEP_TIMEOUT = 30 * 60.0
+DEFAULT_STEP_TIMEOUT = STEP_TIMEOUT
 _TAIL_BYTES = 64 * 1024
 
 # Markers of unfinished work an agent may leave while looking successful. Only lines the
