@@ -177,11 +177,12 @@ class Task:
         None,
         kind=Kind.DURATION,
         scope=Scope.PER_TASK,
-        flag=Flag(name="--timeout", help="Wall time limit per attempt of a task, e.g. 45m."),
+        flag=Flag(name="--timeout", help="Limit on the elapsed time of each attempt, e.g. 45m."),
         doc=(
             "limit on one attempt's elapsed time (counted on the monotonic clock: a step of"
             " the wall clock, NTP's or a resumed VM's, neither ends every agent at once nor"
-            " lets one run on; time the machine sleeps does not count)"
+            " lets one run on; time the machine sleeps does not count; an agent `swarm resume`"
+            " adopts: [recovery.md](recovery.md#a-dead-manager))"
         ),
     )
     idle_timeout: float | None = setting(
