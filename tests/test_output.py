@@ -264,6 +264,33 @@ def test_help_keeps_its_text_under_python_oo() -> None:
     assert "Create a worktree per task" in helped("run", optimize="2")
 
 
+def test_an_extra_argument_with_a_line_break_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["status", "a\nb"]) == 2
+    err = capsys.readouterr().err
+    assert err == "swarm: Got unexpected extra argument (a\\nb)\n"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ['worktree_root = "/tmp/{long}"', 'link = ["{long}"]', 'checks = ["/{long}"]', "--agent"],
+)
+def test_a_path_with_a_name_too_long_is_bad_input_not_a_crash(repo: Path, setting: str) -> None:
+    # Python's is_dir() and is_file() say False for a missing file but raise ENAMETOOLONG:
+    # an internal error with a traceback file, exit 1.
+    long = "x" * 256
+    args = ["run", "--dry-run", "-t", "a=x", "--agent", "scripted"]
+    if setting == "--agent":
+        args[-1] = f"/{long}"
+    else:
+        (repo / "swarm.toml").write_text(setting.format(long=long) + "\n")
+    out = swarm(repo, *args)
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr
+    assert out.stderr.endswith(": File name too long; give a shorter path\n"), out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+
+
 @pytest.mark.parametrize("args", [[], ["-C", "."]])
 def test_swarm_without_a_command_says_so_in_one_line(
     args: list[str], capsys: pytest.CaptureFixture[str]

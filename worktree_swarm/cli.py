@@ -1162,7 +1162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:  # it may quote what you typed: a key too
-        click.echo(f"swarm: {printable(redact(without_escapes(exc.format_message())))}", err=True)
+        click.echo(f"swarm: {_one_line(without_escapes(exc.format_message()))}", err=True)
         return ExitCode.BAD_INPUT
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
@@ -1259,6 +1259,10 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         text = faults.retry_with(faults.full_message(where, exc), command)
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path given: bad input
+        text = f"{exc.filename or 'a path'}: {exc.strerror}; give a shorter path"
+        click.echo(f"swarm: {_one_line(text)}", err=True)
+        return ExitCode.BAD_INPUT
     # A file where swarm's state directory (or one in it) belongs is in the way, as read-only.
     if isinstance(exc, OSError) and (
         exc.errno in _NOT_WRITABLE
