@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shlex
@@ -344,6 +345,12 @@ def test_unknown_keys_elsewhere(repo: Path, cwd: Path) -> None:
     assert error(repo, Path("tasks.toml")) == "tasks.toml: key 'jobs' belongs in [defaults]"
     path = manifest(cwd, 'files = ["a"]\n[[task]]\nid = "a"\nprompt = "p"\n')
     assert error(repo, path) == "tasks.toml: [defaults]: key 'files' belongs in a [[task]]"
+    # in swarm.toml, a task's key says where tasks go
+    (repo / "swarm.toml").write_text('id = "x"\n')
+    assert error(repo, manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\n')).endswith(
+        "swarm.toml: key 'id' belongs in a [[task]] of a manifest (`swarm run tasks.toml`)"
+    )
+    (repo / "swarm.toml").unlink()
     path = manifest(cwd, '[[task]]\nid = "a"\nprompt = "p"\njobs = 3\n')
     assert "tasks.toml: task \"a\": key 'jobs' is run-wide" in error(repo, path)
 
@@ -582,10 +589,22 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "m", "45x", "1m1h", "-5", "0s", "nan", "inf", 0, -3, True, None, [1], "h30"]
-)
+    "value",
+    # digits of another script: Python's float() and \\d take them (`٣m` was 3 minutes)
+    ["", "m", "45x", "1m1h", "-5", "0s", "nan", "inf", 0, -3, True, None, [1], "h30", "\u0663m",
+     "\u0663"],
+)  # fmt: skip
 def test_parse_duration_rejects(value: object) -> None:
     with pytest.raises(BadInputError, match=r"^where: bad duration"):
+        parse_duration(value, where="where")
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(True, "true"), (dt.date(1979, 5, 27), "1979-05-27"), ({"a": 1}, "a table"), ([], "an array")],
+)
+def test_a_bad_duration_is_named_as_toml_writes_it(value: object, said: str) -> None:
+    with pytest.raises(BadInputError, match=rf"^where: bad duration {said} \("):
         parse_duration(value, where="where")
 
 

@@ -1065,6 +1065,19 @@ def test_a_dry_run_shows_every_setting_as_resolved_and_creates_nothing(repo: Pat
     assert swarm(repo, "run", path, "--dry-run").returncode == 2
 
 
+@pytest.mark.parametrize("grace", ["1.7976931348623157e308", "9007199254740993.0", "5400"])
+def test_a_dry_runs_manifest_reads_back_as_the_same_run(repo: Path, grace: str) -> None:
+    # A duration past 2**53 seconds was written as hours, minutes and seconds of its integer,
+    # which read back as another float.
+    text = (
+        f'[defaults]\nagent = "scripted"\nkill_grace = {grace}\n[[task]]\nid = "a"\nprompt = "p"\n'
+    )
+    first = swarm(repo, "run", manifest(repo, text), "--dry-run")
+    assert first.returncode == 0, first.stderr
+    again = swarm(repo, "run", manifest(repo, first.stdout), "--dry-run")
+    assert again.stdout == first.stdout
+
+
 def test_existing_branch_from_another_run_is_refused(repo: Path) -> None:
     git(repo, "branch", "swarm/a")
     out = swarm(repo, "run", "--agent", "scripted", "-t", "a=x")

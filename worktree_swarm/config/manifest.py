@@ -97,7 +97,7 @@ def build_run_spec(
     directories must be found on this machine (:func:`programs.check_task`).
     """
     config_where, config = _load_config(repo_root)
-    _check_keys(config, DEFAULTS_KEYS, where=config_where)
+    _check_keys(config, DEFAULTS_KEYS, where=config_where, config=True)
     layer: Layer = settings.read_layer(config, where=config_where)
     set_by = dict.fromkeys(layer, config_where)  # where each inherited setting was set
 
@@ -442,7 +442,10 @@ def _profiles(agents: Sequence[AgentRef], *, repo_root: Path) -> tuple[str, ...]
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def _check_keys(table: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:
+def _check_keys(
+    table: Mapping[str, object], allowed: frozenset[str], *, where: str, config: bool = False
+) -> None:
+    """Refuse a key *table* may not hold, saying where it goes (*config*: swarm.toml's)."""
     for key in table:
         if key in allowed:
             continue
@@ -454,7 +457,8 @@ def _check_keys(table: Mapping[str, object], allowed: frozenset[str], *, where: 
                 "(tasks in a manifest: `swarm run tasks.toml`)"
             )
         if key in TASK_KEYS and allowed is not TASK_KEYS:
-            raise BadInputError(f"{where}: key {key!r} belongs in a [[task]]")
+            manifest = " of a manifest (`swarm run tasks.toml`)" if config else ""
+            raise BadInputError(f"{where}: key {key!r} belongs in a [[task]]{manifest}")
         if key in RUN_KEYS and allowed is TASK_KEYS:
             raise BadInputError(
                 f"{where}: key {key!r} is run-wide: put it in [defaults] or {CONFIG_FILE}"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from worktree_swarm.core.models import RunSpec, Task
 
 HIDDEN = "[not shown]"  # an environment value's place
+_EXACT = 2.0**53  # every integer below it is a float of its own
 
 
 def as_manifest(spec: RunSpec, *, worktrees: Mapping[str, Path], header: str) -> str:
@@ -85,7 +86,7 @@ def _plain(value: object) -> object:
 
 def _duration(seconds: float) -> str | float:
     """``1h30m``, ``45m``, ``90s`` where that is exact; else the number of seconds."""
-    if not seconds.is_integer():
+    if not seconds.is_integer() or seconds >= _EXACT:  # past 2**53 the float is what reads back
         return seconds
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)

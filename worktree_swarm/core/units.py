@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import time
 
 from worktree_swarm.core.errors import BadInputError
 
+# ASCII digits only: Python's \d (and float()) take any script's (`٣m` read as 3 minutes).
 _DURATION_RE = re.compile(
-    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?"
+    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?",
+    re.ASCII,
 )
-_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)")
+_SIZE_RE = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<unit>(?:[kKmMgGtTpP][iI]?)?[bB]?)", re.ASCII)
 _UNITS = "KMGTP"
 _MINUTE = 60
 _KIB = 1024
@@ -52,8 +55,15 @@ _SHOWN = 40
 
 
 def shown(value: object) -> str:
-    """*value* as bad input names it: its repr, cut to 40 characters (a 400-digit number)."""
-    text = repr(value)
+    """*value* as bad input names it, as TOML writes it, cut to 40 characters (400 digits)."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, dt.date | dt.time):  # a datetime is a date
+        text = value.isoformat()
+    elif isinstance(value, dict | list):
+        text = "a table" if isinstance(value, dict) else "an array"
+    else:
+        text = repr(value)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
 
 
@@ -137,6 +147,8 @@ def format_count(n: int | None) -> str:
 
 
 def _is_number(text: str) -> bool:
+    if not text.isascii():
+        return False
     try:
         float(text)
     except ValueError:
