@@ -272,6 +272,15 @@ def test_an_extra_argument_with_a_line_break_is_one_line(
     assert err == "swarm: Got unexpected extra argument (a\\nb)\n"
 
 
+@pytest.mark.parametrize("args", [["run", ""], ["report", "--html", ""]])
+def test_an_empty_path_is_named_empty_not_taken_for_the_directory(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `swarm run ""` said ".: not a regular file".
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.endswith(": an empty path; name one\n")
+
+
 @pytest.mark.parametrize(
     "setting",
     ['worktree_root = "/tmp/{long}"', 'link = ["{long}"]', 'checks = ["/{long}"]', "--agent"],

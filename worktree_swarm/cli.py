@@ -125,6 +125,23 @@ def _exclusive(**given: bool) -> None:
         raise BadInputError(f"{' and '.join(used)} exclude each other; give one of them")
 
 
+class _Path(click.Path):
+    """A path argument that is not empty: ``""`` would be taken for ``.`` (named as such).
+
+    Not ``-C``: ``-C ""`` is the directory you are in, as git has it.
+    """
+
+    def convert(  # click's own signature
+        self,
+        value: Any,  # noqa: ANN401
+        param: click.Parameter | None,
+        ctx: click.Context | None,
+    ) -> Any:  # noqa: ANN401
+        if value == "":
+            self.fail("an empty path; name one", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
     """Refuse *option*, when *given*, unless *needed* is *present* (it would do nothing)."""
     if given and not present:
@@ -187,7 +204,7 @@ def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
         "swarm run --issues 12,15 --agent claude --detach",
     )
 )
-@click.argument("manifest", required=False, type=click.Path(path_type=Path))
+@click.argument("manifest", required=False, type=_Path(path_type=Path))
 @click.option("-t", "--task", "inline", multiple=True, metavar="ID=PROMPT", help="An inline task.")
 @click.option(
     "--prompt-file", multiple=True, metavar="ID=FILE", help="A task whose prompt is a file."
@@ -208,7 +225,7 @@ def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
     help="Validate, print every task's settings as resolved (a manifest), create nothing.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
-@click.option("--from-spec", type=click.Path(path_type=Path), hidden=True)
+@click.option("--from-spec", type=_Path(path_type=Path), hidden=True)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -1017,7 +1034,7 @@ def doctor_cmd(
 @click.option(
     "--html",
     "html_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML report (timeline, table, details) to FILE.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/report.md).")
@@ -1054,7 +1071,7 @@ def report_cmd(
 @click.argument("goal")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_Path(dir_okay=False, path_type=Path),
     default=Path("tasks.toml"),
     show_default=True,
     help="Where to write the manifest.",
