@@ -996,6 +996,8 @@ def _big(tmp_path: Path) -> str:
         # Root may write anywhere, as far as access checks go: /proc still makes nothing.
         ('worktree_root = "/proc/wt"', "/proc"),
         ('worktree_root = "../a\\nb"', "set `worktree_root` to a plain path"),
+        # not a control character, and no space either: said so, not "a control character"
+        ('worktree_root = "../a\\u00a0b"', "holds a character that does not print (a control"),
         ('worktree_root = "."', "is inside"),
         ('worktree_root = "src"', "is inside"),
         ('worktree_root = ".git"', "is inside"),

@@ -398,8 +398,9 @@ class RunSettings:
         default_doc="`<repo parent>/<repo name>.swarm`",
         doc="where worktrees go; relative to the repository root; outside the checkout and its "
         "git directory, not a system or home directory (`/tmp`, `/var/tmp` and `/dev/shm` "
-        "themselves included: name a directory of its own), no control character in it, and a "
-        "directory can be made there (checked by making and removing one: root passes access "
+        "themselves included: name a directory of its own), no character in it that does not "
+        "print (a control character, a blank other than the space), and a directory can be "
+        "made there (checked by making and removing one: root passes access "
         "checks `/proc` refuses)",
     )
     commit_author: str = setting(

@@ -85,8 +85,9 @@ def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None)
     where = f"worktree_root {root}"
     if not str(root).isprintable():  # a newline would split every line that shows a worktree
         raise BadInputError(
-            f"worktree_root {str(root)!r} holds a control character (by default it is named "
-            "after your repository's directory); set `worktree_root` to a plain path"
+            f"worktree_root {str(root)!r} holds a character that does not print (a control or "
+            "blank one, not a space: unset, worktree_root is named after your repository's "
+            "directory); set `worktree_root` to a plain path"
         )
     real = real_path(root)
     for inside in (repo.common_dir, repo.root, checkout):
