@@ -19,7 +19,7 @@ import pytest
 import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import starts, supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
@@ -209,7 +209,8 @@ def test_identity_and_is_alive(start, tmp_path: Path) -> None:
     agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
     read_pid(tmp_path / "ready")
     assert identity_of(agent.identity.pid) == agent.identity
-    assert agent.identity.create_time == psutil.Process(agent.identity.pid).create_time()
+    # in the frame of the boot time kept for this boot: psutil's moves with a step of the clock
+    assert agent.identity.create_time == starts.start_time(agent.identity.pid)
     assert is_alive(agent.identity)
     assert agent.poll() is None
     kill_tree(agent.identity, grace=5)

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import filelock
-import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
@@ -41,6 +40,7 @@ from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.channel import moving_refs
 from worktree_swarm.guard.watcher import Guard
+from worktree_swarm.infra import starts
 from worktree_swarm.infra.supervisor import identity_of
 
 AgentFactory = Callable[[str], list[str]]
@@ -242,7 +242,9 @@ me = psutil.Process()
 own = moves / f'{me.pid}-forged.json'
 held = attempt(lambda: open(own, 'w'))
 if held is not None:
-    held.write(json.dumps({**claim, 'pid': me.pid, 'started': me.create_time()}))
+    # its start as swarm's own writers state theirs (the wall clock may have stepped since boot)
+    from worktree_swarm.infra import starts
+    held.write(json.dumps({**claim, 'pid': me.pid, 'started': starts.of(me)}))
     held.flush()
     deadline = time.time() + 30
     while time.time() < deadline and not own.with_name(own.name + '.verdict').exists():
@@ -1128,7 +1130,7 @@ def test_a_writer_waits_only_for_a_live_guard_that_holds_its_listening_file(
     where = opened.state_dir / "ref-moves"
     where.mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone_started = psutil.Process(gone.pid).create_time()
+    gone_started = starts.start_time(gone.pid)  # as swarm states a start
     gone.wait()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     listener = subprocess.Popen(
@@ -1143,7 +1145,7 @@ def test_a_writer_waits_only_for_a_live_guard_that_holds_its_listening_file(
         dead = where / f"{gone.pid}-0000.listening"
         dead.write_text(json.dumps({"pid": gone.pid, "started": gone_started}))
         planted = where / f"{sleeper.pid}-1111.listening"
-        started = psutil.Process(sleeper.pid).create_time()
+        started = starts.start_time(sleeper.pid)
         planted.write_text(json.dumps({"pid": sleeper.pid, "started": started}))
         real = next(p for p in where.glob(f"{listener.pid}-*.listening"))
         done = threading.Event()
