@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,7 +63,11 @@ def stop(
     if _managed(repo, store, run_id):
         # It stops each within its grace, a group of them at once; checkpoints take a while.
         deadline = time.monotonic() + 2 * grace + 30
-        left = _wait_final(repo, store, run_id, targets, deadline=deadline)
+        # One stopped (SIGSTOP, Ctrl-Z) for a grace on end acts on nothing until it goes on.
+        stopped = (lambda: manager_frozen(run) is not None) if run is not None else None
+        left = _wait_final(
+            repo, store, run_id, targets, deadline=deadline, frozen=stopped, patience=grace
+        )
         if not left:
             return targets
         if _managed(repo, store, run_id):
@@ -413,15 +417,31 @@ def _kill_steps(task_logs: Path, *, grace: float) -> None:
 
 
 def _wait_final(
-    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], *, deadline: float
+    repo: git.Repo,
+    store: Store,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    deadline: float,
+    frozen: Callable[[], bool] | None = None,
+    patience: float = 0.0,
 ) -> list[str]:
     """Wait until the manager has recorded every task as final; those it has not.
 
-    Returns early when the manager is gone (it died before it stopped them).
+    Returns early when the manager is gone (it died before it stopped them), or *frozen*
+    (stopped) for *patience* seconds on end.
     """
+    frozen_since: float | None = None
     while True:
         rows = {row.task_id: row for row in store.tasks(run_id)}
         left = [t for t in task_ids if not rows[t].state.is_final]
-        if not left or time.monotonic() >= deadline or not lock.manager_alive(repo.state_dir):
+        now = time.monotonic()
+        if not left or now >= deadline or not lock.manager_alive(repo.state_dir):
             return left
+        if frozen is not None and frozen():
+            frozen_since = now if frozen_since is None else frozen_since
+            if now - frozen_since >= patience:
+                return left
+        else:
+            frozen_since = None
         time.sleep(0.1)
