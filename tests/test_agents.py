@@ -823,7 +823,10 @@ def test_command_adapter_reads_exit_code_then_messages(
 
 @pytest.mark.parametrize(
     ("code", "reason"),
-    [(-9, "agent killed by signal 9: half"), (None, "agent ended without an exit status: half")],
+    [
+        (-9, "agent killed by signal 9: half"),
+        (None, "agent ended without an exit status (what watched it was killed first): half"),
+    ],
 )
 def test_an_agent_killed_or_ended_unseen_says_so(code: int | None, reason: str) -> None:
     result = CommandAdapter().interpret(exit_code=code, log_text="working\nhalf\n", now=NOW)
