@@ -54,6 +54,17 @@ pathlib.Path(os.environ["SWARM_TASK_ID"] + ".txt").write_text("lived through the
 """
 
 
+def _stepping(tmp_path: Path, by: float) -> tuple[dict[str, str], Path]:
+    """An environment whose swarm processes step their wall clock *by* once the file is made."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_STEP)
+    trigger = tmp_path / "stepped"
+    env = {**os.environ, "SWARM_TEST_STEP": str(trigger), "SWARM_TEST_STEP_BY": str(by)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    return env, trigger
+
+
 @pytest.mark.parametrize("by", [3.0, -3.0, 3600.0])
 def test_a_step_of_the_wall_clock_ends_no_agent_and_no_manager(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, by: float
@@ -61,15 +72,10 @@ def test_a_step_of_the_wall_clock_ends_no_agent_and_no_manager(
     # A step of over a second made every running agent's start differ from the one recorded:
     # each was taken for gone and killed as a leftover, and `swarm status` said the manager
     # was not running while it ran.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_STEP)
-    trigger = tmp_path / "stepped"
+    env, trigger = _stepping(tmp_path, by)
     agent = argv_toml([*write_agent(_AGENT), str(tmp_path)])
     text = f'[defaults]\nagent = {agent}\njobs = 2\ntimeout = "10m"\n'
     text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
-    env = {**os.environ, "SWARM_TEST_STEP": str(trigger), "SWARM_TEST_STEP_BY": str(by)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     manager = swarm_bg(repo, "run", manifest(repo, text), env=env)
     try:
         wait_for(
@@ -149,14 +155,9 @@ def test_an_agent_adopted_after_a_step_keeps_the_time_its_timeout_left(
     # The manager was killed, the clock stepped an hour forward, `swarm resume` adopted the
     # live agent: its timeout counted from the record's wall-clock start, an hour "ago", and
     # the agent (10 minutes to go) was killed as timed out at once.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_STEP)
-    trigger = tmp_path / "stepped"
+    env, trigger = _stepping(tmp_path, 3600.0)
     agent = argv_toml([*write_agent(_AGENT), str(tmp_path)])
     text = f'[defaults]\nagent = {agent}\ntimeout = "10m"\n[[task]]\nid = "a"\nprompt = "p"\n'
-    env = {**os.environ, "SWARM_TEST_STEP": str(trigger), "SWARM_TEST_STEP_BY": "3600"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     manager = swarm_bg(repo, "run", manifest(repo, text), env=env)
     resumed = None
     try:
