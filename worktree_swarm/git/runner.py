@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
@@ -165,6 +165,17 @@ def _sparse_settings(files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
 
 _cache_lock = threading.Lock()
 _cache: dict[tuple[object, ...], tuple[tuple[str, str], ...]] = {}
+# Entries per cache (oldest used dropped first). Keyed per checkout: a run adds one per task
+# worktree, and one of a task long ended is rarely asked again (a miss reads three small files).
+_CACHE_MAX = 256
+
+
+def _bounded_put(cache: dict[Any, Any], key: object, value: object) -> None:
+    """Put *key* in *cache* as its newest entry, the oldest dropped past ``_CACHE_MAX``."""
+    cache.pop(key, None)
+    while len(cache) >= _CACHE_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def git_dir(checkout: Path) -> Path:
@@ -197,6 +208,8 @@ def _config_files(cwd: Path) -> list[Path]:
     dotgit = _signature(cwd / ".git")
     with _cache_lock:
         known = _located.get(str(cwd))
+        if known is not None:  # the newest again: used last, dropped last
+            _located[str(cwd)] = _located.pop(str(cwd))
     if known is not None and known[0] == dotgit and _signature(known[1] / "commondir") == known[2]:
         return known[3]
     try:
@@ -214,9 +227,7 @@ def _config_files(cwd: Path) -> list[Path]:
     files = [admin / "config.worktree", common / "config", common / "config.worktree"]
     if dotgit == _signature(cwd / ".git") and located == _signature(commondir):
         with _cache_lock:
-            if len(_located) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
-                _located.clear()
-            _located[str(cwd)] = (dotgit, admin, located, files)
+            _bounded_put(_located, str(cwd), (dotgit, admin, located, files))
     return files
 
 
@@ -273,6 +284,8 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
         return _scan_repository_config(cwd)
     with _cache_lock:
         cached = _cache.get(key)
+        if cached is not None:
+            _cache[key] = _cache.pop(key)  # the newest again
     if cached is not None:
         return cached
     shared = _content_key(files)
@@ -282,16 +295,16 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
         return _scan_repository_config(cwd)
     with _cache_lock:
         result = _cache.get(shared)
+        if result is not None:
+            _cache[shared] = _cache.pop(shared)  # shared by every worktree: kept the newest
     if result is None:
         result = _scan_repository_config(cwd)
         # Cached only when the files did not change while git read them.
         if _stat_key(files) != key[1] or _content_key(files) != shared:
             return result
     with _cache_lock:
-        if len(_cache) > 4096:  # noqa: PLR2004 - a bound, not a tuning knob
-            _cache.clear()
-        _cache[key] = result
-        _cache[shared] = result
+        _bounded_put(_cache, key, result)
+        _bounded_put(_cache, shared, result)
     return result
 
 

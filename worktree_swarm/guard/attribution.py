@@ -49,13 +49,16 @@ class Agents:
         """The agents (but *exclude*) alive at some time within *window*."""
         start, end = window
         found = []
-        for task_id, agent in self._now().items():
-            if task_id in exclude:
-                continue
-            for began, ended in agent.intervals:
-                if began is not None and began <= end and (ended is None or ended >= start):
-                    found.append(task_id)
-                    break
+        # Read under the lock, not from a copy of every agent: one copy per call made each
+        # scan and each attempt's check cost O(agents ever run) in allocations.
+        with self._lock:
+            for task_id, agent in self._agents.items():
+                if task_id in exclude:
+                    continue
+                for began, ended in agent.intervals:
+                    if began is not None and began <= end and (ended is None or ended >= start):
+                        found.append(task_id)
+                        break
         return tuple(sorted(found))
 
     def alive_around(self, when: float, *, exclude: Sequence[str]) -> tuple[str, ...]:

@@ -35,12 +35,12 @@ _LEAF_LINKS = 2  # a directory's link count without subdirectories, where they a
 Signature = tuple[tuple[int, int, int, int] | None, ...]
 
 
-def signature(files: Iterable[Path]) -> Signature:
+def signature(files: Iterable[Path | str]) -> Signature:
     """Inode, size, mtime and ctime of each of *files* (None when missing)."""
     out: list[tuple[int, int, int, int] | None] = []
     for path in files:
         try:
-            st = path.stat()
+            st = os.stat(path)  # noqa: PTH116 - a name, not a Path: kept all run per place
         except OSError:
             out.append(None)
         else:
@@ -51,7 +51,7 @@ def signature(files: Iterable[Path]) -> Signature:
 @dataclass(slots=True, kw_only=True)
 class _Place:
     root: Path
-    git_files: tuple[Path, ...]
+    git_files: tuple[str, ...]  # names, not Paths: one place per task worktree, kept all run
     skip: set[Path]  # real paths not to descend into
     signature: Signature
     wds: set[int] = field(default_factory=set)
@@ -97,9 +97,9 @@ class Changes:
             real = Path(os.path.realpath(root))
             place = _Place(
                 root=real,
-                git_files=tuple(git_files),
+                git_files=tuple(map(os.fspath, git_files)),
                 skip={Path(os.path.realpath(p)) for p in skip},
-                signature=signature(git_files),
+                signature=signature(map(os.fspath, git_files)),
             )
             self._places[key] = place
             if self._ino is None:
