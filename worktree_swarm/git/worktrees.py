@@ -500,6 +500,16 @@ _ADMIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 _OWN_LAYOUT = (b"worktreeconfig", b"relativeworktrees", b"include")
 
 
+def _named_after(admin: str, name: str) -> bool:
+    """Whether git could have named the admin dir *admin* for the worktree directory *name*.
+
+    The directory's name, then ``name1``, ``name2``... (no pattern compiled per worktree:
+    the `re` module keeps each one it compiles).
+    """
+    rest = admin.removeprefix(name)
+    return admin.startswith(name) and (not rest or (rest.isascii() and rest.isdigit()))
+
+
 def _register(repo: Repo, path: Path, branch: str) -> bool:
     """Register *path* as a worktree on *branch* as `git worktree add --no-checkout` does.
 
@@ -524,10 +534,9 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
     # A registration whose directory is gone: git refuses the path, and so does this. Only
     # admin dirs named after it are read (git names them so; `worktree move` keeps the old
     # name, which `preflight`'s full listing covers).
-    own = re.compile(re.escape(path.name) + r"\d*")
     target = real_path(path / ".git")
     with os.scandir(root) as entries:
-        names = [entry.name for entry in entries if own.fullmatch(entry.name)]
+        names = [entry.name for entry in entries if _named_after(entry.name, path.name)]
     for known in names:
         try:
             gitdir = fs.read_text(root / known / "gitdir").strip()
