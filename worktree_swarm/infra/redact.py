@@ -126,7 +126,8 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
         name, value = m.group("name"), m.group("dq") or m.group("sq") or m.group("bare") or ""
         if is_secret_name(name) and _made_up(value):
             found.append((name, value))
-    found.extend(("a URL's password", value) for value in sorted(url_passwords(text)))
+    passwords = (m.group(1) for m in _URL_PASSWORD.finditer(text))
+    found.extend(("a URL's password", value) for value in passwords if _made_up(value))
     return found
 
 
@@ -134,13 +135,6 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
 # or from the longer one without.
 _MADE_UP_MIXED = 8
 _MADE_UP_ANY = 16
-
-
-def url_passwords(text: str) -> set[str]:
-    """The passwords of the URLs in *text* that look made up (``postgres://app:PW@db``)."""
-    if "://" not in text:
-        return set()
-    return {m.group(1) for m in _URL_PASSWORD.finditer(text) if _made_up(m.group(1))}
 
 
 def _made_up(value: str) -> bool:
@@ -169,13 +163,10 @@ class Redactor:
 
     def __init__(self, env: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         """Also redact the literal values of *env* variables whose names look secret."""
-        pairs = list(env.items() if isinstance(env, Mapping) else env)
+        pairs = env.items() if isinstance(env, Mapping) else env
         whole = {
             value for name, value in pairs if is_secret_name(name) and len(value) >= MIN_SECRET_LEN
         }
-        # A URL's password under any name (a DATABASE_URL): known as a value, so that it is
-        # also left out of swarm's commits and refused by `swarm pr` and `swarm merge`.
-        whole.update(password for _, value in pairs for password in url_passwords(value))
         # A value of several lines (a PEM key) is found a line at a time too: a log's tail, a
         # live view or a stream redacted line by line holds one line of it, not the whole.
         # Only its lines of one made-up word: not `-----END PRIVATE KEY-----` or a JSON
@@ -329,11 +320,7 @@ def add_env(pairs: Iterable[tuple[str, str]]) -> None:
     """From now on also redact the values of *pairs* (a task's ``env``) whose names say secret."""
     global _current  # noqa: PLW0603
     with _lock:
-        fresh = {
-            f"{name}\0{value}": value
-            for name, value in pairs
-            if is_secret_name(name) or url_passwords(value)
-        }
+        fresh = {f"{name}\0{value}": value for name, value in pairs if is_secret_name(name)}
         if fresh.keys() - _extra.keys():
             _extra.update(fresh)
             _current = None
