@@ -142,6 +142,21 @@ class _Path(click.Path):
         return super().convert(value, param, ctx)
 
 
+@contextlib.contextmanager
+def _paths_given() -> Iterator[None]:
+    """A path you gave (a setting, a flag) with a name too long is bad input, not a crash.
+
+    Python's ``is_dir()`` and ``is_file()`` say False for a missing file but raise this.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        name = exc.filename or "a path"
+        raise BadInputError(f"{name}: {exc.strerror}; give a shorter path") from None
+
+
 def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
     """Refuse *option*, when *given*, unless *needed* is *present* (it would do nothing)."""
     if given and not present:
@@ -283,21 +298,22 @@ def run(
             repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
         )
         extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
-    spec = build_run_spec(
-        repo_root=repo.root,
-        manifest=manifest,
-        inline=inline,
-        prompt_files=prompt_file,
-        overrides=_overrides(flags),
-        extra_tasks=extra,
-    )
-    # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
-    checkout = git.checkout_root(Path(ctx.obj["dir"]))
-    base = git.checkout_head(checkout)
-    if spec.worktree_root is not None:
-        worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
-    for task in spec.tasks:
-        worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
+    with _paths_given():
+        spec = build_run_spec(
+            repo_root=repo.root,
+            manifest=manifest,
+            inline=inline,
+            prompt_files=prompt_file,
+            overrides=_overrides(flags),
+            extra_tasks=extra,
+        )
+        # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
+        checkout = git.checkout_root(Path(ctx.obj["dir"]))
+        base = git.checkout_head(checkout)
+        if spec.worktree_root is not None:
+            worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+        for task in spec.tasks:
+            worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
     if spec.executor is Executor.RAY:
         from worktree_swarm.run import ray_exec
 
@@ -1049,7 +1065,8 @@ def report_cmd(
 
     repo = _repo(ctx)
     if html_path is not None:
-        report_html.check_output(html_path)
+        with _paths_given():
+            report_html.check_output(html_path)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id), repo=repo)
@@ -1097,7 +1114,8 @@ def plan_cmd(
 
     repo = _repo(ctx)
     settings = plan.api_settings(api_url=api_url)
-    plan.check_output(out, force=force)
+    with _paths_given():
+        plan.check_output(out, force=force)
     result = plan.make_plan(
         repo_root=repo.root,
         goal=goal,
@@ -1276,10 +1294,6 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         text = faults.retry_with(faults.full_message(where, exc), command)
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
-    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path given: bad input
-        text = f"{exc.filename or 'a path'}: {exc.strerror}; give a shorter path"
-        click.echo(f"swarm: {_one_line(text)}", err=True)
-        return ExitCode.BAD_INPUT
     # A file where swarm's state directory (or one in it) belongs is in the way, as read-only.
     if isinstance(exc, OSError) and (
         exc.errno in _NOT_WRITABLE
