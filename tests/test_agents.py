@@ -825,7 +825,7 @@ def test_command_adapter_reads_exit_code_then_messages(
     ("code", "reason"),
     [
         (-9, "agent killed by signal 9: half"),
-        (None, "agent ended without an exit status (what watched it was killed first): half"),
+        (None, "agent ended without an exit status (none was recorded): half"),
     ],
 )
 def test_an_agent_killed_or_ended_unseen_says_so(code: int | None, reason: str) -> None:

@@ -451,7 +451,7 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
             # Checked again, now that no other manager can start: one started at the same
             # instant (that finished while this one waited for the lock) may have made these
             # branches and worktrees since; a run recorded here would take them over as its
-            # own, failed. (Refused here, the store is that other run's already.)
+            # own, failed. (Refused here, the store is most likely that other run's.)
             items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
             worktrees.preflight(repo, items, next_step=runs.next_step_for(repo))
             if _uncommitted(checkout):
@@ -589,8 +589,7 @@ def _execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool)
 
     with _observer(store, as_json=as_json) as observer:
         runner = make(observer)
-        with _sigterm_as_interrupt():
-            states = runner.execute()
+        states = runner.execute()  # SIGTERM interrupts it as Ctrl-C does (main)
     if not as_json:
         try:
             _print_summary(store, runner.run_id)
@@ -613,7 +612,7 @@ def _observer(store: Store, *, as_json: bool) -> Iterator[Observer]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM, and SIGHUP (the terminal closed), stop the run as Ctrl-C does.
+    """SIGTERM, and SIGHUP (the terminal closed), interrupt the command as Ctrl-C does.
 
     A SIGHUP that is ignored (``nohup``) stays ignored. After a hangup what is still said on
     the terminal goes nowhere: writing there fails, and would cut the stop short.
@@ -884,8 +883,8 @@ def merge_cmd(
         present=not dry_run,
     )
     repo = _repo(ctx)
-    # SIGTERM like Ctrl-C: a resolver or check being waited for is killed with its tree.
-    with status.open_store(repo) as store, _sigterm_as_interrupt():
+    # SIGTERM is Ctrl-C (main): a resolver or check being waited for is killed with its tree.
+    with status.open_store(repo) as store:
         report = merge.merge(
             repo,
             store,

@@ -329,8 +329,9 @@ def unavailable(text: str) -> bool:
 def exit_phrase(exit_code: int | None, label: str) -> str:
     """How the process ended, for a reason line."""
     if exit_code is None:
-        # Its shim (or, without one, its manager) was killed before it wrote the status down.
-        return f"{label} ended without an exit status (what watched it was killed first)"
+        # Its shim (or, without one, its manager) was killed before it wrote the status down,
+        # or the machine went down with them.
+        return f"{label} ended without an exit status (none was recorded)"
     if exit_code < 0:
         return f"{label} killed by signal {-exit_code}"
     return f"{label} exited {exit_code}"

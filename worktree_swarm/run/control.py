@@ -79,9 +79,10 @@ def stop(
         # The manager died before it stopped them: stopped here, as with no manager.
     with _unmanaged_stop(repo, run_id) as beside:
         stop_unmanaged(repo, store, run_id, left, grace=grace, announce=beside)
-        # As the manager would (under its lock: a resume must not start one meanwhile).
+        # As the manager would (under its lock: a resume must not start one meanwhile, nor
+        # write the logs the end's redaction rewrites).
         _block_dependents(store, run_id)
-    end_if_final(repo, store, run_id)  # nothing left to resume: `swarm run` is not refused for it
+        end_if_final(repo, store, run_id)  # nothing left to resume: a `swarm run` may start
     # Not one whose agent had ended by itself meanwhile (recorded done or failed): never said
     # to be stopped.
     ended = {row.task_id: row.state for row in store.tasks(run_id)}
@@ -213,8 +214,8 @@ def scrub_ended(
     for row in store.tasks(run_id):  # a task's secret can show in another's log, or a note
         know_task_secrets(repo, store, run_id, row.task_id)
     root = run_dir(repo, run_id)
-    if task_ids is None:
-        redact.scrub_tree(root, skip=SCRUB_SKIP)
+    if task_ids is None:  # not a `swarm merge`'s directory: it may run, and redacts its own
+        redact.scrub_tree(root, skip=(*SCRUB_SKIP, "merge"))
     for task_id in task_ids or ():
         redact.scrub_tree(root / task_id, skip=TASK_SCRUB_SKIP)
 

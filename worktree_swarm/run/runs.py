@@ -143,6 +143,7 @@ def refuse_or_abandon(repo: git.Repo, store: Store, *, force: bool) -> list[str]
         control.stop_unmanaged(repo, store, run.run_id, targets)
         retry.settle_guard(repo, store, run.run_id)  # what its guard was at
         store.finish_run(run.run_id, status=RUN_STATUS_ABANDONED)
+        control.scrub_ended(repo, store, run.run_id)  # as its manager's end would have
     return [r.run_id for r in orphans]
 
 
