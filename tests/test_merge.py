@@ -410,7 +410,7 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
         assert "checking" in {r["merge_result"] for r in status_json(base_repo).values()}
         # `swarm clean` keeps its branch for the merge at work, not for one "cut off"
         looked = swarm(base_repo, "clean").stdout
-        assert "a `swarm merge` is checking its merge into release" in looked, looked
+        assert "its merge into release is unchecked while a `swarm merge` runs" in looked, looked
     finally:
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait(timeout=30)

@@ -467,7 +467,9 @@ def _kept_for(
     if needed_by is not None:
         return f"task {needed_by} still starts from it"
     if task.merge_result == MERGE_CHECKING and merging:
-        return f"a `swarm merge` is checking its merge into {task.merge_target}"
+        # The merge lock is the repository's: that merge may be another run's, or into another
+        # branch; either way this one is not "cut off" while it runs.
+        return f"its merge into {task.merge_target} is unchecked while a `swarm merge` runs"
     if task.merge_result == MERGE_CHECKING:  # not landed: the next merge undoes it
         again = merge_again(task.merge_target)
         return f"its merge into {task.merge_target} was cut off; run `{again}` again first"
