@@ -1386,6 +1386,7 @@ def test_secret_names(name: str, secret: bool) -> None:
     [
         ("db postgres://app:s3cr3t-pw@db:5432/x", "s3cr3t-pw"),
         ("https://user:tok-123456@github.com/a/b.git", "tok-123456"),
+        ("REDIS_URL=redis://:r3dis-pw-77@cache:6379/0", "r3dis-pw-77"),  # no user: Redis's way
         ("google AIza" + "B" * 35, "BBBBBBBB"),
         ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "eyJzdWIi"),
         ("slack xoxb-1234567890-abcdefghij", "abcdefghij"),

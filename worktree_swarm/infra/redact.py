@@ -68,7 +68,7 @@ _JWT = r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"
 # token <x>`, and NAME=value / NAME: value / "name": "value" where NAME says it holds a secret.
 _SHAPES = (
     f"(?P<shape>{_FORMATS}|{_JWT})"
-    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]+:)[^\s/@\"'<>]+(?P<at>@)"
+    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+(?P<at>@)"
     r"|(?P<scheme>\b(?i:bearer\s+|authorization:\s*(?:token|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}"
     rf"|(?P<kw>(?i:{_KEYWORDS}))(?P<suffix>[A-Za-z0-9_]*)"
     # On the same line: `key=` at a line's end is no setting of the next line's first word.
@@ -110,7 +110,8 @@ _SETTING = re.compile(
     r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s#,;]+))""",
     re.MULTILINE,
 )
-_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]+:([^\s/@\"'<>]+)@")
+# The user may be empty: `redis://:PASSWORD@cache:6379`.
+_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:([^\s/@\"'<>]+)@")
 
 
 def file_secrets(text: str) -> list[tuple[str, str]]:
