@@ -360,9 +360,8 @@ def _dry_run(
 ) -> int:
     """Print the run `swarm run` would start (validated: nothing was created)."""
     from worktree_swarm.config import resolved
-    from worktree_swarm.run.runner import redact_secrets_of
 
-    redact_secrets_of(repo.root, spec)  # one repeated in a check or a prompt, as a run does
+    status.know_secrets_of(repo.root, spec.tasks)  # one repeated in a check or a prompt
     if as_json:
         settings = resolved.run_settings(spec)
         tasks = [

@@ -146,11 +146,10 @@ def _flag_name(key: str) -> str:
 
 def _key_where(
     where: str, table: Mapping[str, object], set_by: Mapping[str, str]
-) -> Callable[[str], str]:
-    """Name a key of the task at *where*: its own, or the level it inherited the key from."""
+) -> Callable[[str, str], str]:
+    """Name *key* of the task at *where*, shown as *item*: its own, or the level it came from."""
 
-    def named(item: str) -> str:
-        key = item.partition("[")[0].partition(" ")[0]
+    def named(key: str, item: str) -> str:
         if table.get(key) is not None or key not in set_by:
             return f"{where}: {item}"
         return f"{set_by[key]}: {item} (inherited by {where})"

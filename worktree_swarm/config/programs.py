@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def check_task(task: Task, *, where: Callable[[str], str], repo_root: Path) -> None:
+def check_task(task: Task, *, where: Callable[[str, str], str], repo_root: Path) -> None:
     """Raise BadInputError for a program of *task*'s commands or a `link` source that is missing.
 
-    *where* names the place that set a key of the task (``where("checks[0]")``: its own table,
-    a `[defaults]`, the config file, a flag), for the error to point at the line to fix.
+    *where* names the place that set a key of the task (``where("checks", "checks[0]")``: its
+    own table, a `[defaults]`, the config file, a flag), for the error to point at the line to
+    fix.
 
     A program is looked for as the task will run it (the task's own `PATH` when its `env` sets
     one), unless a `setup` step before the command could install it: then it is not asked for
@@ -30,16 +31,17 @@ def check_task(task: Task, *, where: Callable[[str], str], repo_root: Path) -> N
     """
     path = dict(task.env).get("PATH", os.environ.get("PATH", os.defpath))
     if task.setup:
-        check_program(task.setup[0][0], path, where=where("setup[0]"))
+        check_program(task.setup[0][0], path, where=where("setup", "setup[0]"))
     else:
         for i, argv in enumerate(task.checks):
-            check_program(argv[0], path, where=where(f"checks[{i}]"))
+            check_program(argv[0], path, where=where("checks", f"checks[{i}]"))
     root = repo_root.absolute()
     for name in task.link:
         if not (root / name).is_dir():
             raise BadInputError(
-                f"{where(f'link {name!r}')}: {root / name} is missing or not a directory; create "
-                "it in your checkout (install the dependencies there) or remove it from `link`"
+                f"{where('link', f'link {name!r}')}: {root / name} is missing or not a "
+                "directory; create it in your checkout (install the dependencies there) or remove "
+                "it from `link`"
             )
 
 

@@ -13,7 +13,6 @@ from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import runner
 from worktree_swarm.infra import fs, redact, supervisor
 
-DEFAULT_TIMEOUT = STEP_TIMEOUT
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
 KILL_GRACE = 5.0
 
@@ -69,7 +68,7 @@ def run_resolver(
     argv = adapter.argv(task.agent_argv, values=values, session_id=None, resume_prompt=None)
     agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
     log_path = logs / f"resolve-{task.id}.log"
-    limit = task.resolve_timeout or task.timeout or DEFAULT_TIMEOUT
+    limit = task.resolve_timeout or task.timeout or STEP_TIMEOUT
     # Under the shim: a timeout or Ctrl-C kills the resolver's whole tree.
     try:
         ended = supervisor.run_to_end(

@@ -15,6 +15,7 @@ from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
     MERGE_CHECKING,
     ProcessIdentity,
+    Task,
     TaskState,
     merge_again,
 )
@@ -438,11 +439,19 @@ def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -
     files; the environment's are known to every swarm process already.
     """
     row = store.task(run_id, task_id)
-    if row is None:
-        return
-    task = task_from_json(row.spec_json)
-    redaction.add_env(task.env)
-    redaction.add_env(worktrees.copied_secrets(repo.root, task.copy))
+    if row is not None:
+        know_secrets_of(repo.root, [task_from_json(row.spec_json)])
+
+
+def know_secrets_of(root: Path, tasks: Iterable[Task]) -> None:
+    """Redact *tasks*' secret-named `env` values and their `copy` files' secrets from now on.
+
+    From everything this process writes; the `copy` files are those below *root* (each file
+    read once, whatever number of tasks copies it).
+    """
+    tasks = list(tasks)
+    redaction.add_env(pair for task in tasks for pair in task.env)
+    redaction.add_env(worktrees.copied_secrets(root, sorted({g for t in tasks for g in t.copy})))
 
 
 def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int | None]:

@@ -19,9 +19,6 @@ from worktree_swarm.infra import fs, supervisor
 from worktree_swarm.infra.logtail import from_word_start
 
 TAIL_LINES = 15
-# A step's limit unless the task sets `setup_timeout` / `check_timeout`: overnight, a check
-# that hangs must not hold its task (and a check slot) until morning.
-DEFAULT_STEP_TIMEOUT = STEP_TIMEOUT
 _TAIL_BYTES = 64 * 1024
 
 # Markers of unfinished work an agent may leave while looking successful. Only lines the
@@ -147,11 +144,12 @@ def run_steps(
     """Run argv steps in order, appending their output to *log*; the first failure or None.
 
     Each step runs under the shim (its whole tree dies with it) and is killed when it runs
-    longer than *timeout* (default :data:`DEFAULT_STEP_TIMEOUT`), prints more than *max_log*
-    bytes, or when *stop* is set. *on_start* is handed each step's process identity as it
+    longer than *timeout* (default ``STEP_TIMEOUT``: overnight, a check that hangs must not
+    hold its task and a check slot until morning), prints more than *max_log* bytes, or when
+    *stop* is set. *on_start* is handed each step's process identity as it
     starts.
     """
-    limit = DEFAULT_STEP_TIMEOUT if timeout is None else timeout
+    limit = STEP_TIMEOUT if timeout is None else timeout
     log.parent.mkdir(parents=True, exist_ok=True)
     for number, argv in enumerate(steps, start=1):
         shown = shlex.join(argv)  # as the user would type it again, quoting kept

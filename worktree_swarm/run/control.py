@@ -29,7 +29,7 @@ from worktree_swarm.guard import channel, integrity
 from worktree_swarm.infra import lock, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
-from worktree_swarm.report.status import commit_author, know_task_secrets, manager_frozen
+from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry
 from worktree_swarm.run.task_worker import LOG_READ_LIMIT, attempt_outcome
 
@@ -211,8 +211,8 @@ def scrub_ended(
     *task_ids*: tasks whose programs are gone, in their directories; None: the whole run's
     directory (the findings too), for a run that ended without its manager.
     """
-    for row in store.tasks(run_id):  # a task's secret can show in another's log, or a note
-        know_task_secrets(repo, store, run_id, row.task_id)
+    # a task's secret can show in another's log, or a note
+    know_secrets_of(repo.root, [task_from_json(row.spec_json) for row in store.tasks(run_id)])
     root = run_dir(repo, run_id)
     if task_ids is None:  # not a `swarm merge`'s directory: it may run, and redacts its own
         redact.scrub_tree(root, skip=(*SCRUB_SKIP, "merge"))

@@ -19,7 +19,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import NoReturn, Unpack
 
 import psutil
@@ -39,12 +38,12 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.paths import SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard import remotes, sandbox
 from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT, Guard
 from worktree_swarm.infra import faults, proc, redact, supervisor
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
+from worktree_swarm.report.status import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
 from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox, unreachable
@@ -87,7 +86,7 @@ class Runner:
         self.run_id = run_id
         self.base_commit = base_commit
         self._observer = observer
-        redact_secrets_of(repo.root, spec)
+        know_secrets_of(repo.root, spec.tasks)
         self._tasks = {t.id: t for t in spec.tasks}
         self._scheduler = Scheduler(spec.tasks)
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
@@ -585,15 +584,6 @@ class Runner:
         self.store.add_event(self.run_id, kind, task_id=task_id, data=data)
         if self._observer is not None:
             self._observer(kind, task_id, data)
-
-
-def redact_secrets_of(root: Path, spec: RunSpec) -> None:
-    """Redact *spec*'s secret-named `env` values and its `copy` files' secrets from now on.
-
-    From everything this process writes; the `copy` files are those below *root*.
-    """
-    redact.add_env(pair for task in spec.tasks for pair in task.env)
-    redact.add_env(worktrees.copied_secrets(root, sorted({g for t in spec.tasks for g in t.copy})))
 
 
 def spec_to_json(spec: RunSpec) -> str:
