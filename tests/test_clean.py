@@ -121,6 +121,12 @@ def sleeper(cwd: Path, reaper: Reaper) -> subprocess.Popen[bytes]:
     return proc
 
 
+def index_copies(repo: Path) -> list[Path]:
+    """The guard's copies of checkouts' indexes in every run's directory."""
+    guards = (repo / ".git" / "swarm" / "runs").glob("*/guard")
+    return sorted(p for g in guards for p in g.iterdir() if p.name.endswith("index"))
+
+
 def test_clean_removes_finished_worktrees_and_merged_branches_only(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -128,6 +134,12 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     out = swarm(repo, "run", "--agent", agent, "-t", "edits=a", "-t", "nothing=b", "-t", "fails=c")
     assert out.returncode == 1, out.stderr
     root = repo.parent / "repo.swarm"
+    # The guard's copies of each checkout's index (the size of the index, per task) went
+    # after its last scan; those an older swarm left go with `clean --yes`.
+    (guard,) = (repo / ".git" / "swarm" / "runs").glob("*/guard")
+    assert index_copies(repo) == []
+    for name in ("task-edits.index", "main.scratch-index"):
+        (guard / name).write_bytes(b"DIRC")
     (root / "edits" / "later.txt").write_text("typed by the user after the run\n")
     before = checkout_state(repo)
 
@@ -146,6 +158,7 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     out = swarm(repo, "clean", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "done: checkpointed" in out.stdout
+    assert index_copies(repo) == []
     assert worktree_paths(repo) == [str(repo)]
     assert not root.exists()
     assert git(repo, "branch", "--list", "swarm/*").split() == ["swarm/edits", "swarm/fails"]
@@ -544,6 +557,13 @@ depends_on = ["quick", "slow"]
         assert str(kept["reason"]).endswith("task last still starts from it")
         assert not {str(root / "slow"), "swarm/slow", "swarm/last"} & set(found)
         assert (root / "slow").is_dir()
+        # The live run's copies of indexes are its guard's: clean leaves them; the guard drops
+        # the one of the worktree clean removed.
+        assert any(p.name == "main.index" for p in index_copies(repo))
+        wait_for(
+            lambda: not any(p.name.startswith("task-quick.") for p in index_copies(repo)),
+            what="the guard to drop its copy of quick's index",
+        )
     finally:  # its agent ends either way (it would outlive the manager the reaper kills)
         go.touch()
     assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
@@ -554,6 +574,7 @@ depends_on = ["quick", "slow"]
     assert not (root / "quick").exists()
     assert git(repo, "show", "swarm/last:quick.txt") == "quick"  # started from both
     assert git(repo, "show", "swarm/last:slow.txt") == "slow"
+    assert index_copies(repo) == []
 
 
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)

@@ -205,6 +205,7 @@ def test_a_manager_killed_once_the_guard_holds_the_objects_before_its_first_scan
     assert NOTE not in swarm(repo, "status").stdout
     # Let go: the dead guard's links would keep files a `git gc` of the user's frees.
     assert not list(runs.glob("*/guard/held"))
+    assert not list(runs.glob("*/guard/*index"))  # its copies of the checkouts' indexes too
     clean = swarm(repo, "clean", "--yes", "--force")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert not (repo.parent / "repo.swarm").exists()

@@ -43,12 +43,14 @@ from worktree_swarm.core.models import (
     INTEGRATION_PREFIX,
     MERGE_CHECKING,
     Executor,
+    RunStatus,
     merge_again,
 )
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock, parallel, supervisor
 from worktree_swarm.infra.store import EventRow, Store, TaskRow, task_from_json
 from worktree_swarm.report import status
@@ -168,6 +170,10 @@ def clean(
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
         _forget_sign_ins(repo, store, run_ids)
+        for rid in run_ids:  # a run deletes them after its last scan; an older swarm did not
+            run = store.get_run(rid)
+            if run is not None and run.status is not RunStatus.RUNNING:
+                snapshot.drop_baselines(paths.guard_dir(repo, rid))
     _remove_empty_root(repo)
     return Report(
         mode="clean",

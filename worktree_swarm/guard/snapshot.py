@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -112,6 +113,18 @@ def git_env(cwd: Path, env: dict[str, str], *args: str, input_text: str | None =
 def index_path(path: Path) -> Path:
     """The index file of the checkout *path*."""
     return git.git_dir(path) / "index"
+
+
+def drop_baselines(guard_dir: Path) -> None:
+    """Delete the copies of checkouts' indexes a guard compares against, once it looks no more.
+
+    One per task and per checkout of yours, each the size of its index: megabytes a task in a
+    big repository, which a finished run has no use for.
+    """
+    for pattern in ("*.index", "*.scratch-index", "*.scratch-index.lock"):
+        for copy in guard_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                copy.unlink()
 
 
 def symbolic_head(path: Path) -> str | None:

@@ -83,6 +83,7 @@ from worktree_swarm.guard.snapshot import (
     capture,
     changed_paths,
     describe_head,
+    drop_baselines,
     files_patch,
     index_path,
     is_clean,
@@ -824,6 +825,7 @@ class Guard:
                 if not place.path.is_dir():
                     del self._places[place.where]  # removed; its work is on its branch
                     self._changes.forget(place.where)
+                    _drop_copies(place)
                     continue
                 found += self._compare(place, time.time(), quick=True, sweep=not flagged)
         return found
@@ -1066,8 +1068,10 @@ class Guard:
     def _forget_worktree(self, task_id: str) -> None:
         """No longer expect *task_id*'s worktree where swarm made it, nor compare it there."""
         self._trees.admins.pop(task_id, None)
-        if self._places.pop(task_id, None) is not None:
+        place = self._places.pop(task_id, None)
+        if place is not None:
             self._changes.forget(task_id)
+            _drop_copies(place)
 
     def _put_worktree_back(self, task_id: str, path: Path, admin: str, moved: Path | None) -> bool:
         """Move *path* back from *moved*, or make it again from its branch; whether it is back.
@@ -1221,6 +1225,7 @@ class Guard:
         """After the run's last scan: what changes in your checkout from now on is yours."""
         with contextlib.suppress(OSError):
             (self._dir / _MAIN_TREE).unlink(missing_ok=True)
+        drop_baselines(self._dir)
 
     def unwatched(self) -> Unwatched | None:
         """What :meth:`start` found changed in your checkout while no manager watched it."""
@@ -2477,6 +2482,13 @@ def _unreadable_index(root: Path) -> bool:
 def _repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
     """Those of *dirs* (under *root*) that hold a ``.git`` of their own."""
     return [d for d in dirs if os.path.lexists(root / d / ".git")]
+
+
+def _drop_copies(place: _Place) -> None:
+    """Delete the index copies of a place no longer compared (its worktree gone)."""
+    for copy in (place.saved_index, place.scratch):
+        with contextlib.suppress(OSError):
+            copy.unlink()
 
 
 def _seed(scratch: Path, saved: Path) -> None:

@@ -25,7 +25,7 @@ from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, ru
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
-from worktree_swarm.guard import channel, integrity
+from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
@@ -188,7 +188,8 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
 
     For a run whose manager is gone: finished, or stopped when a task was. Its guard died
     before its last scan: the object files it held (kept on disk by those links) are let go,
-    and what it was putting back (remote-tracking refs, a task worktree moved) is put back.
+    what it was putting back (remote-tracking refs, a task worktree moved) is put back, and
+    its copies of the checkouts' indexes are deleted.
     """
     rows = store.tasks(run_id)
     if not rows or not all(row.state.is_final for row in rows):
@@ -199,6 +200,7 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
         retry.settle_guard(repo, store, run_id)  # what its guard was at
+        snapshot.drop_baselines(guard_dir(repo, run_id))
         scrub_ended(repo, store, run_id)
     return True
 
