@@ -223,7 +223,9 @@ def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     assert merged[4:6] == ["five first", "five second"]
     assert outside_writes(repo) == []
     assert checkout_snapshot(repo) == before
-    assert not (repo / ".git/swarm/runs" / RUN_ID / "merge/guard/held").exists()
+    guard = repo / ".git/swarm/runs" / RUN_ID / "merge/guard"
+    assert not (guard / "held").exists()
+    assert not list(guard.glob("*index"))  # its copies of your checkout's index
 
 
 @pytest.mark.parametrize("plants", [False, True])

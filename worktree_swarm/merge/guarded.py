@@ -69,6 +69,7 @@ class MergeGuard:
                 self._guard.close()
                 self._guard.scan(deep=True)
                 self._record()
+                self._guard.looked_last()
 
     @contextlib.contextmanager
     def program(self, who: str) -> Iterator[Callable[[ProcessIdentity], None]]:
