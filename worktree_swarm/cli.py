@@ -1200,8 +1200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
         return ExitCode.INTERRUPTED
-    except KeyboardInterrupt:
-        click.echo("swarm: interrupted; agents stopped, work checkpointed", err=True)
+    except KeyboardInterrupt:  # outside click's own handling: before or after the command
+        click.echo("swarm: interrupted", err=True)
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
         return _swarm_error(exc, command, debug=debug)
