@@ -108,8 +108,8 @@ def test_a_step_of_the_wall_clock_ends_no_agent_and_no_manager(
 _KEPT = """
 import os
 from pathlib import Path
-from worktree_swarm.infra import starts
-starts._kept_in = lambda: Path(os.environ["SWARM_TEST_KEPT_IN"])
+from worktree_swarm.infra import fs
+fs._kept_in = lambda: Path(os.environ["SWARM_TEST_KEPT_IN"])
 """
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import as_owner_only, git, reads_only, swarm_here
+from tests.conftest import as_owner_only, git, make_repo, reads_only, swarm_here
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.run.checks import placeholder_lines
 
@@ -1246,6 +1246,44 @@ def test_a_branch_its_agent_deleted_is_put_back_and_the_work_lands_on_it(
     assert log[1] == "the agent's commit"
     assert git(repo, "merge-base", "main", "swarm/d") == git(repo, "rev-parse", "main")
     assert branch_file(repo, "swarm/d", "more.txt") == "more"
+
+
+PORTS_AGENT = """
+import os, pathlib, sys, time
+seen = pathlib.Path(sys.argv[1])
+(seen / os.environ['SWARM_RUN_ID']).write_text(os.environ['SWARM_PORT'])
+while not (seen / 'go').exists():
+    time.sleep(0.05)
+pathlib.Path('work.txt').write_text('work')
+"""
+
+
+def test_runs_on_two_repositories_at_once_hand_out_different_port_blocks(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Slots kept blocks apart within a run only: two runs on two repositories each gave
+    # their first task port_base, and the second dev server failed to bind.
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    agent = argv_toml([*write_agent(PORTS_AGENT), str(seen)])
+    base = 40000 + os.getpid() % 2000 * 10  # a range no other test's runs use
+    text = f'[defaults]\nport_base = {base}\n[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+    repos = [make_repo(tmp_path / name / "repo") for name in ("one", "two", "three")]
+    managers = [swarm_bg(r, "run", manifest(r, text)) for r in repos[:2]]
+    try:
+        wait_for(lambda: len(list(seen.iterdir())) == 2, what="both runs' agents")
+        first = {p.name: int(p.read_text()) for p in seen.iterdir()}
+        ports = sorted(first.values())
+        assert ports[0] == base
+        assert ports[1] >= base + 10, ports  # a block of its own
+    finally:
+        (seen / "go").touch()
+    assert [m.wait(timeout=120) for m in managers] == [0, 0]
+    # Their blocks went with their runs: the next run has the first again.
+    out = swarm(repos[2], "run", manifest(repos[2], text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    (third,) = (p for p in seen.iterdir() if p.name not in {*first, "go"})
+    assert int(third.read_text()) == base
 
 
 def test_copy_and_setup_prepare_the_worktree(repo: Path, write_agent: AgentFactory) -> None:

@@ -431,7 +431,7 @@ class RunSettings:
         flag=None,
         doc=(
             "ports reserved per task in flight (up to 2 x jobs of them: `port_base` + 2 x jobs"
-            " x block must stay under 65536)"
+            " x block must stay under 65536), apart from other runs' too ([ports](#ports))"
         ),
     )
     kill_grace: float = setting(

@@ -21,6 +21,35 @@ from typing import BinaryIO, TextIO
 _OWNER_ALL = stat.S_IRWXU
 
 
+def user_folder() -> Path | None:
+    """The folder of this user's that every swarm process of this boot shares; None if unusable.
+
+    Another user's folder (or a link to one) is refused: what it holds could be of that user's
+    choosing.
+    """
+    folder = _kept_in() / f"worktree-swarm-{os.getuid()}"
+    with contextlib.suppress(OSError):
+        folder.mkdir(mode=0o700)
+    try:
+        info = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    return folder
+
+
+def _kept_in() -> Path:
+    """Memory that lasts until the machine stops (/dev/shm), else the temporary folder.
+
+    Not /tmp where there is /dev/shm: cleaners delete files there by age (systemd-tmpfiles:
+    10 days), and a boot time kept anew after a step of the clock would differ from the one a
+    running manager read.
+    """
+    shm = Path("/dev/shm")  # noqa: S108 - a folder of our own in it, checked by user_folder
+    return shm if shm.is_dir() else Path(tempfile.gettempdir())
+
+
 def remove_tree(path: Path | str) -> None:
     """Delete the directory *path* and everything under it; raise OSError when that fails."""
     try:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import stat
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
+
+from worktree_swarm.infra import fs
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -92,15 +92,8 @@ def _kept_boot_time() -> float | None:
         return None  # not Linux: psutil's, read once per process
     if not boot_id.replace("-", "").isalnum():
         return None
-    folder = _kept_in() / f"worktree-swarm-{os.getuid()}"
-    with contextlib.suppress(FileExistsError, OSError):
-        folder.mkdir(mode=0o700)
-    try:
-        info = folder.lstat()
-    except OSError:
-        return None
-    # Another user's folder (or a link to one) could give a time of its choosing.
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    folder = fs.user_folder()
+    if folder is None:
         return None
     path = folder / f"boot-{boot_id}"
     kept = _read_float(path)
@@ -119,14 +112,6 @@ def _kept_boot_time() -> float | None:
         with contextlib.suppress(OSError):
             aside.unlink()
     return _read_float(path) or now
-
-
-def _kept_in() -> Path:
-    """Where the file is kept: memory that lasts until the machine stops (/dev/shm)."""
-    # Not /tmp, where cleaners delete files by age (systemd-tmpfiles: 10 days): a file made
-    # anew after a step of the clock would differ from the one a running manager read.
-    shm = Path("/dev/shm")  # noqa: S108 - a folder of our own in it, checked below
-    return shm if shm.is_dir() else Path(tempfile.gettempdir())
 
 
 def _read_float(path: Path) -> float | None:

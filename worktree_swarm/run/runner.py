@@ -42,6 +42,7 @@ from worktree_swarm.guard import remotes, sandbox
 from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT, Guard
 from worktree_swarm.infra import faults, proc, redact, supervisor
+from worktree_swarm.infra.ports import PortClaims
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.report.status import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
@@ -92,6 +93,7 @@ class Runner:
         self._states = dict(states or {t.id: TaskState.PENDING for t in spec.tasks})
         self._live: dict[str, Live] = {}
         self._adopt: dict[str, Live] = {}
+        self._ports = PortClaims()  # blocks of SWARM_PORT, apart from other managers' too
         self._done: queue.Queue[tuple[str, TaskOutcome]] = queue.Queue()
         self._stopping = threading.Event()
         self._starved = False  # a launch of this pass of the run loop found no thread
@@ -244,6 +246,7 @@ class Runner:
             return self._execute()
         finally:
             self._worker.close()
+            self._ports.close()
             threading.excepthook = previous_hook
             self.store.on_full = None
 
@@ -396,7 +399,9 @@ class Runner:
         if live.port_slot is None:
             held = [*self._live.values(), *self._adopt.values()]  # adopted ones start first
             used = {other.port_slot for other in held if other.port_slot is not None}
-            live.port_slot = next(i for i in range(len(used) + 1) if i not in used)
+            live.port_slot = self._free_slot(used)
+        else:  # an adopted agent's own block, held again (another run may have taken it)
+            self._ports.take(*self._ports_of(live.port_slot))
         self._live[live.task.id] = live
         live.thread = threading.Thread(
             target=self._work, args=(live,), name=f"swarm-{live.task.id}", daemon=True
@@ -405,6 +410,7 @@ class Runner:
             live.thread.start()
         except RuntimeError:
             del self._live[live.task.id]
+            self._ports.give_back(*self._ports_of(live.port_slot))
             live.thread = None
             faults.note(self.manager_log, f"no thread can start for {live.task.id} now; it waits")
             self._starved = True
@@ -457,8 +463,26 @@ class Runner:
             self._finish(task_id, outcome)
             return
 
+    def _free_slot(self, used: set[int]) -> int:
+        """The lowest slot free in this run whose ports no other manager of yours holds.
+
+        When every block up to the last port is held elsewhere: the lowest free in this run.
+        """
+        base, block = self.spec.port_base, self.spec.port_block
+        for slot in range((_LAST_PORT + 1 - base) // block):
+            if slot not in used and self._ports.take(*self._ports_of(slot)):
+                return slot
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    def _ports_of(self, slot: int | None) -> tuple[int, int]:
+        """The first port of *slot*'s block and how many (none for no slot)."""
+        if slot is None:
+            return 0, 0
+        return self.spec.port_base + slot * self.spec.port_block, self.spec.port_block
+
     def _finish(self, task_id: str, outcome: TaskOutcome) -> None:
         live = self._live.pop(task_id)
+        self._ports.give_back(*self._ports_of(live.port_slot))
         if live.thread is not None:
             live.thread.join()
         if task_id in self._guard_reasons and outcome.state is not TaskState.FAILED:
@@ -597,6 +621,9 @@ def spec_from_json(text: str) -> RunSpec:
     raw = json.loads(text)
     tasks = tuple(task_from_json(json.dumps(task)) for task in raw["tasks"])
     return RunSpec.of(RunSettings.from_json(json.dumps(raw["settings"])), tasks)
+
+
+_LAST_PORT = 65535
 
 
 def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
