@@ -390,3 +390,47 @@ def test_a_tasks_own_move_stays_its_own_when_it_moved_again_before_the_reflog_wa
         # move is in the branch's reflog, not in the task's HEAD reflog.
         git(repo, "update-ref", "refs/heads/swarm/a", read)
         assert not guard._moved_by_itself("a", start, read)
+
+
+WAIT_BY_TASK_ID = """
+import os, pathlib, sys, time
+seen = pathlib.Path(sys.argv[1])
+(seen / os.environ['SWARM_TASK_ID']).touch()
+while not (seen / 'go').exists():
+    time.sleep(0.05)
+pathlib.Path(os.environ['SWARM_TASK_ID'] + '.txt').write_text('work')
+"""
+
+
+@pytest.mark.parametrize("outer_first", [True, False])
+def test_runs_in_a_repository_inside_your_checkout_and_in_yours_leave_each_other_alone(
+    tmp_path: Path, write_agent: AgentFactory, outer_first: bool
+) -> None:
+    # The inner repository (not ignored by the outer one) keeps its worktrees in
+    # sub/inner.swarm, inside the outer checkout: the outer run's guard took each new one for
+    # its agent's write, failed it, and deleted them under the inner run's agents.
+    # Only the test's own files beside the inner repository are ignored: its manifest, its log.
+    outer = make_repo(
+        tmp_path / "outer", {"README.md": "x\n", ".gitignore": "/sub/i.*\n/sub/bg.log\n"}
+    )
+    inner = make_repo(outer / "sub" / "inner")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    agent = argv_toml([*write_agent(WAIT_BY_TASK_ID), str(seen)])
+    managers = []
+    try:
+        runs = [(outer, "o"), (inner, "i")]
+        for repo, task in runs if outer_first else runs[::-1]:
+            text = f'[[task]]\nid = "{task}"\nprompt = "p"\nagent = {agent}\n'
+            path = repo.parent / f"{task}.toml"
+            path.write_text(text)
+            managers.append(swarm_bg(repo, "run", str(path)))
+            wait_for((seen / task).exists, what=f"task {task}'s agent")
+    finally:
+        (seen / "go").touch()
+    assert [m.wait(timeout=120) for m in managers] == [0, 0]
+    for repo, task in ((outer, "o"), (inner, "i")):
+        assert status_json(repo)[task]["state"] == "done", status_json(repo)
+        assert outside_writes(repo) == []
+        assert git(repo, "show", f"swarm/{task}:{task}.txt") == "work"
+    assert (outer / "sub" / "inner.swarm" / "i" / "i.txt").is_file()  # never deleted
