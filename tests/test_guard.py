@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import as_owner_only, git, make_repo
 from tests.test_run import argv_toml, manifest, status_json, swarm
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.model import MAIN
@@ -525,3 +525,101 @@ def test_a_resumed_runs_guard_saves_its_patches_beside_the_killed_ones_not_over_
     assert first.patch != second.patch
     assert "first agent's write" in Path(first.patch).read_text()
     assert "second agent's write" in Path(second.patch).read_text()
+
+
+# An agent that opens the git dir and its own worktree to every local user (another user could
+# then plant a `core.fsmonitor` in `.git/config`) and leaves setuid and setgid programs there.
+SHARES_THE_GIT_DIR = """
+import os, pathlib, subprocess
+g = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True,
+).stdout.strip())
+for d in (g, g / 'objects', g / 'logs', g / 'refs' / 'heads', os.environ['SWARM_WORKTREE']):
+    os.chmod(d, 0o777)
+for path, bits in ((g / 'logs' / '.cache-sh', 0o4755), (g / 'objects' / 'ab' / 'x', 0o2755)):
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('#!/bin/sh\\n')
+    path.chmod(bits)
+pathlib.Path('own.txt').write_text('own\\n')
+"""
+
+
+def test_a_git_dir_opened_to_others_and_a_setuid_file_in_it_are_put_back(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    common = repo / ".git"
+    dirs = [common, common / "objects", common / "logs", common / "refs" / "heads"]
+    before = [stat.S_IMODE(d.stat().st_mode) for d in dirs]
+    agent = " ".join(write_agent(SHARES_THE_GIT_DIR))
+    out = swarm(repo, "run", "--agent", agent, "-t", "a=p")
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert "logs, objects, refs/heads; restored" in str(row["reason"])
+    assert [stat.S_IMODE(d.stat().st_mode) for d in dirs] == before
+    worktree = Path(str(row["worktree"]))
+    assert not stat.S_IMODE(worktree.stat().st_mode) & 0o022
+    for path in (common / "logs" / ".cache-sh", common / "objects" / "ab" / "x"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755  # kept, and harmless
+    writes = events(repo, "outside_write")
+    assert [(w["git_files"], w["suspects"], w["restored"]) for w in writes] == [
+        ([str(worktree), str(common), "logs", "objects", "refs/heads"], ["a"], True),
+        (["logs/.cache-sh", "objects/ab/x"], ["a"], True),
+    ]
+
+
+def run_as_owner(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``swarm ARGS`` as a user whom file permissions bind (root without its override)."""
+    return subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+
+
+def test_git_files_made_unreadable_get_their_permission_bits_back(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Unreadable, `.git/config` failed the guard's reading of git's files: nothing was put
+    # back, and every git command of yours failed on it after the run.
+    common = repo / ".git"
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in (common / "config", common / "hooks")}
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "main = pathlib.Path(sys.argv[1])\n"
+        "os.chmod(main / '.git' / 'config', 0); os.chmod(main / '.git' / 'hooks', 0)\n"
+        "os.chmod(main / 'README.md', 0o755)\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+    )
+    out = run_as_owner(repo, "run", "--agent", " ".join([*agent, str(repo)]), "-t", "a=p")
+    assert out.returncode == 1, out.stderr
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in before} == before
+    assert stat.S_IMODE((repo / "README.md").stat().st_mode) & 0o111 == 0
+    assert "git's own files config, hooks; restored" in str(status_json(repo)["a"]["reason"])
+    assert [(w["where"], w["restored"]) for w in events(repo, "outside_write")] == [
+        ("repository", True),
+        (MAIN, True),
+    ]
+
+
+def test_files_of_your_checkout_made_unreadable_are_yours_to_read_again(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    (repo / "src").mkdir()
+    (repo / "src" / "a.py").write_text("a\n")
+    git(repo, "add", "src")
+    git(repo, "commit", "-qm", "src")
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "main = pathlib.Path(sys.argv[1])\n"
+        "os.chmod(main / 'README.md', 0); os.chmod(main / 'src', 0)\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+    )
+    out = run_as_owner(repo, "run", "--agent", " ".join([*agent, str(repo)]), "-t", "a=p")
+    assert out.returncode == 1, out.stderr
+    reason = str(status_json(repo)["a"]["reason"])
+    assert "files README.md, src in the main checkout; restored" in reason, reason
+    assert stat.S_IMODE((repo / "README.md").stat().st_mode) & 0o600 == 0o600
+    assert stat.S_IMODE((repo / "src").stat().st_mode) & 0o700 == 0o700
+    mine = subprocess.run([*as_owner_only(), "git", "status"], cwd=repo, check=False)
+    assert mine.returncode == 0

@@ -237,6 +237,33 @@ def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
         prune_empty(directory, root)
 
 
+def open_up(root: Path, tree: str) -> list[str]:
+    """Give the owner back what they need of each path of *tree* under *root*: the paths.
+
+    A file or directory an agent made unreadable to you (`chmod 000`) fails every git
+    command of yours there, and the guard's comparison too. git records no permission bit
+    but a file's executable one, so those the owner lost are given back (read and write, and
+    search for a directory); what group and others lost is not known, and not given.
+    """
+    listed = runner.run_bytes(root, "ls-tree", "-r", "-t", "-z", "--full-tree", "--name-only", tree)
+    opened = []
+    for name in listed.stdout.split(b"\0"):  # a directory before what it holds
+        path = root / os.fsdecode(name)
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # gone, or inside a directory still closed
+            continue
+        need = _DIR_OWNER if stat.S_ISDIR(mode) else _FILE_OWNER
+        if (stat.S_ISDIR(mode) or stat.S_ISREG(mode)) and need & ~mode:
+            path.chmod(stat.S_IMODE(mode) | need)
+            opened.append(os.fsdecode(name))
+    return opened
+
+
+_FILE_OWNER = stat.S_IRUSR | stat.S_IWUSR
+_DIR_OWNER = stat.S_IRWXU
+
+
 def remove(target: Path) -> None:
     """Delete *target*, a file, a symlink or a whole directory."""
     if target.is_dir() and not target.is_symlink():

@@ -11,16 +11,20 @@ old-style remotes (``remotes/``, ``branches/``) and rerere's
 recorded resolutions (``rr-cache/``, by name). Each is kept byte for byte at the baseline, so
 a change can be shown as a patch and undone exactly. And every symlink or hard link where git
 writes for your checkouts (``COMMIT_EDITMSG``, ``logs/``, ``refs/``): git never makes one
-there, but writes through one it finds.
+there, but writes through one it finds. The permission bits of the directories git keeps
+there (the git dir itself, ``objects/``, ``refs/``, ``logs/``, ``worktrees/``...) and of each
+task worktree's top: one made writable by another local user lets that user plant a config
+of their own; and, on a deeper look, setuid and setgid files anywhere in the git dir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +81,18 @@ class Entry:
 
 Surface = dict[str, Entry]  # label (path under the common dir, or absolute) -> entry
 HARD_LINK = "hard link"  # a file of more than one name where git writes: its inode
+# A directory watched for its permission bits only (what it holds is git's to change, and
+# git removes empty ref directories itself). Its data is LOOSER when it allows group or other
+# writes that neither its parent directory nor the umask does: git makes a directory with the
+# umask's bits (agents' git has swarm's), or its parent's sharing (`core.sharedRepository`).
+MODE = "mode"
+LOOSER = b"looser than its parent"
+# A file or directory the guard may not read (an agent's `chmod 000`): its bits only.
+UNREADABLE = "unreadable"
+_SHARED_WRITE = 0o022  # group and other write: another local user's way in
+_OWNERS = 0o700  # the owner's own bits: without them your git cannot read or write there
+SETUID_BITS = stat.S_ISUID | stat.S_ISGID
+_OWN_DIR = "swarm"  # swarm's own state (the guard's held objects): not git's, not walked
 
 
 def hooks_path(root: Path) -> Path | None:
@@ -112,7 +128,10 @@ def rerere_made(root: Path, before: Surface, after: Surface) -> bool:
 
 
 def read(
-    common: Path, extra_hooks: Path | None, linked: Mapping[Path, Path] | None = None
+    common: Path,
+    extra_hooks: Path | None,
+    linked: Mapping[Path, Path] | None = None,
+    tops: Iterable[Path] = (),
 ) -> Surface:
     """Every watched file of the git dir *common* (and of *extra_hooks*, its top level).
 
@@ -120,10 +139,12 @@ def read(
     *common* and of the admin dir of each of your linked worktrees (*linked*: worktree ->
     admin dir), under their ``logs/``, and under ``refs/`` (a ref directory swapped for a link
     would have a restored ref written through). And what ties each linked worktree to the
-    repository: its ``.git`` file, its admin dir's ``commondir`` and ``gitdir``.
+    repository: its ``.git`` file, its admin dir's ``commondir`` and ``gitdir``. And the
+    permission bits of the directories git keeps in *common* and of *tops* (task worktrees).
     """
     found: Surface = {}
     linked = linked or {}
+    _add_modes(found, common, tops)
     for top in (common, *linked.values()):
         _add_links(found, common, top)
     _add_ties(found, common, linked)
@@ -142,6 +163,107 @@ def read(
                 if not child.is_dir() or child.is_symlink():  # git runs top-level hooks only
                     _add(found, common, child)
     return found
+
+
+def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
+    """The permission bits of the git dir's own directories (not its files) and of *tops*.
+
+    ``refs/`` and ``logs/`` below their top are recorded as they are walked for links; the
+    fan-out directories of ``objects/`` cost one listing. About 300 `lstat` calls a scan.
+    """
+    _add_mode(found, common, common, _SHARED_WRITE)  # always in the baseline
+    for name in ("objects", "objects/info", "objects/pack", "refs", "logs", "worktrees"):
+        _add_mode(found, common, common / name, _bits(common / name.rpartition("/")[0]))
+    for sub in ("objects", "worktrees"):
+        parent = common / sub
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:  # absent, or made unreadable: its own bits say so
+            continue
+        shared = _bits(parent)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _add_mode(found, common, Path(entry.path), shared, entry)
+    for top in tops:
+        _add_mode(found, common, top, _bits(top.parent))
+
+
+def _umask() -> int:
+    """The umask of the process, read without setting it where the system tells (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # at import, before any thread makes a file
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _bits(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.lstat().st_mode)
+    except OSError:
+        return _SHARED_WRITE  # nothing to compare with: not looser
+
+
+def _add_mode(
+    found: Surface,
+    common: Path,
+    path: Path,
+    shared: int,
+    entry: os.DirEntry[str] | None = None,
+) -> None:
+    """*path*'s bits, when it is a directory; *shared*: its parent's bits (*entry*: its own)."""
+    try:
+        mode = path.lstat().st_mode if entry is None else entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return
+    if stat.S_ISDIR(mode):  # a symlink or file there is another matter
+        bits = stat.S_IMODE(mode)
+        looser = LOOSER if bits & _SHARED_WRITE & ~shared & _UMASK else b""
+        found.setdefault(_label(common, path), Entry(kind=MODE, bits=bits, data=looser))
+
+
+def setuid_files(common: Path) -> dict[str, int]:
+    """Every file in *common* with a setuid or setgid bit (label -> its bits); git makes none.
+
+    A walk of the whole git dir, objects included (but swarm's own ``swarm/``): made after
+    each attempt and at the end, not on every scan.
+    """
+    found: dict[str, int] = {}
+    stack = [os.fspath(common)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # gone, or unreadable: its bits are watched
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.path != f"{common}/{_OWN_DIR}":
+                    stack.append(entry.path)
+                continue
+            with contextlib.suppress(OSError):
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISREG(mode) and mode & SETUID_BITS:
+                    found[_label(common, Path(entry.path))] = stat.S_IMODE(mode)
+    return found
+
+
+def disarm(common: Path, labels: Iterable[str]) -> None:
+    """Take the setuid and setgid bits (and group and other write) off each of *labels*.
+
+    The file is kept: it may be one of git's (an object, a reflog) made setuid, and deleted
+    it would take your history with it; without those bits it runs as whoever runs it.
+    """
+    for label in labels:
+        with contextlib.suppress(FileNotFoundError):
+            path = _path(common, label)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                path.chmod(stat.S_IMODE(info.st_mode) & ~(SETUID_BITS | _SHARED_WRITE))
 
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
@@ -201,11 +323,31 @@ def changed(before: Surface, after: Surface) -> list[str]:
 
     Not a hard link of the baseline that git replaced with a file of its own.
     """
+    unlisted = [k for k, v in after.items() if v.kind == UNREADABLE]
     return sorted(
         k
         for k in set(before) | set(after)
-        if before.get(k) != after.get(k) and not _unlinked(before.get(k), after.get(k))
+        if before.get(k) != after.get(k)
+        and not _unlinked(before.get(k), after.get(k))
+        and _differs(before.get(k), after.get(k))
+        and not (k not in after and any(k.startswith(f"{u}/") for u in unlisted))
     )
+
+
+def _differs(old: Entry | None, new: Entry | None) -> bool:
+    """Whether a change from *old* to *new* (not equal) counts; a directory's bits: below.
+
+    A watched directory counts when it allows group or other writes it did not (or, new,
+    that its parent does not), or denies its owner what it allowed: nothing else of its
+    bits matters, and its coming and going are git's.
+    """
+    if (old is None or old.kind != MODE) and (new is None or new.kind != MODE):
+        return True
+    if old is None or new is None:
+        return new is not None and new.data == LOOSER
+    if old.kind != new.kind:
+        return True
+    return bool(new.bits & ~old.bits & _SHARED_WRITE or old.bits & ~new.bits & _OWNERS)
 
 
 def _unlink_other(common: Path, label: str, entry: Entry) -> None:
@@ -278,37 +420,65 @@ def patch(common: Path, before: Surface, after: Surface, labels: list[str]) -> s
     return "".join(out)
 
 
-def put_back(common: Path, before: Surface, labels: list[str]) -> None:
-    """Make each of *labels* what it was in *before*: byte for byte, with its bits."""
+def put_back(common: Path, before: Surface, labels: list[str], now: Surface | None = None) -> None:
+    """Make each of *labels* what it was in *before*: byte for byte, with its bits.
+
+    A watched directory gets its bits back (one new in *now*, as found, loses the writes
+    neither its parent nor the umask allows); what it holds stays.
+    """
+    now = now or {}
     new_dirs = []
     for label in sorted(labels, key=len):
         target = _path(common, label)
         entry = before.get(label)
+        if _put_bits(target, entry, now.get(label)):
+            continue
         if entry is None:
             if target.is_dir() and not target.is_symlink():
                 new_dirs.append(target)
             else:
                 _remove_new(target, label)
-            continue
-        if entry.kind == HARD_LINK:
+        elif entry.kind == HARD_LINK:
             _unlink_other(common, label, entry)
-            continue
-        if entry.kind == "dir":
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                remove(target)
-            target.mkdir(parents=True, exist_ok=True)
-            target.chmod(entry.bits)
-            continue
-        if target.is_dir() and not target.is_symlink():
-            remove(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if entry.kind == "link":
-            put_file(target, mode="120000", data=entry.data)
         else:
-            put_file(target, mode="100644", data=entry.data, bits=entry.bits)
+            _put_entry(target, entry)
     for directory in sorted(new_dirs, key=lambda d: len(d.parts), reverse=True):
         remove(directory)  # a directory the baseline lacked: all of it is new
         prune_empty(directory.parent, common)
+
+
+def _put_entry(target: Path, entry: Entry) -> None:
+    """Make *target* the directory, symlink or file *entry*."""
+    if entry.kind == "dir":
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            remove(target)
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(entry.bits)
+        return
+    if target.is_dir() and not target.is_symlink():
+        remove(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.kind == "link":
+        put_file(target, mode="120000", data=entry.data)
+    else:
+        put_file(target, mode="100644", data=entry.data, bits=entry.bits)
+
+
+def _put_bits(target: Path, entry: Entry | None, new: Entry | None) -> bool:
+    """Put back a watched directory's bits, or an unreadable file's; False: not one of those."""
+    if entry is None and new is not None and new.kind == MODE:  # new: as git would make it
+        bits = stat.S_IMODE(target.lstat().st_mode)
+        target.chmod(bits & ~(_SHARED_WRITE & ~_bits(target.parent) & _UMASK))
+        return True
+    if entry is None or entry.kind not in {MODE, UNREADABLE}:
+        return False
+    if target.is_symlink() or (entry.kind == MODE and target.is_file()):
+        remove(target)  # a directory swapped for a link or file: made again, as git would
+    if entry.kind == MODE and not os.path.lexists(target):
+        target.mkdir(parents=True)
+    with contextlib.suppress(FileNotFoundError):
+        target.chmod(entry.bits)  # one of yours that was unreadable: its bits alone
+    return True
 
 
 def _remove_new(target: Path, label: str) -> None:
@@ -340,7 +510,12 @@ def _add(found: Surface, common: Path, path: Path) -> None:
     elif stat.S_ISDIR(info.st_mode):
         found[label] = Entry(kind="dir", bits=stat.S_IMODE(info.st_mode))
     elif stat.S_ISREG(info.st_mode):
-        found[label] = Entry(kind="file", data=_bytes(path, info), bits=stat.S_IMODE(info.st_mode))
+        try:
+            data = _bytes(path, info)
+        except PermissionError:  # made unreadable: your git fails on it as the guard does
+            found[label] = Entry(kind=UNREADABLE, bits=stat.S_IMODE(info.st_mode))
+            return
+        found[label] = Entry(kind="file", data=data, bits=stat.S_IMODE(info.st_mode))
     else:
         found[label] = Entry(kind="other", bits=stat.S_IMODE(info.st_mode))
 
@@ -383,9 +558,10 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     """
     try:
         entries = list(os.scandir(top))
-    except (FileNotFoundError, NotADirectoryError):
-        return
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return  # unreadable: its bits are watched (below, or as the git dir's own)
     renamed = _renamed_over(common, top)
+    shared = _bits(top)
     for entry in entries:  # one per branch under refs/ and logs/: no Path unless one is found
         if entry.is_symlink():
             _add(found, common, Path(entry.path))
@@ -394,6 +570,8 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
                 _add_hard_link(found, common, Path(entry.path))
         elif entry.is_dir(follow_symlinks=False):
             if entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH:
+                if depth > 0 or top == common:  # ref and reflog directories, not a worktree's
+                    _add_mode(found, common, Path(entry.path), shared, entry)
                 _add_links(found, common, Path(entry.path), depth + 1)
         elif _blocking(entry):
             _add(found, common, Path(entry.path))
@@ -467,7 +645,15 @@ def _add_tree(found: Surface, common: Path, top: Path) -> None:
     _add(found, common, top)
     if not top.is_dir() or top.is_symlink():
         return
-    for dirpath, dirnames, filenames in os.walk(top):
+
+    def unlisted(error: OSError) -> None:  # made unreadable: what it holds is not known
+        if isinstance(error, PermissionError) and error.filename is not None:
+            path = Path(error.filename)
+            with contextlib.suppress(OSError):
+                bits = stat.S_IMODE(path.lstat().st_mode)
+                found[_label(common, path)] = Entry(kind=UNREADABLE, bits=bits)
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlisted):
         dirnames.sort()
         for name in [*dirnames, *sorted(filenames)]:
             path = Path(dirpath) / name
@@ -520,13 +706,17 @@ def _describe(entry: Entry | None) -> str:
         return f"symlink to {os.fsdecode(entry.data)}"
     if entry.kind == HARD_LINK:
         return "file with another name too (a hard link)"
+    if entry.kind == MODE:
+        return f"directory {entry.bits:o}"
+    if entry.kind == UNREADABLE:
+        return f"unreadable, {entry.bits:o}"
     if entry.kind == "other":
         return "not a file (a named pipe, a device or a socket)"
     return entry.kind
 
 
 def _text(entry: Entry | None) -> str | None:
-    if entry is None or entry.kind == "dir":
+    if entry is None or entry.kind in {"dir", MODE}:
         return ""
     if entry.kind != "file" or len(entry.data) > _TEXT_LIMIT:
         return None

@@ -72,6 +72,7 @@ from worktree_swarm.guard.model import (
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import (
     keep_undone,
+    open_up,
     put_index,
     remove,
     restore_checkout,
@@ -253,6 +254,7 @@ class Guard:
     _asked: threading.Event
     _looked: threading.Condition
     _last_look = 0.0
+    _setuid: dict[str, int]  # the setuid and setgid files of the git dir: their bits
 
     def __init__(
         self,
@@ -303,7 +305,7 @@ class Guard:
         # Numbered on from the patches a killed manager's guard saved here (a resumed run's).
         self._count = _last_patch_number(work_dir)
         now = time.time()
-        self._refs_checked = self._surface_checked = now
+        self._refs_checked = self._surface_checked = self._setuid_checked = now
         self._objects_checked = self._stash_checked = self._graph_checked = now
         self._settled_from = 0.0  # monotonic time the last check of git's files etc. began
         self._surface: surface.Surface = {}
@@ -352,6 +354,7 @@ class Guard:
                     self._linked[path] = git.git_dir(path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
+            self._setuid = surface.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
@@ -645,6 +648,7 @@ class Guard:
         self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
             self._scan_surface(began)
+            self._scan_setuid(began)
             self._scan_graph(began)
         refs: dict[str, str] | None = None
         self._remotes.read = None
@@ -869,6 +873,12 @@ class Guard:
                     found = [self._record(broken, patch_text=None)]
                     found += self._scan_place(place, began, quick=False, since=since)
                     ok = True
+        if not ok and self.restore:
+            # Files or directories made unreadable to you (`chmod 000`): your git fails there
+            # as the comparison did. The owner's bits go back, and the place is compared.
+            window = (since, began)
+            with self._job(place.where):
+                found, ok = self._opened_up(place, window), True
         removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
         if not ok and place.users and self._closing.is_set() and not removing:
             # The run's last look at a checkout of yours failed: what the agents did there
@@ -881,6 +891,24 @@ class Guard:
         if sweep:  # the next sweep step waits for the sweep's share of time
             self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
+
+    def _opened_up(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+        """The paths of *place* an agent made unreadable to you, given back to you.
+
+        None, or no agent to blame: the comparison's failure stands (raised again).
+        """
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        opened = open_up(place.path, self._base(place).tree) if suspects else []
+        if not opened:
+            raise SwarmError(self._failing.get(place.where, "the comparison failed"))
+        patch = "".join(f"# {p}: unreadable to you; the owner's permission bits given back\n"
+                        for p in opened)  # fmt: skip
+        broken = Violation(
+            number=0, where=place.where, paths=tuple(opened), suspects=suspects, restored=True
+        )
+        found = [self._record(broken, patch_text=patch)]
+        return found + self._scan_place(place, window[1], quick=False, since=window[0])
 
     def _unchecked(self, place: _Place, began: float) -> Violation:
         """Every agent that ran since *place* was last compared, not vouched for."""
@@ -945,7 +973,8 @@ class Guard:
     # -- internals ---------------------------------------------------------------------------
 
     def _read_surface(self) -> surface.Surface:
-        return surface.read(self.repo.common_dir, self._hooks, self._linked)
+        tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
+        return surface.read(self.repo.common_dir, self._hooks, self._linked, tops)
 
     def _users_worktrees(self) -> list[Path]:
         """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
@@ -1408,7 +1437,7 @@ class Guard:
                     git.git(self.repo.root, "repack", "-a", "-q")
                     back = labels
             with contextlib.suppress(OSError):  # not restored is recorded as such
-                surface.put_back(common, self._surface, back)
+                surface.put_back(common, self._surface, back, now)
             restored = not surface.changed(self._surface, self._read_surface())
         if restored:
             self._surface_checked = time.time()
@@ -1419,6 +1448,37 @@ class Guard:
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [violation]
 
+    def _scan_setuid(self, began: float) -> list[Violation]:
+        """A setuid or setgid file new in the git dir: its bits taken off (the file kept).
+
+        A walk of the whole git dir, so after each attempt and at the end only: a copy of a
+        shell made setuid there (an agent running as root, or a setgid one of your group)
+        would give anyone who finds it your rights.
+        """
+        common = self.repo.common_dir
+        now = surface.setuid_files(common)
+        labels = sorted(k for k, bits in now.items() if bits & ~self._setuid.get(k, 0))
+        window = (self._setuid_checked, began)
+        suspects = self._agents.suspects(window, exclude=()) if labels else ()
+        suspects = self._agents.narrow(suspects, common, labels) or suspects
+        if not suspects:  # none, or the user's own: the new baseline
+            self._setuid, self._setuid_checked = now, began
+            return []
+        patch = f"# setuid or setgid files made in {common}\n" + "".join(
+            f"# {label}: mode {now[label]:o}: its setuid and setgid bits taken off\n"
+            for label in labels
+        )
+        found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
+        restored = False
+        if self.restore:
+            found = self._intend(found, patch)
+            with contextlib.suppress(OSError):  # not restored is recorded as such
+                surface.disarm(common, labels)
+            left = surface.setuid_files(common)
+            restored = not any(left.get(k, 0) & ~self._setuid.get(k, 0) for k in labels)
+        self._setuid_checked = began
+        return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
+
     def _put_back_again(self) -> None:
         """Put back the git files an earlier put-back could not (their agent wrote them again).
 
@@ -1428,7 +1488,8 @@ class Guard:
         if not self._unrestored or not self.restore:
             return
         with contextlib.suppress(OSError):
-            surface.put_back(self.repo.common_dir, self._surface, sorted(self._unrestored))
+            now = self._read_surface()
+            surface.put_back(self.repo.common_dir, self._surface, sorted(self._unrestored), now)
         self._unrestored &= set(surface.changed(self._surface, self._read_surface()))
 
     def _adopt_surface(self, now: surface.Surface) -> None:

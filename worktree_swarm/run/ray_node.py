@@ -553,7 +553,7 @@ class NodeAgent:
             labels.remove(surface.RERERE)  # git's own on any commit (a node's config turns it on)
             self._surface[surface.RERERE] = now[surface.RERERE]
         if labels:
-            surface.put_back(dotgit, self._surface, labels)
+            surface.put_back(dotgit, self._surface, labels, now)
             self._planted += [label for label in labels if label not in self._planted]
 
     def _snapshot(self) -> None:
