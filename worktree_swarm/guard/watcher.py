@@ -100,6 +100,7 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
 _MIN_INTERVAL = 1.0
+_SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
 # Per periodic scan, task worktrees flagged as changed are compared for at most this long;
 # the rest wait for the next scan (oldest first), so the user's checkout and the refs are
 # compared every scan however many tasks have finished.
@@ -255,6 +256,7 @@ class Guard:
     _looked: threading.Condition
     _last_look = 0.0
     _setuid: dict[str, int]  # the setuid and setgid files of the git dir: their bits
+    _setuid_due = 0.0  # monotonic time of the next walk for them
 
     def __init__(
         self,
@@ -648,7 +650,6 @@ class Guard:
         self._settled_from = time.monotonic()
         with self._job(REPOSITORY):
             self._scan_surface(began)
-            self._scan_setuid(began)
             self._scan_graph(began)
         refs: dict[str, str] | None = None
         self._remotes.read = None
@@ -767,6 +768,9 @@ class Guard:
             with self._job(REPOSITORY):
                 found += self._scan_surface(began)
                 found += self._scan_graph(began)
+                if final or time.monotonic() >= self._setuid_due:
+                    found += self._scan_setuid(began)
+                    self._setuid_due = time.monotonic() + _SETUID_EVERY
             refs: dict[str, str] | None = None
             self._remotes.read = None
             with self._job("refs"):
@@ -1451,9 +1455,10 @@ class Guard:
     def _scan_setuid(self, began: float) -> list[Violation]:
         """A setuid or setgid file new in the git dir: its bits taken off (the file kept).
 
-        A walk of the whole git dir, so after each attempt and at the end only: a copy of a
-        shell made setuid there (an agent running as root, or a setgid one of your group)
-        would give anyone who finds it your rights.
+        A copy of a shell made setuid there (an agent running as root, or a setgid one of your
+        group) would give anyone who finds it your rights. A walk of the whole git dir, its
+        cost growing with its refs, reflogs and loose objects: every :data:`_SETUID_EVERY`
+        and in the last scan, not after each attempt (nothing of it runs with swarm's git).
         """
         common = self.repo.common_dir
         now = surface.setuid_files(common)
