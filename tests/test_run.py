@@ -542,6 +542,56 @@ def test_a_check_that_kills_its_own_shim_leaves_no_daemon_behind(
     wait_for(lambda: not pid_alive(daemon), what="the daemon to be killed", timeout=10)
 
 
+def test_directories_the_agent_made_unreadable_are_named_and_the_task_fails(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # git only warns that it cannot look inside them: the task ended `done`, its branch
+    # without the edits there, and `swarm merge` merged it incomplete.
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n", "src/a.py": "print(1)\n",
+                                         "lib/b.py": "print(1)\n"})  # fmt: skip
+    agent = write_agent(
+        "import os, pathlib\n"
+        "pathlib.Path('k.txt').write_text('keep')\n"
+        "pathlib.Path('src/a.py').write_text('print(2)')\n"
+        "os.chmod('src', 0)\n"  # a tracked file's directory: unreadable
+        "os.mkdir('d'); pathlib.Path('d/f').write_text('in'); os.chmod('d', 0)\n"
+        "pathlib.Path('lib/b.py').write_text('print(2)')\n"  # readable, not searchable
+        "pathlib.Path('lib/new.py').write_text('new')\n"
+        "os.chmod('lib', 0o600)\n"
+    )
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", "--agent",
+         shlex.join(agent), "-t", "t=x"],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["t"]
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert (row["state"], row["reason"]) == (
+        "failed",
+        (
+            "wrote paths git refuses to store or could not read (d/, lib/, src/): left out of"
+            f" its commit, they stay in {worktree}; the rest is committed"
+        ),
+    )
+    assert (
+        git(repo, "ls-tree", "-r", "--name-only", "swarm/t")
+        == "README.md\nk.txt\nlib/b.py\nsrc/a.py"
+    )
+    assert branch_file(repo, "swarm/t", "src/a.py") == "print(1)"  # not taken for deleted
+    # Removing the worktree opens them to their owner: their files are committed, not lost.
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--yes"],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
+    assert [branch_file(repo, "swarm/t", name) for name in ("src/a.py", "d/f", "lib/new.py")] == [
+        "print(2)", "in", "new"]  # fmt: skip
+
+
 def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     repo: Path, write_agent: AgentFactory
 ) -> None:

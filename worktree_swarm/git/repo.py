@@ -1138,29 +1138,71 @@ def _add(
 
     git refuses to add a repository an agent made but never committed in (`npm init` and the
     like make one), and a path it refuses or cannot read; with ``--ignore-errors`` it stages
-    the rest, and those are left out and named.
+    the rest, and those are left out and named. So are the directories it cannot look into
+    (an agent's ``chmod 0``), which git only warns about: their files would be left out
+    unseen. One it can list but not enter stops the whole `add`: it is left out and `add` runs
+    again.
     """
-    if exclude or droppings:
-        pathspec = [
-            ":(top)",
-            *(f":(exclude,literal,top){path}" for path in exclude),
-            *(f":(exclude,glob,top){pattern}" for pattern in droppings),
-        ]
-        # On its input, NUL-separated: a `copy` glob may leave thousands of files out.
-        res = runner.run(
-            worktree,
-            *_ADD,
-            "--pathspec-from-file=-",
-            "--pathspec-file-nul",
-            check=False,
-            input_text="\0".join(pathspec) + "\0",
-        )
-    else:
-        res = _run(worktree, _ADD, check=False)
+    sealed: list[str] = []
+    for _ in range(_SEALED_MAX + 1):
+        res = _add_once(worktree, [*exclude, *sealed], droppings)
+        stuck = _CANNOT_STAT.search(res.stderr)
+        if res.returncode == 0 or stuck is None or len(sealed) == _SEALED_MAX:
+            break
+        parent = PurePosixPath(stuck[1]).parent
+        if not _inside(parent) or str(parent) in sealed:
+            break
+        sealed.append(str(parent))
     unborn, refused = unborn_repositories(res.stderr), refused_paths(res.stderr)
     if res.returncode != 0 and not (unborn or refused):
         raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
-    return res.stdout, unborn, refused
+    return res.stdout, unborn, [*unseen_paths(res.stderr, [f"{s}/" for s in sealed]), *refused]
+
+
+def _add_once(
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+) -> subprocess.CompletedProcess[str]:
+    if not (exclude or droppings):
+        return _run(worktree, _ADD, check=False)
+    pathspec = [
+        ":(top)",
+        *(f":(exclude,literal,top){path}" for path in exclude),
+        *(f":(exclude,glob,top){pattern}" for pattern in droppings),
+    ]
+    # On its input, NUL-separated: a `copy` glob may leave thousands of files out.
+    return runner.run(
+        worktree,
+        *_ADD,
+        "--pathspec-from-file=-",
+        "--pathspec-file-nul",
+        check=False,
+        input_text="\0".join(pathspec) + "\0",
+    )
+
+
+# Directories without search permission that one checkpoint leaves out, each costing an `add`.
+_SEALED_MAX = 32
+# git stops at an untracked file it cannot stat (in a directory it can list but not enter).
+_CANNOT_STAT = re.compile(r"^fatal: unable to stat '(.+)': Permission denied$", re.MULTILINE)
+# It warns about a directory it cannot list, and perror()s a tracked file it cannot stat.
+_UNSEEN_DIR = re.compile(
+    r"^warning: could not open directory '(.+)': Permission denied$", re.MULTILINE
+)
+_UNSEEN_FILE = re.compile(r"^(?!warning: |error: |fatal: )(.+): Permission denied$", re.MULTILINE)
+
+
+def unseen_paths(add_errors: str, sealed: Sequence[str] = ()) -> list[str]:
+    """The directories (``name/``) and tracked files an `add`'s *add_errors* say it could not see.
+
+    *sealed*: directories already left out. A file inside a directory named is not named again.
+    """
+    folders = [*sealed, *_UNSEEN_DIR.findall(add_errors)]
+    files = [
+        name
+        for name in _UNSEEN_FILE.findall(add_errors)
+        if not any(name.startswith(folder) for folder in folders)
+    ]
+    return sorted({*folders, *files})
 
 
 def _embedded(worktree: Path, added: str) -> list[str]:
