@@ -18,7 +18,14 @@ from pathlib import Path
 import filelock
 import pytest
 
-from tests.conftest import agent_command, agent_python, git, hang_git_at, make_repo
+from tests.conftest import (
+    agent_command,
+    agent_python,
+    as_owner_only,
+    git,
+    hang_git_at,
+    make_repo,
+)
 from tests.mergekit import (
     LINES,
     RUN_ID,
@@ -1018,6 +1025,32 @@ def test_files_checks_leave_in_the_integration_worktree_do_not_block_the_next_me
     second = swarm(base_repo, "merge", "two")
     assert second.returncode == 0, second.stdout + second.stderr
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
+def test_checks_that_make_the_integration_worktree_read_only_do_not_stop_the_merges(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # As a test suite does (`chmod -R a-w .`): what they wrote could not be removed, and
+    # every later merge stopped on it ("cannot write .../out/y: Permission denied").
+    base = git(base_repo, "rev-parse", "HEAD")
+    two_tasks(base_repo, brancher, base)
+    check = "sh -c 'mkdir -p out; echo x > out/y; echo edit >> f.txt; chmod -R a-w .'"
+
+    def merge_as_owner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "merge", *args],
+            cwd=base_repo, capture_output=True, text=True, check=False, timeout=120,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    first = merge_as_owner("one", "--check", check)
+    assert first.returncode == 0, first.stdout + first.stderr
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    assert git(worktree, "status", "--porcelain", "--ignored") == ""
+    second = merge_as_owner("two", "--check", check)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert git(worktree, "status", "--porcelain", "--ignored") == ""
 
 
 def test_an_integration_worktree_deleted_by_the_user_is_made_anew(

@@ -592,6 +592,37 @@ def test_directories_the_agent_made_unreadable_are_named_and_the_task_fails(
         "print(2)", "in", "new"]  # fmt: skip
 
 
+def test_checks_that_make_the_worktree_read_only_are_undone_and_the_task_is_done(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # As a test suite does (`chmod -R a-w .`): the task failed with an internal error, and
+    # what the checks wrote stayed for `swarm clean` to commit onto its branch.
+    agent = write_agent("import pathlib\npathlib.Path('work.txt').write_text('work')\n")
+    check = (
+        "sh -c 'mkdir -p out sealed; echo x > out/y; echo s > sealed/s; echo edit >> README.md;"
+        " chmod -R a-w .; chmod 0 sealed'"
+    )
+    text = f'[[task]]\nid = "t"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    text += f"checks = [{json.dumps(check)}]\n"
+
+    def as_owner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+            timeout=120,
+        )  # fmt: skip
+
+    out = as_owner("run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert git(worktree, "status", "--porcelain", "--ignored") == ""
+    out = as_owner("clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert branch_file(repo, "swarm/t", "README.md") == "hello"
+
+
 def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -1540,27 +1540,56 @@ _UNSEEN = ("could not open directory", "Permission denied")
 
 
 def untracked_files(worktree: Path) -> set[str]:
-    """The untracked files of *worktree* that are not ignored (read as bytes: any name)."""
-    out = runner.run_bytes(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
-    return {os.fsdecode(name) for name in out.split(b"\0") if name}
+    """The untracked files of *worktree* that are not ignored (read as bytes: any name).
+
+    A directory git cannot look into (a check's or an agent's ``chmod 0``) is opened to its
+    owner first, so that its files are listed rather than hidden.
+    """
+    listed = ("ls-files", "--others", "--exclude-standard", "-z")
+    res = runner.run_bytes(worktree, *listed)
+    if any(words.encode() in res.stderr for words in _UNSEEN):
+        fs.make_removable(worktree)
+        res = runner.run_bytes(worktree, *listed)
+    return {os.fsdecode(name) for name in res.stdout.split(b"\0") if name}
 
 
 def remove_new(worktree: Path, names: Collection[str]) -> None:
     """Delete *names* (files, symlinks) and the directories they leave empty.
 
-    Never through a symlinked directory that leads out of *worktree* (one a check made).
+    Never through a symlinked directory that leads out of *worktree* (one a check made). The
+    directories of *worktree* are opened to their owner when one is read-only (a test suite's
+    ``chmod -R a-w .``).
     """
     inside = real_path(worktree)
     for name in names:
         path = worktree / name
         if real_path(path.parent).is_relative_to(inside):
             with suppress(FileNotFoundError, IsADirectoryError):
-                path.unlink()
+                try:
+                    path.unlink()
+                except PermissionError:
+                    fs.make_removable(worktree)
+                    path.unlink()
     parents = {parent for name in names for parent in PurePosixPath(name).parents}
     for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         if parent.parts:
             with suppress(OSError):  # not empty: something else is in it
                 (worktree / parent).rmdir()
+
+
+def reset_hard(worktree: Path, *, env: Mapping[str, str] | None = None) -> None:
+    """Put *worktree*'s tracked files and index back as HEAD has them (``reset --hard``).
+
+    When git may not write a directory (a check's ``chmod -R a-w .``), the directories of
+    *worktree* are opened to their owner and it runs again.
+    """
+    args = ["reset", "--quiet", "--hard", "HEAD"]
+    res = _run(worktree, args, check=False, env=env)
+    if res.returncode == 0:
+        return
+    if "Permission denied" in res.stderr:
+        fs.make_removable(worktree)
+    _run(worktree, args, env=env)  # raising as git.git does (a full disk told apart)
 
 
 def status_porcelain(path: Path) -> str:

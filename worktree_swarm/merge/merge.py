@@ -861,7 +861,7 @@ def _clean_after_checks(s: _Session, before: set[str], placed: Sequence[str] = (
     git.remove_new(
         s.target.worktree, (git.untracked_files(s.target.worktree) - before) | set(placed)
     )
-    _git(s, "reset", "--quiet", "--hard", "HEAD")
+    git.reset_hard(s.target.worktree, env=s.identity)
 
 
 def _clean_after_cut_off_checks(s: _Session) -> None:

@@ -746,7 +746,7 @@ class TaskWorker(RunWorker):
             git.remove_new(path, git.untracked_files(path) - before)
             if moved is None:
                 faults.retry_while_full(  # the index rewritten: on a full disk, it waits
-                    lambda: git.git(path, "reset", "--quiet", "--hard", "HEAD"),
+                    lambda: git.reset_hard(path),
                     self.store.on_full,
                 )
             if planted:
