@@ -623,6 +623,55 @@ def test_checks_that_make_the_worktree_read_only_are_undone_and_the_task_is_done
     assert branch_file(repo, "swarm/t", "README.md") == "hello"
 
 
+def test_an_agent_that_makes_its_worktree_unreadable_fails_alone_and_clean_names_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Taken for a worktree removed: its sibling was blamed for it (and failed), and `swarm
+    # clean` and `swarm doctor` stopped on it with exit 2 for the whole repository.
+    sealed = repo.parent / "repo.swarm" / "sealed"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        "if os.environ['SWARM_TASK_ID'] == 'sealed':\n"
+        "    pathlib.Path('k.txt').write_text('keep')\n"
+        "    os.chmod('.', 0)\n"
+        "else:  # at work while its sibling's worktree is unreadable\n"
+        "    deadline = time.monotonic() + 60\n"
+        f"    while os.access({str(sealed)!r}, os.R_OK) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    pathlib.Path('i.txt').write_text('mine')\n"
+    )
+    text = f"[defaults]\njobs = 2\nagent = {argv_toml(agent)}\n"
+    text += '[[task]]\nid = "sealed"\nprompt = "seal"\n[[task]]\nid = "other"\nprompt = "x"\n'
+
+    def as_owner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+            timeout=120,
+        )  # fmt: skip
+
+    try:
+        out = as_owner("run", manifest(repo, text))
+        rows = status_json(repo)
+        assert (rows["other"]["state"], rows["sealed"]["state"]) == ("done", "failed"), out.stdout
+        assert rows["sealed"]["reason"] == (
+            f"its worktree {sealed} cannot be read (its agent's `chmod`?): its work since the "
+            f"last checkpoint is left there, uncommitted; `chmod u+rwx {sealed}` gives it back"
+        )
+        kept = f"  {sealed}: task sealed is failed; its directory cannot be read\n"
+        for command in (["clean"], ["clean", "--yes"]):
+            out = as_owner(*command)
+            assert out.returncode in {0, 1}, out.stderr
+            assert kept in out.stdout, out.stdout
+        assert not (repo.parent / "repo.swarm" / "other").exists()  # the rest goes on
+        out = as_owner("doctor")
+        assert (out.returncode, out.stderr) == (1, ""), out.stdout  # named, left
+        assert f"  {sealed}: its directory cannot be read\n" in out.stdout
+    finally:
+        sealed.chmod(0o755)
+    assert (sealed / "k.txt").read_text() == "keep"
+
+
 def test_a_file_over_max_file_is_left_out_of_the_checkpoint_and_the_task_fails(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -32,6 +32,7 @@ from worktree_swarm.cleanup.fixes import (
     processes_using,
     ref_move_notes,
     remote_branch_finding,
+    sealed_worktree,
     stale_git_locks,
     with_base,
     worktree_dirty,
@@ -51,7 +52,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import snapshot
-from worktree_swarm.infra import lock, parallel, supervisor
+from worktree_swarm.infra import fs, lock, parallel, supervisor
 from worktree_swarm.infra.store import EventRow, Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
@@ -508,6 +509,10 @@ def _plan_task(
     dirty: bool | None = False
     kept = False
     branch_owners, path_owners = seen.owners
+    if path_owners.get(task.worktree) == task.run_id and fs.sealed(Path(task.worktree)):
+        # Its files are there, whatever git says (prunable): kept, and its branch with it.
+        why = f"task {task.task_id} is {task.state.value}; "
+        return [sealed_worktree(Path(task.worktree), why=why, task=task)]
     if path_owners.get(task.worktree) == task.run_id:
         found, dirty, kept = _plan_task_worktree(
             repo, task, registered, seen, force=force, look=look

@@ -281,6 +281,23 @@ def locked_missing(
     )
 
 
+def sealed_worktree(path: Path, *, why: str = "", task: TaskRow | None = None) -> Finding:
+    """A worktree whose directory cannot be read (a ``chmod 0``): kept, whatever git says.
+
+    git takes it for gone (prunable); its files are there, and may be work. *why* starts the
+    reason.
+    """
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory cannot be read",
+        action=Action.KEEP,
+        fix=f"kept: `chmod u+rwx {path}` gives it back to you; then clean again",
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+    )
+
+
 # Why a worktree whose submodule's commit exists nowhere else is kept.
 _ONLY_HERE = (
     "has a commit in no repository but this worktree's (the branch records only its id); "

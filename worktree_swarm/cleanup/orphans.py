@@ -48,6 +48,7 @@ from worktree_swarm.cleanup.fixes import (
     protected_pids,
     ref_move_notes,
     remote_branch_finding,
+    sealed_worktree,
     stale_git_locks,
     worktree_finding,
 )
@@ -472,6 +473,8 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
             branch=info.branch,
             admin_dir=worktrees.admin_of(ctx.repo, path),
         )
+    if info.prunable is not None and fs.sealed(path):
+        return sealed_worktree(path)
     if info.prunable is not None:
         return Finding(
             kind=Kind.WORKTREE,
@@ -536,6 +539,17 @@ def _directories(ctx: _Context) -> list[Finding]:
     found: list[Finding] = []
     main = real_path(ctx.repo.root)
     for root in ctx.roots:
+        if fs.sealed(root):
+            found.append(
+                Finding(
+                    kind=Kind.DIRECTORY,
+                    target=str(root),
+                    reason="the worktree root cannot be read",
+                    action=Action.KEEP,
+                    fix=f"kept: `chmod u+rwx {root}` gives it back to you; then look again",
+                )
+            )
+            continue
         for child in sorted(root.iterdir()) if root.is_dir() else []:
             if child.is_symlink() or not child.is_dir() or real_path(child) in ctx.registered:
                 continue
@@ -561,6 +575,8 @@ def _keep_directory(ctx: _Context, child: Path, main: Path) -> str:
     """Why the stray directory *child* must not be removed ('' when it may be)."""
     if real_path(child).is_relative_to(main) or main.is_relative_to(real_path(child)):
         return "it is inside your checkout; remove it yourself"
+    if fs.sealed(child):
+        return f"it cannot be read; `chmod u+rwx {child}` gives it back to you"
     dotgit = child / ".git"
     if dotgit.is_dir():
         return "it is a repository of its own; move it elsewhere"

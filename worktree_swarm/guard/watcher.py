@@ -1012,7 +1012,7 @@ class Guard:
         self, task_id: str, path: Path, began: float, pending: set[str], *, at_once: bool = False
     ) -> Violation | None:
         known = self._trees.admins.get(task_id)
-        if os.path.lexists(path / ".git"):
+        if _present(path / ".git"):
             self._trees.doubted.discard(task_id)
             if known is None:  # made by an earlier manager, or not yet seen whole
                 admin = worktrees.own_admin(self.repo, path)
@@ -2634,3 +2634,14 @@ def _seed(scratch: Path, saved: Path) -> None:
     """
     if not scratch.exists() and saved.is_file():
         shutil.copy2(saved, scratch)
+
+
+def _present(path: Path) -> bool:
+    """Whether *path* exists, or cannot be looked at: a directory made unreadable is not gone."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # EACCES: an agent's `chmod 0` of its own worktree
+        return True
+    return True

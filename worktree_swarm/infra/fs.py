@@ -72,6 +72,20 @@ def make_removable(top: Path | str) -> None:
                 dirnames.remove(name)  # a symlink: what it points at is not ours
 
 
+def sealed(path: Path | str) -> bool:
+    """Whether *path* is a directory this process may not list or enter (a ``chmod 0``).
+
+    Also when a directory above it keeps it from being looked at: it is there, unreadable.
+    """
+    try:
+        info = Path(path).stat()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and not os.access(path, os.R_OK | os.X_OK)
+
+
 def _open_up(path: Path) -> bool:
     """Open the directory *path* to its owner; False when it is not one (or a symlink)."""
     try:

@@ -651,6 +651,10 @@ class TaskWorker(RunWorker):
             return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=_lost_reason(task, lost)
             )
+        if fs.sealed(path):  # no git can work there
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=sealed_reason(path)
+            )
         admin = worktrees.own_admin(self.repo, path)
         changed = None if admin is not None else worktrees.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
@@ -1289,6 +1293,14 @@ def _runaway(path: Path) -> int:
     """An agent's log past this filled the disk of *path* itself: 64 MiB, or a quarter."""
     found = fs.space(path)
     return ROOM_TO_GO_ON if found is None else min(ROOM_TO_GO_ON, found[1] // 4)
+
+
+def sealed_reason(path: Path) -> str:
+    """Why a task whose worktree *path* its reader may not enter is not done."""
+    return (
+        f"its worktree {path} cannot be read (its agent's `chmod`?): its work since the last "
+        f"checkpoint is left there, uncommitted; `chmod u+rwx {path}` gives it back"
+    )
 
 
 def _lost_reason(task: Task, lost: Violation) -> str:
