@@ -1569,6 +1569,29 @@ def test_a_repository_swarm_cannot_write_is_one_clear_line(repo: Path, command: 
     assert not (git_dir / "swarm").exists()
 
 
+def test_output_to_a_file_in_a_directory_swarm_cannot_enter_is_written(
+    repo: Path, tmp_path: Path
+) -> None:
+    # As `sudo -u you swarm run ... > /root/out.log`: the descriptor is writable, its name
+    # cannot be looked at, and swarm refused to run ("cannot write /root/out.log").
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    log = closed / "out.log"
+    with log.open("w") as out_file:
+        closed.chmod(0)
+        try:
+            out = subprocess.run(
+                [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", "--agent",
+                 "scripted", "-t", "a=x"],
+                cwd=repo, stdout=out_file, stderr=subprocess.PIPE, text=True, check=False,
+                stdin=subprocess.DEVNULL, timeout=120,
+            )  # fmt: skip
+        finally:
+            closed.chmod(0o755)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert "run finished" in log.read_text()
+
+
 def test_a_file_where_swarms_state_belongs_is_one_line_not_an_internal_error(repo: Path) -> None:
     state = repo / ".git" / "swarm"
     state.write_text("x\n")

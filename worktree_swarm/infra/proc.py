@@ -124,12 +124,15 @@ def output_files() -> list[Path]:
     found: list[Path] = []
     for fd in (1, 2):
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            # Deleted: no name left. Asked of the descriptor, not the name: the file may be
+            # in a directory this process cannot enter (`sudo -u someone swarm ... > /root/x`).
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink == 0:
                 continue
             target = Path(f"/proc/self/fd/{fd}").readlink()
         except OSError:
             continue
-        if target.is_absolute() and target.exists() and target not in found:
+        if target.is_absolute() and target not in found:
             found.append(target)
     return found
 
