@@ -520,3 +520,17 @@ def test_notes_show_the_end_of_a_findings_file_an_agent_made_huge(repo: Path) ->
     assert skipped + len("\n".join(rest).encode()) + 1 == path.stat().st_size
     assert rest[0].startswith("- filler line ")  # from a whole line
     assert rest[-1].endswith("the last word")
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022], ids=["077", "022"])
+def test_the_findings_file_gets_the_umasks_mode(tmp_path: Path, umask: int) -> None:
+    # It was made 0644 whatever the umask: readable by all where everything else of a run's
+    # is its owner's alone (umask 077).
+    path = tmp_path / "findings.md"
+    code = (
+        f"import os, pathlib; os.umask({umask}); from worktree_swarm.report.notes import prepare;"
+        f" prepare(pathlib.Path({str(path)!r}), run_id='r')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -72,6 +72,21 @@ def make_removable(top: Path | str) -> None:
                 dirnames.remove(name)  # a symlink: what it points at is not ours
 
 
+def umask() -> int:
+    """The umask of this process, read without changing it where Linux tells it (``/proc``).
+
+    Setting it to read it back would give files another thread creates meanwhile the wrong
+    mode; that is the fallback elsewhere.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in read_text(Path("/proc/self/status")).splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def sealed(path: Path | str) -> bool:
     """Whether *path* is a directory this process may not list or enter (a ``chmod 0``).
 

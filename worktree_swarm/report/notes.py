@@ -23,7 +23,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import is_valid_task_id
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import lock
+from worktree_swarm.infra import fs, lock
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 
@@ -255,7 +255,7 @@ def _create(path: Path, data: bytes) -> bool:
     fd, aside = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         try:
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, 0o666 & ~fs.umask())  # as a plain `open` would: not 0600
             _write_once(path, fd, data)
         finally:
             os.close(fd)
