@@ -411,21 +411,30 @@ def test_a_label_no_open_issue_carries_is_bad_input_naming_it(fake_github: FakeG
         issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
-def test_a_token_from_gh_pasted_into_an_issue_reaches_no_prompt_state_or_log(
-    fake_github: FakeGitHub, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("source", ["gh", "env"])
+def test_a_classic_token_pasted_into_an_issue_reaches_no_prompt_state_or_log(
+    fake_github: FakeGitHub,
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
 ) -> None:
     # A classic token is 40 hex digits: no shape a redactor knows. It is in no environment
-    # either (gh keeps it), so only what swarm read from gh tells it.
+    # either (gh keeps it), so only what swarm read from gh tells it; or it is in one with
+    # blanks around it, which swarm strips (and GitHub would see it without).
     token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
     fake_github.token = token
     for name in ("GITHUB_TOKEN", "GH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "gh").write_text(f"{script_interpreter()}\nprint({token!r})\n")
-    (bindir / "gh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    number = fake_github.add_issue(f"Leaks {token}", f"Our CI failed with token={token} today")
+    if source == "env":
+        monkeypatch.setenv("GITHUB_TOKEN", f" {token} ")
+    else:
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "gh").write_text(f"{script_interpreter()}\nprint({token!r})\n")
+        (bindir / "gh").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    number = fake_github.add_issue(f"Leaks {token}", f"Our CI failed with {token}.")
     agent = tmp_path / "agent.py"
     agent.write_text("import pathlib, sys\nprint(sys.argv[1])\npathlib.Path('x').write_text('x')\n")
 
@@ -435,7 +444,9 @@ def test_a_token_from_gh_pasted_into_an_issue_reaches_no_prompt_state_or_log(
 
     assert out.returncode == 0, out.stderr
     logs = swarm(repo, "logs", f"issue-{number}")
-    assert "Our CI failed with token=[REDACTED] today" in logs.stdout
+    assert "Our CI failed with [REDACTED]." in logs.stdout
     state = b"".join(p.read_bytes() for p in (repo / ".git" / "swarm").glob("state.db*"))
     assert token.encode() not in state
+    for path in (repo / ".git" / "swarm").rglob("*"):  # the prompt's file, the logs
+        assert not path.is_file() or token.encode() not in path.read_bytes(), path
     assert token not in out.stdout + out.stderr + logs.stdout

@@ -1413,6 +1413,14 @@ def test_a_character_whose_lowercase_is_longer_hides_no_secret_after_it(before: 
     assert redact(text) == f"{before} failed: {REDACTED} / {REDACTED} / {REDACTED}"
 
 
+def test_a_secret_value_with_blanks_around_it_is_known_without_them() -> None:
+    # `GITHUB_TOKEN=" <40 hex> "`: the program that reads it strips it and prints it bare.
+    token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
+    redact = Redactor({"GITHUB_TOKEN": f" {token}\t\n", "DB_PASSWORD": " Pa55,w0rd "})
+    said = f"sent {token}; login Pa55,w0rd refused"
+    assert redact(said) == f"sent {REDACTED}; login {REDACTED} refused"
+
+
 def test_a_secret_value_is_redacted_inside_json_output_too() -> None:
     value = 'Tr0ub4dor"&3\\x-é'
     redact = Redactor({"DB_PASSWORD": value})

@@ -208,7 +208,7 @@ def resolve_token(env: Mapping[str, str] | None = None, *, host: str | None = No
     env = os.environ if env is None else env
     for name in TOKEN_ENVS:
         if env.get(name, "").strip():
-            return Token(env[name])
+            return _known(name, Token(env[name]))
     hint = "set GITHUB_TOKEN (or GH_TOKEN), or log in with `gh auth login`"
     try:
         argv = ["gh", "auth", "token", *(["--hostname", host] if host else [])]
@@ -217,10 +217,16 @@ def resolve_token(env: Mapping[str, str] | None = None, *, host: str | None = No
         raise BadInputError(f"no GitHub token: {hint}") from exc
     if out.returncode != 0 or not out.stdout.strip():
         raise BadInputError(f"no GitHub token (`gh auth token` found none): {hint}")
-    # In no environment, so no redactor knows it: from now on this process's does, whatever
-    # its shape (a classic 40-hex token, an Enterprise server's).
-    redaction.add_env([("GH_TOKEN", out.stdout.strip())])
-    return Token(out.stdout)
+    return _known("GH_TOKEN", Token(out.stdout))
+
+
+def _known(name: str, token: Token) -> Token:
+    """*token*, known from now on to this process's redactor whatever its shape (40 hex digits).
+
+    From gh it is in no environment; from one, it may have blanks around it there.
+    """
+    redaction.add_env([(name, token.reveal())])
+    return token
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

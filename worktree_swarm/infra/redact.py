@@ -165,8 +165,12 @@ class Redactor:
     def __init__(self, env: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         """Also redact the literal values of *env* variables whose names look secret."""
         pairs = env.items() if isinstance(env, Mapping) else env
+        # Without the blanks around it: `GITHUB_TOKEN=" ghp_x "` is the token ghp_x to the
+        # program that reads it, and shows up without them.
         whole = {
-            value for name, value in pairs if is_secret_name(name) and len(value) >= MIN_SECRET_LEN
+            value.strip()
+            for name, value in pairs
+            if is_secret_name(name) and len(value.strip()) >= MIN_SECRET_LEN
         }
         # A value of several lines (a PEM key) is found a line at a time too: a log's tail, a
         # live view or a stream redacted line by line holds one line of it, not the whole.
