@@ -403,6 +403,11 @@ def test_api_url_precedence() -> None:
     # Said of where it came from: the variable's value is not the flag's.
     with pytest.raises(BadInputError, match=r"^SWARM_GITHUB_API_URL: 'http://a b' is not"):
         github.api_url_from(None, {"SWARM_GITHUB_API_URL": "http://a b"})
+    # Empty (`SWARM_GITHUB_API_URL=$GHES_URL` with that unset) is no choice of api.github.com.
+    with pytest.raises(BadInputError, match=r"^SWARM_GITHUB_API_URL is empty; .* or unset it"):
+        github.api_url_from(None, {"SWARM_GITHUB_API_URL": ""})
+    with pytest.raises(BadInputError, match=r"^--api-url is empty; .* or leave it out for https"):
+        github.api_url_from(" ", env)
 
 
 def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> None:

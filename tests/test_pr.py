@@ -549,6 +549,22 @@ def test_bad_input_is_one_line_exit_2_and_nothing_happens(
     assert remote_branches(done_run) == ["main"]
 
 
+def test_an_empty_api_url_is_bad_input_not_the_default(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--api-url "$GHES_URL"` with the variable unset: the token went to the variable's API
+    # (or api.github.com), not to the one meant.
+    monkeypatch.setenv("SWARM_GITHUB_API_URL", fake_github.url)
+    out = swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", "")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "swarm: --api-url is empty; give the API's base URL, or leave it out for"
+        " https://api.github.com\n"
+    )
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+
+
 def test_local_remote_without_github_repo_and_missing_token(
     repo: Path,
     done_run: Path,

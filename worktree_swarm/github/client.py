@@ -186,10 +186,19 @@ def strip_userinfo(url: str) -> str:
 
 
 def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The API base URL: the flag, else ``SWARM_GITHUB_API_URL``, else api.github.com."""
+    """The API base URL: the flag, else ``SWARM_GITHUB_API_URL``, else api.github.com.
+
+    Given empty (``--api-url "$GHES_URL"`` with the variable unset), either is bad input: the
+    token, maybe an Enterprise server's, would go to api.github.com.
+    """
     env = os.environ if env is None else env
-    url = (flag or env.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
-    where = "--api-url" if flag else API_URL_ENV
+    where, given = ("--api-url", flag) if flag is not None else (API_URL_ENV, env.get(API_URL_ENV))
+    if given is not None and not given.strip():
+        unset = "leave it out" if flag is not None else "unset it"
+        raise BadInputError(
+            f"{where} is empty; give the API's base URL, or {unset} for {DEFAULT_API_URL}"
+        )
+    url = (given or DEFAULT_API_URL).rstrip("/")
     if not is_http_url(url):
         raise BadInputError(f"{where}: {url!r} is not an http(s) URL")
     parts = urllib.parse.urlsplit(url)
