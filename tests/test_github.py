@@ -301,6 +301,43 @@ def test_a_next_page_on_another_host_is_an_error_not_a_short_list(
     )
 
 
+@pytest.mark.parametrize(
+    ("link", "error"),
+    [
+        # urlsplit's ValueError ("Invalid IPv6 URL") was an internal error.
+        (
+            "http://u@evil.example\x1b[2J/x",
+            "GitHub's link to the next page is no URL; not followed",
+        ),
+        # Its user and password were shown, the token among them.
+        (
+            f"http://{TOKEN}:pw@evil.example:8443/x",
+            "GitHub's next page is on http://evil.example:8443,",
+        ),
+    ],
+)
+def test_a_next_page_link_is_shown_without_credentials_or_not_at_all(
+    fake_github: FakeGitHub, link: str, error: str
+) -> None:
+    fake_github.add_issue("one", labels=("bug",))
+    headers = {"link": f'<{link}>; rel="next"'}
+    fake_github.scripted.append(Scripted("GET", "/issues$", 200, headers, []))
+    with pytest.raises(github.GitHubError) as info:
+        list(client(fake_github).list_issues(labels="bug"))
+    assert str(info.value).startswith(error)
+    assert TOKEN not in str(info.value)
+    assert "pw" not in str(info.value)
+    assert "\x1b" not in str(info.value)
+
+
+def test_a_reply_nested_deeper_than_python_goes_is_no_json_not_a_crash(
+    fake_github: FakeGitHub,
+) -> None:
+    fake_github.scripted.append(Scripted("GET", "/pulls$", 200, {}, b"[" * 200_000))
+    with pytest.raises(github.GitHubError, match="list of pull requests of swarm/a is not a list"):
+        client(fake_github).find_pull("swarm/a")
+
+
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert github.resolve_token({"GITHUB_TOKEN": "a1", "GH_TOKEN": "b2"}).reveal() == "a1"
     assert github.resolve_token({"GH_TOKEN": " b2\n"}).reveal() == "b2"

@@ -266,6 +266,32 @@ def test_a_reply_without_a_pull_request_number_fails_that_task_only(
     assert second.startswith("issue-7  created  #")
 
 
+def test_a_pull_request_number_past_any_fails_its_task_now_and_when_found_again(
+    repo: Path, done_run: Path, fake_github: FakeGitHub
+) -> None:
+    # 2**70 did not fit the store: an internal error, then again on every `swarm pr`, which
+    # found that pull request by its branch.
+    head = {"ref": "swarm/one", "label": "acme:swarm/one"}
+    base = {"ref": "main"}
+    huge = {"number": 2**70, "state": "open", "html_url": "x", "head": head, "base": base}
+    fake_github.scripted.append(Scripted("POST", "/pulls$", 201, {}, huge))
+    said = "one  failed  GitHub replied with a pull request number of 22 digits, past any it gives"
+    out = swarm_pr(repo, fake_github)
+    assert (out.returncode, out.stderr) == (1, ""), out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        said,
+        "issue-7  created  #1  https://github.test/acme/widgets/pull/1",
+    ]
+    fake_github.scripted += [
+        Scripted("GET", "/pulls$", 200, {}, []),  # the look before anything is pushed
+        Scripted("GET", "/pulls$", 200, {}, [huge]),  # task one's own pull request
+    ]
+    again = swarm_pr(repo, fake_github)
+    assert (again.returncode, again.stderr) == (1, ""), again.stdout + again.stderr
+    assert again.stdout.splitlines()[0] == said
+    assert status_json(repo)["one"]["pr_number"] is None
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "body"),
     [

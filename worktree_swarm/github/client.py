@@ -52,6 +52,9 @@ _MOVED = frozenset({301, 302, 303, 307, 308})
 # What a request that never got an answer raises.
 _UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
 DROP_WAITS = (2.0, 8.0)  # seconds before each new try of a refused or dropped request
+# Issues and pull requests share one sequence of numbers; none is this far (a task id, a
+# branch and the store's 64-bit integers hold it).
+MAX_NUMBER = 10**9
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -440,11 +443,16 @@ class Client:
         url = match["url"]
         # The token goes only to the configured API host: a Link elsewhere is not followed,
         # and the list is not silently cut short either.
-        here, there = urllib.parse.urlsplit(self.api_url), urllib.parse.urlsplit(url)
+        here = urllib.parse.urlsplit(self.api_url)
+        try:
+            there = urllib.parse.urlsplit(url)
+        except ValueError:  # `http://[x/`: no URL at all
+            raise GitHubError("GitHub's link to the next page is no URL; not followed") from None
         if (here.scheme, here.netloc) != (there.scheme, there.netloc):
-            shown = one_line(f"{there.scheme}://{there.netloc}", limit=100, controls=True)
+            host = there.netloc.rpartition("@")[2]  # never a user:password@ it holds
+            shown = one_line(redact(self.token.redact(f"{there.scheme}://{host}")), controls=True)
             raise GitHubError(
-                f"GitHub's next page is on {shown}, not on the API's {self.api_url};"
+                f"GitHub's next page is on {shown[:100]}, not on the API's {self.api_url};"
                 " not followed (the token goes to the API host only): set --api-url to the"
                 " address GitHub uses"
             )
@@ -563,7 +571,7 @@ class Client:
     def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
         try:
             data = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
             data = None
         if 200 <= status < 300:  # noqa: PLR2004
             return Response(status=status, data=data, headers=headers)

@@ -14,7 +14,7 @@ from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import as_shown, one_line
-from worktree_swarm.github.client import Client, GitHubError
+from worktree_swarm.github.client import MAX_NUMBER, Client, GitHubError
 from worktree_swarm.infra import redact
 
 PLACEHOLDERS = frozenset({"number", "title", "body", "labels", "url", "boundary"})
@@ -38,7 +38,6 @@ Labels: {labels}
 TITLE_LIMIT = 200
 # {{ and }} are literal braces; {name} is a placeholder. One regex, one pass.
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
-_MAX_NUMBER = 10**9  # far past any repository's issue count; a task id stays short
 
 
 def validate_template(template: str, *, where: str = "issue template") -> None:
@@ -87,7 +86,7 @@ def fetch_issue_tasks(
     def add(issue: Mapping[str, Any]) -> bool:
         number = issue.get("number")
         # Only what GitHub numbers issues with (a task id and a branch are made from it).
-        if type(number) is not int or not 0 < number < _MAX_NUMBER:
+        if type(number) is not int or not 0 < number < MAX_NUMBER:
             return limit is None or len(tasks) < limit
         if number in seen or "pull_request" in issue:
             return limit is None or len(tasks) < limit
@@ -223,7 +222,7 @@ def parse_issue_numbers(text: str, *, where: str = "--issues") -> tuple[int, ...
         # An issue number has a few digits: 5,000 of them would not even parse.
         if not item.isdigit() or not item.isascii() or len(item) > _DIGITS or int(item) < 1:
             raise BadInputError(f"{where}: {part.strip()!r} is not an issue number (e.g. 12,15)")
-        if int(item) >= _MAX_NUMBER:  # no repository numbers its issues this far
+        if int(item) >= MAX_NUMBER:  # no repository numbers its issues this far
             raise BadInputError(f"{where}: {part.strip()!r} is past any issue number")
         numbers.append(int(item))
     return tuple(numbers)

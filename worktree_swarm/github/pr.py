@@ -16,6 +16,7 @@ from worktree_swarm.git import leaks, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import (
+    MAX_NUMBER,
     Client,
     GitHubError,
     OnWait,
@@ -385,6 +386,11 @@ def _number(pull: Mapping[str, object]) -> int:
         # Its keys, not its values: a reply may echo what was sent (the token among it).
         keys = _said(", ".join(sorted(map(str, pull))), limit=120)
         raise SwarmError(f"GitHub replied with no pull request number (keys: {keys})")
+    if number >= MAX_NUMBER:  # 2**70 fits in no store; 4,000 digits in no line
+        digits = len(str(number))
+        raise SwarmError(
+            f"GitHub replied with a pull request number of {digits} digits, past any it gives"
+        )
     return number
 
 
