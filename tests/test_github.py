@@ -148,14 +148,18 @@ def test_a_quota_that_resets_later_than_swarm_waits_fails_at_once_saying_when(
     assert len(fake_github.calls("GET")) == 1  # not sent before the quota resets
 
 
-@pytest.mark.parametrize("retry_after", ["inf", "1e12"])
+@pytest.mark.parametrize("retry_after", ["inf", "1e12", "1e300", "86401"])
 def test_an_absurd_retry_after_is_one_clear_error(
     fake_github: FakeGitHub, retry_after: str
 ) -> None:
+    # `1e300` was a wait of 300 digits; `inf` "infs", to try again in a century.
     fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": retry_after})
     with pytest.raises(github.RateLimitError) as info:
         client(fake_github, max_wait=5).create_pull(title="T", head="swarm/a", base="main", body="")
-    assert "try again after" in str(info.value)
+    assert str(info.value) == (
+        "GitHub rate limit: POST /repos/acme/widgets/pulls asks to wait more than a day, longer"
+        " than the 5s swarm waits; try again later"
+    )
 
 
 def test_a_retry_after_that_is_no_number_is_backed_off_like_none(fake_github: FakeGitHub) -> None:

@@ -488,13 +488,17 @@ class Client:
     def _give_up(
         self, method: str, url: str, status: int, wait: float, *, tries: int
     ) -> RateLimitError:
+        # Past a day, no limit of GitHub's (its quota resets hourly): `retry-after: 1e300` or
+        # `inf` is said as such, not as 300 digits or a date a century away.
+        far = wait > _DAY
         if wait > self.max_wait:
-            why = f"asks to wait {wait:.0f}s, longer than the {self.max_wait:.0f}s swarm waits"
+            asked = "more than a day" if far else f"{wait:.0f}s"
+            why = f"asks to wait {asked}, longer than the {self.max_wait:.0f}s swarm waits"
         else:
             why = f"still limited after {tries} tries"
+        when = "later" if far else f"after {_when(wait)}"
         return RateLimitError(
-            f"GitHub rate limit: {method} {self._display(url)} {why}; try again after"
-            f" {_when(wait)}",
+            f"GitHub rate limit: {method} {self._display(url)} {why}; try again {when}",
             status=status,
         )
 
@@ -668,10 +672,13 @@ def _rate_limit_wait(
 MAX_PAGES = 100  # of 100 issues each: far above any batch worth running
 
 
+_DAY = 86400.0
+
+
 def _when(wait: float) -> str:
-    """The local time *wait* seconds from now: with its date when that is not today."""
+    """The local time *wait* seconds (a day at most) from now: with its date when not today."""
     now = time.time()
-    return units.clock_time(now + min(wait, 100 * 365 * 86400.0), now=now)  # `inf`: far off
+    return units.clock_time(now + wait, now=now)
 
 
 def _epoch_wait(reset: str | None) -> float | None:
