@@ -162,6 +162,23 @@ def test_labels_are_redacted_and_invisible_characters_in_a_body_shown(
     assert "Fix the button.<U+202E><U+E0065><U+E0078>" in prompt
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        f"https://github.test/acme/widgets/issues/1?{TOKEN}",
+        f"https://{TOKEN}@github.test/acme/widgets/issues/1",
+        "https://bot:Passw0rd4Bot@github.test/acme/widgets/issues/1",
+    ],
+)
+def test_an_issues_address_is_redacted_like_its_text(address: str) -> None:
+    # `{url}` went into the prompt (stored, and the agent's) as GitHub's answer had it.
+    issue = {"number": 1, "title": "T", "body": "B", "html_url": address}
+    _, prompt, _ = issues.issue_task(issue, template="see {url}")
+    assert TOKEN not in prompt
+    assert "Passw0rd4Bot" not in prompt
+    assert prompt.startswith("see https://")
+
+
 def test_template_is_single_pass_and_braces_in_issue_text_stay(fake_github: FakeGitHub) -> None:
     body = "Use {title} and {body} and {{x}} and {unknown} literally."
     number = fake_github.add_issue("Fix {body} in {{title}}", body, labels=("{labels}",))

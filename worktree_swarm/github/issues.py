@@ -14,7 +14,7 @@ from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import as_shown, one_line
-from worktree_swarm.github.client import MAX_NUMBER, Client, GitHubError
+from worktree_swarm.github.client import MAX_NUMBER, Client, GitHubError, strip_userinfo
 from worktree_swarm.infra import redact
 
 PLACEHOLDERS = frozenset({"number", "title", "body", "labels", "url", "boundary"})
@@ -133,7 +133,7 @@ def _numbered_issue(client: Client, number: int) -> Mapping[str, Any]:
     if said != number:  # moved to another repository: another issue there
         raise BadInputError(
             f"--issues: issue #{number} of {client.repo} was moved to another repository"
-            f" ({issue.get('html_url') or 'no address given'}); run swarm there"
+            f" ({_address(issue) or 'no address given'}); run swarm there"
         )
     if "pull_request" in issue:  # GitHub's issues endpoint serves pull requests too
         raise BadInputError(
@@ -189,11 +189,19 @@ def issue_task(issue: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> tu
         "title": title,
         "body": body or "(no description)",
         "labels": labels,
-        "url": one_line(str(issue.get("html_url") or ""), controls=True),
+        "url": _address(issue),
         "boundary": f"===== ISSUE TEXT {digest} =====",
     }
     return f"issue-{number}", render(template, values), title
 
+
+def _address(issue: Mapping[str, Any]) -> str:
+    """The issue's ``html_url`` as one line, redacted like its text, without ``user:pass@``."""
+    url = strip_userinfo(str(issue.get("html_url") or ""))
+    return one_line(redact.redact(url), limit=_URL_LIMIT, controls=True)
+
+
+_URL_LIMIT = 500  # GitHub's addresses are far shorter
 
 # GitHub allows 50 characters to a label name; anything longer is not GitHub's.
 _LABEL_LIMIT = 100
