@@ -426,6 +426,14 @@ def test_local_remote_needs_github_repo(repo: Path, tmp_path: Path) -> None:
         github.slug_from_remote(open_repo(repo), "origin")
     with pytest.raises(BadInputError, match="no remote named 'upstream'"):
         github.slug_from_remote(open_repo(repo), "upstream")
+    # A file:// URL may name a user too: never shown.
+    git(repo, "remote", "add", "mirror", "file://Sup3rS3cretUserTok3n0123@/srv/x.git")
+    with pytest.raises(BadInputError) as info:
+        github.slug_from_remote(open_repo(repo), "mirror")
+    assert str(info.value) == (
+        "remote 'mirror' is a local path (file:///srv/x.git); name the GitHub repository with"
+        " --github-repo OWNER/NAME"
+    )
     assert github.parse_slug("acme/widgets") == github.RepoSlug(owner="acme", name="widgets")
     for bad in ("acme", "a/b/c", "../x", "a/..", "a b/c"):
         with pytest.raises(BadInputError, match="is not of the form OWNER/NAME"):

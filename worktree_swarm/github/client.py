@@ -148,7 +148,7 @@ def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
     url = remote_url(repo, remote)
     if not _is_network_url(url):
         raise BadInputError(
-            f"remote {remote!r} is a local path ({url}); "
+            f"remote {remote!r} is a local path ({strip_userinfo(url)}); "
             "name the GitHub repository with --github-repo OWNER/NAME"
         )
     # A URL's host and port are not the owner: only its path names the repository.
