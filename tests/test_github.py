@@ -238,6 +238,37 @@ def test_unreachable_api_names_the_url() -> None:
 
 
 @pytest.fixture
+def silent_api() -> Iterator[str]:
+    """An address that takes connections (into its backlog) and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_request_not_answered_is_named_and_a_write_may_have_been_done(silent_api: str) -> None:
+    # Both said "cannot reach the GitHub API at URL (timed out); check the network".
+    c = github.Client(
+        api_url=silent_api,
+        token=github.Token(TOKEN),
+        repo=github.RepoSlug(owner="o", name="n"),
+        timeout=0.2,
+        deadline=60,
+    )
+    with pytest.raises(github.UnreachableError) as info:
+        c.find_pull("x")
+    assert str(info.value) == (
+        f"the GitHub API at {silent_api} did not answer GET /repos/o/n/pulls within 0.2s;"
+        " try again later"
+    )
+    with pytest.raises(github.UnreachableError) as info:
+        c.create_pull(title="T", head="swarm/a", base="main", body="B")
+    assert str(info.value) == (
+        f"the GitHub API at {silent_api} did not answer POST /repos/o/n/pulls within 0.2s;"
+        " it may have been carried out all the same: run `swarm pr` again, which finds a pull"
+        " request by its branch and opens none twice"
+    )
+
+
+@pytest.fixture
 def trickling_api() -> Iterator[str]:
     """An HTTP server that answers every request one header byte at a time, for ever."""
     stop = threading.Event()
@@ -474,11 +505,13 @@ def test_a_redirect_is_not_followed_and_names_the_move(fake_github: FakeGitHub) 
         with pytest.raises(github.GitHubError) as info:
             client(fake_github).find_pull("swarm/a")
         assert elsewhere.requests == []  # neither the token nor the request went there
+    # Another port (or host): no rename of the repository, whatever it is.
     assert str(info.value) == (
-        f"GitHub GET /repos/{OWNER}/{NAME}/pulls answered 307, moved to {target}:"
-        f" {OWNER}/{NAME} was renamed or transferred; point the remote at its new name or pass"
-        " --github-repo OWNER/NAME"
+        f"GitHub GET /repos/{OWNER}/{NAME}/pulls answered 307, redirecting to {target}, not to"
+        f" the API at {fake_github.url}; not followed (the token goes to the API host only):"
+        " set --api-url to the address GitHub uses"
     )
+    assert info.value.moved_to == ""  # an issue there is not one moved to another repository
 
 
 def test_a_renamed_repository_is_bad_input_before_any_push(fake_github: FakeGitHub) -> None:
@@ -503,7 +536,10 @@ def test_a_dropped_connection_is_tried_again_and_a_refused_one_given_up_on_after
 
     # A write dropped mid-way may have been done: not sent again (the next `swarm pr` finds it).
     fake_github.scripted.append(Scripted("POST", "/pulls$", DROP, {}, b""))
-    with pytest.raises(github.UnreachableError, match="cannot reach the GitHub API"):
+    with pytest.raises(
+        github.UnreachableError,
+        match=r"dropped POST /repos/acme/widgets/pulls \(.*\); it may have been carried out",
+    ):
         c.create_pull(title="T", head="swarm/a", base="main", body="B")
     assert len(fake_github.calls("POST")) == 1
 

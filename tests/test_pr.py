@@ -812,7 +812,14 @@ def test_a_failed_update_with_predicted_conflicts_leaves_the_pull_requests_open(
             "acme/widgets",
             "401: Bad credentials; the token was rejected",
         ),
-        (TOKEN, "acme/gadgets", "no repository acme/gadgets on"),
+        (
+            TOKEN,
+            "acme/gadgets",
+            (
+                "has no repository acme/gadgets the token can see (404); check its name"
+                " (--github-repo OWNER/NAME) and the token's access\n"
+            ),
+        ),
     ],
 )
 def test_a_token_or_repository_github_refuses_pushes_nothing(

@@ -299,8 +299,8 @@ class Client:
                 raise BadInputError(str(exc)) from exc  # it names the fix
             if exc.status == HTTPStatus.NOT_FOUND:
                 raise BadInputError(
-                    f"{exc}: no repository {self.repo} on {self.api_url}, or the token cannot "
-                    "see it; name it with --github-repo OWNER/NAME"
+                    f"GitHub at {self.api_url} has no repository {self.repo} the token can see"
+                    " (404); check its name (--github-repo OWNER/NAME) and the token's access"
                 ) from exc
             raise
 
@@ -553,17 +553,21 @@ class Client:
         exchange.start()
         exchange.join(self.deadline)
         if not answer:
-            raise UnreachableError(
-                self.token.redact(
-                    f"the GitHub API at {self.api_url} did not answer {method}"
-                    f" {self._display(url)} within {self.deadline:.0f}s; try again later"
-                )
-            )
+            raise UnreachableError(self._unanswered(method, url, self.deadline))
         if isinstance(answer[0], BaseException):
             if not isinstance(answer[0], _UNREACHABLE):
                 raise answer[0]
             reason = getattr(answer[0], "reason", answer[0])
+            if isinstance(reason, TimeoutError):  # connected, then no byte for `timeout`
+                raise UnreachableError(self._unanswered(method, url, self.timeout)) from None
             dropped = _dropped(reason, method)
+            if not dropped and method in WRITE_METHODS and self._answered:
+                raise UnreachableError(
+                    self.token.redact(
+                        f"the GitHub API at {self.api_url} dropped {method}"
+                        f" {self._display(url)} ({reason}){_MAYBE_DONE}"
+                    )
+                ) from None
             raise (_DroppedError if dropped else UnreachableError)(
                 self.token.redact(
                     f"cannot reach the GitHub API at {self.api_url} ({reason}); "
@@ -571,6 +575,14 @@ class Client:
                 )
             ) from None
         return answer[0]
+
+    def _unanswered(self, method: str, url: str, seconds: float) -> str:
+        """What to say of a request the API took and did not answer within *seconds*."""
+        after = _MAYBE_DONE if method in WRITE_METHODS else "; try again later"
+        return self.token.redact(
+            f"the GitHub API at {self.api_url} did not answer {method} {self._display(url)}"
+            f" within {seconds:g}s{after}"
+        )
 
     def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
         try:
@@ -587,12 +599,20 @@ class Client:
             :200
         ]
         if status in _MOVED:
-            location = self.token.redact(headers.get("location") or "nowhere")
-            where = one_line(redact(location), limit=200, controls=True)
+            location = headers.get("location") or ""
+            shown = strip_userinfo(self.token.redact(location or "nowhere"))
+            where = one_line(redact(shown), limit=200, controls=True)
+            said = f"GitHub {method} {self._display(url)} answered {status}"
+            if not self._on_api_host(location, relative_to=url):
+                raise GitHubError(
+                    f"{said}, redirecting to {where}, not to the API at {self.api_url}; not"
+                    " followed (the token goes to the API host only): set --api-url to the"
+                    " address GitHub uses",
+                    status=status,
+                )
             raise GitHubError(
-                f"GitHub {method} {self._display(url)} answered {status}, moved to {where}:"
-                f" {self.repo} was renamed or transferred; point the remote at its new name"
-                " or pass --github-repo OWNER/NAME",
+                f"{said}, moved to {where}: {self.repo} was renamed or transferred; point the"
+                " remote at its new name or pass --github-repo OWNER/NAME",
                 status=status,
                 moved_to=where,
             )
@@ -608,11 +628,25 @@ class Client:
             status=status,
         )
 
+    def _on_api_host(self, location: str, *, relative_to: str) -> bool:
+        """Whether *location* (relative to *relative_to*) has the API's scheme, host and port."""
+        here = urllib.parse.urlsplit(self.api_url)
+        try:
+            there = urllib.parse.urlsplit(urllib.parse.urljoin(relative_to, location))
+        except ValueError:  # `http://[x/`: no URL, no host
+            return False
+        return (here.scheme, here.netloc) == (there.scheme, there.netloc)
+
     def _display(self, url: str) -> str:
         return url.removeprefix(self.api_url).split("?", 1)[0]
 
 
 MAX_REPLY = 32 * 2**20  # bytes of one answer: GitHub's pages are far smaller
+# A write the API took and never answered: `swarm pr` looks for a branch's pull request first.
+_MAYBE_DONE = (
+    "; it may have been carried out all the same: run `swarm pr` again, which finds a pull"
+    " request by its branch and opens none twice"
+)
 
 
 def _dropped(reason: object, method: str) -> bool:
