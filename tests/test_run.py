@@ -592,6 +592,34 @@ def test_directories_the_agent_made_unreadable_are_named_and_the_task_fails(
         "print(2)", "in", "new"]  # fmt: skip
 
 
+def test_a_copy_file_you_cannot_read_is_bad_input_before_anything_is_created(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Each task's copy of it failed as an internal error (PermissionError).
+    (repo / ".gitignore").write_text(".env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore env")
+    env = repo / ".env"
+    env.write_text("KEY=value\n")
+    env.chmod(0)
+    agent = argv_toml(write_agent("print('never run')\n"))
+    path = manifest(
+        repo, f'[defaults]\ncopy = [".env"]\n[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'
+    )
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", path],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        "swarm: copy: cannot read .env (Permission denied); give yourself read permission or"
+        " leave it out of copy\n"
+    )
+    assert not (repo / ".git" / "swarm" / "runs").exists()
+    assert not (repo.parent / "repo.swarm").exists()
+
+
 def test_checks_that_make_the_worktree_read_only_are_undone_and_the_task_is_done(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -313,7 +313,7 @@ def run(
         if spec.worktree_root is not None:
             worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
         for task in spec.tasks:
-            worktrees.copy_sources(repo.root, task.copy)  # nothing through a symlink out of it
+            worktrees.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
     if spec.executor is Executor.RAY:
         from worktree_swarm.run import ray_exec
 

@@ -722,6 +722,24 @@ def copy_into(
     return sorted(copied)
 
 
+def check_copy(root: Path, globs: Sequence[str]) -> None:
+    """Refuse `copy` files *globs* name below *root* that lead out of it or cannot be read.
+
+    Each task would copy them into its worktree: one you cannot read (a `.env` of mode 0)
+    failed every task as an internal error.
+    """
+    for src, rel in copy_sources(root, globs):
+        if src.is_symlink():
+            continue  # one inside the repository: copied as the link it is
+        try:
+            fs.open_file(src).close()
+        except PermissionError as exc:
+            raise BadInputError(
+                f"copy: cannot read {rel} ({exc.strerror}); give yourself read permission or"
+                " leave it out of copy"
+            ) from exc
+
+
 def copy_sources(
     root: Path, globs: Sequence[str], *, strict: bool = True
 ) -> list[tuple[Path, PurePosixPath]]:
