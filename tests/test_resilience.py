@@ -91,6 +91,10 @@ if step == "limit":
     pathlib.Path(f"{task}.txt").write_text("half done\n")
     result(is_error=True, status=429, text="API Error: 429 rate_limit_error", cost=0.1)
     sys.exit(1)
+if step == "window":  # refused: your 5-hour window is spent, for two hours more
+    result(is_error=True, status=429, cost=0.1,
+           text=f"Claude AI usage limit reached|{int(time.time()) + 7200}")
+    sys.exit(1)
 if step == "further":  # a storm's 429 after a few more turns of work each time
     with open(f"{task}.txt", "a") as fh:
         fh.write(f"turn {n}\n")
@@ -762,6 +766,70 @@ def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:
     states = [rows[i]["state"] for i in ids]
     assert states == ["done", "done", "done", "stopped", "stopped"]
     assert "budget" in str(rows["t3"]["reason"])
+
+
+def sign_in(home: Path) -> Path:
+    """What `claude` + `/login` leaves on Linux: a file with your access and refresh token."""
+    path = home / ".claude" / ".credentials.json"
+    path.parent.mkdir(exist_ok=True)
+    oauth = {"accessToken": "at-of-the-user", "refreshToken": "rt-of-the-user"}
+    path.write_text(json.dumps({"claudeAiOauth": oauth | {"expiresAt": 4102444800000}}))
+    return path
+
+
+def sign_in_copies(repo: Path) -> list[Path]:
+    return list((repo / ".git" / "swarm").rglob(".credentials.json"))
+
+
+def limited_once(repo: Path) -> bool:
+    """Whether task `a`'s first attempt ended rate limited (its wait began)."""
+    if not (repo / ".git" / "swarm" / "state.db").exists():
+        return False
+    with contextlib.suppress(sqlite3.Error):
+        return [a[1] for a in attempts(repo, "a")] == ["rate_limited"]
+    return False
+
+
+@pytest.fixture
+def signed_in(fake_claude: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake `claude`, authenticated by your sign-in only (no key in the environment)."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    return sign_in(Path(os.environ["HOME"]))
+
+
+def test_no_copy_of_your_sign_in_waits_out_a_usage_window_or_a_stop(
+    repo: Path, fake_claude: Path, signed_in: Path
+) -> None:
+    # The next attempt's copy was made before its wait for the window began: it sat under
+    # .git/swarm for two hours, and was still there after `swarm stop`.
+    plan(fake_claude, "a", "window")
+    proc = swarm_bg(repo, "run", manifest(repo, tasks_toml(["a"])))
+    try:
+        wait_for(lambda: limited_once(repo), what="the wait for the usage window")
+        assert sign_in_copies(repo) == []
+        assert swarm(repo, "stop").returncode == 0
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert status_json(repo)["a"]["state"] == "stopped"
+    assert sign_in_copies(repo) == []
+    assert signed_in.exists()
+
+
+def test_no_copy_of_your_sign_in_stays_for_an_attempt_the_budget_refused(
+    repo: Path, fake_claude: Path, signed_in: Path
+) -> None:
+    plan(fake_claude, "a", "limit", "finish")  # $0.10 spent, past the budget
+    text = manifest(repo, tasks_toml(["a"]))
+    out = swarm(repo, "run", "--max-cost-usd", "0.05", text)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "stopped"
+    assert str(row["reason"]).endswith("before attempt 2 started"), row
+    assert sign_in_copies(repo) == []
+    assert signed_in.exists()
 
 
 def test_a_task_running_again_after_a_wait_no_longer_says_it_waits(

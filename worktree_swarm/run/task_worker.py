@@ -826,7 +826,6 @@ class TaskWorker(RunWorker):
         argv = adapter.argv(
             task.agent_argv, values=values, session_id=session, resume_prompt=resume
         )
-        agent_env = self._agent_env(adapter, env, task.id, logs / "agent-config")
         provider = provider_of(task.agent)
         refused = self._acquire(live, task, path, provider, not_before)
         if refused == "window":
@@ -840,18 +839,7 @@ class TaskWorker(RunWorker):
             log_path = logs / f"attempt-{number}.log"
             if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
                 box = self._confinement(path, logs)
-                argv, agent_env = sandbox.confine(argv, agent_env, box)
-            self._charge_repair(task, course)
-            # The intent first: `swarm resume` finds an agent started but not recorded.
-            self.store.update_task(self.run_id, task.id, launching=number)
-            agent = supervisor.spawn(
-                argv,
-                cwd=path,
-                env=agent_env,
-                log_path=log_path,
-                grace=self.spec.kill_grace,
-                shims=self._shims,
-            )
+            agent = self._spawn(task, course, adapter, argv, env, path, log_path, number, box)
             self.guard.agent_started(task.id, agent.identity)
             attempt_id = self.store.start_attempt(
                 self.run_id,
@@ -883,6 +871,43 @@ class TaskWorker(RunWorker):
             if box is not None:
                 sandbox.release(box)
         return ended
+
+    def _spawn(
+        self,
+        task: Task,
+        course: Course,
+        adapter: Adapter,
+        argv: list[str],
+        env: dict[str, str],
+        path: Path,
+        log_path: Path,
+        number: int,
+        box: sandbox.Confinement | None,
+    ) -> supervisor.AgentProcess:
+        """Start attempt *number*'s agent, a slot of its provider held.
+
+        Your Claude sign-in is copied into its config dir only now (no wait is left before
+        it starts), and taken out again if the agent does not start.
+        """
+        config_dir = log_path.parent / "agent-config"
+        try:
+            agent_env = self._agent_env(adapter, env, task.id, config_dir)
+            if box is not None:
+                argv, agent_env = sandbox.confine(argv, agent_env, box)
+            self._charge_repair(task, course)
+            # The intent first: `swarm resume` finds an agent started but not recorded.
+            self.store.update_task(self.run_id, task.id, launching=number)
+            return supervisor.spawn(
+                argv,
+                cwd=path,
+                env=agent_env,
+                log_path=log_path,
+                grace=self.spec.kill_grace,
+                shims=self._shims,
+            )
+        except BaseException:
+            claude_auth.release(config_dir, confined=self.spec.sandbox)
+            raise
 
     def _agent_gone(self, task_id: str, logs: Path) -> None:
         """After an attempt's agent ended: the guard is told, its copy of your sign-in goes."""
