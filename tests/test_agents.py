@@ -287,6 +287,35 @@ def test_claude_api_servers_failing_are_waited_out_as_a_rate_limit_is(
     assert run.result.retry_at is None  # the task's own backoff, then it resumes
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("capture", "said"),
+    [
+        ("close", "API Error: Connection dropped (ECONNRESET)."),
+        ("close-retried", "API Error: Connection dropped (ECONNRESET)."),  # its 2 retries
+        ("refused", "API Error: Connection refused"),
+        ("dns", "API Error: Can't reach the API server"),
+        ("timeout", "Request timed out."),  # API_TIMEOUT_MS passed
+        ("cut", "API Error: JSON Parse error: Unterminated string"),
+        ("malformed", "API Error: JSON Parse error: Unexpected EOF"),
+    ],
+)
+def test_claude_out_of_reach_of_its_api_waits_it_out_as_a_server_error(
+    capture: str, said: str
+) -> None:
+    # Real Claude Code 2.1.330 against a local API that resets the connection, is not there,
+    # has no such host, never answers, cuts its stream or sends garbage: each failed the
+    # task for good, while a 5xx is waited out and resumed.
+    log = (FIXTURES / "claude" / f"v2.1.330-api-{capture}.jsonl").read_text()
+    result = ClaudeAdapter().interpret(exit_code=1, log_text=log, now=NOW)
+    assert result.outcome is AgentOutcome.RATE_LIMITED
+    assert result.reason.startswith(f"claude API unavailable: {said}")
+    assert result.retry_at is None  # the task's own backoff, then it resumes
+    assert result.session_id is not None
+
+
 def test_claude_overloaded_529_is_rate_limited(attempt: Attempt) -> None:
     body = (
         'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
@@ -1195,6 +1224,27 @@ def test_gemini_api_servers_failing_are_waited_out_as_a_rate_limit_is(message: s
         exit_code=1, log_text=gemini_stream_error(bad_key, replied=True), now=50.0
     )
     assert refused.outcome is AgentOutcome.FAILED
+
+
+@pytest.mark.parametrize(
+    ("capture", "said"),
+    [
+        ("close", "exception TypeError: fetch failed sending request"),  # connection reset
+        ("refused", "exception TypeError: fetch failed sending request"),
+        ("dns", "exception TypeError: fetch failed sending request"),
+        ("malformed", "Expected property name or '}' in JSON at position 1"),
+    ],
+)
+def test_gemini_out_of_reach_of_its_api_waits_it_out_as_a_server_error(
+    capture: str, said: str
+) -> None:
+    # Real Gemini CLI 0.61.0 against a local API that resets the connection, is not there,
+    # has no such host or sends garbage: "gemini unknown: ..." failed the task for good.
+    log = (FIXTURES / "gemini" / f"v0.61.0-api-{capture}.log").read_text()
+    result = GeminiAdapter().interpret(exit_code=1, log_text=log, now=NOW)
+    assert result.outcome is AgentOutcome.RATE_LIMITED
+    assert result.reason == f"gemini API unavailable: unknown: [API Error: {said}]"
+    assert result.retry_at is None
 
 
 def test_a_killed_gemini_is_not_told_by_its_start_up_profilers_note() -> None:

@@ -304,9 +304,9 @@ def rate_limited_result(lines: Sequence[str], *, now: float, label: str) -> Agen
     return None
 
 
-# What Claude Code and Codex say (in their own messages, not an agent's output) when the
-# provider's servers failed past their own retries: transient, waited out and resumed as a
-# rate limit is (a retry each), rather than failing the task at the first one.
+# What the CLIs say (in their own messages, not an agent's output) when the provider's servers
+# failed past their own retries, or could not be reached: transient, waited out and resumed as
+# a rate limit is (a retry each), rather than failing the task at the first one.
 _UNAVAILABLE_PATTERNS = tuple(
     re.compile(p, re.IGNORECASE)
     for p in (
@@ -315,6 +315,15 @@ _UNAVAILABLE_PATTERNS = tuple(
         r"exceeded retry limit, last status: 5\d\d",  # Codex after its own retries
         r"\bunexpected status 50[0-4]\b",  # Codex
         r"\bstream disconnected before completion\b",  # Codex: a stream cut off
+        # No connection: reset, refused, no such host, timed out (Node's error codes, which
+        # Claude Code names: "API Error: Connection dropped (ECONNRESET)").
+        (
+            r"\b(?:ECONNRESET|ECONNREFUSED|ECONNABORTED|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE"
+            r"|EHOSTUNREACH|ENETUNREACH)\b"
+        ),
+        r"\bAPI Error: JSON Parse error\b",  # Claude Code: a reply cut off or garbled
+        r"^Request timed out\b",  # Claude Code: no answer within API_TIMEOUT_MS
+        r"\bfetch failed\b",  # Gemini CLI (Node's fetch): no connection
     )
 )
 # HTTP statuses of a provider's servers failing for now (529, overloaded, is a rate limit).

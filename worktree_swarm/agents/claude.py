@@ -167,8 +167,9 @@ def _from_result(
             retry_at=reset or retry_at,
             **accounting,
         )
-    if status in SERVER_ERROR_STATUSES or (status is None and unavailable(detail)):
-        # The API's servers failing after the CLI's own retries: waited out and resumed.
+    if status in SERVER_ERROR_STATUSES or (status is None and _unreachable(result, detail)):
+        # The API's servers failing after the CLI's own retries, or out of reach (no
+        # connection, a reply cut off): waited out and resumed.
         what = f" (HTTP {status})" if status else ""
         return AgentResult(
             outcome=AgentOutcome.RATE_LIMITED,
@@ -184,6 +185,15 @@ def _from_result(
         reason=quote(f"claude {what}: {detail}"),
         **accounting,
     )
+
+
+# `api_error` of a result whose request got no answer: no connection, or none for too long.
+_UNREACHABLE = frozenset({"connection_failed", "stream_idle_timeout"})
+
+
+def _unreachable(result: dict[str, Any], detail: str) -> bool:
+    """Whether an API error without a status says the API failed or could not be reached."""
+    return result.get("api_error") in _UNREACHABLE or unavailable(detail)
 
 
 def _cost_is_session_total(result: dict[str, Any], usage: dict[str, Any]) -> bool:

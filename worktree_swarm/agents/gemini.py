@@ -39,11 +39,13 @@ from worktree_swarm.agents.base import (
 
 HTTP_TOO_MANY_REQUESTS = 429
 # The stream's `result` event names no code: the API's error body is quoted in its message
-# (`[API Error: {"error":{"code":500,...,"status":"INTERNAL"}}]`), or `terminated` when the
-# reply's stream was cut off.
+# (`[API Error: {"error":{"code":500,...,"status":"INTERNAL"}}]`), `terminated` when the
+# reply's stream was cut off, or what parsing a garbled reply threw (`[API Error: Expected
+# property name or '}' in JSON at position 1]`).
 _SERVER_FAILED = re.compile(
     r'"code"\s*:\s*50[0-4]\b|"status"\s*:\s*"(?:UNAVAILABLE|INTERNAL|DEADLINE_EXCEEDED)"'
     r"|\bThe model is overloaded\b|^\[API Error: terminated\]$"
+    r"|^\[API Error: (?:[^\]]* in JSON at position \d+|Unexpected end of JSON input)"
 )
 
 
