@@ -126,9 +126,9 @@ def test_signed_in_and_the_one_line_fix(home: Path) -> None:
     env = env_of(home)
     assert not claude_auth.signed_in(env)
     with pytest.raises(BadInputError) as err:
-        claude_auth.require_signed_in({"claude", "command"}, env)
+        claude_auth.require_signed_in([("claude", {}), ("command", {})], env)
     assert str(err.value) == claude_auth.FIX
-    claude_auth.require_signed_in({"codex"}, env)  # only claude tasks need it
+    claude_auth.require_signed_in([("codex", {})], env)  # only claude tasks need it
     assert claude_auth.signed_in({**env, "CLAUDE_CODE_OAUTH_TOKEN": "tok"})
     write(home / ".claude" / "settings.json", {"apiKeyHelper": "~/bin/key"})
     assert claude_auth.signed_in(env)

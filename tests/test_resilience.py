@@ -832,6 +832,25 @@ def test_no_copy_of_your_sign_in_stays_for_an_attempt_the_budget_refused(
     assert signed_in.exists()
 
 
+def test_a_key_in_the_tasks_env_signs_its_claude_in(
+    repo: Path, fake_claude: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused with "claude is not signed in", though every task had a key in its `env`.
+    monkeypatch.delenv("ANTHROPIC_API_KEY")  # no key in the shell, no sign-in
+    keyed = 'env = { ANTHROPIC_API_KEY = "sk-ant-api03-of-the-manifest" }\n'
+    text = HEADER + keyed + '[[task]]\nid = "a"\nprompt = "x"\n'
+    out = swarm(repo, "run", "--dry-run", manifest(repo, text))
+    assert out.returncode == 0, out.stderr
+    # Per task: one without a key is refused, before anything is made.
+    text += '[[task]]\nid = "b"\nprompt = "x"\nenv = { OTHER = "1" }\n'
+    text = text.replace(keyed, "").replace('prompt = "x"\n', f'prompt = "x"\n{keyed}', 1)
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 2
+    assert out.stderr.startswith("swarm: claude is not signed in: run `claude` and `/login`")
+    assert len(out.stderr.splitlines()) == 1
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_a_task_running_again_after_a_wait_no_longer_says_it_waits(
     repo: Path, fake_claude: Path
 ) -> None:

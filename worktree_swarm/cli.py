@@ -320,7 +320,7 @@ def run(
         ray_exec.preflight(repo, spec)
     elif spec.sandbox:
         require_sandbox()
-    claude_auth.require_signed_in({t.agent for t in spec.tasks}, os.environ)
+    claude_auth.require_signed_in(((t.agent, dict(t.env)) for t in spec.tasks), os.environ)
     proc.require_open_files()
     next_step = _settle_orphaned_runs(repo, force=force)
     refuse_while_managed(repo.state_dir)  # exit 3 naming it, before its tasks' branches

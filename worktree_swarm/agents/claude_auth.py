@@ -23,7 +23,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,14 @@ class CredentialSync:
 _SYNC = CredentialSync()
 
 
-def require_signed_in(agents: set[str], environ: Mapping[str, str]) -> None:
-    """Refuse a run with a Claude task when ``claude`` could not authenticate (one line)."""
-    if "claude" in agents and not signed_in(environ):
-        raise BadInputError(FIX)
+def require_signed_in(
+    agents: Iterable[tuple[str, Mapping[str, str]]], environ: Mapping[str, str]
+) -> None:
+    """Refuse a run with a Claude task whose ``claude`` could not authenticate (one line).
+
+    *agents* are each task's agent and its own ``env``, which adds to *environ*: a key there
+    signs that task's agent in.
+    """
+    for agent, env in agents:
+        if agent == "claude" and not signed_in({**environ, **env}):
+            raise BadInputError(FIX)
