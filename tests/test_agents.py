@@ -748,6 +748,20 @@ def test_aider_giving_up_on_a_rate_limit_exits_0_but_is_rate_limited(attempt: At
     run = attempt("aider", stdout=stdout)
     assert run.result.outcome is AgentOutcome.RATE_LIMITED
     assert run.result.reason.startswith("aider rate limited: litellm.RateLimitError")
+    # As aider 0.86.2 prints a 429 insufficient_quota, wrapped at 80 columns; swarm stops it
+    # at its first retry.
+    quota = (
+        "litellm.RateLimitError: RateLimitError: OpenAIException - You exceeded your \n"
+        "current quota, please check your plan and billing details.\n"
+        "The API provider has rate limited you. Try again later or check your quotas.\n"
+        "Retrying in 0.2 seconds...\n"
+    )
+    run = attempt("aider", stdout=AIDER_BANNER + quota, kill=True)
+    assert run.result.outcome is AgentOutcome.RATE_LIMITED
+    assert run.result.reason == (
+        "aider rate limited: litellm.RateLimitError: RateLimitError: OpenAIException - You "
+        "exceeded your current quota, please check your plan and billing details."
+    )
 
 
 AIDER_SERVER_ERROR = (
@@ -767,8 +781,10 @@ def test_aider_exiting_0_on_an_api_error_is_not_a_success(attempt: Attempt) -> N
     # down one done with whatever it edited before.
     run = attempt("aider", stdout=AIDER_BANNER + AIDER_BAD_KEY)
     assert run.result.outcome is AgentOutcome.FAILED
+    # The whole message, not cut where aider wrapped it at 80 columns ("... - Incorrect").
     assert run.result.reason == (
-        "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect"
+        "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect "
+        "API key provided: sk-proj-****"
     )
     gave_up = AIDER_SERVER_ERROR + "Retrying in 32.0 seconds...\n" + AIDER_SERVER_ERROR
     run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE + gave_up)

@@ -100,6 +100,7 @@ class AiderAdapter:
     def interpret(self, *, exit_code: int | None, log_text: str, now: float) -> AgentResult:
         """Exit code and messages; an exit 0 after aider gave up on a rate limit is limited."""
         usage = _usage(log_text)
+        log_text = _unwrapped(log_text)
         lines = last_lines(log_text, TAIL_LINES)
         if exit_code == 0:
             limited = _gave_up(lines, now=now)
@@ -112,6 +113,16 @@ class AiderAdapter:
         return AgentResult(
             outcome=result.outcome, reason=result.reason, retry_at=result.retry_at, **usage
         )
+
+
+# aider wraps its messages at 80 columns, leaving the space it broke at at the end of the line:
+# `... OpenAIException - Incorrect \nAPI key provided: ...`.
+_WRAPPED_RE = re.compile(r"(?<=\S) \r?\n(?=\S)")
+
+
+def _unwrapped(text: str) -> str:
+    """*text* with the lines aider wrapped joined again: a reason quotes the whole message."""
+    return _WRAPPED_RE.sub(" ", text)
 
 
 def _gave_up(lines: list[str], *, now: float) -> AgentResult | None:
