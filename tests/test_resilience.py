@@ -851,6 +851,22 @@ def test_a_key_in_the_tasks_env_signs_its_claude_in(
     assert not (repo / ".git" / "swarm").exists()
 
 
+def test_work_is_said_to_be_kept_only_when_its_branch_holds_some(
+    repo: Path, fake_claude: Path
+) -> None:
+    # "...; work kept on swarm/a" for a branch at the base commit: nothing was done.
+    plan(fake_claude, "a", "stall")  # refused at once: nothing done
+    plan(fake_claude, "b", "limit", "limit")  # half done, then refused with nothing more
+    text = tasks_toml(["a", "b"]).replace("retries = 3", "retries = 0")
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1
+    rows = status_json(repo)
+    assert git(repo, "rev-parse", "swarm/a") == git(repo, "rev-parse", "main")
+    limited = "rate limited and out of retries (claude rate limited (HTTP 429): API Error: 429"
+    assert rows["a"]["reason"] == f"{limited} rate_limit_error)"
+    assert rows["b"]["reason"] == f"{limited} rate_limit_error); work kept on swarm/b"
+    assert branch_file(repo, "swarm/b", "b.txt") == "half done"
+
+
 def test_a_task_running_again_after_a_wait_no_longer_says_it_waits(
     repo: Path, fake_claude: Path
 ) -> None:

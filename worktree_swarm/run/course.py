@@ -172,6 +172,7 @@ class Course:
         replayed: bool,
         progressed: bool,
         window: bool | None = None,
+        kept: bool = True,
     ) -> str | None:
         """After a rate-limited attempt that no other agent takes over: why the task fails.
 
@@ -179,7 +180,8 @@ class Course:
         *replayed*: the attempt was a previous manager's, already counted. *progressed*: it
         changed the work before its limit (an agent that ends on every 429 of a storm): it goes
         on after the gate's pacing, without a backoff of its own. *window*: whether its limit is
-        a usage window, as recorded (None: from how far away its reset is).
+        a usage window, as recorded (None: from how far away its reset is). *kept*: the
+        task's branch holds work (a reason says it is kept).
         """
         now = time.time()
         own = stated_window(result, now) if window is None else window
@@ -193,10 +195,10 @@ class Course:
         self.got_work_done = None if replayed else progressed and not self.window
         if self.window:  # a usage window: waited for, no retry spent
             if reset - now > task.max_wait:
-                return past_max_wait(task, provider, reset)
+                return past_max_wait(task, provider, reset, kept=kept)
             self.not_before = reset
         elif self.retries_left <= 0 and not replayed and not progressed:
-            return f"rate limited and out of retries ({result.reason}); work kept on {task.branch}"
+            return f"rate limited and out of retries ({result.reason})" + kept_on(task, kept=kept)
         else:
             # An attempt that got work done is no retry: a storm's 429s end an agent a few
             # turns further each time, and its retries went in a minute.
@@ -237,13 +239,18 @@ def stated_window(result: AgentResult, now: float) -> bool:
     return limit_kind(retry_at=result.retry_at, now=now) is Signal.WINDOW
 
 
-def past_max_wait(task: Task, provider: str, reset: float) -> str:
+def past_max_wait(task: Task, provider: str, reset: float, *, kept: bool = True) -> str:
     """Why *task* does not wait for *provider*'s usage window until *reset*."""
     when = units.local_time(reset, "%Y-%m-%d %H:%M")
     return (
-        f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s); "
-        f"work kept on {task.branch}"
+        f"usage limit of {provider} resets at {when}, past max_wait ({task.max_wait:g}s)"
+        + kept_on(task, kept=kept)
     )
+
+
+def kept_on(task: Task, *, kept: bool) -> str:
+    """The end of a failed task's reason: where its work is, when its branch holds any."""
+    return f"; work kept on {task.branch}" if kept else ""
 
 
 def repair_prompt(failure: CheckFailure) -> str:

@@ -466,6 +466,7 @@ class TaskWorker(RunWorker):
                     replayed=counted,
                     progressed=progressed,
                     window=ended.usage_window,
+                    kept=stat.files > 0,
                 )
                 if out is not None:
                     return out
@@ -564,12 +565,14 @@ class TaskWorker(RunWorker):
         replayed: bool,
         progressed: bool,
         window: bool | None,
+        kept: bool,
     ) -> TaskOutcome | None:
         """Decide what follows a rate-limited attempt: another agent, a wait, or the end.
 
         *progressed*: the attempt changed the work before its limit (an agent that ends on
         every 429 of a storm): it goes on after the gate's pacing, without a backoff of its own.
         *window*: whether the limit was a usage window, as recorded (None: from its reset).
+        *kept*: the task's branch holds work.
         """
         provider = provider_of(course.agent)
         own = stated_window(result, time.time()) if window is None else window
@@ -596,6 +599,7 @@ class TaskWorker(RunWorker):
             replayed=replayed,
             progressed=progressed,
             window=own,
+            kept=kept,
         )
         if failed is not None:
             return TaskOutcome(state=TaskState.FAILED, reason=failed)
