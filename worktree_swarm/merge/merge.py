@@ -1032,7 +1032,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
     on = _symbolic_head(s)
     try:
         with _watched(s, c.task_id) as started:
-            why = run_resolver(
+            resolution = run_resolver(
                 c.task,
                 worktree=s.target.worktree,
                 target=s.target.branch,
@@ -1060,6 +1060,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
             reason=f"the agent resolving its conflicts switched the merge worktree to {switched}"
             "; merge undone",
         )
+    why = resolution.why
     head = _head(s.target.worktree)
     if why is None and head != pre:
         wrong = _foreign_commit(s, c, pre, head)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
@@ -15,6 +19,13 @@ from worktree_swarm.infra import fs, redact, supervisor
 
 _MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
 KILL_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolution:
+    """How a resolver ended: *why* the merge is not resolved (None when it is)."""
+
+    why: str | None
 
 
 def resolve_prompt(task: Task, *, target: str, files: Sequence[str]) -> str:
@@ -29,7 +40,13 @@ def resolve_prompt(task: Task, *, target: str, files: Sequence[str]) -> str:
         f" `{target}`, and the merge stopped on conflicts in these files:\n\n{listed}\n\n"
         "Edit them so that both sides' intent is kept, remove every conflict marker"
         " (<<<<<<<, =======, >>>>>>>), make sure the code still works, and stop."
-        " Do not commit, do not run `git merge --abort`, `git reset` or `git checkout`.\n\n"
+        " A conflict without markers (a binary file, a file deleted on one side, a file where"
+        " the other side has a directory or a symlink) is resolved by what you leave and stage:"
+        " to keep one side as it is, run `git checkout --ours -- FILE` (or `--theirs`) and"
+        " `git add -- FILE`, or `git rm -- FILE` to delete it; a file you leave as the merge"
+        " stopped and do not stage is taken as not resolved."
+        " Do not commit, do not run `git merge --abort`, `git reset`, or `git checkout` of a"
+        " branch or commit.\n\n"
         f"The task's original prompt, for context:\n\n{task.prompt}\n"
     )
 
@@ -43,15 +60,18 @@ def run_resolver(
     logs: Path,
     env: dict[str, str],
     on_start: Callable[[ProcessIdentity], None] | None = None,
-) -> str | None:
-    """Run the task's agent on the conflicts and stage its result; None when resolved.
+) -> Resolution:
+    """Run the task's agent on the conflicts and stage its result.
 
-    Otherwise returns why not (the caller undoes the merge). Waits at most the task's
-    ``resolve_timeout`` (else its ``timeout``, else 30 minutes). *on_start* is handed the
-    agent's process identity as it starts.
+    When it is not resolved the :class:`Resolution` says why (the caller undoes the merge):
+    the agent failed, left conflict markers, or left a conflicted path as the merge stopped
+    (unmerged, unchanged). Waits at most the task's ``resolve_timeout`` (else its
+    ``timeout``, else 30 minutes). *on_start* is handed the agent's process identity as it
+    starts.
     """
     if not task.agent_argv:
-        return f"task {task.id} has no agent command recorded; resolve it by hand"
+        return Resolution(why=f"task {task.id} has no agent command recorded; resolve it by hand")
+    stopped = _Stopped.of(worktree, files)
     logs.mkdir(parents=True, exist_ok=True)
     text = resolve_prompt(task, target=target, files=files)
     prompt_file = logs / f"resolve-{task.id}.md"
@@ -83,14 +103,72 @@ def run_resolver(
     finally:
         redact.scrub_file(log_path)  # as an agent's log in a run, once nothing appends
     if ended.cut is not None:
-        return f"the agent did not finish resolving within {limit:.0f}s"
+        return Resolution(why=f"the agent did not finish resolving within {limit:.0f}s")
     if ended.code != 0:
-        return f"the agent exited {ended.code} while resolving (log {log_path})"
-    left = [name for name in files if _has_markers(worktree / name)]
-    if left:
-        return f"conflict markers left in {paths_text(left)}"
-    runner.run(worktree, "add", "--all")
-    return None
+        return Resolution(why=f"the agent exited {ended.code} while resolving (log {log_path})")
+    return stopped.staged(worktree)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Stopped:
+    """The merge worktree as the merge stopped, to tell what a resolver did to it."""
+
+    files: tuple[str, ...]
+    unmerged: dict[str, tuple[object, ...]]  # index path -> its working tree state then
+
+    @classmethod
+    def of(cls, worktree: Path, files: Sequence[str]) -> _Stopped:
+        return cls(
+            files=tuple(files),
+            unmerged={p: _state(worktree / p) for p in _unmerged(worktree)},
+        )
+
+    def staged(self, worktree: Path) -> Resolution:
+        """Check what the resolver left and stage it all."""
+        marked = [name for name in self.files if _has_markers(worktree / name)]
+        if marked:
+            return Resolution(why=f"conflict markers left in {paths_text(marked)}")
+        left = sorted(
+            {
+                self._conflict(p)
+                for p in _unmerged(worktree)
+                if p in self.unmerged and _state(worktree / p) == self.unmerged[p]
+            }
+        )
+        if left:
+            return Resolution(
+                why=f"the agent left {paths_text(left)} as the merge stopped (neither changed"
+                " nor staged)"
+            )
+        runner.run(worktree, "add", "--all")
+        return Resolution(why=None)
+
+    def _conflict(self, path: str) -> str:
+        """The conflicted file *path* is about (a file/directory clash parks one at ``f~HEAD``)."""
+        return next((f for f in self.files if path.startswith(f"{f}~")), path)
+
+
+def _unmerged(worktree: Path) -> set[str]:
+    """The paths *worktree*'s index holds in a conflict stage (unmerged)."""
+    out = runner.run_bytes(worktree, "ls-files", "--unmerged", "-z").stdout
+    return {os.fsdecode(line.partition(b"\t")[2]) for line in out.split(b"\0") if line}
+
+
+def _state(path: Path) -> tuple[object, ...]:
+    """What is at *path* in the working tree: its type, and a file's mode and content."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return ("missing",)
+    if stat.S_ISLNK(info.st_mode):
+        return ("symlink", str(path.readlink()))
+    if not stat.S_ISREG(info.st_mode):
+        return ("other", stat.S_IFMT(info.st_mode))
+    try:
+        digest = hashlib.sha256(fs.read_file(path)).hexdigest()
+    except OSError:
+        digest = ""
+    return ("file", info.st_mode & 0o111, digest)
 
 
 def _has_markers(path: Path) -> bool:

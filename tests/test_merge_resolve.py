@@ -1,0 +1,158 @@
+"""`swarm merge --resolve`: what counts as resolved, and what a resolver changed besides."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import agent_python, git, make_repo
+from tests.mergekit import LINES, RUN_ID, Brancher, merge_results, record_run
+from tests.test_run import swarm
+
+BRANCH = "swarm/integration-" + RUN_ID
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    made = make_repo(
+        tmp_path / "repo",
+        {"f.txt": LINES, "h.txt": "h\n", "b.bin": "\0binary\n", "README.md": "mine\n"},
+    )
+    (made / "l").symlink_to("start")
+    git(made, "add", "l")
+    git(made, "commit", "-q", "-m", "a symlink")
+    return made
+
+
+@pytest.fixture
+def brancher(repo: Path) -> Iterator[Brancher]:
+    b = Brancher(repo)
+    yield b
+    b.close()
+
+
+def committed(brancher: Brancher, name: str, start: str, change: Callable[[Path], None]) -> str:
+    """Branch *name* at a commit on *start* that *change* (given the worktree) made."""
+    wt = brancher.scratch
+    git(wt, "checkout", "-q", "--detach", "--force", start)
+    change(wt)
+    git(wt, "add", "-A")
+    git(wt, "commit", "-q", "-m", f"work on {name}")
+    sha = git(wt, "rev-parse", "HEAD")
+    git(brancher.repo, "branch", "-f", name, sha)
+    return sha
+
+
+def _append(path: Path, data: bytes) -> None:
+    path.write_bytes(path.read_bytes() + data)
+
+
+def _relink(path: Path, to: str) -> None:
+    path.unlink()
+    path.symlink_to(to)
+
+
+def _directory(wt: Path) -> None:
+    (wt / "x").mkdir()
+    (wt / "x" / "y").write_text("a file in a directory\n")
+
+
+# Conflicts git records without text markers: (first's change, second's, the conflicted path).
+NO_MARKERS: dict[str, tuple[Callable[[Path], object], Callable[[Path], object], str]] = {
+    "binary": (
+        lambda wt: _append(wt / "b.bin", b"BASE\n"),
+        lambda wt: _append(wt / "b.bin", b"TASK\n"),
+        "b.bin",
+    ),
+    "modify-delete": (
+        lambda wt: git(wt, "rm", "-q", "h.txt"),
+        lambda wt: (wt / "h.txt").write_text("h edited\n"),
+        "h.txt",
+    ),
+    "file-directory": (lambda wt: (wt / "x").write_text("a file\n"), _directory, "x"),
+    "symlink": (
+        lambda wt: _relink(wt / "l", "first"),
+        lambda wt: _relink(wt / "l", "second"),
+        "l",
+    ),
+}
+
+
+def no_markers_run(repo: Path, brancher: Brancher, case: str, resolver: str) -> None:
+    """Tasks first and second conflicting as *case* says; their agent runs *resolver*."""
+    first, second, _path = NO_MARKERS[case]
+    base = git(repo, "rev-parse", "HEAD")
+    committed(brancher, "swarm/first", base, first)
+    committed(brancher, "swarm/second", base, second)
+    agent = repo.parent / "resolver.py"
+    agent.write_text("import subprocess, sys\n" + resolver)
+    record_run(
+        repo,
+        [("first", base), ("second", base)],
+        base=base,
+        agent=[*agent_python(), str(agent), "{prompt_file}"],
+    )
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+@pytest.mark.parametrize("case", list(NO_MARKERS))
+def test_a_conflict_without_markers_that_its_resolver_left_as_it_was_is_not_resolved(
+    repo: Path, brancher: Brancher, case: str, strategy: str
+) -> None:
+    # The resolver exits 0 having done nothing: git's side of the target (or the file it
+    # parked beside a directory) was committed as the resolution, the task's change lost.
+    no_markers_run(repo, brancher, case, "")
+
+    out = swarm(repo, "merge", "--resolve", "--strategy", strategy, "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert (report["merged"], report["conflicted"]) == (["first"], ["second"])
+    path = NO_MARKERS[case][2]
+    assert report["results"][1]["reason"] == (
+        f"conflicts with {BRANCH} in {path};"
+        f" the agent left {path} as the merge stopped (neither changed nor staged)"
+    )
+    assert git(repo, "rev-parse", BRANCH) == report["results"][0]["commit"]
+    assert git(Path(report["target"]["worktree"]), "status", "--porcelain") == ""
+    assert merge_results(repo) == {"first": "merged", "second": "conflicted"}
+
+
+# A resolver that keeps one side as the prompt tells it: (its code, b.bin or h.txt after).
+KEEP_ONE_SIDE = {
+    "binary": (
+        (
+            "subprocess.run(['git', 'checkout', '--theirs', '--', 'b.bin'], check=True)\n"
+            "subprocess.run(['git', 'add', '--', 'b.bin'], check=True)\n"
+        ),
+        "\0binary\nTASK\n",
+    ),
+    "modify-delete": ("subprocess.run(['git', 'rm', '-q', '--', 'h.txt'], check=True)\n", None),
+}
+
+
+@pytest.mark.parametrize("case", list(KEEP_ONE_SIDE))
+def test_a_resolver_keeps_one_side_of_a_conflict_without_markers_by_staging_it(
+    repo: Path, brancher: Brancher, case: str
+) -> None:
+    code, after = KEEP_ONE_SIDE[case]
+    no_markers_run(repo, brancher, case, code)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first", "second"]
+    path = NO_MARKERS[case][2]
+    assert report["results"][1]["reason"] == f"conflicts in {path} resolved by its agent"
+    files = git(repo, "ls-tree", "--name-only", BRANCH).split()
+    if after is None:
+        assert path not in files
+    else:
+        assert git(repo, "cat-file", "blob", f"{BRANCH}:{path}") + "\n" == after
+    prompt = (repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
+    assert "`git checkout --ours -- FILE` (or `--theirs`) and `git add -- FILE`" in prompt
+    assert "`git rm -- FILE`" in prompt
