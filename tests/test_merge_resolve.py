@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import agent_python, git, make_repo
-from tests.mergekit import LINES, RUN_ID, Brancher, merge_results, record_run
+from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
 from tests.test_run import swarm
 
 BRANCH = "swarm/integration-" + RUN_ID
@@ -156,3 +156,76 @@ def test_a_resolver_keeps_one_side_of_a_conflict_without_markers_by_staging_it(
     prompt = (repo / ".git/swarm/runs" / RUN_ID / "merge/resolve-second.md").read_text()
     assert "`git checkout --ours -- FILE` (or `--theirs`) and `git add -- FILE`" in prompt
     assert "`git rm -- FILE`" in prompt
+
+
+# Keeps both sides of f.txt's conflict, markers of any length or style removed, then runs
+# its extra code.
+KEEP_BOTH = """
+import pathlib, re, subprocess, sys
+text = pathlib.Path('f.txt').read_text()
+pathlib.Path('f.txt').write_text(re.sub(r'^[<=>|]{5,}.*\\n', '', text, flags=re.M))
+"""
+
+# Resolvers that leave markers git wrote where .gitattributes or the config made them
+# other than 7 characters of <, = and >: (the repository's .gitattributes, the resolver).
+MARKERS_LEFT = {
+    "longer": (
+        "f.txt conflict-marker-size=12\n",
+        "subprocess.run(['git', 'add', '-A'], check=True)\n",
+    ),
+    "shorter": (
+        "*.txt conflict-marker-size=5\n",
+        "subprocess.run(['git', 'add', '-A'], check=True)\n",
+    ),
+    "diff3 base": (  # the lines of the base's side kept with its marker
+        "",
+        (
+            "import pathlib, re\ntext = pathlib.Path('f.txt').read_text()\n"
+            "pathlib.Path('f.txt').write_text(re.sub(r'^[<=>]{7}.*\\n', '', text, flags=re.M))\n"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MARKERS_LEFT))
+def test_a_resolution_with_conflict_markers_of_another_size_or_style_lands_nothing(
+    repo: Path, brancher: Brancher, case: str
+) -> None:
+    attributes, resolver = MARKERS_LEFT[case]
+    if attributes:
+        (repo / ".gitattributes").write_text(attributes)
+        git(repo, "add", ".gitattributes")
+        git(repo, "commit", "-q", "-m", "marker size")
+    if case == "diff3 base":
+        git(repo, "config", "merge.conflictStyle", "diff3")
+    agent = repo.parent / "resolver.py"
+    agent.write_text("import subprocess, sys\n" + resolver)
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert (report["merged"], report["conflicted"]) == (["first"], ["second"])
+    assert report["results"][1]["reason"] == (
+        f"conflicts with {BRANCH} in f.txt; conflict markers left in f.txt"
+    )
+    assert git(repo, "rev-parse", BRANCH) == report["results"][0]["commit"]
+
+
+def test_a_resolution_may_hold_a_heading_underlined_with_equals_signs(
+    repo: Path, brancher: Brancher
+) -> None:
+    agent = repo.parent / "resolver.py"
+    agent.write_text(
+        KEEP_BOTH + "pathlib.Path('f.txt').write_text('Title\\n' + '=' * 10 + '\\n' + "
+        "pathlib.Path('f.txt').read_text())\n"
+    )
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    merged = git(repo, "show", f"{BRANCH}:f.txt").splitlines()
+    assert merged[:2] == ["Title", "=" * 10]
+    assert merged[6:8] == ["five first", "five second"]

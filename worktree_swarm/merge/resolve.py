@@ -14,11 +14,12 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, paths_text
+from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra import fs, redact, supervisor
 
-_MARKER_RE = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)
 KILL_GRACE = 5.0
+DEFAULT_MARKER_SIZE = 7  # git's, unless a file's `conflict-marker-size` attribute says otherwise
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,17 +116,24 @@ class _Stopped:
 
     files: tuple[str, ...]
     unmerged: dict[str, tuple[object, ...]]  # index path -> its working tree state then
+    marker_sizes: dict[str, int]
 
     @classmethod
     def of(cls, worktree: Path, files: Sequence[str]) -> _Stopped:
+        # Read before the agent runs: its edits to `.gitattributes` change no marker size.
         return cls(
             files=tuple(files),
             unmerged={p: _state(worktree / p) for p in _unmerged(worktree)},
+            marker_sizes=_marker_sizes(worktree, files),
         )
 
     def staged(self, worktree: Path) -> Resolution:
         """Check what the resolver left and stage it all."""
-        marked = [name for name in self.files if _has_markers(worktree / name)]
+        marked = [
+            name
+            for name in self.files
+            if _has_markers(worktree / name, self.marker_sizes.get(name, DEFAULT_MARKER_SIZE))
+        ]
         if marked:
             return Resolution(why=f"conflict markers left in {paths_text(marked)}")
         left = sorted(
@@ -171,9 +179,38 @@ def _state(path: Path) -> tuple[object, ...]:
     return ("file", info.st_mode & 0o111, digest)
 
 
-def _has_markers(path: Path) -> bool:
+def _marker_sizes(worktree: Path, files: Sequence[str]) -> dict[str, int]:
+    """The length of the conflict markers git wrote in each of *files*.
+
+    A file's ``conflict-marker-size`` attribute, else 7 (git's ``atoi`` reading of it: a
+    value that is no positive number counts as unset).
+    """
+    sizes: dict[str, int] = {}
+    for batch in git.in_batches(files):
+        args = ("check-attr", "-z", "conflict-marker-size", "--", *batch)
+        fields = runner.run_bytes(worktree, *args, check=False).stdout.split(b"\0")
+        for i in range(0, len(fields) - 2, 3):
+            digits = re.match(rb"\s*\+?(\d+)", fields[i + 2])
+            size = int(digits[1]) if digits else 0
+            sizes[os.fsdecode(fields[i])] = size if size > 0 else DEFAULT_MARKER_SIZE
+    return sizes
+
+
+def _marker_re(size: int) -> re.Pattern[str]:
+    """Conflict marker lines of *size*: git's, or longer (a nested conflict's).
+
+    A separator is one of exactly *size* (a Markdown heading's underline of another length
+    is no marker); the lines that open, show the base of, or close a conflict may be longer.
+    """
+    return re.compile(
+        rf"^(?:={{{size}}}|(?:<{{{size},}}|\|{{{size},}}|>{{{size},}}))(?:[ \r]|$)",
+        re.MULTILINE,
+    )
+
+
+def _has_markers(path: Path, size: int) -> bool:
     try:
         text = fs.read_file(path).decode("utf-8", errors="replace")
     except OSError:  # gone, a directory, a named pipe: no markers to resolve
         return False
-    return _MARKER_RE.search(text) is not None
+    return _marker_re(size).search(text) is not None
