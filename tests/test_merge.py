@@ -2413,7 +2413,9 @@ def test_a_resolver_gets_the_prompt_of_a_task_with_a_long_one_through_its_file(
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["merged"] == ["short", "long"]
-    assert report["results"][1]["reason"] == "conflicts in f.txt resolved by its agent"
+    assert report["results"][1]["reason"] == (
+        "conflicts in f.txt resolved by its agent; its agent also changed how.txt"
+    )
     how, size = git(base_repo, "show", f"{report['target']['branch']}:how.txt").split()
     assert how == "file"
     assert int(size) > 200_000  # the task's whole prompt is in it

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import agent_python, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
-from tests.test_run import swarm
+from tests.test_run import status_json, swarm
 
 BRANCH = "swarm/integration-" + RUN_ID
 
@@ -229,3 +229,28 @@ def test_a_resolution_may_hold_a_heading_underlined_with_equals_signs(
     merged = git(repo, "show", f"{BRANCH}:f.txt").splitlines()
     assert merged[:2] == ["Title", "=" * 10]
     assert merged[6:8] == ["five first", "five second"]
+
+
+def test_what_a_resolver_changed_besides_the_conflicts_is_named_in_its_result(
+    repo: Path, brancher: Brancher
+) -> None:
+    # Committed with the merge (a resolution may need an edit elsewhere), named for review.
+    agent = repo.parent / "resolver.py"
+    agent.write_text(
+        KEEP_BOTH + "with open('README.md', 'a') as f:\n    f.write('injected\\n')\n"
+        "pathlib.Path('stray.o').write_text('junk\\n')\n"
+    )
+    conflicting(repo, brancher, agent, second={"s.txt": "s\n"})
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first", "second"]
+    assert report["results"][1]["reason"] == (
+        "conflicts in f.txt resolved by its agent; its agent also changed README.md, stray.o"
+    )
+    assert git(repo, "show", f"{BRANCH}:README.md") == "mine\ninjected"
+    assert git(repo, "show", f"{BRANCH}:stray.o") == "junk"
+    detail = status_json(repo)["second"]["merge_detail"]
+    assert str(detail).endswith("; its agent also changed README.md, stray.o")

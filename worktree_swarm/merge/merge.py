@@ -1060,12 +1060,12 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
             reason=f"the agent resolving its conflicts switched the merge worktree to {switched}"
             "; merge undone",
         )
-    why = resolution.why
+    why, also = resolution.why, resolution.also
     head = _head(s.target.worktree)
     if why is None and head != pre:
         wrong = _foreign_commit(s, c, pre, head)
         if wrong is None:
-            return _check(s, c, pre, resolved=files)
+            return _check(s, c, pre, resolved=files, also=also)
         _undo(s, pre)
         return TaskResult(
             task_id=c.task_id,
@@ -1086,7 +1086,7 @@ def _resolve(s: _Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Tas
     else:
         message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
     _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
-    return _check(s, c, pre, resolved=files)
+    return _check(s, c, pre, resolved=files, also=also)
 
 
 def _symbolic_head(s: _Session) -> str:
@@ -1147,15 +1147,30 @@ def _as_before_checks(s: _Session, order: Sequence[Candidate]) -> None:
 
 
 def _check(
-    s: _Session, c: Candidate, pre: str, *, resolved: Sequence[str] = (), commit: str = ""
+    s: _Session,
+    c: Candidate,
+    pre: str,
+    *,
+    resolved: Sequence[str] = (),
+    also: Sequence[str] = (),
+    commit: str = "",
 ) -> TaskResult:
-    """Run the checks on the merge just made (*commit*: its HEAD when already read)."""
+    """Run the checks on the merge just made (*commit*: its HEAD when already read).
+
+    *resolved* are the conflicts its agent resolved, *also* what it changed besides them.
+    """
     steps = s.checks or c.task.checks
     commit = commit or _head(s.target.worktree)
     note = f"conflicts in {paths_text(resolved)} resolved by its agent" if resolved else ""
+    if also:  # committed with the merge: a resolution may need them, the user reviews them
+        note += f"; its agent also changed {paths_text(also)}"
     if not steps:
         return TaskResult(
-            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, reason=note
+            task_id=c.task_id,
+            outcome=MergeOutcome.MERGED,
+            commit=commit,
+            reason=note,
+            also=tuple(also),
         )
     # The task's own checks run as in its run; a `--check` of yours in the merge's environment.
     env = {**_check_env(s), "SWARM_TASK_ID": c.task_id} if s.checks else _task_env(s, c)
@@ -1181,7 +1196,12 @@ def _check(
         )
     if failure is None:
         return TaskResult(
-            task_id=c.task_id, outcome=MergeOutcome.MERGED, commit=commit, check=check, reason=note
+            task_id=c.task_id,
+            outcome=MergeOutcome.MERGED,
+            commit=commit,
+            check=check,
+            reason=note,
+            also=tuple(also),
         )
     _undo(s, pre)
     return TaskResult(
@@ -1259,6 +1279,8 @@ def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
     reason = result.reason or f"merged into {s.target.branch}"
     if result.outcome is MergeOutcome.MERGED and result.commit:
         reason = f"merged into {s.target.branch} at {result.commit[:12]}"
+        if result.also:  # for `swarm status` too: the user reviews them
+            reason += f"; its agent also changed {paths_text(result.also)}"
     s.store.update_task(
         s.run_id,
         c.task_id,

@@ -33,7 +33,10 @@ class CheckResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskResult:
-    """One task's outcome; ``files`` are the conflicted files, ``commit`` the target after it."""
+    """One task's outcome; ``files`` are the conflicted files, ``commit`` the target after it.
+
+    ``also``: what the agent resolving its conflicts changed besides them (in ``reason`` too).
+    """
 
     task_id: str
     outcome: MergeOutcome
@@ -41,6 +44,7 @@ class TaskResult:
     files: tuple[str, ...] = ()
     commit: str | None = None
     check: CheckResult | None = None
+    also: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""

@@ -24,9 +24,13 @@ DEFAULT_MARKER_SIZE = 7  # git's, unless a file's `conflict-marker-size` attribu
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resolution:
-    """How a resolver ended: *why* the merge is not resolved (None when it is)."""
+    """How a resolver ended: *why* the merge is not resolved (None when it is).
+
+    *also* names what it changed besides the conflicted paths (committed with the merge).
+    """
 
     why: str | None
+    also: tuple[str, ...] = ()
 
 
 def resolve_prompt(task: Task, *, target: str, files: Sequence[str]) -> str:
@@ -116,6 +120,7 @@ class _Stopped:
 
     files: tuple[str, ...]
     unmerged: dict[str, tuple[object, ...]]  # index path -> its working tree state then
+    index: dict[str, bytes]  # path -> its `git ls-files --stage` entry then
     marker_sizes: dict[str, int]
 
     @classmethod
@@ -124,11 +129,12 @@ class _Stopped:
         return cls(
             files=tuple(files),
             unmerged={p: _state(worktree / p) for p in _unmerged(worktree)},
+            index=_index(worktree),
             marker_sizes=_marker_sizes(worktree, files),
         )
 
     def staged(self, worktree: Path) -> Resolution:
-        """Check what the resolver left and stage it all."""
+        """Check what the resolver left, stage it all, and name what it changed besides."""
         marked = [
             name
             for name in self.files
@@ -149,7 +155,12 @@ class _Stopped:
                 " nor staged)"
             )
         runner.run(worktree, "add", "--all")
-        return Resolution(why=None)
+        now = _index(worktree)
+        conflicted = {*self.unmerged, *self.files}
+        also = sorted(
+            p for p in {*self.index, *now} - conflicted if self.index.get(p) != now.get(p)
+        )
+        return Resolution(why=None, also=tuple(also))
 
     def _conflict(self, path: str) -> str:
         """The conflicted file *path* is about (a file/directory clash parks one at ``f~HEAD``)."""
@@ -160,6 +171,15 @@ def _unmerged(worktree: Path) -> set[str]:
     """The paths *worktree*'s index holds in a conflict stage (unmerged)."""
     out = runner.run_bytes(worktree, "ls-files", "--unmerged", "-z").stdout
     return {os.fsdecode(line.partition(b"\t")[2]) for line in out.split(b"\0") if line}
+
+
+def _index(worktree: Path) -> dict[str, bytes]:
+    """Path -> its index entry (mode, object, stage) in *worktree*."""
+    out = runner.run_bytes(worktree, "ls-files", "--stage", "-z").stdout
+    return {
+        os.fsdecode(name): entry
+        for entry, _, name in (line.partition(b"\t") for line in out.split(b"\0") if line)
+    }
 
 
 def _state(path: Path) -> tuple[object, ...]:
