@@ -1619,6 +1619,41 @@ def test_hunk_level_prediction_equals_real_merges(base_repo: Path, brancher: Bra
     assert prediction.merge_trees < len(real_pairs) + 6
 
 
+# Edits whose hunks a diff with another algorithm (or sliding them by indentation, as
+# `git diff` does) puts an unchanged line apart, where git's merge finds them touching:
+# (base, one branch, the other), lines of f.txt.
+LINED_UP = {
+    "histogram": ("b a b a b a a a", "a b a b a a a", "b a a b a b a a a"),
+    "indent": ("_b a a _b", "_b a _b", "_b a a"),  # _ is an indent of two spaces
+}
+
+
+@pytest.mark.parametrize("algorithm", [None, "myers", "patience"])
+@pytest.mark.parametrize("case", list(LINED_UP))
+def test_a_dry_run_lines_up_edits_as_the_merge_does(
+    base_repo: Path, brancher: Brancher, case: str, algorithm: str | None
+) -> None:
+    def text(words: str) -> str:
+        return "".join(word.replace("_", "  ") + "\n" for word in words.split())
+
+    if algorithm:  # the user's choice for `git diff`, which git's merge does not follow
+        git(base_repo, "config", "diff.algorithm", algorithm)
+    base_text, one, other = LINED_UP[case]
+    base = brancher.branch("start", "HEAD", {"f.txt": text(base_text)})
+    brancher.branch("swarm/one", base, {"f.txt": text(one)})
+    brancher.branch("swarm/other", base, {"f.txt": text(other)})
+    record_run(base_repo, [("one", base), ("other", base)], base=base)
+    git(base_repo, "merge", "-q", "--ff-only", base)
+
+    dry = swarm(base_repo, "merge", "--dry-run", "--json")
+
+    real = real_merge(base_repo, "swarm/one", "swarm/other")
+    assert real == ("f.txt",)
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    pairs = json.loads(dry.stdout)["prediction"]["pairs"]
+    assert pairs == [{"a": "one", "b": "other", "files": ["f.txt"]}]
+
+
 def test_changes_read_together_equal_each_read_alone(
     base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

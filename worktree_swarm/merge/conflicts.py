@@ -179,10 +179,12 @@ def hunks(repo: git.Repo, base: str, tip: str, paths: Iterable[str]) -> dict[str
     """
     found: dict[str, list[Hunk]] = {}
     for batch in git.in_batches(f":(literal){p}" for p in sorted(paths)):
+        # Lined up as git's merge (ort) lines them up: histogram, hunks not slid by the indent
+        # heuristic, whatever the user's `diff.algorithm` and `diff.indentHeuristic` say.
         out = git.git(
-            repo.root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff",
-            "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/",
-            "--end-of-options", base, tip, "--", *batch,
+            repo.root, "diff", "-U0", "--diff-algorithm=histogram", "--no-indent-heuristic",
+            "--no-color", "--no-renames", "--no-ext-diff", "--no-textconv",
+            "--src-prefix=a/", "--dst-prefix=b/", "--end-of-options", base, tip, "--", *batch,
         )  # fmt: skip
         _read_hunks(out, found)
     return found
