@@ -1793,6 +1793,49 @@ def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
     assert {t: rows[t]["merge_result"] for t in "abc"} == dict.fromkeys("abc", "merged")
 
 
+@pytest.mark.parametrize("target", ["--into", "integration branch"])
+def test_a_target_without_the_runs_base_commit_takes_none_of_its_tasks(
+    base_repo: Path, brancher: Brancher, target: str
+) -> None:
+    # The run started on `feature`, an unfinished commit of yours on it: every task branch
+    # carries that commit, and a merge into a branch without it landed it unchecked.
+    main = git(base_repo, "rev-parse", "HEAD")
+    feature = brancher.branch("feature", main, {"feat.txt": "unfinished\n"})
+    two_tasks(base_repo, brancher, feature)
+    git(base_repo, "branch", "rel", main)
+    args = ["--into", "rel"] if target == "--into" else []
+    worktrees = git(base_repo, "worktree", "list", "--porcelain")
+
+    dry = swarm(base_repo, "merge", *args, "--dry-run")
+    out = swarm(base_repo, "merge", *args)
+
+    if target == "--into":
+        where = f"rel ({main[:12]})"
+        then = f"merge {feature[:12]} into rel first"
+    else:
+        where = f"swarm/integration-{RUN_ID} would start at {main[:12]}, which"
+        then = "run `swarm merge` in a checkout of a branch that contains it"
+    line = (
+        f"swarm: {where} does not contain the run's base commit {feature[:12]}, where its tasks"
+        " started: their branches would bring it (and the commits before it) along, unchecked;"
+        f" {then}, or merge into a branch that contains it (`--into BRANCH`)\n"
+    )
+    for res in (dry, out):
+        assert (res.returncode, res.stdout, res.stderr) == (ExitCode.BAD_INPUT, "", line)
+    assert git(base_repo, "rev-parse", "rel") == main
+    assert git(base_repo, "branch", "--list", "swarm/integration-*") == ""
+    assert git(base_repo, "worktree", "list", "--porcelain") == worktrees
+    assert merge_results(base_repo) == {"one": None, "two": None}
+    # You land your commit there: then they go.
+    if target == "--into":
+        git(base_repo, "branch", "-f", "rel", feature)
+    else:
+        git(base_repo, "merge", "-q", "--ff-only", feature)
+    merged = swarm(base_repo, "merge", *args)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+
+
 def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_work(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -352,6 +352,7 @@ def select_candidates(
     there is *standing*, see :func:`standing_results`). Named tasks may be in any final state
     and are always tried, unless one depends on a task that is neither named nor in *target*
     (whose start is *start*): its branch carries that task's work, unchecked and unrecorded.
+    BadInputError when there is something to merge and *start* lacks the run's base commit.
     """
     rows = named_rows(store, run_id, task_ids) if task_ids else store.tasks(run_id)
     candidates: list[Candidate] = []
@@ -390,7 +391,25 @@ def select_candidates(
     kept, held = _without_unmerged_deps(
         candidates, target, standing, cut_off=cut_off, absent=absent
     )
+    if kept and run_base and start and not git.contained(repo, start, [run_base]):
+        raise BadInputError(_without_base(repo, target, start, run_base))
     return kept, skipped + held
+
+
+def _without_base(repo: git.Repo, target: str, start: str, base: str) -> str:
+    """Why *target* (at *start*, which lacks the run's *base*) takes none of its tasks."""
+    new = branch_tip(repo, target) is None  # the integration branch, to start at your HEAD
+    where = f"{target} would start at {start[:12]}, which" if new else f"{target} ({start[:12]})"
+    then = (
+        "run `swarm merge` in a checkout of a branch that contains it"
+        if new
+        else f"merge {base[:12]} into {target} first"
+    )
+    return (
+        f"{where} does not contain the run's base commit {base[:12]}, where its tasks started:"
+        " their branches would bring it (and the commits before it) along, unchecked;"
+        f" {then}, or merge into a branch that contains it (`--into BRANCH`)"
+    )
 
 
 def _landed_without_branch(
