@@ -75,8 +75,12 @@ def record_run(
     state: TaskState = TaskState.DONE,
     agent: Sequence[str] = (),
     resolve_timeout: float | None = None,
+    profile: str = "command",
 ) -> str:
-    """Record a finished run whose tasks ``(id, base commit)`` have branches ``swarm/<id>``."""
+    """Record a finished run whose tasks ``(id, base commit)`` have branches ``swarm/<id>``.
+
+    Their agent runs *agent* with the adapter of *profile*.
+    """
     depends = depends or {}
     checks = checks or {}
     root = repo.parent / f"{repo.name}.swarm"
@@ -97,6 +101,7 @@ def record_run(
                     prompt=f"do {task_id}",
                     depends_on=tuple(depends.get(task_id, ())),
                     checks=tuple(tuple(a) for a in checks.get(task_id, ())),
+                    agent=profile,
                     agent_argv=tuple(agent),
                     resolve_timeout=resolve_timeout,
                 ),
@@ -118,11 +123,12 @@ def conflicting(
     *,
     second: Mapping[str, str] | None = None,
     resolve_timeout: float | None = None,
+    profile: str = "command",
 ) -> str:
     """Tasks first and second of a recorded run, which conflict on line 5 of f.txt; the base.
 
     Their agent is the Python program *resolver*, given the prompt file (as `--resolve` runs
-    it); *second* adds files to task second's commit.
+    it), run as *profile*'s; *second* adds files to task second's commit.
     """
     base = git(repo, "rev-parse", "HEAD")
     brancher.branch("swarm/first", base, {"f.txt": edit(5, "five first")})
@@ -133,6 +139,7 @@ def conflicting(
         base=base,
         agent=[*agent_python(), str(resolver), "{prompt_file}"],
         resolve_timeout=resolve_timeout,
+        profile=profile,
     )
     return base
 

@@ -254,3 +254,33 @@ def test_what_a_resolver_changed_besides_the_conflicts_is_named_in_its_result(
     assert git(repo, "show", f"{BRANCH}:stray.o") == "junk"
     detail = status_json(repo)["second"]["merge_detail"]
     assert str(detail).endswith("; its agent also changed README.md, stray.o")
+
+
+def test_a_resolver_gets_a_copy_of_your_claude_sign_in_only_while_it_runs(
+    repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The resolver is the task's agent, a Claude one by default: it was given a copy of your
+    # sign-in (access and refresh token) under .git/swarm, and nothing ever took it out.
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+    sign_in = Path.home() / ".claude" / ".credentials.json"
+    sign_in.parent.mkdir(exist_ok=True)
+    oauth = {"accessToken": "at-of-the-user", "refreshToken": "rt-of-the-user"}
+    sign_in.write_text(json.dumps({"claudeAiOauth": oauth | {"expiresAt": 4102444800000}}))
+    seen = tmp_path / "seen"
+    resolver = tmp_path / "resolver.py"
+    resolver.write_text(
+        "import os, pathlib, re\n"
+        f"copy = pathlib.Path(os.environ['CLAUDE_CONFIG_DIR']) / '.credentials.json'\n"
+        f"pathlib.Path({str(seen)!r}).write_text(str(copy.is_file()))\n"
+        "text = pathlib.Path('f.txt').read_text()\n"
+        "pathlib.Path('f.txt').write_text(re.sub(r'^(<<<<<<<|=======|>>>>>>>).*\\n', '', text,"
+        " flags=re.M))\n"
+    )
+    conflicting(repo, brancher, resolver, profile="claude")
+    out = swarm(repo, "merge", "--resolve", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["merged"] == ["first", "second"]
+    assert seen.read_text() == "True"  # it had one while it ran
+    assert list((repo / ".git" / "swarm").rglob(".credentials.json")) == []
+    assert sign_in.is_file()  # yours stays

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.agents import adapter_for
+from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, paths_text
@@ -91,11 +91,13 @@ def run_resolver(
     }
     adapter = adapter_for(task.agent)
     argv = adapter.argv(task.agent_argv, values=values, session_id=None, resume_prompt=None)
-    agent_env = adapter.env(base=env, task_id=task.id, config_dir=logs / "agent-config")
     log_path = logs / f"resolve-{task.id}.log"
     limit = task.resolve_timeout or task.timeout or STEP_TIMEOUT
+    config_dir = logs / "agent-config"
     # Under the shim: a timeout or Ctrl-C kills the resolver's whole tree.
     try:
+        # A copy of your Claude sign-in for it, taken out once it ended, as in a run.
+        agent_env = adapter.env(base=env, task_id=task.id, config_dir=config_dir)
         ended = supervisor.run_to_end(
             argv,
             cwd=worktree,
@@ -106,6 +108,7 @@ def run_resolver(
             on_start=on_start,
         )
     finally:
+        claude_auth.release(config_dir)
         redact.scrub_file(log_path)  # as an agent's log in a run, once nothing appends
     if ended.cut is not None:
         return Resolution(why=f"the agent did not finish resolving within {limit:.0f}s")
