@@ -1032,6 +1032,29 @@ def test_bad_manifest_exits_2_and_creates_nothing(repo: Path, text: str, needle:
     _no_trace(repo)
 
 
+def test_a_sandbox_writable_path_out_of_your_reach_is_bad_input(repo: Path, tmp_path: Path) -> None:
+    # Not missing (those are skipped): every task failed with bwrap's "Can't find source path
+    # ...: Permission denied" once the run had started.
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    os.chown(closed, 65534, 65534)  # another user's, of mode 700
+    text = (
+        f'[defaults]\nagent = "scripted"\nsandbox_writable = ["{closed}/cache"]\n'
+        '[[task]]\nid = "a"\nprompt = "x"\n'
+    )
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        f"swarm: {repo.parent / 'tasks.toml'}: [defaults]: sandbox_writable[0]: cannot reach "
+        f"{closed}/cache (Permission denied); name a path you can use\n"
+    )
+    _no_trace(repo)
+
+
 def test_arguments_that_are_not_utf8_exit_2_and_create_nothing(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -230,6 +230,14 @@ def _abs_paths(value: object, where: str) -> tuple[str, ...]:
     for i, path in enumerate(paths):
         if not Path(path).is_absolute():
             raise BadInputError(f"{where}[{i}]: {path!r} must be an absolute path (or ~/...)")
+        try:
+            Path(path).stat()
+        except PermissionError as exc:  # not missing (skipped): out of your reach
+            raise BadInputError(
+                f"{where}[{i}]: cannot reach {path} ({exc.strerror}); name a path you can use"
+            ) from exc
+        except OSError:
+            pass  # missing: skipped where it is used
     return paths
 
 

@@ -528,7 +528,7 @@ class RunSettings:
         scope=Scope.RUN,
         flag=None,
         doc="extra paths a sandboxed agent may write (absolute or `~/...`; missing ones are "
-        'skipped), e.g. `["~/.cache"]`',
+        'skipped, one you cannot reach is bad input), e.g. `["~/.cache"]`',
     )
     allow_outside_writes: bool = setting(
         False,  # noqa: FBT003 - a field default, not a flag argument
