@@ -214,8 +214,6 @@ class _Worktrees:
     # Tasks whose worktree's files were found gone while git's registration still named them:
     # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.
     doubted: set[str] = field(default_factory=set)
-    # Per checkout of yours: nested repositories' worktree roots in it (_nested_roots).
-    nested: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -2229,17 +2227,22 @@ class Guard:
             return made
         paths = changed_paths(place.path, base.tree, now.tree)
         if place.users and any((place.path / p / ".git").is_file() for p in paths):
-            again = self._without_worktrees(place, base, began, made)
-            if again is None:
+            # A linked worktree there (a task's, moved in since this scan looked for them):
+            # moved back, or left out, before anything here is taken for new files to remove.
+            with self._repo_lock:
+                made += self._scan_worktrees(began, set())
+                midway = bool(self._trees.doubted)
+            if midway:  # a worktree being moved, maybe here: compared once it is judged
+                self._changes.mark(place.where)
                 return made
-            now, paths = again
-        left = self._leave_out_nested(place, base, now, paths)
-        if left is None:
-            return made
+            now = capture(place.path, place.scratch, self._excludes(place))
+            if now == base:
+                place.checked = began
+                return made
+            paths = changed_paths(place.path, base.tree, now.tree)
         if place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path):
             self._changes.mark(place.where)  # your `git worktree remove` at work: looked at again
             return made
-        paths = left
         head = _head_move(base, now)
         exclude = () if place.users else (place.where,)
         suspects = self._agents.suspects(window, exclude=exclude)
@@ -2274,45 +2277,6 @@ class Guard:
             self._watch(place.where, place.path)
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*made, violation]
-
-    def _without_worktrees(
-        self, place: _Place, base: Snapshot, began: float, made: list[Violation]
-    ) -> tuple[Snapshot, list[str]] | None:
-        """*place* captured again once task worktrees found in it are judged (None: not now).
-
-        A linked worktree there (a task's, moved in since this scan looked for them) is moved
-        back, or left out, before anything here is taken for new files to remove. What that
-        judging finds is added to *made*.
-        """
-        with self._repo_lock:
-            made += self._scan_worktrees(began, set())
-            midway = bool(self._trees.doubted)
-        if midway:  # a worktree being moved, maybe here: compared once it is judged
-            self._changes.mark(place.where)
-            return None
-        now = capture(place.path, place.scratch, self._excludes(place))
-        if now == base:
-            place.checked = began
-            return None
-        return now, changed_paths(place.path, base.tree, now.tree)
-
-    def _leave_out_nested(
-        self, place: _Place, base: Snapshot, now: Snapshot, paths: list[str]
-    ) -> list[str] | None:
-        """*paths* but those in a nested repository's worktree root, left out from now on.
-
-        Another repository's runs at work there. None when nothing else changed: *place* has
-        a baseline without them now.
-        """
-        nested = _nested_roots(place.path, paths) if place.users else set()
-        if not nested:
-            return paths
-        self._trees.nested.setdefault(place.where, set()).update(nested)
-        paths = [p for p in paths if not any(_under(p, d) for d in nested)]
-        if paths or (now.head_ref, now.head, now.index) != (base.head_ref, base.head, base.index):
-            return paths
-        self._watch(place.where, place.path)
-        return None
 
     def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
         """A `.git` made in a directory of a user's checkout: removed, unless the user made it."""
@@ -2351,13 +2315,7 @@ class Guard:
         return place.base
 
     def _excludes(self, place: _Place) -> tuple[str, ...]:
-        """What a comparison of *place* leaves out: swarm's worktree roots in your checkouts.
-
-        Also, in a checkout of yours, another repository's: see :func:`_nested_roots`.
-        """
-        own = self._exclude if place.where == MAIN else ()
-        nested = self._trees.nested.get(place.where, ())
-        return own + tuple(f":(exclude,top,literal){d}" for d in sorted(nested))
+        return self._exclude if place.where == MAIN else ()
 
     def _intend(
         self, violation: Violation, patch_text: str | None, *, worktree: Path | None = None
@@ -2585,30 +2543,6 @@ def _unreadable_index(root: Path) -> bool:
     # A pathspec that matches nothing: git reads (and checks) the whole index, prints nothing.
     probe = runner.run(root, "ls-files", "--", ":(literal,top).git/x", check=False)
     return probe.returncode != 0
-
-
-def _nested_roots(root: Path, paths: Sequence[str]) -> set[str]:
-    """The worktree roots of repositories inside checkout *root* that hold some of *paths*.
-
-    A repository inside your checkout (``sub/app``, not ignored) keeps its runs' worktrees in
-    ``sub/app.swarm``, in your checkout too: what its runs do there (worktrees made, committed
-    in, removed) is theirs, and its own guard watches them.
-    """
-    found: set[str] = set()
-    for path in paths:
-        parts = path.split("/")
-        for depth in range(len(parts) - 1, 0, -1):
-            name = parts[depth - 1]
-            if name.endswith(".swarm") and name != ".swarm":
-                near = root.joinpath(*parts[: depth - 1], name.removesuffix(".swarm"))
-                if os.path.lexists(near / ".git"):
-                    found.add("/".join(parts[:depth]))
-                    break
-    return found
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder + "/")
 
 
 def _repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
