@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -1761,3 +1763,26 @@ def test_a_task_worktree_whose_submodule_was_checked_out_is_removed(
     out = swarm(repo, "clean", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert worktree_paths(repo) == [str(repo)]
+
+
+def test_a_lock_file_a_swarm_run_as_another_user_made_is_named_as_that_users(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # `sudo swarm clean` left root's merge.lock: every clean, merge and doctor of the owner's
+    # then said "cannot write .../merge.lock: Permission denied", nothing more.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "edits=a").returncode == 0
+    lock = repo / ".git" / "swarm" / "merge.lock"
+    lock.touch()
+    os.chown(lock, 65534, 65534)
+    out = subprocess.run(
+        [*as_owner_only(), sys.executable, "-m", "worktree_swarm.cli", "clean", "--yes"],
+        cwd=repo, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    name = pwd.getpwuid(65534).pw_name
+    assert out.stderr == (
+        f"swarm: cannot write {lock}: Permission denied; {lock} belongs to {name} (a swarm "
+        f"command run as {name} made it): give it back to you (`sudo chown -R "
+        f"{getpass.getuser()} {lock}`) or run swarm as {name}\n"
+    )

@@ -6,9 +6,11 @@ import ast
 import contextlib
 import errno
 import functools
+import getpass
 import io
 import json
 import os
+import pwd
 import signal
 import stat
 import sys
@@ -1285,6 +1287,29 @@ def _command(args: Sequence[str]) -> str | None:
     return args[i] if i < len(args) else None
 
 
+def _owned_by_another(filename: object) -> str:
+    """Why a file (or its folder) you cannot write is another user's: ``sudo swarm ...`` made it."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return ""
+    path = Path(os.fsdecode(filename))
+    for each in (path, path.parent):
+        try:
+            owner = each.lstat().st_uid
+        except OSError:
+            continue
+        if owner == os.geteuid():
+            return ""
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = f"user {owner}"
+        return (
+            f"; {each} belongs to {name} (a swarm command run as {name} made it): give it back"
+            f" to you (`sudo chown -R {getpass.getuser()} {each}`) or run swarm as {name}"
+        )
+    return ""
+
+
 def _unexpected(exc: Exception, command: str | None) -> int:
     """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
@@ -1299,6 +1324,7 @@ def _unexpected(exc: Exception, command: str | None) -> int:
     ):
         where = exc.filename or "swarm's state"
         hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
+        hint = _owned_by_another(exc.filename) or hint
         text = f"cannot write {where}: {exc.strerror}{hint}"
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.BAD_INPUT
