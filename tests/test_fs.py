@@ -102,3 +102,27 @@ def test_a_log_swapped_for_a_link_is_never_appended_through(tmp_path: Path) -> N
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         fs.open_append_bytes(log)
     assert outside.read_text() == "your file\n"
+
+
+def test_set_mode_changes_the_file_looked_at_never_a_links_target(tmp_path: Path) -> None:
+    # The guard's put-backs chmod what an agent left: a name swapped for a link to a key of
+    # yours must not have the key's bits changed.
+    key = tmp_path / "id_rsa"
+    key.write_text("secret\n")
+    key.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(key)
+    assert not fs.set_mode(link, lambda bits: bits | 0o044)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    setuid = tmp_path / "tool"
+    setuid.write_text("#!/bin/sh\n")
+    setuid.chmod(0o4755)
+    assert fs.set_mode(setuid, lambda bits: bits & ~stat.S_ISUID)
+    assert stat.S_IMODE(setuid.stat().st_mode) == 0o755
+    folder = tmp_path / "closed"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0)
+    assert not fs.set_mode(folder, lambda bits: bits | 0o700)  # a directory only if asked
+    assert fs.set_mode(folder, lambda bits: bits | 0o700, dirs=True)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert not fs.set_mode(tmp_path / "gone", lambda bits: bits)

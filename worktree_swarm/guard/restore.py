@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import shutil
 import stat
@@ -246,6 +248,7 @@ def open_up(root: Path, tree: str) -> list[str]:
     search for a directory); what group and others lost is not known, and not given.
     """
     listed = runner.run_bytes(root, "ls-tree", "-r", "-t", "-z", "--full-tree", "--name-only", tree)
+    top = Path(os.path.realpath(root))
     opened = []
     for name in listed.stdout.split(b"\0"):  # a directory before what it holds
         path = root / os.fsdecode(name)
@@ -254,8 +257,9 @@ def open_up(root: Path, tree: str) -> list[str]:
         except OSError:  # gone, or inside a directory still closed
             continue
         need = _DIR_OWNER if stat.S_ISDIR(mode) else _FILE_OWNER
-        if (stat.S_ISDIR(mode) or stat.S_ISREG(mode)) and need & ~mode:
-            path.chmod(stat.S_IMODE(mode) | need)
+        if not need & ~mode or not Path(os.path.realpath(path.parent)).is_relative_to(top):
+            continue  # as it should be, or reached through a link out of the checkout
+        if fs.set_mode(path, functools.partial(operator.or_, need), dirs=True):
             opened.append(os.fsdecode(name))
     return opened
 

@@ -188,18 +188,7 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
         _add_mode(found, common, top, _bits(top.parent))
 
 
-def _umask() -> int:
-    """The umask of the process, read without setting it where the system tells (Linux)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # at import, before any thread makes a file
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
+_UMASK = fs.umask()  # read once, at import
 
 
 def _bits(path: Path) -> int:
@@ -259,11 +248,7 @@ def disarm(common: Path, labels: Iterable[str]) -> None:
     it would take your history with it; without those bits it runs as whoever runs it.
     """
     for label in labels:
-        with contextlib.suppress(FileNotFoundError):
-            path = _path(common, label)
-            info = path.lstat()
-            if stat.S_ISREG(info.st_mode):
-                path.chmod(stat.S_IMODE(info.st_mode) & ~(SETUID_BITS | _SHARED_WRITE))
+        fs.set_mode(_path(common, label), lambda bits: bits & ~(SETUID_BITS | _SHARED_WRITE))
 
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
@@ -467,8 +452,8 @@ def _put_entry(target: Path, entry: Entry) -> None:
 def _put_bits(target: Path, entry: Entry | None, new: Entry | None) -> bool:
     """Put back a watched directory's bits, or an unreadable file's; False: not one of those."""
     if entry is None and new is not None and new.kind == MODE:  # new: as git would make it
-        bits = stat.S_IMODE(target.lstat().st_mode)
-        target.chmod(bits & ~(_SHARED_WRITE & ~_bits(target.parent) & _UMASK))
+        loose = _SHARED_WRITE & ~_bits(target.parent) & _UMASK
+        fs.set_mode(target, lambda bits: bits & ~loose, dirs=True)
         return True
     if entry is None or entry.kind not in {MODE, UNREADABLE}:
         return False
@@ -476,8 +461,7 @@ def _put_bits(target: Path, entry: Entry | None, new: Entry | None) -> bool:
         remove(target)  # a directory swapped for a link or file: made again, as git would
     if entry.kind == MODE and not os.path.lexists(target):
         target.mkdir(parents=True)
-    with contextlib.suppress(FileNotFoundError):
-        target.chmod(entry.bits)  # one of yours that was unreadable: its bits alone
+    fs.set_mode(target, lambda _: entry.bits, dirs=True)  # yours that was unreadable: its bits
     return True
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -85,6 +86,30 @@ def umask() -> int:
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def set_mode(path: Path | str, change: Callable[[int], int], *, dirs: bool = False) -> bool:
+    """Set the permission bits of the file (*dirs*: or directory) *path* to ``change(bits)``.
+
+    Never through a symbolic link, and only on what was looked at: the name is opened once
+    (``O_PATH | O_NOFOLLOW``), its type checked on that descriptor, and the bits set through
+    it, so one swapped for a link meanwhile (to a key of yours) is not changed. False when
+    *path* is no such file (or gone).
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (dirs and stat.S_ISDIR(mode))):
+            return False
+        Path(f"/proc/self/fd/{fd}").chmod(change(stat.S_IMODE(mode)))  # that inode, no name
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def sealed(path: Path | str) -> bool:
