@@ -177,6 +177,12 @@ MARKERS_LEFT = {
         "*.txt conflict-marker-size=5\n",
         "subprocess.run(['git', 'add', '-A'], check=True)\n",
     ),
+    # Past an int, git's atoi keeps the low 32 bits (12 here): past Python's pattern limits,
+    # the size was an internal error.
+    "past an int": (
+        f"f.txt conflict-marker-size={2**40 + 12}\n",
+        "subprocess.run(['git', 'add', '-A'], check=True)\n",
+    ),
     "diff3 base": (  # the lines of the base's side kept with its marker
         "",
         (

@@ -214,9 +214,19 @@ def _marker_sizes(worktree: Path, files: Sequence[str]) -> dict[str, int]:
         fields = runner.run_bytes(worktree, *args, check=False).stdout.split(b"\0")
         for i in range(0, len(fields) - 2, 3):
             digits = re.match(rb"\s*\+?(\d+)", fields[i + 2])
-            size = int(digits[1]) if digits else 0
+            size = _as_c_int(int(digits[1])) if digits else 0
             sizes[os.fsdecode(fields[i])] = size if size > 0 else DEFAULT_MARKER_SIZE
     return sizes
+
+
+def _as_c_int(value: int) -> int:
+    """*value* as git's ``atoi`` gives it on a 64-bit machine: ``strtol``'s long, cut to an int.
+
+    A branch's `.gitattributes` may set any number: one past Python's pattern limits made
+    `swarm merge --resolve` an internal error, one past an int made markers go unseen.
+    """
+    value = min(value, 2**63 - 1)
+    return (value + 2**31) % 2**32 - 2**31
 
 
 def _marker_re(size: int) -> re.Pattern[str]:
