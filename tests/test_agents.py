@@ -786,6 +786,11 @@ def test_aider_exiting_0_on_an_api_error_is_not_a_success(attempt: Attempt) -> N
         "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect "
         "API key provided: sk-proj-****"
     )
+    # Only its own wrapped lines are joined: a test's output line ending in a blank, just
+    # before the error, hid the error (it no longer began a line) and the attempt passed.
+    tested = "FAILED tests/test_x.py::test_y - assert 1 == \n"
+    run = attempt("aider", stdout=AIDER_BANNER + tested + AIDER_BAD_KEY)
+    assert run.result.outcome is AgentOutcome.FAILED
     gave_up = AIDER_SERVER_ERROR + "Retrying in 32.0 seconds...\n" + AIDER_SERVER_ERROR
     run = attempt("aider", stdout=AIDER_BANNER + AIDER_DONE + gave_up)
     assert run.result.outcome is AgentOutcome.RATE_LIMITED

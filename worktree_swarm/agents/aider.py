@@ -116,13 +116,28 @@ class AiderAdapter:
 
 
 # aider wraps its messages at 80 columns, leaving the space it broke at at the end of the line:
-# `... OpenAIException - Incorrect \nAPI key provided: ...`.
-_WRAPPED_RE = re.compile(r"(?<=\S) \r?\n(?=\S)")
+# `litellm.AuthenticationError: ... Incorrect \nAPI key provided: ...`.
+_WRAPPED_RE = re.compile(r"\S \r?\n$")
 
 
 def _unwrapped(text: str) -> str:
-    """*text* with the lines aider wrapped joined again: a reason quotes the whole message."""
-    return _WRAPPED_RE.sub(" ", text)
+    """*text* with the lines of aider's API errors it wrapped joined again.
+
+    A reason quotes the whole message. Only theirs: a test's output line that ends in a blank
+    is not joined to the error line that may follow it.
+    """
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if (
+            lines
+            and lines[-1].startswith("litellm.")
+            and _WRAPPED_RE.search(lines[-1])
+            and line[:1].strip()
+        ):
+            lines[-1] = lines[-1].rstrip("\r\n") + line
+        else:
+            lines.append(line)
+    return "".join(lines)
 
 
 def _gave_up(lines: list[str], *, now: float) -> AgentResult | None:
