@@ -100,6 +100,7 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
 _MIN_INTERVAL = 1.0
+_DENIED = "Permission denied"  # a comparison that failed on a file you cannot read
 _SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
 # Per periodic scan, task worktrees flagged as changed are compared for at most this long;
 # the rest wait for the next scan (oldest first), so the user's checkout and the refs are
@@ -875,13 +876,13 @@ class Guard:
                     found = [self._record(broken, patch_text=None)]
                     found += self._scan_place(place, began, quick=False, since=since)
                     ok = True
-        if not ok and self.restore:
+        removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
+        if not (ok or removing) and self.restore and _DENIED in self._failing.get(place.where, ""):
             # Files or directories made unreadable to you (`chmod 000`): your git fails there
             # as the comparison did. The owner's bits go back, and the place is compared.
             window = (since, began)
             with self._job(place.where):
                 found, ok = self._opened_up(place, window), True
-        removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
         if not ok and place.users and self._closing.is_set() and not removing:
             # The run's last look at a checkout of yours failed: what the agents did there
             # since it was last compared is unknown. (A failure before it changes nothing:
