@@ -268,6 +268,29 @@ def test_a_request_not_answered_is_named_and_a_write_may_have_been_done(silent_a
     )
 
 
+def test_a_connection_not_made_in_time_is_out_of_reach_not_a_request_unanswered() -> None:
+    # A server whose queue of connections is full takes no more: no request reached it, so
+    # none "may have been carried out".
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        waiting = [socket.create_connection(full.getsockname(), timeout=5)]  # the queue's one
+        url = f"http://127.0.0.1:{full.getsockname()[1]}"
+        c = github.Client(
+            api_url=url,
+            token=github.Token(TOKEN),
+            repo=github.RepoSlug(owner="o", name="n"),
+            timeout=0.2,
+            deadline=60,
+        )
+        c._answered = True  # an earlier request was answered
+        try:
+            with pytest.raises(github.UnreachableError) as info:
+                c.create_pull(title="T", head="swarm/a", base="main", body="B")
+        finally:
+            for conn in waiting:
+                conn.close()
+    assert str(info.value).startswith(f"cannot reach the GitHub API at {url} (timed out)")
+
+
 @pytest.fixture
 def trickling_api() -> Iterator[str]:
     """An HTTP server that answers every request one header byte at a time, for ever."""

@@ -558,10 +558,12 @@ class Client:
             if not isinstance(answer[0], _UNREACHABLE):
                 raise answer[0]
             reason = getattr(answer[0], "reason", answer[0])
-            if isinstance(reason, TimeoutError):  # connected, then no byte for `timeout`
+            # urllib wraps what fails while connecting and sending; not what fails after.
+            sent = not isinstance(answer[0], urllib.error.URLError)
+            if isinstance(reason, TimeoutError) and sent:  # then no byte for `timeout`
                 raise UnreachableError(self._unanswered(method, url, self.timeout)) from None
             dropped = _dropped(reason, method)
-            if not dropped and method in WRITE_METHODS and self._answered:
+            if not dropped and sent and method in WRITE_METHODS and self._answered:
                 raise UnreachableError(
                     self.token.redact(
                         f"the GitHub API at {self.api_url} dropped {method}"
