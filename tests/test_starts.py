@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worktree_swarm.infra import starts
+from worktree_swarm.infra import fs, starts
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/sys/kernel/random/boot_id").exists(), reason="Linux's boot id"
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def kept_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Where the boot time is kept: the test's folder; read afresh by each test."""
-    monkeypatch.setattr(starts, "_kept_in", lambda: tmp_path)
+    monkeypatch.setattr(fs, "_kept_in", lambda: tmp_path)
     monkeypatch.setattr(starts, "_boot", None)
     return tmp_path / f"worktree-swarm-{os.getuid()}"
 
