@@ -390,3 +390,22 @@ def test_a_tasks_own_move_stays_its_own_when_it_moved_again_before_the_reflog_wa
         # move is in the branch's reflog, not in the task's HEAD reflog.
         git(repo, "update-ref", "refs/heads/swarm/a", read)
         assert not guard._moved_by_itself("a", start, read)
+
+
+def test_a_run_whose_worktrees_go_in_another_checkout_says_so_unless_ignored_there(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # A run there at the same time would take them for its agents' writes (guard.md, Limits).
+    outer = make_repo(tmp_path / "outer")
+    inner = make_repo(outer / "sub" / "inner")
+    agent = " ".join(write_agent("import pathlib\npathlib.Path('a.txt').write_text('a')\n"))
+    out = swarm(inner, "run", "--agent", agent, "-t", "a=p")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (
+        f"note: the worktrees go in {outer / 'sub' / 'inner.swarm'}, inside the checkout of"
+        f" {outer}, which does not ignore it" in out.stderr
+    )
+    (outer / ".gitignore").write_text("/sub/inner.swarm/\n")
+    out = swarm(inner, "run", "--agent", agent, "-t", "b=p")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "note: the worktrees go in" not in out.stderr

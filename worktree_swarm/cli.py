@@ -460,6 +460,16 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
                     "note: uncommitted changes in your checkout are not part of the base",
                     err=True,
                 )
+            if spec.worktree_root is not None and (
+                outer := worktrees.seen_by_another_checkout(repo, spec.worktree_root)
+            ):
+                click.echo(
+                    f"note: the worktrees go in {spec.worktree_root}, inside the checkout of"
+                    f" {outer}, which does not ignore it: a swarm run there at the same time"
+                    " would take them for its agents' writes (ignore it there, or set"
+                    " worktree_root)",
+                    err=True,
+                )
             return _execute(
                 store,
                 lambda observer: Runner.create(

@@ -75,6 +75,22 @@ _SYSTEM_DIRS = (
 )  # fmt: skip
 
 
+def seen_by_another_checkout(repo: Repo, root: Path) -> Path | None:
+    """The checkout of another repository that holds *root* and does not ignore it, if any.
+
+    A repository inside another's checkout (not ignored there) keeps its worktrees there too:
+    a swarm run in that other repository at the same time would take each one for a write of
+    its agents. One ``stat`` per folder above *root*; git only when such a checkout is found.
+    """
+    own = Path(os.path.realpath(repo.root))
+    for outer in Path(os.path.realpath(root)).parents:
+        if outer == own or not (outer / ".git").exists():
+            continue
+        ignored = runner.run(outer, "check-ignore", "-q", "--", str(root), check=False)
+        return None if ignored.returncode == 0 else outer
+    return None
+
+
 def check_worktree_root(repo: Repo, root: Path, *, checkout: Path | None = None) -> None:
     """Raise BadInputError unless *root* may hold the run's worktrees.
 
