@@ -184,8 +184,11 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 _add_mode(found, common, Path(entry.path), shared, entry)
+    parents: dict[Path, int] = {}  # the worktree root, one lstat for all of its worktrees
     for top in tops:
-        _add_mode(found, common, top, _bits(top.parent))
+        if top.parent not in parents:
+            parents[top.parent] = _bits(top.parent)
+        _add_mode(found, common, top, parents[top.parent])
 
 
 _UMASK = fs.umask()  # read once, at import
