@@ -1190,11 +1190,8 @@ def test_into_a_checked_out_branch_is_refused(base_repo: Path, brancher: Branche
     assert clean.returncode == 2
     assert clean.stderr.startswith(f"swarm: main is checked out in {base_repo}; swarm never moves")
     assert len(clean.stderr.splitlines()) == 1
-    assert dirty.returncode == 2
-    assert dirty.stderr == (
-        f"swarm: main is checked out in {base_repo} with uncommitted changes;"
-        " commit or stash them there first\n"
-    )
+    # Committing or stashing would not let it go on: the message says what would.
+    assert (dirty.returncode, dirty.stderr) == (2, clean.stderr)
     assert git(base_repo, "for-each-ref") == refs
     assert states(base_repo) == {"one": "done"}
 

@@ -68,9 +68,9 @@ def validate(
                 f"the integration worktree {info.path} is {on}; switch it back to {branch}"
                 f" (`git -C {info.path} switch {branch}`)"
             )
-        if info.branch != branch or info.prunable:
-            continue
-        if not into and not _same_path(info.path, own):
+        if info.branch != branch or info.prunable or into:
+            continue  # an --into branch checked out anywhere is refused below, clean or not
+        if not _same_path(info.path, own):
             raise _checked_out_elsewhere(branch, info.path, own)
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
