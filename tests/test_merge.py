@@ -530,6 +530,43 @@ def test_a_file_name_holding_the_list_separator_reads_as_one_name(
     ), out.stdout
 
 
+def test_a_file_in_the_way_of_a_directory_rename_is_a_conflict_named_and_resolvable(
+    tmp_path: Path,
+) -> None:
+    # Git stops on it without an unmerged index entry, naming it only in its messages.
+    repo = make_repo(tmp_path / "repo", {"d/x.txt": "x\n", "d/y.txt": "y\n"})
+    brancher = Brancher(repo)
+    base = git(repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/a", base, {}, renames=[("d", "e")])
+    brancher.branch("swarm/b", base, {"d/new.txt": "b\n"})
+    brancher.branch("swarm/c", base, {"e/new.txt": "c\n"})
+    brancher.close()
+    resolver = tmp_path / "resolver.py"
+    resolver.write_text("import sys\nsys.exit(0)\n")
+    tasks = [("a", base), ("b", base), ("c", base)]
+    record_run(repo, tasks, base=base, agent=[*agent_python(), str(resolver), "{prompt_file}"])
+    assert swarm(repo, "merge", "b", "c").returncode == 0
+
+    dry = json.loads(swarm(repo, "merge", "a", "--dry-run", "--json").stdout)
+    out = swarm(repo, "merge", "a", "--json")
+    resolved = swarm(repo, "merge", "a", "--resolve", "--json")
+
+    files = ["e/new.txt", "d/new.txt"]
+    assert dry["prediction"]["against_target"] == [{"task_id": "a", "files": files}]
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["results"][0] | {"checks": None} == {
+        "task_id": "a",
+        "outcome": "conflicted",
+        "reason": f"conflicts with swarm/integration-{RUN_ID} in e/new.txt, d/new.txt",
+        "files": files,
+        "commit": None,
+        "checks": None,
+    }
+    assert resolved.returncode == 0, resolved.stderr
+    result = json.loads(resolved.stdout)["results"][0]
+    assert result["reason"] == "conflicts in e/new.txt, d/new.txt resolved by its agent"
+
+
 def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     base_repo: Path, brancher: Brancher
 ) -> None:

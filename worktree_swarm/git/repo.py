@@ -568,13 +568,11 @@ def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: s
     tree = ""
     for i, other in enumerate(shas[1:], start=1):
         res = _run(
-            repo.root,
-            ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages", acc, other],
-            check=False,
+            repo.root, ["merge-tree", "--write-tree", "--name-only", "-z", acc, other], check=False
         )
         if res.returncode not in (0, 1):
             raise CommandError(["git", "merge-tree", acc, other], res.returncode, res.stderr)
-        tree, *conflicted = [f for f in res.stdout.split("\0") if f]
+        tree, conflicted = merge_tree_result(res.stdout)
         if res.returncode == 1:
             names = paths_text(conflicted) or "(unknown files)"
             raise MergeConflictError(
@@ -586,6 +584,31 @@ def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: s
             # commit of its own to be merged with the next input. It stays unreferenced.
             acc = _commit_tree(repo, tree, shas[: i + 1], message=message, env=env)
     return _commit_tree(repo, tree, shas, message=message, env=env)
+
+
+def merge_tree_result(out: str) -> tuple[str, tuple[str, ...]]:
+    """The tree and the conflicted paths of ``merge-tree --write-tree --name-only -z`` *out*.
+
+    The paths are the unmerged ones; when there are none (a conflict git records in no
+    index entry: a file in the way of an implicit directory rename), those its conflict
+    messages name.
+    """
+    tree, *fields = out.split("\0")
+    end = fields.index("") if "" in fields else len(fields)
+    unmerged = tuple(dict.fromkeys(fields[:end]))
+    if unmerged:
+        return tree, unmerged
+    named: list[str] = []
+    messages = iter(fields[end + 1 :])
+    # Each message: the number of paths, the paths, its type ("CONFLICT (...)"), its text.
+    for count in messages:
+        if not count.isdigit():
+            break
+        paths = [next(messages, "") for _ in range(int(count))]
+        if next(messages, "").startswith("CONFLICT ("):
+            named += paths
+        next(messages, "")
+    return tree, tuple(dict.fromkeys(p for p in named if p))
 
 
 def _commit_tree(

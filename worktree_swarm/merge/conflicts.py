@@ -230,14 +230,14 @@ def _count(text: str) -> int:
 
 def merge_tree(repo: git.Repo, ours: str, theirs: str) -> tuple[str, ...] | None:
     """The files merging *theirs* into *ours* would conflict on, or None when it is clean."""
-    args = ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages", ours, theirs]
+    args = ["merge-tree", "--write-tree", "--name-only", "-z", ours, theirs]
     res = runner.run_bytes(repo.root, *args, check=False)
     if res.returncode not in (0, 1):
         raise CommandError(["git", *args], res.returncode, res.stderr.decode(errors="replace"))
     if res.returncode == 0:
         return None
     # A name that is not UTF-8 keeps its bytes (as surrogates): shown quoted, never garbled.
-    _tree, *files = (f for f in os.fsdecode(res.stdout).split("\0") if f)
+    _tree, files = git.merge_tree_result(os.fsdecode(res.stdout))
     names = (conflict_path(f, labels=(ours, theirs)) for f in files)
     return tuple(dict.fromkeys(names)) or ("(unknown files)",)
 

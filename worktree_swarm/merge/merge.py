@@ -967,7 +967,7 @@ def _merge_step(s: _Session, c: Candidate, pre: str) -> TaskResult:
     else:
         res = _git(s, "merge", "--no-ff", *flags, "-m", message, c.tip, check=False)
     if res.returncode != 0:
-        files = _unmerged(s, c.tip)
+        files = _unmerged(s, c.tip) or _unrecorded_conflict(s, c, res, pre)
         if files and s.resolve:
             return _resolve(s, c, pre, files)
         _undo(s, pre)
@@ -1283,6 +1283,21 @@ def _unmerged(s: _Session, tip: str) -> tuple[str, ...]:
     out = os.fsdecode(runner.run_bytes(s.target.worktree, *args, check=False).stdout)
     names = (conflicts.conflict_path(f, labels=("HEAD", tip)) for f in out.split("\0") if f)
     return tuple(dict.fromkeys(names))
+
+
+def _unrecorded_conflict(
+    s: _Session, c: Candidate, res: subprocess.CompletedProcess[str], pre: str
+) -> tuple[str, ...]:
+    """The paths of a conflict git stopped on without an unmerged index entry, or ().
+
+    A file in the way of an implicit directory rename is one: git names it only in its
+    messages, which merge-tree gives structured.
+    """
+    if res.returncode != 1 or not any(
+        line.startswith("CONFLICT (") for line in res.stdout.splitlines()
+    ):
+        return ()
+    return conflicts.merge_tree(s.repo, pre, c.tip) or ("(unknown files)",)
 
 
 def _undo(s: _Session, pre: str) -> None:
