@@ -2150,6 +2150,49 @@ def test_clean_commits_nothing_a_merge_cut_off_in_its_checks_left_and_saves_it_a
     assert "built.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
 
 
+def test_clean_never_commits_an_integration_worktree_whose_branch_is_gone(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # A run's guard deletes the integration branch an agent's `swarm merge` made, and the
+    # worktree stays on it, every merged file staged: clean committed them, making the
+    # rejected merge anew as the integration branch.
+    worktree = one_merged(base_repo, brancher)
+    integration = "swarm/integration-" + RUN_ID
+    merged = git(base_repo, "rev-parse", f"{integration}^{{tree}}")
+    git(base_repo, "update-ref", "-d", f"refs/heads/{integration}")
+
+    plan = swarm(base_repo, "clean")
+    out = swarm(base_repo, "clean", "--yes")
+
+    assert "save what it holds aside (its branch is gone), then remove it" in plan.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
+    assert git(base_repo, "branch", "--list", integration) == ""
+    found = re.search(r"saved as (refs/swarm/rescued/merge-[0-9a-f]{12})", out.stdout)
+    assert found is not None, out.stdout
+    assert git(base_repo, "rev-parse", f"{found[1]}^{{tree}}") == merged
+
+
+def test_a_merge_makes_an_integration_worktree_whose_branch_is_gone_anew(
+    base_repo: Path, brancher: Brancher
+) -> None:
+    # It was refused as holding uncommitted changes, to commit there first: that commit made
+    # the rejected merge anew as the integration branch.
+    worktree = one_merged(base_repo, brancher)
+    integration = "swarm/integration-" + RUN_ID
+    git(base_repo, "update-ref", "-d", f"refs/heads/{integration}")
+
+    out = swarm(base_repo, "merge", "two")
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    saved = re.search(r"is saved as (refs/swarm/rescued/merge-[0-9a-f]{12})", out.stdout)
+    assert saved is not None, out.stdout
+    assert f"{worktree} was on {integration}, which is gone, so it is made anew" in out.stdout
+    assert git(base_repo, "diff", "--name-only", f"{saved[1]}^", saved[1]) == "one.txt"
+    assert git(base_repo, "ls-tree", "--name-only", integration, "one.txt", "two.txt") == "two.txt"
+    assert git(worktree, "status", "--porcelain") == ""
+
+
 def test_what_you_left_in_the_integration_worktree_after_a_killed_merge_is_saved_not_lost(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ list, delete its branch when merged (or with ``force``). What was removed is rec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,6 +643,11 @@ def _plan_integration(
             cwds=seen.cwds,
         )
         kept = kept or finding.action is Action.KEEP
+        if dirty and finding.action is Action.REMOVE_WORKTREE and branch not in seen.tips:
+            # Never committed: that would make its branch anew (see fixes._remove_worktree).
+            finding = dataclasses.replace(
+                finding, fix="save what it holds aside (its branch is gone), then remove it"
+            )
         found.append(finding)
     if keep_branches or kept or branch not in seen.tips:
         return found

@@ -724,13 +724,8 @@ def _remove_worktree(
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
         as_copied = functools.partial(_as_copied, repo, store, f, path)
         clean = _scratch(info) or _nothing_to_keep(path, as_copied)
-        merging = (info.branch or "").startswith(INTEGRATION_PREFIX)  # `swarm merge`'s own
-        cut_off = merge_target.half_merged(path) or merge_target.checks_cut_off(path)
-        if not clean and merging and cut_off:
-            # The integration worktree of a merge cut off (its checks' files, a half-made
-            # merge): no work to commit onto that branch, but saved aside all the same.
-            saved = merge_target.save_left(repo, path, info.branch or "HEAD")
-            clean = True
+        if not clean:
+            clean, saved = _save_merge_left(repo, path, info.branch or "")
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
@@ -753,11 +748,30 @@ def _remove_worktree(
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     _remove_announced(repo, path, moves=moves, force=force, clean=clean)
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
-    if saved:
-        note += f"what a cut-off `swarm merge` left there saved as {saved}, "
+    note += saved or ""
     if sha:
         return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
     return f"{note}removed", None
+
+
+def _save_merge_left(repo: git.Repo, path: Path, branch: str) -> tuple[bool, str | None]:
+    """Whether *path* is `swarm merge`'s worktree holding nothing to commit onto *branch*.
+
+    And what it held, saved aside, as a note. So are a merge cut off there (its checks'
+    files, a half-made merge) and one whose branch is gone: deleted by a run's guard that
+    undid an agent's `swarm merge`, every file of that merge left staged, which a checkpoint
+    would make anew.
+    """
+    if not branch.startswith(INTEGRATION_PREFIX):
+        return False, None
+    if merge_target.half_merged(path) or merge_target.checks_cut_off(path):
+        what = "what a cut-off `swarm merge` left there"
+    elif not git.branch_exists(repo, branch):
+        what = "what it held, its branch gone,"
+    else:
+        return False, None
+    saved = merge_target.save_left(repo, path, branch)
+    return True, f"{what} saved as {saved}, " if saved else None
 
 
 def _remove_announced(

@@ -212,12 +212,8 @@ def merge(
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
-        if target.saved is not None:
-            tell.note(
-                f"a merge cut off in {target.worktree} is undone; what the worktree held"
-                f" uncommitted (its checks' files, edits since) is saved as {target.saved}"
-                f" (`git diff {target.saved}^ {target.saved}`)"
-            )
+        if target.note:
+            tell.note(target.note)
         session = _Session(
             repo=repo,
             store=store,

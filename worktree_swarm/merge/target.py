@@ -36,7 +36,8 @@ class Target:
     branch: str
     worktree: Path
     temporary: bool
-    saved: str | None = None  # the ref what a cut-off merge's worktree held was saved as
+    # What the user is told of its worktree: what it held, saved aside before a merge there.
+    note: str = ""
 
 
 def ref_safe_run(run_id: str) -> str:
@@ -76,6 +77,7 @@ def validate(
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
         left = half_merged(info.path) or checks_cut_off(info.path)
+        left = left or not git.branch_exists(repo, branch)  # saved aside, made anew
         looked = looked and not (_same_path(info.path, own) and left)
         dirty = bool(git.status_porcelain(info.path)) if looked else False
         if dirty:
@@ -177,6 +179,7 @@ def open_target(
         path = root / f"{SCRATCH_PREFIX}{ref_safe_run(run_id)}-{secrets.token_hex(3)}"
         _add_worktree(repo, path, start, detach=True)
         return Target(branch=branch, worktree=path, temporary=True)
+    saved = None
     for info in worktrees.list_worktrees(repo):
         if _same_path(info.path, own) and not info.path.is_dir():
             # Its directory was deleted: this registration alone goes, the worktree is made anew.
@@ -186,31 +189,52 @@ def open_target(
                 raise _checked_out_elsewhere(branch, info.path, own)
             _unlock(info.path)
             _unlock_made(repo, info)
+            if not git.branch_exists(repo, branch):
+                # Deleted under it (a run's guard undoing an agent's `swarm merge`, every file
+                # of that merge left staged): what it holds is no one's to land; made anew.
+                saved = save_left(repo, info.path, branch, parent=start)
+                worktrees.remove_worktree(repo, info.path, force=True)
+                break
             git.repair_checkout(info.path)  # a merge killed while it checked the target out
             cut_off = half_merged(info.path) or checks_cut_off(info.path)
             saved = save_left(repo, info.path, branch) if cut_off else None
             if half_merged(info.path):
                 # A merge (or its resolver) killed midway; its leftover processes are ended.
                 runner.run(info.path, "reset", "--quiet", "--hard", "HEAD")
-            return Target(branch=branch, worktree=info.path, temporary=False, saved=saved)
+            note = _saved_note(
+                saved, f"a merge cut off in {info.path} is undone; what the worktree held"
+                " uncommitted (its checks' files, edits since)",
+            )  # fmt: skip
+            return Target(branch=branch, worktree=info.path, temporary=False, note=note)
     path = own
     if git.branch_exists(repo, branch):
         _add_worktree(repo, path, branch)
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)
-    return Target(branch=branch, worktree=path, temporary=False)
+    note = _saved_note(
+        saved, f"{path} was on {branch}, which is gone, so it is made anew; what it held"
+    )
+    return Target(branch=branch, worktree=path, temporary=False, note=note)
 
 
-def save_left(repo: git.Repo, worktree: Path, branch: str) -> str | None:
+def _saved_note(saved: str | None, what: str) -> str:
+    return f"{what} is saved as {saved} (`git diff {saved}^ {saved}`)" if saved else ""
+
+
+def save_left(
+    repo: git.Repo, worktree: Path, branch: str, *, parent: str | None = None
+) -> str | None:
     """Save what the merge worktree holds uncommitted before a cut-off merge there is undone.
 
     What the killed merge, its checks or resolver wrote, and what you may have changed there
-    since: undoing the merge removes it all. The ref it is saved as, or None (nothing there).
+    since: undoing the merge removes it all (as removing a worktree whose branch is gone
+    does). Saved as a child of *parent* (by default its HEAD commit, none on a branch that is
+    gone). The ref it is saved as, or None (nothing there).
     """
     if not git.status_porcelain(worktree):
         return None
-    head = git.head_in(worktree)
-    message = f"swarm: left uncommitted in the merge worktree of {branch} by a cut-off merge"
+    head = parent or git.head_in(worktree)
+    message = f"swarm: left uncommitted in the merge worktree of {branch}"
     sha = worktrees.snapshot_files(repo, worktree, message=message, parent=head)
     if sha is None:
         return None
