@@ -2287,6 +2287,36 @@ def test_a_merge_s_guard_keeps_no_baseline_for_a_resume_of_its_own(
     assert not [p for p in state.rglob("*") if p.name == "main.tree" or "unwatched" in p.name]
 
 
+@pytest.mark.parametrize(
+    ("driver", "together"), [("union", False), ("ours", False), ("union", True)]
+)
+def test_a_predicted_conflict_a_tasks_merge_attribute_settles_is_named_to_review(
+    base_repo: Path, brancher: Brancher, driver: str, *, together: bool
+) -> None:
+    # The prediction reads attributes from your checkout; the merge, from what is merged so
+    # far: task a's `f.txt merge=...` settled b's conflict with it (against the target, or
+    # with a merged first in the same merge), b's edit kept or dropped with no word.
+    git(base_repo, "config", "--global", "merge.ours.driver", "true")  # as yours: honoured
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch(
+        "swarm/a", base, {".gitattributes": f"f.txt merge={driver}\n", "f.txt": edit(5, "5a")}
+    )
+    brancher.branch("swarm/b", base, {"f.txt": edit(5, "5b"), "big.txt": "b\n" * 20})
+    record_run(base_repo, [("a", base), ("b", base)], base=base)
+    if not together:
+        assert swarm(base_repo, "merge", "a").returncode == 0
+
+    out = swarm(base_repo, "merge", "--json")
+
+    assert out.returncode == 0, out.stderr
+    review = "predicted to conflict in f.txt; merged clean by a merge attribute: review it"
+    assert json.loads(out.stdout)["results"][-1] | {"commit": None} == {
+        "task_id": "b", "outcome": "merged", "reason": review, "files": [], "commit": None,
+        "checks": None,
+    }  # fmt: skip
+    assert str(status_json(base_repo)["b"]["merge_detail"]).endswith(f"; {review}")
+
+
 def test_merge_calls_out_files_that_change_what_git_or_swarm_do_once_landed(
     base_repo: Path, brancher: Brancher
 ) -> None:

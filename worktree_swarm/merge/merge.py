@@ -125,6 +125,8 @@ class _Session:
     # Outside writes of its programs recorded, neither put back nor failing a merge.
     allow_outside_writes: bool = False
     guard: MergeGuard | None = None  # while programs (resolvers, checks) may run
+    # The files each task was predicted to conflict on, against the target or another task.
+    predicted: conflicts.Prediction | None = None
     results: list[TaskResult] = field(default_factory=list)
     # Tasks merged into the target, before or by this merge: a task squashed onto them
     # brings only its own changes.
@@ -228,6 +230,7 @@ def merge(
             allow_outside_writes=allow_outside_writes,
             results=list(skipped),
             landed={t for t, result in standing.items() if result == MergeOutcome.MERGED},
+            predicted=prediction,
         )
         try:
             _clean_after_cut_off_checks(session)
@@ -980,9 +983,33 @@ def _merge_step(s: _Session, c: Candidate, pre: str) -> TaskResult:
         title = redact.redact(c.task.title or c.task_id)
         _git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
              f"swarm: {title} (task {c.task_id}, squashed)")  # fmt: skip
-        return _check(s, c, pre)
+        return _check(s, c, pre, settled=_settled(s, c))
     head = _head(s.target.worktree)
-    return _held_already(s, c, pre) if head == pre else _check(s, c, pre, commit=head)
+    if head == pre:
+        return _held_already(s, c, pre)
+    return _check(s, c, pre, commit=head, settled=_settled(s, c))
+
+
+def _settled(s: _Session, c: Candidate) -> str:
+    """What to review of a clean merge predicted to conflict ('' when none was).
+
+    The prediction reads merge attributes from your checkout, the merge from what is merged
+    so far: a ``merge=union`` or ``merge=ours`` a task added settles a conflict silently.
+    """
+    p = s.predicted
+    if p is None:
+        return ""
+    files = list(p.target.get(c.task_id, ()))
+    for (a, b), clash in p.pairs.items():
+        if c.task_id in (a, b) and (b if a == c.task_id else a) in s.landed:
+            files += clash
+    files = list(dict.fromkeys(files))
+    if not files:
+        return ""
+    out = _git(s, "check-attr", "-z", "merge", "--", *files, check=False).stdout.split("\0")
+    by = any(out[i + 2] != "unspecified" for i in range(0, len(out) - 2, 3))
+    how = " by a merge attribute" if by else ""
+    return f"predicted to conflict in {paths_text(files)}; merged clean{how}: review it"
 
 
 def _squash(s: _Session, c: Candidate, flags: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -1169,14 +1196,16 @@ def _check(
     resolved: Sequence[str] = (),
     also: Sequence[str] = (),
     commit: str = "",
+    settled: str = "",
 ) -> TaskResult:
     """Run the checks on the merge just made (*commit*: its HEAD when already read).
 
-    *resolved* are the conflicts its agent resolved, *also* what it changed besides them.
+    *resolved* are the conflicts its agent resolved, *also* what it changed besides them;
+    *settled* says what to review of a predicted conflict that merged clean.
     """
     steps = s.checks or c.task.checks
     commit = commit or _head(s.target.worktree)
-    note = f"conflicts in {paths_text(resolved)} resolved by its agent" if resolved else ""
+    note = f"conflicts in {paths_text(resolved)} resolved by its agent" if resolved else settled
     if also:  # committed with the merge: a resolution may need them, the user reviews them
         note += f"; its agent also changed {paths_text(also)}"
     if not steps:
@@ -1186,6 +1215,7 @@ def _check(
             commit=commit,
             reason=note,
             also=tuple(also),
+            settled=settled,
         )
     # The task's own checks run as in its run; a `--check` of yours in the merge's environment.
     env = {**_check_env(s), "SWARM_TASK_ID": c.task_id} if s.checks else _task_env(s, c)
@@ -1217,6 +1247,7 @@ def _check(
             check=check,
             reason=note,
             also=tuple(also),
+            settled=settled,
         )
     _undo(s, pre)
     return TaskResult(
@@ -1309,7 +1340,9 @@ def _record(s: _Session, c: Candidate, result: TaskResult) -> None:
     reason = result.reason or f"merged into {s.target.branch}"
     if result.outcome is MergeOutcome.MERGED and result.commit:
         reason = f"merged into {s.target.branch} at {result.commit[:12]}"
-        if result.also:  # for `swarm status` too: the user reviews them
+        if result.settled:  # for `swarm status` too: the user reviews them
+            reason += f"; {result.settled}"
+        if result.also:
             reason += f"; its agent also changed {paths_text(result.also)}"
     s.store.update_task(
         s.run_id,

@@ -35,7 +35,8 @@ class CheckResult:
 class TaskResult:
     """One task's outcome; ``files`` are the conflicted files, ``commit`` the target after it.
 
-    ``also``: what the agent resolving its conflicts changed besides them (in ``reason`` too).
+    ``also``: what the agent resolving its conflicts changed besides them (in ``reason`` too);
+    ``settled``: a predicted conflict that merged clean, to review (in ``reason`` too).
     """
 
     task_id: str
@@ -45,6 +46,7 @@ class TaskResult:
     commit: str | None = None
     check: CheckResult | None = None
     also: tuple[str, ...] = ()
+    settled: str = ""
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for JSON output."""
