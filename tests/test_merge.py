@@ -567,6 +567,40 @@ def test_a_file_in_the_way_of_a_directory_rename_is_a_conflict_named_and_resolva
     assert result["reason"] == "conflicts in e/new.txt, d/new.txt resolved by its agent"
 
 
+def test_a_gitmodules_git_refuses_names_the_task_that_brought_it_in_the_merges_it_stops(
+    tmp_path: Path,
+) -> None:
+    # Git refuses `update = !cmd` in .gitmodules (it runs nothing), and so every later merge
+    # touching a gitlink: "fatal: invalid value for 'submodule.sub2.update'", naming no task.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},sub")
+    git(repo, "commit", "-q", "-m", "a submodule")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    modules = '[submodule "sub2"]\n\tpath = sub2\n\turl = ../x\n\tupdate = !touch pwned\n'
+    evil = brancher.branch("swarm/evil", base, {".gitmodules": modules})
+    brancher.branch("swarm/bump", base, {})
+    git(brancher.scratch, "update-index", "--cacheinfo", f"160000,{'2' * 40},sub")
+    git(brancher.scratch, "commit", "-q", "--amend", "-m", "bump sub")
+    git(repo, "branch", "-f", "swarm/bump", git(brancher.scratch, "rev-parse", "HEAD"))
+    brancher.close()
+    record_run(repo, [("evil", base), ("bump", base)], base=base)
+    assert swarm(repo, "merge", "evil").returncode == 0
+    merge = git(repo, "log", "-1", "--format=%h", "--abbrev=12", f"swarm/integration-{RUN_ID}")
+    assert merge != evil[:12]
+
+    out = swarm(repo, "merge", "bump", "--json")
+
+    reason = json.loads(out.stdout)["results"][0]["reason"]
+    assert out.returncode == 1
+    assert reason.startswith("git merge: fatal: invalid value for 'submodule.sub2.update'")
+    assert reason.endswith(
+        f" (the .gitmodules on swarm/integration-{RUN_ID} came with task evil's merge {merge}:"
+        " fix or revert it)"
+    )
+    assert not (repo.parent / "repo.swarm" / f"_integration-{RUN_ID}" / "pwned").exists()
+
+
 def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     base_repo: Path, brancher: Brancher
 ) -> None:

@@ -15,6 +15,7 @@ import enum
 import functools
 import json
 import os
+import re
 import shlex
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -974,7 +975,9 @@ def _merge_step(s: _Session, c: Candidate, pre: str) -> TaskResult:
             return _conflicted(s, c, files)
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
         return TaskResult(
-            task_id=c.task_id, outcome=MergeOutcome.FAILED, reason=f"git merge: {tail}"
+            task_id=c.task_id,
+            outcome=MergeOutcome.FAILED,
+            reason=f"git merge: {tail}{_gitmodules_cause(s, res.stderr)}",
         )
     if s.strategy is Strategy.SQUASH:
         if _nothing_staged(s):
@@ -1325,6 +1328,23 @@ def _unrecorded_conflict(
     ):
         return ()
     return conflicts.merge_tree(s.repo, pre, c.tip) or ("(unknown files)",)
+
+
+def _gitmodules_cause(s: _Session, stderr: str) -> str:
+    """Who gave the target the ``.gitmodules`` git refuses to read, when that stopped a merge.
+
+    Git refuses a submodule setting there that would run a command (``update = !cmd``), and
+    then every merge touching a gitlink: the cause is the merge that brought that file.
+    """
+    if "invalid value for 'submodule." not in stderr:
+        return ""
+    args = ("log", "-1", "--first-parent", "--format=%H%x00%s", "HEAD", "--", ".gitmodules")
+    sha, _, subject = _git(s, *args, check=False).stdout.strip().partition("\0")
+    if not sha:
+        return ""
+    task = re.match(r"swarm: (?:merge task (\S+) \(|.*\(task (\S+), squashed)", subject)
+    by = f"task {task[1] or task[2]}'s merge" if task else "commit"
+    return f" (the .gitmodules on {s.target.branch} came with {by} {sha[:12]}: fix or revert it)"
 
 
 def _undo(s: _Session, pre: str) -> None:
