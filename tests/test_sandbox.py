@@ -817,3 +817,83 @@ def test_a_sandboxed_agent_cannot_hold_off_swarm_once_its_manager_died(
     assert out.returncode == 0, out.stdout + out.stderr
     assert status_json(repo)["a"]["state"] == "stopped"
     assert not pid_alive(int(str(status_json(repo)["a"]["pid"])))
+
+
+# Starts a process of its own session, then stops the box's PID 1 with PTRACE_ATTACH, and
+# exits. bwrap's own init, stopped, never saw the agent end: the box and what the agent left
+# in it lived on, and the task ran until its timeout.
+PTRACE_INIT = r"""
+import ctypes, errno, os, pathlib, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import pathlib, time\n"
+                  "pathlib.Path('child.txt').write_text('up')\n"
+                  "for _ in range(600): time.sleep(0.1)", os.environ["PROBE_TOKEN"]],
+                 start_new_session=True)
+while not pathlib.Path("child.txt").exists():
+    time.sleep(0.01)
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH = 16
+attached = libc.ptrace(PTRACE_ATTACH, 1, 0, 0) == 0
+pathlib.Path("attach.txt").write_text(
+    "attached" if attached else errno.errorcode.get(ctypes.get_errno(), "?"))
+"""
+
+
+@needs_bwrap
+def test_the_box_ends_with_its_agent_even_after_it_ptraced_the_boxs_init(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    token = f"box-child-{uuid.uuid4()}"
+    path = manifest(
+        repo,
+        f'[defaults]\nsandbox = true\nkill_grace = "1s"\ntimeout = "30s"\n'
+        f'[[task]]\nid = "t"\nprompt = "x"\nagent = {argv_toml(write_agent(PTRACE_INIT))}\n'
+        f'env = {{ PROBE_TOKEN = "{token}" }}\n',
+    )
+    try:
+        out = swarm(repo, "run", path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert status_json(repo)["t"]["state"] == "done"
+        assert branch_file(repo, "swarm/t", "attach.txt") == "EPERM"
+    finally:
+        left = [p for p in psutil.process_iter(["cmdline"]) if token in (p.info["cmdline"] or [])]
+        for process in left:
+            process.kill()
+    assert left == []
+
+
+def box_init(*command: str) -> subprocess.Popen[str]:
+    """The sandbox's PID 1 as bubblewrap starts it, here without a box, running *command*."""
+    return subprocess.Popen(
+        [*sandbox._INIT_ARGV, *command],  # the very command line the box runs
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [("exit 3", 3), ("kill -9 $$", 128 + signal.SIGKILL), (":", 0)],
+)
+def test_the_box_init_exits_as_its_command_did(script: str, code: int) -> None:
+    with box_init("sh", "-c", script) as init:
+        assert init.wait(timeout=60) == code
+
+
+def test_the_box_init_passes_a_stop_on_to_its_command(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    with box_init(
+        sys.executable, "-c",
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(5))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(600)\n",
+    ) as init:  # fmt: skip
+        wait_for(ready.exists, what="the command")
+        init.send_signal(signal.SIGTERM)
+        assert init.wait(timeout=60) == 5
+
+
+def test_the_box_init_says_what_it_could_not_start() -> None:
+    with box_init("no-such-agent-program") as init:
+        _, err = init.communicate(timeout=60)
+    assert init.returncode == 127
+    assert err == "swarm: cannot start 'no-such-agent-program': No such file or directory\n"

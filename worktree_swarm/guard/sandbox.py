@@ -27,17 +27,28 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, lock, proc
+from worktree_swarm.infra import boxinit, fs, lock, proc
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 _TRIAL_TIMEOUT = 30.0
 # Namespace and privilege options shared by the trial run and every agent. A new PID
 # namespace keeps the agent from reaching other processes: from signalling the manager or a
 # sibling agent, and from writing through /proc/PID/root into another sandbox's mounts. The
-# host still sees every process (psutil, kill_tree), and when the agent exits the kernel
-# kills whatever it left behind. Dropping all capabilities matters when swarm runs as root:
-# with CAP_SYS_ADMIN the agent could simply remount / read-write.
-_ISOLATION = ("--unshare-pid", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc")
+# host still sees every process (psutil, kill_tree). Its PID 1 is swarm's box init, not
+# bwrap's (which the agent could stop with ptrace, and so outlive): when the agent exits, so
+# does the init, and the kernel kills whatever the agent left behind. Dropping all
+# capabilities matters when swarm runs as root: with CAP_SYS_ADMIN the agent could simply
+# remount / read-write.
+_ISOLATION = (
+    "--unshare-pid", "--as-pid-1", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc",
+)  # fmt: skip
+_INIT = Path(boxinit.__file__).resolve()
+# The init's interpreter as the shim's: isolated, without site (see supervisor.SHIM_LAUNCH).
+_INIT_ARGV = (
+    sys.executable, "-I", "-S", "-c",
+    f"import sys; sys.path.append({str(_INIT.parent)!r}); import {_INIT.stem}; {_INIT.stem}.run()",
+    "--",
+)  # fmt: skip
 # The kernel's knobs under the new /proc stay read-only: as root, `kernel.core_pattern` alone
 # would have the kernel run a program of the agent's, as root, outside the box.
 _KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
@@ -163,8 +174,11 @@ def wrap(argv: Sequence[str], box: Confinement, *, path: str = "") -> list[str]:
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for knob in _KERNEL:
         args += ["--ro-bind-try", knob, knob]
-    # Your checkout stays in sight wherever it is (`link`ed directories point into it).
-    args += _hide_sockets([*argv, *path.split(os.pathsep), str(common.parent)])
+    argv = [*_INIT_ARGV, *argv]
+    # Your checkout stays in sight wherever it is (`link`ed directories point into it), and so
+    # does the box init (its interpreter and its file) wherever swarm is installed.
+    named = [*argv, str(_INIT.parent), *path.split(os.pathsep), str(common.parent)]
+    args += _hide_sockets(named)
     for extra in box.extra:
         args += _bind("--bind-try", real_path(Path(extra)))
     if real_path(admin) == common:  # a clone of its own (a node's, with executor `ray`)

@@ -1,0 +1,96 @@
+"""PID 1 of an agent's sandbox: the box lives exactly as long as the agent's main process.
+
+bubblewrap runs it with ``--as-pid-1`` as ``python -I -S -c LAUNCH -- ARGV...`` (LAUNCH imports
+this file by its directory and calls :func:`run`, as the shim's does). It starts ARGV, reaps
+whatever is re-parented to it, passes on to ARGV the signals it is sent (``swarm stop``'s
+SIGTERM), and exits as soon as ARGV has, with its code (128+N for a signal N, as bwrap's
+init). When PID 1 of a namespace exits, the kernel kills every process left in it.
+
+It makes itself non-dumpable first: the agent (the same user, without capabilities) can then
+neither ptrace it nor write its memory through ``/proc/1/mem``. bwrap's own init is dumpable:
+an agent that stopped it with ``PTRACE_ATTACH`` kept it from ever seeing the agent end, and
+the box, with what the agent left running in it, lived on. Standard library only, like the
+shim, and as little of it: every sandboxed attempt starts one.
+"""
+
+import _ctypes
+import posix
+import sys
+
+signal = __import__("_signal")
+
+_PR_SET_DUMPABLE = 4
+# What PID 1 is sent and passes on. Any other signal it leaves pending: PID 1 gets no default
+# action from the kernel, so none would end it.
+_FORWARDED = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
+# As the shim starts a command: no signal ignored or blocked.
+_DEFAULTED = tuple(s for s in signal.valid_signals() if s not in {signal.SIGKILL, signal.SIGSTOP})
+_USAGE = 2
+_NOT_STARTED = 127
+
+
+def main(argv: list[str]) -> int:
+    """Run the command after ``--`` in *argv* as PID 1's only child; its exit code."""
+    if argv[:1] != ["--"] or len(argv) < 2:  # noqa: PLR2004
+        sys.stderr.write("usage: boxinit.py -- ARGV...\n")
+        return _USAGE
+    if not _undumpable():
+        sys.stderr.write("swarm box init: cannot make itself non-dumpable\n")
+        return _NOT_STARTED
+    waited = {signal.SIGCHLD, *_FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    command = argv[1:]
+    try:
+        child = posix.posix_spawnp(
+            command[0], command, posix.environ, setsigmask=(), setsigdef=_DEFAULTED
+        )
+    except OSError as exc:
+        sys.stderr.write(f"swarm: cannot start {command[0]!r}: {exc.strerror or exc}\n")
+        return _NOT_STARTED
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            try:  # noqa: SIM105 - contextlib costs start-up time
+                posix.kill(child, info.si_signo)
+            except ProcessLookupError:
+                pass
+            continue
+        status = _reap(child)
+        if status is not None:
+            code = posix.waitstatus_to_exitcode(status)
+            return code if code >= 0 else 128 - code
+
+
+def _undumpable() -> bool:
+    try:
+        # dlopen(NULL): the program and its libraries, libc's prctl among them.
+        prctl = _ctypes.dlsym(_ctypes.dlopen(None), "prctl")  # type: ignore[arg-type]
+        return bool(_ctypes.call_function(prctl, (_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap(child: int) -> int | None:
+    """Reap every exited child (the orphans of the box are PID 1's); *child*'s wait status."""
+    found = None
+    while True:
+        try:
+            pid, status = posix.waitpid(-1, posix.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status
+
+
+def run() -> None:
+    """Run on this process's arguments and exit with the command's code."""
+    # os._exit where os is loaded anyway (coverage patches it to save its data first).
+    getattr(sys.modules.get("os"), "_exit", posix._exit)(main(sys.argv[1:]))  # noqa: SLF001
+
+
+if __name__ == "__main__":
+    run()
