@@ -897,3 +897,35 @@ def test_the_box_init_says_what_it_could_not_start() -> None:
         _, err = init.communicate(timeout=60)
     assert init.returncode == 127
     assert err == "swarm: cannot start 'no-such-agent-program': No such file or directory\n"
+
+
+# Runs the commands that change swarm's state from inside the box, and records what each said.
+MANAGING_AGENT = r"""
+import json, pathlib, subprocess, sys
+said = {}
+for command in (["stop"], ["clean"], ["merge"]):
+    out = subprocess.run([sys.executable, "-m", "worktree_swarm.cli", *command],
+                         capture_output=True, text=True)
+    said[command[0]] = [out.returncode, out.stderr]
+pathlib.Path("said.json").write_text(json.dumps(said))
+"""
+
+
+@needs_bwrap
+def test_swarm_commands_an_agent_runs_in_the_box_say_its_state_is_out_of_reach(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    path = manifest(
+        repo,
+        f'[defaults]\nsandbox = true\n[[task]]\nid = "t"\nprompt = "x"\n'
+        f"agent = {argv_toml(write_agent(MANAGING_AGENT))}\n",
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = json.loads(branch_file(repo, "swarm/t", "said.json"))
+    for command, (code, err) in said.items():
+        assert code == 2, (command, err)
+        assert err.endswith(
+            "; under --sandbox swarm's state is out of an agent's reach "
+            "(only `swarm note` and `swarm notes` work there)\n"
+        ), (command, err)

@@ -1333,8 +1333,16 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         or (exc.errno in _IN_THE_WAY and f"{os.sep}.git{os.sep}swarm" in str(exc.filename))
     ):
         where = exc.filename or "swarm's state"
+        from worktree_swarm.guard.sandbox import IN_BOX_VAR
+
         hint = "; swarm keeps its state in .git/swarm" if ".git" in str(where) else ""
-        hint = _owned_by_another(exc.filename) or hint
+        if os.environ.get(IN_BOX_VAR) == "1":
+            hint = (
+                "; under --sandbox swarm's state is out of an agent's reach "
+                "(only `swarm note` and `swarm notes` work there)"
+            )
+        else:
+            hint = _owned_by_another(exc.filename) or hint
         text = f"cannot write {where}: {exc.strerror}{hint}"
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.BAD_INPUT

@@ -30,6 +30,9 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import boxinit, fs, lock, proc
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
+# Set to "1" for a sandboxed agent, whose swarm commands then say why they cannot change
+# swarm's state. Only a message depends on it: an agent setting it outside a box gains nothing.
+IN_BOX_VAR = "SWARM_SANDBOX"
 _TRIAL_TIMEOUT = 30.0
 # Namespace and privilege options shared by the trial run and every agent. A new PID
 # namespace keeps the agent from reaching other processes: from signalling the manager or a
@@ -140,7 +143,7 @@ def confine(
     box.findings.touch(exist_ok=True)
     wrapped = wrap(argv, box, path=env.get("PATH", ""))
     kept = {k: v for k, v in env.items() if k not in _COVERAGE_HOOK}
-    return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir))}
+    return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir)), IN_BOX_VAR: "1"}
 
 
 def prepare(common_dir: Path) -> None:
