@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import as_owner_only, git, make_repo
-from tests.test_run import argv_toml, manifest, status_json, swarm
+from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.model import MAIN
 from worktree_swarm.guard.watcher import Guard
@@ -623,3 +624,68 @@ def test_files_of_your_checkout_made_unreadable_are_yours_to_read_again(
     assert stat.S_IMODE((repo / "src").stat().st_mode) & 0o700 == 0o700
     mine = subprocess.run([*as_owner_only(), "git", "status"], cwd=repo, check=False)
     assert mine.returncode == 0
+
+
+# Setuid and setgid programs left in its own worktree (as root, a copy of a shell there gives
+# root to any local user who reaches it): one the agent committed itself, two the checkpoint
+# commits. git records no setuid bit: the branch looks clean.
+LEAVES_SETUID_PROGRAMS = """
+import os, pathlib, subprocess
+def program(path, bits):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('#!/bin/sh\\n')
+    path.chmod(bits)
+program(pathlib.Path('committed'), 0o2755)
+subprocess.run(['git', 'add', 'committed'], check=True)
+subprocess.run(['git', 'commit', '-q', '-m', 'a tool'], check=True)
+program(pathlib.Path('tool'), 0o4755)
+program(pathlib.Path('sub', 'deep'), 0o6750)
+"""
+
+
+def test_setuid_programs_an_agent_leaves_in_its_worktree_are_disarmed(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    agent = " ".join(write_agent(LEAVES_SETUID_PROGRAMS))
+    out = swarm(repo, "run", "--agent", agent, "-t", "a=p")
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    assert row["reason"] == (
+        "made setuid or setgid programs in its worktree (committed, sub/deep, tool): "
+        "their setuid and setgid bits are taken off"
+    )
+    worktree = Path(str(row["worktree"]))
+    modes = {
+        name: stat.S_IMODE((worktree / name).stat().st_mode)
+        for name in ("committed", "tool", "sub/deep")
+    }
+    assert modes == {"committed": 0o755, "tool": 0o755, "sub/deep": 0o750}
+    assert git(repo, "show", "swarm/a:tool") == "#!/bin/sh"  # the work itself is kept
+
+
+def test_a_setuid_program_a_stopped_agent_left_is_disarmed_by_swarm_stop(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its manager killed, `swarm stop` makes the task's last checkpoint, and looks likewise.
+    agent = write_agent(
+        "import pathlib, time\n"
+        "tool = pathlib.Path('tool'); tool.write_text('#!/bin/sh\\n'); tool.chmod(0o4755)\n"
+        "pathlib.Path('ready').touch()\n"
+        "time.sleep(600)\n"
+    )
+    proc = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "a=p")
+    try:
+        worktree = repo.parent / "repo.swarm" / "a"
+        wait_for((worktree / "ready").exists, what="the agent")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        out = swarm(repo, "stop", "a")
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        proc.kill()
+    assert str(status_json(repo)["a"]["reason"]).endswith(
+        "made setuid or setgid programs in its worktree (tool): "
+        "their setuid and setgid bits are taken off"
+    )
+    assert stat.S_IMODE((worktree / "tool").stat().st_mode) == 0o755

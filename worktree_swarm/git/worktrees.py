@@ -32,9 +32,11 @@ from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
     branches,
+    changed_paths,
     commit_of,
     git,
     git_dir,
+    head_in,
     in_batches,
     repo_lock,
 )
@@ -272,6 +274,32 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
         _cut(link)
     planted = sorted(str(link.relative_to(repo.common_dir)) for link in found)
     return sorted([*planted, *unplant_ref(repo, branch)]) if branch else planted
+
+
+def disarm_setuid(repo: Repo, path: Path, base: str) -> list[str]:
+    """Take the setuid and setgid bits off the files of worktree *path* its branch changed.
+
+    Those that differ from *base* to the worktree's HEAD (after a checkpoint: what the agent
+    left or committed). Returns the ones that had a bit. git records neither bit, so the
+    branch looks clean while such a program stays in the worktree until `swarm clean`: one
+    copied from a shell by an agent running as root gives root to any local user who reaches
+    it. A look at the branch's changes, not a walk of the worktree: a tracked file whose
+    content is unchanged and that only gained the bit is not seen, nor an ignored file.
+    """
+    found = []
+    for rel in changed_paths(repo, base, head_in(path) or base):
+        with contextlib.suppress(OSError):  # gone, or reached only through a symlink
+            if fs.drop_setuid(path, rel):
+                found.append(rel)
+    return found
+
+
+def setuid_reason(armed: Sequence[str]) -> str:
+    """What a task whose agent left the setuid or setgid programs *armed* is told."""
+    return (
+        f"made setuid or setgid programs in its worktree ({', '.join(armed)}): "
+        "their setuid and setgid bits are taken off"
+    )
 
 
 def unplant_ref(repo: Repo, branch: str) -> list[str]:

@@ -295,3 +295,36 @@ def same_file(a: Path, b: Path) -> bool:
         return sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
+
+
+SETUID_BITS = stat.S_ISUID | stat.S_ISGID
+# Linux: a descriptor that names a file without opening it (no read permission needed, a
+# named pipe not opened); elsewhere the file is opened to read.
+_NAME_ONLY = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
+
+
+def drop_setuid(top: Path, rel: str) -> bool:
+    """Take the setuid and setgid bits off the regular file *rel* (``a/b``) below *top*.
+
+    Whether it had one. No symlink is followed on the way, in *rel*'s directories neither:
+    one could lead out of *top*, to a program of the system's. OSError when it cannot be
+    reached so.
+    """
+    parts = rel.split("/")
+    fd = os.open(top, _NAME_ONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            kind = os.O_DIRECTORY if i < len(parts) - 1 else 0
+            step = os.open(part, _NAME_ONLY | kind | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) or not mode & SETUID_BITS:
+            return False
+        if _NAME_ONLY == os.O_RDONLY | os.O_NONBLOCK:
+            os.fchmod(fd, stat.S_IMODE(mode) & ~SETUID_BITS)
+        else:  # the file the descriptor names, not a link: the kernel's own link to it
+            Path(f"/proc/self/fd/{fd}").chmod(stat.S_IMODE(mode) & ~SETUID_BITS)
+        return True
+    finally:
+        os.close(fd)

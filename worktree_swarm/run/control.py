@@ -130,7 +130,8 @@ def _checkpoint_stopped(
 ) -> str | None:
     """Commit what a stopped task's agent left in its worktree; record the branch's diff.
 
-    Returns what the checkpoint left out there, and why (a file over ``max_file``), if any.
+    Returns what the checkpoint left out there, and why (a file over ``max_file``), and the
+    setuid programs it disarmed there, if any.
 
     Announced beside another run's live manager (*announce*), whose guard watches this branch
     too: with none, nothing would hear it and the announcement would wait in vain.
@@ -159,6 +160,9 @@ def _checkpoint_stopped(
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)
     _record_diff(repo, store, row, tip or git.head_in(worktree))
+    armed = worktrees.disarm_setuid(repo, worktree, row.base_commit) if row.base_commit else []
+    if armed:
+        left = "; ".join([*([left] if left else []), worktrees.setuid_reason(armed)])
     return left
 
 

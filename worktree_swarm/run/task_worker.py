@@ -669,12 +669,17 @@ class TaskWorker(RunWorker):
         planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
-        stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+        try:
+            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+        finally:  # what it committed (or left out, failing the task: then not named)
+            armed = worktrees.disarm_setuid(self.repo, path, base)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
             reason = f"planted links where git writes ({', '.join(planted)}); removed first"
             return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
+        if armed:
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=worktrees.setuid_reason(armed))
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
         big = git.over_size(self.repo, stat, self.spec.max_file)
