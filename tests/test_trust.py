@@ -1697,6 +1697,56 @@ def test_your_objects_moved_into_a_worktree_are_put_back_and_survive_its_clean(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+# Commits its work, moves the object store aside, makes an empty one that borrows from it
+# (`alternates`: the sandbox keeps `objects/info` read-only only where the store was), and
+# writes an object into that one.
+SWAPS_THE_OBJECT_STORE = """
+import pathlib, subprocess
+g = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True,
+).stdout.strip())
+pathlib.Path('own.txt').write_text('own\\n')
+subprocess.run(['git', 'add', 'own.txt'], check=True)
+subprocess.run(['git', 'commit', '-q', '-m', 'own work'], check=True)
+(g / 'objects').rename(g / 'objects.orig')
+(g / 'objects' / 'info').mkdir(parents=True, exist_ok=True)  # the guard may be quicker
+(g / 'objects' / 'info' / 'alternates').write_text(str(g / 'objects.orig') + '\\n')
+subprocess.run(['git', 'hash-object', '-w', '--stdin'], input='in the swapped store\\n',
+               text=True, check=True)
+"""
+
+
+@pytest.mark.parametrize("sandbox", MODES)
+def test_an_object_store_swapped_for_another_is_named_and_put_back(
+    repo: Path, write_agent: AgentFactory, sandbox: bool
+) -> None:
+    common = repo / ".git"
+    before = (common / "objects").stat().st_ino
+    out = run_one(repo, write_agent(SWAPS_THE_OBJECT_STORE), sandbox=sandbox)
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed"
+    assert "git's own files objects" in str(row["reason"])
+    swap = [w for w in outside_writes(repo) if w["git_files"] == ["objects"]]
+    assert [(w["suspects"], w["restored"]) for w in swap] == [(["bad"], True)]
+    told = Path(str(swap[0]["patch"])).read_text()
+    assert told.startswith(
+        "objects: another directory in place of the object store, which was moved to "
+        "objects.orig; put back (what was in its place is kept at "
+    )
+    assert (common / "objects").stat().st_ino == before
+    assert sorted(p.name for p in common.glob("objects*")) == ["objects"]
+    assert not (common / "objects" / "info" / "alternates").exists()
+    assert git(repo, "show", "swarm/bad:own.txt") == "own"
+    blob = subprocess.run(
+        ["git", "hash-object", "--stdin"], cwd=repo, input="in the swapped store\n",
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert git(repo, "cat-file", "-p", blob) == "in the swapped store"  # linked in
+    assert git(repo, "fsck", "--no-dangling") == ""
+
+
 # -- symlinks planted where the user's git writes ---------------------------------------------
 
 LINKS = (

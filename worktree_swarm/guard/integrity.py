@@ -35,6 +35,7 @@ HELD = "held"  # under the guard's directory: links to the object files at the b
 DROPPED = "dropped-packs"  # under the guard's directory: the packs found lying, moved there
 _REFLOG_LOOK = 50  # the newest entries of a reflog looked at for a complete commit
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256
+_FANOUT = re.compile(r"[0-9a-f]{2}")  # a loose object's directory in the store
 
 
 def broken_refs(
@@ -84,6 +85,78 @@ def keep(root: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]
         str(pack_dir / "keep"),
         input_text="\n".join(lines) + "\n",
     )
+
+
+StoreId = tuple[int, int]  # (device, inode) of the object store's directory
+
+
+def store_id(common: Path) -> StoreId | None:
+    """The identity of *common*'s ``objects`` itself (not followed); None if there is none."""
+    try:
+        info = (common / "objects").lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def find_store(common: Path, store: StoreId) -> Path | None:
+    """The directory at the top of *common* that is the object store *store*, if any.
+
+    Where an agent moved it (``mv objects objects.orig``) to put another in its place. Found
+    by its inode, which no directory the agent made can claim while this one lives.
+    """
+    try:
+        entries = list(os.scandir(common))
+    except OSError:
+        return None
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                if (info.st_dev, info.st_ino) == store:
+                    return Path(entry.path)
+    return None
+
+
+def put_store_back(common: Path, store: Path, aside: Path) -> None:
+    """Make *store* (found by :func:`find_store`) *common*'s ``objects`` again.
+
+    What is in its place goes to *aside*, after the object files of a directory there (loose
+    objects and packs: what git wrote there meanwhile) are hard-linked into *store* where it
+    has none of that name. Nothing is deleted, no symlink followed; its ``info/``
+    (``alternates``) stays with it.
+    """
+    objects = common / "objects"
+    if objects.is_dir() and not objects.is_symlink():
+        _link_objects(objects, store)
+    if os.path.lexists(objects):
+        objects.rename(aside)
+    try:
+        store.rename(objects)
+    except OSError:
+        if os.path.lexists(aside):
+            aside.rename(objects)
+        raise
+    if aside.is_dir() and not aside.is_symlink():  # what git wrote there in between too
+        _link_objects(aside, objects)
+
+
+def _link_objects(source: Path, store: Path) -> None:
+    """Hard-link the loose objects and packs of *source* into *store*, keeping its own."""
+    for directory in os.scandir(source):
+        if not (_FANOUT.fullmatch(directory.name) or directory.name == "pack"):
+            continue
+        if not directory.is_dir(follow_symlinks=False):
+            continue
+        target = store / directory.name
+        with contextlib.suppress(FileExistsError):
+            target.mkdir()
+        if target.is_symlink() or not target.is_dir():
+            continue  # the guard's check of links there puts it right
+        for entry in os.scandir(directory.path):
+            if entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileExistsError):
+                    os.link(entry.path, target / entry.name, follow_symlinks=False)
 
 
 def planted_links(common: Path) -> list[Path]:

@@ -256,6 +256,7 @@ class Guard:
     _last_look = 0.0
     _setuid: dict[str, int]  # the setuid and setgid files of the git dir: their bits
     _setuid_due = 0.0  # monotonic time of the next walk for them
+    _store: integrity.StoreId | None = None  # the object store's directory, when watched
 
     def __init__(
         self,
@@ -357,6 +358,7 @@ class Guard:
             self._surface = self._read_surface()
             self._setuid = surface.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
+            self._store = integrity.store_id(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
@@ -1398,6 +1400,7 @@ class Guard:
 
     def _scan_surface(self, began: float) -> list[Violation]:
         common = self.repo.common_dir
+        swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
         self._put_back_again()
         now = self._read_surface()
         # Owed ones still not back (their writer at it again) were reported: not once a scan.
@@ -1415,7 +1418,7 @@ class Guard:
         window = (self._surface_checked, began)
         if not labels:
             self._surface_checked = began
-            return []
+            return swapped
         self._changes.mark_all()  # `info/exclude` or the config may change what git sees
         suspects = self._agents.suspects(window, exclude=())
         suspects = self._agents.narrow(suspects, common, labels) or suspects
@@ -1425,7 +1428,7 @@ class Guard:
             self._adopt_surface(now)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface_checked = began
-            return []
+            return swapped
         patch = surface.patch(common, self._surface, now, labels)
         found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
         restored = False
@@ -1449,7 +1452,7 @@ class Guard:
             left = set(back) - set(surface.ALTERNATES)
             self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
-        return [violation]
+        return [*swapped, violation]
 
     def _scan_setuid(self, began: float) -> list[Violation]:
         """A setuid or setgid file new in the git dir: its bits taken off (the file kept).
@@ -2045,6 +2048,56 @@ class Guard:
             restored=not self._midx,
         )
         return [self._record(violation, patch_text=f"git multi-pack-index verify:\n{wrong}\n")]
+
+    def _swapped_store(self, began: float) -> list[Violation]:
+        """Another directory (or nothing) where the object store was: the store put back.
+
+        An agent that moves ``objects`` aside and makes another in its place gets around the
+        sandbox's read-only ``objects/info`` (the new one's ``alternates`` is its own). The
+        store is put back from where it went at the top of the git dir, found by its inode:
+        a directory of the agent's cannot pass for it. What was in its place goes to the
+        guard's directory, its objects linked into the store first (nothing is deleted). A
+        symlink there is :meth:`_planted_links`'s.
+        """
+        common = self.repo.common_dir
+        now = integrity.store_id(common)
+        if self._store is None or now == self._store or (common / "objects").is_symlink():
+            return []
+        window = (self._objects_checked, began)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:  # nobody of ours was running: the user's doing, the new baseline
+            self._store = now
+            return []
+        found = integrity.find_store(common, self._store)
+        text = "objects: another directory in place of the object store"
+        restored = False
+        if found is None:
+            text += ", which is no longer at the top of the git dir; left as it is"
+            self._store = now  # told once
+        elif self.restore:
+            aside = self._dir / f"replaced-objects-{time.time_ns()}"
+            try:
+                integrity.put_store_back(common, found, aside)
+                restored = True
+                text += f", which was moved to {found.name}; put back (what was in its place"
+                text += f" is kept at {aside}, its objects linked into the store)"
+            except OSError as exc:
+                text += f", which was moved to {found.name}; cannot put it back: {exc}"
+                self._store = now
+        else:
+            text += f", which was moved to {found.name}"
+            self._store = now
+        if restored and self._objects is not None:  # its watches followed the store away
+            self._objects.close()
+            self._objects = ObjectWatch(common / "objects")
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=("objects",),
+            suspects=suspects,
+            restored=restored,
+        )
+        return [self._record(violation, patch_text=text + "\n")]
 
     def _planted_links(self, window: tuple[float, float]) -> list[Violation]:
         """Symbolic links where git keeps objects: made real again, before anything is read."""
