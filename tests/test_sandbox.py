@@ -864,7 +864,7 @@ def test_the_box_ends_with_its_agent_even_after_it_ptraced_the_boxs_init(
 def box_init(*command: str) -> subprocess.Popen[str]:
     """The sandbox's PID 1 as bubblewrap starts it, here without a box, running *command*."""
     return subprocess.Popen(
-        [*sandbox._INIT_ARGV, *command],  # the very command line the box runs
+        sandbox.under_init(command),  # the very command line the box runs
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -890,6 +890,12 @@ def test_the_box_init_passes_a_stop_on_to_its_command(tmp_path: Path) -> None:
         wait_for(ready.exists, what="the command")
         init.send_signal(signal.SIGTERM)
         assert init.wait(timeout=60) == 5
+
+
+def test_the_box_init_without_a_command_says_how_it_is_used() -> None:
+    with box_init() as init:
+        _, err = init.communicate(timeout=60)
+    assert (init.returncode, err) == (2, "usage: boxinit.py -- ARGV...\n")
 
 
 def test_the_box_init_says_what_it_could_not_start() -> None:

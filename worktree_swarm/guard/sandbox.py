@@ -27,7 +27,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import boxinit, fs, lock, proc
+from worktree_swarm.infra import boxinit, fs, lock, proc, supervisor
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 # Set to "1" for a sandboxed agent, whose swarm commands then say why they cannot change
@@ -46,12 +46,9 @@ _ISOLATION = (
     "--unshare-pid", "--as-pid-1", "--cap-drop", "ALL", "--dev", "/dev", "--proc", "/proc",
 )  # fmt: skip
 _INIT = Path(boxinit.__file__).resolve()
-# The init's interpreter as the shim's: isolated, without site (see supervisor.SHIM_LAUNCH).
-_INIT_ARGV = (
-    sys.executable, "-I", "-S", "-c",
-    f"import sys; sys.path.append({str(_INIT.parent)!r}); import {_INIT.stem}; {_INIT.stem}.run()",
-    "--",
-)  # fmt: skip
+_INIT_LAUNCH = (
+    f"import sys; sys.path.append({str(_INIT.parent)!r}); import {_INIT.stem}; {_INIT.stem}.run()"
+)
 # The kernel's knobs under the new /proc stay read-only: as root, `kernel.core_pattern` alone
 # would have the kernel run a program of the agent's, as root, outside the box.
 _KERNEL = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
@@ -146,6 +143,14 @@ def confine(
     return wrapped, {**kept, **dict.fromkeys(TEMP_VARS, str(box.temp_dir)), IN_BOX_VAR: "1"}
 
 
+def under_init(argv: Sequence[str]) -> list[str]:
+    """*argv* run by the box's PID 1 (see :mod:`worktree_swarm.infra.boxinit`).
+
+    Its interpreter runs as the shim's does (``supervisor.SHIM_FLAGS``: isolated, no site).
+    """
+    return [sys.executable, *supervisor.SHIM_FLAGS, "-c", _INIT_LAUNCH, "--", *argv]
+
+
 def prepare(common_dir: Path) -> None:
     """Make the protected directories of the git dir *common_dir* that do not exist yet."""
     for name in _MADE_EMPTY:
@@ -177,7 +182,7 @@ def wrap(argv: Sequence[str], box: Confinement, *, path: str = "") -> list[str]:
     args = [bwrap, "--ro-bind", "/", "/", *_ISOLATION]
     for knob in _KERNEL:
         args += ["--ro-bind-try", knob, knob]
-    argv = [*_INIT_ARGV, *argv]
+    argv = under_init(argv)
     # Your checkout stays in sight wherever it is (`link`ed directories point into it), and so
     # does the box init (its interpreter and its file) wherever swarm is installed.
     named = [*argv, str(_INIT.parent), *path.split(os.pathsep), str(common.parent)]

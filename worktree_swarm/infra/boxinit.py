@@ -52,10 +52,7 @@ def main(argv: list[str]) -> int:
     while True:
         info = signal.sigwaitinfo(waited)
         if info.si_signo != signal.SIGCHLD:
-            try:  # noqa: SIM105 - contextlib costs start-up time
-                posix.kill(child, info.si_signo)
-            except ProcessLookupError:
-                pass
+            posix.kill(child, info.si_signo)  # not reaped yet, so its PID is still its own
             continue
         status = _reap(child)
         if status is not None:
@@ -90,7 +87,3 @@ def run() -> None:
     """Run on this process's arguments and exit with the command's code."""
     # os._exit where os is loaded anyway (coverage patches it to save its data first).
     getattr(sys.modules.get("os"), "_exit", posix._exit)(main(sys.argv[1:]))  # noqa: SLF001
-
-
-if __name__ == "__main__":
-    run()
