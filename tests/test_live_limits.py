@@ -131,3 +131,16 @@ def test_a_limits_message_holding_escape_sequences_is_a_reason_without_them(
     assert found.signal is not Signal.OK
     assert found.detail.isprintable()
     assert "usage_limit_reached" in found.detail
+
+
+def test_a_retry_delay_counts_while_it_is_the_last_thing_written(tmp_path: Path) -> None:
+    log = tmp_path / "attempt.log"
+    retry = {"type": "system", "subtype": "api_retry", "error_status": 429, "retry_delay_ms": 48367}
+    log.write_text(json.dumps(retry) + "\n")
+    tail = LogTail(path=log, profile="claude")
+    tail.poll(now=NOW)
+    assert tail.waiting == 48.367
+    with log.open("a") as fh:
+        fh.write('{"type": "assistant", "mess')  # its next reply, still being written
+    tail.poll(now=NOW)
+    assert tail.waiting == 0.0

@@ -105,6 +105,15 @@ if step == "huge":  # usage no attempt could have had
         fh.write(f"part {n}\n")
     result(is_error=True, status=429, text="API Error: 429", cost=-5000.0, tokens=2**63 - 1)
     sys.exit(1)
+if step in ("retry-wait", "retry-hang"):  # a 429 whose retry-after it waits out, silent
+    pathlib.Path(f"{task}.txt").write_text("before the wait\n")
+    delay = 60_000 if step == "retry-wait" else 1500
+    print(json.dumps({"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 1,
+                      "retry_delay_ms": delay, "error_status": 429, "error": "rate_limit",
+                      "session_id": session}), flush=True)
+    time.sleep(3 if step == "retry-wait" else 600)
+    pathlib.Path(f"{task}.txt").write_text("after the wait\n")
+    result(); sys.exit(0)
 if step == "todo":
     pathlib.Path(f"{task}.py").write_text("def answer():\n    raise NotImplementedError  # TODO\n")
     result(); sys.exit(0)
@@ -754,6 +763,32 @@ def test_usage_no_attempt_could_have_is_none_and_loses_no_work(
     assert branch_file(repo, "swarm/a", "a.txt").startswith("part 1\npart 2\nfinished")
     row = status_json(repo)["a"]
     assert (row["state"], row["tokens_in"], row["cost_usd"]) == ("done", 100, 0.5), row
+
+
+def test_an_agent_waiting_out_the_retry_delay_it_announced_is_not_idle(
+    repo: Path, fake_claude: Path
+) -> None:
+    # Claude Code's last line says it waits 60 s before it asks again (a server's retry-after):
+    # silent past its idle_timeout meanwhile, it is waiting, not hung.
+    plan(fake_claude, "a", "retry-wait")
+    extra = 'idle_timeout = "1s"\nkill_grace = "1s"\n'
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"], extra)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert status_json(repo)["a"]["state"] == "done"
+    assert branch_file(repo, "swarm/a", "a.txt") == "after the wait"
+
+
+def test_an_agent_silent_past_the_retry_delay_it_announced_is_idle(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "retry-hang")
+    extra = 'idle_timeout = "1s"\nkill_grace = "1s"\n'
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"], extra)))
+    assert out.returncode == 1
+    row = status_json(repo)["a"]
+    assert row["state"] == "timed_out"
+    assert row["reason"] == "no output for 1s after the 1.5s retry delay it announced"
+    assert branch_file(repo, "swarm/a", "a.txt") == "before the wait"
 
 
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:

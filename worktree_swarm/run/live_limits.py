@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from worktree_swarm.agents import classify_rate_limit
-from worktree_swarm.agents.base import as_int, epoch_seconds
+from worktree_swarm.agents.base import as_float, as_int, epoch_seconds
 from worktree_swarm.agents.claude import rejected_limit
 from worktree_swarm.core.text import one_line
 from worktree_swarm.infra import fs
@@ -39,6 +39,9 @@ class LogTail:
     offset: int = 0
     limited: bool = False  # a throttle or window was reported live
     succeeded: bool = False  # at least one success was reported live
+    # The delay (s) the agent said it waits before it asks again, while that is the last
+    # thing it wrote: silent for that long, it is waiting, not hung.
+    waiting: float = 0.0
     _partial: bytes = b""
     _messages: set[str] = field(default_factory=set)
 
@@ -57,7 +60,10 @@ class LogTail:
         self._partial = lines.pop()
         found = []
         for raw in lines:
-            limit = self._classify(raw.decode(errors="replace"), now=now)
+            obj = _event(raw)
+            if raw.strip():
+                self.waiting = _announced_wait(obj) if self.profile == "claude" else 0.0
+            limit = None if obj is None else self._classify(obj, now=now)
             if limit is None:
                 continue
             if limit.signal is Signal.OK:
@@ -65,18 +71,11 @@ class LogTail:
             else:
                 self.limited = True
             found.append(limit)
+        if self._partial.strip():
+            self.waiting = 0.0  # it wrote more since
         return found
 
-    def _classify(self, line: str, *, now: float) -> Limit | None:
-        stripped = line.strip()
-        if not stripped.startswith("{"):
-            return None
-        try:
-            obj = json.loads(stripped)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict):
-            return None
+    def _classify(self, obj: dict[str, Any], *, now: float) -> Limit | None:
         if self.profile == "claude":
             return self._claude(obj, now=now)
         return _codex(obj, now=now)
@@ -121,6 +120,29 @@ class LogTail:
             )
             return Limit(signal=limit_kind(retry_at=reset, now=now), retry_at=reset, detail=detail)
         return None
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object a log line holds, or None."""
+    stripped = raw.strip()
+    if not stripped.startswith(b"{"):
+        return None
+    try:
+        obj = json.loads(stripped.decode(errors="replace"))
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _announced_wait(obj: dict[str, Any] | None) -> float:
+    """The delay (s) a Claude Code ``api_retry`` event says it waits before its next try, or 0.
+
+    Its ``retry_delay_ms`` honours the server's ``retry-after`` (48 s after a 429 asking 40 s).
+    """
+    if obj is None or obj.get("type") != "system" or obj.get("subtype") != "api_retry":
+        return 0.0
+    delay = as_float(obj.get("retry_delay_ms"))
+    return 0.0 if delay is None else max(0.0, delay / 1000)
 
 
 def _made_up(obj: dict[str, Any], message: object) -> bool:

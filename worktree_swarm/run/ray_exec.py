@@ -68,6 +68,7 @@ from worktree_swarm.run.task_worker import (
     attempt_usage,
     attempts_own,
     check_failed,
+    idle_reason,
     past_max_log,
     worktree_path,
 )
@@ -971,8 +972,8 @@ class RayTaskWorker(RunWorker):
                 cut = (TaskState.STOPPED, "stopped")
             elif deadline is not None and now >= deadline:
                 cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
-            elif task.idle_timeout and now - quiet_from >= task.idle_timeout:
-                cut = (TaskState.TIMED_OUT, f"no output for {task.idle_timeout:g}s")
+            elif task.idle_timeout and now - quiet_from >= task.idle_timeout + stream.waiting:
+                cut = (TaskState.TIMED_OUT, idle_reason(task.idle_timeout, stream.waiting))
             else:  # its log is copied here too: it would fill this disk as well as the node's
                 cut = past_max_log(progress.log_size, self.spec.max_log)
             if cut is not None:

@@ -1148,7 +1148,8 @@ class TaskWorker(RunWorker):
                 result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
                 self._report_end(task.id, provider, result, live=tail)
                 return _Ended(result=result)
-            cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed()
+            waiting = tail.waiting  # announced by its last line: it waits, it is not hung
+            cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed(waiting)
             if cut is None:
                 cut = past_max_log(fs.size_of(agent.log_path), self.spec.max_log)
             if cut is not None:
@@ -1446,8 +1447,11 @@ class _Timeouts:
             quiet_from=now - agent.idle_seconds(),
         )
 
-    def passed(self) -> tuple[TaskState, str] | None:
-        """The timeout that has passed, as the state and reason it ends the attempt with."""
+    def passed(self, waiting: float = 0.0) -> tuple[TaskState, str] | None:
+        """The timeout that has passed, as the state and reason it ends the attempt with.
+
+        *waiting*: the retry delay the agent's last line announced, added to ``idle_timeout``.
+        """
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:
             return TaskState.TIMED_OUT, f"timed out after {self.task.timeout:g}s"
@@ -1456,9 +1460,16 @@ class _Timeouts:
             size = fs.size_of(self.log)
             if size != self.size:
                 self.size, self.quiet_from = size, now
-            if now - self.quiet_from >= idle:
-                return TaskState.TIMED_OUT, f"no output for {idle:g}s"
+            if now - self.quiet_from >= idle + waiting:
+                return TaskState.TIMED_OUT, idle_reason(idle, waiting)
         return None
+
+
+def idle_reason(idle: float, waiting: float) -> str:
+    """Why an agent silent past its ``idle_timeout`` (and the retry delay it announced) ends."""
+    if waiting:
+        return f"no output for {idle:g}s after the {round(waiting, 1):g}s retry delay it announced"
+    return f"no output for {idle:g}s"
 
 
 def attempts_own(
