@@ -144,3 +144,20 @@ def test_a_retry_delay_counts_while_it_is_the_last_thing_written(tmp_path: Path)
         fh.write('{"type": "assistant", "mess')  # its next reply, still being written
     tail.poll(now=NOW)
     assert tail.waiting == 0.0
+
+
+def test_gemini_clis_own_retry_announces_its_delay_on_stderr(tmp_path: Path) -> None:
+    # Real Gemini CLI 0.61.0 with `maxAttempts` 2, after a 429 whose RetryInfo asked for 20 s.
+    log = tmp_path / "attempt.log"
+    log.write_text(
+        '{"type":"init","session_id":"986257a3-4f50-4612-9bf1-14e5522e0630"}\n'
+        "Attempt 1 failed: Resource has been exhausted (e.g. check quota).\n"
+        "Suggested retry after 20s.. Retrying after 22638ms...\n"
+    )
+    tail = LogTail(path=log, profile="gemini")
+    assert tail.poll(now=NOW) == []  # its free text is no limit report
+    assert tail.waiting == 22.638
+    with log.open("a") as fh:  # a model's reply quoting it is no wait of the CLI
+        fh.write('{"type":"message","content":"Retrying after 99999ms..."}\n')
+    tail.poll(now=NOW)
+    assert tail.waiting == 0.0

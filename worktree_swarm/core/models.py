@@ -191,9 +191,9 @@ class Task:
         scope=Scope.PER_TASK,
         flag=Flag(name="--idle-timeout", help="Stop an agent silent for this long, e.g. 10m."),
         doc="limit on time without agent output (its log not growing; the same clock), plus"
-        " the retry delay Claude Code's last line announced; Claude Code's stream, Codex's"
-        " `--json` and aider write a reply only once whole: keep it above the longest one"
-        " ([agents.md](agents.md#claude--claude-code))",
+        " a retry delay its last line announced (Claude Code, Gemini CLI); Claude Code's"
+        " stream, Codex's `--json` and aider write a reply only once whole: keep it above"
+        " the longest one ([agents.md](agents.md#claude--claude-code))",
     )
     retries: int = setting(
         0,

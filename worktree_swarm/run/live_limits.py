@@ -8,12 +8,14 @@ Codex's ``--json`` reports each turn (``turn.completed``) and its errors. Those 
 :class:`~worktree_swarm.governor.Limit` reports for the provider's gate the moment they are
 written, so a throttle slows the provider before the attempt that met it has ended and its
 slot is refilled. Agents without structured output are classified at exit only: their free
-text (an echoed prompt, say) is not trusted line by line.
+text (an echoed prompt, say) is not trusted line by line. The retry delay an agent announces
+(Claude Code's ``api_retry``, Gemini CLI's "Retrying after N ms") extends its idle timeout.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from worktree_swarm.run.governor import Limit, Signal, limit_kind
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
 _THROTTLE_STATUSES = frozenset({429, 529})
 STREAMING_PROFILES = frozenset({"claude", "codex"})
+_GEMINI_RETRY = re.compile(rb"^\S.* Retrying after (\d{1,9})ms\.\.\.\s*$")
 
 
 @dataclass(slots=True)
@@ -47,7 +50,7 @@ class LogTail:
 
     def poll(self, *, now: float) -> list[Limit]:
         """The reports in what was written since the last poll."""
-        if self.profile not in STREAMING_PROFILES:
+        if self.profile not in STREAMING_PROFILES | {"gemini"}:
             return []
         try:
             with fs.open_file(self.path) as fh:
@@ -62,8 +65,10 @@ class LogTail:
         for raw in lines:
             obj = _event(raw)
             if raw.strip():
-                self.waiting = _announced_wait(obj) if self.profile == "claude" else 0.0
-            limit = None if obj is None else self._classify(obj, now=now)
+                self.waiting = self._announced_wait(raw, obj)
+            if obj is None or self.profile not in STREAMING_PROFILES:
+                continue
+            limit = self._classify(obj, now=now)
             if limit is None:
                 continue
             if limit.signal is Signal.OK:
@@ -74,6 +79,23 @@ class LogTail:
         if self._partial.strip():
             self.waiting = 0.0  # it wrote more since
         return found
+
+    def _announced_wait(self, raw: bytes, obj: dict[str, Any] | None) -> float:
+        """The delay (s) the line *raw* (*obj* parsed) says the agent waits before it asks again.
+
+        Claude Code's ``api_retry`` event: ``retry_delay_ms``, a server's ``retry-after``
+        honoured (48 s after a 429 asking 40 s). Gemini CLI, retrying on its own (the user's
+        ``maxAttempts``), on stderr: "Suggested retry after 20s.. Retrying after 22638ms...".
+        """
+        if self.profile == "gemini":
+            found = _GEMINI_RETRY.search(raw) if obj is None else None
+            return 0.0 if found is None else float(found[1]) / 1000
+        if self.profile != "claude" or obj is None:
+            return 0.0
+        if obj.get("type") != "system" or obj.get("subtype") != "api_retry":
+            return 0.0
+        delay = as_float(obj.get("retry_delay_ms"))
+        return 0.0 if delay is None else max(0.0, delay / 1000)
 
     def _classify(self, obj: dict[str, Any], *, now: float) -> Limit | None:
         if self.profile == "claude":
@@ -132,17 +154,6 @@ def _event(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def _announced_wait(obj: dict[str, Any] | None) -> float:
-    """The delay (s) a Claude Code ``api_retry`` event says it waits before its next try, or 0.
-
-    Its ``retry_delay_ms`` honours the server's ``retry-after`` (48 s after a 429 asking 40 s).
-    """
-    if obj is None or obj.get("type") != "system" or obj.get("subtype") != "api_retry":
-        return 0.0
-    delay = as_float(obj.get("retry_delay_ms"))
-    return 0.0 if delay is None else max(0.0, delay / 1000)
 
 
 def _made_up(obj: dict[str, Any], message: object) -> bool:
