@@ -114,6 +114,10 @@ if step in ("retry-wait", "retry-hang"):  # a 429 whose retry-after it waits out
     time.sleep(3 if step == "retry-wait" else 600)
     pathlib.Path(f"{task}.txt").write_text("after the wait\n")
     result(); sys.exit(0)
+if step == "long-reply":  # its final reply, quoted in its result line, is 9 MiB long
+    pathlib.Path(f"{task}.txt").write_text("done\n")
+    result(text="word " * (9 * 2**20 // 5), cost=0.25)
+    sys.exit(0)
 if step == "todo":
     pathlib.Path(f"{task}.py").write_text("def answer():\n    raise NotImplementedError  # TODO\n")
     result(); sys.exit(0)
@@ -789,6 +793,18 @@ def test_an_agent_silent_past_the_retry_delay_it_announced_is_idle(
     assert row["state"] == "timed_out"
     assert row["reason"] == "no output for 1s after the 1.5s retry delay it announced"
     assert branch_file(repo, "swarm/a", "a.txt") == "before the wait"
+
+
+def test_a_result_line_longer_than_the_log_window_still_counts_its_cost(
+    repo: Path, fake_claude: Path
+) -> None:
+    plan(fake_claude, "a", "long-reply")
+    out = swarm(repo, "run", manifest(repo, tasks_toml(["a"])))
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = status_json(repo)["a"]
+    assert (row["state"], row["cost_usd"], row["tokens_in"]) == ("done", 0.25, 100)
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        assert db.execute("SELECT session_id FROM attempts").fetchall() == [("sess-a-1",)]
 
 
 def test_budget_stops_new_attempts(repo: Path, fake_claude: Path) -> None:

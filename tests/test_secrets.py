@@ -33,7 +33,7 @@ from worktree_swarm.agents.base import is_session_id
 from worktree_swarm.core.paths import SCRUB_SKIP
 from worktree_swarm.git.repo import holding_secrets
 from worktree_swarm.infra import redact as redact_module
-from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end
+from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end, read_log_end
 from worktree_swarm.infra.redact import (
     REDACTED,
     RedactingWriter,
@@ -1784,6 +1784,30 @@ def test_a_window_into_a_log_never_starts_inside_a_word(
     # A failing check's tail: its last 64 KiB.
     log.write_text("start\npad " + SHORT_TOKEN + "\n" + "B" * (64 * 1024 - 8) + "\nfailed\n")
     assert checks._tail(log, 0).splitlines() == ["B" * (64 * 1024 - 8), "failed"]
+
+
+def test_a_last_line_longer_than_the_window_is_read_whole_its_long_strings_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Claude Code's result line quoting a reply of MiBs: what the adapter needs (session, cost)
+    # is in it, around the reply, and the window held only the reply's end.
+    known_secret(monkeypatch, "MY_SVC_TOKEN", SHORT_TOKEN)
+    reply = (
+        SHORT_TOKEN + ' "quoted" \\ \u00e9\n' * 60_000
+    )  # escapes across every boundary, blocks of 1 MiB too
+    result = {"type": "result", "result": reply, "session_id": "s-1", "total_cost_usd": 0.5}
+    log = tmp_path / "attempt-1.log"
+    log.write_text("start\n" + json.dumps(result) + "\n")
+    text = read_log_end(log, 1000)
+    dropped = len(json.dumps(reply)) - 2
+    assert json.loads(text) == {**result, "result": f"({dropped} bytes not read)"}
+    assert SHORT_TOKEN[4:] not in text
+    # Short strings, and lines inside the window, are as they were.
+    log.write_text(json.dumps({"a": "x" * 30, "b": "y"}) + "\n" + "z" * 30 + "\n")
+    assert read_log_end(log, 60) == log.read_text()
+    # A line of no JSON longer than the window is cut as read_end cuts it.
+    log.write_text("start\n" + "q" * 5 + SHORT_TOKEN + " word" * 1000 + "\nend\n")
+    assert read_log_end(log, 1000) == read_end(log, 1000)
 
 
 def test_a_line_that_never_ends_is_shown_in_a_follower_cut_outside_a_secret(

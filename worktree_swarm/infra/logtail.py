@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,123 @@ def read_end(path: Path, max_bytes: int = TAIL_BYTES) -> str:
 
 
 _BLANKS = re.compile(rb"\s")
+_BLOCK = 1 << 20  # read at a time where a line is longer than the window
+LONG_STRING = 64 * 1024  # a JSON string longer than this, in a line read whole, is left out
+_STRING_STOP = re.compile(rb'["\\\n]')
+
+
+def read_log_end(path: Path, max_bytes: int) -> str:
+    """The last *max_bytes* of *path* as :func:`read_end` reads them, but whole lines.
+
+    The line the window starts inside is read whole from its start, its JSON strings longer
+    than :data:`LONG_STRING` left out: an agent's last line may be longer than any window
+    (Claude Code's ``result`` quoting a reply of many MiB) and still name its session, cost
+    and tokens. Memory stays about twice *max_bytes*, however long the line; one that is
+    still longer so shortened (not JSON) is cut as :func:`read_end` cuts it.
+    """
+    try:
+        with fs.open_file(path) as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(max(0, start - 1))
+            data = fh.read(max_bytes + (start > 0))
+            if start == 0 or data[:1] == b"\n":
+                return data[start > 0 :].decode("utf-8", errors="replace")
+            newline = data.find(b"\n")
+            rest = b"" if newline < 0 else data[newline + 1 :]
+            begins = _line_start(fh, start)
+            fh.seek(begins)
+            head = _shortened(fh, size - begins - len(rest), cap=max_bytes)
+    except OSError:
+        return ""
+    if head is None:
+        return from_word_start(data, cut=True).decode("utf-8", errors="replace")
+    return (head + rest).decode("utf-8", errors="replace")
+
+
+def _line_start(fh: BinaryIO, offset: int) -> int:
+    """Where the line that holds *offset* in *fh* starts, read backwards a block at a time."""
+    end = offset
+    while end > 0:
+        begin = max(0, end - _BLOCK)
+        fh.seek(begin)
+        newline = fh.read(end - begin).rfind(b"\n")
+        if newline >= 0:
+            return begin + newline + 1
+        end = begin
+    return 0
+
+
+def _shortened(fh: BinaryIO, length: int, *, cap: int) -> bytes | None:
+    """The next *length* bytes of *fh* (one line), JSON strings over LONG_STRING left out.
+
+    None once that passes *cap* (a line of no JSON).
+    """
+    shortener = _Shortener()
+    while length > 0 and (chunk := fh.read(min(_BLOCK, length))):
+        length -= len(chunk)
+        shortener.feed(chunk)
+        if len(shortener.out) > cap:
+            return None
+    shortener.close()  # the line ends inside a string: no JSON
+    return None if len(shortener.out) > cap else bytes(shortener.out)
+
+
+@dataclass(slots=True)
+class _Shortener:
+    """Copies a line of JSON, each string over LONG_STRING as ``"(N bytes not read)"``.
+
+    The JSON stays whole, and no part of a secret in such a string is kept.
+    """
+
+    out: bytearray = field(default_factory=bytearray)
+    string: bytearray | None = None  # inside a string: what it holds so far
+    dropped: int = 0  # inside a string too long: its length so far (its bytes not kept)
+    escaped: bool = False  # the string's last byte was an escaping backslash
+
+    def feed(self, chunk: bytes) -> None:
+        """Copy the next *chunk* of the line."""
+        i = 0
+        while i < len(chunk):
+            i = self._outside(chunk, i) if self.string is None else self._inside(chunk, i)
+
+    def close(self) -> None:
+        """End the string being read, if any (at its closing quote, or at the line's end)."""
+        if self.string is not None:
+            kept = f"({self.dropped} bytes not read)".encode() if self.dropped else self.string
+            self.out += kept
+            self.string = None
+
+    def _outside(self, chunk: bytes, i: int) -> int:
+        quote = chunk.find(b'"', i)
+        if quote < 0:
+            self.out += chunk[i:]
+            return len(chunk)
+        self.out += chunk[i : quote + 1]
+        self.string, self.dropped = bytearray(), 0
+        return quote + 1
+
+    def _inside(self, chunk: bytes, i: int) -> int:
+        closed = False
+        if self.escaped:
+            end, self.escaped = i + 1, False
+        elif (stop := _STRING_STOP.search(chunk, i)) is None:
+            end = len(chunk)
+        elif chunk[stop.start()] == ord("\\"):
+            end, self.escaped = stop.start() + 1, True
+        else:  # its closing quote, or a line break no JSON string holds
+            end, closed = stop.start(), True
+        if self.dropped:
+            self.dropped += end - i
+        elif self.string is not None:
+            self.string += chunk[i:end]
+            if len(self.string) > LONG_STRING:
+                self.dropped, self.string = len(self.string), bytearray()
+        if not closed:
+            return end
+        self.close()
+        self.out += chunk[end : end + 1]
+        return end + 1
 
 
 def from_word_start(data: bytes, *, cut: bool) -> bytes:

@@ -27,7 +27,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, redact, starts, supervisor
-from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry
@@ -373,7 +373,7 @@ def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResu
         return None
     now = time.time()
     result = adapter_for(agent).interpret(
-        exit_code=record.exit_code, log_text=read_end(log, LOG_READ_LIMIT), now=now
+        exit_code=record.exit_code, log_text=read_log_end(log, LOG_READ_LIMIT), now=now
     )
     outcome = attempt_outcome(result).value
     store.end_attempt(

@@ -40,7 +40,7 @@ from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs, redact
-from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
@@ -911,7 +911,7 @@ class RayTaskWorker(RunWorker):
         if state is None:
             return
         if handle.session_id is None:  # the stream's first lines name it
-            text = read_end(handle.log_path, 8 * 2**20)
+            text = read_log_end(handle.log_path, 8 * 2**20)
             handle.session_id = adapter.interpret(
                 exit_code=None, log_text=text, now=time.time()
             ).session_id
@@ -1012,7 +1012,7 @@ class RayTaskWorker(RunWorker):
         progress, cut = self._watch(live, handle, stream)
         self._recopy(handle, live)
         code = None if cut is not None else progress.exit_code
-        text = read_end(handle.log_path, 8 * 2**20)
+        text = read_log_end(handle.log_path, 8 * 2**20)
         # What it says it used, as the budget and the store count it (a resumed session its own).
         result = attempts_own(
             self.store, self.run_id, task.id, handle.attempt_id,

@@ -35,7 +35,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, fs, redact, starts, supervisor
-from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
@@ -325,7 +325,7 @@ class NodeAgent:
                 grace=self.a.kill_grace,
                 max_log=self.a.max_log,
             )
-        return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
+        return _redacted(failure), redact.redact(read_log_end(log, 8 * 2**20))
 
     def _base_env(self) -> dict[str, str]:
         """The environment of the agent, setup and checks (the agent's adapter adds to it)."""
@@ -392,7 +392,7 @@ class NodeAgent:
 
     def log_text(self) -> str:
         """The end of the log, for the adapter's reading (redacted)."""
-        return redact.redact(read_end(self.log_path, 8 * 2**20))
+        return redact.redact(read_log_end(self.log_path, 8 * 2**20))
 
     def stop(self) -> int | None:
         """Kill the agent's whole tree on this node (the shim's stop) and reap it; end checks."""
@@ -418,7 +418,7 @@ class NodeAgent:
                 grace=self.a.kill_grace,
                 max_log=self.a.max_log,
             )
-        return _redacted(failure), redact.redact(read_end(log, 8 * 2**20))
+        return _redacted(failure), redact.redact(read_log_end(log, 8 * 2**20))
 
     def finish(self, *, message: str) -> str:
         """Checkpoint the clone and push it to the task's branch; the pushed tip."""

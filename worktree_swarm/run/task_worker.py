@@ -45,7 +45,7 @@ from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
-from worktree_swarm.infra.logtail import read_end
+from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
 from worktree_swarm.merge.diff import work_tip
@@ -1141,7 +1141,7 @@ class TaskWorker(RunWorker):
             if (
                 retrying is not None
                 and seen != (seen := fs.size_of(agent.log_path))
-                and retrying(_read_log(agent.log_path, limit=RETRY_TAIL_BYTES))
+                and retrying(read_end(agent.log_path, RETRY_TAIL_BYTES))
             ):
                 agent.stop(grace=self.spec.kill_grace)
                 text = _read_log(agent.log_path)
@@ -1551,5 +1551,6 @@ def _ended_at(log: Path, gone_since: float | None = None) -> float:
     return record.ended_at if record is not None and record.ended_at else gone_since
 
 
-def _read_log(path: Path, *, limit: int = LOG_READ_LIMIT) -> str:
-    return read_end(path, limit)
+def _read_log(path: Path) -> str:
+    """What an adapter reads of an attempt's log: its end, its last line whole."""
+    return read_log_end(path, LOG_READ_LIMIT)
