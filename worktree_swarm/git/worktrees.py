@@ -276,18 +276,23 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
     return sorted([*planted, *unplant_ref(repo, branch)]) if branch else planted
 
 
-def disarm_setuid(repo: Repo, path: Path, base: str) -> list[str]:
+def disarm_setuid(
+    repo: Repo, path: Path, base: str, changed: Sequence[str] | None = None
+) -> list[str]:
     """Take the setuid and setgid bits off the files of worktree *path* its branch changed.
 
     Those that differ from *base* to the worktree's HEAD (after a checkpoint: what the agent
-    left or committed). Returns the ones that had a bit. git records neither bit, so the
+    left or committed; *changed* when the caller knows them). Returns the ones that had a
+    bit. git records neither bit, so the
     branch looks clean while such a program stays in the worktree until `swarm clean`: one
     copied from a shell by an agent running as root gives root to any local user who reaches
     it. A look at the branch's changes, not a walk of the worktree: a tracked file whose
     content is unchanged and that only gained the bit is not seen, nor an ignored file.
     """
     found = []
-    for rel in changed_paths(repo, base, head_in(path) or base):
+    if changed is None:
+        changed = changed_paths(repo, base, head_in(path) or base)
+    for rel in changed:
         with contextlib.suppress(OSError):  # gone, or reached only through a symlink
             if fs.drop_setuid(path, rel):
                 found.append(rel)

@@ -669,10 +669,13 @@ class TaskWorker(RunWorker):
         planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
+        made: list[git.DiffStat] = []
         try:
             stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+            made.append(stat)
         finally:  # what it committed (or left out, failing the task: then not named)
-            armed = worktrees.disarm_setuid(self.repo, path, base)
+            known = [name for name, _ in made[0].blobs] if made else None  # else git is asked
+            armed = worktrees.disarm_setuid(self.repo, path, base, known)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
