@@ -664,6 +664,25 @@ def test_setuid_programs_an_agent_leaves_in_its_worktree_are_disarmed(
     assert git(repo, "show", "swarm/a:tool") == "#!/bin/sh"  # the work itself is kept
 
 
+def test_a_setuid_program_the_checkpoint_leaves_out_is_disarmed_too(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Past max_file it stays in the worktree, never on the branch: it kept its setuid bit.
+    agent = write_agent(
+        "import pathlib\n"
+        "tool = pathlib.Path('tool'); tool.write_bytes(b'#!/bin/sh\\n' + b'#' * 8192)\n"
+        "tool.chmod(0o4755)\n"
+    )
+    text = '[defaults]\nmax_file = "2K"\n[[task]]\nid = "a"\nprompt = "p"\n'
+    text += f"agent = {argv_toml(agent)}\n"
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stderr
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed"
+    worktree = Path(str(row["worktree"]))
+    assert stat.S_IMODE((worktree / "tool").stat().st_mode) == 0o755
+
+
 def test_a_setuid_program_a_stopped_agent_left_is_disarmed_by_swarm_stop(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -277,13 +277,18 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
 
 
 def disarm_setuid(
-    repo: Repo, path: Path, base: str, changed: Sequence[str] | None = None
+    repo: Repo,
+    path: Path,
+    base: str,
+    changed: Sequence[str] | None = None,
+    *,
+    also: Sequence[str] = (),
 ) -> list[str]:
     """Take the setuid and setgid bits off the files of worktree *path* its branch changed.
 
     Those that differ from *base* to the worktree's HEAD (after a checkpoint: what the agent
-    left or committed; *changed* when the caller knows them). Returns the ones that had a
-    bit. git records neither bit, so the
+    left or committed; *changed* when the caller knows them), and *also* (files the checkpoint
+    left out, which stay there). Returns the ones that had a bit. git records neither bit, so the
     branch looks clean while such a program stays in the worktree until `swarm clean`: one
     copied from a shell by an agent running as root gives root to any local user who reaches
     it. A look at the branch's changes, not a walk of the worktree: a tracked file whose
@@ -292,7 +297,7 @@ def disarm_setuid(
     found = []
     if changed is None:
         changed = changed_paths(repo, base, head_in(path) or base)
-    for rel in changed:
+    for rel in dict.fromkeys([*changed, *also]):
         with contextlib.suppress(OSError):  # gone, or reached only through a symlink
             if fs.drop_setuid(path, rel):
                 found.append(rel)

@@ -141,6 +141,7 @@ def _checkpoint_stopped(
     told = channel.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
     run = store.get_run(row.run_id)
     left: str | None = None
+    left_out: tuple[str, ...] = ()
     with told as moves:
         try:
             tip = git.checkpoint(
@@ -155,12 +156,14 @@ def _checkpoint_stopped(
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
             )
         except git.LeftOutError as exc:  # the rest is committed; they stay in the worktree
-            tip, left = exc.head, str(exc)
+            tip, left, left_out = exc.head, str(exc), tuple(git.status_paths(worktree))
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)
     _record_diff(repo, store, row, tip or git.head_in(worktree))
-    armed = worktrees.disarm_setuid(repo, worktree, row.base_commit) if row.base_commit else []
+    armed = []
+    if row.base_commit:
+        armed = worktrees.disarm_setuid(repo, worktree, row.base_commit, also=left_out)
     if armed:
         left = "; ".join([*([left] if left else []), worktrees.setuid_reason(armed)])
     return left

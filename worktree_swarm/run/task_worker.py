@@ -669,13 +669,7 @@ class TaskWorker(RunWorker):
         planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
-        made: list[git.DiffStat] = []
-        try:
-            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
-            made.append(stat)
-        finally:  # what it committed (or left out, failing the task: then not named)
-            known = [name for name, _ in made[0].blobs] if made else None  # else git is asked
-            armed = worktrees.disarm_setuid(self.repo, path, base, known)
+        stat, armed = self._checkpoint_disarmed(task, path, base, number, ended, agent=agent)
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
@@ -698,6 +692,26 @@ class TaskWorker(RunWorker):
                 f"{task.branch} can hold; it stays in {path}",
             )
         return stat, None
+
+    def _checkpoint_disarmed(
+        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
+    ) -> tuple[git.DiffStat, list[str]]:
+        """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
+
+        Those it committed (the diff stat names them: no git process of its own), and when it
+        left some out (a file past max_file, one holding a secret's value: they stay in the
+        worktree) or failed, those git is asked for.
+        """
+        try:
+            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+        except git.LeftOutError:  # its files stay in the worktree, as git status lists them
+            worktrees.disarm_setuid(self.repo, path, base, also=git.status_paths(path))
+            raise
+        except BaseException:
+            worktrees.disarm_setuid(self.repo, path, base)
+            raise
+        changed = [name for name, _ in stat.blobs]
+        return stat, worktrees.disarm_setuid(self.repo, path, base, changed)
 
     def _checkpoint(
         self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
