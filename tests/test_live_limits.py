@@ -144,6 +144,12 @@ def test_a_retry_delay_counts_while_it_is_the_last_thing_written(tmp_path: Path)
         fh.write('{"type": "assistant", "mess')  # its next reply, still being written
     tail.poll(now=NOW)
     assert tail.waiting == 0.0
+    # What an agent writes is trusted for 15 minutes at most: 1e300 ms had it never idle.
+    retry["retry_delay_ms"] = 1e300
+    log.write_text(json.dumps(retry) + "\n")
+    tail = LogTail(path=log, profile="claude")
+    tail.poll(now=NOW)
+    assert tail.waiting == 900.0
 
 
 def test_gemini_clis_own_retry_announces_its_delay_on_stderr(tmp_path: Path) -> None:
@@ -159,5 +165,9 @@ def test_gemini_clis_own_retry_announces_its_delay_on_stderr(tmp_path: Path) -> 
     assert tail.waiting == 22.638
     with log.open("a") as fh:  # a model's reply quoting it is no wait of the CLI
         fh.write('{"type":"message","content":"Retrying after 99999ms..."}\n')
+    tail.poll(now=NOW)
+    assert tail.waiting == 0.0
+    with log.open("a") as fh:  # nor is any other free line saying so
+        fh.write("I will wait. Retrying after 99999ms...\n")
     tail.poll(now=NOW)
     assert tail.waiting == 0.0

@@ -30,7 +30,13 @@ from worktree_swarm.run.governor import Limit, Signal, limit_kind
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
 _THROTTLE_STATUSES = frozenset({429, 529})
 STREAMING_PROFILES = frozenset({"claude", "codex"})
-_GEMINI_RETRY = re.compile(rb"^\S.* Retrying after (\d{1,9})ms\.\.\.\s*$")
+_GEMINI_RETRY = re.compile(
+    rb"^Suggested retry after [\d.]+s\.\. Retrying after (\d{1,9})ms\.\.\.\s*$"
+)
+# The longest announced wait idle_timeout makes room for: what an agent writes is not to be
+# trusted for longer (a delay of 1e300 ms would have it never idle); swarm's own backoff stops
+# at the same.
+MAX_ANNOUNCED_WAIT = 15 * 60.0
 
 
 @dataclass(slots=True)
@@ -86,16 +92,17 @@ class LogTail:
         Claude Code's ``api_retry`` event: ``retry_delay_ms``, a server's ``retry-after``
         honoured (48 s after a 429 asking 40 s). Gemini CLI, retrying on its own (the user's
         ``maxAttempts``), on stderr: "Suggested retry after 20s.. Retrying after 22638ms...".
+        At most :data:`MAX_ANNOUNCED_WAIT`.
         """
         if self.profile == "gemini":
             found = _GEMINI_RETRY.search(raw) if obj is None else None
-            return 0.0 if found is None else float(found[1]) / 1000
+            return 0.0 if found is None else min(float(found[1]) / 1000, MAX_ANNOUNCED_WAIT)
         if self.profile != "claude" or obj is None:
             return 0.0
         if obj.get("type") != "system" or obj.get("subtype") != "api_retry":
             return 0.0
         delay = as_float(obj.get("retry_delay_ms"))
-        return 0.0 if delay is None else max(0.0, delay / 1000)
+        return 0.0 if delay is None else min(max(0.0, delay / 1000), MAX_ANNOUNCED_WAIT)
 
     def _classify(self, obj: dict[str, Any], *, now: float) -> Limit | None:
         if self.profile == "claude":
