@@ -405,6 +405,9 @@ def test_a_run_whose_worktrees_go_in_another_checkout_says_so_unless_ignored_the
         f"note: the worktrees go in {outer / 'sub' / 'inner.swarm'}, inside the checkout of"
         f" {outer}, which does not ignore it" in out.stderr
     )
+    # A folder's pattern, the worktree root not made yet: no note either.
+    assert swarm(inner, "clean", "--yes").returncode == 0
+    assert not (outer / "sub" / "inner.swarm").exists()
     (outer / ".gitignore").write_text("/sub/inner.swarm/\n")
     out = swarm(inner, "run", "--agent", agent, "-t", "b=p")
     assert out.returncode == 0, out.stdout + out.stderr

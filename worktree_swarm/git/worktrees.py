@@ -88,7 +88,8 @@ def seen_by_another_checkout(repo: Repo, root: Path) -> Path | None:
     for outer in Path(os.path.realpath(root)).parents:
         if outer == own or not (outer / ".git").exists():
             continue
-        ignored = runner.run(outer, "check-ignore", "-q", "--", str(root), check=False)
+        # As a folder ("/x/"): a pattern for folders matches it before it exists too.
+        ignored = runner.run(outer, "check-ignore", "-q", "--", f"{root}/", check=False)
         return None if ignored.returncode == 0 else outer
     return None
 
