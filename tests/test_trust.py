@@ -1709,21 +1709,25 @@ g = pathlib.Path(subprocess.run(
 pathlib.Path('own.txt').write_text('own\\n')
 subprocess.run(['git', 'add', 'own.txt'], check=True)
 subprocess.run(['git', 'commit', '-q', '-m', 'own work'], check=True)
-(g / 'objects').rename(g / 'objects.orig')
+aside = g / AWAY
+aside.parent.mkdir(parents=True, exist_ok=True)
+(g / 'objects').rename(aside)
 (g / 'objects' / 'info').mkdir(parents=True, exist_ok=True)  # the guard may be quicker
-(g / 'objects' / 'info' / 'alternates').write_text(str(g / 'objects.orig') + '\\n')
+(g / 'objects' / 'info' / 'alternates').write_text(str(aside) + '\\n')
 subprocess.run(['git', 'hash-object', '-w', '--stdin'], input='in the swapped store\\n',
                text=True, check=True)
 """
 
 
 @pytest.mark.parametrize("sandbox", MODES)
+@pytest.mark.parametrize("away", ["objects.orig", "refs/objects.orig"])  # deeper: overlooked
 def test_an_object_store_swapped_for_another_is_named_and_put_back(
-    repo: Path, write_agent: AgentFactory, sandbox: bool
+    repo: Path, write_agent: AgentFactory, sandbox: bool, away: str
 ) -> None:
     common = repo / ".git"
     before = (common / "objects").stat().st_ino
-    out = run_one(repo, write_agent(SWAPS_THE_OBJECT_STORE), sandbox=sandbox)
+    agent = write_agent(SWAPS_THE_OBJECT_STORE.replace("AWAY", repr(away)))
+    out = run_one(repo, agent, sandbox=sandbox)
     assert out.returncode == 1, out.stderr
     row = status_json(repo)["bad"]
     assert row["state"] == "failed"
@@ -1733,10 +1737,11 @@ def test_an_object_store_swapped_for_another_is_named_and_put_back(
     told = Path(str(swap[0]["patch"])).read_text()
     assert told.startswith(
         "objects: another directory in place of the object store, which was moved to "
-        "objects.orig; put back (what was in its place is kept at "
+        f"{away}; put back (what was in its place is kept at "
     )
     assert (common / "objects").stat().st_ino == before
     assert sorted(p.name for p in common.glob("objects*")) == ["objects"]
+    assert not (common / "refs" / "objects.orig").exists()
     assert not (common / "objects" / "info" / "alternates").exists()
     assert git(repo, "show", "swarm/bad:own.txt") == "own"
     blob = subprocess.run(

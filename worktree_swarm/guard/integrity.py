@@ -100,21 +100,30 @@ def store_id(common: Path) -> StoreId | None:
 
 
 def find_store(common: Path, store: StoreId) -> Path | None:
-    """The directory at the top of *common* that is the object store *store*, if any.
+    """The directory in *common* that is the object store *store*, if any.
 
-    Where an agent moved it (``mv objects objects.orig``) to put another in its place. Found
-    by its inode, which no directory the agent made can claim while this one lives.
+    Where an agent moved it (``mv objects objects.orig``, or deeper: ``refs/objects.orig``) to
+    put another in its place. Found by its inode, which no directory the agent made can claim
+    while this one lives: the shallowest first, no symlink followed, nothing below the store
+    looked into (a rare look, only once the store at ``objects`` is another).
     """
-    try:
-        entries = list(os.scandir(common))
-    except OSError:
-        return None
-    for entry in entries:
-        with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                if (info.st_dev, info.st_ino) == store:
-                    return Path(entry.path)
+    level = [common]
+    while level:
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    if (info.st_dev, info.st_ino) == store:
+                        return Path(entry.path)
+                    below.append(Path(entry.path))
+        level = below
     return None
 
 

@@ -2054,7 +2054,7 @@ class Guard:
 
         An agent that moves ``objects`` aside and makes another in its place gets around the
         sandbox's read-only ``objects/info`` (the new one's ``alternates`` is its own). The
-        store is put back from where it went at the top of the git dir, found by its inode:
+        store is put back from where it went in the git dir, found by its inode:
         a directory of the agent's cannot pass for it. What was in its place goes to the
         guard's directory, its objects linked into the store first (nothing is deleted). A
         symlink there is :meth:`_planted_links`'s.
@@ -2072,20 +2072,22 @@ class Guard:
         text = "objects: another directory in place of the object store"
         restored = False
         if found is None:
-            text += ", which is no longer at the top of the git dir; left as it is"
+            text += ", which is no longer in the git dir; left as it is"
             self._store = now  # told once
         elif self.restore:
             aside = self._dir / f"replaced-objects-{time.time_ns()}"
             try:
                 integrity.put_store_back(common, found, aside)
                 restored = True
-                text += f", which was moved to {found.name}; put back (what was in its place"
+                text += f", which was moved to {found.relative_to(common)}; put back (what was"
+                text += " in its place"
                 text += f" is kept at {aside}, its objects linked into the store)"
             except OSError as exc:
-                text += f", which was moved to {found.name}; cannot put it back: {exc}"
+                text += f", which was moved to {found.relative_to(common)}; cannot put it back:"
+                text += f" {exc}"
                 self._store = now
         else:
-            text += f", which was moved to {found.name}"
+            text += f", which was moved to {found.relative_to(common)}"
             self._store = now
         if restored and self._objects is not None:  # its watches followed the store away
             self._objects.close()
