@@ -255,6 +255,8 @@ class Guard:
     _looked: threading.Condition
     _last_look = 0.0
     _setuid: dict[str, int]  # the setuid and setgid files of the git dir: their bits
+    _failing: dict[str, str]  # job -> reason of its current streak of failures
+    _denied: set[str]  # the jobs whose last failure was a permission denied
     _setuid_due = 0.0  # monotonic time of the next walk for them
     _store: integrity.StoreId | None = None  # the object store's directory, when watched
 
@@ -297,7 +299,7 @@ class Guard:
         self._evidence: dict[str, str] = {}  # ref -> task whose worktree HEAD was on it
         self._new: list[Violation] = []
         self._failures: list[ScanFailure] = []
-        self._failing: dict[str, str] = {}  # job -> reason of its current streak of failures
+        self._failing, self._denied = {}, set()
         self._began: dict[tuple[str, str], int] = {}  # (job, reason) -> streaks so far
         self._new_lock = threading.Lock()  # drain() must not wait for a scan
         # The repository-wide state (git's files, the refs, the objects) has a lock of its own:
@@ -879,7 +881,7 @@ class Guard:
                     found += self._scan_place(place, began, quick=False, since=since)
                     ok = True
         removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
-        if not (ok or removing) and self.restore and _DENIED in self._failing.get(place.where, ""):
+        if not (ok or removing) and self.restore and place.where in self._denied:
             # Files or directories made unreadable to you (`chmod 000`): your git fails there
             # as the comparison did. The owner's bits go back, and the place is compared.
             window = (since, began)
@@ -952,8 +954,11 @@ class Guard:
         try:
             yield
         except (SwarmError, OSError) as exc:
+            denied = isinstance(exc, PermissionError) or _DENIED in str(exc)  # before it is cut
+            (self._denied.add if denied else self._denied.discard)(job)
             self._failed(job, str(exc))
         else:
+            self._denied.discard(job)
             if self._failing.pop(job, None) is not None:
                 self._log(f"{job}: scanned again")
 
