@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from worktree_swarm.run.governor import Signal
-from worktree_swarm.run.live_limits import LogTail
+from worktree_swarm.run.live_limits import LINE_LIMIT, LogTail
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude"
 NOW = 1_760_000_000.0
@@ -171,3 +171,17 @@ def test_gemini_clis_own_retry_announces_its_delay_on_stderr(tmp_path: Path) -> 
         fh.write("I will wait. Retrying after 99999ms...\n")
     tail.poll(now=NOW)
     assert tail.waiting == 0.0
+
+
+def test_a_line_past_the_limit_is_skipped_not_held(tmp_path: Path) -> None:
+    # Held whole, an endless line without a break was copied at every poll (quadratic).
+    log = tmp_path / "attempt.log"
+    log.write_bytes(b"x" * (LINE_LIMIT + 1))
+    tail = LogTail(path=log, profile="gemini")
+    while tail.offset < log.stat().st_size:
+        tail.poll(now=NOW)
+    assert len(tail._partial) <= LINE_LIMIT
+    with log.open("ab") as fh:  # the line goes on, then the next one is read as ever
+        fh.write(b"still the same line\nSuggested retry after 20s.. Retrying after 22638ms...\n")
+    tail.poll(now=NOW)
+    assert tail.waiting == 22.638

@@ -28,6 +28,7 @@ from worktree_swarm.infra import fs
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
 
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
+LINE_LIMIT = 8 * 2**20  # a line longer than this is no report: skipped, not held
 _THROTTLE_STATUSES = frozenset({429, 529})
 STREAMING_PROFILES = frozenset({"claude", "codex"})
 _GEMINI_RETRY = re.compile(
@@ -52,6 +53,7 @@ class LogTail:
     # thing it wrote: silent for that long, it is waiting, not hung.
     waiting: float = 0.0
     _partial: bytes = b""
+    _skipping: bool = False  # until the next line break (see LINE_LIMIT)
     _messages: set[str] = field(default_factory=set)
 
     def poll(self, *, now: float) -> list[Limit]:
@@ -65,10 +67,8 @@ class LogTail:
         except OSError:
             return []
         self.offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
         found = []
-        for raw in lines:
+        for raw in self._lines(data):
             obj = _event(raw)
             if raw.strip():
                 self.waiting = self._announced_wait(raw, obj)
@@ -85,6 +85,21 @@ class LogTail:
         if self._partial.strip():
             self.waiting = 0.0  # it wrote more since
         return found
+
+    def _lines(self, data: bytes) -> list[bytes]:
+        """The lines *data* completes; the last one, unfinished, is held for the next poll.
+
+        One longer than :data:`LINE_LIMIT` is no report: skipped to its end, not held (it
+        grew with every poll, copied each time).
+        """
+        if self._skipping:
+            newline = data.find(b"\n")
+            data, self._skipping = (b"", True) if newline < 0 else (data[newline + 1 :], False)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > LINE_LIMIT:
+            self._partial, self._skipping = b"", True
+        return lines
 
     def _announced_wait(self, raw: bytes, obj: dict[str, Any] | None) -> float:
         """The delay (s) the line *raw* (*obj* parsed) says the agent waits before it asks again.
