@@ -37,6 +37,7 @@ from tests.test_run import (
 from tests.test_swarm_claude_e2e import swarm_with_claude
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.guard import sandbox
+from worktree_swarm.infra import boxinit
 
 AgentFactory = Callable[[str], list[str]]
 fake_claude = test_resilience.fake_claude
@@ -922,6 +923,31 @@ def test_the_box_init_says_what_it_could_not_start() -> None:
         _, err = init.communicate(timeout=60)
     assert init.returncode == 127
     assert err == "swarm: cannot start 'no-such-agent-program': No such file or directory\n"
+
+
+def test_the_box_init_tells_an_exit_its_tracer_hides_from_a_pidfd_and_the_kernels_record(
+    tmp_path: Path,
+) -> None:
+    # Traced, an exited agent is a zombie its parent cannot reap: the init tells its end from
+    # a pidfd, and its code from /proc (what the kernel recorded), not from waitpid.
+    gone = tmp_path / "gone"
+    child = subprocess.Popen(["sh", "-c", f"while [ ! -e {gone} ]; do sleep 0.05; done; exit 3"])
+    watch = boxinit._ended_watch(child.pid)
+    assert watch is not None
+    try:
+        assert not boxinit._readable(watch)  # running
+        gone.touch()
+        wait_for(
+            lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
+            what="the child to exit, not reaped",
+        )
+        assert boxinit._readable(watch)
+        assert os.waitstatus_to_exitcode(boxinit._exit_status(child.pid)) == 3
+    finally:
+        os.close(watch)
+        child.wait(timeout=60)
+    # Gone whole (reaped): nothing to read, taken for killed.
+    assert boxinit._exit_status(child.pid) == signal.SIGKILL
 
 
 # Runs the commands that change swarm's state from inside the box, and records what each said.
