@@ -316,6 +316,15 @@ def test_claude_out_of_reach_of_its_api_waits_it_out_as_a_server_error(
     assert result.session_id is not None
 
 
+def test_a_claude_reply_naming_a_connection_error_is_no_outage(attempt: Attempt) -> None:
+    # The model's own words in an error result ("... failed with ECONNREFUSED") were taken for
+    # the API out of reach, and the attempt waited out and resumed instead of failing.
+    said = "The tests could not reach the database: connect ECONNREFUSED 127.0.0.1:5432"
+    stdout = json.dumps(claude_result(is_error=True, result=said))
+    run = attempt("claude", stdout=stdout, exit_code=1)
+    assert run.result.outcome is AgentOutcome.FAILED
+
+
 def test_claude_overloaded_529_is_rate_limited(attempt: Attempt) -> None:
     body = (
         'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'

@@ -191,9 +191,16 @@ def _from_result(
 _UNREACHABLE = frozenset({"connection_failed", "stream_idle_timeout"})
 
 
+# How Claude Code's own words for a failed request begin ("API Error: Connection dropped
+# (ECONNRESET)", "Request timed out."): a model's reply that names ECONNREFUSED is none.
+_OWN_ERROR = ("API Error", "Request timed out")
+
+
 def _unreachable(result: dict[str, Any], detail: str) -> bool:
     """Whether an API error without a status says the API failed or could not be reached."""
-    return result.get("api_error") in _UNREACHABLE or unavailable(detail)
+    if result.get("api_error") in _UNREACHABLE:
+        return True
+    return detail.startswith(_OWN_ERROR) and unavailable(detail)
 
 
 def _cost_is_session_total(result: dict[str, Any], usage: dict[str, Any]) -> bool:
