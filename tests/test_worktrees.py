@@ -307,6 +307,16 @@ def test_create_refuses_existing_branch_and_path(repo: Path, tmp_path: Path) -> 
         wt.create_worktree(r, path=tmp_path / "exists", branch="fresh", start="HEAD")
     assert (tmp_path / "exists" / "keep.txt").read_text() == "mine\n"
     assert not g.branch_exists(r, "fresh")
+    # A link planted there is named as one: `swarm clean`, which a plain "already exists"
+    # advises, never removes it.
+    (tmp_path / "link").symlink_to(tmp_path / "exists")
+    with pytest.raises(BadInputError) as info:
+        wt.create_worktree(r, path=tmp_path / "link", branch="fresh", start="HEAD")
+    assert str(info.value) == (
+        f"{tmp_path / 'link'} is a symbolic link, which swarm never makes there and `swarm"
+        " clean` leaves alone: remove it yourself, then run again"
+    )
+    assert not g.branch_exists(r, "fresh")
 
 
 def test_preflight(repo: Path, tmp_path: Path) -> None:

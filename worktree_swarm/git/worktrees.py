@@ -483,13 +483,23 @@ def _clashing(branch: str, existing: set[str], folders: set[str]) -> str | None:
     return found
 
 
+def _in_the_way(path: Path) -> str:
+    """Why *path* cannot become a worktree: something is there (a link: not swarm's to remove)."""
+    if path.is_symlink():
+        return (
+            f"{path} is a symbolic link, which swarm never makes there and `swarm clean` leaves"
+            " alone: remove it yourself, then run again"
+        )
+    return f"{path} already exists; {_NEXT_STEP}"
+
+
 def _check_free(
     repo: Repo, branch: str, path: Path, registered: set[Path], *, existing: set[str] | None = None
 ) -> None:
     if (branch in existing) if existing is not None else branch_exists(repo, branch):
         raise BadInputError(f"branch {branch} already exists; {_NEXT_STEP}")
     if os.path.lexists(path):
-        raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
+        raise BadInputError(_in_the_way(path))
     if real_path(path) in registered:
         raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}")
 
@@ -509,12 +519,12 @@ def create_worktree(
     if commit is None:
         raise GitError(f"cannot create worktree {path}: {start!r} is not a commit")
     if os.path.lexists(path):
-        raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
+        raise BadInputError(_in_the_way(path))
     _new_branch(repo, branch, commit, start)
     with repo_lock(repo):
         if os.path.lexists(path):  # made meanwhile, by someone else: not ours to remove
             git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", commit, check=False)
-            raise BadInputError(f"{path} already exists; {_NEXT_STEP}")
+            raise BadInputError(_in_the_way(path))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _add(repo, path, branch)
