@@ -91,7 +91,7 @@ LOOSER = b"looser than its parent"
 UNREADABLE = "unreadable"
 _SHARED_WRITE = 0o022  # group and other write: another local user's way in
 _OWNERS = 0o700  # the owner's own bits: without them your git cannot read or write there
-SETUID_BITS = stat.S_ISUID | stat.S_ISGID
+SETUID_BITS = fs.SETUID_BITS
 _OWN_DIR = "swarm"  # swarm's own state (the guard's held objects): not git's, not walked
 
 

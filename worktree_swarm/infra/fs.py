@@ -97,18 +97,31 @@ def set_mode(path: Path | str, change: Callable[[int], int], *, dirs: bool = Fal
     *path* is no such file (or gone).
     """
     try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, _NAME_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or (dirs and stat.S_ISDIR(mode))):
-            return False
-        Path(f"/proc/self/fd/{fd}").chmod(change(stat.S_IMODE(mode)))  # that inode, no name
+        return _chmod_named(fd, change, dirs=dirs)
     except OSError:
         return False
     finally:
         os.close(fd)
+
+
+def _chmod_named(fd: int, change: Callable[[int], int], *, dirs: bool = False) -> bool:
+    """Set the bits of the file (*dirs*: or directory) *fd* names to ``change(bits)``.
+
+    False, unchanged, for anything else. Through the descriptor, never a name: a name can be
+    swapped for a link meanwhile.
+    """
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or (dirs and stat.S_ISDIR(mode))):
+        return False
+    bits = change(stat.S_IMODE(mode))
+    if _NAME_ONLY == os.O_RDONLY | os.O_NONBLOCK:
+        os.fchmod(fd, bits)
+    else:  # the file the descriptor names, not a link: the kernel's own link to it
+        Path(f"/proc/self/fd/{fd}").chmod(bits)
     return True
 
 
@@ -318,13 +331,8 @@ def drop_setuid(top: Path, rel: str) -> bool:
             step = os.open(part, _NAME_ONLY | kind | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = step
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) or not mode & SETUID_BITS:
+        if not os.fstat(fd).st_mode & SETUID_BITS:
             return False
-        if _NAME_ONLY == os.O_RDONLY | os.O_NONBLOCK:
-            os.fchmod(fd, stat.S_IMODE(mode) & ~SETUID_BITS)
-        else:  # the file the descriptor names, not a link: the kernel's own link to it
-            Path(f"/proc/self/fd/{fd}").chmod(stat.S_IMODE(mode) & ~SETUID_BITS)
-        return True
+        return _chmod_named(fd, lambda bits: bits & ~SETUID_BITS)
     finally:
         os.close(fd)
