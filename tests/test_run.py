@@ -7,6 +7,7 @@ import os
 import pty
 import resource
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -687,11 +688,14 @@ def test_an_agent_that_makes_its_worktree_unreadable_fails_alone_and_clean_names
             f"last checkpoint is left there, uncommitted; `chmod u+rwx {sealed}` gives it back"
         )
         kept = f"  {sealed}: task sealed is failed; its directory cannot be read\n"
+        shutil.rmtree(repo.parent / "repo.swarm" / "other")  # gone: clean prunes it
         for command in (["clean"], ["clean", "--yes"]):
             out = as_owner(*command)
             assert out.returncode in {0, 1}, out.stderr
             assert kept in out.stdout, out.stdout
         assert not (repo.parent / "repo.swarm" / "other").exists()  # the rest goes on
+        listed = git(repo, "worktree", "list", "--porcelain")
+        assert f"worktree {sealed}\n" in listed  # still registered: no prune took it
         out = as_owner("doctor")
         assert (out.returncode, out.stderr) == (1, ""), out.stdout  # named, left
         assert f"  {sealed}: its directory cannot be read\n" in out.stdout

@@ -174,6 +174,25 @@ def test_prune_and_remove_missing_directory(repo: Path, tmp_path: Path) -> None:
     assert [i.path for i in wt.list_worktrees(r)] == [r.root]
 
 
+def test_prune_takes_off_the_hold_a_killed_prune_left_and_no_lock_of_yours(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A prune killed while it held an unreadable worktree leaves git's `locked` file behind:
+    # the next prune takes it off (the worktree is readable again); your own lock stays.
+    r = g.open_repo(repo)
+    for name in ("held", "yours"):
+        wt.create_worktree(r, path=tmp_path / name, branch=f"swarm/{name}", start="HEAD")
+    admins = {Path(i.path).name: wt.admin_of(r, i.path) for i in wt.list_worktrees(r)[1:]}
+    Path(str(admins["held"]), "locked").write_text(wt._HELD)
+    git(repo, "worktree", "lock", "--reason", "mine", str(tmp_path / "yours"))
+    shutil.rmtree(tmp_path / "held")
+    wt.prune(r)
+    assert [(i.path, i.locked) for i in wt.list_worktrees(r)] == [
+        (r.root, None),
+        (tmp_path / "yours", "mine"),
+    ]
+
+
 @pytest.mark.slow  # long: runs in `scripts/check --slow` (CI runs both)
 def test_create_from_threads_many_rounds(big_repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(big_repo)

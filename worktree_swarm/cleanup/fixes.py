@@ -887,7 +887,7 @@ def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     if path.is_dir() and not path.is_symlink():
         fs.remove_tree(path)
-    git.git(repo.root, "worktree", "prune")
+    worktrees.prune_gone(repo)
     return "unlocked, half-made checkout deleted, pruned"
 
 
@@ -931,7 +931,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     if f.admin_dir is not None:
         # Planned only with --force: the user's lock on a vanished worktree is overridden.
         (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
-    git.git(repo.root, "worktree", "prune")
+    worktrees.prune_gone(repo)
     if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
     if path.exists():

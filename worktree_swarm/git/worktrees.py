@@ -752,7 +752,39 @@ def delete_branch(repo: Repo, branch: str, *, force: bool = False) -> None:
 def prune(repo: Repo) -> None:
     """Forget worktrees whose directories are gone."""
     with repo_lock(repo):
+        prune_gone(repo)
+
+
+# The reason in git's ``locked`` file of a worktree held over swarm's prune.
+_HELD = "swarm: held over a prune (its directory cannot be read)"
+
+
+def prune_gone(repo: Repo) -> None:
+    """``git worktree prune``, keeping the registration of a worktree that is only unreadable.
+
+    Git takes a worktree whose ``.git`` it may not look at (an agent's ``chmod 0 .``) for gone
+    and forgets it; its files are there and may be work. Each such one is locked for the prune
+    (git's ``locked`` file) and unlocked after; a lock a killed prune left is taken off first.
+    Call under the repository lock.
+    """
+    held: list[Path] = []
+    admins = repo.common_dir / "worktrees"
+    try:
+        for admin in sorted(admins.iterdir()) if admins.is_dir() else []:
+            lock = admin / "locked"
+            with contextlib.suppress(OSError):
+                if fs.read_file(lock).decode(errors="replace") == _HELD:
+                    lock.unlink()
+            with contextlib.suppress(OSError):
+                top = Path(os.fsdecode(fs.read_file(admin / "gitdir")).strip()).parent
+                if fs.sealed(top):
+                    with lock.open("x", encoding="utf-8") as out:
+                        out.write(_HELD)
+                    held.append(lock)
         git(repo.root, "worktree", "prune")
+    finally:
+        for lock in held:
+            lock.unlink(missing_ok=True)
 
 
 def copy_into(
