@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,19 +26,26 @@ from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import (
     INTEGRATION_PREFIX,
-    ProcessIdentity,
-    Task,
 )
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import fs, proc, redact, supervisor
+from worktree_swarm.infra import redact, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.candidates import merge_order, select_candidates, standing_results
+from worktree_swarm.merge.checks import (
+    check_env,
+    clean_after_cut_off_checks,
+    run_checks,
+    task_env,
+    untracked_noted,
+    watched,
+    wrote_outside,
+)
 from worktree_swarm.merge.guarded import BASELINE_CHECKS, MergeGuard
 from worktree_swarm.merge.merge_report import (
     CheckResult,
@@ -61,7 +67,6 @@ from worktree_swarm.merge.session import (
     undo,
 )
 from worktree_swarm.merge.target import (
-    checks_record,
     half_merged,
     integration_path,
     move_branch,
@@ -71,7 +76,6 @@ from worktree_swarm.merge.target import (
 )
 from worktree_swarm.merge.target import validate as validate_target
 from worktree_swarm.report.status import commit_author
-from worktree_swarm.run.checks import CheckFailure, run_steps
 
 if TYPE_CHECKING:
     import subprocess
@@ -176,7 +180,7 @@ def merge(
             predicted=prediction,
         )
         try:
-            _clean_after_cut_off_checks(session)
+            clean_after_cut_off_checks(session)
             _undo_unchecked(session)
             runs_programs = resolve or bool(argvs) or any(c.task.checks for c in order)
             with _guarded(session, on=runs_programs and bool(order)):
@@ -303,29 +307,6 @@ def _guarded(s: Session, *, on: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _watched(s: Session, who: str) -> Iterator[Callable[[ProcessIdentity], None] | None]:
-    """While inside, a program started for *who* is watched (the callback registers it)."""
-    if s.guard is None:
-        yield None
-        return
-    with s.guard.program(who) as started:
-        yield started
-
-
-def _outside(s: Session, who: str) -> str:
-    """Why the program that just ended fails its merge: what it wrote outside ('' if nothing)."""
-    if s.guard is None:
-        return ""
-    found = s.guard.outside()
-    for line in s.guard.notes():
-        s.progress.note(line)
-    if found and s.allow_outside_writes:  # recorded, left as it is: `swarm report` lists it
-        s.progress.note(f"{who} wrote outside the merge worktree (allowed): {found}")
-        return ""
-    return f"{who} wrote outside the merge worktree: {found}" if found else ""
-
-
-@contextlib.contextmanager
 def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(repo.state_dir / MERGE_LOCK, thread_local=False)
@@ -347,8 +328,8 @@ def _merge_lock(repo: git.Repo, run_id: str) -> Iterator[None]:
 
 
 def _baseline(s: Session) -> CheckResult:
-    with _untracked_noted(s):
-        failure = _run_checks(s, s.checks, _check_env(s), who=BASELINE_CHECKS)
+    with untracked_noted(s):
+        failure = run_checks(s, s.checks, check_env(s), who=BASELINE_CHECKS)
     result = CheckResult(
         commands=tuple(shlex.join(a) for a in s.checks),
         ok=failure is None,
@@ -357,167 +338,6 @@ def _baseline(s: Session) -> CheckResult:
     if failure is not None:
         s.progress.note(f"checks fail on {s.target.branch} before any merge: {failure.summary}")
     return result
-
-
-def _run_checks(
-    s: Session,
-    steps: tuple[tuple[str, ...], ...],
-    env: dict[str, str],
-    *,
-    who: str,
-    task: Task | None = None,
-) -> CheckFailure | None:
-    """Run *steps* in the merge worktree (watched, for *who*), then undo what they wrote there.
-
-    With *task*, its checks get what they had in its run first: its `copy` files, its `link`
-    directories and its `setup` steps (`npm ci`). What a check (or setup) writes
-    (``__pycache__``, build output, a formatter's edits) would read as uncommitted changes to
-    the next merge, which refuses them, or be swept into a resolver's commit: the untracked
-    files they added are removed and tracked files they changed are put back as committed.
-    Files untracked before the checks ran, and ignored ones but for the copy files and
-    link symlinks, are left alone.
-    """
-    before = git.untracked_files(s.target.worktree)
-    placed = () if task is None else _placed(s, task)
-    # On record first: a merge killed during the checks has the next one undo what they wrote.
-    _note_untracked(s, before, placed)
-    try:
-        with _watched(s, who) as started:
-            failure = None if task is None else _prepare(s, task, env, started)
-            if failure is None:
-                failure = run_steps(
-                    steps, cwd=s.target.worktree, env=env, log=s.log, what="check",
-                    timeout=None if task is None else task.check_timeout, on_start=started,
-                )  # fmt: skip
-        outside = _outside(s, "the checks")
-        return CheckFailure(summary=outside) if outside else failure
-    finally:
-        redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
-        _clean_after_checks(s, before, placed)
-        _note_untracked(s, before)  # what was placed is gone; the record is the merge's again
-
-
-def _placed(s: Session, task: Task) -> list[str]:
-    """What *task*'s `copy` and `link` will add to the merge worktree: removed after its checks.
-
-    Ignored ones too (a ``.env``): left there, a copy cut off by a killed merge, or one older
-    than yours, would be what every later merge's checks get (a copy skips what exists).
-    """
-    try:
-        names = [rel.as_posix() for _, rel in worktrees.copy_sources(s.repo.root, task.copy)]
-    except SwarmError:  # the copy itself fails the checks, saying why
-        names = []
-    worktree = s.target.worktree
-    # A link goes where nothing is, or in place of what an earlier task's setup installed.
-    return sorted({*(n for n in names if not os.path.lexists(worktree / n)), *task.link})
-
-
-def _prepare(
-    s: Session,
-    task: Task,
-    env: dict[str, str],
-    started: Callable[[ProcessIdentity], None] | None,
-) -> CheckFailure | None:
-    """Give the merge worktree *task*'s copy files, links and setup."""
-    worktree = s.target.worktree
-    try:
-        if task.copy:
-            worktrees.copy_into(s.repo.root, worktree, task.copy)
-        for name in task.link:  # not in the way: what an earlier task's setup installed there
-            _remove_ignored_dir(worktree, name)
-        worktrees.link_into(s.repo.root, worktree, task.link)
-    except SwarmError as exc:
-        return CheckFailure(summary=str(exc))
-    return run_steps(
-        task.setup, cwd=worktree, env=env, log=s.log, what="setup",
-        timeout=task.setup_timeout, on_start=started,
-    )  # fmt: skip
-
-
-def _remove_ignored_dir(worktree: Path, name: str) -> None:
-    """Remove the directory *name* of *worktree* when git ignores it (setup output)."""
-    path = worktree / name
-    if path.is_symlink() or not path.is_dir():
-        return
-    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(worktree)):
-        return  # through a symlink on the way: not the worktree's (link_into refuses it)
-    ignored = runner.run(worktree, "check-ignore", "-q", "--", name, check=False)
-    if ignored.returncode == 0:
-        fs.remove_tree(path)
-
-
-def _note_untracked(s: Session, before: set[str], placed: Sequence[str] = ()) -> None:
-    """Put *before* (the merge worktree's untracked files) and *placed* on record."""
-    record = _untracked_record(s)
-    partial = record.with_suffix(".part")
-    text = json.dumps({"untracked": sorted(before), "placed": list(placed)})
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(record)
-
-
-@contextlib.contextmanager
-def _untracked_noted(s: Session) -> Iterator[None]:
-    """While inside, the merge worktree's untracked files are on record for the next merge.
-
-    It cleans up after what ended inside half-way (see :func:`_clean_after_cut_off_checks`):
-    so the record goes on a normal exit only, not when an exception (a full disk) leaves.
-    """
-    _note_untracked(s, git.untracked_files(s.target.worktree))
-    yield
-    _untracked_record(s).unlink(missing_ok=True)
-
-
-def _untracked_record(s: Session) -> Path:
-    record = checks_record(s.target.worktree)
-    if record is None:
-        raise SwarmError(f"the merge worktree {s.target.worktree} is no longer a checkout")
-    return record
-
-
-def _clean_after_checks(s: Session, before: set[str], placed: Sequence[str] = ()) -> None:
-    git.remove_new(
-        s.target.worktree, (git.untracked_files(s.target.worktree) - before) | set(placed)
-    )
-    git.reset_hard(s.target.worktree, env=s.identity)
-
-
-def _clean_after_cut_off_checks(s: Session) -> None:
-    """Undo what a killed `swarm merge` (its git, checks, resolver) wrote in the merge worktree.
-
-    Files untracked then are kept; tracked files go back to HEAD.
-    """
-    record = _untracked_record(s)
-    try:
-        data = json.loads(fs.read_file(record))
-        if isinstance(data, list):  # written by an older swarm: the untracked files alone
-            data = {"untracked": data}
-        before, placed = set(data["untracked"]), [str(n) for n in data.get("placed", ())]
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # not ours to read
-        before = None  # nothing is removed
-    if before is not None:
-        _clean_after_checks(s, before, placed)
-    record.unlink(missing_ok=True)
-
-
-def _check_env(s: Session) -> dict[str, str]:
-    """What checks and resolvers get: as in a run, no git config handed over in the environment."""
-    return proc.task_env(
-        {
-            "SWARM_RUN_ID": s.run_id,
-            "SWARM_WORKTREE": str(s.target.worktree),
-            "SWARM_BRANCH": s.target.branch,
-        }
-    )
-
-
-def _task_env(s: Session, c: Candidate) -> dict[str, str]:
-    """What a task's checks and resolver get: its own ``env`` too, as in its run."""
-    redact.add_env(c.task.env)  # a secret-named value is redacted from their logs
-    # And, as in its run, the secrets of its `copy` files, which its checks get first.
-    redact.add_env(worktrees.copied_secrets(s.repo.root, c.task.copy))
-    return {**_check_env(s), "SWARM_TASK_ID": c.task_id, **dict(c.task.env)}
 
 
 def _merge_all(s: Session, order: Sequence[Candidate]) -> None:
@@ -553,7 +373,7 @@ def _merge_one(s: Session, c: Candidate) -> TaskResult:
         )  # fmt: skip
     # What git writes is put right by the next merge when this one ends half-way (killed, a
     # full disk): a git merge or reset cut off leaves files that are no one's changes.
-    with _untracked_noted(s):
+    with untracked_noted(s):
         return _merge_step(s, c, pre)
 
 
@@ -674,21 +494,21 @@ def _resolve(s: Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Task
     s.progress.resolving(c.task_id, files)
     on = _symbolic_head(s)
     try:
-        with _watched(s, c.task_id) as started:
+        with watched(s, c.task_id) as started:
             resolution = run_resolver(
                 c.task,
                 worktree=s.target.worktree,
                 target=s.target.branch,
                 files=files,
                 logs=s.log.parent,
-                env=_task_env(s, c),
+                env=task_env(s, c),
                 on_start=started,
             )
     except BaseException:
         _back_on(s, on, pre)
         undo(s, pre)  # Ctrl-C or SIGTERM: the resolver is ended; so is its half-made merge
         raise
-    outside = _outside(s, "the agent resolving its conflicts")  # before swarm runs git there
+    outside = wrote_outside(s, "the agent resolving its conflicts")  # before swarm runs git there
     switched = _back_on(s, on, pre)
     if outside:
         undo(s, pre)
@@ -819,12 +639,12 @@ def _check(
             settled=settled,
         )
     # The task's own checks run as in its run; a `--check` of yours in the merge's environment.
-    env = {**_check_env(s), "SWARM_TASK_ID": c.task_id} if s.checks else _task_env(s, c)
+    env = {**check_env(s), "SWARM_TASK_ID": c.task_id} if s.checks else task_env(s, c)
     s.store.update_task(
         s.run_id, c.task_id, merge_result=CHECKING, merge_target=s.target.branch,
         merge_commit=commit, merge_detail=pre,
     )  # fmt: skip
-    failure = _run_checks(s, steps, env, who=c.task_id, task=None if s.checks else c.task)
+    failure = run_checks(s, steps, env, who=c.task_id, task=None if s.checks else c.task)
     check = CheckResult(
         commands=tuple(shlex.join(a) for a in steps),
         ok=failure is None,
