@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.run.ray_exec import head_problem
+from worktree_swarm.run.ray_cluster import head_problem
 
 pytest.importorskip("ray")
 

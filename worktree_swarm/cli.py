@@ -317,9 +317,9 @@ def run(
         for task in spec.tasks:
             worktrees.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
     if spec.executor is Executor.RAY:
-        from worktree_swarm.run import ray_exec
+        from worktree_swarm.run import ray_preflight
 
-        ray_exec.preflight(repo, spec)
+        ray_preflight.preflight(repo, spec)
     elif spec.sandbox:
         require_sandbox()
     claude_auth.require_signed_in(((t.agent, dict(t.env)) for t in spec.tasks), os.environ)

@@ -273,9 +273,9 @@ def _stop_unmanaged(
 ) -> list[str]:
     run = store.get_run(run_id)
     if run is not None and run.settings.executor is Executor.RAY:  # agents on cluster nodes
-        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - Ray only for such runs
+        from worktree_swarm.run import ray_stop  # noqa: PLC0415 - Ray only for such runs
 
-        ray_exec.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
+        ray_stop.stop_unmanaged(repo, store, run_id, targets, spec=run.settings)
         return list(targets)
     began = time.time()
     rows = {row.task_id: row for row in store.tasks(run_id)}

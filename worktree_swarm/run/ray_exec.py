@@ -15,33 +15,23 @@ checkpoint. Ray itself is imported only when this executor is used.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
-from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
-from worktree_swarm.core.models import (
-    BRANCH_PREFIX,
-    AttemptOutcome,
-    ProcessIdentity,
-    RunSettings,
-    RunSpec,
-    Task,
-    TaskState,
-)
-from worktree_swarm.core.units import format_duration, format_size
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
+from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs, redact
 from worktree_swarm.infra.logtail import read_log_end
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
@@ -49,15 +39,23 @@ from worktree_swarm.run.course import Course, past_max_wait, stated_window
 from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal
 from worktree_swarm.run.live_limits import LogTail
-from worktree_swarm.run.ray_disk import NodeDisk
-from worktree_swarm.run.ray_node import (
-    Assignment,
-    NodeAgent,
-    Progress,
-    end_attempt,
-    node_name,
-    sandbox_problem,
+from worktree_swarm.run.ray_actors import (
+    PROBE_GROUP,
+    SLOT,
+    NodeLostError,
+    _actor_class,
+    _end_attempt_if_named,
+    _first_line,
+    _node_side,
+    _UnansweredError,
+    actor_name,
+    namespace,
+    on_every_node,
 )
+from worktree_swarm.run.ray_cluster import ClusterLostError, HeadWatch, _ray, connect
+from worktree_swarm.run.ray_disk import NodeDisk
+from worktree_swarm.run.ray_node import Assignment, Progress
+from worktree_swarm.run.ray_preflight import remote_url
 from worktree_swarm.run.task_worker import (
     Live,
     RunContext,
@@ -76,41 +74,18 @@ from worktree_swarm.run.task_worker import (
 POLL_SECONDS = 0.5
 # What one look copies of a running agent's log at most (the rest at the next looks).
 MIRROR_BYTES = 16 << 20
-PROBE_SECONDS = 5.0
 STATUS_MEASURE_SECONDS = 30.0
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
 # for ever.
 MAX_LOSSES = 3
 _NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
-SLOT = "agent_slot"
-# The actors' concurrency group of their own for probes: one answers while both of the
-# default group's threads work (a check, and the stop sent to it).
-PROBE_GROUP = "probe"
 # How long a node may take to kill what a silent attempt started there.
 END_ATTEMPT_SECONDS = 120.0
-# How often the coordinator asks whether the cluster's head still answers.
-HEAD_CHECK_SECONDS = 2.0
-# Ray ends a driver whose head is gone for 60 s by killing its process; the coordinator
-# waits this long past `lost_after` (it decides, and winds the run down in the meantime).
-_GCS_PATIENCE = "RAY_gcs_rpc_server_reconnect_timeout_s"
-_PATIENCE_MARGIN = 600.0
 # Ray kills a worker's children with SIGKILL as the worker exits (its raylet lost, a
 # `ray.kill`): the agent's shim among them, which then cannot end the agent's tree, and the
 # agent works on with no one to stop it. Off in the actors' workers: the shim sees its actor
 # gone (its ``--parent``) and ends the tree itself, grace then SIGKILL.
 _ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
-
-
-class NodeLostError(SwarmError):
-    """The actor of an attempt, or its node, is gone."""
-
-
-class _UnansweredError(NodeLostError):
-    """The actor of an attempt is there to Ray but has not answered for ``lost_after``."""
-
-
-class ClusterLostError(SwarmError):
-    """The cluster's head has not answered for ``lost_after``: no attempt can go on."""
 
 
 class _SetupFailedError(SwarmError):
@@ -119,273 +94,6 @@ class _SetupFailedError(SwarmError):
     def __init__(self, failure: CheckFailure) -> None:
         super().__init__(failure.summary)
         self.failure = failure
-
-
-def _ray() -> Any:  # noqa: ANN401 - Ray is optional and untyped here on purpose
-    try:
-        import ray  # noqa: PLC0415 - only this executor needs it
-    except ImportError:
-        raise BadInputError(
-            "executor `ray` needs Ray on this machine: pip install 'worktree-swarm[ray]'"
-        ) from None
-    return ray
-
-
-_actor_lock = threading.Lock()
-_actor: list[Any] = []
-
-
-def _actor_class() -> Any:  # noqa: ANN401
-    """NodeAgent as a Ray actor class (made once per process)."""
-    with _actor_lock:
-        if not _actor:
-            _actor.append(_ray().remote(concurrency_groups={PROBE_GROUP: 1})(NodeAgent))
-        return _actor[0]
-
-
-def namespace(run_id: str) -> str:
-    """The Ray namespace of a run's actors."""
-    return f"swarm-{run_id}"
-
-
-def actor_name(task_id: str, attempt: int) -> str:
-    """The name of the actor of one attempt (unique in its run's namespace)."""
-    return f"{task_id}-{attempt}"
-
-
-_connect_lock = threading.Lock()
-
-
-# HTTP/2's connection preface and an empty SETTINGS frame; a server's first frame is SETTINGS.
-_HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes((0, 0, 0, 4, 0, 0, 0, 0, 0))
-_FRAME_HEADER = 9
-_SETTINGS_FRAME = 4
-
-
-def connect(address: str, *, lost_after: float = 60.0) -> None:
-    """Join the Ray cluster at *address* (empty: ``RAY_ADDRESS``, else this machine's).
-
-    Ray is kept from ending this process while its head is gone for less than *lost_after*
-    (and some time to wind down).
-    """
-    ray = _ray()
-    with _connect_lock:
-        if ray.is_initialized():
-            return
-        _probe(address or os.environ.get("RAY_ADDRESS", ""))
-        os.environ[_GCS_PATIENCE] = str(int(lost_after + _PATIENCE_MARGIN))
-        try:
-            ray.init(
-                address=address or "auto",
-                log_to_driver=False,
-                logging_level="ERROR",
-                configure_logging=False,
-            )
-        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            where = address or "RAY_ADDRESS or this machine"
-            raise BadInputError(
-                f"cannot reach a Ray cluster at {where}: {first}; start one with `ray start "
-                "--head` or pass --ray-address"
-            ) from None
-
-
-def _probe(address: str) -> None:
-    """Raise BadInputError unless a gRPC server (a Ray head) answers at ``HOST:PORT`` *address*.
-
-    ``ray.init`` waits minutes for a head that is not there, and about ten for one where
-    something else listens; an HTTP/2 greeting says so in seconds (a gRPC server answers it
-    with its settings). Other forms (empty: this machine's cluster, ``ray://``), and clusters
-    speaking TLS, are left to Ray.
-    """
-    problem = head_problem(address)
-    if problem is None:
-        problem = _gcs_problem(address)
-    if problem is None:
-        return
-    if problem.startswith(_NOT_A_HEAD):
-        raise BadInputError(
-            f"cannot reach a Ray cluster at {address}: {problem}; pass the address "
-            "`ray start --head` printed"
-        )
-    raise BadInputError(
-        f"cannot reach a Ray cluster at {address}: {problem}; start one with `ray start "
-        "--head` or pass --ray-address"
-    )
-
-
-_NOT_A_HEAD = "what listens there is not a Ray head"
-_MAX_PORT = 65535
-_GCS_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # what every driver asks a head first
-
-
-def _gcs_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
-    """Why the gRPC server at ``HOST:PORT`` *address* is not a Ray head, or None.
-
-    A head's GCS knows its cluster id; another gRPC server (the head's client server, an
-    app's) answers that it has no such method, where ``ray.init`` retried for 20 seconds,
-    printing its own errors. Any other answer (or none) is left to Ray.
-    """
-    if _host_port(address) is None:
-        return None
-    if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
-        return None  # only the connection is tried (head_problem)
-    grpc: Any = importlib.import_module("grpc")  # installed with Ray
-    with grpc.insecure_channel(address) as channel:
-        ask = channel.unary_unary(
-            _GCS_METHOD, request_serializer=lambda _: b"", response_deserializer=bytes
-        )
-        try:
-            ask(None, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return f"{_NOT_A_HEAD} (a gRPC server without the service of a Ray head)"
-    return None
-
-
-def _host_port(address: str) -> tuple[str, str] | None:
-    """*address* as ``HOST`` and a ``PORT`` of digits; None for a form the probes cannot ask."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return None
-    return host, port
-
-
-def head_problem(address: str, *, timeout: float = PROBE_SECONDS) -> str | None:
-    """Why no Ray head answers at ``HOST:PORT`` *address* (``Connection refused``...), or None.
-
-    None too for the forms this cannot ask (see :func:`_probe`).
-    """
-    if (parts := _host_port(address)) is None:
-        return None
-    host, port = parts
-    if int(port) > _MAX_PORT:
-        return f"{port} is no port (at most {_MAX_PORT})"
-    if host.startswith("[") and host.endswith("]"):  # an IPv6 address, as in a URL
-        host = host[1:-1]
-    try:
-        conn = socket.create_connection((host, int(port)), timeout=timeout)
-    except OSError as exc:
-        return str(exc.strerror or exc)
-    with conn:
-        if os.environ.get("RAY_USE_TLS", "").lower() in {"1", "true"}:
-            return None
-        answer = b""
-        with contextlib.suppress(OSError):  # a reset or no answer: not a gRPC server
-            conn.settimeout(timeout)
-            conn.sendall(_HTTP2_GREETING)
-            while len(answer) < _FRAME_HEADER and (chunk := conn.recv(_FRAME_HEADER)):
-                answer += chunk
-    if len(answer) < _FRAME_HEADER or answer[3] != _SETTINGS_FRAME:
-        return f"{_NOT_A_HEAD} (it does not speak gRPC)"
-    return None
-
-
-class HeadWatch:
-    """Whether the head of the cluster at *address* answers, asked every few seconds.
-
-    ``lost`` says why the cluster counts as lost once it has not answered for *lost_after*:
-    its GCS is gone (killed, its machine down), and with it every node soon (their raylets
-    give up on it), so no actor of the run can be reached, placed or stopped through Ray.
-    """
-
-    def __init__(self, address: str, shown: str, *, lost_after: float) -> None:
-        self.address, self._shown, self._lost_after = address, shown, lost_after
-        self.lost: str | None = None
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="swarm-ray-head", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        heard = time.monotonic()
-        while not self._closed.wait(HEAD_CHECK_SECONDS):
-            problem = head_problem(self.address, timeout=HEAD_CHECK_SECONDS)
-            if problem is None:
-                heard = time.monotonic()
-            elif time.monotonic() - heard > self._lost_after:
-                silent = format_duration(self._lost_after)
-                self.lost = (
-                    f"the Ray cluster at {self._shown} was lost: its head did not answer for "
-                    f"{silent} ({problem})"
-                )
-                return
-
-    def check(self) -> None:
-        """Raise ClusterLostError once the cluster counts as lost."""
-        if self.lost is not None:
-            raise ClusterLostError(self.lost)
-
-    def answers(self, stop: threading.Event) -> bool:
-        """Whether the head answers now, waiting while it does not; False: *stop* came first.
-
-        Before an actor is made: Ray waits for a head that is not there to register it,
-        for as long as it lets this process live. Raises ClusterLostError once it is lost.
-        """
-        while head_problem(self.address, timeout=HEAD_CHECK_SECONDS) is not None:
-            self.check()
-            if stop.wait(HEAD_CHECK_SECONDS):
-                return False
-        return True
-
-    def close(self) -> None:
-        """Stop asking."""
-        self._closed.set()
-
-
-def remote_url(repo: git.Repo, remote: str) -> str:
-    """The URL the nodes clone from and push to: remote *remote*'s, or *remote* as a URL."""
-    url = git.remote_location(repo, remote)
-    try:
-        git.git(repo.root, "ls-remote", "--heads", "--", url)
-    except CommandError as exc:
-        raise BadInputError(
-            f"remote {remote!r} ({url}) cannot be reached: {str(exc).splitlines()[0]}; the "
-            "nodes clone from it and push to it (set --remote)"
-        ) from None
-    return url
-
-
-_UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
-    ("copy", lambda t: bool(t.copy)),
-    ("link", lambda t: bool(t.link)),
-    ("sparse", lambda t: t.sparse and bool(t.files)),
-    ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
-)
-
-
-def preflight(repo: git.Repo, spec: RunSpec) -> str:
-    """Validate a run for the Ray executor and join the cluster; the remote's URL.
-
-    Raises BadInputError (nothing created yet) when Ray is missing, a task needs what this
-    executor does not do yet, the remote cannot be reached or the cluster has no agent slots.
-    """
-    _ray()
-    for task in spec.tasks:
-        for key, used in _UNSUPPORTED:
-            if used(task):
-                raise BadInputError(
-                    f"task {task.id}: `{key}` is not supported with executor `ray` yet; "
-                    "run it with --executor local"
-                )
-        for name, _value in task.env:
-            if redact.is_secret_name(name):
-                # Ray would carry it to the node in plain text.
-                raise BadInputError(
-                    f"task {task.id}: env {name} looks like a secret; with executor `ray` "
-                    "provision it in the nodes' environment instead (docs/cluster.md)"
-                )
-    url = remote_url(repo, spec.remote)
-    connect(spec.ray_address, lost_after=spec.lost_after)
-    slots = _ray().cluster_resources().get(SLOT, 0)
-    if not slots:
-        raise BadInputError(
-            f"the Ray cluster offers no `{SLOT}` resource; start each node with "
-            f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
-        )
-    _check_memory(spec.ray_memory)
-    if spec.sandbox:
-        check_sandbox(spec.ray_address)
-    return url
 
 
 def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a Ray handle
@@ -400,100 +108,6 @@ def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a 
         except Exception:  # noqa: BLE001 - freed (ValueError), or the cluster is going
             return
         time.sleep(POLL_SECONDS)
-
-
-def _check_memory(wanted: int) -> None:
-    """Refuse a ``ray_memory`` no node with agent slots has: its tasks would wait for ever."""
-    offered = [
-        int(node.get("Resources", {}).get("memory", 0))
-        for node in _ray().nodes()
-        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
-    ]
-    if offered and wanted > max(offered):
-        raise BadInputError(
-            f"ray_memory {format_size(wanted)} is more than any node with agent slots offers"
-            f" (at most {format_size(max(offered))}); lower it, or start nodes with more"
-            " `--memory`"
-        )
-
-
-def check_sandbox(address: str) -> None:
-    """Raise BadInputError unless bubblewrap can sandbox agents on every node with slots.
-
-    A node that joins later is checked by each attempt placed on it (the attempt fails,
-    saying so).
-    """
-    connect(address)
-    for node, problem in on_every_node(_node_sandbox_problem):
-        if problem:
-            raise BadInputError(f"node {node}: {problem}")
-
-
-def on_every_node(function: Callable[..., Any], *args: object, timeout: float = 300.0) -> list[Any]:
-    """*function* (*args*) run on every live node that offers agent slots, pinned to it."""
-    ray = _ray()
-    from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
-        NodeAffinitySchedulingStrategy,
-    )
-
-    remote = ray.remote(num_cpus=0, max_retries=0)(function)
-    refs = [
-        remote.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        ).remote(*args)
-        for node in ray.nodes()
-        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
-    ]
-    return list(ray.get(refs, timeout=timeout))
-
-
-def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
-    """(run, task, node) of every live attempt's actor of *run_ids*; node ``""``: unknown.
-
-    An actor that does not answer in time may be alive anywhere: its node is ``""``.
-    """
-    ray = _ray()
-    runs = {namespace(run_id): run_id for run_id in run_ids}
-    live = set()
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        run_id = runs.get(entry["namespace"])
-        task_id, _, attempt = str(entry["name"]).rpartition("-")
-        if run_id is None or not task_id or not attempt.isdigit():
-            continue
-        try:
-            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
-            live.add((run_id, task_id, str(ray.get(actor.node.remote(), timeout=10))))
-        except (ValueError, ray.exceptions.ActorDiedError):  # gone meanwhile, or dead
-            continue
-        except Exception:  # noqa: BLE001 - unreachable or slow: maybe alive
-            live.add((run_id, task_id, ""))
-    return live
-
-
-def _node_sandbox_problem() -> tuple[str, str]:
-    """On a node: its name, and why it cannot sandbox agents (or ``""``)."""
-    return node_name(), sandbox_problem()
-
-
-def _end_attempt_if_named(node: str, run_id: str, task_id: str, number: int, grace: float) -> None:
-    """On a node: if this is *node*, end what attempt *number* of the task left here."""
-    if node_name() == node:
-        end_attempt(run_id, task_id, number, grace=grace)
-
-
-def _first_line(exc: BaseException, default: str) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else default
-
-
-def _node_side(exc: Exception) -> SwarmError:
-    """What failed in a node-side method (a git error, say): the attempt fails with it."""
-    if isinstance(exc, _ray().exceptions.UnserializableException):
-        # An error Ray cannot bring back: its last line says what it was.
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        return SwarmError(f"on its node: {lines[-1] if lines else 'an error'}")
-    cause = getattr(exc, "cause", None)  # a RayTaskError: the method's own exception
-    return SwarmError(str(cause) if cause else str(exc))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -1555,99 +1169,6 @@ def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: i
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
     return TaskOutcome(state=TaskState.DONE)
-
-
-def stop_unmanaged(
-    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, spec: RunSettings
-) -> None:
-    """Stop *targets* of a Ray run no manager watches: on their nodes, pushed, then marked.
-
-    Each open attempt's actor (and one a killed manager launched without recording it) stops
-    its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
-    With no cluster answering at its address (its head gone), nothing on the nodes can be
-    reached (an agent there stopped with its actor, which ended with its node's raylet): the
-    attempts end here, the branches are fetched as last pushed, and the reasons say so.
-    """
-    address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
-    problem = head_problem(address)
-    if problem is None:
-        connect(spec.ray_address, lost_after=spec.lost_after)
-        url = remote_url(repo, spec.remote)
-        reason = "stopped"
-    else:  # the remote is not the cluster: what was pushed is fetched all the same
-        url = git.remote_location(repo, spec.remote)
-        reason = (
-            f"stopped without its Ray cluster (at {address}: {problem}); work kept on its "
-            "branch as last pushed"
-        )
-    for task_id in targets:
-        row = store.task(run_id, task_id)
-        numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
-        if row is not None and row.launching is not None:
-            numbers.setdefault(row.launching, 0)
-        for number, attempt_id in sorted(numbers.items()):
-            if problem is None:
-                _stop_actor(task_id, number, run_id, spec)
-            if attempt_id:
-                store.end_attempt(
-                    attempt_id,
-                    exit_code=None,
-                    outcome=TaskState.STOPPED.value,
-                    usage=AttemptUsage(reason=reason),
-                )
-        branch = f"{BRANCH_PREFIX}{task_id}"
-        git.git(
-            repo.root,
-            "fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/heads/{branch}",
-            check=False,
-        )  # fmt: skip
-        tip = git.rev_parse(repo, branch)
-        if row is not None and row.base_commit and tip:
-            stat = git.diff_stat(repo, row.base_commit, tip)
-            store.update_task(
-                run_id,
-                task_id,
-                diff_files=stat.files,
-                diff_insertions=stat.insertions,
-                diff_deletions=stat.deletions,
-            )
-        store.update_task(
-            run_id,
-            task_id,
-            state=TaskState.STOPPED,
-            reason=reason,
-            ended_at=time.time(),
-            launching=None,
-        )
-
-
-def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
-    """Have the actor of attempt *number*, if there, stop its agent, push, and go."""
-    ray = _ray()
-    try:
-        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
-    except ValueError:  # no such actor: gone with its node, or never made
-        return
-    message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
-    with contextlib.suppress(Exception):  # a dead actor has nothing to stop
-        ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
-        ray.get(actor.finish.remote(message=message), timeout=120)
-    with contextlib.suppress(Exception):
-        ray.get(actor.discard.remote(), timeout=30)
-    with contextlib.suppress(Exception):
-        ray.kill(actor)
-
-
-def unreachable(spec: RunSettings, run_id: str) -> str | None:
-    """What to do about *run_id*, a Ray run, when no cluster answers at its address; or None."""
-    address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
-    problem = head_problem(address, timeout=2.0)
-    if problem is None:
-        return None
-    return (
-        f"run {run_id} runs on the Ray cluster at {address}, which does not answer ({problem}):"
-        " start a cluster there and run `swarm resume`, or end its tasks with `swarm stop`"
-    )
 
 
 def _read_to(log_path: Path) -> Path:

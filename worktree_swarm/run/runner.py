@@ -47,7 +47,9 @@ from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_
 from worktree_swarm.report.status import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView
-from worktree_swarm.run.ray_exec import RayTaskWorker, check_sandbox, unreachable
+from worktree_swarm.run.ray_cluster import unreachable
+from worktree_swarm.run.ray_exec import RayTaskWorker
+from worktree_swarm.run.ray_preflight import check_sandbox
 from worktree_swarm.run.retry import OUTSIDE_WRITE, settle_guard, since_last_retry
 from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
 

@@ -61,9 +61,9 @@ def manager_note(store: Store, run: RunRow) -> str | None:
         return None
     resume = resume_command(store, run.run_id)
     if run.settings.executor is Executor.RAY:
-        from worktree_swarm.run import ray_exec  # noqa: PLC0415 - Ray runs only
+        from worktree_swarm.run import ray_cluster  # noqa: PLC0415 - Ray runs only
 
-        problem = ray_exec.unreachable(run.settings, run.run_id)
+        problem = ray_cluster.unreachable(run.settings, run.run_id)
         if problem is not None:
             gone = "manager not running" if state is RunState.MANAGER_GONE else "interrupted"
             return f"{gone}: {problem.replace('swarm resume', resume)}"

@@ -1,0 +1,107 @@
+"""A run checked for the Ray executor before anything of it is made.
+
+What a task asks that this executor does not do yet, a secret in a task's env, the remote the
+nodes share, the cluster's agent slots and memory, and bubblewrap on every node: each refused
+with a BadInputError that says what to do instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worktree_swarm.core.errors import BadInputError, CommandError
+from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.core.units import format_size
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import redact
+from worktree_swarm.run.ray_actors import SLOT, on_every_node
+from worktree_swarm.run.ray_cluster import _ray, connect
+from worktree_swarm.run.ray_node import node_name, sandbox_problem
+
+
+def remote_url(repo: git.Repo, remote: str) -> str:
+    """The URL the nodes clone from and push to: remote *remote*'s, or *remote* as a URL."""
+    url = git.remote_location(repo, remote)
+    try:
+        git.git(repo.root, "ls-remote", "--heads", "--", url)
+    except CommandError as exc:
+        raise BadInputError(
+            f"remote {remote!r} ({url}) cannot be reached: {str(exc).splitlines()[0]}; the "
+            "nodes clone from it and push to it (set --remote)"
+        ) from None
+    return url
+
+
+_UNSUPPORTED: tuple[tuple[str, Callable[[Task], bool]], ...] = (
+    ("copy", lambda t: bool(t.copy)),
+    ("link", lambda t: bool(t.link)),
+    ("sparse", lambda t: t.sparse and bool(t.files)),
+    ("fallback", lambda t: bool(t.fallback or t.budget_agent)),
+)
+
+
+def preflight(repo: git.Repo, spec: RunSpec) -> str:
+    """Validate a run for the Ray executor and join the cluster; the remote's URL.
+
+    Raises BadInputError (nothing created yet) when Ray is missing, a task needs what this
+    executor does not do yet, the remote cannot be reached or the cluster has no agent slots.
+    """
+    _ray()
+    for task in spec.tasks:
+        for key, used in _UNSUPPORTED:
+            if used(task):
+                raise BadInputError(
+                    f"task {task.id}: `{key}` is not supported with executor `ray` yet; "
+                    "run it with --executor local"
+                )
+        for name, _value in task.env:
+            if redact.is_secret_name(name):
+                # Ray would carry it to the node in plain text.
+                raise BadInputError(
+                    f"task {task.id}: env {name} looks like a secret; with executor `ray` "
+                    "provision it in the nodes' environment instead (docs/cluster.md)"
+                )
+    url = remote_url(repo, spec.remote)
+    connect(spec.ray_address, lost_after=spec.lost_after)
+    slots = _ray().cluster_resources().get(SLOT, 0)
+    if not slots:
+        raise BadInputError(
+            f"the Ray cluster offers no `{SLOT}` resource; start each node with "
+            f"`ray start ... --resources '{{\"{SLOT}\": N}}'` (N agents at once)"
+        )
+    _check_memory(spec.ray_memory)
+    if spec.sandbox:
+        check_sandbox(spec.ray_address)
+    return url
+
+
+def _check_memory(wanted: int) -> None:
+    """Refuse a ``ray_memory`` no node with agent slots has: its tasks would wait for ever."""
+    offered = [
+        int(node.get("Resources", {}).get("memory", 0))
+        for node in _ray().nodes()
+        if node.get("Alive") and node.get("Resources", {}).get(SLOT)
+    ]
+    if offered and wanted > max(offered):
+        raise BadInputError(
+            f"ray_memory {format_size(wanted)} is more than any node with agent slots offers"
+            f" (at most {format_size(max(offered))}); lower it, or start nodes with more"
+            " `--memory`"
+        )
+
+
+def check_sandbox(address: str) -> None:
+    """Raise BadInputError unless bubblewrap can sandbox agents on every node with slots.
+
+    A node that joins later is checked by each attempt placed on it (the attempt fails,
+    saying so).
+    """
+    connect(address)
+    for node, problem in on_every_node(_node_sandbox_problem):
+        if problem:
+            raise BadInputError(f"node {node}: {problem}")
+
+
+def _node_sandbox_problem() -> tuple[str, str]:
+    """On a node: its name, and why it cannot sandbox agents (or ``""``)."""
+    return node_name(), sandbox_problem()

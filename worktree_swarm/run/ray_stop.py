@@ -1,0 +1,100 @@
+"""`swarm stop` of a Ray run that no manager watches: its attempts stopped on their nodes.
+
+Each open attempt's actor stops its agent, pushes its checkpoint and goes; the branches are
+fetched here and the tasks marked stopped. With the cluster gone, the attempts end here only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+
+from worktree_swarm.core.models import BRANCH_PREFIX, RunSettings, TaskState
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import AttemptUsage, Store
+from worktree_swarm.run.ray_actors import actor_name, namespace
+from worktree_swarm.run.ray_cluster import _ray, connect, head_problem
+from worktree_swarm.run.ray_preflight import remote_url
+
+
+def stop_unmanaged(
+    repo: git.Repo, store: Store, run_id: str, targets: Sequence[str], *, spec: RunSettings
+) -> None:
+    """Stop *targets* of a Ray run no manager watches: on their nodes, pushed, then marked.
+
+    Each open attempt's actor (and one a killed manager launched without recording it) stops
+    its agent's whole tree, pushes the checkpoint and is removed; the branch is fetched here.
+    With no cluster answering at its address (its head gone), nothing on the nodes can be
+    reached (an agent there stopped with its actor, which ended with its node's raylet): the
+    attempts end here, the branches are fetched as last pushed, and the reasons say so.
+    """
+    address = spec.ray_address or os.environ.get("RAY_ADDRESS", "")
+    problem = head_problem(address)
+    if problem is None:
+        connect(spec.ray_address, lost_after=spec.lost_after)
+        url = remote_url(repo, spec.remote)
+        reason = "stopped"
+    else:  # the remote is not the cluster: what was pushed is fetched all the same
+        url = git.remote_location(repo, spec.remote)
+        reason = (
+            f"stopped without its Ray cluster (at {address}: {problem}); work kept on its "
+            "branch as last pushed"
+        )
+    for task_id in targets:
+        row = store.task(run_id, task_id)
+        numbers = {a.number: a.id for a in store.attempts(run_id, task_id) if a.ended_at is None}
+        if row is not None and row.launching is not None:
+            numbers.setdefault(row.launching, 0)
+        for number, attempt_id in sorted(numbers.items()):
+            if problem is None:
+                _stop_actor(task_id, number, run_id, spec)
+            if attempt_id:
+                store.end_attempt(
+                    attempt_id,
+                    exit_code=None,
+                    outcome=TaskState.STOPPED.value,
+                    usage=AttemptUsage(reason=reason),
+                )
+        branch = f"{BRANCH_PREFIX}{task_id}"
+        git.git(
+            repo.root,
+            "fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/heads/{branch}",
+            check=False,
+        )  # fmt: skip
+        tip = git.rev_parse(repo, branch)
+        if row is not None and row.base_commit and tip:
+            stat = git.diff_stat(repo, row.base_commit, tip)
+            store.update_task(
+                run_id,
+                task_id,
+                diff_files=stat.files,
+                diff_insertions=stat.insertions,
+                diff_deletions=stat.deletions,
+            )
+        store.update_task(
+            run_id,
+            task_id,
+            state=TaskState.STOPPED,
+            reason=reason,
+            ended_at=time.time(),
+            launching=None,
+        )
+
+
+def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
+    """Have the actor of attempt *number*, if there, stop its agent, push, and go."""
+    ray = _ray()
+    try:
+        actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
+    except ValueError:  # no such actor: gone with its node, or never made
+        return
+    message = f"swarm: checkpoint {task_id} attempt {number} (stopped)"
+    with contextlib.suppress(Exception):  # a dead actor has nothing to stop
+        ray.get(actor.stop.remote(), timeout=spec.kill_grace + 60)
+        ray.get(actor.finish.remote(message=message), timeout=120)
+    with contextlib.suppress(Exception):
+        ray.get(actor.discard.remote(), timeout=30)
+    with contextlib.suppress(Exception):
+        ray.kill(actor)
