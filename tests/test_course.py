@@ -141,7 +141,8 @@ def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_th
     # A previous coordinator's attempt that ended on a usage window (replayed from the store):
     # its throttle was applied when it was told; the resumed coordinator's fresh gate halved
     # the provider's concurrency once more for it, as for a new, unconfirmed window.
-    from worktree_swarm.run.ray_exec import RayTaskWorker, _Throttled  # noqa: PLC0415
+    from worktree_swarm.run.ray_attempt import _Throttled  # noqa: PLC0415
+    from worktree_swarm.run.ray_exec import RayTaskWorker  # noqa: PLC0415
 
     worker = object.__new__(RayTaskWorker)
     worker.gate = Gates(4)

@@ -10,56 +10,45 @@ run directory (``swarm logs -f`` reads it as usual) and fetches the branch back 
 attempt, so merge, diff, report and PR work on the local repository. An actor or node that is
 gone is a lost attempt: the task goes on in a fresh attempt elsewhere, from its last pushed
 checkpoint. Ray itself is imported only when this executor is used.
+
+This module keeps a task's course through its attempts (:class:`RayTaskWorker`); the actors
+themselves (placed, called, mirrored, taken down) are :mod:`worktree_swarm.run.ray_attempt`'s,
+taking over from a coordinator that died :mod:`worktree_swarm.run.ray_resume`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
-from worktree_swarm.core.units import format_duration
+from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
-from worktree_swarm.infra import faults, fs, redact
+from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_log_end
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage
-from worktree_swarm.report import notes
-from worktree_swarm.run import ray_session
+from worktree_swarm.infra.store import AttemptUsage
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait, stated_window
-from worktree_swarm.run.disk_budget import REMEASURE_SECONDS
 from worktree_swarm.run.governor import Limit, Signal
 from worktree_swarm.run.live_limits import LogTail
-from worktree_swarm.run.ray_actors import (
-    PROBE_GROUP,
-    SLOT,
-    NodeLostError,
-    _actor_class,
-    _end_attempt_if_named,
-    _first_line,
-    _node_side,
-    _UnansweredError,
-    actor_name,
-    namespace,
-    on_every_node,
+from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
+from worktree_swarm.run.ray_attempt import (
+    _NO_IDENTITY,
+    POLL_SECONDS,
+    _Ended,
+    _Handle,
+    _size,
+    _Throttled,
 )
-from worktree_swarm.run.ray_cluster import ClusterLostError, HeadWatch, _ray, connect
-from worktree_swarm.run.ray_disk import NodeDisk
-from worktree_swarm.run.ray_node import Assignment, Progress
-from worktree_swarm.run.ray_preflight import remote_url
+from worktree_swarm.run.ray_cluster import ClusterLostError, _ray
+from worktree_swarm.run.ray_node import Progress
+from worktree_swarm.run.ray_resume import RayResume
 from worktree_swarm.run.task_worker import (
     Live,
-    RunContext,
-    RunWorker,
     TaskOutcome,
     add_usage,
     attempt_outcome,
@@ -71,21 +60,9 @@ from worktree_swarm.run.task_worker import (
     worktree_path,
 )
 
-POLL_SECONDS = 0.5
-# What one look copies of a running agent's log at most (the rest at the next looks).
-MIRROR_BYTES = 16 << 20
-STATUS_MEASURE_SECONDS = 30.0
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
 # for ever.
 MAX_LOSSES = 3
-_NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
-# How long a node may take to kill what a silent attempt started there.
-END_ATTEMPT_SECONDS = 120.0
-# Ray kills a worker's children with SIGKILL as the worker exits (its raylet lost, a
-# `ray.kill`): the agent's shim among them, which then cannot end the agent's tree, and the
-# agent works on with no one to stop it. Off in the actors' workers: the shim sees its actor
-# gone (its ``--parent``) and ends the tree itself, grace then SIGKILL.
-_ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
 
 
 class _SetupFailedError(SwarmError):
@@ -96,53 +73,6 @@ class _SetupFailedError(SwarmError):
         self.failure = failure
 
 
-def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a Ray handle
-    """Kill *actor* and wait (up to 30 s) until its *name* is free in *space*."""
-    ray = _ray()
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=space)
-        except Exception:  # noqa: BLE001 - freed (ValueError), or the cluster is going
-            return
-        time.sleep(POLL_SECONDS)
-
-
-@dataclass(slots=True, kw_only=True)
-class _Handle:
-    """One attempt's actor as the coordinator holds it."""
-
-    actor: Any
-    task_id: str
-    number: int
-    attempt_id: int
-    started_at: float
-    log_path: Path
-    node: str
-    offset: int = 0
-    measured_at: float = 0.0  # monotonic time of its clone's last measurement
-    session_at: float = 0.0  # monotonic time its session files were last asked for
-    session_fp: str | None = None  # the fingerprint of the session files kept last
-    session_id: str | None = None
-    # What the agent said it used, once its attempt ended: recorded even when what follows
-    # (its checkpoint, the push) fails the attempt; *counted*: added to its task's totals.
-    used: AgentResult | None = None
-    counted: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Throttled:
-    """An attempt that ended on a rate limit, and whether it changed the work first."""
-
-    result: AgentResult
-    progressed: bool
-    replayed: bool = False  # a previous coordinator's attempt, already counted
-    window: bool | None = None  # replayed: whether its limit was a usage window, as recorded
-    told: bool = False  # its stream told the gate of a throttle while it ran
-
-
 @dataclass(slots=True, kw_only=True)
 class _Count:
     """A task's attempts in this coordinator: the last one's number, those lost to nodes."""
@@ -151,29 +81,8 @@ class _Count:
     losses: int = 0
 
 
-# How an attempt ended: the task's outcome, checks that failed, or a rate limit.
-_Ended = TaskOutcome | CheckFailure | _Throttled
-
-
-class RayTaskWorker(RunWorker):
+class RayTaskWorker(RayResume):
     """Runs tasks of one run on a Ray cluster; shared by all worker threads, like TaskWorker."""
-
-    def __init__(self, run: RunContext) -> None:
-        super().__init__(run)
-        self.url = remote_url(run.repo, run.spec.remote)
-        connect(run.spec.ray_address, lost_after=run.spec.lost_after)
-        self._git_lock = threading.Lock()
-        self.disk = NodeDisk(repo=run.repo, spec=run.spec, store=run.store, run_id=run.run_id)
-        gcs = str(_ray().get_runtime_context().gcs_address)
-        self.head = HeadWatch(gcs, run.spec.ray_address or gcs, lost_after=run.spec.lost_after)
-
-    def close(self) -> None:
-        """Stop watching the cluster's head (actors carry on)."""
-        self.head.close()
-
-    def halted(self) -> str | None:
-        """Why no task can go on now: the cluster is lost; else None."""
-        return self.head.lost
 
     def run(self, live: Live) -> TaskOutcome:
         """Take *live*'s task to a final outcome on the cluster.
@@ -426,136 +335,6 @@ class RayTaskWorker(RunWorker):
             node=str(node),
         )
 
-    def _assignment(self, task: Task, number: int) -> Assignment:
-        return Assignment(
-            run_id=self.run_id,
-            task=task,
-            attempt=number,
-            remote_url=self.url,
-            author=self.spec.commit_author,
-            # The user's excludes file is a path on this machine, not on the node.
-            identity=tuple(
-                (k, v) for k, v in self._git_identity.items() if k != "core.excludesFile"
-            ),
-            kill_grace=self.spec.kill_grace,
-            checkpoint_interval=self.spec.checkpoint_interval,
-            max_file=self.spec.max_file,
-            max_log=self.spec.max_log,
-            sandbox=self.spec.sandbox,
-            sandbox_writable=self.spec.sandbox_writable,
-            findings=self._shared_findings(),
-        )
-
-    def _shared_findings(self) -> str:
-        """The run's findings as they are, for an agent on a node ("" if unreadable)."""
-        try:
-            return notes.read_notes(self._findings)
-        except SwarmError:
-            return ""
-
-    def _actor(self, assignment: Assignment) -> Any:  # noqa: ANN401 - a Ray actor handle
-        """The actor of one attempt, placed on a node with a free agent slot."""
-        return (
-            _actor_class()
-            .options(
-                name=actor_name(assignment.task.id, assignment.attempt),
-                namespace=namespace(self.run_id),
-                lifetime="detached",
-                max_restarts=0,
-                max_task_retries=0,
-                max_concurrency=2,  # a stop reaches it while its checks run
-                num_cpus=0,
-                memory=self.spec.ray_memory,
-                resources={SLOT: 1},
-                scheduling_strategy="SPREAD",
-                runtime_env={"env_vars": _ACTOR_ENV},
-            )
-            .remote(assignment)
-        )
-
-    def _admit(self, live: Live, actor: Any, node: str) -> None:  # noqa: ANN401
-        """Wait until the task's clone fits under ``max_disk`` on *node* (ray_disk.py)."""
-        task = live.task
-        row = self.store.task(self.run_id, task.id)
-        start = row.base_commit if row is not None and row.base_commit else self.base_commit
-
-        def waiting(reason: str) -> None:
-            self._state(task.id, TaskState.PENDING if reason else TaskState.RUNNING, reason=reason)
-
-        admitted = self.disk.admit(
-            node,
-            task,
-            start=start,
-            held=lambda skip: int(self._call(actor, "held", skip, live=live)),
-            stop=live.stop,
-            waiting=waiting,
-        )
-        if not admitted:
-            raise NodeLostError("stopped while waiting for disk")
-
-    def _periodic(self, handle: _Handle, live: Live) -> None:
-        """While the agent runs: measure its clone, keep its session files, when due."""
-        # Often when max_disk waits on it, else only for `swarm status`: a walk of a big clone
-        # (node_modules) is not free.
-        every = REMEASURE_SECONDS if self.spec.max_disk is not None else STATUS_MEASURE_SECONDS
-        if time.monotonic() - handle.measured_at > every:
-            self._measure(handle, live)
-        if time.monotonic() - handle.session_at > max(self.spec.checkpoint_interval, 1.0):
-            self._keep_session(handle, live)  # what a lost node would otherwise take along
-
-    def _restore_session(self, live: Live, actor: Any) -> str | None:  # noqa: ANN401
-        """Give the new attempt's node the session kept last; its id, or None (a fresh one)."""
-        if adapter_for(live.task.agent).name not in ray_session.CARRIED:
-            return None
-        kept = ray_session.load(self._logs_root / live.task.id / "session")
-        if kept is None or kept[1] is None:
-            return None
-        state, session_id = kept
-        restored = self._call(actor, "restore_session", state, live=live)
-        return session_id if restored else None
-
-    def _keep_session(self, handle: _Handle, live: Live) -> None:
-        """Keep the attempt's session files in the run's directory, if they changed."""
-        adapter = adapter_for(live.task.agent)
-        if adapter.name not in ray_session.CARRIED:
-            return
-        handle.session_at = time.monotonic()
-        since = handle.session_fp
-        state = self._call(handle.actor, "session_state", since, live=live)
-        if state is None:
-            return
-        if handle.session_id is None:  # the stream's first lines name it
-            text = read_log_end(handle.log_path, 8 * 2**20)
-            handle.session_id = adapter.interpret(
-                exit_code=None, log_text=text, now=time.time()
-            ).session_id
-        if handle.session_id is None:
-            return
-        directory = self._logs_root / live.task.id / "session"
-        ray_session.save(directory, state, session_id=handle.session_id)
-        handle.session_fp = state.fingerprint
-
-    def _kept_from_node(self, handle: _Handle, live: Live) -> None:
-        """What an ended attempt leaves on its node that the run keeps.
-
-        Its clone's size, its session, and what its agent noted (appended to the run's
-        findings file, where the agents of later attempts and `swarm notes` find it).
-        """
-        self._measure(handle, live)
-        self._keep_session(handle, live)
-        added = self._call(handle.actor, "notes_added", live=live)
-        if added:
-            faults.retry_while_full(
-                lambda: notes.merge_in(self._findings, added), self.store.on_full
-            )
-
-    def _measure(self, handle: _Handle, live: Live) -> None:
-        """Have the actor measure its clone; recorded, and counted on its node."""
-        handle.measured_at = time.monotonic()
-        self.disk.measured(
-            handle.node, handle.task_id, self._call(handle.actor, "disk_use", live=live)
-        )
-
     def _watch(
         self, live: Live, handle: _Handle, stream: LogTail
     ) -> tuple[Progress, tuple[TaskState, str] | None]:
@@ -721,18 +500,6 @@ class RayTaskWorker(RunWorker):
                 )
             )
 
-    def _check(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
-        """Run the task's checks on the attempt's node, if it has any."""
-        task = live.task
-        if not (task.checks or task.expect_files or task.no_placeholders):
-            return None
-        self._state(task.id, TaskState.CHECKING)
-        failure, text = self._call(
-            handle.actor, "check", base=base, live=live, on_stop=handle.actor.stop.remote
-        )
-        self._append_log(task, "checks.log", text)
-        return cast("CheckFailure | None", failure)
-
     def _record(
         self,
         task_id: str,
@@ -793,14 +560,6 @@ class RayTaskWorker(RunWorker):
         self._resting(task.id, number, course)
         return None
 
-    def _append_log(self, task: Task, name: str, text: str) -> None:
-        """Add what a step wrote on the node to the run directory's log *name* (redacted)."""
-        log = self._logs_root / task.id / name
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_append(log) as fh:
-            fh.write(text)
-        redact.scrub_file(log)
-
     def _lost(self, task: Task, handle: _Handle, exc: NodeLostError) -> None:
         """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
         silent = isinstance(exc, _UnansweredError)
@@ -813,353 +572,6 @@ class RayTaskWorker(RunWorker):
             reason=f"node {handle.node} lost; resuming elsewhere from the last pushed checkpoint",
         )
 
-    def _retire(self, handle: _Handle, *, silent: bool = False) -> None:
-        """Have the attempt's actor remove its clone, and take it down.
-
-        One known to be *silent*, or that does not answer now, is taken down without it
-        (:meth:`_silence`).
-        """
-        ray = _ray()
-        if self.head.lost is not None:  # gone with its node, with the cluster
-            self.disk.released(handle.node, handle.task_id)
-            return
-        if not silent:
-            try:
-                ray.get(handle.actor.discard.remote(), timeout=30)
-            except ray.exceptions.GetTimeoutError:
-                silent = True
-            except Exception:  # noqa: BLE001, S110 - gone: nothing left to discard
-                pass
-        if silent:
-            self._silence(handle.actor, handle.task_id, handle.number, handle.node)
-            return
-        with contextlib.suppress(Exception):  # a gone actor has nothing left to kill
-            ray.kill(handle.actor)
-        self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
-
-    def _mirror(self, handle: _Handle, live: Live, *, whole: bool = False) -> None:
-        """Append what the agent logged since the last call to the local copy of its log.
-
-        Redacted on the node (its own secrets) and here (the run's), a line at a time: the
-        copy never holds a secret of one line, whatever ends the attempt (one over several
-        lines, a PEM key, once it ends: :meth:`_recopy`). How far the node's log has been read,
-        and the copy's size then, are kept beside the copy (the two differ by the
-        redactions), for a coordinator that adopts the attempt after a crash. While the agent
-        runs (*whole* false) at most MIRROR_BYTES a call: one printing faster than the copy
-        is made would hold the watch here, its timeouts, `max_log` and stops unlooked at.
-        """
-        copied = 0
-        while whole or copied < MIRROR_BYTES:
-            read_to, chunk = self._call(handle.actor, "tail", handle.offset, live=live)
-            if read_to == handle.offset:
-                return
-            copied += read_to - handle.offset
-            with fs.open_append_bytes(handle.log_path) as fh:
-                fh.write(redact.redact_bytes(chunk))
-                size = fh.tell()
-            handle.offset = read_to
-            _note_read(handle.log_path, read_to, size)
-
-    def _recopy(self, handle: _Handle, live: Live) -> None:
-        """Copy the ended attempt's log again, once the node has redacted it whole.
-
-        Noted as read from the start first: a coordinator killed meanwhile copies it anew.
-        """
-        self._call(handle.actor, "scrub_log", live=live)
-        handle.log_path.write_bytes(b"")
-        _note_read(handle.log_path, 0, 0)
-        handle.offset = 0
-        self._mirror(handle, live, whole=True)
-
-    def _call(
-        self,
-        actor: Any,  # noqa: ANN401 - a Ray actor handle
-        method: str,
-        *args: object,
-        live: Live,
-        placing: bool = False,
-        once: bool = False,
-        on_stop: Callable[[], object] | None = None,
-        **kwargs: object,
-    ) -> Any:  # noqa: ANN401
-        """The result of *actor*'s *method* (*args*, *kwargs*); NodeLostError when it is lost.
-
-        An actor that cannot be reached is asked again (the methods are idempotent, except
-        *once*: then it is lost at once) until it answers, Ray declares it dead, or
-        ``lost_after`` passes. One that Ray still counts alive but that does not answer (its
-        process or its node hangs) is lost the same way (:class:`_UnansweredError`): a call
-        may work for long (a clone, checks), so while it runs the actor is probed in a
-        concurrency group of its own, and only ``lost_after`` without an answer to the call
-        or a probe is silence. While *placing* (the actor waits for a free slot, which may take
-        any time) a stop of the task ends the wait (None); otherwise a stop calls *on_stop*
-        once.
-        """
-        ray = _ray()
-        exceptions = ray.exceptions
-        self.head.check()
-        since = heard = time.monotonic()
-        ref = getattr(actor, method).remote(*args, **kwargs)
-        probe: Any = None
-        while True:
-            self.head.check()
-            try:
-                return ray.get(ref, timeout=POLL_SECONDS * 4)
-            except exceptions.GetTimeoutError:
-                if placing:
-                    if live.stop.is_set():
-                        return None
-                    continue
-                if on_stop is not None and live.stop.is_set():
-                    on_stop()  # e.g. checks that run on: stopped on their node
-                    on_stop = None
-                probe, heard = self._pulse(actor, probe, heard)
-            except exceptions.ActorUnavailableError:
-                if once or time.monotonic() - since > self.spec.lost_after:
-                    raise NodeLostError("actor unreachable") from None
-                time.sleep(POLL_SECONDS)
-                ref, probe = getattr(actor, method).remote(*args, **kwargs), None
-            except (exceptions.RayActorError, exceptions.NodeDiedError) as exc:
-                raise NodeLostError(_first_line(exc, "actor died")) from None
-            except (exceptions.RayTaskError, exceptions.UnserializableException) as exc:
-                raise _node_side(exc) from None
-
-    def _pulse(self, actor: Any, probe: Any, heard: float) -> tuple[Any, float]:  # noqa: ANN401
-        """Probe *actor* while a call waits: (the probe now out, when the actor last answered).
-
-        *probe* is the one sent before (or None), *heard* when the actor last answered. A probe
-        runs in the actor's concurrency group of its own: busy methods do not hold it up, a
-        hung process does. Raises :class:`_UnansweredError` after ``lost_after`` of silence.
-        """
-        ray = _ray()
-        if probe is not None and ray.wait([probe], timeout=0)[0]:
-            try:
-                ray.get(probe)
-                heard = time.monotonic()
-            except ray.exceptions.ActorUnavailableError:  # unreachable for now: asked again
-                pass
-            except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as exc:
-                raise NodeLostError(_first_line(exc, "actor died")) from None
-            probe = None
-        if time.monotonic() - heard > self.spec.lost_after:
-            silent = format_duration(self.spec.lost_after)
-            raise _UnansweredError(f"its actor did not answer for {silent}")
-        if probe is None:
-            probe = actor.node.options(concurrency_group=PROBE_GROUP).remote()
-        return probe, heard
-
-    def _silence(self, actor: Any, task_id: str, number: int, node: str) -> None:  # noqa: ANN401
-        """Take down the actor of attempt *number* that stopped answering, and its processes.
-
-        Ray kills the actor (so it never wakes up to push over a later attempt's work) and
-        frees its name; then its node kills, tree and all, what the attempt started there
-        (the agent, a setup step, checks: they run under shims of their own and outlive
-        their actor) and removes its clone, before the task goes on.
-        """
-        _kill_named(actor, actor_name(task_id, number), namespace(self.run_id))
-        if node:
-            with contextlib.suppress(Exception):  # a node that hangs too: doctor finds it
-                on_every_node(
-                    _end_attempt_if_named,
-                    node,
-                    self.run_id,
-                    task_id,
-                    number,
-                    self.spec.kill_grace,
-                    timeout=END_ATTEMPT_SECONDS + self.spec.kill_grace,
-                )
-        self.disk.released(node, task_id)
-
-    # -- resuming after the coordinator died -------------------------------------------------
-
-    def _adopt_any(self, live: Live, attempt: AttemptRow | None) -> _Handle | None:
-        """The open attempt's actor, or one launched unrecorded; else a new attempt is due."""
-        handle = self._adopt(live.task, attempt) or self._adopt_unrecorded(live.task)
-        if handle is None:  # nothing to adopt: a new attempt waits for its slot
-            live.adopted.set()
-        return handle
-
-    def _adopt(self, task: Task, attempt: AttemptRow | None) -> _Handle | None:
-        """The live actor of an open attempt a previous coordinator started, if still there."""
-        if attempt is None:
-            return None
-        handle = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
-        if handle is None:
-            # Its actor is gone with its node (or was never made): a lost attempt.
-            self.store.end_attempt(
-                attempt.id,
-                exit_code=None,
-                outcome=AttemptOutcome.FAILED.value,
-                usage=AttemptUsage(reason="its actor was gone when the run was resumed"),
-            )
-            return None
-        handle.started_at = attempt.started_at
-        self._emit("agent_adopted", task.id, {"attempt": attempt.number, "alive": True})
-        return handle
-
-    def _adopt_unrecorded(self, task: Task) -> _Handle | None:
-        """The actor a killed coordinator launched but did not record, if it is there."""
-        row = self.store.task(self.run_id, task.id)
-        number = row.launching if row is not None else None
-        if number is None:
-            return None
-        log_path = self._logs_root / task.id / f"attempt-{number}.log"
-        handle = self._find(task, number, 0, log_path)
-        if handle is None:
-            self.store.update_task(self.run_id, task.id, launching=None)
-            return None
-        try:
-            _ray().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
-        except Exception:  # noqa: BLE001 - not started: retire it, start afresh
-            self._retire(handle)
-            self.store.update_task(self.run_id, task.id, launching=None)
-            return None
-        handle.attempt_id = self.store.start_attempt(
-            self.run_id,
-            task.id,
-            number=number,
-            identity=_NO_IDENTITY,
-            log_path=str(log_path),
-            started_at=time.time(),
-            agent=task.agent,
-        )
-        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-        return handle
-
-    def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> _Handle | None:
-        ray = _ray()
-        name, space = actor_name(task.id, number), namespace(self.run_id)
-        try:
-            actor = ray.get_actor(name, namespace=space)
-        except Exception:  # noqa: BLE001 - not found, or dead: gone
-            return None
-        try:
-            node = ray.get(actor.node.remote(), timeout=self.spec.lost_after)
-        except Exception:  # noqa: BLE001 - unreachable, or still waiting for a slot
-            # Gone for this run: it must not start an agent later, nor keep its slot and its
-            # name (the next attempt of that number is made under it); what it started on
-            # its node (the recorded one of the task's newest attempt) is ended there.
-            row = self.store.task(self.run_id, task.id)
-            where = row.node if row is not None and row.attempts == number and row.node else ""
-            self._silence(actor, task.id, number, where)
-            self._emit("actor_gone", task.id, {"attempt": number, "why": "did not answer"})
-            return None
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch()
-        self.disk.adopted(str(node), task.id)
-        return _Handle(
-            actor=actor,
-            task_id=task.id,
-            number=number,
-            attempt_id=attempt_id,
-            started_at=time.time(),
-            log_path=log_path,
-            node=str(node),
-            offset=_mirrored(log_path),
-        )
-
-    def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
-        """The last attempt of a previous coordinator, which ended: what follows from it.
-
-        A rate-limited one waits out what it was waiting for, then resumes; a successful one
-        is checked (its checks may not have run); None: a new attempt goes on with the task.
-        """
-        task = live.task
-        self._fetch(task)
-        tip = git.rev_parse(self.repo, task.branch) or base
-        stat = git.diff_stat(self.repo, base, tip)
-        progressed = course.progressed(stat)
-        outcome = AttemptOutcome.parse(attempt.outcome)
-        if outcome is AttemptOutcome.RATE_LIMITED:
-            result = AgentResult(
-                outcome=AgentOutcome.RATE_LIMITED,
-                reason=attempt.reason,
-                session_id=attempt.session_id,
-                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
-            )
-            return _Throttled(
-                result=result, progressed=progressed, replayed=True, window=attempt.usage_window
-            )
-        if outcome is not AttemptOutcome.SUCCEEDED:
-            state = {
-                AttemptOutcome.STOPPED: TaskState.STOPPED,
-                AttemptOutcome.TIMED_OUT: TaskState.TIMED_OUT,
-            }.get(outcome, TaskState.FAILED)
-            return TaskOutcome(state=state, reason=attempt.reason)
-        if stat.files == 0:
-            return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-        if not (task.checks or task.expect_files or task.no_placeholders):
-            return TaskOutcome(state=TaskState.DONE)
-        try:
-            failure = self._recheck(live, base, attempt)
-        except NodeLostError:  # the agent goes on and its next attempt is checked
-            if live.stop.is_set():
-                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
-            course.interrupted()
-            return None
-        return TaskOutcome(state=TaskState.DONE) if failure is None else failure
-
-    def _recheck(self, live: Live, base: str, attempt: AttemptRow) -> CheckFailure | None:
-        """Check *attempt*'s branch on a fresh clone: its coordinator died before its checks.
-
-        The actor that ran them, if still there, is retired first.
-        """
-        task = live.task
-        old = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
-        if old is not None:
-            self._retire(old)
-        if not self.head.answers(live.stop):
-            raise NodeLostError("stopped before its checks")
-        handle = _Handle(
-            actor=self._actor(self._assignment(task, attempt.number)),
-            task_id=task.id,
-            number=attempt.number,
-            attempt_id=attempt.id,
-            started_at=time.time(),
-            log_path=Path(attempt.log_path),
-            node="",
-        )
-        try:
-            node = self._call(handle.actor, "node", live=live, placing=True)
-            if live.stop.is_set():
-                raise NodeLostError("stopped before its checks")
-            handle.node = str(node)
-            self._admit(live, handle.actor, handle.node)
-            self._call(handle.actor, "prepare", live=live)
-            if task.setup:
-                failure, text = self._call(
-                    handle.actor, "setup", live=live, on_stop=handle.actor.stop.remote
-                )
-                self._append_log(task, "setup.log", text)
-                if failure is not None:
-                    return cast("CheckFailure", failure)
-            return self._check(live, handle, base)
-        finally:
-            self._retire(handle)
-
-    # -- git ----------------------------------------------------------------------------------
-
-    def _publish(self, task: Task, start: str) -> None:
-        """Make the task's branch at *start*, here and on the remote."""
-        with self._git_lock:
-            if not git.branch_exists(self.repo, task.branch):
-                git.git(self.repo.root, "branch", "--no-track", task.branch, start)
-            # No agent has run on it yet (its base is recorded only after this): a branch the
-            # remote has from a crash here, or from before a fresh retry, is replaced.
-            git.git(
-                self.repo.root,
-                "push", "--quiet", "--no-verify", "--", self.url,
-                f"+{start}:refs/heads/{task.branch}",
-            )  # fmt: skip
-
-    def _fetch(self, task: Task) -> None:
-        """Bring the task's branch from the remote into this repository."""
-        with self._git_lock:
-            git.git(
-                self.repo.root,
-                "fetch", "--quiet", "--no-tags", "--", self.url,
-                f"+refs/heads/{task.branch}:refs/heads/{task.branch}",
-            )  # fmt: skip
-
 
 def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:
     if cut is not None:
@@ -1169,38 +581,3 @@ def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: i
     if files == 0:
         return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
     return TaskOutcome(state=TaskState.DONE)
-
-
-def _read_to(log_path: Path) -> Path:
-    """The file beside an attempt's local log that says how far its node's log was read."""
-    return log_path.with_name(log_path.name + ".read")
-
-
-def _note_read(log_path: Path, read_to: int, size: int) -> None:
-    """Record that the node's log was read to *read_to* when the copy held *size* bytes."""
-    part = log_path.with_name(log_path.name + ".read.part")
-    part.write_text(f"{read_to} {size}\n")
-    part.replace(_read_to(log_path))
-
-
-def _size(path: Path) -> int:
-    """The size of *path*, 0 when it is not there."""
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _mirrored(log_path: Path) -> int:
-    """How far the node's log of the copy *log_path* was read; the copy cut back to match.
-
-    A coordinator killed after appending a chunk and before noting it leaves the copy longer
-    than noted: cut, the chunk is copied again, not twice. Nothing noted: copied from the start.
-    """
-    try:
-        read_to, size = map(int, _read_to(log_path).read_text().split())
-    except (OSError, ValueError):
-        read_to = size = 0
-    with contextlib.suppress(OSError), log_path.open("r+b") as fh:
-        fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
-    return read_to

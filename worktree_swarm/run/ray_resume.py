@@ -1,0 +1,201 @@
+"""Resuming a Ray task after its coordinator died: live actors adopted, ended attempts replayed.
+
+A coordinator killed while its attempts ran leaves their actors working on their nodes, and
+the store saying how far it got. The next one (`swarm resume`) takes over an open attempt's
+actor (or one launched and not yet recorded), or follows on from an attempt that ended: a
+rate-limited one waits out its limit, a successful one is checked on a fresh clone if its
+checks may not have run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import cast
+
+from worktree_swarm.agents import AgentOutcome, AgentResult
+from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage
+from worktree_swarm.run.checks import CheckFailure
+from worktree_swarm.run.course import Course
+from worktree_swarm.run.ray_actors import NodeLostError, actor_name, namespace
+from worktree_swarm.run.ray_attempt import (
+    _NO_IDENTITY,
+    RayAttempts,
+    _Ended,
+    _Handle,
+    _mirrored,
+    _Throttled,
+)
+from worktree_swarm.run.ray_cluster import _ray
+from worktree_swarm.run.task_worker import Live, TaskOutcome
+
+
+class RayResume(RayAttempts):
+    """The Ray coordinator's worker as it takes over from a previous one (see the module)."""
+
+    def _adopt_any(self, live: Live, attempt: AttemptRow | None) -> _Handle | None:
+        """The open attempt's actor, or one launched unrecorded; else a new attempt is due."""
+        handle = self._adopt(live.task, attempt) or self._adopt_unrecorded(live.task)
+        if handle is None:  # nothing to adopt: a new attempt waits for its slot
+            live.adopted.set()
+        return handle
+
+    def _adopt(self, task: Task, attempt: AttemptRow | None) -> _Handle | None:
+        """The live actor of an open attempt a previous coordinator started, if still there."""
+        if attempt is None:
+            return None
+        handle = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
+        if handle is None:
+            # Its actor is gone with its node (or was never made): a lost attempt.
+            self.store.end_attempt(
+                attempt.id,
+                exit_code=None,
+                outcome=AttemptOutcome.FAILED.value,
+                usage=AttemptUsage(reason="its actor was gone when the run was resumed"),
+            )
+            return None
+        handle.started_at = attempt.started_at
+        self._emit("agent_adopted", task.id, {"attempt": attempt.number, "alive": True})
+        return handle
+
+    def _adopt_unrecorded(self, task: Task) -> _Handle | None:
+        """The actor a killed coordinator launched but did not record, if it is there."""
+        row = self.store.task(self.run_id, task.id)
+        number = row.launching if row is not None else None
+        if number is None:
+            return None
+        log_path = self._logs_root / task.id / f"attempt-{number}.log"
+        handle = self._find(task, number, 0, log_path)
+        if handle is None:
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        try:
+            _ray().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
+        except Exception:  # noqa: BLE001 - not started: retire it, start afresh
+            self._retire(handle)
+            self.store.update_task(self.run_id, task.id, launching=None)
+            return None
+        handle.attempt_id = self.store.start_attempt(
+            self.run_id,
+            task.id,
+            number=number,
+            identity=_NO_IDENTITY,
+            log_path=str(log_path),
+            started_at=time.time(),
+            agent=task.agent,
+        )
+        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
+        return handle
+
+    def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> _Handle | None:
+        ray = _ray()
+        name, space = actor_name(task.id, number), namespace(self.run_id)
+        try:
+            actor = ray.get_actor(name, namespace=space)
+        except Exception:  # noqa: BLE001 - not found, or dead: gone
+            return None
+        try:
+            node = ray.get(actor.node.remote(), timeout=self.spec.lost_after)
+        except Exception:  # noqa: BLE001 - unreachable, or still waiting for a slot
+            # Gone for this run: it must not start an agent later, nor keep its slot and its
+            # name (the next attempt of that number is made under it); what it started on
+            # its node (the recorded one of the task's newest attempt) is ended there.
+            row = self.store.task(self.run_id, task.id)
+            where = row.node if row is not None and row.attempts == number and row.node else ""
+            self._silence(actor, task.id, number, where)
+            self._emit("actor_gone", task.id, {"attempt": number, "why": "did not answer"})
+            return None
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()
+        self.disk.adopted(str(node), task.id)
+        return _Handle(
+            actor=actor,
+            task_id=task.id,
+            number=number,
+            attempt_id=attempt_id,
+            started_at=time.time(),
+            log_path=log_path,
+            node=str(node),
+            offset=_mirrored(log_path),
+        )
+
+    def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
+        """The last attempt of a previous coordinator, which ended: what follows from it.
+
+        A rate-limited one waits out what it was waiting for, then resumes; a successful one
+        is checked (its checks may not have run); None: a new attempt goes on with the task.
+        """
+        task = live.task
+        self._fetch(task)
+        tip = git.rev_parse(self.repo, task.branch) or base
+        stat = git.diff_stat(self.repo, base, tip)
+        progressed = course.progressed(stat)
+        outcome = AttemptOutcome.parse(attempt.outcome)
+        if outcome is AttemptOutcome.RATE_LIMITED:
+            result = AgentResult(
+                outcome=AgentOutcome.RATE_LIMITED,
+                reason=attempt.reason,
+                session_id=attempt.session_id,
+                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
+            )
+            return _Throttled(
+                result=result, progressed=progressed, replayed=True, window=attempt.usage_window
+            )
+        if outcome is not AttemptOutcome.SUCCEEDED:
+            state = {
+                AttemptOutcome.STOPPED: TaskState.STOPPED,
+                AttemptOutcome.TIMED_OUT: TaskState.TIMED_OUT,
+            }.get(outcome, TaskState.FAILED)
+            return TaskOutcome(state=state, reason=attempt.reason)
+        if stat.files == 0:
+            return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
+        if not (task.checks or task.expect_files or task.no_placeholders):
+            return TaskOutcome(state=TaskState.DONE)
+        try:
+            failure = self._recheck(live, base, attempt)
+        except NodeLostError:  # the agent goes on and its next attempt is checked
+            if live.stop.is_set():
+                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
+            course.interrupted()
+            return None
+        return TaskOutcome(state=TaskState.DONE) if failure is None else failure
+
+    def _recheck(self, live: Live, base: str, attempt: AttemptRow) -> CheckFailure | None:
+        """Check *attempt*'s branch on a fresh clone: its coordinator died before its checks.
+
+        The actor that ran them, if still there, is retired first.
+        """
+        task = live.task
+        old = self._find(task, attempt.number, attempt.id, Path(attempt.log_path))
+        if old is not None:
+            self._retire(old)
+        if not self.head.answers(live.stop):
+            raise NodeLostError("stopped before its checks")
+        handle = _Handle(
+            actor=self._actor(self._assignment(task, attempt.number)),
+            task_id=task.id,
+            number=attempt.number,
+            attempt_id=attempt.id,
+            started_at=time.time(),
+            log_path=Path(attempt.log_path),
+            node="",
+        )
+        try:
+            node = self._call(handle.actor, "node", live=live, placing=True)
+            if live.stop.is_set():
+                raise NodeLostError("stopped before its checks")
+            handle.node = str(node)
+            self._admit(live, handle.actor, handle.node)
+            self._call(handle.actor, "prepare", live=live)
+            if task.setup:
+                failure, text = self._call(
+                    handle.actor, "setup", live=live, on_stop=handle.actor.stop.remote
+                )
+                self._append_log(task, "setup.log", text)
+                if failure is not None:
+                    return cast("CheckFailure", failure)
+            return self._check(live, handle, base)
+        finally:
+            self._retire(handle)
