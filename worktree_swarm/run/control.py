@@ -15,6 +15,7 @@ from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_MAX_FILE,
+    AttemptOutcome,
     Executor,
     ProcessIdentity,
     RunStatus,
@@ -301,7 +302,7 @@ def _stop_unmanaged(
         list(pool.map(lambda ident: supervisor.kill_tree(ident, grace=grace), idents))
     for attempt in open_attempts:
         if ended[attempt.task_id] is None:
-            store.end_attempt(attempt.id, exit_code=None, outcome=TaskState.STOPPED.value)
+            store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
     for task_id in targets:
         task = task_from_json(rows[task_id].spec_json)
         _kill_steps(repo.state_dir / "runs" / run_id / task_id, grace=grace)
@@ -360,7 +361,7 @@ def _record_stopped_launch(
         row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
         identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
     )  # fmt: skip
-    store.end_attempt(attempt, exit_code=None, outcome=TaskState.STOPPED.value)
+    store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
     store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
 
 

@@ -71,7 +71,7 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
         )
     _check_memory(spec.ray_memory)
     if spec.sandbox:
-        check_sandbox(spec.ray_address)
+        check_sandbox(spec.ray_address, lost_after=spec.lost_after)
     return url
 
 
@@ -90,13 +90,14 @@ def _check_memory(wanted: int) -> None:
         )
 
 
-def check_sandbox(address: str) -> None:
+def check_sandbox(address: str, *, lost_after: float) -> None:
     """Raise BadInputError unless bubblewrap can sandbox agents on every node with slots.
 
     A node that joins later is checked by each attempt placed on it (the attempt fails,
-    saying so).
+    saying so). The cluster is joined here for the run: with its *lost_after* (a later join
+    of the run's is a no-op).
     """
-    connect(address)
+    connect(address, lost_after=lost_after)
     for node, problem in on_every_node(_node_sandbox_problem):
         if problem:
             raise BadInputError(f"node {node}: {problem}")

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from worktree_swarm.core.models import BRANCH_PREFIX, RunSettings, TaskState
+from worktree_swarm.core.models import BRANCH_PREFIX, AttemptOutcome, RunSettings, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptUsage, Store
 from worktree_swarm.run.ray_actors import actor_name, namespace
@@ -54,7 +54,7 @@ def stop_unmanaged(
                 store.end_attempt(
                     attempt_id,
                     exit_code=None,
-                    outcome=TaskState.STOPPED.value,
+                    outcome=AttemptOutcome.STOPPED.value,
                     usage=AttemptUsage(reason=reason),
                 )
         branch = f"{BRANCH_PREFIX}{task_id}"

@@ -188,7 +188,8 @@ class Runner:
         if spec.executor is Executor.RAY and (problem := unreachable(spec.settings, run_id)):
             raise BadInputError(problem)  # before anything changes
         if spec.sandbox and spec.executor is Executor.RAY:
-            check_sandbox(spec.ray_address)  # on the nodes, where the agents run
+            # On the nodes, where the agents run (joining the cluster with its lost_after).
+            check_sandbox(spec.ray_address, lost_after=spec.lost_after)
         elif spec.sandbox:
             sandbox.check_available()
         # What the dead manager's guard was at: its put-backs, its verdicts not yet applied.
