@@ -24,7 +24,7 @@ from worktree_swarm.core.paths import guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import blamed, suspect_reason
-from worktree_swarm.guard.watcher import cut_verdicts, finish_put_backs
+from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})

@@ -1,0 +1,480 @@
+"""The guard's checks of the object store, and the kept pack of the tasks' work.
+
+Packs, reverse indexes, the multi-pack-index and loose objects that lie about what they
+hold; symbolic links or another directory where git keeps its objects; object files of the
+baseline written over; refs whose objects were deleted (recovered from the kept pack, set
+back to their last complete tip, or kept by name). See integrity.py for the checks
+themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from worktree_swarm.core.errors import CommandError
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import integrity
+from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
+from worktree_swarm.guard.objects import ObjectWatch
+from worktree_swarm.guard.restore import restore_ref
+from worktree_swarm.guard.snapshot import SYMBOLIC, read_refs, ref_owner
+from worktree_swarm.guard.verdicts import Verdicts
+
+
+class ObjectChecks(Verdicts):
+    """The object store's scans and put-backs."""
+
+    def _scan_objects(
+        self, began: float, *, deep: bool, refs: dict[str, str] | None = None, pack: bool = True
+    ) -> list[Violation]:
+        """Refs whose objects were deleted: restored from the kept pack, or kept by name.
+
+        *refs*: every watched ref, as just read (by default, read now). Only refs that moved
+        since they were last seen complete are checked while the object store's change test
+        (objects.py) saw nothing that could lose an object; every ref otherwise. *pack*: copy
+        the task branches that moved into the kept pack.
+        """
+        window = (self._objects_checked, began)
+        root, common = self.repo.root, self.repo.common_dir
+        refs = read_refs(root) if refs is None else refs
+        refs = {r: tip for r, tip in refs.items() if not tip.startswith(SYMBOLIC)}  # no object
+        generation = -2 if self._objects is None else self._objects.generation()
+        seen = self._walked if deep else self._good
+        only = None
+        if generation == self._complete_at[deep]:
+            only = {ref for ref, tip in refs.items() if seen.get(ref) != tip}
+        found = self._planted_links(window)
+        found += self._new_packs(window)
+        found += self._packs_rewritten(window)
+        found += self._lying_revs(window)
+        found += self._scan_midx(window)
+        if deep or self._closing.is_set():
+            found += self._forged_loose(window)
+        # The last scan compares them whatever the events said (a change through another name).
+        if generation != self._held_seen[0] or self._objects is None or self._closing.is_set():
+            found += self._written_over(window, generation)
+        broken = integrity.broken_refs(root, refs, deep=deep, only=only)
+        pack_dir = self._dir / "keep"
+        again: set[str] = set()
+        if broken:
+            with contextlib.suppress(OSError):  # what is still broken is reported as such
+                integrity.recover(common, pack_dir, self._held)
+            again = set(integrity.broken_refs(root, {r: refs[r] for r in broken}, deep=deep))
+        found += self._broken(broken, again, refs, window)
+        good_now = {r: s for r, s in refs.items() if r not in again}
+        self._good.update(good_now)
+        if deep:
+            self._walked.update(good_now)
+        if not again:  # every ref complete as of this generation
+            self._objects_checked = began
+            self._complete_at[deep] = generation
+            if deep:
+                self._complete_at[False] = generation
+        if pack:
+            self._keep_task_work(good_now, pack_dir)
+        return found
+
+    def _new_packs(self, window: tuple[float, float]) -> list[Violation]:
+        """Packs that appeared since and whose index lies about their objects: removed."""
+        common = self.repo.common_dir
+        now = integrity.packs(common)
+        new = sorted(now - self._packs)
+        self._packs_verified = set(new)  # as they are now: not checked again by this scan
+        lies = {}
+        unsure = set()  # its check was killed: checked again at the next scan
+        for name in new:
+            if self._objects is not None:  # first: a write after the check below is seen
+                self._objects.watch_pack(common / "objects" / "pack" / name)
+            why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
+            if why is None:
+                unsure.add(name)
+            elif why:
+                lies[name] = why
+        self._rev_check |= set(new) - set(lies)
+        # No agent of ours was running: damage of another kind (or a check that failed for
+        # want of memory), not an attack, and the pack may well be yours: left alone.
+        suspects = self._agents.suspects(window, exclude=()) if lies else ()
+        self._drop_packs(lies if suspects else ())
+        # Those checked (and those known before) still there: not one that came meanwhile.
+        self._packs = ((self._packs | now) - unsure) & integrity.packs(common)
+        listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
+        return self._lying_packs(lies, suspects, f"git verify-pack:\n{listed}")
+
+    def _drop_packs(self, names: Iterable[str]) -> None:
+        """Move the packs *names* (by index) aside, unless outside writes are allowed."""
+        if not self.restore:
+            return
+        for name in names:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                integrity.drop_pack(
+                    self.repo.common_dir / "objects" / "pack" / name, self._dir / integrity.DROPPED
+                )
+
+    def _lying_packs(
+        self, lies: Mapping[str, str], suspects: tuple[str, ...], patch_text: str
+    ) -> list[Violation]:
+        """The outside write of packs (by index) that lie, if an agent of ours is suspected."""
+        if not suspects:
+            return []  # none, or no agent of ours was running: damage of another kind
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(f"objects/pack/{name}" for name in lies),
+            suspects=suspects,
+            restored=not set(lies) & self._packs,
+        )
+        return [self._record(violation, patch_text=patch_text)]
+
+    def _packs_rewritten(self, window: tuple[float, float]) -> list[Violation]:
+        """Packs written to in place that now lie about their objects.
+
+        One of yours is the guard's hold on it too: reported, left as found. One made during
+        the run is removed, as a new pack that lies is.
+        """
+        if self._objects is None:
+            return []
+        common = self.repo.common_dir
+        lies = self._rewritten_lies(self._objects, self._objects.written_packs())
+        if not lies:
+            return []
+        self._changes.mark_all()  # git showed your checkouts' files through it
+        suspects = self._agents.suspects(window, exclude=())  # none: left alone, as a new pack
+        made = [name for name in lies if not (self._held / "pack" / name).exists()]
+        self._drop_packs(made if suspects else ())  # yours: the hold is that same file
+        self._packs = integrity.packs(common)
+        listed = "".join(
+            f"objects/pack/{name}: rewritten in place, git verify-pack: {why}"
+            " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
+            for name, why in lies.items()
+        )
+        return self._lying_packs(lies, suspects, listed)
+
+    def _rewritten_lies(self, objects: ObjectWatch, written: set[str]) -> dict[str, str]:
+        """What is wrong with each pack of which a file in *written* was written (by index)."""
+        lies = {}
+        for stem in sorted({file.rpartition(".")[0] for file in written}):
+            name = f"{stem}.idx"
+            idx = self.repo.common_dir / "objects" / "pack" / name
+            if name in self._packs_verified or not idx.exists():
+                continue  # new to this scan (verified), or gone
+            if integrity.replaced_held(idx, self._held / "pack" / name):
+                continue  # another file under the name of yours: put back as written over
+            objects.watch_pack(idx)  # the files now there: first, as for a new pack
+            why: str | None = ""
+            if {f"{stem}.pack", name} & written:
+                why = integrity.lying_pack(self.repo.root, idx)
+            if why is None:  # its check was killed: it tells nothing, checked at the next scan
+                objects.written_again({f"{stem}.pack", name} & written)
+            elif why:
+                lies[name] = why
+            else:
+                self._rev_check |= {name}
+        return lies
+
+    def _lying_revs(self, window: tuple[float, float]) -> list[Violation]:
+        """Reverse indexes (``.rev``) of packs made or written to that lie: removed.
+
+        git does without one (it orders a pack's objects itself): removed is put back.
+        """
+        common = self.repo.common_dir
+        names, self._rev_check = sorted(self._rev_check), frozenset()
+        lies = {}
+        for name in names:
+            why = integrity.lying_rev(common / "objects" / "pack" / name)
+            if why:
+                lies[name.removesuffix(".idx") + ".rev"] = why
+        if not lies:
+            return []
+        if self.restore:
+            for rev in lies:
+                with contextlib.suppress(FileNotFoundError):
+                    (common / "objects" / "pack" / rev).unlink()
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(f"objects/pack/{rev}" for rev in lies),
+            suspects=suspects,
+            restored=not any((common / "objects" / "pack" / rev).exists() for rev in lies),
+        )
+        listed = "".join(f"objects/pack/{rev}: {why}\n" for rev, why in lies.items())
+        return [self._record(violation, patch_text=listed)]
+
+    def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
+        """Loose objects made since the baseline that are not what they are named: removed."""
+        common = self.repo.common_dir
+        named: set[str] = set()
+        whole = False
+        if self._objects is not None:
+            named, whole = self._objects.loose_named()
+        first = self._loose_seen is None
+        if self._loose_seen is None:
+            self._loose_seen = set()
+            self._loose_held = frozenset(integrity.held_loose(self._held))
+        forged, unread = integrity.forged_loose(
+            common,
+            self._loose_seen,
+            held=self._loose_held,
+            named=named | self._loose_unread,
+            # Every one not known good: the first time (some were made before the change test
+            # watched), without the change test, and at the last scan (whatever it missed).
+            listing=first or not whole or self._closing.is_set(),
+        )
+        self._loose_unread = frozenset(unread)
+        if not forged:
+            return []
+        if self.restore:
+            for path in forged:
+                with contextlib.suppress(OSError):  # not removed is recorded as such
+                    path.unlink()
+        # Told once while it stays; removed, one planted again is told again.
+        self._loose_seen.update(p.parent.name + p.name for p in forged if p.exists())
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        labels = tuple(path.relative_to(common).as_posix() for path in forged)
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=labels,
+            suspects=suspects,
+            restored=not any(path.exists() for path in forged),
+        )
+        listed = "".join(f"{label}: its bytes are another object's\n" for label in labels)
+        return [self._record(violation, patch_text=listed)]
+
+    def _scan_midx(self, window: tuple[float, float]) -> list[Violation]:
+        """A multi-pack-index that changed and lies about where objects are: removed."""
+        common = self.repo.common_dir
+        now = integrity.midx_print(common)
+        if now == self._midx:
+            return []
+        wrong = integrity.lying_midx(self.repo.root)
+        if wrong and integrity.midx_print(common) != now:
+            return []  # rewritten or removed while it was verified (a repack): next scan
+        if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
+            self._midx = now
+            return []
+        self._changes.mark_all()  # git showed your checkouts' files through it
+        if self.restore:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                integrity.drop_midx(common)
+        self._midx = integrity.midx_print(common)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=(integrity.MIDX,),
+            suspects=suspects,
+            restored=not self._midx,
+        )
+        return [self._record(violation, patch_text=f"git multi-pack-index verify:\n{wrong}\n")]
+
+    def _swapped_store(self, began: float) -> list[Violation]:
+        """Another directory (or nothing) where the object store was: the store put back.
+
+        An agent that moves ``objects`` aside and makes another in its place gets around the
+        sandbox's read-only ``objects/info`` (the new one's ``alternates`` is its own). The
+        store is put back from where it went in the git dir, found by its inode:
+        a directory of the agent's cannot pass for it. What was in its place goes to the
+        guard's directory, its objects linked into the store first (nothing is deleted). A
+        symlink there is :meth:`_planted_links`'s.
+        """
+        common = self.repo.common_dir
+        now = integrity.store_id(common)
+        if self._store is None or now == self._store or (common / "objects").is_symlink():
+            return []
+        window = (self._objects_checked, began)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:  # nobody of ours was running: the user's doing, the new baseline
+            self._store = now
+            return []
+        found = integrity.find_store(common, self._store)
+        text = "objects: another directory in place of the object store"
+        restored = False
+        if found is None:
+            text += ", which is no longer in the git dir; left as it is"
+            self._store = now  # told once
+        elif self.restore:
+            aside = self._dir / f"replaced-objects-{time.time_ns()}"
+            try:
+                integrity.put_store_back(common, found, aside)
+                restored = True
+                text += f", which was moved to {found.relative_to(common)}; put back (what was"
+                text += " in its place"
+                text += f" is kept at {aside}, its objects linked into the store)"
+            except OSError as exc:
+                text += f", which was moved to {found.relative_to(common)}; cannot put it back:"
+                text += f" {exc}"
+                self._store = now
+        else:
+            text += f", which was moved to {found.relative_to(common)}"
+            self._store = now
+        if restored and self._objects is not None:  # its watches followed the store away
+            self._objects.close()
+            self._objects = ObjectWatch(common / "objects")
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=("objects",),
+            suspects=suspects,
+            restored=restored,
+        )
+        return [self._record(violation, patch_text=text + "\n")]
+
+    def _planted_links(self, window: tuple[float, float]) -> list[Violation]:
+        """Symbolic links where git keeps objects: made real again, before anything is read."""
+        common = self.repo.common_dir
+        links = integrity.planted_links(common)
+        if not links:
+            return []
+        restored = True
+        listed = []
+        for link in links:
+            target = link.readlink() if link.is_symlink() else "?"
+            listed.append(f"{link.relative_to(common).as_posix()}: a link to {target}\n")
+            if self.restore:
+                try:
+                    integrity.unplant(link)
+                except OSError:
+                    restored = False
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(link.relative_to(common).as_posix() for link in links),
+            suspects=self._agents.suspects(window, exclude=()),
+            restored=self.restore and restored,
+        )
+        return [self._record(violation, patch_text="".join(listed))]
+
+    def _written_over(self, window: tuple[float, float], generation: int) -> list[Violation]:
+        """Object files of the baseline whose names the store now gives to other content.
+
+        The held files are put back in their place; a loose object rewritten in place, which
+        the held link is too, can only be reported.
+        """
+        common = self.repo.common_dir
+        since = self._held_seen[1]
+        # A write stamps the coarse clock, which may lag this one a little: a second's margin.
+        self._held_seen = (generation, max(since, time.time_ns() - 1_000_000_000))
+        over = integrity.written_over(common, self._held)
+        if self.restore and over:
+            with contextlib.suppress(OSError):  # not put back is recorded as such
+                integrity.put_back(over)
+        rewritten = integrity.rewritten(common, self._held, since)
+        if not over and not rewritten:
+            return []
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        left = {dest for _, dest in integrity.written_over(common, self._held)}
+        left |= set(rewritten)
+        listed = [
+            *(f"{d.relative_to(common).as_posix()}: another object written under its name\n"
+              for _, d in over),
+            *(f"{d.relative_to(common).as_posix()}: rewritten in place, its content no longer"
+              " hashes to its name (the guard's hold on it is the same file: no copy to put"
+              " back)\n" for d in rewritten),
+        ]  # fmt: skip
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=tuple(
+                d.relative_to(common).as_posix()
+                for d in sorted({d for _, d in over} | set(rewritten))
+            ),
+            suspects=suspects,
+            restored=not left,
+        )
+        return [self._record(violation, patch_text="".join(listed))]
+
+    def _broken(
+        self, broken: list[str], again: set[str], refs: dict[str, str], window: tuple[float, float]
+    ) -> list[Violation]:
+        """Record the refs found *broken* (*again*: still, after recovery from the pack)."""
+        names = [ref for ref in broken if (ref, refs[ref]) not in self._reported]
+        # Told once while it stays broken; made whole, breaking it again is told again.
+        self._reported |= {(ref, refs[ref]) for ref in again}
+        if not names:
+            return []
+        kept, set_back = [], []
+        root, common = self.repo.root, self.repo.common_dir
+        for ref in (r for r in names if r in again):
+            good = self._good.get(ref) or integrity.last_complete(root, common, ref)
+            if good is None or good == refs[ref]:
+                continue
+            # A ref that names a missing object makes git gc, git log --all and for-each-ref
+            # fail: it goes back to its last complete tip (what it named is gone for good).
+            if self.restore and restore_ref(root, ref, good, refs[ref]):
+                self._refs[ref] = self._good[ref] = good
+                with contextlib.suppress(CommandError):  # its reflog entries naming it too
+                    git.git(root, "reflog", "expire", "--stale-fix", "--expire=never",
+                            "--expire-unreachable=never", ref)  # fmt: skip
+                set_back.append(f"{short_ref(ref)} at {good[:12]}")
+                continue
+            keep = integrity.keep_ref(ref)
+            with contextlib.suppress(CommandError):
+                git.git(root, "update-ref", keep, good)
+                self._refs[keep] = good
+                kept.append(short_ref(keep))
+        owners = {ref_owner(ref) for ref in names}
+        # Not even a branch's own agent is above suspicion: a task that starts from another's
+        # tip shares its objects.
+        violation = Violation(
+            number=0,
+            where=next(iter(owners)) or MAIN if len(owners) == 1 else MAIN,
+            broken=tuple(names),
+            kept=tuple(kept),
+            set_back=tuple(set_back),
+            suspects=self._agents.suspects(window, exclude=()),
+            restored=not (set(names) & again),
+        )
+        return [self._record(violation, patch_text=None)]
+
+    def _keep_task_work(self, refs: dict[str, str], pack_dir: Path, *, only: str = "") -> None:
+        """Copy the objects of task branches that moved since last time into the kept pack.
+
+        *refs*: every watched ref (what the user's reach stays out of the pack); *only*: the
+        one task branch whose tip there is new (the others may be older than the guard knows).
+        Tasks that finish together share one pack: a caller queues its tips, and whichever
+        caller takes the pack's lock first packs every queued one. Each caller still packs its
+        own under the lock when they are not packed yet (the pack that took them failed, or
+        packed another tip of the same branch), and a shared pack that fails is made again
+        with the caller's own tips only.
+        """
+        mine = {
+            ref: tip
+            for ref, tip in refs.items()
+            if (ref == only if only else ref_owner(ref)) and self._packed.get(ref) != tip
+        }
+        with self._queue_lock:
+            self._queued.update(mine)
+        with self._keep_lock:  # not the guard's lock: a finishing task packs without it
+            with self._queue_lock:
+                queued, self._queued = self._queued, {}
+            try:
+                self._keep_moved(refs, {**queued, **mine}, pack_dir)
+            except CommandError:
+                if queued.keys() <= mine.keys():
+                    raise
+                # Another's tip failed the shared pack (its objects gone): pack ours alone;
+                # each of the others packs its own once it holds the lock.
+                self._keep_moved(refs, mine, pack_dir)
+
+    def _keep_moved(self, refs: dict[str, str], tips: dict[str, str], pack_dir: Path) -> None:
+        user = {s for r, s in refs.items() if ref_owner(r) is None}
+        moved = {ref: tip for ref, tip in tips.items() if self._packed.get(ref) != tip}
+        if not moved:
+            return
+        # One pack for every branch that moved: what they added since last kept.
+        previous = {self._packed[ref] for ref in moved if ref in self._packed}
+        new = sorted(set(moved.values()))
+        integrity.keep(self.repo.root, pack_dir, new, sorted(user | previous))
+        self._packed.update(moved)
