@@ -1,0 +1,274 @@
+"""The guard's comparisons of checkouts with their baselines: your checkouts and idle tasks'.
+
+A checkout is compared with git when its change test (changes.py) flags it, or for a slow
+sweep; task worktrees within a time budget per scan. A change is a violation whose suspects
+are the agents alive since the checkout was last seen as its baseline (attribution.py); its
+patch is kept and, unless the run allows outside writes, it is undone (restore.py). A `.git`
+made in your checkout, an index or files made unreadable to you, are handled here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.git import runner
+from worktree_swarm.guard.baselines import _drop_copies, _repositories_in, _seed
+from worktree_swarm.guard.model import WORKTREE_PREFIX, Snapshot, Violation
+from worktree_swarm.guard.restore import open_up, put_index, remove, restore_checkout
+from worktree_swarm.guard.snapshot import (
+    capture,
+    changed_paths,
+    describe_head,
+    files_patch,
+    index_path,
+    status,
+)
+from worktree_swarm.guard.state import _Place
+from worktree_swarm.guard.worktree_checks import WorktreeChecks
+
+# Per periodic scan, task worktrees flagged as changed are compared for at most this long;
+# the rest wait for the next scan (oldest first), so the user's checkout and the refs are
+# compared every scan however many tasks have finished.
+_TASK_BUDGET = 0.25
+# The sweep: one place a scan, least recently compared first, is compared with git even
+# unflagged (what inotify cannot see: writes through a shared memory map, network file
+# systems), at most this share of the time, and only once it was last compared this long ago.
+_SWEEP_SHARE = 0.005
+_SWEEP_AGE = 30.0
+
+
+class CheckoutChecks(WorktreeChecks):
+    """Checkouts compared with their baselines, and what changed put back."""
+
+    def _scan_tasks(
+        self, places: list[_Place], changed: set[str], sweep: _Place | None, *, final: bool
+    ) -> list[Violation]:
+        """Compare the task worktrees flagged as changed (and the sweep's), oldest first."""
+        found: list[Violation] = []
+        places.sort(key=lambda p: p.compared)
+        budget = None if final else time.monotonic() + _TASK_BUDGET
+        for place in places:  # one at a time, so workers are not held up by a long scan
+            flagged = place.where in changed
+            if not flagged and place is not sweep:
+                continue
+            if budget is not None and time.monotonic() > budget:
+                if flagged:
+                    self._changes.mark(place.where)  # compared in a later scan
+                continue
+            with self._lock.first():
+                if self._places.get(place.where) is not place:
+                    continue
+                if not place.path.is_dir():
+                    del self._places[place.where]  # removed; its work is on its branch
+                    self._changes.forget(place.where)
+                    _drop_copies(place)
+                    continue
+                found += self._compare(place, time.time(), quick=True, sweep=not flagged)
+        return found
+
+    def _sweep_pick(self) -> _Place | None:
+        """The place to compare unflagged this scan, if the sweep's share of time allows."""
+        now = time.monotonic()
+        if now < self._sweep_at or not self._places:
+            return None
+        place = min(self._places.values(), key=lambda p: p.compared)
+        return place if now - place.compared >= _SWEEP_AGE else None
+
+    def _compare(self, place: _Place, began: float, *, quick: bool, sweep: bool) -> list[Violation]:
+        """Compare *place* with git (a failure is recorded and flags it for the next scan).
+
+        A *sweep* step compares a place nothing flagged; flagged, even an unchanged `git
+        status` of a task worktree is not trusted where its baseline had uncommitted files.
+        """
+        started = time.monotonic()
+        found: list[Violation] = []
+        ok = False
+        # A change the test flagged was made after it last found the place untouched; one only
+        # git sees, since git last compared it.
+        since = place.checked if sweep else max(place.checked, place.seen)
+        with self._job(place.where):
+            found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
+            ok = True
+        if not ok and place.users and self.restore and _unreadable_index(place.path):
+            # Your index, written unreadable (every git command of yours fails on it): the
+            # one saved at the baseline goes back, and the place is compared as usual.
+            window = (since, began)
+            with self._job(place.where):
+                if put_index(place.path, place.saved_index):
+                    suspects = self._agents.suspects(window, exclude=())
+                    broken = Violation(
+                        number=0, where=place.where, index_changed=True, suspects=suspects,
+                        restored=True,
+                    )  # fmt: skip
+                    found = [self._record(broken, patch_text=None)]
+                    found += self._scan_place(place, began, quick=False, since=since)
+                    ok = True
+        removing = not ok and place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path)
+        if not (ok or removing) and self.restore and place.where in self._denied:
+            # Files or directories made unreadable to you (`chmod 000`): your git fails there
+            # as the comparison did. The owner's bits go back, and the place is compared.
+            window = (since, began)
+            with self._job(place.where):
+                found, ok = self._opened_up(place, window), True
+        if not ok and place.users and self._closing.is_set() and not removing:
+            # The run's last look at a checkout of yours failed: what the agents did there
+            # since it was last compared is unknown. (A failure before it changes nothing:
+            # every comparison is with the baseline, so a later one sees what it missed.)
+            found = [self._unchecked(place, began)]
+        if not ok:
+            self._changes.mark(place.where)
+        place.compared = done = time.monotonic()
+        if sweep:  # the next sweep step waits for the sweep's share of time
+            self._sweep_at = done + (done - started) / _SWEEP_SHARE
+        return found
+
+    def _opened_up(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+        """The paths of *place* an agent made unreadable to you, given back to you.
+
+        None, or no agent to blame: the comparison's failure stands (raised again).
+        """
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        opened = open_up(place.path, self._base(place).tree) if suspects else []
+        if not opened:
+            raise SwarmError(self._failing.get(place.where, "the comparison failed"))
+        patch = "".join(f"# {p}: unreadable to you; the owner's permission bits given back\n"
+                        for p in opened)  # fmt: skip
+        broken = Violation(
+            number=0, where=place.where, paths=tuple(opened), suspects=suspects, restored=True
+        )
+        found = [self._record(broken, patch_text=patch)]
+        return found + self._scan_place(place, window[1], quick=False, since=window[0])
+
+    def _unchecked(self, place: _Place, began: float) -> Violation:
+        """Every agent that ran since *place* was last compared, not vouched for."""
+        why = self._failing.get(place.where, "the comparison failed")
+        suspects = self._agents.suspects((place.checked, began), exclude=())
+        violation = Violation(number=0, where=place.where, suspects=suspects, unchecked=why)
+        return self._record(violation, patch_text=None)
+
+    def _scan_place(
+        self,
+        place: _Place,
+        began: float,
+        *,
+        quick: bool,
+        thorough: bool = False,
+        since: float | None = None,
+    ) -> list[Violation]:
+        """Check *place*; *quick* trusts an unchanged `git status` (blind to re-edited files).
+
+        *thorough* (a change was seen there): an unchanged status is trusted only if the
+        baseline was clean, where it is exact. Suspects are the agents alive from *since*
+        (by default, when it was last seen as its baseline).
+        """
+        window = (place.checked if since is None else since, began)
+        made = self._made_repositories(place, window)
+        if (
+            quick
+            and not (thorough and place.base is not None)
+            and status(place.path) == place.status
+        ):
+            place.checked = began
+            return []
+        _seed(place.scratch, place.saved_index)
+        now = capture(place.path, place.scratch, self._excludes(place))
+        base = self._base(place)
+        if now == base:
+            place.checked = began
+            return made
+        paths = changed_paths(place.path, base.tree, now.tree)
+        if place.users and any((place.path / p / ".git").is_file() for p in paths):
+            # A linked worktree there (a task's, moved in since this scan looked for them):
+            # moved back, or left out, before anything here is taken for new files to remove.
+            with self._repo_lock:
+                made += self._scan_worktrees(began, set())
+                midway = bool(self._trees.doubted)
+            if midway:  # a worktree being moved, maybe here: compared once it is judged
+                self._changes.mark(place.where)
+                return made
+            now = capture(place.path, place.scratch, self._excludes(place))
+            if now == base:
+                place.checked = began
+                return made
+            paths = changed_paths(place.path, base.tree, now.tree)
+        if place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path):
+            self._changes.mark(place.where)  # your `git worktree remove` at work: looked at again
+            return made
+        head = _head_move(base, now)
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        suspects = self._agents.narrow(suspects, place.path, paths) or suspects
+        if not suspects:
+            # Nobody of ours was running: the user worked here. Take it as the new baseline.
+            self._watch(place.where, place.path)
+            return made
+        patch = files_patch(place.path, base.tree, now.tree, paths)
+        found = Violation(
+            number=0,
+            where=place.where,
+            paths=tuple(paths),
+            head=head,
+            index_changed=now.index != base.index,
+            suspects=suspects,
+        )
+        restored = False
+        if self.restore:
+            found = self._intend(found, patch)
+            restored = restore_checkout(
+                place.path,
+                base=base,
+                now=now,
+                saved_index=place.saved_index,
+                scratch=place.scratch,
+                exclude=self._excludes(place),
+            )
+        if restored:
+            place.checked = time.time()
+        else:
+            self._watch(place.where, place.path)
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
+        return [*made, violation]
+
+    def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+        """A `.git` made in a directory of a user's checkout: removed, unless the user made it."""
+        made = [d for d in _repositories_in(place.path, place.dirs) if d not in place.repos]
+        if not made:
+            return []
+        exclude = () if place.users else (place.where,)
+        suspects = self._agents.suspects(window, exclude=exclude)
+        if not suspects:
+            place.repos |= set(made)
+            return []
+        if self.restore:
+            for rel in made:
+                remove(place.path / rel / ".git")
+        paths = tuple(f"{rel}/.git" for rel in made)
+        restored = self.restore and not _repositories_in(place.path, made)
+        patch = "".join(f"# {p}: a repository made in your checkout, removed\n" for p in paths)
+        violation = Violation(
+            number=0, where=place.where, paths=paths, suspects=suspects, restored=restored
+        )
+        return [self._record(violation, patch_text=patch)]
+
+
+def _head_move(base: Snapshot, now: Snapshot) -> str:
+    """How HEAD moved from *base* to *now* ("": it did not)."""
+    if (now.head_ref, now.head) == (base.head_ref, base.head):
+        return ""
+    return f"HEAD moved from {describe_head(base)} to {describe_head(now)}"
+
+
+def _unreadable_index(root: Path) -> bool:
+    """Whether git cannot read the index of the checkout *root* (a file that is not one)."""
+    try:
+        if not index_path(root).exists():
+            return False
+    except SwarmError:  # no `.git` there to name its index (a worktree being removed)
+        return False
+    # A pathspec that matches nothing: git reads (and checks) the whole index, prints nothing.
+    probe = runner.run(root, "ls-files", "--", ":(literal,top).git/x", check=False)
+    return probe.returncode != 0

@@ -1,0 +1,230 @@
+"""The guard's checks of git's own files: the repository's executable surface.
+
+``config``, ``config.worktree`` files, ``hooks/``, the ``core.hooksPath`` directory and
+``info/`` (see surface.py), setuid or setgid files in the git dir, and a commit graph that
+does not match the commits it describes. Changed by an agent, they are put back (tried again
+while an agent keeps writing them); changed while none ran, they are the user's: the new
+baseline. git's own writes (worktrees made or removed, rerere) are taken as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import graph, surface
+from worktree_swarm.guard.model import REPOSITORY, Violation
+from worktree_swarm.guard.object_checks import ObjectChecks
+from worktree_swarm.guard.worktree_checks import WorktreeChecks
+from worktree_swarm.infra import fs
+
+_SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
+
+
+class SurfaceChecks(WorktreeChecks, ObjectChecks):
+    """Git's own files, setuid files and the commit graph: scans and put-backs."""
+
+    def _read_surface(self) -> surface.Surface:
+        tops = list(self._trees.paths.values())  # a copy: workers add to it meanwhile
+        return surface.read(self.repo.common_dir, self._hooks, self._linked, tops)
+
+    def _being_made(self, common: Path, labels: Sequence[str]) -> set[str]:
+        """The labels of *labels* that are the ``config.worktree`` of a worktree being made."""
+        found = set()
+        for label in labels:
+            parts = label.split("/")
+            if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
+                continue
+            try:
+                named = fs.read_text(common / "worktrees" / parts[1] / "gitdir")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if named.strip() in self._provisioning:
+                found.add(label)
+        return found
+
+    def _not_worktrees_made(
+        self, common: Path, now: surface.Surface, labels: Sequence[str]
+    ) -> list[str]:
+        """*labels* but git's copies of ``config.worktree`` in linked worktrees made or removed.
+
+        Another process's `git worktree add` (a run's new task, a merge's worktree) copies the
+        repository's own ``config.worktree`` into the new admin dir, and `git worktree remove`
+        takes the file away with its admin dir: neither can make git run anything the user's
+        own settings do not. Those are taken into the baseline as they are. The user's linked
+        worktrees are not swarm's to make or remove: theirs are judged as ever.
+        """
+        users = {os.path.realpath(admin) for admin in self._linked.values()}
+        left = []
+        for label in labels:
+            admin = os.path.realpath(common / label).rpartition("/")[0]
+            if admin not in users and surface.worktree_made(common, self._surface, now, label):
+                entry = now.get(label)
+                if entry is None:
+                    self._surface.pop(label, None)
+                else:
+                    self._surface[label] = entry
+            else:
+                left.append(label)
+        return left
+
+    def _not_ties_settling(self, labels: list[str]) -> list[str]:
+        """*labels* less the ties of your linked worktrees that git moves or removes.
+
+        Those removed or moved whole are followed from the next scan; those your `git worktree
+        remove` is removing are judged once it is done.
+        """
+        common = self.repo.common_dir
+        skip = {
+            t for old, admin, _ in self._gone_linked() for t in surface.ties(common, old, admin)
+        }
+        for checkout, admin in list(self._linked.items()):
+            ties = surface.ties(common, checkout, admin)
+            if set(labels) & ties - skip and self._removing(checkout):
+                skip |= ties
+        return [label for label in labels if label not in skip]
+
+    def _scan_surface(self, began: float) -> list[Violation]:
+        common = self.repo.common_dir
+        swapped = self._swapped_store(began)  # first: the surface's objects/info is in it
+        self._put_back_again()
+        now = self._read_surface()
+        # Owed ones still not back (their writer at it again) were reported: not once a scan.
+        labels = [x for x in surface.changed(self._surface, now) if x not in self._unrestored]
+        if labels:
+            labels = self._not_ties_settling(labels)
+        if labels and self._provisioning:  # git's own writes into admin dirs being made
+            skip = self._being_made(common, labels)
+            labels = [label for label in labels if label not in skip]
+        if labels:  # another swarm command's (or git's) worktrees, made or removed meanwhile
+            labels = self._not_worktrees_made(common, now, labels)
+        if surface.RERERE in labels and surface.rerere_made(self.repo.root, self._surface, now):
+            labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
+            self._surface[surface.RERERE] = now[surface.RERERE]
+        window = (self._surface_checked, began)
+        if not labels:
+            self._surface_checked = began
+            return swapped
+        self._changes.mark_all()  # `info/exclude` or the config may change what git sees
+        suspects = self._agents.suspects(window, exclude=())
+        suspects = self._agents.narrow(suspects, common, labels) or suspects
+        if not suspects:
+            # Nobody of ours was running: the user changed it. Take it as the new baseline
+            # (but what an agent's put-back is owed: it is tried again).
+            self._adopt_surface(now)
+            self._hooks = surface.hooks_path(self.repo.root)
+            self._surface_checked = began
+            return swapped
+        patch = surface.patch(common, self._surface, now, labels)
+        found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
+        restored = False
+        if self.restore:
+            found = self._intend(found, patch)
+            back = labels
+            if set(labels) & set(surface.ALTERNATES):
+                # Objects may have been moved out into the store it names: all that the refs
+                # reach is copied into a pack of the repository's own before it is put back.
+                back = [label for label in labels if label not in surface.ALTERNATES]
+                with self._job("objects"):
+                    git.git(self.repo.root, "repack", "-a", "-q")
+                    back = labels
+            with contextlib.suppress(OSError):  # not restored is recorded as such
+                surface.put_back(common, self._surface, back, now)
+            restored = not surface.changed(self._surface, self._read_surface())
+        if restored:
+            self._surface_checked = time.time()
+        else:  # an agent writing it again meanwhile, say: tried again by every scan (but
+            # `alternates`, put back only once a repack took in the objects it may hold)
+            left = set(back) - set(surface.ALTERNATES)
+            self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
+        return [*swapped, violation]
+
+    def _scan_setuid(self, began: float) -> list[Violation]:
+        """A setuid or setgid file new in the git dir: its bits taken off (the file kept).
+
+        A copy of a shell made setuid there (an agent running as root, or a setgid one of your
+        group) would give anyone who finds it your rights. A walk of the whole git dir, its
+        cost growing with its refs, reflogs and loose objects: every :data:`_SETUID_EVERY`
+        and in the last scan, not after each attempt (nothing of it runs with swarm's git).
+        """
+        common = self.repo.common_dir
+        now = surface.setuid_files(common)
+        labels = sorted(k for k, bits in now.items() if bits & ~self._setuid.get(k, 0))
+        window = (self._setuid_checked, began)
+        suspects = self._agents.suspects(window, exclude=()) if labels else ()
+        suspects = self._agents.narrow(suspects, common, labels) or suspects
+        if not suspects:  # none, or the user's own: the new baseline
+            self._setuid, self._setuid_checked = now, began
+            return []
+        patch = f"# setuid or setgid files made in {common}\n" + "".join(
+            f"# {label}: mode {now[label]:o}: its setuid and setgid bits taken off\n"
+            for label in labels
+        )
+        found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
+        restored = False
+        if self.restore:
+            found = self._intend(found, patch)
+            with contextlib.suppress(OSError):  # not restored is recorded as such
+                surface.disarm(common, labels)
+            left = surface.setuid_files(common)
+            restored = not any(left.get(k, 0) & ~self._setuid.get(k, 0) for k in labels)
+        self._setuid_checked = began
+        return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
+
+    def _put_back_again(self) -> None:
+        """Put back the git files an earlier put-back could not (their agent wrote them again).
+
+        The baseline stays as it was until they are: taken as found, a planted `core.fsmonitor`
+        would run with your next `git status` once the run ended.
+        """
+        if not self._unrestored or not self.restore:
+            return
+        with contextlib.suppress(OSError):
+            now = self._read_surface()
+            surface.put_back(self.repo.common_dir, self._surface, sorted(self._unrestored), now)
+        self._unrestored &= set(surface.changed(self._surface, self._read_surface()))
+
+    def _adopt_surface(self, now: surface.Surface) -> None:
+        """Take *now* as the git files' baseline, but for those a put-back is still owed."""
+        owed = {label: self._surface.get(label) for label in self._unrestored}
+        self._surface = dict(now)
+        for label, entry in owed.items():
+            if entry is None:
+                self._surface.pop(label, None)
+            else:
+                self._surface[label] = entry
+
+    def _scan_graph(self, began: float) -> list[Violation]:
+        """A commit graph that changed and does not match the commits it describes: removed."""
+        common = self.repo.common_dir
+        now = graph.fingerprint(common)
+        window = (self._graph_checked, began)
+        self._graph_checked = began
+        if now == self._graph:
+            return []
+        wrong = graph.mismatch(self.repo.root)
+        if not wrong:  # git's own (`git gc`, `git commit-graph write`): it matches the commits
+            self._graph = now
+            return []
+        self._changes.mark_all()  # git showed your checkouts' HEAD through it
+        if self.restore:
+            with contextlib.suppress(OSError):  # not removed is recorded as such
+                graph.remove(common)
+        self._graph = graph.fingerprint(common)
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            return []  # no agent of ours was running: damage of another kind, not an attack
+        violation = Violation(
+            number=0,
+            where=REPOSITORY,
+            git_files=(graph.LABEL,),
+            suspects=suspects,
+            restored=not self._graph,
+        )
+        return [self._record(violation, patch_text=f"git commit-graph verify:\n{wrong}\n")]

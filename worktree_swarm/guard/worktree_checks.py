@@ -1,0 +1,342 @@
+"""The guard's checks that worktrees are where they were: the run's and your linked ones.
+
+Every task worktree is expected where swarm made it, busy or not: one another agent removed
+or moved is put back (moved back, or made again from its branch), never deleted; swarm's own
+makings and removals (:meth:`WorktreeChecks.provisioning`, `swarm clean`'s announcements)
+are not judged. Your linked worktrees removed or moved whole (most likely your own `git
+worktree remove` or `move`) are followed: watched no more, or watched where they are now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.text import path_text
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.guard import surface
+from worktree_swarm.guard.baselines import Baselines, _drop_copies, _seed
+from worktree_swarm.guard.channel import worktree_key
+from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
+from worktree_swarm.guard.recovery import _MOVING, _move_back, _moved_to
+from worktree_swarm.guard.ref_checks import RefChecks, _tip
+from worktree_swarm.guard.restore import restore_checkout
+from worktree_swarm.guard.snapshot import capture, index_path
+from worktree_swarm.infra import fs
+
+
+class WorktreeChecks(Baselines, RefChecks):
+    """Task worktrees kept where swarm made them; your linked worktrees followed."""
+
+    @contextlib.contextmanager
+    def provisioning(self, path: Path) -> Iterator[None]:
+        """While inside, swarm makes, remakes or removes the worktree *path* (and its admin dir).
+
+        In a repository with per-worktree config, `git worktree add` copies the checkout's
+        ``config.worktree`` (a sparse checkout's settings) into the new admin dir: git's
+        doing, not an agent's. Scans meanwhile leave that file, and whether the worktree is
+        there, alone; on leaving both are taken into the baseline as they are.
+        """
+        real = os.path.realpath(path)
+        key = f"{real}/.git"  # as its admin dir's `gitdir` names it
+        with self._repo_lock:
+            self._provisioning.add(key)
+        try:
+            yield
+        finally:
+            with self._repo_lock:
+                self._provisioning.discard(key)
+                common = self.repo.common_dir
+                admin: Path | None = None
+                with contextlib.suppress(SwarmError):  # its admin dir, as its `.git` names it
+                    admin = git.git_dir(path)
+                worktrees_dir = Path(os.path.realpath(common / "worktrees"))
+                whole = worktrees.own_admin(self.repo, path)
+                # Each task's worktree by where it was when the task took it: one look per
+                # worktree made, however many tasks the run has had.
+                for task_id, known in list(self._trees.real.items()):
+                    if known != real:
+                        continue
+                    # Where swarm left its branch: a later move is its agent's, or judged.
+                    branch = f"refs/heads/swarm/{task_id}"
+                    self._set_ref(branch, _tip(self.repo, branch))
+                    if whole is None:
+                        self._trees.admins.pop(task_id, None)
+                    else:
+                        self._trees.admins[task_id] = whole.name
+                if admin is not None and admin.parent == worktrees_dir:
+                    label = f"worktrees/{admin.name}/config.worktree"
+                    entry = surface.read_one(common, label)
+                    if entry is None:
+                        self._surface.pop(label, None)
+                    else:
+                        self._surface[label] = entry
+
+    def _users_worktrees(self) -> list[Path]:
+        """The user's linked worktrees: not the main one, not swarm's (its roots, its branches)."""
+        found = []
+        for info in worktrees.list_worktrees(self.repo):
+            real = Path(os.path.realpath(info.path))
+            if info.is_main or info.prunable or not info.path.is_dir():
+                continue
+            if any(real.is_relative_to(r) for r in self._roots):
+                continue
+            if (info.branch or "").startswith("swarm/"):
+                continue
+            found.append(info.path)
+        return found
+
+    def _scan_worktrees(self, began: float, pending: set[str]) -> list[Violation]:
+        """Each task worktree where swarm made it: one removed or moved is put back.
+
+        Two file lookups per task; git's admin dir is read only when a worktree's ``.git`` is
+        gone. Under the guard's lock and the repository's.
+        """
+        found = []
+        for task_id, path in list(self._trees.paths.items()):
+            violation = self._check_worktree(task_id, path, began, pending)
+            if violation is not None:
+                found.append(violation)
+        self._worktrees_checked = began
+        return found
+
+    def _check_worktree(
+        self, task_id: str, path: Path, began: float, pending: set[str], *, at_once: bool = False
+    ) -> Violation | None:
+        known = self._trees.admins.get(task_id)
+        if _present(path / ".git"):
+            self._trees.doubted.discard(task_id)
+            if known is None:  # made by an earlier manager, or not yet seen whole
+                admin = worktrees.own_admin(self.repo, path)
+                if admin is not None:
+                    self._trees.admins[task_id] = admin.name
+            return None  # a `.git` that names another is tampering: see worktrees.tampered
+        if known is None or f"{os.path.realpath(path)}/.git" in self._provisioning:
+            return None
+        key = worktree_key(path)
+        if key in pending:
+            return None  # `swarm clean` at work
+        if not self._channel.explains(key, known, None):
+            # swarm names a removal before it begins: one that began since the scan read the
+            # announcements is named by now.
+            if key in self._hear():
+                return None
+            if not self._channel.explains(key, known, None):
+                if not at_once and self._midway(task_id, path, known):
+                    return None  # judged on the next scan
+                return self._worktree_gone(task_id, path, known, began)
+        self._forget_worktree(task_id)  # removed by `swarm clean`, as it said
+        return None
+
+    def _midway(self, task_id: str, path: Path, known: str) -> bool:
+        """Whether to look at *task_id*'s missing worktree once more before judging.
+
+        git moves a worktree by renaming it, then writes its new place into the admin dir: one
+        found gone while its admin dir still names *path* is looked at on the next scan too,
+        once (the final scan judges at once).
+        """
+        gitdir = self.repo.common_dir / "worktrees" / known / "gitdir"
+        try:
+            named = fs.read_text(gitdir).strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if os.path.realpath(Path(named).parent) != os.path.realpath(path):
+            return False
+        if task_id in self._trees.doubted or self._closing.is_set():
+            self._trees.doubted.discard(task_id)
+            return False
+        self._trees.doubted.add(task_id)
+        return True
+
+    def _worktree_gone(
+        self, task_id: str, path: Path, known: str, began: float
+    ) -> Violation | None:
+        """*task_id*'s worktree, registered in admin dir *known*, is not at *path*: whose doing."""
+        window = (self._worktrees_checked, began)
+        busy = task_id in self._busy
+        suspects = self._agents.suspects(window, exclude=(task_id,))
+        if not suspects and busy:  # its own agent, alone at the time
+            suspects = self._agents.suspects(window, exclude=())
+        if not suspects:  # nobody of ours was running: the user's doing
+            self._forget_worktree(task_id)
+            return None
+        moved = _moved_to(self.repo.common_dir / "worktrees" / known, path)
+        what = "was removed" if moved is None else f"was moved to {moved}"
+        found = Violation(number=0, where=task_id, worktree=what, suspects=suspects)
+        restored = False
+        if self.restore:
+            found = self._intend(found, None, worktree=path)
+            with self._job(task_id):
+                restored = self._put_worktree_back(task_id, path, known, moved)
+        if not restored:
+            self._forget_worktree(task_id)
+            if moved is not None:
+                self._keep_out(moved)
+        violation = self._record(dataclasses.replace(found, restored=restored), patch_text=None)
+        if busy and not (moved is not None and restored):  # its agent's files went with it
+            self._trees.lost[task_id] = violation
+        return violation
+
+    def _keep_out(self, moved: Path) -> None:
+        """Leave *moved*, a task worktree left in your checkout, out of its comparisons."""
+        root, real = Path(os.path.realpath(self.repo.root)), Path(os.path.realpath(moved))
+        if real != root and real.is_relative_to(root):
+            self._exclude += (f":(exclude,top,literal){real.relative_to(root).as_posix()}",)
+
+    def _forget_worktree(self, task_id: str) -> None:
+        """No longer expect *task_id*'s worktree where swarm made it, nor compare it there."""
+        self._trees.admins.pop(task_id, None)
+        place = self._places.pop(task_id, None)
+        if place is not None:
+            self._changes.forget(task_id)
+            _drop_copies(place)
+
+    def _put_worktree_back(self, task_id: str, path: Path, admin: str, moved: Path | None) -> bool:
+        """Move *path* back from *moved*, or make it again from its branch; whether it is back.
+
+        Nothing is deleted: a worktree that cannot be moved back (a submodule in it, another
+        file system) stays where it was moved, and *path*, when something else is there now,
+        is not made again. A finished task's worktree made again gets back the files it held
+        uncommitted (its baseline), and is compared with its baseline again.
+        """
+        if moved is not None:
+            if os.path.lexists(path):
+                return False  # something else is there now (git would move it inside that)
+            # Noted first: a manager killed before the move is done has the next one finish it.
+            note = self._dir / _MOVING / admin
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(json.dumps([str(moved), str(path)]), encoding="utf-8")
+            try:
+                _move_back(self.repo, moved, path)
+            finally:
+                note.unlink()
+        else:
+            with self.provisioning(path), git.repo_lock(self.repo):
+                stale = self.repo.common_dir / "worktrees" / admin
+                if os.path.lexists(stale / "gitdir"):  # its files deleted, its registration not
+                    shutil.rmtree(stale)
+                with contextlib.suppress(FileNotFoundError):
+                    path.rmdir()  # left empty; not empty, it is not ours to clear
+                branch = f"swarm/{task_id}"
+                git.git(self.repo.root, "worktree", "add", "--quiet", "--no-checkout", "--",
+                        str(path), branch)  # fmt: skip
+                worktrees.populate(path, None)
+        place = self._places.get(task_id)
+        if place is not None:
+            if moved is None:
+                _seed(place.scratch, place.saved_index)
+                now = capture(path, place.scratch)
+                restore_checkout(
+                    path,
+                    base=self._base(place),
+                    now=now,
+                    saved_index=place.saved_index,
+                    scratch=place.scratch,
+                    exclude=(),
+                )
+            self._changes.forget(task_id)
+            self._changes.watch(task_id, path, self._git_files(index_path(path).parent))
+            self._changes.mark(task_id)  # compared with its baseline in this scan
+        return worktrees.own_admin(self.repo, path) is not None
+
+    def _gone_linked(self) -> list[tuple[Path, Path, Path | None]]:
+        """Your linked worktrees no longer where they were: checkout, admin dir, new place.
+
+        Removed whole (`git worktree remove`: its `.git` and its admin dir gone; no new place)
+        or moved whole (`git worktree move`: its admin dir names the new place, whose `.git`
+        names the admin dir back).
+        """
+        gone: list[tuple[Path, Path, Path | None]] = []
+        for checkout, admin in self._linked.items():
+            if os.path.lexists(checkout / ".git"):
+                continue
+            if not os.path.lexists(admin):
+                gone.append((checkout, admin, None))
+            elif (moved := _moved_to(admin, checkout)) is not None:
+                gone.append((checkout, admin, moved))
+        return gone
+
+    def _removing(self, checkout: Path) -> bool:
+        """Whether git is removing your linked worktree *checkout*, or just removed it."""
+        if _being_removed(checkout):
+            return True
+        admin = self._linked.get(checkout)  # looked at after: a removal that ended meanwhile
+        return admin is not None and not os.path.lexists(admin)
+
+    def _follow_linked(self) -> None:
+        """Watch your linked worktrees removed whole no more, moved ones where they are now.
+
+        Under both locks. Most likely your own `git worktree remove` or `move`; nothing of a
+        removed one could be put back but its ties to the repository, which would leave a
+        worktree of one `.git` file, and writing a moved one's ties back would have its
+        registration name a directory of that one file.
+        """
+        common = self.repo.common_dir
+        for checkout, admin, moved in self._gone_linked():
+            del self._linked[checkout]
+            for label in surface.ties(common, checkout, admin):
+                self._surface.pop(label, None)
+            where = _users_label(checkout)
+            if self._places.pop(where, None) is not None:
+                self._changes.forget(where)
+            if moved is None:
+                self._log(f"your worktree {checkout} was removed: no longer watched")
+                continue
+            self._linked[moved] = admin
+            for label in surface.ties(common, moved, admin):
+                entry = surface.read_one(common, label)
+                if entry is not None:
+                    self._surface[label] = entry
+            self._keep_out(moved)  # moved into your checkout: not new files of it
+            with self._job(_users_label(moved)):
+                self._watch(_users_label(moved), moved)
+            self._log(f"your worktree {checkout} was moved to {moved}: watched there")
+
+
+def _users_label(checkout: Path) -> str:
+    """The name of your linked worktree *checkout* in the guard's notes: one printable line."""
+    return WORKTREE_PREFIX + path_text(str(checkout))
+
+
+def _being_removed(checkout: Path) -> bool:
+    """Whether a `git worktree remove` is removing the linked worktree *checkout* now.
+
+    git deletes its files one by one (its `.git` among them, in no set order), its admin dir
+    last: a big worktree (an ignored `node_modules`) takes seconds, and what went meanwhile
+    is git's doing.
+    """
+    target = os.path.realpath(checkout)
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        args = process.info.get("cmdline") or []
+        if process.info.get("name") != "git" or "worktree" not in args:
+            continue
+        at = args.index("worktree")
+        if args[at + 1 : at + 2] != ["remove"]:
+            continue
+        cwd = Path(process.info.get("cwd") or "/")
+        bases = [cwd, *(cwd / d for o, d in itertools.pairwise(args[1:at]) if o == "-C")]
+        names = [a for a in args[at + 2 :] if not a.startswith("-")]
+        if any(os.path.realpath(b / n) == target for b in bases for n in names):
+            return True
+    return False
+
+
+def _present(path: Path) -> bool:
+    """Whether *path* exists, or cannot be looked at: a directory made unreadable is not gone."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # EACCES: an agent's `chmod 0` of its own worktree
+        return True
+    return True
