@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import git
 from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
+from tests.localhost import forwarding_proxy
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.github import client as github
@@ -579,3 +581,110 @@ def test_a_dropped_connection_is_tried_again_and_a_refused_one_given_up_on_after
     with pytest.raises(github.UnreachableError, match="Connection refused"):
         client(gone, never, drop_waits=(0.01, 0.02)).check_access()
     assert never == []
+
+
+PROXY_VARIABLES = ("http", "https", "all", "no")
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable but those a test sets, and a token for connect()."""
+    for kind in PROXY_VARIABLES:
+        for name in (f"{kind}_proxy", f"{kind.upper()}_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    return monkeypatch
+
+
+def connected(repo: Path, api_url: str) -> github.Client:
+    return github.connect(open_repo(repo), github_repo=f"{OWNER}/{NAME}", api_url=api_url)
+
+
+def test_all_proxy_is_gone_through_unless_a_schemes_own_proxy_or_no_proxy_says_otherwise(
+    repo: Path, fake_github: FakeGitHub, proxy_env: pytest.MonkeyPatch
+) -> None:
+    # ALL_PROXY was ignored: swarm went straight to the API (no DNS behind such a proxy).
+    asked = f"{fake_github.url}/repos/{OWNER}/{NAME}/pulls?state=open&per_page=1"
+    with forwarding_proxy() as proxy:
+        address = proxy.url.removeprefix("http://")
+        proxy_env.setenv("ALL_PROXY", f"http://swarm:Pr0xy%40pw@{address}")
+        connected(repo, fake_github.url).check_access()
+        login = "Basic " + base64.b64encode(b"swarm:Pr0xy@pw").decode()
+        assert proxy.seen == [("GET", asked, login)]
+        assert len(fake_github.requests) == 1  # forwarded by the proxy
+
+        # NO_PROXY names the API's host: straight there.
+        proxy_env.setenv("no_proxy", "example.com,127.0.0.1")
+        connected(repo, fake_github.url).check_access()
+        assert (len(proxy.seen), len(fake_github.requests)) == (1, 2)
+
+        # The scheme's own proxy comes first (ALL_PROXY, a socks one, is not even looked at),
+        # and its lowercase spelling before the capitals.
+        proxy_env.delenv("no_proxy")
+        proxy_env.setenv("ALL_PROXY", "socks5h://127.0.0.1:1")
+        proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+        proxy_env.setenv("http_proxy", proxy.url)
+        connected(repo, fake_github.url).check_access()
+        assert proxy.seen[1:] == [("GET", asked, None)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "api_url", "error"),
+    [
+        (
+            "HTTPS_PROXY",
+            "socks5://swarm:S3cretPw@proxy.example:1080",
+            "https://ghe.example/api/v3",
+            (
+                "HTTPS_PROXY=socks5://proxy.example:1080: swarm's GitHub client speaks to HTTP(S)"
+                " proxies only; point HTTPS_PROXY at one, or add ghe.example to NO_PROXY to connect"
+                " directly"
+            ),
+        ),
+        (
+            "all_proxy",
+            "SOCKS5H://swarm:S3cretPw@proxy.example:1080/",
+            "https://api.github.com",
+            (
+                "all_proxy=socks5h://proxy.example:1080: swarm's GitHub client speaks to HTTP(S)"
+                " proxies only; point all_proxy at one, or add api.github.com to NO_PROXY to"
+                " connect directly"
+            ),
+        ),
+        (
+            "HTTP_PROXY",
+            "socks4://swarm:S3cretPw@proxy.example:1080",
+            "http://127.0.0.1:9",
+            (
+                "HTTP_PROXY=socks4://proxy.example:1080: swarm's GitHub client speaks to HTTP(S)"
+                " proxies only; point HTTP_PROXY at one, or add 127.0.0.1 to NO_PROXY to connect"
+                " directly"
+            ),
+        ),
+        # A port out of range was an internal error (OverflowError) at the first request.
+        (
+            "HTTPS_PROXY",
+            "swarm:S3cretPw@proxy.example:99999",
+            "https://api.github.com",
+            "HTTPS_PROXY=http://proxy.example:99999: not a proxy's URL (http://HOST:PORT)",
+        ),
+    ],
+)
+def test_a_proxy_the_client_cannot_speak_to_is_bad_input_naming_its_variable(
+    repo: Path,
+    proxy_env: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    api_url: str,
+    error: str,
+) -> None:
+    # A socks proxy failed at the first request: `unknown url type: socks5`.
+    proxy_env.setenv(variable, value)
+    with pytest.raises(BadInputError) as info:
+        connected(repo, api_url)
+    assert str(info.value) == error
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    # Not the one that applies: no matter.
+    proxy_env.setenv("NO_PROXY", "*")
+    assert connected(repo, api_url).proxy is None

@@ -856,6 +856,31 @@ def test_an_api_that_does_not_answer_pushes_nothing(
     assert remote_branches(done_run) == ["main"]
 
 
+@pytest.fixture
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable but those a test sets."""
+    for kind in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{kind}_proxy", raising=False)
+        monkeypatch.delenv(f"{kind.upper()}_PROXY", raising=False)
+    return monkeypatch
+
+
+def test_a_socks_proxy_is_bad_input_before_any_push(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, no_proxies: pytest.MonkeyPatch
+) -> None:
+    # It tried, and said `cannot reach the GitHub API at URL (unknown url type: socks5)`.
+    no_proxies.setenv("HTTP_PROXY", "socks5://swarm:S3cretPw@127.0.0.1:1080")
+    out = swarm_pr(repo, fake_github)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "swarm: HTTP_PROXY=socks5://127.0.0.1:1080: swarm's GitHub client speaks to HTTP(S)"
+        " proxies only; point HTTP_PROXY at one, or add 127.0.0.1 to NO_PROXY to connect"
+        " directly\n"
+    )
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+
+
 def test_a_prompt_cannot_close_its_code_fence_and_is_cut_to_4000_characters(
     repo: Path, origin: Path, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch,

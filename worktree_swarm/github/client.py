@@ -28,6 +28,7 @@ from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.text import is_http_url, one_line
 from worktree_swarm.git import repo as git
+from worktree_swarm.github.proxy import Proxy, proxy_for
 from worktree_swarm.infra import proc
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.redact import redact
@@ -63,10 +64,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *_args: object, **_kwargs: object) -> None:
         return None
 
-
-# Not followed: the token must not reach another host, and a renamed repository's new name
-# belongs in the remote (a write redirected by urllib would turn into a GET).
-_OPENER = urllib.request.build_opener(_NoRedirect)
 
 Sleep = Callable[[float], None]
 OnWait = Callable[[float, str], None]
@@ -260,7 +257,8 @@ class Client:
     bounds each wait for bytes, *deadline* a whole request: a server (or proxy) that sends a
     byte now and then would hold it for ever under *timeout* alone. *drop_waits*: the waits
     before each new try of a request refused, or (one that changes nothing) dropped, by an
-    API that answered before.
+    API that answered before. *proxy*: the one to go through (:func:`connect` reads it from
+    the environment); none, a direct connection.
     """
 
     api_url: str
@@ -273,12 +271,24 @@ class Client:
     timeout: float = 30.0
     deadline: float = 120.0
     drop_waits: tuple[float, ...] = DROP_WAITS
+    proxy: Proxy | None = None
     sleep: Sleep = time.sleep
     on_wait: OnWait | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_write: float | None = field(default=None, repr=False)
     _blocked_until: float = field(default=0.0, repr=False)
     _answered: bool = field(default=False, repr=False)
+    _opener: urllib.request.OpenerDirector = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Redirects are not followed: the token must not reach another host, and a renamed
+        # repository's new name belongs in the remote (urllib turns a redirected write into a
+        # GET). Only the proxy given: none of the environment's that connect() did not choose.
+        scheme = urllib.parse.urlsplit(self.api_url).scheme
+        proxies = (
+            urllib.request.ProxyHandler({}) if self.proxy is None else self.proxy.handler(scheme)
+        )
+        self._opener = urllib.request.build_opener(_NoRedirect, proxies)
 
     # -- endpoints used by swarm --------------------------------------------------------------
 
@@ -545,7 +555,7 @@ class Client:
 
         def fetch() -> None:
             try:
-                answer.append(_fetch(req, self.timeout))
+                answer.append(_fetch(self._opener, req, self.timeout))
             except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
                 answer.append(exc)
 
@@ -664,10 +674,12 @@ def _dropped(reason: object, method: str) -> bool:
     )
 
 
-def _fetch(req: urllib.request.Request, timeout: float) -> tuple[int, Message, bytes]:
+def _fetch(
+    opener: urllib.request.OpenerDirector, req: urllib.request.Request, timeout: float
+) -> tuple[int, Message, bytes]:
     """The status, headers and body of *req* (an HTTP error's too), at most MAX_REPLY bytes."""
     try:
-        with _OPENER.open(req, timeout=timeout) as reply:
+        with opener.open(req, timeout=timeout) as reply:
             return reply.status, reply.headers, _bounded(reply)
     except urllib.error.HTTPError as exc:
         with exc:
@@ -758,11 +770,13 @@ def connect(
 ) -> Client:
     """A client for the GitHub repository behind *remote* (or *github_repo*, ``OWNER/NAME``).
 
-    Validates everything (URL, repository, token) before any request is made.
+    Validates everything (URL, proxy, repository, token) before any request is made.
     """
     url = api_url_from(api_url, env)
+    proxy = proxy_for(url, os.environ if env is None else env)
     slug = parse_slug(github_repo) if github_repo else slug_from_remote(repo, remote)
     host = urllib.parse.urlsplit(url).hostname
     # gh knows github.com by that name, an Enterprise server by its own host name.
     gh_host = None if host in {None, "api.github.com"} else host
-    return Client(api_url=url, token=resolve_token(env, host=gh_host), repo=slug, on_wait=on_wait)
+    token = resolve_token(env, host=gh_host)
+    return Client(api_url=url, token=token, repo=slug, proxy=proxy, on_wait=on_wait)
