@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import itertools
 import os
 import socket
@@ -21,6 +22,7 @@ from tests.localhost import forwarding_proxy
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.github import client as github
+from worktree_swarm.github.proxy import proxy_for
 
 
 @pytest.fixture
@@ -688,3 +690,36 @@ def test_a_proxy_the_client_cannot_speak_to_is_bad_input_naming_its_variable(
     # Not the one that applies: no matter.
     proxy_env.setenv("NO_PROXY", "*")
     assert connected(repo, api_url).proxy is None
+
+
+def test_a_dead_proxy_is_named_not_taken_for_the_api(
+    repo: Path, fake_github: FakeGitHub, proxy_env: pytest.MonkeyPatch
+) -> None:
+    # It said `cannot reach the GitHub API at URL (...); check the network or --api-url`:
+    # the API was up, only the proxy was not.
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        dead = f"127.0.0.1:{gone.getsockname()[1]}"
+    proxy_env.setenv("HTTP_PROXY", f"http://swarm:S3cretPw@{dead}")
+    c = connected(repo, fake_github.url)
+    with pytest.raises(github.UnreachableError) as info:
+        c.check_access()
+    assert str(info.value) == (
+        f"cannot reach the GitHub API at {fake_github.url} through the proxy"
+        f" HTTP_PROXY=http://{dead} ([Errno {errno.ECONNREFUSED}] Connection refused); check"
+        " that proxy setting, the network or --api-url / SWARM_GITHUB_API_URL"
+    )
+    assert "S3cretPw" not in repr(c)
+    assert fake_github.requests == []
+
+
+def test_a_proxy_that_never_answers_is_named_in_the_line(
+    silent_api: str, fake_github: FakeGitHub
+) -> None:
+    proxy = proxy_for(fake_github.url, {"HTTP_PROXY": silent_api})
+    c = client(fake_github, proxy=proxy, timeout=0.2, deadline=60)
+    with pytest.raises(github.UnreachableError) as info:
+        c.find_pull("x")
+    assert str(info.value) == (
+        f"the GitHub API at {fake_github.url} through the proxy HTTP_PROXY={silent_api} did not"
+        " answer GET /repos/acme/widgets/pulls within 0.2s; try again later"
+    )

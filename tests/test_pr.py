@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -876,6 +878,24 @@ def test_a_socks_proxy_is_bad_input_before_any_push(
         "swarm: HTTP_PROXY=socks5://127.0.0.1:1080: swarm's GitHub client speaks to HTTP(S)"
         " proxies only; point HTTP_PROXY at one, or add 127.0.0.1 to NO_PROXY to connect"
         " directly\n"
+    )
+    assert fake_github.requests == []
+    assert remote_branches(done_run) == ["main"]
+
+
+def test_a_dead_proxy_is_named_and_nothing_is_pushed(
+    repo: Path, done_run: Path, fake_github: FakeGitHub, no_proxies: pytest.MonkeyPatch
+) -> None:
+    # The API up, its proxy down: it was taken for the API out of reach.
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        dead = f"127.0.0.1:{gone.getsockname()[1]}"
+    no_proxies.setenv("HTTP_PROXY", f"http://swarm:S3cretPw@{dead}")
+    out = swarm_pr(repo, fake_github)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == (
+        f"swarm: cannot reach the GitHub API at {fake_github.url} through the proxy"
+        f" HTTP_PROXY=http://{dead} ([Errno {errno.ECONNREFUSED}] Connection refused); check"
+        " that proxy setting, the network or --api-url / SWARM_GITHUB_API_URL\n"
     )
     assert fake_github.requests == []
     assert remote_branches(done_run) == ["main"]

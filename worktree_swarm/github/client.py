@@ -576,14 +576,14 @@ class Client:
             if not dropped and sent and method in WRITE_METHODS and self._answered:
                 raise UnreachableError(
                     self.token.redact(
-                        f"the GitHub API at {self.api_url} dropped {method}"
-                        f" {self._display(url)} ({reason}){_MAYBE_DONE}"
+                        f"{self._api} dropped {method} {self._display(url)} ({reason}){_MAYBE_DONE}"
                     )
                 ) from None
+            check = "" if self.proxy is None else "that proxy setting, "
             raise (_DroppedError if dropped else UnreachableError)(
                 self.token.redact(
-                    f"cannot reach the GitHub API at {self.api_url} ({reason}); "
-                    f"check the network or --api-url / {API_URL_ENV}"
+                    f"cannot reach {self._api} ({reason}); "
+                    f"check {check}the network or --api-url / {API_URL_ENV}"
                 )
             ) from None
         return answer[0]
@@ -592,9 +592,14 @@ class Client:
         """What to say of a request the API took and did not answer within *seconds*."""
         after = _MAYBE_DONE if method in WRITE_METHODS else "; try again later"
         return self.token.redact(
-            f"the GitHub API at {self.api_url} did not answer {method} {self._display(url)}"
-            f" within {seconds:g}s{after}"
+            f"{self._api} did not answer {method} {self._display(url)} within {seconds:g}s{after}"
         )
+
+    @property
+    def _api(self) -> str:
+        """The API as a failure names it: with the proxy in between, if any."""
+        through = "" if self.proxy is None else f" through the proxy {self.proxy}"
+        return f"the GitHub API at {self.api_url}{through}"
 
     def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
         try:
