@@ -369,6 +369,27 @@ def test_allow_outside_writes_reports_but_neither_fails_nor_restores(
     ]
 
 
+def test_allow_outside_writes_records_a_planted_hook_once_and_keeps_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # The guard's scan of git's own files stopped on it (an internal error) and the task with it.
+    agent = write_agent(
+        "import pathlib, subprocess\n"
+        "common = subprocess.run(['git', 'rev-parse', '--git-common-dir'], capture_output=True,\n"
+        "                        text=True, check=True).stdout.strip()\n"
+        "pathlib.Path(common, 'hooks', 'post-checkout').write_text('#!/bin/sh\\n')\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+    )
+    out = swarm(repo, "run", "--allow-outside-writes", "--agent", " ".join(agent), "-t", "t=p")
+    assert out.returncode == 0, out.stderr
+    assert status_json(repo)["t"]["state"] == "done"
+    assert (repo / ".git" / "hooks" / "post-checkout").read_text() == "#!/bin/sh\n"
+    writes = events(repo, "outside_write")
+    assert [(w["git_files"], w["suspects"], w["restored"]) for w in writes] == [
+        (["hooks/post-checkout"], ["t"], False)
+    ]
+
+
 def test_agents_get_a_git_environment_of_their_own(
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

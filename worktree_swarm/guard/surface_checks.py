@@ -136,12 +136,17 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             with contextlib.suppress(OSError):  # not restored is recorded as such
                 surface.put_back(common, self._surface, back, now)
             restored = not surface.changed(self._surface, self._read_surface())
-        if restored:
-            self._surface_checked = time.time()
-        else:  # an agent writing it again meanwhile, say: tried again by every scan (but
-            # `alternates`, put back only once a repack took in the objects it may hold)
-            left = set(back) - set(surface.ALTERNATES)
-            self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
+            if restored:
+                self._surface_checked = time.time()
+            else:  # an agent writing it again meanwhile, say: tried again by every scan (but
+                # `alternates`, put back only once a repack took in the objects it may hold)
+                left = set(back) - set(surface.ALTERNATES)
+                self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
+        else:  # recorded and left as it is (`allow_outside_writes`): the new baseline, so
+            # that it is recorded once
+            self._adopt_surface(now)
+            self._hooks = surface.hooks_path(self.repo.root)
+            self._surface_checked = began
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*swapped, violation]
 
