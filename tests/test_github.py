@@ -645,16 +645,6 @@ def test_all_proxy_is_gone_through_unless_a_schemes_own_proxy_or_no_proxy_says_o
             ),
         ),
         (
-            "all_proxy",
-            "SOCKS5H://swarm:S3cretPw@proxy.example:1080/",
-            "https://api.github.com",
-            (
-                "all_proxy=socks5h://proxy.example:1080: swarm's GitHub client speaks to HTTP(S)"
-                " proxies only; point all_proxy at one, or add api.github.com to NO_PROXY to"
-                " connect directly"
-            ),
-        ),
-        (
             "HTTP_PROXY",
             "socks4://swarm:S3cretPw@proxy.example:1080",
             "http://127.0.0.1:9",
@@ -690,6 +680,18 @@ def test_a_proxy_the_client_cannot_speak_to_is_bad_input_naming_its_variable(
     # Not the one that applies: no matter.
     proxy_env.setenv("NO_PROXY", "*")
     assert connected(repo, api_url).proxy is None
+
+
+def test_a_socks_all_proxy_set_for_other_tools_is_passed_over(
+    repo: Path, proxy_env: pytest.MonkeyPatch
+) -> None:
+    # ALL_PROXY=socks5h://... is often set for other programs; it stopped every `swarm pr`.
+    proxy_env.setenv("all_proxy", "SOCKS5H://swarm:S3cretPw@proxy.example:1080/")
+    assert connected(repo, "https://api.github.com").proxy is None
+    proxy_env.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the scheme's own applies
+    assert str(connected(repo, "https://api.github.com").proxy) == (
+        "HTTPS_PROXY=http://proxy.example:3128"
+    )
 
 
 def test_a_dead_proxy_is_named_not_taken_for_the_api(

@@ -1,8 +1,9 @@
 """The proxy the GitHub client goes through, from the variables git, curl and gh read.
 
-``https_proxy`` for an https API (``http_proxy`` for an http one), else ``all_proxy``; none
-for a host ``no_proxy`` names. Each may be spelt in capitals too: the lowercase spelling wins
-and an empty one unsets, as in Python's urllib, whose ``no_proxy`` rules apply. Under CGI
+``https_proxy`` for an https API (``http_proxy`` for an http one), else ``all_proxy`` (but a
+socks one, set for other programs, is passed over); none for a host ``no_proxy`` names. Each
+may be spelt in capitals too: the lowercase spelling wins and an empty one unsets, as in
+Python's urllib, whose ``no_proxy`` rules apply. Under CGI
 (``REQUEST_METHOD`` set) ``HTTP_PROXY`` counts for nothing: a request's ``Proxy:`` header sets it.
 """
 
@@ -53,6 +54,8 @@ def proxy_for(api_url: str, env: Mapping[str, str]) -> Proxy | None:
     url = value if "://" in value else f"http://{value}"  # a bare HOST:PORT, as curl reads it
     scheme, _, rest = url.partition("://")
     url = f"{scheme.lower()}://{rest}"  # urllib knows `http`, not `HTTP`
+    if scheme.lower() not in SCHEMES and chosen is not settings.get(api.scheme):
+        return None  # a socks ALL_PROXY, set for other programs: passed over, as before
     if scheme.lower() not in SCHEMES:
         raise BadInputError(
             f"{variable}={_shown(url)}: swarm's GitHub client speaks to HTTP(S) proxies only;"
