@@ -269,7 +269,7 @@ def run(
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
     from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
-    from worktree_swarm.run.task_worker import worktree_path
+    from worktree_swarm.run.run_worker import worktree_path
 
     _exclusive(dry_run=dry_run, detach=detach)
     _exclusive(dry_run=dry_run, force=force)  # --force abandons a run: a change
@@ -439,8 +439,8 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
     from worktree_swarm.infra.lock import ManagerLock
     from worktree_swarm.infra.store import Store
     from worktree_swarm.run import runs
+    from worktree_swarm.run.run_worker import worktree_path
     from worktree_swarm.run.runner import Runner
-    from worktree_swarm.run.task_worker import worktree_path
 
     with ManagerLock(repo.state_dir) as lock:
         # Locked before the store is opened: beside a manager whose `.git/swarm` was deleted,

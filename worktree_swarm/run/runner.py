@@ -51,7 +51,8 @@ from worktree_swarm.run.ray_cluster import unreachable
 from worktree_swarm.run.ray_exec import RayTaskWorker
 from worktree_swarm.run.ray_preflight import check_sandbox
 from worktree_swarm.run.retry import OUTSIDE_WRITE, settle_guard, since_last_retry
-from worktree_swarm.run.task_worker import Live, RunContext, TaskOutcome, TaskWorker, worktree_path
+from worktree_swarm.run.run_worker import Live, RunContext, TaskOutcome, worktree_path
+from worktree_swarm.run.task_worker import TaskWorker
 
 Observer = Emit  # what the CLI hands the run: the same event sink
 

@@ -9,15 +9,13 @@ failing checks can be handed back to the agent (`repair`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Unpack
 
 from worktree_swarm.agents import (
     Adapter,
@@ -27,41 +25,48 @@ from worktree_swarm.agents import (
     claude_auth,
     provider_of,
 )
-from worktree_swarm.agents.base import accountable, prompt_argument
-from worktree_swarm.core import paths, units
-from worktree_swarm.core.identity import parse_author
+from worktree_swarm.agents.base import prompt_argument
+from worktree_swarm.core import units
 from worktree_swarm.core.models import (
     AttemptOutcome,
-    Emit,
     ProcessIdentity,
-    RunSpec,
     Task,
     TaskState,
 )
-from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.model import Violation
-from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.proc import task_env
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, Store, TaskFields, TaskRow
-from worktree_swarm.merge.diff import work_tip
+from worktree_swarm.infra.store import AttemptRow, AttemptUsage, TaskRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
+from worktree_swarm.run.attempt_record import (
+    add_usage,
+    attempt_outcome,
+    attempt_usage,
+    attempts_own,
+)
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.course import (
     Course,
     decided,
     past_max_wait,
-    repair_prompt,
     stated_window,
 )
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import Gates, Limit, Rank, Signal, limit_kind
+from worktree_swarm.run.governor import Limit, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
+from worktree_swarm.run.run_worker import (
+    Live,
+    RunContext,
+    RunWorker,
+    TaskOutcome,
+    check_failed,
+    worktree_path,
+)
 
 # Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
@@ -77,32 +82,6 @@ RUNAWAY_TAIL = 1 << 20  # what is kept of the log of an agent whose output fille
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskOutcome:
-    """What a worker reports back for one task."""
-
-    state: TaskState
-    reason: str = ""
-
-
-@dataclass(slots=True, kw_only=True)
-class Live:
-    """A task in flight: its stop event and the port block it owns."""
-
-    task: Task
-    port_slot: int | None  # None: the next free block, given when it is launched
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    resume_from: AttemptRow | None = None
-    rank: Rank | None = None  # its place in the scheduler's order, for the gate's queue
-    # Set once an adopted agent holds its slot (or the task went another way): no new agent
-    # is launched before, so a resumed run never runs more than `jobs` agents.
-    adopted: threading.Event = field(default_factory=threading.Event)
-    # While it waits out a rate limit of its provider: it takes no place of a task in flight,
-    # so other providers' tasks start meanwhile.
-    waiting: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class _Ended:
     """How one attempt ended: the adapter's reading, or the state that cut it short."""
 
@@ -111,168 +90,6 @@ class _Ended:
     reason: str = ""
     usage_window: bool | None = None  # a previous manager's attempt: its limit, as recorded
     disk_full: bool = False  # failed while the disk was full: tried again once there is room
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunContext:
-    """What every task of one run shares, whichever executor runs it."""
-
-    repo: git.Repo
-    spec: RunSpec
-    store: Store
-    run_id: str
-    base_commit: str
-    gate: Gates
-    guard: Guard
-    emit: Emit
-    logs_root: Path
-
-
-class RunWorker:
-    """The part of a task worker every executor shares: its run, by attribute."""
-
-    def __init__(self, run: RunContext) -> None:
-        self.repo = run.repo
-        self.spec = run.spec
-        self.store = run.store
-        self.run_id = run.run_id
-        self.base_commit = run.base_commit
-        self.gate = run.gate
-        self.guard = run.guard
-        self._emit = run.emit
-        self._logs_root = run.logs_root
-        self._findings = run.logs_root / notes.FILE_NAME
-        notes.prepare(self._findings)  # its header, before any agent writes
-        self._tasks = {t.id: t for t in run.spec.tasks}
-        self._git_identity = _git_identity(run.repo.root, author=run.spec.commit_author)
-
-    def close(self) -> None:
-        """Let go of what the worker holds for the run (agents carry on)."""
-
-    def halted(self) -> str | None:
-        """Why no task of the run can go on now (its Ray cluster is lost); else None."""
-        return None
-
-    def _state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
-        # Intermediate states are informational; the main thread records final ones.
-        self.store.update_task(self.run_id, task_id, state=state, **fields)
-        data: dict[str, object] = {"state": state.value}
-        if fields.get("reason"):
-            data["reason"] = fields["reason"]
-        self._emit("state", task_id, data)
-
-    def _running(self, task_id: str, number: int) -> None:
-        """Attempt *number* starts: the task runs, timed from its first attempt (of this go).
-
-        Not from each attempt: a task that waited hours for a usage window took that long.
-        """
-        row = self.store.task(self.run_id, task_id)
-        first = row is None or row.started_at is None or number <= row.retry_base + 1
-        if first:
-            self._state(task_id, TaskState.RUNNING, started_at=time.time(), reason="")
-        else:
-            self._state(task_id, TaskState.RUNNING, reason="")
-
-    def _resting(self, task_id: str, number: int, course: Course) -> None:
-        """Record the wait after rate-limited attempt *number* and show until when."""
-        self.store.set_retry_at(
-            self.run_id,
-            task_id,
-            number,
-            course.not_before,
-            window=course.window,
-            progressed=course.got_work_done,
-        )
-        when = units.clock_time(course.not_before)
-        self._state(task_id, TaskState.RATE_LIMITED, reason=f"resuming after {when}")
-
-    def _course(self, task: Task, previous: list[AttemptRow]) -> Course:
-        """Where *task*'s attempts (*previous*, as recorded) stand (none: at the start)."""
-        row = self.store.task(self.run_id, task.id)
-        # `swarm retry` starts the count of rate-limit retries again (and, fresh, the session).
-        since = [a for a in previous if row is None or a.number > row.retry_base]
-        return Course.resumed(
-            task,
-            previous,
-            since=since,
-            fresh=row is not None and row.retry_fresh,
-            instruction=row.instruction if row is not None else None,
-            repairs=row.repairs if row is not None else 0,
-        )
-
-    def _repair(self, task: Task, course: Course, failure: CheckFailure) -> TaskOutcome | None:
-        """Hand failing checks back to the agent if a `repair` round is left; else the end."""
-        if failure.stopped or course.repairs_left <= 0:
-            return check_failed(failure)
-        course.repairs_left -= 1
-        course.repair_due = True  # counted in the store once its attempt starts
-        self._instruct(task.id, course, repair_prompt(failure))
-        return None
-
-    def _charge_repair(self, task: Task, course: Course) -> None:
-        """Count a repair round as its attempt starts.
-
-        Counted when handed back, a manager killed before the attempt began lost the round:
-        the resumed one ran the checks again and found no round left.
-        """
-        if course.repair_due:
-            self.store.update_task(self.run_id, task.id, repairs=task.repair - course.repairs_left)
-            course.repair_due = False
-
-    def _instruct(self, task_id: str, course: Course, prompt: str | None) -> None:
-        """Ask *task_id*'s agent to do *prompt* next; kept in the store for a resumed manager."""
-        course.instruct(prompt)
-        self.store.update_task(self.run_id, task_id, instruction=prompt)
-
-    def _completed(self, task_id: str, course: Course) -> None:
-        """An attempt ran to its end: what it was asked is done with (see Course.completed)."""
-        if course.pending is not None:
-            self.store.update_task(self.run_id, task_id, instruction=None)
-        course.completed()
-
-    def _record_diff(self, task_id: str, base: str, tip: str) -> git.DiffStat:
-        """Store what the task's branch changed from *base* to *tip*; return it."""
-        stat = git.diff_stat(self.repo, base, tip)
-        self.store.update_task(
-            self.run_id,
-            task_id,
-            diff_files=stat.files,
-            diff_insertions=stat.insertions,
-            diff_deletions=stat.deletions,
-            tip_commit=tip,
-        )
-        return stat
-
-    def _start_commit(self, task: Task) -> str | TaskOutcome:
-        """The commit *task* starts from: the run's base, or its dependencies' branches merged."""
-        if not task.depends_on:
-            return self.base_commit
-        tips = []
-        taken = self.store.taken_over(self.run_id)
-        for dep in task.depends_on:
-            row = self.store.task(self.run_id, dep)
-            tip = None if row is None else work_tip(self.repo, row, taken=taken)
-            if tip is None:
-                owner = f" (run {taken[dep]} owns it now)" if dep in taken else ""
-                return TaskOutcome(
-                    state=TaskState.BLOCKED, reason=f"branch of {dep} is missing{owner}"
-                )
-            tips.append(tip)
-        if len(tips) == 1:
-            return tips[0]
-        try:
-            return git.merge_commits(
-                self.repo,
-                tips,
-                message=f"swarm: merge dependencies of {task.id}",
-                author=self.spec.commit_author,
-            )
-        except git.MergeConflictError as exc:
-            files = paths_text(exc.files) or "unknown files"
-            deps = ", ".join(task.depends_on)
-            return TaskOutcome(
-                state=TaskState.BLOCKED, reason=f"dependencies {deps} conflict in {files}"
-            )
 
 
 class TaskWorker(RunWorker):
@@ -1379,27 +1196,6 @@ def _agent_may_run(attempt: AttemptRow | None) -> bool:
     return supervisor.is_alive(identity)
 
 
-def _git_identity(root: Path, *, author: str) -> dict[str, str]:
-    """The user's effective identity and global ignore file, as git resolves them in *root*.
-
-    Without a configured identity, the run's commit *author* stands in: an agent CLI that
-    finds none would otherwise write one into the repository's shared config (aider does).
-    """
-    found = {}
-    values = git.config_values(root, {"user.name", "user.email", "core.excludesfile"})
-    for key in ("user.name", "user.email", "core.excludesFile"):
-        value = values.get(key.lower(), "").strip()
-        if value and key == "core.excludesFile":
-            value = git.config_path(root, key, value)
-        if value:
-            found[key] = value
-    ident = parse_author(author)
-    if ident is not None and not ("user.name" in found and "user.email" in found):
-        found.setdefault("user.name", ident.name)
-        found.setdefault("user.email", ident.email)
-    return found
-
-
 def exit_status(agent: supervisor.Supervised, *, timeout: float) -> tuple[bool, int | None]:
     """Wait up to *timeout*: (whether the agent has ended, its exit code when known)."""
     code = agent.wait(timeout=timeout)
@@ -1410,21 +1206,6 @@ def exit_status(agent: supervisor.Supervised, *, timeout: float) -> tuple[bool, 
     # It exited between the wait and the liveness check (which reaped it): collect the
     # status now, or a successful agent would be reported as ending without one.
     return True, agent.wait(timeout=0)
-
-
-def worktree_path(spec: RunSpec, task: Task) -> Path:
-    """Where *task*'s worktree lives."""
-    if spec.worktree_root is None:
-        msg = "RunSpec.worktree_root must be set"
-        raise ValueError(msg)
-    return paths.worktree_path(spec.worktree_root, task.id)
-
-
-def check_failed(failure: CheckFailure) -> TaskOutcome:
-    """The outcome of a setup or check step that did not pass."""
-    if failure.stopped:
-        return TaskOutcome(state=TaskState.STOPPED, reason=failure.summary)
-    return TaskOutcome(state=TaskState.FAILED, reason=str(failure))
 
 
 def past_max_log(size: int, cap: int) -> tuple[TaskState, str] | None:
@@ -1487,73 +1268,6 @@ def idle_reason(idle: float, waiting: float) -> str:
     if waiting:
         return f"no output for {idle:g}s after the {round(waiting, 1):g}s retry delay it announced"
     return f"no output for {idle:g}s"
-
-
-def attempts_own(
-    store: Store, run_id: str, task_id: str, attempt_id: int, result: AgentResult
-) -> AgentResult:
-    """*result* with the usage its attempt alone had, as the store and the budget count it.
-
-    What no attempt could have is dropped (``accountable``); a cost that is the session's
-    running total (Claude Code after ``--resume``) loses what its earlier attempts cost.
-    """
-    r = accountable(result)
-    if r.cost_is_session_total and r.cost_usd is not None and r.session_id:
-        earlier = sum(
-            a.cost_usd or 0.0
-            for a in store.attempts(run_id, task_id)
-            if a.session_id == r.session_id and a.id != attempt_id
-        )
-        r = dataclasses.replace(r, cost_usd=max(0.0, r.cost_usd - earlier))
-    return r
-
-
-def attempt_usage(result: AgentResult, reason: str) -> AttemptUsage:
-    """What an attempt that ended with *result* used, as the store keeps it, with *reason*."""
-    return AttemptUsage(
-        reason=reason,
-        session_id=result.session_id,
-        cost_usd=result.cost_usd,
-        tokens_in=result.tokens_in,
-        tokens_out=result.tokens_out,
-        cache_read_tokens=result.cache_read_tokens,
-    )
-
-
-def add_usage(store: Store, run_id: str, task_id: str, result: AgentResult) -> None:
-    """Add what an attempt used (*result*, read through ``accountable``) to its task's totals."""
-    row = store.task(run_id, task_id)
-    if row is None or (result.cost_usd is None and result.tokens_in is None):
-        return
-
-    def total(before: int | None, used: int | None) -> int | None:
-        if before is None and used is None:
-            return None  # never reported: `-`, not 0
-        return min((before or 0) + (used or 0), _MAX_STORED)
-
-    cost = None
-    if row.cost_usd is not None or result.cost_usd is not None:
-        cost = (row.cost_usd or 0.0) + (result.cost_usd or 0.0)
-    store.update_task(
-        run_id,
-        task_id,
-        cost_usd=cost,
-        tokens_in=total(row.tokens_in, result.tokens_in),
-        tokens_out=total(row.tokens_out, result.tokens_out),
-        cache_read_tokens=total(row.cache_read_tokens, result.cache_read_tokens),
-    )
-
-
-_MAX_STORED = 2**63 - 1  # SQLite's integers
-
-
-def attempt_outcome(result: AgentResult) -> AttemptOutcome:
-    """How an attempt whose agent the adapter read as *result* is recorded."""
-    if result.outcome is AgentOutcome.RATE_LIMITED:
-        return AttemptOutcome.RATE_LIMITED
-    if result.outcome is AgentOutcome.SUCCESS:
-        return AttemptOutcome.SUCCEEDED
-    return AttemptOutcome.FAILED
 
 
 def _ended_at(log: Path, gone_since: float | None = None) -> float:
