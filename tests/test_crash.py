@@ -42,7 +42,7 @@ from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees
-from worktree_swarm.run import task_worker
+from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
 
 NOTE = "manager not running — run `swarm resume`"
@@ -749,14 +749,14 @@ def test_an_internal_error_while_an_agent_runs_stops_it_and_fails_its_attempt(
     # agent must not run on unwatched, writing in its worktree after its task failed.
     pid_file = tmp_path / "agent.pid"
     agent = _half_then_sleeps(write_agent, pid_file)
-    watched = task_worker.LogTail.poll
+    watched = agent_watch.LogTail.poll
 
-    def poll(tail: task_worker.LogTail, *, now: float) -> list[object]:
+    def poll(tail: agent_watch.LogTail, *, now: float) -> list[object]:
         if pid_file.exists() and pid_file.read_text():
             raise fault
         return watched(tail, now=now)  # type: ignore[return-value]
 
-    monkeypatch.setattr(task_worker.LogTail, "poll", poll)
+    monkeypatch.setattr(agent_watch.LogTail, "poll", poll)
     monkeypatch.chdir(repo)
     text = f'[defaults]\nagent = {argv_toml(agent)}\nkill_grace = "1s"\n'
     assert cli.main(["run", manifest(repo, text + '[[task]]\nid = "a"\nprompt = "x"\n')]) == 1

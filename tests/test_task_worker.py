@@ -13,8 +13,8 @@ from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import TaskStatus, run_totals
+from worktree_swarm.run.agent_watch import exit_status
 from worktree_swarm.run.attempt_record import add_usage
-from worktree_swarm.run.task_worker import exit_status
 
 
 class _LateExit(supervisor.AgentProcess):

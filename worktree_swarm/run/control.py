@@ -32,8 +32,8 @@ from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry
+from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
 from worktree_swarm.run.attempt_record import attempt_outcome
-from worktree_swarm.run.task_worker import LOG_READ_LIMIT
 
 
 def stop(

@@ -14,85 +14,48 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.agents import (
-    Adapter,
     AgentOutcome,
     AgentResult,
     adapter_for,
-    claude_auth,
     provider_of,
 )
-from worktree_swarm.agents.base import prompt_argument
-from worktree_swarm.core import units
 from worktree_swarm.core.models import (
-    AttemptOutcome,
     ProcessIdentity,
     Task,
     TaskState,
 )
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
-from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.proc import task_env
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage, TaskRow
+from worktree_swarm.infra.store import AttemptRow, TaskRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback, provision
-from worktree_swarm.run.attempt_record import (
-    add_usage,
-    attempt_outcome,
-    attempt_usage,
-    attempts_own,
-)
+from worktree_swarm.run.agent_watch import POLL_SECONDS, ROOM_TO_GO_ON, Ended, read_log
+from worktree_swarm.run.attempt_launch import AttemptLaunch
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
 from worktree_swarm.run.course import (
     Course,
     decided,
-    past_max_wait,
     stated_window,
 )
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import Limit, Signal, limit_kind
-from worktree_swarm.run.live_limits import LogTail
 from worktree_swarm.run.run_worker import (
     Live,
     RunContext,
-    RunWorker,
     TaskOutcome,
     check_failed,
     worktree_path,
 )
 
-# Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
-# whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
-POLL_SECONDS = 0.25
-LOG_READ_LIMIT = 8 * 2**20
-RETRY_TAIL_BYTES = 16 * 2**10
 ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
-# An attempt that failed on a full disk goes on once this much is free (half of a smaller
-# disk); one with more than this (a quarter of a smaller disk) in its own log filled the disk
-# itself and fails, as past max_log: waiting for room its own log holds would wait for ever.
-ROOM_TO_GO_ON = 64 << 20
-RUNAWAY_TAIL = 1 << 20  # what is kept of the log of an agent whose output filled the disk
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Ended:
-    """How one attempt ended: the adapter's reading, or the state that cut it short."""
-
-    result: AgentResult
-    cut_short: TaskState | None = None
-    reason: str = ""
-    usage_window: bool | None = None  # a previous manager's attempt: its limit, as recorded
-    disk_full: bool = False  # failed while the disk was full: tried again once there is room
-
-
-class TaskWorker(RunWorker):
+class TaskWorker(AttemptLaunch):
     """Runs tasks of one run; shared by all worker threads (state lives in arguments)."""
 
     def __init__(self, run: RunContext, *, disk: DiskBudget) -> None:
@@ -209,7 +172,7 @@ class TaskWorker(RunWorker):
         identity = provision.unrecorded_agent(self.run_id, task.id, path)
         # The log the killed manager opened for it: the name follows the attempt number.
         log_path = self._logs(task) / f"attempt-{number}.log"
-        text = _read_log(log_path)
+        text = read_log(log_path)
         # The shim writes its record before it starts the agent: proof of a launch, even of
         # an agent that printed nothing, or one whose working directory left the worktree.
         record = supervisor.record_path(log_path)
@@ -239,7 +202,7 @@ class TaskWorker(RunWorker):
             adapter = adapter_for(task.agent)
             result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
             ended_at = None if shim is None else shim.ended_at
-            cost = self._record(attempt_id, task.id, _Ended(result=result), code, ended_at=ended_at)
+            cost = self._record(attempt_id, task.id, Ended(result=result), code, ended_at=ended_at)
             self.gate.count_spent(cost or 0.0)  # after the resumed run counted what it had spent
         self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         self._emit("agent_adopted", task.id, {"attempt": number, "alive": identity is not None})
@@ -354,14 +317,9 @@ class TaskWorker(RunWorker):
         if waited and pause is not None:
             pause(None)
 
-    def _out_of_room(self, task: Task, path: Path, *, margin: int = fs.NEARLY_FULL) -> bool:
-        """Whether the disk of *task*'s worktree or of its logs has less than *margin* free."""
-        logs = self._logs(task)
-        return fs.nearly_full(path, margin=margin) or fs.nearly_full(logs, margin=margin)
-
     def _next(
         self, live: Live, course: Course, path: Path, base: str, env: dict[str, str], number: int
-    ) -> tuple[int, _Ended] | None:
+    ) -> tuple[int, Ended] | None:
         """The next attempt (a previous manager's, adopted, or a new one) and its number."""
         if live.resume_from is not None:
             resumed, live.resume_from = live.resume_from, None
@@ -461,7 +419,7 @@ class TaskWorker(RunWorker):
         return prompt + notes.findings_instructions(str(self._findings))
 
     def _after_attempt(
-        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
     ) -> tuple[git.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task.
 
@@ -511,7 +469,7 @@ class TaskWorker(RunWorker):
         return stat, None
 
     def _checkpoint_disarmed(
-        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
     ) -> tuple[git.DiffStat, list[str]]:
         """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
 
@@ -531,7 +489,7 @@ class TaskWorker(RunWorker):
         return stat, worktrees.disarm_setuid(self.repo, path, base, changed)
 
     def _checkpoint(
-        self, task: Task, path: Path, base: str, number: int, ended: _Ended, *, agent: str
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
     ) -> git.DiffStat:
         """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
         message = (
@@ -623,398 +581,6 @@ class TaskWorker(RunWorker):
         finally:
             self.guard.agent_ended(task_id)
 
-    def _agent_env(
-        self, adapter: Adapter, env: dict[str, str], task_id: str, config_dir: Path
-    ) -> dict[str, str]:
-        agent_env = adapter.env(base=env, task_id=task_id, config_dir=config_dir)
-        if self.spec.sandbox:  # its copy of your Claude sign-in never reaches your home
-            claude_auth.confine(config_dir)
-        return agent_env
-
-    def _attempt(
-        self, live: Live, course: Course, path: Path, env: dict[str, str], number: int
-    ) -> _Ended | None:
-        """Run one attempt with the course's agent.
-
-        None when it never started: its provider went into a usage window while it waited
-        and another agent can take over.
-        """
-        task = fallback.task_for(live.task, course.agent)
-        session, prompt, not_before = course.session, course.prompt, course.not_before
-        adapter = adapter_for(task.agent)
-        logs = self._logs(task)
-        logs.mkdir(parents=True, exist_ok=True)
-        text = task.prompt + notes.findings_instructions(str(self._findings))
-        if prompt is not None:
-            # A resumed session already holds the task; a fresh agent (no session, or a CLI
-            # without sessions) needs it again, then what to do now.
-            resumes = session is not None and adapter.supports_resume
-            # A hand-over already ends with the task (and the findings paragraph).
-            whole = resumes or prompt.endswith(text)
-            text = prompt = prompt if whole else f"{text}\n\n{prompt}"
-        prompt_file = logs / f"prompt-{number}.md"
-        faults.retry_while_full(
-            lambda: prompt_file.write_text(text, encoding="utf-8"), self.store.on_full
-        )
-        values = {
-            "prompt": prompt_argument(text, prompt_file),
-            "prompt_file": str(prompt_file),
-            "task_id": task.id,
-            "worktree": str(path),
-            "branch": task.branch,
-        }
-        # What to do now goes in as the prompt does: a long one (a repair's check output, the
-        # task again for an agent without a session) as a pointer to the file that holds it.
-        resume = None if prompt is None else prompt_argument(prompt, prompt_file)
-        argv = adapter.argv(
-            task.agent_argv, values=values, session_id=session, resume_prompt=resume
-        )
-        provider = provider_of(task.agent)
-        refused = self._acquire(live, task, path, provider, not_before)
-        if refused == "window":
-            return None
-        if refused:
-            return self._not_started(task, provider, refused, number)
-        cost: float | None = None
-        box: sandbox.Confinement | None = None
-        try:
-            self._running(task.id, number)
-            log_path = logs / f"attempt-{number}.log"
-            if self.spec.sandbox:  # bubblewrap around the agent only (docs/sandbox.md)
-                box = self._confinement(path, logs)
-            agent = self._spawn(task, course, adapter, argv, env, path, log_path, number, box)
-            self.guard.agent_started(task.id, agent.identity)
-            attempt_id = self.store.start_attempt(
-                self.run_id,
-                task.id,
-                number=number,
-                identity=agent.identity,
-                log_path=str(log_path),
-                started_at=agent.started_at,
-                agent=task.agent,
-            )
-            self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-            self._emit(
-                "agent_started",
-                task.id,
-                {"pid": agent.identity.pid, "attempt": number, "agent": task.agent},
-            )
-            try:
-                ended = self._watched(task, live, agent, agent.started_at, attempt_id)
-            finally:
-                self._agent_gone(task.id, logs)
-                redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
-            cost = self._record(attempt_id, task.id, ended, agent.poll(), ended_at=agent.ended_at())
-            if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
-                # Shown before the agent's slot goes to the next task, so no more tasks
-                # than `jobs` ever show `running` at once.
-                self._checking(task)
-        finally:
-            self.gate.release(provider, cost_usd=cost)
-            if box is not None:
-                sandbox.release(box)
-        return ended
-
-    def _spawn(
-        self,
-        task: Task,
-        course: Course,
-        adapter: Adapter,
-        argv: list[str],
-        env: dict[str, str],
-        path: Path,
-        log_path: Path,
-        number: int,
-        box: sandbox.Confinement | None,
-    ) -> supervisor.AgentProcess:
-        """Start attempt *number*'s agent, a slot of its provider held.
-
-        Your Claude sign-in is copied into its config dir only now (no wait is left before
-        it starts), and taken out again if the agent does not start.
-        """
-        config_dir = log_path.parent / "agent-config"
-        try:
-            agent_env = self._agent_env(adapter, env, task.id, config_dir)
-            if box is not None:
-                argv, agent_env = sandbox.confine(argv, agent_env, box)
-            self._charge_repair(task, course)
-            # The intent first: `swarm resume` finds an agent started but not recorded.
-            self.store.update_task(self.run_id, task.id, launching=number)
-            return supervisor.spawn(
-                argv,
-                cwd=path,
-                env=agent_env,
-                log_path=log_path,
-                grace=self.spec.kill_grace,
-                shims=self._shims,
-            )
-        except BaseException:
-            claude_auth.release(config_dir, confined=self.spec.sandbox)
-            raise
-
-    def _agent_gone(self, task_id: str, logs: Path) -> None:
-        """After an attempt's agent ended: the guard is told, its copy of your sign-in goes."""
-        self.guard.agent_ended(task_id)
-        claude_auth.release(logs / "agent-config", confined=self.spec.sandbox)
-
-    def _not_started(self, task: Task, provider: str, refused: str, number: int) -> _Ended:
-        """How an attempt the gate refused ends the task."""
-        failed = AgentResult(outcome=AgentOutcome.FAILED)
-        if refused == "max_wait":  # a usage window reported meanwhile, by any task
-            reset = self.gate.window_until(provider) or time.time()
-            why = past_max_wait(task, provider, reset)
-            return _Ended(result=failed, cut_short=TaskState.FAILED, reason=why)
-        spent = f"${self.gate.spent_usd:.2f} of ${self.gate.max_cost_usd or 0:.2f}"
-        why = f"budget reached ({spent})" if refused == "budget" else "stopped"
-        return _Ended(
-            result=failed,
-            cut_short=TaskState.STOPPED,
-            reason=f"{why} before attempt {number} started",
-        )
-
-    def _acquire(
-        self, live: Live, task: Task, path: Path, provider: str, not_before: float
-    ) -> str | None:
-        """A slot of *provider*'s gate for *task*; why not ("window", "budget", ...) or None."""
-        leave = fallback.next_agent(live.task, task.agent, self.gate) is not None
-        refused = self.gate.try_acquire(
-            provider,
-            live.stop,
-            not_before=not_before,
-            leave_on_window=leave,
-            max_wait=task.max_wait,
-            rank=live.rank,
-        )
-        if refused is not None:
-            return refused
-
-        def acquire() -> str:
-            return self.gate.acquire(
-                provider,
-                live.stop,
-                not_before=not_before,
-                leave_on_window=leave,
-                max_wait=task.max_wait,
-                rank=live.rank,
-            )
-
-        if self.gate.waiting_until(provider, not_before=not_before):
-            live.waiting = True
-            try:
-                with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
-                    return acquire()
-            finally:
-                live.waiting = False
-        return acquire()
-
-    def _resume_attempt(self, live: Live, attempt: AttemptRow, profile: str) -> _Ended:
-        """Pick up the last attempt of a previous manager.
-
-        An attempt still open is adopted: watched until its process (if still alive) ends,
-        then read from its log. A finished one is taken as it was recorded.
-        """
-        if attempt.ended_at is not None:
-            recorded = AttemptOutcome.parse(attempt.outcome)
-            outcome = {
-                AttemptOutcome.RATE_LIMITED: AgentOutcome.RATE_LIMITED,
-                AttemptOutcome.SUCCEEDED: AgentOutcome.SUCCESS,
-            }.get(recorded, AgentOutcome.FAILED)
-            if recorded in {AttemptOutcome.STOPPED, AttemptOutcome.TIMED_OUT}:
-                # Cut short by `swarm stop` or its timeout: it ends so, checkpointed first.
-                failed = AgentResult(outcome=outcome, reason=attempt.reason)
-                cut = TaskState(recorded.value)
-                return _Ended(result=failed, cut_short=cut, reason=attempt.reason)
-            if recorded is AttemptOutcome.DISK_FULL:  # tried again once there is room
-                failed = AgentResult(outcome=outcome, reason=attempt.reason)
-                return _Ended(result=failed, disk_full=True, reason=attempt.reason)
-            result = AgentResult(
-                outcome=outcome,
-                reason=attempt.reason,
-                session_id=attempt.session_id,
-                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
-            )
-            if attempt.usage_window:  # a fresh gate learns the window again, as it was told:
-                # a claim, no new throttle; and a window near its end is no throttle either,
-                # which would hold every task of the provider until then.
-                told = Limit(signal=Signal.WINDOW, retry_at=attempt.retry_at, detail="usage limit")
-                self.gate.report(provider_of(profile), told, task=live.task.id, recalled=True)
-            # A throttle's recorded wait is the task's own backoff, however far: not a window.
-            return _Ended(result=result, usage_window=attempt.usage_window)
-        identity = ProcessIdentity(
-            pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
-        )
-        log_path = Path(attempt.log_path)
-        agent = supervisor.adopt(identity, log_path=log_path, started_at=attempt.started_at)
-        # Gone already and nothing wrote its end down (the machine went down with it): it
-        # ended no later than... its last sign of life, not when this manager noticed.
-        gone_since = None if agent.alive() else time.time() - agent.idle_seconds()
-        self._state(live.task.id, TaskState.RUNNING, reason="")
-        task = fallback.task_for(live.task, profile)
-        self.gate.adopt(provider_of(profile))
-        live.adopted.set()
-        if gone_since is None:  # one that ended unwatched never wrote since: no suspect now
-            self.guard.agent_started(live.task.id, identity)
-        # Its timeout counts from its start as the kernel has it: the wall clock may have
-        # stepped while no manager ran (the record's start is a wall-clock time).
-        ran = None if gone_since is not None else starts.age(identity.pid)
-        started_at = attempt.started_at if ran is None else time.time() - ran
-        cost: float | None = None
-        try:
-            try:
-                ended = self._watched(
-                    task, live, agent, started_at, attempt.id, gone_since=gone_since
-                )
-            finally:
-                self._agent_gone(live.task.id, log_path.parent)
-            # What the shim saw, when the agent ended while no manager watched it.
-            shim = supervisor.read_record(supervisor.record_path(log_path))
-            # A shim gone with its agent (a reboot) never wrote an end: its last sign of life.
-            code = None if shim is None else shim.exit_code
-            end = gone_since if shim is None or shim.ended_at is None else shim.ended_at
-            cost = self._record(attempt.id, live.task.id, ended, code, ended_at=end)
-        finally:
-            self.gate.release(provider_of(profile), cost_usd=cost)
-            if self.spec.sandbox:
-                path = worktree_path(self.spec, live.task)
-                sandbox.release(self._confinement(path, self._logs(live.task)))
-        return ended
-
-    def _watched(
-        self,
-        task: Task,
-        live: Live,
-        agent: supervisor.Supervised,
-        started_at: float,
-        attempt_id: int,
-        *,
-        gone_since: float | None = None,
-    ) -> _Ended:
-        """:meth:`_watch`; after an internal error in it, the agent is stopped first.
-
-        No agent runs unwatched: its attempt ends failed, the task fails with the error and
-        its work is kept.
-        """
-        try:
-            return self._watch(task, live, agent, started_at, gone_since=gone_since)
-        except Exception as exc:
-            with contextlib.suppress(Exception):  # the error that got here is the one to tell
-                code = agent.stop(grace=self.spec.kill_grace)
-                usage = AttemptUsage(reason=f"internal error: {exc!r}")
-                self.store.end_attempt(
-                    attempt_id, exit_code=code, outcome=AttemptOutcome.FAILED.value, usage=usage
-                )
-            raise
-
-    def _record(
-        self,
-        attempt_id: int,
-        task_id: str,
-        ended: _Ended,
-        code: int | None,
-        *,
-        ended_at: float | None = None,
-    ) -> float | None:
-        r = attempts_own(self.store, self.run_id, task_id, attempt_id, ended.result)
-        outcome = ended.cut_short.value if ended.cut_short else attempt_outcome(r)
-        if ended.disk_full:
-            outcome = AttemptOutcome.DISK_FULL.value
-        usage = attempt_usage(r, ended.reason or r.reason)
-        self.store.end_attempt(
-            attempt_id, exit_code=code, outcome=outcome, ended_at=ended_at, usage=usage
-        )
-        add_usage(self.store, self.run_id, task_id, r)
-        return r.cost_usd
-
-    def _watch(
-        self,
-        task: Task,
-        live: Live,
-        agent: supervisor.Supervised,
-        started_at: float,
-        *,
-        gone_since: float | None = None,
-    ) -> _Ended:
-        """Wait for the agent to end, enforcing timeouts and stop requests.
-
-        *gone_since*: an adopted agent found ended, its last sign of life (its end, when its
-        shim recorded none).
-        """
-        timeouts = _Timeouts.start(task, agent, started_at)
-        adapter = adapter_for(task.agent)
-        # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
-        # its log: it is stopped there, so that the gate decides when to go on.
-        retrying = getattr(adapter, "retrying_rate_limit", None)
-        seen = -1
-        provider = provider_of(task.agent)
-        tail = LogTail(path=agent.log_path, profile=task.agent)
-        while True:
-            ended, code = exit_status(agent, timeout=POLL_SECONDS)
-            # What the agent reported meanwhile reaches the gate now, and at the end before
-            # its slot is released: a freed slot is never refilled ahead of its rate limit.
-            for limit in tail.poll(now=time.time()):
-                self.gate.report(provider, limit, task=task.id)
-            if ended:
-                self._kill_leftovers(agent.log_path)
-                text = _read_log(agent.log_path)
-                # Read as of its end: one that ended while no manager watched (adopted) said
-                # "resets in N s" then, and a reset 302 s away then is a usage window still.
-                at = _ended_at(agent.log_path, gone_since)
-                result = adapter.interpret(exit_code=code, log_text=text, now=at)
-                self._report_end(task.id, provider, result, live=tail, now=at)
-                stoppable = result.outcome is not AgentOutcome.SUCCESS
-                if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
-                    return _Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
-                if (full := self._ended_on_full_disk(task, live, agent, result)) is not None:
-                    return full
-                # Printed past it between two looks: as if it had been seen.
-                if (
-                    over := past_max_log(fs.size_of(agent.log_path), self.spec.max_log)
-                ) is not None:
-                    return _Ended(result=result, cut_short=over[0], reason=over[1])
-                return _Ended(result=result, usage_window=stated_window(result, at))
-            if (
-                retrying is not None
-                and seen != (seen := fs.size_of(agent.log_path))
-                and retrying(read_end(agent.log_path, RETRY_TAIL_BYTES))
-            ):
-                agent.stop(grace=self.spec.kill_grace)
-                text = _read_log(agent.log_path)
-                result = adapter.interpret(exit_code=None, log_text=text, now=time.time())
-                self._report_end(task.id, provider, result, live=tail)
-                return _Ended(result=result)
-            waiting = tail.waiting  # announced by its last line: it waits, it is not hung
-            cut = (TaskState.STOPPED, "stopped") if live.stop.is_set() else timeouts.passed(waiting)
-            if cut is None:
-                cut = past_max_log(fs.size_of(agent.log_path), self.spec.max_log)
-            if cut is not None:
-                agent.stop(grace=self.spec.kill_grace)
-                text = _read_log(agent.log_path)
-                partial = adapter.interpret(exit_code=None, log_text=text, now=time.time())
-                return _Ended(result=partial, cut_short=cut[0], reason=cut[1])
-
-    def _ended_on_full_disk(
-        self, task: Task, live: Live, agent: supervisor.Supervised, result: AgentResult
-    ) -> _Ended | None:
-        """How a failed attempt ended when the disk of its worktree or logs is full, or None.
-
-        Its output goes to a log on that disk: most agents end so. One whose own log filled
-        the disk fails, its log cut to its end (nothing else, the run's state, could be
-        written); any other goes on once there is room.
-        """
-        path = worktree_path(self.spec, live.task)
-        if result.outcome is not AgentOutcome.FAILED or not self._out_of_room(task, path):
-            return None
-        printed = fs.size_of(agent.log_path)
-        if printed > _runaway(agent.log_path):
-            fs.keep_end(agent.log_path, RUNAWAY_TAIL)
-            why = (
-                f"its output filled the disk ({units.format_size(printed)}; its "
-                f"log is cut to its last {units.format_size(RUNAWAY_TAIL)})"
-            )
-            return _Ended(result=result, cut_short=TaskState.FAILED, reason=why)
-        why = f"the disk was full ({result.reason})" if result.reason else "the disk was full"
-        return _Ended(result=result, disk_full=True, reason=why)
-
     def _kill_leftover_steps(self, task: Task) -> None:
         """Kill setup steps and checks a dead manager left running, before they run again.
 
@@ -1027,78 +593,10 @@ class TaskWorker(RunWorker):
             only=lambda record: record.name.startswith(("setup-", "checks-")),
         )
 
-    def _stop_asked(self, task_id: str, live: Live, log_path: Path) -> bool:
-        """Whether the agent that just ended was being stopped.
-
-        By this manager, or by `swarm stop` through a manager that died meanwhile (its shim
-        recorded the stop, or the request is in the store).
-        """
-        if live.stop.is_set():
-            return True
-        shim = supervisor.read_record(supervisor.record_path(log_path))
-        if shim is not None and shim.stopped:
-            return True
-        row = self.store.task(self.run_id, task_id)
-        return row is not None and row.stop_requested
-
-    def _kill_leftovers(self, log_path: Path) -> None:
-        """Kill what the agent left running when its shim died before ending it (SIGKILL, OOM).
-
-        A shim that ends normally kills its command's leftovers itself and records that it
-        did; without that record (no record, or its end recorded and the shim killed in its
-        grace), every process still marked as started under this shim (found by the variable
-        each inherits, wherever it moved) is killed, tree and all.
-        """
-        record = supervisor.record_path(log_path)
-        shim = supervisor.read_record(record)
-        if shim is not None and shim.cleaned:
-            return
-        mine = os.path.realpath(record)
-        supervisor.kill_marked(
-            record.parent,
-            grace=self.spec.kill_grace,
-            only=lambda marker: os.path.realpath(marker) == mine,
-        )
-
-    def _report_end(
-        self,
-        task_id: str,
-        provider: str,
-        result: AgentResult,
-        *,
-        live: LogTail | None,
-        now: float | None = None,
-    ) -> None:
-        """Tell the gate how a whole attempt went, unless its stream already did.
-
-        A usage window is told again: an attempt that ended on it confirms what its stream said.
-        *now*: when the attempt ended (its limit's kind is judged as of then).
-        """
-        kind = limit_kind(retry_at=result.retry_at, now=time.time() if now is None else now)
-        window = kind is Signal.WINDOW
-        if result.outcome is AgentOutcome.RATE_LIMITED and (window or not (live and live.limited)):
-            detail = "usage limit" if window else "rate limited"
-            limit = Limit(signal=kind, retry_at=result.retry_at, detail=detail)
-            self.gate.report(provider, limit, task=task_id, whole_attempt=True)
-        elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
-            self.gate.report(provider, Limit(signal=Signal.OK), task=task_id, whole_attempt=True)
-
     # -- helpers --------------------------------------------------------------------------
-
-    def _checking(self, task: Task) -> bool:
-        """Show *task* as checking (once) if it has checks to run; whether it has."""
-        if not (task.checks or task.expect_files or task.no_placeholders):
-            return False
-        row = self.store.task(self.run_id, task.id)
-        if row is None or row.state is not TaskState.CHECKING:
-            self._state(task.id, TaskState.CHECKING)
-        return True
 
     def _waiting(self, task: Task) -> Callable[[str], None]:
         return lambda reason: self._state(task.id, TaskState.PENDING, reason=reason)
-
-    def _logs(self, task: Task) -> Path:
-        return self._logs_root / task.id
 
     def _gitconfig(self, task: Task) -> Path:
         """A task's own global git config: the user's identity and ignore file, nothing else.
@@ -1113,18 +611,6 @@ class TaskWorker(RunWorker):
             items = {**items, **dict(sparse.SETTINGS)}
         git.write_config_file(path, items)
         return path
-
-    def _confinement(self, worktree: Path, logs: Path) -> sandbox.Confinement:
-        return sandbox.Confinement(
-            worktree=worktree,
-            common_dir=self.repo.common_dir,
-            state_dir=self.repo.state_dir,
-            task_dir=logs,
-            config_dir=logs / "agent-config",  # as passed to adapter.env above
-            temp_dir=logs / "tmp",
-            findings=self._findings,
-            extra=self.spec.sandbox_writable,
-        )
 
     def _env(self, task: Task, path: Path, base: str, slot: int) -> dict[str, str]:
         port = self.spec.port_base + slot * self.spec.port_block
@@ -1158,12 +644,6 @@ def _room(path: Path) -> int:
     return min(ROOM_TO_GO_ON, max(fs.NEARLY_FULL + (1 << 20), found[1] // 2))
 
 
-def _runaway(path: Path) -> int:
-    """An agent's log past this filled the disk of *path* itself: 64 MiB, or a quarter."""
-    found = fs.space(path)
-    return ROOM_TO_GO_ON if found is None else min(ROOM_TO_GO_ON, found[1] // 4)
-
-
 def sealed_reason(path: Path) -> str:
     """Why a task whose worktree *path* its reader may not enter is not done."""
     return (
@@ -1194,94 +674,3 @@ def _agent_may_run(attempt: AttemptRow | None) -> bool:
         return False
     identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
     return supervisor.is_alive(identity)
-
-
-def exit_status(agent: supervisor.Supervised, *, timeout: float) -> tuple[bool, int | None]:
-    """Wait up to *timeout*: (whether the agent has ended, its exit code when known)."""
-    code = agent.wait(timeout=timeout)
-    if code is not None:
-        return True, code
-    if agent.alive():
-        return False, None
-    # It exited between the wait and the liveness check (which reaped it): collect the
-    # status now, or a successful agent would be reported as ending without one.
-    return True, agent.wait(timeout=0)
-
-
-def past_max_log(size: int, cap: int) -> tuple[TaskState, str] | None:
-    """How an attempt whose log holds *size* bytes ends, past the run's ``max_log`` (*cap*)."""
-    if size <= cap:
-        return None
-    why = (
-        f"printed more than max_log ({units.format_size(cap)}): stopped, as it would fill the disk"
-    )
-    return TaskState.FAILED, why
-
-
-@dataclass(slots=True)
-class _Timeouts:
-    """A running agent's ``timeout`` and ``idle_timeout``, counted on the monotonic clock.
-
-    A step of the wall clock (NTP, a VM or laptop resumed) would time out every agent at
-    once, or none; the time asleep does not count either.
-    """
-
-    task: Task
-    log: Path
-    deadline: float | None
-    size: int  # of the log when last looked at
-    quiet_from: float  # when it last grew
-
-    @classmethod
-    def start(cls, task: Task, agent: supervisor.Supervised, started_at: float) -> _Timeouts:
-        """From now, for *agent* started at *started_at* (wall clock: an adopted one's too)."""
-        now = time.monotonic()
-        left = started_at + task.timeout - time.time() if task.timeout else None
-        return cls(
-            task=task,
-            log=agent.log_path,
-            deadline=None if left is None else now + max(0.0, left),
-            size=fs.size_of(agent.log_path),
-            quiet_from=now - agent.idle_seconds(),
-        )
-
-    def passed(self, waiting: float = 0.0) -> tuple[TaskState, str] | None:
-        """The timeout that has passed, as the state and reason it ends the attempt with.
-
-        *waiting*: the retry delay the agent's last line announced, added to ``idle_timeout``.
-        """
-        now = time.monotonic()
-        if self.deadline is not None and now >= self.deadline:
-            return TaskState.TIMED_OUT, f"timed out after {self.task.timeout:g}s"
-        idle = self.task.idle_timeout
-        if idle:
-            size = fs.size_of(self.log)
-            if size != self.size:
-                self.size, self.quiet_from = size, now
-            if now - self.quiet_from >= idle + waiting:
-                return TaskState.TIMED_OUT, idle_reason(idle, waiting)
-        return None
-
-
-def idle_reason(idle: float, waiting: float) -> str:
-    """Why an agent silent past its ``idle_timeout`` (and the retry delay it announced) ends."""
-    if waiting:
-        return f"no output for {idle:g}s after the {round(waiting, 1):g}s retry delay it announced"
-    return f"no output for {idle:g}s"
-
-
-def _ended_at(log: Path, gone_since: float | None = None) -> float:
-    """When the agent of *log* ended: now, for one watched to its end.
-
-    For an adopted one found gone (*gone_since*, its last sign of life): as its shim recorded
-    it, if it did.
-    """
-    if gone_since is None:
-        return time.time()
-    record = supervisor.read_record(supervisor.record_path(log))
-    return record.ended_at if record is not None and record.ended_at else gone_since
-
-
-def _read_log(path: Path) -> str:
-    """What an adapter reads of an attempt's log: its end, its last line whole."""
-    return read_log_end(path, LOG_READ_LIMIT)
