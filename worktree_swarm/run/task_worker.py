@@ -4,6 +4,10 @@ Every attempt ends with a checkpoint commit, so whatever happens next (a rate li
 timeout, a stop, the manager dying) the agent's edits are on the task's branch. A rate-limited
 attempt is resumed in the same worktree (and the same session where the agent supports it);
 failing checks can be handed back to the agent (`repair`).
+
+TaskWorker is made of parts beside it: `attempt_launch` (one attempt, new or adopted),
+`agent_watch` (its agent to its end), `checkpoint` (what the attempt left) and
+`agent_switch` (which agent goes on); `run_worker` is what the Ray executor shares.
 """
 
 from __future__ import annotations
@@ -16,46 +20,27 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from worktree_swarm.agents import (
-    AgentOutcome,
-    AgentResult,
-    adapter_for,
-    provider_of,
-)
-from worktree_swarm.core.models import (
-    ProcessIdentity,
-    Task,
-    TaskState,
-)
+from worktree_swarm.agents import AgentOutcome, adapter_for
+from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import sparse, worktrees
-from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
-from worktree_swarm.report import notes
-from worktree_swarm.run import fallback, provision
+from worktree_swarm.run import provision
+from worktree_swarm.run.agent_switch import AgentSwitch
 from worktree_swarm.run.agent_watch import POLL_SECONDS, ROOM_TO_GO_ON, Ended, read_log
 from worktree_swarm.run.attempt_launch import AttemptLaunch
+from worktree_swarm.run.checkpoint import Checkpoints
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
-from worktree_swarm.run.course import (
-    Course,
-    decided,
-    stated_window,
-)
+from worktree_swarm.run.course import Course, decided
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.run_worker import (
-    Live,
-    RunContext,
-    TaskOutcome,
-    check_failed,
-    worktree_path,
-)
+from worktree_swarm.run.run_worker import Live, RunContext, TaskOutcome, check_failed, worktree_path
 
 ROOM_POLL_SECONDS = 1.0  # a look for room on a full disk, where no pause waits for it
 
 
-class TaskWorker(AttemptLaunch):
+class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
     """Runs tasks of one run; shared by all worker threads (state lives in arguments)."""
 
     def __init__(self, run: RunContext, *, disk: DiskBudget) -> None:
@@ -328,193 +313,6 @@ class TaskWorker(AttemptLaunch):
         ended = self._attempt(live, course, path, env, number + 1)
         return None if ended is None else (number + 1, ended)
 
-    def _rate_limited(
-        self,
-        task: Task,
-        path: Path,
-        base: str,
-        number: int,
-        course: Course,
-        result: AgentResult,
-        *,
-        replayed: bool,
-        progressed: bool,
-        window: bool | None,
-        kept: bool,
-    ) -> TaskOutcome | None:
-        """Decide what follows a rate-limited attempt: another agent, a wait, or the end.
-
-        *progressed*: the attempt changed the work before its limit (an agent that ends on
-        every 429 of a storm): it goes on after the gate's pacing, without a backoff of its own.
-        *window*: whether the limit was a usage window, as recorded (None: from its reset).
-        *kept*: the task's branch holds work.
-        """
-        provider = provider_of(course.agent)
-        own = stated_window(result, time.time()) if window is None else window
-        window = own or self.gate.window_until(provider) is not None
-        # A replayed attempt is already counted in the course: it had one retry more left.
-        spent = course.retries_left < 0 if replayed else course.retries_left <= 0
-        spent = spent and not course.uses_no_retry(progressed=progressed, replayed=replayed)
-        nxt = fallback.next_agent(task, course.agent, self.gate) if window or spent else None
-        if nxt is not None:
-            why = "usage limit" if window else "out of rate-limit retries"
-            if window:  # on record, as a wait is: a resumed manager learns the window again
-                reset = max(result.retry_at or 0.0, self.gate.window_until(provider) or 0.0)
-                self.store.set_retry_at(self.run_id, task.id, number, reset, window=True)
-            self._instruct(task.id, course, self._handover(task, path, base, course.agent, why))
-            # Not pending: a resumed manager replays this attempt, and hands over again.
-            self._state(task.id, TaskState.RATE_LIMITED, reason=f"{why}; {nxt} takes over")
-            course.take_over(nxt, task)
-            return None
-        failed = course.throttled(
-            task,
-            result,
-            self.gate,
-            provider=provider,
-            replayed=replayed,
-            progressed=progressed,
-            window=own,
-            kept=kept,
-        )
-        if failed is not None:
-            return TaskOutcome(state=TaskState.FAILED, reason=failed)
-        self._resting(task.id, number, course)
-        return None
-
-    def _maybe_switch(
-        self, task: Task, path: Path, base: str, course: Course, *, started: bool
-    ) -> None:
-        """Before an attempt: hand over to the budget agent, or past a usage window."""
-        switch = self._switch(task, course.agent)
-        if switch is None:
-            return
-        nxt, why = switch
-        handover = self._handover(task, path, base, course.agent, why) if started else None
-        self._instruct(task.id, course, handover)
-        self._state(task.id, TaskState.PENDING, reason=f"{why}; {nxt} takes over")
-        course.take_over(nxt, task)
-
-    def _switch(self, task: Task, agent: str) -> tuple[str, str] | None:
-        """Before an attempt: the agent to switch to and why (budget share, usage window)."""
-        cheap = fallback.economy_agent(task, agent, self.gate)
-        if cheap is not None:
-            return cheap, f"the run passed {self.spec.budget_share:.0%} of its budget"
-        if self.gate.window_until(provider_of(agent)) is not None:
-            nxt = fallback.next_agent(task, agent, self.gate)
-            if nxt is not None:
-                return nxt, f"{provider_of(agent)} is in a usage window"
-        return None
-
-    def _handover(self, task: Task, path: Path, base: str, previous: str, why: str) -> str:
-        """The prompt of the agent that takes over from *previous*."""
-        prompt = fallback.handover_prompt(
-            task=task,
-            repo=self.repo,
-            base=base,
-            tip=git.rev_parse_in(path, "HEAD") or base,
-            previous_agent=previous,
-            why=why,
-            findings=self._findings,
-        )
-        return prompt + notes.findings_instructions(str(self._findings))
-
-    def _after_attempt(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> tuple[git.DiffStat, TaskOutcome | None]:
-        """Guard checks and the checkpoint; an outcome when the attempt ends the task.
-
-        *agent* ran the attempt: the task's own, or a fallback that took over.
-        """
-        lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
-        if lost is not None:
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=_lost_reason(task, lost)
-            )
-        if fs.sealed(path):  # no git can work there
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=sealed_reason(path)
-            )
-        admin = worktrees.own_admin(self.repo, path)
-        changed = None if admin is not None else worktrees.tampered(self.repo, path)
-        if changed is not None:  # git there would commit onto another checkout or branch
-            reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
-                state=TaskState.FAILED, reason=reason
-            )
-        planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
-        switched = self.guard.own_head(task.id, path, task.branch)
-        self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
-        stat, armed = self._checkpoint_disarmed(task, path, base, number, ended, agent=agent)
-        if switched is not None:
-            return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
-        if planted:
-            reason = f"planted links where git writes ({', '.join(planted)}); removed first"
-            return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
-        if armed:
-            return stat, TaskOutcome(state=TaskState.FAILED, reason=worktrees.setuid_reason(armed))
-        if ended.cut_short is not None:
-            return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
-        big = git.over_size(self.repo, stat, self.spec.max_file)
-        if big:  # committed by the agent itself: a push of the branch would be refused
-            return stat, TaskOutcome(
-                state=TaskState.FAILED, reason=git.over_size_reason(big, self.spec.max_file)
-            )
-        left = git.submodule_work(path)
-        if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
-            return stat, TaskOutcome(
-                state=TaskState.FAILED,
-                reason=f"left work in submodule {', '.join(left)}, which no commit of "
-                f"{task.branch} can hold; it stays in {path}",
-            )
-        return stat, None
-
-    def _checkpoint_disarmed(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> tuple[git.DiffStat, list[str]]:
-        """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
-
-        Those it committed (the diff stat names them: no git process of its own), and when it
-        left some out (a file past max_file, one holding a secret's value: they stay in the
-        worktree) or failed, those git is asked for.
-        """
-        try:
-            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
-        except git.LeftOutError:  # its files stay in the worktree, as git status lists them
-            worktrees.disarm_setuid(self.repo, path, base, also=git.status_paths(path))
-            raise
-        except BaseException:
-            worktrees.disarm_setuid(self.repo, path, base)
-            raise
-        changed = [name for name, _ in stat.blobs]
-        return stat, worktrees.disarm_setuid(self.repo, path, base, changed)
-
-    def _checkpoint(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> git.DiffStat:
-        """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
-        message = (
-            f"swarm: checkpoint {task.id} attempt {number} "
-            f"({ended.cut_short or ended.result.outcome})" + git.trailers(task.id, number, agent)
-        )
-        try:
-            tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
-                lambda: git.checkpoint(
-                    path,
-                    message=message,
-                    author=self.spec.commit_author,
-                    # `copy` files are local (.env, keys): like the links, never on the branch.
-                    exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
-                    droppings=adapter_for(agent).droppings,
-                    report_secrets=True,  # the task fails, saying so
-                    max_file=self.spec.max_file,
-                ),
-                self.store.on_full,
-            )
-        except git.LeftOutError as exc:  # the task fails, saying so; the rest is committed
-            self._record_diff(task.id, base, exc.head or git.head_in(path) or base)
-            raise
-        return self._record_diff(task.id, base, tip or git.head_in(path) or base)
-
     def _check(self, live: Live, path: Path, base: str, env: dict[str, str]) -> CheckFailure | None:
         task = live.task
         if not self._checking(task):
@@ -642,30 +440,6 @@ def _room(path: Path) -> int:
     if found is None:
         return ROOM_TO_GO_ON
     return min(ROOM_TO_GO_ON, max(fs.NEARLY_FULL + (1 << 20), found[1] // 2))
-
-
-def sealed_reason(path: Path) -> str:
-    """Why a task whose worktree *path* its reader may not enter is not done."""
-    return (
-        f"its worktree {path} cannot be read (its agent's `chmod`?): its work since the last "
-        f"checkpoint is left there, uncommitted; `chmod u+rwx {path}` gives it back"
-    )
-
-
-def _lost_reason(task: Task, lost: Violation) -> str:
-    """Why a task whose worktree went while its agent worked is not done."""
-    others = [s for s in lost.suspects if s != task.id]
-    who = "by its own agent" if not others else f"by {' or '.join(others)}"
-    if lost.worktree != "was removed":  # moved, and could not be moved back
-        return (
-            f"its worktree {lost.worktree} while its agent worked ({who}) and stays there: "
-            f"its work since the last checkpoint is there, uncommitted"
-        )
-    again = ", and the worktree made again from it" if lost.restored else ""
-    return (
-        f"its worktree was removed while its agent worked ({who}): the attempt's work since "
-        f"its last checkpoint went with it; {task.branch} keeps what was committed{again}"
-    )
 
 
 def _agent_may_run(attempt: AttemptRow | None) -> bool:

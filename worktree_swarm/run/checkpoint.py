@@ -1,0 +1,145 @@
+"""After an attempt: its checkpoint, and what in its worktree ends the task.
+
+The checkpoint commits the attempt's edits to the task's branch, whatever happens next.
+Around it the worktree is looked at: removed or moved, unreadable, pointed at another
+checkout or branch, links planted where git writes, setuid programs (disarmed), files past
+``max_file``, work left in a submodule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worktree_swarm.agents import adapter_for
+from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import worktrees
+from worktree_swarm.guard.model import Violation
+from worktree_swarm.infra import faults, fs
+from worktree_swarm.run.agent_watch import Ended
+from worktree_swarm.run.run_worker import RunWorker, TaskOutcome
+
+
+class Checkpoints(RunWorker):
+    """Checks and checkpoints what an attempt left (a task worker's part)."""
+
+    def _after_attempt(
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+    ) -> tuple[git.DiffStat, TaskOutcome | None]:
+        """Guard checks and the checkpoint; an outcome when the attempt ends the task.
+
+        *agent* ran the attempt: the task's own, or a fallback that took over.
+        """
+        lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
+        if lost is not None:
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=_lost_reason(task, lost)
+            )
+        if fs.sealed(path):  # no git can work there
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=sealed_reason(path)
+            )
+        admin = worktrees.own_admin(self.repo, path)
+        changed = None if admin is not None else worktrees.tampered(self.repo, path)
+        if changed is not None:  # git there would commit onto another checkout or branch
+            reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
+            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+                state=TaskState.FAILED, reason=reason
+            )
+        planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
+        switched = self.guard.own_head(task.id, path, task.branch)
+        self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
+        stat, armed = self._checkpoint_disarmed(task, path, base, number, ended, agent=agent)
+        if switched is not None:
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
+        if planted:
+            reason = f"planted links where git writes ({', '.join(planted)}); removed first"
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
+        if armed:
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=worktrees.setuid_reason(armed))
+        if ended.cut_short is not None:
+            return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
+        big = git.over_size(self.repo, stat, self.spec.max_file)
+        if big:  # committed by the agent itself: a push of the branch would be refused
+            return stat, TaskOutcome(
+                state=TaskState.FAILED, reason=git.over_size_reason(big, self.spec.max_file)
+            )
+        left = git.submodule_work(path)
+        if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
+            return stat, TaskOutcome(
+                state=TaskState.FAILED,
+                reason=f"left work in submodule {', '.join(left)}, which no commit of "
+                f"{task.branch} can hold; it stays in {path}",
+            )
+        return stat, None
+
+    def _checkpoint_disarmed(
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+    ) -> tuple[git.DiffStat, list[str]]:
+        """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
+
+        Those it committed (the diff stat names them: no git process of its own), and when it
+        left some out (a file past max_file, one holding a secret's value: they stay in the
+        worktree) or failed, those git is asked for.
+        """
+        try:
+            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+        except git.LeftOutError:  # its files stay in the worktree, as git status lists them
+            worktrees.disarm_setuid(self.repo, path, base, also=git.status_paths(path))
+            raise
+        except BaseException:
+            worktrees.disarm_setuid(self.repo, path, base)
+            raise
+        changed = [name for name, _ in stat.blobs]
+        return stat, worktrees.disarm_setuid(self.repo, path, base, changed)
+
+    def _checkpoint(
+        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+    ) -> git.DiffStat:
+        """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
+        message = (
+            f"swarm: checkpoint {task.id} attempt {number} "
+            f"({ended.cut_short or ended.result.outcome})" + git.trailers(task.id, number, agent)
+        )
+        try:
+            tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
+                lambda: git.checkpoint(
+                    path,
+                    message=message,
+                    author=self.spec.commit_author,
+                    # `copy` files are local (.env, keys): like the links, never on the branch.
+                    exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
+                    droppings=adapter_for(agent).droppings,
+                    report_secrets=True,  # the task fails, saying so
+                    max_file=self.spec.max_file,
+                ),
+                self.store.on_full,
+            )
+        except git.LeftOutError as exc:  # the task fails, saying so; the rest is committed
+            self._record_diff(task.id, base, exc.head or git.head_in(path) or base)
+            raise
+        return self._record_diff(task.id, base, tip or git.head_in(path) or base)
+
+
+def sealed_reason(path: Path) -> str:
+    """Why a task whose worktree *path* its reader may not enter is not done."""
+    return (
+        f"its worktree {path} cannot be read (its agent's `chmod`?): its work since the last "
+        f"checkpoint is left there, uncommitted; `chmod u+rwx {path}` gives it back"
+    )
+
+
+def _lost_reason(task: Task, lost: Violation) -> str:
+    """Why a task whose worktree went while its agent worked is not done."""
+    others = [s for s in lost.suspects if s != task.id]
+    who = "by its own agent" if not others else f"by {' or '.join(others)}"
+    if lost.worktree != "was removed":  # moved, and could not be moved back
+        return (
+            f"its worktree {lost.worktree} while its agent worked ({who}) and stays there: "
+            f"its work since the last checkpoint is there, uncommitted"
+        )
+    again = ", and the worktree made again from it" if lost.restored else ""
+    return (
+        f"its worktree was removed while its agent worked ({who}): the attempt's work since "
+        f"its last checkpoint went with it; {task.branch} keeps what was committed{again}"
+    )
