@@ -48,7 +48,7 @@ from worktree_swarm.run.ray_cluster import HeadWatch, _ray, connect
 from worktree_swarm.run.ray_disk import NodeDisk
 from worktree_swarm.run.ray_node import Assignment
 from worktree_swarm.run.ray_preflight import remote_url
-from worktree_swarm.run.task_worker import Live, RunContext, RunWorker, TaskOutcome
+from worktree_swarm.run.run_worker import Live, RunContext, RunWorker, TaskOutcome
 
 POLL_SECONDS = 0.5
 # What one look copies of a running agent's log at most (the rest at the next looks).

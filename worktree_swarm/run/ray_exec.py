@@ -31,6 +31,13 @@ from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptUsage
+from worktree_swarm.run.agent_watch import idle_reason, past_max_log
+from worktree_swarm.run.attempt_record import (
+    add_usage,
+    attempt_outcome,
+    attempt_usage,
+    attempts_own,
+)
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait, stated_window
 from worktree_swarm.run.governor import Limit, Signal
@@ -47,18 +54,7 @@ from worktree_swarm.run.ray_attempt import (
 from worktree_swarm.run.ray_cluster import ClusterLostError, _ray
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
-from worktree_swarm.run.task_worker import (
-    Live,
-    TaskOutcome,
-    add_usage,
-    attempt_outcome,
-    attempt_usage,
-    attempts_own,
-    check_failed,
-    idle_reason,
-    past_max_log,
-    worktree_path,
-)
+from worktree_swarm.run.run_worker import Live, TaskOutcome, check_failed, worktree_path
 
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
 # for ever.

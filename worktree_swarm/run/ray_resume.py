@@ -29,7 +29,7 @@ from worktree_swarm.run.ray_attempt import (
     _Throttled,
 )
 from worktree_swarm.run.ray_cluster import _ray
-from worktree_swarm.run.task_worker import Live, TaskOutcome
+from worktree_swarm.run.run_worker import Live, TaskOutcome
 
 
 class RayResume(RayAttempts):
