@@ -536,6 +536,36 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
     assert stripe not in report.stdout
 
 
+@pytest.mark.parametrize("password", ["Str0ng@Passw0rd99", "Pa'ssw0rd99x"])
+def test_a_url_password_holding_an_at_sign_or_a_quote_is_a_secret_whole(
+    repo: Path, write_agent: AgentFactory, password: str
+) -> None:
+    # Taken up to its first `@`, or not at all with a `'` (RFC 3986 allows both in a
+    # password): the rest was shown, and config.py was committed with the whole password.
+    url = f"postgres://app:{password}@db.internal:5432/app"
+    (repo / ".env").write_text(f"DATABASE_URL={url}\n")
+    agent = write_agent(
+        "import os, pathlib\n"
+        "url = pathlib.Path('.env').read_text().split('=', 1)[1].strip()\n"
+        "print('connecting to', url, flush=True)\n"
+        "pathlib.Path('config.py').write_text(f'DB = {url!r}\\n')\n"
+    )
+    path = manifest(
+        repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+    )
+    swarm(repo, "run", path)
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert str(row["reason"]).startswith("wrote the value of a secret into config.py"), row
+    assert "config.py" not in git(repo, "ls-tree", "-r", "--name-only", "swarm/a")
+    shown = swarm(repo, "logs", "a").stdout
+    assert f"connecting to postgres://app:{REDACTED}@db.internal:5432/app" in shown, shown
+    tail = password[-8:]  # past the `@` or the `'`
+    for file in (repo / ".git" / "swarm").rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            assert tail.encode() not in file.read_bytes(), file
+
+
 @pytest.mark.parametrize(
     ("text", "found"),
     [
@@ -544,6 +574,9 @@ def test_copy_file_secrets_under_another_name_are_redacted_and_never_pushed(
         ("api_key: 'q9w8e7r6t5'\n", [("api_key", "q9w8e7r6t5")]),
         ('  "client_secret": "abcdefghijklmnopq",\n', [("client_secret", "abcdefghijklmnopq")]),
         ("URL=mysql://u:x7y8z9w0v@h/db\n", [("a URL's password", "x7y8z9w0v")]),
+        # Up to the last `@` before the host (a raw `@` in it), a `'` too; the user may hold `@`.
+        ("U=amqp://u:p@ss'w0rd@h:5672/v\n", [("a URL's password", "p@ss'w0rd")]),
+        ("U=imap://me@corp.example:x7y8z9w0v@h\n", [("a URL's password", "x7y8z9w0v")]),
         (
             'GPG_PASSPHRASE="correct horse battery staple 42"\n',
             [("GPG_PASSPHRASE", "correct horse battery staple 42")],
@@ -1387,6 +1420,8 @@ def test_secret_names(name: str, secret: bool) -> None:
         ("db postgres://app:s3cr3t-pw@db:5432/x", "s3cr3t-pw"),
         ("https://user:tok-123456@github.com/a/b.git", "tok-123456"),
         ("REDIS_URL=redis://:r3dis-pw-77@cache:6379/0", "r3dis-pw-77"),  # no user: Redis's way
+        ("db postgres://app:Str0ng@Passw0rd99@db:5432/x", "Passw0rd99"),  # a raw `@` in it
+        ("db postgres://app:Pa'ssw0rd99x@db:5432/x", "ssw0rd99x"),  # RFC 3986 allows a `'`
         ("google AIza" + "B" * 35, "BBBBBBBB"),
         ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "eyJzdWIi"),
         ("slack xoxb-1234567890-abcdefghij", "abcdefghij"),

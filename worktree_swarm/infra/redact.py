@@ -64,11 +64,17 @@ _FORMATS = (
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}"
 )
 _JWT = r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"
+# A URL's user info, as URL parsers read it: up to the last `@` before the path (a password
+# may hold a raw `@`, and any of RFC 3986's sub-delimiters: `'`), the user up to its first `:`.
+_USERINFO = (
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/:\"'<>]*)"
+    r"(?::(?P<password>[^\s/\"<>]+))?(?P<at>@)"
+)
 # One pass over each text: credential shapes, URL passwords, `Bearer <x>`, `Authorization:
 # token <x>`, and NAME=value / NAME: value / "name": "value" where NAME says it holds a secret.
 _SHAPES = (
     f"(?P<shape>{_FORMATS}|{_JWT})"
-    r"|(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+(?P<at>@)"
+    rf"|{_USERINFO}"
     r"|(?P<scheme>\b(?i:bearer\s+|authorization:\s*(?:token|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}"
     rf"|(?P<kw>(?i:{_KEYWORDS}))(?P<suffix>[A-Za-z0-9_]*)"
     # On the same line: `key=` at a line's end is no setting of the next line's first word.
@@ -111,7 +117,7 @@ _SETTING = re.compile(
     re.MULTILINE,
 )
 # The user may be empty: `redis://:PASSWORD@cache:6379`.
-_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:([^\s/@\"'<>]+)@")
+_URL_PASSWORD = re.compile(_USERINFO)
 
 
 def file_secrets(text: str) -> list[tuple[str, str]]:
@@ -127,7 +133,7 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
         name, value = m.group("name"), m.group("dq") or m.group("sq") or m.group("bare") or ""
         if is_secret_name(name) and _made_up(value):
             found.append((name, value))
-    passwords = (m.group(1) for m in _URL_PASSWORD.finditer(text))
+    passwords = (m.group("password") or "" for m in _URL_PASSWORD.finditer(text))
     found.extend(("a URL's password", value) for value in passwords if _made_up(value))
     return found
 
@@ -217,7 +223,11 @@ class Redactor:
                 return m.group(0)
             return m.group("scheme") + REDACTED
         if m.group("url"):
-            return m.group("url") + REDACTED + m.group("at")
+            # The user name may hold a credential of a known format (`https://ghp_x@host`).
+            head = m.group("url") + self(m.group("user"))
+            if m.group("password") is None:
+                return head + m.group("at")
+            return head + ":" + REDACTED + m.group("at")
         if m.group("kw") is None:
             return REDACTED
         head = m.group(0)[: m.end("sep") - m.start()]
