@@ -1619,6 +1619,23 @@ def test_remote_branches_are_deleted_only_where_they_were_left(repo: Path, tmp_p
     assert away[0].detail.startswith(f"cannot reach {tmp_path / 'gone.git'} (fatal: ")
 
 
+def test_a_token_in_a_remote_branchs_url_is_in_nothing_clean_says(repo: Path) -> None:
+    # A Ray run's `--remote` a URL with a token as its user name: the finding's target, its
+    # `--json` remote and the line saying the remote cannot be reached all showed the token.
+    token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
+    url = f"https://{token}@127.0.0.1:9/acme/w.git"
+    found = fixes.remote_branch_finding(
+        branch="swarm/a", remote=url, url=url, tip="1" * 40, reason="done", run_id="r1",
+        task_id="a",
+    )  # fmt: skip
+    (result,) = fixes.apply(g.open_repo(repo), [found], store=None, force=False)
+    assert not result.fixed
+    assert found.target == "swarm/a on https://127.0.0.1:9/acme/w.git"
+    assert found.to_json()["remote"] == "https://127.0.0.1:9/acme/w.git"
+    assert result.detail.startswith("cannot reach https://127.0.0.1:9/acme/w.git (fatal: ")
+    assert token not in result.detail
+
+
 def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -558,6 +558,15 @@ def test_a_failed_push_is_reported_and_the_rest_carry_on(
     [
         (("nope",), "no task 'nope' in run "),
         (("--remote", "upstream"), "--remote: no remote named 'upstream' in "),
+        # A URL's user name can be a token: shown as git shows a remote, without it.
+        (
+            ("--remote", f"https://{'0a1b2c3d4e' * 4}@github.com/acme/w.git"),
+            "--remote: no remote named 'https://github.com/acme/w.git' in ",
+        ),
+        (
+            ("--api-url", f"ftp://{'0a1b2c3d4e' * 4}@x"),
+            "--api-url: 'ftp://x' is not an http(s) URL",
+        ),
         (("--github-repo", "not-a-slug"), "--github-repo: 'not-a-slug' is not of the form"),
         (("--api-url", "ftp://x"), "--api-url: 'ftp://x' is not an http(s) URL"),
         (("--api-url", "http://a b"), "--api-url: 'http://a b' is not an http(s) URL"),

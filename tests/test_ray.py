@@ -1838,7 +1838,7 @@ def test_clean_with_its_remote_unreachable_cleans_here_and_deletes_there_next_ti
     out = swarm(repo, "clean", "--yes")
     assert out.returncode == 1, out.stdout + out.stderr
     assert password not in out.stdout + out.stderr
-    assert "cannot reach https://swarm:[REDACTED]@127.0.0.1:9/r.git" in out.stdout, out.stdout
+    assert "cannot reach https://127.0.0.1:9/r.git" in out.stdout, out.stdout
     git(repo, "remote", "set-url", "origin", str(remote))
     away.rename(remote)
     assert remote_branches(remote) == {"swarm/e1": tip}

@@ -117,6 +117,26 @@ def test_an_address_where_no_ray_head_listens_is_refused_before_anything_is_made
     assert git(repo, "branch", "--list", "swarm/*") == ""
 
 
+def test_an_unreachable_remote_is_named_without_the_token_in_its_url(tmp_path: Path) -> None:
+    # Git hides a URL's user info in its messages; swarm's own line showed it whole.
+    token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "remote", "add", "origin", f"https://{token}@127.0.0.1:9/acme/w.git")
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nagent = ["true"]\nexecutor = "ray"\n\n[[task]]\nid = "a"\nprompt = "x"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", str(tmp_path / "tasks.toml")],
+        cwd=repo, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(
+        "swarm: remote 'origin' (https://127.0.0.1:9/acme/w.git) cannot be reached: "
+    ), out.stderr
+    assert token not in out.stdout + out.stderr
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+
+
 def test_an_ipv6_address_is_tried_as_such_and_a_port_out_of_range_is_said_to_be_one() -> None:
     # `[::1]:6379` was looked up as a host name "[::1]"; port 99999 said "Connection refused".
     with socket.create_server(("127.0.0.1", 0)) as server:

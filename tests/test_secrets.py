@@ -566,6 +566,26 @@ def test_a_url_password_holding_an_at_sign_or_a_quote_is_a_secret_whole(
             assert tail.encode() not in file.read_bytes(), file
 
 
+def test_a_token_as_a_urls_user_name_is_redacted_where_an_agent_prints_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # `git remote -v`, a failing push: the token was in the reason, the logs and state.db.
+    token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
+    agent = write_agent(
+        "import sys\n"
+        f"print('origin\\thttps://{token}@git.example/acme/w.git (push)', flush=True)\n"
+        f"sys.exit('fatal: unable to access https://{token}@git.example/acme/w.git/')\n"
+    )
+    swarm(repo, "run", "--agent", " ".join(agent), "-t", "a=x")
+    row = status_json(repo)["a"]
+    assert row["state"] == "failed", row
+    assert f"https://{REDACTED}@git.example/acme/w.git" in str(row["reason"]), row
+    assert f"https://{REDACTED}@git.example" in swarm(repo, "logs", "a").stdout
+    for file in (repo / ".git" / "swarm").rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            assert token.encode() not in file.read_bytes(), file
+
+
 @pytest.mark.parametrize(
     ("text", "found"),
     [
@@ -577,6 +597,10 @@ def test_a_url_password_holding_an_at_sign_or_a_quote_is_a_secret_whole(
         # Up to the last `@` before the host (a raw `@` in it), a `'` too; the user may hold `@`.
         ("U=amqp://u:p@ss'w0rd@h:5672/v\n", [("a URL's password", "p@ss'w0rd")]),
         ("U=imap://me@corp.example:x7y8z9w0v@h\n", [("a URL's password", "x7y8z9w0v")]),
+        (
+            "U=https://0a1b2c3d4e5f0a1b2c3d4e5f@git.example/a https://git@git.example/b\n",
+            [("a URL's user name", "0a1b2c3d4e5f0a1b2c3d4e5f")],
+        ),
         (
             'GPG_PASSPHRASE="correct horse battery staple 42"\n',
             [("GPG_PASSPHRASE", "correct horse battery staple 42")],
@@ -597,6 +621,11 @@ def test_the_secrets_of_a_local_file(text: str, found: list[tuple[str, str]]) ->
         ("ci.yml", "token: ghp_" + "a1B2" * 9 + "\n", "a GitHub token"),
         ("aws.cfg", "key = AKIA" + "ABCDEFGHIJKLMNOP" + "\n", "an AWS access key id"),
         ("app.py", "KEY = 'sk-ant-api03-" + "x" * 30 + "'\n", "an Anthropic API key"),
+        (
+            "ci.sh",
+            "git clone https://oauth2:glpat-" + "a1B2" * 5 + "@gl.example/a\n",
+            "a GitLab token",
+        ),
     ],
 )
 def test_pr_refuses_a_branch_holding_a_credential(
@@ -1422,6 +1451,14 @@ def test_secret_names(name: str, secret: bool) -> None:
         ("REDIS_URL=redis://:r3dis-pw-77@cache:6379/0", "r3dis-pw-77"),  # no user: Redis's way
         ("db postgres://app:Str0ng@Passw0rd99@db:5432/x", "Passw0rd99"),  # a raw `@` in it
         ("db postgres://app:Pa'ssw0rd99x@db:5432/x", "ssw0rd99x"),  # RFC 3986 allows a `'`
+        # A token as the user name: `git remote -v`, a failing push's URL.
+        ("origin https://0123456789abcdef0123456789abcdef01234567@github.com/a/b", "456789ab"),
+        ("https://glpat-Ab3dEf6hIj9kLm2oPq5s@gitlab.example/a/b.git", "Ab3dEf6h"),
+        (
+            "https://dq3x7vpk2mzr5tb9wn4hy6cj8fl1sa0ge3ui7kq2xo5nv8bd1rm4@dev.azure.com/o",
+            "dq3x7vpk",
+        ),
+        ("gitlab glpat-Ab3dEf6hIj9kLm2oPq5s", "Ab3dEf6h"),
         ("google AIza" + "B" * 35, "BBBBBBBB"),
         ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "eyJzdWIi"),
         ("slack xoxb-1234567890-abcdefghij", "abcdefghij"),
@@ -1490,7 +1527,9 @@ def test_redactor_keeps_people_urls_and_prose() -> None:
     redact = Redactor({"GIT_AUTHOR_NAME": "Test Author", "SHORT_TOKEN": "abc"})
     text = (
         "Test Author pushed to https://github.com/acme/widgets; no GitHub token: set "
-        "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc; 401: Missing bearer authentication"
+        "GITHUB_TOKEN; ssh git@github.com:acme/w.git; abc; 401: Missing bearer authentication; "
+        "ssh://git@example.com:2222/acme/w.git https://alice@bitbucket.org/acme/w.git "
+        "https://x-access-token@github.com https://jenkins-ci-user@ci.example/job"
     )
     assert redact(text) == text
     assert redact("Authorization: Bearer abcdefgh1234") == f"Authorization: Bearer {REDACTED}"

@@ -850,7 +850,7 @@ def _record_cleaned(store: Store, results: list[Result]) -> None:
         if finding.action is Action.DELETE_REMOTE_BRANCH and result.detail != LOCAL_KEPT:
             # Deleted here but left there (unreachable, say): the next clean tries again.
             data["remote_branch"] = {
-                "remote": finding.remote,
+                "remote": finding.remote and git.strip_userinfo(finding.remote),
                 "tip": finding.remote_tip,
                 "deleted": result.fixed,
             }

@@ -117,6 +117,8 @@ class Finding:
         """Plain dict for ``--json``."""
         data = asdict(self)
         data["merged_into"] = list(self.merged_into)
+        if self.remote is not None:  # as git shows it: its user info can be a token
+            data["remote"] = git.strip_userinfo(self.remote)
         return data
 
 
@@ -379,7 +381,7 @@ def remote_branch_finding(
     """
     finding = Finding(
         kind=Kind.REMOTE_BRANCH,
-        target=f"{branch} on {remote}",
+        target=f"{branch} on {git.strip_userinfo(remote)}",
         reason=reason,
         action=Action.DELETE_REMOTE_BRANCH,
         fix=f"delete it there if it is still at {tip[:12]}",
@@ -1032,7 +1034,10 @@ def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int,
         first = next(
             (line for line in lines if line.startswith("fatal:")), lines[0] if lines else ""
         )
-        why = f"cannot reach {url} ({first}); kept there: run `swarm clean --yes` again later"
+        why = (
+            f"cannot reach {git.strip_userinfo(url)} ({git.strip_userinfo(first)}); kept there: "
+            "run `swarm clean --yes` again later"
+        )
         return {index: Result(finding=f, fixed=False, detail=why) for index, f in found.items()}
     done: dict[int, Result] = {}
     leases: dict[str, str] = {}

@@ -27,6 +27,7 @@ _KINDS = (
     ("an Anthropic API key", re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")),
     ("an OpenAI API key", re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}")),
     ("a GitHub token", re.compile(r"\bgh[poursa]_[A-Za-z0-9]{16,}|\bgithub_pat_[A-Za-z0-9_]{16,}")),
+    ("a GitLab token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}")),
     ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
     ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}")),
     ("a Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}")),

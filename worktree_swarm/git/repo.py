@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import subprocess
 
 MIN_GIT_VERSION = (2, 38)
+# Up to the last `@` before the path, as URL parsers read it (a password may hold a raw `@`).
+_USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -348,6 +350,11 @@ def branch_tips(repo: Repo) -> dict[str, str]:
         sha, _, ref = line.partition(" ")
         tips[ref.removeprefix("refs/heads/")] = sha
     return tips
+
+
+def strip_userinfo(url: str) -> str:
+    """*url* without ``user:password@``, as git shows a remote's URL (the user can be a token)."""
+    return _USERINFO_RE.sub("", url)
 
 
 def remote_location(repo: Repo, remote: str) -> str:

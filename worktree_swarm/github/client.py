@@ -28,6 +28,7 @@ from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.text import is_http_url, one_line
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.repo import strip_userinfo as strip_userinfo  # noqa: PLC0414 - re-exported
 from worktree_swarm.github.proxy import Proxy, proxy_for
 from worktree_swarm.infra import proc
 from worktree_swarm.infra import redact as redaction
@@ -44,8 +45,6 @@ _SLUG_PART = r"[A-Za-z0-9_.-]+"
 _SLUG_RE = re.compile(rf"(?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART})")
 # owner/name at the end of an https, ssh:// or scp-like (git@host:owner/name) remote URL.
 _REMOTE_RE = re.compile(rf"[:/](?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART}?)(?:\.git)?/?$")
-# Up to the last `@` before the path, as URL parsers read it (a password may hold a raw `@`).
-_USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
 # A token is one printable word; anything else could end up in a header error message.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")
@@ -171,18 +170,14 @@ def _is_network_url(url: str) -> bool:
 def remote_url(repo: git.Repo, remote: str) -> str:
     """The fetch URL of *remote*; BadInputError when no such remote is configured."""
     if not remote or remote.startswith("-"):
-        raise BadInputError(f"--remote: {remote!r} is not a remote name")
+        raise BadInputError(f"--remote: {strip_userinfo(remote)!r} is not a remote name")
     try:
         return git.git(repo.root, "remote", "get-url", "--", remote).strip()
     except CommandError as exc:
         raise BadInputError(
-            f"--remote: no remote named {remote!r} in {repo.root}; add it with `git remote add`"
+            f"--remote: no remote named {strip_userinfo(remote)!r} in {repo.root}; "
+            "add it with `git remote add`"
         ) from exc
-
-
-def strip_userinfo(url: str) -> str:
-    """*url* without ``user:password@`` (remote URLs may embed credentials)."""
-    return _USERINFO_RE.sub("", url)
 
 
 def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -200,10 +195,12 @@ def api_url_from(flag: str | None, env: Mapping[str, str] | None = None) -> str:
         )
     url = (given or DEFAULT_API_URL).rstrip("/")
     if not is_http_url(url):
-        raise BadInputError(f"{where}: {url!r} is not an http(s) URL")
+        raise BadInputError(f"{where}: {strip_userinfo(url)!r} is not an http(s) URL")
     parts = urllib.parse.urlsplit(url)
     if parts.query or parts.fragment or url.endswith(("?", "#")):  # every request would lose it
-        raise BadInputError(f"{where}: {url!r} has a query or fragment; give the API's base URL")
+        raise BadInputError(
+            f"{where}: {strip_userinfo(url)!r} has a query or fragment; give the API's base URL"
+        )
     if "@" in parts.netloc:
         raise BadInputError(f"{where}: credentials in the URL are not accepted; use GITHUB_TOKEN")
     return url

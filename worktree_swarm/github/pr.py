@@ -464,7 +464,7 @@ def push_branch(
         said = [line for line in exc.output.strip().splitlines() if not line.startswith("hint:")]
         tail = " | ".join(said[-3:])
         raise SwarmError(
-            f"pushing {branch} to {remote} failed: {redact(strip_userinfo(tail))}; "
+            f"pushing {branch} to {strip_userinfo(remote)} failed: {redact(strip_userinfo(tail))}; "
             "fix the remote (access, diverged branch) and run `swarm pr` again"
         ) from None
 

@@ -7,9 +7,10 @@ What counts as a secret (docs/secrets.md):
 - the value of every environment variable whose name says it holds one (:func:`is_secret_name`),
   taken from this process's environment and from each task's ``env`` (:func:`add_env`), and
   the secrets of the ``copy`` files (:func:`file_secrets`);
-- the password of a URL (``scheme://user:PASSWORD@host``);
-- known credential formats: Anthropic and OpenAI keys, GitHub tokens, AWS access key ids,
-  Slack tokens, Google API keys, JWTs, private-key blocks;
+- the password of a URL (``scheme://user:PASSWORD@host``), and its user name when that is a
+  token (``https://TOKEN@host``);
+- known credential formats: Anthropic and OpenAI keys, GitHub and GitLab tokens, AWS access
+  key ids, Slack tokens, Google API keys, JWTs, private-key blocks;
 - ``NAME=value`` / ``NAME: value`` / ``"name": "value"`` where NAME says secret, and the
   credential of ``Bearer x`` / ``Authorization: token x``.
 """
@@ -61,15 +62,20 @@ _FORMATS = (
     r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z ]*-----|\Z)"
     r"|sk-ant-[A-Za-z0-9_\-]{3,}|\bsk-[A-Za-z0-9_\-]{20,}|\bgh[poursa]_[A-Za-z0-9]{16,}"
     r"|\bgithub_pat_[A-Za-z0-9_]{16,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
-    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{35}|\bglpat-[A-Za-z0-9_\-]{20,}"
 )
 _JWT = r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"
 # A URL's user info, as URL parsers read it: up to the last `@` before the path (a password
 # may hold a raw `@`, and any of RFC 3986's sub-delimiters: `'`), the user up to its first `:`.
+# The look for an `@` first: most URLs have none, and fail there at once.
 _USERINFO = (
-    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/:\"'<>]*)"
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?=[^\s/]*@)(?P<user>[^\s/:\"'<>]*)"
     r"(?::(?P<password>[^\s/\"<>]+))?(?P<at>@)"
 )
+# A URL's user name that is a token (`https://<40 hex>@github.com/...`, an Azure DevOps PAT):
+# one word of this many characters, with a letter and a digit. Not `git`, `x-access-token`,
+# `oauth2` or `gitlab-ci-token`, which name how the password is used.
+_TOKEN_USER = re.compile(r"(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{20,}")
 # One pass over each text: credential shapes, URL passwords, `Bearer <x>`, `Authorization:
 # token <x>`, and NAME=value / NAME: value / "name": "value" where NAME says it holds a secret.
 _SHAPES = (
@@ -96,6 +102,7 @@ _TRIGGERS = (
     "akia",
     "asia",
     "aiza",
+    "glpat-",
     "eyj",
     "://",  # a URL password: the match starts at the scheme, before this
     "bearer",
@@ -117,7 +124,7 @@ _SETTING = re.compile(
     re.MULTILINE,
 )
 # The user may be empty: `redis://:PASSWORD@cache:6379`.
-_URL_PASSWORD = re.compile(_USERINFO)
+_URL_USERINFO = re.compile(_USERINFO)
 
 
 def file_secrets(text: str) -> list[tuple[str, str]]:
@@ -126,16 +133,25 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
     A value counts when its name says secret (:func:`is_secret_name`) or it is a URL's
     password, and it looks made up rather than a word: at least 8 characters with a letter and
     a digit, or at least 16 (``POSTGRES_PASSWORD=postgres`` is the name of half a
-    docker-compose file, not a secret worth refusing a branch over).
+    docker-compose file, not a secret worth refusing a branch over); and a URL's user name
+    that is a token.
     """
     found: list[tuple[str, str]] = []
     for m in _SETTING.finditer(text):
         name, value = m.group("name"), m.group("dq") or m.group("sq") or m.group("bare") or ""
         if is_secret_name(name) and _made_up(value):
             found.append((name, value))
-    passwords = (m.group("password") or "" for m in _URL_PASSWORD.finditer(text))
-    found.extend(("a URL's password", value) for value in passwords if _made_up(value))
+    for m in _URL_USERINFO.finditer(text):
+        if _is_token_user(m.group("user")):
+            found.append(("a URL's user name", m.group("user")))
+        if _made_up(password := m.group("password") or ""):
+            found.append(("a URL's password", password))
     return found
+
+
+def _is_token_user(user: str) -> bool:
+    """Whether a URL's user name *user* is a credential (a token), not a name."""
+    return _TOKEN_USER.fullmatch(user) is not None or _SHAPES_RE.fullmatch(user) is not None
 
 
 # A local file's value is taken for a credential from this length with a letter and a digit,
@@ -223,8 +239,9 @@ class Redactor:
                 return m.group(0)
             return m.group("scheme") + REDACTED
         if m.group("url"):
-            # The user name may hold a credential of a known format (`https://ghp_x@host`).
-            head = m.group("url") + self(m.group("user"))
+            user = m.group("user")
+            # Git hides a URL's whole user info in its messages: the user name can be a token.
+            head = m.group("url") + (REDACTED if _is_token_user(user) else self(user))
             if m.group("password") is None:
                 return head + m.group("at")
             return head + ":" + REDACTED + m.group("at")

@@ -26,7 +26,8 @@ def remote_url(repo: git.Repo, remote: str) -> str:
         git.git(repo.root, "ls-remote", "--heads", "--", url)
     except CommandError as exc:
         raise BadInputError(
-            f"remote {remote!r} ({url}) cannot be reached: {str(exc).splitlines()[0]}; the "
+            f"remote {git.strip_userinfo(remote)!r} ({git.strip_userinfo(url)}) cannot be "
+            f"reached: {git.strip_userinfo(str(exc).splitlines()[0])}; the "
             "nodes clone from it and push to it (set --remote)"
         ) from None
     return url
