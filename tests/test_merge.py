@@ -430,10 +430,6 @@ def test_a_merge_into_a_branch_killed_half_way_records_nothing_that_did_not_land
     )
     looked = swarm(base_repo, "clean").stdout
     assert "was cut off; run `swarm merge --into release` again first" in looked, looked
-    # A merge into another branch (the run's integration branch) waits for that one, and
-    # says so with the command that works (`swarm merge two` would say the same again).
-    skipped = swarm(base_repo, "merge", "two")
-    assert "run `swarm merge --into release two` first" in skipped.stdout, skipped.stdout
     check_pid = int((tmp_path / "second").read_text())
     # The next merge lands both (and first ends the check the killed one left running).
     out = swarm(base_repo, "merge", "--into", "release")
@@ -768,6 +764,47 @@ def test_a_merge_cut_off_in_its_checks_is_not_recorded_over_by_a_merge_into_anot
     assert again.returncode == 1, again.stdout + again.stderr
     assert "broken.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
     assert merge_results(base_repo) == {"breaks": "failed", "child": None}
+
+
+def test_a_merge_into_a_branch_cut_off_in_its_checks_keeps_no_task_from_merging_elsewhere(
+    base_repo: Path, brancher: Brancher, tmp_path: Path
+) -> None:
+    # An `--into` merge moves its branch only at its end: killed in its checks, it leaves
+    # nothing on any branch to undo, and its tasks merge elsewhere as if it never ran.
+    base = two_tasks_and_dev(base_repo, brancher)
+    git(base_repo, "branch", "rel", base)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    check = tmp_path / "check.py"
+    check.write_text(  # after a merge (not on the target before any), says it started,
+        # then waits for a gate opened only once swarm is killed
+        "import os, pathlib, time\n"
+        "if pathlib.Path('one.txt').exists() or pathlib.Path('two.txt').exists():\n"
+        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        f"    while not pathlib.Path({str(gate)!r}).exists():\n"
+        "        time.sleep(0.05)\n"
+    )
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge", "--into", "dev",
+            "--check", f"{agent_command()} {check}"]  # fmt: skip
+    try:
+        kill_merge_once(
+            base_repo, argv, lambda: started.exists() and started.read_text() != "",
+            what="the check of the first merge",
+        )  # fmt: skip
+    finally:
+        gate.touch()
+    assert git(base_repo, "rev-parse", "dev") == base
+
+    into = swarm(base_repo, "merge", "--into", "rel")
+    assert into.returncode == 0, into.stdout + into.stderr
+    assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
+    assert {"one.txt", "two.txt"} <= set(git(base_repo, "ls-tree", "--name-only", "rel").split())
+    again = swarm(base_repo, "merge")  # and into the run's integration branch
+    assert again.returncode == 0, again.stdout + again.stderr
+    integration = "swarm/integration-" + RUN_ID
+    assert {"one.txt", "two.txt"} <= set(
+        git(base_repo, "ls-tree", "--name-only", integration).split()
+    )
+    assert git(base_repo, "rev-parse", "dev") == base
 
 
 def test_what_the_checks_of_a_killed_merge_wrote_is_undone_by_the_next_merge(

@@ -75,7 +75,7 @@ def select_candidates(
             Candidate(row=row, task=task_from_json(row.spec_json), tip=tip, base=base)
         )
     every = store.tasks(run_id)
-    cut_off = {r.task_id for r in every if _cut_off_elsewhere(r, target)}
+    cut_off = {r.task_id for r in every if _cut_off_elsewhere(repo, r, target)}
     absent = _deps_not_there(every, candidates, standing, start, taken=taken, tips=tips)
     absent = {dep: own for dep, own in absent.items() if dep not in cut_off}  # said so below
     kept, held = _without_unmerged_deps(
@@ -188,7 +188,7 @@ def _skip_reason(
     """Why the task cannot be merged into *target* ('' when it can)."""
     if later:
         return f"branch {row.branch} is run {later}'s now (it reused the task id)"
-    if _cut_off_elsewhere(row, target):
+    if _cut_off_elsewhere(repo, row, target):
         return (
             f"its merge into {row.merge_target} was cut off in its checks; run "
             f"`{merge_again(row.merge_target, row.task_id)}` first (that merge is undone and "
@@ -205,13 +205,21 @@ def _skip_reason(
     return ""
 
 
-def _cut_off_elsewhere(row: TaskRow, target: str) -> bool:
+def _cut_off_elsewhere(repo: git.Repo, row: TaskRow, target: str) -> bool:
     """Whether *row*'s merge into another branch than *target* was cut off in its checks.
 
     The task's one merge record holds that intent: recorded over by a merge into *target*,
-    the unchecked merge would be taken for landed there.
+    the unchecked merge would be taken for landed there. Not when that branch lacks the
+    merge: an ``--into`` merge moves its branch only at its end (killed before, it left
+    nothing there), and one you reset away is gone too; nothing is left to undo.
     """
-    return row.merge_result == CHECKING and row.merge_target != target
+    if row.merge_result != CHECKING or not row.merge_target or row.merge_target == target:
+        return False
+    tip = branch_tip(repo, row.merge_target)
+    if tip is None:
+        return False
+    # No commit recorded: killed right after committing, in swarm's integration worktree.
+    return not row.merge_commit or bool(git.contained(repo, tip, [row.merge_commit]))
 
 
 def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
