@@ -76,12 +76,14 @@ def record_run(
     agent: Sequence[str] = (),
     resolve_timeout: float | None = None,
     profile: str = "command",
+    titles: Mapping[str, str] | None = None,
 ) -> str:
     """Record a finished run whose tasks ``(id, base commit)`` have branches ``swarm/<id>``.
 
-    Their agent runs *agent* with the adapter of *profile*.
+    Their agent runs *agent* with the adapter of *profile*; *titles* are their titles.
     """
     depends = depends or {}
+    titles = titles or {}
     checks = checks or {}
     root = repo.parent / f"{repo.name}.swarm"
     settings = {"worktree_root": str(root), "commit_author": "swarm test <swarm@test>"}
@@ -99,6 +101,7 @@ def record_run(
                 Task(
                     id=task_id,
                     prompt=f"do {task_id}",
+                    title=titles.get(task_id, ""),
                     depends_on=tuple(depends.get(task_id, ())),
                     checks=tuple(tuple(a) for a in checks.get(task_id, ())),
                     agent=profile,

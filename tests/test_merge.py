@@ -597,6 +597,40 @@ def test_a_gitmodules_git_refuses_names_the_task_that_brought_it_in_the_merges_i
     assert not (repo.parent / "repo.swarm" / f"_integration-{RUN_ID}" / "pwned").exists()
 
 
+@pytest.mark.parametrize(
+    "title", ["merge task bump (tidy)", "merge task bump (swarm/bump)\n\nand its submodule"]
+)
+def test_a_gitmodules_squashed_in_by_a_task_titled_like_another_s_merge_names_its_own_task(
+    tmp_path: Path, title: str
+) -> None:
+    # A squash commit's subject holds the task's title: one that reads like another task's
+    # merge ("swarm: merge task bump (...") had the .gitmodules blamed on that task.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},sub")
+    git(repo, "commit", "-q", "-m", "a submodule")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    modules = '[submodule "sub2"]\n\tpath = sub2\n\turl = ../x\n\tupdate = !touch pwned\n'
+    brancher.branch("swarm/evil", base, {".gitmodules": modules})
+    brancher.branch("swarm/bump", base, {})
+    git(brancher.scratch, "update-index", "--cacheinfo", f"160000,{'2' * 40},sub")
+    git(brancher.scratch, "commit", "-q", "--amend", "-m", "bump sub")
+    git(repo, "branch", "-f", "swarm/bump", git(brancher.scratch, "rev-parse", "HEAD"))
+    brancher.close()
+    record_run(repo, [("evil", base), ("bump", base)], base=base, titles={"evil": title})
+    assert swarm(repo, "merge", "evil", "--strategy", "squash").returncode == 0
+    squash = git(repo, "log", "-1", "--format=%h", "--abbrev=12", f"swarm/integration-{RUN_ID}")
+
+    out = swarm(repo, "merge", "bump", "--strategy", "squash", "--json")
+
+    reason = json.loads(out.stdout)["results"][0]["reason"]
+    assert out.returncode == 1
+    assert reason.endswith(
+        f" (the .gitmodules on swarm/integration-{RUN_ID} came with task evil's merge {squash}:"
+        " fix or revert it)"
+    ), reason
+
+
 def test_conflicted_file_names_are_quoted_one_per_entry_in_merge_output(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -891,6 +925,38 @@ def test_your_commit_on_the_integration_branch_after_a_merge_killed_before_it_me
     git(worktree, "add", "fix.txt")
     git(worktree, "commit", "-qm", "my fix")
     mine = git(worktree, "rev-parse", "HEAD")
+
+    out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    integration = "swarm/integration-" + RUN_ID
+    assert git(base_repo, "merge-base", "--is-ancestor", mine, integration) == ""
+    assert "task.txt" in git(base_repo, "ls-tree", "--name-only", integration)
+
+
+def test_your_commit_titled_like_the_killed_merge_s_task_is_not_taken_for_its_merge(
+    base_repo: Path, brancher: Brancher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed before its `git merge`: your commit on top, another task's squash picked from
+    # `rel`, was taken for that merge because the other task's title names it.
+    base = git(base_repo, "rev-parse", "HEAD")
+    brancher.branch("swarm/task", base, {"task.txt": "t\n"})
+    brancher.branch("swarm/other", base, {"other.txt": "o\n"})
+    titles = {"other": "merge task task (swarm/task) follow-up"}
+    record_run(base_repo, [("task", base), ("other", base)], base=base, titles=titles)
+    git(base_repo, "branch", "rel", base)
+    squashed = swarm(base_repo, "merge", "--into", "rel", "--strategy", "squash", "other")
+    assert squashed.returncode == 0, squashed.stdout + squashed.stderr
+    check = tmp_path / "check.py"
+    check.write_text("")
+    hung = hang_git_at(tmp_path, monkeypatch, "merge")
+    argv = [sys.executable, "-m", "worktree_swarm.cli", "merge",
+            "--check", f"{agent_command()} {check}", "task"]  # fmt: skip
+    kill_merge_once(base_repo, argv, hung.exists, what="the merge step")
+    worktree = next(base_repo.parent.glob("repo.swarm/_integration-*"))
+    git(worktree, "cherry-pick", "rel")
+    mine = git(worktree, "rev-parse", "HEAD")
+    assert git(worktree, "log", "-1", "--format=%s").startswith("swarm: merge task task (")
 
     out = subprocess.run(argv, cwd=base_repo, capture_output=True, text=True, check=False)
 

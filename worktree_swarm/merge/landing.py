@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.infra import redact
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.checks import (
     check_env,
@@ -28,6 +26,12 @@ from worktree_swarm.merge.checks import (
     wrote_outside,
 )
 from worktree_swarm.merge.merge_report import CheckResult, MergeOutcome, TaskResult
+from worktree_swarm.merge.messages import (
+    changes_message,
+    merge_message,
+    merged_task,
+    squash_message,
+)
 from worktree_swarm.merge.resolve import run_resolver
 from worktree_swarm.merge.session import (
     CHECKING,
@@ -83,7 +87,7 @@ def _merge_one(s: Session, c: Candidate) -> TaskResult:
 
 
 def _merge_step(s: Session, c: Candidate, pre: str) -> TaskResult:
-    message = f"swarm: merge task {c.task_id} ({c.row.branch})"
+    message = merge_message(c.task_id, c.row.branch)
     flags = ["--no-verify", "--no-gpg-sign", "--no-edit"]
     if s.strategy is Strategy.SQUASH:
         res = _squash(s, c, flags[:2])
@@ -106,9 +110,8 @@ def _merge_step(s: Session, c: Candidate, pre: str) -> TaskResult:
         if _nothing_staged(s):
             undo(s, pre)  # drops the squash message git left waiting
             return _held_already(s, c, pre)
-        title = redact.redact(c.task.title or c.task_id)
         run_git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
-             f"swarm: {title} (task {c.task_id}, squashed)")  # fmt: skip
+             squash_message(c.task.title, c.task_id))  # fmt: skip
         return _check(s, c, pre, settled=_settled(s, c))
     head = head_commit(s.target.worktree)
     if head == pre:
@@ -150,7 +153,7 @@ def _squash(s: Session, c: Candidate, flags: Sequence[str]) -> subprocess.Comple
     ancestor = run_git(s, "merge-base", "--is-ancestor", c.base, "HEAD", check=False)
     if not deps or not deps <= s.landed or ancestor.returncode == 0:
         return run_git(s, "merge", "--squash", *flags, c.tip, check=False)
-    message = f"swarm: squashed changes of task {c.task_id} since {c.base[:12]}\n"
+    message = changes_message(c.task_id, c.base) + "\n"
     (git.git_dir(s.target.worktree) / "SQUASH_MSG").write_text(message, encoding="utf-8")
     return run_git(s, "merge-recursive", c.base, "--", "HEAD", c.tip, check=False)
 
@@ -249,10 +252,9 @@ def _resolve(s: Session, c: Candidate, pre: str, files: tuple[str, ...]) -> Task
         undo(s, pre)
         return _conflicted(s, c, files, why)
     if s.strategy is Strategy.SQUASH:
-        title = redact.redact(c.task.title or c.task_id)
-        message = f"swarm: {title} (task {c.task_id}, squashed, resolved)"
+        message = squash_message(c.task.title, c.task_id, resolved=True)
     else:
-        message = f"swarm: merge task {c.task_id} ({c.row.branch}), conflicts resolved by its agent"
+        message = merge_message(c.task_id, c.row.branch, resolved=True)
     run_git(s, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message)
     return _check(s, c, pre, resolved=files, also=also)
 
@@ -402,8 +404,8 @@ def _gitmodules_cause(s: Session, stderr: str) -> str:
     sha, _, subject = run_git(s, *args, check=False).stdout.strip().partition("\0")
     if not sha:
         return ""
-    task = re.match(r"swarm: (?:merge task (\S+) \(|.*\(task (\S+), squashed)", subject)
-    by = f"task {task[1] or task[2]}'s merge" if task else "commit"
+    task = merged_task(subject)
+    by = f"task {task}'s merge" if task else "commit"
     return f" (the .gitmodules on {s.target.branch} came with {by} {sha[:12]}: fix or revert it)"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from worktree_swarm.merge.messages import merged_task
 from worktree_swarm.merge.session import CHECKING, Candidate, Session, head_commit, run_git, undo
 
 
@@ -65,9 +66,7 @@ def undo_unchecked(s: Session) -> None:
 def _merges(s: Session, commit: str, task_id: str) -> bool:
     """Whether *commit* is swarm's merge (or squash) commit of task *task_id*."""
     subject = run_git(s, "log", "-1", "--format=%s", commit, "--").stdout.strip()
-    return subject.startswith("swarm: ") and (
-        f" task {task_id} (" in subject or f"(task {task_id}, squashed" in subject
-    )
+    return merged_task(subject) == task_id
 
 
 def _parent(s: Session, commit: str) -> str | None:
