@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -522,3 +524,46 @@ def test_a_pack_that_appears_while_another_is_checked_is_checked_too(
     found = guard.drain()
     assert [(v.git_files, v.restored) for v in found] == [((f"objects/pack/{name}.idx",), True)]
     assert git(repo, "cat-file", "blob", victim) == "yours"
+
+
+def test_work_of_yours_and_of_tasks_comes_back_with_the_guards_files_on_another_file_system(
+    tmp_path: Path,
+) -> None:
+    """A hard link cannot cross file systems: the guard holds copies there instead.
+
+    With its directory elsewhere (`.git/swarm` a mount of its own), the held links and the
+    kept pack failed at every scan ("Invalid cross-device link"), and an object an agent
+    deleted, of your branch or of a finished task's, was lost.
+    """
+    elsewhere = Path("/dev/shm")  # a tmpfs of its own on Linux
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == repo.stat().st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    work = Path(tempfile.mkdtemp(prefix="swarm-guard-", dir=elsewhere))
+    guard = Guard(open_repo(repo), work_dir=work / "guard", restore=True)
+    try:
+        guard.start()
+        git(repo, "branch", "swarm/done")
+        path = tmp_path / "wt" / "done"
+        git(repo, "worktree", "add", "-q", str(path), "swarm/done")
+        with guard.busy("done", path):
+            commit_file(path, "done.txt", "done\n")
+        guard.after_attempt()
+        assert (guard.drain(), guard.drain_failures()) == ([], [])
+        guard.agent_started("rogue", me())
+        loose(repo, "swarm/done").unlink()  # the finished task's commit
+        loose(repo, "main").unlink()  # your last commit
+        guard.after_attempt()
+        found = [(v.broken, v.restored) for v in guard.drain()]
+        assert found == [(("refs/heads/main", "refs/heads/swarm/done"), True)]
+        _rename_over(repo)  # another object under the name of your commit
+        guard.after_attempt()
+        assert [(v.git_files, v.restored) for v in guard.drain()] == [
+            ((str(loose(repo, "main").relative_to(repo / ".git")),), True)
+        ]
+        assert guard.drain_failures() == []
+        assert git(repo, "log", "--format=%s", "swarm/done") == "done.txt\ninitial"
+        assert git(repo, "fsck", "--no-dangling") == ""
+    finally:
+        guard.close()
+        shutil.rmtree(work)

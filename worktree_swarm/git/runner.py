@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
@@ -366,10 +366,11 @@ def _execute_bytes(
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
     shown_from: int = 0,
+    stdout: IO[bytes] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     shown = ["git", *args[shown_from:]]
     stdin = subprocess.DEVNULL if input_bytes is None else subprocess.PIPE
-    proc = _start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE)
+    proc = _start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout)
     # Git never waits on a named pipe of its own: one it waits on was planted where it reads
     # (an agent's `.gitignore` or loose ref), and would hold it, and whatever waits for it,
     # for ever. The watch stops it; the command fails and says where the pipe is.
@@ -381,7 +382,7 @@ def _execute_bytes(
             raise
     if watched.pipe is not None:
         raise StuckOnPipeError(shown, watched.pipe)
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out or b"", err)
     if check and done.returncode != 0:
         text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
         raise CommandError(shown, done.returncode, text, full=_out_of_space(cwd, text))
@@ -389,9 +390,15 @@ def _execute_bytes(
 
 
 def _start(
-    cwd: Path, args: Sequence[str], *, env: Mapping[str, str] | None, stdin: int, stderr: int
+    cwd: Path,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None,
+    stdin: int,
+    stderr: int,
+    stdout: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``git *args`` (already hardened) in *cwd*, its output piped.
+    """Start ``git *args`` (already hardened) in *cwd*, its output piped (or into *stdout*).
 
     GitError when *cwd* is not a directory, BadInputError when git is missing.
     """
@@ -403,7 +410,12 @@ def _start(
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
     try:
         return subprocess.Popen(
-            argv, cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr
+            argv,
+            cwd=cwd,
+            env=full_env,
+            stdin=stdin,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=stderr,
         )
     except FileNotFoundError as exc:
         if not cwd.is_dir():  # removed since the check above
@@ -539,6 +551,15 @@ def run_bytes(
     argv, shown_from, full_env = _hardened(cwd, args, env)
     return _execute_bytes(
         cwd, argv, check=check, env=full_env, input_bytes=input_bytes, shown_from=shown_from
+    )
+
+
+def run_into(cwd: Path, out: IO[bytes], *args: str, input_text: str | None = None) -> None:
+    """Like :func:`run` (checked), with git's stdout written to *out* (a pack of any size)."""
+    data = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
+    argv, shown_from, full_env = _hardened(cwd, args, None)
+    _execute_bytes(
+        cwd, argv, check=True, env=full_env, input_bytes=data, shown_from=shown_from, stdout=out
     )
 
 

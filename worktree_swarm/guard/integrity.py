@@ -5,12 +5,17 @@ moving it. Each check asks git about every ref's tip commit and root tree in one
 walks every object a task branch added on top of the user's branches. After a good check the
 new objects of each task branch are copied into a pack under the run's guard directory, which
 the sandbox keeps read-only: a broken task branch gets its objects back from there.
+
+The guard's directory may lie on another file system than the object store (``.git/swarm``
+a mount of its own): its hard links to object files are copies there, and its packs are
+written there by git's output, not renamed into place from the store.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import filecmp
 import hashlib
 import os
@@ -19,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -71,20 +77,61 @@ def broken_refs(
     return sorted(ref for ref, sha in checked.items() if sha in bad)
 
 
-def keep(root: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]) -> None:
+def keep(
+    root: Path, common: Path, pack_dir: Path, tips: Sequence[str], exclude: Sequence[str]
+) -> None:
     """Copy the objects of *tips* not reachable from *exclude* into a pack in *pack_dir*."""
     if not tips:
         return
     pack_dir.mkdir(parents=True, exist_ok=True)
-    lines = [*tips, *(f"^{e}" for e in exclude)]
-    runner.run(
-        root,
-        "pack-objects",
-        "--revs",
-        "-q",
-        str(pack_dir / "keep"),
-        input_text="\n".join(lines) + "\n",
-    )
+    revs = "\n".join([*tips, *(f"^{e}" for e in exclude)]) + "\n"
+    if _same_file_system(pack_dir, common / "objects"):
+        runner.run(root, "pack-objects", "--revs", "-q", str(pack_dir / "keep"), input_text=revs)
+        return
+    # git writes a pack in the store and renames it into place, which cannot cross file
+    # systems: written here from its output instead, indexed here, then named as git names it.
+    with tempfile.NamedTemporaryFile(dir=pack_dir, prefix="tmp-", suffix=".pack") as out:
+        temp = Path(out.name)
+        try:
+            runner.run_into(root, out.file, "pack-objects", "--revs", "--stdout", input_text=revs)
+            name = runner.run(root, "index-pack", "--no-rev-index", str(temp)).stdout.strip()
+            os.link(temp, pack_dir / f"keep-{name}.pack")
+            temp.with_suffix(".idx").rename(pack_dir / f"keep-{name}.idx")  # the .idx last
+        finally:
+            temp.with_suffix(".idx").unlink(missing_ok=True)
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    """Whether the directories *a* and *b* lie on one file system (taken so if *b* is gone)."""
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except FileNotFoundError:  # the store moved: git's own command says what is wrong
+        return True
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link *source* as *dest*, or copy it where they lie on different file systems.
+
+    FileExistsError if *dest* exists, as for a link. A copy is written under a temporary
+    name (git's, which the store's change test skips) and linked in once whole.
+    """
+    try:
+        os.link(source, dest)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    else:
+        return
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest))
+    fd, name = tempfile.mkstemp(prefix="tmp_obj_", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_file(source) as data:
+            shutil.copyfileobj(data, out)
+        os.chmod(name, 0o444)  # noqa: PTH101 - as git leaves an object file
+        os.link(name, dest)
+    finally:
+        os.unlink(name)  # noqa: PTH108
 
 
 StoreId = tuple[int, int]  # (device, inode) of the object store's directory
@@ -217,7 +264,8 @@ def hold(common: Path, held: Path) -> None:
 
     git never rewrites an object file, so a link is the file as it will stay: one an agent
     deletes (or moves into a store of its own) stays here and can be put back. It costs a
-    directory entry per file, no data, until the run lets go of them (:func:`let_go`). Not
+    directory entry per file, no data, until the run lets go of them (:func:`let_go`); a copy
+    of each file where *held* is on another file system than the store. Not
     the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
     object, and one `git gc` removes.
     """
@@ -237,7 +285,7 @@ def hold(common: Path, held: Path) -> None:
                 pack or _loose_name(directory.name, entry.name)
             ):
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
-                    os.link(entry.path, target / entry.name)
+                    _link_or_copy(Path(entry.path), target / entry.name)
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -262,7 +310,7 @@ def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
     if held is not None:
         for source, dest in _gone(common, held):
             dest.parent.mkdir(exist_ok=True)
-            os.link(source, dest)
+            _link_or_copy(source, dest)
         put_back(written_over(common, held))
     if not pack_dir.is_dir():
         return
@@ -303,7 +351,7 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
         if dest.parent.name == "pack" and dest.stem not in packs:
             continue
         dest.parent.mkdir(exist_ok=True)
-        os.link(source, dest)
+        _link_or_copy(source, dest)
 
 
 def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
@@ -667,7 +715,7 @@ def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
         aside = dest.with_name(f"tmp_obj_{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             aside.unlink()
-        os.link(source, aside)
+        _link_or_copy(source, aside)
         aside.replace(dest)
 
 

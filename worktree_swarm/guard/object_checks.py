@@ -476,5 +476,5 @@ class ObjectChecks(Verdicts):
         # One pack for every branch that moved: what they added since last kept.
         previous = {self._packed[ref] for ref in moved if ref in self._packed}
         new = sorted(set(moved.values()))
-        integrity.keep(self.repo.root, pack_dir, new, sorted(user | previous))
+        integrity.keep(self.repo.root, self.repo.common_dir, pack_dir, new, sorted(user | previous))
         self._packed.update(moved)
