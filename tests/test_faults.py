@@ -6,7 +6,10 @@ is capped with ``max_page_count`` (it then reports "database or disk is full").
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -198,9 +201,44 @@ def test_a_log_the_disk_refuses_goes_to_stderr(
         Path("/dev/full").write_bytes(b"x")
     except OSError:
         faults.record_exception(blocker / faults.MANAGER_LOG, "the store")
-    err = capsys.readouterr().err
-    assert "internal error in the store\n" in err
-    assert "OSError: [Errno 28] No space left on device" in err
+    log = blocker / faults.MANAGER_LOG
+    assert capsys.readouterr().err == (
+        "swarm: internal error in the store: OSError: [Errno 28] No space left on device;"
+        f" cannot write it to {log}: File exists\n"
+    )
+
+
+# Out of file descriptors with the log still to open: a worker's error under `ulimit -n 32`.
+_OUT_OF_FDS = """
+import os, resource, sys
+from pathlib import Path
+from worktree_swarm.infra import faults
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    faults.record_exception(Path(sys.argv[1]), "swarm-t2")
+"""
+
+
+def test_a_log_the_open_file_limit_refuses_is_one_line_on_stderr(tmp_path: Path) -> None:
+    # The traceback went to the terminal, where every error is one line.
+    log = tmp_path / faults.MANAGER_LOG
+    done = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_FDS, str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr == (
+        "swarm: internal error in swarm-t2: OSError: [Errno 24] Too many open files: '/dev/null';"
+        f" cannot write it to {log}: Too many open files, a system limit (`ulimit -n`)\n"
+    )
+    assert not log.exists()
 
 
 def test_a_pause_reason_with_escapes_or_lines_is_shown_as_one_printable_line(

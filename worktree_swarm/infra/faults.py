@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.core.text import one_line, without_escapes
-from worktree_swarm.infra import fs
+from worktree_swarm.infra import fs, proc
 
 _T = TypeVar("_T")
 _NO_SPACE = "No space left on device"
@@ -193,7 +193,7 @@ def thread_hook(log: Path) -> Callable[[threading.ExceptHookArgs], None]:
 
 def note(log: Path, text: str) -> None:
     """Append a stamped line that is no error (what the manager waits for) to *log*."""
-    _write_entry(log, f"{_stamp()} {text}\n")
+    _write_entry(log, f"{_stamp()} {text}\n", text)
 
 
 def _stamp() -> str:
@@ -201,13 +201,26 @@ def _stamp() -> str:
 
 
 def _append(log: Path, where: str, text: str) -> None:
-    _write_entry(log, f"{_stamp()} internal error in {where}\n{text}\n")
+    last = text.rstrip().rpartition("\n")[2]  # the exception itself: `OSError: [Errno 24] ...`
+    _write_entry(
+        log, f"{_stamp()} internal error in {where}\n{text}\n", f"internal error in {where}: {last}"
+    )
 
 
-def _write_entry(log: Path, entry: str) -> None:
+def _write_entry(log: Path, entry: str, line: str) -> None:
+    """Append *entry* to *log*; where that fails, *line* (what it says, in one line) to stderr.
+
+    Then the disk or the open-file limit refuses the log: stderr gets one line saying so, as
+    every error of swarm's, never the traceback the entry may hold.
+    """
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_append(log) as fh:
             fh.write(entry)
-    except OSError:
-        sys.stderr.write(entry)  # the disk refuses the log too: stderr is all that is left
+    except OSError as exc:
+        refused = exc.strerror or str(exc)
+        limit = proc.system_limit(exc.errno)
+        if limit is not None:
+            refused = f"{refused}, a system limit ({limit})"
+        said = one_line(without_escapes(line), controls=True)
+        sys.stderr.write(f"swarm: {said}; cannot write it to {log}: {refused}\n")
