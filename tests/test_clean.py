@@ -1803,3 +1803,22 @@ def test_a_lock_file_a_swarm_run_as_another_user_made_is_named_as_that_users(
         f"command run as {name} made it): give it back to you (`sudo chown -R "
         f"{getpass.getuser()} {lock}`) or run swarm as {name}\n"
     )
+
+
+def test_clean_on_a_read_only_worktree_root_leaves_each_worktree_as_git_knew_it(
+    small_disk: Path, repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its index went before its files, which the file system then kept: `git status` there
+    # said every file deleted and untracked, and a commit made by hand recorded the deletions.
+    agent = write_agent(BY_ID_AGENT)
+    text = f'[defaults]\nagent = {argv_toml(agent)}\nworktree_root = "{small_disk}"\n'
+    text += '[[task]]\nid = "nothing"\nprompt = "x"\n'
+    assert swarm(repo, "run", manifest(repo, text)).returncode == 1  # no_changes
+    worktree = small_disk / "nothing"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "Read-only file system" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert (worktree / "README.md").is_file()
+    assert git(worktree, "status", "--porcelain") == ""
+    assert worktree_paths(repo) == [str(repo), str(worktree)]

@@ -695,21 +695,29 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     Without git, whose `worktree remove` runs a `git status` of its own: for a worktree the
     caller found clean (or removes by force) under the repository lock. Nothing is touched,
     and the answer is False, when git must do it: *path* is a symlink, the worktree is locked,
-    has submodules, or its files are not laid out as git writes them. The index goes first: a
-    removal killed half-way then reads as a checkout never populated, which a checkpoint
-    repopulates from HEAD instead of committing the missing files as deletions. The files go
-    next and the ``.git`` file after them (so that a half-deleted directory is still known as
-    this worktree), the registration last (a crash before it leaves it prunable, as git would).
+    has submodules, or its files are not laid out as git writes them. The index goes aside
+    first: a removal killed half-way then reads as a checkout never populated, which a
+    checkpoint repopulates from HEAD instead of committing the missing files as deletions. A
+    removal that fails having deleted none of them (a read-only file system) puts it back, so
+    git sees them as they were. The files go next and the ``.git`` file after them (so that a
+    half-deleted directory is still known as this worktree), the registration last (a crash
+    before it leaves it prunable, as git would).
     """
     admin = None if path.is_symlink() else _linked_admin(repo, path)
     if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
         return False
-    (admin / "index").unlink(missing_ok=True)
+    index, aside = admin / "index", admin / "index.swarm-removing"
+    with contextlib.suppress(FileNotFoundError):
+        index.replace(aside)
     try:
-        _delete_files(path)
-    except PermissionError:  # a directory a tool made read-only (not for root)
-        fs.make_removable(path)
-        _delete_files(path)
+        try:
+            _delete_files(path)
+        except PermissionError:  # a directory a tool made read-only (not for root)
+            fs.make_removable(path)
+            _delete_files(path)
+    except OSError:
+        _index_back(path, index, aside)
+        raise
     (path / ".git").unlink()
     path.rmdir()
     with _REGISTRATIONS:
@@ -729,6 +737,15 @@ def git_remove_locked(repo: Repo, path: Path, *, force: bool, submodules: bool =
     flags = ["--force", "--force"] if force else ["--force"] if submodules else []
     with _REGISTRATIONS:
         git(repo.root, "worktree", "remove", *flags, "--", str(path))
+
+
+def _index_back(path: Path, index: Path, aside: Path) -> None:
+    """Put the index *aside* back as *index* unless a file it tracks is gone from *path*."""
+    with contextlib.suppress(FileNotFoundError):
+        aside.replace(index)
+        gone = runner.run(path, "ls-files", "--deleted", "-z", check=False)
+        if gone.returncode != 0 or gone.stdout:
+            index.replace(aside)
 
 
 def _delete_files(path: Path) -> None:
