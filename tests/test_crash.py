@@ -851,6 +851,23 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert "paused" not in swarm(repo, "status").stdout
 
 
+def test_clean_and_merge_on_a_full_disk_say_it_is_full(small_disk: Path) -> None:
+    # SQLite says only "disk I/O error" when it cannot make its shared-memory file.
+    repo = make_repo(small_disk / "repo")
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
+    with contextlib.suppress(OSError), (small_disk / "filler").open("wb") as filler:
+        while True:  # the test's own 24 MB file system
+            filler.write(b"x" * (1 << 16))
+    db = repo / ".git" / "swarm" / "state.db"
+    for command in ("clean", "merge"):
+        out = swarm(repo, command, *(["--yes"] if command == "clean" else []))
+        assert (out.returncode, out.stdout) == (1, ""), out.stderr
+        assert out.stderr == (
+            f"swarm: cannot write the state database {db}: No space left on device (SQLite: "
+            f"disk I/O error); free some space, then run `swarm {command}` again\n"
+        )
+
+
 def _attempt_outcomes(repo: Path, task_id: str) -> list[str]:
     with contextlib.closing(state_db(repo)) as db:
         rows = db.execute(

@@ -57,13 +57,20 @@ def is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc).lower()
 
 
-def why(exc: BaseException) -> str:
-    """What a full disk said: ``No space left on device``, ``database or disk is full``."""
+def why(exc: BaseException, at: Path | None = None) -> str:
+    """What a full disk said: ``No space left on device``, ``database or disk is full``.
+
+    SQLite says only ``disk I/O error`` when it cannot grow its shared-memory file: that is
+    told as the full disk it is where the file system of *at* has (nearly) no room left.
+    """
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, CommandError):
         return f"`{' '.join(_command(exc.argv))}`: {_NO_SPACE}"
-    return str(exc)
+    text = str(exc)
+    if at is not None and "disk i/o error" in text.lower() and fs.nearly_full(at):
+        return f"{_NO_SPACE} (SQLite: {text})"
+    return text
 
 
 def _command(argv: list[str]) -> list[str]:
@@ -77,9 +84,9 @@ def _command(argv: list[str]) -> list[str]:
 _RESUME = "then run `swarm resume`"
 
 
-def full_message(what: object, exc: BaseException) -> str:
-    """One line for a full disk, naming what could not be written and what to do."""
-    return f"cannot write {what}: {why(exc)}; free some space, {_RESUME}"
+def full_message(what: object, exc: BaseException, at: Path | None = None) -> str:
+    """One line for a full disk, naming what could not be written (at *at*) and what to do."""
+    return f"cannot write {what}: {why(exc, at)}; free some space, {_RESUME}"
 
 
 def retry_with(message: str, command: str | None) -> str:

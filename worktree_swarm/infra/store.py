@@ -395,7 +395,7 @@ def _waits_for_space(method: _F) -> _F:
                     raise
                 if self.on_full is None:
                     what = f"the state database {self.path}"
-                    raise DiskFullError(full_message(what, exc)) from exc
+                    raise DiskFullError(full_message(what, exc, self.path.parent)) from exc
                 failed = True
                 self.on_full(exc)
                 continue
@@ -451,7 +451,8 @@ def _open_last_written(path: Path) -> sqlite3.Connection:
                 "once it can be written (free some space)"
             )
         return conn
-    raise DiskFullError(full_message(f"the state database {path}", failure)) from failure
+    what = f"the state database {path}"
+    raise DiskFullError(full_message(what, failure, path.parent)) from failure
 
 
 class Store:
@@ -492,7 +493,8 @@ class Store:
                     with contextlib.suppress(OSError):
                         if path.stat().st_size == 0:
                             path.unlink()
-                raise DiskFullError(full_message(f"the state database {path}", exc)) from exc
+                what = f"the state database {path}"
+                raise DiskFullError(full_message(what, exc, path.parent)) from exc
             if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
                 raise StoreNotWritableError(
                     f"cannot write {path.parent}: read-only ({exc}); swarm keeps its state there"
