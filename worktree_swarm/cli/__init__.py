@@ -1350,7 +1350,3 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         fh.write(redact("".join(traceback.format_exception(exc))))  # its values: a key too
     click.echo(f"swarm: internal error; traceback written to {fh.name}", err=True)
     return ExitCode.TASK_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
