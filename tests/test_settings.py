@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from worktree_swarm import cli
+from worktree_swarm.cli import options, run_commands
 from worktree_swarm.config import doc_table, resolved, tomlwrite
 from worktree_swarm.config.manifest import (
     DEFAULTS_KEYS,
@@ -171,33 +171,33 @@ def test_every_flag_is_a_swarm_run_option_that_sets_its_setting(repo: Path, entr
         args += ["--agent", "scripted"]
     if entry.key in RAY_FLAGS:  # refused for a local run, where it would do nothing
         args += ["--executor", "ray"]
-    with cli.run.make_context("run", args) as ctx:
+    with run_commands.run.make_context("run", args) as ctx:
         params = ctx.params
     spec = build_run_spec(
-        repo_root=repo, manifest=None, inline=params["inline"], overrides=cli._overrides(params)
+        repo_root=repo, manifest=None, inline=params["inline"], overrides=options._overrides(params)
     )
     assert read_back(spec, entry) == expected(entry, repo)
 
 
 def test_options_not_given_set_nothing() -> None:
-    with cli.run.make_context("run", ["-t", "a=p"]) as ctx:
-        assert cli._overrides(ctx.params).given == {}
+    with run_commands.run.make_context("run", ["-t", "a=p"]) as ctx:
+        assert options._overrides(ctx.params).given == {}
 
 
 def test_the_options_named_after_settings_are_the_flagged_ones() -> None:
-    names = {p.name for p in cli.run.params}
+    names = {p.name for p in run_commands.run.params}
     assert names & {e.key for e in SETTINGS} == {e.key for e in FLAGGED}
     for entry in FLAGGED:
         assert entry.flag is not None
-        option = next(p for p in cli.run.params if p.name == entry.key)
+        option = next(p for p in run_commands.run.params if p.name == entry.key)
         assert entry.flag.name in option.opts
         assert option.help == entry.flag.help
 
 
 def test_negatable_flag_turns_a_file_setting_off(repo: Path) -> None:
     (repo / "swarm.toml").write_text("sandbox = true\n")
-    with cli.run.make_context("run", ["--no-sandbox", "-t", "a=p"]) as ctx:
-        overrides = cli._overrides(ctx.params)
+    with run_commands.run.make_context("run", ["--no-sandbox", "-t", "a=p"]) as ctx:
+        overrides = options._overrides(ctx.params)
     assert overrides.given == {"sandbox": False}
     spec = build_run_spec(
         repo_root=repo,

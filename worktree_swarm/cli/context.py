@@ -1,0 +1,43 @@
+"""What a `swarm` command works on: the repository (``-C``), its store, your checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from worktree_swarm.core.models import BRANCH_PREFIX
+from worktree_swarm.git import repo as git
+from worktree_swarm.report import status
+
+if TYPE_CHECKING:
+    from worktree_swarm.infra.store import Store
+
+
+def _store_to_read(repo: git.Repo) -> Store:
+    """The store for a command that only looks; on a full disk, as last written (said once)."""
+    store = status.open_store(repo, to_read=True)
+    if store.read_only:
+        click.echo(f"note: the disk is full; showing {store.path} as last written", err=True)
+    return store
+
+
+def _repo(ctx: click.Context) -> git.Repo:
+    git.require_git()
+    return git.open_repo(Path(ctx.obj["dir"]))
+
+
+def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
+    """The checkout of yours swarm runs in: a linked worktree of yours, else the main one.
+
+    Not one of swarm's (a task's worktree, the integration worktree, on a ``swarm/`` branch):
+    a merge built on a task's work, or pull requests into a task's branch, are nobody's.
+    """
+    checkout = git.checkout_root(Path(ctx.obj["dir"]))
+    branch = git.current_branch(repo, checkout) or ""
+    return repo.root if branch.startswith(BRANCH_PREFIX) else checkout
+
+
+def _say_wait(seconds: float, why: str) -> None:
+    click.echo(f"waiting {seconds:.0f}s: {why}", err=True)

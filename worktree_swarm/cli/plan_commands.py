@@ -1,0 +1,97 @@
+"""swarm plan, note and notes: a manifest planned from a goal; the run's shared findings.
+
+Each command imports what only it needs when it runs (see ``cli/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from worktree_swarm.cli.context import _repo
+from worktree_swarm.cli.options import _example, _Path, _paths_given
+from worktree_swarm.core.errors import ExitCode, SwarmError
+from worktree_swarm.report import status
+
+
+@click.command("plan", epilog=_example("swarm plan 'Add OAuth login' --out tasks.toml"))
+@click.argument("goal")
+@click.option(
+    "--out",
+    type=_Path(dir_okay=False, path_type=Path),
+    default=Path("tasks.toml"),
+    show_default=True,
+    help="Where to write the manifest.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--max-tasks", type=click.IntRange(1, 50), default=8, show_default=True)
+@click.option("--model", help="Anthropic model (default: claude-sonnet-5-5).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Jobs the speedup estimate assumes.")
+@click.option("--api-url", help="Anthropic API base URL (default: $ANTHROPIC_BASE_URL).")
+@click.pass_context
+def plan_cmd(
+    ctx: click.Context,
+    goal: str,
+    out: Path,
+    force: bool,
+    max_tasks: int,
+    model: str | None,
+    jobs: int | None,
+    api_url: str | None,
+) -> int:
+    """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
+    from worktree_swarm.plan import planner as plan
+
+    repo = _repo(ctx)
+    settings = plan.api_settings(api_url=api_url)
+    with _paths_given():
+        plan.check_output(out, force=force)
+    result = plan.make_plan(
+        repo_root=repo.root,
+        goal=goal,
+        settings=settings,
+        model=model,
+        max_tasks=max_tasks,
+        jobs=jobs,
+    )
+    plan.write_manifest(out, result.manifest_text, force=force)
+    for line in plan.describe(result, out=str(out)):
+        click.echo(line)
+    return ExitCode.OK
+
+
+@click.command("note", epilog=_example("swarm note 'tests need REDIS_URL=redis://localhost'"))
+@click.argument("text")
+@click.pass_context
+def note_cmd(ctx: click.Context, text: str) -> int:
+    """Append TEXT to the run's shared findings file ($SWARM_CONTEXT inside an agent)."""
+    from worktree_swarm.report import notes
+
+    path, tag = notes.resolve_target(repo_dir=Path(ctx.obj["dir"]))
+    notes.append_note(path, text, tag=tag)
+    return ExitCode.OK
+
+
+@click.command("notes", epilog=_example("swarm notes"))
+@click.option("--run", "run_id", help="A run id (default: $SWARM_CONTEXT, else the latest run).")
+@click.pass_context
+def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
+    """Print the run's shared findings file."""
+    from worktree_swarm.report import notes
+
+    path = notes.notes_path(run_id=run_id, repo_dir=Path(ctx.obj["dir"]))
+    # An agent may write a secret of its task's (`env`, `copy` files) into the file itself:
+    # redacted when shown, as in `swarm logs` (the run's tasks made known first).
+    with contextlib.suppress(SwarmError, OSError):
+        repo = _repo(ctx)
+        with status.open_store(repo, to_read=True) as store:
+            for row in store.tasks(path.parent.name):
+                status.know_task_secrets(repo, store, row.run_id, row.task_id)
+    text = notes.read_notes(path)
+    if text:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        click.echo(f"no findings yet ({path})", err=True)
+    return ExitCode.OK

@@ -1,0 +1,463 @@
+"""swarm run, retry, resume, stop and demo: start a run's manager, carry it on, stop agents.
+
+Each command imports what only it needs when it runs (see ``cli/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from worktree_swarm.cli.context import _repo, _say_wait
+from worktree_swarm.cli.options import (
+    _example,
+    _exclusive,
+    _needs,
+    _overrides,
+    _Path,
+    _paths_given,
+    _setting_options,
+)
+from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedError
+from worktree_swarm.core.models import Executor, TaskState
+from worktree_swarm.core.paths import store_path
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import proc
+from worktree_swarm.infra.redact import redact
+from worktree_swarm.report import status
+from worktree_swarm.ui import status_text
+
+if TYPE_CHECKING:
+    from worktree_swarm.core.models import RunSpec
+    from worktree_swarm.infra.store import Store
+    from worktree_swarm.run.runner import Observer, Runner
+
+
+@click.command(
+    epilog=_example(
+        "swarm run tasks.toml --jobs 4",
+        "swarm run -t fix-login='Fix the login redirect loop' --check 'pytest -q'",
+        "swarm run --issues 12,15 --agent claude --detach",
+    )
+)
+@click.argument("manifest", required=False, type=_Path(path_type=Path))
+@click.option("-t", "--task", "inline", multiple=True, metavar="ID=PROMPT", help="An inline task.")
+@click.option(
+    "--prompt-file", multiple=True, metavar="ID=FILE", help="A task whose prompt is a file."
+)
+@_setting_options
+@click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
+@click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
+@click.option("--github-repo", metavar="OWNER/NAME", help="When the remote URL does not say.")
+@click.option("--api-url", metavar="URL", help="GitHub API URL (Enterprise).")
+@click.option("--detach", is_flag=True, help="Run the manager in the background.")
+@click.option(
+    "--force", is_flag=True, help="Abandon an unfinished run whose manager died (checkpointed)."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate, print every task's settings as resolved (a manifest), create nothing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--from-spec", type=_Path(path_type=Path), hidden=True)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    /,
+    manifest: Path | None,
+    inline: tuple[str, ...],
+    prompt_file: tuple[str, ...],
+    issue_numbers: str | None,
+    issues_label: str | None,
+    limit: int | None,
+    github_repo: str | None,
+    api_url: str | None,
+    detach: bool,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+    from_spec: Path | None,
+    **flags: object,
+) -> int:
+    """Create a worktree per task, run the agents, checkpoint and check their work."""
+    from worktree_swarm.agents import claude_auth
+    from worktree_swarm.config.manifest import build_run_spec
+    from worktree_swarm.git import worktrees
+    from worktree_swarm.guard.sandbox import check_available as require_sandbox
+    from worktree_swarm.infra.lock import refuse_while_managed
+    from worktree_swarm.run import disk_budget
+    from worktree_swarm.run.run_worker import worktree_path
+
+    _exclusive(dry_run=dry_run, detach=detach)
+    _exclusive(dry_run=dry_run, force=force)  # --force abandons a run: a change
+    repo = _repo(ctx)
+    if from_spec is not None:  # a detached manager: the task list its parent validated
+        spec, checkout, base = _detached_spec(from_spec)
+        return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
+    # An empty value is asked too (and refused below), not ignored.
+    asked = issue_numbers is not None or issues_label is not None  # the options below shape it
+    for option, value in (("--limit", limit), ("--github-repo", github_repo)):
+        _needs(option, "--issues or --issues-label", given=value is not None, present=asked)
+    _needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
+    extra: list[tuple[str, str, str]] = []
+    if asked:
+        from worktree_swarm.github import client as github
+        from worktree_swarm.github import issues
+
+        numbers = () if issue_numbers is None else issues.parse_issue_numbers(issue_numbers)
+        issues.check_label(issues_label)  # before anything is asked of GitHub
+
+        if github_repo is None and not git.git(repo.root, "remote").split().count("origin"):
+            raise BadInputError(
+                "--issues reads the issues of remote origin's repository, and there is no"
+                " remote origin here: add it (`git remote add origin URL`) or pass"
+                " --github-repo OWNER/NAME"
+            )
+        client = github.connect(
+            repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
+        )
+        extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
+    with _paths_given():
+        spec = build_run_spec(
+            repo_root=repo.root,
+            manifest=manifest,
+            inline=inline,
+            prompt_files=prompt_file,
+            overrides=_overrides(flags),
+            extra_tasks=extra,
+        )
+        # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
+        checkout = git.checkout_root(Path(ctx.obj["dir"]))
+        base = git.checkout_head(checkout)
+        if spec.worktree_root is not None:
+            worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+        for task in spec.tasks:
+            worktrees.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
+    if spec.executor is Executor.RAY:
+        from worktree_swarm.run import ray_preflight
+
+        ray_preflight.preflight(repo, spec)
+    elif spec.sandbox:
+        require_sandbox()
+    claude_auth.require_signed_in(((t.agent, dict(t.env)) for t in spec.tasks), os.environ)
+    proc.require_open_files()
+    next_step = _settle_orphaned_runs(repo, force=force)
+    refuse_while_managed(repo.state_dir)  # exit 3 naming it, before its tasks' branches
+    items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+    worktrees.preflight(repo, items, next_step=next_step)
+    disk_budget.preflight(repo, spec, base)
+    if dry_run:
+        worktrees_of = {t.id: worktree_path(spec, t) for t in spec.tasks}
+        return _dry_run(repo, spec, worktrees_of, base=base, checkout=checkout, as_json=as_json)
+    return _start(ctx, repo, spec, detach=detach, as_json=as_json, checkout=checkout, base=base)
+
+
+def _start(
+    ctx: click.Context,
+    repo: git.Repo,
+    spec: RunSpec,
+    *,
+    detach: bool,
+    as_json: bool,
+    checkout: Path,
+    base: str,
+) -> int:
+    """Run the validated *spec* here, or (*detach*) with a manager in the background."""
+    if detach:
+        return _detach(ctx, repo, spec, as_json=as_json, checkout=checkout, base=base)
+    return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
+
+
+def _dry_run(
+    repo: git.Repo,
+    spec: RunSpec,
+    worktrees: dict[str, Path],
+    *,
+    base: str,
+    checkout: Path,
+    as_json: bool,
+) -> int:
+    """Print the run `swarm run` would start (validated: nothing was created)."""
+    from worktree_swarm.config import resolved
+
+    status.know_secrets_of(repo.root, spec.tasks)  # one repeated in a check or a prompt
+    if as_json:
+        settings = resolved.run_settings(spec)
+        tasks = [
+            {**resolved.task_settings(t), "branch": t.branch, "worktree": str(worktrees[t.id])}
+            for t in spec.tasks
+        ]
+        payload = {"base": base, "checkout": str(checkout), "settings": settings, "tasks": tasks}
+        click.echo(redact(json.dumps(payload, indent=2)))
+        return ExitCode.OK
+    header = (
+        f"swarm run --dry-run: {len(spec.tasks)} task(s) from {checkout} at {base[:12]}, every"
+        " setting as the run would start with it (environment values not shown); nothing was"
+        " created"
+    )
+    click.echo(redact(resolved.as_manifest(spec, worktrees=worktrees, header=header)), nl=False)
+    return ExitCode.OK
+
+
+def _detached_spec(path: Path) -> tuple[RunSpec, Path, str]:
+    """The run `swarm run --detach` wrote to *path* for its manager, which is then removed."""
+    from worktree_swarm.run.runner import spec_from_json
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        spec = spec_from_json(json.dumps(saved["spec"]))
+        checkout, base = Path(saved["checkout"]), str(saved["base"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"--from-spec: not a run `swarm run --detach` wrote: {exc}") from None
+    path.unlink()
+    return spec, checkout, base
+
+
+def _detach(
+    ctx: click.Context, repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str
+) -> int:
+    """Start the manager of a validated run in the background (`swarm run --detach`)."""
+    from worktree_swarm.run import background
+    from worktree_swarm.run.runner import spec_to_json
+
+    # The issues were fetched and everything validated once, here: the manager gets
+    # exactly this task list instead of reading manifests and GitHub again.
+    repo.state_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        saved = {"spec": json.loads(spec_to_json(spec)), "checkout": str(checkout), "base": base}
+        fh.write(json.dumps(saved))
+    argv = ["--debug"] if ctx.obj["debug"] else []
+    argv += ["-C", str(repo.root), "run", "--from-spec", name]
+    argv += ["--json"] if as_json else []
+    try:
+        pid, log = background.detach(repo, argv)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return _detached(pid, log, as_json=as_json)
+
+
+def _detached(pid: int, log: Path, *, as_json: bool) -> int:
+    """Say where the manager started in the background runs and logs."""
+    if as_json:  # its events go to its log: here, one object saying where
+        event = {"ts": time.time(), "event": "detached", "pid": pid, "log": str(log)}
+        click.echo(json.dumps(event))
+        return ExitCode.OK
+    click.echo(
+        f"swarm: manager running in the background (pid {pid}, log {log}); "
+        "watch it with `swarm status` or `swarm logs TASK -f`"
+    )
+    return ExitCode.OK
+
+
+def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str) -> int:
+    from worktree_swarm.git import worktrees
+    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.infra.store import Store
+    from worktree_swarm.run import runs
+    from worktree_swarm.run.run_worker import worktree_path
+    from worktree_swarm.run.runner import Runner
+
+    with ManagerLock(repo.state_dir) as lock:
+        # Locked before the store is opened: beside a manager whose `.git/swarm` was deleted,
+        # a store made here would be what that manager finds at its path when it writes back.
+        lock.acquire()
+        # Opened at once: a command beside a live manager whose store is missing takes it for
+        # deleted under it (the first run of a repository, while it checked its branches).
+        with Store(store_path(repo)) as store:
+            # Checked again, now that no other manager can start: one started at the same
+            # instant (that finished while this one waited for the lock) may have made these
+            # branches and worktrees since; a run recorded here would take them over as its
+            # own, failed. (Refused here, the store is most likely that other run's.)
+            items = [(t.branch, worktree_path(spec, t)) for t in spec.tasks]
+            worktrees.preflight(repo, items, next_step=runs.next_step_for(repo))
+            if _uncommitted(checkout):
+                click.echo(
+                    "note: uncommitted changes in your checkout are not part of the base",
+                    err=True,
+                )
+            if spec.worktree_root is not None and (
+                outer := worktrees.seen_by_another_checkout(repo, spec.worktree_root)
+            ):
+                click.echo(
+                    f"note: the worktrees go in {spec.worktree_root}, inside the checkout of"
+                    f" {outer}, which does not ignore it: a swarm run there at the same time"
+                    " would take them for its agents' writes (ignore it there, or set"
+                    " worktree_root)",
+                    err=True,
+                )
+            return _execute(
+                store,
+                lambda observer: Runner.create(
+                    repo=repo, spec=spec, store=store, observer=observer, base=base
+                ),
+                as_json=as_json,
+            )
+
+
+def _uncommitted(checkout: Path) -> bool:
+    """Whether *checkout* has changes besides the file this run's output goes to."""
+    own = {path.resolve() for path in proc.output_files()}
+    return any((checkout / path).resolve() not in own for path in git.status_paths(checkout))
+
+
+def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:
+    from worktree_swarm.run import runs
+
+    abandoned, next_step = runs.settle_before_run(repo, force=force)
+    for run_id in abandoned:
+        click.echo(f"abandoned run {run_id} (its work checkpointed)", err=True)
+    return next_step
+
+
+@click.command(
+    "retry",
+    epilog=_example(
+        "swarm retry", "swarm retry fix-login --fresh", "swarm retry --run 20260101-020304-ab12"
+    ),
+)
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--fresh", is_flag=True, help="Start over from the base instead of the branch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_context
+def retry_cmd(
+    ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
+) -> int:
+    """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
+    from worktree_swarm.infra.lock import ManagerLock, merge_lock_if_free
+    from worktree_swarm.run import retry
+    from worktree_swarm.run.runner import Runner
+
+    repo = _repo(ctx)
+    proc.require_open_files()
+    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = status.resolve_run(store, run_id)
+        retry.check_known(store, run_id, task_ids)  # before the lock writes its record
+        lock.acquire(run_id=run_id)
+        # A merge in its checks holds a task's result as `checking` (a killed one's is undone
+        # by the next merge): reset under it, its record would call the retried work merged.
+        with merge_lock_if_free(repo.state_dir) as free:
+            if not free:
+                raise ManagerLockedError(
+                    f"a `swarm merge` is running in {repo.root}; retry once it has finished"
+                )
+            picked = retry.prepare(repo, store, run_id, task_ids, fresh=fresh)
+        if picked:
+            click.echo(f"retrying {', '.join(picked)} in run {run_id}", err=True)
+        return _execute(
+            store,
+            lambda observer: Runner.resume(
+                repo=repo, store=store, run_id=str(run_id), observer=observer
+            ),
+            as_json=as_json,
+        )
+
+
+@click.command("resume", epilog=_example("swarm resume", "swarm resume --run 20260101-020304-ab12"))
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--detach", is_flag=True, help="Run the resumed manager in the background.")
+@click.pass_context
+def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bool) -> int:
+    """After the manager died: adopt live agents, recover dead ones, carry on."""
+    from worktree_swarm.infra.lock import ManagerLock
+    from worktree_swarm.run import background, control
+    from worktree_swarm.run.runner import Runner
+
+    repo = _repo(ctx)
+    proc.require_open_files()
+    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = status.resolve_run(store, run_id)
+        lock.acquire(run_id=run_id)
+        # Its manager died after the last task ended (or `swarm doctor` stopped them all):
+        # the run ends here, so that a new `swarm run` is not refused for it.
+        if control.end_if_final(repo, store, run_id):
+            click.echo(f"run {run_id} has finished; nothing to resume (`swarm status` shows it)")
+            ok = all(row.state is TaskState.DONE for row in store.tasks(run_id))
+            return ExitCode.OK if ok else ExitCode.TASK_FAILED
+        if detach:  # checked here, resumed by a manager of its own session (the lock let go)
+            lock.release()
+            argv = ["--debug"] if ctx.obj["debug"] else []
+            argv += ["-C", str(repo.root), "resume", "--run", str(run_id)]
+            pid, log = background.detach(repo, [*argv, *(["--json"] if as_json else [])])
+            return _detached(pid, log, as_json=as_json)
+        return _execute(
+            store,
+            lambda observer: Runner.resume(
+                repo=repo, store=store, run_id=str(run_id), observer=observer
+            ),
+            as_json=as_json,
+        )
+
+
+def _execute(store: Store, make: Callable[[Observer], Runner], *, as_json: bool) -> int:
+    from worktree_swarm.ui.live import output_gone
+
+    with _observer(store, as_json=as_json) as observer:
+        runner = make(observer)
+        states = runner.execute()  # SIGTERM interrupts it as Ctrl-C does (main)
+    if not as_json:
+        try:
+            _print_summary(store, runner.run_id)
+        except OSError:  # no one reads it any more: how the tasks ended decides the exit code
+            output_gone(sys.stdout)
+    ok = all(s is TaskState.DONE for s in states.values())
+    return ExitCode.OK if ok else ExitCode.TASK_FAILED
+
+
+@contextlib.contextmanager
+def _observer(store: Store, *, as_json: bool) -> Iterator[Observer]:
+    from worktree_swarm.ui.live import LiveTable, PlainObserver
+
+    if as_json or not sys.stdout.isatty():
+        yield PlainObserver(as_json=as_json)
+        return
+    with LiveTable(store) as table:
+        yield table
+
+
+def _print_summary(store: Store, run_id: str) -> None:
+    click.echo(status_text.run_summary(run_id, status.task_status(store, run_id)))
+
+
+@click.command(
+    epilog=_example("swarm stop fix-login", "swarm stop   # every task of the latest run")
+)
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--run", "run_id", help="A run id (default: the latest run).")
+@click.pass_context
+def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> int:
+    """Stop agents (whole process trees) and keep their work on their branches."""
+    from worktree_swarm.run import control
+
+    repo = _repo(ctx)
+    with status.open_store(repo) as store:
+        run_id = status.resolve_run(store, run_id)
+        stopped = control.stop(repo, store, run_id, task_ids)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
+    return ExitCode.OK
+
+
+@click.command("demo", epilog=_example("swarm demo --keep"))
+@click.option("--keep", is_flag=True, help="Keep the throwaway repository and print its path.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True)
+def demo_cmd(keep: bool, jobs: int) -> int:
+    """Run a few scripted tasks in a throwaway repository (no API key needed)."""
+    from worktree_swarm import demo
+
+    git.require_git()
+    result = demo.run_demo(jobs=jobs, keep=keep, echo=click.echo)
+    return ExitCode.OK if result.ok else ExitCode.TASK_FAILED
