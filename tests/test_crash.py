@@ -40,8 +40,8 @@ from tests.test_run import (
 )
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
+from worktree_swarm.git import checkpoints, worktrees
 from worktree_swarm.git import repo as g
-from worktree_swarm.git import worktrees
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
 
@@ -100,7 +100,9 @@ def test_checkpoint_repairs_a_checkout_that_was_never_populated(repo: Path) -> N
     git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "swarm/x", str(worktree), head)
     (worktree / "f0.txt").write_text("0\n")  # a checkout killed after its first file
     assert g.checkout_incomplete(worktree)
-    assert g.checkpoint(worktree, message="checkpoint", author="a <a@example.com>") is None
+    assert (
+        checkpoints.checkpoint(worktree, message="checkpoint", author="a <a@example.com>") is None
+    )
     assert git(repo, "rev-parse", "swarm/x") == head
     assert sorted(p.name for p in worktree.glob("f*.txt")) == [f"f{i}.txt" for i in range(5)]
     assert not g.checkout_incomplete(worktree)
@@ -1029,7 +1031,7 @@ def test_a_worktree_removed_for_max_disk_on_a_full_disk_waits_for_room_not_fails
     (repo / "blob.bin").write_bytes(os.urandom(1 << 20))
     git(repo, "add", "blob.bin")
     git(repo, "commit", "-qm", "a 1 MiB file")
-    real = g.checkpoint
+    real = checkpoints.checkpoint
     full: list[str] = []
 
     def checkpoint(path: Path, *, message: str, **kwargs: object) -> str | None:
@@ -1038,7 +1040,7 @@ def test_a_worktree_removed_for_max_disk_on_a_full_disk_waits_for_room_not_fails
             raise CommandError(["git", "add"], 128, "fatal: No space left on device")
         return real(path, message=message, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(g, "checkpoint", checkpoint)
+    monkeypatch.setattr(checkpoints, "checkpoint", checkpoint)
     monkeypatch.chdir(repo)
     leave = "import os; open('left.bin', 'wb').write(os.urandom(2 << 20))"  # past max_disk
     check = argv_toml([sys.executable, "-c", leave])

@@ -15,8 +15,11 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
+from worktree_swarm.git import checkpoints
+from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as g
-from worktree_swarm.git.repo import EmbeddedRepositoryError, MergeConflictError
+from worktree_swarm.git.checkpoints import EmbeddedRepositoryError
+from worktree_swarm.git.repo import MergeConflictError
 
 AUTHOR = "Swarm Bot <bot@example.com>"
 
@@ -255,7 +258,7 @@ def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
     (repo / "build").mkdir()
     (repo / "build" / "out.bin").write_text("ignored\n")
 
-    sha = g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+    sha = checkpoints.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
 
     assert sha == git(repo, "rev-parse", "HEAD")
     assert git(repo, "rev-parse", "HEAD^") == before
@@ -266,7 +269,7 @@ def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
     )
     assert (repo / "debug.log").exists()
     assert g.status_porcelain(repo) == ""
-    assert g.checkpoint(repo, message="again", author=AUTHOR) is None
+    assert checkpoints.checkpoint(repo, message="again", author=AUTHOR) is None
     assert git(repo, "rev-parse", "HEAD") == sha
 
 
@@ -280,12 +283,12 @@ def test_checkpoint_commits_edits_an_index_flag_hid(repo: Path, flag: str) -> No
     git(repo, "update-index", flag, "README.md", "kept.txt")
     (repo / "README.md").write_text("the agent's edit\n")
 
-    sha = g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+    sha = checkpoints.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
 
     assert sha is not None
     assert git(repo, "show", "HEAD:README.md") == "the agent's edit"
     assert git(repo, "show", "HEAD:kept.txt") == "kept"
-    assert g.unhide_edits(repo) == []  # the flags are gone
+    assert git_index.unhide_edits(repo) == []  # the flags are gone
 
 
 @pytest.mark.parametrize(
@@ -321,12 +324,12 @@ def test_the_index_flags_read_without_git_are_gits(
         (long, "assume"),
         ("\u00e9t\u00e9.txt", "skip"),
     ]
-    read = g._flagged_entries(index)
+    read = git_index._flagged_entries(index)
     known = version in {"2", "3"}
     assert read == (sorted(wanted, key=lambda e: e[0].encode()) if known else None)
-    assert sorted(g._flagged_by_git(path)) == sorted(wanted)
-    assert g.unhide_edits(path) == sorted({"sub/b c.txt", long, "\u00e9t\u00e9.txt"})
-    assert g._flagged_by_git(path) == []
+    assert sorted(git_index._flagged_by_git(path)) == sorted(wanted)
+    assert git_index.unhide_edits(path) == sorted({"sub/b c.txt", long, "\u00e9t\u00e9.txt"})
+    assert git_index._flagged_by_git(path) == []
 
 
 def test_paths_git_refuses_are_left_out_and_named_and_the_rest_is_committed(repo: Path) -> None:
@@ -338,8 +341,8 @@ def test_paths_git_refuses_are_left_out_and_named_and_the_rest_is_committed(repo
         (repo / bad).parent.mkdir()
         (repo / bad).write_text("refused\n")
 
-    with pytest.raises(g.RefusedPathsError) as caught:
-        g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+    with pytest.raises(checkpoints.RefusedPathsError) as caught:
+        checkpoints.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
 
     assert caught.value.paths == (".GIT/x", "GIT~1/y")
     assert caught.value.head == git(repo, "rev-parse", "HEAD")
@@ -355,7 +358,7 @@ def test_a_symlink_to_another_checkout_is_committed_as_a_link(repo: Path, tmp_pa
     (repo / "other-link").symlink_to(other)
     (repo / "new.txt").write_text("new\n")
 
-    g.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
+    checkpoints.checkpoint(repo, message="swarm: checkpoint", author=AUTHOR)
 
     assert git(repo, "ls-tree", "HEAD", "other-link").startswith("120000 blob ")
     assert git(repo, "show", "HEAD:other-link") == str(other)
@@ -373,7 +376,7 @@ def test_checkpoint_leaves_agent_droppings_out_without_touching_gitignore(repo: 
     (repo / "sub" / ".aider.chat.history.md").write_text("a file of the project\n")
     (repo / "hello.txt").write_text("hello\n")
 
-    g.checkpoint(
+    checkpoints.checkpoint(
         repo,
         message="m",
         author=AUTHOR,
@@ -392,7 +395,7 @@ def test_checkpoint_skips_hooks(repo: Path) -> None:
     hook.write_text("#!/bin/sh\nexit 1\n")
     hook.chmod(0o755)
     (repo / "f.txt").write_text("x\n")
-    assert g.checkpoint(repo, message="m", author=AUTHOR) is not None
+    assert checkpoints.checkpoint(repo, message="m", author=AUTHOR) is not None
 
 
 def test_checkpoint_never_concludes_a_merge_with_its_conflicts(repo: Path) -> None:
@@ -406,7 +409,7 @@ def test_checkpoint_never_concludes_a_merge_with_its_conflicts(repo: Path) -> No
     subprocess.run(["git", "merge", "-q", "theirs"], cwd=repo, capture_output=True, check=False)
     assert "<<<<<<<" in (repo / "README.md").read_text()
     with pytest.raises(g.GitError, match="a merge with unresolved conflicts is in progress"):
-        g.checkpoint(repo, message="m", author=AUTHOR)
+        checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert git(repo, "rev-parse", "HEAD") == head
     assert git(repo, "ls-files", "-u")  # still unresolved, as the user or agent left it
 
@@ -423,8 +426,8 @@ def test_a_repository_an_agent_made_is_left_out_of_the_checkpoint_and_named(
         git(web, "add", "app.js")
         git(web, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "app")
     (repo / "top.txt").write_text("top\n")
-    with pytest.raises(g.EmbeddedRepositoryError) as info:
-        g.checkpoint(repo, message="m", author=AUTHOR)
+    with pytest.raises(checkpoints.EmbeddedRepositoryError) as info:
+        checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert info.value.paths == ("web",)
     assert info.value.head == git(repo, "rev-parse", "HEAD")
     # The rest is committed; no gitlink naming a commit only web/ has.
@@ -449,15 +452,15 @@ def test_a_repository_the_agent_staged_itself_is_never_looked_into(
     if index:
         git(repo, "update-index", *index)
     (web / "app.js").write_text("changed\n")
-    with pytest.raises(g.EmbeddedRepositoryError) as info:
-        g.checkpoint(repo, message="m", author=AUTHOR)
+    with pytest.raises(checkpoints.EmbeddedRepositoryError) as info:
+        checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert info.value.paths == ("web",)
     assert not marker.exists()
 
 
 def test_checkpoint_deletion(repo: Path) -> None:
     (repo / "README.md").unlink()
-    assert g.checkpoint(repo, message="rm", author=AUTHOR) is not None
+    assert checkpoints.checkpoint(repo, message="rm", author=AUTHOR) is not None
     assert git(repo, "ls-files") == ""
 
 
@@ -465,7 +468,7 @@ def test_checkpoint_commits_what_the_agent_staged_itself(repo: Path, tmp_path: P
     # `add --all` then stages nothing new: the checkpoint still finds the index ahead of HEAD.
     (repo / "staged.txt").write_text("staged by the agent\n")
     git(repo, "add", "staged.txt")
-    sha = g.checkpoint(repo, message="m", author=AUTHOR)
+    sha = checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert sha is not None
     assert git(repo, "ls-tree", "--name-only", "HEAD", "staged.txt") == "staged.txt"
     # In a linked worktree (HEAD read from its admin dir and the loose branch ref), and with
@@ -475,7 +478,7 @@ def test_checkpoint_commits_what_the_agent_staged_itself(repo: Path, tmp_path: P
     git(repo, "pack-refs", "--all")
     assert g.head_in(wt) == git(wt, "rev-parse", "HEAD")
     (wt / "side.txt").write_text("side\n")
-    tip = g.checkpoint(wt, message="side", author=AUTHOR)
+    tip = checkpoints.checkpoint(wt, message="side", author=AUTHOR)
     assert tip == git(wt, "rev-parse", "HEAD") == git(repo, "rev-parse", "refs/heads/side")
     git(wt, "checkout", "-q", "--detach")
     assert g.head_in(wt) == tip
@@ -491,11 +494,11 @@ def test_checkpoint_never_concludes_a_merge_that_changes_nothing(repo: Path) -> 
     git(repo, "merge", "-q", "--no-ff", "--no-commit", "twin")
     assert (repo / ".git" / "MERGE_HEAD").exists()
     git(repo, "rm", "-q", "--cached", "README.md")  # `add --all` stages it back: index == HEAD
-    assert g.checkpoint(repo, message="m", author=AUTHOR) is None
+    assert checkpoints.checkpoint(repo, message="m", author=AUTHOR) is None
     assert git(repo, "rev-parse", "HEAD") == head
     # With a change it is committed, as the merge the agent started.
     (repo / "more.txt").write_text("more\n")
-    sha = g.checkpoint(repo, message="m", author=AUTHOR)
+    sha = checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert sha is not None
     assert len(git(repo, "rev-list", "--parents", "-1", "HEAD").split()) == 3
 
@@ -504,7 +507,7 @@ def test_checkpoint_that_cannot_commit_raises(repo: Path) -> None:
     (repo / "f.txt").write_text("x\n")
     (repo / ".git" / "index.lock").write_text("")  # a git killed half-way left its lock
     with pytest.raises(CommandError):
-        g.checkpoint(repo, message="m", author=AUTHOR)
+        checkpoints.checkpoint(repo, message="m", author=AUTHOR)
 
 
 def test_diff_stat(repo: Path) -> None:
@@ -758,7 +761,7 @@ def test_a_checkpoint_goes_past_a_stale_lock_another_task_planted_on_its_branch(
     old = lock.stat().st_mtime - 60
     os.utime(lock, (old, old))
     (worktree / "work.txt").write_text("b's work\n")
-    tip = g.checkpoint(worktree, message="swarm: checkpoint b", author="A <a@b>")
+    tip = checkpoints.checkpoint(worktree, message="swarm: checkpoint b", author="A <a@b>")
     assert tip is not None
     assert git(repo, "show", "swarm/b:work.txt") == "b's work"
     assert not lock.exists()

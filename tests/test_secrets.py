@@ -31,7 +31,7 @@ from tests.test_run import _no_trace, argv_toml, manifest, status_json, swarm, w
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.agents.base import is_session_id
 from worktree_swarm.core.paths import SCRUB_SKIP
-from worktree_swarm.git.repo import holding_secrets
+from worktree_swarm.git.staged import holding_secrets
 from worktree_swarm.infra import redact as redact_module
 from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end, read_log_end
 from worktree_swarm.infra.redact import (

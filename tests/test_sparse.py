@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import AgentFactory, argv_toml, manifest, state_db, status_json, swarm
+from worktree_swarm.git import checkpoints, sparse, worktrees
 from worktree_swarm.git import repo as gitrepo
-from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.run import provision
 from worktree_swarm.run.disk_budget import checkout_size
 
@@ -226,6 +226,6 @@ def test_swarm_s_git_sees_a_skipped_file_an_agent_wrote(tmp_path: Path) -> None:
     )
     assert plain.stdout == ""
     assert gitrepo.status_porcelain(path) == " M docs/guide.md\0"
-    head = gitrepo.checkpoint(path, message="cp", author="A <a@example.com>")
+    head = checkpoints.checkpoint(path, message="cp", author="A <a@example.com>")
     assert head is not None
     assert git(repo.root, "show", f"{head}:docs/guide.md") == "rewritten"

@@ -19,6 +19,7 @@ from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.git import checkpoints
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees as wt
 
@@ -153,7 +154,7 @@ def test_delete_unmerged_branch_needs_force(repo: Path, tmp_path: Path) -> None:
     path = tmp_path / "w"
     wt.create_worktree(r, path=path, branch="swarm/x", start="HEAD")
     (path / "new.txt").write_text("work\n")
-    assert g.checkpoint(path, message="work", author="A <a@b.c>") is not None
+    assert checkpoints.checkpoint(path, message="work", author="A <a@b.c>") is not None
     wt.remove_worktree(r, path)
     with pytest.raises(CommandError, match="not fully merged"):
         wt.delete_branch(r, "swarm/x")

@@ -36,8 +36,9 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import checkpoints, runner, worktrees
+from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, lock, supervisor
@@ -412,7 +413,7 @@ def open_pull_request(row: TaskRow) -> int | None:
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
     # A directory git cannot read may hide work, and so may an index flag.
-    return git.full_status(path) != "" or git.hides_edits(path)
+    return git.full_status(path) != "" or git_index.hides_edits(path)
 
 
 # -- applying a plan ------------------------------------------------------------------------
@@ -731,7 +732,7 @@ def _remove_worktree(
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
-            sha = git.checkpoint(
+            sha = checkpoints.checkpoint(
                 path,
                 message=f"swarm: checkpoint {path.name} (clean)",
                 author=AUTHOR,
@@ -854,7 +855,7 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
         return False
     if entries and not {entry[3:] for entry in entries} <= set(as_copied()):
         return False
-    return not git.hides_edits(path)
+    return not git_index.hides_edits(path)
 
 
 def adding_process(path: Path) -> psutil.Process | None:

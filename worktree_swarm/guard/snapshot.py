@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
+from worktree_swarm.git import checkpoints, runner
+from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot, short_ref
 
 # Refs the guard watches: branches, tags, the stash, its own kept tips, and replace refs (your
@@ -40,15 +41,15 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     ``UNBORN``: left out, it would hide the checkout from every scan.
     """
     env = {"GIT_INDEX_FILE": str(scratch)}
-    links = git.populated_gitlinks(path, env)
-    git.stage_gitlinks(path, links, env)
+    links = git_index.populated_gitlinks(path, env)
+    git_index.stage_gitlinks(path, links, env)
     skip = [f":(exclude,literal,top){link}" for link in links]
     unborn: list[str] = []
     while True:
         left_out = [f":(exclude,literal,top){p}" for p in unborn]
         args = (*STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
         done = runner.run(path, *args, *left_out, env=env, check=False)
-        found = [p for p in git.unborn_repositories(done.stderr) if p not in unborn]
+        found = [p for p in checkpoints.unborn_repositories(done.stderr) if p not in unborn]
         if done.returncode == 0 or not found:
             if done.returncode != 0:
                 raise CommandError(["git", "add"], done.returncode, done.stdout + done.stderr)
@@ -71,12 +72,12 @@ def staged_digest(path: Path, env: dict[str, str] | None = None) -> str:
     """A digest of the staged entries of *path*'s index (*env*: another index file).
 
     With their flags (``-v``): skip-worktree and assume-unchanged hide edits from `git status`;
-    and with what the file holds besides (:func:`git.index_extras`): a forged cache-tree or an
+    and with what the file holds besides (:func:`git_index.index_extras`): a forged cache-tree or an
     intent-to-add flag changes your next commit, not what git lists.
     """
     staged = git_env(path, env or {}, "ls-files", "--stage", "-v", "-z")
     index = Path(env["GIT_INDEX_FILE"]) if env and "GIT_INDEX_FILE" in env else index_path(path)
-    extras = git.index_extras(index) or b""
+    extras = git_index.index_extras(index) or b""
     return hashlib.sha256(staged.encode() + b"\0" + extras).hexdigest()
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.git import checkpoints, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run.agent_watch import Ended
@@ -84,7 +84,7 @@ class Checkpoints(RunWorker):
         """
         try:
             stat = self._checkpoint(task, path, base, number, ended, agent=agent)
-        except git.LeftOutError:  # its files stay in the worktree, as git status lists them
+        except checkpoints.LeftOutError:  # its files stay in the worktree, as git status lists them
             worktrees.disarm_setuid(self.repo, path, base, also=git.status_paths(path))
             raise
         except BaseException:
@@ -99,11 +99,12 @@ class Checkpoints(RunWorker):
         """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
         message = (
             f"swarm: checkpoint {task.id} attempt {number} "
-            f"({ended.cut_short or ended.result.outcome})" + git.trailers(task.id, number, agent)
+            f"({ended.cut_short or ended.result.outcome})"
+            + checkpoints.trailers(task.id, number, agent)
         )
         try:
             tip = faults.retry_while_full(  # on a full disk the work waits in the worktree
-                lambda: git.checkpoint(
+                lambda: checkpoints.checkpoint(
                     path,
                     message=message,
                     author=self.spec.commit_author,
@@ -115,7 +116,7 @@ class Checkpoints(RunWorker):
                 ),
                 self.store.on_full,
             )
-        except git.LeftOutError as exc:  # the task fails, saying so; the rest is committed
+        except checkpoints.LeftOutError as exc:  # the task fails, saying so; the rest is committed
             self._record_diff(task.id, base, exc.head or git.head_in(path) or base)
             raise
         return self._record_diff(task.id, base, tip or git.head_in(path) or base)

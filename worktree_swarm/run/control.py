@@ -24,8 +24,8 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.git import checkpoints, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
@@ -146,10 +146,10 @@ def _checkpoint_stopped(
     left_out: tuple[str, ...] = ()
     with told as moves:
         try:
-            tip = git.checkpoint(
+            tip = checkpoints.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {row.task_id} (stopped)"
-                + git.trailers(row.task_id, row.attempts or None, task.agent),
+                + checkpoints.trailers(row.task_id, row.attempts or None, task.agent),
                 author=commit_author(store, row.run_id),
                 exclude=worktrees.local_paths(
                     worktree, link=task.link, copy=task.copy, base=row.base_commit
@@ -157,7 +157,7 @@ def _checkpoint_stopped(
                 droppings=adapter_for(task.agent).droppings,
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
             )
-        except git.LeftOutError as exc:  # the rest is committed; they stay in the worktree
+        except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree
             tip, left, left_out = exc.head, str(exc), tuple(git.status_paths(worktree))
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))

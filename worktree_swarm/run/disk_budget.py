@@ -26,8 +26,8 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
+from worktree_swarm.git import checkpoints, sparse, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
 from worktree_swarm.infra.store import Store
@@ -209,11 +209,13 @@ class DiskBudget:
                 # a full disk (that commit's objects need room too) it waits, as the run does.
                 try:
                     faults.retry_while_full(
-                        lambda: git.checkpoint(
+                        lambda: checkpoints.checkpoint(
                             path,
                             message=f"swarm: checkpoint {task_id} (before removing its "
                             "worktree for max_disk)"
-                            + git.trailers(task_id, None, task.agent if task else "unknown"),
+                            + checkpoints.trailers(
+                                task_id, None, task.agent if task else "unknown"
+                            ),
                             author=self.spec.commit_author,
                             exclude=self._local_paths(task, path),
                             droppings=adapter_for(task.agent).droppings if task else (),
@@ -221,7 +223,7 @@ class DiskBudget:
                         ),
                         self.store.on_full,
                     )
-                except git.LeftOutError:
+                except checkpoints.LeftOutError:
                     return  # what no commit holds stays, and its worktree with it
                 # Told to the guard as swarm's own: it expects the worktree gone from now on.
                 with self.guard.provisioning(path):

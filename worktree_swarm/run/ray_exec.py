@@ -26,6 +26,7 @@ from typing import cast
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.git import checkpoints
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
@@ -411,8 +412,9 @@ class RayTaskWorker(RayResume):
         if cut is None and result.outcome is not AgentOutcome.SUCCESS and self._stop_asked(live):
             cut = (TaskState.STOPPED, "stopped")  # it ended as `swarm stop` came (killed by it)
         state = cut[0] if cut else result.outcome
-        message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})" + git.trailers(
-            task.id, handle.number, task.agent
+        message = (
+            f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
+            + checkpoints.trailers(task.id, handle.number, task.agent)
         )
         tip = self._call(handle.actor, "finish", message=message, live=live)
         self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))

@@ -31,8 +31,8 @@ from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
+from worktree_swarm.git import checkpoints, runner, staged
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, fs, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
@@ -428,7 +428,7 @@ class NodeAgent:
         with self._git_lock:
             self._settle_git_files()
             try:
-                git.checkpoint(
+                checkpoints.checkpoint(
                     self.work,
                     message=message,
                     author=self.a.author,
@@ -436,7 +436,7 @@ class NodeAgent:
                     report_secrets=True,
                     max_file=self.a.max_file,
                 )
-            except git.LeftOutError as exc:  # embedded repositories, secrets, big files
+            except checkpoints.LeftOutError as exc:  # embedded repositories, secrets, big files
                 if exc.head is not None:  # everything else is committed: pushed, as locally
                     self._push(exc.head)
                 # What stays "in" the clone goes with it when the attempt ends.
@@ -566,8 +566,8 @@ class NodeAgent:
             # A file holding a secret's value is never pushed, not even for a minute, nor one
             # over max_file: the attempt's own checkpoint leaves them out too, and fails the
             # task saying so.
-            git.unstage_secrets(self.work, env=env)
-            git.unstage_over(self.work, added, self.a.max_file, env=env)
+            staged.unstage_secrets(self.work, env=env)
+            staged.unstage_over(self.work, added, self.a.max_file, env=env)
             tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):

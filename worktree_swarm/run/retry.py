@@ -21,8 +21,8 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.git import checkpoints, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
@@ -221,13 +221,13 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     settings = run.settings if run is not None else None
     # `swarm retry` holds the manager lock: no run's guard watches this branch meanwhile.
     try:
-        git.checkpoint(
+        checkpoints.checkpoint(
             path,
             message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
             author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
         )
-    except git.LeftOutError as exc:
+    except checkpoints.LeftOutError as exc:
         raise SwarmError(
             f"not retrying {row.task_id} afresh, which deletes its worktree: its agent {exc}; "
             "move them out of it (or delete them) first"

@@ -1,0 +1,342 @@
+"""Checkpoints: commit what an agent left in its worktree; the errors naming what was left out."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, ClassVar
+
+from worktree_swarm.core.errors import CommandError, GitError
+from worktree_swarm.core.models import DEFAULT_MAX_FILE
+from worktree_swarm.core.units import format_size
+from worktree_swarm.git import runner
+from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_edits
+from worktree_swarm.git.repo import (
+    _inside,
+    _operation_in_progress,
+    _run,
+    _submodule_paths,
+    head_in,
+    identity_env,
+    in_batches,
+    past_stale_lock,
+    repair_checkout,
+    restore_deleted_branch,
+)
+from worktree_swarm.git.staged import unstage_filtered, unstage_over, unstage_secrets
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+def trailers(task_id: str, attempt: int | None, agent: str) -> str:
+    """Commit-message trailers naming the task, attempt and agent of a checkpoint."""
+    lines = [f"Swarm-Task: {task_id}"]
+    if attempt is not None:
+        lines.append(f"Swarm-Attempt: {attempt}")
+    lines.append(f"Swarm-Agent: {agent}")
+    return "\n\n" + "\n".join(lines)
+
+
+# --sparse: in a sparse worktree, files an agent wrote outside the cone are its work too.
+# --ignore-errors: a path git refuses (`.GIT/x`, `git~1`) or cannot read no longer stops the
+# whole `add`; the rest is staged and those are named (RefusedPathsError).
+_ADD = ["add", "--all", "--sparse", "--verbose", "--ignore-errors"]
+
+
+def checkpoint(
+    worktree: Path,
+    *,
+    message: str,
+    author: str,
+    exclude: Sequence[str] = (),
+    droppings: Sequence[str] = (),
+    report_secrets: bool = False,
+    max_file: int | None = DEFAULT_MAX_FILE,
+) -> str | None:
+    """Commit everything in *worktree* (edits and untracked files, minus ignored ones).
+
+    Paths in *exclude* (relative to the worktree root, taken literally) stay out of the
+    branch: never added, and taken out of the index (not the disk) when an agent added or
+    committed them itself. They are the ``link`` symlinks, which an ignore rule like
+    ``node_modules/`` does not match because a symlink is not a directory to git.
+    *droppings* are glob patterns (from the worktree root) of an agent tool's own files, such
+    as aider's chat history: never added, without touching the user's ignore files. Returns
+    the new HEAD, or None when there was nothing to commit; GitError, committing nothing, while
+    a merge (cherry-pick, revert, rebase) waits with unresolved conflicts. Hooks are skipped
+    (``--no-verify``) and *author* (``Name <email>``) is also the committer. A checkout that
+    was never populated (see :func:`checkout_incomplete`) is repaired first instead of
+    committing its missing files as deletions. A file holding the value of a secret
+    environment variable is left out (staged as it was); with *report_secrets* that raises
+    SecretLeftOutError once the rest is committed. So is a file over *max_file* bytes (None:
+    no cap), raising TooBigError: git hashes it once, it is never committed; and a file whose
+    filter swarm's git does not run (:func:`unstage_filtered`), raising FilteredError.
+    """
+    env = identity_env(author)
+    repair_checkout(worktree)
+    restore_deleted_branch(worktree)
+    if _operation_in_progress(worktree) and _run(worktree, ["ls-files", "-z", "-u"]).stdout:
+        # `add --all` would take the conflict markers as the resolution, and the commit
+        # would conclude the merge with them.
+        raise GitError(
+            f"{worktree}: a merge with unresolved conflicts is in progress; resolve it or abort "
+            "it (`git merge --abort`) there first"
+        )
+    exclude = _unstaged(worktree, exclude)
+    unhide_edits(worktree)
+    # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
+    # agent made and committed itself is an embedded repository like one it only made.
+    links = populated_gitlinks(worktree)
+    declared = _submodule_paths(worktree) if links else set()
+    stage_gitlinks(worktree, [link for link in links if link in declared])
+    added, unborn, refused = _add(worktree, [*exclude, *links], droppings)
+    linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
+    if linked:  # a commit would hold a commit id nobody else has, not their files
+        for literal in in_batches(f":(literal,top){path}" for path in linked):
+            _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
+    embedded = [*unborn, *linked]
+    filtered = unstage_filtered(worktree)
+    secret = unstage_secrets(worktree)
+    big = unstage_over(worktree, added, max_file)
+    head = _commit(worktree, message, env, added=added.strip() != "")
+    if embedded:
+        raise EmbeddedRepositoryError(worktree, embedded, head)
+    if refused:
+        raise RefusedPathsError(worktree, refused, head)
+    if filtered:
+        raise FilteredError(worktree, filtered, head)
+    if secret and report_secrets:
+        raise SecretLeftOutError(worktree, secret, head)
+    if big and max_file is not None:
+        raise TooBigError(worktree, big, head, max_file)
+    return head
+
+
+class LeftOutError(GitError):
+    """A checkpoint left some paths of an agent's out (the rest committed), saying why."""
+
+    # Says why, naming the {paths} and the {worktree} they stay in.
+    template: ClassVar[str] = "left out {paths}; they stay in {worktree}"
+
+    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None) -> None:
+        """Name *paths* (in *worktree*); *head*: the checkpoint's commit of everything else."""
+        self.worktree = worktree
+        self.paths = tuple(paths)
+        self.head = head
+        super().__init__(self.template.format(paths=", ".join(self.paths), worktree=worktree))
+
+    def __reduce__(self) -> tuple[type[LeftOutError], tuple[Path, tuple[str, ...], str | None]]:
+        return type(self), (self.worktree, self.paths, self.head)
+
+
+class EmbeddedRepositoryError(LeftOutError):
+    """A checkpoint found repositories an agent made inside its worktree (the rest committed)."""
+
+    template = (
+        "made a git repository inside its worktree ({paths}): a commit would hold only its "
+        "commit id, not its files; they stay in {worktree}"
+    )
+
+
+class RefusedPathsError(LeftOutError):
+    """A checkpoint left out paths git refused to stage (the rest committed)."""
+
+    template = (
+        "wrote paths git refuses to store or could not read ({paths}): left out of its commit, "
+        "they stay in {worktree}; the rest is committed"
+    )
+
+
+class TooBigError(LeftOutError):
+    """A checkpoint left out files over its size cap (the rest committed)."""
+
+    template = (
+        "wrote files over max_file ({paths}): left out of its commit (GitHub refuses a file "
+        "over 100 MiB), they stay in {worktree}; the rest is committed"
+    )
+
+    def __init__(self, worktree: Path, paths: Sequence[str], head: str | None, limit: int) -> None:
+        """As LeftOutError; *limit* is the cap, in bytes."""
+        self.limit = limit
+        shown = [f"{format_size(limit)}: {paths[0]}", *paths[1:]] if paths else []
+        super().__init__(worktree, shown, head)
+        self.paths = tuple(paths)
+
+    def __reduce__(self) -> tuple[type[TooBigError], tuple[Path, tuple[str, ...], str | None, int]]:  # type: ignore[override]
+        return type(self), (self.worktree, self.paths, self.head, self.limit)
+
+
+class FilteredError(LeftOutError):
+    """A checkpoint left out files whose filter swarm's git does not run (the rest committed)."""
+
+    template = (
+        "changed files whose filter comes from the repository's own config, which swarm's git "
+        "never runs ({paths}): left out of its commit (it would hold them unfiltered, a "
+        "git-crypt file in the clear), they stay in {worktree}; the rest is committed"
+    )
+
+
+class SecretLeftOutError(LeftOutError):
+    """A checkpoint left out files holding a secret value (the rest committed)."""
+
+    template = (
+        "wrote the value of a secret into {paths}: left out of its commit, it stays in "
+        "{worktree}; the rest is committed"
+    )
+
+
+_UNBORN = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.MULTILINE)
+
+
+def unborn_repositories(add_errors: str) -> list[str]:
+    """The repositories without a commit that an `add`'s *add_errors* say stopped it."""
+    return _UNBORN.findall(add_errors)
+
+
+def refused_paths(add_errors: str) -> list[str]:
+    """The paths an `add --ignore-errors`'s *add_errors* say it could not stage."""
+    return [a or b for a, b in _REFUSED.findall(add_errors)]
+
+
+_REFUSED = re.compile(r"^error: unable to (?:add '(.+)' to index|index file '(.+)')$", re.MULTILINE)
+
+
+def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
+    """Take *exclude* out of *worktree*'s index; those of them `add` must be told to skip.
+
+    `add` fails on a pathspec naming an ignored file, even an exclude; it skips those anyway.
+    """
+    ignored: set[str] = set()
+    for literal in in_batches(f":(literal,top){path}" for path in exclude):
+        _run(worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
+                        *literal])  # fmt: skip
+        listed = ("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory")
+        out = runner.run_bytes(worktree, *listed, "--", *literal).stdout
+        # As bytes: a name that is not UTF-8 must match its excluded self (surrogates).
+        ignored |= {os.fsdecode(p).rstrip("/") for p in out.split(b"\0") if p}
+    # `--directory` names a wholly ignored directory, not the files in it.
+    return [
+        path
+        for path in exclude
+        if not {path.rstrip("/"), *map(str, PurePosixPath(path).parents)} & ignored
+    ]
+
+
+def _add(
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+) -> tuple[str, list[str], list[str]]:
+    """`add --all` but *exclude* and *droppings*: its output, unborn repositories, refused paths.
+
+    git refuses to add a repository an agent made but never committed in (`npm init` and the
+    like make one), and a path it refuses or cannot read; with ``--ignore-errors`` it stages
+    the rest, and those are left out and named. So are the directories it cannot look into
+    (an agent's ``chmod 0``), which git only warns about: their files would be left out
+    unseen. One it can list but not enter stops the whole `add`: it is left out and `add` runs
+    again.
+    """
+    sealed: list[str] = []
+    for _ in range(_SEALED_MAX + 1):
+        res = _add_once(worktree, [*exclude, *sealed], droppings)
+        stuck = _CANNOT_STAT.search(res.stderr)
+        if res.returncode == 0 or stuck is None or len(sealed) == _SEALED_MAX:
+            break
+        parent = PurePosixPath(stuck[1]).parent
+        if not _inside(parent) or str(parent) in sealed:
+            break
+        sealed.append(str(parent))
+    unborn, refused = unborn_repositories(res.stderr), refused_paths(res.stderr)
+    if res.returncode != 0 and not (unborn or refused):
+        raise CommandError(["git", *_ADD], res.returncode, res.stdout + res.stderr)
+    return res.stdout, unborn, [*unseen_paths(res.stderr, [f"{s}/" for s in sealed]), *refused]
+
+
+def _add_once(
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+) -> subprocess.CompletedProcess[str]:
+    if not (exclude or droppings):
+        return _run(worktree, _ADD, check=False)
+    pathspec = [
+        ":(top)",
+        *(f":(exclude,literal,top){path}" for path in exclude),
+        *(f":(exclude,glob,top){pattern}" for pattern in droppings),
+    ]
+    # On its input, NUL-separated: a `copy` glob may leave thousands of files out.
+    return runner.run(
+        worktree,
+        *_ADD,
+        "--pathspec-from-file=-",
+        "--pathspec-file-nul",
+        check=False,
+        input_text="\0".join(pathspec) + "\0",
+    )
+
+
+# Directories without search permission that one checkpoint leaves out, each costing an `add`.
+_SEALED_MAX = 32
+# git stops at an untracked file it cannot stat (in a directory it can list but not enter).
+_CANNOT_STAT = re.compile(r"^fatal: unable to stat '(.+)': Permission denied$", re.MULTILINE)
+# It warns about a directory it cannot list, and perror()s a tracked file it cannot stat.
+_UNSEEN_DIR = re.compile(
+    r"^warning: could not open directory '(.+)': Permission denied$", re.MULTILINE
+)
+_UNSEEN_FILE = re.compile(r"^(?!warning: |error: |fatal: )(.+): Permission denied$", re.MULTILINE)
+
+
+def unseen_paths(add_errors: str, sealed: Sequence[str] = ()) -> list[str]:
+    """The directories (``name/``) and tracked files an `add`'s *add_errors* say it could not see.
+
+    *sealed*: directories already left out. A file inside a directory named is not named again.
+    """
+    folders = [*sealed, *_UNSEEN_DIR.findall(add_errors)]
+    files = [
+        name
+        for name in _UNSEEN_FILE.findall(add_errors)
+        if not any(name.startswith(folder) for folder in folders)
+    ]
+    return sorted({*folders, *files})
+
+
+def _embedded(worktree: Path, added: str) -> list[str]:
+    """The paths `add --verbose` said it added that are repositories of their own."""
+    paths = [
+        line[5:-1].rstrip("/")
+        for line in added.splitlines()
+        if line.startswith("add '") and line[-1] == "'"
+    ]
+    # A symlink to a checkout is stored as a link, not looked into.
+    found = [
+        p for p in paths if (worktree / p / ".git").exists() and not (worktree / p).is_symlink()
+    ]
+    if found:  # submodules are not embedded ones
+        submodules = _submodule_paths(worktree)
+        found = [p for p in found if p not in submodules]
+    return found
+
+
+def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool) -> str | None:
+    """Commit the index of *worktree*: its new HEAD, or None when it held nothing new."""
+    # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
+    commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
+    if not added or _operation_in_progress(worktree):
+        # Nothing new staged (an agent may have staged its work itself), or a merge or
+        # cherry-pick an agent left, which a commit would conclude even with no change: ask
+        # whether the index differs from HEAD first.
+        if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+            return None
+        res = past_stale_lock(worktree, commit, env=env)
+        if res.returncode != 0:
+            raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
+    else:
+        # `add` staged something: commit first and ask whether the index differs from HEAD
+        # only when the commit fails (one git process less per checkpoint that has work).
+        res = past_stale_lock(worktree, commit, env=env)
+        if res.returncode != 0:
+            if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+                return None
+            raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
+    head = head_in(worktree)
+    if head is None:
+        raise GitError(f"checkpoint in {worktree} left no HEAD")
+    return head

@@ -1,0 +1,169 @@
+"""What a worktree's index holds changed from HEAD, and unstaging what swarm never commits.
+
+Files over max_file, under a filter swarm's git does not run, or holding a secret value go
+back into the index as HEAD has them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from worktree_swarm.core.text import path_text
+from worktree_swarm.core.units import format_size
+from worktree_swarm.git import runner
+from worktree_swarm.git.repo import blob_sizes, in_batches
+from worktree_swarm.infra import redact
+
+
+def unstage_over(
+    worktree: Path, added: str, limit: int | None, *, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """Unstage the files `add --verbose` staged (its output *added*) whose blobs pass *limit*.
+
+    Each goes back into the index (*env*: another index file) as HEAD has it. Returns them,
+    each with its size. The files `add` names are lstat'ed first: no git runs unless one is
+    bigger, or a name could not be read back (a newline in it, bytes not UTF-8); then the
+    staged blobs are sized (a clean filter's blob may be smaller than its file).
+    """
+    if limit is None:
+        return []
+    big, unsure = _big_added(worktree, added, limit)
+    if not (big or unsure):
+        return []  # the usual case
+    staged = [
+        (p, blob)
+        for p, mode, blob in staged_entries(worktree, env=env)
+        if _has_blob(mode, blob) and (unsure or p in big)
+    ]
+    sizes = blob_sizes(worktree, [blob for _, blob in staged])
+    over = [(p, size) for (p, _), size in zip(staged, sizes, strict=True) if size > limit]
+    for literal in in_batches(f":(literal,top){path}" for path, _ in over):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return [f"{path_text(path)} ({format_size(size)})" for path, size in over]
+
+
+def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Unstage the changed files whose ``filter`` attribute names a driver git does not run.
+
+    swarm's git switches off the filters the repository's own config defines (an agent can
+    write that config): staged without its clean filter, a git-crypt file would be committed
+    in the clear. Each goes back into the index (*env*: another index file) as HEAD has it;
+    returns them, each with its filter. No git runs unless the config defines a filter.
+    """
+    drivers = runner.neutral_filters(worktree)
+    if not drivers:
+        return []
+    staged = [p for p, mode, blob in staged_entries(worktree, env=env) if _has_blob(mode, blob)]
+    if not staged:
+        return []
+    names = b"".join(os.fsencode(p) + b"\0" for p in staged)
+    fields = runner.run_bytes(
+        worktree, "check-attr", "-z", "--stdin", "filter", input_bytes=names, env=env
+    ).stdout.split(b"\0")
+    over = []
+    for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
+        driver = os.fsdecode(value)
+        if driver in drivers:
+            over.append((os.fsdecode(name), driver))
+    for literal in in_batches(f":(literal,top){path}" for path, _ in over):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return [f"{path_text(path)} (filter {driver})" for path, driver in over]
+
+
+def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
+    """The files *added* names bigger than *limit* on disk; whether a name could not be read."""
+    big: set[str] = set()
+    for line in added.splitlines():
+        if line.startswith("remove '") and line.endswith("'"):
+            continue
+        if not (line.startswith("add '") and line.endswith("'")):
+            return big, True  # part of a name with a newline
+        try:
+            info = (worktree / line[5:-1]).lstat()
+        except OSError:
+            return big, True  # not as printed: bytes not UTF-8
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            big.add(line[5:-1])
+    return big, False
+
+
+def staged_entries(
+    worktree: Path, *, env: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """(path, mode, blob) of each path *worktree*'s index holds changed from HEAD, not deleted.
+
+    Listed by git NUL-separated (a name is as it is, bytes included); *env*: another index.
+    """
+    staged = runner.run_bytes(
+        worktree, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
+        "--diff-filter=d", env=env,
+    ).stdout.split(b"\0")  # fmt: skip
+    entries = []
+    for meta, name in zip(staged[0::2], staged[1::2], strict=False):
+        _, mode, _, blob, _ = meta.decode("ascii").split()  # ":mode mode id id status"
+        entries.append((os.fsdecode(name), mode, blob))
+    return entries
+
+
+def _has_blob(mode: str, blob: str) -> bool:
+    """Whether an index entry holds a blob: not a gitlink (a commit id), nor unmerged (zeros)."""
+    return mode != "160000" and bool(blob.strip("0"))
+
+
+_SECRET_SCAN_LIMIT = 8 * 2**20  # a file's first bytes: what holds a key is small
+
+
+def unstage_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Put the files :func:`holding_secrets` finds back as HEAD has them in the index; them.
+
+    Never in one of swarm's commits, nor in a push (*env*: as for :func:`holding_secrets`).
+    """
+    secret = holding_secrets(worktree, env=env)
+    for literal in in_batches(f":(literal,top){path}" for path in secret):
+        runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
+    return secret
+
+
+def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """The files staged in *worktree* whose content or name holds a secret value swarm knows.
+
+    *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own).
+
+    The values the redactor knows: of secret environment variables (an agent that dumped its
+    environment into a file) and of the task's ``copy`` files. Every file the index holds
+    changed from HEAD: what the checkpoint staged and what the agent staged itself, read as
+    staged (the blob a commit would hold: a link's target, a file as a `working-tree-encoding`
+    converted it), and listed by git NUL-separated (`add --verbose` prints a name as it is,
+    and a newline in one made it two lines, neither read).
+    """
+    # Only values that look made up: a secret-named setting of a word (DB_PASSWORD=postgres,
+    # PIP_KEYRING_PROVIDER=subprocess) is in half the files of a repository.
+    values = [
+        v.encode("utf-8", "surrogateescape") for v in redact.current().values if redact.made_up(v)
+    ]
+    if not values:
+        return []
+    found = []
+    with runner.ObjectReader(worktree) as objects:
+        # What the commit would hold (a link's target, a file as git converted it), not what
+        # the worktree shows.
+        for path, mode, blob in staged_entries(worktree, env=env):
+            # A gitlink holds a commit id; an unmerged entry no blob of its own (all zeros).
+            unread = not _has_blob(mode, blob)
+            head = b"" if unread else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
+            held = [value for value in values if value in head]
+            named = any(value in os.fsencode(path) for value in values)
+            if (held and not _committed_with(worktree, path, held)) or (
+                named and not _committed_with(worktree, path, [])
+            ):
+                found.append(path)
+    return found
+
+
+def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
+    """Whether *path* was last committed, holding every one of *values* (not the agent's)."""
+    shown = runner.run_bytes(worktree, "cat-file", "blob", f"HEAD:{path}", check=False)
+    return shown.returncode == 0 and all(value in shown.stdout for value in values)
