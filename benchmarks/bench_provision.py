@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worktree_swarm.git.repo import open_repo, status_porcelain
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.git.status import status_porcelain
 from worktree_swarm.git.worktrees import create_worktree
 from worktree_swarm.infra import proc
 

@@ -40,8 +40,7 @@ from tests.test_run import (
 )
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
-from worktree_swarm.git import checkpoints, worktrees
-from worktree_swarm.git import repo as g
+from worktree_swarm.git import checkpoints, gitfiles, worktrees
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
 
@@ -85,7 +84,7 @@ def _killed_in_read_tree(
     _kill_group(proc)
     worktree = repo.parent / "repo.swarm" / "t1"
     assert [p.name for p in worktree.iterdir()] == [".git"]  # the half-made worktree
-    assert g.checkout_incomplete(worktree)
+    assert gitfiles.checkout_incomplete(worktree)
     out = json.loads(swarm(repo, "status", "--json").stdout)
     return str(out["run_id"])
 
@@ -99,13 +98,13 @@ def test_checkpoint_repairs_a_checkout_that_was_never_populated(repo: Path) -> N
     worktree = repo.parent / "wt"
     git(repo, "worktree", "add", "-q", "--no-checkout", "-b", "swarm/x", str(worktree), head)
     (worktree / "f0.txt").write_text("0\n")  # a checkout killed after its first file
-    assert g.checkout_incomplete(worktree)
+    assert gitfiles.checkout_incomplete(worktree)
     assert (
         checkpoints.checkpoint(worktree, message="checkpoint", author="a <a@example.com>") is None
     )
     assert git(repo, "rev-parse", "swarm/x") == head
     assert sorted(p.name for p in worktree.glob("f*.txt")) == [f"f{i}.txt" for i in range(5)]
-    assert not g.checkout_incomplete(worktree)
+    assert not gitfiles.checkout_incomplete(worktree)
 
 
 def test_kill_inside_checkout_then_resume_runs_the_task(

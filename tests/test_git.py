@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
-from worktree_swarm.git import checkpoints
+from worktree_swarm.git import checkpoints, gitfiles, status
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as g
 from worktree_swarm.git.checkpoints import EmbeddedRepositoryError
@@ -199,7 +199,7 @@ def test_merge_commits_clean(repo: Path) -> None:
         git(repo, "checkout", "-q", "-b", name, base)
         tips.append(commit_file(repo, f"{name}.txt", f"{name}\n"))
     git(repo, "checkout", "-q", "main")
-    status_before = g.status_porcelain(repo)
+    status_before = status.status_porcelain(repo)
 
     merged = g.merge_commits(r, ["a", "b", "c"], message="merge abc", author=AUTHOR)
 
@@ -215,7 +215,7 @@ def test_merge_commits_clean(repo: Path) -> None:
     )
     # Nothing checked out changed.
     assert git(repo, "rev-parse", "HEAD") == base
-    assert g.status_porcelain(repo) == status_before == ""
+    assert status.status_porcelain(repo) == status_before == ""
     assert g.merge_commits(r, ["a"], message="m", author=AUTHOR) == tips[0]
 
 
@@ -235,7 +235,7 @@ def test_merge_commits_conflict_names_files(repo: Path) -> None:
         g.merge_commits(r, ["x", "y"], message="m", author=AUTHOR)
     assert sorted(info.value.files) == ["README.md", "src/shared.py"]
     assert "README.md" in str(info.value)
-    assert g.status_porcelain(repo) == ""
+    assert status.status_porcelain(repo) == ""
 
 
 def test_merge_commits_bad_input(repo: Path) -> None:
@@ -268,7 +268,7 @@ def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
         f"{AUTHOR}|{AUTHOR}|swarm: checkpoint"
     )
     assert (repo / "debug.log").exists()
-    assert g.status_porcelain(repo) == ""
+    assert status.status_porcelain(repo) == ""
     assert checkpoints.checkpoint(repo, message="again", author=AUTHOR) is None
     assert git(repo, "rev-parse", "HEAD") == sha
 
@@ -476,12 +476,12 @@ def test_checkpoint_commits_what_the_agent_staged_itself(repo: Path, tmp_path: P
     wt = tmp_path / "wt"
     git(repo, "worktree", "add", "-q", "-b", "side", str(wt))
     git(repo, "pack-refs", "--all")
-    assert g.head_in(wt) == git(wt, "rev-parse", "HEAD")
+    assert gitfiles.head_in(wt) == git(wt, "rev-parse", "HEAD")
     (wt / "side.txt").write_text("side\n")
     tip = checkpoints.checkpoint(wt, message="side", author=AUTHOR)
     assert tip == git(wt, "rev-parse", "HEAD") == git(repo, "rev-parse", "refs/heads/side")
     git(wt, "checkout", "-q", "--detach")
-    assert g.head_in(wt) == tip
+    assert gitfiles.head_in(wt) == tip
 
 
 def test_checkpoint_never_concludes_a_merge_that_changes_nothing(repo: Path) -> None:
@@ -594,7 +594,7 @@ def test_status_porcelain_raw(repo: Path) -> None:
     (repo / "a b").mkdir()
     (repo / "a b" / "c.txt").write_text("x")
     (repo / "README.md").write_text("changed\n")
-    assert g.status_porcelain(repo) == " M README.md\0?? a b/c.txt\0"
+    assert status.status_porcelain(repo) == " M README.md\0?? a b/c.txt\0"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

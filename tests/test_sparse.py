@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_run import AgentFactory, argv_toml, manifest, state_db, status_json, swarm
-from worktree_swarm.git import checkpoints, sparse, worktrees
+from worktree_swarm.git import checkpoints, sparse, status, worktrees
 from worktree_swarm.git import repo as gitrepo
 from worktree_swarm.run import provision
 from worktree_swarm.run.disk_budget import checkout_size
@@ -76,7 +76,7 @@ def test_a_sparse_worktree_holds_the_cone_and_stays_sparse_when_restored(tmp_pat
     worktrees.create_worktree(repo, path=path, branch="swarm/a", start="HEAD", cone=cone)
     seen = {"README.md", "src/util.py", "src/auth/login.py", "src/auth/deep/token.py"}
     assert _listing(path) == seen
-    assert gitrepo.status_porcelain(path) == ""  # nothing outside the cone reads as deleted
+    assert status.status_porcelain(path) == ""  # nothing outside the cone reads as deleted
     # The repository's own config was not touched (git's `sparse-checkout` would have).
     assert "sparse" not in git(repo.root, "config", "--list", "--show-scope").lower()
     assert not (repo.common_dir / "info" / "sparse-checkout").exists()
@@ -92,7 +92,7 @@ def test_a_sparse_worktree_holds_the_cone_and_stays_sparse_when_restored(tmp_pat
         (path / name).unlink()
     assert provision.restore(repo, path=path, branch="swarm/a", start=start, unlock=True, cone=cone)
     assert _listing(path) == seen
-    assert gitrepo.status_porcelain(path) == ""
+    assert status.status_porcelain(path) == ""
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_swarm_s_git_sees_a_skipped_file_an_agent_wrote(tmp_path: Path) -> None:
         ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, check=True
     )
     assert plain.stdout == ""
-    assert gitrepo.status_porcelain(path) == " M docs/guide.md\0"
+    assert status.status_porcelain(path) == " M docs/guide.md\0"
     head = checkpoints.checkpoint(path, message="cp", author="A <a@example.com>")
     assert head is not None
     assert git(repo.root, "show", f"{head}:docs/guide.md") == "rewritten"

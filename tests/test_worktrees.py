@@ -19,7 +19,7 @@ from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import checkpoints
+from worktree_swarm.git import checkpoints, status
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees as wt
 
@@ -55,12 +55,12 @@ def snapshot(repo: Path) -> tuple[str, str, str]:
     return (
         git(repo, "rev-parse", "HEAD"),
         git(repo, "symbolic-ref", "HEAD"),
-        g.status_porcelain(repo),
+        status.status_porcelain(repo),
     )
 
 
 def assert_worktree_ok(repo: g.Repo, path: Path, branch: str, start: str) -> None:
-    assert g.status_porcelain(path) == ""
+    assert status.status_porcelain(path) == ""
     assert git(path, "symbolic-ref", "--short", "HEAD") == branch
     assert git(path, "rev-parse", "HEAD") == start
     assert (path / "run.sh").stat().st_mode & 0o111
@@ -426,7 +426,7 @@ def test_copy_into(repo: Path, tmp_path: Path) -> None:
     assert (dst / ".env").read_text() == "SECRET=1\n"
     assert (dst / ".env").stat().st_mode & 0o777 == 0o600
     assert (dst / "config" / "app.toml").read_text() == "tracked\n"
-    assert g.status_porcelain(dst) == ""  # all copies are ignored files
+    assert status.status_porcelain(dst) == ""  # all copies are ignored files
     assert snapshot(repo) == before
     assert wt.copy_into(repo, dst, [".env"]) == []
 
@@ -579,7 +579,7 @@ def test_config_that_changes_the_layout_leaves_registration_to_git(
     )
     subprocess.run([sys.executable, "-c", code, str(repo), str(path)], env=env, check=True)
     assert '"worktree","add"' in (tmp_path / "trace.json").read_text()
-    assert g.status_porcelain(path) == ""
+    assert status.status_porcelain(path) == ""
     assert wt.registration_locked(r, path) is not None
 
 
@@ -606,7 +606,7 @@ def test_a_registration_that_fails_half_way_leaves_nothing(
     assert not g.branch_exists(r, "swarm/a")
     # Nothing is in the way of making it again.
     wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
-    assert g.status_porcelain(path) == ""
+    assert status.status_porcelain(path) == ""
 
 
 def test_a_clean_worktree_is_deleted_as_git_worktree_remove_does_it(

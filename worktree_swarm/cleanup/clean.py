@@ -49,8 +49,8 @@ from worktree_swarm.core.models import (
     merge_again,
 )
 from worktree_swarm.core.paths import real_path, store_path
+from worktree_swarm.git import gitfiles, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import fs, lock, parallel, supervisor
@@ -810,7 +810,7 @@ def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:
     """What makes a task's worktree someone's work now: on another branch, or mid-operation."""
     if info.branch is not None and task.branch and info.branch != task.branch:
         return f"its worktree is on branch {info.branch} now, not {task.branch}"
-    doing = git.operation_in_progress(Path(info.path))
+    doing = gitfiles.operation_in_progress(Path(info.path))
     return None if doing is None else f"{doing} is in progress in its worktree"
 
 

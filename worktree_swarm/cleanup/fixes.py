@@ -36,9 +36,10 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import checkpoints, runner, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, runner, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs, lock, supervisor
@@ -413,7 +414,7 @@ def open_pull_request(row: TaskRow) -> int | None:
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
     # A directory git cannot read may hide work, and so may an index flag.
-    return git.full_status(path) != "" or git_index.hides_edits(path)
+    return git_status.full_status(path) != "" or git_index.hides_edits(path)
 
 
 # -- applying a plan ------------------------------------------------------------------------
@@ -599,7 +600,7 @@ def _mend_ref(repo: git.Repo, f: Finding) -> str:
     """Write a broken ref again where its reflog last left it, or remove its file of garbage."""
     name = f.target
     path = repo.common_dir / name
-    if _last_logged(repo, name) is None and not git.broken_ref_file(path):
+    if _last_logged(repo, name) is None and not gitfiles.broken_ref_file(path):
         return "no longer broken"
     users = git_users(repo_paths(repo))
     if users:
@@ -620,7 +621,7 @@ def _last_logged(repo: git.Repo, name: str) -> str | None:
         return None
     last = lines[-1].split(b" ") if lines else []
     sha = last[1].decode("ascii", "replace") if len(last) > 1 else ""
-    if not git.is_object_name(sha) or set(sha) == {"0"}:
+    if not gitfiles.is_object_name(sha) or set(sha) == {"0"}:
         return None
     res = runner.run(repo.root, "cat-file", "-e", f"{sha}^{{commit}}", check=False)
     return sha if res.returncode == 0 else None
@@ -637,7 +638,7 @@ def broken_refs(repo: git.Repo) -> list[Finding]:
     names = re.findall(r"^warning: ignoring broken ref (refs/\S+)$", said, re.MULTILINE)
     found = []
     for name in names:
-        if not git.broken_ref_file(repo.common_dir / name):
+        if not gitfiles.broken_ref_file(repo.common_dir / name):
             continue  # not a loose file of garbage (a dangling symbolic ref): git's to tell
         was = _last_logged(repo, name)
         fix = f"write it again at {was[:12]} (its reflog's last)" if was else "delete its file"
@@ -721,7 +722,7 @@ def _remove_worktree(
         worktrees.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         _unlock_index(repo, path)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
-        repaired = git.repair_checkout(path)
+        repaired = gitfiles.repair_checkout(path)
         # One `status` settles the usual case (a finished task's checkout holds nothing new):
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
@@ -827,10 +828,10 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
 
 def _submodule_keep(repo: git.Repo, path: Path) -> str:
     """Why the worktree *path* is kept for its submodules' sake ("" when it is not)."""
-    left = git.submodule_work(path)
+    left = git_status.submodule_work(path)
     if left:
         return f"submodule {', '.join(left)} holds work no commit records; save it first"
-    only = git.submodule_commits_only_here(repo, path)
+    only = git_status.submodule_commits_only_here(repo, path)
     if only:
         return f"submodule {', '.join(only)} {_ONLY_HERE}"
     return ""
@@ -843,10 +844,10 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
     listed) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
     owner first: swarm removes the worktree anyway, and its files must be seen to be kept.
     """
-    status = git.full_status(path)
+    status = git_status.full_status(path)
     if status is None:
         fs.make_removable(path)
-        status = git.full_status(path)
+        status = git_status.full_status(path)
     if status is None:
         return False
     # Each untracked file by its name (`--untracked-files=all`): "?? name".

@@ -31,6 +31,7 @@ from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedErr
 from worktree_swarm.core.models import Executor, TaskState
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.git import repo as git
+from worktree_swarm.git import status as git_status
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.report import status
@@ -310,7 +311,7 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
 def _uncommitted(checkout: Path) -> bool:
     """Whether *checkout* has changes besides the file this run's output goes to."""
     own = {path.resolve() for path in proc.output_files()}
-    return any((checkout / path).resolve() not in own for path in git.status_paths(checkout))
+    return any((checkout / path).resolve() not in own for path in git_status.status_paths(checkout))
 
 
 def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str | None]:

@@ -28,6 +28,7 @@ from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.git import runner, sparse
+from worktree_swarm.git.gitfiles import head_in
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
@@ -36,7 +37,6 @@ from worktree_swarm.git.repo import (
     commit_of,
     git,
     git_dir,
-    head_in,
     in_batches,
     repo_lock,
 )

@@ -16,8 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from worktree_swarm.git import gitfiles, runner, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import integrity, remotes
 from worktree_swarm.guard.model import MAIN, RefMove, Violation
 from worktree_swarm.guard.recovery import _REMOTES_NOTE
@@ -57,7 +57,7 @@ def _tip(repo: git.Repo, ref: str) -> str | None:
         text = (repo.common_dir / ref).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         text = ""
-    if git.is_object_name(text):
+    if gitfiles.is_object_name(text):
         return text
     said = runner.run(
         repo.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.git import gitfiles, runner
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner
 from worktree_swarm.guard.model import Snapshot
 from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
 from worktree_swarm.infra import fs
@@ -48,9 +48,9 @@ def restore_ref(root: Path, ref: str, before: str | None, after: str | None) -> 
         args = ["update-ref", "-d", ref, after or ""]
     else:
         args = ["update-ref", "-m", message, ref, before, *([after] if after else [])]
-    res = git.past_stale_lock(root, args)
+    res = gitfiles.past_stale_lock(root, args)
     if res.returncode != 0 and "reference broken" in res.stderr and _drop_broken(root, ref):
-        res = git.past_stale_lock(root, args)
+        res = gitfiles.past_stale_lock(root, args)
     return res.returncode == 0
 
 
@@ -63,7 +63,7 @@ def _pop_stash(root: Path, before: str, after: str) -> bool:
         return False
     for _ in pushed:
         popped = ["reflog", "delete", "--updateref", "--rewrite", f"{STASH}@{{0}}"]
-        if git.past_stale_lock(root, popped).returncode != 0:
+        if gitfiles.past_stale_lock(root, popped).returncode != 0:
             return False
     return git.rev_parse_in(root, STASH) == before
 
@@ -137,7 +137,7 @@ def _drop_broken(root: Path, ref: str) -> bool:
     common = Path(os.path.realpath(root / said.stdout.strip()))
     path = common / ref
     inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(common / "refs"))
-    if not inside or not git.broken_ref_file(path):
+    if not inside or not gitfiles.broken_ref_file(path):
         return False  # not a broken one of git's: left alone
     path.unlink()
     return True

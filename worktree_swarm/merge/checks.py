@@ -15,8 +15,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
-from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
+from worktree_swarm.git import runner, status, worktrees
 from worktree_swarm.infra import fs, proc, redact
 from worktree_swarm.merge.session import Candidate, Session
 from worktree_swarm.merge.target import checks_record
@@ -64,7 +63,7 @@ def run_checks(
     Files untracked before the checks ran, and ignored ones but for the copy files and
     link symlinks, are left alone.
     """
-    before = git.untracked_files(s.target.worktree)
+    before = status.untracked_files(s.target.worktree)
     placed = () if task is None else _placed(s, task)
     # On record first: a merge killed during the checks has the next one undo what they wrote.
     _note_untracked(s, before, placed)
@@ -149,7 +148,7 @@ def untracked_noted(s: Session) -> Iterator[None]:
     It cleans up after what ended inside half-way (see :func:`clean_after_cut_off_checks`):
     so the record goes on a normal exit only, not when an exception (a full disk) leaves.
     """
-    _note_untracked(s, git.untracked_files(s.target.worktree))
+    _note_untracked(s, status.untracked_files(s.target.worktree))
     yield
     _untracked_record(s).unlink(missing_ok=True)
 
@@ -162,10 +161,10 @@ def _untracked_record(s: Session) -> Path:
 
 
 def _clean_after_checks(s: Session, before: set[str], placed: Sequence[str] = ()) -> None:
-    git.remove_new(
-        s.target.worktree, (git.untracked_files(s.target.worktree) - before) | set(placed)
+    status.remove_new(
+        s.target.worktree, (status.untracked_files(s.target.worktree) - before) | set(placed)
     )
-    git.reset_hard(s.target.worktree, env=s.identity)
+    status.reset_hard(s.target.worktree, env=s.identity)
 
 
 def clean_after_cut_off_checks(s: Session) -> None:

@@ -22,8 +22,8 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import gitfiles, runner, status, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
 from worktree_swarm.infra import fs, supervisor
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.diff import branch_tip
@@ -75,11 +75,11 @@ def validate(
             raise _checked_out_elsewhere(branch, info.path, own)
         # A checkout a killed merge left unpopulated (no index) holds nothing: repaired when
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
-        looked = info.path.is_dir() and not git.checkout_incomplete(info.path)
+        looked = info.path.is_dir() and not gitfiles.checkout_incomplete(info.path)
         left = half_merged(info.path) or checks_cut_off(info.path)
         left = left or not git.branch_exists(repo, branch)  # saved aside, made anew
         looked = looked and not (_same_path(info.path, own) and left)
-        dirty = bool(git.status_porcelain(info.path)) if looked else False
+        dirty = bool(status.status_porcelain(info.path)) if looked else False
         if dirty:
             raise BadInputError(
                 f"{branch} is checked out in {info.path} with uncommitted changes; commit or"
@@ -195,7 +195,7 @@ def open_target(
                 saved = save_left(repo, info.path, branch, parent=start)
                 worktrees.remove_worktree(repo, info.path, force=True)
                 break
-            git.repair_checkout(info.path)  # a merge killed while it checked the target out
+            gitfiles.repair_checkout(info.path)  # a merge killed while it checked the target out
             cut_off = half_merged(info.path) or checks_cut_off(info.path)
             saved = save_left(repo, info.path, branch) if cut_off else None
             if half_merged(info.path):
@@ -231,9 +231,9 @@ def save_left(
     does). Saved as a child of *parent* (by default its HEAD commit, none on a branch that is
     gone). The ref it is saved as, or None (nothing there).
     """
-    if not git.status_porcelain(worktree):
+    if not status.status_porcelain(worktree):
         return None
-    head = parent or git.head_in(worktree)
+    head = parent or gitfiles.head_in(worktree)
     message = f"swarm: left uncommitted in the merge worktree of {branch}"
     sha = worktrees.snapshot_files(repo, worktree, message=message, parent=head)
     if sha is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.models import Task, TaskState
-from worktree_swarm.git import checkpoints, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
@@ -64,7 +64,7 @@ class Checkpoints(RunWorker):
             return stat, TaskOutcome(
                 state=TaskState.FAILED, reason=git.over_size_reason(big, self.spec.max_file)
             )
-        left = git.submodule_work(path)
+        left = status.submodule_work(path)
         if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
             return stat, TaskOutcome(
                 state=TaskState.FAILED,
@@ -85,7 +85,7 @@ class Checkpoints(RunWorker):
         try:
             stat = self._checkpoint(task, path, base, number, ended, agent=agent)
         except checkpoints.LeftOutError:  # its files stay in the worktree, as git status lists them
-            worktrees.disarm_setuid(self.repo, path, base, also=git.status_paths(path))
+            worktrees.disarm_setuid(self.repo, path, base, also=status.status_paths(path))
             raise
         except BaseException:
             worktrees.disarm_setuid(self.repo, path, base)
@@ -117,9 +117,9 @@ class Checkpoints(RunWorker):
                 self.store.on_full,
             )
         except checkpoints.LeftOutError as exc:  # the task fails, saying so; the rest is committed
-            self._record_diff(task.id, base, exc.head or git.head_in(path) or base)
+            self._record_diff(task.id, base, exc.head or gitfiles.head_in(path) or base)
             raise
-        return self._record_diff(task.id, base, tip or git.head_in(path) or base)
+        return self._record_diff(task.id, base, tip or gitfiles.head_in(path) or base)
 
 
 def sealed_reason(path: Path) -> str:

@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.git import checkpoints, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, redact, starts, supervisor
@@ -158,11 +158,11 @@ def _checkpoint_stopped(
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
             )
         except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree
-            tip, left, left_out = exc.head, str(exc), tuple(git.status_paths(worktree))
+            tip, left, left_out = exc.head, str(exc), tuple(status.status_paths(worktree))
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
     worktrees.unlink_links(repo.root, worktree, task.link)
-    _record_diff(repo, store, row, tip or git.head_in(worktree))
+    _record_diff(repo, store, row, tip or gitfiles.head_in(worktree))
     armed = []
     if row.base_commit:
         armed = worktrees.disarm_setuid(repo, worktree, row.base_commit, also=left_out)

@@ -21,8 +21,8 @@ import psutil
 
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git import gitfiles, sparse, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.infra import fs, supervisor
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
@@ -105,7 +105,7 @@ def restore(
         changed = True
     if unlock:
         changed |= _unlink_stale_locks(repo, path, branch)
-    return git.repair_checkout(path) or changed
+    return gitfiles.repair_checkout(path) or changed
 
 
 def _reattach(

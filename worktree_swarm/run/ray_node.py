@@ -31,7 +31,7 @@ from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
-from worktree_swarm.git import checkpoints, runner, staged
+from worktree_swarm.git import checkpoints, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, fs, redact, starts, supervisor
@@ -533,7 +533,7 @@ class NodeAgent:
 
     def submodule_work(self) -> list[str]:
         """Submodule directories of the clone holding work no commit can record."""
-        return git.submodule_work(self.work)
+        return status.submodule_work(self.work)
 
     def planted(self) -> list[str]:
         """Git's own files of the clone the agent changed (each put back before swarm's git)."""

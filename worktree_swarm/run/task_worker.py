@@ -22,8 +22,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.git import gitfiles, sparse, status, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import sparse, worktrees
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
@@ -320,8 +320,8 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         while not self._check_slots.acquire(timeout=POLL_SECONDS):
             if live.stop.is_set():
                 return CheckFailure(summary="stopped while waiting to run checks", stopped=True)
-        tip = git.head_in(path) or base
-        before = git.untracked_files(path)
+        tip = gitfiles.head_in(path) or base
+        before = status.untracked_files(path)
         try:
             # No agent of the task runs while its checks do: its branch is swarm's alone.
             with self.guard.pinned(task.id, task.branch, tip):
@@ -346,10 +346,10 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 moved = self.guard.checks_moved(task.id, path, task.branch, tip)
             # What they wrote (a formatter's edits, build output) goes: the branch is what
             # was checked, and no later checkpoint commits it.
-            git.remove_new(path, git.untracked_files(path) - before)
+            status.remove_new(path, status.untracked_files(path) - before)
             if moved is None:
                 faults.retry_while_full(  # the index rewritten: on a full disk, it waits
-                    lambda: git.reset_hard(path),
+                    lambda: status.reset_hard(path),
                     self.store.on_full,
                 )
             if planted:

@@ -1,0 +1,217 @@
+"""A checkout's state read from git's own files, and mending what a killed git or an agent left.
+
+HEAD and loose refs read without a git process, stale lock files, the markers of an operation
+under way, a deleted branch put back, a checkout that was never populated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worktree_swarm.core.errors import GitError
+from worktree_swarm.git.repo import _run, rev_parse_in
+from worktree_swarm.git.runner import git_dir
+from worktree_swarm.infra import fs
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+_LOCK_EXISTS = re.compile(r"Unable to create '([^'\n]+\.lock)': File exists")
+# Git holds a lock file for the moment it writes what it locks: one older than this was left
+# (a git killed half-way) or planted (an agent, also under --sandbox: the top of the git dir and
+# refs/ are writable there), and would fail every later write of that ref or file.
+STALE_LOCK_SECONDS = 2.0
+
+
+def past_stale_lock(
+    cwd: Path, args: Sequence[str], *, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``git *args`` in *cwd*, unchecked, and once more past a stale lock file.
+
+    Run again only when it failed on one that :func:`removed_stale_lock` removed.
+    """
+    res = _run(cwd, args, check=False, env=env)
+    if res.returncode != 0 and removed_stale_lock(cwd, res.stdout + res.stderr):
+        res = _run(cwd, args, check=False, env=env)
+    return res
+
+
+def removed_stale_lock(cwd: Path, said: str) -> bool:
+    """Remove a stale lock file git *said* it could not create in *cwd*'s repository.
+
+    Whether one was removed (stale: :data:`STALE_LOCK_SECONDS`). Only a file named ``*.lock``
+    under that repository's common dir (its worktrees' admin dirs too): git's message names
+    the path, which is not trusted further.
+    """
+    match = _LOCK_EXISTS.search(said)
+    if match is None:
+        return False
+    found = _run(cwd, ["rev-parse", "--git-common-dir"], check=False)
+    if found.returncode != 0:
+        return False
+    common = Path(os.path.realpath(cwd / found.stdout.strip()))
+    lock = Path(match[1])
+    try:
+        inside = Path(os.path.realpath(lock.parent)).is_relative_to(common)
+        stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
+    except OSError:
+        return False
+    if not inside or not stale or not lock.name.endswith(".lock"):
+        return False
+    with suppress(FileNotFoundError):
+        lock.unlink()
+    return True
+
+
+# Files git keeps while a merge, cherry-pick, revert or rebase waits for a commit.
+_OBJECT_NAME = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+_REF_FILE = re.compile(rb"[0-9a-f]{40}(?:[0-9a-f]{24})?|ref: refs/\S+")
+
+
+def is_object_name(text: str) -> bool:
+    """Whether *text* is a full object name (SHA-1 or SHA-256, lowercase hex)."""
+    return _OBJECT_NAME.fullmatch(text) is not None
+
+
+def broken_ref_file(path: Path) -> bool:
+    """Whether *path* is a regular file git cannot read as a ref (garbage written into it).
+
+    Not a symlink, directory or missing file: those are no loose ref of garbage to mend.
+    """
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        data = path.read_bytes().strip()
+    except OSError:
+        return False
+    return _REF_FILE.fullmatch(data) is None
+
+
+_OPERATIONS = {
+    "MERGE_HEAD": "a merge",
+    "CHERRY_PICK_HEAD": "a cherry-pick",
+    "REVERT_HEAD": "a revert",
+    "rebase-merge": "a rebase",
+    "rebase-apply": "a rebase",
+    "BISECT_LOG": "a bisect",
+}
+# What a commit would land inside (a bisect does not take one).
+_IN_PROGRESS = tuple(name for name in _OPERATIONS if name != "BISECT_LOG")
+
+
+def operation_in_progress(worktree: Path) -> str | None:
+    """The git operation under way in *worktree* (``a rebase``, ...), or None.
+
+    One a user left half done there (a conflict resolved and staged, not continued): a
+    commit of swarm's would land inside it.
+    """
+    try:
+        admin = git_dir(worktree)
+    except GitError:
+        return None
+    return next((what for name, what in _OPERATIONS.items() if (admin / name).exists()), None)
+
+
+def _operation_in_progress(worktree: Path) -> bool:
+    try:
+        admin = git_dir(worktree)
+    except GitError:
+        return True  # unknown: take the careful path
+    return any(os.path.lexists(admin / name) for name in _IN_PROGRESS)
+
+
+def head_in(worktree: Path) -> str | None:
+    """The commit HEAD of *worktree* points at, read from git's files where they are plain.
+
+    A checkpoint's commit has just written the branch as a loose ref, so reading ``HEAD`` and
+    that file answers without a git process; anything else (packed refs, a ref backend
+    without loose files, a symlinked HEAD) asks ``git rev-parse``.
+    """
+    try:
+        admin = git_dir(worktree)
+        head = _plain(admin / "HEAD")
+        if head.startswith("ref: refs/heads/"):
+            common = admin
+            commondir = admin / "commondir"
+            if commondir.is_file():
+                common = admin / os.fsdecode(fs.read_file(commondir)).strip()
+            ref = head.removeprefix("ref: ")
+            if ".." not in ref.split("/"):
+                head = _plain(common / ref)
+    except (OSError, GitError):
+        head = ""
+    if _OBJECT_NAME.fullmatch(head):
+        return head
+    return rev_parse_in(worktree, "HEAD")
+
+
+def _plain(path: Path) -> str:
+    """The text of one of git's small files (HEAD, a loose ref), stripped."""
+    return fs.read_file(path).decode("utf-8", errors="replace").strip()
+
+
+def restore_deleted_branch(worktree: Path) -> str | None:
+    """Put back the branch *worktree* is on if it is gone, at HEAD's last commit; that commit.
+
+    An agent that deleted its own branch (`git update-ref -d`, `git branch -D` from elsewhere)
+    had its checkpoint start a history of its own: a root commit of every file, sharing no
+    base with anything (no diff, no merge, every retry the same). HEAD's reflog in the
+    worktree's admin dir still names the commit it was last at (before the deletion's line).
+    """
+    if head_in(worktree) is not None:
+        return None
+    try:
+        admin = git_dir(worktree)
+        head = _plain(admin / "HEAD")
+        logged = os.fsdecode(fs.read_file(admin / "logs" / "HEAD")).splitlines()
+    except (OSError, GitError):
+        return None
+    # The newest value that is a commit: the deletion itself is logged, to zeros.
+    values = [line.split(" ")[1:2] for line in reversed(logged)]  # "old new who when\tmsg"
+    last = next(
+        (v[0] for v in values if v and _OBJECT_NAME.fullmatch(v[0]) and v[0].strip("0")), ""
+    )
+    if not head.startswith("ref: refs/heads/") or not last:
+        return None
+    if _run(worktree, ["cat-file", "-e", f"{last}^{{commit}}"], check=False).returncode != 0:
+        return None
+    ref = head.removeprefix("ref: ")
+    done = _run(worktree, ["update-ref", "-m", "swarm: put back", ref, last, ""], check=False)
+    return last if done.returncode == 0 else None
+
+
+def checkout_incomplete(worktree: Path) -> bool:
+    """Whether *worktree* was never populated: it has no index while its HEAD has files.
+
+    ``git worktree add --no-checkout`` makes a worktree without an index, and ``read-tree
+    -u`` writes the index only once every file is written; a process killed in between leaves
+    files missing that ``git add --all`` would record as deleted.
+    """
+    try:
+        index = git_dir(worktree) / "index"
+    except GitError:
+        return False
+    if index.exists():
+        return False
+    res = _run(worktree, ["ls-tree", "--name-only", "HEAD"], check=False)
+    return res.returncode == 0 and bool(res.stdout.strip())
+
+
+def repair_checkout(worktree: Path) -> bool:
+    """Populate a checkout that was never populated (files and index from HEAD).
+
+    Returns whether a repair was needed. Only an unpopulated checkout is touched: swarm
+    populates a worktree before any agent runs in it, so such a checkout holds no work.
+    """
+    if not checkout_incomplete(worktree):
+        return False
+    _run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
+    return True
