@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
-from worktree_swarm.git import checkpoints, gitfiles, status
+from worktree_swarm.git import checkpoints, diffs, gitconfig, gitfiles, merge_tree, status
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as g
 from worktree_swarm.git.checkpoints import EmbeddedRepositoryError
-from worktree_swarm.git.repo import MergeConflictError
+from worktree_swarm.git.merge_tree import MergeConflictError
 
 AUTHOR = "Swarm Bot <bot@example.com>"
 
@@ -201,7 +201,7 @@ def test_merge_commits_clean(repo: Path) -> None:
     git(repo, "checkout", "-q", "main")
     status_before = status.status_porcelain(repo)
 
-    merged = g.merge_commits(r, ["a", "b", "c"], message="merge abc", author=AUTHOR)
+    merged = merge_tree.merge_commits(r, ["a", "b", "c"], message="merge abc", author=AUTHOR)
 
     assert git(repo, "rev-parse", f"{merged}^@").split() == tips
     assert git(repo, "ls-tree", "--name-only", merged).split() == [
@@ -216,7 +216,7 @@ def test_merge_commits_clean(repo: Path) -> None:
     # Nothing checked out changed.
     assert git(repo, "rev-parse", "HEAD") == base
     assert status.status_porcelain(repo) == status_before == ""
-    assert g.merge_commits(r, ["a"], message="m", author=AUTHOR) == tips[0]
+    assert merge_tree.merge_commits(r, ["a"], message="m", author=AUTHOR) == tips[0]
 
 
 def test_merge_commits_conflict_names_files(repo: Path) -> None:
@@ -231,8 +231,8 @@ def test_merge_commits_conflict_names_files(repo: Path) -> None:
     commit_file(repo, "y_only.txt", "fine\n")
     git(repo, "checkout", "-q", "main")
 
-    with pytest.raises(g.MergeConflictError) as info:
-        g.merge_commits(r, ["x", "y"], message="m", author=AUTHOR)
+    with pytest.raises(merge_tree.MergeConflictError) as info:
+        merge_tree.merge_commits(r, ["x", "y"], message="m", author=AUTHOR)
     assert sorted(info.value.files) == ["README.md", "src/shared.py"]
     assert "README.md" in str(info.value)
     assert status.status_porcelain(repo) == ""
@@ -241,9 +241,9 @@ def test_merge_commits_conflict_names_files(repo: Path) -> None:
 def test_merge_commits_bad_input(repo: Path) -> None:
     r = g.open_repo(repo)
     with pytest.raises(BadInputError, match="Name <email>"):
-        g.merge_commits(r, ["main", "main"], message="m", author="nobody")
-    with pytest.raises(g.GitError, match="is not a commit"):
-        g.merge_commits(r, ["main", "nope"], message="m", author=AUTHOR)
+        merge_tree.merge_commits(r, ["main", "main"], message="m", author="nobody")
+    with pytest.raises(GitError, match="is not a commit"):
+        merge_tree.merge_commits(r, ["main", "nope"], message="m", author=AUTHOR)
 
 
 def test_checkpoint_commits_edits_and_untracked(repo: Path) -> None:
@@ -408,7 +408,7 @@ def test_checkpoint_never_concludes_a_merge_with_its_conflicts(repo: Path) -> No
     head = git(repo, "rev-parse", "HEAD")
     subprocess.run(["git", "merge", "-q", "theirs"], cwd=repo, capture_output=True, check=False)
     assert "<<<<<<<" in (repo / "README.md").read_text()
-    with pytest.raises(g.GitError, match="a merge with unresolved conflicts is in progress"):
+    with pytest.raises(GitError, match="a merge with unresolved conflicts is in progress"):
         checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     assert git(repo, "rev-parse", "HEAD") == head
     assert git(repo, "ls-files", "-u")  # still unresolved, as the user or agent left it
@@ -521,10 +521,10 @@ def test_diff_stat(repo: Path) -> None:
     (repo / "README.md").unlink()
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "edit")
-    stat = g.diff_stat(r, base, "HEAD")
+    stat = diffs.diff_stat(r, base, "HEAD")
     # keep.txt +1 -3, new.txt +2, image.bin binary, README.md -1
-    assert stat == g.DiffStat(files=4, insertions=3, deletions=4)
-    assert g.diff_stat(r, "HEAD", "HEAD") == g.DiffStat(files=0, insertions=0, deletions=0)
+    assert stat == diffs.DiffStat(files=4, insertions=3, deletions=4)
+    assert diffs.diff_stat(r, "HEAD", "HEAD") == diffs.DiffStat(files=0, insertions=0, deletions=0)
 
 
 def test_diff_stat_content_tells_edits_that_keep_the_counts(repo: Path) -> None:
@@ -539,13 +539,13 @@ def test_diff_stat_content_tells_edits_that_keep_the_counts(repo: Path) -> None:
         (repo / "image.bin").write_bytes(data)
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "--allow-empty", "-m", "edit")
-        stats.append(g.diff_stat(r, base, "HEAD"))
-    assert stats[0] == stats[1] == g.DiffStat(files=2, insertions=1, deletions=0)
+        stats.append(diffs.diff_stat(r, base, "HEAD"))
+    assert stats[0] == stats[1] == diffs.DiffStat(files=2, insertions=1, deletions=0)
     assert stats[0].content != stats[1].content
     assert stats[1].content == stats[2].content  # an attempt that changed nothing
     git(repo, "mv", "line.txt", "moved.txt")  # a rename of its own file: the same counts
     git(repo, "commit", "-q", "-m", "rename")
-    renamed = g.diff_stat(r, base, "HEAD")
+    renamed = diffs.diff_stat(r, base, "HEAD")
     assert renamed == stats[2]
     assert renamed.content != stats[2].content
 
@@ -558,7 +558,7 @@ def test_diff_stat_counts_a_rename_once(repo: Path) -> None:
         f.write("one more\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "rename")
-    assert g.diff_stat(r, base, "HEAD") == g.DiffStat(files=1, insertions=1, deletions=0)
+    assert diffs.diff_stat(r, base, "HEAD") == diffs.DiffStat(files=1, insertions=1, deletions=0)
 
 
 def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
@@ -577,17 +577,17 @@ def test_over_size_finds_big_files_a_branch_renamed_or_changed_not_deleted_ones(
     (repo / "notes.txt").write_text("note\n" * 500)  # 2.4 KiB of text
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "edit")
-    stat = g.diff_stat(r, base, "HEAD")
-    assert g.over_size(r, stat, 2048) == [("new name.bin", 2049), ("notes.txt", 2500)]
-    assert g.over_size(r, stat, 2049) == [("notes.txt", 2500)]
-    assert g.over_size(r, stat, DEFAULT_MAX_FILE) == []
+    stat = diffs.diff_stat(r, base, "HEAD")
+    assert diffs.over_size(r, stat, 2048) == [("new name.bin", 2049), ("notes.txt", 2500)]
+    assert diffs.over_size(r, stat, 2049) == [("notes.txt", 2500)]
+    assert diffs.over_size(r, stat, DEFAULT_MAX_FILE) == []
     # A `diff` attribute makes a file text to the diff however big: each one is sized.
     (repo / ".gitattributes").write_text("*.bin diff\n")
     (repo / "huge.bin").write_bytes(b"x" * ((16 << 20) + 1))
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "huge")
-    stat = g.diff_stat(r, base, "HEAD")
-    assert g.over_size(r, stat, 16 << 20) == [("huge.bin", (16 << 20) + 1)]
+    stat = diffs.diff_stat(r, base, "HEAD")
+    assert diffs.over_size(r, stat, 16 << 20) == [("huge.bin", (16 << 20) + 1)]
 
 
 def test_status_porcelain_raw(repo: Path) -> None:
@@ -647,11 +647,11 @@ def test_write_config_file_reads_back_through_git(tmp_path: Path) -> None:
         "core.excludesFile": "/home/ann/.gitignore global",
         "url.https://example.com/.insteadOf": "ex:",
     }
-    g.write_config_file(path, values)
+    gitconfig.write_config_file(path, values)
     for key, value in values.items():
         assert git(tmp_path, "config", "--file", str(path), "--get", key) == value
     with pytest.raises(ValueError, match="not a git config key"):
-        g.write_config_file(path, {"nodot": "x"})
+        gitconfig.write_config_file(path, {"nodot": "x"})
 
 
 def test_swarms_errors_cross_a_process_boundary_whole(tmp_path: Path) -> None:
@@ -679,19 +679,19 @@ def test_config_values_answer_as_git_config_get_does(
     included.write_text("[user]\n\tname = Included Name\n[core]\n\texcludesFile = ~/ignore-me\n")
     git(repo, "config", "include.path", str(included))
     keys = {"user.name", "user.email", "core.excludesfile"}
-    found = g.config_values(repo, keys)
+    found = gitconfig.config_values(repo, keys)
     for key in keys:
         expected = git(repo, "config", "--get", key)
         assert found[key] == expected
     assert found["user.name"] == "Included Name"
-    path = g.config_path(repo, "core.excludesFile", found["core.excludesfile"])
+    path = gitconfig.config_path(repo, "core.excludesFile", found["core.excludesfile"])
     assert path == git(repo, "config", "--path", "--get", "core.excludesFile")
     assert path == str(home / "ignore-me")
-    assert g.user_identity(repo) == "Included Name <g@example.com>"
+    assert gitconfig.user_identity(repo) == "Included Name <g@example.com>"
     git(repo, "config", "--unset", "include.path")
     git(repo, "config", "user.email", "")
-    assert g.config_values(repo, keys) == {"user.name": "Global Name", "user.email": ""}
-    assert g.user_identity(repo) is None
+    assert gitconfig.config_values(repo, keys) == {"user.name": "Global Name", "user.email": ""}
+    assert gitconfig.user_identity(repo) is None
 
 
 def test_contained_answers_what_a_tip_holds_and_asks_git_again_only_what_it_never_told(

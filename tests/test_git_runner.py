@@ -16,8 +16,7 @@ import pytest
 from tests.conftest import git
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import repo as g
-from worktree_swarm.git import runner
+from worktree_swarm.git import gitconfig, runner
 from worktree_swarm.infra import pipes
 
 
@@ -56,7 +55,7 @@ def test_planted_config_and_hooks_never_run(repo: Path, tmp_path: Path) -> None:
     runner.run(repo, "diff", "HEAD")
     tree = runner.run(repo, "write-tree").stdout.strip()
     head = runner.run(repo, "rev-parse", "HEAD").stdout.strip()
-    env = g.identity_env("Swarm Test <swarm@example.com>")
+    env = gitconfig.identity_env("Swarm Test <swarm@example.com>")
     commit = runner.run(repo, "commit-tree", tree, "-p", head, "-m", "x", env=env).stdout.strip()
     runner.run(repo, "update-ref", "refs/heads/main", commit, head)
     runner.run(repo, "commit", "-q", "--allow-empty", "-m", "y", env=env)
@@ -89,7 +88,7 @@ def test_a_planted_driver_whose_name_holds_an_equals_sign_never_runs(
     runner.run(repo, "status", "--porcelain")
     runner.run(repo, "add", "--all")
     runner.run(repo, "diff", "--cached")
-    runner.run(repo, "commit", "-q", "-m", "x", env=g.identity_env("S <s@example.com>"))
+    runner.run(repo, "commit", "-q", "-m", "x", env=gitconfig.identity_env("S <s@example.com>"))
     runner.run(repo, "checkout", "-q", "HEAD~1", "--", "README.md")
     runner.run(repo, "credential", "fill", input_text="protocol=https\nhost=example.com\n\n",
                check=False)  # fmt: skip

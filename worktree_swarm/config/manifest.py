@@ -36,7 +36,7 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.settings import Kind, Scope
-from worktree_swarm.git import repo as git
+from worktree_swarm.git import gitconfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -422,7 +422,7 @@ def _run_spec(tasks: tuple[Task, ...], layer: Layer, *, repo_root: Path) -> RunS
             'copy_mode = "auto" or "copy"'
         )
     if "commit_author" not in run:
-        spec = replace(spec, commit_author=git.user_identity(repo_root) or spec.commit_author)
+        spec = replace(spec, commit_author=gitconfig.user_identity(repo_root) or spec.commit_author)
     return spec
 
 

@@ -12,6 +12,7 @@ from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
+from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
     _operation_in_progress,
     head_in,
@@ -20,7 +21,7 @@ from worktree_swarm.git.gitfiles import (
     restore_deleted_branch,
 )
 from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_edits
-from worktree_swarm.git.repo import _run, identity_env, in_batches
+from worktree_swarm.git.repo import _run, in_batches
 from worktree_swarm.git.staged import unstage_filtered, unstage_over, unstage_secrets
 from worktree_swarm.git.status import _inside, _submodule_paths
 

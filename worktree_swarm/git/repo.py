@@ -1,26 +1,25 @@
-"""Typed git operations on plain `git` (porcelain / -z output) and the repository lock."""
+"""The repository: opened and checked, its lock, git run plainly, typed queries of its refs.
+
+Branches, commits, ancestry and remotes, on plain `git` (porcelain / -z output).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shlex
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import filelock
 
-from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
-from worktree_swarm.core.identity import parse_author
+from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
-from worktree_swarm.core.text import is_utf8, one_line, path_text, paths_text
-from worktree_swarm.core.units import format_size
+from worktree_swarm.core.text import is_utf8, one_line, path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 
@@ -31,35 +30,6 @@ MIN_GIT_VERSION = (2, 38)
 # Up to the last `@` before the path, as URL parsers read it (a password may hold a raw `@`).
 _USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DiffStat:
-    """Files changed and lines added/removed between two commits."""
-
-    files: int
-    insertions: int
-    deletions: int
-    # What the changed files hold and their names (blob ids, paths): it differs when an edit
-    # leaves the counts as they were (a line rewritten again, a binary file, a rename).
-    content: str = dataclasses.field(default="", compare=False)
-    # Each file added or changed: its path and its new blob.
-    blobs: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
-
-
-class MergeConflictError(GitError):
-    """Merging commits would conflict; ``files`` names the conflicted paths."""
-
-    def __init__(self, message: str, *, files: Sequence[str]) -> None:
-        super().__init__(message)
-        self.files = tuple(files)
-
-    def __reduce__(self) -> tuple[Callable[..., MergeConflictError], tuple[str, tuple[str, ...]]]:
-        return _merge_conflict, (str(self), self.files)
-
-
-def _merge_conflict(message: str, files: tuple[str, ...]) -> MergeConflictError:
-    return MergeConflictError(message, files=files)
 
 
 def _run(
@@ -490,129 +460,6 @@ def commit_of(repo: Repo, rev: str) -> str | None:
     return sha
 
 
-def config_values(root: Path, keys: Collection[str]) -> dict[str, str]:
-    """What git config says of each of *keys* (lower-case, no subsection) in *root*, if set.
-
-    The last value set wins, as with ``git config --get``; one git process for all of them.
-    """
-    out = git(root, "config", "--list", "-z", check=False)
-    found = {}
-    for entry in out.split("\0"):
-        name, _, value = entry.partition("\n")
-        if name.lower() in keys:
-            found[name.lower()] = value
-    return found
-
-
-def config_path(root: Path, key: str, value: str) -> str:
-    """*value*, the path setting *key*'s, expanded as ``git config --path`` does (``~``)."""
-    if value.startswith("%("):  # relative to git's own prefix: git knows where it is
-        return git(root, "config", "--path", "--get", key, check=False).strip()
-    return str(Path(value).expanduser()) if value.startswith("~") else value
-
-
-def user_identity(root: Path) -> str | None:
-    """The user's ``Name <email>`` as git config resolves it in *root*, or None when unset.
-
-    An agent CLI that commits itself uses this identity, so swarm's checkpoints do too.
-    """
-    found = config_values(root, {"user.name", "user.email"})
-    name, email = found.get("user.name", "").strip(), found.get("user.email", "").strip()
-    author = f"{name} <{email}>"
-    if not name or not email or parse_author(author) is None:
-        return None
-    return author
-
-
-def identity_env(author: str) -> dict[str, str]:
-    """Environment making *author* (``Name <email>``) both author and committer."""
-    identity = parse_author(author.strip())
-    if identity is None:
-        raise BadInputError(f"author {author!r} is not of the form `Name <email>`")
-    name, email = identity.name, identity.email
-    # Environment variables beat -c user.name: a user's GIT_AUTHOR_* must not leak in.
-    return {
-        "GIT_AUTHOR_NAME": name,
-        "GIT_AUTHOR_EMAIL": email,
-        "GIT_COMMITTER_NAME": name,
-        "GIT_COMMITTER_EMAIL": email,
-    }
-
-
-def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: str) -> str:
-    """Return a new merge commit whose parents are *commits*, touching no checkout.
-
-    The trees are merged pairwise in order with ``git merge-tree --write-tree``; the result is
-    one commit with every input as a parent (a single input is returned as is).
-    Raises MergeConflictError naming the conflicted files.
-    """
-    if not commits:
-        raise BadInputError("merge_commits needs at least one commit")
-    env = identity_env(author)
-    shas: list[str] = []
-    for rev in commits:
-        sha = rev_parse(repo, f"{rev}^{{commit}}")
-        if sha is None:
-            raise GitError(f"{rev!r} is not a commit in {repo.root}")
-        shas.append(sha)
-    if len(shas) == 1:
-        return shas[0]
-    acc = shas[0]
-    tree = ""
-    for i, other in enumerate(shas[1:], start=1):
-        res = _run(
-            repo.root, ["merge-tree", "--write-tree", "--name-only", "-z", acc, other], check=False
-        )
-        if res.returncode not in (0, 1):
-            raise CommandError(["git", "merge-tree", acc, other], res.returncode, res.stderr)
-        tree, conflicted = merge_tree_result(res.stdout)
-        if res.returncode == 1:
-            names = paths_text(conflicted) or "(unknown files)"
-            raise MergeConflictError(
-                f"merging {commits[i]} into {', '.join(commits[:i])} conflicts in {names}",
-                files=conflicted,
-            )
-        if i < len(shas) - 1:
-            # merge-tree (git < 2.40) merges commits, not trees: the running result needs a
-            # commit of its own to be merged with the next input. It stays unreferenced.
-            acc = _commit_tree(repo, tree, shas[: i + 1], message=message, env=env)
-    return _commit_tree(repo, tree, shas, message=message, env=env)
-
-
-def merge_tree_result(out: str) -> tuple[str, tuple[str, ...]]:
-    """The tree and the conflicted paths of ``merge-tree --write-tree --name-only -z`` *out*.
-
-    The paths are the unmerged ones; when there are none (a conflict git records in no
-    index entry: a file in the way of an implicit directory rename), those its conflict
-    messages name.
-    """
-    tree, *fields = out.split("\0")
-    end = fields.index("") if "" in fields else len(fields)
-    unmerged = tuple(dict.fromkeys(fields[:end]))
-    if unmerged:
-        return tree, unmerged
-    named: list[str] = []
-    messages = iter(fields[end + 1 :])
-    # Each message: the number of paths, the paths, its type ("CONFLICT (...)"), its text.
-    for count in messages:
-        if not count.isdigit():
-            break
-        paths = [next(messages, "") for _ in range(int(count))]
-        if next(messages, "").startswith("CONFLICT ("):
-            named += paths
-        next(messages, "")
-    return tree, tuple(dict.fromkeys(p for p in named if p))
-
-
-def _commit_tree(
-    repo: Repo, tree: str, parents: Sequence[str], *, message: str, env: Mapping[str, str]
-) -> str:
-    args = ["commit-tree", "--no-gpg-sign", "-m", message]
-    for parent in parents:
-        args += ["-p", parent]
-    return _run(repo.root, [*args, tree], env=env).stdout.strip()
-
-
 def blob_sizes(cwd: Path, blobs: Sequence[str]) -> list[int]:
     """The size of each of *blobs* (object ids) in the repository of *cwd*; 0 for one missing."""
     if not blobs:
@@ -621,108 +468,3 @@ def blob_sizes(cwd: Path, blobs: Sequence[str]) -> list[int]:
         cwd, "cat-file", "--batch-check=%(objectsize)", input_text="".join(f"{b}\n" for b in blobs)
     ).stdout
     return [int(line) if line.isdigit() else 0 for line in out.splitlines()]
-
-
-def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
-    """Count files, inserted and deleted lines *tip* changed since *base* (binary files count).
-
-    From their merge base, as `swarm diff` shows and a merge takes: a branch reset behind its
-    base changed nothing (it showed the base's own changes undone, and the task was done).
-    """
-    if base == tip:  # an attempt that committed nothing on an untouched branch
-        return DiffStat(files=0, insertions=0, deletions=0)
-    out = git(
-        repo.root,
-        *("diff", "--raw", "--no-abbrev", "--numstat", "-z"),
-        *("--end-of-options", f"{base}...{tip}", "--"),
-    )
-    fields = out.split("\0")
-    files = insertions = deletions = 0
-    content: list[str] = []
-    blobs: dict[str, str] = {}  # each changed path's new blob
-    changed: list[tuple[str, str]] = []
-    i = 0
-    while i < len(fields):
-        field = fields[i]
-        i += 1
-        if not field:
-            continue
-        if field.startswith(":"):  # raw: ":modes ids status" then the path (two for R and C)
-            meta = field.split()
-            named = 2 if meta[4][:1] in {"R", "C"} else 1
-            content.append("\0".join([meta[3], *fields[i : i + named]]))  # a rename changes it
-            blobs[fields[i + named - 1]] = meta[3]
-            i += named
-            continue
-        added, deleted, path = field.split("\t", 2)
-        if not path:
-            # A rename/copy: the stat line is followed by two NUL-terminated paths.
-            path = fields[i + 1]
-            i += 2
-        files += 1
-        # Binary files show "-" instead of line counts.
-        insertions += int(added) if added != "-" else 0
-        deletions += int(deleted) if deleted != "-" else 0
-        if blobs.get(path, "0").strip("0"):  # not a deletion
-            changed.append((path, blobs[path]))
-    return DiffStat(
-        files=files,
-        insertions=insertions,
-        deletions=deletions,
-        content=" ".join(content),
-        blobs=tuple(changed),
-    )
-
-
-def over_size(repo: Repo, diff: DiffStat, limit: int) -> list[tuple[str, int]]:
-    """The files *diff* added or changed whose new content is over *limit* bytes, sized.
-
-    Every one is sized (one git process): a `diff` attribute makes a file text to the diff,
-    however big.
-    """
-    sizes = blob_sizes(repo.root, [blob for _, blob in diff.blobs])
-    return [(path, size) for (path, _), size in zip(diff.blobs, sizes, strict=True) if size > limit]
-
-
-def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:
-    """Why a task whose branch holds the files *over* (path, size) its cap *limit* failed."""
-    named = ", ".join(f"{path} ({format_size(size)})" for path, size in over)
-    return (
-        f"its branch holds files over max_file ({format_size(limit)}) its agent committed or "
-        f"staged itself: {named}; GitHub refuses a push holding a file over 100 MiB"
-    )
-
-
-def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
-    """The paths that differ from *base* to *tip* (new names of renames)."""
-    out = git(repo.root, "diff", "--name-only", "-z", "--end-of-options", base, tip, "--")
-    return [p for p in out.split("\0") if p]
-
-
-def write_config_file(path: Path, items: Mapping[str, str]) -> None:
-    """Write a git config file of ``section[.subsection].name = value`` items, without git.
-
-    One file per task would otherwise cost a `git config` process per key. Values are always
-    quoted and escaped, so no value can start a section or a comment.
-    """
-    sections: dict[tuple[str, str | None], list[str]] = {}
-    for key, value in items.items():
-        section, _, rest = key.partition(".")
-        sub, _, name = rest.rpartition(".")
-        if not section or not name or "\n" in key:
-            raise ValueError(f"not a git config key: {key!r}")
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        sections.setdefault((section, sub or None), []).append(f'\t{name} = "{escaped}"')
-    text = ""
-    for (section, subsection), rows in sections.items():
-        head = f"[{section}]"
-        if subsection is not None:
-            head = f'[{section} "{_escape_sub(subsection)}"]'
-        text += head + "\n" + "\n".join(rows) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _escape_sub(sub: str) -> str:
-    return sub.replace("\\", "\\\\").replace('"', '\\"')

@@ -28,12 +28,12 @@ from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.git import runner, sparse
+from worktree_swarm.git.diffs import changed_paths
 from worktree_swarm.git.gitfiles import head_in
 from worktree_swarm.git.repo import (
     Repo,
     branch_exists,
     branches,
-    changed_paths,
     commit_of,
     git,
     git_dir,

@@ -12,7 +12,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, as_shown, one_line
-from worktree_swarm.git import leaks, worktrees
+from worktree_swarm.git import diffs, leaks, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import (
@@ -499,7 +499,7 @@ def pr_body(
     lines += ["**Prompt**", "", *_fenced(_trimmed(as_shown(redact.redact(task.prompt)))), ""]
     base = fallback_base or row.base_commit
     if base is not None:
-        stat = git.diff_stat(repo, base, tip)
+        stat = diffs.diff_stat(repo, base, tip)
         lines.append(
             f"**Diff:** {_plural(stat.files, 'file')} changed, +{stat.insertions}"
             f" -{stat.deletions} (against `{base[:12]}`)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from worktree_swarm.core.errors import CommandError
+from worktree_swarm.git import merge_tree as git_merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra import parallel
@@ -237,7 +238,7 @@ def merge_tree(repo: git.Repo, ours: str, theirs: str) -> tuple[str, ...] | None
     if res.returncode == 0:
         return None
     # A name that is not UTF-8 keeps its bytes (as surrogates): shown quoted, never garbled.
-    _tree, files = git.merge_tree_result(os.fsdecode(res.stdout))
+    _tree, files = git_merge_tree.merge_tree_result(os.fsdecode(res.stdout))
     names = (conflict_path(f, labels=(ours, theirs)) for f in files)
     return tuple(dict.fromkeys(names)) or ("(unknown files)",)
 

@@ -24,8 +24,8 @@ from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import run_dir
+from worktree_swarm.git import gitconfig, runner, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import redact, supervisor
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
@@ -151,7 +151,7 @@ def merge(
             target=target,
             strategy=strategy,
             checks=argvs,
-            identity=git.identity_env(commit_author(store, run_id)),
+            identity=gitconfig.identity_env(commit_author(store, run_id)),
             log=run_dir(repo, run_id) / "merge" / "checks.log",
             progress=tell,
             resolve=resolve,

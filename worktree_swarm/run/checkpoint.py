@@ -12,8 +12,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.models import Task, TaskState
-from worktree_swarm.git import checkpoints, gitfiles, status, worktrees
-from worktree_swarm.git import repo as git
+from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run.agent_watch import Ended
@@ -25,25 +24,25 @@ class Checkpoints(RunWorker):
 
     def _after_attempt(
         self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> tuple[git.DiffStat, TaskOutcome | None]:
+    ) -> tuple[diffs.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task.
 
         *agent* ran the attempt: the task's own, or a fallback that took over.
         """
         lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
         if lost is not None:
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=_lost_reason(task, lost)
             )
         if fs.sealed(path):  # no git can work there
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=sealed_reason(path)
             )
         admin = worktrees.own_admin(self.repo, path)
         changed = None if admin is not None else worktrees.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
             reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
-            return git.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
+            return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=reason
             )
         planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
@@ -59,10 +58,10 @@ class Checkpoints(RunWorker):
             return stat, TaskOutcome(state=TaskState.FAILED, reason=worktrees.setuid_reason(armed))
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
-        big = git.over_size(self.repo, stat, self.spec.max_file)
+        big = diffs.over_size(self.repo, stat, self.spec.max_file)
         if big:  # committed by the agent itself: a push of the branch would be refused
             return stat, TaskOutcome(
-                state=TaskState.FAILED, reason=git.over_size_reason(big, self.spec.max_file)
+                state=TaskState.FAILED, reason=diffs.over_size_reason(big, self.spec.max_file)
             )
         left = status.submodule_work(path)
         if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
@@ -75,7 +74,7 @@ class Checkpoints(RunWorker):
 
     def _checkpoint_disarmed(
         self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> tuple[git.DiffStat, list[str]]:
+    ) -> tuple[diffs.DiffStat, list[str]]:
         """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
 
         Those it committed (the diff stat names them: no git process of its own), and when it
@@ -95,7 +94,7 @@ class Checkpoints(RunWorker):
 
     def _checkpoint(
         self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
-    ) -> git.DiffStat:
+    ) -> diffs.DiffStat:
         """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
         message = (
             f"swarm: checkpoint {task.id} attempt {number} "

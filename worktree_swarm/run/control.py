@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.git import checkpoints, gitfiles, status, worktrees
+from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, redact, starts, supervisor
@@ -409,7 +409,7 @@ def _record_diff(repo: git.Repo, store: Store, row: TaskRow, tip: str | None) ->
     """What the task's branch holds now, as its manager records it after each attempt."""
     if row.base_commit is None or tip is None:
         return
-    stat = git.diff_stat(repo, row.base_commit, tip)
+    stat = diffs.diff_stat(repo, row.base_commit, tip)
     store.update_task(
         row.run_id,
         row.task_id,

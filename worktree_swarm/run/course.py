@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from worktree_swarm.agents import AgentResult
 from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task
-from worktree_swarm.git import repo as git
+from worktree_swarm.git import diffs
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.run import fallback
@@ -127,7 +127,7 @@ class Course:
             course.interrupted()
         return course
 
-    def progressed(self, stat: git.DiffStat) -> bool:
+    def progressed(self, stat: diffs.DiffStat) -> bool:
         """Whether the attempt that ended with the branch at *stat* changed the work."""
         now = (stat.files, stat.insertions, stat.deletions, stat.content)
         before, self.work = self.work, now

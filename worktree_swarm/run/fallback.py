@@ -15,6 +15,7 @@ from pathlib import Path
 from worktree_swarm.agents import PROFILES, provider_of
 from worktree_swarm.core.models import Task
 from worktree_swarm.core.text import paths_text
+from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.run.governor import Gates
@@ -71,8 +72,8 @@ def handover_prompt(
     findings: Path,
 ) -> str:
     """The prompt of an agent taking over: what was done (diff stat, findings) and what is left."""
-    stat = git.diff_stat(repo, base, tip)
-    files = git.changed_paths(repo, base, tip)
+    stat = diffs.diff_stat(repo, base, tip)
+    files = diffs.changed_paths(repo, base, tip)
     shown = paths_text(files[:FILES_SHOWN]) + (" ..." if len(files) > FILES_SHOWN else "")
     done = (
         f"{stat.files} files changed, +{stat.insertions} -{stat.deletions}: {shown}"

@@ -26,7 +26,7 @@ from typing import cast
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
-from worktree_swarm.git import checkpoints
+from worktree_swarm.git import checkpoints, diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
@@ -427,10 +427,10 @@ class RayTaskWorker(RayResume):
         self._record(task.id, handle, code, result, cut)
         redact.scrub_file(handle.log_path)
         stat = self._record_diff(task.id, base, str(tip))
-        big = git.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
+        big = diffs.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
         if big:  # committed by the agent itself: a push of the branch would be refused
             self._retire(handle)
-            reason = git.over_size_reason(big, self.spec.max_file)
+            reason = diffs.over_size_reason(big, self.spec.max_file)
             return TaskOutcome(state=TaskState.FAILED, reason=reason)
         progressed = course.progressed(stat)
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:

@@ -31,7 +31,7 @@ from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
-from worktree_swarm.git import checkpoints, runner, staged, status
+from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface
 from worktree_swarm.infra import disk, fs, redact, starts, supervisor
@@ -238,7 +238,7 @@ class NodeAgent:
             "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
         )  # fmt: skip
         self.logs.mkdir(parents=True, exist_ok=True)
-        git.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
+        gitconfig.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
         tip = git.rev_parse_in(self.work, "HEAD")
         if tip is None:
             raise GitError(f"the clone of {self.a.task.branch} has no HEAD")
@@ -579,7 +579,7 @@ class NodeAgent:
             commit = runner.run(
                 self.work,
                 "commit-tree", tree, "-p", head, "-m", message,
-                env=git.identity_env(self.a.author),
+                env=gitconfig.identity_env(self.a.author),
             ).stdout.strip()  # fmt: skip
             self._push(commit)
 

@@ -15,6 +15,7 @@ from typing import cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptRow, AttemptUsage
 from worktree_swarm.run.checks import CheckFailure
@@ -130,7 +131,7 @@ class RayResume(RayAttempts):
         task = live.task
         self._fetch(task)
         tip = git.rev_parse(self.repo, task.branch) or base
-        stat = git.diff_stat(self.repo, base, tip)
+        stat = diffs.diff_stat(self.repo, base, tip)
         progressed = course.progressed(stat)
         outcome = AttemptOutcome.parse(attempt.outcome)
         if outcome is AttemptOutcome.RATE_LIMITED:

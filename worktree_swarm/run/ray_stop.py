@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from worktree_swarm.core.models import BRANCH_PREFIX, AttemptOutcome, RunSettings, TaskState
+from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import AttemptUsage, Store
 from worktree_swarm.run.ray_actors import actor_name, namespace
@@ -65,7 +66,7 @@ def stop_unmanaged(
         )  # fmt: skip
         tip = git.rev_parse(repo, branch)
         if row is not None and row.base_commit and tip:
-            stat = git.diff_stat(repo, row.base_commit, tip)
+            stat = diffs.diff_stat(repo, row.base_commit, tip)
             store.update_task(
                 run_id,
                 task_id,

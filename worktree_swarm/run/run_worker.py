@@ -17,6 +17,7 @@ from worktree_swarm.core import paths, units
 from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.models import Emit, RunSpec, Task, TaskState
 from worktree_swarm.core.text import paths_text
+from worktree_swarm.git import diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields
@@ -170,9 +171,9 @@ class RunWorker:
             self.store.update_task(self.run_id, task_id, instruction=None)
         course.completed()
 
-    def _record_diff(self, task_id: str, base: str, tip: str) -> git.DiffStat:
+    def _record_diff(self, task_id: str, base: str, tip: str) -> diffs.DiffStat:
         """Store what the task's branch changed from *base* to *tip*; return it."""
-        stat = git.diff_stat(self.repo, base, tip)
+        stat = diffs.diff_stat(self.repo, base, tip)
         self.store.update_task(
             self.run_id,
             task_id,
@@ -201,13 +202,13 @@ class RunWorker:
         if len(tips) == 1:
             return tips[0]
         try:
-            return git.merge_commits(
+            return merge_tree.merge_commits(
                 self.repo,
                 tips,
                 message=f"swarm: merge dependencies of {task.id}",
                 author=self.spec.commit_author,
             )
-        except git.MergeConflictError as exc:
+        except merge_tree.MergeConflictError as exc:
             files = paths_text(exc.files) or "unknown files"
             deps = ", ".join(task.depends_on)
             return TaskOutcome(
@@ -237,11 +238,11 @@ def _git_identity(root: Path, *, author: str) -> dict[str, str]:
     finds none would otherwise write one into the repository's shared config (aider does).
     """
     found = {}
-    values = git.config_values(root, {"user.name", "user.email", "core.excludesfile"})
+    values = gitconfig.config_values(root, {"user.name", "user.email", "core.excludesfile"})
     for key in ("user.name", "user.email", "core.excludesFile"):
         value = values.get(key.lower(), "").strip()
         if value and key == "core.excludesFile":
-            value = git.config_path(root, key, value)
+            value = gitconfig.config_path(root, key, value)
         if value:
             found[key] = value
     ident = parse_author(author)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
-from worktree_swarm.git import gitfiles, sparse, status, worktrees
+from worktree_swarm.git import diffs, gitconfig, gitfiles, sparse, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, redact, starts, supervisor
 from worktree_swarm.infra.proc import task_env
@@ -205,7 +205,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         # replayed is judged by all it holds, its own work included.
         seed = previous and live.resume_from is None
         if seed and (tip := git.rev_parse(self.repo, task.branch)) is not None:
-            course.progressed(git.diff_stat(self.repo, base, tip))
+            course.progressed(diffs.diff_stat(self.repo, base, tip))
         while True:
             replayed = live.resume_from is not None and live.resume_from.ended_at is not None
             # Counted in the course already: a replayed attempt whose wait was decided.
@@ -251,7 +251,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         base: str,
         env: dict[str, str],
         course: Course,
-        stat: git.DiffStat,
+        stat: diffs.DiffStat,
     ) -> TaskOutcome | None:
         """After an attempt that ran to its end: the task's outcome, or None for a repair."""
         self._completed(live.task.id, course)
@@ -407,7 +407,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         items = self._git_identity
         if sparse.of_task(task) is not None:
             items = {**items, **dict(sparse.SETTINGS)}
-        git.write_config_file(path, items)
+        gitconfig.write_config_file(path, items)
         return path
 
     def _env(self, task: Task, path: Path, base: str, slot: int) -> dict[str, str]:
