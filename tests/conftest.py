@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from worktree_swarm import cli
-from worktree_swarm.infra import redact, supervisor
+from worktree_swarm.infra import redact, shim_record
 
 # A shell that starts the tests in the background (`pytest &` in a script) makes them ignore
 # SIGINT (POSIX), and every `swarm run` they start would ignore it too: the tests that press
@@ -251,7 +251,7 @@ def _measured_shims(monkeypatch: pytest.MonkeyPatch) -> None:
     coverage start-up to each and about a minute to the suite.
     """
     if any(os.environ.get(name) for name in _COVERAGE_HOOK):
-        monkeypatch.setattr(supervisor, "SHIM_FLAGS", ("-I",))
+        monkeypatch.setattr(shim_record, "SHIM_FLAGS", ("-I",))
 
 
 @pytest.fixture

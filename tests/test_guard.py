@@ -25,7 +25,7 @@ from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wa
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.model import MAIN
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 AgentFactory = Callable[[str], list[str]]
 

@@ -19,7 +19,7 @@ from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.model import MAIN
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import inotify
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 
 def me() -> ProcessIdentity:

@@ -16,7 +16,7 @@ from tests.conftest import git, make_repo
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

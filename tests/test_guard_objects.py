@@ -26,7 +26,7 @@ from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import integrity
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 COMMIT = ("-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm")
 

@@ -20,7 +20,7 @@ from tests.test_run import status_json, swarm
 from tests.test_trust import MODES_SANDBOX_SLOW
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 AgentFactory = Callable[[str], list[str]]
 REFLOG = Path(".git/logs/refs/remotes/origin/main")

@@ -21,7 +21,7 @@ from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wa
 from tests.test_trust import AgentFactory, outside_writes
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 # The wrecker finds the victim's worktree as git lists it, once the victim's task is done.
 FIND_VICTIM = """

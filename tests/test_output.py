@@ -22,8 +22,8 @@ from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.logtail import last_lines
+from worktree_swarm.infra.proctree import identity_of
 from worktree_swarm.infra.store import Store
-from worktree_swarm.infra.supervisor import identity_of
 from worktree_swarm.report.status import task_status
 from worktree_swarm.ui.live import LiveTable, PlainObserver
 

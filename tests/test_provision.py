@@ -20,7 +20,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as gitrepo
 from worktree_swarm.git import worktrees
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import proctree
 from worktree_swarm.run import provision
 
 
@@ -245,13 +245,13 @@ def test_agents_started_in_the_same_clock_tick_are_told_apart_by_pid(
     sleepers.extend(
         subprocess.Popen(sleep, cwd=worktree, env=env, start_new_session=True) for _ in range(3)
     )
-    real = supervisor.identity_of
+    real = proctree.identity_of
 
-    def same_tick(pid: int) -> supervisor.ProcessIdentity | None:
+    def same_tick(pid: int) -> ProcessIdentity | None:
         found = real(pid)
         return None if found is None else dataclasses.replace(found, create_time=1000.0)
 
-    monkeypatch.setattr(supervisor, "identity_of", same_tick)
+    monkeypatch.setattr(proctree, "identity_of", same_tick)
     first = min(p.pid for p in sleepers)
     for _ in range(5):
         identity = provision.unrecorded_agent("r1", "t6", worktree)

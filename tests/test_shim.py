@@ -33,7 +33,7 @@ from tests.test_run import (
     wait_for,
     written,
 )
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import shim_record, supervisor
 from worktree_swarm.infra.proc import clean_env
 
 AgentFactory = Callable[[str], list[str]]
@@ -382,7 +382,7 @@ def test_doctor_finds_daemons_of_a_killed_shim_by_their_record(
     # The shim, by its record (forked by the manager's shim server, it has the server's
     # environment, not the agent's).
     (record,) = (repo / ".git" / "swarm" / "runs").glob("*/esc/attempt-1.exit.json")
-    written = supervisor.read_record(record)
+    written = shim_record.read_record(record)
     assert written is not None
     shim = psutil.Process(written.shim_pid)
     assert supervisor.shim.MARKER in shim.cmdline()
@@ -473,7 +473,7 @@ def test_shim_records_exit_status_and_kills_leftovers(
     body += 'publish("ready")\nsys.exit(3)\n'
     agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body)
     assert agent.wait(timeout=60) == 3
-    record = json.loads(supervisor.record_path(log).read_text())
+    record = json.loads(shim_record.record_path(log).read_text())
     assert record["exit_code"] == 3
     assert record["stopped"] is False
     assert record["pid"] == agent.identity.pid
@@ -486,7 +486,7 @@ def test_shim_records_exit_status_and_kills_leftovers(
 def run_shim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The shim started as spawn starts it, with *args* after the interpreter's."""
     return subprocess.run(
-        [sys.executable, *supervisor.SHIM_FLAGS, "-c", supervisor.SHIM_LAUNCH, *args],
+        [sys.executable, *shim_record.SHIM_FLAGS, "-c", shim_record.SHIM_LAUNCH, *args],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -495,10 +495,10 @@ def test_the_shim_loads_its_cached_bytecode_instead_of_compiling(tmp_path: Path)
     # A script run by path is compiled on every start; the shim is imported, so from the
     # second start on Python loads the bytecode it cached (in the package's __pycache__).
     args = [supervisor.shim.MARKER, "--record", str(tmp_path / "r.json"), "--grace", "1"]
-    argv = [sys.executable, "-I", "-S", "-v", "-c", supervisor.SHIM_LAUNCH, *args, "--", "true"]
+    argv = [sys.executable, "-I", "-S", "-v", "-c", shim_record.SHIM_LAUNCH, *args, "--", "true"]
     for _ in range(2):
         out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path)
-    cached = Path(supervisor.SHIM_PATH.parent, "__pycache__")
+    cached = Path(shim_record.SHIM_PATH.parent, "__pycache__")
     assert f"# code object from '{cached}/shim." in out.stderr
 
 
@@ -548,7 +548,7 @@ def test_stopped_command_records_its_signal(tmp_path: Path, write_agent: AgentFa
     agent = supervisor.spawn(argv, cwd=tmp_path, env=clean_env(), log_path=log, grace=5)
     wait_for(lambda: "up" in log.read_text(), what="the agent")
     assert agent.stop(grace=5) == -signal.SIGTERM
-    record = supervisor.read_record(supervisor.record_path(log))
+    record = shim_record.read_record(shim_record.record_path(log))
     assert record is not None
     assert record.exit_code == -signal.SIGTERM
     assert record.stopped
@@ -620,7 +620,7 @@ def test_the_shim_starts_with_only_what_starting_a_process_needs(tmp_path: Path)
     # re or typing would cost more than the interpreter's own start-up.
     record = tmp_path / "rec.json"
     out = subprocess.run(
-        [sys.executable, "-I", "-S", "-X", "importtime", str(supervisor.SHIM_PATH),
+        [sys.executable, "-I", "-S", "-X", "importtime", str(shim_record.SHIM_PATH),
          supervisor.shim.MARKER, "--record", str(record), "--grace", "1", "--", "true"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -641,7 +641,7 @@ def test_the_shim_starts_with_only_what_starting_a_process_needs(tmp_path: Path)
 # a Ray node's actor does, which dies with its node's raylet.
 STARTER = """
 import os, pathlib, sys, time
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import shim_record, supervisor
 from worktree_swarm.infra.proc import clean_env
 where = pathlib.Path(sys.argv[1])
 env = clean_env({"PIDS": str(where / "pids"), "ESCAPE_MARK": sys.argv[2]})
@@ -675,7 +675,7 @@ def test_a_shim_told_its_parent_stops_the_whole_tree_once_that_parent_dies(
             starter.kill()
     assert not shim.is_running()
     assert marked(mark) == []
-    record = supervisor.read_record(supervisor.record_path(tmp_path / "agent.log"))
+    record = shim_record.read_record(shim_record.record_path(tmp_path / "agent.log"))
     assert record is not None
     assert record.stopped
 
@@ -696,5 +696,5 @@ def test_a_link_planted_where_the_shim_writes_its_record_is_never_written_throug
     spawned = supervisor.spawn(agent, cwd=tmp_path, env=clean_env(), log_path=log, grace=5)
     assert spawned.wait(timeout=60) == 0
     assert outside.read_text() == "your file\n"
-    assert json.loads(supervisor.record_path(log).read_text())["exit_code"] == 0
-    assert not supervisor.record_path(log).is_symlink()
+    assert json.loads(shim_record.record_path(log).read_text())["exit_code"] == 0
+    assert not shim_record.record_path(log).is_symlink()

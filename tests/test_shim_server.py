@@ -25,7 +25,7 @@ from tests import test_shim
 from tests.test_run import pid_alive, wait_for
 from tests.test_shim import AgentFactory, marked, spawn_escaping
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import shim, supervisor
+from worktree_swarm.infra import shim, shim_record, supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.run import provision
 
@@ -63,7 +63,7 @@ def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
     assert server.cwd() == "/"  # never a process inside a worktree
     assert agent.identity.pgid == agent.identity.pid  # a session of its own
     assert agent.wait() == 3  # no timeout: until it ends (pytest-timeout ends a hang)
-    written = supervisor.read_record(supervisor.record_path(log))
+    written = shim_record.read_record(shim_record.record_path(log))
     assert written is not None
     assert (written.exit_code, written.stopped, written.shim_pid) == (3, False, agent.identity.pid)
     assert not pid_alive(int((pids / "daemon").read_text()))  # a leftover, killed at the end
@@ -83,7 +83,7 @@ def test_stopping_a_forked_shim_kills_the_daemons_of_its_command(
     assert daemon.cwd() == "/"  # left every worktree, and ignores SIGTERM
     assert agent.poll() is None
     assert agent.stop(grace=0.5) == -signal.SIGTERM
-    written = supervisor.read_record(supervisor.record_path(log))
+    written = shim_record.read_record(shim_record.record_path(log))
     assert written is not None
     assert written.stopped
     assert marked(mark) == []
@@ -130,7 +130,7 @@ def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(
     log = tmp_path / "logs" / "a.log"
     with pytest.raises(SwarmError, match=r"cannot start agent 'true' in .*gone: No such file"):
         supervisor.spawn(["true"], cwd=gone, env=clean_env(), log_path=log, shims=shims)
-    written = supervisor.read_record(supervisor.record_path(log))
+    written = shim_record.read_record(shim_record.record_path(log))
     assert written is not None
     assert written.exit_code == 127
     # The server carries on.
@@ -277,7 +277,7 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
         )
     )
     spawning.start()
-    record = supervisor.record_path(log)
+    record = shim_record.record_path(log)
     wait_for(record.exists, what="the forked shim's record")
     # The server at its busiest (a start under way): nothing of it another process can open.
     held = [str(fd.readlink()) for fd in Path(f"/proc/{server.pid}/fd").iterdir()]
@@ -288,7 +288,7 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
         spawning.join(timeout=60)
         assert not spawning.is_alive()
         (agent,) = started
-        written = supervisor.read_record(record)
+        written = shim_record.read_record(record)
         assert written is not None
         assert agent.identity.pid == written.shim_pid
         assert agent.wait(timeout=60) == 0
@@ -333,7 +333,7 @@ def _running_servers() -> list[psutil.Process]:
 
 
 def test_the_server_answers_what_it_cannot_read_in_one_line(tmp_path: Path) -> None:
-    argv = [sys.executable, *supervisor.SHIM_FLAGS, "-c", supervisor.SHIM_LAUNCH,
+    argv = [sys.executable, *shim_record.SHIM_FLAGS, "-c", shim_record.SHIM_LAUNCH,
             shim.MARKER, "--grace", "1", shim.SERVE]  # fmt: skip
     token = b"0123abcd"  # the manager's first line: every request of its own carries it
     record = str(tmp_path / "r").encode()
@@ -419,7 +419,7 @@ def test_an_argument_too_long_to_start_says_to_shorten_it(
             argv, cwd=tmp_path, env=clean_env(), log_path=log, shims=shims if served else None
         )
     if served:  # the shim was forked and recorded that its command never started
-        written = supervisor.read_record(supervisor.record_path(log))
+        written = shim_record.read_record(shim_record.record_path(log))
         assert written is not None
         assert written.exit_code == 127
 

@@ -19,19 +19,15 @@ import pytest
 import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import starts, supervisor
+from worktree_swarm.infra import shim_record, starts, supervisor
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.proctree import descendants, identity_of, is_alive, kill_tree, shim_alive
+from worktree_swarm.infra.shim_record import read_record
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
     AgentProcess,
     adopt,
-    descendants,
-    identity_of,
-    is_alive,
-    kill_tree,
     processes_in,
-    read_record,
-    shim_alive,
     spawn,
 )
 
@@ -168,7 +164,7 @@ def test_the_shim_runs_isolated_whatever_pythonpath_the_task_sets(
     tmp_path: Path, reaper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The shim as users get it, not as the suite measures it under coverage.
-    monkeypatch.setattr(supervisor, "SHIM_FLAGS", ("-I", "-S"))
+    monkeypatch.setattr(shim_record, "SHIM_FLAGS", ("-I", "-S"))
     env = {k: v for k, v in clean_env().items() if not k.startswith("COVERAGE_PROCESS")}
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -364,7 +360,7 @@ def test_kill_tree_from_another_process(start, tmp_path: Path, reaper) -> None:
     ident = agent.identity
     code = (
         "from worktree_swarm.core.models import ProcessIdentity\n"
-        "from worktree_swarm.infra.supervisor import kill_tree\n"
+        "from worktree_swarm.infra.proctree import kill_tree\n"
         f"kill_tree(ProcessIdentity(pid={ident.pid}, create_time={ident.create_time!r},"
         f" pgid={ident.pgid}), grace=0.3)\n"
     )

@@ -41,7 +41,7 @@ from worktree_swarm.guard import surface
 from worktree_swarm.guard.channel import moving_refs
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import starts
-from worktree_swarm.infra.supervisor import identity_of
+from worktree_swarm.infra.proctree import identity_of
 
 AgentFactory = Callable[[str], list[str]]
 

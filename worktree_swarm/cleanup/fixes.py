@@ -42,7 +42,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import fs, lock, supervisor
+from worktree_swarm.infra import fs, lock, proctree, supervisor
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 from worktree_swarm.run import control
@@ -246,7 +246,7 @@ def describe(process: psutil.Process) -> str:
 
 def kill_finding(process: psutil.Process, *, reason: str, fix: str) -> Finding | None:
     """A KILL finding for *process* with its identity (None when it is already gone)."""
-    identity = supervisor.found_identity(process)
+    identity = proctree.found_identity(process)
     if identity is None:
         return None
     return Finding(
@@ -540,10 +540,10 @@ def _kill(f: Finding, *, grace: float) -> str:
     identity = ProcessIdentity(pid=f.pid, create_time=f.create_time, pgid=f.pgid)
     if f.pid in protected_pids():
         raise SwarmError(f"pid {f.pid} is this process or its parent; not killed")
-    if not supervisor.is_alive(identity):
+    if not proctree.is_alive(identity):
         return "already gone"
     # kill_tree re-checks the create time, so a reused PID is never signalled.
-    supervisor.kill_tree(identity, grace=grace)
+    proctree.kill_tree(identity, grace=grace)
     return "killed (whole process tree)"
 
 

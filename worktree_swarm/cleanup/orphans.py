@@ -68,7 +68,7 @@ from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import fs, lock, supervisor
+from worktree_swarm.infra import fs, lock, proctree, supervisor
 from worktree_swarm.infra.store import Store, TaskRow
 
 DAY = 86400.0
@@ -271,7 +271,7 @@ def _processes(ctx: _Context) -> list[Finding]:
     if ctx.store is not None and not ctx.manager_alive:
         # Every agent that still runs now was running already: the store's history of dead
         # ones is passed over without asking after each.
-        running = supervisor.running_pids()
+        running = proctree.running_pids()
         for run in ctx.store.runs():
             attempts = [a for a in ctx.store.attempts(run.run_id) if a.pid in running]
             rows = {row.task_id: row for row in ctx.store.tasks(run.run_id)} if attempts else {}
@@ -279,9 +279,9 @@ def _processes(ctx: _Context) -> list[Finding]:
                 identity = ProcessIdentity(
                     pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
                 )
-                if not supervisor.is_alive(identity):
+                if not proctree.is_alive(identity):
                     continue
-                covered |= {identity.pid, *(p.pid for p in supervisor.descendants(identity))}
+                covered |= {identity.pid, *(p.pid for p in proctree.descendants(identity))}
                 task = rows.get(attempt.task_id)
                 active = task is not None and not task.state.is_final
                 if active and any(f.task_id == attempt.task_id for f in found):
@@ -349,7 +349,7 @@ def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
     for process, record in supervisor.marked_processes(ctx.repo.state_dir):
         if process.pid in covered or process.pid in keep:
             continue
-        alive = supervisor.shim_alive(record)
+        alive = proctree.shim_alive(record)
         if alive and supervised:  # nor is it anyone's to kill for where it runs
             covered.add(process.pid)
             with contextlib.suppress(psutil.Error):

@@ -18,7 +18,7 @@ from worktree_swarm.cli.context import _repo, _store_to_read, _your_checkout
 from worktree_swarm.cli.options import _example, _Path, _paths_given
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.paths import run_dir
-from worktree_swarm.infra import logtail
+from worktree_swarm.infra import logtail, proctree
 from worktree_swarm.infra.redact import RedactingWriter
 from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
@@ -115,7 +115,6 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     `swarm stop`: a follower stops once the agent's process is gone.
     """
     from worktree_swarm.core.models import ProcessIdentity
-    from worktree_swarm.infra import supervisor
 
     attempt = next((a for a in store.attempts(run_id) if a.id == attempt_id), None)
     if attempt is None or attempt.ended_at is not None:
@@ -124,7 +123,7 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     if run is None or status.manager_running(run):
         return False
     agent = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
-    return not supervisor.is_alive(agent)
+    return not proctree.is_alive(agent)
 
 
 @click.command("watch", epilog=_example("swarm watch", "swarm watch --run 20260101-020304-ab12"))

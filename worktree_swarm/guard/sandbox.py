@@ -27,7 +27,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import boxinit, fs, lock, proc, supervisor
+from worktree_swarm.infra import boxinit, fs, lock, proc, shim_record
 
 TEMP_VARS = ("TMPDIR", "TMP", "TEMP")
 # Set to "1" for a sandboxed agent, whose swarm commands then say why they cannot change
@@ -146,9 +146,9 @@ def confine(
 def under_init(argv: Sequence[str]) -> list[str]:
     """*argv* run by the box's PID 1 (see :mod:`worktree_swarm.infra.boxinit`).
 
-    Its interpreter runs as the shim's does (``supervisor.SHIM_FLAGS``: isolated, no site).
+    Its interpreter runs as the shim's does (``shim_record.SHIM_FLAGS``: isolated, no site).
     """
-    return [sys.executable, *supervisor.SHIM_FLAGS, "-c", _INIT_LAUNCH, "--", *argv]
+    return [sys.executable, *shim_record.SHIM_FLAGS, "-c", _INIT_LAUNCH, "--", *argv]
 
 
 def prepare(common_dir: Path) -> None:

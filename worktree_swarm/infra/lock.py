@@ -15,7 +15,7 @@ import filelock
 
 from worktree_swarm.core.errors import ManagerLockedError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.infra import fs, supervisor
+from worktree_swarm.infra import fs, proctree
 
 PROBE_GRACE = 1.0  # seconds a starting manager or merge waits for a probe to let go
 MERGE_LOCK = "merge.lock"  # held by `swarm merge` in the state directory
@@ -60,7 +60,7 @@ class ManagerLock:
         elif self._parent is None:
             self._lock.release()
             raise _deleted_under_it(self._dir)
-        ident = supervisor.identity_of(os.getpid())
+        ident = proctree.identity_of(os.getpid())
         info: dict[str, object] = {
             "pid": os.getpid(),
             "create_time": ident.create_time if ident else None,
@@ -186,7 +186,7 @@ def _named_holder_alive(state_dir: Path) -> bool:
         pid, started = info.get("pid"), info.get("create_time")
         if not isinstance(pid, int) or not isinstance(started, int | float):
             return True
-        if supervisor.is_alive(ProcessIdentity(pid=pid, create_time=float(started), pgid=0)):
+        if proctree.is_alive(ProcessIdentity(pid=pid, create_time=float(started), pgid=0)):
             return True
         if look == 0:
             time.sleep(_NEW_HOLDER)  # a new holder names itself just after it locks

@@ -25,7 +25,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import group_failures
-from worktree_swarm.infra import faults, supervisor
+from worktree_swarm.infra import faults, proctree, shim_record
 from worktree_swarm.infra import redact as redaction
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.lock import merge_running, refuse_while_state_is_gone
@@ -179,7 +179,7 @@ def _last_sign_of_life(attempt: AttemptRow) -> float:
     As its shim recorded it; without that record (the shim died too), its log's last write.
     """
     log = Path(attempt.log_path)
-    recorded = supervisor.read_record(supervisor.record_path(log))
+    recorded = shim_record.read_record(shim_record.record_path(log))
     if recorded is not None and recorded.ended_at is not None:
         return max(recorded.ended_at, attempt.started_at)
     try:
@@ -337,7 +337,7 @@ def manager_frozen(run: RunRow) -> str | None:
     if run.manager_pid is None or run.manager_create_time is None:
         return None
     ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
-    if not supervisor.is_frozen(ident):
+    if not proctree.is_frozen(ident):
         return None
     return (
         f"manager (pid {run.manager_pid}) is stopped (Ctrl-Z or SIGSTOP): it watches, launches"
@@ -350,7 +350,7 @@ def manager_running(run: RunRow) -> bool:
     if run.manager_pid is None or run.manager_create_time is None:
         return False
     ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
-    return supervisor.is_alive(ident)
+    return proctree.is_alive(ident)
 
 
 def _resuming(
@@ -415,7 +415,7 @@ def open_attempt_end(attempt: AttemptRow, *, now: float) -> float:
 
 def _alive(attempt: AttemptRow) -> bool:
     identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
-    return supervisor.is_alive(identity)
+    return proctree.is_alive(identity)
 
 
 def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
-from worktree_swarm.infra import fs, supervisor
+from worktree_swarm.infra import fs, shim_record, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.store import AttemptUsage
 from worktree_swarm.run.attempt_record import (
@@ -200,7 +200,7 @@ class AgentWatch(RunWorker):
         """
         if live.stop.is_set():
             return True
-        shim = supervisor.read_record(supervisor.record_path(log_path))
+        shim = shim_record.read_record(shim_record.record_path(log_path))
         if shim is not None and shim.stopped:
             return True
         row = self.store.task(self.run_id, task_id)
@@ -214,8 +214,8 @@ class AgentWatch(RunWorker):
         grace), every process still marked as started under this shim (found by the variable
         each inherits, wherever it moved) is killed, tree and all.
         """
-        record = supervisor.record_path(log_path)
-        shim = supervisor.read_record(record)
+        record = shim_record.record_path(log_path)
+        shim = shim_record.read_record(record)
         if shim is not None and shim.cleaned:
             return
         mine = os.path.realpath(record)
@@ -345,7 +345,7 @@ def _ended_at(log: Path, gone_since: float | None = None) -> float:
     """
     if gone_since is None:
         return time.time()
-    record = supervisor.read_record(supervisor.record_path(log))
+    record = shim_record.read_record(shim_record.record_path(log))
     return record.ended_at if record is not None and record.ended_at else gone_since
 
 

@@ -21,7 +21,7 @@ from worktree_swarm.agents import (
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
 from worktree_swarm.guard import sandbox
-from worktree_swarm.infra import faults, redact, starts, supervisor
+from worktree_swarm.infra import faults, redact, shim_record, starts, supervisor
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
@@ -280,7 +280,7 @@ class AttemptLaunch(AgentWatch):
             finally:
                 self._agent_gone(live.task.id, log_path.parent)
             # What the shim saw, when the agent ended while no manager watched it.
-            shim = supervisor.read_record(supervisor.record_path(log_path))
+            shim = shim_record.read_record(shim_record.record_path(log_path))
             # A shim gone with its agent (a reboot) never wrote an end: its last sign of life.
             code = None if shim is None else shim.exit_code
             end = gone_since if shim is None or shim.ended_at is None else shim.ended_at

@@ -27,7 +27,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
-from worktree_swarm.infra import lock, redact, starts, supervisor
+from worktree_swarm.infra import lock, proctree, redact, shim_record, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
@@ -104,7 +104,7 @@ def _managed(repo: git.Repo, store: Store, run_id: str) -> bool:
     if run is None or run.manager_pid is None or run.manager_create_time is None:
         return False
     ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
-    return supervisor.is_alive(ident)
+    return proctree.is_alive(ident)
 
 
 @contextlib.contextmanager
@@ -300,7 +300,7 @@ def _stop_unmanaged(
         ProcessIdentity(pid=a.pid, create_time=a.create_time, pgid=a.pgid) for a in open_attempts
     ]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(idents)))) as pool:
-        list(pool.map(lambda ident: supervisor.kill_tree(ident, grace=grace), idents))
+        list(pool.map(lambda ident: proctree.kill_tree(ident, grace=grace), idents))
     for attempt in open_attempts:
         if ended[attempt.task_id] is None:
             store.end_attempt(attempt.id, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
@@ -311,7 +311,7 @@ def _stop_unmanaged(
         # An agent its manager launched but was killed before recording.
         stray = provision.unrecorded_agent(run_id, task_id, worktree) if worktree.is_dir() else None
         if stray is not None:
-            supervisor.kill_tree(stray, grace=grace)
+            proctree.kill_tree(stray, grace=grace)
         _record_stopped_launch(repo, store, rows[task_id], stray, task.agent, since=began)
         # What the dead manager's git left: the locks of a checkpoint killed half-way, and a
         # checkout of a worktree it was making, still writing on if it was killed alone.
@@ -350,7 +350,7 @@ def _record_stopped_launch(
     if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
         return
     log = repo.state_dir / "runs" / row.run_id / row.task_id / f"attempt-{number}.log"
-    record = supervisor.read_record(supervisor.record_path(log))
+    record = shim_record.read_record(shim_record.record_path(log))
     if agent is None and record is None and not log.exists():
         return  # never launched: the next attempt is that number
     if record is not None and record.ended_at is not None and record.ended_at < since:
@@ -373,7 +373,7 @@ def _ended_by_itself(store: Store, attempt: AttemptRow, agent: str) -> AgentResu
     attempt. None when it did not (it runs still, or its shim recorded no end).
     """
     log = Path(attempt.log_path)
-    record = supervisor.read_record(supervisor.record_path(log))
+    record = shim_record.read_record(shim_record.record_path(log))
     if record is None or record.ended_at is None or record.stopped:
         return None
     now = time.time()

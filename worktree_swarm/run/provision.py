@@ -23,7 +23,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import gitfiles, sparse, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, supervisor
+from worktree_swarm.infra import fs, proctree, supervisor
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
 _WORKTREE_LOCKS = ("index.lock", "HEAD.lock")
@@ -182,7 +182,7 @@ def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdenti
     leaders = {proc.pid for proc in inside} & groups
     found = [
         identity
-        for identity in map(supervisor.identity_of, leaders)
+        for identity in map(proctree.identity_of, leaders)
         if identity is not None and identity.pgid == identity.pid
     ]
     return oldest(found)

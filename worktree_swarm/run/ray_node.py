@@ -34,7 +34,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import disk, fs, redact, starts, supervisor
+from worktree_swarm.infra import disk, fs, proctree, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
@@ -131,14 +131,14 @@ def _end_actor(record: Path) -> None:
     """Make sure the actor process *record* names (an :data:`ACTOR_FILE`) has ended."""
     try:
         data = json.loads(fs.read_file(record))
-        identity = supervisor.identity_of(int(data["pid"]))
+        identity = proctree.identity_of(int(data["pid"]))
         recorded = float(data["create_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return
     if (
         identity is None
         or identity.pid == os.getpid()
-        or abs(identity.create_time - recorded) > supervisor.CREATE_TIME_TOLERANCE
+        or abs(identity.create_time - recorded) > proctree.CREATE_TIME_TOLERANCE
     ):
         return  # gone, or its PID is another process's now
     with contextlib.suppress(psutil.Error):

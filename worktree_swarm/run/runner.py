@@ -41,7 +41,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard import remotes, sandbox
 from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT, Guard
-from worktree_swarm.infra import faults, proc, redact, supervisor
+from worktree_swarm.infra import faults, proc, proctree, redact
 from worktree_swarm.infra.ports import PortClaims
 from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
 from worktree_swarm.report.status import know_secrets_of
@@ -161,7 +161,7 @@ class Runner:
             base_commit=base,
             repo_root=str(repo.root),
             jobs=spec.jobs,
-            manager=supervisor.identity_of(os.getpid()),
+            manager=proctree.identity_of(os.getpid()),
             spec_json=spec.settings.to_json(),
             tasks=[(t, t.branch, str(worktree_path(spec, t))) for t in spec.tasks],
         )
@@ -201,7 +201,7 @@ class Runner:
         states = {}
         for row in rows:
             states[row.task_id] = row.state if row.state.is_final else TaskState.PENDING
-        store.set_manager(run_id, supervisor.identity_of(os.getpid()))
+        store.set_manager(run_id, proctree.identity_of(os.getpid()))
         runner = cls(
             repo=repo,
             spec=spec,
@@ -637,7 +637,7 @@ def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
     given the block an agent still running holds.
     """
     identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
-    if attempt.ended_at is not None or not supervisor.is_alive(identity):
+    if attempt.ended_at is not None or not proctree.is_alive(identity):
         return None
     try:
         top = psutil.Process(attempt.pid)  # its shim: the agent below it has the variable

@@ -24,7 +24,7 @@ from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.git import diffs, gitconfig, gitfiles, sparse, status, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults, fs, redact, starts, supervisor
+from worktree_swarm.infra import faults, fs, proctree, redact, shim_record, starts, supervisor
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
 from worktree_swarm.run import provision
@@ -160,10 +160,10 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         text = read_log(log_path)
         # The shim writes its record before it starts the agent: proof of a launch, even of
         # an agent that printed nothing, or one whose working directory left the worktree.
-        record = supervisor.record_path(log_path)
-        shim = supervisor.read_record(record)
-        if identity is None and shim is not None and supervisor.shim_alive(record):
-            identity = supervisor.identity_of(shim.shim_pid)
+        record = shim_record.record_path(log_path)
+        shim = shim_record.read_record(record)
+        if identity is None and shim is not None and proctree.shim_alive(record):
+            identity = proctree.identity_of(shim.shim_pid)
         if identity is None and shim is None and not text.strip():
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
@@ -447,4 +447,4 @@ def _agent_may_run(attempt: AttemptRow | None) -> bool:
     if attempt is None or attempt.ended_at is not None:
         return False
     identity = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
-    return supervisor.is_alive(identity)
+    return proctree.is_alive(identity)
