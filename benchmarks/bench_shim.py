@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worktree_swarm.infra import supervisor
+from worktree_swarm.infra import shim_server, supervisor
 from worktree_swarm.infra.proc import clean_env
 
 MODES = ("direct", "shim", "server")
@@ -36,7 +36,7 @@ def _cpu() -> float:
 
 
 def _once(
-    tmp: Path, argv: list[str], *, mode: str, stop: bool, shims: supervisor.ShimServer | None
+    tmp: Path, argv: list[str], *, mode: str, stop: bool, shims: shim_server.ShimServer | None
 ) -> float:
     supervisor.SHIM_AVAILABLE = mode != "direct"
     log = tmp / f"{time.monotonic_ns()}.log"
@@ -58,7 +58,7 @@ def _batch(
 ) -> tuple[list[float], float]:
     """Wall times of *size* starts, and the CPU per start (the server's start and end included)."""
     cpu = _cpu()
-    shims = supervisor.ShimServer() if mode == "server" else None
+    shims = shim_server.ShimServer() if mode == "server" else None
     walls = [_once(tmp, argv, mode=mode, stop=stop, shims=shims) for _ in range(size)]
     if shims is not None:
         shims.close()  # reaps the server, whose CPU then counts with its forked shims'

@@ -33,7 +33,7 @@ from tests.test_run import (
     wait_for,
     written,
 )
-from worktree_swarm.infra import shim_record, supervisor
+from worktree_swarm.infra import shim_record, shim_server, supervisor
 from worktree_swarm.infra.proc import clean_env
 
 AgentFactory = Callable[[str], list[str]]
@@ -411,7 +411,7 @@ def spawn_escaping(
     write_agent: AgentFactory,
     mark: str,
     body: str,
-    shims: supervisor.ShimServer | None = None,
+    shims: shim_server.ShimServer | None = None,
 ) -> tuple[supervisor.AgentProcess, Path, Path]:
     """Spawn PRELUDE + *body* (grace 0.5 s) in *tmp_path*; the agent, its pid dir and its log."""
     pids = tmp_path / "pids"
@@ -641,7 +641,7 @@ def test_the_shim_starts_with_only_what_starting_a_process_needs(tmp_path: Path)
 # a Ray node's actor does, which dies with its node's raylet.
 STARTER = """
 import os, pathlib, sys, time
-from worktree_swarm.infra import shim_record, supervisor
+from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 where = pathlib.Path(sys.argv[1])
 env = clean_env({"PIDS": str(where / "pids"), "ESCAPE_MARK": sys.argv[2]})

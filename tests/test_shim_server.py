@@ -1,6 +1,6 @@
 """The shim server: a shim forked per command, and what a lost server leaves.
 
-Real processes throughout: the server is the one a run uses (``supervisor.ShimServer``), the
+Real processes throughout: the server is the one a run uses (``shim_server.ShimServer``), the
 commands are small programs, and escapes are looked for by the mark each one carries.
 """
 
@@ -25,7 +25,7 @@ from tests import test_shim
 from tests.test_run import pid_alive, wait_for
 from tests.test_shim import AgentFactory, marked, spawn_escaping
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import shim, shim_record, supervisor
+from worktree_swarm.infra import shim, shim_record, shim_server, supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.run import provision
 
@@ -37,8 +37,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def shims() -> Iterator[supervisor.ShimServer]:
-    server = supervisor.ShimServer()
+def shims() -> Iterator[shim_server.ShimServer]:
+    server = shim_server.ShimServer()
     yield server
     server.close()
 
@@ -51,7 +51,7 @@ def _server_of(agent: supervisor.AgentProcess) -> psutil.Process:
 
 
 def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
-    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
+    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: shim_server.ShimServer
 ) -> None:
     body = 'daemon("daemon")\npublish("ready")\n'
     # Ends once its daemon is up: ended before, the daemon may be killed before it says so.
@@ -73,7 +73,7 @@ def test_a_forked_shim_records_the_exit_status_and_kills_leftovers(
 
 
 def test_stopping_a_forked_shim_kills_the_daemons_of_its_command(
-    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: supervisor.ShimServer
+    tmp_path: Path, write_agent: AgentFactory, mark: str, shims: shim_server.ShimServer
 ) -> None:
     body = 'daemon("daemon", root=True)\npublish("ready")\ntime.sleep(600)\n'
     agent, pids, log = spawn_escaping(tmp_path, write_agent, mark, body, shims)
@@ -90,7 +90,7 @@ def test_stopping_a_forked_shim_kills_the_daemons_of_its_command(
 
 
 def test_the_exit_code_comes_from_the_server_when_no_record_can_be_written(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     # A full disk, or a record the shim cannot write: the server reaped the shim and knows.
     record = tmp_path / "no-such-dir" / "rec.json"
@@ -106,7 +106,7 @@ def test_the_exit_code_comes_from_the_server_when_no_record_can_be_written(
 
 
 def test_a_killed_forked_shim_ends_with_the_signal_that_killed_it(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     ready = tmp_path / "ready"
     argv = ["sh", "-c", f"touch {ready}; exec sleep 600"]
@@ -124,7 +124,7 @@ def test_a_killed_forked_shim_ends_with_the_signal_that_killed_it(
 
 
 def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     gone = tmp_path / "gone"
     log = tmp_path / "logs" / "a.log"
@@ -139,7 +139,7 @@ def test_a_command_that_cannot_start_where_asked_is_refused_as_popen_would(
 
 
 def test_a_nul_byte_in_the_command_is_refused_as_popen_would(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     with pytest.raises(ValueError, match="embedded null byte"):
         supervisor.spawn(
@@ -171,7 +171,7 @@ with open(sys.argv[1], "w") as out:
 
 
 def test_an_agent_cannot_open_its_shim_servers_channel(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     # Through `/proc/<server>/fd/N` a pipe can be opened again by any process of the user:
     # an agent read the requests (the token, other tasks' environments) and answered one
@@ -200,7 +200,7 @@ def test_a_command_starts_with_no_signal_ignored(tmp_path: Path, *, forked: bool
     # ignored signal outlives exec, and the agent never saw a SIGQUIT or SIGUSR1 meant for it.
     ignored = (signal.SIGUSR1, signal.SIGQUIT, signal.SIGPIPE)
     before = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
-    shims = supervisor.ShimServer() if forked else None
+    shims = shim_server.ShimServer() if forked else None
     try:
         log = tmp_path / "status.log"
         agent = supervisor.spawn(
@@ -220,7 +220,7 @@ def test_a_command_starts_with_no_signal_ignored(tmp_path: Path, *, forked: bool
 
 
 def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     ready = tmp_path / "ready"
     argv = ["sh", "-c", f"touch {ready}; sleep 600"]
@@ -243,7 +243,7 @@ def test_a_server_that_ended_is_replaced_and_its_shims_carry_on(
 
 
 def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
-    tmp_path: Path, shims: supervisor.ShimServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shims: shim_server.ShimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The log is a FIFO: the forked shim has written its record and blocks opening the log,
     # still holding the server's pipes. The server dies before it can reply.
@@ -299,7 +299,7 @@ def test_a_shim_forked_just_before_its_server_died_is_found_by_its_record(
 def test_a_server_that_stops_answering_is_replaced_and_the_command_still_starts(
     tmp_path: Path,
 ) -> None:
-    shims = supervisor.ShimServer(reply_timeout=1.0)
+    shims = shim_server.ShimServer(reply_timeout=1.0)
     try:
         warm = supervisor.spawn(
             ["true"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "w.log", shims=shims
@@ -368,7 +368,7 @@ def test_the_server_answers_what_it_cannot_read_in_one_line(tmp_path: Path) -> N
 
 
 def test_an_unrecorded_agent_under_a_forked_shim_is_found_by_the_agents_environment(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     # The shim has the server's environment; the agent under it carries the run and task.
     worktree = tmp_path / "wt"
@@ -389,7 +389,7 @@ def test_an_unrecorded_agent_under_a_forked_shim_is_found_by_the_agents_environm
 
 
 def test_a_command_started_after_the_servers_ended_gets_a_shim_of_its_own(
-    tmp_path: Path, shims: supervisor.ShimServer
+    tmp_path: Path, shims: shim_server.ShimServer
 ) -> None:
     first = supervisor.spawn(
         ["true"], cwd=tmp_path, env=clean_env(), log_path=tmp_path / "a.log", shims=shims
@@ -409,7 +409,7 @@ def test_a_command_started_after_the_servers_ended_gets_a_shim_of_its_own(
 
 @pytest.mark.parametrize("served", [True, False], ids=["forked", "own interpreter"])
 def test_an_argument_too_long_to_start_says_to_shorten_it(
-    tmp_path: Path, shims: supervisor.ShimServer, served: bool
+    tmp_path: Path, shims: shim_server.ShimServer, served: bool
 ) -> None:
     # One argument over the kernel's limit for a single string (128 KiB): a prompt inlined.
     argv = ["echo", "x" * 200_000]
@@ -432,7 +432,7 @@ def test_a_reply_already_there_is_taken_by_a_manager_stopped_past_its_deadline()
     with manager, server:
         server.sendall(b"42 ok\n")  # the server answered while the manager was stopped
         past = time.monotonic() - 60
-        assert supervisor._exchange(manager.fileno(), b"ask\n", past) == b"42 ok\n"
+        assert shim_server._exchange(manager.fileno(), b"ask\n", past) == b"42 ok\n"
         assert server.recv(100) == b"ask\n"
         # Nothing there, past the deadline: given up at once, as before.
-        assert supervisor._exchange(manager.fileno(), b"ask\n", past) == b""
+        assert shim_server._exchange(manager.fileno(), b"ask\n", past) == b""

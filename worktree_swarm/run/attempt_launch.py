@@ -21,7 +21,7 @@ from worktree_swarm.agents import (
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
 from worktree_swarm.guard import sandbox
-from worktree_swarm.infra import faults, redact, shim_record, starts, supervisor
+from worktree_swarm.infra import faults, redact, shim_record, shim_server, starts, supervisor
 from worktree_swarm.infra.store import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
@@ -34,7 +34,7 @@ from worktree_swarm.run.run_worker import Live, worktree_path
 class AttemptLaunch(AgentWatch):
     """Runs one attempt of a task, new or adopted (a task worker's part)."""
 
-    _shims: supervisor.ShimServer  # made by TaskWorker: it forks the shim of every agent
+    _shims: shim_server.ShimServer  # made by TaskWorker: it forks the shim of every agent
 
     def _agent_env(
         self, adapter: Adapter, env: dict[str, str], task_id: str, config_dir: Path

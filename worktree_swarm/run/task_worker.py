@@ -24,7 +24,16 @@ from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
 from worktree_swarm.git import diffs, gitconfig, gitfiles, sparse, status, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults, fs, proctree, redact, shim_record, starts, supervisor
+from worktree_swarm.infra import (
+    faults,
+    fs,
+    proctree,
+    redact,
+    shim_record,
+    shim_server,
+    starts,
+    supervisor,
+)
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
 from worktree_swarm.run import provision
@@ -48,7 +57,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         self.disk = disk
         self._check_slots = threading.Semaphore(run.spec.jobs)
         # Forks the shim of every agent: no interpreter start per attempt.
-        self._shims = supervisor.ShimServer()
+        self._shims = shim_server.ShimServer()
         self._depended_on = {dep for task in run.spec.tasks for dep in task.depends_on}
 
     def close(self) -> None:
