@@ -19,15 +19,15 @@ import pytest
 import worktree_swarm
 from tests.conftest import agent_python
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.infra import shim_record, starts, supervisor
+from worktree_swarm.infra import proc_scan, shim_record, starts
 from worktree_swarm.infra.proc import clean_env
+from worktree_swarm.infra.proc_scan import processes_in
 from worktree_swarm.infra.proctree import descendants, identity_of, is_alive, kill_tree, shim_alive
 from worktree_swarm.infra.shim_record import read_record
 from worktree_swarm.infra.supervisor import (
     SHIM_AVAILABLE,
     AgentProcess,
     adopt,
-    processes_in,
     spawn,
 )
 
@@ -451,7 +451,7 @@ def test_processes_in_a_snapshot_are_checked_to_be_inside_still(
         f"os.chdir('/')\npublish({str(tmp_path / 'out')!r}, 1)\ntime.sleep(3600)\n"
     )
     read_pid(tmp_path / "in")
-    cwds = supervisor.working_directories()
+    cwds = proc_scan.working_directories()
     assert cwds is not None
     # The agent's shim is in tmp_path; the agent itself is in the worktree.
     assert (
@@ -474,7 +474,7 @@ def test_processes_in_without_proc_finds_the_same(
     agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
     read_pid(tmp_path / "ready")
     with_proc = {p.pid for p in processes_in(tmp_path)}
-    monkeypatch.setattr(supervisor, "_PROC_CWD", tmp_path / "no-proc")
+    monkeypatch.setattr(proc_scan, "_PROC_CWD", tmp_path / "no-proc")
     without = {p.pid for p in processes_in(tmp_path)}
     assert agent.identity.pid in without
     assert os.getpid() not in without
@@ -621,7 +621,7 @@ def test_a_marked_process_whose_pid_is_taken_meanwhile_leaves_the_new_owner_alon
 
     thief = threading.Thread(target=take_the_pid)
     thief.start()
-    supervisor.kill_marked(record.parent, grace=3)  # the parent first: the child ends then
+    proc_scan.kill_marked(record.parent, grace=3)  # the parent first: the child ends then
     thief.join()
     (owner,) = taken
     assert owner is not None, "no process got the freed PID"

@@ -53,7 +53,7 @@ from worktree_swarm.git import gitfiles, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import snapshot
-from worktree_swarm.infra import fs, lock, parallel, supervisor
+from worktree_swarm.infra import fs, lock, parallel, proc_scan
 from worktree_swarm.infra.store import EventRow, Store, TaskRow, task_from_json
 from worktree_swarm.report import status
 
@@ -151,7 +151,7 @@ def clean(
             run_ids = [status.resolve_run(store, run_id)]
         if yes and free:  # a killed merge's checks would keep its worktree: "in use"
             for rid in run_ids:
-                supervisor.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)
+                proc_scan.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)
         # Carried out at once, the plan leaves each worktree's status to its removal, which
         # asks git right before it deletes anything (a status fewer per worktree).
         findings, kept_before = plan_clean(
@@ -225,7 +225,7 @@ def plan_clean(
     seen = _Seen(
         tips=git.branch_tips(repo),
         merged=Merged(repo),
-        cwds=supervisor.working_directories(),
+        cwds=proc_scan.working_directories(),
         owners=store.owners(),
     )
     landing = merge_targets(repo)  # the same for every run but for the run's own base

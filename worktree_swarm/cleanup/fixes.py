@@ -42,7 +42,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import fs, lock, proctree, supervisor
+from worktree_swarm.infra import fs, lock, proc_scan, proctree
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 from worktree_swarm.run import control
@@ -216,12 +216,12 @@ _ORPHAN_GIT_SECONDS = 10.0
 def processes_using(path: Path, cwds: Mapping[int, str] | None = None) -> list[psutil.Process]:
     """Processes whose cwd is inside *path*, other than this one and its ancestors.
 
-    *cwds*: a snapshot of every process's (:func:`supervisor.working_directories`) to look in.
+    *cwds*: a snapshot of every process's (:func:`proc_scan.working_directories`) to look in.
     A git whose parent is gone (a checkpoint's `git add` or `commit` of a `swarm clean` that
     was killed) is waited for, for a few seconds: it ends by itself, and is no user's.
     """
     keep = protected_pids()
-    found = [p for p in supervisor.processes_in(path, cwds=cwds) if p.pid not in keep]
+    found = [p for p in proc_scan.processes_in(path, cwds=cwds) if p.pid not in keep]
     orphans = [p for p in found if _orphaned_git(p)]
     if orphans:
         gone, _alive = psutil.wait_procs(orphans, timeout=_ORPHAN_GIT_SECONDS)

@@ -68,7 +68,7 @@ from worktree_swarm.core.units import format_size, parse_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.infra import fs, lock, proctree, supervisor
+from worktree_swarm.infra import fs, lock, proc_scan, proctree
 from worktree_swarm.infra.store import Store, TaskRow
 
 DAY = 86400.0
@@ -346,7 +346,7 @@ def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
     found: list[Finding] = []
     supervised = ctx.manager_alive or ctx.merge_running
     keep = protected_pids()
-    for process, record in supervisor.marked_processes(ctx.repo.state_dir):
+    for process, record in proc_scan.marked_processes(ctx.repo.state_dir):
         if process.pid in covered or process.pid in keep:
             continue
         alive = proctree.shim_alive(record)

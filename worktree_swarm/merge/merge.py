@@ -27,7 +27,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.git import gitconfig, runner, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import redact, supervisor
+from worktree_swarm.infra import proc_scan, redact
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store, task_from_json
 from worktree_swarm.merge import conflicts
@@ -138,7 +138,7 @@ def merge(
         # A running guard is told which ref this merge moves, so it is not taken for an agent's.
         moves = stack.enter_context(channel.moving_refs(repo, [ref]))
         # Their shims live in sessions of their own: a killed merge's checks still run.
-        supervisor.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
+        proc_scan.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
         worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)

@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import gitfiles, runner, status, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, supervisor
+from worktree_swarm.infra import fs, proc_scan
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.diff import branch_tip
 
@@ -259,7 +259,7 @@ def _unlock(worktree: Path) -> None:
     process works in that worktree (you, looking around in it), which is left its lock.
     """
     lock = git.git_dir(worktree) / "index.lock"
-    if lock.exists() and not supervisor.processes_in(worktree):
+    if lock.exists() and not proc_scan.processes_in(worktree):
         lock.unlink(missing_ok=True)
 
 

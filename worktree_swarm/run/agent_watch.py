@@ -16,7 +16,7 @@ from pathlib import Path
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
-from worktree_swarm.infra import fs, shim_record, supervisor
+from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.store import AttemptUsage
 from worktree_swarm.run.attempt_record import (
@@ -219,7 +219,7 @@ class AgentWatch(RunWorker):
         if shim is not None and shim.cleaned:
             return
         mine = os.path.realpath(record)
-        supervisor.kill_marked(
+        proc_scan.kill_marked(
             record.parent,
             grace=self.spec.kill_grace,
             only=lambda marker: os.path.realpath(marker) == mine,

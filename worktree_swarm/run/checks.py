@@ -15,7 +15,7 @@ from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
 from worktree_swarm.core.text import path_text, without_escapes
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, shim_record, supervisor
+from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
 from worktree_swarm.infra.logtail import from_word_start
 
 TAIL_LINES = 15
@@ -201,7 +201,7 @@ def _kill_orphans(record: Path, *, grace: float) -> None:
     if shim is not None and shim.cleaned:
         return
     mine = os.path.realpath(record)
-    supervisor.kill_marked(
+    proc_scan.kill_marked(
         record.parent, grace=grace, only=lambda marker: os.path.realpath(marker) == mine
     )
 

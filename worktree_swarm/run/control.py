@@ -27,7 +27,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
-from worktree_swarm.infra import lock, proctree, redact, shim_record, starts, supervisor
+from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
@@ -425,7 +425,7 @@ def _kill_steps(task_logs: Path, *, grace: float) -> None:
 
     Oldest first, so each shim goes before its descendants and kills them itself.
     """
-    supervisor.kill_marked(task_logs, grace=grace, strict=True)
+    proc_scan.kill_marked(task_logs, grace=grace, strict=True)
 
 
 def _wait_final(

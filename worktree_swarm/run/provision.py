@@ -23,7 +23,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import gitfiles, sparse, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import fs, proctree, supervisor
+from worktree_swarm.infra import fs, proc_scan, proctree
 
 # Lock files a git command killed half-way leaves behind; git refuses to run while they exist.
 _WORKTREE_LOCKS = ("index.lock", "HEAD.lock")
@@ -55,7 +55,7 @@ def _end_stray_git(path: Path) -> None:
     again. No agent ran in a worktree being made, so only git can be at work there.
     """
     stray = []
-    for process in supervisor.processes_in(path):
+    for process in proc_scan.processes_in(path):
         with contextlib.suppress(psutil.Error):
             if process.name() == "git":
                 process.kill()
@@ -168,7 +168,7 @@ def unrecorded_agent(run_id: str, task_id: str, worktree: Path) -> ProcessIdenti
     (agents start in a session of their own, under their shim where there is one) is the one
     recorded. A shim forked by a server has the server's environment, so the agent's is read.
     """
-    inside = supervisor.processes_in(worktree)
+    inside = proc_scan.processes_in(worktree)
     groups: set[int] = set()
     for proc in inside:
         try:

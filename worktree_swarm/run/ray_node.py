@@ -34,7 +34,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import disk, fs, proctree, redact, starts, supervisor
+from worktree_swarm.infra import disk, fs, proc_scan, proctree, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
@@ -119,7 +119,7 @@ def end_attempt(run_id: str, task_id: str, attempt: int, *, grace: float) -> Non
         raise SwarmError(f"not a task of run {run_id}: {task_id!r}")
     logs = task_dir / f"logs-{attempt}"
     _end_actor(logs / ACTOR_FILE)
-    supervisor.kill_marked(logs, grace=grace)
+    proc_scan.kill_marked(logs, grace=grace)
     shutil.rmtree(task_dir / "work", ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
     with contextlib.suppress(OSError):  # only when empty

@@ -27,12 +27,12 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import (
     faults,
     fs,
+    proc_scan,
     proctree,
     redact,
     shim_record,
     shim_server,
     starts,
-    supervisor,
 )
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
@@ -394,7 +394,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         Their shims live in sessions of their own, so a kill of the manager's process group
         leaves them; two checks at once in one worktree would trip over each other.
         """
-        supervisor.kill_marked(
+        proc_scan.kill_marked(
             self._logs(task),
             grace=self.spec.kill_grace,
             only=lambda record: record.name.startswith(("setup-", "checks-")),
