@@ -267,14 +267,14 @@ def write_agent(tmp_path: Path) -> Callable[[str], list[str]]:
     return _write
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MB tmpfs mounted for the test (skips where mounting is not allowed)."""
+@contextlib.contextmanager
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of *size* (``24m``) mounted under *tmp_path* (skips where mounting is refused)."""
     mount = Path(tempfile.mkdtemp(prefix="swarm-full-", dir=tmp_path))
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
@@ -286,6 +286,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         end_processes_in(mount)  # an agent still working there would keep the disk busy
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB tmpfs mounted for the test (skips where mounting is not allowed)."""
+    with tmpfs(tmp_path, "24m") as mount:
+        yield mount
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -25,7 +25,7 @@ import filelock
 import psutil
 import pytest
 
-from tests.conftest import git, git_first_on_path, hang_git_at, make_repo
+from tests.conftest import git, git_first_on_path, hang_git_at, make_repo, tmpfs
 from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import (
@@ -41,6 +41,7 @@ from tests.test_run import (
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.infra import fs
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
 
@@ -949,17 +950,18 @@ def test_an_agent_whose_own_output_filled_the_disk_fails_and_the_run_ends(
 def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
     small_disk: Path, tmp_path: Path, write_agent: object, killed: bool
 ) -> None:
-    # Under 16 MiB free counts as full (git, too, fails then without saying why), although
-    # the state database can still be written: the task waits, paused, until there is room.
+    # Under 16 MiB free (a quarter of this 24 MiB disk) counts as full (git, too, fails then
+    # without saying why), although the state database can still be written: the task waits,
+    # paused, until there is room.
     # A manager killed while it waits: the resumed one goes on with the task the same way.
     repo = make_repo(small_disk / "repo")
     go, filled = tmp_path / "go", tmp_path / "filled"
-    filler = write_agent(  # leaves about 8 MiB free, frees it all when told
+    filler = write_agent(  # leaves about 4 MiB free, frees it all when told
         "import os, pathlib, time\n"
         "with open('filler.bin', 'wb') as fh:\n"
         "    while True:\n"
         "        st = os.statvfs('.')\n"
-        "        if st.f_bavail * st.f_frsize < 8 << 20:\n"
+        "        if st.f_bavail * st.f_frsize < 4 << 20:\n"
         "            break\n"
         "        fh.write(b'x' * 65536); fh.flush()\n"
         f"pathlib.Path({str(filled)!r}).touch()\n"
@@ -1006,6 +1008,32 @@ def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
     assert git(repo, "show", "swarm/failing:work.txt") == "work"
     assert _attempt_outcomes(repo, "failing") == ["disk_full", "succeeded"]
     assert "paused" not in swarm(repo, "status").stdout
+
+
+def test_a_disk_under_16_mib_is_full_only_when_a_quarter_of_it_is_left(tmp_path: Path) -> None:
+    # 16 MiB free was needed on every disk: one of 12 MiB was full when empty.
+    with tmpfs(tmp_path, "12m") as disk:
+        assert not fs.nearly_full(disk)
+        with (disk / "filler.bin").open("wb") as fh:
+            fh.write(b"x" * (10 << 20))
+        assert fs.nearly_full(disk)
+
+
+def test_a_failing_agent_on_a_disk_under_16_mib_fails_and_the_run_ends(
+    tmp_path: Path, write_agent: object
+) -> None:
+    # Every failing agent was taken for one that ended on a full disk, and its task waited for
+    # ever for 17 MiB free on a disk that has not that much.
+    with tmpfs(tmp_path, "12m") as disk:
+        repo = make_repo(disk / "repo")
+        agent = write_agent("import sys\nsys.exit('my build failed')\n")  # type: ignore[operator]
+        text = f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+        out = swarm(repo, "run", manifest(repo, text), timeout=60)
+        assert out.returncode == 1, out.stdout + out.stderr
+        row = status_json(repo)["t1"]
+        assert row["state"] == "failed"
+        assert "my build failed" in str(row["reason"])
+        assert _attempt_outcomes(repo, "t1") == ["failed"]
 
 
 # A check that leaves 3 MB of its own in the worktree, then fills the disk.

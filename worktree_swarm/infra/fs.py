@@ -201,7 +201,7 @@ def size_of(path: Path | str) -> int:
         return -1
 
 
-NEARLY_FULL = 16 << 20  # free bytes under which a disk is taken for full
+NEARLY_FULL = 16 << 20  # free bytes under which a disk is taken for full (see full_margin)
 
 
 def space(path: Path | str) -> tuple[int, int] | None:
@@ -217,10 +217,23 @@ def space(path: Path | str) -> tuple[int, int] | None:
     return free * fs.f_frsize, fs.f_blocks * fs.f_frsize
 
 
-def nearly_full(path: Path | str, *, margin: int = NEARLY_FULL) -> bool:
-    """Whether the file system holding *path* has less than *margin* bytes free (unknown: no)."""
+def full_margin(size: int) -> int:
+    """The free bytes under which a disk of *size* bytes is taken for full.
+
+    16 MiB, or a quarter of a disk under 64 MiB: a disk under 16 MiB would be full when empty.
+    """
+    return min(NEARLY_FULL, size // 4)
+
+
+def nearly_full(path: Path | str, *, margin: int | None = None) -> bool:
+    """Whether the file system holding *path* has less than *margin* bytes free (unknown: no).
+
+    By default *margin* is the :func:`full_margin` of that file system.
+    """
     found = space(path)
-    return found is not None and found[0] < margin
+    if found is None:
+        return False
+    return found[0] < (full_margin(found[1]) if margin is None else margin)
 
 
 def keep_end(path: Path | str, size: int) -> None:

@@ -248,8 +248,11 @@ class AgentWatch(RunWorker):
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
             self.gate.report(provider, Limit(signal=Signal.OK), task=task_id, whole_attempt=True)
 
-    def _out_of_room(self, task: Task, path: Path, *, margin: int = fs.NEARLY_FULL) -> bool:
-        """Whether the disk of *task*'s worktree or of its logs has less than *margin* free."""
+    def _out_of_room(self, task: Task, path: Path, *, margin: int | None = None) -> bool:
+        """Whether the disk of *task*'s worktree or of its logs has less than *margin* free.
+
+        By default, whether either is nearly full (:func:`fs.full_margin`).
+        """
         logs = self._logs(task)
         return fs.nearly_full(path, margin=margin) or fs.nearly_full(logs, margin=margin)
 

@@ -443,12 +443,12 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
 def _room(path: Path) -> int:
     """The room a task waits for on the disk of *path*: 64 MiB, or half of a smaller one.
 
-    More than a full disk's 16 MiB at least: else it would fail again at once.
+    More than :func:`fs.full_margin` (a quarter at most): else it would fail again at once.
     """
     found = fs.space(path)
     if found is None:
         return ROOM_TO_GO_ON
-    return min(ROOM_TO_GO_ON, max(fs.NEARLY_FULL + (1 << 20), found[1] // 2))
+    return min(ROOM_TO_GO_ON, found[1] // 2)
 
 
 def _agent_may_run(attempt: AttemptRow | None) -> bool:
