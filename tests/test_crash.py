@@ -1010,6 +1010,57 @@ def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
     assert "paused" not in swarm(repo, "status").stdout
 
 
+def test_a_task_waiting_for_room_on_a_small_logs_disk_goes_on_with_worktrees_elsewhere(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # The state and logs on a 24 MiB disk, the worktrees on a big one: the room waited for was
+    # the worktrees' disk's (64 MiB), looked for on the logs' disk, which never has that much.
+    repo = make_repo(small_disk / "repo")
+    go, filled, filler_file = tmp_path / "go", tmp_path / "filled", small_disk / "filler.bin"
+    filler = write_agent(  # leaves about 4 MiB free on the small disk, frees it when told
+        "import os, pathlib, time\n"
+        f"with open({str(filler_file)!r}, 'wb') as fh:\n"
+        "    while True:\n"
+        f"        st = os.statvfs({str(small_disk)!r})\n"
+        "        if st.f_bavail * st.f_frsize < 4 << 20:\n"
+        "            break\n"
+        "        fh.write(b'x' * 65536); fh.flush()\n"
+        f"pathlib.Path({str(filled)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+        f"pathlib.Path({str(filler_file)!r}).unlink()\n"
+        "pathlib.Path('filled.txt').write_text('done\\n')\n"
+    )
+    failing = write_agent(  # fails while the small disk is nearly full, works with room
+        "import os, pathlib, sys, time\n"
+        f"while not pathlib.Path({str(filled)!r}).exists(): time.sleep(0.05)\n"
+        f"st = os.statvfs({str(small_disk)!r})\n"
+        "if st.f_bavail * st.f_frsize < 6 << 20:\n"
+        "    sys.exit('no room for my build')\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+    )
+    trees = tmp_path / "trees"
+    text = (
+        f"[defaults]\nworktree_root = {str(trees)!r}\n"
+        '[[task]]\nid = "filler"\nprompt = "x"\n'
+        f"agent = {argv_toml(filler)}\n"
+        '[[task]]\nid = "failing"\nprompt = "x"\n'
+        f"agent = {argv_toml(failing)}\n"
+    )
+    proc = _manager(repo, "run", manifest(repo, text), log_dir=tmp_path)
+    try:
+        wait_for(lambda: _paused(repo), timeout=120, what="the task to wait for room")
+        go.touch()
+        code = proc.wait(timeout=120)
+        assert code == 0, (tmp_path / "bg.log").read_text() + swarm(repo, "status").stdout
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    rows = status_json(repo)
+    assert rows["failing"]["state"] == rows["filler"]["state"] == "done"
+    assert git(repo, "show", "swarm/failing:work.txt") == "work"
+    assert _attempt_outcomes(repo, "failing") == ["disk_full", "succeeded"]
+
+
 def test_a_disk_under_16_mib_is_full_only_when_a_quarter_of_it_is_left(tmp_path: Path) -> None:
     # 16 MiB free was needed on every disk: one of 12 MiB was full when empty.
     with tmpfs(tmp_path, "12m") as disk:

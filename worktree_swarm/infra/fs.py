@@ -225,15 +225,13 @@ def full_margin(size: int) -> int:
     return min(NEARLY_FULL, size // 4)
 
 
-def nearly_full(path: Path | str, *, margin: int | None = None) -> bool:
-    """Whether the file system holding *path* has less than *margin* bytes free (unknown: no).
+def nearly_full(path: Path | str) -> bool:
+    """Whether the file system holding *path* has less than its :func:`full_margin` free.
 
-    By default *margin* is the :func:`full_margin` of that file system.
+    Unknown: no.
     """
     found = space(path)
-    if found is None:
-        return False
-    return found[0] < (full_margin(found[1]) if margin is None else margin)
+    return found is not None and found[0] < full_margin(found[1])
 
 
 def keep_end(path: Path | str, size: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,16 +249,32 @@ class AgentWatch(RunWorker):
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
             self.gate.report(provider, Limit(signal=Signal.OK), task=task_id, whole_attempt=True)
 
-    def _out_of_room(self, task: Task, path: Path, *, margin: int | None = None) -> bool:
-        """Whether the disk of *task*'s worktree or of its logs has less than *margin* free.
+    def _out_of_room(self, task: Task, path: Path, *, to_go_on: bool = False) -> bool:
+        """Whether the disk of *task*'s worktree (at *path*) or of its logs is nearly full.
 
-        By default, whether either is nearly full (:func:`fs.full_margin`).
+        *to_go_on*: whether either has less free than an attempt waits for after a full disk.
+        Each disk's need is its own: the logs' disk may be much smaller than the worktree's.
         """
-        logs = self._logs(task)
-        return fs.nearly_full(path, margin=margin) or fs.nearly_full(logs, margin=margin)
+        need = room_to_go_on if to_go_on else fs.full_margin
+        return any(_short(where, need) for where in (path, self._logs(task)))
 
     def _logs(self, task: Task) -> Path:
         return self._logs_root / task.id
+
+
+def room_to_go_on(size: int) -> int:
+    """The free bytes an attempt that failed on a full disk of *size* bytes waits for.
+
+    64 MiB, or half of a smaller disk: more than :func:`fs.full_margin` (a quarter at most),
+    else it would fail again at once.
+    """
+    return min(ROOM_TO_GO_ON, size // 2)
+
+
+def _short(path: Path, need: Callable[[int], int]) -> bool:
+    """Whether the disk of *path* has less free than *need* of its size (unknown: no)."""
+    found = fs.space(path)
+    return found is not None and found[0] < need(found[1])
 
 
 def _runaway(path: Path) -> int:

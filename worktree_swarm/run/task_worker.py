@@ -26,7 +26,6 @@ from worktree_swarm.git import diffs, gitconfig, gitfiles, sparse, status, workt
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import (
     faults,
-    fs,
     proc_scan,
     proctree,
     redact,
@@ -38,7 +37,7 @@ from worktree_swarm.infra.proc import task_env
 from worktree_swarm.infra.store import AttemptRow, TaskRow
 from worktree_swarm.run import provision
 from worktree_swarm.run.agent_switch import AgentSwitch
-from worktree_swarm.run.agent_watch import POLL_SECONDS, ROOM_TO_GO_ON, Ended, read_log
+from worktree_swarm.run.agent_watch import POLL_SECONDS, Ended, read_log
 from worktree_swarm.run.attempt_launch import AttemptLaunch
 from worktree_swarm.run.checkpoint import Checkpoints
 from worktree_swarm.run.checks import CheckFailure, run_checks, run_steps
@@ -302,7 +301,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         full, pause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.store.on_full
         waited = False
         with self.guard.idle(task.id, path):  # a long wait: its worktree is watched
-            while self._out_of_room(task, path, margin=_room(path)) and not live.stop.is_set():
+            while self._out_of_room(task, path, to_go_on=True) and not live.stop.is_set():
                 waited = True
                 if pause is None:
                     live.stop.wait(ROOM_POLL_SECONDS)
@@ -438,17 +437,6 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 **dict(task.env),
             }
         )
-
-
-def _room(path: Path) -> int:
-    """The room a task waits for on the disk of *path*: 64 MiB, or half of a smaller one.
-
-    More than :func:`fs.full_margin` (a quarter at most): else it would fail again at once.
-    """
-    found = fs.space(path)
-    if found is None:
-        return ROOM_TO_GO_ON
-    return min(ROOM_TO_GO_ON, found[1] // 2)
 
 
 def _agent_may_run(attempt: AttemptRow | None) -> bool:
