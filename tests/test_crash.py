@@ -946,6 +946,54 @@ def test_an_agent_whose_own_output_filled_the_disk_fails_and_the_run_ends(
     assert log.read_text().rstrip().endswith("progress")  # its end is kept
 
 
+def test_an_agent_failing_on_a_disk_a_siblings_log_filled_goes_on_after_that_log_is_cut(
+    small_disk: Path, tmp_path: Path, write_agent: object
+) -> None:
+    # The loud sibling's log filled the disk and was cut to its end, which freed it: the
+    # quiet agent, failing for the full disk but looked at after that cut, was failed for good.
+    repo = make_repo(small_disk / "repo")
+    started = tmp_path / "started"
+    loud = write_agent(  # fills the disk with its log once the quiet one runs
+        "import os, pathlib, sys, time\n"
+        f"while not pathlib.Path({str(started)!r}).exists(): time.sleep(0.05)\n"
+        "try:\n"
+        "    while True:\n"
+        "        os.write(1, b'y' * 65536)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    quiet = write_agent(  # fails on the full disk once it has room again; with room, works
+        "import os, pathlib, sys, time\n"
+        "if pathlib.Path('work.txt').exists():\n"
+        "    pathlib.Path('more.txt').write_text('more\\n')\n"
+        "    sys.exit(0)\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        "try:\n"
+        "    while True:\n"
+        "        os.write(1, b'tick' * 1024); time.sleep(0.005)\n"  # a new page each write
+        "except OSError:\n"
+        "    pass\n"
+        "while os.statvfs('.').f_bavail * os.statvfs('.').f_frsize < 12 << 20:\n"
+        "    time.sleep(0.05)\n"  # the loud log is cut: the manager looks at it after
+        "sys.exit(1)\n"
+    )
+    text = (
+        '[[task]]\nid = "loud"\nprompt = "x"\n'
+        f"agent = {argv_toml(loud)}\n"
+        '[[task]]\nid = "quiet"\nprompt = "x"\n'
+        f"agent = {argv_toml(quiet)}\n"
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    rows = status_json(repo)
+    assert rows["loud"]["state"] == "failed"
+    assert "its output filled the disk" in str(rows["loud"]["reason"])
+    assert rows["quiet"]["state"] == "done", rows["quiet"]
+    assert _attempt_outcomes(repo, "quiet") == ["disk_full", "succeeded"]
+    assert git(repo, "show", "swarm/quiet:more.txt") == "more"
+
+
 @pytest.mark.parametrize("killed", [False, True], ids=["watched", "manager-killed"])
 def test_a_task_whose_agent_fails_while_the_disk_is_nearly_full_waits_for_room(
     small_disk: Path, tmp_path: Path, write_agent: object, killed: bool

@@ -8,6 +8,7 @@ full disk or was being stopped, what its dead shim left running, and its attempt
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from worktree_swarm.run.attempt_record import (
 from worktree_swarm.run.course import stated_window
 from worktree_swarm.run.governor import Limit, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
-from worktree_swarm.run.run_worker import Live, RunWorker, worktree_path
+from worktree_swarm.run.run_worker import Live, RunContext, RunWorker, worktree_path
 
 # Popen.wait polls with its own backoff capped at 50 ms, so exits are seen within 50 ms
 # whatever this is; a longer slice only means fewer wake-ups for stop and timeout checks.
@@ -56,6 +57,13 @@ class Ended:
 
 class AgentWatch(RunWorker):
     """Watches an attempt's agent until it ends and records the attempt (a task worker's part)."""
+
+    def __init__(self, run: RunContext) -> None:
+        super().__init__(run)
+        # When a disk of a task was last found full, by any task's watch: an attempt that
+        # fails after it ran then ended on it, though the room may be back by the time it is
+        # looked at (a sibling's runaway log cut, a file its agent deleted).
+        self._full_at = -math.inf
 
     def _watched(
         self,
@@ -118,6 +126,7 @@ class AgentWatch(RunWorker):
         shim recorded none).
         """
         timeouts = _Timeouts.start(task, agent, started_at)
+        path = worktree_path(self.spec, live.task)
         adapter = adapter_for(task.agent)
         # A CLI that retries rate limits on its own with no knob to stop it (aider) says so in
         # its log: it is stopped there, so that the gate decides when to go on.
@@ -127,6 +136,7 @@ class AgentWatch(RunWorker):
         tail = LogTail(path=agent.log_path, profile=task.agent)
         while True:
             ended, code = exit_status(agent, timeout=POLL_SECONDS)
+            self._full_now(task, path)
             # What the agent reported meanwhile reaches the gate now, and at the end before
             # its slot is released: a freed slot is never refilled ahead of its rate limit.
             for limit in tail.poll(now=time.time()):
@@ -142,7 +152,8 @@ class AgentWatch(RunWorker):
                 stoppable = result.outcome is not AgentOutcome.SUCCESS
                 if stoppable and self._stop_asked(task.id, live, agent.log_path):  # `swarm stop`
                     return Ended(result=result, cut_short=TaskState.STOPPED, reason="stopped")
-                if (full := self._ended_on_full_disk(task, live, agent, result)) is not None:
+                full = self._ended_on_full_disk(task, path, agent, result, started_at)
+                if full is not None:
                     return full
                 # Printed past it between two looks: as if it had been seen.
                 if (
@@ -171,16 +182,23 @@ class AgentWatch(RunWorker):
                 return Ended(result=partial, cut_short=cut[0], reason=cut[1])
 
     def _ended_on_full_disk(
-        self, task: Task, live: Live, agent: supervisor.Supervised, result: AgentResult
+        self,
+        task: Task,
+        path: Path,
+        agent: supervisor.Supervised,
+        result: AgentResult,
+        started_at: float,
     ) -> Ended | None:
         """How a failed attempt ended when the disk of its worktree or logs is full, or None.
 
-        Its output goes to a log on that disk: most agents end so. One whose own log filled
+        Full now, or found full (by any task) since the attempt started at *started_at*: its
+        output goes to a log on that disk, and most agents end so. One whose own log filled
         the disk fails, its log cut to its end (nothing else, the run's state, could be
         written); any other goes on once there is room.
         """
-        path = worktree_path(self.spec, live.task)
-        if result.outcome is not AgentOutcome.FAILED or not self._out_of_room(task, path):
+        if result.outcome is not AgentOutcome.FAILED:
+            return None
+        if not self._full_now(task, path) and self._full_at < started_at:
             return None
         printed = fs.size_of(agent.log_path)
         if printed > _runaway(agent.log_path):
@@ -248,6 +266,13 @@ class AgentWatch(RunWorker):
             self.gate.report(provider, limit, task=task_id, whole_attempt=True)
         elif result.outcome is AgentOutcome.SUCCESS and not (live and live.succeeded):
             self.gate.report(provider, Limit(signal=Signal.OK), task=task_id, whole_attempt=True)
+
+    def _full_now(self, task: Task, path: Path) -> bool:
+        """:meth:`_out_of_room`, noted for the run's other attempts when it is."""
+        if not self._out_of_room(task, path):
+            return False
+        self._full_at = time.time()
+        return True
 
     def _out_of_room(self, task: Task, path: Path, *, to_go_on: bool = False) -> bool:
         """Whether the disk of *task*'s worktree (at *path*) or of its logs is nearly full.
