@@ -8,7 +8,9 @@ its branch, or moved back), and nothing of the sibling's is lost or deleted.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from inotify_simple import INotify, flags
 
-from tests.conftest import git, make_repo
+from tests.conftest import git, make_repo, tmpfs
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
 from tests.test_trust import AgentFactory, outside_writes
 from worktree_swarm.git.repo import open_repo
@@ -183,6 +185,57 @@ def test_a_task_whose_worktree_is_removed_while_its_agent_works_is_not_done(
     assert (victim_worktree(repo) / ".git").is_file()  # made again from its branch
     writes = outside_writes(repo)
     assert [(w["where"], w["suspects"]) for w in writes] == [("victim", ["wrecker"])], writes
+
+
+# Each task writes its work, then waits while the worktree root goes under all of them.
+WAIT_FOR_ROOT = """
+import os, pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+task = os.environ['SWARM_TASK_ID']
+pathlib.Path(task + '.txt').write_text(task + '\\n')
+(marks / (task + '-working')).touch()
+while not (marks / 'gone').exists():
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("how", ["removed", "unmounted"])
+def test_a_worktree_root_gone_under_running_agents_is_named_and_no_sibling_blamed(
+    tmp_path: Path, write_agent: AgentFactory, how: str
+) -> None:
+    # Every task said its worktree was removed by one of the others.
+    repo = make_repo(tmp_path / "repo")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = tmp_path / "trees"
+    with contextlib.ExitStack() as stack:
+        if how == "unmounted":
+            root = stack.enter_context(tmpfs(tmp_path, "16m"))
+        agent = [*write_agent(WAIT_FOR_ROOT), str(marks)]
+        text = f"[defaults]\nworktree_root = {str(root)!r}\nagent = {argv_toml(agent)}\n"
+        text += '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+        proc = swarm_bg(repo, "run", manifest(repo, text), "--jobs", "2")
+        try:
+            for task in ("a", "b"):
+                wait_for((marks / f"{task}-working").exists, timeout=120, what=f"{task} to work")
+            if how == "unmounted":
+                subprocess.run(["umount", "-l", str(root)], check=True)
+            else:
+                shutil.rmtree(root)
+            (marks / "gone").touch()
+            assert proc.wait(timeout=120) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    rows = status_json(repo)
+    for task in ("a", "b"):
+        assert rows[task]["state"] == "failed", rows[task]
+        assert str(rows[task]["reason"]).startswith(
+            f"the worktree root {root} disappeared (unmounted or removed) while its agent "
+            f"worked: the attempt's work since its last checkpoint went with it; swarm/{task} "
+            "keeps what was committed"
+        ), rows[task]
 
 
 MOVE_AND_SQUAT = (

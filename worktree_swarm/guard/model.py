@@ -42,6 +42,8 @@ class Violation:
     index_changed: bool = False
     # What became of a task's worktree itself: "was removed", "was moved to <path>".
     worktree: str = ""
+    # The worktree root, when the worktree went with it (unmounted, or removed whole).
+    root_gone: str = ""
     git_files: tuple[str, ...] = ()  # files of the git dir (config, hooks/..., info/...)
     broken: tuple[str, ...] = ()  # refs that no longer resolve to a complete commit
     kept: tuple[str, ...] = ()  # where the last good tips of *broken* are kept

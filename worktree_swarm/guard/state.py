@@ -71,6 +71,8 @@ class _Worktrees:
     paths: dict[str, Path] = field(default_factory=dict)  # task -> its worktree (busy() says)
     real: dict[str, str] = field(default_factory=dict)  # task -> its worktree's real path then
     admins: dict[str, str] = field(default_factory=dict)  # task -> its admin dir, while whole
+    # task -> its worktree root's (device, inode) when swarm last made its worktree there
+    roots: dict[str, tuple[int, int]] = field(default_factory=dict)
     lost: dict[str, Violation] = field(default_factory=dict)  # busy task -> how it went
     # Tasks whose worktree's files were found gone while git's registration still named them:
     # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.

@@ -62,6 +62,7 @@ class WorktreeChecks(Baselines, RefChecks):
                     admin = git.git_dir(path)
                 worktrees_dir = Path(os.path.realpath(common / "worktrees"))
                 whole = worktrees.own_admin(self.repo, path)
+                root = _identity(Path(real).parent)
                 # Each task's worktree by where it was when the task took it: one look per
                 # worktree made, however many tasks the run has had.
                 for task_id, known in list(self._trees.real.items()):
@@ -74,6 +75,8 @@ class WorktreeChecks(Baselines, RefChecks):
                         self._trees.admins.pop(task_id, None)
                     else:
                         self._trees.admins[task_id] = whole.name
+                    if root is not None:
+                        self._trees.roots[task_id] = root
                 if admin is not None and admin.parent == worktrees_dir:
                     label = f"worktrees/{admin.name}/config.worktree"
                     entry = surface.read_one(common, label)
@@ -172,7 +175,20 @@ class WorktreeChecks(Baselines, RefChecks):
             return None
         moved = _moved_to(self.repo.common_dir / "worktrees" / known, path)
         what = "was removed" if moved is None else f"was moved to {moved}"
-        found = Violation(number=0, where=task_id, worktree=what, suspects=suspects)
+        root = path.parent
+        was = self._trees.roots.get(task_id)
+        # Gone, or another directory now (the file system mounted there is not): not a
+        # sibling's doing more than its own; every worktree in it went.
+        rootless = moved is None and (
+            not root.is_dir() or (was is not None and _identity(root) != was)
+        )
+        found = Violation(
+            number=0,
+            where=task_id,
+            worktree=what,
+            suspects=suspects,
+            root_gone=str(root) if rootless else "",
+        )
         restored = False
         if self.restore:
             found = self._intend(found, None, worktree=path)
@@ -340,3 +356,12 @@ def _present(path: Path) -> bool:
     except OSError:  # EACCES: an agent's `chmod 0` of its own worktree
         return True
     return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the directory *path*, None when it is gone."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino

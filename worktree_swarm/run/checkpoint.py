@@ -130,7 +130,17 @@ def sealed_reason(path: Path) -> str:
 
 
 def _lost_reason(task: Task, lost: Violation) -> str:
-    """Why a task whose worktree went while its agent worked is not done."""
+    """Why a task whose worktree went while its agent worked is not done.
+
+    The worktree root gone with it names no suspect: every task's worktree went alike.
+    """
+    again = ", and the worktree made again from it" if lost.restored else ""
+    if lost.root_gone:
+        return (
+            f"the worktree root {lost.root_gone} disappeared (unmounted or removed) while its "
+            f"agent worked: the attempt's work since its last checkpoint went with it; "
+            f"{task.branch} keeps what was committed{again}"
+        )
     others = [s for s in lost.suspects if s != task.id]
     who = "by its own agent" if not others else f"by {' or '.join(others)}"
     if lost.worktree != "was removed":  # moved, and could not be moved back
@@ -138,7 +148,6 @@ def _lost_reason(task: Task, lost: Violation) -> str:
             f"its worktree {lost.worktree} while its agent worked ({who}) and stays there: "
             f"its work since the last checkpoint is there, uncommitted"
         )
-    again = ", and the worktree made again from it" if lost.restored else ""
     return (
         f"its worktree was removed while its agent worked ({who}): the attempt's work since "
         f"its last checkpoint went with it; {task.branch} keeps what was committed{again}"
