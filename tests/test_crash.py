@@ -41,6 +41,7 @@ from tests.test_run import (
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.git import runner as g_runner
 from worktree_swarm.infra import fs
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
@@ -815,6 +816,45 @@ def test_too_few_open_files_for_a_manager_is_refused_before_anything(repo: Path)
         )
     assert not (repo / ".git" / "swarm").exists()
     assert git(repo, "branch", "--list", "swarm/*") == ""
+
+
+def test_a_checkpoint_whose_git_cannot_start_keeps_the_agents_reason_and_names_the_work(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # Under `ulimit -u` (a uid's processes, which tests running as root cannot hit) the
+    # checkpoint's `git add` could not start: the task's reason was that alone, the agent's
+    # own failure gone and nothing saying that its work is uncommitted in its worktree.
+    real, worktree = subprocess.Popen, repo.parent / "repo.swarm" / "t1"
+
+    def popen(argv: list[str], *args: object, **kwargs: object) -> object:
+        words = [a for a in argv[1:] if not a.startswith("-") and "=" not in a]
+        # The checkpoint's `git add` (the guard's own has no --sparse), once the agent worked.
+        ended = (worktree / "work.txt").exists()
+        if ended and Path(argv[0]).name == "git" and words[:1] == ["add"] and "--sparse" in argv:
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real(argv, *args, **kwargs)  # type: ignore[call-overload]
+
+    agent = write_agent(  # type: ignore[operator]
+        "import pathlib, sys\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+        "sys.exit('I give up')\n"
+    )
+    text = f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
+    path = manifest(repo, text)
+    base = git(repo, "rev-parse", "HEAD")
+    monkeypatch.setattr(g_runner.subprocess, "Popen", popen)
+    monkeypatch.chdir(repo)
+    assert cli.main(["run", path]) == 1
+    monkeypatch.undo()
+    reason = str(status_json(repo)["t1"]["reason"])
+    assert reason.startswith(
+        "agent exited 1: I give up; its checkpoint failed (git could not start"
+    ), reason
+    assert reason.endswith(
+        f"its work is left uncommitted in {worktree}; `swarm retry` commits it"
+    ), reason
+    assert git(repo, "rev-parse", "swarm/t1") == base
+    assert (worktree / "work.txt").read_text() == "work\n"
 
 
 def test_full_disk_pauses_the_manager_then_it_finishes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -17,7 +18,7 @@ from tests.conftest import git
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.git import gitconfig, runner
-from worktree_swarm.infra import pipes
+from worktree_swarm.infra import pipes, proc
 
 
 def _plant(repo: Path, marker: Path) -> None:
@@ -429,3 +430,41 @@ def test_a_git_command_reading_its_input_past_many_looks_is_left_to_finish(
     data = "x" * (64 << 20)
     sha = runner.run(repo, "hash-object", "--stdin", input_text=data).stdout.strip()
     assert sha == hashlib.sha1(b"blob %d\0" % len(data) + data.encode()).hexdigest()  # noqa: S324
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """Starts of git refused *times* times with EAGAIN, as under `ulimit -u` (a uid's
+    processes, which tests running as root cannot hit); returns the refused subcommands."""
+    real, refused = subprocess.Popen, []
+
+    def popen(argv: list[str], *args: object, **kwargs: object) -> object:
+        if len(refused) < times:
+            refused.append(argv[-1])
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real(argv, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    return refused
+
+
+def test_git_refused_a_process_for_a_moment_is_started_again(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under `ulimit -u` a checkpoint's git that could not start ended the task at once.
+    head = git(repo, "rev-parse", "HEAD")
+    refused = _refusing(monkeypatch, 2)
+    assert runner.run(repo, "rev-parse", "HEAD").stdout.strip() == head
+    assert len(refused) == 2
+
+
+def test_git_refused_a_process_every_time_says_so(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = _refusing(monkeypatch, 100)
+    with pytest.raises(GitError) as caught:
+        runner.run(repo, "rev-parse", "HEAD")
+    assert str(caught.value) == (
+        "git could not start (Resource temporarily unavailable): the system refused"
+        f" ({proc.system_limit(errno.EAGAIN)})"
+    )
+    assert len(refused) == 5  # tried again 4 times

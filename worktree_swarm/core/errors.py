@@ -44,6 +44,10 @@ class GitError(SwarmError):
     """A git operation failed in a way the user must act on."""
 
 
+class GitStartError(GitError):
+    """git could not start: the system refused a process (``ulimit -u``, open files, memory)."""
+
+
 class CommandError(SwarmError):
     """A subprocess exited non-zero; carries argv, exit code and captured output."""
 

@@ -10,16 +10,18 @@ merges. docs/guard.md lists them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
-from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.core.errors import BadInputError, CommandError, GitError, GitStartError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import sparse
 from worktree_swarm.infra import fs, pipes
@@ -389,6 +391,10 @@ def _execute_bytes(
     return done
 
 
+# Waits between starts of git refused for want of a process (EAGAIN): 1.5 s in all.
+_START_BACKOFF = (0.1, 0.2, 0.4, 0.8)
+
+
 def _start(
     cwd: Path,
     args: Sequence[str],
@@ -408,26 +414,33 @@ def _start(
     for name in _GIT_ENV_DROPPED:
         full_env.pop(name, None)
     argv = [_program(full_env.get("PATH")), *[str(a) for a in args]]
-    try:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=stdin,
-            stdout=subprocess.PIPE if stdout is None else stdout,
-            stderr=stderr,
-        )
-    except FileNotFoundError as exc:
-        if not cwd.is_dir():  # removed since the check above
-            raise GitError(f"directory {cwd} does not exist") from exc
-        raise BadInputError("git is not installed or not on PATH; install git >= 2.38") from exc
-    except OSError as exc:
-        limit = system_limit(exc.errno)
-        if limit is None:
-            raise
-        raise GitError(
-            f"git could not start ({exc.strerror}): the system refused ({limit})"
-        ) from exc
+    delays = iter(_START_BACKOFF)
+    while True:
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=full_env,
+                stdin=stdin,
+                stdout=subprocess.PIPE if stdout is None else stdout,
+                stderr=stderr,
+            )
+        except FileNotFoundError as exc:
+            if not cwd.is_dir():  # removed since the check above
+                raise GitError(f"directory {cwd} does not exist") from exc
+            msg = "git is not installed or not on PATH; install git >= 2.38"
+            raise BadInputError(msg) from exc
+        except OSError as exc:
+            limit = system_limit(exc.errno)
+            if limit is None:
+                raise
+            # EAGAIN (`ulimit -u`) passes as other processes of the user's end.
+            delay = next(delays, None) if exc.errno == errno.EAGAIN else None
+            if delay is None:
+                raise GitStartError(
+                    f"git could not start ({exc.strerror}): the system refused ({limit})"
+                ) from exc
+            time.sleep(delay)
 
 
 class StuckOnPipeError(GitError):

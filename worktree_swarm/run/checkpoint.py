@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
+from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import Task, TaskState
 from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.guard.model import Violation
@@ -118,6 +119,11 @@ class Checkpoints(RunWorker):
         except checkpoints.LeftOutError as exc:  # the task fails, saying so; the rest is committed
             self._record_diff(task.id, base, exc.head or gitfiles.head_in(path) or base)
             raise
+        except GitStartError as exc:  # retried already: the agent's own reason stays told
+            told = ended.reason or ended.result.reason
+            failed = f"its checkpoint failed ({exc}): its work is left uncommitted in {path}"
+            msg = f"{told}; {failed}" if told else failed
+            raise GitStartError(f"{msg}; `swarm retry` commits it") from exc
         return self._record_diff(task.id, base, tip or gitfiles.head_in(path) or base)
 
 
