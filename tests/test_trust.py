@@ -819,6 +819,75 @@ def _finished_run(repo: Path, write_agent: AgentFactory, tasks: list[str]) -> st
     return run_id
 
 
+# An agent that runs swarm's own command on your checkout (not its worktree) once the innocent
+# task runs, naming that command's process for it (its output in `said`).
+RUN_SWARM_ON_THE_CHECKOUT = r"""
+import os, pathlib, subprocess, sys, time
+ctrl, repo, args = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pathlib.Path('hostile.txt').write_text('hostile\n')
+deadline = time.time() + 60
+while time.time() < deadline and not (ctrl / 'started').exists():
+    time.sleep(0.05)
+with (ctrl / 'said').open('w') as said:
+    command = subprocess.Popen([sys.executable, '-m', 'worktree_swarm.cli', *args], cwd=repo,
+                               stdout=said, stderr=said, stdin=subprocess.DEVNULL)
+    (ctrl / 'pid.tmp').write_text(str(command.pid))
+    os.replace(ctrl / 'pid.tmp', ctrl / 'pid')
+    command.wait()
+"""
+
+# Says it runs, waits until the other agent's swarm command has ended (it may be stopped with
+# that agent), then does its own work.
+WAIT_FOR_THE_OTHER = r"""
+import pathlib, sys, time
+import psutil
+ctrl = pathlib.Path(sys.argv[1])
+(ctrl / 'started').touch()
+deadline = time.time() + 90
+while time.time() < deadline and not (ctrl / 'pid').exists():
+    time.sleep(0.05)
+try:
+    psutil.Process(int((ctrl / 'pid').read_text())).wait(timeout=max(0, deadline - time.time()))
+except (psutil.Error, OSError):
+    pass  # gone already
+pathlib.Path('innocent.txt').write_text('innocent\n')
+"""
+
+
+@pytest.mark.parametrize("command", ["merge", "clean"])
+def test_swarm_run_by_an_agent_on_the_checkout_fails_that_agent_alone(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, command: str
+) -> None:
+    earlier = _finished_run(repo, write_agent, ["a"])
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    args, moved = {
+        "merge": (["merge", "--run", earlier], f"swarm/integration-{earlier} moved"),
+        "clean": (["clean", "--run", earlier, "--yes", "--force"], "swarm/a moved"),
+    }[command]
+    hostile = [*write_agent(RUN_SWARM_ON_THE_CHECKOUT), str(ctrl), str(repo), *args]
+    innocent = [*write_agent(WAIT_FOR_THE_OTHER), str(ctrl)]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "hostile"\nprompt = "p"\nagent = {argv_toml(hostile)}\n'
+        f'[[task]]\nid = "innocent"\nprompt = "p"\nagent = {argv_toml(innocent)}\n',
+    )
+    before = repo_state(repo)
+    tip_a = git(repo, "rev-parse", "swarm/a")
+    swarm(repo, "run", path, "--jobs", "2")
+    rows = status_json(repo)
+    said = (ctrl / "said").read_text()
+    assert rows["innocent"]["state"] == "done", (rows["innocent"]["reason"], said)
+    assert rows["hostile"]["state"] == "failed", rows["hostile"]
+    assert f"wrote outside its worktree: {moved}" in str(rows["hostile"]["reason"])
+    assert repo_state(repo) == before
+    # The earlier run's branch is as it was, and no integration branch stays.
+    branches = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/swarm/")
+    assert [b for b in branches.splitlines() if "/hostile " not in b and "/innocent " not in b] == [
+        f"refs/heads/swarm/a {tip_a}"
+    ]
+
+
 # The merge's checks: the first (the target before any merge) passes at once, the next ones
 # say they run, then wait for the go file.
 CHECK_THEN_WAIT = """
@@ -1057,6 +1126,71 @@ def test_the_guard_accepts_exactly_the_moves_swarm_names(tmp_path: Path) -> None
     ]
     assert git(repo, "rev-parse", "stable") == other
     assert not list((opened.state_dir / "ref-moves").iterdir())
+
+
+# An agent's own announcement of a move of `stable` (done, held open: its writer waits), and
+# the move it then makes: the one it named, or another.
+ANNOUNCE_AND_MOVE = r"""
+import json, pathlib, subprocess, sys, time
+import psutil
+from worktree_swarm.infra import starts
+repo, ctrl = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+old, said, made = sys.argv[3:6]
+deadline = time.time() + 60
+while time.time() < deadline and not (ctrl / 'go').exists():
+    time.sleep(0.05)
+me = psutil.Process()
+where = repo / '.git' / 'swarm' / 'ref-moves'
+where.mkdir(parents=True, exist_ok=True)
+with (where / f'{me.pid}-own.json').open('w') as held:
+    held.write(json.dumps({'pid': me.pid, 'started': starts.of(me), 'done': True,
+                           'moves': [{'ref': 'refs/heads/stable', 'old': old, 'new': said}]}))
+    held.flush()
+    subprocess.run(['git', '-C', str(repo), 'update-ref', 'refs/heads/stable', made, old],
+                   check=True)
+    (ctrl / 'ready').touch()
+    while time.time() < deadline and not (ctrl / 'stop').exists():
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("as_named", [True, False], ids=["as-named", "elsewhere"])
+def test_moves_an_agent_announced_are_blamed_on_it_alone_only_as_it_named_them(
+    tmp_path: Path, as_named: bool
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    named, rogue = (git(repo, "commit-tree", tree, "-p", tip, "-m", m) for m in ("n", "r"))
+    made = named if as_named else rogue
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    script = tmp_path / "announce.py"
+    script.write_text(ANNOUNCE_AND_MOVE)
+    announcer = subprocess.Popen(
+        [sys.executable, str(script), str(repo), str(ctrl), tip, named, made]
+    )
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("x", identity_of(announcer.pid))
+        guard.agent_started("y", identity_of(sibling.pid))
+        (ctrl / "go").touch()
+        wait_for((ctrl / "ready").exists, what="the agent's announced move")
+        found = guard.scan()
+        (ctrl / "stop").touch()
+        assert announcer.wait(timeout=60) == 0
+    finally:
+        for proc in (announcer, sibling):
+            proc.kill()
+            proc.wait()
+    # Refused (an agent's), yet it says whose the move is; a move it did not name is anyone's.
+    assert [(v.refs, v.suspects) for v in found] == [
+        ((("refs/heads/stable", tip, made),), ("x",) if as_named else ("x", "y"))
+    ]
+    assert git(repo, "rev-parse", "stable") == tip
 
 
 def test_a_ref_moved_on_right_after_swarm_moved_it_is_put_back_where_swarm_left_it(

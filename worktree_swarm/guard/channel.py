@@ -7,7 +7,10 @@ waits for the guard's verdict (``<name>.verdict``). The guard believes a file on
 writer is alive (same process start time), holds the file open itself, and is not an agent of
 the run or a descendant of one; then it leaves the named refs alone while the writer works
 and accepts exactly the named moves, ``old`` -> ``new``. Any other move of those refs, and
-any move named by a file it does not believe, is judged like every other ref move.
+any move named by a file it does not believe, is judged like every other ref move. A file
+refused because an agent's process wrote it (its `swarm merge` on your checkout) is still
+read until it is done: the moves it covers are blamed on that agent's task alone
+(:meth:`Channel.blame`), not on every agent running meanwhile.
 
 A guard that only listens (a `swarm merge`'s, which scans only after each of its programs)
 says so with ``<pid>-<token>.listening``, held open while it listens, reads the files while
@@ -29,12 +32,14 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.model import RefMove
 from worktree_swarm.infra import fs, lock, starts
 
 DIR = "ref-moves"
@@ -284,6 +289,38 @@ def _listening(listener: Path) -> bool:
     return False
 
 
+@dataclass(slots=True, kw_only=True)
+class _Refused:
+    """An announcement refused because a task's agent (or its descendant) wrote it."""
+
+    owner: str  # that task
+    why: str
+    pid: int
+    started: float
+    # ref -> where its next covered move starts: the announced old value, then where the
+    # last move blamed on it took the ref.
+    at: dict[str, str | None] = field(default_factory=dict)
+    new: dict[str, str | None] | None = None  # once done: where the writer says each went
+
+    def take(self, moves: Sequence[RefMove], *, done: bool) -> None:
+        """What the file names now: refs announced since, and (*done*) where each went."""
+        for ref, old, _ in moves:
+            self.at.setdefault(ref, old)
+        if done:
+            self.new = {ref: new for ref, _, new in moves}
+
+    def covers(self, ref: str, before: str | None, after: str | None) -> bool:
+        """Whether *ref*'s move is one the writer named: from where it said, to where it said."""
+        if ref not in self.at or self.at[ref] != before:
+            return False
+        return self.new is None or (ref in self.new and self.new[ref] == after)
+
+
+def _oid(value: object) -> str | None:
+    """A ref's value as an announcement gives it (None: absent, or not a name)."""
+    return value if isinstance(value, str) else None
+
+
 class Channel:
     """The guard's side: which announced moves it believes, and which refs are in motion."""
 
@@ -295,6 +332,7 @@ class Channel:
         self._answers = answers
         self._accepted: dict[str, list[tuple[str | None, str | None]]] = {}
         self._done: set[str] = set()
+        self._refused: dict[str, _Refused] = {}  # file name -> an agent's refused announcement
         # Announcements already there when the guard took its baseline: name -> that baseline.
         self._midway: dict[str, Mapping[str, str]] = {}
         self._listener: Path | None = None  # while it listens: the file that says so
@@ -345,21 +383,14 @@ class Channel:
         for path in names:
             if path.name in self._done:
                 continue
-            try:
-                data = json.loads(fs.read_file(path))
-                pid, started = int(data["pid"]), float(data["started"])
-                moves = [(str(m["ref"]), m.get("old"), m.get("new")) for m in data["moves"]]
-                done = bool(data["done"])
-            except (OSError, ValueError, KeyError, TypeError):
+            parsed = _parsed(path)
+            if parsed is None:
                 continue  # being written; read it again next time
-            why = self._disbelief(path, pid, started)
-            if why is not None:
-                self._done.add(path.name)
-                refused.append(f"ignored {path}: {why}")
-                if why.endswith(" is gone"):  # a command that was killed: nobody waits
-                    _forget(path)  # by any guard, or each merge's would tell of it again
-                else:
-                    self._answer(path, f"refused: {why}")
+            pid, started, moves, done = parsed
+            believed, held = self._believed(path, pid, started, refused)
+            if held is not None:
+                self._follow_refused(path, held, (pid, started), moves, done=done)
+            if not believed:
                 continue
             if not done:
                 pending |= {ref for ref, _, _ in moves}
@@ -371,6 +402,74 @@ class Channel:
             self._done.add(path.name)
             self._answer(path, "accepted")
         return pending, refused
+
+    def _believed(
+        self, path: Path, pid: int, started: float, refused: list[str]
+    ) -> tuple[bool, _Refused | None]:
+        """Whether *path* is swarm's own; if not, and an agent's, its record (once refused).
+
+        A refusal is added to *refused* when first found, and never taken back.
+        """
+        held = self._refused.get(path.name)
+        if held is not None:
+            return False, held
+        why, owner = self._disbelief(path, pid, started)
+        if why is None:
+            return True, None
+        refused.append(f"ignored {path}: {why}")
+        if owner is not None:  # whose it is is known: the moves it covers are that task's
+            held = self._refused[path.name] = _Refused(
+                owner=owner, why=why, pid=pid, started=started
+            )
+            return False, held
+        self._done.add(path.name)
+        if why.endswith(" is gone"):  # a command that was killed: nobody waits
+            _forget(path)  # by any guard, or each merge's would tell of it again
+        else:
+            self._answer(path, f"refused: {why}")
+        return False, None
+
+    def _follow_refused(
+        self,
+        path: Path,
+        held: _Refused,
+        writer: tuple[int, float],
+        moves: Sequence[RefMove],
+        *,
+        done: bool,
+    ) -> None:
+        """Read an agent's refused announcement again: its refs, and where they went once done.
+
+        Answered only once done, so that its writer stays (and the file with it) until this
+        guard has read where its moves went. One whose writer is gone first is forgotten:
+        what it moved is judged like any move.
+        """
+        if writer == (held.pid, held.started):  # else rewritten by another: not its writer's
+            held.take(moves, done=done)
+        if done:
+            self._done.add(path.name)
+            self._answer(path, f"refused: {held.why}")
+        elif not _alive(held.pid, held.started):
+            self._done.add(path.name)
+            del self._refused[path.name]
+            _forget(path)
+
+    def blame(self, moves: Sequence[RefMove]) -> tuple[str, ...]:
+        """The tasks whose agents' refused announcements name every one of *moves* (else none).
+
+        Each move must be one its announcement covers: from the value it named (or where the
+        last move blamed on it went) and, once it is done, to the value it says. The moves
+        blamed are used up: the next move of those refs starts where they went.
+        """
+        found: list[tuple[_Refused, str, str | None]] = []
+        for ref, before, after in moves:
+            held = next((h for h in self._refused.values() if h.covers(ref, before, after)), None)
+            if held is None:
+                return ()
+            found.append((held, ref, after))
+        for held, ref, after in found:
+            held.at[ref] = after
+        return tuple(sorted({held.owner for held, _, _ in found}))
 
     def _answer(self, path: Path, verdict: str) -> None:
         if self._answers:
@@ -419,23 +518,47 @@ class Channel:
             return at
         return before
 
-    def _disbelief(self, path: Path, pid: int, started: float) -> str | None:
-        """Why the file's writer is not to be believed (None: it is swarm's own command)."""
+    def _disbelief(self, path: Path, pid: int, started: float) -> tuple[str | None, str | None]:
+        """Why the file's writer is not to be believed (None: it is swarm's own command).
+
+        With it, the task whose agent the writer is or descends from, if it is an agent's.
+        """
         try:
             process = psutil.Process(pid)
             if abs(starts.of(process) - started) > _SAME_START:
-                return f"its writer (pid {pid}) is gone"
+                return f"its writer (pid {pid}) is gone", None
             real = os.path.realpath(path)
             if not any(os.path.realpath(f.path) == real for f in process.open_files()):
-                return f"its writer (pid {pid}) does not hold it open"
+                return f"its writer (pid {pid}) does not hold it open", None
         except psutil.AccessDenied:
-            return f"its writer (pid {pid}) cannot be inspected"
+            return f"its writer (pid {pid}) cannot be inspected", None
         except psutil.Error:
-            return f"its writer (pid {pid}) is gone"
+            return f"its writer (pid {pid}) is gone", None
         owner = self._agents.owner_of(pid)
         if owner is not None:
-            return f"written from task {owner}'s agent"
-        return None
+            return f"written from task {owner}'s agent", owner
+        return None, None
+
+
+def _parsed(path: Path) -> tuple[int, float, list[RefMove], bool] | None:
+    """The announcement *path*: its writer's pid and start, its moves, whether it is done."""
+    try:
+        data = json.loads(fs.read_file(path))
+        pid, started = int(data["pid"]), float(data["started"])
+        moves = [(str(m["ref"]), _oid(m.get("old")), _oid(m.get("new"))) for m in data["moves"]]
+        return pid, started, moves, bool(data["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # being written (or not swarm's)
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Whether the process *pid* that started at *started* still runs."""
+    try:
+        return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 def _write_verdict(path: Path, text: str) -> None:

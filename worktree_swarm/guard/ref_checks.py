@@ -294,7 +294,11 @@ class RefChecks(Verdicts):
     ) -> Violation | None:
         exclude = () if where == MAIN else (where,)
         evidence = {self._evidence.pop(r, "") for r, _, _ in refs} - {""}
-        suspects = tuple(sorted(evidence)) or self._agents.suspects(window, exclude=exclude)
+        suspects = (
+            tuple(sorted(evidence))
+            or self._announced_by(refs)
+            or self._agents.suspects(window, exclude=exclude)
+        )
         patch = "".join(ref_patch(self.repo.root, r, b, a) for r, b, a in refs)
         found = Violation(number=0, where=where, refs=tuple(refs), suspects=suspects)
         restored = False
@@ -309,6 +313,19 @@ class RefChecks(Verdicts):
         if not suspects:
             return None  # moved while no agent ran: the user's own doing, not ours to undo
         return self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
+
+    def _announced_by(self, refs: list[RefMove]) -> tuple[str, ...]:
+        """The tasks whose agents announced exactly *refs*' moves (their `swarm merge`), if so.
+
+        Their announcement was refused (an agent's is never believed), yet it says whose the
+        moves are: the agents running beside them did not make them. Read again if need be:
+        it may have come after this scan read the announcements, before the move.
+        """
+        found = self._channel.blame(refs)
+        if not found:
+            self._hear()
+            found = self._channel.blame(refs)
+        return found
 
     def _keep_undone(self, commits: list[str], found: Violation) -> None:
         """Keep *commits* a put-back took off refs (your stash, a branch made meanwhile).
