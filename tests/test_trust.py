@@ -886,6 +886,9 @@ def test_swarm_run_by_an_agent_on_the_checkout_fails_that_agent_alone(
     assert [b for b in branches.splitlines() if "/hostile " not in b and "/innocent " not in b] == [
         f"refs/heads/swarm/a {tip_a}"
     ]
+    if command == "merge":  # its worktree stays, for `swarm clean` to save aside and remove
+        plan = swarm(repo, "clean", "--run", earlier).stdout
+        assert "save what it holds aside (its branch is gone), then remove it" in plan, plan
 
 
 # The merge's checks: the first (the target before any merge) passes at once, the next ones
