@@ -177,10 +177,9 @@ def paused_reason(run_dir: Path) -> str | None:
     return one_line(without_escapes(reason), controls=True) if isinstance(reason, str) else None
 
 
-def record_exception(log: Path, where: str) -> Path:
-    """Append the exception being handled, with its traceback, to *log*; returns *log*."""
-    _append(log, where, traceback.format_exc())
-    return log
+def record_exception(log: Path, where: str) -> bool:
+    """Append the exception being handled, with its traceback, to *log*: whether it could."""
+    return _append(log, where, traceback.format_exc())
 
 
 def thread_hook(log: Path) -> Callable[[threading.ExceptHookArgs], None]:
@@ -207,14 +206,14 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
 
-def _append(log: Path, where: str, text: str) -> None:
+def _append(log: Path, where: str, text: str) -> bool:
     last = text.rstrip().rpartition("\n")[2]  # the exception itself: `OSError: [Errno 24] ...`
-    _write_entry(
+    return _write_entry(
         log, f"{_stamp()} internal error in {where}\n{text}\n", f"internal error in {where}: {last}"
     )
 
 
-def _write_entry(log: Path, entry: str, line: str) -> None:
+def _write_entry(log: Path, entry: str, line: str) -> bool:
     """Append *entry* to *log*; where that fails, *line* (what it says, in one line) to stderr.
 
     Then the disk or the open-file limit refuses the log: stderr gets one line saying so, as
@@ -231,3 +230,5 @@ def _write_entry(log: Path, entry: str, line: str) -> None:
             refused = f"{refused}, a system limit ({limit})"
         said = one_line(without_escapes(line), controls=True)
         sys.stderr.write(f"swarm: {said}; cannot write it to {log}: {refused}\n")
+        return False
+    return True

@@ -427,8 +427,9 @@ class Runner:
         except SwarmError as exc:
             outcome = TaskOutcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
-            log = faults.record_exception(self.manager_log, threading.current_thread().name)
-            reason = f"internal error: {exc!r} (traceback in {log})"
+            kept = faults.record_exception(self.manager_log, threading.current_thread().name)
+            where = f"traceback in {self.manager_log}" if kept else "its traceback not written"
+            reason = f"internal error: {exc!r} ({where})"
             # Not EAGAIN: a lock taken without waiting says so too (a fork's is caught where
             # it starts a process).
             if isinstance(exc, OSError) and exc.errno in _FILE_LIMITS:
