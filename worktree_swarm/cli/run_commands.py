@@ -236,13 +236,13 @@ def _detach(
     # exactly this task list instead of reading manifests and GitHub again.
     repo.state_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="detached-", suffix=".json", dir=repo.state_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        saved = {"spec": json.loads(spec_to_json(spec)), "checkout": str(checkout), "base": base}
-        fh.write(json.dumps(saved))
     argv = ["--debug"] if ctx.obj["debug"] else []
     argv += ["-C", str(repo.root), "run", "--from-spec", name]
     argv += ["--json"] if as_json else []
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # a full disk: not left half written
+            saved = {"spec": json.loads(spec_to_json(spec)), "checkout": str(checkout)}
+            fh.write(json.dumps({**saved, "base": base}))
         pid, log = background.detach(repo, argv)
     except BaseException:
         Path(name).unlink(missing_ok=True)

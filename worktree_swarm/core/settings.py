@@ -4,7 +4,7 @@ A field declared with :func:`setting` is a key users can write. Its Setting says
 is (its Kind), where it may be written (its Scope), its command-line flag if it has one, and the
 line the docs show for it. Everything else is driven from these fields: the manifest's and the
 config file's keys and their validation (``config/settings.py``), the options of ``swarm run``
-(``cli.py``), the stored run settings (``RunSettings.to_json``) and the key tables of
+(``cli/options.py``), the stored run settings (``RunSettings.to_json``) and the key tables of
 ``docs/manifest.md`` (``config/doc_table.py``). Adding a setting is adding one field.
 """
 

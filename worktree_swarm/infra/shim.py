@@ -1,6 +1,6 @@
 """The agent shim: the parent of every agent, setup step, check and merge resolver.
 
-Run by :func:`worktree_swarm.supervisor.spawn` as ``python -I -S -c LAUNCH --swarm-shim
+Run by :func:`worktree_swarm.infra.supervisor.spawn` as ``python -I -S -c LAUNCH --swarm-shim
 --record FILE --grace SECONDS -- ARGV...``, where LAUNCH imports this file by its directory
 and calls :func:`run` (standard library only, so it starts in tens of milliseconds and
 whatever PYTHONPATH a task sets cannot break it; imported, not run as a script, so Python
