@@ -227,8 +227,13 @@ def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> 
     adopted = adopt(agent.identity, log_path=agent.log_path, started_at=agent.started_at)
     assert adopted.wait(timeout=0.05) is None  # still running: the timeout, then nothing
     assert adopted.alive()
+    waited: list[int | None] = []  # no timeout: until it ends, as our own child's wait
+    waiter = threading.Thread(target=lambda: waited.append(adopted.wait()))
+    waiter.start()
     for child in descendants(agent.identity):
         child.terminate()  # the agent ends: its shim records the status and exits
+    waiter.join(timeout=60)
+    assert waited == [-signal.SIGTERM]
     assert adopted.wait(timeout=60) == -signal.SIGTERM
     assert not adopted.alive()
     assert agent.wait(timeout=30) == -signal.SIGTERM  # our child: reaped, its code recorded

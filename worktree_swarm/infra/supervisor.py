@@ -160,8 +160,11 @@ class AdoptedProcess:
     record: Path | None = None
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait up to *timeout* for the process to end; its recorded exit code, if any."""
-        _wait_for_end(self.identity, timeout or 0.0)
+        """Wait up to *timeout* (None: until it ends) for the process; its recorded exit code."""
+        if timeout is not None:
+            _wait_for_end(self.identity, timeout)
+        while timeout is None and is_alive(self.identity):
+            _wait_for_end(self.identity, _KILL_TIMEOUT)
         if is_alive(self.identity) or self.record is None:
             return None
         recorded = read_record(self.record)
