@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -564,6 +565,14 @@ def test_work_of_yours_and_of_tasks_comes_back_with_the_guards_files_on_another_
         assert guard.drain_failures() == []
         assert git(repo, "log", "--format=%s", "swarm/done") == "done.txt\ninitial"
         assert git(repo, "fsck", "--no-dangling") == ""
+        # Packed again with the same content (a branch at a commit yours reach, a retry): one
+        # pack, kept as git keeps it; a second one stopped the scan (FileExistsError).
+        packs = work / "guard" / "packs"
+        for _ in range(2):
+            integrity.keep(repo, repo / ".git", packs, ["main"], ["main"])
+        kept = sorted(packs.glob("keep-*"))
+        assert [p.suffix for p in kept] == [".idx", ".pack"]
+        assert {stat.S_IMODE(p.stat().st_mode) for p in kept} == {0o444}
     finally:
         guard.close()
         shutil.rmtree(work)

@@ -95,7 +95,12 @@ def keep(
         try:
             runner.run_into(root, out.file, "pack-objects", "--revs", "--stdout", input_text=revs)
             name = runner.run(root, "index-pack", "--no-rev-index", str(temp)).stdout.strip()
-            os.link(temp, pack_dir / f"keep-{name}.pack")
+            if (pack_dir / f"keep-{name}.idx").exists():
+                return  # the same objects kept already (as git takes an existing pack)
+            os.chmod(temp, 0o444)  # noqa: PTH101 - as git leaves a pack
+            os.chmod(temp.with_suffix(".idx"), 0o444)  # noqa: PTH101
+            with contextlib.suppress(FileExistsError):  # a .pack whose .idx never came
+                os.link(temp, pack_dir / f"keep-{name}.pack")
             temp.with_suffix(".idx").rename(pack_dir / f"keep-{name}.idx")  # the .idx last
         finally:
             temp.with_suffix(".idx").unlink(missing_ok=True)
