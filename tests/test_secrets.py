@@ -586,6 +586,27 @@ def test_a_token_as_a_urls_user_name_is_redacted_where_an_agent_prints_it(
             assert token.encode() not in file.read_bytes(), file
 
 
+def test_a_copy_files_token_user_name_is_redacted_where_an_agent_prints_it_bare(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Known as a copy file's secret under a name no secret word was in: never redacted.
+    token = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c"  # noqa: S105 - a fake
+    (repo / ".env").write_text(f"MIRROR=https://{token}@git.example/acme/w.git\n")
+    agent = write_agent(
+        "import pathlib, sys\n"
+        "user = pathlib.Path('.env').read_text().split('//')[1].split('@')[0]\n"
+        "sys.exit(f'fatal: authentication failed for user {user}')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\ncopy = [".env"]\n[[task]]\nid = "a"\n'
+    swarm(repo, "run", manifest(repo, text + 'prompt = "x"\n'))
+    row = status_json(repo)["a"]
+    assert f"authentication failed for user {REDACTED}" in str(row["reason"]), row
+    assert f"user {REDACTED}" in swarm(repo, "logs", "a").stdout
+    for file in (repo / ".git" / "swarm").rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            assert token.encode() not in file.read_bytes(), file
+
+
 @pytest.mark.parametrize(
     ("text", "found"),
     [
@@ -598,9 +619,11 @@ def test_a_token_as_a_urls_user_name_is_redacted_where_an_agent_prints_it(
         ("U=amqp://u:p@ss'w0rd@h:5672/v\n", [("a URL's password", "p@ss'w0rd")]),
         ("U=imap://me@corp.example:x7y8z9w0v@h\n", [("a URL's password", "x7y8z9w0v")]),
         (
-            "U=https://0a1b2c3d4e5f0a1b2c3d4e5f@git.example/a https://git@git.example/b\n",
-            [("a URL's user name", "0a1b2c3d4e5f0a1b2c3d4e5f")],
+            "U=https://0a1b2c3d4e5f0a1b2c3d4e5f0a1b2c3d@git.example/a https://git@git.example/b\n",
+            [("a URL's user name (a token)", "0a1b2c3d4e5f0a1b2c3d4e5f0a1b2c3d")],
         ),
+        # An account's name, however long, is no key: a GRANT naming it is no leak.
+        ("DATABASE_URL=postgres://warehouse_loader_2024@db:5432/dw\n", []),
         (
             'GPG_PASSPHRASE="correct horse battery staple 42"\n',
             [("GPG_PASSPHRASE", "correct horse battery staple 42")],

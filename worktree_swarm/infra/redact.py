@@ -134,7 +134,7 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
     password, and it looks made up rather than a word: at least 8 characters with a letter and
     a digit, or at least 16 (``POSTGRES_PASSWORD=postgres`` is the name of half a
     docker-compose file, not a secret worth refusing a branch over); and a URL's user name
-    that is a token.
+    that is a key (a known format, or 32 characters or more with a letter and a digit).
     """
     found: list[tuple[str, str]] = []
     for m in _SETTING.finditer(text):
@@ -142,16 +142,28 @@ def file_secrets(text: str) -> list[tuple[str, str]]:
         if is_secret_name(name) and _made_up(value):
             found.append((name, value))
     for m in _URL_USERINFO.finditer(text):
-        if _is_token_user(m.group("user")):
-            found.append(("a URL's user name", m.group("user")))
+        if _is_key_user(m.group("user")):
+            found.append(("a URL's user name (a token)", m.group("user")))
         if _made_up(password := m.group("password") or ""):
             found.append(("a URL's password", password))
     return found
 
 
 def _is_token_user(user: str) -> bool:
-    """Whether a URL's user name *user* is a credential (a token), not a name."""
+    """Whether a URL's user name *user* may be a credential (a token): hidden where shown."""
     return _TOKEN_USER.fullmatch(user) is not None or _SHAPES_RE.fullmatch(user) is not None
+
+
+# A local file's URL user name is a secret that refuses a branch from this length on (with a
+# letter and a digit), or in a known format: `warehouse_loader_2024` is an account's name.
+_KEY_USER_LEN = 32
+
+
+def _is_key_user(user: str) -> bool:
+    """Whether a local file's URL user name *user* is a key (a secret to keep off branches)."""
+    if _SHAPES_RE.fullmatch(user) is not None:
+        return True
+    return len(user) >= _KEY_USER_LEN and _TOKEN_USER.fullmatch(user) is not None
 
 
 # A local file's value is taken for a credential from this length with a letter and a digit,
