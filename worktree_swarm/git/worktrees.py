@@ -796,8 +796,8 @@ def prune_gone(repo: Repo) -> None:
                 top = Path(os.fsdecode(fs.read_file(admin / "gitdir")).strip()).parent
                 if fs.sealed(top):
                     with lock.open("x", encoding="utf-8") as out:
+                        held.append(lock)  # made: taken off after, however its write ends
                         out.write(_HELD)
-                    held.append(lock)
         git(repo.root, "worktree", "prune")
     finally:
         for lock in held:
