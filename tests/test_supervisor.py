@@ -242,6 +242,26 @@ def test_an_adopted_agent_is_waited_for_until_it_ends(start, tmp_path: Path) -> 
     assert gone.wait(timeout=30) == -signal.SIGTERM
 
 
+def test_a_process_an_older_swarm_recorded_by_psutils_clock_is_still_known(
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # swarm before the kept boot time recorded psutil's start time; with the wall clock
+    # stepped since the boot time was kept (31 s on a VM), a live manager or agent of such a
+    # swarm was taken for gone after an upgrade: its store upgraded under it, its agents killed.
+    monkeypatch.setattr(starts, "_boot", psutil.boot_time() - 31.0)
+    agent = start(f"publish({str(tmp_path / 'ready')!r}, 1)\nimport time\ntime.sleep(3600)\n")
+    read_pid(tmp_path / "ready")
+    pid = agent.identity.pid
+    legacy = replace(agent.identity, create_time=psutil.Process(pid).create_time())
+    assert abs(legacy.create_time - starts.start_time(pid)) > 30  # the two clocks differ
+    assert is_alive(legacy)
+    assert is_alive(agent.identity)
+    # Another process's start, in either reading, is no match (a PID reused).
+    assert not is_alive(replace(legacy, create_time=legacy.create_time - 15))
+    kill_tree(agent.identity, grace=5)
+    assert not is_alive(legacy)
+
+
 def test_is_alive_false_after_exit(start) -> None:
     agent = start("pass\n")
     assert agent.wait(timeout=30) == 0

@@ -166,15 +166,23 @@ def _shim_grace(proc: psutil.Process) -> float | None:
 
 
 def _matching(identity: ProcessIdentity) -> psutil.Process | None:
-    """Return the process *identity* names (possibly a zombie), or None if the PID was reused."""
+    """Return the process *identity* names (possibly a zombie), or None if the PID was reused.
+
+    Its start is compared as swarm records it (the boot time kept for this boot), and also as
+    psutil reads it now: swarm before the kept boot time recorded that, and a manager or an
+    agent of such a swarm still running after an upgrade must not be taken for gone (the two
+    differ by every step of the wall clock since the boot time was kept).
+    """
     try:
         proc = psutil.Process(identity.pid)
         create_time = starts.of(proc)
+        if abs(create_time - identity.create_time) <= CREATE_TIME_TOLERANCE:
+            return proc
+        if abs(proc.create_time() - identity.create_time) <= CREATE_TIME_TOLERANCE:
+            return proc
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    if abs(create_time - identity.create_time) > CREATE_TIME_TOLERANCE:
-        return None
-    return proc
+    return None
 
 
 def _running(proc: psutil.Process) -> bool:
