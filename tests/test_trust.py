@@ -3373,3 +3373,72 @@ def test_a_checks_write_into_your_checkout_fails_its_task_before_its_dependent_s
     assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
     assert rows["b"]["state"] == "blocked", rows["b"]
     assert (repo / "README.md").read_text() == readme
+
+
+# -- a daemon of an agent's that speaks for swarm ---------------------------------------------
+
+# Double-forks, with a session of its own between; the daemon announces a move of the ref
+# argv[2] as swarm's own commands do (holding the file open, naming itself), makes it, and
+# writes the guard's verdict (or "none") to argv[3] (the commit it moved it to beside it, as
+# `.new`). The agent waits for that, then ends.
+DAEMON_ANNOUNCES = r"""
+import json, os, pathlib, subprocess, sys, time
+import psutil
+from worktree_swarm.infra import starts
+repo, ref, out = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+pathlib.Path('work.txt').write_text('own work\n')
+def git(*args):
+    return subprocess.run(['git', '-C', str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+old = git('rev-parse', ref)
+new = git('commit-tree', git('rev-parse', ref + '^{tree}'), '-p', old, '-m', 'evil')
+out.with_suffix('.new').write_text(new)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        me = psutil.Process()
+        where = repo / '.git' / 'swarm' / 'ref-moves'
+        where.mkdir(parents=True, exist_ok=True)
+        own = where / f'{me.pid}-daemon.json'
+        verdict = own.with_name(own.name + '.verdict')
+        with own.open('w') as held:
+            held.write(json.dumps({'pid': me.pid, 'started': starts.of(me), 'done': True,
+                                   'moves': [{'ref': ref, 'old': old, 'new': new}]}))
+            held.flush()
+            git('update-ref', ref, new, old)
+            deadline = time.time() + 60
+            while time.time() < deadline and not verdict.exists():
+                time.sleep(0.05)
+        out.write_text(verdict.read_text().strip() if verdict.exists() else 'none')
+    os._exit(0)
+os.wait()
+deadline = time.time() + 90
+while time.time() < deadline and not out.exists():
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("target", ["refs/heads/stable", "refs/heads/swarm/victim"])
+def test_a_daemon_an_agent_double_forks_does_not_speak_for_swarm(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, target: str
+) -> None:
+    # Re-parented to the agent's shim (a child subreaper), not to init: still the agent's.
+    git(repo, "branch", "stable")
+    victim = write_agent("import pathlib\npathlib.Path('victim.txt').write_text('v\\n')\n")
+    verdict = tmp_path / "verdict"
+    bad = [*write_agent(DAEMON_ANNOUNCES), str(repo), target, str(verdict)]
+    path = one_after_another(repo, [("victim", victim), ("bad", bad)])
+    before = repo_state(repo)
+    swarm(repo, "run", path)
+    assert verdict.read_text() == "refused: written from task bad's agent"
+    row = status_json(repo)["bad"]
+    name = target.removeprefix("refs/heads/")
+    assert row["state"] == "failed", row
+    assert f"wrote outside its worktree: {name} moved; restored" in str(row["reason"]), row
+    (write,) = outside_writes(repo)
+    assert write["suspects"] == ["bad"]
+    new = verdict.with_suffix(".new").read_text()
+    assert write["refs"] == [
+        {"ref": target, "before": git(repo, "rev-parse", target), "after": new}
+    ]
+    assert repo_state(repo) == before
