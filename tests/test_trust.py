@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import filelock
+import psutil
 import pytest
 
 from tests.conftest import git, git_first_on_path, make_repo
@@ -3442,3 +3443,63 @@ def test_a_daemon_an_agent_double_forks_does_not_speak_for_swarm(
         {"ref": target, "before": git(repo, "rev-parse", target), "after": new}
     ]
     assert repo_state(repo) == before
+
+
+# Started as this guard's child (as the shim server adopts what an agent that killed its own
+# shim leaves), or detached from it (a double fork) with a task shim's mark; then as
+# ANNOUNCE_AND_MOVE, its pid in `pid`.
+DETACHED = r"""
+import os, pathlib, sys
+ctrl = pathlib.Path(sys.argv[3])  # ANNOUNCE_AND_MOVE's own: after its script and repo
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        (ctrl / 'pid.tmp').write_text(str(os.getpid()))
+        os.replace(ctrl / 'pid.tmp', ctrl / 'pid')
+        os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+    os._exit(0)
+os.wait()
+"""
+
+
+@pytest.mark.parametrize("where", ["below-the-guard", "marked"])
+def test_an_announcement_from_a_task_program_swarm_lost_track_of_is_not_believed(
+    tmp_path: Path, where: str
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    made = git(repo, "commit-tree", tree, "-p", tip, "-m", "evil")
+    opened = open_repo(repo)
+    guard = Guard(opened, work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    script = tmp_path / "announce.py"
+    script.write_text(ANNOUNCE_AND_MOVE)
+    args = [str(script), str(repo), str(ctrl), tip, made, made]
+    env = {**os.environ, "SWARM_SHIM": str(opened.state_dir / "runs" / "r" / "t" / "record")}
+    if where == "marked":
+        (tmp_path / "detach.py").write_text(DETACHED)
+        subprocess.run([sys.executable, str(tmp_path / "detach.py"), *args], env=env, check=True)
+        wait_for((ctrl / "pid").exists, what="the detached announcer")
+        announcer = psutil.Process(int((ctrl / "pid").read_text()))
+    else:
+        announcer = psutil.Popen([sys.executable, *args])
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("x", identity_of(agent.pid))  # the agent whose shim is gone
+        (ctrl / "go").touch()
+        wait_for((ctrl / "ready").exists, what="the announced move")
+        found = guard.scan()
+        (ctrl / "stop").touch()
+        announcer.wait(timeout=60)
+    finally:
+        for proc in (announcer, agent):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        agent.wait()
+    assert [(v.refs, v.suspects, v.restored) for v in found] == [
+        ((("refs/heads/stable", tip, made),), ("x",), True)
+    ]
+    assert git(repo, "rev-parse", "stable") == tip

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.infra import shim
 
 _MTIME_SLACK = 1.0
 
@@ -95,7 +96,11 @@ class Agents:
         return tuple(alive)
 
     def owner_of(self, pid: int) -> str | None:
-        """The task whose running agent *pid* is, or descends from (None: no agent's)."""
+        """The task whose running agent *pid* is, or descends from (None: no agent's).
+
+        An agent's identity is its shim's, a child subreaper: a daemon it double-forks is
+        re-parented to the shim and still descends from it.
+        """
         running = {a.identity.pid: t for t, a in self._now().items() if a.identity is not None}
         try:
             chain = [psutil.Process(pid), *psutil.Process(pid).parents()]
@@ -112,6 +117,29 @@ class Agents:
                 t: _Agent(intervals=[list(i) for i in a.intervals], identity=a.identity)
                 for t, a in self._agents.items()
             }
+
+
+def task_program(pid: int, state_dir: Path) -> str | None:
+    """Why *pid* is a program swarm started for a task, or left behind by one (None: not so).
+
+    Such a program is below this process (the manager, or the `swarm merge` whose guard
+    asks): the server that forks the shims is its child, and takes in what an agent that
+    killed its own shim leaves. Or it carries the ``SWARM_SHIM`` mark of a shim whose record
+    is in *state_dir*, wherever it went. Which task it is, neither tells for sure (the mark
+    can be set to another's), nor whether the process is swarm's own command: that runs in
+    this process, or is the user's, in neither place.
+    """
+    try:
+        process = psutil.Process(pid)
+        if os.getpid() in {p.pid for p in process.parents()}:
+            return "was started under swarm's own process, for a task"
+        mark = process.environ().get(shim.ENV_VAR)
+    except (psutil.Error, OSError):
+        return None
+    own = Path(os.path.realpath(state_dir))
+    if mark and Path(os.path.realpath(mark)).is_relative_to(own):
+        return "descends from a task's shim"
+    return None
 
 
 def has_process_in(identity: ProcessIdentity, root: Path) -> bool:

@@ -5,12 +5,14 @@ naming the refs it is about to move and their current values, and keeps that fil
 done, it writes each ref's new value into the same file and, while a run's manager is alive,
 waits for the guard's verdict (``<name>.verdict``). The guard believes a file only if its
 writer is alive (same process start time), holds the file open itself, and is not an agent of
-the run or a descendant of one; then it leaves the named refs alone while the writer works
-and accepts exactly the named moves, ``old`` -> ``new``. Any other move of those refs, and
-any move named by a file it does not believe, is judged like every other ref move. A file
-refused because an agent's process wrote it (its `swarm merge` on your checkout) is still
-read until it is done: the moves it covers are blamed on that agent's task alone
-(:meth:`Channel.blame`), not on every agent running meanwhile.
+the run or a descendant of one, nor any other program swarm started for a task or one such
+left behind (:func:`~worktree_swarm.guard.attribution.task_program`); then it leaves the
+named refs alone while the writer works and accepts exactly the named moves, ``old`` ->
+``new``. Any other move of those refs, and any move named by a file it does not believe, is
+judged like every other ref move. A file refused because an agent's process wrote it (its
+`swarm merge` on your checkout) is still read until it is done: the moves it covers are
+blamed on that agent's task alone (:meth:`Channel.blame`), not on every agent running
+meanwhile.
 
 A guard that only listens (a `swarm merge`'s, which scans only after each of its programs)
 says so with ``<pid>-<token>.listening``, held open while it listens, reads the files while
@@ -38,7 +40,7 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.attribution import Agents, task_program
 from worktree_swarm.guard.model import RefMove
 from worktree_swarm.infra import fs, lock, starts
 
@@ -537,6 +539,9 @@ class Channel:
         owner = self._agents.owner_of(pid)
         if owner is not None:
             return f"written from task {owner}'s agent", owner
+        program = task_program(pid, self._dir.parent)
+        if program is not None:
+            return f"its writer (pid {pid}) {program}", None
         return None, None
 
 
