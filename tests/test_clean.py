@@ -45,7 +45,7 @@ from tests.test_run import (
     written,
 )
 from tests.test_trust import CHECK_THEN_WAIT, outside_writes
-from worktree_swarm.cleanup import fixes
+from worktree_swarm.cleanup import branches, findings, fixes
 from worktree_swarm.git import repo as g
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report.status import open_store
@@ -1330,9 +1330,9 @@ def test_a_stale_prune_never_touches_a_checkout_that_came_back(repo: Path, tmp_p
     r = g.open_repo(repo)
     path = tmp_path / "wt" / "back"
     git(repo, "worktree", "add", "-q", "-b", "back", str(path))
-    stale = fixes.Finding(
-        kind=fixes.Kind.WORKTREE, target=str(path), reason="its directory is gone",
-        action=fixes.Action.PRUNE, fix="prune it from git's worktree list",
+    stale = findings.Finding(
+        kind=findings.Kind.WORKTREE, target=str(path), reason="its directory is gone",
+        action=findings.Action.PRUNE, fix="prune it from git's worktree list",
     )  # fmt: skip
     (result,) = fixes.apply(r, [stale], store=None, force=False)
     assert not result.fixed
@@ -1350,28 +1350,28 @@ def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> Non
     dead = subprocess.Popen([*agent_python(), "-c", "pass"])
     dead.wait(timeout=30)
 
-    def finding(action: fixes.Action, target: Path | str, **more: object) -> fixes.Finding:
-        return fixes.Finding(
-            kind=fixes.Kind.WORKTREE, target=str(target), reason="planned earlier",
+    def finding(action: findings.Action, target: Path | str, **more: object) -> findings.Finding:
+        return findings.Finding(
+            kind=findings.Kind.WORKTREE, target=str(target), reason="planned earlier",
             action=action, fix="", **more,  # type: ignore[arg-type]
         )  # fmt: skip
 
     stale = {
-        "the main checkout": finding(fixes.Action.REMOVE_WORKTREE, repo),
+        "the main checkout": finding(findings.Action.REMOVE_WORKTREE, repo),
         "no longer locked": finding(
-            fixes.Action.REMOVE_INITIALIZING, live, admin_dir=str(g.git_dir(live))
+            findings.Action.REMOVE_INITIALIZING, live, admin_dir=str(g.git_dir(live))
         ),
-        "now a registered worktree": finding(fixes.Action.RESCUE_DIRECTORY, live),
-        "already gone": finding(fixes.Action.RESCUE_DIRECTORY, tmp_path / "nothing"),
+        "now a registered worktree": finding(findings.Action.RESCUE_DIRECTORY, live),
+        "already gone": finding(findings.Action.RESCUE_DIRECTORY, tmp_path / "nothing"),
         "this process or its parent": finding(
-            fixes.Action.KILL,
+            findings.Action.KILL,
             f"pid {me.pid}",
             pid=me.pid,
             create_time=me.create_time(),
             pgid=os.getpgid(me.pid),
         ),
-        "no process identity": finding(fixes.Action.KILL, "pid ?"),
-        "no run recorded": finding(fixes.Action.STOP_TASK, "task x", run_id="r", task_id="x"),
+        "no process identity": finding(findings.Action.KILL, "pid ?"),
+        "no run recorded": finding(findings.Action.STOP_TASK, "task x", run_id="r", task_id="x"),
     }
     before = checkout_state(repo), checkout_state(live)
     results = fixes.apply(r, list(stale.values()), store=None, force=False)
@@ -1384,7 +1384,7 @@ def test_a_stale_plan_never_destroys_anything(repo: Path, tmp_path: Path) -> Non
     assert str(live) in worktree_paths(repo)
     # A process that ended is not looked for again under a PID someone else may have now.
     gone = finding(
-        fixes.Action.KILL, f"pid {dead.pid}", pid=dead.pid, create_time=1.0, pgid=dead.pid
+        findings.Action.KILL, f"pid {dead.pid}", pid=dead.pid, create_time=1.0, pgid=dead.pid
     )
     (res,) = fixes.apply(r, [gone], store=None, force=False)
     assert res.detail == "already gone"
@@ -1394,11 +1394,11 @@ def _branches(repo: Path) -> list[str]:
     return git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split()
 
 
-def _branch_findings(repo: Path, names: list[str], **more: object) -> list[fixes.Finding]:
+def _branch_findings(repo: Path, names: list[str], **more: object) -> list[findings.Finding]:
     return [
-        fixes.Finding(
-            kind=fixes.Kind.BRANCH, target=name, reason="planned earlier",
-            action=fixes.Action.DELETE_BRANCH, fix="delete it", branch=name,
+        findings.Finding(
+            kind=findings.Kind.BRANCH, target=name, reason="planned earlier",
+            action=findings.Action.DELETE_BRANCH, fix="delete it", branch=name,
             **more,  # type: ignore[arg-type]
         )
         for name in names
@@ -1598,8 +1598,8 @@ def test_remote_branches_are_deleted_only_where_they_were_left(repo: Path, tmp_p
     r = g.open_repo(repo)
     moved = git(repo, "rev-parse", "HEAD")
 
-    def finding(branch: str, url: str) -> fixes.Finding:
-        return fixes.remote_branch_finding(
+    def finding(branch: str, url: str) -> findings.Finding:
+        return branches.remote_branch_finding(
             branch=branch, remote="origin", url=url, tip=tip, reason="done",
             run_id="r1", task_id=branch.removeprefix("swarm/"),
         )  # fmt: skip
@@ -1624,7 +1624,7 @@ def test_a_token_in_a_remote_branchs_url_is_in_nothing_clean_says(repo: Path) ->
     # `--json` remote and the line saying the remote cannot be reached all showed the token.
     token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
     url = f"https://{token}@127.0.0.1:9/acme/w.git"
-    found = fixes.remote_branch_finding(
+    found = branches.remote_branch_finding(
         branch="swarm/a", remote=url, url=url, tip="1" * 40, reason="done", run_id="r1",
         task_id="a",
     )  # fmt: skip

@@ -15,30 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.agents import claude_auth
-from worktree_swarm.cleanup.fixes import (
+from worktree_swarm.cleanup.branches import (
     LOCAL_KEPT,
-    RESCUE_PREFIX,
-    Action,
-    Finding,
-    Kind,
     Merged,
-    Result,
-    apply,
-    describe,
-    kill_finding,
-    locked_missing,
     merge_targets,
     merged_into,
     open_pull_request,
-    processes_using,
-    ref_move_notes,
     remote_branch_finding,
+    with_base,
+)
+from worktree_swarm.cleanup.findings import Action, Finding, Kind, Result
+from worktree_swarm.cleanup.fixes import (
+    RESCUE_PREFIX,
+    apply,
+    locked_missing,
+    ref_move_notes,
     sealed_worktree,
     stale_git_locks,
-    with_base,
     worktree_dirty,
     worktree_finding,
 )
+from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, GitError
 from worktree_swarm.core.models import (

@@ -4,27 +4,34 @@ A plan is a list of :class:`Finding` objects, each naming its target, the reason
 ``--yes`` does about it. :func:`apply` carries a plan out under the repository lock in a safe
 order (stop processes, remove stale git locks, checkpoint and remove worktrees, prune, delete
 branches), re-checking each finding first, so a stale plan never destroys anything.
-
-"Merged" means: the branch tip is an ancestor (``git merge-base --is-ancestor``) of the branch
-the main checkout is on (its HEAD commit when detached) or of the run's base commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
 import itertools
 import os
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
+from worktree_swarm.cleanup.branches import (
+    _delete_branches,
+    _delete_remote_branches,
+    on_no_ref,
+)
+from worktree_swarm.cleanup.findings import Action, Finding, Kind, Result
+from worktree_swarm.cleanup.processes import (
+    adding_process,
+    describe,
+    git_users,
+    processes_using,
+    protected_pids,
+    repo_paths,
+)
 from worktree_swarm.core.errors import CommandError, GitError, SwarmError
 from worktree_swarm.core.models import (
     DEFAULT_COMMIT_AUTHOR,
@@ -42,7 +49,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
-from worktree_swarm.infra import fs, lock, proc_scan, proctree
+from worktree_swarm.infra import fs, lock, proctree
 from worktree_swarm.infra.store import Store, TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 from worktree_swarm.run import control
@@ -50,215 +57,12 @@ from worktree_swarm.run import control
 AUTHOR = DEFAULT_COMMIT_AUTHOR
 RESCUE_PREFIX = worktrees.RESCUE_PREFIX
 _REMOVERS = max(2, min(8, os.cpu_count() or 1))  # worktrees removed at once
-# Why a remote branch was left: its local branch was (it moved), so nothing is to retry later.
-LOCAL_KEPT = "its local branch was kept; kept there too"
-
-
-class Kind(enum.StrEnum):
-    """What a finding is about."""
-
-    PROCESS = "process"
-    LOCK = "lock"
-    REF = "ref"
-    WORKTREE = "worktree"
-    DIRECTORY = "directory"
-    FOREIGN_WORKTREE = "foreign_worktree"
-    BRANCH = "branch"
-    REMOTE_BRANCH = "remote_branch"
-    NODE_CLONE = "node_clone"
-
-
-class Action(enum.StrEnum):
-    """What ``--yes`` does about a finding; declaration order is the order they are applied."""
-
-    STOP_TASK = "stop_task"
-    KILL = "kill"
-    UNLINK_LOCK = "unlink_lock"
-    MEND_REF = "mend_ref"
-    FORGET_REF_MOVES = "forget_ref_moves"
-    REMOVE_WORKTREE = "remove_worktree"
-    REMOVE_INITIALIZING = "remove_initializing"
-    RESCUE_DIRECTORY = "rescue_directory"
-    PRUNE = "prune"
-    DELETE_BRANCH = "delete_branch"
-    DELETE_REMOTE_BRANCH = "delete_remote_branch"
-    REMOVE_NODE_CLONE = "remove_node_clone"
-    KEEP = "keep"
 
 
 _ORDER = {action: index for index, action in enumerate(Action)}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Finding:
-    """One thing to clean: what, why, and what ``--yes`` does (``fix``).
-
-    ``problem`` is False for informational entries (an unmerged task branch kept on purpose);
-    those never make the exit code 1.
-    """
-
-    kind: Kind
-    target: str
-    reason: str
-    action: Action
-    fix: str
-    problem: bool = True
-    run_id: str | None = None
-    task_id: str | None = None
-    pid: int | None = None
-    create_time: float | None = None
-    pgid: int | None = None
-    branch: str | None = None
-    admin_dir: str | None = None
-    merged_into: tuple[str, ...] = ()
-    node: str | None = None  # a Ray node's name (executor `ray`)
-    remote: str | None = None  # remote_branch: the URL of the remote it is on
-    remote_tip: str | None = None  # remote_branch: the commit it is deleted at, and only at
-
-    def to_json(self) -> dict[str, object]:
-        """Plain dict for ``--json``."""
-        data = asdict(self)
-        data["merged_into"] = list(self.merged_into)
-        if self.remote is not None:  # as git shows it: its user info can be a token
-            data["remote"] = git.strip_userinfo(self.remote)
-        return data
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Result:
-    """What applying one finding did."""
-
-    finding: Finding
-    fixed: bool
-    detail: str
-    checkpoint: str | None = None
-
-
 # -- shared git and process helpers -------------------------------------------------------
-
-
-def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
-    """What a branch may be merged into (a task merged into any of these counts as merged).
-
-    The main checkout's branch (or HEAD), the run base, and `swarm merge`'s integration branches.
-    """
-    branch = git.current_branch(repo)
-    targets = [f"refs/heads/{branch}" if branch else git.head_commit(repo)]
-    integration = git.git(
-        repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*"
-    )
-    targets.extend(integration.split())
-    return list(with_base(targets, base_commit))
-
-
-def with_base(targets: Sequence[str], base_commit: str | None) -> tuple[str, ...]:
-    """*targets* (of :func:`merge_targets` without a base) with a run's base second."""
-    if not base_commit:
-        return tuple(targets)
-    return (*targets[:1], base_commit, *targets[1:])
-
-
-def merged_into(repo: git.Repo, rev: str, targets: tuple[str, ...] | list[str]) -> str | None:
-    """Return the first of *targets* that *rev* is an ancestor of, shortened, or None."""
-    for target in targets:
-        res = runner.run(repo.root, "merge-base", "--is-ancestor", rev, target, check=False)
-        if res.returncode == 0:
-            return _short(target)
-    return None
-
-
-def _short(target: str) -> str:
-    return target.removeprefix("refs/heads/") if target.startswith("refs/") else target[:12]
-
-
-class Merged:
-    """:func:`merged_into` for many branch tips: one git process per target, not per branch."""
-
-    def __init__(self, repo: git.Repo) -> None:
-        self.repo = repo
-        self._sets: dict[str, set[str]] = {}
-
-    def into(self, tip: str, targets: tuple[str, ...] | list[str]) -> str | None:
-        """The first of *targets* whose history has the branch tip *tip*, shortened, or None."""
-        for target in targets:
-            if target not in self._sets:
-                self._sets[target] = git.merged_tips(self.repo, target)
-            if tip in self._sets[target]:
-                return _short(target)
-        return None
-
-
-def on_no_ref(repo: git.Repo, commit: str) -> bool:
-    """Whether *commit* is reachable from no branch, tag, remote branch or rescue ref.
-
-    Not remote branches while a run goes on: an agent may have set one to any commit, and
-    the run's guard puts them back (deletes a new one) when the run ends.
-    """
-    remotes = () if lock.manager_alive(repo.state_dir) else ("--remotes",)
-    out = git.git(
-        repo.root, "rev-list", "-n1", commit, "--not",
-        "--branches", "--tags", *remotes, "--glob=refs/swarm/*",
-    )  # fmt: skip
-    return bool(out.strip())
-
-
-@functools.cache
-def protected_pids() -> frozenset[int]:
-    """PIDs never signalled: this process and its ancestors (the user's shell)."""
-    me = psutil.Process()
-    return frozenset({me.pid, *(p.pid for p in me.parents())})
-
-
-# How long a git left working in a worktree by a swarm command that was killed may take to end.
-_ORPHAN_GIT_SECONDS = 10.0
-
-
-def processes_using(path: Path, cwds: Mapping[int, str] | None = None) -> list[psutil.Process]:
-    """Processes whose cwd is inside *path*, other than this one and its ancestors.
-
-    *cwds*: a snapshot of every process's (:func:`proc_scan.working_directories`) to look in.
-    A git whose parent is gone (a checkpoint's `git add` or `commit` of a `swarm clean` that
-    was killed) is waited for, for a few seconds: it ends by itself, and is no user's.
-    """
-    keep = protected_pids()
-    found = [p for p in proc_scan.processes_in(path, cwds=cwds) if p.pid not in keep]
-    orphans = [p for p in found if _orphaned_git(p)]
-    if orphans:
-        gone, _alive = psutil.wait_procs(orphans, timeout=_ORPHAN_GIT_SECONDS)
-        found = [p for p in found if p not in gone]
-    return found
-
-
-def _orphaned_git(process: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return process.name() == "git" and process.ppid() == 1
-    return False
-
-
-def describe(process: psutil.Process) -> str:
-    """``name (pid N)``."""
-    try:
-        name = process.name()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        name = "?"
-    return f"{name} (pid {process.pid})"
-
-
-def kill_finding(process: psutil.Process, *, reason: str, fix: str) -> Finding | None:
-    """A KILL finding for *process* with its identity (None when it is already gone)."""
-    identity = proctree.found_identity(process)
-    if identity is None:
-        return None
-    return Finding(
-        kind=Kind.PROCESS,
-        target=f"pid {identity.pid}",
-        reason=reason,
-        action=Action.KILL,
-        fix=fix,
-        pid=identity.pid,
-        create_time=identity.create_time,
-        pgid=identity.pgid,
-    )
 
 
 def locked_missing(
@@ -362,53 +166,6 @@ def worktree_finding(
         branch=info.branch, run_id=run_id, task_id=task_id,
     )  # fmt: skip
     return finding, dirty
-
-
-def remote_branch_finding(
-    *,
-    branch: str,
-    remote: str,
-    url: str,
-    tip: str,
-    reason: str,
-    run_id: str,
-    task_id: str,
-    pull_request: int | None = None,
-) -> Finding:
-    """Plan deleting *branch* on *remote* (*url*), which a Ray run pushed, if still at *tip*.
-
-    *tip* is the last commit the run pushed there or fetched from there: a branch someone
-    moved since is left. Only planned with the deletion of its local branch (or after one).
-    One an open *pull_request* (`swarm pr`) may come from is kept: deleting it closes it.
-    """
-    finding = Finding(
-        kind=Kind.REMOTE_BRANCH,
-        target=f"{branch} on {git.strip_userinfo(remote)}",
-        reason=reason,
-        action=Action.DELETE_REMOTE_BRANCH,
-        fix=f"delete it there if it is still at {tip[:12]}",
-        branch=branch,
-        run_id=run_id,
-        task_id=task_id,
-        remote=url,
-        remote_tip=tip,
-    )
-    if pull_request is None:
-        return finding
-    return dataclasses.replace(
-        finding,
-        reason=f"{reason}; pull request #{pull_request} was opened from it",
-        action=Action.KEEP,
-        fix="kept: deleting it would close the pull request; delete it there once closed",
-        problem=False,
-    )
-
-
-def open_pull_request(row: TaskRow) -> int | None:
-    """The number of the pull request `swarm pr` opened for *row*'s branch, unless closed."""
-    if row.pr_number is None or (row.pr_state or "open") != "open":
-        return None
-    return row.pr_number
 
 
 def worktree_dirty(path: Path) -> bool:
@@ -545,34 +302,6 @@ def _kill(f: Finding, *, grace: float) -> str:
     # kill_tree re-checks the create time, so a reused PID is never signalled.
     proctree.kill_tree(identity, grace=grace)
     return "killed (whole process tree)"
-
-
-def git_users(paths: list[Path]) -> list[psutil.Process]:
-    """Live git processes whose cwd is inside one of *paths* (they may hold git's locks)."""
-    roots = [real_path(p) for p in paths]
-    found = []
-    for process in psutil.process_iter(["name"]):
-        name = process.info.get("name") or ""
-        if not name.startswith("git"):
-            continue
-        try:
-            cwd = Path(process.cwd())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if any(cwd.is_relative_to(root) for root in roots):
-            found.append(process)
-    return found
-
-
-def repo_paths(repo: git.Repo) -> list[Path]:
-    """The main checkout, the git common dir and every registered worktree of *repo*."""
-    paths = [repo.root, repo.common_dir]
-    admin = repo.common_dir / "worktrees"
-    if admin.is_dir():
-        for entry in admin.iterdir():
-            with contextlib.suppress(OSError):
-                paths.append(Path(os.fsdecode(fs.read_file(entry / "gitdir")).strip()).parent)
-    return paths
 
 
 def _unlock_index(repo: git.Repo, path: Path) -> None:
@@ -859,22 +588,6 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
     return not git_index.hides_edits(path)
 
 
-def adding_process(path: Path) -> psutil.Process | None:
-    """A live process that is creating the worktree *path* (``git worktree add``), if any."""
-    users = processes_using(path)
-    if users:
-        return users[0]
-    target = real_path(path)
-    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
-        if not (process.info.get("name") or "").startswith("git"):
-            continue
-        cwd = process.info.get("cwd") or "/"
-        for arg in process.info.get("cmdline") or []:
-            if arg and not arg.startswith("-") and real_path(Path(cwd) / arg) == target:
-                return process
-    return None
-
-
 def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
     info = _registered_locked(repo).get(real_path(path))
@@ -941,126 +654,6 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     if path.exists():
         return "pruned; its directory still holds files: `swarm doctor --yes` saves and removes it"
     return "pruned"
-
-
-def _delete_branches(
-    repo: git.Repo, batch: list[Finding], *, moves: channel.RefMoves
-) -> list[Result]:
-    """Delete the branches of *batch* with a few git processes, whatever their number.
-
-    Each is checked (still there, checked out in no worktree, still merged where the plan
-    said) against one read of every branch, worktree and merge target; those that pass go in
-    one `update-ref` transaction, deleting each only at the tip just checked. If it fails (a
-    branch moved, a stale lock), nothing was deleted: each is deleted alone at that tip.
-    """
-    tips = git.branch_tips(repo)
-    checked_out = {w.branch: w.path for w in worktrees.list_worktrees_locked(repo) if w.branch}
-    merged = Merged(repo)
-    done: dict[int, Result] = {}
-    going: dict[int, tuple[str, str]] = {}  # position in *batch*: (ref, tip)
-    for index, f in enumerate(batch):
-        branch = f.branch or f.target
-        tip = tips.get(branch)
-        if tip is None:
-            done[index] = Result(finding=f, fixed=True, detail="already gone")
-        elif branch in checked_out:
-            why = f"{branch} is checked out in {checked_out[branch]}; kept"
-            done[index] = Result(finding=f, fixed=False, detail=why)
-        elif f.merged_into and merged.into(tip, f.merged_into) is None:
-            why = f"{branch} is no longer merged (it has new commits); kept"
-            done[index] = Result(finding=f, fixed=False, detail=why)
-        else:
-            going[index] = (f"refs/heads/{branch}", tip)
-    if going:
-        moves.announce_all(dict(going.values()))
-        lines = "".join(f"delete {ref} {tip}\n" for ref, tip in going.values())
-        res = runner.run(repo.root, "update-ref", "--stdin", input_text=lines, check=False)
-        for index, (ref, tip) in going.items():
-            together = res.returncode == 0
-            done[index] = _deleted(repo, batch[index], ref, tip, together=together, moves=moves)
-    return [done[index] for index in range(len(batch))]
-
-
-def _deleted(
-    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: channel.RefMoves
-) -> Result:
-    """The result for *ref*, deleted *together* with others, or else now alone at *tip*."""
-    if not together:
-        now = git.rev_parse(repo, ref)
-        if now is None:
-            return Result(finding=f, fixed=True, detail="already gone")
-        if now != tip:
-            why = f"{ref.removeprefix('refs/heads/')} moved while it was being deleted; kept"
-            return Result(finding=f, fixed=False, detail=why)
-        try:  # with the old value: a branch that moved since the check is never deleted
-            git.git(repo.root, "update-ref", "-d", ref, tip)
-        except SwarmError as exc:
-            return Result(finding=f, fixed=False, detail=str(exc))
-    moves.moved(ref, None)
-    return Result(finding=f, fixed=True, detail=f"deleted (was {tip[:12]})")
-
-
-def _delete_remote_branches(
-    repo: git.Repo, batch: list[Finding], *, kept: set[str]
-) -> list[Result]:
-    """Delete the remote branches of *batch*, each only at the commit its finding names.
-
-    One whose local branch this plan *kept* (it moved) is kept too. Per remote: one
-    ``ls-remote`` (a remote that cannot be reached is one line for each of its branches, and
-    everything else of the plan is done), then one push deleting those still where they were
-    left, each under its lease, so one moved since (by anyone) is never deleted.
-    """
-    done: dict[int, Result] = {}
-    by_remote: dict[str, dict[int, Finding]] = {}
-    for index, f in enumerate(batch):
-        branch = f.branch or f.target
-        if f.remote is None or f.remote_tip is None:
-            done[index] = Result(finding=f, fixed=False, detail="no remote recorded for it")
-        elif branch in kept:
-            done[index] = Result(finding=f, fixed=False, detail=LOCAL_KEPT)
-        else:
-            by_remote.setdefault(f.remote, {})[index] = f
-    for url, found in by_remote.items():
-        done.update(_delete_on(repo, url, found))
-    return [done[index] for index in range(len(batch))]
-
-
-def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int, Result]:
-    """:func:`_delete_remote_branches` for the findings of one remote, *url*."""
-    branches = [f.branch or f.target for f in found.values()]
-    try:
-        tips = git.remote_tips(repo, url, branches)
-    except SwarmError as exc:
-        output = exc.output if isinstance(exc, CommandError) else str(exc)
-        lines = [line.strip() for line in output.splitlines() if line.strip()]
-        first = next(
-            (line for line in lines if line.startswith("fatal:")), lines[0] if lines else ""
-        )
-        why = (
-            f"cannot reach {git.strip_userinfo(url)} ({git.strip_userinfo(first)}); kept there: "
-            "run `swarm clean --yes` again later"
-        )
-        return {index: Result(finding=f, fixed=False, detail=why) for index, f in found.items()}
-    done: dict[int, Result] = {}
-    leases: dict[str, str] = {}
-    for index, f in found.items():
-        branch, tip = f.branch or f.target, f.remote_tip or ""
-        now = tips.get(branch)
-        if now is None:
-            done[index] = Result(finding=f, fixed=True, detail="already gone")
-        elif now != tip:
-            why = f"there it is at {now[:12]}, not at {tip[:12]}: moved since; kept"
-            done[index] = Result(finding=f, fixed=False, detail=why)
-        else:
-            leases[branch] = tip
-    outcome = git.delete_remote_branches(repo, url, leases) if leases else {}
-    for index, f in found.items():
-        branch = f.branch or f.target
-        if branch in outcome:
-            why = outcome[branch]
-            detail = f"deleted (was {leases[branch][:12]})" if not why else f"{why}; kept"
-            done[index] = Result(finding=f, fixed=not why, detail=detail)
-    return done
 
 
 def ref_move_notes(repo: git.Repo) -> list[Finding]:

@@ -29,28 +29,30 @@ from pathlib import Path
 import filelock
 import psutil
 
-from worktree_swarm.cleanup.clean import Report, needed_by_pending
-from worktree_swarm.cleanup.fixes import (
-    RESCUE_PREFIX,
-    Action,
-    Finding,
-    Kind,
-    adding_process,
-    apply,
-    broken_refs,
-    describe,
-    kill_finding,
-    locked_missing,
+from worktree_swarm.cleanup.branches import (
     merge_targets,
     merged_into,
     open_pull_request,
-    processes_using,
-    protected_pids,
-    ref_move_notes,
     remote_branch_finding,
+)
+from worktree_swarm.cleanup.clean import Report, needed_by_pending
+from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.fixes import (
+    RESCUE_PREFIX,
+    apply,
+    broken_refs,
+    locked_missing,
+    ref_move_notes,
     sealed_worktree,
     stale_git_locks,
     worktree_finding,
+)
+from worktree_swarm.cleanup.processes import (
+    adding_process,
+    describe,
+    kill_finding,
+    processes_using,
+    protected_pids,
 )
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worktree_swarm.cleanup.clean import Report
-from worktree_swarm.cleanup.fixes import Action, Kind
+from worktree_swarm.cleanup.findings import Action, Kind
 from worktree_swarm.core.text import path_text, printable, without_escapes
 
 # Branches kept as before, named one by one up to this many.
