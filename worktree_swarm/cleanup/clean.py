@@ -25,17 +25,16 @@ from worktree_swarm.cleanup.branches import (
     with_base,
 )
 from worktree_swarm.cleanup.findings import Action, Finding, Kind, Result
-from worktree_swarm.cleanup.fixes import (
+from worktree_swarm.cleanup.fixes import apply
+from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
+from worktree_swarm.cleanup.repo_repairs import ref_move_notes, stale_git_locks
+from worktree_swarm.cleanup.worktree_removal import (
     RESCUE_PREFIX,
-    apply,
     locked_missing,
-    ref_move_notes,
     sealed_worktree,
-    stale_git_locks,
     worktree_dirty,
     worktree_finding,
 )
-from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, ExitCode, GitError
 from worktree_swarm.core.models import (

@@ -37,22 +37,20 @@ from worktree_swarm.cleanup.branches import (
 )
 from worktree_swarm.cleanup.clean import Report, needed_by_pending
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.fixes import (
-    RESCUE_PREFIX,
-    apply,
-    broken_refs,
-    locked_missing,
-    ref_move_notes,
-    sealed_worktree,
-    stale_git_locks,
-    worktree_finding,
-)
+from worktree_swarm.cleanup.fixes import apply
 from worktree_swarm.cleanup.processes import (
     adding_process,
     describe,
     kill_finding,
     processes_using,
     protected_pids,
+)
+from worktree_swarm.cleanup.repo_repairs import broken_refs, ref_move_notes, stale_git_locks
+from worktree_swarm.cleanup.worktree_removal import (
+    RESCUE_PREFIX,
+    locked_missing,
+    sealed_worktree,
+    worktree_finding,
 )
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths

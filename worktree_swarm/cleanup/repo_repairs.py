@@ -1,0 +1,128 @@
+"""Findings and fixes of the repository's own files that a killed process or an agent broke.
+
+git's lock files left by a killed git, loose refs holding garbage (mended where their reflog
+last left them), and swarm's notes of the refs a killed `swarm merge`/`clean` was moving.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.processes import describe, git_users, repo_paths
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.git import gitfiles, runner
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import channel
+
+
+def ref_move_notes(repo: git.Repo) -> list[Finding]:
+    """What a killed `swarm merge`/`clean` left in ``.git/swarm/ref-moves`` (docs/guard.md)."""
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="swarm's note of the refs a killed swarm merge, clean or pr was moving"
+            " (its process is gone)",
+            action=Action.FORGET_REF_MOVES,
+            fix="delete it",
+        )
+        for path in channel.abandoned(repo.state_dir)
+    ]
+
+
+def stale_git_locks(repo: git.Repo) -> list[Finding]:
+    """Git's lock files in *repo* while no git process works there: a killed git's, or planted.
+
+    Left, your next `git commit` (``index.lock``) or a branch's move (``refs/heads/x.lock``)
+    fails as if another git were at work.
+    """
+    common = repo.common_dir
+    candidates = [
+        *common.glob("*.lock"),
+        *common.glob("worktrees/*/*.lock"),
+        *(common / "refs").rglob("*.lock"),
+    ]
+    # swarm's own locks (<common>/swarm/*.lock) are flock()s: free when their holder dies.
+    if not candidates or git_users(repo_paths(repo)):
+        return []
+    return [
+        Finding(
+            kind=Kind.LOCK,
+            target=str(path),
+            reason="git lock file whose writer is gone (no git process works in this repository)",
+            action=Action.UNLINK_LOCK,
+            fix="delete it",
+        )
+        for path in sorted(candidates)
+    ]
+
+
+def _unlink_lock(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    if not path.exists():
+        return "already gone"
+    users = git_users(repo_paths(repo))
+    if users:
+        raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
+    path.unlink()
+    return "removed"
+
+
+def broken_refs(repo: git.Repo) -> list[Finding]:
+    """Loose refs git cannot read (`warning: ignoring broken ref`): garbage an agent wrote.
+
+    Git skips them when it lists refs, and fails on them when it is asked for one (your branch
+    "No commits yet", `git log --all` a fatal error). Each is written again where its reflog
+    last left it, or its file removed.
+    """
+    said = runner.run(repo.root, "for-each-ref", "--format=", check=False).stderr
+    names = re.findall(r"^warning: ignoring broken ref (refs/\S+)$", said, re.MULTILINE)
+    found = []
+    for name in names:
+        if not gitfiles.broken_ref_file(repo.common_dir / name):
+            continue  # not a loose file of garbage (a dangling symbolic ref): git's to tell
+        was = _last_logged(repo, name)
+        fix = f"write it again at {was[:12]} (its reflog's last)" if was else "delete its file"
+        found.append(
+            Finding(
+                kind=Kind.REF,
+                target=name,
+                reason="ref file holding no commit (garbage written into it): git skips it",
+                action=Action.MEND_REF,
+                fix=fix,
+            )
+        )
+    return found
+
+
+def _mend_ref(repo: git.Repo, f: Finding) -> str:
+    """Write a broken ref again where its reflog last left it, or remove its file of garbage."""
+    name = f.target
+    path = repo.common_dir / name
+    if _last_logged(repo, name) is None and not gitfiles.broken_ref_file(path):
+        return "no longer broken"
+    users = git_users(repo_paths(repo))
+    if users:
+        raise SwarmError(f"{describe(users[0])} is working in this repository; try again later")
+    was = _last_logged(repo, name)
+    path.unlink(missing_ok=True)
+    if was is None:
+        return "removed (its file held no commit)"
+    git.git(repo.root, "update-ref", "-m", "swarm doctor: mended", name, was)
+    return f"put back at {was[:12]}, as its reflog last left it"
+
+
+def _last_logged(repo: git.Repo, name: str) -> str | None:
+    """The commit *name*'s reflog last moved it to, when that commit is there."""
+    try:
+        lines = (repo.common_dir / "logs" / name).read_bytes().splitlines()
+    except OSError:
+        return None
+    last = lines[-1].split(b" ") if lines else []
+    sha = last[1].decode("ascii", "replace") if len(last) > 1 else ""
+    if not gitfiles.is_object_name(sha) or set(sha) == {"0"}:
+        return None
+    res = runner.run(repo.root, "cat-file", "-e", f"{sha}^{{commit}}", check=False)
+    return sha if res.returncode == 0 else None

@@ -1,0 +1,440 @@
+"""Worktrees and stray directories for `swarm clean` and `swarm doctor`: kept or removed.
+
+Planning decides what is kept (a locked worktree, one in use, one holding a commit on no ref
+or a submodule's work); removing checkpoints uncommitted work on the worktree's branch first.
+Also pruning a vanished worktree, removing a half-made one (``initializing``), and saving a
+stray directory's files under a rescue ref before deleting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+
+from worktree_swarm.cleanup.branches import on_no_ref
+from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.processes import (
+    adding_process,
+    describe,
+    git_users,
+    processes_using,
+    repo_paths,
+)
+from worktree_swarm.core.errors import CommandError, GitError, SwarmError
+from worktree_swarm.core.models import (
+    DEFAULT_COMMIT_AUTHOR,
+    DEFAULT_MAX_FILE,
+    INTEGRATION_PREFIX,
+    SCRATCH_PREFIX,
+    Task,
+    is_valid_task_id,
+)
+from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.git import index as git_index
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import status as git_status
+from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.guard import channel
+from worktree_swarm.infra import fs
+from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.merge import target as merge_target
+
+AUTHOR = DEFAULT_COMMIT_AUTHOR
+RESCUE_PREFIX = worktrees.RESCUE_PREFIX
+
+
+def locked_missing(
+    repo: git.Repo, info: WorktreeInfo, *, force: bool, why: str = "", task: TaskRow | None = None
+) -> Finding:
+    """A worktree whose directory is missing but locked (its drive may be unmounted).
+
+    Kept, as git keeps it; with *force*, unlocked and pruned. *why* starts the reason.
+    """
+    path = Path(info.path)
+    locked = info.locked or "no reason given"
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory is missing, and it is locked ({locked})",
+        action=Action.PRUNE if force else Action.KEEP,
+        fix="unlock it, prune it"
+        if force
+        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
+        branch=info.branch,
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+        admin_dir=worktrees.admin_of(repo, path),
+    )
+
+
+def sealed_worktree(path: Path, *, why: str = "", task: TaskRow | None = None) -> Finding:
+    """A worktree whose directory cannot be read (a ``chmod 0``): kept, whatever git says.
+
+    git takes it for gone (prunable); its files are there, and may be work. *why* starts the
+    reason.
+    """
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory cannot be read",
+        action=Action.KEEP,
+        fix=f"kept: `chmod u+rwx {path}` gives it back to you; then clean again",
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+    )
+
+
+# Why a worktree whose submodule's commit exists nowhere else is kept.
+_ONLY_HERE = (
+    "has a commit in no repository but this worktree's (the branch records only its id); "
+    "push it to the submodule's remote first"
+)
+
+
+def worktree_finding(
+    repo: git.Repo,
+    info: WorktreeInfo,
+    *,
+    kind: Kind,
+    reason: str,
+    force: bool,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    look: bool = True,
+    cwds: Mapping[int, str] | None = None,
+    known: bool | None = None,
+) -> tuple[Finding, bool | None]:
+    """Plan removing the registered worktree *info*; returns (finding, dirty).
+
+    Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
+    processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
+    Without *look* its status is not taken (dirty is None): for a plan carried out at once,
+    whose removal asks git again right before it deletes anything. *cwds*: as for
+    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
+    """
+    path = info.path
+    unseen = ""
+    try:
+        dirty = known if known is not None else worktree_dirty(path) if look else None
+    except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
+        dirty, unseen = None, str(exc)
+    users = processes_using(path, cwds)
+    keep = ""
+    if unseen:  # its work cannot be committed first, --force or not
+        keep = f"git cannot look into it ({unseen})"
+    elif info.locked is not None and not force:
+        keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
+    elif users and not force:
+        keep = f"{describe(users[0])} is using it; stop it first"
+    elif not force and info.head and _kept_commit(repo, info):
+        keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
+    elif not force:
+        keep = _submodule_keep(repo, path)
+    if unseen:
+        action, fix = Action.KEEP, f"kept: {keep}"
+    elif keep:
+        action, fix = Action.KEEP, f"kept: {keep}, or use --force"
+    elif dirty:
+        on = f" on {info.branch}" if info.branch else ""
+        action, fix = Action.REMOVE_WORKTREE, f"commit its uncommitted changes{on}, then remove it"
+    else:
+        action, fix = Action.REMOVE_WORKTREE, "remove it"
+    finding = Finding(
+        kind=kind, target=str(path), reason=reason, action=action, fix=fix,
+        branch=info.branch, run_id=run_id, task_id=task_id,
+    )  # fmt: skip
+    return finding, dirty
+
+
+def worktree_dirty(path: Path) -> bool:
+    """Whether the worktree *path* holds work that removing it would need to commit first."""
+    # A directory git cannot read may hide work, and so may an index flag.
+    return git_status.full_status(path) != "" or git_index.hides_edits(path)
+
+
+def _unlock_index(repo: git.Repo, path: Path) -> None:
+    """Delete the index lock a killed git left in the worktree *path*, if no git runs here.
+
+    A `swarm clean` killed in its checkpoint's commit leaves one: the next clean would fail.
+    """
+    lock = git.git_dir(path) / "index.lock"
+    if lock.exists() and not git_users(repo_paths(repo)):
+        lock.unlink(missing_ok=True)
+
+
+def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:
+    """The task's ``link`` and ``copy`` paths, when the store still knows the task."""
+    known = _task_of(store, f)
+    if known is None:
+        return ()
+    row, task = known
+    return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+
+
+def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:
+    """The task's ``link`` symlinks, and its ``copy`` files still as copied (yours unchanged).
+
+    Removing the worktree loses nothing of those: a file an agent made under a ``copy``
+    pattern, or a copy it changed, is work (no checkpoint commits it) and keeps the worktree.
+    """
+    known = _task_of(store, f)
+    if known is None:
+        return frozenset()
+    row, task = known
+    copied = worktrees.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
+    same = (
+        rel for rel in copied if fs.same_file(_copied_from(repo.root / rel, path / rel), path / rel)
+    )
+    return frozenset([*task.link, *same])
+
+
+def _copied_from(src: Path, copy: Path) -> Path:
+    """What *copy* was made from: *src*, or the file the symlink *src* names (copied as that)."""
+    return real_path(src) if src.is_symlink() and not copy.is_symlink() else src
+
+
+def _task_of(store: Store | None, f: Finding) -> tuple[TaskRow, Task] | None:
+    """The store's row of the finding's task, with the task it ran; None when not known."""
+    if store is None or not f.run_id or not f.task_id:
+        return None
+    row = store.task(f.run_id, f.task_id)
+    return None if row is None else (row, task_from_json(row.spec_json))
+
+
+def _max_file(store: Store | None, f: Finding) -> int:
+    """The cap on one committed file of the run that made the worktree (git's default else)."""
+    run = None if store is None or not f.run_id else store.get_run(f.run_id)
+    return run.settings.max_file if run is not None else DEFAULT_MAX_FILE
+
+
+def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
+    # We already hold the repository lock, and list_worktrees would wait for it forever.
+    infos = worktrees.list_worktrees_locked(repo)
+    return {real_path(w.path): w for w in infos}
+
+
+def _remove_worktree(
+    repo: git.Repo, f: Finding, *, force: bool, moves: channel.RefMoves, store: Store | None = None
+) -> tuple[str, str | None]:
+    path = Path(f.target)
+    info = worktrees.registration_locked(repo, path)
+    if info is None:
+        return "already gone", None
+    if info.is_main:
+        raise SwarmError(f"{path} is the main checkout; never removed")
+    sha = saved = None
+    repaired = False
+    clean = True
+    if path.is_dir():
+        _refuse_when_not_ours_to_remove(repo, path, force=force)
+        worktrees.unplant(repo, path, info.branch)  # nothing of git's below writes through one
+        _unlock_index(repo, path)
+        # A checkout killed half-way is populated from HEAD, never committed as deletions.
+        repaired = gitfiles.repair_checkout(path)
+        # One `status` settles the usual case (a finished task's checkout holds nothing new):
+        # no checkpoint, and the files go without `git worktree remove`, which runs its own.
+        # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
+        as_copied = functools.partial(_as_copied, repo, store, f, path)
+        clean = _scratch(info) or _nothing_to_keep(path, as_copied)
+        if not clean:
+            clean, saved = _save_merge_left(repo, path, info.branch or "")
+        if not clean:
+            ref = f"refs/heads/{info.branch}" if info.branch else None
+            tip = None if ref is None else moves.announce(ref, at=info.head)
+            sha = checkpoints.checkpoint(
+                path,
+                message=f"swarm: checkpoint {path.name} (clean)",
+                author=AUTHOR,
+                exclude=_local_paths(store, f, path),
+                max_file=_max_file(store, f),
+            )
+            if ref is not None:
+                moves.moved(ref, sha or tip)
+            # Committed, it goes like a clean one: the index first (git's own removal deletes
+            # the files first, and one killed in between left deletions to commit next time).
+            clean = _nothing_to_keep(path, as_copied)
+        # On a branch, its commit is that branch's; detached, it may be on none.
+        head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
+        fresh = dataclasses.replace(info, head=head)
+        if not force and head and _kept_commit(repo, fresh):
+            raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
+    _remove_announced(repo, path, moves=moves, force=force, clean=clean)
+    note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
+    note += saved or ""
+    if sha:
+        return f"{note}checkpointed {sha[:12]} on {info.branch or 'HEAD'}, removed", sha
+    return f"{note}removed", None
+
+
+def _save_merge_left(repo: git.Repo, path: Path, branch: str) -> tuple[bool, str | None]:
+    """Whether *path* is `swarm merge`'s worktree holding nothing to commit onto *branch*.
+
+    And what it held, saved aside, as a note. So are a merge cut off there (its checks'
+    files, a half-made merge) and one whose branch is gone: deleted by a run's guard that
+    undid an agent's `swarm merge`, every file of that merge left staged, which a checkpoint
+    would make anew.
+    """
+    if not branch.startswith(INTEGRATION_PREFIX):
+        return False, None
+    if merge_target.half_merged(path) or merge_target.checks_cut_off(path):
+        what = "what a cut-off `swarm merge` left there"
+    elif not git.branch_exists(repo, branch):
+        what = "what it held, its branch gone,"
+    else:
+        return False, None
+    saved = merge_target.save_left(repo, path, branch)
+    return True, f"{what} saved as {saved}, " if saved else None
+
+
+def _remove_announced(
+    repo: git.Repo, path: Path, *, moves: channel.RefMoves, force: bool, clean: bool
+) -> None:
+    """Remove the worktree *path*, named to a running guard like a ref: swarm's own removal."""
+    admin = worktrees.own_admin(repo, path)
+    key = channel.worktree_key(path)
+    if admin is not None:
+        moves.announce(key, at=admin.name)
+    if not ((clean or force) and worktrees.delete_locked(repo, path)):
+        # Its submodules were looked at before (work in one is kept): nothing of theirs to lose.
+        submodules = clean and admin is not None and (admin / "modules").exists()
+        worktrees.git_remove_locked(repo, path, force=force, submodules=submodules)
+    if admin is not None:
+        moves.moved(key, None)
+
+
+def _kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:
+    """Whether the detached worktree *info* holds a commit on no ref, to be kept for you.
+
+    Not in the temporary worktree of a killed `swarm merge --into`: its merges were for a
+    branch that never moved, and the next merge makes them again.
+    """
+    if info.branch is not None or not info.head or _scratch(info):
+        return False
+    return on_no_ref(repo, info.head)
+
+
+def _scratch(info: WorktreeInfo) -> bool:
+    """Whether *info* is the temporary worktree of a killed `swarm merge --into`."""
+    return info.branch is None and info.path.name.startswith(SCRATCH_PREFIX)
+
+
+def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:
+    """Raise when a process uses *path*, or (without *force*) a submodule there holds work.
+
+    No checkpoint can commit work inside a submodule: removing the worktree would lose it.
+    """
+    changed = worktrees.tampered(repo, path)
+    if changed is not None:
+        raise SwarmError(f"{changed}; kept (swarm runs no git there)")
+    users = processes_using(path)
+    if users:
+        raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+    keep = "" if force else _submodule_keep(repo, path)
+    if keep:
+        raise SwarmError(f"{keep}; kept")
+
+
+def _submodule_keep(repo: git.Repo, path: Path) -> str:
+    """Why the worktree *path* is kept for its submodules' sake ("" when it is not)."""
+    left = git_status.submodule_work(path)
+    if left:
+        return f"submodule {', '.join(left)} holds work no commit records; save it first"
+    only = git_status.submodule_commits_only_here(repo, path)
+    if only:
+        return f"submodule {', '.join(only)} {_ONLY_HERE}"
+    return ""
+
+
+def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = frozenset) -> bool:
+    """Whether git's status of the worktree *path* is empty, every directory of it seen.
+
+    Untracked paths *as_copied* names (:func:`_as_copied`, asked only when nothing else is
+    listed) do not count. A directory git cannot read (an agent's ``chmod``) is opened to its
+    owner first: swarm removes the worktree anyway, and its files must be seen to be kept.
+    """
+    status = git_status.full_status(path)
+    if status is None:
+        fs.make_removable(path)
+        status = git_status.full_status(path)
+    if status is None:
+        return False
+    # Each untracked file by its name (`--untracked-files=all`): "?? name".
+    entries = [entry for entry in status.split("\0") if entry]
+    if not all(entry.startswith("?? ") for entry in entries):
+        return False
+    if entries and not {entry[3:] for entry in entries} <= set(as_copied()):
+        return False
+    return not git_index.hides_edits(path)
+
+
+def _remove_initializing(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    info = _registered_locked(repo).get(real_path(path))
+    if info is None:
+        return "already gone"
+    if info.is_main or info.locked != "initializing" or f.admin_dir is None:
+        raise SwarmError(f"{path} is no longer locked `initializing`; left alone")
+    adder = adding_process(path)
+    if adder is not None:
+        raise SwarmError(f"{describe(adder)} is still creating it")
+    if real_path(repo.root).is_relative_to(real_path(path)):
+        raise SwarmError(f"{path} contains the main checkout; never removed")
+    # The directory only holds git's partial checkout: `worktree add` never finished.
+    (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        fs.remove_tree(path)
+    worktrees.prune_gone(repo)
+    return "unlocked, half-made checkout deleted, pruned"
+
+
+def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
+    path = Path(f.target)
+    if not path.is_dir() or path.is_symlink():
+        return "already gone", None
+    if real_path(path) in _registered_locked(repo):
+        raise SwarmError(f"{path} is now a registered worktree; left alone")
+    real, root = real_path(path), real_path(repo.root)
+    if root.is_relative_to(real) or real.is_relative_to(root):
+        raise SwarmError(f"{path} is inside the main checkout; never removed")
+    sha = worktrees.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
+    if sha is None:
+        fs.remove_tree(path)
+        return "removed (it held no files)", None
+    ref = _rescue_ref(repo, path.name, sha)
+    git.git(repo.root, "update-ref", ref, sha)
+    fs.remove_tree(path)
+    return f"files saved as {ref} ({sha[:12]}), removed", sha
+
+
+def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
+    # The directory name is not trusted to be a valid ref component.
+    stem = name.lower() if is_valid_task_id(name.lower()) else "dir"
+    ref = RESCUE_PREFIX + stem
+    if git.rev_parse(repo, ref) is not None:
+        ref = f"{ref}-{sha[:12]}"
+    return ref
+
+
+def _prune(repo: git.Repo, f: Finding) -> str:
+    path = Path(f.target)
+    if real_path(path) not in _registered_locked(repo):
+        return "already gone"
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.rmdir()  # empty: a worktree's removal cut short after its `.git` file
+    if os.path.lexists(path / ".git"):
+        raise SwarmError(f"{path} is a checkout again; not pruned")
+    if f.admin_dir is not None:
+        # Planned only with --force: the user's lock on a vanished worktree is overridden.
+        (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
+    worktrees.prune_gone(repo)
+    if real_path(path) in _registered_locked(repo):
+        raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
+    if path.exists():
+        return "pruned; its directory still holds files: `swarm doctor --yes` saves and removes it"
+    return "pruned"
