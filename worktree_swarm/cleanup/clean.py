@@ -640,7 +640,8 @@ def _plan_integration(
         )
         kept = kept or finding.action is Action.KEEP
         if dirty and finding.action is Action.REMOVE_WORKTREE and branch not in seen.tips:
-            # Never committed: that would make its branch anew (see fixes._remove_worktree).
+            # Never committed: that would make its branch anew (see
+            # worktree_removal._remove_worktree).
             finding = dataclasses.replace(
                 finding, fix="save what it holds aside (its branch is gone), then remove it"
             )

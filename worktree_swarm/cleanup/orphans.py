@@ -115,7 +115,7 @@ def doctor(
     idle: float = DEFAULT_IDLE,
     grace: float = 5.0,
 ) -> Report:
-    """Scan for orphans; with *yes* fix them (see :func:`worktree_swarm.fixes.apply`)."""
+    """Scan for orphans; with *yes* fix them (see :func:`worktree_swarm.cleanup.fixes.apply`)."""
     path = store_path(repo)
     # Not beside a manager whose state was deleted: its agents and worktrees would be orphans.
     lock.refuse_while_state_is_gone(repo.state_dir, path)
