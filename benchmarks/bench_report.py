@@ -29,7 +29,8 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.core.models import ProcessIdentity, RunStatus, Task
-from worktree_swarm.infra.store import AttemptUsage, Store
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptUsage
 
 # The baseline: the same timeline, one createElementNS + appendChild per element, straight
 # into the live document, with per-element setAttribute calls.

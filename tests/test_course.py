@@ -9,7 +9,8 @@ from tests.test_store import MANAGER
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.models import Task
 from worktree_swarm.git.diffs import DiffStat
-from worktree_swarm.infra.store import AttemptRow, Store
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run.course import RESUME_PROMPT, Course, free_throttles
 from worktree_swarm.run.governor import Gates
 

@@ -24,16 +24,15 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.infra import store as store_module
 from worktree_swarm.infra.faults import DiskFullError, is_full
-from worktree_swarm.infra.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import (
     AttemptRow,
     EventRow,
     RunRow,
-    Store,
     task_from_json,
     task_to_json,
 )
+from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -592,7 +591,7 @@ MAKING_MANAGER = """
 import sqlite3, sys
 from pathlib import Path
 from worktree_swarm.infra.lock import ManagerLock
-from worktree_swarm.infra.store import MIGRATIONS, SCHEMA_VERSION
+from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 with ManagerLock(Path(sys.argv[1])) as lock:
     lock.acquire(run_id="new")
     db = sqlite3.connect(Path(sys.argv[1]) / "state.db", isolation_level=None)

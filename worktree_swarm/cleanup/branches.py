@@ -18,7 +18,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import lock
-from worktree_swarm.infra.store import TaskRow
+from worktree_swarm.infra.store_rows import TaskRow
 
 # Why a remote branch was left: its local branch was (it moved), so nothing is to retry later.
 LOCAL_KEPT = "its local branch was kept; kept there too"

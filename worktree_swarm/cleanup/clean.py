@@ -50,7 +50,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import fs, lock, parallel, proc_scan
-from worktree_swarm.infra.store import EventRow, Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import EventRow, TaskRow, task_from_json
 from worktree_swarm.report import status
 
 CLEANED_EVENT = "cleaned"

@@ -69,7 +69,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs, lock, proc_scan, proctree
-from worktree_swarm.infra.store import Store, TaskRow
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow
 
 DAY = 86400.0
 DEFAULT_IDLE = 7 * DAY

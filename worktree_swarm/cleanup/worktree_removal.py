@@ -41,7 +41,8 @@ from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import fs
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR

@@ -28,7 +28,8 @@ from worktree_swarm.github.client import (
 )
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import redact
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 
 PROMPT_LIMIT = 4000
 TITLE_LIMIT = 200

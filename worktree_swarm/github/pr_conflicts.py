@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.store import Store, TaskRow
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import BranchTips, task_base, task_branch
 

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypedDict, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, Self, TypeVar, Unpack, cast
 
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
-from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
+from worktree_swarm.core.models import RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
 from worktree_swarm.infra import fs, lock
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data
+from worktree_swarm.infra.store_rows import (
+    _UPDATABLE,
+    AttemptRow,
+    AttemptUsage,
+    EventRow,
+    RunRow,
+    TaskRow,
+    TaskUpdate,
+    _attempt_row,
+    _event_row,
+    _run_row,
+    _task_row,
+    task_to_json,
+)
+from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,345 +40,9 @@ if TYPE_CHECKING:
 
     from worktree_swarm.core.models import ProcessIdentity
 
-# Migration N (1-based) takes the database from user_version N-1 to N. Append, never edit.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            base_commit TEXT NOT NULL,
-            repo_root TEXT NOT NULL,
-            jobs INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            ended_at REAL,
-            status TEXT NOT NULL,
-            manager_pid INTEGER,
-            manager_create_time REAL,
-            spec_json TEXT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE tasks (
-            run_id TEXT NOT NULL REFERENCES runs(run_id),
-            task_id TEXT NOT NULL,
-            position INTEGER NOT NULL,
-            state TEXT NOT NULL,
-            reason TEXT NOT NULL DEFAULT '',
-            branch TEXT NOT NULL,
-            worktree TEXT NOT NULL,
-            base_commit TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            started_at REAL,
-            ended_at REAL,
-            stop_requested INTEGER NOT NULL DEFAULT 0,
-            spec_json TEXT NOT NULL,
-            diff_files INTEGER,
-            diff_insertions INTEGER,
-            diff_deletions INTEGER,
-            cost_usd REAL,
-            tokens_in INTEGER,
-            tokens_out INTEGER,
-            PRIMARY KEY (run_id, task_id)
-        )
-        """,
-        """
-        CREATE TABLE attempts (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL,
-            task_id TEXT NOT NULL,
-            number INTEGER NOT NULL,
-            pid INTEGER NOT NULL,
-            create_time REAL NOT NULL,
-            pgid INTEGER NOT NULL,
-            started_at REAL NOT NULL,
-            ended_at REAL,
-            exit_code INTEGER,
-            outcome TEXT,
-            log_path TEXT NOT NULL,
-            FOREIGN KEY (run_id, task_id) REFERENCES tasks(run_id, task_id)
-        )
-        """,
-        "CREATE INDEX attempts_by_task ON attempts(run_id, task_id, number)",
-        """
-        CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES runs(run_id),
-            task_id TEXT,
-            ts REAL NOT NULL,
-            kind TEXT NOT NULL,
-            data TEXT NOT NULL
-        )
-        """,
-        "CREATE INDEX events_by_run ON events(run_id, id)",
-    ),
-    (
-        # What an agent reported per attempt (resume needs the session id).
-        "ALTER TABLE attempts ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE attempts ADD COLUMN session_id TEXT",
-        "ALTER TABLE attempts ADD COLUMN cost_usd REAL",
-        "ALTER TABLE attempts ADD COLUMN tokens_in INTEGER",
-        "ALTER TABLE attempts ADD COLUMN tokens_out INTEGER",
-        "ALTER TABLE attempts ADD COLUMN cache_read_tokens INTEGER",
-        "ALTER TABLE tasks ADD COLUMN cache_read_tokens INTEGER",
-    ),
-    (
-        # A task's disk use when it ended, and when max_disk removed its worktree.
-        "ALTER TABLE tasks ADD COLUMN disk_apparent INTEGER",
-        "ALTER TABLE tasks ADD COLUMN disk_actual INTEGER",
-        "ALTER TABLE tasks ADD COLUMN worktree_removed_at REAL",
-    ),
-    (
-        # What happened to a done task's branch afterwards: facts beside its state, never a
-        # state. Older stores recorded merges as the states `merged`/`conflicted`.
-        "ALTER TABLE tasks ADD COLUMN merge_result TEXT",
-        "ALTER TABLE tasks ADD COLUMN merge_target TEXT",
-        "ALTER TABLE tasks ADD COLUMN merge_commit TEXT",
-        "ALTER TABLE tasks ADD COLUMN merge_detail TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE tasks ADD COLUMN pr_number INTEGER",
-        "ALTER TABLE tasks ADD COLUMN pr_url TEXT",
-        "ALTER TABLE tasks ADD COLUMN pr_state TEXT",
-        """
-        UPDATE tasks SET merge_result = state, merge_detail = reason, state = 'done', reason = ''
-        WHERE state IN ('merged', 'conflicted')
-        """,
-    ),
-    (
-        # Which agent profile ran each attempt (fallback and budget agents), and until when a
-        # rate-limited attempt's task waits (so `swarm resume` keeps the same reset).
-        "ALTER TABLE attempts ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE attempts ADD COLUMN retry_at REAL",
-    ),
-    (
-        # Crash-idempotent provisioning and `swarm retry`: the start commit is recorded before
-        # git is touched; a retry ignores the attempts before it (and, fresh, their session).
-        "ALTER TABLE tasks ADD COLUMN start_commit TEXT",
-        "ALTER TABLE tasks ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE tasks ADD COLUMN retry_fresh INTEGER NOT NULL DEFAULT 0",
-        # The attempt number being launched, set before the agent starts and cleared once its
-        # attempt is recorded: a manager killed in between leaves an agent no attempt names.
-        "ALTER TABLE tasks ADD COLUMN launching INTEGER",
-    ),
-    (
-        # The cluster node a task's newest attempt runs on (executor `ray`).
-        "ALTER TABLE tasks ADD COLUMN node TEXT",
-    ),
-    (
-        # What the agent was asked to do now (a repair, a hand-over), until an attempt of it
-        # runs to its end: a resumed manager asks again after a rate limit.
-        "ALTER TABLE tasks ADD COLUMN instruction TEXT",
-    ),
-    (
-        # A rate-limited attempt's wait was a usage window's: it used none of the retries.
-        "ALTER TABLE attempts ADD COLUMN usage_window INTEGER NOT NULL DEFAULT 0",
-    ),
-    (
-        # How many of its `repair` rounds a task has used: a resumed manager goes on counting.
-        "ALTER TABLE tasks ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0",
-    ),
-    (
-        # A rate-limited attempt got work done before its limit: it used none of the retries.
-        "ALTER TABLE attempts ADD COLUMN progressed INTEGER NOT NULL DEFAULT 0",
-    ),
-    (
-        # The task branch's tip at its last checkpoint: what its dependents start from once
-        # its branch is gone (landed and cleaned) or another run's (its id reused).
-        "ALTER TABLE tasks ADD COLUMN tip_commit TEXT",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
 RUN_STATUS_RUNNING = RunStatus.RUNNING
 
 _F = TypeVar("_F", bound="Callable[..., object]")
-
-
-# Columns update_task may write; the names are interpolated into SQL, so this list is the guard.
-class TaskFields(TypedDict, total=False):
-    """The task columns :meth:`Store.update_task` may set beside the state, with their types."""
-
-    reason: str
-    base_commit: str | None
-    attempts: int
-    started_at: float | None
-    ended_at: float | None
-    stop_requested: bool
-    diff_files: int | None
-    diff_insertions: int | None
-    diff_deletions: int | None
-    cost_usd: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    cache_read_tokens: int | None
-    disk_apparent: int | None
-    disk_actual: int | None
-    worktree_removed_at: float | None
-    merge_result: str | None
-    merge_target: str | None
-    merge_commit: str | None
-    merge_detail: str
-    pr_number: int | None
-    pr_url: str | None
-    pr_state: str | None
-    start_commit: str | None
-    retry_base: int
-    retry_fresh: bool
-    launching: int | None
-    node: str | None
-    instruction: str | None
-    repairs: int
-    tip_commit: str | None
-
-
-class TaskUpdate(TaskFields, total=False):
-    """Every task column :meth:`Store.update_task` may set."""
-
-    state: TaskState
-
-
-_UPDATABLE = TaskUpdate.__optional_keys__
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunRow:
-    """One run as recorded."""
-
-    run_id: str
-    base_commit: str
-    repo_root: str
-    jobs: int
-    created_at: float
-    ended_at: float | None
-    status: RunStatus
-    manager_pid: int | None
-    manager_create_time: float | None
-    spec_json: str
-
-    @property
-    def settings(self) -> RunSettings:
-        """The run-wide settings the run was started with."""
-        return RunSettings.from_json(self.spec_json)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskRow:
-    """One task of a run as recorded."""
-
-    run_id: str
-    task_id: str
-    position: int
-    state: TaskState
-    reason: str
-    branch: str
-    worktree: str
-    base_commit: str | None
-    attempts: int
-    started_at: float | None
-    ended_at: float | None
-    stop_requested: bool
-    spec_json: str
-    diff_files: int | None
-    diff_insertions: int | None
-    diff_deletions: int | None
-    cost_usd: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    cache_read_tokens: int | None = None
-    disk_apparent: int | None = None
-    disk_actual: int | None = None
-    worktree_removed_at: float | None = None
-    merge_result: str | None = None
-    merge_target: str | None = None
-    merge_commit: str | None = None
-    merge_detail: str = ""
-    pr_number: int | None = None
-    pr_url: str | None = None
-    pr_state: str | None = None
-    start_commit: str | None = None
-    retry_base: int = 0
-    retry_fresh: bool = False
-    launching: int | None = None
-    node: str | None = None
-    instruction: str | None = None
-    repairs: int = 0
-    tip_commit: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptRow:
-    """One launch of a task's agent process."""
-
-    id: int
-    run_id: str
-    task_id: str
-    number: int
-    pid: int
-    create_time: float
-    pgid: int
-    started_at: float
-    ended_at: float | None
-    exit_code: int | None
-    outcome: str | None
-    log_path: str
-    reason: str = ""
-    session_id: str | None = None
-    cost_usd: float | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cache_read_tokens: int | None = None
-    agent: str = ""
-    retry_at: float | None = None
-    usage_window: bool = False
-    progressed: bool = False  # rate limited after it got work done: no retry used
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptUsage:
-    """What an agent reported about one attempt (all optional)."""
-
-    reason: str = ""
-    session_id: str | None = None
-    cost_usd: float | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cache_read_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventRow:
-    """One entry of a run's event log."""
-
-    id: int
-    run_id: str
-    task_id: str | None
-    ts: float
-    kind: str
-    data: dict[str, object]
-
-
-def task_to_json(task: Task) -> str:
-    """Serialize *task*; :func:`task_from_json` restores it exactly."""
-    return json.dumps({f.name: getattr(task, f.name) for f in dataclasses.fields(task)})
-
-
-def task_from_json(text: str) -> Task:
-    """Restore a task written by :func:`task_to_json`."""
-    raw = json.loads(text)
-    if not isinstance(raw, dict):
-        # ValueError, not TypeError: the stored text is malformed, the caller did nothing wrong.
-        raise ValueError(f"task json must be an object, got {type(raw).__name__}")  # noqa: TRY004
-    known = {f.name for f in dataclasses.fields(Task)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"task json has unknown fields: {', '.join(unknown)}")
-    # Every sequence field of Task is a (possibly nested) tuple; JSON only has lists.
-    kwargs: dict[str, Any] = {key: _tuples(value) for key, value in raw.items()}
-    return Task(**kwargs)
-
-
-def _tuples(value: object) -> object:
-    if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
-    return value
 
 
 BUSY_SECONDS = 30.0  # how long a write waits for another connection's lock, then fails
@@ -1077,31 +754,3 @@ def _column_value(name: str, value: object) -> object:
     if name in {"stop_requested", "retry_fresh"}:
         return int(bool(value))
     return value
-
-
-# Column names equal field names, so rows convert by keyword; only non-SQL types need care.
-def _run_row(r: sqlite3.Row) -> RunRow:
-    values = dict(r)
-    values["status"] = RunStatus(values["status"])
-    return RunRow(**values)
-
-
-def _task_row(r: sqlite3.Row) -> TaskRow:
-    values = dict(r)
-    values["state"] = TaskState(values["state"])
-    values["stop_requested"] = bool(values["stop_requested"])
-    values["retry_fresh"] = bool(values["retry_fresh"])
-    return TaskRow(**values)
-
-
-def _attempt_row(r: sqlite3.Row) -> AttemptRow:
-    values = dict(r)
-    values["usage_window"] = bool(values["usage_window"])
-    values["progressed"] = bool(values["progressed"])
-    return AttemptRow(**values)
-
-
-def _event_row(r: sqlite3.Row) -> EventRow:
-    values = dict(r)
-    values["data"] = json.loads(values["data"])
-    return EventRow(**values)

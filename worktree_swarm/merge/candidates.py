@@ -12,7 +12,8 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState, merge_again
 from worktree_swarm.git import leaks, worktrees
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.diff import (
     BranchTips,

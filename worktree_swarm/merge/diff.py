@@ -13,7 +13,8 @@ from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra import parallel
-from worktree_swarm.infra.store import Store, TaskRow
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow
 
 # Each task's diff is a git process of its own: several run at once, the output keeps its order.
 _WORKERS = parallel.CORES

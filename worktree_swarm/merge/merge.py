@@ -29,7 +29,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import proc_scan, redact
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
-from worktree_swarm.infra.store import Store, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import task_from_json
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.candidates import merge_order, select_candidates, standing_results
 from worktree_swarm.merge.checks import (

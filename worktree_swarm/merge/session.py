@@ -14,7 +14,8 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import MERGE_CHECKING, Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.infra.store import Store, TaskRow
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow
 from worktree_swarm.merge import conflicts
 from worktree_swarm.merge.guarded import MergeGuard
 from worktree_swarm.merge.merge_report import MergeProgress, TaskResult

@@ -20,7 +20,8 @@ from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
-from worktree_swarm.infra.store import AttemptRow, EventRow, RunRow, Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, TaskRow, task_from_json
 from worktree_swarm.report.status import (
     MERGE_UNDONE,
     open_attempt_end,

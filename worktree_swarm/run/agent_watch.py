@@ -20,7 +20,7 @@ from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
-from worktree_swarm.infra.store import AttemptUsage
+from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.attempt_record import (
     add_usage,
     attempt_outcome,

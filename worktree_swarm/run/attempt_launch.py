@@ -22,7 +22,7 @@ from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
 from worktree_swarm.guard import sandbox
 from worktree_swarm.infra import faults, redact, shim_record, shim_server, starts, supervisor
-from worktree_swarm.infra.store import AttemptRow
+from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
 from worktree_swarm.run.agent_watch import AgentWatch, Ended

@@ -7,7 +7,8 @@ import dataclasses
 from worktree_swarm.agents import AgentOutcome, AgentResult
 from worktree_swarm.agents.base import accountable
 from worktree_swarm.core.models import AttemptOutcome
-from worktree_swarm.infra.store import AttemptUsage, Store
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptUsage
 
 
 def attempts_own(

@@ -29,7 +29,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
-from worktree_swarm.infra.store import AttemptRow, Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry
 from worktree_swarm.run.agent_watch import LOG_READ_LIMIT

@@ -18,7 +18,7 @@ from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome, Task
 from worktree_swarm.git import diffs
 from worktree_swarm.infra import redact
-from worktree_swarm.infra.store import AttemptRow
+from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run import fallback
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.governor import Gates, Signal, limit_kind

@@ -17,7 +17,7 @@ from worktree_swarm.core.models import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.store import AttemptRow
+from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run.governor import Gates
 
 FILES_SHOWN = 30

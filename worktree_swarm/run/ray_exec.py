@@ -31,7 +31,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import read_log_end
-from worktree_swarm.infra.store import AttemptUsage
+from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.agent_watch import idle_reason, past_max_log
 from worktree_swarm.run.attempt_record import (
     add_usage,

@@ -17,7 +17,7 @@ from worktree_swarm.agents import AgentOutcome, AgentResult
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.store import AttemptRow, AttemptUsage
+from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course
 from worktree_swarm.run.ray_actors import NodeLostError, actor_name, namespace

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from worktree_swarm.core.models import BRANCH_PREFIX, AttemptOutcome, RunSettings, TaskState
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.store import AttemptUsage, Store
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.ray_actors import actor_name, namespace
 from worktree_swarm.run.ray_cluster import _ray, connect, head_problem
 from worktree_swarm.run.ray_preflight import remote_url

@@ -25,7 +25,8 @@ from worktree_swarm.git import checkpoints, gitfiles, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
-from worktree_swarm.infra.store import Store, TaskRow, task_from_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
 # Named explicitly, these may run again too; done/merged work is never redone by retry.

@@ -20,7 +20,8 @@ from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
-from worktree_swarm.infra.store import AttemptRow, Store, TaskFields
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, TaskFields
 from worktree_swarm.merge.diff import work_tip
 from worktree_swarm.report import notes
 from worktree_swarm.run.checks import CheckFailure

@@ -43,7 +43,8 @@ from worktree_swarm.guard.model import Violation, blamed
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT, Guard
 from worktree_swarm.infra import faults, proc, proctree, redact
 from worktree_swarm.infra.ports import PortClaims
-from worktree_swarm.infra.store import AttemptRow, Store, TaskFields, task_from_json, task_to_json
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, TaskFields, task_from_json, task_to_json
 from worktree_swarm.report.status import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.governor import Gates, GateView

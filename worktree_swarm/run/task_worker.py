@@ -34,7 +34,7 @@ from worktree_swarm.infra import (
     starts,
 )
 from worktree_swarm.infra.proc import task_env
-from worktree_swarm.infra.store import AttemptRow, TaskRow
+from worktree_swarm.infra.store_rows import AttemptRow, TaskRow
 from worktree_swarm.run import provision
 from worktree_swarm.run.agent_switch import AgentSwitch
 from worktree_swarm.run.agent_watch import POLL_SECONDS, Ended, read_log

@@ -1,0 +1,230 @@
+"""What the state database holds, as records: runs, tasks, attempts, events, task specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
+
+if TYPE_CHECKING:
+    import sqlite3
+
+
+# Columns update_task may write; the names are interpolated into SQL, so this list is the guard.
+class TaskFields(TypedDict, total=False):
+    """The task columns :meth:`Store.update_task` may set beside the state, with their types."""
+
+    reason: str
+    base_commit: str | None
+    attempts: int
+    started_at: float | None
+    ended_at: float | None
+    stop_requested: bool
+    diff_files: int | None
+    diff_insertions: int | None
+    diff_deletions: int | None
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None
+    disk_apparent: int | None
+    disk_actual: int | None
+    worktree_removed_at: float | None
+    merge_result: str | None
+    merge_target: str | None
+    merge_commit: str | None
+    merge_detail: str
+    pr_number: int | None
+    pr_url: str | None
+    pr_state: str | None
+    start_commit: str | None
+    retry_base: int
+    retry_fresh: bool
+    launching: int | None
+    node: str | None
+    instruction: str | None
+    repairs: int
+    tip_commit: str | None
+
+
+class TaskUpdate(TaskFields, total=False):
+    """Every task column :meth:`Store.update_task` may set."""
+
+    state: TaskState
+
+
+_UPDATABLE = TaskUpdate.__optional_keys__
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRow:
+    """One run as recorded."""
+
+    run_id: str
+    base_commit: str
+    repo_root: str
+    jobs: int
+    created_at: float
+    ended_at: float | None
+    status: RunStatus
+    manager_pid: int | None
+    manager_create_time: float | None
+    spec_json: str
+
+    @property
+    def settings(self) -> RunSettings:
+        """The run-wide settings the run was started with."""
+        return RunSettings.from_json(self.spec_json)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRow:
+    """One task of a run as recorded."""
+
+    run_id: str
+    task_id: str
+    position: int
+    state: TaskState
+    reason: str
+    branch: str
+    worktree: str
+    base_commit: str | None
+    attempts: int
+    started_at: float | None
+    ended_at: float | None
+    stop_requested: bool
+    spec_json: str
+    diff_files: int | None
+    diff_insertions: int | None
+    diff_deletions: int | None
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cache_read_tokens: int | None = None
+    disk_apparent: int | None = None
+    disk_actual: int | None = None
+    worktree_removed_at: float | None = None
+    merge_result: str | None = None
+    merge_target: str | None = None
+    merge_commit: str | None = None
+    merge_detail: str = ""
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+    start_commit: str | None = None
+    retry_base: int = 0
+    retry_fresh: bool = False
+    launching: int | None = None
+    node: str | None = None
+    instruction: str | None = None
+    repairs: int = 0
+    tip_commit: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRow:
+    """One launch of a task's agent process."""
+
+    id: int
+    run_id: str
+    task_id: str
+    number: int
+    pid: int
+    create_time: float
+    pgid: int
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    outcome: str | None
+    log_path: str
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+    agent: str = ""
+    retry_at: float | None = None
+    usage_window: bool = False
+    progressed: bool = False  # rate limited after it got work done: no retry used
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptUsage:
+    """What an agent reported about one attempt (all optional)."""
+
+    reason: str = ""
+    session_id: str | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cache_read_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRow:
+    """One entry of a run's event log."""
+
+    id: int
+    run_id: str
+    task_id: str | None
+    ts: float
+    kind: str
+    data: dict[str, object]
+
+
+def task_to_json(task: Task) -> str:
+    """Serialize *task*; :func:`task_from_json` restores it exactly."""
+    return json.dumps({f.name: getattr(task, f.name) for f in dataclasses.fields(task)})
+
+
+def task_from_json(text: str) -> Task:
+    """Restore a task written by :func:`task_to_json`."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        # ValueError, not TypeError: the stored text is malformed, the caller did nothing wrong.
+        raise ValueError(f"task json must be an object, got {type(raw).__name__}")  # noqa: TRY004
+    known = {f.name for f in dataclasses.fields(Task)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"task json has unknown fields: {', '.join(unknown)}")
+    # Every sequence field of Task is a (possibly nested) tuple; JSON only has lists.
+    kwargs: dict[str, Any] = {key: _tuples(value) for key, value in raw.items()}
+    return Task(**kwargs)
+
+
+def _tuples(value: object) -> object:
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+# Column names equal field names, so rows convert by keyword; only non-SQL types need care.
+def _run_row(r: sqlite3.Row) -> RunRow:
+    values = dict(r)
+    values["status"] = RunStatus(values["status"])
+    return RunRow(**values)
+
+
+def _task_row(r: sqlite3.Row) -> TaskRow:
+    values = dict(r)
+    values["state"] = TaskState(values["state"])
+    values["stop_requested"] = bool(values["stop_requested"])
+    values["retry_fresh"] = bool(values["retry_fresh"])
+    return TaskRow(**values)
+
+
+def _attempt_row(r: sqlite3.Row) -> AttemptRow:
+    values = dict(r)
+    values["usage_window"] = bool(values["usage_window"])
+    values["progressed"] = bool(values["progressed"])
+    return AttemptRow(**values)
+
+
+def _event_row(r: sqlite3.Row) -> EventRow:
+    values = dict(r)
+    values["data"] = json.loads(values["data"])
+    return EventRow(**values)
