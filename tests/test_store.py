@@ -22,7 +22,7 @@ from worktree_swarm.core.models import (
     Task,
     TaskState,
 )
-from worktree_swarm.infra import store as store_module
+from worktree_swarm.infra import store_file
 from worktree_swarm.infra.faults import DiskFullError, is_full
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import (
@@ -828,7 +828,7 @@ def test_a_managers_write_waits_out_a_lock_another_program_holds(
 ) -> None:
     # A `sqlite3` shell left in a transaction (a backup, a DB browser) held the write lock
     # past the busy timeout: the task being recorded failed, its finished work not committed.
-    monkeypatch.setattr(store_module, "BUSY_SECONDS", 0.05)
+    monkeypatch.setattr(store_file, "BUSY_SECONDS", 0.05)
     with Store(db_path) as store:
         store.create_run(
             run_id="r", base_commit="abc", repo_root="/r", jobs=1, manager=None, spec_json="{}"

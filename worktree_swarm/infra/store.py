@@ -1,30 +1,19 @@
-"""SQLite state of every run: versioned schema, WAL, one serialized connection per Store."""
+"""SQLite state of every run: the Store's runs, tasks, attempts and events, each write atomic."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import sqlite3
-import threading
 import time
-from typing import TYPE_CHECKING, Self, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, TypeVar, Unpack, cast
 
-from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import RunStatus, Task, TaskState
 from worktree_swarm.core.text import printable
-from worktree_swarm.infra import lock
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data
-from worktree_swarm.infra.store_file import (
-    _identity,
-    _is_damaged,
-    _is_database,
-    _open_last_written,
-    _transaction,
-    _unusable,
-)
+from worktree_swarm.infra.store_file import StoreFile
 from worktree_swarm.infra.store_rows import (
     _UPDATABLE,
     AttemptRow,
@@ -39,21 +28,15 @@ from worktree_swarm.infra.store_rows import (
     _task_row,
     task_to_json,
 )
-from worktree_swarm.infra.store_schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
-    from pathlib import Path
-    from types import TracebackType
+    from collections.abc import Callable, Mapping, Sequence
 
     from worktree_swarm.core.models import ProcessIdentity
 
 RUN_STATUS_RUNNING = RunStatus.RUNNING
 
 _F = TypeVar("_F", bound="Callable[..., object]")
-
-
-BUSY_SECONDS = 30.0  # how long a write waits for another connection's lock, then fails
 
 
 def _waits_for_space(method: _F) -> _F:
@@ -91,247 +74,8 @@ def _waits_for_space(method: _F) -> _F:
     return cast("_F", wrapper)
 
 
-class StoreNotWritableError(BadInputError):
-    """The state database cannot be written: its directory or file is read-only."""
-
-
-class Store:
+class Store(StoreFile):
     """The state database; every method is atomic and safe to call from several threads."""
-
-    #: Called with the error when a write finds the disk full (it waits, then the write is
-    #: retried), and with None once a write succeeds again; None: such writes raise.
-    on_full: Callable[[Exception | None], None] | None = None
-    #: True for a store opened by :meth:`as_last_written`.
-    read_only = False
-
-    def __init__(self, path: Path, *, last_written: bool = False) -> None:
-        """Open (creating if needed) the database at *path* and bring its schema up to date.
-
-        With *last_written*, only read it as it was last written (:meth:`to_read`).
-        """
-        self.path = path
-        self._lock = threading.Lock()
-        self._file: tuple[int, int] | None = None  # (device, inode) it was opened at
-        self._wal: tuple[int, int] | None = None  # and its write-ahead log's, once seen
-        if last_written:
-            self.read_only = True
-            self._conn = _open_last_written(path)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        made = not path.exists()
-        self._conn = sqlite3.connect(
-            path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except sqlite3.OperationalError as exc:
-            self._conn.close()
-            if is_full(exc):
-                if made:  # an empty file is no store: nothing to read, and none to put back over
-                    with contextlib.suppress(OSError):
-                        if path.stat().st_size == 0:
-                            path.unlink()
-                what = f"the state database {path}"
-                raise DiskFullError(full_message(what, exc, path.parent)) from exc
-            if not all(os.access(p, os.W_OK) for p in (path.parent, path) if p.exists()):
-                raise StoreNotWritableError(
-                    f"cannot write {path.parent}: read-only ({exc}); swarm keeps its state there"
-                ) from exc
-            raise SwarmError(
-                f"cannot open the state database {path} ({exc}); "
-                "check that no stuck swarm process holds it and that it is writable"
-            ) from exc
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise _unusable(path, exc) from exc
-        except BaseException:
-            self._conn.close()
-            raise
-        self._file, self._wal = _identity(path), _identity(self._wal_path)
-
-    @classmethod
-    def to_read(cls, path: Path) -> Self:
-        """Open *path* for a command that only looks: on a full or read-only disk, as last written.
-
-        SQLite cannot open a database to write while it cannot create its shared-memory
-        file; a look at the state (``swarm status`` in the morning) must work all the same.
-        Such a store has ``read_only`` set, and writes through it fail.
-        """
-        try:
-            return cls(path)
-        except (DiskFullError, StoreNotWritableError):
-            if not path.exists():  # nothing was ever written there
-                raise
-            return cls(path, last_written=True)
-
-    def _migrate(self) -> None:
-        # In WAL mode NORMAL cannot corrupt the database; a power cut may lose the last
-        # transactions, which `swarm resume` reconciles from git and the processes anyway.
-        # FULL costs an fsync per state change, which showed up in the scheduling benchmark.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        # Readers (`swarm status`) must not queue behind a writing manager, so only take the
-        # write lock when the schema actually needs work.
-        if self._user_version() == SCHEMA_VERSION:
-            return
-        self._refuse_newer(self._user_version())
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise SwarmError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
-        with self._write() as conn:
-            # Re-read under the lock: another process may have migrated meanwhile.
-            version = self._user_version()
-            if version == SCHEMA_VERSION:  # made meanwhile (a run starting): nothing to do
-                return
-            self._refuse_newer(version)
-            self._refuse_under_a_manager(version)
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            # PRAGMA takes no parameters; SCHEMA_VERSION is our own integer.
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-
-    def _user_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _refuse_under_a_manager(self, version: int) -> None:
-        """Refuse to bring an older database up to date while another manager runs on it.
-
-        That manager is an older worktree-swarm (this one would have brought it up to date):
-        its rows would get columns it does not know, and every task it still ran failed with
-        an internal error at its next read (a `swarm status` after an upgrade did it).
-        """
-        holder = lock.other_manager(self.path.parent) if version > 0 else None
-        if holder is not None:
-            raise ManagerLockedError(
-                f"{self.path} has schema version {version}, older than this worktree-swarm's"
-                f" ({SCHEMA_VERSION}), and the manager running now {holder} is an older"
-                " worktree-swarm: this one updates the database once that run has ended (use"
-                " the older one meanwhile)"
-            )
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise SwarmError(
-                f"{self.path} has schema version {version}, newer than this worktree-swarm "
-                f"understands ({SCHEMA_VERSION}); upgrade worktree-swarm"
-            )
-
-    def put_back(self) -> bool:
-        """Write the database back to its path if it was deleted while open; whether it was.
-
-        A manager's store deleted under it (``rm -rf .git/swarm``) goes on working on the open
-        file, which vanishes with its last descriptor: the morning would find no run at all.
-        The copy is written beside the path and renamed onto it once complete: a write that
-        fails (a full disk) leaves nothing there, and the open store is used on.
-        """
-        if self.read_only or not self._gone():
-            return False
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp = self.path.with_name(f"{self.path.name}.put-back-{os.getpid()}")
-            try:
-                with contextlib.closing(
-                    sqlite3.connect(temp, timeout=30, isolation_level=None)
-                ) as copy:
-                    self._conn.backup(copy)
-                    copy.execute("PRAGMA journal_mode = WAL")
-                # What is at the path is an empty store another command made: its write-ahead
-                # log goes with it, or SQLite would replay that store's pages onto the copy.
-                for log in ("-wal", "-shm"):
-                    self.path.with_name(self.path.name + log).unlink(missing_ok=True)
-                temp.replace(self.path)
-            finally:
-                for leftover in (temp, *(temp.with_name(temp.name + e) for e in ("-wal", "-shm"))):
-                    leftover.unlink(missing_ok=True)
-            self._conn.close()
-            self._conn = sqlite3.connect(
-                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
-            )
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._file, self._wal = _identity(self.path), None
-        return True
-
-    @property
-    def _wal_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
-
-    def _gone(self) -> bool:
-        """Whether the path no longer holds this store: missing, or a new one with no run.
-
-        (Another command may have made an empty store there since, before it gave up.)
-        """
-        wal = _identity(self._wal_path)
-        if self._wal is None:
-            self._wal = wal  # made by the first write after opening
-        elif wal != self._wal:
-            # Deleted (or replaced) under this open store: what was written since the last
-            # checkpoint is only in the log this connection still holds; other processes
-            # read the file as of that checkpoint (a store with no tables, at first).
-            return True
-        now = _identity(self.path)
-        if now == self._file:
-            return False
-        if now is None or not _is_database(self.path):
-            # Another file moved there (an agent's garbage): never opened with SQLite, which
-            # would take this store's write-ahead log, still at the path, for that file's.
-            return True
-        try:
-            # Immutable: without any write-ahead log (this store's may still be at the path).
-            uri = f"{self.path.absolute().as_uri()}?mode=ro&immutable=1"
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as other:
-                return not other.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
-        except sqlite3.OperationalError as exc:  # empty: a store whose making failed (full)
-            return "no such table" in str(exc)
-        except sqlite3.Error:
-            return False
-
-    def replaced(self) -> bool:
-        """Whether another file is at the path now than the one open (a store written back).
-
-        A reader that stays open (`swarm watch`) reads the file it opened, which a manager
-        replaces when it writes its store back after a deletion; a missing file is not that.
-        """
-        now = _identity(self.path)
-        return now is not None and self._file is not None and now != self._file
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with _transaction(self._conn) as conn:
-                yield conn
-        except sqlite3.DatabaseError as exc:
-            if _is_damaged(exc):
-                raise _unusable(self.path, exc) from exc
-            raise
-
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
-                if _is_damaged(exc):  # found past the pages opening it read
-                    raise _unusable(self.path, exc) from exc
-                raise
 
     # -- runs ------------------------------------------------------------------------------
 
