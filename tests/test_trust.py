@@ -1197,6 +1197,86 @@ def test_moves_an_agent_announced_are_blamed_on_it_alone_only_as_it_named_them(
     assert git(repo, "rev-parse", "stable") == tip
 
 
+# An agent's own announcement naming `stable` (not done, its command at work), held open.
+HOLD_ANNOUNCEMENT = r"""
+import json, pathlib, sys, time
+import psutil
+from worktree_swarm.infra import starts
+repo, ctrl, old = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+me = psutil.Process()
+where = repo / '.git' / 'swarm' / 'ref-moves'
+where.mkdir(parents=True, exist_ok=True)
+with (where / f'{me.pid}-own.json').open('w') as held:
+    held.write(json.dumps({'pid': me.pid, 'started': starts.of(me), 'done': False,
+                           'moves': [{'ref': 'refs/heads/stable', 'old': old}]}))
+    held.flush()
+    (ctrl / 'ready').touch()
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard-link", "swapped"])
+def test_an_announcement_forged_in_a_siblings_name_does_not_blame_it_alone(
+    tmp_path: Path, how: str
+) -> None:
+    # Agent x writes an announcement in sibling y's name into a file y holds open (its agent
+    # log), then moves `stable` as announced: y's log linked into ref-moves, or y's own
+    # announcement (read once, honestly) replaced since. The file read is not one y holds
+    # open under that name alone: x's move is anyone's, not y's.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    rogue = git(repo, "commit-tree", tree, "-p", tip, "-m", "rogue")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    where = repo / ".git" / "swarm" / "ref-moves"
+    where.mkdir(parents=True, exist_ok=True)
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    log = tmp_path / "y.log"
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_ANNOUNCEMENT)
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    with log.open("ab") as out:  # y's agent log, its output: held open by y
+        sibling = subprocess.Popen(
+            [sys.executable, str(script), str(repo), str(ctrl), tip] if how == "swapped" else sleep,
+            stdout=out,
+            stderr=out,
+        )
+    hostile = subprocess.Popen(sleep)
+    try:
+        guard.agent_started("x", identity_of(hostile.pid))
+        guard.agent_started("y", identity_of(sibling.pid))
+        if how == "swapped":
+            wait_for((ctrl / "ready").exists, what="y's announcement")
+        guard.scan()  # y's own announcement, if any, read (refused: an agent's)
+        y = psutil.Process(sibling.pid)
+        forged = json.dumps({
+            "pid": y.pid, "started": starts.of(y), "done": True,
+            "moves": [{"ref": "refs/heads/stable", "old": tip, "new": rogue}],
+        })  # fmt: skip
+        if how == "swapped":
+            own = next(where.glob(f"{y.pid}-*.json"))
+            aside = tmp_path / "forged.json"
+            aside.write_text(forged)
+            aside.replace(own)
+        else:
+            log.write_text(forged)
+            link = where / "forged.json"
+            link.symlink_to(log) if how == "symlink" else link.hardlink_to(log)
+        guard.scan()
+        git(repo, "update-ref", "refs/heads/stable", rogue, tip)  # x's own move
+        found = guard.scan()
+    finally:
+        for proc in (hostile, sibling):
+            proc.kill()
+            proc.wait()
+    assert [(v.refs, v.suspects) for v in found] == [
+        ((("refs/heads/stable", tip, rogue),), ("x", "y"))
+    ]
+    assert git(repo, "rev-parse", "stable") == tip
+
+
 def test_a_ref_moved_on_right_after_swarm_moved_it_is_put_back_where_swarm_left_it(
     tmp_path: Path,
 ) -> None:

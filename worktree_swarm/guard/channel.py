@@ -4,7 +4,8 @@ The writer, before moving anything, creates ``.git/swarm/ref-moves/<pid>-<token>
 naming the refs it is about to move and their current values, and keeps that file open. When
 done, it writes each ref's new value into the same file and, while a run's manager is alive,
 waits for the guard's verdict (``<name>.verdict``). The guard believes a file only if its
-writer is alive (same process start time), holds the file open itself, and is not an agent of
+writer is alive (same process start time), holds the very file read open itself (by device
+and inode; never read through a symlink, nor one with another name), and is not an agent of
 the run or a descendant of one, nor any other program swarm started for a task or one such
 left behind (:func:`~worktree_swarm.guard.attribution.task_program`); then it leaves the
 named refs alone while the writer works and accepts exactly the named moves, ``old`` ->
@@ -27,6 +28,7 @@ Under ``--sandbox`` ``.git/swarm`` is read-only to agents, so they cannot write 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -54,6 +56,7 @@ _HEARD = ".heard-"
 _WAIT = 30.0  # how long a writer waits for a running guard's verdict
 _POLL = 0.05
 _SAME_START = 0.01  # seconds: psutil's create_time is rounded
+_REPLACED = "replaced"  # an announcement found written anew since it was read
 
 
 def worktree_key(path: Path) -> str:
@@ -385,13 +388,13 @@ class Channel:
         for path in names:
             if path.name in self._done:
                 continue
-            parsed = _parsed(path)
-            if parsed is None:
-                continue  # being written; read it again next time
-            pid, started, moves, done = parsed
-            believed, held = self._believed(path, pid, started, refused)
+            found = self._announcement(path, refused)
+            if found is None:
+                continue
+            read, (pid, started, moves, done) = found
+            believed, held = self._believed(path, read, pid, started, refused)
             if held is not None:
-                self._follow_refused(path, held, (pid, started), moves, done=done)
+                self._follow_refused(path, held, read, (pid, started), moves, done=done)
             if not believed:
                 continue
             if not done:
@@ -405,36 +408,59 @@ class Channel:
             self._answer(path, "accepted")
         return pending, refused
 
-    def _believed(
-        self, path: Path, pid: int, started: float, refused: list[str]
-    ) -> tuple[bool, _Refused | None]:
-        """Whether *path* is swarm's own; if not, and an agent's, its record (once refused).
+    def _announcement(
+        self, path: Path, refused: list[str]
+    ) -> tuple[os.stat_result, tuple[int, float, list[RefMove], bool]] | None:
+        """The file *path* as read, and what it says (None: nothing to take from it now)."""
+        try:
+            text, read = _opened(path)
+        except fs.NotAFileError:
+            self._refuse(path, "it is not a regular file", refused)
+            return None
+        except OSError:
+            return None  # removed meanwhile
+        parsed = _parsed(text)
+        return None if parsed is None else (read, parsed)  # None: not swarm's
 
-        A refusal is added to *refused* when first found, and never taken back.
+    def _believed(
+        self, path: Path, read: os.stat_result, pid: int, started: float, refused: list[str]
+    ) -> tuple[bool, _Refused | None]:
+        """Whether *path* (the file *read*) is swarm's own; if not, and an agent's, its record.
+
+        A refusal is added to *refused* when first found, and never taken back. A file found
+        replaced since it was read (its writer wrote it anew) is neither: read again next time.
         """
         held = self._refused.get(path.name)
         if held is not None:
             return False, held
-        why, owner = self._disbelief(path, pid, started)
+        why, owner = self._disbelief(path, read, pid, started)
         if why is None:
             return True, None
-        refused.append(f"ignored {path}: {why}")
+        if why == _REPLACED:
+            return False, None
         if owner is not None:  # whose it is is known: the moves it covers are that task's
+            refused.append(f"ignored {path}: {why}")
             held = self._refused[path.name] = _Refused(
                 owner=owner, why=why, pid=pid, started=started
             )
             return False, held
+        self._refuse(path, why, refused)
+        return False, None
+
+    def _refuse(self, path: Path, why: str, refused: list[str]) -> None:
+        """Not believe *path* (for *why*), for good: recorded, and its writer answered."""
+        refused.append(f"ignored {path}: {why}")
         self._done.add(path.name)
         if why.endswith(" is gone"):  # a command that was killed: nobody waits
             _forget(path)  # by any guard, or each merge's would tell of it again
         else:
             self._answer(path, f"refused: {why}")
-        return False, None
 
     def _follow_refused(
         self,
         path: Path,
         held: _Refused,
+        read: os.stat_result,
         writer: tuple[int, float],
         moves: Sequence[RefMove],
         *,
@@ -442,19 +468,25 @@ class Channel:
     ) -> None:
         """Read an agent's refused announcement again: its refs, and where they went once done.
 
-        Answered only once done, so that its writer stays (and the file with it) until this
-        guard has read where its moves went. One whose writer is gone first is forgotten:
-        what it moved is judged like any move.
+        Taken only from the file its writer holds open now (checked at each read, as at the
+        first). Answered only once done, so that its writer stays (and the file with it) until
+        this guard has read where its moves went. One whose writer is gone first is forgotten,
+        as is one its writer no longer holds: what it moved is judged like any move.
         """
+        why, owner = self._disbelief(path, read, held.pid, held.started)
+        if why == _REPLACED:
+            return  # its writer wrote it anew: read again next time
+        if owner != held.owner:
+            del self._refused[path.name]
+            self._done.add(path.name)
+            if not _alive(held.pid, held.started):
+                _forget(path)
+            return
         if writer == (held.pid, held.started):  # else rewritten by another: not its writer's
             held.take(moves, done=done)
         if done:
             self._done.add(path.name)
             self._answer(path, f"refused: {held.why}")
-        elif not _alive(held.pid, held.started):
-            self._done.add(path.name)
-            del self._refused[path.name]
-            _forget(path)
 
     def blame(self, moves: Sequence[RefMove]) -> tuple[str, ...]:
         """The tasks whose agents' refused announcements name every one of *moves* (else none).
@@ -520,17 +552,28 @@ class Channel:
             return at
         return before
 
-    def _disbelief(self, path: Path, pid: int, started: float) -> tuple[str | None, str | None]:
+    def _disbelief(
+        self, path: Path, read: os.stat_result, pid: int, started: float
+    ) -> tuple[str | None, str | None]:
         """Why the file's writer is not to be believed (None: it is swarm's own command).
 
-        With it, the task whose agent the writer is or descends from, if it is an agent's.
+        *read*: the file as read, which its writer must hold open itself: the same file (device
+        and inode), not one of the same name or path, and under no other name (a hard link to
+        a file another process holds). With it, the task whose agent the writer is or descends
+        from, if it is an agent's. :data:`_REPLACED`: the file at *path* is another by now.
         """
+        if read.st_nlink == 0 or not _still_at(path, read):
+            return _REPLACED, None
+        if read.st_nlink > 1:
+            return "it has another name (a hard link)", None
         try:
             process = psutil.Process(pid)
             if abs(starts.of(process) - started) > _SAME_START:
                 return f"its writer (pid {pid}) is gone", None
-            real = os.path.realpath(path)
-            if not any(os.path.realpath(f.path) == real for f in process.open_files()):
+            if not _holds(process, read):
+                # Its writer may have written it anew, and let the file read go, since.
+                if not _still_at(path, read):
+                    return _REPLACED, None
                 return f"its writer (pid {pid}) does not hold it open", None
         except psutil.AccessDenied:
             return f"its writer (pid {pid}) cannot be inspected", None
@@ -545,15 +588,65 @@ class Channel:
         return None, None
 
 
-def _parsed(path: Path) -> tuple[int, float, list[RefMove], bool] | None:
-    """The announcement *path*: its writer's pid and start, its moves, whether it is done."""
+def _opened(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of the announcement *path*, and the file they were read from.
+
+    Never through a symlink, never a named pipe or anything but a regular file
+    (:class:`fs.NotAFileError`): what is judged is the file read, not what its name leads to.
+    """
     try:
-        data = json.loads(fs.read_file(path))
+        fh = fs.open_file(path, follow=False)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink
+            raise fs.NotAFileError(exc.errno, "a symlink", os.fspath(path)) from exc
+        raise
+    with fh:
+        return fh.read(), os.fstat(fh.fileno())
+
+
+def _still_at(path: Path, read: os.stat_result) -> bool:
+    """Whether *path* still names the file *read*."""
+    try:
+        now = path.lstat()
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (read.st_dev, read.st_ino)
+
+
+def _holds(process: psutil.Process, read: os.stat_result) -> bool:
+    """Whether *process* holds the file *read* open (compared by device and inode).
+
+    Linux: each of its descriptors, as ``/proc`` gives them; elsewhere the files psutil names.
+    """
+    key = (read.st_dev, read.st_ino)
+    fds = Path(f"/proc/{process.pid}/fd")
+    if Path("/proc/self/fd").is_dir():
+        try:
+            entries = os.listdir(fds)  # noqa: PTH208
+        except PermissionError as exc:
+            raise psutil.AccessDenied(process.pid) from exc
+        except OSError as exc:
+            raise psutil.NoSuchProcess(process.pid) from exc
+        paths = [fds / entry for entry in entries]
+    else:
+        paths = [Path(f.path) for f in process.open_files()]
+    for each in paths:
+        with contextlib.suppress(OSError):
+            held = each.stat()
+            if (held.st_dev, held.st_ino) == key:
+                return True
+    return False
+
+
+def _parsed(text: bytes) -> tuple[int, float, list[RefMove], bool] | None:
+    """An announcement's writer's pid and start, its moves, whether it is done."""
+    try:
+        data = json.loads(text)
         pid, started = int(data["pid"]), float(data["started"])
         moves = [(str(m["ref"]), _oid(m.get("old")), _oid(m.get("new"))) for m in data["moves"]]
         return pid, started, moves, bool(data["done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # being written (or not swarm's)
+    except (ValueError, KeyError, TypeError):
+        return None  # not swarm's
 
 
 def _alive(pid: int, started: float) -> bool:
