@@ -1277,6 +1277,91 @@ def test_an_announcement_forged_in_a_siblings_name_does_not_blame_it_alone(
     assert git(repo, "rev-parse", "stable") == tip
 
 
+def test_a_move_made_while_an_agents_announced_command_works_is_anyones(
+    tmp_path: Path,
+) -> None:
+    # Agent y's command (its `swarm merge` on your checkout) has announced `stable` and works;
+    # meanwhile agent x moves `stable` itself. Until y's command says where it took the ref,
+    # the move may be either's: both are suspects, y's announcement does not cover x.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    rogue = git(repo, "commit-tree", tree, "-p", tip, "-m", "rogue")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_ANNOUNCEMENT)
+    sibling = subprocess.Popen([sys.executable, str(script), str(repo), str(ctrl), tip])
+    hostile = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("x", identity_of(hostile.pid))
+        guard.agent_started("y", identity_of(sibling.pid))
+        wait_for((ctrl / "ready").exists, what="y's announcement")
+        guard.scan()  # y's announcement, read (refused: an agent's)
+        git(repo, "update-ref", "refs/heads/stable", rogue, tip)  # x's move
+        found = guard.scan()
+    finally:
+        for proc in (hostile, sibling):
+            proc.kill()
+            proc.wait()
+    assert [(v.refs, v.suspects) for v in found] == [
+        ((("refs/heads/stable", tip, rogue),), ("x", "y"))
+    ]
+    assert git(repo, "rev-parse", "stable") == tip
+
+
+# An agent's command that says it moved `stable` (it did not: it failed), and goes once the
+# guard answers, as swarm's own commands do.
+SAY_AND_GO = r"""
+import json, pathlib, sys, time
+import psutil
+from worktree_swarm.infra import starts
+repo, old, said = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+me = psutil.Process()
+where = repo / '.git' / 'swarm' / 'ref-moves'
+where.mkdir(parents=True, exist_ok=True)
+path = where / f'{me.pid}-own.json'
+with path.open('w') as held:
+    held.write(json.dumps({'pid': me.pid, 'started': starts.of(me), 'done': True,
+                           'moves': [{'ref': 'refs/heads/stable', 'old': old, 'new': said}]}))
+    held.flush()
+    deadline = time.time() + 60
+    while time.time() < deadline and not path.with_name(path.name + '.verdict').exists():
+        time.sleep(0.05)
+"""
+
+
+def test_an_agents_answered_announcement_covers_no_later_move(tmp_path: Path) -> None:
+    # Agent y's command said it moved `stable`, was answered and went, with y. Later agent x
+    # makes that very move: it is x's, not y's.
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "branch", "stable")
+    tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
+    named = git(repo, "commit-tree", tree, "-p", tip, "-m", "named")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    sibling = subprocess.Popen([sys.executable, "-c", SAY_AND_GO, str(repo), tip, named])
+    hostile = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        guard.agent_started("x", identity_of(hostile.pid))
+        guard.agent_started("y", identity_of(sibling.pid))
+        wait_for(
+            lambda: bool(guard.scan()) or sibling.poll() is not None, what="the guard's answer"
+        )
+        assert sibling.wait(timeout=60) == 0
+        guard.agent_ended("y")
+        guard.scan()
+        git(repo, "update-ref", "refs/heads/stable", named, tip)  # x's move
+        found = guard.scan()
+    finally:
+        for proc in (hostile, sibling):
+            proc.kill()
+            proc.wait()
+    assert [(v.refs, v.suspects) for v in found] == [((("refs/heads/stable", tip, named),), ("x",))]
+
+
 def test_a_ref_moved_on_right_after_swarm_moved_it_is_put_back_where_swarm_left_it(
     tmp_path: Path,
 ) -> None:

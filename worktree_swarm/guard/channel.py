@@ -11,9 +11,10 @@ left behind (:func:`~worktree_swarm.guard.attribution.task_program`); then it le
 named refs alone while the writer works and accepts exactly the named moves, ``old`` ->
 ``new``. Any other move of those refs, and any move named by a file it does not believe, is
 judged like every other ref move. A file refused because an agent's process wrote it (its
-`swarm merge` on your checkout) is still read until it is done: the moves it covers are
-blamed on that agent's task alone (:meth:`Channel.blame`), not on every agent running
-meanwhile.
+`swarm merge` on your checkout) is still read until it is done: the moves it names, found once
+it is done and exactly as it says, are blamed on that agent's task alone
+(:meth:`Channel.blame`), not on every agent running meanwhile; a move of a ref it names found
+while it works is that task's and everyone's (:meth:`Channel.named`).
 
 A guard that only listens (a `swarm merge`'s, which scans only after each of its programs)
 says so with ``<pid>-<token>.listening``, held open while it listens, reads the files while
@@ -315,10 +316,18 @@ class _Refused:
             self.new = {ref: new for ref, _, new in moves}
 
     def covers(self, ref: str, before: str | None, after: str | None) -> bool:
-        """Whether *ref*'s move is one the writer named: from where it said, to where it said."""
-        if ref not in self.at or self.at[ref] != before:
+        """Whether *ref*'s move is one the writer named, done: from where it said, to where it said.
+
+        While it works, where a move it makes ends is not known: no move is covered yet.
+        """
+        if self.new is None or ref not in self.new or ref not in self.at:
             return False
-        return self.new is None or (ref in self.new and self.new[ref] == after)
+        return self.at[ref] == before and self.new[ref] == after
+
+    @property
+    def used_up(self) -> bool:
+        """Whether every move it named, done, was blamed (nothing more to cover)."""
+        return self.new is not None and all(self.at.get(r) == n for r, n in self.new.items())
 
 
 def _oid(value: object) -> str | None:
@@ -385,6 +394,7 @@ class Channel:
             names = sorted(p for p in self._dir.iterdir() if p.suffix == ".json")
         except FileNotFoundError:
             return pending, refused
+        self._forget_answered()
         for path in names:
             if path.name in self._done:
                 continue
@@ -407,6 +417,16 @@ class Channel:
             self._done.add(path.name)
             self._answer(path, "accepted")
         return pending, refused
+
+    def _forget_answered(self) -> None:
+        """Forget the agents' announcements answered whose writers went since: judged by now.
+
+        The writer goes once answered; its moves, made before it finished, were judged by the
+        scan that read it finished. Kept, it would cover a move made anew from where it began.
+        """
+        for name, held in list(self._refused.items()):
+            if held.new is not None and not _alive(held.pid, held.started):
+                del self._refused[name]
 
     def _announcement(
         self, path: Path, refused: list[str]
@@ -491,19 +511,32 @@ class Channel:
     def blame(self, moves: Sequence[RefMove]) -> tuple[str, ...]:
         """The tasks whose agents' refused announcements name every one of *moves* (else none).
 
-        Each move must be one its announcement covers: from the value it named (or where the
-        last move blamed on it went) and, once it is done, to the value it says. The moves
-        blamed are used up: the next move of those refs starts where they went.
+        Each move must be one its finished announcement covers: from the value it named (or
+        where the last move blamed on it went) to the value it says. The moves blamed are used
+        up: the next move of those refs starts where they went; an announcement used up is
+        forgotten.
         """
-        found: list[tuple[_Refused, str, str | None]] = []
+        found: list[tuple[str, str, str | None]] = []
         for ref, before, after in moves:
-            held = next((h for h in self._refused.values() if h.covers(ref, before, after)), None)
-            if held is None:
+            name = next((n for n, h in self._refused.items() if h.covers(ref, before, after)), None)
+            if name is None:
                 return ()
-            found.append((held, ref, after))
-        for held, ref, after in found:
-            held.at[ref] = after
-        return tuple(sorted({held.owner for held, _, _ in found}))
+            found.append((name, ref, after))
+        owners = {self._refused[name].owner for name, _, _ in found}
+        for name, ref, after in found:
+            if name in self._refused:
+                self._refused[name].at[ref] = after
+                if self._refused[name].used_up:
+                    del self._refused[name]
+        return tuple(sorted(owners))
+
+    def named(self, moves: Sequence[RefMove]) -> tuple[str, ...]:
+        """The tasks whose agents' refused announcements name a ref of *moves* at all.
+
+        Suspects of those moves beside everyone else: their command moves those refs.
+        """
+        refs = {ref for ref, _, _ in moves}
+        return tuple(sorted({h.owner for h in self._refused.values() if refs & set(h.at)}))
 
     def _answer(self, path: Path, verdict: str) -> None:
         if self._answers:

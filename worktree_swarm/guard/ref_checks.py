@@ -297,7 +297,14 @@ class RefChecks(Verdicts):
         suspects = (
             tuple(sorted(evidence))
             or self._announced_by(refs)
-            or self._agents.suspects(window, exclude=exclude)
+            or tuple(
+                sorted(
+                    {
+                        *self._agents.suspects(window, exclude=exclude),
+                        *self._channel.named(refs),
+                    }
+                )
+            )
         )
         patch = "".join(ref_patch(self.repo.root, r, b, a) for r, b, a in refs)
         found = Violation(number=0, where=where, refs=tuple(refs), suspects=suspects)
@@ -317,9 +324,9 @@ class RefChecks(Verdicts):
     def _announced_by(self, refs: list[RefMove]) -> tuple[str, ...]:
         """The tasks whose agents announced exactly *refs*' moves (their `swarm merge`), if so.
 
-        Their announcement was refused (an agent's is never believed), yet it says whose the
-        moves are: the agents running beside them did not make them. Read again if need be:
-        it may have come after this scan read the announcements, before the move.
+        Their announcement was refused (an agent's is never believed), yet once done it says
+        whose the moves are: the agents running beside them did not make them. Read again if
+        need be: it may have been finished after this scan read the announcements.
         """
         found = self._channel.blame(refs)
         if not found:
