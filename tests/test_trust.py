@@ -1172,7 +1172,7 @@ def test_moves_an_agent_announced_are_blamed_on_it_alone_only_as_it_named_them(
     guard.start()
     ctrl = tmp_path / "ctrl"
     ctrl.mkdir()
-    script = tmp_path / "announce.py"
+    script = tmp_path / "swarm"  # its `swarm merge` on your checkout, as it runs: `swarm ...`
     script.write_text(ANNOUNCE_AND_MOVE)
     announcer = subprocess.Popen(
         [sys.executable, str(script), str(repo), str(ctrl), tip, named, made]
@@ -1215,14 +1215,15 @@ with (where / f'{me.pid}-own.json').open('w') as held:
 """
 
 
-@pytest.mark.parametrize("how", ["symlink", "hard-link", "swapped"])
+@pytest.mark.parametrize("how", ["symlink", "hard-link", "swapped", "renamed"])
 def test_an_announcement_forged_in_a_siblings_name_does_not_blame_it_alone(
     tmp_path: Path, how: str
 ) -> None:
     # Agent x writes an announcement in sibling y's name into a file y holds open (its agent
     # log), then moves `stable` as announced: y's log linked into ref-moves, or y's own
-    # announcement (read once, honestly) replaced since. The file read is not one y holds
-    # open under that name alone: x's move is anyone's, not y's.
+    # announcement (read once, honestly) replaced since, or y's log renamed into ref-moves.
+    # The file read is not one y holds open under that name alone, or not one a swarm command
+    # of y's wrote: x's move is anyone's, not y's.
     repo = make_repo(tmp_path / "repo")
     git(repo, "branch", "stable")
     tree, tip = git(repo, "rev-parse", "main^{tree}"), git(repo, "rev-parse", "main")
@@ -1260,6 +1261,9 @@ def test_an_announcement_forged_in_a_siblings_name_does_not_blame_it_alone(
             aside = tmp_path / "forged.json"
             aside.write_text(forged)
             aside.replace(own)
+        elif how == "renamed":  # still y's open file, under this one name
+            log.write_text(forged)
+            log.rename(where / "forged.json")
         else:
             log.write_text(forged)
             link = where / "forged.json"

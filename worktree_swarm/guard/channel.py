@@ -614,11 +614,23 @@ class Channel:
             return f"its writer (pid {pid}) is gone", None
         owner = self._agents.owner_of(pid)
         if owner is not None:
-            return f"written from task {owner}'s agent", owner
+            # Its task alone is blamed only for a swarm command's file: another file an agent
+            # holds open (its log) can be renamed here and written in its name by a sibling.
+            return f"written from task {owner}'s agent", owner if _swarm_command(process) else None
         program = task_program(pid, self._dir.parent)
         if program is not None:
             return f"its writer (pid {pid}) {program}", None
         return None, None
+
+
+def _swarm_command(process: psutil.Process) -> bool:
+    """Whether *process* runs swarm's command line: ``swarm ...``, ``python -m worktree_swarm``."""
+    try:
+        argv = process.cmdline()
+    except psutil.Error:
+        return False
+    head = argv[:3]
+    return any(Path(arg).name == "swarm" or arg.startswith("worktree_swarm") for arg in head)
 
 
 def _opened(path: Path) -> tuple[bytes, os.stat_result]:
