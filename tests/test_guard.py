@@ -456,6 +456,22 @@ def test_guard_takes_a_users_own_edit_as_the_new_baseline(dirty_repo: Path) -> N
     assert (dirty_repo / "app.py").read_text() == "the user keeps working\n"
 
 
+def test_a_repository_you_make_in_your_checkout_while_no_agent_runs_stays_yours(
+    dirty_repo: Path,
+) -> None:
+    guard = Guard(open_repo(dirty_repo), work_dir=dirty_repo.parent / "g", restore=True)
+    guard.start()
+    git(dirty_repo, "init", "-q", "vendor/lib")
+    (dirty_repo / "vendor" / "lib" / "x.txt").write_text("yours\n")
+    assert guard.scan() == []  # no agent ran: yours, kept
+    assert (dirty_repo / "vendor" / "lib" / ".git").is_dir()
+    guard.agent_started("later", identity_of(os.getpid()))
+    (dirty_repo / "app.py").write_text("an agent's write\n")
+    found = guard.scan()  # an agent's write later: that one is undone, your repository kept
+    assert [v.paths for v in found] == [("app.py",)]
+    assert (dirty_repo / "vendor" / "lib" / ".git").is_dir()
+
+
 def test_guard_restores_modes_symlinks_and_binary_files(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"bin.dat": "x"})
     (repo / "bin.dat").write_bytes(bytes(range(256)))

@@ -596,6 +596,8 @@ def test_shim_alive_follows_the_shim_not_the_pid(start, tmp_path: Path) -> None:
     assert recorded is not None
     assert recorded.shim_pid == me.pid
     assert not shim_alive(agent.record)
+    # No record (a shim killed before it wrote one, or it was removed): no live shim.
+    assert not shim_alive(tmp_path / "no-such-record.json")
 
 
 # Marked as a shim's tree: ignores SIGTERM and reaps nothing (its child's PID is freed at
