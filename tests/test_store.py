@@ -852,4 +852,6 @@ def test_a_managers_write_waits_out_a_lock_another_program_holds(
         again.execute("BEGIN EXCLUSIVE")
         with pytest.raises(SwarmError, match="is locked by another program"):
             store.add_event("r", "note", data={"n": 2})
+        with pytest.raises(SwarmError, match="is locked by another program"):
+            store.set_retry_at("r", "t", 1, 0.0)  # a rate limit's wait: the same one line
         again.close()

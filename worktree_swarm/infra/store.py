@@ -292,6 +292,7 @@ class Store(StoreFile):
             )
             return _lastrowid(cursor)
 
+    @_waits_for_space
     def set_retry_at(
         self,
         run_id: str,

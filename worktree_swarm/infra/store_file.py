@@ -112,7 +112,7 @@ class StoreFile:
     #: Called with the error when a write finds the disk full (it waits, then the write is
     #: retried), and with None once a write succeeds again; None: such writes raise.
     on_full: Callable[[Exception | None], None] | None = None
-    #: True for a store opened by :meth:`as_last_written`.
+    #: True for a store opened by :meth:`to_read` as last written.
     read_only = False
 
     def __init__(self, path: Path, *, last_written: bool = False) -> None:
