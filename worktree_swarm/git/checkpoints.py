@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.models import DEFAULT_MAX_FILE
+from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.gitconfig import identity_env
@@ -100,13 +101,13 @@ def checkpoint(
     big = unstage_over(worktree, added, max_file)
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
-        raise EmbeddedRepositoryError(worktree, embedded, head)
+        raise EmbeddedRepositoryError(worktree, [path_text(p) for p in embedded], head)
     if refused:
-        raise RefusedPathsError(worktree, refused, head)
+        raise RefusedPathsError(worktree, [path_text(p) for p in refused], head)
     if filtered:
         raise FilteredError(worktree, filtered, head)
     if secret and report_secrets:
-        raise SecretLeftOutError(worktree, secret, head)
+        raise SecretLeftOutError(worktree, [path_text(p) for p in secret], head)
     if big and max_file is not None:
         raise TooBigError(worktree, big, head, max_file)
     return head
@@ -253,15 +254,16 @@ def _add(
 def _add_once(
     worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
 ) -> subprocess.CompletedProcess[str]:
+    # Its output names files (those it added, those it could not): read as file names.
     if not (exclude or droppings):
-        return _run(worktree, _ADD, check=False)
+        return runner.run_names(worktree, *_ADD, check=False)
     pathspec = [
         ":(top)",
         *(f":(exclude,literal,top){path}" for path in exclude),
         *(f":(exclude,glob,top){pattern}" for pattern in droppings),
     ]
     # On its input, NUL-separated: a `copy` glob may leave thousands of files out.
-    return runner.run(
+    return runner.run_names(
         worktree,
         *_ADD,
         "--pathspec-from-file=-",

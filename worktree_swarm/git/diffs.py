@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worktree_swarm.core.paths import Repo
+from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git.repo import blob_sizes, git
+from worktree_swarm.git import runner
+from worktree_swarm.git.repo import blob_sizes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,11 +35,11 @@ def diff_stat(repo: Repo, base: str, tip: str) -> DiffStat:
     """
     if base == tip:  # an attempt that committed nothing on an untouched branch
         return DiffStat(files=0, insertions=0, deletions=0)
-    out = git(
+    out = runner.run_names(  # its paths as file names: they are looked at on disk
         repo.root,
         *("diff", "--raw", "--no-abbrev", "--numstat", "-z"),
         *("--end-of-options", f"{base}...{tip}", "--"),
-    )
+    ).stdout
     fields = out.split("\0")
     files = insertions = deletions = 0
     content: list[str] = []
@@ -88,7 +90,7 @@ def over_size(repo: Repo, diff: DiffStat, limit: int) -> list[tuple[str, int]]:
 
 def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:
     """Why a task whose branch holds the files *over* (path, size) its cap *limit* failed."""
-    named = ", ".join(f"{path} ({format_size(size)})" for path, size in over)
+    named = ", ".join(f"{path_text(path)} ({format_size(size)})" for path, size in over)
     return (
         f"its branch holds files over max_file ({format_size(limit)}) its agent committed or "
         f"staged itself: {named}; GitHub refuses a push holding a file over 100 MiB"
@@ -96,6 +98,6 @@ def over_size_reason(over: Sequence[tuple[str, int]], limit: int) -> str:
 
 
 def changed_paths(repo: Repo, base: str, tip: str) -> list[str]:
-    """The paths that differ from *base* to *tip* (new names of renames)."""
-    out = git(repo.root, "diff", "--name-only", "-z", "--end-of-options", base, tip, "--")
-    return [p for p in out.split("\0") if p]
+    """The paths that differ from *base* to *tip* (new names of renames), as file names."""
+    args = ("diff", "--name-only", "-z", "--end-of-options", base, tip, "--")
+    return [p for p in runner.run_names(repo.root, *args).stdout.split("\0") if p]

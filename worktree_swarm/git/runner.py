@@ -540,8 +540,7 @@ def run(
     Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable,
     BadInputError when git is missing.
     """
-    # (A file name that is not UTF-8 is text with surrogates: its bytes go as they were.)
-    data = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
+    data = None if input_text is None else as_bytes(input_text)
     argv, shown_from, full_env = _hardened(cwd, args, env)
     return _execute(
         cwd,
@@ -551,6 +550,39 @@ def run(
         input_bytes=data,
         shown_from=shown_from,
     )
+
+
+def run_names(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Like :func:`run`, its output read as file names are (:func:`os.fsdecode`).
+
+    For output that names files (``-z`` listings, ``add --verbose``): each name keeps its
+    bytes, so it opens its file and goes back to git as it came, in any locale (read as UTF-8,
+    a name Latin-1 cannot spell, ``文档.md``, named no file there). Show one with
+    :func:`core.text.path_text`.
+    """
+    data = None if input_text is None else as_bytes(input_text)
+    res = run_bytes(cwd, *args, check=check, env=env, input_bytes=data)
+    return subprocess.CompletedProcess(
+        res.args, res.returncode, os.fsdecode(res.stdout), os.fsdecode(res.stderr)
+    )
+
+
+def as_bytes(text: str) -> bytes:
+    """*text* (a file name as :func:`run_names` reads it, or swarm's own) as git gets it.
+
+    A name keeps its bytes (:func:`os.fsencode`); text the locale's encoding cannot spell
+    never came from a file name, and goes as UTF-8 (surrogates as the bytes they hold).
+    """
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
 
 
 def run_bytes(
@@ -569,7 +601,7 @@ def run_bytes(
 
 def run_into(cwd: Path, out: IO[bytes], *args: str, input_text: str | None = None) -> None:
     """Like :func:`run` (checked), with git's stdout written to *out* (a pack of any size)."""
-    data = input_text.encode("utf-8", "surrogateescape") if input_text is not None else None
+    data = None if input_text is None else as_bytes(input_text)
     argv, shown_from, full_env = _hardened(cwd, args, None)
     _execute_bytes(
         cwd, argv, check=True, env=full_env, input_bytes=data, shown_from=shown_from, stdout=out

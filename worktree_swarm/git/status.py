@@ -96,8 +96,11 @@ def status_porcelain(path: Path) -> str:
 
 
 def status_paths(path: Path) -> list[str]:
-    """The paths :func:`status_porcelain` lists (a rename's or copy's new path, not its source)."""
-    fields = iter(status_porcelain(path).split("\0"))
+    """The paths :func:`status_porcelain` lists (a rename's or copy's new path, not its source).
+
+    Read as file names (:func:`runner.run_names`): each names its file in any locale.
+    """
+    fields = iter(runner.run_names(path, *_STATUS).stdout.split("\0"))
     found = []
     for field in fields:
         if field:
@@ -129,8 +132,8 @@ def submodule_work(worktree: Path) -> list[str]:
     paths = sorted(_submodule_paths(worktree))
     if not paths:
         return []
-    staged = _run(worktree, ["ls-files", "-z", "--stage", "--",
-                             *(f":(literal){p}" for p in paths)]).stdout  # fmt: skip
+    staged = runner.run_names(worktree, "ls-files", "-z", "--stage", "--",
+                              *(f":(literal){p}" for p in paths)).stdout  # fmt: skip
     links = [
         entry.partition("\t")[2] for entry in staged.split("\0") if entry.startswith("160000 ")
     ]

@@ -943,8 +943,8 @@ def copied_paths(worktree: Path, globs: Sequence[str], *, base: str) -> list[str
     candidates = [rel.as_posix() for _, rel in copy_sources(worktree, globs, strict=False)]
     tracked: set[str] = set()
     for chunk in in_batches(candidates):
-        out = git(worktree, "ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
-        tracked.update(out.split("\0"))
+        args = ("ls-tree", "-r", "-z", "--name-only", "--full-tree", base, "--", *chunk)
+        tracked.update(runner.run_names(worktree, *args).stdout.split("\0"))
     return [c for c in candidates if c not in tracked]
 
 

@@ -142,7 +142,8 @@ class Baselines(Verdicts):
             _seed(scratch, saved)
             base = capture(path, scratch, self._exclude if where == MAIN else ())
         if users and base is not None:
-            out = git.git(path, "ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
+            args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
+            out = runner.run_names(path, *args).stdout
             dirs = [d for d in out.split("\0") if d]
         return _Place(
             where=where,

@@ -235,7 +235,7 @@ class Changes:
     def _ignore_ignored(self, root: Path, place: _Place) -> None:
         """Add the directories git ignores as a whole under *root* to what is skipped."""
         try:
-            out = runner.run(
+            out = runner.run_names(
                 root,
                 "ls-files",
                 "-z",

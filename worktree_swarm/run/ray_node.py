@@ -562,7 +562,7 @@ class NodeAgent:
         with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             runner.run(self.work, "read-tree", "HEAD", env=env)
-            added = runner.run(self.work, "add", "--all", "--verbose", env=env).stdout
+            added = runner.run_names(self.work, "add", "--all", "--verbose", env=env).stdout
             # A file holding a secret's value is never pushed, not even for a minute, nor one
             # over max_file: the attempt's own checkpoint leaves them out too, and fails the
             # task saying so.

@@ -1,0 +1,101 @@
+"""swarm under a locale whose encoding is not UTF-8 (Python's UTF-8 mode off): file names
+keep their bytes, and every output takes any text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+
+AgentFactory = Callable[[str], list[str]]
+
+# A name Latin-1 cannot spell, and one whose bytes are no encoding's text.
+CJK = "文档-☃.md".encode()
+NOT_TEXT = b"bytes-\xff\xfe.txt"
+WRITES_ODD_NAMES = f"""
+open({CJK!r}, 'wb').write(b'# doc\\n')
+open({NOT_TEXT!r}, 'wb').write(b'raw\\n')
+open('notes.txt', 'w').write('plain\\n')
+"""
+
+
+@pytest.fixture(scope="session")
+def latin1_locale(tmp_path_factory: pytest.TempPathFactory) -> Mapping[str, str]:
+    """The variables of a Latin-1 locale (built with localedef), Python's UTF-8 mode off."""
+    if shutil.which("localedef") is None:
+        pytest.skip("localedef is missing: no Latin-1 locale to run under")
+    where = tmp_path_factory.mktemp("locales")
+    built = subprocess.run(
+        ["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(where / "en_US.ISO-8859-1")],
+        capture_output=True,
+        check=False,
+    )
+    env = {
+        "LOCPATH": str(where),
+        "LC_ALL": "en_US.ISO-8859-1",
+        "PYTHONUTF8": "0",
+        "PYTHONCOERCECLOCALE": "0",
+    }
+    asked = [sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"]
+    found = subprocess.run(asked, env={**os.environ, **env}, capture_output=True, check=False)
+    if built.returncode != 0 or found.stdout.strip() != b"iso8859-1":
+        pytest.skip(f"no Latin-1 locale: localedef said {built.stderr!r}")
+    return env
+
+
+def swarm_under(
+    locale: Mapping[str, str], repo: Path, *args: str
+) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI run in *repo* under *locale*; its output as bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        env={**os.environ, **locale},
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+def committed(repo: Path, branch: str) -> set[bytes]:
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "-z", "--name-only", branch],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return {name for name in listed.split(b"\0") if name}
+
+
+def test_files_named_beyond_the_locale_are_committed_on_the_branch(
+    repo: Path, write_agent: AgentFactory, latin1_locale: Mapping[str, str]
+) -> None:
+    # Read as UTF-8, 文档 named no file Latin-1 can spell: the checkpoint failed with an
+    # internal error (UnicodeEncodeError), every file of the task staged only.
+    agent = " ".join(write_agent(WRITES_ODD_NAMES))
+    out = swarm_under(latin1_locale, repo, "run", "-t", "t=write", "--agent", agent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert b"done" in out.stdout
+    assert committed(repo, "swarm/t") == {b"README.md", b"notes.txt", CJK, NOT_TEXT}
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_an_untracked_file_named_beyond_the_locale_in_your_checkout_lets_a_run_start(
+    repo: Path, write_agent: AgentFactory, latin1_locale: Mapping[str, str]
+) -> None:
+    # Its name, read as UTF-8, could not be resolved: `swarm run` crashed before it started.
+    (repo / os.fsdecode(CJK)).write_bytes(b"mine\n")
+    agent = " ".join(write_agent("open('work.txt', 'w').write('work\\n')\n"))
+    out = swarm_under(latin1_locale, repo, "run", "-t", "t=work", "--agent", agent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert b"uncommitted changes in your checkout are not part of the base" in out.stderr
+    assert committed(repo, "swarm/t") == {b"README.md", b"work.txt"}
+    assert (repo / os.fsdecode(CJK)).read_bytes() == b"mine\n"
