@@ -99,3 +99,26 @@ def test_an_untracked_file_named_beyond_the_locale_in_your_checkout_lets_a_run_s
     assert b"uncommitted changes in your checkout are not part of the base" in out.stderr
     assert committed(repo, "swarm/t") == {b"README.md", b"work.txt"}
     assert (repo / os.fsdecode(CJK)).read_bytes() == b"mine\n"
+
+
+# The C locale, as a minimal container has it: Python's streams take ASCII and surrogates.
+C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LANG": ""}
+
+
+def test_an_agents_line_the_c_locale_cannot_spell_is_shown_escaped_and_the_run_goes_on(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its `é` killed the run's manager (UnicodeEncodeError printing the task's reason): the
+    # run ended in an internal error, and status said its manager was not running.
+    agent = " ".join(
+        write_agent(
+            "import sys\n"
+            "sys.stdout.buffer.write('échec: la compilation a raté\\n'.encode())\n"
+            "sys.exit(1)\n"
+        )
+    )
+    out = swarm_under(C_LOCALE, repo, "run", "-t", "t=fail", "--agent", agent)
+    assert out.returncode == 1, out.stdout + out.stderr  # a task failed
+    assert b"t: failed - agent exited 1: \\xe9chec: la compilation a rat\\xe9\n" in out.stdout
+    assert b"run finished" in out.stdout
+    assert out.stderr == b""

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.flags.optimize >= 2:  # noqa: PLR2004 - `python -OO`, PYTHONOPTIMIZE=2
         _help_from_source()
     debug = _debug(args)
-    _escape_undecodable_output()
+    _output_takes_any_text()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8. Said
         # by where it is, not what it holds (a key in it, cut, would not be redacted).
@@ -201,10 +201,14 @@ def _bad_at(raw: bytes) -> int:
     return 0
 
 
-def _escape_undecodable_output() -> None:
-    """Print a file name that is not UTF-8 (kept as surrogates) escaped, never crash on it."""
+def _output_takes_any_text() -> None:
+    """Make stdout and stderr write what their encoding cannot spell escaped, never crash on it.
+
+    A file name kept as surrogates, or an agent's `é` where the locale is C (whose streams
+    take surrogates only) or Latin-1 (no `文`): the run's manager died on such a line.
+    """
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
             stream.reconfigure(errors="backslashreplace")
 
 
