@@ -122,3 +122,31 @@ def test_an_agents_line_the_c_locale_cannot_spell_is_shown_escaped_and_the_run_g
     assert b"t: failed - agent exited 1: \\xe9chec: la compilation a rat\\xe9\n" in out.stdout
     assert b"run finished" in out.stdout
     assert out.stderr == b""
+
+
+def swarm_without_stdout(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI run in *repo* with its stdout closed (``swarm ARGS >&-``)."""
+    return subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_commands_whose_stdout_is_closed_work_and_say_nothing(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Python leaves a closed stdout None: `run`, `status` and `clean` crashed on it.
+    agent = " ".join(write_agent("open('work.txt', 'w').write('work\\n')\n"))
+    ran = swarm_without_stdout(repo, "run", "-t", "t=work", "--agent", agent)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+    looked = swarm_without_stdout(repo, "status")
+    assert (looked.returncode, looked.stderr) == (0, "")
+    cleaned = swarm_without_stdout(repo, "clean", "--yes", "--force")
+    assert (cleaned.returncode, cleaned.stderr) == (0, "")
+    assert git(repo, "branch", "--list", "swarm/t") == ""

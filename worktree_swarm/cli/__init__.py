@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.flags.optimize >= 2:  # noqa: PLR2004 - `python -OO`, PYTHONOPTIMIZE=2
         _help_from_source()
     debug = _debug(args)
+    _closed_output_to_null()
     _output_takes_any_text()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8. Said
@@ -199,6 +200,24 @@ def _bad_at(raw: bytes) -> int:
     except UnicodeDecodeError as exc:
         return exc.start
     return 0
+
+
+def _closed_output_to_null() -> None:
+    """Give a closed stdout or stderr (``swarm status >&-``) /dev/null: what it says goes nowhere.
+
+    Python leaves such a stream None, which every command that printed crashed on. Nor is
+    the descriptor left closed: the next file swarm opened would take its number, and what a
+    child writes to its stdout would land in that file.
+    """
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        stream = open(fd, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
+        setattr(sys, name, stream)
 
 
 def _output_takes_any_text() -> None:
