@@ -150,3 +150,28 @@ def test_commands_whose_stdout_is_closed_work_and_say_nothing(
     cleaned = swarm_without_stdout(repo, "clean", "--yes", "--force")
     assert (cleaned.returncode, cleaned.stderr) == (0, "")
     assert git(repo, "branch", "--list", "swarm/t") == ""
+
+
+def test_a_full_stdout_is_named_as_what_could_not_be_written(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # It was named "swarm's state", which nothing had written.
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    agent = " ".join(write_agent("open('work.txt', 'w').write('work\\n')\n"))
+    assert swarm_under({}, repo, "run", "-t", "t=work", "--agent", agent).returncode == 0
+    with Path("/dev/full").open("wb") as full:
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", "status"],
+            cwd=repo,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert out.returncode == 1
+    assert out.stderr == (
+        "swarm: cannot write its output (stdout): No space left on device; free some space, "
+        "then run `swarm status` again\n"
+    )

@@ -6,6 +6,7 @@ import errno
 import getpass
 import os
 import pwd
+import stat
 import tempfile
 import traceback
 from pathlib import Path
@@ -14,7 +15,7 @@ import click
 
 from worktree_swarm.core.errors import CommandError, ExitCode, SwarmError
 from worktree_swarm.core.text import printable, without_escapes
-from worktree_swarm.infra import faults
+from worktree_swarm.infra import faults, fs
 from worktree_swarm.infra.redact import redact
 
 _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # a read-only repository
@@ -38,6 +39,20 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
 def _one_line(text: str) -> str:
     """*text* redacted and printable on one line: a path you typed can hold a line break."""
     return printable(redact(text).replace("\r", "\\r").replace("\n", "\\n"), keep="\t")
+
+
+def _stdout_full() -> bool:
+    """Whether swarm's stdout is what has no room (``>/dev/full``, a file on a full disk).
+
+    A write to it failing so names no file: the error was taken for swarm's state.
+    """
+    try:
+        if stat.S_ISREG(os.fstat(1).st_mode):
+            return fs.nearly_full("/dev/fd/1")
+        os.write(1, b"")  # refused only where no byte fits (/dev/full)
+    except OSError as exc:
+        return exc.errno == errno.ENOSPC
+    return False
 
 
 def _owned_by_another(filename: object) -> str:
@@ -66,7 +81,9 @@ def _owned_by_another(filename: object) -> str:
 def _unexpected(exc: Exception, command: str | None) -> int:
     """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
-        where = getattr(exc, "filename", None) or "swarm's state"
+        where = getattr(exc, "filename", None) or (
+            "its output (stdout)" if _stdout_full() else "swarm's state"
+        )
         text = faults.retry_with(faults.full_message(where, exc), command)
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
