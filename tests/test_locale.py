@@ -175,3 +175,24 @@ def test_a_full_stdout_is_named_as_what_could_not_be_written(
         "swarm: cannot write its output (stdout): No space left on device; free some space, "
         "then run `swarm status` again\n"
     )
+
+
+def test_names_beyond_the_locale_are_shown_as_git_quotes_them(
+    repo: Path, write_agent: AgentFactory, latin1_locale: Mapping[str, str]
+) -> None:
+    # Read as Latin-1, each byte of 文档 was a character of its own: shown as the UTF-8 bytes
+    # of those characters, a name no file has ("\302\226" for the byte 226).
+    agent = " ".join(write_agent(WRITES_ODD_NAMES))
+    assert (
+        swarm_under(latin1_locale, repo, "run", "-t", "t=write", "--agent", agent).returncode == 0
+    )
+    out = swarm_under(latin1_locale, repo, "diff", "--name-only", "t")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode("latin-1").splitlines()[1:] == [
+        '  "bytes-\\377\\376.txt"',
+        "  notes.txt",
+        '  "\\346\\226\\207\\346\\241\\243-\\342\\230\\203.md"',
+    ]
+    assert git(repo, "diff", "--name-only", "main", "swarm/t").splitlines() == [
+        line.strip() for line in out.stdout.decode("latin-1").splitlines()[1:]
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 import urllib.parse
@@ -100,11 +101,29 @@ def path_text(path: str) -> str:
     """*path* as git prints it: quoted, with C escapes, when it holds a control character.
 
     A quote or a backslash is escaped too, so that one path is always one unambiguous line;
-    and so is a format character (a bidi override would show the name reordered).
+    and so is a format character (a bidi override would show the name reordered). A file
+    name whose bytes the locale reads as other text than UTF-8 does (``文档`` under Latin-1)
+    is quoted with every byte past ASCII escaped, as git's ``core.quotePath`` shows it.
     """
+    raw = _name_bytes(path)
+    if raw is not None and raw.decode("utf-8", "surrogateescape") != path:
+        return '"' + "".join(map(_quoted_byte, raw)) + '"'
     if not any(c in _ESCAPES or _control(c) for c in path):
         return path
     return '"' + "".join(_ESCAPES.get(c) or _octal(c) for c in path) + '"'
+
+
+def _name_bytes(path: str) -> bytes | None:
+    """The bytes of the file name *path* (:func:`os.fsencode`); None for text no name holds."""
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError:  # beyond the locale's encoding: text, shown as it is
+        return None
+
+
+def _quoted_byte(byte: int) -> str:
+    char = chr(byte)
+    return _ESCAPES.get(char) or (char if " " <= char <= "~" else f"\\{byte:03o}")
 
 
 def paths_text(paths: Iterable[str]) -> str:
