@@ -196,3 +196,26 @@ def test_names_beyond_the_locale_are_shown_as_git_quotes_them(
     assert git(repo, "diff", "--name-only", "main", "swarm/t").splitlines() == [
         line.strip() for line in out.stdout.decode("latin-1").splitlines()[1:]
     ]
+
+
+def test_a_merge_of_tasks_that_both_edit_a_file_named_beyond_the_locale_reports_the_conflict(
+    tmp_path: Path, write_agent: AgentFactory, latin1_locale: Mapping[str, str]
+) -> None:
+    # The prediction read their changes as UTF-8 text, which named no file to ask git about:
+    # `swarm merge` ended in an internal error (UnicodeEncodeError).
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / os.fsdecode(CJK)).write_bytes(b"shared\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "initial")
+    agent = " ".join(
+        write_agent(f"import os\nopen({CJK!r}, 'ab').write(os.environ['SWARM_TASK_ID'].encode())\n")
+    )
+    ran = swarm_under(latin1_locale, repo, "run", "-t", "a=edit", "-t", "b=edit", "--agent", agent)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    merged = swarm_under(latin1_locale, repo, "merge")
+    assert merged.stderr == b""
+    assert merged.returncode == 1  # one conflicted
+    quoted = b'"\\346\\226\\207\\346\\241\\243-\\342\\230\\203.md"'
+    assert b"  conflict  a <-> b: " + quoted + b"\n" in merged.stdout

@@ -29,7 +29,7 @@ def populated_gitlinks(path: Path, env: Mapping[str, str] | None = None) -> list
     index = (env or {}).get("GIT_INDEX_FILE")
     if _no_gitlinks(path / index if index else runner.git_dir(path) / "index"):
         return []  # the usual case, told without starting git
-    out = _run(path, ["ls-files", "-z", "--stage"], env=env).stdout
+    out = runner.run_names(path, "ls-files", "-z", "--stage", env=env).stdout
     return [p for _, p in _GITLINK.findall(out) if (path / p / ".git").exists()]
 
 

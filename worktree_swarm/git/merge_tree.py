@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import Repo
 from worktree_swarm.core.text import paths_text
+from worktree_swarm.git import runner
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.repo import _run, rev_parse
 
@@ -47,9 +48,8 @@ def merge_commits(repo: Repo, commits: Sequence[str], *, message: str, author: s
     acc = shas[0]
     tree = ""
     for i, other in enumerate(shas[1:], start=1):
-        res = _run(
-            repo.root, ["merge-tree", "--write-tree", "--name-only", "-z", acc, other], check=False
-        )
+        args = ("merge-tree", "--write-tree", "--name-only", "-z", acc, other)
+        res = runner.run_names(repo.root, *args, check=False)  # names shown as git quotes them
         if res.returncode not in (0, 1):
             raise CommandError(["git", "merge-tree", acc, other], res.returncode, res.stderr)
         tree, conflicted = merge_tree_result(res.stdout)

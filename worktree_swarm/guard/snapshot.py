@@ -48,7 +48,7 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     while True:
         left_out = [f":(exclude,literal,top){p}" for p in unborn]
         args = (*STAT_CHECK, "add", "--all", "--ignore-errors", "--", ".", *exclude, *skip)
-        done = runner.run(path, *args, *left_out, env=env, check=False)
+        done = runner.run_names(path, *args, *left_out, env=env, check=False)
         found = [p for p in checkpoints.unborn_repositories(done.stderr) if p not in unborn]
         if done.returncode == 0 or not found:
             if done.returncode != 0:

@@ -91,10 +91,10 @@ class Prediction:
 
 def changes(repo: git.Repo, base: str, tip: str) -> Changes:
     """What *tip* changed since *base* (renames count as a delete plus an add)."""
-    out = git.git(
+    out = runner.run_names(  # file names: they go back to git (check-attr), and are shown
         repo.root, "diff", "--raw", "--numstat", "-z", "--no-renames", "--no-ext-diff",
         "--end-of-options", base, tip, "--",
-    )  # fmt: skip
+    ).stdout  # fmt: skip
     return _parse_changes(out.split("\0"))
 
 
@@ -119,7 +119,7 @@ def _changes_together(repo: git.Repo, bases: dict[str, str]) -> dict[str, Change
     """{tip: its changes since bases[tip]}, or {} when git's answer cannot be used."""
     lines = "".join(f"{tip} {base}\n" for tip, base in bases.items())
     try:
-        out = runner.run(
+        out = runner.run_names(
             repo.root, "diff-tree", "--stdin", "-r", "--raw", "--numstat", "-z", "--no-renames",
             input_text=lines,
         ).stdout  # fmt: skip
@@ -393,7 +393,8 @@ def _without_merge_attributes(repo: git.Repo, paths: set[str]) -> set[str]:
     """The *paths* with no ``merge`` attribute: git's own text merge applies to them."""
     special: set[str] = set()
     for batch in git.in_batches(sorted(paths)):
-        fields = git.git(repo.root, "check-attr", "-z", "merge", "--", *batch).split("\0")
+        args = ("check-attr", "-z", "merge", "--", *batch)
+        fields = runner.run_names(repo.root, *args).stdout.split("\0")
         special |= {
             fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] != "unspecified"
         }
