@@ -8,6 +8,7 @@ must not delete the work with the worktree.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,34 @@ def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
     # Its commit is the one lib's remote has: nothing of the worktree's to keep.
     assert swarm(super_repo, "clean", "--yes").returncode == 0
     assert not (super_repo.parent / "repo.swarm" / "t").exists()
+
+
+def test_a_submodule_at_a_path_of_any_bytes_populated_stays_on_the_branch(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Its name from `.gitmodules` read one way, from the index another: taken for a repository
+    # the agent made, removed from the branch, and the task failed.
+    lib = make_repo(tmp_path / "lib-origin", {"README.md": "lib\n"})
+    repo = make_repo(tmp_path / "repo")
+    subprocess.run(
+        [b"git", b"-c", b"protocol.file.allow=always", b"submodule", b"add", b"-q",
+         os.fsencode(lib), b"lib-\xff"],
+        cwd=repo, check=True, capture_output=True,
+    )  # fmt: skip
+    git(repo, "commit", "-q", "-m", "add lib")
+    agent = argv_toml(write_agent(
+        "import pathlib, subprocess\n"
+        "subprocess.run(['git', '-c', 'protocol.file.allow=always', 'submodule', 'update',\n"
+        "                '--init'], check=True, capture_output=True)\n"
+        "pathlib.Path('own.txt').write_text('own work\\n')\n"
+    ))  # fmt: skip
+    swarm(repo, "run", manifest(repo, f'[[task]]\nid = "t"\nprompt = "p"\nagent = {agent}\n'))
+    row = status_json(repo)["t"]
+    assert row["state"] == "done", row
+    tree = subprocess.run(["git", "ls-tree", "-z", "swarm/t"], cwd=repo, capture_output=True,
+                          check=True).stdout  # fmt: skip
+    assert b"160000 commit " in tree
+    assert b"\tlib-\xff\0" in tree
 
 
 # Plants a filter in the git dir of the user's checked-out submodule `lib` (under the

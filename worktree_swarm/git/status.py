@@ -196,8 +196,9 @@ def _submodule_names(worktree: Path) -> dict[str, str]:
     """Path to name of each submodule *worktree*'s ``.gitmodules`` declares inside it."""
     if not (worktree / ".gitmodules").is_file():
         return {}
-    named = _run(worktree, ["config", "--file", ".gitmodules", "--null", "--get-regexp",
-                            r"^submodule\..*\.path$"], check=False).stdout  # fmt: skip
+    # Read as file names are (each keeps its bytes): compared with git's listings of them.
+    args = ["config", "--file", ".gitmodules", "--null", "--get-regexp", r"^submodule\..*\.path$"]
+    named = runner.run_names(worktree, *args, check=False).stdout
     names: dict[str, str] = {}
     for entry in named.split("\0"):
         key, _, path = entry.partition("\n")
