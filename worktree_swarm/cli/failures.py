@@ -6,6 +6,7 @@ import errno
 import getpass
 import os
 import pwd
+import sqlite3
 import stat
 import tempfile
 import traceback
@@ -41,18 +42,23 @@ def _one_line(text: str) -> str:
     return printable(redact(text).replace("\r", "\\r").replace("\n", "\\n"), keep="\t")
 
 
-def _stdout_full() -> bool:
-    """Whether swarm's stdout is what has no room (``>/dev/full``, a file on a full disk).
+def _full_where(exc: BaseException) -> str:
+    """What a full disk refused, for an error that names no file.
 
-    A write to it failing so names no file: the error was taken for swarm's state.
+    A write to swarm's stdout failing so names none: it was taken for swarm's state. Stdout
+    that takes no byte (``>/dev/full``) is named; a file on a full disk may be either.
     """
+    if isinstance(exc, sqlite3.Error):
+        return "swarm's state"
     try:
         if stat.S_ISREG(os.fstat(1).st_mode):
-            return fs.nearly_full("/dev/fd/1")
+            full = fs.nearly_full("/dev/fd/1")
+            return "swarm's state or its output (stdout)" if full else "swarm's state"
         os.write(1, b"")  # refused only where no byte fits (/dev/full)
-    except OSError as exc:
-        return exc.errno == errno.ENOSPC
-    return False
+    except OSError as refused:
+        if refused.errno == errno.ENOSPC:
+            return "its output (stdout)"
+    return "swarm's state"
 
 
 def _owned_by_another(filename: object) -> str:
@@ -81,9 +87,7 @@ def _owned_by_another(filename: object) -> str:
 def _unexpected(exc: Exception, command: str | None) -> int:
     """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
-        where = getattr(exc, "filename", None) or (
-            "its output (stdout)" if _stdout_full() else "swarm's state"
-        )
+        where = getattr(exc, "filename", None) or _full_where(exc)
         text = faults.retry_with(faults.full_message(where, exc), command)
         click.echo(f"swarm: {_one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
