@@ -38,7 +38,7 @@ from tests.test_run import (
 )
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import surface
+from worktree_swarm.guard import channel, surface
 from worktree_swarm.guard.channel import moving_refs
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import starts
@@ -1279,6 +1279,29 @@ def test_an_announcement_forged_in_a_siblings_name_does_not_blame_it_alone(
         ((("refs/heads/stable", tip, rogue),), ("x", "y"))
     ]
     assert git(repo, "rev-parse", "stable") == tip
+
+
+def test_only_swarms_own_command_line_speaks_for_its_agent(tmp_path: Path) -> None:
+    # A program named `swarm` that is not swarm's (`docker swarm`, a script of that name) holds
+    # its agent's log open too: a file it holds says nothing of whose moves are whose.
+    theirs, ours = tmp_path / "a" / "swarm", tmp_path / "b" / "swarm"
+    for script, text in ((theirs, ""), (ours, "from worktree_swarm.cli import main\n")):
+        script.parent.mkdir()
+        script.write_text(f"{text}import time\ntime.sleep(120)\n")
+    procs = [
+        subprocess.Popen([sys.executable, str(theirs)]),
+        subprocess.Popen([sys.executable, "swarm"], cwd=ours.parent),
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "swarm"]),
+    ]
+    try:
+        wait_for(lambda: all(len(psutil.Process(p.pid).cmdline()) > 1 for p in procs),
+                 what="the programs to start")  # fmt: skip
+        said = [channel._swarm_command(psutil.Process(p.pid)) for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert said == [False, True, False]
 
 
 def test_a_move_made_while_an_agents_announced_command_works_is_anyones(

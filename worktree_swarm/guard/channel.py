@@ -624,13 +624,30 @@ class Channel:
 
 
 def _swarm_command(process: psutil.Process) -> bool:
-    """Whether *process* runs swarm's command line: ``swarm ...``, ``python -m worktree_swarm``."""
+    """Whether *process* runs swarm's command line (``swarm ...``, ``python -m worktree_swarm``).
+
+    A script named ``swarm`` counts when it is swarm's entry point: not ``docker swarm``.
+    """
     try:
-        argv = process.cmdline()
+        argv, cwd = process.cmdline(), process.cwd()
     except psutil.Error:
         return False
-    head = argv[:3]
-    return any(Path(arg).name == "swarm" or arg.startswith("worktree_swarm") for arg in head)
+    if argv[1:3] in (["-m", "worktree_swarm.cli"], ["-m", "worktree_swarm"]):
+        return True
+    for arg in argv[:2]:
+        if Path(arg).name != "swarm":
+            continue
+        try:  # the installed entry point imports swarm's CLI in its first lines
+            with fs.open_file(Path(cwd, arg)) as script:
+                if b"worktree_swarm" in script.read(_SCRIPT_HEAD):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+# What of a script named `swarm` is read to tell swarm's entry point.
+_SCRIPT_HEAD = 4096
 
 
 def _opened(path: Path) -> tuple[bytes, os.stat_result]:
