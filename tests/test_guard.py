@@ -677,6 +677,7 @@ subprocess.run(['git', 'add', 'committed'], check=True)
 subprocess.run(['git', 'commit', '-q', '-m', 'a tool'], check=True)
 program(pathlib.Path('tool'), 0o4755)
 program(pathlib.Path('sub', 'deep'), 0o6750)
+program(pathlib.Path(os.fsdecode(b'x-\\xff')), 0o4755)  # a name of any bytes: named as git does
 """
 
 
@@ -689,15 +690,15 @@ def test_setuid_programs_an_agent_leaves_in_its_worktree_are_disarmed(
     row = status_json(repo)["a"]
     assert row["state"] == "failed"
     assert row["reason"] == (
-        "made setuid or setgid programs in its worktree (committed, sub/deep, tool): "
+        'made setuid or setgid programs in its worktree (committed, sub/deep, tool, "x-\\377"): '
         "their setuid and setgid bits are taken off"
     )
     worktree = Path(str(row["worktree"]))
     modes = {
         name: stat.S_IMODE((worktree / name).stat().st_mode)
-        for name in ("committed", "tool", "sub/deep")
+        for name in ("committed", "tool", "sub/deep", os.fsdecode(b"x-\xff"))
     }
-    assert modes == {"committed": 0o755, "tool": 0o755, "sub/deep": 0o750}
+    assert modes == {"committed": 0o755, "tool": 0o755, "sub/deep": 0o750, "x-\udcff": 0o755}
     assert git(repo, "show", "swarm/a:tool") == "#!/bin/sh"  # the work itself is kept
 
 

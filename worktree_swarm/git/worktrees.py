@@ -26,7 +26,7 @@ from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.core.text import one_line, without_escapes
+from worktree_swarm.core.text import one_line, paths_text, without_escapes
 from worktree_swarm.git import runner, sparse
 from worktree_swarm.git.diffs import changed_paths
 from worktree_swarm.git.gitfiles import head_in
@@ -308,7 +308,7 @@ def disarm_setuid(
 def setuid_reason(armed: Sequence[str]) -> str:
     """What a task whose agent left the setuid or setgid programs *armed* is told."""
     return (
-        f"made setuid or setgid programs in its worktree ({', '.join(armed)}): "
+        f"made setuid or setgid programs in its worktree ({paths_text(armed)}): "
         "their setuid and setgid bits are taken off"
     )
 

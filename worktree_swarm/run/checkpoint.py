@@ -13,6 +13,7 @@ from pathlib import Path
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
@@ -68,7 +69,7 @@ class Checkpoints(RunWorker):
         if left:  # kept by `swarm clean` too: the task must not look done with it unsaved
             return stat, TaskOutcome(
                 state=TaskState.FAILED,
-                reason=f"left work in submodule {', '.join(left)}, which no commit of "
+                reason=f"left work in submodule {paths_text(left)}, which no commit of "
                 f"{task.branch} can hold; it stays in {path}",
             )
         return stat, None

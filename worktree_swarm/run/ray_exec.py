@@ -26,6 +26,7 @@ from typing import cast
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import checkpoints, diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
@@ -443,7 +444,7 @@ class RayTaskWorker(RayResume):
         if left and cut is None and result.outcome is AgentOutcome.SUCCESS:
             outcome = TaskOutcome(
                 state=TaskState.FAILED,
-                reason=f"left work in submodule {', '.join(left)}, which no commit of "
+                reason=f"left work in submodule {paths_text(left)}, which no commit of "
                 f"{task.branch} can hold; it was not kept (it was in the clone on node "
                 f"{handle.node})",
             )
