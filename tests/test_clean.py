@@ -45,7 +45,7 @@ from tests.test_run import (
     written,
 )
 from tests.test_trust import CHECK_THEN_WAIT, outside_writes
-from worktree_swarm.cleanup import branches, findings, fixes
+from worktree_swarm.cleanup import branches, findings, fixes, processes
 from worktree_swarm.git import repo as g
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report.status import open_store
@@ -1822,3 +1822,41 @@ def test_clean_on_a_read_only_worktree_root_leaves_each_worktree_as_git_knew_it(
     assert (worktree / "README.md").is_file()
     assert git(worktree, "status", "--porcelain") == ""
     assert worktree_paths(repo) == [str(repo), str(worktree)]
+
+
+def test_the_process_still_adding_a_worktree_is_found_by_its_cwd_or_its_arguments(
+    tmp_path: Path,
+) -> None:
+    # A half-made worktree is left alone while a `git worktree add` still makes it: found by
+    # a process working inside it, or by a git naming it on its command line from elsewhere.
+    made = tmp_path / "wt"
+    made.mkdir()
+    assert processes.adding_process(made) is None
+    adder = tmp_path / "bin" / "git-adder"  # named like git: its command name is the script's
+    adder.parent.mkdir()
+    adder.write_text("#!/bin/sh\nread line\n")  # no child of its own left behind
+    adder.chmod(0o755)
+    procs = [
+        subprocess.Popen(
+            [str(adder), "worktree", "add", "wt"], cwd=tmp_path, stdin=subprocess.PIPE
+        ),
+        subprocess.Popen(["sleep", "120"], cwd=made),
+    ]
+    try:
+        wait_for(lambda: psutil.Process(procs[0].pid).name() == "git-adder", what="the adder")
+        found = processes.adding_process(made)
+        assert found is not None
+        assert found.pid == procs[1].pid  # working inside it: first
+        procs[1].kill()
+        procs[1].wait()
+        found = processes.adding_process(made)
+        assert found is not None
+        assert found.pid == procs[0].pid
+        assert processes.describe(found) == f"git-adder (pid {procs[0].pid})"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+    assert processes.adding_process(made) is None

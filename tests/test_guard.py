@@ -459,10 +459,11 @@ def test_guard_takes_a_users_own_edit_as_the_new_baseline(dirty_repo: Path) -> N
 def test_a_repository_you_make_in_your_checkout_while_no_agent_runs_stays_yours(
     dirty_repo: Path,
 ) -> None:
+    (dirty_repo / "vendor" / "lib").mkdir(parents=True)
+    (dirty_repo / "vendor" / "lib" / "x.txt").write_text("yours\n")
     guard = Guard(open_repo(dirty_repo), work_dir=dirty_repo.parent / "g", restore=True)
     guard.start()
-    git(dirty_repo, "init", "-q", "vendor/lib")
-    (dirty_repo / "vendor" / "lib" / "x.txt").write_text("yours\n")
+    git(dirty_repo, "init", "-q", "vendor/lib")  # in a directory the guard knew
     assert guard.scan() == []  # no agent ran: yours, kept
     assert (dirty_repo / "vendor" / "lib" / ".git").is_dir()
     guard.agent_started("later", identity_of(os.getpid()))
