@@ -30,7 +30,6 @@ from worktree_swarm.infra.shim_server import Forked, ShimServer, _not_started
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-_TAIL_BYTES = 64 * 1024
 _STEP_POLL = 0.1
 # Without a child subreaper (macOS, BSD) a shim could not hold on to double-forked daemons:
 # agents there are spawned directly, as before the shim existed.
