@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import integrity
+from worktree_swarm.guard import graph, integrity
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import restore_ref
@@ -260,22 +260,43 @@ class ObjectChecks(Verdicts):
         if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
             self._midx = now
             return []
-        self._changes.mark_all()  # git showed your checkouts' files through it
+        # git showed your checkouts' files through it
+        self._midx, found = self._drop_lying(
+            window,
+            label=integrity.MIDX,
+            drop=lambda: integrity.drop_midx(common),
+            read=lambda: integrity.midx_print(common),
+            said=f"git multi-pack-index verify:\n{wrong}\n",
+        )
+        return found
+
+    def _drop_lying(
+        self,
+        window: tuple[float, float],
+        *,
+        label: str,
+        drop: Callable[[], object],
+        read: Callable[[], graph.Fingerprint],
+        said: str,
+    ) -> tuple[graph.Fingerprint, list[Violation]]:
+        """A git index of objects (*label*) that lies: removed, and its suspects' violation.
+
+        Every checkout is compared again (git showed them through it). Returns the index's
+        files as *read* after the removal (none: it was removed), and the violation, if an agent
+        of ours was running (else damage of another kind, not an attack).
+        """
+        self._changes.mark_all()
         if self.restore:
             with contextlib.suppress(OSError):  # not removed is recorded as such
-                integrity.drop_midx(common)
-        self._midx = integrity.midx_print(common)
+                drop()
+        now = read()
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:
-            return []  # no agent of ours was running: damage of another kind, not an attack
+            return now, []
         violation = Violation(
-            number=0,
-            where=REPOSITORY,
-            git_files=(integrity.MIDX,),
-            suspects=suspects,
-            restored=not self._midx,
+            number=0, where=REPOSITORY, git_files=(label,), suspects=suspects, restored=not now
         )
-        return [self._record(violation, patch_text=f"git multi-pack-index verify:\n{wrong}\n")]
+        return now, [self._record(violation, patch_text=said)]
 
     def _swapped_store(self, began: float) -> list[Violation]:
         """Another directory (or nothing) where the object store was: the store put back.

@@ -217,19 +217,12 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         if not wrong:  # git's own (`git gc`, `git commit-graph write`): it matches the commits
             self._graph = now
             return []
-        self._changes.mark_all()  # git showed your checkouts' HEAD through it
-        if self.restore:
-            with contextlib.suppress(OSError):  # not removed is recorded as such
-                graph.remove(common)
-        self._graph = graph.fingerprint(common)
-        suspects = self._agents.suspects(window, exclude=())
-        if not suspects:
-            return []  # no agent of ours was running: damage of another kind, not an attack
-        violation = Violation(
-            number=0,
-            where=REPOSITORY,
-            git_files=(graph.LABEL,),
-            suspects=suspects,
-            restored=not self._graph,
+        # git showed your checkouts' HEAD through it
+        self._graph, found = self._drop_lying(
+            window,
+            label=graph.LABEL,
+            drop=lambda: graph.remove(common),
+            read=lambda: graph.fingerprint(common),
+            said=f"git commit-graph verify:\n{wrong}\n",
         )
-        return [self._record(violation, patch_text=f"git commit-graph verify:\n{wrong}\n")]
+        return found
