@@ -671,6 +671,8 @@ def test_config_values_answer_as_git_config_get_does(
     # The run reads your identity and ignore file in one git process: the same answers as
     # `git config --get` (the last value set wins, included files count, `~` expands).
     repo = make_repo(tmp_path / "r")
+    monkeypatch.delenv("GIT_AUTHOR_NAME")  # git config's answer alone (they would beat it)
+    monkeypatch.delenv("GIT_AUTHOR_EMAIL")
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

@@ -67,7 +67,10 @@ depends_on = ["fix-login"]
 # --- happy paths -----------------------------------------------------------------------------
 
 
-def test_manifest_tasks_become_a_run_spec(repo: Path, cwd: Path) -> None:
+def test_manifest_tasks_become_a_run_spec(
+    repo: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GIT_AUTHOR_NAME")  # no identity anywhere: swarm's own
     spec = build_run_spec(repo_root=repo, manifest=manifest(cwd, TWO_TASKS))
     assert [t.id for t in spec.tasks] == ["fix-login", "login-tests"]
     first, second = spec.tasks

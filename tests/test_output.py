@@ -341,8 +341,10 @@ def test_resume_of_a_finished_run_says_so_and_starts_nothing(
 
 
 def test_checkpoints_are_authored_by_the_user_with_trailers(
-    repo: Path, write_agent: Callable[[str], list[str]]
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("GIT_AUTHOR_NAME")
+    monkeypatch.delenv("GIT_AUTHOR_EMAIL")
     git(repo, "config", "user.name", "Ada Lovelace")
     git(repo, "config", "user.email", "ada@example.com")
     agent = " ".join(write_agent(WRITER))
@@ -359,6 +361,24 @@ def test_checkpoints_are_authored_by_the_user_with_trailers(
     git(repo, "commit", "-q", "-m", "config")
     assert swarm(repo, "run", "--agent", agent, "-t", "b=p").returncode == 0
     assert git(repo, "log", "-1", "--format=%an <%ae>", "swarm/b") == "Night Shift <night@x.org>"
+
+
+def test_checkpoints_take_the_author_from_git_author_variables_as_git_does(
+    repo: Path, write_agent: Callable[[str], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In CI the identity often comes from the environment: the agent's own commits use it.
+    git(repo, "config", "user.name", "Ada Lovelace")
+    git(repo, "config", "user.email", "ada@example.com")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "CI Bot")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "ci@example.com")
+    agent = " ".join(write_agent(WRITER))
+    assert swarm(repo, "run", "--agent", agent, "-t", "a=p").returncode == 0
+    log = git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "swarm/a")
+    assert log == "CI Bot <ci@example.com>|CI Bot <ci@example.com>"
+    monkeypatch.delenv("GIT_AUTHOR_EMAIL")  # each part taken as git takes it
+    assert swarm(repo, "run", "--agent", agent, "-t", "b=p").returncode == 0
+    log = git(repo, "log", "-1", "--format=%an <%ae>", "swarm/b")
+    assert log == "CI Bot <ada@example.com>"
 
 
 def test_a_failing_check_is_named_with_its_quoting(
@@ -419,3 +439,16 @@ def test_a_reason_made_of_an_agents_last_lines_keeps_no_part_of_an_escape_sequen
     )
     lines = last_lines(said)
     assert lines == ["step 1", "failed here", "red"]
+
+
+def test_python_dash_m_worktree_swarm_is_the_swarm_command(repo: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm", "runs", "--json"],
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (out.returncode, json.loads(out.stdout)) == (0, {"runs": []})
+    bad = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm", "no-such-command"],
+        cwd=repo, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2

@@ -190,6 +190,8 @@ def test_an_agents_git_has_your_identity_and_ignore_file_and_no_more_of_your_con
     repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a `git -c` alias that starts swarm passes on, in both of git's ways.
+    monkeypatch.delenv("GIT_AUTHOR_NAME")  # the identity from your config alone
+    monkeypatch.delenv("GIT_AUTHOR_EMAIL")
     monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'alias.passed'='!echo passed'")
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "alias.counted")

@@ -409,8 +409,8 @@ class RunSettings:
         kind=Kind.AUTHOR,
         scope=Scope.RUN,
         flag=None,
-        default_doc="your `user.name <user.email>` from git config (else "
-        f"`{DEFAULT_COMMIT_AUTHOR}`)",
+        default_doc="your identity as git takes it: `GIT_AUTHOR_NAME` / `GIT_AUTHOR_EMAIL`, "
+        f"else `user.name` / `user.email` from git config (else `{DEFAULT_COMMIT_AUTHOR}`)",
         doc="the author of checkpoint and merge commits; each checkpoint also carries the "
         "trailers `Swarm-Task`, `Swarm-Attempt`, `Swarm-Agent` (the agent that ran that attempt: "
         "a fallback names itself)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -34,10 +35,12 @@ def config_path(root: Path, key: str, value: str) -> str:
 def user_identity(root: Path) -> str | None:
     """The user's ``Name <email>`` as git config resolves it in *root*, or None when unset.
 
-    An agent CLI that commits itself uses this identity, so swarm's checkpoints do too.
+    An agent CLI that commits itself uses this identity, so swarm's checkpoints do too: as for
+    git, ``GIT_AUTHOR_NAME`` / ``GIT_AUTHOR_EMAIL`` in swarm's environment beat the config.
     """
     found = config_values(root, {"user.name", "user.email"})
-    name, email = found.get("user.name", "").strip(), found.get("user.email", "").strip()
+    name = (os.environ.get("GIT_AUTHOR_NAME") or found.get("user.name", "")).strip()
+    email = (os.environ.get("GIT_AUTHOR_EMAIL") or found.get("user.email", "")).strip()
     author = f"{name} <{email}>"
     if not name or not email or parse_author(author) is None:
         return None
