@@ -21,6 +21,7 @@ from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, 
 from tests.localhost import forwarding_proxy
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.github import access
 from worktree_swarm.github import client as github
 from worktree_swarm.github.proxy import proxy_for
 
@@ -39,8 +40,8 @@ def client(fake: FakeGitHub, waits: Waits | None = None, **kwargs: object) -> gi
     sink = Waits() if waits is None else waits
     return github.Client(
         api_url=fake.url,
-        token=github.Token(TOKEN),
-        repo=github.RepoSlug(owner=OWNER, name=NAME),
+        token=access.Token(TOKEN),
+        repo=access.RepoSlug(owner=OWNER, name=NAME),
         on_wait=lambda s, why: sink.append((s, why)),
         **kwargs,  # type: ignore[arg-type]
     )
@@ -68,9 +69,9 @@ def test_requests_carry_token_version_and_json(fake_github: FakeGitHub) -> None:
 
 
 def test_token_never_prints() -> None:
-    token = github.Token(TOKEN)
+    token = access.Token(TOKEN)
     c = github.Client(
-        api_url="http://127.0.0.1:9", token=token, repo=github.RepoSlug(owner="o", name="n")
+        api_url="http://127.0.0.1:9", token=token, repo=access.RepoSlug(owner="o", name="n")
     )
     for text in (str(token), repr(token), f"{token}", repr(c)):
         assert TOKEN not in text
@@ -221,8 +222,8 @@ def test_error_messages_never_carry_the_token(fake_github: FakeGitHub) -> None:
 def test_wrong_token_says_what_to_do(fake_github: FakeGitHub) -> None:
     c = github.Client(
         api_url=fake_github.url,
-        token=github.Token("wrong"),
-        repo=github.RepoSlug(owner=OWNER, name=NAME),
+        token=access.Token("wrong"),
+        repo=access.RepoSlug(owner=OWNER, name=NAME),
     )
     with pytest.raises(github.GitHubError, match="check GITHUB_TOKEN / GH_TOKEN") as info:
         c.find_pull("swarm/a")
@@ -232,8 +233,8 @@ def test_wrong_token_says_what_to_do(fake_github: FakeGitHub) -> None:
 def test_unreachable_api_names_the_url() -> None:
     c = github.Client(
         api_url="http://127.0.0.1:9",
-        token=github.Token(TOKEN),
-        repo=github.RepoSlug(owner="o", name="n"),
+        token=access.Token(TOKEN),
+        repo=access.RepoSlug(owner="o", name="n"),
     )
     with pytest.raises(
         github.GitHubError, match=r"cannot reach the GitHub API at http://127\.0\.0\.1:9"
@@ -252,8 +253,8 @@ def test_a_request_not_answered_is_named_and_a_write_may_have_been_done(silent_a
     # Both said "cannot reach the GitHub API at URL (timed out); check the network".
     c = github.Client(
         api_url=silent_api,
-        token=github.Token(TOKEN),
-        repo=github.RepoSlug(owner="o", name="n"),
+        token=access.Token(TOKEN),
+        repo=access.RepoSlug(owner="o", name="n"),
         timeout=0.2,
         deadline=60,
     )
@@ -280,8 +281,8 @@ def test_a_connection_not_made_in_time_is_out_of_reach_not_a_request_unanswered(
         url = f"http://127.0.0.1:{full.getsockname()[1]}"
         c = github.Client(
             api_url=url,
-            token=github.Token(TOKEN),
-            repo=github.RepoSlug(owner="o", name="n"),
+            token=access.Token(TOKEN),
+            repo=access.RepoSlug(owner="o", name="n"),
             timeout=0.2,
             deadline=60,
         )
@@ -325,8 +326,8 @@ def test_a_request_has_a_deadline_however_the_bytes_trickle(trickling_api: str) 
     # Each byte comes well within the wait for bytes; the request as a whole does not.
     c = github.Client(
         api_url=trickling_api,
-        token=github.Token(TOKEN),
-        repo=github.RepoSlug(owner="o", name="n"),
+        token=access.Token(TOKEN),
+        repo=access.RepoSlug(owner="o", name="n"),
         timeout=30,
         deadline=0.5,
     )
@@ -401,8 +402,8 @@ def test_a_reply_nested_deeper_than_python_goes_is_no_json_not_a_crash(
 
 
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert github.resolve_token({"GITHUB_TOKEN": "a1", "GH_TOKEN": "b2"}).reveal() == "a1"
-    assert github.resolve_token({"GH_TOKEN": " b2\n"}).reveal() == "b2"
+    assert access.resolve_token({"GITHUB_TOKEN": "a1", "GH_TOKEN": "b2"}).reveal() == "a1"
+    assert access.resolve_token({"GH_TOKEN": " b2\n"}).reveal() == "b2"
     bindir = tmp_path / "bin"
     bindir.mkdir()
     gh = bindir / "gh"
@@ -412,10 +413,10 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     gh.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    assert github.resolve_token({}).reveal() == "gho_fromgh"
+    assert access.resolve_token({}).reveal() == "gho_fromgh"
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(BadInputError, match="no GitHub token: set GITHUB_TOKEN"):
-        github.resolve_token({})
+        access.resolve_token({})
 
 
 @pytest.mark.parametrize(
@@ -448,7 +449,7 @@ def test_gh_is_asked_for_the_token_of_the_host_the_api_is_on(
 
 def test_malformed_token_is_refused_without_echoing_it() -> None:
     with pytest.raises(BadInputError) as info:
-        github.resolve_token({"GITHUB_TOKEN": "abc\ndef"})
+        access.resolve_token({"GITHUB_TOKEN": "abc\ndef"})
     assert "abc" not in str(info.value)
     assert info.value.exit_code == ExitCode.BAD_INPUT
 
@@ -466,7 +467,7 @@ def test_malformed_token_is_refused_without_echoing_it() -> None:
 )
 def test_owner_and_name_come_from_the_remote(repo: Path, url: str, slug: str) -> None:
     git(repo, "remote", "add", "origin", url)
-    assert str(github.slug_from_remote(open_repo(repo), "origin")) == slug
+    assert str(access.slug_from_remote(open_repo(repo), "origin")) == slug
 
 
 @pytest.mark.parametrize(
@@ -475,46 +476,46 @@ def test_owner_and_name_come_from_the_remote(repo: Path, url: str, slug: str) ->
 def test_a_remote_without_owner_and_name_is_not_guessed_from_its_host(repo: Path, url: str) -> None:
     git(repo, "remote", "add", "origin", url)
     with pytest.raises(BadInputError, match="cannot tell the GitHub repository from remote"):
-        github.slug_from_remote(open_repo(repo), "origin")
+        access.slug_from_remote(open_repo(repo), "origin")
 
 
 def test_local_remote_needs_github_repo(repo: Path, tmp_path: Path) -> None:
     git(repo, "remote", "add", "origin", str(tmp_path / "bare.git"))
     with pytest.raises(BadInputError, match="with --github-repo OWNER/NAME"):
-        github.slug_from_remote(open_repo(repo), "origin")
+        access.slug_from_remote(open_repo(repo), "origin")
     with pytest.raises(BadInputError, match="no remote named 'upstream'"):
-        github.slug_from_remote(open_repo(repo), "upstream")
+        access.slug_from_remote(open_repo(repo), "upstream")
     # A file:// URL may name a user too: never shown.
     git(repo, "remote", "add", "mirror", "file://Sup3rS3cretUserTok3n0123@/srv/x.git")
     with pytest.raises(BadInputError) as info:
-        github.slug_from_remote(open_repo(repo), "mirror")
+        access.slug_from_remote(open_repo(repo), "mirror")
     assert str(info.value) == (
         "remote 'mirror' is a local path (file:///srv/x.git); name the GitHub repository with"
         " --github-repo OWNER/NAME"
     )
-    assert github.parse_slug("acme/widgets") == github.RepoSlug(owner="acme", name="widgets")
+    assert access.parse_slug("acme/widgets") == access.RepoSlug(owner="acme", name="widgets")
     for bad in ("acme", "a/b/c", "../x", "a/..", "a b/c"):
         with pytest.raises(BadInputError, match="is not of the form OWNER/NAME"):
-            github.parse_slug(bad)
+            access.parse_slug(bad)
 
 
 def test_api_url_precedence() -> None:
-    assert github.api_url_from(None, {}) == "https://api.github.com"
+    assert access.api_url_from(None, {}) == "https://api.github.com"
     env = {"SWARM_GITHUB_API_URL": "https://ghe.example/api/v3/"}
-    assert github.api_url_from(None, env) == "https://ghe.example/api/v3"
-    assert github.api_url_from("http://127.0.0.1:8000", env) == "http://127.0.0.1:8000"
+    assert access.api_url_from(None, env) == "https://ghe.example/api/v3"
+    assert access.api_url_from("http://127.0.0.1:8000", env) == "http://127.0.0.1:8000"
     with pytest.raises(BadInputError, match="is not an http"):
-        github.api_url_from("ftp://x", {})
+        access.api_url_from("ftp://x", {})
     with pytest.raises(BadInputError, match="credentials in the URL"):
-        github.api_url_from("https://user:pw@ghe.example", {})
+        access.api_url_from("https://user:pw@ghe.example", {})
     # Said of where it came from: the variable's value is not the flag's.
     with pytest.raises(BadInputError, match=r"^SWARM_GITHUB_API_URL: 'http://a b' is not"):
-        github.api_url_from(None, {"SWARM_GITHUB_API_URL": "http://a b"})
+        access.api_url_from(None, {"SWARM_GITHUB_API_URL": "http://a b"})
     # Empty (`SWARM_GITHUB_API_URL=$GHES_URL` with that unset) is no choice of api.github.com.
     with pytest.raises(BadInputError, match=r"^SWARM_GITHUB_API_URL is empty; .* or unset it"):
-        github.api_url_from(None, {"SWARM_GITHUB_API_URL": ""})
+        access.api_url_from(None, {"SWARM_GITHUB_API_URL": ""})
     with pytest.raises(BadInputError, match=r"^--api-url is empty; .* or leave it out for https"):
-        github.api_url_from(" ", env)
+        access.api_url_from(" ", env)
 
 
 def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> None:

@@ -13,8 +13,8 @@ from tests.conftest import agent_command, git, script_interpreter
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
+from worktree_swarm.github import access, issues
 from worktree_swarm.github import client as github
-from worktree_swarm.github import issues
 from worktree_swarm.infra import lock
 
 
@@ -26,7 +26,7 @@ def fake_github() -> Iterator[FakeGitHub]:
 
 def client(fake: FakeGitHub) -> github.Client:
     return github.Client(
-        api_url=fake.url, token=github.Token(TOKEN), repo=github.RepoSlug(owner=OWNER, name=NAME)
+        api_url=fake.url, token=access.Token(TOKEN), repo=access.RepoSlug(owner=OWNER, name=NAME)
     )
 
 
@@ -408,8 +408,8 @@ def test_an_api_that_stops_answering_is_given_up_on_at_its_deadline() -> None:
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         c = github.Client(
-            token=github.Token(TOKEN),
-            repo=github.RepoSlug(owner=OWNER, name=NAME),
+            token=access.Token(TOKEN),
+            repo=access.RepoSlug(owner=OWNER, name=NAME),
             api_url=url,
             timeout=0.2,
             deadline=0.5,

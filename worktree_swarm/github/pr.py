@@ -15,6 +15,7 @@ from worktree_swarm.core.text import Echo, as_shown, one_line
 from worktree_swarm.git import diffs, leaks, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
+from worktree_swarm.github.access import remote_url
 from worktree_swarm.github.client import (
     MAX_NUMBER,
     Client,
@@ -23,7 +24,6 @@ from worktree_swarm.github.client import (
     RateLimitError,
     UnreachableError,
     connect,
-    remote_url,
     strip_userinfo,
 )
 from worktree_swarm.guard import channel
