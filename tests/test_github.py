@@ -21,7 +21,7 @@ from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, 
 from tests.localhost import forwarding_proxy
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.github import access
+from worktree_swarm.github import access, errors
 from worktree_swarm.github import client as github
 from worktree_swarm.github.proxy import proxy_for
 
@@ -128,7 +128,7 @@ def test_wait_longer_than_allowed_fails_with_when_to_retry(fake_github: FakeGitH
     fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": "3600"})
     waits = Waits()
     c = client(fake_github, waits, max_wait=5)
-    with pytest.raises(github.RateLimitError) as info:
+    with pytest.raises(errors.RateLimitError) as info:
         c.create_pull(title="T", head="swarm/a", base="main", body="")
     assert "asks to wait 3600s, longer than the 5s swarm waits" in str(info.value)
     assert "try again after" in str(info.value)
@@ -146,7 +146,7 @@ def test_a_quota_that_resets_later_than_swarm_waits_fails_at_once_saying_when(
     waits = Waits()
     c = client(fake_github, waits, max_wait=5)
     c.get_issue(1)
-    with pytest.raises(github.RateLimitError) as info:
+    with pytest.raises(errors.RateLimitError) as info:
         c.get_issue(1)
     assert "longer than the 5s swarm waits" in str(info.value)
     assert waits == []
@@ -159,7 +159,7 @@ def test_an_absurd_retry_after_is_one_clear_error(
 ) -> None:
     # `1e300` was a wait of 300 digits; `inf` "infs", to try again in a century.
     fake_github.fail_next("POST", "/pulls$", 403, {"retry-after": retry_after})
-    with pytest.raises(github.RateLimitError) as info:
+    with pytest.raises(errors.RateLimitError) as info:
         client(fake_github, max_wait=5).create_pull(title="T", head="swarm/a", base="main", body="")
     assert str(info.value) == (
         "GitHub rate limit: POST /repos/acme/widgets/pulls asks to wait more than a day, longer"
@@ -185,7 +185,7 @@ def test_an_error_page_that_echoes_the_token_shows_none_of_it(fake_github: FakeG
     # The token where the quote of the page is cut: half of it would be shown.
     page = f"<html><pre>{'x' * 160} Authorization: Bearer {TOKEN}</pre></html>".encode()
     fake_github.fail_next("POST", "/pulls$", 502, raw=page)
-    with pytest.raises(github.GitHubError) as info:
+    with pytest.raises(errors.GitHubError) as info:
         client(fake_github).create_pull(title="T", head="swarm/a", base="main", body="")
     assert "Authorization: Bearer [REDAC" in str(info.value)  # redacted, then cut
     assert "ghp_" not in str(info.value)
@@ -202,7 +202,7 @@ def test_writes_are_at_least_a_second_apart(fake_github: FakeGitHub) -> None:
 
 def test_plain_403_is_an_error_not_a_retry(fake_github: FakeGitHub) -> None:
     fake_github.fail_next("POST", "/pulls$", 403, message="Resource not accessible by token")
-    with pytest.raises(github.GitHubError) as info:
+    with pytest.raises(errors.GitHubError) as info:
         client(fake_github).create_pull(title="T", head="h", base="main", body="")
     assert str(info.value) == (
         "GitHub POST /repos/acme/widgets/pulls failed with 403: Resource not accessible by"
@@ -213,7 +213,7 @@ def test_plain_403_is_an_error_not_a_retry(fake_github: FakeGitHub) -> None:
 
 def test_error_messages_never_carry_the_token(fake_github: FakeGitHub) -> None:
     fake_github.fail_next("POST", "/pulls$", 422, message=f"token {TOKEN} is odd")
-    with pytest.raises(github.GitHubError) as info:
+    with pytest.raises(errors.GitHubError) as info:
         client(fake_github).create_pull(title="T", head="h", base="main", body="")
     assert TOKEN not in str(info.value)
     assert "[REDACTED]" in str(info.value)
@@ -225,7 +225,7 @@ def test_wrong_token_says_what_to_do(fake_github: FakeGitHub) -> None:
         token=access.Token("wrong"),
         repo=access.RepoSlug(owner=OWNER, name=NAME),
     )
-    with pytest.raises(github.GitHubError, match="check GITHUB_TOKEN / GH_TOKEN") as info:
+    with pytest.raises(errors.GitHubError, match="check GITHUB_TOKEN / GH_TOKEN") as info:
         c.find_pull("swarm/a")
     assert info.value.status == 401
 
@@ -237,7 +237,7 @@ def test_unreachable_api_names_the_url() -> None:
         repo=access.RepoSlug(owner="o", name="n"),
     )
     with pytest.raises(
-        github.GitHubError, match=r"cannot reach the GitHub API at http://127\.0\.0\.1:9"
+        errors.GitHubError, match=r"cannot reach the GitHub API at http://127\.0\.0\.1:9"
     ):
         c.find_pull("x")
 
@@ -258,13 +258,13 @@ def test_a_request_not_answered_is_named_and_a_write_may_have_been_done(silent_a
         timeout=0.2,
         deadline=60,
     )
-    with pytest.raises(github.UnreachableError) as info:
+    with pytest.raises(errors.UnreachableError) as info:
         c.find_pull("x")
     assert str(info.value) == (
         f"the GitHub API at {silent_api} did not answer GET /repos/o/n/pulls within 0.2s;"
         " try again later"
     )
-    with pytest.raises(github.UnreachableError) as info:
+    with pytest.raises(errors.UnreachableError) as info:
         c.create_pull(title="T", head="swarm/a", base="main", body="B")
     assert str(info.value) == (
         f"the GitHub API at {silent_api} did not answer POST /repos/o/n/pulls within 0.2s;"
@@ -288,7 +288,7 @@ def test_a_connection_not_made_in_time_is_out_of_reach_not_a_request_unanswered(
         )
         c._answered = True  # an earlier request was answered
         try:
-            with pytest.raises(github.UnreachableError) as info:
+            with pytest.raises(errors.UnreachableError) as info:
                 c.create_pull(title="T", head="swarm/a", base="main", body="B")
         finally:
             for conn in waiting:
@@ -331,7 +331,7 @@ def test_a_request_has_a_deadline_however_the_bytes_trickle(trickling_api: str) 
         timeout=30,
         deadline=0.5,
     )
-    with pytest.raises(github.GitHubError, match=r"did not answer GET /repos/o/n/pulls.* within"):
+    with pytest.raises(errors.GitHubError, match=r"did not answer GET /repos/o/n/pulls.* within"):
         c.find_pull("x")
 
 
@@ -354,7 +354,7 @@ def test_a_next_page_on_another_host_is_an_error_not_a_short_list(
         fake_github.scripted.append(
             Scripted("GET", "/issues$", 200, {"link": f'<{there}>; rel="next"'}, [])
         )
-        with pytest.raises(github.GitHubError) as info:
+        with pytest.raises(errors.GitHubError) as info:
             list(client(fake_github).list_issues(labels="bug"))
         assert elsewhere.requests == []
     assert str(info.value) == (
@@ -385,7 +385,7 @@ def test_a_next_page_link_is_shown_without_credentials_or_not_at_all(
     fake_github.add_issue("one", labels=("bug",))
     headers = {"link": f'<{link}>; rel="next"'}
     fake_github.scripted.append(Scripted("GET", "/issues$", 200, headers, []))
-    with pytest.raises(github.GitHubError) as info:
+    with pytest.raises(errors.GitHubError) as info:
         list(client(fake_github).list_issues(labels="bug"))
     assert str(info.value).startswith(error)
     assert TOKEN not in str(info.value)
@@ -397,7 +397,7 @@ def test_a_reply_nested_deeper_than_python_goes_is_no_json_not_a_crash(
     fake_github: FakeGitHub,
 ) -> None:
     fake_github.scripted.append(Scripted("GET", "/pulls$", 200, {}, b"[" * 200_000))
-    with pytest.raises(github.GitHubError, match="list of pull requests of swarm/a is not a list"):
+    with pytest.raises(errors.GitHubError, match="list of pull requests of swarm/a is not a list"):
         client(fake_github).find_pull("swarm/a")
 
 
@@ -521,7 +521,7 @@ def test_api_url_precedence() -> None:
 def test_secondary_limit_gives_up_after_max_retries(fake_github: FakeGitHub) -> None:
     for _ in range(2):
         fake_github.fail_next("GET", "/pulls$", 403)
-    with pytest.raises(github.RateLimitError, match="still limited after 2 tries; try again"):
+    with pytest.raises(errors.RateLimitError, match="still limited after 2 tries; try again"):
         client(fake_github, secondary_wait=0.01, max_retries=1).find_pull("swarm/a")
     assert len(fake_github.requests) == 2
 
@@ -530,7 +530,7 @@ def test_a_redirect_is_not_followed_and_names_the_move(fake_github: FakeGitHub) 
     with serve() as elsewhere:
         target = f"{elsewhere.url}/repositories/42/pulls"
         fake_github.fail_next("GET", "/pulls$", 307, {"location": target})
-        with pytest.raises(github.GitHubError) as info:
+        with pytest.raises(errors.GitHubError) as info:
             client(fake_github).find_pull("swarm/a")
         assert elsewhere.requests == []  # neither the token nor the request went there
     # Another port (or host): no rename of the repository, whatever it is.
@@ -565,7 +565,7 @@ def test_a_dropped_connection_is_tried_again_and_a_refused_one_given_up_on_after
     # A write dropped mid-way may have been done: not sent again (the next `swarm pr` finds it).
     fake_github.scripted.append(Scripted("POST", "/pulls$", DROP, {}, b""))
     with pytest.raises(
-        github.UnreachableError,
+        errors.UnreachableError,
         match=r"dropped POST /repos/acme/widgets/pulls \(.*\); it may have been carried out",
     ):
         c.create_pull(title="T", head="swarm/a", base="main", body="B")
@@ -577,11 +577,11 @@ def test_a_dropped_connection_is_tried_again_and_a_refused_one_given_up_on_after
         refused = Waits()
         c = client(gone, refused, drop_waits=(0.01, 0.02))
         c.check_access()
-    with pytest.raises(github.UnreachableError, match="Connection refused"):
+    with pytest.raises(errors.UnreachableError, match="Connection refused"):
         c.create_pull(title="T", head="swarm/a", base="main", body="B")
     assert refused == [(0.01, "GitHub connection dropped"), (0.02, "GitHub connection dropped")]
     never = Waits()
-    with pytest.raises(github.UnreachableError, match="Connection refused"):
+    with pytest.raises(errors.UnreachableError, match="Connection refused"):
         client(gone, never, drop_waits=(0.01, 0.02)).check_access()
     assert never == []
 
@@ -704,7 +704,7 @@ def test_a_dead_proxy_is_named_not_taken_for_the_api(
         dead = f"127.0.0.1:{gone.getsockname()[1]}"
     proxy_env.setenv("HTTP_PROXY", f"http://swarm:S3cretPw@{dead}")
     c = connected(repo, fake_github.url)
-    with pytest.raises(github.UnreachableError) as info:
+    with pytest.raises(errors.UnreachableError) as info:
         c.check_access()
     assert str(info.value) == (
         f"cannot reach the GitHub API at {fake_github.url} through the proxy"
@@ -720,7 +720,7 @@ def test_a_proxy_that_never_answers_is_named_in_the_line(
 ) -> None:
     proxy = proxy_for(fake_github.url, {"HTTP_PROXY": silent_api})
     c = client(fake_github, proxy=proxy, timeout=0.2, deadline=60)
-    with pytest.raises(github.UnreachableError) as info:
+    with pytest.raises(errors.UnreachableError) as info:
         c.find_pull("x")
     assert str(info.value) == (
         f"the GitHub API at {fake_github.url} through the proxy HTTP_PROXY={silent_api} did not"

@@ -13,7 +13,7 @@ from tests.conftest import agent_command, git, script_interpreter
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.test_run import swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.github import access, issues
+from worktree_swarm.github import access, errors, issues, transport
 from worktree_swarm.github import client as github
 from worktree_swarm.infra import lock
 
@@ -95,7 +95,7 @@ def test_an_issue_list_that_never_ends_is_an_error_not_a_loop(fake_github: FakeG
     here = f"{fake_github.url}/repos/{OWNER}/{NAME}/issues?labels=bug"
     back = Scripted("GET", "/issues$", 200, {"link": f'<{here}>; rel="next"'}, [])
     fake_github.scripted += [back, back]  # the first page, then that same one again
-    with pytest.raises(github.GitHubError, match="does not end"):
+    with pytest.raises(errors.GitHubError, match="does not end"):
         issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
@@ -386,17 +386,17 @@ def test_an_issue_page_that_is_no_list_of_issues_is_an_error_not_a_shorter_batch
     # A proxy's page in the middle of the list: the batch went on with the issues before it.
     fake_github.add_issue("one", labels=("bug",))
     fake_github.fail_next("GET", "/issues$", 200, raw=b"<html>sign in</html>")
-    with pytest.raises(github.GitHubError, match=r"issue list \(page 1\) is not a list"):
+    with pytest.raises(errors.GitHubError, match=r"issue list \(page 1\) is not a list"):
         issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
 def test_an_answer_past_the_size_limit_is_refused_not_held(
     fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(github, "MAX_REPLY", 4096)
+    monkeypatch.setattr(transport, "MAX_REPLY", 4096)
     fake_github.add_issue("one", labels=("bug",))
     fake_github.fail_next("GET", "/issues$", 200, raw=b"[" + b" " * 10_000 + b"]")
-    with pytest.raises(github.UnreachableError, match="answered more than"):
+    with pytest.raises(errors.UnreachableError, match="answered more than"):
         issues.fetch_issue_tasks(client(fake_github), label="bug")
 
 
@@ -414,7 +414,7 @@ def test_an_api_that_stops_answering_is_given_up_on_at_its_deadline() -> None:
             timeout=0.2,
             deadline=0.5,
         )
-        with pytest.raises(github.UnreachableError):
+        with pytest.raises(errors.UnreachableError):
             c.request("GET", "/repos/acme/widgets/pulls")
 
 

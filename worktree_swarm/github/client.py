@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import os
 import re
 import threading
@@ -25,7 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 from worktree_swarm.core import units
-from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import one_line
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.repo import strip_userinfo as strip_userinfo  # noqa: PLC0414 - re-exported
@@ -38,11 +37,25 @@ from worktree_swarm.github.access import (
     resolve_token,
     slug_from_remote,
 )
+from worktree_swarm.github.errors import (
+    GitHubError,
+    RateLimitError,
+    UnreachableError,
+    _DroppedError,
+)
 from worktree_swarm.github.proxy import Proxy, proxy_for
+from worktree_swarm.github.transport import (
+    WRITE_METHODS,
+    _dropped,
+    _epoch_wait,
+    _error_detail,
+    _fetch,
+    _NoRedirect,
+    _rate_limit_wait,
+)
 from worktree_swarm.infra.redact import redact
 
 API_VERSION = "2022-11-28"
-WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
 _MOVED = frozenset({301, 302, 303, 307, 308})
@@ -54,36 +67,8 @@ DROP_WAITS = (2.0, 8.0)  # seconds before each new try of a refused or dropped r
 MAX_NUMBER = 10**9
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Hand a redirect back as the answer: GitHub redirects the API of a renamed repository."""
-
-    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-
 Sleep = Callable[[float], None]
 OnWait = Callable[[float, str], None]
-
-
-class GitHubError(SwarmError):
-    """The GitHub API refused or failed a request; ``status`` is the HTTP status (0: no reply)."""
-
-    def __init__(self, message: str, *, status: int = 0, moved_to: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.moved_to = moved_to  # a redirect's Location (redacted, one line)
-
-
-class RateLimitError(GitHubError):
-    """GitHub asks for a wait longer than the client is allowed to sleep."""
-
-
-class UnreachableError(GitHubError):
-    """The API did not answer (in time, or at all): no later request is worth its wait."""
-
-
-class _DroppedError(UnreachableError):
-    """The connection was refused, or (a request that changes nothing) dropped: tried again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -506,69 +491,11 @@ class Client:
         return url.removeprefix(self.api_url).split("?", 1)[0]
 
 
-MAX_REPLY = 32 * 2**20  # bytes of one answer: GitHub's pages are far smaller
 # A write the API took and never answered: `swarm pr` looks for a branch's pull request first.
 _MAYBE_DONE = (
     "; it may have been carried out all the same: run `swarm pr` again, which finds a pull"
     " request by its branch and opens none twice"
 )
-
-
-def _dropped(reason: object, method: str) -> bool:
-    """Whether a failed exchange is worth trying again.
-
-    Refused: it never reached the server. Dropped mid-way: only a request that changes
-    nothing (a write may have been done before the connection went).
-    """
-    if isinstance(reason, ConnectionRefusedError):
-        return True
-    return method not in WRITE_METHODS and isinstance(
-        reason, ConnectionResetError | ConnectionAbortedError | http.client.RemoteDisconnected
-    )
-
-
-def _fetch(
-    opener: urllib.request.OpenerDirector, req: urllib.request.Request, timeout: float
-) -> tuple[int, Message, bytes]:
-    """The status, headers and body of *req* (an HTTP error's too), at most MAX_REPLY bytes."""
-    try:
-        with opener.open(req, timeout=timeout) as reply:
-            return reply.status, reply.headers, _bounded(reply)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.headers, _bounded(exc)
-
-
-def _bounded(reply: Any) -> bytes:  # noqa: ANN401 - an HTTP response or error, both file-like
-    raw: bytes = reply.read(MAX_REPLY + 1)
-    if len(raw) > MAX_REPLY:  # never held whole: a proxy's endless page, a wrong host
-        raise UnreachableError(f"the GitHub API answered more than {MAX_REPLY >> 20} MiB")
-    return raw
-
-
-def _rate_limit_wait(
-    status: int, headers: Message, raw: bytes, attempt: int, secondary_wait: float
-) -> float | None:
-    """Seconds to wait before retrying, or None when the reply is not a rate limit."""
-    if status not in {403, 429}:
-        return None
-    retry_after = headers.get("retry-after")
-    if retry_after is not None:
-        try:
-            wait = float(retry_after)
-        except ValueError:
-            wait = math.nan
-        if not math.isnan(wait):  # `inf` waits too long: one clear error, as 1e12 does
-            return max(wait, 0.0)
-    if headers.get("x-ratelimit-remaining") == "0":
-        reset = _epoch_wait(headers.get("x-ratelimit-reset"))
-        if reset is not None:
-            return reset
-    text = raw.decode("utf-8", "replace").lower()
-    if status == 429 or "rate limit" in text:  # noqa: PLR2004
-        return secondary_wait * float(2**attempt)
-    return None
-
 
 MAX_PAGES = 100  # of 100 issues each: far above any batch worth running
 
@@ -580,30 +507,6 @@ def _when(wait: float) -> str:
     """The local time *wait* seconds (a day at most) from now: with its date when not today."""
     now = time.time()
     return units.clock_time(now + wait, now=now)
-
-
-def _epoch_wait(reset: str | None) -> float | None:
-    if reset is None:
-        return None
-    try:
-        at = float(reset)
-    except ValueError:
-        return None
-    # One extra second: the reset time is whole seconds, and clocks differ a little.
-    return max(at - time.time(), 0.0) + 1.0 if math.isfinite(at) else None
-
-
-def _error_detail(data: object) -> str:
-    if not isinstance(data, dict):
-        return ""
-    parts = [str(data.get("message", ""))]
-    errors = data.get("errors")
-    for err in errors if isinstance(errors, list) else []:
-        if isinstance(err, dict):
-            parts.append(str(err.get("message") or err.get("code") or ""))
-        else:
-            parts.append(str(err))
-    return "; ".join(p for p in parts if p)
 
 
 def _object(data: object) -> dict[str, Any]:

@@ -16,16 +16,8 @@ from worktree_swarm.git import diffs, leaks, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.access import remote_url
-from worktree_swarm.github.client import (
-    MAX_NUMBER,
-    Client,
-    GitHubError,
-    OnWait,
-    RateLimitError,
-    UnreachableError,
-    connect,
-    strip_userinfo,
-)
+from worktree_swarm.github.client import MAX_NUMBER, Client, OnWait, connect, strip_userinfo
+from worktree_swarm.github.errors import GitHubError, RateLimitError, UnreachableError
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store
