@@ -1586,6 +1586,29 @@ def test_logs_reach_your_terminal_without_an_agents_escapes(
     assert "50%\r100%\n" in out  # a progress bar still redraws its line
 
 
+def test_an_unterminated_title_sequence_hides_no_later_line_nor_the_failure(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A stray ESC ] (binary output, a cut progress sequence) once swallowed every later line:
+    # the log shown, the watch pane and the failure's reason ended at it.
+    agent = write_agent(
+        "import sys\n"
+        "print('before')\n"
+        "print('half: \\x1b]0;unterminated title')\n"
+        "print('IMPORTANT: deleted your database')\n"
+        "print('error: something failed badly')\n"
+        "sys.exit(2)\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "osc=x").returncode == 1
+    cli = [sys.executable, "-m", "worktree_swarm.cli", "logs", "osc"]
+    out = subprocess.run(cli, cwd=repo, capture_output=True, check=True).stdout.decode()
+    assert "IMPORTANT: deleted your database\n" in out
+    assert out.endswith("error: something failed badly\n")
+    assert "\x1b" not in out
+    reason = status_json(repo)["osc"]["reason"]
+    assert "error: something failed badly" in reason
+
+
 @pytest.mark.parametrize("python_env", [{}, {"PYTHONSAFEPATH": "1", "PYTHONOPTIMIZE": "2"}])
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path, python_env: dict[str, str]) -> None:
     # A user's PYTHONSAFEPATH reached the demo's check (its script's folder off sys.path: the

@@ -30,8 +30,9 @@ def one_line(text: str, *, limit: int | None = None, controls: bool = False) -> 
 
 # Terminal escape sequences: CSI (colours, cursor moves), OSC (titles, clipboard) ended by BEL
 # or ST, and the two-character ones.
+# An unterminated OSC (ESC ] ...) ends at its line: it must not swallow the lines after it.
 _ESCAPE_SEQUENCE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]"
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[@-_]"
 )
 
 
