@@ -1887,6 +1887,30 @@ def test_a_run_whose_output_no_one_reads_any_more_finishes_every_task(
     assert {r["state"] for r in rows} == {"done"}, rows
 
 
+@pytest.mark.parametrize("command", [("logs", "t0"), ("runs",), ("status",), ("clean", "--yes")])
+def test_a_command_whose_reader_went_away_goes_on_quietly(
+    repo: Path, write_agent: AgentFactory, command: tuple[str, ...]
+) -> None:
+    """`swarm logs t0 | head -1`: the broken pipe read as the log's failure ("not read"),
+    `swarm runs | head -1` exited 1 (some task failed), a clean stopped midway."""
+    agent = " ".join(write_agent("for i in range(3000):\n    print('line', i)\nopen('o', 'w')\n"))
+    tasks = [arg for i in range(3) for arg in ("-t", f"t{i}=x")]
+    assert swarm(repo, "run", "--agent", agent, *tasks).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write is a broken pipe
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *command],
+            cwd=repo, stdout=write, stderr=subprocess.PIPE, check=False, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    if command[0] == "clean":  # it went on to the end: every worktree removed, work kept
+        assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+        assert len(git(repo, "branch", "--list", "swarm/*").split()) == 3
+
+
 def test_a_run_that_made_the_same_branches_while_this_one_waited_for_the_lock_is_left_alone(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

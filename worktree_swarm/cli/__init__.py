@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _help_from_source()
     debug = _debug(args)
     _closed_output_to_null()
+    _gone_reader_to_null()
     _output_takes_any_text()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8. Said
@@ -218,6 +219,58 @@ def _closed_output_to_null() -> None:
             os.close(null)
         stream = open(fd, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
         setattr(sys, name, stream)
+
+
+class _ToNullWhenGone(io.RawIOBase):
+    """Writes to a pipe's descriptor; once its reader is gone, to /dev/null (in its place)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: object) -> int:
+        view = memoryview(data)  # type: ignore[arg-type]  # a bytes-like object, as io passes
+        try:
+            return os.write(self._fd, view)
+        except BrokenPipeError:  # `swarm logs x | head -1`: the rest goes nowhere
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._fd)  # a child writing there too: nowhere as well
+            os.close(null)
+            return len(view)
+
+
+def _gone_reader_to_null() -> None:
+    """Make a stdout or stderr pipe whose reader goes away take the rest quietly.
+
+    A command whose output no one reads any more (``| head -1``) goes on as if it were read:
+    without this, the next write's broken pipe stopped it midway (click exits 1 on it),
+    which for ``swarm logs`` read as the log's failure.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not getattr(sys, f"__{name}__") or not isinstance(stream, io.TextIOWrapper):
+            continue  # a test's capture, or already replaced
+        try:
+            mode = os.fstat(stream.fileno()).st_mode
+        except (OSError, ValueError):
+            continue
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            continue
+        stream.flush()
+        raw = _ToNullWhenGone(stream.fileno())
+        wrapped = io.TextIOWrapper(
+            io.BufferedWriter(raw),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+        )
+        setattr(sys, name, wrapped)  # sys.__stdout__ keeps the old one: it would close the fd
 
 
 def _output_takes_any_text() -> None:
