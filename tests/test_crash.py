@@ -40,7 +40,7 @@ from tests.test_run import (
 )
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
-from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, local_files
 from worktree_swarm.git import runner as g_runner
 from worktree_swarm.infra import fs
 from worktree_swarm.run import agent_watch
@@ -709,7 +709,7 @@ def test_an_exception_in_a_worker_is_logged_with_its_traceback(
     def copy_into(*_args: object, **_kwargs: object) -> list[str]:
         raise OSError(errno.ENXIO, "No such device or address")
 
-    monkeypatch.setattr(worktrees, "copy_into", copy_into)
+    monkeypatch.setattr(local_files, "copy_into", copy_into)
     monkeypatch.chdir(repo)
     (repo / "local.env").write_text("A=1\n")
     text = '[defaults]\nagent = "scripted"\n[[task]]\nid = "a"\nprompt = "x"\n'

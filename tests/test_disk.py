@@ -23,7 +23,7 @@ from tests.test_run import (
 )
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import local_files
 from worktree_swarm.infra.disk import DiskUsage, combine, scan, usage
 
 MIB = 2**20
@@ -402,7 +402,7 @@ def test_copy_mode_hardlink_shares_the_inode_and_copy_does_not(
     for mode in ("copy", "auto"):  # auto: a clone where the file system can, else a copy
         plain = tmp_path / mode
         plain.mkdir()
-        assert worktrees.copy_into(repo, plain, [".env"], mode=mode) == [".env"]
+        assert local_files.copy_into(repo, plain, [".env"], mode=mode) == [".env"]
         assert (plain / ".env").stat().st_ino != (repo / ".env").stat().st_ino
         assert (plain / ".env").read_text() == "SECRET_PLACE=1\n"
 

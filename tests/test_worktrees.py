@@ -19,7 +19,7 @@ from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import checkpoints, status
+from worktree_swarm.git import checkpoints, local_files, status
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees as wt
 
@@ -420,7 +420,9 @@ def test_copy_into(repo: Path, tmp_path: Path) -> None:
     dst = tmp_path / "w"
     wt.create_worktree(r, path=dst, branch="swarm/w", start="HEAD")
 
-    copied = wt.copy_into(repo, dst, [".env", "config/*.local", "config/*.toml", "nothing*"])
+    copied = local_files.copy_into(
+        repo, dst, [".env", "config/*.local", "config/*.toml", "nothing*"]
+    )
 
     assert copied == [".env", "config/app.local", "config/db.local"]
     assert (dst / ".env").read_text() == "SECRET=1\n"
@@ -428,7 +430,7 @@ def test_copy_into(repo: Path, tmp_path: Path) -> None:
     assert (dst / "config" / "app.toml").read_text() == "tracked\n"
     assert status.status_porcelain(dst) == ""  # all copies are ignored files
     assert snapshot(repo) == before
-    assert wt.copy_into(repo, dst, [".env"]) == []
+    assert local_files.copy_into(repo, dst, [".env"]) == []
 
 
 def test_copy_into_directory_and_symlink(repo: Path, tmp_path: Path) -> None:
@@ -437,7 +439,10 @@ def test_copy_into_directory_and_symlink(repo: Path, tmp_path: Path) -> None:
     (repo / "fixtures" / "link").symlink_to("deep/a.json")
     dst = tmp_path / "dst"
     dst.mkdir()
-    assert wt.copy_into(repo, dst, ["fixtures"]) == ["fixtures/deep/a.json", "fixtures/link"]
+    assert local_files.copy_into(repo, dst, ["fixtures"]) == [
+        "fixtures/deep/a.json",
+        "fixtures/link",
+    ]
     assert (dst / "fixtures" / "link").readlink() == Path("deep/a.json")
 
 
@@ -458,7 +463,7 @@ def test_copy_gives_an_agent_no_link_out_of_its_worktree_and_never_opens_a_pipe(
     dst = tmp_path / "dst"
     dst.mkdir()
 
-    copied = wt.copy_into(repo, dst, [".env", "run/*"])
+    copied = local_files.copy_into(repo, dst, [".env", "run/*"])
 
     assert copied == [".env", "run/conf", "run/to-conf"]
     assert not (dst / ".env").is_symlink()
@@ -471,7 +476,7 @@ def test_copy_gives_an_agent_no_link_out_of_its_worktree_and_never_opens_a_pipe(
     (tmp_path / "id_rsa").write_text("key\n")
     (repo / "key").symlink_to(tmp_path / "id_rsa")
     with pytest.raises(BadInputError, match="key is a symlink that leads outside"):
-        wt.copy_into(repo, dst, ["key"])
+        local_files.copy_into(repo, dst, ["key"])
 
 
 def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
@@ -480,14 +485,14 @@ def test_copy_into_refuses_escapes(repo: Path, tmp_path: Path) -> None:
     dst.mkdir()
     for pattern in ("../x", "a/../../x", "/etc/passwd", ""):
         with pytest.raises(BadInputError, match="must stay inside the repository"):
-            wt.copy_into(repo, dst, [pattern])
+            local_files.copy_into(repo, dst, [pattern])
     # A symlinked directory in the destination must not redirect the copy outside it.
     (repo / "conf").mkdir()
     (repo / "conf" / "a.local").write_text("a\n")
     (tmp_path / "elsewhere").mkdir()
     (dst / "conf").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(BadInputError, match="outside"):
-        wt.copy_into(repo, dst, ["conf/*.local"])
+        local_files.copy_into(repo, dst, ["conf/*.local"])
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 

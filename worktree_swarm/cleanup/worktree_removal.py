@@ -34,7 +34,7 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, local_files, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
@@ -174,7 +174,7 @@ def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]
     if known is None:
         return ()
     row, task = known
-    return worktrees.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+    return local_files.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
 
 
 def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:
@@ -187,7 +187,7 @@ def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> f
     if known is None:
         return frozenset()
     row, task = known
-    copied = worktrees.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
+    copied = local_files.copied_paths(path, task.copy, base=row.base_commit or "HEAD")
     same = (
         rel for rel in copied if fs.same_file(_copied_from(repo.root / rel, path / rel), path / rel)
     )

@@ -94,7 +94,7 @@ def run(
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     from worktree_swarm.agents import claude_auth
     from worktree_swarm.config.manifest import build_run_spec
-    from worktree_swarm.git import worktrees
+    from worktree_swarm.git import local_files, worktrees
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
     from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
@@ -144,7 +144,7 @@ def run(
         if spec.worktree_root is not None:
             worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
         for task in spec.tasks:
-            worktrees.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
+            local_files.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
     if spec.executor is Executor.RAY:
         from worktree_swarm.run import ray_preflight
 

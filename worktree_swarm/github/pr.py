@@ -12,7 +12,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
 from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
 from worktree_swarm.core.text import Echo, as_shown, one_line
-from worktree_swarm.git import diffs, leaks, worktrees
+from worktree_swarm.git import diffs, leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.access import remote_url
@@ -164,7 +164,7 @@ def open_pull_requests(
     tasks = [task_from_json(row.spec_json) for row in store.tasks(run_id)]
     redact.add_env(pair for task in tasks for pair in task.env)
     for task in tasks:  # and what their `copy` files hold: a title or prompt may quote it
-        redact.add_env(worktrees.copied_secrets(repo.root, task.copy))
+        redact.add_env(local_files.copied_secrets(repo.root, task.copy))
     run = store.get_run(run_id)
     run_base = run.base_commit if run is not None else None
     pairs = _predicted_pairs(repo, store, run_id, base=base, fallback=run_base)
@@ -308,7 +308,7 @@ def _one(
         base=fallback or row.base_commit,
         tip=tip,
         copy_globs=task.copy,
-        local_secrets=worktrees.copied_secrets(repo.root, task.copy),
+        local_secrets=local_files.copied_secrets(repo.root, task.copy),
     )
     if leak is not None:
         raise SwarmError(f"not pushing {branch}: {leak}; remove it from the branch's history")

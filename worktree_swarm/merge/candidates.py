@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState, merge_again
-from worktree_swarm.git import leaks, worktrees
+from worktree_swarm.git import leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
@@ -230,7 +230,7 @@ def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | Non
     the dependency's commits too, and would land a leak that keeps the dependency out.
     Not a tracked file that matches a ``copy`` pattern: the run commits changes to those.
     """
-    secrets = worktrees.copied_secrets(repo.root, task_from_json(row.spec_json).copy)
+    secrets = local_files.copied_secrets(repo.root, task_from_json(row.spec_json).copy)
     return leaks.find_leak(repo, base=base, tip=tip, copy_globs=(), local_secrets=secrets)
 
 

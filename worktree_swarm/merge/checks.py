@@ -15,7 +15,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, Task
-from worktree_swarm.git import runner, status, worktrees
+from worktree_swarm.git import local_files, runner, status
 from worktree_swarm.infra import fs, proc, redact
 from worktree_swarm.merge.session import Candidate, Session
 from worktree_swarm.merge.target import checks_record
@@ -90,7 +90,7 @@ def _placed(s: Session, task: Task) -> list[str]:
     than yours, would be what every later merge's checks get (a copy skips what exists).
     """
     try:
-        names = [rel.as_posix() for _, rel in worktrees.copy_sources(s.repo.root, task.copy)]
+        names = [rel.as_posix() for _, rel in local_files.copy_sources(s.repo.root, task.copy)]
     except SwarmError:  # the copy itself fails the checks, saying why
         names = []
     worktree = s.target.worktree
@@ -108,10 +108,10 @@ def _prepare(
     worktree = s.target.worktree
     try:
         if task.copy:
-            worktrees.copy_into(s.repo.root, worktree, task.copy)
+            local_files.copy_into(s.repo.root, worktree, task.copy)
         for name in task.link:  # not in the way: what an earlier task's setup installed there
             _remove_ignored_dir(worktree, name)
-        worktrees.link_into(s.repo.root, worktree, task.link)
+        local_files.link_into(s.repo.root, worktree, task.link)
     except SwarmError as exc:
         return CheckFailure(summary=str(exc))
     return run_steps(
@@ -202,5 +202,5 @@ def task_env(s: Session, c: Candidate) -> dict[str, str]:
     """What a task's checks and resolver get: its own ``env`` too, as in its run."""
     redact.add_env(c.task.env)  # a secret-named value is redacted from their logs
     # And, as in its run, the secrets of its `copy` files, which its checks get first.
-    redact.add_env(worktrees.copied_secrets(s.repo.root, c.task.copy))
+    redact.add_env(local_files.copied_secrets(s.repo.root, c.task.copy))
     return {**check_env(s), "SWARM_TASK_ID": c.task_id, **dict(c.task.env)}

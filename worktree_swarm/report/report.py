@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra.disk import DiskUsage, usage
 from worktree_swarm.infra.logtail import tail
@@ -179,7 +179,7 @@ def build_report(
         for spec in specs.values():
             add_env(spec.env)
             if repo is not None:  # what its `copy` files hold (a title may quote it)
-                add_env(worktrees.copied_secrets(repo.root, spec.copy))
+                add_env(local_files.copied_secrets(repo.root, spec.copy))
         redactor = current()
     attempts: dict[str, list[AttemptRow]] = {row.task_id: [] for row in rows}
     for attempt in store.attempts(run_id):

@@ -21,8 +21,8 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import run_dir, store_path
 from worktree_swarm.core.text import printable
+from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import group_failures
 from worktree_swarm.infra import faults, proctree, shim_record
@@ -452,7 +452,7 @@ def know_secrets_of(root: Path, tasks: Iterable[Task]) -> None:
     """
     tasks = list(tasks)
     redaction.add_env(pair for task in tasks for pair in task.env)
-    redaction.add_env(worktrees.copied_secrets(root, sorted({g for t in tasks for g in t.copy})))
+    redaction.add_env(local_files.copied_secrets(root, sorted({g for t in tasks for g in t.copy})))
 
 
 def run_totals(rows: list[TaskStatus], *, disk: bool = False) -> dict[str, float | int | None]:

@@ -14,7 +14,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import Task, TaskState
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
+from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, worktrees
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run.agent_watch import Ended
@@ -110,7 +110,9 @@ class Checkpoints(RunWorker):
                     message=message,
                     author=self.spec.commit_author,
                     # `copy` files are local (.env, keys): like the links, never on the branch.
-                    exclude=worktrees.local_paths(path, link=task.link, copy=task.copy, base=base),
+                    exclude=local_files.local_paths(
+                        path, link=task.link, copy=task.copy, base=base
+                    ),
                     droppings=adapter_for(agent).droppings,
                     report_secrets=True,  # the task fails, saying so
                     max_file=self.spec.max_file,

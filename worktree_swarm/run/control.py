@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.git import checkpoints, diffs, gitfiles, status, worktrees
+from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
@@ -152,7 +152,7 @@ def _checkpoint_stopped(
                 message=f"swarm: checkpoint {row.task_id} (stopped)"
                 + checkpoints.trailers(row.task_id, row.attempts or None, task.agent),
                 author=commit_author(store, row.run_id),
-                exclude=worktrees.local_paths(
+                exclude=local_files.local_paths(
                     worktree, link=task.link, copy=task.copy, base=row.base_commit
                 ),
                 droppings=adapter_for(task.agent).droppings,
@@ -162,7 +162,7 @@ def _checkpoint_stopped(
             tip, left, left_out = exc.head, str(exc), tuple(status.status_paths(worktree))
         if moves is not None:
             moves.moved(ref, git.rev_parse(repo, ref))
-    worktrees.unlink_links(repo.root, worktree, task.link)
+    local_files.unlink_links(repo.root, worktree, task.link)
     _record_diff(repo, store, row, tip or gitfiles.head_in(worktree))
     armed = []
     if row.base_commit:

@@ -26,7 +26,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import checkpoints, sparse, worktrees
+from worktree_swarm.git import checkpoints, local_files, sparse, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
@@ -191,7 +191,7 @@ class DiskBudget:
             return ()
         row = self.store.task(self.run_id, task.id)
         base = row.base_commit if row is not None else None
-        return worktrees.local_paths(path, link=task.link, copy=task.copy, base=base)
+        return local_files.local_paths(path, link=task.link, copy=task.copy, base=base)
 
     def _remove(self, task_id: str, *, used: int, need: int) -> None:
         """Remove a finished task's worktree to make room; its branch keeps the work."""

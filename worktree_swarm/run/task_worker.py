@@ -22,7 +22,7 @@ from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
-from worktree_swarm.git import diffs, gitconfig, gitfiles, sparse, status, worktrees
+from worktree_swarm.git import diffs, gitconfig, gitfiles, local_files, sparse, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import (
     faults,
@@ -72,7 +72,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             try:
                 return self._run(live, path)
             finally:  # before the guard's baseline: the links are not part of the worktree
-                worktrees.unlink_links(self.repo.root, path, live.task.link)
+                local_files.unlink_links(self.repo.root, path, live.task.link)
                 self.disk.record(live.task.id)
 
     def _run(self, live: Live, path: Path) -> TaskOutcome:
@@ -126,13 +126,13 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         if live.resume_from is None:
             # A full disk pauses them as the checkout above (a copy is made whole or not at all).
             faults.retry_while_full(
-                lambda: worktrees.copy_into(
+                lambda: local_files.copy_into(
                     self.repo.root, path, task.copy, mode=self.spec.copy_mode
                 ),
                 self.store.on_full,
             )
             faults.retry_while_full(
-                lambda: worktrees.link_into(self.repo.root, path, task.link), self.store.on_full
+                lambda: local_files.link_into(self.repo.root, path, task.link), self.store.on_full
             )
             with self._own_steps(task.id) as started:
                 failure = run_steps(
