@@ -21,7 +21,7 @@ from worktree_swarm.cleanup.worktree_removal import (
     worktree_finding,
 )
 from worktree_swarm.core.models import MERGE_CHECKING, merge_again
-from worktree_swarm.git import gitfiles, worktrees
+from worktree_swarm.git import gitfiles, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs
@@ -198,7 +198,7 @@ def _plan_task_worktree(
         return [prune], False, False
     hands_off = None
     # Git there would work on another checkout or branch: hands off.
-    if (changed := worktrees.tampered(repo, path)) is not None:
+    if (changed := tampering.tampered(repo, path)) is not None:
         hands_off = changed, "kept: look at it and remove it by hand (swarm runs no git there)"
     # A commit of swarm's would land on your branch, or inside your rebase.
     elif (yours := _switched_or_busy(info, task)) is not None:

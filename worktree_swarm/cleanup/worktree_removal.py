@@ -34,7 +34,7 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import checkpoints, gitfiles, local_files, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, local_files, tampering, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
@@ -233,7 +233,7 @@ def _remove_worktree(
     clean = True
     if path.is_dir():
         _refuse_when_not_ours_to_remove(repo, path, force=force)
-        worktrees.unplant(repo, path, info.branch)  # nothing of git's below writes through one
+        tampering.unplant(repo, path, info.branch)  # nothing of git's below writes through one
         _unlock_index(repo, path)
         # A checkout killed half-way is populated from HEAD, never committed as deletions.
         repaired = gitfiles.repair_checkout(path)
@@ -296,7 +296,7 @@ def _remove_announced(
     repo: git.Repo, path: Path, *, moves: channel.RefMoves, force: bool, clean: bool
 ) -> None:
     """Remove the worktree *path*, named to a running guard like a ref: swarm's own removal."""
-    admin = worktrees.own_admin(repo, path)
+    admin = tampering.own_admin(repo, path)
     key = channel.worktree_key(path)
     if admin is not None:
         moves.announce(key, at=admin.name)
@@ -329,7 +329,7 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
 
     No checkpoint can commit work inside a submodule: removing the worktree would lose it.
     """
-    changed = worktrees.tampered(repo, path)
+    changed = tampering.tampered(repo, path)
     if changed is not None:
         raise SwarmError(f"{changed}; kept (swarm runs no git there)")
     users = processes_using(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import tampering
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.guard.restore import keep_undone, restore_ref, undone_commits
@@ -99,7 +99,7 @@ def _put_back_now(repo: git.Repo, violation: Violation, worktree: object) -> boo
     """Whether *violation*'s place is as it was, its refs set back first where still moved."""
     if isinstance(worktree, str):  # moved back whole, or made again and checked out
         path = Path(worktree)
-        whole = worktrees.own_admin(repo, path) is not None
+        whole = tampering.own_admin(repo, path) is not None
         return whole and (violation.worktree != "was removed" or is_clean(status(path)))
     if not violation.refs:
         return False  # files and git's own files: not known to be whole

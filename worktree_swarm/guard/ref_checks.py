@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from worktree_swarm.git import gitfiles, runner, worktrees
+from worktree_swarm.git import gitfiles, runner, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import integrity, remotes
 from worktree_swarm.guard.model import MAIN, RefMove, Violation
@@ -167,7 +167,7 @@ class RefChecks(Verdicts):
         there is no telling: taken as its own.
         """
         path = self._trees.paths.get(task_id)
-        admin = None if path is None else worktrees.own_admin(self.repo, path)
+        admin = None if path is None else tampering.own_admin(self.repo, path)
         if admin is None or not self._reflogs_kept:
             return True
         try:

@@ -48,7 +48,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import tampering
 from worktree_swarm.guard import graph, integrity, remotes, surface
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
@@ -491,7 +491,7 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
         branch = f"refs/heads/swarm/{task_id}"
         place = tip = None
         # A worktree an agent replaced (a symlink, a `.git` naming another) is no baseline.
-        if path.is_dir() and worktrees.tampered(self.repo, path) is None:
+        if path.is_dir() and tampering.tampered(self.repo, path) is None:
             with self._job(task_id):  # failing, it is unwatched (and told), the branch is not
                 place = self._baseline(task_id, path)
                 if status_field(place.status, "head") == branch.removeprefix("refs/heads/"):

@@ -23,7 +23,7 @@ import psutil
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import tampering, worktrees
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.baselines import Baselines, _drop_copies, _seed
 from worktree_swarm.guard.channel import worktree_key
@@ -61,7 +61,7 @@ class WorktreeChecks(Baselines, RefChecks):
                 with contextlib.suppress(SwarmError):  # its admin dir, as its `.git` names it
                     admin = git.git_dir(path)
                 worktrees_dir = Path(os.path.realpath(common / "worktrees"))
-                whole = worktrees.own_admin(self.repo, path)
+                whole = tampering.own_admin(self.repo, path)
                 root = _identity(Path(real).parent)
                 # Each task's worktree by where it was when the task took it: one look per
                 # worktree made, however many tasks the run has had.
@@ -120,10 +120,10 @@ class WorktreeChecks(Baselines, RefChecks):
         if _present(path / ".git"):
             self._trees.doubted.discard(task_id)
             if known is None:  # made by an earlier manager, or not yet seen whole
-                admin = worktrees.own_admin(self.repo, path)
+                admin = tampering.own_admin(self.repo, path)
                 if admin is not None:
                     self._trees.admins[task_id] = admin.name
-            return None  # a `.git` that names another is tampering: see worktrees.tampered
+            return None  # a `.git` that names another is tampering: see tampering.tampered
         if known is None or f"{os.path.realpath(path)}/.git" in self._provisioning:
             return None
         key = worktree_key(path)
@@ -263,7 +263,7 @@ class WorktreeChecks(Baselines, RefChecks):
             self._changes.forget(task_id)
             self._changes.watch(task_id, path, self._git_files(index_path(path).parent))
             self._changes.mark(task_id)  # compared with its baseline in this scan
-        return worktrees.own_admin(self.repo, path) is not None
+        return tampering.own_admin(self.repo, path) is not None
 
     def _gone_linked(self) -> list[tuple[Path, Path, Path | None]]:
         """Your linked worktrees no longer where they were: checkout, admin dir, new place.

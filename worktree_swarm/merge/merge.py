@@ -24,7 +24,7 @@ from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import run_dir
-from worktree_swarm.git import gitconfig, runner, worktrees
+from worktree_swarm.git import gitconfig, runner, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import proc_scan, redact
@@ -141,7 +141,7 @@ def merge(
         # Their shims live in sessions of their own: a killed merge's checks still run.
         proc_scan.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left
-        worktrees.unplant_ref(repo, branch)  # git would write its ref and reflog through one
+        tampering.unplant_ref(repo, branch)  # git would write its ref and reflog through one
         target = open_target(repo, store, run_id, branch, start=start, own=own)
         if target.note:
             tell.note(target.note)

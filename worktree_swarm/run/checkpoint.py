@@ -14,7 +14,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import Task, TaskState
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, worktrees
+from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
 from worktree_swarm.run.agent_watch import Ended
@@ -40,14 +40,14 @@ class Checkpoints(RunWorker):
             return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=sealed_reason(path)
             )
-        admin = worktrees.own_admin(self.repo, path)
-        changed = None if admin is not None else worktrees.tampered(self.repo, path)
+        admin = tampering.own_admin(self.repo, path)
+        changed = None if admin is not None else tampering.tampered(self.repo, path)
         if changed is not None:  # git there would commit onto another checkout or branch
             reason = f"{changed}: its work since the last checkpoint is left there, uncommitted"
             return diffs.DiffStat(files=0, insertions=0, deletions=0), TaskOutcome(
                 state=TaskState.FAILED, reason=reason
             )
-        planted = worktrees.unplant(self.repo, path, task.branch, admin=admin)  # before git
+        planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
         stat, armed = self._checkpoint_disarmed(task, path, base, number, ended, agent=agent)
@@ -57,7 +57,7 @@ class Checkpoints(RunWorker):
             reason = f"planted links where git writes ({', '.join(planted)}); removed first"
             return stat, TaskOutcome(state=TaskState.FAILED, reason=reason)
         if armed:
-            return stat, TaskOutcome(state=TaskState.FAILED, reason=worktrees.setuid_reason(armed))
+            return stat, TaskOutcome(state=TaskState.FAILED, reason=tampering.setuid_reason(armed))
         if ended.cut_short is not None:
             return stat, TaskOutcome(state=ended.cut_short, reason=ended.reason)
         big = diffs.over_size(self.repo, stat, self.spec.max_file)
@@ -86,13 +86,13 @@ class Checkpoints(RunWorker):
         try:
             stat = self._checkpoint(task, path, base, number, ended, agent=agent)
         except checkpoints.LeftOutError:  # its files stay in the worktree, as git status lists them
-            worktrees.disarm_setuid(self.repo, path, base, also=status.status_paths(path))
+            tampering.disarm_setuid(self.repo, path, base, also=status.status_paths(path))
             raise
         except BaseException:
-            worktrees.disarm_setuid(self.repo, path, base)
+            tampering.disarm_setuid(self.repo, path, base)
             raise
         changed = [name for name, _ in stat.blobs]
-        return stat, worktrees.disarm_setuid(self.repo, path, base, changed)
+        return stat, tampering.disarm_setuid(self.repo, path, base, changed)
 
     def _checkpoint(
         self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str

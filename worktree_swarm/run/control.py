@@ -24,7 +24,7 @@ from worktree_swarm.core.models import (
 )
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
 from worktree_swarm.core.scheduler import Scheduler
-from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, worktrees
+from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, integrity, snapshot
 from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
@@ -166,9 +166,9 @@ def _checkpoint_stopped(
     _record_diff(repo, store, row, tip or gitfiles.head_in(worktree))
     armed = []
     if row.base_commit:
-        armed = worktrees.disarm_setuid(repo, worktree, row.base_commit, also=left_out)
+        armed = tampering.disarm_setuid(repo, worktree, row.base_commit, also=left_out)
     if armed:
-        left = "; ".join([*([left] if left else []), worktrees.setuid_reason(armed)])
+        left = "; ".join([*([left] if left else []), tampering.setuid_reason(armed)])
     return left
 
 

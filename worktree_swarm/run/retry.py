@@ -21,7 +21,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.core.paths import guard_dir
-from worktree_swarm.git import checkpoints, gitfiles, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
@@ -216,7 +216,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     path = Path(row.worktree)
     if not (path / ".git").exists():
         return
-    worktrees.unplant(repo, path, row.branch)  # nothing of git's below writes through one
+    tampering.unplant(repo, path, row.branch)  # nothing of git's below writes through one
     gitfiles.repair_checkout(path)
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None

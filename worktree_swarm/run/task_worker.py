@@ -22,7 +22,16 @@ from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, adapter_for
 from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
-from worktree_swarm.git import diffs, gitconfig, gitfiles, local_files, sparse, status, worktrees
+from worktree_swarm.git import (
+    diffs,
+    gitconfig,
+    gitfiles,
+    local_files,
+    sparse,
+    status,
+    tampering,
+    worktrees,
+)
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import (
     faults,
@@ -347,10 +356,10 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                     )
                 # Checks run code the agent wrote: their worktree is looked at again before
                 # swarm runs git there, as after an attempt.
-                if (changed := worktrees.tampered(self.repo, path)) is not None:
+                if (changed := tampering.tampered(self.repo, path)) is not None:
                     why = f"its checks left its worktree no longer swarm's: {changed}"
                     return CheckFailure(summary=why, final=True)
-                planted = worktrees.unplant(self.repo, path, task.branch)
+                planted = tampering.unplant(self.repo, path, task.branch)
                 moved = self.guard.checks_moved(task.id, path, task.branch, tip)
             # What they wrote (a formatter's edits, build output) goes: the branch is what
             # was checked, and no later checkpoint commits it.
