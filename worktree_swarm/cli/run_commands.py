@@ -94,7 +94,7 @@ def run(
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     from worktree_swarm.agents import claude_auth
     from worktree_swarm.config.manifest import build_run_spec
-    from worktree_swarm.git import local_files, worktrees
+    from worktree_swarm.git import local_files, worktree_root, worktrees
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
     from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
@@ -142,7 +142,7 @@ def run(
         checkout = git.checkout_root(Path(ctx.obj["dir"]))
         base = git.checkout_head(checkout)
         if spec.worktree_root is not None:
-            worktrees.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+            worktree_root.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
         for task in spec.tasks:
             local_files.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
     if spec.executor is Executor.RAY:
@@ -264,7 +264,7 @@ def _detached(pid: int, log: Path, *, as_json: bool) -> int:
 
 
 def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, base: str) -> int:
-    from worktree_swarm.git import worktrees
+    from worktree_swarm.git import worktree_root, worktrees
     from worktree_swarm.infra.lock import ManagerLock
     from worktree_swarm.infra.store import Store
     from worktree_swarm.run import runs
@@ -290,7 +290,7 @@ def _run_spec(repo: git.Repo, spec: RunSpec, *, as_json: bool, checkout: Path, b
                     err=True,
                 )
             if spec.worktree_root is not None and (
-                outer := worktrees.seen_by_another_checkout(repo, spec.worktree_root)
+                outer := worktree_root.seen_by_another_checkout(repo, spec.worktree_root)
             ):
                 click.echo(
                     f"note: the worktrees go in {spec.worktree_root}, inside the checkout of"
