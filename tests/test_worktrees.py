@@ -19,7 +19,7 @@ from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import checkpoints, local_files, status
+from worktree_swarm.git import checkpoints, local_files, removal, status
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees as wt
 
@@ -138,13 +138,13 @@ def test_create_list_remove(big_repo: Path) -> None:
 
     (path / "scratch.txt").write_text("untracked\n")
     with pytest.raises(CommandError):
-        wt.remove_worktree(r, path)
+        removal.remove_worktree(r, path)
     assert path.exists()
-    wt.remove_worktree(r, path, force=True)
+    removal.remove_worktree(r, path, force=True)
     assert not path.exists()
     assert len(wt.list_worktrees(r)) == 1
     assert g.branch_exists(r, "swarm/t1")
-    wt.delete_branch(r, "swarm/t1")
+    removal.delete_branch(r, "swarm/t1")
     assert not g.branch_exists(r, "swarm/t1")
     assert snapshot(big_repo) == before
 
@@ -155,10 +155,10 @@ def test_delete_unmerged_branch_needs_force(repo: Path, tmp_path: Path) -> None:
     wt.create_worktree(r, path=path, branch="swarm/x", start="HEAD")
     (path / "new.txt").write_text("work\n")
     assert checkpoints.checkpoint(path, message="work", author="A <a@b.c>") is not None
-    wt.remove_worktree(r, path)
+    removal.remove_worktree(r, path)
     with pytest.raises(CommandError, match="not fully merged"):
-        wt.delete_branch(r, "swarm/x")
-    wt.delete_branch(r, "swarm/x", force=True)
+        removal.delete_branch(r, "swarm/x")
+    removal.delete_branch(r, "swarm/x", force=True)
     assert not g.branch_exists(r, "swarm/x")
 
 
@@ -169,9 +169,9 @@ def test_prune_and_remove_missing_directory(repo: Path, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "a")
     shutil.rmtree(tmp_path / "b")
     assert wt.list_worktrees(r)[1].prunable is not None
-    wt.remove_worktree(r, tmp_path / "a")
+    removal.remove_worktree(r, tmp_path / "a")
     assert [i.path for i in wt.list_worktrees(r)] == [r.root, tmp_path / "b"]
-    wt.prune(r)
+    removal.prune(r)
     assert [i.path for i in wt.list_worktrees(r)] == [r.root]
 
 
@@ -184,10 +184,10 @@ def test_prune_takes_off_the_hold_a_killed_prune_left_and_no_lock_of_yours(
     for name in ("held", "yours"):
         wt.create_worktree(r, path=tmp_path / name, branch=f"swarm/{name}", start="HEAD")
     admins = {Path(i.path).name: wt.admin_of(r, i.path) for i in wt.list_worktrees(r)[1:]}
-    Path(str(admins["held"]), "locked").write_text(wt._HELD)
+    Path(str(admins["held"]), "locked").write_text(removal._HELD)
     git(repo, "worktree", "lock", "--reason", "mine", str(tmp_path / "yours"))
     shutil.rmtree(tmp_path / "held")
-    wt.prune(r)
+    removal.prune(r)
     assert [(i.path, i.locked) for i in wt.list_worktrees(r)] == [
         (r.root, None),
         (tmp_path / "yours", "mine"),
@@ -212,8 +212,8 @@ def test_create_from_threads_many_rounds(big_repo: Path, tmp_path: Path) -> None
             assert_worktree_ok(r, p, b, start)
         assert len(wt.list_worktrees(r)) == N + 1
         for b, p in items:
-            wt.remove_worktree(r, p)
-            wt.delete_branch(r, b)
+            removal.remove_worktree(r, p)
+            removal.delete_branch(r, b)
         assert snapshot(big_repo) == before
 
 
@@ -250,8 +250,8 @@ def test_create_from_processes_many_rounds(big_repo: Path, tmp_path: Path) -> No
         for b, p in items:
             assert_worktree_ok(r, p, b, start)
         for b, p in items:
-            wt.remove_worktree(r, p)
-            wt.delete_branch(r, b)
+            removal.remove_worktree(r, p)
+            removal.delete_branch(r, b)
         assert snapshot(big_repo) == before
 
 
@@ -623,7 +623,7 @@ def test_a_clean_worktree_is_deleted_as_git_worktree_remove_does_it(
     (path / "build.log").write_text("ignored or not, a worktree's files all go\n")
     tip = git(repo, "rev-parse", "swarm/a")
     with g.repo_lock(r):
-        assert wt.delete_locked(r, path) is True
+        assert removal.delete_locked(r, path) is True
     assert not path.exists()
     assert list((repo / ".git" / "worktrees").iterdir()) == []
     # git agrees nothing is left: no listing, nothing to prune; the branch stays.
@@ -654,7 +654,7 @@ def test_a_worktree_git_must_remove_is_left_to_git(repo: Path, tmp_path: Path, c
         (path / ".git").write_text((other / ".git").read_text())
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with g.repo_lock(r):
-        assert wt.delete_locked(r, target) is False
+        assert removal.delete_locked(r, target) is False
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (admin / "index").exists()
 
@@ -711,14 +711,14 @@ def test_no_registration_goes_while_git_reads_them_all(
         return started
 
     with g.repo_lock(r):
-        first = thread(lambda: wt.git_remove_locked(r, a, force=True))
+        first = thread(lambda: removal.git_remove_locked(r, a, force=True))
         wait_for((flags / "reading").exists, what="git to read the registrations")
         if other == "deleted by swarm":
-            second = thread(lambda: wt.delete_locked(r, b))
+            second = thread(lambda: removal.delete_locked(r, b))
             # Its files go first; its registration is next.
             wait_for(lambda: not b.exists(), what="b's files to go")
         else:
-            second = thread(lambda: wt.git_remove_locked(r, b, force=False))
+            second = thread(lambda: removal.git_remove_locked(r, b, force=False))
         # Nothing may happen to b's registration while git reads: this is the time it has.
         second.join(0.5)
         (flags / "release").touch()

@@ -34,7 +34,7 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import checkpoints, gitfiles, local_files, tampering, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, local_files, removal, tampering, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
@@ -46,7 +46,7 @@ from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 
 AUTHOR = DEFAULT_COMMIT_AUTHOR
-RESCUE_PREFIX = worktrees.RESCUE_PREFIX
+RESCUE_PREFIX = removal.RESCUE_PREFIX
 
 
 def locked_missing(
@@ -300,10 +300,10 @@ def _remove_announced(
     key = channel.worktree_key(path)
     if admin is not None:
         moves.announce(key, at=admin.name)
-    if not ((clean or force) and worktrees.delete_locked(repo, path)):
+    if not ((clean or force) and removal.delete_locked(repo, path)):
         # Its submodules were looked at before (work in one is kept): nothing of theirs to lose.
         submodules = clean and admin is not None and (admin / "modules").exists()
-        worktrees.git_remove_locked(repo, path, force=force, submodules=submodules)
+        removal.git_remove_locked(repo, path, force=force, submodules=submodules)
     if admin is not None:
         moves.moved(key, None)
 
@@ -389,7 +389,7 @@ def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     if path.is_dir() and not path.is_symlink():
         fs.remove_tree(path)
-    worktrees.prune_gone(repo)
+    removal.prune_gone(repo)
     return "unlocked, half-made checkout deleted, pruned"
 
 
@@ -402,7 +402,7 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
-    sha = worktrees.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
+    sha = removal.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
     if sha is None:
         fs.remove_tree(path)
         return "removed (it held no files)", None
@@ -433,7 +433,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
     if f.admin_dir is not None:
         # Planned only with --force: the user's lock on a vanished worktree is overridden.
         (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
-    worktrees.prune_gone(repo)
+    removal.prune_gone(repo)
     if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
     if path.exists():

@@ -24,7 +24,7 @@ from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
 from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import run_dir
-from worktree_swarm.git import gitconfig, runner, tampering, worktrees
+from worktree_swarm.git import gitconfig, removal, runner, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel
 from worktree_swarm.infra import proc_scan, redact
@@ -183,7 +183,7 @@ def merge(
             if not target.temporary:  # the branch checked out in swarm's merge worktree
                 moves.moved(ref, git.rev_parse(repo, ref))
             if target.temporary:
-                worktrees.remove_worktree(repo, target.worktree, force=True)
+                removal.remove_worktree(repo, target.worktree, force=True)
     return MergeReport(
         run_id=run_id,
         target_branch=branch,

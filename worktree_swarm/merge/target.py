@@ -22,7 +22,7 @@ from worktree_swarm.core.models import (
     is_valid_task_id,
 )
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import gitfiles, runner, status, worktrees
+from worktree_swarm.git import gitfiles, removal, runner, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, proc_scan
 from worktree_swarm.infra.store import Store
@@ -183,7 +183,7 @@ def open_target(
     for info in worktrees.list_worktrees(repo):
         if _same_path(info.path, own) and not info.path.is_dir():
             # Its directory was deleted: this registration alone goes, the worktree is made anew.
-            worktrees.remove_worktree(repo, info.path, force=True)
+            removal.remove_worktree(repo, info.path, force=True)
         elif info.branch == branch and info.path.is_dir():
             if not _same_path(info.path, own):  # checked out meanwhile: never merged in
                 raise _checked_out_elsewhere(branch, info.path, own)
@@ -193,7 +193,7 @@ def open_target(
                 # Deleted under it (a run's guard undoing an agent's `swarm merge`, every file
                 # of that merge left staged): what it holds is no one's to land; made anew.
                 saved = save_left(repo, info.path, branch, parent=start)
-                worktrees.remove_worktree(repo, info.path, force=True)
+                removal.remove_worktree(repo, info.path, force=True)
                 break
             gitfiles.repair_checkout(info.path)  # a merge killed while it checked the target out
             cut_off = half_merged(info.path) or checks_cut_off(info.path)
@@ -235,10 +235,10 @@ def save_left(
         return None
     head = parent or gitfiles.head_in(worktree)
     message = f"swarm: left uncommitted in the merge worktree of {branch}"
-    sha = worktrees.snapshot_files(repo, worktree, message=message, parent=head)
+    sha = removal.snapshot_files(repo, worktree, message=message, parent=head)
     if sha is None:
         return None
-    ref = f"{worktrees.RESCUE_PREFIX}merge-{sha[:12]}"
+    ref = f"{removal.RESCUE_PREFIX}merge-{sha[:12]}"
     git.git(repo.root, "update-ref", ref, sha)
     return ref
 
@@ -285,7 +285,7 @@ def remove_scratch(repo: git.Repo, store: Store, run_id: str) -> None:
     for info in worktrees.list_worktrees(repo):
         if info.path.name.startswith(mine) and real_path(info.path.parent) == root:
             _unlock_made(repo, info)
-            worktrees.remove_worktree(repo, info.path, force=True)
+            removal.remove_worktree(repo, info.path, force=True)
 
 
 def integration_path(repo: git.Repo, store: Store, run_id: str) -> Path:

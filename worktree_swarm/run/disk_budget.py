@@ -26,7 +26,7 @@ from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import checkpoints, local_files, sparse, worktrees
+from worktree_swarm.git import checkpoints, local_files, removal, sparse
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
@@ -228,7 +228,7 @@ class DiskBudget:
                 # Told to the guard as swarm's own: it expects the worktree gone from now on.
                 with self.guard.provisioning(path):
                     faults.retry_while_full(
-                        lambda: worktrees.remove_worktree(self.repo, path, force=True),
+                        lambda: removal.remove_worktree(self.repo, path, force=True),
                         self.store.on_full,
                     )
         self._scans.pop(task_id, None)

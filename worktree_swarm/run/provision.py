@@ -21,7 +21,7 @@ import psutil
 
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.git import gitfiles, sparse, worktrees
+from worktree_swarm.git import gitfiles, removal, sparse, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, proc_scan, proctree
 
@@ -44,7 +44,7 @@ def roll_back(repo: git.Repo, *, path: Path, branch: str, start: str) -> None:
         # then refuses the branch ("Another git process seems to be running").
         (repo.common_dir / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
         git.git(repo.root, "update-ref", "-d", f"refs/heads/{branch}", start, check=False)
-        worktrees.prune_gone(repo)
+        removal.prune_gone(repo)
 
 
 def _end_stray_git(path: Path) -> None:
@@ -115,7 +115,7 @@ def _reattach(
         _discard_admin_dirs(repo, path)
         with contextlib.suppress(OSError):
             path.rmdir()
-        worktrees.prune_gone(repo)
+        removal.prune_gone(repo)
         path.parent.mkdir(parents=True, exist_ok=True)
         if git.branch_exists(repo, branch):
             args = ["--", str(path), branch]

@@ -21,7 +21,7 @@ from worktree_swarm.core.models import (
     TaskState,
 )
 from worktree_swarm.core.paths import guard_dir
-from worktree_swarm.git import checkpoints, gitfiles, tampering, worktrees
+from worktree_swarm.git import checkpoints, gitfiles, removal, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
@@ -178,11 +178,11 @@ def _reset(repo: git.Repo, store: Store, row: TaskRow, *, fresh: bool) -> None:
     if fresh:
         path = Path(row.worktree)
         if path.exists():
-            worktrees.remove_worktree(repo, path, force=True)
+            removal.remove_worktree(repo, path, force=True)
         with contextlib.suppress(BadInputError):
-            worktrees.prune(repo)
+            removal.prune(repo)
         if tip is not None:
-            worktrees.delete_branch(repo, row.branch, force=True)
+            removal.delete_branch(repo, row.branch, force=True)
     store.update_task(
         row.run_id,
         row.task_id,

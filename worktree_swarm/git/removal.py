@@ -1,0 +1,180 @@
+"""Remove worktrees and branches, forget worktrees that are gone, save files before removal.
+
+A forced removal deletes a worktree swarm made without git where it can (its index aside
+first, so one killed half-way is never read as deletions); ``prune_gone`` keeps a worktree
+that is only unreadable; ``snapshot_files`` saves files as a commit before swarm removes or
+resets them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from worktree_swarm.git import runner
+from worktree_swarm.git.repo import Repo, git, repo_lock
+from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
+from worktree_swarm.infra import fs
+
+
+def remove_worktree(repo: Repo, path: Path, *, force: bool = False) -> None:
+    """Remove the worktree at *path* (its branch stays).
+
+    Without *force*, git refuses when the worktree has uncommitted or untracked files.
+    A worktree whose directory is already gone is just unregistered.
+    """
+    args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path.absolute())]
+    # A `git worktree remove` that fails half-way (a directory a tool made read-only) still
+    # unregisters the worktree and leaves the rest of its files behind.
+    fs.make_removable(path)
+    with repo_lock(repo):
+        # Forced, without git where it can: git deletes the files before the index, and a
+        # removal killed in between left a checkout whose next checkpoint commits deletions.
+        if not (force and delete_locked(repo, path)):
+            git(repo.root, *args)
+
+
+def delete_locked(repo: Repo, path: Path) -> bool:
+    """Delete the linked worktree *path* and its registration, as `git worktree remove` does.
+
+    Without git, whose `worktree remove` runs a `git status` of its own: for a worktree the
+    caller found clean (or removes by force) under the repository lock. Nothing is touched,
+    and the answer is False, when git must do it: *path* is a symlink, the worktree is locked,
+    has submodules, or its files are not laid out as git writes them. The index goes aside
+    first: a removal killed half-way then reads as a checkout never populated, which a
+    checkpoint repopulates from HEAD instead of committing the missing files as deletions. A
+    removal that fails having deleted none of them (a read-only file system) puts it back, so
+    git sees them as they were. The files go next and the ``.git`` file after them (so that a
+    half-deleted directory is still known as this worktree), the registration last (a crash
+    before it leaves it prunable, as git would).
+    """
+    admin = None if path.is_symlink() else _linked_admin(repo, path)
+    if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
+        return False
+    index, aside = admin / "index", admin / "index.swarm-removing"
+    with contextlib.suppress(FileNotFoundError):
+        index.replace(aside)
+    try:
+        try:
+            _delete_files(path)
+        except PermissionError:  # a directory a tool made read-only (not for root)
+            fs.make_removable(path)
+            _delete_files(path)
+    except OSError:
+        _index_back(path, index, aside)
+        raise
+    (path / ".git").unlink()
+    path.rmdir()
+    with _REGISTRATIONS:
+        fs.remove_tree(admin)
+    return True
+
+
+def git_remove_locked(repo: Repo, path: Path, *, force: bool, submodules: bool = False) -> None:
+    """`git worktree remove` of *path* (twice ``--force`` with *force*: even a locked one).
+
+    *submodules*: its checked-out submodules were found to hold nothing to keep; git removes
+    a worktree with submodules only with ``--force`` (once: a locked one stays). For a caller
+    that holds the repository lock, in any of its threads: git reads every registration, so
+    it runs while no other thread deletes one.
+    """
+    fs.make_removable(path)
+    flags = ["--force", "--force"] if force else ["--force"] if submodules else []
+    with _REGISTRATIONS:
+        git(repo.root, "worktree", "remove", *flags, "--", str(path))
+
+
+def _index_back(path: Path, index: Path, aside: Path) -> None:
+    """Put the index *aside* back as *index* unless a file it tracks is gone from *path*."""
+    with contextlib.suppress(FileNotFoundError):
+        aside.replace(index)
+        gone = runner.run(path, "ls-files", "--deleted", "-z", check=False)
+        if gone.returncode != 0 or gone.stdout:
+            index.replace(aside)
+
+
+def _delete_files(path: Path) -> None:
+    """Delete everything in the directory *path* but its ``.git`` file."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name == ".git":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                Path(entry.path).unlink()
+
+
+def delete_branch(repo: Repo, branch: str, *, force: bool = False) -> None:
+    """Delete *branch*; without *force*, git refuses when it is not merged into HEAD."""
+    with repo_lock(repo):
+        git(repo.root, "branch", "-D" if force else "-d", "--", branch)
+
+
+def prune(repo: Repo) -> None:
+    """Forget worktrees whose directories are gone."""
+    with repo_lock(repo):
+        prune_gone(repo)
+
+
+# The reason in git's ``locked`` file of a worktree held over swarm's prune.
+_HELD = "swarm: held over a prune (its directory cannot be read)"
+
+
+def prune_gone(repo: Repo) -> None:
+    """``git worktree prune``, keeping the registration of a worktree that is only unreadable.
+
+    Git takes a worktree whose ``.git`` it may not look at (an agent's ``chmod 0 .``) for gone
+    and forgets it; its files are there and may be work. Each such one is locked for the prune
+    (git's ``locked`` file) and unlocked after; a lock a killed prune left is taken off first.
+    Call under the repository lock.
+    """
+    held: list[Path] = []
+    admins = repo.common_dir / "worktrees"
+    try:
+        for admin in sorted(admins.iterdir()) if admins.is_dir() else []:
+            lock = admin / "locked"
+            with contextlib.suppress(OSError):
+                if fs.read_file(lock).decode(errors="replace") == _HELD:
+                    lock.unlink()
+            with contextlib.suppress(OSError):
+                top = Path(os.fsdecode(fs.read_file(admin / "gitdir")).strip()).parent
+                if fs.sealed(top):
+                    with lock.open("x", encoding="utf-8") as out:
+                        held.append(lock)  # made: taken off after, however its write ends
+                        out.write(_HELD)
+        git(repo.root, "worktree", "prune")
+    finally:
+        for lock in held:
+            lock.unlink(missing_ok=True)
+
+
+RESCUE_PREFIX = "refs/swarm/rescued/"  # files saved before swarm removes or resets them
+
+
+def snapshot_files(
+    repo: Repo, path: Path, *, message: str, parent: str | None = None
+) -> str | None:
+    """Commit every non-ignored file under *path* into *repo* (no ref); None when empty.
+
+    Through an index of its own: *path*'s index (a worktree's, maybe half-merged) is not
+    touched. With *parent*, the commit is its child (`git diff` shows what *path* changed).
+    """
+    with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
+        env = {
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
+            "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
+        }  # fmt: skip
+        base = [f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
+        runner.run(path, *base, "add", "--all", "--", ".", env=env)
+        if not runner.run(path, *base, "ls-files", "-z", env=env).stdout:
+            return None
+        tree = runner.run(path, *base, "write-tree", env=env).stdout.strip()
+        parents = ["-p", parent] if parent else []
+        return runner.run(
+            path, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
+        ).stdout.strip()
