@@ -24,7 +24,7 @@ from tests.conftest import as_owner_only, git, hang_git_at, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import integrity
+from worktree_swarm.guard import integrity, packfiles
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.proctree import identity_of
@@ -226,20 +226,20 @@ def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path
     git(repo, "-c", "pack.writeReverseIndex=true", "repack", "-adq")
     idx = next((objects_of(repo) / "pack").glob("pack-*.idx"))
     rev = idx.with_suffix(".rev")
-    assert integrity.lying_rev(idx) == ""  # git's own
+    assert packfiles.lying_rev(idx) == ""  # git's own
     data = bytearray(rev.read_bytes())
     data[12:16], data[16:20] = data[16:20], data[12:16]
     rev.chmod(0o644)
     rev.write_bytes(bytes(data))
-    assert "order" in integrity.lying_rev(idx)
+    assert "order" in packfiles.lying_rev(idx)
     rev.write_bytes(bytes(data[:-4]))
-    assert integrity.lying_rev(idx) == "not a reverse index of this pack"
+    assert packfiles.lying_rev(idx) == "not a reverse index of this pack"
     rev.unlink()
-    assert integrity.lying_rev(idx) == ""  # none: git orders the objects itself
+    assert packfiles.lying_rev(idx) == ""  # none: git orders the objects itself
     os.mkfifo(rev)  # read by git, it would wait for a writer
-    assert integrity.lying_rev(idx) == "not a file (a named pipe, a device or a socket)"
+    assert packfiles.lying_rev(idx) == "not a file (a named pipe, a device or a socket)"
     assert (
-        integrity.lying_pack(repo, idx)
+        packfiles.lying_pack(repo, idx)
         == f"{rev.name}: not a file (a named pipe, a device or a socket)"
     )
 

@@ -13,7 +13,6 @@ written there by git's output, not renamed into place from the store.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import filecmp
@@ -23,7 +22,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import zlib
 from collections.abc import Collection, Mapping, Sequence
@@ -32,16 +30,13 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import runner
-from worktree_swarm.guard import graph
 from worktree_swarm.guard.snapshot import ref_owner
 from worktree_swarm.infra import fs
 
 KEEP_PREFIX = "refs/swarm/keep/"
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
-DROPPED = "dropped-packs"  # under the guard's directory: the packs found lying, moved there
 _REFLOG_LOOK = 50  # the newest entries of a reflog looked at for a complete commit
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256
-_FANOUT = re.compile(r"[0-9a-f]{2}")  # a loose object's directory in the store
 
 
 def broken_refs(
@@ -137,131 +132,6 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(name, dest)
     finally:
         os.unlink(name)  # noqa: PTH108
-
-
-StoreId = tuple[int, int]  # (device, inode) of the object store's directory
-
-
-def store_id(common: Path) -> StoreId | None:
-    """The identity of *common*'s ``objects`` itself (not followed); None if there is none."""
-    try:
-        info = (common / "objects").lstat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def find_store(common: Path, store: StoreId) -> Path | None:
-    """The directory in *common* that is the object store *store*, if any.
-
-    Where an agent moved it (``mv objects objects.orig``, or deeper: ``refs/objects.orig``) to
-    put another in its place. Found by its inode, which no directory the agent made can claim
-    while this one lives: the shallowest first, no symlink followed, nothing below the store
-    looked into (a rare look, only once the store at ``objects`` is another).
-    """
-    level = [common]
-    while level:
-        below: list[Path] = []
-        for folder in level:
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                    info = entry.stat(follow_symlinks=False)
-                    if (info.st_dev, info.st_ino) == store:
-                        return Path(entry.path)
-                    below.append(Path(entry.path))
-        level = below
-    return None
-
-
-def put_store_back(common: Path, store: Path, aside: Path) -> None:
-    """Make *store* (found by :func:`find_store`) *common*'s ``objects`` again.
-
-    What is in its place goes to *aside*, after the object files of a directory there (loose
-    objects and packs: what git wrote there meanwhile) are hard-linked into *store* where it
-    has none of that name. Nothing is deleted, no symlink followed; its ``info/``
-    (``alternates``) stays with it.
-    """
-    objects = common / "objects"
-    if objects.is_dir() and not objects.is_symlink():
-        _link_objects(objects, store)
-    if os.path.lexists(objects):
-        objects.rename(aside)
-    try:
-        store.rename(objects)
-    except OSError:
-        if os.path.lexists(aside):
-            aside.rename(objects)
-        raise
-    if aside.is_dir() and not aside.is_symlink():  # what git wrote there in between too
-        _link_objects(aside, objects)
-
-
-def _link_objects(source: Path, store: Path) -> None:
-    """Hard-link the loose objects and packs of *source* into *store*, keeping its own."""
-    for directory in os.scandir(source):
-        if not (_FANOUT.fullmatch(directory.name) or directory.name == "pack"):
-            continue
-        if not directory.is_dir(follow_symlinks=False):
-            continue
-        target = store / directory.name
-        with contextlib.suppress(FileExistsError):
-            target.mkdir()
-        if target.is_symlink() or not target.is_dir():
-            continue  # the guard's check of links there puts it right
-        for entry in os.scandir(directory.path):
-            if entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileExistsError):
-                    os.link(entry.path, target / entry.name, follow_symlinks=False)
-
-
-def planted_links(common: Path) -> list[Path]:
-    """Symbolic links where git keeps objects: ``objects`` itself, its directories, its packs.
-
-    git makes none. An agent's (``objects/pack`` moved into its worktree, a link left in its
-    place) has your objects live where `swarm clean` deletes them, and has swarm's own
-    put-backs write through it, outside any sandbox.
-    """
-    objects = common / "objects"
-    if objects.is_symlink():
-        return [objects]
-    found = []
-    for top in (objects, objects / "pack"):
-        try:
-            entries = list(os.scandir(top))
-        except OSError:  # none yet, or `objects/pack` itself among the links found
-            continue
-        found += [Path(entry.path) for entry in entries if entry.is_symlink()]
-    return sorted(found)
-
-
-def unplant(link: Path) -> None:
-    """Make the planted *link* what git keeps there: a directory or file of its own again.
-
-    With copies of what its target holds (your objects, and what git wrote through the link
-    since): the target may be deleted with the worktree it lies in. A link to nothing goes
-    (what it took is put back from the held files).
-    """
-    aside = link.with_name(f".{link.name}.swarm-unplanted")
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside)
-    else:
-        aside.unlink(missing_ok=True)
-    if link.is_dir():  # follows the link: its target
-        shutil.copytree(link, aside, symlinks=True)
-        link.unlink()
-        aside.rename(link)
-    elif link.is_file():
-        shutil.copyfile(link, aside)
-        aside.chmod(0o444)
-        aside.replace(link)
-    else:
-        link.unlink(missing_ok=True)
 
 
 def hold(common: Path, held: Path) -> None:
@@ -553,162 +423,6 @@ def _object_length(head: bytes) -> int:
         return -1
     _, _, size = head[:end].partition(b" ")
     return end + 1 + int(size) if size.isdigit() else _NO_HEADER
-
-
-def packs(common: Path) -> frozenset[str]:
-    """The names of the pack indexes in *common*'s object store."""
-    try:
-        names = os.listdir(common / "objects" / "pack")  # noqa: PTH208 - names only
-    except (FileNotFoundError, NotADirectoryError):
-        return frozenset()
-    return frozenset(name for name in names if name.startswith("pack-") and name.endswith(".idx"))
-
-
-def replaced_held(idx: Path, held: Path) -> bool:
-    """Whether the pack index *idx*, or its pack, is held (*held*) but another file now.
-
-    :func:`written_over` compares those with the held files and puts them back.
-    """
-    for suffix in (".idx", ".pack"):
-        with contextlib.suppress(FileNotFoundError):
-            if not held.with_suffix(suffix).samefile(idx.with_suffix(suffix)):
-                return True
-    return False
-
-
-def lying_pack(root: Path, idx: Path) -> str | None:
-    """What is wrong with the pack *idx* indexes ("" if nothing, or if it is gone meanwhile).
-
-    git looks for an object in the packs before the loose files, and reads a packed object
-    by what the index says without checking it: an index that names an object of yours for
-    bytes of another's has your git read those. ``git verify-pack`` indexes the pack afresh
-    and compares (as costly as git's own ``index-pack`` of it). None when it was killed (the
-    OOM killer, on a big pack): that tells nothing of the pack. A file of the pack that is not
-    a file (a named pipe would hold every git reading it) is wrong without asking git.
-    """
-    odd = _not_files(idx)
-    if odd:
-        return f"{', '.join(odd)}: not a file (a named pipe, a device or a socket)"
-    done = runner.run(root, "verify-pack", str(idx), check=False)
-    # Gone meanwhile (git removes a pack's .pack before its .idx): git no longer reads it.
-    if done.returncode == 0 or not idx.exists() or not idx.with_suffix(".pack").exists():
-        return ""
-    # By a signal (a shell says 128+n), or its `index-pack` was, which git tells.
-    if done.returncode < 0 or done.returncode > _SIGNALLED or "died of signal" in done.stderr:
-        return None
-    return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
-
-
-# The files of a pack that git opens to read it (a `.keep` or `.promisor` is only looked for).
-_PACK_READ = (".idx", ".pack", ".rev", ".bitmap", ".mtimes")
-
-
-def _not_files(idx: Path) -> list[str]:
-    """The names of the files of *idx*'s pack that are there but not regular files."""
-    odd = []
-    for suffix in _PACK_READ:
-        with contextlib.suppress(OSError):  # absent (or gone meanwhile): nothing to read
-            if not stat.S_ISREG(os.stat(idx.with_suffix(suffix)).st_mode):  # noqa: PTH116
-                odd.append(idx.with_suffix(suffix).name)
-    return odd
-
-
-_IDX_V2 = b"\xfftOc\x00\x00\x00\x02"
-_HASH_SIZES = {1: 20, 2: 32}  # a reverse index's hash id: SHA-1, SHA-256
-
-
-def lying_rev(idx: Path) -> str:
-    """What is wrong with the reverse index (``.rev``) of the pack *idx* ("": nothing, none).
-
-    git reads the objects of a pack in the order its ``.rev`` gives, without checking it,
-    to find where each ends (`git gc`, a push, serving a fetch): entries out of order make
-    those fail, calling the pack corrupt. It lists the index's objects by their offsets in
-    the pack, so it can only be right one way: read once per pack made or changed.
-    """
-    try:
-        rev, index = fs.read_file(idx.with_suffix(".rev")), fs.read_file(idx)
-    except FileNotFoundError:
-        return ""
-    except fs.NotAFileError:  # a named pipe would hold every git reading it
-        return "not a file (a named pipe, a device or a socket)"
-    if index[:8] != _IDX_V2:
-        return ""  # a version 1 index: git makes none
-    count = int.from_bytes(index[8 + 255 * 4 : 8 + 256 * 4], "big")
-    size = _HASH_SIZES.get(int.from_bytes(rev[8:12], "big"), 0)
-    if rev[:8] != b"RIDX\x00\x00\x00\x01" or len(rev) != 12 + 4 * count + 2 * size:
-        return "not a reverse index of this pack"
-    start = 8 + 1024 + count * (size + 4)
-    offsets = array.array("I", index[start : start + 4 * count])
-    order = array.array("I", rev[12 : 12 + 4 * count])
-    if sys.byteorder == "little":
-        offsets.byteswap()
-        order.byteswap()
-    large = index[start + 4 * count :]
-
-    def offset(position: int) -> int:
-        small = offsets[position]
-        if small < 1 << 31:
-            return small
-        at = 8 * (small & 0x7FFFFFFF)
-        return int.from_bytes(large[at : at + 8], "big")
-
-    last = -1
-    for position in order:
-        if position >= count or (now := offset(position)) <= last:
-            return "its entries are not the pack's objects in the order of their offsets"
-        last = now
-    return ""
-
-
-_SIGNALLED = 128  # git's own failures exit 128 at most
-
-
-# A multi-pack-index (and the chain of an incremental one): where git looks an object up
-# before the packs' own indexes.
-MIDX = "objects/pack/multi-pack-index"
-_MIDX_CHAIN = "objects/pack/multi-pack-index.d"
-
-# The multi-pack-index files as found: (name, inode, size, modification time) of each.
-MidxPrint = graph.Fingerprint
-
-
-def midx_print(common: Path) -> MidxPrint:
-    """The multi-pack-index files of *common*, as their stat data tells them apart."""
-    return graph.fingerprint(common, MIDX, _MIDX_CHAIN)
-
-
-def lying_midx(root: Path) -> str:
-    """What ``git multi-pack-index verify`` finds wrong with the multi-pack-index ("": none).
-
-    It compares where the index puts each object with where the packs' own indexes do: one an
-    agent wrote could name an object of yours at the offset of another object.
-    """
-    done = runner.run(root, "multi-pack-index", "verify", check=False)
-    if done.returncode == 0:
-        return ""
-    return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
-
-
-def drop_midx(common: Path) -> None:
-    """Remove the multi-pack-index of *common*: git looks objects up in each pack instead."""
-    (common / MIDX).unlink(missing_ok=True)
-    chain = common / _MIDX_CHAIN
-    if chain.is_symlink() or chain.is_file():
-        chain.unlink()
-    elif chain.is_dir():
-        shutil.rmtree(chain)
-
-
-def drop_pack(idx: Path, aside: Path) -> None:
-    """Move the pack of *idx* into *aside*: the index first (git no longer sees it), the rest.
-
-    Kept, not deleted: a `git verify-pack` that failed for want of memory or file descriptors
-    says so in no way the guard can trust, and a pack of your own would be lost with it.
-    """
-    aside.mkdir(parents=True, exist_ok=True)
-    for suffix in (".idx", ".pack", ".rev", ".bitmap", ".mtimes", ".keep", ".promisor"):
-        with contextlib.suppress(FileNotFoundError):
-            shutil.move(idx.with_suffix(suffix), aside / idx.with_suffix(suffix).name)
 
 
 def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:

@@ -3,8 +3,8 @@
 Packs, reverse indexes, the multi-pack-index and loose objects that lie about what they
 hold; symbolic links or another directory where git keeps its objects; object files of the
 baseline written over; refs whose objects were deleted (recovered from the kept pack, set
-back to their last complete tip, or kept by name). See integrity.py for the checks
-themselves.
+back to their last complete tip, or kept by name). The checks themselves are in
+integrity.py, packfiles.py and store_dir.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, integrity
+from worktree_swarm.guard import graph, integrity, packfiles, store_dir
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import restore_ref
@@ -80,7 +80,7 @@ class ObjectChecks(Verdicts):
     def _new_packs(self, window: tuple[float, float]) -> list[Violation]:
         """Packs that appeared since and whose index lies about their objects: removed."""
         common = self.repo.common_dir
-        now = integrity.packs(common)
+        now = packfiles.packs(common)
         new = sorted(now - self._packs)
         self._packs_verified = set(new)  # as they are now: not checked again by this scan
         lies = {}
@@ -88,7 +88,7 @@ class ObjectChecks(Verdicts):
         for name in new:
             if self._objects is not None:  # first: a write after the check below is seen
                 self._objects.watch_pack(common / "objects" / "pack" / name)
-            why = integrity.lying_pack(self.repo.root, common / "objects" / "pack" / name)
+            why = packfiles.lying_pack(self.repo.root, common / "objects" / "pack" / name)
             if why is None:
                 unsure.add(name)
             elif why:
@@ -99,7 +99,7 @@ class ObjectChecks(Verdicts):
         suspects = self._agents.suspects(window, exclude=()) if lies else ()
         self._drop_packs(lies if suspects else ())
         # Those checked (and those known before) still there: not one that came meanwhile.
-        self._packs = ((self._packs | now) - unsure) & integrity.packs(common)
+        self._packs = ((self._packs | now) - unsure) & packfiles.packs(common)
         listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
         return self._lying_packs(lies, suspects, f"git verify-pack:\n{listed}")
 
@@ -109,8 +109,8 @@ class ObjectChecks(Verdicts):
             return
         for name in names:
             with contextlib.suppress(OSError):  # not removed is recorded as such
-                integrity.drop_pack(
-                    self.repo.common_dir / "objects" / "pack" / name, self._dir / integrity.DROPPED
+                packfiles.drop_pack(
+                    self.repo.common_dir / "objects" / "pack" / name, self._dir / packfiles.DROPPED
                 )
 
     def _lying_packs(
@@ -144,7 +144,7 @@ class ObjectChecks(Verdicts):
         suspects = self._agents.suspects(window, exclude=())  # none: left alone, as a new pack
         made = [name for name in lies if not (self._held / "pack" / name).exists()]
         self._drop_packs(made if suspects else ())  # yours: the hold is that same file
-        self._packs = integrity.packs(common)
+        self._packs = packfiles.packs(common)
         listed = "".join(
             f"objects/pack/{name}: rewritten in place, git verify-pack: {why}"
             " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
@@ -160,12 +160,12 @@ class ObjectChecks(Verdicts):
             idx = self.repo.common_dir / "objects" / "pack" / name
             if name in self._packs_verified or not idx.exists():
                 continue  # new to this scan (verified), or gone
-            if integrity.replaced_held(idx, self._held / "pack" / name):
+            if packfiles.replaced_held(idx, self._held / "pack" / name):
                 continue  # another file under the name of yours: put back as written over
             objects.watch_pack(idx)  # the files now there: first, as for a new pack
             why: str | None = ""
             if {f"{stem}.pack", name} & written:
-                why = integrity.lying_pack(self.repo.root, idx)
+                why = packfiles.lying_pack(self.repo.root, idx)
             if why is None:  # its check was killed: it tells nothing, checked at the next scan
                 objects.written_again({f"{stem}.pack", name} & written)
             elif why:
@@ -183,7 +183,7 @@ class ObjectChecks(Verdicts):
         names, self._rev_check = sorted(self._rev_check), frozenset()
         lies = {}
         for name in names:
-            why = integrity.lying_rev(common / "objects" / "pack" / name)
+            why = packfiles.lying_rev(common / "objects" / "pack" / name)
             if why:
                 lies[name.removesuffix(".idx") + ".rev"] = why
         if not lies:
@@ -251,11 +251,11 @@ class ObjectChecks(Verdicts):
     def _scan_midx(self, window: tuple[float, float]) -> list[Violation]:
         """A multi-pack-index that changed and lies about where objects are: removed."""
         common = self.repo.common_dir
-        now = integrity.midx_print(common)
+        now = packfiles.midx_print(common)
         if now == self._midx:
             return []
-        wrong = integrity.lying_midx(self.repo.root)
-        if wrong and integrity.midx_print(common) != now:
+        wrong = packfiles.lying_midx(self.repo.root)
+        if wrong and packfiles.midx_print(common) != now:
             return []  # rewritten or removed while it was verified (a repack): next scan
         if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
             self._midx = now
@@ -263,9 +263,9 @@ class ObjectChecks(Verdicts):
         # git showed your checkouts' files through it
         self._midx, found = self._drop_lying(
             window,
-            label=integrity.MIDX,
-            drop=lambda: integrity.drop_midx(common),
-            read=lambda: integrity.midx_print(common),
+            label=packfiles.MIDX,
+            drop=lambda: packfiles.drop_midx(common),
+            read=lambda: packfiles.midx_print(common),
             said=f"git multi-pack-index verify:\n{wrong}\n",
         )
         return found
@@ -309,7 +309,7 @@ class ObjectChecks(Verdicts):
         symlink there is :meth:`_planted_links`'s.
         """
         common = self.repo.common_dir
-        now = integrity.store_id(common)
+        now = store_dir.store_id(common)
         if self._store is None or now == self._store or (common / "objects").is_symlink():
             return []
         window = (self._objects_checked, began)
@@ -317,7 +317,7 @@ class ObjectChecks(Verdicts):
         if not suspects:  # nobody of ours was running: the user's doing, the new baseline
             self._store = now
             return []
-        found = integrity.find_store(common, self._store)
+        found = store_dir.find_store(common, self._store)
         text = "objects: another directory in place of the object store"
         restored = False
         if found is None:
@@ -326,7 +326,7 @@ class ObjectChecks(Verdicts):
         elif self.restore:
             aside = self._dir / f"replaced-objects-{time.time_ns()}"
             try:
-                integrity.put_store_back(common, found, aside)
+                store_dir.put_store_back(common, found, aside)
                 restored = True
                 text += f", which was moved to {found.relative_to(common)}; put back (what was"
                 text += " in its place"
@@ -353,7 +353,7 @@ class ObjectChecks(Verdicts):
     def _planted_links(self, window: tuple[float, float]) -> list[Violation]:
         """Symbolic links where git keeps objects: made real again, before anything is read."""
         common = self.repo.common_dir
-        links = integrity.planted_links(common)
+        links = store_dir.planted_links(common)
         if not links:
             return []
         restored = True
@@ -363,7 +363,7 @@ class ObjectChecks(Verdicts):
             listed.append(f"{link.relative_to(common).as_posix()}: a link to {target}\n")
             if self.restore:
                 try:
-                    integrity.unplant(link)
+                    store_dir.unplant(link)
                 except OSError:
                     restored = False
         violation = Violation(

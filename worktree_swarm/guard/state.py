@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, integrity, remotes, surface
+from worktree_swarm.guard import graph, integrity, packfiles, remotes, store_dir, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
@@ -101,7 +101,7 @@ class GuardState:
     # time from which a held file changed since is checked against its name.
     _held_seen = (-1, 0)
     _packs: frozenset[str] = frozenset()  # the pack indexes of the store known not to lie
-    _midx: integrity.MidxPrint = ()  # the multi-pack-index as last found not to lie
+    _midx: packfiles.MidxPrint = ()  # the multi-pack-index as last found not to lie
     _loose_seen: set[str] | None = None  # the loose objects known to hold what they are named
     _loose_held: frozenset[str] = frozenset()  # the loose objects held (compared apart)
     _loose_unread: frozenset[str] = frozenset()  # could not be read last time: read next time
@@ -115,7 +115,7 @@ class GuardState:
     _failing: dict[str, str]  # job -> reason of its current streak of failures
     _denied: set[str]  # the jobs whose last failure was a permission denied
     _setuid_due = 0.0  # monotonic time of the next walk for them
-    _store: integrity.StoreId | None = None  # the object store's directory, when watched
+    _store: store_dir.StoreId | None = None  # the object store's directory, when watched
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import tampering
-from worktree_swarm.guard import graph, integrity, remotes, surface
+from worktree_swarm.guard import graph, integrity, packfiles, remotes, store_dir, surface
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.object_checks import ObjectChecks
@@ -101,13 +101,13 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
             self._surface = self._read_surface()
             self._setuid = surface.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
-            self._store = integrity.store_id(self.repo.common_dir)
+            self._store = store_dir.store_id(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
                 integrity.hold(self.repo.common_dir, self._held)
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
-                self._packs = integrity.packs(self.repo.common_dir)
-                self._midx = integrity.midx_print(self.repo.common_dir)
+                self._packs = packfiles.packs(self.repo.common_dir)
+                self._midx = packfiles.midx_print(self.repo.common_dir)
                 # Runs whose manager died (this one holds the manager lock) need theirs no
                 # more: a resume holds afresh, and they would pin what a `git gc` freed.
                 # (Compared as files: a symlink to this run's directory names its own too.)
