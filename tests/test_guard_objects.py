@@ -24,7 +24,7 @@ from tests.conftest import as_owner_only, git, hang_git_at, make_repo
 from tests.test_guard_changes import git_commands
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import integrity, packfiles
+from worktree_swarm.guard import held_files, integrity, packfiles
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.proctree import identity_of
@@ -375,7 +375,7 @@ def test_a_pack_git_writes_again_under_its_name_is_held_in_place_of_the_old_one(
 BOMB_JUDGED = """
 import os, resource, sys, zlib
 from pathlib import Path
-from worktree_swarm.guard import integrity
+from worktree_swarm.guard import held_files, loose_objects
 common, held, victim, planted = map(Path, sys.argv[1:])
 squeeze = zlib.compressobj(9)
 bomb = [squeeze.compress(b"blob 7\\0forged\\n")]
@@ -387,9 +387,9 @@ for path in (victim, planted):
     aside.write_bytes(bomb)
     os.replace(aside, path)
 resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
-over = integrity.written_over(common, held)
-forged, _ = integrity.forged_loose(
-    common, set(), held=integrity.held_loose(held), listing=True
+over = held_files.written_over(common, held)
+forged, _ = loose_objects.forged_loose(
+    common, set(), held=held_files.held_loose(held), listing=True
 )
 print([dest.name for _, dest in over], [path.name for path in forged])
 """
@@ -405,7 +405,7 @@ def test_an_object_that_inflates_far_past_its_header_is_judged_in_bounded_memory
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     common = repo / ".git"
     held = tmp_path / "held"
-    integrity.hold(common, held)
+    held_files.hold(common, held)
     victim = loose(repo, "main:a.txt")
     planted = objects_of(repo) / "ab" / ("c" * 38)
     args = [str(p) for p in (common, held, victim, planted)]
@@ -423,14 +423,15 @@ def test_an_object_that_cannot_be_read_now_is_not_taken_for_forged(tmp_path: Pat
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     common = repo / ".git"
     held = tmp_path / "held"
-    integrity.hold(common, held)
+    held_files.hold(common, held)
     commit_file(repo, "b.txt", "yours\n")
     new = loose(repo, "main:b.txt")
     new.chmod(0)
     code = (
-        "import sys; from pathlib import Path; from worktree_swarm.guard import integrity; "
-        f"found, unread = integrity.forged_loose(Path({str(common)!r}), set(), "
-        f"held=integrity.held_loose(Path({str(held)!r})), listing=True); "
+        "import sys; from pathlib import Path; "
+        "from worktree_swarm.guard import held_files, loose_objects; "
+        f"found, unread = loose_objects.forged_loose(Path({str(common)!r}), set(), "
+        f"held=held_files.held_loose(Path({str(held)!r})), listing=True); "
         "print([p.name for p in found], sorted(unread))"
     )
     out = subprocess.run(

@@ -4,7 +4,7 @@ Packs, reverse indexes, the multi-pack-index and loose objects that lie about wh
 hold; symbolic links or another directory where git keeps its objects; object files of the
 baseline written over; refs whose objects were deleted (recovered from the kept pack, set
 back to their last complete tip, or kept by name). The checks themselves are in
-integrity.py, packfiles.py and store_dir.py.
+integrity.py, packfiles.py, store_dir.py, held_files.py and loose_objects.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, integrity, packfiles, store_dir
+from worktree_swarm.guard import graph, held_files, integrity, loose_objects, packfiles, store_dir
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.restore import restore_ref
@@ -215,8 +215,8 @@ class ObjectChecks(Verdicts):
         first = self._loose_seen is None
         if self._loose_seen is None:
             self._loose_seen = set()
-            self._loose_held = frozenset(integrity.held_loose(self._held))
-        forged, unread = integrity.forged_loose(
+            self._loose_held = frozenset(held_files.held_loose(self._held))
+        forged, unread = loose_objects.forged_loose(
             common,
             self._loose_seen,
             held=self._loose_held,
@@ -385,17 +385,17 @@ class ObjectChecks(Verdicts):
         since = self._held_seen[1]
         # A write stamps the coarse clock, which may lag this one a little: a second's margin.
         self._held_seen = (generation, max(since, time.time_ns() - 1_000_000_000))
-        over = integrity.written_over(common, self._held)
+        over = held_files.written_over(common, self._held)
         if self.restore and over:
             with contextlib.suppress(OSError):  # not put back is recorded as such
-                integrity.put_back(over)
-        rewritten = integrity.rewritten(common, self._held, since)
+                held_files.put_back(over)
+        rewritten = held_files.rewritten(common, self._held, since)
         if not over and not rewritten:
             return []
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:
             return []  # no agent of ours was running: damage of another kind, not an attack
-        left = {dest for _, dest in integrity.written_over(common, self._held)}
+        left = {dest for _, dest in held_files.written_over(common, self._held)}
         left |= set(rewritten)
         listed = [
             *(f"{d.relative_to(common).as_posix()}: another object written under its name\n"

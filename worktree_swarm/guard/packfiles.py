@@ -35,7 +35,7 @@ def packs(common: Path) -> frozenset[str]:
 def replaced_held(idx: Path, held: Path) -> bool:
     """Whether the pack index *idx*, or its pack, is held (*held*) but another file now.
 
-    :func:`.integrity.written_over` compares those with the held files and puts them back.
+    :func:`.held_files.written_over` compares those with the held files and puts them back.
     """
     for suffix in (".idx", ".pack"):
         with contextlib.suppress(FileNotFoundError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, integrity, packfiles, remotes, store_dir, surface
+from worktree_swarm.guard import graph, held_files, packfiles, remotes, store_dir, surface
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.changes import Changes
 from worktree_swarm.guard.channel import Channel
@@ -146,7 +146,7 @@ class GuardState:
             if p.is_relative_to(root) and p != root
         )
         self._dir = work_dir
-        self._held = work_dir / integrity.HELD
+        self._held = work_dir / held_files.HELD
         self._lock = TurnLock()
         self._places: dict[str, _Place] = {}
         self._busy: dict[str, int] = {}

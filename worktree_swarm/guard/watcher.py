@@ -49,7 +49,15 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import tampering
-from worktree_swarm.guard import graph, integrity, packfiles, remotes, store_dir, surface
+from worktree_swarm.guard import (
+    graph,
+    held_files,
+    integrity,
+    packfiles,
+    remotes,
+    store_dir,
+    surface,
+)
 from worktree_swarm.guard.checkout_checks import CheckoutChecks
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.object_checks import ObjectChecks
@@ -104,7 +112,7 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
             self._store = store_dir.store_id(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")
             with self._job("objects"):  # failing, deleted objects of yours cannot come back
-                integrity.hold(self.repo.common_dir, self._held)
+                held_files.hold(self.repo.common_dir, self._held)
                 self._held_seen = (-1, time.time_ns())  # linking them changed their time
                 self._packs = packfiles.packs(self.repo.common_dir)
                 self._midx = packfiles.midx_print(self.repo.common_dir)
@@ -113,10 +121,10 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
                 # (Compared as files: a symlink to this run's directory names its own too.)
                 self._held.mkdir(parents=True, exist_ok=True)
                 own = self._held.stat()
-                for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{integrity.HELD}"):
+                for stale in self._dir.parent.parent.glob(f"*/{self._dir.name}/{held_files.HELD}"):
                     with contextlib.suppress(FileNotFoundError):
                         if not os.path.samestat(stale.stat(), own):
-                            integrity.let_go(stale)
+                            held_files.let_go(stale)
             self._refs = read_refs(self.repo.root)
             with self._job(REMOTES):
                 self._remotes.base = remotes.read(self.repo.root, self.repo.common_dir, data=True)
@@ -467,7 +475,7 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
                 self._objects.close()
             with self._job("objects"):
                 integrity.recover_held(self.repo.root, self.repo.common_dir, self._held)
-            integrity.let_go(self._held)
+            held_files.let_go(self._held)
         # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
         # changing, or without inotify): the pause keeps that under a tenth of the time. The
         # rest of a scan is cheap, and flagged task worktrees have their budget.

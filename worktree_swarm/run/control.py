@@ -26,7 +26,7 @@ from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, ru
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import channel, integrity, snapshot
+from worktree_swarm.guard import channel, held_files, snapshot
 from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
@@ -208,7 +208,7 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
     if run is not None and run.status == RunStatus.RUNNING:
         stopped = any(row.state is TaskState.STOPPED for row in rows)
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
-        integrity.let_go(guard_dir(repo, run_id) / integrity.HELD)
+        held_files.let_go(guard_dir(repo, run_id) / held_files.HELD)
         retry.settle_guard(repo, store, run_id)  # what its guard was at
         snapshot.drop_baselines(guard_dir(repo, run_id))
         scrub_ended(repo, store, run_id)

@@ -1,0 +1,220 @@
+"""The object files of the baseline, held: hard links that keep each as git wrote it.
+
+git never rewrites an object file, so a link to one is that object as it will stay: one an
+agent deletes, moves or writes over is put back from the held file. Held files are compared
+with what the store has at their names now (written over, or rewritten in place), and let go
+when the run ends.
+
+The guard's directory may lie on another file system than the object store (``.git/swarm``
+a mount of its own): its hard links to object files are copies there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import filecmp
+import os
+import shutil
+import stat
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.guard.loose_objects import _hashes_to, _loose_name
+from worktree_swarm.infra import fs
+
+HELD = "held"  # under the guard's directory: links to the object files at the baseline
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link *source* as *dest*, or copy it where they lie on different file systems.
+
+    FileExistsError if *dest* exists, as for a link. A copy is written under a temporary
+    name (git's, which the store's change test skips) and linked in once whole.
+    """
+    try:
+        os.link(source, dest)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    else:
+        return
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest))
+    fd, name = tempfile.mkstemp(prefix="tmp_obj_", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_file(source) as data:
+            shutil.copyfileobj(data, out)
+        os.chmod(name, 0o444)  # noqa: PTH101 - as git leaves an object file
+        os.link(name, dest)
+    finally:
+        os.unlink(name)  # noqa: PTH108
+
+
+def hold(common: Path, held: Path) -> None:
+    """Hard-link every object file of *common*'s store (loose objects, packs) under *held*.
+
+    git never rewrites an object file, so a link is the file as it will stay: one an agent
+    deletes (or moves into a store of its own) stays here and can be put back. It costs a
+    directory entry per file, no data, until the run lets go of them (:func:`let_go`); a copy
+    of each file where *held* is on another file system than the store. Not
+    the temporary file a killed git left beside the loose objects (``tmp_obj_...``): no
+    object, and one `git gc` removes.
+    """
+    objects = common / "objects"
+    for directory in os.scandir(objects):
+        if directory.name == "info" or not directory.is_dir(follow_symlinks=False):
+            continue
+        pack = directory.name == "pack"
+        target = held / directory.name
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = list(os.scandir(directory.path))
+        except FileNotFoundError:  # `git prune-packed` (a gc) removed it: its objects are packed
+            continue
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and (
+                pack or _loose_name(directory.name, entry.name)
+            ):
+                with contextlib.suppress(FileExistsError, FileNotFoundError):
+                    _link_or_copy(Path(entry.path), target / entry.name)
+
+
+def let_go(held: Path) -> None:
+    """Drop the links :func:`hold` made (what git removed since is freed then)."""
+    shutil.rmtree(held, ignore_errors=True)
+
+
+def written_over(common: Path, held: Path) -> list[tuple[Path, Path]]:
+    """(held file, its name in the store) for each held object file written over.
+
+    That is: its name in the store is another file now, with other content (a loose object,
+    pack or pack index renamed onto, or removed and made again).
+
+    git never does that (an object's name is its content's hash, and git reads a loose object
+    by its name without checking it): your ``git show`` would show what the new file says.
+    A file git wrote again with the same object (another compression, a `git gc` with nothing
+    new renaming the same pack over its name) is no change: it is held instead of the old one,
+    whose space is freed, and not compared again.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        pack = directory.name == "pack"
+        for entry in os.scandir(directory.path):
+            if pack and not entry.name.endswith((".pack", ".idx")):
+                continue  # what git rewrites itself (multi-pack-index, bitmaps), or no object
+            dest = objects / directory.name / entry.name
+            try:
+                now = os.lstat(dest)
+                mine = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone: :func:`.integrity.recover` links it back
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                continue
+            if not stat.S_ISREG(now.st_mode) or not _held_again(held, Path(entry.path), dest, pack):
+                found.append((Path(entry.path), dest))
+    return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))
+
+
+def _held_again(held: Path, mine: Path, dest: Path, pack: bool) -> bool:
+    """Whether the store's *dest* holds what the held file *mine* does; if so, it is held.
+
+    Linked aside first and that link compared: what is held is what was compared.
+    """
+    aside = held.with_name(f"{held.name}.again")
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(dest, aside)
+    except FileNotFoundError:
+        return True  # gone meanwhile: :func:`.integrity.recover` links it back
+    except OSError:
+        return _same_object(mine, dest, pack)
+    try:
+        if not _same_object(mine, aside, pack):
+            return False
+        aside.replace(mine)
+        return True
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
+    """The held loose objects rewritten in place (through the store's name or another).
+
+    Those changed since *since_ns* (their ctime) whose bytes no longer hash to their name.
+    The held link is that very file, so there is nothing to put back. A change git makes (it
+    refreshes the time of an object it would have written again) keeps the content.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        if directory.name == "pack":
+            continue
+        for entry in os.scandir(directory.path):
+            try:
+                changed = entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns
+            except FileNotFoundError:
+                continue
+            if changed and _hashes_to(Path(entry.path), directory.name + entry.name) is False:
+                found.append(objects / directory.name / entry.name)
+    return sorted(found)
+
+
+def held_loose(held: Path) -> set[str]:
+    """The names of the loose objects held."""
+    if not held.is_dir():
+        return set()
+    return {
+        directory.name + name
+        for directory in os.scandir(held)
+        if directory.name != "pack"
+        for name in os.listdir(directory.path)  # noqa: PTH208 - names only
+    }
+
+
+def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Put each held file of *pairs* back in place of what is at its name now."""
+    for source, dest in pairs:
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        # Named as git names its temporary files, which the object store's change test skips.
+        aside = dest.with_name(f"tmp_obj_{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            aside.unlink()
+        _link_or_copy(source, aside)
+        aside.replace(dest)
+
+
+def _same_object(held: Path, now: Path, pack: bool) -> bool:
+    """Whether the object file *now* holds what the held file *held* does."""
+    try:
+        if pack:
+            return filecmp.cmp(held, now, shallow=False)
+        # The held one is what it says; one that cannot be read now tells nothing.
+        return _hashes_to(now, held.parent.name + held.name) is not False
+    except (OSError, zlib.error):
+        return False
+
+
+def _gone(common: Path, held: Path) -> list[tuple[Path, Path]]:
+    """(held file, where it was) for each held object file missing from the store.
+
+    A pack's index comes after its pack, as git writes them.
+    """
+    if not held.is_dir():
+        return []
+    objects = common / "objects"
+    found = []
+    for directory in os.scandir(held):
+        for entry in os.scandir(directory.path):
+            dest = objects / directory.name / entry.name
+            if not os.path.lexists(dest):
+                found.append((Path(entry.path), dest))
+    return sorted(found, key=lambda pair: (pair[1].parent.name, pair[1].suffix == ".idx"))

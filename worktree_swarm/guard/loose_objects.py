@@ -1,0 +1,129 @@
+"""Loose objects judged by their bytes: does the file hash to the object it is named for.
+
+git reads a loose object by its name without checking its content, and never writes an object
+it finds it has: a file planted under an object's name is what your git reads for it. Each
+file is inflated a piece at a time, no further than its header says, so an agent's small file
+that inflates to gigabytes costs no more memory than a piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+
+from worktree_swarm.infra import fs
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _loose_name(fan_out: str, name: str) -> bool:
+    """Whether ``objects/<fan_out>/<name>`` is named as a loose object (SHA-1 or SHA-256)."""
+    oid = fan_out + name
+    return len(fan_out) == 2 and len(oid) in {40, 64} and set(oid) <= _HEX  # noqa: PLR2004
+
+
+def forged_loose(
+    common: Path,
+    seen: set[str],
+    *,
+    held: AbstractSet[str],
+    named: AbstractSet[str] = frozenset(),
+    listing: bool = False,
+) -> tuple[list[Path], set[str]]:
+    """The loose objects made since the hold whose bytes do not hash to their name.
+
+    Read: those of *named* (the store's change test saw their file made, renamed onto or
+    written since last time: read even if in *seen*, for another file may hold a known name
+    now) and, with *listing*, every loose object not in *seen*. *seen*: the names known good,
+    each one found good added (an object is read once while its file stays); *held*: the held
+    names, never read here (:func:`.held_files.written_over` compares those). git never
+    writes an object it finds it has: one planted under the name of an object you have not
+    made yet (the empty blob) would be what your next commit of that content records. Returns
+    the forged ones and the names that could not be read now (to read next time).
+    """
+    objects = common / "objects"
+    wanted = set(named)
+    if listing:
+        for directory in os.scandir(objects):
+            if len(directory.name) != 2 or not directory.is_dir(follow_symlinks=False):  # noqa: PLR2004
+                continue
+            try:
+                names = os.listdir(directory.path)  # noqa: PTH208 - names only
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            wanted.update(
+                directory.name + name
+                for name in names
+                if directory.name + name not in seen and _loose_name(directory.name, name)
+            )
+    found, unread = [], set()
+    for oid in sorted(wanted - held):
+        path = objects / oid[:2] / oid[2:]
+        good = _hashes_to(path, oid)
+        if good:
+            seen.add(oid)
+        elif good is False:
+            found.append(path)
+        elif os.path.lexists(path):  # not gone: unreadable now (out of fds)
+            unread.add(oid)
+    return found, unread
+
+
+_PIECE = 1 << 20  # read and inflated at most this much at a time
+_HEADER_MAX = 64  # "<type> <size>\0"
+_NO_HEADER = -2
+
+
+def _hashes_to(path: Path, name: str) -> bool | None:
+    """Whether the loose object file *path* holds the object named *name*.
+
+    Read and inflated a piece at a time, and no further than the size its header gives: an
+    agent's few kilobytes that inflate to gigabytes cost no more memory than a piece. None
+    when it could not be read (gone, out of file descriptors, an I/O error): that tells
+    nothing of the object, which is looked at again next time. False for a named pipe or a
+    device: git would wait on it (or read it without end), never find an object there.
+    """
+    # git's own object names: SHA-256 in a repository made so, SHA-1 otherwise.
+    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()  # noqa: PLR2004, S324
+    inflate = zlib.decompressobj()
+    head, total, seen = b"", -1, 0
+    try:
+        with fs.open_file(path) as data:
+            while chunk := data.read(_PIECE):
+                while True:
+                    piece = inflate.decompress(chunk, _PIECE)
+                    digest.update(piece)
+                    seen += len(piece)
+                    if total < 0:
+                        head += piece[:_HEADER_MAX]
+                        total = _object_length(head)
+                        if total == _NO_HEADER or (total < 0 and len(head) >= _HEADER_MAX):
+                            return False
+                    if 0 <= total < seen:
+                        return False  # more than its header says: not what git wrote
+                    chunk = inflate.unconsumed_tail
+                    if not chunk and len(piece) < _PIECE:
+                        break
+        digest.update(inflate.flush(_PIECE))
+    except fs.NotAFileError:
+        return False  # a named pipe or a device: git would wait on it, never read an object
+    except OSError:
+        return None
+    except zlib.error:
+        return False
+    return inflate.eof and not inflate.unused_data and digest.hexdigest() == name
+
+
+def _object_length(head: bytes) -> int:
+    """The length of the object whose inflated bytes begin with *head*, header included.
+
+    -1 while the header is not whole yet, ``_NO_HEADER`` when it is none.
+    """
+    end = head.find(b"\0")
+    if end < 0:
+        return -1
+    _, _, size = head[:end].partition(b" ")
+    return end + 1 + int(size) if size.isdigit() else _NO_HEADER
