@@ -169,13 +169,16 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
     """The permission bits of the git dir's own directories (not its files) and of *tops*.
 
     ``refs/`` and ``logs/`` below their top are recorded as they are walked for links; the
-    fan-out directories of ``objects/`` cost one listing. About 300 `lstat` calls a scan.
+    fan-out directories of ``objects/`` cost one listing. About 300 `lstat` calls a scan, on
+    plain strings: a scan runs many times a task, and ``pathlib`` cost more than the calls.
     """
-    _add_mode(found, common, common, _SHARED_WRITE)  # always in the baseline
+    top = os.fspath(common)
+    _add_mode(found, top, top, _SHARED_WRITE)  # always in the baseline
     for name in ("objects", "objects/info", "objects/pack", "refs", "logs", "worktrees"):
-        _add_mode(found, common, common / name, _bits(common / name.rpartition("/")[0]))
+        head = name.rpartition("/")[0]
+        _add_mode(found, top, f"{top}/{name}", _bits(f"{top}/{head}" if head else top))
     for sub in ("objects", "worktrees"):
-        parent = common / sub
+        parent = f"{top}/{sub}"
         try:
             entries = list(os.scandir(parent))
         except OSError:  # absent, or made unreadable: its own bits say so
@@ -183,40 +186,46 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
         shared = _bits(parent)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                _add_mode(found, common, Path(entry.path), shared, entry)
-    parents: dict[Path, int] = {}  # the worktree root, one lstat for all of its worktrees
-    for top in tops:
-        if top.parent not in parents:
-            parents[top.parent] = _bits(top.parent)
-        _add_mode(found, common, top, parents[top.parent])
+                _add_mode(found, top, entry.path, shared, entry)
+    parents: dict[str, int] = {}  # the worktree root, one lstat for all of its worktrees
+    for path in map(os.fspath, tops):
+        parent = os.path.dirname(path)  # noqa: PTH120 - strings here: pathlib cost the most
+        if parent not in parents:
+            parents[parent] = _bits(parent)
+        _add_mode(found, top, path, parents[parent])
 
 
 _UMASK = fs.umask()  # read once, at import
 
 
-def _bits(path: Path) -> int:
+def _bits(path: str | Path) -> int:
     try:
-        return stat.S_IMODE(path.lstat().st_mode)
+        return stat.S_IMODE(os.lstat(path).st_mode)
     except OSError:
         return _SHARED_WRITE  # nothing to compare with: not looser
 
 
 def _add_mode(
     found: Surface,
-    common: Path,
-    path: Path,
+    top: str,
+    path: str,
     shared: int,
     entry: os.DirEntry[str] | None = None,
 ) -> None:
-    """*path*'s bits, when it is a directory; *shared*: its parent's bits (*entry*: its own)."""
+    """*path*'s bits, when it is a directory; *shared*: its parent's bits (*entry*: its own).
+
+    *top* is the git dir's path: the label is *path* below it (as ``_label``).
+    """
     try:
-        mode = path.lstat().st_mode if entry is None else entry.stat(follow_symlinks=False).st_mode
+        info = os.lstat(path) if entry is None else entry.stat(follow_symlinks=False)
+        mode = info.st_mode
     except OSError:
         return
     if stat.S_ISDIR(mode):  # a symlink or file there is another matter
         bits = stat.S_IMODE(mode)
         looser = LOOSER if bits & _SHARED_WRITE & ~shared & _UMASK else b""
-        found.setdefault(_label(common, path), Entry(kind=MODE, bits=bits, data=looser))
+        label = path[len(top) + 1 :] if path.startswith(top + "/") else path
+        found.setdefault(label, Entry(kind=MODE, bits=bits, data=looser))
 
 
 def setuid_files(common: Path) -> dict[str, int]:
@@ -558,7 +567,7 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
         elif entry.is_dir(follow_symlinks=False):
             if entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH:
                 if depth > 0 or top == common:  # ref and reflog directories, not a worktree's
-                    _add_mode(found, common, Path(entry.path), shared, entry)
+                    _add_mode(found, os.fspath(common), entry.path, shared, entry)
                 _add_links(found, common, Path(entry.path), depth + 1)
         elif _blocking(entry):
             _add(found, common, Path(entry.path))
