@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import agent_command, git, script_interpreter
 from tests.github_server import NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
-from tests.test_run import swarm, wait_for
+from tests.test_run import manifest, swarm, wait_for
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.github import access, errors, issues, transport
 from worktree_swarm.github import client as github
@@ -378,6 +378,58 @@ def test_an_empty_issue_request_or_an_api_url_with_a_query_is_bad_input(
     assert out.stderr.startswith(f"swarm: {error}"), out.stderr
     assert not (repo / ".git" / "swarm").exists()
     assert fake_github.requests == []
+
+
+BAD_TASKS = '[[task]]\nid = "a"\nprompt = "x"\nbogus = 1\n'
+ISSUE_12_TASK = '[[task]]\nid = "issue-12"\nprompt = "x"\n'
+WRONG_ISSUE = '[[task]]\nid = "a"\nprompt = "x"\ndepends_on = ["issue-13"]\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "error"),
+    [
+        (None, ("--issues", "12", "--issues-label", "bug"),
+         "--issues and --issues-label exclude each other; give one of them"),
+        (BAD_TASKS, ("--issues", "12"), "tasks.toml: task \"a\": unknown key 'bogus'"),
+        (BAD_TASKS, ("--issues-label", "bug"), "tasks.toml: task \"a\": unknown key 'bogus'"),
+        (None, ("--issues", "12", "-j", "2", "-j", "3"), "--jobs given 2 times (2, 3)"),
+        (None, ("--issues-label", "bug", "--remote", "x"), "--remote is for the Ray executor"),
+        (ISSUE_12_TASK, ("--issues", "12,12"), 'issue task "issue-12": duplicate id'),
+        (WRONG_ISSUE, ("--issues", "12"), "depends_on 'issue-13' is not a task of this run"),
+    ],
+)  # fmt: skip
+def test_bad_input_given_with_issues_is_refused_before_github_is_asked(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch,
+    text: str | None, args: tuple[str, ...], error: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    fake_github.add_issue("one", labels=("bug",))  # what GitHub would have answered
+    tasks = () if text is None else (manifest(repo, text),)
+    out = swarm(repo, "run", *tasks, "--agent", "scripted", "--github-repo", f"{OWNER}/{NAME}",
+                "--api-url", fake_github.url, *args)  # fmt: skip
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stdout + out.stderr
+    assert out.stderr.startswith("swarm: "), out.stderr
+    assert error in out.stderr, out.stderr
+    assert fake_github.requests == []
+    assert not (repo / ".git" / "swarm").exists()
+
+
+def test_a_task_may_depend_on_an_issue_a_label_brings(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    number = fake_github.add_issue("one", labels=("bug",))
+    options = ("--agent", "scripted", "--dry-run", "--issues-label", "bug",
+               "--github-repo", f"{OWNER}/{NAME}", "--api-url", fake_github.url)  # fmt: skip
+    after = '[[task]]\nid = "after"\nprompt = "x"\ndepends_on = ["issue-{}"]\n'
+    out = swarm(repo, "run", manifest(repo, after.format(number)), *options)
+    assert out.returncode == 0, out.stderr
+    assert f'id = "issue-{number}"' in out.stdout
+    # One the label does not bring is named once its issues are known.
+    refused = swarm(repo, "run", manifest(repo, after.format(number + 1)), *options)
+    assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused.stderr
+    assert f"depends_on 'issue-{number + 1}' is not a task of this run" in refused.stderr
+    assert not (repo / ".git" / "swarm").exists()
 
 
 def test_an_issue_page_that_is_no_list_of_issues_is_an_error_not_a_shorter_batch(

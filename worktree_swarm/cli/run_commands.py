@@ -11,7 +11,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,8 +94,7 @@ def run(
 ) -> int:
     """Create a worktree per task, run the agents, checkpoint and check their work."""
     from worktree_swarm.agents import claude_auth
-    from worktree_swarm.config.manifest import build_run_spec
-    from worktree_swarm.git import local_files, worktree_root, worktrees
+    from worktree_swarm.git import worktrees
     from worktree_swarm.guard.sandbox import check_available as require_sandbox
     from worktree_swarm.infra.lock import refuse_while_managed
     from worktree_swarm.run import disk_budget
@@ -108,16 +108,18 @@ def run(
         return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
     # An empty value is asked too (and refused below), not ignored.
     asked = issue_numbers is not None or issues_label is not None  # the options below shape it
+    _exclusive(issues=issue_numbers is not None, issues_label=issues_label is not None)
     for option, value in (("--limit", limit), ("--github-repo", github_repo)):
         _needs(option, "--issues or --issues-label", given=value is not None, present=asked)
     _needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
-    extra: list[tuple[str, str, str]] = []
+    numbers: tuple[int, ...] = ()
+    client = None
     if asked:
         from worktree_swarm.github import client as github
         from worktree_swarm.github import issues
 
         numbers = () if issue_numbers is None else issues.parse_issue_numbers(issue_numbers)
-        issues.check_label(issues_label)  # before anything is asked of GitHub
+        issues.check_label(issues_label)
 
         if github_repo is None and not git.git(repo.root, "remote").split().count("origin"):
             raise BadInputError(
@@ -125,26 +127,23 @@ def run(
                 " remote origin here: add it (`git remote add origin URL`) or pass"
                 " --github-repo OWNER/NAME"
             )
-        client = github.connect(
+        client = github.connect(  # no request yet
             repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
         )
-        extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
     with _paths_given():
-        spec = build_run_spec(
-            repo_root=repo.root,
-            manifest=manifest,
-            inline=inline,
-            prompt_files=prompt_file,
-            overrides=_overrides(flags),
-            extra_tasks=extra,
-        )
         # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
         checkout = git.checkout_root(Path(ctx.obj["dir"]))
         base = git.checkout_head(checkout)
-        if spec.worktree_root is not None:
-            worktree_root.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
-        for task in spec.tasks:
-            local_files.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
+    sources = _Sources(manifest=manifest, inline=inline, prompt_files=prompt_file, flags=flags)
+    # All but the issues' text is checked before GitHub is asked: numbered issues stand in
+    # as placeholder tasks under their ids; a label's are not known yet.
+    placeholders = [(f"issue-{n}", f"GitHub issue #{n}", "") for n in dict.fromkeys(numbers)]
+    spec = sources.checked(repo, checkout, placeholders, issues_to_come=issues_label is not None)
+    if client is not None:
+        from worktree_swarm.github import issues
+
+        extra = issues.fetch_issue_tasks(client, numbers=numbers, label=issues_label, limit=limit)
+        spec = sources.checked(repo, checkout, extra)
     if spec.executor is Executor.RAY:
         from worktree_swarm.run import ray_preflight
 
@@ -162,6 +161,44 @@ def run(
         worktrees_of = {t.id: worktree_path(spec, t) for t in spec.tasks}
         return _dry_run(repo, spec, worktrees_of, base=base, checkout=checkout, as_json=as_json)
     return _start(ctx, repo, spec, detach=detach, as_json=as_json, checkout=checkout, base=base)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Sources:
+    """Where `swarm run` takes its tasks and settings from, besides GitHub's issues."""
+
+    manifest: Path | None
+    inline: tuple[str, ...]
+    prompt_files: tuple[str, ...]
+    flags: Mapping[str, object]
+
+    def checked(
+        self,
+        repo: git.Repo,
+        checkout: Path,
+        extra: Sequence[tuple[str, str, str]],
+        *,
+        issues_to_come: bool = False,
+    ) -> RunSpec:
+        """The run with the *extra* tasks, validated as far as it can be before it starts."""
+        from worktree_swarm.config.manifest import build_run_spec
+        from worktree_swarm.git import local_files, worktree_root
+
+        with _paths_given():
+            spec = build_run_spec(
+                repo_root=repo.root,
+                manifest=self.manifest,
+                inline=self.inline,
+                prompt_files=self.prompt_files,
+                overrides=_overrides(self.flags),
+                extra_tasks=extra,
+                issues_to_come=issues_to_come,
+            )
+            if spec.worktree_root is not None:
+                worktree_root.check_worktree_root(repo, spec.worktree_root, checkout=checkout)
+            for task in spec.tasks:
+                local_files.check_copy(repo.root, task.copy)  # no symlink out of it, all readable
+        return spec
 
 
 def _start(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import stat
 import tomllib
 from dataclasses import replace
@@ -76,6 +77,8 @@ PROMPT_FILE_LIMIT = 2**20
 TOML_FILE_LIMIT = 16 * 2**20
 _MAX_PORT = 65535
 _NO_OVERRIDES = Overrides()
+# The id of a task made from a GitHub issue.
+_ISSUE_TASK_RE = re.compile(r"issue-[1-9][0-9]*")
 
 
 def build_run_spec(
@@ -86,6 +89,7 @@ def build_run_spec(
     prompt_files: Sequence[str] = (),
     overrides: Overrides = _NO_OVERRIDES,
     extra_tasks: Sequence[tuple[str, str, str]] = (),
+    issues_to_come: bool = False,
     look_for_programs: bool = True,
 ) -> RunSpec:
     """Combine the config file, a manifest, inline tasks and CLI flags into a RunSpec.
@@ -93,6 +97,8 @@ def build_run_spec(
     *inline* holds ``ID=PROMPT`` strings, *prompt_files* ``ID=PATH`` strings (PATH relative
     to the current directory), *extra_tasks* ``(id, prompt, title)`` triples made elsewhere
     (GitHub issues). Tasks keep their order: manifest, inline, prompt files, extra tasks.
+    With *issues_to_come* (issues of a label, not fetched yet) no task is no error, and a
+    dependency on an ``issue-<n>`` task is left for the build that has them.
     With *look_for_programs* (the default) a local run's setup and check programs and `link`
     directories must be found on this machine (:func:`programs.check_task`).
     """
@@ -113,7 +119,7 @@ def build_run_spec(
         (f'issue task "{task_id}"', {"id": task_id, "prompt": prompt, "title": title})
         for task_id, prompt, title in extra_tasks
     )
-    if not drafts:
+    if not drafts and not issues_to_come:
         raise BadInputError("no tasks: give a manifest, -t ID=PROMPT or --prompt-file ID=FILE")
 
     flags = settings.read_flags(overrides)
@@ -135,7 +141,7 @@ def build_run_spec(
             programs.check_task(task, where=_key_where(where, table, set_by), repo_root=repo_root)
         where_of[task.id] = where
         tasks.append(task)
-    _check_dependencies(tasks, where_of)
+    _check_dependencies(tasks, where_of, issues_to_come=issues_to_come)
     return _run_spec(tuple(tasks), layer, repo_root=repo_root)
 
 
@@ -380,11 +386,15 @@ def _agents_named(kind: Kind, value: object, *, repo_root: Path) -> object:
     return value
 
 
-def _check_dependencies(tasks: Sequence[Task], where_of: Mapping[str, str]) -> None:
+def _check_dependencies(
+    tasks: Sequence[Task], where_of: Mapping[str, str], *, issues_to_come: bool
+) -> None:
     for task in tasks:
         for dep in task.depends_on:
             if dep == task.id:
                 raise BadInputError(f"{where_of[task.id]}: depends on itself")
+            if issues_to_come and _ISSUE_TASK_RE.fullmatch(dep):
+                continue
             if dep not in where_of:
                 raise BadInputError(
                     f"{where_of[task.id]}: depends_on {dep!r} is not a task of this run"
