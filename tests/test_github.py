@@ -471,9 +471,20 @@ def test_owner_and_name_come_from_the_remote(repo: Path, url: str, slug: str) ->
 
 
 @pytest.mark.parametrize(
-    "url", ["https://ghe.example:9/notaslug", "ssh://git@host:2222/alone.git", "git@host:alone"]
+    "url",
+    [
+        "https://ghe.example:9/notaslug",
+        "ssh://git@host:2222/alone.git",
+        "git@host:alone",
+        # `.` and `..` are no owner or name: requests would go to `/repos/acme/../...`.
+        "https://github.com/acme/..",
+        "https://github.com/acme/..git",
+        "https://github.com/acme/...git",
+        "git@host:../x.git",
+        "ssh://git@host/./x.git",
+    ],
 )
-def test_a_remote_without_owner_and_name_is_not_guessed_from_its_host(repo: Path, url: str) -> None:
+def test_a_remote_naming_no_owner_and_name_is_refused_not_guessed(repo: Path, url: str) -> None:
     git(repo, "remote", "add", "origin", url)
     with pytest.raises(BadInputError, match="cannot tell the GitHub repository from remote"):
         access.slug_from_remote(open_repo(repo), "origin")

@@ -75,9 +75,14 @@ class Token:
 def parse_slug(text: str, *, where: str = "--github-repo") -> RepoSlug:
     """Parse ``OWNER/NAME``; BadInputError otherwise."""
     match = _SLUG_RE.fullmatch(text.strip())
-    if match is None or match["name"] in {".", ".."} or match["owner"] in {".", ".."}:
+    if match is None or not _names_a_repository(match):
         raise BadInputError(f"{where}: {text!r} is not of the form OWNER/NAME")
     return RepoSlug(owner=match["owner"], name=match["name"])
+
+
+def _names_a_repository(match: re.Match[str]) -> bool:
+    """Whether an owner and name matched are one; ``.`` and ``..`` would move up the API's path."""
+    return bool(match["name"]) and not {match["owner"], match["name"]} & {".", ".."}
 
 
 def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
@@ -93,7 +98,7 @@ def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
         )
     # A URL's host and port are not the owner: only its path names the repository.
     match = _REMOTE_RE.search(urllib.parse.urlsplit(url).path if "://" in url else url)
-    if match is None or not match["name"]:
+    if match is None or not _names_a_repository(match):
         raise BadInputError(
             f"cannot tell the GitHub repository from remote {remote!r} ({strip_userinfo(url)}); "
             "pass --github-repo OWNER/NAME"
