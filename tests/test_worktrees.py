@@ -149,6 +149,31 @@ def test_create_list_remove(big_repo: Path) -> None:
     assert snapshot(big_repo) == before
 
 
+@pytest.mark.parametrize("swarm_registers", [True, False])
+def test_a_directory_made_by_someone_else_while_swarm_registers_is_never_removed(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, swarm_registers: bool
+) -> None:
+    # Seen free under the lock, then made by another program before swarm made it: the
+    # clean-up of the failed creation removed that program's directory with its files.
+    r = g.open_repo(repo)
+    path = paths.default_worktree_root(r.root) / "t1"
+    real = wt._register
+
+    def someone_else_first(repo_: g.Repo, path_: Path, branch: str) -> bool:
+        path_.mkdir(parents=True)
+        (path_ / "theirs.txt").write_text("not swarm's\n")
+        return real(repo_, path_, branch) if swarm_registers else False  # False: git adds it
+
+    monkeypatch.setattr(wt, "_register", someone_else_first)
+    with pytest.raises(BadInputError, match="t1"):
+        wt.create_worktree(r, path=path, branch="swarm/t1", start="main")
+    assert (path / "theirs.txt").read_text() == "not swarm's\n"
+    assert not g.branch_exists(r, "swarm/t1")
+    assert not (r.common_dir / "worktrees").exists() or not any(
+        (r.common_dir / "worktrees").iterdir()
+    )
+
+
 def test_delete_unmerged_branch_needs_force(repo: Path, tmp_path: Path) -> None:
     r = g.open_repo(repo)
     path = tmp_path / "w"

@@ -322,6 +322,8 @@ def _add(repo: Repo, path: Path, branch: str) -> None:
     except CommandError as exc:
         if "already registered" in exc.output:
             raise BadInputError(f"{path} is still registered as a worktree; {_NEXT_STEP}") from None
+        if "already exists" in exc.output:  # made since it was seen free: not swarm's
+            raise BadInputError(_in_the_way(path)) from None
         raise
 
 
@@ -386,7 +388,10 @@ def _register(repo: Repo, path: Path, branch: str) -> bool:
     admin = real_path(root / name)
     try:
         (admin / "locked").write_text("initializing\n", encoding="utf-8")
-        path.mkdir()
+        try:
+            path.mkdir()
+        except FileExistsError:  # made since it was seen free, not by swarm: never removed
+            raise BadInputError(_in_the_way(path)) from None
         (admin / "gitdir").write_text(f"{real_path(path)}/.git\n", encoding="utf-8")
         (path / ".git").write_text(f"gitdir: {admin}\n", encoding="utf-8")
         (admin / "commondir").write_text("../..\n", encoding="utf-8")
