@@ -227,7 +227,8 @@ def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path
     idx = next((objects_of(repo) / "pack").glob("pack-*.idx"))
     rev = idx.with_suffix(".rev")
     assert packfiles.lying_rev(idx) == ""  # git's own
-    data = bytearray(rev.read_bytes())
+    good = rev.read_bytes()
+    data = bytearray(good)
     data[12:16], data[16:20] = data[16:20], data[12:16]
     rev.chmod(0o644)
     rev.write_bytes(bytes(data))
@@ -242,6 +243,15 @@ def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path
         packfiles.lying_pack(repo, idx)
         == f"{rev.name}: not a file (a named pipe, a device or a socket)"
     )
+    rev.unlink()
+    rev.write_bytes(good)
+    # The index cut short after git checked it (an agent's write between two reads): the
+    # scan went down on it (an array of a length no multiple of 4, an offset past its end).
+    whole = idx.read_bytes()
+    idx.chmod(0o644)
+    for cut in (len(whole) - 30, len(whole) - 41, 8 + 1024 + 10):
+        idx.write_bytes(whole[:cut])
+        assert packfiles.lying_rev(idx) in {"", "its index is cut short"}
 
 
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:

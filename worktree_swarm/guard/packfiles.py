@@ -106,12 +106,23 @@ def lying_rev(idx: Path) -> str:
     if rev[:8] != b"RIDX\x00\x00\x00\x01" or len(rev) != 12 + 4 * count + 2 * size:
         return "not a reverse index of this pack"
     start = 8 + 1024 + count * (size + 4)
+    if len(index) < start + 4 * count:  # cut short since git read it: not read past its end
+        return "its index is cut short"
     offsets = array.array("I", index[start : start + 4 * count])
     order = array.array("I", rev[12 : 12 + 4 * count])
     if sys.byteorder == "little":
         offsets.byteswap()
         order.byteswap()
     large = index[start + 4 * count :]
+    if not _in_offset_order(order, offsets, large, count):
+        return "its entries are not the pack's objects in the order of their offsets"
+    return ""
+
+
+def _in_offset_order(
+    order: array.array[int], offsets: array.array[int], large: bytes, count: int
+) -> bool:
+    """Whether *order* lists the positions of the *count* objects by rising pack offset."""
 
     def offset(position: int) -> int:
         small = offsets[position]
@@ -123,9 +134,9 @@ def lying_rev(idx: Path) -> str:
     last = -1
     for position in order:
         if position >= count or (now := offset(position)) <= last:
-            return "its entries are not the pack's objects in the order of their offsets"
+            return False
         last = now
-    return ""
+    return True
 
 
 _SIGNALLED = 128  # git's own failures exit 128 at most
