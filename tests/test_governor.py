@@ -430,6 +430,43 @@ def test_a_better_ranked_waiter_held_by_its_own_wait_does_not_hold_others(
     assert results == ["stopped"]
 
 
+def test_a_slot_is_held_for_a_better_ranked_task_expected_until_it_asks_or_is_forgotten(
+    clock: Clock,
+) -> None:
+    # jobs = 1: a task launched ahead of another is still being provisioned when the other
+    # asks; the slot waits for the first (it asks), then for nobody (forgotten).
+    g = gates(clock, jobs=1)
+    stop = threading.Event()
+    g.expect((0, 0, 1), "anthropic")
+    assert g.try_acquire("anthropic", stop, rank=(0, 0, 2)) is None  # free, but not its turn
+    granted: list[str] = []
+    low = threading.Thread(
+        target=lambda: granted.append(g.acquire("anthropic", stop, rank=(0, 0, 2)))
+    )
+    low.start()
+    wait_until(lambda: g.waiters == 1)
+    assert g.try_acquire("anthropic", stop, rank=(0, 0, 1)) == ""  # the expected one asks
+    assert granted == []
+    g.expect((0, 0, 0), "anthropic")  # another, better still, launched meanwhile
+    g.release("anthropic")
+    assert g.try_acquire("anthropic", stop, rank=(0, 0, 5)) is None
+    assert granted == []
+    g.forget((0, 0, 0))  # its setup runs: the waiter need not wait for it
+    low.join(timeout=30)
+    assert granted == [""]
+
+
+def test_a_better_ranked_task_expected_holds_only_the_slots_it_would_take(clock: Clock) -> None:
+    # jobs = 2, one better-ranked task expected: one slot is still free for a worse one, and
+    # another provider's task expected holds the run's slots, not this provider's alone.
+    g = gates(clock, jobs=2)
+    stop = threading.Event()
+    g.expect((0, 0, 0), "openai")
+    assert g.try_acquire("anthropic", stop, rank=(0, 0, 1)) == ""
+    assert g.try_acquire("anthropic", stop, rank=(0, 0, 2)) is None  # the last is openai's
+    assert g.try_acquire("openai", stop, rank=(0, 0, 0)) == ""
+
+
 def wait_until(condition: Callable[[], bool]) -> None:
     """Until *condition* holds (the threads under test reach their waits), at most 30 s."""
     deadline = time.monotonic() + 30

@@ -19,7 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import as_owner_only, git, make_repo, reads_only, swarm_here
+from tests.conftest import (
+    as_owner_only,
+    git,
+    git_first_on_path,
+    make_repo,
+    reads_only,
+    swarm_here,
+)
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.run.checks import placeholder_lines
 
@@ -243,6 +250,109 @@ def test_jobs_limit_is_never_exceeded(repo: Path, write_agent: AgentFactory) -> 
         peak_store = max(peak_store, running)
     assert 2 <= peak_store <= 4
     assert peak_psutil <= 4
+
+
+def _slow_checkout_of(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str, *, after: str
+) -> None:
+    """A `git` whose checkout of the worktrees of *slow* (space-separated task ids) ends only
+    once every task of *after* (space-separated) is set up and about to ask for a slot: its
+    prompt written. Better-ranked tasks are set up last, as a slower checkout would make them.
+    """
+    runs = shlex.quote(str(repo / ".git" / "swarm" / "runs"))
+    ready = " && ".join(f"ls {runs}/*/{t}/prompt-1.md" for t in after.split())
+    checkouts = "|".join(f'*/repo.swarm/{t}" "*read-tree*' for t in slow.split())
+    git_first_on_path(tmp_path, monkeypatch, lambda real: (
+        "#!/bin/sh\n"
+        f'case "$PWD $*" in {checkouts})\n'
+        "  i=0\n"
+        f'  until {{ {ready}; }} >/dev/null 2>&1 || [ $i -ge 1200 ]; do'
+        " sleep 0.05; i=$((i + 1)); done;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n'
+    ))  # fmt: skip
+
+
+def _agents_started(repo: Path) -> list[str]:
+    with state_db(repo) as db:
+        rows = db.execute("SELECT task_id FROM events WHERE kind = 'agent_started' ORDER BY id")
+        return [row[0] for row in rows]
+
+
+def test_a_priority_task_last_in_the_manifest_starts_first_however_quick_others_checkouts(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    # jobs = 1: hi and lo are set up together, lo first; the slot waits for hi all the same.
+    _slow_checkout_of(repo, tmp_path, monkeypatch, "hi", after="lo")
+    agent = write_agent("import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID']).touch()\n")
+    text = f"[defaults]\nagent = {argv_toml(agent)}\njobs = 1\n"
+    for task in ("lo", "mid"):
+        text += f'[[task]]\nid = "{task}"\nprompt = "p"\n'
+    text += '[[task]]\nid = "hi"\nprompt = "p"\npriority = 10\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _agents_started(repo) == ["hi", "lo", "mid"]
+
+
+# Marks that its agent started, and which others had; ends once two have started.
+MARKING_AGENT = """
+import os, pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+seen = sorted(p.name for p in marks.iterdir())
+(marks / os.environ['SWARM_TASK_ID']).touch()
+pathlib.Path('seen.txt').write_text(' '.join(seen) + '\\n')
+deadline = time.monotonic() + 60
+while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_agents_start_in_rank_order_with_several_jobs_however_quick_others_checkouts(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
+) -> None:
+    # jobs = 2, four tasks set up at once, the two best-ranked (by priority) last: those two
+    # start first, and t1 and t2 only once a slot of theirs is free.
+    _slow_checkout_of(repo, tmp_path, monkeypatch, "t3 t4", after="t1 t2")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    agent = argv_toml([*write_agent(MARKING_AGENT), str(marks)])
+    text = f"[defaults]\nagent = {agent}\njobs = 2\n"
+    for number, priority in ((1, 0), (2, 0), (3, 1), (4, 2)):
+        text += f'[[task]]\nid = "t{number}"\nprompt = "p"\npriority = {priority}\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    # What each agent found started before it (its agent_started events of the first two
+    # could come in either order: their agents start together).
+    saw = {
+        t: set(branch_file(repo, f"swarm/{t}", "seen.txt").split())
+        for t in ("t1", "t2", "t3", "t4")
+    }
+    assert saw["t1"] >= {"t3", "t4"}, saw
+    assert saw["t2"] >= {"t3", "t4"}, saw
+    assert saw["t3"] | saw["t4"] <= {"t3", "t4"}, saw
+
+
+def test_a_task_set_up_goes_first_while_a_better_ranked_ones_setup_still_runs(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # jobs = 1: hi's setup lasts until lo's agent has started (at most 60 s): the slot is not
+    # held for hi meanwhile.
+    started = repo.parent / "lo-started"
+    agent = write_agent("import os, pathlib\npathlib.Path(os.environ['SWARM_TASK_ID']).touch()\n")
+    lo = write_agent(
+        f"import pathlib\npathlib.Path('lo').touch()\npathlib.Path({str(started)!r}).touch()\n"
+    )
+    setup = write_agent(
+        "import pathlib, time\ndeadline = time.monotonic() + 60\n"
+        f"while not pathlib.Path({str(started)!r}).exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+    )
+    text = f"[defaults]\nagent = {argv_toml(agent)}\njobs = 1\n"
+    text += f'[[task]]\nid = "lo"\nprompt = "p"\nagent = {argv_toml(lo)}\n'
+    text += f'[[task]]\nid = "hi"\nprompt = "p"\npriority = 10\nsetup = [{argv_toml(setup)}]\n'
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _agents_started(repo) == ["lo", "hi"]
 
 
 def test_dag_runs_in_order_and_dependents_see_dependency_files(

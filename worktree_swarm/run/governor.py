@@ -187,6 +187,9 @@ class Gates:
         self._cond = threading.Condition()
         self._waiters: dict[int, _Waiter] = {}
         self._tickets = itertools.count()
+        # Tasks launched that will ask for a slot as soon as their worktree is made: rank ->
+        # provider (:meth:`expect`).
+        self._coming: dict[Rank, str] = {}
 
     # -- budget ------------------------------------------------------------------------------
 
@@ -221,13 +224,14 @@ class Gates:
         *leave_on_window* and the provider is in a usage window (another agent can go on), or
         'max_wait' when its usage window resets more than *max_wait* seconds after the call.
         Of the waiters a freed slot could go to, the one of lowest *rank* gets it (the
-        scheduler's order: a task provisioned sooner does not jump the queue); a waiter
-        without a rank comes last.
+        scheduler's order: a task provisioned sooner does not jump the queue), also when the
+        better one is only expected (:meth:`expect`); a waiter without a rank comes last.
         """
         with self._cond:
             latest = self._clock() + max_wait
             ticket = next(self._tickets)
             self._waiters[ticket] = _Waiter(provider=provider, not_before=not_before, rank=rank)
+            self._arrived(rank)  # in the same breath: no one worse slips in between
             try:
                 while True:
                     refused = self._refused(
@@ -236,9 +240,11 @@ class Gates:
                     if refused:
                         return refused
                     wait = self._wait(provider, not_before)
-                    if wait <= 0 and not self._outranked(rank, skip=ticket):
-                        self._grant(provider)
-                        return ""
+                    if wait <= 0:
+                        if not self._outranked(provider, rank, skip=ticket):
+                            self._grant(provider)
+                            return ""
+                        wait = math.inf  # until the better one goes or leaves: it notifies
                     self._cond.wait(timeout=min(max(wait, 0.01), 0.2))
             finally:
                 del self._waiters[ticket]
@@ -259,11 +265,28 @@ class Gates:
             latest = self._clock() + max_wait
             refused = self._refused(provider, stop, leave_on_window=leave_on_window, latest=latest)
             if refused:
+                self._arrived(rank)
                 return refused
-            if self._wait(provider, not_before) <= 0 and not self._outranked(rank):
+            if self._wait(provider, not_before) <= 0 and not self._outranked(provider, rank):
+                self._arrived(rank)
                 self._grant(provider)
                 return ""
-            return None
+            return None  # still expected, until it waits in :meth:`acquire`
+
+    def expect(self, rank: Rank, provider: str) -> None:
+        """Hold slots for a task launched just now that will soon ask for one of *provider*.
+
+        Until it asks, no slot goes to a task ranked after it: whichever worktree is made
+        first, tasks start in the scheduler's order. :meth:`forget` ends the hold early when
+        its wait would be long (its `setup` runs, it waits for disk) or it will not ask.
+        """
+        with self._cond:
+            self._coming[rank] = provider
+
+    def forget(self, rank: Rank | None) -> None:
+        """Hold no slot for the task of *rank* any more (:meth:`expect`)."""
+        with self._cond:
+            self._arrived(rank)
 
     @property
     def waiters(self) -> int:
@@ -456,15 +479,34 @@ class Gates:
             return math.inf  # until a release
         return 0.0
 
-    def _outranked(self, rank: Rank | None, *, skip: int = -1) -> bool:
-        """Whether a waiter ranked before *rank* could take a slot now."""
-        return any(
-            w.rank is not None
-            and (rank is None or w.rank < rank)
-            and self._wait(w.provider, w.not_before) <= 0
+    def _outranked(self, provider: str, rank: Rank | None, *, skip: int = -1) -> bool:
+        """Whether the slots free for *provider* now all go to tasks ranked before *rank*.
+
+        Those are the waiters, and the tasks expected, that could take a slot now.
+        """
+        ahead = [
+            w.provider
             for ticket, w in self._waiters.items()
             if ticket != skip
+            and w.rank is not None
+            and (rank is None or w.rank < rank)
+            and self._wait(w.provider, w.not_before) <= 0
+        ]
+        ahead += [
+            p
+            for r, p in self._coming.items()
+            if (rank is None or r < rank) and self._wait(p, 0.0) <= 0
+        ]
+        gate = self._gate(provider)
+        return (
+            len(ahead) >= self.jobs - self.running
+            or ahead.count(provider) >= int(gate.limit) - gate.running
         )
+
+    def _arrived(self, rank: Rank | None) -> None:
+        """The task of *rank* is no longer expected: those it held back may go."""
+        if rank is not None and self._coming.pop(rank, None) is not None:
+            self._cond.notify_all()
 
     def _grant(self, provider: str) -> None:
         gate = self._gate(provider)

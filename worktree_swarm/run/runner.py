@@ -408,12 +408,17 @@ class Runner:
         else:  # an adopted agent's own block, held again (another run may have taken it)
             self._ports.take(*self._ports_of(live.port_slot))
         self._live[live.task.id] = live
+        if live.resume_from is None and self.spec.executor is not Executor.RAY:
+            # Launched in the scheduler's order, it keeps its place while its worktree is made
+            # (here, before its thread can ask): a task whose checkout was quicker waits.
+            self.gate.expect(live.rank, provider_of(live.task.agent))
         live.thread = threading.Thread(
             target=self._work, args=(live,), name=f"swarm-{live.task.id}", daemon=True
         )
         try:
             live.thread.start()
         except RuntimeError:
+            self.gate.forget(live.rank)
             del self._live[live.task.id]
             self._ports.give_back(*self._ports_of(live.port_slot))
             live.thread = None
@@ -441,6 +446,7 @@ class Runner:
                     " kept, `swarm retry` runs it again"
                 )
             outcome = TaskOutcome(state=TaskState.FAILED, reason=reason)
+        self.gate.forget(live.rank)  # ended before it asked for a slot, maybe
         live.adopted.set()  # whichever way it went
         self._done.put((live.task.id, outcome))
 

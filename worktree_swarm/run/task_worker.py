@@ -111,7 +111,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             start = recorded or self._start_commit(task)
             if isinstance(start, TaskOutcome):
                 return start
-            if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(task)):
+            if not self.disk.admit(task, start=start, stop=live.stop, waiting=self._waiting(live)):
                 return TaskOutcome(state=TaskState.STOPPED, reason="stopped while waiting for disk")
             if recorded:
                 with self.guard.provisioning(path):  # swarm's own removal
@@ -143,6 +143,8 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             faults.retry_while_full(
                 lambda: local_files.link_into(self.repo.root, path, task.link), self.store.on_full
             )
+            if task.setup:  # it may take minutes: tasks set up meanwhile need not wait for it
+                self.gate.forget(live.rank)
             with self._own_steps(task.id) as started:
                 failure = run_steps(
                     task.setup,
@@ -324,6 +326,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
     ) -> tuple[int, Ended] | None:
         """The next attempt (a previous manager's, adopted, or a new one) and its number."""
         if live.resume_from is not None:
+            self.gate.forget(live.rank)  # an attempt of a previous manager's: not a new slot
             resumed, live.resume_from = live.resume_from, None
             return resumed.number, self._resume_attempt(live, resumed, course.agent)
         self._maybe_switch(live.task, path, base, course, started=number > 0)
@@ -410,8 +413,15 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _waiting(self, task: Task) -> Callable[[str], None]:
-        return lambda reason: self._state(task.id, TaskState.PENDING, reason=reason)
+    def _waiting(self, live: Live) -> Callable[[str], None]:
+        """Show why *live*'s task waits for disk; no slot is held for it meanwhile."""
+
+        def waiting(reason: str) -> None:
+            if reason:
+                self.gate.forget(live.rank)
+            self._state(live.task.id, TaskState.PENDING, reason=reason)
+
+        return waiting
 
     def _gitconfig(self, task: Task) -> Path:
         """A task's own global git config: the user's identity and ignore file, nothing else.
