@@ -800,7 +800,7 @@ def test_an_endpoint_that_stops_answering_is_given_up_after_the_set_silence(
 
 
 def test_repository_picture_is_bounded(tmp_path: Path) -> None:
-    from worktree_swarm.plan.planner import PICTURE_CHARS, repository_picture  # noqa: PLC0415
+    from worktree_swarm.plan.prompt import PICTURE_CHARS, repository_picture  # noqa: PLC0415
 
     files = {f"pkg{i % 7}/mod{i // 7}/file_{i:04d}_with_a_long_name.py": "x\n" for i in range(2000)}
     repo = make_repo(tmp_path / "big", {"README.md": "R" * 50_000, **files})

@@ -43,9 +43,10 @@ def plan_cmd(
 ) -> int:
     """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
     from worktree_swarm.plan import planner as plan
+    from worktree_swarm.plan.api import api_settings
 
     repo = _repo(ctx)
-    settings = plan.api_settings(api_url=api_url)
+    settings = api_settings(api_url=api_url)
     with _paths_given():
         plan.check_output(out, force=force)
     result = plan.make_plan(
