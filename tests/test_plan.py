@@ -22,7 +22,7 @@ from worktree_swarm.cli import main
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.plan import planner
+from worktree_swarm.plan import out_file
 
 KEY = "sk-ant-test-SECRET-0123456789"
 TOOL = "submit_task_plan"
@@ -495,7 +495,7 @@ def test_the_manifest_gets_the_umask_s_mode_and_a_file_that_appeared_is_kept(
     assert (project / "tasks.toml").stat().st_mode & 0o777 == 0o666 & ~_umask()
     (project / "tasks.toml").write_text("mine\n")
     with pytest.raises(BadInputError, match="appeared while the plan was made"):
-        planner.write_manifest(project / "tasks.toml", "theirs\n")
+        out_file.write_manifest(project / "tasks.toml", "theirs\n")
     assert (project / "tasks.toml").read_text() == "mine\n"
     (project / "dangling.toml").symlink_to(project / "nowhere")
     out = plan(project, "goal", "--out", str(project / "dangling.toml"))

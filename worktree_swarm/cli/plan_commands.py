@@ -44,11 +44,12 @@ def plan_cmd(
     """Break GOAL into a task manifest to review (Anthropic API, key in $ANTHROPIC_API_KEY)."""
     from worktree_swarm.plan import planner as plan
     from worktree_swarm.plan.api import api_settings
+    from worktree_swarm.plan.out_file import check_output, write_manifest
 
     repo = _repo(ctx)
     settings = api_settings(api_url=api_url)
     with _paths_given():
-        plan.check_output(out, force=force)
+        check_output(out, force=force)
     result = plan.make_plan(
         repo_root=repo.root,
         goal=goal,
@@ -57,7 +58,7 @@ def plan_cmd(
         max_tasks=max_tasks,
         jobs=jobs,
     )
-    plan.write_manifest(out, result.manifest_text, force=force)
+    write_manifest(out, result.manifest_text, force=force)
     for line in plan.describe(result, out=str(out)):
         click.echo(line)
     return ExitCode.OK
