@@ -67,7 +67,7 @@ def _processes(ctx: _Context) -> list[Finding]:
         for process in processes_using(root) if root.is_dir() else []:
             try:
                 cwd = real_path(process.cwd())
-            except OSError:
+            except (OSError, psutil.Error):  # gone or unreadable since it was listed
                 continue
             mine = ctx.manager_alive and any(cwd.is_relative_to(p) for p in active_paths)
             mine = mine or any(cwd.is_relative_to(p) for p in merging)
@@ -119,5 +119,6 @@ def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
         if kill is not None:
             found.append(kill)
             covered.add(process.pid)
-            covered.update(p.pid for p in process.children(recursive=True))
+            with contextlib.suppress(psutil.Error):  # it may be gone already
+                covered.update(p.pid for p in process.children(recursive=True))
     return found
