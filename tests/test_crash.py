@@ -41,7 +41,7 @@ from tests.test_run import (
 from worktree_swarm import cli
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import checkpoints, gitfiles, local_files
-from worktree_swarm.git import runner as g_runner
+from worktree_swarm.git import process as g_process
 from worktree_swarm.infra import fs
 from worktree_swarm.run import agent_watch
 from worktree_swarm.run.runner import Runner
@@ -842,7 +842,7 @@ def test_a_checkpoint_whose_git_cannot_start_keeps_the_agents_reason_and_names_t
     text = f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n'
     path = manifest(repo, text)
     base = git(repo, "rev-parse", "HEAD")
-    monkeypatch.setattr(g_runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(g_process.subprocess, "Popen", popen)
     monkeypatch.chdir(repo)
     assert cli.main(["run", path]) == 1
     monkeypatch.undo()

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import git
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import gitconfig, runner
+from worktree_swarm.git import config_overrides, gitconfig, process, runner
 from worktree_swarm.infra import pipes, proc
 
 
@@ -201,14 +201,15 @@ def test_one_config_scan_answers_for_every_worktree_but_never_across_an_include(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scans: list[Path] = []
-    real_scan = runner._scan_repository_config
+    real_scan = config_overrides._scan_repository_config
 
     def counted(cwd: Path) -> tuple[tuple[str, str], ...]:
         scans.append(cwd)
         return real_scan(cwd)
 
-    monkeypatch.setattr(runner, "_scan_repository_config", counted)
-    monkeypatch.setattr(runner, "_cache", {})  # equal config files of earlier tests' repos
+    monkeypatch.setattr(config_overrides, "_scan_repository_config", counted)
+    # Equal config files of earlier tests' repos.
+    monkeypatch.setattr(config_overrides, "_cache", {})
     worktrees = [tmp_path / f"wt{i}" for i in range(3)]
     for i, path in enumerate(worktrees):
         git(repo, "worktree", "add", "-q", "-b", f"b{i}", str(path))
@@ -331,7 +332,7 @@ def test_a_git_command_stuck_opening_a_planted_pipe_is_stopped_and_names_it(
     """A FIFO where git reads (an agent's `.gitignore`) would hold `git status` for ever."""
     monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
     os.mkfifo(repo / planted)
-    with pytest.raises(runner.StuckOnPipeError) as caught:
+    with pytest.raises(process.StuckOnPipeError) as caught:
         runner.run(repo, *args)
     assert caught.value.pipe == str(repo / planted)
     assert f"`{command}` was stopped" in str(caught.value)
@@ -352,7 +353,7 @@ def test_a_git_command_reading_a_pipe_whose_writer_stays_silent_is_stopped(
         try:
             assert writer.stdout is not None
             writer.stdout.readline()  # it holds the pipe open
-            with pytest.raises(runner.StuckOnPipeError) as caught:
+            with pytest.raises(process.StuckOnPipeError) as caught:
                 runner.run(repo, "for-each-ref")
             assert caught.value.pipe == str(ref)
         finally:
@@ -389,7 +390,7 @@ def test_an_object_planted_as_a_pipe_stops_the_reader_and_the_next_read_works(
     loose.unlink()
     os.mkfifo(loose)
     with runner.ObjectReader(repo) as objects:
-        with pytest.raises(runner.StuckOnPipeError) as caught:
+        with pytest.raises(process.StuckOnPipeError) as caught:
             objects.read(planted.strip())
         assert caught.value.pipe == str(loose)
         assert "`git cat-file` was stopped" in str(caught.value)
@@ -443,7 +444,7 @@ def _refusing(monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
             raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         return real(argv, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(process.subprocess, "Popen", popen)
     return refused
 
 

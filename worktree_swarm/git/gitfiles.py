@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
+from worktree_swarm.git.config_files import git_dir
 from worktree_swarm.git.repo import _run, rev_parse_in
-from worktree_swarm.git.runner import git_dir
 from worktree_swarm.infra import fs
 
 if TYPE_CHECKING:

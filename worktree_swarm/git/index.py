@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.git import runner
+from worktree_swarm.git.config_files import git_dir
 from worktree_swarm.git.repo import _run, rev_parse_in
 from worktree_swarm.infra import fs
 
@@ -27,7 +28,7 @@ def populated_gitlinks(path: Path, env: Mapping[str, str] | None = None) -> list
     (:func:`stage_gitlinks`).
     """
     index = (env or {}).get("GIT_INDEX_FILE")
-    if _no_gitlinks(path / index if index else runner.git_dir(path) / "index"):
+    if _no_gitlinks(path / index if index else git_dir(path) / "index"):
         return []  # the usual case, told without starting git
     out = runner.run_names(path, "ls-files", "-z", "--stage", env=env).stdout
     return [p for _, p in _GITLINK.findall(out) if (path / p / ".git").exists()]
@@ -84,7 +85,7 @@ def hides_edits(worktree: Path) -> bool:
 
 def _hiding(worktree: Path) -> tuple[list[str], list[str]]:
     """The assume-unchanged paths, and the skip-worktree ones that are there, of *worktree*."""
-    flagged = _flagged_entries(runner.git_dir(worktree) / "index")
+    flagged = _flagged_entries(git_dir(worktree) / "index")
     if flagged is None:  # an index this reader does not know: git lists the flags
         flagged = _flagged_by_git(worktree)
     assumed = [path for path, kind in flagged if kind == "assume"]

@@ -21,7 +21,7 @@ from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
 from worktree_swarm.core.text import is_utf8, one_line, path_text
 from worktree_swarm.git import runner
-from worktree_swarm.git.runner import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
+from worktree_swarm.git.config_files import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
 
 if TYPE_CHECKING:
     import subprocess

@@ -4,7 +4,7 @@ git's cone mode: the files at the top of the repository, the files directly insi
 directory on the way down, and everything beneath the directories the globs name. The
 patterns go to the worktree's own ``info/sparse-checkout`` (in its admin dir), never to the
 repository's config: swarm's git commands switch sparse checkout on with ``-c`` wherever that
-file exists (:mod:`worktree_swarm.git.runner`), the agent's git through its task config.
+file exists (:mod:`worktree_swarm.git.config_overrides`), the agent's git through its task config.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
+from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.repo import blob_sizes, in_batches
 from worktree_swarm.infra import redact
 
@@ -53,7 +54,7 @@ def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) ->
     in the clear. Each goes back into the index (*env*: another index file) as HEAD has it;
     returns them, each with its filter. No git runs unless the config defines a filter.
     """
-    drivers = runner.neutral_filters(worktree)
+    drivers = neutral_filters(worktree)
     if not drivers:
         return []
     staged = [p for p, mode, blob in staged_entries(worktree, env=env) if _has_blob(mode, blob)]

@@ -1,0 +1,234 @@
+"""The ``-c`` overrides that keep a repository's own files from making git run a program.
+
+Always the same list (:data:`ALWAYS`: hooks, fsmonitor, signing, editors, submodules ...),
+plus, per checkout, a neutral value for each program-running setting its repository-level
+config defines (filter, diff and merge drivers, credential helpers, ssh and gpg programs),
+read with ``git config --list`` and cached while the config files stay as they are.
+docs/guard.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from worktree_swarm.git import sparse
+from worktree_swarm.git.config_files import _bounded_put, _cache_lock, _config_files
+from worktree_swarm.git.process import _execute
+from worktree_swarm.infra import fs
+
+# Overrides on every command. Each names a setting that makes plain git commands execute a
+# program (with the git version that introduced it), or that does work swarm never wants.
+ALWAYS: tuple[tuple[str, str], ...] = (
+    ("core.hooksPath", os.devnull),  # hooks, incl. reference-transaction (2.28) and post-checkout
+    ("core.fsmonitor", "false"),  # a command or hook path (2.16; builtin daemon 2.36)
+    ("core.editor", "true"),
+    ("sequence.editor", "true"),
+    ("core.pager", "cat"),
+    ("commit.gpgSign", "false"),
+    ("push.gpgSign", "false"),  # a push certificate: the signing program (or ssh key command)
+    # A signature check runs gpg, and swarm's own checkpoints are never signed: every merge of
+    # a task's branch would fail on them.
+    ("merge.verifySignatures", "false"),
+    ("tag.gpgSign", "false"),
+    ("protocol.ext.allow", "never"),
+    ("core.commitGraph", "false"),  # commits as they are, not as a graph file anyone can write
+    ("gc.auto", "0"),  # no automatic gc after swarm's own commits
+    ("maintenance.auto", "false"),  # 2.29: `git maintenance run --auto` after commits
+    # Never git in a submodule, under its own config: not by recursion, nor for a summary.
+    ("submodule.recurse", "false"),
+    ("diff.submodule", "short"),
+    ("status.submoduleSummary", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("push.recurseSubmodules", "no"),
+    # Your settings that make swarm's own work fail or its patches unusable: with
+    # core.autocrlf, safecrlf refused every checkpoint of a file that would not round-trip;
+    # without prefixes (or with i/ and w/) a patch swarm keeps is one `git apply` refuses.
+    ("core.safecrlf", "false"),
+    ("diff.noprefix", "false"),
+    ("diff.mnemonicPrefix", "false"),
+    ("diff.relative", "false"),
+)
+
+# Per-driver keys that run a program; neutralised when repository-level config defines them.
+_DRIVER_KEYS = {
+    "filter": {"clean": "", "smudge": "", "process": "", "required": "false"},
+    "diff": {"textconv": "cat", "command": "false"},  # and --no-ext-diff/--no-textconv
+    "merge": {"driver": "false"},  # `false` fails the merge driver: a conflict, never code
+    "credential": {"helper": ""},  # credential.<url>.helper: an empty value clears the list
+}
+# What a fetch or push to a local or ssh remote starts on the other side. git takes the first
+# value it reads, so no `-c` overrides a planted one: the command's own option does.
+_PACK_KEYS = {"uploadpack": "git-upload-pack", "receivepack": "git-receive-pack"}
+_PACK_OPTIONS = {
+    "fetch": ("uploadpack", "--upload-pack"),
+    "pull": ("uploadpack", "--upload-pack"),
+    "ls-remote": ("uploadpack", "--upload-pack"),
+    "push": ("receivepack", "--receive-pack"),
+}
+# Plain keys that run a program when set in repository-level config.
+_EXEC_KEYS = {
+    "core.sshcommand": "ssh",
+    "core.gitproxy": "",
+    "core.askpass": "",
+    "credential.helper": "",
+    "core.alternaterefscommand": "",
+    "gpg.program": "gpg",
+    "gpg.ssh.program": "ssh-keygen",
+    "gpg.ssh.defaultkeycommand": "false",  # asked for the key to sign with
+    "gpg.x509.program": "gpgsm",
+    "gpg.openpgp.program": "gpg",
+    "uploadpack.packobjectshook": "",
+}
+_UNTRUSTED_SCOPES = ("local", "worktree")
+
+
+def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
+    """The arguments that make a git command in *cwd* immune to planted config, and their env.
+
+    Each is ``-c KEY=VALUE``, but for a key whose name holds ``=`` (a driver named ``a=b``,
+    which an attribute ``filter=a=b`` selects): git splits ``-c`` at the first ``=``, so that
+    one is ``--config-env=KEY=VAR`` (split at the last), its value in the returned variable.
+    In a sparse task worktree (one with its own ``info/sparse-checkout``) they also switch
+    sparse checkout on, so that git applies the patterns and, reading the index, takes back
+    into view any skipped file an agent wrote (otherwise its work there would go unseen).
+    """
+    files = _config_files(cwd)
+    args: list[str] = []
+    values: dict[str, str] = {}
+    for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
+        if key.startswith("remote."):
+            continue
+        if "=" in key:
+            var = f"SWARM_GIT_CONFIG_{len(values)}"
+            values[var] = value
+            args.append(f"--config-env={key}={var}")
+        else:
+            args += ["-c", f"{key}={value}"]
+    return args, values
+
+
+def neutral_filters(cwd: Path) -> frozenset[str]:
+    """The filter drivers the repository's own config defines in *cwd*: git never runs them.
+
+    A file whose attributes select one is hashed by swarm's `git add` as it is on disk (no
+    clean filter: a git-crypt file would be committed in the clear).
+    """
+    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    return frozenset(
+        key.partition(".")[2].rpartition(".")[0]
+        for key, _ in settings
+        if key.partition(".")[0].lower() == "filter"
+    )
+
+
+def _planted_packs(cwd: Path) -> set[str]:
+    """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
+    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    return {key.rpartition(".")[2] for key, _ in settings if key.startswith("remote.")}
+
+
+def _sparse_settings(files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
+    if not files:
+        return ()
+    admin, common = files[0].parent, files[1].parent
+    if admin != common and sparse.pattern_file(admin).is_file():
+        return sparse.SETTINGS
+    return ()
+
+
+_cache: dict[tuple[object, ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _stat_key(paths: Sequence[Path]) -> tuple[object, ...]:
+    key: list[object] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            key.append((str(path), None))
+        else:
+            key.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(key)
+
+
+def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
+    """The bytes of *paths* (by role, not by name); None when they include other files.
+
+    Worktrees of one repository read the same files (the admin dir's ``config.worktree`` is
+    usually absent), so one scan answers for all of them. Not with ``include``/``includeIf``:
+    a condition (``onbranch:``) answers differently per worktree, and an included file can
+    change without these changing.
+    """
+    contents: list[object] = []
+    for path in paths:
+        try:
+            data = fs.read_file(path)
+        except FileNotFoundError:
+            data = None
+        except OSError:
+            return None
+        if data is not None and b"include" in data.lower():
+            return None
+        contents.append(data)
+    return ("content", *contents)
+
+
+def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
+    """Overrides for program-running settings that the repository's own config defines.
+
+    *files* are the repository-level config files of *cwd* (:func:`_config_files`).
+    """
+    key = (str(cwd), _stat_key(files)) if files else None
+    if key is None:
+        return _scan_repository_config(cwd)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            _cache[key] = _cache.pop(key)  # the newest again
+    if cached is not None:
+        return cached
+    shared = _content_key(files)
+    if shared is None:
+        # Config that includes other files is read for every command: an included file can
+        # change (or a condition answer differently) while the including files stay as they are.
+        return _scan_repository_config(cwd)
+    with _cache_lock:
+        result = _cache.get(shared)
+        if result is not None:
+            _cache[shared] = _cache.pop(shared)  # shared by every worktree: kept the newest
+    if result is None:
+        result = _scan_repository_config(cwd)
+        # Cached only when the files did not change while git read them.
+        if _stat_key(files) != key[1] or _content_key(files) != shared:
+            return result
+    with _cache_lock:
+        _bounded_put(_cache, key, result)
+        _bounded_put(_cache, shared, result)
+    return result
+
+
+def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
+    # `git config` only reads files: it runs no hook, fsmonitor or driver.
+    out = _execute(cwd, ["config", "--list", "--show-scope", "--name-only", "-z"], check=False)
+    found: dict[str, str] = {}
+    fields = out.stdout.split("\0")
+    # With -z each entry is "scope NUL name NUL".
+    for scope, name in zip(fields[0::2], fields[1::2], strict=False):
+        if scope not in _UNTRUSTED_SCOPES:
+            continue
+        lowered = name.lower()
+        if lowered in _EXEC_KEYS:
+            found[name] = _EXEC_KEYS[lowered]
+            continue
+        section, _, rest = name.partition(".")
+        driver, _, leaf = rest.rpartition(".")
+        if section.lower() == "remote" and leaf.lower() in _PACK_KEYS:
+            found[f"remote.{driver}.{leaf.lower()}"] = _PACK_KEYS[leaf.lower()]
+            continue
+        keys = _DRIVER_KEYS.get(section.lower())
+        if keys is not None and driver and leaf.lower() in keys:
+            for neutral_leaf, value in keys.items():
+                found[f"{section}.{driver}.{neutral_leaf}"] = value
+    return tuple(sorted(found.items()))
