@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import git
 from tests.test_trust import FORGE_GRAPH
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
-from worktree_swarm.git import config_overrides, gitconfig, process, runner
+from worktree_swarm.git import config_overrides, gitconfig, object_reader, process, runner
 from worktree_swarm.infra import pipes, proc
 
 
@@ -142,7 +142,7 @@ def test_users_global_filters_still_apply(repo: Path) -> None:
     (repo / "a.txt").write_text("hello\n")
     runner.run(repo, "add", "--all")
     blob = runner.run(repo, "rev-parse", ":a.txt").stdout.strip()
-    with runner.ObjectReader(repo) as objects:
+    with object_reader.ObjectReader(repo) as objects:
         assert objects.read(blob) == b"HELLO\n"
 
 
@@ -154,7 +154,7 @@ def test_an_object_read_up_to_a_limit_keeps_its_head_and_the_reader_in_step(repo
     blobs = [
         runner.run(repo, "rev-parse", f":{n}").stdout.strip() for n in ("big.bin", "small.txt")
     ]
-    with runner.ObjectReader(repo) as objects:
+    with object_reader.ObjectReader(repo) as objects:
         assert objects.read(blobs[0], limit=1000) == big[:1000]
         assert objects.read(blobs[1]) == b"small\n"  # the rest of the big one was dropped
         assert objects.read(blobs[1], limit=100) == b"small\n"
@@ -166,7 +166,7 @@ def test_errors_are_typed(repo: Path, tmp_path: Path) -> None:
         runner.run(repo, "rev-parse", "--verify", "no-such-ref")
     with pytest.raises(GitError, match="does not exist"):
         runner.run(tmp_path / "missing", "status")
-    with runner.ObjectReader(repo) as objects, pytest.raises(GitError, match="missing"):
+    with object_reader.ObjectReader(repo) as objects, pytest.raises(GitError, match="missing"):
         objects.read("0" * 40)
 
 
@@ -389,7 +389,7 @@ def test_an_object_planted_as_a_pipe_stops_the_reader_and_the_next_read_works(
     loose = _loose(repo, planted.strip())
     loose.unlink()
     os.mkfifo(loose)
-    with runner.ObjectReader(repo) as objects:
+    with object_reader.ObjectReader(repo) as objects:
         with pytest.raises(process.StuckOnPipeError) as caught:
             objects.read(planted.strip())
         assert caught.value.pipe == str(loose)
@@ -410,7 +410,7 @@ def test_the_object_reader_survives_its_process_ending_and_reads_objects_as_they
     other = repo.parent / "other"
     git(repo.parent, "init", "-q", str(other))
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
-    with runner.ObjectReader(repo) as objects:
+    with object_reader.ObjectReader(repo) as objects:
         assert objects.read(mine) == b"mine\n"
         for proc in _gits_left():
             proc.kill()

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner
+from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.infra import redact
 
 # Blobs larger than this are scanned by their first bytes only (a key file is small).
@@ -80,7 +80,7 @@ def find_leak(
     env_values = [value for value in redact.current().values if redact.made_up(value)]
     secrets = dict.fromkeys(env_values, "the value of a secret environment variable")
     secrets |= {value: f"the value of {where} (a copy file)" for where, value in local_secrets}
-    with runner.ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
+    with ObjectReader(repo.root) as objects:  # one `cat-file` for every blob
         for commit, path, blob in changed:
             why = _credential(path, secrets)  # a file named after a key is pushed with its name
             if why is not None:

@@ -15,6 +15,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_overrides import neutral_filters
+from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.git.repo import blob_sizes, in_batches
 from worktree_swarm.infra import redact
 
@@ -148,7 +149,7 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     if not values:
         return []
     found = []
-    with runner.ObjectReader(worktree) as objects:
+    with ObjectReader(worktree) as objects:
         # What the commit would hold (a link's target, a file as git converted it), not what
         # the worktree shows.
         for path, mode, blob in staged_entries(worktree, env=env):

@@ -13,6 +13,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import gitfiles, runner
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.guard.model import Snapshot
 from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
 from worktree_swarm.infra import fs
@@ -224,7 +225,7 @@ def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
     entries = _tree_entries(root, tree, paths)
     dirs: set[Path] = set()
     # One `cat-file --batch` for every blob restored, not a process per file.
-    with runner.ObjectReader(root) as objects:
+    with ObjectReader(root) as objects:
         for rel in paths:
             target = root / rel
             entry = entries.get(rel)
