@@ -110,7 +110,10 @@ class WorktreeChecks(Baselines, RefChecks):
             violation = self._check_worktree(task_id, path, began, pending)
             if violation is not None:
                 found.append(violation)
-        self._worktrees_checked = began
+        # One left for the next scan (midway) is judged from where this scan's window began:
+        # an agent that removed it and ended since would be no suspect, the removal yours.
+        if not self._trees.doubted:
+            self._worktrees_checked = began
         return found
 
     def _check_worktree(
