@@ -37,6 +37,7 @@ from tests.test_run import (
     wait_for,
 )
 from tests.test_sandbox import needs_bwrap
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard import channel, surface
 from worktree_swarm.guard.channel import moving_refs
@@ -3565,6 +3566,35 @@ def test_a_checks_write_into_your_checkout_fails_its_task_before_its_dependent_s
     assert rows["a"]["state"] == "failed", rows["a"]
     assert "wrote outside its worktree" in str(rows["a"]["reason"]), rows["a"]
     assert rows["b"]["state"] == "blocked", rows["b"]
+    assert (repo / "README.md").read_text() == readme
+
+
+def test_a_task_that_writes_into_your_checkout_is_never_announced_done(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """The guard's verdict came with its next scan, up to a second after the task was
+    announced `done`: the stream said `esc: done`, then `esc: failed`, and a script acting on
+    the first had opened a pull request of the work it then failed."""
+    readme = (repo / "README.md").read_text()
+    escape = ["sh", "-c", f"echo pwned >> {repo / 'README.md'}; echo ok > own.txt"]
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "esc"\nprompt = "p"\nagent = {argv_toml(escape)}\n'
+        f'[[task]]\nid = "good"\nprompt = "p"\nagent = {argv_toml(write_agent(WORK))}\n',
+    )
+    out = swarm(repo, "run", path, "--json")
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    said: dict[str, list[str]] = {}
+    for event in events:
+        if event["event"] == "state":
+            said.setdefault(event["task_id"], []).append(event["state"])
+    # Each task's first final state is its last word: none is announced, then taken back.
+    for task_id, states in said.items():
+        first = next(i for i, s in enumerate(states) if TaskState(s).is_final)
+        assert states[first:] == [states[-1]], (task_id, states)
+    assert said["esc"][-1] == "failed", said
+    assert "done" not in said["esc"], said
+    assert status_json(repo)["esc"]["state"] == "failed"
     assert (repo / "README.md").read_text() == readme
 
 

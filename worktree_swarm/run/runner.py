@@ -447,6 +447,11 @@ class Runner:
                 )
             outcome = TaskOutcome(state=TaskState.FAILED, reason=reason)
         self.gate.forget(live.rank)  # ended before it asked for a slot, maybe
+        if outcome.state.is_final:
+            # The guard's verdict on the task's last moments first (its next scan may be a
+            # second away): a write of its own fails it before any final state is announced,
+            # and before its dependents start on its branch.
+            self.guard.look_now()
         live.adopted.set()  # whichever way it went
         self._done.put((live.task.id, outcome))
 

@@ -66,7 +66,6 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         self._check_slots = threading.Semaphore(run.spec.jobs)
         # Forks the shim of every agent: no interpreter start per attempt.
         self._shims = shim_server.ShimServer()
-        self._depended_on = {dep for task in run.spec.tasks for dep in task.depends_on}
 
     def close(self) -> None:
         """End the shim server (the shims it forked, and their agents, carry on)."""
@@ -280,8 +279,6 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         if failure is not None and failure.final:
             return check_failed(failure)
         if failure is None:
-            if live.task.id in self._depended_on:  # a verdict first: they start on it
-                self.guard.look_now()
             return TaskOutcome(state=TaskState.DONE)
         return self._repair(live.task, course, failure)
 
