@@ -527,7 +527,10 @@ def test_a_verdict_a_killed_manager_did_not_apply_is_applied_once(repo: Path) ->
         settle_guard(where, store, run_id)  # nothing left to do
         found = [(e.data["summary"], e.data["restored"]) for e in store.events(run_id)
                  if e.kind == OUTSIDE_WRITE]  # fmt: skip
+        # Each says which final state it withdraws: the run had announced them done.
+        said = [(e.task_id, e.data.get("replaces")) for e in store.events(run_id, kind="state")]
         rows = {row.task_id: row for row in store.tasks(run_id)}
+    assert said == [("a", "done"), ("b", "done")], said
     assert found == [
         ("files x in the main checkout", True),
         ("files y in the main checkout", False),

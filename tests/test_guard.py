@@ -608,6 +608,47 @@ def test_a_git_dir_opened_to_others_and_a_setuid_file_in_it_are_put_back(
     ]
 
 
+# A setuid program planted in the git dir, found by the guard's walk for them: every 10 s and
+# at the end, not in the scan a task waits for as it ends.
+PLANTS_SETUID = """
+import pathlib, subprocess
+g = pathlib.Path(subprocess.run(
+    ['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'],
+    capture_output=True, text=True, check=True,
+).stdout.strip())
+(g / 'logs' / '.cache-sh').write_text('#!/bin/sh\\n')
+(g / 'logs' / '.cache-sh').chmod(0o4755)
+pathlib.Path('own.txt').write_text('own\\n')
+"""
+
+
+def test_a_done_task_a_later_verdict_fails_says_it_replaces_done(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """`late` starts once `first` is done, after the scan that walked the git dir: its plant
+    is found by the last scan, after `late` was announced done. It said `late: failed`, as if
+    `done` had not been said."""
+    plant, work = write_agent(PLANTS_SETUID), write_agent("open('own.txt', 'w').write('x')")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "first"\nprompt = "p"\nagent = {argv_toml(work)}\n'
+        f'[[task]]\nid = "late"\nprompt = "p"\nagent = {argv_toml(plant)}\n'
+        'depends_on = ["first"]\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1, out.stderr
+    said = [line for line in out.stdout.splitlines() if line.startswith("late: ")]
+    failed = [line for line in said if line.startswith("late: failed")]
+    assert len(failed) == 1, said
+    if "late: done" in said:  # the walk came after it (always, but on a very slow machine)
+        assert said.index("late: done") < said.index(failed[0]), said
+        assert failed[0].startswith("late: failed, replacing done - wrote outside its"), said
+    row = status_json(repo)["late"]
+    assert row["state"] == "failed", row
+    assert "logs/.cache-sh" in str(row["reason"]), row
+    assert stat.S_IMODE((repo / ".git" / "logs" / ".cache-sh").stat().st_mode) == 0o755
+
+
 def run_as_owner(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``swarm ARGS`` as a user whom file permissions bind (root without its override)."""
     return subprocess.run(

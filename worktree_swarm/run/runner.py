@@ -565,10 +565,11 @@ class Runner:
             self._guard_reasons.setdefault(task_id, reason)
             if len(violation.suspects) == 1:
                 self._live[task_id].stop.set()
-        elif self._states.get(task_id, TaskState.PENDING).is_final:
+        elif (announced := self._states.get(task_id, TaskState.PENDING)).is_final:
+            # Found only later (a write no scan could see at its end): said as what it replaces.
             row = self.store.task(self.run_id, task_id)
             if row is None or not blamed(row.reason):
-                self._set_state(task_id, TaskState.FAILED, reason=reason)
+                self._set_state(task_id, TaskState.FAILED, replaces=announced, reason=reason)
 
     def _poll_stop_requests(self) -> None:
         self._put_back_store()
@@ -609,12 +610,22 @@ class Runner:
             if state is TaskState.PENDING:
                 self._set_state(task_id, TaskState.STOPPED, reason=reason)
 
-    def _set_state(self, task_id: str, state: TaskState, **fields: Unpack[TaskFields]) -> None:
+    def _set_state(
+        self,
+        task_id: str,
+        state: TaskState,
+        *,
+        replaces: TaskState | None = None,
+        **fields: Unpack[TaskFields],
+    ) -> None:
+        """Record and announce *task_id*'s *state*; *replaces*: the final state it withdraws."""
         self._states[task_id] = state
         self.store.update_task(self.run_id, task_id, state=state, **fields)
         data: dict[str, object] = {"state": state.value}
         if fields.get("reason"):
             data["reason"] = fields["reason"]
+        if replaces is not None:
+            data["replaces"] = replaces.value
         self._emit("state", task_id, data)
 
     def _gate_changed(self, view: GateView) -> None:

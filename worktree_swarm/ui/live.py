@@ -54,7 +54,9 @@ class PlainObserver:
         elif kind == "state":
             said = str(data.get("reason") or "")
             reason = f" - {said}" if said and said != data["state"] else ""
-            line = f"{task_id}: {data['state']}{reason}"
+            # A final state withdrawn by a later guard verdict says so: `done` was not kept.
+            replaces = f", replacing {data['replaces']}" if data.get("replaces") else ""
+            line = f"{task_id}: {data['state']}{replaces}{reason}"
         elif kind == "gate" and data.get("waiting_until"):
             line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
         elif kind == "worktree_removed":
