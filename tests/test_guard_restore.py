@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from worktree_swarm.guard import surface
+from worktree_swarm.guard import surface, surface_diff, surface_restore
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
 from worktree_swarm.guard.snapshot import capture, index_path
 
@@ -43,7 +43,7 @@ def test_a_hook_rewritten_in_place_with_its_size_and_time_kept_is_read_again(
     os.utime(hook, ns=(info.st_atime_ns, info.st_mtime_ns))  # and its old time
     assert hook.stat().st_size == info.st_size
     after = surface.read(common, None)
-    assert surface.changed(before, after) == ["hooks/pre-commit"]
+    assert surface_diff.changed(before, after) == ["hooks/pre-commit"]
     assert after["hooks/pre-commit"].data == b"#!/bin/sh\ncurl x\n"
     assert surface.read(common, None) == after
 
@@ -79,13 +79,13 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     (common / "info" / "fifo").write_text("now a file\n")
 
     after = surface.read(common, None)
-    labels = surface.changed(before, after)
+    labels = surface_diff.changed(before, after)
     assert labels == [
         "config", "hooks/keep", "hooks/new", "hooks/new/deep", "hooks/new/deep/x",
         "hooks/pre-commit", "hooks/shown", "info/binary", "info/fifo", "info/gone",
         "info/huge",
     ]  # fmt: skip
-    text = surface.patch(common, before, after, labels)
+    text = surface_diff.patch(common, before, after, labels)
     assert text.startswith(f"# git files changed in {common}\n")
     assert '+\tst = "!sh -c evil"\n' in text  # text is diffed
     assert "# hooks/pre-commit: (absent) -> file 755, 20 bytes\n--- a/hooks/pre-commit\n" in text
@@ -103,9 +103,9 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     assert text.endswith("# info/huge: (absent) -> file 644, 2097152 bytes\n")
     assert "y\n" * 3 not in text
 
-    surface.put_back(common, before, labels)
+    surface_restore.put_back(common, before, labels)
     # A fifo cannot be made again: it is the only entry left different.
-    assert surface.changed(before, surface.read(common, None)) == ["info/fifo"]
+    assert surface_diff.changed(before, surface.read(common, None)) == ["info/fifo"]
     assert not (common / "hooks" / "new").exists()
     assert not hook.exists()
     assert (common / "hooks" / "shown").readlink() == Path("pre-commit.sample")
@@ -125,18 +125,20 @@ def test_a_directory_the_baseline_had_comes_back_in_place_of_a_file_or_link(
     sample = (hooks / "pre-push.sample").read_bytes()
     hooks.rename(common / "hooks-moved")
     hooks.symlink_to(tmp_path)  # the agent points hooks/ somewhere it controls
-    labels = surface.changed(before, surface.read(common, None))
-    surface.put_back(common, before, labels)
+    labels = surface_diff.changed(before, surface.read(common, None))
+    surface_restore.put_back(common, before, labels)
     assert hooks.is_dir()
     assert not hooks.is_symlink()
     assert (hooks / "pre-push.sample").read_bytes() == sample
-    assert surface.changed(before, surface.read(common, None)) == []
+    assert surface_diff.changed(before, surface.read(common, None)) == []
     # The same with a plain file where the directory was.
     (common / "info" / "exclude").unlink()
     (common / "info").rmdir()
     (common / "info").write_text("not a dir")
-    surface.put_back(common, before, surface.changed(before, surface.read(common, None)))
-    assert surface.changed(before, surface.read(common, None)) == []
+    surface_restore.put_back(
+        common, before, surface_diff.changed(before, surface.read(common, None))
+    )
+    assert surface_diff.changed(before, surface.read(common, None)) == []
 
 
 def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path) -> None:
@@ -160,10 +162,10 @@ def test_hooks_outside_the_git_dir_are_watched_at_their_top_level(tmp_path: Path
     (hooks / "pre-commit").write_text("#!/bin/sh\nrm -rf ~\n")
     (hooks / "post-merge").write_text("#!/bin/sh\n")
     after = surface.read(common, hooks)
-    labels = surface.changed(before, after)
+    labels = surface_diff.changed(before, after)
     assert labels == [str(hooks / "post-merge"), label]
-    assert f"+++ b/{label}\n" in surface.patch(common, before, after, labels)
-    surface.put_back(common, before, labels)
+    assert f"+++ b/{label}\n" in surface_diff.patch(common, before, after, labels)
+    surface_restore.put_back(common, before, labels)
     assert (hooks / "pre-commit").read_text() == "#!/bin/sh\n"
     assert not (hooks / "post-merge").exists()
     # core.hooksPath naming the git dir's own hooks: not read twice under two labels.
@@ -179,8 +181,8 @@ def test_a_worktrees_own_config_is_on_the_surface(tmp_path: Path) -> None:
     before = surface.read(common, None)
     git(tmp_path / "wt", "config", "--worktree", "core.fsmonitor", "/tmp/evil")
     after = surface.read(common, None)
-    assert surface.changed(before, after) == ["worktrees/wt/config.worktree"]
-    surface.put_back(common, before, ["worktrees/wt/config.worktree"])
+    assert surface_diff.changed(before, after) == ["worktrees/wt/config.worktree"]
+    surface_restore.put_back(common, before, ["worktrees/wt/config.worktree"])
     assert not (common / "worktrees" / "wt" / "config.worktree").exists()
     assert git_unchecked(tmp_path / "wt", "config", "--get", "core.fsmonitor") == ""
 

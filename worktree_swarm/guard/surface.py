@@ -15,12 +15,14 @@ there, but writes through one it finds. The permission bits of the directories g
 there (the git dir itself, ``objects/``, ``refs/``, ``logs/``, ``worktrees/``...) and of each
 task worktree's top: one made writable by another local user lets that user plant a config
 of their own; and, on a deeper look, setuid and setgid files anywhere in the git dir.
+
+Read here (the scan and its entries); compared and shown as a patch in ``surface_diff``,
+put back in ``surface_restore``; the deeper walk for setuid files is ``setuid``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import stat
 import time
@@ -29,10 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard.restore import prune_empty, put_file, remove
 from worktree_swarm.infra import fs
 
-_TEXT_LIMIT = 1 << 20  # larger files are named in the patch, not diffed
 _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
 
 # Your checkout's operations in progress: your next `git rebase --continue` runs the `exec`
@@ -90,9 +90,6 @@ LOOSER = b"looser than its parent"
 # A file or directory the guard may not read (an agent's `chmod 000`): its bits only.
 UNREADABLE = "unreadable"
 _SHARED_WRITE = 0o022  # group and other write: another local user's way in
-_OWNERS = 0o700  # the owner's own bits: without them your git cannot read or write there
-SETUID_BITS = fs.SETUID_BITS
-_OWN_DIR = "swarm"  # swarm's own state (the guard's held objects): not git's, not walked
 
 
 def hooks_path(root: Path) -> Path | None:
@@ -109,22 +106,6 @@ def hooks_path(root: Path) -> Path | None:
     if not values or not values[-1]:
         return None
     return root / Path(values[-1]).expanduser()
-
-
-def rerere_made(root: Path, before: Surface, after: Surface) -> bool:
-    """Whether ``rr-cache`` appeared empty while ``rerere.enabled`` is true for *root*.
-
-    git makes it so on any commit there (a commit runs rerere), an agent's or a resolver's
-    as much as yours: your merges record and reuse resolutions already, and it holds none.
-    A resolution in it is still a change.
-    """
-    entry = after.get(RERERE)
-    if RERERE in before or entry is None or entry.kind != "dir":
-        return False
-    if any(label.startswith(f"{RERERE}/") for label in after):
-        return False
-    out = git.git(root, "config", "--bool", "--get", "rerere.enabled", check=False)
-    return out.strip() == "true"
 
 
 def read(
@@ -228,41 +209,6 @@ def _add_mode(
         found.setdefault(label, Entry(kind=MODE, bits=bits, data=looser))
 
 
-def setuid_files(common: Path) -> dict[str, int]:
-    """Every file in *common* with a setuid or setgid bit (label -> its bits); git makes none.
-
-    A walk of the whole git dir, objects included (but swarm's own ``swarm/``): made after
-    each attempt and at the end, not on every scan.
-    """
-    found: dict[str, int] = {}
-    stack = [os.fspath(common)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:  # gone, or unreadable: its bits are watched
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if entry.path != f"{common}/{_OWN_DIR}":
-                    stack.append(entry.path)
-                continue
-            with contextlib.suppress(OSError):
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISREG(mode) and mode & SETUID_BITS:
-                    found[_label(common, Path(entry.path))] = stat.S_IMODE(mode)
-    return found
-
-
-def disarm(common: Path, labels: Iterable[str]) -> None:
-    """Take the setuid and setgid bits (and group and other write) off each of *labels*.
-
-    The file is kept: it may be one of git's (an object, a reflog) made setuid, and deleted
-    it would take your history with it; without those bits it runs as whoever runs it.
-    """
-    for label in labels:
-        fs.set_mode(_path(common, label), lambda bits: bits & ~(SETUID_BITS | _SHARED_WRITE))
-
-
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
     for checkout, admin in linked.items():
         for path in (checkout / ".git", *(admin / name for name in _TIES)):
@@ -289,200 +235,11 @@ def _add_worktree_configs(found: Surface, common: Path) -> None:
         _add(found, common, Path(config))
 
 
-def worktree_made(common: Path, before: Surface, after: Surface, label: str) -> bool:
-    """Whether *label* is a linked worktree's ``config.worktree`` that git made or removed.
-
-    `git worktree add` copies the repository's own ``config.worktree`` (your sparse checkout's
-    settings) into the admin dir it makes; `git worktree remove` and `prune` delete the admin
-    dir with it. Any other appearance, content or removal is not git's doing.
-    """
-    parts = label.split("/")
-    if len(parts) != 3 or parts[0] != "worktrees" or parts[2] != "config.worktree":  # noqa: PLR2004
-        return False
-    old, new = before.get(label), after.get(label)
-    if old is None and new is not None:  # a copy of yours as it was, not as it may be now
-        own = before.get("config.worktree")
-        return own is not None and own.kind == new.kind == "file" and own.data == new.data
-    if new is None and old is not None:
-        return not os.path.lexists(common / "worktrees" / parts[1])
-    return False
-
-
 def read_one(common: Path, label: str) -> Entry | None:
     """The entry of *label* as it is now (None when absent)."""
     found: Surface = {}
     _add(found, common, _path(common, label))
     return found.get(label)
-
-
-def changed(before: Surface, after: Surface) -> list[str]:
-    """The labels whose entry differs, appeared or disappeared.
-
-    Not a hard link of the baseline that git replaced with a file of its own.
-    """
-    unlisted = [k for k, v in after.items() if v.kind == UNREADABLE]
-    return sorted(
-        k
-        for k in set(before) | set(after)
-        if before.get(k) != after.get(k)
-        and not _unlinked(before.get(k), after.get(k))
-        and _differs(before.get(k), after.get(k))
-        and not (k not in after and any(k.startswith(f"{u}/") for u in unlisted))
-    )
-
-
-def _differs(old: Entry | None, new: Entry | None) -> bool:
-    """Whether a change from *old* to *new* (not equal) counts; a directory's bits: below.
-
-    A watched directory counts when it allows group or other writes it did not (or, new,
-    that its parent does not), or denies its owner what it allowed: nothing else of its
-    bits matters, and its coming and going are git's.
-    """
-    if (old is None or old.kind != MODE) and (new is None or new.kind != MODE):
-        return True
-    if old is None or new is None:
-        return new is not None and new.data == LOOSER
-    if old.kind != new.kind:
-        return True
-    return bool(new.bits & ~old.bits & _SHARED_WRITE or old.bits & ~new.bits & _OWNERS)
-
-
-def _unlink_other(common: Path, label: str, entry: Entry) -> None:
-    """Remove what is at *label* unless it is the hard link *entry* or a file of one name.
-
-    A hard link of yours from before the run has nothing to write back: git makes the file
-    again where another link, a symlink or a directory was.
-    """
-    target = _path(common, label)
-    now: Surface = {}
-    _add_hard_link(now, common, target)
-    if target.is_symlink() or target.is_dir():
-        remove(target)
-    elif now.get(label, entry) != entry:
-        if _keeps_state(label):
-            fs.break_link(target)
-        else:
-            remove(target)
-
-
-# Files at the top of a git dir that are watched for their bytes (their own entries).
-_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *_IN_PROGRESS_FILES})
-
-
-def _keeps_state(label: str) -> bool:
-    """Whether *label* is where hard links are looked for (and cut, not removed).
-
-    The top of a git dir (but the files watched for their bytes), ``logs/`` and ``refs/``, in
-    the common dir or an admin dir. A link found there is cut, the file kept (HEAD, the index,
-    a ref, a reflog: a backup made with `cp -al` links every file of a repository); cut, a
-    planted one harms nothing. Of an admin dir only ``config.worktree`` is watched for its
-    bytes: its ``gitdir`` and ``commondir``, deleted, would leave your worktree no checkout.
-    """
-    parts = label.split("/")
-    by_content = _BY_CONTENT
-    if parts[0] == "worktrees" and len(parts) > 2:  # noqa: PLR2004 - worktrees/<name>/...
-        parts, by_content = parts[2:], frozenset({"config.worktree"})
-    return parts[0] in {"refs", "logs"} or (len(parts) == 1 and parts[0] not in by_content)
-
-
-def _hard_linked(path: Path) -> bool:
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(info.st_mode) and info.st_nlink > 1
-
-
-def _unlinked(old: Entry | None, new: Entry | None) -> bool:
-    return old is not None and old.kind == HARD_LINK and new is None
-
-
-def patch(common: Path, before: Surface, after: Surface, labels: list[str]) -> str:
-    """A readable record of each change: a unified diff for text, a note for binary data."""
-    out = [f"# git files changed in {common}\n"]
-    for label in labels:
-        old, new = before.get(label), after.get(label)
-        out.append(f"# {label}: {_describe(old)} -> {_describe(new)}\n")
-        a = _text(old)
-        b = _text(new)
-        if a is not None and b is not None:
-            out += difflib.unified_diff(
-                a.splitlines(keepends=True),
-                b.splitlines(keepends=True),
-                fromfile=f"a/{label}",
-                tofile=f"b/{label}",
-            )
-            if out and not out[-1].endswith("\n"):
-                out.append("\n")
-    return "".join(out)
-
-
-def put_back(common: Path, before: Surface, labels: list[str], now: Surface | None = None) -> None:
-    """Make each of *labels* what it was in *before*: byte for byte, with its bits.
-
-    A watched directory gets its bits back (one new in *now*, as found, loses the writes
-    neither its parent nor the umask allows); what it holds stays.
-    """
-    now = now or {}
-    new_dirs = []
-    for label in sorted(labels, key=len):
-        target = _path(common, label)
-        entry = before.get(label)
-        if _put_bits(target, entry, now.get(label)):
-            continue
-        if entry is None:
-            if target.is_dir() and not target.is_symlink():
-                new_dirs.append(target)
-            else:
-                _remove_new(target, label)
-        elif entry.kind == HARD_LINK:
-            _unlink_other(common, label, entry)
-        else:
-            _put_entry(target, entry)
-    for directory in sorted(new_dirs, key=lambda d: len(d.parts), reverse=True):
-        remove(directory)  # a directory the baseline lacked: all of it is new
-        prune_empty(directory.parent, common)
-
-
-def _put_entry(target: Path, entry: Entry) -> None:
-    """Make *target* the directory, symlink or file *entry*."""
-    if entry.kind == "dir":
-        if target.is_symlink() or (target.exists() and not target.is_dir()):
-            remove(target)
-        target.mkdir(parents=True, exist_ok=True)
-        target.chmod(entry.bits)
-        return
-    if target.is_dir() and not target.is_symlink():
-        remove(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if entry.kind == "link":
-        put_file(target, mode="120000", data=entry.data)
-    else:
-        put_file(target, mode="100644", data=entry.data, bits=entry.bits)
-
-
-def _put_bits(target: Path, entry: Entry | None, new: Entry | None) -> bool:
-    """Put back a watched directory's bits, or an unreadable file's; False: not one of those."""
-    if entry is None and new is not None and new.kind == MODE:  # new: as git would make it
-        loose = _SHARED_WRITE & ~_bits(target.parent) & _UMASK
-        fs.set_mode(target, lambda bits: bits & ~loose, dirs=True)
-        return True
-    if entry is None or entry.kind not in {MODE, UNREADABLE}:
-        return False
-    if target.is_symlink() or (entry.kind == MODE and target.is_file()):
-        remove(target)  # a directory swapped for a link or file: made again, as git would
-    if entry.kind == MODE and not os.path.lexists(target):
-        target.mkdir(parents=True)
-    fs.set_mode(target, lambda _: entry.bits, dirs=True)  # yours that was unreadable: its bits
-    return True
-
-
-def _remove_new(target: Path, label: str) -> None:
-    """Remove what appeared at *label*; a hard link where git writes is cut, not removed."""
-    if _keeps_state(label) and _hard_linked(target):
-        fs.break_link(target)
-    else:
-        remove(target)
 
 
 def _path(common: Path, label: str) -> Path:
@@ -691,32 +448,3 @@ def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) ->
             _add_modules(found, common, gitdir / "modules")
         elif depth < _NAME_DEPTH:
             _add_modules(found, common, gitdir, depth + 1)
-
-
-def _describe(entry: Entry | None) -> str:
-    if entry is None:
-        return "(absent)"
-    if entry.kind == "file":
-        return f"file {entry.bits:o}, {len(entry.data)} bytes"
-    if entry.kind == "link":
-        return f"symlink to {os.fsdecode(entry.data)}"
-    if entry.kind == HARD_LINK:
-        return "file with another name too (a hard link)"
-    if entry.kind == MODE:
-        return f"directory {entry.bits:o}"
-    if entry.kind == UNREADABLE:
-        return f"unreadable, {entry.bits:o}"
-    if entry.kind == "other":
-        return "not a file (a named pipe, a device or a socket)"
-    return entry.kind
-
-
-def _text(entry: Entry | None) -> str | None:
-    if entry is None or entry.kind in {"dir", MODE}:
-        return ""
-    if entry.kind != "file" or len(entry.data) > _TEXT_LIMIT:
-        return None
-    try:
-        return entry.data.decode()
-    except UnicodeDecodeError:
-        return None

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, surface
+from worktree_swarm.guard import graph, setuid, surface, surface_diff, surface_restore
 from worktree_swarm.guard.model import REPOSITORY, Violation
 from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
@@ -63,7 +63,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         left = []
         for label in labels:
             admin = os.path.realpath(common / label).rpartition("/")[0]
-            if admin not in users and surface.worktree_made(common, self._surface, now, label):
+            if admin not in users and surface_diff.worktree_made(common, self._surface, now, label):
                 entry = now.get(label)
                 if entry is None:
                     self._surface.pop(label, None)
@@ -95,7 +95,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         self._put_back_again()
         now = self._read_surface()
         # Owed ones still not back (their writer at it again) were reported: not once a scan.
-        labels = [x for x in surface.changed(self._surface, now) if x not in self._unrestored]
+        labels = [x for x in surface_diff.changed(self._surface, now) if x not in self._unrestored]
         if labels:
             labels = self._not_ties_settling(labels)
         if labels and self._provisioning:  # git's own writes into admin dirs being made
@@ -103,7 +103,9 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             labels = [label for label in labels if label not in skip]
         if labels:  # another swarm command's (or git's) worktrees, made or removed meanwhile
             labels = self._not_worktrees_made(common, now, labels)
-        if surface.RERERE in labels and surface.rerere_made(self.repo.root, self._surface, now):
+        if surface.RERERE in labels and surface_diff.rerere_made(
+            self.repo.root, self._surface, now
+        ):
             labels.remove(surface.RERERE)  # git's own doing, and changes nothing: the baseline
             self._surface[surface.RERERE] = now[surface.RERERE]
         window = (self._surface_checked, began)
@@ -120,7 +122,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface_checked = began
             return swapped
-        patch = surface.patch(common, self._surface, now, labels)
+        patch = surface_diff.patch(common, self._surface, now, labels)
         found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)
         restored = False
         if self.restore:
@@ -134,14 +136,16 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
                     git.git(self.repo.root, "repack", "-a", "-q")
                     back = labels
             with contextlib.suppress(OSError):  # not restored is recorded as such
-                surface.put_back(common, self._surface, back, now)
-            restored = not surface.changed(self._surface, self._read_surface())
+                surface_restore.put_back(common, self._surface, back, now)
+            restored = not surface_diff.changed(self._surface, self._read_surface())
             if restored:
                 self._surface_checked = time.time()
             else:  # an agent writing it again meanwhile, say: tried again by every scan (but
                 # `alternates`, put back only once a repack took in the objects it may hold)
                 left = set(back) - set(surface.ALTERNATES)
-                self._unrestored |= left & set(surface.changed(self._surface, self._read_surface()))
+                self._unrestored |= left & set(
+                    surface_diff.changed(self._surface, self._read_surface())
+                )
         else:  # recorded and left as it is (`allow_outside_writes`): the new baseline, so
             # that it is recorded once
             self._adopt_surface(now)
@@ -159,7 +163,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         and in the last scan, not after each attempt (nothing of it runs with swarm's git).
         """
         common = self.repo.common_dir
-        now = surface.setuid_files(common)
+        now = setuid.setuid_files(common)
         labels = sorted(k for k, bits in now.items() if bits & ~self._setuid.get(k, 0))
         window = (self._setuid_checked, began)
         suspects = self._agents.suspects(window, exclude=()) if labels else ()
@@ -176,8 +180,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         if self.restore:
             found = self._intend(found, patch)
             with contextlib.suppress(OSError):  # not restored is recorded as such
-                surface.disarm(common, labels)
-            left = surface.setuid_files(common)
+                setuid.disarm(common, labels)
+            left = setuid.setuid_files(common)
             restored = not any(left.get(k, 0) & ~self._setuid.get(k, 0) for k in labels)
         self._setuid_checked = began
         return [self._record(dataclasses.replace(found, restored=restored), patch_text=patch)]
@@ -192,8 +196,10 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
             return
         with contextlib.suppress(OSError):
             now = self._read_surface()
-            surface.put_back(self.repo.common_dir, self._surface, sorted(self._unrestored), now)
-        self._unrestored &= set(surface.changed(self._surface, self._read_surface()))
+            surface_restore.put_back(
+                self.repo.common_dir, self._surface, sorted(self._unrestored), now
+            )
+        self._unrestored &= set(surface_diff.changed(self._surface, self._read_surface()))
 
     def _adopt_surface(self, now: surface.Surface) -> None:
         """Take *now* as the git files' baseline, but for those a put-back is still owed."""

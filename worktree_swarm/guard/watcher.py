@@ -55,6 +55,7 @@ from worktree_swarm.guard import (
     integrity,
     packfiles,
     remotes,
+    setuid,
     store_dir,
     surface,
 )
@@ -107,7 +108,7 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
                     self._linked[path] = git.git_dir(path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
-            self._setuid = surface.setuid_files(self.repo.common_dir)
+            self._setuid = setuid.setuid_files(self.repo.common_dir)
             self._graph = graph.fingerprint(self.repo.common_dir)
             self._store = store_dir.store_id(self.repo.common_dir)
             self._objects = ObjectWatch(self.repo.common_dir / "objects")

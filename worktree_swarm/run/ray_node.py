@@ -33,7 +33,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import Task
 from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import sandbox, surface
+from worktree_swarm.guard import sandbox, surface, surface_diff, surface_restore
 from worktree_swarm.infra import disk, fs, proc_scan, proctree, redact, starts, supervisor
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.proc import task_env
@@ -548,12 +548,12 @@ class NodeAgent:
         """
         dotgit = self.work / ".git"
         now = surface.read(dotgit, None)
-        labels = surface.changed(self._surface, now)
-        if surface.RERERE in labels and surface.rerere_made(self.work, self._surface, now):
+        labels = surface_diff.changed(self._surface, now)
+        if surface.RERERE in labels and surface_diff.rerere_made(self.work, self._surface, now):
             labels.remove(surface.RERERE)  # git's own on any commit (a node's config turns it on)
             self._surface[surface.RERERE] = now[surface.RERERE]
         if labels:
-            surface.put_back(dotgit, self._surface, labels, now)
+            surface_restore.put_back(dotgit, self._surface, labels, now)
             self._planted += [label for label in labels if label not in self._planted]
 
     def _snapshot(self) -> None:
