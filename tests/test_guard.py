@@ -682,6 +682,29 @@ def test_git_files_made_unreadable_get_their_permission_bits_back(
     ]
 
 
+def test_rerere_cache_made_unreadable_hides_no_hook_planted_beside_it(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # An unlistable `rr-cache` failed every reading of git's files: a hook planted with it
+    # stayed, to run with your next commit.
+    resolution = repo / ".git" / "rr-cache" / ("ab" * 20)
+    resolution.mkdir(parents=True)
+    agent = write_agent(
+        "import os, pathlib, sys\n"
+        "git = pathlib.Path(sys.argv[1]) / '.git'\n"
+        "hook = git / 'hooks' / 'pre-commit'\n"
+        "hook.write_text('#!/bin/sh\\necho planted\\n'); hook.chmod(0o755)\n"
+        "os.chmod(git / 'rr-cache', 0)\n"
+        "pathlib.Path('own.txt').write_text('own\\n')\n"
+    )
+    out = run_as_owner(repo, "run", "--agent", " ".join([*agent, str(repo)]), "-t", "a=p")
+    assert out.returncode == 1, out.stderr
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert stat.S_IMODE((repo / ".git" / "rr-cache").stat().st_mode) & 0o700 == 0o700
+    assert resolution.is_dir()
+    assert "git's own files" in str(status_json(repo)["a"]["reason"])
+
+
 def test_files_of_your_checkout_made_unreadable_are_yours_to_read_again(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -389,7 +389,11 @@ def _add_top(found: Surface, common: Path, top: Path) -> None:
     """
     _add(found, common, top)
     if top.is_dir() and not top.is_symlink():
-        for name in sorted(os.listdir(top)):  # noqa: PTH208 - names only
+        try:
+            names = sorted(os.listdir(top))  # noqa: PTH208 - names only
+        except PermissionError:  # made unreadable: its bits say so (above), the rest is read
+            return
+        for name in names:
             path = top / name
             found[_label(common, path)] = Entry(kind="dir" if path.is_dir() else "other")
 
@@ -423,7 +427,10 @@ def _generated(label: str) -> bool:
 
 
 def _is_file(path: Path) -> bool:
-    return stat.S_ISREG(path.lstat().st_mode)
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:  # git's temporary file, renamed away since it was listed
+        return True
 
 
 def _add_modules(found: Surface, common: Path, modules: Path, depth: int = 0) -> None:
