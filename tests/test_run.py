@@ -1926,6 +1926,42 @@ def test_logs_follow_streams_until_the_agent_ends(
         run.kill()
 
 
+def test_logs_follow_ends_when_its_reader_goes_away_while_the_agent_is_quiet(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # `swarm logs -f t | head -1`: the follower kept on until the agent ended (an hour, or the
+    # night), its output going nowhere.
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import pathlib, sys, time\n"
+        "print('first line', flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "pathlib.Path('f.txt').write_text('x')\n"
+    )
+    run = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "talk=x")
+    try:
+        wait_for(lambda: swarm(repo, "logs", "talk").stdout.startswith("first line"),
+                 what="the agent's first line")  # fmt: skip
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "logs", "-f", "talk"],
+            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert follow.stdout is not None
+        assert follow.stdout.readline() == b"first line\n"
+        follow.stdout.close()  # as `head -1` does; the agent says nothing more
+        assert follow.wait(timeout=60) == 0
+        assert follow.stderr is not None
+        with follow.stderr:
+            assert follow.stderr.read() == b""
+        assert not go.exists()  # it ended while the agent still ran
+        go.touch()
+        assert run.wait(timeout=60) == 0
+    finally:
+        go.touch()
+        run.kill()
+
+
 def test_tasks_with_overlapping_files_never_run_together(
     repo: Path, write_agent: AgentFactory
 ) -> None:

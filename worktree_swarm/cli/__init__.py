@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import os
 import signal
 import stat
@@ -26,6 +25,7 @@ from worktree_swarm.cli import (
     plan_commands,
     run_commands,
     status_commands,
+    streams,
 )
 from worktree_swarm.cli.failures import _one_line, _swarm_error, _unexpected
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
@@ -133,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.flags.optimize >= 2:  # noqa: PLR2004 - `python -OO`, PYTHONOPTIMIZE=2
         _help_from_source()
     debug = _debug(args)
-    _closed_output_to_null()
-    _gone_reader_to_null()
-    _output_takes_any_text()
+    streams.closed_output_to_null()
+    streams.gone_reader_to_null()
+    streams.output_takes_any_text()
     if undecodable := next((a for a in args if not is_utf8(a)), None):
         # Prompts, ids and commands go to agents, git, the store: all of them take UTF-8. Said
         # by where it is, not what it holds (a key in it, cut, would not be redacted).
@@ -201,87 +201,6 @@ def _bad_at(raw: bytes) -> int:
     except UnicodeDecodeError as exc:
         return exc.start
     return 0
-
-
-def _closed_output_to_null() -> None:
-    """Give a closed stdout or stderr (``swarm status >&-``) /dev/null: what it says goes nowhere.
-
-    Python leaves such a stream None, which every command that printed crashed on. Nor is
-    the descriptor left closed: the next file swarm opened would take its number, and what a
-    child writes to its stdout would land in that file.
-    """
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if getattr(sys, name) is not None:
-            continue
-        null = os.open(os.devnull, os.O_WRONLY)
-        if null != fd:
-            os.dup2(null, fd)
-            os.close(null)
-        stream = open(fd, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
-        setattr(sys, name, stream)
-
-
-class _ToNullWhenGone(io.RawIOBase):
-    """Writes to a pipe's descriptor; once its reader is gone, to /dev/null (in its place)."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data: object) -> int:
-        view = memoryview(data)  # type: ignore[arg-type]  # a bytes-like object, as io passes
-        try:
-            return os.write(self._fd, view)
-        except BrokenPipeError:  # `swarm logs x | head -1`: the rest goes nowhere
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self._fd)  # a child writing there too: nowhere as well
-            os.close(null)
-            return len(view)
-
-
-def _gone_reader_to_null() -> None:
-    """Make a stdout or stderr pipe whose reader goes away take the rest quietly.
-
-    A command whose output no one reads any more (``| head -1``) goes on as if it were read:
-    without this, the next write's broken pipe stopped it midway (click exits 1 on it),
-    which for ``swarm logs`` read as the log's failure.
-    """
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if stream is not getattr(sys, f"__{name}__") or not isinstance(stream, io.TextIOWrapper):
-            continue  # a test's capture, or already replaced
-        try:
-            mode = os.fstat(stream.fileno()).st_mode
-        except (OSError, ValueError):
-            continue
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            continue
-        stream.flush()
-        raw = _ToNullWhenGone(stream.fileno())
-        wrapped = io.TextIOWrapper(
-            io.BufferedWriter(raw),
-            encoding=stream.encoding,
-            errors=stream.errors,
-            line_buffering=stream.line_buffering,
-        )
-        setattr(sys, name, wrapped)  # sys.__stdout__ keeps the old one: it would close the fd
-
-
-def _output_takes_any_text() -> None:
-    """Make stdout and stderr write what their encoding cannot spell escaped, never crash on it.
-
-    A file name kept as surrogates, or an agent's `é` where the locale is C (whose streams
-    take surrogates only) or Latin-1 (no `文`): the run's manager died on such a line.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
-            stream.reconfigure(errors="backslashreplace")
 
 
 def _debug(args: Sequence[str]) -> bool:

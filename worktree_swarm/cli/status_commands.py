@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from worktree_swarm.cli import streams
 from worktree_swarm.cli.context import _repo, _store_to_read, _your_checkout
 from worktree_swarm.cli.options import _example, _Path, _paths_given
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
@@ -100,12 +101,17 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
         status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
         # Whole lines through the redactor, so a secret is never split across two writes.
         out = RedactingWriter(sys.stdout.buffer)
-        ended = functools.partial(_attempt_ended, store, run_id, attempt.id) if follow else None
+        ended = functools.partial(_ended, store, run_id, attempt.id) if follow else None
         try:
             logtail.copy_log(path, out, ended=ended)
         except OSError as exc:  # a pipe or a link an agent left in its place
             raise SwarmError(f"{path}: not read ({exc.strerror or exc})") from None
     return ExitCode.OK
+
+
+def _ended(store: Store, run_id: str, attempt_id: int) -> bool:
+    """Whether a follower is done: its reader went away (``| head -1``), or the attempt ended."""
+    return streams.reader_gone() or _attempt_ended(store, run_id, attempt_id)
 
 
 def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
