@@ -251,7 +251,7 @@ def test_a_reverse_index_is_right_only_in_the_order_of_the_pack_offsets(tmp_path
     idx.chmod(0o644)
     for cut in (len(whole) - 30, len(whole) - 41, 8 + 1024 + 10):
         idx.write_bytes(whole[:cut])
-        assert packfiles.lying_rev(idx) in {"", "its index is cut short"}
+        assert packfiles.lying_rev(idx) == ""  # the index's own check judges it
 
 
 def test_a_store_with_alternates_is_never_trusted(tmp_path: Path) -> None:

@@ -106,8 +106,8 @@ def lying_rev(idx: Path) -> str:
     if rev[:8] != b"RIDX\x00\x00\x00\x01" or len(rev) != 12 + 4 * count + 2 * size:
         return "not a reverse index of this pack"
     start = 8 + 1024 + count * (size + 4)
-    if len(index) < start + 4 * count:  # cut short since git read it: not read past its end
-        return "its index is cut short"
+    if len(index) < start + 4 * count:  # cut short since git read it: a write to the index,
+        return ""  # which the check of packs written to judges (not the reverse index's fault)
     offsets = array.array("I", index[start : start + 4 * count])
     order = array.array("I", rev[12 : 12 + 4 * count])
     if sys.byteorder == "little":
