@@ -649,6 +649,26 @@ def test_a_done_task_a_later_verdict_fails_says_it_replaces_done(
     assert stat.S_IMODE((repo / ".git" / "logs" / ".cache-sh").stat().st_mode) == 0o755
 
 
+def test_a_failed_task_a_later_verdict_blames_withdraws_no_state(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its state stays `failed`, only its reason changes: it read "failed, replacing failed".
+    plant = write_agent(PLANTS_SETUID + "raise SystemExit(1)\n")
+    work = write_agent("open('own.txt', 'w').write('x')")
+    path = manifest(
+        repo,
+        f'[[task]]\nid = "first"\nprompt = "p"\nagent = {argv_toml(work)}\n'
+        f'[[task]]\nid = "late"\nprompt = "p"\nagent = {argv_toml(plant)}\n'
+        'depends_on = ["first"]\n',
+    )
+    out = swarm(repo, "run", path)
+    assert out.returncode == 1, out.stderr
+    said = [line for line in out.stdout.splitlines() if line.startswith("late: ")]
+    assert any(line.startswith("late: failed - wrote outside its") for line in said), said
+    assert not any("replacing" in line for line in said), said
+    assert "logs/.cache-sh" in str(status_json(repo)["late"]["reason"])
+
+
 def run_as_owner(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``swarm ARGS`` as a user whom file permissions bind (root without its override)."""
     return subprocess.run(

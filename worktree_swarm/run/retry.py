@@ -287,7 +287,9 @@ def settle_guard(repo: git.Repo, store: Store, run_id: str) -> None:
                 continue
             reason = violation.reason(task_id)
             store.update_task(run_id, task_id, state=TaskState.FAILED, reason=reason)
-            state = {"state": TaskState.FAILED.value, "reason": reason, "replaces": row.state.value}
+            state = {"state": TaskState.FAILED.value, "reason": reason}
+            if row.state is not TaskState.FAILED:  # a failure's reason changes: no state withdrawn
+                state["replaces"] = row.state.value
             store.add_event(run_id, "state", task_id=task_id, data=state)
         note.unlink(missing_ok=True)
 

@@ -569,7 +569,8 @@ class Runner:
             # Found only later (a write no scan could see at its end): said as what it replaces.
             row = self.store.task(self.run_id, task_id)
             if row is None or not blamed(row.reason):
-                self._set_state(task_id, TaskState.FAILED, replaces=announced, reason=reason)
+                withdrawn = announced if announced is not TaskState.FAILED else None
+                self._set_state(task_id, TaskState.FAILED, replaces=withdrawn, reason=reason)
 
     def _poll_stop_requests(self) -> None:
         self._put_back_store()
