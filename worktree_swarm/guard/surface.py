@@ -195,7 +195,7 @@ def _add_mode(
 ) -> None:
     """*path*'s bits, when it is a directory; *shared*: its parent's bits (*entry*: its own).
 
-    *top* is the git dir's path: the label is *path* below it (as ``_label``).
+    *top* is the git dir's path: the label is *path* below it.
     """
     try:
         info = os.lstat(path) if entry is None else entry.stat(follow_symlinks=False)
@@ -205,8 +205,7 @@ def _add_mode(
     if stat.S_ISDIR(mode):  # a symlink or file there is another matter
         bits = stat.S_IMODE(mode)
         looser = LOOSER if bits & _SHARED_WRITE & ~shared & _UMASK else b""
-        label = path[len(top) + 1 :] if path.startswith(top + "/") else path
-        found.setdefault(label, Entry(kind=MODE, bits=bits, data=looser))
+        found.setdefault(_label(top, path), Entry(kind=MODE, bits=bits, data=looser))
 
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
@@ -246,7 +245,7 @@ def _path(common: Path, label: str) -> Path:
     return Path(label) if Path(label).is_absolute() else common / label
 
 
-def _label(common: Path, path: Path) -> str:
+def _label(common: str | Path, path: str | Path) -> str:
     # As `path.relative_to(common)` if under it, by string: called for every file of a scan.
     top, name = os.fspath(common), os.fspath(path)
     return name[len(top) + 1 :] if name.startswith(top + "/") else name
