@@ -396,6 +396,57 @@ def _task_a(tmp_path: Path) -> tuple[Path, Path, Guard]:
     return repo, path, Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
 
 
+def test_a_task_worktree_deleted_by_an_agent_that_ended_before_the_scan_is_blamed_on_it(
+    tmp_path: Path,
+) -> None:
+    # Looked at once more on the next scan, it is judged from where the first look's window
+    # began: the agent that deleted it is a suspect though it ended before either look.
+    _, path, guard = _task_a(tmp_path)
+    guard.start()
+    with guard.busy("a", path):
+        pass
+    assert guard.scan() == []
+    guard.agent_started("y", identity_of(os.getpid()))
+    shutil.rmtree(path)  # git's registration of it stays
+    guard.agent_ended("y")
+    assert guard.scan() == []  # looked at again
+    [found] = guard.scan()
+    assert (found.where, found.worktree, found.suspects, found.restored) == (
+        "a", "was removed", ("y",), True,
+    )  # fmt: skip
+    assert (path / ".git").is_file()
+
+
+def test_a_task_worktree_you_deleted_and_pruned_leaves_no_doubt_on_your_later_removals(
+    tmp_path: Path,
+) -> None:
+    # Deleted (`rm -rf`), a worktree is looked at once more on the next scan; pruned by then,
+    # it is judged yours. Its doubt stayed, and kept every later removal judged from before
+    # it: an agent that had run and ended long before was blamed for your own `git worktree
+    # remove` of another, and that worktree made again.
+    repo = make_repo(tmp_path / "repo")
+    paths = {t: tmp_path / "wt" / t for t in ("a", "b")}
+    for task_id, path in paths.items():
+        git(repo, "worktree", "add", "-q", "-b", f"swarm/{task_id}", str(path))
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "g", restore=True)
+    guard.start()
+    for task_id, path in paths.items():
+        with guard.busy(task_id, path):
+            pass
+    assert guard.scan() == []
+    shutil.rmtree(paths["a"])
+    assert guard.scan() == []  # git's registration still names it: looked at again
+    git(repo, "worktree", "prune")
+    assert guard.scan() == []  # nobody of ours ran: yours
+    guard.agent_started("y", identity_of(os.getpid()))
+    guard.agent_ended("y")
+    assert guard.scan() == []
+    git(repo, "worktree", "remove", "--force", str(paths["b"]))
+    assert guard.scan() + guard.scan() == []
+    assert not paths["b"].exists()
+    assert "swarm/b" not in git(repo, "worktree", "list")
+
+
 def test_a_tasks_branch_move_is_its_own_only_when_its_worktree_head_reflog_tells_it(
     tmp_path: Path,
 ) -> None:

@@ -76,7 +76,8 @@ class _Worktrees:
     lost: dict[str, Violation] = field(default_factory=dict)  # busy task -> how it went
     # Tasks whose worktree's files were found gone while git's registration still named them:
     # a `git worktree move` between its rename and its note of the new place, or an `rm -rf`.
-    doubted: set[str] = field(default_factory=set)
+    # Judged on the next scan; task -> when the window its suspects are taken from begins.
+    doubted: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)

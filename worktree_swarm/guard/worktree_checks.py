@@ -110,18 +110,16 @@ class WorktreeChecks(Baselines, RefChecks):
             violation = self._check_worktree(task_id, path, began, pending)
             if violation is not None:
                 found.append(violation)
-        # One left for the next scan (midway) is judged from where this scan's window began:
-        # an agent that removed it and ended since would be no suspect, the removal yours.
-        if not self._trees.doubted:
-            self._worktrees_checked = began
+        self._worktrees_checked = began
         return found
 
     def _check_worktree(
         self, task_id: str, path: Path, began: float, pending: set[str], *, at_once: bool = False
     ) -> Violation | None:
+        # A doubt lasts until this look: the worktree is judged, left alone or doubted afresh.
+        since = self._trees.doubted.pop(task_id, None)
         known = self._trees.admins.get(task_id)
         if _present(path / ".git"):
-            self._trees.doubted.discard(task_id)
             if known is None:  # made by an earlier manager, or not yet seen whole
                 admin = tampering.own_admin(self.repo, path)
                 if admin is not None:
@@ -138,37 +136,39 @@ class WorktreeChecks(Baselines, RefChecks):
             if key in self._hear():
                 return None
             if not self._channel.explains(key, known, None):
-                if not at_once and self._midway(task_id, path, known):
-                    return None  # judged on the next scan
-                return self._worktree_gone(task_id, path, known, began)
+                if since is None and not at_once and self._midway(path, known):
+                    # Judged on the next scan from where this one's window began: an agent
+                    # that removed it and ended meanwhile is still a suspect.
+                    self._trees.doubted[task_id] = self._worktrees_checked
+                    return None
+                window = (self._worktrees_checked if since is None else since, began)
+                return self._worktree_gone(task_id, path, known, window)
         self._forget_worktree(task_id)  # removed by `swarm clean`, as it said
         return None
 
-    def _midway(self, task_id: str, path: Path, known: str) -> bool:
-        """Whether to look at *task_id*'s missing worktree once more before judging.
+    def _midway(self, path: Path, known: str) -> bool:
+        """Whether to look at the missing worktree *path* once more before judging.
 
         git moves a worktree by renaming it, then writes its new place into the admin dir: one
         found gone while its admin dir still names *path* is looked at on the next scan too,
         once (the final scan judges at once).
         """
+        if self._closing.is_set():
+            return False
         gitdir = self.repo.common_dir / "worktrees" / known / "gitdir"
         try:
             named = fs.read_text(gitdir).strip()
         except (OSError, UnicodeDecodeError):
             return False
-        if os.path.realpath(Path(named).parent) != os.path.realpath(path):
-            return False
-        if task_id in self._trees.doubted or self._closing.is_set():
-            self._trees.doubted.discard(task_id)
-            return False
-        self._trees.doubted.add(task_id)
-        return True
+        return os.path.realpath(Path(named).parent) == os.path.realpath(path)
 
     def _worktree_gone(
-        self, task_id: str, path: Path, known: str, began: float
+        self, task_id: str, path: Path, known: str, window: tuple[float, float]
     ) -> Violation | None:
-        """*task_id*'s worktree, registered in admin dir *known*, is not at *path*: whose doing."""
-        window = (self._worktrees_checked, began)
+        """*task_id*'s worktree, registered in admin dir *known*, is not at *path*: whose doing.
+
+        The suspects are the agents alive within *window*.
+        """
         busy = task_id in self._busy
         suspects = self._agents.suspects(window, exclude=(task_id,))
         if not suspects and busy:  # its own agent, alone at the time
@@ -215,6 +215,7 @@ class WorktreeChecks(Baselines, RefChecks):
     def _forget_worktree(self, task_id: str) -> None:
         """No longer expect *task_id*'s worktree where swarm made it, nor compare it there."""
         self._trees.admins.pop(task_id, None)
+        self._trees.doubted.pop(task_id, None)
         place = self._places.pop(task_id, None)
         if place is not None:
             self._changes.forget(task_id)
