@@ -1,7 +1,7 @@
-"""`swarm doctor`'s look at what tasks left outside their worktrees.
+"""`swarm doctor`'s look at the ``swarm/*`` branches tasks left.
 
-``swarm/*`` branches no task owns, or whose finished task's branch is merged (with the copy a
-Ray run pushed to its remote), and task directories on Ray nodes no live attempt uses.
+Branches no task owns, or whose finished task's branch is merged (with the copy a Ray run
+pushed to its remote).
 """
 
 from __future__ import annotations
@@ -11,50 +11,8 @@ from pathlib import Path
 from worktree_swarm.cleanup.branches import merged_into, open_pull_request, remote_branch_finding
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
-from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, Executor
-from worktree_swarm.core.units import format_size
+from worktree_swarm.core.models import Executor
 from worktree_swarm.git import repo as git
-
-
-def _node_clones(ctx: _Context) -> list[Finding]:
-    """Task directories on Ray nodes that no live attempt uses (attempts lost with a node)."""
-    recorded = ctx.store.runs() if ctx.store is not None else []
-    runs = [r for r in recorded if r.settings.executor is Executor.RAY]
-    if not runs:
-        return []
-    from worktree_swarm.run import ray_leftovers  # noqa: PLC0415 - only with Ray runs
-
-    address = runs[-1].settings.ray_address  # one cluster: the newest Ray run's
-    try:
-        leftovers = ray_leftovers.find([r.run_id for r in runs], address=address)
-    except SwarmError as exc:
-        return [
-            Finding(
-                kind=Kind.NODE_CLONE,
-                target="ray cluster",
-                reason=f"not checked: {exc}",
-                action=Action.KEEP,
-                fix="run `swarm doctor` again where the cluster can be reached",
-                problem=False,
-            )
-        ]
-    return [
-        Finding(
-            kind=Kind.NODE_CLONE,
-            target=f"{left.node}:{left.path}",
-            reason=f"task {left.task_id} of run {left.run_id} has no live attempt on node "
-            f"{left.node} (one lost with its node?); {format_size(left.size)}",
-            action=Action.REMOVE_NODE_CLONE,
-            fix=f"remove it from node {left.node} (the task's work is on {BRANCH_PREFIX}"
-            f"{left.task_id} up to its last push)",
-            run_id=left.run_id,
-            task_id=left.task_id,
-            branch=f"{BRANCH_PREFIX}{left.task_id}",
-            node=left.node,
-        )
-        for left in leftovers
-    ]
 
 
 def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str]) -> list[Finding]:

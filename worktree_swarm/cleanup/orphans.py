@@ -29,8 +29,9 @@ import time
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.findings import Action, Finding
 from worktree_swarm.cleanup.fixes import apply
-from worktree_swarm.cleanup.orphan_branches import _branches, _node_clones
+from worktree_swarm.cleanup.orphan_branches import _branches
 from worktree_swarm.cleanup.orphan_context import _context, worktree_roots
+from worktree_swarm.cleanup.orphan_nodes import _node_clones
 from worktree_swarm.cleanup.orphan_processes import _processes
 from worktree_swarm.cleanup.orphan_worktrees import DAY, _directories, _worktrees
 from worktree_swarm.cleanup.repo_repairs import broken_refs, ref_move_notes, stale_git_locks
