@@ -622,38 +622,13 @@ pathlib.Path('own.txt').write_text('own\\n')
 """
 
 
-def test_a_done_task_a_later_verdict_fails_says_it_replaces_done(
-    repo: Path, write_agent: AgentFactory
-) -> None:
-    """`late` starts once `first` is done, after the scan that walked the git dir: its plant
-    is found by the last scan, after `late` was announced done. It said `late: failed`, as if
-    `done` had not been said."""
-    plant, work = write_agent(PLANTS_SETUID), write_agent("open('own.txt', 'w').write('x')")
-    path = manifest(
-        repo,
-        f'[[task]]\nid = "first"\nprompt = "p"\nagent = {argv_toml(work)}\n'
-        f'[[task]]\nid = "late"\nprompt = "p"\nagent = {argv_toml(plant)}\n'
-        'depends_on = ["first"]\n',
-    )
-    out = swarm(repo, "run", path)
-    assert out.returncode == 1, out.stderr
-    said = [line for line in out.stdout.splitlines() if line.startswith("late: ")]
-    failed = [line for line in said if line.startswith("late: failed")]
-    assert len(failed) == 1, said
-    if "late: done" in said:  # the walk came after it (always, but on a very slow machine)
-        assert said.index("late: done") < said.index(failed[0]), said
-        assert failed[0].startswith("late: failed, replacing done - wrote outside its"), said
-    row = status_json(repo)["late"]
-    assert row["state"] == "failed", row
-    assert "logs/.cache-sh" in str(row["reason"]), row
-    assert stat.S_IMODE((repo / ".git" / "logs" / ".cache-sh").stat().st_mode) == 0o755
+def _late_plant(repo: Path, write_agent: AgentFactory, *, exit_code: int) -> list[str]:
+    """Run `first`, then `late`, whose agent plants a setuid file the last scan finds.
 
-
-def test_a_failed_task_a_later_verdict_blames_withdraws_no_state(
-    repo: Path, write_agent: AgentFactory
-) -> None:
-    # Its state stays `failed`, only its reason changes: it read "failed, replacing failed".
-    plant = write_agent(PLANTS_SETUID + "raise SystemExit(1)\n")
+    `late` starts once `first` is done, after the scan that walked the git dir: its plant is
+    found by the last scan, after `late` ended. What the run said of `late`, line by line.
+    """
+    plant = write_agent(PLANTS_SETUID + f"raise SystemExit({exit_code})\n")
     work = write_agent("open('own.txt', 'w').write('x')")
     path = manifest(
         repo,
@@ -663,10 +638,32 @@ def test_a_failed_task_a_later_verdict_blames_withdraws_no_state(
     )
     out = swarm(repo, "run", path)
     assert out.returncode == 1, out.stderr
-    said = [line for line in out.stdout.splitlines() if line.startswith("late: ")]
+    row = status_json(repo)["late"]
+    assert row["state"] == "failed", row
+    assert "logs/.cache-sh" in str(row["reason"]), row
+    assert stat.S_IMODE((repo / ".git" / "logs" / ".cache-sh").stat().st_mode) == 0o755
+    return [line for line in out.stdout.splitlines() if line.startswith("late: ")]
+
+
+def test_a_done_task_a_later_verdict_fails_says_it_replaces_done(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # It said `late: failed`, as if `done` had not been said.
+    said = _late_plant(repo, write_agent, exit_code=0)
+    failed = [line for line in said if line.startswith("late: failed")]
+    assert len(failed) == 1, said
+    if "late: done" in said:  # the walk came after it (always, but on a very slow machine)
+        assert said.index("late: done") < said.index(failed[0]), said
+        assert failed[0].startswith("late: failed, replacing done - wrote outside its"), said
+
+
+def test_a_failed_task_a_later_verdict_blames_withdraws_no_state(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its state stays `failed`, only its reason changes: it read "failed, replacing failed".
+    said = _late_plant(repo, write_agent, exit_code=1)
     assert any(line.startswith("late: failed - wrote outside its") for line in said), said
     assert not any("replacing" in line for line in said), said
-    assert "logs/.cache-sh" in str(status_json(repo)["late"]["reason"])
 
 
 def run_as_owner(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

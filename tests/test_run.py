@@ -1897,22 +1897,34 @@ def test_idle_agent_is_timed_out_and_its_work_kept(
     assert branch_file(repo, "swarm/quiet", "early.txt") == "early"
 
 
-def test_logs_follow_streams_until_the_agent_ends(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
-) -> None:
-    go = tmp_path / "go"
+def _talking_run(
+    repo: Path, go: Path, write_agent: AgentFactory, *, last: str
+) -> subprocess.Popen[bytes]:
+    """A run of task `talk`, whose agent says its first line, waits for *go*, runs *last*."""
     agent = write_agent(
         "import pathlib, sys, time\n"
         "print('first line', flush=True)\n"
         f"while not pathlib.Path({str(go)!r}).exists():\n"
         "    time.sleep(0.05)\n"
-        "print('last line', flush=True)\n"
+        f"{last}"
         "pathlib.Path('f.txt').write_text('x')\n"
     )
     run = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "talk=x")
     try:
         wait_for(lambda: swarm(repo, "logs", "talk").stdout.startswith("first line"),
                  what="the agent's first line")  # fmt: skip
+    except BaseException:
+        run.kill()
+        raise
+    return run
+
+
+def test_logs_follow_streams_until_the_agent_ends(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    go = tmp_path / "go"
+    run = _talking_run(repo, go, write_agent, last="print('last line', flush=True)\n")
+    try:
         follow = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", "logs", "-f", "talk"],
             cwd=repo, stdout=subprocess.PIPE, text=True,
@@ -1932,17 +1944,8 @@ def test_logs_follow_ends_when_its_reader_goes_away_while_the_agent_is_quiet(
     # `swarm logs -f t | head -1`: the follower kept on until the agent ended (an hour, or the
     # night), its output going nowhere.
     go = tmp_path / "go"
-    agent = write_agent(
-        "import pathlib, sys, time\n"
-        "print('first line', flush=True)\n"
-        f"while not pathlib.Path({str(go)!r}).exists():\n"
-        "    time.sleep(0.05)\n"
-        "pathlib.Path('f.txt').write_text('x')\n"
-    )
-    run = swarm_bg(repo, "run", "--agent", " ".join(agent), "-t", "talk=x")
+    run = _talking_run(repo, go, write_agent, last="")
     try:
-        wait_for(lambda: swarm(repo, "logs", "talk").stdout.startswith("first line"),
-                 what="the agent's first line")  # fmt: skip
         follow = subprocess.Popen(
             [sys.executable, "-m", "worktree_swarm.cli", "logs", "-f", "talk"],
             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
