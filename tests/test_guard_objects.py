@@ -474,6 +474,34 @@ def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+def test_a_lying_pack_whose_first_check_was_killed_is_still_blamed_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked again at the next scan, it was judged over that scan's window: the agent that
+    planted it (and killed `git verify-pack`, or the OOM killer did) had ended before, so no
+    one was suspected and the pack taken as yours for good: your git read its bytes."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    victim = git(repo, "rev-parse", "main:a.txt")
+    git(repo, "repack", "-a", "-d", "-q")  # your blob packed: a forged pack can shadow it
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "runs" / "r" / "guard", restore=True)
+    guard.start()
+    assert guard.scan() == []
+    guard.agent_started("rogue", me())
+    pack, index, name = forged_pack(victim)
+    (objects_of(repo) / "pack" / f"{name}.pack").write_bytes(pack)
+    (objects_of(repo) / "pack" / f"{name}.idx").write_bytes(index)
+    guard.agent_ended("rogue")
+    killed = hang_git_at(tmp_path, monkeypatch, "verify-pack", then="kill -9 $$")
+    assert guard.scan() == []  # its check killed: it tells nothing yet
+    assert killed.exists()
+    [found] = guard.scan()  # checked again
+    assert (found.git_files, found.suspects, found.restored) == (
+        (f"objects/pack/{name}.idx",), ("rogue",), True,
+    )  # fmt: skip
+    assert not (objects_of(repo) / "pack" / f"{name}.idx").exists()
+    assert git(repo, "cat-file", "blob", victim) == "yours"
+
+
 def test_a_pack_whose_check_failed_with_no_agent_running_is_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -94,9 +94,15 @@ class ObjectChecks(Verdicts):
             elif why:
                 lies[name] = why
         self._rev_check |= set(new) - set(lies)
+        # A pack checked again (its first check was killed: by the OOM killer, or by the agent
+        # that planted it) is judged from when it first appeared: its agent may have ended since.
+        since = min((self._unsure_since.get(name, window[0]) for name in lies), default=window[0])
+        self._unsure_since = {name: self._unsure_since.get(name, window[0]) for name in unsure}
         # No agent of ours was running: damage of another kind (or a check that failed for
         # want of memory), not an attack, and the pack may well be yours: left alone.
-        suspects = self._agents.suspects(window, exclude=()) if lies else ()
+        suspects = (
+            self._agents.suspects((min(since, window[0]), window[1]), exclude=()) if lies else ()
+        )
         self._drop_packs(lies if suspects else ())
         # Those checked (and those known before) still there: not one that came meanwhile.
         self._packs = ((self._packs | now) - unsure) & packfiles.packs(common)

@@ -11,9 +11,10 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import graph, held_files, packfiles, remotes, store_dir, surface
@@ -109,6 +110,8 @@ class GuardState:
     _worktrees_checked = 0.0  # when task worktrees were last all found where swarm made them
     _packs_verified: frozenset[str] | set[str] = frozenset()  # packs new to this scan
     _rev_check: frozenset[str] = frozenset()  # packs whose .rev to check (index names)
+    # A pack whose check was killed -> its window's start (replaced, never changed in place).
+    _unsure_since: Mapping[str, float] = MappingProxyType({})
     _noted: dict[int, Path]  # violation number -> its note, until the run settles it
     _unwatched: Unwatched | None  # what start() found changed while no manager watched
     _resumable: bool  # its baseline of your checkout is kept for a resuming manager
