@@ -502,6 +502,33 @@ def test_a_lying_pack_whose_first_check_was_killed_is_still_blamed_and_removed(
     assert git(repo, "cat-file", "blob", victim) == "yours"
 
 
+def test_a_ref_left_broken_does_not_keep_an_ended_agent_suspected_ever_after(
+    tmp_path: Path,
+) -> None:
+    """With outside writes allowed, a branch an agent left naming a deleted commit stays
+    broken; the window of the object checks stayed where it was, and every later object
+    write of the run named that agent too, long after it ended."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    victim = git(repo, "rev-parse", "main:a.txt")
+    git(repo, "repack", "-a", "-d", "-q")
+    guard = Guard(open_repo(repo), work_dir=tmp_path / "runs" / "r" / "guard", restore=False)
+    guard.start()
+    assert guard.scan() == []
+    guard.agent_started("a", me())
+    commit = git(repo, "commit-tree", "-m", "x", git(repo, "rev-parse", "main^{tree}"))
+    git(repo, "branch", "x", commit)
+    (objects_of(repo) / commit[:2] / commit[2:]).unlink()
+    guard.agent_ended("a")
+    assert [v.suspects for v in guard.scan()] == [("a",), ("a",)]  # the move, the broken ref
+    assert guard.scan() == []  # told once while it stays broken
+    guard.agent_started("b", me())
+    pack, index, name = forged_pack(victim)
+    (objects_of(repo) / "pack" / f"{name}.pack").write_bytes(pack)
+    (objects_of(repo) / "pack" / f"{name}.idx").write_bytes(index)
+    [found] = guard.scan()
+    assert (found.git_files, found.suspects) == ((f"objects/pack/{name}.idx",), ("b",))
+
+
 def test_a_pack_whose_check_failed_with_no_agent_running_is_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

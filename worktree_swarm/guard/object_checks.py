@@ -68,8 +68,10 @@ class ObjectChecks(Verdicts):
         self._good.update(good_now)
         if deep:
             self._walked.update(good_now)
+        # The next window starts here: a ref still broken was told (once, above), and keeping
+        # the window open for it would keep every agent since suspected of every later write.
+        self._objects_checked = began
         if not again:  # every ref complete as of this generation
-            self._objects_checked = began
             self._complete_at[deep] = generation
             if deep:
                 self._complete_at[False] = generation
