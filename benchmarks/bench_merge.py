@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.task import Task
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import conflicts, merge, merge_report

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm.core.models import ProcessIdentity, RunStatus, Task
+from worktree_swarm.core.models import ProcessIdentity, RunStatus
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.conftest import agent_python, git
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.task import Task
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge.conflicts import conflict_path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.test_store import MANAGER
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.git.diffs import DiffStat
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
-from worktree_swarm.core.models import DEFAULT_MAX_FILE
+from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.git import checkpoints, diffs, gitconfig, gitfiles, merge_tree, status
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as g

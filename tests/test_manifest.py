@@ -18,8 +18,9 @@ from worktree_swarm.config.manifest import (
     load_config,
 )
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import Executor, RunSettings, is_valid_task_id
 from worktree_swarm.core.paths import RUN_DIR_NAMES
+from worktree_swarm.core.run_settings import Executor, RunSettings
+from worktree_swarm.core.task import is_valid_task_id
 from worktree_swarm.core.units import parse_duration
 
 AGENT = [sys.executable, "-c", "pass"]

@@ -17,8 +17,9 @@ from rich.console import Console
 from tests.conftest import git
 from tests.test_run import argv_toml, manifest, swarm
 from worktree_swarm import cli
-from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_count
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.infra.logtail import last_lines

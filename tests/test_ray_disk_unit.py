@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.core.run_settings import RunSpec
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as gitrepo
 from worktree_swarm.infra.disk import DiskUsage
 from worktree_swarm.infra.store import Store

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_node import Assignment, NodeAgent
 

@@ -14,8 +14,8 @@ import pytest
 
 from tests.test_resilience import HEADER, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import argv_toml, manifest, status_json, swarm, swarm_bg, wait_for
-from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import REDACTED, Redactor
 

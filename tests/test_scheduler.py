@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.scheduler import Scheduler, patterns_overlap
+from worktree_swarm.core.task import Task
 
 P = TaskState.PENDING
 D = TaskState.DONE

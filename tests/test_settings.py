@@ -26,8 +26,9 @@ from worktree_swarm.config.manifest import (
     build_run_spec,
 )
 from worktree_swarm.config.settings import FLAGGED, SETTINGS
-from worktree_swarm.core.models import RunSettings, RunSpec, Task
+from worktree_swarm.core.run_settings import RunSettings, RunSpec
 from worktree_swarm.core.settings import Kind, Scope, Setting, settings_of
+from worktree_swarm.core.task import Task
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"
 AGENT = [sys.executable, "-c", "pass"]

@@ -14,14 +14,9 @@ import pytest
 
 from tests.test_run import swarm
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import (
-    CopyMode,
-    ProcessIdentity,
-    RunSettings,
-    RunStatus,
-    Task,
-    TaskState,
-)
+from worktree_swarm.core.models import ProcessIdentity, RunStatus, TaskState
+from worktree_swarm.core.run_settings import CopyMode, RunSettings
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra import store_file
 from worktree_swarm.infra.faults import DiskFullError, is_full
 from worktree_swarm.infra.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.test_course import add_run
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra import supervisor
 from worktree_swarm.infra.proc import clean_env
 from worktree_swarm.infra.store import Store

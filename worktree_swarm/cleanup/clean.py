@@ -38,8 +38,9 @@ from worktree_swarm.cleanup.repo_repairs import ref_move_notes, stale_git_locks
 from worktree_swarm.cleanup.task_plan import _plan_left_there, _plan_task
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.core.models import Executor, RunStatus
+from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import real_path, store_path
+from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.guard import snapshot

@@ -14,8 +14,9 @@ from pathlib import Path
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.plan_reads import _Seen
 from worktree_swarm.cleanup.worktree_removal import worktree_finding
-from worktree_swarm.core.models import INTEGRATION_PREFIX, MERGE_CHECKING
+from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra.store_rows import TaskRow

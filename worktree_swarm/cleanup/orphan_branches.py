@@ -11,7 +11,7 @@ from pathlib import Path
 from worktree_swarm.cleanup.branches import merged_into, open_pull_request, remote_branch_finding
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
-from worktree_swarm.core.models import Executor
+from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.git import repo as git
 
 

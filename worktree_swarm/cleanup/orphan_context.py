@@ -18,8 +18,8 @@ from worktree_swarm.cleanup.clean import needed_by_pending
 from worktree_swarm.config import manifest
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo

@@ -8,7 +8,8 @@ from __future__ import annotations
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import _Context
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, Executor
+from worktree_swarm.core.run_settings import Executor
+from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.core.units import format_size
 
 

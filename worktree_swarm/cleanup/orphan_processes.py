@@ -15,8 +15,9 @@ import psutil
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
 from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using, protected_pids
-from worktree_swarm.core.models import SCRATCH_PREFIX, ProcessIdentity
+from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.task import SCRATCH_PREFIX
 from worktree_swarm.infra import proc_scan, proctree
 
 

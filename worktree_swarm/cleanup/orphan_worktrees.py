@@ -22,8 +22,8 @@ from worktree_swarm.cleanup.worktree_removal import (
     sealed_worktree,
     worktree_finding,
 )
-from worktree_swarm.core.models import INTEGRATION_DIR_PREFIX, INTEGRATION_PREFIX, SCRATCH_PREFIX
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX, INTEGRATION_PREFIX, SCRATCH_PREFIX
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo

@@ -20,7 +20,8 @@ from worktree_swarm.cleanup.worktree_removal import (
     sealed_worktree,
     worktree_finding,
 )
-from worktree_swarm.core.models import MERGE_CHECKING, merge_again
+from worktree_swarm.core.models import MERGE_CHECKING
+from worktree_swarm.core.task import merge_again
 from worktree_swarm.git import gitfiles, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo

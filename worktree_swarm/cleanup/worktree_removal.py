@@ -25,15 +25,9 @@ from worktree_swarm.cleanup.processes import (
     repo_paths,
 )
 from worktree_swarm.core.errors import CommandError, GitError, SwarmError
-from worktree_swarm.core.models import (
-    DEFAULT_COMMIT_AUTHOR,
-    DEFAULT_MAX_FILE,
-    INTEGRATION_PREFIX,
-    SCRATCH_PREFIX,
-    Task,
-    is_valid_task_id,
-)
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
+from worktree_swarm.core.task import INTEGRATION_PREFIX, SCRATCH_PREFIX, Task, is_valid_task_id
 from worktree_swarm.git import checkpoints, gitfiles, local_files, removal, tampering, worktrees
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from worktree_swarm.core.models import BRANCH_PREFIX
+from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import repo as git
 from worktree_swarm.report import status
 

@@ -29,8 +29,9 @@ from worktree_swarm.cli.options import (
     _setting_options,
 )
 from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedError
-from worktree_swarm.core.models import Executor, TaskState
+from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.infra import proc
@@ -39,7 +40,7 @@ from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
 
 if TYPE_CHECKING:
-    from worktree_swarm.core.models import RunSpec
+    from worktree_swarm.core.run_settings import RunSpec
     from worktree_swarm.infra.store import Store
     from worktree_swarm.run.runner import Observer, Runner
 

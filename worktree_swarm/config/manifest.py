@@ -26,17 +26,9 @@ from worktree_swarm.config.settings import Overrides
 from worktree_swarm.config.values import AgentRef, string, type_name
 from worktree_swarm.core import paths, units
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import (
-    DEFAULT_AGENT,
-    TASK_ID_RE,
-    CopyMode,
-    Executor,
-    RunSettings,
-    RunSpec,
-    Task,
-    is_valid_task_id,
-)
+from worktree_swarm.core.run_settings import CopyMode, Executor, RunSettings, RunSpec
 from worktree_swarm.core.settings import Kind, Scope
+from worktree_swarm.core.task import DEFAULT_AGENT, TASK_ID_RE, Task, is_valid_task_id
 from worktree_swarm.git import gitconfig
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING
 
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.settings import SETTINGS
-from worktree_swarm.core.models import STEP_TIMEOUT
 from worktree_swarm.core.settings import Kind, Scope
+from worktree_swarm.core.task import STEP_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from worktree_swarm.core.models import RunSpec, Task
+    from worktree_swarm.core.run_settings import RunSpec
+    from worktree_swarm.core.task import Task
 
 HIDDEN = "[not shown]"  # an environment value's place
 _EXACT = 2.0**53  # every integer below it is a float of its own

@@ -11,8 +11,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from worktree_swarm.config import values
-from worktree_swarm.core.models import RunSettings, Task
+from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.settings import Kind, Scope, Setting, settings_of
+from worktree_swarm.core.task import Task
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

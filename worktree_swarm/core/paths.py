@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import INTEGRATION_DIR_PREFIX
+from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX
 
 STATE_DIR_NAME = "swarm"
 

@@ -11,7 +11,7 @@ from worktree_swarm.core.models import TaskState
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
 
-    from worktree_swarm.core.models import Task
+    from worktree_swarm.core.task import Task
 
 _WILDCARDS = frozenset("*?[")
 

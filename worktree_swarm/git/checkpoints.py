@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, ClassVar
 
 from worktree_swarm.core.errors import CommandError, GitError
-from worktree_swarm.core.models import DEFAULT_MAX_FILE
+from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner

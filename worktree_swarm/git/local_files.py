@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import CopyMode
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.run_settings import CopyMode
 from worktree_swarm.git import runner
 from worktree_swarm.git.repo import in_batches
 from worktree_swarm.infra import fs, redact

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worktree_swarm.core.models import Task
 from worktree_swarm.core.scheduler import pattern_segments
+from worktree_swarm.core.task import Task
 
 # Only names git reads the same way as a cone pattern and as a path; anything else (a
 # backslash, `!` or `#` at the start, spaces) gets the whole tree.

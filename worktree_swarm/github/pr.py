@@ -10,7 +10,8 @@ from http import HTTPStatus
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, Task, TaskState, is_valid_task_id
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.task import BRANCH_PREFIX, Task, is_valid_task_id
 from worktree_swarm.core.text import Echo, as_shown, one_line
 from worktree_swarm.git import diffs, leaks, local_files
 from worktree_swarm.git import repo as git

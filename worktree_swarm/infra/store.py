@@ -9,7 +9,8 @@ import time
 from typing import TYPE_CHECKING, TypeVar, Unpack, cast
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import RunStatus, Task, TaskState
+from worktree_swarm.core.models import RunStatus, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import printable
 from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is_locked
 from worktree_swarm.infra.redact import redact, redact_data

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from worktree_swarm.core.models import RunSettings, RunStatus, Task, TaskState
+from worktree_swarm.core.models import RunStatus, TaskState
+from worktree_swarm.core.run_settings import RunSettings
+from worktree_swarm.core.task import Task
 
 if TYPE_CHECKING:
     import sqlite3

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import TaskState, merge_again
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.task import merge_again
 from worktree_swarm.git import leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store

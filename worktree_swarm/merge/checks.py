@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import ProcessIdentity, Task
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import local_files, runner, status
 from worktree_swarm.infra import fs, proc, redact
 from worktree_swarm.merge.session import Candidate, Session

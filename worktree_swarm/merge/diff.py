@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from worktree_swarm.core.errors import BadInputError, CommandError, SwarmError
-from worktree_swarm.core.models import BRANCH_PREFIX, is_valid_task_id
+from worktree_swarm.core.task import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.words import plural
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner

@@ -22,8 +22,8 @@ import filelock
 
 from worktree_swarm.config.programs import check_program
 from worktree_swarm.core.errors import BadInputError, ManagerLockedError, SwarmError
-from worktree_swarm.core.models import INTEGRATION_PREFIX
 from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import gitconfig, removal, runner, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel

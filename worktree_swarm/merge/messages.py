@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from worktree_swarm.core.models import TASK_ID_RE
+from worktree_swarm.core.task import TASK_ID_RE
 from worktree_swarm.infra import redact
 
 _ID = TASK_ID_RE.pattern

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
-from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner

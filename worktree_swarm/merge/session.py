@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import MERGE_CHECKING, Task
+from worktree_swarm.core.models import MERGE_CHECKING
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.infra.store import Store

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import (
+from worktree_swarm.core.paths import real_path
+from worktree_swarm.core.task import (
     BRANCH_PREFIX,
     INTEGRATION_PREFIX,
     SCRATCH_PREFIX,
     is_valid_task_id,
 )
-from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import gitfiles, removal, runner, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, proc_scan

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra import redact
 from worktree_swarm.plan.prompt import TOOL_NAME
 

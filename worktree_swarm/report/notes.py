@@ -20,7 +20,7 @@ from pathlib import Path
 
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import is_valid_task_id
+from worktree_swarm.core.task import is_valid_task_id
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, lock

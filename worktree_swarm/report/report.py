@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import group_failures

@@ -11,15 +11,10 @@ from typing import cast
 from worktree_swarm.agents import provider_of
 from worktree_swarm.core import units
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import (
-    DEFAULT_COMMIT_AUTHOR,
-    MERGE_CHECKING,
-    ProcessIdentity,
-    Task,
-    TaskState,
-    merge_again,
-)
+from worktree_swarm.core.models import MERGE_CHECKING, ProcessIdentity, TaskState
 from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR
+from worktree_swarm.core.task import Task, merge_again
 from worktree_swarm.core.text import printable
 from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git

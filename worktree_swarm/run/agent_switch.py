@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from worktree_swarm.agents import AgentResult, provider_of
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core import units
-from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.infra import fs, proc_scan, shim_record, supervisor
 from worktree_swarm.infra.logtail import read_end, read_log_end
 from worktree_swarm.infra.store_rows import AttemptUsage

@@ -19,7 +19,8 @@ from worktree_swarm.agents import (
     provider_of,
 )
 from worktree_swarm.agents.base import prompt_argument
-from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.guard import sandbox
 from worktree_swarm.infra import faults, redact, shim_record, shim_server, starts, supervisor
 from worktree_swarm.infra.store_rows import AttemptRow

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitStartError
-from worktree_swarm.core.models import Task, TaskState
+from worktree_swarm.core.models import TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.guard.model import Violation

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import STEP_TIMEOUT, ProcessIdentity, Task
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, without_escapes
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git

@@ -13,17 +13,11 @@ import filelock
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.agents.base import AgentOutcome, AgentResult
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import (
-    DEFAULT_MAX_FILE,
-    AttemptOutcome,
-    Executor,
-    ProcessIdentity,
-    RunStatus,
-    Task,
-    TaskState,
-)
+from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.paths import SCRUB_SKIP, TASK_SCRUB_SKIP, guard_dir, run_dir
+from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE, Executor
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import channel, held_files, snapshot

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from worktree_swarm.agents import AgentResult
 from worktree_swarm.core import units
-from worktree_swarm.core.models import AttemptOutcome, Task
+from worktree_swarm.core.models import AttemptOutcome
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store_rows import AttemptRow

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import Emit, Executor, RunSpec, Task
+from worktree_swarm.core.models import Emit
+from worktree_swarm.core.run_settings import Executor, RunSpec
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import checkpoints, local_files, removal, sparse
 from worktree_swarm.git import repo as git

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.agents import PROFILES, provider_of
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git

@@ -22,7 +22,8 @@ from typing import Any, cast
 
 from worktree_swarm.agents import AgentResult, adapter_for
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.core.models import ProcessIdentity, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, redact

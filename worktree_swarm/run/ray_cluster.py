@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import RunSettings
+from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.units import format_duration
 
 PROBE_SECONDS = 5.0

@@ -25,7 +25,8 @@ from typing import cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import checkpoints, diffs
 from worktree_swarm.git import repo as git

@@ -30,7 +30,7 @@ from filelock import FileLock
 from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.errors import GitError, SwarmError
-from worktree_swarm.core.models import Task
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox, surface, surface_diff, surface_restore

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worktree_swarm.core.errors import BadInputError, CommandError
-from worktree_swarm.core.models import RunSpec, Task
+from worktree_swarm.core.run_settings import RunSpec
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact

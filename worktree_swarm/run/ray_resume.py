@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import cast
 
 from worktree_swarm.agents import AgentOutcome, AgentResult
-from worktree_swarm.core.models import AttemptOutcome, Task, TaskState
+from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage

@@ -11,7 +11,9 @@ import os
 import time
 from collections.abc import Sequence
 
-from worktree_swarm.core.models import BRANCH_PREFIX, AttemptOutcome, RunSettings, TaskState
+from worktree_swarm.core.models import AttemptOutcome, TaskState
+from worktree_swarm.core.run_settings import RunSettings
+from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store

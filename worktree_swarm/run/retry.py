@@ -14,13 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
-from worktree_swarm.core.models import (
-    DEFAULT_COMMIT_AUTHOR,
-    DEFAULT_MAX_FILE,
-    MERGE_CHECKING,
-    TaskState,
-)
+from worktree_swarm.core.models import MERGE_CHECKING, TaskState
 from worktree_swarm.core.paths import guard_dir
+from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
 from worktree_swarm.git import checkpoints, gitfiles, removal, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import blamed, suspect_reason

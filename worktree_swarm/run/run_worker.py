@@ -15,7 +15,9 @@ from typing import Unpack
 
 from worktree_swarm.core import paths, units
 from worktree_swarm.core.identity import parse_author
-from worktree_swarm.core.models import Emit, RunSpec, Task, TaskState
+from worktree_swarm.core.models import Emit, TaskState
+from worktree_swarm.core.run_settings import RunSpec
+from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs, gitconfig, merge_tree
 from worktree_swarm.git import repo as git

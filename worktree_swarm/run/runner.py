@@ -25,18 +25,11 @@ import psutil
 
 from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import BadInputError, RunInterruptedError, SwarmError
-from worktree_swarm.core.models import (
-    Emit,
-    Executor,
-    ProcessIdentity,
-    RunSettings,
-    RunSpec,
-    RunStatus,
-    Task,
-    TaskState,
-)
+from worktree_swarm.core.models import Emit, ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.paths import SCRUB_SKIP, guard_dir, run_dir
+from worktree_swarm.core.run_settings import Executor, RunSettings, RunSpec
 from worktree_swarm.core.scheduler import Scheduler
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import remotes, sandbox
 from worktree_swarm.guard.model import Violation, blamed

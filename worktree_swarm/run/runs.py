@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.models import INTEGRATION_PREFIX, Executor, RunStatus
+from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.run_settings import Executor
+from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, Store

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from worktree_swarm.agents import AgentOutcome, adapter_for
-from worktree_swarm.core.models import ProcessIdentity, Task, TaskState
+from worktree_swarm.core.models import ProcessIdentity, TaskState
+from worktree_swarm.core.task import Task
 from worktree_swarm.git import (
     diffs,
     gitconfig,
