@@ -1325,6 +1325,35 @@ def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file
     assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
 
 
+@pytest.mark.parametrize("dotgit", ["removed", "naming nothing"])
+def test_rescuing_a_directory_cut_off_from_the_repository_never_runs_its_planted_config(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, dotgit: str
+) -> None:
+    # An agent plants a filter in the repository's config and selects it for its files, in a
+    # directory cut off from the repository: its worktree with the .git file removed, or one
+    # it made whose .git file names a git dir that is not there. Swarm's `git add` of the
+    # rescue reads the repository's config (through --git-dir), whatever that .git file says.
+    path = edits_done(repo, write_agent)
+    if dotgit == "removed":
+        (path / ".git").unlink()
+    else:  # under the common dir, so taken for a worktree of this repository
+        path = path.parent / "made"
+        path.mkdir()
+        (path / ".git").write_text(f"gitdir: {repo / '.git' / 'worktrees' / 'none'}\n")
+    marker = tmp_path / "pwned"
+    git(repo, "config", "filter.ev.clean", f"touch {shlex.quote(str(marker))}; cat")
+    (path / ".gitattributes").write_text("* filter=ev\n")
+    (path / "later.txt").write_text("typed after the run\n")
+
+    found = report(repo, "doctor", "--yes", code=0)
+
+    assert found[str(path)]["action"] == "rescue_directory"
+    assert not path.exists()
+    assert not marker.exists()
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+
+
 def test_a_stale_prune_never_touches_a_checkout_that_came_back(repo: Path, tmp_path: Path) -> None:
     # Planned while its drive was unmounted, applied once it is back: nothing is pruned.
     r = g.open_repo(repo)

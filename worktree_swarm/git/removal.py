@@ -169,12 +169,15 @@ def snapshot_files(
             "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
             "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
         }  # fmt: skip
-        base = [f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
-        runner.run(path, *base, "add", "--all", "--", ".", env=env)
-        if not runner.run(path, *base, "ls-files", "-z", env=env).stdout:
+        # Git reads the config of *repo* (--git-dir), so the runner's overrides are computed
+        # there, never from what *path*'s own `.git` names (or, removed, from nothing).
+        base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
+        root = repo.root
+        runner.run(root, *base, "add", "--all", "--", ".", env=env)
+        if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
             return None
-        tree = runner.run(path, *base, "write-tree", env=env).stdout.strip()
+        tree = runner.run(root, *base, "write-tree", env=env).stdout.strip()
         parents = ["-p", parent] if parent else []
         return runner.run(
-            path, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
+            root, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
         ).stdout.strip()
