@@ -474,6 +474,28 @@ def test_a_pack_whose_check_was_killed_is_kept_and_checked_again(
     subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, check=True, capture_output=True)
 
 
+def test_a_pack_gone_at_the_end_comes_back_when_listing_its_index_is_killed_mid_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git show-index` killed (the OOM killer) after part of a line: the listing says nothing.
+
+    The guard parsed that line before looking at git's exit code and failed on it: the run's
+    last scan put back no held object at all.
+    """
+    repo = make_repo(tmp_path / "repo", {"a.txt": "yours\n"})
+    git(repo, "repack", "-a", "-d", "-q")  # your blob only in a pack
+    held = tmp_path / "held"
+    held_files.hold(objects_of(repo).parent, held)
+    for packed in (objects_of(repo) / "pack").iterdir():
+        packed.unlink()
+    killed = hang_git_at(tmp_path, monkeypatch, "show-index", then="printf 12; kill -9 $$")
+
+    integrity.recover_held(repo, objects_of(repo).parent, held)
+
+    assert killed.exists()
+    assert git(repo, "show", "main:a.txt") == "yours"
+
+
 def test_a_lying_pack_whose_first_check_was_killed_is_still_blamed_and_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

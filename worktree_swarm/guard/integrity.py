@@ -156,11 +156,16 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
 
 
 def _missing_from(root: Path, idx: Path) -> bool:
-    """Whether the store of *root* misses an object the pack index *idx* lists."""
+    """Whether the store of *root* misses an object the pack index *idx* lists.
+
+    A listing that failed (a killed git's may end mid-line) tells nothing: taken for yes, the
+    pack is put back (git skips objects it has twice).
+    """
     listed = runner.run_bytes(root, "show-index", input_bytes=fs.read_file(idx), check=False)
+    if listed.returncode != 0:
+        return True
     names = [line.split()[1].decode() for line in listed.stdout.splitlines() if line.strip()]
-    found = _batch_check(root, names)
-    return listed.returncode != 0 or len(found) < len(names)
+    return len(_batch_check(root, names)) < len(names)
 
 
 def last_complete(root: Path, common: Path, ref: str) -> str | None:
