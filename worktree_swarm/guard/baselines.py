@@ -30,6 +30,7 @@ from worktree_swarm.guard.snapshot import (
     status,
     status_field,
 )
+from worktree_swarm.guard.special_files import special_files
 from worktree_swarm.guard.state import Unwatched, _Place
 from worktree_swarm.guard.verdicts import Verdicts
 from worktree_swarm.infra import fs
@@ -138,6 +139,7 @@ class Baselines(Verdicts):
         place_status = "" if users else status(path)
         base = None
         dirs: list[str] = []
+        specials = special_files(path, self._changes.skipped(where)) if users else {}
         if users or not is_clean(place_status):
             _seed(scratch, saved)
             base = capture(path, scratch, self._exclude if where == MAIN else ())
@@ -156,6 +158,7 @@ class Baselines(Verdicts):
             compared=time.monotonic(),
             dirs=tuple(dirs),
             repos=frozenset(_repositories_in(path, dirs)),
+            specials=specials,
         )
 
     def _git_files(self, admin: Path) -> list[Path]:

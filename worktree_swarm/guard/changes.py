@@ -102,10 +102,10 @@ class Changes:
                 signature=signature(map(os.fspath, git_files)),
             )
             self._places[key] = place
+            if unignored:  # polled too: skipped() tells what a walk of it leaves out
+                self._ignore_ignored(real, place)
             if self._ino is None:
                 return False
-            if unignored:
-                self._ignore_ignored(real, place)
             seen = self._walk(key, place, real, limit=None if unignored else _BIG_TREE)
             if seen is None and not unignored:
                 self._ignore_ignored(real, place)
@@ -118,6 +118,12 @@ class Changes:
         """Stop watching *key*."""
         with self._lock:
             self._forget(key)
+
+    def skipped(self, key: str) -> frozenset[Path]:
+        """The real paths *key*'s watch leaves out (ignored as a whole, roots it excludes)."""
+        with self._lock:
+            place = self._places.get(key)
+            return frozenset(() if place is None else place.skip)
 
     def mark(self, key: str) -> None:
         """Report *key* as changed the next time (its comparison failed, say)."""

@@ -4,12 +4,15 @@ A checkout is compared with git when its change test (changes.py) flags it, or f
 sweep; task worktrees within a time budget per scan. A change is a violation whose suspects
 are the agents alive since the checkout was last seen as its baseline (attribution.py); its
 patch is kept and, unless the run allows outside writes, it is undone (restore.py). A `.git`
-made in your checkout, an index or files made unreadable to you, are handled here too.
+or a named pipe made in your checkout, an index or files made unreadable to you, are handled
+here too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from worktree_swarm.guard.snapshot import (
     index_path,
     status,
 )
+from worktree_swarm.guard.special_files import special_files
 from worktree_swarm.guard.state import _Place
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
 
@@ -166,7 +170,7 @@ class CheckoutChecks(WorktreeChecks):
         (by default, when it was last seen as its baseline).
         """
         window = (place.checked if since is None else since, began)
-        made = self._made_repositories(place, window)
+        made = self._made_repositories(place, window) + self._made_specials(place, window)
         if (
             quick
             and not (thorough and place.base is not None)
@@ -251,6 +255,38 @@ class CheckoutChecks(WorktreeChecks):
         patch = "".join(f"# {p}: a repository made in your checkout, removed\n" for p in paths)
         violation = Violation(
             number=0, where=place.where, paths=paths, suspects=suspects, restored=restored
+        )
+        return [self._record(violation, patch_text=patch)]
+
+    def _made_specials(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+        """Named pipes and devices made in a user's checkout: removed, unless the user made them.
+
+        git lists neither, but waits for ever on a pipe where it reads a file (`.gitignore`):
+        this comparison would, and your `git status` after the run.
+        """
+        if not place.users:
+            return []
+        now = special_files(place.path, self._changes.skipped(place.where))
+        made = sorted(p for p, inode in now.items() if place.specials.get(p) != inode)
+        suspects = self._agents.suspects(window, exclude=()) if made else ()
+        if not suspects:  # none, or made while no agent of ours ran: yours
+            place.specials = now
+            return []
+        if self.restore:
+            for rel in made:
+                with contextlib.suppress(OSError):  # gone, or swapped: what is left says
+                    (place.path / rel).unlink()
+        left = {p: i for p, i in now.items() if os.path.lexists(place.path / p)}
+        place.specials = left  # what stays (allowed outside writes) is reported once
+        fate = "removed" if self.restore else "left as found"
+        patch = "".join(f"# {p}: a named pipe or device made in your checkout, {fate}\n"
+                        for p in made)  # fmt: skip
+        violation = Violation(
+            number=0,
+            where=place.where,
+            paths=tuple(made),
+            suspects=suspects,
+            restored=not any(p in left for p in made),
         )
         return [self._record(violation, patch_text=patch)]
 

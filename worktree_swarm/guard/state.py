@@ -58,6 +58,8 @@ class _Place:
     # next git command there reads that repository's config (its fsmonitor runs).
     dirs: tuple[str, ...] = ()
     repos: frozenset[str] = frozenset()
+    # A user's checkout: its named pipes and device nodes (path -> inode) that are yours.
+    specials: dict[str, int] = field(default_factory=dict)
 
     @property
     def users(self) -> bool:

@@ -1,0 +1,72 @@
+"""Named pipes and devices an agent leaves in your checkout: reported, and removed.
+
+git lists neither, but waits for ever on a pipe where it reads a file (a `.gitignore`): the
+guard's comparison of your checkout would, and your own `git status` after the run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_run import status_json
+from tests.test_trust import AgentFactory, outside_writes, run_one
+
+PLANT = """
+import os, pathlib, stat, sys
+pathlib.Path('work.txt').write_text('own work\\n')
+target = pathlib.Path(sys.argv[1], sys.argv[2])
+target.parent.mkdir(exist_ok=True)
+if sys.argv[3] == 'pipe':
+    os.mkfifo(target)
+else:  # a character device: the one /dev/null is
+    os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+"""
+
+
+def _can_make_devices(where: Path) -> bool:
+    try:
+        os.mknod(where, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except OSError:
+        return False
+    where.unlink()
+    return True
+
+
+@pytest.mark.parametrize(
+    ("planted", "kind"),
+    [
+        pytest.param(".gitignore", "pipe", id="gitignore"),
+        # In a directory it made: git looks into it, and reads its attributes for its files.
+        pytest.param("new/.gitattributes", "pipe", id="nested"),
+        pytest.param("null", "device", id="device"),
+    ],
+)
+def test_a_named_pipe_an_agent_leaves_in_your_checkout_fails_it_and_is_removed(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, planted: str, kind: str
+) -> None:
+    if kind == "device" and not _can_make_devices(tmp_path / "probe"):
+        pytest.skip("making a device node needs CAP_MKNOD")
+    (repo / "new").mkdir()
+    (repo / "new" / "notes.txt").write_text("untracked notes of yours\n")
+    os.mkfifo(repo / "yours.fifo")  # the user's own, from before the run: left alone
+    done = run_one(repo, [*write_agent(PLANT), str(repo), planted, kind], sandbox=False)
+    row = status_json(repo)["bad"]
+    assert row["state"] == "failed", done.stdout + done.stderr
+    assert str(row["reason"]).startswith(
+        f"wrote outside its worktree: files {planted} in the main checkout; restored, patch "
+    ), row
+    assert "replacing" not in done.stdout  # failed before it was ever said to be done
+    assert "scan failed" not in done.stdout  # the comparison went on
+    found = [(w["summary"], w["suspects"], w["restored"]) for w in outside_writes(repo)]
+    assert found == [(f"files {planted} in the main checkout", ["bad"], True)], found
+    assert not os.path.lexists(repo / planted)
+    assert stat.S_ISFIFO((repo / "yours.fifo").lstat().st_mode)
+    shown = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, check=True, timeout=30, capture_output=True
+    )
+    assert shown.stdout == b"?? new/\n"
