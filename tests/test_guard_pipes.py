@@ -15,6 +15,9 @@ import pytest
 
 from tests.test_run import status_json
 from tests.test_trust import AgentFactory, outside_writes, run_one
+from worktree_swarm.git.process import StuckOnPipeError
+from worktree_swarm.guard import snapshot
+from worktree_swarm.infra import pipes
 
 PLANT = """
 import os, pathlib, stat, sys
@@ -70,3 +73,18 @@ def test_a_named_pipe_an_agent_leaves_in_your_checkout_fails_it_and_is_removed(
         ["git", "status", "--porcelain"], cwd=repo, check=True, timeout=30, capture_output=True
     )
     assert shown.stdout == b"?? new/\n"
+
+
+def test_a_capture_stopped_on_a_named_pipe_leaves_the_next_one_free_to_run(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git, stopped while it held the lock of the guard's scratch index, left it there: every
+    later comparison of the checkout failed ("Another git process seems to be running")."""
+    monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
+    scratch = tmp_path / "main.scratch-index"
+    before = snapshot.capture(repo, scratch)
+    os.mkfifo(repo / ".gitignore")  # made between the guard's walk and its git
+    with pytest.raises(StuckOnPipeError):
+        snapshot.capture(repo, scratch)
+    (repo / ".gitignore").unlink()
+    assert snapshot.capture(repo, scratch) == before

@@ -12,6 +12,7 @@ from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.process import StuckOnPipeError
 from worktree_swarm.guard.model import Snapshot, short_ref
 
 # Refs the guard watches: branches, tags, the stash, its own kept tips, and replace refs (your
@@ -40,6 +41,16 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
     without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
     ``UNBORN``: left out, it would hide the checkout from every scan.
     """
+    try:
+        return _capture(path, scratch, exclude)
+    except StuckOnPipeError:
+        # Stopped, git left its lock on the scratch index (the guard's own file): no later
+        # capture could take it.
+        scratch.with_name(scratch.name + ".lock").unlink(missing_ok=True)
+        raise
+
+
+def _capture(path: Path, scratch: Path, exclude: Sequence[str]) -> Snapshot:
     env = {"GIT_INDEX_FILE": str(scratch)}
     links = git_index.populated_gitlinks(path, env)
     git_index.stage_gitlinks(path, links, env)
