@@ -42,7 +42,8 @@ from worktree_swarm.ui import status_text
 if TYPE_CHECKING:
     from worktree_swarm.core.run_settings import RunSpec
     from worktree_swarm.infra.store import Store
-    from worktree_swarm.run.runner import Observer, Runner
+    from worktree_swarm.run.run_state import Observer
+    from worktree_swarm.run.runner import Runner
 
 
 @click.command(
