@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from worktree_swarm.git.repo import open_repo
+from worktree_swarm.infra import parallel
 from worktree_swarm.merge import conflicts
 
 IDENT = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
@@ -69,8 +70,10 @@ def main() -> int:
         swarm_s = time.perf_counter() - start
         start = time.perf_counter()
         pairs = list(itertools.combinations(branches, 2))
-        found = conflicts._parallel(  # noqa: SLF001 - the same thread pool, for a fair baseline
-            4, lambda p: conflicts.merge_tree(repo, p[0].tip, p[1].tip), pairs
+        found = list(  # the same thread pool as the prediction, for a fair baseline
+            parallel.in_order(
+                lambda p: conflicts.merge_tree(repo, p[0].tip, p[1].tip), pairs, workers=4
+            )
         )
         baseline_s = time.perf_counter() - start
     real = sum(1 for f in found if f is not None)
