@@ -41,7 +41,7 @@ from tests.test_watch import open_app, run_async
 from worktree_swarm.core.errors import ManagerLockedError, SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
@@ -1643,7 +1643,7 @@ def test_a_stop_beside_another_runs_stop_waits_for_no_guard(
         def no_verdict(*_: object) -> None:
             raise AssertionError("waited for a guard's verdict beside a stop")
 
-        monkeypatch.setattr(channel, "_await_verdict", no_verdict)
+        monkeypatch.setattr(ref_moves, "_await_verdict", no_verdict)
         assert control.stop(git_repo, store, run_id, ["w"], grace=5) == ["w"]
         assert store.task(run_id, "w").state is TaskState.STOPPED
     assert not pid_alive(int((tmp_path / "w.pid").read_text()))

@@ -39,8 +39,8 @@ from tests.test_run import (
 from tests.test_sandbox import needs_bwrap
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.git.repo import open_repo
-from worktree_swarm.guard import channel, surface
-from worktree_swarm.guard.channel import moving_refs
+from worktree_swarm.guard import announcements, surface
+from worktree_swarm.guard.ref_moves import moving_refs
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import starts
 from worktree_swarm.infra.proctree import identity_of
@@ -1297,7 +1297,7 @@ def test_only_swarms_own_command_line_speaks_for_its_agent(tmp_path: Path) -> No
     try:
         wait_for(lambda: all(len(psutil.Process(p.pid).cmdline()) > 1 for p in procs),
                  what="the programs to start")  # fmt: skip
-        said = [channel._swarm_command(psutil.Process(p.pid)) for p in procs]
+        said = [announcements._swarm_command(psutil.Process(p.pid)) for p in procs]
     finally:
         for proc in procs:
             proc.kill()

@@ -16,7 +16,7 @@ from worktree_swarm.cleanup.findings import Action, Finding, Kind, Result
 from worktree_swarm.core.errors import CommandError, SwarmError
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store_rows import TaskRow
 
@@ -137,7 +137,7 @@ def open_pull_request(row: TaskRow) -> int | None:
 
 
 def _delete_branches(
-    repo: git.Repo, batch: list[Finding], *, moves: channel.RefMoves
+    repo: git.Repo, batch: list[Finding], *, moves: ref_moves.RefMoves
 ) -> list[Result]:
     """Delete the branches of *batch* with a few git processes, whatever their number.
 
@@ -175,7 +175,7 @@ def _delete_branches(
 
 
 def _deleted(
-    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: channel.RefMoves
+    repo: git.Repo, f: Finding, ref: str, tip: str, *, together: bool, moves: ref_moves.RefMoves
 ) -> Result:
     """The result for *ref*, deleted *together* with others, or else now alone at *tip*."""
     if not together:

@@ -29,7 +29,7 @@ from worktree_swarm.cleanup.worktree_removal import (
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import lock, proctree
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run import control
@@ -54,7 +54,7 @@ def apply(
     # A running guard is told exactly which branches this moves, so it blames no agent. Its
     # verdict is awaited without the repository lock: the guard may need that lock first (to
     # put back a task worktree an agent removed), and would give it after the wait gave up.
-    with channel.moving_refs(repo, []) as moves, git.repo_lock(repo):
+    with ref_moves.moving_refs(repo, []) as moves, git.repo_lock(repo):
 
         def one(finding: Finding) -> Result:
             if finding.action is Action.KEEP:
@@ -97,7 +97,7 @@ def _apply_one(
     store: Store | None,
     force: bool,
     grace: float,
-    moves: channel.RefMoves,
+    moves: ref_moves.RefMoves,
 ) -> tuple[str, str | None]:
     if f.action is Action.STOP_TASK:
         return _stop_task(repo, f, store=store, grace=grace), None
@@ -106,7 +106,7 @@ def _apply_one(
     if (simple := _by_repo().get(f.action)) is not None:
         return simple(repo, f), None
     if f.action is Action.FORGET_REF_MOVES:
-        return ("removed" if channel.forget_abandoned(Path(f.target)) else "in use again"), None
+        return ("removed" if ref_moves.forget_abandoned(Path(f.target)) else "in use again"), None
     if f.action is Action.REMOVE_WORKTREE:
         return _remove_worktree(repo, f, force=force, moves=moves, store=store)
     if f.action is Action.RESCUE_DIRECTORY:

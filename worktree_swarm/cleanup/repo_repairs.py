@@ -14,7 +14,7 @@ from worktree_swarm.cleanup.processes import describe, git_users, repo_paths
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.git import gitfiles, runner
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 
 
 def ref_move_notes(repo: git.Repo) -> list[Finding]:
@@ -28,7 +28,7 @@ def ref_move_notes(repo: git.Repo) -> list[Finding]:
             action=Action.FORGET_REF_MOVES,
             fix="delete it",
         )
-        for path in channel.abandoned(repo.state_dir)
+        for path in ref_moves.abandoned(repo.state_dir)
     ]
 
 

@@ -33,7 +33,7 @@ from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.git.worktrees import WorktreeInfo
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import fs
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
@@ -214,7 +214,12 @@ def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
 
 
 def _remove_worktree(
-    repo: git.Repo, f: Finding, *, force: bool, moves: channel.RefMoves, store: Store | None = None
+    repo: git.Repo,
+    f: Finding,
+    *,
+    force: bool,
+    moves: ref_moves.RefMoves,
+    store: Store | None = None,
 ) -> tuple[str, str | None]:
     path = Path(f.target)
     info = worktrees.registration_locked(repo, path)
@@ -287,11 +292,11 @@ def _save_merge_left(repo: git.Repo, path: Path, branch: str) -> tuple[bool, str
 
 
 def _remove_announced(
-    repo: git.Repo, path: Path, *, moves: channel.RefMoves, force: bool, clean: bool
+    repo: git.Repo, path: Path, *, moves: ref_moves.RefMoves, force: bool, clean: bool
 ) -> None:
     """Remove the worktree *path*, named to a running guard like a ref: swarm's own removal."""
     admin = tampering.own_admin(repo, path)
-    key = channel.worktree_key(path)
+    key = ref_moves.worktree_key(path)
     if admin is not None:
         moves.announce(key, at=admin.name)
     if not ((clean or force) and removal.delete_locked(repo, path)):

@@ -19,7 +19,7 @@ from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.access import remote_url
 from worktree_swarm.github.client import MAX_NUMBER, Client, OnWait, connect, strip_userinfo
 from worktree_swarm.github.errors import GitHubError, RateLimitError, UnreachableError
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
@@ -447,7 +447,7 @@ def push_branch(
     ref = f"refs/heads/{branch}"
     tracking = git.tracking_ref(repo, remote, ref)
     try:
-        with channel.moving_refs(repo, [tracking] if tracking else []) as moves:
+        with ref_moves.moving_refs(repo, [tracking] if tracking else []) as moves:
             try:
                 git.git(repo.root, "push", "--quiet", "--", remote, f"{ref}:{ref}")
             finally:

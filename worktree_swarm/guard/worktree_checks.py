@@ -26,10 +26,10 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import tampering, worktrees
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.baselines import Baselines, _drop_copies, _seed
-from worktree_swarm.guard.channel import worktree_key
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
 from worktree_swarm.guard.recovery import _MOVING, _move_back, _moved_to
 from worktree_swarm.guard.ref_checks import RefChecks, _tip
+from worktree_swarm.guard.ref_moves import worktree_key
 from worktree_swarm.guard.restore import restore_checkout
 from worktree_swarm.guard.snapshot import capture, index_path
 from worktree_swarm.infra import fs

@@ -26,7 +26,7 @@ from worktree_swarm.core.paths import run_dir
 from worktree_swarm.core.task import INTEGRATION_PREFIX
 from worktree_swarm.git import gitconfig, removal, runner, tampering
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import channel
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import proc_scan, redact
 from worktree_swarm.infra.lock import MERGE_LOCK, PROBE_GRACE
 from worktree_swarm.infra.store import Store
@@ -137,7 +137,7 @@ def merge(
         if not (candidates or cut_off):
             return dataclasses.replace(report, notes=tuple(tell.notes))
         # A running guard is told which ref this merge moves, so it is not taken for an agent's.
-        moves = stack.enter_context(channel.moving_refs(repo, [ref]))
+        moves = stack.enter_context(ref_moves.moving_refs(repo, [ref]))
         # Their shims live in sessions of their own: a killed merge's checks still run.
         proc_scan.kill_merge_programs(run_dir(repo, run_id) / "merge", grace=0.5)
         remove_scratch(repo, store, run_id)  # what a killed `--into` merge left

@@ -20,7 +20,7 @@ from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import channel, held_files, snapshot
+from worktree_swarm.guard import held_files, ref_moves, snapshot
 from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
@@ -135,7 +135,7 @@ def _checkpoint_stopped(
     """
     worktree = Path(row.worktree)
     ref = f"refs/heads/{row.branch}"
-    told = channel.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
+    told = ref_moves.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
     run = store.get_run(row.run_id)
     left: str | None = None
     left_out: tuple[str, ...] = ()
