@@ -536,7 +536,12 @@ def test_every_key_shows_in_the_key_bar_of_an_80_column_terminal(repo: Path) -> 
 
     async def drive() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
+            # Laid out after the first refresh: on a busy machine, later than one pause.
+            await until(
+                pilot,
+                lambda: any(k.region.width for k in app.query_one(Footer).children),
+                "the key bar",
+            )
             shown = [k for k in app.query_one(Footer).children if k.region.width > 0]
             keys = [b.key for b in app.BINDINGS if isinstance(b, Binding) and b.show]
             assert [getattr(k, "key", None) for k in shown] == keys
