@@ -49,9 +49,13 @@ from worktree_swarm.github.transport import (
     _dropped,
     _epoch_wait,
     _error_detail,
-    _fetch,
+    _fetch_within,
+    _HTTPHandler,
+    _HTTPSHandler,
     _NoRedirect,
+    _PastDeadlineError,
     _rate_limit_wait,
+    _Request,
 )
 from worktree_swarm.infra.redact import redact
 
@@ -121,7 +125,9 @@ class Client:
         proxies = (
             urllib.request.ProxyHandler({}) if self.proxy is None else self.proxy.handler(scheme)
         )
-        self._opener = urllib.request.build_opener(_NoRedirect, proxies)
+        self._opener = urllib.request.build_opener(
+            _NoRedirect, proxies, _HTTPHandler, _HTTPSHandler
+        )
 
     # -- endpoints used by swarm --------------------------------------------------------------
 
@@ -375,34 +381,25 @@ class Client:
         self, method: str, url: str, body: Mapping[str, object] | None
     ) -> tuple[int, Message, bytes]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) only
+        req = _Request(url, data=data, method=method)
         req.add_header("Accept", "application/vnd.github+json")
         req.add_header("X-GitHub-Api-Version", API_VERSION)
         req.add_header("User-Agent", "worktree-swarm")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token.reveal()}")
-        # In a thread of its own, so that the whole request has a deadline; a request given up
-        # on is left to end by itself (its thread is a daemon), its answer unused.
-        answer: list[tuple[int, Message, bytes] | BaseException] = []
-
-        def fetch() -> None:
-            try:
-                answer.append(_fetch(self._opener, req, self.timeout))
-            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-                answer.append(exc)
-
-        exchange = threading.Thread(target=fetch, daemon=True)
-        exchange.start()
-        exchange.join(self.deadline)
-        if not answer:
-            raise UnreachableError(self._unanswered(method, url, self.deadline))
-        if isinstance(answer[0], BaseException):
-            if not isinstance(answer[0], _UNREACHABLE):
-                raise answer[0]
-            reason = getattr(answer[0], "reason", answer[0])
+        try:
+            return _fetch_within(self._opener, req, timeout=self.timeout, deadline=self.deadline)
+        except _PastDeadlineError as late:
+            if late.connected:
+                raise UnreachableError(self._unanswered(method, url, self.deadline)) from None
+            raise UnreachableError(
+                self._unreachable(f"no connection within {self.deadline:g}s")
+            ) from None
+        except _UNREACHABLE as exc:
+            reason = getattr(exc, "reason", exc)
             # urllib wraps what fails while connecting and sending; not what fails after.
-            sent = not isinstance(answer[0], urllib.error.URLError)
+            sent = not isinstance(exc, urllib.error.URLError)
             if isinstance(reason, TimeoutError) and sent:  # then no byte for `timeout`
                 raise UnreachableError(self._unanswered(method, url, self.timeout)) from None
             dropped = _dropped(reason, method)
@@ -412,14 +409,16 @@ class Client:
                         f"{self._api} dropped {method} {self._display(url)} ({reason}){_MAYBE_DONE}"
                     )
                 ) from None
-            check = "" if self.proxy is None else "that proxy setting, "
-            raise (_DroppedError if dropped else UnreachableError)(
-                self.token.redact(
-                    f"cannot reach {self._api} ({reason}); "
-                    f"check {check}the network or --api-url / {API_URL_ENV}"
-                )
-            ) from None
-        return answer[0]
+            error = _DroppedError if dropped else UnreachableError
+            raise error(self._unreachable(reason)) from None
+
+    def _unreachable(self, reason: object) -> str:
+        """What to say of a request that did not reach the API, for *reason*."""
+        check = "" if self.proxy is None else "that proxy setting, "
+        return self.token.redact(
+            f"cannot reach {self._api} ({reason}); "
+            f"check {check}the network or --api-url / {API_URL_ENV}"
+        )
 
     def _unanswered(self, method: str, url: str, seconds: float) -> str:
         """What to say of a request the API took and did not answer within *seconds*."""

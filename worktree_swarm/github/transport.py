@@ -1,13 +1,18 @@
 """The HTTP under the GitHub client's requests, as functions of a request, a failure or a reply.
 
-One fetch, its answer read to a bound and a redirect handed back; whether a failed exchange is
-worth another try; the wait a rate-limited reply asks for; what an error reply says.
+One fetch within a deadline, its answer read to a bound and a redirect handed back; whether a
+failed exchange is worth another try; the wait a rate-limited reply asks for; what an error
+reply says.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import math
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +30,122 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *_args: object, **_kwargs: object) -> None:
         return None
+
+
+class _Cutoff:
+    """One request's hold on its connection: cut off at the deadline, it sends and reads no more.
+
+    A request given up on must not go on beside the next one (a POST sent late, after the
+    caller was told it failed, opens a pull request the next try opens again).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cut = False
+        self._sock: socket.socket | None = None
+        self.answer: list[tuple[int, Message, bytes] | BaseException] = []
+
+    def connected(self, sock: socket.socket | None) -> None:
+        """Called once connected, before a byte of the request is sent: refused once cut off."""
+        with self._lock:
+            if not self._cut:
+                self._sock = sock
+                return
+        if sock is not None:
+            sock.close()
+        raise ConnectionAbortedError("the request's deadline passed before it was connected")
+
+    def deliver(self, got: tuple[int, Message, bytes] | BaseException) -> None:
+        """Keep the exchange's outcome, unless it came after the cut."""
+        with self._lock:
+            if not self._cut:
+                self.answer.append(got)
+
+    def cut(self) -> bool:
+        """End the exchange where it is; whether it was connected (its bytes may have gone)."""
+        with self._lock:
+            self._cut = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # closed meanwhile: the exchange is over
+                    self._sock.shutdown(socket.SHUT_RDWR)
+            return self._sock is not None
+
+
+class _Request(urllib.request.Request):
+    """A request with its cutoff, which its connection reports to."""
+
+    cutoff: _Cutoff
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, cutoff: _Cutoff, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self._cutoff = cutoff
+
+    def connect(self) -> None:
+        super().connect()
+        self._cutoff.connected(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, cutoff: _Cutoff, **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(*args, **kwargs)
+        self._cutoff = cutoff
+
+    def connect(self) -> None:
+        super().connect()  # a proxy's tunnel and TLS too: the request is not sent yet
+        self._cutoff.connected(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        if not isinstance(req, _Request):
+            raise TypeError("not a request of the GitHub client's")
+        return self.do_open(functools.partial(_HTTPConnection, cutoff=req.cutoff), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        if not isinstance(req, _Request):
+            raise TypeError("not a request of the GitHub client's")
+        return self.do_open(functools.partial(_HTTPSConnection, cutoff=req.cutoff), req)
+
+
+class _PastDeadlineError(Exception):
+    """A request cut off at its deadline; *connected*: it may have reached the server."""
+
+    def __init__(self, *, connected: bool) -> None:
+        super().__init__("past its deadline")
+        self.connected = connected
+
+
+def _fetch_within(
+    opener: urllib.request.OpenerDirector, req: _Request, *, timeout: float, deadline: float
+) -> tuple[int, Message, bytes]:
+    """:func:`_fetch` of *req*, within *deadline* seconds in all: cut off then (_PastDeadlineError).
+
+    In a thread of its own, so that the whole request has a deadline. Once cut off, its
+    connection is shut down before this returns: nothing more of it is sent (a connection made
+    later sends nothing at all), and its answer, however late, is never taken.
+    """
+    req.cutoff = cutoff = _Cutoff()
+
+    def fetch() -> None:
+        try:
+            got: tuple[int, Message, bytes] | BaseException = _fetch(opener, req, timeout)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            got = exc
+        cutoff.deliver(got)
+
+    exchange = threading.Thread(target=fetch, daemon=True)
+    exchange.start()
+    exchange.join(deadline)
+    connected = cutoff.cut()  # a no-op when it ended in time
+    if not cutoff.answer:
+        raise _PastDeadlineError(connected=connected)
+    if isinstance(cutoff.answer[0], BaseException):
+        raise cutoff.answer[0]
+    return cutoff.answer[0]
 
 
 def _dropped(reason: object, method: str) -> bool:
