@@ -7,6 +7,7 @@ import contextlib
 import errno
 import itertools
 import os
+import re
 import socket
 import sys
 import threading
@@ -148,9 +149,34 @@ def test_a_quota_that_resets_later_than_swarm_waits_fails_at_once_saying_when(
     c.get_issue(1)
     with pytest.raises(errors.RateLimitError) as info:
         c.get_issue(1)
+    assert str(info.value).startswith(
+        "GitHub rate limit (quota used up: x-ratelimit-remaining 0): GET /repos/acme/widgets/"
+    )
     assert "longer than the 5s swarm waits" in str(info.value)
+    assert info.value.status == 0  # no refusal of GitHub's: swarm did not send it
     assert waits == []
     assert len(fake_github.calls("GET")) == 1  # not sent before the quota resets
+
+
+def test_a_rate_limit_not_waited_out_names_what_github_said_and_when_it_resets(
+    fake_github: FakeGitHub,
+) -> None:
+    # It named no status, and the next request, not sent until the reset, said 403.
+    reset = int(time.time()) + 3600
+    headers = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+    fake_github.fail_next("POST", "/pulls$", 429, headers, message="API rate limit exceeded.")
+    c = client(fake_github, max_wait=5)
+    said = r"GitHub rate limit \(429: API rate limit exceeded\.\): "
+    later = r"asks to wait \d+s, longer than the 5s swarm waits; try again after \d\d:\d\d:\d\d"
+    with pytest.raises(errors.RateLimitError) as info:
+        c.create_pull(title="T", head="swarm/a", base="main", body="")
+    assert re.fullmatch(f"{said}POST /repos/acme/widgets/pulls {later}", str(info.value))
+    assert info.value.status == 429
+    with pytest.raises(errors.RateLimitError) as info:
+        c.get_issue(1)
+    assert re.fullmatch(f"{said}GET /repos/acme/widgets/issues/1 {later}", str(info.value))
+    assert info.value.status == 429
+    assert fake_github.calls("GET") == []  # not sent before the reset
 
 
 @pytest.mark.parametrize("retry_after", ["inf", "1e12", "1e300", "86401"])
@@ -162,8 +188,9 @@ def test_an_absurd_retry_after_is_one_clear_error(
     with pytest.raises(errors.RateLimitError) as info:
         client(fake_github, max_wait=5).create_pull(title="T", head="swarm/a", base="main", body="")
     assert str(info.value) == (
-        "GitHub rate limit: POST /repos/acme/widgets/pulls asks to wait more than a day, longer"
-        " than the 5s swarm waits; try again later"
+        "GitHub rate limit (403: You have exceeded a secondary rate limit.): POST"
+        " /repos/acme/widgets/pulls asks to wait more than a day, longer than the 5s swarm"
+        " waits; try again later"
     )
 
 

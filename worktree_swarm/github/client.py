@@ -114,6 +114,7 @@ class Client:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_write: float | None = field(default=None, repr=False)
     _blocked_until: float = field(default=0.0, repr=False)
+    _blocked_by: tuple[int, str] = field(default=(0, ""), repr=False)  # status, what it said
     _answered: bool = field(default=False, repr=False)
     _opener: urllib.request.OpenerDirector = field(init=False, repr=False)
 
@@ -325,18 +326,20 @@ class Client:
                 self._answered = True
                 if method in WRITE_METHODS:
                     self._last_write = time.monotonic()
-                self._note_primary_limit(headers)
+                self._note_primary_limit(status, headers, raw)
                 wait = _rate_limit_wait(status, headers, raw, attempt, self.secondary_wait)
                 if wait is None:
                     return self._decode(method, url, status, headers, raw)
                 if wait > self.max_wait or attempt == self.max_retries:
-                    raise self._give_up(method, url, status, wait, tries=attempt + 1)
+                    said = (status, self._limit_said(status, raw))
+                    raise self._give_up(method, url, said, wait, tries=attempt + 1)
                 self._wait(wait, "GitHub rate limit")
                 attempt += 1
 
     def _give_up(
-        self, method: str, url: str, status: int, wait: float, *, tries: int
+        self, method: str, url: str, said: tuple[int, str], wait: float, *, tries: int
     ) -> RateLimitError:
+        """The error of a rate limit swarm does not wait out; *said*: GitHub's status and words."""
         # Past a day, no limit of GitHub's (its quota resets hourly): `retry-after: 1e300` or
         # `inf` is said as such, not as 300 digits or a date a century away.
         far = wait > _DAY
@@ -346,17 +349,25 @@ class Client:
         else:
             why = f"still limited after {tries} tries"
         when = "later" if far else f"after {_when(wait)}"
+        status, words = said
         return RateLimitError(
-            f"GitHub rate limit: {method} {self._display(url)} {why}; try again {when}",
-            status=status,
+            f"GitHub rate limit ({words}): {method} {self._display(url)} {why}; try again {when}",
+            status=status if status in _LIMITED else 0,  # 0: no refusal (a quota used up)
         )
+
+    def _limit_said(self, status: int, raw: bytes) -> str:
+        """A rate-limiting reply in a few words: its status and message, or the quota's end."""
+        if 200 <= status < 300:  # noqa: PLR2004 - a success that spent the last request
+            return "quota used up: x-ratelimit-remaining 0"
+        detail = self._detail(raw, _json(raw))[:120]
+        return f"{status}: {detail}" if detail else str(status)
 
     def _pause_before(self, method: str, url: str) -> None:
         now = time.monotonic()
         if self._blocked_until > now:
             wait = self._blocked_until - now
             if wait > self.max_wait:  # the quota resets later than swarm waits: say so now
-                raise self._give_up(method, url, 403, wait, tries=0)
+                raise self._give_up(method, url, self._blocked_by, wait, tries=0)
             self._wait(wait, "GitHub rate limit")
         if method in WRITE_METHODS and self._last_write is not None:
             self._sleep_until(self._last_write + self.write_interval)
@@ -371,11 +382,12 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             self.sleep(left)
 
-    def _note_primary_limit(self, headers: Message) -> None:
+    def _note_primary_limit(self, status: int, headers: Message, raw: bytes) -> None:
         if headers.get("x-ratelimit-remaining") == "0":
             reset = _epoch_wait(headers.get("x-ratelimit-reset"))
             if reset is not None:
                 self._blocked_until = time.monotonic() + reset
+                self._blocked_by = (status, self._limit_said(status, raw))
 
     def _exchange(
         self, method: str, url: str, body: Mapping[str, object] | None
@@ -434,19 +446,10 @@ class Client:
         return f"the GitHub API at {self.api_url}{through}"
 
     def _decode(self, method: str, url: str, status: int, headers: Message, raw: bytes) -> Response:
-        try:
-            data = json.loads(raw) if raw.strip() else None
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
-            data = None
+        data = _json(raw)
         if 200 <= status < 300:  # noqa: PLR2004
             return Response(status=status, data=data, headers=headers)
-        # Redacted before it is cut: a page that echoes the token never shows part of it.
-        page = self.token.redact(raw.decode("utf-8", "replace"))
-        # One line of printable text: a proxy's HTML page, or escapes an answer carries, never
-        # break a task's line or reach your terminal.
-        detail = one_line(redact(self.token.redact(_error_detail(data)) or page), controls=True)[
-            :200
-        ]
+        detail = self._detail(raw, data)
         if status in _MOVED:
             location = headers.get("location") or ""
             shown = strip_userinfo(self.token.redact(location or "nowhere"))
@@ -477,6 +480,15 @@ class Client:
             status=status,
         )
 
+    def _detail(self, raw: bytes, data: object) -> str:
+        """What an error reply says (its message, else its page): one line, redacted, cut."""
+        # Redacted before it is cut: a page that echoes the token never shows part of it.
+        page = self.token.redact(raw.decode("utf-8", "replace"))
+        # One line of printable text: a proxy's HTML page, or escapes an answer carries, never
+        # break a task's line or reach your terminal.
+        said = redact(self.token.redact(_error_detail(data)) or page)
+        return one_line(said, controls=True)[:200]
+
     def _on_api_host(self, location: str, *, relative_to: str) -> bool:
         """Whether *location* (relative to *relative_to*) has the API's scheme, host and port."""
         here = urllib.parse.urlsplit(self.api_url)
@@ -506,6 +518,17 @@ def _when(wait: float) -> str:
     """The local time *wait* seconds (a day at most) from now: with its date when not today."""
     now = time.time()
     return units.clock_time(now + wait, now=now)
+
+
+_LIMITED = frozenset({403, 429})  # the statuses GitHub refuses a rate-limited request with
+
+
+def _json(raw: bytes) -> object:
+    """A reply's JSON; None when empty, not JSON, or nested deeper than Python goes."""
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def _object(data: object) -> dict[str, Any]:
