@@ -22,7 +22,7 @@ from worktree_swarm.cli import main
 from worktree_swarm.config import tomlwrite
 from worktree_swarm.config.manifest import Overrides, build_run_spec
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.plan import out_file
+from worktree_swarm.plan import defaults, out_file
 
 KEY = "sk-ant-test-SECRET-0123456789"
 TOOL = "submit_task_plan"
@@ -485,6 +485,18 @@ def test_bad_endpoint_settings_are_one_line_before_any_request(
     assert needle in result.stderr
     assert result.stderr.count("\n") == 1
     assert api.seen == []
+
+
+def test_help_shows_each_default_once_the_one_the_library_applies(project: Path) -> None:
+    # --model's was written in its help by hand, beside the library's constant.
+    result = plan(project, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert f"--model TEXT Anthropic model. [default: {defaults.DEFAULT_MODEL}]" in text
+    limits = f"[default: {defaults.DEFAULT_MAX_TASKS}; 1<=x<={defaults.MAX_TASKS}]"
+    assert f"--max-tasks INTEGER RANGE The most tasks the plan may have. {limits}" in text
+    assert text.count(defaults.DEFAULT_MODEL) == 1
+    assert text.count("default") == 3  # --out's, --max-tasks', --model's: in one form
 
 
 def test_the_manifest_gets_the_umask_s_mode_and_a_file_that_appeared_is_kept(

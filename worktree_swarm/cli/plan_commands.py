@@ -13,6 +13,7 @@ import click
 from worktree_swarm.cli.context import _repo
 from worktree_swarm.cli.options import _example, _Path, _paths_given
 from worktree_swarm.core.errors import ExitCode, SwarmError
+from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL, MAX_TASKS
 from worktree_swarm.report import status
 
 
@@ -26,10 +27,18 @@ from worktree_swarm.report import status
     help="Where to write the manifest.",
 )
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@click.option("--max-tasks", type=click.IntRange(1, 50), default=8, show_default=True)
-@click.option("--model", help="Anthropic model (default: claude-sonnet-5-5).")
+@click.option(
+    "--max-tasks",
+    type=click.IntRange(1, MAX_TASKS),
+    default=DEFAULT_MAX_TASKS,
+    show_default=True,
+    help="The most tasks the plan may have.",
+)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Anthropic model.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Jobs the speedup estimate assumes.")
-@click.option("--api-url", help="Anthropic API base URL (default: $ANTHROPIC_BASE_URL).")
+@click.option(
+    "--api-url", help="Anthropic API base URL; else $ANTHROPIC_BASE_URL, else the SDK's own."
+)
 @click.pass_context
 def plan_cmd(
     ctx: click.Context,
@@ -37,7 +46,7 @@ def plan_cmd(
     out: Path,
     force: bool,
     max_tasks: int,
-    model: str | None,
+    model: str,
     jobs: int | None,
     api_url: str | None,
 ) -> int:

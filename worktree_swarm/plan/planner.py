@@ -32,13 +32,11 @@ from worktree_swarm.plan.api import (
     _cap_retry_after,
     _create,
 )
+from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL
 from worktree_swarm.plan.prompt import INSTRUCTIONS, repository_picture
 
 if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
     from anthropic.types import MessageParam, TextBlockParam
-
-DEFAULT_MODEL = "claude-sonnet-5-5"
-DEFAULT_MAX_TASKS = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
