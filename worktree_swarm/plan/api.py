@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.text import is_http_url
+from worktree_swarm.infra import redact
 from worktree_swarm.plan.prompt import _TOOL, TOOL_NAME
 
 if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
@@ -214,8 +215,9 @@ def _api_message(exc: anthropic.APIStatusError) -> str:
 
 
 def _scrub(text: str, settings: ApiSettings) -> str:
-    # Never let the key reach the terminal, even if an endpoint echoes it back.
-    return " ".join(text.replace(settings.api_key, "***").split())[:300]
+    # Never let the key reach the terminal, even if an endpoint echoes it back: masked as the
+    # manifest masks it.
+    return " ".join(text.replace(settings.api_key, redact.REDACTED).split())[:300]
 
 
 # The longest wait a `retry-after` of the API gets before the SDK tries again.
