@@ -487,6 +487,19 @@ def test_bad_endpoint_settings_are_one_line_before_any_request(
     assert api.seen == []
 
 
+def test_an_empty_api_url_given_is_bad_input_not_taken_for_none(
+    project: Path, api: StubAnthropic
+) -> None:
+    # `--api-url ""` (an unset variable, `--api-url "$URL"`) went to ANTHROPIC_BASE_URL.
+    result = plan(project, "goal", "--api-url", "")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "swarm: --api-url is empty; give the Anthropic API's http(s) URL, or leave the option out\n"
+    )
+    assert api.seen == []
+    assert git(project, "status", "--porcelain", "--ignored") == ""  # nothing created
+
+
 def test_help_shows_each_default_once_the_one_the_library_applies(project: Path) -> None:
     # --model's was written in its help by hand, beside the library's constant.
     result = plan(project, "--help")

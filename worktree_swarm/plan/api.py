@@ -59,6 +59,10 @@ def api_settings(
     *, api_url: str | None = None, environ: Mapping[str, str] | None = None
 ) -> ApiSettings:
     """Read the key from ``ANTHROPIC_API_KEY`` and the base URL from *api_url* or the env."""
+    if api_url == "":  # given, and empty: not taken for "not given"
+        raise BadInputError(
+            "--api-url is empty; give the Anthropic API's http(s) URL, or leave the option out"
+        )
     env = os.environ if environ is None else environ
     key = env.get("ANTHROPIC_API_KEY", "").strip()
     if not key:
