@@ -1342,14 +1342,17 @@ def test_rescuing_a_directory_cut_off_from_the_repository_never_runs_its_planted
         (path / ".git").write_text(f"gitdir: {repo / '.git' / 'worktrees' / 'none'}\n")
     marker = tmp_path / "pwned"
     git(repo, "config", "filter.ev.clean", f"touch {shlex.quote(str(marker))}; cat")
-    (path / ".gitattributes").write_text("* filter=ev\n")
+    (path / ".gitattributes").write_text("planted.txt filter=ev\n")
+    (path / "planted.txt").write_text("the filter's\n")
     (path / "later.txt").write_text("typed after the run\n")
 
-    found = report(repo, "doctor", "--yes", code=0)
+    found = report(repo, "doctor", "--yes", code=1)
 
     assert found[str(path)]["action"] == "rescue_directory"
-    assert not path.exists()
     assert not marker.exists()
+    # Hashed without the filter it names: left out, kept where it is (and so its directory).
+    assert "left out planted.txt (filter ev)" in str(found[str(path)]["result"])
+    assert (path / "planted.txt").exists()
     (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
 

@@ -401,23 +401,37 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
-    sha = removal.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
-    if sha is None:
+    snap = removal.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
+    if snap.sha is None and not snap.left_out:
         fs.remove_tree(path)
         return "removed (it held no files)", None
-    ref = _rescue_ref(repo, path.name, sha)
-    git.git(repo.root, "update-ref", ref, sha)
+    saved = ""
+    if snap.sha is not None:
+        ref = _rescue_ref(repo, path.name, snap.sha)
+        git.git(repo.root, "update-ref", ref, snap.sha)
+        saved = f"files saved as {ref} ({snap.sha[:12]})"
+    if snap.left_out:  # they stay where they are, and so does the directory
+        raise SwarmError(
+            f"{saved}{', but ' if saved else ''}{snap.left_out_text()}; kept: move them out of "
+            f"{path}, then `swarm doctor --yes` saves the rest and removes it"
+        )
     fs.remove_tree(path)
-    return f"files saved as {ref} ({sha[:12]}), removed", sha
+    return f"{saved}, removed", snap.sha
 
 
 def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
+    """The ref to save the stray directory *name*'s commit *sha* as.
+
+    One saving the same files already (an earlier rescue that kept the directory) is reused.
+    """
     # The directory name is not trusted to be a valid ref component.
     stem = name.lower() if is_valid_task_id(name.lower()) else "dir"
     ref = RESCUE_PREFIX + stem
-    if git.rev_parse(repo, ref) is not None:
-        ref = f"{ref}-{sha[:12]}"
-    return ref
+    if git.rev_parse(repo, ref) is None:
+        return ref
+    if git.rev_parse(repo, f"{ref}^{{tree}}") == git.rev_parse(repo, f"{sha}^{{tree}}"):
+        return ref
+    return f"{ref}-{sha[:12]}"
 
 
 def _prune(repo: git.Repo, f: Finding) -> str:

@@ -3,7 +3,7 @@
 A forced removal deletes a worktree swarm made without git where it can (its index aside
 first, so one killed half-way is never read as deletions); ``prune_gone`` keeps a worktree
 that is only unreadable; ``snapshot_files`` saves files as a commit before swarm removes or
-resets them.
+resets them (not one whose filter swarm's git never runs).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ import contextlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
-from worktree_swarm.git.repo import Repo, git, repo_lock
+from worktree_swarm.git.config_overrides import neutral_filters
+from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
 from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
 from worktree_swarm.infra import fs
 
@@ -155,13 +158,31 @@ def prune_gone(repo: Repo) -> None:
 RESCUE_PREFIX = "refs/swarm/rescued/"  # files saved before swarm removes or resets them
 
 
-def snapshot_files(
-    repo: Repo, path: Path, *, message: str, parent: str | None = None
-) -> str | None:
-    """Commit every non-ignored file under *path* into *repo* (no ref); None when empty.
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A rescue's commit (None: nothing to save) and the files it left out, each with why."""
+
+    sha: str | None
+    left_out: tuple[str, ...] = ()
+
+    def left_out_text(self) -> str:
+        """What the user is told of the files left out ("" when none were)."""
+        if not self.left_out:
+            return ""
+        return (
+            f"left out {', '.join(self.left_out)}: their filter comes from the repository's "
+            "own config, which swarm's git never runs (saved, they would be unfiltered, a "
+            "git-crypt file in the clear)"
+        )
+
+
+def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None = None) -> Snapshot:
+    """Commit every non-ignored file under *path* into *repo* (no ref).
 
     Through an index of its own: *path*'s index (a worktree's, maybe half-merged) is not
     touched. With *parent*, the commit is its child (`git diff` shows what *path* changed).
+    A file whose filter swarm's git never runs is saved only as *parent* (or, without one,
+    the repository's HEAD) has it, else left out and named.
     """
     with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
         env = {
@@ -174,10 +195,66 @@ def snapshot_files(
         base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
         root = repo.root
         runner.run(root, *base, "add", "--all", "--", ".", env=env)
+        left_out = _leave_out_filtered(repo, base, env, parent)
         if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
-            return None
+            return Snapshot(None, left_out)
         tree = runner.run(root, *base, "write-tree", env=env).stdout.strip()
         parents = ["-p", parent] if parent else []
-        return runner.run(
+        sha = runner.run(
             root, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
         ).stdout.strip()
+        return Snapshot(sha, left_out)
+
+
+def _leave_out_filtered(
+    repo: Repo, base: list[str], env: dict[str, str], parent: str | None
+) -> tuple[str, ...]:
+    """Unstage the files whose filter swarm's git never runs, unless committed as they are.
+
+    As checkpoints do (``staged.unstage_filtered``): hashed as it is on disk, without its
+    clean filter, a git-crypt file would be saved in the clear. One that differs from
+    *parent* goes back to *parent*'s version; without a parent it goes unless the
+    repository's HEAD holds it as it is. Returns them, each with its filter.
+    """
+    drivers = neutral_filters(repo.root)
+    if not drivers:
+        return ()
+    root = repo.root
+    head = "" if parent else git(root, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
+    against = parent or head.strip()
+    entries = _changed_entries(repo, base, env, against)
+    names = b"".join(name + b"\0" for mode, name in entries if mode != b"160000")
+    if not names:
+        return ()
+    fields = runner.run_bytes(root, *base, "check-attr", "-z", "--stdin", "filter",
+                              input_bytes=names, env=env).stdout.split(b"\0")  # fmt: skip
+    over = [
+        (os.fsdecode(name), os.fsdecode(value))
+        for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False)
+        if os.fsdecode(value) in drivers
+    ]
+    for literal in in_batches(f":(literal,top){name}" for name, _ in over):
+        if parent:
+            runner.run(root, *base, "reset", "-q", parent, "--", *literal, env=env)
+        else:
+            runner.run(root, *base, "rm", "-q", "--cached", "--", *literal, env=env)
+    return tuple(f"{path_text(name)} (filter {driver})" for name, driver in over)
+
+
+def _changed_entries(
+    repo: Repo, base: list[str], env: dict[str, str], against: str
+) -> list[tuple[bytes, bytes]]:
+    """(mode, name) of each entry of the index *env* names that *against* lacks or differs in.
+
+    Every entry when *against* is "" (an unborn HEAD). Names as git lists them, NUL-separated.
+    """
+    if not against:
+        listed = runner.run_bytes(repo.root, *base, "ls-files", "-s", "-z", env=env).stdout
+        pairs = (entry.partition(b"\t") for entry in listed.split(b"\0") if entry)
+        return [(meta.split()[0], name) for meta, _, name in pairs]  # "mode id stage"
+    listed = runner.run_bytes(
+        repo.root, *base, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
+        "--diff-filter=d", against, env=env,
+    ).stdout  # fmt: skip
+    fields = listed.split(b"\0")  # ":mode mode id id status" NUL name NUL
+    return [(meta.split()[1], name) for meta, name in zip(fields[0::2], fields[1::2], strict=False)]

@@ -229,17 +229,24 @@ def save_left(
     What the killed merge, its checks or resolver wrote, and what you may have changed there
     since: undoing the merge removes it all (as removing a worktree whose branch is gone
     does). Saved as a child of *parent* (by default its HEAD commit, none on a branch that is
-    gone). The ref it is saved as, or None (nothing there).
+    gone). The ref it is saved as, or None (nothing there). SwarmError, nothing undone, when
+    a changed file whose filter swarm's git never runs is left out (the rest saved).
     """
     if not status.status_porcelain(worktree):
         return None
     head = parent or gitfiles.head_in(worktree)
     message = f"swarm: left uncommitted in the merge worktree of {branch}"
-    sha = removal.snapshot_files(repo, worktree, message=message, parent=head)
-    if sha is None:
-        return None
-    ref = f"{removal.RESCUE_PREFIX}merge-{sha[:12]}"
-    git.git(repo.root, "update-ref", ref, sha)
+    snap = removal.snapshot_files(repo, worktree, message=message, parent=head)
+    ref = None if snap.sha is None else f"{removal.RESCUE_PREFIX}merge-{snap.sha[:12]}"
+    if ref is not None and snap.sha is not None:
+        git.git(repo.root, "update-ref", ref, snap.sha)
+    if snap.left_out:  # undoing the merge would lose them
+        saved = f"the rest is saved as {ref}; " if ref else ""
+        raise SwarmError(
+            f"the merge worktree {worktree} holds files swarm cannot save: "
+            f"{snap.left_out_text()}; {saved}kept: move them out of it (or undo them), then "
+            "run again"
+        )
     return ref
 
 

@@ -1,0 +1,107 @@
+"""Rescues: files saved under refs/swarm/rescued/ before swarm deletes or resets them."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, make_repo
+from tests.mergekit import RUN_ID, Brancher, record_run
+from tests.test_clean import edits_done, report
+from tests.test_run import swarm
+
+AgentFactory = Callable[[str], list[str]]
+MARKER = b"plaintext-secret-4f2a9c"
+
+
+def _reachable_bytes(repo: Path, ref: str) -> bytes:
+    """Every object reachable from *ref*, its content as git stores it, concatenated."""
+    listed = git(repo, "rev-list", "--objects", ref).split("\n")
+    names = "".join(line.split(" ", 1)[0] + "\n" for line in listed if line)
+    out = subprocess.run(
+        ["git", "cat-file", "--batch"], cwd=repo, input=names.encode(), capture_output=True,
+        check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def _rescued(repo: Path) -> list[str]:
+    return git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+
+
+def test_a_rescue_leaves_out_a_file_whose_filter_swarms_git_never_runs(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # git-crypt's clean filter, from the repository's config: swarm's git never runs it, so
+    # the file on disk (decrypted) would be saved in the clear.
+    root = edits_done(repo, write_agent).parent
+    git(repo, "config", "filter.crypt.clean", "rev")
+    stray = root / "stray"
+    stray.mkdir()
+    (stray / ".gitattributes").write_text("secret.txt filter=crypt\n")
+    (stray / "secret.txt").write_bytes(b"password " + MARKER + b"\n")
+    (stray / "notes.txt").write_text("notes nobody committed\n")
+
+    found = report(repo, "doctor", "--yes", code=1)
+
+    result = str(found[str(stray)]["result"])
+    assert not found[str(stray)]["fixed"]
+    assert "left out secret.txt (filter crypt)" in result, result
+    assert (stray / "secret.txt").read_bytes() == b"password " + MARKER + b"\n"  # kept
+    (rescued,) = _rescued(repo)
+    assert f"saved as {rescued}" in result
+    assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
+    assert MARKER not in _reachable_bytes(repo, rescued)
+
+    (stray / "secret.txt").rename(repo.parent / "secret.txt")  # moved out, as it says
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(stray)]["fixed"]
+    assert not stray.exists()
+    assert _rescued(repo) == [rescued]  # the same files: saved under the same ref
+    assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
+
+
+@pytest.mark.parametrize("by", ["clean", "merge"])
+def test_undoing_a_merge_keeps_a_changed_file_whose_filter_swarms_git_never_runs(
+    tmp_path: Path, by: str
+) -> None:
+    # An integration worktree whose branch is gone: `swarm clean` and `swarm merge` save what
+    # it holds aside, then remove it. Its secret.txt, decrypted there, is neither saved nor lost.
+    repo = make_repo(tmp_path / "repo", {".gitattributes": "secret.txt filter=crypt\n",
+                                         "secret.txt": "ciphertext\n"})  # fmt: skip
+    git(repo, "config", "filter.crypt.clean", "rev")
+    base = git(repo, "rev-parse", "HEAD")
+    brancher = Brancher(repo)
+    try:
+        brancher.branch("swarm/one", base, {"one.txt": "1\n"})
+    finally:
+        brancher.close()
+    record_run(repo, [("one", base)], base=base)
+    assert swarm(repo, "merge", "one").returncode == 0
+    (worktree,) = repo.parent.glob("repo.swarm/_integration-*")
+    (worktree / "secret.txt").write_bytes(MARKER + b"\n")
+    (worktree / "notes.txt").write_text("my notes\n")
+    git(repo, "update-ref", "-d", f"refs/heads/swarm/integration-{RUN_ID}")
+
+    if by == "clean":
+        found = report(repo, "clean", "--yes", code=1)
+        assert not found[str(worktree)]["fixed"]
+        said = str(found[str(worktree)]["result"])
+    else:
+        out = swarm(repo, "merge", "one")
+        assert out.returncode != 0, out.stdout
+        said = out.stdout + out.stderr
+
+    assert "left out secret.txt (filter crypt)" in said, said
+    assert (worktree / "secret.txt").read_bytes() == MARKER + b"\n"
+    (rescued,) = _rescued(repo)
+    assert f"the rest is saved as {rescued}" in said
+    assert git(repo, "show", f"{rescued}:notes.txt") == "my notes"
+    # Without a parent (clean: the branch is gone) it is not in the commit; with one
+    # (merge: the run's base), as that one holds it.
+    kept = git(repo, "ls-tree", "--name-only", rescued, "secret.txt")
+    assert kept == ("secret.txt" if by == "merge" else "")
+    assert MARKER not in _reachable_bytes(repo, rescued)
