@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from tests.mergekit import RUN_ID, Brancher, record_run
-from tests.test_clean import edits_done, report
+from tests.test_clean import edits_done, report, worktree_paths
 from tests.test_run import swarm
 
 AgentFactory = Callable[[str], list[str]]
@@ -105,3 +105,35 @@ def test_undoing_a_merge_keeps_a_changed_file_whose_filter_swarms_git_never_runs
     kept = git(repo, "ls-tree", "--name-only", rescued, "secret.txt")
     assert kept == ("secret.txt" if by == "merge" else "")
     assert MARKER not in _reachable_bytes(repo, rescued)
+
+
+@pytest.mark.parametrize("dotgit", ["naming nothing", "not git's"])
+def test_doctor_saves_and_removes_a_task_worktree_whose_git_file_names_no_git_dir(
+    repo: Path, write_agent: AgentFactory, dotgit: str
+) -> None:
+    # Git keeps it registered (its admin dir still names that .git file), never prunes it,
+    # and every git command there fails: checkpoints of it, and `swarm clean`, too.
+    path = edits_done(repo, write_agent)
+    tip = git(repo, "rev-parse", "swarm/edits")
+    (path / "later.txt").write_text("typed after the run\n")
+    gone = f"gitdir: {repo / '.git' / 'worktrees' / 'none'}\n"
+    (path / ".git").write_text(gone if dotgit == "naming nothing" else "garbage\n")
+
+    kept = report(repo, "clean", "--yes", code=1)[str(path)]
+    assert "`swarm doctor --yes` saves its files" in str(kept["fix"])
+    plan = report(repo, "doctor", code=1)
+    assert plan[str(path)]["action"] == "rescue_worktree"
+    assert "git cannot work in it" in str(plan[str(path)]["reason"])
+    assert (path / "later.txt").exists()
+
+    found = report(repo, "doctor", "--yes", code=0)
+
+    assert found[str(path)]["fixed"], found[str(path)]
+    assert not path.exists()
+    assert worktree_paths(repo) == [str(repo)]
+    (rescued,) = _rescued(repo)
+    assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
+    assert git(repo, "rev-parse", f"{rescued}^") == tip  # `git diff ref^ ref`: what it changed
+    assert git(repo, "diff", "--name-only", f"{rescued}^", rescued) == "later.txt"
+    assert git(repo, "rev-parse", "swarm/edits") == tip  # the branch: as for other leftovers
+    assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"

@@ -38,6 +38,7 @@ class Action(enum.StrEnum):
     REMOVE_WORKTREE = "remove_worktree"
     REMOVE_INITIALIZING = "remove_initializing"
     RESCUE_DIRECTORY = "rescue_directory"
+    RESCUE_WORKTREE = "rescue_worktree"
     PRUNE = "prune"
     DELETE_BRANCH = "delete_branch"
     DELETE_REMOTE_BRANCH = "delete_remote_branch"

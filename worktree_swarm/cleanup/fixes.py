@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from worktree_swarm.cleanup.branches import _delete_branches, _delete_remote_branches
+from worktree_swarm.cleanup.cut_off_worktrees import rescue_worktree
 from worktree_swarm.cleanup.findings import Action, Finding, Result
 from worktree_swarm.cleanup.processes import protected_pids
 from worktree_swarm.cleanup.repo_repairs import _mend_ref, _unlink_lock
@@ -111,6 +112,8 @@ def _apply_one(
         return _remove_worktree(repo, f, force=force, moves=moves, store=store)
     if f.action is Action.RESCUE_DIRECTORY:
         return _rescue_directory(repo, f)
+    if f.action is Action.RESCUE_WORKTREE:
+        return rescue_worktree(repo, f)
     if f.action is Action.REMOVE_NODE_CLONE:
         return _remove_node_clone(f, store=store), None
     raise ValueError(f"{f.action} is applied by its batch")  # the branches: _delete_*branches

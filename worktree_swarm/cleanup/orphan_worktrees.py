@@ -25,7 +25,7 @@ from worktree_swarm.cleanup.worktree_removal import (
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX, INTEGRATION_PREFIX, SCRATCH_PREFIX
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import worktrees
+from worktree_swarm.git import tampering, worktrees
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import fs
 
@@ -135,9 +135,31 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
             fix="prune it from git's worktree list",
             branch=info.branch,
         )
+    if (cut := tampering.cut_off(path)) is not None:
+        return _cut_off(ctx, info, cut)
     if path.exists():
         return None
     return locked_missing(ctx.repo, info, force=force)
+
+
+def _cut_off(ctx: _Context, info: WorktreeInfo, why: str) -> Finding:
+    """A worktree whose ``.git`` file names no git dir: git keeps it and never prunes it.
+
+    Under a worktree root (swarm's) its files are saved and it goes; elsewhere it is yours.
+    """
+    path = info.path
+    ours = any(real_path(path).is_relative_to(root) for root in ctx.roots)
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=why,
+        action=Action.RESCUE_WORKTREE if ours else Action.KEEP,
+        fix=f"save its files as a commit under {RESCUE_PREFIX}, delete it, prune it"
+        if ours
+        else f"kept: `git worktree repair {path}` makes it a checkout again",
+        branch=info.branch,
+        admin_dir=worktrees.admin_of(ctx.repo, path),
+    )
 
 
 def _foreign(

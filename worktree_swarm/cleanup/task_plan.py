@@ -197,13 +197,7 @@ def _plan_task_worktree(
             task_id=task.task_id,
         )
         return [prune], False, False
-    hands_off = None
-    # Git there would work on another checkout or branch: hands off.
-    if (changed := tampering.tampered(repo, path)) is not None:
-        hands_off = changed, "kept: look at it and remove it by hand (swarm runs no git there)"
-    # A commit of swarm's would land on your branch, or inside your rebase.
-    elif (yours := _switched_or_busy(info, task)) is not None:
-        hands_off = yours, "kept: finish there, then remove it yourself (`git worktree remove`)"
+    hands_off = _hands_off(repo, info, task)
     if hands_off is not None:
         kept = Finding(
             kind=Kind.WORKTREE,
@@ -234,6 +228,21 @@ def _plan_task_worktree(
     )
     found.append(finding)
     return found, dirty, finding.action is Action.KEEP
+
+
+def _hands_off(repo: git.Repo, info: WorktreeInfo, task: TaskRow) -> tuple[str, str] | None:
+    """Why swarm runs no git in the task worktree *info*, and what the user is told; or None."""
+    path = Path(info.path)
+    # Git there fails at once: doctor saves its files.
+    if (cut := tampering.cut_off(path)) is not None:
+        return cut, "kept: `swarm doctor --yes` saves its files and removes it"
+    # Git there would work on another checkout or branch: hands off.
+    if (changed := tampering.tampered(repo, path)) is not None:
+        return changed, "kept: look at it and remove it by hand (swarm runs no git there)"
+    # A commit of swarm's would land on your branch, or inside your rebase.
+    if (yours := _switched_or_busy(info, task)) is not None:
+        return yours, "kept: finish there, then remove it yourself (`git worktree remove`)"
+    return None
 
 
 def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:

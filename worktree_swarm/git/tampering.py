@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.core.text import paths_text
+from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git.diffs import changed_paths
 from worktree_swarm.git.gitfiles import head_in
 from worktree_swarm.git.repo import Repo, git_dir
@@ -34,11 +34,34 @@ def tampered(repo: Repo, path: Path) -> str | None:
         return f"{path} was replaced by a symlink"
     if not os.path.lexists(path / ".git") or _linked_admin(repo, path) is not None:
         return None  # gone (a removal cut short, pruned as such) or as swarm made it
+    if (why := cut_off(path)) is not None:
+        return f"{path}: {why}"
     with contextlib.suppress(OSError, GitError):
         admin = git_dir(path)
         if admin.parent == _worktrees_dir(repo.common_dir) and _other_common(repo, admin):
             return f"{admin}/commondir no longer names {repo.common_dir}"
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
+
+
+def cut_off(path: Path) -> str | None:
+    """Why git cannot work in the directory *path* at all: its ``.git`` file names no git dir.
+
+    Git keeps such a worktree registered (its admin dir still names that ``.git`` file) and
+    never prunes it, and every command there fails. None when *path* is no such directory.
+    """
+    dotgit = path / ".git"
+    if path.is_symlink() or dotgit.is_symlink() or not dotgit.is_file():
+        return None
+    try:
+        text = os.fsdecode(fs.read_file(dotgit))
+    except OSError:
+        return None  # unreadable (a chmod): sealed, not cut off
+    if not text.startswith("gitdir:"):
+        return "git cannot work in it: its .git file is not a `gitdir:` line"
+    named = text.removeprefix("gitdir:").strip()
+    if os.path.lexists(path / named):
+        return None
+    return f"git cannot work in it: its .git file names {path_text(named)}, which does not exist"
 
 
 def own_admin(repo: Repo, path: Path) -> Path | None:

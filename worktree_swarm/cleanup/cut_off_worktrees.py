@@ -1,0 +1,53 @@
+"""`swarm doctor --yes` on a worktree whose ``.git`` file names no git dir: saved, then gone.
+
+Git keeps such a worktree registered and never prunes it (its admin dir still names that
+``.git`` file), and every git command there fails, a checkpoint's too. Its files are saved as
+a commit under a rescue ref, a child of its HEAD commit, like a stray directory's; the
+directory is deleted and the registration pruned. Its branch is left to the usual rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worktree_swarm.cleanup.findings import Finding
+from worktree_swarm.cleanup.processes import describe, processes_using
+from worktree_swarm.cleanup.worktree_removal import _registered_locked, _rescue_ref
+from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import removal, tampering
+from worktree_swarm.git import repo as git
+from worktree_swarm.infra import fs
+
+
+def rescue_worktree(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
+    """Save the files of the cut-off worktree *f* names, delete it, prune it."""
+    path = Path(f.target)
+    info = _registered_locked(repo).get(real_path(path))
+    if info is None:
+        return "already gone", None
+    if tampering.cut_off(path) is None:
+        raise SwarmError(f"{path} is no longer cut off from its git dir; left alone")
+    real, root = real_path(path), real_path(repo.root)
+    if root.is_relative_to(real) or real.is_relative_to(root):
+        raise SwarmError(f"{path} is inside the main checkout; never removed")
+    users = processes_using(path)
+    if users:
+        raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
+    message = f"swarm: files of worktree {path}, whose .git file named no git dir"
+    snap = removal.snapshot_files(repo, path, message=message, parent=info.head or None)
+    saved = "it held no files"
+    if snap.sha is not None:
+        ref = _rescue_ref(repo, path.name, snap.sha)
+        git.git(repo.root, "update-ref", ref, snap.sha)
+        saved = f"files saved as {ref} ({snap.sha[:12]})"
+    if snap.left_out:  # they stay where they are, and so does the worktree
+        raise SwarmError(
+            f"{saved}, but {snap.left_out_text()}; kept: move them out of {path}, then "
+            "`swarm doctor --yes` saves the rest and removes it"
+        )
+    fs.remove_tree(path)
+    removal.prune_gone(repo)
+    if real_path(path) in _registered_locked(repo):
+        raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
+    return f"{saved}, removed, pruned", snap.sha
