@@ -169,12 +169,14 @@ def test_links_planted_where_git_keeps_objects_are_found(tmp_path: Path) -> None
     outside.mkdir()
     assert store_dir.planted_links(common) == []  # git makes none
     (objects / "pack").rename(outside / "pack")
-    (objects / "ab").symlink_to(outside)
-    assert store_dir.planted_links(common) == [objects / "ab"]  # no pack directory: no more
+    # A fan-out directory the repository's own objects do not use (their names vary with time).
+    fan_out = next(objects / f"{n:02x}" for n in range(256) if not (objects / f"{n:02x}").exists())
+    fan_out.symlink_to(outside)
+    assert store_dir.planted_links(common) == [fan_out]  # no pack directory: no more
     (objects / "pack").mkdir()
     (objects / "pack" / "pack-1.pack").symlink_to(outside / "pack-1.pack")
     (objects / "pack" / "pack-1.idx").write_text("a real file\n")
-    assert store_dir.planted_links(common) == [objects / "ab", objects / "pack" / "pack-1.pack"]
+    assert store_dir.planted_links(common) == [fan_out, objects / "pack" / "pack-1.pack"]
     objects.rename(outside / "objects")
     objects.symlink_to(outside / "objects")
     assert store_dir.planted_links(common) == [objects]  # the store itself: only it
