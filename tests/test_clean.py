@@ -1216,6 +1216,7 @@ shutil.rmtree = rmtree
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("hand_edit", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     tmp_path: Path, write_agent: AgentFactory, *, hand_edit: bool
@@ -1284,6 +1285,7 @@ def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     assert git(repo, "show", f"{rescued}:later.txt") == "typed after the run"
 
 
+@pytest.mark.long
 def test_clean_names_a_directory_left_at_a_failed_tasks_worktree_path_and_keeps_it(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1308,6 +1310,7 @@ def test_clean_names_a_directory_left_at_a_failed_tasks_worktree_path_and_keeps_
     assert report(repo, "clean", code=0) == {}
 
 
+@pytest.mark.long
 def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -1518,6 +1521,7 @@ def test_removing_a_worktree_never_follows_an_agents_symlinks_out_of_it(
     assert (outside / "deep" / "keep.txt").read_text() == "yours\n"
 
 
+@pytest.mark.long
 def test_clean_removes_a_worktree_whose_tools_made_directories_read_only(
     repo: Path, write_agent: AgentFactory, tmp_path: Path
 ) -> None:
@@ -1668,6 +1672,7 @@ def test_a_token_in_a_remote_branchs_url_is_in_nothing_clean_says(repo: Path) ->
     assert token not in result.detail
 
 
+@pytest.mark.long
 def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -1690,6 +1695,7 @@ def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
         sleeper.wait()
 
 
+@pytest.mark.long
 def test_clean_during_a_run_does_not_take_a_remote_tracking_ref_for_a_home_of_a_commit(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:
@@ -1726,6 +1732,7 @@ def test_clean_during_a_run_does_not_take_a_remote_tracking_ref_for_a_home_of_a_
     assert git(wt, "rev-parse", "HEAD") == lone
 
 
+@pytest.mark.long
 def test_clean_waits_for_the_guards_verdict_without_the_repository_lock(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -1790,6 +1797,7 @@ def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it
     assert git(work, "diff", "--cached", "--name-only") == "rebasing.txt"
 
 
+@pytest.mark.long
 def test_a_task_worktree_whose_submodule_was_checked_out_is_removed(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -149,6 +149,7 @@ def test_start_times_kept_across_a_step_still_read_as_wall_clock_times(
     assert before - 1 <= started <= time.time()
 
 
+@pytest.mark.long
 def test_an_agent_adopted_after_a_step_keeps_the_time_its_timeout_left(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -109,6 +109,7 @@ def test_checkpoint_repairs_a_checkout_that_was_never_populated(repo: Path) -> N
     assert not gitfiles.checkout_incomplete(worktree)
 
 
+@pytest.mark.long
 def test_kill_inside_checkout_then_resume_runs_the_task(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -135,6 +136,7 @@ def test_kill_inside_checkout_then_resume_runs_the_task(
     assert NOTE not in swarm(repo, "status").stdout
 
 
+@pytest.mark.long
 def test_a_manager_killed_alone_in_a_checkout_whose_git_writes_on_is_resumed(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -167,6 +169,7 @@ def _objects(repo: Path) -> set[str]:
     return set(out.split())
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("settle", ["resume", "stop"])
 def test_a_manager_killed_once_the_guard_holds_the_objects_before_its_first_scan(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object, settle: str
@@ -220,6 +223,7 @@ def test_a_manager_killed_once_the_guard_holds_the_objects_before_its_first_scan
     assert git(repo, "fsck", "--no-dangling") == ""
 
 
+@pytest.mark.long
 def test_resume_clears_the_locks_a_killed_git_leaves(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -237,6 +241,7 @@ def test_resume_clears_the_locks_a_killed_git_leaves(
     assert git(repo, "show", "swarm/t1:t1.txt") == "work"
 
 
+@pytest.mark.long
 def test_a_manager_killed_between_unstaging_a_big_file_and_its_commit_is_resumed_without_it(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -263,6 +268,7 @@ def test_a_manager_killed_between_unstaging_a_big_file_and_its_commit_is_resumed
     assert (worktree / "big.bin").stat().st_size == 4096  # kept, not committed
 
 
+@pytest.mark.long
 def test_abandoned_half_made_worktree_is_cleaned_without_deleting_files(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
 ) -> None:
@@ -340,6 +346,7 @@ def failed_until(repo: Path, flag: Path, write_agent: object) -> Path:
     return flag
 
 
+@pytest.mark.long
 def test_retry_fresh_starts_over_from_the_base(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -356,6 +363,7 @@ def test_retry_fresh_starts_over_from_the_base(
     assert "nothing to retry" in out.stderr
 
 
+@pytest.mark.long
 def test_retry_takes_no_changes_tasks_only_by_name_and_never_a_done_one_whose_merge_conflicted(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -391,6 +399,7 @@ def test_retry_takes_no_changes_tasks_only_by_name_and_never_a_done_one_whose_me
     assert status_json(repo)[conflicted]["merge_result"] == "conflicted"
 
 
+@pytest.mark.long
 def test_a_retry_while_a_merge_runs_is_refused_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -407,6 +416,7 @@ def test_a_retry_while_a_merge_runs_is_refused_and_changes_nothing(
     assert swarm(repo, "retry", "a").returncode == 0  # once the merge has finished
 
 
+@pytest.mark.long
 def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -418,6 +428,7 @@ def test_a_retry_with_a_directory_in_the_way_of_the_worktree_says_so_and_changes
     assert status_json(repo)["a"]["state"] == "failed"
 
 
+@pytest.mark.long
 def test_a_retry_of_an_unknown_task_says_so_and_writes_nothing(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -430,6 +441,7 @@ def test_a_retry_of_an_unknown_task_says_so_and_writes_nothing(
     assert {p: p.stat().st_mtime_ns for p in state.glob("*") if p.is_file()} == before
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("fresh", [False, True], ids=["resumed", "fresh"])
 def test_a_retry_of_a_task_whose_branch_you_checked_out_says_so_and_changes_nothing(
     repo: Path, tmp_path: Path, write_agent: object, fresh: bool
@@ -446,6 +458,7 @@ def test_a_retry_of_a_task_whose_branch_you_checked_out_says_so_and_changes_noth
     assert git(repo, "branch", "--show-current") == "swarm/a"
 
 
+@pytest.mark.long
 def test_retrying_a_task_by_name_runs_the_tasks_it_blocked(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -517,6 +530,7 @@ def test_an_agent_adopted_after_a_crash_keeps_its_port_block_to_itself(
     assert resumed.returncode == 0
 
 
+@pytest.mark.long
 def test_a_retried_task_merged_before_is_merged_again_with_its_new_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -560,6 +574,7 @@ def test_a_fresh_retry_killed_once_the_branch_is_gone_has_its_old_tip_on_record(
     assert [json.loads(r[0])["previous_tip"] for r in rows] == [tip]
 
 
+@pytest.mark.long
 def test_a_fresh_retry_first_commits_what_the_user_left_in_the_worktree(
     repo: Path, write_agent: object
 ) -> None:
@@ -588,6 +603,7 @@ def _half_then_sleeps(write_agent: object, pid_file: Path) -> list[str]:
     )
 
 
+@pytest.mark.long
 def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -638,6 +654,7 @@ def test_an_attempt_that_ended_while_its_manager_was_stopped_ends_when_its_agent
     assert recorded <= ended + 1  # not when the manager went on, 3 s later
 
 
+@pytest.mark.long
 def test_an_agent_gone_with_its_shim_in_a_reboot_ends_when_it_died_not_at_the_resume(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -893,6 +910,7 @@ def test_full_disk_pauses_the_manager_then_it_finishes(
     assert "paused" not in swarm(repo, "status").stdout
 
 
+@pytest.mark.long
 def test_clean_and_merge_on_a_full_disk_say_it_is_full(small_disk: Path) -> None:
     # SQLite says only "disk I/O error" when it cannot make its shared-memory file.
     repo = make_repo(small_disk / "repo")
@@ -1521,6 +1539,7 @@ def test_a_write_lock_another_program_holds_on_the_state_pauses_the_run_and_lose
     assert git(repo, "show", "swarm/a:work.txt") == "work"
 
 
+@pytest.mark.long
 def test_a_first_run_on_a_full_disk_says_to_run_it_again_and_leaves_no_half_store(
     small_disk: Path,
 ) -> None:
@@ -1540,6 +1559,7 @@ def test_a_first_run_on_a_full_disk_says_to_run_it_again_and_leaves_no_half_stor
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+@pytest.mark.long
 def test_a_look_at_the_runs_works_while_the_disk_is_full(small_disk: Path) -> None:
     # The morning after a run filled the disk: SQLite cannot open the state to write (it
     # cannot create its shared-memory file), and a plain `git status` cannot refresh an index.
@@ -1617,6 +1637,7 @@ def _unrecorded_launch(
     return fake, agent
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("agent_ends_first", [False, True])
 def test_agent_launched_but_not_recorded_is_adopted_not_run_twice(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_ends_first: bool
@@ -1891,6 +1912,7 @@ def test_a_stop_whose_manager_dies_before_acting_on_it_stops_the_task_itself(
         gate.touch()  # whatever happened, nothing of the test's waits on
 
 
+@pytest.mark.long
 def test_a_stop_a_live_manager_does_not_act_on_fails_naming_the_task_and_is_acted_on_later(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -1991,6 +2013,7 @@ def launches_of(fake: Path) -> str:
     return (fake / "a.launches").read_text()
 
 
+@pytest.mark.long
 def test_stop_after_a_crash_also_stops_an_agent_no_attempt_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2021,6 +2044,7 @@ def _failed_in_its_session(repo: Path, fake: Path) -> None:
     assert swarm(repo, "run", manifest(repo, text)).returncode == 1
 
 
+@pytest.mark.long
 def test_retry_resumes_the_agents_session_on_its_branch(
     repo: Path,
     fake_claude: Path,  # noqa: F811 - the fixture imported above
@@ -2036,6 +2060,7 @@ def test_retry_resumes_the_agents_session_on_its_branch(
     assert git(repo, "show", "swarm/a:a.txt") == "half done\nfinished in session sess-a-1"
 
 
+@pytest.mark.long
 def test_a_retry_after_clean_deleted_the_branch_starts_afresh_from_the_base(
     repo: Path,
     fake_claude: Path,  # noqa: F811 - the fixture imported above
@@ -2079,6 +2104,7 @@ while not (root / 'go').exists():
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("then", ["resume", "stop"])
 def test_a_guard_verdict_outlives_the_manager_that_reached_it(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], then: str
@@ -2127,6 +2153,7 @@ else:  # b, started by the resumed manager: writes outside at once
 """
 
 
+@pytest.mark.long
 def test_an_agent_that_ended_while_no_manager_ran_is_no_suspect_of_a_later_write(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2226,6 +2253,7 @@ def test_the_patch_of_what_changed_unwatched_keeps_no_secret(
     assert key not in patch.read_text()
 
 
+@pytest.mark.long
 def test_a_retry_after_a_run_that_ended_takes_changes_in_your_checkout_as_yours(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2250,6 +2278,7 @@ subprocess.run([git, 'commit', '-q', '-m', 'work on another branch'], check=True
 """
 
 
+@pytest.mark.long
 def test_a_verdict_on_an_ended_attempt_is_on_record_before_its_checkpoint(
     repo: Path,
     tmp_path: Path,
@@ -2318,6 +2347,7 @@ else:
 """
 
 
+@pytest.mark.long
 def test_a_repair_handed_back_before_a_crash_is_still_given(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2350,6 +2380,7 @@ def test_a_repair_handed_back_before_a_crash_is_still_given(
     assert git(repo, "show", "swarm/a:fixed.txt") == "fixed"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("settle", ["stop", "run --force"])
 def test_a_run_whose_manager_was_killed_alone_in_a_checkout_is_stopped_without_its_git(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object, settle: str

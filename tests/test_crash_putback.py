@@ -182,6 +182,7 @@ pathlib.Path('later.txt').write_text('l\\n')
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("alone", [False, True], ids=["group", "alone"])
 @pytest.mark.parametrize("case", sorted(PUT_BACK))
 def test_a_manager_killed_while_its_guard_puts_a_siblings_worktree_back_loses_nothing(
@@ -195,12 +196,14 @@ def test_a_manager_killed_while_its_guard_puts_a_siblings_worktree_back_loses_no
     trial(repo, tmp_path, monkeypatch, write_agent, case, alone=alone, pending=False)
 
 
+@pytest.mark.long
 def test_a_worktree_move_back_cut_short_is_finished_by_the_resumed_runs_guard(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
 ) -> None:
     trial(repo, tmp_path, monkeypatch, write_agent, "moved-back", alone=False, pending=True)
 
 
+@pytest.mark.long
 def test_a_worktree_move_back_cut_short_is_finished_when_a_new_run_abandons_the_run(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_agent: AgentFactory
 ) -> None:

@@ -1430,6 +1430,7 @@ def test_bad_input_is_one_line_and_creates_nothing(
     assert git(base_repo, "for-each-ref") == refs
 
 
+@pytest.mark.long
 def test_dependencies_first_least_conflicting_next_and_failed_ones_skip_dependents(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -1466,6 +1467,7 @@ def test_dependencies_first_least_conflicting_next_and_failed_ones_skip_dependen
     assert out.returncode == 1
 
 
+@pytest.mark.long
 def test_a_task_built_on_one_an_earlier_merge_left_out_is_not_merged_later(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -1502,6 +1504,7 @@ def test_a_task_built_on_one_an_earlier_merge_left_out_is_not_merged_later(
     assert json.loads(again.stdout)["merged"] == ["rival", "on-rival"]
 
 
+@pytest.mark.long
 def test_merges_undone_by_hand_on_the_integration_branch_are_merged_again(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -1535,6 +1538,7 @@ for path in pathlib.Path('.').rglob('*.txt'):
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("agent_exit", [0, 3])
 def test_resolve_hands_conflicts_to_the_tasks_agent(
     base_repo: Path, brancher: Brancher, tmp_path: Path, agent_exit: int
@@ -1620,6 +1624,7 @@ RESOLVER_ENDINGS = {
 }
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("ending", list(RESOLVER_ENDINGS))
 def test_a_resolver_that_commits_or_abandons_the_merge_itself(
     base_repo: Path, brancher: Brancher, tmp_path: Path, ending: str
@@ -1698,6 +1703,7 @@ def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has
     assert git(worktree, "status", "--porcelain") == ""
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_merge_interrupted_while_its_resolver_runs_is_undone(
     base_repo: Path, brancher: Brancher, tmp_path: Path, sig: signal.Signals
@@ -1764,6 +1770,7 @@ HUNK_CASES: list[tuple[str, dict[str, str | None], list[tuple[str, str]]]] = [
 ]
 
 
+@pytest.mark.long
 def test_hunk_level_prediction_equals_real_merges(base_repo: Path, brancher: Brancher) -> None:
     (base_repo / "long.txt").write_text(LONG)
     git(base_repo, "add", "long.txt")
@@ -1894,6 +1901,7 @@ def test_resolver_over_its_timeout_is_killed_with_its_daemons(
     assert marked(mark) == []
 
 
+@pytest.mark.long
 def test_a_dry_run_that_predicts_a_skip_exits_as_the_merge_would(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -1937,6 +1945,7 @@ def _run_writers(
     assert swarm(repo, "run", str(repo.parent / "tasks.toml")).returncode == 0
 
 
+@pytest.mark.long
 def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -1964,6 +1973,7 @@ def test_a_task_named_alone_is_not_merged_with_a_dependency_its_branch_carries(
     assert {t: rows[t]["merge_result"] for t in "abc"} == dict.fromkeys("abc", "merged")
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("target", ["--into", "integration branch"])
 def test_a_target_without_the_runs_base_commit_takes_none_of_its_tasks(
     base_repo: Path, brancher: Brancher, target: str
@@ -2007,6 +2017,7 @@ def test_a_target_without_the_runs_base_commit_takes_none_of_its_tasks(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+@pytest.mark.long
 def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_work(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2035,6 +2046,7 @@ def test_a_dependent_whose_dependency_has_no_branch_left_is_not_merged_with_its_
     assert [rows[t]["merge_result"] for t in "abc"] == ["merged", "merged", "merged"]
 
 
+@pytest.mark.long
 def test_a_merge_started_inside_a_task_worktree_builds_on_your_checkout_not_the_task(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2050,6 +2062,7 @@ def test_a_merge_started_inside_a_task_worktree_builds_on_your_checkout_not_the_
     assert "a.txt" not in files
 
 
+@pytest.mark.long
 def test_status_says_a_merge_undone_by_hand_is_undone(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -2078,6 +2091,7 @@ def test_status_says_a_merge_undone_by_hand_is_undone(
     assert (results[first], results[last]) == ("merged", "undone")
 
 
+@pytest.mark.long
 def test_a_named_task_still_running_is_bad_input_and_nothing_is_created(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -2100,6 +2114,7 @@ def test_a_named_task_still_running_is_bad_input_and_nothing_is_created(
     assert merge_results(base_repo) == {"one": None}
 
 
+@pytest.mark.long
 def test_checks_failing_on_the_target_before_any_merge_merge_nothing(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2158,6 +2173,7 @@ def test_merges_are_made_as_the_runs_author_past_your_hooks_and_signing(
     assert not marker.exists()
 
 
+@pytest.mark.long
 def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_nothing(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2196,6 +2212,7 @@ def test_doctor_removes_what_a_killed_merge_into_another_branch_left_and_keeps_n
     assert {"one.txt", "two.txt"} <= set(git(base_repo, "ls-tree", "--name-only", "dev").split())
 
 
+@pytest.mark.long
 def test_clean_ends_the_checks_a_killed_merge_left_and_removes_its_worktree(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2265,6 +2282,7 @@ def _saved_as(out: str) -> str:
     return found[1]
 
 
+@pytest.mark.long
 def test_clean_commits_nothing_a_merge_cut_off_in_its_checks_left_and_saves_it_aside(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2287,6 +2305,7 @@ def test_clean_commits_nothing_a_merge_cut_off_in_its_checks_left_and_saves_it_a
     assert "built.txt" not in git(base_repo, "ls-tree", "--name-only", integration)
 
 
+@pytest.mark.long
 def test_clean_never_commits_an_integration_worktree_whose_branch_is_gone(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -2310,6 +2329,7 @@ def test_clean_never_commits_an_integration_worktree_whose_branch_is_gone(
     assert git(base_repo, "rev-parse", f"{found[1]}^{{tree}}") == merged
 
 
+@pytest.mark.long
 def test_a_merge_makes_an_integration_worktree_whose_branch_is_gone_anew(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -2330,6 +2350,7 @@ def test_a_merge_makes_an_integration_worktree_whose_branch_is_gone_anew(
     assert git(worktree, "status", "--porcelain") == ""
 
 
+@pytest.mark.long
 def test_what_you_left_in_the_integration_worktree_after_a_killed_merge_is_saved_not_lost(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2380,6 +2401,7 @@ def test_doctor_commits_nothing_of_a_killed_merge_into_another_branch(
     assert git(base_repo, "count-objects", "-v") == objects  # no commit, tree or blob made
 
 
+@pytest.mark.long
 def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2409,6 +2431,7 @@ def test_a_branch_moved_during_a_merge_into_it_is_not_overwritten(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+@pytest.mark.long
 def test_a_merge_s_guard_keeps_no_baseline_for_a_resume_of_its_own(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2424,6 +2447,7 @@ def test_a_merge_s_guard_keeps_no_baseline_for_a_resume_of_its_own(
     assert not [p for p in state.rglob("*") if p.name == "main.tree" or "unwatched" in p.name]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("driver", "together"), [("union", False), ("ours", False), ("union", True)]
 )
@@ -2532,6 +2556,7 @@ def test_the_integration_branch_checked_out_in_a_checkout_of_yours_is_never_merg
     assert merge_results(base_repo) == {"one": "merged", "two": None}
 
 
+@pytest.mark.long
 def test_into_a_symbolic_ref_or_a_branch_being_rebased_is_refused(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -2614,6 +2639,7 @@ def test_merges_land_where_your_config_asks_for_signed_commits(
     assert merge_results(base_repo) == {"one": "merged", "two": "merged"}
 
 
+@pytest.mark.long
 def test_an_index_lock_in_the_integration_worktree_is_left_while_you_work_there(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -2670,6 +2696,7 @@ def test_a_resolver_that_exits_0_with_conflict_markers_left_lands_nothing(
     assert merge_results(base_repo) == {"first": "merged", "second": "conflicted"}
 
 
+@pytest.mark.long
 def test_a_task_merged_into_another_branch_after_the_integration_branch_shows_its_latest(
     base_repo: Path, brancher: Brancher
 ) -> None:
@@ -2716,6 +2743,7 @@ else:  # the long task's the larger change: merged second, so resolved by its ag
 """
 
 
+@pytest.mark.long
 def test_a_resolver_gets_the_prompt_of_a_task_with_a_long_one_through_its_file(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -2767,6 +2795,7 @@ if pathlib.Path('style.txt').exists():
 """
 
 
+@pytest.mark.long
 def test_a_tasks_checks_and_resolver_get_its_env_in_a_merge_as_in_its_run(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -2803,6 +2832,7 @@ LOOKS_FOR_PASSED = (
 NO_PASSED_CONFIG = [sys.executable, "-c", LOOKS_FOR_PASSED]
 
 
+@pytest.mark.long
 def test_a_merges_checks_and_resolver_get_no_git_config_from_the_environment(
     base_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2867,6 +2897,7 @@ def hang_once_armed(tmp_path: Path) -> tuple[list[str], Path, Path]:
     return [sys.executable, str(hang)], armed, started
 
 
+@pytest.mark.long
 def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -2908,6 +2939,7 @@ def test_a_tasks_own_checks_get_its_copy_link_and_setup_in_a_merge_as_in_its_run
     ]  # fmt: skip
 
 
+@pytest.mark.long
 def test_a_tasks_check_timeout_holds_for_its_checks_in_a_merge(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -2937,6 +2969,7 @@ def test_a_tasks_check_timeout_holds_for_its_checks_in_a_merge(
     assert "timed out after 2s" in result["reason"], result
 
 
+@pytest.mark.long
 def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -2962,6 +2995,7 @@ def test_a_branch_ref_hard_linked_by_a_backup_is_kept_by_the_next_merge(
     assert {"one.txt", "two.txt"} <= set(files)
 
 
+@pytest.mark.long
 def test_a_tasks_link_and_copy_in_a_merge_are_not_left_to_the_next_tasks_checks(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -3001,6 +3035,7 @@ def test_a_tasks_link_and_copy_in_a_merge_are_not_left_to_the_next_tasks_checks(
     assert not (worktree / "deps").is_symlink()
 
 
+@pytest.mark.long
 def test_a_link_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_setup(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -3033,6 +3068,7 @@ def test_a_link_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_s
     assert list((base_repo / "deps").iterdir()) == []  # your checkout's is as it was
 
 
+@pytest.mark.long
 def test_a_tasks_link_in_a_merge_takes_the_place_of_an_earlier_tasks_setup_output(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -3066,6 +3102,7 @@ def test_a_tasks_link_in_a_merge_takes_the_place_of_an_earlier_tasks_setup_outpu
     assert sorted(p.name for p in (base_repo / "deps").iterdir()) == ["yours"]
 
 
+@pytest.mark.long
 def test_a_copy_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_checks(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -3096,6 +3133,7 @@ def test_a_copy_a_killed_merge_left_in_its_setup_is_gone_before_the_next_tasks_c
     assert (base_repo / ".env").read_text() == "MODE=one\n"  # yours, as it was
 
 
+@pytest.mark.long
 def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next_merge(
     base_repo: Path, tmp_path: Path
 ) -> None:
@@ -3135,6 +3173,7 @@ def test_a_copy_file_a_killed_merge_left_half_written_is_copied_anew_by_the_next
     assert not list(worktree.glob(".swarm-copy-*"))  # nor the killed copy's part
 
 
+@pytest.mark.long
 def test_removing_a_tasks_copy_files_never_follows_a_symlink_its_checks_made_out(
     base_repo: Path, tmp_path: Path
 ) -> None:

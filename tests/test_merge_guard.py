@@ -97,6 +97,7 @@ def test_a_resolver_writing_outside_is_put_back_and_its_merge_undone(
     assert found["restored"] is True
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("source", ["--check", "task checks"])
 def test_a_check_writing_into_your_checkout_is_put_back_and_its_merge_undone(
     repo: Path, brancher: Brancher, tmp_path: Path, source: str
@@ -199,6 +200,7 @@ def test_with_allow_outside_writes_your_edit_while_a_resolver_works_is_kept_and_
     assert "my edit" in Path(str(found["patch"])).read_text()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("into", [False, True])
 def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     repo: Path, brancher: Brancher, tmp_path: Path, into: bool
@@ -228,6 +230,7 @@ def test_a_resolver_and_checks_that_stay_in_the_merge_worktree_merge_as_before(
     assert not list(guard.glob("*index"))  # its copies of your checkout's index
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("plants", [False, True])
 def test_with_rerere_on_a_resolver_may_commit_but_not_plant_a_resolution(
     repo: Path, brancher: Brancher, tmp_path: Path, plants: bool
@@ -313,6 +316,7 @@ def run_beside(repo: Path, tmp_path: Path, tasks: str) -> tuple[subprocess.Popen
     return swarm_bg(repo, "run", str(manifest), "--jobs", "2"), ctrl
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sparse", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_branch(
     repo: Path, tmp_path: Path, sparse: bool
@@ -355,6 +359,7 @@ def test_a_task_of_a_run_that_ends_or_starts_during_a_merge_check_keeps_its_bran
         assert store.events(run_id(repo), kind="outside_write") == []
 
 
+@pytest.mark.long
 def test_a_branch_swarm_clean_deletes_during_a_merge_check_stays_deleted(
     repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -431,6 +436,7 @@ def test_checks_that_write_outside_before_any_merge_fail_the_baseline_and_merge_
     assert all(f["restored"] is True for f in found)
 
 
+@pytest.mark.long
 def test_what_a_killed_merge_announced_is_forgotten_by_the_next_merge_not_told_each_time(
     repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

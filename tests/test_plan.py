@@ -274,6 +274,7 @@ GOOD = [
 ]
 
 
+@pytest.mark.long
 def test_good_answer_writes_a_manifest_that_runs(project: Path, api: StubAnthropic) -> None:
     api.replies.append(plan_reply(GOOD))
     out = project.parent / "tasks.toml"
@@ -874,6 +875,7 @@ def test_table_array_round_trips() -> None:
     }
 
 
+@pytest.mark.long
 def test_keys_a_model_adds_beyond_the_schema_never_reach_the_manifest(
     project: Path, api: StubAnthropic
 ) -> None:

@@ -1451,6 +1451,7 @@ def test_stop_after_manager_died_keeps_a_file_over_max_file_and_stops_every_task
     assert (worktree / "big.bin").stat().st_size == 2048  # kept where it was
 
 
+@pytest.mark.long
 def test_doctor_and_clean_beside_a_live_manager_whose_state_was_deleted_touch_nothing(
     repo: Path, fake_claude: Path
 ) -> None:

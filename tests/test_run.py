@@ -545,6 +545,7 @@ env = {{ PIDS = {json.dumps(str(pids))} }}
     )
 
 
+@pytest.mark.long
 def test_timeout_kills_the_whole_tree_and_keeps_partial_work(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

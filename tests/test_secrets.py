@@ -882,6 +882,7 @@ PEAK = (
 
 
 # (`swarm diff`'s patch is git's: git loads a new file once even to say it is binary.)
+@pytest.mark.long
 @pytest.mark.parametrize("command", [("merge", "--dry-run"), ("diff", "--stat"), ("merge",)])
 def test_a_huge_file_on_a_branch_is_never_held_in_memory_whole(
     repo: Path, write_agent: AgentFactory, command: tuple[str, ...]
@@ -1950,6 +1951,7 @@ def test_a_secret_is_never_taken_for_a_session_id(monkeypatch: pytest.MonkeyPatc
     assert is_session_id("4f1c2a9e-0d1b-4c55-9a7e-3b1f0c8d2e6a")
 
 
+@pytest.mark.long
 def test_a_huge_log_is_redacted_a_piece_at_a_time_lines_and_key_blocks_whole(
     tmp_path: Path,
 ) -> None:

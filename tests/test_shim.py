@@ -199,6 +199,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("how", ["stop", "sigterm", "timeout"])
 def test_hanging_check_is_ended(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, how: str
@@ -237,6 +238,7 @@ def test_hanging_check_is_ended(
     assert branch_file(repo, "swarm/esc", "a.txt") == "work"  # checkpointed before the check
 
 
+@pytest.mark.long
 def test_stop_after_manager_died_ends_a_running_check(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:
@@ -255,6 +257,7 @@ def test_stop_after_manager_died_ends_a_running_check(
     assert status_json(repo)["esc"]["state"] == "stopped"
 
 
+@pytest.mark.long
 def test_hanging_setup_is_timed_out(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str
 ) -> None:
@@ -316,6 +319,7 @@ with open("a.txt", "a") as f:
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("when", ["ended", "alive"])
 def test_agent_exiting_0_while_manager_dead_ends_done(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, when: str

@@ -127,6 +127,7 @@ pathlib.Path('../seen.json').write_text(json.dumps({'seen': seen, 'status': stat
 """
 
 
+@pytest.mark.long
 def test_a_sparse_task_sees_its_cone_and_keeps_its_work_outside_it(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -175,6 +176,7 @@ def test_the_sparse_flag_without_files_checks_out_everything(
     assert set(report["seen"]) == set(FILES)
 
 
+@pytest.mark.long
 def test_max_disk_counts_a_sparse_worktree_at_its_sparse_size_before_the_run(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -195,6 +197,7 @@ def test_max_disk_counts_a_sparse_worktree_at_its_sparse_size_before_the_run(
     assert "smaller than one worktree of task b" in full_run.stderr
 
 
+@pytest.mark.long
 def test_the_ray_executor_refuses_sparse_before_anything_is_made(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:

@@ -102,6 +102,7 @@ def test_garbage_file_is_refused_clearly(db_path: Path) -> None:
         Store(db_path)
 
 
+@pytest.mark.long
 def test_a_store_damaged_past_its_first_pages_is_one_clear_line(repo: Path) -> None:
     made = [f'[[task]]\nid = "t{n}"\nprompt = "write f{n}.txt: {"x" * 2000}"\n' for n in range(6)]
     (repo.parent / "tasks.toml").write_text('[defaults]\nagent = "scripted"\n' + "".join(made))

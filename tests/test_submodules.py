@@ -59,6 +59,7 @@ def run_agent(
     )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("action", ["write-into-empty", "populate-and-edit"])
 def test_work_left_in_a_submodule_fails_the_task_and_clean_keeps_it(
     super_repo: Path, write_agent: AgentFactory, action: str
@@ -79,6 +80,7 @@ def test_work_left_in_a_submodule_fails_the_task_and_clean_keeps_it(
     assert not worktree.exists()
 
 
+@pytest.mark.long
 def test_a_submodule_s_new_commit_is_checkpointed_as_its_pointer(
     super_repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -107,6 +109,7 @@ def test_a_submodule_s_new_commit_is_checkpointed_as_its_pointer(
     assert not worktree.exists()
 
 
+@pytest.mark.long
 def test_a_submodule_populated_and_left_as_it_was_is_no_work_left(
     super_repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -207,6 +210,7 @@ git('add', '.gitmodules', 'lib', cwd='.')
 """
 
 
+@pytest.mark.long
 def test_a_filter_of_a_repository_an_agent_made_never_runs_whatever_its_name(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -224,6 +228,7 @@ def test_a_filter_of_a_repository_an_agent_made_never_runs_whatever_its_name(
     assert marker.exists()  # the attack is real: git there runs it
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("path", ["../up", "/abs", ".", "a/../../up"])
 def test_a_gitmodules_naming_a_path_outside_the_worktree_fails_no_task_nor_clean(
     tmp_path: Path, write_agent: AgentFactory, path: str
@@ -257,6 +262,7 @@ open(os.path.join(name, "left.txt"), "w").write("work\n")
 """
 
 
+@pytest.mark.long
 def test_clean_names_what_an_agent_made_without_its_terminal_escapes(
     repo: Path, write_agent: AgentFactory
 ) -> None:

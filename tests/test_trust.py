@@ -170,6 +170,7 @@ attempt(lambda: hook('post-checkout'))
 )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sandbox", MODES)
 @pytest.mark.parametrize(
     ("source", "what"),
@@ -338,6 +339,7 @@ attempt(lambda: (common / 'objects' / 'info' / 'alternates').write_text(f'{store
 )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sandbox", MODES)
 def test_your_objects_moved_out_behind_an_alternates_file_are_put_back(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, sandbox: bool
@@ -687,6 +689,7 @@ subprocess.run(['git', '-C', sys.argv[1], 'stash', '-u'], capture_output=True)
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sandbox", MODES)
 @pytest.mark.parametrize(
     ("source", "what"),
@@ -727,6 +730,7 @@ open('work.txt', 'w').write('work')
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("earlier", [0, 2])
 def test_a_stash_pushed_during_a_run_is_undone_but_kept_and_the_stash_list_reads_as_before(
     repo: Path, write_agent: AgentFactory, earlier: int
@@ -764,6 +768,7 @@ while time.time() < deadline and not flag.exists():
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     "command", [pytest.param("merge-into", marks=pytest.mark.slow), "merge", "clean"]
 )
@@ -856,6 +861,7 @@ pathlib.Path('innocent.txt').write_text('innocent\n')
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("command", ["merge", "clean"])
 def test_swarm_run_by_an_agent_on_the_checkout_fails_that_agent_alone(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, command: str
@@ -907,6 +913,7 @@ while not (ctrl / 'go').exists():
 """
 
 
+@pytest.mark.long
 def test_a_run_started_while_a_merge_is_half_way_is_blamed_for_none_of_it(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -969,6 +976,7 @@ git('update-ref', ref, git('commit-tree', tree, '-p', tip, '-m', 'looks like a m
 """
 
 
+@pytest.mark.long
 def test_a_commit_an_agent_puts_on_the_branch_a_merge_checks_never_stays(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1518,6 +1526,7 @@ pathlib.Path('work.txt').write_text('work\\n')
 """
 
 
+@pytest.mark.long
 def test_swarm_merge_never_writes_through_a_reflog_link_an_agent_planted(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1667,6 +1676,7 @@ pathlib.Path('top.txt').write_text('own work\\n')
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("how", ["made", "committed"])
 def test_swarms_git_never_looks_inside_a_repository_an_agent_made(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, how: str
@@ -2006,6 +2016,7 @@ pathlib.Path('own.txt').write_text('own work\\n')
 )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sandbox", MODES_SANDBOX_SLOW)
 @pytest.mark.parametrize("which", ["pack", "fan-out"])
 def test_your_objects_moved_into_a_worktree_are_put_back_and_survive_its_clean(
@@ -3115,6 +3126,7 @@ def test_swarm_merge_into_a_branch_of_a_git_dir_copied_with_cp_al_keeps_its_tip_
     assert git(tmp_path, "--git-dir", str(backup), "rev-parse", "release") == tip  # untouched
 
 
+@pytest.mark.long
 def test_a_repository_with_more_tags_than_a_command_line_holds_is_scanned_in_full(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -3278,6 +3290,7 @@ def test_a_named_pipe_planted_where_your_git_reads_is_removed(
 WORK = "import pathlib; pathlib.Path('work.txt').write_text('own work\\n')"
 
 
+@pytest.mark.long
 def test_a_named_pipe_in_an_agents_worktree_fails_its_task_and_the_run_goes_on(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -3536,6 +3549,7 @@ while time.monotonic() < end:
 """
 
 
+@pytest.mark.long
 def test_git_config_an_agent_keeps_planting_is_put_back_once_it_stops(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -254,6 +254,7 @@ def test_watch_in_tmux_shows_the_task_table(
         release(repo, gate)
 
 
+@pytest.mark.long
 def test_watch_without_a_terminal_is_one_line_and_exit_2(repo: Path) -> None:
     assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
     out = subprocess.run(
@@ -485,6 +486,7 @@ def test_quit_while_a_merge_checks_says_so_and_quits_once_it_ends(
     assert said[0].startswith("merged into"), said
 
 
+@pytest.mark.long
 def test_the_screen_keeps_refreshing_while_a_merge_waits_for_the_database(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -620,6 +622,7 @@ def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
     assert fake.pulls[1]["head"]["ref"] == "swarm/bb"
 
 
+@pytest.mark.long
 def test_actions_that_cannot_be_done_say_why_and_change_nothing(
     repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
