@@ -36,7 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the package under test is imported where it is used (it may be --before's)
+    from worktree_swarm.core.paths import Repo
+    from worktree_swarm.guard.model import Violation
+    from worktree_swarm.guard.watcher import Guard
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -75,12 +82,13 @@ def make_worktrees(repo: Path, count: int) -> list[Path]:
     return paths
 
 
-def open_any(repo_root: Path) -> object:
+def open_any(repo_root: Path) -> Repo:
     """The package's repository handle, as it is or as it was before the layers."""
     git_module = importlib.import_module("worktree_swarm.git")
     if not hasattr(git_module, "open_repo"):
         git_module = importlib.import_module("worktree_swarm.git.repo")
-    return git_module.open_repo(repo_root)
+    open_repo: Callable[[Path], Repo] = git_module.open_repo
+    return open_repo(repo_root)
 
 
 def measure_count(repo_root: Path, counts: list[int], scans: int) -> dict[str, float]:
@@ -124,19 +132,21 @@ def measure_run(manifest: Path) -> dict[str, float]:
     starts: list[tuple[float, float, bool]] = []
     scan, start = Guard.scan, Guard.start
 
-    def started(self: object) -> None:
-        start(self)  # type: ignore[arg-type]
+    def started(self: Guard) -> None:
+        start(self)
         starts.append((time.monotonic(), 0.0, False))  # the baselines: checked from here
 
-    def timed(self: object, *, deep: bool = False) -> object:
+    def timed(self: Guard, *, deep: bool = False) -> list[Violation]:
         began = time.monotonic()
         try:
-            return scan(self, deep=deep)  # type: ignore[arg-type]
+            return scan(self, deep=deep)
         finally:
             starts.append((began, time.monotonic() - began, deep))
 
-    Guard.scan = timed  # type: ignore[assignment,method-assign]
-    Guard.start = started  # type: ignore[assignment,method-assign]
+    # Wrapping the real methods in place: mypy forbids assigning to a method, but still checks
+    # (as [assignment]) that each wrapper's signature fits.
+    Guard.scan = timed  # type: ignore[method-assign]
+    Guard.start = started  # type: ignore[method-assign]
     w0 = time.monotonic()
     code = cli.main(["run", str(manifest)])
     wall = time.monotonic() - w0
@@ -204,7 +214,8 @@ def run_child(package_root: Path, repo_root: Path, args: list[str]) -> dict[str,
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    measured: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured
 
 
 def show(name: str, m: dict[str, float]) -> None:

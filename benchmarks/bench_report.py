@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from worktree_swarm.core.models import ProcessIdentity, RunStatus
+from worktree_swarm.core.models import ProcessIdentity, RunStatus, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
@@ -123,17 +123,19 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
     failed: set[str] = set()
     identity = ProcessIdentity(pid=1, create_time=0.0, pgid=1)
     check_lines = "".join(f"test_{n} PASSED\n" for n in range(200))
+
+    def ev(task: Task, ts: float, state: TaskState, reason: str = "") -> None:
+        data = {"state": state.value, "reason": reason} if reason else {"state": state.value}
+        store.add_event(run_id, "state", task_id=task.id, data=data, ts=ts)
+
     for task in specs:
-        ev = lambda kind, ts, data, t=task: store.add_event(  # noqa: E731
-            run_id, kind, task_id=t.id, data=data, ts=ts
-        )
         if any(d in failed for d in task.depends_on):
             failed.add(task.id)
             at = max(ended[d] for d in task.depends_on)
             ended[task.id] = at
-            store.update_task(run_id, task.id, state="blocked", reason="dependency failed",
-                              ended_at=at)  # fmt: skip
-            ev("state", at, {"state": "blocked", "reason": "dependency failed"})
+            store.update_task(run_id, task.id, state=TaskState.BLOCKED,
+                              reason="dependency failed", ended_at=at)  # fmt: skip
+            ev(task, at, TaskState.BLOCKED, "dependency failed")
             continue
         ready = max((ended[d] for d in task.depends_on), default=created)
         slot = min(range(jobs), key=slots.__getitem__)
@@ -144,8 +146,9 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
             plan[-1] = "failed"
         cost = 0.0
         for number, outcome in enumerate(plan, 1):
-            ev("state", now, {"state": "running"})
-            store.update_task(run_id, task.id, state="running", started_at=now, attempts=number)
+            ev(task, now, TaskState.RUNNING)
+            store.update_task(run_id, task.id, state=TaskState.RUNNING, started_at=now,
+                              attempts=number)  # fmt: skip
             log = state / "runs" / run_id / task.id / f"attempt-{number}.log"
             attempt = store.start_attempt(run_id, task.id, number=number, identity=identity,
                                           log_path=str(log), started_at=now)  # fmt: skip
@@ -158,21 +161,21 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
             store.end_attempt(attempt, exit_code=0 if outcome == "succeeded" else 1,
                               outcome=outcome, ended_at=now, usage=usage)  # fmt: skip
             if outcome == "rate_limited":
-                ev("state", now, {"state": "rate_limited", "reason": "resuming later"})
+                ev(task, now, TaskState.RATE_LIMITED, "resuming later")
                 now += rng.uniform(20, 120)
             elif outcome == "succeeded":
-                ev("state", now, {"state": "checking"})
+                ev(task, now, TaskState.CHECKING)
                 now += rng.uniform(5, 40)
         logs = state / "runs" / run_id / task.id
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "checks.log").write_text("$ pytest -q\n" + check_lines)
-        final = "failed" if plan[-1] == "failed" else "done"
-        if final == "failed":
+        final = TaskState.FAILED if plan[-1] == "failed" else TaskState.DONE
+        if final is TaskState.FAILED:
             failed.add(task.id)
         store.update_task(run_id, task.id, state=final, ended_at=now, cost_usd=cost,
                           diff_files=rng.randrange(1, 12), diff_insertions=rng.randrange(200),
                           diff_deletions=rng.randrange(80))  # fmt: skip
-        ev("state", now, {"state": final})
+        ev(task, now, final)
         ended[task.id] = now
         slots[slot] = now
     store.finish_run(run_id, status=RunStatus.FINISHED, ended_at=max(slots))
@@ -223,7 +226,8 @@ def browser_numbers(html: Path, profile: Path, repeat: int) -> dict[str, float] 
             samples["script"].append(script * 1000)
             driver.get(html.as_uri())
             samples["naive"].append(driver.execute_script(NAIVE_TIMELINE))
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        console = driver.get_log("browser")  # type: ignore[no-untyped-call]  # selenium: untyped
+        errors = [e for e in console if e["level"] == "SEVERE"]
         if errors:
             print(f"console errors: {errors[:3]}")
     finally:

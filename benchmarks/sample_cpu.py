@@ -30,10 +30,11 @@ class Sampler:
     """Charges each thread's CPU, between two looks, to where it was at the second."""
 
     def __init__(self) -> None:
+        # Nanoseconds of CPU (a Counter counts in ints): by place, by call chain, by function.
         self.places: collections.Counter[tuple[str, str]] = collections.Counter()
         self.chains: collections.Counter[tuple[str, ...]] = collections.Counter()
         self.inclusive: collections.Counter[str] = collections.Counter()
-        self._last: dict[int, float] = {}
+        self._last: dict[int, int] = {}  # each thread's CPU clock at the last look
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
@@ -47,7 +48,7 @@ class Sampler:
                 if thread is self._thread or thread.ident not in frames:
                     continue
                 try:
-                    now = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+                    now = time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
                 except OSError:
                     continue  # ended meanwhile
                 used = now - self._last.get(thread.ident, now)
@@ -60,17 +61,22 @@ class Sampler:
                         self.inclusive[name] += used
 
     def report(self, top: int) -> str:
-        total = sum(self.places.values()) or 1e-9
-        lines = [f"CPU sampled: {total:.2f}s"]
+        total = sum(self.places.values()) or 1
+        lines = [f"CPU sampled: {total / 1e9:.2f}s"]
         for (inner, lib), used in self.places.most_common(top):
-            lines.append(f"{used:7.3f}s {100 * used / total:5.1f}%  {inner}  [{lib}]")
+            lines.append(f"{_share(used, total)}  {inner}  [{lib}]")
         lines.append("")
         for chain, used in self.chains.most_common(top):
-            lines.append(f"{used:7.3f}s {100 * used / total:5.1f}%  {' > '.join(chain)}")
+            lines.append(f"{_share(used, total)}  {' > '.join(chain)}")
         lines.append("")
         for name, used in self.inclusive.most_common(top):
-            lines.append(f"{used:7.3f}s {100 * used / total:5.1f}%  {name} (with what it calls)")
+            lines.append(f"{_share(used, total)}  {name} (with what it calls)")
         return "\n".join(lines) + "\n"
+
+
+def _share(used: int, total: int) -> str:
+    """Nanoseconds of CPU as seconds and as a percentage of *total*."""
+    return f"{used / 1e9:7.3f}s {100 * used / total:5.1f}%"
 
 
 def _where(frame: FrameType) -> tuple[str, str, tuple[str, ...], set[str]]:
