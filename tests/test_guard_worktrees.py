@@ -516,3 +516,31 @@ def test_a_run_whose_worktrees_go_in_another_checkout_says_so_unless_ignored_the
     out = swarm(inner, "run", "--agent", agent, "-t", "b=p")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "note: the worktrees go in" not in out.stderr
+
+
+def test_a_task_worktree_caught_half_way_through_a_move_into_your_checkout_is_moved_back(
+    tmp_path: Path,
+) -> None:
+    # git moves a worktree by renaming it, then noting its new place in its admin dir. Caught
+    # in between, it is looked at once more on the next scan; moved into your checkout, the
+    # comparison of your checkout (which looks for moved worktrees again) judged it at once,
+    # in the same scan: taken for removed and made again, and the moved one deleted from your
+    # checkout as new files (its uncommitted files with it).
+    repo, path, guard = _task_a(tmp_path)
+    guard.start()
+    with guard.busy("a", path):
+        (path / "work.txt").write_text("uncommitted\n")
+    assert guard.scan() == []
+    guard.agent_started("y", identity_of(os.getpid()))
+    moved = repo / "moved"
+    path.rename(moved)  # git's first step
+    assert guard.scan() == []  # looked at again
+    admin = Path(git(moved, "rev-parse", "--absolute-git-dir"))
+    (admin / "gitdir").write_text(f"{moved / '.git'}\n")  # git's second step
+    [found] = guard.scan()
+    assert (found.where, found.worktree, found.suspects, found.restored) == (
+        "a", f"was moved to {moved}", ("y",), True,
+    )  # fmt: skip
+    assert (path / "work.txt").read_text() == "uncommitted\n"
+    assert not moved.exists()
+    assert guard.scan() == []

@@ -189,7 +189,7 @@ class CheckoutChecks(WorktreeChecks):
             # A linked worktree there (a task's, moved in since this scan looked for them):
             # moved back, or left out, before anything here is taken for new files to remove.
             with self._repo_lock:
-                made += self._scan_worktrees(began, set())
+                made += self._scan_worktrees(began, set(), again=True)
                 midway = bool(self._trees.doubted)
             if midway:  # a worktree being moved, maybe here: compared once it is judged
                 self._changes.mark(place.where)

@@ -99,14 +99,19 @@ class WorktreeChecks(Baselines, RefChecks):
             found.append(info.path)
         return found
 
-    def _scan_worktrees(self, began: float, pending: set[str]) -> list[Violation]:
+    def _scan_worktrees(
+        self, began: float, pending: set[str], *, again: bool = False
+    ) -> list[Violation]:
         """Each task worktree where swarm made it: one removed or moved is put back.
 
         Two file lookups per task; git's admin dir is read only when a worktree's ``.git`` is
-        gone. Under the guard's lock and the repository's.
+        gone. Under the guard's lock and the repository's. *again*: a second look in the same
+        scan, which leaves a worktree this scan doubted to the next scan.
         """
         found = []
         for task_id, path in list(self._trees.paths.items()):
+            if again and task_id in self._trees.doubted:
+                continue  # judged now, a move caught half way would be taken for a removal
             violation = self._check_worktree(task_id, path, began, pending)
             if violation is not None:
                 found.append(violation)
