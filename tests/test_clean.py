@@ -605,6 +605,7 @@ def test_clean_waits_for_a_git_a_killed_swarm_left_in_a_worktree(
     assert not path.exists()
 
 
+@pytest.mark.long
 def test_doctor_finds_and_fixes_what_a_crash_left(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:
@@ -1183,6 +1184,7 @@ def _cleaned_and_kept(repo: Path, path: Path, tip: str) -> None:
     assert git(repo, "rev-parse", "swarm/edits") == tip
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("left", ["the index", "half the folders", "every folder", "the .git file"])
 def test_a_worktree_removal_cut_short_is_finished_without_committing_deletions(
     tmp_path: Path, write_agent: AgentFactory, left: str
@@ -1265,6 +1267,7 @@ def test_clean_finishes_what_a_clean_killed_in_its_checkpoint_left_locked(
     assert git(repo, "show", "swarm/edits:later.txt") == "typed after the run"
 
 
+@pytest.mark.long
 def test_a_worktree_that_lost_its_git_file_is_pruned_and_its_files_rescued(
     repo: Path, write_agent: AgentFactory
 ) -> None:
@@ -1328,6 +1331,7 @@ def test_doctor_rescues_in_one_go_the_files_of_a_worktree_that_lost_its_git_file
     assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("dotgit", ["removed", "naming nothing"])
 def test_rescuing_a_directory_cut_off_from_the_repository_never_runs_its_planted_config(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, dotgit: str
@@ -1594,6 +1598,7 @@ exec {real} "$@"
 """
 
 
+@pytest.mark.long
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one status at a time")
 def test_a_plan_looks_at_several_worktrees_at_once(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
@@ -1757,6 +1762,7 @@ def test_clean_waits_for_the_guards_verdict_without_the_repository_lock(
     assert "swarm/a" not in git(repo, "branch", "--list")
 
 
+@pytest.mark.long
 def test_a_task_worktree_you_switched_branch_in_or_left_mid_rebase_is_kept_as_it_is(
     repo: Path, write_agent: AgentFactory
 ) -> None:

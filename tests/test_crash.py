@@ -622,6 +622,7 @@ def test_force_abandons_a_run_whose_manager_died_and_keeps_its_work(
     assert states == ["abandoned", "finished"]
 
 
+@pytest.mark.long
 def test_an_attempt_that_ended_while_its_manager_was_stopped_ends_when_its_agent_did(
     repo: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -1463,6 +1464,7 @@ def test_a_state_directory_deleted_on_a_full_disk_is_written_back_once_there_is_
     assert git(repo, "show", "swarm/t1:work.txt") == "work"
 
 
+@pytest.mark.long
 def test_resume_on_a_full_disk_says_so_in_one_line(
     small_disk: Path, tmp_path: Path, write_agent: object
 ) -> None:
@@ -1748,6 +1750,7 @@ sys.exit(int(sys.argv[2]))
 """
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("how", ["stop", "force"])
 def test_an_agent_that_ended_while_no_manager_watched_is_not_taken_for_stopped(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], how: str
@@ -1982,6 +1985,7 @@ def test_a_stop_its_manager_died_during_is_recorded_as_stopped(
     assert status_json(repo)["a"]["state"] == "stopped"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("step", ["checks", "setup"])
 def test_a_check_or_setup_a_dead_manager_left_running_is_killed_before_it_runs_again(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]], step: str

@@ -338,6 +338,7 @@ def remotes_as_they_are(repo: Path) -> tuple[str, dict[str, bytes]]:
                   if p.is_file()}  # fmt: skip
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("alone", "pending"), [(False, False), (True, False), (False, True)],
     ids=["group", "alone", "group-resumed-guard"],

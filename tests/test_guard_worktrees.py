@@ -345,6 +345,7 @@ def test_your_own_worktree_moved_during_a_run_blames_nobody_and_is_watched_where
     assert git(moved, "status", "--short") == "?? mine.txt"
 
 
+@pytest.mark.long
 def test_your_own_worktree_half_way_through_its_git_worktree_remove_is_left_to_git(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -1309,6 +1309,7 @@ def test_squash_lands_a_chain_of_tasks_that_rewrite_the_same_line(
     assert not (Path(git(worktree, "rev-parse", "--git-dir")) / "SQUASH_MSG").exists()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("resolve", [False, True])
 def test_a_squashed_chain_whose_own_changes_conflict_is_conflicted_or_resolved(
     base_repo: Path, brancher: Brancher, tmp_path: Path, resolve: bool
@@ -1577,6 +1578,7 @@ def test_resolve_hands_conflicts_to_the_tasks_agent(
     assert checkout_snapshot(base_repo) == before
 
 
+@pytest.mark.long
 def test_a_resolver_is_told_of_a_conflicted_name_that_is_not_utf8_as_git_quotes_it(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:
@@ -1673,6 +1675,7 @@ def test_a_resolver_that_commits_or_abandons_the_merge_itself(
     assert git(worktree, "status", "--porcelain") == ""
 
 
+@pytest.mark.long
 def test_a_resolver_that_switches_the_merge_worktree_to_another_branch_never_has_it_reset(
     base_repo: Path, brancher: Brancher, tmp_path: Path
 ) -> None:

@@ -193,6 +193,7 @@ MARKERS_LEFT = {
 }
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", list(MARKERS_LEFT))
 def test_a_resolution_with_conflict_markers_of_another_size_or_style_lands_nothing(
     repo: Path, brancher: Brancher, case: str
@@ -219,6 +220,7 @@ def test_a_resolution_with_conflict_markers_of_another_size_or_style_lands_nothi
     assert git(repo, "rev-parse", BRANCH) == report["results"][0]["commit"]
 
 
+@pytest.mark.long
 def test_a_resolution_may_hold_a_heading_underlined_with_equals_signs(
     repo: Path, brancher: Brancher
 ) -> None:

@@ -655,6 +655,7 @@ def test_key_echoed_by_the_server_is_never_printed(project: Path, api: StubAnthr
     assert "key [REDACTED] may not use this model" in result.stderr  # as the manifest masks it
 
 
+@pytest.mark.long
 def test_a_key_echoed_into_the_plan_or_typed_in_the_goal_is_never_written(
     project: Path, api: StubAnthropic
 ) -> None:

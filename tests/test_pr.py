@@ -225,6 +225,7 @@ def test_a_pull_request_opened_unrecorded_and_closed_since_is_kept_not_opened_ag
         assert first == "one  created  #3  https://github.test/acme/widgets/pull/3"
 
 
+@pytest.mark.long
 def test_a_recorded_number_that_is_someone_elses_pull_request_is_not_taken_for_the_tasks(
     repo: Path, done_run: Path, fake_github: FakeGitHub
 ) -> None:
@@ -650,6 +651,7 @@ def test_task_that_is_not_done_is_refused(
     assert [p["head"]["ref"] for p in fake_github.pulls.values()] == ["swarm/issue-7"]
 
 
+@pytest.mark.long
 def test_the_token_never_appears_in_output_state_logs_or_pull_requests(
     repo: Path, done_run: Path, fake_github: FakeGitHub, tmp_path: Path
 ) -> None:

@@ -769,6 +769,7 @@ def test_usage_no_attempt_could_have_is_none_and_loses_no_work(
     assert (row["state"], row["tokens_in"], row["cost_usd"]) == ("done", 100, 0.5), row
 
 
+@pytest.mark.long
 def test_an_agent_waiting_out_the_retry_delay_it_announced_is_not_idle(
     repo: Path, fake_claude: Path
 ) -> None:
@@ -782,6 +783,7 @@ def test_an_agent_waiting_out_the_retry_delay_it_announced_is_not_idle(
     assert branch_file(repo, "swarm/a", "a.txt") == "after the wait"
 
 
+@pytest.mark.long
 def test_an_agent_silent_past_the_retry_delay_it_announced_is_idle(
     repo: Path, fake_claude: Path
 ) -> None:
@@ -795,6 +797,7 @@ def test_an_agent_silent_past_the_retry_delay_it_announced_is_idle(
     assert branch_file(repo, "swarm/a", "a.txt") == "before the wait"
 
 
+@pytest.mark.long
 def test_a_result_line_longer_than_the_log_window_still_counts_its_cost(
     repo: Path, fake_claude: Path
 ) -> None:
@@ -947,6 +950,7 @@ def test_a_tasks_elapsed_time_counts_from_its_first_attempt(repo: Path, fake_cla
     assert row["elapsed_s"] == pytest.approx(ended - started, abs=0.001)
 
 
+@pytest.mark.long
 def test_the_budget_counts_what_was_spent_before_a_crash(repo: Path, fake_claude: Path) -> None:
     ids = [f"t{i}" for i in range(5)]
     # Whichever task starts third waits (one job slot; a worktree made ahead may take it
@@ -1267,6 +1271,7 @@ def test_a_detach_that_loses_the_race_for_the_lock_exits_3(
     assert status_json(repo)["a"]["state"] == "done"
 
 
+@pytest.mark.long
 def test_a_state_directory_deleted_under_a_run_admits_no_second_manager_and_is_written_back(
     repo: Path, fake_claude: Path
 ) -> None:
@@ -1338,6 +1343,7 @@ def test_a_state_database_replaced_by_garbage_or_its_log_deleted_under_a_run_is_
     assert branch_file(repo, "swarm/a", "a.txt") == "finished"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("command", ["status", "logs", "resume"])
 def test_a_look_at_a_state_directory_deleted_under_a_live_manager_says_so(
     repo: Path, fake_claude: Path, command: str
@@ -1518,6 +1524,7 @@ while not (here / f"{me}.go").exists():
 """
 
 
+@pytest.mark.long
 def test_a_run_without_a_manager_is_stopped_while_another_runs_manager_is_alive(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1682,6 +1689,7 @@ def test_a_guard_is_alive_only_beside_a_manager_that_runs_one(tmp_path: Path) ->
     assert not lock.guard_alive(state)
 
 
+@pytest.mark.long
 def test_a_manager_lock_taken_by_another_program_once_the_manager_died_is_no_manager(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:

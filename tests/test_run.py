@@ -442,6 +442,7 @@ def test_a_dependent_of_a_task_landed_and_cleaned_runs_on_its_work(
     assert {"a.out", "x.out", "d.out"} <= set(files)
 
 
+@pytest.mark.long
 def test_a_retried_dependent_never_builds_on_a_later_runs_branch_of_its_dependency(
     repo: Path, write_agent: AgentFactory, tmp_path: Path
 ) -> None:
@@ -955,6 +956,7 @@ def _stopped_with_its_work_kept(repo: Path, pids: Path) -> None:
     assert branch_file(repo, "swarm/hang", "partial.txt") == "half done"
 
 
+@pytest.mark.long
 def test_stop_kills_the_tree_and_keeps_work(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1880,6 +1882,7 @@ def test_task_branches_never_track_though_git_config_asks_for_it(
     assert [line for line in git(repo, "config", "--list").splitlines() if "swarm/" in line] == []
 
 
+@pytest.mark.long
 def test_idle_agent_is_timed_out_and_its_work_kept(
     repo: Path, tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1966,6 +1969,7 @@ def test_logs_follow_ends_when_its_reader_goes_away_while_the_agent_is_quiet(
         run.kill()
 
 
+@pytest.mark.long
 def test_tasks_with_overlapping_files_never_run_together(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -58,6 +58,7 @@ def test_runs_in_a_repository_without_runs_lists_none(repo: Path) -> None:
     assert not (repo / ".git" / "swarm").exists()
 
 
+@pytest.mark.long
 def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

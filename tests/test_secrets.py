@@ -398,6 +398,7 @@ def open_prs(
     return bare, swarm(repo, "pr", "--github-repo", "acme/widgets", "--api-url", fake.url)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=needs_bwrap)])
 def test_copy_files_stay_off_the_branch_and_pr_refuses_one_committed_anyway(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
@@ -1589,6 +1590,7 @@ def test_live_table_shows_a_running_agents_output_redacted(
         run.communicate(timeout=60)
 
 
+@pytest.mark.long
 def test_pr_title_and_body_never_carry_a_token_from_the_prompt(
     repo: Path, write_agent: AgentFactory, tmp_path: Path, fake_github: FakeGitHub,
     monkeypatch: pytest.MonkeyPatch,

@@ -276,6 +276,7 @@ def test_hanging_setup_is_timed_out(
     assert marked(mark) == []
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("how", ["stop", "sigint"])
 def test_a_hanging_setup_is_ended_at_once_by_stop_or_ctrl_c(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, mark: str, how: str

@@ -1565,6 +1565,7 @@ def test_gits_copy_of_a_sparse_checkouts_settings_is_no_agents_write(
     assert not (repo.parent / "repo.swarm" / "t0" / "b").exists()
 
 
+@pytest.mark.long
 def test_an_agent_that_plants_config_in_its_own_admin_dir_is_caught_there_too(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
@@ -1712,6 +1713,7 @@ subprocess.run(['git', 'config', '--file', str(where / '.git' / 'config'),
 )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("where", ["cache", "src"], ids=["new-dir", "your-dir"])
 def test_a_repository_without_a_commit_made_in_your_checkout_hides_nothing_and_is_undone(
     tmp_path: Path, write_agent: AgentFactory, where: str
@@ -3055,6 +3057,7 @@ pathlib.Path('work.txt').write_text('own work\\n')
 """
 
 
+@pytest.mark.long
 def test_gits_temporary_ref_list_for_dumb_http_is_no_outside_write(
     repo: Path, write_agent: AgentFactory
 ) -> None:

@@ -97,6 +97,7 @@ def manager_gone(repo: Path) -> bool:
     return not lock.manager_alive(r.state_dir)
 
 
+@pytest.mark.long
 def test_stop_key_stops_a_real_agent_and_retry_starts_one(
     repo: Path, write_agent: Callable[[str], list[str]]
 ) -> None:
@@ -408,6 +409,7 @@ def test_the_log_pane_still_ends_at_the_last_line_when_the_details_line_grows(
         store.close()
 
 
+@pytest.mark.long
 def test_the_log_pane_shows_the_last_lines_of_a_log_longer_than_it_keeps(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -556,6 +558,7 @@ def test_every_key_shows_in_the_key_bar_of_an_80_column_terminal(repo: Path) -> 
         store.close()
 
 
+@pytest.mark.long
 def test_pr_merge_diff_and_worktree_keys_on_a_finished_run(
     repo: Path, write_agent: Callable[[str], list[str]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
