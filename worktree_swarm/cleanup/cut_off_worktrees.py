@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Finding
 from worktree_swarm.cleanup.processes import describe, processes_using
-from worktree_swarm.cleanup.worktree_removal import _registered_locked, _rescue_ref
+from worktree_swarm.cleanup.worktree_removal import _registered_locked, save_files
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import removal, tampering
@@ -35,19 +35,9 @@ def rescue_worktree(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
     message = f"swarm: files of worktree {path}, whose .git file named no git dir"
-    snap = removal.snapshot_files(repo, path, message=message, parent=info.head or None)
-    saved = "it held no files"
-    if snap.sha is not None:
-        ref = _rescue_ref(repo, path.name, snap.sha)
-        git.git(repo.root, "update-ref", ref, snap.sha)
-        saved = f"files saved as {ref} ({snap.sha[:12]})"
-    if snap.left_out:  # they stay where they are, and so does the worktree
-        raise SwarmError(
-            f"{saved}, but {snap.left_out_text()}; kept: move them out of {path}, then "
-            "`swarm doctor --yes` saves the rest and removes it"
-        )
+    saved, sha = save_files(repo, path, message=message, parent=info.head or None)
     fs.remove_tree(path)
     removal.prune_gone(repo)
     if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
-    return f"{saved}, removed, pruned", snap.sha
+    return f"{saved or 'it held no files'}, removed, pruned", sha

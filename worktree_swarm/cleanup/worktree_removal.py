@@ -401,22 +401,31 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
         raise SwarmError(f"{path} is inside the main checkout; never removed")
-    snap = removal.snapshot_files(repo, path, message=f"swarm: files of stray directory {path}")
-    if snap.sha is None and not snap.left_out:
-        fs.remove_tree(path)
-        return "removed (it held no files)", None
+    saved, sha = save_files(repo, path, message=f"swarm: files of stray directory {path}")
+    fs.remove_tree(path)
+    return (f"{saved}, removed", sha) if saved else ("removed (it held no files)", None)
+
+
+def save_files(
+    repo: git.Repo, path: Path, *, message: str, parent: str | None = None
+) -> tuple[str, str | None]:
+    """Save *path*'s files as a commit under a rescue ref: what was saved ("" for no files), it.
+
+    Raises when a file had to be left out (its filter is one swarm's git never runs): it stays
+    where it is, and so does *path*.
+    """
+    snap = removal.snapshot_files(repo, path, message=message, parent=parent)
     saved = ""
     if snap.sha is not None:
         ref = _rescue_ref(repo, path.name, snap.sha)
         git.git(repo.root, "update-ref", ref, snap.sha)
         saved = f"files saved as {ref} ({snap.sha[:12]})"
-    if snap.left_out:  # they stay where they are, and so does the directory
+    if snap.left_out:
         raise SwarmError(
             f"{saved}{', but ' if saved else ''}{snap.left_out_text()}; kept: move them out of "
             f"{path}, then `swarm doctor --yes` saves the rest and removes it"
         )
-    fs.remove_tree(path)
-    return f"{saved}, removed", snap.sha
+    return saved, snap.sha
 
 
 def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:

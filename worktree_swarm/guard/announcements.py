@@ -15,8 +15,7 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.guard.model import RefMove
-from worktree_swarm.guard.ref_moves import _SAME_START
-from worktree_swarm.infra import fs, starts
+from worktree_swarm.infra import fs
 
 
 def _oid(value: object) -> str | None:
@@ -110,13 +109,3 @@ def _parsed(text: bytes) -> tuple[int, float, list[RefMove], bool] | None:
         return pid, started, moves, bool(data["done"])
     except (ValueError, KeyError, TypeError):
         return None  # not swarm's
-
-
-def _alive(pid: int, started: float) -> bool:
-    """Whether the process *pid* that started at *started* still runs."""
-    try:
-        return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True

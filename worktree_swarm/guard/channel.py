@@ -42,7 +42,6 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.guard.announcements import (
-    _alive,
     _holds,
     _opened,
     _parsed,
@@ -56,6 +55,7 @@ from worktree_swarm.guard.ref_moves import (
     _LISTENING,
     _SAME_START,
     DIR,
+    _alive,
     _forget,
     _verdict,
 )

@@ -201,12 +201,7 @@ def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
             started = float(json.loads(fs.read_file(path))["started"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        try:
-            return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
-        except psutil.NoSuchProcess:
-            return False
-        except psutil.Error:
-            return True
+        return _alive(pid, started)
     return psutil.pid_exists(pid)  # only half-written files: no start time to compare
 
 
@@ -267,3 +262,13 @@ def _listening(listener: Path) -> bool:
         return False
     listener.unlink(missing_ok=True)  # a guard that was killed: nobody listens there
     return False
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Whether the process *pid* that started at *started* still runs."""
+    try:
+        return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
