@@ -545,3 +545,27 @@ def test_a_task_worktree_caught_half_way_through_a_move_into_your_checkout_is_mo
     assert (path / "work.txt").read_text() == "uncommitted\n"
     assert not moved.exists()
     assert guard.scan() == []
+
+
+@pytest.mark.parametrize("into", ["checkout", "root"])
+def test_a_task_worktree_whose_move_stays_half_way_is_moved_back(tmp_path: Path, into: str) -> None:
+    # git killed between its rename and its note of the new place in the admin dir: the
+    # moved worktree's `.git` still names that admin dir. It was taken for removed and made
+    # again, and, in your checkout, deleted as new files (its uncommitted files with it).
+    repo, path, guard = _task_a(tmp_path)
+    guard.start()
+    with guard.busy("a", path):
+        (path / "work.txt").write_text("uncommitted\n")
+    assert guard.scan() == []
+    guard.agent_started("y", identity_of(os.getpid()))
+    moved = (repo if into == "checkout" else path.parent) / "moved"
+    path.rename(moved)  # git's first step, and no second
+    assert guard.scan() == []  # looked at again
+    [found] = guard.scan()
+    assert (found.where, found.worktree, found.suspects, found.restored) == (
+        "a", f"was moved to {moved}", ("y",), True,
+    )  # fmt: skip
+    assert (path / "work.txt").read_text() == "uncommitted\n"
+    assert not moved.exists()
+    assert guard.scan() == []
+    assert git(path, "status", "--porcelain") == "?? work.txt"

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import psutil
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import tampering, worktrees
+from worktree_swarm.git import runner, tampering, worktrees
 from worktree_swarm.guard import surface
 from worktree_swarm.guard.baselines import Baselines, _drop_copies, _seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
@@ -181,7 +182,8 @@ class WorktreeChecks(Baselines, RefChecks):
         if not suspects:  # nobody of ours was running: the user's doing
             self._forget_worktree(task_id)
             return None
-        moved = _moved_to(self.repo.common_dir / "worktrees" / known, path)
+        admin = self.repo.common_dir / "worktrees" / known
+        moved = _moved_to(admin, path) or self._half_moved(admin, path)
         what = "was removed" if moved is None else f"was moved to {moved}"
         root = path.parent
         was = self._trees.roots.get(task_id)
@@ -211,6 +213,33 @@ class WorktreeChecks(Baselines, RefChecks):
             self._trees.lost[task_id] = violation
         return violation
 
+    def _half_moved(self, admin: Path, path: Path) -> Path | None:
+        """Where a move git left half done took the task worktree of *admin*, if seen.
+
+        git renames the worktree, then names its new place in the admin dir: killed (or slow)
+        in between, the admin dir still names *path*, and only the moved worktree's ``.git``
+        names the admin dir. Looked for among *path*'s siblings and in your checkouts (their
+        untracked nested repositories, which a comparison of one would delete).
+        """
+        if not os.path.lexists(admin / "gitdir"):
+            return None
+        found: list[str] = []
+        with contextlib.suppress(OSError):
+            found = [entry.path for entry in os.scandir(path.parent)]
+        args = ("ls-files", "-z", "--others", "--exclude-standard")
+        for place in [p for p in list(self._places.values()) if p.users]:
+            with contextlib.suppress(SwarmError):  # a worktree of yours being removed
+                listed = runner.run_names(place.path, *args, check=False).stdout.split("\0")
+                found += [str(place.path / name) for name in listed if name.endswith("/")]
+        real = os.path.realpath(admin)
+        for where in map(Path, found):
+            with contextlib.suppress(OSError, SwarmError):
+                if stat.S_ISREG((where / ".git").lstat().st_mode) and (
+                    os.path.realpath(git.git_dir(where)) == real
+                ):
+                    return where
+        return None
+
     def _keep_out(self, moved: Path) -> None:
         """Leave *moved*, a task worktree left in your checkout, out of its comparisons."""
         root, real = Path(os.path.realpath(self.repo.root)), Path(os.path.realpath(moved))
@@ -237,6 +266,7 @@ class WorktreeChecks(Baselines, RefChecks):
         if moved is not None:
             if os.path.lexists(path):
                 return False  # something else is there now (git would move it inside that)
+            _name_place(self.repo.common_dir / "worktrees" / admin, moved)
             # Noted first: a manager killed before the move is done has the next one finish it.
             note = self._dir / _MOVING / admin
             note.parent.mkdir(parents=True, exist_ok=True)
@@ -354,6 +384,17 @@ def _being_removed(checkout: Path) -> bool:
         if any(os.path.realpath(b / n) == target for b in bases for n in names):
             return True
     return False
+
+
+def _name_place(admin: Path, moved: Path) -> None:
+    """Name *moved* in *admin*'s ``gitdir``, as git's move does after its rename (if not yet)."""
+    named = f"{os.path.realpath(moved)}/.git"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if os.path.realpath(fs.read_text(admin / "gitdir").strip()) == named:
+            return
+    aside = admin / "gitdir.swarm-tmp"
+    aside.write_text(f"{named}\n", encoding="utf-8")
+    aside.replace(admin / "gitdir")
 
 
 def _present(path: Path) -> bool:
