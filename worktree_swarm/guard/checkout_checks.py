@@ -13,14 +13,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
 from worktree_swarm.guard.baselines import _drop_copies, _repositories_in, _seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Snapshot, Violation
-from worktree_swarm.guard.restore import open_up, put_index, remove, restore_checkout
+from worktree_swarm.guard.restore import (
+    move_aside,
+    new_repository_dirs,
+    open_up,
+    put_index,
+    remove,
+    restore_checkout,
+)
 from worktree_swarm.guard.snapshot import (
     capture,
     changed_paths,
@@ -42,6 +51,7 @@ _TASK_BUDGET = 0.25
 # systems), at most this share of the time, and only once it was last compared this long ago.
 _SWEEP_SHARE = 0.005
 _SWEEP_AGE = 30.0
+_SET_ASIDE = "set-aside"  # new directories holding a repository, taken out of your checkout
 
 
 class CheckoutChecks(WorktreeChecks):
@@ -211,6 +221,15 @@ class CheckoutChecks(WorktreeChecks):
             self._watch(place.where, place.path)
             return made
         patch = files_patch(place.path, base.tree, now.tree, paths)
+        aside = self._aside(place, base.tree, now.tree, paths) if self.restore else {}
+        patch = (
+            "".join(
+                f"# {path_text(rel + '/')}: a repository made in your checkout, moved whole to"
+                f" {path_text(str(to))}\n"
+                for rel, to in aside.items()
+            )
+            + patch
+        )
         found = Violation(
             number=0,
             where=place.where,
@@ -218,11 +237,16 @@ class CheckoutChecks(WorktreeChecks):
             head=head,
             index_changed=now.index != base.index,
             suspects=suspects,
+            set_aside=tuple(str(to) for to in aside.values()),
         )
         restored = False
         if self.restore:
             found = self._intend(found, patch)
-            restored = restore_checkout(
+            # What a repository made here holds (its history, files git does not list) is
+            # in no patch: moved aside whole, or, where it cannot be, left as found.
+            kept = [str(to) for rel, to in aside.items() if move_aside(place.path / rel, to)]
+            found = dataclasses.replace(found, set_aside=tuple(kept))
+            restored = len(kept) == len(aside) and restore_checkout(
                 place.path,
                 base=base,
                 now=now,
@@ -236,6 +260,16 @@ class CheckoutChecks(WorktreeChecks):
             self._watch(place.where, place.path)
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*made, violation]
+
+    def _aside(self, place: _Place, base: str, now: str, paths: list[str]) -> dict[str, Path]:
+        """Each new directory of a user's *place* holding a repository, and where it goes."""
+        made = new_repository_dirs(place.path, base, now, paths) if place.users else []
+        if not made:
+            return {}
+        top = self._dir / _SET_ASIDE
+        top.mkdir(exist_ok=True)
+        into = Path(tempfile.mkdtemp(prefix=f"{int(time.time())}-", dir=top))
+        return {rel: into / rel for rel in made}
 
     def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
         """A `.git` made in a directory of a user's checkout: removed, unless the user made it."""

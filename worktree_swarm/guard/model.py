@@ -48,6 +48,8 @@ class Violation:
     broken: tuple[str, ...] = ()  # refs that no longer resolve to a complete commit
     kept: tuple[str, ...] = ()  # where the last good tips of *broken* are kept
     set_back: tuple[str, ...] = ()  # broken refs put back on their last complete tip ("x at sha")
+    # New directories holding a repository, taken out of a checkout whole: where they are now.
+    set_aside: tuple[str, ...] = ()
     suspects: tuple[str, ...] = ()
     patch: str = ""
     # Whether the place is known to be as it was again: put back by the guard that found it,
@@ -86,6 +88,11 @@ class Violation:
             parts.append("its staged changes")
         where = f" in {place}" if self.paths or self.index_changed else ""
         what = "; ".join(parts)
+        others = self._others(place)
+        return "; ".join(p for p in (what + where, *others) if p) or "its state"
+
+    def _others(self, place: str) -> list[str]:
+        """The parts of :meth:`summary` beside the files: worktree, git's files, refs."""
         others = [f"{place} {self.worktree}"] if self.worktree else []
         if self.git_files:
             others.append(f"git's own files {_shown(self.git_files)}")
@@ -98,7 +105,9 @@ class Violation:
                 f"{_shown(tuple(short_ref(r) for r in self.broken))} no longer resolves to a"
                 f" complete commit (objects deleted){kept}"
             )
-        return "; ".join(p for p in (what + where, *others) if p) or "its state"
+        if self.set_aside:
+            others.append(f"the repositories made there moved whole to {_shown(self.set_aside)}")
+        return others
 
     def reason(self, task_id: str) -> str:
         """The failure reason recorded on a suspect task."""
@@ -118,6 +127,7 @@ class Violation:
             "broken": list(self.broken),
             "kept": list(self.kept),
             "set_back": list(self.set_back),
+            "set_aside": list(self.set_aside),
             "suspects": list(self.suspects),
             "patch": self.patch,
             "restored": self.restored,
@@ -156,6 +166,7 @@ class Violation:
             broken=strings("broken"),
             kept=strings("kept"),
             set_back=strings("set_back"),
+            set_aside=strings("set_aside"),
             suspects=strings("suspects"),
             patch=str(data.get("patch", "")),
             restored=data.get("restored") is True,

@@ -194,6 +194,29 @@ def _new_repositories(root: Path, base: str, now: str, paths: Sequence[str]) -> 
     ]  # fmt: skip
 
 
+def new_repository_dirs(root: Path, base: str, now: str, paths: Sequence[str]) -> list[str]:
+    """Those of :func:`_new_repositories` that are new directories: nothing of *base* in them."""
+    made = _new_repositories(root, base, now, paths)
+    had = list(_tree_entries(root, base, made))
+    return [rel for rel in made if not any(h == rel or h.startswith(f"{rel}/") for h in had)]
+
+
+def move_aside(source: Path, target: Path) -> bool:
+    """Move the directory *source* to *target* (made new), copied where it cannot be renamed.
+
+    Whether *target* now holds it all; a copy leaves *source* for its caller to delete.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        source.rename(target)
+    except OSError:  # another file system
+        try:
+            shutil.copytree(source, target, symlinks=True)
+        except (OSError, shutil.Error):
+            return False
+    return True
+
+
 def put_index(root: Path, saved: Path) -> bool:
     """Write *saved* as *root*'s index, taking git's own ``index.lock`` while doing it."""
     real = index_path(root)
