@@ -1701,6 +1701,46 @@ def test_doctor_removes_in_one_go_a_worktree_it_freed_of_a_process(
 
 
 @pytest.mark.long
+def test_doctor_during_a_run_rescues_a_cut_off_worktree_without_blaming_a_live_agent(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
+) -> None:
+    # The removal is swarm's own, announced to the run's guard like `swarm clean`'s: task b,
+    # whose agent is alive meanwhile, is not blamed, and a's worktree is not made again.
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        f"go = pathlib.Path({str(go)!r})\n"
+        "if os.environ['SWARM_TASK_ID'] == 'b':\n"
+        "    pathlib.Path(str(go) + '.waiting').touch()\n"
+        "    while not go.exists():\n"
+        "        time.sleep(0.05)\n"
+        "pathlib.Path('done.txt').write_text('done\\n')\n"
+    )
+    tasks = '[[task]]\nid = "a"\nprompt = "p"\n[[task]]\nid = "b"\nprompt = "p"\n'
+    path = manifest(repo, f"[defaults]\nagent = {argv_toml(agent)}\njobs = 2\n{tasks}")
+    manager = swarm_bg(repo, "run", path)
+    reaper.append(manager)
+    a = repo.parent / "repo.swarm" / "a"
+    try:
+        wait_for(Path(str(go) + ".waiting").exists, what="task b's agent")
+        wait_for(lambda: status_json(repo)["a"]["state"] == "done", what="task a")
+        (a / ".git").write_text("gitdir: /nonexistent\n")
+
+        found = report(repo, "doctor", "--yes", code=0)
+
+        assert found[str(a)]["fixed"], found[str(a)]
+        assert not a.exists()
+    finally:  # b's agent ends either way (it would outlive the manager the reaper kills)
+        go.touch()
+    assert manager.wait(timeout=60) == 0, (repo.parent / "bg.log").read_text()
+    assert outside_writes(repo) == []
+    assert {row["state"] for row in status_json(repo).values()} == {"done"}
+    assert not a.exists()  # not made again
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "show", f"{rescued}:done.txt") == "done"
+
+
+@pytest.mark.long
 def test_clean_during_a_run_does_not_take_a_remote_tracking_ref_for_a_home_of_a_commit(
     repo: Path, tmp_path: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

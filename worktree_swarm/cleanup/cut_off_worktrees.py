@@ -3,7 +3,9 @@
 Git keeps such a worktree registered and never prunes it (its admin dir still names that
 ``.git`` file), and every git command there fails, a checkpoint's too. Its files are saved as
 a commit under a rescue ref, a child of its HEAD commit, like a stray directory's; the
-directory is deleted and the registration pruned. Its branch is left to the usual rules.
+directory is deleted and the registration pruned, the removal named to a running guard (a
+finished task's worktree during a run: no live agent is blamed). Its branch is left to the
+usual rules.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from worktree_swarm.cleanup.processes import describe, processes_using
 from worktree_swarm.cleanup.worktree_removal import _registered_locked, save_files
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
-from worktree_swarm.git import removal, tampering
+from worktree_swarm.git import removal, tampering, worktrees
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import fs
 
 
-def rescue_worktree(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
-    """Save the files of the cut-off worktree *f* names, delete it, prune it."""
+def rescue_worktree(
+    repo: git.Repo, f: Finding, *, moves: ref_moves.RefMoves
+) -> tuple[str, str | None]:
+    """Save the files of the cut-off worktree *f* names, delete it, prune it (told to *moves*)."""
     path = Path(f.target)
     info = _registered_locked(repo).get(real_path(path))
     if info is None:
@@ -36,7 +41,13 @@ def rescue_worktree(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
     message = f"swarm: files of worktree {path}, whose .git file named no git dir"
     saved, sha = save_files(repo, path, message=message, parent=info.head or None)
+    admin = worktrees.admin_of(repo, path)
+    key = ref_moves.worktree_key(path)
+    if admin is not None:  # named as the guard knows it: git's admin dir, not its `.git` file
+        moves.announce(key, at=Path(admin).name)
     fs.remove_tree(path)
+    if admin is not None:
+        moves.moved(key, None)
     removal.prune_gone(repo)
     if real_path(path) in _registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")

@@ -113,7 +113,7 @@ def _apply_one(
     if f.action is Action.RESCUE_DIRECTORY:
         return _rescue_directory(repo, f)
     if f.action is Action.RESCUE_WORKTREE:
-        return rescue_worktree(repo, f)
+        return rescue_worktree(repo, f, moves=moves)
     if f.action is Action.REMOVE_NODE_CLONE:
         return _remove_node_clone(f, store=store), None
     raise ValueError(f"{f.action} is applied by its batch")  # the branches: _delete_*branches
