@@ -137,3 +137,35 @@ def test_doctor_saves_and_removes_a_task_worktree_whose_git_file_names_no_git_di
     assert git(repo, "diff", "--name-only", f"{rescued}^", rescued) == "later.txt"
     assert git(repo, "rev-parse", "swarm/edits") == tip  # the branch: as for other leftovers
     assert swarm(repo, "doctor").stdout.strip() == "nothing to clean"
+
+
+def test_a_rescue_keeps_a_repository_inside_the_directory_with_its_commits(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Saved, it would be a gitlink: its commit's id, its objects in no repository of yours.
+    root = edits_done(repo, write_agent).parent
+    stray = root / "stray"
+    nested = stray / "nested"
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    (nested / "work.txt").write_text("only in the nested repository\n")
+    git(nested, "add", "work.txt")
+    git(nested, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "nested work")
+    commit = git(nested, "rev-parse", "HEAD")
+    (stray / "notes.txt").write_text("notes nobody committed\n")
+
+    found = report(repo, "doctor", "--yes", code=1)
+
+    result = str(found[str(stray)]["result"])
+    assert not found[str(stray)]["fixed"]
+    assert "left out nested: each a repository of its own" in result, result
+    assert git(nested, "cat-file", "-t", commit) == "commit"
+    assert (nested / "work.txt").read_text() == "only in the nested repository\n"
+    (rescued,) = _rescued(repo)
+    assert git(repo, "ls-tree", "--name-only", rescued) == "notes.txt"
+
+    nested.rename(repo.parent / "nested")  # moved out, as it says
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(stray)]["fixed"]
+    assert not stray.exists()
+    assert git(repo.parent / "nested", "cat-file", "-t", commit) == "commit"

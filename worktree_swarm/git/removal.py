@@ -3,12 +3,13 @@
 A forced removal deletes a worktree swarm made without git where it can (its index aside
 first, so one killed half-way is never read as deletions); ``prune_gone`` keeps a worktree
 that is only unreadable; ``snapshot_files`` saves files as a commit before swarm removes or
-resets them (not one whose filter swarm's git never runs).
+resets them (not one whose filter swarm's git never runs, nor a repository inside).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
+from worktree_swarm.git.checkpoints import _embedded
 from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
 from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
@@ -155,25 +157,39 @@ def prune_gone(repo: Repo) -> None:
             lock.unlink(missing_ok=True)
 
 
+_UNSTAGE = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--"]
 RESCUE_PREFIX = "refs/swarm/rescued/"  # files saved before swarm removes or resets them
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A rescue's commit (None: nothing to save) and the files it left out, each with why."""
+    """A rescue's commit (None: nothing to save) and the paths it left out, by why."""
 
     sha: str | None
-    left_out: tuple[str, ...] = ()
+    filtered: tuple[str, ...] = ()  # each with its filter
+    embedded: tuple[str, ...] = ()  # repositories of their own
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """Every path left out: the directory holding them must be kept."""
+        return (*self.filtered, *self.embedded)
 
     def left_out_text(self) -> str:
-        """What the user is told of the files left out ("" when none were)."""
-        if not self.left_out:
-            return ""
-        return (
-            f"left out {', '.join(self.left_out)}: their filter comes from the repository's "
-            "own config, which swarm's git never runs (saved, they would be unfiltered, a "
-            "git-crypt file in the clear)"
-        )
+        """What the user is told of the paths left out ("" when none were)."""
+        said = []
+        if self.filtered:
+            said.append(
+                f"left out {', '.join(self.filtered)}: their filter comes from the "
+                "repository's own config, which swarm's git never runs (saved, they would be "
+                "unfiltered, a git-crypt file in the clear)"
+            )
+        if self.embedded:
+            said.append(
+                f"left out {', '.join(self.embedded)}: each a repository of its own (saved, "
+                "it would be its commit's id alone, its files and commits in no repository "
+                "of yours)"
+            )
+        return "; ".join(said)
 
 
 def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None = None) -> Snapshot:
@@ -182,7 +198,8 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
     Through an index of its own: *path*'s index (a worktree's, maybe half-merged) is not
     touched. With *parent*, the commit is its child (`git diff` shows what *path* changed).
     A file whose filter swarm's git never runs is saved only as *parent* (or, without one,
-    the repository's HEAD) has it, else left out and named.
+    the repository's HEAD) has it, else left out and named; so is a repository of its own
+    inside *path* (not a declared submodule), whose commits a gitlink would not save.
     """
     with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
         env = {
@@ -194,16 +211,20 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         # there, never from what *path*'s own `.git` names (or, removed, from nothing).
         base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
         root = repo.root
-        runner.run(root, *base, "add", "--all", "--", ".", env=env)
-        left_out = _leave_out_filtered(repo, base, env, parent)
+        added = runner.run_names(root, *base, "add", "--all", "--verbose", "--", ".", env=env)
+        embedded = _embedded(path, added.stdout)
+        for literal in in_batches(f":(literal,top){name}" for name in embedded):
+            runner.run(root, *base, *_UNSTAGE, *literal, env=env)
+        left = Snapshot(None, _leave_out_filtered(repo, base, env, parent),
+                        tuple(path_text(name) for name in embedded))  # fmt: skip
         if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
-            return Snapshot(None, left_out)
+            return left
         tree = runner.run(root, *base, "write-tree", env=env).stdout.strip()
         parents = ["-p", parent] if parent else []
         sha = runner.run(
             root, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
         ).stdout.strip()
-        return Snapshot(sha, left_out)
+        return dataclasses.replace(left, sha=sha)
 
 
 def _leave_out_filtered(
