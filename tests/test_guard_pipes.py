@@ -17,7 +17,8 @@ from tests.test_run import status_json
 from tests.test_trust import AgentFactory, outside_writes, run_one
 from worktree_swarm.git.process import StuckOnPipeError
 from worktree_swarm.guard import snapshot
-from worktree_swarm.infra import pipes
+from worktree_swarm.guard.special_files import special_files
+from worktree_swarm.infra import fs, pipes
 
 PLANT = """
 import os, pathlib, stat, sys
@@ -88,3 +89,29 @@ def test_a_capture_stopped_on_a_named_pipe_leaves_the_next_one_free_to_run(
         snapshot.capture(repo, scratch)
     (repo / ".gitignore").unlink()
     assert snapshot.capture(repo, scratch) == before
+
+
+def test_removing_a_pipe_follows_no_directory_swapped_for_a_link_nor_takes_another_file(
+    tmp_path: Path,
+) -> None:
+    """The guard removes what its walk found: a directory on the way swapped for a symlink
+    since (to a directory of yours outside the checkout), or the pipe for a file, is left."""
+    checkout, outside = tmp_path / "checkout", tmp_path / "outside"
+    (checkout / "d").mkdir(parents=True)
+    outside.mkdir()
+    os.mkfifo(checkout / "d" / "p")
+    os.mkfifo(checkout / "q")
+    found = special_files(checkout)
+    assert set(found) == {"d/p", "q"}
+    (checkout / "d").rename(outside / "d")  # the same pipe, now outside: same inode
+    (checkout / "d").symlink_to(outside / "d")
+    (checkout / "q").unlink()
+    (checkout / "q").write_text("a file of the agent's, in the pipe's place\n")
+    with pytest.raises(OSError, match=r"Too many levels of symbolic links|Not a directory"):
+        fs.remove_special(checkout, "d/p", found["d/p"])
+    assert not fs.remove_special(checkout, "q", found["q"])
+    assert stat.S_ISFIFO((outside / "d" / "p").lstat().st_mode)
+    assert (checkout / "q").read_text() == "a file of the agent's, in the pipe's place\n"
+    os.mkfifo(checkout / "r")
+    assert fs.remove_special(checkout, "r", special_files(checkout)["r"])
+    assert not os.path.lexists(checkout / "r")

@@ -41,6 +41,7 @@ from worktree_swarm.guard.snapshot import (
 from worktree_swarm.guard.special_files import special_files
 from worktree_swarm.guard.state import _Place
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
+from worktree_swarm.infra import fs
 
 # Per periodic scan, task worktrees flagged as changed are compared for at most this long;
 # the rest wait for the next scan (oldest first), so the user's checkout and the refs are
@@ -309,7 +310,7 @@ class CheckoutChecks(WorktreeChecks):
         if self.restore:
             for rel in made:
                 with contextlib.suppress(OSError):  # gone, or swapped: what is left says
-                    (place.path / rel).unlink()
+                    fs.remove_special(place.path, rel, now[rel])
         left = {p: i for p, i in now.items() if os.path.lexists(place.path / p)}
         place.specials = left  # what stays (allowed outside writes) is reported once
         fate = "removed" if self.restore else "left as found"

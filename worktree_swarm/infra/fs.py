@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -334,16 +334,58 @@ def drop_setuid(top: Path, rel: str) -> bool:
     one could lead out of *top*, to a program of the system's. OSError when it cannot be
     reached so.
     """
-    parts = rel.split("/")
-    fd = os.open(top, _NAME_ONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    *dirs, name = rel.split("/")
+    parent = _open_beneath(top, dirs)
     try:
-        for i, part in enumerate(parts):
-            kind = os.O_DIRECTORY if i < len(parts) - 1 else 0
-            step = os.open(part, _NAME_ONLY | kind | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = step
+        fd = os.open(name, _NAME_ONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
         if not os.fstat(fd).st_mode & SETUID_BITS:
             return False
         return _chmod_named(fd, lambda bits: bits & ~SETUID_BITS)
     finally:
         os.close(fd)
+
+
+def special(mode: int) -> bool:
+    """Whether *mode* is a named pipe's or a device node's: opening one may wait for ever."""
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def remove_special(top: Path, rel: str, inode: int) -> bool:
+    """Remove the named pipe or device node *rel* (``a/b``) below *top*, if still inode *inode*.
+
+    Whether it did. Looked at and removed in its directory, reached with no symlink followed:
+    a directory on the way swapped for a link (out of *top*), or the node for another file,
+    is left alone. OSError when it cannot be reached so.
+    """
+    *dirs, name = rel.split("/")
+    parent = _open_beneath(top, dirs)
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        kind = st.st_mode
+        if st.st_ino != inode or not (
+            stat.S_ISFIFO(kind) or stat.S_ISCHR(kind) or stat.S_ISBLK(kind)
+        ):
+            return False
+        os.unlink(name, dir_fd=parent)
+        return True
+    finally:
+        os.close(parent)
+
+
+def _open_beneath(top: Path, dirs: Sequence[str]) -> int:
+    """A descriptor of the directory *dirs* name below *top*, reached without following links."""
+    fd = os.open(top, _NAME_ONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in dirs:
+            step = os.open(
+                part, _NAME_ONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
