@@ -24,7 +24,9 @@ PLANT = """
 import os, pathlib, stat, sys
 pathlib.Path('work.txt').write_text('own work\\n')
 target = pathlib.Path(sys.argv[1], sys.argv[2])
-target.parent.mkdir(exist_ok=True)
+target.parent.mkdir(parents=True, exist_ok=True)
+if sys.argv[4]:  # the directory's .git, not one git takes for a repository
+    target.with_name('.git').write_text(sys.argv[4])
 if sys.argv[3] == 'pipe':
     os.mkfifo(target)
 else:  # a character device: the one /dev/null is
@@ -42,23 +44,33 @@ def _can_make_devices(where: Path) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("planted", "kind"),
+    ("planted", "kind", "dot_git"),
     [
-        pytest.param(".gitignore", "pipe", id="gitignore"),
+        pytest.param(".gitignore", "pipe", "", id="gitignore"),
         # In a directory it made: git looks into it, and reads its attributes for its files.
-        pytest.param("new/.gitattributes", "pipe", id="nested"),
-        pytest.param("null", "device", id="device"),
+        pytest.param("new/.gitattributes", "pipe", "", id="nested"),
+        pytest.param("null", "device", "", id="device"),
+        # A `.git` git ignores (garbage, or naming nothing) is no repository: git walks in.
+        pytest.param("sub/.gitignore", "pipe", "garbage\n", id="garbage-dot-git"),
+        pytest.param("sub/.gitignore", "pipe", "gitdir: /nonexistent\n", id="gitdir-to-nowhere"),
+        # git opens a `.git` directory's HEAD to tell whether it holds a repository.
+        pytest.param("sub/.git/HEAD", "pipe", "", id="head-of-a-dot-git"),
     ],
 )
 def test_a_named_pipe_an_agent_leaves_in_your_checkout_fails_it_and_is_removed(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory, planted: str, kind: str
+    repo: Path,
+    tmp_path: Path,
+    write_agent: AgentFactory,
+    planted: str,
+    kind: str,
+    dot_git: str,
 ) -> None:
     if kind == "device" and not _can_make_devices(tmp_path / "probe"):
         pytest.skip("making a device node needs CAP_MKNOD")
     (repo / "new").mkdir()
     (repo / "new" / "notes.txt").write_text("untracked notes of yours\n")
     os.mkfifo(repo / "yours.fifo")  # the user's own, from before the run: left alone
-    done = run_one(repo, [*write_agent(PLANT), str(repo), planted, kind], sandbox=False)
+    done = run_one(repo, [*write_agent(PLANT), str(repo), planted, kind, dot_git], sandbox=False)
     row = status_json(repo)["bad"]
     assert row["state"] == "failed", done.stdout + done.stderr
     assert str(row["reason"]).startswith(
@@ -115,3 +127,34 @@ def test_removing_a_pipe_follows_no_directory_swapped_for_a_link_nor_takes_anoth
     os.mkfifo(checkout / "r")
     assert fs.remove_special(checkout, "r", special_files(checkout)["r"])
     assert not os.path.lexists(checkout / "r")
+
+
+def test_pipes_are_looked_for_where_git_looks_not_in_what_it_takes_for_another_repository(
+    repo: Path, tmp_path: Path
+) -> None:
+    git = ["git", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(repo / "nested")], check=True, timeout=30)
+    subprocess.run(
+        ["git", "worktree", "add", "-q", "--detach", str(repo / "linked")],
+        cwd=repo,
+        check=True,
+        timeout=30,
+    )
+    (repo / "garbage").mkdir()
+    (repo / "garbage" / ".git").write_text("garbage\n")
+    (repo / "nowhere").mkdir()
+    (repo / "nowhere" / ".git").write_text(f"gitdir: {tmp_path / 'missing'}\n")
+    (repo / "broken" / ".git").mkdir(parents=True)  # no HEAD, no objects: no repository
+    for where in ("nested", "linked", "garbage", "nowhere", "broken/.git"):
+        os.mkfifo(repo / where / ".gitignore")
+    assert sorted(special_files(repo)) == [
+        "broken/.git/.gitignore",
+        "garbage/.gitignore",
+        "nowhere/.gitignore",
+    ]
+    for rel in special_files(repo):
+        (repo / rel).unlink()
+    shown = subprocess.run(  # waits on no pipe left: those in the two repositories, it skips
+        ["git", "status", "--porcelain"], cwd=repo, check=True, timeout=30, capture_output=True
+    )
+    assert shown.stdout == b"?? linked/\n?? nested/\n"
