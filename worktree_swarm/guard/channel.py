@@ -51,6 +51,7 @@ from worktree_swarm.guard.announcements import (
 from worktree_swarm.guard.attribution import Agents, task_program
 from worktree_swarm.guard.model import RefMove
 from worktree_swarm.guard.ref_moves import (
+    _ASIDE,
     _HEARD,
     _LISTENING,
     _SAME_START,
@@ -58,6 +59,7 @@ from worktree_swarm.guard.ref_moves import (
     _alive,
     _forget,
     _verdict,
+    write_all,
 )
 from worktree_swarm.infra import fs, starts
 
@@ -125,10 +127,10 @@ class Channel:
         self._dir.mkdir(parents=True, exist_ok=True)
         listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{_LISTENING}"
         # Written aside and renamed over, then held open while it listens: what writers check.
-        aside = listener.with_name(listener.name + ".tmp")
+        aside = listener.with_name(listener.name + _ASIDE)
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps({"pid": me.pid, "started": starts.of(me)}).encode())
+            write_all(fd, json.dumps({"pid": me.pid, "started": starts.of(me)}).encode())
             aside.replace(listener)
             self._listener = listener
             yield

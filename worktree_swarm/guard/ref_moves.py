@@ -29,9 +29,13 @@ WORKTREE = "worktree "
 _VERDICT = ".verdict"
 _LISTENING = ".listening"
 _HEARD = ".heard-"
+_ASIDE = ".tmp"  # a file being written, before it is renamed over its name
+# The files a writer makes itself, each naming it: pid and start time.
+_WRITERS = (".json", _LISTENING, ".json" + _ASIDE, _LISTENING + _ASIDE)
 _WAIT = 30.0  # how long a writer waits for a running guard's verdict
 _POLL = 0.05
 _SAME_START = 0.01  # seconds: psutil's create_time is rounded
+_LATER = 1.0  # seconds a process must start after a file's last write not to be its writer
 
 
 def worktree_key(path: Path) -> str:
@@ -100,13 +104,14 @@ class RefMoves:
         data = f'{{{self._writer}, "moves": [{", ".join(moves)}], "done": {json.dumps(done)}}}'
         # Written aside and renamed over, so that a reader never sees half of it; the writer
         # then holds the new file open, which is what the guard checks.
-        aside = self.path.with_name(self.path.name + ".tmp")
+        aside = self.path.with_name(self.path.name + _ASIDE)
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data.encode())
+            write_all(fd, data.encode())
             aside.replace(self.path)
         except BaseException:
             os.close(fd)
+            aside.unlink(missing_ok=True)
             raise
         if self._fd is not None:
             os.close(self._fd)
@@ -116,6 +121,16 @@ class RefMoves:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of *data* to *fd*: a write cut short (a disk filling) is carried on.
+
+    OSError when the rest cannot be written: half an announcement, read, is taken for nobody's.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _entry(ref: str, old: str | None) -> str:
@@ -194,20 +209,36 @@ def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
     if not pid_text.isdigit():
         return True  # not swarm's: left alone
     pid = int(pid_text)
-    for path in files:
-        if not path.name.endswith((".json", _LISTENING)):
+    for path in sorted(files, key=lambda p: p.name.endswith(_ASIDE)):  # renamed ones first
+        if not path.name.endswith(_WRITERS):
             continue
         try:
             started = float(json.loads(fs.read_file(path))["started"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         return _alive(pid, started)
-    return psutil.pid_exists(pid)  # only half-written files: no start time to compare
+    return _started_by_then(pid, files)  # only half-written files: no start time in them
+
+
+def _started_by_then(pid: int, files: Sequence[Path]) -> bool:
+    """Whether process *pid* runs and started before *files* were last written (by it, then).
+
+    One started after (by a second: clocks are coarse) is another that was given the pid.
+    """
+    started = starts.start_time(pid)
+    if started is None:
+        return False
+    written = []
+    for path in files:
+        with contextlib.suppress(OSError):
+            written.append(path.lstat().st_mtime)
+    return not written or starts.as_wall(started) <= max(written) + _LATER
 
 
 def _forget(path: Path) -> None:
-    """Remove the announcement *path* with its verdict and the marks of guards that heard it."""
+    """Remove the announcement *path*, a copy left aside, its verdict and the guards' marks."""
     path.unlink(missing_ok=True)
+    path.with_name(path.name + _ASIDE).unlink(missing_ok=True)
     _verdict(path).unlink(missing_ok=True)
     for heard in path.parent.glob(f"{glob.escape(path.name)}{_HEARD}*"):
         heard.unlink(missing_ok=True)

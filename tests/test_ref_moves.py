@@ -1,0 +1,98 @@
+"""The notes swarm's commands leave for the guard (``.git/swarm/ref-moves``): never left half."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_repo
+from worktree_swarm.git.repo import open_repo
+from worktree_swarm.guard.attribution import Agents
+from worktree_swarm.guard.channel import Channel
+from worktree_swarm.guard.ref_moves import moving_refs
+from worktree_swarm.infra import starts
+
+SWARM = [sys.executable, "-m", "worktree_swarm.cli"]
+
+
+@pytest.fixture
+def holder() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process: it holds a pid that a killed writer's notes may name."""
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE)  # fmt: skip
+    assert process.stdin is not None
+    with process.stdin:
+        yield process
+    process.wait()
+
+
+@pytest.mark.parametrize("left", ["cut short", "whole"])
+def test_doctor_removes_a_note_being_written_by_a_writer_gone_since_its_pid_reused(
+    tmp_path: Path, holder: subprocess.Popen[bytes], left: str
+) -> None:
+    # A command killed while it wrote its note aside (or whose rename failed) left
+    # `<pid>-<token>.json.tmp`; its pid is now another process's. A note being written by a
+    # live command (this one) is left alone.
+    repo = make_repo(tmp_path / "repo")
+    notes = repo / ".git" / "swarm" / "ref-moves"
+    notes.mkdir(parents=True)
+    started = starts.start_time(holder.pid)
+    assert started is not None
+    whole = {"pid": holder.pid, "started": started - 3600, "moves": [], "done": False}
+    text = json.dumps(whole)
+    stale = notes / f"{holder.pid}-0badc0de.json.tmp"
+    stale.write_text(text if left == "whole" else text[:20])
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))  # written by the pid's former process
+    live = notes / f"{os.getpid()}-600dc0de.json.tmp"
+    live.write_text(text[:20])
+
+    found = json.loads(_swarm(repo, "doctor", "--json"))["findings"]
+    assert [f["target"] for f in found if f["action"] == "forget_ref_moves"] == [str(stale)]
+    _swarm(repo, "doctor", "--yes")
+    assert sorted(notes.iterdir()) == [live]
+
+
+def test_a_note_that_cannot_be_renamed_into_place_leaves_no_copy_aside(tmp_path: Path) -> None:
+    # The rename over the note fails (here: a directory in its place): the copy written aside
+    # is removed, not left for doctor to keep while the pid is reused.
+    repo = make_repo(tmp_path / "repo")
+    opened = open_repo(repo)
+    with pytest.raises(IsADirectoryError), moving_refs(opened, []) as moves:  # noqa: PT012
+        moves.path.unlink()
+        moves.path.mkdir()
+        moves.announce("refs/heads/main")
+    assert list(moves.path.parent.iterdir()) == [moves.path]
+
+
+def test_the_guard_forgets_a_killed_writers_copy_aside_with_its_note(tmp_path: Path) -> None:
+    # Killed while it wrote its note anew: its note and the copy aside stay. The guard, finding
+    # the writer gone, removes both.
+    repo = make_repo(tmp_path / "repo")
+    opened = open_repo(repo)
+    notes = opened.state_dir / "ref-moves"
+    notes.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_started = starts.start_time(gone.pid)
+    gone.wait()
+    note = notes / f"{gone.pid}-0badc0de.json"
+    text = json.dumps({"pid": gone.pid, "started": gone_started, "moves": [], "done": False})
+    note.write_text(text)
+    note.with_name(note.name + ".tmp").write_text(text[:20])
+
+    _, refused = Channel(opened.state_dir, Agents()).read()
+    assert refused == [f"ignored {note}: its writer (pid {gone.pid}) is gone"]
+    assert list(notes.iterdir()) == []
+
+
+def _swarm(repo: Path, *args: str) -> str:
+    out = subprocess.run([*SWARM, *args], cwd=repo, capture_output=True, text=True, check=False)
+    assert out.returncode in {0, 1}, out.stdout + out.stderr
+    return out.stdout
