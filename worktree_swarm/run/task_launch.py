@@ -119,10 +119,32 @@ class TaskLaunch(TaskEnds):
         return True
 
     def _work(self, live: Live) -> None:
+        """Run *live*'s task and report its outcome, whatever way its worker ends."""
         try:
-            outcome = self._worker.run(live)
+            outcome = self._outcome(live)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: still told, then let go
+            outcome = TaskOutcome(
+                state=TaskState.FAILED, reason=f"internal error: its worker was ended by {exc!r}"
+            )
+            raise
+        finally:
+            self.gate.forget(live.rank)  # ended before it asked for a slot, maybe
+            try:
+                if outcome.state.is_final:
+                    # The guard's verdict on the task's last moments first (its next scan may
+                    # be a second away): a write of its own fails it before any final state is
+                    # announced, and before its dependents start on its branch.
+                    self.guard.look_now()
+            finally:
+                live.adopted.set()  # whichever way it went
+                self._done.put((live.task.id, outcome))
+
+    def _outcome(self, live: Live) -> TaskOutcome:
+        """What running *live*'s task came to; an exception is its failure."""
+        try:
+            return self._worker.run(live)
         except SwarmError as exc:
-            outcome = TaskOutcome(state=TaskState.FAILED, reason=str(exc))
+            return TaskOutcome(state=TaskState.FAILED, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker must always report back
             kept = faults.record_exception(self.manager_log, threading.current_thread().name)
             where = f"traceback in {self.manager_log}" if kept else "its traceback not written"
@@ -136,15 +158,7 @@ class TaskLaunch(TaskEnds):
                     f"the manager met a system limit ({exc.strerror}: {limit}); its work is"
                     " kept, `swarm retry` runs it again"
                 )
-            outcome = TaskOutcome(state=TaskState.FAILED, reason=reason)
-        self.gate.forget(live.rank)  # ended before it asked for a slot, maybe
-        if outcome.state.is_final:
-            # The guard's verdict on the task's last moments first (its next scan may be a
-            # second away): a write of its own fails it before any final state is announced,
-            # and before its dependents start on its branch.
-            self.guard.look_now()
-        live.adopted.set()  # whichever way it went
-        self._done.put((live.task.id, outcome))
+            return TaskOutcome(state=TaskState.FAILED, reason=reason)
 
     def _free_slot(self, used: set[int]) -> int:
         """The lowest slot free in this run whose ports no other manager of yours holds.
