@@ -46,12 +46,13 @@ class PlainObserver:
     def __call__(self, kind: str, task_id: str | None, data: Mapping[str, object]) -> None:
         """Print one event."""
         if self._json:
-            line = json.dumps(
-                redact_data(
-                    {"ts": round(time.time(), 3), "event": kind, "task_id": task_id, **data}
-                )
+            body = cast(
+                "dict[str, object]", redact_data({"event": kind, "task_id": task_id, **data})
             )
-        elif kind == "state":
+            with self._lock:  # stamped in the order printed, whichever thread comes first
+                self._print(json.dumps({"ts": round(time.time(), 3), **body}))
+            return
+        if kind == "state":
             said = str(data.get("reason") or "")
             reason = f" - {said}" if said and said != data["state"] else ""
             # A final state withdrawn by a later guard verdict says so: `done` was not kept.
@@ -79,14 +80,16 @@ class PlainObserver:
             line = f"run {data.get('status')}"
         else:
             return
-        self._say(line if self._json else _shown(line, task_id))
-
-    def _say(self, line: str) -> None:
+        shown = _shown(line, task_id)
         with self._lock:
-            try:
-                print(line, file=self._out, flush=True)
-            except OSError:  # its reader went away (`| head -1`), its terminal closed
-                output_gone(self._out)
+            self._print(shown)
+
+    def _print(self, line: str) -> None:
+        """Print *line* (under the lock)."""
+        try:
+            print(line, file=self._out, flush=True)
+        except OSError:  # its reader went away (`| head -1`), its terminal closed
+            output_gone(self._out)
 
 
 def _shown(line: str, task_id: str | None) -> str:
