@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -873,6 +874,32 @@ def test_a_checkpoint_whose_git_cannot_start_keeps_the_agents_reason_and_names_t
     ), reason
     assert git(repo, "rev-parse", "swarm/t1") == base
     assert (worktree / "work.txt").read_text() == "work\n"
+
+
+def test_a_task_whose_thread_cannot_start_waits_and_runs_once_one_can(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, write_agent: object
+) -> None:
+    # Under `ulimit -u` (threads count; tests running as root cannot hit it) starting a task's
+    # thread raised `can't start new thread`: the manager died, its agents left unwatched.
+    real, refused = threading.Thread.start, []
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "swarm-t1" and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real(thread)
+
+    agent = write_agent("import pathlib\npathlib.Path('work.txt').write_text('work\\n')\n")  # type: ignore[operator]
+    path = manifest(repo, f'[[task]]\nid = "t1"\nprompt = "x"\nagent = {argv_toml(agent)}\n')
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.chdir(repo)
+    assert cli.main(["run", path]) == 0
+    monkeypatch.undo()
+    assert refused == ["swarm-t1"]
+    assert status_json(repo)["t1"]["state"] == "done"
+    assert git(repo, "show", "swarm/t1:work.txt") == "work"
+    (log,) = (repo / ".git" / "swarm" / "runs").glob("*/manager.log")
+    assert "no thread can start for t1 now; it waits" in log.read_text()
 
 
 def test_full_disk_pauses_the_manager_then_it_finishes(
