@@ -437,6 +437,25 @@ def test_clean_commits_an_edit_an_index_flag_hides_from_git_status(
     assert git(repo, "show", "swarm/nothing:README.md") == "edited after the run"
 
 
+def test_clean_commits_what_it_finds_as_you_as_the_runs_own_checkpoints(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its commit was always `worktree-swarm <swarm@localhost>`'s, whoever ran the run.
+    you = git(repo, "var", "GIT_AUTHOR_IDENT").rsplit(" ", 2)[0]  # as git takes it
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "nothing=a").returncode == 1
+    worktree = repo.parent / "repo.swarm" / "nothing"
+    (worktree / "later.txt").write_text("written after the run\n")
+
+    found = report(repo, "clean", "--yes", code=0)
+
+    assert "checkpointed" in str(found[str(worktree)]["result"])
+    assert git(repo, "show", "swarm/nothing:later.txt") == "written after the run"
+    made = git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "swarm/nothing")
+    assert made == f"{you}|{you}"
+    assert "swarm@localhost" not in you
+
+
 def test_clean_keeps_a_worktree_in_use_unless_forced(
     repo: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

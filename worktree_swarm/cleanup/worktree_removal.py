@@ -39,7 +39,6 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
 
-AUTHOR = DEFAULT_COMMIT_AUTHOR
 RESCUE_PREFIX = removal.RESCUE_PREFIX
 
 
@@ -201,6 +200,12 @@ def _task_of(store: Store | None, f: Finding) -> tuple[TaskRow, Task] | None:
     return None if row is None else (row, task_from_json(row.spec_json))
 
 
+def _author(store: Store | None, f: Finding) -> str:
+    """Who commits what is left in the worktree: the author of its run's checkpoints (you)."""
+    run = None if store is None or not f.run_id else store.get_run(f.run_id)
+    return run.settings.commit_author if run is not None else DEFAULT_COMMIT_AUTHOR
+
+
 def _max_file(store: Store | None, f: Finding) -> int:
     """The cap on one committed file of the run that made the worktree (git's default else)."""
     run = None if store is None or not f.run_id else store.get_run(f.run_id)
@@ -249,7 +254,7 @@ def _remove_worktree(
             sha = checkpoints.checkpoint(
                 path,
                 message=f"swarm: checkpoint {path.name} (clean)",
-                author=AUTHOR,
+                author=_author(store, f),
                 exclude=_local_paths(store, f, path),
                 max_file=_max_file(store, f),
             )
