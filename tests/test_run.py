@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import resource
 import shlex
 import shutil
@@ -1736,8 +1737,27 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path, python_env: dict[str
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "greeting-tests" in out.stdout
+    # Four tasks (two independent, one on one of them, one on both), each done on its branch.
+    for task in ("greeting", "farewell", "greeting-tests", "docs"):
+        row = rf"^{task} +done +\+\d+ -\d+ +swarm/{task}$"
+        assert re.search(row, out.stdout, re.MULTILINE), task
+    assert "your checkout stayed on main, untouched" in out.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_keep_leaves_its_repository_with_the_agents_branches(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cli = [sys.executable, "-m", "worktree_swarm.cli", "demo", "--keep"]
+    out = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    kept = Path(out.stdout.strip().splitlines()[-1].removeprefix("kept: "))
+    assert kept.parent == tmp_path
+    (repo,) = [p for p in kept.iterdir() if (p / ".git").is_dir()]
+    branches = git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/swarm/")
+    assert sorted(branches.splitlines()) == [
+        "swarm/docs", "swarm/farewell", "swarm/greeting", "swarm/greeting-tests"
+    ]  # fmt: skip
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
 
 
 @pytest.mark.parametrize("command", [["run", "--agent", "true", "-t", "a=p"], ["doctor"]])
