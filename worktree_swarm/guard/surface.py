@@ -340,7 +340,7 @@ def _blocking(entry: os.DirEntry[str]) -> bool:
         mode = entry.stat(follow_symlinks=False).st_mode
     except FileNotFoundError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+    return fs.special(mode)
 
 
 # Files git writes aside and renames over, never in place: a hard link there is harmless (a

@@ -364,10 +364,7 @@ def remove_special(top: Path, rel: str, inode: int) -> bool:
     parent = _open_beneath(top, dirs)
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        kind = st.st_mode
-        if st.st_ino != inode or not (
-            stat.S_ISFIFO(kind) or stat.S_ISCHR(kind) or stat.S_ISBLK(kind)
-        ):
+        if st.st_ino != inode or not special(st.st_mode):
             return False
         os.unlink(name, dir_fd=parent)
         return True
