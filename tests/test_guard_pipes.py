@@ -88,6 +88,21 @@ def test_a_named_pipe_an_agent_leaves_in_your_checkout_fails_it_and_is_removed(
     assert shown.stdout == b"?? new/\n"
 
 
+def test_a_named_pipe_with_a_newline_and_an_escape_in_its_name_is_shown_quoted(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    """The patch names it as git quotes it: its name cannot add a line nor colour a terminal."""
+    name = "a\nb\x1b[31m.fifo"
+    done = run_one(repo, [*write_agent(PLANT), str(repo), name, "pipe", ""], sandbox=False)
+    writes = outside_writes(repo)
+    assert [w["paths"] for w in writes] == [[name]], done.stdout + done.stderr
+    patch = Path(str(writes[0]["patch"])).read_text()
+    assert patch == (
+        '# "a\\nb\\033[31m.fifo": a named pipe or device made in your checkout, removed\n'
+    )
+    assert not os.path.lexists(repo / name)
+
+
 def test_a_capture_stopped_on_a_named_pipe_leaves_the_next_one_free_to_run(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -115,6 +115,23 @@ def test_every_kind_of_surface_change_is_shown_and_undone(tmp_path: Path) -> Non
     assert git(repo, "status", "--short") == ""
 
 
+def test_a_git_file_named_with_a_newline_or_an_escape_is_shown_quoted(tmp_path: Path) -> None:
+    """A hook's name (or a link's target) from an agent adds no line to the patch."""
+    repo = make_repo(tmp_path / "repo")
+    common = repo / ".git"
+    before = surface.read(common, None)
+    (common / "hooks" / "x\n# config: forged").write_text("evil\n")
+    (common / "hooks" / "y\x1b[31m").symlink_to("t\nu")
+    after = surface.read(common, None)
+    labels = surface_diff.changed(before, after)
+    text = surface_diff.patch(common, before, after, labels)
+    assert '# "hooks/x\\n# config: forged": (absent) -> file 644, 5 bytes\n' in text
+    assert '--- "a/hooks/x\\n# config: forged"\n' in text
+    assert '# "hooks/y\\033[31m": (absent) -> symlink to "t\\nu"\n' in text
+    assert "\x1b" not in text
+    assert [line for line in text.splitlines() if line.startswith("# config")] == []
+
+
 def test_a_directory_the_baseline_had_comes_back_in_place_of_a_file_or_link(
     tmp_path: Path,
 ) -> None:

@@ -150,8 +150,10 @@ class CheckoutChecks(WorktreeChecks):
         opened = open_up(place.path, self._base(place).tree) if suspects else []
         if not opened:
             raise SwarmError(self._failing.get(place.where, "the comparison failed"))
-        patch = "".join(f"# {p}: unreadable to you; the owner's permission bits given back\n"
-                        for p in opened)  # fmt: skip
+        patch = "".join(
+            f"# {path_text(p)}: unreadable to you; the owner's permission bits given back\n"
+            for p in opened
+        )
         broken = Violation(
             number=0, where=place.where, paths=tuple(opened), suspects=suspects, restored=True
         )
@@ -287,7 +289,9 @@ class CheckoutChecks(WorktreeChecks):
                 remove(place.path / rel / ".git")
         paths = tuple(f"{rel}/.git" for rel in made)
         restored = self.restore and not _repositories_in(place.path, made)
-        patch = "".join(f"# {p}: a repository made in your checkout, removed\n" for p in paths)
+        patch = "".join(
+            f"# {path_text(p)}: a repository made in your checkout, removed\n" for p in paths
+        )
         violation = Violation(
             number=0, where=place.where, paths=paths, suspects=suspects, restored=restored
         )
@@ -314,8 +318,10 @@ class CheckoutChecks(WorktreeChecks):
         left = {p: i for p, i in now.items() if os.path.lexists(place.path / p)}
         place.specials = left  # what stays (allowed outside writes) is reported once
         fate = "removed" if self.restore else "left as found"
-        patch = "".join(f"# {p}: a named pipe or device made in your checkout, {fate}\n"
-                        for p in made)  # fmt: skip
+        patch = "".join(
+            f"# {path_text(p)}: a named pipe or device made in your checkout, {fate}\n"
+            for p in made
+        )
         violation = Violation(
             number=0,
             where=place.where,

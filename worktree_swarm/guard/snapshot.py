@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
@@ -188,7 +189,7 @@ def files_patch(path: Path, before: str, after: str, paths: Sequence[str]) -> st
     """A `git apply`-able patch from tree *before* to tree *after* ('' when nothing changed)."""
     if not paths:
         return ""
-    header = f"# files changed in {path}: git apply this to get them back\n"
+    header = f"# files changed in {path_text(str(path))}: git apply this to get them back\n"
     return header + git.git(path, "diff", "--binary", "--no-renames", before, after, "--")
 
 

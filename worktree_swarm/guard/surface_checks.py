@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import graph, setuid, surface, surface_diff, surface_restore
 from worktree_swarm.guard.model import REPOSITORY, Violation
@@ -171,8 +172,8 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
         if not suspects:  # none, or the user's own: the new baseline
             self._setuid, self._setuid_checked = now, began
             return []
-        patch = f"# setuid or setgid files made in {common}\n" + "".join(
-            f"# {label}: mode {now[label]:o}: its setuid and setgid bits taken off\n"
+        patch = f"# setuid or setgid files made in {path_text(str(common))}\n" + "".join(
+            f"# {path_text(label)}: mode {now[label]:o}: its setuid and setgid bits taken off\n"
             for label in labels
         )
         found = Violation(number=0, where=REPOSITORY, git_files=tuple(labels), suspects=suspects)

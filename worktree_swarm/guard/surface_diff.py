@@ -12,6 +12,7 @@ import difflib
 import os
 from pathlib import Path
 
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.surface import (
     _SHARED_WRITE,
@@ -101,18 +102,18 @@ def _unlinked(old: Entry | None, new: Entry | None) -> bool:
 
 def patch(common: Path, before: Surface, after: Surface, labels: list[str]) -> str:
     """A readable record of each change: a unified diff for text, a note for binary data."""
-    out = [f"# git files changed in {common}\n"]
+    out = [f"# git files changed in {path_text(str(common))}\n"]
     for label in labels:
         old, new = before.get(label), after.get(label)
-        out.append(f"# {label}: {_describe(old)} -> {_describe(new)}\n")
+        out.append(f"# {path_text(label)}: {_describe(old)} -> {_describe(new)}\n")
         a = _text(old)
         b = _text(new)
         if a is not None and b is not None:
             out += difflib.unified_diff(
                 a.splitlines(keepends=True),
                 b.splitlines(keepends=True),
-                fromfile=f"a/{label}",
-                tofile=f"b/{label}",
+                fromfile=path_text(f"a/{label}"),
+                tofile=path_text(f"b/{label}"),
             )
             if out and not out[-1].endswith("\n"):
                 out.append("\n")
@@ -125,7 +126,7 @@ def _describe(entry: Entry | None) -> str:
     if entry.kind == "file":
         return f"file {entry.bits:o}, {len(entry.data)} bytes"
     if entry.kind == "link":
-        return f"symlink to {os.fsdecode(entry.data)}"
+        return f"symlink to {path_text(os.fsdecode(entry.data))}"
     if entry.kind == HARD_LINK:
         return "file with another name too (a hard link)"
     if entry.kind == MODE:
