@@ -21,6 +21,7 @@ from worktree_swarm.git import runner
 from worktree_swarm.git.checkpoints import _embedded
 from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
+from worktree_swarm.git.staged import with_filters
 from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
 from worktree_swarm.infra import fs
 
@@ -244,16 +245,8 @@ def _leave_out_filtered(
     head = "" if parent else git(root, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
     against = parent or head.strip()
     entries = _changed_entries(repo, base, env, against)
-    names = b"".join(name + b"\0" for mode, name in entries if mode != b"160000")
-    if not names:
-        return ()
-    fields = runner.run_bytes(root, *base, "check-attr", "-z", "--stdin", "filter",
-                              input_bytes=names, env=env).stdout.split(b"\0")  # fmt: skip
-    over = [
-        (os.fsdecode(name), os.fsdecode(value))
-        for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False)
-        if os.fsdecode(value) in drivers
-    ]
+    names = [os.fsdecode(name) for mode, name in entries if mode != b"160000"]
+    over = with_filters(root, names, drivers, git_args=base, env=env)
     for literal in in_batches(f":(literal,top){name}" for name, _ in over):
         if parent:
             runner.run(root, *base, "reset", "-q", parent, "--", *literal, env=env)

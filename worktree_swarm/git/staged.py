@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
@@ -59,20 +59,37 @@ def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) ->
     if not drivers:
         return []
     staged = [p for p, mode, blob in staged_entries(worktree, env=env) if _has_blob(mode, blob)]
-    if not staged:
-        return []
-    names = b"".join(os.fsencode(p) + b"\0" for p in staged)
-    fields = runner.run_bytes(
-        worktree, "check-attr", "-z", "--stdin", "filter", input_bytes=names, env=env
-    ).stdout.split(b"\0")
-    over = []
-    for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
-        driver = os.fsdecode(value)
-        if driver in drivers:
-            over.append((os.fsdecode(name), driver))
+    over = with_filters(worktree, staged, drivers, env=env)
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
     return [f"{path_text(path)} (filter {driver})" for path, driver in over]
+
+
+def with_filters(
+    root: Path,
+    names: Sequence[str],
+    drivers: Collection[str],
+    *,
+    git_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> list[tuple[str, str]]:
+    """(name, driver) of each of *names* whose ``filter`` attribute is one of *drivers*.
+
+    Asked of `git check-attr` (*git_args* before it: ``--git-dir``, ``--work-tree``; *env*:
+    another index), the names passed and read back NUL-separated (as they are, bytes included).
+    """
+    if not names:
+        return []
+    listed = b"".join(os.fsencode(name) + b"\0" for name in names)
+    fields = runner.run_bytes(
+        root, *git_args, "check-attr", "-z", "--stdin", "filter", input_bytes=listed, env=env
+    ).stdout.split(b"\0")
+    found = []
+    for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
+        driver = os.fsdecode(value)
+        if driver in drivers:
+            found.append((os.fsdecode(name), driver))
+    return found
 
 
 def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
