@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Finding
 from worktree_swarm.cleanup.processes import describe, processes_using
-from worktree_swarm.cleanup.worktree_removal import _registered_locked, save_files
+from worktree_swarm.cleanup.worktree_removal import registered_locked, save_files
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import removal, tampering, worktrees
@@ -28,7 +28,7 @@ def rescue_worktree(
 ) -> tuple[str, str | None]:
     """Save the files of the cut-off worktree *f* names, delete it, prune it (told to *moves*)."""
     path = Path(f.target)
-    info = _registered_locked(repo).get(real_path(path))
+    info = registered_locked(repo).get(real_path(path))
     if info is None:
         return "already gone", None
     if tampering.cut_off(path) is None:
@@ -49,6 +49,6 @@ def rescue_worktree(
     if admin is not None:
         moves.moved(key, None)
     removal.prune_gone(repo)
-    if real_path(path) in _registered_locked(repo):
+    if real_path(path) in registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
     return f"{saved or 'it held no files'}, removed, pruned", sha

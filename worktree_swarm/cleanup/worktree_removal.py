@@ -212,8 +212,11 @@ def _max_file(store: Store | None, f: Finding) -> int:
     return run.settings.max_file if run is not None else DEFAULT_MAX_FILE
 
 
-def _registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
-    # We already hold the repository lock, and list_worktrees would wait for it forever.
+def registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
+    """The worktrees git has registered, by real path; for a caller holding the repo lock.
+
+    (:func:`worktrees.list_worktrees` would wait for that lock for ever.)
+    """
     infos = worktrees.list_worktrees_locked(repo)
     return {real_path(w.path): w for w in infos}
 
@@ -379,7 +382,7 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
 
 def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
-    info = _registered_locked(repo).get(real_path(path))
+    info = registered_locked(repo).get(real_path(path))
     if info is None:
         return "already gone"
     if info.is_main or info.locked != "initializing" or f.admin_dir is None:
@@ -401,7 +404,7 @@ def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
     path = Path(f.target)
     if not path.is_dir() or path.is_symlink():
         return "already gone", None
-    if real_path(path) in _registered_locked(repo):
+    if real_path(path) in registered_locked(repo):
         raise SwarmError(f"{path} is now a registered worktree; left alone")
     real, root = real_path(path), real_path(repo.root)
     if root.is_relative_to(real) or real.is_relative_to(root):
@@ -450,7 +453,7 @@ def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
 
 def _prune(repo: git.Repo, f: Finding) -> str:
     path = Path(f.target)
-    if real_path(path) not in _registered_locked(repo):
+    if real_path(path) not in registered_locked(repo):
         return "already gone"
     if path.is_dir() and not path.is_symlink():
         with contextlib.suppress(OSError):
@@ -461,7 +464,7 @@ def _prune(repo: git.Repo, f: Finding) -> str:
         # Planned only with --force: the user's lock on a vanished worktree is overridden.
         (Path(f.admin_dir) / "locked").unlink(missing_ok=True)
     removal.prune_gone(repo)
-    if real_path(path) in _registered_locked(repo):
+    if real_path(path) in registered_locked(repo):
         raise SwarmError(f"git did not prune {path}; see `git worktree list --porcelain`")
     if path.exists():
         return "pruned; its directory still holds files: `swarm doctor --yes` saves and removes it"
