@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo
+from tests.conftest import git, make_repo
 from worktree_swarm.git.repo import open_repo
 from worktree_swarm.guard.attribution import Agents
 from worktree_swarm.guard.channel import Channel
@@ -70,6 +70,40 @@ def test_a_note_that_cannot_be_renamed_into_place_leaves_no_copy_aside(tmp_path:
         moves.path.mkdir()
         moves.announce("refs/heads/main")
     assert list(moves.path.parent.iterdir()) == [moves.path]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["moved", "failed"])
+def test_a_directory_where_a_note_goes_is_left_and_the_commands_own_result_stands(
+    tmp_path: Path, fails: bool
+) -> None:
+    # Directories made at the names of a note's verdict and of a guard's mark: removing the
+    # notes on the way out raised IsADirectoryError, in place of the command's own result.
+    repo = make_repo(tmp_path / "repo")
+    opened = open_repo(repo)
+    moved = git(repo, "commit-tree", "-p", "main", "-m", "next", "main^{tree}")
+
+    def move() -> None:
+        with moving_refs(opened, ["refs/heads/main"]) as moves:
+            for suffix in (".verdict", ".heard-1-0badc0de"):
+                made = moves.path.with_name(moves.path.name + suffix)
+                made.mkdir()
+                (made / "yours").write_text("kept\n")
+            git(repo, "update-ref", "refs/heads/main", moved)
+            moves.moved("refs/heads/main", moved)
+            if fails:
+                raise ValueError("the command's own failure")
+
+    if fails:
+        with pytest.raises(ValueError, match="the command's own failure"):
+            move()
+    else:
+        move()
+    assert git(repo, "rev-parse", "main") == moved
+    notes = opened.state_dir / "ref-moves"
+    assert sorted(p.name.split(".", 1)[1] for p in notes.iterdir()) == [
+        "json.heard-1-0badc0de", "json.verdict",
+    ]  # fmt: skip
+    assert all((p / "yours").read_text() == "kept\n" for p in notes.iterdir())
 
 
 def test_the_guard_forgets_a_killed_writers_copy_aside_with_its_note(tmp_path: Path) -> None:

@@ -236,12 +236,14 @@ def _started_by_then(pid: int, files: Sequence[Path]) -> bool:
 
 
 def _forget(path: Path) -> None:
-    """Remove the announcement *path*, a copy left aside, its verdict and the guards' marks."""
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + _ASIDE).unlink(missing_ok=True)
-    _verdict(path).unlink(missing_ok=True)
-    for heard in path.parent.glob(f"{glob.escape(path.name)}{_HEARD}*"):
-        heard.unlink(missing_ok=True)
+    """Remove the announcement *path*, a copy left aside, its verdict and the guards' marks.
+
+    What cannot be removed (a directory made at one of their names) is left as it is.
+    """
+    heard = path.parent.glob(f"{glob.escape(path.name)}{_HEARD}*")
+    for each in (path, path.with_name(path.name + _ASIDE), _verdict(path), *heard):
+        with contextlib.suppress(OSError):
+            each.unlink(missing_ok=True)
 
 
 def _await_verdict(path: Path, state_dir: Path) -> None:
