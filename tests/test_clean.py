@@ -456,6 +456,27 @@ def test_clean_commits_what_it_finds_as_you_as_the_runs_own_checkpoints(
     assert "swarm@localhost" not in you
 
 
+def test_clean_commits_what_it_finds_with_the_tasks_swarm_trailers(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its commit named no task, attempt or agent, as every other checkpoint does.
+    agent = " ".join(write_agent(BY_ID_AGENT))
+    assert swarm(repo, "run", "--agent", agent, "-t", "nothing=a").returncode == 1
+    worktree = repo.parent / "repo.swarm" / "nothing"
+    (worktree / "later.txt").write_text("written after the run\n")
+
+    found = report(repo, "clean", "--yes", code=0)
+
+    assert "checkpointed" in str(found[str(worktree)]["result"])
+    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/nothing")
+    assert made.splitlines() == [
+        "swarm: checkpoint nothing (clean)",
+        "Swarm-Task: nothing",
+        "Swarm-Attempt: 1",
+        "Swarm-Agent: command",
+    ]
+
+
 def test_clean_keeps_a_worktree_in_use_unless_forced(
     repo: Path, write_agent: AgentFactory, reaper: Reaper
 ) -> None:

@@ -206,6 +206,15 @@ def _author(store: Store | None, f: Finding) -> str:
     return run.settings.commit_author if run is not None else DEFAULT_COMMIT_AUTHOR
 
 
+def _trailers(store: Store | None, f: Finding) -> str:
+    """The checkpoint trailers of the finding's task, as `swarm stop`'s; "" when not known."""
+    known = _task_of(store, f)
+    if known is None:
+        return ""
+    row, task = known
+    return checkpoints.trailers(row.task_id, row.attempts or None, task.agent)
+
+
 def _max_file(store: Store | None, f: Finding) -> int:
     """The cap on one committed file of the run that made the worktree (git's default else)."""
     run = None if store is None or not f.run_id else store.get_run(f.run_id)
@@ -256,7 +265,7 @@ def _remove_worktree(
             tip = None if ref is None else moves.announce(ref, at=info.head)
             sha = checkpoints.checkpoint(
                 path,
-                message=f"swarm: checkpoint {path.name} (clean)",
+                message=f"swarm: checkpoint {path.name} (clean)" + _trailers(store, f),
                 author=_author(store, f),
                 exclude=_local_paths(store, f, path),
                 max_file=_max_file(store, f),
