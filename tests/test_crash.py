@@ -592,6 +592,14 @@ def test_a_fresh_retry_first_commits_what_the_user_left_in_the_worktree(
         (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
     previous = json.loads(row[0])["previous_tip"]
     assert git(repo, "show", f"{previous}:userfix.txt") == "my manual fix"
+    # Named as every checkpoint is: the task, its attempt so far and its agent.
+    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", previous)
+    assert made.splitlines() == [
+        "swarm: checkpoint a (retry --fresh)",
+        "Swarm-Task: a",
+        "Swarm-Attempt: 1",
+        "Swarm-Agent: command",
+    ]
 
 
 def _half_then_sleeps(write_agent: object, pid_file: Path) -> list[str]:

@@ -220,7 +220,10 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     try:
         checkpoints.checkpoint(
             path,
-            message=f"swarm: checkpoint {row.task_id} (retry --fresh)",
+            message=f"swarm: checkpoint {row.task_id} (retry --fresh)"
+            + checkpoints.trailers(
+                row.task_id, row.attempts or None, task_from_json(row.spec_json).agent
+            ),
             author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
         )
