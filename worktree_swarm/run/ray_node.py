@@ -575,7 +575,7 @@ class NodeAgent:
             message = (
                 f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
                 f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)"
-            )
+            ) + checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
             commit = runner.run(
                 self.work,
                 "commit-tree", tree, "-p", head, "-m", message,
