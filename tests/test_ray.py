@@ -182,6 +182,12 @@ def test_tasks_spread_over_both_nodes_and_their_branches_are_pushed(
             assert git(where, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
             assert git(where, "show", f"swarm/{task}:{task}.done") == node
         assert git(repo, "rev-parse", f"swarm/{task}") == git(remote, "rev-parse", f"swarm/{task}")
+        made = git(repo, "log", "-1", "--format=%(trailers:only,unfold)", f"swarm/{task}")
+        assert made.splitlines() == [
+            f"Swarm-Task: {task}",
+            "Swarm-Attempt: 1",
+            "Swarm-Agent: command",
+        ]
     # Nothing of the run's actors is left on either node, nor a directory of its attempts.
     assert not actor_processes(cluster)
     run_id = json.loads(swarm(repo, "status", "--json").stdout)["run_id"]
@@ -801,6 +807,14 @@ def test_stop_without_a_manager_stops_the_agents_on_their_nodes(
     for task in tasks:
         assert git(remote, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
         assert git(repo, "show", f"swarm/{task}:{task}.txt") == f"work of {task}"
+        # Its checkpoint is named as every other: the task, the attempt and its agent.
+        made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", f"swarm/{task}")
+        assert made.splitlines() == [
+            f"swarm: checkpoint {task} attempt 1 (stopped)",
+            f"Swarm-Task: {task}",
+            "Swarm-Attempt: 1",
+            "Swarm-Agent: command",
+        ]
 
 
 def test_max_disk_applies_per_node_and_tasks_on_one_node_sum_up(

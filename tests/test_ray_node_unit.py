@@ -182,10 +182,8 @@ def test_a_file_over_max_file_is_pushed_by_no_checkpoint_of_a_node(
     assert (capped.work / "big.bin").stat().st_size == 1025
 
 
-def test_a_nodes_running_checkpoint_carries_the_swarm_trailers(
-    node: NodeAgent, tmp_path: Path
-) -> None:
-    # The pushed snapshot named no task, attempt or agent, as the attempt's last checkpoint does.
+def test_a_nodes_checkpoints_carry_the_swarm_trailers(node: NodeAgent, tmp_path: Path) -> None:
+    # The pushed snapshot named no task, attempt or agent, as the attempt's last checkpoint did.
     writes = "import pathlib; pathlib.Path('work.txt').write_text('work')"
     task = dataclasses.replace(node.a.task, agent_argv=(sys.executable, "-c", writes))
     running = NodeAgent(dataclasses.replace(node.a, task=task, attempt=2))
@@ -193,5 +191,9 @@ def test_a_nodes_running_checkpoint_carries_the_swarm_trailers(
     running.start(prompt="p", session=None, resume_prompt=None)
     until("the agent's end", node=running)
     running._snapshot()  # the running checkpoint, every checkpoint_interval
+    made = git(tmp_path / "remote.git", "log", "-1", "--format=%(trailers:only,unfold)", "swarm/t")
+    assert made.splitlines() == ["Swarm-Task: t", "Swarm-Attempt: 2", "Swarm-Agent: custom"]
+    # And the last, whoever asks for it (`swarm stop` of a run no manager watches, say).
+    running.finish(message="swarm: checkpoint t attempt 2 (stopped)")
     made = git(tmp_path / "remote.git", "log", "-1", "--format=%(trailers:only,unfold)", "swarm/t")
     assert made.splitlines() == ["Swarm-Task: t", "Swarm-Attempt: 2", "Swarm-Agent: custom"]

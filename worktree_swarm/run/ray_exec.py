@@ -28,7 +28,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import checkpoints, diffs
+from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import redact
@@ -414,11 +414,8 @@ class RayTaskWorker(RayResume):
         if cut is None and result.outcome is not AgentOutcome.SUCCESS and self._stop_asked(live):
             cut = (TaskState.STOPPED, "stopped")  # it ended as `swarm stop` came (killed by it)
         state = cut[0] if cut else result.outcome
-        message = (
-            f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
-            + checkpoints.trailers(task.id, handle.number, task.agent)
-        )
-        tip = self._call(handle.actor, "finish", message=message, live=live)
+        message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
+        tip = self._call(handle.actor, "finish", message=message, live=live)  # trailers: the node
         self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))
         left: list[str] = self._call(handle.actor, "submodule_work", live=live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.

@@ -421,7 +421,10 @@ class NodeAgent:
         return _redacted(failure), redact.redact(read_log_end(log, 8 * 2**20))
 
     def finish(self, *, message: str) -> str:
-        """Checkpoint the clone and push it to the task's branch; the pushed tip."""
+        """Checkpoint the clone and push it to the task's branch; the pushed tip.
+
+        The attempt's trailers follow *message*, whoever asks (its coordinator, `swarm stop`).
+        """
         self._ended.set()
         if self._pusher is not None:
             self._pusher.join()
@@ -430,7 +433,7 @@ class NodeAgent:
             try:
                 checkpoints.checkpoint(
                     self.work,
-                    message=message,
+                    message=message + self._trailers(),
                     author=self.a.author,
                     droppings=adapter_for(self.a.task.agent).droppings,
                     report_secrets=True,
@@ -556,6 +559,9 @@ class NodeAgent:
             surface_restore.put_back(dotgit, self._surface, labels, now)
             self._planted += [label for label in labels if label not in self._planted]
 
+    def _trailers(self) -> str:
+        return checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
+
     def _snapshot(self) -> None:
         """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone."""
         self._settle_git_files()
@@ -575,7 +581,7 @@ class NodeAgent:
             message = (
                 f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
                 f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)"
-            ) + checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
+            ) + self._trailers()
             commit = runner.run(
                 self.work,
                 "commit-tree", tree, "-p", head, "-m", message,
