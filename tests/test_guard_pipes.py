@@ -110,12 +110,13 @@ def test_a_capture_stopped_on_a_named_pipe_leaves_the_next_one_free_to_run(
     later comparison of the checkout failed ("Another git process seems to be running")."""
     monkeypatch.setattr(pipes, "LOOK_SECONDS", 0.05)
     scratch = tmp_path / "main.scratch-index"
-    before = snapshot.capture(repo, scratch)
+    store = snapshot.Objects(tmp_path / "objects", repo / ".git" / "objects")
+    before = snapshot.capture(repo, scratch, store)
     os.mkfifo(repo / ".gitignore")  # made between the guard's walk and its git
     with pytest.raises(StuckOnPipeError):
-        snapshot.capture(repo, scratch)
+        snapshot.capture(repo, scratch, store)
     (repo / ".gitignore").unlink()
-    assert snapshot.capture(repo, scratch) == before
+    assert snapshot.capture(repo, scratch, store) == before
 
 
 def test_removing_a_pipe_follows_no_directory_swapped_for_a_link_nor_takes_another_file(

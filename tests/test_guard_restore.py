@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.guard import surface, surface_diff, surface_restore
 from worktree_swarm.guard.restore import put_files, put_index, restore_checkout, restore_ref
-from worktree_swarm.guard.snapshot import capture, index_path
+from worktree_swarm.guard.snapshot import Objects, capture, changed_paths, index_path
 
 
 def git_unchecked(cwd: Path, *args: str) -> str:
@@ -261,7 +261,8 @@ def test_files_come_back_as_the_baseline_tree_had_them(tmp_path: Path) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "more")
     scratch = tmp_path / "scratch-index"
-    base = capture(repo, scratch)
+    store = own_store(tmp_path, repo)
+    base = capture(repo, scratch, store)
 
     (repo / "run.sh").write_text("#!/bin/sh\nrm -rf /\n")
     (repo / "run.sh").chmod(0o644)
@@ -275,9 +276,9 @@ def test_files_come_back_as_the_baseline_tree_had_them(tmp_path: Path) -> None:
     (repo / "dir").write_text("a file where a directory was")
     (repo / "new" / "deeper").mkdir(parents=True)
     (repo / "new" / "deeper" / "file").write_text("made by the agent")
-    now = capture(repo, scratch)
-    paths = git(repo, "diff", "--name-only", base.tree, now.tree).split("\n")
-    put_files(repo, base.tree, paths)
+    now = capture(repo, scratch, store)
+    paths = changed_paths(repo, base.tree, now.tree, store.reading())
+    put_files(repo, base.tree, paths, store.reading())
 
     assert (repo / "run.sh").read_text() == "#!/bin/sh\n"
     assert os.access(repo / "run.sh", os.X_OK)
@@ -285,9 +286,14 @@ def test_files_come_back_as_the_baseline_tree_had_them(tmp_path: Path) -> None:
     assert (repo / "link").readlink() == Path("plain.txt")
     assert (repo / "dir" / "a.txt").read_text() == "a\n"
     assert not (repo / "new").exists()  # emptied directories are pruned
-    assert capture(repo, scratch) == base
+    assert capture(repo, scratch, store) == base
     assert not list(repo.rglob(".*.swarm-restore"))
     put_files(repo, base.tree, [])  # nothing to do
+
+
+def own_store(tmp_path: Path, repo: Path) -> Objects:
+    """A guard's own store for the captures of *repo*, beside the repository's."""
+    return Objects(tmp_path / "objects", repo / ".git" / "objects")
 
 
 def test_a_checkout_comes_back_to_its_branch_or_its_detached_commit(tmp_path: Path) -> None:
@@ -295,7 +301,8 @@ def test_a_checkout_comes_back_to_its_branch_or_its_detached_commit(tmp_path: Pa
     scratch = tmp_path / "scratch-index"
     saved = tmp_path / "saved-index"
     saved.write_bytes(index_path(repo).read_bytes())
-    base = capture(repo, scratch)
+    store = own_store(tmp_path, repo)
+    base = capture(repo, scratch, store)
     # The agent switches the main checkout to a branch of its own and stages a file.
     git(repo, "switch", "-q", "-c", "agent")
     (repo / "README.md").write_text("changed\n")
@@ -303,9 +310,9 @@ def test_a_checkout_comes_back_to_its_branch_or_its_detached_commit(tmp_path: Pa
     git(repo, "commit", "-q", "-m", "agent's")
     (repo / "stray.txt").write_text("x")
     git(repo, "add", "stray.txt")
-    now = capture(repo, scratch)
+    now = capture(repo, scratch, store)
     assert restore_checkout(
-        repo, base=base, now=now, saved_index=saved, scratch=scratch, exclude=()
+        repo, base=base, now=now, saved_index=saved, scratch=scratch, objects=store, exclude=()
     )
     assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
     assert (repo / "README.md").read_text() == "hello\n"
@@ -315,11 +322,11 @@ def test_a_checkout_comes_back_to_its_branch_or_its_detached_commit(tmp_path: Pa
     # A detached baseline: HEAD goes back to the commit itself.
     first = git(repo, "rev-parse", "HEAD")
     git(repo, "switch", "-q", "--detach", first)
-    detached = capture(repo, scratch)
+    detached = capture(repo, scratch, store)
     git(repo, "switch", "-q", "agent")
-    now = capture(repo, scratch)
+    now = capture(repo, scratch, store)
     assert restore_checkout(
-        repo, base=detached, now=now, saved_index=saved, scratch=scratch, exclude=()
+        repo, base=detached, now=now, saved_index=saved, scratch=scratch, objects=store, exclude=()
     )
     assert git(repo, "rev-parse", "HEAD") == first
     assert git_unchecked(repo, "symbolic-ref", "-q", "HEAD") == ""
@@ -330,20 +337,21 @@ def test_a_checkout_that_cannot_be_restored_now_says_so(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch-index"
     saved = tmp_path / "saved-index"
     saved.write_bytes(index_path(repo).read_bytes())
-    base = capture(repo, scratch)
+    store = own_store(tmp_path, repo)
+    base = capture(repo, scratch, store)
     (repo / "new.txt").write_text("x")
     git(repo, "add", "new.txt")
-    now = capture(repo, scratch)
+    now = capture(repo, scratch, store)
     lock = index_path(repo).with_name("index.lock")
     lock.write_text("")  # a git command is running there
     assert not restore_checkout(
-        repo, base=base, now=now, saved_index=saved, scratch=scratch, exclude=()
+        repo, base=base, now=now, saved_index=saved, scratch=scratch, objects=store, exclude=()
     )
     lock.unlink()
     # A baseline commit that is gone: git refuses, the restore reports failure.
     gone = base.__class__(head_ref=None, head="0" * 40, index=base.index, tree=base.tree)
     assert not restore_checkout(
-        repo, base=gone, now=now, saved_index=saved, scratch=scratch, exclude=()
+        repo, base=gone, now=now, saved_index=saved, scratch=scratch, objects=store, exclude=()
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
@@ -22,10 +23,11 @@ class ObjectReader:
     StuckOnPipeError (the next read starts it again) instead of holding its caller for ever.
     """
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, *, env: Mapping[str, str] | None = None) -> None:
         if not cwd.is_dir():
             raise GitError(f"directory {cwd} does not exist")
         self._cwd = cwd
+        self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -50,7 +52,7 @@ class ObjectReader:
         return data
 
     def _start(self) -> subprocess.Popen[bytes]:
-        argv, _, env = _hardened(self._cwd, ["cat-file", "--batch"], None)
+        argv, _, env = _hardened(self._cwd, ["cat-file", "--batch"], self._env)
         self._proc = _start(
             self._cwd, argv, env=env, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
         )

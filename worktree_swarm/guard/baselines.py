@@ -21,6 +21,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, Snapshot
 from worktree_swarm.guard.snapshot import (
+    OWN_OBJECTS,
+    Objects,
     capture,
     drop_baselines,
     files_patch,
@@ -41,6 +43,11 @@ _MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager 
 
 class Baselines(Verdicts):
     """Baselines taken, kept and rebuilt."""
+
+    @property
+    def _snapshots(self) -> Objects:
+        """Where the captures' objects go (out of your store), and are read from."""
+        return Objects(self._dir / OWN_OBJECTS, self.repo.common_dir / "objects")
 
     def _watch(self, where: str, path: Path) -> None:
         self._places[where] = self._baseline(where, path)
@@ -82,7 +89,7 @@ class Baselines(Verdicts):
             return None
         compared = runner.run_bytes(
             self.repo.root, "diff-tree", "-r", "--name-only", "-z", "--no-renames", last,
-            place.base.tree, check=False,
+            place.base.tree, check=False, env=self._snapshots.reading(),
         )  # fmt: skip
         if compared.returncode != 0:  # its tree pruned since: nothing to compare with
             return None
@@ -91,7 +98,7 @@ class Baselines(Verdicts):
             return None
         number = 1 + len(list(self._dir.glob("unwatched-*-main.patch")))
         patch = self._dir / f"unwatched-{number}-main.patch"  # an earlier one's stays as told
-        text = files_patch(place.path, last, place.base.tree, paths)
+        text = files_patch(place.path, last, place.base.tree, paths, self._snapshots.reading())
         # As an outside write's patch: your credentials stay out, names keep their bytes.
         patch.write_text(redact(text), encoding="utf-8", errors="surrogateescape")
         self._log(f"changed while no manager watched: {', '.join(paths)} (patch {patch})")
@@ -142,10 +149,10 @@ class Baselines(Verdicts):
         specials = special_files(path, self._changes.skipped(where)) if users else {}
         if users or not is_clean(place_status):
             _seed(scratch, saved)
-            base = capture(path, scratch, self._exclude if where == MAIN else ())
+            base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
         if users and base is not None:
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
-            out = runner.run_names(path, *args).stdout
+            out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
             dirs = [d for d in out.split("\0") if d]
         return _Place(
             where=where,

@@ -147,7 +147,8 @@ class CheckoutChecks(WorktreeChecks):
         """
         exclude = () if place.users else (place.where,)
         suspects = self._agents.suspects(window, exclude=exclude)
-        opened = open_up(place.path, self._base(place).tree) if suspects else []
+        reading = self._snapshots.reading()
+        opened = open_up(place.path, self._base(place).tree, reading) if suspects else []
         if not opened:
             raise SwarmError(self._failing.get(place.where, "the comparison failed"))
         patch = "".join(
@@ -192,12 +193,13 @@ class CheckoutChecks(WorktreeChecks):
             place.checked = began
             return []
         _seed(place.scratch, place.saved_index)
-        now = capture(place.path, place.scratch, self._excludes(place))
+        now = capture(place.path, place.scratch, self._snapshots, self._excludes(place))
         base = self._base(place)
         if now == base:
             place.checked = began
             return made
-        paths = changed_paths(place.path, base.tree, now.tree)
+        reading = self._snapshots.reading()
+        paths = changed_paths(place.path, base.tree, now.tree, reading)
         if place.users and any((place.path / p / ".git").is_file() for p in paths):
             # A linked worktree there (a task's, moved in since this scan looked for them):
             # moved back, or left out, before anything here is taken for new files to remove.
@@ -207,11 +209,11 @@ class CheckoutChecks(WorktreeChecks):
             if midway:  # a worktree being moved, maybe here: compared once it is judged
                 self._changes.mark(place.where)
                 return made
-            now = capture(place.path, place.scratch, self._excludes(place))
+            now = capture(place.path, place.scratch, self._snapshots, self._excludes(place))
             if now == base:
                 place.checked = began
                 return made
-            paths = changed_paths(place.path, base.tree, now.tree)
+            paths = changed_paths(place.path, base.tree, now.tree, reading)
         if place.where.startswith(WORKTREE_PREFIX) and self._removing(place.path):
             self._changes.mark(place.where)  # your `git worktree remove` at work: looked at again
             return made
@@ -223,7 +225,7 @@ class CheckoutChecks(WorktreeChecks):
             # Nobody of ours was running: the user worked here. Take it as the new baseline.
             self._watch(place.where, place.path)
             return made
-        patch = files_patch(place.path, base.tree, now.tree, paths)
+        patch = files_patch(place.path, base.tree, now.tree, paths, reading)
         aside = self._aside(place, base.tree, now.tree, paths) if self.restore else {}
         patch = (
             "".join(
@@ -255,6 +257,7 @@ class CheckoutChecks(WorktreeChecks):
                 now=now,
                 saved_index=place.saved_index,
                 scratch=place.scratch,
+                objects=self._snapshots,
                 exclude=self._excludes(place),
             )
         if restored:
@@ -266,7 +269,8 @@ class CheckoutChecks(WorktreeChecks):
 
     def _aside(self, place: _Place, base: str, now: str, paths: list[str]) -> dict[str, Path]:
         """Each new directory of a user's *place* holding a repository, and where it goes."""
-        made = new_repository_dirs(place.path, base, now, paths) if place.users else []
+        reading = self._snapshots.reading()
+        made = new_repository_dirs(place.path, base, now, paths, reading) if place.users else []
         if not made:
             return {}
         top = self._dir / _SET_ASIDE

@@ -7,7 +7,7 @@ import operator
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.errors import SwarmError
@@ -15,7 +15,7 @@ from worktree_swarm.git import gitfiles, runner
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.object_reader import ObjectReader
 from worktree_swarm.guard.model import Snapshot
-from worktree_swarm.guard.snapshot import SYMBOLIC, capture, changed_paths, index_path
+from worktree_swarm.guard.snapshot import SYMBOLIC, Objects, capture, changed_paths, index_path
 from worktree_swarm.infra import fs
 
 # The reflog line of a ref the guard put back (`git reflog` shows why it moved).
@@ -151,9 +151,14 @@ def restore_checkout(
     now: Snapshot,
     saved_index: Path,
     scratch: Path,
+    objects: Objects,
     exclude: Sequence[str],
 ) -> bool:
-    """Make the checkout *root* its baseline *base* again; whether it now is."""
+    """Make the checkout *root* its baseline *base* again; whether it now is.
+
+    *objects*: where the captures' objects are (the baselines' and the comparisons').
+    """
+    reading = objects.reading()
     try:
         if (now.head_ref, now.head) != (base.head_ref, base.head):
             if base.head_ref is not None:
@@ -162,19 +167,19 @@ def restore_checkout(
                 git.git(root, "update-ref", "--no-deref", "HEAD", base.head)
         if now.index != base.index and not put_index(root, saved_index):
             return False
-        paths = changed_paths(root, base.tree, now.tree)
+        paths = changed_paths(root, base.tree, now.tree, reading)
         for _ in range(_NESTING):
-            made = _new_repositories(root, base.tree, now.tree, paths)
+            made = _new_repositories(root, base.tree, now.tree, paths, reading)
             if not made:
                 break
             # Only the repository's git dir goes (a planted config's fsmonitor would run in
             # your next git there); what it hid is then seen, and put back, like any file.
             for rel in made:
                 remove(root / rel / ".git")
-            now = capture(root, scratch, exclude)
-            paths = changed_paths(root, base.tree, now.tree)
-        put_files(root, base.tree, paths)
-        restored = capture(root, scratch, exclude)
+            now = capture(root, scratch, objects, exclude)
+            paths = changed_paths(root, base.tree, now.tree, reading)
+        put_files(root, base.tree, paths, reading)
+        restored = capture(root, scratch, objects, exclude)
     except (SwarmError, OSError):
         return False
     return restored == base
@@ -183,10 +188,12 @@ def restore_checkout(
 _NESTING = 8  # repositories made inside repositories made: undone a level at a time
 
 
-def _new_repositories(root: Path, base: str, now: str, paths: Sequence[str]) -> list[str]:
+def _new_repositories(
+    root: Path, base: str, now: str, paths: Sequence[str], env: Mapping[str, str]
+) -> list[str]:
     """The *paths* that are a repository (a gitlink) in tree *now* but not in tree *base*."""
-    made = _tree_entries(root, now, paths)
-    had = _tree_entries(root, base, paths)
+    made = _tree_entries(root, now, paths, env)
+    had = _tree_entries(root, base, paths, env)
     return [
         rel for rel, (mode, _) in made.items()
         if mode == "160000" and had.get(rel, ("",))[0] != "160000"
@@ -194,10 +201,15 @@ def _new_repositories(root: Path, base: str, now: str, paths: Sequence[str]) -> 
     ]  # fmt: skip
 
 
-def new_repository_dirs(root: Path, base: str, now: str, paths: Sequence[str]) -> list[str]:
-    """Those of :func:`_new_repositories` that are new directories: nothing of *base* in them."""
-    made = _new_repositories(root, base, now, paths)
-    had = list(_tree_entries(root, base, made))
+def new_repository_dirs(
+    root: Path, base: str, now: str, paths: Sequence[str], env: Mapping[str, str]
+) -> list[str]:
+    """Those of :func:`_new_repositories` that are new directories: nothing of *base* in them.
+
+    *env*: git's, to read the trees (:meth:`.snapshot.Objects.reading`); so below.
+    """
+    made = _new_repositories(root, base, now, paths, env)
+    had = list(_tree_entries(root, base, made, env))
     return [rel for rel in made if not any(h == rel or h.startswith(f"{rel}/") for h in had)]
 
 
@@ -239,16 +251,18 @@ def put_index(root: Path, saved: Path) -> bool:
     return True
 
 
-def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
+def put_files(
+    root: Path, tree: str, paths: Sequence[str], env: Mapping[str, str] | None = None
+) -> None:
     """Make each of *paths* under *root* what it is in *tree* (absent paths are deleted).
 
     A file is replaced atomically (written aside, then renamed over), so a reader never
     finds it missing or half-written.
     """
-    entries = _tree_entries(root, tree, paths)
+    entries = _tree_entries(root, tree, paths, env)
     dirs: set[Path] = set()
     # One `cat-file --batch` for every blob restored, not a process per file.
-    with ObjectReader(root) as objects:
+    with ObjectReader(root, env=env) as objects:
         for rel in paths:
             target = root / rel
             entry = entries.get(rel)
@@ -263,7 +277,7 @@ def put_files(root: Path, tree: str, paths: Sequence[str]) -> None:
         prune_empty(directory, root)
 
 
-def open_up(root: Path, tree: str) -> list[str]:
+def open_up(root: Path, tree: str, env: Mapping[str, str] | None = None) -> list[str]:
     """Give the owner back what they need of each path of *tree* under *root*: the paths.
 
     A file or directory an agent made unreadable to you (`chmod 000`) fails every git
@@ -271,7 +285,8 @@ def open_up(root: Path, tree: str) -> list[str]:
     but a file's executable one, so those the owner lost are given back (read and write, and
     search for a directory); what group and others lost is not known, and not given.
     """
-    listed = runner.run_bytes(root, "ls-tree", "-r", "-t", "-z", "--full-tree", "--name-only", tree)
+    args = ("ls-tree", "-r", "-t", "-z", "--full-tree", "--name-only", tree)
+    listed = runner.run_bytes(root, *args, env=env)
     top = Path(os.path.realpath(root))
     opened = []
     for name in listed.stdout.split(b"\0"):  # a directory before what it holds
@@ -329,12 +344,16 @@ def prune_empty(directory: Path, root: Path) -> None:
         directory = directory.parent
 
 
-def _tree_entries(root: Path, tree: str, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
+def _tree_entries(
+    root: Path, tree: str, paths: Sequence[str], env: Mapping[str, str] | None = None
+) -> dict[str, tuple[str, str]]:
     if not paths:
         return {}
     literal = (f":(literal){path}" for path in paths)  # a name may hold `*` or `?`
     records = b"".join(
-        runner.run_bytes(root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *batch).stdout
+        runner.run_bytes(
+            root, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *batch, env=env
+        ).stdout
         for batch in git.in_batches(literal)
     )
     entries = {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
@@ -32,18 +34,51 @@ REF_PATTERNS = (
 STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
 # What a gitlink of a repository without a commit points at in a capture (hashed, not stored).
 UNBORN = "swarm: a repository without a commit\n"
+OWN_OBJECTS = "snapshot-objects"  # under the guard's directory: the objects its captures write
 
 
-def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
+@dataclass(frozen=True)
+class Objects:
+    """The guard's own object store (*own*) beside the repository's (*yours*, its ``objects``).
+
+    A capture hashes each file whose stat its scratch index does not match, and swarm's git
+    runs no filter of the repository's config: in your store, a decrypted git-crypt file of
+    your checkout would lie in the clear until `git gc` prunes it. So a capture writes into
+    the guard's own store (yours its alternate: nothing already there is written again), and
+    whatever reads a captured tree reads both (:meth:`reading`).
+    """
+
+    own: Path
+    yours: Path
+
+    def writing(self) -> dict[str, str]:
+        """The environment of a git that writes what it hashes into the guard's own store."""
+        self.own.mkdir(exist_ok=True)
+        return {"GIT_OBJECT_DIRECTORY": str(self.own), **_alternate(self.yours)}
+
+    def reading(self) -> dict[str, str]:
+        """The environment of a git that reads captured trees: yours, and the guard's store."""
+        return _alternate(self.own) if self.own.is_dir() else {}
+
+
+def _alternate(store: Path) -> dict[str, str]:
+    # Quoted as git unquotes it: a path may hold the list's separator, `:`.
+    quoted = str(store).replace("\\", "\\\\").replace('"', '\\"')
+    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
+
+
+def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] = ()) -> Snapshot:
     """HEAD, staged entries and every file git would see in *path* (via the *scratch* index).
 
     A checked-out submodule counts by the commit it has checked out: `add` would start git
     inside it, under its own config and attributes, which an agent can write. A repository
     without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
-    ``UNBORN``: left out, it would hide the checkout from every scan.
+    ``UNBORN``: left out, it would hide the checkout from every scan. What it hashes goes
+    into the guard's own store (*objects*), never yours.
     """
+    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing()}
     try:
-        return _capture(path, scratch, exclude)
+        return _capture(path, env, exclude)
     except StuckOnPipeError:
         # Stopped, git left its lock on the scratch index (the guard's own file): no later
         # capture could take it.
@@ -51,8 +86,7 @@ def capture(path: Path, scratch: Path, exclude: Sequence[str] = ()) -> Snapshot:
         raise
 
 
-def _capture(path: Path, scratch: Path, exclude: Sequence[str]) -> Snapshot:
-    env = {"GIT_INDEX_FILE": str(scratch)}
+def _capture(path: Path, env: dict[str, str], exclude: Sequence[str]) -> Snapshot:
     links = git_index.populated_gitlinks(path, env)
     git_index.stage_gitlinks(path, links, env)
     skip = [f":(exclude,literal,top){link}" for link in links]
@@ -138,6 +172,7 @@ def drop_baselines(guard_dir: Path) -> None:
         for copy in guard_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 copy.unlink()
+    shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
 
 
 def symbolic_head(path: Path) -> str | None:
@@ -174,23 +209,37 @@ def read_refs(root: Path, *, also: Sequence[str] = ()) -> dict[str, str]:
     return refs
 
 
-def changed_paths(path: Path, before: str, after: str) -> list[str]:
+def changed_paths(
+    path: Path, before: str, after: str, env: Mapping[str, str] | None = None
+) -> list[str]:
     """The paths that differ between two trees, as file names (:func:`os.fsdecode`).
+
+    *env*: :meth:`Objects.reading`, for a captured tree.
 
     A name that is not UTF-8 keeps its bytes (as surrogates): it can be put back or removed,
     and is shown quoted as git quotes it (:func:`core.text.path_text`).
     """
     args = ("diff", "--name-only", "-z", "--no-renames", before, after, "--")
-    out = runner.run_bytes(path, *args).stdout
+    out = runner.run_bytes(path, *args, env=env).stdout
     return [os.fsdecode(p) for p in out.split(b"\0") if p]
 
 
-def files_patch(path: Path, before: str, after: str, paths: Sequence[str]) -> str:
-    """A `git apply`-able patch from tree *before* to tree *after* ('' when nothing changed)."""
+def files_patch(
+    path: Path,
+    before: str,
+    after: str,
+    paths: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """A `git apply`-able patch from tree *before* to tree *after* ('' when nothing changed).
+
+    *env*: :meth:`Objects.reading`, for a captured tree.
+    """
     if not paths:
         return ""
     header = f"# files changed in {path_text(str(path))}: git apply this to get them back\n"
-    return header + git.git(path, "diff", "--binary", "--no-renames", before, after, "--")
+    args = ("diff", "--binary", "--no-renames", before, after, "--")
+    return header + runner.run(path, *args, env=env).stdout
 
 
 def ref_patch(root: Path, ref: str, before: str | None, after: str | None) -> str:

@@ -290,13 +290,14 @@ class WorktreeChecks(Baselines, RefChecks):
         if place is not None:
             if moved is None:
                 _seed(place.scratch, place.saved_index)
-                now = capture(path, place.scratch)
+                now = capture(path, place.scratch, self._snapshots)
                 restore_checkout(
                     path,
                     base=self._base(place),
                     now=now,
                     saved_index=place.saved_index,
                     scratch=place.scratch,
+                    objects=self._snapshots,
                     exclude=(),
                 )
             self._changes.forget(task_id)
