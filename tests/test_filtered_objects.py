@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import git, make_repo
+from tests.test_clean import edits_done, report
 from tests.test_guard import events
 from tests.test_run import status_json, swarm
 
@@ -33,7 +34,7 @@ def crypt_repo(path: Path) -> Path:
     repo = make_repo(path, {"README.md": "hello\n"})
     git(repo, "config", "filter.crypt.clean", ROT13)
     git(repo, "config", "filter.crypt.smudge", ROT13)
-    (repo / ".gitattributes").write_text("secret.txt filter=crypt\n")
+    (repo / ".gitattributes").write_text("secret.txt filter=crypt\n**/secret.txt filter=crypt\n")
     (repo / "secret.txt").write_text(f"{PLAIN}\n")
     git(repo, "add", ".gitattributes", "secret.txt")
     git(repo, "commit", "-q", "-m", "encrypted")
@@ -65,3 +66,63 @@ def test_the_guard_hashes_your_decrypted_file_into_no_object_of_yours(
     assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert PLAIN.encode() not in stored_bytes(repo)
     assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/snapshot-objects"))
+
+
+def test_a_rescue_saves_a_filtered_file_your_head_holds_as_it_is_hashing_nothing_new(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Left out of the rescue's `add`, the file is hashed (never stored) and found as HEAD
+    # holds it: saved as HEAD has it, the directory deleted. Its decrypted copy beside it is
+    # left out, named, and stored nowhere.
+    repo = crypt_repo(tmp_path / "repo")
+    root = edits_done(repo, write_agent).parent
+    stray = root / "stray"
+    stray.mkdir()
+    (stray / ".gitattributes").write_text("*.txt filter=crypt\n")
+    stored = subprocess.run(
+        ["git", "cat-file", "blob", "HEAD:secret.txt"], cwd=repo, capture_output=True, check=True
+    ).stdout
+    (stray / "secret.txt").write_bytes(stored)
+    (stray / "notes.md").write_text("notes nobody committed\n")
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(stray)]["fixed"], found[str(stray)]
+    assert not stray.exists()
+    (rescued,) = git(repo, "for-each-ref", "--format=%(refname)", "refs/swarm/rescued/").split()
+    assert git(repo, "rev-parse", f"{rescued}:secret.txt") == git(
+        repo, "rev-parse", "HEAD:secret.txt"
+    )
+    assert git(repo, "show", f"{rescued}:notes.md") == "notes nobody committed"
+
+    stray.mkdir()
+    (stray / ".gitattributes").write_text("*.txt filter=crypt\n")
+    (stray / "secret.txt").write_text(f"{PLAIN}\n")
+    (stray / "notes.md").write_text("more notes\n")
+    found = report(repo, "doctor", "--yes", code=1)
+    assert "left out secret.txt (filter crypt)" in str(found[str(stray)]["result"])
+    assert (stray / "secret.txt").read_text() == f"{PLAIN}\n"
+    assert PLAIN.encode() not in stored_bytes(repo)
+
+
+def test_a_checkpoint_hashes_no_changed_filtered_file_only_names_it(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # The checkpoint added the agent's filtered files, then took them back out of its
+    # commit: their bytes were loose objects all the same.
+    repo = crypt_repo(tmp_path / "repo")
+    agent = write_agent(
+        "import pathlib\n"
+        f"pathlib.Path('secret.txt').write_text('{PLAIN}4\\n')\n"
+        "pathlib.Path('sub').mkdir()\n"
+        f"pathlib.Path('sub', 'secret.txt').write_text('{PLAIN}5\\n')\n"
+        "pathlib.Path('work.txt').write_text('work\\n')\n"
+    )
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 1
+    reason = str(status_json(repo)["t"]["reason"])
+    assert "(secret.txt (filter crypt), sub/secret.txt (filter crypt))" in reason, reason
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == (
+        ".gitattributes\nREADME.md\nsecret.txt\nwork.txt"
+    )
+    assert git(repo, "rev-parse", "swarm/t:secret.txt") == git(repo, "rev-parse", "HEAD:secret.txt")
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert (worktree / "sub" / "secret.txt").read_text() == f"{PLAIN}5\n"  # not lost
+    assert PLAIN.encode() not in stored_bytes(repo)

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.mergekit import RUN_ID, Brancher, record_run
 from tests.test_clean import edits_done, report, worktree_paths
+from tests.test_filtered_objects import stored_bytes
 from tests.test_run import swarm
 
 AgentFactory = Callable[[str], list[str]]
@@ -55,6 +56,7 @@ def test_a_rescue_leaves_out_a_file_whose_filter_swarms_git_never_runs(
     assert f"saved as {rescued}" in result
     assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
     assert MARKER not in _reachable_bytes(repo, rescued)
+    assert MARKER not in stored_bytes(repo)  # hashed into no object, not even a loose one
 
     (stray / "secret.txt").rename(repo.parent / "secret.txt")  # moved out, as it says
     found = report(repo, "doctor", "--yes", code=0)
@@ -105,6 +107,7 @@ def test_undoing_a_merge_keeps_a_changed_file_whose_filter_swarms_git_never_runs
     kept = git(repo, "ls-tree", "--name-only", rescued, "secret.txt")
     assert kept == ("secret.txt" if by == "merge" else "")
     assert MARKER not in _reachable_bytes(repo, rescued)
+    assert MARKER not in stored_bytes(repo)  # hashed into no object, not even a loose one
 
 
 @pytest.mark.parametrize("dotgit", ["naming nothing", "not git's"])

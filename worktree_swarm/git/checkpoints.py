@@ -23,7 +23,12 @@ from worktree_swarm.git.gitfiles import (
 )
 from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_edits
 from worktree_swarm.git.repo import _run, in_batches
-from worktree_swarm.git.staged import unstage_filtered, unstage_over, unstage_secrets
+from worktree_swarm.git.staged import (
+    filtered_on_disk,
+    unstage_filtered,
+    unstage_over,
+    unstage_secrets,
+)
 from worktree_swarm.git.status import _inside, _submodule_paths
 
 if TYPE_CHECKING:
@@ -71,7 +76,8 @@ def checkpoint(
     environment variable is left out (staged as it was); with *report_secrets* that raises
     SecretLeftOutError once the rest is committed. So is a file over *max_file* bytes (None:
     no cap), raising TooBigError: git hashes it once, it is never committed; and a file whose
-    filter swarm's git does not run (:func:`unstage_filtered`), raising FilteredError.
+    filter swarm's git does not run, raising FilteredError: never added (nor hashed), or,
+    staged by the agent, unstaged (:func:`unstage_filtered`).
     """
     env = identity_env(author)
     repair_checkout(worktree)
@@ -90,13 +96,17 @@ def checkpoint(
     links = populated_gitlinks(worktree)
     declared = _submodule_paths(worktree) if links else set()
     stage_gitlinks(worktree, [link for link in links if link in declared])
-    added, unborn, refused = _add(worktree, [*exclude, *links], droppings)
+    # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
+    kept_out = filtered_on_disk(worktree, worktree)
+    skip = [*exclude, *links, *(path for path, _ in kept_out)]
+    added, unborn, refused = _add(worktree, skip, droppings)
     linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
     if linked:  # a commit would hold a commit id nobody else has, not their files
         for literal in in_batches(f":(literal,top){path}" for path in linked):
             _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
-    filtered = unstage_filtered(worktree)
+    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
+    filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree)]))
     secret = unstage_secrets(worktree)
     big = unstage_over(worktree, added, max_file)
     head = _commit(worktree, message, env, added=added.strip() != "")

@@ -12,16 +12,17 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.checkpoints import _embedded
-from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
-from worktree_swarm.git.staged import with_filters
+from worktree_swarm.git.staged import filtered_on_disk
 from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
 from worktree_swarm.infra import fs
 
@@ -212,11 +213,13 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         # there, never from what *path*'s own `.git` names (or, removed, from nothing).
         base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
         root = repo.root
-        added = runner.run_names(root, *base, "add", "--all", "--verbose", "--", ".", env=env)
-        embedded = _embedded(path, added.stdout)
+        filtered = filtered_on_disk(root, path, base=base, env=env)
+        skip = [f":(exclude,literal,top){name}" for name, _ in filtered]
+        args = ("add", "--all", "--verbose", "--", ".", *skip)
+        embedded = _embedded(path, runner.run_names(root, *base, *args, env=env).stdout)
         for literal in in_batches(f":(literal,top){name}" for name in embedded):
             runner.run(root, *base, *_UNSTAGE, *literal, env=env)
-        left = Snapshot(None, _leave_out_filtered(repo, base, env, parent),
+        left = Snapshot(None, _put_filtered(repo, path, base, env, parent, filtered),
                         tuple(path_text(name) for name in embedded))  # fmt: skip
         if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
             return left
@@ -228,47 +231,57 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         return dataclasses.replace(left, sha=sha)
 
 
-def _leave_out_filtered(
-    repo: Repo, base: list[str], env: dict[str, str], parent: str | None
+def _put_filtered(
+    repo: Repo,
+    path: Path,
+    base: list[str],
+    env: dict[str, str],
+    parent: str | None,
+    filtered: Sequence[tuple[str, str]],
 ) -> tuple[str, ...]:
-    """Unstage the files whose filter swarm's git never runs, unless committed as they are.
+    """Stage the *filtered* files (left out of the `add`) as *parent* has them; the changed ones.
 
-    As checkpoints do (``staged.unstage_filtered``): hashed as it is on disk, without its
-    clean filter, a git-crypt file would be saved in the clear. One that differs from
-    *parent* goes back to *parent*'s version; without a parent it goes unless the
-    repository's HEAD holds it as it is. Returns them, each with its filter.
+    As checkpoints do: hashed as it is on disk, without its clean filter, a git-crypt file
+    would be saved in the clear. With *parent*, each goes in as *parent* has it; without
+    one, only one the repository's HEAD holds as it is on disk (hashed, never stored).
+    Returns those *parent* (or HEAD) does not hold as they are, each with its filter.
     """
-    drivers = neutral_filters(repo.root)
-    if not drivers:
+    if not filtered:
         return ()
     root = repo.root
     head = "" if parent else git(root, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
     against = parent or head.strip()
-    entries = _changed_entries(repo, base, env, against)
-    names = [os.fsdecode(name) for mode, name in entries if mode != b"160000"]
-    over = with_filters(root, names, drivers, git_args=base, env=env)
-    for literal in in_batches(f":(literal,top){name}" for name, _ in over):
-        if parent:
-            runner.run(root, *base, "reset", "-q", parent, "--", *literal, env=env)
-        else:
-            runner.run(root, *base, "rm", "-q", "--cached", "--", *literal, env=env)
-    return tuple(f"{path_text(name)} (filter {driver})" for name, driver in over)
+    held = _blobs(root, base, against, [name for name, _ in filtered])
+    # A file hashed as `add` would (a name with a newline, or not a file: taken for changed).
+    regular = [n for n, _ in filtered if n in held and "\n" not in n and _regular(path / n)]
+    names = "".join(f"{name}\n" for name in regular)
+    hashed = runner.run(root, *base, "hash-object", "--stdin-paths", env=env,
+                        input_text=names).stdout.split() if regular else []  # fmt: skip
+    same = {name for name, sha in zip(regular, hashed, strict=True) if held[name] == sha}
+    put = [name for name, _ in filtered] if parent else sorted(same)
+    for literal in in_batches(f":(literal,top){name}" for name in put):
+        runner.run(root, *base, "reset", "-q", against, "--", *literal, env=env)
+    return tuple(f"{path_text(name)} (filter {driver})" for name, driver in filtered
+                 if name not in same)  # fmt: skip
 
 
-def _changed_entries(
-    repo: Repo, base: list[str], env: dict[str, str], against: str
-) -> list[tuple[bytes, bytes]]:
-    """(mode, name) of each entry of the index *env* names that *against* lacks or differs in.
+def _blobs(root: Path, base: list[str], commit: str, names: Sequence[str]) -> dict[str, str]:
+    """The blob *commit* holds at each of *names* it has (none when *commit* is "")."""
+    if not commit:
+        return {}
+    found: dict[str, str] = {}
+    for batch in in_batches(f":(literal,top){name}" for name in names):
+        args = ("ls-tree", "-z", "--full-tree", "-r", commit, "--", *batch)
+        for record in runner.run_bytes(root, *base, *args).stdout.split(b"\0"):
+            meta, _, name = record.partition(b"\t")
+            fields = meta.split()  # mode type id
+            if len(fields) == 3 and fields[1] == b"blob":  # noqa: PLR2004
+                found[os.fsdecode(name)] = fields[2].decode()
+    return found
 
-    Every entry when *against* is "" (an unborn HEAD). Names as git lists them, NUL-separated.
-    """
-    if not against:
-        listed = runner.run_bytes(repo.root, *base, "ls-files", "-s", "-z", env=env).stdout
-        pairs = (entry.partition(b"\t") for entry in listed.split(b"\0") if entry)
-        return [(meta.split()[0], name) for meta, _, name in pairs]  # "mode id stage"
-    listed = runner.run_bytes(
-        repo.root, *base, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
-        "--diff-filter=d", against, env=env,
-    ).stdout  # fmt: skip
-    fields = listed.split(b"\0")  # ":mode mode id id status" NUL name NUL
-    return [(meta.split()[1], name) for meta, name in zip(fields[0::2], fields[1::2], strict=False)]
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False

@@ -1,14 +1,16 @@
 """What a worktree's index holds changed from HEAD, and unstaging what swarm never commits.
 
 Files over max_file, under a filter swarm's git does not run, or holding a secret value go
-back into the index as HEAD has them.
+back into the index as HEAD has them; changed files under such a filter are found before the
+`add` (:func:`filtered_on_disk`), to be left out of it: never hashed into an object.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
@@ -59,37 +61,61 @@ def unstage_filtered(worktree: Path, *, env: Mapping[str, str] | None = None) ->
     if not drivers:
         return []
     staged = [p for p, mode, blob in staged_entries(worktree, env=env) if _has_blob(mode, blob)]
-    over = with_filters(worktree, staged, drivers, env=env)
+    over = filtered(worktree, staged, drivers, env=env)
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
     return [f"{path_text(path)} (filter {driver})" for path, driver in over]
 
 
-def with_filters(
-    root: Path,
+def filtered_on_disk(
+    cwd: Path, work_tree: Path, *, base: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The files an ``add --all`` would hash whose filter swarm's git never runs; each with it.
+
+    Changed from the index or untracked (not ignored), and on disk under *work_tree*: left
+    out of the `add` itself (``:(exclude)``), a decrypted git-crypt file is hashed into no
+    object of the repository's, not even one no commit holds (until `git gc`). No git runs
+    unless the repository's config defines a filter. *base*: git's arguments before the
+    command (a rescue's ``--git-dir``), *env*: its environment (another index file).
+    """
+    drivers = neutral_filters(cwd)
+    if not drivers:
+        return []
+    args = ("ls-files", "-z", "--modified", "--others", "--exclude-standard")
+    listed = runner.run_bytes(cwd, *base, *args, env=env).stdout.split(b"\0")
+    # Not a repository (`dir/`, a gitlink), nor a deletion: those are staged as they are.
+    names = sorted({os.fsdecode(n) for n in listed if n and not n.endswith(b"/")})
+    return filtered(cwd, [n for n in names if _on_disk(work_tree / n)], drivers, base=base, env=env)
+
+
+def _on_disk(path: Path) -> bool:
+    """Whether *path* is there, and not a directory."""
+    try:
+        return not stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def filtered(
+    cwd: Path,
     names: Sequence[str],
-    drivers: Collection[str],
+    drivers: AbstractSet[str],
     *,
-    git_args: Sequence[str] = (),
+    base: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str]]:
-    """(name, driver) of each of *names* whose ``filter`` attribute is one of *drivers*.
-
-    Asked of `git check-attr` (*git_args* before it: ``--git-dir``, ``--work-tree``; *env*:
-    another index), the names passed and read back NUL-separated (as they are, bytes included).
-    """
+    """Those of *names* whose ``filter`` attribute is one of *drivers*, each with it."""
     if not names:
         return []
-    listed = b"".join(os.fsencode(name) + b"\0" for name in names)
+    listed = b"".join(os.fsencode(p) + b"\0" for p in names)
     fields = runner.run_bytes(
-        root, *git_args, "check-attr", "-z", "--stdin", "filter", input_bytes=listed, env=env
+        cwd, *base, "check-attr", "-z", "--stdin", "filter", input_bytes=listed, env=env
     ).stdout.split(b"\0")
-    found = []
-    for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
-        driver = os.fsdecode(value)
-        if driver in drivers:
-            found.append((os.fsdecode(name), driver))
-    return found
+    return [
+        (os.fsdecode(name), os.fsdecode(value))
+        for name, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False)
+        if os.fsdecode(value) in drivers
+    ]
 
 
 def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
