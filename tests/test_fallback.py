@@ -431,3 +431,95 @@ def test_a_hand_over_out_of_retries_a_crash_cut_goes_to_the_fallback_after_resum
     swarm(repo, "resume")
     assert len(calls(fake_agents, "gemini", "a")) == 2  # not asked a third time
     assert agents_of(repo, "a") == ["gemini", "gemini", "codex"]
+
+
+def _failed_after_a_hand_over(repo: Path, fake_agents: Path) -> Path:
+    """Run a: claude meets a usage window, codex takes over and meets one too (a fails).
+
+    Returns a's worktree, with a file written there since.
+    """
+    plan(fake_agents, "claude", "a", "window")
+    plan(fake_agents, "codex", "a", "window")
+    out = swarm(repo, "run", manifest(repo, tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["claude", "codex"]
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / "later.txt").write_text("written after the run\n")
+    return worktree
+
+
+def test_what_clean_commits_after_a_hand_over_names_the_fallback(
+    repo: Path, fake_agents: Path
+) -> None:
+    # codex ran the last attempt: its trailer named claude, the task's own agent.
+    worktree = _failed_after_a_hand_over(repo, fake_agents)
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
+    assert branch_file(repo, "swarm/a", "later.txt") == "written after the run"
+    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
+    assert made.splitlines() == [
+        "swarm: checkpoint a (clean)",
+        "Swarm-Task: a",
+        "Swarm-Attempt: 2",
+        "Swarm-Agent: codex",
+    ]
+
+
+def test_what_a_fresh_retry_commits_after_a_hand_over_names_the_fallback(
+    repo: Path, fake_agents: Path
+) -> None:
+    _failed_after_a_hand_over(repo, fake_agents)
+    swarm(repo, "retry", "a", "--fresh")
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    previous = json.loads(row[0])["previous_tip"]
+    assert git(repo, "show", f"{previous}:later.txt") == "written after the run"
+    made = git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", previous)
+    assert made.strip() == "codex"
+
+
+def test_what_stop_commits_after_a_hand_over_names_the_fallback(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # codex runs when the manager is killed: `swarm stop` stops it and commits its worktree.
+    plan(fake_agents, "claude", "a", "window")
+    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
+        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (repo.parent / "repo.swarm" / "a" / "half.txt").write_text("half done\n")
+    try:
+        out = swarm(repo, "stop")
+    finally:  # nothing left waiting if the stop failed
+        (fake_agents / "go").touch()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert branch_file(repo, "swarm/a", "half.txt") == "half done"
+    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
+    assert made.splitlines() == [
+        "swarm: checkpoint a (stopped)",
+        "Swarm-Task: a",
+        "Swarm-Attempt: 2",
+        "Swarm-Agent: codex",
+    ]
+
+
+def _agents_if_any(repo: Path) -> list[str]:
+    """The agents of a's attempts so far ([] while the manager is still creating the store)."""
+    path = repo / ".git" / "swarm" / "state.db"
+    if not path.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT agent FROM attempts WHERE task_id = 'a' ORDER BY number")
+            return [r[0] for r in rows.fetchall()]
+    except sqlite3.Error:
+        return []

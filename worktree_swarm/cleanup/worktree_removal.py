@@ -38,6 +38,7 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
+from worktree_swarm.run import task_checkpoint
 
 RESCUE_PREFIX = removal.RESCUE_PREFIX
 
@@ -209,10 +210,10 @@ def _author(store: Store | None, f: Finding) -> str:
 def _trailers(store: Store | None, f: Finding) -> str:
     """The checkpoint trailers of the finding's task, as `swarm stop`'s; "" when not known."""
     known = _task_of(store, f)
-    if known is None:
+    if known is None or store is None:
         return ""
     row, task = known
-    return checkpoints.trailers(row.task_id, row.attempts or None, task.agent)
+    return task_checkpoint.trailers(store, row, task)
 
 
 def _max_file(store: Store | None, f: Finding) -> int:

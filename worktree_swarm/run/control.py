@@ -26,7 +26,7 @@ from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
 from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
-from worktree_swarm.run import provision, retry
+from worktree_swarm.run import provision, retry, task_checkpoint
 from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
 from worktree_swarm.run.attempt_record import attempt_outcome
 
@@ -144,7 +144,7 @@ def _checkpoint_stopped(
             tip = checkpoints.checkpoint(
                 worktree,
                 message=f"swarm: checkpoint {row.task_id} (stopped)"
-                + checkpoints.trailers(row.task_id, row.attempts or None, task.agent),
+                + task_checkpoint.trailers(store, row, task),
                 author=commit_author(store, row.run_id),
                 exclude=local_files.local_paths(
                     worktree, link=task.link, copy=task.copy, base=row.base_commit

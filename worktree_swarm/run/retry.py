@@ -23,6 +23,7 @@ from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
+from worktree_swarm.run import task_checkpoint
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
 # Named explicitly, these may run again too; done/merged work is never redone by retry.
@@ -221,9 +222,7 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
         checkpoints.checkpoint(
             path,
             message=f"swarm: checkpoint {row.task_id} (retry --fresh)"
-            + checkpoints.trailers(
-                row.task_id, row.attempts or None, task_from_json(row.spec_json).agent
-            ),
+            + task_checkpoint.trailers(store, row, task_from_json(row.spec_json)),
             author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
         )
