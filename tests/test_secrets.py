@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -1998,3 +1999,29 @@ def test_a_log_on_a_full_disk_is_still_redacted_in_place(small_disk: Path) -> No
             fh.write(b"x" * 65536)
     scrub_file(log)
     assert log.read_text() == f"working\nmy key is {REDACTED}\ndone\n"
+
+
+def test_a_fresh_retry_leaves_the_copy_files_out_of_what_it_commits(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its commit of the worktree before starting over took the copied .env (untracked, not
+    # ignored) into the old tip its retry event names.
+    (repo / ".env").write_text("STRIPE_KEY=sk_live_51Hq8TzLmX2b7c\n")
+    agent = write_agent(
+        "import pathlib, sys\npathlib.Path('a.txt').write_text('work\\n')\nsys.exit(3)\n"
+    )
+    path = manifest(
+        repo, f'[[task]]\nid = "a"\nprompt = "x"\nagent = {argv_toml(agent)}\ncopy = [".env"]\n'
+    )
+    assert swarm(repo, "run", path).returncode == 1
+    worktree = repo.parent / "repo.swarm" / "a"
+    assert (worktree / ".env").exists()
+    (worktree / "userfix.txt").write_text("my manual fix\n")
+    swarm(repo, "retry", "a", "--fresh")
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    previous = json.loads(row[0])["previous_tip"]
+    files = git(repo, "ls-tree", "-r", "--name-only", previous).split()
+    assert files == ["README.md", "a.txt", "userfix.txt"]
+    assert "sk_live_51Hq8TzLmX2b7c" not in git(repo, "log", "-p", previous)
+    assert (repo / ".env").read_text() == "STRIPE_KEY=sk_live_51Hq8TzLmX2b7c\n"  # yours stays

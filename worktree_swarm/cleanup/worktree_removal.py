@@ -165,10 +165,11 @@ def _unlock_index(repo: git.Repo, path: Path) -> None:
 def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]:
     """The task's ``link`` and ``copy`` paths, when the store still knows the task."""
     known = _task_of(store, f)
-    if known is None:
+    if known is None or store is None:
         return ()
     row, task = known
-    return local_files.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
+    # Not its droppings: left in the worktree, they would keep it from being removed.
+    return task_checkpoint.left_out(store, row, task, path).exclude
 
 
 def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:

@@ -139,6 +139,7 @@ def _checkpoint_stopped(
     run = store.get_run(row.run_id)
     left: str | None = None
     left_out: tuple[str, ...] = ()
+    kept = task_checkpoint.left_out(store, row, task, worktree)
     with told as moves:
         try:
             tip = checkpoints.checkpoint(
@@ -146,10 +147,8 @@ def _checkpoint_stopped(
                 message=f"swarm: checkpoint {row.task_id} (stopped)"
                 + task_checkpoint.trailers(store, row, task),
                 author=commit_author(store, row.run_id),
-                exclude=local_files.local_paths(
-                    worktree, link=task.link, copy=task.copy, base=row.base_commit
-                ),
-                droppings=adapter_for(task.agent).droppings,
+                exclude=kept.exclude,
+                droppings=kept.droppings,
                 max_file=run.settings.max_file if run is not None else DEFAULT_MAX_FILE,
             )
         except checkpoints.LeftOutError as exc:  # the rest is committed; they stay in the worktree

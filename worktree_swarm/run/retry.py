@@ -217,13 +217,18 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     gitfiles.repair_checkout(path)
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None
+    task = task_from_json(row.spec_json)
+    # The `copy` files (a `.env`) stay out: the old tip is kept, in the retry event too.
+    kept = task_checkpoint.left_out(store, row, task, path)
     # `swarm retry` holds the manager lock: no run's guard watches this branch meanwhile.
     try:
         checkpoints.checkpoint(
             path,
             message=f"swarm: checkpoint {row.task_id} (retry --fresh)"
-            + task_checkpoint.trailers(store, row, task_from_json(row.spec_json)),
+            + task_checkpoint.trailers(store, row, task),
             author=settings.commit_author if settings else DEFAULT_COMMIT_AUTHOR,
+            exclude=kept.exclude,
+            droppings=kept.droppings,
             max_file=settings.max_file if settings else DEFAULT_MAX_FILE,
         )
     except checkpoints.LeftOutError as exc:

@@ -1,12 +1,17 @@
 """The checkpoints of a task's worktree made outside its attempts: stop, clean, retry --fresh.
 
-They name the agent that ran the task last: a fallback or the budget agent, maybe.
+They name the agent that ran the task last (a fallback or the budget agent, maybe), and leave
+out what the run's own checkpoints leave out.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.task import Task
-from worktree_swarm.git import checkpoints
+from worktree_swarm.git import checkpoints, local_files
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow
 
@@ -20,3 +25,21 @@ def last_agent(store: Store, row: TaskRow, task: Task) -> str:
 def trailers(store: Store, row: TaskRow, task: Task) -> str:
     """The checkpoint trailers of *row*'s task: its attempts so far, the agent that ran last."""
     return checkpoints.trailers(row.task_id, row.attempts or None, last_agent(store, row, task))
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """What such a checkpoint leaves out, as :func:`checkpoints.checkpoint` takes it."""
+
+    exclude: tuple[str, ...]  # the ``link`` symlinks and ``copy`` files (a `.env`): local
+    droppings: tuple[str, ...]  # the own files of the agent tools that ran the task
+
+
+def left_out(store: Store, row: TaskRow, task: Task, worktree: Path) -> LeftOut:
+    """What a checkpoint of *row*'s *worktree* leaves out: never on the branch."""
+    ran = {task.agent, *(a.agent for a in store.attempts(row.run_id, row.task_id) if a.agent)}
+    droppings = dict.fromkeys(p for agent in sorted(ran) for p in adapter_for(agent).droppings)
+    exclude = local_files.local_paths(
+        worktree, link=task.link, copy=task.copy, base=row.base_commit
+    )
+    return LeftOut(exclude=exclude, droppings=tuple(droppings))
