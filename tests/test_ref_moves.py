@@ -130,3 +130,34 @@ def _swarm(repo: Path, *args: str) -> str:
     out = subprocess.run([*SWARM, *args], cwd=repo, capture_output=True, text=True, check=False)
     assert out.returncode in {0, 1}, out.stdout + out.stderr
     return out.stdout
+
+
+def test_doctor_removes_a_dead_writers_note_and_leaves_a_directory_at_its_verdicts_name(
+    tmp_path: Path,
+) -> None:
+    # A directory at `<note>.verdict`: removing the note's files stopped there, the note's
+    # fix failed with IsADirectoryError, and what came after it in the note's name was kept.
+    repo = make_repo(tmp_path / "repo")
+    notes = repo / ".git" / "swarm" / "ref-moves"
+    notes.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_started = starts.start_time(gone.pid)
+    gone.wait()
+    note = notes / f"{gone.pid}-0badc0de.json"
+    note.write_text(json.dumps({"pid": gone.pid, "started": gone_started, "moves": []}))
+    verdict = note.with_name(note.name + ".verdict")
+    verdict.mkdir()
+    (verdict / "yours").write_text("kept\n")
+    heard = note.with_name(note.name + ".heard-1-0badc0de")
+    heard.write_text("")
+
+    out = subprocess.run(
+        [*SWARM, "doctor", "--yes", "--json"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = [r for r in json.loads(out.stdout)["findings"] if r["action"] == "forget_ref_moves"]
+    assert [(r["target"], r["fixed"], r["result"]) for r in found] == [
+        (str(note), True, "removed")
+    ]  # the directory is no note of a writer's: nothing to remove
+    assert sorted(notes.iterdir()) == [verdict]
+    assert (verdict / "yours").read_text() == "kept\n"

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,12 +179,14 @@ def abandoned(state_dir: Path) -> list[Path]:
 
     A killed `swarm merge` or `swarm clean` (or a merge's guard) leaves its files here until a
     run's guard reads them; `swarm doctor` removes them with :func:`forget_abandoned`. Each is
-    named by its main file (``.json`` or ``.listening``; else the first file of its name).
+    named by its main file (``.json`` or ``.listening``; else the first file of its name). A
+    directory made at such a name is nobody's note: never found, never removed.
     """
     groups: dict[str, list[Path]] = {}
     with contextlib.suppress(FileNotFoundError):
         for path in sorted((state_dir / DIR).iterdir()):
-            groups.setdefault(path.name.split(".", 1)[0], []).append(path)
+            if not _directory(path):
+                groups.setdefault(path.name.split(".", 1)[0], []).append(path)
     found = []
     for stem, files in groups.items():
         if not _writer_alive(stem, files):
@@ -193,14 +196,28 @@ def abandoned(state_dir: Path) -> list[Path]:
 
 
 def forget_abandoned(path: Path) -> bool:
-    """Remove *path* (from :func:`abandoned`) and every file of its name, if its writer is gone."""
+    """Remove *path* (from :func:`abandoned`) and every file of its name, if its writer is gone.
+
+    OSError when *path* itself cannot be removed. What else cannot be (a directory made at
+    one of those names) is left as it is.
+    """
     stem = path.name.split(".", 1)[0]
     files = sorted(path.parent.glob(f"{glob.escape(stem)}.*"))
     if _writer_alive(stem, files):
         return False
+    path.unlink(missing_ok=True)
     for each in files:
-        each.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            each.unlink(missing_ok=True)
     return True
+
+
+def _directory(path: Path) -> bool:
+    """Whether *path* is a directory (not a symlink to one); False once it is gone."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
@@ -249,7 +266,8 @@ def _forget(path: Path) -> None:
 def _await_verdict(path: Path, state_dir: Path) -> None:
     # Not past the run's end: a manager whose guard has made its last scan gives none.
     deadline = time.monotonic() + _WAIT
-    while time.monotonic() < deadline and not _verdict(path).exists():
+    # Only a file is a verdict: a directory made at its name is none (the guard's write fails).
+    while time.monotonic() < deadline and not _verdict(path).is_file():
         if not lock.manager_alive(state_dir):
             return
         time.sleep(_POLL)
