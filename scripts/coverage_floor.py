@@ -26,6 +26,8 @@ NOT_HELD = {
     "worktree_swarm/run/ray_preflight.py": "the Ray executor's checks of a run: slow tests mostly",
     "worktree_swarm/run/ray_stop.py": "the Ray executor's stop without a manager: slow tests only",
     "worktree_swarm/run/ray_node.py": "the Ray executor's node side: inside Ray workers",
+    "worktree_swarm/run/ray_node_clone.py": "the node side's clone and pushes: inside Ray workers",
+    "worktree_swarm/run/ray_node_host.py": "the node itself, its dirs: inside Ray workers",
     "worktree_swarm/run/ray_leftovers.py": "asks every node of a live Ray cluster: slow tests only",
     "worktree_swarm/cleanup/orphan_nodes.py": "doctor's look at Ray nodes: slow tests only",
 }

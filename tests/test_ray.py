@@ -1228,7 +1228,8 @@ def test_a_node_without_bubblewrap_fails_a_sandboxed_attempt_before_cloning(
     # The node side as a node's actor runs it (a node that joined after the run's check).
     from worktree_swarm.core.errors import SwarmError  # noqa: PLC0415
     from worktree_swarm.core.task import Task  # noqa: PLC0415
-    from worktree_swarm.run.ray_node import Assignment, NodeAgent  # noqa: PLC0415
+    from worktree_swarm.run.ray_node import NodeAgent  # noqa: PLC0415
+    from worktree_swarm.run.ray_node_clone import Assignment  # noqa: PLC0415
 
     monkeypatch.setenv("SWARM_NODE_DIR", str(tmp_path / "node"))
     monkeypatch.setenv("SWARM_NODE_NAME", "nobwrap")
@@ -1260,7 +1261,8 @@ def test_a_nodes_gitconfig_with_rerere_on_fails_no_agent_that_commits(
     # `.git/rr-cache` in the clone: git's doing, empty, as locally; it was taken for a file the
     # agent planted in git's own files, and the task failed.
     from worktree_swarm.core.task import Task  # noqa: PLC0415
-    from worktree_swarm.run.ray_node import Assignment, NodeAgent  # noqa: PLC0415
+    from worktree_swarm.run.ray_node import NodeAgent  # noqa: PLC0415
+    from worktree_swarm.run.ray_node_clone import Assignment  # noqa: PLC0415
 
     repo = make_repo(tmp_path / "repo")
     remote = tmp_path / "remote.git"

@@ -17,7 +17,8 @@ from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.task import Task
 from worktree_swarm.infra import redact
-from worktree_swarm.run.ray_node import Assignment, NodeAgent
+from worktree_swarm.run.ray_node import NodeAgent
+from worktree_swarm.run.ray_node_clone import Assignment
 
 # The value of a secret-named variable in the environment of the node's `ray start` only.
 NODE_SECRET = "node-deploy-value-7b1e5d"  # noqa: S105 - a made-up secret

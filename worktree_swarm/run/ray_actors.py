@@ -13,7 +13,8 @@ from typing import Any
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.run.ray_cluster import _ray
-from worktree_swarm.run.ray_node import NodeAgent, end_attempt, node_name
+from worktree_swarm.run.ray_node import NodeAgent
+from worktree_swarm.run.ray_node_host import end_attempt, node_name
 
 SLOT = "agent_slot"
 # The actors' concurrency group of their own for probes: one answers while both of the

@@ -47,7 +47,7 @@ from worktree_swarm.run.ray_actors import (
 )
 from worktree_swarm.run.ray_cluster import HeadWatch, _ray, connect
 from worktree_swarm.run.ray_disk import NodeDisk
-from worktree_swarm.run.ray_node import Assignment
+from worktree_swarm.run.ray_node_clone import Assignment
 from worktree_swarm.run.ray_preflight import remote_url
 from worktree_swarm.run.run_worker import Live, RunContext, RunWorker, TaskOutcome
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.run.ray_actors import live_actors, on_every_node
 from worktree_swarm.run.ray_cluster import connect
-from worktree_swarm.run.ray_node import node_name, remove_task_dir, task_dirs
+from worktree_swarm.run.ray_node_host import node_name, remove_task_dir, task_dirs
 
 _ANY_NODE = ""  # an actor that did not say where it runs: maybe anywhere
 

@@ -17,7 +17,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_actors import SLOT, on_every_node
 from worktree_swarm.run.ray_cluster import _ray, connect
-from worktree_swarm.run.ray_node import node_name, sandbox_problem
+from worktree_swarm.run.ray_node_host import node_name, sandbox_problem
 
 
 def remote_url(repo: git.Repo, remote: str) -> str:

@@ -1,0 +1,275 @@
+"""An attempt's clone on a Ray node: made from the node's mirror, checkpointed, pushed.
+
+:class:`NodeClone` is the part of a node's actor (:class:`worktree_swarm.run.ray_node.NodeAgent`)
+that keeps the task's branch: it clones it from the remote with ``--reference`` to the node's
+mirror (``<node dir>/mirrors``, made and fetched under a file lock, ``gc.auto=0``), puts git's own
+files of the clone back as cloned before swarm's git runs there, and pushes checkpoints of the
+clone to the task's branch on the remote: periodically while the agent runs, and when the
+attempt ends. :class:`Assignment` is everything the node is told of the attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from filelock import FileLock
+
+from worktree_swarm.agents import adapter_for
+from worktree_swarm.core.errors import GitError, SwarmError
+from worktree_swarm.core.task import Task
+from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import surface, surface_diff, surface_restore
+from worktree_swarm.infra import disk, redact, starts, supervisor
+from worktree_swarm.run.ray_node_host import (
+    ACTOR_FILE,
+    _make_dirs,
+    node_dir,
+    node_name,
+    sandbox_problem,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """Everything a node needs for one attempt (no secrets: those live on the node)."""
+
+    run_id: str
+    task: Task
+    attempt: int
+    remote_url: str
+    author: str
+    identity: tuple[tuple[str, str], ...]  # the user's git user.name / user.email
+    kill_grace: float
+    checkpoint_interval: float
+    max_file: int | None = None  # the run's cap on one file of the branch
+    max_log: int | None = None  # the run's cap on what one setup or check step prints
+    sandbox: bool = False
+    sandbox_writable: tuple[str, ...] = ()  # as the coordinator expanded them
+    findings: str = ""  # the run's findings file as it was (redacted), "" for its header alone
+
+
+class NodeClone:
+    """An attempt's clone on this node: prepared, checkpointed and pushed, discarded."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.a = assignment
+        root = node_dir() / "runs" / assignment.run_id / assignment.task.id
+        self.work = root / "work"
+        self.logs = root / f"logs-{assignment.attempt}"
+        self.log_path = self.logs / f"attempt-{assignment.attempt}.log"
+        self._agent: supervisor.AgentProcess | None = None
+        self._git_lock = threading.Lock()
+        self._surface: surface.Surface = {}
+        self._planted: list[str] = []
+        self._ended = threading.Event()
+        self._stopping = threading.Event()
+        self._step = threading.Lock()  # held while a setup or check step runs
+        self._pusher: threading.Thread | None = None
+        self._notes_from = 0  # where what the agent adds to its findings file starts
+        # What goes back to the head is redacted here too: a node's own secrets (its API key,
+        # in the environment of its `ray start`) are known on the node only.
+        redact.add_env(assignment.task.env)
+
+    def node(self) -> str:
+        """The name of this node: ``SWARM_NODE_NAME``, else the host name."""
+        return node_name()
+
+    def prepare(self) -> str:
+        """Clone the task's branch from the remote (by way of the mirror); its tip."""
+        if self.a.sandbox:
+            problem = sandbox_problem()
+            if problem:
+                raise SwarmError(f"node {self.node()}: {problem}")
+        # Who this actor is on its node: what ends the attempt there if it stops answering.
+        _make_dirs(self.logs)
+        me = psutil.Process()
+        identity = {"pid": me.pid, "create_time": starts.of(me)}
+        (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")
+        mirror = self._mirror()
+        shutil.rmtree(self.work, ignore_errors=True)  # an earlier attempt here: the remote wins
+        self.work.parent.mkdir(parents=True, exist_ok=True)
+        runner.run(
+            self.work.parent,
+            # --no-local: from a path too, objects come from the mirror, not a copy per clone.
+            "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
+            "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
+        )  # fmt: skip
+        self.logs.mkdir(parents=True, exist_ok=True)
+        gitconfig.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
+        tip = git.rev_parse_in(self.work, "HEAD")
+        if tip is None:
+            raise GitError(f"the clone of {self.a.task.branch} has no HEAD")
+        return tip
+
+    def _mirror(self) -> Path:
+        """The node's mirror of the remote, made or brought up to date under its lock."""
+        key = hashlib.sha256(self.a.remote_url.encode()).hexdigest()[:16]
+        mirrors = node_dir() / "mirrors"
+        mirrors.mkdir(parents=True, exist_ok=True)
+        mirror = mirrors / f"{key}.git"
+        with FileLock(str(mirrors / f"{key}.lock")):
+            if not (mirror / "HEAD").exists():
+                shutil.rmtree(mirror, ignore_errors=True)
+                runner.run(
+                    mirrors, "clone", "--quiet", "--bare", "--", self.a.remote_url, str(mirror)
+                )
+                runner.run(mirror, "config", "gc.auto", "0")
+            else:
+                runner.run(
+                    mirror, "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*"
+                )
+        return mirror
+
+    def finish(self, *, message: str) -> str:
+        """Checkpoint the clone and push it to the task's branch; the pushed tip.
+
+        The attempt's trailers follow *message*, whoever asks (its coordinator, `swarm stop`).
+        """
+        self._ended.set()
+        if self._pusher is not None:
+            self._pusher.join()
+        with self._git_lock:
+            self._settle_git_files()
+            try:
+                checkpoints.checkpoint(
+                    self.work,
+                    message=message + self._trailers(),
+                    author=self.a.author,
+                    droppings=adapter_for(self.a.task.agent).droppings,
+                    report_secrets=True,
+                    max_file=self.a.max_file,
+                )
+            except checkpoints.LeftOutError as exc:  # embedded repositories, secrets, big files
+                if exc.head is not None:  # everything else is committed: pushed, as locally
+                    self._push(exc.head)
+                # What stays "in" the clone goes with it when the attempt ends.
+                where = f"the clone on node {self.node()} (removed with the attempt)"
+                raise GitError(str(exc).replace(str(self.work), where)) from exc
+            tip = git.rev_parse_in(self.work, "HEAD")
+            if tip is None:
+                raise GitError(f"{self.work} has no HEAD")
+            self._push(tip)
+        return tip
+
+    def disk_use(self) -> disk.DiskUsage:
+        """What this attempt's clone uses on the node's disk (measured as locally)."""
+        return disk.usage(self.work)
+
+    def held(self, skip: tuple[str, ...]) -> int:
+        """Actual bytes under the node's runs dir but the clones of *skip*, tasks of this run.
+
+        That is, what other runs and lost attempts left on this node, plus the clones of this
+        run's tasks that are not in *skip*.
+        """
+        runs = node_dir() / "runs"
+        ours = runs / self.a.run_id
+        scans = []
+        try:
+            run_dirs = list(runs.iterdir())
+        except FileNotFoundError:
+            return 0
+        for run_dir in run_dirs:
+            if run_dir != ours:
+                scans.append(disk.scan(run_dir))
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                scans += [
+                    disk.scan(task_dir) for task_dir in ours.iterdir() if task_dir.name not in skip
+                ]
+        return disk.combine(scans).actual
+
+    def discard(self) -> None:
+        """Remove this attempt's clone and logs from the node (its work is on the remote).
+
+        A setup or check step still running (its coordinator died meanwhile) is stopped, its
+        whole tree, first.
+        """
+        self._ended.set()
+        self._stopping.set()
+        with self._step:
+            pass
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the task's and the run's directories, when empty
+            self.work.parent.rmdir()
+            self.work.parent.parent.rmdir()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _push(self, commit: str) -> None:
+        # The branch is this task's alone; a snapshot pushed meanwhile is superseded.
+        ref = f"+{commit}:refs/heads/{self.a.task.branch}"
+        runner.run(self.work, "push", "--quiet", "--no-verify", self.a.remote_url, ref)
+
+    def _push_periodically(self) -> None:
+        # A wait past threading's limit raises (OverflowError): the pusher would end unseen.
+        every = min(self.a.checkpoint_interval, threading.TIMEOUT_MAX)
+        while not self._ended.wait(every):
+            with self._git_lock, contextlib.suppress(Exception):
+                if not self._ended.is_set():
+                    self._snapshot()
+
+    def submodule_work(self) -> list[str]:
+        """Submodule directories of the clone holding work no commit can record."""
+        return status.submodule_work(self.work)
+
+    def planted(self) -> list[str]:
+        """Git's own files of the clone the agent changed (each put back before swarm's git)."""
+        return list(self._planted)
+
+    def _settle_git_files(self) -> None:
+        """Put git's own files of the clone back as cloned, noting what the agent changed.
+
+        Repository files are code (a planted ``url.*.insteadOf`` would redirect the push, a
+        hook or filter run it): an agent's write to them is an outside write, even in its own
+        clone, and is undone before swarm runs git there.
+        """
+        dotgit = self.work / ".git"
+        now = surface.read(dotgit, None)
+        labels = surface_diff.changed(self._surface, now)
+        if surface.RERERE in labels and surface_diff.rerere_made(self.work, self._surface, now):
+            labels.remove(surface.RERERE)  # git's own on any commit (a node's config turns it on)
+            self._surface[surface.RERERE] = now[surface.RERERE]
+        if labels:
+            surface_restore.put_back(dotgit, self._surface, labels, now)
+            self._planted += [label for label in labels if label not in self._planted]
+
+    def _trailers(self) -> str:
+        return checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
+
+    def _snapshot(self) -> None:
+        """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone."""
+        self._settle_git_files()
+        with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            runner.run(self.work, "read-tree", "HEAD", env=env)
+            added = runner.run_names(self.work, "add", "--all", "--verbose", env=env).stdout
+            # A file holding a secret's value is never pushed, not even for a minute, nor one
+            # over max_file: the attempt's own checkpoint leaves them out too, and fails the
+            # task saying so.
+            staged.unstage_secrets(self.work, env=env)
+            staged.unstage_over(self.work, added, self.a.max_file, env=env)
+            tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
+            head = git.rev_parse_in(self.work, "HEAD")
+            if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
+                return
+            message = (
+                f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
+                f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)"
+            ) + self._trailers()
+            commit = runner.run(
+                self.work,
+                "commit-tree", tree, "-p", head, "-m", message,
+                env=gitconfig.identity_env(self.a.author),
+            ).stdout.strip()  # fmt: skip
+            self._push(commit)
