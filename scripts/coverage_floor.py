@@ -20,6 +20,7 @@ FLOOR = 85.0
 NOT_HELD = {
     "worktree_swarm/run/ray_exec.py": "the Ray executor: slow tests only",
     "worktree_swarm/run/ray_attempt.py": "the Ray executor's hold on its actors: slow tests only",
+    "worktree_swarm/run/ray_attempt_run.py": "the Ray executor's one attempt: slow tests only",
     "worktree_swarm/run/ray_resume.py": "the Ray executor resumed after a crash: slow tests only",
     "worktree_swarm/run/ray_cluster.py": "the Ray executor's cluster and head: slow tests mostly",
     "worktree_swarm/run/ray_actors.py": "the Ray executor's actors: slow tests only",

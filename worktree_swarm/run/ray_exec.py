@@ -11,8 +11,9 @@ attempt, so merge, diff, report and PR work on the local repository. An actor or
 gone is a lost attempt: the task goes on in a fresh attempt elsewhere, from its last pushed
 checkpoint. Ray itself is imported only when this executor is used.
 
-This module keeps a task's course through its attempts (:class:`RayTaskWorker`); the actors
-themselves (placed, called, mirrored, taken down) are :mod:`worktree_swarm.run.ray_attempt`'s,
+This module keeps a task's course through its attempts (:class:`RayTaskWorker`); one attempt
+(launched, watched, checked, recorded) is :mod:`worktree_swarm.run.ray_attempt_run`'s, the
+actors themselves (placed, called, mirrored, taken down) :mod:`worktree_swarm.run.ray_attempt`'s,
 taking over from a coordinator that died :mod:`worktree_swarm.run.ray_resume`'s.
 """
 
@@ -21,55 +22,24 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import cast
 
-from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for, provider_of
+from worktree_swarm.agents import provider_of
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
-from worktree_swarm.core.text import paths_text
-from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard.model import Violation
-from worktree_swarm.infra import redact
-from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store_rows import AttemptUsage
-from worktree_swarm.run.agent_watch import idle_reason, past_max_log
-from worktree_swarm.run.attempt_record import (
-    add_usage,
-    attempt_outcome,
-    attempt_usage,
-    attempts_own,
-)
-from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.course import Course, past_max_wait, stated_window
+from worktree_swarm.run.course import Course, stated_window
 from worktree_swarm.run.governor import Limit, Signal
-from worktree_swarm.run.live_limits import LogTail
 from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
-from worktree_swarm.run.ray_attempt import (
-    _NO_IDENTITY,
-    POLL_SECONDS,
-    _Ended,
-    _Handle,
-    _size,
-    _Throttled,
-)
-from worktree_swarm.run.ray_cluster import ClusterLostError, _ray
-from worktree_swarm.run.ray_node import Progress
-from worktree_swarm.run.ray_resume import RayResume
-from worktree_swarm.run.run_worker import Live, TaskOutcome, check_failed, worktree_path
+from worktree_swarm.run.ray_attempt import _Ended, _Handle, _Throttled
+from worktree_swarm.run.ray_attempt_run import RayAttemptRun
+from worktree_swarm.run.ray_cluster import ClusterLostError
+from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
 
 # Lost attempts a task may have before it fails: a task that kills its nodes is not retried
 # for ever.
 MAX_LOSSES = 3
-
-
-class _SetupFailedError(SwarmError):
-    """A `setup` step failed on the node: the task ends with it."""
-
-    def __init__(self, failure: CheckFailure) -> None:
-        super().__init__(failure.summary)
-        self.failure = failure
 
 
 @dataclass(slots=True, kw_only=True)
@@ -80,7 +50,7 @@ class _Count:
     losses: int = 0
 
 
-class RayTaskWorker(RayResume):
+class RayTaskWorker(RayAttemptRun):
     """Runs tasks of one run on a Ray cluster; shared by all worker threads, like TaskWorker."""
 
     def run(self, live: Live) -> TaskOutcome:
@@ -224,307 +194,6 @@ class RayTaskWorker(RayResume):
         self.store.update_task(self.run_id, task.id, base_commit=start)
         return start
 
-    # -- one attempt --------------------------------------------------------------------------
-
-    def _new_attempt(self, live: Live, course: Course, number: int) -> _Handle | TaskOutcome | None:
-        """A gate slot and a launched attempt; an outcome ends the task, None: node lost."""
-        task = live.task
-        provider = provider_of(task.agent)
-        refused = self.gate.acquire(
-            provider,
-            live.stop,
-            not_before=course.not_before,
-            max_wait=task.max_wait,
-            rank=live.rank,
-        )
-        if refused == "max_wait":  # a usage window reported meanwhile, by any task
-            reset = self.gate.window_until(provider) or time.time()
-            return TaskOutcome(state=TaskState.FAILED, reason=past_max_wait(task, provider, reset))
-        if refused:
-            why = "budget reached" if refused == "budget" else "stopped"
-            return TaskOutcome(state=TaskState.STOPPED, reason=f"{why} before it started")
-        try:
-            self._charge_repair(task, course)
-            return self._launch(live, number, prompt=course.prompt)
-        except _SetupFailedError as exc:
-            self.gate.release(provider)
-            return check_failed(exc.failure)
-        except NodeLostError:
-            self.gate.release(provider)
-            if live.stop.is_set():
-                return TaskOutcome(state=TaskState.STOPPED, reason="stopped")
-            return None
-        except SwarmError:
-            self.gate.release(provider)
-            raise
-
-    def _launch(self, live: Live, number: int, *, prompt: str | None) -> _Handle:
-        task = live.task
-        ray = _ray()
-        assignment = self._assignment(task, number)
-        # The intent first: a coordinator killed from here on finds the actor by its name.
-        if not self.head.answers(live.stop):
-            raise NodeLostError("stopped before it started")
-        self.store.update_task(self.run_id, task.id, launching=number, node=None)
-        self._running(task.id, number)
-        actor = self._actor(assignment)
-        node: object = None  # unknown until the actor answers (it may never)
-        try:
-            node = self._call(actor, "node", live=live, placing=True)
-            if live.stop.is_set():
-                raise NodeLostError("stopped before it started")
-            self.store.update_task(self.run_id, task.id, node=str(node))
-            self._admit(live, actor, str(node))
-            self._call(actor, "prepare", live=live)
-            if task.setup:
-                failure, text = self._call(actor, "setup", live=live, on_stop=actor.stop.remote)
-                self._append_log(task, "setup.log", text)
-                if failure is not None:
-                    raise _SetupFailedError(failure)
-            # The session an earlier attempt (maybe on another node) handed back goes on;
-            # without one a fresh agent is told the task again, then what to do now.
-            session = self._restore_session(live, actor) if prompt is not None else None
-            text = task.prompt if prompt is None else f"{task.prompt}\n\n{prompt}"
-            if session is not None:
-                text = cast("str", prompt)
-            self._call(
-                actor,
-                "start",
-                prompt=text,
-                session=session,
-                resume_prompt=prompt,
-                live=live,
-                once=True,  # never twice: a second agent on the same branch
-            )
-        except SwarmError as exc:  # lost, or a node-side failure (git, setup): no actor is left
-            if isinstance(exc, ClusterLostError):  # gone with the cluster
-                raise
-            if isinstance(exc, _UnansweredError):  # it may have started the agent meanwhile
-                self._silence(actor, task.id, number, "" if node is None else str(node))
-                raise
-            with contextlib.suppress(Exception):
-                ray.get(actor.discard.remote(), timeout=30)
-            with contextlib.suppress(Exception):  # one that comes back must not run an agent
-                ray.kill(actor)
-            if node is not None:
-                self.disk.released(str(node), task.id)
-            raise
-        log_path = self._logs_root / task.id / f"attempt-{number}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch()
-        started = time.time()
-        attempt_id = self.store.start_attempt(
-            self.run_id,
-            task.id,
-            number=number,
-            identity=_NO_IDENTITY,  # the agent's pid is on another machine
-            log_path=str(log_path),
-            started_at=started,
-            agent=task.agent,
-        )
-        self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
-        self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
-        return _Handle(
-            actor=actor,
-            task_id=task.id,
-            number=number,
-            attempt_id=attempt_id,
-            started_at=started,
-            log_path=log_path,
-            node=str(node),
-        )
-
-    def _watch(
-        self, live: Live, handle: _Handle, stream: LogTail
-    ) -> tuple[Progress, tuple[TaskState, str] | None]:
-        """Follow one attempt until its agent ends or is cut short: how it ended, and the cut.
-
-        Its log is mirrored here, what its stream says of rate limits told to the gate.
-        """
-        task = live.task
-        # On the monotonic clock, as a local task's (a wall-clock step ended all or none); the
-        # idle time too, on this machine's: a node's clock may step on its own.
-        remaining = handle.started_at + task.timeout - time.time() if task.timeout else None
-        deadline = None if remaining is None else time.monotonic() + max(0.0, remaining)
-        cut: tuple[TaskState, str] | None = None
-        size: int | None = None  # the log's size when last polled
-        quiet_from = 0.0  # since when it has been that size
-        while True:
-            self._follow(live, handle, stream)
-            progress: Progress = self._call(handle.actor, "poll", live=live)
-            if progress.ended:  # past max_log between two looks: as if it had been seen
-                cut = past_max_log(progress.log_size, self.spec.max_log)
-                break
-            self._periodic(handle, live)
-            now = time.monotonic()
-            if progress.log_size != size:  # at first, quiet for as long as the node says
-                quiet_from = now - progress.idle_seconds if size is None else now
-                size = progress.log_size
-            if live.stop.is_set():
-                cut = (TaskState.STOPPED, "stopped")
-            elif deadline is not None and now >= deadline:
-                cut = (TaskState.TIMED_OUT, f"timed out after {task.timeout:g}s")
-            elif task.idle_timeout and now - quiet_from >= task.idle_timeout + stream.waiting:
-                cut = (TaskState.TIMED_OUT, idle_reason(task.idle_timeout, stream.waiting))
-            else:  # its log is copied here too: it would fill this disk as well as the node's
-                cut = past_max_log(progress.log_size, self.spec.max_log)
-            if cut is not None:
-                self._call(handle.actor, "stop", live=live)
-                progress = self._call(handle.actor, "poll", live=live)
-                break
-            live.stop.wait(POLL_SECONDS)
-        self._follow(live, handle, stream, whole=True)  # it ended: all it wrote
-        return progress, cut
-
-    def _follow(self, live: Live, handle: _Handle, stream: LogTail, *, whole: bool = False) -> None:
-        """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""
-        self._mirror(handle, live, whole=whole)
-        # All of it: the stream reads at most 1 MiB a poll, the mirror may have added more.
-        while True:
-            read_from = stream.offset
-            for limit in stream.poll(now=time.time()):
-                self.gate.report(provider_of(live.task.agent), limit, task=live.task.id)
-            if stream.offset == read_from:
-                return
-
-    def _attempt(
-        self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
-    ) -> _Ended:
-        """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
-
-        A check that fails comes back as such (a repair may follow), a rate-limited attempt as
-        :class:`_Throttled` (a resumed attempt follows); else the task's outcome.
-        """
-        task = live.task
-        adapter = adapter_for(task.agent)
-        # What the agent's stream says of its rate limits reaches the gate as the log comes
-        # in (as a local task's), not when the attempt ends.
-        provider = provider_of(task.agent)
-        stream = LogTail(path=handle.log_path, profile=task.agent, offset=_size(handle.log_path))
-        progress, cut = self._watch(live, handle, stream)
-        self._recopy(handle, live)
-        code = None if cut is not None else progress.exit_code
-        text = read_log_end(handle.log_path, 8 * 2**20)
-        # What it says it used, as the budget and the store count it (a resumed session its own).
-        result = attempts_own(
-            self.store, self.run_id, task.id, handle.attempt_id,
-            adapter.interpret(exit_code=code, log_text=text, now=time.time()),
-        )  # fmt: skip
-        handle.used, cost[0] = result, result.cost_usd
-        if cut is None and result.outcome is not AgentOutcome.SUCCESS and self._stop_asked(live):
-            cut = (TaskState.STOPPED, "stopped")  # it ended as `swarm stop` came (killed by it)
-        state = cut[0] if cut else result.outcome
-        message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
-        tip = self._call(handle.actor, "finish", message=message, live=live)  # trailers: the node
-        self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))
-        left: list[str] = self._call(handle.actor, "submodule_work", live=live)
-        # As it ended: what `swarm status` and `report` keep, and the session to go on with.
-        # The attempt is over and pushed: a node lost now only loses these.
-        with contextlib.suppress(NodeLostError):
-            self._kept_from_node(handle, live)
-        self._fetch(task)
-        self._record(task.id, handle, code, result, cut)
-        redact.scrub_file(handle.log_path)
-        stat = self._record_diff(task.id, base, str(tip))
-        big = diffs.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
-        if big:  # committed by the agent itself: a push of the branch would be refused
-            self._retire(handle)
-            reason = diffs.over_size_reason(big, self.spec.max_file)
-            return TaskOutcome(state=TaskState.FAILED, reason=reason)
-        progressed = course.progressed(stat)
-        if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
-            self._retire(handle)
-            return _Throttled(result=result, progressed=progressed, told=stream.limited)
-        if cut is None and result.outcome is AgentOutcome.SUCCESS and not stream.succeeded:
-            ok = Limit(signal=Signal.OK)
-            self.gate.report(provider, ok, task=task.id, whole_attempt=True)
-        outcome = _outcome(cut, result, files=stat.files)
-        if left and cut is None and result.outcome is AgentOutcome.SUCCESS:
-            outcome = TaskOutcome(
-                state=TaskState.FAILED,
-                reason=f"left work in submodule {paths_text(left)}, which no commit of "
-                f"{task.branch} can hold; it was not kept (it was in the clone on node "
-                f"{handle.node})",
-            )
-        failure = self._checked(live, handle, base) if outcome.state is TaskState.DONE else None
-        self._retire(handle)
-        return outcome if failure is None else failure
-
-    def _stop_asked(self, live: Live) -> bool:
-        """Whether the task is being stopped: by this coordinator, or asked in the store."""
-        if live.stop.is_set():
-            return True
-        row = self.store.task(self.run_id, live.task.id)
-        return row is not None and row.stop_requested
-
-    def _checked(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
-        """The attempt's checks; its node lost meanwhile, on a fresh clone of its pushed branch.
-
-        The agent's work is done and pushed: only the checks run again, as after a lost
-        coordinator, not the agent (its attempt stays as it ended).
-        """
-        try:
-            return self._check(live, handle, base)
-        except NodeLostError as exc:
-            self._emit("node_lost", live.task.id, {"attempt": handle.number, "node": handle.node})
-            self._retire(handle, silent=isinstance(exc, _UnansweredError))
-            attempt = next(
-                a for a in self.store.attempts(self.run_id, live.task.id)
-                if a.id == handle.attempt_id
-            )  # fmt: skip
-            self._state(
-                live.task.id,
-                TaskState.CHECKING,
-                reason=f"node {handle.node} lost in its checks ({exc}); checking again elsewhere",
-            )
-            return self._recheck(live, base, attempt)
-
-    def _report_planted(self, task_id: str, handle: _Handle, labels: list[str]) -> None:
-        """Git's own files of its clone the agent changed: an outside write, blamed on it.
-
-        The node put them back before its checkpoint; the run fails the task as it would for
-        a write to the repository's own files here.
-        """
-        if labels:
-            where = f"(its clone on node {handle.node})"
-            self.guard.report(
-                Violation(
-                    number=0,
-                    where=task_id,
-                    git_files=tuple(f"{label} {where}" for label in labels),
-                    suspects=(task_id,),
-                    restored=True,
-                )
-            )
-
-    def _record(
-        self,
-        task_id: str,
-        handle: _Handle,
-        code: int | None,
-        result: AgentResult,
-        cut: tuple[TaskState, str] | None,
-    ) -> None:
-        outcome = cut[0].value if cut else attempt_outcome(result).value
-        usage = attempt_usage(result, cut[1] if cut else result.reason)
-        self.store.end_attempt(handle.attempt_id, exit_code=code, outcome=outcome, usage=usage)
-        add_usage(self.store, self.run_id, task_id, result)
-        handle.counted = True
-
-    def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
-        """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
-        used = handle.used
-        self.store.end_attempt(
-            handle.attempt_id,
-            exit_code=None,
-            outcome=AttemptOutcome.FAILED.value,
-            usage=AttemptUsage(reason=reason) if used is None else attempt_usage(used, reason),
-        )
-        if used is not None and not handle.counted:
-            add_usage(self.store, self.run_id, handle.task_id, used)
-            handle.counted = True
-        self._retire(handle, silent=silent)
-
     def _rate_limited(
         self, task: Task, number: int, throttled: _Throttled, course: Course
     ) -> str | None:
@@ -568,13 +237,3 @@ class RayTaskWorker(RayResume):
             TaskState.PENDING,
             reason=f"node {handle.node} lost; resuming elsewhere from the last pushed checkpoint",
         )
-
-
-def _outcome(cut: tuple[TaskState, str] | None, result: AgentResult, *, files: int) -> TaskOutcome:
-    if cut is not None:
-        return TaskOutcome(state=cut[0], reason=cut[1])
-    if result.outcome is not AgentOutcome.SUCCESS:
-        return TaskOutcome(state=TaskState.FAILED, reason=result.reason)
-    if files == 0:
-        return TaskOutcome(state=TaskState.NO_CHANGES, reason="the agent changed nothing")
-    return TaskOutcome(state=TaskState.DONE)
