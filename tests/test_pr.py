@@ -18,7 +18,7 @@ from tests.conftest import agent_command, git
 from tests.github_server import TOKEN, FakeGitHub, Scripted, serve
 from tests.test_guard_lock import wait_for
 from tests.test_run import checkout_snapshot, status_json, swarm, swarm_bg
-from worktree_swarm.github import pr
+from worktree_swarm.github import pr_text
 from worktree_swarm.github.pr_conflicts import HEADING, Clash, section
 from worktree_swarm.infra.store import Store
 
@@ -366,7 +366,7 @@ def test_a_conflict_section_stays_bounded_however_many_files_and_pull_requests_c
     assert lines[2].endswith(" and 1990 more files")
     assert lines[-1] == "- and 10 more pull requests"
     assert "…" in lines[2]  # a long path is cut, marked
-    assert len(pr._bounded("line\n" * 20_000)) <= pr.GITHUB_BODY_LIMIT
+    assert len(pr_text._bounded("line\n" * 20_000)) <= pr_text.GITHUB_BODY_LIMIT
 
 
 MANY_AGENT = (
