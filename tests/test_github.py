@@ -21,7 +21,7 @@ from tests.conftest import git
 from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.localhost import forwarding_proxy
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.git.repo import open_repo
+from worktree_swarm.git.repo import open_repo, strip_userinfo
 from worktree_swarm.github import access, errors
 from worktree_swarm.github import client as github
 from worktree_swarm.github.proxy import proxy_for
@@ -205,7 +205,7 @@ def test_a_retry_after_that_is_no_number_is_backed_off_like_none(fake_github: Fa
 
 def test_a_remote_urls_password_holding_an_at_sign_is_never_shown() -> None:
     url = "https://user:Pa@ss4Word9xyzQ@github.com/acme/widgets.git"
-    assert github.strip_userinfo(url) == "https://github.com/acme/widgets.git"
+    assert strip_userinfo(url) == "https://github.com/acme/widgets.git"
 
 
 def test_an_error_page_that_echoes_the_token_shows_none_of_it(fake_github: FakeGitHub) -> None:

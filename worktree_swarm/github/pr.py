@@ -13,10 +13,11 @@ from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.access import remote_url
-from worktree_swarm.github.client import Client, OnWait, connect
+from worktree_swarm.github.client import Client, connect
 from worktree_swarm.github.errors import GitHubError, RateLimitError, UnreachableError
 from worktree_swarm.github.pr_task import KEPT, PullRequest, _one, _said
 from worktree_swarm.github.pr_text import _texts
+from worktree_swarm.github.session import OnWait
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
