@@ -256,6 +256,62 @@ def test_watch_in_tmux_shows_the_task_table(
 
 
 @pytest.mark.long
+def test_the_worktree_key_copies_the_selected_tasks_path_to_the_clipboard(repo: Path) -> None:
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "aa=a", "-t", "bb=b").returncode == 0
+    app, store = open_app(repo)
+    copied: list[str] = []
+
+    async def drive() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await until(pilot, lambda: app.selected == "aa", "aa selected")
+            await pilot.press("w")
+            copied.append(app.clipboard)
+            await pilot.press("down")
+            await until(pilot, lambda: app.selected == "bb", "bb selected")
+            await pilot.press("w")
+            copied.append(app.clipboard)
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+    assert copied == [str(repo.parent / "repo.swarm" / t) for t in ("aa", "bb")]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.long
+def test_the_worktree_key_reaches_the_terminals_clipboard(repo: Path, tmp_path: Path) -> None:
+    # tmux keeps what an application copies with OSC 52 as a paste buffer: the terminal's side.
+    assert swarm(repo, "run", "--agent", "scripted", "-t", "aa=a", "-t", "bb=b").returncode == 0
+    session = f"swarm-copy-{tmp_path.name}"
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock")]
+    cmd = f"cd {repo} && exec {sys.executable} -m worktree_swarm.cli watch"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd], check=True
+    )
+
+    def tmux_out(*args: str) -> str:
+        out = subprocess.run([*tmux, *args], capture_output=True, text=True, check=False)
+        return out.stdout
+
+    def copy(task_id: str) -> None:
+        """Press `w` once the details line starts with *task_id*'s branch; wait for the copy."""
+        wait_for(lambda: f"swarm/{task_id}  ·" in tmux_out("capture-pane", "-p", "-t", session),
+                 what=f"{task_id} selected")  # fmt: skip
+        subprocess.run([*tmux, "send-keys", "-t", session, "w"], check=True)
+        path = str(repo.parent / "repo.swarm" / task_id)  # whole, though the screen wraps it
+        wait_for(lambda: tmux_out("show-buffer") == path, what=f"{task_id}'s path copied")
+
+    try:
+        subprocess.run([*tmux, "set-option", "-s", "set-clipboard", "on"], check=True)
+        copy("aa")
+        subprocess.run([*tmux, "send-keys", "-t", session, "Down"], check=True)
+        copy("bb")
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False)
+
+
+@pytest.mark.long
 def test_watch_without_a_terminal_is_one_line_and_exit_2(repo: Path) -> None:
     assert swarm(repo, "run", "--agent", "scripted", "-t", "a=x").returncode == 0
     out = subprocess.run(
