@@ -1913,21 +1913,28 @@ def test_task_branches_never_track_though_git_config_asks_for_it(
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("given", ["manifest", "flag"])
 def test_idle_agent_is_timed_out_and_its_work_kept(
-    repo: Path, tmp_path: Path, write_agent: AgentFactory
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, given: str
 ) -> None:
+    # It says a line, then waits on nothing without exiting: silent, not finished.
     agent = write_agent(
-        "import pathlib, time\n"
+        "import pathlib, threading\n"
         "pathlib.Path('early.txt').write_text('early\\n')\n"
         "print('working', flush=True)\n"
-        "time.sleep(600)\n"
+        "threading.Event().wait()\n"
     )
-    text = f'[defaults]\nagent = {argv_toml(agent)}\nidle_timeout = "3s"\nkill_grace = "1s"\n'
-    out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "quiet"\nprompt = "x"\n'))
-    assert out.returncode == 1
+    if given == "manifest":
+        text = f'[defaults]\nagent = {argv_toml(agent)}\nidle_timeout = "3s"\nkill_grace = "1s"\n'
+        out = swarm(repo, "run", manifest(repo, text + '[[task]]\nid = "quiet"\nprompt = "x"\n'))
+    else:  # as the README gives it: `swarm run --idle-timeout D`, no file
+        agent_line = " ".join(agent)
+        out = swarm(repo, "run", "--agent", agent_line, "--idle-timeout", "3s", "-t", "quiet=x")
+    assert out.returncode == 1, out.stderr
     row = status_json(repo)["quiet"]
     assert row["state"] == "timed_out"
     assert "no output for 3s" in str(row["reason"])
+    assert swarm(repo, "logs", "quiet").stdout.startswith("working")
     assert branch_file(repo, "swarm/quiet", "early.txt") == "early"
 
 

@@ -248,18 +248,29 @@ def test_doc_table_check_fails_on_a_drifted_file(tmp_path: Path) -> None:
     assert drifted.read_text(encoding="utf-8") == DOCS.read_text(encoding="utf-8")
 
 
-def test_a_bad_flag_value_is_one_line_and_exit_2(repo: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--timeout", "soon"),
+        ("--idle-timeout", "banana"),
+        ("--idle-timeout", "-1s"),
+        ("--idle-timeout", "0"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_and_exit_2(repo: Path, flag: str, value: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", "--timeout", "soon", "-t", "a=p"],
+        [sys.executable, "-m", "worktree_swarm.cli", "run", flag, value, "-t", "a=p"],
         cwd=repo,
         capture_output=True,
         text=True,
         check=False,
     )
     assert out.returncode == 2
-    assert out.stderr.startswith("swarm: --timeout: ")
-    assert out.stderr.count("\n") == 1
-    assert not (repo / ".git" / "swarm").exists()
+    assert out.stderr == (
+        f"swarm: {flag}: bad duration {value!r} (use seconds > 0 or e.g. '90s', '45m', '1h30m')\n"
+    )
+    assert not (repo / ".git" / "swarm").exists()  # no state store, no worktree
+    assert not (repo.parent / "repo.swarm").exists()
 
 
 @pytest.mark.parametrize(
