@@ -107,8 +107,8 @@ def record_run(repo: Path, *, tasks: int, jobs: int, seed: int = 7) -> str:
             deps: tuple[str, ...] = ()
             if level:
                 deps = (f"l{level - 1}-{i}",)
-                if rng.random() < 0.3:
-                    deps = tuple({*deps, f"l{level - 1}-{rng.randrange(per_level)}"})
+                if rng.random() < 0.3:  # insertion order: the same run whatever the hash seed
+                    deps = tuple(dict.fromkeys((*deps, f"l{level - 1}-{rng.randrange(per_level)}")))
             prompt = f"Task {level}-{i}: " + " ".join(["improve the module"] * 40)
             specs.append(Task(id=f"l{level}-{i}", prompt=prompt, depends_on=deps))
     run_id = "20250101-000000-bench"
