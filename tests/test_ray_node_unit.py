@@ -198,3 +198,19 @@ def test_a_nodes_checkpoints_carry_the_swarm_trailers(node: NodeAgent, tmp_path:
     running.finish(message="swarm: checkpoint t attempt 2 (stopped)")
     made = git(tmp_path / "remote.git", "log", "-1", "--format=%(trailers:only,unfold)", "swarm/t")
     assert made.splitlines() == ["Swarm-Task: t", "Swarm-Attempt: 2", "Swarm-Agent: custom"]
+
+
+def test_an_attempt_stopped_before_its_agent_started_pushes_nothing_and_keeps_its_clone_whole(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    # `swarm stop` of a run no manager watches finishes every actor it finds, one still in
+    # its clone or setup too: git's own files had no baseline yet, and were all "put back"
+    # (removed), the config naming the remote and the alternates its objects are in with them.
+    tip = node.prepare()
+    (node.work / "built.txt").write_text("what a setup step made")
+    node.stop()
+    assert node.finish(message="swarm: checkpoint t attempt 1 (stopped)") is None
+    assert node.planted() == []
+    assert git(tmp_path / "remote.git", "rev-parse", "swarm/t") == tip
+    assert (node.work / ".git" / "objects" / "info" / "alternates").is_file()
+    assert git(node.work, "config", "remote.origin.url") == str(tmp_path / "remote.git")

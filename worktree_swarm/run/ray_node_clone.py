@@ -130,14 +130,18 @@ class NodeClone:
                 )
         return mirror
 
-    def finish(self, *, message: str) -> str:
+    def finish(self, *, message: str) -> str | None:
         """Checkpoint the clone and push it to the task's branch; the pushed tip.
 
         The attempt's trailers follow *message*, whoever asks (its coordinator, `swarm stop`).
+        None when its agent never started (stopped in its clone or setup): nothing is its
+        work, and git's own files have no baseline to be put back to, so nothing is pushed.
         """
         self._ended.set()
         if self._pusher is not None:
             self._pusher.join()
+        if self._agent is None:
+            return None
         with self._git_lock:
             self._settle_git_files()
             try:

@@ -88,7 +88,7 @@ def stop_unmanaged(
 
 
 def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
-    """Have the actor of attempt *number*, if there, stop its agent, push, and go."""
+    """Have the actor of attempt *number*, if there, stop its agent, push (if it started), go."""
     ray = _ray()
     try:
         actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
