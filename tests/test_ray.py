@@ -1148,6 +1148,50 @@ def test_a_push_the_remote_refuses_fails_the_task_and_leaves_no_actor(
     assert not actor_processes(cluster)  # its slot is free for the next run
 
 
+def test_running_checkpoints_a_node_cannot_push_are_told_once_and_the_task_goes_on(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    repo, remote, _ = setup_repo(tmp_path, [])
+    gone, back = tmp_path / "remote-gone.git", tmp_path / "back"
+    # The agent writes its work and takes the remote away, then waits until it is back.
+    code = (
+        "import os, pathlib, sys, time\n"
+        "pathlib.Path('w.txt').write_text('w')\n"
+        "os.rename(sys.argv[1], sys.argv[2])\n"
+        "while not pathlib.Path(sys.argv[3]).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    agent = [sys.executable, "-c", code, str(remote), str(gone), str(back)]
+    (tmp_path / "tasks.toml").write_text(
+        '[defaults]\nexecutor = "ray"\nray_memory = "64M"\ncheckpoint_interval = "1s"\n\n'
+        f'[[task]]\nid = "p"\nprompt = "p"\nagent = {json.dumps(agent)}\n'
+    )
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    state = repo / ".git" / "swarm" / "state.db"
+    try:
+        told = wait_for(
+            "the failed push",
+            lambda: state.exists() and events(repo, "checkpoint_push_failed"),
+        )
+        gone.rename(remote)
+        back.touch()
+        assert manager.wait(timeout=300) == 0, output(manager)
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+    assert status(repo)["p"]["state"] == "done"
+    # One streak (however many pushes failed in it): told once, with git's own words.
+    assert told == events(repo, "checkpoint_push_failed")
+    [(task, data)] = told
+    assert task == "p"
+    assert data["node"] in {"head", "w0"}
+    assert "does not appear to be a git repository" in str(data["reason"])
+    assert f"p: node {data['node']} could not push a running checkpoint (" in output(manager)
+    assert git(repo, "show", "swarm/p:w.txt") == "w"
+
+
 def test_sandbox_is_refused_when_a_node_cannot_sandbox(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

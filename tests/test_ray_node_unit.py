@@ -214,3 +214,72 @@ def test_an_attempt_stopped_before_its_agent_started_pushes_nothing_and_keeps_it
     assert git(tmp_path / "remote.git", "rev-parse", "swarm/t") == tip
     assert (node.work / ".git" / "objects" / "info" / "alternates").is_file()
     assert git(node.work, "config", "remote.origin.url") == str(tmp_path / "remote.git")
+
+
+# Writes its work, then waits to be stopped.
+WORKER = """
+import pathlib, threading
+pathlib.Path('work.txt').write_text('work')
+threading.Event().wait()
+"""
+
+
+def working(node: NodeAgent, tmp_path: Path, *, interval: float) -> NodeAgent:
+    """An attempt of *node*'s task whose agent has written its work and waits to be stopped."""
+    agent = tmp_path / "worker.py"
+    agent.write_text(WORKER)
+    argv = (sys.executable, str(agent))
+    task = dataclasses.replace(node.a.task, agent_argv=argv)
+    made = NodeAgent(dataclasses.replace(node.a, task=task, checkpoint_interval=interval))
+    made.prepare()
+    made.start(prompt="p", session=None, resume_prompt=None)
+    until("the agent's work", ready=made.work / "work.txt")
+    return made
+
+
+def test_running_checkpoints_a_node_cannot_push_are_reported_once_per_streak(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    remote, gone = tmp_path / "remote.git", tmp_path / "remote-gone.git"
+    running = working(node, tmp_path, interval=0)  # each checkpoint taken here
+    try:
+        running._push_running()
+        assert (running.poll().push_failures, running.poll().push_failure) == (0, "")
+        remote.rename(gone)
+        running._push_running()
+        running._push_running()  # the same streak: not a second one
+        failed = running.poll()
+        assert failed.push_failures == 1
+        assert "does not appear to be a git repository" in failed.push_failure
+        gone.rename(remote)
+        running._push_running()
+        assert (running.poll().push_failures, running.poll().push_failure) == (1, "")
+        assert git(remote, "show", "swarm/t:work.txt") == "work"
+        remote.rename(gone)
+        running._push_running()  # a new streak
+        assert running.poll().push_failures == 2
+    finally:
+        running.stop()
+        running.discard()
+
+
+def test_a_nodes_pusher_reports_a_remote_gone_and_pushes_again_once_it_is_back(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    remote, gone = tmp_path / "remote.git", tmp_path / "remote-gone.git"
+    running = working(node, tmp_path, interval=0.05)
+    try:
+        remote.rename(gone)  # the pushes from now on find it gone
+        deadline = time.monotonic() + 60
+        while not running.poll().push_failure:
+            assert time.monotonic() < deadline, "timed out waiting for the failure"
+            time.sleep(0.02)
+        assert running.poll().push_failures == 1
+        gone.rename(remote)
+        while running.poll().push_failure:  # the pusher goes on, and pushes
+            assert time.monotonic() < deadline, "timed out waiting for the push"
+            time.sleep(0.02)
+        assert git(remote, "show", "swarm/t:work.txt") == "work"
+    finally:
+        running.stop()
+        running.discard()

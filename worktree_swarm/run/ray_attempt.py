@@ -95,6 +95,7 @@ class _Handle:
     session_at: float = 0.0  # monotonic time its session files were last asked for
     session_fp: str | None = None  # the fingerprint of the session files kept last
     session_id: str | None = None
+    push_failures: int = 0  # the streaks of failed running checkpoints told so far
     # What the agent said it used, once its attempt ended: recorded even when what follows
     # (its checkpoint, the push) fails the attempt; *counted*: added to its task's totals.
     used: AgentResult | None = None

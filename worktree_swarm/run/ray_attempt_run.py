@@ -185,6 +185,7 @@ class RayAttemptRun(RayResume):
         while True:
             self._follow(live, handle, stream)
             progress: Progress = self._call(handle.actor, "poll", live=live)
+            self._push_failed(handle, progress)
             if progress.ended:  # past max_log between two looks: as if it had been seen
                 cut = past_max_log(progress.log_size, self.spec.max_log)
                 break
@@ -208,6 +209,13 @@ class RayAttemptRun(RayResume):
             live.stop.wait(POLL_SECONDS)
         self._follow(live, handle, stream, whole=True)  # it ended: all it wrote
         return progress, cut
+
+    def _push_failed(self, handle: _Handle, progress: Progress) -> None:
+        """Tell a new streak of running checkpoints its node failed to push, once (an event)."""
+        if progress.push_failure and progress.push_failures != handle.push_failures:
+            handle.push_failures = progress.push_failures
+            data = {"attempt": handle.number, "node": handle.node, "reason": progress.push_failure}
+            self._emit("checkpoint_push_failed", handle.task_id, data)
 
     def _follow(self, live: Live, handle: _Handle, stream: LogTail, *, whole: bool = False) -> None:
         """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""

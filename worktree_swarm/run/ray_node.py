@@ -38,6 +38,9 @@ class Progress:
     exit_code: int | None
     idle_seconds: float  # since its log last grew, on the node's wall clock
     log_size: int  # the log's size now: the coordinator times its growth on its own clock
+    # Streaks of failed running checkpoints so far, and why the current one fails ("" if not).
+    push_failures: int = 0
+    push_failure: str = ""
 
 
 class NodeAgent(NodeClone):
@@ -132,11 +135,14 @@ class NodeAgent(NodeClone):
         ended = code is not None or not agent.alive()
         if ended and code is None:
             code = agent.wait(timeout=0)
+        failures, failing = self._push_failure  # read once: a pair of the same time
         return Progress(
             ended=ended,
             exit_code=code,
             idle_seconds=agent.idle_seconds(),
             log_size=fs.size_of(agent.log_path),
+            push_failures=failures,
+            push_failure=failing,
         )
 
     def tail(self, offset: int) -> tuple[int, bytes]:

@@ -75,6 +75,9 @@ class NodeClone:
         self._stopping = threading.Event()
         self._step = threading.Lock()  # held while a setup or check step runs
         self._pusher: threading.Thread | None = None
+        # Streaks of failed running checkpoints so far, and why the current one fails ("" when
+        # the last one pushed): one tuple, read whole by another thread.
+        self._push_failure: tuple[int, str] = (0, "")
         self._notes_from = 0  # where what the agent adds to its findings file starts
         # What goes back to the head is redacted here too: a node's own secrets (its API key,
         # in the environment of its `ray start`) are known on the node only.
@@ -219,9 +222,23 @@ class NodeClone:
         # A wait past threading's limit raises (OverflowError): the pusher would end unseen.
         every = min(self.a.checkpoint_interval, threading.TIMEOUT_MAX)
         while not self._ended.wait(every):
-            with self._git_lock, contextlib.suppress(Exception):
-                if not self._ended.is_set():
-                    self._snapshot()
+            self._push_running()
+
+    def _push_running(self) -> None:
+        """One running checkpoint; a failure is noted (the agent works on, the next one retries)."""
+        with self._git_lock:
+            if self._ended.is_set():
+                return
+            streaks, failing = self._push_failure
+            try:
+                pushed = self._snapshot()
+            except Exception as exc:  # noqa: BLE001 - any: the remote gone, its auth, the disk
+                why = str(exc).strip().splitlines()
+                reason = redact.redact(why[0] if why else type(exc).__name__)
+                self._push_failure = (streaks if failing else streaks + 1, reason)
+            else:
+                if pushed:
+                    self._push_failure = (streaks, "")
 
     def submodule_work(self) -> list[str]:
         """Submodule directories of the clone holding work no commit can record."""
@@ -251,8 +268,11 @@ class NodeClone:
     def _trailers(self) -> str:
         return checkpoints.trailers(self.a.task.id, self.a.attempt, self.a.task.agent)
 
-    def _snapshot(self) -> None:
-        """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone."""
+    def _snapshot(self) -> bool:
+        """Push the clone's files as a commit on top of HEAD, leaving the agent's index alone.
+
+        Whether there was anything to push.
+        """
         self._settle_git_files()
         with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -266,7 +286,7 @@ class NodeClone:
             tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
-                return
+                return False
             message = (
                 f"swarm: checkpoint {self.a.task.id} attempt {self.a.attempt} (running, "
                 f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)"
@@ -277,3 +297,4 @@ class NodeClone:
                 env=gitconfig.identity_env(self.a.author),
             ).stdout.strip()  # fmt: skip
             self._push(commit)
+        return True

@@ -60,10 +60,8 @@ class PlainObserver:
             line = f"{task_id}: {data['state']}{replaces}{reason}"
         elif kind == "gate" and data.get("waiting_until"):
             line = f"{data.get('provider')}: launches held - {data.get('why', '')}"
-        elif kind == "worktree_removed":
-            line = f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
-        elif (guard := _guard_line(kind, data)) is not None:
-            line = guard
+        elif (told := _task_line(kind, task_id, data) or _guard_line(kind, data)) is not None:
+            line = told
         elif kind == "store_put_back":
             line = (
                 f"swarm: {data.get('path')} was deleted during the run and is written back "
@@ -119,6 +117,18 @@ def output_gone(stream: IO[str]) -> None:
 
 
 _NAMED = 10  # files a line names before it counts the rest
+
+
+def _task_line(kind: str, task_id: str | None, data: Mapping[str, object]) -> str | None:
+    """The line of a task's event other than its state (None: not one)."""
+    if kind == "worktree_removed":
+        return f"{task_id}: worktree removed, branch kept - {data.get('reason', '')}"
+    if kind == "checkpoint_push_failed":  # a Ray node's, the first of a streak
+        return (
+            f"{task_id}: node {data.get('node')} could not push a running checkpoint "
+            f"({data.get('reason')}); tried again every checkpoint_interval"
+        )
+    return None
 
 
 def _guard_line(kind: str, data: Mapping[str, object]) -> str | None:
