@@ -1,6 +1,6 @@
 """The node side of the Ray executor: one attempt of one task, on whichever node Ray placed it.
 
-A :class:`NodeAgent` lives in a named, detached Ray actor (``run/ray_exec.py`` creates it) but
+A :class:`NodeAgent` lives in a named, detached Ray actor (``run/ray_attempt.py`` creates it) but
 knows nothing of Ray: it is plain Python, so it is tested and typed like the rest. Its clone
 (made from the node's mirror, checkpointed and pushed to the remote) is
 :class:`worktree_swarm.run.ray_node_clone.NodeClone`'s; this runs the agent in it under the same
