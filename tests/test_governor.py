@@ -9,15 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from worktree_swarm.run.governor import (
-    TASK_BACKOFF_CAP,
-    WINDOW_MIN_SECONDS,
-    Gates,
-    GateView,
-    Limit,
-    Signal,
-    limit_kind,
-)
+from worktree_swarm.run.gate_model import WINDOW_MIN_SECONDS, GateView, Limit, Signal, limit_kind
+from worktree_swarm.run.governor import TASK_BACKOFF_CAP, Gates
 
 OK = Limit(signal=Signal.OK)
 THROTTLE = Limit(signal=Signal.THROTTLE, detail="HTTP 429")

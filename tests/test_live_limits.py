@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from worktree_swarm.run.governor import Signal
+from worktree_swarm.run.gate_model import Signal
 from worktree_swarm.run.live_limits import LINE_LIMIT, LogTail
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude"

@@ -29,7 +29,7 @@ from worktree_swarm.report.status import (
     remote_refs_of,
     undone_merges,
 )
-from worktree_swarm.run.governor import GateView, views_from_events
+from worktree_swarm.run.gate_model import GateView, views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 
 N = TypeVar("N", int, float)

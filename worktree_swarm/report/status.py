@@ -27,7 +27,7 @@ from worktree_swarm.infra.lock import merge_running, refuse_while_state_is_gone
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, TaskRow, task_from_json
-from worktree_swarm.run.governor import GateView, views_from_events
+from worktree_swarm.run.gate_model import GateView, views_from_events
 
 # The merge result `swarm status` shows for a merge killed while its checks ran.
 MERGE_CUT_OFF = "cut off"

@@ -29,7 +29,7 @@ from worktree_swarm.run.attempt_record import (
     attempts_own,
 )
 from worktree_swarm.run.course import stated_window
-from worktree_swarm.run.governor import Limit, Signal, limit_kind
+from worktree_swarm.run.gate_model import Limit, Signal, limit_kind
 from worktree_swarm.run.live_limits import LogTail
 from worktree_swarm.run.run_worker import Live, RunContext, RunWorker, worktree_path
 

@@ -28,7 +28,7 @@ from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
 from worktree_swarm.run.agent_watch import AgentWatch, Ended
 from worktree_swarm.run.course import Course, past_max_wait
-from worktree_swarm.run.governor import Limit, Signal
+from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.run_worker import Live, worktree_path
 
 

@@ -22,7 +22,8 @@ from worktree_swarm.infra import redact
 from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run import fallback
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.governor import Gates, Signal, limit_kind
+from worktree_swarm.run.gate_model import Signal, limit_kind
+from worktree_swarm.run.governor import Gates
 
 RESUME_PROMPT = (
     "You were interrupted (rate limit or restart). Continue the task where you left off; "

@@ -5,8 +5,8 @@ request (``system``/``api_retry`` with ``error_status`` 429 or 529), a rejected 
 (``rate_limit_event`` with status ``rejected`` and ``resetsAt``, unless ``isUsingOverage``
 says the request is served on overage) and its final ``result``.
 Codex's ``--json`` reports each turn (``turn.completed``) and its errors. Those become
-:class:`~worktree_swarm.governor.Limit` reports for the provider's gate the moment they are
-written, so a throttle slows the provider before the attempt that met it has ended and its
+:class:`~worktree_swarm.run.gate_model.Limit` reports for the provider's gate the moment they
+are written, so a throttle slows the provider before the attempt that met it has ended and its
 slot is refilled. Agents without structured output are classified at exit only: their free
 text (an echoed prompt, say) is not trusted line by line. The retry delay an agent announces
 (Claude Code's ``api_retry``, Gemini CLI's "Retrying after N ms") extends its idle timeout.
@@ -25,7 +25,7 @@ from worktree_swarm.agents.base import as_float, as_int, epoch_seconds
 from worktree_swarm.agents.claude import rejected_limit
 from worktree_swarm.core.text import one_line
 from worktree_swarm.infra import fs
-from worktree_swarm.run.governor import Limit, Signal, limit_kind
+from worktree_swarm.run.gate_model import Limit, Signal, limit_kind
 
 READ_LIMIT = 2**20  # per poll; the rest is read on the next one
 LINE_LIMIT = 8 * 2**20  # a line longer than this is no report: skipped, not held

@@ -31,7 +31,7 @@ from worktree_swarm.run.attempt_record import (
 )
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait
-from worktree_swarm.run.governor import Limit, Signal
+from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.live_limits import LogTail
 from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
 from worktree_swarm.run.ray_attempt import (

@@ -30,7 +30,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.course import Course, stated_window
-from worktree_swarm.run.governor import Limit, Signal
+from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
 from worktree_swarm.run.ray_attempt import _Ended, _Handle, _Throttled
 from worktree_swarm.run.ray_attempt_run import RayAttemptRun

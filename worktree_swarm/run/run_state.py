@@ -30,7 +30,8 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskFields
 from worktree_swarm.report.status import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
-from worktree_swarm.run.governor import Gates, GateView
+from worktree_swarm.run.gate_model import GateView
+from worktree_swarm.run.governor import Gates
 from worktree_swarm.run.ray_exec import RayTaskWorker
 from worktree_swarm.run.retry import OUTSIDE_WRITE
 from worktree_swarm.run.run_worker import Live, RunContext, TaskOutcome

@@ -28,7 +28,8 @@ from worktree_swarm.merge.diff import work_tip
 from worktree_swarm.report import notes
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, repair_prompt
-from worktree_swarm.run.governor import Gates, Rank
+from worktree_swarm.run.gate_model import Rank
+from worktree_swarm.run.governor import Gates
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

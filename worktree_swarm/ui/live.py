@@ -23,7 +23,7 @@ from worktree_swarm.infra.logtail import last_line
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report.status import task_status
-from worktree_swarm.run.governor import GateView, views_from_events
+from worktree_swarm.run.gate_model import GateView, views_from_events
 from worktree_swarm.ui.tables import Column, rich_table, table
 
 _COLUMNS = (

@@ -10,7 +10,7 @@ from worktree_swarm.core.units import format_count, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.guard import remotes
 from worktree_swarm.report.status import TaskStatus
-from worktree_swarm.run.governor import GateView
+from worktree_swarm.run.gate_model import GateView
 from worktree_swarm.ui.tables import Column, render, table
 
 _REASON_CHARS = 80
