@@ -28,7 +28,8 @@ from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import MERGE_UNDONE, TaskStatus
 from worktree_swarm.ui import watch_actions
-from worktree_swarm.ui.watch import TailLog, WatchApp, cells, details
+from worktree_swarm.ui.watch import WatchApp
+from worktree_swarm.ui.watch_view import TailLog, cells, details
 
 # Writes a file, says so, then waits for a marker file (or runs forever without one).
 SLOW_AGENT = """

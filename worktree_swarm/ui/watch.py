@@ -13,22 +13,19 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import ClassVar
 
 from rich.text import Text
-from textual import events, work
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
-from textual.geometry import Size
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import TaskState
-from worktree_swarm.core.text import one_line, printable, without_escapes
-from worktree_swarm.core.units import format_duration as duration
+from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.redact import redact
@@ -38,112 +35,21 @@ from worktree_swarm.report import status
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.merge_text import merge_prediction_lines
+from worktree_swarm.ui.watch_view import (
+    COLUMNS,
+    LOG_LINES,
+    TailLog,
+    _Follow,
+    _gone,
+    _plain,
+    _shown,
+    cells,
+    details,
+)
 
 REFRESH_S = 1.0
 LOG_TAIL_BYTES = 256 * 1024
-PANE_LINES = 20_000  # a diff or prediction longer than that is cut: the screen stays live
-COLUMNS = ("", "task", "state", "agent", "att", "elapsed", "cost", "diff", "why / after")
-_STYLE = {
-    "done": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "blocked": "yellow",
-    "stopped": "yellow",
-    "no_changes": "yellow",
-    "running": "cyan",
-    "checking": "cyan",
-    "rate_limited": "magenta",
-}
-
-
 RETRY_ASKED_SECONDS = 30.0
-ID_CELL = 32  # characters of a task id the table shows
-
-
-def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
-    """One table row: every cell a Text, so `[agent]` in a reason shows as typed."""
-    diffstat = (
-        f"{row.files_changed}f +{row.insertions} -{row.deletions}" if row.files_changed else "-"
-    )
-    why = "; ".join(part for part in (row.why, row.after) if part)
-    return (
-        Text("*" if marked else ""),
-        # A long id would push the state off a narrow screen; the details line has it whole.
-        Text(one_line(row.task_id, limit=ID_CELL)),
-        Text(row.state, style=_STYLE.get(row.state, "")),
-        Text(row.agent),
-        Text(str(row.attempt)),
-        Text(duration(row.elapsed_s) if row.elapsed_s is not None else "-"),
-        Text(f"${row.cost_usd:.2f}" if row.cost_usd is not None else "-"),
-        Text(diffstat),
-        _plain(why[:80]),
-    )
-
-
-LOG_LINES = 5000  # the log pane's last lines
-
-
-class TailLog(Log):
-    """Textual's log, its view at its last line also once its oldest lines are dropped.
-
-    Textual 8 sizes the view before it drops lines past ``max_lines``: past 5,000 lines the
-    view was scrolled beyond them, and the pane stayed blank.
-    """
-
-    def write(self, data: str, scroll_end: bool | None = None) -> Self:
-        """Append *data*; the view follows the end as Textual's does (``auto_scroll``)."""
-        follow = self.auto_scroll if scroll_end is None else scroll_end
-        super().write(data, scroll_end=False)
-        self.virtual_size = Size(self.virtual_size.width, self.line_count)
-        if follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
-        return self
-
-    def on_resize(self, _event: events.Resize) -> None:
-        """A pane that follows the end still ends at the log's last line once it shrank.
-
-        The details line above it grows to two lines when a merge or a long path lengthens it.
-        """
-        if self.auto_scroll:
-            self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
-
-
-def _plain(text: str) -> Text:
-    """*text* from outside (an agent's words, a rate limit's message) as one printable line.
-
-    Rich drops a BEL but not an ESC: an escape sequence in a wait's reason reached the
-    terminal (OSC 52 writes the clipboard).
-    """
-    return Text(printable(redact(without_escapes(text)), keep=""))
-
-
-def _gone(row: TaskStatus, kept: str) -> str:
-    """Why the task's worktree is not its own any more ("" while it is)."""
-    if row.taken_by:
-        return f" (run {row.taken_by}'s now: it reused the task id)"
-    return "" if row.worktree_present else f" (removed{kept})"
-
-
-def details(row: TaskStatus) -> Text:
-    """The line under the table: branch, worktree, merge and PR facts of the selected task."""
-    if not row.branch_made:  # pending, or blocked before it started
-        parts = [f"{row.branch}: not made"]
-    else:
-        parts = [row.branch, f"{row.worktree}{_gone(row, '')}"]
-    if row.merge_result:
-        parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
-    if row.pr_number is not None:
-        parts.append(f"PR #{row.pr_number} {row.pr_state or 'open'} {row.pr_url or ''}".strip())
-    return _plain("  ·  ".join(parts))
-
-
-@dataclass(slots=True)
-class _Follow:
-    """Which log file the log pane shows, and what reads it."""
-
-    task_id: str | None = None
-    path: Path | None = None
-    follower: Follower | None = None
 
 
 class WatchApp(App[None]):
@@ -511,15 +417,6 @@ class WatchApp(App[None]):
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
-
-
-def _shown(text: str, rest: str) -> str:
-    """*text* for a pane: redacted, printable, cut at ``PANE_LINES`` lines (*rest*: the rest)."""
-    lines = text.splitlines()
-    if len(lines) > PANE_LINES:
-        more = len(lines) - PANE_LINES
-        text = "\n".join(lines[:PANE_LINES]) + f"\n... {more} more lines: {rest}\n"
-    return printable(redact(without_escapes(text)))
 
 
 def watch(repo: git.Repo, run_id: str | None, *, checkout: Path | None = None) -> None:
