@@ -35,15 +35,8 @@ from worktree_swarm.core.paths import SCRUB_SKIP
 from worktree_swarm.git.staged import holding_secrets
 from worktree_swarm.infra import redact as redact_module
 from worktree_swarm.infra.logtail import Follower, copy_log, last_line, read_end, read_log_end
-from worktree_swarm.infra.redact import (
-    REDACTED,
-    RedactingWriter,
-    Redactor,
-    file_secrets,
-    is_secret_name,
-    scrub_file,
-    scrub_tree,
-)
+from worktree_swarm.infra.redact import REDACTED, Redactor, file_secrets, is_secret_name
+from worktree_swarm.infra.scrub import RedactingWriter, scrub_file, scrub_tree
 from worktree_swarm.infra.store import Store
 from worktree_swarm.run import checks
 from worktree_swarm.ui.live import LiveTable

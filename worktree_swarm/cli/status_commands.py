@@ -20,7 +20,7 @@ from worktree_swarm.cli.options import _example, _Path, _paths_given
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.infra import logtail, proctree
-from worktree_swarm.infra.redact import RedactingWriter
+from worktree_swarm.infra.scrub import RedactingWriter
 from worktree_swarm.report import status
 from worktree_swarm.ui import status_text
 

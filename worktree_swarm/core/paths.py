@@ -52,7 +52,7 @@ def store_path(repo: Repo) -> Path:
 RUN_DIR_NAMES = frozenset({"guard", "merge", "manager.log", "paused.json", "findings.md"})
 
 # What the redaction of a run's directory at its end leaves alone (patterns, see
-# `redact.scrub_tree`): each task's agent config (sessions a resume needs) and tmp, and the
+# `scrub.scrub_tree`): each task's agent config (sessions a resume needs) and tmp, and the
 # guards' directories, the run's and a `swarm merge`'s: those hold hard links to your
 # repository's object files while their command runs, which a rewrite in place would corrupt
 # (a merge may still run as the run ends). TASK_SCRUB_SKIP: the same in a task's directory.

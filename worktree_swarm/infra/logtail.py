@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 from worktree_swarm.core.text import printable, without_escapes
 from worktree_swarm.infra import fs
-from worktree_swarm.infra.redact import RedactingWriter, redact, token_safe_end
+from worktree_swarm.infra.redact import redact
+from worktree_swarm.infra.scrub import RedactingWriter, token_safe_end
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 40

@@ -17,7 +17,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import local_files, runner, status
-from worktree_swarm.infra import fs, proc, redact
+from worktree_swarm.infra import fs, proc, redact, scrub
 from worktree_swarm.merge.session import Candidate, Session
 from worktree_swarm.merge.target import checks_record
 from worktree_swarm.run.checks import CheckFailure, run_steps
@@ -79,7 +79,7 @@ def run_checks(
         outside = wrote_outside(s, "the checks")
         return CheckFailure(summary=outside) if outside else failure
     finally:
-        redact.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
+        scrub.scrub_file(s.log)  # as a run's checks log: a secret a check printed is gone
         _clean_after_checks(s, before, placed)
         _note_untracked(s, before)  # what was placed is gone; the record is the merge's again
 

@@ -17,7 +17,7 @@ from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.infra import fs, redact, supervisor
+from worktree_swarm.infra import fs, scrub, supervisor
 
 KILL_GRACE = 5.0
 DEFAULT_MARKER_SIZE = 7  # git's, unless a file's `conflict-marker-size` attribute says otherwise
@@ -110,7 +110,7 @@ def run_resolver(
         )
     finally:
         claude_auth.release(config_dir)
-        redact.scrub_file(log_path)  # as an agent's log in a run, once nothing appends
+        scrub.scrub_file(log_path)  # as an agent's log in a run, once nothing appends
     if ended.cut is not None:
         return Resolution(why=f"the agent did not finish resolving within {limit:.0f}s")
     if ended.code != 0:

@@ -22,7 +22,7 @@ from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import AttemptOutcome, ProcessIdentity, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.guard import sandbox
-from worktree_swarm.infra import faults, redact, shim_record, shim_server, starts, supervisor
+from worktree_swarm.infra import faults, scrub, shim_record, shim_server, starts, supervisor
 from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
@@ -117,7 +117,7 @@ class AttemptLaunch(AgentWatch):
                 ended = self._watched(task, live, agent, agent.started_at, attempt_id)
             finally:
                 self._agent_gone(task.id, logs)
-                redact.scrub_file(log_path)  # the agent is gone: nothing appends any more
+                scrub.scrub_file(log_path)  # the agent is gone: nothing appends any more
             cost = self._record(attempt_id, task.id, ended, agent.poll(), ended_at=agent.ended_at())
             if ended.result.outcome is AgentOutcome.SUCCESS and ended.cut_short is None:
                 # Shown before the agent's slot goes to the next task, so no more tasks

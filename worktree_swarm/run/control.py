@@ -21,7 +21,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import held_files, ref_moves, snapshot
-from worktree_swarm.infra import lock, proc_scan, proctree, redact, shim_record, starts
+from worktree_swarm.infra import lock, proc_scan, proctree, scrub, shim_record, starts
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
@@ -220,9 +220,9 @@ def scrub_ended(
     know_secrets_of(repo.root, [task_from_json(row.spec_json) for row in store.tasks(run_id)])
     root = run_dir(repo, run_id)
     if task_ids is None:  # not a `swarm merge`'s directory: it may run, and redacts its own
-        redact.scrub_tree(root, skip=(*SCRUB_SKIP, "merge"))
+        scrub.scrub_tree(root, skip=(*SCRUB_SKIP, "merge"))
     for task_id in task_ids or ():
-        redact.scrub_tree(root / task_id, skip=TASK_SCRUB_SKIP)
+        scrub.scrub_tree(root / task_id, skip=TASK_SCRUB_SKIP)
 
 
 def stop_unmanaged(

@@ -26,7 +26,7 @@ from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra import faults, fs, redact
+from worktree_swarm.infra import faults, fs, redact, scrub
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
@@ -285,7 +285,7 @@ class RayAttempts(RunWorker):
         log.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_append(log) as fh:
             fh.write(text)
-        redact.scrub_file(log)
+        scrub.scrub_file(log)
 
     def _retire(self, handle: _Handle, *, silent: bool = False) -> None:
         """Have the attempt's actor remove its clone, and take it down.

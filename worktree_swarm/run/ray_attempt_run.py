@@ -19,7 +19,7 @@ from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs
 from worktree_swarm.guard.model import Violation
-from worktree_swarm.infra import redact
+from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.agent_watch import idle_reason, past_max_log
@@ -265,7 +265,7 @@ class RayAttemptRun(RayResume):
             self._kept_from_node(handle, live)
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
-        redact.scrub_file(handle.log_path)
+        scrub.scrub_file(handle.log_path)
         stat = self._record_diff(task.id, base, str(tip))
         big = diffs.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
         if big:  # committed by the agent itself: a push of the branch would be refused

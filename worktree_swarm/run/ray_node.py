@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from worktree_swarm.agents import adapter_for, claude_auth
 from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.guard import sandbox, surface
-from worktree_swarm.infra import fs, redact, supervisor
+from worktree_swarm.infra import fs, redact, scrub, supervisor
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.proc import task_env
 from worktree_swarm.report import notes
@@ -169,7 +169,7 @@ class NodeAgent(NodeClone):
 
     def scrub_log(self) -> None:
         """Redact the whole log in place (the agent has ended): a secret over lines too."""
-        redact.scrub_file(self.log_path)
+        scrub.scrub_file(self.log_path)
 
     def notes_added(self) -> str:
         """What the agent added to its findings file since last asked (for the run's file)."""
@@ -248,5 +248,5 @@ def _whole_lines(chunk: bytes, *, full: bool) -> bytes:
     end = chunk.rfind(b"\n") + 1
     if end or not full:
         return chunk[:end]
-    blank = redact.token_safe_end(chunk)
+    blank = scrub.token_safe_end(chunk)
     return chunk[:blank] if blank > 0 else chunk

@@ -29,7 +29,7 @@ from worktree_swarm.core.run_settings import Executor, RunSettings, RunSpec
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import sandbox
 from worktree_swarm.guard.watcher import UNWATCHED_EVENT
-from worktree_swarm.infra import faults, proc, proctree, redact
+from worktree_swarm.infra import faults, proc, proctree, scrub
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import task_from_json, task_to_json
 from worktree_swarm.run.ray_cluster import unreachable
@@ -243,7 +243,7 @@ class Runner(TaskLaunch):
 
         Not the agents' own config dirs (sessions a resume needs) nor the guard's snapshots.
         """
-        redact.scrub_tree(run_dir(self.repo, self.run_id), skip=SCRUB_SKIP)
+        scrub.scrub_tree(run_dir(self.repo, self.run_id), skip=SCRUB_SKIP)
 
     def request_stop(self) -> None:
         """Stop every live agent and start nothing new."""

@@ -38,7 +38,7 @@ from worktree_swarm.infra import (
     faults,
     proc_scan,
     proctree,
-    redact,
+    scrub,
     shim_record,
     shim_server,
     starts,
@@ -158,7 +158,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                     on_start=started,
                     max_log=self.spec.max_log,
                 )
-            redact.scrub_file(self._logs(task) / "setup.log")
+            scrub.scrub_file(self._logs(task) / "setup.log")
             if failure is not None:
                 return check_failed(failure)
         return self._attempts(live, path, base, env)
@@ -379,7 +379,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
             )
         finally:
             self._check_slots.release()
-            redact.scrub_file(self._logs(task) / "checks.log")
+            scrub.scrub_file(self._logs(task) / "checks.log")
 
     @contextlib.contextmanager
     def _own_steps(self, task_id: str) -> Iterator[Callable[[ProcessIdentity], None]]:
