@@ -15,13 +15,13 @@ slows another. Two kinds of limit are told apart:
   never frozen; only at the floor of one agent do further cuts space launches with
   exponential backoff. Whatever the gate decides, a throttled task also waits a backoff of
   its own before its next attempt (:meth:`Gates.task_backoff`).
-- A *usage window* (a reset stated further than :data:`WINDOW_MIN_SECONDS` away: "usage limit
-  reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset once a second
-  task confirms it. A window one task alone states is that task's own wait (its course
-  applies it in full) and only an ordinary throttle for the provider: any agent can print
-  such a line. A real window refuses every task's next request, so the next limit another
-  task reports confirms it: a window of its own, or a throttle while no success of the
-  provider came since (after one, a plain 429 is no evidence). A task never confirms itself.
+- A *usage window* (a reset stated further than :data:`gate_model.WINDOW_MIN_SECONDS` away: "usage
+  limit reached|<epoch>", "resets 4pm"): the provider starts nothing until that reset once a second
+  task confirms it. A window one task alone states is that task's own wait (its course applies it in
+  full) and only an ordinary throttle for the provider: any agent can print such a line. A real
+  window refuses every task's next request, so the next limit another task reports confirms it: a
+  window of its own, or a throttle while no success of the provider came since (after one, a plain
+  429 is no evidence). A task never confirms itself.
 
 Running agents are never killed. Once the run's cost reaches the budget no new attempt starts;
 past ``budget_share`` of it, :attr:`Gates.economy` tells callers to use the cheaper agent.
@@ -36,10 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from worktree_swarm.agents import Provider, backoff_delay
+from worktree_swarm.agents import backoff_delay
 from worktree_swarm.run.gate_model import GateView, Limit, Rank, Signal, _Gate, _Waiter
 
-__all__ = ["Gates", "Provider"]
+__all__ = ["Gates"]
 
 BACKOFF_BASE = 30.0
 DECREASE = 0.5  # multiplicative decrease on a throttle
