@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, script_interpreter
-from tests.test_run import branch_file, manifest, status_json, swarm, swarm_bg, wait_for
+from tests.test_run import (
+    AgentFactory,
+    argv_toml,
+    branch_file,
+    manifest,
+    status_json,
+    swarm,
+    swarm_bg,
+    wait_for,
+)
 
 # One program installed under three names; what it does comes from $FAKE_DIR/<name>-<task>.plan
 # (one step per call, then "finish"). The limit messages are the CLIs' own.
@@ -47,6 +56,9 @@ if step != "quota":  # a quota refuses at once: nothing done (a storm's 429s get
     with open(f"{name}.txt", "a") as fh:
         fh.write(f"{name} call {n}: {step}\n")
 if name == "claude":
+    if os.environ.get("FAKE_DROPPING"):  # the file Claude Code writes for itself
+        pathlib.Path(".claude").mkdir(exist_ok=True)
+        pathlib.Path(".claude/settings.local.json").write_text("{}\n")
     emit({"type": "system", "subtype": "init", "session_id": session})
     if step in {"overage", "served"}:  # rejected, yet the request is answered
         info = {"status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"}
@@ -523,3 +535,51 @@ def _agents_if_any(repo: Path) -> list[str]:
             return [r[0] for r in rows.fetchall()]
     except sqlite3.Error:
         return []
+
+
+# Writes its task's file; b fails until the file named by its argument exists.
+_B_FAILS_FIRST = """
+import os, pathlib, sys
+tid = os.environ['SWARM_TASK_ID']
+pathlib.Path(tid + '.txt').write_text(tid + '\\n')
+sys.exit(3 if tid == 'b' and not pathlib.Path(sys.argv[1]).exists() else 0)
+"""
+
+
+def test_what_max_disk_commits_before_removing_a_worktree_names_the_fallback(
+    repo: Path, fake_agents: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its trailer named codex, the task's own agent, and it committed claude's own file.
+    (repo / "blob.bin").write_bytes(os.urandom(2**20))  # a worktree takes over 1 MiB
+    git(repo, "add", "blob.bin")
+    git(repo, "commit", "-qm", "a 1 MiB file")
+    plan(fake_agents, "codex", "a", "window")
+    monkeypatch.setenv("FAKE_DROPPING", "1")
+    again = fake_agents / "again"
+    other = argv_toml([*write_agent(_B_FAILS_FIRST), str(again)])
+    text = (
+        '[defaults]\njobs = 2\nmax_disk = "2.5M"\n'  # room for two worktrees, not three
+        '[[task]]\nid = "a"\nprompt = "a"\nagent = "codex"\nfallback = ["claude"]\n'
+        f'[[task]]\nid = "b"\nprompt = "b"\nagent = {other}\n'
+        f'[[task]]\nid = "c"\nprompt = "c"\nagent = {other}\ndepends_on = ["b"]\n'
+    )
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["codex", "claude"]
+    worktree = repo.parent / "repo.swarm" / "a"
+    (worktree / "later.txt").write_text("written after the run\n")
+    again.touch()
+    # b done, c needs the room of a's worktree, the oldest finished one.
+    out = swarm(repo, "retry", "b")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not worktree.exists()
+    assert branch_file(repo, "swarm/a", "later.txt") == "written after the run"
+    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
+    assert made.splitlines() == [
+        "swarm: checkpoint a (before removing its worktree for max_disk)",
+        "Swarm-Task: a",
+        "Swarm-Attempt: 2",
+        "Swarm-Agent: claude",
+    ]
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
+    assert ".claude/settings.local.json" not in files

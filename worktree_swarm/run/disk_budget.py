@@ -33,6 +33,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import disk, faults
 from worktree_swarm.infra.store import Store
+from worktree_swarm.run import task_checkpoint
 
 REMEASURE_SECONDS = 5.0
 WAIT_SLICE = 0.25  # how soon a waiting task notices its stop event
@@ -188,12 +189,34 @@ class DiskBudget:
         )
         return disk.combine(scan for scan, _ in self._scans.values()).actual + expected
 
-    def _local_paths(self, task: Task | None, path: Path) -> tuple[str, ...]:
-        if task is None:
-            return ()
-        row = self.store.task(self.run_id, task.id)
-        base = row.base_commit if row is not None else None
-        return local_files.local_paths(path, link=task.link, copy=task.copy, base=base)
+    def _commit_before_removal(self, task_id: str, task: Task | None, path: Path) -> None:
+        """Commit what *task_id*'s worktree holds uncommitted, as `swarm clean` would.
+
+        Its trailers name the agent of the task's latest attempt (a fallback, maybe), and it
+        leaves out what the run's checkpoints leave out (every agent's own files too).
+        """
+        row = self.store.task(self.run_id, task_id)
+        if task is not None and row is not None:
+            trailers = task_checkpoint.trailers(self.store, row, task)
+            kept = task_checkpoint.left_out(self.store, row, task, path)
+        elif task is not None:  # not on record: as the spec says
+            trailers = checkpoints.trailers(task_id, None, task.agent)
+            local = local_files.local_paths(path, link=task.link, copy=task.copy, base=None)
+            kept = task_checkpoint.LeftOut(
+                exclude=local, droppings=adapter_for(task.agent).droppings
+            )
+        else:
+            trailers = checkpoints.trailers(task_id, None, "unknown")
+            kept = task_checkpoint.LeftOut(exclude=(), droppings=())
+        checkpoints.checkpoint(
+            path,
+            message=f"swarm: checkpoint {task_id} (before removing its worktree for max_disk)"
+            + trailers,
+            author=self.spec.commit_author,
+            exclude=kept.exclude,
+            droppings=kept.droppings,
+            max_file=self.spec.max_file,
+        )
 
     def _remove(self, task_id: str, *, used: int, need: int) -> None:
         """Remove a finished task's worktree to make room; its branch keeps the work."""
@@ -211,18 +234,7 @@ class DiskBudget:
                 # a full disk (that commit's objects need room too) it waits, as the run does.
                 try:
                     faults.retry_while_full(
-                        lambda: checkpoints.checkpoint(
-                            path,
-                            message=f"swarm: checkpoint {task_id} (before removing its "
-                            "worktree for max_disk)"
-                            + checkpoints.trailers(
-                                task_id, None, task.agent if task else "unknown"
-                            ),
-                            author=self.spec.commit_author,
-                            exclude=self._local_paths(task, path),
-                            droppings=adapter_for(task.agent).droppings if task else (),
-                            max_file=self.spec.max_file,
-                        ),
+                        lambda: self._commit_before_removal(task_id, task, path),
                         self.store.on_full,
                     )
                 except checkpoints.LeftOutError:

@@ -1,7 +1,8 @@
-"""The checkpoints of a task's worktree made outside its attempts: stop, clean, retry --fresh.
+"""The checkpoints of a task's worktree made outside its attempts.
 
-They name the agent that ran the task last (a fallback or the budget agent, maybe), and leave
-out what the run's own checkpoints leave out.
+`swarm stop`, `swarm clean`, `swarm retry --fresh`, and a finished worktree's removal for
+``max_disk``. They name the agent that ran the task last (a fallback or the budget agent,
+maybe), and leave out what the run's own checkpoints leave out.
 """
 
 from __future__ import annotations
