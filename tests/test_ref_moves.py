@@ -161,3 +161,25 @@ def test_doctor_removes_a_dead_writers_note_and_leaves_a_directory_at_its_verdic
     ]  # the directory is no note of a writer's: nothing to remove
     assert sorted(notes.iterdir()) == [verdict]
     assert (verdict / "yours").read_text() == "kept\n"
+
+
+def test_a_directory_at_a_guards_mark_is_not_taken_for_its_hearing(tmp_path: Path) -> None:
+    # Anything at the mark's name was taken as heard: the writer went on without looking at the
+    # guard that listens (a live one not waited for). Here it is gone: looked at, its mark goes.
+    repo = make_repo(tmp_path / "repo")
+    opened = open_repo(repo)
+    notes = opened.state_dir / "ref-moves"
+    notes.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_started = starts.start_time(gone.pid)
+    gone.wait()
+    listener = notes / f"{gone.pid}-0badc0de.listening"
+    listener.write_text(json.dumps({"pid": gone.pid, "started": gone_started}))
+    moved = git(repo, "commit-tree", "-p", "main", "-m", "next", "main^{tree}")
+    with moving_refs(opened, ["refs/heads/main"]) as moves:
+        heard = moves.path.with_name(f"{moves.path.name}.heard-{gone.pid}-0badc0de")
+        heard.mkdir()
+        git(repo, "update-ref", "refs/heads/main", moved)
+        moves.moved("refs/heads/main", moved)
+    assert not listener.exists()
+    assert sorted(notes.iterdir()) == [heard]  # left as it is

@@ -282,7 +282,8 @@ def _await_listeners(path: Path) -> None:
     deadline = time.monotonic() + _WAIT
     for listener in sorted(path.parent.glob(f"*{_LISTENING}")):
         heard = path.with_name(f"{path.name}{_HEARD}{listener.name.removesuffix(_LISTENING)}")
-        while time.monotonic() < deadline and not heard.exists():
+        # Only a file is a mark: a directory made at its name is none (the guard's write fails).
+        while time.monotonic() < deadline and not heard.is_file():
             if not _listening(listener):
                 break
             time.sleep(_POLL)
