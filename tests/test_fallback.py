@@ -583,3 +583,36 @@ def test_what_max_disk_commits_before_removing_a_worktree_names_the_fallback(
     ]
     files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
     assert ".claude/settings.local.json" not in files
+
+
+def test_a_stopped_launch_no_attempt_records_is_the_fallbacks(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager is killed once codex took over, between its launch and its attempt's record:
+    # `swarm stop` recorded that attempt as claude's, and its checkpoint named claude.
+    plan(fake_agents, "claude", "a", "window")
+    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
+        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # What a kill between the launch and its record leaves: the intent, no attempt.
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
+        db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 2")
+        db.execute("UPDATE tasks SET launching = 2, attempts = 1 WHERE task_id = 'a'")
+    (repo.parent / "repo.swarm" / "a" / "half.txt").write_text("half done\n")
+    try:
+        out = swarm(repo, "stop")
+    finally:  # nothing left waiting if the stop failed
+        (fake_agents / "go").touch()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["claude", "codex"]
+    made = git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", "swarm/a")
+    assert made.strip() == "codex"

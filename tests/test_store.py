@@ -73,7 +73,7 @@ def test_creates_parent_dir_wal_and_user_version(db_path: Path, store: Store) ->
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 13
     finally:
         conn.close()
 

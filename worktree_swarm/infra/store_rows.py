@@ -50,6 +50,7 @@ class TaskFields(TypedDict, total=False):
     instruction: str | None
     repairs: int
     tip_commit: str | None
+    launching_agent: str | None
 
 
 class TaskUpdate(TaskFields, total=False):
@@ -124,6 +125,7 @@ class TaskRow:
     instruction: str | None = None
     repairs: int = 0
     tip_commit: str | None = None
+    launching_agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -146,5 +146,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # its branch is gone (landed and cleaned) or another run's (its id reused).
         "ALTER TABLE tasks ADD COLUMN tip_commit TEXT",
     ),
+    (
+        # The agent profile being launched with `launching` (a fallback's, maybe): the one
+        # `swarm stop` records for an attempt its killed manager launched but did not record.
+        "ALTER TABLE tasks ADD COLUMN launching_agent TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

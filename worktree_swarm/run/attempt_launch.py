@@ -153,7 +153,9 @@ class AttemptLaunch(AgentWatch):
                 argv, agent_env = sandbox.confine(argv, agent_env, box)
             self._charge_repair(task, course)
             # The intent first: `swarm resume` finds an agent started but not recorded.
-            self.store.update_task(self.run_id, task.id, launching=number)
+            self.store.update_task(
+                self.run_id, task.id, launching=number, launching_agent=task.agent
+            )
             return supervisor.spawn(
                 argv,
                 cwd=path,

@@ -329,7 +329,7 @@ def _record_stopped_launch(
     store: Store,
     row: TaskRow,
     agent: ProcessIdentity | None,
-    profile: str,
+    own: str,
     *,
     since: float,
 ) -> None:
@@ -338,7 +338,8 @@ def _record_stopped_launch(
     Left unrecorded, a later `swarm retry` took the stop's own SIGTERM in its shim's record
     for how that attempt failed, and failed the task without running its agent. One whose
     shim recorded its end before this stop began (*since*) ended by itself: left for
-    `swarm retry` or `resume` to read, as they do. *agent*: the one found running.
+    `swarm retry` or `resume` to read, as they do. *agent*: the one found running. Its
+    profile is the one launched (a fallback's, maybe); *own*, the task's, when not on record.
     """
     number = row.launching
     if number is None or number in {a.number for a in store.attempts(row.run_id, row.task_id)}:
@@ -354,7 +355,8 @@ def _record_stopped_launch(
     )
     attempt = store.start_attempt(
         row.run_id, row.task_id, number=number, log_path=str(log), started_at=started,
-        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0), agent=profile,
+        identity=agent or ProcessIdentity(pid=0, create_time=0.0, pgid=0),
+        agent=row.launching_agent or own,
     )  # fmt: skip
     store.end_attempt(attempt, exit_code=None, outcome=AttemptOutcome.STOPPED.value)
     store.update_task(row.run_id, row.task_id, attempts=number, launching=None)
