@@ -1293,6 +1293,38 @@ def test_clean_killed_while_deleting_a_worktree_loses_nothing(
     _cleaned_and_kept(repo, path, tip)
 
 
+@pytest.mark.long
+def test_a_clean_killed_while_deleting_a_merged_tasks_worktree_deletes_its_branch_next_time(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Its index goes first: the next clean took the checkout without one for uncommitted
+    # work, so the branch you had landed read "not merged into main" and was kept.
+    repo, path, tip = _finished_big_task(tmp_path, write_agent, files=200)
+    git(repo, "merge", "-q", "--ff-only", "swarm/edits")  # landed
+    hook, paused = tmp_path / "hook", tmp_path / "paused"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_HALF_WAY)
+    env = {**os.environ, "SWARM_TEST_INSIDE": str(path), "SWARM_TEST_PAUSED": str(paused)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    cleaner = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "clean", "--yes"], cwd=repo, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    wait_for(lambda: paused.exists() or cleaner.poll() is not None, what="a folder deleted")
+    assert cleaner.poll() is None, "swarm clean finished without deleting a folder first"
+    os.killpg(cleaner.pid, signal.SIGKILL)
+    cleaner.wait(timeout=30)
+    assert git(repo, "rev-parse", "swarm/edits") == tip  # killed before the branch went
+
+    found = report(repo, "clean", "--yes", code=0)
+    assert found["swarm/edits"]["action"] == "delete_branch", found["swarm/edits"]
+    assert found["swarm/edits"]["reason"] == "task edits is done; merged into main"
+    assert found["swarm/edits"]["fixed"] is True
+    assert worktree_paths(repo) == [str(repo)]
+    assert git(repo, "branch", "--list", "swarm/*") == ""
+    assert report(repo, "clean", "--yes", code=0) == {}  # nothing left for a third
+
+
 def test_clean_finishes_what_a_clean_killed_in_its_checkpoint_left_locked(
     repo: Path, write_agent: AgentFactory
 ) -> None:

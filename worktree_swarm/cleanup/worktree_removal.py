@@ -28,7 +28,15 @@ from worktree_swarm.core.errors import CommandError, GitError, SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
 from worktree_swarm.core.task import INTEGRATION_PREFIX, SCRATCH_PREFIX, Task, is_valid_task_id
-from worktree_swarm.git import checkpoints, gitfiles, local_files, removal, tampering, worktrees
+from worktree_swarm.git import (
+    checkpoints,
+    gitfiles,
+    local_files,
+    removal,
+    runner,
+    tampering,
+    worktrees,
+)
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
@@ -148,8 +156,19 @@ def worktree_finding(
 
 def worktree_dirty(path: Path) -> bool:
     """Whether the worktree *path* holds work that removing it would need to commit first."""
+    if gitfiles.checkout_incomplete(path):
+        # Never populated, or a removal cut short (the index goes first): repaired from HEAD
+        # before anything, so only a file HEAD lacks is work, not every file read as deleted.
+        return bool(_beyond_head(path))
     # A directory git cannot read may hide work, and so may an index flag.
     return git_status.full_status(path) != "" or git_index.hides_edits(path)
+
+
+def _beyond_head(path: Path) -> set[bytes]:
+    """The files (not ignored) of the unpopulated checkout *path* that its HEAD lacks."""
+    there = runner.run_bytes(path, "ls-files", "-z", "--others", "--exclude-standard").stdout
+    head = runner.run_bytes(path, "ls-tree", "-r", "-z", "--name-only", "HEAD").stdout
+    return set(there.split(b"\0")) - set(head.split(b"\0")) - {b""}
 
 
 def _unlock_index(repo: git.Repo, path: Path) -> None:
