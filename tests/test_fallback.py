@@ -616,3 +616,19 @@ def test_a_stopped_launch_no_attempt_records_is_the_fallbacks(
     assert agents_of(repo, "a") == ["claude", "codex"]
     made = git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", "swarm/a")
     assert made.strip() == "codex"
+
+
+def test_a_fallbacks_checkpoints_leave_out_the_files_of_the_agent_before_it(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # claude leaves its own file and hands over: codex's checkpoint committed it.
+    plan(fake_agents, "claude", "a", "window")
+    monkeypatch.setenv("FAKE_DROPPING", "1")
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
+    out = swarm(repo, "run", manifest(repo, text))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["claude", "codex"]
+    assert branch_file(repo, "swarm/a", "codex.txt") == "codex call 1: finish"
+    files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
+    assert ".claude/settings.local.json" not in files
+    assert (repo.parent / "repo.swarm" / "a" / ".claude" / "settings.local.json").exists()

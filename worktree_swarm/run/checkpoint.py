@@ -8,9 +8,9 @@ checkout or branch, links planted where git writes, setuid programs (disarmed), 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitStartError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import Task
@@ -18,6 +18,7 @@ from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import checkpoints, diffs, gitfiles, local_files, status, tampering
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import faults, fs
+from worktree_swarm.run import task_checkpoint
 from worktree_swarm.run.agent_watch import Ended
 from worktree_swarm.run.run_worker import RunWorker, TaskOutcome
 
@@ -26,11 +27,20 @@ class Checkpoints(RunWorker):
     """Checks and checkpoints what an attempt left (a task worker's part)."""
 
     def _after_attempt(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+        self,
+        task: Task,
+        path: Path,
+        base: str,
+        number: int,
+        ended: Ended,
+        *,
+        agent: str,
+        ran: Collection[str],
     ) -> tuple[diffs.DiffStat, TaskOutcome | None]:
         """Guard checks and the checkpoint; an outcome when the attempt ends the task.
 
-        *agent* ran the attempt: the task's own, or a fallback that took over.
+        *agent* ran the attempt: the task's own, or a fallback that took over. The own files
+        of its tool and of every agent in *ran* (the task's agents so far) stay out.
         """
         lost = self.guard.worktree_lost(task.id)  # first: it may put the worktree back
         if lost is not None:
@@ -51,7 +61,9 @@ class Checkpoints(RunWorker):
         planted = tampering.unplant(self.repo, path, task.branch, admin=admin)  # before git
         switched = self.guard.own_head(task.id, path, task.branch)
         self.guard.after_attempt()  # git's files, the stash, objects: before the checkpoint
-        stat, armed = self._checkpoint_disarmed(task, path, base, number, ended, agent=agent)
+        stat, armed = self._checkpoint_disarmed(
+            task, path, base, number, ended, agent=agent, ran=ran
+        )
         if switched is not None:
             return stat, TaskOutcome(state=TaskState.FAILED, reason=switched.reason(task.id))
         if planted:
@@ -76,7 +88,15 @@ class Checkpoints(RunWorker):
         return stat, None
 
     def _checkpoint_disarmed(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+        self,
+        task: Task,
+        path: Path,
+        base: str,
+        number: int,
+        ended: Ended,
+        *,
+        agent: str,
+        ran: Collection[str],
     ) -> tuple[diffs.DiffStat, list[str]]:
         """The checkpoint's diff stat, and the setuid programs of the attempt disarmed.
 
@@ -85,7 +105,7 @@ class Checkpoints(RunWorker):
         worktree) or failed, those git is asked for.
         """
         try:
-            stat = self._checkpoint(task, path, base, number, ended, agent=agent)
+            stat = self._checkpoint(task, path, base, number, ended, agent=agent, ran=ran)
         except checkpoints.LeftOutError:  # its files stay in the worktree, as git status lists them
             tampering.disarm_setuid(self.repo, path, base, also=status.status_paths(path))
             raise
@@ -96,9 +116,21 @@ class Checkpoints(RunWorker):
         return stat, tampering.disarm_setuid(self.repo, path, base, changed)
 
     def _checkpoint(
-        self, task: Task, path: Path, base: str, number: int, ended: Ended, *, agent: str
+        self,
+        task: Task,
+        path: Path,
+        base: str,
+        number: int,
+        ended: Ended,
+        *,
+        agent: str,
+        ran: Collection[str],
     ) -> diffs.DiffStat:
-        """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat."""
+        """Commit the attempt's edits (by *agent*) to the task's branch; record the diff stat.
+
+        Left out: the own files of *agent*'s tool and of every agent in *ran* (after a
+        hand-over, those the agents before it left in the worktree).
+        """
         message = (
             f"swarm: checkpoint {task.id} attempt {number} "
             f"({ended.cut_short or ended.result.outcome})"
@@ -114,7 +146,7 @@ class Checkpoints(RunWorker):
                     exclude=local_files.local_paths(
                         path, link=task.link, copy=task.copy, base=base
                     ),
-                    droppings=adapter_for(agent).droppings,
+                    droppings=task_checkpoint.droppings({agent, *ran}),
                     report_secrets=True,  # the task fails, saying so
                     max_file=self.spec.max_file,
                 ),

@@ -76,6 +76,7 @@ class Course:
     repairs_left: int = 0  # failing checks it may still hand back to the agent
     repair_due: bool = False  # a round handed back whose attempt has not started: not counted
     disk_retries_left: int = DISK_RETRIES  # attempts that may still end on a full disk
+    ran: frozenset[str] = frozenset()  # the task's agents so far: its own, each that took over
 
     @classmethod
     def resumed(
@@ -124,6 +125,7 @@ class Course:
             free_throttles_left=free_throttles(task) - len(free),
             disk_retries_left=DISK_RETRIES
             - sum(a.outcome == AttemptOutcome.DISK_FULL for a in since),
+            ran=frozenset({task.agent, agent, *(a.agent for a in previous if a.agent)}),
         )
         if instruction is not None:
             course.interrupted()
@@ -156,7 +158,7 @@ class Course:
 
     def take_over(self, agent: str, task: Task) -> None:
         """Another agent goes on: no session of its own yet, a full set of retries."""
-        self.agent, self.session = agent, None
+        self.agent, self.session, self.ran = agent, None, self.ran | {agent}
         self.retries_left, self.not_before, self.throttles = task.retries, 0.0, 0
         self.free_throttles_left = free_throttles(task)
 

@@ -7,6 +7,7 @@ maybe), and leave out what the run's own checkpoints leave out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,12 @@ class LeftOut:
 def left_out(store: Store, row: TaskRow, task: Task, worktree: Path) -> LeftOut:
     """What a checkpoint of *row*'s *worktree* leaves out: never on the branch."""
     ran = {task.agent, *(a.agent for a in store.attempts(row.run_id, row.task_id) if a.agent)}
-    droppings = dict.fromkeys(p for agent in sorted(ran) for p in adapter_for(agent).droppings)
     exclude = local_files.local_paths(
         worktree, link=task.link, copy=task.copy, base=row.base_commit
     )
-    return LeftOut(exclude=exclude, droppings=tuple(droppings))
+    return LeftOut(exclude=exclude, droppings=droppings(ran))
+
+
+def droppings(agents: Iterable[str]) -> tuple[str, ...]:
+    """The own files of the tools of *agents* (profile names), each pattern once."""
+    return tuple(dict.fromkeys(p for agent in sorted(agents) for p in adapter_for(agent).droppings))

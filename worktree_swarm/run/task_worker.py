@@ -234,7 +234,9 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 continue
             number, ended = step
             course.session = ended.result.session_id or course.session
-            stat, cut = self._after_attempt(task, path, base, number, ended, agent=course.agent)
+            stat, cut = self._after_attempt(
+                task, path, base, number, ended, agent=course.agent, ran=course.ran
+            )
             if cut is not None:
                 return cut
             result = ended.result
