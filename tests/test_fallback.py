@@ -29,6 +29,7 @@ from tests.test_run import (
     swarm_bg,
     wait_for,
 )
+from worktree_swarm.infra import shim_record
 
 # One program installed under three names; what it does comes from $FAKE_DIR/<name>-<task>.plan
 # (one step per call, then "finish"). The limit messages are the CLIs' own.
@@ -632,3 +633,48 @@ def test_a_fallbacks_checkpoints_leave_out_the_files_of_the_agent_before_it(
     files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
     assert ".claude/settings.local.json" not in files
     assert (repo.parent / "repo.swarm" / "a" / ".claude" / "settings.local.json").exists()
+
+
+def test_resume_reads_a_launch_no_attempt_records_as_the_fallbacks(
+    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager is killed once codex took over, between its launch and its attempt's record,
+    # and codex then meets a usage window: `swarm resume` recorded that attempt as no agent's
+    # and read codex's output as claude's ("claude exited 1": the task failed).
+    plan(fake_agents, "claude", "a", "window")
+    plan(fake_agents, "codex", "a", "window")
+    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex", "gemini"]')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
+        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        (fake_agents / "go").touch()
+    # What a kill between the launch and its record leaves: the intent, no attempt.
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
+        db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 2")
+        db.execute("UPDATE tasks SET launching = 2, attempts = 1 WHERE task_id = 'a'")
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def codex_ended() -> bool:
+        records = [shim_record.read_record(p) for p in runs.glob("*/a/attempt-2.exit.json")]
+        return any(r is not None and r.exit_code == 1 for r in records)
+
+    wait_for(codex_ended, what="codex to end")
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        row = db.execute(
+            "SELECT agent, outcome, reason, session_id FROM attempts WHERE number = 2"
+        ).fetchone()
+    assert row[:2] == ("codex", "rate_limited")
+    assert row[2].startswith("codex rate limited: unexpected status 429")
+    assert row[3] == "codex-a-session"
+    assert status_json(repo)["a"]["state"] == "done"

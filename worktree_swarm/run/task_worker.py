@@ -168,6 +168,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
 
         Its agent still running is adopted; one that ended while no manager watched is read
         from its log. Without either, the launch never happened and the attempt runs anew.
+        The agent is the one launched (a fallback's, maybe); the task's own when not on record.
         """
         number = row.launching
         recorded = {a.number for a in self.store.attempts(self.run_id, task.id)}
@@ -186,6 +187,7 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
         if identity is None and shim is None and not text.strip():
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
+        agent = row.launching_agent or task.agent
         attempt_id = self.store.start_attempt(
             self.run_id,
             task.id,
@@ -200,10 +202,11 @@ class TaskWorker(AgentSwitch, Checkpoints, AttemptLaunch):
                 if shim
                 else log_path.stat().st_mtime
             ),
+            agent=agent,
         )
         if identity is None:
             code = None if shim is None else shim.exit_code
-            adapter = adapter_for(task.agent)
+            adapter = adapter_for(agent)
             result = adapter.interpret(exit_code=code, log_text=text, now=time.time())
             ended_at = None if shim is None else shim.ended_at
             cost = self._record(attempt_id, task.id, Ended(result=result), code, ended_at=ended_at)
