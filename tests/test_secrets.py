@@ -561,21 +561,23 @@ def test_a_url_password_holding_an_at_sign_or_a_quote_is_a_secret_whole(
             assert tail.encode() not in file.read_bytes(), file
 
 
+@pytest.mark.parametrize("colon", ["", ":"])
 def test_a_token_as_a_urls_user_name_is_redacted_where_an_agent_prints_it(
-    repo: Path, write_agent: AgentFactory
+    repo: Path, write_agent: AgentFactory, colon: str
 ) -> None:
     # `git remote -v`, a failing push: the token was in the reason, the logs and state.db.
+    # With an empty password after it (`https://<token>:@host`) it was not seen at all.
     token = "0123456789abcdef0123456789abcdef01234567"  # noqa: S105 - a fake
     agent = write_agent(
         "import sys\n"
-        f"print('origin\\thttps://{token}@git.example/acme/w.git (push)', flush=True)\n"
-        f"sys.exit('fatal: unable to access https://{token}@git.example/acme/w.git/')\n"
+        f"print('origin\\thttps://{token}{colon}@git.example/acme/w.git (push)', flush=True)\n"
+        f"sys.exit('fatal: unable to access https://{token}{colon}@git.example/acme/w.git/')\n"
     )
     swarm(repo, "run", "--agent", " ".join(agent), "-t", "a=x")
     row = status_json(repo)["a"]
     assert row["state"] == "failed", row
-    assert f"https://{REDACTED}@git.example/acme/w.git" in str(row["reason"]), row
-    assert f"https://{REDACTED}@git.example" in swarm(repo, "logs", "a").stdout
+    assert f"https://{REDACTED}{colon}@git.example/acme/w.git" in str(row["reason"]), row
+    assert f"https://{REDACTED}{colon}@git.example" in swarm(repo, "logs", "a").stdout
     for file in (repo / ".git" / "swarm").rglob("*"):
         if file.is_file() and not file.is_symlink():
             assert token.encode() not in file.read_bytes(), file

@@ -56,11 +56,12 @@ _FORMATS = (
 )
 _JWT = r"\beyJ[A-Za-z0-9_\-]{6,}\.eyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"
 # A URL's user info, as URL parsers read it: up to the last `@` before the path (a password
-# may hold a raw `@`, and any of RFC 3986's sub-delimiters: `'`), the user up to its first `:`.
-# The look for an `@` first: most URLs have none, and fail there at once.
+# may hold a raw `@`, and any of RFC 3986's sub-delimiters: `'`), the user up to its first `:`
+# (the password may be empty: `https://<token>:@host`). The look for an `@` first: most URLs
+# have none, and fail there at once.
 _USERINFO = (
     r"(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?=[^\s/]*@)(?P<user>[^\s/:\"'<>]*)"
-    r"(?::(?P<password>[^\s/\"<>]+))?(?P<at>@)"
+    r"(?::(?P<password>[^\s/\"<>]*))?(?P<at>@)"
 )
 # A URL's user name that is a token (`https://<40 hex>@github.com/...`, an Azure DevOps PAT):
 # one word of this many characters, with a letter and a digit. Not `git`, `x-access-token`,
@@ -244,9 +245,10 @@ class Redactor:
             user = m.group("user")
             # Git hides a URL's whole user info in its messages: the user name can be a token.
             head = m.group("url") + (REDACTED if _is_token_user(user) else self(user))
-            if m.group("password") is None:
+            password = m.group("password")
+            if password is None:
                 return head + m.group("at")
-            return head + ":" + REDACTED + m.group("at")
+            return head + ":" + (REDACTED if password else "") + m.group("at")
         if m.group("kw") is None:
             return REDACTED
         head = m.group(0)[: m.end("sep") - m.start()]
