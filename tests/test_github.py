@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import http.server
 import itertools
 import os
 import re
@@ -19,12 +20,13 @@ import pytest
 
 from tests.conftest import git
 from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
-from tests.localhost import forwarding_proxy
+from tests.localhost import forwarding_proxy, listening
 from worktree_swarm.core.errors import BadInputError, ExitCode
 from worktree_swarm.git.repo import open_repo, strip_userinfo
 from worktree_swarm.github import access, errors
 from worktree_swarm.github import client as github
 from worktree_swarm.github.proxy import proxy_for
+from worktree_swarm.infra.redact import REDACTED
 
 
 @pytest.fixture
@@ -750,6 +752,49 @@ def test_a_dead_proxy_is_named_not_taken_for_the_api(
         " that proxy setting, the network or --api-url / SWARM_GITHUB_API_URL"
     )
     assert "S3cretPw" not in repr(c)
+    assert fake_github.requests == []
+
+
+class _EchoingProxy(http.server.BaseHTTPRequestHandler):
+    """A proxy that refuses every request (407), echoing the login it was sent."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # a request for an http API
+        said = f"you sent Proxy-Authorization {self.headers.get('proxy-authorization')}"
+        page = f"<html><p>{said}</p></html>".encode()
+        self.send_response(407, said)
+        self.send_header("content-length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_CONNECT = do_GET  # a tunnel to an https API: refused, the reason echoing it  # noqa: N815
+
+
+def test_a_proxys_password_echoed_back_by_it_is_in_no_failure(
+    repo: Path, fake_github: FakeGitHub, proxy_env: pytest.MonkeyPatch
+) -> None:
+    # A proxy's refusal (its page, the reason of a refused tunnel) that echoes the login
+    # urllib sent it showed `Basic <base64 of user:password>` in the failure line, which
+    # `swarm pr` prints and stores.
+    password = "Pr0xy/pw@2024"  # noqa: S105 - a fake
+    login = base64.b64encode(f"swarm:{password}".encode()).decode()
+    with listening(_EchoingProxy) as proxy:
+        address = proxy.removeprefix("http://")
+        for variable in ("HTTP_PROXY", "HTTPS_PROXY"):  # the password as a URL spells it
+            proxy_env.setenv(variable, f"http://swarm:Pr0xy%2Fpw%402024@{address}")
+        failures = []
+        for api in (fake_github.url, "https://ghe.example/api/v3"):
+            with pytest.raises(errors.GitHubError) as info:
+                connected(repo, api).check_access()
+            failures.append(str(info.value))
+    assert "407" in failures[0], failures
+    assert "Tunnel connection failed: 407" in failures[1], failures
+    for said in failures:
+        assert f"Basic {REDACTED}" in said, said
+        assert login not in said, said
+        assert "Pr0xy" not in said, said
     assert fake_github.requests == []
 
 

@@ -9,6 +9,7 @@ Python's urllib, whose ``no_proxy`` rules apply. Under CGI
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import is_http_url, one_line
+from worktree_swarm.infra.redact import MIN_SECRET_LEN, REDACTED
 
 SCHEMES = frozenset({"http", "https"})  # what urllib speaks to a proxy: no socks
 
@@ -32,6 +34,23 @@ class Proxy:
         return f"{self.variable}={_shown(self.url)}"
 
     __str__ = __repr__
+
+    def redact(self, text: str) -> str:
+        """*text* without this proxy's password, nor the login urllib sends it (its base64).
+
+        A proxy's error page, or the reason of its refusal, may echo ``Proxy-Authorization``.
+        """
+        user, _, password = _userinfo(self.url).partition(":")
+        if not password:
+            return text
+        plain = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+        secrets = {base64.b64encode(plain.encode()).decode("ascii")}
+        secrets |= {
+            p for p in (password, urllib.parse.unquote(password)) if len(p) >= MIN_SECRET_LEN
+        }
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
 
     def handler(self, scheme: str) -> urllib.request.ProxyHandler:
         """What sends the requests of *scheme* (the API's) through this proxy."""
@@ -97,9 +116,19 @@ def _bypassed(netloc: str, no_proxy: str) -> bool:
     return False
 
 
+def _netloc(url: str) -> str:
+    """What comes between *url*'s ``://`` and its path, as urllib reads a proxy's URL."""
+    rest = url.partition("://")[2]
+    end = rest.find("/", max(rest.find("@"), 0))
+    return rest if end == -1 else rest[:end]
+
+
+def _userinfo(url: str) -> str:
+    """*url*'s ``user:password`` (``""`` without any)."""
+    return _netloc(url).rpartition("@")[0]
+
+
 def _shown(url: str) -> str:
     """*url*'s scheme and host, without what comes before its host (urllib's reading)."""
-    scheme, _, rest = url.partition("://")
-    end = rest.find("/", max(rest.find("@"), 0))
-    host = (rest if end == -1 else rest[:end]).rpartition("@")[2]
-    return one_line(f"{scheme}://{host}", limit=100, controls=True)
+    host = _netloc(url).rpartition("@")[2]
+    return one_line(f"{url.partition('://')[0]}://{host}", limit=100, controls=True)

@@ -141,7 +141,7 @@ class Session:
             raise GitHubError("GitHub's link to the next page is no URL; not followed") from None
         if (here.scheme, here.netloc) != (there.scheme, there.netloc):
             host = there.netloc.rpartition("@")[2]  # never a user:password@ it holds
-            shown = one_line(redact(self.token.redact(f"{there.scheme}://{host}")), controls=True)
+            shown = one_line(redact(self._hide(f"{there.scheme}://{host}")), controls=True)
             raise GitHubError(
                 f"GitHub's next page is on {shown[:100]}, not on the API's {self.api_url};"
                 " not followed (the token goes to the API host only): set --api-url to the"
@@ -258,7 +258,7 @@ class Session:
             dropped = _dropped(reason, method)
             if not dropped and sent and method in WRITE_METHODS and self._answered:
                 raise UnreachableError(
-                    self.token.redact(
+                    self._hide(
                         f"{self._api} dropped {method} {self._display(url)} ({reason}){_MAYBE_DONE}"
                     )
                 ) from None
@@ -268,7 +268,7 @@ class Session:
     def _unreachable(self, reason: object) -> str:
         """What to say of a request that did not reach the API, for *reason*."""
         check = "" if self.proxy is None else "that proxy setting, "
-        return self.token.redact(
+        return self._hide(
             f"cannot reach {self._api} ({reason}); "
             f"check {check}the network or --api-url / {API_URL_ENV}"
         )
@@ -276,7 +276,7 @@ class Session:
     def _unanswered(self, method: str, url: str, seconds: float) -> str:
         """What to say of a request the API took and did not answer within *seconds*."""
         after = _MAYBE_DONE if method in WRITE_METHODS else "; try again later"
-        return self.token.redact(
+        return self._hide(
             f"{self._api} did not answer {method} {self._display(url)} within {seconds:g}s{after}"
         )
 
@@ -293,7 +293,7 @@ class Session:
         detail = self._detail(raw, data)
         if status in _MOVED:
             location = headers.get("location") or ""
-            shown = strip_userinfo(self.token.redact(location or "nowhere"))
+            shown = strip_userinfo(self._hide(location or "nowhere"))
             where = one_line(redact(shown), limit=200, controls=True)
             said = f"GitHub {method} {self._display(url)} answered {status}"
             if not self._on_api_host(location, relative_to=url):
@@ -315,7 +315,7 @@ class Session:
             404: f"; check that {self.repo} exists and the token can see it",
         }.get(status, "")
         raise GitHubError(
-            self.token.redact(
+            self._hide(
                 f"GitHub {method} {self._display(url)} failed with {status}: {detail}{hint}"
             ),
             status=status,
@@ -324,10 +324,10 @@ class Session:
     def _detail(self, raw: bytes, data: object) -> str:
         """What an error reply says (its message, else its page): one line, redacted, cut."""
         # Redacted before it is cut: a page that echoes the token never shows part of it.
-        page = self.token.redact(raw.decode("utf-8", "replace"))
+        page = self._hide(raw.decode("utf-8", "replace"))
         # One line of printable text: a proxy's HTML page, or escapes an answer carries, never
         # break a task's line or reach your terminal.
-        said = redact(self.token.redact(_error_detail(data)) or page)
+        said = redact(self._hide(_error_detail(data)) or page)
         return one_line(said, controls=True)[:200]
 
     def _on_api_host(self, location: str, *, relative_to: str) -> bool:
@@ -338,6 +338,11 @@ class Session:
         except ValueError:  # `http://[x/`: no URL, no host
             return False
         return (here.scheme, here.netloc) == (there.scheme, there.netloc)
+
+    def _hide(self, text: str) -> str:
+        """*text* without the token, nor the proxy's password and login (a proxy may echo it)."""
+        text = self.token.redact(text)
+        return text if self.proxy is None else self.proxy.redact(text)
 
     def _display(self, url: str) -> str:
         return url.removeprefix(self.api_url).split("?", 1)[0]
