@@ -583,6 +583,34 @@ def test_a_token_as_a_urls_user_name_is_redacted_where_an_agent_prints_it(
             assert token.encode() not in file.read_bytes(), file
 
 
+@pytest.mark.parametrize(
+    "userinfo",
+    ["x-access-token:Zq9rT2mW8vK4", "0123456789abcdef0123456789abcdef01234567"],
+)
+def test_a_remote_url_with_credentials_is_refused_not_stored(repo: Path, userinfo: str) -> None:
+    # `remote = "https://user:token@host/..."` in swarm.toml (or --remote) was kept in the
+    # run's settings in state.db, as given.
+    url = f"https://{userinfo}@127.0.0.1:9/acme/w.git"
+    (repo / "swarm.toml").write_text(f'remote = "{url}"\n')
+    out = swarm(repo, "run", "--agent", "true", "-t", "a=x")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        "swarm: swarm.toml: remote: 'https://127.0.0.1:9/acme/w.git' is given with credentials"
+        " in its URL, which the run would store; add it as a remote (`git remote add NAME"
+        " URL`) and give NAME, or let a git credential helper log in\n"
+    )
+    assert not (repo / ".git" / "swarm" / "state.db").exists()
+    (repo / "swarm.toml").unlink()
+    out = swarm(repo, "run", "--agent", "true", "-t", "a=x", "--executor", "ray", "--remote", url)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("swarm: --remote: 'https://127.0.0.1:9/acme/w.git' is given")
+    assert userinfo.rsplit(":", maxsplit=1)[-1] not in out.stdout + out.stderr
+    # A user name is no credential: stored as given.
+    (repo / "swarm.toml").write_text('remote = "ssh://git@127.0.0.1:9/acme/w.git"\n')
+    swarm(repo, "run", "--agent", "true", "-t", "a=x")
+    assert status_json(repo)["a"]["state"] == "no_changes"
+
+
 def test_a_copy_files_token_user_name_is_redacted_where_an_agent_prints_it_bare(
     repo: Path, write_agent: AgentFactory
 ) -> None:

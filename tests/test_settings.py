@@ -46,7 +46,7 @@ def sample(entry: Setting) -> object:
         return next(c.value for c in reversed(list(entry.choices)) if c != entry.default)
     values: dict[Kind, object] = {
         Kind.TEXT: "some text",
-        Kind.NAME: "a-name",
+        Kind.REMOTE: "a-name",
         Kind.IDS: ["a", "a"],
         Kind.PATH: "elsewhere/wt",
         Kind.PATHS: ["/opt/cache"],

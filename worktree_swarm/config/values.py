@@ -21,6 +21,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.units import parse_duration, parse_size
+from worktree_swarm.git.repo import holds_credentials, strip_userinfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -124,6 +125,17 @@ def _non_empty(value: object, where: str) -> str:
     text = _string(value, where)
     if not text.strip():
         raise BadInputError(f"{where}: must not be empty")
+    return text
+
+
+def _remote(value: object, where: str) -> str:
+    text = _non_empty(value, where)
+    if holds_credentials(text):  # kept in the run's record as given
+        raise BadInputError(
+            f"{where}: {strip_userinfo(text)!r} is given with credentials in its URL, which the"
+            " run would store; add it as a remote (`git remote add NAME URL`) and give NAME,"
+            " or let a git credential helper log in"
+        )
     return text
 
 
@@ -303,7 +315,7 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
 
 _READERS: Mapping[Kind, Callable[[object, str], object]] = {
     Kind.TEXT: _string,
-    Kind.NAME: _non_empty,
+    Kind.REMOTE: _remote,
     Kind.IDS: _ids,
     Kind.PATH: _non_empty,
     Kind.PATHS: _abs_paths,

@@ -216,7 +216,7 @@ class RunSettings:
     )
     remote: str = setting(
         "origin",
-        kind=Kind.NAME,
+        kind=Kind.REMOTE,
         scope=Scope.RUN,
         flag=Flag(name="--remote", metavar="NAME", help="The remote the nodes share."),
         doc="the remote (name or URL) every node clones from and pushes checkpoints to "

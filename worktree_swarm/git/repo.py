@@ -22,6 +22,7 @@ from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exporte
 from worktree_swarm.core.text import is_utf8, one_line, path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
+from worktree_swarm.infra import redact
 
 if TYPE_CHECKING:
     import subprocess
@@ -320,6 +321,18 @@ def branch_tips(repo: Repo) -> dict[str, str]:
 def strip_userinfo(url: str) -> str:
     """*url* without ``user:password@``, as git shows a remote's URL (the user can be a token)."""
     return _USERINFO_RE.sub("", url)
+
+
+def holds_credentials(url: str) -> bool:
+    """Whether *url*'s user info holds a password, or a user name that is a token.
+
+    A name (``ssh://git@host``, ``https://alice@host``) is no credential.
+    """
+    found = _USERINFO_RE.search(url)
+    if found is None:
+        return False
+    user, _, password = found.group(0).removesuffix("@").partition(":")
+    return bool(password) or redact.is_token_user(user)
 
 
 def remote_location(repo: Repo, remote: str) -> str:

@@ -179,6 +179,11 @@ def made_up(value: str) -> bool:
     return _made_up(value)
 
 
+def is_token_user(user: str) -> bool:
+    """Whether a URL's user name *user* may be a credential (a token), as the redactor reads it."""
+    return _is_token_user(user)
+
+
 def is_secret_name(name: str) -> bool:
     """Whether an environment variable called *name* holds a secret (API_KEY, GH_TOKEN, ...)."""
     return _SECRET_NAME.search(name) is not None
