@@ -678,3 +678,102 @@ def test_resume_reads_a_launch_no_attempt_records_as_the_fallbacks(
     assert row[2].startswith("codex rate limited: unexpected status 429")
     assert row[3] == "codex-a-session"
     assert status_json(repo)["a"]["state"] == "done"
+
+
+def _killed_before_the_wait_is_decided(repo: Path, fake_agents: Path, text: str, cut: str) -> None:
+    """Run a (*text*): claude meets a usage window with no manager to decide its wait.
+
+    The manager is killed while claude runs, and the store left as a kill at *cut* leaves
+    it: ``unrecorded`` between the launch and the attempt's record, ``undecided`` between
+    the attempt's end on record and its wait.
+    """
+    plan(fake_agents, "claude", "a", "window")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FAKE_HOLD_CALL", "claude-a-1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: _agents_if_any(repo) == ["claude"], what="claude's attempt")
+        wait_for((fake_agents / "claude-a.calls").exists, what="claude to run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        (fake_agents / "go").touch()
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def claude_ended() -> shim_record.ShimRecord | None:
+        for path in runs.glob("*/a/attempt-1.exit.json"):
+            record = shim_record.read_record(path)
+            if record is not None and record.exit_code == 1:
+                return record
+        return None
+
+    wait_for(lambda: claude_ended() is not None, what="claude to end")
+    record = claude_ended()
+    assert record is not None
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
+        if cut == "unrecorded":
+            db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 1")
+            db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+        else:
+            db.execute(
+                "UPDATE attempts SET ended_at = ?, exit_code = 1, outcome = 'rate_limited',"
+                " reason = 'claude usage limit' WHERE task_id = 'a' AND number = 1",
+                (record.ended_at,),
+            )
+
+
+def _wait_of(repo: Path, number: int) -> tuple[float | None, int]:
+    """The recorded wait after a's attempt *number*: until when, and whether a window's."""
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        row = db.execute(
+            "SELECT retry_at, usage_window FROM attempts WHERE task_id = 'a' AND number = ?",
+            (number,),
+        ).fetchone()
+    return (None, 0) if row is None else (row[0], row[1])
+
+
+@pytest.mark.parametrize("cut", ["unrecorded", "undecided"])
+def test_resume_hands_a_window_no_manager_decided_to_the_fallback(
+    repo: Path, fake_agents: Path, cut: str
+) -> None:
+    # No reset on record: the replay saw no window and asked claude again at once.
+    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
+    _killed_before_the_wait_is_decided(repo, fake_agents, text, cut)
+    out = swarm(repo, "resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert agents_of(repo, "a") == ["claude", "codex"]
+    assert len(calls(fake_agents, "claude", "a")) == 1
+    assert "usage limit" in calls(fake_agents, "codex", "a")[0][-1]  # the hand-over says why
+    reset, window = _wait_of(repo, 1)
+    assert reset is not None
+    assert reset > time.time() + 4 * 3600  # the stated reset, five hours on
+    assert window == 1
+    assert status_json(repo)["a"]["state"] == "done"
+
+
+def test_resume_waits_for_a_window_no_manager_decided(repo: Path, fake_agents: Path) -> None:
+    # Without a fallback the task waits for the stated reset; it backed off and asked again.
+    text = tasks(["a"], 'agent = "claude"\nmax_wait = "6h"')
+    _killed_before_the_wait_is_decided(repo, fake_agents, text, "undecided")
+    resumed = swarm_bg(repo, "resume")
+    try:
+        wait_for(lambda: _wait_of(repo, 1)[0] is not None, what="the wait to be decided")
+        reset, window = _wait_of(repo, 1)
+        assert reset is not None
+        assert reset > time.time() + 4 * 3600
+        assert window == 1
+        wait_for(lambda: _state_of(repo, "a") == "rate_limited", what="the task to wait")
+        row = status_json(repo)["a"]
+        assert row["state"] == "rate_limited"
+        assert str(row["reason"]).startswith("resuming after ")
+        assert len(calls(fake_agents, "claude", "a")) == 1
+        out = swarm(repo, "stop", "a")
+        assert out.returncode == 0, out.stderr
+        assert resumed.wait(timeout=60) in {0, 1}
+    finally:
+        resumed.kill()
+    assert status_json(repo)["a"]["state"] == "stopped"

@@ -26,9 +26,9 @@ from worktree_swarm.infra import faults, scrub, shim_record, shim_server, starts
 from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
-from worktree_swarm.run.agent_watch import AgentWatch, Ended
-from worktree_swarm.run.course import Course, past_max_wait
-from worktree_swarm.run.gate_model import Limit, Signal
+from worktree_swarm.run.agent_watch import AgentWatch, Ended, read_log
+from worktree_swarm.run.course import Course, decided, past_max_wait
+from worktree_swarm.run.gate_model import Limit, Signal, limit_kind
 from worktree_swarm.run.run_worker import Live, worktree_path
 
 
@@ -227,7 +227,8 @@ class AttemptLaunch(AgentWatch):
         """Pick up the last attempt of a previous manager.
 
         An attempt still open is adopted: watched until its process (if still alive) ends,
-        then read from its log. A finished one is taken as it was recorded.
+        then read from its log. A finished one is taken as it was recorded; a rate-limited one
+        whose wait was never decided (its manager killed first) has its limit read again.
         """
         if attempt.ended_at is not None:
             recorded = AttemptOutcome.parse(attempt.outcome)
@@ -243,19 +244,22 @@ class AttemptLaunch(AgentWatch):
             if recorded is AttemptOutcome.DISK_FULL:  # tried again once there is room
                 failed = AgentResult(outcome=outcome, reason=attempt.reason)
                 return Ended(result=failed, disk_full=True, reason=attempt.reason)
+            retry_at, window = attempt.retry_at, attempt.usage_window
+            if not decided(attempt):  # its limit as the agent said it, read again
+                retry_at, window = _stated_limit(attempt, profile)
             result = AgentResult(
                 outcome=outcome,
                 reason=attempt.reason,
                 session_id=attempt.session_id,
-                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
+                retry_at=retry_at,  # the wait it was in: resuming does not restart it
             )
-            if attempt.usage_window:  # a fresh gate learns the window again, as it was told:
+            if window:  # a fresh gate learns the window again, as it was told:
                 # a claim, no new throttle; and a window near its end is no throttle either,
                 # which would hold every task of the provider until then.
-                told = Limit(signal=Signal.WINDOW, retry_at=attempt.retry_at, detail="usage limit")
+                told = Limit(signal=Signal.WINDOW, retry_at=retry_at, detail="usage limit")
                 self.gate.report(provider_of(profile), told, task=live.task.id, recalled=True)
             # A throttle's recorded wait is the task's own backoff, however far: not a window.
-            return Ended(result=result, usage_window=attempt.usage_window)
+            return Ended(result=result, usage_window=window)
         identity = ProcessIdentity(
             pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid
         )
@@ -315,3 +319,18 @@ class AttemptLaunch(AgentWatch):
             findings=self._findings,
             extra=self.spec.sandbox_writable,
         )
+
+
+def _stated_limit(attempt: AttemptRow, profile: str) -> tuple[float | None, bool]:
+    """The reset a rate-limited *attempt*'s agent stated, and whether it was a usage window.
+
+    Read from its log with its agent's parser, as of its end (a reset stated as "in N s" or
+    as a time of day is then's), as the manager that saw it end read it.
+    """
+    ended = attempt.ended_at or time.time()
+    result = adapter_for(attempt.agent or profile).interpret(
+        exit_code=attempt.exit_code, log_text=read_log(Path(attempt.log_path)), now=ended
+    )
+    if result.outcome is not AgentOutcome.RATE_LIMITED:
+        return None, False
+    return result.retry_at, limit_kind(retry_at=result.retry_at, now=ended) is Signal.WINDOW
