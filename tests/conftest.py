@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,31 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def checkpoint_lines(cwd: Path, ref: str) -> list[str]:
+    """The subject of *ref*'s commit, then its trailers (Swarm-Task, Swarm-Attempt, ...)."""
+    return git(cwd, "log", "-1", "--format=%s%n%(trailers:only,unfold)", ref).splitlines()
+
+
+def retried_tip(repo: Path) -> str:
+    """The previous tip the one ``retry`` event of *repo*'s runs names."""
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
+        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
+    return str(json.loads(row[0])["previous_tip"])
+
+
+def unrecord_launch(repo: Path, task: str, number: int) -> None:
+    """Leave what a manager killed between a launch and its attempt's record leaves.
+
+    The intent (``launching``), no attempt: attempt *number* of *task* goes from the store.
+    """
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
+        db.execute("DELETE FROM attempts WHERE task_id = ? AND number = ?", (task, number))
+        db.execute(
+            "UPDATE tasks SET launching = ?, attempts = ? WHERE task_id = ?",
+            (number, number - 1, task),
+        )
 
 
 def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:

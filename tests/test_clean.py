@@ -27,6 +27,7 @@ from tests.conftest import (
     agent_command,
     agent_python,
     as_owner_only,
+    checkpoint_lines,
     git,
     git_first_on_path,
     make_repo,
@@ -437,11 +438,11 @@ def test_clean_commits_an_edit_an_index_flag_hides_from_git_status(
     assert git(repo, "show", "swarm/nothing:README.md") == "edited after the run"
 
 
-def test_clean_commits_what_it_finds_as_you_as_the_runs_own_checkpoints(
-    repo: Path, write_agent: AgentFactory
-) -> None:
-    # Its commit was always `worktree-swarm <swarm@localhost>`'s, whoever ran the run.
-    you = git(repo, "var", "GIT_AUTHOR_IDENT").rsplit(" ", 2)[0]  # as git takes it
+def _cleaned_after_a_failed_run(repo: Path, write_agent: AgentFactory) -> None:
+    """Run task `nothing` (it fails), write later.txt in its worktree, then `swarm clean --yes`.
+
+    The clean checkpoints that file onto swarm/nothing.
+    """
     agent = " ".join(write_agent(BY_ID_AGENT))
     assert swarm(repo, "run", "--agent", agent, "-t", "nothing=a").returncode == 1
     worktree = repo.parent / "repo.swarm" / "nothing"
@@ -450,6 +451,14 @@ def test_clean_commits_what_it_finds_as_you_as_the_runs_own_checkpoints(
     found = report(repo, "clean", "--yes", code=0)
 
     assert "checkpointed" in str(found[str(worktree)]["result"])
+
+
+def test_clean_commits_what_it_finds_as_you_as_the_runs_own_checkpoints(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # Its commit was always `worktree-swarm <swarm@localhost>`'s, whoever ran the run.
+    you = git(repo, "var", "GIT_AUTHOR_IDENT").rsplit(" ", 2)[0]  # as git takes it
+    _cleaned_after_a_failed_run(repo, write_agent)
     assert git(repo, "show", "swarm/nothing:later.txt") == "written after the run"
     made = git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "swarm/nothing")
     assert made == f"{you}|{you}"
@@ -460,16 +469,8 @@ def test_clean_commits_what_it_finds_with_the_tasks_swarm_trailers(
     repo: Path, write_agent: AgentFactory
 ) -> None:
     # Its commit named no task, attempt or agent, as every other checkpoint does.
-    agent = " ".join(write_agent(BY_ID_AGENT))
-    assert swarm(repo, "run", "--agent", agent, "-t", "nothing=a").returncode == 1
-    worktree = repo.parent / "repo.swarm" / "nothing"
-    (worktree / "later.txt").write_text("written after the run\n")
-
-    found = report(repo, "clean", "--yes", code=0)
-
-    assert "checkpointed" in str(found[str(worktree)]["result"])
-    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/nothing")
-    assert made.splitlines() == [
+    _cleaned_after_a_failed_run(repo, write_agent)
+    assert checkpoint_lines(repo, "swarm/nothing") == [
         "swarm: checkpoint nothing (clean)",
         "Swarm-Task: nothing",
         "Swarm-Attempt: 1",

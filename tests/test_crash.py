@@ -26,7 +26,16 @@ import filelock
 import psutil
 import pytest
 
-from tests.conftest import git, git_first_on_path, hang_git_at, make_repo, tmpfs
+from tests.conftest import (
+    checkpoint_lines,
+    git,
+    git_first_on_path,
+    hang_git_at,
+    make_repo,
+    retried_tip,
+    tmpfs,
+    unrecord_launch,
+)
 from tests.crashkit import TASKS, install_fake_claude, run_trial
 from tests.test_resilience import calls, fake_claude, plan  # noqa: F401 - fixture import
 from tests.test_run import (
@@ -588,13 +597,10 @@ def test_a_fresh_retry_first_commits_what_the_user_left_in_the_worktree(
     assert swarm(repo, "run", manifest(repo, text)).returncode == 1
     (repo.parent / "repo.swarm" / "a" / "userfix.txt").write_text("my manual fix\n")
     swarm(repo, "retry", "a", "--fresh")
-    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
-        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
-    previous = json.loads(row[0])["previous_tip"]
+    previous = retried_tip(repo)
     assert git(repo, "show", f"{previous}:userfix.txt") == "my manual fix"
     # Named as every checkpoint is: the task, its attempt so far and its agent.
-    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", previous)
-    assert made.splitlines() == [
+    assert checkpoint_lines(repo, previous) == [
         "swarm: checkpoint a (retry --fresh)",
         "Swarm-Task: a",
         "Swarm-Attempt: 1",
@@ -1667,10 +1673,7 @@ def _unrecorded_launch(
     launches = fake / "a.launches"
     agent = int(written(launches, timeout=120, what="the agent"))
     _kill_group(proc)
-    # What a kill between the launch and its record leaves: the intent, no attempt.
-    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
-        db.execute("DELETE FROM attempts WHERE task_id = 'a'")
-        db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    unrecord_launch(repo, "a", 1)
     return fake, agent
 
 
@@ -1721,10 +1724,7 @@ def test_a_silent_agent_that_ended_unrecorded_is_not_launched_again(
     _kill_group(proc)
     gate.touch()
     wait_for(lambda: not pid_alive(pid), timeout=120, what="the agent to end")
-    # What a kill between the launch and its record leaves: the intent, no attempt.
-    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
-        db.execute("DELETE FROM attempts WHERE task_id = 'a'")
-        db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
+    unrecord_launch(repo, "a", 1)
     assert not next((repo / ".git" / "swarm" / "runs").rglob("attempt-1.log")).read_text()
     out = swarm(repo, "resume")
     assert out.returncode == 0, out.stdout + out.stderr

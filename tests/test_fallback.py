@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, script_interpreter
+from tests.conftest import (
+    checkpoint_lines,
+    git,
+    retried_tip,
+    script_interpreter,
+    unrecord_launch,
+)
 from tests.test_run import (
     AgentFactory,
     argv_toml,
@@ -238,12 +244,9 @@ def test_the_reset_survives_resume(repo: Path, fake_agents: Path) -> None:
         assert _retry_at(repo) == recorded
         assert status_json(repo)["a"]["reason"] == before["reason"]
         assert len(calls(fake_agents, "claude", "a")) == 1
-        out = swarm(repo, "stop", "a")
-        assert out.returncode == 0, out.stderr
-        assert resumed.wait(timeout=60) in {0, 1}
+        _stopped_while_waiting(repo, resumed)
     finally:
         proc.kill()
-    assert status_json(repo)["a"]["state"] == "stopped"
 
 
 def test_tasks_waiting_out_one_providers_window_let_another_providers_run(
@@ -336,6 +339,14 @@ def _retry_at(repo: Path) -> float | None:
     except sqlite3.OperationalError:  # the manager is still creating the store
         return None
     return None if row is None else row[0]
+
+
+def _stopped_while_waiting(repo: Path, manager: subprocess.Popen[str]) -> None:
+    """`swarm stop a` while *manager* waits out a's limit: it ends, and a is stopped."""
+    out = swarm(repo, "stop", "a")
+    assert out.returncode == 0, out.stderr
+    assert manager.wait(timeout=60) in {0, 1}
+    assert status_json(repo)["a"]["state"] == "stopped"
 
 
 def _state_of(repo: Path, task: str) -> str | None:
@@ -470,13 +481,7 @@ def test_what_clean_commits_after_a_hand_over_names_the_fallback(
     assert out.returncode == 0, out.stdout + out.stderr
     assert not worktree.exists()
     assert branch_file(repo, "swarm/a", "later.txt") == "written after the run"
-    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
-    assert made.splitlines() == [
-        "swarm: checkpoint a (clean)",
-        "Swarm-Task: a",
-        "Swarm-Attempt: 2",
-        "Swarm-Agent: codex",
-    ]
+    assert checkpoint_lines(repo, "swarm/a") == _second_attempts("clean", "codex")
 
 
 def test_what_a_fresh_retry_commits_after_a_hand_over_names_the_fallback(
@@ -484,45 +489,21 @@ def test_what_a_fresh_retry_commits_after_a_hand_over_names_the_fallback(
 ) -> None:
     _failed_after_a_hand_over(repo, fake_agents)
     swarm(repo, "retry", "a", "--fresh")
-    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
-        (row,) = db.execute("SELECT data FROM events WHERE kind = 'retry'").fetchall()
-    previous = json.loads(row[0])["previous_tip"]
+    previous = retried_tip(repo)
     assert git(repo, "show", f"{previous}:later.txt") == "written after the run"
-    made = git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", previous)
-    assert made.strip() == "codex"
+    assert _agent_named(repo, previous) == "codex"
 
 
 def test_what_stop_commits_after_a_hand_over_names_the_fallback(
-    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, fake_agents: Path
 ) -> None:
     # codex runs when the manager is killed: `swarm stop` stops it and commits its worktree.
     plan(fake_agents, "claude", "a", "window")
-    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
-    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
-        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    (repo.parent / "repo.swarm" / "a" / "half.txt").write_text("half done\n")
-    try:
-        out = swarm(repo, "stop")
-    finally:  # nothing left waiting if the stop failed
-        (fake_agents / "go").touch()
+    _killed_while_held(repo, fake_agents, HANDED_OVER, ["claude", "codex"])
+    out = _stopped_half_done(repo, fake_agents)
     assert out.returncode == 0, out.stdout + out.stderr
     assert branch_file(repo, "swarm/a", "half.txt") == "half done"
-    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
-    assert made.splitlines() == [
-        "swarm: checkpoint a (stopped)",
-        "Swarm-Task: a",
-        "Swarm-Attempt: 2",
-        "Swarm-Agent: codex",
-    ]
+    assert checkpoint_lines(repo, "swarm/a") == _second_attempts("stopped", "codex")
 
 
 def _agents_if_any(repo: Path) -> list[str]:
@@ -536,6 +517,70 @@ def _agents_if_any(repo: Path) -> list[str]:
             return [r[0] for r in rows.fetchall()]
     except sqlite3.Error:
         return []
+
+
+HANDED_OVER = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')  # codex after claude
+
+
+def _killed_while_held(repo: Path, fake_agents: Path, text: str, attempts: list[str]) -> None:
+    """Run *text*; SIGKILL its manager (its process group) once a's *attempts* are recorded.
+
+    The last of them (its agent's first call) waits, with no manager, until ``go`` is made.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FAKE_HOLD_CALL", f"{attempts[-1]}-a-1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
+            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: _agents_if_any(repo) == attempts, what=f"{attempts[-1]}'s attempt")
+        wait_for((fake_agents / f"{attempts[-1]}-a.calls").exists, what="it to run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _ended_unwatched(repo: Path, number: int) -> shim_record.ShimRecord:
+    """The shim's record of a's attempt *number*, once its agent exited 1 with no manager."""
+    runs = repo / ".git" / "swarm" / "runs"
+
+    def ended() -> shim_record.ShimRecord | None:
+        for path in runs.glob(f"*/a/attempt-{number}.exit.json"):
+            record = shim_record.read_record(path)
+            if record is not None and record.exit_code == 1:
+                return record
+        return None
+
+    wait_for(lambda: ended() is not None, what="the agent to end")
+    record = ended()
+    assert record is not None
+    return record
+
+
+def _stopped_half_done(repo: Path, fake_agents: Path) -> subprocess.CompletedProcess[str]:
+    """`swarm stop`, a's held agent having written half.txt; the agent is let go after it."""
+    (repo.parent / "repo.swarm" / "a" / "half.txt").write_text("half done\n")
+    try:
+        return swarm(repo, "stop")
+    finally:  # nothing left waiting if the stop failed
+        (fake_agents / "go").touch()
+
+
+def _second_attempts(why: str, agent: str) -> list[str]:
+    """What :func:`checkpoint_lines` reads of a checkpoint of a's 2nd attempt (*agent*'s)."""
+    return [
+        f"swarm: checkpoint a ({why})",
+        "Swarm-Task: a",
+        "Swarm-Attempt: 2",
+        f"Swarm-Agent: {agent}",
+    ]
+
+
+def _agent_named(repo: Path, ref: str) -> str:
+    """The Swarm-Agent trailer of *ref*'s commit."""
+    return git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", ref).strip()
 
 
 # Writes its task's file; b fails until the file named by its argument exists.
@@ -575,48 +620,24 @@ def test_what_max_disk_commits_before_removing_a_worktree_names_the_fallback(
     assert out.returncode == 0, out.stdout + out.stderr
     assert not worktree.exists()
     assert branch_file(repo, "swarm/a", "later.txt") == "written after the run"
-    made = git(repo, "log", "-1", "--format=%s%n%(trailers:only,unfold)", "swarm/a")
-    assert made.splitlines() == [
-        "swarm: checkpoint a (before removing its worktree for max_disk)",
-        "Swarm-Task: a",
-        "Swarm-Attempt: 2",
-        "Swarm-Agent: claude",
-    ]
+    why = "before removing its worktree for max_disk"
+    assert checkpoint_lines(repo, "swarm/a") == _second_attempts(why, "claude")
     files = git(repo, "ls-tree", "-r", "--name-only", "swarm/a").split()
     assert ".claude/settings.local.json" not in files
 
 
 def test_a_stopped_launch_no_attempt_records_is_the_fallbacks(
-    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, fake_agents: Path
 ) -> None:
     # The manager is killed once codex took over, between its launch and its attempt's record:
     # `swarm stop` recorded that attempt as claude's, and its checkpoint named claude.
     plan(fake_agents, "claude", "a", "window")
-    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
-    text = tasks(["a"], 'agent = "claude"\nfallback = ["codex"]')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
-        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    # What a kill between the launch and its record leaves: the intent, no attempt.
-    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
-        db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 2")
-        db.execute("UPDATE tasks SET launching = 2, attempts = 1 WHERE task_id = 'a'")
-    (repo.parent / "repo.swarm" / "a" / "half.txt").write_text("half done\n")
-    try:
-        out = swarm(repo, "stop")
-    finally:  # nothing left waiting if the stop failed
-        (fake_agents / "go").touch()
+    _killed_while_held(repo, fake_agents, HANDED_OVER, ["claude", "codex"])
+    unrecord_launch(repo, "a", 2)
+    out = _stopped_half_done(repo, fake_agents)
     assert out.returncode == 0, out.stdout + out.stderr
     assert agents_of(repo, "a") == ["claude", "codex"]
-    made = git(repo, "log", "-1", "--format=%(trailers:key=Swarm-Agent,valueonly)", "swarm/a")
-    assert made.strip() == "codex"
+    assert _agent_named(repo, "swarm/a") == "codex"
 
 
 def test_a_fallbacks_checkpoints_leave_out_the_files_of_the_agent_before_it(
@@ -636,39 +657,19 @@ def test_a_fallbacks_checkpoints_leave_out_the_files_of_the_agent_before_it(
 
 
 def test_resume_reads_a_launch_no_attempt_records_as_the_fallbacks(
-    repo: Path, fake_agents: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, fake_agents: Path
 ) -> None:
     # The manager is killed once codex took over, between its launch and its attempt's record,
     # and codex then meets a usage window: `swarm resume` recorded that attempt as no agent's
     # and read codex's output as claude's ("claude exited 1": the task failed).
     plan(fake_agents, "claude", "a", "window")
     plan(fake_agents, "codex", "a", "window")
-    monkeypatch.setenv("FAKE_HOLD_CALL", "codex-a-1")
     text = tasks(["a"], 'agent = "claude"\nfallback = ["codex", "gemini"]')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
-        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _agents_if_any(repo) == ["claude", "codex"], what="codex's attempt")
-        wait_for((fake_agents / "codex-a.calls").exists, what="codex to run")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        (fake_agents / "go").touch()
-    # What a kill between the launch and its record leaves: the intent, no attempt.
-    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
-        db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 2")
-        db.execute("UPDATE tasks SET launching = 2, attempts = 1 WHERE task_id = 'a'")
-    runs = repo / ".git" / "swarm" / "runs"
-
-    def codex_ended() -> bool:
-        records = [shim_record.read_record(p) for p in runs.glob("*/a/attempt-2.exit.json")]
-        return any(r is not None and r.exit_code == 1 for r in records)
-
-    wait_for(codex_ended, what="codex to end")
+    _killed_while_held(repo, fake_agents, text, ["claude", "codex"])
+    (fake_agents / "go").touch()
+    unrecord_launch(repo, "a", 2)
+    _ended_unwatched(repo, 2)
     out = swarm(repo, "resume")
-    assert out.returncode == 0, out.stdout + out.stderr
     assert out.returncode == 0, out.stdout + out.stderr
     with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db:
         row = db.execute(
@@ -688,42 +689,18 @@ def _killed_before_the_wait_is_decided(repo: Path, fake_agents: Path, text: str,
     the attempt's end on record and its wait.
     """
     plan(fake_agents, "claude", "a", "window")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FAKE_HOLD_CALL", "claude-a-1")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worktree_swarm.cli", "run", manifest(repo, text)],
-            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: _agents_if_any(repo) == ["claude"], what="claude's attempt")
-        wait_for((fake_agents / "claude-a.calls").exists, what="claude to run")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        (fake_agents / "go").touch()
-    runs = repo / ".git" / "swarm" / "runs"
-
-    def claude_ended() -> shim_record.ShimRecord | None:
-        for path in runs.glob("*/a/attempt-1.exit.json"):
-            record = shim_record.read_record(path)
-            if record is not None and record.exit_code == 1:
-                return record
-        return None
-
-    wait_for(lambda: claude_ended() is not None, what="claude to end")
-    record = claude_ended()
-    assert record is not None
+    _killed_while_held(repo, fake_agents, text, ["claude"])
+    (fake_agents / "go").touch()
+    record = _ended_unwatched(repo, 1)
+    if cut == "unrecorded":
+        unrecord_launch(repo, "a", 1)
+        return
     with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
-        if cut == "unrecorded":
-            db.execute("DELETE FROM attempts WHERE task_id = 'a' AND number = 1")
-            db.execute("UPDATE tasks SET launching = 1, attempts = 0 WHERE task_id = 'a'")
-        else:
-            db.execute(
-                "UPDATE attempts SET ended_at = ?, exit_code = 1, outcome = 'rate_limited',"
-                " reason = 'claude usage limit' WHERE task_id = 'a' AND number = 1",
-                (record.ended_at,),
-            )
+        db.execute(
+            "UPDATE attempts SET ended_at = ?, exit_code = 1, outcome = 'rate_limited',"
+            " reason = 'claude usage limit' WHERE task_id = 'a' AND number = 1",
+            (record.ended_at,),
+        )
 
 
 def _wait_of(repo: Path, number: int) -> tuple[float | None, int]:
@@ -771,9 +748,6 @@ def test_resume_waits_for_a_window_no_manager_decided(repo: Path, fake_agents: P
         assert row["state"] == "rate_limited"
         assert str(row["reason"]).startswith("resuming after ")
         assert len(calls(fake_agents, "claude", "a")) == 1
-        out = swarm(repo, "stop", "a")
-        assert out.returncode == 0, out.stderr
-        assert resumed.wait(timeout=60) in {0, 1}
+        _stopped_while_waiting(repo, resumed)
     finally:
         resumed.kill()
-    assert status_json(repo)["a"]["state"] == "stopped"
