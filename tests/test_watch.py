@@ -27,6 +27,7 @@ from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.store import Store
 from worktree_swarm.report import status
 from worktree_swarm.report.status import MERGE_UNDONE, TaskStatus
+from worktree_swarm.ui import watch as watch_module
 from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.watch import WatchApp
 from worktree_swarm.ui.watch_view import TailLog, cells, details
@@ -434,6 +435,37 @@ def test_the_diff_pane_of_a_finished_task_without_changes_says_none_not_none_yet
         run_async(drive)
     finally:
         store.close()
+
+
+def test_the_diff_pane_of_a_task_in_a_state_it_does_not_know_names_it_and_stays_up(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pane's thread read the state as a TaskState: a ValueError there ended the screen.
+    # No store read gives such a row today (Store.tasks refuses it): it is set on the screen,
+    # which re-reads the store only once here.
+    monkeypatch.setattr(watch_module, "REFRESH_S", 3600.0)
+    agent = tmp_path / "agent.py"
+    agent.write_text("print('nothing to do')\n")
+    assert swarm(repo, "run", "--agent", f"{sys.executable} {agent}", "-t", "t=x").returncode
+    app, store = open_app(repo)
+
+    async def drive() -> None:
+        async with app.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: app.selected == "t", "t selected")
+            app.rows["t"] = dataclasses.replace(app.rows["t"], state="merging")
+            await pilot.press("d")
+            view = app.query_one("#diff-view", Log)
+            said = "t: no changes (merging)"
+            await until(pilot, lambda: said in view.lines or not app.is_running, "the pane")
+            assert app.is_running
+            assert said in view.lines
+            await pilot.press("q")
+
+    try:
+        run_async(drive)
+    finally:
+        store.close()
+    assert app.crashed is None
 
 
 def test_the_log_pane_still_ends_at_the_last_line_when_the_details_line_grows(

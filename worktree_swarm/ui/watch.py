@@ -238,9 +238,7 @@ class WatchApp(App[None]):
             text = _shown(text, f"`swarm diff {task_id}` prints all of it")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
             text = _shown(f"{task_id}: its diff cannot be shown: {exc}", "")
-        row = self.rows.get(task_id)
-        ended = row is not None and not TaskState(row.state).is_active
-        text = text or f"{task_id}: {'no changes' if ended else 'no changes yet'}"
+        text = text or f"{task_id}: {_no_changes(self.rows.get(task_id))}"
         self.call_from_thread(self._fill, "#diff-view", text, task_id=task_id)
 
     @work(thread=True, exclusive=True, group="conflicts")
@@ -417,6 +415,20 @@ class WatchApp(App[None]):
         self.messages.append(message)
         # markup=False: task ids, paths and git output are shown as they are.
         self.notify(message, severity="information" if ok else "error", markup=False)
+
+
+def _no_changes(row: TaskStatus | None) -> str:
+    """What the diff pane says of a task whose branch holds no changes (*row*: its status).
+
+    "yet" while it is in play; a state this swarm does not know is named as it is.
+    """
+    if row is None:
+        return "no changes yet"
+    try:
+        active = TaskState(row.state).is_active
+    except ValueError:
+        return f"no changes ({row.state})"
+    return "no changes yet" if active else "no changes"
 
 
 def watch(repo: git.Repo, run_id: str | None, *, checkout: Path | None = None) -> None:
