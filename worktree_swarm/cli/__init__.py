@@ -57,6 +57,13 @@ def cli(ctx: click.Context, directory: Path, debug: bool) -> None:
             os.chdir(directory)
         except OSError as exc:
             raise BadInputError(f"-C {str(directory)!r}: {exc.strerror or exc}") from None
+    try:
+        Path.cwd()
+    except OSError as exc:  # deleted under the shell that started swarm
+        raise BadInputError(
+            f"the current directory is gone ({exc.strerror or exc}); cd into your repository "
+            "again, or pass -C DIR"
+        ) from None
     ctx.ensure_object(dict)
     ctx.obj.update({"dir": Path(), "debug": debug})
 

@@ -1,0 +1,75 @@
+"""Bad input found by fuzzing the real CLI: one line on stderr, exit 2, nothing created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+
+COMMANDS = [
+    ("run", "--agent", "scripted", "-t", "a=x"),
+    ("run", "--agent", "scripted", "-t", "a=x", "--dry-run"),
+    ("status",),
+    ("runs",),
+    ("doctor",),
+    ("clean", "--yes"),
+    ("logs", "a"),
+    ("note", "x"),
+]
+
+
+def snapshot(repo: Path) -> dict[str, object]:
+    """What a refused command must leave as it was: git's view, the .git dir, the repo's parent."""
+    return {
+        "status": git(repo, "status", "--porcelain", "--ignored"),
+        "branches": git(repo, "branch", "--list"),
+        "worktrees": git(repo, "worktree", "list"),
+        "git_dir": sorted(str(p.relative_to(repo)) for p in (repo / ".git").rglob("*")),
+        "beside": sorted(p.name for p in repo.parent.iterdir()),
+    }
+
+
+def assert_refused(out: subprocess.CompletedProcess[str], said: str) -> None:
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("swarm: "), out.stderr
+    assert said in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_deleted_current_directory_is_bad_input(repo: Path, args: tuple[str, ...]) -> None:
+    # `rm -rf` of the directory a shell sits in: os.getcwd() fails, and every command wrote
+    # a traceback file ("internal error", exit 1).
+    gone = repo / "gone"
+    gone.mkdir()
+    before = snapshot(repo)
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=gone,
+        preexec_fn=gone.rmdir,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert_refused(out, "the current directory is gone")
+    assert snapshot(repo) == before
+
+
+def test_with_a_deleted_current_directory_c_dir_still_works(repo: Path) -> None:
+    gone = repo / "gone"
+    gone.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "-C", str(repo), "runs"],
+        cwd=gone,
+        preexec_fn=gone.rmdir,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert (out.returncode, out.stderr) == (0, ""), out
