@@ -73,3 +73,47 @@ def test_with_a_deleted_current_directory_c_dir_still_works(repo: Path) -> None:
         check=False,
     )
     assert (out.returncode, out.stderr) == (0, ""), out
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_core_worktree_git_cannot_find_the_repository_from_is_bad_input(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # core.worktree naming a directory without a .git: git works from the repository's own
+    # directory, but not from that working tree, where swarm runs it; each command said
+    # git's "not a git repository" and exited 1.
+    outer = tmp_path / "outer"
+    repo = outer / "repo"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "f.txt").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "config", "core.worktree", str(outer))
+    before = snapshot(repo)
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert_refused(out, f"{outer}, the working tree core.worktree names")
+    assert "config --unset core.worktree" in out.stderr
+    assert snapshot(repo) == before
+
+
+def test_a_core_worktree_git_finds_the_repository_from_is_used(repo: Path) -> None:
+    # A working tree in a subdirectory: git there walks up to the repository's .git.
+    (repo / "sub").mkdir()
+    git(repo, "config", "core.worktree", str(repo / "sub"))
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "runs"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert (out.returncode, out.stderr) == (0, ""), out

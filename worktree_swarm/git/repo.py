@@ -114,6 +114,13 @@ def open_repo(path: Path) -> Repo:
     # dir before its commondir file is written), and it misnames --separate-git-dir checkouts.
     if in_main and top is not None:  # in the main checkout (wherever its git dir)
         root = top
+        if not os.path.lexists(top / ".git") and not _finds(top, common_dir):
+            raise BadInputError(  # core.worktree names it: every git command there would fail
+                f"{top}, the working tree core.worktree names in {git_dir}/config, has no .git "
+                f"leading back to it, so git finds no repository there; unset it (`git "
+                f"--git-dir={shlex.quote(str(git_dir))} config --unset core.worktree`) or run "
+                "swarm in a checkout with its own .git"
+            )
     elif common_dir.name == ".git":
         root = common_dir.parent
     else:
@@ -167,6 +174,15 @@ def _locate(path: Path) -> tuple[Path, Path, Path | None]:
         ]
     found = [Path(line) for line in lines]
     return found[0], found[1], found[2] if len(found) > 2 else None  # noqa: PLR2004
+
+
+def _finds(path: Path, common_dir: Path) -> bool:
+    """Whether git run in *path* finds the repository of *common_dir*."""
+    probe = runner.run_bytes(
+        path, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False
+    )
+    found = os.fsdecode(probe.stdout).removesuffix("\n")
+    return probe.returncode == 0 and Path(found).samefile(common_dir)
 
 
 def _recordable(path: Path | None) -> None:
