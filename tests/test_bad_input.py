@@ -117,3 +117,40 @@ def test_a_core_worktree_git_finds_the_repository_from_is_used(repo: Path) -> No
         check=False,
     )
     assert (out.returncode, out.stderr) == (0, ""), out
+
+
+# Saved in Latin-1: "é" is the byte 0xe9, on the third line, after `prompt = "caf`.
+LATIN_1 = '[[task]]\nid = "a"\nprompt = "café"\n'.encode("latin-1")
+NOT_UTF8 = "not UTF-8 text (byte 0xe9 at line 3, column 14); save it as UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "said"),
+    [
+        ("tasks.toml", ("run", "../tasks.toml"), f"../tasks.toml: {NOT_UTF8}"),
+        ("repo/swarm.toml", ("run", "-t", "a=x"), f"swarm.toml: {NOT_UTF8}"),
+        (
+            "prompt.md",
+            ("run", "--prompt-file", "a=../prompt.md"),
+            f'--prompt-file "a": ../prompt.md: {NOT_UTF8}',
+        ),
+    ],
+    ids=["manifest", "swarm.toml", "prompt-file"],
+)
+def test_a_file_not_utf8_is_named_with_where_its_first_bad_byte_is(
+    repo: Path, name: str, args: tuple[str, ...], said: str
+) -> None:
+    # It said only "not UTF-8 text": which byte of a long file was left to find.
+    (repo.parent / name).write_bytes(LATIN_1.replace(b"[[task]]", b"jobs = 1"))
+    before = snapshot(repo)
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args, "--agent", "scripted"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert_refused(out, said)
+    assert out.stderr == f"swarm: {said}\n"
+    assert snapshot(repo) == before

@@ -450,7 +450,9 @@ def test_unreadable_manifest(repo: Path, cwd: Path) -> None:
     (cwd / "dir.toml").mkdir()
     assert error(repo, Path("dir.toml")) == "dir.toml: not a regular file"
     (cwd / "bin.toml").write_bytes(b"\xff\xfe")
-    assert error(repo, Path("bin.toml")) == "bin.toml: not UTF-8 text"
+    assert error(repo, Path("bin.toml")) == (
+        "bin.toml: not UTF-8 text (byte 0xff at line 1, column 1); save it as UTF-8"
+    )
 
 
 def test_a_manifest_saved_with_a_byte_order_mark_and_crlf_loads(repo: Path, cwd: Path) -> None:

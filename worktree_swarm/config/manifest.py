@@ -29,6 +29,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.run_settings import CopyMode, Executor, RunSettings, RunSpec
 from worktree_swarm.core.settings import Kind, Scope
 from worktree_swarm.core.task import DEFAULT_AGENT, TASK_ID_RE, Task, is_valid_task_id
+from worktree_swarm.core.text import not_utf8
 from worktree_swarm.git import gitconfig
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def _prompt_file_tasks(items: Sequence[str]) -> list[tuple[str, Mapping[str, obj
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadInputError(f"{where}: {file_name}: not UTF-8 text") from exc
+            raise BadInputError(f"{where}: {file_name}: {not_utf8(exc)}") from exc
         drafts.append((where, {"id": task_id, "prompt": prompt}))
     return drafts
 
@@ -494,7 +495,7 @@ def _read_toml(path: Path, *, where: str) -> dict[str, object]:
     try:
         return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows editors)
     except UnicodeDecodeError as exc:
-        raise BadInputError(f"{where}: not UTF-8 text") from exc
+        raise BadInputError(f"{where}: {not_utf8(exc)}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{where}: invalid TOML: {' '.join(str(exc).split())}") from exc
     except RecursionError:

@@ -79,6 +79,18 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file's text stops being UTF-8, to say so: ``not UTF-8 text (byte 0xff at ...)``."""
+    data = bytes(exc.object)
+    start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[start : exc.start].decode("utf-8", "replace")) + 1
+    return (
+        f"not UTF-8 text (byte {data[exc.start]:#04x} at line {line}, column {column}); "
+        "save it as UTF-8"
+    )
+
+
 def as_shown(text: str) -> str:
     """*text* for a reader on the web (an issue's body, a pull request's prompt).
 
