@@ -734,6 +734,66 @@ def test_coordinator_killed_in_a_wait_or_a_check_then_resume_waits_and_checks_ag
     assert not actor_processes(cluster)
 
 
+# The first run meets a usage window five hours away; later ones do the work.
+WINDOW_THEN_WORK_AGENT = r"""
+import pathlib, sys, time
+ctl = pathlib.Path(sys.argv[1])
+n = len(list(ctl.glob("run.*")))
+(ctl / f"run.{n}").write_text("")
+if n == 0:
+    print(f"Claude AI usage limit reached|{int(time.time()) + 5 * 3600}", flush=True)
+    sys.exit(1)
+pathlib.Path("u.txt").write_text("work")
+"""
+
+
+def test_resume_waits_for_a_window_whose_wait_the_killed_coordinator_never_decided(
+    cluster: raykit.Cluster, tmp_path: Path
+) -> None:
+    # Killed between recording the attempt's end and its wait: the reset is read again from
+    # the attempt's log. Without it the task backed off briefly and asked the agent again.
+    repo, _remote, ctl = setup_repo(tmp_path, [])
+    agent = tmp_path / "window_agent.py"
+    agent.write_text(WINDOW_THEN_WORK_AGENT)
+    (tmp_path / "tasks.toml").write_text(
+        f"[defaults]\nagent = {json.dumps([sys.executable, str(agent), str(ctl)])}\n"
+        'executor = "ray"\nray_memory = "64M"\nrate_limit_backoff = "1s"\n'
+        'max_wait = "6h"\n\n[[task]]\nid = "u"\nprompt = "do u"\n'
+    )
+    manager = spawn_swarm(
+        repo, "run", str(tmp_path / "tasks.toml"), "--ray-address", cluster.address
+    )
+    try:
+        wait_for(
+            "u to wait", lambda: status_if_any(repo).get("u", {}).get("state") == "rate_limited"
+        )
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait(timeout=30)
+    with contextlib.closing(sqlite3.connect(repo / ".git" / "swarm" / "state.db")) as db, db:
+        db.execute("UPDATE attempts SET retry_at = NULL, usage_window = 0 WHERE task_id = 'u'")
+    resumed = spawn_swarm(repo, "resume")
+    try:
+        decided = wait_for("the wait to be decided", lambda: attempt_rows(repo, "u")[0][2])
+        assert isinstance(decided, float)
+        assert decided > time.time() + 4 * 3600, output(resumed)  # the stated reset
+        wait_for("u to wait", lambda: status(repo)["u"]["state"] == "rate_limited")
+        assert str(status(repo)["u"]["reason"]).startswith("resuming after ")
+        assert sorted(p.name for p in ctl.glob("run.*")) == ["run.0"]  # not asked again
+        out = swarm(repo, "stop", "u")
+        assert out.returncode == 0, out.stdout + out.stderr
+        resumed.wait(timeout=120)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert status(repo)["u"]["state"] == "stopped", output(resumed)
+    with sqlite3.connect(repo / ".git" / "swarm" / "state.db") as db:
+        assert db.execute("SELECT usage_window FROM attempts WHERE task_id = 'u'").fetchall() == [
+            (1,)
+        ]
+    assert not actor_processes(cluster)
+
+
 def test_an_agent_that_ends_as_swarm_stop_comes_is_stopped_not_failed(
     cluster: raykit.Cluster, tmp_path: Path
 ) -> None:

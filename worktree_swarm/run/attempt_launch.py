@@ -27,8 +27,8 @@ from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.report import notes
 from worktree_swarm.run import fallback
 from worktree_swarm.run.agent_watch import AgentWatch, Ended, read_log
-from worktree_swarm.run.course import Course, decided, past_max_wait
-from worktree_swarm.run.gate_model import Limit, Signal, limit_kind
+from worktree_swarm.run.course import Course, decided, past_max_wait, stated_limit
+from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.run_worker import Live, worktree_path
 
 
@@ -246,7 +246,8 @@ class AttemptLaunch(AgentWatch):
                 return Ended(result=failed, disk_full=True, reason=attempt.reason)
             retry_at, window = attempt.retry_at, attempt.usage_window
             if not decided(attempt):  # its limit as the agent said it, read again
-                retry_at, window = _stated_limit(attempt, profile)
+                text = read_log(Path(attempt.log_path))
+                retry_at, window = stated_limit(attempt, profile, text)
             result = AgentResult(
                 outcome=outcome,
                 reason=attempt.reason,
@@ -319,18 +320,3 @@ class AttemptLaunch(AgentWatch):
             findings=self._findings,
             extra=self.spec.sandbox_writable,
         )
-
-
-def _stated_limit(attempt: AttemptRow, profile: str) -> tuple[float | None, bool]:
-    """The reset a rate-limited *attempt*'s agent stated, and whether it was a usage window.
-
-    Read from its log with its agent's parser, as of its end (a reset stated as "in N s" or
-    as a time of day is then's), as the manager that saw it end read it.
-    """
-    ended = attempt.ended_at or time.time()
-    result = adapter_for(attempt.agent or profile).interpret(
-        exit_code=attempt.exit_code, log_text=read_log(Path(attempt.log_path)), now=ended
-    )
-    if result.outcome is not AgentOutcome.RATE_LIMITED:
-        return None, False
-    return result.retry_at, limit_kind(retry_at=result.retry_at, now=ended) is Signal.WINDOW

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worktree_swarm.agents import AgentResult
+from worktree_swarm.agents import AgentOutcome, AgentResult, adapter_for
 from worktree_swarm.core import units
 from worktree_swarm.core.models import AttemptOutcome
 from worktree_swarm.core.task import Task
@@ -236,6 +236,22 @@ def decided(attempt: AttemptRow) -> bool:
     before that is decided by the manager that replays it.
     """
     return attempt.outcome != AttemptOutcome.RATE_LIMITED or attempt.retry_at is not None
+
+
+def stated_limit(attempt: AttemptRow, profile: str, log_text: str) -> tuple[float | None, bool]:
+    """The reset a rate-limited *attempt*'s agent stated, and whether it was a usage window.
+
+    Read from its log (*log_text*) with its agent's parser (*profile*'s if none is on record),
+    as of its end (a reset stated as "in N s" or as a time of day is then's), as the manager
+    that saw it end read it.
+    """
+    ended = attempt.ended_at or time.time()
+    result = adapter_for(attempt.agent or profile).interpret(
+        exit_code=attempt.exit_code, log_text=log_text, now=ended
+    )
+    if result.outcome is not AgentOutcome.RATE_LIMITED:
+        return None, False
+    return result.retry_at, stated_window(result, ended)
 
 
 def stated_window(result: AgentResult, now: float) -> bool:

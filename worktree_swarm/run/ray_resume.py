@@ -19,8 +19,9 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage
+from worktree_swarm.run.agent_watch import read_log
 from worktree_swarm.run.checks import CheckFailure
-from worktree_swarm.run.course import Course
+from worktree_swarm.run.course import Course, decided, stated_limit
 from worktree_swarm.run.ray_actors import NodeLostError, actor_name, namespace
 from worktree_swarm.run.ray_attempt import (
     _NO_IDENTITY,
@@ -126,7 +127,8 @@ class RayResume(RayAttempts):
     def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
         """The last attempt of a previous coordinator, which ended: what follows from it.
 
-        A rate-limited one waits out what it was waiting for, then resumes; a successful one
+        A rate-limited one waits out what it was waiting for (one whose wait its coordinator
+        did not decide, for the limit its agent stated), then resumes; a successful one
         is checked (its checks may not have run); None: a new attempt goes on with the task.
         """
         task = live.task
@@ -136,15 +138,18 @@ class RayResume(RayAttempts):
         progressed = course.progressed(stat)
         outcome = AttemptOutcome.parse(attempt.outcome)
         if outcome is AttemptOutcome.RATE_LIMITED:
+            retry_at, window = attempt.retry_at, attempt.usage_window
+            if not decided(attempt):  # its limit as the agent said it, read again
+                # The copy here is whole: an attempt is recorded only once its log is copied.
+                text = read_log(Path(attempt.log_path))
+                retry_at, window = stated_limit(attempt, task.agent, text)
             result = AgentResult(
                 outcome=AgentOutcome.RATE_LIMITED,
                 reason=attempt.reason,
                 session_id=attempt.session_id,
-                retry_at=attempt.retry_at,  # the wait it was in: resuming does not restart it
+                retry_at=retry_at,  # the wait it was in: resuming does not restart it
             )
-            return _Throttled(
-                result=result, progressed=progressed, replayed=True, window=attempt.usage_window
-            )
+            return _Throttled(result=result, progressed=progressed, replayed=True, window=window)
         if outcome is not AttemptOutcome.SUCCEEDED:
             state = {
                 AttemptOutcome.STOPPED: TaskState.STOPPED,
