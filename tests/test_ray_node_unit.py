@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import git_http
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.task import Task
@@ -283,3 +284,34 @@ def test_a_nodes_pusher_reports_a_remote_gone_and_pushes_again_once_it_is_back(
     finally:
         running.stop()
         running.discard()
+
+
+def test_a_remote_s_credentials_are_kept_in_no_file_of_the_node(
+    node: NodeAgent, tmp_path: Path
+) -> None:
+    # Each attempt clones, checkpoints and pushes over http with the login of the remote's
+    # URL; the node's mirror (kept after the run) and the clone's config held it.
+    token = "tok-" + "5e1f" * 8
+    writes = "import pathlib; pathlib.Path('work.txt').write_text('work')"
+    task = dataclasses.replace(node.a.task, agent_argv=(sys.executable, "-c", writes))
+    with git_http.serving(tmp_path, "user", token) as server:
+        url = server.replace("://", f"://user:{token}@") + "/remote.git"
+        for number in (1, 2):  # the mirror made, then fetched
+            attempt = NodeAgent(
+                dataclasses.replace(node.a, task=task, attempt=number, remote_url=url)
+            )
+            attempt.prepare()
+            attempt.start(prompt="p", session=None, resume_prompt=None)
+            until("the agent's end", node=attempt)
+            attempt.finish(message=f"swarm: checkpoint t attempt {number}")
+            held = [
+                str(path)
+                for path in (tmp_path / "node").rglob("*")
+                if path.is_file() and token.encode() in path.read_bytes()
+            ]
+            assert held == []
+            assert git(attempt.work, "config", "remote.origin.url") == f"{server}/remote.git"
+            attempt.discard()
+    assert git(tmp_path / "remote.git", "show", "swarm/t:work.txt") == "work"
+    mirrors = list((tmp_path / "node" / "mirrors").glob("*.git"))
+    assert [git(m, "config", "remote.origin.url") for m in mirrors] == [f"{server}/remote.git"]

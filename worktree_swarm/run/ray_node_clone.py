@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.remote_login import login_for
 from worktree_swarm.guard import surface, surface_diff, surface_restore
 from worktree_swarm.infra import disk, redact, starts, supervisor
 from worktree_swarm.run.ray_node_host import (
@@ -63,6 +64,8 @@ class NodeClone:
 
     def __init__(self, assignment: Assignment) -> None:
         self.a = assignment
+        # The remote's credentials, if its URL holds any, are kept in no file of the node.
+        self._remote = login_for(assignment.remote_url)
         root = node_dir() / "runs" / assignment.run_id / assignment.task.id
         self.work = root / "work"
         self.logs = root / f"logs-{assignment.attempt}"
@@ -103,9 +106,11 @@ class NodeClone:
         self.work.parent.mkdir(parents=True, exist_ok=True)
         runner.run(
             self.work.parent,
+            *self._remote.args,
             # --no-local: from a path too, objects come from the mirror, not a copy per clone.
             "clone", "--quiet", "--no-tags", "--no-local", "--reference", str(mirror),
-            "--branch", self.a.task.branch, "--", self.a.remote_url, str(self.work),
+            "--branch", self.a.task.branch, "--", self._remote.url, str(self.work),
+            env=self._remote.env,
         )  # fmt: skip
         self.logs.mkdir(parents=True, exist_ok=True)
         gitconfig.write_config_file(self.logs / "gitconfig", dict(self.a.identity))
@@ -116,7 +121,7 @@ class NodeClone:
 
     def _mirror(self) -> Path:
         """The node's mirror of the remote, made or brought up to date under its lock."""
-        key = hashlib.sha256(self.a.remote_url.encode()).hexdigest()[:16]
+        key = hashlib.sha256(self._remote.url.encode()).hexdigest()[:16]
         mirrors = node_dir() / "mirrors"
         mirrors.mkdir(parents=True, exist_ok=True)
         mirror = mirrors / f"{key}.git"
@@ -124,13 +129,19 @@ class NodeClone:
             if not (mirror / "HEAD").exists():
                 shutil.rmtree(mirror, ignore_errors=True)
                 runner.run(
-                    mirrors, "clone", "--quiet", "--bare", "--", self.a.remote_url, str(mirror)
-                )
+                    mirrors,
+                    *self._remote.args,
+                    "clone", "--quiet", "--bare", "--", self._remote.url, str(mirror),
+                    env=self._remote.env,
+                )  # fmt: skip
                 runner.run(mirror, "config", "gc.auto", "0")
             else:
                 runner.run(
-                    mirror, "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*"
-                )
+                    mirror,
+                    *self._remote.args,
+                    "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*",
+                    env=self._remote.env,
+                )  # fmt: skip
         return mirror
 
     def finish(self, *, message: str) -> str | None:
@@ -216,7 +227,12 @@ class NodeClone:
     def _push(self, commit: str) -> None:
         # The branch is this task's alone; a snapshot pushed meanwhile is superseded.
         ref = f"+{commit}:refs/heads/{self.a.task.branch}"
-        runner.run(self.work, "push", "--quiet", "--no-verify", self.a.remote_url, ref)
+        runner.run(
+            self.work,
+            *self._remote.args,
+            "push", "--quiet", "--no-verify", self._remote.url, ref,
+            env=self._remote.env,
+        )  # fmt: skip
 
     def _push_periodically(self) -> None:
         # A wait past threading's limit raises (OverflowError): the pusher would end unseen.
