@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
+from worktree_swarm.core.paths import Repo, store_path
+from worktree_swarm.infra.store import Store
 
 COMMANDS = [
     ("run", "--agent", "scripted", "-t", "a=x"),
@@ -154,3 +158,88 @@ def test_a_file_not_utf8_is_named_with_where_its_first_bad_byte_is(
     assert_refused(out, said)
     assert out.stderr == f"swarm: {said}\n"
     assert snapshot(repo) == before
+
+
+NO_RUNS = "no swarm runs in {repo} yet; start one with `swarm run`"
+NOTHING = "no swarm runs here yet\nnothing to clean\n"
+
+
+WITHOUT_A_COMMIT = [
+    (("runs",), 0, "no runs recorded yet; start one with `swarm run`\n"),
+    (("doctor",), 0, "nothing to clean\n"),
+    (("clean",), 0, NOTHING),
+    (("clean", "--yes"), 0, NOTHING),
+    (("status",), 2, NO_RUNS),
+    (("report",), 2, NO_RUNS),
+    (("logs", "a"), 2, NO_RUNS),
+    (("watch",), 2, NO_RUNS),
+    (("diff",), 2, NO_RUNS),
+    (("notes",), 2, NO_RUNS),
+    (("run", "--agent", "scripted", "-t", "a=x"), 2, "repository {repo} has no commits yet"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"), WITHOUT_A_COMMIT, ids=[" ".join(a) for a, _, _ in WITHOUT_A_COMMIT]
+)
+def test_a_repository_without_a_commit_has_no_runs(
+    tmp_path: Path, args: tuple[str, ...], code: int, said: str
+) -> None:
+    # `git init` and nothing more: every command said "has no commits yet" (exit 2), where
+    # one with commits and no runs finds nothing (exit 0) or no run to read.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    before = snapshot(repo)
+    out = _swarm_with_a_terminal(repo, args)
+    said = said.format(repo=repo)
+    if code == 0:
+        assert (out.returncode, out.stdout, out.stderr) == (0, said, ""), out
+    else:
+        assert_refused(out, said)
+    assert snapshot(repo) == before
+
+
+def test_a_repository_without_a_commit_but_with_runs_recorded_is_refused(tmp_path: Path) -> None:
+    # Its branches deleted after a run: what the store says cannot be checked against them.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    path = store_path(Repo(root=repo, common_dir=repo / ".git"))
+    path.parent.mkdir()
+    Store(path).close()
+    out = _swarm_with_a_terminal(repo, ("runs",))
+    assert_refused(out, f"repository {repo} has no commits yet; make a first commit")
+
+
+def _swarm_with_a_terminal(repo: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    """Run swarm in *repo*, stdin and stdout a terminal for `swarm watch` (it needs one)."""
+    if args != ("watch",):
+        return subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    controller, terminal = pty.openpty()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "worktree_swarm.cli", *args],
+            cwd=repo,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        os.set_blocking(controller, False)
+        try:  # what it wrote to the terminal, all there once it has exited
+            out.stdout = os.read(controller, 1 << 16).decode()
+        except BlockingIOError:
+            out.stdout = ""
+        return out
+    finally:
+        os.close(terminal)
+        os.close(controller)

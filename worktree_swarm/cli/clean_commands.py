@@ -52,7 +52,7 @@ def clean_cmd(
         _exclusive(orphans=orphans, **{name: used})
     _needs("--foreign", "--orphans (or swarm doctor)", given=foreign, present=orphans)
     _needs("--idle", "--orphans (or swarm doctor)", given=idle is not None, present=orphans)
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     if orphans:
         age = scan.parse_age("7d" if idle is None else idle)
         report = scan.doctor(repo, yes=yes, force=force, foreign=foreign, idle=age)

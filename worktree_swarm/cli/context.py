@@ -23,9 +23,10 @@ def _store_to_read(repo: git.Repo) -> Store:
     return store
 
 
-def _repo(ctx: click.Context) -> git.Repo:
+def _repo(ctx: click.Context, *, empty_ok: bool = False) -> git.Repo:
+    """The repository; *empty_ok* for a command about runs (none in one without commits)."""
     git.require_git()
-    return git.open_repo(Path(ctx.obj["dir"]))
+    return git.open_repo(Path(ctx.obj["dir"]), empty_ok=empty_ok)
 
 
 def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:

@@ -36,7 +36,7 @@ def diff_cmd(
     from worktree_swarm.merge import diff
 
     _exclusive(stat=stat, name_only=name_only, json=as_json)
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
@@ -115,7 +115,7 @@ def merge_cmd(
         given=allow_outside_writes,
         present=not dry_run,
     )
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     # SIGTERM is Ctrl-C (main): a resolver or check being waited for is killed with its tree.
     with status.open_store(repo) as store:
         report = merge.merge(
@@ -171,7 +171,7 @@ def pr_cmd(
     """Push done task branches and open (or update) their pull requests."""
     from worktree_swarm.github import pr
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     with status.open_store(repo) as store:
         report = pr.push_and_open(
             repo,

@@ -96,7 +96,7 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     # An agent may write a secret of its task's (`env`, `copy` files) into the file itself:
     # redacted when shown, as in `swarm logs` (the run's tasks made known first).
     with contextlib.suppress(SwarmError, OSError):
-        repo = _repo(ctx)
+        repo = _repo(ctx, empty_ok=True)
         with status.open_store(repo, to_read=True) as store:
             for row in store.tasks(path.parent.name):
                 status.know_task_secrets(repo, store, row.run_id, row.task_id)

@@ -381,7 +381,7 @@ def retry_cmd(
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
@@ -417,7 +417,7 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bo
     from worktree_swarm.run import background, control
     from worktree_swarm.run.runner import Runner
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
@@ -483,7 +483,7 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     """Stop agents (whole process trees) and keep their work on their branches."""
     from worktree_swarm.run import control
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         stopped = control.stop(repo, store, run_id, task_ids)

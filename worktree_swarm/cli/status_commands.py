@@ -35,7 +35,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
     """List the recorded runs: id, start, state, task counts."""
     from worktree_swarm.run import runs
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     summaries: list[runs.RunSummary] = []
     if status.has_store(repo):  # none yet: an empty list, as after `clean --all`
         with _store_to_read(repo) as store:
@@ -56,7 +56,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """One row per task: state, attempt, pid, alive, elapsed, diff stat, branch, worktree."""
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True, repo=repo)
@@ -94,7 +94,7 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
 @click.pass_context
 def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> int:
     """Print the agent's output (newest attempt)."""
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     with _store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
@@ -145,7 +145,7 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInputError("swarm watch needs a terminal; without one, `swarm status` shows it")
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     watch.watch(repo, run_id, checkout=_your_checkout(ctx, repo))
     return ExitCode.OK
 
@@ -168,7 +168,7 @@ def report_cmd(
     from worktree_swarm.ui import html_report as report_html
     from worktree_swarm.ui import report_text
 
-    repo = _repo(ctx)
+    repo = _repo(ctx, empty_ok=True)
     if html_path is not None:
         with _paths_given():
             report_html.check_output(html_path)

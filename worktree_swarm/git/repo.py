@@ -19,6 +19,7 @@ import filelock
 
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.paths import Repo as Repo  # noqa: PLC0414 - re-exported: the git domain names it git.Repo
+from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.text import is_utf8, one_line, path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
@@ -85,11 +86,13 @@ def require_git() -> None:
         )
 
 
-def open_repo(path: Path) -> Repo:
+def open_repo(path: Path, *, empty_ok: bool = False) -> Repo:
     """Open the repository containing *path* (a subdirectory or a linked worktree works too).
 
     ``root`` is always the main worktree. Raises BadInputError for a path outside any
-    repository, a bare repository, or a repository without commits.
+    repository, a bare repository, or a repository without commits. With *empty_ok* (a
+    command that reads runs) one without commits is opened unless swarm's store is there:
+    no run can have happened in it, and the command finds none.
     """
     path = path.absolute()
     if not path.is_dir():
@@ -127,10 +130,9 @@ def open_repo(path: Path) -> Repo:
         raise BadInputError(
             f"cannot locate the main checkout of {common_dir} from {path}; run swarm there"
         )
-    if rev_parse_in(root, "HEAD^{commit}") is None and not git(
-        root, "for-each-ref", "--count=1", "--format=%(refname)"
-    ):  # on a branch with no commits yet (`checkout --orphan`), earlier runs are still there
-        raise BadInputError(f"repository {root} has no commits yet; make a first commit")
+    repo = Repo(root=root, common_dir=common_dir)
+    if not empty_ok or store_path(repo).exists():
+        _refuse_without_commits(root)
     if _case_blind(root, common_dir):
         raise BadInputError(
             f"core.ignoreCase is true in {root}, but its file system tells upper and lower case"
@@ -139,7 +141,15 @@ def open_repo(path: Path) -> Repo:
             f" (`git -C {shlex.quote(str(root))} config core.ignoreCase false`) and run swarm"
             " again"
         )
-    return Repo(root=root, common_dir=common_dir)
+    return repo
+
+
+def _refuse_without_commits(root: Path) -> None:
+    """BadInputError where *root* has no commit at all."""
+    if rev_parse_in(root, "HEAD^{commit}") is None and not git(
+        root, "for-each-ref", "--count=1", "--format=%(refname)"
+    ):  # on a branch with no commits yet (`checkout --orphan`), earlier runs are still there
+        raise BadInputError(f"repository {root} has no commits yet; make a first commit")
 
 
 def _case_blind(root: Path, common_dir: Path) -> bool:

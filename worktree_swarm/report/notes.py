@@ -96,7 +96,7 @@ def notes_path(
 def latest_findings(repo_dir: Path, run_id: str | None = None) -> Path:
     """The findings file of *run_id* (default: the latest run) of the repository at *repo_dir*."""
     git.require_git()
-    repo = git.open_repo(repo_dir)
+    repo = git.open_repo(repo_dir, empty_ok=True)
     db = repo.state_dir / "state.db"
     lock.refuse_while_state_is_gone(repo.state_dir, db)
     if not db.exists():
