@@ -496,6 +496,10 @@ BIG_SHOWN = BIG[:39] + "…"
         ("env = { A = 1 }", 'task "a": env: A\'s value: expected a string, got an integer'),
         ('env = { "A-B" = "x" }', "task \"a\": env: 'A-B' is not a valid environment variable"),
         ('depends_on = "b"', 'task "a": depends_on: expected an array of strings, got a string'),
+        (  # dropped silently: a typo for another task's id went unnoticed
+            'depends_on = ["b", "b"]',
+            "task \"a\": depends_on: 'b' is given twice; list it once",
+        ),
         ("title = 3", 'task "a": title: expected a string, got an integer'),
         ("agent = 3", 'task "a": agent: expected a profile name or an argv array'),
         ('agent = "nosuch"', "task \"a\": agent: unknown agent 'nosuch'"),

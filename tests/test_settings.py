@@ -47,7 +47,7 @@ def sample(entry: Setting) -> object:
     values: dict[Kind, object] = {
         Kind.TEXT: "some text",
         Kind.REMOTE: "a-name",
-        Kind.IDS: ["a", "a"],
+        Kind.IDS: ["a", "b"],
         Kind.PATH: "elsewhere/wt",
         Kind.PATHS: ["/opt/cache"],
         Kind.NUMBER: 2.5,
@@ -77,7 +77,6 @@ def expected(entry: Setting, repo: Path) -> object:
         assert entry.choices is not None
         return entry.choices(value)
     converted: dict[Kind, object] = {
-        Kind.IDS: ("a",),
         Kind.DURATION: 420.0,
         Kind.SIZE: 3 * 2**20,
         Kind.COMMANDS: (("git", "--version"),),

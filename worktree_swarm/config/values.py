@@ -194,7 +194,11 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 
 
 def _ids(value: object, where: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(_strings(value, where)))
+    ids = _strings(value, where)
+    for i, one in enumerate(ids):
+        if one in ids[:i]:  # a typo for another id, likely: never dropped silently
+            raise BadInputError(f"{where}: {one!r} is given twice; list it once")
+    return ids
 
 
 def _globs(value: object, where: str) -> tuple[str, ...]:

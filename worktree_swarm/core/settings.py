@@ -27,7 +27,7 @@ class Kind(enum.Enum):
 
     TEXT = enum.auto()
     REMOTE = enum.auto()  # a remote's name, or a URL without credentials in it
-    IDS = enum.auto()  # non-empty strings, duplicates dropped
+    IDS = enum.auto()  # non-empty strings, each once
     PATH = enum.auto()  # non-empty; relative to the repository root
     PATHS = enum.auto()  # absolute or ~/...
     INT = enum.auto()  # bounded by Setting.minimum / maximum

@@ -81,7 +81,8 @@ class Task:
         kind=Kind.IDS,
         scope=Scope.TASK_ONLY,
         flag=None,
-        doc="tasks that must finish first; unknown ids, self-dependencies and cycles are errors",
+        doc="tasks that must finish first; unknown ids, one given twice, self-dependencies and "
+        "cycles are errors",
     )
     agent: str = setting(
         "command",
