@@ -519,6 +519,36 @@ def test_a_remote_naming_no_owner_and_name_is_refused_not_guessed(repo: Path, ur
         access.slug_from_remote(open_repo(repo), "origin")
 
 
+OWNER_RULE = "at most 39 letters, digits and single hyphens, not starting or ending with one"
+NO_OWNERS = ["-a", "a-", "a--b", "a_b", "a" * 40]
+
+
+@pytest.mark.parametrize("owner", NO_OWNERS)
+def test_an_owner_github_would_not_take_is_refused_given_or_from_the_remote(
+    repo: Path, owner: str
+) -> None:
+    # They were taken, and the first request failed on them (a 404 after a token was sent).
+    with pytest.raises(BadInputError) as info:
+        access.parse_slug(f"{owner}/x")
+    assert (
+        str(info.value)
+        == f"--github-repo: '{owner}/x': '{owner}' is no GitHub owner ({OWNER_RULE})"
+    )
+    url = f"git@github.com:{owner}/x.git"
+    git(repo, "remote", "add", "origin", url)
+    with pytest.raises(BadInputError) as info:
+        access.slug_from_remote(open_repo(repo), "origin")
+    assert str(info.value) == (
+        f"remote 'origin' ({url}): '{owner}' is no GitHub owner ({OWNER_RULE}); pass"
+        " --github-repo OWNER/NAME"
+    )
+
+
+def test_owners_and_names_github_takes_are_taken() -> None:
+    for slug in ("a/b", "a-b-c/x", "A1/my.repo_-x", f"{'a' * 39}/.x", "a/..x"):
+        assert str(access.parse_slug(slug)) == slug
+
+
 def test_local_remote_needs_github_repo(repo: Path, tmp_path: Path) -> None:
     git(repo, "remote", "add", "origin", str(tmp_path / "bare.git"))
     with pytest.raises(BadInputError, match="with --github-repo OWNER/NAME"):

@@ -310,6 +310,22 @@ def test_an_issue_github_redirects_elsewhere_is_refused_as_moved(
     assert not (repo / ".git" / "swarm").exists()
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["--github-repo", "origin"])
+def test_an_owner_github_would_not_take_is_bad_input_before_github_is_asked(
+    fake_github: FakeGitHub, repo: Path, monkeypatch: pytest.MonkeyPatch, given: bool
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    if not given:
+        git(repo, "remote", "add", "origin", "https://github.com/-a/b.git")
+    out = swarm(repo, "run", "--agent", "scripted", "--issues", "1", "--api-url", fake_github.url,
+                *(("--github-repo", "-a/b") if given else ()))  # fmt: skip
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stdout + out.stderr
+    where = "--github-repo: '-a/b'" if given else "remote 'origin' (https://github.com/-a/b.git)"
+    assert out.stderr.startswith(f"swarm: {where}: '-a' is no GitHub owner"), out.stderr
+    assert fake_github.requests == []
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def test_issues_without_an_origin_remote_say_what_to_do(repo: Path) -> None:
     out = swarm(repo, "run", "--agent", "scripted", "--issues", "1")
     assert (out.returncode, out.stderr.count("\n")) == (2, 1), out.stderr

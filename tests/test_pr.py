@@ -569,6 +569,7 @@ def test_a_failed_push_is_reported_and_the_rest_carry_on(
             "--api-url: 'ftp://x' is not an http(s) URL",
         ),
         (("--github-repo", "not-a-slug"), "--github-repo: 'not-a-slug' is not of the form"),
+        (("--github-repo", "-a/b"), "--github-repo: '-a/b': '-a' is no GitHub owner"),
         (("--api-url", "ftp://x"), "--api-url: 'ftp://x' is not an http(s) URL"),
         (("--api-url", "http://a b"), "--api-url: 'http://a b' is not an http(s) URL"),
         (("--api-url", "http://host:99999"), "--api-url: 'http://host:99999' is not an http(s)"),

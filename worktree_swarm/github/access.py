@@ -25,8 +25,13 @@ API_URL_ENV = "SWARM_GITHUB_API_URL"
 TOKEN_ENVS = ("GITHUB_TOKEN", "GH_TOKEN")
 REDACTED = "[REDACTED]"
 
+# Owner and name as GitHub allows them: a name of letters, digits, `.`, `_` and `-` (not `.`
+# nor `..`, checked apart); an owner of at most 39 letters, digits and single hyphens, not at
+# either end (`-a/b` is no owner, nor an option for any program it reaches).
 _SLUG_PART = r"[A-Za-z0-9_.-]+"
 _SLUG_RE = re.compile(rf"(?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART})")
+_OWNER_RE = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
+_OWNER_RULE = "at most 39 letters, digits and single hyphens, not starting or ending with one"
 # owner/name at the end of an https, ssh:// or scp-like (git@host:owner/name) remote URL.
 _REMOTE_RE = re.compile(rf"[:/](?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART}?)(?:\.git)?/?$")
 # A token is one printable word; anything else could end up in a header error message.
@@ -77,6 +82,9 @@ def parse_slug(text: str, *, where: str = "--github-repo") -> RepoSlug:
     match = _SLUG_RE.fullmatch(text.strip())
     if match is None or not _names_a_repository(match):
         raise BadInputError(f"{where}: {text!r} is not of the form OWNER/NAME")
+    if not _OWNER_RE.fullmatch(match["owner"]):
+        owner = match["owner"]
+        raise BadInputError(f"{where}: {text!r}: {owner!r} is no GitHub owner ({_OWNER_RULE})")
     return RepoSlug(owner=match["owner"], name=match["name"])
 
 
@@ -102,6 +110,11 @@ def slug_from_remote(repo: git.Repo, remote: str) -> RepoSlug:
         raise BadInputError(
             f"cannot tell the GitHub repository from remote {remote!r} ({strip_userinfo(url)}); "
             "pass --github-repo OWNER/NAME"
+        )
+    if not _OWNER_RE.fullmatch(match["owner"]):
+        raise BadInputError(
+            f"remote {remote!r} ({strip_userinfo(url)}): {match['owner']!r} is no GitHub owner"
+            f" ({_OWNER_RULE}); pass --github-repo OWNER/NAME"
         )
     return RepoSlug(owner=match["owner"], name=match["name"])
 
