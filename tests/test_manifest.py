@@ -536,6 +536,8 @@ def test_bad_task_fields_name_task_and_field(
         ),
         ('kill_grace = "-1s"', "tasks.toml: [defaults]: kill_grace: bad duration '-1s'"),
         ('worktree_root = ""', "tasks.toml: [defaults]: worktree_root: must not be empty"),
+        ('remote = ""', "tasks.toml: [defaults]: remote: must not be empty"),
+        ('ray_address = ""', "tasks.toml: [defaults]: ray_address: must not be empty"),
         ('agent = "nosuch"', "tasks.toml: [defaults]: agent: unknown agent 'nosuch'"),
     ],
 )

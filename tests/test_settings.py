@@ -46,6 +46,7 @@ def sample(entry: Setting) -> object:
         return next(c.value for c in reversed(list(entry.choices)) if c != entry.default)
     values: dict[Kind, object] = {
         Kind.TEXT: "some text",
+        Kind.ADDRESS: "head:6379",
         Kind.REMOTE: "a-name",
         Kind.IDS: ["a", "b"],
         Kind.PATH: "elsewhere/wt",
@@ -270,6 +271,22 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(repo: Path, flag: str, value: s
     )
     assert not (repo / ".git" / "swarm").exists()  # no state store, no worktree
     assert not (repo.parent / "repo.swarm").exists()
+
+
+@pytest.mark.parametrize("flag", ["--ray-address", "--remote"])
+def test_an_empty_ray_flag_is_bad_input_not_the_default(repo: Path, flag: str) -> None:
+    # `--ray-address "$HEAD"` with HEAD unset ran on RAY_ADDRESS's cluster, or this machine's.
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", "run", "--executor", "ray", flag, "",
+         "-t", "a=p"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"swarm: {flag}: must not be empty\n"
+    assert not (repo / ".git" / "swarm").exists()
 
 
 @pytest.mark.parametrize(

@@ -319,6 +319,7 @@ def _env(value: object, where: str) -> tuple[tuple[str, str], ...]:
 
 _READERS: Mapping[Kind, Callable[[object, str], object]] = {
     Kind.TEXT: _string,
+    Kind.ADDRESS: _non_empty,
     Kind.REMOTE: _remote,
     Kind.IDS: _ids,
     Kind.PATH: _non_empty,

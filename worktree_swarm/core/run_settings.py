@@ -206,7 +206,7 @@ class RunSettings:
     )
     ray_address: str = setting(
         "",
-        kind=Kind.TEXT,
+        kind=Kind.ADDRESS,
         scope=Scope.RUN,
         flag=Flag(
             name="--ray-address", metavar="ADDR", help="The Ray cluster (default: RAY_ADDRESS)."

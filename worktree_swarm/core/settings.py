@@ -26,6 +26,7 @@ class Kind(enum.Enum):
     """What a setting's value is; ``config/values.py`` has the reader of each kind."""
 
     TEXT = enum.auto()
+    ADDRESS = enum.auto()  # text, not empty: unset is the default (a Ray cluster's address)
     REMOTE = enum.auto()  # a remote's name, or a URL without credentials in it
     IDS = enum.auto()  # non-empty strings, each once
     PATH = enum.auto()  # non-empty; relative to the repository root
@@ -59,8 +60,8 @@ class Kind(enum.Enum):
 
 
 _LABELS = {
-    Kind.TEXT: "string", Kind.REMOTE: "remote name or URL", Kind.IDS: "array of ids",
-    Kind.PATH: "path",
+    Kind.TEXT: "string", Kind.ADDRESS: "string", Kind.REMOTE: "remote name or URL",
+    Kind.IDS: "array of ids", Kind.PATH: "path",
     Kind.PATHS: "array of paths", Kind.INT: "integer", Kind.NUMBER: "number > 0",
     Kind.SHARE: "share (0 < share <= 1)", Kind.DURATION: "duration", Kind.SIZE: "size",
     Kind.BOOL: "boolean", Kind.AUTHOR: "`Name <email>`", Kind.CHOICE: "choice",
