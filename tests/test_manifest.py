@@ -21,7 +21,7 @@ from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.paths import RUN_DIR_NAMES
 from worktree_swarm.core.run_settings import Executor, RunSettings
 from worktree_swarm.core.task import is_valid_task_id
-from worktree_swarm.core.units import parse_duration
+from worktree_swarm.core.units import parse_duration, parse_size
 
 AGENT = [sys.executable, "-c", "pass"]
 AGENT_TOML = json.dumps(AGENT)
@@ -538,6 +538,8 @@ def test_bad_task_fields_name_task_and_field(
         ('worktree_root = ""', "tasks.toml: [defaults]: worktree_root: must not be empty"),
         ('remote = ""', "tasks.toml: [defaults]: remote: must not be empty"),
         ('ray_address = ""', "tasks.toml: [defaults]: ray_address: must not be empty"),
+        ("max_log = 1.5", "tasks.toml: [defaults]: max_log: bad size 1.5: bytes are whole"),
+        ('max_file = "1.5"', "tasks.toml: [defaults]: max_file: bad size '1.5': bytes are whole"),
         ('agent = "nosuch"', "tasks.toml: [defaults]: agent: unknown agent 'nosuch'"),
     ],
 )
@@ -609,6 +611,22 @@ def test_parse_duration(value: object, seconds: float) -> None:
 def test_parse_duration_rejects(value: object) -> None:
     with pytest.raises(BadInputError, match=r"^where: bad duration"):
         parse_duration(value, where="where")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [(2, 2), (2.0, 2), ("2", 2), ("2B", 2), ("1.5K", 1536), ("1.5MiB", 3 << 19), ("20G", 20 << 30)],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value, where="x") == size
+
+
+@pytest.mark.parametrize("value", [1.5, "1.5", "2.5B", 1e-3])
+def test_a_size_of_part_of_a_byte_is_refused(value: object) -> None:
+    # `max_log = 1.5` was 1 byte: a unit left out, most likely.
+    with pytest.raises(BadInputError) as info:
+        parse_size(value, where="max_log")
+    assert str(info.value).startswith(f"max_log: bad size {value!r}"), info.value
 
 
 @pytest.mark.parametrize(

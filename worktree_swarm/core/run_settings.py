@@ -127,7 +127,7 @@ class RunSettings:
         flag=Flag(
             name="--max-disk", metavar="SIZE", help="Cap on the worktrees' disk use, e.g. 20G."
         ),
-        doc='cap on what the worktrees use (`"20G"`, `"500M"`, bytes; binary units): no new '
+        doc='cap on what the worktrees use (`"20G"`, `"1.5G"`, whole bytes; binary units): no new '
         "worktree while it would be exceeded, tasks wait, finished worktrees are removed for "
         "room ([disk.md](disk.md))",
     )

@@ -106,19 +106,24 @@ def format_duration(seconds: float | None) -> str:
 def parse_size(value: object, where: str) -> int:
     """Return bytes for ``"20G"``, ``"500MB"``, ``"1.5GiB"``, ``"800k"`` or a number of bytes.
 
-    Units are binary (K = 1024). The result is always positive; anything else raises
-    BadInputError naming *where*.
+    Units are binary (K = 1024). The result is always positive, and bytes (no unit) are
+    whole; anything else raises BadInputError naming *where*.
     """
     size: float | None = None
+    unit = "B"
     if isinstance(value, int | float) and not isinstance(value, bool):
         size = as_float(value)
     elif isinstance(value, str):
         match = _SIZE_RE.fullmatch(value.strip().replace(" ", ""))
         if match is not None:
-            unit = match.group("unit").upper().removesuffix("B").removesuffix("I")
-            size = float(match.group("n")) * _KIB ** "BKMGTP".index(unit or "B")
+            unit = match.group("unit").upper().removesuffix("B").removesuffix("I") or "B"
+            size = float(match.group("n")) * _KIB ** "BKMGTP".index(unit)
     if size is None or not math.isfinite(size) or size < 1:
         raise BadInputError(f"{where}: bad size {shown(value)} (use bytes or e.g. '500M', '20G')")
+    if unit == "B" and not size.is_integer():  # `1.5` was 1 byte: a unit left out?
+        raise BadInputError(
+            f"{where}: bad size {shown(value)}: bytes are whole (use e.g. 2, '1.5K' or '1.5G')"
+        )
     return int(size)
 
 
