@@ -519,8 +519,8 @@ def test_a_remote_naming_no_owner_and_name_is_refused_not_guessed(repo: Path, ur
         access.slug_from_remote(open_repo(repo), "origin")
 
 
-OWNER_RULE = "at most 39 letters, digits and single hyphens, not starting or ending with one"
-NO_OWNERS = ["-a", "a-", "a--b", "a_b", "a" * 40]
+OWNER_RULE = "at most 39 letters, digits, - and _, not starting with -"
+NO_OWNERS = ["-a", "-", "a.b", "a" * 40]
 
 
 @pytest.mark.parametrize("owner", NO_OWNERS)
@@ -545,7 +545,16 @@ def test_an_owner_github_would_not_take_is_refused_given_or_from_the_remote(
 
 
 def test_owners_and_names_github_takes_are_taken() -> None:
-    for slug in ("a/b", "a-b-c/x", "A1/my.repo_-x", f"{'a' * 39}/.x", "a/..x"):
+    for slug in (
+        "a/b",
+        "a-b-c/x",
+        "A1/my.repo_-x",
+        f"{'a' * 39}/.x",
+        "a/..x",
+        "a_b/x",
+        "a-/x",
+        "a--b/x",
+    ):
         assert str(access.parse_slug(slug)) == slug
 
 

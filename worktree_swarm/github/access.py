@@ -26,12 +26,13 @@ TOKEN_ENVS = ("GITHUB_TOKEN", "GH_TOKEN")
 REDACTED = "[REDACTED]"
 
 # Owner and name as GitHub allows them: a name of letters, digits, `.`, `_` and `-` (not `.`
-# nor `..`, checked apart); an owner of at most 39 letters, digits and single hyphens, not at
-# either end (`-a/b` is no owner, nor an option for any program it reaches).
+# nor `..`, checked apart); an owner of at most 39 letters, digits, `-` and `_` (managed users'
+# `handle_shortcode`; old accounts keep double or trailing hyphens), not starting with `-`
+# (`-a/b` is no owner, and would read as an option to a program it reached).
 _SLUG_PART = r"[A-Za-z0-9_.-]+"
 _SLUG_RE = re.compile(rf"(?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART})")
-_OWNER_RE = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
-_OWNER_RULE = "at most 39 letters, digits and single hyphens, not starting or ending with one"
+_OWNER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,38}")
+_OWNER_RULE = "at most 39 letters, digits, - and _, not starting with -"
 # owner/name at the end of an https, ssh:// or scp-like (git@host:owner/name) remote URL.
 _REMOTE_RE = re.compile(rf"[:/](?P<owner>{_SLUG_PART})/(?P<name>{_SLUG_PART}?)(?:\.git)?/?$")
 # A token is one printable word; anything else could end up in a header error message.
