@@ -126,3 +126,23 @@ def test_a_checkpoint_hashes_no_changed_filtered_file_only_names_it(
     worktree = repo.parent / "repo.swarm" / "t"
     assert (worktree / "sub" / "secret.txt").read_text() == f"{PLAIN}5\n"  # not lost
     assert PLAIN.encode() not in stored_bytes(repo)
+
+
+def test_without_a_filter_the_guard_makes_no_store_of_its_own(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # No filter in the config: your edit is hashed into your store, as ever; the agent looks
+    # for the guard's own store while the guard watches (its baseline of your checkout taken).
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    (repo / "README.md").write_text("my uncommitted edit\n")
+    agent = write_agent(
+        "import pathlib, sys\n"
+        "runs = pathlib.Path(sys.argv[1], '.git', 'swarm', 'runs')\n"
+        "made = sorted(runs.glob('*/guard/snapshot-objects'))\n"
+        "pathlib.Path('found.txt').write_text(f'{len(made)} stores\\n')\n"
+    )
+    out = swarm(repo, "run", "--agent", " ".join([*agent, str(repo)]), "-t", "t=x")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "show", "swarm/t:found.txt") == "0 stores"
+    edit = git(repo, "hash-object", "README.md")
+    assert git(repo, "cat-file", "-t", edit) == "blob"  # in your store, as before

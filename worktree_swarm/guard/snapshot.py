@@ -15,6 +15,7 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.process import StuckOnPipeError
 from worktree_swarm.guard.model import Snapshot, short_ref
 
@@ -43,17 +44,20 @@ class Objects:
 
     A capture hashes each file whose stat its scratch index does not match, and swarm's git
     runs no filter of the repository's config: in your store, a decrypted git-crypt file of
-    your checkout would lie in the clear until `git gc` prunes it. So a capture writes into
-    the guard's own store (yours its alternate: nothing already there is written again), and
-    whatever reads a captured tree reads both (:meth:`reading`).
+    your checkout would lie in the clear until `git gc` prunes it. So where that config
+    defines a filter, a capture writes into the guard's own store (yours its alternate:
+    nothing already there is written again), and whatever reads a captured tree reads both
+    (:meth:`reading`). Without one, captures write into yours and no store is made.
     """
 
     own: Path
     yours: Path
 
-    def writing(self) -> dict[str, str]:
-        """The environment of a git that writes what it hashes into the guard's own store."""
-        self.own.mkdir(exist_ok=True)
+    def writing(self, cwd: Path) -> dict[str, str]:
+        """The environment of a git that captures *cwd*: the guard's store if a filter needs it."""
+        if not neutral_filters(cwd):
+            return self.reading()  # what earlier captures wrote there is read still
+        self.own.mkdir(parents=True, exist_ok=True)
         return {"GIT_OBJECT_DIRECTORY": str(self.own), **_alternate(self.yours)}
 
     def reading(self) -> dict[str, str]:
@@ -74,9 +78,9 @@ def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] 
     inside it, under its own config and attributes, which an agent can write. A repository
     without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
     ``UNBORN``: left out, it would hide the checkout from every scan. What it hashes goes
-    into the guard's own store (*objects*), never yours.
+    into the guard's own store (*objects*) where the repository's config defines a filter.
     """
-    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing()}
+    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing(path)}
     try:
         return _capture(path, env, exclude)
     except StuckOnPipeError:
