@@ -7,14 +7,21 @@ loose object there until `git gc` prunes it, whatever commit leaves it out.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import git, make_repo
 from tests.test_clean import edits_done, report
 from tests.test_guard import events
-from tests.test_run import status_json, swarm
+from tests.test_run import status_json, swarm, wait_for
 
 AgentFactory = Callable[[str], list[str]]
 PLAIN = "PlaintextSecretValue"  # what the checkout holds; the store holds it rot13'ed
@@ -146,3 +153,63 @@ def test_without_a_filter_the_guard_makes_no_store_of_its_own(
     assert git(repo, "show", "swarm/t:found.txt") == "0 stores"
     edit = git(repo, "hash-object", "README.md")
     assert git(repo, "cat-file", "-t", edit) == "blob"  # in your store, as before
+
+
+def holding(root: Path, text: str) -> list[Path]:
+    """The files under *root* whose bytes (or, a loose object's, inflated) hold *text*."""
+    found = []
+    for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        data = path.read_bytes()
+        with contextlib.suppress(zlib.error):
+            data += zlib.decompress(data)
+        if text.encode() in data:
+            found.append(path)
+    return found
+
+
+# A merge check that says it runs, then waits for a writer of the FIFO beside the flag.
+BLOCKING_CHECK = """
+import pathlib, sys
+ctrl = pathlib.Path(sys.argv[1])
+(ctrl / 'checking').touch()
+with open(ctrl / 'fifo') as wait:
+    wait.read()
+"""
+
+
+@pytest.mark.parametrize("command", ["clean", "doctor"])
+def test_a_killed_merge_leaves_no_decrypted_file_once_cleaned(
+    tmp_path: Path, write_agent: AgentFactory, command: str
+) -> None:
+    # The merge's guard captured your edit of the decrypted file into its own store, then the
+    # merge was killed with its check: only a merge's normal end deleted that store.
+    repo = crypt_repo(tmp_path / "repo")
+    agent = write_agent("import pathlib\npathlib.Path('work.txt').write_text('work\\n')\n")
+    assert swarm(repo, "run", "--agent", " ".join(agent), "-t", "t=x").returncode == 0
+    (repo / "secret.txt").write_text(f"{PLAIN}\nmy edit {PLAIN}2\n")
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    os.mkfifo(ctrl / "fifo")
+    (tmp_path / "check.py").write_text(BLOCKING_CHECK)
+    check = f"{sys.executable} {tmp_path / 'check.py'} {ctrl}"
+    merging = subprocess.Popen(
+        [sys.executable, "-m", "worktree_swarm.cli", "merge", "--check", check],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for((ctrl / "checking").exists, what="the merge's check")
+        swarm_dir = repo / ".git" / "swarm"
+        assert list(swarm_dir.glob("runs/*/merge/guard/snapshot-objects")), "no store to leave"
+        os.killpg(merging.pid, signal.SIGKILL)
+        merging.wait()
+    finally:
+        if merging.poll() is None:
+            os.killpg(merging.pid, signal.SIGKILL)
+            merging.wait()
+        with contextlib.suppress(OSError):  # the check, if still waiting, reads EOF and ends
+            os.close(os.open(ctrl / "fifo", os.O_WRONLY | os.O_NONBLOCK))
+    out = swarm(repo, command, "--yes")
+    assert out.returncode in {0, 1}, out.stdout + out.stderr
+    assert holding(swarm_dir, PLAIN) == []
+    assert PLAIN.encode() not in stored_bytes(repo)

@@ -36,9 +36,10 @@ from worktree_swarm.cleanup.orphan_processes import _processes
 from worktree_swarm.cleanup.orphan_worktrees import DAY, _directories, _worktrees
 from worktree_swarm.cleanup.repo_repairs import broken_refs, ref_move_notes, stale_git_locks
 from worktree_swarm.core.errors import BadInputError
-from worktree_swarm.core.paths import store_path
+from worktree_swarm.core.paths import merge_guard_dir, store_path
 from worktree_swarm.core.units import parse_duration
 from worktree_swarm.git import repo as git
+from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
 
@@ -94,6 +95,7 @@ def doctor(
             findings = [f for f in findings if (f.kind, f.target) not in again] + more
             results = [r for r in results if (r.finding.kind, r.finding.target) not in again]
             results += apply(repo, more, store=store, force=force, grace=grace)
+        _drop_merge_baselines(repo)
     finally:
         if store is not None:
             store.close()
@@ -101,6 +103,20 @@ def doctor(
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
     return Report(mode="orphans", findings=tuple(findings), applied=True, results=tuple(results))
+
+
+def _drop_merge_baselines(repo: git.Repo) -> None:
+    """Delete the baselines a killed `swarm merge`'s guard left, while no merge runs.
+
+    A merge deletes them on leaving; killed, it left its index copies and, under a filter of
+    your config, its store of your checkout's decrypted files.
+    """
+    runs = repo.state_dir / "runs"
+    if not runs.is_dir():
+        return
+    with lock.merge_lock_if_free(repo.state_dir) as free:
+        for run in sorted(runs.iterdir()) if free else []:
+            snapshot.drop_baselines(merge_guard_dir(repo, run.name))
 
 
 def _new_to_fix(before: Action | None, finding: Finding) -> bool:

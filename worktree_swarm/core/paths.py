@@ -73,6 +73,11 @@ def guard_dir(repo: Repo, run_id: str) -> Path:
     return run_dir(repo, run_id) / "guard"
 
 
+def merge_guard_dir(repo: Repo, run_id: str) -> Path:
+    """Where the guard of a run's `swarm merge` keeps its baselines, log and patches."""
+    return run_dir(repo, run_id) / "merge" / "guard"
+
+
 def integration_worktree(worktree_root: Path, run_id: str) -> Path:
     """Where a run's `swarm merge` keeps its integration worktree, under its worktree root."""
     return worktree_root / f"{INTEGRATION_DIR_PREFIX}{run_id}"

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from worktree_swarm.core.models import ProcessIdentity
-from worktree_swarm.core.paths import run_dir
+from worktree_swarm.core.paths import merge_guard_dir
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import remotes
+from worktree_swarm.guard.snapshot import drop_baselines
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.store import Store
@@ -44,9 +45,10 @@ class MergeGuard:
         self._store = store
         self._restore = restore
         self._run_id = run_id
+        self._dir = merge_guard_dir(repo, run_id)
         self._guard = Guard(
             repo,
-            work_dir=run_dir(repo, run_id) / "merge" / "guard",
+            work_dir=self._dir,
             restore=restore,
             exclude=[*exclude, *proc.output_files()],
             others=self._in_a_run,
@@ -60,6 +62,8 @@ class MergeGuard:
     def watching(self) -> Iterator[MergeGuard]:
         """Take the baselines; on leaving, a last scan puts back what is still out of place."""
         self._since = time.time()
+        # A killed merge's baselines (its store: your decrypted files, under a filter) go.
+        drop_baselines(self._dir)
         # Listening first: a move told and done before the baselines are read is in them.
         with self._guard.listening():
             self._guard.start()
