@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import git, make_repo
 from tests.test_clean import edits_done, report
 from tests.test_guard import events
-from tests.test_run import status_json, swarm, wait_for
+from tests.test_run import status_json, swarm, swarm_bg, wait_for
 
 AgentFactory = Callable[[str], list[str]]
 PLAIN = "PlaintextSecretValue"  # what the checkout holds; the store holds it rot13'ed
@@ -212,4 +212,55 @@ def test_a_killed_merge_leaves_no_decrypted_file_once_cleaned(
     out = swarm(repo, command, "--yes")
     assert out.returncode in {0, 1}, out.stdout + out.stderr
     assert holding(swarm_dir, PLAIN) == []
+    assert PLAIN.encode() not in stored_bytes(repo)
+
+
+# Deletes the guard's own store (no --sandbox: it can), then, once told, writes into your
+# checkout.
+STORE_DELETER = """
+import pathlib, shutil, sys, time
+repo, flags = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+(store,) = repo.glob('.git/swarm/runs/*/guard/snapshot-objects')
+shutil.rmtree(store)
+while not (flags / 'go').exists():
+    time.sleep(0.05)
+(repo / 'README.md').write_text('agent\\n')
+pathlib.Path('work.txt').write_text('work\\n')
+"""
+
+
+def test_the_guards_store_deleted_is_told_and_later_writes_are_put_back(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Every comparison after the deletion failed (its baselines named objects that were gone):
+    # the agent's later write into your checkout stayed, the task only "not vouched for".
+    repo = crypt_repo(tmp_path / "repo")
+    mine = f"{PLAIN}\nmy edit {PLAIN}2\n"
+    (repo / "secret.txt").write_text(mine)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    agent = " ".join([*write_agent(STORE_DELETER), str(repo), str(flags)])
+    running = swarm_bg(repo, "run", "--agent", agent, "-t", "t=x")
+    try:
+
+        def told() -> bool:
+            logs = (repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")
+            return any("store of your checkout's baseline" in log.read_text() for log in logs)
+
+        wait_for(told, what="the guard to tell its store was deleted")
+        (flags / "go").touch()
+        assert running.wait(timeout=120) == 1, (repo.parent / "bg.log").read_text()
+    finally:
+        (flags / "go").touch()
+        if running.poll() is None:
+            running.kill()
+    deleted, written = events(repo, "outside_write")
+    assert deleted["where"] == "repository", deleted
+    assert deleted["suspects"] == ["t"]
+    assert "cannot be put back" in str(deleted["lost"])
+    assert written["paths"] == ["README.md"], written
+    assert written["restored"] is True
+    assert (repo / "README.md").read_text() == "hello\n"
+    assert (repo / "secret.txt").read_text() == mine
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert PLAIN.encode() not in stored_bytes(repo)

@@ -17,9 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
-from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, Snapshot
+from worktree_swarm.guard.model import MAIN, REPOSITORY, WORKTREE_PREFIX, Snapshot, Violation
 from worktree_swarm.guard.snapshot import (
     OWN_OBJECTS,
     Objects,
@@ -39,10 +40,17 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
 _MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
+# What git says of an object a captured tree or a scratch index names that is not there.
+_MISSING = ("invalid object", "bad object")
 
 
 class Baselines(Verdicts):
     """Baselines taken, kept and rebuilt."""
+
+    # The guard's own store (device, inode) once a baseline wrote there, and when it was last
+    # found so: deleted (or another in its place), the baselines name objects that are gone.
+    _own_store: tuple[int, int] | None = None
+    _store_seen = 0.0
 
     @property
     def _snapshots(self) -> Objects:
@@ -150,6 +158,10 @@ class Baselines(Verdicts):
         if users or not is_clean(place_status):
             _seed(scratch, saved)
             base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
+            if self._own_store is None:
+                with contextlib.suppress(OSError):  # none: no filter, captures write in yours
+                    made = self._snapshots.own.stat()
+                    self._own_store, self._store_seen = (made.st_dev, made.st_ino), began
         if users and base is not None:
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
             out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
@@ -193,6 +205,47 @@ class Baselines(Verdicts):
                 tree=git.git(place.path, "rev-parse", f"{oid}^{{tree}}").strip(),
             )
         return place.base
+
+    def _store_lost(self, began: float, failure: str = "") -> list[Violation] | None:
+        """The guard's own store deleted under its baselines: told, every baseline taken anew.
+
+        Found gone (or another directory in its place), or by git's *failure* to find an
+        object there. What it held (your uncommitted edits of files under a filter, as the
+        baselines took them) cannot be put back; without new baselines every later comparison
+        would fail, and a later write go unput back. The suspects: every agent that ran since
+        it was last found whole (or none: yours, only logged). Under the guard's lock. None:
+        nothing lost.
+        """
+        if self._own_store is None:
+            return None
+        own = self._snapshots.own
+        try:
+            now = own.stat()
+            whole = (now.st_dev, now.st_ino) == self._own_store
+        except OSError:
+            whole = False
+        if whole and not any(said in failure for said in _MISSING):
+            self._store_seen = began
+            return None
+        window = (self._store_seen, began)
+        self._own_store = None
+        for place in self._places.values():  # their entries name objects that are gone
+            for scratch in (place.scratch, place.scratch.with_name(place.scratch.name + ".lock")):
+                with contextlib.suppress(OSError):
+                    scratch.unlink()
+        for where, place in list(self._places.items()):
+            with self._job(where):  # failing: told, and compared again as ever
+                self._watch(where, place.path)
+        lost = (
+            f"the guard's store of your checkout's baseline {path_text(str(own))} was deleted:"
+            " what it held (your uncommitted edits of files under a filter) cannot be put back"
+        )
+        suspects = self._agents.suspects(window, exclude=())
+        if not suspects:
+            self._log(f"{lost} (no agent ran since it was last found); new baselines taken")
+            return []
+        found = Violation(number=0, where=REPOSITORY, lost=lost, suspects=suspects)
+        return [self._record(found, patch_text=f"# {lost}; new baselines taken\n")]
 
     def _excludes(self, place: _Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()

@@ -107,6 +107,9 @@ class CheckoutChecks(WorktreeChecks):
         with self._job(place.where):
             found = self._scan_place(place, began, quick=quick, thorough=not sweep, since=since)
             ok = True
+        lost = None if ok else self._store_lost(began, self._failing.get(place.where, ""))
+        if lost is not None:  # the guard's own store emptied: the place has a new baseline
+            found, ok = lost, True
         if not ok and place.users and self.restore and _unreadable_index(place.path):
             # Your index, written unreadable (every git command of yours fails on it): the
             # one saved at the baseline goes back, and the place is compared as usual.

@@ -61,6 +61,8 @@ class Violation:
     # The run's last scan could not compare the place (why): what its suspects did there is
     # unknown, and a task is vouched for only when it is known.
     unchecked: str = ""
+    # A file of the guard's own deleted, and what was lost with it (worded whole).
+    lost: str = ""
 
     @property
     def task(self) -> str | None:
@@ -107,6 +109,8 @@ class Violation:
             )
         if self.set_aside:
             others.append(f"the repositories made there moved whole to {_shown(self.set_aside)}")
+        if self.lost:
+            others.append(self.lost)
         return others
 
     def reason(self, task_id: str) -> str:
@@ -133,6 +137,7 @@ class Violation:
             "restored": self.restored,
             "cut_short": self.cut_short,
             "unchecked": self.unchecked,
+            "lost": self.lost,
             "summary": self.summary(),
         }
 
@@ -172,6 +177,7 @@ class Violation:
             restored=data.get("restored") is True,
             cut_short=data.get("cut_short") is True,
             unchecked=str(data.get("unchecked", "")),
+            lost=str(data.get("lost", "")),
         )
 
 

@@ -453,14 +453,13 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
             if deep:
                 self._settled_checks(began)
         with self._lock.first():  # ahead of the workers: the checks below never wait long
+            found += self._store_lost(began) or []
             with self._repo_lock, self._job("worktrees"):
                 self._follow_linked()
                 # Before your checkout: a worktree moved into it goes back, not away.
                 found += self._scan_worktrees(began, pending)
             changed = self._changes.changed()
-            for place in self._places.values():
-                if place.where not in changed and self._changes.watched(place.where):
-                    place.seen = began  # untouched until the events were read, after *began*
+            self._seen_untouched(changed, began)
             sweep = None if final else self._sweep_pick()
             compared = time.monotonic()
             for place in [p for p in self._places.values() if p.users]:
@@ -484,6 +483,12 @@ class Guard(CheckoutChecks, SurfaceChecks, ObjectChecks):
         return found
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _seen_untouched(self, changed: set[str], began: float) -> None:
+        """The places the change test saw untouched until it was read (after *began*)."""
+        for place in self._places.values():
+            if place.where not in changed and self._changes.watched(place.where):
+                place.seen = began
 
     def _release(self, task_id: str, path: Path) -> None:
         """One holder less; the last one hands the worktree over to the guard's watch.
