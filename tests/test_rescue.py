@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,33 @@ def test_a_rescue_leaves_out_a_file_whose_filter_swarms_git_never_runs(
     assert not stray.exists()
     assert _rescued(repo) == [rescued]  # the same files: saved under the same ref
     assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
+
+
+@pytest.mark.long
+def test_a_rescue_saves_the_other_files_past_more_filtered_files_than_a_command_line_holds(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # `git lfs install --local` puts a filter in the repository's config: a big LFS checkout
+    # left behind has tens of thousands of files under it, each left out by name.
+    root = edits_done(repo, write_agent).parent
+    git(repo, "config", "filter.crypt.clean", "rev")
+    stray = root / "stray"
+    (stray / "lfs").mkdir(parents=True)
+    (stray / ".gitattributes").write_text("*.bin filter=crypt\n")
+    pad = "-asset" * 36  # long names: enough of them to pass ARG_MAX are few, git is quick
+    for i in range(os.sysconf("SC_ARG_MAX") // 200):  # each exclusion takes over 200 bytes
+        (stray / "lfs" / f"{i:05}{pad}.bin").write_bytes(b"x")
+    (stray / "notes.txt").write_text("notes nobody committed\n")
+
+    found = report(repo, "doctor", "--yes", code=1)
+
+    result = str(found[str(stray)]["result"])
+    assert "Argument list too long" not in result
+    assert f"left out lfs/00000{pad}.bin (filter crypt)" in result
+    (rescued,) = _rescued(repo)
+    assert f"saved as {rescued}" in result
+    assert git(repo, "show", f"{rescued}:notes.txt") == "notes nobody committed"
+    assert git(repo, "ls-tree", "--name-only", rescued) == ".gitattributes\nnotes.txt"
 
 
 @pytest.mark.parametrize("by", ["clean", "merge"])

@@ -214,9 +214,11 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
         root = repo.root
         filtered = filtered_on_disk(root, path, base=base, env=env)
-        skip = [f":(exclude,literal,top){name}" for name, _ in filtered]
-        args = ("add", "--all", "--verbose", "--", ".", *skip)
-        embedded = _embedded(path, runner.run_names(root, *base, *args, env=env).stdout)
+        # On its input, NUL-separated: an LFS checkout's thousands of files exceed ARG_MAX.
+        specs = [".", *(f":(exclude,literal,top){name}" for name, _ in filtered)]
+        args = ("add", "--all", "--verbose", "--pathspec-from-file=-", "--pathspec-file-nul")
+        added = runner.run_names(root, *base, *args, env=env, input_text="\0".join(specs) + "\0")
+        embedded = _embedded(path, added.stdout)
         for literal in in_batches(f":(literal,top){name}" for name in embedded):
             runner.run(root, *base, *_UNSTAGE, *literal, env=env)
         left = Snapshot(None, _put_filtered(repo, path, base, env, parent, filtered),
