@@ -188,7 +188,7 @@ def _local_paths(store: Store | None, f: Finding, path: Path) -> tuple[str, ...]
         return ()
     row, task = known
     # Not its droppings: left in the worktree, they would keep it from being removed.
-    return task_checkpoint.left_out(store, row, task, path).exclude
+    return local_files.local_paths(path, link=task.link, copy=task.copy, base=row.base_commit)
 
 
 def _as_copied(repo: git.Repo, store: Store | None, f: Finding, path: Path) -> frozenset[str]:

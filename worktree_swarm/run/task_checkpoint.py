@@ -2,7 +2,9 @@
 
 `swarm stop`, `swarm clean`, `swarm retry --fresh`, and a finished worktree's removal for
 ``max_disk``. They name the agent that ran the task last (a fallback or the budget agent,
-maybe), and leave out what the run's own checkpoints leave out.
+maybe), and leave out what the run's own checkpoints leave out; but `swarm clean` commits
+the agent tools' own files (droppings) with the rest, as the worktree it removes must hold
+nothing uncommitted.
 """
 
 from __future__ import annotations
