@@ -18,6 +18,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import diffs
+from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import Violation
 from worktree_swarm.infra import scrub
 from worktree_swarm.infra.logtail import read_log_end
@@ -256,7 +257,8 @@ class RayAttemptRun(RayResume):
             cut = (TaskState.STOPPED, "stopped")  # it ended as `swarm stop` came (killed by it)
         state = cut[0] if cut else result.outcome
         message = f"swarm: checkpoint {task.id} attempt {handle.number} ({state})"
-        tip = self._call(handle.actor, "finish", message=message, live=live)  # trailers: the node
+        # Trailers: the node's. None: it made no checkpoint (it had no agent), pushed nothing.
+        tip: str | None = self._call(handle.actor, "finish", message=message, live=live)
         self._report_planted(task.id, handle, self._call(handle.actor, "planted", live=live))
         left: list[str] = self._call(handle.actor, "submodule_work", live=live)
         # As it ended: what `swarm status` and `report` keep, and the session to go on with.
@@ -266,7 +268,9 @@ class RayAttemptRun(RayResume):
         self._fetch(task)
         self._record(task.id, handle, code, result, cut)
         scrub.scrub_file(handle.log_path)
-        stat = self._record_diff(task.id, base, str(tip))
+        if tip is None:  # the branch as it was
+            tip = git.rev_parse(self.repo, f"refs/heads/{task.branch}") or base
+        stat = self._record_diff(task.id, base, tip)
         big = diffs.over_size(self.repo, stat, self.spec.max_file) if cut is None else []
         if big:  # committed by the agent itself: a push of the branch would be refused
             self._retire(handle)
