@@ -243,3 +243,31 @@ def _swarm_with_a_terminal(repo: Path, args: tuple[str, ...]) -> subprocess.Comp
     finally:
         os.close(terminal)
         os.close(controller)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_core_worktree_naming_another_repositorys_checkout_is_bad_input(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # Its .git leads git there to the other repository: swarm's git worked on that one
+    # (`run` made other.swarm beside it and failed on git's "Not a valid object name HEAD").
+    repo, other = tmp_path / "repo", tmp_path / "other"
+    for where in (repo, other):
+        where.mkdir()
+        git(where, "init", "-q", "-b", "main")
+        (where / f"{where.name}.txt").write_text("x\n")
+        git(where, "add", "-A")
+        git(where, "commit", "-q", "-m", "initial")
+    git(repo, "config", "core.worktree", str(other))
+    before = snapshot(repo), snapshot(other)
+    out = subprocess.run(
+        [sys.executable, "-m", "worktree_swarm.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert_refused(out, f"{other}, the working tree core.worktree names")
+    assert "config --unset core.worktree" in out.stderr
+    assert (snapshot(repo), snapshot(other)) == before

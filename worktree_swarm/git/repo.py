@@ -117,12 +117,14 @@ def open_repo(path: Path, *, empty_ok: bool = False) -> Repo:
     # dir before its commondir file is written), and it misnames --separate-git-dir checkouts.
     if in_main and top is not None:  # in the main checkout (wherever its git dir)
         root = top
-        if not os.path.lexists(top / ".git") and not _finds(top, common_dir):
-            raise BadInputError(  # core.worktree names it: every git command there would fail
+        # core.worktree names it: git there would find no repository, or another one (its
+        # own .git), and every command would fail or work on that one.
+        if top != git_dir.parent and not _finds(top, common_dir):
+            raise BadInputError(
                 f"{top}, the working tree core.worktree names in {git_dir}/config, has no .git "
-                f"leading back to it, so git finds no repository there; unset it (`git "
-                f"--git-dir={shlex.quote(str(git_dir))} config --unset core.worktree`) or run "
-                "swarm in a checkout with its own .git"
+                "leading back to it, so git there finds no repository or another one; unset it "
+                f"(`git --git-dir={shlex.quote(str(git_dir))} config --unset core.worktree`) or "
+                "run swarm in a checkout with its own .git"
             )
     elif common_dir.name == ".git":
         root = common_dir.parent
