@@ -14,12 +14,12 @@ import pytest
 from worktree_swarm.config.manifest import (
     Overrides,
     build_run_spec,
-    dependency_cycle,
     load_config,
 )
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.paths import RUN_DIR_NAMES
 from worktree_swarm.core.run_settings import Executor, RunSettings
+from worktree_swarm.core.scheduler import dependency_cycle
 from worktree_swarm.core.task import is_valid_task_id
 from worktree_swarm.core.units import parse_duration, parse_size
 

@@ -27,6 +27,7 @@ from worktree_swarm.config.values import AgentRef, string, type_name
 from worktree_swarm.core import paths, units
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.run_settings import CopyMode, Executor, RunSettings, RunSpec
+from worktree_swarm.core.scheduler import dependency_cycle
 from worktree_swarm.core.settings import Kind, Scope
 from worktree_swarm.core.task import DEFAULT_AGENT, TASK_ID_RE, Task, is_valid_task_id
 from worktree_swarm.core.text import not_utf8
@@ -47,7 +48,6 @@ __all__ = [
     "Overrides",
     "build_run_spec",
     "configured",
-    "dependency_cycle",
     "load_config",
 ]
 
@@ -192,36 +192,6 @@ def configured(repo_root: Path, key: str) -> object | None:
         expanded = paths.user_path(str(value), where=f"{where}: {key}")
         return Path(os.path.normpath(repo_root.absolute() / expanded))
     return value
-
-
-def dependency_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """Return one dependency cycle as ``[a, b, c, a]`` (a depends on b ...), or None.
-
-    Dependencies that are not keys of *deps* are ignored. Iterative, so long chains are fine.
-    """
-    done: set[str] = set()
-    for root in deps:
-        if root in done:
-            continue
-        path = [root]
-        position = {root: 0}
-        stack = [iter(deps[root])]
-        while stack:
-            for dep in stack[-1]:
-                if dep not in deps or dep in done:
-                    continue
-                if dep in position:
-                    return [*path[position[dep] :], dep]
-                position[dep] = len(path)
-                path.append(dep)
-                stack.append(iter(deps[dep]))
-                break
-            else:
-                stack.pop()
-                node = path.pop()
-                del position[node]
-                done.add(node)
-    return None
 
 
 # --- sources ---------------------------------------------------------------------------------

@@ -235,3 +235,33 @@ def _literal_ends(segment: str) -> tuple[str, str]:
         whole = "".join(literal)
         return whole, whole
     return "".join(literal[: wild[0]]), "".join(literal[wild[-1] + 1 :])
+
+
+def dependency_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """Return one dependency cycle as ``[a, b, c, a]`` (a depends on b ...), or None.
+
+    Dependencies that are not keys of *deps* are ignored. Iterative, so long chains are fine.
+    """
+    done: set[str] = set()
+    for root in deps:
+        if root in done:
+            continue
+        path = [root]
+        position = {root: 0}
+        stack = [iter(deps[root])]
+        while stack:
+            for dep in stack[-1]:
+                if dep not in deps or dep in done:
+                    continue
+                if dep in position:
+                    return [*path[position[dep] :], dep]
+                position[dep] = len(path)
+                path.append(dep)
+                stack.append(iter(deps[dep]))
+                break
+            else:
+                stack.pop()
+                node = path.pop()
+                del position[node]
+                done.add(node)
+    return None

@@ -1,11 +1,13 @@
 """The ends of logs: what the report, the live view and failure reasons quote from them.
 
 Logs can be large and still growing, so files are read from their end, and a log that is
-missing or unreadable reads as empty: quoting it must never fail the caller.
+missing or unreadable reads as empty: quoting it must never fail the caller. A Ray attempt's
+local copy of its node's log notes beside it how far that log was read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -340,3 +342,30 @@ def _after_lines(path: Path, lines: int) -> tuple[BinaryIO, int, bytes]:
         at, seen, mark = at + len(chunk), seen + count, (mark + chunk)[-_MARK:]
     fh.seek(at)
     return fh, at, mark
+
+
+def _read_to(log_path: Path) -> Path:
+    """The file beside an attempt's local log that says how far its node's log was read."""
+    return log_path.with_name(log_path.name + ".read")
+
+
+def _note_read(log_path: Path, read_to: int, size: int) -> None:
+    """Record that the node's log was read to *read_to* when the copy held *size* bytes."""
+    part = log_path.with_name(log_path.name + ".read.part")
+    part.write_text(f"{read_to} {size}\n")
+    part.replace(_read_to(log_path))
+
+
+def _mirrored(log_path: Path) -> int:
+    """How far the node's log of the copy *log_path* was read; the copy cut back to match.
+
+    A coordinator killed after appending a chunk and before noting it leaves the copy longer
+    than noted: cut, the chunk is copied again, not twice. Nothing noted: copied from the start.
+    """
+    try:
+        read_to, size = map(int, _read_to(log_path).read_text().split())
+    except (OSError, ValueError):
+        read_to = size = 0
+    with contextlib.suppress(OSError), log_path.open("r+b") as fh:
+        fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
+    return read_to

@@ -12,7 +12,6 @@ repository and the remote the nodes share. What an attempt means for its task is
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, redact, scrub
-from worktree_swarm.infra.logtail import read_log_end
+from worktree_swarm.infra.logtail import _note_read, read_log_end
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
@@ -468,36 +467,9 @@ class RayAttempts(RunWorker):
             )  # fmt: skip
 
 
-def _read_to(log_path: Path) -> Path:
-    """The file beside an attempt's local log that says how far its node's log was read."""
-    return log_path.with_name(log_path.name + ".read")
-
-
-def _note_read(log_path: Path, read_to: int, size: int) -> None:
-    """Record that the node's log was read to *read_to* when the copy held *size* bytes."""
-    part = log_path.with_name(log_path.name + ".read.part")
-    part.write_text(f"{read_to} {size}\n")
-    part.replace(_read_to(log_path))
-
-
 def _size(path: Path) -> int:
     """The size of *path*, 0 when it is not there."""
     try:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _mirrored(log_path: Path) -> int:
-    """How far the node's log of the copy *log_path* was read; the copy cut back to match.
-
-    A coordinator killed after appending a chunk and before noting it leaves the copy longer
-    than noted: cut, the chunk is copied again, not twice. Nothing noted: copied from the start.
-    """
-    try:
-        read_to, size = map(int, _read_to(log_path).read_text().split())
-    except (OSError, ValueError):
-        read_to = size = 0
-    with contextlib.suppress(OSError), log_path.open("r+b") as fh:
-        fh.truncate(min(size, os.fstat(fh.fileno()).st_size))
-    return read_to

@@ -18,6 +18,7 @@ from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
+from worktree_swarm.infra.logtail import _mirrored
 from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage
 from worktree_swarm.run.agent_watch import read_log
 from worktree_swarm.run.checks import CheckFailure
@@ -28,7 +29,6 @@ from worktree_swarm.run.ray_attempt import (
     RayAttempts,
     _Ended,
     _Handle,
-    _mirrored,
     _Throttled,
 )
 from worktree_swarm.run.ray_cluster import _ray
