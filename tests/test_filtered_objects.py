@@ -201,6 +201,7 @@ def test_a_killed_merge_leaves_no_decrypted_file_once_cleaned(
         wait_for((ctrl / "checking").exists, what="the merge's check")
         swarm_dir = repo / ".git" / "swarm"
         assert list(swarm_dir.glob("runs/*/merge/guard/snapshot-objects")), "no store to leave"
+        assert list(swarm_dir.glob("runs/*/merge/guard/held/*")), "no held objects to leave"
         os.killpg(merging.pid, signal.SIGKILL)
         merging.wait()
     finally:
@@ -213,6 +214,8 @@ def test_a_killed_merge_leaves_no_decrypted_file_once_cleaned(
     assert out.returncode in {0, 1}, out.stdout + out.stderr
     assert holding(swarm_dir, PLAIN) == []
     assert PLAIN.encode() not in stored_bytes(repo)
+    # Nor its links to your object files, which kept what a `git gc` freed on disk.
+    assert list(swarm_dir.glob("runs/*/merge/guard/held")) == []
 
 
 # Deletes the guard's own store (no --sandbox: it can), then, once told, writes into your

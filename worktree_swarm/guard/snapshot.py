@@ -17,6 +17,7 @@ from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.process import StuckOnPipeError
+from worktree_swarm.guard import held_files
 from worktree_swarm.guard.model import Snapshot, short_ref
 
 # Refs the guard watches: branches, tags, the stash, its own kept tips, and replace refs (your
@@ -170,13 +171,15 @@ def drop_baselines(guard_dir: Path) -> None:
     """Delete the copies of checkouts' indexes a guard compares against, once it looks no more.
 
     One per task and per checkout of yours, each the size of its index: megabytes a task in a
-    big repository, which a finished run has no use for.
+    big repository, which a finished run has no use for. Its held object files go too: they
+    keep on disk what a `git gc` freed since.
     """
     for pattern in ("*.index", "*.scratch-index", "*.scratch-index.lock"):
         for copy in guard_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 copy.unlink()
     shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
+    held_files.let_go(guard_dir / held_files.HELD)
 
 
 def symbolic_head(path: Path) -> str | None:
