@@ -1010,6 +1010,23 @@ def test_a_look_at_a_repository_swarm_never_ran_in_creates_nothing(
     assert checkout_state(repo) == before
 
 
+@pytest.mark.parametrize("commits", [True, False])
+@pytest.mark.parametrize("args", [("doctor", "--yes"), ("clean", "--orphans", "--yes")])
+def test_a_cleanup_finding_nothing_in_a_repository_swarm_never_ran_in_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...], commits: bool
+) -> None:
+    # With nothing to fix it took its locks anyway: .git/swarm/repo.lock and ref-moves/ stayed.
+    repo = tmp_path / "repo"
+    if commits:
+        make_repo(repo)
+    else:
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+    out = swarm(repo, *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (repo / ".git" / "swarm").exists()
+
+
 def merged_run(repo: Path, tmp_path: Path) -> None:
     """A run of one task (`aa`, writes aa.txt) merged into its integration branch."""
     agent = tmp_path / "agent.py"

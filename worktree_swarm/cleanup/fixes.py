@@ -50,8 +50,11 @@ def apply(
     """Carry out *findings* in the safe order, under the repository lock; never raises for one.
 
     Each finding is re-checked before it is acted on; one that no longer holds, or fails, is
-    reported as not fixed with the reason, and the others go on.
+    reported as not fixed with the reason, and the others go on. With nothing to act on, no
+    lock is taken: a cleanup that found nothing leaves no `.git/swarm` where swarm never ran.
     """
+    if all(f.action is Action.KEEP for f in findings):
+        return [Result(finding=f, fixed=False, detail=f.fix) for f in findings]
     # A running guard is told exactly which branches this moves, so it blames no agent. Its
     # verdict is awaited without the repository lock: the guard may need that lock first (to
     # put back a task worktree an agent removed), and would give it after the wait gave up.
