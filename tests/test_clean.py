@@ -188,6 +188,27 @@ def test_clean_removes_finished_worktrees_and_merged_branches_only(
     assert checkout_state(repo) == before
 
 
+def test_clean_leaves_the_guard_copies_of_an_ended_run_while_a_manager_holds_the_repository(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # A `swarm resume` of that run starting: its new guard's copies were deleted under it.
+    edits_done(repo, write_agent)
+    (guard,) = (repo / ".git" / "swarm" / "runs").glob("*/guard")
+    copy, held = guard / "task-edits.index", guard / "held" / "pack"
+    copy.write_bytes(b"DIRC")
+    held.mkdir(parents=True)
+    with ManagerLock(repo / ".git" / "swarm") as manager:
+        manager.acquire()
+        out = swarm(repo, "clean", "--yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert index_copies(repo) == [copy]
+        assert held.is_dir()
+    out = swarm(repo, "clean", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert index_copies(repo) == []
+    assert not held.parent.exists()
+
+
 def test_a_branch_no_clean_named_yet_is_named_in_full_then_in_one_line(
     repo: Path, write_agent: AgentFactory
 ) -> None:

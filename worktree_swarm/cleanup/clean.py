@@ -37,7 +37,7 @@ from worktree_swarm.cleanup.plan_reads import _Pushed, _Seen, _statuses, _to_loo
 from worktree_swarm.cleanup.repo_repairs import ref_move_notes, stale_git_locks
 from worktree_swarm.cleanup.task_plan import _plan_left_there, _plan_task
 from worktree_swarm.core import paths
-from worktree_swarm.core.errors import BadInputError, ExitCode
+from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedError
 from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.core.run_settings import Executor
@@ -166,10 +166,7 @@ def clean(
         results = apply(repo, findings, store=store, force=force, grace=grace)
         _record_cleaned(store, results)
         _forget_sign_ins(repo, store, run_ids)
-        for rid in run_ids:  # a run deletes them after its last scan; an older swarm did not
-            run = store.get_run(rid)
-            if run is not None and run.status is not RunStatus.RUNNING:
-                snapshot.drop_baselines(paths.guard_dir(repo, rid))
+        _drop_guard_baselines(repo, store, run_ids)
     _remove_empty_root(repo)
     return Report(
         mode="clean",
@@ -194,6 +191,26 @@ def _forget_sign_ins(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
         for task in store.tasks(run_id):
             if task.state.is_final:
                 claude_auth.forget(paths.run_dir(repo, run_id) / task.task_id / "agent-config")
+
+
+def _drop_guard_baselines(repo: git.Repo, store: Store, run_ids: list[str]) -> None:
+    """Drop the guard baselines that runs not running still have (an older swarm kept them).
+
+    A run drops its own after its last scan. Dropped under the manager lock, taken only while
+    free: a `swarm resume` starting meanwhile would have its new guard's copies deleted under
+    it. While a manager holds it they are left for the next clean.
+    """
+    if lock.held(repo.state_dir / "manager.lock"):
+        return
+    with lock.ManagerLock(repo.state_dir) as manager:
+        try:
+            manager.acquire(guarded=False)
+        except ManagerLockedError:
+            return
+        for rid in run_ids:
+            run = store.get_run(rid)
+            if run is not None and run.status is not RunStatus.RUNNING:
+                snapshot.drop_baselines(paths.guard_dir(repo, rid))
 
 
 def plan_clean(
