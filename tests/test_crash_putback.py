@@ -34,7 +34,7 @@ from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import MAIN, Violation
 from worktree_swarm.guard.watcher import Guard
 from worktree_swarm.infra.store import Store
-from worktree_swarm.run.retry import OUTSIDE_WRITE, prepare, settle_guard
+from worktree_swarm.run.retry import OUTSIDE_WRITE, check_retryable, prepare, settle_guard
 
 AgentFactory = Callable[[str], list[str]]
 
@@ -562,6 +562,7 @@ def test_a_retry_after_a_killed_manager_retries_the_task_its_guard_caught_first(
         guard = Guard(where, work_dir=guard_dir(where, run_id), restore=True, on_record=print)
         guard.report(Violation(number=0, where=MAIN, paths=("y",), suspects=("b",)))
 
+        check_retryable(where, store, run_id, [])  # not refused ahead: the verdict fails b
         picked = prepare(where, store, run_id, [], fresh=False)
 
         kinds = [e.kind for e in store.events(run_id)]

@@ -58,6 +58,18 @@ def test_runs_in_a_repository_without_runs_lists_none(repo: Path) -> None:
     assert not (repo / ".git" / "swarm").exists()
 
 
+def test_a_refused_retry_leaves_no_merge_lock_file_behind(
+    repo: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # Refused inside the merge lock, it left an empty .git/swarm/merge.lock where no merge ran.
+    run_id, _ = finished_run(repo, write_agent)
+    assert not (repo / ".git" / "swarm" / "merge.lock").exists()
+    out = swarm(repo, "retry", "ok")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == f"swarm: task ok of run {run_id} is done; its work is on swarm/ok\n"
+    assert not (repo / ".git" / "swarm" / "merge.lock").exists()
+
+
 @pytest.mark.long
 def test_a_branch_a_recorded_run_owns_gets_its_next_step(
     repo: Path, write_agent: Callable[[str], list[str]]

@@ -377,7 +377,7 @@ def retry_cmd(
     ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None, fresh: bool, as_json: bool
 ) -> int:
     """Run a run's failed, stopped or timed-out tasks again, in their kept worktrees."""
-    from worktree_swarm.infra.lock import ManagerLock, merge_lock_if_free
+    from worktree_swarm.infra.lock import ManagerLock, merge_lock_if_free, merge_running
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
@@ -387,6 +387,8 @@ def retry_cmd(
         run_id = status.resolve_run(store, run_id)
         retry.check_known(store, run_id, task_ids)  # before the lock writes its record
         lock.acquire(run_id=run_id)
+        if not merge_running(repo.state_dir):  # refused here, no merge lock file is left
+            retry.check_retryable(repo, store, run_id, task_ids)
         # A merge in its checks holds a task's result as `checking` (a killed one's is undone
         # by the next merge): reset under it, its record would call the retried work merged.
         with merge_lock_if_free(repo.state_dir) as free:

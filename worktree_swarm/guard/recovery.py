@@ -59,6 +59,13 @@ def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
     return done
 
 
+def unsettled(work_dir: Path) -> bool:
+    """Whether a killed manager's guard (in *work_dir*) left put-backs or verdicts to finish."""
+    if os.path.lexists(work_dir / _REMOTES_NOTE):
+        return True
+    return any(True for name in (_MOVING, _VERDICTS) for _ in (work_dir / name).glob("*"))
+
+
 def cut_verdicts(repo: git.Repo, work_dir: Path) -> list[tuple[Path, Violation, bool]]:
     """The verdicts a killed manager's guard (in *work_dir*) left unapplied, oldest first.
 

@@ -20,7 +20,7 @@ from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_
 from worktree_swarm.git import checkpoints, gitfiles, removal, tampering, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.model import blamed, suspect_reason
-from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs
+from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs, unsettled
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.run import task_checkpoint
@@ -54,6 +54,30 @@ def prepare(
     check_known(store, run_id, task_ids)
     settle_guard(repo, store, run_id)
     rows = {row.task_id: row for row in store.tasks(run_id)}
+    picked = _retryable(repo, store, run_id, task_ids, rows)
+    _check_in_the_way([rows[task_id] for task_id in picked])  # before any is reset
+    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
+    for task_id in picked:
+        _reset(repo, store, rows[task_id], fresh=fresh)
+    store.reopen_run(run_id)
+    return picked
+
+
+def check_retryable(repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str]) -> None:
+    """:func:`prepare`'s refusal of a task that cannot be retried, or of nothing to retry.
+
+    Decided ahead (before the merge lock, whose file a refused retry would leave behind)
+    only while the killed manager's guard left nothing to settle: a verdict it reached fails
+    a task once settled, which may make it retryable.
+    """
+    if not unsettled(guard_dir(repo, run_id)):
+        _retryable(repo, store, run_id, task_ids, {r.task_id: r for r in store.tasks(run_id)})
+
+
+def _retryable(
+    repo: git.Repo, store: Store, run_id: str, task_ids: Sequence[str], rows: dict[str, TaskRow]
+) -> list[str]:
+    """The tasks to retry; BadInputError for a named one that cannot be, or for none."""
     taken = store.taken_over(run_id)
     for task_id in task_ids:
         _check_named(repo, rows[task_id], taken, run_id)
@@ -72,11 +96,6 @@ def prepare(
         raise BadInputError(
             f"nothing to retry in run {run_id}: no task failed, stopped, timed out or was blocked"
         )
-    _check_in_the_way([rows[task_id] for task_id in picked])  # before any is reset
-    _check_not_checked_out(repo, [rows[task_id] for task_id in picked])
-    for task_id in picked:
-        _reset(repo, store, rows[task_id], fresh=fresh)
-    store.reopen_run(run_id)
     return picked
 
 
