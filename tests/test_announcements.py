@@ -17,7 +17,7 @@ def test_a_writer_gone_or_unreadable_is_not_taken_for_swarm(tmp_path: Path) -> N
     gone = subprocess.Popen(["true"])
     process = psutil.Process(gone.pid)
     gone.wait()  # reaped: its command line can no longer be read
-    assert announcements._swarm_command(process) is False
+    assert announcements.swarm_command(process) is False
     # A program called `swarm` whose script is not there to read (`exec -a swarm`): not swarm.
     named = subprocess.Popen(["bash", "-c", "exec -a swarm sleep 30"], cwd=tmp_path)
     try:
@@ -25,7 +25,7 @@ def test_a_writer_gone_or_unreadable_is_not_taken_for_swarm(tmp_path: Path) -> N
         while psutil.Process(named.pid).cmdline()[:1] != ["swarm"]:  # once bash has exec'd
             assert time.monotonic() < deadline, "sleep never ran as swarm"
             time.sleep(0.01)
-        assert announcements._swarm_command(psutil.Process(named.pid)) is False
+        assert announcements.swarm_command(psutil.Process(named.pid)) is False
     finally:
         named.kill()
         named.wait()
@@ -35,11 +35,11 @@ def test_an_announcement_moved_or_unparsable_is_nobodys(tmp_path: Path) -> None:
     note = tmp_path / "note.json"
     note.write_text("{}")
     read = note.lstat()
-    assert announcements._still_at(note, read)
+    assert announcements.still_at(note, read)
     note.unlink()
-    assert not announcements._still_at(note, read)  # gone: not the file that was read
+    assert not announcements.still_at(note, read)  # gone: not the file that was read
     for text in (b"not json", b"{}", b'{"pid": "x", "started": 1, "moves": [], "done": false}'):
-        assert announcements._parsed(text) is None
+        assert announcements.parse_announcement(text) is None
 
 
 def test_a_writer_that_ended_holds_no_announcement(tmp_path: Path) -> None:
@@ -47,9 +47,9 @@ def test_a_writer_that_ended_holds_no_announcement(tmp_path: Path) -> None:
     note.write_text("{}")
     with note.open() as held:
         me = psutil.Process(os.getpid())
-        assert announcements._holds(me, os.fstat(held.fileno()))
+        assert announcements.holds(me, os.fstat(held.fileno()))
     ended = subprocess.Popen(["true"])
     process = psutil.Process(ended.pid)
     ended.wait()
     with pytest.raises(psutil.NoSuchProcess):
-        announcements._holds(process, note.lstat())
+        announcements.holds(process, note.lstat())

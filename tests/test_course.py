@@ -142,7 +142,7 @@ def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_th
     # A previous coordinator's attempt that ended on a usage window (replayed from the store):
     # its throttle was applied when it was told; the resumed coordinator's fresh gate halved
     # the provider's concurrency once more for it, as for a new, unconfirmed window.
-    from worktree_swarm.run.ray_attempt import _Throttled  # noqa: PLC0415
+    from worktree_swarm.run.ray_attempt import Throttled  # noqa: PLC0415
     from worktree_swarm.run.ray_exec import RayTaskWorker  # noqa: PLC0415
 
     worker = object.__new__(RayTaskWorker)
@@ -151,7 +151,7 @@ def test_a_ray_coordinator_resumed_recalls_a_replayed_window_without_a_second_th
     task = Task(id="a", prompt="do a", agent="claude")
     reset = time.time() + 3600
     result = AgentResult(outcome=AgentOutcome.RATE_LIMITED, reason="usage limit", retry_at=reset)
-    replayed = _Throttled(result=result, progressed=False, replayed=True, window=True)
+    replayed = Throttled(result=result, progressed=False, replayed=True, window=True)
     course = Course.resumed(task, [])
     assert worker._rate_limited(task, 1, replayed, course) is None
     (gate,) = worker.gate.views()

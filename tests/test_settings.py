@@ -175,14 +175,14 @@ def test_every_flag_is_a_swarm_run_option_that_sets_its_setting(repo: Path, entr
     with run_commands.run.make_context("run", args) as ctx:
         params = ctx.params
     spec = build_run_spec(
-        repo_root=repo, manifest=None, inline=params["inline"], overrides=options._overrides(params)
+        repo_root=repo, manifest=None, inline=params["inline"], overrides=options.overrides(params)
     )
     assert read_back(spec, entry) == expected(entry, repo)
 
 
 def test_options_not_given_set_nothing() -> None:
     with run_commands.run.make_context("run", ["-t", "a=p"]) as ctx:
-        assert options._overrides(ctx.params).given == {}
+        assert options.overrides(ctx.params).given == {}
 
 
 def test_the_options_named_after_settings_are_the_flagged_ones() -> None:
@@ -198,7 +198,7 @@ def test_the_options_named_after_settings_are_the_flagged_ones() -> None:
 def test_negatable_flag_turns_a_file_setting_off(repo: Path) -> None:
     (repo / "swarm.toml").write_text("sandbox = true\n")
     with run_commands.run.make_context("run", ["--no-sandbox", "-t", "a=p"]) as ctx:
-        overrides = options._overrides(ctx.params)
+        overrides = options.overrides(ctx.params)
     assert overrides.given == {"sandbox": False}
     spec = build_run_spec(
         repo_root=repo,

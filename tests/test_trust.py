@@ -1305,7 +1305,7 @@ def test_only_swarms_own_command_line_speaks_for_its_agent(tmp_path: Path) -> No
     try:
         wait_for(lambda: all(len(psutil.Process(p.pid).cmdline()) > 1 for p in procs),
                  what="the programs to start")  # fmt: skip
-        said = [announcements._swarm_command(psutil.Process(p.pid)) for p in procs]
+        said = [announcements.swarm_command(psutil.Process(p.pid)) for p in procs]
     finally:
         for proc in procs:
             proc.kill()

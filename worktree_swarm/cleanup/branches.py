@@ -136,7 +136,7 @@ def open_pull_request(row: TaskRow) -> int | None:
     return row.pr_number
 
 
-def _delete_branches(
+def delete_branches(
     repo: git.Repo, batch: list[Finding], *, moves: ref_moves.RefMoves
 ) -> list[Result]:
     """Delete the branches of *batch* with a few git processes, whatever their number.
@@ -193,9 +193,7 @@ def _deleted(
     return Result(finding=f, fixed=True, detail=f"deleted (was {tip[:12]})")
 
 
-def _delete_remote_branches(
-    repo: git.Repo, batch: list[Finding], *, kept: set[str]
-) -> list[Result]:
+def delete_remote_branches(repo: git.Repo, batch: list[Finding], *, kept: set[str]) -> list[Result]:
     """Delete the remote branches of *batch*, each only at the commit its finding names.
 
     One whose local branch this plan *kept* (it moved) is kept too. Per remote: one
@@ -219,7 +217,7 @@ def _delete_remote_branches(
 
 
 def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int, Result]:
-    """:func:`_delete_remote_branches` for the findings of one remote, *url*."""
+    """:func:`delete_remote_branches` for the findings of one remote, *url*."""
     branches = [f.branch or f.target for f in found.values()]
     try:
         tips = git.remote_tips(repo, url, branches)

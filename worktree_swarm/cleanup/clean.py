@@ -27,15 +27,15 @@ from worktree_swarm.cleanup.branches import (
 from worktree_swarm.cleanup.findings import Action, Finding, Result
 from worktree_swarm.cleanup.fixes import apply
 from worktree_swarm.cleanup.integration_plan import (
-    _cut_off,
-    _merging,
-    _plan_integration,
-    _stranded,
+    cut_off,
     integration_branch,
+    merging_finding,
+    plan_integration,
+    stranded_tasks,
 )
-from worktree_swarm.cleanup.plan_reads import _Pushed, _Seen, _statuses, _to_look_at
+from worktree_swarm.cleanup.plan_reads import Pushed, Seen, to_look_at, worktree_statuses
 from worktree_swarm.cleanup.repo_repairs import ref_move_notes, stale_git_locks
-from worktree_swarm.cleanup.task_plan import _plan_left_there, _plan_task
+from worktree_swarm.cleanup.task_plan import plan_left_there, plan_task
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedError
 from worktree_swarm.core.models import RunStatus
@@ -233,7 +233,7 @@ def plan_clean(
     worktrees and branches are kept.
     """
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
-    seen = _Seen(
+    seen = Seen(
         tips=git.branch_tips(repo),
         merged=Merged(repo),
         cwds=proc_scan.working_directories(),
@@ -241,7 +241,7 @@ def plan_clean(
     )
     landing = merge_targets(repo)  # the same for every run but for the run's own base
     runs = []
-    pushed: dict[str, _Pushed] = {}  # run id -> where it pushed its branches (executor `ray`)
+    pushed: dict[str, Pushed] = {}  # run id -> where it pushed its branches (executor `ray`)
     own: dict[str, Path] = {}  # run id -> where its integration worktree is, swarm's own
     for run_id in run_ids:
         run = store.get_run(run_id)
@@ -252,9 +252,11 @@ def plan_clean(
             root or paths.default_worktree_root(repo.root), run_id
         )
         if run is not None and run.settings.executor is Executor.RAY:
-            pushed[run_id] = _Pushed(repo=repo, remote=run.settings.remote)
+            pushed[run_id] = Pushed(repo=repo, remote=run.settings.remote)
     seen.statuses.update(
-        _statuses(_to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look))
+        worktree_statuses(
+            to_look_at(runs, registered, seen, keep_branches=keep_branches, look=look)
+        )
     )
     findings: list[Finding] = []
     kept_before: list[str] = []
@@ -266,9 +268,9 @@ def plan_clean(
         left_there = _left_on_remote(events)
         needed = needed_by_pending(tasks)
         if merging and integration_branch(run_id) in seen.tips:
-            findings.append(_merging(run_id))
+            findings.append(merging_finding(run_id))
         elif all(task.state.is_final for task in tasks):
-            found = _plan_integration(
+            found = plan_integration(
                 repo,
                 run_id,
                 registered,
@@ -278,8 +280,8 @@ def plan_clean(
                 keep_branches=keep_branches,
                 force=force,
                 look=look,
-                unchecked=_cut_off(tasks, integration_branch(run_id)),
-                stranded=_stranded(repo, tasks, integration_branch(run_id), seen.tips),
+                unchecked=cut_off(tasks, integration_branch(run_id)),
+                stranded=stranded_tasks(repo, tasks, integration_branch(run_id), seen.tips),
             )
             findings += found
             if any(f.action is Action.DELETE_BRANCH for f in found):
@@ -288,7 +290,7 @@ def plan_clean(
                 targets = tuple(t for t in targets if t != gone)
         for task in tasks:
             if task.state.is_final:
-                findings += _plan_task(
+                findings += plan_task(
                     repo,
                     task,
                     registered,
@@ -305,7 +307,7 @@ def plan_clean(
                 )
                 left = left_there.get(task.task_id)
                 if left is not None and not keep_branches and run_id in pushed:
-                    findings += _plan_left_there(task, seen, left, pushed[run_id])
+                    findings += plan_left_there(task, seen, left, pushed[run_id])
     return findings, tuple(kept_before)
 
 

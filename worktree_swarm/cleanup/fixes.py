@@ -16,16 +16,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from worktree_swarm.cleanup.branches import _delete_branches, _delete_remote_branches
+from worktree_swarm.cleanup.branches import delete_branches, delete_remote_branches
 from worktree_swarm.cleanup.cut_off_worktrees import rescue_worktree
 from worktree_swarm.cleanup.findings import Action, Finding, Result
 from worktree_swarm.cleanup.processes import protected_pids
-from worktree_swarm.cleanup.repo_repairs import _mend_ref, _unlink_lock
+from worktree_swarm.cleanup.repo_repairs import mend_ref, unlink_lock
 from worktree_swarm.cleanup.worktree_removal import (
-    _prune,
-    _remove_initializing,
-    _remove_worktree,
-    _rescue_directory,
+    prune,
+    remove_initializing,
+    remove_worktree,
+    rescue_directory,
 )
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
@@ -81,14 +81,14 @@ def apply(
                 with ThreadPoolExecutor(min(len(batch), _REMOVERS)) as pool:
                     results.extend(pool.map(one, batch))
             elif action is Action.DELETE_BRANCH:
-                results.extend(_delete_branches(repo, batch, moves=moves))
+                results.extend(delete_branches(repo, batch, moves=moves))
             elif action is Action.DELETE_REMOTE_BRANCH:
                 kept = {
                     r.finding.branch or r.finding.target
                     for r in results
                     if r.finding.action is Action.DELETE_BRANCH and not r.fixed
                 }
-                results.extend(_delete_remote_branches(repo, batch, kept=kept))
+                results.extend(delete_remote_branches(repo, batch, kept=kept))
             else:
                 results.extend(map(one, batch))
     return results
@@ -112,9 +112,9 @@ def _apply_one(
     if f.action is Action.FORGET_REF_MOVES:
         return ("removed" if ref_moves.forget_abandoned(Path(f.target)) else "in use again"), None
     if f.action is Action.REMOVE_WORKTREE:
-        return _remove_worktree(repo, f, force=force, moves=moves, store=store)
+        return remove_worktree(repo, f, force=force, moves=moves, store=store)
     if f.action is Action.RESCUE_DIRECTORY:
-        return _rescue_directory(repo, f)
+        return rescue_directory(repo, f)
     if f.action is Action.RESCUE_WORKTREE:
         return rescue_worktree(repo, f, moves=moves)
     if f.action is Action.REMOVE_NODE_CLONE:
@@ -125,10 +125,10 @@ def _apply_one(
 def _by_repo() -> dict[Action, Callable[[git.Repo, Finding], str]]:
     """The fixes that need the repository and the finding alone."""
     return {
-        Action.UNLINK_LOCK: _unlink_lock,
-        Action.MEND_REF: _mend_ref,
-        Action.REMOVE_INITIALIZING: _remove_initializing,
-        Action.PRUNE: _prune,
+        Action.UNLINK_LOCK: unlink_lock,
+        Action.MEND_REF: mend_ref,
+        Action.REMOVE_INITIALIZING: remove_initializing,
+        Action.PRUNE: prune,
     }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.plan_reads import _Seen
+from worktree_swarm.cleanup.plan_reads import Seen
 from worktree_swarm.cleanup.worktree_removal import worktree_finding
 from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.paths import real_path
@@ -27,7 +27,8 @@ def integration_branch(run_id: str) -> str:
     return INTEGRATION_PREFIX + run_id
 
 
-def _merging(run_id: str) -> Finding:
+def merging_finding(run_id: str) -> Finding:
+    """The finding that keeps run *run_id*'s integration branch while a merge uses it."""
     branch = integration_branch(run_id)
     return Finding(
         kind=Kind.BRANCH,
@@ -41,18 +42,18 @@ def _merging(run_id: str) -> Finding:
     )
 
 
-def _cut_off(tasks: Iterable[TaskRow], branch: str) -> list[str]:
+def cut_off(tasks: Iterable[TaskRow], branch: str) -> list[str]:
     """The tasks whose merge into *branch* was cut off in its checks."""
     return [
         t.task_id for t in tasks if t.merge_result == MERGE_CHECKING and t.merge_target == branch
     ]
 
 
-def _plan_integration(
+def plan_integration(
     repo: git.Repo,
     run_id: str,
     registered: dict[Path, WorktreeInfo],
-    seen: _Seen,
+    seen: Seen,
     *,
     own: Path,
     targets: tuple[str, ...],
@@ -97,7 +98,7 @@ def _plan_integration(
         kept = kept or finding.action is Action.KEEP
         if dirty and finding.action is Action.REMOVE_WORKTREE and branch not in seen.tips:
             # Never committed: that would make its branch anew (see
-            # worktree_removal._remove_worktree).
+            # worktree_removal.remove_worktree).
             finding = dataclasses.replace(
                 finding, fix="save what it holds aside (its branch is gone), then remove it"
             )
@@ -147,7 +148,7 @@ def _plan_integration(
     return found
 
 
-def _stranded(
+def stranded_tasks(
     repo: git.Repo, tasks: Sequence[TaskRow], branch: str, tips: Mapping[str, str]
 ) -> list[str]:
     """Tasks merged into *branch* whose merge it no longer holds, their own branches gone."""

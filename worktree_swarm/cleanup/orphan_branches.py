@@ -10,12 +10,13 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.branches import merged_into, open_pull_request, remote_branch_finding
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
+from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.git import repo as git
 
 
-def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str]) -> list[Finding]:
+def branches(ctx: Context, *, force: bool, removing: set[Path], dirty: set[str]) -> list[Finding]:
+    """Findings for swarm's branches no live task needs: deleted once merged (or with *force*)."""
     out = git.git(
         ctx.repo.root, "for-each-ref", "--format=%(refname)%00%(objectname)", "refs/heads/swarm/"
     )
@@ -32,7 +33,7 @@ def _branches(ctx: _Context, *, force: bool, removing: set[Path], dirty: set[str
         task = ctx.task_of_branch.get(branch)
         if (where is not None and where not in removing) or branch in ctx.needed:
             continue
-        if _integration_run(branch) in ctx.bases:
+        if integration_run(branch) in ctx.bases:
             continue  # `swarm merge`'s result for a known run: the user's to land
         if task is not None and not task.state.is_final:
             continue

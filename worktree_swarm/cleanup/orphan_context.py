@@ -2,7 +2,7 @@
 
 The repository's registered worktrees, worktree roots and merge targets, the recorded tasks
 by worktree path and by branch, the runs' base commits, the branches pending tasks need,
-and whether a manager or a `swarm merge` holds the repository (``_Context``).
+and whether a manager or a `swarm merge` holds the repository (``Context``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from worktree_swarm.infra.store_rows import TaskRow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Context:
+class Context:
+    """What one scan read: the repository, its runs' tasks, worktrees and bases."""
+
     repo: git.Repo
     store: Store | None
     manager_alive: bool
@@ -58,7 +60,8 @@ def worktree_roots(repo: git.Repo, store: Store | None) -> list[Path]:
     return list(dict.fromkeys(real_path(root) for root in roots))
 
 
-def _context(repo: git.Repo, store: Store | None) -> _Context:
+def context(repo: git.Repo, store: Store | None) -> Context:
+    """Read what a scan of *repo* (its runs in *store*) looks at."""
     at: dict[str, TaskRow] = {}  # by the path as recorded: a reused id's path resolved once
     task_of_branch: dict[str, TaskRow] = {}
     bases: dict[str, str] = {}
@@ -75,7 +78,7 @@ def _context(repo: git.Repo, store: Store | None) -> _Context:
         branch_of = {row.task_id: row.branch for row in rows}
         if store is not None:
             needed |= {branch_of[dep] for dep in needed_by_pending(rows)}
-    return _Context(
+    return Context(
         repo=repo,
         store=store,
         manager_alive=lock.manager_alive(repo.state_dir),
@@ -103,7 +106,7 @@ def _merge_running(repo: git.Repo) -> bool:
     return False
 
 
-def _integration_run(branch: str | None) -> str | None:
+def integration_run(branch: str | None) -> str | None:
     """The run id of a `swarm merge` integration branch (``swarm/integration-<run>``)."""
     if branch is None or not branch.startswith(INTEGRATION_PREFIX):
         return None

@@ -6,14 +6,14 @@ Only with Ray runs recorded: it asks every node of the cluster (the slow tests' 
 from __future__ import annotations
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.orphan_context import _Context
+from worktree_swarm.cleanup.orphan_context import Context
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.core.units import format_size
 
 
-def _node_clones(ctx: _Context) -> list[Finding]:
+def node_clones(ctx: Context) -> list[Finding]:
     """Task directories on Ray nodes that no live attempt uses (attempts lost with a node)."""
     recorded = ctx.store.runs() if ctx.store is not None else []
     runs = [r for r in recorded if r.settings.executor is Executor.RAY]

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
+from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using, protected_pids
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.paths import real_path
@@ -21,7 +21,8 @@ from worktree_swarm.core.task import SCRATCH_PREFIX
 from worktree_swarm.infra import proc_scan, proctree
 
 
-def _processes(ctx: _Context) -> list[Finding]:
+def processes(ctx: Context) -> list[Finding]:
+    """Findings for processes left behind: agents no manager holds, others under the roots."""
     found: list[Finding] = []
     covered: set[int] = set()
     if ctx.store is not None and not ctx.manager_alive:
@@ -85,15 +86,15 @@ def _processes(ctx: _Context) -> list[Finding]:
     return found
 
 
-def _merge_worktrees(ctx: _Context) -> list[Path]:
+def _merge_worktrees(ctx: Context) -> list[Path]:
     """The worktrees `swarm merge` works in: integration worktrees and ``--into`` scratch ones."""
     return [
         path for path, info in ctx.registered.items()
-        if _integration_run(info.branch) is not None or path.name.startswith(SCRATCH_PREFIX)
+        if integration_run(info.branch) is not None or path.name.startswith(SCRATCH_PREFIX)
     ]  # fmt: skip
 
 
-def _shim_leftovers(ctx: _Context, covered: set[int]) -> list[Finding]:
+def _shim_leftovers(ctx: Context, covered: set[int]) -> list[Finding]:
     """Processes started under one of this repository's shims that nothing supervises.
 
     That is: their shim is gone (killed before it could clean up), or it lives but neither

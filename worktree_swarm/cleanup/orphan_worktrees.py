@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.branches import merged_into
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.orphan_context import _Context, _integration_run
+from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.cleanup.processes import adding_process
 from worktree_swarm.cleanup.worktree_removal import (
     RESCUE_PREFIX,
@@ -32,8 +32,8 @@ from worktree_swarm.infra import fs
 DAY = 86400.0
 
 
-def _worktrees(
-    ctx: _Context, *, force: bool, foreign: bool, idle: float, now: float
+def worktree_findings(
+    ctx: Context, *, force: bool, foreign: bool, idle: float, now: float
 ) -> tuple[list[Finding], set[Path], set[str]]:
     """Findings, the worktree paths planned for removal, and branches a checkpoint will move."""
     found: list[Finding] = []
@@ -61,12 +61,12 @@ def _worktrees(
 
 
 def _unowned(
-    ctx: _Context, info: WorktreeInfo, *, force: bool
+    ctx: Context, info: WorktreeInfo, *, force: bool
 ) -> tuple[Finding | None, bool | None]:
     """A worktree under the worktree root no task owns, and whether it has uncommitted work."""
     if ctx.merge_running and info.path.name.startswith(SCRATCH_PREFIX):
         return None, False  # the `--into` merge at work right now
-    run_id = _integration_run(info.branch)
+    run_id = integration_run(info.branch)
     if run_id in ctx.bases:
         return _integration_worktree(info, str(run_id)), False
     run_id = info.path.name.removeprefix(INTEGRATION_DIR_PREFIX)
@@ -109,7 +109,7 @@ def _integration_worktree(info: WorktreeInfo, run_id: str) -> Finding:
     )
 
 
-def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Finding | None:
+def _broken_worktree(ctx: Context, info: WorktreeInfo, *, force: bool) -> Finding | None:
     path = info.path
     if info.locked == "initializing":
         if adding_process(path) is not None:
@@ -142,7 +142,7 @@ def _broken_worktree(ctx: _Context, info: WorktreeInfo, *, force: bool) -> Findi
     return locked_missing(ctx.repo, info, force=force)
 
 
-def _cut_off(ctx: _Context, info: WorktreeInfo, why: str) -> Finding:
+def _cut_off(ctx: Context, info: WorktreeInfo, why: str) -> Finding:
     """A worktree whose ``.git`` file names no git dir: git keeps it and never prunes it.
 
     Under a worktree root (swarm's) its files are saved and it goes; elsewhere it is yours.
@@ -163,7 +163,7 @@ def _cut_off(ctx: _Context, info: WorktreeInfo, why: str) -> Finding:
 
 
 def _foreign(
-    ctx: _Context, info: WorktreeInfo, *, foreign: bool, idle: float, now: float
+    ctx: Context, info: WorktreeInfo, *, foreign: bool, idle: float, now: float
 ) -> Finding | None:
     """An idle, clean worktree of another tool whose branch is merged, or None."""
     if info.locked is not None or info.branch is None or info.head is None:
@@ -208,7 +208,8 @@ def _last_used(repo: git.Repo, path: Path) -> float:
     return max(times, default=0.0)
 
 
-def _directories(ctx: _Context) -> list[Finding]:
+def directories(ctx: Context) -> list[Finding]:
+    """Findings for the worktree roots: unreadable ones, and directories no worktree registers."""
     found: list[Finding] = []
     main = real_path(ctx.repo.root)
     for root in ctx.roots:
@@ -244,7 +245,7 @@ def _directories(ctx: _Context) -> list[Finding]:
     return found
 
 
-def _keep_directory(ctx: _Context, child: Path, main: Path) -> str:
+def _keep_directory(ctx: Context, child: Path, main: Path) -> str:
     """Why the stray directory *child* must not be removed ('' when it may be)."""
     if real_path(child).is_relative_to(main) or main.is_relative_to(real_path(child)):
         return "it is inside your checkout; remove it yourself"

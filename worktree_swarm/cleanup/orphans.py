@@ -29,11 +29,11 @@ import time
 from worktree_swarm.cleanup.clean import Report
 from worktree_swarm.cleanup.findings import Action, Finding
 from worktree_swarm.cleanup.fixes import apply
-from worktree_swarm.cleanup.orphan_branches import _branches
-from worktree_swarm.cleanup.orphan_context import _context, worktree_roots
-from worktree_swarm.cleanup.orphan_nodes import _node_clones
-from worktree_swarm.cleanup.orphan_processes import _processes
-from worktree_swarm.cleanup.orphan_worktrees import DAY, _directories, _worktrees
+from worktree_swarm.cleanup.orphan_branches import branches
+from worktree_swarm.cleanup.orphan_context import context, worktree_roots
+from worktree_swarm.cleanup.orphan_nodes import node_clones
+from worktree_swarm.cleanup.orphan_processes import processes
+from worktree_swarm.cleanup.orphan_worktrees import DAY, directories, worktree_findings
 from worktree_swarm.cleanup.repo_repairs import broken_refs, ref_move_notes, stale_git_locks
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.paths import merge_guard_dir, store_path
@@ -134,16 +134,16 @@ def scan(
     now: float | None = None,
 ) -> list[Finding]:
     """Every orphan of *repo*, each with the reason and what fixing it does (read-only)."""
-    ctx = _context(repo, store)
-    found = _processes(ctx)
+    ctx = context(repo, store)
+    found = processes(ctx)
     found += stale_git_locks(ctx.repo)
     found += broken_refs(ctx.repo)
     found += ref_move_notes(ctx.repo)
-    wt_found, removing, dirty = _worktrees(
+    wt_found, removing, dirty = worktree_findings(
         ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
     )
     found += wt_found
-    found += _directories(ctx)
-    found += _branches(ctx, force=force, removing=removing, dirty=dirty)
-    found += _node_clones(ctx)
+    found += directories(ctx)
+    found += branches(ctx, force=force, removing=removing, dirty=dirty)
+    found += node_clones(ctx)
     return found

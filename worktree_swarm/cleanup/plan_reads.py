@@ -1,7 +1,7 @@
 """What a `swarm clean` plan reads once, and which task worktrees it looks into together.
 
 Branch tips and merges, processes' working directories, owners and worktree statuses
-(``_Seen``); where a Ray run pushed its branches (``_Pushed``).
+(``Seen``); where a Ray run pushed its branches (``Pushed``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from worktree_swarm.infra.store_rows import TaskRow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Seen:
+class Seen:
     """What a plan reads once, so that it reads no branch or process twice.
 
     Every branch's tip, which are merged where, every process's working directory (None
@@ -70,7 +70,7 @@ class _Seen:
         return known
 
 
-class _Pushed:
+class Pushed:
     """Where a Ray run pushed its task branches: its ``remote`` setting, resolved once asked."""
 
     def __init__(self, *, repo: git.Repo, remote: str) -> None:
@@ -86,10 +86,10 @@ class _Pushed:
         return self._url
 
 
-def _to_look_at(
+def to_look_at(
     runs: list[tuple[str, tuple[str, ...], list[TaskRow]]],
     registered: dict[Path, WorktreeInfo],
-    seen: _Seen,
+    seen: Seen,
     *,
     keep_branches: bool,
     look: bool,
@@ -125,7 +125,7 @@ def _to_look_at(
     return paths
 
 
-def _statuses(paths: list[str]) -> dict[str, bool]:
+def worktree_statuses(paths: list[str]) -> dict[str, bool]:
     """{path: whether the worktree there holds work to keep}, several looked at at once.
 
     One git could not look into is left out: its finding looks again, and says why it is kept.

@@ -59,7 +59,8 @@ def stale_git_locks(repo: git.Repo) -> list[Finding]:
     ]
 
 
-def _unlink_lock(repo: git.Repo, f: Finding) -> str:
+def unlink_lock(repo: git.Repo, f: Finding) -> str:
+    """Remove the stale lock file of finding *f*, unless a git process works in *repo*."""
     path = Path(f.target)
     if not path.exists():
         return "already gone"
@@ -97,7 +98,7 @@ def broken_refs(repo: git.Repo) -> list[Finding]:
     return found
 
 
-def _mend_ref(repo: git.Repo, f: Finding) -> str:
+def mend_ref(repo: git.Repo, f: Finding) -> str:
     """Write a broken ref again where its reflog last left it, or remove its file of garbage."""
     name = f.target
     path = repo.common_dir / name

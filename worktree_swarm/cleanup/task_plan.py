@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.branches import open_pull_request, remote_branch_finding
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
-from worktree_swarm.cleanup.plan_reads import _Pushed, _Seen
+from worktree_swarm.cleanup.plan_reads import Pushed, Seen
 from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
 from worktree_swarm.cleanup.worktree_removal import (
     RESCUE_PREFIX,
@@ -29,11 +29,11 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.store_rows import TaskRow
 
 
-def _plan_task(
+def plan_task(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
-    seen: _Seen,
+    seen: Seen,
     *,
     targets: tuple[str, ...],
     named_before: bool,
@@ -41,7 +41,7 @@ def _plan_task(
     keep_branches: bool,
     force: bool,
     look: bool,
-    pushed: _Pushed | None = None,
+    pushed: Pushed | None = None,
     kept_before: list[str],
     merging: bool = False,
 ) -> list[Finding]:
@@ -118,7 +118,7 @@ def _plan_task(
 def _kept_for(
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
-    seen: _Seen,
+    seen: Seen,
     needed_by: str | None,
     *,
     merging: bool,
@@ -147,7 +147,7 @@ def _plan_task_worktree(
     repo: git.Repo,
     task: TaskRow,
     registered: dict[Path, WorktreeInfo],
-    seen: _Seen,
+    seen: Seen,
     *,
     force: bool,
     look: bool,
@@ -253,7 +253,7 @@ def _switched_or_busy(info: WorktreeInfo, task: TaskRow) -> str | None:
     return None if doing is None else f"{doing} is in progress in its worktree"
 
 
-def _plan_left_there(task: TaskRow, seen: _Seen, tip: str, pushed: _Pushed) -> list[Finding]:
+def plan_left_there(task: TaskRow, seen: Seen, tip: str, pushed: Pushed) -> list[Finding]:
     """The remote branch of *task*, which an earlier clean could not delete there (at *tip*)."""
     if task.branch in seen.tips or seen.owners[0].get(task.branch) != task.run_id:
         return []  # planned with its branch here, or a later run's now

@@ -251,7 +251,7 @@ def registered_locked(repo: git.Repo) -> dict[Path, WorktreeInfo]:
     return {real_path(w.path): w for w in infos}
 
 
-def _remove_worktree(
+def remove_worktree(
     repo: git.Repo,
     f: Finding,
     *,
@@ -259,6 +259,7 @@ def _remove_worktree(
     moves: ref_moves.RefMoves,
     store: Store | None = None,
 ) -> tuple[str, str | None]:
+    """Remove the worktree of finding *f*: what was done, and the commit of work saved (or None)."""
     path = Path(f.target)
     info = worktrees.registration_locked(repo, path)
     if info is None:
@@ -410,7 +411,8 @@ def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = froz
     return not git_index.hides_edits(path)
 
 
-def _remove_initializing(repo: git.Repo, f: Finding) -> str:
+def remove_initializing(repo: git.Repo, f: Finding) -> str:
+    """Remove the worktree of finding *f* that `git worktree add` left half made."""
     path = Path(f.target)
     info = registered_locked(repo).get(real_path(path))
     if info is None:
@@ -430,7 +432,8 @@ def _remove_initializing(repo: git.Repo, f: Finding) -> str:
     return "unlocked, half-made checkout deleted, pruned"
 
 
-def _rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
+def rescue_directory(repo: git.Repo, f: Finding) -> tuple[str, str | None]:
+    """Save the files of the stray directory of finding *f*, then remove it."""
     path = Path(f.target)
     if not path.is_dir() or path.is_symlink():
         return "already gone", None
@@ -481,7 +484,8 @@ def _rescue_ref(repo: git.Repo, name: str, sha: str) -> str:
     return f"{ref}-{sha[:12]}"
 
 
-def _prune(repo: git.Repo, f: Finding) -> str:
+def prune(repo: git.Repo, f: Finding) -> str:
+    """Prune the registration of finding *f*'s vanished worktree."""
     path = Path(f.target)
     if real_path(path) not in registered_locked(repo):
         return "already gone"

@@ -27,7 +27,7 @@ from worktree_swarm.cli import (
     status_commands,
     streams,
 )
-from worktree_swarm.cli.failures import _one_line, _swarm_error, _unexpected
+from worktree_swarm.cli.failures import one_line, swarm_error, unexpected
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.text import is_utf8, without_escapes
 
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:  # it may quote what you typed: a key too
-        click.echo(f"swarm: {_one_line(without_escapes(exc.format_message()))}", err=True)
+        click.echo(f"swarm: {one_line(without_escapes(exc.format_message()))}", err=True)
         return ExitCode.BAD_INPUT
     except click.exceptions.Abort:  # click's word for Ctrl-C (and SIGTERM, SIGHUP) in a command
         click.echo("swarm: interrupted", err=True)
@@ -173,11 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("swarm: interrupted", err=True)
         return ExitCode.INTERRUPTED
     except SwarmError as exc:
-        return _swarm_error(exc, command, debug=debug)
+        return swarm_error(exc, command, debug=debug)
     except Exception as exc:
         if debug:
             raise
-        return _unexpected(exc, command)
+        return unexpected(exc, command)
     return int(code or 0)
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import click
 
-from worktree_swarm.cli.context import _repo
-from worktree_swarm.cli.options import _example, _exclusive, _needs
+from worktree_swarm.cli.context import context_repo
+from worktree_swarm.cli.options import example, exclusive, needs
 from worktree_swarm.infra.redact import redact
 
 
@@ -20,7 +20,7 @@ def _orphan_options(f: Callable[..., int]) -> Callable[..., int]:
     return click.option("--foreign", is_flag=True, help="Remove other tools' idle worktrees.")(f)
 
 
-@click.command("clean", epilog=_example("swarm clean   # a dry run", "swarm clean --all --yes"))
+@click.command("clean", epilog=example("swarm clean   # a dry run", "swarm clean --all --yes"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--all", "all_runs", is_flag=True, help="Every recorded run.")
 @click.option("--orphans", is_flag=True, help="Find and fix orphans instead (= swarm doctor).")
@@ -49,10 +49,10 @@ def clean_cmd(
 
     runs_options = {"run": run_id is not None, "all": all_runs, "keep_branches": keep_branches}
     for name, used in runs_options.items():  # what to clean of runs: not for orphans
-        _exclusive(orphans=orphans, **{name: used})
-    _needs("--foreign", "--orphans (or swarm doctor)", given=foreign, present=orphans)
-    _needs("--idle", "--orphans (or swarm doctor)", given=idle is not None, present=orphans)
-    repo = _repo(ctx, empty_ok=True)
+        exclusive(orphans=orphans, **{name: used})
+    needs("--foreign", "--orphans (or swarm doctor)", given=foreign, present=orphans)
+    needs("--idle", "--orphans (or swarm doctor)", given=idle is not None, present=orphans)
+    repo = context_repo(ctx, empty_ok=True)
     if orphans:
         age = scan.parse_age("7d" if idle is None else idle)
         report = scan.doctor(repo, yes=yes, force=force, foreign=foreign, idle=age)
@@ -70,7 +70,7 @@ def clean_cmd(
     return report.exit_code
 
 
-@click.command("doctor", epilog=_example("swarm doctor", "swarm doctor --yes"))
+@click.command("doctor", epilog=example("swarm doctor", "swarm doctor --yes"))
 @_orphan_options
 @click.option("--yes", is_flag=True, help="Fix what was found (the default is a dry run).")
 @click.option("--force", is_flag=True, help="Also delete unmerged orphan branches.")

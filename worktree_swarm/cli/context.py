@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from worktree_swarm.infra.store import Store
 
 
-def _store_to_read(repo: git.Repo) -> Store:
+def store_to_read(repo: git.Repo) -> Store:
     """The store for a command that only looks; on a full disk, as last written (said once)."""
     store = status.open_store(repo, to_read=True)
     if store.read_only:
@@ -23,13 +23,13 @@ def _store_to_read(repo: git.Repo) -> Store:
     return store
 
 
-def _repo(ctx: click.Context, *, empty_ok: bool = False) -> git.Repo:
+def context_repo(ctx: click.Context, *, empty_ok: bool = False) -> git.Repo:
     """The repository; *empty_ok* for a command about runs (none in one without commits)."""
     git.require_git()
     return git.open_repo(Path(ctx.obj["dir"]), empty_ok=empty_ok)
 
 
-def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
+def your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
     """The checkout of yours swarm runs in: a linked worktree of yours, else the main one.
 
     Not one of swarm's (a task's worktree, the integration worktree, on a ``swarm/`` branch):
@@ -40,5 +40,6 @@ def _your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
     return repo.root if branch.startswith(BRANCH_PREFIX) else checkout
 
 
-def _say_wait(seconds: float, why: str) -> None:
+def say_wait(seconds: float, why: str) -> None:
+    """Tell the user on stderr that the command waits *seconds* and why."""
     click.echo(f"waiting {seconds:.0f}s: {why}", err=True)

@@ -23,7 +23,7 @@ _NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # a read-on
 _IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})
 
 
-def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
+def swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
     """One line for *exc* (its traceback first with ``--debug``); its exit code."""
     if debug:  # the traceback, and the exit code all the same
         click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
@@ -33,11 +33,11 @@ def _swarm_error(exc: SwarmError, command: str | None, *, debug: bool) -> int:
     elif isinstance(exc, CommandError) and faults.is_full(exc):  # git writing, the disk full
         text = faults.retry_with(faults.full_message("the repository", exc), command)
     # An API's message, a path you typed: no escape sequence of theirs reaches your terminal.
-    click.echo(f"swarm: {_one_line(without_escapes(text))}", err=True)
+    click.echo(f"swarm: {one_line(without_escapes(text))}", err=True)
     return int(exc.exit_code)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """*text* redacted and printable on one line: a path you typed can hold a line break."""
     return printable(redact(text).replace("\r", "\\r").replace("\n", "\\n"), keep="\t")
 
@@ -84,12 +84,12 @@ def _owned_by_another(filename: object) -> str:
     return ""
 
 
-def _unexpected(exc: Exception, command: str | None) -> int:
+def unexpected(exc: Exception, command: str | None) -> int:
     """One line for an error no command caught: the user's to fix, or a bug's traceback file."""
     if faults.is_full(exc):  # a full disk is the user's to fix, not a bug: one line
         where = getattr(exc, "filename", None) or _full_where(exc)
         text = faults.retry_with(faults.full_message(where, exc), command)
-        click.echo(f"swarm: {_one_line(text)}", err=True)
+        click.echo(f"swarm: {one_line(text)}", err=True)
         return ExitCode.TASK_FAILED
     # A file where swarm's state directory (or one in it) belongs is in the way, as read-only.
     if isinstance(exc, OSError) and (
@@ -108,7 +108,7 @@ def _unexpected(exc: Exception, command: str | None) -> int:
         else:
             hint = _owned_by_another(exc.filename) or hint
         text = f"cannot write {where}: {exc.strerror}{hint}"
-        click.echo(f"swarm: {_one_line(text)}", err=True)
+        click.echo(f"swarm: {one_line(text)}", err=True)
         return ExitCode.BAD_INPUT
     with tempfile.NamedTemporaryFile("w", prefix="swarm-crash-", suffix=".log", delete=False) as fh:
         fh.write(redact("".join(traceback.format_exception(exc))))  # its values: a key too

@@ -9,15 +9,15 @@ import json
 
 import click
 
-from worktree_swarm.cli.context import _repo, _say_wait, _store_to_read, _your_checkout
-from worktree_swarm.cli.options import _example, _exclusive, _needs
+from worktree_swarm.cli.context import context_repo, say_wait, store_to_read, your_checkout
+from worktree_swarm.cli.options import example, exclusive, needs
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.core.text import lone_returns_shown, path_text, printable, without_escapes
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.report import status
 
 
-@click.command("diff", epilog=_example("swarm diff --stat", "swarm diff fix-login"))
+@click.command("diff", epilog=example("swarm diff --stat", "swarm diff fix-login"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--stat", is_flag=True, help="A diffstat per task instead of patches.")
@@ -35,9 +35,9 @@ def diff_cmd(
     """Each task's branch against its own base (three-dot), with the task's outcome."""
     from worktree_swarm.merge import diff
 
-    _exclusive(stat=stat, name_only=name_only, json=as_json)
-    repo = _repo(ctx, empty_ok=True)
-    with _store_to_read(repo) as store:
+    exclusive(stat=stat, name_only=name_only, json=as_json)
+    repo = context_repo(ctx, empty_ok=True)
+    with store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
         for d in diffs:  # the secrets of their `env` and `copy` files are redacted too
@@ -64,7 +64,7 @@ def diff_cmd(
 
 @click.command(
     "merge",
-    epilog=_example(
+    epilog=example(
         "swarm merge --dry-run",
         "swarm merge --check 'pytest -q'",
         "swarm merge --into release fix-login login-tests",
@@ -107,15 +107,15 @@ def merge_cmd(
     from worktree_swarm.ui import merge_text
 
     # A dry run only predicts: it would neither check nor resolve, whatever was asked.
-    _needs("--check", "a merge (not --dry-run)", given=bool(checks), present=not dry_run)
-    _needs("--resolve", "a merge (not --dry-run)", given=resolve, present=not dry_run)
-    _needs(
+    needs("--check", "a merge (not --dry-run)", given=bool(checks), present=not dry_run)
+    needs("--resolve", "a merge (not --dry-run)", given=resolve, present=not dry_run)
+    needs(
         "--allow-outside-writes",
         "a merge (not --dry-run)",
         given=allow_outside_writes,
         present=not dry_run,
     )
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     # SIGTERM is Ctrl-C (main): a resolver or check being waited for is killed with its tree.
     with status.open_store(repo) as store:
         report = merge.merge(
@@ -130,7 +130,7 @@ def merge_cmd(
             resolve=resolve,
             allow_outside_writes=allow_outside_writes,
             progress=None if as_json else merge_text.MergeEcho(_shown_line),
-            checkout=_your_checkout(ctx, repo),
+            checkout=your_checkout(ctx, repo),
         )
     if as_json:
         click.echo(json.dumps(redact_data(report.to_json()), indent=2))
@@ -149,7 +149,7 @@ def _shown_line(line: str) -> None:
     click.echo(printable(redact(without_escapes(line)), keep=""))
 
 
-@click.command("pr", epilog=_example("swarm pr", "swarm pr fix-login --draft"))
+@click.command("pr", epilog=example("swarm pr", "swarm pr fix-login --draft"))
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--remote", default="origin", show_default=True, help="The remote to push to.")
@@ -171,7 +171,7 @@ def pr_cmd(
     """Push done task branches and open (or update) their pull requests."""
     from worktree_swarm.github import pr
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     with status.open_store(repo) as store:
         report = pr.push_and_open(
             repo,
@@ -184,7 +184,7 @@ def pr_cmd(
             github_repo=github_repo,
             api_url=api_url,
             echo=click.echo,
-            on_wait=_say_wait,
-            checkout=_your_checkout(ctx, repo),
+            on_wait=say_wait,
+            checkout=your_checkout(ctx, repo),
         )
     return ExitCode.OK if report.ok else ExitCode.TASK_FAILED

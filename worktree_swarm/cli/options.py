@@ -17,12 +17,12 @@ if TYPE_CHECKING:
     from worktree_swarm.config.manifest import Overrides
 
 
-def _example(*lines: str) -> str:
+def example(*lines: str) -> str:
     """A command's help epilog: example command lines, kept as typed (no rewrapping)."""
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
+def setting_options(command: Callable[..., int]) -> Callable[..., int]:
     """One option per setting that has a flag (the settings table: ``core/settings.py``)."""
     for entry in reversed(FLAGGED):  # click lists options in the reverse order of decoration
         flag = entry.flag
@@ -50,8 +50,8 @@ def _setting_options(command: Callable[..., int]) -> Callable[..., int]:
     return command
 
 
-def _overrides(flags: Mapping[str, object]) -> Overrides:
-    """The settings given by the options of `_setting_options` (the others are not given)."""
+def overrides(flags: Mapping[str, object]) -> Overrides:
+    """The settings given by the options of `setting_options` (the others are not given)."""
     from worktree_swarm.config.manifest import Overrides
 
     return Overrides(**{entry.key: _given(entry, flags.get(entry.key)) for entry in FLAGGED})
@@ -77,14 +77,14 @@ def _given(entry: Setting, value: object) -> object:
     return values[0] if values else None
 
 
-def _exclusive(**given: bool) -> None:
+def exclusive(**given: bool) -> None:
     """Refuse options that exclude each other; *given* maps each option's name to its use."""
     used = [f"--{name.replace('_', '-')}" for name, on in given.items() if on]
     if len(used) > 1:
         raise BadInputError(f"{' and '.join(used)} exclude each other; give one of them")
 
 
-class _Path(click.Path):
+class NonEmptyPath(click.Path):
     """A path argument that is not empty: ``""`` would be taken for ``.`` (named as such).
 
     Not ``-C``: ``-C ""`` is the directory you are in, as git has it.
@@ -96,13 +96,14 @@ class _Path(click.Path):
         param: click.Parameter | None,
         ctx: click.Context | None,
     ) -> Any:  # noqa: ANN401
+        """Refuse an empty path, else convert as click.Path."""
         if value == "":
             self.fail("an empty path; name one", param, ctx)
         return super().convert(value, param, ctx)
 
 
 @contextlib.contextmanager
-def _paths_given() -> Iterator[None]:
+def paths_given() -> Iterator[None]:
     """A path you gave (a setting, a flag) with a name too long is bad input, not a crash.
 
     Python's ``is_dir()`` and ``is_file()`` say False for a missing file but raise this.
@@ -116,7 +117,7 @@ def _paths_given() -> Iterator[None]:
         raise BadInputError(f"{name}: {exc.strerror}; give a shorter path") from None
 
 
-def _needs(option: str, needed: str, *, given: bool, present: bool) -> None:
+def needs(option: str, needed: str, *, given: bool, present: bool) -> None:
     """Refuse *option*, when *given*, unless *needed* is *present* (it would do nothing)."""
     if given and not present:
         raise BadInputError(f"{option} works only with {needed}")

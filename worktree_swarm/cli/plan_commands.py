@@ -10,18 +10,18 @@ from pathlib import Path
 
 import click
 
-from worktree_swarm.cli.context import _repo
-from worktree_swarm.cli.options import _example, _Path, _paths_given
+from worktree_swarm.cli.context import context_repo
+from worktree_swarm.cli.options import NonEmptyPath, example, paths_given
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL, MAX_TASKS
 from worktree_swarm.report import status
 
 
-@click.command("plan", epilog=_example("swarm plan 'Add OAuth login' --out tasks.toml"))
+@click.command("plan", epilog=example("swarm plan 'Add OAuth login' --out tasks.toml"))
 @click.argument("goal")
 @click.option(
     "--out",
-    type=_Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=Path("tasks.toml"),
     show_default=True,
     help="Where to write the manifest.",
@@ -55,9 +55,9 @@ def plan_cmd(
     from worktree_swarm.plan.api import api_settings
     from worktree_swarm.plan.out_file import check_output, write_manifest
 
-    repo = _repo(ctx)
+    repo = context_repo(ctx)
     settings = api_settings(api_url=api_url)
-    with _paths_given():
+    with paths_given():
         check_output(out, force=force)
     result = plan.make_plan(
         repo_root=repo.root,
@@ -73,7 +73,7 @@ def plan_cmd(
     return ExitCode.OK
 
 
-@click.command("note", epilog=_example("swarm note 'tests need REDIS_URL=redis://localhost'"))
+@click.command("note", epilog=example("swarm note 'tests need REDIS_URL=redis://localhost'"))
 @click.argument("text")
 @click.pass_context
 def note_cmd(ctx: click.Context, text: str) -> int:
@@ -85,7 +85,7 @@ def note_cmd(ctx: click.Context, text: str) -> int:
     return ExitCode.OK
 
 
-@click.command("notes", epilog=_example("swarm notes"))
+@click.command("notes", epilog=example("swarm notes"))
 @click.option("--run", "run_id", help="A run id (default: $SWARM_CONTEXT, else the latest run).")
 @click.pass_context
 def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
@@ -96,7 +96,7 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     # An agent may write a secret of its task's (`env`, `copy` files) into the file itself:
     # redacted when shown, as in `swarm logs` (the run's tasks made known first).
     with contextlib.suppress(SwarmError, OSError):
-        repo = _repo(ctx, empty_ok=True)
+        repo = context_repo(ctx, empty_ok=True)
         with status.open_store(repo, to_read=True) as store:
             for row in store.tasks(path.parent.name):
                 status.know_task_secrets(repo, store, row.run_id, row.task_id)

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from worktree_swarm.cli.context import _repo, _say_wait
+from worktree_swarm.cli.context import context_repo, say_wait
 from worktree_swarm.cli.options import (
-    _example,
-    _exclusive,
-    _needs,
-    _overrides,
-    _Path,
-    _paths_given,
-    _setting_options,
+    NonEmptyPath,
+    example,
+    exclusive,
+    needs,
+    overrides,
+    paths_given,
+    setting_options,
 )
 from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedError
 from worktree_swarm.core.models import TaskState
@@ -47,18 +47,18 @@ if TYPE_CHECKING:
 
 
 @click.command(
-    epilog=_example(
+    epilog=example(
         "swarm run tasks.toml --jobs 4",
         "swarm run -t fix-login='Fix the login redirect loop' --check 'pytest -q'",
         "swarm run --issues 12,15 --agent claude --detach",
     )
 )
-@click.argument("manifest", required=False, type=_Path(path_type=Path))
+@click.argument("manifest", required=False, type=NonEmptyPath(path_type=Path))
 @click.option("-t", "--task", "inline", multiple=True, metavar="ID=PROMPT", help="An inline task.")
 @click.option(
     "--prompt-file", multiple=True, metavar="ID=FILE", help="A task whose prompt is a file."
 )
-@_setting_options
+@setting_options
 @click.option("--issues", "issue_numbers", metavar="N,N,...", help="GitHub issues as tasks.")
 @click.option("--issues-label", metavar="LABEL", help="Open GitHub issues with this label.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many issues.")
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     help="Validate, print every task's settings as resolved (a manifest), create nothing.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
-@click.option("--from-spec", type=_Path(path_type=Path), hidden=True)
+@click.option("--from-spec", type=NonEmptyPath(path_type=Path), hidden=True)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -102,18 +102,18 @@ def run(
     from worktree_swarm.run import disk_budget
     from worktree_swarm.run.run_worker import worktree_path
 
-    _exclusive(dry_run=dry_run, detach=detach)
-    _exclusive(dry_run=dry_run, force=force)  # --force abandons a run: a change
-    repo = _repo(ctx)
+    exclusive(dry_run=dry_run, detach=detach)
+    exclusive(dry_run=dry_run, force=force)  # --force abandons a run: a change
+    repo = context_repo(ctx)
     if from_spec is not None:  # a detached manager: the task list its parent validated
         spec, checkout, base = _detached_spec(from_spec)
         return _run_spec(repo, spec, as_json=as_json, checkout=checkout, base=base)
     # An empty value is asked too (and refused below), not ignored.
     asked = issue_numbers is not None or issues_label is not None  # the options below shape it
-    _exclusive(issues=issue_numbers is not None, issues_label=issues_label is not None)
+    exclusive(issues=issue_numbers is not None, issues_label=issues_label is not None)
     for option, value in (("--limit", limit), ("--github-repo", github_repo)):
-        _needs(option, "--issues or --issues-label", given=value is not None, present=asked)
-    _needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
+        needs(option, "--issues or --issues-label", given=value is not None, present=asked)
+    needs("--api-url", "--issues or --issues-label", given=api_url is not None, present=asked)
     numbers: tuple[int, ...] = ()
     client = None
     if asked:
@@ -130,9 +130,9 @@ def run(
                 " --github-repo OWNER/NAME"
             )
         client = github.connect(  # no request yet
-            repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=_say_wait
+            repo, remote="origin", github_repo=github_repo, api_url=api_url, on_wait=say_wait
         )
-    with _paths_given():
+    with paths_given():
         # From a linked worktree of the user's, its HEAD is the base, not the main checkout's.
         checkout = git.checkout_root(Path(ctx.obj["dir"]))
         base = git.checkout_head(checkout)
@@ -186,13 +186,13 @@ class _Sources:
         from worktree_swarm.config.manifest import build_run_spec
         from worktree_swarm.git import local_files, worktree_root
 
-        with _paths_given():
+        with paths_given():
             spec = build_run_spec(
                 repo_root=repo.root,
                 manifest=self.manifest,
                 inline=self.inline,
                 prompt_files=self.prompt_files,
-                overrides=_overrides(self.flags),
+                overrides=overrides(self.flags),
                 extra_tasks=extra,
                 issues_to_come=issues_to_come,
             )
@@ -364,7 +364,7 @@ def _settle_orphaned_runs(repo: git.Repo, *, force: bool) -> Callable[[str], str
 
 @click.command(
     "retry",
-    epilog=_example(
+    epilog=example(
         "swarm retry", "swarm retry fix-login --fresh", "swarm retry --run 20260101-020304-ab12"
     ),
 )
@@ -381,7 +381,7 @@ def retry_cmd(
     from worktree_swarm.run import retry
     from worktree_swarm.run.runner import Runner
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
@@ -408,7 +408,7 @@ def retry_cmd(
         )
 
 
-@click.command("resume", epilog=_example("swarm resume", "swarm resume --run 20260101-020304-ab12"))
+@click.command("resume", epilog=example("swarm resume", "swarm resume --run 20260101-020304-ab12"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--detach", is_flag=True, help="Run the resumed manager in the background.")
@@ -419,7 +419,7 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bo
     from worktree_swarm.run import background, control
     from worktree_swarm.run.runner import Runner
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     proc.require_open_files()
     with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
         run_id = status.resolve_run(store, run_id)
@@ -476,7 +476,7 @@ def _print_summary(store: Store, run_id: str) -> None:
 
 
 @click.command(
-    epilog=_example("swarm stop fix-login", "swarm stop   # every task of the latest run")
+    epilog=example("swarm stop fix-login", "swarm stop   # every task of the latest run")
 )
 @click.argument("task_ids", nargs=-1, metavar="[TASK]...")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
@@ -485,7 +485,7 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     """Stop agents (whole process trees) and keep their work on their branches."""
     from worktree_swarm.run import control
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     with status.open_store(repo) as store:
         run_id = status.resolve_run(store, run_id)
         stopped = control.stop(repo, store, run_id, task_ids)
@@ -493,7 +493,7 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     return ExitCode.OK
 
 
-@click.command("demo", epilog=_example("swarm demo --keep"))
+@click.command("demo", epilog=example("swarm demo --keep"))
 @click.option("--keep", is_flag=True, help="Keep the throwaway repository and print its path.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True)
 def demo_cmd(keep: bool, jobs: int) -> int:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import click
 
 from worktree_swarm.cli import streams
-from worktree_swarm.cli.context import _repo, _store_to_read, _your_checkout
-from worktree_swarm.cli.options import _example, _Path, _paths_given
+from worktree_swarm.cli.context import context_repo, store_to_read, your_checkout
+from worktree_swarm.cli.options import NonEmptyPath, example, paths_given
 from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.infra import logtail, proctree
@@ -28,17 +28,17 @@ if TYPE_CHECKING:
     from worktree_swarm.infra.store import Store
 
 
-@click.command("runs", epilog=_example("swarm runs", "swarm runs --json"))
+@click.command("runs", epilog=example("swarm runs", "swarm runs --json"))
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
 @click.pass_context
 def runs_cmd(ctx: click.Context, as_json: bool) -> int:
     """List the recorded runs: id, start, state, task counts."""
     from worktree_swarm.run import runs
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     summaries: list[runs.RunSummary] = []
     if status.has_store(repo):  # none yet: an empty list, as after `clean --all`
-        with _store_to_read(repo) as store:
+        with store_to_read(repo) as store:
             summaries = runs.list_runs(store)
     if as_json:
         click.echo(json.dumps({"runs": [s.to_json() for s in summaries]}, indent=2))
@@ -49,15 +49,15 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
 
 
 @click.command(
-    "status", epilog=_example("swarm status", 'swarm status --json | jq ".tasks[].state"')
+    "status", epilog=example("swarm status", 'swarm status --json | jq ".tasks[].state"')
 )
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
 @click.pass_context
 def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """One row per task: state, attempt, pid, alive, elapsed, diff stat, branch, worktree."""
-    repo = _repo(ctx, empty_ok=True)
-    with _store_to_read(repo) as store:
+    repo = context_repo(ctx, empty_ok=True)
+    with store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True, repo=repo)
         failed_scans = status.guard_errors(store, run_id)
@@ -87,15 +87,15 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     return ExitCode.OK
 
 
-@click.command(epilog=_example("swarm logs fix-login -f"))
+@click.command(epilog=example("swarm logs fix-login -f"))
 @click.argument("task_id", metavar="TASK")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing while the agent runs.")
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.pass_context
 def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> int:
     """Print the agent's output (newest attempt)."""
-    repo = _repo(ctx, empty_ok=True)
-    with _store_to_read(repo) as store:
+    repo = context_repo(ctx, empty_ok=True)
+    with store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         path, attempt = status.log_path(store, run_id, task_id)
         status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
@@ -132,7 +132,7 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     return not proctree.is_alive(agent)
 
 
-@click.command("watch", epilog=_example("swarm watch", "swarm watch --run 20260101-020304-ab12"))
+@click.command("watch", epilog=example("swarm watch", "swarm watch --run 20260101-020304-ab12"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.pass_context
 def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
@@ -145,17 +145,17 @@ def watch_cmd(ctx: click.Context, run_id: str | None) -> int:
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInputError("swarm watch needs a terminal; without one, `swarm status` shows it")
-    repo = _repo(ctx, empty_ok=True)
-    watch.watch(repo, run_id, checkout=_your_checkout(ctx, repo))
+    repo = context_repo(ctx, empty_ok=True)
+    watch.watch(repo, run_id, checkout=your_checkout(ctx, repo))
     return ExitCode.OK
 
 
-@click.command("report", epilog=_example("swarm report", "swarm report --html night.html"))
+@click.command("report", epilog=example("swarm report", "swarm report --html night.html"))
 @click.option("--run", "run_id", help="A run id (default: the latest run).")
 @click.option(
     "--html",
     "html_path",
-    type=_Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML report (timeline, table, details) to FILE.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON (see docs/report.md).")
@@ -168,11 +168,11 @@ def report_cmd(
     from worktree_swarm.ui import html_report as report_html
     from worktree_swarm.ui import report_text
 
-    repo = _repo(ctx, empty_ok=True)
+    repo = context_repo(ctx, empty_ok=True)
     if html_path is not None:
-        with _paths_given():
+        with paths_given():
             report_html.check_output(html_path)
-    with _store_to_read(repo) as store:
+    with store_to_read(repo) as store:
         run_id = status.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id), repo=repo)
     if html_path is not None:

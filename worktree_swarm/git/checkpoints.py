@@ -15,21 +15,21 @@ from worktree_swarm.core.units import format_size
 from worktree_swarm.git import runner
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
-    _operation_in_progress,
     head_in,
+    mid_operation,
     past_stale_lock,
     repair_checkout,
     restore_deleted_branch,
 )
 from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_edits
-from worktree_swarm.git.repo import _run, in_batches
+from worktree_swarm.git.repo import in_batches, run
 from worktree_swarm.git.staged import (
     filtered_on_disk,
     unstage_filtered,
     unstage_over,
     unstage_secrets,
 )
-from worktree_swarm.git.status import _inside, _submodule_paths
+from worktree_swarm.git.status import is_below, submodule_paths
 
 if TYPE_CHECKING:
     import subprocess
@@ -82,7 +82,7 @@ def checkpoint(
     env = identity_env(author)
     repair_checkout(worktree)
     restore_deleted_branch(worktree)
-    if _operation_in_progress(worktree) and _run(worktree, ["ls-files", "-z", "-u"]).stdout:
+    if mid_operation(worktree) and run(worktree, ["ls-files", "-z", "-u"]).stdout:
         # `add --all` would take the conflict markers as the resolution, and the commit
         # would conclude the merge with them.
         raise GitError(
@@ -94,16 +94,16 @@ def checkpoint(
     # A gitlink checked out here is not looked into: a submodule's new HEAD is staged, one an
     # agent made and committed itself is an embedded repository like one it only made.
     links = populated_gitlinks(worktree)
-    declared = _submodule_paths(worktree) if links else set()
+    declared = submodule_paths(worktree) if links else set()
     stage_gitlinks(worktree, [link for link in links if link in declared])
     # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
     kept_out = filtered_on_disk(worktree, worktree)
     skip = [*exclude, *links, *(path for path, _ in kept_out)]
     added, unborn, refused = _add(worktree, skip, droppings)
-    linked = [*_embedded(worktree, added), *(link for link in links if link not in declared)]
+    linked = [*embedded_repos(worktree, added), *(link for link in links if link not in declared)]
     if linked:  # a commit would hold a commit id nobody else has, not their files
         for literal in in_batches(f":(literal,top){path}" for path in linked):
-            _run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
+            run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
     embedded = [*unborn, *linked]
     told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
     filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree)]))
@@ -219,7 +219,7 @@ def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
     """
     ignored: set[str] = set()
     for literal in in_batches(f":(literal,top){path}" for path in exclude):
-        _run(worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
+        run(worktree, ["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
                         *literal])  # fmt: skip
         listed = ("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory")
         out = runner.run_bytes(worktree, *listed, "--", *literal).stdout
@@ -252,7 +252,7 @@ def _add(
         if res.returncode == 0 or stuck is None or len(sealed) == _SEALED_MAX:
             break
         parent = PurePosixPath(stuck[1]).parent
-        if not _inside(parent) or str(parent) in sealed:
+        if not is_below(parent) or str(parent) in sealed:
             break
         sealed.append(str(parent))
     unborn, refused = unborn_repositories(res.stderr), refused_paths(res.stderr)
@@ -308,7 +308,7 @@ def unseen_paths(add_errors: str, sealed: Sequence[str] = ()) -> list[str]:
     return sorted({*folders, *files})
 
 
-def _embedded(worktree: Path, added: str) -> list[str]:
+def embedded_repos(worktree: Path, added: str) -> list[str]:
     """The paths `add --verbose` said it added that are repositories of their own."""
     paths = [
         line[5:-1].rstrip("/")
@@ -320,7 +320,7 @@ def _embedded(worktree: Path, added: str) -> list[str]:
         p for p in paths if (worktree / p / ".git").exists() and not (worktree / p).is_symlink()
     ]
     if found:  # submodules are not embedded ones
-        submodules = _submodule_paths(worktree)
+        submodules = submodule_paths(worktree)
         found = [p for p in found if p not in submodules]
     return found
 
@@ -329,11 +329,11 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
     """Commit the index of *worktree*: its new HEAD, or None when it held nothing new."""
     # --no-gpg-sign: a user's commit.gpgSign would otherwise ask for a passphrase nobody types.
     commit = ["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message]
-    if not added or _operation_in_progress(worktree):
+    if not added or mid_operation(worktree):
         # Nothing new staged (an agent may have staged its work itself), or a merge or
         # cherry-pick an agent left, which a commit would conclude even with no change: ask
         # whether the index differs from HEAD first.
-        if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+        if run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
             return None
         res = past_stale_lock(worktree, commit, env=env)
         if res.returncode != 0:
@@ -343,7 +343,7 @@ def _commit(worktree: Path, message: str, env: Mapping[str, str], *, added: bool
         # only when the commit fails (one git process less per checkpoint that has work).
         res = past_stale_lock(worktree, commit, env=env)
         if res.returncode != 0:
-            if _run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
+            if run(worktree, ["diff", "--cached", "--quiet"], check=False).returncode == 0:
                 return None
             raise CommandError(["git", *commit], res.returncode, res.stdout + res.stderr)
     head = head_in(worktree)

@@ -15,13 +15,13 @@ from worktree_swarm.core.errors import GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.infra import fs
 
-_cache_lock = threading.Lock()
+cache_lock = threading.Lock()
 # Entries per cache (oldest used dropped first). Keyed per checkout: a run adds one per task
 # worktree, and one of a task long ended is rarely asked again (a miss reads three small files).
 _CACHE_MAX = 256
 
 
-def _bounded_put(cache: dict[Any, Any], key: object, value: object) -> None:
+def bounded_put(cache: dict[Any, Any], key: object, value: object) -> None:
     """Put *key* in *cache* as its newest entry, the oldest dropped past ``_CACHE_MAX``."""
     cache.pop(key, None)
     while len(cache) >= _CACHE_MAX:
@@ -52,12 +52,12 @@ def git_dir(checkout: Path) -> Path:
 _located: dict[str, tuple[object, Path, object, list[Path]]] = {}
 
 
-def _config_files(cwd: Path) -> list[Path]:
+def config_files(cwd: Path) -> list[Path]:
     """The repository-level config files that apply in *cwd* (best effort, no git call)."""
     # Locating them resolves every component of two paths; it is done again only when the
     # files that name them (`.git`, `commondir`) change.
     dotgit = _signature(cwd / ".git")
-    with _cache_lock:
+    with cache_lock:
         known = _located.get(str(cwd))
         if known is not None:  # the newest again: used last, dropped last
             _located[str(cwd)] = _located.pop(str(cwd))
@@ -77,8 +77,8 @@ def _config_files(cwd: Path) -> list[Path]:
             return []
     files = [admin / "config.worktree", common / "config", common / "config.worktree"]
     if dotgit == _signature(cwd / ".git") and located == _signature(commondir):
-        with _cache_lock:
-            _bounded_put(_located, str(cwd), (dotgit, admin, located, files))
+        with cache_lock:
+            bounded_put(_located, str(cwd), (dotgit, admin, located, files))
     return files
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worktree_swarm.git import sparse
-from worktree_swarm.git.config_files import _bounded_put, _cache_lock, _config_files
-from worktree_swarm.git.process import _execute
+from worktree_swarm.git.config_files import bounded_put, cache_lock, config_files
+from worktree_swarm.git.process import execute
 from worktree_swarm.infra import fs
 
 # Overrides on every command. Each names a setting that makes plain git commands execute a
@@ -60,8 +60,8 @@ _DRIVER_KEYS = {
 }
 # What a fetch or push to a local or ssh remote starts on the other side. git takes the first
 # value it reads, so no `-c` overrides a planted one: the command's own option does.
-_PACK_KEYS = {"uploadpack": "git-upload-pack", "receivepack": "git-receive-pack"}
-_PACK_OPTIONS = {
+PACK_KEYS = {"uploadpack": "git-upload-pack", "receivepack": "git-receive-pack"}
+PACK_OPTIONS = {
     "fetch": ("uploadpack", "--upload-pack"),
     "pull": ("uploadpack", "--upload-pack"),
     "ls-remote": ("uploadpack", "--upload-pack"),
@@ -94,7 +94,7 @@ def overrides(cwd: Path) -> tuple[list[str], dict[str, str]]:
     sparse checkout on, so that git applies the patterns and, reading the index, takes back
     into view any skipped file an agent wrote (otherwise its work there would go unseen).
     """
-    files = _config_files(cwd)
+    files = config_files(cwd)
     args: list[str] = []
     values: dict[str, str] = {}
     for key, value in (*ALWAYS, *_repository_exec_settings(cwd, files), *_sparse_settings(files)):
@@ -115,7 +115,7 @@ def neutral_filters(cwd: Path) -> frozenset[str]:
     A file whose attributes select one is hashed by swarm's `git add` as it is on disk (no
     clean filter: a git-crypt file would be committed in the clear).
     """
-    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    settings = _repository_exec_settings(cwd, config_files(cwd))
     return frozenset(
         key.partition(".")[2].rpartition(".")[0]
         for key, _ in settings
@@ -123,9 +123,9 @@ def neutral_filters(cwd: Path) -> frozenset[str]:
     )
 
 
-def _planted_packs(cwd: Path) -> set[str]:
+def planted_packs(cwd: Path) -> set[str]:
     """The ``remote.<name>.uploadpack``/``receivepack`` leaves the repository's config sets."""
-    settings = _repository_exec_settings(cwd, _config_files(cwd))
+    settings = _repository_exec_settings(cwd, config_files(cwd))
     return {key.rpartition(".")[2] for key, _ in settings if key.startswith("remote.")}
 
 
@@ -178,12 +178,12 @@ def _content_key(paths: Sequence[Path]) -> tuple[object, ...] | None:
 def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[str, str], ...]:
     """Overrides for program-running settings that the repository's own config defines.
 
-    *files* are the repository-level config files of *cwd* (:func:`_config_files`).
+    *files* are the repository-level config files of *cwd* (:func:`config_files`).
     """
     key = (str(cwd), _stat_key(files)) if files else None
     if key is None:
         return _scan_repository_config(cwd)
-    with _cache_lock:
+    with cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             _cache[key] = _cache.pop(key)  # the newest again
@@ -194,7 +194,7 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
         # Config that includes other files is read for every command: an included file can
         # change (or a condition answer differently) while the including files stay as they are.
         return _scan_repository_config(cwd)
-    with _cache_lock:
+    with cache_lock:
         result = _cache.get(shared)
         if result is not None:
             _cache[shared] = _cache.pop(shared)  # shared by every worktree: kept the newest
@@ -203,15 +203,15 @@ def _repository_exec_settings(cwd: Path, files: Sequence[Path]) -> tuple[tuple[s
         # Cached only when the files did not change while git read them.
         if _stat_key(files) != key[1] or _content_key(files) != shared:
             return result
-    with _cache_lock:
-        _bounded_put(_cache, key, result)
-        _bounded_put(_cache, shared, result)
+    with cache_lock:
+        bounded_put(_cache, key, result)
+        bounded_put(_cache, shared, result)
     return result
 
 
 def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
     # `git config` only reads files: it runs no hook, fsmonitor or driver.
-    out = _execute(cwd, ["config", "--list", "--show-scope", "--name-only", "-z"], check=False)
+    out = execute(cwd, ["config", "--list", "--show-scope", "--name-only", "-z"], check=False)
     found: dict[str, str] = {}
     fields = out.stdout.split("\0")
     # With -z each entry is "scope NUL name NUL".
@@ -224,8 +224,8 @@ def _scan_repository_config(cwd: Path) -> tuple[tuple[str, str], ...]:
             continue
         section, _, rest = name.partition(".")
         driver, _, leaf = rest.rpartition(".")
-        if section.lower() == "remote" and leaf.lower() in _PACK_KEYS:
-            found[f"remote.{driver}.{leaf.lower()}"] = _PACK_KEYS[leaf.lower()]
+        if section.lower() == "remote" and leaf.lower() in PACK_KEYS:
+            found[f"remote.{driver}.{leaf.lower()}"] = PACK_KEYS[leaf.lower()]
             continue
         keys = _DRIVER_KEYS.get(section.lower())
         if keys is not None and driver and leaf.lower() in keys:

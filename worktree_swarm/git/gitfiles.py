@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.git.config_files import git_dir
-from worktree_swarm.git.repo import _run, rev_parse_in
+from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
 
 if TYPE_CHECKING:
@@ -38,9 +38,9 @@ def past_stale_lock(
 
     Run again only when it failed on one that :func:`removed_stale_lock` removed.
     """
-    res = _run(cwd, args, check=False, env=env)
+    res = run(cwd, args, check=False, env=env)
     if res.returncode != 0 and removed_stale_lock(cwd, res.stdout + res.stderr):
-        res = _run(cwd, args, check=False, env=env)
+        res = run(cwd, args, check=False, env=env)
     return res
 
 
@@ -54,7 +54,7 @@ def removed_stale_lock(cwd: Path, said: str) -> bool:
     match = _LOCK_EXISTS.search(said)
     if match is None:
         return False
-    found = _run(cwd, ["rev-parse", "--git-common-dir"], check=False)
+    found = run(cwd, ["rev-parse", "--git-common-dir"], check=False)
     if found.returncode != 0:
         return False
     common = Path(os.path.realpath(cwd / found.stdout.strip()))
@@ -120,7 +120,8 @@ def operation_in_progress(worktree: Path) -> str | None:
     return next((what for name, what in _OPERATIONS.items() if (admin / name).exists()), None)
 
 
-def _operation_in_progress(worktree: Path) -> bool:
+def mid_operation(worktree: Path) -> bool:
+    """Whether a commit in *worktree* would land inside a git operation (True when unknown)."""
     try:
         admin = git_dir(worktree)
     except GitError:
@@ -181,10 +182,10 @@ def restore_deleted_branch(worktree: Path) -> str | None:
     )
     if not head.startswith("ref: refs/heads/") or not last:
         return None
-    if _run(worktree, ["cat-file", "-e", f"{last}^{{commit}}"], check=False).returncode != 0:
+    if run(worktree, ["cat-file", "-e", f"{last}^{{commit}}"], check=False).returncode != 0:
         return None
     ref = head.removeprefix("ref: ")
-    done = _run(worktree, ["update-ref", "-m", "swarm: put back", ref, last, ""], check=False)
+    done = run(worktree, ["update-ref", "-m", "swarm: put back", ref, last, ""], check=False)
     return last if done.returncode == 0 else None
 
 
@@ -201,7 +202,7 @@ def checkout_incomplete(worktree: Path) -> bool:
         return False
     if index.exists():
         return False
-    res = _run(worktree, ["ls-tree", "--name-only", "HEAD"], check=False)
+    res = run(worktree, ["ls-tree", "--name-only", "HEAD"], check=False)
     return res.returncode == 0 and bool(res.stdout.strip())
 
 
@@ -213,5 +214,5 @@ def repair_checkout(worktree: Path) -> bool:
     """
     if not checkout_incomplete(worktree):
         return False
-    _run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
+    run(worktree, ["read-tree", "--reset", "-u", "HEAD"])
     return True

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import git_dir
-from worktree_swarm.git.repo import _run, rev_parse_in
+from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
 
 _GITLINK = re.compile(r"(?:^|\0)160000 ([0-9a-f]+) 0\t([^\0]+)")
@@ -204,4 +204,4 @@ def stage_gitlinks(path: Path, links: Sequence[str], env: Mapping[str, str] | No
     for link in links:
         head = rev_parse_in(path / link, "HEAD")
         if head is not None:
-            _run(path, ["update-index", "--cacheinfo", f"160000,{head},{link}"], env=env)
+            run(path, ["update-index", "--cacheinfo", f"160000,{head},{link}"], env=env)

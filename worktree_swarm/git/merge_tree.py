@@ -9,7 +9,7 @@ from worktree_swarm.core.paths import Repo
 from worktree_swarm.core.text import paths_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.gitconfig import identity_env
-from worktree_swarm.git.repo import _run, rev_parse
+from worktree_swarm.git.repo import rev_parse, run
 
 
 class MergeConflictError(GitError):
@@ -97,4 +97,4 @@ def _commit_tree(
     args = ["commit-tree", "--no-gpg-sign", "-m", message]
     for parent in parents:
         args += ["-p", parent]
-    return _run(repo.root, [*args, tree], env=env).stdout.strip()
+    return run(repo.root, [*args, tree], env=env).stdout.strip()

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Self
 
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.git.process import StuckOnPipeError, _start
-from worktree_swarm.git.runner import _hardened
+from worktree_swarm.git.process import StuckOnPipeError, start
+from worktree_swarm.git.runner import hardened
 from worktree_swarm.infra import pipes
 
 
@@ -52,8 +52,8 @@ class ObjectReader:
         return data
 
     def _start(self) -> subprocess.Popen[bytes]:
-        argv, _, env = _hardened(self._cwd, ["cat-file", "--batch"], self._env)
-        self._proc = _start(
+        argv, _, env = hardened(self._cwd, ["cat-file", "--batch"], self._env)
+        self._proc = start(
             self._cwd, argv, env=env, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         return self._proc

@@ -42,7 +42,7 @@ _GIT_ENV_DROPPED = (
 )
 
 
-def _execute(
+def execute(
     cwd: Path,
     args: Sequence[str],
     *,
@@ -51,7 +51,8 @@ def _execute(
     input_bytes: bytes | None = None,
     shown_from: int = 0,
 ) -> subprocess.CompletedProcess[str]:
-    raw = _execute_bytes(
+    """Run the git command line *args* in *cwd*: its output as text."""
+    raw = execute_bytes(
         cwd,
         args,
         check=check,
@@ -67,7 +68,7 @@ def _execute(
     )
 
 
-def _execute_bytes(
+def execute_bytes(
     cwd: Path,
     args: Sequence[str],
     *,
@@ -77,9 +78,10 @@ def _execute_bytes(
     shown_from: int = 0,
     stdout: IO[bytes] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """Run the git command line *args* in *cwd*: its output as bytes (or into *stdout*)."""
     shown = ["git", *args[shown_from:]]
     stdin = subprocess.DEVNULL if input_bytes is None else subprocess.PIPE
-    proc = _start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout)
+    proc = start(cwd, args, env=env, stdin=stdin, stderr=subprocess.PIPE, stdout=stdout)
     # Git never waits on a named pipe of its own: one it waits on was planted where it reads
     # (an agent's `.gitignore` or loose ref), and would hold it, and whatever waits for it,
     # for ever. The watch stops it; the command fails and says where the pipe is.
@@ -102,7 +104,7 @@ def _execute_bytes(
 _START_BACKOFF = (0.1, 0.2, 0.4, 0.8)
 
 
-def _start(
+def start(
     cwd: Path,
     args: Sequence[str],
     *,
@@ -156,7 +158,7 @@ class StuckOnPipeError(GitError):
     def __init__(self, shown: Sequence[str], pipe: str) -> None:
         """*shown*: the command as asked; *pipe*: the FIFO's path, or ``a named pipe``."""
         self.pipe = pipe
-        at = _subcommand(shown[1:])
+        at = subcommand(shown[1:])
         command = "git" if at is None else f"git {shown[1 + at]}"
         what = f"the named pipe {pipe}" if pipe.startswith("/") else pipe
         super().__init__(
@@ -186,7 +188,7 @@ def _program(path: str | None) -> str:
     return shutil.which("git", path=os.defpath if path is None else path) or "git"
 
 
-def _subcommand(args: Sequence[str]) -> int | None:
+def subcommand(args: Sequence[str]) -> int | None:
     """Where git's command is in *args* (after options such as ``-c KEY=VALUE``)."""
     i = 0
     while i < len(args):

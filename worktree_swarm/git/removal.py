@@ -20,10 +20,10 @@ from pathlib import Path
 
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
-from worktree_swarm.git.checkpoints import _embedded
+from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
 from worktree_swarm.git.staged import filtered_on_disk
-from worktree_swarm.git.worktrees import _REGISTRATIONS, _linked_admin
+from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
 from worktree_swarm.infra import fs
 
 
@@ -58,7 +58,7 @@ def delete_locked(repo: Repo, path: Path) -> bool:
     half-deleted directory is still known as this worktree), the registration last (a crash
     before it leaves it prunable, as git would).
     """
-    admin = None if path.is_symlink() else _linked_admin(repo, path)
+    admin = None if path.is_symlink() else linked_admin(repo, path)
     if admin is None or (admin / "locked").exists() or (admin / "modules").exists():
         return False
     index, aside = admin / "index", admin / "index.swarm-removing"
@@ -75,7 +75,7 @@ def delete_locked(repo: Repo, path: Path) -> bool:
         raise
     (path / ".git").unlink()
     path.rmdir()
-    with _REGISTRATIONS:
+    with REGISTRATIONS:
         fs.remove_tree(admin)
     return True
 
@@ -90,7 +90,7 @@ def git_remove_locked(repo: Repo, path: Path, *, force: bool, submodules: bool =
     """
     fs.make_removable(path)
     flags = ["--force", "--force"] if force else ["--force"] if submodules else []
-    with _REGISTRATIONS:
+    with REGISTRATIONS:
         git(repo.root, "worktree", "remove", *flags, "--", str(path))
 
 
@@ -218,7 +218,7 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         specs = [".", *(f":(exclude,literal,top){name}" for name, _ in filtered)]
         args = ("add", "--all", "--verbose", "--pathspec-from-file=-", "--pathspec-file-nul")
         added = runner.run_names(root, *base, *args, env=env, input_text="\0".join(specs) + "\0")
-        embedded = _embedded(path, added.stdout)
+        embedded = embedded_repos(path, added.stdout)
         for literal in in_batches(f":(literal,top){name}" for name in embedded):
             runner.run(root, *base, *_UNSTAGE, *literal, env=env)
         left = Snapshot(None, _put_filtered(repo, path, base, env, parent, filtered),

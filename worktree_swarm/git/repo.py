@@ -34,9 +34,10 @@ _USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
-def _run(
+def run(
     cwd: Path, args: Sequence[str], *, check: bool = True, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run git with *args* in *cwd* (raising on failure when *check*)."""
     return runner.run(cwd, *args, check=check, env=env)
 
 
@@ -69,7 +70,7 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
 
     Raises CommandError when *check* and git exits non-zero, GitError when *cwd* is unusable.
     """
-    return _run(cwd, args, check=check).stdout
+    return run(cwd, args, check=check).stdout
 
 
 def require_git() -> None:
@@ -255,7 +256,7 @@ REPO_LOCK_WAIT = 1800.0  # and then at most
 
 def checkout_root(path: Path) -> Path:
     """The top of the checkout (main or linked worktree) that *path* is in."""
-    res = _run(path, ["rev-parse", "--show-toplevel"], check=False)
+    res = run(path, ["rev-parse", "--show-toplevel"], check=False)
     if res.returncode != 0:  # inside the git directory itself
         raise BadInputError(
             f"{path.absolute()} is in no checkout; run swarm in the checkout, not its .git"
@@ -265,7 +266,7 @@ def checkout_root(path: Path) -> Path:
 
 def rev_parse_in(cwd: Path, rev: str) -> str | None:
     """Return the object name *rev* resolves to when run in *cwd*, or None."""
-    res = _run(cwd, ["rev-parse", "--verify", "--quiet", "--end-of-options", rev], check=False)
+    res = run(cwd, ["rev-parse", "--verify", "--quiet", "--end-of-options", rev], check=False)
     return res.stdout.strip() if res.returncode == 0 else None
 
 
@@ -313,7 +314,7 @@ def current_branch(repo: Repo, checkout: Path | None = None) -> str | None:
 
     None when its HEAD is detached.
     """
-    res = _run(checkout or repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+    res = run(checkout or repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
     if res.returncode != 0:
         return None
     return res.stdout.strip() or None
@@ -321,7 +322,7 @@ def current_branch(repo: Repo, checkout: Path | None = None) -> str | None:
 
 def branch_exists(repo: Repo, branch: str) -> bool:
     """Return whether ``refs/heads/<branch>`` exists."""
-    res = _run(repo.root, ["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], check=False)
+    res = run(repo.root, ["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], check=False)
     return res.returncode == 0
 
 
@@ -421,7 +422,7 @@ def delete_remote_branches(repo: Repo, url: str, leases: Mapping[str, str]) -> d
 
 def merged_tips(repo: Repo, target: str) -> set[str]:
     """The tips of the branches whose history *target* contains (none if it names nothing)."""
-    res = _run(
+    res = run(
         repo.root,
         ["for-each-ref", f"--merged={target}", "--format=%(objectname)", "refs/heads/"],
         check=False,
@@ -452,12 +453,12 @@ def _contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
     """:func:`contained` asked of git; its definite answers kept (a git that failed is not one)."""
     if not commits:
         return set()
-    res = _run(repo.root, ["merge-base", "--independent", tip, *commits], check=False)
+    res = run(repo.root, ["merge-base", "--independent", tip, *commits], check=False)
     if res.returncode == 0 and res.stdout.split() == [tip]:
         codes = dict.fromkeys(commits, 0)
     else:  # --is-ancestor: 0 it is, 1 it is not, anything else git failed
         codes = {
-            c: _run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode
+            c: run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode
             for c in commits
         }
     with _ancestry_lock:

@@ -17,15 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from worktree_swarm.git.config_overrides import _PACK_KEYS, _PACK_OPTIONS, _planted_packs, overrides
-from worktree_swarm.git.process import _execute, _execute_bytes, _subcommand
+from worktree_swarm.git.config_overrides import PACK_KEYS, PACK_OPTIONS, overrides, planted_packs
+from worktree_swarm.git.process import execute, execute_bytes, subcommand
 
 
-def _hardened(
+def hardened(
     cwd: Path, args: Sequence[str], env: Mapping[str, str] | None
 ) -> tuple[list[str], int, dict[str, str]]:
     """The argv to run, where the command as asked starts in it (for error messages), the env."""
-    at = _subcommand(args)
+    at = subcommand(args)
     if at is not None:
         added = []
         # An empty diff.external breaks `git diff`, so the external diff is refused per command.
@@ -35,10 +35,10 @@ def _hardened(
         # git there, under that repository's own config, which these overrides do not cover.
         if args[at] in _WORKTREE_COMMANDS:
             added.append("--ignore-submodules=dirty")
-        if args[at] in _PACK_OPTIONS:
-            leaf, option = _PACK_OPTIONS[args[at]]
-            if leaf in _planted_packs(cwd):
-                added.append(f"{option}={_PACK_KEYS[leaf]}")
+        if args[at] in PACK_OPTIONS:
+            leaf, option = PACK_OPTIONS[args[at]]
+            if leaf in planted_packs(cwd):
+                added.append(f"{option}={PACK_KEYS[leaf]}")
         args = [*args[: at + 1], *added, *args[at + 1 :]]
     prefix, values = overrides(cwd)
     if at is not None and args[at] in _LINE_DIFF_COMMANDS:
@@ -70,8 +70,8 @@ def run(
     BadInputError when git is missing.
     """
     data = None if input_text is None else as_bytes(input_text)
-    argv, shown_from, full_env = _hardened(cwd, args, env)
-    return _execute(
+    argv, shown_from, full_env = hardened(cwd, args, env)
+    return execute(
         cwd,
         argv,
         check=check,
@@ -122,8 +122,8 @@ def run_bytes(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Like :func:`run`, with stdout and stderr as bytes (blobs, -z listings of odd names)."""
-    argv, shown_from, full_env = _hardened(cwd, args, env)
-    return _execute_bytes(
+    argv, shown_from, full_env = hardened(cwd, args, env)
+    return execute_bytes(
         cwd, argv, check=check, env=full_env, input_bytes=input_bytes, shown_from=shown_from
     )
 
@@ -131,7 +131,7 @@ def run_bytes(
 def run_into(cwd: Path, out: IO[bytes], *args: str, input_text: str | None = None) -> None:
     """Like :func:`run` (checked), with git's stdout written to *out* (a pack of any size)."""
     data = None if input_text is None else as_bytes(input_text)
-    argv, shown_from, full_env = _hardened(cwd, args, None)
-    _execute_bytes(
+    argv, shown_from, full_env = hardened(cwd, args, None)
+    execute_bytes(
         cwd, argv, check=True, env=full_env, input_bytes=data, shown_from=shown_from, stdout=out
     )

@@ -12,11 +12,11 @@ from pathlib import Path, PurePosixPath
 
 from worktree_swarm.core.paths import Repo, real_path
 from worktree_swarm.git import runner
-from worktree_swarm.git.repo import _run, git, rev_parse_in
+from worktree_swarm.git.repo import git, rev_parse_in, run
 from worktree_swarm.infra import fs
 
 
-def _submodule_paths(worktree: Path) -> set[str]:
+def submodule_paths(worktree: Path) -> set[str]:
     """The paths inside *worktree* that ``.gitmodules`` declares submodules at.
 
     Anyone can commit a ``.gitmodules``: a path that leaves the worktree (``../up``, ``/x``)
@@ -25,7 +25,7 @@ def _submodule_paths(worktree: Path) -> set[str]:
     return set(_submodule_names(worktree))
 
 
-def _inside(path: PurePosixPath) -> bool:
+def is_below(path: PurePosixPath) -> bool:
     """Whether the relative *path* names something below the directory it is relative to."""
     return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
 
@@ -82,12 +82,12 @@ def reset_hard(worktree: Path, *, env: Mapping[str, str] | None = None) -> None:
     *worktree* are opened to their owner and it runs again.
     """
     args = ["reset", "--quiet", "--hard", "HEAD"]
-    res = _run(worktree, args, check=False, env=env)
+    res = run(worktree, args, check=False, env=env)
     if res.returncode == 0:
         return
     if "Permission denied" in res.stderr:
         fs.make_removable(worktree)
-    _run(worktree, args, env=env)  # raising as git.git does (a full disk told apart)
+    run(worktree, args, env=env)  # raising as git.git does (a full disk told apart)
 
 
 def status_porcelain(path: Path) -> str:
@@ -116,7 +116,7 @@ def full_status(path: Path) -> str | None:
     A directory without read or search permission hides its files from git, which only warns:
     an empty status would then be a checkout that looks clean and is not.
     """
-    res = _run(path, _STATUS)
+    res = run(path, _STATUS)
     return None if any(words in res.stderr for words in _UNSEEN) else res.stdout
 
 
@@ -129,7 +129,7 @@ def submodule_work(worktree: Path) -> list[str]:
     commit: removing the worktree would lose both. Only looked for when a ``.gitmodules``
     names submodules (a gitlink without one is not a submodule git can populate either).
     """
-    paths = sorted(_submodule_paths(worktree))
+    paths = sorted(submodule_paths(worktree))
     if not paths:
         return []
     staged = runner.run_names(worktree, "ls-files", "-z", "--stage", "--",
@@ -147,7 +147,7 @@ def submodule_work(worktree: Path) -> list[str]:
             found.append(link)
     # Asked in the submodule itself, hardened against its own config like any checkout (git
     # recursing into it from here would run it under that config).
-    found += (link for link in populated if _run(worktree / link, _STATUS, check=False).stdout)
+    found += (link for link in populated if run(worktree / link, _STATUS, check=False).stdout)
     return sorted(found)
 
 
@@ -166,7 +166,7 @@ def submodule_commits_only_here(repo: Repo, worktree: Path) -> list[str]:
         directory = worktree / link
         if not (directory / ".git").exists():
             continue
-        head = _run(directory, ["rev-parse", "--verify", "-q", "HEAD^{commit}"], check=False)
+        head = run(directory, ["rev-parse", "--verify", "-q", "HEAD^{commit}"], check=False)
         commit = head.stdout.strip()
         if head.returncode != 0 or not commit:
             continue
@@ -176,7 +176,7 @@ def submodule_commits_only_here(repo: Repo, worktree: Path) -> list[str]:
         if _held(directory, commit, "refs/remotes", "refs/tags"):  # as its clone fetched them
             continue
         yours = repo.common_dir / "modules" / name
-        if _inside(PurePosixPath(name)) and yours.is_dir() and _held(yours, commit):
+        if is_below(PurePosixPath(name)) and yours.is_dir() and _held(yours, commit):
             continue
         found.append(f"{link} ({commit[:12]})")
     return found
@@ -187,7 +187,7 @@ def _held(git_dir: Path, commit: str, *patterns: str) -> bool:
 
     A commit that is only there (fetched by its id, left for a `git gc` to come) is not held.
     """
-    said = _run(git_dir, ["for-each-ref", "--count=1", "--format=%(refname)",
+    said = run(git_dir, ["for-each-ref", "--count=1", "--format=%(refname)",
                           "--contains", commit, *patterns], check=False)  # fmt: skip
     return said.returncode == 0 and bool(said.stdout.strip())
 
@@ -202,7 +202,7 @@ def _submodule_names(worktree: Path) -> dict[str, str]:
     names: dict[str, str] = {}
     for entry in named.split("\0"):
         key, _, path = entry.partition("\n")
-        if entry and _inside(PurePosixPath(path)):
+        if entry and is_below(PurePosixPath(path)):
             names[path] = key.removeprefix("submodule.").removesuffix(".path")
     return names
 

@@ -19,7 +19,7 @@ from worktree_swarm.core.text import path_text, paths_text
 from worktree_swarm.git.diffs import changed_paths
 from worktree_swarm.git.gitfiles import head_in
 from worktree_swarm.git.repo import Repo, git_dir
-from worktree_swarm.git.worktrees import _linked_admin, _other_common, _worktrees_dir
+from worktree_swarm.git.worktrees import linked_admin, other_common, worktrees_dir
 from worktree_swarm.infra import fs
 
 
@@ -32,13 +32,13 @@ def tampered(repo: Repo, path: Path) -> str | None:
     """
     if path.is_symlink():
         return f"{path} was replaced by a symlink"
-    if not os.path.lexists(path / ".git") or _linked_admin(repo, path) is not None:
+    if not os.path.lexists(path / ".git") or linked_admin(repo, path) is not None:
         return None  # gone (a removal cut short, pruned as such) or as swarm made it
     if (why := cut_off(path)) is not None:
         return f"{path}: {why}"
     with contextlib.suppress(OSError, GitError):
         admin = git_dir(path)
-        if admin.parent == _worktrees_dir(repo.common_dir) and _other_common(repo, admin):
+        if admin.parent == worktrees_dir(repo.common_dir) and other_common(repo, admin):
             return f"{admin}/commondir no longer names {repo.common_dir}"
     return f"{path}/.git no longer names its registration in {repo.common_dir / 'worktrees'}"
 
@@ -66,7 +66,7 @@ def cut_off(path: Path) -> str | None:
 
 def own_admin(repo: Repo, path: Path) -> Path | None:
     """The admin dir of the task worktree *path* when it is as swarm made it, else None."""
-    return None if path.is_symlink() else _linked_admin(repo, path)
+    return None if path.is_symlink() else linked_admin(repo, path)
 
 
 def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = None) -> list[str]:
@@ -83,7 +83,7 @@ def unplant(repo: Repo, path: Path, branch: str | None, *, admin: Path | None = 
     ``logs/``; ``gitdir``, which git does not write, aside); nor do the paths of its branch's
     ref and reflog.
     """
-    admin = admin or _linked_admin(repo, path)
+    admin = admin or linked_admin(repo, path)
     if admin is None:
         return []
     found = []

@@ -71,7 +71,7 @@ def list_worktrees(repo: Repo) -> list[WorktreeInfo]:
 
 def list_worktrees_locked(repo: Repo) -> list[WorktreeInfo]:
     """Like :func:`list_worktrees`, for a caller that already holds the repository lock."""
-    with _REGISTRATIONS:
+    with REGISTRATIONS:
         listed = runner.run_bytes(repo.root, "worktree", "list", "--porcelain", "-z").stdout
     out = os.fsdecode(listed)  # a path that is not UTF-8 keeps its bytes: it names the directory
     infos = []
@@ -95,7 +95,7 @@ _ON_BRANCH = "ref: refs/heads/"  # a HEAD file on a branch
 # Threads that remove worktrees side by side (each under the caller's repository lock) take
 # this around what reads every registration or deletes one: git lists every admin dir and
 # dies ("Invalid path") on one deleted while it reads them.
-_REGISTRATIONS = threading.Lock()
+REGISTRATIONS = threading.Lock()
 
 
 def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
@@ -107,7 +107,7 @@ def registration_locked(repo: Repo, path: Path) -> WorktreeInfo | None:
     (None). Anything else (the main checkout, a detached HEAD, files git would not write) is
     looked up in git's full listing.
     """
-    admin = _linked_admin(repo, path)
+    admin = linked_admin(repo, path)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         head = "" if admin is None else fs.read_text(admin / "HEAD")
         if admin is not None and head.startswith(_ON_BRANCH):
@@ -134,7 +134,7 @@ def admin_of(repo: Repo, path: Path) -> str | None:
     return None
 
 
-def _linked_admin(repo: Repo, path: Path) -> Path | None:
+def linked_admin(repo: Repo, path: Path) -> Path | None:
     """*path*'s admin dir when it is a linked worktree of *repo* laid out as git writes it.
 
     Its ``.git`` file names ``<common dir>/worktrees/<name>``, whose ``gitdir`` names that
@@ -146,12 +146,12 @@ def _linked_admin(repo: Repo, path: Path) -> Path | None:
         back = fs.read_text(admin / "gitdir").strip()
     except (OSError, GitError, UnicodeDecodeError):
         return None
-    if admin.parent != _worktrees_dir(repo.common_dir) or _other_common(repo, admin):
+    if admin.parent != worktrees_dir(repo.common_dir) or other_common(repo, admin):
         return None
     return admin if real_path(admin / back) == real_path(path / ".git") else None
 
 
-def _other_common(repo: Repo, admin: Path) -> bool:
+def other_common(repo: Repo, admin: Path) -> bool:
     """Whether the admin dir *admin* (under *repo*'s ``worktrees/``) names another common dir.
 
     git writes ``../..``; rewritten, git in the worktree reads another repository's config
@@ -165,7 +165,8 @@ def _other_common(repo: Repo, admin: Path) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _worktrees_dir(common: Path) -> Path:
+def worktrees_dir(common: Path) -> Path:
+    """The directory of linked worktrees' admin dirs in *common*, resolved."""
     return real_path(common / "worktrees")
 
 

@@ -19,7 +19,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.github.access import api_url_from, parse_slug, resolve_token, slug_from_remote
 from worktree_swarm.github.errors import GitHubError, RateLimitError
 from worktree_swarm.github.proxy import proxy_for
-from worktree_swarm.github.session import _MOVED, OnWait, Session
+from worktree_swarm.github.session import MOVED, OnWait, Session
 
 # Issues and pull requests share one sequence of numbers; none is this far (a task id, a
 # branch and the store's 64-bit integers hold it).
@@ -55,7 +55,7 @@ class Client(Session):
         except GitHubError as exc:
             if exc.status in {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}:
                 raise BadInputError(str(exc)) from exc  # it says what to check
-            if exc.status in _MOVED:
+            if exc.status in MOVED:
                 raise BadInputError(str(exc)) from exc  # it names the fix
             if exc.status == HTTPStatus.NOT_FOUND:
                 raise BadInputError(

@@ -22,5 +22,5 @@ class UnreachableError(GitHubError):
     """The API did not answer (in time, or at all): no later request is worth its wait."""
 
 
-class _DroppedError(UnreachableError):
+class DroppedError(UnreachableError):
     """The connection was refused, or (a request that changes nothing) dropped: tried again."""

@@ -15,8 +15,8 @@ from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.access import remote_url
 from worktree_swarm.github.client import Client, connect
 from worktree_swarm.github.errors import GitHubError, RateLimitError, UnreachableError
-from worktree_swarm.github.pr_task import KEPT, PullRequest, _one, _said
-from worktree_swarm.github.pr_text import _texts
+from worktree_swarm.github.pr_task import KEPT, PullRequest, printable_line, pull_request_for
+from worktree_swarm.github.pr_text import texts
 from worktree_swarm.github.session import OnWait
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store import Store
@@ -152,7 +152,7 @@ def open_pull_requests(
     for row in rows:
         sent[row.task_id] = pr_conflicts.clashes(row.task_id, pairs, known)
         try:
-            pull = _one(
+            pull = pull_request_for(
                 repo,
                 client,
                 row,
@@ -168,7 +168,7 @@ def open_pull_requests(
         except (RateLimitError, UnreachableError):  # every later request would wait as long
             raise
         except (GitHubError, SwarmError) as exc:
-            reason = _said(redact.redact(client.token.redact(str(exc))))
+            reason = printable_line(redact.redact(client.token.redact(str(exc))))
             failures.append(PrFailure(task_id=row.task_id, reason=reason))
             if echo is not None:
                 echo(f"{row.task_id}  failed  {reason}")
@@ -210,7 +210,7 @@ def _add_clashes(
     """Update *pull* to name pull requests of its batch opened after it that it conflicts with."""
     task = task_from_json(row.spec_json)
     tip = git.rev_parse(repo, f"refs/heads/{pull.branch}^{{commit}}") or ""
-    title, body = _texts(
+    title, body = texts(
         repo, row, task, tip=tip, fallback=fallback, clashes=clashes, numbers=numbers
     )
     try:
@@ -219,7 +219,7 @@ def _add_clashes(
         raise
     except (GitHubError, SwarmError) as exc:  # the pull request is open all the same
         if echo is not None:
-            reason = _said(redact.redact(client.token.redact(str(exc))))
+            reason = printable_line(redact.redact(client.token.redact(str(exc))))
             echo(f"{pull.task_id}  note  #{pull.number} lacks its predicted conflicts: {reason}")
 
 

@@ -19,7 +19,7 @@ from worktree_swarm.git.repo import strip_userinfo
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import MAX_NUMBER, Client
 from worktree_swarm.github.errors import GitHubError
-from worktree_swarm.github.pr_text import _texts
+from worktree_swarm.github.pr_text import texts
 from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
@@ -40,7 +40,7 @@ class PullRequest:
     retargeted: str = ""  # the base an updated pull request was moved onto (`--base`)
 
 
-def _one(
+def pull_request_for(
     repo: git.Repo,
     client: Client,
     row: TaskRow,
@@ -54,6 +54,7 @@ def _one(
     taken_by: str | None = None,
     numbers: Mapping[str, int] | None = None,
 ) -> PullRequest:
+    """Open or update the pull request of the task of *row*."""
     branch = _checked_branch(row)
     if taken_by is not None:  # a later run's work, and maybe its pull request: never touched
         raise SwarmError(f"branch {branch} is run {taken_by}'s now (it reused the task id)")
@@ -80,7 +81,7 @@ def _one(
         if closed is not None:  # opened for this very tip, unrecorded (killed), closed since
             return _kept(row, branch, closed)
     push_branch(repo, remote, branch, redact=client.token.redact)
-    title, body = _texts(
+    title, body = texts(
         repo, row, task, tip=tip, fallback=fallback, clashes=clashes, numbers=numbers or {}
     )
     if existing is None:
@@ -138,7 +139,7 @@ def _number(pull: Mapping[str, object]) -> int:
     number = pull.get("number")
     if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
         # Its keys, not its values: a reply may echo what was sent (the token among it).
-        keys = _said(", ".join(sorted(map(str, pull))), limit=120)
+        keys = printable_line(", ".join(sorted(map(str, pull))), limit=120)
         raise SwarmError(f"GitHub replied with no pull request number (keys: {keys})")
     if number >= MAX_NUMBER:  # 2**70 fits in no store; 4,000 digits in no line
         digits = len(str(number))
@@ -151,10 +152,10 @@ def _number(pull: Mapping[str, object]) -> int:
 def _field(reply: Mapping[str, object], key: str) -> str:
     """A text field of one of GitHub's replies, as stored and shown ('' when it is no text)."""
     value = reply.get(key)
-    return _said(redact.redact(value), limit=500) if isinstance(value, str) else ""
+    return printable_line(redact.redact(value), limit=500) if isinstance(value, str) else ""
 
 
-def _said(text: str, *, limit: int | None = None) -> str:
+def printable_line(text: str, *, limit: int | None = None) -> str:
     """*text* of GitHub's as one printable line: no escape of its reaches your terminal."""
     valid = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate: stored as `?`
     return one_line(valid, limit=limit, controls=True)

@@ -27,7 +27,7 @@ _ISSUE_TASK_RE = re.compile(r"issue-([1-9][0-9]{0,9})")
 _BACKTICKS_RE = re.compile(r"`+")
 
 
-def _texts(
+def texts(
     repo: git.Repo,
     row: TaskRow,
     task: Task,

@@ -26,31 +26,31 @@ from worktree_swarm.core.text import one_line
 from worktree_swarm.git.repo import strip_userinfo
 from worktree_swarm.github.access import API_URL_ENV, RepoSlug, Token
 from worktree_swarm.github.errors import (
+    DroppedError,
     GitHubError,
     RateLimitError,
     UnreachableError,
-    _DroppedError,
 )
 from worktree_swarm.github.proxy import Proxy
 from worktree_swarm.github.transport import (
     WRITE_METHODS,
-    _dropped,
-    _epoch_wait,
-    _error_detail,
-    _fetch_within,
-    _HTTPHandler,
-    _HTTPSHandler,
-    _NoRedirect,
-    _PastDeadlineError,
-    _rate_limit_wait,
-    _Request,
+    HTTPHandler,
+    HTTPSHandler,
+    NoRedirect,
+    PastDeadlineError,
+    Request,
+    epoch_wait,
+    error_detail,
+    fetch_within,
+    rate_limit_wait,
+    worth_retrying,
 )
 from worktree_swarm.infra.redact import redact
 
 API_VERSION = "2022-11-28"
 
 _LINK_NEXT_RE = re.compile(r'<(?P<url>[^>]+)>\s*;\s*rel="next"')
-_MOVED = frozenset({301, 302, 303, 307, 308})
+MOVED = frozenset({301, 302, 303, 307, 308})
 # What a request that never got an answer raises.
 _UNREACHABLE = (urllib.error.URLError, OSError, http.client.HTTPException)
 DROP_WAITS = (2.0, 8.0)  # seconds before each new try of a refused or dropped request
@@ -101,9 +101,7 @@ class Session:
         proxies = (
             urllib.request.ProxyHandler({}) if self.proxy is None else self.proxy.handler(scheme)
         )
-        self._opener = urllib.request.build_opener(
-            _NoRedirect, proxies, _HTTPHandler, _HTTPSHandler
-        )
+        self._opener = urllib.request.build_opener(NoRedirect, proxies, HTTPHandler, HTTPSHandler)
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -156,7 +154,7 @@ class Session:
                 self._pause_before(method, url)
                 try:
                     status, headers, raw = self._exchange(method, url, body)
-                except _DroppedError:
+                except DroppedError:
                     # A blip (a proxy restarting, a connection reset) ends no batch at once;
                     # an API that never answered is a wrong URL or no network, said at once.
                     if not self._answered or drops == len(self.drop_waits):
@@ -168,7 +166,7 @@ class Session:
                 if method in WRITE_METHODS:
                     self._last_write = time.monotonic()
                 self._note_primary_limit(status, headers, raw)
-                wait = _rate_limit_wait(status, headers, raw, attempt, self.secondary_wait)
+                wait = rate_limit_wait(status, headers, raw, attempt, self.secondary_wait)
                 if wait is None:
                     return self._decode(method, url, status, headers, raw)
                 if wait > self.max_wait or attempt == self.max_retries:
@@ -225,7 +223,7 @@ class Session:
 
     def _note_primary_limit(self, status: int, headers: Message, raw: bytes) -> None:
         if headers.get("x-ratelimit-remaining") == "0":
-            reset = _epoch_wait(headers.get("x-ratelimit-reset"))
+            reset = epoch_wait(headers.get("x-ratelimit-reset"))
             if reset is not None:
                 self._blocked_until = time.monotonic() + reset
                 self._blocked_by = (status, self._limit_said(status, raw))
@@ -234,7 +232,7 @@ class Session:
         self, method: str, url: str, body: Mapping[str, object] | None
     ) -> tuple[int, Message, bytes]:
         data = None if body is None else json.dumps(body).encode()
-        req = _Request(url, data=data, method=method)
+        req = Request(url, data=data, method=method)
         req.add_header("Accept", "application/vnd.github+json")
         req.add_header("X-GitHub-Api-Version", API_VERSION)
         req.add_header("User-Agent", "worktree-swarm")
@@ -242,8 +240,8 @@ class Session:
             req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token.reveal()}")
         try:
-            return _fetch_within(self._opener, req, timeout=self.timeout, deadline=self.deadline)
-        except _PastDeadlineError as late:
+            return fetch_within(self._opener, req, timeout=self.timeout, deadline=self.deadline)
+        except PastDeadlineError as late:
             if late.connected:
                 raise UnreachableError(self._unanswered(method, url, self.deadline)) from None
             raise UnreachableError(
@@ -255,14 +253,14 @@ class Session:
             sent = not isinstance(exc, urllib.error.URLError)
             if isinstance(reason, TimeoutError) and sent:  # then no byte for `timeout`
                 raise UnreachableError(self._unanswered(method, url, self.timeout)) from None
-            dropped = _dropped(reason, method)
+            dropped = worth_retrying(reason, method)
             if not dropped and sent and method in WRITE_METHODS and self._answered:
                 raise UnreachableError(
                     self._hide(
                         f"{self._api} dropped {method} {self._display(url)} ({reason}){_MAYBE_DONE}"
                     )
                 ) from None
-            error = _DroppedError if dropped else UnreachableError
+            error = DroppedError if dropped else UnreachableError
             raise error(self._unreachable(reason)) from None
 
     def _unreachable(self, reason: object) -> str:
@@ -291,7 +289,7 @@ class Session:
         if 200 <= status < 300:  # noqa: PLR2004
             return Response(status=status, data=data, headers=headers)
         detail = self._detail(raw, data)
-        if status in _MOVED:
+        if status in MOVED:
             location = headers.get("location") or ""
             shown = strip_userinfo(self._hide(location or "nowhere"))
             where = one_line(redact(shown), limit=200, controls=True)
@@ -327,7 +325,7 @@ class Session:
         page = self._hide(raw.decode("utf-8", "replace"))
         # One line of printable text: a proxy's HTML page, or escapes an answer carries, never
         # break a task's line or reach your terminal.
-        said = redact(self._hide(_error_detail(data)) or page)
+        said = redact(self._hide(error_detail(data)) or page)
         return one_line(said, controls=True)[:200]
 
     def _on_api_host(self, location: str, *, relative_to: str) -> bool:

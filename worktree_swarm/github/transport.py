@@ -25,11 +25,11 @@ WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 MAX_REPLY = 32 * 2**20  # bytes of one answer: GitHub's pages are far smaller
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
+class NoRedirect(urllib.request.HTTPRedirectHandler):
     """Hand a redirect back as the answer: GitHub redirects the API of a renamed repository."""
 
     def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        return None
+        """No new request: the redirect itself is the answer."""
 
 
 class _Cutoff:
@@ -71,7 +71,7 @@ class _Cutoff:
             return self._sock is not None
 
 
-class _Request(urllib.request.Request):
+class Request(urllib.request.Request):
     """A request with its cutoff, which its connection reports to."""
 
     cutoff: _Cutoff
@@ -97,21 +97,27 @@ class _HTTPSConnection(http.client.HTTPSConnection):
         self._cutoff.connected(self.sock)
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
+class HTTPHandler(urllib.request.HTTPHandler):
+    """Open the GitHub client's plain HTTP requests on connections cut off at their deadline."""
+
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        if not isinstance(req, _Request):
+        """Open *req*, one of the GitHub client's."""
+        if not isinstance(req, Request):
             raise TypeError("not a request of the GitHub client's")
         return self.do_open(functools.partial(_HTTPConnection, cutoff=req.cutoff), req)
 
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
+class HTTPSHandler(urllib.request.HTTPSHandler):
+    """Open the GitHub client's HTTPS requests on connections cut off at their deadline."""
+
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        if not isinstance(req, _Request):
+        """Open *req*, one of the GitHub client's."""
+        if not isinstance(req, Request):
             raise TypeError("not a request of the GitHub client's")
         return self.do_open(functools.partial(_HTTPSConnection, cutoff=req.cutoff), req)
 
 
-class _PastDeadlineError(Exception):
+class PastDeadlineError(Exception):
     """A request cut off at its deadline; *connected*: it may have reached the server."""
 
     def __init__(self, *, connected: bool) -> None:
@@ -119,10 +125,10 @@ class _PastDeadlineError(Exception):
         self.connected = connected
 
 
-def _fetch_within(
-    opener: urllib.request.OpenerDirector, req: _Request, *, timeout: float, deadline: float
+def fetch_within(
+    opener: urllib.request.OpenerDirector, req: Request, *, timeout: float, deadline: float
 ) -> tuple[int, Message, bytes]:
-    """:func:`_fetch` of *req*, within *deadline* seconds in all: cut off then (_PastDeadlineError).
+    """:func:`_fetch` of *req*, within *deadline* seconds in all: cut off then (PastDeadlineError).
 
     In a thread of its own, so that the whole request has a deadline. Once cut off, its
     connection is shut down before this returns: nothing more of it is sent (a connection made
@@ -142,13 +148,13 @@ def _fetch_within(
     exchange.join(deadline)
     connected = cutoff.cut()  # a no-op when it ended in time
     if not cutoff.answer:
-        raise _PastDeadlineError(connected=connected)
+        raise PastDeadlineError(connected=connected)
     if isinstance(cutoff.answer[0], BaseException):
         raise cutoff.answer[0]
     return cutoff.answer[0]
 
 
-def _dropped(reason: object, method: str) -> bool:
+def worth_retrying(reason: object, method: str) -> bool:
     """Whether a failed exchange is worth trying again.
 
     Refused: it never reached the server. Dropped mid-way: only a request that changes
@@ -180,7 +186,7 @@ def _bounded(reply: Any) -> bytes:  # noqa: ANN401 - an HTTP response or error, 
     return raw
 
 
-def _rate_limit_wait(
+def rate_limit_wait(
     status: int, headers: Message, raw: bytes, attempt: int, secondary_wait: float
 ) -> float | None:
     """Seconds to wait before retrying, or None when the reply is not a rate limit."""
@@ -195,7 +201,7 @@ def _rate_limit_wait(
         if not math.isnan(wait):  # `inf` waits too long: one clear error, as 1e12 does
             return max(wait, 0.0)
     if headers.get("x-ratelimit-remaining") == "0":
-        reset = _epoch_wait(headers.get("x-ratelimit-reset"))
+        reset = epoch_wait(headers.get("x-ratelimit-reset"))
         if reset is not None:
             return reset
     text = raw.decode("utf-8", "replace").lower()
@@ -204,7 +210,8 @@ def _rate_limit_wait(
     return None
 
 
-def _epoch_wait(reset: str | None) -> float | None:
+def epoch_wait(reset: str | None) -> float | None:
+    """Seconds until the epoch time *reset* (a rate-limit header), or None if unreadable."""
     if reset is None:
         return None
     try:
@@ -215,7 +222,8 @@ def _epoch_wait(reset: str | None) -> float | None:
     return max(at - time.time(), 0.0) + 1.0 if math.isfinite(at) else None
 
 
-def _error_detail(data: object) -> str:
+def error_detail(data: object) -> str:
+    """The messages in GitHub's error body *data*, as one line."""
     if not isinstance(data, dict):
         return ""
     parts = [str(data.get("message", ""))]

@@ -23,7 +23,7 @@ def _oid(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _swarm_command(process: psutil.Process) -> bool:
+def swarm_command(process: psutil.Process) -> bool:
     """Whether *process* runs swarm's command line (``swarm ...``, ``python -m worktree_swarm``).
 
     A script named ``swarm`` counts when it is swarm's entry point: not ``docker swarm``.
@@ -50,7 +50,7 @@ def _swarm_command(process: psutil.Process) -> bool:
 _SCRIPT_HEAD = 4096
 
 
-def _opened(path: Path) -> tuple[bytes, os.stat_result]:
+def opened(path: Path) -> tuple[bytes, os.stat_result]:
     """The bytes of the announcement *path*, and the file they were read from.
 
     Never through a symlink, never a named pipe or anything but a regular file
@@ -66,7 +66,7 @@ def _opened(path: Path) -> tuple[bytes, os.stat_result]:
         return fh.read(), os.fstat(fh.fileno())
 
 
-def _still_at(path: Path, read: os.stat_result) -> bool:
+def still_at(path: Path, read: os.stat_result) -> bool:
     """Whether *path* still names the file *read*."""
     try:
         now = path.lstat()
@@ -75,7 +75,7 @@ def _still_at(path: Path, read: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (read.st_dev, read.st_ino)
 
 
-def _holds(process: psutil.Process, read: os.stat_result) -> bool:
+def holds(process: psutil.Process, read: os.stat_result) -> bool:
     """Whether *process* holds the file *read* open (compared by device and inode).
 
     Linux: each of its descriptors, as ``/proc`` gives them; elsewhere the files psutil names.
@@ -100,7 +100,7 @@ def _holds(process: psutil.Process, read: os.stat_result) -> bool:
     return False
 
 
-def _parsed(text: bytes) -> tuple[int, float, list[RefMove], bool] | None:
+def parse_announcement(text: bytes) -> tuple[int, float, list[RefMove], bool] | None:
     """An announcement's writer's pid and start, its moves, whether it is done."""
     try:
         data = json.loads(text)

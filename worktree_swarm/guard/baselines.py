@@ -34,7 +34,7 @@ from worktree_swarm.guard.snapshot import (
     status_field,
 )
 from worktree_swarm.guard.special_files import special_files
-from worktree_swarm.guard.state import Unwatched, _Place
+from worktree_swarm.guard.state import Place, Unwatched
 from worktree_swarm.guard.verdicts import Verdicts
 from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
@@ -122,7 +122,7 @@ class Baselines(Verdicts):
         """What :meth:`start` found changed in your checkout while no manager watched it."""
         return self._unwatched
 
-    def _baseline(self, where: str, path: Path) -> _Place:
+    def _baseline(self, where: str, path: Path) -> Place:
         """Watch *path* from now on and record its baseline (no lock needed: *where* is its own)."""
         if where == MAIN:
             name = "main"
@@ -156,7 +156,7 @@ class Baselines(Verdicts):
         dirs: list[str] = []
         specials = special_files(path, self._changes.skipped(where)) if users else {}
         if users or not is_clean(place_status):
-            _seed(scratch, saved)
+            seed(scratch, saved)
             base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
             if self._own_store is None:
                 with contextlib.suppress(OSError):  # none: no filter, captures write in yours
@@ -166,7 +166,7 @@ class Baselines(Verdicts):
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
             out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
             dirs = [d for d in out.split("\0") if d]
-        return _Place(
+        return Place(
             where=where,
             path=path,
             scratch=scratch,
@@ -176,7 +176,7 @@ class Baselines(Verdicts):
             status=place_status,
             compared=time.monotonic(),
             dirs=tuple(dirs),
-            repos=frozenset(_repositories_in(path, dirs)),
+            repos=frozenset(repositories_in(path, dirs)),
             specials=specials,
         )
 
@@ -191,7 +191,7 @@ class Baselines(Verdicts):
                 files.append(common / ref)  # a loose ref; packed, it is packed-refs
         return files
 
-    def _base(self, place: _Place) -> Snapshot:
+    def _base(self, place: Place) -> Snapshot:
         """*place*'s baseline; one that was clean is rebuilt from its commit and saved index."""
         if place.base is None:
             oid = status_field(place.status, "oid")
@@ -247,23 +247,23 @@ class Baselines(Verdicts):
         found = Violation(number=0, where=REPOSITORY, lost=lost, suspects=suspects)
         return [self._record(found, patch_text=f"# {lost}; new baselines taken\n")]
 
-    def _excludes(self, place: _Place) -> tuple[str, ...]:
+    def _excludes(self, place: Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()
 
 
-def _repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
+def repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
     """Those of *dirs* (under *root*) that hold a ``.git`` of their own."""
     return [d for d in dirs if os.path.lexists(root / d / ".git")]
 
 
-def _drop_copies(place: _Place) -> None:
+def drop_copies(place: Place) -> None:
     """Delete the index copies of a place no longer compared (its worktree gone)."""
     for copy in (place.saved_index, place.scratch):
         with contextlib.suppress(OSError):
             copy.unlink()
 
 
-def _seed(scratch: Path, saved: Path) -> None:
+def seed(scratch: Path, saved: Path) -> None:
     """Start the scratch index as a copy of the saved one, if it has none yet.
 
     It seeds git's stat cache, so that a capture hashes only the files changed since. A clean

@@ -42,23 +42,23 @@ from pathlib import Path
 import psutil
 
 from worktree_swarm.guard.announcements import (
-    _holds,
-    _opened,
-    _parsed,
-    _still_at,
-    _swarm_command,
+    holds,
+    opened,
+    parse_announcement,
+    still_at,
+    swarm_command,
 )
 from worktree_swarm.guard.attribution import Agents, task_program
 from worktree_swarm.guard.model import RefMove
 from worktree_swarm.guard.ref_moves import (
-    _ASIDE,
-    _HEARD,
-    _LISTENING,
-    _SAME_START,
+    ASIDE,
     DIR,
-    _alive,
-    _forget,
-    _verdict,
+    HEARD,
+    LISTENING,
+    SAME_START,
+    forget,
+    still_running,
+    verdict_path,
     write_all,
 )
 from worktree_swarm.infra import fs, starts
@@ -125,9 +125,9 @@ class Channel:
         """
         me = psutil.Process()
         self._dir.mkdir(parents=True, exist_ok=True)
-        listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{_LISTENING}"
+        listener = self._dir / f"{me.pid}-{secrets.token_hex(4)}{LISTENING}"
         # Written aside and renamed over, then held open while it listens: what writers check.
-        aside = listener.with_name(listener.name + _ASIDE)
+        aside = listener.with_name(listener.name + ASIDE)
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             write_all(fd, json.dumps({"pid": me.pid, "started": starts.of(me)}).encode())
@@ -191,7 +191,7 @@ class Channel:
         scan that read it finished. Kept, it would cover a move made anew from where it began.
         """
         for name, held in list(self._refused.items()):
-            if held.new is not None and not _alive(held.pid, held.started):
+            if held.new is not None and not still_running(held.pid, held.started):
                 del self._refused[name]
 
     def _announcement(
@@ -199,13 +199,13 @@ class Channel:
     ) -> tuple[os.stat_result, tuple[int, float, list[RefMove], bool]] | None:
         """The file *path* as read, and what it says (None: nothing to take from it now)."""
         try:
-            text, read = _opened(path)
+            text, read = opened(path)
         except fs.NotAFileError:
             self._refuse(path, "it is not a regular file", refused)
             return None
         except OSError:
             return None  # removed meanwhile
-        parsed = _parsed(text)
+        parsed = parse_announcement(text)
         return None if parsed is None else (read, parsed)  # None: not swarm's
 
     def _believed(
@@ -238,7 +238,7 @@ class Channel:
         refused.append(f"ignored {path}: {why}")
         self._done.add(path.name)
         if why.endswith(" is gone"):  # a command that was killed: nobody waits
-            _forget(path)  # by any guard, or each merge's would tell of it again
+            forget(path)  # by any guard, or each merge's would tell of it again
         else:
             self._answer(path, f"refused: {why}")
 
@@ -265,8 +265,8 @@ class Channel:
         if owner != held.owner:
             del self._refused[path.name]
             self._done.add(path.name)
-            if not _alive(held.pid, held.started):
-                _forget(path)
+            if not still_running(held.pid, held.started):
+                forget(path)
             return
         if writer == (held.pid, held.started):  # else rewritten by another: not its writer's
             held.take(moves, done=done)
@@ -308,7 +308,7 @@ class Channel:
         if self._answers:
             _write_verdict(path, verdict)
         elif self._listener is not None:
-            heard = f"{path.name}{_HEARD}{self._listener.name.removesuffix(_LISTENING)}"
+            heard = f"{path.name}{HEARD}{self._listener.name.removesuffix(LISTENING)}"
             with contextlib.suppress(OSError):
                 path.with_name(heard).touch()
 
@@ -361,17 +361,17 @@ class Channel:
         a file another process holds). With it, the task whose agent the writer is or descends
         from, if it is an agent's. :data:`_REPLACED`: the file at *path* is another by now.
         """
-        if read.st_nlink == 0 or not _still_at(path, read):
+        if read.st_nlink == 0 or not still_at(path, read):
             return _REPLACED, None
         if read.st_nlink > 1:
             return "it has another name (a hard link)", None
         try:
             process = psutil.Process(pid)
-            if abs(starts.of(process) - started) > _SAME_START:
+            if abs(starts.of(process) - started) > SAME_START:
                 return f"its writer (pid {pid}) is gone", None
-            if not _holds(process, read):
+            if not holds(process, read):
                 # Its writer may have written it anew, and let the file read go, since.
-                if not _still_at(path, read):
+                if not still_at(path, read):
                     return _REPLACED, None
                 return f"its writer (pid {pid}) does not hold it open", None
         except psutil.AccessDenied:
@@ -382,7 +382,7 @@ class Channel:
         if owner is not None:
             # Its task alone is blamed only for a swarm command's file: another file an agent
             # holds open (its log) can be renamed here and written in its name by a sibling.
-            return f"written from task {owner}'s agent", owner if _swarm_command(process) else None
+            return f"written from task {owner}'s agent", owner if swarm_command(process) else None
         program = task_program(pid, self._dir.parent)
         if program is not None:
             return f"its writer (pid {pid}) {program}", None
@@ -391,4 +391,4 @@ class Channel:
 
 def _write_verdict(path: Path, text: str) -> None:
     with contextlib.suppress(OSError):
-        _verdict(path).write_text(text + "\n")
+        verdict_path(path).write_text(text + "\n")

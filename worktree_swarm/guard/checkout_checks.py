@@ -20,7 +20,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import runner
-from worktree_swarm.guard.baselines import _drop_copies, _repositories_in, _seed
+from worktree_swarm.guard.baselines import drop_copies, repositories_in, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Snapshot, Violation
 from worktree_swarm.guard.restore import (
     move_aside,
@@ -39,7 +39,7 @@ from worktree_swarm.guard.snapshot import (
     status,
 )
 from worktree_swarm.guard.special_files import special_files
-from worktree_swarm.guard.state import _Place
+from worktree_swarm.guard.state import Place
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
 from worktree_swarm.infra import fs
 
@@ -59,7 +59,7 @@ class CheckoutChecks(WorktreeChecks):
     """Checkouts compared with their baselines, and what changed put back."""
 
     def _scan_tasks(
-        self, places: list[_Place], changed: set[str], sweep: _Place | None, *, final: bool
+        self, places: list[Place], changed: set[str], sweep: Place | None, *, final: bool
     ) -> list[Violation]:
         """Compare the task worktrees flagged as changed (and the sweep's), oldest first."""
         found: list[Violation] = []
@@ -79,12 +79,12 @@ class CheckoutChecks(WorktreeChecks):
                 if not place.path.is_dir():
                     del self._places[place.where]  # removed; its work is on its branch
                     self._changes.forget(place.where)
-                    _drop_copies(place)
+                    drop_copies(place)
                     continue
                 found += self._compare(place, time.time(), quick=True, sweep=not flagged)
         return found
 
-    def _sweep_pick(self) -> _Place | None:
+    def _sweep_pick(self) -> Place | None:
         """The place to compare unflagged this scan, if the sweep's share of time allows."""
         now = time.monotonic()
         if now < self._sweep_at or not self._places:
@@ -92,7 +92,7 @@ class CheckoutChecks(WorktreeChecks):
         place = min(self._places.values(), key=lambda p: p.compared)
         return place if now - place.compared >= _SWEEP_AGE else None
 
-    def _compare(self, place: _Place, began: float, *, quick: bool, sweep: bool) -> list[Violation]:
+    def _compare(self, place: Place, began: float, *, quick: bool, sweep: bool) -> list[Violation]:
         """Compare *place* with git (a failure is recorded and flags it for the next scan).
 
         A *sweep* step compares a place nothing flagged; flagged, even an unchanged `git
@@ -143,7 +143,7 @@ class CheckoutChecks(WorktreeChecks):
             self._sweep_at = done + (done - started) / _SWEEP_SHARE
         return found
 
-    def _opened_up(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+    def _opened_up(self, place: Place, window: tuple[float, float]) -> list[Violation]:
         """The paths of *place* an agent made unreadable to you, given back to you.
 
         None, or no agent to blame: the comparison's failure stands (raised again).
@@ -164,7 +164,7 @@ class CheckoutChecks(WorktreeChecks):
         found = [self._record(broken, patch_text=patch)]
         return found + self._scan_place(place, window[1], quick=False, since=window[0])
 
-    def _unchecked(self, place: _Place, began: float) -> Violation:
+    def _unchecked(self, place: Place, began: float) -> Violation:
         """Every agent that ran since *place* was last compared, not vouched for."""
         why = self._failing.get(place.where, "the comparison failed")
         suspects = self._agents.suspects((place.checked, began), exclude=())
@@ -173,7 +173,7 @@ class CheckoutChecks(WorktreeChecks):
 
     def _scan_place(
         self,
-        place: _Place,
+        place: Place,
         began: float,
         *,
         quick: bool,
@@ -195,7 +195,7 @@ class CheckoutChecks(WorktreeChecks):
         ):
             place.checked = began
             return []
-        _seed(place.scratch, place.saved_index)
+        seed(place.scratch, place.saved_index)
         now = capture(place.path, place.scratch, self._snapshots, self._excludes(place))
         base = self._base(place)
         if now == base:
@@ -270,7 +270,7 @@ class CheckoutChecks(WorktreeChecks):
         violation = self._record(dataclasses.replace(found, restored=restored), patch_text=patch)
         return [*made, violation]
 
-    def _aside(self, place: _Place, base: str, now: str, paths: list[str]) -> dict[str, Path]:
+    def _aside(self, place: Place, base: str, now: str, paths: list[str]) -> dict[str, Path]:
         """Each new directory of a user's *place* holding a repository, and where it goes."""
         reading = self._snapshots.reading()
         made = new_repository_dirs(place.path, base, now, paths, reading) if place.users else []
@@ -281,9 +281,9 @@ class CheckoutChecks(WorktreeChecks):
         into = Path(tempfile.mkdtemp(prefix=f"{int(time.time())}-", dir=top))
         return {rel: into / rel for rel in made}
 
-    def _made_repositories(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+    def _made_repositories(self, place: Place, window: tuple[float, float]) -> list[Violation]:
         """A `.git` made in a directory of a user's checkout: removed, unless the user made it."""
-        made = [d for d in _repositories_in(place.path, place.dirs) if d not in place.repos]
+        made = [d for d in repositories_in(place.path, place.dirs) if d not in place.repos]
         if not made:
             return []
         exclude = () if place.users else (place.where,)
@@ -295,7 +295,7 @@ class CheckoutChecks(WorktreeChecks):
             for rel in made:
                 remove(place.path / rel / ".git")
         paths = tuple(f"{rel}/.git" for rel in made)
-        restored = self.restore and not _repositories_in(place.path, made)
+        restored = self.restore and not repositories_in(place.path, made)
         patch = "".join(
             f"# {path_text(p)}: a repository made in your checkout, removed\n" for p in paths
         )
@@ -304,7 +304,7 @@ class CheckoutChecks(WorktreeChecks):
         )
         return [self._record(violation, patch_text=patch)]
 
-    def _made_specials(self, place: _Place, window: tuple[float, float]) -> list[Violation]:
+    def _made_specials(self, place: Place, window: tuple[float, float]) -> list[Violation]:
         """Named pipes and devices made in a user's checkout: removed, unless the user made them.
 
         git lists neither, but waits for ever on a pipe where it reads a file (`.gitignore`):

@@ -22,13 +22,13 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from worktree_swarm.guard.loose_objects import _hashes_to, _loose_name
+from worktree_swarm.guard.loose_objects import hashes_to, loose_name
 from worktree_swarm.infra import fs
 
 HELD = "held"  # under the guard's directory: links to the object files at the baseline
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def link_or_copy(source: Path, dest: Path) -> None:
     """Hard-link *source* as *dest*, or copy it where they lie on different file systems.
 
     FileExistsError if *dest* exists, as for a link. A copy is written under a temporary
@@ -76,10 +76,10 @@ def hold(common: Path, held: Path) -> None:
             continue
         for entry in entries:
             if entry.is_file(follow_symlinks=False) and (
-                pack or _loose_name(directory.name, entry.name)
+                pack or loose_name(directory.name, entry.name)
             ):
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
-                    _link_or_copy(Path(entry.path), target / entry.name)
+                    link_or_copy(Path(entry.path), target / entry.name)
 
 
 def let_go(held: Path) -> None:
@@ -162,7 +162,7 @@ def rewritten(common: Path, held: Path, since_ns: int) -> list[Path]:
                 changed = entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns
             except FileNotFoundError:
                 continue
-            if changed and _hashes_to(Path(entry.path), directory.name + entry.name) is False:
+            if changed and hashes_to(Path(entry.path), directory.name + entry.name) is False:
                 found.append(objects / directory.name / entry.name)
     return sorted(found)
 
@@ -188,7 +188,7 @@ def put_back(pairs: Sequence[tuple[Path, Path]]) -> None:
         aside = dest.with_name(f"tmp_obj_{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             aside.unlink()
-        _link_or_copy(source, aside)
+        link_or_copy(source, aside)
         aside.replace(dest)
 
 
@@ -198,12 +198,12 @@ def _same_object(held: Path, now: Path, pack: bool) -> bool:
         if pack:
             return filecmp.cmp(held, now, shallow=False)
         # The held one is what it says; one that cannot be read now tells nothing.
-        return _hashes_to(now, held.parent.name + held.name) is not False
+        return hashes_to(now, held.parent.name + held.name) is not False
     except (OSError, zlib.error):
         return False
 
 
-def _gone(common: Path, held: Path) -> list[tuple[Path, Path]]:
+def missing_held(common: Path, held: Path) -> list[tuple[Path, Path]]:
     """(held file, where it was) for each held object file missing from the store.
 
     A pack's index comes after its pack, as git writes them.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import runner
-from worktree_swarm.guard.held_files import _gone, _link_or_copy, put_back, written_over
+from worktree_swarm.guard.held_files import link_or_copy, missing_held, put_back, written_over
 from worktree_swarm.guard.snapshot import ref_owner
 from worktree_swarm.infra import fs
 
@@ -109,9 +109,9 @@ def recover(common: Path, pack_dir: Path, held: Path | None = None) -> None:
     git skips objects it has twice.
     """
     if held is not None:
-        for source, dest in _gone(common, held):
+        for source, dest in missing_held(common, held):
             dest.parent.mkdir(exist_ok=True)
-            _link_or_copy(source, dest)
+            link_or_copy(source, dest)
         put_back(written_over(common, held))
     if not pack_dir.is_dir():
         return
@@ -136,7 +136,7 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
     asked about on every scan. A loose file git removed because a pack holds its object now
     (`gc`) stays removed.
     """
-    gone = _gone(common, held)
+    gone = missing_held(common, held)
     loose = {f"{dest.parent.name}{dest.name}": (source, dest) for source, dest in gone
              if dest.parent.name != "pack"}  # fmt: skip
     present = _batch_check(root, sorted(loose))
@@ -152,7 +152,7 @@ def recover_held(root: Path, common: Path, held: Path) -> None:
         if dest.parent.name == "pack" and dest.stem not in packs:
             continue
         dest.parent.mkdir(exist_ok=True)
-        _link_or_copy(source, dest)
+        link_or_copy(source, dest)
 
 
 def _missing_from(root: Path, idx: Path) -> bool:

@@ -19,7 +19,7 @@ from worktree_swarm.infra import fs
 _HEX = frozenset("0123456789abcdef")
 
 
-def _loose_name(fan_out: str, name: str) -> bool:
+def loose_name(fan_out: str, name: str) -> bool:
     """Whether ``objects/<fan_out>/<name>`` is named as a loose object (SHA-1 or SHA-256)."""
     oid = fan_out + name
     return len(fan_out) == 2 and len(oid) in {40, 64} and set(oid) <= _HEX  # noqa: PLR2004
@@ -57,12 +57,12 @@ def forged_loose(
             wanted.update(
                 directory.name + name
                 for name in names
-                if directory.name + name not in seen and _loose_name(directory.name, name)
+                if directory.name + name not in seen and loose_name(directory.name, name)
             )
     found, unread = [], set()
     for oid in sorted(wanted - held):
         path = objects / oid[:2] / oid[2:]
-        good = _hashes_to(path, oid)
+        good = hashes_to(path, oid)
         if good:
             seen.add(oid)
         elif good is False:
@@ -77,7 +77,7 @@ _HEADER_MAX = 64  # "<type> <size>\0"
 _NO_HEADER = -2
 
 
-def _hashes_to(path: Path, name: str) -> bool | None:
+def hashes_to(path: Path, name: str) -> bool | None:
     """Whether the loose object file *path* holds the object named *name*.
 
     Read and inflated a piece at a time, and no further than the size its header gives: an

@@ -23,14 +23,15 @@ from worktree_swarm.guard.restore import keep_undone, restore_ref, undone_commit
 from worktree_swarm.guard.snapshot import is_clean, read_refs, status
 from worktree_swarm.infra import fs
 
-_MOVING = "moving-back"  # a task worktree's admin dir -> [where it was found, its place]
-_REMOTES_NOTE = "remotes-putting-back.json"  # remote-tracking refs being put back (remotes.py)
+MOVING = "moving-back"  # a task worktree's admin dir -> [where it was found, its place]
+REMOTES_NOTE = "remotes-putting-back.json"  # remote-tracking refs being put back (remotes.py)
 # A verdict from before its put-back until the run applied it (see Guard.settled): one of a
 # manager killed meanwhile is recorded and applied by the next command (cut_verdicts).
-_VERDICTS = "verdicts"
+VERDICTS = "verdicts"
 
 
-def _move_back(repo: git.Repo, moved: Path, path: Path) -> None:
+def move_back(repo: git.Repo, moved: Path, path: Path) -> None:
+    """Move the task worktree found at *moved* back to *path*."""
     # Twice --force: an agent may have locked it too. git renames it and its admin dir
     # follows; the agent's own files, even open ones, move back with it.
     git.git(repo.root, "worktree", "move", "--force", "--force", str(moved), str(path))
@@ -45,15 +46,15 @@ def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
     """
     done = []
     with contextlib.suppress(SwarmError, OSError):
-        back = remotes.finish(repo.root, repo.common_dir, work_dir / _REMOTES_NOTE)
+        back = remotes.finish(repo.root, repo.common_dir, work_dir / REMOTES_NOTE)
         if back:
             done.append(f"remote-tracking refs put back (cut short): {back}")
-    for note in sorted((work_dir / _MOVING).glob("*")):
+    for note in sorted((work_dir / MOVING).glob("*")):
         with contextlib.suppress(ValueError, SwarmError, OSError, UnicodeDecodeError):
             moved, path = map(Path, json.loads(fs.read_file(note)))
             admin = repo.common_dir / "worktrees" / note.name
-            if not os.path.lexists(path) and _moved_to(admin, path) == moved:
-                _move_back(repo, moved, path)
+            if not os.path.lexists(path) and moved_to(admin, path) == moved:
+                move_back(repo, moved, path)
                 done.append(f"worktree moved back from {moved} to {path} (cut short)")
         note.unlink(missing_ok=True)
     return done
@@ -61,9 +62,9 @@ def finish_put_backs(repo: git.Repo, work_dir: Path) -> list[str]:
 
 def unsettled(work_dir: Path) -> bool:
     """Whether a killed manager's guard (in *work_dir*) left put-backs or verdicts to finish."""
-    if os.path.lexists(work_dir / _REMOTES_NOTE):
+    if os.path.lexists(work_dir / REMOTES_NOTE):
         return True
-    return any(True for name in (_MOVING, _VERDICTS) for _ in (work_dir / name).glob("*"))
+    return any(True for name in (MOVING, VERDICTS) for _ in (work_dir / name).glob("*"))
 
 
 def cut_verdicts(repo: git.Repo, work_dir: Path) -> list[tuple[Path, Violation, bool]]:
@@ -77,9 +78,9 @@ def cut_verdicts(repo: git.Repo, work_dir: Path) -> list[tuple[Path, Violation, 
     Called after :func:`finish_put_backs`, which moves a worktree back.
     """
     found = []
-    for aside in (work_dir / _VERDICTS).glob("*.tmp"):  # a note whose writing was cut short
+    for aside in (work_dir / VERDICTS).glob("*.tmp"):  # a note whose writing was cut short
         aside.unlink(missing_ok=True)
-    for note in sorted((work_dir / _VERDICTS).glob("*.json"), key=_note_order):
+    for note in sorted((work_dir / VERDICTS).glob("*.json"), key=_note_order):
         try:
             data = json.loads(fs.read_file(note))
             violation = Violation.from_dict(data["violation"])
@@ -122,7 +123,7 @@ def _put_back_now(repo: git.Repo, violation: Violation, worktree: object) -> boo
     return back
 
 
-def _moved_to(admin: Path, path: Path) -> Path | None:
+def moved_to(admin: Path, path: Path) -> Path | None:
     """Where the worktree registered in *admin* is now, when it is whole but not at *path*."""
     try:
         named = Path(fs.read_text(admin / "gitdir").strip())

@@ -20,7 +20,7 @@ from worktree_swarm.git import gitfiles, runner, tampering
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import integrity, remotes
 from worktree_swarm.guard.model import MAIN, RefMove, Violation
-from worktree_swarm.guard.recovery import _REMOTES_NOTE
+from worktree_swarm.guard.recovery import REMOTES_NOTE
 from worktree_swarm.guard.restore import keep_undone, restore_ref, undone_commits
 from worktree_swarm.guard.snapshot import read_refs, ref_owner, ref_patch
 from worktree_swarm.guard.verdicts import Verdicts
@@ -51,7 +51,7 @@ def _reflog_tail(path: Path) -> list[bytes]:
         return fh.read().splitlines()[1 if start else 0 :]  # the first may be cut
 
 
-def _tip(repo: git.Repo, ref: str) -> str | None:
+def ref_tip(repo: git.Repo, ref: str) -> str | None:
     """Where *ref* points: its loose file read (a new branch's), else git asked."""
     try:
         text = (repo.common_dir / ref).read_text(encoding="ascii").strip()
@@ -265,7 +265,7 @@ class RefChecks(Verdicts):
                 self._remotes.seen = looked
             return
         going = [ref for ref in changed if ref not in pending]
-        noted = self._dir / _REMOTES_NOTE  # a manager killed half-way: the next one finishes
+        noted = self._dir / REMOTES_NOTE  # a manager killed half-way: the next one finishes
         remotes.note_put_back(noted, base, now, going)
         try:
             left = remotes.put_back(root, common, base, going)

@@ -28,14 +28,14 @@ DIR = "ref-moves"
 # its value the name of its admin dir under `.git/worktrees/` (None: removed).
 WORKTREE = "worktree "
 _VERDICT = ".verdict"
-_LISTENING = ".listening"
-_HEARD = ".heard-"
-_ASIDE = ".tmp"  # a file being written, before it is renamed over its name
+LISTENING = ".listening"
+HEARD = ".heard-"
+ASIDE = ".tmp"  # a file being written, before it is renamed over its name
 # The files a writer makes itself, each naming it: pid and start time.
-_WRITERS = (".json", _LISTENING, ".json" + _ASIDE, _LISTENING + _ASIDE)
+_WRITERS = (".json", LISTENING, ".json" + ASIDE, LISTENING + ASIDE)
 _WAIT = 30.0  # how long a writer waits for a running guard's verdict
 _POLL = 0.05
-_SAME_START = 0.01  # seconds: psutil's create_time is rounded
+SAME_START = 0.01  # seconds: psutil's create_time is rounded
 _LATER = 1.0  # seconds a process must start after a file's last write not to be its writer
 
 
@@ -105,7 +105,7 @@ class RefMoves:
         data = f'{{{self._writer}, "moves": [{", ".join(moves)}], "done": {json.dumps(done)}}}'
         # Written aside and renamed over, so that a reader never sees half of it; the writer
         # then holds the new file open, which is what the guard checks.
-        aside = self.path.with_name(self.path.name + _ASIDE)
+        aside = self.path.with_name(self.path.name + ASIDE)
         fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             write_all(fd, data.encode())
@@ -171,7 +171,7 @@ def moving_refs(repo: git.Repo, refs: Sequence[str]) -> Iterator[RefMoves]:
                 _await_listeners(path)
         finally:
             moves._close()  # noqa: SLF001
-            _forget(path)
+            forget(path)
 
 
 def abandoned(state_dir: Path) -> list[Path]:
@@ -190,7 +190,7 @@ def abandoned(state_dir: Path) -> list[Path]:
     found = []
     for stem, files in groups.items():
         if not _writer_alive(stem, files):
-            main = [p for p in files if p.name.endswith((".json", _LISTENING))]
+            main = [p for p in files if p.name.endswith((".json", LISTENING))]
             found.append((main or files)[0])
     return found
 
@@ -226,14 +226,14 @@ def _writer_alive(stem: str, files: Sequence[Path]) -> bool:
     if not pid_text.isdigit():
         return True  # not swarm's: left alone
     pid = int(pid_text)
-    for path in sorted(files, key=lambda p: p.name.endswith(_ASIDE)):  # renamed ones first
+    for path in sorted(files, key=lambda p: p.name.endswith(ASIDE)):  # renamed ones first
         if not path.name.endswith(_WRITERS):
             continue
         try:
             started = float(json.loads(fs.read_file(path))["started"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        return _alive(pid, started)
+        return still_running(pid, started)
     return _started_by_then(pid, files)  # only half-written files: no start time in them
 
 
@@ -252,13 +252,13 @@ def _started_by_then(pid: int, files: Sequence[Path]) -> bool:
     return not written or starts.as_wall(started) <= max(written) + _LATER
 
 
-def _forget(path: Path) -> None:
+def forget(path: Path) -> None:
     """Remove the announcement *path*, a copy left aside, its verdict and the guards' marks.
 
     What cannot be removed (a directory made at one of their names) is left as it is.
     """
-    heard = path.parent.glob(f"{glob.escape(path.name)}{_HEARD}*")
-    for each in (path, path.with_name(path.name + _ASIDE), _verdict(path), *heard):
+    heard = path.parent.glob(f"{glob.escape(path.name)}{HEARD}*")
+    for each in (path, path.with_name(path.name + ASIDE), verdict_path(path), *heard):
         with contextlib.suppress(OSError):
             each.unlink(missing_ok=True)
 
@@ -267,21 +267,22 @@ def _await_verdict(path: Path, state_dir: Path) -> None:
     # Not past the run's end: a manager whose guard has made its last scan gives none.
     deadline = time.monotonic() + _WAIT
     # Only a file is a verdict: a directory made at its name is none (the guard's write fails).
-    while time.monotonic() < deadline and not _verdict(path).is_file():
+    while time.monotonic() < deadline and not verdict_path(path).is_file():
         if not lock.manager_alive(state_dir):
             return
         time.sleep(_POLL)
 
 
-def _verdict(path: Path) -> Path:
+def verdict_path(path: Path) -> Path:
+    """Where the verdict on the announcement *path* is written."""
     return path.with_name(path.name + _VERDICT)
 
 
 def _await_listeners(path: Path) -> None:
     """Wait until each guard listening (alive, not this process) has read *path*."""
     deadline = time.monotonic() + _WAIT
-    for listener in sorted(path.parent.glob(f"*{_LISTENING}")):
-        heard = path.with_name(f"{path.name}{_HEARD}{listener.name.removesuffix(_LISTENING)}")
+    for listener in sorted(path.parent.glob(f"*{LISTENING}")):
+        heard = path.with_name(f"{path.name}{HEARD}{listener.name.removesuffix(LISTENING)}")
         # Only a file is a mark: a directory made at its name is none (the guard's write fails).
         while time.monotonic() < deadline and not heard.is_file():
             if not _listening(listener):
@@ -304,7 +305,7 @@ def _listening(listener: Path) -> bool:
         return False
     try:
         process = psutil.Process(pid)
-        alive = abs(starts.of(process) - started) <= _SAME_START
+        alive = abs(starts.of(process) - started) <= SAME_START
         real = os.path.realpath(listener)
         if alive:
             return any(os.path.realpath(f.path) == real for f in process.open_files())
@@ -316,10 +317,10 @@ def _listening(listener: Path) -> bool:
     return False
 
 
-def _alive(pid: int, started: float) -> bool:
+def still_running(pid: int, started: float) -> bool:
     """Whether the process *pid* that started at *started* still runs."""
     try:
-        return abs(starts.of(psutil.Process(pid)) - started) <= _SAME_START
+        return abs(starts.of(psutil.Process(pid)) - started) <= SAME_START
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from worktree_swarm.guard.surface import _SHARED_WRITE, _label, _path
+from worktree_swarm.guard.surface import SHARED_WRITE, label_of, path_of
 from worktree_swarm.infra import fs
 
 SETUID_BITS = fs.SETUID_BITS
@@ -40,7 +40,7 @@ def setuid_files(common: Path) -> dict[str, int]:
             with contextlib.suppress(OSError):
                 mode = entry.stat(follow_symlinks=False).st_mode
                 if stat.S_ISREG(mode) and mode & SETUID_BITS:
-                    found[_label(common, Path(entry.path))] = stat.S_IMODE(mode)
+                    found[label_of(common, Path(entry.path))] = stat.S_IMODE(mode)
     return found
 
 
@@ -51,4 +51,4 @@ def disarm(common: Path, labels: Iterable[str]) -> None:
     it would take your history with it; without those bits it runs as whoever runs it.
     """
     for label in labels:
-        fs.set_mode(_path(common, label), lambda bits: bits & ~(SETUID_BITS | _SHARED_WRITE))
+        fs.set_mode(path_of(common, label), lambda bits: bits & ~(SETUID_BITS | SHARED_WRITE))

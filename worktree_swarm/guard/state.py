@@ -1,7 +1,7 @@
 """The guard's state: what it watches and the baselines it keeps of each.
 
 :class:`GuardState` sets up every field the guard's checks share; the records of a watched
-checkout (:class:`_Place`), of the run's task worktrees and of the remote-tracking refs live
+checkout (:class:`Place`), of the run's task worktrees and of the remote-tracking refs live
 here with it.
 """
 
@@ -25,7 +25,7 @@ from worktree_swarm.guard.lock import TurnLock
 from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, ScanFailure, Snapshot, Violation
 from worktree_swarm.guard.objects import ObjectWatch
 
-_MIN_INTERVAL = 1.0
+MIN_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +41,7 @@ class Unwatched:
 
 
 @dataclass(slots=True, kw_only=True)
-class _Place:
+class Place:
     """A watched checkout and its baseline."""
 
     where: str
@@ -154,7 +154,7 @@ class GuardState:
         self._dir = work_dir
         self._held = work_dir / held_files.HELD
         self._lock = TurnLock()
-        self._places: dict[str, _Place] = {}
+        self._places: dict[str, Place] = {}
         self._busy: dict[str, int] = {}
         self._refs: dict[str, str] = {}
         self._agents = Agents()
@@ -193,7 +193,7 @@ class GuardState:
         # scan takes those as it finds them, judging nothing.
         # _unrestored: git files a put-back could not make as they were (tried again).
         self._pinned, self._unread, self._unrestored = set[str](), set[str](), set[str]()
-        self._interval = _MIN_INTERVAL
+        self._interval = MIN_INTERVAL
         self._read: dict[str, str] = {}  # every watched ref, as the last refs scan read them
         self._changes = Changes()  # which places may have changed: inotify and stat signatures
         self._sweep_at = 0.0  # monotonic time of the next sweep step

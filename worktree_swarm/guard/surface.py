@@ -39,7 +39,7 @@ _NAME_DEPTH = 8  # slashes in a submodule's name walked through under modules/
 # lines of a planted to-do list, `--abort` resets your branch to a planted ORIG_HEAD, a planted
 # MERGE_HEAD puts a commit into your next commit's history. `shallow` hides history.
 _IN_PROGRESS_DIRS = ("rebase-merge", "rebase-apply", "sequencer")
-_IN_PROGRESS_FILES = (
+IN_PROGRESS_FILES = (
     "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_AUTOSTASH", "AUTO_MERGE", "CHERRY_PICK_HEAD",
     "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
     "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD", "shallow",
@@ -89,7 +89,7 @@ MODE = "mode"
 LOOSER = b"looser than its parent"
 # A file or directory the guard may not read (an agent's `chmod 000`): its bits only.
 UNREADABLE = "unreadable"
-_SHARED_WRITE = 0o022  # group and other write: another local user's way in
+SHARED_WRITE = 0o022  # group and other write: another local user's way in
 
 
 def hooks_path(root: Path) -> Path | None:
@@ -130,7 +130,7 @@ def read(
         _add_links(found, common, top)
     _add_ties(found, common, linked)
     _add_links(found, common, common / "refs", depth=1)  # the guard's own restores write there
-    for name in ("config", "config.worktree", "commondir", *_IN_PROGRESS_FILES, *ALTERNATES):
+    for name in ("config", "config.worktree", "commondir", *IN_PROGRESS_FILES, *ALTERNATES):
         _add(found, common, common / name)
     _add_worktree_configs(found, common)
     for name in ("hooks", "info", *_STEERING_DIRS, *_IN_PROGRESS_DIRS):
@@ -154,17 +154,17 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
     plain strings: a scan runs many times a task, and ``pathlib`` cost more than the calls.
     """
     top = os.fspath(common)
-    _add_mode(found, top, top, _SHARED_WRITE)  # always in the baseline
+    _add_mode(found, top, top, SHARED_WRITE)  # always in the baseline
     for name in ("objects", "objects/info", "objects/pack", "refs", "logs", "worktrees"):
         head = name.rpartition("/")[0]
-        _add_mode(found, top, f"{top}/{name}", _bits(f"{top}/{head}" if head else top))
+        _add_mode(found, top, f"{top}/{name}", mode_bits(f"{top}/{head}" if head else top))
     for sub in ("objects", "worktrees"):
         parent = f"{top}/{sub}"
         try:
             entries = list(os.scandir(parent))
         except OSError:  # absent, or made unreadable: its own bits say so
             continue
-        shared = _bits(parent)
+        shared = mode_bits(parent)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 _add_mode(found, top, entry.path, shared, entry)
@@ -172,18 +172,19 @@ def _add_modes(found: Surface, common: Path, tops: Iterable[Path]) -> None:
     for path in map(os.fspath, tops):
         parent = os.path.dirname(path)  # noqa: PTH120 - strings here: pathlib cost the most
         if parent not in parents:
-            parents[parent] = _bits(parent)
+            parents[parent] = mode_bits(parent)
         _add_mode(found, top, path, parents[parent])
 
 
-_UMASK = fs.umask()  # read once, at import
+UMASK = fs.umask()  # read once, at import
 
 
-def _bits(path: str | Path) -> int:
+def mode_bits(path: str | Path) -> int:
+    """The permission bits of *path* (not followed); SHARED_WRITE when it cannot be read."""
     try:
         return stat.S_IMODE(os.lstat(path).st_mode)
     except OSError:
-        return _SHARED_WRITE  # nothing to compare with: not looser
+        return SHARED_WRITE  # nothing to compare with: not looser
 
 
 def _add_mode(
@@ -204,8 +205,8 @@ def _add_mode(
         return
     if stat.S_ISDIR(mode):  # a symlink or file there is another matter
         bits = stat.S_IMODE(mode)
-        looser = LOOSER if bits & _SHARED_WRITE & ~shared & _UMASK else b""
-        found.setdefault(_label(top, path), Entry(kind=MODE, bits=bits, data=looser))
+        looser = LOOSER if bits & SHARED_WRITE & ~shared & UMASK else b""
+        found.setdefault(label_of(top, path), Entry(kind=MODE, bits=bits, data=looser))
 
 
 def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None:
@@ -216,7 +217,7 @@ def _add_ties(found: Surface, common: Path, linked: Mapping[Path, Path]) -> None
 
 def ties(common: Path, checkout: Path, admin: Path) -> set[str]:
     """The labels of what ties the linked worktree *checkout* (git dir *admin*) to *common*."""
-    return {_label(common, path) for path in (checkout / ".git", *(admin / n for n in _TIES))}
+    return {label_of(common, path) for path in (checkout / ".git", *(admin / n for n in _TIES))}
 
 
 def _add_worktree_configs(found: Surface, common: Path) -> None:
@@ -237,15 +238,17 @@ def _add_worktree_configs(found: Surface, common: Path) -> None:
 def read_one(common: Path, label: str) -> Entry | None:
     """The entry of *label* as it is now (None when absent)."""
     found: Surface = {}
-    _add(found, common, _path(common, label))
+    _add(found, common, path_of(common, label))
     return found.get(label)
 
 
-def _path(common: Path, label: str) -> Path:
+def path_of(common: Path, label: str) -> Path:
+    """The path that *label* names, relative to *common* unless absolute."""
     return Path(label) if Path(label).is_absolute() else common / label
 
 
-def _label(common: str | Path, path: str | Path) -> str:
+def label_of(common: str | Path, path: str | Path) -> str:
+    """*path* as a label: relative to *common* when under it."""
     # As `path.relative_to(common)` if under it, by string: called for every file of a scan.
     top, name = os.fspath(common), os.fspath(path)
     return name[len(top) + 1 :] if name.startswith(top + "/") else name
@@ -256,7 +259,7 @@ def _add(found: Surface, common: Path, path: Path) -> None:
         info = path.lstat()
     except FileNotFoundError:
         return
-    label = _label(common, path)
+    label = label_of(common, path)
     if stat.S_ISLNK(info.st_mode):
         found[label] = Entry(kind="link", data=os.fsencode(path.readlink()))
     elif stat.S_ISDIR(info.st_mode):
@@ -313,13 +316,13 @@ def _add_links(found: Surface, common: Path, top: Path, depth: int = 0) -> None:
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return  # unreadable: its bits are watched (below, or as the git dir's own)
     renamed = _renamed_over(common, top)
-    shared = _bits(top)
+    shared = mode_bits(top)
     for entry in entries:  # one per branch under refs/ and logs/: no Path unless one is found
         if entry.is_symlink():
             _add(found, common, Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             if renamed is not None and entry.name not in renamed and _linked_more(entry):
-                _add_hard_link(found, common, Path(entry.path))
+                add_hard_link(found, common, Path(entry.path))
         elif entry.is_dir(follow_symlinks=False):
             if entry.name == "logs" if depth == 0 else depth < _NAME_DEPTH:
                 if depth > 0 or top == common:  # ref and reflog directories, not a worktree's
@@ -364,7 +367,7 @@ def _linked_more(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _add_hard_link(found: Surface, common: Path, path: Path) -> None:
+def add_hard_link(found: Surface, common: Path, path: Path) -> None:
     """*path*, a file, when it has another name too.
 
     git writes through a hard link as through a symlink (``COMMIT_EDITMSG`` truncated, a
@@ -376,7 +379,7 @@ def _add_hard_link(found: Surface, common: Path, path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-        found[_label(common, path)] = Entry(kind=HARD_LINK, data=b"%d" % info.st_ino)
+        found[label_of(common, path)] = Entry(kind=HARD_LINK, data=b"%d" % info.st_ino)
 
 
 def _add_top(found: Surface, common: Path, top: Path) -> None:
@@ -394,7 +397,7 @@ def _add_top(found: Surface, common: Path, top: Path) -> None:
             return
         for name in names:
             path = top / name
-            found[_label(common, path)] = Entry(kind="dir" if path.is_dir() else "other")
+            found[label_of(common, path)] = Entry(kind="dir" if path.is_dir() else "other")
 
 
 def _add_tree(found: Surface, common: Path, top: Path) -> None:
@@ -407,7 +410,7 @@ def _add_tree(found: Surface, common: Path, top: Path) -> None:
             path = Path(error.filename)
             with contextlib.suppress(OSError):
                 bits = stat.S_IMODE(path.lstat().st_mode)
-                found[_label(common, path)] = Entry(kind=UNREADABLE, bits=bits)
+                found[label_of(common, path)] = Entry(kind=UNREADABLE, bits=bits)
 
     for dirpath, dirnames, filenames in os.walk(top, onerror=unlisted):
         dirnames.sort()

@@ -24,7 +24,7 @@ from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.worktree_checks import WorktreeChecks
 from worktree_swarm.infra import fs
 
-_SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
+SETUID_EVERY = 10.0  # seconds between walks of the git dir for setuid files
 
 
 class SurfaceChecks(WorktreeChecks, ObjectChecks):
@@ -160,7 +160,7 @@ class SurfaceChecks(WorktreeChecks, ObjectChecks):
 
         A copy of a shell made setuid there (an agent running as root, or a setgid one of your
         group) would give anyone who finds it your rights. A walk of the whole git dir, its
-        cost growing with its refs, reflogs and loose objects: every :data:`_SETUID_EVERY`
+        cost growing with its refs, reflogs and loose objects: every :data:`SETUID_EVERY`
         and in the last scan, not after each attempt (nothing of it runs with swarm's git).
         """
         common = self.repo.common_dir

@@ -15,11 +15,11 @@ from pathlib import Path
 from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard.surface import (
-    _SHARED_WRITE,
     HARD_LINK,
     LOOSER,
     MODE,
     RERERE,
+    SHARED_WRITE,
     UNREADABLE,
     Entry,
     Surface,
@@ -93,7 +93,7 @@ def _differs(old: Entry | None, new: Entry | None) -> bool:
         return new is not None and new.data == LOOSER
     if old.kind != new.kind:
         return True
-    return bool(new.bits & ~old.bits & _SHARED_WRITE or old.bits & ~new.bits & _OWNERS)
+    return bool(new.bits & ~old.bits & SHARED_WRITE or old.bits & ~new.bits & _OWNERS)
 
 
 def _unlinked(old: Entry | None, new: Entry | None) -> bool:

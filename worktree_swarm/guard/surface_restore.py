@@ -13,17 +13,17 @@ from pathlib import Path
 
 from worktree_swarm.guard.restore import prune_empty, put_file, remove
 from worktree_swarm.guard.surface import (
-    _IN_PROGRESS_FILES,
-    _SHARED_WRITE,
-    _UMASK,
     HARD_LINK,
+    IN_PROGRESS_FILES,
     MODE,
+    SHARED_WRITE,
+    UMASK,
     UNREADABLE,
     Entry,
     Surface,
-    _add_hard_link,
-    _bits,
-    _path,
+    add_hard_link,
+    mode_bits,
+    path_of,
 )
 from worktree_swarm.infra import fs
 
@@ -34,9 +34,9 @@ def _unlink_other(common: Path, label: str, entry: Entry) -> None:
     A hard link of yours from before the run has nothing to write back: git makes the file
     again where another link, a symlink or a directory was.
     """
-    target = _path(common, label)
+    target = path_of(common, label)
     now: Surface = {}
-    _add_hard_link(now, common, target)
+    add_hard_link(now, common, target)
     if target.is_symlink() or target.is_dir():
         remove(target)
     elif now.get(label, entry) != entry:
@@ -47,7 +47,7 @@ def _unlink_other(common: Path, label: str, entry: Entry) -> None:
 
 
 # Files at the top of a git dir that are watched for their bytes (their own entries).
-_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *_IN_PROGRESS_FILES})
+_BY_CONTENT = frozenset({"config", "config.worktree", "commondir", "gitdir", *IN_PROGRESS_FILES})
 
 
 def _keeps_state(label: str) -> bool:
@@ -83,7 +83,7 @@ def put_back(common: Path, before: Surface, labels: list[str], now: Surface | No
     now = now or {}
     new_dirs = []
     for label in sorted(labels, key=len):
-        target = _path(common, label)
+        target = path_of(common, label)
         entry = before.get(label)
         if _put_bits(target, entry, now.get(label)):
             continue
@@ -121,7 +121,7 @@ def _put_entry(target: Path, entry: Entry) -> None:
 def _put_bits(target: Path, entry: Entry | None, new: Entry | None) -> bool:
     """Put back a watched directory's bits, or an unreadable file's; False: not one of those."""
     if entry is None and new is not None and new.kind == MODE:  # new: as git would make it
-        loose = _SHARED_WRITE & ~_bits(target.parent) & _UMASK
+        loose = SHARED_WRITE & ~mode_bits(target.parent) & UMASK
         fs.set_mode(target, lambda bits: bits & ~loose, dirs=True)
         return True
     if entry is None or entry.kind not in {MODE, UNREADABLE}:

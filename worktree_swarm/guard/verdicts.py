@@ -18,7 +18,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.guard import remotes
 from worktree_swarm.guard.model import MAIN, WORKTREE_PREFIX, ScanFailure, Violation, steady_reason
-from worktree_swarm.guard.recovery import _VERDICTS
+from worktree_swarm.guard.recovery import VERDICTS
 from worktree_swarm.guard.state import GuardState
 from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
@@ -118,7 +118,7 @@ class Verdicts(GuardState):
             return
         note = self._noted.get(violation.number)
         if note is None:
-            note = self._dir / _VERDICTS / f"{time.time_ns()}-{violation.number}.json"
+            note = self._dir / VERDICTS / f"{time.time_ns()}-{violation.number}.json"
             self._noted[violation.number] = note
         data = {"violation": violation.as_dict(), "recorded": recorded}
         if worktree is not None:

@@ -65,9 +65,9 @@ from worktree_swarm.guard.object_checks import ObjectChecks
 from worktree_swarm.guard.objects import ObjectWatch
 from worktree_swarm.guard.recovery import finish_put_backs
 from worktree_swarm.guard.snapshot import read_refs, status_field
-from worktree_swarm.guard.state import _MIN_INTERVAL
-from worktree_swarm.guard.surface_checks import _SETUID_EVERY, SurfaceChecks
-from worktree_swarm.guard.worktree_checks import _users_label
+from worktree_swarm.guard.state import MIN_INTERVAL
+from worktree_swarm.guard.surface_checks import SETUID_EVERY, SurfaceChecks
+from worktree_swarm.guard.worktree_checks import users_label
 
 # How often a guard that only listens (a merge's) reads swarm's ref announcements.
 _HEAR_INTERVAL = 0.05
@@ -100,8 +100,8 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
             with self._job(MAIN):  # failing: told, the run goes on
                 self._unwatched = self._changed_since(last)
             for path in self._users_worktrees():
-                with self._job(_users_label(path)):  # failing: told, the run goes on
-                    self._watch(_users_label(path), path)
+                with self._job(users_label(path)):  # failing: told, the run goes on
+                    self._watch(users_label(path), path)
                     self._linked[path] = git.git_dir(path)
             self._hooks = surface.hooks_path(self.repo.root)
             self._surface = self._read_surface()
@@ -309,7 +309,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
                 found += self._scan_graph(began)
                 if final or time.monotonic() >= self._setuid_due:
                     found += self._scan_setuid(began)
-                    self._setuid_due = time.monotonic() + _SETUID_EVERY
+                    self._setuid_due = time.monotonic() + SETUID_EVERY
             refs: dict[str, str] | None = None
             self._remotes.read = None
             with self._job("refs"):
@@ -349,7 +349,7 @@ class Guard(AttemptChecks, CheckoutChecks, SurfaceChecks, ObjectChecks):
         # Only comparing the user's checkouts in full can take long (a huge checkout that keeps
         # changing, or without inotify): the pause keeps that under a tenth of the time. The
         # rest of a scan is cheap, and flagged task worktrees have their budget.
-        self._interval = max(_MIN_INTERVAL, 10 * users)
+        self._interval = max(MIN_INTERVAL, 10 * users)
         return found
 
     # -- internals ---------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, tampering, worktrees
 from worktree_swarm.guard import surface
-from worktree_swarm.guard.baselines import Baselines, _drop_copies, _seed
+from worktree_swarm.guard.baselines import Baselines, drop_copies, seed
 from worktree_swarm.guard.model import WORKTREE_PREFIX, Violation
-from worktree_swarm.guard.recovery import _MOVING, _move_back, _moved_to
-from worktree_swarm.guard.ref_checks import RefChecks, _tip
+from worktree_swarm.guard.recovery import MOVING, move_back, moved_to
+from worktree_swarm.guard.ref_checks import RefChecks, ref_tip
 from worktree_swarm.guard.ref_moves import worktree_key
 from worktree_swarm.guard.restore import restore_checkout
 from worktree_swarm.guard.snapshot import capture, index_path
@@ -71,7 +71,7 @@ class WorktreeChecks(Baselines, RefChecks):
                         continue
                     # Where swarm left its branch: a later move is its agent's, or judged.
                     branch = f"refs/heads/swarm/{task_id}"
-                    self._set_ref(branch, _tip(self.repo, branch))
+                    self._set_ref(branch, ref_tip(self.repo, branch))
                     if whole is None:
                         self._trees.admins.pop(task_id, None)
                     else:
@@ -183,7 +183,7 @@ class WorktreeChecks(Baselines, RefChecks):
             self._forget_worktree(task_id)
             return None
         admin = self.repo.common_dir / "worktrees" / known
-        moved = _moved_to(admin, path) or self._half_moved(admin, path)
+        moved = moved_to(admin, path) or self._half_moved(admin, path)
         what = "was removed" if moved is None else f"was moved to {moved}"
         root = path.parent
         was = self._trees.roots.get(task_id)
@@ -253,7 +253,7 @@ class WorktreeChecks(Baselines, RefChecks):
         place = self._places.pop(task_id, None)
         if place is not None:
             self._changes.forget(task_id)
-            _drop_copies(place)
+            drop_copies(place)
 
     def _put_worktree_back(self, task_id: str, path: Path, admin: str, moved: Path | None) -> bool:
         """Move *path* back from *moved*, or make it again from its branch; whether it is back.
@@ -268,11 +268,11 @@ class WorktreeChecks(Baselines, RefChecks):
                 return False  # something else is there now (git would move it inside that)
             _name_place(self.repo.common_dir / "worktrees" / admin, moved)
             # Noted first: a manager killed before the move is done has the next one finish it.
-            note = self._dir / _MOVING / admin
+            note = self._dir / MOVING / admin
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(json.dumps([str(moved), str(path)]), encoding="utf-8")
             try:
-                _move_back(self.repo, moved, path)
+                move_back(self.repo, moved, path)
             finally:
                 note.unlink()
         else:
@@ -289,7 +289,7 @@ class WorktreeChecks(Baselines, RefChecks):
         place = self._places.get(task_id)
         if place is not None:
             if moved is None:
-                _seed(place.scratch, place.saved_index)
+                seed(place.scratch, place.saved_index)
                 now = capture(path, place.scratch, self._snapshots)
                 restore_checkout(
                     path,
@@ -318,7 +318,7 @@ class WorktreeChecks(Baselines, RefChecks):
                 continue
             if not os.path.lexists(admin):
                 gone.append((checkout, admin, None))
-            elif (moved := _moved_to(admin, checkout)) is not None:
+            elif (moved := moved_to(admin, checkout)) is not None:
                 gone.append((checkout, admin, moved))
         return gone
 
@@ -342,7 +342,7 @@ class WorktreeChecks(Baselines, RefChecks):
             del self._linked[checkout]
             for label in surface.ties(common, checkout, admin):
                 self._surface.pop(label, None)
-            where = _users_label(checkout)
+            where = users_label(checkout)
             if self._places.pop(where, None) is not None:
                 self._changes.forget(where)
             if moved is None:
@@ -354,12 +354,12 @@ class WorktreeChecks(Baselines, RefChecks):
                 if entry is not None:
                     self._surface[label] = entry
             self._keep_out(moved)  # moved into your checkout: not new files of it
-            with self._job(_users_label(moved)):
-                self._watch(_users_label(moved), moved)
+            with self._job(users_label(moved)):
+                self._watch(users_label(moved), moved)
             self._log(f"your worktree {checkout} was moved to {moved}: watched there")
 
 
-def _users_label(checkout: Path) -> str:
+def users_label(checkout: Path) -> str:
     """The name of your linked worktree *checkout* in the guard's notes: one printable line."""
     return WORKTREE_PREFIX + path_text(str(checkout))
 

@@ -349,14 +349,14 @@ def _read_to(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".read")
 
 
-def _note_read(log_path: Path, read_to: int, size: int) -> None:
+def note_read(log_path: Path, read_to: int, size: int) -> None:
     """Record that the node's log was read to *read_to* when the copy held *size* bytes."""
     part = log_path.with_name(log_path.name + ".read.part")
     part.write_text(f"{read_to} {size}\n")
     part.replace(_read_to(log_path))
 
 
-def _mirrored(log_path: Path) -> int:
+def mirrored(log_path: Path) -> int:
     """How far the node's log of the copy *log_path* was read; the copy cut back to match.
 
     A coordinator killed after appending a chunk and before noting it leaves the copy longer

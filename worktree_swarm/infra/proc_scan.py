@@ -16,7 +16,7 @@ import psutil
 
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra import shim, starts
-from worktree_swarm.infra.proctree import _running, found_identity, kill_tree
+from worktree_swarm.infra.proctree import found_identity, kill_tree, running
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -98,7 +98,7 @@ def marked_processes(root: Path) -> list[tuple[psutil.Process, Path]]:
             create_time = starts.of(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-        if marker and Path(os.path.realpath(marker)).is_relative_to(base) and _running(proc):
+        if marker and Path(os.path.realpath(marker)).is_relative_to(base) and running(proc):
             found.append((create_time, proc, Path(marker)))
     found.sort(key=lambda item: item[0])
     return [(proc, record) for _, proc, record in found]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 CREATE_TIME_TOLERANCE = 1.0
 _POLL_INTERVAL = 0.05
 # After SIGKILL only an uninterruptible sleep (e.g. a hung NFS read) keeps a process.
-_KILL_TIMEOUT = 10.0
+KILL_TIMEOUT = 10.0
 
 
 def identity_of(pid: int) -> ProcessIdentity | None:
@@ -65,7 +65,7 @@ def found_identity(process: psutil.Process) -> ProcessIdentity | None:
 def is_alive(identity: ProcessIdentity) -> bool:
     """Return whether *identity*'s process still runs (same PID and start, not a zombie)."""
     proc = _matching(identity)
-    return proc is not None and _running(proc)
+    return proc is not None and running(proc)
 
 
 def is_frozen(identity: ProcessIdentity) -> bool:
@@ -104,7 +104,7 @@ def shim_alive(record: Path) -> bool:
             same = abs(proc.create_time() - recorded.started_at) <= CREATE_TIME_TOLERANCE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return same and _running(proc) and _shim_grace(proc) is not None
+    return same and running(proc) and _shim_grace(proc) is not None
 
 
 def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
@@ -117,7 +117,7 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
     the caller's children. Raises SwarmError if some process survives SIGKILL.
     """
     leader = _matching(identity)
-    if leader is not None and _running(leader):
+    if leader is not None and running(leader):
         shim_grace = _shim_grace(leader)
         if shim_grace is not None:
             # The shim kills its tree itself and catches what forks meanwhile; killing it
@@ -125,7 +125,7 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
             # killed shim leaves work for the group and snapshot kill below.
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 leader.send_signal(signal.SIGTERM)
-            wait = max(grace, shim_grace) + _KILL_TIMEOUT
+            wait = max(grace, shim_grace) + KILL_TIMEOUT
             _wait_gone([leader], None, time.monotonic() + wait)
     deadline = time.monotonic() + grace
     # Snapshot before signalling: once the leader dies its children are reparented
@@ -142,7 +142,7 @@ def kill_tree(identity: ProcessIdentity, *, grace: float) -> None:
     if pgid is not None and not _group_members(pgid):
         pgid = None
     _signal(tree, pgid, signal.SIGKILL)
-    survivors = _wait_gone(tree, pgid, time.monotonic() + _KILL_TIMEOUT)
+    survivors = _wait_gone(tree, pgid, time.monotonic() + KILL_TIMEOUT)
     if survivors:
         pids = ", ".join(str(p.pid) for p in survivors)
         raise SwarmError(
@@ -185,7 +185,7 @@ def _matching(identity: ProcessIdentity) -> psutil.Process | None:
     return None
 
 
-def _running(proc: psutil.Process) -> bool:
+def running(proc: psutil.Process) -> bool:
     """Return whether *proc* (still the same process) runs and is not a zombie."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -195,7 +195,7 @@ def _running(proc: psutil.Process) -> bool:
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
     try:
-        return [c for c in proc.children(recursive=True) if _running(c)]
+        return [c for c in proc.children(recursive=True) if running(c)]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
 
@@ -230,7 +230,7 @@ def _group_members(pgid: int) -> list[psutil.Process]:
             proc = psutil.Process(pid)
         except (OSError, psutil.NoSuchProcess):
             continue
-        if _running(proc):
+        if running(proc):
             members.append(proc)
     return members
 
@@ -257,7 +257,7 @@ def _wait_gone(
 ) -> list[psutil.Process]:
     """Poll until *tree* and group *pgid* are gone or *deadline* passes; return survivors."""
     while True:
-        alive = [p for p in tree if _running(p)]
+        alive = [p for p in tree if running(p)]
         if pgid is not None:
             alive += _group_members(pgid)
         if not alive or time.monotonic() >= deadline:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.infra import shim, shim_record
 from worktree_swarm.infra.proc import system_limit
-from worktree_swarm.infra.proctree import _KILL_TIMEOUT, CREATE_TIME_TOLERANCE
+from worktree_swarm.infra.proctree import CREATE_TIME_TOLERANCE, KILL_TIMEOUT
 from worktree_swarm.infra.shim_record import read_record
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class ShimServer:
             code, _, why = reply[1:].strip().partition(" ")
             if not code.isdigit():
                 code, why = "0", reply[1:].strip()
-            raise _not_started(argv[0], cwd, int(code), why)
+            raise not_started(argv[0], cwd, int(code), why)
         pid, ticks = reply.split()
         return Forked(self, float(grace), int(pid), None if ticks == "None" else int(ticks))
 
@@ -228,7 +228,7 @@ class ShimServer:
 _SERVER_RESTARTS = 3
 
 
-def _not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmError:
+def not_started(program: str, cwd: Path, code: int | None, why: str) -> SwarmError:
     """The error for a command that could not start in *cwd* (*code*: its errno)."""
     if code == errno.E2BIG:
         hint = "shorten its arguments or environment (long prompts: use {prompt_file})"
@@ -277,7 +277,7 @@ def _ready(fd: int, deadline: float, *, write: bool) -> bool:
 def _close_server(server: subprocess.Popen[bytes], channel: socket.socket) -> None:
     channel.close()  # the end of the server's input: it ends
     try:
-        server.wait(_KILL_TIMEOUT)
+        server.wait(KILL_TIMEOUT)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()

@@ -16,17 +16,17 @@ from worktree_swarm.infra.faults import DiskFullError, full_message, is_full, is
 from worktree_swarm.infra.redact import redact, redact_data
 from worktree_swarm.infra.store_file import StoreFile
 from worktree_swarm.infra.store_rows import (
-    _UPDATABLE,
+    UPDATABLE,
     AttemptRow,
     AttemptUsage,
     EventRow,
     RunRow,
     TaskRow,
     TaskUpdate,
-    _attempt_row,
-    _event_row,
-    _run_row,
-    _task_row,
+    attempt_row,
+    event_row,
+    run_row,
+    task_row,
     task_to_json,
 )
 
@@ -157,11 +157,11 @@ class Store(StoreFile):
     def get_run(self, run_id: str) -> RunRow | None:
         """Return one run, or None."""
         rows = self._read("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return _run_row(rows[0]) if rows else None
+        return run_row(rows[0]) if rows else None
 
     def runs(self) -> list[RunRow]:
         """Return every run, oldest first."""
-        return [_run_row(r) for r in self._read("SELECT * FROM runs ORDER BY created_at, rowid")]
+        return [run_row(r) for r in self._read("SELECT * FROM runs ORDER BY created_at, rowid")]
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class Store(StoreFile):
     @_waits_for_space
     def update_task(self, run_id: str, task_id: str, **fields: Unpack[TaskUpdate]) -> None:
         """Set the given columns of one task; unknown field names raise ValueError."""
-        unknown = sorted(set(fields) - _UPDATABLE)
+        unknown = sorted(set(fields) - UPDATABLE)
         if unknown:
             raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
         if not fields:
@@ -198,7 +198,7 @@ class Store(StoreFile):
     def tasks(self, run_id: str) -> list[TaskRow]:
         """Return the run's tasks in manifest order."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? ORDER BY position", (run_id,))
-        return [_task_row(r) for r in rows]
+        return [task_row(r) for r in rows]
 
     def state_counts(self) -> dict[str, dict[TaskState, int]]:
         """How many tasks of each run are in each state, for every run (one query)."""
@@ -258,7 +258,7 @@ class Store(StoreFile):
     def task(self, run_id: str, task_id: str) -> TaskRow | None:
         """Return one task, or None."""
         rows = self._read("SELECT * FROM tasks WHERE run_id = ? AND task_id = ?", (run_id, task_id))
-        return _task_row(rows[0]) if rows else None
+        return task_row(rows[0]) if rows else None
 
     # -- attempts --------------------------------------------------------------------------
 
@@ -359,7 +359,7 @@ class Store(StoreFile):
                 "SELECT * FROM attempts WHERE run_id = ? AND task_id = ? ORDER BY id",
                 (run_id, task_id),
             )
-        return [_attempt_row(r) for r in rows]
+        return [attempt_row(r) for r in rows]
 
     # -- events ----------------------------------------------------------------------------
 
@@ -389,7 +389,7 @@ class Store(StoreFile):
             " ORDER BY id",
             (run_id, after, kind, kind),
         )
-        return [_event_row(r) for r in rows]
+        return [event_row(r) for r in rows]
 
 
 def _insert_tasks(

@@ -59,7 +59,7 @@ class TaskUpdate(TaskFields, total=False):
     state: TaskState
 
 
-_UPDATABLE = TaskUpdate.__optional_keys__
+UPDATABLE = TaskUpdate.__optional_keys__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,13 +207,15 @@ def _tuples(value: object) -> object:
 
 
 # Column names equal field names, so rows convert by keyword; only non-SQL types need care.
-def _run_row(r: sqlite3.Row) -> RunRow:
+def run_row(r: sqlite3.Row) -> RunRow:
+    """A RunRow from its database row."""
     values = dict(r)
     values["status"] = RunStatus(values["status"])
     return RunRow(**values)
 
 
-def _task_row(r: sqlite3.Row) -> TaskRow:
+def task_row(r: sqlite3.Row) -> TaskRow:
+    """A TaskRow from its database row."""
     values = dict(r)
     values["state"] = TaskState(values["state"])
     values["stop_requested"] = bool(values["stop_requested"])
@@ -221,14 +223,16 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
     return TaskRow(**values)
 
 
-def _attempt_row(r: sqlite3.Row) -> AttemptRow:
+def attempt_row(r: sqlite3.Row) -> AttemptRow:
+    """An AttemptRow from its database row."""
     values = dict(r)
     values["usage_window"] = bool(values["usage_window"])
     values["progressed"] = bool(values["progressed"])
     return AttemptRow(**values)
 
 
-def _event_row(r: sqlite3.Row) -> EventRow:
+def event_row(r: sqlite3.Row) -> EventRow:
+    """An EventRow from its database row."""
     values = dict(r)
     values["data"] = json.loads(values["data"])
     return EventRow(**values)

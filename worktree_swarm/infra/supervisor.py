@@ -23,9 +23,9 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.infra import fs, shim, shim_record
 from worktree_swarm.infra.logtail import last_line
-from worktree_swarm.infra.proctree import _KILL_TIMEOUT, identity_of, is_alive, kill_tree
+from worktree_swarm.infra.proctree import KILL_TIMEOUT, identity_of, is_alive, kill_tree
 from worktree_swarm.infra.shim_record import read_record, record_path
-from worktree_swarm.infra.shim_server import Forked, ShimServer, _not_started
+from worktree_swarm.infra.shim_server import Forked, ShimServer, not_started
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -66,7 +66,7 @@ class AgentProcess:
             if timeout is not None:
                 _wait_for_end(self.identity, timeout)
             while timeout is None and is_alive(self.identity):
-                _wait_for_end(self.identity, _KILL_TIMEOUT)
+                _wait_for_end(self.identity, KILL_TIMEOUT)
             return self.poll()
         if timeout and self.popen.returncode is None and _until_ended(self.popen.pid, timeout):
             timeout = 0  # ended, or the time is up: reap it if it ended
@@ -101,7 +101,7 @@ class AgentProcess:
     def stop(self, *, grace: float) -> int | None:
         """Kill the agent's whole process tree (see :func:`kill_tree`) and reap it."""
         kill_tree(self.identity, grace=grace)
-        return self.wait(_KILL_TIMEOUT)
+        return self.wait(KILL_TIMEOUT)
 
     def last_activity(self) -> float:
         """Return when the log last grew (``time.time()`` scale), or the start time."""
@@ -163,7 +163,7 @@ class AdoptedProcess:
         if timeout is not None:
             _wait_for_end(self.identity, timeout)
         while timeout is None and is_alive(self.identity):
-            _wait_for_end(self.identity, _KILL_TIMEOUT)
+            _wait_for_end(self.identity, KILL_TIMEOUT)
         if is_alive(self.identity) or self.record is None:
             return None
         recorded = read_record(self.record)
@@ -301,7 +301,7 @@ def spawn(
                 start_new_session=True,
             )
         except OSError as exc:
-            raise _not_started(argv[0], cwd, exc.errno, exc.strerror or str(exc)) from exc
+            raise not_started(argv[0], cwd, exc.errno, exc.strerror or str(exc)) from exc
     # Not yet reaped, so the PID is still ours even if the agent already exited;
     # start_new_session makes it the leader of a group with its own PID.
     identity = identity_of(popen.pid) or ProcessIdentity(

@@ -26,37 +26,37 @@ if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a reque
 _TASK_KEYS = ("id", "title", "prompt", "depends_on", "files", "checks")
 
 
-class _InvalidPlanError(Exception):
+class InvalidPlanError(Exception):
     """The model's answer is not a valid manifest; the message is shown to the model."""
 
 
-def _validate(
+def validate(
     response: Message, *, goal: str, model: str, max_tasks: int
 ) -> tuple[str, tuple[Task, ...]]:
-    """Return the manifest text and its validated tasks, or raise _InvalidPlanError."""
+    """Return the manifest text and its validated tasks, or raise InvalidPlanError."""
     if response.stop_reason == "max_tokens":
-        raise _InvalidPlanError("the answer was cut off at the token limit; use fewer words")
+        raise InvalidPlanError("the answer was cut off at the token limit; use fewer words")
     calls = [b for b in response.content or [] if b.type == "tool_use" and b.name == TOOL_NAME]
     if len(calls) != 1:
-        raise _InvalidPlanError(f"call {TOOL_NAME} exactly once, with every task")
+        raise InvalidPlanError(f"call {TOOL_NAME} exactly once, with every task")
     answer = calls[0].input
     if not isinstance(answer, dict):
-        raise _InvalidPlanError("the tool's input must be an object with 'tasks'")
+        raise InvalidPlanError("the tool's input must be an object with 'tasks'")
     tasks = answer.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise _InvalidPlanError("'tasks' must be a non-empty array of task objects")
+        raise InvalidPlanError("'tasks' must be a non-empty array of task objects")
     if len(tasks) > max_tasks:
-        raise _InvalidPlanError(f"{len(tasks)} tasks, but at most {max_tasks} are allowed")
+        raise InvalidPlanError(f"{len(tasks)} tasks, but at most {max_tasks} are allowed")
     tables: list[dict[str, object]] = []
     for index, task in enumerate(tasks, start=1):
         if not isinstance(task, dict):
-            raise _InvalidPlanError(f"tasks[{index}] must be an object")
+            raise InvalidPlanError(f"tasks[{index}] must be an object")
         # Empty lists and titles are left out so the manifest reads like a hand-written one.
         tables.append({k: task[k] for k in _TASK_KEYS if task.get(k) not in (None, "", [])})
     try:
         text = manifest_text(tables, goal=goal, model=model)
     except (TypeError, ValueError, RecursionError) as exc:  # null, NaN, nested too deep
-        raise _InvalidPlanError(
+        raise InvalidPlanError(
             f"a value that is not text, a number or a list of them: {exc}"
         ) from None
     with tempfile.TemporaryDirectory(prefix="swarm-plan-") as tmp:
@@ -73,7 +73,7 @@ def _validate(
                 look_for_programs=False,
             )
         except BadInputError as exc:
-            raise _InvalidPlanError(str(exc).replace(str(path), "plan")) from None
+            raise InvalidPlanError(str(exc).replace(str(path), "plan")) from None
     return text, spec.tasks
 
 
@@ -95,7 +95,7 @@ def manifest_text(tables: Sequence[Mapping[str, object]], *, goal: str, model: s
 _NAMES = frozenset({"id", "depends_on"})
 
 
-def _ask_again(response: Message, error: str) -> list[MessageParam]:
+def ask_again(response: Message, error: str) -> list[MessageParam]:
     """Return the assistant turn and a reply carrying the validation error."""
     said: list[ContentBlockParam] = []
     for block in response.content or []:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.text import is_http_url
 from worktree_swarm.infra import redact
-from worktree_swarm.plan.prompt import _TOOL, TOOL_NAME
+from worktree_swarm.plan.prompt import TOOL, TOOL_NAME
 
 if TYPE_CHECKING:  # the SDK takes a second or more to import: only once a request is made
     import anthropic
@@ -30,7 +30,7 @@ DEFAULT_MAX_RETRIES = 4
 MAX_RETRIES_ENV = "SWARM_API_MAX_RETRIES"
 DEFAULT_TIMEOUT = 90
 TIMEOUT_ENV = "SWARM_API_TIMEOUT"
-_CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0
 MAX_TOKENS = 8192
 
 
@@ -94,7 +94,7 @@ _RETRIED_IN_STREAM = frozenset({"overloaded_error", "rate_limit_error", "api_err
 _STREAM_BACKOFF = 0.5  # seconds before the first retry, doubled each time, at most 8 s
 
 
-def _create(
+def create(
     client: anthropic.Anthropic,
     settings: ApiSettings,
     *,
@@ -102,6 +102,7 @@ def _create(
     system: list[TextBlockParam],
     messages: list[MessageParam],
 ) -> Message:
+    """The answer to one streamed Messages API request for the plan tool, errors as ours."""
     import anthropic  # noqa: PLC0415 - imported by now (the client exists)
 
     where = settings.base_url or "the default endpoint"
@@ -112,7 +113,7 @@ def _create(
                 max_tokens=MAX_TOKENS,
                 system=system,
                 messages=messages,
-                tools=[_TOOL],
+                tools=[TOOL],
                 tool_choice={"type": "tool", "name": TOOL_NAME, "disable_parallel_tool_use": True},
             ) as stream:
                 reply = _read_answer(stream, settings, where)
@@ -228,7 +229,7 @@ def _scrub(text: str, settings: ApiSettings) -> str:
 MAX_RETRY_WAIT = 60.0
 
 
-def _cap_retry_after(response: Any, *, limit: float) -> None:  # noqa: ANN401 - the SDK's httpx
+def cap_retry_after(response: Any, *, limit: float) -> None:  # noqa: ANN401 - the SDK's httpx
     """Cut the waits *response* asks for (``retry-after``, ``retry-after-ms``) to *limit* s."""
     for name, unit in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         said = response.headers.get(name)
@@ -242,7 +243,8 @@ def _cap_retry_after(response: Any, *, limit: float) -> None:  # noqa: ANN401 - 
             response.headers[name] = f"{limit * unit:g}"
 
 
-def _add_usage(usage: Usage, response: Message) -> Usage:
+def add_usage(usage: Usage, response: Message) -> Usage:
+    """*usage* with *response*'s request and tokens added."""
     u = getattr(response, "usage", None)
     if u is None:  # an endpoint that does not say: the request still counts
         return dataclasses.replace(usage, requests=usage.requests + 1)

@@ -22,15 +22,15 @@ from worktree_swarm.config.manifest import DEFAULT_JOBS, configured
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.scheduler import Scheduler
 from worktree_swarm.infra import redact
-from worktree_swarm.plan.answer import _ask_again, _InvalidPlanError, _validate
+from worktree_swarm.plan.answer import InvalidPlanError, ask_again, validate
 from worktree_swarm.plan.api import (
-    _CONNECT_TIMEOUT,
+    CONNECT_TIMEOUT,
     MAX_RETRY_WAIT,
     ApiSettings,
     Usage,
-    _add_usage,
-    _cap_retry_after,
-    _create,
+    add_usage,
+    cap_retry_after,
+    create,
 )
 from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL
 from worktree_swarm.plan.prompt import INSTRUCTIONS, repository_picture
@@ -92,29 +92,27 @@ def make_plan(
     # Closed when done: its HTTP connections are not left for the garbage collector. A read
     # timeout on a stream bounds the silence between two events, not the whole answer.
     # The SDK waits as long as a `retry-after` says (days): cut to what silence is allowed.
-    cap = functools.partial(_cap_retry_after, limit=min(MAX_RETRY_WAIT, settings.timeout))
+    cap = functools.partial(cap_retry_after, limit=min(MAX_RETRY_WAIT, settings.timeout))
     with anthropic.Anthropic(
         api_key=settings.api_key,
         base_url=settings.base_url,
         http_client=anthropic.DefaultHttpxClient(event_hooks={"response": [cap]}),
         max_retries=settings.max_retries,
-        timeout=anthropic.Timeout(
-            settings.timeout, connect=min(settings.timeout, _CONNECT_TIMEOUT)
-        ),
+        timeout=anthropic.Timeout(settings.timeout, connect=min(settings.timeout, CONNECT_TIMEOUT)),
     ) as client:
         usage = Usage()
         for attempt in (1, 2):
-            response = _create(client, settings, model=model, system=system, messages=messages)
-            usage = _add_usage(usage, response)
+            response = create(client, settings, model=model, system=system, messages=messages)
+            usage = add_usage(usage, response)
             try:
-                text, tasks = _validate(response, goal=goal, model=model, max_tasks=max_tasks)
-            except _InvalidPlanError as exc:
+                text, tasks = validate(response, goal=goal, model=model, max_tasks=max_tasks)
+            except InvalidPlanError as exc:
                 if attempt == 2:  # noqa: PLR2004
                     raise SwarmError(
                         f"the model's plan was invalid twice ({exc}); run `swarm plan` again,"
                         " or write the manifest by hand (docs/manifest.md)"
                     ) from exc
-                messages.extend(_ask_again(response, str(exc)))
+                messages.extend(ask_again(response, str(exc)))
                 continue
             # An endpoint that echoes the key back never has it written into the manifest.
             text = text.replace(settings.api_key, redact.REDACTED)

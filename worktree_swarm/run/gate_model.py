@@ -15,7 +15,16 @@ from dataclasses import asdict, dataclass, field
 
 from worktree_swarm.core import units
 
-__all__ = ["GateView", "Limit", "Rank", "Signal", "limit_kind", "views_from_events"]
+__all__ = [
+    "Gate",
+    "GateView",
+    "Limit",
+    "Rank",
+    "Signal",
+    "Waiter",
+    "limit_kind",
+    "views_from_events",
+]
 
 # A stated reset further away than this is a usage window (hours), not a short throttle.
 WINDOW_MIN_SECONDS = 300.0
@@ -94,7 +103,9 @@ def _int(value: object) -> int:
 
 
 @dataclass(slots=True)
-class _Gate:
+class Gate:
+    """One provider's gate: its concurrency limit, what runs, and the throttles it has seen."""
+
     limit: float
     running: int = 0
     window_until: float = 0.0
@@ -117,7 +128,7 @@ Rank = tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Waiter:
+class Waiter:
     """A task waiting in :meth:`Gates.acquire`."""
 
     provider: str

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 
 from worktree_swarm.agents import backoff_delay
-from worktree_swarm.run.gate_model import GateView, Limit, Rank, Signal, _Gate, _Waiter
+from worktree_swarm.run.gate_model import Gate, GateView, Limit, Rank, Signal, Waiter
 
 __all__ = ["Gates"]
 
@@ -74,10 +74,10 @@ class Gates:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._on_change = on_change
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, Gate] = {}
         self._shown: dict[str, tuple[int, str, bool]] = {}
         self._cond = threading.Condition()
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Waiter] = {}
         self._tickets = itertools.count()
         # Tasks launched that will ask for a slot as soon as their worktree is made: rank ->
         # provider (:meth:`expect`).
@@ -122,7 +122,7 @@ class Gates:
         with self._cond:
             latest = self._clock() + max_wait
             ticket = next(self._tickets)
-            self._waiters[ticket] = _Waiter(provider=provider, not_before=not_before, rank=rank)
+            self._waiters[ticket] = Waiter(provider=provider, not_before=not_before, rank=rank)
             self._arrived(rank)  # in the same breath: no one worse slips in between
             try:
                 while True:
@@ -300,7 +300,7 @@ class Gates:
     def _weight(self, whole_attempt: bool) -> float:
         return float(self.jobs) if whole_attempt else 1.0
 
-    def _tally(self, gate: _Gate, now: float, *, throttled: bool, weight: float) -> None:
+    def _tally(self, gate: Gate, now: float, *, throttled: bool, weight: float) -> None:
         decay = 0.5 ** (max(0.0, now - gate.seen_at) / self.cooldown)
         gate.ok_recent *= decay
         gate.throttled_recent *= decay
@@ -312,7 +312,7 @@ class Gates:
 
     @staticmethod
     def _window(
-        gate: _Gate, claims: dict[str, float], limit: Limit, now: float, *, whole: bool
+        gate: Gate, claims: dict[str, float], limit: Limit, now: float, *, whole: bool
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Hold *gate* until the latest undoubted claim: confirmed, none is left pending.
 
@@ -326,7 +326,7 @@ class Gates:
         gate.why = (limit.detail if limit.signal is Signal.WINDOW else "") or "usage limit"
         return {}, {}
 
-    def _throttle(self, gate: _Gate, limit: Limit, now: float, *, weight: float) -> None:
+    def _throttle(self, gate: Gate, limit: Limit, now: float, *, weight: float) -> None:
         self._tally(gate, now, throttled=True, weight=weight)
         # ``jobs`` successes are assumed on top of those seen: a few throttles among few
         # outcomes are noise, not evidence of overload.
@@ -409,10 +409,10 @@ class Gates:
         # Reported outside the lock by the caller's next release or report; a grant alone
         # changes only the running count.
 
-    def _gate(self, provider: str) -> _Gate:
+    def _gate(self, provider: str) -> Gate:
         gate = self._gates.get(provider)
         if gate is None:
-            gate = self._gates[provider] = _Gate(limit=float(self.jobs))
+            gate = self._gates[provider] = Gate(limit=float(self.jobs))
         return gate
 
     def _view(self, provider: str) -> GateView:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.run.ray_cluster import _ray
+from worktree_swarm.run.ray_cluster import ray_module
 from worktree_swarm.run.ray_node import NodeAgent
 from worktree_swarm.run.ray_node_host import end_attempt, node_name
 
@@ -26,7 +26,7 @@ class NodeLostError(SwarmError):
     """The actor of an attempt, or its node, is gone."""
 
 
-class _UnansweredError(NodeLostError):
+class UnansweredError(NodeLostError):
     """The actor of an attempt is there to Ray but has not answered for ``lost_after``."""
 
 
@@ -34,11 +34,11 @@ _actor_lock = threading.Lock()
 _actor: list[Any] = []
 
 
-def _actor_class() -> Any:  # noqa: ANN401
+def actor_class() -> Any:  # noqa: ANN401
     """NodeAgent as a Ray actor class (made once per process)."""
     with _actor_lock:
         if not _actor:
-            _actor.append(_ray().remote(concurrency_groups={PROBE_GROUP: 1})(NodeAgent))
+            _actor.append(ray_module().remote(concurrency_groups={PROBE_GROUP: 1})(NodeAgent))
         return _actor[0]
 
 
@@ -54,7 +54,7 @@ def actor_name(task_id: str, attempt: int) -> str:
 
 def on_every_node(function: Callable[..., Any], *args: object, timeout: float = 300.0) -> list[Any]:
     """*function* (*args*) run on every live node that offers agent slots, pinned to it."""
-    ray = _ray()
+    ray = ray_module()
     from ray.util.scheduling_strategies import (  # noqa: PLC0415 - only this executor
         NodeAffinitySchedulingStrategy,
     )
@@ -75,7 +75,7 @@ def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
 
     An actor that does not answer in time may be alive anywhere: its node is ``""``.
     """
-    ray = _ray()
+    ray = ray_module()
     runs = {namespace(run_id): run_id for run_id in run_ids}
     live = set()
     for entry in ray.util.list_named_actors(all_namespaces=True):
@@ -93,20 +93,21 @@ def live_actors(run_ids: Sequence[str]) -> set[tuple[str, str, str]]:
     return live
 
 
-def _end_attempt_if_named(node: str, run_id: str, task_id: str, number: int, grace: float) -> None:
+def end_attempt_if_named(node: str, run_id: str, task_id: str, number: int, grace: float) -> None:
     """On a node: if this is *node*, end what attempt *number* of the task left here."""
     if node_name() == node:
         end_attempt(run_id, task_id, number, grace=grace)
 
 
-def _first_line(exc: BaseException, default: str) -> str:
+def first_line(exc: BaseException, default: str) -> str:
+    """The first line of *exc*'s text, or *default* when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else default
 
 
-def _node_side(exc: Exception) -> SwarmError:
+def node_side(exc: Exception) -> SwarmError:
     """What failed in a node-side method (a git error, say): the attempt fails with it."""
-    if isinstance(exc, _ray().exceptions.UnserializableException):
+    if isinstance(exc, ray_module().exceptions.UnserializableException):
         # An error Ray cannot bring back: its last line says what it was.
         lines = [line for line in str(exc).splitlines() if line.strip()]
         return SwarmError(f"on its node: {lines[-1] if lines else 'an error'}")

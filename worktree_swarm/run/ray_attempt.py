@@ -26,7 +26,7 @@ from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, redact, scrub
-from worktree_swarm.infra.logtail import _note_read, read_log_end
+from worktree_swarm.infra.logtail import note_read, read_log_end
 from worktree_swarm.report import notes
 from worktree_swarm.run import ray_session
 from worktree_swarm.run.checks import CheckFailure
@@ -35,16 +35,16 @@ from worktree_swarm.run.ray_actors import (
     PROBE_GROUP,
     SLOT,
     NodeLostError,
-    _actor_class,
-    _end_attempt_if_named,
-    _first_line,
-    _node_side,
-    _UnansweredError,
+    UnansweredError,
+    actor_class,
     actor_name,
+    end_attempt_if_named,
+    first_line,
     namespace,
+    node_side,
     on_every_node,
 )
-from worktree_swarm.run.ray_cluster import HeadWatch, _ray, connect
+from worktree_swarm.run.ray_cluster import HeadWatch, connect, ray_module
 from worktree_swarm.run.ray_disk import NodeDisk
 from worktree_swarm.run.ray_node_clone import Assignment
 from worktree_swarm.run.ray_preflight import remote_url
@@ -54,7 +54,7 @@ POLL_SECONDS = 0.5
 # What one look copies of a running agent's log at most (the rest at the next looks).
 MIRROR_BYTES = 16 << 20
 STATUS_MEASURE_SECONDS = 30.0
-_NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
+NO_IDENTITY = ProcessIdentity(pid=0, create_time=0.0, pgid=0)
 # How long a node may take to kill what a silent attempt started there.
 END_ATTEMPT_SECONDS = 120.0
 # Ray kills a worker's children with SIGKILL as the worker exits (its raylet lost, a
@@ -66,7 +66,7 @@ _ACTOR_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
 
 def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a Ray handle
     """Kill *actor* and wait (up to 30 s) until its *name* is free in *space*."""
-    ray = _ray()
+    ray = ray_module()
     with contextlib.suppress(Exception):
         ray.kill(actor, no_restart=True)
     deadline = time.monotonic() + 30
@@ -79,7 +79,7 @@ def _kill_named(actor: Any, name: str, space: str) -> None:  # noqa: ANN401 - a 
 
 
 @dataclass(slots=True, kw_only=True)
-class _Handle:
+class Handle:
     """One attempt's actor as the coordinator holds it."""
 
     actor: Any
@@ -102,7 +102,7 @@ class _Handle:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Throttled:
+class Throttled:
     """An attempt that ended on a rate limit, and whether it changed the work first."""
 
     result: AgentResult
@@ -113,7 +113,7 @@ class _Throttled:
 
 
 # How an attempt ended: the task's outcome, checks that failed, or a rate limit.
-_Ended = TaskOutcome | CheckFailure | _Throttled
+Ended = TaskOutcome | CheckFailure | Throttled
 
 
 class RayAttempts(RunWorker):
@@ -125,7 +125,7 @@ class RayAttempts(RunWorker):
         connect(run.spec.ray_address, lost_after=run.spec.lost_after)
         self._git_lock = threading.Lock()
         self.disk = NodeDisk(repo=run.repo, spec=run.spec, store=run.store, run_id=run.run_id)
-        gcs = str(_ray().get_runtime_context().gcs_address)
+        gcs = str(ray_module().get_runtime_context().gcs_address)
         self.head = HeadWatch(gcs, run.spec.ray_address or gcs, lost_after=run.spec.lost_after)
 
     def close(self) -> None:
@@ -166,7 +166,7 @@ class RayAttempts(RunWorker):
     def _actor(self, assignment: Assignment) -> Any:  # noqa: ANN401 - a Ray actor handle
         """The actor of one attempt, placed on a node with a free agent slot."""
         return (
-            _actor_class()
+            actor_class()
             .options(
                 name=actor_name(assignment.task.id, assignment.attempt),
                 namespace=namespace(self.run_id),
@@ -203,7 +203,7 @@ class RayAttempts(RunWorker):
         if not admitted:
             raise NodeLostError("stopped while waiting for disk")
 
-    def _periodic(self, handle: _Handle, live: Live) -> None:
+    def _periodic(self, handle: Handle, live: Live) -> None:
         """While the agent runs: measure its clone, keep its session files, when due."""
         # Often when max_disk waits on it, else only for `swarm status`: a walk of a big clone
         # (node_modules) is not free.
@@ -224,7 +224,7 @@ class RayAttempts(RunWorker):
         restored = self._call(actor, "restore_session", state, live=live)
         return session_id if restored else None
 
-    def _keep_session(self, handle: _Handle, live: Live) -> None:
+    def _keep_session(self, handle: Handle, live: Live) -> None:
         """Keep the attempt's session files in the run's directory, if they changed."""
         adapter = adapter_for(live.task.agent)
         if adapter.name not in ray_session.CARRIED:
@@ -245,7 +245,7 @@ class RayAttempts(RunWorker):
         ray_session.save(directory, state, session_id=handle.session_id)
         handle.session_fp = state.fingerprint
 
-    def _kept_from_node(self, handle: _Handle, live: Live) -> None:
+    def _kept_from_node(self, handle: Handle, live: Live) -> None:
         """What an ended attempt leaves on its node that the run keeps.
 
         Its clone's size, its session, and what its agent noted (appended to the run's
@@ -259,14 +259,14 @@ class RayAttempts(RunWorker):
                 lambda: notes.merge_in(self._findings, added), self.store.on_full
             )
 
-    def _measure(self, handle: _Handle, live: Live) -> None:
+    def _measure(self, handle: Handle, live: Live) -> None:
         """Have the actor measure its clone; recorded, and counted on its node."""
         handle.measured_at = time.monotonic()
         self.disk.measured(
             handle.node, handle.task_id, self._call(handle.actor, "disk_use", live=live)
         )
 
-    def _check(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
+    def _check(self, live: Live, handle: Handle, base: str) -> CheckFailure | None:
         """Run the task's checks on the attempt's node, if it has any."""
         task = live.task
         if not (task.checks or task.expect_files or task.no_placeholders):
@@ -286,13 +286,13 @@ class RayAttempts(RunWorker):
             fh.write(text)
         scrub.scrub_file(log)
 
-    def _retire(self, handle: _Handle, *, silent: bool = False) -> None:
+    def _retire(self, handle: Handle, *, silent: bool = False) -> None:
         """Have the attempt's actor remove its clone, and take it down.
 
         One known to be *silent*, or that does not answer now, is taken down without it
         (:meth:`_silence`).
         """
-        ray = _ray()
+        ray = ray_module()
         if self.head.lost is not None:  # gone with its node, with the cluster
             self.disk.released(handle.node, handle.task_id)
             return
@@ -310,7 +310,7 @@ class RayAttempts(RunWorker):
             ray.kill(handle.actor)
         self.disk.released(handle.node, handle.task_id)  # its clone is gone from there
 
-    def _mirror(self, handle: _Handle, live: Live, *, whole: bool = False) -> None:
+    def _mirror(self, handle: Handle, live: Live, *, whole: bool = False) -> None:
         """Append what the agent logged since the last call to the local copy of its log.
 
         Redacted on the node (its own secrets) and here (the run's), a line at a time: the
@@ -331,16 +331,16 @@ class RayAttempts(RunWorker):
                 fh.write(redact.redact_bytes(chunk))
                 size = fh.tell()
             handle.offset = read_to
-            _note_read(handle.log_path, read_to, size)
+            note_read(handle.log_path, read_to, size)
 
-    def _recopy(self, handle: _Handle, live: Live) -> None:
+    def _recopy(self, handle: Handle, live: Live) -> None:
         """Copy the ended attempt's log again, once the node has redacted it whole.
 
         Noted as read from the start first: a coordinator killed meanwhile copies it anew.
         """
         self._call(handle.actor, "scrub_log", live=live)
         handle.log_path.write_bytes(b"")
-        _note_read(handle.log_path, 0, 0)
+        note_read(handle.log_path, 0, 0)
         handle.offset = 0
         self._mirror(handle, live, whole=True)
 
@@ -360,14 +360,14 @@ class RayAttempts(RunWorker):
         An actor that cannot be reached is asked again (the methods are idempotent, except
         *once*: then it is lost at once) until it answers, Ray declares it dead, or
         ``lost_after`` passes. One that Ray still counts alive but that does not answer (its
-        process or its node hangs) is lost the same way (:class:`_UnansweredError`): a call
+        process or its node hangs) is lost the same way (:class:`UnansweredError`): a call
         may work for long (a clone, checks), so while it runs the actor is probed in a
         concurrency group of its own, and only ``lost_after`` without an answer to the call
         or a probe is silence. While *placing* (the actor waits for a free slot, which may take
         any time) a stop of the task ends the wait (None); otherwise a stop calls *on_stop*
         once.
         """
-        ray = _ray()
+        ray = ray_module()
         exceptions = ray.exceptions
         self.head.check()
         since = heard = time.monotonic()
@@ -392,18 +392,18 @@ class RayAttempts(RunWorker):
                 time.sleep(POLL_SECONDS)
                 ref, probe = getattr(actor, method).remote(*args, **kwargs), None
             except (exceptions.RayActorError, exceptions.NodeDiedError) as exc:
-                raise NodeLostError(_first_line(exc, "actor died")) from None
+                raise NodeLostError(first_line(exc, "actor died")) from None
             except (exceptions.RayTaskError, exceptions.UnserializableException) as exc:
-                raise _node_side(exc) from None
+                raise node_side(exc) from None
 
     def _pulse(self, actor: Any, probe: Any, heard: float) -> tuple[Any, float]:  # noqa: ANN401
         """Probe *actor* while a call waits: (the probe now out, when the actor last answered).
 
         *probe* is the one sent before (or None), *heard* when the actor last answered. A probe
         runs in the actor's concurrency group of its own: busy methods do not hold it up, a
-        hung process does. Raises :class:`_UnansweredError` after ``lost_after`` of silence.
+        hung process does. Raises :class:`UnansweredError` after ``lost_after`` of silence.
         """
-        ray = _ray()
+        ray = ray_module()
         if probe is not None and ray.wait([probe], timeout=0)[0]:
             try:
                 ray.get(probe)
@@ -411,11 +411,11 @@ class RayAttempts(RunWorker):
             except ray.exceptions.ActorUnavailableError:  # unreachable for now: asked again
                 pass
             except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as exc:
-                raise NodeLostError(_first_line(exc, "actor died")) from None
+                raise NodeLostError(first_line(exc, "actor died")) from None
             probe = None
         if time.monotonic() - heard > self.spec.lost_after:
             silent = format_duration(self.spec.lost_after)
-            raise _UnansweredError(f"its actor did not answer for {silent}")
+            raise UnansweredError(f"its actor did not answer for {silent}")
         if probe is None:
             probe = actor.node.options(concurrency_group=PROBE_GROUP).remote()
         return probe, heard
@@ -432,7 +432,7 @@ class RayAttempts(RunWorker):
         if node:
             with contextlib.suppress(Exception):  # a node that hangs too: doctor finds it
                 on_every_node(
-                    _end_attempt_if_named,
+                    end_attempt_if_named,
                     node,
                     self.run_id,
                     task_id,
@@ -467,7 +467,7 @@ class RayAttempts(RunWorker):
             )  # fmt: skip
 
 
-def _size(path: Path) -> int:
+def size_of(path: Path) -> int:
     """The size of *path*, 0 when it is not there."""
     try:
         return path.stat().st_size

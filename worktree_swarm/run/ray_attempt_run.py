@@ -34,16 +34,16 @@ from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, past_max_wait
 from worktree_swarm.run.gate_model import Limit, Signal
 from worktree_swarm.run.live_limits import LogTail
-from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
+from worktree_swarm.run.ray_actors import NodeLostError, UnansweredError
 from worktree_swarm.run.ray_attempt import (
-    _NO_IDENTITY,
+    NO_IDENTITY,
     POLL_SECONDS,
-    _Ended,
-    _Handle,
-    _size,
-    _Throttled,
+    Ended,
+    Handle,
+    Throttled,
+    size_of,
 )
-from worktree_swarm.run.ray_cluster import ClusterLostError, _ray
+from worktree_swarm.run.ray_cluster import ClusterLostError, ray_module
 from worktree_swarm.run.ray_node import Progress
 from worktree_swarm.run.ray_resume import RayResume
 from worktree_swarm.run.run_worker import Live, TaskOutcome, check_failed
@@ -60,7 +60,7 @@ class _SetupFailedError(SwarmError):
 class RayAttemptRun(RayResume):
     """The Ray coordinator's worker as it runs one attempt (see the module)."""
 
-    def _new_attempt(self, live: Live, course: Course, number: int) -> _Handle | TaskOutcome | None:
+    def _new_attempt(self, live: Live, course: Course, number: int) -> Handle | TaskOutcome | None:
         """A gate slot and a launched attempt; an outcome ends the task, None: node lost."""
         task = live.task
         provider = provider_of(task.agent)
@@ -92,9 +92,9 @@ class RayAttemptRun(RayResume):
             self.gate.release(provider)
             raise
 
-    def _launch(self, live: Live, number: int, *, prompt: str | None) -> _Handle:
+    def _launch(self, live: Live, number: int, *, prompt: str | None) -> Handle:
         task = live.task
-        ray = _ray()
+        ray = ray_module()
         assignment = self._assignment(task, number)
         # The intent first: a coordinator killed from here on finds the actor by its name.
         if not self.head.answers(live.stop):
@@ -133,7 +133,7 @@ class RayAttemptRun(RayResume):
         except SwarmError as exc:  # lost, or a node-side failure (git, setup): no actor is left
             if isinstance(exc, ClusterLostError):  # gone with the cluster
                 raise
-            if isinstance(exc, _UnansweredError):  # it may have started the agent meanwhile
+            if isinstance(exc, UnansweredError):  # it may have started the agent meanwhile
                 self._silence(actor, task.id, number, "" if node is None else str(node))
                 raise
             with contextlib.suppress(Exception):
@@ -151,14 +151,14 @@ class RayAttemptRun(RayResume):
             self.run_id,
             task.id,
             number=number,
-            identity=_NO_IDENTITY,  # the agent's pid is on another machine
+            identity=NO_IDENTITY,  # the agent's pid is on another machine
             log_path=str(log_path),
             started_at=started,
             agent=task.agent,
         )
         self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         self._emit("agent_started", task.id, {"attempt": number, "agent": task.agent, "node": node})
-        return _Handle(
+        return Handle(
             actor=actor,
             task_id=task.id,
             number=number,
@@ -169,7 +169,7 @@ class RayAttemptRun(RayResume):
         )
 
     def _watch(
-        self, live: Live, handle: _Handle, stream: LogTail
+        self, live: Live, handle: Handle, stream: LogTail
     ) -> tuple[Progress, tuple[TaskState, str] | None]:
         """Follow one attempt until its agent ends or is cut short: how it ended, and the cut.
 
@@ -211,14 +211,14 @@ class RayAttemptRun(RayResume):
         self._follow(live, handle, stream, whole=True)  # it ended: all it wrote
         return progress, cut
 
-    def _push_failed(self, handle: _Handle, progress: Progress) -> None:
+    def _push_failed(self, handle: Handle, progress: Progress) -> None:
         """Tell a new streak of running checkpoints its node failed to push, once (an event)."""
         if progress.push_failure and progress.push_failures != handle.push_failures:
             handle.push_failures = progress.push_failures
             data = {"attempt": handle.number, "node": handle.node, "reason": progress.push_failure}
             self._emit("checkpoint_push_failed", handle.task_id, data)
 
-    def _follow(self, live: Live, handle: _Handle, stream: LogTail, *, whole: bool = False) -> None:
+    def _follow(self, live: Live, handle: Handle, stream: LogTail, *, whole: bool = False) -> None:
         """Mirror the attempt's log; tell the gate what its new lines say of rate limits."""
         self._mirror(handle, live, whole=whole)
         # All of it: the stream reads at most 1 MiB a poll, the mirror may have added more.
@@ -230,19 +230,19 @@ class RayAttemptRun(RayResume):
                 return
 
     def _attempt(
-        self, live: Live, handle: _Handle, base: str, course: Course, cost: list[float | None]
-    ) -> _Ended:
+        self, live: Live, handle: Handle, base: str, course: Course, cost: list[float | None]
+    ) -> Ended:
         """Watch one attempt to its end, checkpoint, fetch and check it; cost to *cost*.
 
         A check that fails comes back as such (a repair may follow), a rate-limited attempt as
-        :class:`_Throttled` (a resumed attempt follows); else the task's outcome.
+        :class:`Throttled` (a resumed attempt follows); else the task's outcome.
         """
         task = live.task
         adapter = adapter_for(task.agent)
         # What the agent's stream says of its rate limits reaches the gate as the log comes
         # in (as a local task's), not when the attempt ends.
         provider = provider_of(task.agent)
-        stream = LogTail(path=handle.log_path, profile=task.agent, offset=_size(handle.log_path))
+        stream = LogTail(path=handle.log_path, profile=task.agent, offset=size_of(handle.log_path))
         progress, cut = self._watch(live, handle, stream)
         self._recopy(handle, live)
         code = None if cut is not None else progress.exit_code
@@ -279,7 +279,7 @@ class RayAttemptRun(RayResume):
         progressed = course.progressed(stat)
         if cut is None and result.outcome is AgentOutcome.RATE_LIMITED:
             self._retire(handle)
-            return _Throttled(result=result, progressed=progressed, told=stream.limited)
+            return Throttled(result=result, progressed=progressed, told=stream.limited)
         if cut is None and result.outcome is AgentOutcome.SUCCESS and not stream.succeeded:
             ok = Limit(signal=Signal.OK)
             self.gate.report(provider, ok, task=task.id, whole_attempt=True)
@@ -302,7 +302,7 @@ class RayAttemptRun(RayResume):
         row = self.store.task(self.run_id, live.task.id)
         return row is not None and row.stop_requested
 
-    def _checked(self, live: Live, handle: _Handle, base: str) -> CheckFailure | None:
+    def _checked(self, live: Live, handle: Handle, base: str) -> CheckFailure | None:
         """The attempt's checks; its node lost meanwhile, on a fresh clone of its pushed branch.
 
         The agent's work is done and pushed: only the checks run again, as after a lost
@@ -312,7 +312,7 @@ class RayAttemptRun(RayResume):
             return self._check(live, handle, base)
         except NodeLostError as exc:
             self._emit("node_lost", live.task.id, {"attempt": handle.number, "node": handle.node})
-            self._retire(handle, silent=isinstance(exc, _UnansweredError))
+            self._retire(handle, silent=isinstance(exc, UnansweredError))
             attempt = next(
                 a for a in self.store.attempts(self.run_id, live.task.id)
                 if a.id == handle.attempt_id
@@ -324,7 +324,7 @@ class RayAttemptRun(RayResume):
             )
             return self._recheck(live, base, attempt)
 
-    def _report_planted(self, task_id: str, handle: _Handle, labels: list[str]) -> None:
+    def _report_planted(self, task_id: str, handle: Handle, labels: list[str]) -> None:
         """Git's own files of its clone the agent changed: an outside write, blamed on it.
 
         The node put them back before its checkpoint; the run fails the task as it would for
@@ -345,7 +345,7 @@ class RayAttemptRun(RayResume):
     def _record(
         self,
         task_id: str,
-        handle: _Handle,
+        handle: Handle,
         code: int | None,
         result: AgentResult,
         cut: tuple[TaskState, str] | None,
@@ -356,7 +356,7 @@ class RayAttemptRun(RayResume):
         add_usage(self.store, self.run_id, task_id, result)
         handle.counted = True
 
-    def _end(self, handle: _Handle, reason: str, *, silent: bool = False) -> None:
+    def _end(self, handle: Handle, reason: str, *, silent: bool = False) -> None:
         """Record the attempt as failed and take its actor down (:meth:`_retire`)."""
         used = handle.used
         self.store.end_attempt(

@@ -32,7 +32,8 @@ class ClusterLostError(SwarmError):
     """The cluster's head has not answered for ``lost_after``: no attempt can go on."""
 
 
-def _ray() -> Any:  # noqa: ANN401 - Ray is optional and untyped here on purpose
+def ray_module() -> Any:  # noqa: ANN401 - Ray is optional and untyped here on purpose
+    """The Ray module; a BadInputError when Ray is not installed."""
     try:
         import ray  # noqa: PLC0415 - only this executor needs it
     except ImportError:
@@ -57,7 +58,7 @@ def connect(address: str, *, lost_after: float = 60.0) -> None:
     Ray is kept from ending this process while its head is gone for less than *lost_after*
     (and some time to wind down).
     """
-    ray = _ray()
+    ray = ray_module()
     with _connect_lock:
         if ray.is_initialized():
             return

@@ -31,8 +31,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.course import Course, stated_window
 from worktree_swarm.run.gate_model import Limit, Signal
-from worktree_swarm.run.ray_actors import NodeLostError, _UnansweredError
-from worktree_swarm.run.ray_attempt import _Ended, _Handle, _Throttled
+from worktree_swarm.run.ray_actors import NodeLostError, UnansweredError
+from worktree_swarm.run.ray_attempt import Ended, Handle, Throttled
 from worktree_swarm.run.ray_attempt_run import RayAttemptRun
 from worktree_swarm.run.ray_cluster import ClusterLostError
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
@@ -101,8 +101,8 @@ class RayTaskWorker(RayAttemptRun):
         previous = self.store.attempts(self.run_id, task.id)
         course = self._course(task, previous)
         resumed, live.resume_from = live.resume_from, None
-        ended: _Ended | None = None
-        handle: _Handle | None = None
+        ended: Ended | None = None
+        handle: Handle | None = None
         if resumed is not None and resumed.ended_at is not None:
             ended = self._replay(live, course, base, resumed)
             count = _Count(number=resumed.number)
@@ -118,7 +118,7 @@ class RayTaskWorker(RayAttemptRun):
             now, ended = ended, None
             if isinstance(now, TaskOutcome):
                 return now
-            if isinstance(now, _Throttled):  # rate limited: wait, then resume
+            if isinstance(now, Throttled):  # rate limited: wait, then resume
                 failed = self._rate_limited(task, count.number, now, course)
                 if failed is not None:
                     return TaskOutcome(state=TaskState.FAILED, reason=failed)
@@ -129,8 +129,8 @@ class RayTaskWorker(RayAttemptRun):
                 return out
 
     def _next(
-        self, live: Live, course: Course, base: str, handle: _Handle | None, count: _Count
-    ) -> _Ended | None:
+        self, live: Live, course: Course, base: str, handle: Handle | None, count: _Count
+    ) -> Ended | None:
         """The next attempt (*handle*: one adopted) run to its end; None: lost, go on."""
         task = live.task
         provider = provider_of(task.agent)
@@ -195,7 +195,7 @@ class RayTaskWorker(RayAttemptRun):
         return start
 
     def _rate_limited(
-        self, task: Task, number: int, throttled: _Throttled, course: Course
+        self, task: Task, number: int, throttled: Throttled, course: Course
     ) -> str | None:
         """Tell the gate; why the task fails, or None: it resumes at ``course.not_before``."""
         result = throttled.result
@@ -226,9 +226,9 @@ class RayTaskWorker(RayAttemptRun):
         self._resting(task.id, number, course)
         return None
 
-    def _lost(self, task: Task, handle: _Handle, exc: NodeLostError) -> None:
+    def _lost(self, task: Task, handle: Handle, exc: NodeLostError) -> None:
         """Record a lost attempt; the task goes on elsewhere from its last pushed checkpoint."""
-        silent = isinstance(exc, _UnansweredError)
+        silent = isinstance(exc, UnansweredError)
         self._end(handle, f"node {handle.node} lost: {exc}", silent=silent)
         self._keep_pushed(task)  # here at once: a task stopped now ends with it
         self._emit("node_lost", task.id, {"attempt": handle.number, "node": handle.node})

@@ -33,7 +33,7 @@ from worktree_swarm.guard import surface, surface_diff, surface_restore
 from worktree_swarm.infra import disk, redact, starts, supervisor
 from worktree_swarm.run.ray_node_host import (
     ACTOR_FILE,
-    _make_dirs,
+    make_dirs,
     node_dir,
     node_name,
     sandbox_problem,
@@ -97,7 +97,7 @@ class NodeClone:
             if problem:
                 raise SwarmError(f"node {self.node()}: {problem}")
         # Who this actor is on its node: what ends the attempt there if it stops answering.
-        _make_dirs(self.logs)
+        make_dirs(self.logs)
         me = psutil.Process()
         identity = {"pid": me.pid, "create_time": starts.of(me)}
         (self.logs / ACTOR_FILE).write_text(json.dumps(identity), encoding="utf-8")

@@ -127,7 +127,7 @@ def _end_actor(record: Path) -> None:
         psutil.wait_procs(alive, timeout=10)
 
 
-def _make_dirs(path: Path, *, tries: int = 3) -> None:
+def make_dirs(path: Path, *, tries: int = 3) -> None:
     """``mkdir -p`` *path*, again if another attempt's end removed a parent meanwhile.
 
     An attempt that ends removes its run's directory when it is empty: a sibling attempt

@@ -16,7 +16,7 @@ from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_actors import SLOT, on_every_node
-from worktree_swarm.run.ray_cluster import _ray, connect
+from worktree_swarm.run.ray_cluster import connect, ray_module
 from worktree_swarm.run.ray_node_host import node_name, sandbox_problem
 
 
@@ -48,7 +48,7 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
     Raises BadInputError (nothing created yet) when Ray is missing, a task needs what this
     executor does not do yet, the remote cannot be reached or the cluster has no agent slots.
     """
-    _ray()
+    ray_module()
     for task in spec.tasks:
         for key, used in _UNSUPPORTED:
             if used(task):
@@ -65,7 +65,7 @@ def preflight(repo: git.Repo, spec: RunSpec) -> str:
                 )
     url = remote_url(repo, spec.remote)
     connect(spec.ray_address, lost_after=spec.lost_after)
-    slots = _ray().cluster_resources().get(SLOT, 0)
+    slots = ray_module().cluster_resources().get(SLOT, 0)
     if not slots:
         raise BadInputError(
             f"the Ray cluster offers no `{SLOT}` resource; start each node with "
@@ -81,7 +81,7 @@ def _check_memory(wanted: int) -> None:
     """Refuse a ``ray_memory`` no node with agent slots has: its tasks would wait for ever."""
     offered = [
         int(node.get("Resources", {}).get("memory", 0))
-        for node in _ray().nodes()
+        for node in ray_module().nodes()
         if node.get("Alive") and node.get("Resources", {}).get(SLOT)
     ]
     if offered and wanted > max(offered):

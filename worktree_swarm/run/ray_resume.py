@@ -18,34 +18,34 @@ from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.git import diffs
 from worktree_swarm.git import repo as git
-from worktree_swarm.infra.logtail import _mirrored
+from worktree_swarm.infra.logtail import mirrored
 from worktree_swarm.infra.store_rows import AttemptRow, AttemptUsage
 from worktree_swarm.run.agent_watch import read_log
 from worktree_swarm.run.checks import CheckFailure
 from worktree_swarm.run.course import Course, decided, stated_limit
 from worktree_swarm.run.ray_actors import NodeLostError, actor_name, namespace
 from worktree_swarm.run.ray_attempt import (
-    _NO_IDENTITY,
+    NO_IDENTITY,
+    Ended,
+    Handle,
     RayAttempts,
-    _Ended,
-    _Handle,
-    _Throttled,
+    Throttled,
 )
-from worktree_swarm.run.ray_cluster import _ray
+from worktree_swarm.run.ray_cluster import ray_module
 from worktree_swarm.run.run_worker import Live, TaskOutcome
 
 
 class RayResume(RayAttempts):
     """The Ray coordinator's worker as it takes over from a previous one (see the module)."""
 
-    def _adopt_any(self, live: Live, attempt: AttemptRow | None) -> _Handle | None:
+    def _adopt_any(self, live: Live, attempt: AttemptRow | None) -> Handle | None:
         """The open attempt's actor, or one launched unrecorded; else a new attempt is due."""
         handle = self._adopt(live.task, attempt) or self._adopt_unrecorded(live.task)
         if handle is None:  # nothing to adopt: a new attempt waits for its slot
             live.adopted.set()
         return handle
 
-    def _adopt(self, task: Task, attempt: AttemptRow | None) -> _Handle | None:
+    def _adopt(self, task: Task, attempt: AttemptRow | None) -> Handle | None:
         """The live actor of an open attempt a previous coordinator started, if still there."""
         if attempt is None:
             return None
@@ -63,7 +63,7 @@ class RayResume(RayAttempts):
         self._emit("agent_adopted", task.id, {"attempt": attempt.number, "alive": True})
         return handle
 
-    def _adopt_unrecorded(self, task: Task) -> _Handle | None:
+    def _adopt_unrecorded(self, task: Task) -> Handle | None:
         """The actor a killed coordinator launched but did not record, if it is there."""
         row = self.store.task(self.run_id, task.id)
         number = row.launching if row is not None else None
@@ -75,7 +75,7 @@ class RayResume(RayAttempts):
             self.store.update_task(self.run_id, task.id, launching=None)
             return None
         try:
-            _ray().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
+            ray_module().get(handle.actor.poll.remote(), timeout=30)  # started, or it never ran
         except Exception:  # noqa: BLE001 - not started: retire it, start afresh
             self._retire(handle)
             self.store.update_task(self.run_id, task.id, launching=None)
@@ -84,7 +84,7 @@ class RayResume(RayAttempts):
             self.run_id,
             task.id,
             number=number,
-            identity=_NO_IDENTITY,
+            identity=NO_IDENTITY,
             log_path=str(log_path),
             started_at=time.time(),
             agent=task.agent,
@@ -92,8 +92,8 @@ class RayResume(RayAttempts):
         self.store.update_task(self.run_id, task.id, attempts=number, launching=None)
         return handle
 
-    def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> _Handle | None:
-        ray = _ray()
+    def _find(self, task: Task, number: int, attempt_id: int, log_path: Path) -> Handle | None:
+        ray = ray_module()
         name, space = actor_name(task.id, number), namespace(self.run_id)
         try:
             actor = ray.get_actor(name, namespace=space)
@@ -113,7 +113,7 @@ class RayResume(RayAttempts):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
         self.disk.adopted(str(node), task.id)
-        return _Handle(
+        return Handle(
             actor=actor,
             task_id=task.id,
             number=number,
@@ -121,10 +121,10 @@ class RayResume(RayAttempts):
             started_at=time.time(),
             log_path=log_path,
             node=str(node),
-            offset=_mirrored(log_path),
+            offset=mirrored(log_path),
         )
 
-    def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> _Ended | None:
+    def _replay(self, live: Live, course: Course, base: str, attempt: AttemptRow) -> Ended | None:
         """The last attempt of a previous coordinator, which ended: what follows from it.
 
         A rate-limited one waits out what it was waiting for (one whose wait its coordinator
@@ -149,7 +149,7 @@ class RayResume(RayAttempts):
                 session_id=attempt.session_id,
                 retry_at=retry_at,  # the wait it was in: resuming does not restart it
             )
-            return _Throttled(result=result, progressed=progressed, replayed=True, window=window)
+            return Throttled(result=result, progressed=progressed, replayed=True, window=window)
         if outcome is not AttemptOutcome.SUCCEEDED:
             state = {
                 AttemptOutcome.STOPPED: TaskState.STOPPED,
@@ -180,7 +180,7 @@ class RayResume(RayAttempts):
             self._retire(old)
         if not self.head.answers(live.stop):
             raise NodeLostError("stopped before its checks")
-        handle = _Handle(
+        handle = Handle(
             actor=self._actor(self._assignment(task, attempt.number)),
             task_id=task.id,
             number=attempt.number,

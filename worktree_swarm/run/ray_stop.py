@@ -19,7 +19,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
 from worktree_swarm.run.ray_actors import actor_name, namespace
-from worktree_swarm.run.ray_cluster import _ray, connect, head_problem
+from worktree_swarm.run.ray_cluster import connect, head_problem, ray_module
 from worktree_swarm.run.ray_preflight import remote_url
 
 
@@ -89,7 +89,7 @@ def stop_unmanaged(
 
 def _stop_actor(task_id: str, number: int, run_id: str, spec: RunSettings) -> None:
     """Have the actor of attempt *number*, if there, stop its agent, push (if it started), go."""
-    ray = _ray()
+    ray = ray_module()
     try:
         actor = ray.get_actor(actor_name(task_id, number), namespace=namespace(run_id))
     except ValueError:  # no such actor: gone with its node, or never made

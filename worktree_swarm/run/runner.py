@@ -37,7 +37,7 @@ from worktree_swarm.run.ray_preflight import check_sandbox
 from worktree_swarm.run.retry import settle_guard, since_last_retry
 from worktree_swarm.run.run_state import Observer
 from worktree_swarm.run.run_worker import Live, TaskOutcome, worktree_path
-from worktree_swarm.run.task_launch import _STARVED_WAIT, TaskLaunch, _port_slot
+from worktree_swarm.run.task_launch import STARVED_WAIT, TaskLaunch, port_slot
 
 __all__ = ["Runner", "new_run_id", "spec_from_json", "spec_to_json", "worktree_path"]
 
@@ -138,7 +138,7 @@ class Runner(TaskLaunch):
                 and attempts[-1].number > row.retry_base
             ):
                 # Its agent may run on: the block it was given stays its own.
-                slot = _port_slot(attempts[-1], spec)
+                slot = port_slot(attempts[-1], spec)
                 live = Live(task=runner._tasks[row.task_id], port_slot=slot)
                 live.resume_from = attempts[-1]
                 runner._adopt[row.task_id] = live
@@ -188,7 +188,7 @@ class Runner(TaskLaunch):
                     self._launch_ready()
                 if not self._live and self._starved:
                     self._poll_stop_requests()
-                    self._stopping.wait(_STARVED_WAIT)  # threads ended elsewhere free up
+                    self._stopping.wait(STARVED_WAIT)  # threads ended elsewhere free up
                     continue
                 if not self._live:
                     break

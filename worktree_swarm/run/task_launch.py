@@ -4,7 +4,7 @@
 (a task waiting out its provider's rate limit is not counted), gives each a block of
 ``SWARM_PORT`` free in this run and not held by another manager, and starts its worker thread
 (:meth:`TaskLaunch._work`, which always reports an outcome back). An adopted agent keeps the
-block it was started with (:func:`_port_slot`, read from its process's environment).
+block it was started with (:func:`port_slot`, read from its process's environment).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from worktree_swarm.infra.store_rows import AttemptRow
 from worktree_swarm.run.run_worker import Live, TaskOutcome
 from worktree_swarm.run.task_ends import TaskEnds
 
-_STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
+STARVED_WAIT = 1.0  # seconds between tries to start a task's thread when none could start
 
 # What the catch-all of a task's worker says is the system's limit, not an internal error.
 _FILE_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -43,7 +43,7 @@ class TaskLaunch(TaskEnds):
         ]  # fmt: skip
         for live in self._adopt.values():
             while not self._launch(live):
-                self._stopping.wait(_STARVED_WAIT)
+                self._stopping.wait(STARVED_WAIT)
             self._states[live.task.id] = TaskState.RUNNING
         self._adopt.clear()
         for live in open_ones:
@@ -175,7 +175,7 @@ class TaskLaunch(TaskEnds):
 _LAST_PORT = 65535
 
 
-def _port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
+def port_slot(attempt: AttemptRow, spec: RunSpec) -> int | None:
     """The port block an adopted attempt's agent was started with (None: unknown, or gone).
 
     Read from the environment of its process, which the kernel keeps: a new task must never be

@@ -38,13 +38,13 @@ from worktree_swarm.ui.merge_text import merge_prediction_lines
 from worktree_swarm.ui.watch_view import (
     COLUMNS,
     LOG_LINES,
+    Follow,
     TailLog,
-    _Follow,
-    _gone,
-    _plain,
-    _shown,
     cells,
     details,
+    gone_note,
+    plain,
+    shown,
 )
 
 REFRESH_S = 1.0
@@ -84,7 +84,7 @@ class WatchApp(App[None]):
         self.rows: dict[str, TaskStatus] = {}
         self.marked: set[str] = set()
         self.messages: list[str] = []  # every action's result, newest last (tests read it)
-        self._follow = _Follow()
+        self._follow = Follow()
         self._busy: list[str] = []  # the actions under way, by name
         self._quit_when_done = False
         self._quit_asked = 0  # messages said before quitting was asked, while one was under way
@@ -139,7 +139,7 @@ class WatchApp(App[None]):
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
         notes = status.manager_status(self.repo, self.store, self.run_id).lines()
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
-        self.sub_title = _plain(" · ".join([f"run {self.run_id}", *notes])).plain
+        self.sub_title = plain(" · ".join([f"run {self.run_id}", *notes])).plain
         if list(rows) != list(self.rows):
             keep = self.selected
             table.clear()
@@ -197,13 +197,13 @@ class WatchApp(App[None]):
         if (task_id, path) != (self._follow.task_id, self._follow.path):
             view.clear()
             if path is None or task_id is None:
-                self._follow = _Follow(task_id=task_id)
+                self._follow = Follow(task_id=task_id)
                 view.write_line("(no agent started yet)" if task_id else "")
                 return
             # While the agent runs its log is raw: its task's secrets are known to the redactor.
             status.know_task_secrets(self.repo, self.store, self.run_id, task_id)
             follower = Follower(path, limit=LOG_TAIL_BYTES)
-            self._follow = _Follow(task_id=task_id, path=path, follower=follower)
+            self._follow = Follow(task_id=task_id, path=path, follower=follower)
         if self._follow.follower is None:
             return
         ended = bool(attempts) and attempts[-1].ended_at is not None
@@ -235,9 +235,9 @@ class WatchApp(App[None]):
         try:
             found = diff.task_diffs(self.repo, self.store, self.run_id, [task_id])
             text = diff.patch(self.repo, found[0]) if found else ""
-            text = _shown(text, f"`swarm diff {task_id}` prints all of it")
+            text = shown(text, f"`swarm diff {task_id}` prints all of it")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
-            text = _shown(f"{task_id}: its diff cannot be shown: {exc}", "")
+            text = shown(f"{task_id}: its diff cannot be shown: {exc}", "")
         text = text or f"{task_id}: {_no_changes(self.rows.get(task_id))}"
         self.call_from_thread(self._fill, "#diff-view", text, task_id=task_id)
 
@@ -249,9 +249,9 @@ class WatchApp(App[None]):
             report = merge.merge(
                 self.repo, self.store, self.run_id, dry_run=True, checkout=self.checkout
             )
-            text = _shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
+            text = shown("\n".join(merge_prediction_lines(report)), "`swarm merge --dry-run`")
         except Exception as exc:  # noqa: BLE001 - any failure is said in the pane
-            text = _shown(f"no prediction: {exc}", "")
+            text = shown(f"no prediction: {exc}", "")
         self.call_from_thread(self._fill, "#conflicts-view", text)
 
     def _fill(self, selector: str, text: str, *, task_id: str | None = None) -> None:
@@ -295,7 +295,7 @@ class WatchApp(App[None]):
         if row is None:
             return
         self.copy_to_clipboard(row.worktree)
-        gone = _gone(row, "; the branch keeps the work")
+        gone = gone_note(row, "; the branch keeps the work")
         self._say(f"worktree {row.worktree}{gone} (copied)", ok=True)
 
     def action_stop(self) -> None:

@@ -54,7 +54,7 @@ def cells(row: TaskStatus, *, marked: bool) -> tuple[Text, ...]:
         Text(duration(row.elapsed_s) if row.elapsed_s is not None else "-"),
         Text(f"${row.cost_usd:.2f}" if row.cost_usd is not None else "-"),
         Text(diffstat),
-        _plain(why[:80]),
+        plain(why[:80]),
     )
 
 
@@ -86,7 +86,7 @@ class TailLog(Log):
             self.call_after_refresh(self.scroll_end, animate=False, x_axis=False)
 
 
-def _plain(text: str) -> Text:
+def plain(text: str) -> Text:
     """*text* from outside (an agent's words, a rate limit's message) as one printable line.
 
     Rich drops a BEL but not an ESC: an escape sequence in a wait's reason reached the
@@ -95,7 +95,7 @@ def _plain(text: str) -> Text:
     return Text(printable(redact(without_escapes(text)), keep=""))
 
 
-def _gone(row: TaskStatus, kept: str) -> str:
+def gone_note(row: TaskStatus, kept: str) -> str:
     """Why the task's worktree is not its own any more ("" while it is)."""
     if row.taken_by:
         return f" (run {row.taken_by}'s now: it reused the task id)"
@@ -107,16 +107,16 @@ def details(row: TaskStatus) -> Text:
     if not row.branch_made:  # pending, or blocked before it started
         parts = [f"{row.branch}: not made"]
     else:
-        parts = [row.branch, f"{row.worktree}{_gone(row, '')}"]
+        parts = [row.branch, f"{row.worktree}{gone_note(row, '')}"]
     if row.merge_result:
         parts.append(row.merge_detail or f"{row.merge_result} ({row.merge_target})")
     if row.pr_number is not None:
         parts.append(f"PR #{row.pr_number} {row.pr_state or 'open'} {row.pr_url or ''}".strip())
-    return _plain("  ·  ".join(parts))
+    return plain("  ·  ".join(parts))
 
 
 @dataclass(slots=True)
-class _Follow:
+class Follow:
     """Which log file the log pane shows, and what reads it."""
 
     task_id: str | None = None
@@ -124,7 +124,7 @@ class _Follow:
     follower: Follower | None = None
 
 
-def _shown(text: str, rest: str) -> str:
+def shown(text: str, rest: str) -> str:
     """*text* for a pane: redacted, printable, cut at ``PANE_LINES`` lines (*rest*: the rest)."""
     lines = text.splitlines()
     if len(lines) > PANE_LINES:
