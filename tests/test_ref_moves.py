@@ -113,17 +113,23 @@ def test_the_guard_forgets_a_killed_writers_copy_aside_with_its_note(tmp_path: P
     opened = open_repo(repo)
     notes = opened.state_dir / "ref-moves"
     notes.mkdir(parents=True)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone_started = starts.start_time(gone.pid)
-    gone.wait()
-    note = notes / f"{gone.pid}-0badc0de.json"
-    text = json.dumps({"pid": gone.pid, "started": gone_started, "moves": [], "done": False})
+    gone_pid, gone_started = _ended_process()
+    note = notes / f"{gone_pid}-0badc0de.json"
+    text = json.dumps({"pid": gone_pid, "started": gone_started, "moves": [], "done": False})
     note.write_text(text)
     note.with_name(note.name + ".tmp").write_text(text[:20])
 
     _, refused = Channel(opened.state_dir, Agents()).read()
-    assert refused == [f"ignored {note}: its writer (pid {gone.pid}) is gone"]
+    assert refused == [f"ignored {note}: its writer (pid {gone_pid}) is gone"]
     assert list(notes.iterdir()) == []
+
+
+def _ended_process() -> tuple[int, float | None]:
+    """The pid and start time of a process that has ended (a writer that is gone)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = starts.start_time(gone.pid)
+    gone.wait()
+    return gone.pid, started
 
 
 def _swarm(repo: Path, *args: str) -> str:
@@ -140,11 +146,9 @@ def test_doctor_removes_a_dead_writers_note_and_leaves_a_directory_at_its_verdic
     repo = make_repo(tmp_path / "repo")
     notes = repo / ".git" / "swarm" / "ref-moves"
     notes.mkdir(parents=True)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone_started = starts.start_time(gone.pid)
-    gone.wait()
-    note = notes / f"{gone.pid}-0badc0de.json"
-    note.write_text(json.dumps({"pid": gone.pid, "started": gone_started, "moves": []}))
+    gone_pid, gone_started = _ended_process()
+    note = notes / f"{gone_pid}-0badc0de.json"
+    note.write_text(json.dumps({"pid": gone_pid, "started": gone_started, "moves": []}))
     verdict = note.with_name(note.name + ".verdict")
     verdict.mkdir()
     (verdict / "yours").write_text("kept\n")
@@ -170,14 +174,12 @@ def test_a_directory_at_a_guards_mark_is_not_taken_for_its_hearing(tmp_path: Pat
     opened = open_repo(repo)
     notes = opened.state_dir / "ref-moves"
     notes.mkdir(parents=True)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone_started = starts.start_time(gone.pid)
-    gone.wait()
-    listener = notes / f"{gone.pid}-0badc0de.listening"
-    listener.write_text(json.dumps({"pid": gone.pid, "started": gone_started}))
+    gone_pid, gone_started = _ended_process()
+    listener = notes / f"{gone_pid}-0badc0de.listening"
+    listener.write_text(json.dumps({"pid": gone_pid, "started": gone_started}))
     moved = git(repo, "commit-tree", "-p", "main", "-m", "next", "main^{tree}")
     with moving_refs(opened, ["refs/heads/main"]) as moves:
-        heard = moves.path.with_name(f"{moves.path.name}.heard-{gone.pid}-0badc0de")
+        heard = moves.path.with_name(f"{moves.path.name}.heard-{gone_pid}-0badc0de")
         heard.mkdir()
         git(repo, "update-ref", "refs/heads/main", moved)
         moves.moved("refs/heads/main", moved)
