@@ -135,11 +135,12 @@ def test_a_checkpoint_hashes_no_changed_filtered_file_only_names_it(
     assert PLAIN.encode() not in stored_bytes(repo)
 
 
-def test_without_a_filter_the_guard_makes_no_store_of_its_own(
+def test_without_a_filter_too_the_guard_hashes_into_a_store_of_the_runs_own(
     tmp_path: Path, write_agent: AgentFactory
 ) -> None:
-    # No filter in the config: your edit is hashed into your store, as ever; the agent looks
-    # for the guard's own store while the guard watches (its baseline of your checkout taken).
+    # No filter in the config: your edit, and an agent's file, were hashed into your store by
+    # the guard's captures (an agent's dump of its environment holding a key among them). The
+    # agent looks for the guard's own store while the guard watches.
     repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
     (repo / "README.md").write_text("my uncommitted edit\n")
     agent = write_agent(
@@ -147,12 +148,14 @@ def test_without_a_filter_the_guard_makes_no_store_of_its_own(
         "runs = pathlib.Path(sys.argv[1], '.git', 'swarm', 'runs')\n"
         "made = sorted(runs.glob('*/guard/snapshot-objects'))\n"
         "pathlib.Path('found.txt').write_text(f'{len(made)} stores\\n')\n"
+        "pathlib.Path('notes.txt').write_text('AgentsOwnNote\\n')\n"
     )
     out = swarm(repo, "run", "--agent", " ".join([*agent, str(repo)]), "-t", "t=x")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert git(repo, "show", "swarm/t:found.txt") == "0 stores"
-    edit = git(repo, "hash-object", "README.md")
-    assert git(repo, "cat-file", "-t", edit) == "blob"  # in your store, as before
+    assert git(repo, "show", "swarm/t:found.txt") == "1 stores"
+    assert b"my uncommitted edit" not in stored_bytes(repo)  # in no object of yours
+    assert git(repo, "show", "swarm/t:notes.txt") == "AgentsOwnNote"  # committed, as ever
+    assert not list((repo / ".git" / "swarm" / "runs").glob("*/guard/snapshot-objects"))
 
 
 def holding(root: Path, text: str) -> list[Path]:

@@ -505,9 +505,10 @@ def test_checkpoint_never_concludes_a_merge_that_changes_nothing(repo: Path) -> 
 
 def test_checkpoint_that_cannot_commit_raises(repo: Path) -> None:
     (repo / "f.txt").write_text("x\n")
-    (repo / ".git" / "index.lock").write_text("")  # a git killed half-way left its lock
-    with pytest.raises(CommandError):
+    (repo / ".git" / "index.lock").write_text("")  # another git holds the index
+    with pytest.raises(GitError, match=r"index\.lock': File exists"):
         checkpoints.checkpoint(repo, message="m", author=AUTHOR)
+    assert git(repo, "status", "--porcelain") == "?? f.txt"  # nothing staged, nothing lost
 
 
 def test_diff_stat(repo: Path) -> None:

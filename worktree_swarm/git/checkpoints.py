@@ -12,7 +12,7 @@ from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
 from worktree_swarm.core.text import path_text
 from worktree_swarm.core.units import format_size
-from worktree_swarm.git import runner
+from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.gitconfig import identity_env
 from worktree_swarm.git.gitfiles import (
     head_in,
@@ -25,6 +25,7 @@ from worktree_swarm.git.index import populated_gitlinks, stage_gitlinks, unhide_
 from worktree_swarm.git.repo import in_batches, run
 from worktree_swarm.git.staged import (
     filtered_on_disk,
+    staged_entries,
     unstage_filtered,
     unstage_over,
     unstage_secrets,
@@ -99,16 +100,23 @@ def checkpoint(
     # Never hashed: a decrypted git-crypt file would be a loose object in the clear.
     kept_out = filtered_on_disk(worktree, worktree)
     skip = [*exclude, *links, *(path for path, _ in kept_out)]
-    added, unborn, refused = _add(worktree, skip, droppings)
-    linked = [*embedded_repos(worktree, added), *(link for link in links if link not in declared)]
-    if linked:  # a commit would hold a commit id nobody else has, not their files
+    # Staged apart (quarantine): what is left out is never an object of the repository's.
+    with quarantine.staging(worktree) as staging:
+        apart = staging.env
+        added, unborn, refused = _add(worktree, skip, droppings, apart)
+        linked = [*embedded_repos(worktree, added), *(p for p in links if p not in declared)]
         for literal in in_batches(f":(literal,top){path}" for path in linked):
-            run(worktree, ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal])
+            # A commit would hold a commit id nobody else has, not their files.
+            rm = ["rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", *literal]
+            run(worktree, rm, env=apart)
+        told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
+        filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree, env=apart)]))
+        secret = unstage_secrets(worktree, env=apart)
+        big = unstage_over(worktree, added, max_file, env=apart)
+        # What the index still names, when it left out something `add` hashed.
+        kept = {blob for *_, blob in staged_entries(worktree, env=apart)} if secret or big else None
+        staging.settle(kept)
     embedded = [*unborn, *linked]
-    told = [f"{path_text(path)} (filter {driver})" for path, driver in kept_out]
-    filtered = list(dict.fromkeys([*told, *unstage_filtered(worktree)]))
-    secret = unstage_secrets(worktree)
-    big = unstage_over(worktree, added, max_file)
     head = _commit(worktree, message, env, added=added.strip() != "")
     if embedded:
         raise EmbeddedRepositoryError(worktree, [path_text(p) for p in embedded], head)
@@ -234,7 +242,7 @@ def _unstaged(worktree: Path, exclude: Sequence[str]) -> list[str]:
 
 
 def _add(
-    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str], env: Mapping[str, str]
 ) -> tuple[str, list[str], list[str]]:
     """`add --all` but *exclude* and *droppings*: its output, unborn repositories, refused paths.
 
@@ -247,7 +255,7 @@ def _add(
     """
     sealed: list[str] = []
     for _ in range(_SEALED_MAX + 1):
-        res = _add_once(worktree, [*exclude, *sealed], droppings)
+        res = _add_once(worktree, [*exclude, *sealed], droppings, env)
         stuck = _CANNOT_STAT.search(res.stderr)
         if res.returncode == 0 or stuck is None or len(sealed) == _SEALED_MAX:
             break
@@ -262,11 +270,11 @@ def _add(
 
 
 def _add_once(
-    worktree: Path, exclude: Sequence[str], droppings: Sequence[str]
+    worktree: Path, exclude: Sequence[str], droppings: Sequence[str], env: Mapping[str, str]
 ) -> subprocess.CompletedProcess[str]:
     # Its output names files (those it added, those it could not): read as file names.
     if not (exclude or droppings):
-        return runner.run_names(worktree, *_ADD, check=False)
+        return runner.run_names(worktree, *_ADD, check=False, env=env)
     pathspec = [
         ":(top)",
         *(f":(exclude,literal,top){path}" for path in exclude),
@@ -280,6 +288,7 @@ def _add_once(
         "--pathspec-file-nul",
         check=False,
         input_text="\0".join(pathspec) + "\0",
+        env=env,
     )
 
 

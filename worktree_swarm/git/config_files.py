@@ -48,6 +48,14 @@ def git_dir(checkout: Path) -> Path:
     return real_path(checkout / text.removeprefix("gitdir:").strip())
 
 
+def common_dir(admin: Path) -> Path:
+    """The common dir of the git dir *admin*: the one its ``commondir`` names, else itself."""
+    commondir = admin / "commondir"
+    if not commondir.is_file():
+        return admin
+    return (admin / os.fsdecode(fs.read_file(commondir)).strip()).resolve()
+
+
 # Per checkout: the stats of its `.git` and of `commondir` when its config files were located.
 _located: dict[str, tuple[object, Path, object, list[Path]]] = {}
 
@@ -67,14 +75,12 @@ def config_files(cwd: Path) -> list[Path]:
         admin = git_dir(cwd)
     except GitError:
         return []  # a subdirectory, or not a checkout: not cached, scanned every time
-    common = admin
     commondir = admin / "commondir"
     located = _signature(commondir)
-    if commondir.is_file():
-        try:
-            common = (admin / os.fsdecode(fs.read_file(commondir)).strip()).resolve()
-        except OSError:
-            return []
+    try:
+        common = common_dir(admin)
+    except OSError:
+        return []
     files = [admin / "config.worktree", common / "config", common / "config.worktree"]
     if dotgit == _signature(cwd / ".git") and located == _signature(commondir):
         with cache_lock:

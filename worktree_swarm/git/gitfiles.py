@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worktree_swarm.core.errors import GitError
-from worktree_swarm.git.config_files import git_dir
+from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.repo import rev_parse_in, run
 from worktree_swarm.infra import fs
 
@@ -140,13 +140,9 @@ def head_in(worktree: Path) -> str | None:
         admin = git_dir(worktree)
         head = _plain(admin / "HEAD")
         if head.startswith("ref: refs/heads/"):
-            common = admin
-            commondir = admin / "commondir"
-            if commondir.is_file():
-                common = admin / os.fsdecode(fs.read_file(commondir)).strip()
             ref = head.removeprefix("ref: ")
             if ".." not in ref.split("/"):
-                head = _plain(common / ref)
+                head = _plain(common_dir(admin) / ref)
     except (OSError, GitError):
         head = ""
     if _OBJECT_NAME.fullmatch(head):

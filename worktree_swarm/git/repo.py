@@ -502,11 +502,17 @@ def commit_of(repo: Repo, rev: str) -> str | None:
     return sha
 
 
-def blob_sizes(cwd: Path, blobs: Sequence[str]) -> list[int]:
-    """The size of each of *blobs* (object ids) in the repository of *cwd*; 0 for one missing."""
+def blob_sizes(
+    cwd: Path, blobs: Sequence[str], *, env: Mapping[str, str] | None = None
+) -> list[int]:
+    """The size of each of *blobs* (object ids) in the repository of *cwd*; 0 for one missing.
+
+    *env*: git's environment (a checkpoint's own object store).
+    """
     if not blobs:
         return []
+    listed = "".join(f"{b}\n" for b in blobs)
     out = runner.run(
-        cwd, "cat-file", "--batch-check=%(objectsize)", input_text="".join(f"{b}\n" for b in blobs)
+        cwd, "cat-file", "--batch-check=%(objectsize)", input_text=listed, env=env
     ).stdout
     return [int(line) if line.isdigit() else 0 for line in out.splitlines()]

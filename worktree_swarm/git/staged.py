@@ -42,7 +42,7 @@ def unstage_over(
         for p, mode, blob in staged_entries(worktree, env=env)
         if _has_blob(mode, blob) and (unsure or p in big)
     ]
-    sizes = blob_sizes(worktree, [blob for _, blob in staged])
+    sizes = blob_sizes(worktree, [blob for _, blob in staged], env=env)
     over = [(p, size) for (p, _), size in zip(staged, sizes, strict=True) if size > limit]
     for literal in in_batches(f":(literal,top){path}" for path, _ in over):
         runner.run(worktree, "reset", "-q", "HEAD", "--", *literal, env=env)
@@ -175,7 +175,8 @@ def unstage_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
 def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
     """The files staged in *worktree* whose content or name holds a secret value swarm knows.
 
-    *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own).
+    *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own, a
+    checkpoint's own object store).
 
     The values the redactor knows: of secret environment variables (an agent that dumped its
     environment into a file) and of the task's ``copy`` files. Every file the index holds
@@ -192,7 +193,7 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     if not values:
         return []
     found = []
-    with ObjectReader(worktree) as objects:
+    with ObjectReader(worktree, env=env) as objects:
         # What the commit would hold (a link's target, a file as git converted it), not what
         # the worktree shows.
         for path, mode, blob in staged_entries(worktree, env=env):

@@ -210,9 +210,9 @@ class Baselines(Verdicts):
         """The guard's own store deleted under its baselines: told, every baseline taken anew.
 
         Found gone (or another directory in its place), or by git's *failure* to find an
-        object there. What it held (your uncommitted edits of files under a filter, as the
-        baselines took them) cannot be put back; without new baselines every later comparison
-        would fail, and a later write go unput back. The suspects: every agent that ran since
+        object there. What it held (your uncommitted edits, as the baselines took them) cannot
+        be put back; without new baselines every later comparison would fail, and a later
+        write go unput back. The suspects: every agent that ran since
         it was last found whole (or none: yours, only logged). Under the guard's lock. None:
         nothing lost.
         """
@@ -238,7 +238,7 @@ class Baselines(Verdicts):
                 self._watch(where, place.path)
         lost = (
             f"the guard's store of your checkout's baseline {path_text(str(own))} was deleted:"
-            " what it held (your uncommitted edits of files under a filter) cannot be put back"
+            " what it held (your uncommitted edits, as the baselines took them) cannot be put back"
         )
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:

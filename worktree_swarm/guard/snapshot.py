@@ -15,8 +15,8 @@ from worktree_swarm.core.text import path_text
 from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
-from worktree_swarm.git.config_overrides import neutral_filters
 from worktree_swarm.git.process import StuckOnPipeError
+from worktree_swarm.git.quarantine import alternate
 from worktree_swarm.guard import held_files
 from worktree_swarm.guard.model import Snapshot, short_ref
 
@@ -43,33 +43,25 @@ OWN_OBJECTS = "snapshot-objects"  # under the guard's directory: the objects its
 class Objects:
     """The guard's own object store (*own*) beside the repository's (*yours*, its ``objects``).
 
-    A capture hashes each file whose stat its scratch index does not match, and swarm's git
-    runs no filter of the repository's config: in your store, a decrypted git-crypt file of
-    your checkout would lie in the clear until `git gc` prunes it. So where that config
-    defines a filter, a capture writes into the guard's own store (yours its alternate:
-    nothing already there is written again), and whatever reads a captured tree reads both
-    (:meth:`reading`). Without one, captures write into yours and no store is made.
+    A capture hashes each file whose stat its scratch index does not match: in your store, a
+    file an agent wrote holding a secret's value, or a decrypted git-crypt file of your
+    checkout (swarm's git runs no filter of the repository's config), would lie in the clear
+    until `git gc` prunes it. So a capture writes into the guard's own store (yours its
+    alternate: nothing already there is written again), and whatever reads a captured tree
+    reads both (:meth:`reading`).
     """
 
     own: Path
     yours: Path
 
-    def writing(self, cwd: Path) -> dict[str, str]:
-        """The environment of a git that captures *cwd*: the guard's store if a filter needs it."""
-        if not neutral_filters(cwd):
-            return self.reading()  # what earlier captures wrote there is read still
+    def writing(self) -> dict[str, str]:
+        """The environment of a git that captures a checkout: hashing into the guard's store."""
         self.own.mkdir(parents=True, exist_ok=True)
-        return {"GIT_OBJECT_DIRECTORY": str(self.own), **_alternate(self.yours)}
+        return {"GIT_OBJECT_DIRECTORY": str(self.own), **alternate(self.yours)}
 
     def reading(self) -> dict[str, str]:
         """The environment of a git that reads captured trees: yours, and the guard's store."""
-        return _alternate(self.own) if self.own.is_dir() else {}
-
-
-def _alternate(store: Path) -> dict[str, str]:
-    # Quoted as git unquotes it: a path may hold the list's separator, `:`.
-    quoted = str(store).replace("\\", "\\\\").replace('"', '\\"')
-    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
+        return alternate(self.own) if self.own.is_dir() else {}
 
 
 def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] = ()) -> Snapshot:
@@ -79,9 +71,9 @@ def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] 
     inside it, under its own config and attributes, which an agent can write. A repository
     without a commit (which `add` refuses, adding nothing at all) counts as a gitlink to
     ``UNBORN``: left out, it would hide the checkout from every scan. What it hashes goes
-    into the guard's own store (*objects*) where the repository's config defines a filter.
+    into the guard's own store (*objects*).
     """
-    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing(path)}
+    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing()}
     try:
         return _capture(path, env, exclude)
     except StuckOnPipeError:

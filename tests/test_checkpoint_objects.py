@@ -1,0 +1,129 @@
+"""What a checkpoint leaves out is never an object of yours: staged apart, then moved in.
+
+`git add` hashes a file into `.git/objects` before anything can read it: a file the checkpoint
+then left out (the value of a secret in it, past max_file) lay in your store, in no commit,
+until `git gc` pruned it, two weeks later by default.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git, hang_git_at
+from tests.test_filtered_objects import stored_bytes
+from tests.test_run import status_json, swarm, wait_for
+from worktree_swarm.git import quarantine
+
+AgentFactory = Callable[[str], list[str]]
+KEY = "sk-ant-api03-" + "q" * 30
+BIG = b"BigFileMarker" * 400  # 5,200 bytes: past a max_file of 4K
+
+
+def _left_behind(repo: Path) -> list[Path]:
+    """What checkpoints left in the git dirs of *repo* and its worktrees."""
+    dotgit = repo / ".git"
+    return [
+        *dotgit.glob(f"{quarantine.PREFIX}*"),
+        *dotgit.glob(f"worktrees/*/{quarantine.PREFIX}*"),
+    ]
+
+
+def _index_objects_exist(worktree: Path) -> bool:
+    """Whether every object *worktree*'s index names is in the repository's store."""
+    staged = git(worktree, "ls-files", "-s").splitlines()
+    names = "".join(f"{line.split()[1]}\n" for line in staged)
+    missing = subprocess.run(
+        ["git", "cat-file", "--batch-check"], cwd=worktree, input=names,
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return "missing" not in missing
+
+
+@pytest.mark.parametrize("threshold", [None, "1k"])
+def test_what_a_checkpoint_leaves_out_is_in_no_object_of_the_repository(
+    repo: Path,
+    write_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    threshold: str | None,
+) -> None:
+    # With a core.bigFileThreshold of 1k, `add` streams the files past it into a pack, the
+    # secret's file and the kept one together.
+    if threshold:
+        git(repo, "config", "core.bigFileThreshold", threshold)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    agent = write_agent(
+        "import os\n"
+        "key = os.environb[b'ANTHROPIC_API_KEY']\n"
+        "open('env.txt', 'wb').write(b'pad ' * 600 + key)\n"
+        f"open('big.bin', 'wb').write({BIG!r})\n"
+        "open('work.txt', 'w').write('work ' * 600)\n"
+    )
+    text = f'[defaults]\nmax_file = "4K"\n[[task]]\nid = "t"\nprompt = "x"\nagent = {agent!r}\n'
+    (repo.parent / "swarm.toml").write_text(text.replace("'", '"'))
+    out = swarm(repo, "run", str(repo.parent / "swarm.toml"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = status_json(repo)["t"]
+    assert str(row["reason"]).startswith("wrote the value of a secret into env.txt: left out")
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert git(repo, "show", "swarm/t:work.txt") == ("work " * 600).strip()
+    stored = stored_bytes(repo)
+    assert KEY.encode() not in stored
+    assert BIG not in stored
+    worktree = repo.parent / "repo.swarm" / "t"
+    assert KEY.encode() in (worktree / "env.txt").read_bytes()  # not lost: left where it was
+    assert _index_objects_exist(worktree)
+    assert not _left_behind(repo)
+    git(repo, "fsck", "--no-dangling")
+
+
+def test_a_checkpoint_killed_while_it_looks_at_what_it_staged_leaves_the_index_whole(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed after its `add`, as it reads the staged files for a secret's value: the index
+    # of the worktree names no object the repository lacks, and the next checkpoint commits
+    # the work, the secret still left out and in no object.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / "env.txt").write_text(f"KEY={KEY}\n")
+    (worktree / "work.txt").write_text("work\n")
+    (worktree / "README.md").write_text("edited\n")
+    hung = hang_git_at(tmp_path, monkeypatch, "diff")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the children's: each reads its own
+    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
+    try:
+        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert _left_behind(repo)  # killed inside its staging
+    assert _index_objects_exist(worktree)
+    assert git(worktree, "diff", "--cached", "--name-only") == ""  # nothing staged yet
+    (tmp_path / "gitbin" / "git").unlink()  # the real git from now on
+    again = subprocess.run(_checkpoint_argv(worktree), capture_output=True, text=True, check=False)
+    assert again.stdout == "SecretLeftOutError\n", again.stderr
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    assert git(repo, "show", "swarm/t:README.md") == "edited"
+    assert KEY.encode() not in stored_bytes(repo)
+    assert not _left_behind(repo)
+    assert _index_objects_exist(worktree)
+
+
+def _checkpoint_argv(worktree: Path) -> list[str]:
+    """A Python running a checkpoint of *worktree* that prints the error it ends with."""
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from worktree_swarm.git import checkpoints\n"
+        "try:\n"
+        "    checkpoints.checkpoint(Path(sys.argv[1]), message='m', author='a <a@example.com>',"
+        " report_secrets=True)\n"
+        "except checkpoints.LeftOutError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    return [sys.executable, "-c", script, str(worktree)]

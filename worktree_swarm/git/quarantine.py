@@ -1,0 +1,201 @@
+"""A checkpoint's staging, quarantined: its `add` hashes into an index and object store of its own.
+
+`git add` writes an object for each file it stages before anything can look at it: a file the
+checkpoint then leaves out (one holding a secret's value, one past max_file) would lie in the
+repository's store, in no commit, until `git gc` prunes it two weeks later. So a checkpoint
+stages into a copy of the worktree's index, hashing into a store of its own beside it in the
+worktree's git dir (the repository's store its alternate: nothing already there is written
+again). Once the files left out are unstaged, the objects the index still names move into the
+repository's store and the copy replaces the index, under git's own lock. A checkpoint killed
+before that leaves the worktree's index as it was (it never names an object the store lacks),
+and the next one removes what it left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+from worktree_swarm.core.errors import GitError
+from worktree_swarm.git import runner
+from worktree_swarm.git.config_files import common_dir, git_dir
+from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
+
+PREFIX = "swarm-staging-"  # in the worktree's git dir, one per checkpoint under way
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+_REST = re.compile(r"[0-9a-f]{38}(?:[0-9a-f]{24})?")
+
+
+def alternate(store: Path) -> dict[str, str]:
+    """The environment that has git read objects from *store* too (as an alternate)."""
+    # Quoted as git unquotes it: a path may hold the list's separator, `:`.
+    quoted = str(store).replace("\\", "\\\\").replace('"', '\\"')
+    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
+
+
+class Staging:
+    """One checkpoint's index copy and object store (:func:`staging`), and their settling."""
+
+    def __init__(self, worktree: Path, admin: Path, own: Path) -> None:
+        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*."""
+        self.worktree = worktree
+        self.admin = admin
+        self.index = own / "index"
+        self.objects = own / "objects"
+        self.store = common_dir(admin) / "objects"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a git that stages: the index copy, hashing into the own store."""
+        return {
+            "GIT_INDEX_FILE": str(self.index),
+            "GIT_OBJECT_DIRECTORY": str(self.objects),
+            **alternate(self.store),
+        }
+
+    def settle(self, keep: Collection[str] | None = None) -> None:
+        """Move the objects to keep into the repository's store, then put the index copy in place.
+
+        *keep*: the object ids the index copy still names that its staging wrote (None: all
+        it wrote). The rest, never in the repository's store, goes with the checkpoint's
+        directory.
+        """
+        written: set[str] = set()
+        for fanout in _entries(self.objects):
+            if not _FANOUT.fullmatch(fanout.name):
+                continue
+            for loose in _entries(fanout):
+                oid = fanout.name + loose.name
+                if _REST.fullmatch(loose.name) and (keep is None or oid in keep):
+                    _link(loose, self.store / fanout.name / loose.name, self.store)
+                written.add(oid)
+        if any((self.objects / "pack").glob("*.idx")):
+            self._repack(keep, written)
+        self._install()
+
+    def _repack(self, keep: Collection[str] | None, loose: set[str]) -> None:
+        """Pack into the repository's store the objects to keep that a pack of the own holds.
+
+        `add` streams a file past ``core.bigFileThreshold`` into a pack, which may hold one
+        left out too: the kept ones are packed again, by git, not the pack moved whole.
+        """
+        mine = {"GIT_OBJECT_DIRECTORY": str(self.objects)}
+        listed = runner.run(
+            self.worktree, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)",
+            env=mine,
+        ).stdout.split()  # fmt: skip
+        wanted = [oid for oid in listed if oid not in loose and (keep is None or oid in keep)]
+        if not wanted:
+            return
+        into = {"GIT_OBJECT_DIRECTORY": str(self.store), **alternate(self.objects)}
+        runner.run(
+            self.worktree, "pack-objects", "-q", str(self.store / "pack" / "pack"),
+            input_text="".join(f"{oid}\n" for oid in wanted), env=into,
+        )  # fmt: skip
+
+    def _install(self) -> None:
+        """Replace the worktree's index with the copy, holding ``index.lock`` as git does."""
+        if not self.index.exists():
+            return  # nothing staged and no index before: none to put in place
+        index = self.admin / "index"
+        lock = self.admin / "index.lock"
+        _take(lock)
+        try:
+            self.index.replace(lock)  # the lock's content is the new index, as git's is
+            lock.replace(index)
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def staging(worktree: Path) -> Iterator[Staging]:
+    """A :class:`Staging` for *worktree*, its directory removed when it ends, settled or not."""
+    try:
+        admin = git_dir(worktree)
+        sweep(admin)
+        own = Path(tempfile.mkdtemp(prefix=PREFIX, dir=admin))
+    except OSError as exc:
+        raise GitError(f"{worktree}: cannot stage a checkpoint there ({exc.strerror})") from exc
+    try:
+        (own / "objects" / "pack").mkdir(parents=True)
+        (own / "objects" / "info").mkdir()
+        index = admin / "index"
+        if index.exists():
+            # Its times too: git's check for a file changed within the index's own second.
+            shutil.copy2(index, own / "index")
+        yield Staging(worktree, admin, own)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def sweep(admin: Path) -> None:
+    """Remove what checkpoints killed half-way left in the git dir *admin*."""
+    for left in admin.glob(f"{PREFIX}*"):
+        if left.is_symlink() or not left.is_dir():
+            left.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of *folder*, none when it is missing."""
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _link(source: Path, target: Path, store: Path) -> None:
+    """Give the object file *source* its name *target* in *store* (one there already stays)."""
+    if not target.parent.is_dir():
+        # git's own mode for a fan-out directory: its store's (a shared repository's).
+        with contextlib.suppress(FileExistsError):
+            target.parent.mkdir()
+            target.parent.chmod(stat.S_IMODE(store.stat().st_mode))
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass  # the same object, written before
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        _copy(source, target)  # a store on another file system, or one without hard links
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy *source* to *target* through a temporary file beside it (no hard link there)."""
+    with (
+        source.open("rb") as data,
+        tempfile.NamedTemporaryFile(dir=target.parent, prefix="tmp_obj_", delete=False) as out,
+    ):
+        shutil.copyfileobj(data, out)
+    copied = Path(out.name)
+    copied.chmod(0o444)
+    copied.replace(target)
+
+
+def _take(lock: Path) -> None:
+    """Create *lock*, past a stale one; GitError while another git holds it."""
+    for _ in range(2):
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            try:
+                stale = time.time() - lock.lstat().st_mtime > STALE_LOCK_SECONDS
+            except FileNotFoundError:
+                continue
+            if not stale:
+                break
+            lock.unlink(missing_ok=True)
+        else:
+            return
+    raise GitError(f"Unable to create '{lock}': File exists (another git is using the index)")
