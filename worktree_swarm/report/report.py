@@ -1,14 +1,14 @@
 """What happened in a run, from the state store alone: per-task rows, time spans and totals.
 
-Works for a finished run and during a live one (open spans end "now"). Every text taken from
-prompts, reasons and logs is passed through :class:`Redactor` before it leaves this module.
+Computed here into the records of :mod:`worktree_swarm.report.report_model`. Works for a
+finished run and during a live one (open spans end "now"). Every text taken from prompts,
+reasons and logs is passed through :class:`Redactor` before it leaves this module.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,137 +23,19 @@ from worktree_swarm.infra.logtail import tail
 from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, TaskRow, task_from_json
+from worktree_swarm.report.report_model import AttemptReport, RunReport, Span, TaskReport, Totals
 from worktree_swarm.report.status import (
     MERGE_UNDONE,
     open_attempt_end,
     remote_refs_of,
     undone_merges,
 )
-from worktree_swarm.run.gate_model import GateView, views_from_events
+from worktree_swarm.run.gate_model import views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 
 N = TypeVar("N", int, float)
 
 PROMPT_CHARS = 20_000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptReport:
-    """One launch of a task's agent."""
-
-    number: int
-    started_at: float
-    ended_at: float | None
-    duration_s: float
-    outcome: str
-    exit_code: int | None
-    reason: str
-    cost_usd: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    cache_read_tokens: int | None
-    agent: str = ""  # the profile that ran it (fallback and budget agents differ)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Span:
-    """A stretch of a task's time that is not agent work: ``checks`` or ``rate_limit``."""
-
-    kind: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskReport:
-    """One task: outcome, time, money, diff and the texts the HTML report shows."""
-
-    task_id: str
-    title: str
-    state: str
-    reason: str
-    depends_on: tuple[str, ...]
-    branch: str
-    attempts: tuple[AttemptReport, ...]
-    spans: tuple[Span, ...]
-    started_at: float | None
-    ended_at: float | None
-    wall_s: float | None
-    agent_s: float
-    checks_s: float
-    rate_limit_wait_s: float
-    retries: int
-    cost_usd: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    cache_read_tokens: int | None
-    files_changed: int | None
-    insertions: int | None
-    deletions: int | None
-    pr_number: int | None
-    pr_url: str
-    prompt: str
-    checks_tail: str
-    setup_tail: str
-    disk_apparent: int | None = None
-    disk_actual: int | None = None
-    worktree_present: bool = False
-    merge_result: str | None = None
-    merge_target: str | None = None
-    pr_state: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Totals:
-    """Run-wide numbers; None means "not reported" (shown as ``-`` or ``n/a``)."""
-
-    tasks: int
-    done: int
-    states: dict[str, int]
-    makespan_s: float
-    agent_time_s: float
-    achieved_speedup: float | None
-    ideal_makespan_s: float
-    ideal_speedup: float | None
-    rate_limit_wait_s: float
-    retries: int
-    resumes: int
-    total_cost_usd: float | None
-    cost_per_done_usd: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    cache_read_tokens: int | None
-    token_overhead_tokens: int | None
-    token_overhead_pct: float | None
-    disk_apparent: int | None = None
-    disk_actual: int | None = None
-    worktrees_removed: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunReport:
-    """Everything `swarm report` shows about one run."""
-
-    run_id: str
-    status: RunState
-    live: bool
-    base_commit: str
-    jobs: int
-    created_at: float
-    ended_at: float | None
-    generated_at: float
-    end: float
-    tasks: tuple[TaskReport, ...]
-    totals: Totals
-    outside_writes: tuple[dict[str, object], ...] = ()  # guard events, oldest first
-    guard_errors: tuple[dict[str, object], ...] = ()  # failed scans, each reason once, oldest first
-    remote_refs_put_back: tuple[str, ...] = ()  # remote-tracking refs agents moved (origin/main)
-    max_disk: int | None = None
-    providers: tuple[GateView, ...] = ()  # each provider's gate as last reported
-
-    def to_json(self) -> dict[str, object]:
-        """Plain dict for ``--json`` (field names documented in docs/report.md)."""
-        return _rounded(asdict(self))  # type: ignore[return-value]
 
 
 def build_report(
@@ -502,13 +384,3 @@ def _sum(values: Iterable[N | None]) -> N | None:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) else int(str(value)) if str(value).isdigit() else 0
-
-
-def _rounded(value: object) -> object:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v) for v in value]
-    return value

@@ -22,7 +22,7 @@ from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.units import format_duration as duration
 from worktree_swarm.core.units import format_size
 from worktree_swarm.infra import faults
-from worktree_swarm.report.report import RunReport
+from worktree_swarm.report.report_model import RunReport
 from worktree_swarm.ui.report_text import (
     disk_text,
     guard_errors_text,

@@ -6,7 +6,7 @@ from worktree_swarm.core.text import printable
 from worktree_swarm.core.units import format_duration, format_size
 from worktree_swarm.core.words import plural
 from worktree_swarm.guard.model import fate
-from worktree_swarm.report.report import RunReport, Totals
+from worktree_swarm.report.report_model import RunReport, Totals
 from worktree_swarm.ui.status_text import failure_when, remote_refs_line
 from worktree_swarm.ui.tables import Column, render, table
 
