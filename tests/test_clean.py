@@ -49,7 +49,7 @@ from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import branches, findings, fixes, processes
 from worktree_swarm.git import repo as g
 from worktree_swarm.infra.lock import ManagerLock
-from worktree_swarm.report.status import open_store
+from worktree_swarm.report.run_info import open_store
 from worktree_swarm.ui import watch_actions
 
 AgentFactory = Callable[[str], list[str]]

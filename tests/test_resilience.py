@@ -45,7 +45,7 @@ from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.infra.store import Store
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info, status
 from worktree_swarm.run import background, control
 
 FAKE_CLAUDE = r'''#!PYTHON
@@ -1108,8 +1108,8 @@ def test_an_agent_that_died_with_its_manager_ran_until_its_last_sign_of_life(
         proc.kill()
     log = next((repo / ".git" / "swarm" / "runs").glob("*/a/attempt-1.log"))
     r = open_repo(repo)
-    with status.open_store(r) as store:
-        run_id = status.resolve_run(store, None)
+    with run_info.open_store(r) as store:
+        run_id = run_info.resolve_run(store, None)
         (task,) = store.tasks(run_id)
         started = task.started_at
         assert started is not None
@@ -1155,8 +1155,8 @@ def test_an_agent_that_ended_after_its_manager_died_ran_until_its_shim_says(
     wait_for(lambda: ended_at() is not None, what="the shim's record of the agent's end")
     ((_number, _outcome, started, _ended),) = attempts(repo, "a")
     os.utime(log, (started, started))  # nothing written after its start
-    with status.open_store(open_repo(repo)) as store:
-        run_id = status.resolve_run(store, None)
+    with run_info.open_store(open_repo(repo)) as store:
+        run_id = run_info.resolve_run(store, None)
         (row,) = status.task_status(store, run_id, now=time.time() + 3600)  # an hour on
         (task,) = store.tasks(run_id)
     assert row.elapsed_s is not None
@@ -1644,8 +1644,8 @@ def test_a_stop_beside_another_runs_stop_waits_for_no_guard(
     # runs, waiting 30 s per task for a verdict never given.
     orphan_waiting_agent(repo, tmp_path, write_agent)
     git_repo = open_repo(repo)
-    with status.open_store(git_repo) as store, ManagerLock(git_repo.state_dir) as other:
-        run_id = status.resolve_run(store, None)
+    with run_info.open_store(git_repo) as store, ManagerLock(git_repo.state_dir) as other:
+        run_id = run_info.resolve_run(store, None)
         other.acquire(run_id="20260101-000000-0000", guarded=False)
 
         def no_verdict(*_: object) -> None:
@@ -1666,8 +1666,8 @@ def test_a_stop_lock_held_past_any_stop_is_given_up_with_one_line(
     git_repo = open_repo(repo)
     monkeypatch.setattr(control, "STOP_WAIT", 0.3)
     held = filelock.FileLock(git_repo.state_dir / control.STOP_LOCK, thread_local=False)
-    with held, status.open_store(git_repo) as store:
-        run_id = status.resolve_run(store, None)
+    with held, run_info.open_store(git_repo) as store:
+        run_id = run_info.resolve_run(store, None)
         with pytest.raises(SwarmError, match=r"stop\.lock has been held for 0s .*; try again"):
             control.stop_unmanaged(git_repo, store, run_id, ["w"])
         assert store.task(run_id, "w").state is TaskState.RUNNING

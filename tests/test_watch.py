@@ -25,7 +25,7 @@ from worktree_swarm.git import repo as swarm_git
 from worktree_swarm.infra import redact
 from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.store import Store
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info
 from worktree_swarm.report.status import MERGE_UNDONE, TaskStatus
 from worktree_swarm.ui import watch as watch_module
 from worktree_swarm.ui import watch_actions
@@ -81,8 +81,8 @@ def release(repo: Path, gate: Path) -> None:
 
 def open_app(repo: Path) -> tuple[WatchApp, Store]:
     r = swarm_git.open_repo(repo)
-    store = status.open_store(r)
-    return WatchApp(r, store, status.resolve_run(store, None)), store
+    store = run_info.open_store(r)
+    return WatchApp(r, store, run_info.resolve_run(store, None)), store
 
 
 def agent_pid(store: Store, run_id: str, task_id: str) -> int | None:
@@ -165,8 +165,8 @@ def cut_cells(app: WatchApp) -> list[str]:
 
 def store_attempts(repo: Path, task_id: str) -> list[Any]:
     r = swarm_git.open_repo(repo)
-    with status.open_store(r) as store:
-        return store.attempts(status.resolve_run(store, None), task_id)
+    with run_info.open_store(r) as store:
+        return store.attempts(run_info.resolve_run(store, None), task_id)
 
 
 def _alive(pid: int) -> bool:

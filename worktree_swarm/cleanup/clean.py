@@ -47,7 +47,7 @@ from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock, proc_scan
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import EventRow, TaskRow, task_from_json
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info
 
 CLEANED_EVENT = "cleaned"
 
@@ -140,7 +140,7 @@ def clean(
         if all_runs:
             run_ids = [run.run_id for run in store.runs()]
         else:
-            run_ids = [status.resolve_run(store, run_id)]
+            run_ids = [run_info.resolve_run(store, run_id)]
         if yes and free:  # a killed merge's checks would keep its worktree: "in use"
             for rid in run_ids:
                 proc_scan.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)

@@ -9,7 +9,7 @@ import click
 
 from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import repo as git
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info
 
 if TYPE_CHECKING:
     from worktree_swarm.infra.store import Store
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def store_to_read(repo: git.Repo) -> Store:
     """The store for a command that only looks; on a full disk, as last written (said once)."""
-    store = status.open_store(repo, to_read=True)
+    store = run_info.open_store(repo, to_read=True)
     if store.read_only:
         click.echo(f"note: the disk is full; showing {store.path} as last written", err=True)
     return store

@@ -14,7 +14,7 @@ from worktree_swarm.cli.options import example, exclusive, needs
 from worktree_swarm.core.errors import ExitCode
 from worktree_swarm.core.text import lone_returns_shown, path_text, printable, without_escapes
 from worktree_swarm.infra.redact import redact, redact_data
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info
 
 
 @click.command("diff", epilog=example("swarm diff --stat", "swarm diff fix-login"))
@@ -38,10 +38,10 @@ def diff_cmd(
     exclusive(stat=stat, name_only=name_only, json=as_json)
     repo = context_repo(ctx, empty_ok=True)
     with store_to_read(repo) as store:
-        run_id = status.resolve_run(store, run_id)
+        run_id = run_info.resolve_run(store, run_id)
         diffs = diff.task_diffs(repo, store, run_id, task_ids)
         for d in diffs:  # the secrets of their `env` and `copy` files are redacted too
-            status.know_task_secrets(repo, store, run_id, d.task_id)
+            run_info.know_task_secrets(repo, store, run_id, d.task_id)
     if as_json:
         # A file's name can be a key as well as what it holds.
         shown = redact_data({"run_id": run_id, "tasks": [d.to_json() for d in diffs]})
@@ -117,11 +117,11 @@ def merge_cmd(
     )
     repo = context_repo(ctx, empty_ok=True)
     # SIGTERM is Ctrl-C (main): a resolver or check being waited for is killed with its tree.
-    with status.open_store(repo) as store:
+    with run_info.open_store(repo) as store:
         report = merge.merge(
             repo,
             store,
-            status.resolve_run(store, run_id),
+            run_info.resolve_run(store, run_id),
             task_ids=task_ids,
             into=into,
             strategy=merge.Strategy(strategy),
@@ -172,11 +172,11 @@ def pr_cmd(
     from worktree_swarm.github import pr
 
     repo = context_repo(ctx, empty_ok=True)
-    with status.open_store(repo) as store:
+    with run_info.open_store(repo) as store:
         report = pr.push_and_open(
             repo,
             store,
-            status.resolve_run(store, run_id),
+            run_info.resolve_run(store, run_id),
             task_ids=task_ids,
             remote=remote,
             base=base,

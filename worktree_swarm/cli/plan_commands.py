@@ -14,7 +14,7 @@ from worktree_swarm.cli.context import context_repo
 from worktree_swarm.cli.options import NonEmptyPath, example, paths_given
 from worktree_swarm.core.errors import ExitCode, SwarmError
 from worktree_swarm.plan.defaults import DEFAULT_MAX_TASKS, DEFAULT_MODEL, MAX_TASKS
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info
 
 
 @click.command("plan", epilog=example("swarm plan 'Add OAuth login' --out tasks.toml"))
@@ -97,9 +97,9 @@ def notes_cmd(ctx: click.Context, run_id: str | None) -> int:
     # redacted when shown, as in `swarm logs` (the run's tasks made known first).
     with contextlib.suppress(SwarmError, OSError):
         repo = context_repo(ctx, empty_ok=True)
-        with status.open_store(repo, to_read=True) as store:
+        with run_info.open_store(repo, to_read=True) as store:
             for row in store.tasks(path.parent.name):
-                status.know_task_secrets(repo, store, row.run_id, row.task_id)
+                run_info.know_task_secrets(repo, store, row.run_id, row.task_id)
     text = notes.read_notes(path)
     if text:
         click.echo(text, nl=not text.endswith("\n"))

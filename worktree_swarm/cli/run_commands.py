@@ -36,7 +36,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import status as git_status
 from worktree_swarm.infra import proc
 from worktree_swarm.infra.redact import redact
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info, status
 from worktree_swarm.ui import status_text
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def _dry_run(
     """Print the run `swarm run` would start (validated: nothing was created)."""
     from worktree_swarm.config import resolved
 
-    status.know_secrets_of(repo.root, spec.tasks)  # one repeated in a check or a prompt
+    run_info.know_secrets_of(repo.root, spec.tasks)  # one repeated in a check or a prompt
     if as_json:
         settings = resolved.run_settings(spec)
         tasks = [
@@ -383,8 +383,8 @@ def retry_cmd(
 
     repo = context_repo(ctx, empty_ok=True)
     proc.require_open_files()
-    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
-        run_id = status.resolve_run(store, run_id)
+    with run_info.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = run_info.resolve_run(store, run_id)
         retry.check_known(store, run_id, task_ids)  # before the lock writes its record
         lock.acquire(run_id=run_id)
         if not merge_running(repo.state_dir):  # refused here, no merge lock file is left
@@ -421,8 +421,8 @@ def resume_cmd(ctx: click.Context, run_id: str | None, as_json: bool, detach: bo
 
     repo = context_repo(ctx, empty_ok=True)
     proc.require_open_files()
-    with status.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
-        run_id = status.resolve_run(store, run_id)
+    with run_info.open_store(repo) as store, ManagerLock(repo.state_dir) as lock:
+        run_id = run_info.resolve_run(store, run_id)
         lock.acquire(run_id=run_id)
         # Its manager died after the last task ended (or `swarm doctor` stopped them all):
         # the run ends here, so that a new `swarm run` is not refused for it.
@@ -486,8 +486,8 @@ def stop(ctx: click.Context, task_ids: tuple[str, ...], run_id: str | None) -> i
     from worktree_swarm.run import control
 
     repo = context_repo(ctx, empty_ok=True)
-    with status.open_store(repo) as store:
-        run_id = status.resolve_run(store, run_id)
+    with run_info.open_store(repo) as store:
+        run_id = run_info.resolve_run(store, run_id)
         stopped = control.stop(repo, store, run_id, task_ids)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
     return ExitCode.OK

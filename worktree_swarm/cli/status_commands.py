@@ -21,7 +21,7 @@ from worktree_swarm.core.errors import BadInputError, ExitCode, SwarmError
 from worktree_swarm.core.paths import run_dir
 from worktree_swarm.infra import logtail, proctree
 from worktree_swarm.infra.scrub import RedactingWriter
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info, status
 from worktree_swarm.ui import status_text
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def runs_cmd(ctx: click.Context, as_json: bool) -> int:
 
     repo = context_repo(ctx, empty_ok=True)
     summaries: list[runs.RunSummary] = []
-    if status.has_store(repo):  # none yet: an empty list, as after `clean --all`
+    if run_info.has_store(repo):  # none yet: an empty list, as after `clean --all`
         with store_to_read(repo) as store:
             summaries = runs.list_runs(store)
     if as_json:
@@ -58,12 +58,12 @@ def status_cmd(ctx: click.Context, run_id: str | None, as_json: bool) -> int:
     """One row per task: state, attempt, pid, alive, elapsed, diff stat, branch, worktree."""
     repo = context_repo(ctx, empty_ok=True)
     with store_to_read(repo) as store:
-        run_id = status.resolve_run(store, run_id)
+        run_id = run_info.resolve_run(store, run_id)
         rows = status.task_status(store, run_id, disk=True, repo=repo)
-        failed_scans = status.guard_errors(store, run_id)
-        put_back = status.remote_refs_put_back(store, run_id)
+        failed_scans = run_info.guard_errors(store, run_id)
+        put_back = run_info.remote_refs_put_back(store, run_id)
         gates = status.provider_gates(store, run_id)
-        manager = status.manager_status(repo, store, run_id)
+        manager = run_info.manager_status(repo, store, run_id)
     totals = status.run_totals(rows, disk=True)
     if as_json:
         payload = {
@@ -96,9 +96,9 @@ def logs(ctx: click.Context, task_id: str, follow: bool, run_id: str | None) -> 
     """Print the agent's output (newest attempt)."""
     repo = context_repo(ctx, empty_ok=True)
     with store_to_read(repo) as store:
-        run_id = status.resolve_run(store, run_id)
-        path, attempt = status.log_path(store, run_id, task_id)
-        status.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
+        run_id = run_info.resolve_run(store, run_id)
+        path, attempt = run_info.log_path(store, run_id, task_id)
+        run_info.know_task_secrets(repo, store, run_id, task_id)  # while it runs the log is raw
         # Whole lines through the redactor, so a secret is never split across two writes.
         out = RedactingWriter(sys.stdout.buffer)
         ended = functools.partial(_ended, store, run_id, attempt.id) if follow else None
@@ -126,7 +126,7 @@ def _attempt_ended(store: Store, run_id: str, attempt_id: int) -> bool:
     if attempt is None or attempt.ended_at is not None:
         return True
     run = store.get_run(run_id)
-    if run is None or status.manager_running(run):
+    if run is None or run_info.manager_running(run):
         return False
     agent = ProcessIdentity(pid=attempt.pid, create_time=attempt.create_time, pgid=attempt.pgid)
     return not proctree.is_alive(agent)
@@ -173,7 +173,7 @@ def report_cmd(
         with paths_given():
             report_html.check_output(html_path)
     with store_to_read(repo) as store:
-        run_id = status.resolve_run(store, run_id)
+        run_id = run_info.resolve_run(store, run_id)
         result = report.build_report(store, run_id, logs_dir=run_dir(repo, run_id), repo=repo)
     if html_path is not None:
         report_html.write_html(result, html_path)

@@ -60,7 +60,7 @@ from worktree_swarm.merge.target import (
     remove_scratch,
 )
 from worktree_swarm.merge.target import validate as validate_target
-from worktree_swarm.report.status import commit_author
+from worktree_swarm.report.run_info import commit_author
 
 __all__ = ["Candidate", "MergeReport", "Strategy", "merge", "merge_order", "parse_checks"]
 

@@ -24,12 +24,8 @@ from worktree_swarm.infra.redact import Redactor, add_env, current
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, TaskRow, task_from_json
 from worktree_swarm.report.report_model import AttemptReport, RunReport, Span, TaskReport, Totals
-from worktree_swarm.report.status import (
-    MERGE_UNDONE,
-    open_attempt_end,
-    remote_refs_of,
-    undone_merges,
-)
+from worktree_swarm.report.run_info import remote_refs_of
+from worktree_swarm.report.status import MERGE_UNDONE, open_attempt_end, undone_merges
 from worktree_swarm.run.gate_model import views_from_events
 from worktree_swarm.run.runs import RunState, run_state
 

@@ -25,7 +25,7 @@ from worktree_swarm.infra import lock, proc_scan, proctree, scrub, shim_record, 
 from worktree_swarm.infra.logtail import read_log_end
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptRow, TaskRow, task_from_json
-from worktree_swarm.report.status import commit_author, know_secrets_of, manager_frozen
+from worktree_swarm.report.run_info import commit_author, know_secrets_of, manager_frozen
 from worktree_swarm.run import provision, retry, task_checkpoint
 from worktree_swarm.run.agent_watch import LOG_READ_LIMIT
 from worktree_swarm.run.attempt_record import attempt_outcome

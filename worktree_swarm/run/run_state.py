@@ -28,7 +28,7 @@ from worktree_swarm.infra import faults, proc
 from worktree_swarm.infra.ports import PortClaims
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskFields
-from worktree_swarm.report.status import know_secrets_of
+from worktree_swarm.report.run_info import know_secrets_of
 from worktree_swarm.run.disk_budget import DiskBudget
 from worktree_swarm.run.gate_model import GateView
 from worktree_swarm.run.governor import Gates

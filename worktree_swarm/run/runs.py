@@ -18,7 +18,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, Store
 from worktree_swarm.infra.store_rows import RunRow, TaskRow
-from worktree_swarm.report.status import manager_running
+from worktree_swarm.report.run_info import manager_running
 from worktree_swarm.run import control, retry
 
 RUN_STATUS_ABANDONED = RunStatus.ABANDONED

@@ -31,7 +31,7 @@ from worktree_swarm.infra.logtail import Follower
 from worktree_swarm.infra.redact import redact
 from worktree_swarm.infra.store import Store
 from worktree_swarm.merge import diff
-from worktree_swarm.report import status
+from worktree_swarm.report import run_info, status
 from worktree_swarm.report.status import TaskStatus
 from worktree_swarm.ui import watch_actions
 from worktree_swarm.ui.merge_text import merge_prediction_lines
@@ -137,7 +137,7 @@ class WatchApp(App[None]):
         # With the repository: a merge undone on its target since reads as such, as in status.
         rows = {r.task_id: r for r in status.task_status(self.store, self.run_id, repo=self.repo)}
         # As `swarm status` says beside the run id: a manager that is gone, a paused one.
-        notes = status.manager_status(self.repo, self.store, self.run_id).lines()
+        notes = run_info.manager_status(self.repo, self.store, self.run_id).lines()
         # A pause's reason is an error's text (a file name in it): no escape of it is sent.
         self.sub_title = plain(" · ".join([f"run {self.run_id}", *notes])).plain
         if list(rows) != list(self.rows):
@@ -157,7 +157,7 @@ class WatchApp(App[None]):
     def _reopen(self) -> None:
         """Read the store at its path from now on (the one first opened is closed by watch)."""
         try:
-            store = status.open_store(self.repo, to_read=True)
+            store = run_info.open_store(self.repo, to_read=True)
         except SwarmError as exc:  # not there yet, or refused: the file open is read meanwhile
             if not self._unread_store:  # said once, not every second
                 self._say(f"the state database was replaced; cannot read it yet: {exc}", ok=False)
@@ -201,7 +201,7 @@ class WatchApp(App[None]):
                 view.write_line("(no agent started yet)" if task_id else "")
                 return
             # While the agent runs its log is raw: its task's secrets are known to the redactor.
-            status.know_task_secrets(self.repo, self.store, self.run_id, task_id)
+            run_info.know_task_secrets(self.repo, self.store, self.run_id, task_id)
             follower = Follower(path, limit=LOG_TAIL_BYTES)
             self._follow = Follow(task_id=task_id, path=path, follower=follower)
         if self._follow.follower is None:
@@ -376,7 +376,7 @@ class WatchApp(App[None]):
         try:
             # Not made where it is missing (a deleted state directory, no manager to write
             # it back): an empty store there would be taken for the run's.
-            with status.open_store(self.repo) as store:
+            with run_info.open_store(self.repo) as store:
                 result = call(store)
         except Exception as exc:  # noqa: BLE001 - any failure is shown, the screen stays up
             result = watch_actions.ActionResult(ok=False, message=f"{name} failed: {exc}")
@@ -436,8 +436,8 @@ def watch(repo: git.Repo, run_id: str | None, *, checkout: Path | None = None) -
 
     *checkout*: yours that swarm runs in (a linked worktree's merges build on its HEAD).
     """
-    with status.open_store(repo, to_read=True) as store:
-        chosen = status.resolve_run(store, run_id)
+    with run_info.open_store(repo, to_read=True) as store:
+        chosen = run_info.resolve_run(store, run_id)
         # Over SSH without a terminfo entry Textual still works; only a missing TERM is fatal.
         os.environ.setdefault("TERM", "xterm-256color")
         app = WatchApp(repo, store, chosen, checkout=checkout)

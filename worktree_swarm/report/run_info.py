@@ -1,0 +1,186 @@
+"""A run in the state store beside its tasks' rows: the store, the run, its manager, its records.
+
+The store opened (or why there is none) and a run id resolved; whether the run's manager runs,
+or is stopped or paused; the guard's failed scans and the remote-tracking refs it put back;
+the run's commit author; a task's newest log, and its secrets made known to this process's
+redactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import cast
+
+from worktree_swarm.core.errors import BadInputError, SwarmError
+from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.core.paths import run_dir, store_path
+from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR
+from worktree_swarm.core.task import Task
+from worktree_swarm.core.text import printable
+from worktree_swarm.git import local_files
+from worktree_swarm.git import repo as git
+from worktree_swarm.guard import remotes
+from worktree_swarm.guard.model import group_failures
+from worktree_swarm.infra import faults, proctree
+from worktree_swarm.infra import redact as redaction
+from worktree_swarm.infra.lock import refuse_while_state_is_gone
+from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import AttemptRow, EventRow, RunRow, task_from_json
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerStatus:
+    """Whether a run's manager is there (``run_state``, ``manager_running`` in ``--json``)."""
+
+    run_state: str
+    manager_running: bool
+    manager_note: str | None
+    paused: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """What `swarm status` prints beside the run id."""
+        return [line for line in (self.manager_note, self.paused) if line]
+
+
+def manager_status(repo: git.Repo, store: Store, run_id: str) -> ManagerStatus:
+    """The run's state and manager, and why a live manager is paused (a full disk)."""
+    from worktree_swarm.run import runs  # noqa: PLC0415 - runs imports control, which imports us
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise BadInputError(f"unknown run {run_id!r}; `swarm runs` lists them")
+    state = runs.run_state(run)
+    running = state is runs.RunState.RUNNING
+    return ManagerStatus(
+        run_state=state.value,
+        manager_running=running,
+        manager_note=runs.manager_note(store, run),
+        paused=(manager_frozen(run) or faults.paused_reason(run_dir(repo, run_id)))
+        if running
+        else None,
+    )
+
+
+def has_store(repo: git.Repo) -> bool:
+    """Whether a run has been recorded here (ManagerLockedError as :func:`open_store`)."""
+    refuse_while_state_is_gone(repo.state_dir, store_path(repo))
+    return store_path(repo).exists()
+
+
+def open_store(repo: git.Repo, *, to_read: bool = False) -> Store:
+    """Open the store, or explain that no run has happened here yet.
+
+    ManagerLockedError instead where a live manager's state directory was deleted under it.
+    With *to_read* (commands that only look), a full disk does not stop them: the store is
+    opened as it was last written (:meth:`Store.to_read`).
+    """
+    # Not "no runs" where a live manager's `.git/swarm` was deleted (it writes it back).
+    if not has_store(repo):
+        raise BadInputError(f"no swarm runs in {repo.root} yet; start one with `swarm run`")
+    path = store_path(repo)
+    return Store.to_read(path) if to_read else Store(path)
+
+
+def resolve_run(store: Store, run_id: str | None) -> str:
+    """The given run id (checked) or the latest one."""
+    if run_id is None:
+        latest = store.latest_run_id()
+        if latest is None:
+            raise BadInputError("no swarm runs recorded yet; start one with `swarm run`")
+        return latest
+    if store.get_run(run_id) is None:
+        raise BadInputError(f"unknown run {run_id!r}; `swarm status` shows the latest run")
+    return run_id
+
+
+def manager_frozen(run: RunRow) -> str | None:
+    """What to do when *run*'s manager is alive but stopped (Ctrl-Z, SIGSTOP), else None."""
+    if run.manager_pid is None or run.manager_create_time is None:
+        return None
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    if not proctree.is_frozen(ident):
+        return None
+    return (
+        f"manager (pid {run.manager_pid}) is stopped (Ctrl-Z or SIGSTOP): it watches, launches"
+        f" and stops nothing until it goes on (`kill -CONT {run.manager_pid}`, or `fg`)"
+    )
+
+
+def manager_running(run: RunRow) -> bool:
+    """Whether the process recorded as *run*'s manager is alive (same PID and start time)."""
+    if run.manager_pid is None or run.manager_create_time is None:
+        return False
+    ident = ProcessIdentity(pid=run.manager_pid, create_time=run.manager_create_time, pgid=0)
+    return proctree.is_alive(ident)
+
+
+def log_path(store: Store, run_id: str, task_id: str) -> tuple[Path, AttemptRow]:
+    """The newest attempt's log of *task_id*."""
+    row = store.task(run_id, task_id)
+    if row is None:
+        raise BadInputError(f"no task {task_id!r} in run {run_id}; `swarm status` lists them")
+    attempts = store.attempts(run_id, task_id)
+    if not attempts and row.state.is_final:  # it never will: no log, not a wrong question
+        why = f": {printable(row.reason)}" if row.reason else ""
+        raise SwarmError(f"task {task_id!r} never started an agent ({row.state.value}{why})")
+    if not attempts:
+        raise BadInputError(f"task {task_id!r} has not started an agent yet")
+    return Path(attempts[-1].log_path), attempts[-1]
+
+
+def know_task_secrets(repo: git.Repo, store: Store, run_id: str, task_id: str) -> None:
+    """Have this process's redactor replace *task_id*'s own secrets too, as its manager does.
+
+    Those are the secret-named values of the task's ``env`` and the secrets of its ``copy``
+    files; the environment's are known to every swarm process already.
+    """
+    row = store.task(run_id, task_id)
+    if row is not None:
+        know_secrets_of(repo.root, [task_from_json(row.spec_json)])
+
+
+def know_secrets_of(root: Path, tasks: Iterable[Task]) -> None:
+    """Redact *tasks*' secret-named `env` values and their `copy` files' secrets from now on.
+
+    From everything this process writes; the `copy` files are those below *root* (each file
+    read once, whatever number of tasks copies it).
+    """
+    tasks = list(tasks)
+    redaction.add_env(pair for task in tasks for pair in task.env)
+    redaction.add_env(local_files.copied_secrets(root, sorted({g for t in tasks for g in t.copy})))
+
+
+def guard_errors(store: Store, run_id: str) -> list[dict[str, object]]:
+    """The guard's failed scans of *run_id*, oldest first, each job and reason once.
+
+    Each: ``job``, ``reason``, ``count`` (how many times it began), ``ts``, ``last_ts``.
+    """
+    return group_failures({"ts": e.ts, **e.data} for e in store.events(run_id, kind="guard_error"))
+
+
+def remote_refs_put_back(store: Store, run_id: str) -> list[str]:
+    """The remote-tracking refs the guard put back during *run_id* (``origin/main``), sorted."""
+    return remote_refs_of(store.events(run_id, kind=remotes.EVENT))
+
+
+def remote_refs_of(events: Iterable[EventRow]) -> list[str]:
+    """The remote-tracking refs *events* say the guard put back (``origin/main``), sorted."""
+    refs = {
+        str(ref).removeprefix(remotes.PREFIX)
+        for e in events
+        if e.kind == remotes.EVENT
+        for ref in cast("list[object]", e.data.get("refs") or [])
+    }
+    return sorted(refs)
+
+
+def commit_author(store: Store, run_id: str) -> str:
+    """The checkpoint/merge author configured for *run_id* (``Name <email>``)."""
+    run = store.get_run(run_id)
+    return run.settings.commit_author if run is not None else DEFAULT_COMMIT_AUTHOR
