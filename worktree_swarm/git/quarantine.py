@@ -28,6 +28,7 @@ from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import common_dir, git_dir
 from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
+from worktree_swarm.infra.faults import is_full
 
 PREFIX = "swarm-staging-"  # in the worktree's git dir, one per checkpoint under way
 _FANOUT = re.compile(r"[0-9a-f]{2}")
@@ -124,6 +125,8 @@ def staging(worktree: Path) -> Iterator[Staging]:
         sweep(admin)
         own = Path(tempfile.mkdtemp(prefix=PREFIX, dir=admin))
     except OSError as exc:
+        if is_full(exc):
+            raise  # a full disk: the checkpoint waits for space, as every write of its does
         raise GitError(f"{worktree}: cannot stage a checkpoint there ({exc.strerror})") from exc
     try:
         (own / "objects" / "pack").mkdir(parents=True)
