@@ -4,8 +4,9 @@ A plan is a list of :class:`~worktree_swarm.cleanup.findings.Finding` objects, e
 target, the reason and what ``--yes`` does about it. :func:`apply` carries a plan out under the
 repository lock in a safe order (stop processes, remove stale git locks, checkpoint and remove
 worktrees, prune, delete branches), re-checking each finding first, so a stale plan never
-destroys anything. The fixes of each kind live beside their findings (``worktree_removal``,
-``branches``, ``repo_repairs``); stopping tasks and processes is here.
+destroys anything. The fixes of each kind live beside their findings (``branches``,
+``repo_repairs``), a worktree's in ``worktree_removal`` (its findings: ``worktree_plan``);
+stopping tasks and processes is here.
 """
 
 from __future__ import annotations

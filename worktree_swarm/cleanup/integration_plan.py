@@ -13,7 +13,7 @@ from pathlib import Path
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.plan_reads import Seen
-from worktree_swarm.cleanup.worktree_removal import worktree_finding
+from worktree_swarm.cleanup.worktree_plan import worktree_finding
 from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import INTEGRATION_PREFIX

@@ -16,12 +16,12 @@ from worktree_swarm.cleanup.branches import merged_into
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.cleanup.processes import adding_process
-from worktree_swarm.cleanup.worktree_removal import (
-    RESCUE_PREFIX,
+from worktree_swarm.cleanup.worktree_plan import (
     locked_missing,
     sealed_worktree,
     worktree_finding,
 )
+from worktree_swarm.cleanup.worktree_removal import RESCUE_PREFIX
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import INTEGRATION_DIR_PREFIX, INTEGRATION_PREFIX, SCRATCH_PREFIX
 from worktree_swarm.git import repo as git

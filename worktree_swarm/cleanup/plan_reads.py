@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worktree_swarm.cleanup.branches import Merged
-from worktree_swarm.cleanup.worktree_removal import worktree_dirty
+from worktree_swarm.cleanup.worktree_plan import worktree_dirty
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.git import repo as git

@@ -14,12 +14,12 @@ from worktree_swarm.cleanup.branches import open_pull_request, remote_branch_fin
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.plan_reads import Pushed, Seen
 from worktree_swarm.cleanup.processes import describe, kill_finding, processes_using
-from worktree_swarm.cleanup.worktree_removal import (
-    RESCUE_PREFIX,
+from worktree_swarm.cleanup.worktree_plan import (
     locked_missing,
     sealed_worktree,
     worktree_finding,
 )
+from worktree_swarm.cleanup.worktree_removal import RESCUE_PREFIX
 from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.task import merge_again
 from worktree_swarm.git import gitfiles, tampering

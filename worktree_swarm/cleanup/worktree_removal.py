@@ -1,9 +1,8 @@
-"""Worktrees and stray directories for `swarm clean` and `swarm doctor`: kept or removed.
+"""Worktrees and stray directories for `swarm clean` and `swarm doctor`: removed.
 
-Planning decides what is kept (a locked worktree, one in use, one holding a commit on no ref
-or a submodule's work); removing checkpoints uncommitted work on the worktree's branch first.
-Also pruning a vanished worktree, removing a half-made one (``initializing``), and saving a
-stray directory's files under a rescue ref before deleting it.
+Removing a worktree checkpoints uncommitted work on its branch first. Also pruning a vanished
+worktree, removing a half-made one (``initializing``), and saving a stray directory's files
+under a rescue ref before deleting it.
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from worktree_swarm.cleanup.branches import on_no_ref
-from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.findings import Finding
 from worktree_swarm.cleanup.processes import (
     adding_process,
     describe,
@@ -24,16 +22,16 @@ from worktree_swarm.cleanup.processes import (
     processes_using,
     repo_paths,
 )
-from worktree_swarm.core.errors import CommandError, GitError, SwarmError
+from worktree_swarm.cleanup.worktree_plan import kept_commit, scratch, submodule_keep
+from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
-from worktree_swarm.core.task import INTEGRATION_PREFIX, SCRATCH_PREFIX, Task, is_valid_task_id
+from worktree_swarm.core.task import INTEGRATION_PREFIX, Task, is_valid_task_id
 from worktree_swarm.git import (
     checkpoints,
     gitfiles,
     local_files,
     removal,
-    runner,
     tampering,
     worktrees,
 )
@@ -49,126 +47,6 @@ from worktree_swarm.merge import target as merge_target
 from worktree_swarm.run import task_checkpoint
 
 RESCUE_PREFIX = removal.RESCUE_PREFIX
-
-
-def locked_missing(
-    repo: git.Repo, info: WorktreeInfo, *, force: bool, why: str = "", task: TaskRow | None = None
-) -> Finding:
-    """A worktree whose directory is missing but locked (its drive may be unmounted).
-
-    Kept, as git keeps it; with *force*, unlocked and pruned. *why* starts the reason.
-    """
-    path = Path(info.path)
-    locked = info.locked or "no reason given"
-    return Finding(
-        kind=Kind.WORKTREE,
-        target=str(path),
-        reason=f"{why}its directory is missing, and it is locked ({locked})",
-        action=Action.PRUNE if force else Action.KEEP,
-        fix="unlock it, prune it"
-        if force
-        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
-        branch=info.branch,
-        run_id=task.run_id if task is not None else None,
-        task_id=task.task_id if task is not None else None,
-        admin_dir=worktrees.admin_of(repo, path),
-    )
-
-
-def sealed_worktree(path: Path, *, why: str = "", task: TaskRow | None = None) -> Finding:
-    """A worktree whose directory cannot be read (a ``chmod 0``): kept, whatever git says.
-
-    git takes it for gone (prunable); its files are there, and may be work. *why* starts the
-    reason.
-    """
-    return Finding(
-        kind=Kind.WORKTREE,
-        target=str(path),
-        reason=f"{why}its directory cannot be read",
-        action=Action.KEEP,
-        fix=f"kept: `chmod u+rwx {path}` gives it back to you; then clean again",
-        run_id=task.run_id if task is not None else None,
-        task_id=task.task_id if task is not None else None,
-    )
-
-
-# Why a worktree whose submodule's commit exists nowhere else is kept.
-_ONLY_HERE = (
-    "has a commit in no repository but this worktree's (the branch records only its id); "
-    "push it to the submodule's remote first"
-)
-
-
-def worktree_finding(
-    repo: git.Repo,
-    info: WorktreeInfo,
-    *,
-    kind: Kind,
-    reason: str,
-    force: bool,
-    run_id: str | None = None,
-    task_id: str | None = None,
-    look: bool = True,
-    cwds: Mapping[int, str] | None = None,
-    known: bool | None = None,
-) -> tuple[Finding, bool | None]:
-    """Plan removing the registered worktree *info*; returns (finding, dirty).
-
-    Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
-    processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
-    Without *look* its status is not taken (dirty is None): for a plan carried out at once,
-    whose removal asks git again right before it deletes anything. *cwds*: as for
-    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
-    """
-    path = info.path
-    unseen = ""
-    try:
-        dirty = known if known is not None else worktree_dirty(path) if look else None
-    except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
-        dirty, unseen = None, str(exc)
-    users = processes_using(path, cwds)
-    keep = ""
-    if unseen:  # its work cannot be committed first, --force or not
-        keep = f"git cannot look into it ({unseen})"
-    elif info.locked is not None and not force:
-        keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
-    elif users and not force:
-        keep = f"{describe(users[0])} is using it; stop it first"
-    elif not force and info.head and _kept_commit(repo, info):
-        keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
-    elif not force:
-        keep = _submodule_keep(repo, path)
-    if unseen:
-        action, fix = Action.KEEP, f"kept: {keep}"
-    elif keep:
-        action, fix = Action.KEEP, f"kept: {keep}, or use --force"
-    elif dirty:
-        on = f" on {info.branch}" if info.branch else ""
-        action, fix = Action.REMOVE_WORKTREE, f"commit its uncommitted changes{on}, then remove it"
-    else:
-        action, fix = Action.REMOVE_WORKTREE, "remove it"
-    finding = Finding(
-        kind=kind, target=str(path), reason=reason, action=action, fix=fix,
-        branch=info.branch, run_id=run_id, task_id=task_id,
-    )  # fmt: skip
-    return finding, dirty
-
-
-def worktree_dirty(path: Path) -> bool:
-    """Whether the worktree *path* holds work that removing it would need to commit first."""
-    if gitfiles.checkout_incomplete(path):
-        # Never populated, or a removal cut short (the index goes first): repaired from HEAD
-        # before anything, so only a file HEAD lacks is work, not every file read as deleted.
-        return bool(_beyond_head(path))
-    # A directory git cannot read may hide work, and so may an index flag.
-    return git_status.full_status(path) != "" or git_index.hides_edits(path)
-
-
-def _beyond_head(path: Path) -> set[bytes]:
-    """The files (not ignored) of the unpopulated checkout *path* that its HEAD lacks."""
-    there = runner.run_bytes(path, "ls-files", "-z", "--others", "--exclude-standard").stdout
-    head = runner.run_bytes(path, "ls-tree", "-r", "-z", "--name-only", "HEAD").stdout
-    return set(there.split(b"\0")) - set(head.split(b"\0")) - {b""}
 
 
 def _unlock_index(repo: git.Repo, path: Path) -> None:
@@ -279,7 +157,7 @@ def remove_worktree(
         # no checkpoint, and the files go without `git worktree remove`, which runs its own.
         # Nothing of a killed `swarm merge --into` (what its checks wrote) is committed.
         as_copied = functools.partial(_as_copied, repo, store, f, path)
-        clean = _scratch(info) or _nothing_to_keep(path, as_copied)
+        clean = scratch(info) or _nothing_to_keep(path, as_copied)
         if not clean:
             clean, saved = _save_merge_left(repo, path, info.branch or "")
         if not clean:
@@ -300,7 +178,7 @@ def remove_worktree(
         # On a branch, its commit is that branch's; detached, it may be on none.
         head = None if info.branch is not None else git.rev_parse_in(path, "HEAD")
         fresh = dataclasses.replace(info, head=head)
-        if not force and head and _kept_commit(repo, fresh):
+        if not force and head and kept_commit(repo, fresh):
             raise SwarmError(f"its commit {head[:12]} is on no branch; kept (or use --force)")
     _remove_announced(repo, path, moves=moves, force=force, clean=clean)
     note = "checkout was incomplete (repaired, nothing deleted), " if repaired else ""
@@ -346,22 +224,6 @@ def _remove_announced(
         moves.moved(key, None)
 
 
-def _kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:
-    """Whether the detached worktree *info* holds a commit on no ref, to be kept for you.
-
-    Not in the temporary worktree of a killed `swarm merge --into`: its merges were for a
-    branch that never moved, and the next merge makes them again.
-    """
-    if info.branch is not None or not info.head or _scratch(info):
-        return False
-    return on_no_ref(repo, info.head)
-
-
-def _scratch(info: WorktreeInfo) -> bool:
-    """Whether *info* is the temporary worktree of a killed `swarm merge --into`."""
-    return info.branch is None and info.path.name.startswith(SCRATCH_PREFIX)
-
-
 def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) -> None:
     """Raise when a process uses *path*, or (without *force*) a submodule there holds work.
 
@@ -373,20 +235,9 @@ def _refuse_when_not_ours_to_remove(repo: git.Repo, path: Path, *, force: bool) 
     users = processes_using(path)
     if users:
         raise SwarmError(f"{describe(users[0])} is using {path}; stop it first")
-    keep = "" if force else _submodule_keep(repo, path)
+    keep = "" if force else submodule_keep(repo, path)
     if keep:
         raise SwarmError(f"{keep}; kept")
-
-
-def _submodule_keep(repo: git.Repo, path: Path) -> str:
-    """Why the worktree *path* is kept for its submodules' sake ("" when it is not)."""
-    left = git_status.submodule_work(path)
-    if left:
-        return f"submodule {', '.join(left)} holds work no commit records; save it first"
-    only = git_status.submodule_commits_only_here(repo, path)
-    if only:
-        return f"submodule {', '.join(only)} {_ONLY_HERE}"
-    return ""
 
 
 def _nothing_to_keep(path: Path, as_copied: Callable[[], Collection[str]] = frozenset) -> bool:

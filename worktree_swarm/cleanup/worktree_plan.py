@@ -1,0 +1,170 @@
+"""Worktrees in `swarm clean`'s and `swarm doctor`'s plans: kept or removed, and why.
+
+Planning decides what is kept (a locked worktree, one in use, one holding a commit on no ref
+or a submodule's work, one whose directory cannot be read) and whether a worktree holds work
+its removal must checkpoint first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from worktree_swarm.cleanup.branches import on_no_ref
+from worktree_swarm.cleanup.findings import Action, Finding, Kind
+from worktree_swarm.cleanup.processes import describe, processes_using
+from worktree_swarm.core.errors import CommandError, GitError
+from worktree_swarm.core.task import SCRATCH_PREFIX
+from worktree_swarm.git import gitfiles, runner, worktrees
+from worktree_swarm.git import index as git_index
+from worktree_swarm.git import repo as git
+from worktree_swarm.git import status as git_status
+from worktree_swarm.git.worktrees import WorktreeInfo
+from worktree_swarm.infra.store_rows import TaskRow
+
+
+def locked_missing(
+    repo: git.Repo, info: WorktreeInfo, *, force: bool, why: str = "", task: TaskRow | None = None
+) -> Finding:
+    """A worktree whose directory is missing but locked (its drive may be unmounted).
+
+    Kept, as git keeps it; with *force*, unlocked and pruned. *why* starts the reason.
+    """
+    path = Path(info.path)
+    locked = info.locked or "no reason given"
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory is missing, and it is locked ({locked})",
+        action=Action.PRUNE if force else Action.KEEP,
+        fix="unlock it, prune it"
+        if force
+        else f"kept: its drive may be unmounted; `git worktree unlock {path}` or use --force",
+        branch=info.branch,
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+        admin_dir=worktrees.admin_of(repo, path),
+    )
+
+
+def sealed_worktree(path: Path, *, why: str = "", task: TaskRow | None = None) -> Finding:
+    """A worktree whose directory cannot be read (a ``chmod 0``): kept, whatever git says.
+
+    git takes it for gone (prunable); its files are there, and may be work. *why* starts the
+    reason.
+    """
+    return Finding(
+        kind=Kind.WORKTREE,
+        target=str(path),
+        reason=f"{why}its directory cannot be read",
+        action=Action.KEEP,
+        fix=f"kept: `chmod u+rwx {path}` gives it back to you; then clean again",
+        run_id=task.run_id if task is not None else None,
+        task_id=task.task_id if task is not None else None,
+    )
+
+
+# Why a worktree whose submodule's commit exists nowhere else is kept.
+_ONLY_HERE = (
+    "has a commit in no repository but this worktree's (the branch records only its id); "
+    "push it to the submodule's remote first"
+)
+
+
+def worktree_finding(
+    repo: git.Repo,
+    info: WorktreeInfo,
+    *,
+    kind: Kind,
+    reason: str,
+    force: bool,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    look: bool = True,
+    cwds: Mapping[int, str] | None = None,
+    known: bool | None = None,
+) -> tuple[Finding, bool | None]:
+    """Plan removing the registered worktree *info*; returns (finding, dirty).
+
+    Uncommitted work is checkpointed on its branch first. A locked worktree, one still used by
+    processes, or one whose HEAD commit is on no other ref is kept (and named) unless *force*.
+    Without *look* its status is not taken (dirty is None): for a plan carried out at once,
+    whose removal asks git again right before it deletes anything. *cwds*: as for
+    :func:`processes_using`. *known*: what :func:`worktree_dirty` said, taken beforehand.
+    """
+    path = info.path
+    unseen = ""
+    try:
+        dirty = known if known is not None else worktree_dirty(path) if look else None
+    except (GitError, CommandError) as exc:  # a corrupt index, a pipe planted where git reads
+        dirty, unseen = None, str(exc)
+    users = processes_using(path, cwds)
+    keep = ""
+    if unseen:  # its work cannot be committed first, --force or not
+        keep = f"git cannot look into it ({unseen})"
+    elif info.locked is not None and not force:
+        keep = f"it is locked ({info.locked or 'no reason given'}); `git worktree unlock {path}`"
+    elif users and not force:
+        keep = f"{describe(users[0])} is using it; stop it first"
+    elif not force and info.head and kept_commit(repo, info):
+        keep = f"its commit {info.head[:12]} is on no branch; `git branch NAME {info.head[:12]}`"
+    elif not force:
+        keep = submodule_keep(repo, path)
+    if unseen:
+        action, fix = Action.KEEP, f"kept: {keep}"
+    elif keep:
+        action, fix = Action.KEEP, f"kept: {keep}, or use --force"
+    elif dirty:
+        on = f" on {info.branch}" if info.branch else ""
+        action, fix = Action.REMOVE_WORKTREE, f"commit its uncommitted changes{on}, then remove it"
+    else:
+        action, fix = Action.REMOVE_WORKTREE, "remove it"
+    finding = Finding(
+        kind=kind, target=str(path), reason=reason, action=action, fix=fix,
+        branch=info.branch, run_id=run_id, task_id=task_id,
+    )  # fmt: skip
+    return finding, dirty
+
+
+def worktree_dirty(path: Path) -> bool:
+    """Whether the worktree *path* holds work that removing it would need to commit first."""
+    if gitfiles.checkout_incomplete(path):
+        # Never populated, or a removal cut short (the index goes first): repaired from HEAD
+        # before anything, so only a file HEAD lacks is work, not every file read as deleted.
+        return bool(_beyond_head(path))
+    # A directory git cannot read may hide work, and so may an index flag.
+    return git_status.full_status(path) != "" or git_index.hides_edits(path)
+
+
+def _beyond_head(path: Path) -> set[bytes]:
+    """The files (not ignored) of the unpopulated checkout *path* that its HEAD lacks."""
+    there = runner.run_bytes(path, "ls-files", "-z", "--others", "--exclude-standard").stdout
+    head = runner.run_bytes(path, "ls-tree", "-r", "-z", "--name-only", "HEAD").stdout
+    return set(there.split(b"\0")) - set(head.split(b"\0")) - {b""}
+
+
+def kept_commit(repo: git.Repo, info: WorktreeInfo) -> bool:
+    """Whether the detached worktree *info* holds a commit on no ref, to be kept for you.
+
+    Not in the temporary worktree of a killed `swarm merge --into`: its merges were for a
+    branch that never moved, and the next merge makes them again.
+    """
+    if info.branch is not None or not info.head or scratch(info):
+        return False
+    return on_no_ref(repo, info.head)
+
+
+def scratch(info: WorktreeInfo) -> bool:
+    """Whether *info* is the temporary worktree of a killed `swarm merge --into`."""
+    return info.branch is None and info.path.name.startswith(SCRATCH_PREFIX)
+
+
+def submodule_keep(repo: git.Repo, path: Path) -> str:
+    """Why the worktree *path* is kept for its submodules' sake ("" when it is not)."""
+    left = git_status.submodule_work(path)
+    if left:
+        return f"submodule {', '.join(left)} holds work no commit records; save it first"
+    only = git_status.submodule_commits_only_here(repo, path)
+    if only:
+        return f"submodule {', '.join(only)} {_ONLY_HERE}"
+    return ""
