@@ -47,6 +47,7 @@ from tests.test_run import (
 )
 from tests.test_trust import CHECK_THEN_WAIT, outside_writes
 from worktree_swarm.cleanup import branches, findings, fixes, processes
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as g
 from worktree_swarm.infra.lock import ManagerLock
 from worktree_swarm.report.run_info import open_store
@@ -1598,8 +1599,8 @@ def test_a_branch_deletion_the_transaction_cannot_make_leaves_the_others_to_go_a
     git(repo, "commit", "-q", "--allow-empty", "-m", "raced")
     raced = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "-q", "main")
-    read = g.branch_tips(r)
-    monkeypatch.setattr(g, "branch_tips", lambda _: {**read, "raced": base})
+    read = git_branches.branch_tips(r)
+    monkeypatch.setattr(git_branches, "branch_tips", lambda _: {**read, "raced": base})
     findings = _branch_findings(repo, ["a", "b", "locked", "raced"])
     results = {res.finding.target: res for res in fixes.apply(r, findings, store=None, force=True)}
     assert results["a"].fixed

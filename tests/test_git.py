@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import git, make_repo
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError, SwarmError
 from worktree_swarm.core.run_settings import DEFAULT_MAX_FILE
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import checkpoints, diffs, gitconfig, gitfiles, merge_tree, status
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as g
@@ -176,11 +177,11 @@ def test_rev_parse_head_branch(repo: Path) -> None:
     assert g.rev_parse(r, "main") == head
     assert g.rev_parse(r, "no-such-rev") is None
     assert g.rev_parse(r, "--all") is None
-    assert g.current_branch(r) == "main"
-    assert g.branch_exists(r, "main")
-    assert not g.branch_exists(r, "feature")
+    assert git_branches.current_branch(r) == "main"
+    assert git_branches.branch_exists(r, "main")
+    assert not git_branches.branch_exists(r, "feature")
     git(repo, "checkout", "-q", "--detach")
-    assert g.current_branch(r) is None
+    assert git_branches.current_branch(r) is None
 
 
 def test_repo_lock_creates_state_dir(repo: Path) -> None:
@@ -707,14 +708,14 @@ def test_contained_answers_what_a_tip_holds_and_asks_git_again_only_what_it_neve
     git(repo, "switch", "-q", "-c", "side", first)
     aside = commit_file(repo, "c.txt", "c\n")
     missing = "0123456789abcdef" * 2 + "01234567"
-    assert g.contained(r, second, [first, second]) == {first, second}
-    assert g.contained(r, second, [first, aside, missing]) == {first}
-    assert g.contained(r, aside, [first, second]) == {first}
+    assert git_branches.contained(r, second, [first, second]) == {first, second}
+    assert git_branches.contained(r, second, [first, aside, missing]) == {first}
+    assert git_branches.contained(r, aside, [first, second]) == {first}
     traced = repo.parent / "trace"
     monkeypatch.setenv("GIT_TRACE", str(traced))
-    assert g.contained(r, second, [first, aside]) == {first}  # both told before
+    assert git_branches.contained(r, second, [first, aside]) == {first}  # both told before
     assert not traced.exists()
-    assert g.contained(r, second, [missing]) == set()  # git failed on it: asked again
+    assert git_branches.contained(r, second, [missing]) == set()  # git failed on it: asked again
     assert traced.exists()
 
 

@@ -22,7 +22,8 @@ from tests.conftest import git
 from tests.github_server import DROP, NAME, OWNER, TOKEN, FakeGitHub, Scripted, serve
 from tests.localhost import forwarding_proxy, listening
 from worktree_swarm.core.errors import BadInputError, ExitCode
-from worktree_swarm.git.repo import open_repo, strip_userinfo
+from worktree_swarm.git.remotes import strip_userinfo
+from worktree_swarm.git.repo import open_repo
 from worktree_swarm.github import access, errors
 from worktree_swarm.github import client as github
 from worktree_swarm.github.proxy import proxy_for

@@ -19,6 +19,7 @@ from tests.conftest import git, git_first_on_path, make_repo
 from tests.test_run import wait_for
 from worktree_swarm.core import paths
 from worktree_swarm.core.errors import BadInputError, CommandError, GitError
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import checkpoints, local_files, removal, status
 from worktree_swarm.git import repo as g
 from worktree_swarm.git import worktrees as wt
@@ -143,9 +144,9 @@ def test_create_list_remove(big_repo: Path) -> None:
     removal.remove_worktree(r, path, force=True)
     assert not path.exists()
     assert len(wt.list_worktrees(r)) == 1
-    assert g.branch_exists(r, "swarm/t1")
+    assert git_branches.branch_exists(r, "swarm/t1")
     removal.delete_branch(r, "swarm/t1")
-    assert not g.branch_exists(r, "swarm/t1")
+    assert not git_branches.branch_exists(r, "swarm/t1")
     assert snapshot(big_repo) == before
 
 
@@ -168,7 +169,7 @@ def test_a_directory_made_by_someone_else_while_swarm_registers_is_never_removed
     with pytest.raises(BadInputError, match="t1"):
         wt.create_worktree(r, path=path, branch="swarm/t1", start="main")
     assert (path / "theirs.txt").read_text() == "not swarm's\n"
-    assert not g.branch_exists(r, "swarm/t1")
+    assert not git_branches.branch_exists(r, "swarm/t1")
     assert not (r.common_dir / "worktrees").exists() or not any(
         (r.common_dir / "worktrees").iterdir()
     )
@@ -184,7 +185,7 @@ def test_delete_unmerged_branch_needs_force(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="not fully merged"):
         removal.delete_branch(r, "swarm/x")
     removal.delete_branch(r, "swarm/x", force=True)
-    assert not g.branch_exists(r, "swarm/x")
+    assert not git_branches.branch_exists(r, "swarm/x")
 
 
 def test_prune_and_remove_missing_directory(repo: Path, tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ def test_create_from_processes_many_rounds(big_repo: Path, tmp_path: Path) -> No
 
 
 def assert_nothing_left(r: g.Repo, path: Path, branch: str) -> None:
-    assert not g.branch_exists(r, branch)
+    assert not git_branches.branch_exists(r, branch)
     assert not os.path.lexists(path)
     admin = r.common_dir / "worktrees"
     assert not admin.exists() or list(admin.iterdir()) == []
@@ -351,7 +352,7 @@ def test_create_refuses_existing_branch_and_path(repo: Path, tmp_path: Path) -> 
     with pytest.raises(BadInputError, match="already exists"):
         wt.create_worktree(r, path=tmp_path / "exists", branch="fresh", start="HEAD")
     assert (tmp_path / "exists" / "keep.txt").read_text() == "mine\n"
-    assert not g.branch_exists(r, "fresh")
+    assert not git_branches.branch_exists(r, "fresh")
     # A link planted there is named as one: `swarm clean`, which a plain "already exists"
     # advises, never removes it.
     (tmp_path / "link").symlink_to(tmp_path / "exists")
@@ -361,7 +362,7 @@ def test_create_refuses_existing_branch_and_path(repo: Path, tmp_path: Path) -> 
         f"{tmp_path / 'link'} is a symbolic link, which swarm never makes there and `swarm"
         " clean` leaves alone: remove it yourself, then run again"
     )
-    assert not g.branch_exists(r, "fresh")
+    assert not git_branches.branch_exists(r, "fresh")
 
 
 def test_preflight(repo: Path, tmp_path: Path) -> None:
@@ -424,7 +425,7 @@ def test_create_on_a_registered_but_missing_path_leaves_that_registration(
     shutil.rmtree(tmp_path / "gone")
     with pytest.raises(BadInputError, match="still registered as a worktree"):
         wt.create_worktree(r, path=tmp_path / "gone", branch="swarm/new", start="HEAD")
-    assert not g.branch_exists(r, "swarm/new")  # the branch git made first is gone again
+    assert not git_branches.branch_exists(r, "swarm/new")  # the branch git made first is gone again
     listed = git(repo, "worktree", "list", "--porcelain")
     assert str(tmp_path / "gone") in listed  # the user's registration is untouched
 
@@ -633,7 +634,7 @@ def test_a_registration_that_fails_half_way_leaves_nothing(
     monkeypatch.undo()
     assert not path.exists()
     assert list((repo / ".git" / "worktrees").iterdir()) == []
-    assert not g.branch_exists(r, "swarm/a")
+    assert not git_branches.branch_exists(r, "swarm/a")
     # Nothing is in the way of making it again.
     wt.create_worktree(r, path=path, branch="swarm/a", start="HEAD")
     assert status.status_porcelain(path) == ""

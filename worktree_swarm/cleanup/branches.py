@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 from worktree_swarm.cleanup.findings import Action, Finding, Kind, Result
 from worktree_swarm.core.errors import CommandError, SwarmError
+from worktree_swarm.git import branches as git_branches
+from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner, worktrees
+from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.guard import ref_moves
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store_rows import TaskRow
@@ -29,7 +32,7 @@ def merge_targets(repo: git.Repo, base_commit: str | None = None) -> list[str]:
 
     The main checkout's branch (or HEAD), the run base, and `swarm merge`'s integration branches.
     """
-    branch = git.current_branch(repo)
+    branch = git_branches.current_branch(repo)
     targets = [f"refs/heads/{branch}" if branch else git.head_commit(repo)]
     integration = git.git(
         repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/swarm/integration-*"
@@ -69,7 +72,7 @@ class Merged:
         """The first of *targets* whose history has the branch tip *tip*, shortened, or None."""
         for target in targets:
             if target not in self._sets:
-                self._sets[target] = git.merged_tips(self.repo, target)
+                self._sets[target] = git_branches.merged_tips(self.repo, target)
             if tip in self._sets[target]:
                 return _short(target)
         return None
@@ -108,7 +111,7 @@ def remote_branch_finding(
     """
     finding = Finding(
         kind=Kind.REMOTE_BRANCH,
-        target=f"{branch} on {git.strip_userinfo(remote)}",
+        target=f"{branch} on {strip_userinfo(remote)}",
         reason=reason,
         action=Action.DELETE_REMOTE_BRANCH,
         fix=f"delete it there if it is still at {tip[:12]}",
@@ -146,7 +149,7 @@ def delete_branches(
     one `update-ref` transaction, deleting each only at the tip just checked. If it fails (a
     branch moved, a stale lock), nothing was deleted: each is deleted alone at that tip.
     """
-    tips = git.branch_tips(repo)
+    tips = git_branches.branch_tips(repo)
     checked_out = {w.branch: w.path for w in worktrees.list_worktrees_locked(repo) if w.branch}
     merged = Merged(repo)
     done: dict[int, Result] = {}
@@ -220,7 +223,7 @@ def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int,
     """:func:`delete_remote_branches` for the findings of one remote, *url*."""
     branches = [f.branch or f.target for f in found.values()]
     try:
-        tips = git.remote_tips(repo, url, branches)
+        tips = git_remotes.remote_tips(repo, url, branches)
     except SwarmError as exc:
         output = exc.output if isinstance(exc, CommandError) else str(exc)
         lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -228,7 +231,7 @@ def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int,
             (line for line in lines if line.startswith("fatal:")), lines[0] if lines else ""
         )
         why = (
-            f"cannot reach {git.strip_userinfo(url)} ({git.strip_userinfo(first)}); kept there: "
+            f"cannot reach {strip_userinfo(url)} ({strip_userinfo(first)}); kept there: "
             "run `swarm clean --yes` again later"
         )
         return {index: Result(finding=f, fixed=False, detail=why) for index, f in found.items()}
@@ -244,7 +247,7 @@ def _delete_on(repo: git.Repo, url: str, found: dict[int, Finding]) -> dict[int,
             done[index] = Result(finding=f, fixed=False, detail=why)
         else:
             leases[branch] = tip
-    outcome = git.delete_remote_branches(repo, url, leases) if leases else {}
+    outcome = git_remotes.delete_remote_branches(repo, url, leases) if leases else {}
     for index, f in found.items():
         branch = f.branch or f.target
         if branch in outcome:

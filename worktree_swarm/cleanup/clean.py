@@ -41,8 +41,10 @@ from worktree_swarm.core.errors import BadInputError, ExitCode, ManagerLockedErr
 from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import real_path, store_path
 from worktree_swarm.core.run_settings import Executor
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git import worktrees
+from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock, proc_scan
 from worktree_swarm.infra.store import Store
@@ -234,7 +236,7 @@ def plan_clean(
     """
     registered = {real_path(w.path): w for w in worktrees.list_worktrees(repo)}
     seen = Seen(
-        tips=git.branch_tips(repo),
+        tips=git_branches.branch_tips(repo),
         merged=Merged(repo),
         cwds=proc_scan.working_directories(),
         owners=store.owners(),
@@ -364,7 +366,7 @@ def _record_cleaned(store: Store, results: list[Result]) -> None:
         if finding.action is Action.DELETE_REMOTE_BRANCH and result.detail != LOCAL_KEPT:
             # Deleted here but left there (unreachable, say): the next clean tries again.
             data["remote_branch"] = {
-                "remote": finding.remote and git.strip_userinfo(finding.remote),
+                "remote": finding.remote and strip_userinfo(finding.remote),
                 "tip": finding.remote_tip,
                 "deleted": result.fixed,
             }

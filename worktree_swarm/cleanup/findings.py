@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass
 
-from worktree_swarm.git import repo as git
+from worktree_swarm.git.remotes import strip_userinfo
 
 
 class Kind(enum.StrEnum):
@@ -77,7 +77,7 @@ class Finding:
         data = asdict(self)
         data["merged_into"] = list(self.merged_into)
         if self.remote is not None:  # as git shows it: its user info can be a token
-            data["remote"] = git.strip_userinfo(self.remote)
+            data["remote"] = strip_userinfo(self.remote)
         return data
 
 

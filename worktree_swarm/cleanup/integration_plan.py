@@ -17,6 +17,7 @@ from worktree_swarm.cleanup.worktree_plan import worktree_finding
 from worktree_swarm.core.models import MERGE_CHECKING
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.task import INTEGRATION_PREFIX
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra.store_rows import TaskRow
@@ -163,5 +164,5 @@ def stranded_tasks(
     tip = tips.get(branch)
     if not here or tip is None:
         return []
-    held = git.contained(repo, tip, [t.merge_commit for t in here if t.merge_commit])
+    held = git_branches.contained(repo, tip, [t.merge_commit for t in here if t.merge_commit])
     return [t.task_id for t in here if t.merge_commit not in held]

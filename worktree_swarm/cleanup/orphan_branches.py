@@ -12,6 +12,7 @@ from worktree_swarm.cleanup.branches import merged_into, open_pull_request, remo
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.orphan_context import Context, integration_run
 from worktree_swarm.core.run_settings import Executor
+from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 
 
@@ -67,7 +68,7 @@ def branches(ctx: Context, *, force: bool, removing: set[Path], dirty: set[str])
         remote = pushed.get(task.run_id) if task is not None else None
         if task is not None and remote is not None and action is Action.DELETE_BRANCH:
             if remote not in urls:
-                urls[remote] = git.remote_location(ctx.repo, remote)
+                urls[remote] = git_remotes.remote_location(ctx.repo, remote)
             found.append(
                 remote_branch_finding(
                     branch=branch,

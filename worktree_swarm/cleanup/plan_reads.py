@@ -13,6 +13,7 @@ from worktree_swarm.cleanup.branches import Merged
 from worktree_swarm.cleanup.worktree_plan import worktree_dirty
 from worktree_swarm.core.errors import CommandError, GitError
 from worktree_swarm.core.paths import real_path
+from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.worktrees import WorktreeInfo
 from worktree_swarm.infra import parallel
@@ -82,7 +83,7 @@ class Pushed:
     def url(self) -> str:
         """The remote's URL (a path made absolute), as the run's nodes pushed to it."""
         if self._url is None:
-            self._url = git.remote_location(self.repo, self.remote)
+            self._url = git_remotes.remote_location(self.repo, self.remote)
         return self._url
 
 

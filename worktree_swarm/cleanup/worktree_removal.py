@@ -27,6 +27,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.run_settings import DEFAULT_COMMIT_AUTHOR, DEFAULT_MAX_FILE
 from worktree_swarm.core.task import INTEGRATION_PREFIX, Task, is_valid_task_id
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import (
     checkpoints,
     gitfiles,
@@ -200,7 +201,7 @@ def _save_merge_left(repo: git.Repo, path: Path, branch: str) -> tuple[bool, str
         return False, None
     if merge_target.half_merged(path) or merge_target.checks_cut_off(path):
         what = "what a cut-off `swarm merge` left there"
-    elif not git.branch_exists(repo, branch):
+    elif not git_branches.branch_exists(repo, branch):
         what = "what it held, its branch gone,"
     else:
         return False, None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from worktree_swarm.core.task import BRANCH_PREFIX
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.report import run_info
 
@@ -36,7 +37,7 @@ def your_checkout(ctx: click.Context, repo: git.Repo) -> Path:
     a merge built on a task's work, or pull requests into a task's branch, are nobody's.
     """
     checkout = git.checkout_root(Path(ctx.obj["dir"]))
-    branch = git.current_branch(repo, checkout) or ""
+    branch = git_branches.current_branch(repo, checkout) or ""
     return repo.root if branch.startswith(BRANCH_PREFIX) else checkout
 
 

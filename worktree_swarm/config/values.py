@@ -21,7 +21,7 @@ from worktree_swarm.core.identity import parse_author
 from worktree_swarm.core.paths import user_path
 from worktree_swarm.core.settings import Kind, Setting
 from worktree_swarm.core.units import parse_duration, parse_size
-from worktree_swarm.git.repo import holds_credentials, strip_userinfo
+from worktree_swarm.git.remotes import holds_credentials, strip_userinfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

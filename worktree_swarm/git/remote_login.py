@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from worktree_swarm.git.repo import holds_credentials, strip_userinfo
+from worktree_swarm.git.remotes import holds_credentials, strip_userinfo
 
 _USER, _PASSWORD = "SWARM_GIT_USERNAME", "SWARM_GIT_PASSWORD"
 # Answers `get` only; the values reach no shell's parser, only printf's `%s`.

@@ -1,6 +1,7 @@
-"""The repository: opened and checked, its lock, git run plainly, typed queries of its refs.
+"""The repository: opened and checked, its lock, git run plainly, revisions resolved.
 
-Branches, commits, ancestry and remotes, on plain `git` (porcelain / -z output).
+HEAD, commits and object sizes, on plain `git`; branches are :mod:`worktree_swarm.git.branches`,
+remotes :mod:`worktree_swarm.git.remotes`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.text import is_utf8, one_line, path_text
 from worktree_swarm.git import runner
 from worktree_swarm.git.config_files import git_dir as git_dir  # noqa: PLC0414 - re-exported: git.git_dir
-from worktree_swarm.infra import redact
 
 if TYPE_CHECKING:
     import subprocess
 
 MIN_GIT_VERSION = (2, 38)
-# Up to the last `@` before the path, as URL parsers read it (a password may hold a raw `@`).
-_USERINFO_RE = re.compile(r"(?<=://)[^/\s]*@")
 _VERSION_RE = re.compile(r"git version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -275,24 +273,6 @@ def rev_parse(repo: Repo, rev: str) -> str | None:
     return rev_parse_in(repo.root, rev)
 
 
-def tracking_ref(repo: Repo, remote: str, ref: str) -> str | None:
-    """The remote-tracking ref a push of *ref* to the remote named *remote* updates, if any.
-
-    git maps it through the remote's fetch refspecs (``refs/heads/*:refs/remotes/origin/*``);
-    a URL, or a remote without such a refspec, has none.
-    """
-    specs = git(repo.root, "config", "--get-all", f"remote.{remote}.fetch", check=False)
-    for spec in specs.splitlines():
-        src, _, dst = spec.strip().removeprefix("+").partition(":")
-        head, star, tail = src.partition("*")
-        if not star:
-            if src == ref and dst:
-                return dst
-        elif ref.startswith(head) and ref.endswith(tail) and len(ref) >= len(head + tail):
-            return dst.replace("*", ref[len(head) : len(ref) - len(tail)], 1)
-    return None
-
-
 def head_commit(repo: Repo) -> str:
     """Return the commit checked out in the main worktree."""
     return checkout_head(repo.root)
@@ -307,178 +287,6 @@ def checkout_head(checkout: Path) -> str:
             " a branch that has commits"
         )
     return sha
-
-
-def current_branch(repo: Repo, checkout: Path | None = None) -> str | None:
-    """The short name of the branch of *checkout* (the main worktree's by default).
-
-    None when its HEAD is detached.
-    """
-    res = run(checkout or repo.root, ["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
-    if res.returncode != 0:
-        return None
-    return res.stdout.strip() or None
-
-
-def branch_exists(repo: Repo, branch: str) -> bool:
-    """Return whether ``refs/heads/<branch>`` exists."""
-    res = run(repo.root, ["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], check=False)
-    return res.returncode == 0
-
-
-def is_branch_name(repo: Repo, name: str) -> bool:
-    """Whether *name* is a valid short branch name as given (not ``@{-1}``, not an option).
-
-    Not ``@`` either, which `check-ref-format --branch` lets through and git refuses to make.
-    """
-    if not name or name.startswith("-") or name == "@":
-        return False
-    checked = git(repo.root, "check-ref-format", "--branch", name, check=False).strip()
-    return checked == name
-
-
-def branch_tips(repo: Repo) -> dict[str, str]:
-    """Every branch's short name and tip (one git process, however many branches)."""
-    out = git(repo.root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
-    tips = {}
-    for line in out.splitlines():
-        sha, _, ref = line.partition(" ")
-        tips[ref.removeprefix("refs/heads/")] = sha
-    return tips
-
-
-def strip_userinfo(url: str) -> str:
-    """*url* without ``user:password@``, as git shows a remote's URL (the user can be a token)."""
-    return _USERINFO_RE.sub("", url)
-
-
-def holds_credentials(url: str) -> bool:
-    """Whether *url*'s user info holds a password, or a user name that is a token.
-
-    A name (``ssh://git@host``, ``https://alice@host``) is no credential.
-    """
-    found = _USERINFO_RE.search(url)
-    if found is None:
-        return False
-    user, _, password = found.group(0).removesuffix("@").partition(":")
-    return bool(password) or redact.is_token_user(user)
-
-
-def remote_location(repo: Repo, remote: str) -> str:
-    """What *remote* (a remote's name, else a URL or a path) fetches from, as the nodes see it.
-
-    A path is made absolute (relative ones are to the repository root); nothing is contacted.
-    """
-    out = git(repo.root, "remote", "get-url", "--", remote, check=False).strip()
-    url = out or remote
-    if "://" not in url and ":" not in url.split("/", 1)[0]:
-        url = str((repo.root / url).resolve())
-    return url
-
-
-def remote_tips(repo: Repo, url: str, branches: Sequence[str]) -> dict[str, str]:
-    """The tips *url* has of *branches* (those it does not have are left out).
-
-    Raises CommandError when it cannot be reached.
-    """
-    wanted = {f"refs/heads/{branch}": branch for branch in branches}
-    out = git(repo.root, "ls-remote", "--heads", "--", url, *wanted)
-    tips = {}
-    for line in out.splitlines():
-        sha, _, ref = line.partition("\t")
-        if ref in wanted:  # a pattern matches any ref ending in it: only the exact ones
-            tips[wanted[ref]] = sha
-    return tips
-
-
-def delete_remote_branches(repo: Repo, url: str, leases: Mapping[str, str]) -> dict[str, str]:
-    """Delete each branch of *leases* on *url* that is still at its commit there.
-
-    *leases* maps a branch to the commit it is expected at: one push with a
-    ``--force-with-lease`` per branch, so a branch someone moved meanwhile stays. Returns
-    ``{branch: ""}`` for each one deleted and ``{branch: why not}`` for the others (git's own
-    words: a push the remote refused, or one that could not reach it).
-    """
-    refs = {f"refs/heads/{branch}": branch for branch in leases}
-    res = runner.run(
-        repo.root,
-        "push", "--porcelain", "--no-verify",
-        *(f"--force-with-lease=refs/heads/{branch}:{sha}" for branch, sha in leases.items()),
-        "--", url, *(f":{ref}" for ref in refs),
-        check=False,
-    )  # fmt: skip
-    done: dict[str, str] = {}
-    for line in res.stdout.splitlines():
-        flag, _, rest = line.partition("\t")
-        spec, _, summary = rest.partition("\t")
-        branch = refs.get(spec.removeprefix(":"))
-        if branch is not None:
-            done[branch] = "" if flag == "-" else summary.strip() or "refused"
-    errors = [line for line in res.stderr.splitlines() if line.strip()]
-    failed = next((line for line in errors if line.startswith(("fatal:", "error:"))), "")
-    why = (failed or (errors[0] if errors else f"git push exited {res.returncode}")).strip()
-    return {branch: done.get(branch, why) for branch in leases}
-
-
-def merged_tips(repo: Repo, target: str) -> set[str]:
-    """The tips of the branches whose history *target* contains (none if it names nothing)."""
-    res = run(
-        repo.root,
-        ["for-each-ref", f"--merged={target}", "--format=%(objectname)", "refs/heads/"],
-        check=False,
-    )
-    return set(res.stdout.split()) if res.returncode == 0 else set()
-
-
-def contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
-    """Those of *commits* that *tip* contains (itself or an ancestor); a missing one is not.
-
-    One git process when *tip* contains them all (the usual case), else one per commit; none
-    for an answer git gave before (a commit's ancestry never changes: `swarm watch` asks
-    every second).
-    """
-    found: set[str] = set()
-    for commit in commits:
-        key = (repo.root, tip, commit)
-        with _ancestry_lock:
-            known = _ancestry.get(key)
-        if known is None:
-            return _contained(repo, tip, commits)
-        if known:
-            found.add(commit)
-    return found
-
-
-def _contained(repo: Repo, tip: str, commits: Sequence[str]) -> set[str]:
-    """:func:`contained` asked of git; its definite answers kept (a git that failed is not one)."""
-    if not commits:
-        return set()
-    res = run(repo.root, ["merge-base", "--independent", tip, *commits], check=False)
-    if res.returncode == 0 and res.stdout.split() == [tip]:
-        codes = dict.fromkeys(commits, 0)
-    else:  # --is-ancestor: 0 it is, 1 it is not, anything else git failed
-        codes = {
-            c: run(repo.root, ["merge-base", "--is-ancestor", c, tip], check=False).returncode
-            for c in commits
-        }
-    with _ancestry_lock:
-        if len(_ancestry) > _ANCESTRY_LIMIT:
-            _ancestry.clear()
-        _ancestry.update(
-            {(repo.root, tip, c): code == 0 for c, code in codes.items() if code in {0, 1}}
-        )
-    return {c for c, code in codes.items() if code == 0}
-
-
-_ANCESTRY_LIMIT = 65536  # answers kept, a bound on memory
-_ancestry: dict[tuple[Path, str, str], bool] = {}  # (repository, tip, commit) -> contained
-_ancestry_lock = threading.Lock()
-
-
-def branches(repo: Repo) -> set[str]:
-    """The short names of every branch (one git process, however many branches)."""
-    out = git(repo.root, "for-each-ref", "--format=%(refname)", "refs/heads/")
-    return {line.removeprefix("refs/heads/") for line in out.splitlines() if line}
 
 
 _known_commits: set[tuple[Path, str]] = set()

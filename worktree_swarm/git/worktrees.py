@@ -22,10 +22,9 @@ from worktree_swarm.core.errors import BadInputError, CommandError, GitError
 from worktree_swarm.core.paths import real_path
 from worktree_swarm.core.text import one_line, without_escapes
 from worktree_swarm.git import runner, sparse
+from worktree_swarm.git.branches import branch_exists, branches
 from worktree_swarm.git.repo import (
     Repo,
-    branch_exists,
-    branches,
     commit_of,
     git,
     git_dir,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from worktree_swarm.core.errors import BadInputError, CommandError
 from worktree_swarm.core.text import is_http_url
 from worktree_swarm.git import repo as git
-from worktree_swarm.git.repo import strip_userinfo
+from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.infra import proc
 from worktree_swarm.infra import redact as redaction
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.text import as_shown, one_line
-from worktree_swarm.git.repo import strip_userinfo
+from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.github.client import MAX_NUMBER, Client
 from worktree_swarm.github.errors import GitHubError
 from worktree_swarm.infra import redact

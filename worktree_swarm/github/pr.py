@@ -9,6 +9,7 @@ from pathlib import Path
 from worktree_swarm.core.errors import BadInputError, SwarmError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.text import Echo
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.github import pr_conflicts
@@ -69,7 +70,7 @@ def select_tasks(store: Store, run_id: str, task_ids: Sequence[str] = ()) -> lis
 
 def default_base(repo: git.Repo, checkout: Path | None = None) -> str:
     """The branch the user's *checkout* is on (the default PR base; the main one by default)."""
-    branch = git.current_branch(repo, checkout)
+    branch = git_branches.current_branch(repo, checkout)
     if branch is None:
         raise BadInputError(f"HEAD of {checkout or repo.root} is detached; pass --base BRANCH")
     return branch
@@ -97,7 +98,7 @@ def push_and_open(
     """
     rows = select_tasks(store, run_id, task_ids)
     remote_url(repo, remote)
-    if base is not None and not git.is_branch_name(repo, base):
+    if base is not None and not git_branches.is_branch_name(repo, base):
         raise BadInputError(f"--base {base!r} is not a valid branch name")
     client = connect(repo, remote=remote, github_repo=github_repo, api_url=api_url, on_wait=on_wait)
     client.check_access()

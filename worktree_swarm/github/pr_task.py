@@ -15,7 +15,7 @@ from worktree_swarm.core.task import BRANCH_PREFIX, is_valid_task_id
 from worktree_swarm.core.text import one_line
 from worktree_swarm.git import leaks, local_files
 from worktree_swarm.git import repo as git
-from worktree_swarm.git.repo import strip_userinfo
+from worktree_swarm.git.remotes import strip_userinfo, tracking_ref
 from worktree_swarm.github import pr_conflicts
 from worktree_swarm.github.client import MAX_NUMBER, Client
 from worktree_swarm.github.errors import GitHubError
@@ -206,7 +206,7 @@ def push_branch(
     announced to the guard of a run going on meanwhile, which would put it back otherwise.
     """
     ref = f"refs/heads/{branch}"
-    tracking = git.tracking_ref(repo, remote, ref)
+    tracking = tracking_ref(repo, remote, ref)
     try:
         with ref_moves.moving_refs(repo, [tracking] if tracking else []) as moves:
             try:

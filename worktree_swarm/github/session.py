@@ -23,7 +23,7 @@ from typing import Any
 
 from worktree_swarm.core import units
 from worktree_swarm.core.text import one_line
-from worktree_swarm.git.repo import strip_userinfo
+from worktree_swarm.git.remotes import strip_userinfo
 from worktree_swarm.github.access import API_URL_ENV, RepoSlug, Token
 from worktree_swarm.github.errors import (
     DroppedError,

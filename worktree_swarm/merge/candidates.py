@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.models import TaskState
 from worktree_swarm.core.task import merge_again
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import leaks, local_files
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
@@ -83,7 +84,7 @@ def select_candidates(
     kept, held = _without_unmerged_deps(
         candidates, target, standing, cut_off=cut_off, absent=absent
     )
-    if kept and run_base and start and not git.contained(repo, start, [run_base]):
+    if kept and run_base and start and not git_branches.contained(repo, start, [run_base]):
         raise BadInputError(_without_base(repo, target, start, run_base))
     return kept, skipped + held
 
@@ -124,7 +125,7 @@ def _landed_without_branch(
     }
     if start is None or not gone:
         return {}
-    there = git.contained(repo, start, sorted(set(gone.values())))
+    there = git_branches.contained(repo, start, sorted(set(gone.values())))
     return {t: tip for t, tip in gone.items() if tip in there}
 
 
@@ -153,7 +154,7 @@ def _deps_not_there(
     work = {t: work_tip(repo, r, taken=taken, tips=tips) for t, r in rows.items()}
     own = {t: t not in taken and tips(task_branch(r)) is not None for t, r in rows.items()}
     there = (
-        git.contained(repo, start, sorted({tip for tip in work.values() if tip}))
+        git_branches.contained(repo, start, sorted({tip for tip in work.values() if tip}))
         if start is not None
         else set()
     )
@@ -221,7 +222,7 @@ def _cut_off_elsewhere(repo: git.Repo, row: TaskRow, target: str) -> bool:
     if tip is None:
         return False
     # No commit recorded: killed right after committing, in swarm's integration worktree.
-    return not row.merge_commit or bool(git.contained(repo, tip, [row.merge_commit]))
+    return not row.merge_commit or bool(git_branches.contained(repo, tip, [row.merge_commit]))
 
 
 def _leak(repo: git.Repo, row: TaskRow, base: str, tip: str) -> leaks.Leak | None:
@@ -261,7 +262,7 @@ def standing_results(
         and tips(task_branch(r)) is None
     ]
     commits = {r.merge_commit for r in mine if r.merge_result == MergeOutcome.MERGED}
-    there = git.contained(repo, tip, sorted(c for c in commits if c)) if tip else set()
+    there = git_branches.contained(repo, tip, sorted(c for c in commits if c)) if tip else set()
     standing = {
         r.task_id: r.merge_result
         for r in mine
@@ -269,7 +270,7 @@ def standing_results(
         and (r.merge_result != MergeOutcome.MERGED or not r.merge_commit or r.merge_commit in there)
     }
     if start is not None and elsewhere:
-        held = git.contained(
+        held = git_branches.contained(
             repo, start, sorted({r.merge_commit for r in elsewhere if r.merge_commit})
         )
         standing.update(

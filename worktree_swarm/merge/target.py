@@ -22,6 +22,7 @@ from worktree_swarm.core.task import (
     SCRATCH_PREFIX,
     is_valid_task_id,
 )
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import gitfiles, removal, runner, status, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, proc_scan
@@ -77,7 +78,7 @@ def validate(
         # opened, not "uncommitted changes" (committing its deletions would empty the branch).
         looked = info.path.is_dir() and not gitfiles.checkout_incomplete(info.path)
         left = half_merged(info.path) or checks_cut_off(info.path)
-        left = left or not git.branch_exists(repo, branch)  # saved aside, made anew
+        left = left or not git_branches.branch_exists(repo, branch)  # saved aside, made anew
         looked = looked and not (_same_path(info.path, own) and left)
         dirty = bool(status.status_porcelain(info.path)) if looked else False
         if dirty:
@@ -159,12 +160,12 @@ def _validate_into(repo: git.Repo, store: Store, branch: str) -> None:
             f"--into {branch} is task {branch.removeprefix(BRANCH_PREFIX)}'s branch (run"
             f" {owner}); merge into a branch of yours, or without --into"
         )
-    if not git.is_branch_name(repo, branch):
+    if not git_branches.is_branch_name(repo, branch):
         raise BadInputError(f"--into {branch!r} is not a valid branch name")
     if branch.startswith("refs/"):
         short = branch.removeprefix("refs/heads/")
         raise BadInputError(f"--into names a branch by its short name: `{short}`, not {branch}")
-    if not git.branch_exists(repo, branch):
+    if not git_branches.branch_exists(repo, branch):
         raise BadInputError(
             f"--into branch {branch} does not exist; create it first (`git branch {branch}`)"
         )
@@ -189,7 +190,7 @@ def open_target(
                 raise _checked_out_elsewhere(branch, info.path, own)
             _unlock(info.path)
             _unlock_made(repo, info)
-            if not git.branch_exists(repo, branch):
+            if not git_branches.branch_exists(repo, branch):
                 # Deleted under it (a run's guard undoing an agent's `swarm merge`, every file
                 # of that merge left staged): what it holds is no one's to land; made anew.
                 saved = save_left(repo, info.path, branch, parent=start)
@@ -207,7 +208,7 @@ def open_target(
             )  # fmt: skip
             return Target(branch=branch, worktree=info.path, temporary=False, note=note)
     path = own
-    if git.branch_exists(repo, branch):
+    if git_branches.branch_exists(repo, branch):
         _add_worktree(repo, path, branch)
     else:
         worktrees.create_worktree(repo, path=path, branch=branch, start=start)

@@ -10,6 +10,7 @@ from worktree_swarm.agents import provider_of
 from worktree_swarm.core import units
 from worktree_swarm.core.models import MERGE_CHECKING, ProcessIdentity, TaskState
 from worktree_swarm.core.task import merge_again
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import proctree, shim_record
 from worktree_swarm.infra.disk import DiskUsage, usage
@@ -201,7 +202,7 @@ def undone_merges(repo: git.Repo, tasks: list[TaskRow]) -> set[str]:
     undone: set[str] = set()
     for target, commits in by_target.items():
         tip = git.rev_parse(repo, f"refs/heads/{target}")
-        there = git.contained(repo, tip, sorted(set(commits.values()))) if tip else set()
+        there = git_branches.contained(repo, tip, sorted(set(commits.values()))) if tip else set()
         undone |= {task_id for task_id, commit in commits.items() if commit not in there}
     return undone
 

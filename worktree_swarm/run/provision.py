@@ -21,6 +21,7 @@ import psutil
 
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.models import ProcessIdentity
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import gitfiles, removal, sparse, worktrees
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import fs, proc_scan, proctree
@@ -117,7 +118,7 @@ def _reattach(
             path.rmdir()
         removal.prune_gone(repo)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if git.branch_exists(repo, branch):
+        if git_branches.branch_exists(repo, branch):
             args = ["--", str(path), branch]
         else:
             args = ["--no-track", "-b", branch, "--", str(path), start]

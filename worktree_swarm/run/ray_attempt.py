@@ -24,6 +24,7 @@ from worktree_swarm.core.errors import SwarmError
 from worktree_swarm.core.models import ProcessIdentity, TaskState
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_duration
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra import faults, fs, redact, scrub
 from worktree_swarm.infra.logtail import note_read, read_log_end
@@ -447,7 +448,7 @@ class RayAttempts(RunWorker):
     def _publish(self, task: Task, start: str) -> None:
         """Make the task's branch at *start*, here and on the remote."""
         with self._git_lock:
-            if not git.branch_exists(self.repo, task.branch):
+            if not git_branches.branch_exists(self.repo, task.branch):
                 git.git(self.repo.root, "branch", "--no-track", task.branch, start)
             # No agent has run on it yet (its base is recorded only after this): a branch the
             # remote has from a crash here, or from before a fresh retry, is replaced.

@@ -14,6 +14,7 @@ from worktree_swarm.core.run_settings import RunSpec
 from worktree_swarm.core.task import Task
 from worktree_swarm.core.units import format_size
 from worktree_swarm.git import repo as git
+from worktree_swarm.git.remotes import remote_location, strip_userinfo
 from worktree_swarm.infra import redact
 from worktree_swarm.run.ray_actors import SLOT, on_every_node
 from worktree_swarm.run.ray_cluster import connect, ray_module
@@ -22,13 +23,13 @@ from worktree_swarm.run.ray_node_host import node_name, sandbox_problem
 
 def remote_url(repo: git.Repo, remote: str) -> str:
     """The URL the nodes clone from and push to: remote *remote*'s, or *remote* as a URL."""
-    url = git.remote_location(repo, remote)
+    url = remote_location(repo, remote)
     try:
         git.git(repo.root, "ls-remote", "--heads", "--", url)
     except CommandError as exc:
         raise BadInputError(
-            f"remote {git.strip_userinfo(remote)!r} ({git.strip_userinfo(url)}) cannot be "
-            f"reached: {git.strip_userinfo(str(exc).splitlines()[0])}; the "
+            f"remote {strip_userinfo(remote)!r} ({strip_userinfo(url)}) cannot be "
+            f"reached: {strip_userinfo(str(exc).splitlines()[0])}; the "
             "nodes clone from it and push to it (set --remote)"
         ) from None
     return url

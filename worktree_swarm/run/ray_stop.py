@@ -15,6 +15,7 @@ from worktree_swarm.core.models import AttemptOutcome, TaskState
 from worktree_swarm.core.run_settings import RunSettings
 from worktree_swarm.core.task import BRANCH_PREFIX
 from worktree_swarm.git import diffs
+from worktree_swarm.git import remotes as git_remotes
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import AttemptUsage
@@ -41,7 +42,7 @@ def stop_unmanaged(
         url = remote_url(repo, spec.remote)
         reason = "stopped"
     else:  # the remote is not the cluster: what was pushed is fetched all the same
-        url = git.remote_location(repo, spec.remote)
+        url = git_remotes.remote_location(repo, spec.remote)
         reason = (
             f"stopped without its Ray cluster (at {address}: {problem}); work kept on its "
             "branch as last pushed"

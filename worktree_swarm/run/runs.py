@@ -14,6 +14,7 @@ from worktree_swarm.core.models import RunStatus
 from worktree_swarm.core.paths import store_path
 from worktree_swarm.core.run_settings import Executor
 from worktree_swarm.core.task import INTEGRATION_PREFIX
+from worktree_swarm.git import branches as git_branches
 from worktree_swarm.git import repo as git
 from worktree_swarm.infra.lock import ManagerLock, refuse_while_state_is_gone
 from worktree_swarm.infra.store import RUN_STATUS_RUNNING, Store
@@ -223,6 +224,6 @@ def next_step_for(repo: git.Repo) -> Callable[[str], str | None]:
         if not path.exists():
             return None
         with Store(path) as store:
-            return branch_next_step(store, branch, git.branches(repo))
+            return branch_next_step(store, branch, git_branches.branches(repo))
 
     return next_step
