@@ -1,30 +1,29 @@
 """The guard's checks of the object store, and the kept pack of the tasks' work.
 
-Packs, reverse indexes, the multi-pack-index and loose objects that lie about what they
-hold; symbolic links or another directory where git keeps its objects; object files of the
-baseline written over; refs whose objects were deleted (recovered from the kept pack, set
-back to their last complete tip, or kept by name). The checks themselves are in
-integrity.py, packfiles.py, store_dir.py, held_files.py and loose_objects.py.
+Loose objects that lie about what they hold; symbolic links or another directory where git
+keeps its objects; object files of the baseline written over; refs whose objects were deleted
+(recovered from the kept pack, set back to their last complete tip, or kept by name). Each
+scan runs the checks of git's indexes of objects too (pack_checks.py). The checks themselves
+are in integrity.py, store_dir.py, held_files.py and loose_objects.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from worktree_swarm.core.errors import CommandError
 from worktree_swarm.git import repo as git
-from worktree_swarm.guard import graph, held_files, integrity, loose_objects, packfiles, store_dir
+from worktree_swarm.guard import held_files, integrity, loose_objects, store_dir
 from worktree_swarm.guard.model import MAIN, REPOSITORY, Violation, short_ref
 from worktree_swarm.guard.objects import ObjectWatch
+from worktree_swarm.guard.pack_checks import PackChecks
 from worktree_swarm.guard.restore import restore_ref
 from worktree_swarm.guard.snapshot import SYMBOLIC, read_refs, ref_owner
-from worktree_swarm.guard.verdicts import Verdicts
 
 
-class ObjectChecks(Verdicts):
+class ObjectChecks(PackChecks):
     """The object store's scans and put-backs."""
 
     def _scan_objects(
@@ -79,140 +78,6 @@ class ObjectChecks(Verdicts):
             self._keep_task_work(good_now, pack_dir)
         return found
 
-    def _new_packs(self, window: tuple[float, float]) -> list[Violation]:
-        """Packs that appeared since and whose index lies about their objects: removed."""
-        common = self.repo.common_dir
-        now = packfiles.packs(common)
-        new = sorted(now - self._packs)
-        self._packs_verified = set(new)  # as they are now: not checked again by this scan
-        lies = {}
-        unsure = set()  # its check was killed: checked again at the next scan
-        for name in new:
-            if self._objects is not None:  # first: a write after the check below is seen
-                self._objects.watch_pack(common / "objects" / "pack" / name)
-            why = packfiles.lying_pack(self.repo.root, common / "objects" / "pack" / name)
-            if why is None:
-                unsure.add(name)
-            elif why:
-                lies[name] = why
-        self._rev_check |= set(new) - set(lies)
-        # A pack checked again (its first check was killed: by the OOM killer, or by the agent
-        # that planted it) is judged from when it first appeared: its agent may have ended since.
-        since = min((self._unsure_since.get(name, window[0]) for name in lies), default=window[0])
-        self._unsure_since = {name: self._unsure_since.get(name, window[0]) for name in unsure}
-        # No agent of ours was running: damage of another kind (or a check that failed for
-        # want of memory), not an attack, and the pack may well be yours: left alone.
-        suspects = (
-            self._agents.suspects((min(since, window[0]), window[1]), exclude=()) if lies else ()
-        )
-        self._drop_packs(lies if suspects else ())
-        # Those checked (and those known before) still there: not one that came meanwhile.
-        self._packs = ((self._packs | now) - unsure) & packfiles.packs(common)
-        listed = "".join(f"objects/pack/{name}: {why}\n" for name, why in lies.items())
-        return self._lying_packs(lies, suspects, f"git verify-pack:\n{listed}")
-
-    def _drop_packs(self, names: Iterable[str]) -> None:
-        """Move the packs *names* (by index) aside, unless outside writes are allowed."""
-        if not self.restore:
-            return
-        for name in names:
-            with contextlib.suppress(OSError):  # not removed is recorded as such
-                packfiles.drop_pack(
-                    self.repo.common_dir / "objects" / "pack" / name, self._dir / packfiles.DROPPED
-                )
-
-    def _lying_packs(
-        self, lies: Mapping[str, str], suspects: tuple[str, ...], patch_text: str
-    ) -> list[Violation]:
-        """The outside write of packs (by index) that lie, if an agent of ours is suspected."""
-        if not suspects:
-            return []  # none, or no agent of ours was running: damage of another kind
-        violation = Violation(
-            number=0,
-            where=REPOSITORY,
-            git_files=tuple(f"objects/pack/{name}" for name in lies),
-            suspects=suspects,
-            restored=not set(lies) & self._packs,
-        )
-        return [self._record(violation, patch_text=patch_text)]
-
-    def _packs_rewritten(self, window: tuple[float, float]) -> list[Violation]:
-        """Packs written to in place that now lie about their objects.
-
-        One of yours is the guard's hold on it too: reported, left as found. One made during
-        the run is removed, as a new pack that lies is.
-        """
-        if self._objects is None:
-            return []
-        common = self.repo.common_dir
-        lies = self._rewritten_lies(self._objects, self._objects.written_packs())
-        if not lies:
-            return []
-        self._changes.mark_all()  # git showed your checkouts' files through it
-        suspects = self._agents.suspects(window, exclude=())  # none: left alone, as a new pack
-        made = [name for name in lies if not (self._held / "pack" / name).exists()]
-        self._drop_packs(made if suspects else ())  # yours: the hold is that same file
-        self._packs = packfiles.packs(common)
-        listed = "".join(
-            f"objects/pack/{name}: rewritten in place, git verify-pack: {why}"
-            " (a pack of yours is the guard's hold on it too: no copy to put back)\n"
-            for name, why in lies.items()
-        )
-        return self._lying_packs(lies, suspects, listed)
-
-    def _rewritten_lies(self, objects: ObjectWatch, written: set[str]) -> dict[str, str]:
-        """What is wrong with each pack of which a file in *written* was written (by index)."""
-        lies = {}
-        for stem in sorted({file.rpartition(".")[0] for file in written}):
-            name = f"{stem}.idx"
-            idx = self.repo.common_dir / "objects" / "pack" / name
-            if name in self._packs_verified or not idx.exists():
-                continue  # new to this scan (verified), or gone
-            if packfiles.replaced_held(idx, self._held / "pack" / name):
-                continue  # another file under the name of yours: put back as written over
-            objects.watch_pack(idx)  # the files now there: first, as for a new pack
-            why: str | None = ""
-            if {f"{stem}.pack", name} & written:
-                why = packfiles.lying_pack(self.repo.root, idx)
-            if why is None:  # its check was killed: it tells nothing, checked at the next scan
-                objects.written_again({f"{stem}.pack", name} & written)
-            elif why:
-                lies[name] = why
-            else:
-                self._rev_check |= {name}
-        return lies
-
-    def _lying_revs(self, window: tuple[float, float]) -> list[Violation]:
-        """Reverse indexes (``.rev``) of packs made or written to that lie: removed.
-
-        git does without one (it orders a pack's objects itself): removed is put back.
-        """
-        common = self.repo.common_dir
-        names, self._rev_check = sorted(self._rev_check), frozenset()
-        lies = {}
-        for name in names:
-            why = packfiles.lying_rev(common / "objects" / "pack" / name)
-            if why:
-                lies[name.removesuffix(".idx") + ".rev"] = why
-        if not lies:
-            return []
-        if self.restore:
-            for rev in lies:
-                with contextlib.suppress(FileNotFoundError):
-                    (common / "objects" / "pack" / rev).unlink()
-        suspects = self._agents.suspects(window, exclude=())
-        if not suspects:
-            return []  # no agent of ours was running: damage of another kind, not an attack
-        violation = Violation(
-            number=0,
-            where=REPOSITORY,
-            git_files=tuple(f"objects/pack/{rev}" for rev in lies),
-            suspects=suspects,
-            restored=not any((common / "objects" / "pack" / rev).exists() for rev in lies),
-        )
-        listed = "".join(f"objects/pack/{rev}: {why}\n" for rev, why in lies.items())
-        return [self._record(violation, patch_text=listed)]
-
     def _forged_loose(self, window: tuple[float, float]) -> list[Violation]:
         """Loose objects made since the baseline that are not what they are named: removed."""
         common = self.repo.common_dir
@@ -255,56 +120,6 @@ class ObjectChecks(Verdicts):
         )
         listed = "".join(f"{label}: its bytes are another object's\n" for label in labels)
         return [self._record(violation, patch_text=listed)]
-
-    def _scan_midx(self, window: tuple[float, float]) -> list[Violation]:
-        """A multi-pack-index that changed and lies about where objects are: removed."""
-        common = self.repo.common_dir
-        now = packfiles.midx_print(common)
-        if now == self._midx:
-            return []
-        wrong = packfiles.lying_midx(self.repo.root)
-        if wrong and packfiles.midx_print(common) != now:
-            return []  # rewritten or removed while it was verified (a repack): next scan
-        if not wrong:  # git's own (`git multi-pack-index write`, a repack that writes one)
-            self._midx = now
-            return []
-        # git showed your checkouts' files through it
-        self._midx, found = self._drop_lying(
-            window,
-            label=packfiles.MIDX,
-            drop=lambda: packfiles.drop_midx(common),
-            read=lambda: packfiles.midx_print(common),
-            said=f"git multi-pack-index verify:\n{wrong}\n",
-        )
-        return found
-
-    def _drop_lying(
-        self,
-        window: tuple[float, float],
-        *,
-        label: str,
-        drop: Callable[[], object],
-        read: Callable[[], graph.Fingerprint],
-        said: str,
-    ) -> tuple[graph.Fingerprint, list[Violation]]:
-        """A git index of objects (*label*) that lies: removed, and its suspects' violation.
-
-        Every checkout is compared again (git showed them through it). Returns the index's
-        files as *read* after the removal (none: it was removed), and the violation, if an agent
-        of ours was running (else damage of another kind, not an attack).
-        """
-        self._changes.mark_all()
-        if self.restore:
-            with contextlib.suppress(OSError):  # not removed is recorded as such
-                drop()
-        now = read()
-        suspects = self._agents.suspects(window, exclude=())
-        if not suspects:
-            return now, []
-        violation = Violation(
-            number=0, where=REPOSITORY, git_files=(label,), suspects=suspects, restored=not now
-        )
-        return now, [self._record(violation, patch_text=said)]
 
     def _swapped_store(self, began: float) -> list[Violation]:
         """Another directory (or nothing) where the object store was: the store put back.

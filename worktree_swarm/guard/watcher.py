@@ -30,10 +30,10 @@ and retried.
 
 :class:`Guard` is one mixin per kind of check, each in a module of its own: state.py (its
 fields), verdicts.py (violations and failed scans on record), ref_checks.py,
-object_checks.py, baselines.py, worktree_checks.py, surface_checks.py, checkout_checks.py
-and attempt_checks.py (the checks after an attempt); recovery.py finishes what a killed
-manager's guard left half done. This module keeps the guard's life: its start, the hand-over
-of task worktrees and the scan loop.
+object_checks.py, pack_checks.py, baselines.py, worktree_checks.py, surface_checks.py,
+checkout_checks.py and attempt_checks.py (the checks after an attempt); recovery.py finishes
+what a killed manager's guard left half done. This module keeps the guard's life: its start,
+the hand-over of task worktrees and the scan loop.
 """
 
 from __future__ import annotations
