@@ -1,7 +1,8 @@
 """The `swarm` command: parse flags, call the library, map outcomes to exit codes.
 
 The group and ``main`` live here; the commands in ``*_commands.py``, the options they share
-in ``options.py`` and ``context.py``, how an error is shown in ``failures.py``.
+in ``options.py`` and ``context.py``, how a run's manager runs in ``manager.py``, how an error
+is shown in ``failures.py``.
 """
 
 from __future__ import annotations
