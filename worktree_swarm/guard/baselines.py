@@ -51,6 +51,9 @@ class Baselines(Verdicts):
     # found so: deleted (or another in its place), the baselines name objects that are gone.
     _own_store: tuple[int, int] | None = None
     _store_seen = 0.0
+    # The guard's directory (device, inode) when that store was found: gone or another in its
+    # place, the whole state directory was deleted, which the manager writes back and says.
+    _guard_dir: tuple[int, int] | None = None
 
     @property
     def _snapshots(self) -> Objects:
@@ -159,9 +162,8 @@ class Baselines(Verdicts):
             seed(scratch, saved)
             base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
             if self._own_store is None:
-                with contextlib.suppress(OSError):  # none: no filter, captures write in yours
-                    made = self._snapshots.own.stat()
-                    self._own_store, self._store_seen = (made.st_dev, made.st_ino), began
+                self._own_store, self._store_seen = _identity(self._snapshots.own), began
+                self._guard_dir = _identity(self._dir)
         if users and base is not None:
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
             out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
@@ -212,22 +214,20 @@ class Baselines(Verdicts):
         Found gone (or another directory in its place), or by git's *failure* to find an
         object there. What it held (your uncommitted edits, as the baselines took them) cannot
         be put back; without new baselines every later comparison would fail, and a later
-        write go unput back. The suspects: every agent that ran since
-        it was last found whole (or none: yours, only logged). Under the guard's lock. None:
-        nothing lost.
+        write go unput back. The suspects: every agent that ran since it was last found whole
+        (or none: yours, only logged). Gone with the whole state directory (which the manager
+        writes back, saying so), it is only logged too. Under the guard's lock. None: nothing
+        lost.
         """
         if self._own_store is None:
             return None
         own = self._snapshots.own
-        try:
-            now = own.stat()
-            whole = (now.st_dev, now.st_ino) == self._own_store
-        except OSError:
-            whole = False
+        whole = _identity(own) == self._own_store
         if whole and not any(said in failure for said in _MISSING):
             self._store_seen = began
             return None
         window = (self._store_seen, began)
+        with_dir = _identity(self._dir) != self._guard_dir  # the whole state directory deleted
         self._own_store = None
         for place in self._places.values():  # their entries name objects that are gone
             for scratch in (place.scratch, place.scratch.with_name(place.scratch.name + ".lock")):
@@ -240,6 +240,9 @@ class Baselines(Verdicts):
             f"the guard's store of your checkout's baseline {path_text(str(own))} was deleted:"
             " what it held (your uncommitted edits, as the baselines took them) cannot be put back"
         )
+        if with_dir:
+            self._log(f"{lost} (the run's directory was deleted with it); new baselines taken")
+            return []
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:
             self._log(f"{lost} (no agent ran since it was last found); new baselines taken")
@@ -249,6 +252,15 @@ class Baselines(Verdicts):
 
     def _excludes(self, place: Place) -> tuple[str, ...]:
         return self._exclude if place.where == MAIN else ()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the directory *path*, None when it is missing."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
 
 
 def repositories_in(root: Path, dirs: Sequence[str]) -> list[str]:
