@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,30 @@ def test_a_checkpoint_killed_while_it_looks_at_what_it_staged_leaves_the_index_w
     assert KEY.encode() not in stored_bytes(repo)
     assert not _left_behind(repo)
     assert _index_objects_exist(worktree)
+
+
+def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_never(
+    repo: Path,
+) -> None:
+    # A rescue's store in the repository's git dir is held (flock) while its rescue works:
+    # the next one removes a store none holds, never one still in use, nor one just made.
+    common = repo / ".git"
+    old = time.time() - 3600
+    killed = common / f"{quarantine.APART_PREFIX}killed"
+    (killed / "objects").mkdir(parents=True)
+    young = common / f"{quarantine.APART_PREFIX}young"
+    young.mkdir()
+    os.utime(killed, (old, old))
+    with quarantine.apart(repo, common) as live:
+        held = live.objects.parent
+        os.utime(held, (old, old))
+        with quarantine.apart(repo, common) as other:
+            assert other.objects.parent != held
+            assert held.is_dir()
+            assert young.is_dir()
+            assert not killed.exists()
+        assert not other.objects.parent.exists()
+    assert not held.exists()
 
 
 def _checkpoint_argv(worktree: Path) -> list[str]:

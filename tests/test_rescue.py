@@ -14,6 +14,7 @@ from tests.mergekit import RUN_ID, Brancher, record_run
 from tests.test_clean import edits_done, report, worktree_paths
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import swarm
+from worktree_swarm.git import quarantine
 
 AgentFactory = Callable[[str], list[str]]
 MARKER = b"plaintext-secret-4f2a9c"
@@ -200,3 +201,51 @@ def test_a_rescue_keeps_a_repository_inside_the_directory_with_its_commits(
     assert found[str(stray)]["fixed"]
     assert not stray.exists()
     assert git(repo.parent / "nested", "cat-file", "-t", commit) == "commit"
+
+
+KEY = "sk-ant-api03-" + "q" * 30  # made up: a secret environment variable's value
+
+
+@pytest.mark.parametrize("place", ["stray directory", "packed", "cut-off worktree"])
+def test_a_rescue_leaves_a_file_holding_a_secrets_value_out_of_every_object(
+    repo: Path, write_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch, place: str
+) -> None:
+    # An agent dumped its environment into a file: `swarm doctor --yes` saves the rest of the
+    # directory, never that file (not even as an object no commit holds), and keeps it there.
+    path = edits_done(repo, write_agent)
+    tip = git(repo, "rev-parse", "swarm/edits")
+    pad = ""
+    if place == "cut-off worktree":  # git cannot work in it: saved as a child of its HEAD
+        (path / ".git").write_text(f"gitdir: {repo / '.git' / 'worktrees' / 'none'}\n")
+    else:
+        path = path.parent / "stray"
+        path.mkdir()
+    if place == "packed":  # `add` streams both files into one pack: the kept one packed anew
+        git(repo, "config", "core.bigFileThreshold", "1k")
+        pad = "pad " * 600
+    (path / "env.txt").write_text(f"{pad}ANTHROPIC_API_KEY={KEY}\n")
+    (path / "notes.txt").write_text(f"{pad}notes nobody committed\n")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the environment of the swarm it starts
+
+    found = report(repo, "doctor", "--yes", code=1)
+
+    result = str(found[str(path)]["result"])
+    assert not found[str(path)]["fixed"]
+    assert "left out env.txt: each holds the value of a secret" in result, result
+    assert KEY not in result
+    assert (path / "env.txt").read_text() == f"{pad}ANTHROPIC_API_KEY={KEY}\n"  # kept
+    (rescued,) = _rescued(repo)
+    assert f"saved as {rescued}" in result
+    assert git(repo, "show", f"{rescued}:notes.txt") == f"{pad}notes nobody committed"
+    assert "env.txt" not in git(repo, "ls-tree", "-r", "--name-only", rescued).split()
+    if place == "cut-off worktree":
+        assert git(repo, "rev-parse", f"{rescued}^") == tip
+    assert KEY.encode() not in stored_bytes(repo)  # hashed into no object, not even a loose one
+    assert not list((repo / ".git").glob(f"{quarantine.APART_PREFIX}*"))  # gone with it
+    git(repo, "fsck", "--no-dangling")
+
+    (path / "env.txt").rename(repo.parent / "env.txt")  # moved out, as it says
+    found = report(repo, "doctor", "--yes", code=0)
+    assert found[str(path)]["fixed"]
+    assert not path.exists()
+    assert _rescued(repo) == [rescued]  # the same files: saved under the same ref

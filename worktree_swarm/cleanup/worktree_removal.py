@@ -304,8 +304,8 @@ def save_files(
 ) -> tuple[str, str | None]:
     """Save *path*'s files as a commit under a rescue ref: what was saved ("" for no files), it.
 
-    Raises when a file had to be left out (its filter is one swarm's git never runs): it stays
-    where it is, and so does *path*.
+    Raises when a file had to be left out (its filter is one swarm's git never runs, it holds
+    a secret's value, it is a repository of its own): it stays where it is, and so does *path*.
     """
     snap = removal.snapshot_files(repo, path, message=message, parent=parent)
     saved = ""

@@ -1,28 +1,34 @@
-"""A checkpoint's staging, quarantined: its `add` hashes into an index and object store of its own.
+"""Staging quarantined: an `add` hashes into an object store of its own, moved in once checked.
 
-`git add` writes an object for each file it stages before anything can look at it: a file the
-checkpoint then leaves out (one holding a secret's value, one past max_file) would lie in the
-repository's store, in no commit, until `git gc` prunes it two weeks later. So a checkpoint
-stages into a copy of the worktree's index, hashing into a store of its own beside it in the
-worktree's git dir (the repository's store its alternate: nothing already there is written
-again). Once the files left out are unstaged, the objects the index still names move into the
-repository's store and the copy replaces the index, under git's own lock. A checkpoint killed
-before that leaves the worktree's index as it was (it never names an object the store lacks),
-and the next one removes what it left.
+`git add` writes an object for each file it stages before anything can look at it: a file
+then left out (one holding a secret's value, one past max_file) would lie in the repository's
+store, in no commit, until `git gc` prunes it two weeks later. So swarm's commits of what it
+finds on disk stage into a store of their own in the git dir (the repository's store its
+alternate: nothing already there is written again); once the files left out are unstaged,
+the objects the index still names move into the repository's store (:class:`Apart`).
+
+A checkpoint (:func:`staging`) stages into a copy of the worktree's index, its store beside it
+in the worktree's git dir; the copy replaces the index once settled, under git's own lock. A
+checkpoint killed before that leaves the worktree's index as it was (it never names an object
+the store lacks), and the next one removes what it left. A rescue (:func:`apart`), whose index
+is a file of its own, gets the store alone, in the repository's git dir, held (``flock``)
+while it works: what one killed half-way left goes with the next rescue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from worktree_swarm.core.errors import GitError
 from worktree_swarm.git import runner
@@ -31,6 +37,9 @@ from worktree_swarm.git.gitfiles import STALE_LOCK_SECONDS
 from worktree_swarm.infra.faults import is_full
 
 PREFIX = "swarm-staging-"  # in the worktree's git dir, one per checkpoint under way
+APART_PREFIX = "swarm-apart-"  # in the repository's git dir, one per rescue under way
+# A rescue's store younger than this is never swept: its rescue may not hold it yet.
+_YOUNG_SECONDS = 60.0
 _FANOUT = re.compile(r"[0-9a-f]{2}")
 _REST = re.compile(r"[0-9a-f]{38}(?:[0-9a-f]{24})?")
 
@@ -42,32 +51,27 @@ def alternate(store: Path) -> dict[str, str]:
     return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
 
 
-class Staging:
-    """One checkpoint's index copy and object store (:func:`staging`), and their settling."""
+class Apart:
+    """An object store of its own (*objects*), and moving what it wrote into the repository's.
 
-    def __init__(self, worktree: Path, admin: Path, own: Path) -> None:
-        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*."""
-        self.worktree = worktree
-        self.admin = admin
-        self.index = own / "index"
-        self.objects = own / "objects"
-        self.store = common_dir(admin) / "objects"
+    *store*: the repository's ``objects``; *cwd*: a checkout of the repository, where git runs.
+    """
+
+    def __init__(self, cwd: Path, objects: Path, store: Path) -> None:
+        self.cwd = cwd
+        self.objects = objects
+        self.store = store
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment of a git that stages: the index copy, hashing into the own store."""
-        return {
-            "GIT_INDEX_FILE": str(self.index),
-            "GIT_OBJECT_DIRECTORY": str(self.objects),
-            **alternate(self.store),
-        }
+        """The environment of a git that hashes into the own store (the repository's read too)."""
+        return {"GIT_OBJECT_DIRECTORY": str(self.objects), **alternate(self.store)}
 
-    def settle(self, keep: Collection[str] | None = None) -> None:
-        """Move the objects to keep into the repository's store, then put the index copy in place.
+    def move_in(self, keep: Collection[str] | None = None) -> None:
+        """Move the objects to keep into the repository's store.
 
-        *keep*: the object ids the index copy still names that its staging wrote (None: all
-        it wrote). The rest, never in the repository's store, goes with the checkpoint's
-        directory.
+        *keep*: the object ids still wanted of those the own store holds (None: all it
+        holds). The rest, never in the repository's store, goes with the own store.
         """
         written: set[str] = set()
         for fanout in _entries(self.objects):
@@ -80,7 +84,6 @@ class Staging:
                 written.add(oid)
         if any((self.objects / "pack").glob("*.idx")):
             self._repack(keep, written)
-        self._install()
 
     def _repack(self, keep: Collection[str] | None, loose: set[str]) -> None:
         """Pack into the repository's store the objects to keep that a pack of the own holds.
@@ -90,7 +93,7 @@ class Staging:
         """
         mine = {"GIT_OBJECT_DIRECTORY": str(self.objects)}
         listed = runner.run(
-            self.worktree, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)",
+            self.cwd, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)",
             env=mine,
         ).stdout.split()  # fmt: skip
         wanted = [oid for oid in listed if oid not in loose and (keep is None or oid in keep)]
@@ -98,9 +101,35 @@ class Staging:
             return
         into = {"GIT_OBJECT_DIRECTORY": str(self.store), **alternate(self.objects)}
         runner.run(
-            self.worktree, "pack-objects", "-q", str(self.store / "pack" / "pack"),
+            self.cwd, "pack-objects", "-q", str(self.store / "pack" / "pack"),
             input_text="".join(f"{oid}\n" for oid in wanted), env=into,
         )  # fmt: skip
+
+
+class Staging(Apart):
+    """One checkpoint's index copy and object store (:func:`staging`), and their settling."""
+
+    def __init__(self, worktree: Path, admin: Path, own: Path) -> None:
+        """*own*: the checkpoint's directory in *admin*, the git dir of *worktree*."""
+        super().__init__(worktree, own / "objects", common_dir(admin) / "objects")
+        self.worktree = worktree
+        self.admin = admin
+        self.index = own / "index"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a git that stages: the index copy, hashing into the own store."""
+        return {"GIT_INDEX_FILE": str(self.index), **super().env}
+
+    def settle(self, keep: Collection[str] | None = None) -> None:
+        """Move the objects to keep into the repository's store, then put the index copy in place.
+
+        *keep*: the object ids the index copy still names that its staging wrote (None: all
+        it wrote). The rest, never in the repository's store, goes with the checkpoint's
+        directory.
+        """
+        self.move_in(keep)
+        self._install()
 
     def _install(self) -> None:
         """Replace the worktree's index with the copy, holding ``index.lock`` as git does."""
@@ -122,22 +151,60 @@ def staging(worktree: Path) -> Iterator[Staging]:
     """A :class:`Staging` for *worktree*, its directory removed when it ends, settled or not."""
     try:
         admin = git_dir(worktree)
-        sweep(admin)
-        own = Path(tempfile.mkdtemp(prefix=PREFIX, dir=admin))
     except OSError as exc:
-        if is_full(exc):
-            raise  # a full disk: the checkpoint waits for space, as every write of its does
-        raise GitError(f"{worktree}: cannot stage a checkpoint there ({exc.strerror})") from exc
-    try:
-        (own / "objects" / "pack").mkdir(parents=True)
-        (own / "objects" / "info").mkdir()
+        _refuse(exc, worktree, "stage a checkpoint")
+    with _own(admin, PREFIX, worktree, "stage a checkpoint", before=sweep) as own:
         index = admin / "index"
         if index.exists():
             # Its times too: git's check for a file changed within the index's own second.
             shutil.copy2(index, own / "index")
         yield Staging(worktree, admin, own)
+
+
+@contextlib.contextmanager
+def apart(cwd: Path, common: Path) -> Iterator[Apart]:
+    """An :class:`Apart` in the git dir *common* of the checkout *cwd*, removed when it ends.
+
+    Held (``flock``) while it is in use; what a rescue killed half-way left, none holding it,
+    is removed first.
+    """
+    with _own(common, APART_PREFIX, cwd, "save files", before=_sweep_unheld) as own:
+        fd = os.open(own, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):  # a file system that cannot lock: never swept
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield Apart(cwd, own / "objects", common / "objects")
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _own(
+    where: Path, prefix: str, cwd: Path, doing: str, *, before: Callable[[Path], None]
+) -> Iterator[Path]:
+    """A directory of its own in the git dir *where*, with an empty object store; removed after.
+
+    *before*: the sweep of what earlier ones left there. *doing*: what an error says the
+    directory was for, in *cwd*.
+    """
+    try:
+        before(where)
+        own = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+    except OSError as exc:
+        _refuse(exc, cwd, doing)
+    try:
+        (own / "objects" / "pack").mkdir(parents=True)
+        (own / "objects" / "info").mkdir()
+        yield own
     finally:
         shutil.rmtree(own, ignore_errors=True)
+
+
+def _refuse(exc: OSError, cwd: Path, doing: str) -> NoReturn:
+    """Raise *exc* for a full disk (waited out, as every write of swarm's), else a GitError."""
+    if is_full(exc):
+        raise exc
+    raise GitError(f"{cwd}: cannot {doing} there ({exc.strerror})") from exc
 
 
 def sweep(admin: Path) -> None:
@@ -147,6 +214,29 @@ def sweep(admin: Path) -> None:
             left.unlink(missing_ok=True)
         else:
             shutil.rmtree(left, ignore_errors=True)
+
+
+def _sweep_unheld(common: Path) -> None:
+    """Remove what rescues killed half-way left in the git dir *common*: those none holds."""
+    for left in common.glob(f"{APART_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if left.is_symlink() or not left.is_dir():
+                left.unlink()
+            elif time.time() - left.lstat().st_mtime > _YOUNG_SECONDS and not _held(left):
+                shutil.rmtree(left, ignore_errors=True)
+
+
+def _held(folder: Path) -> bool:
+    """Whether a process holds the lock (``flock``) on *folder* (where none can: True)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _entries(folder: Path) -> list[Path]:

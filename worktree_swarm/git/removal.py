@@ -3,7 +3,8 @@
 A forced removal deletes a worktree swarm made without git where it can (its index aside
 first, so one killed half-way is never read as deletions); ``prune_gone`` keeps a worktree
 that is only unreadable; ``snapshot_files`` saves files as a commit before swarm removes or
-resets them (not one whose filter swarm's git never runs, nor a repository inside).
+resets them (not one whose filter swarm's git never runs, one holding a secret's value, nor a
+repository inside).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worktree_swarm.core.text import path_text
-from worktree_swarm.git import runner
+from worktree_swarm.git import quarantine, runner
 from worktree_swarm.git.checkpoints import embedded_repos
 from worktree_swarm.git.repo import Repo, git, in_batches, repo_lock
-from worktree_swarm.git.staged import filtered_on_disk
+from worktree_swarm.git.staged import filtered_on_disk, holding_secrets, staged_entries
 from worktree_swarm.git.worktrees import REGISTRATIONS, linked_admin
 from worktree_swarm.infra import fs
 
@@ -170,11 +171,12 @@ class Snapshot:
     sha: str | None
     filtered: tuple[str, ...] = ()  # each with its filter
     embedded: tuple[str, ...] = ()  # repositories of their own
+    secret: tuple[str, ...] = ()  # holding a secret's value
 
     @property
     def left_out(self) -> tuple[str, ...]:
         """Every path left out: the directory holding them must be kept."""
-        return (*self.filtered, *self.embedded)
+        return (*self.filtered, *self.embedded, *self.secret)
 
     def left_out_text(self) -> str:
         """What the user is told of the paths left out ("" when none were)."""
@@ -191,6 +193,11 @@ class Snapshot:
                 "it would be its commit's id alone, its files and commits in no repository "
                 "of yours)"
             )
+        if self.secret:
+            said.append(
+                f"left out {', '.join(self.secret)}: each holds the value of a secret, which "
+                "swarm never commits"
+            )
         return "; ".join(said)
 
 
@@ -201,14 +208,21 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
     touched. With *parent*, the commit is its child (`git diff` shows what *path* changed).
     A file whose filter swarm's git never runs is saved only as *parent* (or, without one,
     the repository's HEAD) has it, else left out and named; so is a repository of its own
-    inside *path* (not a declared submodule), whose commits a gitlink would not save.
+    inside *path* (not a declared submodule), whose commits a gitlink would not save, and a
+    file holding the value of a secret (:func:`staged.holding_secrets`). The `add` hashes into
+    an object store of its own (:func:`quarantine.apart`): only what the commit holds moves
+    into the repository's, a file left out is in no object of yours.
     """
-    with tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp:
-        env = {
+    with (
+        tempfile.TemporaryDirectory(prefix="swarm-rescue-") as tmp,
+        quarantine.apart(repo.root, repo.common_dir) as store,
+    ):
+        committing = {
             "GIT_INDEX_FILE": str(Path(tmp) / "index"),
             "GIT_AUTHOR_NAME": "worktree-swarm", "GIT_AUTHOR_EMAIL": "swarm@localhost",
             "GIT_COMMITTER_NAME": "worktree-swarm", "GIT_COMMITTER_EMAIL": "swarm@localhost",
         }  # fmt: skip
+        env = {**committing, **store.env}  # staging: hashed apart
         # Git reads the config of *repo* (--git-dir), so the runner's overrides are computed
         # there, never from what *path*'s own `.git` names (or, removed, from nothing).
         base = ["-C", str(path), f"--git-dir={repo.common_dir}", f"--work-tree={path}"]
@@ -221,16 +235,34 @@ def snapshot_files(repo: Repo, path: Path, *, message: str, parent: str | None =
         embedded = embedded_repos(path, added.stdout)
         for literal in in_batches(f":(literal,top){name}" for name in embedded):
             runner.run(root, *base, *_UNSTAGE, *literal, env=env)
+        secret = _leave_out_secrets(root, base, env, parent)
         left = Snapshot(None, _put_filtered(repo, path, base, env, parent, filtered),
-                        tuple(path_text(name) for name in embedded))  # fmt: skip
+                        tuple(path_text(name) for name in embedded),
+                        tuple(path_text(name) for name in secret))  # fmt: skip
         if not runner.run(root, *base, "ls-files", "-z", env=env).stdout:
             return left
-        tree = runner.run(root, *base, "write-tree", env=env).stdout.strip()
+        # What the index still names, when it left out something `add` hashed.
+        entries = staged_entries(root, env=env, base=base, against=parent) if secret else None
+        store.move_in(None if entries is None else {blob for *_, blob in entries})
+        # Into the repository's store, now holding every object the index names.
+        tree = runner.run(root, *base, "write-tree", env=committing).stdout.strip()
         parents = ["-p", parent] if parent else []
         sha = runner.run(
-            root, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree, env=env
-        ).stdout.strip()
+            root, *base, "commit-tree", "--no-gpg-sign", *parents, "-m", message, tree,
+            env=committing,
+        ).stdout.strip()  # fmt: skip
         return dataclasses.replace(left, sha=sha)
+
+
+def _leave_out_secrets(
+    root: Path, base: list[str], env: dict[str, str], parent: str | None
+) -> list[str]:
+    """Unstage the files :func:`holding_secrets` finds (as *parent* has them, or wholly); them."""
+    secret = holding_secrets(root, env=env, base=base, against=parent)
+    for literal in in_batches(f":(literal,top){name}" for name in secret):
+        undo = ["reset", "-q", parent, "--"] if parent else _UNSTAGE
+        runner.run(root, *base, *undo, *literal, env=env)
+    return secret
 
 
 def _put_filtered(

@@ -136,15 +136,21 @@ def _big_added(worktree: Path, added: str, limit: int) -> tuple[set[str], bool]:
 
 
 def staged_entries(
-    worktree: Path, *, env: Mapping[str, str] | None = None
+    worktree: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Sequence[str] = (),
+    against: str | None = None,
 ) -> list[tuple[str, str, str]]:
     """(path, mode, blob) of each path *worktree*'s index holds changed from HEAD, not deleted.
 
-    Listed by git NUL-separated (a name is as it is, bytes included); *env*: another index.
+    Listed by git NUL-separated (a name is as it is, bytes included); *env*: another index;
+    *base*: git's arguments before the command (a rescue's ``--git-dir``); *against*: the
+    commit compared with, not HEAD.
     """
     staged = runner.run_bytes(
-        worktree, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
-        "--diff-filter=d", env=env,
+        worktree, *base, "diff", "--cached", "--raw", "--no-abbrev", "-z", "--no-renames",
+        "--diff-filter=d", *([against, "--"] if against else []), env=env,
     ).stdout.split(b"\0")  # fmt: skip
     entries = []
     for meta, name in zip(staged[0::2], staged[1::2], strict=False):
@@ -172,11 +178,19 @@ def unstage_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     return secret
 
 
-def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> list[str]:
+def holding_secrets(
+    worktree: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Sequence[str] = (),
+    against: str | None = None,
+) -> list[str]:
     """The files staged in *worktree* whose content or name holds a secret value swarm knows.
 
     *env*: git's environment (``GIT_INDEX_FILE`` for an index of the caller's own, a
-    checkpoint's own object store).
+    checkpoint's own object store); *base*: git's arguments before the command (a rescue's
+    ``--git-dir``, git run in a checkout of the repository); *against*: the commit the
+    files are new or changed from, and last committed in (None: HEAD).
 
     The values the redactor knows: of secret environment variables (an agent that dumped its
     environment into a file) and of the task's ``copy`` files. Every file the index holds
@@ -196,20 +210,27 @@ def holding_secrets(worktree: Path, *, env: Mapping[str, str] | None = None) -> 
     with ObjectReader(worktree, env=env) as objects:
         # What the commit would hold (a link's target, a file as git converted it), not what
         # the worktree shows.
-        for path, mode, blob in staged_entries(worktree, env=env):
+        for path, mode, blob in staged_entries(worktree, env=env, base=base, against=against):
             # A gitlink holds a commit id; an unmerged entry no blob of its own (all zeros).
             unread = not _has_blob(mode, blob)
             head = b"" if unread else objects.read(blob, limit=_SECRET_SCAN_LIMIT)
             held = [value for value in values if value in head]
             named = any(value in os.fsencode(path) for value in values)
-            if (held and not _committed_with(worktree, path, held)) or (
-                named and not _committed_with(worktree, path, [])
+            if (held and not _committed_with(worktree, path, held, base, against)) or (
+                named and not _committed_with(worktree, path, [], base, against)
             ):
                 found.append(path)
     return found
 
 
-def _committed_with(worktree: Path, path: str, values: Sequence[bytes]) -> bool:
-    """Whether *path* was last committed, holding every one of *values* (not the agent's)."""
-    shown = runner.run_bytes(worktree, "cat-file", "blob", f"HEAD:{path}", check=False)
+def _committed_with(
+    worktree: Path, path: str, values: Sequence[bytes], base: Sequence[str], against: str | None
+) -> bool:
+    """Whether *path* was last committed holding every one of *values* (not the agent's).
+
+    Last committed: in *against*, or HEAD.
+    """
+    shown = runner.run_bytes(
+        worktree, *base, "cat-file", "blob", f"{against or 'HEAD'}:{path}", check=False
+    )
     return shown.returncode == 0 and all(value in shown.stdout for value in values)

@@ -231,7 +231,8 @@ def save_left(
     since: undoing the merge removes it all (as removing a worktree whose branch is gone
     does). Saved as a child of *parent* (by default its HEAD commit, none on a branch that is
     gone). The ref it is saved as, or None (nothing there). SwarmError, nothing undone, when
-    a changed file whose filter swarm's git never runs is left out (the rest saved).
+    a file is left out (a changed one whose filter swarm's git never runs, one holding a
+    secret's value, a repository of its own: the rest saved).
     """
     if not status.status_porcelain(worktree):
         return None
