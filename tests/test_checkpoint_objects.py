@@ -152,3 +152,30 @@ def _checkpoint_argv(worktree: Path) -> list[str]:
         "    print(type(exc).__name__)\n"
     )
     return [sys.executable, "-c", script, str(worktree)]
+
+
+@pytest.mark.parametrize("then", [("clean", "--all", "--yes"), ("retry", "t", "--fresh")])
+def test_a_secret_of_a_tasks_env_its_run_left_out_is_not_committed_by_a_later_command(
+    repo: Path, write_agent: AgentFactory, then: tuple[str, ...]
+) -> None:
+    # The value is the task's own (its `env`), not in the environment of the later swarm:
+    # `swarm clean` and `swarm retry --fresh` checkpoint the worktree, where the file the
+    # run's checkpoint left out still is.
+    value = "sk-ant-api03-" + "e" * 30
+    agent = write_agent(
+        "import os\n"
+        "open('env.txt', 'w').write(os.environ['API_TOKEN'])\n"
+        "open('work.txt', 'w').write('work')\n"
+    )
+    text = (
+        f'[[task]]\nid = "t"\nprompt = "x"\nagent = {agent!r}\nenv = {{ API_TOKEN = "{value}" }}\n'
+    )
+    (repo.parent / "swarm.toml").write_text(text.replace("'", '"'))
+    assert swarm(repo, "run", str(repo.parent / "swarm.toml")).returncode == 1
+    assert status_json(repo)["t"]["reason"].startswith("wrote the value of a secret into env.txt")
+    swarm(repo, *then)
+    history = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert value.encode() not in history
+    assert value.encode() not in stored_bytes(repo)

@@ -352,6 +352,7 @@ def test_a_log_swarm_stop_ends_without_a_manager_is_redacted_as_the_manager_woul
         "import os, pathlib, time\n"
         "print('deploying with', os.environ['DEPLOY_TOKEN'], os.environ['GITHUB_TOKEN'], "
         "flush=True)\n"
+        "pathlib.Path('deploy.env').write_text(os.environ['DEPLOY_TOKEN'])\n"
         f"pathlib.Path({str(started)!r}).touch()\ntime.sleep(600)\n"
     )
     path = manifest(
@@ -371,6 +372,12 @@ def test_a_log_swarm_stop_ends_without_a_manager_is_redacted_as_the_manager_woul
     out = swarm(repo, "stop", "t")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "deploying with [REDACTED] [REDACTED]" in log.read_text()
+    # Nor is the file holding it committed by the stop's checkpoint (the task's own secret).
+    history = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert value.encode() not in history
+    assert (repo.parent / "repo.swarm" / "t" / "deploy.env").read_text() == value  # kept
     shown = subprocess.run(
         [sys.executable, "-m", "worktree_swarm.cli", "logs", "t"], cwd=repo, capture_output=True,
         text=True, timeout=60, check=True,

@@ -45,6 +45,7 @@ from worktree_swarm.infra import fs
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
 from worktree_swarm.merge import target as merge_target
+from worktree_swarm.report import run_info
 from worktree_swarm.run import task_checkpoint
 
 RESCUE_PREFIX = removal.RESCUE_PREFIX
@@ -164,6 +165,9 @@ def remove_worktree(
         if not clean:
             ref = f"refs/heads/{info.branch}" if info.branch else None
             tip = None if ref is None else moves.announce(ref, at=info.head)
+            known = _task_of(store, f)
+            if known is not None:  # its own secrets too (`env`, `copy` files'): files stay out
+                run_info.know_secrets_of(repo.root, [known[1]])
             sha = checkpoints.checkpoint(
                 path,
                 message=f"swarm: checkpoint {path.name} (clean)" + _trailers(store, f),

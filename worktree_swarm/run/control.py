@@ -135,6 +135,8 @@ def _checkpoint_stopped(
     """
     worktree = Path(row.worktree)
     ref = f"refs/heads/{row.branch}"
+    # Its own secrets too (its `env`, its `copy` files'): a file holding one stays out.
+    know_secrets_of(repo.root, [task])
     told = ref_moves.moving_refs(repo, [ref]) if announce else contextlib.nullcontext()
     run = store.get_run(row.run_id)
     left: str | None = None

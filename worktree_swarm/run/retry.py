@@ -23,6 +23,7 @@ from worktree_swarm.guard.model import blamed, suspect_reason
 from worktree_swarm.guard.recovery import cut_verdicts, finish_put_backs, unsettled
 from worktree_swarm.infra.store import Store
 from worktree_swarm.infra.store_rows import TaskRow, task_from_json
+from worktree_swarm.report.run_info import know_secrets_of
 from worktree_swarm.run import task_checkpoint
 
 RETRYABLE = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.TIMED_OUT, TaskState.BLOCKED})
@@ -237,6 +238,8 @@ def _keep_uncommitted(repo: git.Repo, store: Store, row: TaskRow) -> None:
     run = store.get_run(row.run_id)
     settings = run.settings if run is not None else None
     task = task_from_json(row.spec_json)
+    # Its own secrets too (its `env`, its `copy` files'): a file holding one stops the retry.
+    know_secrets_of(repo.root, [task])
     # The `copy` files (a `.env`) stay out: the old tip is kept, in the retry event too.
     kept = task_checkpoint.left_out(store, row, task, path)
     # `swarm retry` holds the manager lock: no run's guard watches this branch meanwhile.
