@@ -249,3 +249,26 @@ def test_a_rescue_leaves_a_file_holding_a_secrets_value_out_of_every_object(
     assert found[str(path)]["fixed"]
     assert not path.exists()
     assert _rescued(repo) == [rescued]  # the same files: saved under the same ref
+
+
+def test_a_rescue_knows_the_secrets_of_the_tasks_in_the_store(
+    repo: Path, write_agent: AgentFactory
+) -> None:
+    # The value is a task's own (its `env`), not in the environment of `swarm doctor`: a
+    # stray directory holding it (a killed run's worktree, its files written by hand) is
+    # saved without it all the same.
+    value = "sk-ant-api03-" + "w" * 30
+    agent = write_agent("open('work.txt', 'w').write('work')\n")
+    text = (
+        f'[[task]]\nid = "s"\nprompt = "x"\nagent = {agent!r}\nenv = {{ API_TOKEN = "{value}" }}\n'
+    )
+    (repo.parent / "swarm.toml").write_text(text.replace("'", '"'))
+    assert swarm(repo, "run", str(repo.parent / "swarm.toml")).returncode == 0
+    stray = repo.parent / "repo.swarm" / "stray"
+    stray.mkdir()
+    (stray / "env.txt").write_text(f"API_TOKEN={value}\n")
+    (stray / "notes.txt").write_text("notes\n")
+    found = report(repo, "doctor", "--yes", code=1)
+    assert "left out env.txt: each holds the value of a secret" in str(found[str(stray)]["result"])
+    assert value.encode() not in stored_bytes(repo)
+    assert (stray / "env.txt").exists()

@@ -42,6 +42,8 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.guard import snapshot
 from worktree_swarm.infra import lock
 from worktree_swarm.infra.store import Store
+from worktree_swarm.infra.store_rows import task_from_json
+from worktree_swarm.report import run_info
 
 DEFAULT_IDLE = 7 * DAY
 
@@ -81,6 +83,11 @@ def doctor(
         findings = scan(repo, store, force=force, foreign=foreign, idle=idle)
         if not yes:
             return Report(mode="orphans", findings=tuple(findings))
+        if store is not None:  # what a rescue saves stays without a file holding one
+            tasks = [
+                task_from_json(t.spec_json) for r in store.runs() for t in store.tasks(r.run_id)
+            ]
+            run_info.know_secrets_of(repo.root, tasks)
         results = apply(repo, findings, store=store, force=force, grace=grace)
         # A fix can leave another orphan behind (a pruned worktree's directory, still full, is
         # a stray directory now): fixed in the same go, so that none is left for a next run.
@@ -108,8 +115,8 @@ def doctor(
 def _drop_merge_baselines(repo: git.Repo) -> None:
     """Delete the baselines a killed `swarm merge`'s guard left, while no merge runs.
 
-    A merge deletes them on leaving; killed, it left its index copies and, under a filter of
-    your config, its store of your checkout's decrypted files.
+    A merge deletes them on leaving; killed, it left its index copies and the store of what
+    its captures hashed (your checkout's uncommitted files among them).
     """
     runs = repo.state_dir / "runs"
     if not runs.is_dir():
