@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import git, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
-from worktree_swarm.git import quarantine
+from worktree_swarm.git import checkpoints, quarantine
 
 AgentFactory = Callable[[str], list[str]]
 KEY = "sk-ant-api03-" + "q" * 30
@@ -138,6 +138,24 @@ def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_n
             assert not killed.exists()
         assert not other.objects.parent.exists()
     assert not held.exists()
+
+
+def test_a_checkpoint_that_stages_nothing_leaves_the_index_unlocked(repo: Path) -> None:
+    # Its copy of the index is a hard link, which an `add` that changes nothing leaves as it
+    # is: renamed onto the index through index.lock, the lock stayed (the same file twice),
+    # and every later git in the worktree failed on it.
+    worktree = repo.parent / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    os.utime(worktree / "README.md", (1e9, 1e9))  # not changed within the index's second
+    git(worktree, "update-index", "--refresh")
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    before = (admin / "index").stat().st_ino
+    assert checkpoints.checkpoint(worktree, message="m", author="a <a@example.com>") is None
+    assert (admin / "index").stat().st_ino == before  # nothing written: the test is real
+    assert not (admin / "index.lock").exists()
+    (worktree / "work.txt").write_text("work\n")
+    assert checkpoints.checkpoint(worktree, message="m", author="a <a@example.com>")
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
 
 
 def _checkpoint_argv(worktree: Path) -> list[str]:

@@ -136,6 +136,9 @@ class Staging(Apart):
         if not self.index.exists():
             return  # nothing staged and no index before: none to put in place
         index = self.admin / "index"
+        with contextlib.suppress(OSError):
+            if self.index.samefile(index):
+                return  # the link to it, which git did not write anew: the index as it was
         lock = self.admin / "index.lock"
         _take(lock)
         try:
@@ -154,11 +157,25 @@ def staging(worktree: Path) -> Iterator[Staging]:
     except OSError as exc:
         _refuse(exc, worktree, "stage a checkpoint")
     with _own(admin, PREFIX, worktree, "stage a checkpoint", before=sweep) as own:
-        index = admin / "index"
-        if index.exists():
-            # Its times too: git's check for a file changed within the index's own second.
-            shutil.copy2(index, own / "index")
+        _copy_index(admin / "index", own / "index")
         yield Staging(worktree, admin, own)
+
+
+def _copy_index(index: Path, copy: Path) -> None:
+    """Make *copy* the index file *index* as it is (none when there is none).
+
+    A hard link where it can: git never writes an index in place (it writes ``index.lock``
+    and renames it over), so the copy's writes replace the link, never the index, and a big
+    repository's index costs nothing to copy. Its times are the index's either way: git's
+    check for a file changed within the index's own second reads them.
+    """
+    try:
+        os.link(index, copy)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(index, copy)
 
 
 @contextlib.contextmanager
