@@ -21,10 +21,12 @@ from tests.conftest import git, hang_git_at
 from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm, wait_for
 from worktree_swarm.git import checkpoints, quarantine
+from worktree_swarm.infra import redact
 
 AgentFactory = Callable[[str], list[str]]
 KEY = "sk-ant-api03-" + "q" * 30
 BIG = b"BigFileMarker" * 400  # 5,200 bytes: past a max_file of 4K
+AUTHOR = "a <a@example.com>"
 
 
 def _left_behind(repo: Path) -> list[Path]:
@@ -197,3 +199,41 @@ def test_a_secret_of_a_tasks_env_its_run_left_out_is_not_committed_by_a_later_co
     ).stdout
     assert value.encode() not in history
     assert value.encode() not in stored_bytes(repo)
+
+
+def test_a_checkpoint_that_leaves_a_file_out_keeps_the_trees_its_sparse_index_names(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With index.sparse, `add` folds a directory outside the cone whose files are all skipped
+    # back into one entry, writing its tree itself (into the checkpoint's own store). Only
+    # the blobs the index still names were moved into yours: the index named a tree your
+    # store lacked, and the commit read that directory as empty (b/c/z.txt deleted).
+    for name in ("a/x.txt", "b/y.txt", "b/c/z.txt"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(f"{name}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "dirs")
+    git(repo, "config", "index.sparse", "true")
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / "info").mkdir()
+    (admin / "info" / "sparse-checkout").write_text("/*\n!/*/\n/a/\n")  # a/ alone, in cone mode
+    sparse = ("-c", "core.sparseCheckout=true", "-c", "core.sparseCheckoutCone=true")
+    git(worktree, *sparse, "read-tree", "-mu", "HEAD")
+    assert not (worktree / "b").exists()
+    (worktree / "b").mkdir()
+    (worktree / "b" / "y.txt").write_text("edited outside the cone\n")
+    assert checkpoints.checkpoint(worktree, message="m", author=AUTHOR) is not None
+    (worktree / "b" / "y.txt").unlink()  # b/ all skipped again: folded back into a tree
+    (worktree / "a" / "env.txt").write_text(f"KEY={KEY}\n")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setattr(redact, "_current", None)  # this process's redactor: read again
+    with pytest.raises(checkpoints.SecretLeftOutError):
+        checkpoints.checkpoint(worktree, message="m", author=AUTHOR, report_secrets=True)
+    assert git(repo, "ls-tree", "-r", "--name-only", "swarm/t").split() == [
+        "README.md", "a/x.txt", "b/c/z.txt",
+    ]  # fmt: skip
+    assert _index_objects_exist(worktree)
+    assert KEY.encode() not in stored_bytes(repo)
+    git(repo, "fsck", "--no-dangling")

@@ -70,9 +70,14 @@ class Apart:
     def move_in(self, keep: Collection[str] | None = None) -> None:
         """Move the objects to keep into the repository's store.
 
-        *keep*: the object ids still wanted of those the own store holds (None: all it
-        holds). The rest, never in the repository's store, goes with the own store.
+        *keep*: the blobs still wanted of those the own store holds (None: all it holds).
+        The rest, never in the repository's store, goes with the own store. Every tree it
+        wrote is kept: a file's content is only ever a blob, and with
+        ``index.sparse`` the index names a tree `add` wrote (a directory outside the cone
+        folded back into one entry), which no list of its changed files shows.
         """
+        if keep is not None:
+            keep = {*keep, *self._trees()}
         written: set[str] = set()
         for fanout in _entries(self.objects):
             if not _FANOUT.fullmatch(fanout.name):
@@ -84,6 +89,15 @@ class Apart:
                 written.add(oid)
         if any((self.objects / "pack").glob("*.idx")):
             self._repack(keep, written)
+
+    def _trees(self) -> list[str]:
+        """The trees in the own store (loose or packed): what its `add` wrote that is no blob."""
+        mine = {"GIT_OBJECT_DIRECTORY": str(self.objects)}
+        listed = runner.run(
+            self.cwd, "cat-file", "--batch-all-objects",
+            "--batch-check=%(objectname) %(objecttype)", env=mine,
+        ).stdout.split()  # fmt: skip
+        return [oid for oid, kind in zip(listed[0::2], listed[1::2], strict=True) if kind == "tree"]
 
     def _repack(self, keep: Collection[str] | None, loose: set[str]) -> None:
         """Pack into the repository's store the objects to keep that a pack of the own holds.
