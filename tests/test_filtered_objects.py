@@ -270,3 +270,41 @@ def test_the_guards_store_deleted_is_told_and_later_writes_are_put_back(
     assert (repo / "secret.txt").read_text() == mine
     assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert PLAIN.encode() not in stored_bytes(repo)
+
+
+# Deletes the guard's whole directory, its store with it (no --sandbox: it can), not the
+# state directory `.git/swarm`, which the manager writes back.
+GUARD_DIR_DELETER = STORE_DELETER.replace("shutil.rmtree(store)", "shutil.rmtree(store.parent)")
+
+
+def test_the_guards_directory_deleted_by_an_agent_is_its_outside_write(
+    tmp_path: Path, write_agent: AgentFactory
+) -> None:
+    # Told apart from the whole state directory by the guard's own directory, the loss was
+    # taken for `rm -rf .git/swarm` (logged: "the run's directory was deleted with it") and
+    # the agent that deleted it was named nowhere.
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    (repo / "notes.txt").write_text("my uncommitted notes\n")
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    agent = " ".join([*write_agent(GUARD_DIR_DELETER), str(repo), str(flags)])
+    running = swarm_bg(repo, "run", "--agent", agent, "-t", "t=x")
+    try:
+
+        def told() -> bool:
+            logs = (repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")
+            return any("store of your checkout's baseline" in log.read_text() for log in logs)
+
+        wait_for(told, what="the guard to tell its store was deleted")
+        (flags / "go").touch()
+        assert running.wait(timeout=120) == 1, (repo.parent / "bg.log").read_text()
+    finally:
+        (flags / "go").touch()
+        if running.poll() is None:
+            running.kill()
+    deleted, written = events(repo, "outside_write")
+    assert deleted["where"] == "repository", deleted
+    assert deleted["suspects"] == ["t"]
+    assert "cannot be put back" in str(deleted["lost"])
+    assert written["paths"] == ["README.md"], written
+    assert (repo / "README.md").read_text() == "hello\n"

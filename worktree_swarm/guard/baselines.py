@@ -51,9 +51,10 @@ class Baselines(Verdicts):
     # found so: deleted (or another in its place), the baselines name objects that are gone.
     _own_store: tuple[int, int] | None = None
     _store_seen = 0.0
-    # The guard's directory (device, inode) when that store was found: gone or another in its
-    # place, the whole state directory was deleted, which the manager writes back and says.
-    _guard_dir: tuple[int, int] | None = None
+    # The state directory, `.git/swarm` (device, inode), when that store was found: gone or
+    # another in its place, it was deleted whole, which the manager writes back and says. Not
+    # the guard's own directory, which an agent can delete alone, its store with it.
+    _state_dir: tuple[int, int] | None = None
 
     @property
     def _snapshots(self) -> Objects:
@@ -163,7 +164,7 @@ class Baselines(Verdicts):
             base = capture(path, scratch, self._snapshots, self._exclude if where == MAIN else ())
             if self._own_store is None:
                 self._own_store, self._store_seen = _identity(self._snapshots.own), began
-                self._guard_dir = _identity(self._dir)
+                self._state_dir = _identity(self.repo.state_dir)
         if users and base is not None:
             args = ("ls-tree", "-r", "-d", "-z", "--name-only", base.tree)
             out = runner.run_names(path, *args, env=self._snapshots.reading()).stdout
@@ -227,7 +228,7 @@ class Baselines(Verdicts):
             self._store_seen = began
             return None
         window = (self._store_seen, began)
-        with_dir = _identity(self._dir) != self._guard_dir  # the whole state directory deleted
+        with_dir = _identity(self.repo.state_dir) != self._state_dir  # all of `.git/swarm`
         self._own_store = None
         for place in self._places.values():  # their entries name objects that are gone
             for scratch in (place.scratch, place.scratch.with_name(place.scratch.name + ".lock")):
@@ -241,7 +242,7 @@ class Baselines(Verdicts):
             " what it held (your uncommitted edits, as the baselines took them) cannot be put back"
         )
         if with_dir:
-            self._log(f"{lost} (the run's directory was deleted with it); new baselines taken")
+            self._log(f"{lost} (the state directory was deleted with it); new baselines taken")
             return []
         suspects = self._agents.suspects(window, exclude=())
         if not suspects:
