@@ -237,3 +237,29 @@ def test_a_checkpoint_that_leaves_a_file_out_keeps_the_trees_its_sparse_index_na
     assert _index_objects_exist(worktree)
     assert KEY.encode() not in stored_bytes(repo)
     git(repo, "fsck", "--no-dangling")
+
+
+def test_a_fan_out_directory_swapped_for_a_link_as_it_is_made_gets_no_mode_through_it(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint makes the fan-out directory of a kept object in your store, then gives it
+    # the store's mode. Between the two, an agent writing `.git/objects` (also under
+    # --sandbox) can put a link to any directory of yours in its place: the mode was set on
+    # that directory (a private one made readable by all).
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    store = repo / ".git" / "objects"
+    made = Path.mkdir
+
+    def swapped(self: Path, *args: object, **kwargs: object) -> None:
+        made(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self.parent == store and len(self.name) == 2:
+            self.rename(tmp_path / f"aside-{self.name}")
+            self.symlink_to(private)
+
+    (repo / "work.txt").write_text("work of a new object\n")
+    monkeypatch.setattr(Path, "mkdir", swapped)
+    checkpoints.checkpoint(repo, message="m", author=AUTHOR)
+    monkeypatch.undo()
+    assert private.stat().st_mode & 0o777 == 0o700

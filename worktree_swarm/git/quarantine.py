@@ -284,7 +284,7 @@ def _link(source: Path, target: Path, store: Path) -> None:
         # git's own mode for a fan-out directory: its store's (a shared repository's).
         with contextlib.suppress(FileExistsError):
             target.parent.mkdir()
-            target.parent.chmod(stat.S_IMODE(store.stat().st_mode))
+            _chmod_made(target.parent, stat.S_IMODE(store.stat().st_mode))
     try:
         os.link(source, target)
     except FileExistsError:
@@ -293,6 +293,22 @@ def _link(source: Path, target: Path, store: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         _copy(source, target)  # a store on another file system, or one without hard links
+
+
+def _chmod_made(folder: Path, mode: int) -> None:
+    """Give the directory *folder*, just made, *mode*: never through a link put in its place.
+
+    An agent writing the store (also under --sandbox) can swap it for a symlink to any
+    directory of yours between the two: that one would get the store's mode.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # a link (or gone) already: left as it is, the guard's to take away
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _copy(source: Path, target: Path) -> None:
