@@ -7,6 +7,7 @@ until `git gc` pruned it, two weeks later by default.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -263,3 +264,30 @@ def test_a_fan_out_directory_swapped_for_a_link_as_it_is_made_gets_no_mode_throu
     checkpoints.checkpoint(repo, message="m", author=AUTHOR)
     monkeypatch.undo()
     assert private.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_checkpoint_cut_short_leaves_a_split_index_readable(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With core.splitIndex, the staging's `add` writes a new shared index beside the
+    # worktree's, and git deletes the shared indexes older than splitIndex.sharedIndexExpire
+    # (`now`: all but its own), the one the worktree's index still names among them: a
+    # checkpoint that failed (a full disk) or was killed before it put its copy in place left
+    # an index no git could read, and every later checkpoint failed on it.
+    git(repo, "config", "core.splitIndex", "true")
+    git(repo, "config", "splitIndex.sharedIndexExpire", "now")
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    for number in range(20):  # enough for `add` to write a shared index of its own
+        (worktree / f"new{number}.txt").write_text(f"{number}\n")
+
+    def full(self: quarantine.Staging, keep: object = None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(quarantine.Staging, "settle", full)
+        with pytest.raises(OSError, match="No space left"):
+            checkpoints.checkpoint(worktree, message="m", author=AUTHOR)
+    assert git(worktree, "status", "--porcelain").count("?? new") == 20
+    assert checkpoints.checkpoint(worktree, message="m", author=AUTHOR) is not None
+    assert len(git(repo, "ls-tree", "--name-only", "swarm/t").split()) == 21

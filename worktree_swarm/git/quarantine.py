@@ -51,6 +51,23 @@ def alternate(store: Path) -> dict[str, str]:
     return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
 
 
+def _keeping_shared_indexes() -> dict[str, str]:
+    """The environment that keeps git from deleting a split index's shared indexes.
+
+    Writing the index copy (``core.splitIndex``), git may write a shared index of its own
+    beside the worktree's index and delete those older than ``splitIndex.sharedIndexExpire``:
+    the one that index still names among them, until the copy replaces it. A checkpoint cut
+    short would leave an index no git can read. Set after any your environment gives git.
+    """
+    count = os.environ.get("GIT_CONFIG_COUNT", "")
+    given = int(count) if count.isdigit() else 0
+    return {
+        "GIT_CONFIG_COUNT": str(given + 1),
+        f"GIT_CONFIG_KEY_{given}": "splitIndex.sharedIndexExpire",
+        f"GIT_CONFIG_VALUE_{given}": "never",
+    }
+
+
 class Apart:
     """An object store of its own (*objects*), and moving what it wrote into the repository's.
 
@@ -133,7 +150,7 @@ class Staging(Apart):
     @property
     def env(self) -> dict[str, str]:
         """The environment of a git that stages: the index copy, hashing into the own store."""
-        return {"GIT_INDEX_FILE": str(self.index), **super().env}
+        return {"GIT_INDEX_FILE": str(self.index), **super().env, **_keeping_shared_indexes()}
 
     def settle(self, keep: Collection[str] | None = None) -> None:
         """Move the objects to keep into the repository's store, then put the index copy in place.
