@@ -51,7 +51,7 @@ def alternate(store: Path) -> dict[str, str]:
     return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": f'"{quoted}"'}
 
 
-def _keeping_shared_indexes() -> dict[str, str]:
+def keeping_shared_indexes() -> dict[str, str]:
     """The environment that keeps git from deleting a split index's shared indexes.
 
     Writing the index copy (``core.splitIndex``), git may write a shared index of its own
@@ -82,7 +82,11 @@ class Apart:
     @property
     def env(self) -> dict[str, str]:
         """The environment of a git that hashes into the own store (the repository's read too)."""
-        return {"GIT_OBJECT_DIRECTORY": str(self.objects), **alternate(self.store)}
+        return {
+            "GIT_OBJECT_DIRECTORY": str(self.objects),
+            **alternate(self.store),
+            **keeping_shared_indexes(),  # it writes an index of its own
+        }
 
     def move_in(self, keep: Collection[str] | None = None) -> None:
         """Move the objects to keep into the repository's store.
@@ -150,7 +154,7 @@ class Staging(Apart):
     @property
     def env(self) -> dict[str, str]:
         """The environment of a git that stages: the index copy, hashing into the own store."""
-        return {"GIT_INDEX_FILE": str(self.index), **super().env, **_keeping_shared_indexes()}
+        return {"GIT_INDEX_FILE": str(self.index), **super().env}
 
     def settle(self, keep: Collection[str] | None = None) -> None:
         """Move the objects to keep into the repository's store, then put the index copy in place.

@@ -16,7 +16,7 @@ from worktree_swarm.git import checkpoints, runner
 from worktree_swarm.git import index as git_index
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.process import StuckOnPipeError
-from worktree_swarm.git.quarantine import alternate
+from worktree_swarm.git.quarantine import alternate, keeping_shared_indexes
 from worktree_swarm.guard import held_files
 from worktree_swarm.guard.model import Snapshot, short_ref
 
@@ -73,7 +73,9 @@ def capture(path: Path, scratch: Path, objects: Objects, exclude: Sequence[str] 
     ``UNBORN``: left out, it would hide the checkout from every scan. What it hashes goes
     into the guard's own store (*objects*).
     """
-    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing()}
+    # Its scratch index written (under `core.splitIndex`), git would delete the shared index
+    # your own index names, were it older than `splitIndex.sharedIndexExpire`.
+    env = {"GIT_INDEX_FILE": str(scratch), **objects.writing(), **keeping_shared_indexes()}
     try:
         return _capture(path, env, exclude)
     except StuckOnPipeError:
