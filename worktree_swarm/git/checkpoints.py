@@ -114,7 +114,11 @@ def checkpoint(
         secret = unstage_secrets(worktree, env=apart)
         big = unstage_over(worktree, added, max_file, env=apart)
         # What the index still names, when it left out something `add` hashed.
-        kept = {blob for *_, blob in staged_entries(worktree, env=apart)} if secret or big else None
+        kept = (
+            {blob for *_, blob in staged_entries(worktree, env=apart)}
+            if secret or big or filtered
+            else None
+        )
         staging.settle(kept)
     embedded = [*unborn, *linked]
     head = _commit(worktree, message, env, added=added.strip() != "")

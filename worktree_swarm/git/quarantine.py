@@ -103,11 +103,13 @@ class Apart:
         for fanout in _entries(self.objects):
             if not _FANOUT.fullmatch(fanout.name):
                 continue
-            for loose in _entries(fanout):
-                oid = fanout.name + loose.name
-                if _REST.fullmatch(loose.name) and (keep is None or oid in keep):
-                    _link(loose, self.store / fanout.name / loose.name, self.store)
-                written.add(oid)
+            names = [name for name in os.listdir(fanout) if _REST.fullmatch(name)]  # noqa: PTH208
+            written.update(fanout.name + name for name in names)
+            wanted = [n for n in names if keep is None or fanout.name + n in keep]
+            if wanted:  # one directory made a fan-out, plain strings for its thousands of files
+                into = _fanout_dir(self.store / fanout.name, self.store)
+                for name in wanted:
+                    _link(f"{fanout}/{name}", f"{into}/{name}")
         if any((self.objects / "pack").glob("*.idx")):
             self._repack(keep, written)
 
@@ -299,13 +301,18 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _link(source: Path, target: Path, store: Path) -> None:
-    """Give the object file *source* its name *target* in *store* (one there already stays)."""
-    if not target.parent.is_dir():
+def _fanout_dir(folder: Path, store: Path) -> Path:
+    """The fan-out directory *folder* of *store*, made with the store's mode where missing."""
+    if not folder.is_dir():
         # git's own mode for a fan-out directory: its store's (a shared repository's).
         with contextlib.suppress(FileExistsError):
-            target.parent.mkdir()
-            _chmod_made(target.parent, stat.S_IMODE(store.stat().st_mode))
+            folder.mkdir()
+            _chmod_made(folder, stat.S_IMODE(store.stat().st_mode))
+    return folder
+
+
+def _link(source: str, target: str) -> None:
+    """Give the object file *source* its name *target* (one there already stays)."""
     try:
         os.link(source, target)
     except FileExistsError:
@@ -313,7 +320,7 @@ def _link(source: Path, target: Path, store: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        _copy(source, target)  # a store on another file system, or one without hard links
+        _copy(Path(source), Path(target))  # another file system, or one without hard links
 
 
 def _chmod_made(folder: Path, mode: int) -> None:
