@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -291,3 +293,38 @@ def test_a_checkpoint_cut_short_leaves_a_split_index_readable(
     assert git(worktree, "status", "--porcelain").count("?? new") == 20
     assert checkpoints.checkpoint(worktree, message="m", author=AUTHOR) is not None
     assert len(git(repo, "ls-tree", "--name-only", "swarm/t").split()) == 21
+
+
+def test_objects_move_into_a_store_on_another_file_system_as_copies(tmp_path: Path) -> None:
+    # `.git/objects` a symlink to another disk: no hard link reaches it, a copy does.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", str(repo))
+    with tempfile.TemporaryDirectory(dir=shm) as far:
+        store = Path(far) / "objects"
+        shutil.move(repo / ".git" / "objects", store)
+        (repo / ".git" / "objects").symlink_to(store)
+        (repo / "f.txt").write_text("far away\n")
+        with quarantine.staging(repo) as staging:
+            git_env = {**os.environ, **staging.env}
+            subprocess.run(["git", "add", "f.txt"], cwd=repo, env=git_env, check=True)
+            staging.settle()
+        blob = git(repo, "rev-parse", ":f.txt")
+        assert git(repo, "cat-file", "-p", blob) == "far away"
+        assert (store / blob[:2] / blob[2:]).stat().st_nlink == 1  # a copy of its own
+        assert not _left_behind(repo)
+
+
+def test_a_stale_index_lock_a_killed_git_left_is_taken_over(repo: Path) -> None:
+    # Older than a git holds one for: left by a git killed half-way (or planted).
+    worktree = repo.parent / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    (admin / "index.lock").write_text("")
+    os.utime(admin / "index.lock", (1e9, 1e9))
+    (worktree / "work.txt").write_text("work\n")
+    assert checkpoints.checkpoint(worktree, message="m", author="a <a@example.com>")
+    assert git(repo, "show", "swarm/t:work.txt") == "work"
+    assert not (admin / "index.lock").exists()
