@@ -243,28 +243,7 @@ def test_the_guards_store_deleted_is_told_and_later_writes_are_put_back(
     repo = crypt_repo(tmp_path / "repo")
     mine = f"{PLAIN}\nmy edit {PLAIN}2\n"
     (repo / "secret.txt").write_text(mine)
-    flags = tmp_path / "flags"
-    flags.mkdir()
-    agent = " ".join([*write_agent(STORE_DELETER), str(repo), str(flags)])
-    running = swarm_bg(repo, "run", "--agent", agent, "-t", "t=x")
-    try:
-
-        def told() -> bool:
-            logs = (repo / ".git" / "swarm" / "runs").glob("*/guard/guard.log")
-            return any("store of your checkout's baseline" in log.read_text() for log in logs)
-
-        wait_for(told, what="the guard to tell its store was deleted")
-        (flags / "go").touch()
-        assert running.wait(timeout=120) == 1, (repo.parent / "bg.log").read_text()
-    finally:
-        (flags / "go").touch()
-        if running.poll() is None:
-            running.kill()
-    deleted, written = events(repo, "outside_write")
-    assert deleted["where"] == "repository", deleted
-    assert deleted["suspects"] == ["t"]
-    assert "cannot be put back" in str(deleted["lost"])
-    assert written["paths"] == ["README.md"], written
+    written = _store_deleted_under_a_run(repo, tmp_path, write_agent, STORE_DELETER)
     assert written["restored"] is True
     assert (repo / "README.md").read_text() == "hello\n"
     assert (repo / "secret.txt").read_text() == mine
@@ -285,9 +264,18 @@ def test_the_guards_directory_deleted_by_an_agent_is_its_outside_write(
     # the agent that deleted it was named nowhere.
     repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
     (repo / "notes.txt").write_text("my uncommitted notes\n")
+    _store_deleted_under_a_run(repo, tmp_path, write_agent, GUARD_DIR_DELETER)
+    assert (repo / "README.md").read_text() == "hello\n"
+
+
+def _store_deleted_under_a_run(
+    repo: Path, tmp_path: Path, write_agent: AgentFactory, deleter: str
+) -> dict[str, object]:
+    """Run the agent *deleter* (it deletes the guard's store, then writes your README): the
+    outside write of the deletion checked, the write's event returned."""
     flags = tmp_path / "flags"
     flags.mkdir()
-    agent = " ".join([*write_agent(GUARD_DIR_DELETER), str(repo), str(flags)])
+    agent = " ".join([*write_agent(deleter), str(repo), str(flags)])
     running = swarm_bg(repo, "run", "--agent", agent, "-t", "t=x")
     try:
 
@@ -307,4 +295,4 @@ def test_the_guards_directory_deleted_by_an_agent_is_its_outside_write(
     assert deleted["suspects"] == ["t"]
     assert "cannot be put back" in str(deleted["lost"])
     assert written["paths"] == ["README.md"], written
-    assert (repo / "README.md").read_text() == "hello\n"
+    return written
