@@ -177,6 +177,10 @@ def test_a_file_over_max_file_is_pushed_by_no_checkpoint_of_a_node(
     remote = tmp_path / "remote.git"
     capped._snapshot()  # the running checkpoint, every checkpoint_interval
     assert git(remote, "ls-tree", "-r", "--name-only", "swarm/t") == "README.md\nwork.txt"
+    # Hashed apart: in no object of the clone's either, not even one no commit holds.
+    big = git(capped.work, "hash-object", "big.bin")
+    found = subprocess.run(["git", "cat-file", "-e", big], cwd=capped.work, check=False)
+    assert found.returncode != 0
     with pytest.raises(GitError, match=r"max_file \(1.0K: big.bin \(1.0K\)\)") as caught:
         capped.finish(message="swarm: checkpoint t")
     assert "they stay in the clone on node n1 (removed with the attempt)" in str(caught.value)

@@ -26,7 +26,7 @@ from filelock import FileLock
 from worktree_swarm.agents import adapter_for
 from worktree_swarm.core.errors import GitError, SwarmError
 from worktree_swarm.core.task import Task
-from worktree_swarm.git import checkpoints, gitconfig, runner, staged, status
+from worktree_swarm.git import checkpoints, gitconfig, quarantine, runner, staged, status
 from worktree_swarm.git import repo as git
 from worktree_swarm.git.remote_login import login_for
 from worktree_swarm.guard import surface, surface_diff, surface_restore
@@ -290,16 +290,25 @@ class NodeClone:
         Whether there was anything to push.
         """
         self._settle_git_files()
-        with tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        with (
+            tempfile.TemporaryDirectory(prefix="swarm-index-") as tmp,
+            # Hashed apart: what it leaves out is in no object of the clone's either.
+            quarantine.apart(self.work, self.work / ".git") as apart,
+        ):
+            index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            env = {**index, **apart.env}
             runner.run(self.work, "read-tree", "HEAD", env=env)
             added = runner.run_names(self.work, "add", "--all", "--verbose", env=env).stdout
             # A file holding a secret's value is never pushed, not even for a minute, nor one
             # over max_file: the attempt's own checkpoint leaves them out too, and fails the
             # task saying so.
-            staged.unstage_secrets(self.work, env=env)
-            staged.unstage_over(self.work, added, self.a.max_file, env=env)
-            tree = runner.run(self.work, "write-tree", env=env).stdout.strip()
+            secret = staged.unstage_secrets(self.work, env=env)
+            big = staged.unstage_over(self.work, added, self.a.max_file, env=env)
+            if secret or big:  # only what the index still names moves in
+                apart.move_in({blob for *_, blob in staged.staged_entries(self.work, env=env)})
+            else:
+                apart.move_in()
+            tree = runner.run(self.work, "write-tree", env=index).stdout.strip()
             head = git.rev_parse_in(self.work, "HEAD")
             if head is None or tree == git.rev_parse_in(self.work, "HEAD^{tree}"):
                 return False
