@@ -8,6 +8,7 @@ until `git gc` pruned it, two weeks later by default.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -125,7 +126,7 @@ def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_n
     repo: Path,
 ) -> None:
     # A rescue's store in the repository's git dir is held (flock) while its rescue works:
-    # the next one removes a store none holds, never one still in use, nor one just made.
+    # the next one removes a store none holds, however young, never one still in use.
     common = repo / ".git"
     old = time.time() - 3600
     killed = common / f"{quarantine.APART_PREFIX}killed"
@@ -139,10 +140,37 @@ def test_a_rescues_store_killed_half_way_goes_with_the_next_rescue_a_live_ones_n
         with quarantine.apart(repo, common) as other:
             assert other.objects.parent != held
             assert held.is_dir()
-            assert young.is_dir()
+            assert not young.exists()
             assert not killed.exists()
         assert not other.objects.parent.exists()
     assert not held.exists()
+
+
+def test_a_store_swept_as_it_is_made_before_it_is_held_is_made_again(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No age spares a store just made: a sweep between its making and its lock removes it,
+    # and the checkpoint makes another, held before it is filled.
+    made: list[Path] = []
+    real = tempfile.mkdtemp
+
+    def swept_once(**kwargs: str) -> str:
+        path = real(**kwargs)
+        made.append(Path(path))
+        if len(made) == 1:
+            quarantine.sweep(Path(path).parent)  # another checkpoint's, at that moment
+        return path
+
+    monkeypatch.setattr(quarantine.tempfile, "mkdtemp", swept_once)
+    with quarantine.staging(repo) as staging:
+        own = staging.index.parent
+        assert len(made) == 2
+        assert not made[0].exists()
+        assert own == made[1]
+        assert (own / "objects" / "pack").is_dir()
+        quarantine.sweep(own.parent)  # held: a sweep now leaves it
+        assert own.is_dir()
+    assert not own.exists()
 
 
 def test_a_checkpoint_that_stages_nothing_leaves_the_index_unlocked(repo: Path) -> None:
@@ -328,3 +356,127 @@ def test_a_stale_index_lock_a_killed_git_left_is_taken_over(repo: Path) -> None:
     assert checkpoints.checkpoint(worktree, message="m", author="a <a@example.com>")
     assert git(repo, "show", "swarm/t:work.txt") == "work"
     assert not (admin / "index.lock").exists()
+
+
+def _stores_in(worktree: Path) -> list[Path]:
+    """The staging stores in *worktree*'s git dir."""
+    return sorted(
+        Path(git(worktree, "rev-parse", "--absolute-git-dir")).glob(f"{quarantine.PREFIX}*")
+    )
+
+
+def _doctor(repo: Path, *args: str) -> dict[str, dict[str, object]]:
+    """`swarm doctor --json`'s findings of kind staging, by target."""
+    out = swarm(repo, "doctor", *args, "--json")
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    found = json.loads(out.stdout)["findings"]
+    return {str(f["target"]): f for f in found if f["kind"] == "staging"}
+
+
+def test_what_a_checkpoint_killed_half_way_left_is_found_and_removed_by_doctor(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worktree kept for you (a failed task's) may never be checkpointed again: the store
+    # its killed checkpoint left, a secret's value in it, goes with `swarm doctor --yes`.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    (worktree / "env.txt").write_text(f"KEY={KEY}\n")
+    hung = hang_git_at(tmp_path, monkeypatch, "diff")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    proc = subprocess.Popen(_checkpoint_argv(worktree), start_new_session=True)
+    try:
+        wait_for(hung.exists, timeout=60, what="the checkpoint's look at what it staged")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (tmp_path / "gitbin" / "git").unlink()  # the real git from now on
+    (left,) = _stores_in(worktree)
+    hashed = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True,
+        env={**os.environ, "GIT_OBJECT_DIRECTORY": str(left / "objects")}, check=True,
+    ).stdout  # fmt: skip
+    assert KEY.encode() in hashed  # what it left holds the secret's value
+
+    planned = _doctor(repo)
+    assert list(planned) == [str(left)]
+    assert planned[str(left)]["action"] == "remove_staging"
+    assert "a checkpoint killed half-way" in str(planned[str(left)]["reason"])
+    assert left.is_dir()  # a dry run only looks
+
+    done = _doctor(repo, "--yes")
+    assert done[str(left)]["fixed"] is True, done
+    assert not left.exists()
+    assert _doctor(repo) == {}
+    assert git(worktree, "status", "--porcelain") == "?? env.txt"  # the worktree as it was
+
+
+_HOLDER = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "open(sys.argv[2], 'w').close()\n"
+    "while not os.path.exists(sys.argv[3]):\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+@pytest.mark.parametrize("where", ["worktree", "main", "rescue"])
+def test_a_store_a_live_process_holds_is_never_swept_nor_removed_by_doctor(
+    repo: Path, tmp_path: Path, where: str
+) -> None:
+    # A checkpoint or rescue at work holds its store: however old, the sweep of a checkpoint
+    # of the same worktree leaves it, and so does `swarm doctor`, until its holder is gone.
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "swarm/t", str(worktree))
+    admin = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    common = repo / ".git"
+    store = {
+        "worktree": admin / f"{quarantine.PREFIX}live",
+        "main": common / f"{quarantine.PREFIX}live",
+        "rescue": common / f"{quarantine.APART_PREFIX}live",
+    }[where]
+    (store / "objects" / "pack").mkdir(parents=True)
+    (store / "index").write_text("staged")
+    old = time.time() - 3600
+    os.utime(store, (old, old))
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(store), str(ready), str(go)])
+    try:
+        wait_for(ready.exists, timeout=30, what="the store to be held")
+        (worktree / "work.txt").write_text("work\n")
+        assert checkpoints.checkpoint(worktree, message="m", author=AUTHOR)
+        (repo / "mine.txt").write_text("mine\n")
+        assert checkpoints.checkpoint(repo, message="m", author=AUTHOR)
+        assert (store / "index").read_text() == "staged"
+        assert _doctor(repo) == {}
+        assert _doctor(repo, "--yes") == {}
+        assert (store / "index").read_text() == "staged"
+    finally:
+        go.touch()
+        holder.wait(timeout=30)
+    assert list(_doctor(repo)) == [str(store)]  # none holds it now
+    assert _doctor(repo, "--yes")[str(store)]["fixed"] is True
+    assert not store.exists()
+
+
+def test_doctor_removes_a_link_or_file_by_a_stores_name_as_itself(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Planted (an agent can write the git dirs): removed, never what a link points to.
+    yours = tmp_path / "yours"
+    (yours / "objects").mkdir(parents=True)
+    (yours / "keep.txt").write_text("keep\n")
+    common = repo / ".git"
+    link = common / f"{quarantine.PREFIX}link"
+    link.symlink_to(yours, target_is_directory=True)
+    planted = common / f"{quarantine.APART_PREFIX}file"
+    planted.write_text("x")
+    planned = _doctor(repo)
+    assert sorted(planned) == sorted([str(link), str(planted)])
+    assert "never what it points to" in str(planned[str(link)]["fix"])
+    done = _doctor(repo, "--yes")
+    assert all(f["fixed"] is True for f in done.values()), done
+    assert not link.is_symlink()
+    assert not planted.exists()
+    assert (yours / "keep.txt").read_text() == "keep\n"
+    assert (yours / "objects").is_dir()

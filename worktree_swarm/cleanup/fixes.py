@@ -2,11 +2,11 @@
 
 A plan is a list of :class:`~worktree_swarm.cleanup.findings.Finding` objects, each naming its
 target, the reason and what ``--yes`` does about it. :func:`apply` carries a plan out under the
-repository lock in a safe order (stop processes, remove stale git locks, checkpoint and remove
-worktrees, prune, delete branches), re-checking each finding first, so a stale plan never
-destroys anything. The fixes of each kind live beside their findings (``branches``,
-``repo_repairs``), a worktree's in ``worktree_removal`` (its findings: ``worktree_plan``);
-stopping tasks and processes is here.
+repository lock in a safe order (stop processes, remove stale git locks and the stores of
+killed checkpoints, checkpoint and remove worktrees, prune, delete branches), re-checking each
+finding first, so a stale plan never destroys anything. The fixes of each kind live beside
+their findings (``branches``, ``repo_repairs``), a worktree's in ``worktree_removal`` (its
+findings: ``worktree_plan``); stopping tasks and processes is here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from worktree_swarm.cleanup.branches import delete_branches, delete_remote_branc
 from worktree_swarm.cleanup.cut_off_worktrees import rescue_worktree
 from worktree_swarm.cleanup.findings import Action, Finding, Result
 from worktree_swarm.cleanup.processes import protected_pids
-from worktree_swarm.cleanup.repo_repairs import mend_ref, unlink_lock
+from worktree_swarm.cleanup.repo_repairs import mend_ref, remove_staging, unlink_lock
 from worktree_swarm.cleanup.worktree_removal import (
     prune,
     remove_initializing,
@@ -128,6 +128,7 @@ def _by_repo() -> dict[Action, Callable[[git.Repo, Finding], str]]:
     return {
         Action.UNLINK_LOCK: unlink_lock,
         Action.MEND_REF: mend_ref,
+        Action.REMOVE_STAGING: remove_staging,
         Action.REMOVE_INITIALIZING: remove_initializing,
         Action.PRUNE: prune,
     }

@@ -7,6 +7,7 @@ Scanned, per kind (docs/clean.md has the reasons and fixes):
   variable they inherit, wherever they moved), and any process whose cwd is under the
   worktree root (identified by pid + create time);
 - stale git lock files (``*.lock``) while no git process works in the repository;
+- the object stores of swarm's checkpoints and rescues killed half-way, none holding them;
 - worktrees: locked ``initializing`` by a killed ``git worktree add``, prunable, directory
   missing, or registered under the worktree root without a swarm task;
 - directories under the worktree root that are not registered worktrees;
@@ -34,7 +35,12 @@ from worktree_swarm.cleanup.orphan_context import context, worktree_roots
 from worktree_swarm.cleanup.orphan_nodes import node_clones
 from worktree_swarm.cleanup.orphan_processes import processes
 from worktree_swarm.cleanup.orphan_worktrees import DAY, directories, worktree_findings
-from worktree_swarm.cleanup.repo_repairs import broken_refs, ref_move_notes, stale_git_locks
+from worktree_swarm.cleanup.repo_repairs import (
+    broken_refs,
+    ref_move_notes,
+    staging_leftovers,
+    stale_git_locks,
+)
 from worktree_swarm.core.errors import BadInputError
 from worktree_swarm.core.paths import merge_guard_dir, store_path
 from worktree_swarm.core.units import parse_duration
@@ -146,6 +152,7 @@ def scan(
     found += stale_git_locks(ctx.repo)
     found += broken_refs(ctx.repo)
     found += ref_move_notes(ctx.repo)
+    found += staging_leftovers(ctx.repo)
     wt_found, removing, dirty = worktree_findings(
         ctx, force=force, foreign=foreign, idle=idle, now=time.time() if now is None else now
     )

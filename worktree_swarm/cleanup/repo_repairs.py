@@ -1,7 +1,8 @@
 """Findings and fixes of the repository's own files that a killed process or an agent broke.
 
 git's lock files left by a killed git, loose refs holding garbage (mended where their reflog
-last left them), and swarm's notes of the refs a killed `swarm merge`/`clean` was moving.
+last left them), swarm's notes of the refs a killed `swarm merge`/`clean` was moving, and the
+object stores of swarm's checkpoints and rescues killed half-way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from worktree_swarm.cleanup.findings import Action, Finding, Kind
 from worktree_swarm.cleanup.processes import describe, git_users, repo_paths
 from worktree_swarm.core.errors import SwarmError
-from worktree_swarm.git import gitfiles, runner
+from worktree_swarm.git import gitfiles, quarantine, runner
 from worktree_swarm.git import repo as git
 from worktree_swarm.guard import ref_moves
 
@@ -30,6 +31,49 @@ def ref_move_notes(repo: git.Repo) -> list[Finding]:
         )
         for path in ref_moves.abandoned(repo.state_dir)
     ]
+
+
+def staging_leftovers(repo: git.Repo) -> list[Finding]:
+    """The stores a checkpoint or rescue killed half-way left in the git dirs, none holding them.
+
+    ``swarm-staging-*``, ``swarm-apart-*`` (docs/secrets.md). Each may hold what that
+    checkpoint left out of its commit (a secret's value): the next checkpoint of its worktree,
+    or the next rescue, removes it; one of a worktree kept for you (a failed task's) stays
+    until then.
+    """
+    found = []
+    for path in quarantine.leftovers(repo.common_dir):
+        by = "a rescue" if path.name.startswith(quarantine.APART_PREFIX) else "a checkpoint"
+        if path.is_symlink() or not path.is_dir():
+            reason = f"no directory, by the name of the object store of {by} (planted?)"
+            fix = "delete it (itself, never what it points to)"
+        else:
+            reason = (
+                f"object store {by} killed half-way left (no process holds it); it may hold"
+                " what was left out of a commit (a secret's value)"
+            )
+            fix = "delete it"
+        found.append(
+            Finding(
+                kind=Kind.STAGING,
+                target=str(path),
+                reason=reason,
+                action=Action.REMOVE_STAGING,
+                fix=fix,
+            )
+        )
+    return found
+
+
+def remove_staging(repo: git.Repo, f: Finding) -> str:
+    """Remove the store of finding *f*, unless a process holds it again (a live one's name)."""
+    del repo
+    path = Path(f.target)
+    if not path.exists() and not path.is_symlink():
+        return "already gone"
+    if not quarantine.remove_unheld(path):
+        raise SwarmError(f"{path}: a process holds it now (in use); left")
+    return "removed"
 
 
 def stale_git_locks(repo: git.Repo) -> list[Finding]:

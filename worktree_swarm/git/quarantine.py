@@ -10,9 +10,11 @@ the objects the index still names move into the repository's store (:class:`Apar
 A checkpoint (:func:`staging`) stages into a copy of the worktree's index, its store beside it
 in the worktree's git dir; the copy replaces the index once settled, under git's own lock. A
 checkpoint killed before that leaves the worktree's index as it was (it never names an object
-the store lacks), and the next one removes what it left. A rescue (:func:`apart`), whose index
-is a file of its own, gets the store alone, in the repository's git dir, held (``flock``)
-while it works: what one killed half-way left goes with the next rescue.
+the store lacks). A rescue (:func:`apart`), whose index is a file of its own, gets the store
+alone, in the repository's git dir. Either directory is held (``flock``) while it is in use:
+what one killed half-way left, none holding it, goes with the next checkpoint of that
+worktree or the next rescue (:func:`sweep`), or with `swarm doctor --yes` (:func:`leftovers`,
+:func:`remove_unheld`); a live one is never removed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,8 +40,8 @@ from worktree_swarm.infra.faults import is_full
 
 PREFIX = "swarm-staging-"  # in the worktree's git dir, one per checkpoint under way
 APART_PREFIX = "swarm-apart-"  # in the repository's git dir, one per rescue under way
-# A rescue's store younger than this is never swept: its rescue may not hold it yet.
-_YOUNG_SECONDS = 60.0
+_TRIES = 5  # directories made in a row, each removed by a sweep before it was held
+_LOOKS = 100  # tries, 10 ms apart, to lock a directory just made that a look holds
 _FANOUT = re.compile(r"[0-9a-f]{2}")
 _REST = re.compile(r"[0-9a-f]{38}(?:[0-9a-f]{24})?")
 
@@ -188,12 +190,16 @@ class Staging(Apart):
 
 @contextlib.contextmanager
 def staging(worktree: Path) -> Iterator[Staging]:
-    """A :class:`Staging` for *worktree*, its directory removed when it ends, settled or not."""
+    """A :class:`Staging` for *worktree*, its directory removed when it ends, settled or not.
+
+    Held (``flock``) while it is in use; what a checkpoint killed half-way left in the
+    worktree's git dir, none holding it, is removed first.
+    """
     try:
         admin = git_dir(worktree)
     except OSError as exc:
         _refuse(exc, worktree, "stage a checkpoint")
-    with _own(admin, PREFIX, worktree, "stage a checkpoint", before=sweep) as own:
+    with _own(admin, PREFIX, worktree, "stage a checkpoint") as own:
         _copy_index(admin / "index", own / "index")
         yield Staging(worktree, admin, own)
 
@@ -222,36 +228,74 @@ def apart(cwd: Path, common: Path) -> Iterator[Apart]:
     Held (``flock``) while it is in use; what a rescue killed half-way left, none holding it,
     is removed first.
     """
-    with _own(common, APART_PREFIX, cwd, "save files", before=_sweep_unheld) as own:
-        fd = os.open(own, os.O_RDONLY)
-        try:
-            with contextlib.suppress(OSError):  # a file system that cannot lock: never swept
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            yield Apart(cwd, own / "objects", common / "objects")
-        finally:
-            os.close(fd)
+    with _own(common, APART_PREFIX, cwd, "save files") as own:
+        yield Apart(cwd, own / "objects", common / "objects")
 
 
 @contextlib.contextmanager
-def _own(
-    where: Path, prefix: str, cwd: Path, doing: str, *, before: Callable[[Path], None]
-) -> Iterator[Path]:
-    """A directory of its own in the git dir *where*, with an empty object store; removed after.
+def _own(where: Path, prefix: str, cwd: Path, doing: str) -> Iterator[Path]:
+    """A directory *prefix*``*`` of its own in the git dir *where*, with an empty object store.
 
-    *before*: the sweep of what earlier ones left there. *doing*: what an error says the
-    directory was for, in *cwd*.
+    Held (``flock``) from before it is filled until it is removed, when it ends. What earlier
+    ones killed half-way left there, none holding it, is removed first. *doing*: what an error
+    says the directory was for, in *cwd*.
     """
     try:
-        before(where)
-        own = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+        sweep(where, prefix)
+        own, fd = _made_held(where, prefix)
     except OSError as exc:
         _refuse(exc, cwd, doing)
     try:
-        (own / "objects" / "pack").mkdir(parents=True)
-        (own / "objects" / "info").mkdir()
         yield own
     finally:
-        shutil.rmtree(own, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)  # still held: no sweep looks at it meanwhile
+        os.close(fd)
+
+
+def _made_held(where: Path, prefix: str) -> tuple[Path, int]:
+    """A directory *prefix*``*`` made in *where*, with an empty object store, held (``flock``).
+
+    Returned with the open descriptor through which this process holds it. A sweep may see it
+    before it is held, and remove it (holding it as it does): it is filled only once held and
+    still where it was made, else another is made (one that stays held by another process is
+    left to it). A sweep never removes one once held. Where the file system cannot lock, it is
+    used unheld: never swept.
+    """
+    for _ in range(_TRIES):
+        own = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+        try:
+            fd = os.open(own, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # removed (or swapped for a link) as it was made: another
+        if _locked(fd) and _same(fd, own):  # not removed by a sweep that held it before
+            try:
+                (own / "objects" / "pack").mkdir(parents=True)
+                (own / "objects" / "info").mkdir()
+            except BaseException:
+                shutil.rmtree(own, ignore_errors=True)
+                os.close(fd)
+                raise
+            return own, fd
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"each directory made in {where} was removed as it was made")
+
+
+def _locked(fd: int) -> bool:
+    """Lock the directory open as *fd* (``flock``): whether this process holds it now.
+
+    A look at whether it is held (a sweep's, `swarm doctor`'s) holds it for an instant: waited
+    out, for up to a second. True where the file system cannot lock.
+    """
+    for _ in range(_LOOKS):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True  # none can lock there: never swept either
+            time.sleep(0.01)
+        else:
+            return True
+    return False
 
 
 def _refuse(exc: OSError, cwd: Path, doing: str) -> NoReturn:
@@ -261,28 +305,79 @@ def _refuse(exc: OSError, cwd: Path, doing: str) -> NoReturn:
     raise GitError(f"{cwd}: cannot {doing} there ({exc.strerror})") from exc
 
 
-def sweep(admin: Path) -> None:
-    """Remove what checkpoints killed half-way left in the git dir *admin*."""
-    for left in admin.glob(f"{PREFIX}*"):
-        if left.is_symlink() or not left.is_dir():
-            left.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(left, ignore_errors=True)
+def sweep(where: Path, prefix: str = PREFIX) -> None:
+    """Remove what checkpoints (*prefix*: a rescue's, theirs) killed half-way left in *where*.
 
-
-def _sweep_unheld(common: Path) -> None:
-    """Remove what rescues killed half-way left in the git dir *common*: those none holds."""
-    for left in common.glob(f"{APART_PREFIX}*"):
+    Those none holds, in the git dir *where*; a symlink or file by their name too, as itself.
+    """
+    for left in where.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):
-            if left.is_symlink() or not left.is_dir():
-                left.unlink()
-            elif time.time() - left.lstat().st_mtime > _YOUNG_SECONDS and not _held(left):
-                shutil.rmtree(left, ignore_errors=True)
+            remove_unheld(left)
 
 
-def _held(folder: Path) -> bool:
-    """Whether a process holds the lock (``flock``) on *folder* (where none can: True)."""
-    fd = os.open(folder, os.O_RDONLY)
+def leftovers(common: Path) -> list[Path]:
+    """What checkpoints and rescues killed half-way left in the repository of git dir *common*.
+
+    The staging stores of checkpoints in the git dir of each worktree (the main one's is
+    *common*), the rescues' stores in *common*: those none holds, and anything else by their
+    names (a file, a symlink). A worktree's git dir that is a symlink is not looked into.
+    """
+    worktrees = _entries(common / "worktrees")
+    admins = [common, *(e for e in worktrees if e.is_dir() and not e.is_symlink())]
+    found = [left for admin in admins for left in sorted(admin.glob(f"{PREFIX}*"))]
+    found += sorted(common.glob(f"{APART_PREFIX}*"))
+    return [left for left in found if not _held(left)]
+
+
+def remove_unheld(left: Path) -> bool:
+    """Remove *left* (a directory a checkpoint or rescue made) unless a process holds it.
+
+    A symlink or any other file by that name is removed as itself, never what it points to.
+    True when it was removed or is gone; False when it is held (in use), or where the file
+    system cannot lock (never known to be free). Held by this process while it is removed:
+    a checkpoint or rescue that made it and locks it only now sees it was not its own.
+    """
+    try:
+        fd = os.open(left, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            raise
+        left.unlink(missing_ok=True)  # a symlink (ELOOP; EMLINK on BSDs), or a file
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        if _same(fd, left):  # else removed since it was opened, maybe another made there
+            shutil.rmtree(left)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _same(fd: int, path: Path) -> bool:
+    """Whether the directory open as *fd* is still the one at *path*."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _held(left: Path) -> bool:
+    """Whether a process holds *left* (``flock``).
+
+    False for anything but a directory; True where the file system cannot lock (never known
+    to be free).
+    """
+    try:
+        fd = os.open(left, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # gone, a symlink, a file: nothing holds it as a store
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
