@@ -345,6 +345,29 @@ def test_objects_move_into_a_store_on_another_file_system_as_copies(tmp_path: Pa
         assert not _left_behind(repo)
 
 
+def test_a_copy_cut_short_leaves_no_temporary_file_in_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store on another file system, the disk full as an object is copied there: nothing
+    # half-written (`tmp_obj_*`) stays in it, to be taken for garbage until `git gc`.
+    own, store = tmp_path / "own", tmp_path / "store"
+    (own / "ab").mkdir(parents=True)
+    store.mkdir()
+    (own / "ab" / ("c" * 38)).write_bytes(b"an object")
+
+    def no_link(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(quarantine.os, "link", no_link)
+    monkeypatch.setattr(quarantine.shutil, "copyfileobj", full)
+    with pytest.raises(OSError, match="No space left"):
+        quarantine.Apart(tmp_path, own, store).move_in()
+    assert [p.name for p in (store / "ab").iterdir()] == []
+
+
 def test_a_stale_index_lock_a_killed_git_left_is_taken_over(repo: Path) -> None:
     # Older than a git holds one for: left by a git killed half-way (or planted).
     worktree = repo.parent / "wt"

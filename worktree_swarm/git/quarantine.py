@@ -435,15 +435,24 @@ def _chmod_made(folder: Path, mode: int) -> None:
 
 
 def _copy(source: Path, target: Path) -> None:
-    """Copy *source* to *target* through a temporary file beside it (no hard link there)."""
-    with (
-        source.open("rb") as data,
-        tempfile.NamedTemporaryFile(dir=target.parent, prefix="tmp_obj_", delete=False) as out,
-    ):
-        shutil.copyfileobj(data, out)
-    copied = Path(out.name)
-    copied.chmod(0o444)
-    copied.replace(target)
+    """Copy *source* to *target* through a temporary file beside it (no hard link there).
+
+    One cut short (a full disk) is removed: nothing half-written stays in the store.
+    """
+    copied: Path | None = None
+    try:
+        with (
+            source.open("rb") as data,
+            tempfile.NamedTemporaryFile(dir=target.parent, prefix="tmp_obj_", delete=False) as out,
+        ):
+            copied = Path(out.name)
+            shutil.copyfileobj(data, out)
+        copied.chmod(0o444)
+        copied.replace(target)
+    except BaseException:
+        if copied is not None:
+            copied.unlink(missing_ok=True)
+        raise
 
 
 def _take(lock: Path) -> None:
