@@ -146,7 +146,7 @@ def clean(
         if yes and free:  # a killed merge's checks would keep its worktree: "in use"
             for rid in run_ids:
                 proc_scan.kill_merge_programs(paths.run_dir(repo, rid) / "merge", grace=0.5)
-                # And its guard's baselines: a store of your decrypted files (under a filter).
+                # And its guard's baselines: a store of what its captures hashed (yours too).
                 snapshot.drop_baselines(paths.merge_guard_dir(repo, rid))
         # Carried out at once, the plan leaves each worktree's status to its removal, which
         # asks git right before it deletes anything (a status fewer per worktree).

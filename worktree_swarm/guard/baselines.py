@@ -58,7 +58,7 @@ class Baselines(Verdicts):
 
     @property
     def _snapshots(self) -> Objects:
-        """Where the captures' objects go (out of your store, under a filter), and are read from."""
+        """Where the captures' objects go (out of your store), and are read from."""
         return Objects(self._dir / OWN_OBJECTS, self.repo.common_dir / "objects")
 
     def _watch(self, where: str, path: Path) -> None:

@@ -62,7 +62,7 @@ class MergeGuard:
     def watching(self) -> Iterator[MergeGuard]:
         """Take the baselines; on leaving, a last scan puts back what is still out of place."""
         self._since = time.time()
-        # A killed merge's baselines (its store: your decrypted files, under a filter) go.
+        # A killed merge's baselines (its store: what its captures hashed) go.
         drop_baselines(self._dir)
         # Listening first: a move told and done before the baselines are read is in them.
         with self._guard.listening():
