@@ -99,8 +99,10 @@ class Apart:
         ``index.sparse`` the index names a tree `add` wrote (a directory outside the cone
         folded back into one entry), which no list of its changed files shows.
         """
+        listed: list[tuple[str, str]] | None = None  # one listing for the trees and the packs
         if keep is not None:
-            keep = {*keep, *self._trees()}
+            listed = self._listed()
+            keep = {*keep, *(oid for oid, kind in listed if kind == "tree")}
         written: set[str] = set()
         for fanout in _entries(self.objects):
             if not _FANOUT.fullmatch(fanout.name):
@@ -113,29 +115,27 @@ class Apart:
                 for name in wanted:
                     _link(f"{fanout}/{name}", f"{into}/{name}")
         if any((self.objects / "pack").glob("*.idx")):
-            self._repack(keep, written)
+            self._repack(keep, written, self._listed() if listed is None else listed)
 
-    def _trees(self) -> list[str]:
-        """The trees in the own store (loose or packed): what its `add` wrote that is no blob."""
+    def _listed(self) -> list[tuple[str, str]]:
+        """Each object of the own store (loose or packed), with its type."""
         mine = {"GIT_OBJECT_DIRECTORY": str(self.objects)}
         listed = runner.run(
             self.cwd, "cat-file", "--batch-all-objects",
             "--batch-check=%(objectname) %(objecttype)", env=mine,
         ).stdout.split()  # fmt: skip
-        return [oid for oid, kind in zip(listed[0::2], listed[1::2], strict=True) if kind == "tree"]
+        return list(zip(listed[0::2], listed[1::2], strict=True))
 
-    def _repack(self, keep: Collection[str] | None, loose: set[str]) -> None:
+    def _repack(
+        self, keep: Collection[str] | None, loose: set[str], listed: list[tuple[str, str]]
+    ) -> None:
         """Pack into the repository's store the objects to keep that a pack of the own holds.
 
         `add` streams a file past ``core.bigFileThreshold`` into a pack, which may hold one
         left out too: the kept ones are packed again, by git, not the pack moved whole.
+        *listed*: the own store's objects (:meth:`_listed`).
         """
-        mine = {"GIT_OBJECT_DIRECTORY": str(self.objects)}
-        listed = runner.run(
-            self.cwd, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)",
-            env=mine,
-        ).stdout.split()  # fmt: skip
-        wanted = [oid for oid in listed if oid not in loose and (keep is None or oid in keep)]
+        wanted = [oid for oid, _ in listed if oid not in loose and (keep is None or oid in keep)]
         if not wanted:
             return
         into = {"GIT_OBJECT_DIRECTORY": str(self.store), **alternate(self.objects)}
