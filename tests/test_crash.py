@@ -2293,6 +2293,43 @@ def test_the_patch_of_what_changed_unwatched_keeps_no_secret(
 
 
 @pytest.mark.long
+def test_a_retry_after_a_stop_without_its_manager_tells_what_changed_unwatched(
+    repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
+) -> None:
+    # `swarm stop` ends the run its killed manager left, dropping the guard's baselines; the
+    # tree of your checkout's last one, kept for the next manager, lived only in the guard's
+    # store, which went with them: the retry's guard compared with nothing, and said nothing.
+    pid_file = tmp_path / "agent.pid"
+    go = tmp_path / "go"
+    agent = write_agent(
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "pathlib.Path('w.txt').write_text('work\\n')\n"
+    )
+    text = f'[defaults]\nagent = {argv_toml(agent)}\n[[task]]\nid = "a"\nprompt = "x"\n'
+    (repo / "notes.txt").write_text("my uncommitted notes\n")  # the baseline: a tree of its own
+    proc = _manager(repo, "run", manifest(repo, text))
+    try:
+        written(pid_file, timeout=120, what="the agent")
+        _kill_group(proc)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    (repo / "README.md").write_text("changed unwatched\n")
+    out = swarm(repo, "stop", "a")
+    assert out.returncode == 0, out.stdout + out.stderr
+    go.touch()  # the retry's agent works and ends
+    out = swarm(repo, "retry", "a")
+    line = next((ln for ln in out.stdout.splitlines() if "while no manager watched" in ln), "")
+    assert line.startswith(
+        "guard: your checkout changed while no manager watched it: README.md; kept as it is"
+    ), out.stdout + out.stderr
+    assert (repo / "README.md").read_text() == "changed unwatched\n"  # yours, kept
+
+
+@pytest.mark.long
 def test_a_retry_after_a_run_that_ended_takes_changes_in_your_checkout_as_yours(
     repo: Path, tmp_path: Path, write_agent: Callable[[str], list[str]]
 ) -> None:

@@ -22,6 +22,7 @@ from worktree_swarm.git import repo as git
 from worktree_swarm.git import runner
 from worktree_swarm.guard.model import MAIN, REPOSITORY, WORKTREE_PREFIX, Snapshot, Violation
 from worktree_swarm.guard.snapshot import (
+    MAIN_TREE,
     OWN_OBJECTS,
     Objects,
     capture,
@@ -39,7 +40,6 @@ from worktree_swarm.guard.verdicts import Verdicts
 from worktree_swarm.infra import fs
 from worktree_swarm.infra.redact import redact
 
-_MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
 # What git says of an object a captured tree or a scratch index names that is not there.
 _MISSING = ("invalid object", "bad object")
 
@@ -71,7 +71,7 @@ class Baselines(Verdicts):
         place = self._places.get(MAIN)
         if place is not None and place.base is not None:
             with contextlib.suppress(OSError):  # a torn one reads as none
-                (self._dir / _MAIN_TREE).write_text(place.base.tree, encoding="ascii")
+                (self._dir / MAIN_TREE).write_text(place.base.tree, encoding="ascii")
 
     def keep_base_for_resume(self) -> None:
         """A run's guard (not a merge's): its baseline of your checkout is kept from now on.
@@ -85,7 +85,7 @@ class Baselines(Verdicts):
     def _last_base(self) -> str | None:
         """The tree of your checkout as the run's last manager last took it as its baseline."""
         try:
-            text = fs.read_text(self._dir / _MAIN_TREE).strip()
+            text = fs.read_text(self._dir / MAIN_TREE).strip()
         except (OSError, UnicodeDecodeError):
             return None
         return text if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", text) else None
@@ -119,7 +119,7 @@ class Baselines(Verdicts):
     def looked_last(self) -> None:
         """After the run's last scan: what changes in your checkout from now on is yours."""
         with contextlib.suppress(OSError):
-            (self._dir / _MAIN_TREE).unlink(missing_ok=True)
+            (self._dir / MAIN_TREE).unlink(missing_ok=True)
         drop_baselines(self._dir)
 
     def unwatched(self) -> Unwatched | None:

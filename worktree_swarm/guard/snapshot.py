@@ -37,6 +37,7 @@ STAT_CHECK = ("-c", "core.trustctime=true", "-c", "core.checkStat=default")
 # What a gitlink of a repository without a commit points at in a capture (hashed, not stored).
 UNBORN = "swarm: a repository without a commit\n"
 OWN_OBJECTS = "snapshot-objects"  # under the guard's directory: the objects its captures write
+MAIN_TREE = "main.tree"  # the tree of your checkout's baseline, for a manager that resumes
 
 
 @dataclass(frozen=True)
@@ -161,18 +162,21 @@ def index_path(path: Path) -> Path:
     return git.git_dir(path) / "index"
 
 
-def drop_baselines(guard_dir: Path) -> None:
+def drop_baselines(guard_dir: Path, *, keep_base: bool = False) -> None:
     """Delete the copies of checkouts' indexes a guard compares against, once it looks no more.
 
     One per task and per checkout of yours, each the size of its index: megabytes a task in a
     big repository, which a finished run has no use for. Its held object files go too: they
-    keep on disk what a `git gc` freed since.
+    keep on disk what a `git gc` freed since. So does its store, but with *keep_base* while
+    the tree of your checkout's last baseline is kept (``MAIN_TREE``, a run whose manager was
+    killed): the next manager of the run compares your checkout with it, and it lies there.
     """
     for pattern in ("*.index", "*.scratch-index", "*.scratch-index.lock"):
         for copy in guard_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 copy.unlink()
-    shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
+    if not (keep_base and (guard_dir / MAIN_TREE).exists()):
+        shutil.rmtree(guard_dir / OWN_OBJECTS, ignore_errors=True)  # what its captures hashed
     held_files.let_go(guard_dir / held_files.HELD)
 
 

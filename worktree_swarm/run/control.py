@@ -205,7 +205,9 @@ def end_if_final(repo: git.Repo, store: Store, run_id: str) -> bool:
         store.finish_run(run_id, status=RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         held_files.let_go(guard_dir(repo, run_id) / held_files.HELD)
         retry.settle_guard(repo, store, run_id)  # what its guard was at
-        snapshot.drop_baselines(guard_dir(repo, run_id))
+        # The store stays with the tree of your checkout's last baseline: a retry's manager
+        # tells what changed in your checkout since.
+        snapshot.drop_baselines(guard_dir(repo, run_id), keep_base=True)
         scrub_ended(repo, store, run_id)
     return True
 
