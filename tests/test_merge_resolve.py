@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import agent_python, git, make_repo
 from tests.mergekit import LINES, RUN_ID, Brancher, conflicting, merge_results, record_run
+from tests.test_filtered_objects import stored_bytes
 from tests.test_run import status_json, swarm
 
 BRANCH = "swarm/integration-" + RUN_ID
@@ -292,3 +293,23 @@ def test_a_resolver_gets_a_copy_of_your_claude_sign_in_only_while_it_runs(
     assert seen.read_text() == "True"  # it had one while it ran
     assert list((repo / ".git" / "swarm").rglob(".credentials.json")) == []
     assert sign_in.is_file()  # yours stays
+
+
+def test_a_resolution_holding_a_secrets_value_lands_nothing_and_is_in_no_object(
+    repo: Path, brancher: Brancher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The resolver's files were staged by a plain `git add --all`: one holding the value of a
+    # secret was hashed into your store (and committed with the merge) before any look.
+    key = "sk-ant-api03-" + "r" * 30
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    agent = repo.parent / "resolver.py"
+    agent.write_text(KEEP_BOTH + f"pathlib.Path('env.txt').write_text('KEY={key}\\n')\n")
+    conflicting(repo, brancher, agent)
+
+    out = swarm(repo, "merge", "--resolve", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["merged"] == ["first"], out.stdout + out.stderr
+    assert "wrote the value of a secret into env.txt" in report["results"][1]["reason"]
+    assert key not in out.stdout
+    assert key.encode() not in stored_bytes(repo)

@@ -15,8 +15,8 @@ from worktree_swarm.agents.base import prompt_argument
 from worktree_swarm.core.models import ProcessIdentity
 from worktree_swarm.core.task import STEP_TIMEOUT, Task
 from worktree_swarm.core.text import path_text, paths_text
+from worktree_swarm.git import quarantine, runner, staged
 from worktree_swarm.git import repo as git
-from worktree_swarm.git import runner
 from worktree_swarm.infra import fs, scrub, supervisor
 
 KILL_GRACE = 5.0
@@ -158,7 +158,16 @@ class _Stopped:
                 why=f"the agent left {paths_text(left)} as the merge stopped (neither changed"
                 " nor staged)"
             )
-        runner.run(worktree, "add", "--all")
+        # Staged apart: a file holding a secret's value is in no object of yours, nor merged.
+        with quarantine.staging(worktree) as staging:
+            runner.run(worktree, "add", "--all", env=staging.env)
+            secret = staged.holding_secrets(worktree, env=staging.env)
+            if secret:
+                return Resolution(
+                    why=f"its agent wrote the value of a secret into {paths_text(secret)}; "
+                    "nothing of its resolution lands"
+                )
+            staging.settle()
         now = _index(worktree)
         conflicted = {*self.unmerged, *self.files}
         also = sorted(
